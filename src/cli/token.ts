@@ -1,0 +1,26 @@
+/** npm run token -- --tenant <uuid> --sub <id> [--roles a,b] [--ttl 1h]: prints a development token signed with JWT_SECRET. */
+import { parseArgs } from 'node:util';
+import { loadConfig } from '../platform/config/config.ts';
+import { parseDurationMs } from '../platform/config/duration.ts';
+import { signDevToken } from '../platform/tenancy/jwt.ts';
+
+const { values } = parseArgs({
+  options: { tenant: { type: 'string' }, sub: { type: 'string' }, roles: { type: 'string', default: '' }, ttl: { type: 'string', default: '1h' } },
+});
+const uuid = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+if (!values.tenant || !uuid.test(values.tenant) || !values.sub) {
+  console.error('usage: npm run token -- --tenant <uuid> --sub <id> [--roles a,b] [--ttl 1h]');
+  process.exit(2);
+}
+const config = loadConfig();
+if (!config.JWT_SECRET) {
+  console.error('JWT_SECRET is not configured: refusing to sign a development token');
+  process.exit(1);
+}
+const token = await signDevToken(config, {
+  tenantId: values.tenant,
+  sub: values.sub,
+  roles: values.roles.split(',').map((r) => r.trim()).filter(Boolean),
+  ttlSeconds: Math.round(parseDurationMs(values.ttl) / 1000),
+});
+console.log(token);

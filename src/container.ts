@@ -1,0 +1,84 @@
+import { randomUUID } from 'node:crypto';
+import { hostname } from 'node:os';
+import { FlowProducer, Queue } from 'bullmq';
+import type { Redis } from 'ioredis';
+import type { Config } from './platform/config/config.ts';
+import { createOrm, type MikroORM } from './platform/db/orm.ts';
+import { createLogger, type Logger } from './platform/telemetry/logger.ts';
+import { createRedis } from './platform/queue/connections.ts';
+import { createTokenVerifier, type TokenVerifier } from './platform/tenancy/jwt.ts';
+import { IdempotencyService } from './platform/idempotency/idempotency.service.ts';
+import { DurableRuntime } from './platform/durable/runtime.ts';
+import type { RouteDef } from './platform/http/route.ts';
+import type { WorkflowDef } from './platform/durable/workflow.ts';
+import { entities } from './entities.ts';
+import { jobHandlersFor, routesFor, workflowsFor } from './modules/index.ts';
+import { createMetrics, type Metrics } from './platform/telemetry/metrics.ts';
+import { AdmissionController } from './platform/http/admission.ts';
+
+export interface Container {
+  config: Config;
+  logger: Logger;
+  orm: MikroORM;
+  redis: Redis;
+  queues: Map<string, Queue>;
+  runtime: DurableRuntime;
+  idempotency: IdempotencyService;
+  verifier: TokenVerifier;
+  workflows: WorkflowDef[];
+  routes: RouteDef[];
+  metrics: Metrics;
+  instanceId: string;
+  jobHandlers(): ReturnType<typeof jobHandlersFor>;
+  close(): Promise<void>;
+}
+
+/** The one composition root: config in, every long-lived object out. Entry points stay thin. */
+export async function createContainer(config: Config, opts: { service: 'api' | 'worker' | 'tool'; extraWorkflows?: WorkflowDef[] }): Promise<Container> {
+  const logger = createLogger({ level: config.LOG_LEVEL, name: `dealix-${opts.service}` });
+  const orm = await createOrm(config, { entities });
+  const redis = createRedis(config.REDIS_URL, 'producer', `dealix-${opts.service}`);
+  const queueOpts = { connection: redis, prefix: config.QUEUE_PREFIX };
+  const queues = new Map<string, Queue>();
+  const queue = (name: string) => {
+    let q = queues.get(name);
+    if (!q) {
+      q = new Queue(name, queueOpts);
+      q.on('error', (err) => logger.warn({ err, queue: name }, 'queue error'));
+      queues.set(name, q);
+    }
+    return q;
+  };
+  const workflows = [...workflowsFor(config, { queue: () => queue('golden-path') }), ...(opts.extraWorkflows ?? [])];
+  for (const wf of workflows) queue(wf.queue);
+  const flowProducer = new FlowProducer(queueOpts);
+  flowProducer.on('error', (err) => logger.warn({ err }, 'flow producer error'));
+  const runtime = new DurableRuntime({ workflows, flowProducer, queues, logger });
+  const idempotency = new IdempotencyService({ ttlMs: config.IDEMPOTENCY_TTL, leaseMs: config.IDEMPOTENCY_LEASE });
+  const verifier = createTokenVerifier(config);
+  const metrics = createMetrics();
+  const admission = new AdmissionController({ redis, prefix: config.QUEUE_PREFIX, perMinute: config.RATE_LIMIT_PER_MINUTE, maxInFlight: config.MAX_RUNS_IN_FLIGHT_PER_TENANT });
+  const routes = routesFor({ runtime, admission });
+  const instanceId = `${hostname()}-${process.pid}-${randomUUID().slice(0, 8)}`;
+  return {
+    config,
+    logger,
+    orm,
+    redis,
+    queues,
+    runtime,
+    idempotency,
+    verifier,
+    workflows,
+    routes,
+    metrics,
+    instanceId,
+    jobHandlers: () => jobHandlersFor({ orm, runtime }),
+    async close() {
+      await Promise.allSettled([...queues.values()].map((q) => q.close()));
+      await runtime.close().catch(() => {});
+      await orm.close(true).catch(() => {});
+      redis.disconnect();
+    },
+  };
+}

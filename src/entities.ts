@@ -1,0 +1,19 @@
+import { IdempotencyKey } from './platform/idempotency/idempotency-key.entity.ts';
+import { DurableRun } from './platform/durable/durable-run.entity.ts';
+import { DurableCheckpoint } from './platform/durable/durable-checkpoint.entity.ts';
+import { EconomicsModelRow, PartnerDossierRow } from './modules/golden-path/golden-path.entities.ts';
+import { ApprovalDecision, ApprovalPolicyRow, ApprovalRequest } from './modules/approvals/approval.entities.ts';
+import { EvidencePackRow } from './modules/evidence/evidence-pack.entity.ts';
+
+/** Every entity of the application, platform and modules; the ORM, migrations and RLS suite read this list. */
+export const entities = [
+  IdempotencyKey,
+  DurableRun,
+  DurableCheckpoint,
+  PartnerDossierRow,
+  EconomicsModelRow,
+  ApprovalRequest,
+  ApprovalDecision,
+  ApprovalPolicyRow,
+  EvidencePackRow,
+];

@@ -1,0 +1,75 @@
+import { randomUUID } from 'node:crypto';
+import { z } from 'zod';
+import { defineStep } from '../../platform/durable/workflow.ts';
+import { approvalPacketSchema, economicsSchema, type ApprovalPacket } from '../golden-path/golden-path.schemas.ts';
+import { provenance } from '../golden-path/provenance.ts';
+import { ApprovalDecision, ApprovalRequest } from './approval.entities.ts';
+import { classify, loadPolicy } from './approval.policy.ts';
+
+export interface SlaScheduler {
+  /** Schedules the SLA timer (a delayed job with a deterministic id); harmless if the step's transaction rolls back. */
+  schedule(args: { tenantId: string; runId: string; approvalRequestId: string; idempotencyHash: string; deadline: Date }): Promise<void>;
+}
+
+export const APPROVAL_PACKET_STEP = 'approval-packet';
+
+/**
+ * Step 3: classify by policy and open the approval request. Class A is approved by the system at once;
+ * B and C wait durably (checkpoint `waiting`, no worker slot held) for human decisions or the SLA.
+ */
+export function approvalPacketStep(deps: { slaBSeconds: number; slaCSeconds: number; sla: SlaScheduler }) {
+  return defineStep({
+    name: APPROVAL_PACKET_STEP,
+    mayWait: true,
+    input: z.object({ outputs: z.object({ 'economics-model': economicsSchema }) }),
+    output: approvalPacketSchema,
+    async run({ outputs }, ctx) {
+      const econ = outputs['economics-model'];
+      const policy = await loadPolicy(ctx.em, ctx.run.tenantId, { slaBSeconds: deps.slaBSeconds, slaCSeconds: deps.slaCSeconds });
+      const { cls, reasons, required, slaSeconds } = classify(econ, policy);
+      const now = new Date();
+      const id = randomUUID();
+      const deadline = slaSeconds === null ? null : new Date(now.getTime() + slaSeconds * 1000);
+      ctx.em.create(ApprovalRequest, {
+        id,
+        tenantId: ctx.run.tenantId,
+        runId: ctx.run.id,
+        approvalClass: cls,
+        requiredApprovals: required,
+        status: cls === 'A' ? 'approved' : 'pending',
+        submittedBy: ctx.run.principal,
+        reasons,
+        slaDeadline: deadline,
+        decidedAt: cls === 'A' ? now : null,
+        createdAt: now,
+        updatedAt: now,
+      });
+      const packet: ApprovalPacket = {
+        approval_request_id: id,
+        approval_class: cls,
+        reasons,
+        required_approvals: required,
+        sla_deadline: deadline ? deadline.toISOString() : null,
+        outcome: cls === 'A' ? 'approved' : 'pending',
+        decisions: [],
+        provenance: provenance('policy', 'approval-policy@1', { economics: { cost: econ.cost, payback_months: econ.payback_months }, policy }),
+      };
+      if (cls === 'A') {
+        ctx.em.create(ApprovalDecision, {
+          id: randomUUID(),
+          tenantId: ctx.run.tenantId,
+          approvalRequestId: id,
+          approver: 'system',
+          decision: 'approve',
+          kind: 'system',
+          comment: 'class A: approved automatically by policy',
+          createdAt: now,
+        });
+        packet.decisions.push({ decided_by: 'system', decision: 'approve', comment: 'class A: approved automatically by policy', decided_at: now.toISOString(), kind: 'system' });
+        return packet;
+      }
+      await deps.sla.schedule({ tenantId: ctx.run.tenantId, runId: ctx.run.id, approvalRequestId: id, idempotencyHash: ctx.run.idempotencyHash, deadline: deadline! });
+      return ctx.wait(packet);
+    },
+  });
+}

@@ -1,0 +1,68 @@
+import { defineEntity, p } from '@mikro-orm/core';
+import { tenantIdProperty, tenantIsolationPolicy } from '../../platform/db/tenant-owned.ts';
+
+export const APPROVAL_STATUSES = ['pending', 'approved', 'rejected', 'expired'] as const;
+export type ApprovalStatus = (typeof APPROVAL_STATUSES)[number];
+
+/** Step 3's durable wait: one approval request per run, with its class and SLA deadline. */
+export const ApprovalRequest = defineEntity({
+  name: 'ApprovalRequest',
+  tableName: 'approval_requests',
+  properties: {
+    id: p.uuid().primary(),
+    tenantId: tenantIdProperty(),
+    runId: p.uuid(),
+    approvalClass: p.string().length(1),
+    requiredApprovals: p.integer(),
+    status: p.enum(APPROVAL_STATUSES),
+    submittedBy: p.string().length(255),
+    reasons: p.json<string[]>(),
+    slaDeadline: p.datetime().nullable(),
+    decidedAt: p.datetime().nullable(),
+    createdAt: p.datetime(),
+    updatedAt: p.datetime(),
+  },
+  uniques: [{ name: 'approval_requests_tenant_run_unique', properties: ['tenantId', 'runId'] }],
+  indexes: [{ name: 'approval_requests_tenant_status_index', properties: ['tenantId', 'status', 'createdAt'] }],
+  rowLevelSecurity: 'force',
+  policies: [tenantIsolationPolicy('approval_requests')],
+});
+
+/** One decision per approver per request: a C request needs two distinct approvers. */
+export const ApprovalDecision = defineEntity({
+  name: 'ApprovalDecision',
+  tableName: 'approval_decisions',
+  properties: {
+    id: p.uuid().primary(),
+    tenantId: tenantIdProperty(),
+    approvalRequestId: p.uuid(),
+    approver: p.string().length(255),
+    decision: p.enum(['approve', 'reject'] as const),
+    kind: p.enum(['human', 'system'] as const),
+    comment: p.string().length(2000).nullable(),
+    createdAt: p.datetime(),
+  },
+  uniques: [{ name: 'approval_decisions_tenant_request_approver_unique', properties: ['tenantId', 'approvalRequestId', 'approver'] }],
+  rowLevelSecurity: 'force',
+  policies: [tenantIsolationPolicy('approval_decisions')],
+});
+
+/** A tenant's approval policy; absent means the platform defaults. */
+export const ApprovalPolicyRow = defineEntity({
+  name: 'ApprovalPolicy',
+  tableName: 'approval_policies',
+  properties: {
+    id: p.uuid().primary(),
+    tenantId: tenantIdProperty(),
+    classAMaxCost: p.double(),
+    classAMaxPaybackMonths: p.double(),
+    classCMinCost: p.double(),
+    classCMinPaybackMonths: p.double(),
+    slaBSeconds: p.integer(),
+    slaCSeconds: p.integer(),
+    updatedAt: p.datetime(),
+  },
+  uniques: [{ name: 'approval_policies_tenant_unique', properties: ['tenantId'] }],
+  rowLevelSecurity: 'force',
+  policies: [tenantIsolationPolicy('approval_policies')],
+});

@@ -1,0 +1,102 @@
+import { randomUUID } from 'node:crypto';
+import type { EntityManager } from '@mikro-orm/postgresql';
+import { ConflictError, ForbiddenError, NotFoundError } from '../../platform/errors/app-error.ts';
+import type { Principal } from '../../platform/tenancy/jwt.ts';
+import type { DurableRuntime } from '../../platform/durable/runtime.ts';
+import { approvalPacketSchema, type ApprovalPacket } from '../golden-path/golden-path.schemas.ts';
+import { APPROVER_ROLE } from './approval.constants.ts';
+import { APPROVAL_PACKET_STEP } from './approval-packet.step.ts';
+
+interface ApprovalRow {
+  id: string;
+  tenant_id: string;
+  run_id: string;
+  approval_class: 'A' | 'B' | 'C';
+  required_approvals: number;
+  status: 'pending' | 'approved' | 'rejected' | 'expired';
+  submitted_by: string;
+  sla_deadline: Date | null;
+  expired_now: boolean;
+}
+
+const SEQ = 3;
+
+/**
+ * Human decisions and SLA expiry. Both are conditional updates on the pending request under a row
+ * lock, so approve-versus-expire is race-free; both resume the waiting run through the runtime.
+ */
+export class ApprovalService {
+  private readonly runtime: DurableRuntime;
+  constructor(runtime: DurableRuntime) {
+    this.runtime = runtime;
+  }
+
+  async decide(em: EntityManager, principal: Principal, approvalId: string, decision: 'approve' | 'reject', comment: string | null) {
+    if (!principal.roles.includes(APPROVER_ROLE)) throw new ForbiddenError(`Deciding needs the "${APPROVER_ROLE}" role.`);
+    const [req] = await em.execute<ApprovalRow[]>(
+      `select id, tenant_id, run_id, approval_class, required_approvals, status, submitted_by, sla_deadline,
+              (sla_deadline is not null and sla_deadline <= now()) as expired_now
+         from approval_requests where id = ? for update`,
+      [approvalId],
+    );
+    if (!req) throw new NotFoundError('approval request');
+    if (req.submitted_by === principal.sub) throw new ForbiddenError('The submitter of a run cannot approve or reject it.');
+    if (req.status === 'pending' && req.expired_now) {
+      throw new ConflictError('approval_expired', 'The approval request passed its SLA deadline; it can no longer be decided.');
+    }
+    if (req.status !== 'pending') throw new ConflictError('approval_decided', `The approval request is already ${req.status}.`);
+    const inserted = await em.execute<{ id: string }[]>(
+      `insert into approval_decisions (id, tenant_id, approval_request_id, approver, decision, kind, comment, created_at)
+       values (?, ?, ?, ?, ?, 'human', ?, now())
+       on conflict (tenant_id, approval_request_id, approver) do nothing returning id`,
+      [randomUUID(), req.tenant_id, req.id, principal.sub, decision, comment],
+    );
+    if (inserted.length === 0) throw new ConflictError('approver_already_decided', 'This approver has already decided on this request; a second, distinct approver is needed.');
+    const decisions = await em.execute<{ approver: string; decision: 'approve' | 'reject'; comment: string | null; created_at: Date; kind: 'human' | 'system' }[]>(
+      `select approver, decision, comment, created_at, kind from approval_decisions where approval_request_id = ? order by created_at, approver`,
+      [req.id],
+    );
+    const approvals = decisions.filter((d) => d.decision === 'approve').length;
+    const outcome = decision === 'reject' ? 'rejected' : approvals >= req.required_approvals ? 'approved' : 'pending';
+    let afterCommit: (() => Promise<void>) | undefined;
+    if (outcome !== 'pending') {
+      await em.execute(`update approval_requests set status = ?, decided_at = now(), updated_at = now() where id = ?`, [outcome, req.id], 'run');
+      const packet = await this.packet(em, req.run_id);
+      const resumed: ApprovalPacket = {
+        ...packet,
+        outcome,
+        decisions: decisions.map((d) => ({ decided_by: d.approver, decision: d.decision, comment: d.comment, decided_at: new Date(d.created_at).toISOString(), kind: d.kind })),
+      };
+      afterCommit = await this.runtime.resume(em, req.run_id, SEQ, resumed);
+    }
+    return {
+      result: { approval_request_id: req.id, run_id: req.run_id, status: outcome, approvals, required_approvals: req.required_approvals },
+      afterCommit,
+    };
+  }
+
+  /** Expires the run's pending request if its deadline passed; the run ends approval_expired. Returns whether it did. */
+  async expire(em: EntityManager, runId: string): Promise<'expired' | 'not_due' | 'not_pending'> {
+    const [req] = await em.execute<ApprovalRow[]>(
+      `select id, tenant_id, run_id, approval_class, required_approvals, status, submitted_by, sla_deadline,
+              (sla_deadline is not null and sla_deadline <= now()) as expired_now
+         from approval_requests where run_id = ? for update`,
+      [runId],
+    );
+    if (!req || req.status !== 'pending') return 'not_pending';
+    if (!req.expired_now) return 'not_due';
+    await em.execute(`update approval_requests set status = 'expired', decided_at = now(), updated_at = now() where id = ?`, [req.id], 'run');
+    const packet = await this.packet(em, runId);
+    await this.runtime.resume(em, runId, SEQ, { ...packet, outcome: 'expired' }, { finalStatus: 'approval_expired' });
+    return 'expired';
+  }
+
+  private async packet(em: EntityManager, runId: string): Promise<ApprovalPacket> {
+    const [cp] = await em.execute<{ output: unknown }[]>(
+      `select output from durable_checkpoints where run_id = ? and sequence_num = ? and step_name = ?`,
+      [runId, SEQ, APPROVAL_PACKET_STEP],
+    );
+    if (!cp) throw new NotFoundError('approval checkpoint');
+    return approvalPacketSchema.parse(cp.output);
+  }
+}

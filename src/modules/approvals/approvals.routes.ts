@@ -1,0 +1,70 @@
+import { z } from 'zod';
+import { defineRoute, type RouteDef } from '../../platform/http/route.ts';
+import { NotFoundError } from '../../platform/errors/app-error.ts';
+import type { ApprovalService } from './approval.service.ts';
+import { APPROVAL_STATUSES } from './approval.entities.ts';
+
+const BASE = '/api/v1';
+
+const approvalColumns = `id, run_id, approval_class, required_approvals, status, submitted_by, reasons, sla_deadline, decided_at, created_at,
+  coalesce((select json_agg(json_build_object('approver', d.approver, 'decision', d.decision, 'comment', d.comment, 'kind', d.kind, 'decided_at', d.created_at)
+            order by d.created_at) from approval_decisions d where d.approval_request_id = approval_requests.id), '[]'::json) as decisions`;
+
+const iso = (v: Date | string | null) => (v === null ? null : new Date(v).toISOString());
+
+function approvalView(r: any) {
+  return { ...r, sla_deadline: iso(r.sla_deadline), decided_at: iso(r.decided_at), created_at: iso(r.created_at), approval_request_id: r.id, links: { self: `${BASE}/approvals/${r.id}`, decision: `${BASE}/approvals/${r.id}/decision`, run: `${BASE}/golden-path/runs/${r.run_id}` } };
+}
+
+export function approvalRoutes(deps: { approvals: ApprovalService }): RouteDef[] {
+  return [
+    defineRoute({
+      method: 'get',
+      path: `${BASE}/approvals`,
+      summary: 'Approval requests of the tenant, newest first',
+      tags: ['approvals'],
+      query: z.strictObject({ status: z.enum(APPROVAL_STATUSES).optional(), limit: z.coerce.number().int().min(1).max(100).default(50) }),
+      responses: { 200: { description: 'Approval requests' } },
+      async handler({ em, query }) {
+        const rows = await em.execute<any[]>(
+          `select ${approvalColumns} from approval_requests ${query.status ? 'where status = ?' : ''} order by created_at desc limit ?`,
+          query.status ? [query.status, query.limit] : [query.limit],
+        );
+        return { status: 200, body: { items: rows.map(approvalView) } };
+      },
+    }),
+    defineRoute({
+      method: 'get',
+      path: `${BASE}/approvals/:id`,
+      summary: 'One approval request with its decisions',
+      tags: ['approvals'],
+      params: z.object({ id: z.string().uuid() }),
+      responses: { 200: { description: 'The approval request' }, 404: { description: 'Not found for this tenant' } },
+      async handler({ em, params }) {
+        const [row] = await em.execute<any[]>(`select ${approvalColumns} from approval_requests where id = ?`, [params.id]);
+        if (!row) throw new NotFoundError('approval request');
+        return { status: 200, body: approvalView(row) };
+      },
+    }),
+    defineRoute({
+      method: 'post',
+      path: `${BASE}/approvals/:id/decision`,
+      summary: 'Approve or reject (role approver; never the submitter; C needs two distinct approvers)',
+      tags: ['approvals'],
+      idempotency: 'required',
+      params: z.object({ id: z.string().uuid() }),
+      body: z.strictObject({ decision: z.enum(['approve', 'reject']), comment: z.string().max(2000).optional() }),
+      responses: {
+        200: { description: 'Decision recorded' },
+        403: { description: 'Not an approver, or the submitter' },
+        404: { description: 'No such approval request for this tenant' },
+        409: { description: 'Already decided, expired, or this approver already decided' },
+      },
+      async handler({ em, params, body, principal, afterCommit }) {
+        const { result, afterCommit: resume } = await deps.approvals.decide(em, principal, params.id, body.decision, body.comment ?? null);
+        if (resume) afterCommit(resume);
+        return { status: 200, body: result };
+      },
+    }),
+  ];
+}

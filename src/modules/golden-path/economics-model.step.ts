@@ -1,0 +1,59 @@
+import { randomUUID } from 'node:crypto';
+import { z } from 'zod';
+import { defineStep } from '../../platform/durable/workflow.ts';
+import { economicsInput, economicsSchema, submissionSchema, type Economics } from './golden-path.schemas.ts';
+import { EconomicsModelRow } from './golden-path.entities.ts';
+import { provenance } from './provenance.ts';
+
+type EconomicsInput = z.infer<typeof economicsInput>;
+
+const round2 = (n: number) => Math.round(n * 100) / 100;
+
+/** Months to recover the cost from gross profit; null when there is no profit. */
+export function paybackMonths(e: EconomicsInput): number | null {
+  const profit = e.expected_deals_per_year * e.average_deal_value * e.win_rate * e.gross_margin;
+  if (profit <= 0) return null;
+  return round2((e.onboarding_cost + e.enablement_cost + e.annual_support_cost) / (profit / 12));
+}
+
+/** Pure: upside, cost, payback and the ±20 % sensitivity on win rate and deal value. */
+export function buildEconomics(e: EconomicsInput, currency: string): Economics {
+  const upside = e.expected_deals_per_year * e.average_deal_value * e.win_rate;
+  const profit = upside * e.gross_margin;
+  const cost = e.onboarding_cost + e.enablement_cost + e.annual_support_cost;
+  const scenario = (label: string, patch: Partial<EconomicsInput>) => ({ label, payback_months: paybackMonths({ ...e, ...patch }) });
+  return {
+    currency,
+    revenue_upside: round2(upside),
+    gross_profit: round2(profit),
+    cost: round2(cost),
+    payback_months: paybackMonths(e),
+    sensitivity: [
+      scenario('win_rate_-20%', { win_rate: e.win_rate * 0.8 }),
+      scenario('win_rate_+20%', { win_rate: Math.min(1, e.win_rate * 1.2) }),
+      scenario('deal_value_-20%', { average_deal_value: e.average_deal_value * 0.8 }),
+      scenario('deal_value_+20%', { average_deal_value: e.average_deal_value * 1.2 }),
+    ],
+    provenance: provenance('derived', 'economics-model@1', { economics: e, currency }),
+  };
+}
+
+export const economicsModelStep = defineStep({
+  name: 'economics-model',
+  input: z.object({ submission: submissionSchema }),
+  output: economicsSchema,
+  async run({ submission }, ctx) {
+    const model = buildEconomics(submission.economics, submission.currency);
+    ctx.em.create(EconomicsModelRow, {
+      id: randomUUID(),
+      tenantId: ctx.run.tenantId,
+      runId: ctx.run.id,
+      currency: model.currency,
+      cost: model.cost,
+      paybackMonths: model.payback_months,
+      content: model,
+      createdAt: new Date(),
+    });
+    return model;
+  },
+});

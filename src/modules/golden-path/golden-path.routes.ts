@@ -1,0 +1,161 @@
+import { z } from 'zod';
+import type { EntityManager } from '@mikro-orm/postgresql';
+import { defineRoute, type RouteDef } from '../../platform/http/route.ts';
+import { NotFoundError, ValidationError } from '../../platform/errors/app-error.ts';
+import { currentTraceContext } from '../../platform/telemetry/trace-context.ts';
+import { RUN_COLUMNS, type DurableRuntime, type RunRow } from '../../platform/durable/runtime.ts';
+import { RUN_STATUSES } from '../../platform/durable/durable-run.entity.ts';
+import { submissionSchema } from './golden-path.schemas.ts';
+import { GOLDEN_PATH } from './golden-path.workflow.ts';
+
+export const BASE = '/api/v1';
+const uuidParam = z.object({ id: z.string().uuid() });
+
+export interface AdmissionControl {
+  /** Throws 429 when the tenant exceeds its submission rate or runs in flight. */
+  admit(em: EntityManager, tenantId: string): Promise<void>;
+}
+
+const runAccepted = z.object({
+  run_id: z.string().uuid(),
+  status: z.enum(RUN_STATUSES),
+  correlation_id: z.string(),
+  links: z.object({ self: z.string(), evidence: z.string().optional() }),
+});
+
+const iso = (v: Date | string | null | undefined) => (v === null || v === undefined ? null : new Date(v).toISOString());
+
+export function runView(run: RunRow, steps: Array<{ sequence_num: number; step_name: string; status: string; attempt: number; output: unknown; error: unknown; created_at: Date; completed_at: Date | null }>, stepNames: string[]) {
+  const byNum = new Map(steps.map((s) => [s.sequence_num, s]));
+  const evidence = (byNum.get(4)?.output as { evidence_pack_id?: string } | undefined)?.evidence_pack_id;
+  const approval = (byNum.get(3)?.output as { approval_request_id?: string } | undefined)?.approval_request_id;
+  return {
+    run_id: run.id,
+    workflow: run.workflow,
+    workflow_version: run.workflow_version,
+    status: run.status,
+    progress: { completed_steps: run.sequence_num, total_steps: run.step_count, current_sequence_num: Math.min(run.sequence_num + 1, run.step_count) },
+    correlation_id: run.correlation_id,
+    trace_id: run.trace_id,
+    submitted_by: run.principal,
+    created_at: iso(run.created_at),
+    updated_at: iso(run.updated_at),
+    completed_at: iso(run.completed_at),
+    steps: stepNames.map((name, i) => {
+      const cp = byNum.get(i + 1);
+      return {
+        sequence_num: i + 1,
+        name,
+        status: cp?.status ?? 'pending',
+        attempt: cp?.attempt ?? 0,
+        checkpointed_at: iso(cp?.created_at),
+        completed_at: iso(cp?.completed_at),
+        output: cp?.output ?? null,
+        error: cp?.error ?? null,
+      };
+    }),
+    output: run.output,
+    error: run.error,
+    links: {
+      self: `${BASE}/golden-path/runs/${run.id}`,
+      ...(approval ? { approval: `${BASE}/approvals/${approval}` } : {}),
+      ...(evidence ? { evidence: `${BASE}/evidence/${evidence}`, verify: `${BASE}/evidence/${evidence}/verify` } : {}),
+    },
+  };
+}
+
+export function goldenPathRoutes(deps: { runtime: DurableRuntime; admission?: AdmissionControl }): RouteDef[] {
+  const wf = deps.runtime.workflow(GOLDEN_PATH);
+  const stepNames = wf.steps.map((s) => s.name);
+  return [
+    defineRoute({
+      method: 'post',
+      path: `${BASE}/golden-path/run`,
+      summary: 'Submit a partner tier-1 verification run',
+      tags: ['golden-path'],
+      idempotency: 'required',
+      body: submissionSchema,
+      responses: { 202: { description: 'Accepted: the run is queued', schema: runAccepted } },
+      async handler({ em, body, principal, correlationId, idempotencyHash, afterCommit }) {
+        await deps.admission?.admit(em, principal.tenantId);
+        const trace = currentTraceContext();
+        const { run } = await deps.runtime.start_run(em, GOLDEN_PATH, {
+          tenantId: principal.tenantId,
+          principal: principal.sub,
+          idempotencyHash,
+          input: body,
+          correlationId,
+          traceId: trace.traceId,
+          traceparent: trace.traceparent,
+        });
+        // Postgres first, then Redis; a retry of a half-finished submission re-enqueues idempotently.
+        if (run.status === 'pending' || run.status === 'running') afterCommit(() => deps.runtime.enqueue(run, run.sequence_num + 1));
+        const self = `${BASE}/golden-path/runs/${run.id}`;
+        return { status: 202, headers: { Location: self }, body: { run_id: run.id, status: run.status, correlation_id: run.correlation_id, links: { self } } };
+      },
+    }),
+    defineRoute({
+      method: 'get',
+      path: `${BASE}/golden-path/runs/:id`,
+      summary: 'A run: status, progress, every step with its checkpoint, outputs, correlation and trace ids',
+      tags: ['golden-path'],
+      params: uuidParam,
+      responses: { 200: { description: 'The run' }, 404: { description: 'No such run for this tenant' } },
+      async handler({ em, params }) {
+        const [run] = await em.execute<RunRow[]>(`select ${RUN_COLUMNS} from durable_runs where id = ? and workflow = ?`, [params.id, GOLDEN_PATH]);
+        if (!run) throw new NotFoundError('run');
+        const steps = await em.execute<any[]>(
+          `select sequence_num, step_name, status, attempt, output, error, created_at, completed_at from durable_checkpoints where run_id = ? order by sequence_num`,
+          [run.id],
+        );
+        return { status: 200, body: runView(run, steps, stepNames) };
+      },
+    }),
+    defineRoute({
+      method: 'get',
+      path: `${BASE}/golden-path/runs`,
+      summary: 'List runs, newest first, with cursor pagination',
+      tags: ['golden-path'],
+      query: z.strictObject({
+        status: z.enum(RUN_STATUSES).optional(),
+        limit: z.coerce.number().int().min(1).max(100).default(20),
+        cursor: z.string().max(200).optional(),
+      }),
+      responses: { 200: { description: 'A page of runs' } },
+      async handler({ em, query }) {
+        let after: { at: string; id: string } | undefined;
+        if (query.cursor) {
+          try {
+            const [at, id] = Buffer.from(query.cursor, 'base64url').toString('utf8').split('|');
+            if (!at || !id || Number.isNaN(Date.parse(at)) || !z.string().uuid().safeParse(id).success) throw new Error('bad');
+            after = { at, id };
+          } catch {
+            throw new ValidationError('Invalid cursor', [{ path: 'cursor', message: 'not a cursor returned by this API' }]);
+          }
+        }
+        const params: unknown[] = [GOLDEN_PATH];
+        let where = 'workflow = ?';
+        if (query.status) {
+          where += ' and status = ?';
+          params.push(query.status);
+        }
+        if (after) {
+          where += ' and (created_at, id) < (?::timestamptz, ?::uuid)';
+          params.push(after.at, after.id);
+        }
+        params.push(query.limit + 1);
+        const rows = await em.execute<RunRow[]>(`select ${RUN_COLUMNS} from durable_runs where ${where} order by created_at desc, id desc limit ?`, params);
+        const page = rows.slice(0, query.limit);
+        const last = page[page.length - 1];
+        const next = rows.length > query.limit && last ? Buffer.from(`${new Date(last.created_at).toISOString()}|${last.id}`).toString('base64url') : null;
+        return {
+          status: 200,
+          body: {
+            items: page.map((r) => ({ run_id: r.id, status: r.status, correlation_id: r.correlation_id, progress: { completed_steps: r.sequence_num, total_steps: r.step_count }, created_at: iso(r.created_at), links: { self: `${BASE}/golden-path/runs/${r.id}` } })),
+            next_cursor: next,
+          },
+        };
+      },
+    }),
+  ];
+}

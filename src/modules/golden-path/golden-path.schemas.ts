@@ -1,0 +1,116 @@
+import { z } from 'zod';
+
+const ISO_COUNTRIES = new Set(
+  ('AD AE AF AG AI AL AM AO AQ AR AS AT AU AW AX AZ BA BB BD BE BF BG BH BI BJ BL BM BN BO BQ BR BS BT BV BW BY BZ CA CC CD CF CG CH CI CK CL CM CN CO CR CU CV CW CX CY CZ ' +
+    'DE DJ DK DM DO DZ EC EE EG EH ER ES ET FI FJ FK FM FO FR GA GB GD GE GF GG GH GI GL GM GN GP GQ GR GS GT GU GW GY HK HM HN HR HT HU ID IE IL IM IN IO IQ IR IS IT ' +
+    'JE JM JO JP KE KG KH KI KM KN KP KR KW KY KZ LA LB LC LI LK LR LS LT LU LV LY MA MC MD ME MF MG MH MK ML MM MN MO MP MQ MR MS MT MU MV MW MX MY MZ NA NC NE NF NG ' +
+    'NI NL NO NP NR NU NZ OM PA PE PF PG PH PK PL PM PN PR PS PT PW PY QA RE RO RS RU RW SA SB SC SD SE SG SH SI SJ SK SL SM SN SO SR SS ST SV SX SY SZ TC TD TF TG TH ' +
+    'TJ TK TL TM TN TO TR TT TV TW TZ UA UG UM US UY UZ VA VC VE VG VI VN VU WF WS YE YT ZA ZM ZW').split(' '),
+);
+const ISO_CURRENCIES = new Set(
+  ('AED AFN ALL AMD ANG AOA ARS AUD AWG AZN BAM BBD BDT BGN BHD BIF BMD BND BOB BRL BSD BTN BWP BYN BZD CAD CDF CHF CLP CNY COP CRC CUP CVE CZK DJF DKK DOP DZD EGP ' +
+    'ERN ETB EUR FJD FKP GBP GEL GHS GIP GMD GNF GTQ GYD HKD HNL HTG HUF IDR ILS INR IQD IRR ISK JMD JOD JPY KES KGS KHR KMF KPW KRW KWD KYD KZT LAK LBP LKR LRD LSL ' +
+    'LYD MAD MDL MGA MKD MMK MNT MOP MRU MUR MVR MWK MXN MYR MZN NAD NGN NIO NOK NPR NZD OMR PAB PEN PGK PHP PKR PLN PYG QAR RON RSD RUB RWF SAR SBD SCR SDG SEK SGD ' +
+    'SHP SLE SOS SRD SSP STN SYP SZL THB TJS TMT TND TOP TRY TTD TWD TZS UAH UGX USD UYU UZS VES VND VUV WST XAF XCD XOF XPF YER ZAR ZMW ZWL').split(' '),
+);
+
+const text = (max: number) => z.string().trim().min(1).max(max);
+const amount = z.number().finite().min(0).max(1e12);
+const rate = z.number().finite().min(0).max(1);
+
+export const partnerInput = z.strictObject({
+  name: text(200),
+  country: z.string().refine((c) => ISO_COUNTRIES.has(c), 'must be an ISO 3166-1 alpha-2 code (upper case)'),
+  sector: text(100),
+  website: z.string().max(2048).url().refine((u) => /^https?:\/\//.test(u), 'must be an http(s) URL').optional(),
+  registration_number: z.string().trim().min(1).max(64).regex(/^[A-Za-z0-9\-\/ ]+$/, 'letters, digits, - / and spaces only').optional(),
+});
+
+export const economicsInput = z.strictObject({
+  expected_deals_per_year: z.number().int().min(0).max(1_000_000),
+  average_deal_value: amount,
+  win_rate: rate,
+  gross_margin: rate,
+  onboarding_cost: amount,
+  enablement_cost: amount,
+  annual_support_cost: amount,
+});
+
+/** POST /api/v1/golden-path/run: strict, bounded; unknown fields are rejected. */
+export const submissionSchema = z.strictObject({
+  partner: partnerInput,
+  economics: economicsInput,
+  currency: z.string().refine((c) => ISO_CURRENCIES.has(c), 'must be an ISO 4217 currency code (upper case)'),
+});
+export type Submission = z.infer<typeof submissionSchema>;
+
+/** Where a piece of a step's output came from, so every figure can be traced and re-derived. */
+export const provenanceSchema = z.strictObject({
+  source: z.enum(['submission', 'derived', 'policy', 'human', 'system']),
+  method: z.string().min(1).max(200),
+  inputs_sha256: z.string().regex(/^[0-9a-f]{64}$/),
+  producer_version: z.string().min(1).max(40),
+  produced_at: z.string().datetime(),
+});
+export type Provenance = z.infer<typeof provenanceSchema>;
+
+export const RISK_FLAGS = ['missing_registration_number', 'missing_website', 'high_risk_sector', 'non_https_website'] as const;
+
+export const dossierSchema = z.strictObject({
+  profile: z.strictObject({
+    name: z.string(),
+    country: z.string(),
+    sector: z.string(),
+    website: z.string().nullable(),
+    registration_number: z.string().nullable(),
+    provenance: provenanceSchema,
+  }),
+  facts: z.strictObject({
+    completeness_score: z.number().min(0).max(1),
+    risk_flags: z.array(z.enum(RISK_FLAGS)),
+    provenance: provenanceSchema,
+  }),
+});
+export type Dossier = z.infer<typeof dossierSchema>;
+
+const scenario = z.strictObject({ label: z.string(), payback_months: z.number().nullable() });
+export const economicsSchema = z.strictObject({
+  currency: z.string(),
+  revenue_upside: z.number(),
+  gross_profit: z.number(),
+  cost: z.number(),
+  payback_months: z.number().nullable(),
+  sensitivity: z.array(scenario).length(4),
+  provenance: provenanceSchema,
+});
+export type Economics = z.infer<typeof economicsSchema>;
+
+export const decisionRecord = z.strictObject({
+  decided_by: z.string(),
+  decision: z.enum(['approve', 'reject']),
+  comment: z.string().nullable(),
+  decided_at: z.string().datetime(),
+  kind: z.enum(['human', 'system']),
+});
+
+export const approvalPacketSchema = z.strictObject({
+  approval_request_id: z.string().uuid(),
+  approval_class: z.enum(['A', 'B', 'C']),
+  reasons: z.array(z.string()),
+  required_approvals: z.number().int().min(0).max(2),
+  sla_deadline: z.string().datetime().nullable(),
+  outcome: z.enum(['pending', 'approved', 'rejected', 'expired']),
+  decisions: z.array(decisionRecord),
+  provenance: provenanceSchema,
+});
+export type ApprovalPacket = z.infer<typeof approvalPacketSchema>;
+
+export const evidenceSchema = z.strictObject({
+  evidence_pack_id: z.string().uuid(),
+  sha256: z.string().regex(/^[0-9a-f]{64}$/),
+  outcome: z.enum(['approved', 'rejected']),
+  provenance: provenanceSchema,
+});
+export type Evidence = z.infer<typeof evidenceSchema>;
+
+export const PRODUCER_VERSION = 'golden-path@1';

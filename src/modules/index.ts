@@ -1,0 +1,77 @@
+import type { Job, Queue } from 'bullmq';
+import { DelayedError } from 'bullmq';
+import type { MikroORM } from '@mikro-orm/postgresql';
+import type { Config } from '../platform/config/config.ts';
+import type { DurableRuntime } from '../platform/durable/runtime.ts';
+import type { RouteDef } from '../platform/http/route.ts';
+import type { WorkflowDef } from '../platform/durable/workflow.ts';
+import type { JobHandler } from '../platform/durable/worker-host.ts';
+import { tenantEm } from '../platform/db/tenant-em.ts';
+import { namedJobId } from '../platform/queue/job-ids.ts';
+import { goldenPathRoutes, type AdmissionControl } from './golden-path/golden-path.routes.ts';
+import { GOLDEN_PATH_QUEUE, goldenPathWorkflow } from './golden-path/golden-path.workflow.ts';
+import { approvalPacketStep, type SlaScheduler } from './approvals/approval-packet.step.ts';
+import { ApprovalService } from './approvals/approval.service.ts';
+import { approvalRoutes } from './approvals/approvals.routes.ts';
+import { SLA_JOB_NAME } from './approvals/approval.constants.ts';
+import { evidencePackStep } from './evidence/evidence-pack.step.ts';
+import { evidenceRoutes } from './evidence/evidence.routes.ts';
+
+export interface SlaJobData {
+  tenant_id: string;
+  run_id: string;
+  hash: string;
+  deadline: string;
+}
+
+/** The business modules' workflows and routes, handed to the composition root. */
+export function workflowsFor(config: Config, deps: { queue: () => Queue }): WorkflowDef[] {
+  const sla: SlaScheduler = {
+    async schedule({ tenantId, runId, idempotencyHash, deadline }) {
+      const data: SlaJobData = { tenant_id: tenantId, run_id: runId, hash: idempotencyHash, deadline: deadline.toISOString() };
+      await deps.queue().add(SLA_JOB_NAME, data, {
+        jobId: namedJobId('gp', idempotencyHash, 'sla'),
+        delay: Math.max(0, deadline.getTime() - Date.now()),
+        attempts: 10,
+        backoff: { type: 'exponential', delay: 1000, jitter: 0.5 },
+        removeOnComplete: { age: 3600 },
+        removeOnFail: { age: 7 * 24 * 3600 },
+      });
+    },
+  };
+  const approvalStep = approvalPacketStep({ slaBSeconds: Math.round(config.APPROVAL_SLA_B / 1000), slaCSeconds: Math.round(config.APPROVAL_SLA_C / 1000), sla });
+  return [
+    goldenPathWorkflow(approvalStep, evidencePackStep, async (em, runId) => {
+      // Redis may have lost the SLA timer: re-create it from the approval row (idempotent job id).
+      const [req] = await em.execute<{ sla_deadline: Date | null; idempotency_hash: string; tenant_id: string }[]>(
+        `select a.sla_deadline, r.idempotency_hash, r.tenant_id from approval_requests a join durable_runs r on r.id = a.run_id
+          where a.run_id = ? and a.status = 'pending'`,
+        [runId],
+      );
+      if (req?.sla_deadline) await sla.schedule({ tenantId: req.tenant_id, runId, approvalRequestId: '', idempotencyHash: req.idempotency_hash, deadline: new Date(req.sla_deadline) });
+    }),
+  ];
+}
+
+export function routesFor(deps: { runtime: DurableRuntime; admission?: AdmissionControl }): RouteDef[] {
+  const approvals = new ApprovalService(deps.runtime);
+  return [...goldenPathRoutes(deps), ...approvalRoutes({ approvals }), ...evidenceRoutes()];
+}
+
+export function jobHandlersFor(deps: { orm: MikroORM; runtime: DurableRuntime }): Record<string, JobHandler> {
+  const approvals = new ApprovalService(deps.runtime);
+  return {
+    async [SLA_JOB_NAME](job: Job) {
+      const data = job.data as SlaJobData;
+      const outcome = await tenantEm(deps.orm, data.tenant_id).transactional((tx) => approvals.expire(tx, data.run_id));
+      if (outcome === 'not_due') {
+        // Fired early (clock skew or a re-created timer): wait out the remainder.
+        await job.moveToDelayed(Math.max(Date.parse(data.deadline), Date.now() + 500), job.token);
+        throw new DelayedError();
+      }
+      return { outcome };
+    },
+  };
+}
+
+export const MODULE_QUEUES = [GOLDEN_PATH_QUEUE];

@@ -1,0 +1,164 @@
+import { z } from 'zod';
+import { parseDurationMs } from './duration.ts';
+
+/**
+ * The one schema over the environment. Parsed once at start-up, frozen and passed down;
+ * `process.env` is read nowhere else (the architecture check enforces it).
+ * Every default here works against the local PostgreSQL and Redis of a development machine.
+ */
+const duration = (fallback: string) =>
+  z
+    .union([z.string(), z.number()])
+    .default(fallback)
+    .transform((v, ctx) => {
+      try {
+        return parseDurationMs(v);
+      } catch (e) {
+        ctx.addIssue({ code: 'custom', message: (e as Error).message });
+        return z.NEVER;
+      }
+    });
+
+const postgresUrl = z
+  .string()
+  .url()
+  .refine((u) => /^postgres(ql)?:\/\//.test(u), 'must be a postgres:// URL');
+
+const bool = (fallback: boolean) =>
+  z
+    .enum(['true', 'false', '1', '0', 'yes', 'no', ''])
+    .default(fallback ? 'true' : 'false')
+    .transform((v) => v === 'true' || v === '1' || v === 'yes');
+
+const csv = (fallback: string) =>
+  z
+    .string()
+    .default(fallback)
+    .transform((v) =>
+      v
+        .split(',')
+        .map((s) => s.trim())
+        .filter(Boolean),
+    );
+
+export const configSchema = z
+  .object({
+    NODE_ENV: z.enum(['development', 'test', 'production']).default('development'),
+    PORT: z.coerce.number().int().min(0).max(65535).default(3000),
+    LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+
+    DATABASE_URL: postgresUrl.default('postgres://dealix_app:dealix_app@127.0.0.1:5432/dealix'),
+    MIGRATION_DATABASE_URL: postgresUrl.default('postgres://dealix_owner:dealix_owner@127.0.0.1:5432/dealix'),
+    DATABASE_ADMIN_URL: postgresUrl.optional(),
+    DATABASE_POOL_MAX: z.coerce.number().int().min(1).max(200).default(10),
+    DATABASE_STATEMENT_TIMEOUT: duration('30s'),
+
+    REDIS_URL: z.string().url().default('redis://127.0.0.1:6379'),
+    QUEUE_PREFIX: z
+      .string()
+      .regex(/^[A-Za-z0-9_{}-]{1,64}$/, 'letters, digits, _ - { } only (no ":")')
+      .default('dealix'),
+
+    JWT_SECRET: z.string().min(32, 'must be at least 32 characters').optional(),
+    JWT_JWKS_URL: z.string().url().optional(),
+    JWT_ISSUER: z.string().min(1).default('dealix-dev'),
+    JWT_AUDIENCE: z.string().min(1).default('dealix-api'),
+    JWT_ALGORITHMS: csv('').pipe(z.array(z.enum(['HS256', 'RS256', 'ES256', 'PS256', 'EdDSA']))),
+    JWT_CLOCK_TOLERANCE: duration('5s'),
+
+    IDEMPOTENCY_TTL: duration('24h'),
+    IDEMPOTENCY_LEASE: duration('60s'),
+
+    WORKER_CONCURRENCY: z.coerce.number().int().min(1).max(1000).default(16),
+    WORKER_LOCK_DURATION: duration('5s'),
+    WORKER_STALLED_INTERVAL: duration('2s'),
+    WORKER_MAX_STALLED_COUNT: z.coerce.number().int().min(1).max(100).default(10),
+    WORKER_SHUTDOWN_GRACE: duration('10s'),
+    SWEEPER_INTERVAL: duration('15s'),
+    SWEEPER_MIN_AGE: duration('10s'),
+
+    APPROVAL_SLA_B: duration('24h'),
+    APPROVAL_SLA_C: duration('72h'),
+
+    RATE_LIMIT_PER_MINUTE: z.coerce.number().int().min(0).default(600),
+    MAX_RUNS_IN_FLIGHT_PER_TENANT: z.coerce.number().int().min(0).default(10_000),
+    BODY_LIMIT: z.string().regex(/^\d+(b|kb|mb)$/i).default('64kb'),
+
+    BULL_BOARD_READ_ONLY: bool(true),
+    OPERATOR_USER: z.string().min(1).optional(),
+    OPERATOR_PASSWORD: z.string().min(12, 'must be at least 12 characters').optional(),
+
+    OTEL_SDK_DISABLED: bool(false),
+    OTEL_EXPORTER_OTLP_ENDPOINT: z.string().url().optional(),
+    OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: z.string().url().optional(),
+    OTEL_TRACES_EXPORTER: z.string().optional(),
+    OTEL_SERVICE_NAME: z.string().optional(),
+  })
+  .superRefine((c, ctx) => {
+    if (!c.JWT_SECRET && !c.JWT_JWKS_URL) {
+      ctx.addIssue({ code: 'custom', path: ['JWT_SECRET'], message: 'set JWT_SECRET (HS256, development) or JWT_JWKS_URL (RS256/ES256)' });
+    }
+    if (c.NODE_ENV === 'production' && c.JWT_SECRET && !c.JWT_JWKS_URL) {
+      ctx.addIssue({ code: 'custom', path: ['JWT_JWKS_URL'], message: 'production verifies tokens through JWT_JWKS_URL, not a shared secret' });
+    }
+    if (Boolean(c.OPERATOR_USER) !== Boolean(c.OPERATOR_PASSWORD)) {
+      ctx.addIssue({ code: 'custom', path: ['OPERATOR_PASSWORD'], message: 'OPERATOR_USER and OPERATOR_PASSWORD go together' });
+    }
+  });
+
+export type Config = Readonly<z.output<typeof configSchema>>;
+
+export class ConfigError extends Error {
+  readonly problems: string[];
+  constructor(problems: string[]) {
+    super(`invalid configuration:\n${problems.map((p) => `  - ${p}`).join('\n')}`);
+    this.name = 'ConfigError';
+    this.problems = problems;
+  }
+}
+
+/** Parses an environment (normally `process.env`) into a frozen Config, or throws naming every bad variable. */
+export function parseConfig(env: Record<string, string | undefined>): Config {
+  // Empty strings mean "unset", as in most .env tooling.
+  const cleaned = Object.fromEntries(Object.entries(env).filter(([, v]) => v !== undefined && v !== ''));
+  const result = configSchema.safeParse(cleaned);
+  if (!result.success) {
+    throw new ConfigError(result.error.issues.map((i) => `${i.path.join('.') || '(env)'}: ${i.message}`));
+  }
+  const config = result.data;
+  if (config.JWT_ALGORITHMS.length === 0) {
+    config.JWT_ALGORITHMS = config.JWT_JWKS_URL ? ['RS256', 'ES256'] : ['HS256'];
+  }
+  return Object.freeze(config);
+}
+
+/** The only place that reads `process.env`. A bad or missing variable stops start-up, naming each one. */
+export function loadConfig(): Config {
+  try {
+    return parseConfig(process.env);
+  } catch (e) {
+    if (e instanceof ConfigError) {
+      console.error(e.message);
+      process.exit(1);
+    }
+    throw e;
+  }
+}
+
+/** Raw OpenTelemetry variables for the SDK bootstrap, which must run before the application is loaded. */
+export function telemetryEnv(): { disabled: boolean; serviceName: string | undefined } {
+  const v = process.env.OTEL_SDK_DISABLED?.toLowerCase();
+  return { disabled: v === 'true' || v === '1', serviceName: process.env.OTEL_SERVICE_NAME };
+}
+
+/** Role name and database name from a postgres URL. */
+export function describePgUrl(url: string): { user: string; password: string; database: string; host: string; port: number } {
+  const u = new URL(url);
+  return {
+    user: decodeURIComponent(u.username),
+    password: decodeURIComponent(u.password),
+    database: decodeURIComponent(u.pathname.replace(/^\//, '')),
+    host: u.hostname,
+    port: Number(u.port || 5432),
+  };
+}

@@ -1,0 +1,38 @@
+import type { EntitySchema } from '@mikro-orm/core';
+import type { Config } from '../config/config.ts';
+import { describePgUrl } from '../config/config.ts';
+import { createOrm, type MikroORM } from './orm.ts';
+import { grantRuntimePrivileges } from './roles.ts';
+import { isTenantOwned } from './tenant-owned.ts';
+
+export function tenantTables(orm: MikroORM): string[] {
+  return [...orm.getMetadata().getAll().values()]
+    .filter((m) => !m.embeddable && !m.virtual && isTenantOwned(m))
+    .map((m) => m.tableName)
+    .sort();
+}
+
+/** Applies pending migrations as the owner role, then (re)grants the runtime privileges. Idempotent. */
+export async function migrate(config: Config, entities: EntitySchema<any, any>[], clientUrl?: string): Promise<string[]> {
+  const orm = await createOrm(config, { entities, role: 'owner', poolMax: 2, ...(clientUrl ? { clientUrl } : {}) });
+  try {
+    const applied = await orm.migrator.up();
+    await grantRuntimePrivileges(orm.em.getConnection(), describePgUrl(config.DATABASE_URL).user, tenantTables(orm));
+    return applied.map((m) => m.name);
+  } finally {
+    await orm.close(true);
+  }
+}
+
+export interface SchemaStatus {
+  pending: string[];
+  /** SQL the schema generator would run to make the database match the entities; empty when there is no drift. */
+  drift: string;
+}
+
+/** Pending migrations and entity/schema drift, read through the given ORM (any role that can read the catalog). */
+export async function schemaStatus(orm: MikroORM): Promise<SchemaStatus> {
+  const pending = (await orm.migrator.getPending()).map((m) => m.name);
+  const drift = (await orm.schema.getUpdateSchemaSQL({ wrap: false, safe: false, dropTables: true })).trim();
+  return { pending, drift };
+}

@@ -1,0 +1,59 @@
+import { MikroORM, defineConfig, type Options } from '@mikro-orm/postgresql';
+import { Migrator } from '@mikro-orm/migrations';
+import type { EntitySchema } from '@mikro-orm/core';
+import { fileURLToPath } from 'node:url';
+import type { Config } from '../config/config.ts';
+
+export const MIGRATIONS_PATH = fileURLToPath(new URL('../../../migrations', import.meta.url));
+
+export type DbRole = 'app' | 'owner';
+
+export interface OrmOptions {
+  entities: EntitySchema<any, any>[];
+  /** `app` (default): the unprivileged application role, RLS in force. `owner`: migrations only. */
+  role?: DbRole;
+  /** Override the connection URL (tests, benchmarks). */
+  clientUrl?: string;
+  poolMax?: number;
+  debug?: boolean;
+}
+
+export function ormConfig(config: Config, opts: OrmOptions): Options {
+  const clientUrl = opts.clientUrl ?? (opts.role === 'owner' ? config.MIGRATION_DATABASE_URL : config.DATABASE_URL);
+  return defineConfig({
+    clientUrl,
+    entities: opts.entities,
+    extensions: [Migrator],
+    debug: opts.debug ?? false,
+    // Tenant session variables apply per transaction (set_config(..., true)): safe with pooling and PgBouncer.
+    sessionContext: 'transaction',
+    allowGlobalContext: false,
+    forceUtcTimezone: true,
+    ensureDatabase: false,
+    pool: { min: 0, max: opts.poolMax ?? config.DATABASE_POOL_MAX, idleTimeoutMillis: 30_000 },
+    driverOptions: {
+      statement_timeout: config.DATABASE_STATEMENT_TIMEOUT,
+      connectionTimeoutMillis: 5_000,
+    },
+    migrations: {
+      path: MIGRATIONS_PATH,
+      pathTs: MIGRATIONS_PATH,
+      glob: '!(*.d).{js,ts}',
+      tableName: 'mikro_orm_migrations',
+      transactional: true,
+      allOrNothing: true,
+      snapshot: true,
+      // The snapshot is managed by `db:migration:create` only; applying migrations never rewrites it.
+      snapshotOnMigrate: false,
+      snapshotName: '.snapshot-dealix',
+      emit: 'ts',
+      fileName: (timestamp: string, name?: string) => `Migration${timestamp}${name ? `_${name}` : ''}`,
+    },
+  });
+}
+
+export async function createOrm(config: Config, opts: OrmOptions): Promise<MikroORM> {
+  return MikroORM.init(ormConfig(config, opts));
+}
+
+export type { MikroORM };

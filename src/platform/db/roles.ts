@@ -1,0 +1,80 @@
+import pg from 'pg';
+import { describePgUrl } from '../config/config.ts';
+import { SYSTEM_ROLE } from './tenant-owned.ts';
+
+const ident = (s: string) => `"${s.replace(/"/g, '""')}"`;
+const literal = (s: string) => `'${s.replace(/'/g, "''")}'`;
+
+export interface SetupUrls {
+  adminUrl: string;
+  ownerUrl: string;
+  appUrl: string;
+}
+
+/**
+ * Development and test bootstrap (npm run db:setup): creates the owner role, the application role,
+ * the system role and the database, idempotently, through the superuser URL. Production creates
+ * these once by hand or through its provider (docs/operations.md); the app never runs as superuser.
+ */
+export async function setupDatabase({ adminUrl, ownerUrl, appUrl }: SetupUrls): Promise<string[]> {
+  const owner = describePgUrl(ownerUrl);
+  const app = describePgUrl(appUrl);
+  if (owner.database !== app.database) throw new Error('DATABASE_URL and MIGRATION_DATABASE_URL must name the same database');
+  if (owner.user === app.user) throw new Error('the application role must differ from the owner role');
+  const log: string[] = [];
+  const admin = new pg.Client({ connectionString: adminUrl });
+  await admin.connect();
+  try {
+    await ensureRole(admin, owner.user, owner.password, 'LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE INHERIT', log);
+    // NOINHERIT: the app may SET ROLE to the system role for narrow maintenance, but never holds its rights implicitly.
+    await ensureRole(admin, app.user, app.password, 'LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE NOINHERIT', log);
+    await ensureRole(admin, SYSTEM_ROLE, undefined, 'NOLOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE NOINHERIT', log);
+    await admin.query(`GRANT ${ident(SYSTEM_ROLE)} TO ${ident(app.user)}`);
+    await admin.query(`GRANT ${ident(SYSTEM_ROLE)} TO ${ident(owner.user)}`);
+    const exists = await admin.query('SELECT 1 FROM pg_database WHERE datname = $1', [owner.database]);
+    if (exists.rowCount === 0) {
+      await admin.query(`CREATE DATABASE ${ident(owner.database)} OWNER ${ident(owner.user)}`);
+      log.push(`created database ${owner.database}`);
+    } else {
+      await admin.query(`ALTER DATABASE ${ident(owner.database)} OWNER TO ${ident(owner.user)}`);
+    }
+  } finally {
+    await admin.end();
+  }
+  const adminDbUrl = new URL(adminUrl);
+  adminDbUrl.pathname = `/${owner.database}`;
+  const db = new pg.Client({ connectionString: adminDbUrl.toString() });
+  await db.connect();
+  try {
+    await db.query(`ALTER SCHEMA public OWNER TO ${ident(owner.user)}`);
+    await db.query('REVOKE ALL ON SCHEMA public FROM PUBLIC');
+    await db.query(`GRANT USAGE ON SCHEMA public TO ${ident(app.user)}, ${ident(SYSTEM_ROLE)}`);
+    await db.query(`REVOKE ALL ON DATABASE ${ident(owner.database)} FROM PUBLIC`);
+    await db.query(`GRANT CONNECT ON DATABASE ${ident(owner.database)} TO ${ident(app.user)}`);
+  } finally {
+    await db.end();
+  }
+  return log;
+}
+
+async function ensureRole(client: pg.Client, name: string, password: string | undefined, attrs: string, log: string[]): Promise<void> {
+  const found = await client.query('SELECT 1 FROM pg_roles WHERE rolname = $1', [name]);
+  const pw = password ? ` PASSWORD ${literal(password)}` : '';
+  if (found.rowCount === 0) {
+    await client.query(`CREATE ROLE ${ident(name)} ${attrs}${pw}`);
+    log.push(`created role ${name}`);
+  } else {
+    await client.query(`ALTER ROLE ${ident(name)} ${attrs}${pw}`);
+  }
+}
+
+/** Grants the application role exactly the DML it needs, and the system role its narrow columns. Run by the owner. */
+export async function grantRuntimePrivileges(client: { execute(sql: string): Promise<unknown> }, appRole: string, tenantTables: string[]): Promise<void> {
+  for (const table of tenantTables) {
+    await client.execute(`REVOKE ALL ON TABLE ${ident(table)} FROM PUBLIC`);
+    await client.execute(`GRANT SELECT, INSERT, UPDATE, DELETE ON TABLE ${ident(table)} TO ${ident(appRole)}`);
+  }
+  await client.execute(`GRANT SELECT ON TABLE mikro_orm_migrations TO ${ident(appRole)}`);
+  await client.execute(`GRANT SELECT (id, tenant_id, workflow, status, sequence_num, step_count, updated_at) ON TABLE durable_runs TO ${ident(SYSTEM_ROLE)}`);
+  await client.execute(`GRANT SELECT (id, tenant_id, expires_at), DELETE ON TABLE idempotency_keys TO ${ident(SYSTEM_ROLE)}`);
+}

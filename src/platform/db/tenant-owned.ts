@@ -1,0 +1,26 @@
+import { p, type PolicyDef } from '@mikro-orm/core';
+
+/**
+ * The tenant setting every policy reads. Written exactly as PostgreSQL prints it back from
+ * `pg_policies`, so the schema diff is empty and the drift check can pass; the sub-select makes
+ * it an InitPlan evaluated once per statement, and `nullif` turns the post-transaction `''`
+ * into NULL, so "no tenant context" matches nothing (default deny) instead of raising.
+ */
+export const TENANT_SETTING = 'app.tenant_id';
+/** NOLOGIN role for narrow cross-tenant maintenance, reached only by SET LOCAL ROLE. See ADR 0003. */
+export const SYSTEM_ROLE = 'dealix_system';
+export const CURRENT_TENANT_SQL = `( SELECT (NULLIF(current_setting('${TENANT_SETTING}'::text, true), ''::text))::uuid AS "nullif")`;
+export const TENANT_PREDICATE_SQL = `(tenant_id = ${CURRENT_TENANT_SQL})`;
+
+/** The isolation policy of a tenant-owned table: USING and WITH CHECK on tenant_id. */
+export function tenantIsolationPolicy(table: string): PolicyDef {
+  return { name: `${table}_tenant_isolation`, command: 'all', using: TENANT_PREDICATE_SQL, check: TENANT_PREDICATE_SQL };
+}
+
+/** Property builder for the tenant column every tenant-owned entity carries. */
+export const tenantIdProperty = () => p.uuid().index();
+
+/** Marker read by the RLS suite and the readiness matrix: entities whose table is tenant-owned. */
+export function isTenantOwned(meta: { properties: Record<string, unknown> }): boolean {
+  return 'tenantId' in meta.properties;
+}

@@ -1,0 +1,33 @@
+import { defineEntity, p, type InferEntity } from '@mikro-orm/core';
+import { tenantIdProperty, tenantIsolationPolicy } from '../db/tenant-owned.ts';
+import { DurableRun } from './durable-run.entity.ts';
+
+export const CHECKPOINT_STATUSES = ['started', 'completed', 'failed', 'waiting'] as const;
+export type CheckpointStatus = (typeof CHECKPOINT_STATUSES)[number];
+
+/**
+ * The durable record of one step of one run. Written in the same transaction as the step's
+ * effects; unique (tenant, run, sequence_num) makes a concurrent second execution roll back.
+ */
+export const DurableCheckpoint = defineEntity({
+  name: 'DurableCheckpoint',
+  tableName: 'durable_checkpoints',
+  properties: {
+    id: p.uuid().primary(),
+    tenantId: tenantIdProperty(),
+    run: () => p.manyToOne(DurableRun).deleteRule('cascade'),
+    sequenceNum: p.integer(),
+    stepName: p.string().length(100),
+    status: p.enum(CHECKPOINT_STATUSES),
+    output: p.json<unknown>().nullable(),
+    error: p.json<unknown>().nullable(),
+    attempt: p.integer().default(1),
+    createdAt: p.datetime(),
+    updatedAt: p.datetime(),
+    completedAt: p.datetime().nullable(),
+  },
+  uniques: [{ name: 'durable_checkpoints_tenant_run_seq_unique', properties: ['tenantId', 'run', 'sequenceNum'] }],
+  rowLevelSecurity: 'force',
+  policies: [tenantIsolationPolicy('durable_checkpoints')],
+});
+export type IDurableCheckpoint = InferEntity<typeof DurableCheckpoint>;

@@ -1,0 +1,53 @@
+import { defineEntity, p, type InferEntity } from '@mikro-orm/core';
+import { SYSTEM_ROLE, tenantIdProperty, tenantIsolationPolicy } from '../db/tenant-owned.ts';
+
+/** Non-terminal statuses: the sweeper looks only at these. */
+export const ACTIVE_RUN_STATUSES = ['pending', 'running', 'waiting'] as const;
+export const TERMINAL_RUN_STATUSES = ['completed', 'failed', 'rejected', 'approval_expired', 'cancelled'] as const;
+export const RUN_STATUSES = [...ACTIVE_RUN_STATUSES, ...TERMINAL_RUN_STATUSES] as const;
+export type RunStatus = (typeof RUN_STATUSES)[number];
+
+/** One execution of a workflow for one tenant; unique per (tenant, idempotency hash). */
+export const DurableRun = defineEntity({
+  name: 'DurableRun',
+  tableName: 'durable_runs',
+  properties: {
+    id: p.uuid().primary(),
+    tenantId: tenantIdProperty(),
+    workflow: p.string().length(100),
+    workflowVersion: p.integer(),
+    idempotencyHash: p.string().length(64),
+    status: p.enum(RUN_STATUSES),
+    principal: p.string().length(255),
+    input: p.json<unknown>(),
+    output: p.json<unknown>().nullable(),
+    error: p.json<unknown>().nullable(),
+    correlationId: p.string().length(128),
+    traceId: p.string().length(32).nullable(),
+    /** W3C traceparent of the submission, so a resumed step joins the same trace. */
+    traceparent: p.string().length(64).nullable(),
+    /** Highest completed sequence_num (0 before the first step completes). */
+    sequenceNum: p.integer().default(0),
+    stepCount: p.integer(),
+    /** The worker that last executed a step, and until when its claim stands (heartbeat). */
+    leaseOwner: p.string().length(128).nullable(),
+    leaseExpiresAt: p.datetime().nullable(),
+    createdAt: p.datetime(),
+    updatedAt: p.datetime(),
+    completedAt: p.datetime().nullable(),
+  },
+  uniques: [{ name: 'durable_runs_tenant_hash_unique', properties: ['tenantId', 'idempotencyHash'] }],
+  indexes: [
+    { name: 'durable_runs_tenant_created_index', properties: ['tenantId', 'createdAt', 'id'] },
+    { name: 'durable_runs_tenant_status_index', properties: ['tenantId', 'status'] },
+    { name: 'durable_runs_status_updated_index', properties: ['status', 'updatedAt'] },
+  ],
+  rowLevelSecurity: 'force',
+  policies: [
+    tenantIsolationPolicy('durable_runs'),
+    // The recovery sweeper's narrow cross-tenant read: only as the NOLOGIN system role, only the
+    // columns granted to it (ids, status, progress), never input or output. See ADR 0003.
+    { name: 'durable_runs_system_sweep', command: 'select', roles: [SYSTEM_ROLE], using: 'true' },
+  ],
+});
+export type IDurableRun = InferEntity<typeof DurableRun>;

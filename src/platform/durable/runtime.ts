@@ -1,0 +1,270 @@
+import { randomUUID } from 'node:crypto';
+import type { EntityManager } from '@mikro-orm/postgresql';
+import { FlowProducer, type FlowJob, type Queue } from 'bullmq';
+import { context as otelContext, propagation, trace } from '@opentelemetry/api';
+import type { Logger } from 'pino';
+import { stepJobId } from '../queue/job-ids.ts';
+import { ACTIVE_RUN_STATUSES, type RunStatus } from './durable-run.entity.ts';
+import type { CheckpointStatus } from './durable-checkpoint.entity.ts';
+import { retryOf, segmentEnd, type WorkflowDef } from './workflow.ts';
+
+export interface StepJobData {
+  run_id: string;
+  tenant_id: string;
+  workflow: string;
+  step: string;
+  sequence_num: number;
+  _correlation_id: string;
+}
+
+export interface RunRow {
+  id: string;
+  tenant_id: string;
+  workflow: string;
+  workflow_version: number;
+  idempotency_hash: string;
+  status: RunStatus;
+  principal: string;
+  input: unknown;
+  output: unknown;
+  error: unknown;
+  correlation_id: string;
+  trace_id: string | null;
+  traceparent: string | null;
+  sequence_num: number;
+  step_count: number;
+  created_at: Date;
+  updated_at: Date;
+  completed_at: Date | null;
+}
+
+export const RUN_COLUMNS = `id, tenant_id, workflow, workflow_version, idempotency_hash, status, principal, input, output, error,
+  correlation_id, trace_id, traceparent, sequence_num, step_count, created_at, updated_at, completed_at`;
+
+export interface StartRunInput {
+  tenantId: string;
+  principal: string;
+  idempotencyHash: string;
+  input: unknown;
+  correlationId: string;
+  traceId?: string | null;
+  traceparent?: string | null;
+}
+
+export interface IncompleteRun {
+  id: string;
+  tenant_id: string;
+  workflow: string;
+  status: RunStatus;
+  sequence_num: number;
+  step_count: number;
+  updated_at: Date;
+}
+
+export interface RuntimeOptions {
+  workflows: WorkflowDef[];
+  flowProducer: FlowProducer;
+  queues: Map<string, Queue>;
+  logger: Logger;
+  /** Remove completed step jobs from Redis after this many seconds (Postgres keeps the truth). */
+  keepCompletedSeconds?: number;
+}
+
+/**
+ * The durable runtime: start_run, checkpoint, complete, resume, list_incomplete, and the enqueueing of
+ * a run's remaining steps as a BullMQ flow with deterministic job ids. Postgres is the source of truth;
+ * Redis carries the work. The step executor (executor.ts) and the sweeper (sweeper.ts) build on it.
+ */
+export class DurableRuntime {
+  readonly workflows: Map<string, WorkflowDef>;
+  readonly flowProducer: FlowProducer;
+  readonly queues: Map<string, Queue>;
+  private readonly logger: Logger;
+  private readonly keepCompletedSeconds: number;
+
+  constructor(opts: RuntimeOptions) {
+    this.workflows = new Map(opts.workflows.map((w) => [w.name, w]));
+    this.flowProducer = opts.flowProducer;
+    this.queues = opts.queues;
+    this.logger = opts.logger;
+    this.keepCompletedSeconds = opts.keepCompletedSeconds ?? 3600;
+  }
+
+  workflow(name: string): WorkflowDef {
+    const wf = this.workflows.get(name);
+    if (!wf) throw new Error(`unknown workflow ${name}`);
+    return wf;
+  }
+
+  /**
+   * Creates the run, or finds the one this submission already created (unique per tenant and
+   * idempotency hash): a retried submission can never start a second run.
+   */
+  async start_run(em: EntityManager, workflowName: string, input: StartRunInput): Promise<{ run: RunRow; created: boolean }> {
+    const wf = this.workflow(workflowName);
+    const rows = await em.execute<(RunRow & { created: boolean })[]>(
+      `with ins as (
+         insert into durable_runs (id, tenant_id, workflow, workflow_version, idempotency_hash, status, principal, input, correlation_id,
+                                   trace_id, traceparent, sequence_num, step_count, created_at, updated_at)
+         values (?, ?, ?, ?, ?, 'pending', ?, ?::jsonb, ?, ?, ?, 0, ?, date_trunc('milliseconds', now()), now())
+         on conflict (tenant_id, idempotency_hash) do nothing
+         returning ${RUN_COLUMNS})
+       select ins.*, true as created from ins
+       union all
+       select ${RUN_COLUMNS}, false as created from durable_runs
+        where tenant_id = ? and idempotency_hash = ? and not exists (select 1 from ins)`,
+      [randomUUID(), input.tenantId, wf.name, wf.version, input.idempotencyHash, input.principal, JSON.stringify(input.input),
+        input.correlationId, input.traceId ?? null, input.traceparent ?? null, wf.steps.length, input.tenantId, input.idempotencyHash],
+    );
+    const row = rows[0];
+    if (!row) throw new Error('start_run returned no row');
+    const { created, ...run } = row;
+    return { run, created };
+  }
+
+  /** Enqueues the segment of steps that starts at `fromSeq` as one flow (first step deepest). */
+  async enqueue(run: Pick<RunRow, 'id' | 'tenant_id' | 'workflow' | 'idempotency_hash' | 'correlation_id' | 'traceparent'>, fromSeq: number): Promise<void> {
+    const wf = this.workflow(run.workflow);
+    if (fromSeq < 1 || fromSeq > wf.steps.length) return;
+    const to = segmentEnd(wf, fromSeq);
+    let node: FlowJob | undefined;
+    for (let seq = fromSeq; seq <= to; seq++) {
+      const step = wf.steps[seq - 1]!;
+      const retry = retryOf(step);
+      const data: StepJobData = {
+        run_id: run.id,
+        tenant_id: run.tenant_id,
+        workflow: wf.name,
+        step: step.name,
+        sequence_num: seq,
+        _correlation_id: run.correlation_id,
+      };
+      node = {
+        name: step.name,
+        queueName: wf.queue,
+        data,
+        opts: {
+          jobId: stepJobId(wf.tag, run.idempotency_hash, seq, step.name),
+          attempts: retry.attempts,
+          backoff: { type: 'exponential', delay: retry.backoffMs, jitter: retry.jitter },
+          removeOnComplete: { age: this.keepCompletedSeconds },
+          removeOnFail: { age: 7 * 24 * 3600 },
+        },
+        // A child that fails for good fails its parent: a chain never hangs in waiting-children.
+        ...(node ? { children: [{ ...node, opts: { ...node.opts, failParentOnFailure: true } }] } : {}),
+      };
+    }
+    if (!node) return;
+    const add = () => this.flowProducer.add(node!);
+    // Continue the submission's trace, also when a resume enqueues from another process or request.
+    if (run.traceparent) {
+      const parent = propagation.extract(otelContext.active(), { traceparent: run.traceparent });
+      if (trace.getSpanContext(parent)) {
+        await otelContext.with(parent, add);
+        return;
+      }
+    }
+    await add();
+  }
+
+  /** Records a checkpoint for (run, sequence_num) and moves the run, in the caller's transaction. */
+  async checkpoint(
+    em: EntityManager,
+    args: {
+      run: Pick<RunRow, 'id' | 'tenant_id'>;
+      sequenceNum: number;
+      stepName: string;
+      status: CheckpointStatus;
+      output?: unknown;
+      error?: unknown;
+      attempt: number;
+      runStatus: RunStatus;
+      runOutput?: unknown;
+      leaseOwner?: string;
+      leaseMs?: number;
+    },
+  ): Promise<void> {
+    const completed = args.status === 'completed';
+    const terminal = !(ACTIVE_RUN_STATUSES as readonly string[]).includes(args.runStatus);
+    await em.execute(
+      `with cp as (
+         insert into durable_checkpoints (id, tenant_id, run_id, sequence_num, step_name, status, output, error, attempt, created_at, updated_at, completed_at)
+         values (?, ?, ?, ?, ?, ?, ?::jsonb, ?::jsonb, ?, now(), now(), ${completed ? 'now()' : 'null'})
+         returning run_id)
+       update durable_runs set
+         sequence_num = ${completed ? 'greatest(sequence_num, ?)' : 'sequence_num + 0 * ?'},
+         status = ?, lease_owner = ?, lease_expires_at = now() + ? * interval '1 millisecond', updated_at = now()
+         ${terminal ? ', output = ?::jsonb, completed_at = now()' : ''}
+       where id = (select run_id from cp)`,
+      [randomUUID(), args.run.tenant_id, args.run.id, args.sequenceNum, args.stepName, args.status,
+        args.output === undefined ? null : JSON.stringify(args.output), args.error === undefined ? null : JSON.stringify(args.error), args.attempt,
+        args.sequenceNum, args.runStatus, args.leaseOwner ?? null, args.leaseMs ?? 0,
+        ...(terminal ? [JSON.stringify(args.runOutput ?? null)] : [])],
+      'run',
+    );
+  }
+
+  /** Ends a run (terminal status), e.g. failed after its retries or expired while waiting. Only an active run moves. */
+  async complete(em: EntityManager, runId: string, status: Exclude<RunStatus, 'pending' | 'running' | 'waiting'>, result: { output?: unknown; error?: unknown } = {}): Promise<boolean> {
+    const res = (await em.execute(
+      `update durable_runs set status = ?, output = coalesce(?::jsonb, output), error = ?::jsonb, completed_at = now(), updated_at = now(),
+              lease_owner = null, lease_expires_at = null
+        where id = ? and status in ('pending', 'running', 'waiting')`,
+      [status, result.output === undefined ? null : JSON.stringify(result.output), result.error === undefined ? null : JSON.stringify(result.error), runId],
+      'run',
+    )) as { affectedRows?: number };
+    return (res.affectedRows ?? 0) > 0;
+  }
+
+  /**
+   * Resumes a run that waits at `sequenceNum`: completes the waiting checkpoint with `output`
+   * (validated by the step's schema), moves the run on, and returns a function that enqueues the
+   * remaining steps; call it after the transaction commits. A run that does not wait there is refused.
+   */
+  async resume(em: EntityManager, runId: string, sequenceNum: number, output: unknown, opts: { finalStatus?: RunStatus } = {}): Promise<() => Promise<void>> {
+    const [run] = await em.execute<RunRow[]>(`select ${RUN_COLUMNS} from durable_runs where id = ? for update`, [runId]);
+    if (!run) throw new Error(`run ${runId} not found`);
+    const wf = this.workflow(run.workflow);
+    const step = wf.steps[sequenceNum - 1];
+    if (!step) throw new Error(`workflow ${wf.name} has no step ${sequenceNum}`);
+    const parsed = step.output.parse(output);
+    const res = (await em.execute(
+      `update durable_checkpoints set status = 'completed', output = ?::jsonb, completed_at = now(), updated_at = now()
+        where run_id = ? and sequence_num = ? and status = 'waiting' and step_name = ?`,
+      [JSON.stringify(parsed), runId, sequenceNum, step.name],
+      'run',
+    )) as { affectedRows?: number };
+    if (!res.affectedRows) throw new Error(`run ${runId} is not waiting at step ${sequenceNum}`);
+    const last = sequenceNum === wf.steps.length;
+    const status: RunStatus = opts.finalStatus ?? (last ? 'completed' : 'running');
+    await em.execute(
+      `update durable_runs set sequence_num = greatest(sequence_num, ?), status = ?, updated_at = now() ${last ? ', completed_at = now()' : ''} where id = ?`,
+      [sequenceNum, status, runId],
+      'run',
+    );
+    const terminal = !(ACTIVE_RUN_STATUSES as readonly string[]).includes(status);
+    return async () => {
+      if (!terminal && !last) await this.enqueue(run, sequenceNum + 1);
+    };
+  }
+
+  /**
+   * Runs of every tenant that are incomplete in Postgres and untouched for `olderThanMs`: ids and
+   * progress only, read as the narrow system role (see ADR 0003). The sweeper's only cross-tenant read.
+   */
+  async list_incomplete(systemEm: EntityManager, opts: { olderThanMs: number; limit: number; statuses?: RunStatus[] }): Promise<IncompleteRun[]> {
+    const statuses = opts.statuses ?? ['pending', 'running'];
+    return systemEm.transactional((tx) =>
+      tx.execute<IncompleteRun[]>(
+        `select id, tenant_id, workflow, status, sequence_num, step_count, updated_at from durable_runs
+          where status = any(?::text[]) and updated_at < now() - ? * interval '1 millisecond'
+          order by updated_at limit ?`,
+        [`{${statuses.join(',')}}`, opts.olderThanMs, opts.limit],
+      ),
+    );
+  }
+
+  async close(): Promise<void> {
+    await this.flowProducer.close();
+  }
+}

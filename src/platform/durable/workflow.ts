@@ -1,0 +1,113 @@
+/**
+ * Glossary of the durable runtime
+ * - run: one execution of a workflow for one tenant (durable_runs), unique per (tenant, idempotency hash).
+ * - step: a named, versioned unit of work with zod input and output schemas; its name is a persisted
+ *   identifier: never rename one, version the workflow instead.
+ * - sequence_num: the 1-based position of a step in its workflow; the checkpoint key with the run.
+ * - checkpoint: the stored outcome of one step of one run (durable_checkpoints), written in the same
+ *   transaction as the step's effects. A completed checkpoint is never executed again: its output replays.
+ * - resume: continuing a run from its last completed sequence_num (after a crash, a wait or a flush).
+ * - sweeper: the periodic job that finds runs incomplete in Postgres with no live job in Redis and
+ *   re-enqueues their remaining steps.
+ */
+import type { EntityManager } from '@mikro-orm/postgresql';
+import type { ZodType } from 'zod';
+import type { Logger } from 'pino';
+
+export interface RetryPolicy {
+  /** Total attempts including the first. */
+  attempts: number;
+  /** Base delay of the exponential backoff, in ms. */
+  backoffMs: number;
+  /** 0..1 random spread applied to each delay, so retries of many runs do not stampede. */
+  jitter: number;
+}
+
+export const DEFAULT_RETRY: RetryPolicy = { attempts: 5, backoffMs: 500, jitter: 0.5 };
+
+export interface RunInfo {
+  id: string;
+  tenantId: string;
+  workflow: string;
+  workflowVersion: number;
+  principal: string;
+  correlationId: string;
+  idempotencyHash: string;
+  createdAt: Date;
+}
+
+export interface StepContext {
+  /** Tenant-bound entity manager inside the step's transaction: domain writes commit with the checkpoint. */
+  em: EntityManager;
+  run: RunInfo;
+  sequenceNum: number;
+  attempt: number;
+  logger: Logger;
+  /** Mark this step as waiting (e.g. for a human): its checkpoint is `waiting` and the run pauses. */
+  wait<O>(output: O): Waiting<O>;
+}
+
+export const WAITING = Symbol('dealix.waiting');
+export interface Waiting<O> {
+  [WAITING]: true;
+  output: O;
+}
+export function isWaiting(v: unknown): v is Waiting<unknown> {
+  return typeof v === 'object' && v !== null && WAITING in v;
+}
+
+export interface StepDef<I = any, O = any> {
+  name: string;
+  /** Validates what the runtime hands the step: { submission, outputs: { [stepName]: output } }. */
+  input: ZodType<I>;
+  /** Validates the output on write and on read (replay). */
+  output: ZodType<O>;
+  retry?: Partial<RetryPolicy>;
+  /** True when the step may return ctx.wait(): the flow segment ends after it. */
+  mayWait?: boolean;
+  run(input: I, ctx: StepContext): Promise<O | Waiting<O>>;
+}
+
+export function defineStep<I, O>(def: StepDef<I, O>): StepDef<I, O> {
+  if (!/^[a-z][a-z0-9-]{0,63}$/.test(def.name)) throw new Error(`step name "${def.name}" must be kebab-case`);
+  return def;
+}
+
+export interface WorkflowDef<In = any> {
+  name: string;
+  version: number;
+  /** Short tag that prefixes job ids (no ':'). */
+  tag: string;
+  queue: string;
+  input: ZodType<In>;
+  steps: StepDef[];
+  /** The run's terminal status and output once the last step completed. */
+  finish?(outputs: Record<string, unknown>): { status: 'completed' | 'rejected'; output: unknown };
+  /**
+   * Called by the sweeper, under the run's tenant, for runs that wait (e.g. for a human): re-creates
+   * what Redis may have lost, such as an SLA timer.
+   */
+  repairWaiting?(em: EntityManager, runId: string): Promise<void>;
+}
+
+export function defineWorkflow<In>(def: WorkflowDef<In>): WorkflowDef<In> {
+  const names = new Set<string>();
+  for (const s of def.steps) {
+    if (names.has(s.name)) throw new Error(`workflow ${def.name}: duplicate step ${s.name}`);
+    names.add(s.name);
+  }
+  if (!/^[a-z0-9-]{1,16}$/.test(def.tag)) throw new Error(`workflow ${def.name}: tag must be short kebab-case`);
+  return def;
+}
+
+/** Steps [from..to] form one flow: it ends after the first step that may wait, or at the last step. */
+export function segmentEnd(wf: WorkflowDef, fromSeq: number): number {
+  for (let seq = fromSeq; seq <= wf.steps.length; seq++) {
+    if (wf.steps[seq - 1]!.mayWait) return seq;
+  }
+  return wf.steps.length;
+}
+
+export function retryOf(step: StepDef): RetryPolicy {
+  return { ...DEFAULT_RETRY, ...step.retry };
+}

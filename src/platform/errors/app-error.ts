@@ -1,0 +1,105 @@
+/**
+ * One error base for the platform. Routes and steps throw; exactly two mappers turn errors into
+ * outcomes: `toProblem` (HTTP, RFC 9457) and `toJobOutcome` (BullMQ retry or UnrecoverableError).
+ */
+export interface AppErrorOptions {
+  status?: number;
+  retryable?: boolean;
+  cause?: unknown;
+  detail?: string;
+  /** Extra members for the problem+json body (safe to show to clients). */
+  extensions?: Record<string, unknown>;
+  headers?: Record<string, string>;
+}
+
+export class AppError extends Error {
+  readonly code: string;
+  readonly status: number;
+  readonly retryable: boolean;
+  readonly detail: string | undefined;
+  readonly extensions: Record<string, unknown>;
+  readonly headers: Record<string, string>;
+
+  constructor(code: string, message: string, options: AppErrorOptions = {}) {
+    super(message, options.cause === undefined ? undefined : { cause: options.cause });
+    this.name = new.target.name;
+    this.code = code;
+    this.status = options.status ?? 500;
+    this.retryable = options.retryable ?? this.status >= 500;
+    this.detail = options.detail;
+    this.extensions = options.extensions ?? {};
+    this.headers = options.headers ?? {};
+  }
+}
+
+export class ValidationError extends AppError {
+  constructor(message: string, errors: Array<{ path: string; message: string }> = [], status = 400) {
+    super('validation_failed', message, { status, retryable: false, extensions: { errors } });
+  }
+}
+export class UnauthorizedError extends AppError {
+  constructor(detail = 'A valid bearer token is required.', cause?: unknown) {
+    super('unauthorized', 'Unauthorized', { status: 401, retryable: false, detail, cause, headers: { 'WWW-Authenticate': 'Bearer' } });
+  }
+}
+export class ForbiddenError extends AppError {
+  constructor(detail: string) {
+    super('forbidden', 'Forbidden', { status: 403, retryable: false, detail });
+  }
+}
+export class NotFoundError extends AppError {
+  constructor(what = 'resource') {
+    super('not_found', 'Not Found', { status: 404, retryable: false, detail: `The ${what} does not exist.` });
+  }
+}
+export class ConflictError extends AppError {
+  constructor(code: string, detail: string, options: Omit<AppErrorOptions, 'status' | 'detail'> = {}) {
+    super(code, 'Conflict', { retryable: false, ...options, status: 409, detail });
+  }
+}
+export class ServiceUnavailableError extends AppError {
+  constructor(detail: string, cause?: unknown, retryAfterSeconds = 5) {
+    super('service_unavailable', 'Service Unavailable', {
+      status: 503,
+      retryable: true,
+      detail,
+      cause,
+      headers: { 'Retry-After': String(retryAfterSeconds) },
+    });
+  }
+}
+/** A step or job that must not be retried (bad input, a security refusal, non-determinism). */
+export class PermanentError extends AppError {
+  constructor(code: string, message: string, cause?: unknown) {
+    super(code, message, { status: 422, retryable: false, cause });
+  }
+}
+
+/** Normalises anything thrown into an Error (graphile-worker's coerceError). */
+export function coerceError(e: unknown): Error {
+  if (e instanceof Error) return e;
+  return new Error(typeof e === 'string' ? e : `non-error thrown: ${safeStringify(e)}`);
+}
+
+function safeStringify(v: unknown): string {
+  try {
+    return JSON.stringify(v);
+  } catch {
+    return String(v);
+  }
+}
+
+const TRANSIENT_PG_CODES = new Set(['08000', '08003', '08006', '08001', '08004', '57P01', '57P02', '57P03', '53300', '40001', '40P01']);
+const TRANSIENT_NET_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'ENOTFOUND', 'EAI_AGAIN']);
+
+/** True when an error says the database (or network to it) is unavailable rather than the request being wrong. */
+export function isConnectivityError(e: unknown): boolean {
+  for (let cur: unknown = e, depth = 0; cur && depth < 6; depth++) {
+    const c = cur as { code?: unknown; message?: unknown; cause?: unknown; name?: unknown };
+    if (typeof c.code === 'string' && (TRANSIENT_PG_CODES.has(c.code) || TRANSIENT_NET_CODES.has(c.code))) return true;
+    if (c.name === 'ConnectionException') return true;
+    if (typeof c.message === 'string' && /Connection terminated|connect ECONNREFUSED|terminating connection|the database system is (starting up|shutting down)|Client has encountered a connection error|timeout exceeded when trying to connect/i.test(c.message)) return true;
+    cur = c.cause;
+  }
+  return false;
+}

@@ -1,0 +1,38 @@
+import type { EntityManager } from '@mikro-orm/postgresql';
+import type { Redis } from 'ioredis';
+import { AppError } from '../errors/app-error.ts';
+
+/**
+ * Abuse limits per tenant: a submission rate (fixed one-minute window in Redis) and a cap on runs
+ * in flight (counted under RLS). Both answer 429 with Retry-After; 0 disables a limit.
+ */
+export class AdmissionController {
+  private readonly o: { redis: Redis; prefix: string; perMinute: number; maxInFlight: number };
+  constructor(opts: { redis: Redis; prefix: string; perMinute: number; maxInFlight: number }) {
+    this.o = opts;
+  }
+
+  async admit(em: EntityManager, tenantId: string): Promise<void> {
+    if (this.o.perMinute > 0) {
+      const window = Math.floor(Date.now() / 60_000);
+      const key = `${this.o.prefix}:ratelimit:${tenantId}:${window}`;
+      const res = await this.o.redis.multi().incr(key).pexpire(key, 61_000).exec();
+      const count = Number(res?.[0]?.[1] ?? 0);
+      if (count > this.o.perMinute) {
+        const retryAfter = Math.max(1, Math.ceil(((window + 1) * 60_000 - Date.now()) / 1000));
+        throw tooMany(`The tenant's submission rate limit (${this.o.perMinute}/min) is exceeded.`, retryAfter);
+      }
+    }
+    if (this.o.maxInFlight > 0) {
+      const [row] = await em.execute<{ n: string }[]>(
+        `select count(*) as n from (select 1 from durable_runs where status in ('pending', 'running') limit ?) t`,
+        [this.o.maxInFlight + 1],
+      );
+      if (Number(row?.n ?? 0) >= this.o.maxInFlight) throw tooMany(`The tenant already has ${this.o.maxInFlight} runs in flight.`, 5);
+    }
+  }
+}
+
+function tooMany(detail: string, retryAfter: number): AppError {
+  return new AppError('rate_limited', 'Too Many Requests', { status: 429, retryable: true, detail, headers: { 'Retry-After': String(retryAfter) } });
+}

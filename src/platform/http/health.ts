@@ -1,0 +1,54 @@
+import type { Request, Response } from 'express';
+import type { MikroORM } from '@mikro-orm/postgresql';
+import type { Redis } from 'ioredis';
+import { PROBLEM_CONTENT_TYPE } from './problem.middleware.ts';
+import { PROBLEM_TYPE_BASE } from '../errors/to-problem.ts';
+
+export function liveness(_req: Request, res: Response): void {
+  res.json({ status: 'ok' });
+}
+
+async function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+  let t: NodeJS.Timeout | undefined;
+  try {
+    return await Promise.race([p, new Promise<T>((_, rej) => (t = setTimeout(() => rej(new Error(`${what} timed out`)), ms)))]);
+  } finally {
+    clearTimeout(t);
+  }
+}
+
+/** Readiness: PostgreSQL answers, Redis answers, migrations are current. 503 problem+json naming what is not. */
+export function readiness(deps: { orm: MikroORM; redis: Redis }) {
+  return async (_req: Request, res: Response): Promise<void> => {
+    const checks: Record<string, { ok: boolean; detail?: string }> = {};
+    await Promise.all([
+      withTimeout(deps.orm.em.getConnection().execute('select 1'), 2000, 'postgres')
+        .then(() => (checks.postgres = { ok: true }))
+        .catch((e: Error) => (checks.postgres = { ok: false, detail: e.message })),
+      withTimeout(deps.redis.ping(), 2000, 'redis')
+        .then(() => (checks.redis = { ok: true }))
+        .catch((e: Error) => (checks.redis = { ok: false, detail: e.message })),
+      withTimeout(deps.orm.migrator.getPending(), 3000, 'migrations')
+        .then((p) => (checks.migrations = p.length ? { ok: false, detail: `${p.length} pending: ${p.map((m) => m.name).join(', ')}` } : { ok: true }))
+        .catch((e: Error) => (checks.migrations = { ok: false, detail: e.message })),
+    ]);
+    const failing = Object.entries(checks).filter(([, c]) => !c.ok);
+    if (failing.length === 0) {
+      res.json({ status: 'ready', checks });
+      return;
+    }
+    res
+      .status(503)
+      .type(PROBLEM_CONTENT_TYPE)
+      .send(
+        JSON.stringify({
+          type: `${PROBLEM_TYPE_BASE}not_ready`,
+          title: 'Service Unavailable',
+          status: 503,
+          code: 'not_ready',
+          detail: `Not ready: ${failing.map(([k, c]) => `${k} (${c.detail})`).join('; ')}`,
+          checks,
+        }),
+      );
+  };
+}

@@ -1,0 +1,60 @@
+import type { EntityManager } from '@mikro-orm/postgresql';
+import type { Request, Response } from 'express';
+import type { ZodType } from 'zod';
+import type { Principal } from '../tenancy/jwt.ts';
+
+export type HttpMethod = 'get' | 'post' | 'put' | 'patch' | 'delete';
+export const MUTATING_METHODS: ReadonlySet<HttpMethod> = new Set(['post', 'put', 'patch']);
+
+export interface RouteResult {
+  status: number;
+  body?: unknown;
+  headers?: Record<string, string>;
+}
+
+export interface RouteContext<B = unknown, P = unknown, Q = unknown> {
+  req: Request;
+  res: Response;
+  body: B;
+  params: P;
+  query: Q;
+  principal: Principal;
+  /** Tenant-bound entity manager, inside the route's transaction. */
+  em: EntityManager;
+  correlationId: string;
+  requestId: string;
+  /** Stable per submission: derived from the idempotency record (see idempotency.service.ts). */
+  idempotencyHash: string;
+  /** Work to run after the route's transaction commits (e.g. enqueueing): Postgres first, Redis second. */
+  afterCommit(fn: () => Promise<void>): void;
+}
+
+export interface RouteResponseDoc {
+  description: string;
+  schema?: ZodType;
+}
+
+/** One declaration drives the Express router, the OpenAPI document and the readiness matrix. */
+export interface RouteDef<B = any, P = any, Q = any> {
+  method: HttpMethod;
+  /** Express path, e.g. /api/v1/golden-path/runs/:id */
+  path: string;
+  summary: string;
+  tags: string[];
+  /** Roles of which the principal needs at least one. */
+  roles?: string[];
+  /** Required for POST, PUT and PATCH: whether an Idempotency-Key must be sent. */
+  idempotency?: 'required' | 'optional';
+  body?: ZodType<B>;
+  params?: ZodType<P>;
+  query?: ZodType<Q>;
+  responses: Record<number, RouteResponseDoc>;
+  handler(ctx: RouteContext<B, P, Q>): Promise<RouteResult>;
+}
+
+export function defineRoute<B = undefined, P = Record<string, never>, Q = Record<string, never>>(def: RouteDef<B, P, Q>): RouteDef<B, P, Q> {
+  if (MUTATING_METHODS.has(def.method) && !def.idempotency) {
+    throw new Error(`${def.method.toUpperCase()} ${def.path}: mutating routes must declare idempotency 'required' or 'optional'`);
+  }
+  return def;
+}

@@ -1,0 +1,88 @@
+import type { NextFunction, Request, Response } from 'express';
+import { randomUUID } from 'node:crypto';
+import type { EntityManager } from '@mikro-orm/postgresql';
+import type { Counter } from 'prom-client';
+import { AppError, ConflictError, ValidationError } from '../errors/app-error.ts';
+import type { Principal } from '../tenancy/jwt.ts';
+import { tagMiddleware } from '../tenancy/auth.middleware.ts';
+import {
+  IDEMPOTENCY_HEADER,
+  REPLAYED_HEADER,
+  parseIdempotencyKey,
+  requestFingerprint,
+  submissionHash,
+  type IdempotencyRecord,
+  type IdempotencyService,
+} from './idempotency.service.ts';
+
+export interface IdempotencyState {
+  record?: IdempotencyRecord;
+  hash: string;
+}
+
+export interface IdempotencyMetrics {
+  replays?: Counter;
+  conflicts?: Counter<'reason'>;
+}
+
+/**
+ * The Idempotency-Key standard for one route (IETF draft + Stripe): 400 when a required key is missing
+ * or malformed; a completed key replays its stored response with Idempotent-Replayed: true; another
+ * body or route under the same key is 422; a key still in flight is 409 with Retry-After.
+ * Runs after authentication and body validation, so nothing is stored for a rejected request.
+ */
+export function idempotencyMiddleware(service: IdempotencyService, route: { method: string; path: string; required: boolean }, metrics: IdempotencyMetrics = {}) {
+  return tagMiddleware(async function idempotency(req: Request, res: Response, next: NextFunction) {
+    try {
+      const principal = res.locals.principal as Principal;
+      const em = res.locals.em as EntityManager;
+      const headers = req.headers[IDEMPOTENCY_HEADER.toLowerCase()];
+      if (Array.isArray(headers)) throw new ValidationError(`Send exactly one ${IDEMPOTENCY_HEADER} header.`);
+      const key = parseIdempotencyKey(headers);
+      if (key === undefined) {
+        if (route.required) {
+          throw new ValidationError(`The ${IDEMPOTENCY_HEADER} header is required for this operation.`, [
+            { path: IDEMPOTENCY_HEADER, message: 'required' },
+          ]);
+        }
+        res.locals.idempotency = { hash: submissionHash(principal.tenantId, randomUUID()) } satisfies IdempotencyState;
+        return next();
+      }
+      const method = req.method.toUpperCase();
+      // The route template, not the concrete URL, plus the concrete params inside the fingerprint.
+      const routeId = `${method} ${route.path}`;
+      const fingerprint = requestFingerprint(method, route.path, { params: req.params, body: res.locals.body ?? req.body ?? null });
+      const claim = await service.claim(em, { tenantId: principal.tenantId, principal: principal.sub, key, method, route: routeId, fingerprint });
+      switch (claim.outcome) {
+        case 'claimed':
+          res.locals.idempotency = { record: claim.record, hash: claim.hash } satisfies IdempotencyState;
+          return next();
+        case 'replay': {
+          metrics.replays?.inc();
+          const r = claim.record;
+          for (const [k, v] of Object.entries(r.responseHeaders ?? {})) res.setHeader(k, v);
+          res.setHeader(REPLAYED_HEADER, 'true');
+          res.status(r.responseStatus ?? 200);
+          if (r.responseBody === null || r.responseBody === undefined) res.end();
+          else res.send(typeof r.responseBody === 'string' ? r.responseBody : JSON.stringify(r.responseBody));
+          return;
+        }
+        case 'mismatch':
+          metrics.conflicts?.inc({ reason: 'mismatch' });
+          throw new AppError('idempotency_key_reused', 'Unprocessable Content', {
+            status: 422,
+            retryable: false,
+            detail: `This ${IDEMPOTENCY_HEADER} was already used with a different request (other body, parameters or route).`,
+          });
+        case 'in_progress':
+          metrics.conflicts?.inc({ reason: 'in_progress' });
+          throw new ConflictError('idempotency_key_in_use', `A request with this ${IDEMPOTENCY_HEADER} is still being processed. Retry later.`, {
+            retryable: true,
+            headers: { 'Retry-After': String(claim.retryAfterSeconds) },
+          });
+      }
+    } catch (e) {
+      next(e);
+    }
+  }, 'idempotency');
+}

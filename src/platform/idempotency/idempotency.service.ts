@@ -1,0 +1,242 @@
+import { randomUUID } from 'node:crypto';
+import type { EntityManager } from '@mikro-orm/postgresql';
+import { ValidationError } from '../errors/app-error.ts';
+import { canonicalJson, sha256Hex } from './canonical-json.ts';
+
+export const IDEMPOTENCY_HEADER = 'Idempotency-Key';
+export const REPLAYED_HEADER = 'Idempotent-Replayed';
+/** Response headers worth replaying; everything else is per-request (ids, dates, tracing). */
+export const REPLAYABLE_HEADERS = ['content-type', 'location'] as const;
+
+export interface IdempotencyRecord {
+  id: string;
+  tenantId: string;
+  principal: string;
+  key: string;
+  method: string;
+  route: string;
+  fingerprint: string;
+  status: 'in_progress' | 'completed';
+  responseStatus: number | null;
+  responseBody: unknown;
+  responseHeaders: Record<string, string> | null;
+  lockedAt: Date | null;
+  createdAt: Date;
+  expiresAt: Date;
+}
+
+export type ClaimResult =
+  | { outcome: 'claimed'; record: IdempotencyRecord; hash: string }
+  | { outcome: 'replay'; record: IdempotencyRecord }
+  | { outcome: 'in_progress'; record: IdempotencyRecord; retryAfterSeconds: number }
+  | { outcome: 'mismatch'; record: IdempotencyRecord };
+
+export interface ClaimInput {
+  tenantId: string;
+  principal: string;
+  key: string;
+  method: string;
+  route: string;
+  fingerprint: string;
+}
+
+/**
+ * Parses the Idempotency-Key header: an RFC 8941 sf-string (`"abc"`) or a bare token (`abc`),
+ * 1–255 printable ASCII characters. Returns undefined when absent; throws 400 when malformed.
+ */
+export function parseIdempotencyKey(raw: string | undefined): string | undefined {
+  if (raw === undefined) return undefined;
+  let value = raw.trim();
+  if (value.length >= 2 && value.startsWith('"') && value.endsWith('"')) {
+    const inner = value.slice(1, -1);
+    if (/(^|[^\\])"/.test(inner) || /\\(?!["\\])/.test(inner)) throw badKey('is not a valid Structured Field string');
+    value = inner.replace(/\\(["\\])/g, '$1');
+  }
+  if (value.length === 0) throw badKey('is empty');
+  if (value.length > 255) throw badKey('is longer than 255 characters');
+  if (!/^[\x20-\x7e]+$/.test(value)) throw badKey('must be printable ASCII');
+  return value;
+}
+
+function badKey(why: string): ValidationError {
+  return new ValidationError(`The ${IDEMPOTENCY_HEADER} header ${why}.`, [{ path: IDEMPOTENCY_HEADER, message: why }]);
+}
+
+/** SHA-256 over the canonical form of method + route + JSON body: key order and whitespace do not matter. */
+export function requestFingerprint(method: string, route: string, body: unknown): string {
+  return sha256Hex(canonicalJson({ method: method.toUpperCase(), route, body: body ?? null }));
+}
+
+/**
+ * The submission's idempotency hash: what keys its durable run and its BullMQ job ids. Derived from
+ * the record's id, so a retry that takes over an abandoned record (crash window) maps to the same run,
+ * while a key reused after its TTL is a new submission.
+ */
+export function submissionHash(tenantId: string, recordId: string): string {
+  return sha256Hex(`${tenantId}\n${recordId}`);
+}
+
+const COLUMNS = `id, tenant_id, principal, idempotency_key, method, route, fingerprint, status, response_status, response_body,
+  response_headers, locked_at, created_at, expires_at`;
+
+interface Row {
+  id: string;
+  tenant_id: string;
+  principal: string;
+  idempotency_key: string;
+  method: string;
+  route: string;
+  fingerprint: string;
+  status: 'in_progress' | 'completed';
+  response_status: number | null;
+  response_body: unknown;
+  response_headers: Record<string, string> | null;
+  locked_at: Date | string | null;
+  created_at: Date | string;
+  expires_at: Date | string;
+  inserted?: boolean;
+  expired?: boolean;
+  lease_expired?: boolean;
+}
+
+const toDate = (v: Date | string) => (v instanceof Date ? v : new Date(v));
+function toRecord(r: Row): IdempotencyRecord {
+  return {
+    id: r.id,
+    tenantId: r.tenant_id,
+    principal: r.principal,
+    key: r.idempotency_key,
+    method: r.method,
+    route: r.route,
+    fingerprint: r.fingerprint,
+    status: r.status,
+    responseStatus: r.response_status,
+    responseBody: r.response_body,
+    responseHeaders: r.response_headers,
+    lockedAt: r.locked_at === null ? null : toDate(r.locked_at),
+    createdAt: toDate(r.created_at),
+    expiresAt: toDate(r.expires_at),
+  };
+}
+
+export interface IdempotencyServiceOptions {
+  /** How long a key is kept (published TTL). */
+  ttlMs: number;
+  /** How long an in-progress claim stands before a retry may take it over. */
+  leaseMs: number;
+  /** Lock timeout of the claim, so a concurrent duplicate gets 409 at once. */
+  lockTimeoutMs?: number;
+}
+
+/** Idempotency keys, stored per tenant under RLS: claim, get_existing, store, release. */
+export class IdempotencyService {
+  readonly ttlMs: number;
+  readonly leaseMs: number;
+  readonly lockTimeoutMs: number;
+  constructor(opts: IdempotencyServiceOptions) {
+    this.ttlMs = opts.ttlMs;
+    this.leaseMs = opts.leaseMs;
+    this.lockTimeoutMs = opts.lockTimeoutMs ?? 250;
+  }
+
+  /**
+   * Claims a key with one INSERT … ON CONFLICT DO NOTHING RETURNING in its own short transaction,
+   * returning the existing record in the same statement when the key is taken.
+   */
+  async claim(em: EntityManager, input: ClaimInput): Promise<ClaimResult> {
+    const row = await em.transactional(async (tx) => {
+      await tx.execute(`select set_config('lock_timeout', ?, true)`, [`${this.lockTimeoutMs}ms`]);
+      const rows = await tx.execute<Row[]>(
+        `with ins as (
+           insert into idempotency_keys (id, tenant_id, principal, idempotency_key, method, route, fingerprint, status, locked_at, created_at, expires_at)
+           values (?, ?, ?, ?, ?, ?, ?, 'in_progress', now(), now(), now() + ? * interval '1 millisecond')
+           on conflict (tenant_id, principal, idempotency_key) do nothing
+           returning ${COLUMNS})
+         select ins.*, true as inserted, false as expired, false as lease_expired from ins
+         union all
+         select ${COLUMNS}, false as inserted, expires_at <= now() as expired,
+                (locked_at is null or locked_at < now() - ? * interval '1 millisecond') as lease_expired
+           from idempotency_keys
+          where tenant_id = ? and principal = ? and idempotency_key = ? and not exists (select 1 from ins)`,
+        [randomUUID(), input.tenantId, input.principal, input.key, input.method, input.route, input.fingerprint, this.ttlMs,
+          this.leaseMs, input.tenantId, input.principal, input.key],
+      );
+      const found = rows[0];
+      if (!found) throw new Error('idempotency claim returned no row');
+      if (found.inserted) return found;
+      if (found.expired) {
+        // Past its TTL the key is forgotten: the request is new, with a new record id (so a new run).
+        const taken = await tx.execute<Row[]>(
+          `update idempotency_keys set id = ?, method = ?, route = ?, fingerprint = ?, status = 'in_progress', response_status = null,
+                  response_body = null, response_headers = null, locked_at = now(), created_at = now(),
+                  expires_at = now() + ? * interval '1 millisecond'
+            where id = ? and expires_at <= now() returning ${COLUMNS}, true as inserted`,
+          [randomUUID(), input.method, input.route, input.fingerprint, this.ttlMs, found.id],
+        );
+        return taken[0] ?? { ...found, expired: false, lease_expired: false };
+      }
+      if (found.fingerprint === input.fingerprint && found.status === 'in_progress' && found.lease_expired) {
+        // The first attempt died (or its lease ran out): take over the same record, so the handler's
+        // own idempotency (run unique per submission hash) repairs rather than duplicates.
+        const taken = await tx.execute<Row[]>(
+          `update idempotency_keys set locked_at = now() where id = ? and status = 'in_progress'
+              and (locked_at is null or locked_at < now() - ? * interval '1 millisecond') returning ${COLUMNS}, true as inserted`,
+          [found.id, this.leaseMs],
+        );
+        return taken[0] ?? { ...found, lease_expired: false };
+      }
+      return found;
+    });
+    const record = toRecord(row);
+    if (row.inserted) return { outcome: 'claimed', record, hash: submissionHash(record.tenantId, record.id) };
+    if (record.fingerprint !== input.fingerprint) return { outcome: 'mismatch', record };
+    if (record.status === 'completed') return { outcome: 'replay', record };
+    const lockedFor = record.lockedAt ? Date.now() - record.lockedAt.getTime() : 0;
+    return { outcome: 'in_progress', record, retryAfterSeconds: Math.max(1, Math.ceil((this.leaseMs - lockedFor) / 1000)) };
+  }
+
+  /** The stored record for (tenant, principal, key), or null. RLS scopes it to the em's tenant. */
+  async get_existing(em: EntityManager, principal: string, key: string): Promise<IdempotencyRecord | null> {
+    const rows = await em.execute<Row[]>(
+      `select ${COLUMNS} from idempotency_keys where principal = ? and idempotency_key = ? and expires_at > now()`,
+      [principal, key],
+    );
+    return rows[0] ? toRecord(rows[0]) : null;
+  }
+
+  /** Stores the final response and completes the key; call inside the handler's transaction. */
+  async store(em: EntityManager, recordId: string, response: { status: number; body: unknown; headers: Record<string, string> }): Promise<void> {
+    const res = await em.execute(
+      `update idempotency_keys set status = 'completed', response_status = ?, response_body = ?::jsonb, response_headers = ?::jsonb, locked_at = null
+        where id = ? and status = 'in_progress'`,
+      [response.status, JSON.stringify(response.body ?? null), JSON.stringify(response.headers), recordId],
+      'run',
+    );
+    if ((res as { affectedRows?: number }).affectedRows === 0) {
+      throw new Error('idempotency record vanished or was completed by another request while in progress');
+    }
+  }
+
+  /** Releases a claim whose handler failed with a 5xx, so a retry runs again. */
+  async release(em: EntityManager, recordId: string): Promise<void> {
+    await em.execute(`delete from idempotency_keys where id = ? and status = 'in_progress'`, [recordId], 'run');
+  }
+
+  /** Deletes expired keys of every tenant in batches (maintenance job, as the system role). */
+  async deleteExpired(systemEm: EntityManager, batchSize = 1000, maxBatches = 100): Promise<number> {
+    let total = 0;
+    for (let i = 0; i < maxBatches; i++) {
+      const res = (await systemEm.transactional((tx) =>
+        tx.execute(
+          `delete from idempotency_keys where id in (select id from idempotency_keys where expires_at < now() limit ?)`,
+          [batchSize],
+          'run',
+        ),
+      )) as { affectedRows?: number };
+      const n = res.affectedRows ?? 0;
+      total += n;
+      if (n < batchSize) break;
+    }
+    return total;
+  }
+}

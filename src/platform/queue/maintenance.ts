@@ -1,0 +1,32 @@
+import { Queue, type ConnectionOptions } from 'bullmq';
+import type { MikroORM } from '@mikro-orm/postgresql';
+import type { Logger } from 'pino';
+import { systemEm } from '../db/tenant-em.ts';
+import type { IdempotencyService } from '../idempotency/idempotency.service.ts';
+
+export const MAINTENANCE_QUEUE = 'maintenance';
+export const IDEMPOTENCY_EXPIRY_JOB = 'idempotency-expiry';
+
+/**
+ * Upserts the maintenance Job Schedulers (BullMQ v6; idempotent, so every worker may call it):
+ * expired idempotency keys are deleted in batches here, never on a request's hot path.
+ */
+export async function scheduleMaintenance(deps: { connection: ConnectionOptions; prefix: string; everyMs?: number }): Promise<Queue> {
+  const queue = new Queue(MAINTENANCE_QUEUE, { connection: deps.connection, prefix: deps.prefix });
+  await queue.upsertJobScheduler(
+    IDEMPOTENCY_EXPIRY_JOB,
+    { every: deps.everyMs ?? 10 * 60_000 },
+    { name: IDEMPOTENCY_EXPIRY_JOB, data: {}, opts: { removeOnComplete: { count: 20 }, removeOnFail: { count: 50 } } },
+  );
+  return queue;
+}
+
+export function maintenanceHandlers(deps: { orm: MikroORM; idempotency: IdempotencyService; logger: Logger }) {
+  return {
+    async [IDEMPOTENCY_EXPIRY_JOB]() {
+      const deleted = await deps.idempotency.deleteExpired(systemEm(deps.orm));
+      if (deleted) deps.logger.info({ deleted }, 'expired idempotency keys deleted');
+      return { deleted };
+    },
+  };
+}

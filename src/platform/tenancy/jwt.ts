@@ -1,0 +1,78 @@
+import { createLocalJWKSet, createRemoteJWKSet, errors, jwtVerify, SignJWT, type JWTVerifyGetKey, type JSONWebKeySet } from 'jose';
+import { z } from 'zod';
+import type { Config } from '../config/config.ts';
+import { UnauthorizedError } from '../errors/app-error.ts';
+
+/** The claims the platform uses; everything else in a token is ignored. */
+export const principalClaims = z.object({
+  sub: z.string().min(1).max(255),
+  tenant_id: z.string().uuid(),
+  roles: z.array(z.string().max(64)).max(50).default([]),
+});
+
+export interface Principal {
+  sub: string;
+  tenantId: string;
+  roles: readonly string[];
+}
+
+export interface TokenVerifier {
+  verify(token: string): Promise<Principal>;
+}
+
+/**
+ * Verifies bearer tokens with `jose`: HS256 against JWT_SECRET in development, RS256/ES256 against
+ * JWT_JWKS_URL in production; the algorithm allow-list, issuer, audience, exp and nbf are enforced.
+ */
+export function createTokenVerifier(config: Config, jwks?: JSONWebKeySet): TokenVerifier {
+  const algorithms = [...config.JWT_ALGORITHMS];
+  let key: Uint8Array | JWTVerifyGetKey;
+  if (jwks) key = createLocalJWKSet(jwks);
+  else if (config.JWT_JWKS_URL) key = createRemoteJWKSet(new URL(config.JWT_JWKS_URL), { cooldownDuration: 30_000, cacheMaxAge: 600_000 });
+  else if (config.JWT_SECRET) key = new TextEncoder().encode(config.JWT_SECRET);
+  else throw new Error('no JWT key configured');
+  const options = {
+    algorithms,
+    issuer: config.JWT_ISSUER,
+    audience: config.JWT_AUDIENCE,
+    clockTolerance: Math.round(config.JWT_CLOCK_TOLERANCE / 1000),
+    requiredClaims: ['exp', 'sub'],
+  };
+  return {
+    async verify(token: string): Promise<Principal> {
+      let payload: unknown;
+      try {
+        payload = (typeof key === 'function' ? await jwtVerify(token, key, options) : await jwtVerify(token, key, options)).payload;
+      } catch (e) {
+        throw new UnauthorizedError(describeJoseError(e), e);
+      }
+      const claims = principalClaims.safeParse(payload);
+      if (!claims.success) throw new UnauthorizedError('The token lacks a valid sub, tenant_id (UUID) or roles claim.');
+      return { sub: claims.data.sub, tenantId: claims.data.tenant_id.toLowerCase(), roles: claims.data.roles };
+    },
+  };
+}
+
+function describeJoseError(e: unknown): string {
+  if (e instanceof errors.JWTExpired) return 'The token has expired.';
+  if (e instanceof errors.JWTClaimValidationFailed) return `The token's ${e.claim} claim is not acceptable.`;
+  if (e instanceof errors.JOSEAlgNotAllowed) return 'The token is signed with an algorithm that is not allowed.';
+  if (e instanceof errors.JWSSignatureVerificationFailed) return 'The token signature is invalid.';
+  return 'The token is not valid.';
+}
+
+/** Signs a development token with JWT_SECRET (npm run token, the demo and tests). */
+export async function signDevToken(
+  config: Pick<Config, 'JWT_SECRET' | 'JWT_ISSUER' | 'JWT_AUDIENCE'>,
+  claims: { sub: string; tenantId: string; roles?: string[]; ttlSeconds?: number },
+): Promise<string> {
+  if (!config.JWT_SECRET) throw new Error('JWT_SECRET is not configured: refusing to sign a development token');
+  return new SignJWT({ tenant_id: claims.tenantId, roles: claims.roles ?? [] })
+    .setProtectedHeader({ alg: 'HS256', typ: 'JWT' })
+    .setSubject(claims.sub)
+    .setIssuer(config.JWT_ISSUER)
+    .setAudience(config.JWT_AUDIENCE)
+    .setIssuedAt()
+    .setExpirationTime(Math.floor(Date.now() / 1000) + (claims.ttlSeconds ?? 3600))
+    .sign(new TextEncoder().encode(config.JWT_SECRET));
+}

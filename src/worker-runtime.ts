@@ -1,0 +1,65 @@
+import type { Worker } from 'bullmq';
+import type { Container } from './container.ts';
+import { createRedis } from './platform/queue/connections.ts';
+import { StepExecutor } from './platform/durable/executor.ts';
+import { Sweeper } from './platform/durable/sweeper.ts';
+import { startWorkers, stopWorkers } from './platform/durable/worker-host.ts';
+import { scheduleMaintenance, MAINTENANCE_QUEUE, maintenanceHandlers } from './platform/queue/maintenance.ts';
+
+export interface WorkerProcess {
+  workers: Worker[];
+  sweeper: Sweeper;
+  stop(): Promise<void>;
+}
+
+/** Starts the BullMQ workers, the recovery sweeper and the maintenance scheduler for one worker process. */
+export async function startWorkerProcess(c: Container): Promise<WorkerProcess> {
+  const cfg = c.config;
+  const connection = createRedis(cfg.REDIS_URL, 'worker', `dealix-worker-${c.instanceId}`);
+  const executor = new StepExecutor({
+    orm: c.orm,
+    runtime: c.runtime,
+    logger: c.logger,
+    workerId: c.instanceId,
+    leaseMs: cfg.WORKER_LOCK_DURATION,
+    onStepDone: ({ step, seconds, replayed }) => c.metrics.stepDuration.observe({ step, replayed: String(replayed) }, seconds),
+  });
+  const settings = {
+    concurrency: cfg.WORKER_CONCURRENCY,
+    lockDurationMs: cfg.WORKER_LOCK_DURATION,
+    stalledIntervalMs: cfg.WORKER_STALLED_INTERVAL,
+    maxStalledCount: cfg.WORKER_MAX_STALLED_COUNT,
+  };
+  const workers = startWorkers({
+    runtime: c.runtime,
+    executor,
+    handlers: { ...c.jobHandlers(), ...maintenanceHandlers({ orm: c.orm, idempotency: c.idempotency, logger: c.logger }) },
+    connection,
+    prefix: cfg.QUEUE_PREFIX,
+    settings,
+    logger: c.logger,
+    queues: [...new Set([...c.workflows.map((w) => w.queue), MAINTENANCE_QUEUE])],
+  });
+  const maintenance = await scheduleMaintenance({ connection: c.redis, prefix: cfg.QUEUE_PREFIX });
+  c.queues.set(MAINTENANCE_QUEUE, maintenance);
+  const sweeper = new Sweeper({
+    orm: c.orm,
+    runtime: c.runtime,
+    redis: c.redis,
+    logger: c.logger,
+    lockKey: `${cfg.QUEUE_PREFIX}:sweeper-lock`,
+    intervalMs: cfg.SWEEPER_INTERVAL,
+    minAgeMs: cfg.SWEEPER_MIN_AGE,
+  });
+  sweeper.start();
+  c.logger.info({ queues: workers.map((w) => w.name), ...settings, instance: c.instanceId }, 'worker started');
+  return {
+    workers,
+    sweeper,
+    async stop() {
+      await sweeper.stop();
+      await stopWorkers(workers, cfg.WORKER_SHUTDOWN_GRACE, c.logger);
+      connection.disconnect();
+    },
+  };
+}
