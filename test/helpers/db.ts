@@ -1,0 +1,50 @@
+import { randomBytes } from 'node:crypto';
+import pg from 'pg';
+import { TEST_ADMIN_URL, TEST_APP, TEST_OWNER, TEST_TEMPLATE_DB, pgUrl } from './env.ts';
+
+export interface TestDatabase {
+  name: string;
+  appUrl: string;
+  ownerUrl: string;
+  adminUrl: string;
+  /** Runs SQL as the superuser in this database (setup and tampering only; never to assert isolation). */
+  admin(sql: string, params?: unknown[]): Promise<pg.QueryResult>;
+  /** Runs SQL as the table owner (e.g. tampering with a stored row). */
+  owner(sql: string, params?: unknown[]): Promise<pg.QueryResult>;
+  drop(): Promise<void>;
+}
+
+async function once(url: string, sql: string, params?: unknown[]) {
+  const c = new pg.Client({ connectionString: url });
+  await c.connect();
+  try {
+    return await c.query(sql, params as any[]);
+  } finally {
+    await c.end();
+  }
+}
+
+/** A fresh database cloned from the migrated template, owned by the owner role. */
+export async function createTestDatabase(): Promise<TestDatabase> {
+  const name = `dealix_t_${randomBytes(6).toString('hex')}`;
+  await once(TEST_ADMIN_URL, `CREATE DATABASE ${name} TEMPLATE ${TEST_TEMPLATE_DB} OWNER ${TEST_OWNER.user}`);
+  await once(TEST_ADMIN_URL, `REVOKE ALL ON DATABASE ${name} FROM PUBLIC`);
+  await once(TEST_ADMIN_URL, `GRANT CONNECT ON DATABASE ${name} TO ${TEST_APP.user}`);
+  const adminUrl = (() => {
+    const u = new URL(TEST_ADMIN_URL);
+    u.pathname = `/${name}`;
+    return u.toString();
+  })();
+  const ownerUrl = pgUrl(TEST_OWNER, name);
+  return {
+    name,
+    appUrl: pgUrl(TEST_APP, name),
+    ownerUrl,
+    adminUrl,
+    admin: (sql, params) => once(adminUrl, sql, params),
+    owner: (sql, params) => once(ownerUrl, sql, params),
+    drop: async () => {
+      await once(TEST_ADMIN_URL, `DROP DATABASE IF EXISTS ${name} WITH (FORCE)`).catch(() => {});
+    },
+  };
+}

@@ -1,0 +1,164 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { randomBytes, randomUUID } from 'node:crypto';
+import type { AddressInfo } from 'node:net';
+import type { Server } from 'node:http';
+import { fileURLToPath } from 'node:url';
+import { Redis } from 'ioredis';
+import { parseConfig, type Config } from '../../src/platform/config/config.ts';
+import { createContainer, type Container } from '../../src/container.ts';
+import { createApp } from '../../src/app.ts';
+import { signDevToken } from '../../src/platform/tenancy/jwt.ts';
+import { createTestDatabase, type TestDatabase } from './db.ts';
+import { TEST_JWT_SECRET, TEST_OWNER, TEST_REDIS_URL, pgUrl } from './env.ts';
+import { waitFor } from './poll.ts';
+
+const ROOT = fileURLToPath(new URL('../..', import.meta.url));
+
+export interface StackOptions {
+  /** Extra environment for the API and worker processes (e.g. APPROVAL_SLA_B: '2s'). */
+  env?: Record<string, string>;
+  /** Start the HTTP API in this process (default true). */
+  api?: boolean;
+  /** Worker entry to spawn (default the production worker; tests may use test/helpers/test-worker.ts). */
+  workerEntry?: string;
+}
+
+export interface WorkerHandle {
+  proc: ChildProcess;
+  output(): string;
+  /** Resolves when the process has exited. */
+  exited: Promise<number | null>;
+  kill(signal?: NodeJS.Signals): void;
+}
+
+export interface TestStack {
+  db: TestDatabase;
+  prefix: string;
+  env: Record<string, string>;
+  config: Config;
+  container: Container;
+  baseUrl: string;
+  redis: Redis;
+  token(claims: { tenantId: string; sub: string; roles?: string[] }): Promise<string>;
+  spawnWorker(extraEnv?: Record<string, string>): Promise<WorkerHandle>;
+  workers: WorkerHandle[];
+  stop(): Promise<void>;
+}
+
+/**
+ * A real stack for one test file: its own database (cloned from the migrated template, connected as
+ * the application role so RLS is in force), its own queue prefix on the real Redis, the API in-process
+ * on an ephemeral port, and worker processes spawned as real child processes.
+ */
+export async function startStack(opts: StackOptions = {}): Promise<TestStack> {
+  const db = await createTestDatabase();
+  const prefix = `t${randomBytes(5).toString('hex')}`;
+  const env: Record<string, string> = {
+    NODE_ENV: 'test',
+    DATABASE_URL: db.appUrl,
+    MIGRATION_DATABASE_URL: pgUrl(TEST_OWNER, db.name),
+    REDIS_URL: TEST_REDIS_URL,
+    QUEUE_PREFIX: prefix,
+    JWT_SECRET: TEST_JWT_SECRET,
+    LOG_LEVEL: process.env.TEST_LOG_LEVEL ?? 'silent',
+    OTEL_SDK_DISABLED: 'true',
+    WORKER_LOCK_DURATION: '2s',
+    WORKER_STALLED_INTERVAL: '1s',
+    SWEEPER_INTERVAL: '1s',
+    SWEEPER_MIN_AGE: '2s',
+    DATABASE_POOL_MAX: '5',
+    ...opts.env,
+  };
+  const config = parseConfig(env);
+  const container = await createContainer(config, { service: 'api' });
+  let server: Server | undefined;
+  let baseUrl = '';
+  if (opts.api !== false) {
+    server = await new Promise<Server>((resolve) => {
+      const s = createApp(container).listen(0, '127.0.0.1', () => resolve(s));
+    });
+    baseUrl = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  }
+  const redis = new Redis(TEST_REDIS_URL, { maxRetriesPerRequest: 1 });
+  const workers: WorkerHandle[] = [];
+  const spawnWorker = async (extraEnv: Record<string, string> = {}) => {
+    const entry = opts.workerEntry ?? 'workers/golden-path.worker.ts';
+    const proc = spawn(process.execPath, [entry], {
+      cwd: ROOT,
+      env: { PATH: process.env.PATH ?? '', ...env, LOG_LEVEL: extraEnv.LOG_LEVEL ?? 'info', ...extraEnv },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let out = '';
+    proc.stdout!.on('data', (d) => (out += d));
+    proc.stderr!.on('data', (d) => (out += d));
+    const exited = new Promise<number | null>((r) => proc.once('exit', (code) => r(code)));
+    const handle: WorkerHandle = { proc, output: () => out, exited, kill: (s = 'SIGKILL') => void proc.kill(s) };
+    workers.push(handle);
+    await waitFor(() => out.includes('worker started') || proc.exitCode !== null, { timeoutMs: 30_000, what: 'worker start' });
+    if (proc.exitCode !== null) throw new Error(`worker exited at start:\n${out}`);
+    return handle;
+  };
+  return {
+    db,
+    prefix,
+    env,
+    config,
+    container,
+    baseUrl,
+    redis,
+    workers,
+    token: (c) => signDevToken(config, { tenantId: c.tenantId, sub: c.sub, roles: c.roles ?? [] }),
+    spawnWorker,
+    async stop() {
+      for (const w of workers) if (w.proc.exitCode === null && w.proc.signalCode === null) w.proc.kill('SIGKILL');
+      await Promise.all(workers.map((w) => w.exited));
+      if (server) await new Promise<void>((r) => server!.close(() => r()));
+      await container.close();
+      const keys = await redis.keys(`${prefix}:*`);
+      for (let i = 0; i < keys.length; i += 500) await redis.del(...keys.slice(i, i + 500));
+      redis.disconnect();
+      await db.drop();
+    },
+  };
+}
+
+export const newTenant = () => randomUUID();
+
+export const SAMPLE_SUBMISSION = {
+  partner: { name: 'Acme Trading', country: 'SA', sector: 'logistics', website: 'https://acme.example', registration_number: '1010101010' },
+  economics: {
+    expected_deals_per_year: 12,
+    average_deal_value: 250000,
+    win_rate: 0.3,
+    gross_margin: 0.35,
+    onboarding_cost: 40000,
+    enablement_cost: 15000,
+    annual_support_cost: 10000,
+  },
+  currency: 'SAR',
+};
+
+/** Class A: cost <= 50,000 and payback <= 6 months. */
+export const CLASS_A_SUBMISSION = { ...SAMPLE_SUBMISSION, economics: { ...SAMPLE_SUBMISSION.economics, onboarding_cost: 20000, enablement_cost: 5000, annual_support_cost: 5000 } };
+/** Class C: cost > 250,000. */
+export const CLASS_C_SUBMISSION = { ...SAMPLE_SUBMISSION, economics: { ...SAMPLE_SUBMISSION.economics, onboarding_cost: 200000, enablement_cost: 50000, annual_support_cost: 30000 } };
+
+export async function api(stack: TestStack, method: string, path: string, opts: { token?: string; body?: unknown; headers?: Record<string, string>; rawBody?: string } = {}) {
+  const headers: Record<string, string> = { ...(opts.headers ?? {}) };
+  if (opts.token) headers.authorization = `Bearer ${opts.token}`;
+  let body: string | undefined;
+  if (opts.rawBody !== undefined) body = opts.rawBody;
+  else if (opts.body !== undefined) {
+    body = JSON.stringify(opts.body);
+    headers['content-type'] ??= 'application/json';
+  }
+  const res = await fetch(`${stack.baseUrl}${path}`, { method, headers, ...(body !== undefined ? { body } : {}) });
+  const text = await res.text();
+  let json: any;
+  try {
+    json = text ? JSON.parse(text) : undefined;
+  } catch {
+    json = undefined;
+  }
+  return { status: res.status, headers: res.headers, json, text };
+}
