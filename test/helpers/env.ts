@@ -3,7 +3,8 @@ export const TEST_ADMIN_URL = process.env.TEST_DATABASE_ADMIN_URL ?? 'postgres:/
 export const TEST_REDIS_URL = process.env.TEST_REDIS_URL ?? 'redis://127.0.0.1:6379';
 export const TEST_OWNER = { user: 'dealix_owner', password: 'dealix_owner' };
 export const TEST_APP = { user: 'dealix_app', password: 'dealix_app' };
-export const TEST_TEMPLATE_DB = 'dealix_test_template';
+/** Per test run (set by global-setup before the workers fork), so concurrent runs on one server never share a template. */
+export const TEST_TEMPLATE_DB = process.env.DEALIX_TEST_TEMPLATE_DB ?? 'dealix_test_template';
 export const TEST_JWT_SECRET = 'test-secret-test-secret-test-secret-0001';
 
 export function pgUrl(role: { user: string; password: string }, database: string): string {
