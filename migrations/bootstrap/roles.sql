@@ -1,0 +1,13 @@
+-- Bootstraps the three roles for docker compose (what `npm run db:setup` does in development).
+CREATE ROLE dealix_owner LOGIN PASSWORD 'dealix_owner' NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE;
+CREATE ROLE dealix_app LOGIN PASSWORD 'dealix_app' NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE NOINHERIT;
+CREATE ROLE dealix_system NOLOGIN NOSUPERUSER NOBYPASSRLS NOINHERIT;
+GRANT dealix_system TO dealix_app;
+GRANT dealix_system TO dealix_owner;
+CREATE DATABASE dealix OWNER dealix_owner;
+\connect dealix
+ALTER SCHEMA public OWNER TO dealix_owner;
+REVOKE ALL ON SCHEMA public FROM PUBLIC;
+GRANT USAGE ON SCHEMA public TO dealix_app, dealix_system;
+REVOKE ALL ON DATABASE dealix FROM PUBLIC;
+GRANT CONNECT ON DATABASE dealix TO dealix_app;
