@@ -41,21 +41,37 @@ export interface ClaimInput {
 }
 
 /**
- * Parses the Idempotency-Key header: an RFC 8941 sf-string (`"abc"`) or a bare token (`abc`),
- * 1–255 printable ASCII characters. Returns undefined when absent; throws 400 when malformed.
+ * Parses the Idempotency-Key header: an RFC 8941 sf-string (`"abc"`) or, leniently, a bare value
+ * (`abc`), 1–255 printable ASCII characters. Returns undefined when absent; throws 400 when malformed.
  */
 export function parseIdempotencyKey(raw: string | undefined): string | undefined {
   if (raw === undefined) return undefined;
-  let value = raw.trim();
-  if (value.length >= 2 && value.startsWith('"') && value.endsWith('"')) {
-    const inner = value.slice(1, -1);
-    if (/(^|[^\\])"/.test(inner) || /\\(?!["\\])/.test(inner)) throw badKey('is not a valid Structured Field string');
-    value = inner.replace(/\\(["\\])/g, '$1');
-  }
+  const trimmed = raw.trim();
+  const value = trimmed.startsWith('"') ? parseSfString(trimmed) : trimmed;
   if (value.length === 0) throw badKey('is empty');
   if (value.length > 255) throw badKey('is longer than 255 characters');
   if (!/^[\x20-\x7e]+$/.test(value)) throw badKey('must be printable ASCII');
   return value;
+}
+
+/** RFC 8941 section 4.2.5: a quoted string whose only escapes are \" and \\, and nothing after the closing quote. */
+function parseSfString(input: string): string {
+  let out = '';
+  for (let i = 1; i < input.length; i++) {
+    const ch = input[i]!;
+    if (ch === '\\') {
+      const next = input[++i];
+      if (next !== '"' && next !== '\\') throw badKey('is not a valid Structured Field string');
+      out += next;
+    } else if (ch === '"') {
+      if (i !== input.length - 1) throw badKey('is not a valid Structured Field string');
+      return out;
+    } else {
+      if (ch < '\x20' || ch > '\x7e') throw badKey('must be printable ASCII');
+      out += ch;
+    }
+  }
+  throw badKey('is not a valid Structured Field string');
 }
 
 function badKey(why: string): ValidationError {

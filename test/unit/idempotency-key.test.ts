@@ -1,0 +1,120 @@
+import { describe, expect, it } from 'vitest';
+import fc from 'fast-check';
+import { AppError } from '../../src/platform/errors/app-error.ts';
+import { parseIdempotencyKey, requestFingerprint, submissionHash } from '../../src/platform/idempotency/idempotency.service.ts';
+
+function rejection(raw: string): AppError {
+  try {
+    parseIdempotencyKey(raw);
+  } catch (e) {
+    if (e instanceof AppError) return e;
+    throw e;
+  }
+  throw new Error(`expected ${JSON.stringify(raw)} to be rejected`);
+}
+
+describe('parseIdempotencyKey', () => {
+  it('treats an absent header as no key', () => {
+    expect(parseIdempotencyKey(undefined)).toBeUndefined();
+  });
+
+  it('accepts a bare token and the same key as a Structured Field string', () => {
+    expect(parseIdempotencyKey('8e03978e-40d5-43e8-bc93-6894a57f9324')).toBe('8e03978e-40d5-43e8-bc93-6894a57f9324');
+    expect(parseIdempotencyKey('"8e03978e-40d5-43e8-bc93-6894a57f9324"')).toBe('8e03978e-40d5-43e8-bc93-6894a57f9324');
+  });
+
+  it('unescapes \\" and \\\\ inside an sf-string', () => {
+    expect(parseIdempotencyKey('"a\\"b\\\\c"')).toBe('a"b\\c');
+    expect(parseIdempotencyKey('"a\\\\"')).toBe('a\\');
+  });
+
+  it('ignores surrounding optional whitespace', () => {
+    expect(parseIdempotencyKey('  abc  ')).toBe('abc');
+  });
+
+  it('accepts exactly 255 characters, bare or quoted', () => {
+    const k = 'k'.repeat(255);
+    expect(parseIdempotencyKey(k)).toBe(k);
+    expect(parseIdempotencyKey(`"${k}"`)).toBe(k);
+  });
+
+  it.each([
+    ['empty', ''],
+    ['blank', '   '],
+    ['an empty sf-string', '""'],
+    ['256 characters', 'k'.repeat(256)],
+    ['256 characters inside quotes', `"${'k'.repeat(256)}"`],
+    ['non-ASCII', 'clé'],
+    ['a control character', 'a\u0001b'],
+    ['a tab', 'a\tb'],
+    ['DEL', 'a\u007fb'],
+    ['an unescaped quote inside an sf-string', '"a"b"'],
+    ['an invalid escape inside an sf-string', '"a\\nb"'],
+    ['an unterminated sf-string', '"abc'],
+    ['text after the closing quote', '"abc"def'],
+    ['an escaped backslash followed by a stray quote', '"a\\\\"b"'],
+  ])('rejects %s with a 400 validation problem', (_what, raw) => {
+    const e = rejection(raw);
+    expect(e.status).toBe(400);
+    expect(e.code).toBe('validation_failed');
+    expect(e.extensions.errors).toEqual([expect.objectContaining({ path: 'Idempotency-Key' })]);
+  });
+
+  it('accepts every printable ASCII key of 1–255 characters, and its sf-string form equals it', () => {
+    const printable = fc.string({ unit: fc.integer({ min: 0x21, max: 0x7e }).map((c) => String.fromCharCode(c)), minLength: 1, maxLength: 253 });
+    fc.assert(
+      fc.property(printable, (k) => {
+        const key = `k${k}`;
+        expect(parseIdempotencyKey(key)).toBe(key);
+        expect(parseIdempotencyKey(`"${key.replace(/[\\"]/g, '\\$&')}"`)).toBe(key);
+      }),
+    );
+  });
+});
+
+describe('requestFingerprint', () => {
+  const route = '/api/v1/golden-path/run';
+
+  it('ignores key order and whitespace of the JSON body', () => {
+    const a = JSON.parse('{"partner":{"name":"Acme","country":"SA"},"currency":"SAR","n":[1,2,{"x":1,"y":2}]}');
+    const b = JSON.parse(' {\n "n" : [ 1, 2, { "y": 2, "x": 1 } ],\n "currency":"SAR",\n "partner": { "country":"SA", "name":"Acme" } }\n');
+    expect(requestFingerprint('POST', route, a)).toBe(requestFingerprint('POST', route, b));
+  });
+
+  it('is key-order invariant for arbitrary JSON objects', () => {
+    fc.assert(
+      fc.property(fc.dictionary(fc.string({ maxLength: 8 }), fc.jsonValue(), { maxKeys: 8 }), (obj) => {
+        const reversed = Object.fromEntries(Object.entries(obj).reverse());
+        expect(requestFingerprint('POST', route, reversed)).toBe(requestFingerprint('POST', route, obj));
+      }),
+    );
+  });
+
+  it('treats the method case-insensitively and an absent body as null', () => {
+    expect(requestFingerprint('post', route, undefined)).toBe(requestFingerprint('POST', route, null));
+  });
+
+  it('changes with the body, the route or the method', () => {
+    const base = requestFingerprint('POST', route, { a: 1 });
+    expect(requestFingerprint('POST', route, { a: 2 })).not.toBe(base);
+    expect(requestFingerprint('POST', route, { a: 1, b: null })).not.toBe(base);
+    expect(requestFingerprint('POST', '/api/v1/approvals/:id/decision', { a: 1 })).not.toBe(base);
+    expect(requestFingerprint('PUT', route, { a: 1 })).not.toBe(base);
+    expect(requestFingerprint('POST', route, [1, 2])).not.toBe(requestFingerprint('POST', route, [2, 1]));
+  });
+
+  it('is a SHA-256 hex digest', () => {
+    expect(requestFingerprint('POST', route, { a: 1 })).toMatch(/^[0-9a-f]{64}$/);
+  });
+});
+
+describe('submissionHash', () => {
+  it('is stable per (tenant, record) and differs across tenants and records', () => {
+    const t1 = '11111111-1111-4111-8111-111111111111';
+    const t2 = '22222222-2222-4222-8222-222222222222';
+    const r = '33333333-3333-4333-8333-333333333333';
+    expect(submissionHash(t1, r)).toBe(submissionHash(t1, r));
+    expect(submissionHash(t1, r)).not.toBe(submissionHash(t2, r));
+    expect(submissionHash(t1, r)).not.toBe(submissionHash(t1, '44444444-4444-4444-8444-444444444444'));
+  });
+});
