@@ -13,6 +13,7 @@ import { GOLDEN_PATH_QUEUE, goldenPathWorkflow } from './golden-path/golden-path
 import { approvalPacketStep, type SlaScheduler } from './approvals/approval-packet.step.ts';
 import { ApprovalService } from './approvals/approval.service.ts';
 import { approvalRoutes } from './approvals/approvals.routes.ts';
+import { approvalPolicyRoutes } from './approvals/approval-policy.routes.ts';
 import { SLA_JOB_NAME } from './approvals/approval.constants.ts';
 import { evidencePackStep } from './evidence/evidence-pack.step.ts';
 import { evidenceRoutes } from './evidence/evidence.routes.ts';
@@ -25,12 +26,19 @@ export interface SlaJobData {
 }
 
 /** The business modules' workflows and routes, handed to the composition root. */
+/** Default SLAs in whole seconds (APPROVAL_SLA_B / APPROVAL_SLA_C); a tenant's policy may override them. */
+function slaDefaults(config: Config): { slaBSeconds: number; slaCSeconds: number } {
+  return { slaBSeconds: Math.max(1, Math.round(config.APPROVAL_SLA_B / 1000)), slaCSeconds: Math.max(1, Math.round(config.APPROVAL_SLA_C / 1000)) };
+}
+
+const slaJobId = (idempotencyHash: string) => namedJobId('gp', idempotencyHash, 'sla');
+
 export function workflowsFor(config: Config, deps: { queue: () => Queue }): WorkflowDef[] {
   const sla: SlaScheduler = {
     async schedule({ tenantId, runId, idempotencyHash, deadline }) {
       const data: SlaJobData = { tenant_id: tenantId, run_id: runId, hash: idempotencyHash, deadline: deadline.toISOString() };
       await deps.queue().add(SLA_JOB_NAME, data, {
-        jobId: namedJobId('gp', idempotencyHash, 'sla'),
+        jobId: slaJobId(idempotencyHash),
         delay: Math.max(0, deadline.getTime() - Date.now()),
         attempts: 10,
         backoff: { type: 'exponential', delay: 1000, jitter: 0.5 },
@@ -39,7 +47,7 @@ export function workflowsFor(config: Config, deps: { queue: () => Queue }): Work
       });
     },
   };
-  const approvalStep = approvalPacketStep({ slaBSeconds: Math.round(config.APPROVAL_SLA_B / 1000), slaCSeconds: Math.round(config.APPROVAL_SLA_C / 1000), sla });
+  const approvalStep = approvalPacketStep({ ...slaDefaults(config), sla });
   return [
     goldenPathWorkflow(approvalStep, evidencePackStep, async (em, runId) => {
       // Redis may have lost the SLA timer: re-create it from the approval row (idempotent job id).
@@ -48,14 +56,24 @@ export function workflowsFor(config: Config, deps: { queue: () => Queue }): Work
           where a.run_id = ? and a.status = 'pending'`,
         [runId],
       );
-      if (req?.sla_deadline) await sla.schedule({ tenantId: req.tenant_id, runId, approvalRequestId: '', idempotencyHash: req.idempotency_hash, deadline: new Date(req.sla_deadline) });
+      if (!req?.sla_deadline) return;
+      // A timer that ended (failed for good, or completed early) while the request is still pending is spent: replace it.
+      const queue = deps.queue();
+      const state = await queue.getJobState(slaJobId(req.idempotency_hash));
+      if (state === 'failed' || state === 'completed') await queue.remove(slaJobId(req.idempotency_hash));
+      await sla.schedule({ tenantId: req.tenant_id, runId, approvalRequestId: '', idempotencyHash: req.idempotency_hash, deadline: new Date(req.sla_deadline) });
     }),
   ];
 }
 
-export function routesFor(deps: { runtime: DurableRuntime; admission?: AdmissionControl }): RouteDef[] {
+export function routesFor(deps: { config: Config; runtime: DurableRuntime; admission?: AdmissionControl }): RouteDef[] {
   const approvals = new ApprovalService(deps.runtime);
-  return [...goldenPathRoutes(deps), ...approvalRoutes({ approvals }), ...evidenceRoutes()];
+  return [
+    ...goldenPathRoutes({ runtime: deps.runtime, ...(deps.admission ? { admission: deps.admission } : {}) }),
+    ...approvalRoutes({ approvals }),
+    ...approvalPolicyRoutes(slaDefaults(deps.config)),
+    ...evidenceRoutes(),
+  ];
 }
 
 export function jobHandlersFor(deps: { orm: MikroORM; runtime: DurableRuntime }): Record<string, JobHandler> {

@@ -1,59 +1,306 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { randomUUID } from 'node:crypto';
-import { api, CLASS_A_SUBMISSION, newTenant, SAMPLE_SUBMISSION, startStack, type TestStack } from '../helpers/stack.ts';
+import { api, CLASS_A_SUBMISSION, CLASS_C_SUBMISSION, newTenant, SAMPLE_SUBMISSION, startStack, type TestStack } from '../helpers/stack.ts';
 import { waitFor } from '../helpers/poll.ts';
 
+/**
+ * The golden path over HTTP against real worker processes: classes A/B/C, rejection, the approval
+ * rules (roles, distinct approvers, never the submitter), evidence verification and tampering,
+ * tenant isolation (404, never 403), pagination, the per-tenant policy, and a worker killed while a
+ * run waits for its approval.
+ */
 let stack: TestStack;
 const tenant = newTenant();
-let submitter: string;
-let approver: string;
+const otherTenant = newTenant();
+const tok: Record<string, string> = {};
 
-async function submit(body: unknown, key = randomUUID()) {
-  return api(stack, 'POST', '/api/v1/golden-path/run', { token: submitter, body, headers: { 'Idempotency-Key': key } });
+const RUN_DEADLINE = { timeoutMs: 60_000, intervalMs: 100 };
+
+async function submit(body: unknown, token = tok.submitter!, key: string = randomUUID()) {
+  return api(stack, 'POST', '/api/v1/golden-path/run', { token, body, headers: { 'Idempotency-Key': key } });
 }
-async function runOf(id: string, token = submitter) {
-  return (await api(stack, 'GET', `/api/v1/golden-path/runs/${id}`, { token })).json;
+async function getJson(path: string, token = tok.submitter!) {
+  return api(stack, 'GET', path, { token });
 }
-async function waitStatus(id: string, statuses: string[]) {
-  return waitFor(async () => {
-    const r = await runOf(id);
-    return statuses.includes(r?.status) ? r : undefined;
-  }, { what: `run ${id} to reach ${statuses.join('|')}` });
+async function runOf(id: string, token = tok.submitter!) {
+  return (await getJson(`/api/v1/golden-path/runs/${id}`, token)).json;
+}
+async function waitStatus(id: string, statuses: string[], token = tok.submitter!) {
+  return waitFor(
+    async () => {
+      const r = await runOf(id, token);
+      return statuses.includes(r?.status) ? r : undefined;
+    },
+    { ...RUN_DEADLINE, what: `run ${id} to reach ${statuses.join('|')}` },
+  );
+}
+async function decide(approvalId: string, decision: 'approve' | 'reject', token: string, key: string = randomUUID(), comment?: string) {
+  return api(stack, 'POST', `/api/v1/approvals/${approvalId}/decision`, {
+    token,
+    body: { decision, ...(comment ? { comment } : {}) },
+    headers: { 'Idempotency-Key': key },
+  });
+}
+/** Submits and waits until the run waits for its approval; returns the run and its approval request id. */
+async function submitWaiting(body: unknown, token = tok.submitter!) {
+  const res = await submit(body, token);
+  expect(res.status).toBe(202);
+  const run = await waitStatus(res.json.run_id, ['waiting', 'failed'], token);
+  expect(run.status).toBe('waiting');
+  return { run, approvalId: run.steps[2].output.approval_request_id as string };
 }
 
 beforeAll(async () => {
   stack = await startStack();
   await stack.spawnWorker();
-  submitter = await stack.token({ tenantId: tenant, sub: 'submitter-1' });
-  approver = await stack.token({ tenantId: tenant, sub: 'approver-1', roles: ['approver'] });
+  const t = (sub: string, roles: string[] = [], tenantId = tenant) => stack.token({ tenantId, sub, roles });
+  tok.submitter = await t('submitter-1');
+  tok.submitterApprover = await t('submitter-1', ['approver']);
+  tok.approver1 = await t('approver-1', ['approver']);
+  tok.approver2 = await t('approver-2', ['approver']);
+  tok.approver3 = await t('approver-3', ['approver']);
+  tok.viewer = await t('viewer-1');
+  tok.admin = await t('admin-1', ['admin']);
+  tok.other = await t('other-1', ['approver', 'admin'], otherTenant);
 });
 afterAll(async () => stack?.stop());
 
 describe('golden path over HTTP', () => {
+  it('refuses bad input with 4xx and persists nothing', async () => {
+    const fresh = newTenant();
+    const token = await stack.token({ tenantId: fresh, sub: 'u-1' });
+    const bad: Array<[unknown, number[]]> = [
+      [{ ...SAMPLE_SUBMISSION, extra: true }, [422]],
+      [{ ...SAMPLE_SUBMISSION, economics: { ...SAMPLE_SUBMISSION.economics, win_rate: 1.5 } }, [422]],
+      [{ ...SAMPLE_SUBMISSION, economics: { ...SAMPLE_SUBMISSION.economics, onboarding_cost: -1 } }, [422]],
+      [{ ...SAMPLE_SUBMISSION, partner: { ...SAMPLE_SUBMISSION.partner, country: 'XX' } }, [422]],
+      [{ ...SAMPLE_SUBMISSION, currency: 'sar' }, [422]],
+      // Text PostgreSQL cannot store is refused before the handler (400) or by the schema (422): never a 5xx.
+      [{ ...SAMPLE_SUBMISSION, partner: { ...SAMPLE_SUBMISSION.partner, name: 'nul\u0000byte' } }, [400, 422]],
+    ];
+    for (const [body, statuses] of bad) {
+      const res = await submit(body, token);
+      expect(statuses, JSON.stringify(body)).toContain(res.status);
+      expect(res.headers.get('content-type')).toMatch(/application\/problem\+json/);
+    }
+    const noKey = await api(stack, 'POST', '/api/v1/golden-path/run', { token, body: SAMPLE_SUBMISSION });
+    expect(noKey.status).toBe(400);
+    const list = await getJson('/api/v1/golden-path/runs', token);
+    expect(list.json.items).toEqual([]);
+  });
+
   it('class A is approved by the system and completes with a verifiable evidence pack', async () => {
     const res = await submit(CLASS_A_SUBMISSION);
     expect(res.status).toBe(202);
     expect(res.json.correlation_id).toBe(res.headers.get('x-correlation-id'));
     const run = await waitStatus(res.json.run_id, ['completed', 'failed']);
     expect(run.status).toBe('completed');
-    expect(run.steps.map((s: any) => s.status)).toEqual(['completed', 'completed', 'completed', 'completed']);
-    expect(run.steps[2].output.approval_class).toBe('A');
-    const verify = await api(stack, 'GET', run.links.verify, { token: submitter });
-    expect(verify.json.valid).toBe(true);
+    expect(run.correlation_id).toBe(res.json.correlation_id);
+    expect(run.progress).toMatchObject({ completed_steps: 4, total_steps: 4 });
+    expect(run.steps.map((s: any) => [s.sequence_num, s.name, s.status])).toEqual([
+      [1, 'partner-dossier', 'completed'],
+      [2, 'economics-model', 'completed'],
+      [3, 'approval-packet', 'completed'],
+      [4, 'evidence-pack', 'completed'],
+    ]);
+    for (const s of run.steps) expect(s.completed_at).not.toBeNull();
+    const packet = run.steps[2].output;
+    expect(packet).toMatchObject({ approval_class: 'A', outcome: 'approved', required_approvals: 0, sla_deadline: null });
+    expect(packet.decisions).toEqual([expect.objectContaining({ decided_by: 'system', kind: 'system', decision: 'approve' })]);
+    const approval = await getJson(run.links.approval);
+    expect(approval.json).toMatchObject({ status: 'approved', approval_class: 'A' });
+    const evidence = await getJson(run.links.evidence);
+    expect(evidence.json.content.outcome).toBe('approved');
+    expect(evidence.json.sha256).toBe(run.steps[3].output.sha256);
+    const verify = await getJson(run.links.verify);
+    expect(verify.json).toMatchObject({ valid: true, sha256: evidence.json.sha256 });
   });
 
-  it('class B waits for an approver and completes after approval', async () => {
-    const res = await submit(SAMPLE_SUBMISSION);
-    const waiting = await waitStatus(res.json.run_id, ['waiting']);
-    expect(waiting.steps[2].status).toBe('waiting');
-    const approvalId = waiting.steps[2].output.approval_request_id;
-    const d = await api(stack, 'POST', `/api/v1/approvals/${approvalId}/decision`, {
-      token: approver,
-      body: { decision: 'approve', comment: 'fine' },
-      headers: { 'Idempotency-Key': randomUUID() },
-    });
+  it('class B waits for one approver and completes after approval', async () => {
+    const { run, approvalId } = await submitWaiting(SAMPLE_SUBMISSION);
+    expect(run.steps[2]).toMatchObject({ status: 'waiting', output: { approval_class: 'B', required_approvals: 1, outcome: 'pending' } });
+    expect(run.steps[3].status).toBe('pending');
+    const pending = await getJson('/api/v1/approvals?status=pending', tok.approver1);
+    expect(pending.json.items.map((a: any) => a.approval_request_id)).toContain(approvalId);
+    const d = await decide(approvalId, 'approve', tok.approver1!, randomUUID(), 'numbers hold');
     expect(d.status).toBe(200);
-    const done = await waitStatus(res.json.run_id, ['completed']);
+    expect(d.json).toMatchObject({ status: 'approved', approvals: 1, required_approvals: 1 });
+    const done = await waitStatus(run.run_id, ['completed']);
     expect(done.steps[3].output.outcome).toBe('approved');
+    const evidence = await getJson(done.links.evidence);
+    expect(evidence.json.content.approval_packet.decisions).toEqual([expect.objectContaining({ decided_by: 'approver-1', decision: 'approve', comment: 'numbers hold', kind: 'human' })]);
+    expect((await getJson(done.links.verify)).json.valid).toBe(true);
+  });
+
+  it('class B rejected ends the run rejected, with an evidence pack recording the rejection', async () => {
+    const { run, approvalId } = await submitWaiting(SAMPLE_SUBMISSION);
+    const d = await decide(approvalId, 'reject', tok.approver1!, randomUUID(), 'margin too thin');
+    expect(d.status).toBe(200);
+    expect(d.json.status).toBe('rejected');
+    const done = await waitStatus(run.run_id, ['rejected', 'completed', 'failed']);
+    expect(done.status).toBe('rejected');
+    expect(done.completed_at).not.toBeNull();
+    const evidence = await getJson(done.links.evidence);
+    expect(evidence.json.content.outcome).toBe('rejected');
+    expect(evidence.json.content.approval_packet.outcome).toBe('rejected');
+    expect(evidence.json.content.approval_packet.decisions[0]).toMatchObject({ decided_by: 'approver-1', decision: 'reject', comment: 'margin too thin' });
+    expect((await getJson(done.links.verify)).json.valid).toBe(true);
+    expect((await getJson(`/api/v1/approvals/${approvalId}`)).json.status).toBe('rejected');
+  });
+
+  it('class C needs two distinct approvers: the same approver twice is refused, a second one completes it', async () => {
+    const { run, approvalId } = await submitWaiting(CLASS_C_SUBMISSION);
+    expect(run.steps[2].output).toMatchObject({ approval_class: 'C', required_approvals: 2 });
+    const key = randomUUID();
+    const first = await decide(approvalId, 'approve', tok.approver1!, key);
+    expect(first.status).toBe(200);
+    expect(first.json).toMatchObject({ status: 'pending', approvals: 1, required_approvals: 2 });
+    // The same request again (same key) replays; the same approver with a new key is refused.
+    const replay = await decide(approvalId, 'approve', tok.approver1!, key);
+    expect(replay.status).toBe(200);
+    expect(replay.headers.get('idempotent-replayed')).toBe('true');
+    const twice = await decide(approvalId, 'approve', tok.approver1!);
+    expect(twice.status).toBe(409);
+    expect(twice.json.code).toBe('approver_already_decided');
+    expect((await runOf(run.run_id)).status).toBe('waiting');
+    const second = await decide(approvalId, 'approve', tok.approver2!);
+    expect(second.status).toBe(200);
+    expect(second.json).toMatchObject({ status: 'approved', approvals: 2 });
+    const done = await waitStatus(run.run_id, ['completed', 'failed']);
+    expect(done.status).toBe('completed');
+    const evidence = await getJson(done.links.evidence);
+    expect(evidence.json.content.approval_packet.decisions.map((d: any) => d.decided_by).sort()).toEqual(['approver-1', 'approver-2']);
+    const late = await decide(approvalId, 'reject', tok.approver3!);
+    expect(late.status).toBe(409);
+    expect(late.json.code).toBe('approval_decided');
+  });
+
+  it('the submitter can never decide their own run, nor can a user without the approver role', async () => {
+    const { run, approvalId } = await submitWaiting(SAMPLE_SUBMISSION);
+    const self = await decide(approvalId, 'approve', tok.submitterApprover!);
+    expect(self.status).toBe(403);
+    const viewer = await decide(approvalId, 'approve', tok.viewer!);
+    expect(viewer.status).toBe(403);
+    expect((await getJson(`/api/v1/approvals/${approvalId}`)).json).toMatchObject({ status: 'pending', decisions: [] });
+    expect((await runOf(run.run_id)).status).toBe('waiting');
+    expect((await decide(approvalId, 'approve', tok.approver2!)).status).toBe(200);
+    await waitStatus(run.run_id, ['completed']);
+  });
+
+  it('verify detects an evidence pack changed in the database after it was written', async () => {
+    const res = await submit(CLASS_A_SUBMISSION);
+    const run = await waitStatus(res.json.run_id, ['completed']);
+    const id = run.steps[3].output.evidence_pack_id;
+    expect((await getJson(`/api/v1/evidence/${id}/verify`)).json.valid).toBe(true);
+    // As the table owner: FORCE RLS applies to it too, so it must name the tenant in its session.
+    const results = (await stack.db.owner(
+      `select set_config('app.tenant_id', '${tenant}', false);
+       update evidence_packs set content = jsonb_set(content, '{economics_model,cost}', '1'::jsonb) where id = '${id}'`,
+    )) as unknown as Array<{ rowCount: number }>;
+    expect(results[1]!.rowCount).toBe(1);
+    const verify = await getJson(`/api/v1/evidence/${id}/verify`);
+    expect(verify.status).toBe(200);
+    expect(verify.json.valid).toBe(false);
+    expect(verify.json.sha256).toBe(run.steps[3].output.sha256);
+    expect(verify.json.recomputed_sha256).not.toBe(verify.json.sha256);
+  });
+
+  it("another tenant gets 404, never 403, for a run, its approval, its evidence and the decision endpoint", async () => {
+    const { run, approvalId } = await submitWaiting(SAMPLE_SUBMISSION);
+    expect((await decide(approvalId, 'approve', tok.approver1!)).status).toBe(200);
+    const done = await waitStatus(run.run_id, ['completed']);
+    const evidenceId = done.steps[3].output.evidence_pack_id;
+    for (const path of [`/api/v1/golden-path/runs/${run.run_id}`, `/api/v1/approvals/${approvalId}`, `/api/v1/evidence/${evidenceId}`, `/api/v1/evidence/${evidenceId}/verify`]) {
+      const res = await getJson(path, tok.other);
+      expect(res.status, path).toBe(404);
+      expect(res.json.code).toBe('not_found');
+    }
+    expect((await decide(approvalId, 'reject', tok.other!)).status).toBe(404);
+    expect((await getJson('/api/v1/golden-path/runs', tok.other)).json.items).toEqual([]);
+    expect((await getJson('/api/v1/approvals', tok.other)).json.items).toEqual([]);
+    // Nothing changed for the owner of the run.
+    expect((await runOf(run.run_id)).status).toBe('completed');
+  });
+
+  it('lists runs newest first, page by page with a cursor, filtered by status', async () => {
+    const pager = newTenant();
+    const token = await stack.token({ tenantId: pager, sub: 'pager-1' });
+    const approver = await stack.token({ tenantId: pager, sub: 'pager-approver', roles: ['approver'] });
+    const ids: string[] = [];
+    for (let i = 0; i < 5; i++) ids.push((await submit(CLASS_A_SUBMISSION, token)).json.run_id);
+    const { run: waiting, approvalId } = await submitWaiting(SAMPLE_SUBMISSION, token);
+    for (const id of ids) await waitStatus(id, ['completed'], token);
+
+    const seen: string[] = [];
+    let cursor: string | null = null;
+    let pages = 0;
+    do {
+      const q: string = `/api/v1/golden-path/runs?status=completed&limit=2${cursor ? `&cursor=${cursor}` : ''}`;
+      const page = await getJson(q, token);
+      expect(page.status).toBe(200);
+      expect(page.json.items.length).toBeLessThanOrEqual(2);
+      for (const item of page.json.items) expect(item.status).toBe('completed');
+      seen.push(...page.json.items.map((r: any) => r.run_id));
+      cursor = page.json.next_cursor;
+      pages++;
+    } while (cursor && pages < 10);
+    expect(pages).toBe(3);
+    // Pages follow the one ordering of the full list (newest first), with no gap and no repeat.
+    const completed = await getJson('/api/v1/golden-path/runs?status=completed&limit=100', token);
+    expect(seen).toEqual(completed.json.items.map((r: any) => r.run_id));
+    expect([...seen].sort()).toEqual([...ids].sort());
+    const created = completed.json.items.map((r: any) => Date.parse(r.created_at));
+    expect(created).toEqual([...created].sort((a: number, b: number) => b - a));
+
+    const all = await getJson('/api/v1/golden-path/runs?limit=100', token);
+    expect(all.json.items.map((r: any) => r.run_id).sort()).toEqual([waiting.run_id, ...ids].sort());
+    const onlyWaiting = await getJson('/api/v1/golden-path/runs?status=waiting', token);
+    expect(onlyWaiting.json.items.map((r: any) => r.run_id)).toEqual([waiting.run_id]);
+    expect((await getJson('/api/v1/golden-path/runs?cursor=not-a-cursor', token)).status).toBe(400);
+    expect((await getJson('/api/v1/golden-path/runs?status=bogus', token)).status).toBe(400);
+    expect((await decide(approvalId, 'approve', approver)).status).toBe(200);
+  });
+
+  it("a tenant admin sets the tenant's approval policy; its runs are classified and timed by it", async () => {
+    const t = newTenant();
+    const admin = await stack.token({ tenantId: t, sub: 'admin-1', roles: ['admin'] });
+    const user = await stack.token({ tenantId: t, sub: 'user-1' });
+    const initial = await getJson('/api/v1/approval-policy', user);
+    expect(initial.json).toEqual({
+      source: 'default',
+      policy: { class_a_max_cost: 50_000, class_a_max_payback_months: 6, class_c_min_cost: 250_000, class_c_min_payback_months: 24, sla_b_seconds: 86_400, sla_c_seconds: 259_200 },
+      updated_at: null,
+    });
+    const policy = { class_a_max_cost: 1_000, class_a_max_payback_months: 1, class_c_min_cost: 500_000, class_c_min_payback_months: 36, sla_b_seconds: 1, sla_c_seconds: 3_600 };
+    const put = (body: unknown, token: string) => api(stack, 'PUT', '/api/v1/approval-policy', { token, body });
+    expect((await put(policy, user)).status).toBe(403);
+    expect((await put({ ...policy, class_a_max_cost: 600_000 }, admin)).status).toBe(422);
+    expect((await put({ ...policy, sla_b_seconds: 0 }, admin)).status).toBe(422);
+    const saved = await put(policy, admin);
+    expect(saved.status).toBe(200);
+    expect(saved.json).toMatchObject({ source: 'tenant', policy });
+    expect((await getJson('/api/v1/approval-policy', user)).json).toMatchObject({ source: 'tenant', policy });
+    // Another tenant still sees the defaults.
+    expect((await getJson('/api/v1/approval-policy', tok.other)).json.source).toBe('default');
+
+    // Under this policy the class A sample is class B with a one-second SLA: it expires.
+    const res = await submit(CLASS_A_SUBMISSION, user);
+    const run = await waitStatus(res.json.run_id, ['approval_expired', 'completed', 'failed'], user);
+    expect(run.status).toBe('approval_expired');
+    expect(run.steps[2].output).toMatchObject({ approval_class: 'B', outcome: 'expired' });
+  });
+
+  it('a worker killed while a run waits for approval loses nothing: the run completes after the decision', async () => {
+    const { run, approvalId } = await submitWaiting(SAMPLE_SUBMISSION);
+    for (const w of stack.workers) w.kill('SIGKILL');
+    await Promise.all(stack.workers.map((w) => w.exited));
+    // Decided while no worker is alive: the rest of the run waits in Redis, its state in Postgres.
+    const d = await decide(approvalId, 'approve', tok.approver1!);
+    expect(d.status).toBe(200);
+    expect((await runOf(run.run_id)).status).toBe('running');
+    await stack.spawnWorker();
+    const done = await waitStatus(run.run_id, ['completed', 'failed']);
+    expect(done.status).toBe('completed');
+    expect((await getJson(done.links.verify)).json.valid).toBe(true);
   });
 });

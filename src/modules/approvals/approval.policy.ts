@@ -1,4 +1,6 @@
+import { randomUUID } from 'node:crypto';
 import type { EntityManager } from '@mikro-orm/postgresql';
+import { z } from 'zod';
 import type { Economics } from '../golden-path/golden-path.schemas.ts';
 import { ApprovalPolicyRow } from './approval.entities.ts';
 
@@ -36,11 +38,73 @@ export function classify(econ: Pick<Economics, 'cost' | 'payback_months'>, polic
   return { cls: 'B', reasons: ['between the automatic and the escalated thresholds'], required: 1, slaSeconds: policy.slaBSeconds };
 }
 
+const MAX_SLA_SECONDS = 90 * 24 * 3600;
+const amount = z.number().finite().min(0).max(1e12);
+const months = z.number().finite().min(0).max(1200);
+const slaSeconds = z.number().int().min(1).max(MAX_SLA_SECONDS);
+
+/** PUT /api/v1/approval-policy: every threshold explicit; A's bounds may not exceed C's. */
+export const approvalPolicyBody = z
+  .strictObject({
+    class_a_max_cost: amount,
+    class_a_max_payback_months: months,
+    class_c_min_cost: amount,
+    class_c_min_payback_months: months,
+    sla_b_seconds: slaSeconds,
+    sla_c_seconds: slaSeconds,
+  })
+  .refine((b) => b.class_a_max_cost <= b.class_c_min_cost, { path: ['class_a_max_cost'], message: 'must not exceed class_c_min_cost' })
+  .refine((b) => b.class_a_max_payback_months <= b.class_c_min_payback_months, {
+    path: ['class_a_max_payback_months'],
+    message: 'must not exceed class_c_min_payback_months',
+  });
+export type ApprovalPolicyBody = z.infer<typeof approvalPolicyBody>;
+
+export function policyToBody(p: ApprovalPolicy): ApprovalPolicyBody {
+  return {
+    class_a_max_cost: p.classAMaxCost,
+    class_a_max_payback_months: p.classAMaxPaybackMonths,
+    class_c_min_cost: p.classCMinCost,
+    class_c_min_payback_months: p.classCMinPaybackMonths,
+    sla_b_seconds: p.slaBSeconds,
+    sla_c_seconds: p.slaCSeconds,
+  };
+}
+
+/** Writes the tenant's policy (insert or replace) under RLS; the next classification uses it. */
+export async function savePolicy(em: EntityManager, tenantId: string, body: ApprovalPolicyBody): Promise<Date> {
+  const updatedAt = new Date();
+  await em.upsert(
+    ApprovalPolicyRow,
+    {
+      id: randomUUID(),
+      tenantId,
+      classAMaxCost: body.class_a_max_cost,
+      classAMaxPaybackMonths: body.class_a_max_payback_months,
+      classCMinCost: body.class_c_min_cost,
+      classCMinPaybackMonths: body.class_c_min_payback_months,
+      slaBSeconds: body.sla_b_seconds,
+      slaCSeconds: body.sla_c_seconds,
+      updatedAt,
+    },
+    { onConflictFields: ['tenantId'], onConflictExcludeFields: ['id'] },
+  );
+  return updatedAt;
+}
+
 /** The tenant's policy (RLS-scoped read), else the defaults with the configured SLAs. */
 export async function loadPolicy(em: EntityManager, tenantId: string, defaults: { slaBSeconds: number; slaCSeconds: number }): Promise<ApprovalPolicy> {
+  return (await loadPolicyWithSource(em, tenantId, defaults)).policy;
+}
+
+export async function loadPolicyWithSource(
+  em: EntityManager,
+  tenantId: string,
+  defaults: { slaBSeconds: number; slaCSeconds: number },
+): Promise<{ policy: ApprovalPolicy; source: 'default' | 'tenant'; updatedAt: Date | null }> {
   const row = await em.findOne(ApprovalPolicyRow, { tenantId });
-  if (!row) return { ...DEFAULT_POLICY, ...defaults };
-  return {
+  if (!row) return { policy: { ...DEFAULT_POLICY, ...defaults }, source: 'default', updatedAt: null };
+  const policy: ApprovalPolicy = {
     classAMaxCost: Number(row.classAMaxCost),
     classAMaxPaybackMonths: Number(row.classAMaxPaybackMonths),
     classCMinCost: Number(row.classCMinCost),
@@ -48,4 +112,5 @@ export async function loadPolicy(em: EntityManager, tenantId: string, defaults: 
     slaBSeconds: row.slaBSeconds,
     slaCSeconds: row.slaCSeconds,
   };
+  return { policy, source: 'tenant', updatedAt: row.updatedAt };
 }

@@ -44,6 +44,7 @@ export class ApprovalService {
     if (req.status === 'pending' && req.expired_now) {
       throw new ConflictError('approval_expired', 'The approval request passed its SLA deadline; it can no longer be decided.');
     }
+    if (req.status === 'expired') throw new ConflictError('approval_expired', 'The approval request expired at its SLA deadline; it can no longer be decided.');
     if (req.status !== 'pending') throw new ConflictError('approval_decided', `The approval request is already ${req.status}.`);
     const inserted = await em.execute<{ id: string }[]>(
       `insert into approval_decisions (id, tenant_id, approval_request_id, approver, decision, kind, comment, created_at)

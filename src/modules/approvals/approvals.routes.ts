@@ -3,6 +3,7 @@ import { defineRoute, type RouteDef } from '../../platform/http/route.ts';
 import { NotFoundError } from '../../platform/errors/app-error.ts';
 import type { ApprovalService } from './approval.service.ts';
 import { APPROVAL_STATUSES } from './approval.entities.ts';
+import { APPROVER_ROLE } from './approval.constants.ts';
 
 const BASE = '/api/v1';
 
@@ -51,6 +52,7 @@ export function approvalRoutes(deps: { approvals: ApprovalService }): RouteDef[]
       path: `${BASE}/approvals/:id/decision`,
       summary: 'Approve or reject (role approver; never the submitter; C needs two distinct approvers)',
       tags: ['approvals'],
+      roles: [APPROVER_ROLE],
       idempotency: 'required',
       params: z.object({ id: z.string().uuid() }),
       body: z.strictObject({ decision: z.enum(['approve', 'reject']), comment: z.string().max(2000).optional() }),

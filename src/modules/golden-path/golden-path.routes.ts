@@ -10,6 +10,7 @@ import { GOLDEN_PATH } from './golden-path.workflow.ts';
 
 export const BASE = '/api/v1';
 const uuidParam = z.object({ id: z.string().uuid() });
+const isIssuedCursorTime = (at: string) => /^[12]\d{3}-/.test(at) && !Number.isNaN(Date.parse(at)) && new Date(at).toISOString() === at;
 
 export interface AdmissionControl {
   /** Throws 429 when the tenant exceeds its submission rate or runs in flight. */
@@ -127,7 +128,8 @@ export function goldenPathRoutes(deps: { runtime: DurableRuntime; admission?: Ad
         if (query.cursor) {
           try {
             const [at, id] = Buffer.from(query.cursor, 'base64url').toString('utf8').split('|');
-            if (!at || !id || Number.isNaN(Date.parse(at)) || !z.string().uuid().safeParse(id).success) throw new Error('bad');
+            // Only the exact form this API issues: Date.parse accepts much PostgreSQL refuses ("1", year 275760).
+            if (!at || !id || !isIssuedCursorTime(at) || !z.string().uuid().safeParse(id).success) throw new Error('bad');
             after = { at, id };
           } catch {
             throw new ValidationError('Invalid cursor', [{ path: 'cursor', message: 'not a cursor returned by this API' }]);

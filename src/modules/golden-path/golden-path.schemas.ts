@@ -14,15 +14,18 @@ const ISO_CURRENCIES = new Set(
     'SHP SLE SOS SRD SSP STN SYP SZL THB TJS TMT TND TOP TRY TTD TWD TZS UAH UGX USD UYU UZS VES VND VUV WST XAF XCD XOF XPF YER ZAR ZMW ZWL').split(' '),
 );
 
-const text = (max: number) => z.string().trim().min(1).max(max);
+// Control characters (NUL above all: jsonb cannot store \u0000) are refused as bad input, never a 5xx.
+const CONTROL_CHARS = /[\u0000-\u001f\u007f]/;
+const noControl = (s: string) => !CONTROL_CHARS.test(s);
+const text = (max: number) => z.string().trim().min(1).max(max).refine(noControl, 'must not contain control characters');
 const amount = z.number().finite().min(0).max(1e12);
 const rate = z.number().finite().min(0).max(1);
 
 export const partnerInput = z.strictObject({
   name: text(200),
-  country: z.string().refine((c) => ISO_COUNTRIES.has(c), 'must be an ISO 3166-1 alpha-2 code (upper case)'),
+  country: z.string().max(2).refine((c) => ISO_COUNTRIES.has(c), 'must be an ISO 3166-1 alpha-2 code (upper case)'),
   sector: text(100),
-  website: z.string().max(2048).url().refine((u) => /^https?:\/\//.test(u), 'must be an http(s) URL').optional(),
+  website: z.string().max(2048).refine(noControl, 'must not contain control characters').url().refine((u) => /^https?:\/\//i.test(u), 'must be an http(s) URL').optional(),
   registration_number: z.string().trim().min(1).max(64).regex(/^[A-Za-z0-9\-\/ ]+$/, 'letters, digits, - / and spaces only').optional(),
 });
 
@@ -40,7 +43,7 @@ export const economicsInput = z.strictObject({
 export const submissionSchema = z.strictObject({
   partner: partnerInput,
   economics: economicsInput,
-  currency: z.string().refine((c) => ISO_CURRENCIES.has(c), 'must be an ISO 4217 currency code (upper case)'),
+  currency: z.string().max(3).refine((c) => ISO_CURRENCIES.has(c), 'must be an ISO 4217 currency code (upper case)'),
 });
 export type Submission = z.infer<typeof submissionSchema>;
 

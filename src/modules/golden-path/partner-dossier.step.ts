@@ -13,7 +13,7 @@ export function buildDossier(submission: z.infer<typeof submissionSchema>): Doss
   const flags: Array<(typeof RISK_FLAGS)[number]> = [];
   if (!partner.registration_number) flags.push('missing_registration_number');
   if (!partner.website) flags.push('missing_website');
-  else if (!partner.website.startsWith('https://')) flags.push('non_https_website');
+  else if (!/^https:\/\//i.test(partner.website)) flags.push('non_https_website');
   if (HIGH_RISK_SECTORS.has(partner.sector.toLowerCase())) flags.push('high_risk_sector');
   const fields = [partner.name, partner.country, partner.sector, partner.website, partner.registration_number];
   const completeness = fields.filter((f) => f !== undefined && f !== '').length / fields.length;

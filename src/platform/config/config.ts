@@ -145,6 +145,15 @@ export function loadConfig(): Config {
   }
 }
 
+/**
+ * This process's environment (empty values dropped) over `defaults`, for a tool that starts the
+ * platform's own processes (npm run demo): parse it with parseConfig and hand it to the children.
+ */
+export function environmentWith(defaults: Record<string, string>): Record<string, string> {
+  const set = Object.entries(process.env).filter((e): e is [string, string] => e[1] !== undefined && e[1] !== '');
+  return { ...defaults, ...Object.fromEntries(set) };
+}
+
 /** Raw OpenTelemetry variables for the SDK bootstrap, which must run before the application is loaded. */
 export function telemetryEnv(): { disabled: boolean; serviceName: string | undefined } {
   const v = process.env.OTEL_SDK_DISABLED?.toLowerCase();

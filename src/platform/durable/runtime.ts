@@ -237,12 +237,12 @@ export class DurableRuntime {
     if (!res.affectedRows) throw new Error(`run ${runId} is not waiting at step ${sequenceNum}`);
     const last = sequenceNum === wf.steps.length;
     const status: RunStatus = opts.finalStatus ?? (last ? 'completed' : 'running');
+    const terminal = !(ACTIVE_RUN_STATUSES as readonly string[]).includes(status);
     await em.execute(
-      `update durable_runs set sequence_num = greatest(sequence_num, ?), status = ?, updated_at = now() ${last ? ', completed_at = now()' : ''} where id = ?`,
+      `update durable_runs set sequence_num = greatest(sequence_num, ?), status = ?, updated_at = now() ${terminal ? ', completed_at = now()' : ''} where id = ?`,
       [sequenceNum, status, runId],
       'run',
     );
-    const terminal = !(ACTIVE_RUN_STATUSES as readonly string[]).includes(status);
     return async () => {
       if (!terminal && !last) await this.enqueue(run, sequenceNum + 1);
     };

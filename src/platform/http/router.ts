@@ -84,7 +84,7 @@ function runHandler(def: RouteDef, deps: RouterDeps) {
           idempotencyHash: idem?.hash ?? '',
           afterCommit: (fn) => afterCommit.push(fn),
         });
-        if (record && out.status < 500) await deps.idempotency.store(tx, record.id, { status: out.status, body: out.body, headers: replayHeaders(out) });
+        if (record && out.status < 500) await deps.idempotency.store(tx, record, { status: out.status, body: out.body, headers: replayHeaders(out) });
         return out;
       });
     } catch (err) {
@@ -94,9 +94,9 @@ function runHandler(def: RouteDef, deps: RouterDeps) {
         try {
           if (err instanceof AppError && problem.status < 500 && problem.status !== 429) {
             const { request_id: _omit, ...stored } = problem;
-            await em.transactional((tx) => deps.idempotency.store(tx, record.id, { status: problem.status, body: stored, headers: { ...headers, 'content-type': PROBLEM_CONTENT_TYPE } }));
+            await em.transactional((tx) => deps.idempotency.store(tx, record, { status: problem.status, body: stored, headers: { ...headers, 'content-type': PROBLEM_CONTENT_TYPE } }));
           } else {
-            await deps.idempotency.release(em, record.id);
+            await deps.idempotency.release(em, record);
           }
         } catch (e) {
           deps.logger.warn({ err: e }, 'could not settle the idempotency key; its lease will expire');

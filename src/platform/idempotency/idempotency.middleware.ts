@@ -36,9 +36,12 @@ export function idempotencyMiddleware(service: IdempotencyService, route: { meth
     try {
       const principal = res.locals.principal as Principal;
       const em = res.locals.em as EntityManager;
-      const headers = req.headers[IDEMPOTENCY_HEADER.toLowerCase()];
-      if (Array.isArray(headers)) throw new ValidationError(`Send exactly one ${IDEMPOTENCY_HEADER} header.`);
-      const key = parseIdempotencyKey(headers);
+      // headersDistinct keeps repeated fields apart (req.headers would join them with ", ").
+      const values = req.headersDistinct[IDEMPOTENCY_HEADER.toLowerCase()];
+      if (values && values.length > 1) {
+        throw new ValidationError(`Send exactly one ${IDEMPOTENCY_HEADER} header.`, [{ path: IDEMPOTENCY_HEADER, message: 'sent more than once' }]);
+      }
+      const key = parseIdempotencyKey(values?.[0]);
       if (key === undefined) {
         if (route.required) {
           throw new ValidationError(`The ${IDEMPOTENCY_HEADER} header is required for this operation.`, [

@@ -18,17 +18,27 @@ export interface IdempotencyRecord {
   fingerprint: string;
   status: 'in_progress' | 'completed';
   responseStatus: number | null;
+  /** The stored body as the exact JSON text first sent (replayed byte for byte), or null for none. */
   responseBody: unknown;
   responseHeaders: Record<string, string> | null;
   lockedAt: Date | null;
+  /**
+   * The claim's lease token: locked_at in epoch microseconds. Only the holder of the current lease may
+   * complete or release the record, so a slow first attempt cannot overwrite or free a retry's takeover.
+   */
+  lease: string | null;
   createdAt: Date;
   expiresAt: Date;
 }
 
+/** What store and release need from a claimed record. */
+export type HeldClaim = Pick<IdempotencyRecord, 'id' | 'lease'>;
+
 export type ClaimResult =
   | { outcome: 'claimed'; record: IdempotencyRecord; hash: string }
   | { outcome: 'replay'; record: IdempotencyRecord }
-  | { outcome: 'in_progress'; record: IdempotencyRecord; retryAfterSeconds: number }
+  /** No record when the holder's transaction kept the row locked past the lock timeout. */
+  | { outcome: 'in_progress'; record?: IdempotencyRecord; retryAfterSeconds: number }
   | { outcome: 'mismatch'; record: IdempotencyRecord };
 
 export interface ClaimInput {
@@ -93,7 +103,10 @@ export function submissionHash(tenantId: string, recordId: string): string {
 }
 
 const COLUMNS = `id, tenant_id, principal, idempotency_key, method, route, fingerprint, status, response_status, response_body,
-  response_headers, locked_at, created_at, expires_at`;
+  response_headers, locked_at, (extract(epoch from locked_at) * 1000000)::bigint::text as lease, created_at, expires_at`;
+/** Matches a record only while the given lease is still the current one. */
+const LEASE_IS = `(extract(epoch from locked_at) * 1000000)::bigint = ?::bigint`;
+const LOCK_NOT_AVAILABLE = '55P03';
 
 interface Row {
   id: string;
@@ -108,6 +121,7 @@ interface Row {
   response_body: unknown;
   response_headers: Record<string, string> | null;
   locked_at: Date | string | null;
+  lease: string | null;
   created_at: Date | string;
   expires_at: Date | string;
   inserted?: boolean;
@@ -130,6 +144,7 @@ function toRecord(r: Row): IdempotencyRecord {
     responseBody: r.response_body,
     responseHeaders: r.response_headers,
     lockedAt: r.locked_at === null ? null : toDate(r.locked_at),
+    lease: r.lease,
     createdAt: toDate(r.created_at),
     expiresAt: toDate(r.expires_at),
   };
@@ -157,11 +172,60 @@ export class IdempotencyService {
 
   /**
    * Claims a key with one INSERT … ON CONFLICT DO NOTHING RETURNING in its own short transaction,
-   * returning the existing record in the same statement when the key is taken.
+   * returning the existing record in the same statement when the key is taken. A duplicate whose
+   * first attempt still holds the row (past the lock timeout) is answered in_progress at once.
    */
   async claim(em: EntityManager, input: ClaimInput): Promise<ClaimResult> {
-    const row = await em.transactional(async (tx) => {
-      await tx.execute(`select set_config('lock_timeout', ?, true)`, [`${this.lockTimeoutMs}ms`]);
+    let row: Row;
+    try {
+      row = await em.transactional((tx) => this.claimRow(tx, input));
+    } catch (e) {
+      if (hasCode(e, LOCK_NOT_AVAILABLE)) return { outcome: 'in_progress', retryAfterSeconds: 1 };
+      throw e;
+    }
+    const record = toRecord(row);
+    if (row.inserted) return { outcome: 'claimed', record, hash: submissionHash(record.tenantId, record.id) };
+    if (record.fingerprint !== input.fingerprint) return { outcome: 'mismatch', record };
+    if (record.status === 'completed') return { outcome: 'replay', record };
+    const lockedFor = record.lockedAt ? Date.now() - record.lockedAt.getTime() : 0;
+    return { outcome: 'in_progress', record, retryAfterSeconds: Math.max(1, Math.ceil((this.leaseMs - lockedFor) / 1000)) };
+  }
+
+  private async claimRow(tx: EntityManager, input: ClaimInput): Promise<Row> {
+    await tx.execute(`select set_config('lock_timeout', ?, true)`, [`${this.lockTimeoutMs}ms`]);
+    const found = await this.insertOrFind(tx, input);
+    if (found.inserted) return found;
+    if (found.expired) {
+      // Past its TTL the key is forgotten: the request is new, with a new record id (so a new run).
+      const taken = await tx.execute<Row[]>(
+        `update idempotency_keys set id = ?, method = ?, route = ?, fingerprint = ?, status = 'in_progress', response_status = null,
+                response_body = null, response_headers = null, locked_at = now(), created_at = now(),
+                expires_at = now() + ? * interval '1 millisecond'
+          where id = ? and expires_at <= now() returning ${COLUMNS}, true as inserted`,
+        [randomUUID(), input.method, input.route, input.fingerprint, this.ttlMs, found.id],
+      );
+      return taken[0] ?? { ...found, expired: false, lease_expired: false };
+    }
+    if (found.fingerprint === input.fingerprint && found.status === 'in_progress' && found.lease_expired) {
+      // The first attempt died (or its lease ran out): take over the same record, so the handler's
+      // own idempotency (run unique per submission hash) repairs rather than duplicates.
+      const taken = await tx.execute<Row[]>(
+        `update idempotency_keys set locked_at = now() where id = ? and status = 'in_progress'
+            and (locked_at is null or locked_at < now() - ? * interval '1 millisecond') returning ${COLUMNS}, true as inserted`,
+        [found.id, this.leaseMs],
+      );
+      return taken[0] ?? { ...found, lease_expired: false };
+    }
+    return found;
+  }
+
+  /**
+   * The insert, or the record that blocked it. Under READ COMMITTED the statement's snapshot predates
+   * a concurrent claim that committed while the insert waited on it, so the fallback select can come
+   * back empty; the next statement has a fresh snapshot and sees the winner.
+   */
+  private async insertOrFind(tx: EntityManager, input: ClaimInput): Promise<Row> {
+    for (let attempt = 0; attempt < 5; attempt++) {
       const rows = await tx.execute<Row[]>(
         `with ins as (
            insert into idempotency_keys (id, tenant_id, principal, idempotency_key, method, route, fingerprint, status, locked_at, created_at, expires_at)
@@ -177,38 +241,9 @@ export class IdempotencyService {
         [randomUUID(), input.tenantId, input.principal, input.key, input.method, input.route, input.fingerprint, this.ttlMs,
           this.leaseMs, input.tenantId, input.principal, input.key],
       );
-      const found = rows[0];
-      if (!found) throw new Error('idempotency claim returned no row');
-      if (found.inserted) return found;
-      if (found.expired) {
-        // Past its TTL the key is forgotten: the request is new, with a new record id (so a new run).
-        const taken = await tx.execute<Row[]>(
-          `update idempotency_keys set id = ?, method = ?, route = ?, fingerprint = ?, status = 'in_progress', response_status = null,
-                  response_body = null, response_headers = null, locked_at = now(), created_at = now(),
-                  expires_at = now() + ? * interval '1 millisecond'
-            where id = ? and expires_at <= now() returning ${COLUMNS}, true as inserted`,
-          [randomUUID(), input.method, input.route, input.fingerprint, this.ttlMs, found.id],
-        );
-        return taken[0] ?? { ...found, expired: false, lease_expired: false };
-      }
-      if (found.fingerprint === input.fingerprint && found.status === 'in_progress' && found.lease_expired) {
-        // The first attempt died (or its lease ran out): take over the same record, so the handler's
-        // own idempotency (run unique per submission hash) repairs rather than duplicates.
-        const taken = await tx.execute<Row[]>(
-          `update idempotency_keys set locked_at = now() where id = ? and status = 'in_progress'
-              and (locked_at is null or locked_at < now() - ? * interval '1 millisecond') returning ${COLUMNS}, true as inserted`,
-          [found.id, this.leaseMs],
-        );
-        return taken[0] ?? { ...found, lease_expired: false };
-      }
-      return found;
-    });
-    const record = toRecord(row);
-    if (row.inserted) return { outcome: 'claimed', record, hash: submissionHash(record.tenantId, record.id) };
-    if (record.fingerprint !== input.fingerprint) return { outcome: 'mismatch', record };
-    if (record.status === 'completed') return { outcome: 'replay', record };
-    const lockedFor = record.lockedAt ? Date.now() - record.lockedAt.getTime() : 0;
-    return { outcome: 'in_progress', record, retryAfterSeconds: Math.max(1, Math.ceil((this.leaseMs - lockedFor) / 1000)) };
+      if (rows[0]) return rows[0];
+    }
+    throw new Error('idempotency claim found neither a free key nor its holder');
   }
 
   /** The stored record for (tenant, principal, key), or null. RLS scopes it to the em's tenant. */
@@ -220,22 +255,27 @@ export class IdempotencyService {
     return rows[0] ? toRecord(rows[0]) : null;
   }
 
-  /** Stores the final response and completes the key; call inside the handler's transaction. */
-  async store(em: EntityManager, recordId: string, response: { status: number; body: unknown; headers: Record<string, string> }): Promise<void> {
+  /**
+   * Stores the final response and completes the key; call inside the handler's transaction. The body is
+   * kept as the exact JSON text the client received, so a replay is byte for byte the same. Throws when
+   * the lease was lost (a retry took over), which rolls the handler's work back.
+   */
+  async store(em: EntityManager, claim: HeldClaim, response: { status: number; body: unknown; headers: Record<string, string> }): Promise<void> {
+    const text = response.body === undefined ? null : JSON.stringify(response.body);
     const res = await em.execute(
       `update idempotency_keys set status = 'completed', response_status = ?, response_body = ?::jsonb, response_headers = ?::jsonb, locked_at = null
-        where id = ? and status = 'in_progress'`,
-      [response.status, JSON.stringify(response.body ?? null), JSON.stringify(response.headers), recordId],
+        where id = ? and status = 'in_progress' and ${LEASE_IS}`,
+      [response.status, text === null ? null : JSON.stringify(text), JSON.stringify(response.headers), claim.id, claim.lease],
       'run',
     );
     if ((res as { affectedRows?: number }).affectedRows === 0) {
-      throw new Error('idempotency record vanished or was completed by another request while in progress');
+      throw new Error('idempotency record vanished, or its lease passed to a retry, while in progress');
     }
   }
 
-  /** Releases a claim whose handler failed with a 5xx, so a retry runs again. */
-  async release(em: EntityManager, recordId: string): Promise<void> {
-    await em.execute(`delete from idempotency_keys where id = ? and status = 'in_progress'`, [recordId], 'run');
+  /** Releases a claim whose handler failed with a 5xx, so a retry runs again; a no-op once the lease moved on. */
+  async release(em: EntityManager, claim: HeldClaim): Promise<void> {
+    await em.execute(`delete from idempotency_keys where id = ? and status = 'in_progress' and ${LEASE_IS}`, [claim.id, claim.lease], 'run');
   }
 
   /** Deletes expired keys of every tenant in batches (maintenance job, as the system role). */
@@ -255,4 +295,12 @@ export class IdempotencyService {
     }
     return total;
   }
+}
+
+function hasCode(e: unknown, code: string): boolean {
+  for (let cur: unknown = e, depth = 0; cur && depth < 5; depth++) {
+    if ((cur as { code?: unknown }).code === code) return true;
+    cur = (cur as { cause?: unknown }).cause;
+  }
+  return false;
 }

@@ -1,0 +1,91 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { randomUUID } from 'node:crypto';
+import { api, newTenant, SAMPLE_SUBMISSION, startStack, type TestStack } from '../helpers/stack.ts';
+import { waitFor } from '../helpers/poll.ts';
+
+/** The approval SLA with a two-second class B deadline (APPROVAL_SLA_B=2s): expiry, late decisions, restarts. */
+let stack: TestStack;
+const tenant = newTenant();
+let submitter: string;
+let approver: string;
+
+const DEADLINE = { timeoutMs: 60_000, intervalMs: 100 };
+
+async function runOf(id: string) {
+  return (await api(stack, 'GET', `/api/v1/golden-path/runs/${id}`, { token: submitter })).json;
+}
+async function waitStatus(id: string, statuses: string[]) {
+  return waitFor(
+    async () => {
+      const r = await runOf(id);
+      return statuses.includes(r?.status) ? r : undefined;
+    },
+    { ...DEADLINE, what: `run ${id} to reach ${statuses.join('|')}` },
+  );
+}
+async function decide(approvalId: string) {
+  return api(stack, 'POST', `/api/v1/approvals/${approvalId}/decision`, { token: approver, body: { decision: 'approve' }, headers: { 'Idempotency-Key': randomUUID() } });
+}
+async function submitWaiting() {
+  const res = await api(stack, 'POST', '/api/v1/golden-path/run', { token: submitter, body: SAMPLE_SUBMISSION, headers: { 'Idempotency-Key': randomUUID() } });
+  expect(res.status).toBe(202);
+  const run = await waitStatus(res.json.run_id, ['waiting', 'approval_expired', 'failed']);
+  expect(run.status).toBe('waiting');
+  return { run, approvalId: run.steps[2].output.approval_request_id as string, deadline: Date.parse(run.steps[2].output.sla_deadline) };
+}
+
+beforeAll(async () => {
+  stack = await startStack({ env: { APPROVAL_SLA_B: '2s' } });
+  await stack.spawnWorker();
+  submitter = await stack.token({ tenantId: tenant, sub: 'submitter-1' });
+  approver = await stack.token({ tenantId: tenant, sub: 'approver-1', roles: ['approver'] });
+});
+afterAll(async () => stack?.stop());
+
+describe('approval SLA', () => {
+  it('an undecided request expires at its deadline, the run ends approval_expired, and a late decision is refused', async () => {
+    const { run, approvalId, deadline } = await submitWaiting();
+    // The configured two seconds, not the 24-hour default (loose bounds: the machine may be slow).
+    expect(deadline).toBeGreaterThan(Date.parse(run.created_at));
+    expect(deadline - Date.parse(run.created_at)).toBeLessThan(60_000);
+    const expired = await waitStatus(run.run_id, ['approval_expired', 'completed', 'failed']);
+    expect(expired.status).toBe('approval_expired');
+    expect(expired.completed_at).not.toBeNull();
+    expect(expired.steps[2]).toMatchObject({ status: 'completed', output: { outcome: 'expired' } });
+    expect(expired.steps[3].status).toBe('pending');
+    expect(expired.links.evidence).toBeUndefined();
+    const approval = (await api(stack, 'GET', `/api/v1/approvals/${approvalId}`, { token: approver })).json;
+    expect(approval.status).toBe('expired');
+    const late = await decide(approvalId);
+    expect(late.status).toBe(409);
+    expect(late.json.code).toBe('approval_expired');
+  });
+
+  it('the SLA timer survives a killed worker: a decision after the deadline is refused and the new worker expires the run', async () => {
+    const { run, approvalId, deadline } = await submitWaiting();
+    for (const w of stack.workers) w.kill('SIGKILL');
+    await Promise.all(stack.workers.map((w) => w.exited));
+    await waitFor(() => Date.now() > deadline + 200, { ...DEADLINE, what: 'the SLA deadline to pass' });
+    // No worker has expired it yet, but the deadline is the deadline.
+    const late = await decide(approvalId);
+    expect(late.status).toBe(409);
+    expect(late.json.code).toBe('approval_expired');
+    expect((await runOf(run.run_id)).status).toBe('waiting');
+    await stack.spawnWorker();
+    const expired = await waitStatus(run.run_id, ['approval_expired', 'completed', 'failed']);
+    expect(expired.status).toBe('approval_expired');
+  });
+
+  it('a decision before the deadline wins over the timer', async () => {
+    const { run, approvalId } = await submitWaiting();
+    const d = await decide(approvalId);
+    // On a slow machine the two seconds may already be gone; then the refusal must say so.
+    if (d.status === 409) {
+      expect(d.json.code).toBe('approval_expired');
+      return;
+    }
+    expect(d.status).toBe(200);
+    const done = await waitStatus(run.run_id, ['completed', 'approval_expired', 'failed']);
+    expect(done.status).toBe('completed');
+  });
+});

@@ -1,0 +1,595 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { randomUUID } from 'node:crypto';
+import { connect } from 'node:net';
+import pg from 'pg';
+import { Queue } from 'bullmq';
+import { Redis } from 'ioredis';
+import { systemEm, tenantEm } from '../../src/platform/db/tenant-em.ts';
+import { IdempotencyService, requestFingerprint, submissionHash } from '../../src/platform/idempotency/idempotency.service.ts';
+import { IDEMPOTENCY_EXPIRY_JOB, MAINTENANCE_QUEUE, maintenanceHandlers } from '../../src/platform/queue/maintenance.ts';
+import { submissionSchema } from '../../src/modules/golden-path/golden-path.schemas.ts';
+import { GOLDEN_PATH } from '../../src/modules/golden-path/golden-path.workflow.ts';
+import { api, newTenant, SAMPLE_SUBMISSION, startStack, type TestStack } from '../helpers/stack.ts';
+import { TEST_REDIS_URL } from '../helpers/env.ts';
+import { waitFor } from '../helpers/poll.ts';
+
+const RUN = '/api/v1/golden-path/run';
+const RUN_ROUTE = `POST ${RUN}`;
+const PROBLEM = /^application\/problem\+json/;
+
+/** The default stack (24 h TTL, 60 s lease) with a worker, and one with a 1 s TTL and lease and 3 submissions a minute. */
+let stack: TestStack;
+let short: TestStack;
+
+beforeAll(async () => {
+  [stack, short] = await Promise.all([startStack(), startStack({ env: { IDEMPOTENCY_TTL: '1s', IDEMPOTENCY_LEASE: '1s', RATE_LIMIT_PER_MINUTE: '3' } })]);
+  await stack.spawnWorker();
+});
+afterAll(async () => {
+  await Promise.all([stack?.stop(), short?.stop()]);
+});
+
+interface Actor {
+  tenant: string;
+  sub: string;
+  token: string;
+}
+async function actor(s: TestStack = stack, opts: { tenant?: string; sub?: string; roles?: string[] } = {}): Promise<Actor> {
+  const tenant = opts.tenant ?? newTenant();
+  const sub = opts.sub ?? `user-${randomUUID().slice(0, 8)}`;
+  return { tenant, sub, token: await s.token({ tenantId: tenant, sub, roles: opts.roles ?? [] }) };
+}
+
+function submit(who: Actor, key: string | undefined, opts: { s?: TestStack; body?: unknown; rawBody?: string } = {}) {
+  const headers: Record<string, string> = {};
+  if (key !== undefined) headers['Idempotency-Key'] = key;
+  if (opts.rawBody !== undefined) headers['content-type'] = 'application/json';
+  const payload = opts.rawBody !== undefined ? { rawBody: opts.rawBody } : { body: opts.body ?? SAMPLE_SUBMISSION };
+  return api(opts.s ?? stack, 'POST', RUN, { token: who.token, headers, ...payload });
+}
+
+/** A request written byte by byte, for what fetch refuses to send (repeated header fields). */
+function rawPost(s: TestStack, path: string, headerLines: string[], body: string): Promise<{ status: number; head: string; json: any }> {
+  const url = new URL(s.baseUrl);
+  return new Promise((resolve, reject) => {
+    const sock = connect(Number(url.port), url.hostname);
+    let data = '';
+    sock.setEncoding('latin1');
+    sock.on('data', (d: string) => (data += d));
+    sock.on('error', reject);
+    sock.on('end', () => {
+      const [head = '', text = ''] = data.split('\r\n\r\n', 2);
+      resolve({ status: Number(head.split(' ')[1]), head, json: text ? JSON.parse(text) : undefined });
+    });
+    const lines = [`POST ${path} HTTP/1.1`, `Host: ${url.host}`, 'Connection: close', 'Content-Type: application/json', `Content-Length: ${Buffer.byteLength(body)}`, ...headerLines];
+    sock.write(`${lines.join('\r\n')}\r\n\r\n${body}`);
+  });
+}
+
+/** Reads through the application role with the tenant set: RLS decides what is visible. */
+function asTenant(s: TestStack, tenant: string) {
+  return tenantEm(s.container.orm, tenant);
+}
+async function counts(tenant: string, s: TestStack = stack): Promise<{ keys: number; runs: number }> {
+  const [row] = await asTenant(s, tenant).execute<{ keys: number; runs: number }[]>(
+    `select (select count(*) from idempotency_keys)::int as keys, (select count(*) from durable_runs)::int as runs`,
+  );
+  return row!;
+}
+async function keyRecord(who: Actor, key: string, s: TestStack = stack) {
+  const [row] = await asTenant(s, who.tenant).execute<any[]>(
+    `select id, status, route, fingerprint, response_status, response_body, response_headers, locked_at, expires_at, expires_at <= now() as expired
+       from idempotency_keys where principal = ? and idempotency_key = ?`,
+    [who.sub, key],
+  );
+  return row;
+}
+
+/** What the middleware fingerprints for a golden-path submission: the validated body, no path params. */
+const submissionFingerprint = (body: unknown = SAMPLE_SUBMISSION) => requestFingerprint('POST', RUN, { params: {}, body: submissionSchema.parse(body) });
+
+/** A record as a crashed or still-running first attempt leaves it: in_progress, claimed `lockedAgo` ago. */
+async function insertInProgress(s: TestStack, who: Actor, key: string, lockedAgo: string): Promise<string> {
+  const id = randomUUID();
+  await asTenant(s, who.tenant).execute(
+    `insert into idempotency_keys (id, tenant_id, principal, idempotency_key, method, route, fingerprint, status, locked_at, created_at, expires_at)
+     values (?, ?, ?, ?, 'POST', ?, ?, 'in_progress', now() - ?::interval, now() - ?::interval, now() + interval '1 day')`,
+    [id, who.tenant, who.sub, key, RUN_ROUTE, submissionFingerprint(), lockedAgo, lockedAgo],
+    'run',
+  );
+  return id;
+}
+
+function expectProblem(res: Awaited<ReturnType<typeof api>>, status: number, code: string) {
+  expect(res.status, res.text).toBe(status);
+  expect(res.headers.get('content-type')).toMatch(PROBLEM);
+  expect(res.json).toMatchObject({ status, code, type: expect.stringContaining(code) });
+}
+
+describe('a required key that is absent or malformed', () => {
+  it.each([
+    ['absent', undefined],
+    ['empty', ''],
+    ['an empty sf-string', '""'],
+    ['longer than 255 characters', 'k'.repeat(256)],
+    ['not ASCII', `clé-${randomUUID()}`],
+    ['carrying a tab', 'a\tb'],
+    ['a broken sf-string', '"abc'],
+  ])('is %s: 400 problem+json and nothing is stored or run', async (_what, key) => {
+    const who = await actor();
+    const res = await submit(who, key);
+    expectProblem(res, 400, 'validation_failed');
+    expect(res.json.errors).toEqual([expect.objectContaining({ path: 'Idempotency-Key' })]);
+    expect(res.headers.get('idempotent-replayed')).toBeNull();
+    expect(await counts(who.tenant)).toEqual({ keys: 0, runs: 0 });
+  });
+
+  it('is sent twice: 400 problem+json and nothing is stored or run', async () => {
+    const who = await actor();
+    const res = await rawPost(stack, RUN, [`Authorization: Bearer ${who.token}`, `Idempotency-Key: ${randomUUID()}`, `Idempotency-Key: ${randomUUID()}`], JSON.stringify(SAMPLE_SUBMISSION));
+    expect(res.status).toBe(400);
+    expect(res.head).toMatch(/content-type: application\/problem\+json/i);
+    expect(res.json).toMatchObject({ code: 'validation_failed', errors: [expect.objectContaining({ path: 'Idempotency-Key' })] });
+    expect(await counts(who.tenant)).toEqual({ keys: 0, runs: 0 });
+  });
+
+  it('of exactly 255 characters is accepted', async () => {
+    const who = await actor();
+    const res = await submit(who, `${randomUUID()}${'k'.repeat(219)}`);
+    expect(res.status, res.text).toBe(202);
+    expect(await counts(who.tenant)).toEqual({ keys: 1, runs: 1 });
+  });
+});
+
+describe('the first request and its replays', () => {
+  let who: Actor;
+  const key = randomUUID();
+  let first: Awaited<ReturnType<typeof api>>;
+
+  beforeAll(async () => {
+    who = await actor();
+    first = await submit(who, key);
+  });
+
+  it('runs the handler once and stores its final response', async () => {
+    expect(first.status, first.text).toBe(202);
+    expect(first.headers.get('idempotent-replayed')).toBeNull();
+    const rec = await keyRecord(who, key);
+    expect(rec).toMatchObject({ status: 'completed', route: RUN_ROUTE, response_status: 202, locked_at: null });
+    expect(rec.response_headers).toMatchObject({ location: `/api/v1/golden-path/runs/${first.json.run_id}` });
+    expect(await counts(who.tenant)).toEqual({ keys: 1, runs: 1 });
+  });
+
+  it('replays the stored status, body and headers with Idempotent-Replayed: true, and starts no second run', async () => {
+    const again = await submit(who, key);
+    expect(again.status).toBe(202);
+    expect(again.headers.get('idempotent-replayed')).toBe('true');
+    expect(again.text).toBe(first.text);
+    expect(again.json.run_id).toBe(first.json.run_id);
+    expect(again.headers.get('location')).toBe(first.headers.get('location'));
+    expect(again.headers.get('content-type')).toBe(first.headers.get('content-type'));
+    expect(await counts(who.tenant)).toEqual({ keys: 1, runs: 1 });
+  });
+
+  it('replays a body that differs only in key order and whitespace', async () => {
+    const { currency, economics, partner } = SAMPLE_SUBMISSION;
+    const reordered = `{ "currency" : "${currency}",\n  "economics": ${JSON.stringify(economics, null, 3)},\n "partner":${JSON.stringify(Object.fromEntries(Object.entries(partner).reverse()))} }`;
+    const again = await submit(who, key, { rawBody: reordered });
+    expect(again.status, again.text).toBe(202);
+    expect(again.headers.get('idempotent-replayed')).toBe('true');
+    expect(again.json.run_id).toBe(first.json.run_id);
+  });
+
+  it('answers 422 for the same key with a different body, and runs nothing', async () => {
+    const other = await submit(who, key, { body: { ...SAMPLE_SUBMISSION, currency: 'USD' } });
+    expectProblem(other, 422, 'idempotency_key_reused');
+    expect(await counts(who.tenant)).toEqual({ keys: 1, runs: 1 });
+  });
+
+  it('answers 422 for the same key on another route', async () => {
+    // The same principal, with the role the decision route demands at authentication.
+    const asApprover = await stack.token({ tenantId: who.tenant, sub: who.sub, roles: ['approver'] });
+    const other = await api(stack, 'POST', `/api/v1/approvals/${randomUUID()}/decision`, {
+      token: asApprover,
+      body: { decision: 'approve' },
+      headers: { 'Idempotency-Key': key },
+    });
+    expectProblem(other, 422, 'idempotency_key_reused');
+    expect((await keyRecord(who, key)).route).toBe(RUN_ROUTE);
+  });
+
+  it('reads a key sent as a Structured Field string as the bare key', async () => {
+    const quoted = await submit(who, `"${key}"`);
+    expect(quoted.status).toBe(202);
+    expect(quoted.headers.get('idempotent-replayed')).toBe('true');
+    expect(quoted.json.run_id).toBe(first.json.run_id);
+  });
+
+  it('treats "abc" first and abc second as one key', async () => {
+    const k = `sf-${randomUUID()}`;
+    const a = await submit(who, `"${k}"`);
+    const b = await submit(who, k);
+    expect(a.status).toBe(202);
+    expect(a.headers.get('idempotent-replayed')).toBeNull();
+    expect(b.headers.get('idempotent-replayed')).toBe('true');
+    expect(b.json.run_id).toBe(a.json.run_id);
+    expect((await keyRecord(who, k)).status).toBe('completed');
+  });
+});
+
+describe('answers that are not stored', () => {
+  it('a body that fails validation stores nothing, so the key stays free for the corrected request', async () => {
+    const who = await actor();
+    const key = randomUUID();
+    const bad = await submit(who, key, { body: { ...SAMPLE_SUBMISSION, currency: 'XXX' } });
+    expectProblem(bad, 422, 'validation_failed');
+    expect(await counts(who.tenant)).toEqual({ keys: 0, runs: 0 });
+    const good = await submit(who, key);
+    expect(good.status, good.text).toBe(202);
+    expect(good.headers.get('idempotent-replayed')).toBeNull();
+  });
+
+  it('a 429 from admission control releases the key instead of storing it', async () => {
+    const who = await actor(short);
+    let limited: { key: string; res: Awaited<ReturnType<typeof api>> } | undefined;
+    for (let i = 0; i < 10 && !limited; i++) {
+      const key = randomUUID();
+      const res = await submit(who, key, { s: short });
+      if (res.status === 429) limited = { key, res };
+      else expect(res.status, res.text).toBe(202);
+    }
+    if (!limited) throw new Error('the rate limit never answered 429');
+    expectProblem(limited.res, 429, 'rate_limited');
+    expect(Number(limited.res.headers.get('retry-after'))).toBeGreaterThanOrEqual(1);
+    expect(await keyRecord(who, limited.key, short)).toBeUndefined();
+    const retry = await submit(who, limited.key, { s: short });
+    expect(retry.headers.get('idempotent-replayed')).toBeNull();
+    expect([202, 429]).toContain(retry.status);
+  });
+});
+
+describe('a key whose first request is still running', () => {
+  it('answers 409 with Retry-After while the first holds the key, then replays its outcome', async () => {
+    const who = await actor();
+    const key = randomUUID();
+    // Hold the run table so the first request's handler blocks after it claimed the key.
+    const blocker = new pg.Client({ connectionString: stack.db.ownerUrl });
+    await blocker.connect();
+    try {
+      await blocker.query('begin');
+      await blocker.query('lock table durable_runs in exclusive mode');
+      const firstP = submit(who, key);
+      await waitFor(async () => (await keyRecord(who, key))?.status === 'in_progress', { timeoutMs: 30_000, what: 'the first request to claim its key' });
+      const second = await submit(who, key);
+      expectProblem(second, 409, 'idempotency_key_in_use');
+      expect(Number(second.headers.get('retry-after'))).toBeGreaterThanOrEqual(1);
+      await blocker.query('commit');
+      const first = await firstP;
+      expect(first.status, first.text).toBe(202);
+      const third = await submit(who, key);
+      expect(third.headers.get('idempotent-replayed')).toBe('true');
+      expect(third.json.run_id).toBe(first.json.run_id);
+      expect(await counts(who.tenant)).toEqual({ keys: 1, runs: 1 });
+    } finally {
+      await blocker.query('rollback').catch(() => {});
+      await blocker.end();
+    }
+  });
+
+  it('answers 409 rather than waiting while the transaction of the first request still holds the key row', async () => {
+    const who = await actor();
+    const key = randomUUID();
+    const first = await submit(who, key);
+    expect(first.status, first.text).toBe(202);
+    // As the application role under the tenant: an uncommitted write to the row, as the first request's
+    // handler leaves it between storing its response and committing. The claim must not queue behind it.
+    const holder = new pg.Client({ connectionString: stack.db.appUrl });
+    await holder.connect();
+    try {
+      await holder.query('begin');
+      await holder.query(`select set_config('app.tenant_id', $1, true)`, [who.tenant]);
+      const held = await holder.query('update idempotency_keys set locked_at = locked_at where principal = $1 and idempotency_key = $2', [who.sub, key]);
+      expect(held.rowCount).toBe(1);
+      const second = await submit(who, key);
+      expectProblem(second, 409, 'idempotency_key_in_use');
+      expect(Number(second.headers.get('retry-after'))).toBeGreaterThanOrEqual(1);
+    } finally {
+      await holder.query('rollback').catch(() => {});
+      await holder.end();
+    }
+    const third = await submit(who, key);
+    expect(third.headers.get('idempotent-replayed')).toBe('true');
+    expect(third.json.run_id).toBe(first.json.run_id);
+  });
+
+  it('answers 409 while a claim is held through the service, and runs after it is released', async () => {
+    const who = await actor();
+    const key = randomUUID();
+    const svc = stack.container.idempotency;
+    const claim = await svc.claim(asTenant(stack, who.tenant), { tenantId: who.tenant, principal: who.sub, key, method: 'POST', route: RUN_ROUTE, fingerprint: submissionFingerprint() });
+    if (claim.outcome !== 'claimed') throw new Error(`expected the key to be free, got ${claim.outcome}`);
+    expectProblem(await submit(who, key), 409, 'idempotency_key_in_use');
+    await svc.release(asTenant(stack, who.tenant), claim.record);
+    const res = await submit(who, key);
+    expect(res.status, res.text).toBe(202);
+    expect(res.headers.get('idempotent-replayed')).toBeNull();
+    expect(await counts(who.tenant)).toEqual({ keys: 1, runs: 1 });
+  });
+});
+
+describe('a first attempt that failed or died', () => {
+  it('releases the key when the handler fails with a 5xx, so a retry runs', async () => {
+    const who = await actor();
+    const key = randomUUID();
+    const fn = `fail_${randomUUID().replace(/-/g, '')}`;
+    await stack.db.admin(`create function ${fn}() returns trigger language plpgsql as $$ begin raise exception 'injected failure'; end $$`);
+    await stack.db.admin(`create trigger ${fn} before insert on durable_runs for each row when (new.tenant_id = '${who.tenant}') execute function ${fn}()`);
+    try {
+      const failed = await submit(who, key);
+      expectProblem(failed, 500, 'internal');
+      expect(await counts(who.tenant)).toEqual({ keys: 0, runs: 0 });
+    } finally {
+      await stack.db.admin(`drop trigger ${fn} on durable_runs`);
+      await stack.db.admin(`drop function ${fn}()`);
+    }
+    const retry = await submit(who, key);
+    expect(retry.status, retry.text).toBe(202);
+    expect(retry.headers.get('idempotent-replayed')).toBeNull();
+    expect(await counts(who.tenant)).toEqual({ keys: 1, runs: 1 });
+  });
+
+  it('lets a retry take over once the lease of a dead attempt expires (IDEMPOTENCY_LEASE=1s)', async () => {
+    const who = await actor(short);
+    const key = randomUUID();
+    const recordId = await insertInProgress(short, who, key, '0 seconds');
+    // Until the 1 s lease runs out, every retry is told the key is in use.
+    const retry = await waitFor(async () => {
+      const r = await submit(who, key, { s: short });
+      if (r.status === 409) {
+        expect(r.json.code).toBe('idempotency_key_in_use');
+        return undefined;
+      }
+      return r;
+    }, { timeoutMs: 30_000, what: 'the lease to expire' });
+    expect(retry.status, retry.text).toBe(202);
+    expect(retry.headers.get('idempotent-replayed')).toBeNull();
+    const rec = await keyRecord(who, key, short);
+    expect(rec).toMatchObject({ id: recordId, status: 'completed' });
+    const [run] = await asTenant(short, who.tenant).execute<any[]>('select id, idempotency_hash from durable_runs');
+    expect(run).toEqual({ id: retry.json.run_id, idempotency_hash: submissionHash(who.tenant, recordId) });
+    expect(await counts(who.tenant, short)).toEqual({ keys: 1, runs: 1 });
+  });
+
+  it('fences a slow first attempt: once a retry took its lease over, it can neither complete nor free the key', async () => {
+    const who = await actor(short);
+    const key = randomUUID();
+    // A day-long TTL with a 1 s lease, so the key outlives its lease.
+    const svc = new IdempotencyService({ ttlMs: 86_400_000, leaseMs: 1000 });
+    const em = () => asTenant(short, who.tenant);
+    const input = { tenantId: who.tenant, principal: who.sub, key, method: 'POST', route: RUN_ROUTE, fingerprint: submissionFingerprint() };
+    const first = await svc.claim(em(), input);
+    if (first.outcome !== 'claimed') throw new Error(`expected the key to be free, got ${first.outcome}`);
+    const second = await waitFor(async () => {
+      const c = await svc.claim(em(), input);
+      return c.outcome === 'claimed' ? c : undefined;
+    }, { timeoutMs: 30_000, what: 'the first lease to expire' });
+    expect(second.record.id).toBe(first.record.id);
+    expect(second.record.lease).not.toBe(first.record.lease);
+    expect(second.hash).toBe(first.hash);
+    await svc.release(em(), first.record);
+    expect((await keyRecord(who, key, short)).status).toBe('in_progress');
+    await expect(em().transactional((tx) => svc.store(tx, first.record, { status: 202, body: { from: 'first' }, headers: {} }))).rejects.toThrow(/lease/);
+    await em().transactional((tx) => svc.store(tx, second.record, { status: 202, body: { from: 'second' }, headers: {} }));
+    expect(await keyRecord(who, key, short)).toMatchObject({ status: 'completed', response_body: '{"from":"second"}' });
+  });
+
+  it('repairs the crash window: a run created but its key never completed is found, not duplicated', async () => {
+    const who = await actor();
+    const key = randomUUID();
+    const recordId = await insertInProgress(stack, who, key, '10 minutes');
+    const { run, created } = await stack.container.runtime.start_run(asTenant(stack, who.tenant), GOLDEN_PATH, {
+      tenantId: who.tenant,
+      principal: who.sub,
+      idempotencyHash: submissionHash(who.tenant, recordId),
+      input: submissionSchema.parse(SAMPLE_SUBMISSION),
+      correlationId: 'crashed-attempt',
+    });
+    expect(created).toBe(true);
+    const retry = await submit(who, key);
+    expect(retry.status, retry.text).toBe(202);
+    expect(retry.json.run_id).toBe(run.id);
+    expect(retry.json.correlation_id).toBe('crashed-attempt');
+    expect(await keyRecord(who, key)).toMatchObject({ id: recordId, status: 'completed' });
+    expect(await counts(who.tenant)).toEqual({ keys: 1, runs: 1 });
+    // The repaired run is enqueued and goes on to completion like any other.
+    await waitFor(async () => {
+      const r = await api(stack, 'GET', `/api/v1/golden-path/runs/${run.id}`, { token: who.token });
+      return ['waiting', 'completed'].includes(r.json?.status);
+    }, { timeoutMs: 60_000, what: 'the repaired run to progress' });
+  });
+});
+
+describe('scope: tenants and users', () => {
+  it('keeps the same key of tenants A and B independent: two runs, neither sees the other', async () => {
+    const key = randomUUID();
+    const a = await actor(stack, { sub: 'same-user' });
+    const b = await actor(stack, { sub: 'same-user' });
+    const ra = await submit(a, key);
+    const rb = await submit(b, key);
+    expect([ra.status, rb.status]).toEqual([202, 202]);
+    expect(rb.headers.get('idempotent-replayed')).toBeNull();
+    expect(rb.json.run_id).not.toBe(ra.json.run_id);
+    expect(await counts(a.tenant)).toEqual({ keys: 1, runs: 1 });
+    expect(await counts(b.tenant)).toEqual({ keys: 1, runs: 1 });
+    expect((await api(stack, 'GET', `/api/v1/golden-path/runs/${rb.json.run_id}`, { token: a.token })).status).toBe(404);
+    expect((await api(stack, 'GET', `/api/v1/golden-path/runs/${ra.json.run_id}`, { token: b.token })).status).toBe(404);
+    // Each replays its own outcome, never the other's.
+    expect((await submit(a, key)).json.run_id).toBe(ra.json.run_id);
+    expect((await submit(b, key)).json.run_id).toBe(rb.json.run_id);
+    // Different bodies are fine across tenants: no 422 leaks that the other used the key.
+    const other = await actor(stack, { sub: 'same-user' });
+    expect((await submit(other, key, { body: { ...SAMPLE_SUBMISSION, currency: 'USD' } })).status).toBe(202);
+  });
+
+  it('keeps the same key of two users of one tenant independent', async () => {
+    const key = randomUUID();
+    const u1 = await actor();
+    const u2 = await actor(stack, { tenant: u1.tenant });
+    const r1 = await submit(u1, key);
+    const r2 = await submit(u2, key, { body: { ...SAMPLE_SUBMISSION, currency: 'USD' } });
+    expect([r1.status, r2.status]).toEqual([202, 202]);
+    expect(r2.headers.get('idempotent-replayed')).toBeNull();
+    expect(r2.json.run_id).not.toBe(r1.json.run_id);
+    expect(await counts(u1.tenant)).toEqual({ keys: 2, runs: 2 });
+    expect((await stack.container.idempotency.get_existing(asTenant(stack, u1.tenant), u1.sub, key))?.responseBody).toBe(r1.text);
+    expect((await submit(u1, key)).json.run_id).toBe(r1.json.run_id);
+    expect((await submit(u2, key, { body: { ...SAMPLE_SUBMISSION, currency: 'USD' } })).json.run_id).toBe(r2.json.run_id);
+  });
+});
+
+describe('a key older than the TTL', () => {
+  it('is treated as new (IDEMPOTENCY_TTL=1s): a new run, no replay', async () => {
+    const who = await actor(short);
+    const key = randomUUID();
+    const first = await submit(who, key, { s: short });
+    expect(first.status, first.text).toBe(202);
+    await waitFor(async () => (await keyRecord(who, key, short))?.expired, { timeoutMs: 30_000, what: 'the key to expire' });
+    const again = await submit(who, key, { s: short });
+    expect(again.status, again.text).toBe(202);
+    expect(again.headers.get('idempotent-replayed')).toBeNull();
+    expect(again.json.run_id).not.toBe(first.json.run_id);
+    expect(await counts(who.tenant, short)).toEqual({ keys: 1, runs: 2 });
+  });
+});
+
+describe('concurrent duplicates', () => {
+  it('50 identical requests at once: exactly one run; every other answer a 409 or a replay; no 5xx', async () => {
+    const who = await actor();
+    const key = randomUUID();
+    const results = await Promise.all(Array.from({ length: 50 }, () => submit(who, key)));
+    const statuses = results.map((r) => r.status);
+    expect(statuses.filter((s) => s >= 500)).toEqual([]);
+    const fresh = results.filter((r) => r.status === 202 && r.headers.get('idempotent-replayed') === null);
+    const replays = results.filter((r) => r.status === 202 && r.headers.get('idempotent-replayed') === 'true');
+    const inUse = results.filter((r) => r.status === 409);
+    expect(fresh).toHaveLength(1);
+    expect(replays.length + inUse.length).toBe(49);
+    for (const r of replays) expect(r.json.run_id).toBe(fresh[0]!.json.run_id);
+    for (const r of inUse) {
+      expect(r.json.code).toBe('idempotency_key_in_use');
+      expect(Number(r.headers.get('retry-after'))).toBeGreaterThanOrEqual(1);
+    }
+    expect(await counts(who.tenant)).toEqual({ keys: 1, runs: 1 });
+  });
+});
+
+describe('the approval decision', () => {
+  let submitter: Actor;
+  let approver: Actor;
+  let approvalId: string;
+
+  beforeAll(async () => {
+    // The submitter holds the approver role too: the handler itself refuses to let it decide its own run.
+    submitter = await actor(stack, { roles: ['approver'] });
+    approver = await actor(stack, { tenant: submitter.tenant, roles: ['approver'] });
+    const res = await submit(submitter, randomUUID());
+    const run = await waitFor(async () => {
+      const r = await api(stack, 'GET', `/api/v1/golden-path/runs/${res.json.run_id}`, { token: submitter.token });
+      return r.json?.status === 'waiting' ? r.json : undefined;
+    }, { timeoutMs: 60_000, what: 'the run to wait for approval' });
+    approvalId = run.steps[2].output.approval_request_id;
+  });
+
+  const decide = (who: Actor, key: string | undefined, body: unknown = { decision: 'approve', comment: 'ok' }) =>
+    api(stack, 'POST', `/api/v1/approvals/${approvalId}/decision`, { token: who.token, body, ...(key !== undefined ? { headers: { 'Idempotency-Key': key } } : {}) });
+  const decisions = async () =>
+    (await asTenant(stack, submitter.tenant).execute<{ n: number }[]>('select count(*)::int as n from approval_decisions where approval_request_id = ?', [approvalId]))[0]!.n;
+
+  it('requires a key: 400 and nothing stored or decided', async () => {
+    const before = await counts(submitter.tenant);
+    expectProblem(await decide(approver, undefined), 400, 'validation_failed');
+    expect(await counts(submitter.tenant)).toEqual(before);
+    expect(await decisions()).toBe(0);
+  });
+
+  it('stores and replays a definitive 4xx (the submitter may not decide)', async () => {
+    const key = randomUUID();
+    const first = await decide(submitter, key);
+    expectProblem(first, 403, 'forbidden');
+    const again = await decide(submitter, key);
+    expectProblem(again, 403, 'forbidden');
+    expect(again.headers.get('idempotent-replayed')).toBe('true');
+    const { request_id: _perRequest, ...stored } = first.json;
+    expect(again.json).toEqual(stored);
+    expect(await decisions()).toBe(0);
+  });
+
+  it('decides once: a retry replays the decision, another body under the key is 422', async () => {
+    const key = randomUUID();
+    const first = await decide(approver, key);
+    expect(first.status, first.text).toBe(200);
+    expect(first.json).toMatchObject({ approval_request_id: approvalId, status: 'approved' });
+    const again = await decide(approver, key);
+    expect(again.status).toBe(200);
+    expect(again.headers.get('idempotent-replayed')).toBe('true');
+    expect(again.text).toBe(first.text);
+    expectProblem(await decide(approver, key, { decision: 'reject' }), 422, 'idempotency_key_reused');
+    expect(await decisions()).toBe(1);
+    // A new key is a new request: the request is already decided, and that answer is stored too.
+    expectProblem(await decide(approver, randomUUID()), 409, 'approval_decided');
+  });
+});
+
+describe('expiry maintenance', () => {
+  it('deletes the expired keys of every tenant in batches as the system role, and nothing else', async () => {
+    const tenants = [newTenant(), newTenant()];
+    for (const t of tenants) {
+      for (let i = 0; i < 5; i++) {
+        const expired = i < 3;
+        await asTenant(stack, t).execute(
+          `insert into idempotency_keys (id, tenant_id, principal, idempotency_key, method, route, fingerprint, status, response_status, locked_at, created_at, expires_at)
+           values (?, ?, 'maint', ?, 'POST', ?, ?, 'completed', 202, null, now() - interval '2 days', now() + ?::interval)`,
+          [randomUUID(), t, `${expired ? 'old' : 'live'}-${i}`, RUN_ROUTE, submissionFingerprint(), expired ? '-1 minute' : '1 hour'],
+          'run',
+        );
+      }
+    }
+    const deleted = await stack.container.idempotency.deleteExpired(systemEm(stack.container.orm), 2);
+    expect(deleted).toBeGreaterThanOrEqual(6);
+    for (const t of tenants) {
+      const rows = await asTenant(stack, t).execute<{ idempotency_key: string }[]>('select idempotency_key from idempotency_keys order by 1');
+      expect(rows.map((r) => r.idempotency_key)).toEqual(['live-3', 'live-4']);
+    }
+    // The system role cannot reach live keys even when it asks for all of them.
+    const res = await systemEm(stack.container.orm).transactional((tx) => tx.execute('delete from idempotency_keys', [], 'run'));
+    expect((res as { affectedRows?: number }).affectedRows).toBe(0);
+    for (const t of tenants) expect((await counts(t)).keys).toBe(2);
+  });
+
+  it('runs as the idempotency-expiry job handler', async () => {
+    const t = newTenant();
+    await asTenant(stack, t).execute(
+      `insert into idempotency_keys (id, tenant_id, principal, idempotency_key, method, route, fingerprint, status, created_at, expires_at)
+       values (?, ?, 'maint', 'old', 'POST', ?, ?, 'in_progress', now() - interval '2 days', now() - interval '1 second')`,
+      [randomUUID(), t, RUN_ROUTE, submissionFingerprint()],
+      'run',
+    );
+    const handlers = maintenanceHandlers({ orm: stack.container.orm, idempotency: stack.container.idempotency, logger: stack.container.logger });
+    const out = await handlers[IDEMPOTENCY_EXPIRY_JOB]();
+    expect(out.deleted).toBeGreaterThanOrEqual(1);
+    expect((await counts(t)).keys).toBe(0);
+  });
+
+  it('is registered as the idempotency-expiry Job Scheduler of the maintenance queue when a worker starts', async () => {
+    const connection = new Redis(TEST_REDIS_URL, { maxRetriesPerRequest: 1 });
+    const queue = new Queue(MAINTENANCE_QUEUE, { connection, prefix: stack.prefix });
+    try {
+      const scheduler = await waitFor(() => queue.getJobScheduler(IDEMPOTENCY_EXPIRY_JOB), { timeoutMs: 30_000, what: 'the job scheduler' });
+      expect(scheduler).toMatchObject({ key: IDEMPOTENCY_EXPIRY_JOB, name: IDEMPOTENCY_EXPIRY_JOB });
+      expect(Number(scheduler.every)).toBeGreaterThan(0);
+    } finally {
+      await queue.close();
+      connection.disconnect();
+    }
+  });
+});

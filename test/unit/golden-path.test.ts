@@ -1,0 +1,161 @@
+import { describe, expect, it } from 'vitest';
+import { buildEconomics, paybackMonths } from '../../src/modules/golden-path/economics-model.step.ts';
+import { buildDossier } from '../../src/modules/golden-path/partner-dossier.step.ts';
+import { submissionSchema, type Submission } from '../../src/modules/golden-path/golden-path.schemas.ts';
+import { approvalPolicyBody, classify, DEFAULT_POLICY, type ApprovalPolicy } from '../../src/modules/approvals/approval.policy.ts';
+import { evidenceHash } from '../../src/modules/evidence/evidence.service.ts';
+import { canonicalJson, sha256Hex } from '../../src/platform/idempotency/canonical-json.ts';
+
+const ECONOMICS = {
+  expected_deals_per_year: 12,
+  average_deal_value: 250000,
+  win_rate: 0.3,
+  gross_margin: 0.35,
+  onboarding_cost: 40000,
+  enablement_cost: 15000,
+  annual_support_cost: 10000,
+};
+const PARTNER = { name: 'Acme  Trading', country: 'SA', sector: 'Logistics', website: 'https://acme.example', registration_number: '1010101010' };
+const submission = (partner: Partial<Submission['partner']> = {}): Submission => ({ partner: { ...PARTNER, ...partner } as Submission['partner'], economics: ECONOMICS, currency: 'SAR' });
+
+describe('buildEconomics', () => {
+  it('computes upside, gross profit, cost and payback from the submission', () => {
+    const m = buildEconomics(ECONOMICS, 'SAR');
+    expect(m.currency).toBe('SAR');
+    expect(m.revenue_upside).toBe(900_000); // 12 × 250,000 × 0.3
+    expect(m.gross_profit).toBe(315_000); // × 0.35
+    expect(m.cost).toBe(65_000); // 40,000 + 15,000 + 10,000
+    expect(m.payback_months).toBe(2.48); // 65,000 ÷ (315,000 ÷ 12) = 2.476…
+    expect(m.provenance.source).toBe('derived');
+  });
+
+  it('gives the payback with win rate and deal value each at −20 % and +20 %', () => {
+    const m = buildEconomics(ECONOMICS, 'SAR');
+    expect(m.sensitivity).toEqual([
+      { label: 'win_rate_-20%', payback_months: 3.1 }, // 65,000 ÷ (252,000 ÷ 12)
+      { label: 'win_rate_+20%', payback_months: 2.06 }, // 65,000 ÷ (378,000 ÷ 12)
+      { label: 'deal_value_-20%', payback_months: 3.1 },
+      { label: 'deal_value_+20%', payback_months: 2.06 },
+    ]);
+  });
+
+  it('caps the +20 % win rate at 1', () => {
+    const m = buildEconomics({ ...ECONOMICS, win_rate: 0.9 }, 'SAR');
+    expect(m.sensitivity[1]!.payback_months).toBe(paybackMonths({ ...ECONOMICS, win_rate: 1 }));
+  });
+
+  it('has no payback when there is no gross profit, in every scenario', () => {
+    for (const patch of [{ gross_margin: 0 }, { win_rate: 0 }, { expected_deals_per_year: 0 }, { average_deal_value: 0 }]) {
+      const m = buildEconomics({ ...ECONOMICS, ...patch }, 'SAR');
+      expect(m.gross_profit).toBe(0);
+      expect(m.payback_months).toBeNull();
+      expect(m.sensitivity.every((s) => s.payback_months === null)).toBe(true);
+    }
+  });
+
+  it('has a zero payback when there is profit and no cost', () => {
+    expect(buildEconomics({ ...ECONOMICS, onboarding_cost: 0, enablement_cost: 0, annual_support_cost: 0 }, 'SAR').payback_months).toBe(0);
+  });
+});
+
+describe('classify', () => {
+  const policy: ApprovalPolicy = { ...DEFAULT_POLICY, slaBSeconds: 86_400, slaCSeconds: 259_200 };
+  const cls = (cost: number, payback: number | null) => classify({ cost, payback_months: payback }, policy);
+
+  it('is A at cost <= 50,000 and payback <= 6 months, approved by the system with no SLA', () => {
+    expect(cls(50_000, 6)).toMatchObject({ cls: 'A', required: 0, slaSeconds: null });
+    expect(cls(0, 0).cls).toBe('A');
+  });
+
+  it('is B just above the A bounds and up to the C bounds, with one approver and the B SLA', () => {
+    expect(cls(50_000.01, 6)).toMatchObject({ cls: 'B', required: 1, slaSeconds: 86_400 });
+    expect(cls(50_000, 6.01).cls).toBe('B');
+    expect(cls(250_000, 24).cls).toBe('B');
+  });
+
+  it('is C above cost 250,000, above payback 24 months, or without profit, with two approvers and the C SLA', () => {
+    expect(cls(250_000.01, 1)).toMatchObject({ cls: 'C', required: 2, slaSeconds: 259_200 });
+    expect(cls(1_000, 24.01).cls).toBe('C');
+    const noProfit = cls(1_000, null);
+    expect(noProfit.cls).toBe('C');
+    expect(noProfit.reasons.join(' ')).toMatch(/no gross profit/);
+  });
+
+  it('follows a tenant policy instead of the defaults', () => {
+    const strict: ApprovalPolicy = { classAMaxCost: 1_000, classAMaxPaybackMonths: 1, classCMinCost: 60_000, classCMinPaybackMonths: 2, slaBSeconds: 2, slaCSeconds: 3 };
+    expect(classify({ cost: 50_000, payback_months: 6 }, strict).cls).toBe('C');
+    expect(classify({ cost: 50_000, payback_months: 2 }, strict)).toMatchObject({ cls: 'B', slaSeconds: 2 });
+  });
+
+  it('refuses a tenant policy whose A bounds exceed its C bounds', () => {
+    const body = { class_a_max_cost: 300_000, class_a_max_payback_months: 6, class_c_min_cost: 250_000, class_c_min_payback_months: 24, sla_b_seconds: 60, sla_c_seconds: 60 };
+    expect(approvalPolicyBody.safeParse(body).success).toBe(false);
+    expect(approvalPolicyBody.safeParse({ ...body, class_a_max_cost: 50_000 }).success).toBe(true);
+    expect(approvalPolicyBody.safeParse({ ...body, class_a_max_cost: 50_000, sla_b_seconds: 0 }).success).toBe(false);
+  });
+});
+
+describe('buildDossier', () => {
+  it('normalises the profile and scores a complete submission 1 with no risk flags', () => {
+    const d = buildDossier(submission());
+    expect(d.profile).toMatchObject({ name: 'Acme Trading', sector: 'logistics', website: 'https://acme.example', registration_number: '1010101010' });
+    expect(d.facts.completeness_score).toBe(1);
+    expect(d.facts.risk_flags).toEqual([]);
+  });
+
+  it('flags a missing registration number and website and lowers completeness', () => {
+    const { website: _w, registration_number: _r, ...partner } = PARTNER;
+    const d = buildDossier({ partner, economics: ECONOMICS, currency: 'SAR' } as Submission);
+    expect(d.facts.risk_flags).toEqual(['missing_registration_number', 'missing_website']);
+    expect(d.facts.completeness_score).toBe(0.6);
+    expect(d.profile.website).toBeNull();
+  });
+
+  it('flags a plain-http website and a high-risk sector', () => {
+    expect(buildDossier(submission({ website: 'http://acme.example' })).facts.risk_flags).toEqual(['non_https_website']);
+    expect(buildDossier(submission({ website: 'HTTPS://acme.example' })).facts.risk_flags).toEqual([]);
+    expect(buildDossier(submission({ sector: 'Gambling' })).facts.risk_flags).toEqual(['high_risk_sector']);
+  });
+
+  it('carries a provenance on every section, hashing the submitted partner', () => {
+    const d = buildDossier(submission());
+    const expected = sha256Hex(canonicalJson(submission().partner));
+    expect(d.profile.provenance).toMatchObject({ source: 'submission', inputs_sha256: expected, producer_version: 'golden-path@1' });
+    expect(d.facts.provenance).toMatchObject({ source: 'derived', inputs_sha256: expected });
+  });
+});
+
+describe('submission validation', () => {
+  const valid = submission();
+  it('accepts the documented example', () => expect(submissionSchema.safeParse(valid).success).toBe(true));
+  it.each([
+    ['an unknown field', { ...valid, extra: 1 }],
+    ['an unknown partner field', { ...valid, partner: { ...valid.partner, ceo: 'x' } }],
+    ['a win rate above 1', { ...valid, economics: { ...ECONOMICS, win_rate: 1.2 } }],
+    ['a negative cost', { ...valid, economics: { ...ECONOMICS, onboarding_cost: -1 } }],
+    ['fractional deals', { ...valid, economics: { ...ECONOMICS, expected_deals_per_year: 1.5 } }],
+    ['a lower-case country', { ...valid, partner: { ...valid.partner, country: 'sa' } }],
+    ['an unknown currency', { ...valid, currency: 'XXX' }],
+    ['a NUL character', { ...valid, partner: { ...valid.partner, name: 'Acme\u0000' } }],
+    ['an over-long name', { ...valid, partner: { ...valid.partner, name: 'x'.repeat(201) } }],
+    ['a non-http website', { ...valid, partner: { ...valid.partner, website: 'javascript:alert(1)' } }],
+  ])('refuses %s', (_label, body) => expect(submissionSchema.safeParse(body).success).toBe(false));
+});
+
+describe('evidence hashing (RFC 8785 + SHA-256)', () => {
+  it('is stable under key order and whitespace', () => {
+    const a = { outcome: 'approved', run: { id: 'r', tenant_id: 't' }, numbers: [1, 2.5, 1e21] };
+    const b = JSON.parse('{ "numbers": [1, 2.50, 1E21], "run": {"tenant_id":"t","id":"r"}, "outcome":"approved" }');
+    expect(evidenceHash(b)).toBe(evidenceHash(a));
+    expect(evidenceHash(a)).toMatch(/^[0-9a-f]{64}$/);
+  });
+
+  it('changes when any value changes', () => {
+    expect(evidenceHash({ outcome: 'approved' })).not.toBe(evidenceHash({ outcome: 'rejected' }));
+  });
+
+  it('serialises like the RFC 8785 example', () => {
+    const input = JSON.parse('{"numbers":[333333333.33333329,1E30,4.50,2e-3,0.000000000000000000000000001],"string":"\\u20ac$\\u000F\\u000aA\'\\u0042\\u0022\\u005c\\\\\\"\\/","literals":[null,true,false]}');
+    expect(canonicalJson(input)).toBe('{"literals":[null,true,false],"numbers":[333333333.3333333,1e+30,4.5,0.002,1e-27],"string":"€$\\u000f\\nA\'B\\"\\\\\\\\\\"/"}');
+  });
+});
