@@ -84,7 +84,10 @@ function runHandler(def: RouteDef, deps: RouterDeps) {
           idempotencyHash: idem?.hash ?? '',
           afterCommit: (fn) => afterCommit.push(fn),
         });
-        if (record && out.status < 500) await deps.idempotency.store(tx, record, { status: out.status, body: out.body, headers: replayHeaders(out) });
+        if (record) {
+          if (isStoredOutcome(out.status)) await deps.idempotency.store(tx, record, { status: out.status, body: out.body, headers: replayHeaders(out) });
+          else await deps.idempotency.release(tx, record);
+        }
         return out;
       });
     } catch (err) {
@@ -92,7 +95,7 @@ function runHandler(def: RouteDef, deps: RouterDeps) {
         // A definitive 4xx from the handler is the request's outcome and replays; a 5xx releases the key.
         const { problem, headers } = toProblem(err, res.locals.requestId as string);
         try {
-          if (err instanceof AppError && problem.status < 500 && problem.status !== 429) {
+          if (err instanceof AppError && isStoredOutcome(problem.status)) {
             const { request_id: _omit, ...stored } = problem;
             await em.transactional((tx) => deps.idempotency.store(tx, record, { status: problem.status, body: stored, headers: { ...headers, 'content-type': PROBLEM_CONTENT_TYPE } }));
           } else {
@@ -117,6 +120,11 @@ function runHandler(def: RouteDef, deps: RouterDeps) {
     if (result.body === undefined) res.end();
     else res.json(result.body);
   };
+}
+
+/** 429 and 5xx say "not now", not "this is the answer": they free the key for a retry instead of replaying. */
+function isStoredOutcome(status: number): boolean {
+  return status < 500 && status !== 429;
 }
 
 function replayHeaders(result: RouteResult): Record<string, string> {
