@@ -14,6 +14,9 @@ export interface Problem {
 
 export const PROBLEM_TYPE_BASE = 'https://docs.dealix.dev/problems/';
 
+/** RFC 9110 reason phrases of the client errors body-parser raises (its 413 and 415 are not "Bad Request"). */
+const CLIENT_ERROR_TITLES: Record<number, string> = { 413: 'Content Too Large', 415: 'Unsupported Media Type' };
+
 /** Maps any error to a problem body and headers. Internal messages never leave the process. */
 export function toProblem(err: unknown, requestId?: string): { problem: Problem; headers: Record<string, string> } {
   if (err instanceof AppError) {
@@ -49,7 +52,7 @@ export function toProblem(err: unknown, requestId?: string): { problem: Problem;
             ? 'The request body encoding or charset is not supported.'
             : 'The request could not be understood.';
     return {
-      problem: { type: `${PROBLEM_TYPE_BASE}${code}`, title: 'Bad Request', status, code, detail, ...(requestId ? { request_id: requestId } : {}) },
+      problem: { type: `${PROBLEM_TYPE_BASE}${code}`, title: CLIENT_ERROR_TITLES[status] ?? 'Bad Request', status, code, detail, ...(requestId ? { request_id: requestId } : {}) },
       headers: {},
     };
   }
