@@ -154,6 +154,11 @@ export function environmentWith(defaults: Record<string, string>): Record<string
   return { ...defaults, ...Object.fromEntries(set) };
 }
 
+/** Like loadConfig, but throws the ConfigError instead of exiting: the readiness matrix reports it as a row. */
+export function readConfig(): Config {
+  return parseConfig(process.env);
+}
+
 /** Raw OpenTelemetry variables for the SDK bootstrap, which must run before the application is loaded. */
 export function telemetryEnv(): { disabled: boolean; serviceName: string | undefined } {
   const v = process.env.OTEL_SDK_DISABLED?.toLowerCase();

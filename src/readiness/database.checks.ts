@@ -1,0 +1,61 @@
+import type { MikroORM } from '../platform/db/orm.ts';
+import { tenantTables } from '../platform/db/migrate.ts';
+import { inspectCatalog, ormCatalogQuery, type CatalogFinding, type CatalogReport } from '../platform/db/catalog.ts';
+import { fail, pass, type ReadinessRow } from './readiness.types.ts';
+
+/** Findings about keys rather than policies go to the table's `tenant-unique` row. */
+const KEY_CHECKS = new Set<CatalogFinding['check']>(['tenant-unique', 'tenant-index', 'tenant-foreign-key']);
+
+/** The role API and workers really connect as, read from the live connection (not from the URL). */
+export async function currentRole(orm: MikroORM): Promise<string> {
+  const [row] = await orm.em.getConnection().execute<{ role: string }[]>('select current_user::text as role');
+  return row!.role;
+}
+
+/**
+ * The database rows of the matrix, from the catalog inspection of the live database (src/platform/db/catalog.ts)
+ * as the application role: per tenant-owned table `rls <table>` (RLS enabled and forced, an isolation policy
+ * with USING and WITH CHECK, no widening policy) and `tenant-unique <table>` (tenant_id in every unique key);
+ * then `app-role` (no superuser, no BYPASSRLS, owns nothing), the system role and views/functions.
+ * Errors fail a row; warnings are shown in its reason.
+ */
+export async function databaseRows(orm: MikroORM): Promise<ReadinessRow[]> {
+  const appRole = await currentRole(orm);
+  const report = await inspectCatalog(ormCatalogQuery(orm), { declaredTables: tenantTables(orm), appRole });
+  return catalogRows(report, appRole);
+}
+
+export function catalogRows(report: CatalogReport, appRole: string): ReadinessRow[] {
+  const rows = new Map<string, { ok: string; findings: CatalogFinding[] }>();
+  const row = (component: string, ok: string) => rows.set(component, { ok, findings: [] });
+  for (const t of report.tables) row(`rls ${t.table}`, `enabled and forced; policy ${t.isolationPolicy} has USING and WITH CHECK on tenant_id`);
+  for (const t of report.tables) {
+    const keys = t.uniqueKeys.filter((u) => !u.primary).length;
+    row(`tenant-unique ${t.table}`, keys ? `${keys} unique key(s), all include tenant_id` : 'no unique keys besides the primary key');
+  }
+  for (const r of report.roles) {
+    if (r.role === appRole) row('app-role', `${appRole}: not superuser, no BYPASSRLS, owns nothing, no privilege outside RLS`);
+  }
+  const other = report.roles.filter((r) => r.role !== appRole);
+  if (other[0]) row(`role ${other[0].role}`, `${other[0].role}: NOLOGIN, no BYPASSRLS, owns nothing, reads and deletes only`);
+  row('views-functions', 'no view or SECURITY DEFINER function lets the application role past RLS');
+  for (const f of report.findings) {
+    const target = componentOf(f, appRole);
+    (rows.get(target) ?? rows.set(target, { ok: 'ok', findings: [] }).get(target)!).findings.push(f);
+  }
+  return [...rows].map(([component, { ok, findings }]) => {
+    const errors = findings.filter((f) => f.severity === 'error').map((f) => f.reason);
+    const warnings = findings.filter((f) => f.severity === 'warning').map((f) => `warning: ${f.reason}`);
+    return errors.length ? fail(component, [...errors, ...warnings].join('; ')) : pass(component, [ok, ...warnings].join('; '));
+  });
+}
+
+function componentOf(f: CatalogFinding, appRole: string): string {
+  if (f.subject.startsWith('table ')) {
+    const table = f.subject.slice('table '.length);
+    return KEY_CHECKS.has(f.check) ? `tenant-unique ${table}` : `rls ${table}`;
+  }
+  if (f.subject === `role ${appRole}`) return 'app-role';
+  if (f.subject.startsWith('role ')) return f.subject;
+  return 'views-functions';
+}

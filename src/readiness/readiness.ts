@@ -1,0 +1,61 @@
+import type { Express } from 'express';
+import type { Redis } from 'ioredis';
+import type { Config } from '../platform/config/config.ts';
+import type { MikroORM } from '../platform/db/orm.ts';
+import type { WorkflowDef } from '../platform/durable/workflow.ts';
+import { databaseRows } from './database.checks.ts';
+import { migrationRows } from './migrations.checks.ts';
+import { routeTable } from './route-table.ts';
+import { authenticationRow, idempotencyRow, withProbe } from './http.checks.ts';
+import { bullBoardAuthRow, bullBoardQueuesRow, type BullBoardInfo } from './bull-board.checks.ts';
+import { redisRows } from './redis.checks.ts';
+import { configRow, docsRows, telemetryRow, workerSettingsRow } from './settings.checks.ts';
+import { fail, toReport, type ReadinessReport, type ReadinessRow } from './readiness.types.ts';
+
+/** Everything the matrix inspects. Production wiring: readiness.target.ts; tests point pieces at throwaway things. */
+export interface ReadinessDeps {
+  config: Config;
+  /** The live application-role ORM (the container's): catalog reads run as the role the app really uses. */
+  orm: MikroORM;
+  redis: Redis;
+  /** The live Express app (createApp): its router stack is read and probed over loopback. */
+  app: Express;
+  workflows: WorkflowDef[];
+  /** Opens an owner-role ORM (MIGRATION_DATABASE_URL) for the migration and drift rows; closed after use. */
+  openOwnerOrm(): Promise<MikroORM>;
+  bullBoard: BullBoardInfo | undefined;
+  /** Directory holding docs/ (the repository root). */
+  docsRoot: string;
+}
+
+/** A group of rows that could not be computed becomes one FAIL row naming the error, never a crash. */
+async function guarded(component: string, fn: () => Promise<ReadinessRow[]>): Promise<ReadinessRow[]> {
+  try {
+    return await fn();
+  } catch (e) {
+    return [fail(component, `check failed: ${(e as Error).message}`)];
+  }
+}
+
+/** The release readiness matrix: one row per component of the live system, PASS or FAIL with the reason. */
+export async function runReadiness(deps: ReadinessDeps): Promise<ReadinessReport> {
+  const { config, app, workflows, bullBoard } = deps;
+  const rows: ReadinessRow[] = [configRow(undefined, config), ...docsRows(deps.docsRoot)];
+  rows.push(...(await guarded('database', () => databaseRows(deps.orm))));
+  rows.push(...(await guarded('migrations', () => migrationRows(deps.openOwnerOrm))));
+  rows.push(
+    ...(await guarded('routes', async () => {
+      const endpoints = routeTable(app);
+      return withProbe(app, async (probe) => [
+        idempotencyRow(endpoints),
+        await authenticationRow(endpoints, probe, bullBoard ? [bullBoard.basePath] : []),
+        await bullBoardAuthRow(bullBoard, endpoints, probe),
+      ]);
+    })),
+  );
+  rows.push(bullBoardQueuesRow(bullBoard, workflows.map((w) => w.queue)));
+  rows.push(telemetryRow(config));
+  rows.push(...(await guarded('redis', () => redisRows(deps.redis, { production: config.NODE_ENV === 'production' }))));
+  rows.push(workerSettingsRow(config, workflows));
+  return toReport(rows);
+}

@@ -1,0 +1,59 @@
+import type { Redis } from 'ioredis';
+import { fail, pass, type ReadinessRow } from './readiness.types.ts';
+
+const field = (info: string, name: string) => new RegExp(`^${name}:(.*)$`, 'm').exec(info)?.[1]?.trim();
+
+async function configGet(redis: Redis, key: string): Promise<string | undefined> {
+  try {
+    const res = (await redis.call('CONFIG', 'GET', key)) as string[];
+    return res[1];
+  } catch {
+    return undefined; // managed Redis may disable CONFIG; INFO is then the only source
+  }
+}
+
+/** Producer connections do not queue commands while connecting (enableOfflineQueue: false): wait for ready first. */
+async function ready(redis: Redis, timeoutMs = 5000): Promise<void> {
+  if (redis.status === 'ready') return;
+  await new Promise<void>((resolve, reject) => {
+    const timer = setTimeout(() => {
+      redis.off('ready', onReady);
+      reject(new Error(`not ready after ${timeoutMs} ms (status ${redis.status})`));
+    }, timeoutMs);
+    const onReady = () => {
+      clearTimeout(timer);
+      resolve();
+    };
+    redis.once('ready', onReady);
+  });
+}
+
+/**
+ * Redis as BullMQ needs it: reachable, maxmemory-policy noeviction (an evicted job key corrupts a flow),
+ * and in production persistence on (AOF or RDB save rules), so a restart does not drop queued work.
+ */
+export async function redisRows(redis: Redis, opts: { production: boolean }): Promise<ReadinessRow[]> {
+  let memory: string;
+  let persistence: string;
+  try {
+    await ready(redis);
+    await redis.ping();
+    [memory, persistence] = await Promise.all([redis.info('memory'), redis.info('persistence')]);
+  } catch (e) {
+    const reason = `Redis unreachable: ${(e as Error).message}`;
+    return [fail('redis', reason), fail('redis-eviction', reason), fail('redis-persistence', reason)];
+  }
+  const policy = field(memory, 'maxmemory_policy') ?? (await configGet(redis, 'maxmemory-policy'));
+  const aof = field(persistence, 'aof_enabled') === '1';
+  const save = (await configGet(redis, 'save')) ?? '';
+  const state = `appendonly ${aof ? 'yes' : 'no'}, save "${save}"`;
+  return [
+    pass('redis', `reachable (${redis.options.host}:${redis.options.port})`),
+    policy === 'noeviction' ? pass('redis-eviction', 'maxmemory-policy noeviction') : fail('redis-eviction', `maxmemory-policy is ${policy ?? 'unknown'}; BullMQ requires noeviction`),
+    !opts.production
+      ? pass('redis-persistence', `not required outside production (${state})`)
+      : aof || save.trim() !== ''
+        ? pass('redis-persistence', state)
+        : fail('redis-persistence', `production Redis without persistence (${state}): a restart loses queued jobs`),
+  ];
+}

@@ -1,0 +1,62 @@
+import { existsSync, statSync } from 'node:fs';
+import { join } from 'node:path';
+import type { Config } from '../platform/config/config.ts';
+import { retryOf, type WorkflowDef } from '../platform/durable/workflow.ts';
+import { fail, pass, type ReadinessRow } from './readiness.types.ts';
+
+/** Telemetry is exporting somewhere, or was switched off on purpose; never silently half-configured. */
+export function telemetryRow(config: Config): ReadinessRow {
+  const exporters = (config.OTEL_TRACES_EXPORTER ?? '').split(',').map((e) => e.trim()).filter(Boolean);
+  if (config.OTEL_SDK_DISABLED) return pass('telemetry', 'disabled explicitly (OTEL_SDK_DISABLED=true)');
+  if (exporters.length && exporters.every((e) => e === 'none')) return pass('telemetry', 'traces disabled explicitly (OTEL_TRACES_EXPORTER=none)');
+  const endpoint = config.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT ?? config.OTEL_EXPORTER_OTLP_ENDPOINT;
+  if (endpoint) return pass('telemetry', `exporting traces over OTLP to ${endpoint}`);
+  if (exporters.includes('console')) return pass('telemetry', 'exporting traces to the console (OTEL_TRACES_EXPORTER=console)');
+  return fail('telemetry', 'neither configured nor disabled: set OTEL_EXPORTER_OTLP_ENDPOINT, or OTEL_SDK_DISABLED=true');
+}
+
+/** Bounds that keep recovery fast and safe; see docs/governance/release-gates.md. */
+export const WORKER_BOUNDS = { lockMinMs: 1_000, lockMaxMs: 60_000, minStalledCount: 2, attemptsMin: 1, attemptsMax: 25 } as const;
+
+/**
+ * Lock, stall and retry settings within sane bounds: a lock of 1–60 s (shorter renews too often,
+ * longer delays recovery of a killed worker), a stalled check at least once per lock period, at least
+ * two stalls before a job fails for good (a deploy may interrupt it once), and 1–25 attempts per step.
+ */
+export function workerSettingsRow(config: Config, workflows: WorkflowDef[]): ReadinessRow {
+  const b = WORKER_BOUNDS;
+  const lock = config.WORKER_LOCK_DURATION;
+  const problems: string[] = [];
+  if (lock < b.lockMinMs || lock > b.lockMaxMs) problems.push(`WORKER_LOCK_DURATION ${lock} ms is outside ${b.lockMinMs}–${b.lockMaxMs} ms`);
+  if (config.WORKER_STALLED_INTERVAL > lock) problems.push(`WORKER_STALLED_INTERVAL ${config.WORKER_STALLED_INTERVAL} ms exceeds the lock duration ${lock} ms`);
+  if (config.WORKER_MAX_STALLED_COUNT < b.minStalledCount) problems.push(`WORKER_MAX_STALLED_COUNT ${config.WORKER_MAX_STALLED_COUNT} < ${b.minStalledCount}: one interrupted deploy fails the job`);
+  for (const wf of workflows) {
+    for (const step of wf.steps) {
+      const { attempts } = retryOf(step);
+      if (!Number.isInteger(attempts) || attempts < b.attemptsMin || attempts > b.attemptsMax) {
+        problems.push(`step ${wf.name}/${step.name} has ${attempts} attempts, outside ${b.attemptsMin}–${b.attemptsMax}`);
+      }
+    }
+  }
+  if (problems.length) return fail('worker-settings', problems.join('; '));
+  const steps = workflows.reduce((n, wf) => n + wf.steps.length, 0);
+  return pass('worker-settings', `lock ${lock} ms, stalled check ${config.WORKER_STALLED_INTERVAL} ms, max stalls ${config.WORKER_MAX_STALLED_COUNT}, ${steps} steps with 1–25 attempts`);
+}
+
+/** Configuration parsed against the schema; `problems` are the schema's messages when it did not. */
+export function configRow(problems: string[] | undefined, config?: Config): ReadinessRow {
+  if (problems?.length) return fail('config', `invalid: ${problems.join('; ')}`);
+  return pass('config', `valid (NODE_ENV=${config?.NODE_ENV ?? 'unknown'})`);
+}
+
+export const REQUIRED_DOCS = ['docs/governance/release-gates.md', 'docs/runbook.md'];
+
+/** The release-gate description and the runbook exist and are not empty. */
+export function docsRows(root: string): ReadinessRow[] {
+  return REQUIRED_DOCS.map((doc) => {
+    const path = join(root, doc);
+    if (!existsSync(path)) return fail(`docs ${doc}`, `missing (${path})`);
+    const size = statSync(path).size;
+    return size > 0 ? pass(`docs ${doc}`, `present (${size} bytes)`) : fail(`docs ${doc}`, 'empty');
+  });
+}

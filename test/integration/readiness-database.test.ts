@@ -1,0 +1,139 @@
+import { describe, expect, it } from 'vitest';
+import { randomBytes } from 'node:crypto';
+import pg from 'pg';
+import { createTestDatabase, type TestDatabase } from '../helpers/db.ts';
+import { TEST_ADMIN_URL, TEST_APP, TEST_OWNER, pgUrl } from '../helpers/env.ts';
+import { matrixFor } from './readiness.fixtures.ts';
+
+/**
+ * Database rows of the readiness matrix, each broken in a throwaway database (a clone of the migrated
+ * template, or an empty one) and, for the role rows, through a temporary role created for the test:
+ * dealix_app itself is never altered, other test files use it.
+ */
+async function admin(sql: string): Promise<void> {
+  const c = new pg.Client({ connectionString: TEST_ADMIN_URL });
+  await c.connect();
+  try {
+    await c.query(sql);
+  } finally {
+    await c.end();
+  }
+}
+
+/** A login role of its own for one test, granted just enough to connect; dropped with its database. */
+async function withTempRole(attrs: string, fn: (role: { user: string; password: string }, db: TestDatabase) => Promise<void>): Promise<void> {
+  const role = { user: `dealix_rdy_${randomBytes(4).toString('hex')}`, password: 'readiness-temp-role' };
+  const db = await createTestDatabase();
+  await admin(`CREATE ROLE ${role.user} LOGIN PASSWORD '${role.password}' NOSUPERUSER ${attrs}`);
+  try {
+    await admin(`GRANT CONNECT ON DATABASE ${db.name} TO ${role.user}`);
+    await db.admin(`GRANT USAGE ON SCHEMA public TO ${role.user}`);
+    await fn(role, db);
+  } finally {
+    await db.drop();
+    await admin(`DROP ROLE IF EXISTS ${role.user}`);
+  }
+}
+
+describe('row-level security rows', () => {
+  it('dropping the isolation policy of a table fails that table and no other', async () => {
+    const m = await matrixFor({ tamper: (db) => db.admin('DROP POLICY durable_runs_tenant_isolation ON durable_runs').then(() => {}) });
+    expect(m.row('rls durable_runs').status).toBe('FAIL');
+    expect(m.row('rls durable_runs').reason).toMatch(/no permissive policy for ALL commands/);
+    expect(m.row('rls durable_checkpoints').status).toBe('PASS');
+    expect(m.row('app-role').status).toBe('PASS');
+  });
+
+  it('removing FORCE fails the table: its owner would bypass the policies', async () => {
+    const m = await matrixFor({ tamper: (db) => db.admin('ALTER TABLE evidence_packs NO FORCE ROW LEVEL SECURITY').then(() => {}) });
+    expect(m.row('rls evidence_packs')).toMatchObject({ status: 'FAIL' });
+    expect(m.row('rls evidence_packs').reason).toMatch(/not forced/);
+    expect(m.row('rls partner_dossiers').status).toBe('PASS');
+  });
+
+  it('disabling row-level security fails the table', async () => {
+    const m = await matrixFor({ tamper: (db) => db.admin('ALTER TABLE partner_dossiers DISABLE ROW LEVEL SECURITY').then(() => {}) });
+    expect(m.row('rls partner_dossiers').reason).toMatch(/not enabled/);
+  });
+
+  it('a policy without WITH CHECK is not an isolation policy', async () => {
+    const m = await matrixFor({
+      tamper: async (db) => {
+        await db.admin('DROP POLICY idempotency_keys_tenant_isolation ON idempotency_keys');
+        await db.admin(`CREATE POLICY idempotency_keys_read ON idempotency_keys FOR ALL USING (tenant_id = (NULLIF(current_setting('app.tenant_id', true), ''))::uuid)`);
+      },
+    });
+    expect(m.row('rls idempotency_keys').status).toBe('FAIL');
+  });
+
+  it('a permissive policy that ignores the tenant fails the table it widens', async () => {
+    const m = await matrixFor({ tamper: (db) => db.admin('CREATE POLICY leak ON approval_requests FOR SELECT USING (true)').then(() => {}) });
+    expect(m.row('rls approval_requests').status).toBe('FAIL');
+    expect(m.row('rls approval_requests').reason).toMatch(/policy leak/);
+  });
+});
+
+describe('unique keys', () => {
+  it('a unique constraint without tenant_id fails its table', async () => {
+    const m = await matrixFor({ tamper: (db) => db.owner('ALTER TABLE economics_models ADD CONSTRAINT economics_models_run_only_unique UNIQUE (run_id)').then(() => {}) });
+    expect(m.row('tenant-unique economics_models').status).toBe('FAIL');
+    expect(m.row('tenant-unique economics_models').reason).toMatch(/economics_models_run_only_unique.*\(run_id\)/);
+    expect(m.row('tenant-unique durable_runs').status).toBe('PASS');
+  });
+
+  it('a unique index without tenant_id fails too', async () => {
+    const m = await matrixFor({ tamper: (db) => db.owner('CREATE UNIQUE INDEX approval_requests_run_idx ON approval_requests (run_id)').then(() => {}) });
+    expect(m.row('tenant-unique approval_requests').status).toBe('FAIL');
+  });
+});
+
+describe('the application role, read from the live connection', () => {
+  it('a role with BYPASSRLS fails the app-role row', async () => {
+    await withTempRole('BYPASSRLS', async (role, db) => {
+      const m = await matrixFor({ db, env: { DATABASE_URL: pgUrl(role, db.name) } });
+      expect(m.row('app-role').status).toBe('FAIL');
+      expect(m.row('app-role').reason).toMatch(new RegExp(`${role.user} is BYPASSRLS`));
+    });
+  });
+
+  it('a role that owns a table fails the app-role row', async () => {
+    await withTempRole('NOBYPASSRLS', async (role, db) => {
+      await db.admin(`ALTER TABLE approval_policies OWNER TO ${role.user}`);
+      const m = await matrixFor({ db, env: { DATABASE_URL: pgUrl(role, db.name) } });
+      expect(m.row('app-role').status).toBe('FAIL');
+      expect(m.row('app-role').reason).toMatch(/owns .*approval_policies/);
+    });
+  });
+
+  it('the unprivileged application role passes', async () => {
+    await withTempRole('NOBYPASSRLS', async (role, db) => {
+      const m = await matrixFor({ db, env: { DATABASE_URL: pgUrl(role, db.name) } });
+      expect(m.row('app-role')).toMatchObject({ status: 'PASS' });
+      expect(m.row('app-role').reason).toContain(role.user);
+    });
+  });
+});
+
+describe('migrations', () => {
+  it('a fresh database without migrations has the initial migration pending', async () => {
+    const name = `dealix_t_${randomBytes(6).toString('hex')}`;
+    await admin(`CREATE DATABASE ${name} OWNER ${TEST_OWNER.user}`);
+    await admin(`GRANT CONNECT ON DATABASE ${name} TO ${TEST_APP.user}`);
+    const db = { name, appUrl: pgUrl(TEST_APP, name), ownerUrl: pgUrl(TEST_OWNER, name) } as TestDatabase;
+    try {
+      const m = await matrixFor({ db });
+      expect(m.row('migrations').status).toBe('FAIL');
+      expect(m.row('migrations').reason).toMatch(/pending: Migration\d+_initial/);
+      expect(m.row('rls durable_runs').status).toBe('FAIL');
+    } finally {
+      await admin(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
+    }
+  });
+
+  it('a schema changed outside the migrations is drift', async () => {
+    const m = await matrixFor({ tamper: (db) => db.owner('ALTER TABLE durable_runs ADD COLUMN hand_made integer').then(() => {}) });
+    expect(m.row('schema-drift').status).toBe('FAIL');
+    expect(m.row('schema-drift').reason).toMatch(/hand_made/);
+    expect(m.row('migrations').status).toBe('PASS');
+  });
+});

@@ -1,0 +1,152 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { execFile } from 'node:child_process';
+import { mkdtemp, mkdir, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
+import { z } from 'zod';
+import { parseConfig } from '../../src/platform/config/config.ts';
+import { assessReadiness } from '../../src/readiness/readiness.target.ts';
+import { defineStep, defineWorkflow } from '../../src/platform/durable/workflow.ts';
+import { createTestDatabase, type TestDatabase } from '../helpers/db.ts';
+import { envFor, matrixFor, matrixOf } from './readiness.fixtures.ts';
+
+/**
+ * The release readiness matrix on the live system (real container, real app, real Postgres and Redis):
+ * a healthy stack is all PASS, through the API and through `npm run readiness`; then each component is
+ * broken in a throwaway environment and its row, and only the rows it concerns, turn FAIL.
+ * Database rows: readiness-database.test.ts; HTTP rows: readiness-http.test.ts; Redis rows: readiness-redis.test.ts.
+ */
+const ROOT = fileURLToPath(new URL('../..', import.meta.url));
+const run = promisify(execFile);
+
+describe('a healthy stack', () => {
+  it('prints an all-PASS matrix with a row per tenant-owned table', async () => {
+    const m = await matrixFor();
+    expect(m.failing()).toEqual([]);
+    expect(m.report.ok).toBe(true);
+    for (const table of ['durable_runs', 'durable_checkpoints', 'idempotency_keys', 'approval_requests', 'evidence_packs']) {
+      expect(m.row(`rls ${table}`).status).toBe('PASS');
+      expect(m.row(`tenant-unique ${table}`).status).toBe('PASS');
+    }
+    for (const c of ['config', 'app-role', 'migrations', 'schema-drift', 'routes-idempotency', 'routes-authentication', 'bull-board-auth', 'bull-board-queues', 'telemetry', 'redis', 'redis-eviction', 'redis-persistence', 'worker-settings']) {
+      expect(m.row(c).status).toBe('PASS');
+    }
+  });
+
+  it('npm run readiness exits 0 and --json reports every row PASS', async () => {
+    const db = await createTestDatabase();
+    try {
+      const env = { PATH: process.env.PATH ?? '', ...envFor(db) };
+      const text = await run(process.execPath, ['src/cli/readiness.ts'], { cwd: ROOT, env, timeout: 90_000 });
+      expect(text.stdout).toMatch(/READY: all \d+ components PASS/);
+      const json = await run(process.execPath, ['src/cli/readiness.ts', '--json'], { cwd: ROOT, env, timeout: 90_000 });
+      const report = JSON.parse(json.stdout);
+      expect(report.ok).toBe(true);
+      expect(report.rows.length).toBeGreaterThan(20);
+      expect(report.rows.every((r: { status: string }) => r.status === 'PASS')).toBe(true);
+    } finally {
+      await db.drop();
+    }
+  });
+});
+
+describe('npm run readiness on a broken stack', () => {
+  it('exits non-zero and names the failing row', async () => {
+    const db = await createTestDatabase();
+    try {
+      await db.admin('ALTER TABLE durable_runs NO FORCE ROW LEVEL SECURITY');
+      const env = { PATH: process.env.PATH ?? '', ...envFor(db) };
+      const err = await run(process.execPath, ['src/cli/readiness.ts'], { cwd: ROOT, env, timeout: 90_000 }).then(
+        () => undefined,
+        (e: { code: number; stdout: string }) => e,
+      );
+      expect(err?.code).toBe(1);
+      expect(err?.stdout).toMatch(/FAIL ✗\s+rls durable_runs\s+row-level security is not forced/);
+      expect(err?.stdout).toMatch(/NOT READY/);
+    } finally {
+      await db.drop();
+    }
+  });
+});
+
+describe('configuration and documents', () => {
+  let docsless: string;
+  beforeAll(async () => {
+    docsless = await mkdtemp(join(tmpdir(), 'dealix-docs-'));
+  });
+  afterAll(async () => {
+    await rm(docsless, { recursive: true, force: true });
+  });
+
+  it('an invalid configuration is a FAIL row naming the variable, not a crash', async () => {
+    const m = matrixOf(await assessReadiness(() => parseConfig({ JWT_SECRET: 'too-short', WORKER_CONCURRENCY: 'many' })));
+    expect(m.row('config').status).toBe('FAIL');
+    expect(m.row('config').reason).toMatch(/JWT_SECRET/);
+    expect(m.row('config').reason).toMatch(/WORKER_CONCURRENCY/);
+    expect(m.report.ok).toBe(false);
+  });
+
+  it('missing release-gate and runbook documents fail their rows', async () => {
+    const m = await matrixFor({ adjust: () => ({ docsRoot: docsless }) });
+    expect(m.row('docs docs/governance/release-gates.md').status).toBe('FAIL');
+    expect(m.row('docs docs/runbook.md').status).toBe('FAIL');
+    await mkdir(join(docsless, 'docs/governance'), { recursive: true });
+    await writeFile(join(docsless, 'docs/governance/release-gates.md'), '# gates\n');
+    await writeFile(join(docsless, 'docs/runbook.md'), '');
+    const again = await matrixFor({ adjust: () => ({ docsRoot: docsless }) });
+    expect(again.row('docs docs/governance/release-gates.md').status).toBe('PASS');
+    expect(again.row('docs docs/runbook.md')).toMatchObject({ status: 'FAIL', reason: 'empty' });
+  });
+
+  it('telemetry neither configured nor disabled fails; an OTLP endpoint passes', async () => {
+    const none = await matrixFor({ env: { OTEL_SDK_DISABLED: 'false' } });
+    expect(none.row('telemetry')).toMatchObject({ status: 'FAIL' });
+    expect(none.row('telemetry').reason).toMatch(/neither configured nor disabled/);
+    const otlp = await matrixFor({ env: { OTEL_SDK_DISABLED: 'false', OTEL_EXPORTER_OTLP_ENDPOINT: 'http://127.0.0.1:4318' } });
+    expect(otlp.row('telemetry').status).toBe('PASS');
+  });
+});
+
+describe('worker settings', () => {
+  it('a lock longer than 60 s, a stalled check slower than the lock and a single allowed stall fail', async () => {
+    const m = await matrixFor({ env: { WORKER_LOCK_DURATION: '90s', WORKER_STALLED_INTERVAL: '2m', WORKER_MAX_STALLED_COUNT: '1' } });
+    const row = m.row('worker-settings');
+    expect(row.status).toBe('FAIL');
+    expect(row.reason).toMatch(/WORKER_LOCK_DURATION 90000 ms is outside/);
+    expect(row.reason).toMatch(/WORKER_STALLED_INTERVAL 120000 ms exceeds/);
+    expect(row.reason).toMatch(/WORKER_MAX_STALLED_COUNT 1 < 2/);
+  });
+
+  it('a lock shorter than a second fails', async () => {
+    const m = await matrixFor({ env: { WORKER_LOCK_DURATION: '500ms', WORKER_STALLED_INTERVAL: '200ms' } });
+    expect(m.row('worker-settings').reason).toMatch(/WORKER_LOCK_DURATION 500 ms is outside/);
+  });
+
+  it('a step retried more than 25 times fails, naming the step', async () => {
+    const step = defineStep({ name: 'hammer', input: z.any(), output: z.any(), retry: { attempts: 50 }, run: async () => ({}) });
+    const wf = defineWorkflow({ name: 'retry-storm', version: 1, tag: 'rs', queue: 'retry-storm', input: z.any(), steps: [step] });
+    const m = await matrixFor({ adjust: (d) => ({ workflows: [...d.workflows, wf] }) });
+    expect(m.row('worker-settings')).toMatchObject({ status: 'FAIL' });
+    expect(m.row('worker-settings').reason).toMatch(/step retry-storm\/hammer has 50 attempts/);
+  });
+});
+
+describe('a stack that cannot be built', () => {
+  let db: TestDatabase;
+  beforeAll(async () => {
+    db = await createTestDatabase();
+  });
+  afterAll(async () => {
+    await db.drop();
+  });
+
+  it('an unreachable database is a FAIL row with the reason, not a crash', async () => {
+    const env = envFor(db, { DATABASE_URL: db.appUrl.replace(/:\d+\//, ':1/') });
+    const m = matrixOf(await assessReadiness(() => parseConfig(env)));
+    expect(m.report.ok).toBe(false);
+    expect(m.failing().join('\n')).toMatch(/^(database|live-system): .*(ECONNREFUSED|connect)/m);
+  });
+});
+
