@@ -76,6 +76,17 @@ describe('approval SLA', () => {
     expect(expired.status).toBe('approval_expired');
   });
 
+  it('Redis loses its data while a run waits: the sweeper re-creates the SLA timer from the approval row and the run still expires', async () => {
+    const { run } = await submitWaiting();
+    const queue = stack.container.queues.get('golden-path')!;
+    expect((await queue.getDelayed()).filter((j) => j.name === 'approval-sla' && j.data.run_id === run.run_id)).toHaveLength(1);
+    // A flush of this stack's keys (its own prefix only: the Redis server is shared).
+    const keys = await stack.redis.keys(`${stack.prefix}:*`);
+    for (let i = 0; i < keys.length; i += 500) await stack.redis.del(...keys.slice(i, i + 500));
+    const expired = await waitStatus(run.run_id, ['approval_expired', 'completed', 'failed']);
+    expect(expired.status).toBe('approval_expired');
+  });
+
   it('a decision before the deadline wins over the timer', async () => {
     const { run, approvalId } = await submitWaiting();
     const d = await decide(approvalId);
