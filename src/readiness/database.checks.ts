@@ -19,9 +19,9 @@ export async function currentRole(orm: MikroORM): Promise<string> {
  * then `app-role` (no superuser, no BYPASSRLS, owns nothing), the system role and views/functions.
  * Errors fail a row; warnings are shown in its reason.
  */
-export async function databaseRows(orm: MikroORM): Promise<ReadinessRow[]> {
+export async function databaseRows(orm: MikroORM, opts: { systemRole?: string } = {}): Promise<ReadinessRow[]> {
   const appRole = await currentRole(orm);
-  const report = await inspectCatalog(ormCatalogQuery(orm), { declaredTables: tenantTables(orm), appRole });
+  const report = await inspectCatalog(ormCatalogQuery(orm), { declaredTables: tenantTables(orm), appRole, ...(opts.systemRole ? { systemRole: opts.systemRole } : {}) });
   return catalogRows(report, appRole);
 }
 

@@ -24,6 +24,8 @@ export interface ReadinessDeps {
   /** Opens an owner-role ORM (MIGRATION_DATABASE_URL) for the migration and drift rows; closed after use. */
   openOwnerOrm(): Promise<MikroORM>;
   bullBoard: BullBoardInfo | undefined;
+  /** The NOLOGIN maintenance role (default dealix_system); tests point it at a throwaway role. */
+  systemRole?: string;
   /** Directory holding docs/ (the repository root). */
   docsRoot: string;
 }
@@ -41,7 +43,7 @@ async function guarded(component: string, fn: () => Promise<ReadinessRow[]>): Pr
 export async function runReadiness(deps: ReadinessDeps): Promise<ReadinessReport> {
   const { config, app, workflows, bullBoard } = deps;
   const rows: ReadinessRow[] = [configRow(undefined, config), ...docsRows(deps.docsRoot)];
-  rows.push(...(await guarded('database', () => databaseRows(deps.orm))));
+  rows.push(...(await guarded('database', () => databaseRows(deps.orm, { systemRole: deps.systemRole }))));
   rows.push(...(await guarded('migrations', () => migrationRows(deps.openOwnerOrm))));
   rows.push(
     ...(await guarded('routes', async () => {

@@ -114,6 +114,28 @@ describe('the application role, read from the live connection', () => {
   });
 });
 
+describe('the system role and views', () => {
+  it('a maintenance role that can log in fails its row', async () => {
+    await withTempRole('NOBYPASSRLS', async (role) => {
+      const m = await matrixFor({ adjust: () => ({ systemRole: role.user }) });
+      expect(m.row(`role ${role.user}`).status).toBe('FAIL');
+      expect(m.row(`role ${role.user}`).reason).toMatch(/can log in/);
+    });
+  });
+
+  it('a view readable by the app role without security_invoker fails views-functions', async () => {
+    const m = await matrixFor({
+      tamper: async (db) => {
+        await db.owner('CREATE VIEW all_runs AS SELECT id, tenant_id, status FROM durable_runs');
+        await db.owner(`GRANT SELECT ON all_runs TO ${TEST_APP.user}`);
+      },
+    });
+    expect(m.row('views-functions').status).toBe('FAIL');
+    expect(m.row('views-functions').reason).toMatch(/all_runs/);
+    expect(m.row('rls durable_runs').status).toBe('PASS');
+  });
+});
+
 describe('migrations', () => {
   it('a fresh database without migrations has the initial migration pending', async () => {
     const name = `dealix_t_${randomBytes(6).toString('hex')}`;
