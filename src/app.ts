@@ -1,11 +1,13 @@
 import express, { type Express } from 'express';
-import { pinoHttp } from 'pino-http';
 import type { Container } from './container.ts';
 import { correlationMiddleware } from './platform/http/correlation.ts';
 import { notFoundHandler, problemHandler } from './platform/http/problem.middleware.ts';
 import { liveness, readiness } from './platform/http/health.ts';
 import { buildRouter } from './platform/http/router.ts';
 import { metricsHandler } from './platform/http/metrics.route.ts';
+import { httpLogger } from './platform/telemetry/http-logger.ts';
+import { operatorDashboard, setBoardQueues } from './platform/http/admin-board.ts';
+import { openApiHandlers } from './platform/http/openapi.route.ts';
 
 /** Middleware order and routers, nothing else. */
 export function createApp(c: Container): Express {
@@ -14,18 +16,18 @@ export function createApp(c: Container): Express {
   app.set('trust proxy', 'loopback');
   app.set('query parser', 'simple');
   app.use(correlationMiddleware);
-  app.use(
-    pinoHttp({
-      logger: c.logger,
-      genReqId: (_req, res) => res.getHeader('X-Request-Id') as string,
-      customLogLevel: (_req, res, err) => (err || res.statusCode >= 500 ? 'error' : res.statusCode >= 400 ? 'warn' : 'info'),
-      autoLogging: { ignore: (req) => req.url === '/healthz' || req.url === '/metrics' },
-    }),
-  );
+  app.use(httpLogger(c.logger));
+  // Operator dashboard, before the JSON body parser (it parses its own requests); admin-auth guards all of it.
+  const dashboard = operatorDashboard({ queues: c.queues.values(), verifier: c.verifier, logger: c.logger, config: c.config });
+  setBoardQueues(app, dashboard.queueNames);
+  app.use(dashboard.path, ...dashboard.handlers);
   app.use(express.json({ limit: c.config.BODY_LIMIT, strict: true, type: ['application/json', 'application/*+json'] }));
   app.get('/healthz', liveness);
   app.get('/readyz', readiness({ orm: c.orm, redis: c.redis }));
   app.get('/metrics', metricsHandler(c));
+  const openapi = openApiHandlers(c.routes, c.logger);
+  app.get('/openapi.json', openapi.json);
+  app.get('/docs', openapi.docs);
   app.use(
     buildRouter(c.routes, {
       orm: c.orm,

@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import { hostname } from 'node:os';
-import { FlowProducer, Queue } from 'bullmq';
+import { FlowProducer, Queue, type Telemetry } from 'bullmq';
 import type { Redis } from 'ioredis';
 import type { Config } from './platform/config/config.ts';
 import { createOrm, type MikroORM } from './platform/db/orm.ts';
@@ -15,6 +15,8 @@ import { entities } from './entities.ts';
 import { jobHandlersFor, routesFor, workflowsFor } from './modules/index.ts';
 import { createMetrics, type Metrics } from './platform/telemetry/metrics.ts';
 import { AdmissionController } from './platform/http/admission.ts';
+import { bullmqTelemetry } from './platform/telemetry/bullmq-telemetry.ts';
+import { MAINTENANCE_QUEUE } from './platform/queue/maintenance.ts';
 
 export interface Container {
   config: Config;
@@ -28,6 +30,8 @@ export interface Container {
   workflows: WorkflowDef[];
   routes: RouteDef[];
   metrics: Metrics;
+  /** BullMQ OpenTelemetry adapter, set only while the OTel SDK runs (pass it to every Queue, FlowProducer and Worker). */
+  telemetry: Telemetry | undefined;
   instanceId: string;
   jobHandlers(): ReturnType<typeof jobHandlersFor>;
   close(): Promise<void>;
@@ -38,7 +42,8 @@ export async function createContainer(config: Config, opts: { service: 'api' | '
   const logger = createLogger({ level: config.LOG_LEVEL, name: `dealix-${opts.service}` });
   const orm = await createOrm(config, { entities });
   const redis = createRedis(config.REDIS_URL, 'producer', `dealix-${opts.service}`);
-  const queueOpts = { connection: redis, prefix: config.QUEUE_PREFIX };
+  const telemetry = bullmqTelemetry();
+  const queueOpts = { connection: redis, prefix: config.QUEUE_PREFIX, ...(telemetry ? { telemetry } : {}) };
   const queues = new Map<string, Queue>();
   const queue = (name: string) => {
     let q = queues.get(name);
@@ -51,6 +56,8 @@ export async function createContainer(config: Config, opts: { service: 'api' | '
   };
   const workflows = [...workflowsFor(config, { queue: () => queue('golden-path') }), ...(opts.extraWorkflows ?? [])];
   for (const wf of workflows) queue(wf.queue);
+  // Bull Board and /metrics show the maintenance queue too (its scheduler is upserted by workers).
+  queue(MAINTENANCE_QUEUE);
   const flowProducer = new FlowProducer(queueOpts);
   flowProducer.on('error', (err) => logger.warn({ err }, 'flow producer error'));
   const runtime = new DurableRuntime({ workflows, flowProducer, queues, logger });
@@ -72,6 +79,7 @@ export async function createContainer(config: Config, opts: { service: 'api' | '
     workflows,
     routes,
     metrics,
+    telemetry,
     instanceId,
     jobHandlers: () => jobHandlersFor({ orm, runtime }),
     async close() {

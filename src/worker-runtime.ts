@@ -5,6 +5,7 @@ import { StepExecutor } from './platform/durable/executor.ts';
 import { Sweeper } from './platform/durable/sweeper.ts';
 import { startWorkers, stopWorkers } from './platform/durable/worker-host.ts';
 import { scheduleMaintenance, MAINTENANCE_QUEUE, maintenanceHandlers } from './platform/queue/maintenance.ts';
+import { startMetricsServer } from './platform/telemetry/metrics-server.ts';
 
 export interface WorkerProcess {
   workers: Worker[];
@@ -38,9 +39,11 @@ export async function startWorkerProcess(c: Container): Promise<WorkerProcess> {
     prefix: cfg.QUEUE_PREFIX,
     settings,
     logger: c.logger,
+    telemetry: c.telemetry,
     queues: [...new Set([...c.workflows.map((w) => w.queue), MAINTENANCE_QUEUE])],
   });
   const maintenance = await scheduleMaintenance({ connection: c.redis, prefix: cfg.QUEUE_PREFIX });
+  await c.queues.get(MAINTENANCE_QUEUE)?.close();
   c.queues.set(MAINTENANCE_QUEUE, maintenance);
   const sweeper = new Sweeper({
     orm: c.orm,
@@ -52,6 +55,7 @@ export async function startWorkerProcess(c: Container): Promise<WorkerProcess> {
     minAgeMs: cfg.SWEEPER_MIN_AGE,
   });
   sweeper.start();
+  const metricsServer = cfg.WORKER_METRICS_PORT === undefined ? undefined : await startMetricsServer(c.metrics.registry, cfg.WORKER_METRICS_PORT, c.logger);
   c.logger.info({ queues: workers.map((w) => w.name), ...settings, instance: c.instanceId }, 'worker started');
   return {
     workers,
@@ -60,6 +64,8 @@ export async function startWorkerProcess(c: Container): Promise<WorkerProcess> {
       await sweeper.stop();
       await stopWorkers(workers, cfg.WORKER_SHUTDOWN_GRACE, c.logger);
       connection.disconnect();
+      metricsServer?.closeAllConnections();
+      await new Promise((r) => (metricsServer ? metricsServer.close(r) : r(undefined)));
     },
   };
 }

@@ -21,6 +21,8 @@ export interface StackOptions {
   api?: boolean;
   /** Worker entry to spawn (default the production worker; tests may use test/helpers/test-worker.ts). */
   workerEntry?: string;
+  /** Node options for spawned workers, e.g. ['--import', './src/platform/telemetry/register.ts'] to trace them. */
+  workerExecArgv?: string[];
 }
 
 export interface WorkerHandle {
@@ -83,7 +85,7 @@ export async function startStack(opts: StackOptions = {}): Promise<TestStack> {
   const workers: WorkerHandle[] = [];
   const spawnWorker = async (extraEnv: Record<string, string> = {}) => {
     const entry = opts.workerEntry ?? 'workers/golden-path.worker.ts';
-    const proc = spawn(process.execPath, [entry], {
+    const proc = spawn(process.execPath, [...(opts.workerExecArgv ?? []), entry], {
       cwd: ROOT,
       env: { PATH: process.env.PATH ?? '', ...env, LOG_LEVEL: extraEnv.LOG_LEVEL ?? 'info', ...extraEnv },
       stdio: ['ignore', 'pipe', 'pipe'],

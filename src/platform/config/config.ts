@@ -93,6 +93,10 @@ export const configSchema = z
     OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: z.string().url().optional(),
     OTEL_TRACES_EXPORTER: z.string().optional(),
     OTEL_SERVICE_NAME: z.string().optional(),
+    OTEL_EXPORTER_OTLP_PROTOCOL: z.enum(['http/json', 'http/protobuf', 'grpc']).optional(),
+    OTEL_EXPORTER_OTLP_TRACES_PROTOCOL: z.enum(['http/json', 'http/protobuf', 'grpc']).optional(),
+    /** Workers serve their Prometheus metrics (step durations) on this port; unset = off, 0 = an ephemeral port. */
+    WORKER_METRICS_PORT: z.coerce.number().int().min(0).max(65535).optional(),
   })
   .superRefine((c, ctx) => {
     if (!c.JWT_SECRET && !c.JWT_JWKS_URL) {
@@ -159,10 +163,45 @@ export function readConfig(): Config {
   return parseConfig(process.env);
 }
 
+export interface TelemetryEnv {
+  disabled: boolean;
+  serviceName: string | undefined;
+  /** OTEL_TRACES_EXPORTER as a list (default otlp; `none` turns export off). */
+  tracesExporters: string[];
+  /** OTEL_EXPORTER_OTLP_TRACES_PROTOCOL, else OTEL_EXPORTER_OTLP_PROTOCOL, else http/protobuf. */
+  tracesProtocol: string;
+  /** Whether OTEL_TRACES_SAMPLER is set (then the SDK's sampler from the environment is used). */
+  samplerFromEnv: boolean;
+  /** OTEL_BSP_* batch span processor settings (undefined: the SDK default). */
+  batch: { scheduledDelayMillis?: number; maxQueueSize?: number; maxExportBatchSize?: number; exportTimeoutMillis?: number };
+}
+
 /** Raw OpenTelemetry variables for the SDK bootstrap, which must run before the application is loaded. */
-export function telemetryEnv(): { disabled: boolean; serviceName: string | undefined } {
-  const v = process.env.OTEL_SDK_DISABLED?.toLowerCase();
-  return { disabled: v === 'true' || v === '1', serviceName: process.env.OTEL_SERVICE_NAME };
+export function telemetryEnv(): TelemetryEnv {
+  const env = process.env;
+  const v = env.OTEL_SDK_DISABLED?.toLowerCase();
+  const positive = (name: string) => {
+    const n = Number(env[name]);
+    return env[name] && Number.isFinite(n) && n > 0 ? n : undefined;
+  };
+  const batch: TelemetryEnv['batch'] = {};
+  const delay = positive('OTEL_BSP_SCHEDULE_DELAY');
+  const queue = positive('OTEL_BSP_MAX_QUEUE_SIZE');
+  const size = positive('OTEL_BSP_MAX_EXPORT_BATCH_SIZE');
+  const timeout = positive('OTEL_BSP_EXPORT_TIMEOUT');
+  if (delay !== undefined) batch.scheduledDelayMillis = delay;
+  if (queue !== undefined) batch.maxQueueSize = queue;
+  if (size !== undefined) batch.maxExportBatchSize = size;
+  if (timeout !== undefined) batch.exportTimeoutMillis = timeout;
+  const exporters = (env.OTEL_TRACES_EXPORTER ?? '').split(',').map((s) => s.trim()).filter((s) => s && s !== 'null');
+  return {
+    disabled: v === 'true' || v === '1',
+    serviceName: env.OTEL_SERVICE_NAME || undefined,
+    tracesExporters: exporters.length ? exporters : ['otlp'],
+    samplerFromEnv: Boolean(env.OTEL_TRACES_SAMPLER),
+    tracesProtocol: (env.OTEL_EXPORTER_OTLP_TRACES_PROTOCOL || env.OTEL_EXPORTER_OTLP_PROTOCOL || 'http/protobuf').trim(),
+    batch,
+  };
 }
 
 /** Role name and database name from a postgres URL. */

@@ -1,12 +1,19 @@
 import { randomUUID } from 'node:crypto';
 import type { EntityManager } from '@mikro-orm/postgresql';
 import { FlowProducer, type FlowJob, type Queue } from 'bullmq';
-import { context as otelContext, propagation, trace } from '@opentelemetry/api';
+import { context as otelContext, propagation, trace, type Context } from '@opentelemetry/api';
 import type { Logger } from 'pino';
 import { stepJobId } from '../queue/job-ids.ts';
+import { ATTR } from '../telemetry/attributes.ts';
 import { ACTIVE_RUN_STATUSES, type RunStatus } from './durable-run.entity.ts';
 import type { CheckpointStatus } from './durable-checkpoint.entity.ts';
 import { retryOf, segmentEnd, type WorkflowDef } from './workflow.ts';
+
+/** Sets the run's correlation id in the context's baggage (replacing the caller's, e.g. an approver's request). */
+function withCorrelationBaggage(ctx: Context, correlationId: string): Context {
+  const baggage = propagation.getBaggage(ctx) ?? propagation.createBaggage();
+  return propagation.setBaggage(ctx, baggage.setEntry(ATTR.CORRELATION, { value: correlationId }));
+}
 
 export interface StepJobData {
   run_id: string;
@@ -156,15 +163,14 @@ export class DurableRuntime {
     }
     if (!node) return;
     const add = () => this.flowProducer.add(node!);
-    // Continue the submission's trace, also when a resume enqueues from another process or request.
+    // Continue the submission's trace, also when a resume enqueues from another process or request,
+    // and carry the run's correlation id as baggage so the workers' spans are tagged with it.
+    let ctx = otelContext.active();
     if (run.traceparent) {
-      const parent = propagation.extract(otelContext.active(), { traceparent: run.traceparent });
-      if (trace.getSpanContext(parent)) {
-        await otelContext.with(parent, add);
-        return;
-      }
+      const parent = propagation.extract(ctx, { traceparent: run.traceparent });
+      if (trace.getSpanContext(parent)) ctx = parent;
     }
-    await add();
+    await otelContext.with(withCorrelationBaggage(ctx, run.correlation_id), add);
   }
 
   /** Records a checkpoint for (run, sequence_num) and moves the run, in the caller's transaction. */

@@ -1,9 +1,13 @@
 import { randomUUID } from 'node:crypto';
 import type { NextFunction, Request, Response } from 'express';
+import { trace } from '@opentelemetry/api';
 import { requestContext } from '../tenancy/request-context.ts';
+import { bindCorrelation } from '../telemetry/correlation-span-processor.ts';
+import { ATTR } from '../telemetry/attributes.ts';
 
 export const CORRELATION_HEADER = 'X-Correlation-Id';
 const VALID_CORRELATION_ID = /^[A-Za-z0-9][A-Za-z0-9._:\-]{0,127}$/;
+const NO_TRACE = '00000000000000000000000000000000';
 
 export function isValidCorrelationId(v: unknown): v is string {
   return typeof v === 'string' && VALID_CORRELATION_ID.test(v);
@@ -12,7 +16,9 @@ export function isValidCorrelationId(v: unknown): v is string {
 /**
  * Takes a valid X-Correlation-Id or makes one, returns it on every response (errors too), and opens
  * the request's AsyncLocalStorage context. An invalid header is replaced, not rejected: a client's
- * tracing mistake should never fail its business request.
+ * tracing mistake should never fail its business request. With tracing on, the id is bound to the
+ * request's trace (the server span started before the id was known) and the trace ids are kept for
+ * the request log line.
  */
 export function correlationMiddleware(req: Request, res: Response, next: NextFunction): void {
   const incoming = req.get(CORRELATION_HEADER);
@@ -22,5 +28,13 @@ export function correlationMiddleware(req: Request, res: Response, next: NextFun
   res.setHeader('X-Request-Id', requestId);
   res.locals.correlationId = correlationId;
   res.locals.requestId = requestId;
+  const span = trace.getActiveSpan();
+  const sc = span?.spanContext();
+  if (span && sc && sc.traceId !== NO_TRACE) {
+    span.setAttribute(ATTR.CORRELATION, correlationId);
+    bindCorrelation(sc.traceId, correlationId);
+    res.locals.traceId = sc.traceId;
+    res.locals.spanId = sc.spanId;
+  }
   requestContext.run({ requestId, correlationId }, next);
 }

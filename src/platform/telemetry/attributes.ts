@@ -9,3 +9,9 @@ export const ATTR = {
   CORRELATION: 'dealix.correlation_id',
   WORKFLOW: 'dealix.workflow',
 } as const;
+
+/** Version reported by the platform's own tracers (BullMQ telemetry, durable steps). */
+export const INSTRUMENTATION_VERSION = '0.1.0';
+
+/** Paths whose requests are not traced: probes, scrapes, and the operator dashboard's polling. */
+export const IGNORED_HTTP_PATHS = ['/healthz', '/readyz', '/metrics', '/admin/queues', '/docs', '/openapi.json'];

@@ -1,46 +1,70 @@
-import { pino, type Logger } from 'pino';
+import { pino, type DestinationStream, type Logger } from 'pino';
 import { trace, context } from '@opentelemetry/api';
 import { currentContext } from '../tenancy/request-context.ts';
 
 export const REDACT_PATHS = [
   'req.headers.authorization',
   'req.headers.cookie',
+  'req.headers["proxy-authorization"]',
   'res.headers["set-cookie"]',
+  'req.query.token',
+  'req.query.access_token',
+  'req.query.password',
   'headers.authorization',
+  'headers.cookie',
   'authorization',
+  'cookie',
   'token',
   '*.token',
+  'access_token',
+  '*.access_token',
   'password',
   '*.password',
 ];
 
+/** Query parameters whose values never reach a log line (the Bull Board token exchange uses `token`). */
+const SECRET_QUERY_PARAMS = /([?&](?:token|access_token|password)=)[^&#]*/gi;
+
+/** A URL with secret query values replaced: `/admin/queues?token=eyJ…` → `/admin/queues?token=[redacted]`. */
+export function redactUrl(url: string): string {
+  return url.replace(SECRET_QUERY_PARAMS, '$1[redacted]');
+}
+
+const NO_TRACE = '00000000000000000000000000000000';
+const chindings = pino.symbols.chindingsSym as unknown as string;
+
 /**
  * JSON logs; every line written inside a request or job carries trace_id, span_id, correlation_id,
  * tenant_id and run_id where known (mixin reads the active span and the AsyncLocalStorage context).
+ * Fields a child logger already binds are not repeated, so a line never has a key twice.
  */
-export function createLogger(opts: { level: string; name: string }): Logger {
-  return pino({
+export function createLogger(opts: { level: string; name: string; destination?: DestinationStream }): Logger {
+  const options = {
     name: opts.name,
     level: opts.level,
     redact: { paths: REDACT_PATHS, censor: '[redacted]' },
     base: { service: opts.name },
     timestamp: pino.stdTimeFunctions.isoTime,
-    mixin() {
+    mixin(_obj: object, _level: number, logger: Logger) {
       const out: Record<string, unknown> = {};
-      const span = trace.getSpan(context.active());
-      const sc = span?.spanContext();
-      if (sc && sc.traceId !== '00000000000000000000000000000000') {
-        out.trace_id = sc.traceId;
-        out.span_id = sc.spanId;
+      const bound = ((logger as unknown as Record<string, string | undefined>)[chindings] ?? '') as string;
+      const put = (k: string, v: unknown) => {
+        if (v !== undefined && v !== null && !bound.includes(`"${k}":`)) out[k] = v;
+      };
+      const sc = trace.getSpan(context.active())?.spanContext();
+      if (sc && sc.traceId !== NO_TRACE) {
+        put('trace_id', sc.traceId);
+        put('span_id', sc.spanId);
       }
       const ctx = currentContext();
       if (ctx) {
-        out.correlation_id = ctx.correlationId;
-        if (ctx.principal) out.tenant_id = ctx.principal.tenantId;
-        if (ctx.runId) out.run_id = ctx.runId;
+        put('correlation_id', ctx.correlationId);
+        put('tenant_id', ctx.principal?.tenantId);
+        put('run_id', ctx.runId);
       }
       return out;
     },
-  });
+  };
+  return opts.destination ? pino(options, opts.destination) : pino(options);
 }
 export type { Logger };

@@ -1,15 +1,28 @@
-/** The OTel SDK (started by register.ts via --import) registers its shutdown here, so close sequences can flush it. */
+/**
+ * The OTel SDK (started by register.ts via --import) registers its shutdown here, so close sequences can
+ * flush it, and so the application knows whether tracing is live (BullMQ telemetry is only wired then:
+ * with the SDK off, queues and workers run exactly as without telemetry).
+ */
 let shutdown: (() => Promise<void>) | undefined;
 
 export function setTelemetryShutdown(fn: () => Promise<void>): void {
   shutdown = fn;
 }
 
-export async function shutdownTelemetry(): Promise<void> {
+/** True when register.ts started the SDK in this process. */
+export function telemetryStarted(): boolean {
+  return shutdown !== undefined;
+}
+
+/** Flushes buffered spans and stops the SDK; bounded, and never throws (a dead collector must not block an exit). */
+export async function shutdownTelemetry(timeoutMs = 3000): Promise<void> {
   if (!shutdown) return;
+  let timer: NodeJS.Timeout | undefined;
   try {
-    await Promise.race([shutdown(), new Promise((r) => setTimeout(r, 3000))]);
+    await Promise.race([shutdown(), new Promise((r) => (timer = setTimeout(r, timeoutMs)))]);
   } catch {
     // telemetry must never block or fail a shutdown
+  } finally {
+    clearTimeout(timer);
   }
 }

@@ -1,10 +1,13 @@
 /**
- * OpenTelemetry bootstrap, loaded before the application with `node --import`. Exporters come from the
- * standard OTEL_* variables (OTLP over HTTP by default; OTEL_EXPORTER_OTLP_PROTOCOL=http/json or
- * http/protobuf). OTEL_SDK_DISABLED=true, or no exporter endpoint, leaves the no-op API in place: the
- * application behaves and performs the same, and an unreachable collector only drops spans.
+ * OpenTelemetry bootstrap, loaded before the application with `node --import` (npm run start:api,
+ * start:worker). Exporters come from the standard OTEL_* variables: OTLP over HTTP by default
+ * (OTEL_EXPORTER_OTLP_PROTOCOL http/protobuf or http/json; grpc also works), OTEL_EXPORTER_OTLP_ENDPOINT,
+ * OTEL_TRACES_EXPORTER=none|console, OTEL_BSP_*. OTEL_SDK_DISABLED=true loads nothing: the no-op API
+ * stays in place and the application behaves and performs as without telemetry. An unreachable
+ * collector only drops spans (exports run in the background, bounded by their timeout).
  */
 import { register } from 'node:module';
+import { basename } from 'node:path';
 import { telemetryEnv } from '../config/config.ts';
 import { setTelemetryShutdown } from './otel-hooks.ts';
 
@@ -14,17 +17,41 @@ if (!env.disabled) {
   register('@opentelemetry/instrumentation/hook.mjs', import.meta.url);
   const { NodeSDK } = await import('@opentelemetry/sdk-node');
   const { getNodeAutoInstrumentations } = await import('@opentelemetry/auto-instrumentations-node');
+  const { installCorrelationProcessor } = await import('./correlation-span-processor.ts');
+  const { exportProcessors } = await import('./span-export.ts');
+  const { IGNORED_HTTP_PATHS } = await import('./attributes.ts');
+  const { defaultSampler } = await import('./housekeeping-sampler.ts');
+  const ignored = (url: string | undefined) => IGNORED_HTTP_PATHS.some((p) => url === p || url?.startsWith(`${p}/`) || url?.startsWith(`${p}?`));
   const sdk = new NodeSDK({
-    serviceName: env.serviceName ?? (process.argv[1]?.includes('worker') ? 'dealix-worker' : 'dealix-api'),
+    serviceName: env.serviceName ?? defaultServiceName(process.argv[1]),
+    // The correlation processor runs first so every exported span carries the correlation id.
+    spanProcessors: [installCorrelationProcessor(), ...(await exportProcessors(env))],
+    ...(env.samplerFromEnv ? {} : { sampler: defaultSampler() }),
+    // Logs stay JSON lines on stdout (pino, with trace ids); they are not duplicated into OTLP.
+    logRecordProcessors: [],
     instrumentations: [
       getNodeAutoInstrumentations({
         '@opentelemetry/instrumentation-fs': { enabled: false },
         '@opentelemetry/instrumentation-dns': { enabled: false },
         '@opentelemetry/instrumentation-net': { enabled: false },
-        '@opentelemetry/instrumentation-http': { ignoreIncomingRequestHook: (req) => req.url === '/healthz' || req.url === '/metrics' },
+        // Express 5 runs on `router`: the express instrumentation already names its layers.
+        '@opentelemetry/instrumentation-router': { enabled: false },
+        '@opentelemetry/instrumentation-pino': { enabled: false },
+        '@opentelemetry/instrumentation-http': { ignoreIncomingRequestHook: (req) => ignored(req.url) },
+        // BullMQ polls Redis and the sweeper polls Postgres all the time: record them only inside a trace.
+        '@opentelemetry/instrumentation-ioredis': { requireParentSpan: true },
+        '@opentelemetry/instrumentation-pg': { requireParentSpan: true },
       }),
     ],
   });
   sdk.start();
   setTelemetryShutdown(() => sdk.shutdown());
+}
+
+/** dealix-api for the server, dealix-worker for worker entry points, dealix-<script> otherwise (OTEL_SERVICE_NAME wins). */
+function defaultServiceName(entry: string | undefined): string {
+  const name = basename(entry ?? 'dealix').replace(/\.(ts|js|mjs)$/, '');
+  if (name === 'server') return 'dealix-api';
+  if (name.includes('worker')) return 'dealix-worker';
+  return `dealix-${name}`;
 }

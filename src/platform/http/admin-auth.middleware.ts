@@ -1,0 +1,123 @@
+import { createHash, timingSafeEqual } from 'node:crypto';
+import type { NextFunction, Request, Response } from 'express';
+import type { Logger } from 'pino';
+import { AppError, ForbiddenError } from '../errors/app-error.ts';
+import type { TokenVerifier } from '../tenancy/jwt.ts';
+import { tagMiddleware } from '../tenancy/auth.middleware.ts';
+import { sendProblem } from './problem.middleware.ts';
+
+export const ADMIN_ROLE = 'admin';
+export const ADMIN_COOKIE = 'dealix_admin_token';
+const BEARER = /^Bearer\s+([A-Za-z0-9\-_=]+\.[A-Za-z0-9\-_=]*\.[A-Za-z0-9\-_=+/]*)\s*$/i;
+const JWT = /^[A-Za-z0-9\-_=]+\.[A-Za-z0-9\-_=]*\.[A-Za-z0-9\-_=+/]*$/;
+/** The cookie never outlives the token, and never a working day. */
+const MAX_COOKIE_SECONDS = 8 * 3600;
+
+export interface AdminAuthOptions {
+  verifier: TokenVerifier;
+  logger: Logger;
+  /** Operator credentials for HTTP Basic (OPERATOR_USER / OPERATOR_PASSWORD); Basic is refused when unset. */
+  operator?: { user: string; password: string } | undefined;
+  /** The mount path, for the cookie's Path and the redirect after the token exchange. */
+  basePath: string;
+}
+
+/**
+ * Guards the operator dashboard. Accepted, in order: a bearer JWT with role `admin` (Authorization
+ * header, for tools); the same JWT from the HttpOnly cookie set by a one-time `?token=<jwt>` visit (for
+ * browsers: the token is moved out of the URL at once by a 303 redirect); or HTTP Basic with the operator
+ * credentials from the environment. The role is checked on every request, so an expired token or a
+ * revoked role stops working. The dashboard spans tenants: only platform operators hold `admin`.
+ */
+export function adminAuth(opts: AdminAuthOptions) {
+  return tagMiddleware(async function adminAuthMiddleware(req: Request, res: Response, next: NextFunction) {
+    try {
+      const queryToken = typeof req.query.token === 'string' ? req.query.token : undefined;
+      if (queryToken !== undefined) {
+        const { exp } = await verifyAdmin(opts, req, queryToken);
+        const maxAge = Math.max(0, Math.min(MAX_COOKIE_SECONDS, (exp ?? 0) - Math.floor(Date.now() / 1000)));
+        const secure = req.secure ? '; Secure' : '';
+        res.setHeader('Set-Cookie', `${ADMIN_COOKIE}=${queryToken}; Path=${opts.basePath}; HttpOnly; SameSite=Strict; Max-Age=${maxAge}${secure}`);
+        res.setHeader('Cache-Control', 'no-store');
+        res.redirect(303, withoutToken(req.originalUrl));
+        return;
+      }
+      const header = req.get('authorization');
+      const bearer = header ? BEARER.exec(header)?.[1] : undefined;
+      if (bearer) {
+        await verifyAdmin(opts, req, bearer);
+        return next();
+      }
+      if (header && /^Basic\s+/i.test(header)) {
+        if (!opts.operator || !basicMatches(header, opts.operator)) {
+          opts.logger.warn({ security_event: 'operator_login_failed', path: req.path, ip: req.ip }, 'rejected operator credentials');
+          throw unauthorized(opts, 'The operator credentials are not valid.');
+        }
+        return next();
+      }
+      const cookie = readCookie(req.get('cookie'), ADMIN_COOKIE);
+      if (cookie && JWT.test(cookie)) {
+        await verifyAdmin(opts, req, cookie);
+        return next();
+      }
+      throw unauthorized(opts, 'Sign in with an admin bearer token, ?token=<jwt> once, or the operator credentials.');
+    } catch (e) {
+      // Answer here: the dashboard is mounted before the API's error handler would see it.
+      sendProblem(res, e, opts.logger);
+    }
+  }, 'admin-auth');
+}
+
+async function verifyAdmin(opts: AdminAuthOptions, req: Request, token: string): Promise<{ exp?: number }> {
+  let principal;
+  try {
+    principal = await opts.verifier.verify(token);
+  } catch (e) {
+    opts.logger.warn({ security_event: 'token_rejected', reason: (e as Error).message, path: req.path, ip: req.ip }, 'rejected admin token');
+    throw unauthorized(opts, (e as AppError).detail ?? 'The token is not valid.');
+  }
+  if (!principal.roles.includes(ADMIN_ROLE)) {
+    opts.logger.warn({ security_event: 'admin_forbidden', sub: principal.sub, path: req.path, ip: req.ip }, 'token without the admin role');
+    throw new ForbiddenError(`The dashboard needs the role: ${ADMIN_ROLE}.`);
+  }
+  return { exp: expiryOf(token) };
+}
+
+function unauthorized(opts: AdminAuthOptions, detail: string): AppError {
+  const challenge = opts.operator ? 'Bearer, Basic realm="Dealix operator", charset="UTF-8"' : 'Bearer';
+  return new AppError('unauthorized', 'Unauthorized', { status: 401, retryable: false, detail, headers: { 'WWW-Authenticate': challenge } });
+}
+
+function basicMatches(header: string, operator: { user: string; password: string }): boolean {
+  const decoded = Buffer.from(header.replace(/^Basic\s+/i, ''), 'base64').toString('utf8');
+  const i = decoded.indexOf(':');
+  if (i < 0) return false;
+  // Compare digests: constant time, whatever the lengths.
+  const same = (a: string, b: string) => timingSafeEqual(createHash('sha256').update(a).digest(), createHash('sha256').update(b).digest());
+  const userOk = same(decoded.slice(0, i), operator.user);
+  const passwordOk = same(decoded.slice(i + 1), operator.password);
+  return userOk && passwordOk;
+}
+
+function readCookie(header: string | undefined, name: string): string | undefined {
+  for (const part of header?.split(';') ?? []) {
+    const eq = part.indexOf('=');
+    if (eq > 0 && part.slice(0, eq).trim() === name) return decodeURIComponent(part.slice(eq + 1).trim());
+  }
+  return undefined;
+}
+
+function expiryOf(jwt: string): number | undefined {
+  try {
+    const payload = JSON.parse(Buffer.from(jwt.split('.')[1] ?? '', 'base64url').toString('utf8')) as { exp?: unknown };
+    return typeof payload.exp === 'number' ? payload.exp : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+function withoutToken(originalUrl: string): string {
+  const url = new URL(originalUrl, 'http://local');
+  url.searchParams.delete('token');
+  return `${url.pathname}${url.search}`;
+}

@@ -1,0 +1,54 @@
+import type { Express, RequestHandler, Router } from 'express';
+import type { Queue } from 'bullmq';
+import type { Logger } from 'pino';
+import type { Config } from '../config/config.ts';
+import type { TokenVerifier } from '../tenancy/jwt.ts';
+import { adminAuth } from './admin-auth.middleware.ts';
+import { createBullBoard } from '@bull-board/api';
+import { BullMQAdapter } from '@bull-board/api/bullMQAdapter';
+import { ExpressAdapter } from '@bull-board/express';
+
+export const BULL_BOARD_PATH = '/admin/queues';
+const BOARD_QUEUES = 'dealixBullBoardQueues';
+
+/**
+ * Bull Board for operators: every queue it is given (every workflow queue and the maintenance queue),
+ * read-only unless BULL_BOARD_READ_ONLY=false. It has no authentication of its own: mount it behind
+ * adminAuth. `basePath` must equal the mount path or its assets and API calls miss.
+ */
+export function bullBoardRouter(queues: Iterable<Queue>, opts: { readOnly: boolean; basePath?: string }): { router: Router; queueNames: string[] } {
+  const serverAdapter = new ExpressAdapter().setBasePath(opts.basePath ?? BULL_BOARD_PATH);
+  const list = [...queues];
+  createBullBoard({
+    queues: list.map((q) => new BullMQAdapter(q, { readOnlyMode: opts.readOnly, allowRetries: !opts.readOnly })),
+    serverAdapter,
+    options: { uiConfig: { boardTitle: 'Dealix queues', hideDocsLink: true } },
+  });
+  return { router: serverAdapter.getRouter() as Router, queueNames: list.map((q) => q.name) };
+}
+
+/**
+ * The dashboard as mounted by the app: `app.use(path, ...handlers)` puts the tagged admin-auth guard
+ * in front of Bull Board (two layers, so the readiness matrix sees the guard).
+ */
+export function operatorDashboard(deps: {
+  queues: Iterable<Queue>;
+  verifier: TokenVerifier;
+  logger: Logger;
+  config: Pick<Config, 'BULL_BOARD_READ_ONLY' | 'OPERATOR_USER' | 'OPERATOR_PASSWORD'>;
+}): { path: string; handlers: [RequestHandler, Router]; queueNames: string[] } {
+  const { router, queueNames } = bullBoardRouter(deps.queues, { readOnly: deps.config.BULL_BOARD_READ_ONLY, basePath: BULL_BOARD_PATH });
+  const { OPERATOR_USER: user, OPERATOR_PASSWORD: password } = deps.config;
+  const guard = adminAuth({ verifier: deps.verifier, logger: deps.logger, operator: user && password ? { user, password } : undefined, basePath: BULL_BOARD_PATH });
+  return { path: BULL_BOARD_PATH, handlers: [guard as RequestHandler, router], queueNames };
+}
+
+/** Records which queues the app's dashboard shows (the readiness matrix compares them with the workflows). */
+export function setBoardQueues(app: Express, names: string[]): void {
+  app.locals[BOARD_QUEUES] = [...names];
+}
+
+/** The queue names registered in the app's Bull Board ([] when none is mounted). */
+export function boardQueues(app: Express): string[] {
+  return (app.locals[BOARD_QUEUES] as string[] | undefined) ?? [];
+}

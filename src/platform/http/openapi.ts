@@ -1,0 +1,154 @@
+import { OpenAPIRegistry, OpenApiGeneratorV31, type ResponseConfig, type RouteConfig } from '@asteasolutions/zod-to-openapi';
+import { z, type ZodObject, type ZodType } from 'zod';
+import { MUTATING_METHODS, type RouteDef } from './route.ts';
+import { CORRELATION_HEADER } from './correlation.ts';
+import { PROBLEM_CONTENT_TYPE } from './problem.middleware.ts';
+import { PROBLEM_TYPE_BASE } from '../errors/to-problem.ts';
+
+/** RFC 9457 problem details, as every error response is shaped (errors/to-problem.ts). */
+const problemSchema = z
+  .object({
+    type: z.string().describe(`${PROBLEM_TYPE_BASE}<code>`),
+    title: z.string(),
+    status: z.number().int(),
+    code: z.string().describe('Stable machine-readable error code'),
+    detail: z.string().optional(),
+    request_id: z.string().optional().describe('Quote it when reporting a problem'),
+    errors: z.array(z.object({ path: z.string(), message: z.string() })).optional().describe('validation_failed: each bad field'),
+  })
+  .meta({ id: 'Problem' });
+
+const responseHeaders = z.object({
+  [CORRELATION_HEADER]: z.string().describe('The request\'s correlation id: the one sent, or a generated one'),
+  'X-Request-Id': z.string().describe('Unique per request'),
+});
+
+function problem(description: string, codes: string[]): ResponseConfig {
+  return {
+    description: `${description} (code: ${codes.join(', ')})`,
+    headers: responseHeaders,
+    content: { [PROBLEM_CONTENT_TYPE]: { schema: problemSchema } },
+  };
+}
+
+/** The error responses a route can give, from what it declares (auth, roles, params, body, idempotency). */
+function errorResponses(def: RouteDef): Record<number, ResponseConfig> {
+  const mutating = MUTATING_METHODS.has(def.method);
+  const out: Record<number, ResponseConfig> = {};
+  const bad = [def.query || def.params ? 'validation_failed' : '', def.body ? 'malformed_json' : '', mutating && def.idempotency === 'required' ? 'validation_failed (missing Idempotency-Key)' : ''].filter(Boolean);
+  if (bad.length) out[400] = problem('Bad request', [...new Set(bad)]);
+  out[401] = problem('Missing, expired or invalid bearer token', ['unauthorized']);
+  if (def.roles?.length) out[403] = problem(`Needs one of the roles: ${def.roles.join(', ')}`, ['forbidden']);
+  if (def.params) out[404] = problem('Not found for this tenant (or a malformed id)', ['not_found', 'validation_failed']);
+  if (mutating) out[409] = problem('A request with this Idempotency-Key is still being processed', ['idempotency_key_in_use']);
+  if (def.body) {
+    out[413] = problem('The body is larger than the limit', ['payload_too_large']);
+    out[415] = problem('The body must be application/json', ['unsupported_media_type']);
+  }
+  if (def.body || mutating) out[422] = problem('Invalid body, or an Idempotency-Key reused with a different request', ['validation_failed', 'idempotency_key_reused']);
+  if (mutating) out[429] = problem('A tenant limit is exceeded (see Retry-After)', ['rate_limited']);
+  out[500] = problem('Unexpected error', ['internal']);
+  out[503] = problem('A backing service is unavailable (see Retry-After)', ['service_unavailable']);
+  return out;
+}
+
+const toOpenApiPath = (p: string) => p.replace(/:([A-Za-z0-9_]+)/g, '{$1}');
+
+function routeConfig(def: RouteDef, withSchemas: boolean): RouteConfig {
+  const responses: Record<string, ResponseConfig> = {};
+  for (const [code, r] of Object.entries(errorResponses(def))) responses[code] = r;
+  for (const [code, r] of Object.entries(def.responses)) {
+    const status = Number(code);
+    const isError = status >= 400;
+    responses[code] = {
+      description: r.description,
+      headers: responseHeaders,
+      content: isError
+        ? { [PROBLEM_CONTENT_TYPE]: { schema: problemSchema } }
+        : { 'application/json': { schema: withSchemas && r.schema ? r.schema : z.looseObject({}) } },
+    };
+  }
+  const key = z.string().min(1).max(255).describe('Unique per intended operation; a retry with the same key and body replays the first response');
+  const headers = z.object({
+    [CORRELATION_HEADER]: z.string().optional().describe('Your correlation id ([A-Za-z0-9._:-], up to 128); one is generated when absent or invalid'),
+    ...(MUTATING_METHODS.has(def.method) ? { 'Idempotency-Key': def.idempotency === 'required' ? key : key.optional() } : {}),
+  });
+  return {
+    method: def.method,
+    path: toOpenApiPath(def.path),
+    summary: def.summary,
+    tags: def.tags,
+    operationId: `${def.method}${def.path.replace(/[^A-Za-z0-9]+(.)?/g, (_m, c: string | undefined) => (c ? c.toUpperCase() : ''))}`,
+    security: [{ bearerAuth: [] }],
+    request: {
+      headers,
+      ...(withSchemas && def.params ? { params: def.params as unknown as ZodObject } : {}),
+      ...(withSchemas && def.query ? { query: def.query as unknown as ZodObject } : {}),
+      ...(def.body ? { body: { required: true, content: { 'application/json': { schema: withSchemas ? def.body : z.looseObject({}) } } } } : {}),
+    },
+    responses,
+  };
+}
+
+const healthSchema = z.object({ status: z.literal('ok') });
+const readySchema = z.object({ status: z.literal('ready'), checks: z.record(z.string(), z.object({ ok: z.boolean(), detail: z.string().optional() })) });
+
+/** Operational endpoints outside container.routes: public, unauthenticated. */
+function operationalRoutes(): RouteConfig[] {
+  const plain = (description: string, schema: ZodType, type = 'application/json'): ResponseConfig => ({ description, content: { [type]: { schema } } });
+  return [
+    { method: 'get', path: '/healthz', summary: 'Liveness: the process is up', tags: ['operations'], responses: { 200: plain('Alive', healthSchema) } },
+    {
+      method: 'get',
+      path: '/readyz',
+      summary: 'Readiness: PostgreSQL and Redis answer and migrations are current',
+      tags: ['operations'],
+      responses: { 200: plain('Ready', readySchema), 503: problem('Not ready; `detail` names each failing check', ['not_ready']) },
+    },
+    { method: 'get', path: '/metrics', summary: 'Prometheus metrics (text exposition format)', tags: ['operations'], responses: { 200: plain('Metrics', z.string(), 'text/plain') } },
+    { method: 'get', path: '/openapi.json', summary: 'This document', tags: ['operations'], responses: { 200: plain('OpenAPI 3.1', z.looseObject({})) } },
+  ];
+}
+
+export interface OpenApiResult {
+  document: Record<string, unknown>;
+  /** Routes whose zod schemas could not be converted (documented without them). Empty when all is well. */
+  problems: string[];
+}
+
+/** The OpenAPI 3.1 document of the API, generated from the route declarations' zod schemas. */
+export function buildOpenApi(routes: RouteDef[], info: { title?: string; version?: string } = {}): OpenApiResult {
+  const problems: string[] = [];
+  const registry = new OpenAPIRegistry();
+  registry.registerComponent('securitySchemes', 'bearerAuth', {
+    type: 'http',
+    scheme: 'bearer',
+    bearerFormat: 'JWT',
+    description: 'A JWT with sub, tenant_id (UUID) and roles; the tenant comes from the token only.',
+  });
+  for (const def of routes) {
+    try {
+      // Generate each route alone first, so one unconvertible schema cannot take the document down.
+      const probe = new OpenAPIRegistry();
+      probe.registerPath(routeConfig(def, true));
+      new OpenApiGeneratorV31(probe.definitions).generateDocument({ openapi: '3.1.0', info: { title: 'probe', version: '0' } });
+      registry.registerPath(routeConfig(def, true));
+    } catch (e) {
+      problems.push(`${def.method.toUpperCase()} ${def.path}: ${(e as Error).message}`);
+      registry.registerPath(routeConfig(def, false));
+    }
+  }
+  for (const r of operationalRoutes()) registry.registerPath(r);
+  const document = new OpenApiGeneratorV31(registry.definitions).generateDocument({
+    openapi: '3.1.0',
+    info: {
+      title: info.title ?? 'Dealix worker platform API',
+      version: info.version ?? '0.1.0',
+      description:
+        'Durable, multi-tenant background work. Every response carries X-Correlation-Id; errors are RFC 9457 problem+json. ' +
+        'POST/PUT/PATCH take an Idempotency-Key.',
+    },
+    tags: [...new Set([...routes.flatMap((r) => r.tags), 'operations'])].map((name) => ({ name })),
+  });
+  return { document: document as unknown as Record<string, unknown>, problems };
+}

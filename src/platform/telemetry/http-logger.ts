@@ -1,0 +1,44 @@
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { Response } from 'express';
+import { pinoHttp, type HttpLogger } from 'pino-http';
+import { redactUrl, type Logger } from './logger.ts';
+
+const PROBES = ['/healthz', '/readyz', '/metrics'];
+/** Probes, scrapes and the dashboard's assets and polling (GETs under /admin/queues/) would drown the request log. */
+const quiet = (req: IncomingMessage) => {
+  const path = (req.url ?? '').split('?')[0]!;
+  return PROBES.includes(path) || (req.method === 'GET' && path.startsWith('/admin/queues/'));
+};
+
+/**
+ * One JSON line per request (pino-http). The completion line is written when the response finishes,
+ * outside the request's async context, so the ids the request learned on its way (correlation, trace,
+ * tenant) are added from res.locals. Authorization, cookies and secret query values are redacted.
+ */
+export function httpLogger(logger: Logger): HttpLogger {
+  const fields = (_req: IncomingMessage, res: ServerResponse, val: object) => {
+    const locals = (res as Response).locals ?? {};
+    const principal = locals.principal as { tenantId?: string } | undefined;
+    return {
+      ...val,
+      ...(locals.correlationId ? { correlation_id: locals.correlationId } : {}),
+      ...(locals.traceId ? { trace_id: locals.traceId, span_id: locals.spanId } : {}),
+      ...(principal?.tenantId ? { tenant_id: principal.tenantId } : {}),
+      ...(locals.runId ? { run_id: locals.runId } : {}),
+    };
+  };
+  return pinoHttp({
+    logger,
+    genReqId: (_req, res) => res.getHeader('X-Request-Id') as string,
+    customLogLevel: (_req, res, err) => (err || res.statusCode >= 500 ? 'error' : res.statusCode >= 400 ? 'warn' : 'info'),
+    autoLogging: { ignore: quiet },
+    customSuccessObject: fields,
+    customErrorObject: (req, res, _err, val) => fields(req, res, val),
+    serializers: {
+      req: (req: { url?: string }) => {
+        if (req.url) req.url = redactUrl(req.url);
+        return req;
+      },
+    },
+  });
+}

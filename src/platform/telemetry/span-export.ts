@@ -1,0 +1,32 @@
+import { diag } from '@opentelemetry/api';
+import { BatchSpanProcessor, ConsoleSpanExporter, SimpleSpanProcessor, type SpanExporter, type SpanProcessor } from '@opentelemetry/sdk-trace';
+import type { TelemetryEnv } from '../config/config.ts';
+
+/**
+ * The export span processors the standard variables ask for (OTEL_TRACES_EXPORTER otlp|console|none,
+ * OTEL_EXPORTER_OTLP_[TRACES_]PROTOCOL http/protobuf|http/json|grpc, OTEL_BSP_*). The SDK builds the same
+ * from the environment only when it is given no processors; we add our own, so we build these too.
+ * Endpoint, headers and timeouts are still read by the exporters themselves (OTEL_EXPORTER_OTLP_*).
+ */
+export async function exportProcessors(env: TelemetryEnv): Promise<SpanProcessor[]> {
+  if (env.tracesExporters.includes('none')) return [];
+  const processors: SpanProcessor[] = [];
+  for (const name of env.tracesExporters) {
+    if (name === 'console') processors.push(new SimpleSpanProcessor({ exporter: new ConsoleSpanExporter() }));
+    else if (name === 'otlp') processors.push(new BatchSpanProcessor({ exporter: await otlpExporter(env.tracesProtocol), ...env.batch }));
+    else diag.warn(`unsupported OTEL_TRACES_EXPORTER "${name}" (otlp, console, none)`);
+  }
+  return processors;
+}
+
+async function otlpExporter(protocol: string): Promise<SpanExporter> {
+  switch (protocol) {
+    case 'http/json':
+      return new (await import('@opentelemetry/exporter-trace-otlp-http')).OTLPTraceExporter();
+    case 'grpc':
+      return new (await import('@opentelemetry/exporter-trace-otlp-grpc')).OTLPTraceExporter();
+    default:
+      if (protocol !== 'http/protobuf') diag.warn(`unsupported OTLP protocol "${protocol}"; using http/protobuf`);
+      return new (await import('@opentelemetry/exporter-trace-otlp-proto')).OTLPTraceExporter();
+  }
+}

@@ -1,0 +1,125 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { randomUUID } from 'node:crypto';
+import { existsSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { chromium, type BrowserContext } from 'playwright-core';
+import { api, CLASS_A_SUBMISSION, newTenant, SAMPLE_SUBMISSION, startStack, type TestStack } from '../helpers/stack.ts';
+import { waitFor } from '../helpers/poll.ts';
+import { boardQueues } from '../../src/platform/http/admin-board.ts';
+import { ADMIN_COOKIE } from '../../src/platform/http/admin-auth.middleware.ts';
+
+/**
+ * The operator dashboard in a real browser: headless Chromium (Debian's package) driven by
+ * playwright-core against the real API and a real worker.
+ */
+const ROOT = fileURLToPath(new URL('../..', import.meta.url));
+const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
+const OPERATOR = { user: 'operator', password: 'operator-password-1' };
+let stack: TestStack;
+let browser: BrowserContext;
+let profile: string;
+let adminToken: string;
+const tenant = newTenant();
+const runIds: string[] = [];
+
+beforeAll(async () => {
+  stack = await startStack({ env: { OPERATOR_USER: OPERATOR.user, OPERATOR_PASSWORD: OPERATOR.password } });
+  await stack.spawnWorker();
+  adminToken = await stack.token({ tenantId: tenant, sub: 'operator-1', roles: ['admin'] });
+  const submitter = await stack.token({ tenantId: tenant, sub: 'submitter-1' });
+  for (const body of [CLASS_A_SUBMISSION, SAMPLE_SUBMISSION]) {
+    const res = await api(stack, 'POST', '/api/v1/golden-path/run', { token: submitter, body, headers: { 'Idempotency-Key': randomUUID() } });
+    runIds.push(res.json.run_id);
+  }
+  await waitFor(async () => {
+    const states = await Promise.all(runIds.map(async (id) => (await api(stack, 'GET', `/api/v1/golden-path/runs/${id}`, { token: submitter })).json?.status));
+    return states[0] === 'completed' && states[1] === 'waiting';
+  }, { timeoutMs: 60_000, what: 'one completed and one waiting run' });
+  profile = mkdtempSync(join(tmpdir(), 'dealix-chromium-'));
+  // A fresh profile per run (playwright passes it as --user-data-dir).
+  browser = await chromium.launchPersistentContext(profile, {
+    executablePath: CHROMIUM,
+    headless: true,
+    viewport: { width: 1440, height: 900 },
+    args: [
+      '--headless',
+      '--no-sandbox',
+      '--disable-gpu',
+      '--disable-quic',
+      '--no-first-run',
+      '--disable-background-networking',
+      '--disable-component-update',
+      '--disable-sync',
+    ],
+  });
+}, 120_000);
+
+afterAll(async () => {
+  await browser?.close();
+  if (profile) rmSync(profile, { recursive: true, force: true });
+  await stack?.stop();
+});
+
+describe('Bull Board at /admin/queues', () => {
+  it('refuses requests without admin credentials: 401 without any, 403 without the admin role', async () => {
+    await browser.clearCookies();
+    const page = await browser.newPage();
+    const res = await page.goto(`${stack.baseUrl}/admin/queues`);
+    expect(res?.status()).toBe(401);
+    await page.close();
+    for (const path of ['/admin/queues', '/admin/queues/api/queues']) {
+      const none = await api(stack, 'GET', path);
+      expect(none.status).toBe(401);
+      expect(none.headers.get('content-type')).toContain('application/problem+json');
+      expect(none.headers.get('www-authenticate')).toContain('Basic realm=');
+    }
+    const user = await stack.token({ tenantId: tenant, sub: 'submitter-1' });
+    expect((await api(stack, 'GET', '/admin/queues', { token: user })).status).toBe(403);
+    expect((await api(stack, 'GET', `/admin/queues?token=${user}`)).status).toBe(403);
+    expect((await api(stack, 'GET', '/admin/queues', { headers: { authorization: 'Bearer not.a.jwt' } })).status).toBe(401);
+    const basic = (user: string, password: string) => ({ authorization: `Basic ${Buffer.from(`${user}:${password}`).toString('base64')}` });
+    expect((await api(stack, 'GET', '/admin/queues', { headers: basic(OPERATOR.user, 'wrong-password-1') })).status).toBe(401);
+    expect((await api(stack, 'GET', '/admin/queues', { headers: basic(OPERATOR.user, OPERATOR.password) })).status).toBe(200);
+    expect((await api(stack, 'GET', '/admin/queues', { token: adminToken })).status).toBe(200);
+  });
+
+  it('registers every workflow queue and the maintenance queue, read-only by default', async () => {
+    const expected = [...new Set([...stack.container.workflows.map((w) => w.queue), 'maintenance'])].sort();
+    const res = await api(stack, 'GET', '/admin/queues/api/queues', { token: adminToken });
+    expect(res.status).toBe(200);
+    const queues = res.json.queues as Array<{ name: string; readOnlyMode: boolean }>;
+    expect(queues.map((q) => q.name).sort()).toEqual(expected);
+    expect(queues.every((q) => q.readOnlyMode)).toBe(true);
+    // Read-only: an operator can look, not pause, retry or clean.
+    expect((await api(stack, 'PUT', '/admin/queues/api/queues/golden-path/pause', { token: adminToken })).status).toBe(405);
+    expect(await stack.container.queues.get('golden-path')!.isPaused()).toBe(false);
+  });
+
+  it('a browser signs in once with ?token=, sees the golden-path queue and its jobs, and saves a screenshot', async () => {
+    const context = browser;
+    await context.clearCookies();
+    const page = await context.newPage();
+    await page.goto(`${stack.baseUrl}/admin/queues?token=${adminToken}`);
+    // The token left the URL at once; an HttpOnly, SameSite=Strict cookie carries it from now on.
+    expect(new URL(page.url()).search).toBe('');
+    const cookie = (await context.cookies()).find((c) => c.name === ADMIN_COOKIE);
+    expect(cookie).toMatchObject({ httpOnly: true, sameSite: 'Strict', path: '/admin/queues' });
+    await page.getByText('golden-path', { exact: false }).first().waitFor({ timeout: 30_000 });
+
+    await page.goto(`${stack.baseUrl}/admin/queues/queue/golden-path?status=completed`);
+    await page.getByText('partner-dossier').first().waitFor({ timeout: 30_000 });
+    await page.getByText('evidence-pack').first().waitFor({ timeout: 30_000 });
+    for (const dir of ['artifacts', 'docs/images']) mkdirSync(join(ROOT, dir), { recursive: true });
+    await page.screenshot({ path: join(ROOT, 'artifacts/bull-board.png'), fullPage: false });
+    await page.screenshot({ path: join(ROOT, 'docs/images/bull-board.png'), fullPage: false });
+    expect(existsSync(join(ROOT, 'docs/images/bull-board.png'))).toBe(true);
+    await page.close();
+  });
+
+  it('records its queues for the readiness matrix', async () => {
+    const { createApp } = await import('../../src/app.ts');
+    expect(boardQueues(createApp(stack.container)).sort()).toEqual([...stack.container.queues.keys()].sort());
+  });
+});

@@ -1,0 +1,195 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { randomUUID } from 'node:crypto';
+import type { Job } from 'bullmq';
+import { api, CLASS_A_SUBMISSION, newTenant, SAMPLE_SUBMISSION, startStack, type TestStack, type WorkerHandle } from '../helpers/stack.ts';
+import { waitFor } from '../helpers/poll.ts';
+import { jsonLines, spawnApi, TELEMETRY_REGISTER, type ApiProcess } from '../helpers/api-process.ts';
+import { startOtlpReceiver, type OtlpReceiver, type ReceivedSpan } from '../helpers/otlp-receiver.ts';
+import { ATTR } from '../../src/platform/telemetry/attributes.ts';
+
+/**
+ * One submission is one trace: the real API and worker processes, started with the OTel bootstrap
+ * (--import register.ts) and exporting OTLP/HTTP JSON to a receiver in this test.
+ */
+const SERVER = 2;
+let receiver: OtlpReceiver;
+let stack: TestStack;
+let apiProc: ApiProcess;
+let worker: WorkerHandle;
+let http: TestStack;
+const tenant = newTenant();
+let submitter: string;
+let approver: string;
+let stepNames: string[];
+
+const otelEnv = (receiverUrl: string, extra: Record<string, string> = {}) => ({
+  OTEL_SDK_DISABLED: 'false',
+  OTEL_EXPORTER_OTLP_ENDPOINT: receiverUrl,
+  OTEL_EXPORTER_OTLP_PROTOCOL: 'http/json',
+  OTEL_BSP_SCHEDULE_DELAY: '100',
+  OTEL_METRICS_EXPORTER: 'none',
+  ...extra,
+});
+
+const correlated = (id: string) => receiver.spans.filter((s) => s.attributes[ATTR.CORRELATION] === id);
+
+async function submit(body: unknown, correlationId: string) {
+  return api(http, 'POST', '/api/v1/golden-path/run', { token: submitter, body, headers: { 'Idempotency-Key': randomUUID(), 'X-Correlation-Id': correlationId } });
+}
+async function waitStatus(id: string, statuses: string[]) {
+  return waitFor(
+    async () => {
+      const r = (await api(http, 'GET', `/api/v1/golden-path/runs/${id}`, { token: submitter })).json;
+      return statuses.includes(r?.status) ? r : undefined;
+    },
+    { timeoutMs: 60_000, what: `run ${id} to reach ${statuses.join('|')}` },
+  );
+}
+/** Waits until the receiver holds the POST's server span and every step span of the run. */
+async function waitTrace(correlationId: string): Promise<ReceivedSpan[]> {
+  return waitFor(
+    () => {
+      const spans = correlated(correlationId);
+      const steps = new Set(spans.filter((s) => s.name.startsWith('step ')).map((s) => s.name));
+      const server = spans.some((s) => s.kind === SERVER && s.name.startsWith('POST'));
+      return server && stepNames.every((n) => steps.has(`step ${n}`)) ? spans : undefined;
+    },
+    { timeoutMs: 60_000, what: `the spans of ${correlationId}` },
+  );
+}
+
+beforeAll(async () => {
+  receiver = await startOtlpReceiver();
+  stack = await startStack({ api: false, workerExecArgv: ['--import', TELEMETRY_REGISTER], env: otelEnv(receiver.url) });
+  apiProc = await spawnApi(stack.env, ['--import', TELEMETRY_REGISTER]);
+  http = { ...stack, baseUrl: apiProc.baseUrl };
+  worker = await stack.spawnWorker();
+  submitter = await stack.token({ tenantId: tenant, sub: 'submitter-1' });
+  approver = await stack.token({ tenantId: tenant, sub: 'approver-1', roles: ['approver'] });
+  stepNames = stack.container.runtime.workflow('golden-path').steps.map((s) => s.name);
+}, 120_000);
+
+afterAll(async () => {
+  await apiProc?.stop('SIGKILL');
+  await stack?.stop();
+  await receiver?.close();
+});
+
+describe('tracing across the API and worker processes', () => {
+  it('one submission is one trace: the HTTP span and all four step spans, each with the correlation id', async () => {
+    const cid = `trace-a-${randomUUID()}`;
+    const res = await submit(CLASS_A_SUBMISSION, cid);
+    expect(res.status).toBe(202);
+    expect(res.headers.get('x-correlation-id')).toBe(cid);
+    expect(res.json.correlation_id).toBe(cid);
+    const run = await waitStatus(res.json.run_id, ['completed']);
+    expect(run.correlation_id).toBe(cid);
+    expect(run.trace_id).toMatch(/^[0-9a-f]{32}$/);
+
+    const spans = await waitTrace(cid);
+    expect(new Set(spans.map((s) => s.traceId))).toEqual(new Set([run.trace_id]));
+    const server = spans.find((s) => s.kind === SERVER && s.name.startsWith('POST'))!;
+    expect(server.service).toBe('dealix-api');
+    for (const name of stepNames) {
+      const step = spans.find((s) => s.name === `step ${name}`)!;
+      expect(step.service).toBe('dealix-worker');
+      expect(step.attributes).toMatchObject({ [ATTR.RUN]: run.run_id, [ATTR.TENANT]: tenant, [ATTR.STEP]: name, [ATTR.REPLAYED]: false });
+      expect(step.attributes[ATTR.SEQUENCE]).toBe(stepNames.indexOf(name) + 1);
+      expect(step.attributes[ATTR.ATTEMPT]).toBe(1);
+    }
+    // Enqueue and processing spans of BullMQ, and Postgres client spans, join the same trace.
+    expect(spans.some((s) => s.service === 'dealix-api' && s.name.startsWith('addFlow'))).toBe(true);
+    expect(spans.some((s) => s.service === 'dealix-worker' && s.name.startsWith('process'))).toBe(true);
+    expect(spans.some((s) => s.service === 'dealix-worker' && (s.attributes['db.system.name'] ?? s.attributes['db.system']) === 'postgresql')).toBe(true);
+    // Every span of the run's trace carries the correlation id, not only the ones we open ourselves.
+    const untagged = receiver.spans.filter((s) => s.traceId === run.trace_id && s.attributes[ATTR.CORRELATION] !== cid);
+    expect(untagged.map((s) => `${s.service} ${s.name}`)).toEqual([]);
+  });
+
+  it('a run resumed by an approver stays in its submission\'s trace and keeps its correlation id', async () => {
+    const cid = `trace-b-${randomUUID()}`;
+    const res = await submit(SAMPLE_SUBMISSION, cid);
+    const waiting = await waitStatus(res.json.run_id, ['waiting']);
+    const decisionCid = `decision-${randomUUID()}`;
+    const d = await api(http, 'POST', `/api/v1/approvals/${waiting.steps[2].output.approval_request_id}/decision`, {
+      token: approver,
+      body: { decision: 'approve' },
+      headers: { 'Idempotency-Key': randomUUID(), 'X-Correlation-Id': decisionCid },
+    });
+    expect(d.status).toBe(200);
+    const run = await waitStatus(res.json.run_id, ['completed']);
+    const spans = await waitTrace(cid);
+    expect(new Set(spans.map((s) => s.traceId))).toEqual(new Set([run.trace_id]));
+    // The decision request is its own trace with its own correlation id; the resumed steps are not in it.
+    const decision = await waitFor(() => correlated(decisionCid).find((s) => s.kind === SERVER), { what: 'the decision span' });
+    expect(decision.traceId).not.toBe(run.trace_id);
+    expect(correlated(decisionCid).filter((s) => s.name.startsWith('step '))).toEqual([]);
+  });
+
+  it('the correlation id round-trips: echoed or generated on every response (errors too), on the run and in the job data', async () => {
+    const invalid = await api(http, 'GET', '/api/v1/golden-path/runs', { token: submitter, headers: { 'X-Correlation-Id': 'not valid!' } });
+    expect(invalid.status).toBe(200);
+    expect(invalid.headers.get('x-correlation-id')).toMatch(/^[0-9a-f-]{36}$/);
+    const errors = [
+      await api(http, 'GET', '/api/v1/golden-path/runs', { headers: { 'X-Correlation-Id': 'err-401' } }),
+      await api(http, 'GET', '/no/such/route', { headers: { 'X-Correlation-Id': 'err-404' } }),
+      await api(http, 'POST', '/api/v1/golden-path/run', { token: submitter, rawBody: '{', headers: { 'content-type': 'application/json', 'X-Correlation-Id': 'err-400', 'Idempotency-Key': randomUUID() } }),
+    ];
+    expect(errors.map((r) => [r.status, r.headers.get('x-correlation-id'), r.headers.get('content-type')?.split(';')[0]])).toEqual([
+      [401, 'err-401', 'application/problem+json'],
+      [404, 'err-404', 'application/problem+json'],
+      [400, 'err-400', 'application/problem+json'],
+    ]);
+
+    const cid = `trace-job-${randomUUID()}`;
+    const res = await submit(CLASS_A_SUBMISSION, cid);
+    const run = await waitStatus(res.json.run_id, ['completed']);
+    const { rows } = await stack.db.owner('select correlation_id, trace_id from durable_runs where id = $1', [run.run_id]);
+    expect(rows[0]).toEqual({ correlation_id: cid, trace_id: run.trace_id });
+    const jobs = (await stack.container.queues.get('golden-path')!.getJobs(['completed'])) as Job[];
+    const mine = jobs.filter((j) => j.data.run_id === run.run_id);
+    expect(mine.map((j) => j.data._correlation_id)).toEqual(stepNames.map(() => cid));
+  });
+
+  it('logs carry trace and correlation ids in the API and the worker, and never a bearer token', async () => {
+    const cid = `trace-log-${randomUUID()}`;
+    const res = await submit(CLASS_A_SUBMISSION, cid);
+    const run = await waitStatus(res.json.run_id, ['completed']);
+    const request = await waitFor(() => apiProc.lines().find((l) => l.correlation_id === cid && l.req?.method === 'POST'), { what: 'the request log line' });
+    expect(request).toMatchObject({ trace_id: run.trace_id, tenant_id: tenant });
+    expect(request.span_id).toMatch(/^[0-9a-f]{16}$/);
+    expect(request.req.headers.authorization).toBe('[redacted]');
+    const steps = await waitFor(() => {
+      const l = jsonLines(worker.output()).filter((x) => x.correlation_id === cid && x.msg === 'step checkpointed');
+      return l.length === stepNames.length ? l : undefined;
+    }, { what: 'the step log lines' });
+    for (const l of steps) expect(l).toMatchObject({ trace_id: run.trace_id, run_id: run.run_id, tenant_id: tenant });
+    expect(apiProc.output()).not.toContain(submitter);
+    expect(worker.output()).not.toContain(submitter);
+  });
+
+  it('shutdown flushes buffered spans', async () => {
+    worker.kill('SIGTERM');
+    await worker.exited;
+    // A batch delay and size that never trigger: only the shutdown flush can deliver these spans.
+    const buffered = await stack.spawnWorker(otelEnv(receiver.url, { OTEL_BSP_SCHEDULE_DELAY: '600000', OTEL_BSP_MAX_EXPORT_BATCH_SIZE: '100000', OTEL_BSP_MAX_QUEUE_SIZE: '100000' }));
+    const cid = `trace-flush-${randomUUID()}`;
+    const res = await submit(CLASS_A_SUBMISSION, cid);
+    await waitStatus(res.json.run_id, ['completed']);
+    expect(correlated(cid).filter((s) => s.service === 'dealix-worker')).toEqual([]);
+    buffered.kill('SIGTERM');
+    expect(await buffered.exited).toBe(0);
+    await waitTrace(cid);
+  });
+
+  it('with the collector down, requests and jobs behave as before', async () => {
+    await receiver.close();
+    await stack.spawnWorker();
+    const cid = `trace-down-${randomUUID()}`;
+    const res = await submit(CLASS_A_SUBMISSION, cid);
+    expect(res.status).toBe(202);
+    const run = await waitStatus(res.json.run_id, ['completed']);
+    expect(run.steps.map((s: { status: string }) => s.status)).toEqual(stepNames.map(() => 'completed'));
+    expect(apiProc.proc.exitCode).toBeNull();
+  });
+});

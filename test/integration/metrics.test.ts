@@ -1,0 +1,56 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { randomUUID } from 'node:crypto';
+import { api, CLASS_A_SUBMISSION, newTenant, SAMPLE_SUBMISSION, startStack, type TestStack, type WorkerHandle } from '../helpers/stack.ts';
+import { waitFor } from '../helpers/poll.ts';
+import { jsonLines } from '../helpers/api-process.ts';
+
+let stack: TestStack;
+let worker: WorkerHandle;
+const tenant = newTenant();
+let token: string;
+
+/** The value of one Prometheus sample, e.g. sample(text, 'dealix_runs{status="completed"}'). */
+function sample(text: string, series: string): number | undefined {
+  const line = text.split('\n').find((l) => l.startsWith(`${series} `));
+  return line === undefined ? undefined : Number(line.slice(series.length + 1));
+}
+
+beforeAll(async () => {
+  stack = await startStack();
+  worker = await stack.spawnWorker({ WORKER_METRICS_PORT: '0' });
+  token = await stack.token({ tenantId: tenant, sub: 'submitter-1' });
+});
+afterAll(async () => stack?.stop());
+
+describe('Prometheus metrics', () => {
+  it('/metrics shows queue depth by state, runs by status, idempotency replays and conflicts; workers show step durations', async () => {
+    const key = randomUUID();
+    const post = (body: unknown) => api(stack, 'POST', '/api/v1/golden-path/run', { token, body, headers: { 'Idempotency-Key': key } });
+    const first = await post(CLASS_A_SUBMISSION);
+    expect(first.status).toBe(202);
+    expect((await post(CLASS_A_SUBMISSION)).headers.get('idempotent-replayed')).toBe('true');
+    expect((await post(SAMPLE_SUBMISSION)).status).toBe(422);
+    await waitFor(async () => (await api(stack, 'GET', `/api/v1/golden-path/runs/${first.json.run_id}`, { token })).json?.status === 'completed', {
+      timeoutMs: 60_000,
+      what: 'the run to complete',
+    });
+
+    const res = await api(stack, 'GET', '/metrics');
+    expect(res.status).toBe(200);
+    expect(res.headers.get('content-type')).toContain('text/plain');
+    expect(sample(res.text, 'dealix_queue_jobs{queue="golden-path",state="completed"}')).toBe(4);
+    expect(sample(res.text, 'dealix_queue_jobs{queue="golden-path",state="failed"}')).toBe(0);
+    expect(sample(res.text, 'dealix_queue_jobs{queue="maintenance",state="delayed"}')).toBeGreaterThanOrEqual(0);
+    expect(sample(res.text, 'dealix_runs{status="completed"}')).toBe(1);
+    expect(sample(res.text, 'dealix_idempotency_replays_total')).toBe(1);
+    expect(sample(res.text, 'dealix_idempotency_conflicts_total{reason="mismatch"}')).toBe(1);
+    expect(res.text).toContain('# TYPE dealix_step_duration_seconds histogram');
+
+    const line = await waitFor(() => jsonLines(worker.output()).find((l) => l.msg === 'worker metrics listening'), { what: 'the worker metrics port' });
+    const text = await (await fetch(`http://127.0.0.1:${line.metrics_port}/metrics`)).text();
+    for (const step of stack.container.runtime.workflow('golden-path').steps) {
+      expect(sample(text, `dealix_step_duration_seconds_count{step="${step.name}",replayed="false"}`)).toBe(1);
+      expect(sample(text, `dealix_step_duration_seconds_bucket{le="+Inf",step="${step.name}",replayed="false"}`)).toBe(1);
+    }
+  });
+});

@@ -1,0 +1,52 @@
+import { describe, expect, it } from 'vitest';
+import { Writable } from 'node:stream';
+import { createLogger, redactUrl } from '../../src/platform/telemetry/logger.ts';
+import { requestContext } from '../../src/platform/tenancy/request-context.ts';
+
+function capture() {
+  const lines: string[] = [];
+  const destination = new Writable({
+    write(chunk, _enc, cb) {
+      lines.push(...String(chunk).split('\n').filter(Boolean));
+      cb();
+    },
+  });
+  return { lines, logger: createLogger({ level: 'info', name: 'test', destination }) };
+}
+
+describe('logger', () => {
+  it('redacts authorization headers, cookies, tokens and passwords', () => {
+    const { lines, logger } = capture();
+    logger.info({
+      req: { headers: { authorization: 'Bearer eyJhbGciOi.secret.sig', cookie: 'dealix_admin_token=eyJ.x.y', host: 'api' } },
+      res: { headers: { 'set-cookie': 'dealix_admin_token=eyJ.x.y' } },
+      token: 't0ken',
+      body: { password: 'hunter2-hunter2', token: 'nested' },
+    }, 'request');
+    const line = lines[0]!;
+    for (const secret of ['eyJhbGciOi', 'eyJ.x.y', 't0ken', 'hunter2', 'nested']) expect(line).not.toContain(secret);
+    const parsed = JSON.parse(line);
+    expect(parsed.req.headers).toEqual({ authorization: '[redacted]', cookie: '[redacted]', host: 'api' });
+    expect(parsed.body).toEqual({ password: '[redacted]', token: '[redacted]' });
+  });
+
+  it('redacts secret query values in URLs', () => {
+    expect(redactUrl('/admin/queues?token=eyJ.a.b&x=1')).toBe('/admin/queues?token=[redacted]&x=1');
+    expect(redactUrl('/x?a=1&access_token=abc')).toBe('/x?a=1&access_token=[redacted]');
+    expect(redactUrl('/x?tokens=keep')).toBe('/x?tokens=keep');
+  });
+
+  it('adds correlation, tenant and run ids inside a request or job context, without repeating bound fields', () => {
+    const { lines, logger } = capture();
+    requestContext.run({ requestId: 'r1', correlationId: 'c-1', runId: 'run-1', principal: { sub: 's', tenantId: 'tenant-1', roles: [] } }, () => {
+      logger.info('inside');
+      logger.child({ correlation_id: 'c-1', step: 'x' }).info('child');
+    });
+    logger.info('outside');
+    const [inside, child, outside] = lines;
+    expect(JSON.parse(inside!)).toMatchObject({ correlation_id: 'c-1', tenant_id: 'tenant-1', run_id: 'run-1' });
+    expect(child!.match(/"correlation_id"/g)).toHaveLength(1);
+    expect(JSON.parse(child!)).toMatchObject({ correlation_id: 'c-1', tenant_id: 'tenant-1', run_id: 'run-1', step: 'x' });
+    expect(JSON.parse(outside!)).not.toHaveProperty('correlation_id');
+  });
+});
