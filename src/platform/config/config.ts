@@ -133,6 +133,8 @@ export function parseConfig(env: Record<string, string | undefined>): Config {
   if (config.JWT_ALGORITHMS.length === 0) {
     config.JWT_ALGORITHMS = config.JWT_JWKS_URL ? ['RS256', 'ES256'] : ['HS256'];
   }
+  // Lists too: a pushed 'none' into JWT_ALGORITHMS must be impossible, not merely unlikely.
+  for (const v of Object.values(config)) if (Array.isArray(v)) Object.freeze(v);
   return Object.freeze(config);
 }
 

@@ -1,0 +1,103 @@
+/**
+ * The catalog queries behind catalog.ts. All read pg_catalog only (readable by any role), take
+ * `$1` = schema unless noted, and return plain rows; the checks live in catalog.ts.
+ */
+const columnsOf = (rel: string, keys: string, limit = '') => `array(
+  select coalesce(a.attname::text, '(expression)')
+    from unnest(${keys}::int2[]) with ordinality k(attnum, ord)
+    left join pg_attribute a on a.attrelid = ${rel} and a.attnum = k.attnum and k.attnum <> 0
+   ${limit ? `where k.ord <= ${limit}` : ''}
+   order by k.ord)`;
+
+export const CATALOG_SQL = {
+  tables: `
+    select c.relname as table, c.relrowsecurity as rls_enabled, c.relforcerowsecurity as rls_forced,
+           exists (select 1 from pg_attribute a
+                    where a.attrelid = c.oid and a.attname = 'tenant_id' and a.attnum > 0 and not a.attisdropped) as has_tenant_id
+      from pg_class c join pg_namespace n on n.oid = c.relnamespace
+     where n.nspname = $1 and c.relkind in ('r', 'p')`,
+
+  policies: `
+    select tablename as table, policyname as name, permissive, roles::text[] as roles, cmd, qual, with_check
+      from pg_policies where schemaname = $1 order by tablename, policyname`,
+
+  /** Key columns only (INCLUDE columns do not take part in uniqueness), expressions as '(expression)'. */
+  indexes: `
+    select c.relname as table, i.relname as index, x.indisunique as unique, x.indisprimary as primary,
+           x.indpred is not null as partial, x.indisvalid as valid, con.conname as constraint,
+           ${columnsOf('x.indrelid', 'x.indkey', 'x.indnkeyatts')} as columns
+      from pg_index x
+      join pg_class c on c.oid = x.indrelid
+      join pg_class i on i.oid = x.indexrelid
+      join pg_namespace n on n.oid = c.relnamespace
+      left join pg_constraint con on con.conindid = x.indexrelid and con.conrelid = x.indrelid and con.contype in ('u', 'p')
+     where n.nspname = $1`,
+
+  foreignKeys: `
+    select con.conname as name, c.relname as table, f.relname as ref_table,
+           ${columnsOf('con.conrelid', 'con.conkey')} as columns,
+           ${columnsOf('con.confrelid', 'con.confkey')} as ref_columns
+      from pg_constraint con
+      join pg_class c on c.oid = con.conrelid
+      join pg_class f on f.oid = con.confrelid
+      join pg_namespace n on n.oid = c.relnamespace
+     where con.contype = 'f' and n.nspname = $1`,
+
+  /** $2 = the application role. Materialized views have no RLS at all, so they never count as invoker. */
+  views: `
+    select c.relname as name,
+           c.relkind = 'v' and coalesce((select lower(option_value) in ('true', 'on', '1', 'yes')
+                                           from pg_options_to_table(c.reloptions) where option_name = 'security_invoker'), false) as security_invoker,
+           has_table_privilege($2, c.oid, 'SELECT') as readable
+      from pg_class c join pg_namespace n on n.oid = c.relnamespace
+     where n.nspname = $1 and c.relkind in ('v', 'm')`,
+
+  /** $2 = the application role. */
+  securityDefiners: `
+    select p.oid::regprocedure::text as name, pg_get_userbyid(p.proowner) as owner
+      from pg_proc p join pg_namespace n on n.oid = p.pronamespace
+     where n.nspname = $1 and p.prosecdef and has_function_privilege($2, p.oid, 'EXECUTE')`,
+
+  /** $1 = role. */
+  role: `select rolname, rolsuper, rolbypassrls, rolcanlogin, rolinherit from pg_roles where rolname = $1`,
+
+  /** $1 = role: relations in any user schema, schemas, and this database. */
+  owned: `
+    select case c.relkind when 'v' then 'view' when 'm' then 'materialized view' when 'S' then 'sequence'
+                          when 'f' then 'foreign table' else 'table' end as kind,
+           n.nspname || '.' || c.relname as name
+      from pg_class c join pg_namespace n on n.oid = c.relnamespace
+     where c.relowner = (select oid from pg_roles where rolname = $1)
+       and c.relkind in ('r', 'p', 'v', 'm', 'S', 'f')
+       and n.nspname not in ('pg_catalog', 'information_schema') and n.nspname !~ '^pg_(toast|temp|toast_temp)'
+    union all
+    select 'schema', nspname from pg_namespace
+     where nspowner = (select oid from pg_roles where rolname = $1) and nspname !~ '^pg_(toast|temp|toast_temp)'
+    union all
+    select 'database', datname from pg_database
+     where datname = current_database() and datdba = (select oid from pg_roles where rolname = $1)`,
+
+  /** $2 = role, $3 = comma-separated privileges. Column grants count too (has_any_column_privilege). */
+  privileges: `
+    select c.relname as table, p.privilege
+      from pg_class c join pg_namespace n on n.oid = c.relnamespace
+      cross join unnest(string_to_array($3, ',')) as p(privilege)
+     where n.nspname = $1 and c.relkind in ('r', 'p', 'v', 'm', 'f')
+       and case when p.privilege in ('TRUNCATE', 'TRIGGER') then has_table_privilege($2, c.oid, p.privilege)
+                else has_any_column_privilege($2, c.oid, p.privilege) end
+     order by 1, 2`,
+
+  /** $2 = role. */
+  create: `
+    select 'schema ' || $1::text as target where has_schema_privilege($2, $1, 'CREATE')
+    union all
+    select 'database ' || current_database() where has_database_privilege($2, current_database(), 'CREATE')`,
+
+  /** $1 = role: every role it is a member of, directly or not (each reachable with SET ROLE). */
+  memberOf: `
+    with recursive r(oid) as (
+      select m.roleid from pg_auth_members m join pg_roles me on me.oid = m.member where me.rolname = $1
+      union
+      select m.roleid from pg_auth_members m join r on m.member = r.oid)
+    select rolname from pg_roles where oid in (select oid from r) order by 1`,
+} as const;

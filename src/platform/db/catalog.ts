@@ -1,0 +1,339 @@
+import type { MikroORM } from './orm.ts';
+import { tenantTables } from './migrate.ts';
+import { SYSTEM_ROLE, TENANT_PREDICATE_SQL, TENANT_SETTING } from './tenant-owned.ts';
+import { CATALOG_SQL } from './catalog.queries.ts';
+
+/**
+ * A read-only inspection of the live database against the tenancy invariants (ADR 0001): every
+ * tenant-owned table has RLS enabled and forced, one isolation policy for ALL commands whose USING
+ * and WITH CHECK both read `app.tenant_id`, no other policy that widens what the application sees,
+ * `tenant_id` indexed and part of every unique key; the application role is no superuser, has no
+ * BYPASSRLS, owns nothing and holds no privilege that RLS does not govern (TRUNCATE, REFERENCES,
+ * TRIGGER). Used by the RLS suite and by the release readiness matrix; it only runs SELECTs.
+ */
+
+export type CatalogQuery = (sql: string, params: readonly unknown[]) => Promise<Record<string, any>[]>;
+
+export type CatalogCheck =
+  | 'table-present'
+  | 'rls-enabled'
+  | 'rls-forced'
+  | 'tenant-policy'
+  | 'policy-canonical'
+  | 'extra-policy'
+  | 'tenant-unique'
+  | 'tenant-index'
+  | 'tenant-foreign-key'
+  | 'view-security-invoker'
+  | 'role-exists'
+  | 'role-superuser'
+  | 'role-bypassrls'
+  | 'role-login'
+  | 'role-owns'
+  | 'role-privilege'
+  | 'role-create'
+  | 'security-definer';
+
+export interface CatalogFinding {
+  check: CatalogCheck;
+  /** `error` breaks an invariant; `warning` is a weakness worth a look (the readiness matrix shows both). */
+  severity: 'error' | 'warning';
+  /** The table or role concerned, e.g. `table durable_runs` or `role dealix_app`. */
+  subject: string;
+  reason: string;
+}
+
+export interface PolicyInfo {
+  name: string;
+  permissive: boolean;
+  roles: string[];
+  command: 'ALL' | 'SELECT' | 'INSERT' | 'UPDATE' | 'DELETE';
+  using: string | null;
+  check: string | null;
+}
+
+export interface UniqueKeyInfo {
+  name: string;
+  columns: string[];
+  primary: boolean;
+  includesTenant: boolean;
+}
+
+export interface TableReport {
+  table: string;
+  /** Declared tenant-owned by the ORM metadata (isTenantOwned). */
+  declared: boolean;
+  exists: boolean;
+  hasTenantColumn: boolean;
+  rlsEnabled: boolean;
+  rlsForced: boolean;
+  policies: PolicyInfo[];
+  /** Name of the policy that isolates tenants for ALL commands with both clauses, if any. */
+  isolationPolicy: string | undefined;
+  uniqueKeys: UniqueKeyInfo[];
+  tenantIndexed: boolean;
+}
+
+export interface RoleReport {
+  role: string;
+  exists: boolean;
+  superuser: boolean;
+  bypassRls: boolean;
+  canLogin: boolean;
+  inherit: boolean;
+  /** Relations (and schemas, the database) this role owns. */
+  owns: string[];
+  /** `<table>: <PRIVILEGE>` for each TRUNCATE, REFERENCES or TRIGGER privilege held (and INSERT, UPDATE for the system role). */
+  unsafePrivileges: string[];
+  /** Where the role may create objects it would then own: `schema public`, `database <name>`. */
+  canCreateIn: string[];
+  /** Roles this role can become with SET ROLE (PostgreSQL 15: every role it is a member of). */
+  memberOf: string[];
+}
+
+export interface CatalogReport {
+  schema: string;
+  tables: TableReport[];
+  roles: RoleReport[];
+  findings: CatalogFinding[];
+  /** The findings of severity `error`; empty when every invariant holds. */
+  failures: CatalogFinding[];
+  ok: boolean;
+}
+
+export interface CatalogOptions {
+  /** Tenant-owned tables declared by the ORM (see `tenantTables`); every table with a tenant_id column is added. */
+  declaredTables: string[];
+  /** The role API and workers log in as (DATABASE_URL). */
+  appRole: string;
+  /** The NOLOGIN maintenance role; it may hold SELECT/DELETE-only policies of its own (ADR 0001). */
+  systemRole?: string;
+  schema?: string;
+}
+
+const UNSAFE_PRIVILEGES = ['TRUNCATE', 'REFERENCES', 'TRIGGER'];
+/** The system role reads and deletes (sweeper, key expiry); it never writes rows. */
+const UNSAFE_SYSTEM_PRIVILEGES = [...UNSAFE_PRIVILEGES, 'INSERT', 'UPDATE'];
+const SYSTEM_COMMANDS = new Set(['SELECT', 'DELETE']);
+
+/** Inspects the database behind `query` and reports every broken invariant, naming the table or role. */
+export async function inspectCatalog(query: CatalogQuery, opts: CatalogOptions): Promise<CatalogReport> {
+  const schema = opts.schema ?? 'public';
+  const systemRole = opts.systemRole ?? SYSTEM_ROLE;
+  const findings: CatalogFinding[] = [];
+  const tables = await inspectTables(query, schema, opts.declaredTables);
+  const scope = new Set(tables.filter((t) => t.exists && t.hasTenantColumn).map((t) => t.table));
+  for (const t of tables) findings.push(...checkTable(t, opts.appRole, systemRole));
+  findings.push(...(await checkForeignKeys(query, schema, scope)));
+  const roles: RoleReport[] = [];
+  for (const [role, kind] of [[opts.appRole, 'app'], [systemRole, 'system']] as const) {
+    const report = await inspectRole(query, schema, role, kind === 'system' ? UNSAFE_SYSTEM_PRIVILEGES : UNSAFE_PRIVILEGES);
+    roles.push(report);
+    findings.push(...checkRole(report, kind));
+    for (const reachable of report.memberOf) {
+      if (reachable === systemRole && kind === 'app') continue; // checked in its own right
+      const r = await inspectRole(query, schema, reachable, UNSAFE_PRIVILEGES);
+      roles.push(r);
+      findings.push(...checkRole(r, 'reachable', role).map((f) => ({ ...f, reason: `${role} can SET ROLE ${reachable}, which ${f.reason}` })));
+    }
+  }
+  if (roles[0]!.exists) {
+    findings.push(...(await checkViews(query, schema, opts.appRole)));
+    findings.push(...(await checkSecurityDefiners(query, schema, opts.appRole)));
+  }
+  const failures = findings.filter((f) => f.severity === 'error');
+  return { schema, tables, roles, findings, failures, ok: failures.length === 0 };
+}
+
+/** Convenience for the tests and the readiness matrix: declared tables from the ORM, queries through its connection. */
+export async function inspectOrmCatalog(orm: MikroORM, opts: { appRole: string; systemRole?: string }): Promise<CatalogReport> {
+  return inspectCatalog(ormCatalogQuery(orm), { declaredTables: tenantTables(orm), ...opts });
+}
+
+/** Adapts a node-postgres client or pool. */
+export function pgCatalogQuery(client: { query(sql: string, params?: any[]): Promise<{ rows: any[] }> }): CatalogQuery {
+  return async (sql, params) => (await client.query(sql, [...params])).rows;
+}
+
+/** Adapts a MikroORM connection (which binds `?` placeholders, in order). */
+export function ormCatalogQuery(orm: MikroORM): CatalogQuery {
+  return async (sql, params) => {
+    const ordered: unknown[] = [];
+    const text = sql.replace(/\$(\d+)/g, (_, n: string) => {
+      ordered.push(params[Number(n) - 1]);
+      return '?';
+    });
+    return orm.em.getConnection().execute(text, ordered, 'all');
+  };
+}
+
+/** One line per finding, for logs and assertion messages. */
+export function formatFindings(findings: readonly CatalogFinding[]): string {
+  return findings.map((f) => `[${f.severity}] ${f.check} ${f.subject}: ${f.reason}`).join('\n');
+}
+
+async function inspectTables(query: CatalogQuery, schema: string, declared: string[]): Promise<TableReport[]> {
+  // Sequential on purpose: a single pg.Client must not run queries concurrently.
+  const rels = await query(CATALOG_SQL.tables, [schema]);
+  const policies = await query(CATALOG_SQL.policies, [schema]);
+  const indexes = await query(CATALOG_SQL.indexes, [schema]);
+  const declaredSet = new Set(declared);
+  const names = new Set([...declared, ...rels.filter((r) => r.has_tenant_id).map((r) => r.table as string)]);
+  return [...names].sort().map((table) => {
+    const rel = rels.find((r) => r.table === table);
+    const own = indexes.filter((i) => i.table === table);
+    const tablePolicies: PolicyInfo[] = policies
+      .filter((p) => p.table === table)
+      .map((p) => ({ name: p.name, permissive: p.permissive === 'PERMISSIVE', roles: p.roles, command: p.cmd, using: p.qual, check: p.with_check }));
+    return {
+      table,
+      declared: declaredSet.has(table),
+      exists: Boolean(rel),
+      hasTenantColumn: Boolean(rel?.has_tenant_id),
+      rlsEnabled: Boolean(rel?.rls_enabled),
+      rlsForced: Boolean(rel?.rls_forced),
+      policies: tablePolicies,
+      isolationPolicy: (tablePolicies.find((p) => isIsolationPolicy(p) && isTenantScoped(p)) ?? tablePolicies.find(isIsolationPolicy))?.name,
+      uniqueKeys: own
+        .filter((i) => i.unique)
+        .map((i) => ({ name: i.constraint ?? i.index, columns: i.columns, primary: i.primary, includesTenant: i.columns.includes('tenant_id') })),
+      tenantIndexed: own.some((i) => i.columns[0] === 'tenant_id' && !i.partial && i.valid),
+    };
+  });
+}
+
+const refsTenant = (expr: string | null) => Boolean(expr && /\btenant_id\b/.test(expr) && expr.includes(`current_setting('${TENANT_SETTING}'`));
+
+function isIsolationPolicy(p: PolicyInfo): boolean {
+  return p.permissive && p.command === 'ALL' && refsTenant(p.using) && refsTenant(p.check);
+}
+
+/** A further policy that admits exactly the tenant's rows (e.g. a SELECT-only copy) adds nothing to what the tenant sees. */
+function isTenantScoped(p: PolicyInfo): boolean {
+  return (p.using === null || p.using === TENANT_PREDICATE_SQL) && (p.check === null || p.check === TENANT_PREDICATE_SQL) && (p.using ?? p.check) !== null;
+}
+
+/** The maintenance role's own read/delete policies (ADR 0001): named for that role alone, never INSERT or UPDATE. */
+function isSystemPolicy(p: PolicyInfo, systemRole: string): boolean {
+  return p.roles.length === 1 && p.roles[0] === systemRole && SYSTEM_COMMANDS.has(p.command);
+}
+
+function appliesTo(p: PolicyInfo, role: string): boolean {
+  return p.roles.includes('public') || p.roles.includes(role);
+}
+
+function checkTable(t: TableReport, appRole: string, systemRole: string): CatalogFinding[] {
+  const subject = `table ${t.table}`;
+  const out: CatalogFinding[] = [];
+  const fail = (check: CatalogCheck, reason: string, severity: CatalogFinding['severity'] = 'error') => out.push({ check, severity, subject, reason });
+  if (!t.exists) {
+    fail('table-present', `${t.table} is declared tenant-owned by the ORM but does not exist in the database (pending migration?)`);
+    return out;
+  }
+  if (!t.hasTenantColumn) fail('table-present', `${t.table} is declared tenant-owned but has no tenant_id column`);
+  if (!t.rlsEnabled) fail('rls-enabled', `row-level security is not enabled on ${t.table}: every role with privileges sees every tenant's rows`);
+  if (!t.rlsForced) fail('rls-forced', `row-level security is not forced on ${t.table}: its owner (migrations, owner-owned views and functions) bypasses the policies`);
+  if (!t.isolationPolicy) {
+    fail('tenant-policy', `${t.table} has no permissive policy for ALL commands whose USING and WITH CHECK both compare tenant_id with current_setting('${TENANT_SETTING}')${describePolicies(t.policies)}`);
+  } else {
+    const iso = t.policies.find((p) => p.name === t.isolationPolicy)!;
+    if (!appliesTo(iso, appRole)) fail('tenant-policy', `the isolation policy ${iso.name} on ${t.table} does not apply to ${appRole} (roles: ${iso.roles.join(', ')})`);
+    if (iso.using !== TENANT_PREDICATE_SQL || iso.check !== TENANT_PREDICATE_SQL) {
+      fail('policy-canonical', `the isolation policy ${iso.name} on ${t.table} is not the canonical nullif/InitPlan predicate ${TENANT_PREDICATE_SQL}`, 'warning');
+    }
+  }
+  for (const p of t.policies) {
+    if (p.name === t.isolationPolicy || !p.permissive) continue; // restrictive policies can only narrow access
+    if (isTenantScoped(p) || isSystemPolicy(p, systemRole)) continue;
+    fail('extra-policy', `policy ${p.name} on ${t.table} (${p.command} to ${p.roles.join(', ')}, USING ${p.using ?? '-'}, WITH CHECK ${p.check ?? '-'}) widens access beyond the tenant; only SELECT/DELETE policies for ${systemRole} are allowed besides the isolation policy`);
+  }
+  for (const u of t.uniqueKeys) {
+    // A surrogate primary key of random UUIDs reveals nothing; every other unique key must be scoped by tenant.
+    if (!u.primary && !u.includesTenant) fail('tenant-unique', `unique key ${u.name} on ${t.table} (${u.columns.join(', ')}) does not include tenant_id: it tells one tenant which values another has used`);
+  }
+  if (t.hasTenantColumn && !t.tenantIndexed) fail('tenant-index', `tenant_id on ${t.table} is not the leading column of any complete index: every policy check becomes a sequential scan`);
+  return out;
+}
+
+function describePolicies(policies: PolicyInfo[]): string {
+  if (policies.length === 0) return ' (it has no policies at all)';
+  return ` (policies: ${policies.map((p) => `${p.name} ${p.command} USING ${p.using ?? '-'} WITH CHECK ${p.check ?? '-'}`).join('; ')})`;
+}
+
+async function checkForeignKeys(query: CatalogQuery, schema: string, scope: Set<string>): Promise<CatalogFinding[]> {
+  const fks = await query(CATALOG_SQL.foreignKeys, [schema]);
+  const out: CatalogFinding[] = [];
+  for (const fk of fks) {
+    if (!scope.has(fk.table) || !scope.has(fk.ref_table)) continue;
+    const i = (fk.columns as string[]).indexOf('tenant_id');
+    if (i >= 0 && fk.ref_columns[i] === 'tenant_id') continue;
+    out.push({
+      check: 'tenant-foreign-key',
+      severity: 'warning',
+      subject: `table ${fk.table}`,
+      reason: `foreign key ${fk.name} on ${fk.table} (${fk.columns.join(', ')}) references ${fk.ref_table} (${fk.ref_columns.join(', ')}) without tenant_id: referential checks bypass RLS, so a row can point at another tenant's row and probe its existence`,
+    });
+  }
+  return out;
+}
+
+async function checkViews(query: CatalogQuery, schema: string, appRole: string): Promise<CatalogFinding[]> {
+  const views = await query(CATALOG_SQL.views, [schema, appRole]);
+  return views
+    .filter((v) => !v.security_invoker && v.readable)
+    .map((v) => ({
+      check: 'view-security-invoker' as const,
+      severity: 'error' as const,
+      subject: `view ${v.name}`,
+      reason: `view ${v.name} is readable by ${appRole} and runs with its owner's rights (no security_invoker): it can bypass row-level security`,
+    }));
+}
+
+async function checkSecurityDefiners(query: CatalogQuery, schema: string, appRole: string): Promise<CatalogFinding[]> {
+  const fns = await query(CATALOG_SQL.securityDefiners, [schema, appRole]);
+  return fns.map((f) => ({
+    check: 'security-definer' as const,
+    severity: 'warning' as const,
+    subject: `function ${f.name}`,
+    reason: `${appRole} may execute SECURITY DEFINER function ${f.name}, which runs as ${f.owner}: review it for cross-tenant access`,
+  }));
+}
+
+async function inspectRole(query: CatalogQuery, schema: string, role: string, unsafe: string[]): Promise<RoleReport> {
+  const [attrs] = await query(CATALOG_SQL.role, [role]);
+  if (!attrs) return { role, exists: false, superuser: false, bypassRls: false, canLogin: false, inherit: false, owns: [], unsafePrivileges: [], canCreateIn: [], memberOf: [] };
+  const owned = await query(CATALOG_SQL.owned, [role]);
+  const privileges = await query(CATALOG_SQL.privileges, [schema, role, unsafe.join(',')]);
+  const create = await query(CATALOG_SQL.create, [schema, role]);
+  const members = await query(CATALOG_SQL.memberOf, [role]);
+  return {
+    role,
+    exists: true,
+    superuser: attrs.rolsuper,
+    bypassRls: attrs.rolbypassrls,
+    canLogin: attrs.rolcanlogin,
+    inherit: attrs.rolinherit,
+    owns: owned.map((o) => `${o.kind} ${o.name}`),
+    unsafePrivileges: privileges.map((p) => `${p.table}: ${p.privilege}`),
+    canCreateIn: create.map((c) => c.target as string),
+    memberOf: members.map((m) => m.rolname as string),
+  };
+}
+
+function checkRole(r: RoleReport, kind: 'app' | 'system' | 'reachable', via?: string): CatalogFinding[] {
+  const subject = `role ${via ?? r.role}`;
+  const out: CatalogFinding[] = [];
+  const fail = (check: CatalogCheck, reason: string) => out.push({ check, severity: 'error', subject, reason });
+  if (!r.exists) {
+    fail('role-exists', `role ${r.role} does not exist`);
+    return out;
+  }
+  const who = kind === 'reachable' ? 'is' : `${r.role} is`;
+  if (r.superuser) fail('role-superuser', `${who} a superuser: superusers bypass row-level security even when it is forced`);
+  if (r.bypassRls) fail('role-bypassrls', `${who} BYPASSRLS: it ignores every policy`);
+  if (kind === 'system' && r.canLogin) fail('role-login', `${r.role} can log in; it must be NOLOGIN and reached only by SET LOCAL ROLE`);
+  if (r.owns.length) fail('role-owns', `${kind === 'reachable' ? 'owns' : `${r.role} owns`} ${r.owns.join(', ')}: owners may alter or disable the policies`);
+  if (r.canCreateIn.length) fail('role-create', `${kind === 'reachable' ? 'may' : `${r.role} may`} create objects (and so own them) in ${r.canCreateIn.join(', ')}`);
+  if (r.unsafePrivileges.length) fail('role-privilege', `${kind === 'reachable' ? 'holds' : `${r.role} holds`} privileges row-level security does not govern: ${r.unsafePrivileges.join('; ')}`);
+  return out;
+}

@@ -1,0 +1,94 @@
+import { describe, expect, it } from 'vitest';
+import { spawnSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { ConfigError, parseConfig } from '../../src/platform/config/config.ts';
+
+const SECRET = 'a-development-secret-of-32-chars!';
+
+function configError(env: Record<string, string | undefined>): ConfigError {
+  try {
+    parseConfig(env);
+  } catch (e) {
+    expect(e).toBeInstanceOf(ConfigError);
+    return e as ConfigError;
+  }
+  throw new Error('parseConfig accepted the environment');
+}
+
+describe('configuration', () => {
+  it('works with nothing but a JWT secret: the defaults point at the local services', () => {
+    const c = parseConfig({ JWT_SECRET: SECRET });
+    expect(c).toMatchObject({
+      NODE_ENV: 'development',
+      PORT: 3000,
+      DATABASE_URL: 'postgres://dealix_app:dealix_app@127.0.0.1:5432/dealix',
+      MIGRATION_DATABASE_URL: 'postgres://dealix_owner:dealix_owner@127.0.0.1:5432/dealix',
+      REDIS_URL: 'redis://127.0.0.1:6379',
+      QUEUE_PREFIX: 'dealix',
+      JWT_ALGORITHMS: ['HS256'],
+      IDEMPOTENCY_TTL: 24 * 3600 * 1000,
+      DATABASE_STATEMENT_TIMEOUT: 30_000,
+      LOG_LEVEL: 'info',
+      BULL_BOARD_READ_ONLY: true,
+    });
+    expect(c.DATABASE_ADMIN_URL).toBeUndefined();
+  });
+
+  it('parses durations, numbers and lists from strings', () => {
+    const c = parseConfig({ JWT_SECRET: SECRET, PORT: '8080', WORKER_LOCK_DURATION: '750ms', APPROVAL_SLA_B: '2h', JWT_ALGORITHMS: 'HS256, RS256' });
+    expect([c.PORT, c.WORKER_LOCK_DURATION, c.APPROVAL_SLA_B, c.JWT_ALGORITHMS]).toEqual([8080, 750, 7_200_000, ['HS256', 'RS256']]);
+  });
+
+  it('verifies through a JWKS with RS256/ES256 by default when JWT_JWKS_URL is set', () => {
+    expect(parseConfig({ JWT_JWKS_URL: 'https://issuer.example/jwks.json' }).JWT_ALGORITHMS).toEqual(['RS256', 'ES256']);
+  });
+
+  it('treats empty strings as unset', () => {
+    expect(parseConfig({ JWT_SECRET: SECRET, PORT: '', LOG_LEVEL: '' })).toMatchObject({ PORT: 3000, LOG_LEVEL: 'info' });
+  });
+
+  it('names every bad variable at once', () => {
+    const err = configError({
+      JWT_SECRET: 'short',
+      PORT: 'eighty',
+      DATABASE_URL: 'mysql://app@localhost/dealix',
+      QUEUE_PREFIX: 'has:colon',
+      LOG_LEVEL: 'loud',
+      WORKER_LOCK_DURATION: 'soon',
+      JWT_ALGORITHMS: 'none',
+    });
+    const named = err.problems.map((p) => p.split(':')[0]);
+    expect(named).toEqual(expect.arrayContaining(['JWT_SECRET', 'PORT', 'DATABASE_URL', 'QUEUE_PREFIX', 'LOG_LEVEL', 'WORKER_LOCK_DURATION']));
+    expect(named.some((n) => n?.startsWith('JWT_ALGORITHMS'))).toBe(true);
+    for (const v of ['JWT_SECRET', 'PORT', 'DATABASE_URL', 'QUEUE_PREFIX', 'LOG_LEVEL', 'WORKER_LOCK_DURATION', 'JWT_ALGORITHMS']) expect(err.message).toContain(v);
+  });
+
+  it('names the missing key material when neither JWT_SECRET nor JWT_JWKS_URL is set', () => {
+    expect(configError({}).problems).toEqual([expect.stringMatching(/^JWT_SECRET: set JWT_SECRET .* or JWT_JWKS_URL/)]);
+  });
+
+  it('refuses a shared secret in production, and an operator user without a password', () => {
+    expect(configError({ NODE_ENV: 'production', JWT_SECRET: SECRET }).problems[0]).toMatch(/^JWT_JWKS_URL:/);
+    expect(configError({ JWT_SECRET: SECRET, OPERATOR_USER: 'ops' }).problems[0]).toMatch(/^OPERATOR_PASSWORD:/);
+  });
+
+  it('is frozen, lists included', () => {
+    const c = parseConfig({ JWT_SECRET: SECRET });
+    expect(Object.isFrozen(c)).toBe(true);
+    expect(() => ((c as { PORT: number }).PORT = 1)).toThrow(TypeError);
+    expect(Object.isFrozen(c.JWT_ALGORITHMS)).toBe(true);
+    expect(() => (c.JWT_ALGORITHMS as string[]).push('none')).toThrow(TypeError);
+  });
+
+  it('stops start-up with exit code 1 and a message naming the variable (loadConfig)', () => {
+    const root = fileURLToPath(new URL('../..', import.meta.url));
+    const r = spawnSync(process.execPath, ['--input-type=module', '-e', `import { loadConfig } from './src/platform/config/config.ts'; loadConfig(); console.log('started');`], {
+      cwd: root,
+      env: { PATH: process.env.PATH ?? '', JWT_SECRET: SECRET, PORT: 'eighty' },
+      encoding: 'utf8',
+    });
+    expect(r.status).toBe(1);
+    expect(r.stderr).toMatch(/PORT/);
+    expect(r.stdout).not.toMatch(/started/);
+  });
+});
