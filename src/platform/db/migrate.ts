@@ -17,7 +17,10 @@ export async function migrate(config: Config, entities: EntitySchema<any, any>[]
   const orm = await createOrm(config, { entities, role: 'owner', poolMax: 2, ...(clientUrl ? { clientUrl } : {}) });
   try {
     const applied = await orm.migrator.up();
-    await grantRuntimePrivileges(orm.em.getConnection(), describePgUrl(config.DATABASE_URL).user, tenantTables(orm));
+    const conn = orm.em.getConnection();
+    await conn.transactional((trx) =>
+      grantRuntimePrivileges({ execute: (sql) => conn.execute(sql, [], 'run', trx) }, describePgUrl(config.DATABASE_URL).user, tenantTables(orm)),
+    );
     return applied.map((m) => m.name);
   } finally {
     await orm.close(true);

@@ -68,12 +68,19 @@ async function ensureRole(client: pg.Client, name: string, password: string | un
   }
 }
 
-/** Grants the application role exactly the DML it needs, and the system role its narrow columns. Run by the owner. */
+/**
+ * Grants the application role exactly the DML it needs, and the system role its narrow columns. Run by
+ * the owner, in one transaction (see migrate): everything is revoked first, so privileges converge on
+ * this list even when an earlier release granted more (a wider column list, TRUNCATE), and running
+ * sessions never see a moment without their grants.
+ */
 export async function grantRuntimePrivileges(client: { execute(sql: string): Promise<unknown> }, appRole: string, tenantTables: string[]): Promise<void> {
+  const everyone = `PUBLIC, ${ident(appRole)}, ${ident(SYSTEM_ROLE)}`;
   for (const table of tenantTables) {
-    await client.execute(`REVOKE ALL ON TABLE ${ident(table)} FROM PUBLIC`);
+    await client.execute(`REVOKE ALL ON TABLE ${ident(table)} FROM ${everyone}`);
     await client.execute(`GRANT SELECT, INSERT, UPDATE, DELETE ON TABLE ${ident(table)} TO ${ident(appRole)}`);
   }
+  await client.execute(`REVOKE ALL ON TABLE mikro_orm_migrations FROM ${everyone}`);
   await client.execute(`GRANT SELECT ON TABLE mikro_orm_migrations TO ${ident(appRole)}`);
   await client.execute(`GRANT SELECT (id, tenant_id, workflow, status, sequence_num, step_count, updated_at) ON TABLE durable_runs TO ${ident(SYSTEM_ROLE)}`);
   await client.execute(`GRANT SELECT (id, tenant_id, expires_at), DELETE ON TABLE idempotency_keys TO ${ident(SYSTEM_ROLE)}`);

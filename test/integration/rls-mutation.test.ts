@@ -1,0 +1,221 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { randomBytes, randomUUID } from 'node:crypto';
+import pg from 'pg';
+import { formatFindings, inspectCatalog, pgCatalogQuery, type CatalogReport } from '../../src/platform/db/catalog.ts';
+import { createOrm, type MikroORM } from '../../src/platform/db/orm.ts';
+import { migrate, tenantTables } from '../../src/platform/db/migrate.ts';
+import { parseConfig } from '../../src/platform/config/config.ts';
+import { entities } from '../../src/entities.ts';
+import { createTestDatabase, type TestDatabase } from '../helpers/db.ts';
+import { TEST_ADMIN_URL, TEST_APP, TEST_JWT_SECRET, pgUrl } from '../helpers/env.ts';
+
+/**
+ * Proves the RLS suite bites: each case breaks one invariant in a throwaway database (as the
+ * superuser) and the catalog inspection must fail, naming the table or role. Cluster-wide changes
+ * go to a temporary clone of the application role, never to dealix_app itself.
+ */
+
+let declared: string[];
+const databases: TestDatabase[] = [];
+const tempRoles: string[] = [];
+
+beforeAll(async () => {
+  // Metadata only: the ORM never connects here.
+  const orm: MikroORM = await createOrm(parseConfig({ JWT_SECRET: TEST_JWT_SECRET }), { entities });
+  declared = tenantTables(orm);
+  await orm.close(true);
+  expect(declared).toContain('durable_runs');
+});
+
+afterAll(async () => {
+  for (const db of databases) await db.drop();
+  // Roles are cluster-wide: drop the clones once the databases holding their grants are gone.
+  const c = new pg.Client({ connectionString: TEST_ADMIN_URL });
+  await c.connect();
+  for (const role of tempRoles) await c.query(`DROP ROLE IF EXISTS ${role}`);
+  await c.end();
+});
+
+async function freshDatabase(): Promise<TestDatabase> {
+  const db = await createTestDatabase();
+  databases.push(db);
+  return db;
+}
+
+async function inspect(db: TestDatabase, appRole = TEST_APP.user): Promise<CatalogReport> {
+  const client = new pg.Client({ connectionString: db.appUrl });
+  await client.connect();
+  try {
+    return await inspectCatalog(pgCatalogQuery(client), { declaredTables: declared, appRole });
+  } finally {
+    await client.end();
+  }
+}
+
+function failuresOf(report: CatalogReport, check: string) {
+  return report.failures.filter((f) => f.check === check);
+}
+
+describe('the catalog check fails when tenancy is broken', () => {
+  it('passes on an untouched database (the baseline the mutations break)', async () => {
+    const report = await inspect(await freshDatabase());
+    expect(report.failures, formatFindings(report.failures)).toEqual([]);
+    expect(report.ok).toBe(true);
+  });
+
+  it('names the table whose isolation policy was dropped', async () => {
+    const db = await freshDatabase();
+    await db.admin('DROP POLICY partner_dossiers_tenant_isolation ON partner_dossiers');
+    const report = await inspect(db);
+    expect(report.ok).toBe(false);
+    expect(failuresOf(report, 'tenant-policy').map((f) => f.subject)).toEqual(['table partner_dossiers']);
+    expect(failuresOf(report, 'tenant-policy')[0]!.reason).toMatch(/partner_dossiers has no permissive policy/);
+  });
+
+  it('names the table whose FORCE ROW LEVEL SECURITY was removed', async () => {
+    const db = await freshDatabase();
+    await db.admin('ALTER TABLE durable_runs NO FORCE ROW LEVEL SECURITY');
+    const report = await inspect(db);
+    expect(report.failures.map((f) => `${f.check} ${f.subject}`)).toEqual(['rls-forced table durable_runs']);
+  });
+
+  it('names the table whose row-level security was disabled', async () => {
+    const db = await freshDatabase();
+    await db.admin('ALTER TABLE evidence_packs DISABLE ROW LEVEL SECURITY');
+    const report = await inspect(db);
+    expect(failuresOf(report, 'rls-enabled').map((f) => f.subject)).toEqual(['table evidence_packs']);
+  });
+
+  it('names a policy that lacks WITH CHECK, and one that widens reads to everyone', async () => {
+    const db = await freshDatabase();
+    await db.admin(`DROP POLICY economics_models_tenant_isolation ON economics_models;
+      CREATE POLICY economics_models_tenant_isolation ON economics_models
+        USING (tenant_id = (SELECT nullif(current_setting('app.tenant_id', true), '')::uuid))`);
+    await db.admin('CREATE POLICY approval_requests_peek ON approval_requests FOR SELECT USING (true)');
+    const report = await inspect(db);
+    expect(failuresOf(report, 'tenant-policy').map((f) => f.subject)).toEqual(['table economics_models']);
+    expect(failuresOf(report, 'extra-policy').map((f) => f.subject)).toEqual(['table approval_requests']);
+    expect(failuresOf(report, 'extra-policy')[0]!.reason).toMatch(/approval_requests_peek/);
+  });
+
+  it('names a system-role policy that writes, while SELECT/DELETE-only system policies pass', async () => {
+    const db = await freshDatabase();
+    await db.admin('CREATE POLICY durable_runs_system_write ON durable_runs FOR UPDATE TO dealix_system USING (true)');
+    const report = await inspect(db);
+    expect(report.failures.map((f) => `${f.check} ${f.subject}`)).toEqual(['extra-policy table durable_runs']);
+    expect(report.failures[0]!.reason).toMatch(/durable_runs_system_write/);
+  });
+
+  it('names a unique key without tenant_id, and a table whose tenant_id is not indexed', async () => {
+    const db = await freshDatabase();
+    await db.admin('ALTER TABLE evidence_packs ADD CONSTRAINT evidence_packs_sha_unique UNIQUE (sha256)');
+    await db.admin('DROP INDEX approval_decisions_tenant_id_index; ALTER TABLE approval_decisions DROP CONSTRAINT approval_decisions_tenant_request_approver_unique');
+    const report = await inspect(db);
+    expect(failuresOf(report, 'tenant-unique').map((f) => f.subject)).toEqual(['table evidence_packs']);
+    expect(failuresOf(report, 'tenant-unique')[0]!.reason).toMatch(/evidence_packs_sha_unique/);
+    expect(failuresOf(report, 'tenant-index').map((f) => f.subject)).toEqual(['table approval_decisions']);
+  });
+
+  it('names a table added by hand with tenant_id but no row-level security, though the ORM does not know it', async () => {
+    const db = await freshDatabase();
+    await db.admin('CREATE TABLE shadow_notes (id uuid primary key, tenant_id uuid not null, body text)');
+    const report = await inspect(db);
+    const shadow = report.failures.filter((f) => f.subject === 'table shadow_notes').map((f) => f.check);
+    expect(shadow).toEqual(expect.arrayContaining(['rls-enabled', 'rls-forced', 'tenant-policy', 'tenant-index']));
+    expect(report.tables.find((t) => t.table === 'shadow_notes')?.declared).toBe(false);
+  });
+
+  it('names a view the application can read that runs with its owner\'s rights, and which indeed leaks rows', async () => {
+    const db = await freshDatabase();
+    await db.admin(`INSERT INTO partner_dossiers (id, tenant_id, run_id, partner_name, country, completeness_score, content, created_at)
+      VALUES (gen_random_uuid(), gen_random_uuid(), gen_random_uuid(), 'Acme', 'SA', 1, '{}', now())`);
+    await db.admin(`CREATE VIEW all_partners AS SELECT tenant_id, partner_name FROM partner_dossiers; GRANT SELECT ON all_partners TO ${TEST_APP.user}`);
+    const app = new pg.Client({ connectionString: db.appUrl });
+    await app.connect();
+    const leaked = (await app.query('SELECT count(*)::int AS n FROM all_partners')).rows[0].n;
+    await app.end();
+    expect(leaked).toBe(1); // no tenant context, yet a row: the view runs as its (superuser) owner
+    const report = await inspect(db);
+    expect(report.failures.map((f) => `${f.check} ${f.subject}`)).toEqual(['view-security-invoker view all_partners']);
+  });
+
+  it('names an application role that can truncate, owns a table, or can SET ROLE to the owner', async () => {
+    const db = await freshDatabase();
+    const clone = await cloneAppRole(db);
+    await db.admin(`GRANT TRUNCATE ON partner_dossiers TO ${clone}`);
+    await db.admin(`CREATE TABLE clone_owned (id int); ALTER TABLE clone_owned OWNER TO ${clone}`);
+    await db.admin(`GRANT dealix_owner TO ${clone}`);
+    const report = await inspect(db, clone);
+    const subjects = report.failures.filter((f) => f.subject === `role ${clone}`);
+    expect(subjects.map((f) => f.check)).toEqual(expect.arrayContaining(['role-privilege', 'role-owns']));
+    expect(subjects.find((f) => f.check === 'role-privilege')!.reason).toMatch(/partner_dossiers: TRUNCATE/);
+    expect(subjects.find((f) => f.reason.startsWith(`${clone} can SET ROLE dealix_owner`) && f.check === 'role-owns')).toBeDefined();
+  });
+
+  it('names an application role with BYPASSRLS, which indeed reads every tenant without a context', async () => {
+    const db = await freshDatabase();
+    const clone = await cloneAppRole(db);
+    const tenant = randomUUID();
+    await db.admin(
+      `INSERT INTO evidence_packs (id, tenant_id, run_id, content, sha256, created_at) VALUES ($1, $2, $3, '{}', 'x', now())`,
+      [randomUUID(), tenant, randomUUID()],
+    );
+    const count = async () => {
+      const c = new pg.Client({ connectionString: pgUrl({ user: clone, password: clone }, db.name) });
+      await c.connect();
+      try {
+        return (await c.query('SELECT count(*)::int AS n FROM evidence_packs')).rows[0].n as number;
+      } finally {
+        await c.end();
+      }
+    };
+    expect(await count()).toBe(0); // the clone behaves like the app role: no context, no rows
+    expect((await inspect(db, clone)).ok).toBe(true);
+
+    await db.admin(`ALTER ROLE ${clone} BYPASSRLS`);
+    expect(await count()).toBe(1);
+    const report = await inspect(db, clone);
+    expect(report.failures.map((f) => `${f.check} ${f.subject}`)).toEqual([`role-bypassrls role ${clone}`]);
+    expect(report.failures[0]!.reason).toBe(`${clone} is BYPASSRLS: it ignores every policy`);
+  });
+
+  it('names a superuser application role', async () => {
+    const db = await freshDatabase();
+    const clone = await cloneAppRole(db);
+    await db.admin(`ALTER ROLE ${clone} SUPERUSER`);
+    const report = await inspect(db, clone);
+    expect(report.failures.map((f) => `${f.check} ${f.subject}`)).toContain(`role-superuser role ${clone}`);
+  });
+});
+
+describe('db:migrate converges privileges', () => {
+  it('revokes what an earlier release granted beyond the list: TRUNCATE for the app, wider columns for the system role', async () => {
+    const db = await freshDatabase();
+    await db.admin(`GRANT TRUNCATE, TRIGGER ON durable_runs TO ${TEST_APP.user}; GRANT SELECT (input), UPDATE (status) ON durable_runs TO dealix_system`);
+    const broken = await inspect(db);
+    expect(broken.failures.map((f) => `${f.check} ${f.subject}`).sort()).toEqual([`role-privilege role ${TEST_APP.user}`, 'role-privilege role dealix_system']);
+
+    const config = parseConfig({ JWT_SECRET: TEST_JWT_SECRET, DATABASE_URL: db.appUrl, MIGRATION_DATABASE_URL: db.ownerUrl });
+    expect(await migrate(config, entities)).toEqual([]); // nothing pending: only the grants are re-applied
+    const repaired = await inspect(db);
+    expect(repaired.failures, formatFindings(repaired.failures)).toEqual([]);
+    const input = await db.admin(`SELECT has_column_privilege('dealix_system', 'durable_runs', 'input', 'SELECT') AS input,
+                                          has_column_privilege('dealix_system', 'durable_runs', 'status', 'SELECT') AS status`);
+    expect(input.rows[0]).toEqual({ input: false, status: true });
+  });
+});
+
+/** A login role with exactly the application role's table privileges, for cluster-wide mutations. */
+async function cloneAppRole(db: TestDatabase): Promise<string> {
+  const name = `dealix_app_clone_${randomBytes(4).toString('hex')}`;
+  tempRoles.push(name);
+  await db.admin(`CREATE ROLE ${name} LOGIN NOSUPERUSER NOBYPASSRLS NOINHERIT PASSWORD '${name}'`);
+  await db.admin(`GRANT CONNECT ON DATABASE ${db.name} TO ${name}; GRANT USAGE ON SCHEMA public TO ${name}`);
+  const grants = await db.admin(
+    `SELECT table_name, string_agg(privilege_type, ', ') AS privs FROM information_schema.role_table_grants
+      WHERE grantee = $1 AND table_schema = 'public' GROUP BY table_name`,
+    [TEST_APP.user],
+  );
+  for (const g of grants.rows) await db.admin(`GRANT ${g.privs} ON ${g.table_name} TO ${name}`);
+  return name;
+}
