@@ -1,0 +1,174 @@
+import { randomBytes, randomInt, randomUUID } from 'node:crypto';
+import type pg from 'pg';
+import type { EntityMetadata } from '@mikro-orm/core';
+
+/**
+ * Builds a valid row for any tenant-owned table from the live schema: every NOT NULL column without a
+ * default gets a value of its type (enum columns one of the entity's `items`), and foreign keys point at
+ * a parent row of the same tenant, seeded on demand. So the RLS suite needs no per-table fixture and
+ * covers tables added later. Rows are seeded as the superuser (seeding only; isolation is always
+ * asserted as the application role).
+ */
+
+export type Row = Record<string, unknown>;
+
+interface ColumnSpec {
+  name: string;
+  udt: string;
+  maxLength: number | null;
+  required: boolean;
+}
+
+interface ForeignKeySpec {
+  columns: string[];
+  refTable: string;
+  refColumns: string[];
+}
+
+export interface TableSpec {
+  table: string;
+  meta: EntityMetadata;
+  /** The primary key column. */
+  pk: string;
+  columns: ColumnSpec[];
+  foreignKeys: ForeignKeySpec[];
+}
+
+const COLUMNS_SQL = `
+  select a.attname as name, t.typname as udt,
+         case when t.typname in ('varchar', 'bpchar') and a.atttypmod > 4 then a.atttypmod - 4 end as max_length,
+         a.attnotnull and not a.atthasdef and a.attidentity = '' as required
+    from pg_attribute a
+    join pg_class c on c.oid = a.attrelid
+    join pg_namespace n on n.oid = c.relnamespace
+    join pg_type t on t.oid = a.atttypid
+   where n.nspname = 'public' and c.relname = $1 and a.attnum > 0 and not a.attisdropped and a.attgenerated = ''
+   order by a.attnum`;
+
+const FOREIGN_KEYS_SQL = `
+  select f.relname as ref_table,
+         array(select a.attname::text from unnest(con.conkey) with ordinality k(n, o)
+                 join pg_attribute a on a.attrelid = con.conrelid and a.attnum = k.n order by k.o) as columns,
+         array(select a.attname::text from unnest(con.confkey) with ordinality k(n, o)
+                 join pg_attribute a on a.attrelid = con.confrelid and a.attnum = k.n order by k.o) as ref_columns
+    from pg_constraint con join pg_class c on c.oid = con.conrelid join pg_class f on f.oid = con.confrelid
+   where con.contype = 'f' and c.relname = $1`;
+
+export class TenantRows {
+  readonly specs = new Map<string, TableSpec>();
+  private readonly admin: pg.Client;
+  /** One parent row per (table, tenant), created on first use. */
+  private readonly parents = new Map<string, Promise<Row>>();
+
+  constructor(admin: pg.Client) {
+    this.admin = admin;
+  }
+
+  /** Reads the schema of each entity's table (and, through foreign keys, of the tables they reference). */
+  async load(metas: EntityMetadata[]): Promise<this> {
+    for (const meta of metas) {
+      const columns = (await this.admin.query(COLUMNS_SQL, [meta.tableName])).rows.map((r) => ({ name: r.name, udt: r.udt, maxLength: r.max_length, required: r.required }));
+      if (columns.length === 0) throw new Error(`table ${meta.tableName} of entity ${meta.className} does not exist`);
+      const foreignKeys = (await this.admin.query(FOREIGN_KEYS_SQL, [meta.tableName])).rows.map((r) => ({ columns: r.columns, refTable: r.ref_table, refColumns: r.ref_columns }));
+      const pk = meta.getPrimaryProps()[0]!.fieldNames[0]!;
+      this.specs.set(meta.tableName, { table: meta.tableName, meta, pk, columns, foreignKeys });
+    }
+    return this;
+  }
+
+  spec(table: string): TableSpec {
+    const s = this.specs.get(table);
+    if (!s) throw new Error(`no entity metadata loaded for table ${table}`);
+    return s;
+  }
+
+  /** A fresh row for `tenant` (not inserted); parents it references are seeded for the same tenant. */
+  async build(table: string, tenant: string): Promise<Row> {
+    const spec = this.spec(table);
+    const row: Row = {};
+    for (const fk of spec.foreignKeys) {
+      const needed = fk.columns.some((c) => spec.columns.find((col) => col.name === c)?.required);
+      if (!needed) continue;
+      const parent = await this.parent(fk.refTable, tenant);
+      fk.columns.forEach((c, i) => (row[c] = parent[fk.refColumns[i]!]));
+    }
+    for (const col of spec.columns) {
+      if (col.name in row || !(col.required || col.name === 'tenant_id')) continue;
+      row[col.name] = col.name === 'tenant_id' ? tenant : valueFor(spec, col);
+    }
+    return row;
+  }
+
+  /** Builds and inserts a row as the superuser. */
+  async seed(table: string, tenant: string): Promise<Row> {
+    const row = await this.build(table, tenant);
+    const { text, values } = insertSql(table, row);
+    await this.admin.query(text, values);
+    return row;
+  }
+
+  /** The row keyed by the entity's property names, for `em.insert`. */
+  toEntityData(table: string, row: Row): Record<string, unknown> {
+    const { meta } = this.spec(table);
+    const byColumn = new Map(meta.props.filter((p) => p.fieldNames?.length).map((p) => [p.fieldNames[0]!, p.name as string]));
+    return Object.fromEntries(
+      Object.entries(row).map(([col, v]) => {
+        const prop = byColumn.get(col);
+        if (!prop) throw new Error(`column ${table}.${col} has no property in entity ${meta.className}`);
+        return [prop, v];
+      }),
+    );
+  }
+
+  private parent(table: string, tenant: string): Promise<Row> {
+    const key = `${table}:${tenant}`;
+    let p = this.parents.get(key);
+    if (!p) {
+      p = this.seed(table, tenant);
+      this.parents.set(key, p);
+    }
+    return p;
+  }
+}
+
+export function insertSql(table: string, row: Row): { text: string; values: unknown[] } {
+  const cols = Object.keys(row);
+  return {
+    text: `insert into "${table}" (${cols.map((c) => `"${c}"`).join(', ')}) values (${cols.map((_, i) => `$${i + 1}`).join(', ')})`,
+    values: Object.values(row),
+  };
+}
+
+function valueFor(spec: TableSpec, col: ColumnSpec): unknown {
+  const items = spec.meta.props.find((p) => p.fieldNames?.[0] === col.name)?.items;
+  if (items?.length) return items[0];
+  switch (col.udt) {
+    case 'uuid':
+      return randomUUID();
+    case 'text':
+    case 'varchar':
+    case 'bpchar':
+      return randomBytes(16).toString('hex').slice(0, col.maxLength ?? 32);
+    case 'int2':
+      return randomInt(1, 32_000);
+    case 'int4':
+    case 'int8':
+      return randomInt(1, 2_000_000_000);
+    case 'float4':
+    case 'float8':
+    case 'numeric':
+      return randomInt(1, 1_000_000) / 100;
+    case 'json':
+    case 'jsonb':
+      return {};
+    case 'timestamptz':
+    case 'timestamp':
+      return new Date();
+    case 'date':
+      return '2026-01-01';
+    case 'bool':
+      return false;
+    default:
+      throw new Error(`cannot build a value for ${spec.table}.${col.name} of type ${col.udt}: teach test/helpers/tenant-rows.ts this type`);
+  }
+}

@@ -1,0 +1,328 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { randomUUID } from 'node:crypto';
+import pg from 'pg';
+import type { EntityMetadata } from '@mikro-orm/core';
+import { startStack } from '../helpers/stack.ts';
+import { TEST_APP } from '../helpers/env.ts';
+import { TenantRows, insertSql, type Row } from '../helpers/tenant-rows.ts';
+import { isTenantOwned, SYSTEM_ROLE } from '../../src/platform/db/tenant-owned.ts';
+import { systemEm, tenantEm } from '../../src/platform/db/tenant-em.ts';
+import { createOrm, type MikroORM } from '../../src/platform/db/orm.ts';
+import { formatFindings, inspectOrmCatalog } from '../../src/platform/db/catalog.ts';
+import { entities } from '../../src/entities.ts';
+
+/**
+ * Row-level security, proven as the application role on every tenant-owned table the ORM knows, so
+ * tables added later are covered without anyone touching this file: select, insert, update and delete
+ * under tenant A, tenant B, no tenant and an empty tenant setting, over plain `pg` and through
+ * tenantEm; the catalog invariants; tenants interleaved on a pool of two connections; and the narrow
+ * system role. Rows are seeded as the superuser; every assertion about isolation runs as dealix_app.
+ */
+
+const stack = await startStack({ api: false });
+const orm = stack.container.orm;
+const metas: EntityMetadata[] = [...orm.getMetadata().getAll().values()]
+  .filter((m) => !m.embeddable && !m.virtual && isTenantOwned(m))
+  .sort((a, b) => a.tableName.localeCompare(b.tableName));
+const tables = metas.map((m) => m.tableName);
+
+const admin = new pg.Client({ connectionString: stack.db.adminUrl });
+let rows: TenantRows;
+
+beforeAll(async () => {
+  await admin.connect();
+  rows = await new TenantRows(admin).load(metas);
+});
+afterAll(async () => {
+  await admin.end();
+  await stack.stop();
+});
+
+type Ctx = 'tenant A' | 'tenant B' | 'no' | 'empty-string';
+const CONTEXTS: Ctx[] = ['tenant A', 'tenant B', 'no', 'empty-string'];
+
+interface Tenants {
+  /** The tenant in context (A or B); undefined without a context. */
+  own: string | undefined;
+  /** Tenants whose rows the context must not reach. */
+  others: [string, ...string[]];
+  /** What `app.tenant_id` is set to (undefined: never set on this connection). */
+  setting: string | undefined;
+}
+
+/** Fresh tenants per test, so every count is exact and unique keys never collide. */
+function tenantsFor(ctx: Ctx): Tenants {
+  const a = randomUUID();
+  const b = randomUUID();
+  if (ctx === 'tenant A') return { own: a, others: [b], setting: a };
+  if (ctx === 'tenant B') return { own: b, others: [a], setting: b };
+  return { own: undefined, others: [a, b], setting: ctx === 'empty-string' ? '' : undefined };
+}
+
+/** One transaction as the application role, the tenant set as tenantEm sets it: set_config(…, true). */
+async function asApp<T>(setting: string | undefined, fn: (c: pg.Client) => Promise<T>): Promise<T> {
+  const c = new pg.Client({ connectionString: stack.db.appUrl });
+  await c.connect();
+  try {
+    await c.query('begin');
+    if (setting !== undefined) await c.query(`select set_config('app.tenant_id', $1, true)`, [setting]);
+    const result = await fn(c);
+    await c.query('commit');
+    return result;
+  } finally {
+    await c.end();
+  }
+}
+
+/** The SQLSTATE a promise fails with (through MikroORM's wrappers too), or 'succeeded'. */
+async function sqlState(p: Promise<unknown>): Promise<string> {
+  try {
+    await p;
+    return 'succeeded';
+  } catch (e) {
+    for (let cur = e as { code?: unknown; cause?: unknown } | undefined; cur; cur = cur.cause as typeof cur) {
+      if (typeof cur.code === 'string' && /^[0-9A-Z]{5}$/.test(cur.code)) return cur.code;
+    }
+    throw e;
+  }
+}
+
+async function adminRows(table: string, ids: unknown[]): Promise<Row[]> {
+  const pk = rows.spec(table).pk;
+  return (await admin.query(`select * from "${table}" where "${pk}" = any($1::uuid[])`, [ids])).rows;
+}
+
+describe.each(tables)('%s over pg as the application role', (table) => {
+  const pk = () => rows.spec(table).pk;
+  /** One seeded row for the tenant in context (if any) and one for each other tenant. */
+  const seedAll = async (t: Tenants) => ({
+    mine: t.own ? await rows.seed(table, t.own) : undefined,
+    theirs: await Promise.all(t.others.map((o) => rows.seed(table, o))),
+  });
+
+  it.each(CONTEXTS)("select under %s context returns only that tenant's rows", async (ctx) => {
+    const t = tenantsFor(ctx);
+    const { mine, theirs } = await seedAll(t);
+    const seen = await asApp(t.setting, async (c) => (await c.query(`select "${pk()}" as id, tenant_id from "${table}"`)).rows);
+    if (mine) expect(seen.map((r) => r.id)).toContain(mine[pk()]);
+    expect(seen.filter((r) => r.tenant_id !== t.own)).toEqual([]);
+    expect(theirs.every((r) => !seen.some((s) => s.id === r[pk()]))).toBe(true);
+    expect(await adminRows(table, theirs.map((r) => r[pk()]))).toHaveLength(theirs.length);
+  });
+
+  it.each(CONTEXTS)("insert under %s context is refused (42501) for any other tenant's row", async (ctx) => {
+    const t = tenantsFor(ctx);
+    const foreign = await rows.build(table, t.others[0]);
+    const q = insertSql(table, foreign);
+    expect(await sqlState(asApp(t.setting, (c) => c.query(q.text, q.values)))).toBe('42501');
+    expect(await adminRows(table, [foreign[pk()]])).toEqual([]);
+    if (t.own) {
+      const mine = await rows.build(table, t.own);
+      const ok = insertSql(table, mine);
+      const readBack = await asApp(t.setting, async (c) => {
+        await c.query(ok.text, ok.values);
+        return (await c.query(`select tenant_id from "${table}" where "${pk()}" = $1`, [mine[pk()]])).rows;
+      });
+      expect(readBack).toEqual([{ tenant_id: t.own }]);
+    }
+  });
+
+  it.each(CONTEXTS)("update under %s context touches no other tenant's row and cannot move a row to another tenant", async (ctx) => {
+    const t = tenantsFor(ctx);
+    const { mine, theirs } = await seedAll(t);
+    const touch = (id: unknown) => asApp(t.setting, (c) => c.query(`update "${table}" set tenant_id = tenant_id where "${pk()}" = $1`, [id]));
+    for (const r of theirs) expect((await touch(r[pk()])).rowCount).toBe(0);
+    expect((await asApp(t.setting, (c) => c.query(`update "${table}" set tenant_id = tenant_id`))).rowCount).toBe(mine ? 1 : 0);
+    if (mine) {
+      expect((await touch(mine[pk()])).rowCount).toBe(1);
+      const move = asApp(t.setting, (c) => c.query(`update "${table}" set tenant_id = $2 where "${pk()}" = $1`, [mine[pk()], t.others[0]]));
+      expect(await sqlState(move)).toBe('42501');
+      expect((await adminRows(table, [mine[pk()]]))[0]!.tenant_id).toBe(t.own);
+    }
+    for (const r of await adminRows(table, theirs.map((x) => x[pk()]))) expect(t.others).toContain(r.tenant_id);
+  });
+
+  it.each(CONTEXTS)("delete under %s context removes no other tenant's row", async (ctx) => {
+    const t = tenantsFor(ctx);
+    const { mine, theirs } = await seedAll(t);
+    for (const r of theirs) {
+      expect((await asApp(t.setting, (c) => c.query(`delete from "${table}" where "${pk()}" = $1`, [r[pk()]]))).rowCount).toBe(0);
+    }
+    expect(await adminRows(table, theirs.map((r) => r[pk()]))).toHaveLength(theirs.length);
+    if (mine) {
+      expect((await asApp(t.setting, (c) => c.query(`delete from "${table}" where "${pk()}" = $1`, [mine[pk()]]))).rowCount).toBe(1);
+      expect(await adminRows(table, [mine[pk()]])).toEqual([]);
+    }
+  });
+});
+
+describe.each(tables)('%s through tenantEm', (table) => {
+  const meta = () => rows.spec(table).meta;
+  const pkProp = () => meta().getPrimaryProps()[0]!.name as string;
+  const data = (row: Row) => rows.toEntityData(table, row);
+
+  it.each(['tenant A', 'tenant B'] as const)('under %s: reads, updates, deletes and inserts only its own rows', async (ctx) => {
+    const t = tenantsFor(ctx);
+    const own = t.own!;
+    const other = t.others[0];
+    const mine = await rows.seed(table, own);
+    const theirs = await rows.seed(table, other);
+    const idOf = (r: Row) => r[rows.spec(table).pk];
+    const em = tenantEm(orm, own);
+    const found = (await em.fork().find(meta().class, {})) as Record<string, unknown>[];
+    expect(found.map((e) => e.tenantId)).toEqual([own]);
+    expect(await em.fork().nativeUpdate(meta().class, { [pkProp()]: idOf(theirs) }, { tenantId: other })).toBe(0);
+    expect(await em.fork().nativeDelete(meta().class, { [pkProp()]: idOf(theirs) })).toBe(0);
+    expect(await sqlState(em.fork().nativeUpdate(meta().class, { [pkProp()]: idOf(mine) }, { tenantId: other }))).toBe('42501');
+    expect(await sqlState(em.fork().insert(meta().class, data(await rows.build(table, other))))).toBe('42501');
+    expect(await em.fork().nativeDelete(meta().class, { [pkProp()]: idOf(mine) })).toBe(1);
+    expect(await sqlState(em.fork().insert(meta().class, data(await rows.build(table, own))))).toBe('succeeded');
+    expect((await adminRows(table, [idOf(theirs)]))[0]!.tenant_id).toBe(other);
+  });
+
+  it('without a tenant: an unbound manager reads nothing and cannot write; tenantEm refuses an empty tenant', async () => {
+    const t = tenantsFor('no');
+    const theirs = await rows.seed(table, t.others[0]);
+    const idOf = (r: Row) => r[rows.spec(table).pk];
+    const bare = orm.em.fork();
+    expect(await bare.find(meta().class, {})).toEqual([]);
+    expect(await bare.nativeUpdate(meta().class, { [pkProp()]: idOf(theirs) }, { tenantId: t.others[1] })).toBe(0);
+    expect(await bare.nativeDelete(meta().class, {})).toBe(0);
+    expect(await sqlState(orm.em.fork().insert(meta().class, data(await rows.build(table, t.others[0]))))).toBe('42501');
+    expect(() => tenantEm(orm, '')).toThrow(TypeError);
+    expect(await adminRows(table, [idOf(theirs)])).toHaveLength(1);
+  });
+});
+
+describe('catalog invariants of the migrated schema', () => {
+  it('every table with tenant_id has RLS forced and a USING + WITH CHECK tenant policy, and the suite covers them all', async () => {
+    const report = await inspectOrmCatalog(orm, { appRole: TEST_APP.user });
+    expect(report.failures, formatFindings(report.failures)).toEqual([]);
+    const withTenantColumn = report.tables.filter((t) => t.hasTenantColumn).map((t) => t.table);
+    expect(withTenantColumn).toEqual(tables);
+    for (const t of report.tables) {
+      expect({ table: t.table, enabled: t.rlsEnabled, forced: t.rlsForced, indexed: t.tenantIndexed }).toEqual({ table: t.table, enabled: true, forced: true, indexed: true });
+      const iso = t.policies.find((p) => p.name === t.isolationPolicy);
+      expect(iso?.command, t.table).toBe('ALL');
+      expect(iso?.using, t.table).toMatch(/current_setting\('app\.tenant_id'/);
+      expect(iso?.check, t.table).toMatch(/current_setting\('app\.tenant_id'/);
+    }
+  });
+
+  it('the application role is no superuser, has no BYPASSRLS, owns nothing and cannot truncate', async () => {
+    const report = await inspectOrmCatalog(orm, { appRole: TEST_APP.user });
+    const app = report.roles.find((r) => r.role === TEST_APP.user)!;
+    expect(app).toMatchObject({ exists: true, superuser: false, bypassRls: false, inherit: false, owns: [], unsafePrivileges: [], canCreateIn: [] });
+    // Belt and braces, from the connection the app itself uses:
+    const [me] = await orm.em.fork().execute(`select current_user as role, rolsuper, rolbypassrls from pg_roles where rolname = current_user`);
+    expect(me).toEqual({ role: TEST_APP.user, rolsuper: false, rolbypassrls: false });
+    expect(await sqlState(asApp(undefined, (c) => c.query(`truncate "${tables[0]}"`)))).toBe('42501');
+  });
+});
+
+describe('tenants interleaved on a pool of two connections', () => {
+  let pooled: MikroORM;
+  beforeAll(async () => {
+    pooled = await createOrm(stack.config, { entities, poolMax: 2 });
+  });
+  afterAll(async () => pooled?.close(true));
+
+  it('hundreds of interleaved tenantEm operations never see, or write, another tenant', async () => {
+    const [A, B] = [randomUUID(), randomUUID()];
+    for (const table of tables) for (const tenant of [A, B]) await rows.seed(table, tenant);
+    // Tables whose only unique key is the tenant itself (one row per tenant) take no further inserts.
+    const insertable = tables.filter((t) => !rows.spec(t).meta.uniques.some((u) => [u.properties].flat().join() === 'tenantId'));
+    const pids = new Set<number>();
+    const writes: { table: string; id: unknown; tenant: string; stored: boolean }[] = [];
+    const next = seededRandom(20261124);
+
+    const op = async (i: number) => {
+      const table = tables[i % tables.length]!;
+      const cls = rows.spec(table).meta.class;
+      const who = [A, B, undefined][next(3)];
+      const em = who ? tenantEm(pooled, who) : pooled.em.fork();
+      switch (next(4)) {
+        case 0: {
+          const found = (await em.find(cls, {})) as Record<string, unknown>[];
+          expect(found.every((e) => e.tenantId === who)).toBe(true);
+          if (who) expect(found.length).toBeGreaterThanOrEqual(1);
+          else expect(found).toEqual([]);
+          return;
+        }
+        case 1: {
+          const [s] = await em.execute(`select nullif(current_setting('app.tenant_id', true), '') as tenant, pg_backend_pid() as pid`);
+          pids.add(s!.pid);
+          expect(s!.tenant).toBe(who ?? null);
+          return;
+        }
+        case 2: {
+          // Bound: its own row succeeds and the other tenant's is refused; unbound: everything is refused.
+          const target = insertable[i % insertable.length]!;
+          const owner = who ? (next(2) ? who : who === A ? B : A) : [A, B][next(2)]!;
+          const row = await rows.build(target, owner);
+          const outcome = await sqlState(em.insert(rows.spec(target).meta.class, rows.toEntityData(target, row)));
+          expect(outcome).toBe(who === owner ? 'succeeded' : '42501');
+          writes.push({ table: target, id: row[rows.spec(target).pk], tenant: owner, stored: who === owner });
+          return;
+        }
+        default: {
+          // A transaction that fails half-way must not leave its tenant on the connection.
+          await expect(em.transactional(async (tx) => {
+            await tx.find(cls, {});
+            throw new Error('rolled back on purpose');
+          })).rejects.toThrow('rolled back on purpose');
+        }
+      }
+    };
+    for (let batch = 0; batch < 30; batch++) await Promise.all(Array.from({ length: 12 }, (_, j) => op(batch * 12 + j)));
+
+    expect(pids.size).toBeGreaterThanOrEqual(1);
+    expect(pids.size).toBeLessThanOrEqual(2);
+    // As the superuser: every accepted insert is stored under its own tenant, no refused one exists.
+    expect(writes.some((w) => w.stored) && writes.some((w) => !w.stored)).toBe(true);
+    for (const w of writes) {
+      const stored = await adminRows(w.table, [w.id]);
+      expect(stored.map((r) => r.tenant_id), `${w.table} ${String(w.id)}`).toEqual(w.stored ? [w.tenant] : []);
+    }
+  });
+});
+
+describe(`the system role (${SYSTEM_ROLE}) through systemEm`, () => {
+  it('reads the granted durable_runs columns across tenants, and nothing else', async () => {
+    const [A, B] = [randomUUID(), randomUUID()];
+    const runs = [await rows.seed('durable_runs', A), await rows.seed('durable_runs', B)];
+    const ids = runs.map((r) => r.id);
+    const sys = () => systemEm(orm);
+    const seen = await sys().execute(`select id, tenant_id, workflow, status, sequence_num, step_count, updated_at from durable_runs where id in (?, ?)`, ids);
+    expect(seen.map((r) => r.tenant_id).sort()).toEqual([A, B].sort());
+    const [who] = await sys().execute('select current_user as role');
+    expect(who!.role).toBe(SYSTEM_ROLE);
+    expect(await sqlState(sys().execute('select input from durable_runs limit 1'))).toBe('42501');
+    expect(await sqlState(sys().execute(`update durable_runs set status = 'failed' where id = ?`, [ids[0]]))).toBe('42501');
+    for (const table of tables) expect(await sqlState(sys().execute(`select * from "${table}" limit 1`)), table).toBe('42501');
+    // Idempotency-key expiry: expired keys of any tenant are visible (id, tenant, expiry) and deletable; live ones are not.
+    const live = await rows.seed('idempotency_keys', A);
+    const expired = await rows.seed('idempotency_keys', B);
+    await admin.query(`update idempotency_keys set expires_at = now() + (case when id = $1 then 1 else -1 end) * interval '1 hour' where id in ($1, $2)`, [live.id, expired.id]);
+    const keys = [live.id, expired.id];
+    expect((await sys().execute(`select id, tenant_id, expires_at from idempotency_keys where id in (?, ?)`, keys)).map((r) => r.id)).toEqual([expired.id]);
+    expect(await sqlState(sys().execute('select response_body from idempotency_keys limit 1'))).toBe('42501');
+    expect(await sys().execute(`delete from idempotency_keys where id in (?, ?)`, keys, 'run')).toMatchObject({ affectedRows: 1 });
+    expect((await adminRows('idempotency_keys', keys)).map((r) => r.id)).toEqual([live.id]);
+    // After the transaction the pooled connection is the application role again.
+    const [back] = await tenantEm(orm, A).execute('select current_user as role');
+    expect(back!.role).toBe(TEST_APP.user);
+  });
+});
+
+/** mulberry32: a reproducible sequence, so a failing interleaving can be replayed. Returns 0..n-1. */
+function seededRandom(seed: number): (n: number) => number {
+  let a = seed >>> 0;
+  return (n) => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return Math.floor((((t ^ (t >>> 14)) >>> 0) / 4294967296) * n);
+  };
+}
