@@ -1,0 +1,165 @@
+import { describe, expect, it } from 'vitest';
+import { randomUUID } from 'node:crypto';
+import { spawn } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { exportJWK, exportSPKI, generateKeyPair, SignJWT, UnsecuredJWT, type JWTPayload } from 'jose';
+import { parseConfig } from '../../src/platform/config/config.ts';
+import { createTokenVerifier, signDevToken } from '../../src/platform/tenancy/jwt.ts';
+import { UnauthorizedError } from '../../src/platform/errors/app-error.ts';
+import { TEST_JWT_SECRET } from '../helpers/env.ts';
+
+/** Token verification with real signatures (jose): one valid token, then every way a token must be refused. */
+
+const config = parseConfig({ JWT_SECRET: TEST_JWT_SECRET });
+const verifier = createTokenVerifier(config);
+const secret = new TextEncoder().encode(TEST_JWT_SECRET);
+const now = () => Math.floor(Date.now() / 1000);
+const tenant = randomUUID();
+
+interface SignOpts {
+  alg?: string;
+  key?: Parameters<SignJWT['sign']>[0];
+  iss?: string;
+  aud?: string;
+  exp?: number | null;
+  nbf?: number;
+  kid?: string;
+}
+
+/** A token as an issuer would sign it; every claim can be bent by one option. */
+function sign(payload: JWTPayload = { sub: 'user-1', tenant_id: tenant, roles: ['approver'] }, o: SignOpts = {}): Promise<string> {
+  const jwt = new SignJWT(payload)
+    .setProtectedHeader({ alg: o.alg ?? 'HS256', typ: 'JWT', ...(o.kid ? { kid: o.kid } : {}) })
+    .setIssuer(o.iss ?? config.JWT_ISSUER)
+    .setAudience(o.aud ?? config.JWT_AUDIENCE)
+    .setIssuedAt();
+  if (o.exp !== null) jwt.setExpirationTime(o.exp ?? now() + 600);
+  if (o.nbf !== undefined) jwt.setNotBefore(o.nbf);
+  return jwt.sign(o.key ?? secret);
+}
+
+async function rejection(token: string, v = verifier): Promise<UnauthorizedError> {
+  const err = await v.verify(token).then(
+    () => undefined,
+    (e: unknown) => e,
+  );
+  expect(err, 'the token was accepted').toBeInstanceOf(UnauthorizedError);
+  expect((err as UnauthorizedError).status).toBe(401);
+  return err as UnauthorizedError;
+}
+
+describe('JWT verification', () => {
+  it('accepts a valid HS256 token and returns its subject, tenant and roles', async () => {
+    expect(await verifier.verify(await sign())).toEqual({ sub: 'user-1', tenantId: tenant, roles: ['approver'] });
+  });
+
+  it('accepts a development token from signDevToken, roles defaulting to none', async () => {
+    const token = await signDevToken(config, { sub: 'dev', tenantId: tenant });
+    expect(await verifier.verify(token)).toEqual({ sub: 'dev', tenantId: tenant, roles: [] });
+  });
+
+  it('refuses an expired token', async () => {
+    expect((await rejection(await sign(undefined, { exp: now() - 60 }))).detail).toBe('The token has expired.');
+  });
+
+  it('refuses a token without exp', async () => {
+    await rejection(await sign(undefined, { exp: null }));
+  });
+
+  it('refuses a token that is not yet valid (nbf in the future)', async () => {
+    expect((await rejection(await sign(undefined, { nbf: now() + 600 }))).detail).toMatch(/nbf/);
+  });
+
+  it('refuses a token signed with another secret', async () => {
+    const err = await rejection(await sign(undefined, { key: new TextEncoder().encode('another-secret-another-secret-0002') }));
+    expect(err.detail).toBe('The token signature is invalid.');
+  });
+
+  it('refuses an unsigned token (alg: none)', async () => {
+    const token = new UnsecuredJWT({ sub: 'user-1', tenant_id: tenant, roles: [] })
+      .setIssuer(config.JWT_ISSUER)
+      .setAudience(config.JWT_AUDIENCE)
+      .setExpirationTime(now() + 600)
+      .encode();
+    expect(token.endsWith('.')).toBe(true);
+    await rejection(token);
+  });
+
+  it('refuses HS512 even with the right secret: only allow-listed algorithms', async () => {
+    expect((await rejection(await sign(undefined, { alg: 'HS512' }))).detail).toMatch(/algorithm/);
+  });
+
+  it('refuses a token for another issuer', async () => {
+    expect((await rejection(await sign(undefined, { iss: 'someone-else' }))).detail).toMatch(/iss/);
+  });
+
+  it('refuses a token for another audience', async () => {
+    expect((await rejection(await sign(undefined, { aud: 'another-api' }))).detail).toMatch(/aud/);
+  });
+
+  it('refuses a token without tenant_id', async () => {
+    await rejection(await sign({ sub: 'user-1', roles: [] }));
+  });
+
+  it('refuses a tenant_id that is not a UUID', async () => {
+    for (const bad of ['acme', '', '12345678-1234-1234-1234-1234567890', `${tenant}' or '1'='1`]) await rejection(await sign({ sub: 'user-1', tenant_id: bad }));
+    await rejection(await sign({ sub: 'user-1', tenant_id: 42 }));
+  });
+
+  it('refuses roles that are not an array of strings', async () => {
+    await rejection(await sign({ sub: 'user-1', tenant_id: tenant, roles: 'approver' }));
+    await rejection(await sign({ sub: 'user-1', tenant_id: tenant, roles: [1, 2] }));
+  });
+
+  it('refuses a token without sub', async () => {
+    await rejection(await sign({ tenant_id: tenant, roles: [] }));
+  });
+});
+
+describe('JWT verification against a JWKS (RS256)', () => {
+  it('accepts an RS256 token, and refuses an HS256 token keyed with the public key (algorithm confusion)', async () => {
+    const { publicKey, privateKey } = await generateKeyPair('RS256', { extractable: true });
+    const jwk = { ...(await exportJWK(publicKey)), kid: 'k1', alg: 'RS256', use: 'sig' };
+    const rsConfig = parseConfig({ JWT_JWKS_URL: 'https://issuer.example/.well-known/jwks.json' });
+    expect(rsConfig.JWT_ALGORITHMS).toEqual(['RS256', 'ES256']);
+    const rs = createTokenVerifier(rsConfig, { keys: [jwk] });
+    const good = await sign(undefined, { alg: 'RS256', key: privateKey, kid: 'k1', iss: rsConfig.JWT_ISSUER, aud: rsConfig.JWT_AUDIENCE });
+    expect((await rs.verify(good)).tenantId).toBe(tenant);
+
+    // The classic attack: the public key (PEM or JWK modulus) used as an HMAC secret.
+    const pem = new TextEncoder().encode(await exportSPKI(publicKey));
+    await rejection(await sign(undefined, { alg: 'HS256', key: pem, kid: 'k1', iss: rsConfig.JWT_ISSUER, aud: rsConfig.JWT_AUDIENCE }), rs);
+    // And the HS256 verifier refuses RS256 tokens outright.
+    await rejection(good);
+  });
+});
+
+describe('npm run token', () => {
+  const root = fileURLToPath(new URL('../..', import.meta.url));
+  const run = (env: Record<string, string>) =>
+    new Promise<{ code: number | null; out: string; err: string }>((resolve) => {
+      const p = spawn(process.execPath, ['src/cli/token.ts', '--tenant', tenant, '--sub', 'cli-user', '--roles', 'approver'], { cwd: root, env: { PATH: process.env.PATH ?? '', ...env } });
+      let out = '';
+      let err = '';
+      p.stdout.on('data', (d) => (out += d));
+      p.stderr.on('data', (d) => (err += d));
+      p.on('exit', (code) => resolve({ code, out, err }));
+    });
+
+  it('refuses to sign when no JWT_SECRET is configured', async () => {
+    const none = await run({});
+    expect(none.code).not.toBe(0);
+    expect(none.err).toMatch(/JWT_SECRET/);
+    expect(none.out).toBe('');
+    const jwksOnly = await run({ JWT_JWKS_URL: 'https://issuer.example/.well-known/jwks.json' });
+    expect(jwksOnly.code).not.toBe(0);
+    expect(jwksOnly.err).toMatch(/JWT_SECRET is not configured/);
+    expect(jwksOnly.out).toBe('');
+  });
+
+  it('prints a token the verifier accepts when JWT_SECRET is set', async () => {
+    const ok = await run({ JWT_SECRET: TEST_JWT_SECRET });
+    expect(ok.code, ok.err).toBe(0);
+    expect(await verifier.verify(ok.out.trim())).toEqual({ sub: 'cli-user', tenantId: tenant, roles: ['approver'] });
+  });
+});
