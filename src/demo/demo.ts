@@ -1,0 +1,77 @@
+import { randomBytes } from 'node:crypto';
+import { ConfigError, environmentWith, parseConfig, type Config } from '../platform/config/config.ts';
+import { choosePort, type DemoProcesses } from './demo-processes.ts';
+import { checkRedis, prepareDatabase } from './demo-setup.ts';
+import { DemoError, say, until } from './demo-support.ts';
+import { runGoldenPathDemo } from './golden-path.demo.ts';
+
+/**
+ * npm run demo: the golden path end to end on the local services, as a new user sees it.
+ * 1 database set up if needed · 2 Redis checked · 3 API and worker started as child processes ·
+ * 4 a class B run submitted and followed · 5 approved by a second user · 6 evidence verified ·
+ * 7 the Bull Board address. The caller (src/cli/demo.ts) stops the children and sets the exit code.
+ */
+export interface DemoOptions {
+  keepRunning: boolean;
+  /** Resolves when the user asks to stop (--keep-running). */
+  stopRequested: () => Promise<void>;
+}
+
+const START_TIMEOUT_MS = 60_000;
+
+/** The environment of the demo and its children: a generated dev JWT secret and no OTel export unless configured. */
+function demoEnvironment(): { env: Record<string, string>; config: Config; secretGenerated: boolean } {
+  const generated = `demo-${randomBytes(24).toString('hex')}`;
+  try {
+    let env = environmentWith({ JWT_SECRET: generated });
+    const config = parseConfig(env);
+    // Without a collector the OTel SDK would only log export failures: off unless telemetry is configured.
+    if (!config.OTEL_EXPORTER_OTLP_ENDPOINT && !config.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT) env = environmentWith({ JWT_SECRET: generated, OTEL_SDK_DISABLED: 'true' });
+    if (config.JWT_JWKS_URL) throw new DemoError('JWT_JWKS_URL is set: the demo signs development tokens with JWT_SECRET, which the API would not accept. Unset JWT_JWKS_URL for the demo.');
+    // The children log at info at least, so their start-up lines can be awaited and shown on failure.
+    const level = config.LOG_LEVEL === 'debug' || config.LOG_LEVEL === 'trace' ? config.LOG_LEVEL : 'info';
+    return { env: { ...env, LOG_LEVEL: level }, config, secretGenerated: config.JWT_SECRET === generated };
+  } catch (e) {
+    if (e instanceof ConfigError) throw new DemoError(e.message);
+    throw e;
+  }
+}
+
+async function startChildren(procs: DemoProcesses, config: Config, env: Record<string, string>): Promise<{ base: string; port: number }> {
+  const port = await choosePort(config.PORT);
+  const childEnv = { ...env, PORT: String(port) };
+  const register = ['--import', './src/platform/telemetry/register.ts'];
+  const api = procs.start('API', [...register, 'src/server.ts'], childEnv);
+  const worker = procs.start('worker', [...register, 'workers/golden-path.worker.ts'], childEnv);
+  const base = `http://127.0.0.1:${port}`;
+  await until(
+    'the API to answer /readyz',
+    START_TIMEOUT_MS,
+    async () => {
+      const res = await fetch(`${base}/readyz`, { signal: AbortSignal.timeout(3000) });
+      if (res.status !== 200) throw new Error(`/readyz answered ${res.status}: ${(await res.text()).slice(0, 300)}`);
+      return true;
+    },
+    procs.assertAlive,
+  );
+  say(`      API ready at http://localhost:${port} (pid ${api.proc.pid})`);
+  await until('the worker to start', START_TIMEOUT_MS, async () => (worker.saw('worker started') ? true : undefined), procs.assertAlive);
+  say(`      worker started (pid ${worker.proc.pid})`);
+  return { base, port };
+}
+
+/** Runs the demo; throws a DemoError naming what failed. Returns the shutdown grace the children deserve. */
+export async function runDemo(procs: DemoProcesses, opts: DemoOptions): Promise<{ graceMs: number }> {
+  const { env, config, secretGenerated } = demoEnvironment();
+  say('Dealix demo: the golden path (partner tier-1 verification) end to end\n');
+  await prepareDatabase(config);
+  await checkRedis(config.REDIS_URL);
+  say(`[3/7] Starting the API and a worker${secretGenerated ? ' (JWT_SECRET not configured: generated one for this demo)' : ''}`);
+  const { base, port } = await startChildren(procs, config, env);
+  await runGoldenPathDemo({ config, base, port, secretGenerated, keepRunning: opts.keepRunning, guard: procs.assertAlive });
+  if (opts.keepRunning) {
+    say(`\nThe API (http://localhost:${port}) and the worker keep running; press Ctrl-C to stop them.`);
+    await opts.stopRequested();
+  }
+  return { graceMs: config.WORKER_SHUTDOWN_GRACE + 10_000 };
+}

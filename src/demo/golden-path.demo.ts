@@ -1,0 +1,130 @@
+import { randomUUID } from 'node:crypto';
+import type { Config } from '../platform/config/config.ts';
+import { signDevToken } from '../platform/tenancy/jwt.ts';
+import { DemoError, fmt, say, until } from './demo-support.ts';
+
+/** The example submission of the issue and the docs: class B under the default policy (cost 65,000, payback 2.48 months). */
+export const DEMO_SUBMISSION = {
+  partner: { name: 'Acme Trading', country: 'SA', sector: 'logistics', website: 'https://acme.example', registration_number: '1010101010' },
+  economics: { expected_deals_per_year: 12, average_deal_value: 250000, win_rate: 0.3, gross_margin: 0.35, onboarding_cost: 40000, enablement_cost: 15000, annual_support_cost: 10000 },
+  currency: 'SAR',
+};
+const STEP_TIMEOUT_MS = 60_000;
+
+interface Reply {
+  status: number;
+  json: any;
+}
+
+/** A small HTTP client over the API: mutating calls carry a fresh Idempotency-Key. */
+function client(base: string) {
+  return async (method: string, path: string, token: string, body?: unknown): Promise<Reply> => {
+    const headers: Record<string, string> = { authorization: `Bearer ${token}` };
+    if (body !== undefined) {
+      headers['content-type'] = 'application/json';
+      headers['idempotency-key'] = randomUUID();
+    }
+    const res = await fetch(`${base}${path}`, { method, headers, signal: AbortSignal.timeout(15_000), ...(body !== undefined ? { body: JSON.stringify(body) } : {}) });
+    const text = await res.text();
+    let json: any;
+    try {
+      json = text ? JSON.parse(text) : undefined;
+    } catch {
+      json = { raw: text.slice(0, 500) };
+    }
+    return { status: res.status, json };
+  };
+}
+
+function expectStatus(res: Reply, status: number, what: string): any {
+  if (res.status !== status) throw new DemoError(`${what}: expected HTTP ${status}, got ${res.status}: ${JSON.stringify(res.json)}`);
+  return res.json;
+}
+
+function describeStep(step: any): string {
+  const o = step.output ?? {};
+  switch (step.name) {
+    case 'partner-dossier':
+      return `completeness ${o.facts?.completeness_score}, risk flags: ${o.facts?.risk_flags?.length ? o.facts.risk_flags.join(', ') : 'none'}`;
+    case 'economics-model':
+      return `upside ${fmt(o.revenue_upside)} ${o.currency}, gross profit ${fmt(o.gross_profit)}, cost ${fmt(o.cost)}, payback ${o.payback_months ?? 'never'} months`;
+    case 'approval-packet':
+      return step.status === 'waiting'
+        ? `class ${o.approval_class} (${o.reasons?.join('; ')}): waiting for ${o.required_approvals} approver(s), SLA until ${o.sla_deadline}`
+        : `class ${o.approval_class}: ${o.outcome}${o.decisions?.length ? ` by ${o.decisions.map((d: any) => d.decided_by).join(', ')}` : ''}`;
+    case 'evidence-pack':
+      return `outcome ${o.outcome}, sha256 ${o.sha256}`;
+    default:
+      return step.status;
+  }
+}
+
+export interface GoldenPathDemoOptions {
+  config: Config;
+  base: string;
+  port: number;
+  secretGenerated: boolean;
+  keepRunning: boolean;
+  /** Throws when a child process died (checked on every poll). */
+  guard: () => void;
+}
+
+/** Steps 4–7 of the demo: submit a class B run, follow it, approve it as a second user, verify the evidence, point at Bull Board. */
+export async function runGoldenPathDemo(o: GoldenPathDemoOptions): Promise<void> {
+  const http = client(o.base);
+  const tenant = randomUUID();
+  const submitter = await signDevToken(o.config, { tenantId: tenant, sub: 'demo-submitter' });
+  const approver = await signDevToken(o.config, { tenantId: tenant, sub: 'demo-approver', roles: ['approver'] });
+  const printed = new Set<string>();
+  const follow = (runId: string, statuses: string[]) =>
+    until(
+      `run ${runId} to reach ${statuses.join(' or ')}`,
+      STEP_TIMEOUT_MS,
+      async () => {
+        const run = expectStatus(await http('GET', `/api/v1/golden-path/runs/${runId}`, submitter), 200, 'reading the run');
+        for (const s of run.steps) {
+          const key = `${s.sequence_num}:${s.status}`;
+          if ((s.status === 'completed' || s.status === 'waiting') && !printed.has(key)) {
+            printed.add(key);
+            say(`      ${s.status === 'completed' ? 'done' : 'wait'}  ${s.sequence_num} ${s.name.padEnd(16)} ${describeStep(s)}`);
+          }
+        }
+        if (run.status !== 'waiting' && !statuses.includes(run.status) && !['pending', 'running'].includes(run.status)) {
+          throw new DemoError(`the run ended ${run.status}: ${JSON.stringify(run.error)}`);
+        }
+        return statuses.includes(run.status) ? run : undefined;
+      },
+      o.guard,
+    );
+
+  say(`[4/7] Submitting a class B partner verification as demo-submitter (tenant ${tenant})`);
+  const started = Date.now();
+  const accepted = expectStatus(await http('POST', '/api/v1/golden-path/run', submitter, DEMO_SUBMISSION), 202, 'submitting the run');
+  say(`      202 Accepted: run ${accepted.run_id}, correlation id ${accepted.correlation_id}`);
+  const waiting = await follow(accepted.run_id, ['waiting']);
+
+  say('[5/7] Approving as a second user, demo-approver (role approver)');
+  const approvalId = waiting.steps[2].output.approval_request_id as string;
+  const pending = expectStatus(await http('GET', '/api/v1/approvals?status=pending', approver), 200, 'listing pending approvals');
+  if (!pending.items.some((a: any) => a.approval_request_id === approvalId)) throw new DemoError("the run's approval request is not in the pending list");
+  const decision = expectStatus(await http('POST', `/api/v1/approvals/${approvalId}/decision`, approver, { decision: 'approve', comment: 'demo: economics reviewed' }), 200, 'approving');
+  say(`      decision recorded: ${decision.status} (${decision.approvals}/${decision.required_approvals} approvals)`);
+  const done = await follow(accepted.run_id, ['completed']);
+  say(`      run ${done.status} in ${((Date.now() - started) / 1000).toFixed(1)} s`);
+
+  say('[6/7] Evidence pack');
+  const evidence = expectStatus(await http('GET', done.links.evidence, submitter), 200, 'reading the evidence pack');
+  const verify = expectStatus(await http('GET', done.links.verify, submitter), 200, 'verifying the evidence pack');
+  say(`      sha256  ${evidence.sha256}  (SHA-256 of the RFC 8785 canonical JSON)`);
+  say(`      verify  ${verify.valid ? 'valid' : 'INVALID'}: recomputed ${verify.recomputed_sha256 ?? verify.sha256}`);
+  if (!verify.valid) throw new DemoError('the evidence pack did not verify');
+
+  say('[7/7] Operators');
+  const admin = await signDevToken(o.config, { tenantId: tenant, sub: 'demo-operator', roles: ['admin'], ttlSeconds: 8 * 3600 });
+  say(`      Bull Board   http://localhost:${o.port}/admin/queues   (queues under the prefix "${o.config.QUEUE_PREFIX}"; needs role admin)`);
+  if (o.keepRunning) say(`      open now     http://localhost:${o.port}/admin/queues?token=${admin}`);
+  else say('      to browse it, run `npm run demo -- --keep-running`, or `npm run start:api` with a JWT_SECRET in .env');
+  say('      admin token  npm run token -- --tenant <tenant uuid> --sub <you> --roles admin');
+  say('                   then open /admin/queues?token=<token> once (it becomes a cookie), or send it as a Bearer header');
+  if (o.secretGenerated) say('      note         this demo generated its JWT_SECRET; set one in .env (see .env.example) so npm run token matches the API');
+}
