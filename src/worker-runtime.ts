@@ -3,8 +3,8 @@ import type { Container } from './container.ts';
 import { createRedis } from './platform/queue/connections.ts';
 import { StepExecutor } from './platform/durable/executor.ts';
 import { Sweeper } from './platform/durable/sweeper.ts';
-import { startWorkers, stopWorkers } from './platform/durable/worker-host.ts';
-import { scheduleMaintenance, MAINTENANCE_QUEUE, maintenanceHandlers } from './platform/queue/maintenance.ts';
+import { startWorkers } from './platform/durable/worker-host.ts';
+import { scheduleMaintenance, MAINTENANCE_QUEUE, maintenanceHandlers, upsertMaintenanceSchedulers } from './platform/queue/maintenance.ts';
 import { startMetricsServer } from './platform/telemetry/metrics-server.ts';
 
 export interface WorkerProcess {
@@ -31,7 +31,7 @@ export async function startWorkerProcess(c: Container): Promise<WorkerProcess> {
     stalledIntervalMs: cfg.WORKER_STALLED_INTERVAL,
     maxStalledCount: cfg.WORKER_MAX_STALLED_COUNT,
   };
-  const workers = startWorkers({
+  const host = startWorkers({
     runtime: c.runtime,
     executor,
     handlers: { ...c.jobHandlers(), ...maintenanceHandlers({ orm: c.orm, idempotency: c.idempotency, logger: c.logger }) },
@@ -42,6 +42,7 @@ export async function startWorkerProcess(c: Container): Promise<WorkerProcess> {
     telemetry: c.telemetry,
     queues: [...new Set([...c.workflows.map((w) => w.queue), MAINTENANCE_QUEUE])],
   });
+  const workers = host.workers;
   const maintenance = await scheduleMaintenance({ connection: c.redis, prefix: cfg.QUEUE_PREFIX });
   await c.queues.get(MAINTENANCE_QUEUE)?.close();
   c.queues.set(MAINTENANCE_QUEUE, maintenance);
@@ -53,6 +54,8 @@ export async function startWorkerProcess(c: Container): Promise<WorkerProcess> {
     lockKey: `${cfg.QUEUE_PREFIX}:sweeper-lock`,
     intervalMs: cfg.SWEEPER_INTERVAL,
     minAgeMs: cfg.SWEEPER_MIN_AGE,
+    // A flushed or replaced Redis lost the Job Schedulers too: put them back.
+    afterRedisLoss: () => upsertMaintenanceSchedulers(maintenance),
   });
   sweeper.start();
   const metricsServer = cfg.WORKER_METRICS_PORT === undefined ? undefined : await startMetricsServer(c.metrics.registry, cfg.WORKER_METRICS_PORT, c.logger);
@@ -62,7 +65,7 @@ export async function startWorkerProcess(c: Container): Promise<WorkerProcess> {
     sweeper,
     async stop() {
       await sweeper.stop();
-      await stopWorkers(workers, cfg.WORKER_SHUTDOWN_GRACE, c.logger);
+      await host.stop(cfg.WORKER_SHUTDOWN_GRACE);
       connection.disconnect();
       metricsServer?.closeAllConnections();
       await new Promise((r) => (metricsServer ? metricsServer.close(r) : r(undefined)));

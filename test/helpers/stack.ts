@@ -6,6 +6,7 @@ import { fileURLToPath } from 'node:url';
 import { Redis } from 'ioredis';
 import { parseConfig, type Config } from '../../src/platform/config/config.ts';
 import { createContainer, type Container } from '../../src/container.ts';
+import type { WorkflowDef } from '../../src/platform/durable/workflow.ts';
 import { createApp } from '../../src/app.ts';
 import { signDevToken } from '../../src/platform/tenancy/jwt.ts';
 import { createTestDatabase, type TestDatabase } from './db.ts';
@@ -23,6 +24,8 @@ export interface StackOptions {
   workerEntry?: string;
   /** Node options for spawned workers, e.g. ['--import', './src/platform/telemetry/register.ts'] to trace them. */
   workerExecArgv?: string[];
+  /** Workflows the in-process container knows besides the modules' own (e.g. the gp-slow test workflow). */
+  extraWorkflows?: WorkflowDef[];
 }
 
 export interface WorkerHandle {
@@ -72,7 +75,7 @@ export async function startStack(opts: StackOptions = {}): Promise<TestStack> {
     ...opts.env,
   };
   const config = parseConfig(env);
-  const container = await createContainer(config, { service: 'api' });
+  const container = await createContainer(config, { service: 'api', ...(opts.extraWorkflows ? { extraWorkflows: opts.extraWorkflows } : {}) });
   let server: Server | undefined;
   let baseUrl = '';
   if (opts.api !== false) {

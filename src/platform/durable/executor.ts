@@ -3,7 +3,7 @@ import { UnrecoverableError, type Job } from 'bullmq';
 import { SpanStatusCode, trace } from '@opentelemetry/api';
 import type { Logger } from 'pino';
 import { ZodError } from 'zod';
-import { AppError, coerceError } from '../errors/app-error.ts';
+import { AppError, coerceError, isConnectivityError } from '../errors/app-error.ts';
 import { tenantEm } from '../db/tenant-em.ts';
 import { requestContext } from '../tenancy/request-context.ts';
 import { ATTR } from '../telemetry/attributes.ts';
@@ -36,6 +36,29 @@ export interface ExecutorOptions {
 }
 
 const tracer = trace.getTracer('dealix-durable');
+const NEVER_ABORTED = new AbortController().signal;
+
+/** Settles with the step, or rejects as soon as `signal` aborts; a step left running then can no longer commit. */
+async function untilAborted<T>(running: Promise<T>, signal: AbortSignal): Promise<T> {
+  if (signal === NEVER_ABORTED) return running;
+  running.catch(() => {}); // if the abort wins, the step's own later failure is moot
+  let onAbort!: () => void;
+  const aborted = new Promise<never>((_, reject) => {
+    onAbort = () => reject(coerceError(signal.reason));
+    if (signal.aborted) onAbort();
+    else signal.addEventListener('abort', onAbort, { once: true });
+  });
+  try {
+    return await Promise.race([running, aborted]);
+  } finally {
+    signal.removeEventListener('abort', onAbort);
+  }
+}
+
+/** Failures of the platform around a step rather than of the step: they never fail a run for good. */
+function isInfrastructureFailure(e: unknown): boolean {
+  return isConnectivityError(e) || (e instanceof AppError && e.code === 'step_out_of_order');
+}
 
 /**
  * Executes one step job with the checkpoint algorithm (after DBOS): bind the tenant from the job; load
@@ -50,7 +73,8 @@ export class StepExecutor {
     this.o = opts;
   }
 
-  async process(job: Job<StepJobData>): Promise<StepOutcome> {
+  /** `signal`: aborted when the worker hands the job back at shutdown (the step then rolls back). */
+  async process(job: Job<StepJobData>, signal: AbortSignal = NEVER_ABORTED): Promise<StepOutcome> {
     const d = job.data;
     const logger = this.o.logger.child({ run_id: d.run_id, tenant_id: d.tenant_id, correlation_id: d._correlation_id, step: d.step, sequence_num: d.sequence_num, job_id: job.id });
     return requestContext.run({ requestId: String(job.id), correlationId: d._correlation_id, runId: d.run_id, principal: { sub: 'worker', tenantId: d.tenant_id, roles: [] } }, () =>
@@ -69,7 +93,7 @@ export class StepExecutor {
         async (span) => {
           const started = performance.now();
           try {
-            const outcome = await this.execute(job, logger);
+            const outcome = await this.execute(job, logger, signal);
             span.setAttribute(ATTR.REPLAYED, outcome.replayed);
             this.o.onStepDone?.({ step: d.step, seconds: (performance.now() - started) / 1000, replayed: outcome.replayed, status: outcome.status });
             return outcome;
@@ -85,8 +109,9 @@ export class StepExecutor {
     );
   }
 
-  private async execute(job: Job<StepJobData>, logger: Logger): Promise<StepOutcome> {
+  private async execute(job: Job<StepJobData>, logger: Logger, signal: AbortSignal): Promise<StepOutcome> {
     const d = job.data;
+    void job.updateProgress({ sequence_num: d.sequence_num, step: d.step, status: 'running' }).catch(() => {});
     const wf = this.o.runtime.workflow(d.workflow);
     const step = wf.steps[d.sequence_num - 1];
     const attempt = job.attemptsMade + 1;
@@ -138,14 +163,18 @@ export class StepExecutor {
           createdAt: new Date(row.created_at),
         };
         const input = step.input.parse({ submission: row.input, outputs });
-        const produced = await step.run(input, {
-          em: tx,
-          run: runInfo,
-          sequenceNum: d.sequence_num,
-          attempt,
-          logger,
-          wait: <O>(output: O): Waiting<O> => ({ [WAITING]: true, output }),
-        });
+        const produced = await untilAborted(
+          step.run(input, {
+            em: tx,
+            run: runInfo,
+            sequenceNum: d.sequence_num,
+            attempt,
+            logger,
+            signal,
+            wait: <O>(output: O): Waiting<O> => ({ [WAITING]: true, output }),
+          }),
+          signal,
+        );
         const waiting = isWaiting(produced);
         const output = step.output.parse(waiting ? produced.output : produced);
         await tx.flush();
@@ -180,6 +209,11 @@ export class StepExecutor {
       else logger.info({ status: result.status, attempt }, 'step checkpointed');
       return { ...base, ...result };
     } catch (e) {
+      if (signal.aborted) {
+        // Handed back at shutdown: the transaction rolled back and the job is already back in the queue.
+        logger.info({ attempt }, 'step aborted and handed back; another worker re-runs it from the last checkpoint');
+        throw e;
+      }
       if (isUniqueViolation(e)) {
         logger.warn('another execution checkpointed this step first; using its stored output');
         return { ...base, status: 'completed', replayed: true };
@@ -197,6 +231,12 @@ export class StepExecutor {
     }
     const permanent = e instanceof ZodError || (e instanceof AppError && !e.retryable) || e instanceof UnrecoverableError;
     const lastAttempt = job.attemptsMade + 1 >= (job.opts.attempts ?? 1);
+    if (!permanent && lastAttempt && isInfrastructureFailure(e)) {
+      // Not the step's fault (the database was unreachable, the chain ran out of order): the run stays
+      // incomplete in Postgres and the sweeper re-enqueues it once the job has failed here.
+      logger.error({ err, attempt: job.attemptsMade + 1 }, 'step kept failing on infrastructure; the run stays incomplete for the sweeper');
+      throw err;
+    }
     if (permanent || lastAttempt) {
       logger.error({ err, permanent }, 'step failed for good; the run fails');
       await this.markFailed(d, err, job.attemptsMade + 1).catch((me) => logger.error({ err: me }, 'could not record the failure'));

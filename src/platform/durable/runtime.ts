@@ -66,6 +66,8 @@ export interface IncompleteRun {
   sequence_num: number;
   step_count: number;
   updated_at: Date;
+  /** updated_at as PostgreSQL prints it (microseconds): the keyset cursor; a JS Date would round it. */
+  updated_at_exact: string;
 }
 
 export interface RuntimeOptions {
@@ -258,14 +260,18 @@ export class DurableRuntime {
    * Runs of every tenant that are incomplete in Postgres and untouched for `olderThanMs`: ids and
    * progress only, read as the narrow system role (see ADR 0003). The sweeper's only cross-tenant read.
    */
-  async list_incomplete(systemEm: EntityManager, opts: { olderThanMs: number; limit: number; statuses?: RunStatus[] }): Promise<IncompleteRun[]> {
+  async list_incomplete(
+    systemEm: EntityManager,
+    opts: { olderThanMs: number; limit: number; statuses?: RunStatus[]; after?: { updatedAt: string; id: string } },
+  ): Promise<IncompleteRun[]> {
     const statuses = opts.statuses ?? ['pending', 'running'];
+    const after = opts.after ? 'and (updated_at, id) > (?::timestamptz, ?::uuid)' : '';
     return systemEm.transactional((tx) =>
       tx.execute<IncompleteRun[]>(
-        `select id, tenant_id, workflow, status, sequence_num, step_count, updated_at from durable_runs
-          where status = any(?::text[]) and updated_at < now() - ? * interval '1 millisecond'
-          order by updated_at limit ?`,
-        [`{${statuses.join(',')}}`, opts.olderThanMs, opts.limit],
+        `select id, tenant_id, workflow, status, sequence_num, step_count, updated_at, updated_at::text as updated_at_exact from durable_runs
+          where status = any(?::text[]) and updated_at < now() - ? * interval '1 millisecond' ${after}
+          order by updated_at, id limit ?`,
+        [`{${statuses.join(',')}}`, opts.olderThanMs, ...(opts.after ? [opts.after.updatedAt, opts.after.id] : []), opts.limit],
       ),
     );
   }

@@ -3,7 +3,9 @@ import type { Redis } from 'ioredis';
 import type { Logger } from 'pino';
 import { systemEm, tenantEm } from '../db/tenant-em.ts';
 import { stepJobId } from '../queue/job-ids.ts';
-import { RUN_COLUMNS, type DurableRuntime, type RunRow } from './runtime.ts';
+import { RUN_COLUMNS, type DurableRuntime, type IncompleteRun, type RunRow } from './runtime.ts';
+import type { RunStatus } from './durable-run.entity.ts';
+import { segmentEnd } from './workflow.ts';
 
 export interface SweeperOptions {
   orm: MikroORM;
@@ -11,24 +13,35 @@ export interface SweeperOptions {
   redis: Redis;
   logger: Logger;
   lockKey: string;
+  /** A key with no expiry: its absence means Redis lost its data (flushed, replaced) since the last sweep. */
+  markerKey?: string;
   intervalMs: number;
   /** Runs untouched for less than this are presumed alive (a worker may be on them right now). */
   minAgeMs: number;
+  /** Rows per cross-tenant read. */
   batch?: number;
+  /** Upper bound of runs examined in one sweep; the next sweep starts again from the oldest. */
+  maxPerSweep?: number;
+  /** Called when Redis lost its data, after waiting runs were repaired (e.g. re-create Job Schedulers). */
+  afterRedisLoss?(): Promise<void>;
 }
 
 export interface SweepReport {
   examined: number;
   reenqueued: number;
   repairedWaiting: number;
+  redisLost: boolean;
 }
+
+const ALIVE = new Set(['waiting', 'active', 'delayed', 'prioritized', 'waiting-children']);
 
 /**
  * The recovery sweeper: finds runs that are incomplete in Postgres but have no live job in Redis
- * (Redis flushed or replaced, a crash between commit and enqueue) and re-enqueues their remaining
- * steps from the last completed sequence_num. Its cross-tenant read is ids and progress only, as the
- * system role; everything else happens under each run's own tenant (ADR 0003). One worker sweeps at
- * a time (a Redis lock); re-enqueueing is idempotent through deterministic job ids.
+ * (Redis flushed or replaced, a job that failed on infrastructure, a crash between commit and
+ * enqueue) and re-enqueues their remaining steps from the last completed sequence_num. Its
+ * cross-tenant read is ids and progress only, as the system role; everything else happens under
+ * each run's own tenant (ADR 0003). One worker sweeps at a time (a Redis lock); re-enqueueing is
+ * idempotent through deterministic job ids, and re-execution is harmless through checkpoints.
  */
 export class Sweeper {
   private timer: NodeJS.Timeout | undefined;
@@ -64,43 +77,79 @@ export class Sweeper {
   }
 
   async sweep(): Promise<SweepReport> {
-    const report: SweepReport = { examined: 0, reenqueued: 0, repairedWaiting: 0 };
-    const sys = systemEm(this.o.orm);
-    const stale = await this.o.runtime.list_incomplete(sys, { olderThanMs: this.o.minAgeMs, limit: this.o.batch ?? 500, statuses: ['pending', 'running', 'waiting'] });
-    for (const ref of stale) {
-      report.examined++;
-      try {
-        const wf = this.o.runtime.workflows.get(ref.workflow);
-        if (!wf) continue;
-        const em = tenantEm(this.o.orm, ref.tenant_id);
-        if (ref.status === 'waiting') {
-          if (wf.repairWaiting) {
-            await em.transactional((tx) => wf.repairWaiting!(tx, ref.id));
-            report.repairedWaiting++;
-          }
-          continue;
-        }
-        const [run] = await em.transactional((tx) => tx.execute<RunRow[]>(`select ${RUN_COLUMNS} from durable_runs where id = ?`, [ref.id]));
-        if (!run) continue;
-        const next = run.sequence_num + 1;
-        const step = wf.steps[next - 1];
-        if (!step) continue;
-        const queue = this.o.runtime.queues.get(wf.queue);
-        if (!queue) continue;
-        const jobId = stepJobId(wf.tag, run.idempotency_hash, next, step.name);
-        const state = await queue.getJobState(jobId);
-        if (state === 'failed' || state === 'completed') {
-          await queue.remove(jobId).catch(() => 0);
-        } else if (state !== 'unknown') {
-          continue; // a job is alive (waiting, active, delayed, waiting-children): leave it to BullMQ
-        }
-        await this.o.runtime.enqueue(run, next);
-        report.reenqueued++;
-        this.o.logger.info({ run_id: run.id, tenant_id: run.tenant_id, from_sequence_num: next, previous_job_state: state }, 'sweeper re-enqueued run');
-      } catch (e) {
-        this.o.logger.warn({ err: e, run_id: ref.id }, 'sweeper could not repair run');
-      }
+    const report: SweepReport = { examined: 0, reenqueued: 0, repairedWaiting: 0, redisLost: false };
+    const marker = this.o.markerKey ?? `${this.o.lockKey}:marker`;
+    if ((await this.o.redis.exists(marker)) === 0) {
+      // Waiting runs have no step job to lose, only timers (e.g. an SLA): repaired once per loss, not every sweep.
+      report.redisLost = true;
+      await this.eachIncomplete(['waiting'], 0, async (ref) => {
+        if (await this.repairWaiting(ref)) report.repairedWaiting++;
+      });
+      await this.o.afterRedisLoss?.();
+      await this.o.redis.set(marker, new Date().toISOString());
+      this.o.logger.warn({ repaired_waiting: report.repairedWaiting }, 'Redis had lost its data (or this is its first sweep): waiting runs repaired');
     }
+    await this.eachIncomplete(['pending', 'running'], this.o.minAgeMs, async (ref) => {
+      report.examined++;
+      if (await this.reenqueue(ref)) report.reenqueued++;
+    });
     return report;
+  }
+
+  /** Pages through incomplete runs, oldest first, with a keyset cursor so alive runs never hide the ones behind them. */
+  private async eachIncomplete(statuses: RunStatus[], olderThanMs: number, fn: (ref: IncompleteRun) => Promise<void>): Promise<void> {
+    const batch = this.o.batch ?? 500;
+    const max = this.o.maxPerSweep ?? 20_000;
+    let after: { updatedAt: string; id: string } | undefined;
+    for (let seen = 0; seen < max; ) {
+      const page = await this.o.runtime.list_incomplete(systemEm(this.o.orm), { olderThanMs, limit: batch, statuses, ...(after ? { after } : {}) });
+      for (const ref of page) {
+        try {
+          await fn(ref);
+        } catch (e) {
+          this.o.logger.warn({ err: e, run_id: ref.id, tenant_id: ref.tenant_id }, 'sweeper could not repair run');
+        }
+      }
+      seen += page.length;
+      const last = page[page.length - 1];
+      if (page.length < batch || !last) return;
+      after = { updatedAt: last.updated_at_exact, id: last.id };
+    }
+  }
+
+  private async repairWaiting(ref: IncompleteRun): Promise<boolean> {
+    const wf = this.o.runtime.workflows.get(ref.workflow);
+    if (!wf?.repairWaiting) return false;
+    await tenantEm(this.o.orm, ref.tenant_id).transactional((tx) => wf.repairWaiting!(tx, ref.id));
+    return true;
+  }
+
+  /**
+   * Re-enqueues the run from its first incomplete step unless BullMQ still holds a live job for it.
+   * Finished leftovers of that segment are removed first: while a completed or failed job keeps its
+   * deterministic id, adding the flow again would be a silent no-op.
+   */
+  private async reenqueue(ref: IncompleteRun): Promise<boolean> {
+    const wf = this.o.runtime.workflows.get(ref.workflow);
+    const queue = wf && this.o.runtime.queues.get(wf.queue);
+    if (!wf || !queue) return false; // another deployment's workflow: leave it to the workers that know it
+    const [run] = await tenantEm(this.o.orm, ref.tenant_id).transactional((tx) =>
+      tx.execute<RunRow[]>(`select ${RUN_COLUMNS} from durable_runs where id = ? and status in ('pending', 'running')`, [ref.id]),
+    );
+    if (!run) return false;
+    const next = run.sequence_num + 1;
+    if (next > wf.steps.length) return false;
+    const ids: string[] = [];
+    for (let seq = next; seq <= segmentEnd(wf, next); seq++) ids.push(stepJobId(wf.tag, run.idempotency_hash, seq, wf.steps[seq - 1]!.name));
+    // Any live job of the segment means BullMQ still owns the chain. A parent waiting for its children
+    // counts too: its child may carry another name (the run was started by other code), and removing
+    // the parent would take that child with it.
+    const states = await Promise.all(ids.map((id) => queue.getJobState(id)));
+    if (states.some((st) => ALIVE.has(st))) return false;
+    const state = states[0];
+    for (const [i, id] of ids.entries()) if (states[i] !== 'unknown') await queue.remove(id).catch(() => 0);
+    await this.o.runtime.enqueue(run, next);
+    this.o.logger.info({ run_id: run.id, tenant_id: run.tenant_id, from_sequence_num: next, previous_job_state: state }, 'sweeper re-enqueued run');
+    return true;
   }
 }

@@ -12,6 +12,18 @@ export interface WorkerSettings {
 
 export type JobHandler = (job: Job) => Promise<unknown>;
 
+export interface WorkerHost {
+  workers: Worker[];
+  /** Stops taking jobs; active steps get `graceMs` to finish, then are handed back to the queue. */
+  stop(graceMs: number): Promise<void>;
+}
+
+interface ActiveStep {
+  job: Job;
+  token: string | undefined;
+  abort: AbortController;
+}
+
 /**
  * One BullMQ Worker per workflow queue. Step jobs go to the executor; other job names (timers,
  * maintenance) to their registered handlers. Lock and stall settings are short so a SIGKILLed
@@ -28,16 +40,27 @@ export function startWorkers(args: {
   logger: Logger;
   telemetry?: WorkerOptions['telemetry'];
   queues?: string[];
-}): Worker[] {
+}): WorkerHost {
   const queueNames = new Set(args.queues ?? [...args.runtime.workflows.values()].map((w) => w.queue));
-  const stepNames = new Set([...args.runtime.workflows.values()].flatMap((w) => w.steps.map((s) => s.name)));
-  const processor: Processor = async (job) => {
-    if (stepNames.has(job.name) && (job.data as StepJobData).run_id) return args.executor.process(job as Job<StepJobData>);
+  const active = new Map<string, ActiveStep>();
+  const processor: Processor = async (job, token) => {
+    // A step job is recognised by its data, not its name: a step the code no longer has (renamed,
+    // removed) must reach the executor and fail the run as non-determinism, not loop as "no handler".
+    if (isStepJob(job.data)) {
+      const key = `${job.queueName}/${job.id}`;
+      const abort = new AbortController();
+      active.set(key, { job, token, abort });
+      try {
+        return await args.executor.process(job as Job<StepJobData>, abort.signal);
+      } finally {
+        active.delete(key);
+      }
+    }
     const handler = args.handlers[job.name];
     if (!handler) throw new Error(`no handler for job ${job.name}`);
     return handler(job);
   };
-  return [...queueNames].map((queueName) => {
+  const workers = [...queueNames].map((queueName) => {
     const worker = new Worker(queueName, processor, {
       connection: args.connection,
       prefix: args.prefix,
@@ -54,23 +77,45 @@ export function startWorkers(args: {
     });
     return worker;
   });
+  return { workers, stop: (graceMs) => stopWorkers(workers, active, graceMs, args.logger) };
+}
+
+function isStepJob(data: unknown): boolean {
+  const d = data as Partial<StepJobData> | null;
+  return typeof d?.run_id === 'string' && typeof d.tenant_id === 'string' && typeof d.workflow === 'string' && typeof d.sequence_num === 'number';
+}
+
+/** Resolves true if `p` settles within `ms`, false otherwise. */
+async function within(p: Promise<unknown>, ms: number): Promise<boolean> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<false>((r) => (timer = setTimeout(() => r(false), ms)));
+  try {
+    return await Promise.race([p.then(() => true), timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
 }
 
 /**
- * Graceful stop: take no new jobs, give active ones `graceMs` to finish, then force-close (their
- * locks lapse and another worker resumes them from their checkpoints).
+ * Graceful stop, bounded in time: take no new jobs and give active ones `graceMs` to finish. Steps
+ * still running then are handed back: each job returns to `wait` (no attempt spent, no lock to wait
+ * out) so another worker takes it at once, and the step is aborted, which rolls its transaction back.
+ * The other worker re-runs it from the last checkpoint. (A second `close(true)` would not help:
+ * BullMQ returns the first, still-waiting close.)
  */
-export async function stopWorkers(workers: Worker[], graceMs: number, logger: Logger): Promise<void> {
+async function stopWorkers(workers: Worker[], active: Map<string, ActiveStep>, graceMs: number, logger: Logger): Promise<void> {
+  const closing = Promise.allSettled(workers.map((w) => w.close()));
+  if (await within(closing, graceMs)) return;
+  logger.warn({ active_jobs: active.size }, 'active jobs did not finish in the grace period; handing them back');
   await Promise.all(
-    workers.map(async (w) => {
-      let timer: NodeJS.Timeout | undefined;
-      const timeout = new Promise<'timeout'>((r) => (timer = setTimeout(() => r('timeout'), graceMs)));
-      const res = await Promise.race([w.close().then(() => 'closed' as const), timeout]);
-      if (timer) clearTimeout(timer);
-      if (res === 'timeout') {
-        logger.warn({ queue: w.name }, 'active jobs did not finish in the grace period; handing them back');
-        await w.close(true);
+    [...active.values()].map(async ({ job, token, abort }) => {
+      try {
+        if (token) await job.moveToWait(token);
+      } catch (err) {
+        logger.warn({ err, job_id: job.id }, 'could not hand the job back; its lock will lapse instead');
       }
+      abort.abort(new Error('worker shutting down: job handed back'));
     }),
   );
+  if (!(await within(closing, 5_000))) logger.error('workers did not close after handing their jobs back');
 }

@@ -43,6 +43,11 @@ export interface StepContext {
   sequenceNum: number;
   attempt: number;
   logger: Logger;
+  /**
+   * Aborted when the worker hands the job back at shutdown: the step's transaction is rolled back
+   * regardless, so a long step may watch this to stop its own work early.
+   */
+  signal: AbortSignal;
   /** Mark this step as waiting (e.g. for a human): its checkpoint is `waiting` and the run pauses. */
   wait<O>(output: O): Waiting<O>;
 }

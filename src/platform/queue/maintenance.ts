@@ -13,12 +13,17 @@ export const IDEMPOTENCY_EXPIRY_JOB = 'idempotency-expiry';
  */
 export async function scheduleMaintenance(deps: { connection: ConnectionOptions; prefix: string; everyMs?: number }): Promise<Queue> {
   const queue = new Queue(MAINTENANCE_QUEUE, { connection: deps.connection, prefix: deps.prefix });
+  await upsertMaintenanceSchedulers(queue, deps.everyMs);
+  return queue;
+}
+
+/** Idempotent; the sweeper calls it again when Redis lost its data (flushed or replaced). */
+export async function upsertMaintenanceSchedulers(queue: Queue, everyMs = 10 * 60_000): Promise<void> {
   await queue.upsertJobScheduler(
     IDEMPOTENCY_EXPIRY_JOB,
-    { every: deps.everyMs ?? 10 * 60_000 },
+    { every: everyMs },
     { name: IDEMPOTENCY_EXPIRY_JOB, data: {}, opts: { removeOnComplete: { count: 20 }, removeOnFail: { count: 50 } } },
   );
-  return queue;
 }
 
 export function maintenanceHandlers(deps: { orm: MikroORM; idempotency: IdempotencyService; logger: Logger }) {

@@ -1,0 +1,94 @@
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { chmod, mkdtemp, rm } from 'node:fs/promises';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { Redis } from 'ioredis';
+import { waitFor } from './poll.ts';
+
+const run = promisify(execFile);
+
+/** A port nobody listens on right now (the kernel's choice). */
+export async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = createServer();
+    s.once('error', reject);
+    s.listen(0, '127.0.0.1', () => {
+      const port = (s.address() as { port: number }).port;
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+export interface OwnRedis {
+  url: string;
+  /** A client on this server only: fault tests may FLUSHALL it (never the shared Redis). */
+  client: Redis;
+  stop(): Promise<void>;
+}
+
+/** A private redis-server for one test file, so it can be flushed without touching anyone else's queues. */
+export async function startOwnRedis(): Promise<OwnRedis> {
+  const port = await freePort();
+  const proc: ChildProcess = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], { stdio: 'ignore' });
+  const url = `redis://127.0.0.1:${port}`;
+  const client = new Redis(url, { maxRetriesPerRequest: 1, lazyConnect: true, retryStrategy: () => 100 });
+  client.on('error', () => {});
+  await waitFor(async () => (await client.ping().catch(() => '')) === 'PONG', { timeoutMs: 15_000, what: 'own redis-server' });
+  return {
+    url,
+    client,
+    async stop() {
+      client.disconnect();
+      if (proc.exitCode === null) {
+        const exited = new Promise((r) => proc.once('exit', r));
+        proc.kill('SIGKILL');
+        await exited;
+      }
+    },
+  };
+}
+
+export interface OwnPostgres {
+  port: number;
+  adminUrl: string;
+  stop(): Promise<void>;
+  start(): Promise<void>;
+  destroy(): Promise<void>;
+}
+
+const PG_BIN = process.env.PG_BIN ?? '/usr/lib/postgresql/15/bin';
+
+/** Runs a PostgreSQL binary as the postgres OS user (initdb and the server refuse to run as root). */
+async function asPostgres(bin: string, args: string[]): Promise<void> {
+  await run('runuser', ['-u', 'postgres', '--', join(PG_BIN, bin), ...args], { timeout: 60_000 });
+}
+
+/**
+ * A throwaway PostgreSQL cluster under /tmp on a free port, trust auth on 127.0.0.1, so a test can
+ * stop and start the database without touching the shared server.
+ */
+export async function startOwnPostgres(): Promise<OwnPostgres> {
+  const port = await freePort();
+  const dir = await mkdtemp(join(tmpdir(), 'dealix-pg-'));
+  await chmod(dir, 0o700);
+  await run('chown', ['postgres:postgres', dir]);
+  const data = join(dir, 'data');
+  await asPostgres('initdb', ['-D', data, '-A', 'trust', '-U', 'postgres', '--no-sync', '-E', 'UTF8']);
+  const pgctl = (...args: string[]) => asPostgres('pg_ctl', ['-D', data, '-l', join(dir, 'server.log'), ...args]);
+  const opts = `-p ${port} -k ${dir} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=60`;
+  const self: OwnPostgres = {
+    port,
+    adminUrl: `postgres://postgres@127.0.0.1:${port}/postgres`,
+    start: () => pgctl('-o', opts, '-w', 'start'),
+    stop: () => pgctl('-m', 'fast', '-w', 'stop'),
+    async destroy() {
+      await pgctl('-m', 'immediate', '-w', 'stop').catch(() => {});
+      await rm(dir, { recursive: true, force: true });
+    },
+  };
+  await self.start();
+  return self;
+}
+

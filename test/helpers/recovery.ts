@@ -1,0 +1,105 @@
+import { createHash, randomUUID } from 'node:crypto';
+import { Job } from 'bullmq';
+import { expect } from 'vitest';
+import { tenantEm } from '../../src/platform/db/tenant-em.ts';
+import type { RunRow } from '../../src/platform/durable/runtime.ts';
+import { stepJobId } from '../../src/platform/queue/job-ids.ts';
+import { CLASS_A_SUBMISSION, type TestStack, type WorkerHandle } from './stack.ts';
+import { waitFor } from './poll.ts';
+import { SLOW_QUEUE, SLOW_TAG, SLOW_WORKFLOW, STEP_ENTERED } from './slow-workflow.ts';
+
+export const SLOW_STEPS = ['partner-dossier', 'economics-model', 'approval-packet', 'evidence-pack'];
+export const DOMAIN_TABLES = ['partner_dossiers', 'economics_models', 'approval_requests', 'evidence_packs'] as const;
+
+/** Starts a gp-slow run for a class A submission (no human needed) and, if asked, enqueues its steps. */
+export async function createSlowRun(stack: TestStack, tenant: string, opts: { enqueue: boolean }): Promise<RunRow> {
+  const runtime = stack.container.runtime;
+  const { run } = await tenantEm(stack.container.orm, tenant).transactional((tx) =>
+    runtime.start_run(tx, SLOW_WORKFLOW, {
+      tenantId: tenant,
+      principal: 'recovery-test',
+      idempotencyHash: createHash('sha256').update(randomUUID()).digest('hex'),
+      input: CLASS_A_SUBMISSION,
+      correlationId: randomUUID(),
+    }),
+  );
+  if (opts.enqueue) await runtime.enqueue(run, 1);
+  return run;
+}
+
+export interface RunState {
+  status: string;
+  sequence_num: number;
+  error: any;
+  checkpoints: Array<{ id: string; sequence_num: number; step_name: string; status: string; completed_at: Date | null; error: any }>;
+  counts: Record<(typeof DOMAIN_TABLES)[number], number>;
+}
+
+/** The run, its checkpoints and its domain rows per table, read under the run's tenant (RLS in force). */
+export async function readRun(stack: TestStack, tenant: string, runId: string): Promise<RunState> {
+  return tenantEm(stack.container.orm, tenant).transactional(async (tx) => {
+    const [run] = await tx.execute<any[]>('select status, sequence_num, error from durable_runs where id = ?', [runId]);
+    if (!run) throw new Error(`run ${runId} is not visible to tenant ${tenant}`);
+    const checkpoints = await tx.execute<any[]>(
+      'select id, sequence_num, step_name, status, completed_at, error from durable_checkpoints where run_id = ? order by sequence_num, created_at',
+      [runId],
+    );
+    const counts = {} as RunState['counts'];
+    for (const table of DOMAIN_TABLES) {
+      const [row] = await tx.execute<{ n: number }[]>(`select count(*)::int as n from ${table} where run_id = ?`, [runId]);
+      counts[table] = Number(row?.n ?? 0);
+    }
+    return { status: run.status, sequence_num: run.sequence_num, error: run.error, checkpoints, counts };
+  });
+}
+
+export async function waitRun(stack: TestStack, tenant: string, runId: string, statuses: string[], timeoutMs = 60_000): Promise<RunState> {
+  return waitFor(
+    async () => {
+      const s = await readRun(stack, tenant, runId);
+      return statuses.includes(s.status) ? s : undefined;
+    },
+    { timeoutMs, intervalMs: 200, what: `run ${runId} to reach ${statuses.join('|')}` },
+  );
+}
+
+/** Exactly one completed checkpoint per sequence_num, in the code's order, and one domain row per step. */
+export function expectEveryStepOnce(state: RunState): void {
+  expect(state.checkpoints.map((c) => [c.sequence_num, c.step_name, c.status])).toEqual(SLOW_STEPS.map((name, i) => [i + 1, name, 'completed']));
+  expect(state.counts).toEqual({ partner_dossiers: 1, economics_models: 1, approval_requests: 1, evidence_packs: 1 });
+  expect(state.sequence_num).toBe(SLOW_STEPS.length);
+}
+
+/** The sequence_nums of this run's steps that this worker process entered, in order (from its log lines). */
+export function entered(worker: WorkerHandle, runId: string): number[] {
+  const seqs: number[] = [];
+  for (const line of worker.output().split('\n')) {
+    if (!line.includes(STEP_ENTERED)) continue;
+    try {
+      const j = JSON.parse(line) as { msg?: string; run_id?: string; sequence_num?: number };
+      if (j.msg === STEP_ENTERED && j.run_id === runId && typeof j.sequence_num === 'number') seqs.push(j.sequence_num);
+    } catch {
+      // a line cut in the middle of a write; the next poll reads it whole
+    }
+  }
+  return seqs;
+}
+
+export async function waitEntered(worker: WorkerHandle, runId: string, seq: number): Promise<void> {
+  await waitFor(() => entered(worker, runId).includes(seq) || worker.proc.exitCode !== null, { timeoutMs: 60_000, what: `the worker to enter step ${seq}` });
+  if (!entered(worker, runId).includes(seq)) throw new Error(`worker exited before step ${seq}:\n${worker.output().slice(-4000)}`);
+}
+
+/** The BullMQ job of one step of a gp-slow run (deterministic id). */
+export async function jobOf(stack: TestStack, run: Pick<RunRow, 'idempotency_hash'>, seq: number): Promise<Job | undefined> {
+  const queue = stack.container.queues.get(SLOW_QUEUE);
+  if (!queue) throw new Error('the stack does not know the gp-slow queue');
+  return Job.fromId(queue, stepJobId(SLOW_TAG, run.idempotency_hash, seq, SLOW_STEPS[seq - 1]!));
+}
+
+/** SIGKILLs every worker of the stack still alive, so each test starts with none. */
+export async function killLiveWorkers(stack: TestStack): Promise<void> {
+  const live = stack.workers.filter((w) => w.proc.exitCode === null && w.proc.signalCode === null);
+  for (const w of live) w.kill('SIGKILL');
+  await Promise.all(live.map((w) => w.exited));
+}

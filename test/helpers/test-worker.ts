@@ -1,0 +1,34 @@
+/**
+ * A worker process for the recovery tests: the production worker plus the `gp-slow` test workflow,
+ * whose steps wait before doing their real work so a signal can land in the middle of one.
+ *
+ * GP_SLOW_STEP_MS: per sequence_num, comma-separated, the last entry repeating. Each entry is a
+ * delay in ms, `hang` (never finishes on its own), or `sigterm` (finishes once the process is told
+ * to stop). GP_SLOW_VARIANT: original | reordered | renamed (see slow-workflow.ts).
+ */
+import { setTimeout as sleep } from 'node:timers/promises';
+import { loadConfig } from '../../src/platform/config/config.ts';
+import { createContainer } from '../../src/container.ts';
+import { startWorkerProcess } from '../../src/worker-runtime.ts';
+import { onShutdown } from '../../src/platform/process/shutdown.ts';
+import { STEP_ENTERED, slowWorkflow, type SlowVariant, type StepGate } from './slow-workflow.ts';
+
+const delays = (process.env.GP_SLOW_STEP_MS ?? '0').split(',').map((s) => s.trim());
+const variant = (process.env.GP_SLOW_VARIANT ?? 'original') as SlowVariant;
+const terminated = new Promise<void>((resolve) => process.once('SIGTERM', () => resolve()));
+
+const gate: StepGate = async ({ seq, step, ctx }) => {
+  const spec = delays[Math.min(seq, delays.length) - 1] ?? '0';
+  ctx.logger.info({ sequence_num: seq, step, delay: spec }, STEP_ENTERED);
+  if (spec === 'hang') return new Promise<void>(() => {});
+  if (spec === 'sigterm') return terminated;
+  await sleep(Number(spec));
+};
+
+const config = loadConfig();
+const container = await createContainer(config, { service: 'worker', extraWorkflows: [slowWorkflow({ gate, variant })] });
+const worker = await startWorkerProcess(container);
+onShutdown(container.logger, config.WORKER_SHUTDOWN_GRACE, async () => {
+  await worker.stop();
+  await container.close();
+});

@@ -1,0 +1,291 @@
+/**
+ * Recovery of the durable runtime with real, separate worker processes (test/helpers/test-worker.ts):
+ * kills land in the middle of a step of the gp-slow workflow (the golden path's real steps behind a
+ * gate), and every assertion reads PostgreSQL under the run's tenant. Faults that would disturb
+ * other people (FLUSHALL, stopping PostgreSQL) run against this file's own redis-server and its own
+ * throwaway PostgreSQL cluster.
+ */
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { randomUUID } from 'node:crypto';
+import { Job, Queue } from 'bullmq';
+import { pino } from 'pino';
+import { DurableRuntime, type RunRow, type StepJobData } from '../../src/platform/durable/runtime.ts';
+import { StepExecutor } from '../../src/platform/durable/executor.ts';
+import { Sweeper } from '../../src/platform/durable/sweeper.ts';
+import { tenantEm } from '../../src/platform/db/tenant-em.ts';
+import { parseConfig } from '../../src/platform/config/config.ts';
+import { setupDatabase } from '../../src/platform/db/roles.ts';
+import { migrate } from '../../src/platform/db/migrate.ts';
+import { entities } from '../../src/entities.ts';
+import { api, CLASS_A_SUBMISSION, newTenant, startStack, type TestStack } from '../helpers/stack.ts';
+import { waitFor } from '../helpers/poll.ts';
+import { SLOW_QUEUE, SLOW_TAG, slowWorkflow, type StepGate } from '../helpers/slow-workflow.ts';
+import { startOwnPostgres, startOwnRedis, type OwnPostgres, type OwnRedis } from '../helpers/own-infra.ts';
+import { TEST_APP, TEST_JWT_SECRET, TEST_OWNER } from '../helpers/env.ts';
+import { createSlowRun, entered, expectEveryStepOnce, jobOf, killLiveWorkers, readRun, waitEntered, waitRun } from '../helpers/recovery.ts';
+
+const TEST_WORKER = 'test/helpers/test-worker.ts';
+const LONG = 180_000;
+
+describe('a killed or stopped worker: the run still completes, each step exactly once', () => {
+  let stack: TestStack;
+  beforeAll(async () => {
+    stack = await startStack({ api: false, workerEntry: TEST_WORKER, extraWorkflows: [slowWorkflow()] });
+  });
+  afterEach(async () => killLiveWorkers(stack));
+  afterAll(async () => stack?.stop());
+
+  it('a worker SIGKILLed in the middle of a step is resumed by another worker; every step has one checkpoint and one domain row', { timeout: LONG }, async () => {
+    const tenant = newTenant();
+    const first = await stack.spawnWorker({ GP_SLOW_STEP_MS: '0,hang' });
+    const run = await createSlowRun(stack, tenant, { enqueue: true });
+    await waitEntered(first, run.id, 2);
+    const before = await readRun(stack, tenant, run.id);
+    expect(before.sequence_num).toBe(1); // the kill lands inside step 2, before it can commit
+    first.kill('SIGKILL');
+    await first.exited;
+
+    const second = await stack.spawnWorker({ GP_SLOW_STEP_MS: '0' });
+    const done = await waitRun(stack, tenant, run.id, ['completed', 'failed']);
+    expect(done.status).toBe('completed');
+    expectEveryStepOnce(done);
+    expect(entered(second, run.id)).toEqual([2, 3, 4]);
+  });
+
+  it('a run resumes from its last checkpoint after a kill: completed steps are not run again and progress moves on', { timeout: LONG }, async () => {
+    const tenant = newTenant();
+    const first = await stack.spawnWorker({ GP_SLOW_STEP_MS: '0,0,hang' });
+    const run = await createSlowRun(stack, tenant, { enqueue: true });
+    await waitEntered(first, run.id, 3);
+    const before = await readRun(stack, tenant, run.id);
+    expect(before.sequence_num).toBe(2);
+    first.kill('SIGKILL');
+    await first.exited;
+
+    const second = await stack.spawnWorker({ GP_SLOW_STEP_MS: '0' });
+    await waitFor(async () => (await readRun(stack, tenant, run.id)).sequence_num > 2, { timeoutMs: 60_000, what: 'progress past the last checkpoint' });
+    const done = await waitRun(stack, tenant, run.id, ['completed']);
+    expectEveryStepOnce(done);
+    // The two checkpoints written before the kill are the very same rows: replayed, never redone.
+    expect(done.checkpoints.slice(0, 2)).toEqual(before.checkpoints);
+    expect(entered(second, run.id)).toEqual([3, 4]);
+    // BullMQ progress of the resumed step names its sequence_num.
+    const job = await jobOf(stack, run, 3);
+    expect(job?.progress).toMatchObject({ sequence_num: 3, status: 'completed' });
+  });
+
+  it('a second stall of the same step does not fail the run', { timeout: LONG }, async () => {
+    const tenant = newTenant();
+    const run = await createSlowRun(stack, tenant, { enqueue: true });
+    for (let i = 0; i < 2; i++) {
+      const w = await stack.spawnWorker({ GP_SLOW_STEP_MS: '0,hang' });
+      await waitEntered(w, run.id, 2);
+      w.kill('SIGKILL');
+      await w.exited;
+    }
+    await stack.spawnWorker({ GP_SLOW_STEP_MS: '0' });
+    const done = await waitRun(stack, tenant, run.id, ['completed', 'failed']);
+    expect(done.status).toBe('completed');
+    expectEveryStepOnce(done);
+    expect((await jobOf(stack, run, 2))?.stalledCounter).toBeGreaterThanOrEqual(2);
+  });
+
+  it('two executions of the same step at once: one effect, one checkpoint', { timeout: LONG }, async () => {
+    const tenant = newTenant();
+    let inside = 0;
+    let release!: () => void;
+    const together = new Promise<void>((r) => (release = r));
+    // Both executions are inside the step body, each in its own transaction, before either goes on.
+    const gate: StepGate = async ({ seq }) => {
+      if (seq !== 1) return;
+      if (++inside === 2) release();
+      await together;
+    };
+    const logger = pino({ level: 'silent' });
+    const runtime = new DurableRuntime({ workflows: [slowWorkflow({ gate })], flowProducer: stack.container.runtime.flowProducer, queues: new Map(), logger });
+    const executor = (workerId: string) => new StepExecutor({ orm: stack.container.orm, runtime, logger, workerId, leaseMs: 5000 });
+    const run = await createSlowRun(stack, tenant, { enqueue: false });
+    // A queue no worker listens on: the two executions below are the only ones.
+    const queue = new Queue(`${SLOW_QUEUE}-direct`, { connection: stack.container.redis, prefix: stack.prefix });
+    try {
+      const data: StepJobData = { run_id: run.id, tenant_id: tenant, workflow: run.workflow, step: 'partner-dossier', sequence_num: 1, _correlation_id: run.correlation_id };
+      const job = await Job.create(queue, 'partner-dossier', data, { jobId: `${SLOW_TAG}-dup-${run.id}`, attempts: 5 });
+      const twin = (await Job.fromId<StepJobData>(queue, job.id!))!;
+      const outcomes = await Promise.all([executor('worker-a').process(job), executor('worker-b').process(twin)]);
+      expect(inside).toBe(2);
+      expect(outcomes.map((o) => o.replayed).sort()).toEqual([false, true]);
+      const state = await readRun(stack, tenant, run.id);
+      expect(state.checkpoints.map((c) => [c.sequence_num, c.status])).toEqual([[1, 'completed']]);
+      expect(state.counts.partner_dossiers).toBe(1);
+      expect(state.sequence_num).toBe(1);
+    } finally {
+      await queue.close();
+      // This run was never enqueued: end it so no sweeper picks it up for another test.
+      await tenantEm(stack.container.orm, tenant).transactional((tx) => stack.container.runtime.complete(tx, run.id, 'cancelled'));
+    }
+  });
+
+  it('the sweeper pages past runs whose jobs are alive and re-enqueues, across tenants, the one that has none', { timeout: LONG }, async () => {
+    const lines: string[] = [];
+    const logger = pino({ level: 'info' }, { write: (l: string) => void lines.push(l) });
+    const sweeper = new Sweeper({
+      orm: stack.container.orm,
+      runtime: stack.container.runtime,
+      redis: stack.container.redis,
+      logger,
+      lockKey: `${stack.prefix}:test-sweeper-lock`,
+      intervalMs: 1000,
+      minAgeMs: 0,
+      batch: 1,
+    });
+    const [alive1, alive2] = [await createSlowRun(stack, newTenant(), { enqueue: true }), await createSlowRun(stack, newTenant(), { enqueue: true })];
+    // Committed but never enqueued, as after a crash between the commit and the enqueue; and the newest.
+    const lost = await createSlowRun(stack, newTenant(), { enqueue: false });
+    const reenqueued = (id: string) => lines.filter((l) => l.includes('sweeper re-enqueued run') && l.includes(id)).length;
+
+    const first = await sweeper.sweep();
+    expect(first.redisLost).toBe(true); // no marker yet under this lock key: the first sweep repairs waiting runs too
+    expect(first.examined).toBeGreaterThanOrEqual(3);
+    expect(await (await jobOf(stack, lost, 1))?.getState()).toBe('waiting');
+    const second = await sweeper.sweep();
+    expect(second.redisLost).toBe(false);
+    expect([reenqueued(alive1.id), reenqueued(alive2.id), reenqueued(lost.id)]).toEqual([0, 0, 1]);
+  });
+
+  it.each(['reordered', 'renamed'] as const)('%s steps against existing checkpoints fail the run loudly as non-determinism', { timeout: LONG }, async (variant) => {
+    const tenant = newTenant();
+    const first = await stack.spawnWorker({ GP_SLOW_STEP_MS: '0,hang' });
+    const run = await createSlowRun(stack, tenant, { enqueue: true });
+    await waitEntered(first, run.id, 2);
+    first.kill('SIGKILL');
+    await first.exited;
+
+    await stack.spawnWorker({ GP_SLOW_STEP_MS: '0', GP_SLOW_VARIANT: variant });
+    const done = await waitRun(stack, tenant, run.id, ['completed', 'failed']);
+    expect(done.status).toBe('failed');
+    expect(done.error).toMatchObject({ code: 'non_determinism', sequence_num: 2 });
+    expect(done.checkpoints.map((c) => [c.sequence_num, c.status])).toEqual([[1, 'completed'], [2, 'failed']]);
+    expect(done.counts).toMatchObject({ partner_dossiers: 1, economics_models: 0, approval_requests: 0, evidence_packs: 0 });
+    // Unrecoverable: no retries were spent on it.
+    await waitFor(async () => (await (await jobOf(stack, run, 2))?.getState()) === 'failed', { timeoutMs: 30_000, what: 'the job to fail' });
+    expect((await jobOf(stack, run, 2))?.attemptsMade).toBe(1);
+  });
+
+  it('SIGTERM during a step: the step finishes within the grace period, the worker exits 0, and the run completes', { timeout: LONG }, async () => {
+    const tenant = newTenant();
+    const first = await stack.spawnWorker({ GP_SLOW_STEP_MS: '0,sigterm' });
+    const run = await createSlowRun(stack, tenant, { enqueue: true });
+    await waitEntered(first, run.id, 2);
+    first.kill('SIGTERM');
+    expect(await first.exited).toBe(0);
+    const stopped = await readRun(stack, tenant, run.id);
+    expect(stopped.sequence_num).toBe(2); // step 2 finished; no new job was taken after the signal
+
+    const second = await stack.spawnWorker({ GP_SLOW_STEP_MS: '0' });
+    const done = await waitRun(stack, tenant, run.id, ['completed', 'failed']);
+    expect(done.status).toBe('completed');
+    expectEveryStepOnce(done);
+    expect(entered(second, run.id)).toEqual([3, 4]);
+  });
+
+  it('SIGTERM during a step longer than the grace period: the job is handed back, the worker exits 0, another worker completes the run', { timeout: LONG }, async () => {
+    const tenant = newTenant();
+    const first = await stack.spawnWorker({ GP_SLOW_STEP_MS: '0,hang', WORKER_SHUTDOWN_GRACE: '1s' });
+    const run = await createSlowRun(stack, tenant, { enqueue: true });
+    await waitEntered(first, run.id, 2);
+    first.kill('SIGTERM');
+    expect(await first.exited).toBe(0);
+    expect(first.output()).toContain('handing them back');
+    expect((await readRun(stack, tenant, run.id)).sequence_num).toBe(1);
+
+    const second = await stack.spawnWorker({ GP_SLOW_STEP_MS: '0' });
+    const done = await waitRun(stack, tenant, run.id, ['completed', 'failed']);
+    expect(done.status).toBe('completed');
+    expectEveryStepOnce(done);
+    expect(entered(second, run.id)).toEqual([2, 3, 4]);
+  });
+});
+
+describe('Redis flushed with runs in flight (own redis-server)', () => {
+  let redis: OwnRedis;
+  let stack: TestStack;
+  beforeAll(async () => {
+    redis = await startOwnRedis();
+    stack = await startStack({ api: false, workerEntry: TEST_WORKER, extraWorkflows: [slowWorkflow()], env: { REDIS_URL: redis.url } });
+  });
+  afterAll(async () => {
+    await stack?.stop();
+    await redis?.stop();
+  });
+
+  it('after FLUSHALL the sweeper re-enqueues every incomplete run from its last checkpoint, and all complete exactly once', { timeout: LONG }, async () => {
+    const workers = [await stack.spawnWorker({ GP_SLOW_STEP_MS: '700' }), await stack.spawnWorker({ GP_SLOW_STEP_MS: '700' })];
+    const tenants = [newTenant(), newTenant()];
+    const runs: Array<{ tenant: string; run: RunRow }> = [];
+    for (let i = 0; i < 6; i++) {
+      const tenant = tenants[i % 2]!;
+      runs.push({ tenant, run: await createSlowRun(stack, tenant, { enqueue: true }) });
+    }
+    await waitFor(async () => (await readRun(stack, runs[0]!.tenant, runs[0]!.run.id)).sequence_num >= 1, { timeoutMs: 60_000, what: 'first checkpoint' });
+    const inFlight = await Promise.all(runs.map(({ tenant, run }) => readRun(stack, tenant, run.id)));
+    expect(inFlight.every((r) => r.status !== 'completed')).toBe(true);
+    await redis.client.flushall();
+
+    for (const { tenant, run } of runs) {
+      const done = await waitRun(stack, tenant, run.id, ['completed', 'failed'], 120_000);
+      expect(done.status).toBe('completed');
+      expectEveryStepOnce(done);
+    }
+    expect(workers.some((w) => w.output().includes('sweeper re-enqueued run'))).toBe(true);
+  });
+});
+
+describe('PostgreSQL restarted (own throwaway cluster)', () => {
+  let pg: OwnPostgres;
+  let stack: TestStack;
+  beforeAll(async () => {
+    pg = await startOwnPostgres();
+    const url = (role: { user: string; password: string }) => `postgres://${role.user}:${role.password}@127.0.0.1:${pg.port}/dealix_restart`;
+    await setupDatabase({ adminUrl: pg.adminUrl, ownerUrl: url(TEST_OWNER), appUrl: url(TEST_APP) });
+    await migrate(parseConfig({ JWT_SECRET: TEST_JWT_SECRET, DATABASE_URL: url(TEST_APP), MIGRATION_DATABASE_URL: url(TEST_OWNER) }), entities);
+    stack = await startStack({ workerEntry: TEST_WORKER, extraWorkflows: [slowWorkflow()], env: { DATABASE_URL: url(TEST_APP), MIGRATION_DATABASE_URL: url(TEST_OWNER) } });
+  }, LONG);
+  afterAll(async () => {
+    await stack?.stop();
+    await pg?.destroy();
+  });
+
+  it('while the database is down the API answers 503 problem+json, and afterwards the same worker finishes the work', { timeout: LONG }, async () => {
+    const tenant = newTenant();
+    const token = await stack.token({ tenantId: tenant, sub: 'submitter' });
+    const worker = await stack.spawnWorker({ GP_SLOW_STEP_MS: '0,1500' });
+    const run = await createSlowRun(stack, tenant, { enqueue: true });
+    await waitEntered(worker, run.id, 2);
+    await pg.stop();
+
+    for (const [method, path, body] of [
+      ['GET', '/api/v1/golden-path/runs', undefined],
+      ['POST', '/api/v1/golden-path/run', CLASS_A_SUBMISSION],
+    ] as const) {
+      const res = await api(stack, method, path, { token, body, headers: { 'Idempotency-Key': randomUUID() } });
+      expect(res.status, `${method} ${path}: ${res.text}`).toBe(503);
+      expect(res.headers.get('content-type')).toContain('application/problem+json');
+      expect(res.json).toMatchObject({ status: 503, code: 'service_unavailable' });
+      expect(res.headers.get('retry-after')).toBeTruthy();
+    }
+
+    // Down long enough for step 2 to spend all its attempts: an unreachable database must not fail the run.
+    await waitFor(async () => (await (await jobOf(stack, run, 2))?.getState()) === 'failed', { timeoutMs: 60_000, intervalMs: 250, what: 'step 2 to fail for good' });
+    await pg.start();
+    const done = await waitRun(stack, tenant, run.id, ['completed', 'failed'], 120_000);
+    expect(done.status).toBe('completed');
+    expectEveryStepOnce(done);
+    expect(worker.proc.exitCode).toBeNull();
+
+    const res = await waitFor(async () => {
+      const r = await api(stack, 'POST', '/api/v1/golden-path/run', { token, body: CLASS_A_SUBMISSION, headers: { 'Idempotency-Key': randomUUID() } });
+      return r.status === 202 ? r : undefined;
+    }, { timeoutMs: 30_000, what: 'the API to accept work again' });
+    await waitFor(async () => (await api(stack, 'GET', `/api/v1/golden-path/runs/${res.json.run_id}`, { token })).json?.status === 'completed', { timeoutMs: 60_000, what: 'a new run to complete' });
+  });
+});
