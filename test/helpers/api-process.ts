@@ -40,10 +40,16 @@ export async function spawnApi(env: Record<string, string>, execArgv: string[] =
   proc.stdout!.on('data', (d) => (out += d));
   proc.stderr!.on('data', (d) => (out += d));
   const exited = new Promise<number | null>((r) => proc.once('exit', (code) => r(code)));
-  const listening = await waitFor(() => jsonLines(out).find((l) => l.msg === 'api listening') ?? (proc.exitCode !== null ? { exited: true } : undefined), {
-    timeoutMs: 60_000,
-    what: 'api start',
-  });
+  let listening: Record<string, any>;
+  try {
+    listening = await waitFor(() => jsonLines(out).find((l) => l.msg === 'api listening') ?? (proc.exitCode !== null ? { exited: true } : undefined), {
+      timeoutMs: 90_000,
+      what: 'api start',
+    });
+  } catch (e) {
+    proc.kill('SIGKILL');
+    throw e;
+  }
   if ('exited' in listening) throw new Error(`api exited at start:\n${out}`);
   return {
     proc,

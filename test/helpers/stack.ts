@@ -99,7 +99,7 @@ export async function startStack(opts: StackOptions = {}): Promise<TestStack> {
     const exited = new Promise<number | null>((r) => proc.once('exit', (code) => r(code)));
     const handle: WorkerHandle = { proc, output: () => out, exited, kill: (s = 'SIGKILL') => void proc.kill(s) };
     workers.push(handle);
-    await waitFor(() => out.includes('worker started') || proc.exitCode !== null, { timeoutMs: 30_000, what: 'worker start' });
+    await waitFor(() => out.includes('worker started') || proc.exitCode !== null, { timeoutMs: 90_000, what: 'worker start' });
     if (proc.exitCode !== null) throw new Error(`worker exited at start:\n${out}`);
     return handle;
   };

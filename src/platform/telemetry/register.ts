@@ -13,8 +13,12 @@ import { setTelemetryShutdown } from './otel-hooks.ts';
 
 const env = telemetryEnv();
 if (!env.disabled) {
-  // ESM auto-instrumentation needs the import-in-the-middle loader hook, registered before any instrumented import.
-  register('@opentelemetry/instrumentation/hook.mjs', import.meta.url);
+  // ESM auto-instrumentation needs the import-in-the-middle loader hook, registered before any instrumented
+  // import. It intercepts only the modules the instrumentations hook (told over a message channel), not every
+  // module of the application: that keeps start-up close to the uninstrumented one.
+  const { createAddHookMessageChannel } = await import('import-in-the-middle');
+  const { registerOptions, waitForAllMessagesAcknowledged } = createAddHookMessageChannel();
+  register('@opentelemetry/instrumentation/hook.mjs', import.meta.url, registerOptions);
   const { NodeSDK } = await import('@opentelemetry/sdk-node');
   const { getNodeAutoInstrumentations } = await import('@opentelemetry/auto-instrumentations-node');
   const { installCorrelationProcessor } = await import('./correlation-span-processor.ts');
@@ -45,6 +49,8 @@ if (!env.disabled) {
     ],
   });
   sdk.start();
+  // The loader must know every hooked module before the application's first import.
+  await waitForAllMessagesAcknowledged();
   setTelemetryShutdown(() => sdk.shutdown());
 }
 
