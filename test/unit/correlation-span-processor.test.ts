@@ -1,0 +1,53 @@
+import { describe, expect, it } from 'vitest';
+import { ROOT_CONTEXT, propagation, trace } from '@opentelemetry/api';
+import { InMemorySpanExporter, SimpleSpanProcessor, TracerProvider } from '@opentelemetry/sdk-trace';
+import { CorrelationSpanProcessor } from '../../src/platform/telemetry/correlation-span-processor.ts';
+import { requestContext } from '../../src/platform/tenancy/request-context.ts';
+import { ATTR } from '../../src/platform/telemetry/attributes.ts';
+
+function setup() {
+  const processor = new CorrelationSpanProcessor();
+  const exporter = new InMemorySpanExporter();
+  const provider = new TracerProvider({ spanProcessors: [processor, new SimpleSpanProcessor({ exporter })] });
+  const tracer = provider.getTracer('test');
+  const attrs = (name: string) => exporter.getFinishedSpans().find((s) => s.name === name)?.attributes;
+  return { processor, tracer, attrs };
+}
+const principal = { sub: 'u', tenantId: 'tenant-1', roles: [] };
+
+describe('CorrelationSpanProcessor', () => {
+  it('tags spans started in a request or job context with the correlation, tenant and run ids', () => {
+    const { tracer, attrs } = setup();
+    requestContext.run({ requestId: 'r', correlationId: 'c-1', runId: 'run-1', principal }, () => tracer.startSpan('inside').end());
+    tracer.startSpan('outside').end();
+    expect(attrs('inside')).toEqual({ [ATTR.CORRELATION]: 'c-1', [ATTR.TENANT]: 'tenant-1', [ATTR.RUN]: 'run-1' });
+    expect(attrs('outside')).toEqual({});
+  });
+
+  it('prefers the run correlation id carried in baggage over the request it is enqueued from (a resume)', () => {
+    const { tracer, attrs } = setup();
+    const ctx = propagation.setBaggage(ROOT_CONTEXT, propagation.createBaggage({ [ATTR.CORRELATION]: { value: 'c-run' } }));
+    requestContext.run({ requestId: 'r', correlationId: 'c-approver', principal }, () => tracer.startSpan('enqueue', {}, ctx).end());
+    expect(attrs('enqueue')).toEqual({ [ATTR.CORRELATION]: 'c-run' });
+  });
+
+  it('tags a live span that started before the id was known, once it is known for its trace', () => {
+    const { processor, tracer, attrs } = setup();
+    const server = tracer.startSpan('server');
+    const early = tracer.startSpan('early', {}, trace.setSpan(ROOT_CONTEXT, server));
+    early.end();
+    processor.bind(server.spanContext().traceId, 'c-2');
+    server.end();
+    expect(attrs('server')).toEqual({ [ATTR.CORRELATION]: 'c-2' });
+    // An ended span is exported as it was; it is not held.
+    expect(attrs('early')).toEqual({});
+  });
+
+  it('tags the live spans of a trace when a correlated span starts in it', () => {
+    const { tracer, attrs } = setup();
+    const process = tracer.startSpan('process');
+    requestContext.run({ requestId: 'r', correlationId: 'c-3' }, () => tracer.startSpan('step', {}, trace.setSpan(ROOT_CONTEXT, process)).end());
+    process.end();
+    expect(attrs('process')).toEqual({ [ATTR.CORRELATION]: 'c-3' });
+  });
+});
