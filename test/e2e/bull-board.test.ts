@@ -112,9 +112,11 @@ describe('Bull Board at /admin/queues', () => {
     await page.getByText('partner-dossier').first().waitFor({ timeout: 30_000 });
     await page.getByText('evidence-pack').first().waitFor({ timeout: 30_000 });
     for (const dir of ['artifacts', 'docs/images']) mkdirSync(join(ROOT, dir), { recursive: true });
-    await page.screenshot({ path: join(ROOT, 'artifacts/bull-board.png'), fullPage: false });
-    await page.screenshot({ path: join(ROOT, 'docs/images/bull-board.png'), fullPage: false });
-    expect(existsSync(join(ROOT, 'docs/images/bull-board.png'))).toBe(true);
+    await page.screenshot({ path: join(ROOT, 'artifacts/bull-board.png') });
+    // The committed docs image is refreshed on request (UPDATE_SCREENSHOTS=1), not on every run.
+    const docsImage = join(ROOT, 'docs/images/bull-board.png');
+    if (process.env.UPDATE_SCREENSHOTS === '1' || !existsSync(docsImage)) await page.screenshot({ path: docsImage });
+    expect(existsSync(join(ROOT, 'artifacts/bull-board.png'))).toBe(true);
     await page.close();
   });
 
