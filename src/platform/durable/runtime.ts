@@ -111,24 +111,29 @@ export class DurableRuntime {
    */
   async start_run(em: EntityManager, workflowName: string, input: StartRunInput): Promise<{ run: RunRow; created: boolean }> {
     const wf = this.workflow(workflowName);
-    const rows = await em.execute<(RunRow & { created: boolean })[]>(
-      `with ins as (
-         insert into durable_runs (id, tenant_id, workflow, workflow_version, idempotency_hash, status, principal, input, correlation_id,
-                                   trace_id, traceparent, sequence_num, step_count, created_at, updated_at)
-         values (?, ?, ?, ?, ?, 'pending', ?, ?::jsonb, ?, ?, ?, 0, ?, date_trunc('milliseconds', now()), now())
-         on conflict (tenant_id, idempotency_hash) do nothing
-         returning ${RUN_COLUMNS})
-       select ins.*, true as created from ins
-       union all
-       select ${RUN_COLUMNS}, false as created from durable_runs
-        where tenant_id = ? and idempotency_hash = ? and not exists (select 1 from ins)`,
-      [randomUUID(), input.tenantId, wf.name, wf.version, input.idempotencyHash, input.principal, JSON.stringify(input.input),
-        input.correlationId, input.traceId ?? null, input.traceparent ?? null, wf.steps.length, input.tenantId, input.idempotencyHash],
-    );
-    const row = rows[0];
-    if (!row) throw new Error('start_run returned no row');
-    const { created, ...run } = row;
-    return { run, created };
+    // Under READ COMMITTED the fallback select's snapshot can predate a concurrent insert that won the
+    // conflict while this one waited; the next statement has a fresh snapshot and sees the winner.
+    for (let attempt = 0; attempt < 5; attempt++) {
+      const rows = await em.execute<(RunRow & { created: boolean })[]>(
+        `with ins as (
+           insert into durable_runs (id, tenant_id, workflow, workflow_version, idempotency_hash, status, principal, input, correlation_id,
+                                     trace_id, traceparent, sequence_num, step_count, created_at, updated_at)
+           values (?, ?, ?, ?, ?, 'pending', ?, ?::jsonb, ?, ?, ?, 0, ?, date_trunc('milliseconds', now()), now())
+           on conflict (tenant_id, idempotency_hash) do nothing
+           returning ${RUN_COLUMNS})
+         select ins.*, true as created from ins
+         union all
+         select ${RUN_COLUMNS}, false as created from durable_runs
+          where tenant_id = ? and idempotency_hash = ? and not exists (select 1 from ins)`,
+        [randomUUID(), input.tenantId, wf.name, wf.version, input.idempotencyHash, input.principal, JSON.stringify(input.input),
+          input.correlationId, input.traceId ?? null, input.traceparent ?? null, wf.steps.length, input.tenantId, input.idempotencyHash],
+      );
+      const row = rows[0];
+      if (!row) continue;
+      const { created, ...run } = row;
+      return { run, created };
+    }
+    throw new Error('start_run found neither a new nor an existing run');
   }
 
   /** Enqueues the segment of steps that starts at `fromSeq` as one flow (first step deepest). */
