@@ -97,7 +97,9 @@ export function isConnectivityError(e: unknown): boolean {
   for (let cur: unknown = e, depth = 0; cur && depth < 6; depth++) {
     const c = cur as { code?: unknown; message?: unknown; cause?: unknown; name?: unknown };
     if (typeof c.code === 'string' && (TRANSIENT_PG_CODES.has(c.code) || TRANSIENT_NET_CODES.has(c.code))) return true;
-    if (c.name === 'ConnectionException') return true;
+    if (c.name === 'ConnectionException' || c.name === 'MaxRetriesPerRequestError') return true;
+    // ioredis, when Redis is down and the offline queue is off (producers fail fast).
+    if (typeof c.message === 'string' && /Stream isn't writeable|Connection is closed|enableOfflineQueue options is false|Command timed out/i.test(c.message)) return true;
     if (typeof c.message === 'string' && /Connection terminated|connect ECONNREFUSED|terminating connection|the database system is (starting up|shutting down)|Client has encountered a connection error|timeout exceeded when trying to connect/i.test(c.message)) return true;
     cur = c.cause;
   }
