@@ -16,7 +16,7 @@ export function tenantEm(orm: MikroORM, tenantId: string): EntityManager {
 /**
  * A narrowly privileged system context: `SET LOCAL ROLE <role>` for cross-tenant maintenance
  * (the recovery sweeper, expiry of idempotency keys). What the role may see is fixed in the
- * database by column grants and policies; see docs/adr/0003-recovery-sweeper.md.
+ * database by column grants and policies; see docs/adr/0003-recovery-sweeper-cross-tenant-read.md.
  */
 export function systemEm(orm: MikroORM): EntityManager {
   return orm.em.fork({ clear: true, useContext: false, session: { role: SYSTEM_ROLE } });
