@@ -8,6 +8,7 @@ import { metricsHandler } from './platform/http/metrics.route.ts';
 import { httpLogger } from './platform/telemetry/http-logger.ts';
 import { operatorDashboard, setBoardQueues } from './platform/http/admin-board.ts';
 import { openApiHandlers } from './platform/http/openapi.route.ts';
+import { rejectUnstorableText } from './platform/http/json-text.ts';
 
 /** Middleware order and routers, nothing else. */
 export function createApp(c: Container): Express {
@@ -22,6 +23,7 @@ export function createApp(c: Container): Express {
   setBoardQueues(app, dashboard.queueNames);
   app.use(dashboard.path, ...dashboard.handlers);
   app.use(express.json({ limit: c.config.BODY_LIMIT, strict: true, type: ['application/json', 'application/*+json'] }));
+  app.use(rejectUnstorableText);
   app.get('/healthz', liveness);
   app.get('/readyz', readiness({ orm: c.orm, redis: c.redis }));
   app.get('/metrics', metricsHandler(c));

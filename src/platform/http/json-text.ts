@@ -1,0 +1,39 @@
+import type { NextFunction, Request, Response } from 'express';
+import { ValidationError } from '../errors/app-error.ts';
+
+// NUL, or a UTF-16 surrogate without its partner: valid in JSON text, but PostgreSQL text and jsonb
+// cannot hold either, so such a body would fail deep inside a handler's transaction as a 500.
+const UNSTORABLE = /\u0000|[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/;
+
+/** The path of the first key or string in `value` that PostgreSQL cannot store, or undefined. */
+export function findUnstorableText(value: unknown): string | undefined {
+  // Iterative: a body of 64 kB can nest tens of thousands of levels deep.
+  const stack: Array<[unknown, string]> = [[value, '']];
+  while (stack.length > 0) {
+    const [v, path] = stack.pop()!;
+    if (typeof v === 'string') {
+      if (UNSTORABLE.test(v)) return path || '(root)';
+    } else if (Array.isArray(v)) {
+      for (let i = v.length - 1; i >= 0; i--) stack.push([v[i], join(path, String(i))]);
+    } else if (v !== null && typeof v === 'object') {
+      for (const [k, child] of Object.entries(v)) {
+        if (UNSTORABLE.test(k)) return join(path, '(key)');
+        stack.push([child, join(path, k)]);
+      }
+    }
+  }
+  return undefined;
+}
+
+const join = (path: string, key: string) => (path.length > 200 ? path : path ? `${path}.${key}` : key);
+
+/** Refuses a parsed JSON body holding text the database cannot store: 400, before any handler runs. */
+export function rejectUnstorableText(req: Request, _res: Response, next: NextFunction): void {
+  const path = req.body === undefined ? undefined : findUnstorableText(req.body);
+  if (path === undefined) return next();
+  next(
+    new ValidationError('Invalid request body', [
+      { path: path.slice(0, 200), message: 'contains a NUL character or an unpaired UTF-16 surrogate, which cannot be stored' },
+    ]),
+  );
+}
