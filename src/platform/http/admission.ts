@@ -4,7 +4,8 @@ import { AppError } from '../errors/app-error.ts';
 
 /**
  * Abuse limits per tenant: a submission rate (fixed one-minute window in Redis) and a cap on runs
- * in flight (counted under RLS). Both answer 429 with Retry-After; 0 disables a limit.
+ * in flight (counted under RLS; call `admit` inside the transaction that then inserts the run).
+ * Both answer 429 with Retry-After; 0 disables a limit.
  */
 export class AdmissionController {
   private readonly o: { redis: Redis; prefix: string; perMinute: number; maxInFlight: number };
@@ -24,6 +25,9 @@ export class AdmissionController {
       }
     }
     if (this.o.maxInFlight > 0) {
+      // Count-then-insert races: concurrent submissions would each see room under the cap. A lock per
+      // tenant, held until the caller's transaction (which inserts the run) ends, serialises them.
+      await em.execute(`select pg_advisory_xact_lock(hashtextextended('dealix:admission:' || ?, 0))`, [tenantId]);
       const [row] = await em.execute<{ n: string }[]>(
         `select count(*) as n from (select 1 from durable_runs where status in ('pending', 'running') limit ?) t`,
         [this.o.maxInFlight + 1],

@@ -1,0 +1,113 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { randomUUID } from 'node:crypto';
+import { api, CLASS_A_SUBMISSION, newTenant, startStack, type TestStack } from '../helpers/stack.ts';
+import { waitFor } from '../helpers/poll.ts';
+
+/**
+ * Per-tenant abuse limits on submissions: a rate per minute and a cap on runs in flight. Both answer
+ * 429 problem+json with Retry-After, neither is stored as the key's idempotent outcome (the same key
+ * succeeds once the limit clears), and one tenant's limit never touches another tenant.
+ */
+
+const RUN = '/api/v1/golden-path/run';
+
+async function submit(stack: TestStack, token: string, key = randomUUID()) {
+  return api(stack, 'POST', RUN, { token, body: CLASS_A_SUBMISSION, headers: { 'Idempotency-Key': key } });
+}
+
+async function storedKeys(stack: TestStack, key: string) {
+  const { rows } = await stack.db.admin(`select status, response_status from idempotency_keys where idempotency_key = $1`, [key]);
+  return rows;
+}
+
+function expect429(res: Awaited<ReturnType<typeof submit>>, maxRetryAfter: number) {
+  expect(res.status).toBe(429);
+  expect(res.headers.get('content-type')).toMatch(/^application\/problem\+json/);
+  expect(res.json).toMatchObject({ status: 429, code: 'rate_limited' });
+  const retryAfter = Number(res.headers.get('retry-after'));
+  expect(Number.isInteger(retryAfter)).toBe(true);
+  expect(retryAfter).toBeGreaterThanOrEqual(1);
+  expect(retryAfter).toBeLessThanOrEqual(maxRetryAfter);
+  expect(res.headers.get('idempotent-replayed')).toBeNull();
+}
+
+describe('submission rate limit (RATE_LIMIT_PER_MINUTE)', () => {
+  const LIMIT = 3;
+  let stack: TestStack;
+  beforeAll(async () => {
+    stack = await startStack({ env: { RATE_LIMIT_PER_MINUTE: String(LIMIT), MAX_RUNS_IN_FLIGHT_PER_TENANT: '0' } });
+  });
+  afterAll(async () => stack?.stop());
+
+  it('the request over the limit gets 429 with Retry-After; its key is not kept, and a retry after the window succeeds', { timeout: 150_000 }, async () => {
+    const tenant = newTenant();
+    const token = await stack.token({ tenantId: tenant, sub: 'burst' });
+    // Start well inside a one-minute window, so the LIMIT accepted requests and the refused one share it.
+    await waitFor(() => Date.now() % 60_000 < 45_000, { timeoutMs: 20_000, intervalMs: 200, what: 'the start of a rate window' });
+    for (let i = 0; i < LIMIT; i++) expect((await submit(stack, token)).status).toBe(202);
+    const key = randomUUID();
+    const refused = await submit(stack, token, key);
+    expect429(refused, 60);
+    expect(await storedKeys(stack, key)).toEqual([]);
+    // Another tenant is not throttled by this one.
+    const other = await stack.token({ tenantId: newTenant(), sub: 'calm' });
+    expect((await submit(stack, other)).status).toBe(202);
+    // The same key, retried after the window: a fresh 202, not a replayed 429.
+    const accepted = await waitFor(async () => {
+      const r = await submit(stack, token, key);
+      if (r.status === 429) return undefined;
+      return r;
+    }, { timeoutMs: 90_000, intervalMs: 1000, what: 'the next rate window' });
+    expect(accepted.status).toBe(202);
+    expect(accepted.headers.get('idempotent-replayed')).toBeNull();
+    expect(await storedKeys(stack, key)).toEqual([{ status: 'completed', response_status: 202 }]);
+    const replay = await submit(stack, token, key);
+    expect(replay.json.run_id).toBe(accepted.json.run_id);
+    expect(replay.headers.get('idempotent-replayed')).toBe('true');
+  });
+});
+
+describe('runs in flight cap (MAX_RUNS_IN_FLIGHT_PER_TENANT)', () => {
+  const CAP = 2;
+  let stack: TestStack;
+  beforeAll(async () => {
+    // No worker at first: accepted runs stay pending, i.e. in flight.
+    stack = await startStack({ env: { RATE_LIMIT_PER_MINUTE: '0', MAX_RUNS_IN_FLIGHT_PER_TENANT: String(CAP) } });
+  });
+  afterAll(async () => stack?.stop());
+
+  it('a submission over the cap gets 429; once runs finish the same key is accepted', async () => {
+    const tenant = newTenant();
+    const token = await stack.token({ tenantId: tenant, sub: 'busy' });
+    for (let i = 0; i < CAP; i++) expect((await submit(stack, token)).status).toBe(202);
+    const key = randomUUID();
+    const refused = await submit(stack, token, key);
+    expect429(refused, 60);
+    expect(await storedKeys(stack, key)).toEqual([]);
+    const other = await stack.token({ tenantId: newTenant(), sub: 'idle' });
+    expect((await submit(stack, other)).status).toBe(202);
+
+    await stack.spawnWorker();
+    await waitFor(async () => {
+      const { rows } = await stack.db.admin(`select count(*)::int as n from durable_runs where tenant_id = $1 and status in ('pending', 'running')`, [tenant]);
+      return rows[0].n === 0;
+    }, { timeoutMs: 60_000, what: 'the accepted runs to finish' });
+    const accepted = await submit(stack, token, key);
+    expect(accepted.status).toBe(202);
+    expect(accepted.headers.get('idempotent-replayed')).toBeNull();
+  });
+
+  it('concurrent submissions cannot slip past the cap', async () => {
+    const tenant = newTenant();
+    const token = await stack.token({ tenantId: tenant, sub: 'racer' });
+    // No worker: every accepted run stays pending, so the cap is the only thing deciding.
+    for (const w of stack.workers) w.kill();
+    await Promise.all(stack.workers.map((w) => w.exited));
+    const results = await Promise.all(Array.from({ length: 24 }, () => submit(stack, token)));
+    const statuses = results.map((r) => r.status).sort();
+    expect(statuses.filter((s) => s === 202)).toHaveLength(CAP);
+    expect(statuses.filter((s) => s === 429)).toHaveLength(24 - CAP);
+    const { rows } = await stack.db.admin(`select count(*)::int as n from durable_runs where tenant_id = $1`, [tenant]);
+    expect(rows[0].n).toBe(CAP);
+  });
+});
