@@ -9,6 +9,8 @@ import { createContainer, type Container } from '../../src/container.ts';
 import type { WorkflowDef } from '../../src/platform/durable/workflow.ts';
 import { createApp } from '../../src/app.ts';
 import { signDevToken } from '../../src/platform/tenancy/jwt.ts';
+import { createLogger } from '../../src/platform/telemetry/logger.ts';
+import type { DestinationStream } from 'pino';
 import { createTestDatabase, type TestDatabase } from './db.ts';
 import { TEST_JWT_SECRET, TEST_OWNER, TEST_REDIS_URL, pgUrl } from './env.ts';
 import { waitFor } from './poll.ts';
@@ -24,6 +26,8 @@ export interface StackOptions {
   workerEntry?: string;
   /** Node options for spawned workers, e.g. ['--import', './src/platform/telemetry/register.ts'] to trace them. */
   workerExecArgv?: string[];
+  /** Where the in-process API logs (at env LOG_LEVEL), so a test can read its lines back. */
+  logDestination?: DestinationStream;
   /** Workflows the in-process container knows besides the modules' own (e.g. the gp-slow test workflow). */
   extraWorkflows?: WorkflowDef[];
 }
@@ -76,6 +80,7 @@ export async function startStack(opts: StackOptions = {}): Promise<TestStack> {
   };
   const config = parseConfig(env);
   const container = await createContainer(config, { service: 'api', ...(opts.extraWorkflows ? { extraWorkflows: opts.extraWorkflows } : {}) });
+  if (opts.logDestination) container.logger = createLogger({ level: config.LOG_LEVEL, name: 'dealix-api', destination: opts.logDestination });
   let server: Server | undefined;
   let baseUrl = '';
   if (opts.api !== false) {
