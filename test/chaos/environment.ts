@@ -1,0 +1,181 @@
+import { randomBytes } from 'node:crypto';
+import { mkdirSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Queue } from 'bullmq';
+import pg from 'pg';
+import { signDevToken } from '../../src/platform/tenancy/jwt.ts';
+import { TEST_ADMIN_URL, TEST_JWT_SECRET, TEST_REDIS_URL } from '../helpers/env.ts';
+import { waitFor } from '../helpers/poll.ts';
+import { API_ENTRY, WORKER_ENTRY, spawnManaged, type ManagedProcess } from './processes.ts';
+import { createChaosDatabase, freePort, startOwnPostgres, startOwnRedis, type ChaosDatabase, type OwnPostgres, type OwnRedis } from './services.ts';
+
+/**
+ * A whole deployment for one chaos or load run: its own database and queue prefix, the real API
+ * (src/server.ts) and W real worker processes as children. A process that dies without being killed
+ * on purpose is counted as a crash and started again, so a crash is reported rather than hidden.
+ */
+
+export const API_POOL_MAX = 10;
+export const WORKER_POOL_MAX = 5;
+export const GOLDEN_PATH_QUEUE = 'golden-path';
+
+export interface EnvironmentOptions {
+  workers: number;
+  ownRedis: boolean;
+  ownPostgres: boolean;
+  logLevel?: string;
+  /** Extra environment for the API and workers (e.g. MAX_RUNS_IN_FLIGHT_PER_TENANT=0 to compare). */
+  env?: Record<string, string>;
+  log(line: string): void;
+}
+
+/** Environments still running: the CLI stops them on SIGINT/SIGTERM so nothing is left behind. */
+export const liveEnvironments = new Set<Environment>();
+
+export interface Environment {
+  dir: string;
+  db: ChaosDatabase;
+  prefix: string;
+  baseUrl: string;
+  api(): ManagedProcess;
+  workers: ManagedProcess[];
+  crashes: { api: number; workers: number };
+  ownRedis?: OwnRedis;
+  ownPostgres?: OwnPostgres;
+  /** A small superuser pool on the run's database for progress polling (errors are swallowed during faults). */
+  monitor: pg.Pool;
+  queue: Queue;
+  poolBudget: number;
+  /** SIGKILLs worker `i` and starts a replacement at once. */
+  killWorker(i: number): Promise<void>;
+  token(tenantId: string, sub: string, roles?: string[]): Promise<string>;
+  stop(opts: { keepDir: boolean }): Promise<void>;
+}
+
+export async function startEnvironment(opts: EnvironmentOptions): Promise<Environment> {
+  const dir = join(tmpdir(), `dealix-chaos-${randomBytes(4).toString('hex')}`);
+  mkdirSync(dir, { recursive: true });
+  const ownPostgres = opts.ownPostgres ? await startOwnPostgres(dir) : undefined;
+  const ownRedis = opts.ownRedis ? await startOwnRedis(dir) : undefined;
+  const db = await createChaosDatabase(ownPostgres?.adminUrl ?? TEST_ADMIN_URL);
+  const prefix = `chaos${randomBytes(4).toString('hex')}`;
+  const redisUrl = ownRedis?.url ?? TEST_REDIS_URL;
+  opts.log(`run directory ${dir}; database ${db.name}${ownPostgres ? ` on its own PostgreSQL (${ownPostgres.adminUrl})` : ''}; redis ${redisUrl} prefix ${prefix}`);
+  const port = await freePort();
+  const common: Record<string, string> = {
+    NODE_ENV: 'test',
+    DATABASE_URL: db.appUrl,
+    MIGRATION_DATABASE_URL: db.ownerUrl,
+    REDIS_URL: redisUrl,
+    QUEUE_PREFIX: prefix,
+    JWT_SECRET: TEST_JWT_SECRET,
+    LOG_LEVEL: opts.logLevel ?? 'info',
+    OTEL_SDK_DISABLED: 'true',
+    WORKER_LOCK_DURATION: '3s',
+    WORKER_STALLED_INTERVAL: '1s',
+    WORKER_CONCURRENCY: '8',
+    SWEEPER_INTERVAL: '2s',
+    SWEEPER_MIN_AGE: '5s',
+    IDEMPOTENCY_LEASE: '10s',
+    // The chaos client is one integrator submitting fast: the rate limit is abuse-limits.test.ts's subject.
+    RATE_LIMIT_PER_MINUTE: '0',
+    ...opts.env,
+  };
+  const crashes = { api: 0, workers: 0 };
+  let stopping = false;
+
+  let api: ManagedProcess;
+  const startApi = () => {
+    api = spawnManaged('api', API_ENTRY, { ...common, PORT: String(port), DATABASE_POOL_MAX: String(API_POOL_MAX) }, dir, `http://127.0.0.1:${port}/metrics`);
+    const me = api;
+    void me.exited.then(() => {
+      if (stopping || me.killedOnPurpose) return;
+      crashes.api++;
+      opts.log(`API exited unexpectedly (see ${dir}/api.log); starting it again`);
+      startApi();
+    });
+  };
+  startApi();
+
+  const workers: ManagedProcess[] = [];
+  const metricsPorts = await Promise.all(Array.from({ length: opts.workers }, () => freePort()));
+  const startWorker = (i: number) => {
+    const metrics = String(metricsPorts[i]);
+    const w = spawnManaged(`worker-${i}`, WORKER_ENTRY, { ...common, DATABASE_POOL_MAX: String(WORKER_POOL_MAX), WORKER_METRICS_PORT: metrics }, dir, `http://127.0.0.1:${metrics}/metrics`);
+    workers[i] = w;
+    void w.exited.then(() => {
+      if (stopping || w.killedOnPurpose) return;
+      crashes.workers++;
+      opts.log(`worker-${i} exited unexpectedly (see ${dir}/worker-${i}.log); starting it again`);
+      startWorker(i);
+    });
+  };
+  for (let i = 0; i < opts.workers; i++) startWorker(i);
+
+  const baseUrl = `http://127.0.0.1:${port}`;
+  await waitFor(async () => (await fetch(`${baseUrl}/readyz`).catch(() => undefined))?.status === 200, { timeoutMs: 60_000, intervalMs: 200, what: 'the API to be ready' });
+
+  const monitor = new pg.Pool({ connectionString: db.adminDbUrl, max: 2 });
+  monitor.on('error', () => {});
+  const queue = new Queue(GOLDEN_PATH_QUEUE, { connection: { url: redisUrl, maxRetriesPerRequest: null }, prefix });
+  queue.on('error', () => {});
+
+  const environment: Environment = {
+    dir,
+    db,
+    prefix,
+    baseUrl,
+    api: () => api,
+    workers,
+    crashes,
+    ...(ownRedis ? { ownRedis } : {}),
+    ...(ownPostgres ? { ownPostgres } : {}),
+    monitor,
+    queue,
+    poolBudget: API_POOL_MAX + opts.workers * WORKER_POOL_MAX,
+    async killWorker(i) {
+      const w = workers[i]!;
+      w.killedOnPurpose = true;
+      w.proc.kill('SIGKILL');
+      await w.exited;
+      startWorker(i);
+    },
+    token: (tenantId, sub, roles = []) =>
+      signDevToken({ JWT_SECRET: TEST_JWT_SECRET, JWT_ISSUER: 'dealix-dev', JWT_AUDIENCE: 'dealix-api' }, { tenantId, sub, roles, ttlSeconds: 6 * 3600 }),
+    async stop({ keepDir }) {
+      liveEnvironments.delete(environment);
+      stopping = true;
+      await Promise.allSettled([api.stop(), ...workers.map((w) => w.stop())]);
+      await queue.close().catch(() => {});
+      await monitor.end().catch(() => {});
+      if (!ownRedis) {
+        // Our prefix on the shared Redis: delete exactly our keys, nothing else.
+        const { Redis } = await import('ioredis');
+        const r = new Redis(redisUrl, { maxRetriesPerRequest: 1 });
+        for (let cursor = '0'; ; ) {
+          const [next, keys] = await r.scan(cursor, 'MATCH', `${prefix}:*`, 'COUNT', 1000);
+          if (keys.length) await r.del(...keys);
+          cursor = next;
+          if (cursor === '0') break;
+        }
+        r.disconnect();
+      }
+      await db.drop().catch((e) => opts.log(`could not drop ${db.name}: ${(e as Error).message}`));
+      await ownRedis?.stop();
+      await ownPostgres?.stop();
+      if (!keepDir) rmSync(dir, { recursive: true, force: true });
+    },
+  };
+  liveEnvironments.add(environment);
+  return environment;
+}
+
+/** Polls a query on the monitor pool, treating errors (PostgreSQL restarting) as "not yet". */
+export async function pollDb<T>(env: Environment, fn: (db: pg.Pool) => Promise<T>): Promise<T | undefined> {
+  try {
+    return await fn(env.monitor);
+  } catch {
+    return undefined;
+  }
+}
