@@ -9,6 +9,7 @@ import { httpLogger } from './platform/telemetry/http-logger.ts';
 import { operatorDashboard, setBoardQueues } from './platform/http/admin-board.ts';
 import { openApiHandlers } from './platform/http/openapi.route.ts';
 import { rejectUnstorableText } from './platform/http/json-text.ts';
+import { loadShedding } from './platform/http/load-shed.ts';
 
 /** Middleware order and routers, nothing else. */
 export function createApp(c: Container): Express {
@@ -18,6 +19,7 @@ export function createApp(c: Container): Express {
   app.set('query parser', 'simple');
   app.use(correlationMiddleware);
   app.use(httpLogger(c.logger));
+  app.use(loadShedding(c.config.API_MAX_INFLIGHT));
   // Operator dashboard, before the JSON body parser (it parses its own requests); admin-auth guards all of it.
   const dashboard = operatorDashboard({ queues: c.queues.values(), verifier: c.verifier, logger: c.logger, config: c.config });
   setBoardQueues(app, dashboard.queueNames);

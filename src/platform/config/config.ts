@@ -83,6 +83,8 @@ export const configSchema = z
     RATE_LIMIT_PER_MINUTE: z.coerce.number().int().min(0).default(600),
     MAX_RUNS_IN_FLIGHT_PER_TENANT: z.coerce.number().int().min(0).default(10_000),
     BODY_LIMIT: z.string().regex(/^\d+(b|kb|mb)$/i).default('64kb'),
+    /** Concurrent API requests before the front door sheds load with 503 (0 disables). */
+    API_MAX_INFLIGHT: z.coerce.number().int().min(0).max(100_000).default(64),
 
     BULL_BOARD_READ_ONLY: bool(true),
     OPERATOR_USER: z.string().min(1).optional(),
