@@ -69,9 +69,12 @@ export const configSchema = z
     IDEMPOTENCY_TTL: duration('24h'),
     IDEMPOTENCY_LEASE: duration('60s'),
 
-    WORKER_CONCURRENCY: z.coerce.number().int().min(1).max(1000).default(16),
-    WORKER_LOCK_DURATION: duration('5s'),
-    WORKER_STALLED_INTERVAL: duration('2s'),
+    // Benchmarked (docs/performance.md): a step is CPU- and round-trip-bound, so a few concurrent steps per
+    // core keep it busy; more only queue on the pool (keep DATABASE_POOL_MAX >= concurrency + 2).
+    WORKER_CONCURRENCY: z.coerce.number().int().min(1).max(1000).default(8),
+    // A SIGKILLed worker's step resumes elsewhere after about lock + half the stalled interval (ADR 0002).
+    WORKER_LOCK_DURATION: duration('2s'),
+    WORKER_STALLED_INTERVAL: duration('500ms'),
     WORKER_MAX_STALLED_COUNT: z.coerce.number().int().min(1).max(100).default(10),
     WORKER_SHUTDOWN_GRACE: duration('10s'),
     SWEEPER_INTERVAL: duration('15s'),

@@ -177,8 +177,15 @@ export class IdempotencyService {
    */
   async claim(em: EntityManager, input: ClaimInput): Promise<ClaimResult> {
     let row: Row;
+    // The claim's settings travel with the tenant's in the one set_config statement that opens the
+    // transaction (a round trip less), and its commit does not wait for the WAL flush: the handler's
+    // transaction commits synchronously after it, and flushing its own commit record flushes the claim's
+    // too. A crash before that loses the claim together with everything it guarded, and the client's
+    // retry simply claims again (docs/performance.md).
+    const claimEm = em.fork({ clear: true, useContext: false });
+    claimEm.setSessionContext({ variables: { lock_timeout: `${this.lockTimeoutMs}ms`, synchronous_commit: 'off' } });
     try {
-      row = await em.transactional((tx) => this.claimRow(tx, input));
+      row = await claimEm.transactional((tx) => this.claimRow(tx, input));
     } catch (e) {
       if (hasCode(e, LOCK_NOT_AVAILABLE)) return { outcome: 'in_progress', retryAfterSeconds: 1 };
       throw e;
@@ -192,7 +199,6 @@ export class IdempotencyService {
   }
 
   private async claimRow(tx: EntityManager, input: ClaimInput): Promise<Row> {
-    await tx.execute(`select set_config('lock_timeout', ?, true)`, [`${this.lockTimeoutMs}ms`]);
     const found = await this.insertOrFind(tx, input);
     if (found.inserted) return found;
     if (found.expired) {

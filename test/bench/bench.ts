@@ -1,0 +1,100 @@
+/**
+ * npm run bench [-- --quick] [-- --json] [-- --only=phase,phase] [-- --keep-logs]
+ *
+ * One run on this machine's PostgreSQL and Redis, in databases and a queue prefix of its own (all
+ * removed at the end): ours end to end over HTTP, ours engine only, DBOS Transact, raw BullMQ,
+ * overheads (RLS, idempotency, POST at a fixed rate), recovery after SIGKILL, the pgbench floor and
+ * growth with load, workers, data and tenants. Prints one table (or JSON with --json) and writes
+ * artifacts/bench.json. See docs/performance.md for the method.
+ */
+import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import { join } from 'node:path';
+import { parseConfig } from '../../src/platform/config/config.ts';
+import { BenchDatabases, deletePrefix } from './lib/bench-db.ts';
+import { oursEnv, productionNodeFlags } from './lib/ours.ts';
+import { LOG_DIR, ROOT } from './lib/children.ts';
+import { machineInfo } from './lib/machine.ts';
+import { planFor } from './plan.ts';
+import { buildReport, renderTable, type Results } from './report.ts';
+import { newPrefix, PHASES, type PhaseContext } from './phases.ts';
+
+const args = process.argv.slice(2);
+const asJson = args.includes('--json');
+const keepLogs = args.includes('--keep-logs');
+const only = args.find((a) => a.startsWith('--only='))?.slice(7).split(',');
+const plan = planFor(args.includes('--quick'));
+const began = Date.now();
+const dbs = new BenchDatabases();
+const prefixes: string[] = [];
+const progress = (msg: string) => process.stderr.write(`[bench ${((Date.now() - began) / 1000).toFixed(0).padStart(4)}s] ${msg}\n`);
+// Our settings as the processes under test see them (production defaults unless BENCH_OURS_ENV overrides).
+const placeholder = 'postgres://bench@127.0.0.1/bench';
+const defaults = parseConfig(oursEnv({ db: { name: 'bench', appUrl: placeholder, ownerUrl: placeholder, adminUrl: placeholder }, prefix: 'bench' }));
+const results: Results = {
+  plan,
+  errors: {},
+  settings: {
+    workerConcurrency: defaults.WORKER_CONCURRENCY,
+    poolMax: defaults.DATABASE_POOL_MAX,
+    lockDurationMs: defaults.WORKER_LOCK_DURATION,
+    stalledIntervalMs: defaults.WORKER_STALLED_INTERVAL,
+    workerNodeFlags: productionNodeFlags('start:worker').join(' '),
+  },
+};
+
+/** Runs one phase; a failure is recorded and the run goes on. Whatever the phase opened is closed. */
+async function runPhase(name: string): Promise<void> {
+  const opened: Array<{ close(): Promise<unknown> }> = [];
+  const ctx: PhaseContext = {
+    plan,
+    dbs,
+    results,
+    concurrency: defaults.WORKER_CONCURRENCY,
+    progress,
+    newPrefix: () => {
+      const p = newPrefix();
+      prefixes.push(p);
+      return p;
+    },
+    defer: (target) => {
+      opened.push(target);
+      return target;
+    },
+  };
+  progress(`${name}…`);
+  try {
+    await PHASES[name]!(ctx);
+  } catch (e) {
+    results.errors[name] = (e as Error).stack ?? String(e);
+    progress(`${name} FAILED: ${(e as Error).message}`);
+  } finally {
+    await Promise.allSettled(opened.reverse().map((t) => t.close()));
+  }
+}
+
+let cleaning = false;
+async function cleanup(): Promise<void> {
+  if (cleaning) return;
+  cleaning = true;
+  await dbs.dropAll();
+  for (const p of prefixes) await deletePrefix(p).catch(() => 0);
+  if (!keepLogs) rmSync(LOG_DIR, { recursive: true, force: true });
+}
+process.once('SIGINT', () => void cleanup().finally(() => process.exit(130)));
+
+try {
+  results.machine = await machineInfo();
+  await dbs.init();
+  for (const name of Object.keys(PHASES)) if (!only || only.includes(name)) await runPhase(name);
+} finally {
+  if (results.machine) results.machine.loadAverageAtEnd = os.loadavg().map((v) => Math.round(v * 100) / 100);
+  results.seconds = Math.round((Date.now() - began) / 1000);
+  await cleanup();
+}
+
+const report = buildReport(results);
+mkdirSync(join(ROOT, 'artifacts'), { recursive: true });
+writeFileSync(join(ROOT, 'artifacts', 'bench.json'), `${JSON.stringify(report, null, 2)}\n`);
+process.stdout.write(asJson ? `${JSON.stringify(report, null, 2)}\n` : `${renderTable(report)}\n`);
+process.exit(Object.keys(results.errors).length ? 1 : 0);

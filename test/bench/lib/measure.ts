@@ -1,0 +1,141 @@
+import type { Child } from './children.ts';
+import { sampleRss } from './children.ts';
+import { readFileSync } from 'node:fs';
+import { Redis } from 'ioredis';
+import { adminQuery, REDIS_URL, xactCounts } from './bench-db.ts';
+import type { IoCounter } from './io-counter.ts';
+import { latency, sleep, type Latency } from './stats.ts';
+
+/** A backend flushes its statistics at most once a second when it goes idle (PostgreSQL 15). */
+const STATS_SETTLE_MS = 1500;
+
+export interface WorkerStats {
+  queries: number;
+  control: number;
+  redisWrites: number;
+  rss: number;
+  heap: number;
+  cpuMs: number;
+  stepMs: number[];
+  replays?: number;
+}
+
+export interface Measured<T> {
+  result: T;
+  /** Committed transactions in the database during the measurement (pg_stat_database). */
+  xactCommit: number;
+  xactRollback: number;
+  /** Client round trips (pg Client#query calls) in every process under test. */
+  roundTrips: number;
+  /** Socket writes to Redis (commands or pipelines) in every process under test. */
+  redisWrites: number;
+  /** Peak RSS of any worker process, bytes. */
+  workerRssMax: number;
+  /** CPU time used by the worker processes during the measurement, ms. */
+  workerCpuMs: number;
+  /** CPU time of the other processes under test (the API), ms. */
+  otherCpuMs: number;
+  /** CPU time of this (the benchmark) process during the measurement: the producer side, ms. */
+  localCpuMs: number;
+  /** CPU time of the PostgreSQL backends serving the database during the run, ms (approximate: 10 ms ticks). */
+  pgCpuMs: number;
+  /** Duration of the measured run, ms. */
+  wallMs: number;
+  /** CPU time of the Redis server during the run, ms (a shared instance: includes anyone else's load). */
+  redisCpuMs: number;
+  /** Step jobs that found their step already checkpointed (duplicate deliveries, sweeper re-enqueues). */
+  replays: number;
+  /** Step job durations in the workers (executor, including waiting for a pooled connection), ms. */
+  step: Latency;
+}
+
+/**
+ * Measures `fn` against the processes under test: resets their counters, snapshots pg_stat_database
+ * after the statistics have settled, runs, lets them settle again and reads the deltas.
+ */
+export async function measure<T>(args: { database: string; workers: Child[]; others?: Child[]; local?: IoCounter; fn: () => Promise<T>; accounting?: boolean }): Promise<Measured<T>> {
+  // Transaction counts need settled statistics on both sides; phases that only time things skip the wait.
+  const accounting = args.accounting ?? true;
+  const all = [...args.workers, ...(args.others ?? [])];
+  if (accounting) await sleep(STATS_SETTLE_MS);
+  await Promise.all(all.map((c) => c.stats(true)));
+  args.local?.reset();
+  const before = await xactCounts(args.database);
+  const rss = sampleRss(() => args.workers.filter((w) => w.alive()).map((w) => w.pid));
+  // Backends that serve the database during the run: those connected now and any that connect later.
+  const pgStart = new Map<number, number>();
+  const watchBackends = async () => {
+    for (const pid of await backendPids(args.database).catch(() => [] as number[])) if (!pgStart.has(pid)) pgStart.set(pid, procCpuMs(pid));
+  };
+  await watchBackends();
+  const watcher = setInterval(() => void watchBackends(), 500);
+  const redisPid = await redisServerPid();
+  const redis0 = redisPid ? procCpuMs(redisPid) : 0;
+  const cpu0 = process.cpuUsage();
+  const wall0 = performance.now();
+  const result = await args.fn();
+  const wallMs = performance.now() - wall0;
+  const cpu = process.cpuUsage(cpu0);
+  const redisCpuMs = redisPid ? procCpuMs(redisPid) - redis0 : Number.NaN;
+  clearInterval(watcher);
+  await watchBackends();
+  let pgCpuMs = 0;
+  for (const [pid, start] of pgStart) pgCpuMs += Math.max(0, procCpuMs(pid) - start);
+  const workerRssMax = rss.stop();
+  const localQueries = args.local?.total ?? 0;
+  const localRedis = args.local?.redisWrites ?? 0;
+  const stats = await Promise.all(all.map((c) => c.stats<WorkerStats>(true)));
+  if (accounting) await sleep(STATS_SETTLE_MS);
+  const after = accounting ? await xactCounts(args.database) : { commit: Number.NaN, rollback: Number.NaN };
+  const workerStats = stats.slice(0, args.workers.length);
+  return {
+    result,
+    xactCommit: after.commit - before.commit,
+    xactRollback: after.rollback - before.rollback,
+    roundTrips: localQueries + stats.reduce((s, x) => s + x.queries, 0),
+    redisWrites: localRedis + stats.reduce((s, x) => s + (x.redisWrites ?? 0), 0),
+    workerRssMax,
+    replays: workerStats.reduce((s, x) => s + (x.replays ?? 0), 0),
+    workerCpuMs: workerStats.reduce((s, x) => s + x.cpuMs, 0),
+    otherCpuMs: stats.slice(args.workers.length).reduce((s, x) => s + x.cpuMs, 0),
+    localCpuMs: (cpu.user + cpu.system) / 1000,
+    pgCpuMs,
+    redisCpuMs,
+    wallMs,
+    step: latency(workerStats.flatMap((s) => s.stepMs)),
+  };
+}
+
+/** CPU time (ms) of a process from /proc/<pid>/stat (utime + stime), 0 when it is gone. */
+export function procCpuMs(pid: number): number {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return ((Number(fields[11]) + Number(fields[12])) * 1000) / CLOCK_TICKS;
+  } catch {
+    return 0;
+  }
+}
+const CLOCK_TICKS = 100;
+
+/** PostgreSQL backends serving `database` right now (their pids, to read their CPU time). */
+export async function backendPids(database: string): Promise<number[]> {
+  const r = await adminQuery(`select pid from pg_stat_activity where datname = $1`, [database]);
+  return r.rows.map((x: { pid: number }) => x.pid);
+}
+
+let redisPidCache: number | undefined;
+/** The local Redis server's pid (INFO server), when it runs on this machine. */
+async function redisServerPid(): Promise<number | undefined> {
+  if (redisPidCache !== undefined) return redisPidCache || undefined;
+  const redis = new Redis(REDIS_URL, { maxRetriesPerRequest: 1 });
+  try {
+    const pid = Number(/process_id:(\d+)/.exec(await redis.info('server'))?.[1] ?? 0);
+    redisPidCache = pid && procCpuMs(pid) > 0 ? pid : 0;
+  } catch {
+    redisPidCache = 0;
+  } finally {
+    redis.disconnect();
+  }
+  return redisPidCache || undefined;
+}

@@ -1,0 +1,44 @@
+/**
+ * Raw BullMQ peer, worker side: no-op jobs, no database. The benchmark adds four-step sequential
+ * flows (nested single children, first step deepest, as our runtime builds them); this worker reports
+ * a flow done when its last step's processor has run, the same moment ours reports a run done.
+ */
+import { Worker } from 'bullmq';
+import { Redis } from 'ioredis';
+import { childChannel, rssBytes } from '../lib/child-ipc.ts';
+import { installIoCounter } from '../lib/io-counter.ts';
+import { nowMs } from '../lib/stats.ts';
+
+const counter = installIoCounter();
+const env = process.env;
+const RAW_LAST_STEP = env.BENCH_RAW_LAST_STEP ?? 'step-4';
+const connection = new Redis(env.BENCH_REDIS_URL!, { maxRetriesPerRequest: null });
+let cpuBase = process.cpuUsage();
+const channel = childChannel({
+  collect: () => {
+    const cpu = process.cpuUsage(cpuBase);
+    return { queries: 0, control: 0, redisWrites: counter.redisWrites, rss: rssBytes(), cpuMs: (cpu.user + cpu.system) / 1000, stepMs: [] };
+  },
+  reset: () => {
+    counter.reset();
+    cpuBase = process.cpuUsage();
+  },
+});
+
+const worker = new Worker(
+  env.BENCH_RAW_QUEUE!,
+  async (job) => {
+    if (job.name === RAW_LAST_STEP) channel.done((job.data as { flow_id: string }).flow_id, nowMs());
+    return { ok: true };
+  },
+  { connection, prefix: env.BENCH_PREFIX!, concurrency: Number(env.BENCH_CONCURRENCY ?? 16) },
+);
+worker.on('error', () => {});
+await worker.waitUntilReady();
+process.once('SIGTERM', () => {
+  void worker.close().finally(() => {
+    connection.disconnect();
+    process.exit(0);
+  });
+});
+channel.ready({ pid: process.pid });

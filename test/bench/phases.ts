@@ -1,0 +1,136 @@
+import { randomBytes, randomUUID } from 'node:crypto';
+import type { BenchDatabases } from './lib/bench-db.ts';
+import type { Plan } from './plan.ts';
+import type { Results } from './report.ts';
+import { openEngine } from './scenarios/engine.ts';
+import { openDbos, openRawBullmq } from './scenarios/peers.ts';
+import { openHttp } from './scenarios/http.ts';
+import { measureRecovery } from './scenarios/recovery.ts';
+import { measureFloor } from './scenarios/floor.ts';
+import { rowCount, seedRows, seedTenant } from './scenarios/data.ts';
+
+export interface PhaseContext {
+  plan: Plan;
+  dbs: BenchDatabases;
+  results: Results;
+  /** Our worker concurrency, which the raw BullMQ worker uses too. */
+  concurrency: number;
+  /** A fresh queue prefix, deleted at the end of the run. */
+  newPrefix(): string;
+  progress(msg: string): void;
+  /** Registers a close for the end of the phase, also when it fails (children must not outlive it). */
+  defer<T extends { close(): Promise<unknown> }>(target: T): T;
+}
+
+export type Phase = (ctx: PhaseContext) => Promise<void>;
+
+export const newPrefix = () => `bench${randomBytes(4).toString('hex')}`;
+
+/** Like for like, one process each, same load; ABBA order over the rounds so drift favours no one. Then growth on the engine target. */
+export const comparePhase: Phase = async (ctx) => {
+  const { plan, results } = ctx;
+  const [engineDb, dbosDb] = await Promise.all([ctx.dbs.clone('engine'), ctx.dbs.clone('dbos')]);
+  const engine = ctx.defer(await openEngine({ db: engineDb, prefix: ctx.newPrefix() }, 1));
+  const dbos = ctx.defer(await openDbos(dbosDb));
+  const raw = ctx.defer(await openRawBullmq(ctx.newPrefix(), ctx.concurrency));
+  const c = plan.compare;
+  const order: Array<'raw' | 'dbos' | 'engine'> = [];
+  for (let r = 0; r < c.rounds; r++) order.push(...(r % 2 ? (['engine', 'dbos', 'raw'] as const) : (['raw', 'dbos', 'engine'] as const)));
+  results.compare = { engine: [], dbos: [], raw: [] };
+  for (const who of order) {
+    ctx.progress(`  ${who}`);
+    const opts = { total: c.total, inFlight: c.inFlight, warmup: c.warmup, maxMs: c.maxMs };
+    const m = who === 'engine' ? await engine.run(opts) : who === 'dbos' ? await dbos.run(opts) : await raw.run(opts);
+    results.compare[who].push(m);
+  }
+  await Promise.all([raw.close(), dbos.close()]);
+  // Growth on the same engine target: 10 in flight, then 2 and 4 worker processes at the same load.
+  ctx.progress('  in flight 10');
+  results.inFlight = { light: await engine.run({ total: plan.inFlight.light.total, inFlight: 10, maxMs: plan.inFlight.light.maxMs, accounting: false }) };
+  const w = plan.workers;
+  results.workers = { 1: results.compare.engine[0]! };
+  let have = 1;
+  for (const n of w.counts) {
+    await engine.addWorkers(n - have);
+    have = n;
+    ctx.progress(`  ${n} worker processes`);
+    results.workers[n] = await engine.run({ total: w.total, inFlight: w.inFlight, maxMs: w.maxMs, accounting: false });
+  }
+};
+
+/** 1,000 in flight on one worker, on its own database: the backlog is abandoned at the end, not drained. */
+export const deepPhase: Phase = async (ctx) => {
+  const engine = ctx.defer(await openEngine({ db: await ctx.dbs.clone('deep'), prefix: ctx.newPrefix() }, 1));
+  const deep = ctx.plan.inFlight.deep;
+  ctx.results.inFlight ??= {};
+  ctx.results.inFlight.deep = await engine.run({ total: deep.total, inFlight: 1000, warmup: 0, maxMs: deep.windowMs, abandonAfterMs: deep.windowMs, accounting: false });
+};
+
+/** Ours over HTTP: closed loop to completion, POST at a fixed rate (with a worker, then alone), idempotency on/off. */
+export const e2ePhase: Phase = async (ctx) => {
+  const { plan, results } = ctx;
+  const http = ctx.defer(await openHttp({ db: await ctx.dbs.clone('e2e'), prefix: ctx.newPrefix() }, 1));
+  const e = plan.e2e;
+  results.e2e = await http.run({ total: e.total, inFlight: e.inFlight, warmup: e.warmup, maxMs: e.maxMs });
+  ctx.progress(`  POST at ${plan.fixedRate.rps}/s, worker running`);
+  results.fixedRate = await http.fixedRate(plan.fixedRate.rps, plan.fixedRate.seconds);
+  await http.stopWorkers();
+  // The layer's own cost, not its amplification by a saturated CPU: sequential POSTs to an API at rest.
+  ctx.progress('  idempotency on/off');
+  results.idempotency = await http.idempotencyPairs(plan.idempotencyPairs);
+  ctx.progress(`  POST at ${plan.fixedRate.rps}/s, API alone`);
+  results.fixedRateApiAlone = await http.fixedRate(plan.fixedRate.rps, plan.fixedRate.seconds);
+};
+
+/** RLS on (app role) against RLS off (owner on NO FORCE tables), one run at a time, rounds alternating. */
+export const rlsPhase: Phase = async (ctx) => {
+  const [onDb, offDb] = await Promise.all([ctx.dbs.clone('rlson'), ctx.dbs.clone('rlsoff', { rlsOff: true })]);
+  const on = ctx.defer(await openEngine({ db: onDb, prefix: ctx.newPrefix() }, 1));
+  const off = ctx.defer(await openEngine({ db: offDb, prefix: ctx.newPrefix(), asOwner: true }, 1));
+  const r = ctx.plan.rls;
+  ctx.results.rls = { on: [], off: [] };
+  for (let i = 0; i < r.rounds; i++) {
+    const sides = i % 2 ? (['off', 'on'] as const) : (['on', 'off'] as const);
+    for (const side of sides) {
+      const target = side === 'on' ? on : off;
+      ctx.results.rls[side].push(await target.run({ total: r.total, inFlight: r.inFlight, warmup: i === 0 ? 20 : 0, maxMs: r.maxMs, accounting: false }));
+    }
+  }
+};
+
+export const recoveryPhase: Phase = async (ctx) => {
+  ctx.results.recovery = await measureRecovery({ db: await ctx.dbs.clone('recovery'), prefix: ctx.newPrefix() }, ctx.plan.recoveryKills);
+};
+
+export const floorPhase: Phase = async (ctx) => {
+  ctx.results.floor = await measureFloor(await ctx.dbs.clone('floor'), ctx.plan.floor.seconds, ctx.plan.floor.clients);
+};
+
+/** Step latency as the tables grow (seeded rows) and as runs spread over 1 or 1,000 tenants. */
+export const dataPhase: Phase = async (ctx) => {
+  const db = await ctx.dbs.clone('data');
+  const engine = ctx.defer(await openEngine({ db, prefix: ctx.newPrefix() }, 1));
+  const d = ctx.plan.data;
+  const one = [randomUUID()];
+  const many = Array.from({ length: d.tenants }, (_, i) => seedTenant(i));
+  const point = (tenants: string[], warmup?: number) =>
+    engine.run({ total: d.runs, inFlight: d.inFlight, maxMs: d.maxMs, tenants, accounting: false, ...(warmup === undefined ? {} : { warmup }) });
+  const data: NonNullable<Results['data']> = (ctx.results.data = []);
+  data.push({ rows: await rowCount(db, 'durable_runs'), tenants: 1, m: await point(one, 20) });
+  for (const size of d.sizes) {
+    ctx.progress(`  seeding to ${size.toLocaleString('en')} rows`);
+    const rows = await seedRows(db, size, d.tenants);
+    data.push({ rows, tenants: 1, m: await point(one, 0) });
+    data.push({ rows, tenants: d.tenants, m: await point(many, 0) });
+  }
+};
+
+export const PHASES: Record<string, Phase> = {
+  compare: comparePhase,
+  deep: deepPhase,
+  e2e: e2ePhase,
+  rls: rlsPhase,
+  recovery: recoveryPhase,
+  floor: floorPhase,
+  data: dataPhase,
+};

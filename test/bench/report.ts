@@ -1,0 +1,245 @@
+import type { LoopResult } from './lib/closed-loop.ts';
+import type { MachineInfo } from './lib/machine.ts';
+import type { Measured } from './lib/measure.ts';
+import type { Latency } from './lib/stats.ts';
+import { median, round } from './lib/stats.ts';
+import type { Plan } from './plan.ts';
+import type { RecoveryResult } from './scenarios/recovery.ts';
+import type { FloorResult } from './scenarios/floor.ts';
+
+type M = Measured<LoopResult>;
+
+export interface Results {
+  plan: Plan;
+  machine?: MachineInfo;
+  settings: { workerConcurrency: number; poolMax: number; lockDurationMs: number; stalledIntervalMs: number; workerNodeFlags: string };
+  errors: Record<string, string>;
+  seconds?: number;
+  compare?: { engine: M[]; dbos: M[]; raw: M[] };
+  inFlight?: { light?: M; deep?: M };
+  workers?: Record<number, M>;
+  e2e?: M;
+  idempotency?: { withKey: Latency; withoutKey: Latency; deltaP50: number };
+  fixedRate?: FixedRate;
+  fixedRateApiAlone?: FixedRate;
+  rls?: { on: M[]; off: M[] };
+  recovery?: RecoveryResult;
+  floor?: FloorResult;
+  data?: Array<{ rows: number; tenants: number; m: M }>;
+}
+
+type FixedRate = { post: Latency; achievedRate: number; sent: number; failed: number; statuses: Record<string, number> };
+type Cell = number | string | undefined;
+export interface Row {
+  section: string;
+  figure: string;
+  ours?: Cell;
+  dbos?: Cell;
+  bullmq?: Cell;
+  oursPerDbos?: number;
+  oursPerBullmq?: number;
+  target?: string;
+  status?: 'PASS' | 'MISS' | 'n/a';
+}
+
+export interface Report {
+  generatedAt: string;
+  mode: Plan['mode'];
+  seconds: number | undefined;
+  machine: MachineInfo | undefined;
+  settings: Results['settings'];
+  rows: Row[];
+  targets: Array<{ figure: string; target: string; value: number | undefined; status: Row['status'] }>;
+  errors: Record<string, string>;
+  raw: Omit<Results, 'machine' | 'errors' | 'settings'>;
+}
+
+const GOLDEN_PATH_STEPS = 4;
+const avg = (xs: number[]) => (xs.length ? xs.reduce((a, b) => a + b, 0) / xs.length : Number.NaN);
+const MB = 1024 * 1024;
+const perRun = (m: M | undefined, v: (m: M) => number) => (m && m.result.runs ? v(m) / m.result.runs : undefined);
+const cpuPerRun = (m: M | undefined) => perRun(m, (x) => x.workerCpuMs + x.otherCpuMs + x.localCpuMs);
+
+/** Mean of a figure over the comparison rounds. */
+function mean(ms: M[] | undefined, f: (m: M) => number): number | undefined {
+  if (!ms?.length) return undefined;
+  return avg(ms.map(f));
+}
+
+function status(value: number | undefined, ok: (v: number) => boolean): Row['status'] {
+  if (value === undefined || !Number.isFinite(value)) return 'n/a';
+  return ok(value) ? 'PASS' : 'MISS';
+}
+
+export function buildReport(r: Results): Report {
+  const rows: Row[] = [];
+  const targets: Report['targets'] = [];
+  const target = (figure: string, t: string, value: number | undefined, ok: (v: number) => boolean) => {
+    const s = status(value, ok);
+    targets.push({ figure, target: t, value: value === undefined ? undefined : round(value, 3), status: s });
+    return s;
+  };
+  const add = (row: Row) => rows.push(row);
+  const c = r.compare;
+  const rounds = c ? ` (${c.engine.length} round${c.engine.length > 1 ? 's' : ''}, mean)` : '';
+
+  // 1. Ours end to end
+  const e = r.e2e;
+  const s1 = `1 ours end to end: HTTP + Idempotency-Key + RLS, 1 API + 1 worker, ${r.plan.e2e.inFlight} in flight from 50 tenants`;
+  add({ section: s1, figure: 'runs/s', ours: e?.result.runsPerSec });
+  add({ section: s1, figure: 'POST latency p50 / p99, ms', ours: e ? `${round(e.result.start.p50)} / ${round(e.result.start.p99)}` : undefined });
+  add({ section: s1, figure: 'submit→complete p50 / p99, ms', ours: e ? `${round(e.result.e2e.p50)} / ${round(e.result.e2e.p99)}` : undefined });
+  add({ section: s1, figure: 'DB transactions per run (pg_stat_database)', ours: perRun(e, (m) => m.xactCommit) });
+  add({ section: s1, figure: 'DB round trips per run (pg client calls)', ours: perRun(e, (m) => m.roundTrips) });
+  add({ section: s1, figure: 'CPU ms per run (API + worker + load generator)', ours: cpuPerRun(e) });
+  add({ section: s1, figure: 'worker RSS peak, MB', ours: e ? e.workerRssMax / MB : undefined });
+
+  // 2-4. Like for like
+  const s2 = `2-4 like for like: engine only vs DBOS vs raw BullMQ, one process each, ${r.plan.compare.inFlight} in flight${rounds}`;
+  const eng = mean(c?.engine, (m) => m.result.runsPerSec);
+  const dbos = mean(c?.dbos, (m) => m.result.runsPerSec);
+  const raw = mean(c?.raw, (m) => m.result.runsPerSec);
+  add({ section: s2, figure: 'runs (workflows, flows) per second', ours: eng, dbos, bullmq: raw, oursPerDbos: eng && dbos ? eng / dbos : undefined, oursPerBullmq: eng && raw ? eng / raw : undefined });
+  const lat = (ms: M[] | undefined) => (ms?.length ? `${round(mean(ms, (m) => m.result.e2e.p50)!)} / ${round(mean(ms, (m) => m.result.e2e.p99)!)}` : undefined);
+  add({ section: s2, figure: 'start→complete p50 / p99, ms', ours: lat(c?.engine), dbos: lat(c?.dbos), bullmq: lat(c?.raw) });
+  const x = (ms: M[] | undefined, f: (m: M) => number | undefined) => mean(ms, (m) => f(m) ?? Number.NaN);
+  add({ section: s2, figure: 'DB transactions per run', ours: x(c?.engine, (m) => perRun(m, (y) => y.xactCommit)), dbos: x(c?.dbos, (m) => perRun(m, (y) => y.xactCommit)), bullmq: 0 });
+  add({ section: s2, figure: 'DB round trips per run', ours: x(c?.engine, (m) => perRun(m, (y) => y.roundTrips)), dbos: x(c?.dbos, (m) => perRun(m, (y) => y.roundTrips)), bullmq: 0 });
+  const cpuE = x(c?.engine, cpuPerRun);
+  const cpuD = x(c?.dbos, cpuPerRun);
+  const cpuR = x(c?.raw, cpuPerRun);
+  add({ section: s2, figure: 'Node CPU ms per run (workers + starter)', ours: cpuE, dbos: cpuD, bullmq: cpuR, oursPerDbos: cpuE && cpuD ? cpuE / cpuD : undefined, oursPerBullmq: cpuE && cpuR ? cpuE / cpuR : undefined });
+  const pgE = x(c?.engine, (m) => perRun(m, (y) => y.pgCpuMs));
+  const pgD = x(c?.dbos, (m) => perRun(m, (y) => y.pgCpuMs));
+  add({ section: s2, figure: 'PostgreSQL backend CPU ms per run', ours: pgE, dbos: pgD, bullmq: 0 });
+  const rdE = x(c?.engine, (m) => perRun(m, (y) => y.redisCpuMs));
+  const rdD = x(c?.dbos, (m) => perRun(m, (y) => y.redisCpuMs));
+  const rdR = x(c?.raw, (m) => perRun(m, (y) => y.redisCpuMs));
+  add({ section: s2, figure: 'Redis server CPU ms per run (shared instance)', ours: rdE, dbos: rdD, bullmq: rdR });
+  const totE = (cpuE ?? 0) + (pgE ?? 0) + (rdE ?? 0);
+  const totD = (cpuD ?? 0) + (pgD ?? 0) + (rdD ?? 0);
+  const totR = (cpuR ?? 0) + (rdR ?? 0);
+  add({ section: s2, figure: 'all CPU ms per run (Node + PostgreSQL + Redis)', ours: totE || undefined, dbos: totD || undefined, bullmq: totR || undefined, oursPerDbos: totE && totD ? totE / totD : undefined, oursPerBullmq: totE && totR ? totE / totR : undefined });
+  const commits = (ms: M[] | undefined) => x(ms, (m) => (m.xactCommit / m.wallMs) * 1000);
+  add({ section: s2, figure: 'DB commits/s during the run (compare with the floor, section 7)', ours: commits(c?.engine), dbos: commits(c?.dbos), bullmq: 0 });
+  add({ section: s2, figure: 'Redis commands sent per run (socket writes)', ours: x(c?.engine, (m) => perRun(m, (y) => y.redisWrites)), dbos: 0, bullmq: x(c?.raw, (m) => perRun(m, (y) => y.redisWrites)) });
+  add({ section: s2, figure: 'step job p50 / p99, ms (ours)', ours: c?.engine.length ? `${round(mean(c.engine, (m) => m.step.p50)!)} / ${round(mean(c.engine, (m) => m.step.p99)!)}` : undefined });
+  add({ section: s2, figure: 'steps replayed from a checkpoint (duplicate deliveries)', ours: mean(c?.engine, (m) => m.replays) });
+  add({ section: s2, figure: 'process RSS peak, MB', ours: mean(c?.engine, (m) => m.workerRssMax / MB), dbos: mean(c?.dbos, (m) => m.workerRssMax / MB), bullmq: mean(c?.raw, (m) => m.workerRssMax / MB) });
+  add({ section: s2, figure: 'TARGET engine runs/s ÷ DBOS workflows/s', ours: eng && dbos ? eng / dbos : undefined, target: '>= 2.0', status: target('engine-only runs/s ÷ DBOS workflows/s', '>= 2.0', eng && dbos ? eng / dbos : undefined, (v) => v >= 2) });
+  add({ section: s2, figure: 'TARGET engine runs/s ÷ raw BullMQ flows/s', ours: eng && raw ? eng / raw : undefined, target: '>= 0.5', status: target('engine-only runs/s ÷ raw BullMQ flows/s', '>= 0.5', eng && raw ? eng / raw : undefined, (v) => v >= 0.5) });
+
+  // 5. Overheads
+  const s5 = '5 overheads';
+  const rlsOn = r.rls?.on.length ? median(r.rls.on.map((m) => m.step.p50)) : undefined;
+  const rlsOff = r.rls?.off.length ? median(r.rls.off.map((m) => m.step.p50)) : undefined;
+  const rlsPct = rlsOn !== undefined && rlsOff !== undefined ? (rlsOn / rlsOff - 1) * 100 : undefined;
+  add({ section: s5, figure: `step p50 ms, RLS on (app role) / off (owner, NO FORCE), ${r.plan.rls.inFlight} in flight, ${r.rls?.on.length ?? 0} rounds`, ours: rlsOn !== undefined ? `${round(rlsOn, 2)} / ${round(rlsOff ?? Number.NaN, 2)}` : undefined });
+  const pgStep = (ms: M[] | undefined) => (ms?.length ? median(ms.map((m) => (m.step.n ? m.pgCpuMs / m.step.n : Number.NaN))) : undefined);
+  add({ section: s5, figure: 'PostgreSQL CPU ms per step, RLS on / off', ours: r.rls?.on.length ? `${round(pgStep(r.rls.on)!, 2)} / ${round(pgStep(r.rls.off)!, 2)}` : undefined });
+  add({
+    section: s5,
+    figure: 'engine runs/s, RLS on / off',
+    ours: r.rls?.on.length ? `${round(median(r.rls.on.map((m) => m.result.runsPerSec)))} / ${round(median(r.rls.off.map((m) => m.result.runsPerSec)))}` : undefined,
+  });
+  add({ section: s5, figure: 'TARGET RLS overhead per step, %', ours: rlsPct, target: '<= 10 %', status: target('RLS overhead per step (%)', '<= 10 %', rlsPct, (v) => v <= 10) });
+  const idem = r.idempotency;
+  add({ section: s5, figure: 'POST p50 ms, with key / without (sequential pairs)', ours: idem ? `${round(idem.withKey.p50, 2)} / ${round(idem.withoutKey.p50, 2)}` : undefined });
+  add({ section: s5, figure: 'TARGET idempotency overhead per POST at p50, ms', ours: idem?.deltaP50, target: '<= 1 ms', status: target('idempotency overhead per POST at p50 (ms)', '<= 1 ms', idem?.deltaP50, (v) => v <= 1) });
+  const fr = r.fixedRate;
+  add({
+    section: s5,
+    figure: `POST p50 / max ms at ${r.plan.fixedRate.rps}/s from 50 tenants for ${r.plan.fixedRate.seconds} s, 1 worker running (sent rate, non-202)`,
+    ours: fr ? `${round(fr.post.p50)} / ${round(fr.post.max)} (${round(fr.achievedRate)}/s, ${fr.failed} of ${fr.sent})` : undefined,
+  });
+  add({ section: s5, figure: `TARGET POST p99 at ${r.plan.fixedRate.rps} submissions/s (a worker running on the same machine), ms`, ours: fr?.post.p99, target: '<= 20 ms', status: target('POST p99 at 200 submissions/s (ms)', '<= 20 ms', fr?.post.p99, (v) => v <= 20) });
+  const alone = r.fixedRateApiAlone;
+  add({
+    section: s5,
+    figure: `POST p50 / p99 ms at ${r.plan.fixedRate.rps}/s, API alone (workers stopped; sent rate, non-202)`,
+    ours: alone ? `${round(alone.post.p50)} / ${round(alone.post.p99)} (${round(alone.achievedRate)}/s, ${alone.failed} of ${alone.sent})` : undefined,
+  });
+
+  // 6. Recovery
+  const rec = r.recovery;
+  const s6 = `6 recovery after SIGKILL mid-step (${rec?.kills ?? 0} kills; lock ${rec?.settings.lockDurationMs ?? '?'} ms, stalled check ${rec?.settings.stalledIntervalMs ?? '?'} ms)`;
+  add({ section: s6, figure: 'kill → step re-delivered to another worker (lock expiry + stalled check), median s', ours: rec?.redeliveredMedian });
+  add({ section: s6, figure: 'kill → next checkpoint by another worker, max s', ours: rec?.max });
+  add({ section: s6, figure: 'every run completed, one checkpoint per step', ours: rec ? (rec.allCompleted ? 'yes' : 'NO') : undefined });
+  add({ section: s6, figure: 'TARGET recovery median, s', ours: rec?.median, target: '<= 3 s', status: target('recovery after SIGKILL, median (s)', '<= 3 s', rec?.median, (v) => v <= 3) });
+
+  // 7. Floor
+  const f = r.floor;
+  const s7 = `7 the floor: pgbench -N, ${f?.seconds ?? '?'} s, same server`;
+  for (const [k, v] of Object.entries(f?.tps ?? {})) add({ section: s7, figure: `commits/s, ${k.slice(1)} client(s)`, ours: v });
+  const commitsPerSec = eng !== undefined && c?.engine.length ? eng * (x(c.engine, (m) => perRun(m, (y) => y.xactCommit)) ?? 0) : undefined;
+  add({ section: s7, figure: 'engine commits/s at the like-for-like load (runs/s × tx/run)', ours: commitsPerSec });
+
+  // 8. Growth
+  const s8 = '8 growth';
+  const g = (m: M | undefined) => (m ? `${round(m.result.runsPerSec)} runs/s, ${round(m.result.e2e.p50)} / ${round(m.result.e2e.p99)} ms` : undefined);
+  add({ section: s8, figure: '10 in flight, 1 worker: runs/s, start→complete p50 / p99', ours: g(r.inFlight?.light) });
+  add({ section: s8, figure: '100 in flight, 1 worker', ours: g(c?.engine[0]) });
+  // At 1,000 in flight BullMQ runs the chains breadth-first (each next step queues behind everyone's
+  // current one), so few runs finish inside a short window: throughput is counted in steps, and the
+  // latency follows from Little's law (in flight ÷ throughput).
+  const deep = r.inFlight?.deep;
+  const deepRate = deep ? deep.step.n / GOLDEN_PATH_STEPS / (deep.wallMs / 1000) : undefined;
+  add({
+    section: s8,
+    figure: `1,000 in flight, 1 worker (${round((r.plan.inFlight.deep.windowMs ?? 0) / 1000)} s window): steps/4 per s, latency by Little's law`,
+    ours: deepRate ? `${round(deepRate)} runs/s, ~${round(1000 / deepRate, 1)} s per run` : undefined,
+  });
+  for (const [n, m] of Object.entries(r.workers ?? {})) {
+    add({ section: s8, figure: `${n} worker process${n === '1' ? ' (the like-for-like run)' : 'es'}, ${r.plan.workers.inFlight} in flight`, ours: g(m) });
+  }
+  for (const d of r.data ?? []) {
+    add({ section: s8, figure: `step p50 / p99 ms, ${d.rows.toLocaleString('en')} runs in the table, ${d.tenants} tenant(s)`, ours: `${round(d.m.step.p50, 2)} / ${round(d.m.step.p99, 2)}` });
+  }
+  add({ section: s8, figure: '1,000 in flight: steps replayed from a checkpoint (duplicate deliveries, sweeper)', ours: r.inFlight?.deep?.replays });
+  const deepRss = r.inFlight?.deep ? r.inFlight.deep.workerRssMax / MB : undefined;
+  add({ section: s8, figure: 'TARGET worker RSS with 1,000 runs in flight, MB', ours: deepRss, target: '<= 200 MB', status: target('worker RSS with 1,000 runs in flight (MB)', '<= 200 MB', deepRss, (v) => v <= 200) });
+
+  const { machine, errors, settings, ...measurements } = r;
+  return { generatedAt: new Date().toISOString(), mode: r.plan.mode, seconds: r.seconds, machine, settings, rows, targets, errors, raw: measurements };
+}
+
+const fmt = (v: Cell): string => {
+  if (v === undefined) return '—';
+  if (typeof v === 'string') return v;
+  if (!Number.isFinite(v)) return '—';
+  const a = Math.abs(v);
+  return a >= 100 ? v.toFixed(0) : a >= 10 ? v.toFixed(1) : v.toFixed(2);
+};
+
+export function renderTable(rep: Report): string {
+  const m = rep.machine;
+  const head = [
+    `Dealix benchmark (${rep.mode}${rep.mode === 'quick' ? `: shortened phases, ${rep.raw.plan.recoveryKills} kills, at most ${rep.raw.plan.data.sizes.at(-1)?.toLocaleString('en')} seeded rows instead of 1,000,000` : ''}) — ${rep.generatedAt}, ${rep.seconds ?? '?'} s`,
+    m
+      ? `machine: ${m.cpus} CPU (${m.cpuModel}), ${m.memoryGiB} GiB; Node ${m.node}; PostgreSQL ${m.postgres} (synchronous_commit=${m.postgresSettings.synchronous_commit}, fsync=${m.postgresSettings.fsync}); Redis ${m.redis}; load average ${m.loadAverageAtStart.join(' ')} → ${m.loadAverageAtEnd?.join(' ') ?? '?'}`
+      : '',
+    `ours: WORKER_CONCURRENCY=${rep.settings.workerConcurrency}, DATABASE_POOL_MAX=${rep.settings.poolMax}, lock ${rep.settings.lockDurationMs} ms, stalled check ${rep.settings.stalledIntervalMs} ms, worker node ${rep.settings.workerNodeFlags || '(no flags)'}`,
+  ];
+  const cols = ['figure', 'ours', 'DBOS', 'raw BullMQ', 'ours÷DBOS', 'ours÷BullMQ', 'target', 'status'];
+  const body: string[][] = [];
+  let section = '';
+  const sectionRows: number[] = [];
+  for (const r of rep.rows) {
+    if (r.section !== section) {
+      section = r.section;
+      sectionRows.push(body.length);
+      body.push([section, '', '', '', '', '', '', '']);
+    }
+    body.push([`  ${r.figure}`, fmt(r.ours), fmt(r.dbos), fmt(r.bullmq), fmt(r.oursPerDbos), fmt(r.oursPerBullmq), r.target ?? '', r.status ?? '']);
+  }
+  const widths = cols.map((c, i) => Math.max(c.length, ...body.filter((_, j) => !sectionRows.includes(j)).map((row) => row[i]!.length)));
+  const line = (cells: string[]) => cells.map((cell, i) => (i === 0 ? cell.padEnd(widths[i]!) : cell.padStart(widths[i]!))).join(' | ');
+  const sep = widths.map((w) => '-'.repeat(w)).join('-+-');
+  const out = [...head.filter(Boolean), '', line(cols), sep];
+  body.forEach((row, j) => out.push(sectionRows.includes(j) ? row[0]! : line(row)));
+  const passed = rep.targets.filter((t) => t.status === 'PASS').length;
+  out.push(sep, `targets: ${passed} of ${rep.targets.length} PASS`);
+  for (const [phase, err] of Object.entries(rep.errors)) out.push(`ERROR in phase ${phase}: ${err.split('\n')[0]}`);
+  return out.join('\n');
+}
