@@ -30,6 +30,12 @@ export interface Results {
 
 type FixedRate = { post: Latency; achievedRate: number; sent: number; failed: number; statuses: Record<string, number> };
 type Cell = number | string | undefined;
+
+/** "0 of 3000 refused", or "1546 of 3000 refused: 503×1546" (503: load shedding, 429: rate limit). */
+function failures(f: FixedRate): string {
+  const bad = Object.entries(f.statuses).filter(([st]) => st !== '202');
+  return `${f.failed} of ${f.sent} refused${bad.length ? `: ${bad.map(([st, n]) => `${st}×${n}`).join(', ')}` : ''}`;
+}
 export interface Row {
   section: string;
   figure: string;
@@ -149,15 +155,15 @@ export function buildReport(r: Results): Report {
   const fr = r.fixedRate;
   add({
     section: s5,
-    figure: `POST p50 / max ms at ${r.plan.fixedRate.rps}/s from 50 tenants for ${r.plan.fixedRate.seconds} s, 1 worker running (sent rate, non-202)`,
-    ours: fr ? `${round(fr.post.p50)} / ${round(fr.post.max)} (${round(fr.achievedRate)}/s, ${fr.failed} of ${fr.sent})` : undefined,
+    figure: `POST p50 / max ms at ${r.plan.fixedRate.rps}/s from 50 tenants for ${r.plan.fixedRate.seconds} s, 1 worker running (sent rate, refusals)`,
+    ours: fr ? `${round(fr.post.p50)} / ${round(fr.post.max)} (${round(fr.achievedRate)}/s, ${failures(fr)})` : undefined,
   });
-  add({ section: s5, figure: `TARGET POST p99 at ${r.plan.fixedRate.rps} submissions/s (a worker running on the same machine), ms`, ours: fr?.post.p99, target: '<= 20 ms', status: target('POST p99 at 200 submissions/s (ms)', '<= 20 ms', fr?.post.p99, (v) => v <= 20) });
+  add({ section: s5, figure: `TARGET POST p99 at ${r.plan.fixedRate.rps} submissions/s (a worker running on the same machine), ms`, ours: fr?.post.p99, target: '<= 20 ms', status: target('POST p99 at 200 submissions/s (ms), every POST accepted', '<= 20 ms', fr?.post.p99, (v) => v <= 20 && fr?.failed === 0) });
   const alone = r.fixedRateApiAlone;
   add({
     section: s5,
-    figure: `POST p50 / p99 ms at ${r.plan.fixedRate.rps}/s, API alone (workers stopped; sent rate, non-202)`,
-    ours: alone ? `${round(alone.post.p50)} / ${round(alone.post.p99)} (${round(alone.achievedRate)}/s, ${alone.failed} of ${alone.sent})` : undefined,
+    figure: `POST p50 / p99 ms at ${r.plan.fixedRate.rps}/s, API alone (workers stopped; sent rate, refusals)`,
+    ours: alone ? `${round(alone.post.p50)} / ${round(alone.post.p99)} (${round(alone.achievedRate)}/s, ${failures(alone)})` : undefined,
   });
 
   // 6. Recovery
