@@ -33,6 +33,7 @@ let replays = 0;
 let cpuBase = process.cpuUsage();
 const channel = childChannel({
   collect: () => {
+    // With BENCH_NODE_ARGS=--expose-gc the memory figures are read after a full collection (diagnosis only).
     (globalThis as { gc?: () => void }).gc?.();
     const cpu = process.cpuUsage(cpuBase);
     return { queries: counter.total, control: counter.control, redisWrites: counter.redisWrites, rss: rssBytes(), heap: process.memoryUsage().heapUsed, memory: process.memoryUsage(), cpuMs: (cpu.user + cpu.system) / 1000, stepMs, replays };

@@ -6,7 +6,6 @@ import { setupDatabase } from '../../../src/platform/db/roles.ts';
 import { migrate } from '../../../src/platform/db/migrate.ts';
 import { entities } from '../../../src/entities.ts';
 import { TEST_ADMIN_URL, TEST_APP, TEST_JWT_SECRET, TEST_OWNER, TEST_REDIS_URL, pgUrl } from '../../helpers/env.ts';
-import { sleep } from './stats.ts';
 
 export const ADMIN_URL = process.env.BENCH_DATABASE_ADMIN_URL ?? TEST_ADMIN_URL;
 export const REDIS_URL = process.env.BENCH_REDIS_URL ?? TEST_REDIS_URL;
@@ -77,11 +76,6 @@ export class BenchDatabases {
     return { name, appUrl: pgUrl(TEST_APP, name), ownerUrl: pgUrl(TEST_OWNER, name), adminUrl: dbUrl(ADMIN_URL, name) };
   }
 
-  /** An empty database for a peer (DBOS creates its own schema in it). */
-  async empty(suffix: string): Promise<BenchDb> {
-    return this.clone(suffix);
-  }
-
   async drop(name: string): Promise<void> {
     await adminQuery(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`).catch(() => {});
   }
@@ -104,20 +98,6 @@ export class BenchDatabases {
 export async function xactCounts(database: string): Promise<{ commit: number; rollback: number }> {
   const r = await adminQuery(`select xact_commit, xact_rollback from pg_stat_database where datname = $1`, [database]);
   return { commit: Number(r.rows[0]?.xact_commit ?? 0), rollback: Number(r.rows[0]?.xact_rollback ?? 0) };
-}
-
-/**
- * Waits until no backend is connected to `database`: a backend flushes its pending statistics when it
- * exits, so pg_stat_database is exact only after the processes under test have closed their pools.
- */
-export async function waitNoBackends(database: string, timeoutMs = 30_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const r = await adminQuery(`select count(*)::int as n from pg_stat_activity where datname = $1`, [database]);
-    if (r.rows[0].n === 0) return;
-    if (Date.now() > deadline) throw new Error(`backends still connected to ${database}`);
-    await sleep(100);
-  }
 }
 
 /** Deletes a queue prefix's keys with SCAN (never KEYS or FLUSH on the shared Redis). */
