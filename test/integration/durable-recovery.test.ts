@@ -69,9 +69,9 @@ describe('a killed or stopped worker: the run still completes, each step exactly
     // The two checkpoints written before the kill are the very same rows: replayed, never redone.
     expect(done.checkpoints.slice(0, 2)).toEqual(before.checkpoints);
     expect(entered(second, run.id)).toEqual([3, 4]);
-    // BullMQ progress of the resumed step names its sequence_num.
+    // The resumed step's BullMQ job returns its outcome (what Bull Board shows): its sequence_num, executed, not replayed.
     const job = await jobOf(stack, run, 3);
-    expect(job?.progress).toMatchObject({ sequence_num: 3, status: 'completed' });
+    expect(job?.returnvalue).toMatchObject({ sequence_num: 3, status: 'completed', replayed: false });
   });
 
   it('a second stall of the same step does not fail the run', { timeout: LONG }, async () => {

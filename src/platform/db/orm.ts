@@ -3,6 +3,7 @@ import { Migrator } from '@mikro-orm/migrations';
 import type { EntitySchema } from '@mikro-orm/core';
 import { fileURLToPath } from 'node:url';
 import type { Config } from '../config/config.ts';
+import { CoalescingClient } from './coalescing-client.ts';
 
 export const MIGRATIONS_PATH = fileURLToPath(new URL('../../../migrations', import.meta.url));
 
@@ -32,6 +33,8 @@ export function ormConfig(config: Config, opts: OrmOptions): Options {
     ensureDatabase: false,
     pool: { min: 0, max: opts.poolMax ?? config.DATABASE_POOL_MAX, idleTimeoutMillis: 30_000 },
     driverOptions: {
+      // Sends begin and the tenant's set_config with the transaction's first statement (coalescing-client.ts).
+      Client: CoalescingClient,
       statement_timeout: config.DATABASE_STATEMENT_TIMEOUT,
       connectionTimeoutMillis: 5_000,
     },

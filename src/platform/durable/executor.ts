@@ -111,7 +111,6 @@ export class StepExecutor {
 
   private async execute(job: Job<StepJobData>, logger: Logger, signal: AbortSignal): Promise<StepOutcome> {
     const d = job.data;
-    void job.updateProgress({ sequence_num: d.sequence_num, step: d.step, status: 'running' }).catch(() => {});
     const wf = this.o.runtime.workflow(d.workflow);
     const step = wf.steps[d.sequence_num - 1];
     const attempt = job.attemptsMade + 1;
@@ -143,7 +142,8 @@ export class StepExecutor {
           if (!codeStep || codeStep.name !== cp.step) {
             throw new NonDeterminismError(`checkpoint ${cp.seq} of run ${row.id} is "${cp.step}", the code has "${codeStep?.name ?? 'nothing'}" there`);
           }
-          if (cp.status === 'completed') outputs[cp.step] = codeStep.output.parse(cp.output);
+          // Validated where it is consumed: the step's input schema parses the outputs it reads.
+          if (cp.status === 'completed') outputs[cp.step] = cp.output;
         }
         const mine = row.checkpoints.find((c) => c.seq === d.sequence_num);
         if (mine?.status === 'completed') return { status: 'completed' as const, replayed: true };
@@ -197,6 +197,8 @@ export class StepExecutor {
           runOutput,
           leaseOwner: this.o.workerId,
           leaseMs: this.o.leaseMs,
+          // The last statement before commit: it travels with the commit (one round trip for both).
+          beforeCommit: true,
         });
         return { status: waiting ? ('waiting' as const) : ('completed' as const), replayed: false };
       });
@@ -204,7 +206,6 @@ export class StepExecutor {
         // The flow segment ended here: enqueue the rest (idempotent, also on replay after a crash).
         await this.o.runtime.enqueue(run, d.sequence_num + 1);
       }
-      void job.updateProgress({ sequence_num: d.sequence_num, step: d.step, status: result.status }).catch(() => {});
       if (result.replayed) logger.info({ replayed: true, status: result.status }, 'step already checkpointed; replayed');
       else logger.info({ status: result.status, attempt }, 'step checkpointed');
       return { ...base, ...result };

@@ -4,6 +4,7 @@ import { FlowProducer, type FlowJob, type Queue } from 'bullmq';
 import { context as otelContext, propagation, trace, type Context } from '@opentelemetry/api';
 import type { Logger } from 'pino';
 import { stepJobId } from '../queue/job-ids.ts';
+import { DEFER_UNTIL_NEXT } from '../db/coalescing-client.ts';
 import { ATTR } from '../telemetry/attributes.ts';
 import { ACTIVE_RUN_STATUSES, type RunStatus } from './durable-run.entity.ts';
 import type { CheckpointStatus } from './durable-checkpoint.entity.ts';
@@ -195,12 +196,17 @@ export class DurableRuntime {
       runOutput?: unknown;
       leaseOwner?: string;
       leaseMs?: number;
+      /**
+       * The caller commits right after this statement: it may be sent with the commit (its failure,
+       * e.g. a concurrent execution's unique violation, is then raised by the commit).
+       */
+      beforeCommit?: boolean;
     },
   ): Promise<void> {
     const completed = args.status === 'completed';
     const terminal = !(ACTIVE_RUN_STATUSES as readonly string[]).includes(args.runStatus);
     await em.execute(
-      `with cp as (
+      `${args.beforeCommit ? DEFER_UNTIL_NEXT : ''}with cp as (
          insert into durable_checkpoints (id, tenant_id, run_id, sequence_num, step_name, status, output, error, attempt, created_at, updated_at, completed_at)
          values (?, ?, ?, ?, ?, ?, ?::jsonb, ?::jsonb, ?, now(), now(), ${completed ? 'now()' : 'null'})
          returning run_id)

@@ -65,7 +65,7 @@ export interface StepDef<I = any, O = any> {
   name: string;
   /** Validates what the runtime hands the step: { submission, outputs: { [stepName]: output } }. */
   input: ZodType<I>;
-  /** Validates the output on write and on read (replay). */
+  /** Validates the output on write; on read, each later step's `input` validates the outputs it uses. */
   output: ZodType<O>;
   retry?: Partial<RetryPolicy>;
   /** True when the step may return ctx.wait(): the flow segment ends after it. */

@@ -65,6 +65,9 @@ export function createLogger(opts: { level: string; name: string; destination?: 
       return out;
     },
   };
-  return opts.destination ? pino(options, opts.destination) : pino(options);
+  // Asynchronous stdout: lines written while a write is in flight go out together in the next one, so a
+  // busy worker makes a few write calls instead of one per line (each costs a system call; see
+  // docs/performance.md). Nothing waits for a buffer to fill, and pino flushes what is pending at exit.
+  return pino(options, opts.destination ?? pino.destination({ dest: 1, sync: false }));
 }
 export type { Logger };

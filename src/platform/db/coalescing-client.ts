@@ -1,0 +1,70 @@
+import pg from 'pg';
+
+/**
+ * A `pg` client that sends fewer round trips without changing what a transaction does.
+ *
+ * On this kind of machine a round trip costs ~100 µs of CPU in the client and as much in the server
+ * (docs/performance.md), and MikroORM opens every tenant transaction with two statements whose results
+ * nobody reads: `begin` and `select set_config('app.tenant_id', …, true)`. This client holds such
+ * statements back and sends them, in order, in the same simple-protocol message as the next statement
+ * on the connection (PostgreSQL runs a multi-statement message statement by statement; an explicit
+ * `begin` in it leaves the transaction open afterwards). The next statement's result is returned.
+ *
+ * What may be held back is fixed here, never guessed:
+ * - `begin`, the tenant/role session settings MikroORM issues (`select set_config(…, true)`,
+ *   `set local role "…"`): their results are never read and they cannot fail on their own;
+ * - a write that the caller marks with {@link DEFER_UNTIL_NEXT} because it is the last statement
+ *   before `commit` and its result is not needed (the step's checkpoint). It then travels with the
+ *   `commit`; if it fails, the commit in the same message is skipped by PostgreSQL, the error is
+ *   raised by the commit, and the caller's transaction rolls back as it would have.
+ *
+ * Held-back statements answer at once with an empty result. Queries with bind parameters or given as
+ * objects (cursors, prepared statements) are never merged: what is held is sent just before them.
+ * MikroORM inlines parameters itself, so its statements all take the merging path.
+ */
+export const DEFER_UNTIL_NEXT = '/* dealix:defer-until-next */ ';
+
+const SET_CONFIG = String.raw`set_config\('[a-z0-9_.]+', '(?:[^']|'')*', true\)`;
+const SESSION_STATEMENT = new RegExp(String.raw`^(?:begin|set local role "(?:[^"]|"")+"|select ${SET_CONFIG}(?:, ${SET_CONFIG})*)$`, 'i');
+
+const held = (command: string): pg.QueryResult => ({ command, rowCount: 0, oid: 0, rows: [], fields: [] });
+
+/** True for the statements this client may hold back until the next one. */
+export function isDeferrable(text: string): boolean {
+  return text.startsWith(DEFER_UNTIL_NEXT) || SESSION_STATEMENT.test(text);
+}
+
+export class CoalescingClient extends pg.Client {
+  #pending: string[] = [];
+
+  /** Statements held back on this connection (for tests). */
+  get pendingStatements(): readonly string[] {
+    return this.#pending;
+  }
+
+  // pg's overloads cannot be restated precisely here; the three call forms are handled explicitly.
+  override query(config: any, values?: any, callback?: any): any {
+    const simple = typeof config === 'string' && typeof values !== 'function' && callback === undefined && (values === undefined || (Array.isArray(values) && values.length === 0));
+    if (!simple) {
+      this.sendHeld();
+      return super.query(config, values, callback);
+    }
+    const text = config as string;
+    if (isDeferrable(text)) {
+      this.#pending.push(text);
+      return Promise.resolve(held(text.startsWith(DEFER_UNTIL_NEXT) ? 'DEFERRED' : (text.split(' ', 1)[0] ?? '').toUpperCase()));
+    }
+    if (this.#pending.length === 0) return super.query(text, values);
+    const merged = `${this.#pending.join(';\n')};\n${text}`;
+    this.#pending = [];
+    return (super.query(merged) as Promise<pg.QueryResult | pg.QueryResult[]>).then((r) => (Array.isArray(r) ? r[r.length - 1]! : r));
+  }
+
+  /** Sends what is held as its own message ahead of a query that cannot carry it; its failure shows on that query. */
+  private sendHeld(): void {
+    if (this.#pending.length === 0) return;
+    const text = this.#pending.join(';\n');
+    this.#pending = [];
+    (super.query(text) as Promise<unknown>).catch(() => {});
+  }
+}

@@ -1,0 +1,114 @@
+import { afterAll, describe, expect, it } from 'vitest';
+import { randomUUID } from 'node:crypto';
+import pg from 'pg';
+import { startStack } from '../helpers/stack.ts';
+import { createOrm } from '../../src/platform/db/orm.ts';
+import { tenantEm } from '../../src/platform/db/tenant-em.ts';
+import { CoalescingClient, DEFER_UNTIL_NEXT, isDeferrable } from '../../src/platform/db/coalescing-client.ts';
+import { entities } from '../../src/entities.ts';
+
+/**
+ * The connection-level round-trip cut (src/platform/db/coalescing-client.ts) against the real
+ * PostgreSQL as the application role: what is sent, that RLS and the tenant setting still apply, and
+ * that a held-back write that fails still fails its transaction and leaves the connection clean.
+ */
+const stack = await startStack({ api: false });
+// One connection, so the transaction after a failure provably reuses the connection it failed on.
+const orm = await createOrm(stack.container.config, { entities, clientUrl: stack.db.appUrl, poolMax: 1 });
+afterAll(async () => {
+  await orm.close(true);
+  await stack.stop();
+});
+
+/** Records every message the clients actually send while `fn` runs. */
+async function sent<T>(fn: () => Promise<T>): Promise<{ result: T; texts: string[] }> {
+  const texts: string[] = [];
+  const original = pg.Client.prototype.query;
+  pg.Client.prototype.query = function (this: pg.Client, config: any, ...rest: any[]) {
+    texts.push(typeof config === 'string' ? config : String(config?.text ?? config));
+    return (original as any).call(this, config, ...rest);
+  } as any;
+  try {
+    return { result: await fn(), texts };
+  } finally {
+    pg.Client.prototype.query = original;
+  }
+}
+
+const runInsert = (id: string, tenant: string) =>
+  `insert into durable_runs (id, tenant_id, workflow, workflow_version, idempotency_hash, status, principal, input, correlation_id, sequence_num, step_count, created_at, updated_at)
+   values ('${id}', '${tenant}', 'golden-path', 1, '${randomUUID()}', 'pending', 'u', '{}', 'c', 0, 4, now(), now())`;
+
+describe('coalescing client', () => {
+  it('a tenant transaction sends begin and set_config with its first statement: two round trips in all, the tenant in force', async () => {
+    const tenant = randomUUID();
+    const { result, texts } = await sent(() =>
+      tenantEm(orm, tenant).transactional((tx) => tx.execute<{ t: string; n: string }[]>(`select current_setting('app.tenant_id', true) as t, count(*) as n from durable_runs`)),
+    );
+    expect(result[0]).toEqual({ t: tenant, n: '0' });
+    expect(texts).toHaveLength(2);
+    expect(texts[0]).toMatch(/^begin;\nselect set_config\('app\.tenant_id', '[0-9a-f-]{36}', true\);\nselect current_setting/);
+    expect(texts[1]).toBe('commit');
+  });
+
+  it('row-level security still isolates: a row written under tenant A is invisible to tenant B and to no tenant', async () => {
+    const a = randomUUID();
+    const b = randomUUID();
+    const id = randomUUID();
+    await tenantEm(orm, a).transactional((tx) => tx.execute(runInsert(id, a)));
+    const count = (tenant: string) => tenantEm(orm, tenant).transactional((tx) => tx.execute<{ n: string }[]>(`select count(*) as n from durable_runs where id = '${id}'`));
+    expect((await count(a))[0]!.n).toBe('1');
+    expect((await count(b))[0]!.n).toBe('0');
+    const plain = await orm.em.fork().execute<{ n: string }[]>(`select count(*) as n from durable_runs where id = '${id}'`);
+    expect(plain[0]!.n).toBe('0');
+    // Writing tenant A's row from tenant B's transaction is refused by the policy's WITH CHECK.
+    await expect(tenantEm(orm, b).transactional((tx) => tx.execute(runInsert(randomUUID(), a)))).rejects.toThrow(/row-level security/);
+  });
+
+  it('a held-back write that fails is raised by the commit, rolls the whole transaction back, and leaves the connection clean', async () => {
+    const tenant = randomUUID();
+    const first = randomUUID();
+    const attempt = tenantEm(orm, tenant).transactional(async (tx) => {
+      await tx.execute(runInsert(first, tenant));
+      // The same primary key again, held back until the commit: the commit must fail with its error.
+      await tx.execute(`${DEFER_UNTIL_NEXT}${runInsert(first, tenant)}`);
+    });
+    await expect(attempt).rejects.toMatchObject({ code: '23505' });
+    // The first insert rolled back with it, and the one pooled connection serves the next transaction.
+    const rows = await tenantEm(orm, tenant).transactional((tx) => tx.execute<{ n: string }[]>(`select count(*) as n from durable_runs where id = '${first}'`));
+    expect(rows[0]!.n).toBe('0');
+    const second = randomUUID();
+    await tenantEm(orm, tenant).transactional((tx) => tx.execute(`${DEFER_UNTIL_NEXT}${runInsert(second, tenant)}`));
+    const after = await tenantEm(orm, tenant).transactional((tx) => tx.execute<{ n: string }[]>(`select count(*) as n from durable_runs where id = '${second}'`));
+    expect(after[0]!.n).toBe('1');
+  });
+
+  it('a query with bind parameters is never merged: what is held goes first, in order', async () => {
+    const client = new CoalescingClient({ connectionString: stack.db.appUrl });
+    await client.connect();
+    try {
+      const tenant = randomUUID();
+      await client.query('begin');
+      await client.query(`select set_config('app.tenant_id', '${tenant}', true)`);
+      expect(client.pendingStatements).toHaveLength(2);
+      const r = await client.query('select current_setting($1, true) as t', ['app.tenant_id']);
+      expect(client.pendingStatements).toHaveLength(0);
+      expect(r.rows[0]).toEqual({ t: tenant });
+      await client.query('commit');
+      expect((await client.query(`select current_setting('app.tenant_id', true) as t`)).rows[0].t).toBe('');
+    } finally {
+      await client.end();
+    }
+  });
+
+  it('holds back only the statements it knows: not session-level settings, not statements that merely start alike', () => {
+    expect(isDeferrable('begin')).toBe(true);
+    expect(isDeferrable(`select set_config('app.tenant_id', '6f1c0c1e-9f0a-4a43-9a53-2f1f7a0c9d11', true)`)).toBe(true);
+    expect(isDeferrable(`select set_config('lock_timeout', '250ms', true), set_config('synchronous_commit', 'off', true)`)).toBe(true);
+    expect(isDeferrable('set local role "dealix_system"')).toBe(true);
+    expect(isDeferrable(`select set_config('app.tenant_id', 'x', false)`)).toBe(false);
+    expect(isDeferrable(`select set_config('app.tenant_id', 'x', true); drop table durable_runs`)).toBe(false);
+    expect(isDeferrable('begin; delete from durable_runs')).toBe(false);
+    expect(isDeferrable('select 1')).toBe(false);
+  });
+});
