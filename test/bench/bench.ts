@@ -1,11 +1,13 @@
 /**
- * npm run bench [-- --quick] [-- --json] [-- --only=phase,phase] [-- --keep-logs]
+ * npm run bench [-- --quick] [-- --json] [-- --only=phase,phase] [-- --keep-logs] [-- --budget]
  *
  * One run on this machine's PostgreSQL and Redis, in databases and a queue prefix of its own (all
  * removed at the end): ours end to end over HTTP, ours engine only, DBOS Transact, raw BullMQ,
  * overheads (RLS, idempotency, POST at a fixed rate), recovery after SIGKILL, the pgbench floor and
  * growth with load, workers, data and tenants. Prints one table (or JSON with --json) and writes
  * artifacts/bench.json (artifacts/bench-partial.json with --only). See docs/performance.md for the method.
+ * --budget (release gate 3, docs/governance/release-gates.md): exits 2 when a budgeted figure is
+ * outside its budget or could not be measured, naming each on stderr.
  */
 import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
@@ -21,6 +23,7 @@ import { newPrefix, PHASES, type PhaseContext } from './phases.ts';
 
 const args = process.argv.slice(2);
 const asJson = args.includes('--json');
+const budget = args.includes('--budget');
 const keepLogs = args.includes('--keep-logs');
 const only = args.find((a) => a.startsWith('--only='))?.slice(7).split(',');
 const plan = planFor(args.includes('--quick'));
@@ -98,4 +101,13 @@ mkdirSync(join(ROOT, 'artifacts'), { recursive: true });
 // A run of some phases only (--only) must not replace the complete report the release gate reads.
 writeFileSync(join(ROOT, 'artifacts', only ? 'bench-partial.json' : 'bench.json'), `${JSON.stringify(report, null, 2)}\n`);
 process.stdout.write(asJson ? `${JSON.stringify(report, null, 2)}\n` : `${renderTable(report)}\n`);
-process.exit(Object.keys(results.errors).length ? 1 : 0);
+if (Object.keys(results.errors).length) process.exit(1);
+if (budget) {
+  const outside = report.targets.filter((t) => t.status !== 'PASS');
+  for (const t of outside) {
+    process.stderr.write(`budget: ${t.figure} = ${t.value ?? 'not measured'} (budget ${t.target}): ${t.status === 'MISS' ? 'outside the budget' : 'not measured in this run'}\n`);
+  }
+  process.stderr.write(`budget: ${report.targets.length - outside.length} of ${report.targets.length} figures within budget\n`);
+  process.exit(outside.length ? 2 : 0);
+}
+process.exit(0);
