@@ -4,7 +4,8 @@ import pg from 'pg';
 import { startStack } from '../helpers/stack.ts';
 import { createOrm } from '../../src/platform/db/orm.ts';
 import { tenantEm } from '../../src/platform/db/tenant-em.ts';
-import { CoalescingClient, DEFER_UNTIL_NEXT, isDeferrable } from '../../src/platform/db/coalescing-client.ts';
+import { CoalescingClient, DEFER_UNTIL_NEXT, holdingInserts, isDeferrable } from '../../src/platform/db/coalescing-client.ts';
+import { PartnerDossierRow } from '../../src/modules/golden-path/golden-path.entities.ts';
 import { entities } from '../../src/entities.ts';
 
 /**
@@ -81,6 +82,32 @@ describe('coalescing client', () => {
     await tenantEm(orm, tenant).transactional((tx) => tx.execute(`${DEFER_UNTIL_NEXT}${runInsert(second, tenant)}`));
     const after = await tenantEm(orm, tenant).transactional((tx) => tx.execute<{ n: string }[]>(`select count(*) as n from durable_runs where id = '${second}'`));
     expect(after[0]!.n).toBe('1');
+  });
+
+  it("a step's flush inside holdingInserts travels with the commit; an insert the policy refuses fails the commit and nothing is stored", async () => {
+    const tenant = randomUUID();
+    const dossier = (id: string, owner: string) => ({ id, tenantId: owner, runId: randomUUID(), partnerName: 'P', country: 'DE', completenessScore: 1, content: {}, createdAt: new Date() });
+    const ok = randomUUID();
+    const { texts } = await sent(() =>
+      tenantEm(orm, tenant).transactional(async (tx) => {
+        tx.create(PartnerDossierRow, dossier(ok, tenant));
+        await holdingInserts(() => tx.flush());
+      }),
+    );
+    expect(texts).toHaveLength(1);
+    expect(texts[0]).toMatch(/^begin;\nselect set_config\(.*\);\n\/\* dealix:defer-until-next \*\/ insert into "partner_dossiers" .*;\ncommit$/s);
+    const count = (id: string) => tenantEm(orm, tenant).transactional((tx) => tx.execute<{ n: string }[]>(`select count(*) as n from partner_dossiers where id = '${id}'`));
+    expect((await count(ok))[0]!.n).toBe('1');
+
+    const refused = randomUUID();
+    const other = randomUUID();
+    const attempt = tenantEm(orm, tenant).transactional(async (tx) => {
+      tx.create(PartnerDossierRow, dossier(refused, tenant));
+      tx.create(PartnerDossierRow, dossier(randomUUID(), other));
+      await holdingInserts(() => tx.flush());
+    });
+    await expect(attempt).rejects.toThrow(/row-level security/);
+    expect((await count(refused))[0]!.n).toBe('0');
   });
 
   it('a query with bind parameters is never merged: what is held goes first, in order', async () => {

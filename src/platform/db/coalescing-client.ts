@@ -1,3 +1,4 @@
+import { AsyncLocalStorage } from 'node:async_hooks';
 import pg from 'pg';
 
 /**
@@ -8,15 +9,18 @@ import pg from 'pg';
  * nobody reads: `begin` and `select set_config('app.tenant_id', …, true)`. This client holds such
  * statements back and sends them, in order, in the same simple-protocol message as the next statement
  * on the connection (PostgreSQL runs a multi-statement message statement by statement; an explicit
- * `begin` in it leaves the transaction open afterwards). The next statement's result is returned.
+ * `begin` in it leaves the transaction open afterwards). The next statement's result is returned: a
+ * message of several statements, merged here or written so by the caller, answers with its last
+ * statement's result.
  *
  * What may be held back is fixed here, never guessed:
  * - `begin`, the tenant/role session settings MikroORM issues (`select set_config(…, true)`,
  *   `set local role "…"`): their results are never read and they cannot fail on their own;
- * - a write that the caller marks with {@link DEFER_UNTIL_NEXT} because it is the last statement
- *   before `commit` and its result is not needed (the step's checkpoint). It then travels with the
- *   `commit`; if it fails, the commit in the same message is skipped by PostgreSQL, the error is
- *   raised by the commit, and the caller's transaction rolls back as it would have.
+ * - a write that the caller marks with {@link DEFER_UNTIL_NEXT} because its result is not needed and
+ *   only the commit (or the step's checkpoint, itself marked) follows it: the step's checkpoint, and
+ *   the plain inserts of the step's unit-of-work flush ({@link holdingInserts}). They then travel with
+ *   the `commit`; if one fails, PostgreSQL skips the rest of the message, the commit raises the
+ *   error, and the caller's transaction rolls back as it would have.
  *
  * Held-back statements answer at once with an empty result. Queries with bind parameters or given as
  * objects (cursors, prepared statements) are never merged: what is held is sent just before them.
@@ -26,6 +30,25 @@ export const DEFER_UNTIL_NEXT = '/* dealix:defer-until-next */ ';
 
 const SET_CONFIG = String.raw`set_config\('[a-z0-9_.]+', '(?:[^']|'')*', true\)`;
 const SESSION_STATEMENT = new RegExp(String.raw`^(?:begin|set local role "(?:[^"]|"")+"|select ${SET_CONFIG}(?:, ${SET_CONFIG})*)$`, 'i');
+
+const holdInserts = new AsyncLocalStorage<true>();
+
+/**
+ * Runs `fn` (a unit-of-work flush right before the checkpoint and commit) so that its plain inserts
+ * (no RETURNING: nothing is read back) are held until the next statement. Used by the step executor.
+ */
+export function holdingInserts<T>(fn: () => Promise<T>): Promise<T> {
+  return holdInserts.run(true, fn);
+}
+
+/** MikroORM's `onQuery` hook: marks a plain insert issued inside {@link holdingInserts}. */
+export function markHeldInsert(sql: string): string {
+  if (holdInserts.getStore() && /^insert into "[a-z_]+" \(/.test(sql) && !/\breturning\b/i.test(sql)) return DEFER_UNTIL_NEXT + sql;
+  return sql;
+}
+
+/** A message of several statements answers with each one's result; its caller wants the last. */
+const lastResult = (r: pg.QueryResult | pg.QueryResult[]): pg.QueryResult => (Array.isArray(r) ? r[r.length - 1]! : r);
 
 const held = (command: string): pg.QueryResult => ({ command, rowCount: 0, oid: 0, rows: [], fields: [] });
 
@@ -54,10 +77,9 @@ export class CoalescingClient extends pg.Client {
       this.#pending.push(text);
       return Promise.resolve(held(text.startsWith(DEFER_UNTIL_NEXT) ? 'DEFERRED' : (text.split(' ', 1)[0] ?? '').toUpperCase()));
     }
-    if (this.#pending.length === 0) return super.query(text, values);
-    const merged = `${this.#pending.join(';\n')};\n${text}`;
+    const merged = this.#pending.length === 0 ? text : `${this.#pending.join(';\n')};\n${text}`;
     this.#pending = [];
-    return (super.query(merged) as Promise<pg.QueryResult | pg.QueryResult[]>).then((r) => (Array.isArray(r) ? r[r.length - 1]! : r));
+    return (super.query(merged) as Promise<pg.QueryResult | pg.QueryResult[]>).then(lastResult);
   }
 
   /** Sends what is held as its own message ahead of a query that cannot carry it; its failure shows on that query. */

@@ -3,7 +3,7 @@ import { Migrator } from '@mikro-orm/migrations';
 import type { EntitySchema } from '@mikro-orm/core';
 import { fileURLToPath } from 'node:url';
 import type { Config } from '../config/config.ts';
-import { CoalescingClient } from './coalescing-client.ts';
+import { CoalescingClient, markHeldInsert } from './coalescing-client.ts';
 
 export const MIGRATIONS_PATH = fileURLToPath(new URL('../../../migrations', import.meta.url));
 
@@ -28,6 +28,8 @@ export function ormConfig(config: Config, opts: OrmOptions): Options {
     debug: opts.debug ?? false,
     // Tenant session variables apply per transaction (set_config(..., true)): safe with pooling and PgBouncer.
     sessionContext: 'transaction',
+    // Plain inserts of a step's flush travel with its checkpoint and commit (coalescing-client.ts).
+    onQuery: markHeldInsert,
     allowGlobalContext: false,
     forceUtcTimezone: true,
     ensureDatabase: false,

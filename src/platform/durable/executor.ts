@@ -5,6 +5,7 @@ import type { Logger } from 'pino';
 import { ZodError } from 'zod';
 import { AppError, coerceError, isConnectivityError } from '../errors/app-error.ts';
 import { tenantEm } from '../db/tenant-em.ts';
+import { holdingInserts } from '../db/coalescing-client.ts';
 import { requestContext } from '../tenancy/request-context.ts';
 import { ATTR } from '../telemetry/attributes.ts';
 import { NonDeterminismError, RunNotVisibleError, isUniqueViolation } from './errors.ts';
@@ -177,7 +178,8 @@ export class StepExecutor {
         );
         const waiting = isWaiting(produced);
         const output = step.output.parse(waiting ? produced.output : produced);
-        await tx.flush();
+        // The step's inserts, its checkpoint and the commit go to PostgreSQL as one message.
+        await holdingInserts(() => tx.flush());
         const last = d.sequence_num === wf.steps.length;
         let runStatus: RunRow['status'] = waiting ? 'waiting' : 'running';
         let runOutput: unknown;

@@ -159,6 +159,19 @@ export interface IdempotencyServiceOptions {
   lockTimeoutMs?: number;
 }
 
+/** The claim: insert the key, or return the record that holds it (with whether it expired or its lease ran out). */
+const INSERT_OR_FIND = `with ins as (
+           insert into idempotency_keys (id, tenant_id, principal, idempotency_key, method, route, fingerprint, status, locked_at, created_at, expires_at)
+           values (?, ?, ?, ?, ?, ?, ?, 'in_progress', now(), now(), now() + ? * interval '1 millisecond')
+           on conflict (tenant_id, principal, idempotency_key) do nothing
+           returning ${COLUMNS})
+         select ins.*, true as inserted, false as expired, false as lease_expired from ins
+         union all
+         select ${COLUMNS}, false as inserted, expires_at <= now() as expired,
+                (locked_at is null or locked_at < now() - ? * interval '1 millisecond') as lease_expired
+           from idempotency_keys
+          where tenant_id = ? and principal = ? and idempotency_key = ? and not exists (select 1 from ins)`;
+
 /** Idempotency keys, stored per tenant under RLS: claim, get_existing, store, release. */
 export class IdempotencyService {
   readonly ttlMs: number;
@@ -176,16 +189,17 @@ export class IdempotencyService {
    * first attempt still holds the row (past the lock timeout) is answered in_progress at once.
    */
   async claim(em: EntityManager, input: ClaimInput): Promise<ClaimResult> {
-    let row: Row;
-    // The claim's settings travel with the tenant's in the one set_config statement that opens the
-    // transaction (a round trip less), and its commit does not wait for the WAL flush: the handler's
-    // transaction commits synchronously after it, and flushing its own commit record flushes the claim's
-    // too. A crash before that loses the claim together with everything it guarded, and the client's
-    // retry simply claims again (docs/performance.md).
-    const claimEm = em.fork({ clear: true, useContext: false });
-    claimEm.setSessionContext({ variables: { lock_timeout: `${this.lockTimeoutMs}ms`, synchronous_commit: 'off' } });
+    let row: Row | undefined;
     try {
-      row = await claimEm.transactional((tx) => this.claimRow(tx, input));
+      // The common case, a new key or a plain duplicate, in one message and one round trip; the rare
+      // ones (an expired key, a lease to take over, a snapshot that missed a concurrent winner) in a
+      // transaction of their own.
+      row = await this.claimInOneMessage(em, input);
+      if (!row || (!row.inserted && (row.expired || (row.lease_expired && row.status === 'in_progress' && row.fingerprint === input.fingerprint)))) {
+        const claimEm = em.fork({ clear: true, useContext: false });
+        claimEm.setSessionContext({ variables: { lock_timeout: `${this.lockTimeoutMs}ms`, synchronous_commit: 'off' } });
+        row = await claimEm.transactional((tx) => this.claimRow(tx, input));
+      }
     } catch (e) {
       if (hasCode(e, LOCK_NOT_AVAILABLE)) return { outcome: 'in_progress', retryAfterSeconds: 1 };
       throw e;
@@ -196,6 +210,23 @@ export class IdempotencyService {
     if (record.status === 'completed') return { outcome: 'replay', record };
     const lockedFor = record.lockedAt ? Date.now() - record.lockedAt.getTime() : 0;
     return { outcome: 'in_progress', record, retryAfterSeconds: Math.max(1, Math.ceil((this.leaseMs - lockedFor) / 1000)) };
+  }
+
+  /**
+   * The claim's insert-or-find as one simple-protocol message of two statements, which PostgreSQL runs
+   * as one implicit transaction: the first sets the tenant (RLS), the lock timeout and an asynchronous
+   * commit for it alone, the second claims. The commit does not wait for the WAL flush: the handler's
+   * transaction commits synchronously after it, and flushing its own commit record flushes the claim's
+   * too. A crash before that loses the claim together with everything it guarded, and the client's
+   * retry simply claims again (docs/performance.md). Undefined when the snapshot missed a winner.
+   */
+  private async claimInOneMessage(em: EntityManager, input: ClaimInput): Promise<Row | undefined> {
+    const rows = await em.getConnection().execute<Row[]>(
+      `select set_config('app.tenant_id', ?, true), set_config('lock_timeout', ?, true), set_config('synchronous_commit', 'off', true);
+       ${INSERT_OR_FIND}`,
+      [input.tenantId, `${this.lockTimeoutMs}ms`, ...this.insertOrFindParams(input)],
+    );
+    return rows[0];
   }
 
   private async claimRow(tx: EntityManager, input: ClaimInput): Promise<Row> {
@@ -232,24 +263,15 @@ export class IdempotencyService {
    */
   private async insertOrFind(tx: EntityManager, input: ClaimInput): Promise<Row> {
     for (let attempt = 0; attempt < 5; attempt++) {
-      const rows = await tx.execute<Row[]>(
-        `with ins as (
-           insert into idempotency_keys (id, tenant_id, principal, idempotency_key, method, route, fingerprint, status, locked_at, created_at, expires_at)
-           values (?, ?, ?, ?, ?, ?, ?, 'in_progress', now(), now(), now() + ? * interval '1 millisecond')
-           on conflict (tenant_id, principal, idempotency_key) do nothing
-           returning ${COLUMNS})
-         select ins.*, true as inserted, false as expired, false as lease_expired from ins
-         union all
-         select ${COLUMNS}, false as inserted, expires_at <= now() as expired,
-                (locked_at is null or locked_at < now() - ? * interval '1 millisecond') as lease_expired
-           from idempotency_keys
-          where tenant_id = ? and principal = ? and idempotency_key = ? and not exists (select 1 from ins)`,
-        [randomUUID(), input.tenantId, input.principal, input.key, input.method, input.route, input.fingerprint, this.ttlMs,
-          this.leaseMs, input.tenantId, input.principal, input.key],
-      );
+      const rows = await tx.execute<Row[]>(INSERT_OR_FIND, this.insertOrFindParams(input));
       if (rows[0]) return rows[0];
     }
     throw new Error('idempotency claim found neither a free key nor its holder');
+  }
+
+  private insertOrFindParams(input: ClaimInput): unknown[] {
+    return [randomUUID(), input.tenantId, input.principal, input.key, input.method, input.route, input.fingerprint, this.ttlMs,
+      this.leaseMs, input.tenantId, input.principal, input.key];
   }
 
   /** The stored record for (tenant, principal, key), or null. RLS scopes it to the em's tenant. */
