@@ -90,6 +90,15 @@ export async function waitEntered(worker: WorkerHandle, runId: string, seq: numb
   if (!entered(worker, runId).includes(seq)) throw new Error(`worker exited before step ${seq}:\n${worker.output().slice(-4000)}`);
 }
 
+/**
+ * The steps of this run the worker entered, read once its log shows the run's last step: workers
+ * write logs in batches (at least every 100 ms), so a line can trail the commit it describes.
+ */
+export async function enteredThroughLast(worker: WorkerHandle, runId: string): Promise<number[]> {
+  await waitFor(() => entered(worker, runId).includes(SLOW_STEPS.length), { timeoutMs: 10_000, what: `the worker's log line for step ${SLOW_STEPS.length}` });
+  return entered(worker, runId);
+}
+
 /** The BullMQ job of one step of a gp-slow run (deterministic id). */
 export async function jobOf(stack: TestStack, run: Pick<RunRow, 'idempotency_hash'>, seq: number): Promise<Job | undefined> {
   const queue = stack.container.queues.get(SLOW_QUEUE);

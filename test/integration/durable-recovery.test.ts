@@ -22,7 +22,7 @@ import { waitFor } from '../helpers/poll.ts';
 import { SLOW_QUEUE, SLOW_TAG, slowWorkflow, type StepGate } from '../helpers/slow-workflow.ts';
 import { startOwnPostgres, startOwnRedis, type OwnPostgres, type OwnRedis } from '../helpers/own-infra.ts';
 import { TEST_APP, TEST_JWT_SECRET, TEST_OWNER } from '../helpers/env.ts';
-import { createSlowRun, entered, expectEveryStepOnce, jobOf, killLiveWorkers, readRun, waitEntered, waitRun } from '../helpers/recovery.ts';
+import { createSlowRun, entered, enteredThroughLast, expectEveryStepOnce, jobOf, killLiveWorkers, readRun, waitEntered, waitRun } from '../helpers/recovery.ts';
 
 const TEST_WORKER = 'test/helpers/test-worker.ts';
 const LONG = 180_000;
@@ -49,7 +49,7 @@ describe('a killed or stopped worker: the run still completes, each step exactly
     const done = await waitRun(stack, tenant, run.id, ['completed', 'failed']);
     expect(done.status).toBe('completed');
     expectEveryStepOnce(done);
-    expect(entered(second, run.id)).toEqual([2, 3, 4]);
+    expect(await enteredThroughLast(second, run.id)).toEqual([2, 3, 4]);
   });
 
   it('a run resumes from its last checkpoint after a kill: completed steps are not run again and progress moves on', { timeout: LONG }, async () => {
@@ -68,7 +68,7 @@ describe('a killed or stopped worker: the run still completes, each step exactly
     expectEveryStepOnce(done);
     // The two checkpoints written before the kill are the very same rows: replayed, never redone.
     expect(done.checkpoints.slice(0, 2)).toEqual(before.checkpoints);
-    expect(entered(second, run.id)).toEqual([3, 4]);
+    expect(await enteredThroughLast(second, run.id)).toEqual([3, 4]);
     // The resumed step's BullMQ job returns its outcome (what Bull Board shows): its sequence_num, executed, not replayed.
     const job = await jobOf(stack, run, 3);
     expect(job?.returnvalue).toMatchObject({ sequence_num: 3, status: 'completed', replayed: false });
@@ -185,7 +185,7 @@ describe('a killed or stopped worker: the run still completes, each step exactly
     const done = await waitRun(stack, tenant, run.id, ['completed', 'failed']);
     expect(done.status).toBe('completed');
     expectEveryStepOnce(done);
-    expect(entered(second, run.id)).toEqual([3, 4]);
+    expect(await enteredThroughLast(second, run.id)).toEqual([3, 4]);
   });
 
   it('SIGTERM during a step longer than the grace period: the job is handed back, the worker exits 0, another worker completes the run', { timeout: LONG }, async () => {
@@ -202,7 +202,7 @@ describe('a killed or stopped worker: the run still completes, each step exactly
     const done = await waitRun(stack, tenant, run.id, ['completed', 'failed']);
     expect(done.status).toBe('completed');
     expectEveryStepOnce(done);
-    expect(entered(second, run.id)).toEqual([2, 3, 4]);
+    expect(await enteredThroughLast(second, run.id)).toEqual([2, 3, 4]);
   });
 });
 
@@ -236,7 +236,8 @@ describe('Redis flushed with runs in flight (own redis-server)', () => {
       expect(done.status).toBe('completed');
       expectEveryStepOnce(done);
     }
-    expect(workers.some((w) => w.output().includes('sweeper re-enqueued run'))).toBe(true);
+    // Log lines are written in batches: poll for the sweeper's, which it wrote before the runs completed.
+    await waitFor(() => workers.some((w) => w.output().includes('sweeper re-enqueued run')), { timeoutMs: 10_000, what: "the sweeper's log line" });
   });
 });
 
