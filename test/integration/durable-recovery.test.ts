@@ -22,7 +22,7 @@ import { waitFor } from '../helpers/poll.ts';
 import { SLOW_QUEUE, SLOW_TAG, slowWorkflow, type StepGate } from '../helpers/slow-workflow.ts';
 import { startOwnPostgres, startOwnRedis, type OwnPostgres, type OwnRedis } from '../helpers/own-infra.ts';
 import { TEST_APP, TEST_JWT_SECRET, TEST_OWNER } from '../helpers/env.ts';
-import { createSlowRun, entered, enteredThroughLast, expectEveryStepOnce, jobOf, killLiveWorkers, readRun, waitEntered, waitRun } from '../helpers/recovery.ts';
+import { createSlowRun, enteredThroughLast, expectEveryStepOnce, jobOf, killLiveWorkers, readRun, waitEntered, waitRun } from '../helpers/recovery.ts';
 
 const TEST_WORKER = 'test/helpers/test-worker.ts';
 const LONG = 180_000;
