@@ -30,7 +30,7 @@ export function approvalPacketStep(deps: { slaBSeconds: number; slaCSeconds: num
       const now = new Date();
       const id = randomUUID();
       const deadline = slaSeconds === null ? null : new Date(now.getTime() + slaSeconds * 1000);
-      ctx.em.create(ApprovalRequest, {
+      await ctx.em.insert(ApprovalRequest, {
         id,
         tenantId: ctx.run.tenantId,
         runId: ctx.run.id,
@@ -55,7 +55,7 @@ export function approvalPacketStep(deps: { slaBSeconds: number; slaCSeconds: num
         provenance: provenance('policy', 'approval-policy@1', { economics: { cost: econ.cost, payback_months: econ.payback_months }, policy }),
       };
       if (cls === 'A') {
-        ctx.em.create(ApprovalDecision, {
+        await ctx.em.insert(ApprovalDecision, {
           id: randomUUID(),
           tenantId: ctx.run.tenantId,
           approvalRequestId: id,

@@ -93,6 +93,17 @@ export async function savePolicy(em: EntityManager, tenantId: string, body: Appr
 }
 
 /** The tenant's policy (RLS-scoped read), else the defaults with the configured SLAs. */
+/** approval_policies as loadPolicyWithSource reads it (columns named by ApprovalPolicyRow). */
+interface PolicyColumns {
+  a_cost: number | string;
+  a_payback: number | string;
+  c_cost: number | string;
+  c_payback: number | string;
+  sla_b: number | string;
+  sla_c: number | string;
+  updated_at: Date | string;
+}
+
 export async function loadPolicy(em: EntityManager, tenantId: string, defaults: { slaBSeconds: number; slaCSeconds: number }): Promise<ApprovalPolicy> {
   return (await loadPolicyWithSource(em, tenantId, defaults)).policy;
 }
@@ -102,15 +113,21 @@ export async function loadPolicyWithSource(
   tenantId: string,
   defaults: { slaBSeconds: number; slaCSeconds: number },
 ): Promise<{ policy: ApprovalPolicy; source: 'default' | 'tenant'; updatedAt: Date | null }> {
-  const row = await em.findOne(ApprovalPolicyRow, { tenantId });
+  // A plain read, nothing to hydrate or track: it runs in every approval-packet step. RLS scopes it.
+  const [row] = await em.execute<PolicyColumns[]>(
+    `select class_amax_cost as a_cost, class_amax_payback_months as a_payback, class_cmin_cost as c_cost,
+            class_cmin_payback_months as c_payback, sla_bseconds as sla_b, sla_cseconds as sla_c, updated_at
+       from approval_policies where tenant_id = ?`,
+    [tenantId],
+  );
   if (!row) return { policy: { ...DEFAULT_POLICY, ...defaults }, source: 'default', updatedAt: null };
   const policy: ApprovalPolicy = {
-    classAMaxCost: Number(row.classAMaxCost),
-    classAMaxPaybackMonths: Number(row.classAMaxPaybackMonths),
-    classCMinCost: Number(row.classCMinCost),
-    classCMinPaybackMonths: Number(row.classCMinPaybackMonths),
-    slaBSeconds: row.slaBSeconds,
-    slaCSeconds: row.slaCSeconds,
+    classAMaxCost: Number(row.a_cost),
+    classAMaxPaybackMonths: Number(row.a_payback),
+    classCMinCost: Number(row.c_cost),
+    classCMinPaybackMonths: Number(row.c_payback),
+    slaBSeconds: Number(row.sla_b),
+    slaCSeconds: Number(row.sla_c),
   };
-  return { policy, source: 'tenant', updatedAt: row.updatedAt };
+  return { policy, source: 'tenant', updatedAt: new Date(row.updated_at) };
 }

@@ -39,7 +39,7 @@ export const evidencePackStep = defineStep({
     };
     const sha256 = evidenceHash(content);
     const id = randomUUID();
-    ctx.em.create(EvidencePackRow, { id, tenantId: ctx.run.tenantId, runId: ctx.run.id, content, sha256, createdAt: new Date() });
+    await ctx.em.insert(EvidencePackRow, { id, tenantId: ctx.run.tenantId, runId: ctx.run.id, content, sha256, createdAt: new Date() });
     return { evidence_pack_id: id, sha256, outcome, provenance: provenance('derived', 'rfc8785-sha256', { sha256 }) };
   },
 });

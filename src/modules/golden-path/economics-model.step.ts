@@ -44,7 +44,7 @@ export const economicsModelStep = defineStep({
   output: economicsSchema,
   async run({ submission }, ctx) {
     const model = buildEconomics(submission.economics, submission.currency);
-    ctx.em.create(EconomicsModelRow, {
+    await ctx.em.insert(EconomicsModelRow, {
       id: randomUUID(),
       tenantId: ctx.run.tenantId,
       runId: ctx.run.id,

@@ -41,7 +41,7 @@ export const partnerDossierStep = defineStep({
   retry: { attempts: 5, backoffMs: 500, jitter: 0.5 },
   async run({ submission }, ctx) {
     const dossier = buildDossier(submission);
-    ctx.em.create(PartnerDossierRow, {
+    await ctx.em.insert(PartnerDossierRow, {
       id: randomUUID(),
       tenantId: ctx.run.tenantId,
       runId: ctx.run.id,

@@ -164,8 +164,10 @@ export class StepExecutor {
           createdAt: new Date(row.created_at),
         };
         const input = step.input.parse({ submission: row.input, outputs });
+        // The step's inserts are held and travel with its next statement: at the latest with the
+        // checkpoint and the commit (ADR 0004).
         const produced = await untilAborted(
-          step.run(input, {
+          holdingInserts(() => step.run(input, {
             em: tx,
             run: runInfo,
             sequenceNum: d.sequence_num,
@@ -173,7 +175,7 @@ export class StepExecutor {
             logger,
             signal,
             wait: <O>(output: O): Waiting<O> => ({ [WAITING]: true, output }),
-          }),
+          })),
           signal,
         );
         const waiting = isWaiting(produced);
