@@ -82,7 +82,11 @@ export class CoalescingClient extends pg.Client {
     return (super.query(merged) as Promise<pg.QueryResult | pg.QueryResult[]>).then(lastResult);
   }
 
-  /** Sends what is held as its own message ahead of a query that cannot carry it; its failure shows on that query. */
+  /**
+   * Sends what is held as its own message ahead of a query that cannot carry it. Inside a transaction
+   * a failure of it aborts the transaction, so that query fails too (as "current transaction is
+   * aborted"); MikroORM never takes this path, since it inlines parameters and uses no cursors here.
+   */
   private sendHeld(): void {
     if (this.#pending.length === 0) return;
     const text = this.#pending.join(';\n');
