@@ -92,7 +92,6 @@ export async function savePolicy(em: EntityManager, tenantId: string, body: Appr
   return updatedAt;
 }
 
-/** The tenant's policy (RLS-scoped read), else the defaults with the configured SLAs. */
 /** approval_policies as loadPolicyWithSource reads it (columns named by ApprovalPolicyRow). */
 interface PolicyColumns {
   a_cost: number | string;
@@ -104,6 +103,7 @@ interface PolicyColumns {
   updated_at: Date | string;
 }
 
+/** The tenant's policy (RLS-scoped read), else the defaults with the configured SLAs. */
 export async function loadPolicy(em: EntityManager, tenantId: string, defaults: { slaBSeconds: number; slaCSeconds: number }): Promise<ApprovalPolicy> {
   return (await loadPolicyWithSource(em, tenantId, defaults)).policy;
 }

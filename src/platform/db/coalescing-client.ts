@@ -17,10 +17,11 @@ import pg from 'pg';
  * - `begin`, the tenant/role session settings MikroORM issues (`select set_config(…, true)`,
  *   `set local role "…"`): their results are never read and they cannot fail on their own;
  * - a write that the caller marks with {@link DEFER_UNTIL_NEXT} because its result is not needed and
- *   only the commit (or the step's checkpoint, itself marked) follows it: the step's checkpoint, and
- *   the plain inserts of the step's unit-of-work flush ({@link holdingInserts}). They then travel with
- *   the `commit`; if one fails, PostgreSQL skips the rest of the message, the commit raises the
- *   error, and the caller's transaction rolls back as it would have.
+ *   it is sent with whatever the transaction sends next: the step's checkpoint (sent with the commit),
+ *   and the plain inserts a step makes while it runs and flushes ({@link holdingInserts}). At the
+ *   latest they travel with the `commit`; if one fails, PostgreSQL skips the rest of the message, the
+ *   statement it was sent with (a later read, or the commit) raises the error, and the caller's
+ *   transaction rolls back as it would have.
  *
  * Held-back statements answer at once with an empty result. Queries with bind parameters or given as
  * objects (cursors, prepared statements) are never merged: what is held is sent just before them.
@@ -34,8 +35,8 @@ const SESSION_STATEMENT = new RegExp(String.raw`^(?:begin|set local role "(?:[^"
 const holdInserts = new AsyncLocalStorage<true>();
 
 /**
- * Runs `fn` (a unit-of-work flush right before the checkpoint and commit) so that its plain inserts
- * (no RETURNING: nothing is read back) are held until the next statement. Used by the step executor.
+ * Runs `fn` (a step, then its unit-of-work flush) so that its plain inserts (no RETURNING: nothing
+ * is read back) are held until the transaction's next statement. Used by the step executor.
  */
 export function holdingInserts<T>(fn: () => Promise<T>): Promise<T> {
   return holdInserts.run(true, fn);
