@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import { hostname } from 'node:os';
-import { FlowProducer, Queue, type Telemetry } from 'bullmq';
+import { Queue, type Telemetry } from 'bullmq';
 import type { Redis } from 'ioredis';
 import type { Config } from './platform/config/config.ts';
 import { createOrm, type MikroORM } from './platform/db/orm.ts';
@@ -58,9 +58,7 @@ export async function createContainer(config: Config, opts: { service: 'api' | '
   for (const wf of workflows) queue(wf.queue);
   // Bull Board and /metrics show the maintenance queue too (its scheduler is upserted by workers).
   queue(MAINTENANCE_QUEUE);
-  const flowProducer = new FlowProducer(queueOpts);
-  flowProducer.on('error', (err) => logger.warn({ err }, 'flow producer error'));
-  const runtime = new DurableRuntime({ workflows, flowProducer, queues, logger });
+  const runtime = new DurableRuntime({ workflows, queues, logger });
   const idempotency = new IdempotencyService({ ttlMs: config.IDEMPOTENCY_TTL, leaseMs: config.IDEMPOTENCY_LEASE });
   const verifier = createTokenVerifier(config);
   const metrics = createMetrics();
@@ -84,7 +82,6 @@ export async function createContainer(config: Config, opts: { service: 'api' | '
     jobHandlers: () => jobHandlersFor({ orm, runtime }),
     async close() {
       await Promise.allSettled([...queues.values()].map((q) => q.close()));
-      await runtime.close().catch(() => {});
       await orm.close(true).catch(() => {});
       redis.disconnect();
     },

@@ -1,6 +1,6 @@
 /**
  * A benchmark worker process: the production worker (startWorkerProcess on the production container),
- * plus measurement only: a round-trip counter on the pg client, the duration of every step job, and
+ * plus measurement only: a round-trip counter on the pg client, the duration of every step, and
  * a completion report (run id, time) when a run's last step has committed. With BENCH_HOLD=1 it also
  * serves the recovery benchmark's hold workflow.
  */
@@ -13,7 +13,7 @@ import { loadConfig } from '../../src/platform/config/config.ts';
 import { createContainer } from '../../src/container.ts';
 import { startWorkerProcess } from '../../src/worker-runtime.ts';
 import { onShutdown } from '../../src/platform/process/shutdown.ts';
-import { StepExecutor, type StepOutcome } from '../../src/platform/durable/executor.ts';
+import { StepExecutor, type JobControl, type JobOutcome } from '../../src/platform/durable/executor.ts';
 import type { StepJobData } from '../../src/platform/durable/runtime.ts';
 import { holdWorkflow } from './bench-workflows.ts';
 
@@ -47,12 +47,14 @@ const channel = childChannel({
 });
 
 const process_ = StepExecutor.prototype.process;
-StepExecutor.prototype.process = async function measuredProcess(this: StepExecutor, job: Job<StepJobData>, signal?: AbortSignal): Promise<StepOutcome> {
-  const t0 = performance.now();
-  const out = await process_.call(this, job, signal);
-  stepMs.push(performance.now() - t0);
-  if (out.replayed) replays++;
-  if (out.status === 'completed' && !out.replayed && out.step === lastStep.get(job.data.workflow)) channel.done(out.run_id, nowMs());
+StepExecutor.prototype.process = async function measuredProcess(this: StepExecutor, job: Job<StepJobData>, control?: JobControl): Promise<JobOutcome> {
+  const out = await process_.call(this, job, control);
+  for (const step of out.steps) {
+    if (step.replayed) replays++;
+    else stepMs.push(step.duration_ms);
+  }
+  const last = out.steps[out.steps.length - 1];
+  if (last && last.status === 'completed' && !last.replayed && last.step === lastStep.get(job.data.workflow)) channel.done(out.run_id, nowMs());
   return out;
 };
 

@@ -109,8 +109,9 @@ describe('Bull Board at /admin/queues', () => {
     await page.getByText('golden-path', { exact: false }).first().waitFor({ timeout: 30_000 });
 
     await page.goto(`${stack.baseUrl}/admin/queues/queue/golden-path?status=completed`);
+    // One run job per run (ADR 0005), named by the step it starts at, its data naming the run.
     await page.getByText('partner-dossier').first().waitFor({ timeout: 30_000 });
-    await page.getByText('evidence-pack').first().waitFor({ timeout: 30_000 });
+    for (const id of runIds) await page.getByText(id).first().waitFor({ timeout: 30_000 });
     for (const dir of ['artifacts', 'docs/images']) mkdirSync(join(ROOT, dir), { recursive: true });
     await page.screenshot({ path: join(ROOT, 'artifacts/bull-board.png') });
     // The committed docs image is refreshed on request (UPDATE_SCREENSHOTS=1), not on every run.

@@ -69,9 +69,15 @@ describe('a killed or stopped worker: the run still completes, each step exactly
     // The two checkpoints written before the kill are the very same rows: replayed, never redone.
     expect(done.checkpoints.slice(0, 2)).toEqual(before.checkpoints);
     expect(await enteredThroughLast(second, run.id)).toEqual([3, 4]);
-    // The resumed step's BullMQ job returns its outcome (what Bull Board shows): its sequence_num, executed, not replayed.
-    const job = await jobOf(stack, run, 3);
-    expect(job?.returnvalue).toMatchObject({ sequence_num: 3, status: 'completed', replayed: false });
+    // The run job returns its outcome (what Bull Board shows): steps 1-2 replayed from their checkpoints, 3-4 executed.
+    const job = await jobOf(stack, run, 1);
+    expect(job?.returnvalue).toMatchObject({ run_id: run.id, from_sequence_num: 1, status: 'ended' });
+    expect(job?.returnvalue.steps.map((s: { sequence_num: number; replayed: boolean; status: string }) => [s.sequence_num, s.status, s.replayed])).toEqual([
+      [1, 'completed', true],
+      [2, 'completed', true],
+      [3, 'completed', false],
+      [4, 'completed', false],
+    ]);
   });
 
   it('a second stall of the same step does not fail the run', { timeout: LONG }, async () => {
@@ -87,22 +93,22 @@ describe('a killed or stopped worker: the run still completes, each step exactly
     const done = await waitRun(stack, tenant, run.id, ['completed', 'failed']);
     expect(done.status).toBe('completed');
     expectEveryStepOnce(done);
-    expect((await jobOf(stack, run, 2))?.stalledCounter).toBeGreaterThanOrEqual(2);
+    expect((await jobOf(stack, run, 1))?.stalledCounter).toBeGreaterThanOrEqual(2);
   });
 
-  it('two executions of the same step at once: one effect, one checkpoint', { timeout: LONG }, async () => {
+  it('two executions of the same run job at once: each step runs once, one effect and one checkpoint per step', { timeout: LONG }, async () => {
     const tenant = newTenant();
     let inside = 0;
     let release!: () => void;
     const together = new Promise<void>((r) => (release = r));
-    // Both executions are inside the step body, each in its own transaction, before either goes on.
+    // Both executions are inside step 1's body, each in its own transaction, before either goes on.
     const gate: StepGate = async ({ seq }) => {
       if (seq !== 1) return;
       if (++inside === 2) release();
       await together;
     };
     const logger = pino({ level: 'silent' });
-    const runtime = new DurableRuntime({ workflows: [slowWorkflow({ gate })], flowProducer: stack.container.runtime.flowProducer, queues: new Map(), logger });
+    const runtime = new DurableRuntime({ workflows: [slowWorkflow({ gate })], queues: new Map(), logger });
     const executor = (workerId: string) => new StepExecutor({ orm: stack.container.orm, runtime, logger, workerId, leaseMs: 5000 });
     const run = await createSlowRun(stack, tenant, { enqueue: false });
     // A queue no worker listens on: the two executions below are the only ones.
@@ -113,14 +119,17 @@ describe('a killed or stopped worker: the run still completes, each step exactly
       const twin = (await Job.fromId<StepJobData>(queue, job.id!))!;
       const outcomes = await Promise.all([executor('worker-a').process(job), executor('worker-b').process(twin)]);
       expect(inside).toBe(2);
-      expect(outcomes.map((o) => o.replayed).sort()).toEqual([false, true]);
-      const state = await readRun(stack, tenant, run.id);
-      expect(state.checkpoints.map((c) => [c.sequence_num, c.status])).toEqual([[1, 'completed']]);
-      expect(state.counts.partner_dossiers).toBe(1);
-      expect(state.sequence_num).toBe(1);
+      // Step 1: one execution committed it, the other lost the race and replayed its stored output.
+      const first = outcomes.map((o) => o.steps.find((s) => s.sequence_num === 1)!);
+      expect(first.map((s) => s.replayed).sort()).toEqual([false, true]);
+      // Every step was executed by exactly one of the two; the other replayed it.
+      const executed = outcomes.flatMap((o) => o.steps.filter((s) => !s.replayed).map((s) => s.sequence_num)).sort();
+      expect(executed).toEqual([1, 2, 3, 4]);
+      expect(outcomes.map((o) => o.status)).toEqual(['ended', 'ended']);
+      expectEveryStepOnce(await readRun(stack, tenant, run.id));
     } finally {
       await queue.close();
-      // This run was never enqueued: end it so no sweeper picks it up for another test.
+      // Should this run be left incomplete, end it so no sweeper picks it up for another test.
       await tenantEm(stack.container.orm, tenant).transactional((tx) => stack.container.runtime.complete(tx, run.id, 'cancelled'));
     }
   });
@@ -167,8 +176,8 @@ describe('a killed or stopped worker: the run still completes, each step exactly
     expect(done.checkpoints.map((c) => [c.sequence_num, c.status])).toEqual([[1, 'completed'], [2, 'failed']]);
     expect(done.counts).toMatchObject({ partner_dossiers: 1, economics_models: 0, approval_requests: 0, evidence_packs: 0 });
     // Unrecoverable: no retries were spent on it.
-    await waitFor(async () => (await (await jobOf(stack, run, 2))?.getState()) === 'failed', { timeoutMs: 30_000, what: 'the job to fail' });
-    expect((await jobOf(stack, run, 2))?.attemptsMade).toBe(1);
+    await waitFor(async () => (await (await jobOf(stack, run, 1))?.getState()) === 'failed', { timeoutMs: 30_000, what: 'the job to fail' });
+    expect((await jobOf(stack, run, 1))?.attemptsMade).toBe(1);
   });
 
   it('SIGTERM during a step: the step finishes within the grace period, the worker exits 0, and the run completes', { timeout: LONG }, async () => {
@@ -219,7 +228,10 @@ describe('Redis flushed with runs in flight (own redis-server)', () => {
   });
 
   it('after FLUSHALL the sweeper re-enqueues every incomplete run from its last checkpoint, and all complete exactly once', { timeout: LONG }, async () => {
-    const workers = [await stack.spawnWorker({ GP_SLOW_STEP_MS: '700' }), await stack.spawnWorker({ GP_SLOW_STEP_MS: '700' })];
+    // One job at a time per worker: at the flush two runs are in a worker's hands (their jobs carry them
+    // on in memory) and four exist only as waiting jobs in Redis, which the flush loses.
+    const slow = { GP_SLOW_STEP_MS: '700', WORKER_CONCURRENCY: '1' };
+    const workers = [await stack.spawnWorker(slow), await stack.spawnWorker(slow)];
     const tenants = [newTenant(), newTenant()];
     const runs: Array<{ tenant: string; run: RunRow }> = [];
     for (let i = 0; i < 6; i++) {
@@ -276,7 +288,7 @@ describe('PostgreSQL restarted (own throwaway cluster)', () => {
     }
 
     // Down long enough for step 2 to spend all its attempts: an unreachable database must not fail the run.
-    await waitFor(async () => (await (await jobOf(stack, run, 2))?.getState()) === 'failed', { timeoutMs: 60_000, intervalMs: 250, what: 'step 2 to fail for good' });
+    await waitFor(async () => (await (await jobOf(stack, run, 1))?.getState()) === 'failed', { timeoutMs: 60_000, intervalMs: 250, what: 'step 2 to fail for good' });
     await pg.start();
     const done = await waitRun(stack, tenant, run.id, ['completed', 'failed'], 120_000);
     expect(done.status).toBe('completed');

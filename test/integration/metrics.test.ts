@@ -38,7 +38,8 @@ describe('Prometheus metrics', () => {
     const res = await api(stack, 'GET', '/metrics');
     expect(res.status).toBe(200);
     expect(res.headers.get('content-type')).toContain('text/plain');
-    expect(sample(res.text, 'dealix_queue_jobs{queue="golden-path",state="completed"}')).toBe(4);
+    // One run job carried the class A run through its four steps (ADR 0005).
+    expect(sample(res.text, 'dealix_queue_jobs{queue="golden-path",state="completed"}')).toBe(1);
     expect(sample(res.text, 'dealix_queue_jobs{queue="golden-path",state="failed"}')).toBe(0);
     expect(sample(res.text, 'dealix_queue_jobs{queue="maintenance",state="delayed"}')).toBeGreaterThanOrEqual(0);
     expect(sample(res.text, 'dealix_runs{status="completed"}')).toBe(1);

@@ -2,8 +2,11 @@ import { AppError } from '../errors/app-error.ts';
 
 /** Stored checkpoints disagree with the code's steps (renamed, reordered or re-versioned): fail loudly. */
 export class NonDeterminismError extends AppError {
-  constructor(detail: string) {
+  /** The sequence_num the run had reached (its first step not completed), where the run fails. */
+  at: number | undefined;
+  constructor(detail: string, at?: number) {
     super('non_determinism', `Non-determinism: ${detail}`, { status: 500, retryable: false, detail });
+    this.at = at;
   }
 }
 

@@ -1,6 +1,6 @@
-import type { MikroORM } from '@mikro-orm/postgresql';
-import { UnrecoverableError, type Job } from 'bullmq';
-import { SpanStatusCode, trace } from '@opentelemetry/api';
+import type { EntityManager, MikroORM } from '@mikro-orm/postgresql';
+import { UnrecoverableError, WaitingError, type Job } from 'bullmq';
+import { context as otelContext, SpanStatusCode, trace, type Span } from '@opentelemetry/api';
 import type { Logger } from 'pino';
 import { ZodError } from 'zod';
 import { AppError, coerceError, isConnectivityError } from '../errors/app-error.ts';
@@ -9,22 +9,28 @@ import { holdingInserts } from '../db/coalescing-client.ts';
 import { requestContext } from '../tenancy/request-context.ts';
 import { ATTR } from '../telemetry/attributes.ts';
 import { NonDeterminismError, RunNotVisibleError, isUniqueViolation } from './errors.ts';
-import { RUN_COLUMNS, type DurableRuntime, type RunRow, type StepJobData } from './runtime.ts';
-import { WAITING, isWaiting, type RunInfo, type Waiting } from './workflow.ts';
-
-interface CheckpointView {
-  seq: number;
-  step: string;
-  status: 'started' | 'completed' | 'failed' | 'waiting';
-  output: unknown;
-}
+import { ACTIVE_RUN_STATUSES } from './durable-run.entity.ts';
+import type { DurableRuntime, RunRow, StepJobData } from './runtime.ts';
+import { loadRunState, type RunState } from './run-state.ts';
+import { WAITING, isWaiting, retryOf, type StepDef, type Waiting, type WorkflowDef } from './workflow.ts';
 
 export interface StepOutcome {
-  run_id: string;
   sequence_num: number;
   step: string;
-  status: 'completed' | 'waiting' | 'skipped';
+  status: 'completed' | 'waiting';
+  /** True when the step's checkpoint was already written (by an earlier execution): its output replayed. */
   replayed: boolean;
+  /** The step's execution including its commit; 0 when replayed. */
+  duration_ms: number;
+}
+
+/** What a run job returns (Bull Board shows it): each step it reached, executed or replayed. */
+export interface JobOutcome {
+  run_id: string;
+  from_sequence_num: number;
+  /** `ended`: the run reached its last step (or was already over); `waiting`: a step waits (e.g. for a human). */
+  status: 'ended' | 'waiting';
+  steps: StepOutcome[];
 }
 
 export interface ExecutorOptions {
@@ -36,12 +42,21 @@ export interface ExecutorOptions {
   onStepDone?(info: { step: string; seconds: number; replayed: boolean; status: string }): void;
 }
 
+/** How the worker host steers a running job. */
+export interface JobControl {
+  /** Aborted when the worker hands the job back mid-step at shutdown: the step's transaction rolls back. */
+  abort?: AbortSignal;
+  /** True once the worker is stopping: the job ends before its next step by handing itself back. */
+  draining?(): boolean;
+  /** Moves the job back to `wait` (no attempt spent) so another worker continues it. */
+  handBack?(): Promise<void>;
+}
+
 const tracer = trace.getTracer('dealix-durable');
-const NEVER_ABORTED = new AbortController().signal;
 
 /** Settles with the step, or rejects as soon as `signal` aborts; a step left running then can no longer commit. */
-async function untilAborted<T>(running: Promise<T>, signal: AbortSignal): Promise<T> {
-  if (signal === NEVER_ABORTED) return running;
+async function untilAborted<T>(running: Promise<T>, signal: AbortSignal | undefined): Promise<T> {
+  if (!signal) return running;
   running.catch(() => {}); // if the abort wins, the step's own later failure is moot
   let onAbort!: () => void;
   const aborted = new Promise<never>((_, reject) => {
@@ -56,17 +71,19 @@ async function untilAborted<T>(running: Promise<T>, signal: AbortSignal): Promis
   }
 }
 
-/** Failures of the platform around a step rather than of the step: they never fail a run for good. */
-function isInfrastructureFailure(e: unknown): boolean {
-  return isConnectivityError(e) || (e instanceof AppError && e.code === 'step_out_of_order');
-}
+const isActive = (status: string) => (ACTIVE_RUN_STATUSES as readonly string[]).includes(status);
+
+/** What the job does next, decided from the run's state inside a transaction. */
+type Next = { kind: 'step'; seq: number } | { kind: 'ended' } | { kind: 'waiting' } | { kind: 'hand-back' };
 
 /**
- * Executes one step job with the checkpoint algorithm (after DBOS): bind the tenant from the job; load
- * the run and its checkpoints through RLS; a completed checkpoint replays its stored output; a stored
- * step name that differs from the code's is non-determinism; otherwise run the step and commit its
- * domain writes, its checkpoint and the run's progress in ONE transaction. A unique violation means
- * another execution won: use its stored output, never redo.
+ * Executes a run job: carries one run from the job's step through the following ones, each step in
+ * ONE transaction with its domain writes, its checkpoint and the run's progress, until a step waits
+ * or the run ends (ADR 0005). The checkpoint algorithm (after DBOS): bind the tenant from the job;
+ * read the run and its checkpoints through RLS (once, in the first step's transaction); a completed
+ * checkpoint replays its stored output; a stored step name that differs from the code's is
+ * non-determinism; otherwise run the step. A unique violation means another execution won a step:
+ * read the run again and go on from what it stored, never redo.
  */
 export class StepExecutor {
   private readonly o: ExecutorOptions;
@@ -74,184 +91,192 @@ export class StepExecutor {
     this.o = opts;
   }
 
-  /** `signal`: aborted when the worker hands the job back at shutdown (the step then rolls back). */
-  async process(job: Job<StepJobData>, signal: AbortSignal = NEVER_ABORTED): Promise<StepOutcome> {
+  async process(job: Job<StepJobData>, control: JobControl = {}): Promise<JobOutcome> {
     const d = job.data;
-    const logger = this.o.logger.child({ run_id: d.run_id, tenant_id: d.tenant_id, correlation_id: d._correlation_id, step: d.step, sequence_num: d.sequence_num, job_id: job.id });
+    const logger = this.o.logger.child({ run_id: d.run_id, tenant_id: d.tenant_id, correlation_id: d._correlation_id, job_id: job.id });
     return requestContext.run({ requestId: String(job.id), correlationId: d._correlation_id, runId: d.run_id, principal: { sub: 'worker', tenantId: d.tenant_id, roles: [] } }, () =>
-      tracer.startActiveSpan(
-        `step ${d.step}`,
-        {
-          attributes: {
-            [ATTR.TENANT]: d.tenant_id,
-            [ATTR.RUN]: d.run_id,
-            [ATTR.STEP]: d.step,
-            [ATTR.SEQUENCE]: d.sequence_num,
-            [ATTR.ATTEMPT]: job.attemptsMade + 1,
-            [ATTR.CORRELATION]: d._correlation_id,
-          },
-        },
-        async (span) => {
-          const started = performance.now();
-          try {
-            const outcome = await this.execute(job, logger, signal);
-            span.setAttribute(ATTR.REPLAYED, outcome.replayed);
-            this.o.onStepDone?.({ step: d.step, seconds: (performance.now() - started) / 1000, replayed: outcome.replayed, status: outcome.status });
-            return outcome;
-          } catch (e) {
-            span.recordException(coerceError(e));
-            span.setStatus({ code: SpanStatusCode.ERROR, message: (e as Error).message });
-            throw e;
-          } finally {
-            span.end();
-          }
-        },
-      ),
+      this.execute(job, logger, control),
     );
   }
 
-  private async execute(job: Job<StepJobData>, logger: Logger, signal: AbortSignal): Promise<StepOutcome> {
+  private async execute(job: Job<StepJobData>, logger: Logger, control: JobControl): Promise<JobOutcome> {
     const d = job.data;
     const wf = this.o.runtime.workflow(d.workflow);
-    const step = wf.steps[d.sequence_num - 1];
-    const attempt = job.attemptsMade + 1;
-    const base = { run_id: d.run_id, sequence_num: d.sequence_num, step: d.step };
     const em = tenantEm(this.o.orm, d.tenant_id);
-    let run: RunRow | undefined;
-    try {
-      const result = await em.transactional(async (tx) => {
-        const rows = await tx.execute<(RunRow & { checkpoints: CheckpointView[] })[]>(
-          `select ${RUN_COLUMNS},
-             coalesce((select json_agg(json_build_object('seq', c.sequence_num, 'step', c.step_name, 'status', c.status, 'output', c.output)
-                                       order by c.sequence_num)
-                         from durable_checkpoints c where c.run_id = r.id and c.sequence_num <= ?), '[]'::json) as checkpoints
-             from durable_runs r where r.id = ?`,
-          [d.sequence_num, d.run_id],
-        );
-        const row = rows[0];
-        if (!row) throw new RunNotVisibleError(d.run_id);
-        run = row;
-        if (row.workflow !== wf.name || row.workflow_version !== wf.version) {
-          throw new NonDeterminismError(`run ${row.id} was started by ${row.workflow}@v${row.workflow_version}; this worker runs ${wf.name}@v${wf.version}`);
-        }
-        if (!step || step.name !== d.step) {
-          throw new NonDeterminismError(`job names step ${d.sequence_num} "${d.step}", the code has "${step?.name ?? 'nothing'}"`);
-        }
-        const outputs: Record<string, unknown> = {};
-        for (const cp of row.checkpoints) {
-          const codeStep = wf.steps[cp.seq - 1];
-          if (!codeStep || codeStep.name !== cp.step) {
-            throw new NonDeterminismError(`checkpoint ${cp.seq} of run ${row.id} is "${cp.step}", the code has "${codeStep?.name ?? 'nothing'}" there`);
-          }
-          // Validated where it is consumed: the step's input schema parses the outputs it reads.
-          if (cp.status === 'completed') outputs[cp.step] = cp.output;
-        }
-        const mine = row.checkpoints.find((c) => c.seq === d.sequence_num);
-        if (mine?.status === 'completed') return { status: 'completed' as const, replayed: true };
-        if (mine?.status === 'waiting') return { status: 'waiting' as const, replayed: true };
-        if (row.status !== 'pending' && row.status !== 'running') return { status: 'skipped' as const, replayed: true };
-        const missing = wf.steps.slice(0, d.sequence_num - 1).find((s) => !(s.name in outputs));
-        if (missing) throw new AppError('step_out_of_order', `step ${d.step} ran before ${missing.name} completed`, { retryable: true });
-
-        const runInfo: RunInfo = {
-          id: row.id,
-          tenantId: row.tenant_id,
-          workflow: row.workflow,
-          workflowVersion: row.workflow_version,
-          principal: row.principal,
-          correlationId: row.correlation_id,
-          idempotencyHash: row.idempotency_hash,
-          createdAt: new Date(row.created_at),
-        };
-        const input = step.input.parse({ submission: row.input, outputs });
-        // The step's inserts are held and travel with its next statement: at the latest with the
-        // checkpoint and the commit (ADR 0004).
-        const produced = await untilAborted(
-          holdingInserts(() => step.run(input, {
-            em: tx,
-            run: runInfo,
-            sequenceNum: d.sequence_num,
-            attempt,
-            logger,
-            signal,
-            wait: <O>(output: O): Waiting<O> => ({ [WAITING]: true, output }),
-          })),
-          signal,
-        );
-        const waiting = isWaiting(produced);
-        const output = step.output.parse(waiting ? produced.output : produced);
-        // The step's inserts, its checkpoint and the commit go to PostgreSQL as one message.
-        await holdingInserts(() => tx.flush());
-        const last = d.sequence_num === wf.steps.length;
-        let runStatus: RunRow['status'] = waiting ? 'waiting' : 'running';
-        let runOutput: unknown;
-        if (last && !waiting) {
-          const fin = wf.finish ? wf.finish({ ...outputs, [step.name]: output }) : { status: 'completed' as const, output };
-          runStatus = fin.status;
-          runOutput = fin.output;
-        }
-        await this.o.runtime.checkpoint(tx, {
-          run: row,
-          sequenceNum: d.sequence_num,
-          stepName: step.name,
-          status: waiting ? 'waiting' : 'completed',
-          output,
-          attempt,
-          runStatus,
-          runOutput,
-          leaseOwner: this.o.workerId,
-          leaseMs: this.o.leaseMs,
-          // The last statement before commit: it travels with the commit (one round trip for both).
-          beforeCommit: true,
+    const outcome: JobOutcome = { run_id: d.run_id, from_sequence_num: d.sequence_num, status: 'ended', steps: [] };
+    let state: RunState | undefined;
+    let seq = d.sequence_num;
+    // Each lost race (another execution committed the step first) re-reads the run; more losses than
+    // steps means something else is wrong.
+    for (let races = 0; races <= wf.steps.length; ) {
+      let span: Span | undefined;
+      const started = performance.now();
+      try {
+        const done = await em.transactional(async (tx) => {
+          if (!state) state = await loadRunState(tx, wf, d);
+          seq = this.replayCompleted(state, seq, outcome, wf);
+          const next = this.next(state, seq, wf, control);
+          if (next.kind !== 'step') return next;
+          span = this.stepSpan(d, wf.steps[seq - 1]!, seq, this.attempt(d, seq));
+          const runStep = () => this.runStep(tx, state!, wf, seq, this.attempt(d, seq), logger, control.abort);
+          return { kind: 'step' as const, ...(await otelContext.with(trace.setSpan(otelContext.active(), span), runStep)) };
         });
-        return { status: waiting ? ('waiting' as const) : ('completed' as const), replayed: false };
-      });
-      if (result.status === 'completed' && step?.mayWait && run) {
-        // The flow segment ended here: enqueue the rest (idempotent, also on replay after a crash).
-        await this.o.runtime.enqueue(run, d.sequence_num + 1);
+        if (done.kind === 'hand-back') return await this.handBack(control, logger, seq);
+        if (done.kind !== 'step') {
+          outcome.status = done.kind;
+          return outcome;
+        }
+        // Committed: the job's view of the run moves on without reading it again.
+        const step = wf.steps[seq - 1]!;
+        const ms = performance.now() - started;
+        state!.checkpoints.set(seq, { seq, step: step.name, status: done.waiting ? 'waiting' : 'completed', output: done.output });
+        state!.run.status = done.runStatus;
+        if (!done.waiting) state!.outputs[step.name] = done.output;
+        outcome.steps.push({ sequence_num: seq, step: step.name, status: done.waiting ? 'waiting' : 'completed', replayed: false, duration_ms: Math.round(ms * 100) / 100 });
+        span?.setAttribute(ATTR.REPLAYED, false);
+        span?.end();
+        this.o.onStepDone?.({ step: step.name, seconds: ms / 1000, replayed: false, status: done.waiting ? 'waiting' : 'completed' });
+        logger.info({ step: step.name, sequence_num: seq, status: done.waiting ? 'waiting' : 'completed', attempt: this.attempt(d, seq) }, 'step checkpointed');
+        if (done.waiting) {
+          outcome.status = 'waiting';
+          return outcome;
+        }
+        // The run's last step: no transaction needed to find out there is nothing left.
+        if (seq === wf.steps.length) return outcome;
+        seq++;
+      } catch (e) {
+        if (span) {
+          span.recordException(coerceError(e));
+          span.setStatus({ code: SpanStatusCode.ERROR, message: (e as Error).message });
+          span.end();
+        }
+        if (control.abort?.aborted) {
+          // Handed back at shutdown: the transaction rolled back and the job is already back in the queue.
+          logger.info({ sequence_num: seq }, 'step aborted and handed back; another worker re-runs it from the last checkpoint');
+          throw e;
+        }
+        if (!isUniqueViolation(e)) return this.fail(job, e, state ? seq : ((e as NonDeterminismError).at ?? d.reached ?? seq), logger);
+        logger.warn({ sequence_num: seq }, 'another execution checkpointed this step first; going on from what it stored');
+        state = undefined;
+        races++;
       }
-      if (result.replayed) logger.info({ replayed: true, status: result.status }, 'step already checkpointed; replayed');
-      else logger.info({ status: result.status, attempt }, 'step checkpointed');
-      return { ...base, ...result };
-    } catch (e) {
-      if (signal.aborted) {
-        // Handed back at shutdown: the transaction rolled back and the job is already back in the queue.
-        logger.info({ attempt }, 'step aborted and handed back; another worker re-runs it from the last checkpoint');
-        throw e;
-      }
-      if (isUniqueViolation(e)) {
-        logger.warn('another execution checkpointed this step first; using its stored output');
-        return { ...base, status: 'completed', replayed: true };
-      }
-      return this.fail(job, e, logger);
     }
+    throw new AppError('checkpoint_races', `run ${d.run_id}: lost the race for a step more often than the workflow has steps`, { retryable: true });
   }
 
-  private async fail(job: Job<StepJobData>, e: unknown, logger: Logger): Promise<never> {
+  /** Steps from `seq` on whose checkpoint is completed are replayed (their stored outputs are in the state). */
+  private replayCompleted(state: RunState, seq: number, outcome: JobOutcome, wf: WorkflowDef): number {
+    for (let cp = state.checkpoints.get(seq); cp?.status === 'completed' && seq <= wf.steps.length; cp = state.checkpoints.get(++seq)) {
+      if (outcome.steps.some((s) => s.sequence_num === seq)) continue;
+      outcome.steps.push({ sequence_num: seq, step: cp.step, status: 'completed', replayed: true, duration_ms: 0 });
+      this.o.onStepDone?.({ step: cp.step, seconds: 0, replayed: true, status: 'completed' });
+    }
+    return seq;
+  }
+
+  private next(state: RunState, seq: number, wf: WorkflowDef, control: JobControl): Next {
+    if (seq > wf.steps.length || !isActive(state.run.status)) return { kind: 'ended' };
+    if (state.checkpoints.get(seq)?.status === 'waiting' || state.run.status === 'waiting') return { kind: 'waiting' };
+    if (control.draining?.() && control.handBack) return { kind: 'hand-back' };
+    return { kind: 'step', seq };
+  }
+
+  private stepSpan(d: StepJobData, step: StepDef, seq: number, attempt: number): Span {
+    return tracer.startSpan(`step ${step.name}`, {
+      attributes: {
+        [ATTR.TENANT]: d.tenant_id,
+        [ATTR.RUN]: d.run_id,
+        [ATTR.STEP]: step.name,
+        [ATTR.SEQUENCE]: seq,
+        [ATTR.ATTEMPT]: attempt,
+        [ATTR.CORRELATION]: d._correlation_id,
+      },
+    });
+  }
+
+  /** Runs one step and writes its checkpoint in the caller's transaction; the commit sends both. */
+  private async runStep(tx: EntityManager, state: RunState, wf: WorkflowDef, seq: number, attempt: number, jobLogger: Logger, signal: AbortSignal | undefined) {
+    const step = wf.steps[seq - 1]!;
+    const logger = jobLogger.child({ step: step.name, sequence_num: seq });
+    const input = step.input.parse({ submission: state.run.input, outputs: state.outputs });
+    // The step's inserts are held and travel with its next statement: at the latest with the
+    // checkpoint and the commit (ADR 0004).
+    const produced = await untilAborted(
+      holdingInserts(() =>
+        step.run(input, { em: tx, run: state.info, sequenceNum: seq, attempt, logger, signal: signal ?? new AbortController().signal, wait: <O>(output: O): Waiting<O> => ({ [WAITING]: true, output }) }),
+      ),
+      signal,
+    );
+    const waiting = isWaiting(produced);
+    const output: unknown = step.output.parse(waiting ? produced.output : produced);
+    await holdingInserts(() => tx.flush());
+    let runStatus: RunRow['status'] = waiting ? 'waiting' : 'running';
+    let runOutput: unknown;
+    if (seq === wf.steps.length && !waiting) {
+      const fin = wf.finish ? wf.finish({ ...state.outputs, [step.name]: output }) : { status: 'completed' as const, output };
+      runStatus = fin.status;
+      runOutput = fin.output;
+    }
+    await this.o.runtime.checkpoint(tx, {
+      run: state.run,
+      sequenceNum: seq,
+      stepName: step.name,
+      status: waiting ? 'waiting' : 'completed',
+      output,
+      attempt,
+      runStatus,
+      runOutput,
+      leaseOwner: this.o.workerId,
+      leaseMs: this.o.leaseMs,
+      // The last statement before commit: it travels with the commit (one round trip for both).
+      beforeCommit: true,
+    });
+    return { waiting, output, runStatus };
+  }
+
+  /** Ends the job between steps at shutdown: back to `wait`, so another worker goes on from the last checkpoint. */
+  private async handBack(control: JobControl, logger: Logger, seq: number): Promise<never> {
+    await control.handBack!();
+    logger.info({ sequence_num: seq }, 'worker stopping: job handed back before its next step');
+    throw new WaitingError();
+  }
+
+  /** The attempt of step `seq` within this job: each step keeps its own retry budget. */
+  private attempt(d: StepJobData, seq: number): number {
+    return (d.failures?.[String(seq)] ?? 0) + 1;
+  }
+
+  private async fail(job: Job<StepJobData>, e: unknown, seq: number, logger: Logger): Promise<never> {
     const d = job.data;
     const err = coerceError(e);
+    const wf = this.o.runtime.workflow(d.workflow);
+    const step = wf.steps[seq - 1];
+    const log = logger.child({ sequence_num: seq, step: step?.name ?? d.step });
     if (e instanceof RunNotVisibleError) {
-      logger.error({ security_event: 'run_not_visible', tenant_id: d.tenant_id, run_id: d.run_id }, 'job names a run its tenant cannot see');
+      log.error({ security_event: 'run_not_visible', tenant_id: d.tenant_id, run_id: d.run_id }, 'job names a run its tenant cannot see');
       throw new UnrecoverableError(err.message);
     }
+    const attempt = this.attempt(d, seq);
     const permanent = e instanceof ZodError || (e instanceof AppError && !e.retryable) || e instanceof UnrecoverableError;
-    const lastAttempt = job.attemptsMade + 1 >= (job.opts.attempts ?? 1);
-    if (!permanent && lastAttempt && isInfrastructureFailure(e)) {
-      // Not the step's fault (the database was unreachable, the chain ran out of order): the run stays
-      // incomplete in Postgres and the sweeper re-enqueues it once the job has failed here.
-      logger.error({ err, attempt: job.attemptsMade + 1 }, 'step kept failing on infrastructure; the run stays incomplete for the sweeper');
-      throw err;
+    const lastAttempt = attempt >= (step ? retryOf(step).attempts : 1);
+    if (!permanent && lastAttempt && isConnectivityError(e)) {
+      // Not the step's fault (the database was unreachable): the run stays incomplete in Postgres and
+      // the sweeper re-enqueues it once the job has failed here.
+      log.error({ err, attempt }, 'step kept failing on infrastructure; the run stays incomplete for the sweeper');
+      throw new UnrecoverableError(err.message);
     }
     if (permanent || lastAttempt) {
-      logger.error({ err, permanent }, 'step failed for good; the run fails');
-      await this.markFailed(d, err, job.attemptsMade + 1).catch((me) => logger.error({ err: me }, 'could not record the failure'));
-      throw permanent ? new UnrecoverableError(err.message) : err;
+      log.error({ err, permanent }, 'step failed for good; the run fails');
+      await this.markFailed(d, seq, step?.name ?? d.step, err, attempt).catch((me) => log.error({ err: me }, 'could not record the failure'));
+      throw new UnrecoverableError(err.message);
     }
-    logger.warn({ err: err.message, attempt: job.attemptsMade + 1 }, 'step failed; BullMQ retries it with backoff');
+    // BullMQ retries the job with backoff; the next attempt replays the completed steps and retries this one.
+    await job.updateData({ ...d, failures: { ...d.failures, [String(seq)]: attempt }, reached: seq }).catch((ue) => log.warn({ err: ue }, 'could not count the failed attempt'));
+    log.warn({ err: err.message, attempt }, 'step failed; BullMQ retries it with backoff');
     throw err;
   }
 
-  private async markFailed(d: StepJobData, err: Error, attempt: number): Promise<void> {
+  private async markFailed(d: StepJobData, seq: number, stepName: string, err: Error, attempt: number): Promise<void> {
     const em = tenantEm(this.o.orm, d.tenant_id);
     const error = { code: err instanceof AppError ? err.code : err.name, message: err.message.slice(0, 2000) };
     await em.transactional(async (tx) => {
@@ -260,10 +285,10 @@ export class StepExecutor {
          values (gen_random_uuid(), ?, ?, ?, ?, 'failed', ?::jsonb, ?, now(), now())
          on conflict (tenant_id, run_id, sequence_num) do update set status = 'failed', error = excluded.error, attempt = excluded.attempt, updated_at = now()
          where durable_checkpoints.status <> 'completed'`,
-        [d.tenant_id, d.run_id, d.sequence_num, d.step, JSON.stringify(error), attempt],
+        [d.tenant_id, d.run_id, seq, stepName, JSON.stringify(error), attempt],
         'run',
       );
-      await this.o.runtime.complete(tx, d.run_id, 'failed', { error: { ...error, step: d.step, sequence_num: d.sequence_num } });
+      await this.o.runtime.complete(tx, d.run_id, 'failed', { error: { ...error, step: stepName, sequence_num: seq } });
     });
   }
 }

@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import type { EntityManager } from '@mikro-orm/postgresql';
-import { FlowProducer, type FlowJob, type Queue } from 'bullmq';
+import type { Queue } from 'bullmq';
 import { context as otelContext, propagation, trace, type Context } from '@opentelemetry/api';
 import type { Logger } from 'pino';
 import { stepJobId } from '../queue/job-ids.ts';
@@ -8,7 +8,7 @@ import { DEFER_UNTIL_NEXT } from '../db/coalescing-client.ts';
 import { ATTR } from '../telemetry/attributes.ts';
 import { ACTIVE_RUN_STATUSES, type RunStatus } from './durable-run.entity.ts';
 import type { CheckpointStatus } from './durable-checkpoint.entity.ts';
-import { retryOf, segmentEnd, type WorkflowDef } from './workflow.ts';
+import { STEP_BACKOFF, jobAttempts, retryOf, type WorkflowDef } from './workflow.ts';
 
 /** Sets the run's correlation id in the context's baggage (replacing the caller's, e.g. an approver's request). */
 function withCorrelationBaggage(ctx: Context, correlationId: string): Context {
@@ -16,13 +16,19 @@ function withCorrelationBaggage(ctx: Context, correlationId: string): Context {
   return propagation.setBaggage(ctx, baggage.setEntry(ATTR.CORRELATION, { value: correlationId }));
 }
 
+/** The data of a run job: the run, and the step it starts at (its id derives from both). */
 export interface StepJobData {
   run_id: string;
   tenant_id: string;
   workflow: string;
+  /** The step the job starts at, and its name when the job was added (a different name in the code is non-determinism). */
   step: string;
   sequence_num: number;
   _correlation_id: string;
+  /** Failed attempts per sequence_num so far, so each step keeps its own retry budget within the job. */
+  failures?: Record<string, number>;
+  /** The sequence_num the job had reached when it last failed (its retry's backoff and attempt count follow it). */
+  reached?: number;
 }
 
 export interface RunRow {
@@ -73,7 +79,6 @@ export interface IncompleteRun {
 
 export interface RuntimeOptions {
   workflows: WorkflowDef[];
-  flowProducer: FlowProducer;
   queues: Map<string, Queue>;
   logger: Logger;
   /** Remove completed step jobs from Redis after this many seconds (Postgres keeps the truth). */
@@ -82,19 +87,17 @@ export interface RuntimeOptions {
 
 /**
  * The durable runtime: start_run, checkpoint, complete, resume, list_incomplete, and the enqueueing of
- * a run's remaining steps as a BullMQ flow with deterministic job ids. Postgres is the source of truth;
- * Redis carries the work. The step executor (executor.ts) and the sweeper (sweeper.ts) build on it.
+ * a run's remaining steps as one BullMQ run job with a deterministic id (ADR 0005). Postgres is the
+ * source of truth; Redis carries the work. The step executor (executor.ts) and the sweeper (sweeper.ts) build on it.
  */
 export class DurableRuntime {
   readonly workflows: Map<string, WorkflowDef>;
-  readonly flowProducer: FlowProducer;
   readonly queues: Map<string, Queue>;
   private readonly logger: Logger;
   private readonly keepCompletedSeconds: number;
 
   constructor(opts: RuntimeOptions) {
     this.workflows = new Map(opts.workflows.map((w) => [w.name, w]));
-    this.flowProducer = opts.flowProducer;
     this.queues = opts.queues;
     this.logger = opts.logger;
     this.keepCompletedSeconds = opts.keepCompletedSeconds ?? 3600;
@@ -137,40 +140,35 @@ export class DurableRuntime {
     throw new Error('start_run found neither a new nor an existing run');
   }
 
-  /** Enqueues the segment of steps that starts at `fromSeq` as one flow (first step deepest). */
+  /**
+   * Enqueues the run job that carries the run on from `fromSeq` (idempotent: the job id derives from
+   * the idempotency hash and the step, so adding it twice while it exists is a no-op). Checkpoints make
+   * a second execution after the job was removed harmless.
+   */
   async enqueue(run: Pick<RunRow, 'id' | 'tenant_id' | 'workflow' | 'idempotency_hash' | 'correlation_id' | 'traceparent'>, fromSeq: number): Promise<void> {
     const wf = this.workflow(run.workflow);
     if (fromSeq < 1 || fromSeq > wf.steps.length) return;
-    const to = segmentEnd(wf, fromSeq);
-    let node: FlowJob | undefined;
-    for (let seq = fromSeq; seq <= to; seq++) {
-      const step = wf.steps[seq - 1]!;
-      const retry = retryOf(step);
-      const data: StepJobData = {
-        run_id: run.id,
-        tenant_id: run.tenant_id,
-        workflow: wf.name,
-        step: step.name,
-        sequence_num: seq,
-        _correlation_id: run.correlation_id,
-      };
-      node = {
-        name: step.name,
-        queueName: wf.queue,
-        data,
-        opts: {
-          jobId: stepJobId(wf.tag, run.idempotency_hash, seq, step.name),
-          attempts: retry.attempts,
-          backoff: { type: 'exponential', delay: retry.backoffMs, jitter: retry.jitter },
-          removeOnComplete: { age: this.keepCompletedSeconds },
-          removeOnFail: { age: 7 * 24 * 3600 },
-        },
-        // A child that fails for good fails its parent: a chain never hangs in waiting-children.
-        ...(node ? { children: [{ ...node, opts: { ...node.opts, failParentOnFailure: true } }] } : {}),
-      };
-    }
-    if (!node) return;
-    const add = () => this.flowProducer.add(node!);
+    const queue = this.queues.get(wf.queue);
+    if (!queue) throw new Error(`no queue ${wf.queue} for workflow ${wf.name}`);
+    const step = wf.steps[fromSeq - 1]!;
+    const retry = retryOf(step);
+    const data: StepJobData = {
+      run_id: run.id,
+      tenant_id: run.tenant_id,
+      workflow: wf.name,
+      step: step.name,
+      sequence_num: fromSeq,
+      _correlation_id: run.correlation_id,
+    };
+    const add = () =>
+      queue.add(step.name, data, {
+        jobId: stepJobId(wf.tag, run.idempotency_hash, fromSeq, step.name),
+        attempts: jobAttempts(wf, fromSeq),
+        // Each step's own policy, counted from its own failures (worker-host.ts): see stepBackoffMs.
+        backoff: { type: STEP_BACKOFF, delay: retry.backoffMs, jitter: retry.jitter },
+        removeOnComplete: { age: this.keepCompletedSeconds },
+        removeOnFail: { age: 7 * 24 * 3600 },
+      });
     // Continue the submission's trace, also when a resume enqueues from another process or request,
     // and carry the run's correlation id as baggage so the workers' spans are tagged with it.
     let ctx = otelContext.active();
@@ -285,9 +283,5 @@ export class DurableRuntime {
         [`{${statuses.join(',')}}`, opts.olderThanMs, ...(opts.after ? [opts.after.updatedAt, opts.after.id] : []), opts.limit],
       ),
     );
-  }
-
-  async close(): Promise<void> {
-    await this.flowProducer.close();
   }
 }

@@ -5,7 +5,7 @@ import { systemEm, tenantEm } from '../db/tenant-em.ts';
 import { stepJobId } from '../queue/job-ids.ts';
 import { RUN_COLUMNS, type DurableRuntime, type IncompleteRun, type RunRow } from './runtime.ts';
 import type { RunStatus } from './durable-run.entity.ts';
-import { segmentEnd } from './workflow.ts';
+import { segmentStart } from './workflow.ts';
 
 export interface SweeperOptions {
   orm: MikroORM;
@@ -125,9 +125,10 @@ export class Sweeper {
   }
 
   /**
-   * Re-enqueues the run from its first incomplete step unless BullMQ still holds a live job for it.
-   * Finished leftovers of that segment are removed first: while a completed or failed job keeps its
-   * deterministic id, adding the flow again would be a silent no-op.
+   * Re-enqueues the run from its first incomplete step unless BullMQ still holds a live job for it:
+   * the run job that started where this stretch of steps starts, or one a sweep started at that step.
+   * A finished leftover under the id it adds is removed first: while a completed or failed job keeps
+   * its deterministic id, adding the job again would be a silent no-op.
    */
   private async reenqueue(ref: IncompleteRun): Promise<boolean> {
     const wf = this.o.runtime.workflows.get(ref.workflow);
@@ -139,15 +140,12 @@ export class Sweeper {
     if (!run) return false;
     const next = run.sequence_num + 1;
     if (next > wf.steps.length) return false;
-    const ids: string[] = [];
-    for (let seq = next; seq <= segmentEnd(wf, next); seq++) ids.push(stepJobId(wf.tag, run.idempotency_hash, seq, wf.steps[seq - 1]!.name));
-    // Any live job of the segment means BullMQ still owns the chain. A parent waiting for its children
-    // counts too: its child may carry another name (the run was started by other code), and removing
-    // the parent would take that child with it.
+    const jobId = (seq: number) => stepJobId(wf.tag, run.idempotency_hash, seq, wf.steps[seq - 1]!.name);
+    const ids = [...new Set([jobId(segmentStart(wf, next)), jobId(next)])];
     const states = await Promise.all(ids.map((id) => queue.getJobState(id)));
     if (states.some((st) => ALIVE.has(st))) return false;
-    const state = states[0];
-    for (const [i, id] of ids.entries()) if (states[i] !== 'unknown') await queue.remove(id).catch(() => 0);
+    const state = states[states.length - 1];
+    if (state !== 'unknown') await queue.remove(jobId(next)).catch(() => 0);
     await this.o.runtime.enqueue(run, next);
     this.o.logger.info({ run_id: run.id, tenant_id: run.tenant_id, from_sequence_num: next, previous_job_state: state }, 'sweeper re-enqueued run');
     return true;

@@ -1,7 +1,8 @@
-import { Worker, type Job, type Processor, type WorkerOptions } from 'bullmq';
+import { Worker, type Job, type MinimalJob, type Processor, type WorkerOptions } from 'bullmq';
 import type { Logger } from 'pino';
 import type { StepExecutor } from './executor.ts';
 import type { DurableRuntime, StepJobData } from './runtime.ts';
+import { DEFAULT_RETRY, STEP_BACKOFF, retryOf, stepBackoffMs } from './workflow.ts';
 
 export interface WorkerSettings {
   concurrency: number;
@@ -25,7 +26,7 @@ interface ActiveStep {
 }
 
 /**
- * One BullMQ Worker per workflow queue. Step jobs go to the executor; other job names (timers,
+ * One BullMQ Worker per workflow queue. Run jobs go to the executor; other job names (timers,
  * maintenance) to their registered handlers. Lock and stall settings are short so a SIGKILLed
  * worker's job is picked up by another within seconds, and a high maxStalledCount keeps repeated
  * crashes from failing a run for good: checkpoints make every re-execution safe (ADR 0002).
@@ -43,15 +44,22 @@ export function startWorkers(args: {
 }): WorkerHost {
   const queueNames = new Set(args.queues ?? [...args.runtime.workflows.values()].map((w) => w.queue));
   const active = new Map<string, ActiveStep>();
+  let draining = false;
   const processor: Processor = async (job, token) => {
-    // A step job is recognised by its data, not its name: a step the code no longer has (renamed,
+    // A run job is recognised by its data, not its name: a step the code no longer has (renamed,
     // removed) must reach the executor and fail the run as non-determinism, not loop as "no handler".
     if (isStepJob(job.data)) {
       const key = `${job.queueName}/${job.id}`;
       const abort = new AbortController();
       active.set(key, { job, token, abort });
       try {
-        return await args.executor.process(job as Job<StepJobData>, abort.signal);
+        return await args.executor.process(job as Job<StepJobData>, {
+          abort: abort.signal,
+          draining: () => draining,
+          handBack: async () => {
+            if (token) await job.moveToWait(token);
+          },
+        });
       } finally {
         active.delete(key);
       }
@@ -68,6 +76,7 @@ export function startWorkers(args: {
       lockDuration: args.settings.lockDurationMs,
       stalledInterval: args.settings.stalledIntervalMs,
       maxStalledCount: args.settings.maxStalledCount,
+      settings: { backoffStrategy: (_made: number, type?: string, _err?: Error, job?: MinimalJob) => runJobBackoff(args.runtime, type, job) },
       autorun: true,
       ...(args.telemetry ? { telemetry: args.telemetry } : {}),
     });
@@ -77,7 +86,23 @@ export function startWorkers(args: {
     });
     return worker;
   });
-  return { workers, stop: (graceMs) => stopWorkers(workers, active, graceMs, args.logger) };
+  return {
+    workers,
+    stop: (graceMs) => {
+      // Jobs between two steps end there (handed back); a step already running gets the grace period.
+      draining = true;
+      return stopWorkers(workers, active, graceMs, args.logger);
+    },
+  };
+}
+
+/** BullMQ's custom backoff for run jobs: the failing step's own policy and failure count. */
+function runJobBackoff(runtime: DurableRuntime, type: string | undefined, job: MinimalJob | undefined): number {
+  const d = job?.data as StepJobData | undefined;
+  if (type !== STEP_BACKOFF || !d) return stepBackoffMs(DEFAULT_RETRY, job?.attemptsMade ?? 1);
+  const seq = d.reached ?? d.sequence_num;
+  const step = runtime.workflows.get(d.workflow)?.steps[seq - 1];
+  return stepBackoffMs(step ? retryOf(step) : DEFAULT_RETRY, d.failures?.[String(seq)] ?? 1);
 }
 
 function isStepJob(data: unknown): boolean {

@@ -6,6 +6,9 @@
  * - sequence_num: the 1-based position of a step in its workflow; the checkpoint key with the run.
  * - checkpoint: the stored outcome of one step of one run (durable_checkpoints), written in the same
  *   transaction as the step's effects. A completed checkpoint is never executed again: its output replays.
+ * - run job: one BullMQ job that carries a run from one step through the following ones, one transaction
+ *   and one checkpoint per step, until a step waits or the run ends (ADR 0005). Its id derives from the
+ *   submission's idempotency hash and the step it starts at.
  * - resume: continuing a run from its last completed sequence_num (after a crash, a wait or a flush).
  * - sweeper: the periodic job that finds runs incomplete in Postgres with no live job in Redis and
  *   re-enqueues their remaining steps.
@@ -72,7 +75,7 @@ export interface StepDef<I = any, O = any> {
   /** Validates the output on write; on read, each later step's `input` validates the outputs it uses. */
   output: ZodType<O>;
   retry?: Partial<RetryPolicy>;
-  /** True when the step may return ctx.wait(): the flow segment ends after it. */
+  /** True when the step may return ctx.wait(): a run job that reaches it may end there. */
   mayWait?: boolean;
   run(input: I, ctx: StepContext): Promise<O | Waiting<O>>;
 }
@@ -109,14 +112,35 @@ export function defineWorkflow<In>(def: WorkflowDef<In>): WorkflowDef<In> {
   return def;
 }
 
-/** Steps [from..to] form one flow: it ends after the first step that may wait, or at the last step. */
-export function segmentEnd(wf: WorkflowDef, fromSeq: number): number {
-  for (let seq = fromSeq; seq <= wf.steps.length; seq++) {
-    if (wf.steps[seq - 1]!.mayWait) return seq;
+/**
+ * The first sequence_num of the stretch of steps that contains `seq`: the step after the last step
+ * before `seq` that may wait, or 1. A run job that carries the run through `seq` started there (or at
+ * `seq` itself, when the sweeper re-enqueued the run).
+ */
+export function segmentStart(wf: WorkflowDef, seq: number): number {
+  for (let s = seq - 1; s >= 1; s--) {
+    if (wf.steps[s - 1]!.mayWait) return s + 1;
   }
-  return wf.steps.length;
+  return 1;
+}
+
+/** Attempts a run job gets: every step from `fromSeq` on may spend its own (ADR 0005). */
+export function jobAttempts(wf: WorkflowDef, fromSeq: number): number {
+  return wf.steps.slice(fromSeq - 1).reduce((n, s) => n + retryOf(s).attempts, 0);
 }
 
 export function retryOf(step: StepDef): RetryPolicy {
   return { ...DEFAULT_RETRY, ...step.retry };
+}
+
+/** The backoff type of run jobs: BullMQ asks the worker's strategy (worker-host.ts), which calls stepBackoffMs. */
+export const STEP_BACKOFF = 'dealix-step';
+
+/**
+ * Delay before retrying a run job whose step failed `failures` times: exponential in that step's own
+ * failures (not the job's, which may include other steps'), with the step's jitter.
+ */
+export function stepBackoffMs(policy: RetryPolicy, failures: number): number {
+  const max = Math.round(2 ** Math.max(0, failures - 1) * policy.backoffMs);
+  return Math.floor(max * (1 - policy.jitter) + Math.random() * max * policy.jitter);
 }

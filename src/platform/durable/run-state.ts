@@ -1,0 +1,80 @@
+import type { EntityManager } from '@mikro-orm/postgresql';
+import { NonDeterminismError, RunNotVisibleError } from './errors.ts';
+import { RUN_COLUMNS, type RunRow, type StepJobData } from './runtime.ts';
+import type { RunInfo, WorkflowDef } from './workflow.ts';
+
+export interface CheckpointView {
+  seq: number;
+  step: string;
+  status: 'started' | 'completed' | 'failed' | 'waiting';
+  output: unknown;
+}
+
+/**
+ * What a run job knows of its run: read once through RLS when the job starts (and again after another
+ * execution won a step), then kept up to date by the job's own commits.
+ */
+export interface RunState {
+  run: RunRow;
+  info: RunInfo;
+  checkpoints: Map<number, CheckpointView>;
+  /** Completed steps' outputs by step name: what the next steps' input schemas read. */
+  outputs: Record<string, unknown>;
+}
+
+/**
+ * Reads the run and all its checkpoints in one statement, in the caller's transaction (so with the
+ * tenant set, RLS in force), and checks them against the code: the workflow and its version, the step
+ * the job names, and every stored step name at its sequence_num. Any difference is non-determinism.
+ */
+export async function loadRunState(tx: EntityManager, wf: WorkflowDef, job: StepJobData): Promise<RunState> {
+  const rows = await tx.execute<(RunRow & { checkpoints: CheckpointView[] })[]>(
+    `select ${RUN_COLUMNS},
+       coalesce((select json_agg(json_build_object('seq', c.sequence_num, 'step', c.step_name, 'status', c.status, 'output', c.output)
+                                 order by c.sequence_num)
+                   from durable_checkpoints c where c.run_id = r.id), '[]'::json) as checkpoints
+       from durable_runs r where r.id = ?`,
+    [job.run_id],
+  );
+  const row = rows[0];
+  if (!row) throw new RunNotVisibleError(job.run_id);
+  // Where the run stands (its first step from the job's on without a completed checkpoint): a
+  // difference found below fails the run there.
+  const done = new Set(row.checkpoints.filter((c) => c.status === 'completed').map((c) => c.seq));
+  let at = job.sequence_num;
+  while (done.has(at)) at++;
+  if (row.workflow !== wf.name || row.workflow_version !== wf.version) {
+    throw new NonDeterminismError(`run ${row.id} was started by ${row.workflow}@v${row.workflow_version}; this worker runs ${wf.name}@v${wf.version}`, at);
+  }
+  const checkpoints = new Map<number, CheckpointView>();
+  const outputs: Record<string, unknown> = {};
+  for (const cp of row.checkpoints) {
+    const codeStep = wf.steps[cp.seq - 1];
+    if (!codeStep || codeStep.name !== cp.step) {
+      throw new NonDeterminismError(`checkpoint ${cp.seq} of run ${row.id} is "${cp.step}", the code has "${codeStep?.name ?? 'nothing'}" there`, at);
+    }
+    checkpoints.set(cp.seq, cp);
+    // Validated where it is consumed: each step's input schema parses the outputs it reads.
+    if (cp.status === 'completed') outputs[cp.step] = cp.output;
+  }
+  const named = wf.steps[job.sequence_num - 1];
+  if (!named || named.name !== job.step) {
+    throw new NonDeterminismError(`job names step ${job.sequence_num} "${job.step}", the code has "${named?.name ?? 'nothing'}"`, at);
+  }
+  const { checkpoints: _, ...run } = row;
+  return {
+    run,
+    checkpoints,
+    outputs,
+    info: {
+      id: run.id,
+      tenantId: run.tenant_id,
+      workflow: run.workflow,
+      workflowVersion: run.workflow_version,
+      principal: run.principal,
+      correlationId: run.correlation_id,
+      idempotencyHash: run.idempotency_hash,
+      createdAt: new Date(run.created_at),
+    },
+  };
+}
