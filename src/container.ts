@@ -40,7 +40,9 @@ export interface Container {
 /** The one composition root: config in, every long-lived object out. Entry points stay thin. */
 export async function createContainer(config: Config, opts: { service: 'api' | 'worker' | 'tool'; extraWorkflows?: WorkflowDef[] }): Promise<Container> {
   const logger = createLogger({ level: config.LOG_LEVEL, name: `dealix-${opts.service}` });
-  const orm = await createOrm(config, { entities });
+  // A worker's jobs each hold a connection per step transaction; the sweeper and maintenance need two more.
+  const poolMax = config.DATABASE_POOL_MAX ?? (opts.service === 'worker' ? config.WORKER_CONCURRENCY + 2 : 10);
+  const orm = await createOrm(config, { entities, poolMax });
   const redis = createRedis(config.REDIS_URL, 'producer', `dealix-${opts.service}`);
   const telemetry = bullmqTelemetry();
   const queueOpts = { connection: redis, prefix: config.QUEUE_PREFIX, ...(telemetry ? { telemetry } : {}) };

@@ -39,7 +39,7 @@ const results: Results = {
   errors: {},
   settings: {
     workerConcurrency: defaults.WORKER_CONCURRENCY,
-    poolMax: defaults.DATABASE_POOL_MAX,
+    poolMax: defaults.DATABASE_POOL_MAX ?? defaults.WORKER_CONCURRENCY + 2,
     lockDurationMs: defaults.WORKER_LOCK_DURATION,
     stalledIntervalMs: defaults.WORKER_STALLED_INTERVAL,
     workerNodeFlags: productionNodeFlags('start:worker').join(' '),

@@ -50,7 +50,8 @@ export const configSchema = z
     DATABASE_URL: postgresUrl.default('postgres://dealix_app:dealix_app@127.0.0.1:5432/dealix'),
     MIGRATION_DATABASE_URL: postgresUrl.default('postgres://dealix_owner:dealix_owner@127.0.0.1:5432/dealix'),
     DATABASE_ADMIN_URL: postgresUrl.optional(),
-    DATABASE_POOL_MAX: z.coerce.number().int().min(1).max(200).default(10),
+    // Unset: the API pools 10 connections, a worker WORKER_CONCURRENCY + 2 (its jobs, the sweeper, maintenance).
+    DATABASE_POOL_MAX: z.coerce.number().int().min(1).max(200).optional(),
     DATABASE_STATEMENT_TIMEOUT: duration('30s'),
 
     REDIS_URL: z.string().url().default('redis://127.0.0.1:6379'),
@@ -69,9 +70,9 @@ export const configSchema = z
     IDEMPOTENCY_TTL: duration('24h'),
     IDEMPOTENCY_LEASE: duration('60s'),
 
-    // Benchmarked (docs/performance.md): a step is CPU- and round-trip-bound, so a few concurrent steps per
-    // core keep it busy; more only queue on the pool (keep DATABASE_POOL_MAX >= concurrency + 2).
-    WORKER_CONCURRENCY: z.coerce.number().int().min(1).max(1000).default(8),
+    // Benchmarked (docs/performance.md): a run job spends most of its time waiting for PostgreSQL, one step
+    // after another, so 16 jobs per process keep two cores busy and let commits share WAL flushes.
+    WORKER_CONCURRENCY: z.coerce.number().int().min(1).max(1000).default(16),
     // A SIGKILLed worker's step resumes elsewhere after about lock + half the stalled interval (ADR 0002).
     WORKER_LOCK_DURATION: duration('2s'),
     WORKER_STALLED_INTERVAL: duration('500ms'),

@@ -33,7 +33,7 @@ export function ormConfig(config: Config, opts: OrmOptions): Options {
     allowGlobalContext: false,
     forceUtcTimezone: true,
     ensureDatabase: false,
-    pool: { min: 0, max: opts.poolMax ?? config.DATABASE_POOL_MAX, idleTimeoutMillis: 30_000 },
+    pool: { min: 0, max: opts.poolMax ?? config.DATABASE_POOL_MAX ?? 10, idleTimeoutMillis: 30_000 },
     driverOptions: {
       // Sends begin and the tenant's set_config with the transaction's first statement (coalescing-client.ts).
       Client: CoalescingClient,
