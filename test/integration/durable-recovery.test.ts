@@ -134,6 +134,22 @@ describe('a killed or stopped worker: the run still completes, each step exactly
     }
   });
 
+  it('a run that already has a live run job gets no second one when a retried submission makes sure it is enqueued', { timeout: LONG }, async () => {
+    const tenant = newTenant();
+    // No worker runs: the run job stays waiting, as while a first attempt's job is queued or active.
+    const run = await createSlowRun(stack, tenant, { enqueue: true });
+    // As after its first two steps were checkpointed by that job.
+    await stack.db.admin('update durable_runs set sequence_num = 2, status = $2 where id = $1', [run.id, 'running']);
+    const [moved] = (await stack.db.admin('select * from durable_runs where id = $1', [run.id])).rows as RunRow[];
+    await stack.container.runtime.ensureEnqueued(moved!);
+    const queue = stack.container.queues.get(SLOW_QUEUE)!;
+    const jobs = (await queue.getJobs(['waiting', 'active', 'delayed', 'prioritized'])).filter((j) => j.data.run_id === run.id);
+    // The one job that carries the run (it started at step 1); adding one from step 3 would run beside it.
+    expect(jobs.map((j) => j.data.sequence_num)).toEqual([1]);
+    await Promise.all(jobs.map((j) => j.remove()));
+    await tenantEm(stack.container.orm, tenant).transactional((tx) => stack.container.runtime.complete(tx, run.id, 'cancelled'));
+  });
+
   it('the sweeper pages past runs whose jobs are alive and re-enqueues, across tenants, the one that has none', { timeout: LONG }, async () => {
     const lines: string[] = [];
     const logger = pino({ level: 'info' }, { write: (l: string) => void lines.push(l) });

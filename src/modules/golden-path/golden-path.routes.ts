@@ -90,7 +90,7 @@ export function goldenPathRoutes(deps: { runtime: DurableRuntime; admission?: Ad
           traceparent: trace.traceparent,
         });
         // Postgres first, then Redis; a retry of a half-finished submission re-enqueues idempotently.
-        if (run.status === 'pending' || run.status === 'running') afterCommit(() => deps.runtime.enqueue(run, run.sequence_num + 1));
+        if (run.status === 'pending' || run.status === 'running') afterCommit(() => deps.runtime.ensureEnqueued(run));
         const self = `${BASE}/golden-path/runs/${run.id}`;
         return { status: 202, headers: { Location: self }, body: { run_id: run.id, status: run.status, correlation_id: run.correlation_id, links: { self } } };
       },

@@ -8,7 +8,7 @@ import { DEFER_UNTIL_NEXT } from '../db/coalescing-client.ts';
 import { ATTR } from '../telemetry/attributes.ts';
 import { ACTIVE_RUN_STATUSES, type RunStatus } from './durable-run.entity.ts';
 import type { CheckpointStatus } from './durable-checkpoint.entity.ts';
-import { STEP_BACKOFF, jobAttempts, retryOf, type WorkflowDef } from './workflow.ts';
+import { STEP_BACKOFF, jobAttempts, retryOf, segmentStart, type WorkflowDef } from './workflow.ts';
 
 /** Sets the run's correlation id in the context's baggage (replacing the caller's, e.g. an approver's request). */
 function withCorrelationBaggage(ctx: Context, correlationId: string): Context {
@@ -177,6 +177,17 @@ export class DurableRuntime {
       if (trace.getSpanContext(parent)) ctx = parent;
     }
     await otelContext.with(withCorrelationBaggage(ctx, run.correlation_id), add);
+  }
+
+  /**
+   * Makes sure a run that has not reached a wait has its run job, e.g. when a retried submission
+   * finds the run its first attempt created: the job is added under the id of the job that started
+   * the run's current stretch of steps, so while that one exists this is a no-op (adding it from the
+   * next step would start a second job beside the live one).
+   */
+  async ensureEnqueued(run: Pick<RunRow, 'id' | 'tenant_id' | 'workflow' | 'idempotency_hash' | 'correlation_id' | 'traceparent' | 'sequence_num'>): Promise<void> {
+    const wf = this.workflow(run.workflow);
+    await this.enqueue(run, segmentStart(wf, run.sequence_num + 1));
   }
 
   /** Records a checkpoint for (run, sequence_num) and moves the run, in the caller's transaction. */
