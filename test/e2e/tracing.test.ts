@@ -52,7 +52,9 @@ async function waitTrace(correlationId: string): Promise<ReceivedSpan[]> {
       const spans = correlated(correlationId);
       const steps = new Set(spans.filter((s) => s.name.startsWith('step ')).map((s) => s.name));
       const server = spans.some((s) => s.kind === SERVER && s.name.startsWith('POST'));
-      return server && stepNames.every((n) => steps.has(`step ${n}`)) ? spans : undefined;
+      // A run job's BullMQ span ends after its last step: the trace is whole once it has arrived too.
+      const job = spans.some((s) => s.service === 'dealix-worker' && s.name.startsWith('process'));
+      return server && job && stepNames.every((n) => steps.has(`step ${n}`)) ? spans : undefined;
     },
     { timeoutMs: 60_000, what: `the spans of ${correlationId}` },
   );

@@ -2,7 +2,7 @@ import { createHash, randomUUID } from 'node:crypto';
 import { Job } from 'bullmq';
 import { expect } from 'vitest';
 import { tenantEm } from '../../src/platform/db/tenant-em.ts';
-import type { RunRow } from '../../src/platform/durable/runtime.ts';
+import { COMPLETED_STEPS_SQL, type RunRow } from '../../src/platform/durable/runtime.ts';
 import { stepJobId } from '../../src/platform/queue/job-ids.ts';
 import { CLASS_A_SUBMISSION, type TestStack, type WorkerHandle } from './stack.ts';
 import { waitFor } from './poll.ts';
@@ -29,7 +29,10 @@ export async function createSlowRun(stack: TestStack, tenant: string, opts: { en
 
 export interface RunState {
   status: string;
+  /** Completed steps (the live progress, from the checkpoints). */
   sequence_num: number;
+  /** The run row's own sequence_num, which moves with its status (first step, wait, resume, end). */
+  row_sequence_num: number;
   error: any;
   checkpoints: Array<{ id: string; sequence_num: number; step_name: string; status: string; completed_at: Date | null; error: any }>;
   counts: Record<(typeof DOMAIN_TABLES)[number], number>;
@@ -38,7 +41,8 @@ export interface RunState {
 /** The run, its checkpoints and its domain rows per table, read under the run's tenant (RLS in force). */
 export async function readRun(stack: TestStack, tenant: string, runId: string): Promise<RunState> {
   return tenantEm(stack.container.orm, tenant).transactional(async (tx) => {
-    const [run] = await tx.execute<any[]>('select status, sequence_num, error from durable_runs where id = ?', [runId]);
+    // Progress as the API reports it: the completed checkpoints (the run row moves only with its status).
+    const [run] = await tx.execute<any[]>(`select status, ${COMPLETED_STEPS_SQL} as sequence_num, sequence_num as row_sequence_num, error from durable_runs r where id = ?`, [runId]);
     if (!run) throw new Error(`run ${runId} is not visible to tenant ${tenant}`);
     const checkpoints = await tx.execute<any[]>(
       'select id, sequence_num, step_name, status, completed_at, error from durable_checkpoints where run_id = ? order by sequence_num, created_at',
@@ -49,7 +53,7 @@ export async function readRun(stack: TestStack, tenant: string, runId: string): 
       const [row] = await tx.execute<{ n: number }[]>(`select count(*)::int as n from ${table} where run_id = ?`, [runId]);
       counts[table] = Number(row?.n ?? 0);
     }
-    return { status: run.status, sequence_num: run.sequence_num, error: run.error, checkpoints, counts };
+    return { status: run.status, sequence_num: run.sequence_num, row_sequence_num: run.row_sequence_num, error: run.error, checkpoints, counts };
   });
 }
 
@@ -68,6 +72,7 @@ export function expectEveryStepOnce(state: RunState): void {
   expect(state.checkpoints.map((c) => [c.sequence_num, c.step_name, c.status])).toEqual(SLOW_STEPS.map((name, i) => [i + 1, name, 'completed']));
   expect(state.counts).toEqual({ partner_dossiers: 1, economics_models: 1, approval_requests: 1, evidence_packs: 1 });
   expect(state.sequence_num).toBe(SLOW_STEPS.length);
+  expect(state.row_sequence_num).toBe(SLOW_STEPS.length); // the run's end moved its row
 }
 
 /** The sequence_nums of this run's steps that this worker process entered, in order (from its log lines). */

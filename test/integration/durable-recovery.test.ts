@@ -138,7 +138,7 @@ describe('a killed or stopped worker: the run still completes, each step exactly
     const tenant = newTenant();
     // No worker runs: the run job stays waiting, as while a first attempt's job is queued or active.
     const run = await createSlowRun(stack, tenant, { enqueue: true });
-    // As after its first two steps were checkpointed by that job.
+    // The run row says two steps are done, as an older worker that moved it at every step left it.
     await stack.db.admin('update durable_runs set sequence_num = 2, status = $2 where id = $1', [run.id, 'running']);
     const [moved] = (await stack.db.admin('select * from durable_runs where id = $1', [run.id])).rows as RunRow[];
     await stack.container.runtime.ensureEnqueued(moved!);

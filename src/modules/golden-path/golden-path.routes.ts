@@ -3,7 +3,7 @@ import type { EntityManager } from '@mikro-orm/postgresql';
 import { defineRoute, type RouteDef } from '../../platform/http/route.ts';
 import { NotFoundError, ValidationError } from '../../platform/errors/app-error.ts';
 import { currentTraceContext } from '../../platform/telemetry/trace-context.ts';
-import { RUN_COLUMNS, type DurableRuntime, type RunRow } from '../../platform/durable/runtime.ts';
+import { COMPLETED_STEPS_SQL, RUN_COLUMNS, type DurableRuntime, type RunRow } from '../../platform/durable/runtime.ts';
 import { RUN_STATUSES } from '../../platform/durable/durable-run.entity.ts';
 import { submissionSchema } from './golden-path.schemas.ts';
 import { GOLDEN_PATH } from './golden-path.workflow.ts';
@@ -28,6 +28,8 @@ const iso = (v: Date | string | null | undefined) => (v === null || v === undefi
 
 export function runView(run: RunRow, steps: Array<{ sequence_num: number; step_name: string; status: string; attempt: number; output: unknown; error: unknown; created_at: Date; completed_at: Date | null }>, stepNames: string[]) {
   const byNum = new Map(steps.map((s) => [s.sequence_num, s]));
+  // The checkpoints are the live progress (the run row moves only with its status).
+  const completed = steps.filter((s) => s.status === 'completed').length;
   const evidence = (byNum.get(4)?.output as { evidence_pack_id?: string } | undefined)?.evidence_pack_id;
   const approval = (byNum.get(3)?.output as { approval_request_id?: string } | undefined)?.approval_request_id;
   return {
@@ -35,7 +37,7 @@ export function runView(run: RunRow, steps: Array<{ sequence_num: number; step_n
     workflow: run.workflow,
     workflow_version: run.workflow_version,
     status: run.status,
-    progress: { completed_steps: run.sequence_num, total_steps: run.step_count, current_sequence_num: Math.min(run.sequence_num + 1, run.step_count) },
+    progress: { completed_steps: completed, total_steps: run.step_count, current_sequence_num: Math.min(completed + 1, run.step_count) },
     correlation_id: run.correlation_id,
     trace_id: run.trace_id,
     submitted_by: run.principal,
@@ -146,14 +148,17 @@ export function goldenPathRoutes(deps: { runtime: DurableRuntime; admission?: Ad
           params.push(after.at, after.id);
         }
         params.push(query.limit + 1);
-        const rows = await em.execute<RunRow[]>(`select ${RUN_COLUMNS} from durable_runs where ${where} order by created_at desc, id desc limit ?`, params);
+        const rows = await em.execute<(RunRow & { completed: number })[]>(
+          `select ${RUN_COLUMNS}, ${COMPLETED_STEPS_SQL} as completed from durable_runs r where ${where} order by created_at desc, id desc limit ?`,
+          params,
+        );
         const page = rows.slice(0, query.limit);
         const last = page[page.length - 1];
         const next = rows.length > query.limit && last ? Buffer.from(`${new Date(last.created_at).toISOString()}|${last.id}`).toString('base64url') : null;
         return {
           status: 200,
           body: {
-            items: page.map((r) => ({ run_id: r.id, status: r.status, correlation_id: r.correlation_id, progress: { completed_steps: r.sequence_num, total_steps: r.step_count }, created_at: iso(r.created_at), links: { self: `${BASE}/golden-path/runs/${r.id}` } })),
+            items: page.map((r) => ({ run_id: r.id, status: r.status, correlation_id: r.correlation_id, progress: { completed_steps: r.completed, total_steps: r.step_count }, created_at: iso(r.created_at), links: { self: `${BASE}/golden-path/runs/${r.id}` } })),
             next_cursor: next,
           },
         };

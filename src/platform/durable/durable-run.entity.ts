@@ -26,10 +26,14 @@ export const DurableRun = defineEntity({
     traceId: p.string().length(32).nullable(),
     /** W3C traceparent of the submission, so a resumed step joins the same trace. */
     traceparent: p.string().length(64).nullable(),
-    /** Highest completed sequence_num (0 before the first step completes). */
+    /**
+     * Highest completed sequence_num as of the run's last status change (its first step, a wait, a
+     * resume, its end): mid-way through a run job the checkpoints are the live progress
+     * (COMPLETED_STEPS_SQL); the row is not rewritten for every step (ADR 0005).
+     */
     sequenceNum: p.integer().default(0),
     stepCount: p.integer(),
-    /** The worker that last executed a step, and until when its claim stands (heartbeat). */
+    /** The worker that last moved the run's status, and until when its claim stood (informational). */
     leaseOwner: p.string().length(128).nullable(),
     leaseExpiresAt: p.datetime().nullable(),
     createdAt: p.datetime(),

@@ -230,6 +230,9 @@ export class StepExecutor {
       leaseMs: this.o.leaseMs,
       // The last statement before commit: it travels with the commit (one round trip for both).
       beforeCommit: true,
+      // The run row changes only with its status (first step, a wait, the end): the checkpoints are
+      // the live progress, and skipping the row's update saves about a fifth of a step's PostgreSQL time.
+      moveRun: runStatus !== state.run.status,
     });
     return { waiting, output, runStatus };
   }

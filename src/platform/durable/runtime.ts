@@ -55,6 +55,13 @@ export interface RunRow {
 export const RUN_COLUMNS = `id, tenant_id, workflow, workflow_version, idempotency_hash, status, principal, input, output, error,
   correlation_id, trace_id, traceparent, sequence_num, step_count, created_at, updated_at, completed_at`;
 
+/**
+ * A run's live progress, for a query over `durable_runs r`: its completed steps (checkpoints are written
+ * in order, so this is also the highest completed sequence_num). The run row's own `sequence_num` moves
+ * only with its status (first step, a wait, a resume, the end).
+ */
+export const COMPLETED_STEPS_SQL = `(select count(*)::int from durable_checkpoints c where c.run_id = r.id and c.status = 'completed')`;
+
 export interface StartRunInput {
   tenantId: string;
   principal: string;
@@ -210,10 +217,25 @@ export class DurableRuntime {
        * e.g. a concurrent execution's unique violation, is then raised by the commit).
        */
       beforeCommit?: boolean;
+      /**
+       * False when the step leaves the run's status as it was (neither its first step, nor a wait,
+       * nor its end): the run row is not touched, the checkpoint alone records the progress.
+       */
+      moveRun?: boolean;
     },
   ): Promise<void> {
     const completed = args.status === 'completed';
     const terminal = !(ACTIVE_RUN_STATUSES as readonly string[]).includes(args.runStatus);
+    if (args.moveRun === false) {
+      await em.execute(
+        `${args.beforeCommit ? DEFER_UNTIL_NEXT : ''}insert into durable_checkpoints (id, tenant_id, run_id, sequence_num, step_name, status, output, error, attempt, created_at, updated_at, completed_at)
+         values (?, ?, ?, ?, ?, ?, ?::jsonb, ?::jsonb, ?, now(), now(), ${completed ? 'now()' : 'null'})`,
+        [randomUUID(), args.run.tenant_id, args.run.id, args.sequenceNum, args.stepName, args.status,
+          args.output === undefined ? null : JSON.stringify(args.output), args.error === undefined ? null : JSON.stringify(args.error), args.attempt],
+        'run',
+      );
+      return;
+    }
     await em.execute(
       `${args.beforeCommit ? DEFER_UNTIL_NEXT : ''}with cp as (
          insert into durable_checkpoints (id, tenant_id, run_id, sequence_num, step_name, status, output, error, attempt, created_at, updated_at, completed_at)

@@ -3,7 +3,7 @@ import type { Redis } from 'ioredis';
 import type { Logger } from 'pino';
 import { systemEm, tenantEm } from '../db/tenant-em.ts';
 import { stepJobId } from '../queue/job-ids.ts';
-import { RUN_COLUMNS, type DurableRuntime, type IncompleteRun, type RunRow } from './runtime.ts';
+import { COMPLETED_STEPS_SQL, RUN_COLUMNS, type DurableRuntime, type IncompleteRun, type RunRow } from './runtime.ts';
 import type { RunStatus } from './durable-run.entity.ts';
 import { segmentStart } from './workflow.ts';
 
@@ -134,11 +134,15 @@ export class Sweeper {
     const wf = this.o.runtime.workflows.get(ref.workflow);
     const queue = wf && this.o.runtime.queues.get(wf.queue);
     if (!wf || !queue) return false; // another deployment's workflow: leave it to the workers that know it
+    // The run row moves only with its status; its checkpoints are the live progress.
     const [run] = await tenantEm(this.o.orm, ref.tenant_id).transactional((tx) =>
-      tx.execute<RunRow[]>(`select ${RUN_COLUMNS} from durable_runs where id = ? and status in ('pending', 'running')`, [ref.id]),
+      tx.execute<(RunRow & { completed: number })[]>(
+        `select ${RUN_COLUMNS}, ${COMPLETED_STEPS_SQL} as completed from durable_runs r where id = ? and status in ('pending', 'running')`,
+        [ref.id],
+      ),
     );
     if (!run) return false;
-    const next = run.sequence_num + 1;
+    const next = run.completed + 1;
     if (next > wf.steps.length) return false;
     const jobId = (seq: number) => stepJobId(wf.tag, run.idempotency_hash, seq, wf.steps[seq - 1]!.name);
     const ids = [...new Set([jobId(segmentStart(wf, next)), jobId(next)])];
