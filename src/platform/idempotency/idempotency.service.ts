@@ -2,6 +2,7 @@ import { randomUUID } from 'node:crypto';
 import type { EntityManager } from '@mikro-orm/postgresql';
 import { ValidationError } from '../errors/app-error.ts';
 import { canonicalJson, sha256Hex } from './canonical-json.ts';
+import { DEFER_UNTIL_NEXT } from '../db/coalescing-client.ts';
 
 export const IDEMPOTENCY_HEADER = 'Idempotency-Key';
 export const REPLAYED_HEADER = 'Idempotent-Replayed';
@@ -107,6 +108,8 @@ const COLUMNS = `id, tenant_id, principal, idempotency_key, method, route, finge
 /** Matches a record only while the given lease is still the current one. */
 const LEASE_IS = `(extract(epoch from locked_at) * 1000000)::bigint = ?::bigint`;
 const LOCK_NOT_AVAILABLE = '55P03';
+/** In the error PostgreSQL raises when a completion finds its lease lost (see store). */
+export const LEASE_LOST = 'idempotency record vanished, or its lease passed to a retry, while in progress';
 
 interface Row {
   id: string;
@@ -284,21 +287,26 @@ export class IdempotencyService {
   }
 
   /**
-   * Stores the final response and completes the key; call inside the handler's transaction. The body is
-   * kept as the exact JSON text the client received, so a replay is byte for byte the same. Throws when
-   * the lease was lost (a retry took over), which rolls the handler's work back.
+   * Stores the final response and completes the key: the last statement of the handler's transaction.
+   * The body is kept as the exact JSON text the client received, so a replay is byte for byte the same.
+   * The statement travels with the `commit` (one round trip for both, ADR 0004) and fails inside
+   * PostgreSQL when the lease was lost (a retry took over, or the record vanished), which fails the
+   * commit and rolls the handler's work back.
    */
   async store(em: EntityManager, claim: HeldClaim, response: { status: number; body: unknown; headers: Record<string, string> }): Promise<void> {
     const text = response.body === undefined ? null : JSON.stringify(response.body);
-    const res = await em.execute(
-      `update idempotency_keys set status = 'completed', response_status = ?, response_body = ?::jsonb, response_headers = ?::jsonb, locked_at = null
-        where id = ? and status = 'in_progress' and ${LEASE_IS}`,
+    // No RAISE outside PL/pgSQL: a cast that fails only when no row was updated aborts the transaction
+    // with a message that says why (its operand depends on the update, so the planner cannot fold it).
+    await em.execute(
+      `${DEFER_UNTIL_NEXT}with done as (
+         update idempotency_keys set status = 'completed', response_status = ?, response_body = ?::jsonb, response_headers = ?::jsonb, locked_at = null
+          where id = ? and status = 'in_progress' and ${LEASE_IS}
+          returning id)
+       select case when (select count(*) from done) = 1 then 1
+                   else ('${LEASE_LOST}: ' || (select count(*) from done))::int end`,
       [response.status, text === null ? null : JSON.stringify(text), JSON.stringify(response.headers), claim.id, claim.lease],
       'run',
     );
-    if ((res as { affectedRows?: number }).affectedRows === 0) {
-      throw new Error('idempotency record vanished, or its lease passed to a retry, while in progress');
-    }
   }
 
   /** Releases a claim whose handler failed with a 5xx, so a retry runs again; a no-op once the lease moved on. */
