@@ -6,6 +6,8 @@ import { createOrm } from '../../src/platform/db/orm.ts';
 import { tenantEm } from '../../src/platform/db/tenant-em.ts';
 import { CoalescingClient, DEFER_UNTIL_NEXT, holdingInserts, isDeferrable } from '../../src/platform/db/coalescing-client.ts';
 import { PartnerDossierRow } from '../../src/modules/golden-path/golden-path.entities.ts';
+import { ApprovalRequest } from '../../src/modules/approvals/approval.entities.ts';
+import { insertRow } from '../../src/platform/db/insert-row.ts';
 import { entities } from '../../src/entities.ts';
 
 /**
@@ -108,6 +110,33 @@ describe('coalescing client', () => {
     });
     await expect(attempt).rejects.toThrow(/row-level security/);
     expect((await count(refused))[0]!.n).toBe('0');
+  });
+
+  it('insertRow writes the same row as em.insert (columns, json, dates, nulls), is held inside a step, and RLS still refuses another tenant', async () => {
+    const tenant = randomUUID();
+    const at = new Date('2026-12-02T10:11:12.345Z');
+    const request = (id: string, owner: string) => ({
+      id, tenantId: owner, runId: randomUUID(), approvalClass: 'B', requiredApprovals: 1, status: 'pending' as const, submittedBy: "o'brien",
+      reasons: ['cost above class A', 'quote " and \\ backslash'], slaDeadline: null, decidedAt: at, createdAt: at, updatedAt: at,
+    });
+    const viaOrm = randomUUID();
+    const viaRow = randomUUID();
+    await tenantEm(orm, tenant).transactional((tx) => tx.insert(ApprovalRequest, request(viaOrm, tenant)));
+    const { texts } = await sent(() => tenantEm(orm, tenant).transactional((tx) => holdingInserts(() => insertRow(tx, ApprovalRequest, request(viaRow, tenant)))));
+    expect(texts).toHaveLength(1);
+    expect(texts[0]).toMatch(/^begin;\nselect set_config\(.*\);\n\/\* dealix:defer-until-next \*\/ insert into "approval_requests" .*;\ncommit$/s);
+    const read = (id: string) =>
+      tenantEm(orm, tenant).transactional((tx) => tx.execute<Record<string, unknown>[]>(`select * from approval_requests where id = '${id}'`));
+    const [a] = await read(viaOrm);
+    const [b] = await read(viaRow);
+    expect(b).toEqual({ ...a, id: viaRow, run_id: b!.run_id });
+    expect(b!.reasons).toEqual(['cost above class A', 'quote " and \\ backslash']);
+    expect(new Date(b!.decided_at as string).toISOString()).toBe(at.toISOString());
+
+    await expect(tenantEm(orm, tenant).transactional((tx) => insertRow(tx, ApprovalRequest, request(randomUUID(), randomUUID())))).rejects.toThrow(/row-level security/);
+    await expect(tenantEm(orm, tenant).transactional((tx) => insertRow(tx, ApprovalRequest, { ...request(randomUUID(), tenant), bogus: 1 } as never))).rejects.toThrow(
+      /bogus is not a column of approval_requests/,
+    );
   });
 
   it('a query with bind parameters is never merged: what is held goes first, in order', async () => {

@@ -5,6 +5,7 @@ import { approvalPacketSchema, economicsSchema, type ApprovalPacket } from '../g
 import { provenance } from '../golden-path/provenance.ts';
 import { ApprovalDecision, ApprovalRequest } from './approval.entities.ts';
 import { classify, loadPolicy } from './approval.policy.ts';
+import { insertRow } from '../../platform/db/insert-row.ts';
 
 export interface SlaScheduler {
   /** Schedules the SLA timer (a delayed job with a deterministic id); harmless if the step's transaction rolls back. */
@@ -30,7 +31,7 @@ export function approvalPacketStep(deps: { slaBSeconds: number; slaCSeconds: num
       const now = new Date();
       const id = randomUUID();
       const deadline = slaSeconds === null ? null : new Date(now.getTime() + slaSeconds * 1000);
-      await ctx.em.insert(ApprovalRequest, {
+      await insertRow(ctx.em, ApprovalRequest, {
         id,
         tenantId: ctx.run.tenantId,
         runId: ctx.run.id,
@@ -55,7 +56,7 @@ export function approvalPacketStep(deps: { slaBSeconds: number; slaCSeconds: num
         provenance: provenance('policy', 'approval-policy@1', { economics: { cost: econ.cost, payback_months: econ.payback_months }, policy }),
       };
       if (cls === 'A') {
-        await ctx.em.insert(ApprovalDecision, {
+        await insertRow(ctx.em, ApprovalDecision, {
           id: randomUUID(),
           tenantId: ctx.run.tenantId,
           approvalRequestId: id,

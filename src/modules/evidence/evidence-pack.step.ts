@@ -5,6 +5,7 @@ import { approvalPacketSchema, dossierSchema, economicsSchema, evidenceSchema, s
 import { provenance } from '../golden-path/provenance.ts';
 import { EvidencePackRow } from './evidence-pack.entity.ts';
 import { evidenceHash } from './evidence.service.ts';
+import { insertRow } from '../../platform/db/insert-row.ts';
 
 /** Step 4: everything the decision rests on, as canonical JSON with its SHA-256, verifiable later. */
 export const evidencePackStep = defineStep({
@@ -39,7 +40,7 @@ export const evidencePackStep = defineStep({
     };
     const sha256 = evidenceHash(content);
     const id = randomUUID();
-    await ctx.em.insert(EvidencePackRow, { id, tenantId: ctx.run.tenantId, runId: ctx.run.id, content, sha256, createdAt: new Date() });
+    await insertRow(ctx.em, EvidencePackRow, { id, tenantId: ctx.run.tenantId, runId: ctx.run.id, content, sha256, createdAt: new Date() });
     return { evidence_pack_id: id, sha256, outcome, provenance: provenance('derived', 'rfc8785-sha256', { sha256 }) };
   },
 });

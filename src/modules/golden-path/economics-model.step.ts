@@ -4,6 +4,7 @@ import { defineStep } from '../../platform/durable/workflow.ts';
 import { economicsInput, economicsSchema, submissionSchema, type Economics } from './golden-path.schemas.ts';
 import { EconomicsModelRow } from './golden-path.entities.ts';
 import { provenance } from './provenance.ts';
+import { insertRow } from '../../platform/db/insert-row.ts';
 
 type EconomicsInput = z.infer<typeof economicsInput>;
 
@@ -44,7 +45,7 @@ export const economicsModelStep = defineStep({
   output: economicsSchema,
   async run({ submission }, ctx) {
     const model = buildEconomics(submission.economics, submission.currency);
-    await ctx.em.insert(EconomicsModelRow, {
+    await insertRow(ctx.em, EconomicsModelRow, {
       id: randomUUID(),
       tenantId: ctx.run.tenantId,
       runId: ctx.run.id,

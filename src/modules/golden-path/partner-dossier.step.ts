@@ -4,6 +4,7 @@ import { defineStep } from '../../platform/durable/workflow.ts';
 import { dossierSchema, submissionSchema, type Dossier, RISK_FLAGS } from './golden-path.schemas.ts';
 import { PartnerDossierRow } from './golden-path.entities.ts';
 import { provenance } from './provenance.ts';
+import { insertRow } from '../../platform/db/insert-row.ts';
 
 const HIGH_RISK_SECTORS = new Set(['gambling', 'crypto', 'arms', 'weapons', 'tobacco']);
 
@@ -41,7 +42,7 @@ export const partnerDossierStep = defineStep({
   retry: { attempts: 5, backoffMs: 500, jitter: 0.5 },
   async run({ submission }, ctx) {
     const dossier = buildDossier(submission);
-    await ctx.em.insert(PartnerDossierRow, {
+    await insertRow(ctx.em, PartnerDossierRow, {
       id: randomUUID(),
       tenantId: ctx.run.tenantId,
       runId: ctx.run.id,

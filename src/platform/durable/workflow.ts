@@ -42,7 +42,7 @@ export interface RunInfo {
 export interface StepContext {
   /**
    * Tenant-bound entity manager inside the step's transaction: domain writes commit with the checkpoint.
-   * `em.insert` for append-only rows is the cheap path: its statement is held and sent with the step's
+   * `insertRow(em, Entity, row)` (platform/db/insert-row.ts) for append-only rows is the cheap path: like `em.insert`, its statement is held and sent with the step's
    * next one (at the latest the checkpoint and commit); `em.create` rows are flushed by the executor.
    */
   em: EntityManager;
