@@ -49,6 +49,12 @@ describe('submission rate limit (RATE_LIMIT_PER_MINUTE)', () => {
     const refused = await submit(stack, token, key);
     expect429(refused, 60);
     expect(await storedKeys(stack, key)).toEqual([]);
+    // The window's counter in Redis counted every attempt and expires on its own shortly after its minute.
+    const [counter] = await stack.redis.keys(`${stack.prefix}:ratelimit:${tenant}:*`);
+    expect(await stack.redis.get(counter!)).toBe(String(LIMIT + 1));
+    const ttl = await stack.redis.pttl(counter!);
+    expect(ttl).toBeGreaterThan(0);
+    expect(ttl).toBeLessThanOrEqual(61_000);
     // Another tenant is not throttled by this one.
     const other = await stack.token({ tenantId: newTenant(), sub: 'calm' });
     expect((await submit(stack, other)).status).toBe(202);

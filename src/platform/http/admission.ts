@@ -1,6 +1,14 @@
 import type { EntityManager } from '@mikro-orm/postgresql';
 import type { Redis } from 'ioredis';
 import { AppError } from '../errors/app-error.ts';
+import { DEFER_UNTIL_NEXT } from '../db/coalescing-client.ts';
+
+/** One hit on a tenant's window counter: INCR, and the window's expiry set by its first hit. One command. */
+const RATE_HIT = `local n = redis.call('INCR', KEYS[1])
+if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+return n`;
+
+type RateRedis = Redis & { dealixRateHit(key: string, ttlMs: number): Promise<number> };
 
 /**
  * Abuse limits per tenant: a submission rate (fixed one-minute window in Redis) and a cap on runs
@@ -9,16 +17,19 @@ import { AppError } from '../errors/app-error.ts';
  */
 export class AdmissionController {
   private readonly o: { redis: Redis; prefix: string; perMinute: number; maxInFlight: number };
+  private readonly redis: RateRedis;
   constructor(opts: { redis: Redis; prefix: string; perMinute: number; maxInFlight: number }) {
     this.o = opts;
+    // A script (EVALSHA, loaded once) instead of MULTI/INCR/PEXPIRE/EXEC: one command per submission.
+    if (!('dealixRateHit' in opts.redis)) opts.redis.defineCommand('dealixRateHit', { numberOfKeys: 1, lua: RATE_HIT });
+    this.redis = opts.redis as RateRedis;
   }
 
   async admit(em: EntityManager, tenantId: string): Promise<void> {
     if (this.o.perMinute > 0) {
       const window = Math.floor(Date.now() / 60_000);
       const key = `${this.o.prefix}:ratelimit:${tenantId}:${window}`;
-      const res = await this.o.redis.multi().incr(key).pexpire(key, 61_000).exec();
-      const count = Number(res?.[0]?.[1] ?? 0);
+      const count = Number(await this.redis.dealixRateHit(key, 61_000));
       if (count > this.o.perMinute) {
         const retryAfter = Math.max(1, Math.ceil(((window + 1) * 60_000 - Date.now()) / 1000));
         throw tooMany(`The tenant's submission rate limit (${this.o.perMinute}/min) is exceeded.`, retryAfter);
@@ -26,8 +37,10 @@ export class AdmissionController {
     }
     if (this.o.maxInFlight > 0) {
       // Count-then-insert races: concurrent submissions would each see room under the cap. A lock per
-      // tenant, held until the caller's transaction (which inserts the run) ends, serialises them.
-      await em.execute(`select pg_advisory_xact_lock(hashtextextended('dealix:admission:' || ?, 0))`, [tenantId]);
+      // tenant, held until the caller's transaction (which inserts the run) ends, serialises them. The
+      // lock travels with the count in one message (ADR 0004); PostgreSQL runs them in order, and the
+      // count's own snapshot is taken after the lock is granted.
+      await em.execute(`${DEFER_UNTIL_NEXT}select pg_advisory_xact_lock(hashtextextended('dealix:admission:' || ?, 0))`, [tenantId]);
       const [row] = await em.execute<{ n: string }[]>(
         `select count(*) as n from (select 1 from durable_runs where status in ('pending', 'running') limit ?) t`,
         [this.o.maxInFlight + 1],
