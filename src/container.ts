@@ -65,7 +65,7 @@ export async function createContainer(config: Config, opts: { service: 'api' | '
   const verifier = createTokenVerifier(config);
   const metrics = createMetrics();
   const admission = new AdmissionController({ redis, prefix: config.QUEUE_PREFIX, perMinute: config.RATE_LIMIT_PER_MINUTE, maxInFlight: config.MAX_RUNS_IN_FLIGHT_PER_TENANT });
-  const routes = routesFor({ config, runtime, admission });
+  const routes = routesFor({ config, runtime, queue: () => queue('golden-path'), admission });
   const instanceId = `${hostname()}-${process.pid}-${randomUUID().slice(0, 8)}`;
   return {
     config,

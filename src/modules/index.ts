@@ -33,11 +33,12 @@ function slaDefaults(config: Config): { slaBSeconds: number; slaCSeconds: number
 
 const slaJobId = (idempotencyHash: string) => namedJobId('gp', idempotencyHash, 'sla');
 
-export function workflowsFor(config: Config, deps: { queue: () => Queue }): WorkflowDef[] {
-  const sla: SlaScheduler = {
+/** SLA timers: one delayed job per waiting run, on the golden-path queue, keyed by the run's idempotency hash. */
+function slaScheduler(queue: () => Queue): SlaScheduler {
+  return {
     async schedule({ tenantId, runId, idempotencyHash, deadline }) {
       const data: SlaJobData = { tenant_id: tenantId, run_id: runId, hash: idempotencyHash, deadline: deadline.toISOString() };
-      await deps.queue().add(SLA_JOB_NAME, data, {
+      await queue().add(SLA_JOB_NAME, data, {
         jobId: slaJobId(idempotencyHash),
         delay: Math.max(0, deadline.getTime() - Date.now()),
         attempts: 10,
@@ -46,7 +47,15 @@ export function workflowsFor(config: Config, deps: { queue: () => Queue }): Work
         removeOnFail: { age: 7 * 24 * 3600 },
       });
     },
+    async cancel({ idempotencyHash }) {
+      // A timer being processed right now is locked and stays; it finds the request decided.
+      await queue().remove(slaJobId(idempotencyHash)).catch(() => 0);
+    },
   };
+}
+
+export function workflowsFor(config: Config, deps: { queue: () => Queue }): WorkflowDef[] {
+  const sla = slaScheduler(deps.queue);
   const approvalStep = approvalPacketStep({ ...slaDefaults(config), sla });
   return [
     goldenPathWorkflow(approvalStep, evidencePackStep, async (em, runId) => {
@@ -66,8 +75,8 @@ export function workflowsFor(config: Config, deps: { queue: () => Queue }): Work
   ];
 }
 
-export function routesFor(deps: { config: Config; runtime: DurableRuntime; admission?: AdmissionControl }): RouteDef[] {
-  const approvals = new ApprovalService(deps.runtime);
+export function routesFor(deps: { config: Config; runtime: DurableRuntime; queue: () => Queue; admission?: AdmissionControl }): RouteDef[] {
+  const approvals = new ApprovalService(deps.runtime, slaScheduler(deps.queue));
   return [
     ...goldenPathRoutes({ runtime: deps.runtime, ...(deps.admission ? { admission: deps.admission } : {}) }),
     ...approvalRoutes({ approvals }),

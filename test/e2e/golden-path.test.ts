@@ -2,6 +2,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { randomUUID } from 'node:crypto';
 import { api, CLASS_A_SUBMISSION, CLASS_C_SUBMISSION, newTenant, SAMPLE_SUBMISSION, startStack, type TestStack } from '../helpers/stack.ts';
 import { waitFor } from '../helpers/poll.ts';
+import { namedJobId } from '../../src/platform/queue/job-ids.ts';
 
 /**
  * The golden path over HTTP against real worker processes: classes A/B/C, rejection, the approval
@@ -40,6 +41,13 @@ async function decide(approvalId: string, decision: 'approve' | 'reject', token:
     body: { decision, ...(comment ? { comment } : {}) },
     headers: { 'Idempotency-Key': key },
   });
+}
+/** The run's SLA timer in the golden-path queue (its job id derives from the run's idempotency hash). */
+async function slaTimer(runId: string) {
+  const { rows } = await stack.db.admin(`select idempotency_hash from durable_runs where id = $1`, [runId]);
+  const id = namedJobId('gp', rows[0].idempotency_hash, 'sla');
+  const queue = stack.container.queues.get('golden-path')!;
+  return { state: () => queue.getJobState(id) };
 }
 /** Submits and waits until the run waits for its approval; returns the run and its approval request id. */
 async function submitWaiting(body: unknown, token = tok.submitter!) {
@@ -120,11 +128,16 @@ describe('golden path over HTTP', () => {
     const { run, approvalId } = await submitWaiting(SAMPLE_SUBMISSION);
     expect(run.steps[2]).toMatchObject({ status: 'waiting', output: { approval_class: 'B', required_approvals: 1, outcome: 'pending' } });
     expect(run.steps[3].status).toBe('pending');
+    // The SLA timer waits as a delayed job while the request is pending...
+    const sla = await slaTimer(run.run_id);
+    expect(await sla.state()).toBe('delayed');
     const pending = await getJson('/api/v1/approvals?status=pending', tok.approver1);
     expect(pending.json.items.map((a: any) => a.approval_request_id)).toContain(approvalId);
     const d = await decide(approvalId, 'approve', tok.approver1!, randomUUID(), 'numbers hold');
     expect(d.status).toBe(200);
     expect(d.json).toMatchObject({ status: 'approved', approvals: 1, required_approvals: 1 });
+    // ...and is gone once it is decided (removed after the decision's commit, before the answer).
+    expect(await sla.state()).toBe('unknown');
     const done = await waitStatus(run.run_id, ['completed']);
     expect(done.steps[3].output.outcome).toBe('approved');
     const evidence = await getJson(done.links.evidence);
@@ -163,9 +176,13 @@ describe('golden path over HTTP', () => {
     expect(twice.status).toBe(409);
     expect(twice.json.code).toBe('approver_already_decided');
     expect((await runOf(run.run_id)).status).toBe('waiting');
+    // One approval of two decides nothing: the SLA timer keeps running until the second.
+    const sla = await slaTimer(run.run_id);
+    expect(await sla.state()).toBe('delayed');
     const second = await decide(approvalId, 'approve', tok.approver2!);
     expect(second.status).toBe(200);
     expect(second.json).toMatchObject({ status: 'approved', approvals: 2 });
+    expect(await sla.state()).toBe('unknown');
     const done = await waitStatus(run.run_id, ['completed', 'failed']);
     expect(done.status).toBe('completed');
     const evidence = await getJson(done.links.evidence);

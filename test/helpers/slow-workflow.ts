@@ -31,6 +31,9 @@ export function slowWorkflow(opts: { gate?: StepGate; variant?: SlowVariant } = 
       async schedule() {
         throw new Error(`${SLOW_WORKFLOW} runs class A submissions only`);
       },
+      async cancel() {
+        throw new Error(`${SLOW_WORKFLOW} runs class A submissions only`);
+      },
     },
   });
   const base = goldenPathWorkflow(approval, evidencePackStep, undefined);

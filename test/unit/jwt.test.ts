@@ -115,6 +115,29 @@ describe('JWT verification', () => {
   it('refuses a token without sub', async () => {
     await rejection(await sign({ tenant_id: tenant, roles: [] }));
   });
+
+  it('remembers a verified token only until its exp, and never a look-alike with another signature', { timeout: 20_000 }, async () => {
+    const strict = createTokenVerifier(parseConfig({ JWT_SECRET: TEST_JWT_SECRET, JWT_CLOCK_TOLERANCE: '0s' }));
+    const token = await sign(undefined, { exp: now() + 2 });
+    const first = await strict.verify(token);
+    expect(await strict.verify(token)).toBe(first);
+    expect(Object.isFrozen(first) && Object.isFrozen(first.roles)).toBe(true);
+    // Same header and claims, signature bent: verified (and refused), not answered from memory.
+    const [h, p, sig] = token.split('.');
+    const bent = `${h}.${p}.${sig!.slice(0, -2)}${sig!.endsWith('AA') ? 'BB' : 'AA'}`;
+    expect((await rejection(bent, strict)).detail).toBe('The token signature is invalid.');
+    // Once exp passes the remembered token is refused like any expired one.
+    const refused = await waitFor(async () => {
+      try {
+        await strict.verify(token);
+        return undefined;
+      } catch (e) {
+        return e;
+      }
+    }, { timeoutMs: 10_000, intervalMs: 100, what: 'the token to expire' });
+    expect(refused).toBeInstanceOf(UnauthorizedError);
+    expect((refused as UnauthorizedError).detail).toBe('The token has expired.');
+  });
 });
 
 describe('JWT verification against a JWKS (RS256)', () => {
@@ -146,29 +169,6 @@ describe('npm run token', () => {
       p.stderr.on('data', (d) => (err += d));
       p.on('exit', (code) => resolve({ code, out, err }));
     });
-
-  it('remembers a verified token only until its exp, and never a look-alike with another signature', { timeout: 20_000 }, async () => {
-    const strict = createTokenVerifier(parseConfig({ JWT_SECRET: TEST_JWT_SECRET, JWT_CLOCK_TOLERANCE: '0s' }));
-    const token = await sign(undefined, { exp: now() + 2 });
-    const first = await strict.verify(token);
-    expect(await strict.verify(token)).toBe(first);
-    expect(Object.isFrozen(first) && Object.isFrozen(first.roles)).toBe(true);
-    // Same header and claims, signature bent: verified (and refused), not answered from memory.
-    const [h, p, sig] = token.split('.');
-    const bent = `${h}.${p}.${sig!.slice(0, -2)}${sig!.endsWith('AA') ? 'BB' : 'AA'}`;
-    expect((await rejection(bent, strict)).detail).toBe('The token signature is invalid.');
-    // Once exp passes the remembered token is refused like any expired one.
-    const refused = await waitFor(async () => {
-      try {
-        await strict.verify(token);
-        return undefined;
-      } catch (e) {
-        return e;
-      }
-    }, { timeoutMs: 10_000, intervalMs: 100, what: 'the token to expire' });
-    expect(refused).toBeInstanceOf(UnauthorizedError);
-    expect((refused as UnauthorizedError).detail).toBe('The token has expired.');
-  });
 
   it('refuses to sign when no JWT_SECRET is configured', async () => {
     const none = await run({});

@@ -10,6 +10,12 @@ import { insertRow } from '../../platform/db/insert-row.ts';
 export interface SlaScheduler {
   /** Schedules the SLA timer (a delayed job with a deterministic id); harmless if the step's transaction rolls back. */
   schedule(args: { tenantId: string; runId: string; approvalRequestId: string; idempotencyHash: string; deadline: Date }): Promise<void>;
+  /**
+   * Removes the run's SLA timer once its request is decided, so no stale delayed job waits in the queue
+   * (and in Bull Board) until the deadline. Best effort: a timer that still fires finds the request
+   * decided and does nothing.
+   */
+  cancel(args: { idempotencyHash: string }): Promise<void>;
 }
 
 export const APPROVAL_PACKET_STEP = 'approval-packet';

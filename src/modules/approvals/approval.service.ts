@@ -5,7 +5,7 @@ import type { Principal } from '../../platform/tenancy/jwt.ts';
 import type { DurableRuntime } from '../../platform/durable/runtime.ts';
 import { approvalPacketSchema, type ApprovalPacket } from '../golden-path/golden-path.schemas.ts';
 import { APPROVER_ROLE } from './approval.constants.ts';
-import { APPROVAL_PACKET_STEP } from './approval-packet.step.ts';
+import { APPROVAL_PACKET_STEP, type SlaScheduler } from './approval-packet.step.ts';
 
 interface ApprovalRow {
   id: string;
@@ -17,6 +17,8 @@ interface ApprovalRow {
   submitted_by: string;
   sla_deadline: Date | null;
   expired_now: boolean;
+  /** Read by decide only (the SLA timer's id derives from it). */
+  idempotency_hash?: string;
 }
 
 const SEQ = 3;
@@ -27,16 +29,18 @@ const SEQ = 3;
  */
 export class ApprovalService {
   private readonly runtime: DurableRuntime;
-  constructor(runtime: DurableRuntime) {
+  private readonly sla: Pick<SlaScheduler, 'cancel'> | undefined;
+  constructor(runtime: DurableRuntime, sla?: Pick<SlaScheduler, 'cancel'>) {
     this.runtime = runtime;
+    this.sla = sla;
   }
 
   async decide(em: EntityManager, principal: Principal, approvalId: string, decision: 'approve' | 'reject', comment: string | null) {
     if (!principal.roles.includes(APPROVER_ROLE)) throw new ForbiddenError(`Deciding needs the "${APPROVER_ROLE}" role.`);
     const [req] = await em.execute<ApprovalRow[]>(
-      `select id, tenant_id, run_id, approval_class, required_approvals, status, submitted_by, sla_deadline,
-              (sla_deadline is not null and sla_deadline <= now()) as expired_now
-         from approval_requests where id = ? for update`,
+      `select a.id, a.tenant_id, a.run_id, a.approval_class, a.required_approvals, a.status, a.submitted_by, a.sla_deadline,
+              (a.sla_deadline is not null and a.sla_deadline <= now()) as expired_now, r.idempotency_hash
+         from approval_requests a join durable_runs r on r.id = a.run_id where a.id = ? for update of a`,
       [approvalId],
     );
     if (!req) throw new NotFoundError('approval request');
@@ -68,7 +72,13 @@ export class ApprovalService {
         outcome,
         decisions: decisions.map((d) => ({ decided_by: d.approver, decision: d.decision, comment: d.comment, decided_at: new Date(d.created_at).toISOString(), kind: d.kind })),
       };
-      afterCommit = await this.runtime.resume(em, req.run_id, SEQ, resumed);
+      const enqueue = await this.runtime.resume(em, req.run_id, SEQ, resumed);
+      const sla = this.sla;
+      // After the commit: the run goes on, and its SLA timer has nothing left to time.
+      afterCommit = async () => {
+        await enqueue();
+        if (req.sla_deadline && req.idempotency_hash && sla) await sla.cancel({ idempotencyHash: req.idempotency_hash });
+      };
     }
     return {
       result: { approval_request_id: req.id, run_id: req.run_id, status: outcome, approvals, required_approvals: req.required_approvals },
