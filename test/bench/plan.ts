@@ -39,7 +39,7 @@ export function planFor(quick: boolean): Plan {
     e2e: { total: 3_000, inFlight: 50, warmup: 100, maxMs: 20_000 },
     idempotencyPairs: 300,
     fixedRate: { rps: 200, seconds: 15 },
-    rls: { rounds: 8, total: 100, inFlight: 1, maxMs: 8_000 },
+    rls: { rounds: 16, total: 100, inFlight: 1, maxMs: 8_000 },
     recoveryKills: 20,
     floor: { seconds: 10, clients: [1, 16] },
     inFlight: { light: { total: 400, maxMs: 10_000 }, deep: { total: 20_000, windowMs: 45_000 } },
