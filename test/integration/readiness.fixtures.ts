@@ -72,7 +72,8 @@ export function matrixOf(report: ReadinessReport): Matrix {
   };
 }
 
-async function dropKeys(url: string, prefix: string): Promise<void> {
+/** Deletes the keys a stack wrote under its queue prefix (queues' meta keys, schedulers), so a test leaves Redis as it found it. */
+export async function dropKeys(url: string, prefix: string): Promise<void> {
   const redis = new Redis(url, { maxRetriesPerRequest: 1, lazyConnect: true });
   redis.on('error', () => {});
   try {

@@ -10,7 +10,7 @@ import { parseConfig } from '../../src/platform/config/config.ts';
 import { assessReadiness } from '../../src/readiness/readiness.target.ts';
 import { defineStep, defineWorkflow } from '../../src/platform/durable/workflow.ts';
 import { createTestDatabase, type TestDatabase } from '../helpers/db.ts';
-import { envFor, matrixFor, matrixOf } from './readiness.fixtures.ts';
+import { dropKeys, envFor, matrixFor, matrixOf } from './readiness.fixtures.ts';
 
 /**
  * The release readiness matrix on the live system (real container, real app, real Postgres and Redis):
@@ -37,8 +37,8 @@ describe('a healthy stack', () => {
 
   it('npm run readiness exits 0 and --json reports every row PASS', async () => {
     const db = await createTestDatabase();
+    const env: Record<string, string> = { PATH: process.env.PATH ?? '', ...envFor(db) };
     try {
-      const env = { PATH: process.env.PATH ?? '', ...envFor(db) };
       const text = await run(process.execPath, ['src/cli/readiness.ts'], { cwd: ROOT, env, timeout: 90_000 });
       expect(text.stdout).toMatch(/READY: all \d+ components PASS/);
       const json = await run(process.execPath, ['src/cli/readiness.ts', '--json'], { cwd: ROOT, env, timeout: 90_000 });
@@ -48,6 +48,7 @@ describe('a healthy stack', () => {
       expect(report.rows.every((r: { status: string }) => r.status === 'PASS')).toBe(true);
     } finally {
       await db.drop();
+      await dropKeys(env.REDIS_URL!, env.QUEUE_PREFIX!);
     }
   });
 });
@@ -55,9 +56,9 @@ describe('a healthy stack', () => {
 describe('npm run readiness on a broken stack', () => {
   it('exits non-zero and names the failing row', async () => {
     const db = await createTestDatabase();
+    const env: Record<string, string> = { PATH: process.env.PATH ?? '', ...envFor(db) };
     try {
       await db.admin('ALTER TABLE durable_runs NO FORCE ROW LEVEL SECURITY');
-      const env = { PATH: process.env.PATH ?? '', ...envFor(db) };
       const err = await run(process.execPath, ['src/cli/readiness.ts'], { cwd: ROOT, env, timeout: 90_000 }).then(
         () => undefined,
         (e: { code: number; stdout: string }) => e,
@@ -67,6 +68,7 @@ describe('npm run readiness on a broken stack', () => {
       expect(err?.stdout).toMatch(/NOT READY/);
     } finally {
       await db.drop();
+      await dropKeys(env.REDIS_URL!, env.QUEUE_PREFIX!);
     }
   });
 });
@@ -144,9 +146,13 @@ describe('a stack that cannot be built', () => {
 
   it('an unreachable database is a FAIL row with the reason, not a crash', async () => {
     const env = envFor(db, { DATABASE_URL: db.appUrl.replace(/:\d+\//, ':1/') });
-    const m = matrixOf(await assessReadiness(() => parseConfig(env)));
-    expect(m.report.ok).toBe(false);
-    expect(m.failing().join('\n')).toMatch(/^(database|live-system): .*(ECONNREFUSED|connect)/m);
+    try {
+      const m = matrixOf(await assessReadiness(() => parseConfig(env)));
+      expect(m.report.ok).toBe(false);
+      expect(m.failing().join('\n')).toMatch(/^(database|live-system): .*(ECONNREFUSED|connect)/m);
+    } finally {
+      await dropKeys(env.REDIS_URL!, env.QUEUE_PREFIX!);
+    }
   });
 });
 
