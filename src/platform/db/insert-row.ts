@@ -1,5 +1,5 @@
 import type { EntityManager } from '@mikro-orm/postgresql';
-import type { EntityName, EntityProperty, RequiredEntityData } from '@mikro-orm/core';
+import { ReferenceKind, type EntityName, type EntityProperty, type RequiredEntityData } from '@mikro-orm/core';
 
 interface EntityPlan {
   table: string;
@@ -14,7 +14,7 @@ function planFor(em: EntityManager, entity: EntityName<object>): EntityPlan {
   const meta = em.getMetadata().get(entity);
   let plan = plans.get(meta);
   if (!plan) {
-    const scalar = meta.props.filter((p) => p.persist !== false && p.kind === 'scalar' && p.fieldNames?.length === 1);
+    const scalar = meta.props.filter((p) => p.persist !== false && p.kind === ReferenceKind.SCALAR && p.fieldNames?.length === 1);
     plan = { table: meta.tableName, columns: new Map(scalar.map((p) => [p.name as string, p])), statements: new Map() };
     plans.set(meta, plan);
   }
