@@ -107,17 +107,24 @@ export class TenantRows {
     return row;
   }
 
-  /** The row keyed by the entity's property names, for `em.insert`. */
+  /**
+   * The row keyed by the entity's property names, for `em.insert`. A relation keyed by several columns
+   * (a composite foreign key that shares tenant_id with the tenantId property) gets its columns' values
+   * as one composite value, in the order of its join columns.
+   */
   toEntityData(table: string, row: Row): Record<string, unknown> {
     const { meta } = this.spec(table);
-    const byColumn = new Map(meta.props.filter((p) => p.fieldNames?.length).map((p) => [p.fieldNames[0]!, p.name as string]));
-    return Object.fromEntries(
-      Object.entries(row).map(([col, v]) => {
-        const prop = byColumn.get(col);
-        if (!prop) throw new Error(`column ${table}.${col} has no property in entity ${meta.className}`);
-        return [prop, v];
-      }),
-    );
+    const byColumn = new Map(meta.props.filter((p) => p.fieldNames?.length === 1).map((p) => [p.fieldNames[0]!, p.name as string]));
+    const composite = meta.props.filter((p) => (p.fieldNames?.length ?? 0) > 1);
+    const owned = new Map(composite.flatMap((p) => p.fieldNames.filter((f) => !byColumn.has(f)).map((f) => [f, p] as const)));
+    const data: Record<string, unknown> = {};
+    for (const [col, v] of Object.entries(row)) {
+      const relation = owned.get(col);
+      if (relation) data[relation.name as string] = relation.fieldNames.map((f) => row[f]);
+      else if (byColumn.has(col)) data[byColumn.get(col)!] = v;
+      else throw new Error(`column ${table}.${col} has no property in entity ${meta.className}`);
+    }
+    return data;
   }
 
   private parent(table: string, tenant: string): Promise<Row> {

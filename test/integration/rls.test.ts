@@ -209,6 +209,22 @@ describe('catalog invariants of the migrated schema', () => {
     }
   });
 
+  it("a checkpoint cannot name another tenant's run: its foreign key carries the tenant (referential checks bypass RLS)", async () => {
+    const report = await inspectOrmCatalog(orm, { appRole: TEST_APP.user });
+    const fkFindings = report.findings.filter((f) => f.check === 'tenant-foreign-key');
+    expect(fkFindings, formatFindings(fkFindings)).toEqual([]);
+    const a = randomUUID();
+    const b = randomUUID();
+    const run = await rows.seed('durable_runs', a);
+    const checkpoint = async (tenant: string) => ({ ...(await rows.build('durable_checkpoints', tenant)), run_id: run.id, sequence_num: 1 });
+    // Tenant B, under its own setting, names tenant A's run: a single-column key on run_id would accept it.
+    const foreign = insertSql('durable_checkpoints', await checkpoint(b));
+    expect(await sqlState(asApp(b, (c) => c.query(foreign.text, foreign.values)))).toBe('23503');
+    // Tenant A's own checkpoint for the same run is accepted.
+    const own = insertSql('durable_checkpoints', await checkpoint(a));
+    expect(await sqlState(asApp(a, (c) => c.query(own.text, own.values)))).toBe('succeeded');
+  });
+
   it('the application role is no superuser, has no BYPASSRLS, owns nothing and cannot truncate', async () => {
     const report = await inspectOrmCatalog(orm, { appRole: TEST_APP.user });
     const app = report.roles.find((r) => r.role === TEST_APP.user)!;

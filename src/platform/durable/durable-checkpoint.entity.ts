@@ -15,7 +15,9 @@ export const DurableCheckpoint = defineEntity({
   properties: {
     id: p.uuid().primary(),
     tenantId: tenantIdProperty(),
-    run: () => p.manyToOne(DurableRun).deleteRule('cascade'),
+    // (tenant_id, run_id) → durable_runs (tenant_id, id): referential checks bypass RLS, so the key carries
+    // the tenant and a checkpoint can never point at (or probe) another tenant's run.
+    run: () => p.manyToOne(DurableRun).joinColumns('tenant_id', 'run_id').referencedColumnNames('tenant_id', 'id').deleteRule('cascade'),
     sequenceNum: p.integer(),
     stepName: p.string().length(100),
     status: p.enum(CHECKPOINT_STATUSES),

@@ -40,7 +40,11 @@ export const DurableRun = defineEntity({
     updatedAt: p.datetime(),
     completedAt: p.datetime().nullable(),
   },
-  uniques: [{ name: 'durable_runs_tenant_hash_unique', properties: ['tenantId', 'idempotencyHash'] }],
+  uniques: [
+    { name: 'durable_runs_tenant_hash_unique', properties: ['tenantId', 'idempotencyHash'] },
+    // The target of the checkpoints' (tenant_id, run_id) foreign key: a checkpoint names its tenant's run only.
+    { name: 'durable_runs_tenant_id_id_unique', properties: ['tenantId', 'id'] },
+  ],
   indexes: [
     { name: 'durable_runs_tenant_created_index', properties: ['tenantId', 'createdAt', 'id'] },
     { name: 'durable_runs_tenant_status_index', properties: ['tenantId', 'status'] },
