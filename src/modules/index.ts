@@ -58,12 +58,12 @@ export function workflowsFor(config: Config, deps: { queue: () => Queue }): Work
   const sla = slaScheduler(deps.queue);
   const approvalStep = approvalPacketStep({ ...slaDefaults(config), sla });
   return [
-    goldenPathWorkflow(approvalStep, evidencePackStep, async (em, runId) => {
+    goldenPathWorkflow(approvalStep, evidencePackStep, async (em, { tenantId, runId }) => {
       // Redis may have lost the SLA timer: re-create it from the approval row (idempotent job id).
       const [req] = await em.execute<{ sla_deadline: Date | null; idempotency_hash: string; tenant_id: string }[]>(
-        `select a.sla_deadline, r.idempotency_hash, r.tenant_id from approval_requests a join durable_runs r on r.id = a.run_id
-          where a.run_id = ? and a.status = 'pending'`,
-        [runId],
+        `select a.sla_deadline, r.idempotency_hash, r.tenant_id from approval_requests a join durable_runs r on r.tenant_id = a.tenant_id and r.id = a.run_id
+          where a.tenant_id = ? and a.run_id = ? and a.status = 'pending'`,
+        [tenantId, runId],
       );
       if (!req?.sla_deadline) return;
       // A timer that ended (failed for good, or completed early) while the request is still pending is spent: replace it.
@@ -90,7 +90,7 @@ export function jobHandlersFor(deps: { orm: MikroORM; runtime: DurableRuntime })
   return {
     async [SLA_JOB_NAME](job: Job) {
       const data = job.data as SlaJobData;
-      const outcome = await tenantEm(deps.orm, data.tenant_id).transactional((tx) => approvals.expire(tx, data.run_id));
+      const outcome = await tenantEm(deps.orm, data.tenant_id).transactional((tx) => approvals.expire(tx, data.tenant_id, data.run_id));
       if (outcome === 'not_due') {
         // Fired early (clock skew or a re-created timer): wait out the remainder.
         await job.moveToDelayed(Math.max(Date.parse(data.deadline), Date.now() + 500), job.token);

@@ -441,7 +441,7 @@ describe('scope: tenants and users', () => {
     expect(r2.headers.get('idempotent-replayed')).toBeNull();
     expect(r2.json.run_id).not.toBe(r1.json.run_id);
     expect(await counts(u1.tenant)).toEqual({ keys: 2, runs: 2 });
-    expect((await stack.container.idempotency.get_existing(asTenant(stack, u1.tenant), u1.sub, key))?.responseBody).toBe(r1.text);
+    expect((await stack.container.idempotency.get_existing(asTenant(stack, u1.tenant), u1.tenant, u1.sub, key))?.responseBody).toBe(r1.text);
     expect((await submit(u1, key)).json.run_id).toBe(r1.json.run_id);
     expect((await submit(u2, key, { body: { ...SAMPLE_SUBMISSION, currency: 'USD' } })).json.run_id).toBe(r2.json.run_id);
   });

@@ -40,7 +40,7 @@ export class ApprovalService {
     const [req] = await em.execute<ApprovalRow[]>(
       `select a.id, a.tenant_id, a.run_id, a.approval_class, a.required_approvals, a.status, a.submitted_by, a.sla_deadline,
               (a.sla_deadline is not null and a.sla_deadline <= now()) as expired_now, r.idempotency_hash
-         from approval_requests a join durable_runs r on r.id = a.run_id where a.id = ? for update of a`,
+         from approval_requests a join durable_runs r on r.tenant_id = a.tenant_id and r.id = a.run_id where a.id = ? for update of a`,
       [approvalId],
     );
     if (!req) throw new NotFoundError('approval request');
@@ -58,15 +58,15 @@ export class ApprovalService {
     );
     if (inserted.length === 0) throw new ConflictError('approver_already_decided', 'This approver has already decided on this request; a second, distinct approver is needed.');
     const decisions = await em.execute<{ approver: string; decision: 'approve' | 'reject'; comment: string | null; created_at: Date; kind: 'human' | 'system' }[]>(
-      `select approver, decision, comment, created_at, kind from approval_decisions where approval_request_id = ? order by created_at, approver`,
-      [req.id],
+      `select approver, decision, comment, created_at, kind from approval_decisions where tenant_id = ? and approval_request_id = ? order by created_at, approver`,
+      [req.tenant_id, req.id],
     );
     const approvals = decisions.filter((d) => d.decision === 'approve').length;
     const outcome = decision === 'reject' ? 'rejected' : approvals >= req.required_approvals ? 'approved' : 'pending';
     let afterCommit: (() => Promise<void>) | undefined;
     if (outcome !== 'pending') {
       await em.execute(`update approval_requests set status = ?, decided_at = now(), updated_at = now() where id = ?`, [outcome, req.id], 'run');
-      const packet = await this.packet(em, req.run_id);
+      const packet = await this.packet(em, req.tenant_id, req.run_id);
       const resumed: ApprovalPacket = {
         ...packet,
         outcome,
@@ -87,25 +87,25 @@ export class ApprovalService {
   }
 
   /** Expires the run's pending request if its deadline passed; the run ends approval_expired. Returns whether it did. */
-  async expire(em: EntityManager, runId: string): Promise<'expired' | 'not_due' | 'not_pending'> {
+  async expire(em: EntityManager, tenantId: string, runId: string): Promise<'expired' | 'not_due' | 'not_pending'> {
     const [req] = await em.execute<ApprovalRow[]>(
       `select id, tenant_id, run_id, approval_class, required_approvals, status, submitted_by, sla_deadline,
               (sla_deadline is not null and sla_deadline <= now()) as expired_now
-         from approval_requests where run_id = ? for update`,
-      [runId],
+         from approval_requests where tenant_id = ? and run_id = ? for update`,
+      [tenantId, runId],
     );
     if (!req || req.status !== 'pending') return 'not_pending';
     if (!req.expired_now) return 'not_due';
     await em.execute(`update approval_requests set status = 'expired', decided_at = now(), updated_at = now() where id = ?`, [req.id], 'run');
-    const packet = await this.packet(em, runId);
+    const packet = await this.packet(em, tenantId, runId);
     await this.runtime.resume(em, runId, SEQ, { ...packet, outcome: 'expired' }, { finalStatus: 'approval_expired' });
     return 'expired';
   }
 
-  private async packet(em: EntityManager, runId: string): Promise<ApprovalPacket> {
+  private async packet(em: EntityManager, tenantId: string, runId: string): Promise<ApprovalPacket> {
     const [cp] = await em.execute<{ output: unknown }[]>(
-      `select output from durable_checkpoints where run_id = ? and sequence_num = ? and step_name = ?`,
-      [runId, SEQ, APPROVAL_PACKET_STEP],
+      `select output from durable_checkpoints where tenant_id = ? and run_id = ? and sequence_num = ? and step_name = ?`,
+      [tenantId, runId, SEQ, APPROVAL_PACKET_STEP],
     );
     if (!cp) throw new NotFoundError('approval checkpoint');
     return approvalPacketSchema.parse(cp.output);

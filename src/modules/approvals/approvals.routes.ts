@@ -9,7 +9,7 @@ const BASE = '/api/v1';
 
 const approvalColumns = `id, run_id, approval_class, required_approvals, status, submitted_by, reasons, sla_deadline, decided_at, created_at,
   coalesce((select json_agg(json_build_object('approver', d.approver, 'decision', d.decision, 'comment', d.comment, 'kind', d.kind, 'decided_at', d.created_at)
-            order by d.created_at) from approval_decisions d where d.approval_request_id = approval_requests.id), '[]'::json) as decisions`;
+            order by d.created_at) from approval_decisions d where d.tenant_id = approval_requests.tenant_id and d.approval_request_id = approval_requests.id), '[]'::json) as decisions`;
 
 const iso = (v: Date | string | null) => (v === null ? null : new Date(v).toISOString());
 
@@ -26,10 +26,10 @@ export function approvalRoutes(deps: { approvals: ApprovalService }): RouteDef[]
       tags: ['approvals'],
       query: z.strictObject({ status: z.enum(APPROVAL_STATUSES).optional(), limit: z.coerce.number().int().min(1).max(100).default(50) }),
       responses: { 200: { description: 'Approval requests' } },
-      async handler({ em, query }) {
+      async handler({ em, query, principal }) {
         const rows = await em.execute<any[]>(
-          `select ${approvalColumns} from approval_requests ${query.status ? 'where status = ?' : ''} order by created_at desc limit ?`,
-          query.status ? [query.status, query.limit] : [query.limit],
+          `select ${approvalColumns} from approval_requests where tenant_id = ? ${query.status ? 'and status = ?' : ''} order by created_at desc limit ?`,
+          query.status ? [principal.tenantId, query.status, query.limit] : [principal.tenantId, query.limit],
         );
         return { status: 200, body: { items: rows.map(approvalView) } };
       },
@@ -41,8 +41,8 @@ export function approvalRoutes(deps: { approvals: ApprovalService }): RouteDef[]
       tags: ['approvals'],
       params: z.object({ id: z.string().uuid() }),
       responses: { 200: { description: 'The approval request' }, 404: { description: 'Not found for this tenant' } },
-      async handler({ em, params }) {
-        const [row] = await em.execute<any[]>(`select ${approvalColumns} from approval_requests where id = ?`, [params.id]);
+      async handler({ em, params, principal }) {
+        const [row] = await em.execute<any[]>(`select ${approvalColumns} from approval_requests where tenant_id = ? and id = ?`, [principal.tenantId, params.id]);
         if (!row) throw new NotFoundError('approval request');
         return { status: 200, body: approvalView(row) };
       },

@@ -104,12 +104,12 @@ export function goldenPathRoutes(deps: { runtime: DurableRuntime; admission?: Ad
       tags: ['golden-path'],
       params: uuidParam,
       responses: { 200: { description: 'The run' }, 404: { description: 'No such run for this tenant' } },
-      async handler({ em, params }) {
-        const [run] = await em.execute<RunRow[]>(`select ${RUN_COLUMNS} from durable_runs where id = ? and workflow = ?`, [params.id, GOLDEN_PATH]);
+      async handler({ em, params, principal }) {
+        const [run] = await em.execute<RunRow[]>(`select ${RUN_COLUMNS} from durable_runs where tenant_id = ? and id = ? and workflow = ?`, [principal.tenantId, params.id, GOLDEN_PATH]);
         if (!run) throw new NotFoundError('run');
         const steps = await em.execute<any[]>(
-          `select sequence_num, step_name, status, attempt, output, error, created_at, completed_at from durable_checkpoints where run_id = ? order by sequence_num`,
-          [run.id],
+          `select sequence_num, step_name, status, attempt, output, error, created_at, completed_at from durable_checkpoints where tenant_id = ? and run_id = ? order by sequence_num`,
+          [run.tenant_id, run.id],
         );
         return { status: 200, body: runView(run, steps, stepNames) };
       },
@@ -125,7 +125,7 @@ export function goldenPathRoutes(deps: { runtime: DurableRuntime; admission?: Ad
         cursor: z.string().max(200).optional(),
       }),
       responses: { 200: { description: 'A page of runs' } },
-      async handler({ em, query }) {
+      async handler({ em, query, principal }) {
         let after: { at: string; id: string } | undefined;
         if (query.cursor) {
           try {
@@ -137,8 +137,8 @@ export function goldenPathRoutes(deps: { runtime: DurableRuntime; admission?: Ad
             throw new ValidationError('Invalid cursor', [{ path: 'cursor', message: 'not a cursor returned by this API' }]);
           }
         }
-        const params: unknown[] = [GOLDEN_PATH];
-        let where = 'workflow = ?';
+        const params: unknown[] = [principal.tenantId, GOLDEN_PATH];
+        let where = 'tenant_id = ? and workflow = ?';
         if (query.status) {
           where += ' and status = ?';
           params.push(query.status);

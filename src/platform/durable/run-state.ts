@@ -32,9 +32,9 @@ export async function loadRunState(tx: EntityManager, wf: WorkflowDef, job: Step
     `select ${RUN_COLUMNS},
        coalesce((select json_agg(json_build_object('seq', c.sequence_num, 'step', c.step_name, 'status', c.status, 'output', c.output)
                                  order by c.sequence_num)
-                   from durable_checkpoints c where c.run_id = r.id), '[]'::json) as checkpoints
-       from durable_runs r where r.id = ?`,
-    [job.run_id],
+                   from durable_checkpoints c where c.tenant_id = r.tenant_id and c.run_id = r.id), '[]'::json) as checkpoints
+       from durable_runs r where r.tenant_id = ? and r.id = ?`,
+    [job.tenant_id, job.run_id],
   );
   const row = rows[0];
   if (!row) throw new RunNotVisibleError(job.run_id);

@@ -60,7 +60,7 @@ export const RUN_COLUMNS = `id, tenant_id, workflow, workflow_version, idempoten
  * in order, so this is also the highest completed sequence_num). The run row's own `sequence_num` moves
  * only with its status (first step, a wait, a resume, the end).
  */
-export const COMPLETED_STEPS_SQL = `(select count(*)::int from durable_checkpoints c where c.run_id = r.id and c.status = 'completed')`;
+export const COMPLETED_STEPS_SQL = `(select count(*)::int from durable_checkpoints c where c.tenant_id = r.tenant_id and c.run_id = r.id and c.status = 'completed')`;
 
 export interface StartRunInput {
   tenantId: string;
@@ -280,8 +280,8 @@ export class DurableRuntime {
     const parsed = step.output.parse(output);
     const res = (await em.execute(
       `update durable_checkpoints set status = 'completed', output = ?::jsonb, completed_at = now(), updated_at = now()
-        where run_id = ? and sequence_num = ? and status = 'waiting' and step_name = ?`,
-      [JSON.stringify(parsed), runId, sequenceNum, step.name],
+        where tenant_id = ? and run_id = ? and sequence_num = ? and status = 'waiting' and step_name = ?`,
+      [JSON.stringify(parsed), run.tenant_id, runId, sequenceNum, step.name],
       'run',
     )) as { affectedRows?: number };
     if (!res.affectedRows) throw new Error(`run ${runId} is not waiting at step ${sequenceNum}`);

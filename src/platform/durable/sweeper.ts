@@ -120,7 +120,7 @@ export class Sweeper {
   private async repairWaiting(ref: IncompleteRun): Promise<boolean> {
     const wf = this.o.runtime.workflows.get(ref.workflow);
     if (!wf?.repairWaiting) return false;
-    await tenantEm(this.o.orm, ref.tenant_id).transactional((tx) => wf.repairWaiting!(tx, ref.id));
+    await tenantEm(this.o.orm, ref.tenant_id).transactional((tx) => wf.repairWaiting!(tx, { tenantId: ref.tenant_id, runId: ref.id }));
     return true;
   }
 
@@ -137,8 +137,8 @@ export class Sweeper {
     // The run row moves only with its status; its checkpoints are the live progress.
     const [run] = await tenantEm(this.o.orm, ref.tenant_id).transactional((tx) =>
       tx.execute<(RunRow & { completed: number })[]>(
-        `select ${RUN_COLUMNS}, ${COMPLETED_STEPS_SQL} as completed from durable_runs r where id = ? and status in ('pending', 'running')`,
-        [ref.id],
+        `select ${RUN_COLUMNS}, ${COMPLETED_STEPS_SQL} as completed from durable_runs r where tenant_id = ? and id = ? and status in ('pending', 'running')`,
+        [ref.tenant_id, ref.id],
       ),
     );
     if (!run) return false;

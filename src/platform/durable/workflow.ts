@@ -99,7 +99,7 @@ export interface WorkflowDef<In = any> {
    * Called by the sweeper, under the run's tenant, for runs that wait (e.g. for a human): re-creates
    * what Redis may have lost, such as an SLA timer.
    */
-  repairWaiting?(em: EntityManager, runId: string): Promise<void>;
+  repairWaiting?(em: EntityManager, run: { tenantId: string; runId: string }): Promise<void>;
 }
 
 export function defineWorkflow<In>(def: WorkflowDef<In>): WorkflowDef<In> {

@@ -42,8 +42,8 @@ export class AdmissionController {
       // count's own snapshot is taken after the lock is granted.
       await em.execute(`${DEFER_UNTIL_NEXT}select pg_advisory_xact_lock(hashtextextended('dealix:admission:' || ?, 0))`, [tenantId]);
       const [row] = await em.execute<{ n: string }[]>(
-        `select count(*) as n from (select 1 from durable_runs where status in ('pending', 'running') limit ?) t`,
-        [this.o.maxInFlight + 1],
+        `select count(*) as n from (select 1 from durable_runs where tenant_id = ? and status in ('pending', 'running') limit ?) t`,
+        [tenantId, this.o.maxInFlight + 1],
       );
       if (Number(row?.n ?? 0) >= this.o.maxInFlight) throw tooMany(`The tenant already has ${this.o.maxInFlight} runs in flight.`, 5);
     }

@@ -277,11 +277,11 @@ export class IdempotencyService {
       this.leaseMs, input.tenantId, input.principal, input.key];
   }
 
-  /** The stored record for (tenant, principal, key), or null. RLS scopes it to the em's tenant. */
-  async get_existing(em: EntityManager, principal: string, key: string): Promise<IdempotencyRecord | null> {
+  /** The stored record for (tenant, principal, key), or null. RLS also scopes it to the em's tenant. */
+  async get_existing(em: EntityManager, tenantId: string, principal: string, key: string): Promise<IdempotencyRecord | null> {
     const rows = await em.execute<Row[]>(
-      `select ${COLUMNS} from idempotency_keys where principal = ? and idempotency_key = ? and expires_at > now()`,
-      [principal, key],
+      `select ${COLUMNS} from idempotency_keys where tenant_id = ? and principal = ? and idempotency_key = ? and expires_at > now()`,
+      [tenantId, principal, key],
     );
     return rows[0] ? toRecord(rows[0]) : null;
   }
