@@ -18,7 +18,7 @@ export function tenantIsolationPolicy(table: string): PolicyDef {
 }
 
 /** Property builder for the tenant column every tenant-owned entity carries. */
-export const tenantIdProperty = () => p.uuid().index();
+export const tenantIdProperty = () => p.uuid();
 
 /** Marker read by the RLS suite and the readiness matrix: entities whose table is tenant-owned. */
 export function isTenantOwned(meta: { properties: Record<string, unknown> }): boolean {
