@@ -82,18 +82,28 @@ export const e2ePhase: Phase = async (ctx) => {
   results.fixedRateApiAlone = await http.fixedRate(plan.fixedRate.rps, plan.fixedRate.seconds);
 };
 
-/** RLS on (app role) against RLS off (owner on NO FORCE tables), one run at a time, rounds alternating. */
+/**
+ * RLS on (app role) against RLS off (owner on NO FORCE tables), one run at a time, rounds alternating
+ * — and a control: a second RLS-on side, identical to the first (its own database and worker), in the
+ * same rotation. The control's difference from the first side is what the method reads when there is
+ * nothing to find (an A/A test): the resolution of the RLS figure on this machine.
+ */
 export const rlsPhase: Phase = async (ctx) => {
-  const [onDb, offDb] = await Promise.all([ctx.dbs.clone('rlson'), ctx.dbs.clone('rlsoff', { rlsOff: true })]);
-  const on = ctx.defer(await openEngine({ db: onDb, prefix: ctx.newPrefix() }, 1));
-  const off = ctx.defer(await openEngine({ db: offDb, prefix: ctx.newPrefix(), asOwner: true }, 1));
+  const [onDb, controlDb, offDb] = await Promise.all([ctx.dbs.clone('rlson'), ctx.dbs.clone('rlsctl'), ctx.dbs.clone('rlsoff', { rlsOff: true })]);
+  const targets = {
+    on: ctx.defer(await openEngine({ db: onDb, prefix: ctx.newPrefix() }, 1)),
+    control: ctx.defer(await openEngine({ db: controlDb, prefix: ctx.newPrefix() }, 1)),
+    off: ctx.defer(await openEngine({ db: offDb, prefix: ctx.newPrefix(), asOwner: true }, 1)),
+  };
   const r = ctx.plan.rls;
-  ctx.results.rls = { on: [], off: [] };
+  const results = { on: [], off: [], control: [] } as Required<NonNullable<Results['rls']>>;
+  ctx.results.rls = results;
+  const order = ['on', 'off', 'control'] as const;
   for (let i = 0; i < r.rounds; i++) {
-    const sides = i % 2 ? (['off', 'on'] as const) : (['on', 'off'] as const);
-    for (const side of sides) {
-      const target = side === 'on' ? on : off;
-      ctx.results.rls[side].push(await target.run({ total: r.total, inFlight: r.inFlight, warmup: i === 0 ? 20 : 0, maxMs: r.maxMs, accounting: false }));
+    // Each side takes each place in the round's order equally often (over every 3 rounds).
+    for (let k = 0; k < order.length; k++) {
+      const side = order[(i + k) % order.length]!;
+      results[side].push(await targets[side].run({ total: r.total, inFlight: r.inFlight, warmup: i === 0 ? 20 : 0, maxMs: r.maxMs, accounting: false }));
     }
   }
 };

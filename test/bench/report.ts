@@ -22,7 +22,8 @@ export interface Results {
   idempotency?: { withKey: Latency; withoutKey: Latency; deltaP50: number };
   fixedRate?: FixedRate;
   fixedRateApiAlone?: FixedRate;
-  rls?: { on: M[]; off: M[] };
+  /** control: a second RLS-on side identical to `on` (A/A), absent in reports of earlier versions. */
+  rls?: { on: M[]; off: M[]; control?: M[] };
   recovery?: RecoveryResult;
   floor?: FloorResult;
   data?: Array<{ rows: number; tenants: number; m: M }>;
@@ -147,6 +148,12 @@ export function buildReport(r: Results): Report {
     section: s5,
     figure: 'engine runs/s, RLS on / off',
     ours: r.rls?.on.length ? `${round(median(r.rls.on.map((m) => m.result.runsPerSec)))} / ${round(median(r.rls.off.map((m) => m.result.runsPerSec)))}` : undefined,
+  });
+  const rlsControl = r.rls?.control?.length ? median(r.rls.control.map((m) => m.step.p50)) : undefined;
+  add({
+    section: s5,
+    figure: 'A/A control: step p50 ms of a second RLS-on side, its difference from the first, % (the method\'s resolution)',
+    ours: rlsControl !== undefined && rlsOn !== undefined ? `${round(rlsControl, 2)}, ${round((rlsOn / rlsControl - 1) * 100, 1)} %` : undefined,
   });
   add({ section: s5, figure: 'TARGET RLS overhead per step, %', ours: rlsPct, target: '<= 10 %', status: target('RLS overhead per step (%)', '<= 10 %', rlsPct, (v) => v <= 10) });
   const idem = r.idempotency;
