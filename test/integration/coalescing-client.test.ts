@@ -4,7 +4,7 @@ import pg from 'pg';
 import { startStack } from '../helpers/stack.ts';
 import { createOrm } from '../../src/platform/db/orm.ts';
 import { tenantEm } from '../../src/platform/db/tenant-em.ts';
-import { CoalescingClient, DEFER_UNTIL_NEXT, holdingInserts, isDeferrable } from '../../src/platform/db/coalescing-client.ts';
+import { CoalescingClient, DEFER_UNTIL_NEXT, Prelude, holdingInserts, isDeferrable, withPrelude } from '../../src/platform/db/coalescing-client.ts';
 import { PartnerDossierRow } from '../../src/modules/golden-path/golden-path.entities.ts';
 import { ApprovalRequest } from '../../src/modules/approvals/approval.entities.ts';
 import { insertRow } from '../../src/platform/db/insert-row.ts';
@@ -137,6 +137,62 @@ describe('coalescing client', () => {
     await expect(tenantEm(orm, tenant).transactional((tx) => insertRow(tx, ApprovalRequest, { ...request(randomUUID(), tenant), bogus: 1 } as never))).rejects.toThrow(
       /bogus is not a column of approval_requests/,
     );
+  });
+
+  it('a prelude is its own transaction, committed ahead of the next one in the same message, and its result is kept', async () => {
+    const tenant = randomUUID();
+    const before = randomUUID();
+    const prelude = new Prelude(`select set_config('app.tenant_id', '${tenant}', true); ${runInsert(before, tenant)} returning id`, 2);
+    const { texts } = await sent(() =>
+      withPrelude(prelude, () =>
+        tenantEm(orm, tenant).transactional(async (tx) => {
+          await tx.execute(`select 1`);
+          throw new Error('the transaction after the prelude rolls back');
+        }),
+      ).catch((e: Error) => e.message),
+    );
+    expect(texts).toHaveLength(2);
+    expect(texts[0]).toMatch(/returning id;\ncommit;\nbegin;\nselect set_config\('app\.tenant_id', '[0-9a-f-]{36}', true\);\nselect 1$/);
+    expect(texts[1]).toBe('rollback');
+    expect(prelude.result?.rows).toEqual([{ id: before }]);
+    // The prelude committed on its own: the rollback of the transaction after it did not take it back.
+    const [row] = await tenantEm(orm, tenant).transactional((tx) => tx.execute<{ n: string }[]>(`select count(*) as n from durable_runs where id = '${before}'`));
+    expect(row?.n).toBe('1');
+  });
+
+  it('a prelude that fails stops the message: nothing of the next transaction runs, the caller cannot go on outside a transaction, the connection is clean after its rollback', async () => {
+    const tenant = randomUUID();
+    const after = randomUUID();
+    const prelude = new Prelude(`select set_config('app.tenant_id', '${tenant}', true); select ('not a number')::int`, 2);
+    const outcome: string[] = [];
+    const ended = await withPrelude(prelude, () =>
+      tenantEm(orm, tenant).transactional(async (tx) => {
+        outcome.push(await tx.execute(runInsert(after, tenant)).then(() => 'ran', (e: Error) => e.message));
+        // A caller that swallowed the error must not reach the database outside a transaction, nor commit.
+        outcome.push(await tx.execute(runInsert(randomUUID(), tenant)).then(() => 'ran', (e: Error) => e.message));
+      }),
+    ).then(() => 'committed', (e: Error) => e.message);
+    expect(prelude.failed).toBe(true);
+    expect(outcome).toEqual([expect.stringMatching(/invalid input syntax/), expect.stringMatching(/invalid input syntax/)]);
+    expect(ended).toMatch(/invalid input syntax/);
+    const [row] = await tenantEm(orm, tenant).transactional((tx) => tx.execute<{ n: string }[]>(`select count(*) as n from durable_runs`));
+    expect(row?.n).toBe('0');
+  });
+
+  it('a prelude never travels with a rollback: a transaction that ends before it sent anything leaves it unsent', async () => {
+    const tenant = randomUUID();
+    const prelude = new Prelude(`select set_config('app.tenant_id', '${tenant}', true); ${runInsert(randomUUID(), tenant)}`, 2);
+    const { texts } = await sent(() =>
+      withPrelude(prelude, () =>
+        tenantEm(orm, tenant).transactional(async () => {
+          throw new Error('fails before its first statement');
+        }),
+      ).catch(() => undefined),
+    );
+    expect(prelude.sent).toBe(false);
+    expect(texts.join('\n')).not.toMatch(/insert into durable_runs/);
+    const [row] = await tenantEm(orm, tenant).transactional((tx) => tx.execute<{ n: string }[]>(`select count(*) as n from durable_runs`));
+    expect(row?.n).toBe('0');
   });
 
   it('a query with bind parameters is never merged: what is held goes first, in order', async () => {

@@ -160,6 +160,31 @@ describe('the first request and its replays', () => {
     expect(await counts(who.tenant)).toEqual({ keys: 1, runs: 1 });
   });
 
+  it('claims the key in the message that carries the handler\'s first statements: no round trip of its own', async () => {
+    const other = await actor();
+    const messages: string[] = [];
+    const original = pg.Client.prototype.query;
+    pg.Client.prototype.query = function (this: pg.Client, config: any, ...rest: any[]) {
+      if (typeof config === 'string') messages.push(config);
+      return (original as any).call(this, config, ...rest);
+    } as any;
+    let res: Awaited<ReturnType<typeof api>>;
+    try {
+      res = await submit(other, randomUUID());
+    } finally {
+      pg.Client.prototype.query = original;
+    }
+    expect(res.status, res.text).toBe(202);
+    const mine = messages.filter((m) => m.includes(other.tenant));
+    const claims = mine.filter((m) => /insert into idempotency_keys/.test(m));
+    expect(claims).toHaveLength(1);
+    // The claim, committed on its own, then the handler's transaction: its begin, the per-tenant lock and the count.
+    expect(claims[0]).toMatch(/insert into idempotency_keys[\s\S]*;\ncommit;\nbegin;\n[\s\S]*pg_advisory_xact_lock[\s\S]*select count\(\*\)/);
+    // Three messages in all: claim + admission, the run's insert, the stored response with the commit.
+    expect(messages).toHaveLength(3);
+    expect(messages[2]).toMatch(/update idempotency_keys set status = 'completed'[\s\S]*;\ncommit$/);
+  });
+
   it('replays the stored status, body and headers with Idempotent-Replayed: true, and starts no second run', async () => {
     const again = await submit(who, key);
     expect(again.status).toBe(202);

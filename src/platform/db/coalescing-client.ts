@@ -35,6 +35,40 @@ const SESSION_STATEMENT = new RegExp(String.raw`^(?:begin|set local role "(?:[^"
 const holdInserts = new AsyncLocalStorage<true>();
 
 /**
+ * A short transaction of its own that travels in front of the next transaction's first message on
+ * the connection: `<prelude statements>; commit; begin; <held statements>; <next statement>`, one
+ * round trip for both. PostgreSQL runs the prelude as an implicit transaction and commits it at the
+ * `commit` before the next transaction begins, so the two stay separate transactions. If a prelude
+ * statement fails, PostgreSQL skips the rest of the message: nothing of the next transaction runs,
+ * the statement it was sent with fails, and so does every later one on the connection until the
+ * caller's rollback (so a caller that caught the error can never go on outside a transaction).
+ * Used for the idempotency claim (docs/adr/0004-fewer-round-trips-per-transaction.md).
+ */
+export class Prelude {
+  readonly sql: string;
+  /** Statements in `sql`; the result returned is the last one's. */
+  readonly statements: number;
+  sent = false;
+  /** Set when the message carrying the prelude came back: its last statement's result, or the error. */
+  result: pg.QueryResult | undefined;
+  error: unknown;
+  constructor(sql: string, statements: number) {
+    this.sql = sql;
+    this.statements = statements;
+  }
+  get failed(): boolean {
+    return this.error !== undefined;
+  }
+}
+
+const preludes = new AsyncLocalStorage<Prelude>();
+
+/** Runs `fn` (a transaction) so that `prelude` travels with the first message of the first transaction it begins. */
+export function withPrelude<T>(prelude: Prelude, fn: () => Promise<T>): Promise<T> {
+  return preludes.run(prelude, fn);
+}
+
+/**
  * Runs `fn` (a step, then its unit-of-work flush) so that its plain inserts (no RETURNING: nothing
  * is read back) are held until the transaction's next statement. Used by the step executor.
  */
@@ -60,6 +94,8 @@ export function isDeferrable(text: string): boolean {
 
 export class CoalescingClient extends pg.Client {
   #pending: string[] = [];
+  /** The error of a prelude that failed, until the transaction it led is rolled back. */
+  #poisoned: unknown;
 
   /** Statements held back on this connection (for tests). */
   get pendingStatements(): readonly string[] {
@@ -68,12 +104,20 @@ export class CoalescingClient extends pg.Client {
 
   // pg's overloads cannot be restated precisely here; the three call forms are handled explicitly.
   override query(config: any, values?: any, callback?: any): any {
+    if (this.#poisoned !== undefined) {
+      // The transaction the failed prelude led ends with its rollback; a `begin` starts another.
+      if (typeof config === 'string' && /^(rollback|begin)$/i.test(config)) this.#poisoned = undefined;
+      else return Promise.reject(this.#poisoned);
+    }
     const simple = typeof config === 'string' && typeof values !== 'function' && callback === undefined && (values === undefined || (Array.isArray(values) && values.length === 0));
     if (!simple) {
       this.sendHeld();
       return super.query(config, values, callback);
     }
     const text = config as string;
+    const prelude = preludes.getStore();
+    // Not with a rollback: a transaction that ends before it sent anything had no use for the claim.
+    if (prelude && !prelude.sent && !isDeferrable(text) && !/^rollback$/i.test(text) && /^begin$/i.test(this.#pending[0] ?? '')) return this.sendWithPrelude(prelude, text);
     if (isDeferrable(text)) {
       this.#pending.push(text);
       return Promise.resolve(held(text.startsWith(DEFER_UNTIL_NEXT) ? 'DEFERRED' : (text.split(' ', 1)[0] ?? '').toUpperCase()));
@@ -81,6 +125,23 @@ export class CoalescingClient extends pg.Client {
     const merged = this.#pending.length === 0 ? text : `${this.#pending.join(';\n')};\n${text}`;
     this.#pending = [];
     return (super.query(merged) as Promise<pg.QueryResult | pg.QueryResult[]>).then(lastResult);
+  }
+
+  private sendWithPrelude(prelude: Prelude, text: string): Promise<pg.QueryResult> {
+    prelude.sent = true;
+    const merged = `${prelude.sql};\ncommit;\n${this.#pending.join(';\n')};\n${text}`;
+    this.#pending = [];
+    return (super.query(merged) as unknown as Promise<pg.QueryResult[]>).then(
+      (results) => {
+        prelude.result = results[prelude.statements - 1];
+        return results[results.length - 1]!;
+      },
+      (err: unknown) => {
+        prelude.error = err;
+        this.#poisoned = err;
+        throw err;
+      },
+    );
   }
 
   /**

@@ -26,15 +26,9 @@ export class AdmissionController {
   }
 
   async admit(em: EntityManager, tenantId: string): Promise<void> {
-    if (this.o.perMinute > 0) {
-      const window = Math.floor(Date.now() / 60_000);
-      const key = `${this.o.prefix}:ratelimit:${tenantId}:${window}`;
-      const count = Number(await this.redis.dealixRateHit(key, 61_000));
-      if (count > this.o.perMinute) {
-        const retryAfter = Math.max(1, Math.ceil(((window + 1) * 60_000 - Date.now()) / 1000));
-        throw tooMany(`The tenant's submission rate limit (${this.o.perMinute}/min) is exceeded.`, retryAfter);
-      }
-    }
+    // The in-flight cap first: its statements are the handler's first, so an idempotency claim sent
+    // with them (a prelude) that finds its key taken stops the request before it counts against the
+    // rate limit — a replay never spends the tenant's budget.
     if (this.o.maxInFlight > 0) {
       // Count-then-insert races: concurrent submissions would each see room under the cap. A lock per
       // tenant, held until the caller's transaction (which inserts the run) ends, serialises them. The
@@ -46,6 +40,15 @@ export class AdmissionController {
         [tenantId, this.o.maxInFlight + 1],
       );
       if (Number(row?.n ?? 0) >= this.o.maxInFlight) throw tooMany(`The tenant already has ${this.o.maxInFlight} runs in flight.`, 5);
+    }
+    if (this.o.perMinute > 0) {
+      const window = Math.floor(Date.now() / 60_000);
+      const key = `${this.o.prefix}:ratelimit:${tenantId}:${window}`;
+      const count = Number(await this.redis.dealixRateHit(key, 61_000));
+      if (count > this.o.perMinute) {
+        const retryAfter = Math.max(1, Math.ceil(((window + 1) * 60_000 - Date.now()) / 1000));
+        throw tooMany(`The tenant's submission rate limit (${this.o.perMinute}/min) is exceeded.`, retryAfter);
+      }
     }
   }
 }

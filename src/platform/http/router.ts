@@ -5,8 +5,9 @@ import { AppError } from '../errors/app-error.ts';
 import { toProblem } from '../errors/to-problem.ts';
 import { authenticate } from '../tenancy/auth.middleware.ts';
 import type { Principal, TokenVerifier } from '../tenancy/jwt.ts';
-import { idempotencyMiddleware, type IdempotencyMetrics, type IdempotencyState } from '../idempotency/idempotency.middleware.ts';
-import { REPLAYABLE_HEADERS, type IdempotencyService } from '../idempotency/idempotency.service.ts';
+import { answerClaim, idempotencyMiddleware, type IdempotencyMetrics, type IdempotencyState } from '../idempotency/idempotency.middleware.ts';
+import { REPLAYABLE_HEADERS, type ClaimInput, type IdempotencyRecord, type IdempotencyService, type PendingClaim } from '../idempotency/idempotency.service.ts';
+import { withPrelude } from '../db/coalescing-client.ts';
 import { MUTATING_METHODS, type RouteDef, type RouteResult } from './route.ts';
 import { parseOrThrow } from './validation.ts';
 import { PROBLEM_CONTENT_TYPE } from './problem.middleware.ts';
@@ -32,7 +33,7 @@ export function buildRouter(routes: RouteDef[], deps: RouterDeps): Router {
       validate(def),
     ];
     if (MUTATING_METHODS.has(def.method)) {
-      chain.push(idempotencyMiddleware(deps.idempotency, { method: def.method, path: def.path, required: def.idempotency === 'required' }, deps.idempotencyMetrics));
+      chain.push(idempotencyMiddleware(deps.idempotency, { method: def.method, path: def.path, required: def.idempotency === 'required' }));
     }
     chain.push(runHandler(def, deps));
     router[def.method](def.path, ...chain);
@@ -64,13 +65,42 @@ function validate(def: RouteDef) {
 
 function runHandler(def: RouteDef, deps: RouterDeps) {
   return async function handle(req: Request, res: Response, next: NextFunction): Promise<void> {
-    const em = res.locals.em as EntityManager;
     const idem = res.locals.idempotency as IdempotencyState | undefined;
-    const record = idem?.record;
-    const afterCommit: Array<() => Promise<void>> = [];
-    let result: RouteResult;
     try {
-      result = await em.transactional(async (tx) => {
+      if (!idem?.pending) {
+        await execute(def, deps, req, res, next, { hash: idem?.hash ?? '' });
+        return;
+      }
+      // A keyed request: the claim travels with the handler's first statements.
+      if ((await execute(def, deps, req, res, next, { pending: idem.pending, hash: idem.pending.hash, ...(idem.input ? { input: idem.input } : {}) })) !== 'key-taken') return;
+      // The key was there: what it holds decides (replay, 422, 409), or this request takes it over
+      // (a dead attempt's lease ran out, the key passed its TTL, or it was released meanwhile).
+      const claim = await deps.idempotency.claim(res.locals.em as EntityManager, idem.input!);
+      if (answerClaim(res, claim, deps.idempotencyMetrics) || claim.outcome !== 'claimed') return;
+      res.locals.idempotency = { record: claim.record, hash: claim.hash } satisfies IdempotencyState;
+      await execute(def, deps, req, res, next, { record: claim.record, hash: claim.hash });
+    } catch (e) {
+      next(e);
+    }
+  };
+}
+
+type Claim = { hash: string; record?: IdempotencyRecord; pending?: PendingClaim; input?: ClaimInput };
+
+/**
+ * Runs the handler in one tenant transaction; for a claimed key its final response is stored in that
+ * transaction (a 5xx releases the key instead). With a pending claim, the claim is sent ahead of the
+ * transaction's first statements; 'key-taken' means it found the key already there and nothing of
+ * the handler ran.
+ */
+async function execute(def: RouteDef, deps: RouterDeps, req: Request, res: Response, next: NextFunction, claim: Claim): Promise<'done' | 'key-taken'> {
+  const em = res.locals.em as EntityManager;
+  const afterCommit: Array<() => Promise<void>> = [];
+  let record = claim.record;
+  let result: RouteResult;
+  try {
+    const run = () =>
+      em.transactional(async (tx) => {
         const out = await def.handler({
           req,
           res,
@@ -81,45 +111,70 @@ function runHandler(def: RouteDef, deps: RouterDeps) {
           em: tx,
           correlationId: res.locals.correlationId as string,
           requestId: res.locals.requestId as string,
-          idempotencyHash: idem?.hash ?? '',
+          idempotencyHash: claim.hash,
           afterCommit: (fn) => afterCommit.push(fn),
         });
+        if (claim.pending) {
+          // A handler that sent nothing yet sends the claim now.
+          if (!claim.pending.prelude.sent) await tx.execute('select 1');
+          const found = deps.idempotency.preludeOutcome(claim.pending);
+          if (found.outcome !== 'claimed') throw new Error(`idempotency claim not settled (${found.outcome})`);
+          record = found.record;
+        }
         if (record) {
           if (isStoredOutcome(out.status)) await deps.idempotency.store(tx, record, { status: out.status, body: out.body, headers: replayHeaders(out) });
           else await deps.idempotency.release(tx, record);
         }
         return out;
       });
-    } catch (err) {
-      if (record) {
-        // A definitive 4xx from the handler is the request's outcome and replays; a 5xx releases the key.
-        const { problem, headers } = toProblem(err, res.locals.requestId as string);
-        try {
-          if (err instanceof AppError && isStoredOutcome(problem.status)) {
-            const { request_id: _omit, ...stored } = problem;
-            await em.transactional((tx) => deps.idempotency.store(tx, record, { status: problem.status, body: stored, headers: { ...headers, 'content-type': PROBLEM_CONTENT_TYPE } }));
-          } else {
-            await deps.idempotency.release(em, record);
-          }
-        } catch (e) {
-          deps.logger.warn({ err: e }, 'could not settle the idempotency key; its lease will expire');
-        }
+    result = claim.pending ? await withPrelude(claim.pending.prelude, run) : await run();
+  } catch (err) {
+    if (claim.pending && !claim.pending.prelude.sent && claim.input) {
+      // The handler failed before its first statement, so before the claim: claim now, so that a
+      // definitive answer is stored (and a key another request holds answers as it always does).
+      const now = await deps.idempotency.claim(em, claim.input);
+      if (now.outcome !== 'claimed') {
+        answerClaim(res, now, deps.idempotencyMetrics); // replays (true), or throws 409/422
+        return 'done';
       }
-      return next(err);
+      record = now.record;
+    } else if (claim.pending) {
+      const found = deps.idempotency.preludeOutcome(claim.pending);
+      if (found.outcome === 'taken') return 'key-taken';
+      if (found.outcome === 'in_progress') answerClaim(res, { outcome: 'in_progress', retryAfterSeconds: 1 }, deps.idempotencyMetrics);
+      if (found.outcome === 'claimed') record = found.record;
     }
-    for (const fn of afterCommit) {
+    if (record) {
+      // A definitive 4xx from the handler is the request's outcome and replays; a 5xx releases the key.
+      const { problem, headers } = toProblem(err, res.locals.requestId as string);
       try {
-        await fn();
+        if (err instanceof AppError && isStoredOutcome(problem.status)) {
+          const { request_id: _omit, ...stored } = problem;
+          const held = record;
+          await em.transactional((tx) => deps.idempotency.store(tx, held, { status: problem.status, body: stored, headers: { ...headers, 'content-type': PROBLEM_CONTENT_TYPE } }));
+        } else {
+          await deps.idempotency.release(em, record);
+        }
       } catch (e) {
-        // Postgres already holds the truth; the recovery sweeper finishes what Redis missed.
-        deps.logger.error({ err: e }, 'after-commit action failed; the sweeper will repair it');
+        deps.logger.warn({ err: e }, 'could not settle the idempotency key; its lease will expire');
       }
     }
-    for (const [k, v] of Object.entries(result.headers ?? {})) res.setHeader(k, v);
-    res.status(result.status);
-    if (result.body === undefined) res.end();
-    else res.json(result.body);
-  };
+    next(err);
+    return 'done';
+  }
+  for (const fn of afterCommit) {
+    try {
+      await fn();
+    } catch (e) {
+      // Postgres already holds the truth; the recovery sweeper finishes what Redis missed.
+      deps.logger.error({ err: e }, 'after-commit action failed; the sweeper will repair it');
+    }
+  }
+  for (const [k, v] of Object.entries(result.headers ?? {})) res.setHeader(k, v);
+  res.status(result.status);
+  if (result.body === undefined) res.end();
+  else res.json(result.body);
+  return 'done';
 }
 
 /** 429 and 5xx say "not now", not "this is the answer": they free the key for a retry instead of replaying. */

@@ -11,12 +11,20 @@ import {
   parseIdempotencyKey,
   requestFingerprint,
   submissionHash,
+  type ClaimInput,
+  type ClaimResult,
   type IdempotencyRecord,
   type IdempotencyService,
+  type PendingClaim,
 } from './idempotency.service.ts';
 
 export interface IdempotencyState {
+  /** The claimed record (set once the claim is known to be this request's). */
   record?: IdempotencyRecord;
+  /** A keyed request's claim, to be sent with the handler's first statements (runHandler). */
+  pending?: PendingClaim;
+  /** What the claim is made of, for `IdempotencyService.claim` when the prelude finds the key taken. */
+  input?: ClaimInput;
   hash: string;
 }
 
@@ -29,9 +37,11 @@ export interface IdempotencyMetrics {
  * The Idempotency-Key standard for one route (IETF draft + Stripe): 400 when a required key is missing
  * or malformed; a completed key replays its stored response with Idempotent-Replayed: true; another
  * body or route under the same key is 422; a key still in flight is 409 with Retry-After.
- * Runs after authentication and body validation, so nothing is stored for a rejected request.
+ * Runs after authentication and body validation, so nothing is stored for a rejected request. The
+ * claim itself travels with the handler's first statements (see IdempotencyService.claimPrelude and
+ * the router's runHandler), which answers through {@link answerClaim} when the key is taken.
  */
-export function idempotencyMiddleware(service: IdempotencyService, route: { method: string; path: string; required: boolean }, metrics: IdempotencyMetrics = {}) {
+export function idempotencyMiddleware(service: IdempotencyService, route: { method: string; path: string; required: boolean }) {
   return tagMiddleware(async function idempotency(req: Request, res: Response, next: NextFunction) {
     try {
       const principal = res.locals.principal as Principal;
@@ -55,37 +65,47 @@ export function idempotencyMiddleware(service: IdempotencyService, route: { meth
       // The route template, not the concrete URL, plus the concrete params inside the fingerprint.
       const routeId = `${method} ${route.path}`;
       const fingerprint = requestFingerprint(method, route.path, { params: req.params, body: res.locals.body ?? req.body ?? null });
-      const claim = await service.claim(em, { tenantId: principal.tenantId, principal: principal.sub, key, method, route: routeId, fingerprint });
-      switch (claim.outcome) {
-        case 'claimed':
-          res.locals.idempotency = { record: claim.record, hash: claim.hash } satisfies IdempotencyState;
-          return next();
-        case 'replay': {
-          metrics.replays?.inc();
-          const r = claim.record;
-          for (const [k, v] of Object.entries(r.responseHeaders ?? {})) res.setHeader(k, v);
-          res.setHeader(REPLAYED_HEADER, 'true');
-          res.status(r.responseStatus ?? 200);
-          if (r.responseBody === null || r.responseBody === undefined) res.end();
-          else res.send(typeof r.responseBody === 'string' ? r.responseBody : JSON.stringify(r.responseBody));
-          return;
-        }
-        case 'mismatch':
-          metrics.conflicts?.inc({ reason: 'mismatch' });
-          throw new AppError('idempotency_key_reused', 'Unprocessable Content', {
-            status: 422,
-            retryable: false,
-            detail: `This ${IDEMPOTENCY_HEADER} was already used with a different request (other body, parameters or route).`,
-          });
-        case 'in_progress':
-          metrics.conflicts?.inc({ reason: 'in_progress' });
-          throw new ConflictError('idempotency_key_in_use', `A request with this ${IDEMPOTENCY_HEADER} is still being processed. Retry later.`, {
-            retryable: true,
-            headers: { 'Retry-After': String(claim.retryAfterSeconds) },
-          });
-      }
+      const input: ClaimInput = { tenantId: principal.tenantId, principal: principal.sub, key, method, route: routeId, fingerprint };
+      const pending = service.claimPrelude(em, input);
+      res.locals.idempotency = { pending, input, hash: pending.hash } satisfies IdempotencyState;
+      return next();
     } catch (e) {
       next(e);
     }
   }, 'idempotency');
+}
+
+/**
+ * Answers a request whose key another request holds: replays the stored response (true), or throws
+ * 422 (another request under the key) or 409 with Retry-After (still in flight). A `claimed` result
+ * is not answered here (false): the caller runs the handler with it.
+ */
+export function answerClaim(res: Response, claim: ClaimResult, metrics: IdempotencyMetrics = {}): boolean {
+  switch (claim.outcome) {
+    case 'claimed':
+      return false;
+    case 'replay': {
+      metrics.replays?.inc();
+      const r = claim.record;
+      for (const [k, v] of Object.entries(r.responseHeaders ?? {})) res.setHeader(k, v);
+      res.setHeader(REPLAYED_HEADER, 'true');
+      res.status(r.responseStatus ?? 200);
+      if (r.responseBody === null || r.responseBody === undefined) res.end();
+      else res.send(typeof r.responseBody === 'string' ? r.responseBody : JSON.stringify(r.responseBody));
+      return true;
+    }
+    case 'mismatch':
+      metrics.conflicts?.inc({ reason: 'mismatch' });
+      throw new AppError('idempotency_key_reused', 'Unprocessable Content', {
+        status: 422,
+        retryable: false,
+        detail: `This ${IDEMPOTENCY_HEADER} was already used with a different request (other body, parameters or route).`,
+      });
+    case 'in_progress':
+      metrics.conflicts?.inc({ reason: 'in_progress' });
+      throw new ConflictError('idempotency_key_in_use', `A request with this ${IDEMPOTENCY_HEADER} is still being processed. Retry later.`, {
+        retryable: true,
+        headers: { 'Retry-After': String(claim.retryAfterSeconds) },
+      });
+  }
 }

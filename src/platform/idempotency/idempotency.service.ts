@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto';
 import type { EntityManager } from '@mikro-orm/postgresql';
 import { ValidationError } from '../errors/app-error.ts';
 import { canonicalJson, sha256Hex } from './canonical-json.ts';
-import { DEFER_UNTIL_NEXT } from '../db/coalescing-client.ts';
+import { DEFER_UNTIL_NEXT, Prelude } from '../db/coalescing-client.ts';
 
 export const IDEMPOTENCY_HEADER = 'Idempotency-Key';
 export const REPLAYED_HEADER = 'Idempotent-Replayed';
@@ -175,6 +175,17 @@ const INSERT_OR_FIND = `with ins as (
            from idempotency_keys
           where tenant_id = ? and principal = ? and idempotency_key = ? and not exists (select 1 from ins)`;
 
+/** In the error a claim sent as a prelude raises when the key is already there (see claimPrelude). */
+const KEY_TAKEN = 'idempotency key already claimed';
+
+/** A claim sent ahead of the handler's transaction (claimPrelude), and what it will be known as. */
+export interface PendingClaim {
+  prelude: Prelude;
+  /** The record's id if the claim inserts it, and the submission hash derived from it. */
+  recordId: string;
+  hash: string;
+}
+
 /** Idempotency keys, stored per tenant under RLS: claim, get_existing, store, release. */
 export class IdempotencyService {
   readonly ttlMs: number;
@@ -213,6 +224,48 @@ export class IdempotencyService {
     if (record.status === 'completed') return { outcome: 'replay', record };
     const lockedFor = record.lockedAt ? Date.now() - record.lockedAt.getTime() : 0;
     return { outcome: 'in_progress', record, retryAfterSeconds: Math.max(1, Math.ceil((this.leaseMs - lockedFor) / 1000)) };
+  }
+
+  /**
+   * The common claim — a new key — as a prelude to the handler's transaction (coalescing-client.ts):
+   * its own short transaction, committed asynchronously, with the lock timeout, sent in the same
+   * message as the handler's first statements, so a keyed request costs no round trip more than an
+   * unkeyed one. The claim inserts the key or raises: when the key is already there, PostgreSQL skips
+   * the rest of the message, so nothing of the handler runs (not even its per-tenant lock, which a
+   * duplicate must never wait for), and `claim` then says what the key holds (replay, 409, 422, or a
+   * takeover). The record id is chosen here, so the handler knows its submission hash up front.
+   */
+  claimPrelude(em: EntityManager, input: ClaimInput): PendingClaim {
+    const recordId = randomUUID();
+    const sql = em.getPlatform().formatQuery(
+      `select set_config('app.tenant_id', ?, true), set_config('lock_timeout', ?, true), set_config('synchronous_commit', 'off', true);
+       with ins as (
+           insert into idempotency_keys (id, tenant_id, principal, idempotency_key, method, route, fingerprint, status, locked_at, created_at, expires_at)
+           values (?, ?, ?, ?, ?, ?, ?, 'in_progress', now(), now(), now() + ? * interval '1 millisecond')
+           on conflict (tenant_id, principal, idempotency_key) do nothing
+           returning ${COLUMNS})
+       select ins.*, (case when ins.id is null then '${KEY_TAKEN}' else '1' end)::int = 1 as inserted
+         from (select 1) one left join ins on true`,
+      [input.tenantId, `${this.lockTimeoutMs}ms`, recordId, input.tenantId, input.principal, input.key, input.method, input.route, input.fingerprint, this.ttlMs],
+    );
+    return { prelude: new Prelude(sql, 2), recordId, hash: submissionHash(input.tenantId, recordId) };
+  }
+
+  /**
+   * What a sent prelude claim found: `claimed` (with its record), `in_progress` (the key's row was
+   * locked past the lock timeout), `taken` (the key exists: ask `claim`), or `unknown` (not sent, or
+   * the message failed for another reason — the claim may or may not have committed; its lease then
+   * lets a retry take it over).
+   */
+  preludeOutcome(pending: PendingClaim): { outcome: 'claimed'; record: IdempotencyRecord } | { outcome: 'in_progress' | 'taken' | 'unknown' } {
+    const { prelude } = pending;
+    const row = prelude.result?.rows[0] as Row | undefined;
+    if (row?.inserted) return { outcome: 'claimed', record: toRecord(row) };
+    if (prelude.failed) {
+      if (hasCode(prelude.error, LOCK_NOT_AVAILABLE)) return { outcome: 'in_progress' };
+      if (String((prelude.error as { message?: unknown }).message ?? '').includes(KEY_TAKEN)) return { outcome: 'taken' };
+    }
+    return { outcome: 'unknown' };
   }
 
   /**
