@@ -140,6 +140,14 @@ describe('queries name their tenant', () => {
       expect(planned).toBeGreaterThan(15);
       expect(parts.some((s) => /from durable_checkpoints c where/.test(s))).toBe(true);
       expect(found).toEqual([]);
+      // Lists read a page in index order, not every row of the tenant sorted: the approvals list
+      // without a status filter (newest first) included.
+      const lists = parts.filter((sql) => /^select [\s\S]* from (approval_requests|durable_runs r) where tenant_id = '[^']+'\s+(and workflow = '[^']+'\s+)?order by created_at desc/.test(sql));
+      expect(lists.length).toBeGreaterThanOrEqual(2);
+      for (const sql of lists) {
+        const { rows } = await admin.query(`explain (format json) ${sql}`);
+        expect(JSON.stringify(rows[0]['QUERY PLAN']), sql).not.toMatch(/"Node Type":"Sort"/);
+      }
     } finally {
       await admin.end();
     }

@@ -23,7 +23,11 @@ export const ApprovalRequest = defineEntity({
     updatedAt: p.datetime(),
   },
   uniques: [{ name: 'approval_requests_tenant_run_unique', properties: ['tenantId', 'runId'] }],
-  indexes: [{ name: 'approval_requests_tenant_status_index', properties: ['tenantId', 'status', 'createdAt'] }],
+  indexes: [
+    { name: 'approval_requests_tenant_status_index', properties: ['tenantId', 'status', 'createdAt'] },
+    // The approvals list without a status filter: newest first within the tenant, read a page at a time.
+    { name: 'approval_requests_tenant_created_index', properties: ['tenantId', 'createdAt'] },
+  ],
   rowLevelSecurity: 'force',
   policies: [tenantIsolationPolicy('approval_requests')],
 });
