@@ -5,7 +5,7 @@ export class Migration20261202062557_approvals_newest_first_index extends Migrat
   override name = 'Migration20261202062557_approvals_newest_first_index';
 
   override up(): void | Promise<void> {
-    this.addSql(`create index "approval_requests_tenant_created_index" on "approval_requests" ("tenant_id", "created_at");`);
+    this.addSql(`create index if not exists "approval_requests_tenant_created_index" on "approval_requests" ("tenant_id", "created_at");`);
   }
 
   override down(): void | Promise<void> {
