@@ -6,6 +6,7 @@ import { median, round } from './lib/stats.ts';
 import type { Plan } from './plan.ts';
 import type { RecoveryResult } from './scenarios/recovery.ts';
 import type { FloorResult } from './scenarios/floor.ts';
+import type { FixedRateResult } from './scenarios/http.ts';
 
 type M = Measured<LoopResult>;
 
@@ -29,8 +30,24 @@ export interface Results {
   data?: Array<{ rows: number; tenants: number; m: M }>;
 }
 
-type FixedRate = { post: Latency; achievedRate: number; sent: number; failed: number; statuses: Record<string, number> };
+type FixedRate = Omit<FixedRateResult, 'cpuMs' | 'wallMs'> & Partial<Pick<FixedRateResult, 'cpuMs' | 'wallMs'>>;
 type Cell = number | string | undefined;
+
+/**
+ * How busy the machine was during a fixed-rate window: CPUs used by the whole stack (of the machine's),
+ * and by each part. Older reports did not measure it.
+ */
+function busy(f: FixedRate | undefined, cpus: number | undefined): string | undefined {
+  if (!f?.cpuMs || !f.wallMs) return undefined;
+  const c = f.cpuMs;
+  const wall = f.wallMs;
+  const of = (ms: number) => round(ms / wall, 2);
+  const total = c.api + c.workers + c.postgres + (Number.isFinite(c.redis) ? c.redis : 0) + c.loadGenerator;
+  const parts: Array<[string, number]> = [['API', c.api], ['worker', c.workers], ['PostgreSQL', c.postgres], ['Redis', c.redis], ['load generator', c.loadGenerator]];
+  // A part that did not run (the workers of the API-alone window) is left out, not shown as 0.
+  const shown = parts.filter(([name, ms]) => name !== 'worker' || ms > 0).map(([name, ms]) => `${name} ${of(ms)}`);
+  return `${of(total)}${cpus ? ` of ${cpus}` : ''} (${shown.join(', ')})`;
+}
 
 /** "0 of 3000 refused", or "1546 of 3000 refused: 503×1546" (503: load shedding, 429: rate limit). */
 function failures(f: FixedRate): string {
@@ -166,12 +183,20 @@ export function buildReport(r: Results): Report {
     ours: fr ? `${round(fr.post.p50)} / ${round(fr.post.max)} (${round(fr.achievedRate)}/s, ${failures(fr)})` : undefined,
   });
   add({ section: s5, figure: `TARGET POST p99 at ${r.plan.fixedRate.rps} submissions/s (a worker running on the same machine), ms`, ours: fr?.post.p99, target: '<= 20 ms', status: target('POST p99 at 200 submissions/s (ms), every POST accepted', '<= 20 ms', fr?.post.p99, (v) => v <= 20 && fr?.failed === 0) });
+  add({ section: s5, figure: `  CPUs busy during that window (API, worker, PostgreSQL, Redis, load generator)`, ours: busy(fr, r.machine?.cpus) });
+  const capacity = r.e2e?.result.runsPerSec;
+  add({
+    section: s5,
+    figure: `  ${r.plan.fixedRate.rps}/s as a share of the whole stack's capacity on this machine (section 1's closed loop, runs/s)`,
+    ours: capacity ? `${round((r.plan.fixedRate.rps / capacity) * 100)} % (of ${round(capacity)})` : undefined,
+  });
   const alone = r.fixedRateApiAlone;
   add({
     section: s5,
     figure: `POST p50 / p99 ms at ${r.plan.fixedRate.rps}/s, API alone (workers stopped; sent rate, refusals)`,
     ours: alone ? `${round(alone.post.p50)} / ${round(alone.post.p99)} (${round(alone.achievedRate)}/s, ${failures(alone)})` : undefined,
   });
+  add({ section: s5, figure: `  CPUs busy during that window (API, PostgreSQL, Redis, load generator)`, ours: busy(alone, r.machine?.cpus) });
 
   // 6. Recovery
   const rec = r.recovery;

@@ -12,6 +12,20 @@ import type { LoopOpts } from './engine.ts';
 /** Submissions come from this many tenants, round-robin (the per-tenant rate limit is 600 per minute). */
 export const TENANTS = 50;
 
+/**
+ * POSTs at a fixed rate: latency of each, and the CPU every part of the stack used meanwhile (ms over
+ * the window), so the figure can be read against how busy the machine was.
+ */
+export interface FixedRateResult {
+  post: Latency;
+  achievedRate: number;
+  sent: number;
+  failed: number;
+  statuses: Record<string, number>;
+  wallMs: number;
+  cpuMs: { api: number; workers: number; postgres: number; redis: number; loadGenerator: number };
+}
+
 /** Our whole stack: the API process (production app) and worker processes, driven over HTTP. */
 export interface HttpTarget {
   api: Child;
@@ -22,7 +36,7 @@ export interface HttpTarget {
   /** POST latency with and without the idempotency layer: `pairs` sequential pairs, alternating. */
   idempotencyPairs(pairs: number): Promise<{ withKey: Latency; withoutKey: Latency; deltaP50: number }>;
   /** Open loop: POSTs at `rate` per second for `seconds`, latency of each. */
-  fixedRate(rate: number, seconds: number): Promise<{ post: Latency; achievedRate: number; sent: number; failed: number; statuses: Record<string, number> }>;
+  fixedRate(rate: number, seconds: number): Promise<FixedRateResult>;
   /** Stops the worker processes (the API keeps running). */
   stopWorkers(): Promise<void>;
   close(): Promise<void>;
@@ -72,7 +86,10 @@ export async function openHttp(target: OursTarget, workerCount: number): Promise
       return { withKey: a, withoutKey: b, deltaP50: a.p50 - b.p50 };
     },
     async fixedRate(rate, seconds) {
-      const results = await openLoop({ rate, seconds, fire: () => client.post(GOLDEN_PATH_POST, tokenOf(), CLASS_A_SUBMISSION, randomUUID(), { allowErrors: true }) });
+      const fire = () => client.post(GOLDEN_PATH_POST, tokenOf(), CLASS_A_SUBMISSION, randomUUID(), { allowErrors: true });
+      const live = workers.filter((w) => w.alive());
+      const m = await measure({ database: target.db.name, workers: live, others: [api], accounting: false, fn: () => openLoop({ rate, seconds, fire }) });
+      const results = m.result;
       const first = Math.min(...results.map((r) => r.sentAt));
       const last = Math.max(...results.map((r) => r.sentAt));
       const statuses: Record<string, number> = {};
@@ -84,6 +101,8 @@ export async function openHttp(target: OursTarget, workerCount: number): Promise
         sent: results.length,
         failed: results.filter((r) => r.status !== 202).length,
         statuses,
+        wallMs: m.wallMs,
+        cpuMs: { api: m.otherCpuMs, workers: m.workerCpuMs, postgres: m.pgCpuMs, redis: m.redisCpuMs, loadGenerator: m.localCpuMs },
       };
     },
     async stopWorkers() {
