@@ -160,7 +160,12 @@ export function buildReport(r: Results): Report {
   const rlsPct = rlsOn !== undefined && rlsOff !== undefined ? (rlsOn / rlsOff - 1) * 100 : undefined;
   add({ section: s5, figure: `step p50 ms, RLS on (app role) / off (owner, NO FORCE), ${r.plan.rls.inFlight} in flight, ${r.rls?.on.length ?? 0} rounds`, ours: rlsOn !== undefined ? `${round(rlsOn, 2)} / ${round(rlsOff ?? Number.NaN, 2)}` : undefined });
   const pgStep = (ms: M[] | undefined) => (ms?.length ? median(ms.map((m) => (m.step.n ? m.pgCpuMs / m.step.n : Number.NaN))) : undefined);
-  add({ section: s5, figure: 'PostgreSQL CPU ms per step, RLS on / off', ours: r.rls?.on.length ? `${round(pgStep(r.rls.on)!, 2)} / ${round(pgStep(r.rls.off)!, 2)}` : undefined });
+  const pgControl = pgStep(r.rls?.control);
+  add({
+    section: s5,
+    figure: 'PostgreSQL CPU ms per step, RLS on / off (/ the A/A control side)',
+    ours: r.rls?.on.length ? `${round(pgStep(r.rls.on)!, 2)} / ${round(pgStep(r.rls.off)!, 2)}${pgControl !== undefined ? ` (/ ${round(pgControl, 2)})` : ''}` : undefined,
+  });
   add({
     section: s5,
     figure: 'engine runs/s, RLS on / off',
