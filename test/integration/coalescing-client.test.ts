@@ -195,7 +195,55 @@ describe('coalescing client', () => {
     expect(row?.n).toBe('0');
   });
 
-  it('a query with bind parameters is never merged: what is held goes first, in order', async () => {
+  it('statements run as prepared statements: parsed once per connection, each execution with its own values', async () => {
+    const tenant = randomUUID();
+    const ids = [randomUUID(), randomUUID()];
+    for (const id of ids) {
+      await tenantEm(orm, tenant).transactional((tx) =>
+        tx.execute(`insert into durable_runs (id, tenant_id, workflow, workflow_version, idempotency_hash, status, principal, input, correlation_id, sequence_num, step_count, created_at, updated_at)
+                    values (?, ?, 'golden-path', 1, ?, 'pending', ?, ?::jsonb, 'c', 0, 4, ?, now())`, [id, tenant, randomUUID(), "o'brien \\ x", { a: [1, 'two'] }, new Date('2026-12-02T10:11:12.345Z')], 'run'),
+      );
+    }
+    const rows = await tenantEm(orm, tenant).transactional((tx) =>
+      tx.execute<{ id: string; principal: string; input: unknown; created_at: Date }[]>(`select id, principal, input, created_at from durable_runs where tenant_id = ? order by created_at, id`, [tenant]),
+    );
+    expect(rows.map((r) => r.id).sort()).toEqual([...ids].sort());
+    expect(rows[0]).toMatchObject({ principal: "o'brien \\ x", input: { a: [1, 'two'] } });
+    expect(new Date(rows[0]!.created_at).toISOString()).toBe('2026-12-02T10:11:12.345Z');
+    // The one pooled connection holds the insert once, however often it ran.
+    const prepared = await tenantEm(orm, tenant).transactional((tx) => tx.execute<{ statement: string }[]>(`select statement from pg_prepared_statements where statement like ?`, ['%into durable_runs (id, tenant_id, workflow, workflow_version, idempotency_hash%']));
+    expect(prepared).toHaveLength(1);
+    expect(prepared[0]!.statement).toMatch(/values \(\$1, \$2, 'golden-path', 1, \$3/);
+  });
+
+  it('a statement that fails to parse is not taken for prepared: it fails the same way again, and the statements after it still run', async () => {
+    const tenant = randomUUID();
+    const broken = (tx: any) => tx.execute(`${DEFER_UNTIL_NEXT}insert into durable_runs (id) valeus (?)`, [randomUUID()], 'run');
+    for (let i = 0; i < 2; i++) {
+      await expect(tenantEm(orm, tenant).transactional(async (tx) => broken(tx))).rejects.toThrow(/syntax error/);
+    }
+    const [row] = await tenantEm(orm, tenant).transactional((tx) => tx.execute<{ t: string }[]>(`select current_setting(?, true) as t`, ['app.tenant_id']));
+    expect(row?.t).toBe(tenant);
+  });
+
+  it('a table changed under a prepared statement fails that execution once, then the statement is prepared again', async () => {
+    // The owner may create tables (the application role may not); one connection, so the same session each time.
+    const owner = await createOrm(stack.container.config, { entities, role: 'owner', clientUrl: stack.db.ownerUrl, poolMax: 1 });
+    try {
+      const conn = owner.em.getConnection();
+      await conn.execute(`create temporary table plan_change (a int)`);
+      await conn.execute(`insert into plan_change values (1)`);
+      const read = () => owner.em.fork().transactional((tx) => tx.execute<Record<string, unknown>[]>(`select * from plan_change where a = ?`, [1]));
+      expect(await read()).toEqual([{ a: 1 }]);
+      await conn.execute(`alter table plan_change add column b int default 2`);
+      await expect(read()).rejects.toMatchObject({ code: '0A000' });
+      expect(await read()).toEqual([{ a: 1, b: 2 }]);
+    } finally {
+      await owner.close(true);
+    }
+  });
+
+  it('a query with bind parameters travels with what is held, in order, in one message', async () => {
     const client = new CoalescingClient({ connectionString: stack.db.appUrl });
     await client.connect();
     try {

@@ -165,7 +165,9 @@ describe('the first request and its replays', () => {
     const messages: string[] = [];
     const original = pg.Client.prototype.query;
     pg.Client.prototype.query = function (this: pg.Client, config: any, ...rest: any[]) {
-      if (typeof config === 'string') messages.push(config);
+      // A string is a simple-protocol message; a statement batch (prepared statements) renders its text.
+      const text: unknown = typeof config === 'string' ? config : config?.text;
+      if (typeof text === 'string') messages.push(text);
       return (original as any).call(this, config, ...rest);
     } as any;
     let res: Awaited<ReturnType<typeof api>>;

@@ -3,6 +3,7 @@ import { randomUUID } from 'node:crypto';
 import pg from 'pg';
 import { api, CLASS_A_SUBMISSION, CLASS_C_SUBMISSION, newTenant, SAMPLE_SUBMISSION, startStack, type TestStack } from '../helpers/stack.ts';
 import { waitFor } from '../helpers/poll.ts';
+import { inlineStatement } from '../../src/platform/db/statement-batch.ts';
 import { CoalescingClient, DEFER_UNTIL_NEXT } from '../../src/platform/db/coalescing-client.ts';
 import { createContainer, type Container } from '../../src/container.ts';
 import { startWorkerProcess, type WorkerProcess } from '../../src/worker-runtime.ts';
@@ -41,7 +42,8 @@ const waitStatus = (id: string, statuses: string[]) =>
 beforeAll(async () => {
   // Recorded before the coalescing client merges them: one statement per call, as MikroORM issues it.
   CoalescingClient.prototype.query = function (this: CoalescingClient, config: any, values?: any, callback?: any) {
-    if (typeof config === 'string') statements.add(config);
+    // Bound statements are recorded with their values written in, so they can be planned below as they ran.
+    if (typeof config === 'string') statements.add(Array.isArray(values) && values.length > 0 ? inlineStatement({ text: config, values }) : config);
     return originalQuery.call(this, config, values, callback);
   };
   stack = await startStack({ env: { APPROVAL_SLA_B: '1s' } });

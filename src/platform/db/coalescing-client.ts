@@ -1,5 +1,6 @@
 import { AsyncLocalStorage } from 'node:async_hooks';
 import pg from 'pg';
+import { PreparedNames, StatementBatch, inlineStatement, type Statement } from './statement-batch.ts';
 
 /**
  * A `pg` client that sends fewer round trips without changing what a transaction does.
@@ -7,9 +8,12 @@ import pg from 'pg';
  * On this kind of machine a round trip costs ~100 µs of CPU in the client and as much in the server
  * (docs/performance.md), and MikroORM opens every tenant transaction with two statements whose results
  * nobody reads: `begin` and `select set_config('app.tenant_id', …, true)`. This client holds such
- * statements back and sends them, in order, in the same simple-protocol message as the next statement
- * on the connection (PostgreSQL runs a multi-statement message statement by statement; an explicit
- * `begin` in it leaves the transaction open afterwards). The next statement's result is returned: a
+ * statements back and sends them, in order, in the same message as the next statement on the
+ * connection. That message is an extended-protocol batch of prepared statements (statement-batch.ts:
+ * each statement parsed once per connection, MikroORM's parameters bound by binding-driver.ts) when
+ * every statement in it is a single one; otherwise a simple-protocol message with the values written
+ * in. Either way PostgreSQL runs the statements in order, an explicit `begin` leaves the transaction
+ * open afterwards, and a failing statement stops the rest. The next statement's result is returned: a
  * message of several statements, merged here or written so by the caller, answers with its last
  * statement's result.
  *
@@ -23,13 +27,13 @@ import pg from 'pg';
  *   statement it was sent with (a later read, or the commit) raises the error, and the caller's
  *   transaction rolls back as it would have.
  *
- * Held-back statements answer at once with an empty result. Queries with bind parameters or given as
- * objects (cursors, prepared statements) are never merged: what is held is sent just before them.
- * MikroORM inlines parameters itself, so its statements all take the merging path.
+ * Held-back statements answer at once with an empty result. Queries given as objects (cursors, pg
+ * query configs) are never merged: what is held is sent just before them.
  */
 export const DEFER_UNTIL_NEXT = '/* dealix:defer-until-next */ ';
 
-const SET_CONFIG = String.raw`set_config\('[a-z0-9_.]+', '(?:[^']|'')*', true\)`;
+// MikroORM binds the setting's name and value (prepared-connection.ts); a caller may also write them in.
+const SET_CONFIG = String.raw`set_config\((?:'[a-z0-9_.]+', '(?:[^']|'')*'|\$\d+, \$\d+), true\)`;
 const SESSION_STATEMENT = new RegExp(String.raw`^(?:begin|set local role "(?:[^"]|"")+"|select ${SET_CONFIG}(?:, ${SET_CONFIG})*)$`, 'i');
 
 const holdInserts = new AsyncLocalStorage<true>();
@@ -88,18 +92,34 @@ const lastResult = (r: pg.QueryResult | pg.QueryResult[]): pg.QueryResult => (Ar
 const held = (command: string): pg.QueryResult => ({ command, rowCount: 0, oid: 0, rows: [], fields: [] });
 
 /** True for the statements this client may hold back until the next one. */
-export function isDeferrable(text: string): boolean {
-  return text.startsWith(DEFER_UNTIL_NEXT) || SESSION_STATEMENT.test(text);
+export function isDeferrable(text: string, values?: readonly unknown[]): boolean {
+  if (text.startsWith(DEFER_UNTIL_NEXT)) return true;
+  if (!SESSION_STATEMENT.test(text)) return false;
+  // Bound settings: each set_config's name (the odd parameters) must be a plain setting name, as written-in ones are.
+  return !values?.length || values.every((v, i) => i % 2 === 1 || (typeof v === 'string' && /^[a-z0-9_.]+$/.test(v)));
 }
 
+/** A statement that can be one of an extended-protocol batch: bound values make it one statement; without, no `;` in it. */
+const batchable = (s: Statement): boolean => s.values !== undefined || !s.text.includes(';');
+
 export class CoalescingClient extends pg.Client {
-  #pending: string[] = [];
+  #pending: Statement[] = [];
   /** The error of a prelude that failed, until the transaction it led is rolled back. */
   #poisoned: unknown;
+  readonly #prepared = new PreparedNames();
 
-  /** Statements held back on this connection (for tests). */
+  constructor(config?: string | pg.ClientConfig) {
+    super(config);
+    // pg tracks the ParseComplete of its own named queries only; a batch counts its own.
+    (this as unknown as { connection: NodeJS.EventEmitter }).connection.on('parseComplete', () => {
+      const active = (this as unknown as { _activeQuery?: unknown })._activeQuery;
+      if (active instanceof StatementBatch) active.parseComplete();
+    });
+  }
+
+  /** Statements held back on this connection, with their values written in (for tests). */
   get pendingStatements(): readonly string[] {
-    return this.#pending;
+    return this.#pending.map(inlineStatement);
   }
 
   // pg's overloads cannot be restated precisely here; the three call forms are handled explicitly.
@@ -109,27 +129,44 @@ export class CoalescingClient extends pg.Client {
       if (typeof config === 'string' && /^(rollback|begin)$/i.test(config)) this.#poisoned = undefined;
       else return Promise.reject(this.#poisoned);
     }
-    const simple = typeof config === 'string' && typeof values !== 'function' && callback === undefined && (values === undefined || (Array.isArray(values) && values.length === 0));
-    if (!simple) {
+    const plain = typeof config === 'string' && typeof values !== 'function' && callback === undefined && (values === undefined || Array.isArray(values));
+    if (!plain) {
       this.sendHeld();
       return super.query(config, values, callback);
     }
-    const text = config as string;
+    const statement: Statement = Array.isArray(values) && values.length > 0 ? { text: config as string, values } : { text: config as string };
     const prelude = preludes.getStore();
     // Not with a rollback: a transaction that ends before it sent anything had no use for the claim.
-    if (prelude && !prelude.sent && !isDeferrable(text) && !/^rollback$/i.test(text) && /^begin$/i.test(this.#pending[0] ?? '')) return this.sendWithPrelude(prelude, text);
-    if (isDeferrable(text)) {
-      this.#pending.push(text);
-      return Promise.resolve(held(text.startsWith(DEFER_UNTIL_NEXT) ? 'DEFERRED' : (text.split(' ', 1)[0] ?? '').toUpperCase()));
+    if (prelude && !prelude.sent && !isDeferrable(statement.text, statement.values) && !/^rollback$/i.test(statement.text) && /^begin$/i.test(this.#pending[0]?.text ?? '')) return this.sendWithPrelude(prelude, statement);
+    if (isDeferrable(statement.text, statement.values)) {
+      this.#pending.push(statement);
+      return Promise.resolve(held(statement.text.startsWith(DEFER_UNTIL_NEXT) ? 'DEFERRED' : (statement.text.split(' ', 1)[0] ?? '').toUpperCase()));
     }
-    const merged = this.#pending.length === 0 ? text : `${this.#pending.join(';\n')};\n${text}`;
+    const statements = [...this.#pending, statement];
     this.#pending = [];
-    return (super.query(merged) as Promise<pg.QueryResult | pg.QueryResult[]>).then(lastResult);
+    return this.send(statements).then(lastResult);
   }
 
-  private sendWithPrelude(prelude: Prelude, text: string): Promise<pg.QueryResult> {
+  /**
+   * One message for `statements`: an extended-protocol batch of prepared statements when each is one
+   * statement (statement-batch.ts), else a simple-protocol message with the values written in.
+   */
+  private send(statements: Statement[]): Promise<pg.QueryResult | pg.QueryResult[]> {
+    if (statements.length === 1 && statements[0]!.values === undefined) return super.query(statements[0]!.text) as unknown as Promise<pg.QueryResult>;
+    if (statements.every(batchable)) {
+      const batch = new StatementBatch(statements, (this as unknown as { _types: unknown })._types, this.#prepared);
+      const done = new Promise<pg.QueryResult[]>((resolve, reject) => {
+        batch.callback = (err, results) => (err ? reject(err) : resolve(results!));
+      });
+      super.query(batch as never);
+      return done;
+    }
+    return super.query(statements.map(inlineStatement).join(';\n')) as unknown as Promise<pg.QueryResult | pg.QueryResult[]>;
+  }
+
+  private sendWithPrelude(prelude: Prelude, statement: Statement): Promise<pg.QueryResult> {
     prelude.sent = true;
-    const merged = `${prelude.sql};\ncommit;\n${this.#pending.join(';\n')};\n${text}`;
+    const merged = [prelude.sql, 'commit', ...this.#pending.map(inlineStatement), inlineStatement(statement)].join(';\n');
     this.#pending = [];
     return (super.query(merged) as unknown as Promise<pg.QueryResult[]>).then(
       (results) => {
@@ -147,12 +184,12 @@ export class CoalescingClient extends pg.Client {
   /**
    * Sends what is held as its own message ahead of a query that cannot carry it. Inside a transaction
    * a failure of it aborts the transaction, so that query fails too (as "current transaction is
-   * aborted"); MikroORM never takes this path, since it inlines parameters and uses no cursors here.
+   * aborted"); MikroORM never takes this path, since it uses no cursors or query objects here.
    */
   private sendHeld(): void {
     if (this.#pending.length === 0) return;
-    const text = this.#pending.join(';\n');
+    const statements = this.#pending;
     this.#pending = [];
-    (super.query(text) as Promise<unknown>).catch(() => {});
+    this.send(statements).catch(() => {});
   }
 }

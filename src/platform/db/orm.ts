@@ -4,6 +4,7 @@ import type { EntitySchema } from '@mikro-orm/core';
 import { fileURLToPath } from 'node:url';
 import type { Config } from '../config/config.ts';
 import { CoalescingClient, markHeldInsert } from './coalescing-client.ts';
+import { BindingPostgreSqlDriver } from './binding-driver.ts';
 
 export const MIGRATIONS_PATH = fileURLToPath(new URL('../../../migrations', import.meta.url));
 
@@ -23,6 +24,8 @@ export function ormConfig(config: Config, opts: OrmOptions): Options {
   const clientUrl = opts.clientUrl ?? (opts.role === 'owner' ? config.MIGRATION_DATABASE_URL : config.DATABASE_URL);
   return defineConfig({
     clientUrl,
+    // Parameters bound, not written in: statements run as prepared statements (binding-driver.ts).
+    driver: BindingPostgreSqlDriver,
     entities: opts.entities,
     extensions: [Migrator],
     debug: opts.debug ?? false,

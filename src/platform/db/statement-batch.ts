@@ -1,0 +1,201 @@
+import pg from 'pg';
+
+/**
+ * Several statements in ONE extended-protocol message to PostgreSQL, each as a named prepared
+ * statement: `Parse` (only the first time the connection sees the statement), `Bind`, `Describe`,
+ * `Execute` per statement, then one `Sync`. PostgreSQL runs them in order and answers once; if one
+ * fails it skips the rest until the `Sync`, exactly as it does with a simple-protocol message of
+ * several statements (coalescing-client.ts relies on that), but it parses and plans each statement
+ * once per connection instead of once per execution (measured in docs/performance.md; ADR 0004).
+ *
+ * node-postgres (pg 8) sends one statement per message; this is a pg "submittable" (the interface
+ * pg-cursor uses) that writes the messages itself and collects each statement's result with pg's own
+ * `Result` and the client's type parsers.
+ */
+
+const { Result, utils, escapeLiteral } = pg as unknown as {
+  Result: new (rowMode: undefined, types: unknown) => PgResult;
+  utils: { prepareValue(value: unknown): unknown };
+  escapeLiteral(value: string): string;
+};
+
+interface PgResult extends pg.QueryResult {
+  addFields(fields: unknown[]): void;
+  parseRow(fields: unknown[]): Record<string, unknown>;
+  addRow(row: Record<string, unknown>): void;
+  addCommandComplete(msg: unknown): void;
+}
+
+/** One statement: its text (one statement, `$n` placeholders) and the values bound to them. */
+export interface Statement {
+  text: string;
+  values?: readonly unknown[];
+}
+
+/** The parts of pg's `Connection` a submittable writes to. */
+interface Wire {
+  stream: { cork?(): void; uncork?(): void };
+  parse(msg: { text: string; name: string; types: number[] }): void;
+  bind(msg: { portal: string; statement: string; values: unknown[] }): void;
+  describe(msg: { type: 'P' | 'S'; name: string }): void;
+  execute(msg: { portal: string; rows: number }): void;
+  close(msg: { type: 'P' | 'S'; name: string }): void;
+  sync(): void;
+  sendCopyFail(message: string): void;
+}
+
+/**
+ * Statement names, process-wide: the same text gets the same name on every connection. Bounded, so a
+ * process that builds statement texts from data (e.g. IN lists of varying length) cannot make every
+ * backend hold an ever-growing set of prepared statements: past the bound, texts run unnamed (parsed
+ * each time, as before).
+ */
+const MAX_NAMED = 500;
+const names = new Map<string, string>();
+function nameFor(text: string): string {
+  let name = names.get(text);
+  if (name === undefined && names.size < MAX_NAMED) names.set(text, (name = `dealix_${names.size}`));
+  return name ?? '';
+}
+
+/** What a connection has prepared: names PostgreSQL holds, and names it may hold with an outdated plan. */
+export class PreparedNames {
+  readonly parsed = new Set<string>();
+  /** Statements to close before preparing again (after "cached plan must not change result type"). */
+  readonly stale = new Set<string>();
+  invalidateAll(): void {
+    for (const n of this.parsed) this.stale.add(n);
+    this.parsed.clear();
+  }
+}
+
+/** A value as a SQL literal, as node-postgres would send it as a parameter. */
+function literal(value: unknown): string {
+  if (value === null || value === undefined) return 'null';
+  if (typeof value === 'number' || typeof value === 'bigint' || typeof value === 'boolean') return String(value);
+  const prepared = utils.prepareValue(value);
+  return prepared === null ? 'null' : escapeLiteral(String(prepared));
+}
+
+/** A statement with its values written in as literals: for a simple-protocol message, and for diagnostics. */
+export function inlineStatement(s: Statement): string {
+  if (!s.values?.length) return s.text;
+  const values = s.values;
+  return s.text.replace(/\$(\d+)/g, (m, i: string) => (Number(i) <= values.length ? literal(values[Number(i) - 1]) : m));
+}
+
+export class StatementBatch {
+  callback: ((err: unknown, results?: pg.QueryResult[]) => void) | undefined;
+  private readonly statements: readonly Statement[];
+  private readonly types: unknown;
+  private readonly prepared: PreparedNames;
+  private readonly results: pg.QueryResult[] = [];
+  private current: PgResult | undefined;
+  private rowError: unknown;
+  /** Names whose Parse this batch sent, in order; each ParseComplete confirms the next one. */
+  private readonly parsing: string[] = [];
+  private confirmed = 0;
+  private settled = false;
+
+  constructor(statements: readonly Statement[], types: unknown, prepared: PreparedNames) {
+    this.statements = statements;
+    this.types = types;
+    this.prepared = prepared;
+  }
+
+  /** The statements as one text with their values written in (what a hook on `query` records). */
+  get text(): string {
+    return this.statements.map(inlineStatement).join(';\n');
+  }
+
+  submit(connection: Wire): Error | null {
+    let values: unknown[][];
+    try {
+      values = this.statements.map((s) => (s.values ?? []).map((v) => utils.prepareValue(v)));
+    } catch (e) {
+      return e as Error; // nothing written: the connection stays usable
+    }
+    const parsingNow = new Set<string>();
+    connection.stream.cork?.();
+    try {
+      this.statements.forEach((s, i) => {
+        // Only statements with bound values are kept prepared: a text with its values written in is
+        // rarely seen twice, and `begin`/`commit` cost nothing to parse.
+        const name = s.values === undefined ? '' : nameFor(s.text);
+        if (name === '' || (!this.prepared.parsed.has(name) && !parsingNow.has(name))) {
+          if (name !== '' && this.prepared.stale.has(name)) connection.close({ type: 'S', name });
+          connection.parse({ text: s.text, name, types: [] });
+          if (name !== '') parsingNow.add(name);
+          this.parsing.push(name);
+        }
+        connection.bind({ portal: '', statement: name, values: values[i]! });
+        connection.describe({ type: 'P', name: '' });
+        connection.execute({ portal: '', rows: 0 });
+      });
+      connection.sync();
+    } finally {
+      connection.stream.uncork?.();
+    }
+    return null;
+  }
+
+  /** A ParseComplete arrived (coalescing-client.ts forwards it): the next Parse this batch sent succeeded. */
+  parseComplete(): void {
+    const name = this.parsing[this.confirmed++];
+    if (name) {
+      this.prepared.parsed.add(name);
+      this.prepared.stale.delete(name);
+    }
+  }
+
+  handleRowDescription(msg: { fields: unknown[] }): void {
+    this.current = new Result(undefined, this.types);
+    this.current.addFields(msg.fields);
+  }
+
+  handleDataRow(msg: { fields: unknown[] }): void {
+    if (this.rowError !== undefined || !this.current) return;
+    try {
+      this.current.addRow(this.current.parseRow(msg.fields));
+    } catch (e) {
+      this.rowError = e;
+    }
+  }
+
+  handleCommandComplete(msg: unknown): void {
+    const result = this.current ?? new Result(undefined, this.types);
+    result.addCommandComplete(msg);
+    this.results.push(result);
+    this.current = undefined;
+  }
+
+  handleEmptyQuery(): void {
+    this.results.push(new Result(undefined, this.types));
+    this.current = undefined;
+  }
+
+  handleError(err: unknown): void {
+    // "cached plan must not change result type": a table changed under a prepared statement (a
+    // migration while running); every statement this connection prepared is closed and prepared again.
+    if ((err as { code?: string }).code === '0A000') this.prepared.invalidateAll();
+    this.settle(this.rowError ?? err);
+  }
+
+  handleReadyForQuery(): void {
+    this.settle(this.rowError, this.results);
+  }
+
+  handlePortalSuspended(): void {}
+
+  handleCopyInResponse(connection: Wire): void {
+    connection.sendCopyFail('No source stream defined');
+  }
+
+  handleCopyData(): void {}
+
+  private settle(err: unknown, results?: pg.QueryResult[]): void {
+    if (this.settled) return;
+    this.settled = true;
+    this.callback?.(err ?? null, err === undefined || err === null ? results : undefined);
+  }
+}

@@ -1,0 +1,35 @@
+import { describe, expect, it } from 'vitest';
+import { raw } from '@mikro-orm/core';
+import { bindParameters } from '../../src/platform/db/binding-driver.ts';
+import { inlineStatement } from '../../src/platform/db/statement-batch.ts';
+
+const platform = { formatDate: (d: Date) => d.toISOString() };
+
+describe('bindParameters: MikroORM statements with bound parameters instead of written-in ones', () => {
+  it('numbers the placeholders and binds strings, numbers, booleans, null, dates (as MikroORM writes them) and plain objects (as JSON)', () => {
+    const at = new Date('2026-12-02T10:11:12.345Z');
+    expect(bindParameters('insert into t (a, b, c, d, e, f, g) values (?, ?, ?, ?, ?::jsonb, ?, ?)', ["o'brien", 2.5, true, null, { k: [1] }, at, 10n], platform)).toEqual({
+      text: 'insert into t (a, b, c, d, e, f, g) values ($1, $2, $3, $4, $5::jsonb, $6, $7)',
+      values: ["o'brien", 2.5, true, null, '{"k":[1]}', '2026-12-02T10:11:12.345Z', '10'],
+    });
+  });
+
+  it('leaves to MikroORM what binding would change: arrays (expanded into lists), raw fragments, buffers, non-finite numbers, undefined', () => {
+    for (const value of [[1, 2], raw('now()'), Buffer.from('x'), Number.NaN, undefined]) {
+      expect(bindParameters('select * from t where a in (?)', [value], platform)).toBeUndefined();
+    }
+  });
+
+  it('leaves to MikroORM texts it could misread: identifiers (??), escaped placeholders, dollar signs, several statements, a placeholder count that does not match', () => {
+    expect(bindParameters('select ?? from t', ['a'], platform)).toBeUndefined();
+    expect(bindParameters('select \\? from t where a = ?', [1], platform)).toBeUndefined();
+    expect(bindParameters('select $1, ?', [1], platform)).toBeUndefined();
+    expect(bindParameters('select ?; select ?', [1, 2], platform)).toBeUndefined();
+    expect(bindParameters('select ?, ?', [1], platform)).toBeUndefined();
+  });
+
+  it('a bound statement written back in reads as MikroORM would have written it', () => {
+    const bound = bindParameters("select ? as a, ? as b, ? as c where d = ?", ["it's \\ here", 3, null, false], platform)!;
+    expect(inlineStatement(bound)).toBe(`select  E'it''s \\\\ here' as a, 3 as b, null as c where d = false`);
+  });
+});
