@@ -2,7 +2,8 @@ import type { Child } from './children.ts';
 import { sampleRss } from './children.ts';
 import { readFileSync } from 'node:fs';
 import { Redis } from 'ioredis';
-import { adminQuery, REDIS_URL, xactCounts } from './bench-db.ts';
+import pg from 'pg';
+import { ADMIN_URL, REDIS_URL, xactCounts } from './bench-db.ts';
 import type { IoCounter } from './io-counter.ts';
 import { latency, sleep, type Latency } from './stats.ts';
 
@@ -63,9 +64,13 @@ export async function measure<T>(args: { database: string; workers: Child[]; oth
   const before = await xactCounts(args.database);
   const rss = sampleRss(() => args.workers.filter((w) => w.alive()).map((w) => w.pid));
   // Backends that serve the database during the run: those connected now and any that connect later.
+  // Watched over one connection: a connection per look would start and end a backend twice a second,
+  // CPU that lands on the machine under test.
   const pgStart = new Map<number, number>();
+  const admin = new pg.Client({ connectionString: ADMIN_URL });
+  await admin.connect();
   const watchBackends = async () => {
-    for (const pid of await backendPids(args.database).catch(() => [] as number[])) if (!pgStart.has(pid)) pgStart.set(pid, procCpuMs(pid));
+    for (const pid of await backendPids(args.database, admin).catch(() => [] as number[])) if (!pgStart.has(pid)) pgStart.set(pid, procCpuMs(pid));
   };
   await watchBackends();
   const watcher = setInterval(() => void watchBackends(), 500);
@@ -79,6 +84,7 @@ export async function measure<T>(args: { database: string; workers: Child[]; oth
   const redisCpuMs = redisPid ? procCpuMs(redisPid) - redis0 : Number.NaN;
   clearInterval(watcher);
   await watchBackends();
+  await admin.end();
   let pgCpuMs = 0;
   for (const [pid, start] of pgStart) pgCpuMs += Math.max(0, procCpuMs(pid) - start);
   const workerRssMax = rss.stop();
@@ -119,8 +125,8 @@ export function procCpuMs(pid: number): number {
 const CLOCK_TICKS = 100;
 
 /** PostgreSQL backends serving `database` right now (their pids, to read their CPU time). */
-export async function backendPids(database: string): Promise<number[]> {
-  const r = await adminQuery(`select pid from pg_stat_activity where datname = $1`, [database]);
+async function backendPids(database: string, admin: pg.Client): Promise<number[]> {
+  const r = await admin.query(`select pid from pg_stat_activity where datname = $1`, [database]);
   return r.rows.map((x: { pid: number }) => x.pid);
 }
 
