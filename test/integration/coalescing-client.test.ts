@@ -216,6 +216,22 @@ describe('coalescing client', () => {
     expect(prepared[0]!.statement).toMatch(/values \(\$1, \$2, 'golden-path', 1, \$3/);
   });
 
+  it('with DATABASE_PREPARED_STATEMENTS=false (a pooler that cannot keep them) nothing stays prepared, and the batch is still one message', async () => {
+    const unnamed = await createOrm({ ...stack.container.config, DATABASE_PREPARED_STATEMENTS: false }, { entities, clientUrl: stack.db.appUrl, poolMax: 1 });
+    try {
+      const tenant = randomUUID();
+      const { result, texts } = await sent(() =>
+        tenantEm(unnamed, tenant).transactional((tx) => tx.execute<{ t: string }[]>(`select current_setting(?, true) as t from durable_runs where tenant_id = ? union all select ?`, ['app.tenant_id', tenant, 'x'])),
+      );
+      expect(result).toEqual([{ t: 'x' }]);
+      expect(texts).toHaveLength(2);
+      const held = await tenantEm(unnamed, tenant).transactional((tx) => tx.execute<{ n: string }[]>(`select count(*) as n from pg_prepared_statements where ? = ?`, [1, 1]));
+      expect(held[0]!.n).toBe('0');
+    } finally {
+      await unnamed.close(true);
+    }
+  });
+
   it('a statement that fails to parse is not taken for prepared: it fails the same way again, and the statements after it still run', async () => {
     const tenant = randomUUID();
     const broken = (tx: any) => tx.execute(`${DEFER_UNTIL_NEXT}insert into durable_runs (id) valeus (?)`, [randomUUID()], 'run');

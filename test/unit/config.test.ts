@@ -28,6 +28,7 @@ describe('configuration', () => {
       JWT_ALGORITHMS: ['HS256'],
       IDEMPOTENCY_TTL: 24 * 3600 * 1000,
       DATABASE_STATEMENT_TIMEOUT: 30_000,
+      DATABASE_PREPARED_STATEMENTS: true,
       LOG_LEVEL: 'info',
       BULL_BOARD_READ_ONLY: true,
     });

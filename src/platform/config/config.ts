@@ -53,6 +53,8 @@ export const configSchema = z
     // Unset: the API pools 10 connections, a worker WORKER_CONCURRENCY + 2 (its jobs, the sweeper, maintenance).
     DATABASE_POOL_MAX: z.coerce.number().int().min(1).max(200).optional(),
     DATABASE_STATEMENT_TIMEOUT: duration('30s'),
+    // Named prepared statements per connection (ADR 0004); off for a pooler that cannot keep them (PgBouncer < 1.21 in transaction mode).
+    DATABASE_PREPARED_STATEMENTS: bool(true),
 
     REDIS_URL: z.string().url().default('redis://127.0.0.1:6379'),
     QUEUE_PREFIX: z

@@ -106,10 +106,11 @@ export class CoalescingClient extends pg.Client {
   #pending: Statement[] = [];
   /** The error of a prelude that failed, until the transaction it led is rolled back. */
   #poisoned: unknown;
-  readonly #prepared = new PreparedNames();
+  readonly #prepared: PreparedNames;
 
-  constructor(config?: string | pg.ClientConfig) {
+  constructor(config?: string | (pg.ClientConfig & { preparedStatements?: boolean })) {
     super(config);
+    this.#prepared = new PreparedNames(typeof config !== 'object' || config.preparedStatements !== false);
     // pg tracks the ParseComplete of its own named queries only; a batch counts its own.
     (this as unknown as { connection: NodeJS.EventEmitter }).connection.on('parseComplete', () => {
       const active = (this as unknown as { _activeQuery?: unknown })._activeQuery;

@@ -40,6 +40,8 @@ export function ormConfig(config: Config, opts: OrmOptions): Options {
     driverOptions: {
       // Sends begin and the tenant's set_config with the transaction's first statement (coalescing-client.ts).
       Client: CoalescingClient,
+      // Read by CoalescingClient: false sends every statement unnamed (parsed on each execution).
+      preparedStatements: config.DATABASE_PREPARED_STATEMENTS,
       statement_timeout: config.DATABASE_STATEMENT_TIMEOUT,
       connectionTimeoutMillis: 5_000,
     },

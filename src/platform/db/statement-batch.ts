@@ -60,6 +60,11 @@ function nameFor(text: string): string {
 
 /** What a connection has prepared: names PostgreSQL holds, and names it may hold with an outdated plan. */
 export class PreparedNames {
+  /** False: every statement goes unnamed (a pooler in front of PostgreSQL cannot keep named ones). */
+  readonly enabled: boolean;
+  constructor(enabled = true) {
+    this.enabled = enabled;
+  }
   readonly parsed = new Set<string>();
   /** Statements to close before preparing again (after "cached plan must not change result type"). */
   readonly stale = new Set<string>();
@@ -121,7 +126,7 @@ export class StatementBatch {
       this.statements.forEach((s, i) => {
         // Only statements with bound values are kept prepared: a text with its values written in is
         // rarely seen twice, and `begin`/`commit` cost nothing to parse.
-        const name = s.values === undefined ? '' : nameFor(s.text);
+        const name = s.values === undefined || !this.prepared.enabled ? '' : nameFor(s.text);
         if (name === '' || (!this.prepared.parsed.has(name) && !parsingNow.has(name))) {
           if (name !== '' && this.prepared.stale.has(name)) connection.close({ type: 'S', name });
           connection.parse({ text: s.text, name, types: [] });
