@@ -139,45 +139,66 @@ describe('coalescing client', () => {
     );
   });
 
-  it('a prelude is its own transaction, committed ahead of the next one in the same message, and its result is kept', async () => {
-    const tenant = randomUUID();
-    const before = randomUUID();
-    const prelude = new Prelude(`select set_config('app.tenant_id', '${tenant}', true); ${runInsert(before, tenant)} returning id`, 2);
-    const { texts } = await sent(() =>
-      withPrelude(prelude, () =>
-        tenantEm(orm, tenant).transactional(async (tx) => {
-          await tx.execute(`select 1`);
-          throw new Error('the transaction after the prelude rolls back');
-        }),
-      ).catch((e: Error) => e.message),
-    );
-    expect(texts).toHaveLength(2);
-    expect(texts[0]).toMatch(/returning id;\ncommit;\nbegin;\nselect set_config\('app\.tenant_id', '[0-9a-f-]{36}', true\);\nselect 1$/);
-    expect(texts[1]).toBe('rollback');
-    expect(prelude.result?.rows).toEqual([{ id: before }]);
-    // The prelude committed on its own: the rollback of the transaction after it did not take it back.
-    const [row] = await tenantEm(orm, tenant).transactional((tx) => tx.execute<{ n: string }[]>(`select count(*) as n from durable_runs where id = '${before}'`));
-    expect(row?.n).toBe('1');
-  });
+  // A prelude is one text of several statements (a simple-protocol message with everything written
+  // in) or bound statements (an extended-protocol batch of prepared statements, as the idempotency
+  // claim sends it): the same guarantees either way.
+  const preludeForms = {
+    text: (tenant: string, second: string) => new Prelude(`select set_config('app.tenant_id', '${tenant}', true), set_config('lock_timeout', '250ms', true); ${second}`, 2),
+    bound: (tenant: string, second: string) =>
+      new Prelude([
+        { text: 'select set_config($1, $2, true), set_config($3, $4, true)', values: ['app.tenant_id', tenant, 'lock_timeout', '250ms'] },
+        { text: second.replace(`'${tenant}'`, '$1'), values: second.includes(`'${tenant}'`) ? [tenant] : [] },
+      ]),
+  };
 
-  it('a prelude that fails stops the message: nothing of the next transaction runs, the caller cannot go on outside a transaction, the connection is clean after its rollback', async () => {
-    const tenant = randomUUID();
-    const after = randomUUID();
-    const prelude = new Prelude(`select set_config('app.tenant_id', '${tenant}', true); select ('not a number')::int`, 2);
-    const outcome: string[] = [];
-    const ended = await withPrelude(prelude, () =>
-      tenantEm(orm, tenant).transactional(async (tx) => {
-        outcome.push(await tx.execute(runInsert(after, tenant)).then(() => 'ran', (e: Error) => e.message));
-        // A caller that swallowed the error must not reach the database outside a transaction, nor commit.
-        outcome.push(await tx.execute(runInsert(randomUUID(), tenant)).then(() => 'ran', (e: Error) => e.message));
-      }),
-    ).then(() => 'committed', (e: Error) => e.message);
-    expect(prelude.failed).toBe(true);
-    expect(outcome).toEqual([expect.stringMatching(/invalid input syntax/), expect.stringMatching(/invalid input syntax/)]);
-    expect(ended).toMatch(/invalid input syntax/);
-    const [row] = await tenantEm(orm, tenant).transactional((tx) => tx.execute<{ n: string }[]>(`select count(*) as n from durable_runs`));
-    expect(row?.n).toBe('0');
-  });
+  it.each(Object.keys(preludeForms) as (keyof typeof preludeForms)[])(
+    'a prelude (%s) is its own transaction, committed ahead of the next one in the same message, its settings end with it, and its result is kept',
+    async (form) => {
+      const tenant = randomUUID();
+      const before = randomUUID();
+      const prelude = preludeForms[form](tenant, `${runInsert(before, tenant)} returning id`);
+      let settings: unknown;
+      const { texts } = await sent(() =>
+        withPrelude(prelude, () =>
+          tenantEm(orm, tenant).transactional(async (tx) => {
+            settings = (await tx.execute(`select current_setting('lock_timeout') as lock_timeout`))[0];
+            throw new Error('the transaction after the prelude rolls back');
+          }),
+        ).catch((e: Error) => e.message),
+      );
+      expect(texts).toHaveLength(2);
+      expect(texts[0]).toMatch(/returning id;\ncommit;\nbegin;\nselect set_config\('app\.tenant_id', '[0-9a-f-]{36}', true\);\nselect current_setting\('lock_timeout'\) as lock_timeout$/);
+      expect(texts[1]).toBe('rollback');
+      // The prelude's transaction-local lock timeout ended with its commit.
+      expect(settings).toEqual({ lock_timeout: '0' });
+      expect(prelude.result?.rows).toEqual([{ id: before }]);
+      // The prelude committed on its own: the rollback of the transaction after it did not take it back.
+      const [row] = await tenantEm(orm, tenant).transactional((tx) => tx.execute<{ n: string }[]>(`select count(*) as n from durable_runs where id = '${before}'`));
+      expect(row?.n).toBe('1');
+    },
+  );
+
+  it.each(Object.keys(preludeForms) as (keyof typeof preludeForms)[])(
+    'a prelude (%s) that fails stops the message: nothing of the next transaction runs, the caller cannot go on outside a transaction, the connection is clean after its rollback',
+    async (form) => {
+      const tenant = randomUUID();
+      const after = randomUUID();
+      const prelude = preludeForms[form](tenant, `select ('not a number')::int`);
+      const outcome: string[] = [];
+      const ended = await withPrelude(prelude, () =>
+        tenantEm(orm, tenant).transactional(async (tx) => {
+          outcome.push(await tx.execute(runInsert(after, tenant)).then(() => 'ran', (e: Error) => e.message));
+          // A caller that swallowed the error must not reach the database outside a transaction, nor commit.
+          outcome.push(await tx.execute(runInsert(randomUUID(), tenant)).then(() => 'ran', (e: Error) => e.message));
+        }),
+      ).then(() => 'committed', (e: Error) => e.message);
+      expect(prelude.failed).toBe(true);
+      expect(outcome).toEqual([expect.stringMatching(/invalid input syntax/), expect.stringMatching(/invalid input syntax/)]);
+      expect(ended).toMatch(/invalid input syntax/);
+      const [row] = await tenantEm(orm, tenant).transactional((tx) => tx.execute<{ n: string }[]>(`select count(*) as n from durable_runs`));
+      expect(row?.n).toBe('0');
+    },
+  );
 
   it('a prelude never travels with a rollback: a transaction that ends before it sent anything leaves it unsent', async () => {
     const tenant = randomUUID();
@@ -211,7 +232,7 @@ describe('coalescing client', () => {
     expect(rows[0]).toMatchObject({ principal: "o'brien \\ x", input: { a: [1, 'two'] } });
     expect(new Date(rows[0]!.created_at).toISOString()).toBe('2026-12-02T10:11:12.345Z');
     // The one pooled connection holds the insert once, however often it ran.
-    const prepared = await tenantEm(orm, tenant).transactional((tx) => tx.execute<{ statement: string }[]>(`select statement from pg_prepared_statements where statement like ?`, ['%into durable_runs (id, tenant_id, workflow, workflow_version, idempotency_hash%']));
+    const prepared = await tenantEm(orm, tenant).transactional((tx) => tx.execute<{ statement: string }[]>(`select statement from pg_prepared_statements where statement like ?`, ["%into durable_runs (id, tenant_id, workflow, workflow_version, idempotency_hash%values ($1, $2, 'golden-path', 1, $3%"]));
     expect(prepared).toHaveLength(1);
     expect(prepared[0]!.statement).toMatch(/values \(\$1, \$2, 'golden-path', 1, \$3/);
   });

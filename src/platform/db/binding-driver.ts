@@ -57,12 +57,13 @@ function bindable(value: unknown, platform: DatePlatform): { value: unknown } | 
 }
 
 /** The statement with bound parameters, or undefined when it must be written in as MikroORM does. */
-export function bindParameters(sql: string, params: readonly unknown[], platform: DatePlatform): { text: string; values: unknown[] } | undefined {
+/** `platform`: MikroORM's, which writes dates with its `formatDate` (internal in its types). */
+export function bindParameters(sql: string, params: readonly unknown[], platform: object): { text: string; values: unknown[] } | undefined {
   const bound = boundText(sql);
   if (!bound || bound.count !== params.length) return undefined;
   const values: unknown[] = new Array(params.length);
   for (let i = 0; i < params.length; i++) {
-    const b = bindable(params[i], platform);
+    const b = bindable(params[i], platform as DatePlatform);
     if (!b) return undefined;
     values[i] = b.value;
   }
@@ -93,7 +94,7 @@ export class BindingPostgreSqlConnection extends PostgreSqlConnection {
     }
     if (typeof sql !== 'string' || !Array.isArray(values)) return super.execute(query, params, method, ctx, loggerContext);
     sql = this.config.get('onQuery')(sql, values);
-    const bound = bindParameters(sql, values, this.platform as unknown as DatePlatform);
+    const bound = bindParameters(sql, values, this.platform);
     // MikroORM's own path runs onQuery again: it returns a marked text unchanged.
     if (!bound) return super.execute(query, params, method, ctx, loggerContext);
     await this.ensureConnection();

@@ -49,14 +49,15 @@ const holdInserts = new AsyncLocalStorage<true>();
  * Used for the idempotency claim (docs/adr/0004-fewer-round-trips-per-transaction.md).
  */
 export class Prelude {
-  readonly sql: string;
+  /** One statement each, values bound (sent as prepared statements), or one text of several statements. */
+  readonly sql: string | readonly Statement[];
   /** Statements in `sql`; the result returned is the last one's. */
   readonly statements: number;
   sent = false;
   /** Set when the message carrying the prelude came back: its last statement's result, or the error. */
   result: pg.QueryResult | undefined;
   error: unknown;
-  constructor(sql: string, statements: number) {
+  constructor(sql: string | readonly Statement[], statements: number = typeof sql === 'string' ? 1 : sql.length) {
     this.sql = sql;
     this.statements = statements;
   }
@@ -167,9 +168,10 @@ export class CoalescingClient extends pg.Client {
 
   private sendWithPrelude(prelude: Prelude, statement: Statement): Promise<pg.QueryResult> {
     prelude.sent = true;
-    const merged = [prelude.sql, 'commit', ...this.#pending.map(inlineStatement), inlineStatement(statement)].join(';\n');
+    const lead: readonly Statement[] = typeof prelude.sql === 'string' ? [{ text: prelude.sql }] : prelude.sql;
+    const statements = [...lead, { text: 'commit' }, ...this.#pending, statement];
     this.#pending = [];
-    return (super.query(merged) as unknown as Promise<pg.QueryResult[]>).then(
+    return (this.send(statements) as Promise<pg.QueryResult[]>).then(
       (results) => {
         prelude.result = results[prelude.statements - 1];
         return results[results.length - 1]!;

@@ -3,6 +3,7 @@ import type { EntityManager } from '@mikro-orm/postgresql';
 import { ValidationError } from '../errors/app-error.ts';
 import { canonicalJson, sha256Hex } from './canonical-json.ts';
 import { DEFER_UNTIL_NEXT, Prelude } from '../db/coalescing-client.ts';
+import { bindParameters } from '../db/binding-driver.ts';
 
 export const IDEMPOTENCY_HEADER = 'Idempotency-Key';
 export const REPLAYED_HEADER = 'Idempotent-Replayed';
@@ -237,17 +238,21 @@ export class IdempotencyService {
    */
   claimPrelude(em: EntityManager, input: ClaimInput): PendingClaim {
     const recordId = randomUUID();
-    const sql = em.getPlatform().formatQuery(
-      `select set_config('app.tenant_id', ?, true), set_config('lock_timeout', ?, true), set_config('synchronous_commit', 'off', true);
-       with ins as (
+    const platform = em.getPlatform();
+    // Two statements with bound values (prepared once per connection, like every statement MikroORM
+    // sends here: binding-driver.ts); written in as one text if they cannot be bound.
+    const settings = ['app.tenant_id', input.tenantId, 'lock_timeout', `${this.lockTimeoutMs}ms`, 'synchronous_commit', 'off'];
+    const settingsSql = 'select set_config(?, ?, true), set_config(?, ?, true), set_config(?, ?, true)';
+    const claimSql = `with ins as (
            insert into idempotency_keys (id, tenant_id, principal, idempotency_key, method, route, fingerprint, status, locked_at, created_at, expires_at)
            values (?, ?, ?, ?, ?, ?, ?, 'in_progress', now(), now(), now() + ? * interval '1 millisecond')
            on conflict (tenant_id, principal, idempotency_key) do nothing
            returning ${COLUMNS})
        select ins.*, (case when ins.id is null then '${KEY_TAKEN}' else '1' end)::int = 1 as inserted
-         from (select 1) one left join ins on true`,
-      [input.tenantId, `${this.lockTimeoutMs}ms`, recordId, input.tenantId, input.principal, input.key, input.method, input.route, input.fingerprint, this.ttlMs],
-    );
+         from (select 1) one left join ins on true`;
+    const claimParams = [recordId, input.tenantId, input.principal, input.key, input.method, input.route, input.fingerprint, this.ttlMs];
+    const bound = [bindParameters(settingsSql, settings, platform), bindParameters(claimSql, claimParams, platform)];
+    const sql = bound.every((b) => b !== undefined) ? bound : `${platform.formatQuery(settingsSql, settings)};\n${platform.formatQuery(claimSql, claimParams)}`;
     return { prelude: new Prelude(sql, 2), recordId, hash: submissionHash(input.tenantId, recordId) };
   }
 
