@@ -235,6 +235,9 @@ describe('coalescing client', () => {
     const prepared = await tenantEm(orm, tenant).transactional((tx) => tx.execute<{ statement: string }[]>(`select statement from pg_prepared_statements where statement like ?`, ["%into durable_runs (id, tenant_id, workflow, workflow_version, idempotency_hash%values ($1, $2, 'golden-path', 1, $3%"]));
     expect(prepared).toHaveLength(1);
     expect(prepared[0]!.statement).toMatch(/values \(\$1, \$2, 'golden-path', 1, \$3/);
+    // So are the fixed texts every transaction sends.
+    const fixed = await tenantEm(orm, tenant).transactional((tx) => tx.execute<{ statement: string }[]>(`select statement from pg_prepared_statements where statement in (?, ?) order by 1`, ['begin', 'commit']));
+    expect(fixed.map((r) => r.statement)).toEqual(['begin', 'commit']);
   });
 
   it('with DATABASE_PREPARED_STATEMENTS=false (a pooler that cannot keep them) nothing stays prepared, and the batch is still one message', async () => {

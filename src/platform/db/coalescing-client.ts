@@ -141,7 +141,7 @@ export class CoalescingClient extends pg.Client {
     // Not with a rollback: a transaction that ends before it sent anything had no use for the claim.
     if (prelude && !prelude.sent && !isDeferrable(statement.text, statement.values) && !/^rollback$/i.test(statement.text) && /^begin$/i.test(this.#pending[0]?.text ?? '')) return this.sendWithPrelude(prelude, statement);
     if (isDeferrable(statement.text, statement.values)) {
-      this.#pending.push(statement);
+      this.#pending.push({ ...statement, discard: true });
       return Promise.resolve(held(statement.text.startsWith(DEFER_UNTIL_NEXT) ? 'DEFERRED' : (statement.text.split(' ', 1)[0] ?? '').toUpperCase()));
     }
     const statements = [...this.#pending, statement];
@@ -169,7 +169,7 @@ export class CoalescingClient extends pg.Client {
   private sendWithPrelude(prelude: Prelude, statement: Statement): Promise<pg.QueryResult> {
     prelude.sent = true;
     const lead: readonly Statement[] = typeof prelude.sql === 'string' ? [{ text: prelude.sql }] : prelude.sql;
-    const statements = [...lead, { text: 'commit' }, ...this.#pending, statement];
+    const statements = [...lead, { text: 'commit', discard: true }, ...this.#pending, statement];
     this.#pending = [];
     return (this.send(statements) as Promise<pg.QueryResult[]>).then(
       (results) => {

@@ -30,7 +30,12 @@ interface PgResult extends pg.QueryResult {
 export interface Statement {
   text: string;
   values?: readonly unknown[];
+  /** Nobody reads its result (a held statement): no `Describe`, and any rows it returns are dropped. */
+  discard?: boolean;
 }
+
+/** Statements without values that are worth keeping prepared: fixed texts every transaction sends. */
+const FIXED_TEXTS = new Set(['begin', 'commit']);
 
 /** The parts of pg's `Connection` a submittable writes to. */
 interface Wire {
@@ -124,9 +129,9 @@ export class StatementBatch {
     connection.stream.cork?.();
     try {
       this.statements.forEach((s, i) => {
-        // Only statements with bound values are kept prepared: a text with its values written in is
-        // rarely seen twice, and `begin`/`commit` cost nothing to parse.
-        const name = s.values === undefined || !this.prepared.enabled ? '' : nameFor(s.text);
+        // Statements with bound values and the fixed texts are kept prepared: a text with its values
+        // written in is rarely seen twice.
+        const name = !this.prepared.enabled || (s.values === undefined && !FIXED_TEXTS.has(s.text)) ? '' : nameFor(s.text);
         if (name === '' || (!this.prepared.parsed.has(name) && !parsingNow.has(name))) {
           if (name !== '' && this.prepared.stale.has(name)) connection.close({ type: 'S', name });
           connection.parse({ text: s.text, name, types: [] });
@@ -134,7 +139,7 @@ export class StatementBatch {
           this.parsing.push(name);
         }
         connection.bind({ portal: '', statement: name, values: values[i]! });
-        connection.describe({ type: 'P', name: '' });
+        if (!s.discard) connection.describe({ type: 'P', name: '' });
         connection.execute({ portal: '', rows: 0 });
       });
       connection.sync();
