@@ -59,6 +59,8 @@ function bindable(value: unknown, platform: DatePlatform): { value: unknown } | 
 /** The statement with bound parameters, or undefined when it must be written in as MikroORM does. */
 /** `platform`: MikroORM's, which writes dates with its `formatDate` (internal in its types). */
 export function bindParameters(sql: string, params: readonly unknown[], platform: object): { text: string; values: unknown[] } | undefined {
+  // The protocol numbers parameters with 16 bits: a larger statement (a bulk insert) stays written in.
+  if (params.length > 65_535) return undefined;
   const bound = boundText(sql);
   if (!bound || bound.count !== params.length) return undefined;
   const values: unknown[] = new Array(params.length);
