@@ -256,6 +256,23 @@ describe('coalescing client', () => {
     }
   });
 
+  it('row-level security holds through a prepared statement\'s cached generic plan: one statement on one connection, alternating tenants', async () => {
+    const a = randomUUID();
+    const b = randomUUID();
+    const id = randomUUID();
+    await tenantEm(orm, a).transactional((tx) => tx.execute(runInsert(id, a)));
+    // The policy alone decides: the statement does not name the tenant.
+    const visible = (tenant: string) => tenantEm(orm, tenant).transactional((tx) => tx.execute<{ n: string }[]>(`select count(*) as n from durable_runs where id = ? and ? = 'rls-generic-plan'`, [id, 'rls-generic-plan']));
+    const seen: string[] = [];
+    // PostgreSQL plans the first five executions for their values, then keeps a generic plan.
+    for (let i = 0; i < 12; i++) seen.push(`${i % 2 ? 'b' : 'a'}:${(await visible(i % 2 ? b : a))[0]!.n}`);
+    expect(seen).toEqual(Array.from({ length: 12 }, (_, i) => (i % 2 ? 'b:0' : 'a:1')));
+    const [plans] = await tenantEm(orm, a).transactional((tx) =>
+      tx.execute<{ generic_plans: string }[]>(`select generic_plans from pg_prepared_statements where statement like ?`, [`%'rls-generic-plan'%`]),
+    );
+    expect(Number(plans!.generic_plans)).toBeGreaterThan(0);
+  });
+
   it('a statement that fails to parse is not taken for prepared: it fails the same way again, and the statements after it still run', async () => {
     const tenant = randomUUID();
     const broken = (tx: any) => tx.execute(`${DEFER_UNTIL_NEXT}insert into durable_runs (id) valeus (?)`, [randomUUID()], 'run');
