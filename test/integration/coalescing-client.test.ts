@@ -273,6 +273,43 @@ describe('coalescing client', () => {
     expect(Number(plans!.generic_plans)).toBeGreaterThan(0);
   });
 
+  it('bound numbers and booleans keep the types their written-in literals had', async () => {
+    const [row] = await tenantEm(orm, randomUUID()).transactional((tx) =>
+      tx.execute<Record<string, unknown>[]>(`select ? as n, ? + ? as sum, 3 > ? as gt, '["a","b"]'::jsonb ->> ? as second, coalesce(?, 0) as c, ? as flag`, [5, 2, 3, 2.5, 1, 7, true]),
+    );
+    expect(row).toEqual({ n: 5, sum: 5, gt: true, second: 'b', c: 7, flag: true });
+  });
+
+  it('a rollback never goes after a held insert: the insert that would fail is dropped, and the one pooled connection serves the next transaction', async () => {
+    const tenant = randomUUID();
+    const id = randomUUID();
+    await tenantEm(orm, tenant).transactional((tx) => tx.execute(runInsert(id, tenant)));
+    const failing = tenantEm(orm, tenant).transactional(async (tx) => {
+      await tx.execute(`${DEFER_UNTIL_NEXT}${runInsert(id, tenant)}`); // a duplicate key, held
+      throw new Error('the step fails before anything else is sent');
+    });
+    await expect(failing).rejects.toThrow('the step fails before anything else is sent');
+    // With one connection in the pool, a connection left in an aborted transaction would make this wait forever.
+    const next = tenantEm(orm, tenant).transactional((tx) => tx.execute<{ n: string }[]>(`select count(*) as n from durable_runs where id = ?`, [id]));
+    const deadline = new Promise<never>((_, reject) => setTimeout(() => reject(new Error('the pooled connection was not released')), 5_000).unref());
+    expect((await Promise.race([next, deadline]))[0]!.n).toBe('1');
+  });
+
+  it('a bound prelude whose commit ran keeps its result when the next transaction\'s first statement fails', async () => {
+    const tenant = randomUUID();
+    const before = randomUUID();
+    const prelude = preludeForms.bound(tenant, `${runInsert(before, tenant)} returning id`);
+    const ended = await withPrelude(prelude, () => tenantEm(orm, tenant).transactional((tx) => tx.execute(`select ('not a number')::int where ? = 1`, [1]))).then(
+      () => 'committed',
+      (e: Error) => e.message,
+    );
+    expect(ended).toMatch(/invalid input syntax/);
+    expect(prelude.failed).toBe(false);
+    expect(prelude.result?.rows).toEqual([{ id: before }]);
+    const [row] = await tenantEm(orm, tenant).transactional((tx) => tx.execute<{ n: string }[]>(`select count(*) as n from durable_runs where id = ?`, [before]));
+    expect(row?.n).toBe('1');
+  });
+
   it('a statement that fails to parse is not taken for prepared: it fails the same way again, and the statements after it still run', async () => {
     const tenant = randomUUID();
     const broken = (tx: any) => tx.execute(`${DEFER_UNTIL_NEXT}insert into durable_runs (id) valeus (?)`, [randomUUID()], 'run');

@@ -9,9 +9,15 @@ describe('bindParameters: MikroORM statements with bound parameters instead of w
   it('numbers the placeholders and binds strings, numbers, booleans, null, dates (as MikroORM writes them) and plain objects (as JSON)', () => {
     const at = new Date('2026-12-02T10:11:12.345Z');
     expect(bindParameters('insert into t (a, b, c, d, e, f, g) values (?, ?, ?, ?, ?::jsonb, ?, ?)', ["o'brien", 2.5, true, null, { k: [1] }, at, 10n], platform)).toEqual({
-      text: 'insert into t (a, b, c, d, e, f, g) values ($1, $2, $3, $4, $5::jsonb, $6, $7)',
+      text: 'insert into t (a, b, c, d, e, f, g) values ($1, $2::numeric, $3::bool, $4, $5::jsonb, $6, $7)',
       values: ["o'brien", 2.5, true, null, '{"k":[1]}', '2026-12-02T10:11:12.345Z', '10'],
     });
+  });
+
+  it('types a number or boolean as PostgreSQL types the literal MikroORM would have written in', () => {
+    expect(bindParameters('select ?, ?, ?, ?, ?, ?', [5, -2_147_483_648, 3_000_000_000, 2.5, 1e21, false], platform)!.text).toBe(
+      'select $1::int4, $2::int4, $3::int8, $4::numeric, $5::numeric, $6::bool',
+    );
   });
 
   it('leaves to MikroORM what binding would change: arrays (expanded into lists), raw fragments, buffers, non-finite numbers, undefined', () => {
@@ -31,6 +37,6 @@ describe('bindParameters: MikroORM statements with bound parameters instead of w
 
   it('a bound statement written back in reads as MikroORM would have written it', () => {
     const bound = bindParameters("select ? as a, ? as b, ? as c where d = ?", ["it's \\ here", 3, null, false], platform)!;
-    expect(inlineStatement(bound)).toBe(`select  E'it''s \\\\ here' as a, 3 as b, null as c where d = false`);
+    expect(inlineStatement(bound)).toBe(`select  E'it''s \\\\ here' as a, 3::int4 as b, null as c where d = false::bool`);
   });
 });

@@ -13,63 +13,75 @@ import { PostgreSqlConnection, PostgreSqlDriver } from '@mikro-orm/postgresql';
  * identifiers (`??`), and texts with `$` or `;` in them.
  */
 
-/** Bound form of a statement text, by MikroORM's text (`?` placeholders); null: not bindable. */
-const boundTexts = new Map<string, { text: string; count: number } | null>();
+/** A statement text split at its `?` placeholders, by MikroORM's text; null: not bindable. */
+const splitTexts = new Map<string, string[] | null>();
 const MAX_CACHED_TEXTS = 2_000;
 
-function boundText(sql: string): { text: string; count: number } | null {
-  let bound = boundTexts.get(sql);
-  if (bound !== undefined) return bound;
-  bound = null;
-  if (!sql.includes('$') && !sql.includes(';') && !sql.includes('??') && !sql.includes('\\?')) {
-    let n = 0;
-    bound = { text: sql.replace(/\?/g, () => `$${++n}`), count: 0 };
-    bound.count = n;
-  }
-  if (boundTexts.size < MAX_CACHED_TEXTS) boundTexts.set(sql, bound);
-  return bound;
+function placeholderSplit(sql: string): string[] | null {
+  let parts = splitTexts.get(sql);
+  if (parts !== undefined) return parts;
+  parts = !sql.includes('$') && !sql.includes(';') && !sql.includes('??') && !sql.includes('\\?') ? sql.split('?') : null;
+  if (splitTexts.size < MAX_CACHED_TEXTS) splitTexts.set(sql, parts);
+  return parts;
 }
 
 interface DatePlatform {
   formatDate(date: Date): string;
 }
 
-/** A parameter as MikroORM would write it, as a value to bind; undefined: not bindable. */
-function bindable(value: unknown, platform: DatePlatform): { value: unknown } | undefined {
+const INT4 = 2 ** 31;
+const INT8 = 2 ** 63;
+
+/**
+ * A parameter as MikroORM would write it, as a value to bind and the type PostgreSQL would give the
+ * written-in literal; undefined: not bindable. A written-in number or boolean is typed by its literal
+ * (`5` int4, `3000000000` int8, `2.5` numeric, `true` boolean), a bound parameter by its context, so
+ * those are cast to the literal's type: `where int_col > $1::numeric` compares as `where int_col > 2.5`
+ * did. Strings, dates and JSON are untyped literals either way.
+ */
+function bindable(value: unknown, platform: DatePlatform): { value: unknown; cast: string } | undefined {
   switch (typeof value) {
     case 'string':
+      return { value, cast: '' };
     case 'boolean':
-      return { value };
+      return { value, cast: '::bool' };
     case 'number':
-      return Number.isFinite(value) ? { value } : undefined;
+      if (!Number.isFinite(value)) return undefined;
+      if (!Number.isInteger(value)) return { value, cast: '::numeric' };
+      return { value, cast: value >= -INT4 && value < INT4 ? '::int4' : value >= -INT8 && value < INT8 ? '::int8' : '::numeric' };
     case 'bigint':
-      return { value: value.toString() };
+      // MikroORM writes a bigint in as a quoted string.
+      return { value: value.toString(), cast: '' };
     case 'object':
-      if (value === null) return { value: null };
-      if (value instanceof Date) return { value: platform.formatDate(value) };
+      if (value === null) return { value: null, cast: '' };
+      if (value instanceof Date) return { value: platform.formatDate(value), cast: '' };
       if (isRaw(value) || Array.isArray(value) || ArrayBuffer.isView(value)) return undefined;
       // MikroORM writes a plain object (a JSON property) in as its JSON text.
-      if (Utils.isPlainObject(value)) return { value: JSON.stringify(value) };
+      if (Utils.isPlainObject(value)) return { value: JSON.stringify(value), cast: '' };
       return undefined;
     default:
       return undefined;
   }
 }
 
-/** The statement with bound parameters, or undefined when it must be written in as MikroORM does. */
-/** `platform`: MikroORM's, which writes dates with its `formatDate` (internal in its types). */
+/**
+ * The statement with bound parameters, or undefined when it must be written in as MikroORM does.
+ * `platform`: MikroORM's, which writes dates with its `formatDate` (internal in its types).
+ */
 export function bindParameters(sql: string, params: readonly unknown[], platform: object): { text: string; values: unknown[] } | undefined {
   // The protocol numbers parameters with 16 bits: a larger statement (a bulk insert) stays written in.
   if (params.length > 65_535) return undefined;
-  const bound = boundText(sql);
-  if (!bound || bound.count !== params.length) return undefined;
+  const parts = placeholderSplit(sql);
+  if (!parts || parts.length - 1 !== params.length) return undefined;
   const values: unknown[] = new Array(params.length);
+  let text = parts[0]!;
   for (let i = 0; i < params.length; i++) {
     const b = bindable(params[i], platform as DatePlatform);
     if (!b) return undefined;
     values[i] = b.value;
+    text += `$${i + 1}${b.cast}${parts[i + 1]}`;
   }
-  return { text: bound.text, values };
+  return { text, values };
 }
 
 /** MikroORM's `loggerContext` may carry the query's abort options; they go to Kysely, not to the logger. */

@@ -1,6 +1,6 @@
 import { AsyncLocalStorage } from 'node:async_hooks';
 import pg from 'pg';
-import { PreparedNames, StatementBatch, inlineStatement, type Statement } from './statement-batch.ts';
+import { PreparedNames, StatementBatch, completedBefore, inlineStatement, type Statement } from './statement-batch.ts';
 
 /**
  * A `pg` client that sends fewer round trips without changing what a transaction does.
@@ -144,6 +144,10 @@ export class CoalescingClient extends pg.Client {
       this.#pending.push({ ...statement, discard: true });
       return Promise.resolve(held(statement.text.startsWith(DEFER_UNTIL_NEXT) ? 'DEFERRED' : (statement.text.split(' ', 1)[0] ?? '').toUpperCase()));
     }
+    // A rollback undoes what is held, and must not go after it: a held insert that fails would make
+    // PostgreSQL skip the rollback, leaving the connection in an aborted transaction that its pool
+    // never gets back. Only `begin` and the settings, which cannot fail, still go first.
+    if (/^rollback\b/i.test(statement.text)) this.#pending = this.#pending.filter((s) => !s.text.startsWith(DEFER_UNTIL_NEXT));
     const statements = [...this.#pending, statement];
     this.#pending = [];
     return this.send(statements).then(lastResult);
@@ -177,8 +181,13 @@ export class CoalescingClient extends pg.Client {
         return results[results.length - 1]!;
       },
       (err: unknown) => {
-        prelude.error = err;
-        this.#poisoned = err;
+        // A batch says how far it got: past the prelude's commit, the claim is committed and its result
+        // known; the failure is then the next transaction's own, and once its `begin` ran, that
+        // transaction ends with the caller's rollback like any other.
+        const done = completedBefore(err);
+        if (done && done.length > lead.length) prelude.result = done[lead.length - 1];
+        else prelude.error = err;
+        if (!done || done.length <= lead.length + 1) this.#poisoned = err;
         throw err;
       },
     );

@@ -94,6 +94,13 @@ export function inlineStatement(s: Statement): string {
   return s.text.replace(/\$(\d+)/g, (m, i: string) => (Number(i) <= values.length ? literal(values[Number(i) - 1]) : m));
 }
 
+const COMPLETED = Symbol('dealix.batch.completed');
+
+/** The results of the statements of a batch that completed before `err` stopped it (undefined: not a batch's error). */
+export function completedBefore(err: unknown): readonly pg.QueryResult[] | undefined {
+  return err !== null && typeof err === 'object' ? (err as { [COMPLETED]?: pg.QueryResult[] })[COMPLETED] : undefined;
+}
+
 export class StatementBatch {
   callback: ((err: unknown, results?: pg.QueryResult[]) => void) | undefined;
   private readonly statements: readonly Statement[];
@@ -185,10 +192,14 @@ export class StatementBatch {
   }
 
   handleError(err: unknown): void {
-    // "cached plan must not change result type": a table changed under a prepared statement (a
-    // migration while running); every statement this connection prepared is closed and prepared again.
-    if ((err as { code?: string }).code === '0A000') this.prepared.invalidateAll();
-    this.settle(this.rowError ?? err);
+    // "cached plan must not change result type" (0A000: a table changed under a prepared statement, a
+    // migration while running) or "prepared statement does not exist" (26000: someone deallocated it):
+    // every statement this connection prepared is closed and prepared again at its next use.
+    const code = (err as { code?: string }).code;
+    if (code === '0A000' || code === '26000') this.prepared.invalidateAll();
+    // What completed before the error (a prelude's caller needs to know whether its commit ran).
+    if (err !== null && typeof err === 'object') Object.defineProperty(err, COMPLETED, { value: this.results, configurable: true });
+    this.settle(err);
   }
 
   handleReadyForQuery(): void {
