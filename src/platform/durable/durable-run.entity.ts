@@ -47,7 +47,11 @@ export const DurableRun = defineEntity({
   ],
   indexes: [
     { name: 'durable_runs_tenant_created_index', properties: ['tenantId', 'createdAt', 'id'] },
-    { name: 'durable_runs_tenant_status_index', properties: ['tenantId', 'status'] },
+    // Active runs only (admission's count, lists of active runs). Partial, so that statements naming one
+    // run by (tenant_id, id) can never be planned onto it: on a table without statistics every
+    // tenant-leading index costs the same, and a cached plan that scans a tenant's runs by status grows
+    // with the tenant (docs/performance.md, "plans that grow with data").
+    { name: 'durable_runs_tenant_active_index', properties: ['tenantId', 'status'], where: "status in ('pending', 'running', 'waiting')" },
     { name: 'durable_runs_status_updated_index', properties: ['status', 'updatedAt'] },
   ],
   rowLevelSecurity: 'force',
