@@ -63,6 +63,17 @@ function nameFor(text: string): string {
   return name ?? '';
 }
 
+/**
+ * When a connection prepares a statement again (executions of it on that connection): after 100, 1,000
+ * and 10,000, then every 100,000. PostgreSQL keeps a prepared statement's generic plan until the
+ * statement is closed, DDL touches its tables or ANALYZE updates their statistics. A plan made while a
+ * table was new and had no statistics can be wrong for the table grown (every index leading with
+ * tenant_id costs the same then, and one that walks the tenant's rows may win), and where ANALYZE
+ * never runs (autovacuum off) nothing else would ever replace it. Preparing again costs one parse and
+ * a few custom plans per statement and connection, early and then rarely (docs/performance.md).
+ */
+export const REPREPARE_AFTER = { first: 100, factor: 10, every: 100_000 };
+
 /** What a connection has prepared: names PostgreSQL holds, and names it may hold with an outdated plan. */
 export class PreparedNames {
   /** False: every statement goes unnamed (a pooler in front of PostgreSQL cannot keep named ones). */
@@ -71,11 +82,21 @@ export class PreparedNames {
     this.enabled = enabled;
   }
   readonly parsed = new Set<string>();
-  /** Statements to close before preparing again (after "cached plan must not change result type"). */
+  /** Statements to close before preparing again (after "cached plan must not change result type", or when due). */
   readonly stale = new Set<string>();
+  /** Executions of each prepared name on this connection, and the count at which it is prepared again. */
+  private readonly uses = new Map<string, { n: number; due: number }>();
   invalidateAll(): void {
     for (const n of this.parsed) this.stale.add(n);
     this.parsed.clear();
+  }
+  /** Counts one execution of a prepared `name`; when it is due, the name is closed and prepared again with it. */
+  use(name: string): void {
+    let u = this.uses.get(name);
+    if (!u) this.uses.set(name, (u = { n: 0, due: REPREPARE_AFTER.first }));
+    if (++u.n < u.due) return;
+    u.due = u.n + Math.min(u.n * (REPREPARE_AFTER.factor - 1), REPREPARE_AFTER.every);
+    if (this.parsed.delete(name)) this.stale.add(name);
   }
 }
 
@@ -139,6 +160,7 @@ export class StatementBatch {
         // Statements with bound values and the fixed texts are kept prepared: a text with its values
         // written in is rarely seen twice.
         const name = !this.prepared.enabled || (s.values === undefined && !FIXED_TEXTS.has(s.text)) ? '' : nameFor(s.text);
+        if (name !== '' && !parsingNow.has(name)) this.prepared.use(name);
         if (name === '' || (!this.prepared.parsed.has(name) && !parsingNow.has(name))) {
           if (name !== '' && this.prepared.stale.has(name)) connection.close({ type: 'S', name });
           connection.parse({ text: s.text, name, types: [] });
