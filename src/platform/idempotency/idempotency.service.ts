@@ -34,7 +34,13 @@ export interface IdempotencyRecord {
 }
 
 /** What store and release need from a claimed record. */
-export type HeldClaim = Pick<IdempotencyRecord, 'id' | 'lease'>;
+/**
+ * What completing or releasing a claim needs. Its statements name the key's unique index (tenant,
+ * principal, key) rather than the id: the table's only tenant-leading index, so even a plan cached
+ * before the table had statistics reaches the one row (a plan by id could be made onto that index by
+ * tenant alone, and then read all of the tenant's keys on every request; docs/performance.md).
+ */
+export type HeldClaim = Pick<IdempotencyRecord, 'id' | 'lease' | 'tenantId' | 'principal' | 'key'>;
 
 export type ClaimResult =
   | { outcome: 'claimed'; record: IdempotencyRecord; hash: string }
@@ -358,18 +364,22 @@ export class IdempotencyService {
     await em.execute(
       `${DEFER_UNTIL_NEXT}with done as (
          update idempotency_keys set status = 'completed', response_status = ?, response_body = ?::jsonb, response_headers = ?::jsonb, locked_at = null
-          where id = ? and status = 'in_progress' and ${LEASE_IS}
+          where tenant_id = ? and principal = ? and idempotency_key = ? and id = ? and status = 'in_progress' and ${LEASE_IS}
           returning id)
        select case when (select count(*) from done) = 1 then 1
                    else ('${LEASE_LOST}: ' || (select count(*) from done))::int end`,
-      [response.status, text === null ? null : JSON.stringify(text), JSON.stringify(response.headers), claim.id, claim.lease],
+      [response.status, text === null ? null : JSON.stringify(text), JSON.stringify(response.headers), claim.tenantId, claim.principal, claim.key, claim.id, claim.lease],
       'run',
     );
   }
 
   /** Releases a claim whose handler failed with a 5xx, so a retry runs again; a no-op once the lease moved on. */
   async release(em: EntityManager, claim: HeldClaim): Promise<void> {
-    await em.execute(`delete from idempotency_keys where id = ? and status = 'in_progress' and ${LEASE_IS}`, [claim.id, claim.lease], 'run');
+    await em.execute(
+      `delete from idempotency_keys where tenant_id = ? and principal = ? and idempotency_key = ? and id = ? and status = 'in_progress' and ${LEASE_IS}`,
+      [claim.tenantId, claim.principal, claim.key, claim.id, claim.lease],
+      'run',
+    );
   }
 
   /** Deletes expired keys of every tenant in batches (maintenance job, as the system role). */
