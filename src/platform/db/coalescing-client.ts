@@ -32,6 +32,18 @@ import { PreparedNames, StatementBatch, completedBefore, inlineStatement, type S
  */
 export const DEFER_UNTIL_NEXT = '/* dealix:defer-until-next */ ';
 
+/**
+ * Marks a transaction's last statement: the caller promises that nothing follows it but the
+ * transaction's `commit` (its transaction callback returns its result as it is, and nothing after it
+ * can fail). The statement travels with what is held AND the `commit`, one round trip for a whole
+ * one-statement transaction (`begin; set_config; <statement>; commit`), and its own result is
+ * returned. The commit that then comes is answered here; so is a rollback, which has nothing left to
+ * undo, and any other statement fails loudly instead of running outside the transaction. If the
+ * statement or the commit fails, the transaction rolled back and the caller's rollback goes to
+ * PostgreSQL as usual. Used by {@link DurableRuntime.start} (a run started outside a request).
+ */
+export const LAST_IN_TRANSACTION = '/* dealix:last-in-transaction */ ';
+
 // MikroORM binds the setting's name and value (prepared-connection.ts); a caller may also write them in.
 const SET_CONFIG = String.raw`set_config\((?:'[a-z0-9_.]+', '(?:[^']|'')*'|\$\d+, \$\d+), true\)`;
 const SESSION_STATEMENT = new RegExp(String.raw`^(?:begin|set local role "(?:[^"]|"")+"|select ${SET_CONFIG}(?:, ${SET_CONFIG})*)$`, 'i');
@@ -107,6 +119,8 @@ export class CoalescingClient extends pg.Client {
   #pending: Statement[] = [];
   /** The error of a prelude that failed, until the transaction it led is rolled back. */
   #poisoned: unknown;
+  /** The transaction's commit went with its last statement (LAST_IN_TRANSACTION); the caller's commit is answered here. */
+  #committedAhead = false;
   readonly #prepared: PreparedNames;
 
   constructor(config?: string | (pg.ClientConfig & { preparedStatements?: boolean })) {
@@ -131,6 +145,13 @@ export class CoalescingClient extends pg.Client {
       if (typeof config === 'string' && /^(rollback|begin)$/i.test(config)) this.#poisoned = undefined;
       else return Promise.reject(this.#poisoned);
     }
+    if (this.#committedAhead) {
+      this.#committedAhead = false;
+      if (typeof config === 'string' && /^(commit|rollback)$/i.test(config)) return Promise.resolve(held(config.toUpperCase()));
+      // A transaction that begins is a new one (its predecessor's end was never sent here).
+      if (typeof config !== 'string' || !/^begin$/i.test(config))
+        return Promise.reject(new Error(`a statement followed one marked LAST_IN_TRANSACTION, whose transaction has already committed: ${String(typeof config === 'string' ? config : config?.text).slice(0, 200)}`));
+    }
     const plain = typeof config === 'string' && typeof values !== 'function' && callback === undefined && (values === undefined || Array.isArray(values));
     if (!plain) {
       this.sendHeld();
@@ -148,6 +169,7 @@ export class CoalescingClient extends pg.Client {
     // PostgreSQL skip the rollback, leaving the connection in an aborted transaction that its pool
     // never gets back. Only `begin` and the settings, which cannot fail, still go first.
     if (/^rollback\b/i.test(statement.text)) this.#pending = this.#pending.filter((s) => !s.text.startsWith(DEFER_UNTIL_NEXT));
+    if (statement.text.startsWith(LAST_IN_TRANSACTION)) return this.sendWithCommit(statement);
     const statements = [...this.#pending, statement];
     this.#pending = [];
     return this.send(statements).then(lastResult);
@@ -168,6 +190,16 @@ export class CoalescingClient extends pg.Client {
       return done;
     }
     return super.query(statements.map(inlineStatement).join(';\n')) as unknown as Promise<pg.QueryResult | pg.QueryResult[]>;
+  }
+
+  /** The transaction's last statement with what is held before it and the commit after it: its own result is returned. */
+  private sendWithCommit(statement: Statement): Promise<pg.QueryResult> {
+    const statements = [...this.#pending, statement, { text: 'commit', discard: true }];
+    this.#pending = [];
+    return (this.send(statements) as Promise<pg.QueryResult[]>).then((results) => {
+      this.#committedAhead = true;
+      return results[results.length - 2]!;
+    });
   }
 
   private sendWithPrelude(prelude: Prelude, statement: Statement): Promise<pg.QueryResult> {

@@ -4,7 +4,7 @@ import type { Queue } from 'bullmq';
 import { context as otelContext, propagation, trace, type Context } from '@opentelemetry/api';
 import type { Logger } from 'pino';
 import { stepJobId } from '../queue/job-ids.ts';
-import { DEFER_UNTIL_NEXT } from '../db/coalescing-client.ts';
+import { DEFER_UNTIL_NEXT, LAST_IN_TRANSACTION } from '../db/coalescing-client.ts';
 import { ATTR } from '../telemetry/attributes.ts';
 import { ACTIVE_RUN_STATUSES, type RunStatus } from './durable-run.entity.ts';
 import type { CheckpointStatus } from './durable-checkpoint.entity.ts';
@@ -118,33 +118,61 @@ export class DurableRuntime {
 
   /**
    * Creates the run, or finds the one this submission already created (unique per tenant and
-   * idempotency hash): a retried submission can never start a second run.
+   * idempotency hash): a retried submission can never start a second run. In the caller's
+   * transaction (the POST handler's, with its admission check and stored response).
    */
   async start_run(em: EntityManager, workflowName: string, input: StartRunInput): Promise<{ run: RunRow; created: boolean }> {
     const wf = this.workflow(workflowName);
-    // Under READ COMMITTED the fallback select's snapshot can predate a concurrent insert that won the
-    // conflict while this one waited; the next statement has a fresh snapshot and sees the winner.
     for (let attempt = 0; attempt < 5; attempt++) {
-      const rows = await em.execute<(RunRow & { created: boolean })[]>(
-        `with ins as (
-           insert into durable_runs (id, tenant_id, workflow, workflow_version, idempotency_hash, status, principal, input, correlation_id,
-                                     trace_id, traceparent, sequence_num, step_count, created_at, updated_at)
-           values (?, ?, ?, ?, ?, 'pending', ?, ?::jsonb, ?, ?, ?, 0, ?, date_trunc('milliseconds', now()), now())
-           on conflict (tenant_id, idempotency_hash) do nothing
-           returning ${RUN_COLUMNS})
-         select ins.*, true as created from ins
-         union all
-         select ${RUN_COLUMNS}, false as created from durable_runs
-          where tenant_id = ? and idempotency_hash = ? and not exists (select 1 from ins)`,
-        [randomUUID(), input.tenantId, wf.name, wf.version, input.idempotencyHash, input.principal, JSON.stringify(input.input),
-          input.correlationId, input.traceId ?? null, input.traceparent ?? null, wf.steps.length, input.tenantId, input.idempotencyHash],
-      );
-      const row = rows[0];
-      if (!row) continue;
-      const { created, ...run } = row;
-      return { run, created };
+      const found = await this.insertRun(em, wf, input, '');
+      if (found) return found;
     }
     throw new Error('start_run found neither a new nor an existing run');
+  }
+
+  /**
+   * Starts a run outside any caller's transaction (a producer in a worker or a script, not a
+   * request): the insert is its own transaction, sent with its `begin`, tenant setting and `commit`
+   * in one round trip (LAST_IN_TRANSACTION), then the run job is enqueued, or, for a submission
+   * that already has its run, made sure of. `em` is a tenant-bound manager (tenantEm) outside a transaction.
+   */
+  async start(em: EntityManager, workflowName: string, input: StartRunInput): Promise<{ run: RunRow; created: boolean }> {
+    const wf = this.workflow(workflowName);
+    for (let attempt = 0; attempt < 5; attempt++) {
+      // Each attempt is a transaction of its own: nothing follows the insert in it.
+      const found = await em.transactional((tx) => this.insertRun(tx, wf, input, LAST_IN_TRANSACTION));
+      if (!found) continue;
+      if (found.created) await this.enqueue(found.run, 1);
+      else await this.ensureEnqueued(found.run);
+      return found;
+    }
+    throw new Error('start found neither a new nor an existing run');
+  }
+
+  /**
+   * The run's insert, or the existing run of the same submission; undefined when neither is seen:
+   * under READ COMMITTED the fallback select's snapshot can predate a concurrent insert that won the
+   * conflict while this one waited, and the next statement (the caller's next attempt) sees the winner.
+   */
+  private async insertRun(em: EntityManager, wf: WorkflowDef, input: StartRunInput, marker: string): Promise<{ run: RunRow; created: boolean } | undefined> {
+    const rows = await em.execute<(RunRow & { created: boolean })[]>(
+      `${marker}with ins as (
+         insert into durable_runs (id, tenant_id, workflow, workflow_version, idempotency_hash, status, principal, input, correlation_id,
+                                   trace_id, traceparent, sequence_num, step_count, created_at, updated_at)
+         values (?, ?, ?, ?, ?, 'pending', ?, ?::jsonb, ?, ?, ?, 0, ?, date_trunc('milliseconds', now()), now())
+         on conflict (tenant_id, idempotency_hash) do nothing
+         returning ${RUN_COLUMNS})
+       select ins.*, true as created from ins
+       union all
+       select ${RUN_COLUMNS}, false as created from durable_runs
+        where tenant_id = ? and idempotency_hash = ? and not exists (select 1 from ins)`,
+      [randomUUID(), input.tenantId, wf.name, wf.version, input.idempotencyHash, input.principal, JSON.stringify(input.input),
+        input.correlationId, input.traceId ?? null, input.traceparent ?? null, wf.steps.length, input.tenantId, input.idempotencyHash],
+    );
+    const row = rows[0];
+    if (!row) return undefined;
+    const { created, ...run } = row;
+    return { run, created };
   }
 
   /**

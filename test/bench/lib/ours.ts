@@ -81,20 +81,19 @@ export async function oursProducer(t: OursTarget, extraWorkflows: WorkflowDef[] 
 }
 
 /**
- * Starts one golden-path run directly through the runtime, exactly as the POST handler does after
- * authentication, idempotency and admission: start_run in one tenant transaction, then enqueue.
+ * Starts one golden-path run directly through the runtime (`DurableRuntime.start`, what a producer
+ * outside a request calls): the run's insert as one tenant transaction, then its run job enqueued.
+ * The POST handler does the same insert inside its own transaction, after authentication,
+ * idempotency and admission (section 1 measures that path).
  */
 export async function startEngineRun(c: Container, tenantId: string, workflow = GOLDEN_PATH, input: unknown = CLASS_A_SUBMISSION): Promise<string> {
-  const { run } = await tenantEm(c.orm, tenantId).transactional((tx) =>
-    c.runtime.start_run(tx, workflow, {
-      tenantId,
-      principal: 'bench',
-      idempotencyHash: randomBytes(32).toString('hex'),
-      input,
-      correlationId: randomUUID(),
-    }),
-  );
-  await c.runtime.enqueue(run, 1);
+  const { run } = await c.runtime.start(tenantEm(c.orm, tenantId), workflow, {
+    tenantId,
+    principal: 'bench',
+    idempotencyHash: randomBytes(32).toString('hex'),
+    input,
+    correlationId: randomUUID(),
+  });
   return run.id;
 }
 
