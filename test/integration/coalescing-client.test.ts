@@ -1,10 +1,12 @@
 import { afterAll, describe, expect, it } from 'vitest';
-import { randomUUID } from 'node:crypto';
+import { randomBytes, randomUUID } from 'node:crypto';
 import pg from 'pg';
 import { startStack } from '../helpers/stack.ts';
 import { createOrm } from '../../src/platform/db/orm.ts';
 import { tenantEm } from '../../src/platform/db/tenant-em.ts';
-import { CoalescingClient, DEFER_UNTIL_NEXT, Prelude, holdingInserts, isDeferrable, withPrelude } from '../../src/platform/db/coalescing-client.ts';
+import { CoalescingClient, DEFER_UNTIL_NEXT, LAST_IN_TRANSACTION, Prelude, holdingInserts, isDeferrable, withPrelude } from '../../src/platform/db/coalescing-client.ts';
+import { GOLDEN_PATH } from '../../src/modules/golden-path/golden-path.workflow.ts';
+import { stepJobId } from '../../src/platform/queue/job-ids.ts';
 import { PartnerDossierRow } from '../../src/modules/golden-path/golden-path.entities.ts';
 import { ApprovalRequest } from '../../src/modules/approvals/approval.entities.ts';
 import { insertRow } from '../../src/platform/db/insert-row.ts';
@@ -238,6 +240,98 @@ describe('coalescing client', () => {
     // So are the fixed texts every transaction sends.
     const fixed = await tenantEm(orm, tenant).transactional((tx) => tx.execute<{ statement: string }[]>(`select statement from pg_prepared_statements where statement in (?, ?) order by 1`, ['begin', 'commit']));
     expect(fixed.map((r) => r.statement)).toEqual(['begin', 'commit']);
+  });
+
+  it('a connection prepares a statement again after 100 executions: a plan made while the table was new does not outlive its growth', async () => {
+    const tenant = randomUUID();
+    const runId = randomUUID();
+    const text = `select id from approval_requests where tenant_id = ? and run_id = ? and ? = 'reprepare'`;
+    const lookup = () => tenantEm(orm, tenant).transactional((tx) => tx.execute<{ id: string }[]>(text, [tenant, runId, 'reprepare']));
+    const held = () =>
+      tenantEm(orm, tenant).transactional((tx) =>
+        tx.execute<{ name: string; prepare_time: string; custom_plans: string; generic_plans: string }[]>(
+          `select name, prepare_time::text, custom_plans, generic_plans from pg_prepared_statements where statement like ?`,
+          [`%'reprepare'%`],
+        ),
+      );
+    for (let i = 0; i < 10; i++) await lookup();
+    const [early] = await held();
+    expect(Number(early!.generic_plans)).toBeGreaterThan(0);
+    // The tenant's approvals grow to a size where walking them costs (no ANALYZE runs here: autovacuum is off).
+    await stack.db.admin(
+      `insert into approval_requests (id, tenant_id, run_id, approval_class, required_approvals, status, submitted_by, reasons, created_at, updated_at)
+       select gen_random_uuid(), $1, gen_random_uuid(), 'A', 0, 'approved', 'u', '[]', now(), now() from generate_series(1, 3000)`,
+      [tenant],
+    );
+    for (let i = 10; i < 99; i++) await lookup();
+    const [before] = await held();
+    expect(before!.prepare_time).toBe(early!.prepare_time);
+    await lookup(); // the 100th execution on this connection
+    const [after] = await held();
+    expect(after!.name).toBe(early!.name);
+    expect(after!.prepare_time > early!.prepare_time).toBe(true);
+    expect(Number(after!.custom_plans) + Number(after!.generic_plans)).toBe(1);
+    for (let i = 0; i < 10; i++) await lookup();
+    // Planned again for the grown table, the generic plan reaches the one request by its unique key.
+    const [plan] = await tenantEm(orm, tenant).transactional((tx) =>
+      tx.execute<{ 'QUERY PLAN': unknown }[]>(`explain (format json) execute ${after!.name}('${tenant}', '${runId}', 'reprepare')`),
+    );
+    expect(JSON.stringify(plan!['QUERY PLAN'])).toMatch(/"Index Name":"approval_requests_tenant_run_unique"[^}]*"Index Cond":"\(\(tenant_id = \$1\) AND \(run_id = \$2\)\)"/);
+  });
+
+  it("a transaction's last statement (LAST_IN_TRANSACTION) travels with begin, the tenant setting and the commit: one round trip, its own result, committed", async () => {
+    const tenant = randomUUID();
+    const id = randomUUID();
+    const { result, texts } = await sent(() =>
+      tenantEm(orm, tenant).transactional((tx) => tx.execute<{ id: string; t: string }[]>(`${LAST_IN_TRANSACTION}${runInsert(id, tenant)} returning id, current_setting('app.tenant_id', true) as t`)),
+    );
+    expect(result).toEqual([{ id, t: tenant }]);
+    expect(texts).toHaveLength(1);
+    expect(texts[0]).toMatch(/^begin;\nselect set_config\('app\.tenant_id', '[0-9a-f-]{36}', true\);\n\/\* dealix:last-in-transaction \*\/ insert into durable_runs[\s\S]*;\ncommit$/);
+    // Committed: another connection sees it.
+    const seen = await stack.db.admin(`select tenant_id from durable_runs where id = $1`, [id]);
+    expect(seen.rows).toEqual([{ tenant_id: tenant }]);
+  });
+
+  it('a statement after the last one fails loudly and runs nowhere; a failing last statement rolls back; the one connection serves the next transaction', async () => {
+    const tenant = randomUUID();
+    const [first, second, dup] = [randomUUID(), randomUUID(), randomUUID()];
+    const after = tenantEm(orm, tenant).transactional(async (tx) => {
+      await tx.execute(`${LAST_IN_TRANSACTION}${runInsert(first, tenant)}`);
+      await tx.execute(runInsert(second, tenant));
+    });
+    await expect(after).rejects.toThrow(/followed one marked LAST_IN_TRANSACTION/);
+    const stored = async (ids: string[]) => (await stack.db.admin(`select id from durable_runs where id = any($1::uuid[]) order by id`, [ids])).rows.map((r) => r.id);
+    // The marked statement's transaction had committed (the caller broke its promise); nothing ran after it.
+    expect(await stored([first, second])).toEqual([first]);
+    await tenantEm(orm, tenant).transactional((tx) => tx.execute(runInsert(dup, tenant)));
+    const failing = tenantEm(orm, tenant).transactional(async (tx) => {
+      await tx.execute(runInsert(second, tenant));
+      await tx.execute(`${LAST_IN_TRANSACTION}${runInsert(dup, tenant)}`);
+    });
+    await expect(failing).rejects.toMatchObject({ code: '23505' });
+    expect(await stored([second])).toEqual([]);
+    const next = await tenantEm(orm, tenant).transactional((tx) => tx.execute<{ n: string }[]>(`select count(*) as n from durable_runs where tenant_id = ?`, [tenant]));
+    expect(next[0]!.n).toBe('2');
+  });
+
+  it('DurableRuntime.start: the run in one round trip with its commit, its run job enqueued; the same submission again finds the run and adds no second job', async () => {
+    const runtime = stack.container.runtime;
+    const tenant = randomUUID();
+    const input = { tenantId: tenant, principal: 'producer', idempotencyHash: randomBytes(32).toString('hex'), input: { any: 'thing' }, correlationId: randomUUID() };
+    const { result: first, texts } = await sent(() => runtime.start(tenantEm(stack.container.orm, tenant), GOLDEN_PATH, input));
+    expect(first.created).toBe(true);
+    expect(texts).toHaveLength(1);
+    const queue = runtime.queues.get(runtime.workflow(GOLDEN_PATH).queue)!;
+    const jobId = stepJobId(runtime.workflow(GOLDEN_PATH).tag, input.idempotencyHash, 1, runtime.workflow(GOLDEN_PATH).steps[0]!.name);
+    const job = await queue.getJob(jobId);
+    expect(job?.data).toMatchObject({ run_id: first.run.id, tenant_id: tenant, sequence_num: 1 });
+    const again = await runtime.start(tenantEm(stack.container.orm, tenant), GOLDEN_PATH, { ...input, correlationId: randomUUID() });
+    expect(again).toMatchObject({ created: false, run: { id: first.run.id, status: 'pending' } });
+    expect((await queue.getJobs(['wait', 'delayed', 'active', 'prioritized'])).filter((j) => j.data?.run_id === first.run.id)).toHaveLength(1);
+    const runs = await stack.db.admin(`select count(*)::int as n from durable_runs where tenant_id = $1`, [tenant]);
+    expect(runs.rows[0].n).toBe(1);
+    await job!.remove();
   });
 
   it('with DATABASE_PREPARED_STATEMENTS=false (a pooler that cannot keep them) nothing stays prepared, and the batch is still one message', async () => {
