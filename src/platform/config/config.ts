@@ -74,7 +74,7 @@ export const configSchema = z
 
     // Benchmarked (docs/performance.md): a run job spends most of its time waiting for PostgreSQL, one step
     // after another, so 16 jobs per process keep two cores busy and let commits share WAL flushes.
-    WORKER_CONCURRENCY: z.coerce.number().int().min(1).max(1000).default(16),
+    WORKER_CONCURRENCY: z.coerce.number().int().min(1).max(1000).default(8),
     // A SIGKILLed worker's step resumes elsewhere after about lock + half the stalled interval (ADR 0002).
     WORKER_LOCK_DURATION: duration('2s'),
     WORKER_STALLED_INTERVAL: duration('500ms'),
