@@ -293,9 +293,9 @@ describe('coalescing client', () => {
     expect(seen.rows).toEqual([{ tenant_id: tenant }]);
   });
 
-  it('a statement after the last one fails loudly and runs nowhere; a failing last statement rolls back; the one connection serves the next transaction', async () => {
+  it('a statement after the last one fails loudly and runs nowhere; a failing last statement commits nothing; the mark elsewhere changes nothing', async () => {
     const tenant = randomUUID();
-    const [first, second, dup] = [randomUUID(), randomUUID(), randomUUID()];
+    const [first, second, third, fourth] = [randomUUID(), randomUUID(), randomUUID(), randomUUID()];
     const after = tenantEm(orm, tenant).transactional(async (tx) => {
       await tx.execute(`${LAST_IN_TRANSACTION}${runInsert(first, tenant)}`);
       await tx.execute(runInsert(second, tenant));
@@ -304,15 +304,23 @@ describe('coalescing client', () => {
     const stored = async (ids: string[]) => (await stack.db.admin(`select id from durable_runs where id = any($1::uuid[]) order by id`, [ids])).rows.map((r) => r.id);
     // The marked statement's transaction had committed (the caller broke its promise); nothing ran after it.
     expect(await stored([first, second])).toEqual([first]);
-    await tenantEm(orm, tenant).transactional((tx) => tx.execute(runInsert(dup, tenant)));
-    const failing = tenantEm(orm, tenant).transactional(async (tx) => {
-      await tx.execute(runInsert(second, tenant));
-      await tx.execute(`${LAST_IN_TRANSACTION}${runInsert(dup, tenant)}`);
-    });
+    // One statement that writes a row, then fails on the first one's key: sent with its commit, it commits nothing.
+    const failing = tenantEm(orm, tenant).transactional((tx) => tx.execute(`${LAST_IN_TRANSACTION}with a as (${runInsert(third, tenant)}) ${runInsert(first, tenant)}`));
     await expect(failing).rejects.toMatchObject({ code: '23505' });
-    expect(await stored([second])).toEqual([]);
+    expect(await stored([third])).toEqual([]);
+    // Not the transaction's first statement: an ordinary statement, and the caller's commit is sent.
+    const { texts } = await sent(() =>
+      tenantEm(orm, tenant).transactional(async (tx) => {
+        await tx.execute(runInsert(third, tenant));
+        await tx.execute(`${LAST_IN_TRANSACTION}${runInsert(fourth, tenant)}`);
+      }),
+    );
+    expect(texts).toHaveLength(3);
+    expect(texts[2]).toBe('commit');
+    expect(await stored([third, fourth])).toEqual([third, fourth].sort());
+    // The one pooled connection serves the next transaction.
     const next = await tenantEm(orm, tenant).transactional((tx) => tx.execute<{ n: string }[]>(`select count(*) as n from durable_runs where tenant_id = ?`, [tenant]));
-    expect(next[0]!.n).toBe('2');
+    expect(next[0]!.n).toBe('3');
   });
 
   it('DurableRuntime.start: the run in one round trip with its commit, its run job enqueued; the same submission again finds the run and adds no second job', async () => {

@@ -35,9 +35,9 @@ export const DEFER_UNTIL_NEXT = '/* dealix:defer-until-next */ ';
 /**
  * Marks a transaction's last statement: the caller promises that nothing follows it but the
  * transaction's `commit` (its transaction callback returns its result as it is, and nothing after it
- * can fail). The statement travels with what is held AND the `commit`, one round trip for a whole
- * one-statement transaction (`begin; set_config; <statement>; commit`), and its own result is
- * returned. The commit that then comes is answered here; so is a rollback, which has nothing left to
+ * can fail). As a transaction's first statement it travels with what is held AND the `commit`, one
+ * round trip for a whole one-statement transaction (`begin; set_config; <statement>; commit`), and
+ * its own result is returned (anywhere else the mark changes nothing). The commit that then comes is answered here; so is a rollback, which has nothing left to
  * undo, and any other statement fails loudly instead of running outside the transaction. If the
  * statement or the commit fails, the transaction rolled back and the caller's rollback goes to
  * PostgreSQL as usual. Used by {@link DurableRuntime.start} (a run started outside a request).
@@ -169,7 +169,9 @@ export class CoalescingClient extends pg.Client {
     // PostgreSQL skip the rollback, leaving the connection in an aborted transaction that its pool
     // never gets back. Only `begin` and the settings, which cannot fail, still go first.
     if (/^rollback\b/i.test(statement.text)) this.#pending = this.#pending.filter((s) => !s.text.startsWith(DEFER_UNTIL_NEXT));
-    if (statement.text.startsWith(LAST_IN_TRANSACTION)) return this.sendWithCommit(statement);
+    // Only as the first statement of a transaction this client began: then nothing of it was sent
+    // yet, and the commit is the transaction's own. Elsewhere the mark changes nothing.
+    if (statement.text.startsWith(LAST_IN_TRANSACTION) && /^begin$/i.test(this.#pending[0]?.text ?? '')) return this.sendWithCommit(statement);
     const statements = [...this.#pending, statement];
     this.#pending = [];
     return this.send(statements).then(lastResult);
