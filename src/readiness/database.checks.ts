@@ -3,6 +3,24 @@ import { tenantTables } from '../platform/db/migrate.ts';
 import { inspectCatalog, ormCatalogQuery, type CatalogFinding, type CatalogReport } from '../platform/db/catalog.ts';
 import { fail, pass, type ReadinessRow } from './readiness.types.ts';
 
+/**
+ * autovacuum as PostgreSQL ships it: on. Without it no table ever gets statistics and dead rows are
+ * never reclaimed, and a prepared statement's plan made before statistics is kept until the
+ * connection prepares the statement again (ADR 0004, "Plans cached before statistics"). Required in
+ * production; elsewhere (a test or benchmark server) reported, not failed.
+ */
+export function autovacuumRow(setting: string | undefined, opts: { production: boolean }): ReadinessRow {
+  if (setting === 'on') return pass('postgres-autovacuum', 'autovacuum on');
+  const why = `autovacuum ${setting ?? 'unknown'}: tables get no statistics and keep their dead rows, and plans made before statistics last until their connection prepares them again`;
+  return opts.production ? fail('postgres-autovacuum', `${why}; turn it on (postgresql.conf or the provider's parameter group)`) : pass('postgres-autovacuum', `not required outside production (${why})`);
+}
+
+/** The server's autovacuum setting, as the application role reads it. */
+export async function autovacuumSetting(orm: MikroORM): Promise<string | undefined> {
+  const [row] = await orm.em.getConnection().execute<{ setting: string }[]>(`select current_setting('autovacuum') as setting`);
+  return row?.setting;
+}
+
 /** Findings about keys rather than policies go to the table's `tenant-unique` row. */
 const KEY_CHECKS = new Set<CatalogFinding['check']>(['tenant-unique', 'tenant-index', 'tenant-foreign-key']);
 

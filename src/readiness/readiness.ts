@@ -3,7 +3,7 @@ import type { Redis } from 'ioredis';
 import type { Config } from '../platform/config/config.ts';
 import type { MikroORM } from '../platform/db/orm.ts';
 import type { WorkflowDef } from '../platform/durable/workflow.ts';
-import { databaseRows } from './database.checks.ts';
+import { autovacuumRow, autovacuumSetting, databaseRows } from './database.checks.ts';
 import { migrationRows } from './migrations.checks.ts';
 import { routeTable } from './route-table.ts';
 import { authenticationRow, idempotencyRow, withProbe } from './http.checks.ts';
@@ -44,6 +44,7 @@ export async function runReadiness(deps: ReadinessDeps): Promise<ReadinessReport
   const { config, app, workflows, bullBoard } = deps;
   const rows: ReadinessRow[] = [configRow(undefined, config), ...docsRows(deps.docsRoot)];
   rows.push(...(await guarded('database', () => databaseRows(deps.orm, { systemRole: deps.systemRole }))));
+  rows.push(...(await guarded('postgres-autovacuum', async () => [autovacuumRow(await autovacuumSetting(deps.orm), { production: config.NODE_ENV === 'production' })])));
   rows.push(...(await guarded('migrations', () => migrationRows(deps.openOwnerOrm))));
   rows.push(
     ...(await guarded('routes', async () => {

@@ -4,6 +4,7 @@ import pg from 'pg';
 import { createTestDatabase, type TestDatabase } from '../helpers/db.ts';
 import { TEST_ADMIN_URL, TEST_APP, TEST_OWNER, pgUrl } from '../helpers/env.ts';
 import { matrixFor } from './readiness.fixtures.ts';
+import { autovacuumRow } from '../../src/readiness/database.checks.ts';
 
 /**
  * Database rows of the readiness matrix, each broken in a throwaway database (a clone of the migrated
@@ -157,5 +158,29 @@ describe('migrations', () => {
     expect(m.row('schema-drift').status).toBe('FAIL');
     expect(m.row('schema-drift').reason).toMatch(/hand_made/);
     expect(m.row('migrations').status).toBe('PASS');
+  });
+});
+
+describe('autovacuum', () => {
+  it('the row reports the server\'s real setting: off fails in production and passes elsewhere with the reason; on passes', async () => {
+    const c = new pg.Client({ connectionString: TEST_ADMIN_URL });
+    await c.connect();
+    const setting = (await c.query<{ autovacuum: string }>('show autovacuum').finally(() => c.end())).rows[0]!.autovacuum;
+    const production = (d: { config: object }) => ({ config: { ...d.config, NODE_ENV: 'production' } as never });
+    const [dev, prod] = [await matrixFor(), await matrixFor({ adjust: production })];
+    if (setting === 'on') {
+      expect(dev.row('postgres-autovacuum')).toEqual({ component: 'postgres-autovacuum', status: 'PASS', reason: 'autovacuum on' });
+      expect(prod.row('postgres-autovacuum').status).toBe('PASS');
+    } else {
+      expect(dev.row('postgres-autovacuum')).toMatchObject({ status: 'PASS', reason: expect.stringMatching(/^not required outside production \(autovacuum off: tables get no statistics/) });
+      expect(prod.row('postgres-autovacuum')).toMatchObject({ status: 'FAIL', reason: expect.stringMatching(/^autovacuum off: .*turn it on/) });
+    }
+  });
+
+  it('maps each setting to its verdict', () => {
+    expect(autovacuumRow('on', { production: true })).toEqual({ component: 'postgres-autovacuum', status: 'PASS', reason: 'autovacuum on' });
+    expect(autovacuumRow('off', { production: true }).status).toBe('FAIL');
+    expect(autovacuumRow('off', { production: false }).status).toBe('PASS');
+    expect(autovacuumRow(undefined, { production: true }).reason).toMatch(/^autovacuum unknown/);
   });
 });

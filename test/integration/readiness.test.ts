@@ -30,7 +30,7 @@ describe('a healthy stack', () => {
       expect(m.row(`rls ${table}`).status).toBe('PASS');
       expect(m.row(`tenant-unique ${table}`).status).toBe('PASS');
     }
-    for (const c of ['config', 'app-role', 'migrations', 'schema-drift', 'routes-idempotency', 'routes-authentication', 'bull-board-auth', 'bull-board-queues', 'telemetry', 'redis', 'redis-eviction', 'redis-persistence', 'worker-settings']) {
+    for (const c of ['config', 'app-role', 'postgres-autovacuum', 'migrations', 'schema-drift', 'routes-idempotency', 'routes-authentication', 'bull-board-auth', 'bull-board-queues', 'telemetry', 'redis', 'redis-eviction', 'redis-persistence', 'worker-settings']) {
       expect(m.row(c).status).toBe('PASS');
     }
   });
