@@ -72,8 +72,9 @@ export const configSchema = z
     IDEMPOTENCY_TTL: duration('24h'),
     IDEMPOTENCY_LEASE: duration('60s'),
 
-    // Benchmarked (docs/performance.md): a run job spends most of its time waiting for PostgreSQL, one step
-    // after another, so 16 jobs per process keep two cores busy and let commits share WAL flushes.
+    // Benchmarked (docs/performance.md, npm run bench:pairs): a run job spends most of its time waiting for
+    // PostgreSQL, one step after another; on two cores 8 jobs per process ran as many runs as 16 with less
+    // PostgreSQL CPU per run (fewer concurrent transactions contend less), and 4 ran fewer.
     WORKER_CONCURRENCY: z.coerce.number().int().min(1).max(1000).default(8),
     // A SIGKILLed worker's step resumes elsewhere after about lock + half the stalled interval (ADR 0002).
     WORKER_LOCK_DURATION: duration('2s'),

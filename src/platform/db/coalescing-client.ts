@@ -37,10 +37,11 @@ export const DEFER_UNTIL_NEXT = '/* dealix:defer-until-next */ ';
  * transaction's `commit` (its transaction callback returns its result as it is, and nothing after it
  * can fail). As a transaction's first statement it travels with what is held AND the `commit`, one
  * round trip for a whole one-statement transaction (`begin; set_config; <statement>; commit`), and
- * its own result is returned (anywhere else the mark changes nothing). The commit that then comes is answered here; so is a rollback, which has nothing left to
- * undo, and any other statement fails loudly instead of running outside the transaction. If the
- * statement or the commit fails, the transaction rolled back and the caller's rollback goes to
- * PostgreSQL as usual. Used by {@link DurableRuntime.start} (a run started outside a request).
+ * its own result is returned (anywhere else the mark changes nothing). The commit that then comes is
+ * answered here; so is a rollback, which has nothing left to undo, and any other statement fails
+ * loudly instead of running outside the transaction. If the statement or the commit fails, the
+ * transaction rolled back and the caller's rollback goes to PostgreSQL as usual. Used by
+ * `DurableRuntime.start` (a run started outside a request).
  */
 export const LAST_IN_TRANSACTION = '/* dealix:last-in-transaction */ ';
 

@@ -50,7 +50,7 @@ export const DurableRun = defineEntity({
     // Active runs only (admission's count, lists of active runs). Partial, so that statements naming one
     // run by (tenant_id, id) can never be planned onto it: on a table without statistics every
     // tenant-leading index costs the same, and a cached plan that scans a tenant's runs by status grows
-    // with the tenant (docs/performance.md, "plans that grow with data").
+    // with the tenant (ADR 0004, "Plans cached before statistics").
     { name: 'durable_runs_tenant_active_index', properties: ['tenantId', 'status'], where: "status in ('pending', 'running', 'waiting')" },
     { name: 'durable_runs_status_updated_index', properties: ['status', 'updatedAt'] },
   ],
