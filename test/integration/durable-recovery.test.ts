@@ -22,7 +22,7 @@ import { waitFor } from '../helpers/poll.ts';
 import { SLOW_QUEUE, SLOW_TAG, slowWorkflow, type StepGate } from '../helpers/slow-workflow.ts';
 import { startOwnPostgres, startOwnRedis, type OwnPostgres, type OwnRedis } from '../helpers/own-infra.ts';
 import { TEST_APP, TEST_JWT_SECRET, TEST_OWNER } from '../helpers/env.ts';
-import { createSlowRun, enteredThroughLast, expectEveryStepOnce, jobOf, killLiveWorkers, readRun, waitEntered, waitRun } from '../helpers/recovery.ts';
+import { SLOW_STEPS, createSlowRun, enteredThroughLast, expectEveryStepOnce, jobOf, killLiveWorkers, readRun, waitEntered, waitRun } from '../helpers/recovery.ts';
 
 const TEST_WORKER = 'test/helpers/test-worker.ts';
 const LONG = 180_000;
@@ -175,6 +175,32 @@ describe('a killed or stopped worker: the run still completes, each step exactly
     const second = await sweeper.sweep();
     expect(second.redisLost).toBe(false);
     expect([reenqueued(alive1.id), reenqueued(alive2.id), reenqueued(lost.id)]).toEqual([0, 0, 1]);
+  });
+
+  it('the sweeper leaves alone a run whose job from step 1 carries it past a step that may wait but did not', { timeout: LONG }, async () => {
+    const lines: string[] = [];
+    const logger = pino({ level: 'info' }, { write: (l: string) => void lines.push(l) });
+    const sweeper = new Sweeper({ orm: stack.container.orm, runtime: stack.container.runtime, redis: stack.container.redis, logger, lockKey: `${stack.prefix}:test-sweeper-lock-2`, intervalMs: 1000, minAgeMs: 0 });
+    const tenant = newTenant();
+    // No worker runs: the job that started at step 1 stays waiting, as while it is between steps 3 and 4.
+    const run = await createSlowRun(stack, tenant, { enqueue: true });
+    // Steps 1-3 done, the approval (step 3, which may wait) approved by policy: the run row moved only at its first step.
+    await stack.db.admin(`update durable_runs set status = 'running', sequence_num = 1, updated_at = now() - interval '1 minute' where id = $1`, [run.id]);
+    for (const [i, name] of SLOW_STEPS.slice(0, 3).entries()) {
+      await stack.db.admin(
+        `insert into durable_checkpoints (id, tenant_id, run_id, sequence_num, step_name, status, output, attempt, created_at, updated_at, completed_at)
+         values (gen_random_uuid(), $1, $2, $3, $4, 'completed', '{}', 1, now(), now(), now())`,
+        [tenant, run.id, i + 1, name],
+      );
+    }
+    await sweeper.sweep();
+    await sweeper.sweep();
+    // Step 4's stretch starts after the step that may wait, but the live job is the one from step 1.
+    expect(lines.filter((l) => l.includes('sweeper re-enqueued run') && l.includes(run.id))).toEqual([]);
+    expect(await jobOf(stack, run, 4)).toBeUndefined();
+    expect(await (await jobOf(stack, run, 1))?.getState()).toBe('waiting');
+    await (await jobOf(stack, run, 1))?.remove();
+    await tenantEm(stack.container.orm, tenant).transactional((tx) => stack.container.runtime.complete(tx, run.id, 'cancelled'));
   });
 
   it.each(['reordered', 'renamed'] as const)('%s steps against existing checkpoints fail the run loudly as non-determinism', { timeout: LONG }, async (variant) => {

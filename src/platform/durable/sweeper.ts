@@ -5,7 +5,6 @@ import { systemEm, tenantEm } from '../db/tenant-em.ts';
 import { stepJobId } from '../queue/job-ids.ts';
 import { COMPLETED_STEPS_SQL, RUN_COLUMNS, type DurableRuntime, type IncompleteRun, type RunRow } from './runtime.ts';
 import type { RunStatus } from './durable-run.entity.ts';
-import { segmentStart } from './workflow.ts';
 
 export interface SweeperOptions {
   orm: MikroORM;
@@ -126,9 +125,11 @@ export class Sweeper {
 
   /**
    * Re-enqueues the run from its first incomplete step unless BullMQ still holds a live job for it:
-   * the run job that started where this stretch of steps starts, or one a sweep started at that step.
-   * A finished leftover under the id it adds is removed first: while a completed or failed job keeps
-   * its deterministic id, adding the job again would be a silent no-op.
+   * any of its run jobs from step 1 to that step. The one carrying it may have started well before
+   * the stretch that contains the step: a step that may wait but did not (a class A approval) leaves
+   * the job that started at step 1 going on, and a sweep may have started one at any step. A finished
+   * leftover under the id it adds is removed first: while a completed or failed job keeps its
+   * deterministic id, adding the job again would be a silent no-op.
    */
   private async reenqueue(ref: IncompleteRun): Promise<boolean> {
     const wf = this.o.runtime.workflows.get(ref.workflow);
@@ -145,7 +146,7 @@ export class Sweeper {
     const next = run.completed + 1;
     if (next > wf.steps.length) return false;
     const jobId = (seq: number) => stepJobId(wf.tag, run.idempotency_hash, seq, wf.steps[seq - 1]!.name);
-    const ids = [...new Set([jobId(segmentStart(wf, next)), jobId(next)])];
+    const ids = Array.from({ length: next }, (_, i) => jobId(i + 1));
     const states = await Promise.all(ids.map((id) => queue.getJobState(id)));
     if (states.some((st) => ALIVE.has(st))) return false;
     const state = states[states.length - 1];

@@ -114,8 +114,10 @@ export function defineWorkflow<In>(def: WorkflowDef<In>): WorkflowDef<In> {
 
 /**
  * The first sequence_num of the stretch of steps that contains `seq`: the step after the last step
- * before `seq` that may wait, or 1. A run job that carries the run through `seq` started there (or at
- * `seq` itself, when the sweeper re-enqueued the run).
+ * before `seq` that may wait, or 1. A run job added for a stretch starts there (a resume's, or the
+ * first); it goes on past a step that may wait but does not, so the job carrying a run may have
+ * started at an earlier stretch — or at any step, when the sweeper re-enqueued the run (sweeper.ts
+ * checks them all).
  */
 export function segmentStart(wf: WorkflowDef, seq: number): number {
   for (let s = seq - 1; s >= 1; s--) {
