@@ -25,18 +25,25 @@ afterAll(async () => {
   await stack.stop();
 });
 
-/** Records every message the clients actually send while `fn` runs. */
-async function sent<T>(fn: () => Promise<T>): Promise<{ result: T; texts: string[] }> {
+/** Records every message the clients actually send while `fn` runs, and every notice (warning) PostgreSQL answers with. */
+async function sent<T>(fn: () => Promise<T>): Promise<{ result: T; texts: string[]; notices: string[] }> {
   const texts: string[] = [];
+  const notices: string[] = [];
   const original = pg.Client.prototype.query;
+  const originalEmit = pg.Client.prototype.emit;
   pg.Client.prototype.query = function (this: pg.Client, config: any, ...rest: any[]) {
     texts.push(typeof config === 'string' ? config : String(config?.text ?? config));
     return (original as any).call(this, config, ...rest);
   } as any;
+  pg.Client.prototype.emit = function (this: pg.Client, event: string | symbol, ...args: any[]) {
+    if (event === 'notice') notices.push(`${args[0]?.severity}: ${args[0]?.message}`);
+    return originalEmit.call(this, event, ...args);
+  };
   try {
-    return { result: await fn(), texts };
+    return { result: await fn(), texts, notices };
   } finally {
     pg.Client.prototype.query = original;
+    pg.Client.prototype.emit = originalEmit;
   }
 }
 
@@ -160,7 +167,7 @@ describe('coalescing client', () => {
       const before = randomUUID();
       const prelude = preludeForms[form](tenant, `${runInsert(before, tenant)} returning id`);
       let settings: unknown;
-      const { texts } = await sent(() =>
+      const { texts, notices } = await sent(() =>
         withPrelude(prelude, () =>
           tenantEm(orm, tenant).transactional(async (tx) => {
             settings = (await tx.execute(`select current_setting('lock_timeout') as lock_timeout`))[0];
@@ -169,8 +176,13 @@ describe('coalescing client', () => {
         ).catch((e: Error) => e.message),
       );
       expect(texts).toHaveLength(2);
+      expect(texts[0]).toMatch(/^begin;\nselect set_config\(/);
       expect(texts[0]).toMatch(/returning id;\ncommit;\nbegin;\nselect set_config\('app\.tenant_id', '[0-9a-f-]{36}', true\);\nselect current_setting\('lock_timeout'\) as lock_timeout$/);
       expect(texts[1]).toBe('rollback');
+      // The prelude's commit ends a transaction it began: PostgreSQL has nothing to warn about (a
+      // commit of the implicit transaction warned "there is no transaction in progress", and the
+      // server logged that for every keyed request).
+      expect(notices).toEqual([]);
       // The prelude's transaction-local lock timeout ended with its commit.
       expect(settings).toEqual({ lock_timeout: '0' });
       expect(prelude.result?.rows).toEqual([{ id: before }]);
@@ -199,6 +211,32 @@ describe('coalescing client', () => {
       expect(ended).toMatch(/invalid input syntax/);
       const [row] = await tenantEm(orm, tenant).transactional((tx) => tx.execute<{ n: string }[]>(`select count(*) as n from durable_runs`));
       expect(row?.n).toBe('0');
+    },
+  );
+
+  it.each(Object.keys(preludeForms) as (keyof typeof preludeForms)[])(
+    'after a prelude (%s) failed, a caller that begins again instead of rolling back gets a working transaction',
+    async (form) => {
+      const client = new CoalescingClient({ connectionString: stack.db.appUrl });
+      await client.connect();
+      try {
+        const tenant = randomUUID();
+        const prelude = preludeForms[form](tenant, `select ('not a number')::int`);
+        await withPrelude(prelude, async () => {
+          await client.query('begin');
+          await expect(client.query('select 1 as one')).rejects.toThrow(/invalid input syntax/);
+        });
+        // The failed prelude left its own transaction aborted on the connection: it is rolled back
+        // ahead of the new `begin`, so the new transaction's statements run.
+        await client.query('begin');
+        await client.query(`select set_config('app.tenant_id', '${tenant}', true)`);
+        const r = await client.query('select current_setting($1, true) as t', ['app.tenant_id']);
+        expect(r.rows[0]).toEqual({ t: tenant });
+        await client.query('commit');
+        expect((await client.query(`select 2 as two`)).rows[0]).toEqual({ two: 2 });
+      } finally {
+        await client.end();
+      }
     },
   );
 

@@ -53,9 +53,8 @@ const holdInserts = new AsyncLocalStorage<true>();
 
 /**
  * A short transaction of its own that travels in front of the next transaction's first message on
- * the connection: `<prelude statements>; commit; begin; <held statements>; <next statement>`, one
- * round trip for both. PostgreSQL runs the prelude as an implicit transaction and commits it at the
- * `commit` before the next transaction begins, so the two stay separate transactions. If a prelude
+ * the connection: `begin; <prelude statements>; commit; begin; <held statements>; <next statement>`,
+ * one round trip for both, two separate transactions. If a prelude
  * statement fails, PostgreSQL skips the rest of the message: nothing of the next transaction runs,
  * the statement it was sent with fails, and so does every later one on the connection until the
  * caller's rollback (so a caller that caught the error can never go on outside a transaction).
@@ -142,9 +141,12 @@ export class CoalescingClient extends pg.Client {
   // pg's overloads cannot be restated precisely here; the three call forms are handled explicitly.
   override query(config: any, values?: any, callback?: any): any {
     if (this.#poisoned !== undefined) {
-      // The transaction the failed prelude led ends with its rollback; a `begin` starts another.
-      if (typeof config === 'string' && /^(rollback|begin)$/i.test(config)) this.#poisoned = undefined;
-      else return Promise.reject(this.#poisoned);
+      // The transaction the failed prelude led ends with its rollback; a `begin` starts another,
+      // after the rollback of the prelude's transaction, which the failure left open and aborted.
+      if (typeof config === 'string' && /^(rollback|begin)$/i.test(config)) {
+        this.#poisoned = undefined;
+        if (/^begin$/i.test(config)) this.#pending.push({ text: 'rollback', discard: true });
+      } else return Promise.reject(this.#poisoned);
     }
     if (this.#committedAhead) {
       this.#committedAhead = false;
@@ -207,12 +209,15 @@ export class CoalescingClient extends pg.Client {
 
   private sendWithPrelude(prelude: Prelude, statement: Statement): Promise<pg.QueryResult> {
     prelude.sent = true;
-    const lead: readonly Statement[] = typeof prelude.sql === 'string' ? [{ text: prelude.sql }] : prelude.sql;
+    // The prelude's own `begin`: a `commit` that ends the implicit transaction a message runs in
+    // commits it too, but PostgreSQL answers it with a warning ("there is no transaction in
+    // progress"), logged by the server for every keyed request.
+    const lead: readonly Statement[] = [{ text: 'begin', discard: true }, ...(typeof prelude.sql === 'string' ? [{ text: prelude.sql }] : prelude.sql)];
     const statements = [...lead, { text: 'commit', discard: true }, ...this.#pending, statement];
     this.#pending = [];
     return (this.send(statements) as Promise<pg.QueryResult[]>).then(
       (results) => {
-        prelude.result = results[prelude.statements - 1];
+        prelude.result = results[prelude.statements];
         return results[results.length - 1]!;
       },
       (err: unknown) => {
