@@ -1,5 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { randomUUID } from 'node:crypto';
+import pg from 'pg';
 import { api, CLASS_A_SUBMISSION, CLASS_C_SUBMISSION, newTenant, SAMPLE_SUBMISSION, startStack, type TestStack } from '../helpers/stack.ts';
 import { waitFor } from '../helpers/poll.ts';
 import { namedJobId } from '../../src/platform/queue/job-ids.ts';
@@ -122,6 +123,30 @@ describe('golden path over HTTP', () => {
     expect(evidence.json.sha256).toBe(run.steps[3].output.sha256);
     const verify = await getJson(run.links.verify);
     expect(verify.json).toMatchObject({ valid: true, sha256: evidence.json.sha256 });
+  });
+
+  it("PostgreSQL has nothing to warn about on the API's path: a keyed submission, its replay and the reads raise no notice", async () => {
+    // The API runs in this process: every notice its connections receive (a WARNING the server also
+    // logs, e.g. a commit with no transaction in progress) is seen here.
+    const notices: string[] = [];
+    const emit = pg.Client.prototype.emit;
+    pg.Client.prototype.emit = function (this: pg.Client, event: string | symbol, ...args: any[]) {
+      if (event === 'notice') notices.push(`${args[0]?.severity}: ${args[0]?.message}`);
+      return emit.call(this, event, ...args);
+    };
+    try {
+      const key = randomUUID();
+      const first = await submit(CLASS_A_SUBMISSION, tok.submitter, key);
+      expect(first.status).toBe(202);
+      const replay = await submit(CLASS_A_SUBMISSION, tok.submitter, key);
+      expect(replay.status).toBe(202);
+      expect(replay.json.run_id).toBe(first.json.run_id);
+      await waitStatus(first.json.run_id, ['completed', 'failed']);
+      expect((await getJson('/api/v1/golden-path/runs?limit=5')).status).toBe(200);
+    } finally {
+      pg.Client.prototype.emit = emit;
+    }
+    expect(notices).toEqual([]);
   });
 
   it('class B waits for one approver and completes after approval', async () => {
