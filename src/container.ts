@@ -8,7 +8,7 @@ import { createLogger, type Logger } from './platform/telemetry/logger.ts';
 import { createRedis } from './platform/queue/connections.ts';
 import { createTokenVerifier, type TokenVerifier } from './platform/tenancy/jwt.ts';
 import { IdempotencyService } from './platform/idempotency/idempotency.service.ts';
-import { DurableRuntime } from './platform/durable/runtime.ts';
+import { DurableRuntime, keepFromConfig } from './platform/durable/runtime.ts';
 import type { RouteDef } from './platform/http/route.ts';
 import type { WorkflowDef } from './platform/durable/workflow.ts';
 import { entities } from './entities.ts';
@@ -60,7 +60,7 @@ export async function createContainer(config: Config, opts: { service: 'api' | '
   for (const wf of workflows) queue(wf.queue);
   // Bull Board and /metrics show the maintenance queue too (its scheduler is upserted by workers).
   queue(MAINTENANCE_QUEUE);
-  const runtime = new DurableRuntime({ workflows, queues, logger });
+  const runtime = new DurableRuntime({ workflows, queues, logger, keep: keepFromConfig(config) });
   const idempotency = new IdempotencyService({ ttlMs: config.IDEMPOTENCY_TTL, leaseMs: config.IDEMPOTENCY_LEASE });
   const verifier = createTokenVerifier(config);
   const metrics = createMetrics();

@@ -2,7 +2,7 @@ import type { Job, Queue } from 'bullmq';
 import { DelayedError } from 'bullmq';
 import type { MikroORM } from '@mikro-orm/postgresql';
 import type { Config } from '../platform/config/config.ts';
-import type { DurableRuntime } from '../platform/durable/runtime.ts';
+import { keepFromConfig, type DurableRuntime, type KeepJobs } from '../platform/durable/runtime.ts';
 import type { RouteDef } from '../platform/http/route.ts';
 import type { WorkflowDef } from '../platform/durable/workflow.ts';
 import type { JobHandler } from '../platform/durable/worker-host.ts';
@@ -34,7 +34,7 @@ function slaDefaults(config: Config): { slaBSeconds: number; slaCSeconds: number
 const slaJobId = (idempotencyHash: string) => namedJobId('gp', idempotencyHash, 'sla');
 
 /** SLA timers: one delayed job per waiting run, on the golden-path queue, keyed by the run's idempotency hash. */
-function slaScheduler(queue: () => Queue): SlaScheduler {
+function slaScheduler(queue: () => Queue, keep: { completed: KeepJobs; failed: KeepJobs }): SlaScheduler {
   return {
     async schedule({ tenantId, runId, idempotencyHash, deadline }) {
       const data: SlaJobData = { tenant_id: tenantId, run_id: runId, hash: idempotencyHash, deadline: deadline.toISOString() };
@@ -43,8 +43,8 @@ function slaScheduler(queue: () => Queue): SlaScheduler {
         delay: Math.max(0, deadline.getTime() - Date.now()),
         attempts: 10,
         backoff: { type: 'exponential', delay: 1000, jitter: 0.5 },
-        removeOnComplete: { age: 3600 },
-        removeOnFail: { age: 7 * 24 * 3600 },
+        removeOnComplete: keep.completed,
+        removeOnFail: keep.failed,
       });
     },
     async cancel({ idempotencyHash }) {
@@ -55,7 +55,7 @@ function slaScheduler(queue: () => Queue): SlaScheduler {
 }
 
 export function workflowsFor(config: Config, deps: { queue: () => Queue }): WorkflowDef[] {
-  const sla = slaScheduler(deps.queue);
+  const sla = slaScheduler(deps.queue, keepFromConfig(config));
   const approvalStep = approvalPacketStep({ ...slaDefaults(config), sla });
   return [
     goldenPathWorkflow(approvalStep, evidencePackStep, async (em, { tenantId, runId }) => {
@@ -76,7 +76,7 @@ export function workflowsFor(config: Config, deps: { queue: () => Queue }): Work
 }
 
 export function routesFor(deps: { config: Config; runtime: DurableRuntime; queue: () => Queue; admission?: AdmissionControl }): RouteDef[] {
-  const approvals = new ApprovalService(deps.runtime, slaScheduler(deps.queue));
+  const approvals = new ApprovalService(deps.runtime, slaScheduler(deps.queue, deps.runtime.keep));
   return [
     ...goldenPathRoutes({ runtime: deps.runtime, ...(deps.admission ? { admission: deps.admission } : {}) }),
     ...approvalRoutes({ approvals }),

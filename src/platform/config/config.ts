@@ -83,6 +83,11 @@ export const configSchema = z
     WORKER_SHUTDOWN_GRACE: duration('10s'),
     SWEEPER_INTERVAL: duration('15s'),
     SWEEPER_MIN_AGE: duration('10s'),
+    // Finished jobs BullMQ keeps in Redis for Bull Board: the newest this many, and none older than an
+    // hour (completed) or a week (failed). PostgreSQL keeps every run; a completed run job holds about
+    // 3 KB of Redis, so an age bound alone grows with throughput (at 250 runs/s, ~2.7 GB an hour).
+    QUEUE_KEEP_COMPLETED: z.coerce.number().int().min(0).max(10_000_000).default(10_000),
+    QUEUE_KEEP_FAILED: z.coerce.number().int().min(0).max(10_000_000).default(20_000),
 
     APPROVAL_SLA_B: duration('24h'),
     APPROVAL_SLA_C: duration('72h'),

@@ -3,6 +3,7 @@ import type { EntityManager } from '@mikro-orm/postgresql';
 import type { Queue } from 'bullmq';
 import { context as otelContext, propagation, trace, type Context } from '@opentelemetry/api';
 import type { Logger } from 'pino';
+import type { Config } from '../config/config.ts';
 import { stepJobId } from '../queue/job-ids.ts';
 import { DEFER_UNTIL_NEXT, LAST_IN_TRANSACTION } from '../db/coalescing-client.ts';
 import { ATTR } from '../telemetry/attributes.ts';
@@ -88,8 +89,30 @@ export interface RuntimeOptions {
   workflows: WorkflowDef[];
   queues: Map<string, Queue>;
   logger: Logger;
-  /** Remove completed step jobs from Redis after this many seconds (Postgres keeps the truth). */
-  keepCompletedSeconds?: number;
+  /**
+   * Finished run jobs kept in Redis (Postgres keeps the truth): at most `count` of each kind, none
+   * older than `age` seconds. Defaults: the newest 10,000 completed within an hour, 20,000 failed within a week.
+   */
+  keep?: { completed: KeepJobs; failed: KeepJobs };
+}
+
+/** Finished jobs BullMQ keeps: the newest `count`, none older than `age` seconds (BullMQ's KeepJobs). */
+export interface KeepJobs {
+  age: number;
+  count: number;
+}
+
+export const DEFAULT_KEEP: { completed: KeepJobs; failed: KeepJobs } = {
+  completed: { age: 3600, count: 10_000 },
+  failed: { age: 7 * 24 * 3600, count: 20_000 },
+};
+
+/** The retention the configuration asks for (QUEUE_KEEP_COMPLETED / QUEUE_KEEP_FAILED). */
+export function keepFromConfig(config: Pick<Config, 'QUEUE_KEEP_COMPLETED' | 'QUEUE_KEEP_FAILED'>): { completed: KeepJobs; failed: KeepJobs } {
+  return {
+    completed: { age: DEFAULT_KEEP.completed.age, count: config.QUEUE_KEEP_COMPLETED },
+    failed: { age: DEFAULT_KEEP.failed.age, count: config.QUEUE_KEEP_FAILED },
+  };
 }
 
 /**
@@ -101,13 +124,14 @@ export class DurableRuntime {
   readonly workflows: Map<string, WorkflowDef>;
   readonly queues: Map<string, Queue>;
   private readonly logger: Logger;
-  private readonly keepCompletedSeconds: number;
+  /** How many finished jobs, and how old, BullMQ keeps (every job the runtime adds, SLA timers included). */
+  readonly keep: { completed: KeepJobs; failed: KeepJobs };
 
   constructor(opts: RuntimeOptions) {
     this.workflows = new Map(opts.workflows.map((w) => [w.name, w]));
     this.queues = opts.queues;
     this.logger = opts.logger;
-    this.keepCompletedSeconds = opts.keepCompletedSeconds ?? 3600;
+    this.keep = opts.keep ?? DEFAULT_KEEP;
   }
 
   workflow(name: string): WorkflowDef {
@@ -201,8 +225,8 @@ export class DurableRuntime {
         attempts: jobAttempts(wf, fromSeq),
         // Each step's own policy, counted from its own failures (worker-host.ts): see stepBackoffMs.
         backoff: { type: STEP_BACKOFF, delay: retry.backoffMs, jitter: retry.jitter },
-        removeOnComplete: { age: this.keepCompletedSeconds },
-        removeOnFail: { age: 7 * 24 * 3600 },
+        removeOnComplete: this.keep.completed,
+        removeOnFail: this.keep.failed,
       });
     // Continue the submission's trace, also when a resume enqueues from another process or request,
     // and carry the run's correlation id as baggage so the workers' spans are tagged with it.
