@@ -149,11 +149,16 @@ export class CoalescingClient extends pg.Client {
       } else return Promise.reject(this.#poisoned);
     }
     if (this.#committedAhead) {
-      this.#committedAhead = false;
-      if (typeof config === 'string' && /^(commit|rollback)$/i.test(config)) return Promise.resolve(held(config.toUpperCase()));
+      if (typeof config === 'string' && /^(commit|rollback)$/i.test(config)) {
+        this.#committedAhead = false;
+        return Promise.resolve(held(config.toUpperCase()));
+      }
       // A transaction that begins is a new one (its predecessor's end was never sent here).
       if (typeof config !== 'string' || !/^begin$/i.test(config))
+        // Still committed ahead: the rollback the caller sends after this error is answered here too
+        // (PostgreSQL, with no transaction open, would answer it with a warning in its log).
         return Promise.reject(new Error(`a statement followed one marked LAST_IN_TRANSACTION, whose transaction has already committed: ${String(typeof config === 'string' ? config : config?.text).slice(0, 200)}`));
+      this.#committedAhead = false;
     }
     const plain = typeof config === 'string' && typeof values !== 'function' && callback === undefined && (values === undefined || Array.isArray(values));
     if (!plain) {
