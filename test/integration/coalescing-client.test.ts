@@ -1,7 +1,7 @@
 import { afterAll, describe, expect, it } from 'vitest';
 import { randomBytes, randomUUID } from 'node:crypto';
 import pg from 'pg';
-import { startStack } from '../helpers/stack.ts';
+import { CLASS_A_SUBMISSION, startStack } from '../helpers/stack.ts';
 import { createOrm } from '../../src/platform/db/orm.ts';
 import { tenantEm } from '../../src/platform/db/tenant-em.ts';
 import { CoalescingClient, DEFER_UNTIL_NEXT, LAST_IN_TRANSACTION, Prelude, holdingInserts, isDeferrable, withPrelude } from '../../src/platform/db/coalescing-client.ts';
@@ -11,6 +11,8 @@ import { PartnerDossierRow } from '../../src/modules/golden-path/golden-path.ent
 import { ApprovalRequest } from '../../src/modules/approvals/approval.entities.ts';
 import { insertRow } from '../../src/platform/db/insert-row.ts';
 import { entities } from '../../src/entities.ts';
+import { StepExecutor } from '../../src/platform/durable/executor.ts';
+import { pino } from 'pino';
 
 /**
  * The connection-level round-trip cut (src/platform/db/coalescing-client.ts) against the real
@@ -384,6 +386,28 @@ describe('coalescing client', () => {
     const runs = await stack.db.admin(`select count(*)::int as n from durable_runs where tenant_id = $1`, [tenant]);
     expect(runs.rows[0].n).toBe(1);
     await job!.remove();
+  });
+
+  it("a class A run's job is five messages: the run's state with the approval step's policy read, then one per step", async () => {
+    const { runtime, orm } = stack.container;
+    const tenant = randomUUID();
+    const input = { tenantId: tenant, principal: 'producer', idempotencyHash: randomBytes(32).toString('hex'), input: CLASS_A_SUBMISSION, correlationId: randomUUID() };
+    const { run } = await runtime.start(tenantEm(orm, tenant), GOLDEN_PATH, input);
+    const wf = runtime.workflow(GOLDEN_PATH);
+    const queue = runtime.queues.get(wf.queue)!;
+    // The job runs here, in this process, so every message it sends is seen (no worker is running).
+    const job = (await queue.getJob(stepJobId(wf.tag, input.idempotencyHash, 1, wf.steps[0]!.name)))!;
+    const executor = new StepExecutor({ orm, runtime, logger: pino({ level: 'silent' }), workerId: 'test', leaseMs: 2_000 });
+    const { result: outcome, texts } = await sent(() => executor.process(job));
+    expect(outcome.steps.map((st) => [st.step, st.status, st.replayed])).toEqual(wf.steps.map((st) => [st.name, 'completed', false]));
+    expect(texts).toHaveLength(5);
+    expect(texts[0]).toMatch(/from approval_policies p where p\.tenant_id = r\.tenant_id\) as prefetch_3/);
+    expect(texts.slice(1).every((t) => t.endsWith('commit'))).toBe(true);
+    expect(texts.join('\n')).not.toMatch(/from approval_policies where/);
+    // The policy the step used is the one the prefetch found: none, so the defaults (class A).
+    const [row] = await tenantEm(orm, tenant).transactional((tx) => tx.execute<{ output: { approval_class: string } }[]>(`select output from durable_checkpoints where run_id = ? and sequence_num = 3`, [run.id]));
+    expect(row!.output.approval_class).toBe('A');
+    await job.remove();
   });
 
   it('with DATABASE_PREPARED_STATEMENTS=false (a pooler that cannot keep them) nothing stays prepared, and the batch is still one message', async () => {

@@ -108,6 +108,30 @@ export async function loadPolicy(em: EntityManager, tenantId: string, defaults: 
   return (await loadPolicyWithSource(em, tenantId, defaults)).policy;
 }
 
+/**
+ * The approval step's read of the tenant's policy as a prefetch (StepDef.prefetch): fetched with the
+ * run's state when the run job starts, under the same tenant and RLS; JSON of PolicyColumns, or null.
+ */
+export const POLICY_PREFETCH = `select json_build_object('a_cost', p.class_amax_cost, 'a_payback', p.class_amax_payback_months, 'c_cost', p.class_cmin_cost,
+            'c_payback', p.class_cmin_payback_months, 'sla_b', p.sla_bseconds, 'sla_c', p.sla_cseconds, 'updated_at', p.updated_at)
+       from approval_policies p where p.tenant_id = r.tenant_id`;
+
+/** The policy a POLICY_PREFETCH read found (null: none, so the defaults with the configured SLAs). */
+export function policyFromPrefetch(row: unknown, defaults: { slaBSeconds: number; slaCSeconds: number }): ApprovalPolicy {
+  return row ? policyFromColumns(row as PolicyColumns) : { ...DEFAULT_POLICY, ...defaults };
+}
+
+function policyFromColumns(row: PolicyColumns): ApprovalPolicy {
+  return {
+    classAMaxCost: Number(row.a_cost),
+    classAMaxPaybackMonths: Number(row.a_payback),
+    classCMinCost: Number(row.c_cost),
+    classCMinPaybackMonths: Number(row.c_payback),
+    slaBSeconds: Number(row.sla_b),
+    slaCSeconds: Number(row.sla_c),
+  };
+}
+
 export async function loadPolicyWithSource(
   em: EntityManager,
   tenantId: string,
@@ -121,13 +145,5 @@ export async function loadPolicyWithSource(
     [tenantId],
   );
   if (!row) return { policy: { ...DEFAULT_POLICY, ...defaults }, source: 'default', updatedAt: null };
-  const policy: ApprovalPolicy = {
-    classAMaxCost: Number(row.a_cost),
-    classAMaxPaybackMonths: Number(row.a_payback),
-    classCMinCost: Number(row.c_cost),
-    classCMinPaybackMonths: Number(row.c_payback),
-    slaBSeconds: Number(row.sla_b),
-    slaCSeconds: Number(row.sla_c),
-  };
-  return { policy, source: 'tenant', updatedAt: new Date(row.updated_at) };
+  return { policy: policyFromColumns(row), source: 'tenant', updatedAt: new Date(row.updated_at) };
 }

@@ -210,6 +210,7 @@ export class StepExecutor {
       },
       signal: signal ?? new AbortController().signal,
       wait: <O>(output: O): Waiting<O> => ({ [WAITING]: true, output }),
+      prefetched: state.prefetched.has(seq) ? state.prefetched.get(seq) : undefined,
     };
     // The step's inserts are held and travel with its next statement: at the latest with the
     // checkpoint and the commit (ADR 0004).

@@ -20,6 +20,8 @@ export interface RunState {
   checkpoints: Map<number, CheckpointView>;
   /** Completed steps' outputs by step name: what the next steps' input schemas read. */
   outputs: Record<string, unknown>;
+  /** What the steps' `prefetch` reads found, by sequence_num (steps from the job's on that declare one). */
+  prefetched: Map<number, unknown>;
 }
 
 /**
@@ -28,11 +30,13 @@ export interface RunState {
  * the job names, and every stored step name at its sequence_num. Any difference is non-determinism.
  */
 export async function loadRunState(tx: EntityManager, wf: WorkflowDef, job: StepJobData): Promise<RunState> {
-  const rows = await tx.execute<(RunRow & { checkpoints: CheckpointView[] })[]>(
+  const prefetches = wf.steps.flatMap((s, i) => (s.prefetch && i + 1 >= job.sequence_num ? [{ seq: i + 1, sql: s.prefetch }] : []));
+  const rows = await tx.execute<(RunRow & { checkpoints: CheckpointView[] } & Record<string, unknown>)[]>(
     `select ${RUN_COLUMNS},
        coalesce((select json_agg(json_build_object('seq', c.sequence_num, 'step', c.step_name, 'status', c.status, 'output', c.output)
                                  order by c.sequence_num)
-                   from durable_checkpoints c where c.tenant_id = r.tenant_id and c.run_id = r.id), '[]'::json) as checkpoints
+                   from durable_checkpoints c where c.tenant_id = r.tenant_id and c.run_id = r.id), '[]'::json) as checkpoints${prefetches.map((p) => `,
+       (${p.sql}) as prefetch_${p.seq}`).join('')}
        from durable_runs r where r.tenant_id = ? and r.id = ?`,
     [job.tenant_id, job.run_id],
   );
@@ -61,11 +65,18 @@ export async function loadRunState(tx: EntityManager, wf: WorkflowDef, job: Step
   if (!named || named.name !== job.step) {
     throw new NonDeterminismError(`job names step ${job.sequence_num} "${job.step}", the code has "${named?.name ?? 'nothing'}"`, at);
   }
-  const { checkpoints: _, ...run } = row;
+  const { checkpoints: _, ...rest } = row;
+  const prefetched = new Map<number, unknown>();
+  for (const p of prefetches) {
+    prefetched.set(p.seq, rest[`prefetch_${p.seq}`] ?? null);
+    delete rest[`prefetch_${p.seq}`];
+  }
+  const run = rest as RunRow;
   return {
     run,
     checkpoints,
     outputs,
+    prefetched,
     info: {
       id: run.id,
       tenantId: run.tenant_id,

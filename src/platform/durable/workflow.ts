@@ -57,6 +57,11 @@ export interface StepContext {
   signal: AbortSignal;
   /** Mark this step as waiting (e.g. for a human): its checkpoint is `waiting` and the run pauses. */
   wait<O>(output: O): Waiting<O>;
+  /**
+   * What the step's `prefetch` read, with the run's state when the run job started (JSON, or null
+   * when it found nothing); undefined when the step declares no prefetch.
+   */
+  prefetched: unknown;
 }
 
 export const WAITING = Symbol('dealix.waiting');
@@ -77,6 +82,13 @@ export interface StepDef<I = any, O = any> {
   retry?: Partial<RetryPolicy>;
   /** True when the step may return ctx.wait(): a run job that reaches it may end there. */
   mayWait?: boolean;
+  /**
+   * A read the step needs, fetched with the run's state in the first transaction of the run job
+   * instead of in the step's own (one round trip less per run): a scalar SQL subquery returning
+   * JSON, where `r` is the run's row; the tenant's row-level security applies. It reads what was
+   * there when the job started, a few steps earlier; a job started after this step never fetches it.
+   */
+  prefetch?: string;
   run(input: I, ctx: StepContext): Promise<O | Waiting<O>>;
 }
 
