@@ -28,6 +28,8 @@ const container = await createContainer(config, {
 const lastStep = new Map(container.workflows.map((w) => [w.name, w.steps[w.steps.length - 1]!.name]));
 
 let stepMs: number[] = [];
+/** The same durations by step (sequence number): steps of one kind are one population (the first also reads the run). */
+let stepMsBySeq: Record<number, number[]> = {};
 /** Step jobs that found their checkpoint already written (a duplicate delivery, or a sweeper re-enqueue). */
 let replays = 0;
 let cpuBase = process.cpuUsage();
@@ -36,11 +38,12 @@ const channel = childChannel({
     // With BENCH_NODE_ARGS=--expose-gc the memory figures are read after a full collection (diagnosis only).
     (globalThis as { gc?: () => void }).gc?.();
     const cpu = process.cpuUsage(cpuBase);
-    return { queries: counter.total, control: counter.control, redisWrites: counter.redisWrites, rss: rssBytes(), heap: process.memoryUsage().heapUsed, memory: process.memoryUsage(), cpuMs: (cpu.user + cpu.system) / 1000, stepMs, replays };
+    return { queries: counter.total, control: counter.control, redisWrites: counter.redisWrites, rss: rssBytes(), heap: process.memoryUsage().heapUsed, memory: process.memoryUsage(), cpuMs: (cpu.user + cpu.system) / 1000, stepMs, stepMsBySeq, replays };
   },
   reset: () => {
     counter.reset();
     stepMs = [];
+    stepMsBySeq = {};
     replays = 0;
     cpuBase = process.cpuUsage();
   },
@@ -51,7 +54,10 @@ StepExecutor.prototype.process = async function measuredProcess(this: StepExecut
   const out = await process_.call(this, job, control);
   for (const step of out.steps) {
     if (step.replayed) replays++;
-    else stepMs.push(step.duration_ms);
+    else {
+      stepMs.push(step.duration_ms);
+      (stepMsBySeq[step.sequence_num] ??= []).push(step.duration_ms);
+    }
   }
   const last = out.steps[out.steps.length - 1];
   if (last && last.status === 'completed' && !last.replayed && last.step === lastStep.get(job.data.workflow)) channel.done(out.run_id, nowMs());

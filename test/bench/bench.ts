@@ -66,13 +66,19 @@ async function runPhase(name: string): Promise<void> {
     },
   };
   progress(`${name}…`);
+  const mark = dbs.mark();
+  const ownPrefixes = prefixes.length;
   try {
+    await dbs.settle();
     await PHASES[name]!(ctx);
   } catch (e) {
     results.errors[name] = (e as Error).stack ?? String(e);
     progress(`${name} FAILED: ${(e as Error).message}`);
   } finally {
     await Promise.allSettled(opened.reverse().map((t) => t.close()));
+    // Each phase starts from the template alone: no earlier phase's tables, queues or dirty pages.
+    await dbs.dropSince(mark).catch(() => {});
+    for (const p of prefixes.splice(ownPrefixes)) await deletePrefix(p).catch(() => 0);
   }
 }
 

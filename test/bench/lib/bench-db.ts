@@ -80,6 +80,26 @@ export class BenchDatabases {
     await adminQuery(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`).catch(() => {});
   }
 
+  /** The databases created so far (a mark for {@link dropSince}). */
+  mark(): number {
+    return this.created.length;
+  }
+
+  /** Drops the databases created since `mark` (a phase's clones, when the phase ends). */
+  async dropSince(mark: number): Promise<void> {
+    const names = this.created.splice(mark);
+    for (const name of names.reverse()) await this.drop(name);
+  }
+
+  /**
+   * Writes every dirty buffer out now (CHECKPOINT, as the superuser), so the next phase does not pay
+   * for the previous phase's writes: PostgreSQL's checkpointer otherwise spreads them over the next
+   * minutes (checkpoint_completion_target), into whatever runs then.
+   */
+  async settle(): Promise<void> {
+    await adminQuery('CHECKPOINT');
+  }
+
   async dropAll(): Promise<void> {
     for (const name of [...this.created].reverse()) await this.drop(name);
   }

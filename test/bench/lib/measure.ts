@@ -18,6 +18,7 @@ export interface WorkerStats {
   heap: number;
   cpuMs: number;
   stepMs: number[];
+  stepMsBySeq?: Record<number, number[]>;
   replays?: number;
 }
 
@@ -48,6 +49,8 @@ export interface Measured<T> {
   replays: number;
   /** Step job durations in the workers (executor, including waiting for a pooled connection), ms. */
   step: Latency;
+  /** The same by step (sequence number); absent in reports of earlier versions. */
+  stepBySeq?: Record<number, Latency>;
 }
 
 /**
@@ -109,7 +112,14 @@ export async function measure<T>(args: { database: string; workers: Child[]; oth
     redisCpuMs,
     wallMs,
     step: latency(workerStats.flatMap((s) => s.stepMs)),
+    stepBySeq: bySeq(workerStats),
   };
+}
+
+function bySeq(stats: WorkerStats[]): Record<number, Latency> {
+  const all: Record<number, number[]> = {};
+  for (const s of stats) for (const [seq, ms] of Object.entries(s.stepMsBySeq ?? {})) (all[Number(seq)] ??= []).push(...ms);
+  return Object.fromEntries(Object.entries(all).map(([seq, ms]) => [seq, latency(ms)]));
 }
 
 /** CPU time (ms) of a process from /proc/<pid>/stat (utime + stime), 0 when it is gone. */

@@ -1,0 +1,70 @@
+import { describe, expect, it } from 'vitest';
+import { buildReport, type Results } from '../bench/report.ts';
+import { planFor } from '../bench/plan.ts';
+import type { Measured } from '../bench/lib/measure.ts';
+import type { LoopResult } from '../bench/lib/closed-loop.ts';
+import { latency } from '../bench/lib/stats.ts';
+
+/** One round of one side: step durations by sequence number (the pooled figure is taken from them all). */
+function round(bySeq: Record<number, number[]>, withBySeq = true): Measured<LoopResult> {
+  const all = Object.values(bySeq).flat();
+  return {
+    result: { runs: 10, seconds: 1, runsPerSec: 10, e2e: latency([1]), start: latency([1]) },
+    xactCommit: 0,
+    xactRollback: 0,
+    roundTrips: 0,
+    redisWrites: 0,
+    workerRssMax: 0,
+    workerCpuMs: 0,
+    otherCpuMs: 0,
+    localCpuMs: 0,
+    pgCpuMs: 10,
+    wallMs: 1000,
+    redisCpuMs: 0,
+    replays: 0,
+    step: latency(all),
+    ...(withBySeq ? { stepBySeq: Object.fromEntries(Object.entries(bySeq).map(([k, v]) => [k, latency(v)])) } : {}),
+  };
+}
+
+const results = (rls: Results['rls']): Results => ({
+  plan: planFor(true),
+  errors: {},
+  settings: { workerConcurrency: 8, poolMax: 10, lockDurationMs: 2000, stalledIntervalMs: 500, workerNodeFlags: '' },
+  rls,
+});
+const rlsTarget = (r: Results) => buildReport(r).targets.find((t) => t.figure === 'RLS overhead per step (%)')!;
+
+describe('benchmark report: the RLS figure', () => {
+  // Step 1 (reads the run: two round trips) takes 4 ms, steps 2-4 (one each) 1 ms. RLS on adds 0.1 ms
+  // to every step: a run's step time goes 7 → 7.4 ms, +5.7 %.
+  const off = { 1: [4, 4, 4], 2: [1, 1, 1], 3: [1, 1, 1], 4: [1, 1, 1] };
+  const on = { 1: [4.1, 4.1, 4.1], 2: [1.1, 1.1, 1.1], 3: [1.1, 1.1, 1.1], 4: [1.1, 1.1, 1.1] };
+
+  it("reads a run's step time: the sum of each step's p50, RLS on against off", () => {
+    const target = rlsTarget(results({ on: [round(on), round(on)], off: [round(off), round(off)], control: [round(on)] }));
+    expect(target.value).toBeCloseTo((7.4 / 7 - 1) * 100, 2);
+    expect(target.status).toBe('PASS');
+  });
+
+  it('is not moved by which kind of step the pooled median lands on', () => {
+    // Off: the median step is a 1 ms one; on: one step-1 sample more tips the pooled median onto the
+    // 4 ms kind. The pooled p50 would read +310 %; the per-step sum reads what the steps cost.
+    const offMix = { 1: [4, 4, 4, 4, 4], 2: [1, 1], 3: [1, 1], 4: [1, 1] };
+    const onMix = { 1: [4.1, 4.1, 4.1, 4.1, 4.1, 4.1, 4.1], 2: [1.1, 1.1], 3: [1.1, 1.1], 4: [1.1, 1.1] };
+    const report = buildReport(results({ on: [round(onMix)], off: [round(offMix)] }));
+    expect(report.targets.find((t) => t.figure === 'RLS overhead per step (%)')!.value).toBeCloseTo((7.4 / 7 - 1) * 100, 2);
+    const pooled = report.rows.find((r) => r.figure.startsWith('  all steps pooled'))!;
+    expect(pooled.ours).toBe('4.1 / 1');
+  });
+
+  it('misses the target when the policies cost more than 10 %', () => {
+    const slow = { 1: [4.5], 2: [1.2], 3: [1.2], 4: [1.2] };
+    expect(rlsTarget(results({ on: [round(slow)], off: [round(off)] })).status).toBe('MISS');
+  });
+
+  it('falls back to the pooled step p50 for reports without per-step durations', () => {
+    const target = rlsTarget(results({ on: [round(on, false)], off: [round(off, false)] }));
+    expect(target.value).toBeCloseTo((1.1 / 1 - 1) * 100, 2);
+  });
+});
