@@ -51,6 +51,11 @@ export interface Measured<T> {
   step: Latency;
   /** The same by step (sequence number); absent in reports of earlier versions. */
   stepBySeq?: Record<number, Latency>;
+  /**
+   * The worker processes' main threads (/proc/<pid>/schedstat), summed: time running on a CPU and
+   * time runnable but waiting for one, ms. A Node process runs its JavaScript on that one thread.
+   */
+  workerMainThread?: { runMs: number; waitMs: number };
 }
 
 /**
@@ -77,12 +82,20 @@ export async function measure<T>(args: { database: string; workers: Child[]; oth
   };
   await watchBackends();
   const watcher = setInterval(() => void watchBackends(), 500);
+  const sched0 = new Map(args.workers.map((w) => [w.pid, schedMs(w.pid)]));
   const redisPid = await redisServerPid();
   const redis0 = redisPid ? procCpuMs(redisPid) : 0;
   const cpu0 = process.cpuUsage();
   const wall0 = performance.now();
   const result = await args.fn();
   const wallMs = performance.now() - wall0;
+  const workerMainThread = { runMs: 0, waitMs: 0 };
+  for (const [pid, before] of sched0) {
+    const after = schedMs(pid);
+    if (!before || !after) continue;
+    workerMainThread.runMs += after.runMs - before.runMs;
+    workerMainThread.waitMs += after.waitMs - before.waitMs;
+  }
   const cpu = process.cpuUsage(cpu0);
   const redisCpuMs = redisPid ? procCpuMs(redisPid) - redis0 : Number.NaN;
   clearInterval(watcher);
@@ -113,6 +126,7 @@ export async function measure<T>(args: { database: string; workers: Child[]; oth
     wallMs,
     step: latency(workerStats.flatMap((s) => s.stepMs)),
     stepBySeq: bySeq(workerStats),
+    workerMainThread,
   };
 }
 
@@ -120,6 +134,16 @@ function bySeq(stats: WorkerStats[]): Record<number, Latency> {
   const all: Record<number, number[]> = {};
   for (const s of stats) for (const [seq, ms] of Object.entries(s.stepMsBySeq ?? {})) (all[Number(seq)] ??= []).push(...ms);
   return Object.fromEntries(Object.entries(all).map(([seq, ms]) => [seq, latency(ms)]));
+}
+
+/** A process's main thread: time on a CPU and time waiting in a run queue (/proc/<pid>/schedstat, ns), ms; undefined when gone. */
+function schedMs(pid: number): { runMs: number; waitMs: number } | undefined {
+  try {
+    const [run, wait] = readFileSync(`/proc/${pid}/schedstat`, 'utf8').trim().split(/\s+/).map(Number);
+    return { runMs: run! / 1e6, waitMs: wait! / 1e6 };
+  } catch {
+    return undefined;
+  }
 }
 
 /** CPU time (ms) of a process from /proc/<pid>/stat (utime + stime), 0 when it is gone. */
