@@ -282,6 +282,7 @@ describe('a key whose first request is still running', () => {
     // Hold the run table so the first request's handler blocks after it claimed the key.
     const blocker = new pg.Client({ connectionString: stack.db.ownerUrl });
     await blocker.connect();
+    let committed = false;
     try {
       await blocker.query('begin');
       await blocker.query('lock table durable_runs in exclusive mode');
@@ -291,6 +292,7 @@ describe('a key whose first request is still running', () => {
       expectProblem(second, 409, 'idempotency_key_in_use');
       expect(Number(second.headers.get('retry-after'))).toBeGreaterThanOrEqual(1);
       await blocker.query('commit');
+      committed = true;
       const first = await firstP;
       expect(first.status, first.text).toBe(202);
       const third = await submit(who, key);
@@ -298,7 +300,8 @@ describe('a key whose first request is still running', () => {
       expect(third.json.run_id).toBe(first.json.run_id);
       expect(await counts(who.tenant)).toEqual({ keys: 1, runs: 1 });
     } finally {
-      await blocker.query('rollback').catch(() => {});
+      // Only a transaction the test left open: a rollback after the commit makes the server log a warning.
+      if (!committed) await blocker.query('rollback').catch(() => {});
       await blocker.end();
     }
   });

@@ -16,6 +16,7 @@ describe('front-door load shedding', () => {
     const token = await stack.token({ tenantId: tenant, sub: 'shed-user' });
     const blocker = new pg.Client({ connectionString: stack.db.ownerUrl });
     await blocker.connect();
+    let committed = false;
     try {
       // Hold the run table so the first submission stays in flight.
       await blocker.query('begin');
@@ -36,6 +37,7 @@ describe('front-door load shedding', () => {
       expect(Number(shed.headers.get('retry-after'))).toBeGreaterThanOrEqual(1);
       expect((await api(stack, 'GET', '/healthz')).status).toBe(200);
       await blocker.query('commit');
+      committed = true;
       const first = await firstP;
       expect(first.status, first.text).toBe(202);
       // The shed request stored nothing: the same key now runs as a first request.
@@ -43,7 +45,8 @@ describe('front-door load shedding', () => {
       expect(again.status, again.text).toBe(202);
       expect(again.headers.get('idempotent-replayed')).toBeNull();
     } finally {
-      await blocker.query('rollback').catch(() => {});
+      // Only a transaction the test left open: a rollback after the commit makes the server log a warning.
+      if (!committed) await blocker.query('rollback').catch(() => {});
       await blocker.end();
     }
   });
