@@ -47,9 +47,10 @@ describe('benchmark report: the RLS figure', () => {
     expect(target.status).toBe('PASS');
   });
 
-  it('is not moved by which kind of step the pooled median lands on', () => {
-    // Off: the median step is a 1 ms one; on: one step-1 sample more tips the pooled median onto the
-    // 4 ms kind. The pooled p50 would read +310 %; the per-step sum reads what the steps cost.
+  it('is not moved by the mix of step kinds the pooled median is taken over', () => {
+    // Off: the pooled median lands on a 1 ms step; on: a mix with more step-1 samples (as a workflow
+    // change can make it) tips it onto the 4 ms kind. The pooled p50 would read +310 %; the per-step
+    // sum reads what the steps cost.
     const offMix = { 1: [4, 4, 4, 4, 4], 2: [1, 1], 3: [1, 1], 4: [1, 1] };
     const onMix = { 1: [4.1, 4.1, 4.1, 4.1, 4.1, 4.1, 4.1], 2: [1.1, 1.1], 3: [1.1, 1.1], 4: [1.1, 1.1] };
     const report = buildReport(results({ on: [round(onMix)], off: [round(offMix)] }));
