@@ -333,7 +333,7 @@ describe('coalescing client', () => {
     expect(seen.rows).toEqual([{ tenant_id: tenant }]);
   });
 
-  it('a statement after the last one fails loudly and runs nowhere; a failing last statement commits nothing; the mark elsewhere changes nothing', async () => {
+  it('a statement after the last one fails loudly and runs nowhere; a failing last statement commits nothing; later in a transaction it still takes the commit; outside one the mark changes nothing', async () => {
     const tenant = randomUUID();
     const [first, second, third, fourth] = [randomUUID(), randomUUID(), randomUUID(), randomUUID()];
     const { result: after, notices } = await sent(async () =>
@@ -354,18 +354,23 @@ describe('coalescing client', () => {
     const failing = tenantEm(orm, tenant).transactional((tx) => tx.execute(`${LAST_IN_TRANSACTION}with a as (${runInsert(third, tenant)}) ${runInsert(first, tenant)}`));
     await expect(failing).rejects.toMatchObject({ code: '23505' });
     expect(await stored([third])).toEqual([]);
-    // Not the transaction's first statement: an ordinary statement, and the caller's commit is sent.
+    // Not the transaction's first statement: it still travels with the commit, and the caller's commit is answered here.
     const { texts } = await sent(() =>
       tenantEm(orm, tenant).transactional(async (tx) => {
         await tx.execute(runInsert(third, tenant));
         await tx.execute(`${LAST_IN_TRANSACTION}${runInsert(fourth, tenant)}`);
       }),
     );
-    expect(texts).toHaveLength(3);
-    expect(texts[2]).toBe('commit');
+    expect(texts).toHaveLength(2);
+    expect(texts[1]).toMatch(/^\/\* dealix:last-in-transaction \*\/ insert into durable_runs[\s\S]*;\ncommit$/);
     expect(await stored([third, fourth])).toEqual([third, fourth].sort());
+    // Outside a transaction the client began (an autocommit statement) the mark changes nothing: no commit is added.
+    const fifth = randomUUID();
+    const { texts: alone, notices: aloneNotices } = await sent(() => orm.em.getConnection().execute(`${LAST_IN_TRANSACTION}select 1 as one`));
+    expect(alone).toEqual([`${LAST_IN_TRANSACTION}select 1 as one`]);
+    expect(aloneNotices).toEqual([]);
     // The one pooled connection serves the next transaction.
-    const next = await tenantEm(orm, tenant).transactional((tx) => tx.execute<{ n: string }[]>(`select count(*) as n from durable_runs where tenant_id = ?`, [tenant]));
+    const next = await tenantEm(orm, tenant).transactional((tx) => tx.execute<{ n: string }[]>(`select count(*) as n from durable_runs where tenant_id = ? and id <> ?`, [tenant, fifth]));
     expect(next[0]!.n).toBe('3');
   });
 
@@ -388,7 +393,7 @@ describe('coalescing client', () => {
     await job!.remove();
   });
 
-  it("a class A run's job is five messages: the run's state with the approval step's policy read, then one per step", async () => {
+  it("a class A run's job is four messages, one per step: the first runs from what the job carries, its checkpoint checks the run and brings the approval step's policy", async () => {
     const { runtime, orm } = stack.container;
     const tenant = randomUUID();
     const input = { tenantId: tenant, principal: 'producer', idempotencyHash: randomBytes(32).toString('hex'), input: CLASS_A_SUBMISSION, correlationId: randomUUID() };
@@ -400,9 +405,11 @@ describe('coalescing client', () => {
     const executor = new StepExecutor({ orm, runtime, logger: pino({ level: 'silent' }), workerId: 'test', leaseMs: 2_000 });
     const { result: outcome, texts } = await sent(() => executor.process(job));
     expect(outcome.steps.map((st) => [st.step, st.status, st.replayed])).toEqual(wf.steps.map((st) => [st.name, 'completed', false]));
-    expect(texts).toHaveLength(5);
-    expect(texts[0]).toMatch(/from approval_policies p where p\.tenant_id = r\.tenant_id\) as prefetch_3/);
-    expect(texts.slice(1).every((t) => t.endsWith('commit'))).toBe(true);
+    expect(texts).toHaveLength(4);
+    expect(texts[0]).toMatch(/durable_expect\(\(select count\(\*\) from r\) = 1, [\s\S]*from approval_policies p where p\.tenant_id = r\.tenant_id\) from r\) as prefetch_3/);
+    expect(texts.every((t) => t.endsWith('commit'))).toBe(true);
+    // No read of the run at all: the job carried what step 1 needs.
+    expect(texts.join('\n')).not.toMatch(/json_agg/);
     expect(texts.join('\n')).not.toMatch(/from approval_policies where/);
     // The policy the step used is the one the prefetch found: none, so the defaults (class A).
     const [row] = await tenantEm(orm, tenant).transactional((tx) => tx.execute<{ output: { approval_class: string } }[]>(`select output from durable_checkpoints where run_id = ? and sequence_num = 3`, [run.id]));

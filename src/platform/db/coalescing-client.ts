@@ -35,13 +35,16 @@ export const DEFER_UNTIL_NEXT = '/* dealix:defer-until-next */ ';
 /**
  * Marks a transaction's last statement: the caller promises that nothing follows it but the
  * transaction's `commit` (its transaction callback returns its result as it is, and nothing after it
- * can fail). As a transaction's first statement it travels with what is held AND the `commit`, one
- * round trip for a whole one-statement transaction (`begin; set_config; <statement>; commit`), and
- * its own result is returned (anywhere else the mark changes nothing). The commit that then comes is
- * answered here; so is a rollback, which has nothing left to undo, and any other statement fails
- * loudly instead of running outside the transaction. If the statement or the commit fails, the
+ * can fail). Inside a transaction this client began (its `begin` came through it) the statement
+ * travels with what is held AND the `commit`, and its own result is returned: one round trip for a
+ * whole one-statement transaction (`begin; set_config; <statement>; commit`), or for a step's last
+ * message (`<held inserts>; <statement>; commit`) when the transaction must read something back
+ * from its last statement. Outside such a transaction the mark changes nothing. The commit that then
+ * comes is answered here; so is a rollback, which has nothing left to undo, and any other statement
+ * fails loudly instead of running outside the transaction. If the statement or the commit fails, the
  * transaction rolled back and the caller's rollback goes to PostgreSQL as usual. Used by
- * `DurableRuntime.start` (a run started outside a request).
+ * `DurableRuntime.start` (a run started outside a request) and by a run job's first step when it
+ * runs without reading the run first (`DurableRuntime.checkpoint`'s `expect`).
  */
 export const LAST_IN_TRANSACTION = '/* dealix:last-in-transaction */ ';
 
@@ -121,6 +124,8 @@ export class CoalescingClient extends pg.Client {
   #poisoned: unknown;
   /** The transaction's commit went with its last statement (LAST_IN_TRANSACTION); the caller's commit is answered here. */
   #committedAhead = false;
+  /** A `begin` came through this client and its transaction has not ended: where LAST_IN_TRANSACTION may add the commit. */
+  #began = false;
   readonly #prepared: PreparedNames;
 
   constructor(config?: string | (pg.ClientConfig & { preparedStatements?: boolean })) {
@@ -166,6 +171,8 @@ export class CoalescingClient extends pg.Client {
       return super.query(config, values, callback);
     }
     const statement: Statement = Array.isArray(values) && values.length > 0 ? { text: config as string, values } : { text: config as string };
+    if (/^begin$/i.test(statement.text)) this.#began = true;
+    else if (/^(commit|rollback)$/i.test(statement.text)) this.#began = false;
     const prelude = preludes.getStore();
     // Not with a rollback: a transaction that ends before it sent anything had no use for the claim.
     if (prelude && !prelude.sent && !isDeferrable(statement.text, statement.values) && !/^rollback$/i.test(statement.text) && /^begin$/i.test(this.#pending[0]?.text ?? '')) return this.sendWithPrelude(prelude, statement);
@@ -177,9 +184,9 @@ export class CoalescingClient extends pg.Client {
     // PostgreSQL skip the rollback, leaving the connection in an aborted transaction that its pool
     // never gets back. Only `begin` and the settings, which cannot fail, still go first.
     if (/^rollback\b/i.test(statement.text)) this.#pending = this.#pending.filter((s) => !s.text.startsWith(DEFER_UNTIL_NEXT));
-    // Only as the first statement of a transaction this client began: then nothing of it was sent
-    // yet, and the commit is the transaction's own. Elsewhere the mark changes nothing.
-    if (statement.text.startsWith(LAST_IN_TRANSACTION) && /^begin$/i.test(this.#pending[0]?.text ?? '')) return this.sendWithCommit(statement);
+    // Only in a transaction this client began, so the commit is the transaction's own (never one
+    // PostgreSQL would answer with "there is no transaction in progress"). Elsewhere the mark changes nothing.
+    if (statement.text.startsWith(LAST_IN_TRANSACTION) && this.#began) return this.sendWithCommit(statement);
     const statements = [...this.#pending, statement];
     this.#pending = [];
     return this.send(statements).then(lastResult);
@@ -206,6 +213,7 @@ export class CoalescingClient extends pg.Client {
   private sendWithCommit(statement: Statement): Promise<pg.QueryResult> {
     const statements = [...this.#pending, statement, { text: 'commit', discard: true }];
     this.#pending = [];
+    this.#began = false;
     return (this.send(statements) as Promise<pg.QueryResult[]>).then((results) => {
       this.#committedAhead = true;
       return results[results.length - 2]!;

@@ -5,6 +5,7 @@ import { fileURLToPath } from 'node:url';
 import type { Config } from '../config/config.ts';
 import { CoalescingClient, markHeldInsert } from './coalescing-client.ts';
 import { BindingPostgreSqlDriver } from './binding-driver.ts';
+import { routines } from './routines.ts';
 
 export const MIGRATIONS_PATH = fileURLToPath(new URL('../../../migrations', import.meta.url));
 
@@ -27,6 +28,7 @@ export function ormConfig(config: Config, opts: OrmOptions): Options {
     // Parameters bound, not written in: statements run as prepared statements (binding-driver.ts).
     driver: BindingPostgreSqlDriver,
     entities: opts.entities,
+    routines,
     extensions: [Migrator],
     debug: opts.debug ?? false,
     // Tenant session variables apply per transaction (set_config(..., true)): safe with pooling and PgBouncer.

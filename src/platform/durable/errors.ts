@@ -23,3 +23,16 @@ export function isUniqueViolation(e: unknown): boolean {
   }
   return false;
 }
+
+/**
+ * A run job's first step ran without reading its run (the job carried what the step needs), and the
+ * checkpoint's check found the run no longer as the job was added: not pending, another workflow
+ * version, or not the job's tenant's (durable_expect's DX001, or the checkpoint's foreign key on
+ * (tenant_id, run_id)). Its transaction rolled back; the job reads the run and goes on from there.
+ */
+export function isStaleStart(e: unknown): boolean {
+  for (let cur: any = e, d = 0; cur && d < 5; d++, cur = cur.cause) {
+    if (cur.code === 'DX001' || cur.code === '23503' || cur.name === 'ForeignKeyConstraintViolationException') return true;
+  }
+  return false;
+}

@@ -8,10 +8,10 @@ import { tenantEm } from '../db/tenant-em.ts';
 import { holdingInserts } from '../db/coalescing-client.ts';
 import { requestContext } from '../tenancy/request-context.ts';
 import { ATTR } from '../telemetry/attributes.ts';
-import { NonDeterminismError, RunNotVisibleError, isUniqueViolation } from './errors.ts';
+import { NonDeterminismError, RunNotVisibleError, isStaleStart, isUniqueViolation } from './errors.ts';
 import { ACTIVE_RUN_STATUSES } from './durable-run.entity.ts';
 import type { DurableRuntime, RunRow, StepJobData } from './runtime.ts';
-import { loadRunState, type RunState } from './run-state.ts';
+import { loadRunState, startingRunState, type RunState } from './run-state.ts';
 import { WAITING, isWaiting, retryOf, type StepContext, type StepDef, type Waiting, type WorkflowDef } from './workflow.ts';
 
 export interface StepOutcome {
@@ -83,7 +83,10 @@ type Next = { kind: 'step'; seq: number } | { kind: 'ended' } | { kind: 'waiting
  * read the run and its checkpoints through RLS (once, in the first step's transaction); a completed
  * checkpoint replays its stored output; a stored step name that differs from the code's is
  * non-determinism; otherwise run the step. A unique violation means another execution won a step:
- * read the run again and go on from what it stored, never redo.
+ * read the run again and go on from what it stored, never redo. The first delivery of a new run's
+ * job skips the read: it runs step 1 from what the job carries and its checkpoint checks the run
+ * (pending, this workflow version, the job's tenant's) in the same statement; if the check fails,
+ * nothing of the step committed and the job reads the run as above (ADR 0004).
  */
 export class StepExecutor {
   private readonly o: ExecutorOptions;
@@ -104,7 +107,10 @@ export class StepExecutor {
     const wf = this.o.runtime.workflow(d.workflow);
     const em = tenantEm(this.o.orm, d.tenant_id);
     const outcome: JobOutcome = { run_id: d.run_id, from_sequence_num: d.sequence_num, status: 'ended', steps: [] };
-    let state: RunState | undefined;
+    // BullMQ counts each time the job became active: 1 on its first delivery (0 when run outside a worker).
+    let state: RunState | undefined = startingRunState(wf, d, (job.attemptsStarted ?? 0) <= 1 && !job.stalledCounter);
+    // True while the run has not been read: the next checkpoint checks it (DurableRuntime.checkpoint's `expect`).
+    let unread = state !== undefined;
     let seq = d.sequence_num;
     // Each lost race (another execution committed the step first) re-reads the run; more losses than
     // steps means something else is wrong.
@@ -118,7 +124,7 @@ export class StepExecutor {
           const next = this.next(state, seq, wf, control);
           if (next.kind !== 'step') return next;
           span = this.stepSpan(d, wf.steps[seq - 1]!, seq, this.attempt(d, seq));
-          const runStep = () => this.runStep(tx, state!, wf, seq, this.attempt(d, seq), logger, control.abort);
+          const runStep = () => this.runStep(tx, state!, wf, seq, this.attempt(d, seq), logger, control.abort, unread);
           return { kind: 'step' as const, ...(await otelContext.with(trace.setSpan(otelContext.active(), span), runStep)) };
         });
         if (done.kind === 'hand-back') return await this.handBack(control, logger, seq);
@@ -132,6 +138,8 @@ export class StepExecutor {
         state!.checkpoints.set(seq, { seq, step: step.name, status: done.waiting ? 'waiting' : 'completed', output: done.output });
         state!.run.status = done.runStatus;
         if (!done.waiting) state!.outputs[step.name] = done.output;
+        for (const [at, value] of done.prefetched ?? []) state!.prefetched.set(at, value);
+        unread = false;
         outcome.steps.push({ sequence_num: seq, step: step.name, status: done.waiting ? 'waiting' : 'completed', replayed: false, duration_ms: Math.round(ms * 100) / 100 });
         span?.setAttribute(ATTR.REPLAYED, false);
         span?.end();
@@ -146,8 +154,11 @@ export class StepExecutor {
         seq++;
       } catch (e) {
         if (span) {
-          span.recordException(coerceError(e));
-          span.setStatus({ code: SpanStatusCode.ERROR, message: (e as Error).message });
+          if (unread && isStaleStart(e)) span.addEvent('run no longer as its job was added; read it and went on');
+          else {
+            span.recordException(coerceError(e));
+            span.setStatus({ code: SpanStatusCode.ERROR, message: (e as Error).message });
+          }
           span.end();
         }
         if (control.abort?.aborted) {
@@ -155,9 +166,17 @@ export class StepExecutor {
           logger.info({ sequence_num: seq }, 'step aborted and handed back; another worker re-runs it from the last checkpoint');
           throw e;
         }
+        if (unread && isStaleStart(e)) {
+          // The run moved since its job was added (cancelled, say), or is not the job's tenant's: read it.
+          logger.info({ sequence_num: seq, err: (e as Error).message }, 'the run is no longer as its job was added; reading it');
+          state = undefined;
+          unread = false;
+          continue;
+        }
         if (!isUniqueViolation(e)) return this.fail(job, e, state ? seq : ((e as NonDeterminismError).at ?? d.reached ?? seq), logger);
         logger.warn({ sequence_num: seq }, 'another execution checkpointed this step first; going on from what it stored');
         state = undefined;
+        unread = false;
         races++;
       }
     }
@@ -195,7 +214,7 @@ export class StepExecutor {
   }
 
   /** Runs one step and writes its checkpoint in the caller's transaction; the commit sends both. */
-  private async runStep(tx: EntityManager, state: RunState, wf: WorkflowDef, seq: number, attempt: number, jobLogger: Logger, signal: AbortSignal | undefined) {
+  private async runStep(tx: EntityManager, state: RunState, wf: WorkflowDef, seq: number, attempt: number, jobLogger: Logger, signal: AbortSignal | undefined, unread: boolean) {
     const step = wf.steps[seq - 1]!;
     const input = step.input.parse({ submission: state.run.input, outputs: state.outputs });
     // The step's logger is made when the step first logs (most steps never do; a pino child per step was ~1.5 % of a worker's CPU).
@@ -228,7 +247,7 @@ export class StepExecutor {
       runStatus = fin.status;
       runOutput = fin.output;
     }
-    await this.o.runtime.checkpoint(tx, {
+    const prefetched = await this.o.runtime.checkpoint(tx, {
       run: state.run,
       sequenceNum: seq,
       stepName: step.name,
@@ -244,8 +263,10 @@ export class StepExecutor {
       // The run row changes only with its status (first step, a wait, the end): the checkpoints are
       // the live progress, and skipping the row's update saves about a fifth of a step's PostgreSQL time.
       moveRun: runStatus !== state.run.status,
+      // Not read in this transaction: the checkpoint checks the run, and brings the later steps' prefetches.
+      ...(unread ? { expect: { run: state.run, prefetch: wf.steps.flatMap((s, i) => (s.prefetch && i + 1 > seq ? [{ seq: i + 1, sql: s.prefetch }] : [])) } } : {}),
     });
-    return { waiting, output, runStatus };
+    return { waiting, output, runStatus, prefetched };
   }
 
   /** Ends the job between steps at shutdown: back to `wait`, so another worker goes on from the last checkpoint. */

@@ -71,7 +71,47 @@ export async function loadRunState(tx: EntityManager, wf: WorkflowDef, job: Step
     prefetched.set(p.seq, rest[`prefetch_${p.seq}`] ?? null);
     delete rest[`prefetch_${p.seq}`];
   }
-  const run = rest as RunRow;
+  return stateOf(rest as RunRow, checkpoints, outputs, prefetched);
+}
+
+/**
+ * The state of a run that has not started, from what its job carries (StepJobData.first) instead of
+ * a read: no checkpoints, no outputs, nothing prefetched yet. Undefined unless the job is a first
+ * delivery of the run's first job, carries that data, and names the workflow version and step the
+ * code has (anything else reads the run, and loadRunState reports the difference). Nothing here is
+ * trusted: the first step's checkpoint checks the run in its own transaction (DurableRuntime.checkpoint's `expect`).
+ */
+export function startingRunState(wf: WorkflowDef, job: StepJobData, firstDelivery: boolean): RunState | undefined {
+  const f = job.first;
+  // A job delivered again (its worker died or handed it back, or it is retried) may find steps done:
+  // it reads them, so a step that has a checkpoint is never entered again.
+  if (!f || !firstDelivery || job.sequence_num !== 1 || job.failures || job.reached !== undefined) return undefined;
+  if (job.workflow !== wf.name || f.workflow_version !== wf.version || wf.steps[0]?.name !== job.step || wf.steps[0].prefetch) return undefined;
+  const createdAt = new Date(f.created_at);
+  const run: RunRow = {
+    id: job.run_id,
+    tenant_id: job.tenant_id,
+    workflow: wf.name,
+    workflow_version: f.workflow_version,
+    idempotency_hash: f.idempotency_hash,
+    status: 'pending',
+    principal: f.principal,
+    input: f.input,
+    output: null,
+    error: null,
+    correlation_id: job._correlation_id,
+    trace_id: null,
+    traceparent: null,
+    sequence_num: 0,
+    step_count: wf.steps.length,
+    created_at: createdAt,
+    updated_at: createdAt,
+    completed_at: null,
+  };
+  return stateOf(run, new Map(), {}, new Map());
+}
+
+function stateOf(run: RunRow, checkpoints: Map<number, CheckpointView>, outputs: Record<string, unknown>, prefetched: Map<number, unknown>): RunState {
   return {
     run,
     checkpoints,

@@ -30,7 +30,27 @@ export interface StepJobData {
   failures?: Record<string, number>;
   /** The sequence_num the job had reached when it last failed (its retry's backoff and attempt count follow it). */
   reached?: number;
+  /**
+   * What the run's first step needs, copied from the run row when the run was created (a job that
+   * starts a new run, with an input of at most FIRST_STEP_INPUT_MAX bytes of JSON): the job runs that
+   * step without reading the run first, and the step's checkpoint checks, in the same transaction,
+   * that the run is still so (ADR 0004). PostgreSQL stays the source of truth: without it, or when
+   * the check fails, the job reads the run as any other does.
+   */
+  first?: FirstStepData;
 }
+
+export interface FirstStepData {
+  workflow_version: number;
+  idempotency_hash: string;
+  principal: string;
+  input: unknown;
+  /** The run row's created_at, ISO 8601. */
+  created_at: string;
+}
+
+/** The largest run input (JSON bytes) a run job carries for its first step; a larger one is read from the run. */
+export const FIRST_STEP_INPUT_MAX = 16 * 1024;
 
 export interface RunRow {
   id: string;
@@ -204,7 +224,7 @@ export class DurableRuntime {
    * the idempotency hash and the step, so adding it twice while it exists is a no-op). Checkpoints make
    * a second execution after the job was removed harmless.
    */
-  async enqueue(run: Pick<RunRow, 'id' | 'tenant_id' | 'workflow' | 'idempotency_hash' | 'correlation_id' | 'traceparent'>, fromSeq: number): Promise<void> {
+  async enqueue(run: Pick<RunRow, 'id' | 'tenant_id' | 'workflow' | 'idempotency_hash' | 'correlation_id' | 'traceparent'> & Partial<RunRow>, fromSeq: number): Promise<void> {
     const wf = this.workflow(run.workflow);
     if (fromSeq < 1 || fromSeq > wf.steps.length) return;
     const queue = this.queues.get(wf.queue);
@@ -219,6 +239,8 @@ export class DurableRuntime {
       sequence_num: fromSeq,
       _correlation_id: run.correlation_id,
     };
+    const first = fromSeq === 1 ? firstStepData(run) : undefined;
+    if (first) data.first = first;
     const add = () =>
       queue.add(step.name, data, {
         jobId: stepJobId(wf.tag, run.idempotency_hash, fromSeq, step.name),
@@ -244,7 +266,7 @@ export class DurableRuntime {
    * the run's current stretch of steps, so while that one exists this is a no-op (adding it from the
    * next step would start a second job beside the live one).
    */
-  async ensureEnqueued(run: Pick<RunRow, 'id' | 'tenant_id' | 'workflow' | 'idempotency_hash' | 'correlation_id' | 'traceparent' | 'sequence_num'>): Promise<void> {
+  async ensureEnqueued(run: Pick<RunRow, 'id' | 'tenant_id' | 'workflow' | 'idempotency_hash' | 'correlation_id' | 'traceparent' | 'sequence_num'> & Partial<RunRow>): Promise<void> {
     const wf = this.workflow(run.workflow);
     await this.enqueue(run, segmentStart(wf, run.sequence_num + 1));
   }
@@ -274,10 +296,21 @@ export class DurableRuntime {
        * nor its end): the run row is not touched, the checkpoint alone records the progress.
        */
       moveRun?: boolean;
+      /**
+       * The run was not read in this transaction (a run job's first step ran from what its job
+       * carries, ADR 0004): the stored run must still be pending, visible to the tenant, and equal to
+       * `expect.run` in every field the step saw (workflow version, input, principal, idempotency
+       * hash, correlation id, created_at), or the statement raises (errors.ts, isStaleStart) and the
+       * transaction commits nothing: what the job carried is checked, never trusted. The statement is
+       * then the transaction's last and travels with its commit (LAST_IN_TRANSACTION), returning the
+       * reads of `expect.prefetch` (the later steps' prefetches, StepDef.prefetch) by sequence_num.
+       */
+      expect?: { run: RunRow; prefetch: { seq: number; sql: string }[] };
     },
-  ): Promise<void> {
+  ): Promise<Map<number, unknown> | undefined> {
     const completed = args.status === 'completed';
     const terminal = !(ACTIVE_RUN_STATUSES as readonly string[]).includes(args.runStatus);
+    if (args.expect) return this.checkpointExpecting(em, args, args.expect, completed, terminal);
     if (args.moveRun === false) {
       await em.execute(
         `${args.beforeCommit ? DEFER_UNTIL_NEXT : ''}insert into durable_checkpoints (id, tenant_id, run_id, sequence_num, step_name, status, output, error, attempt, created_at, updated_at, completed_at)
@@ -304,6 +337,45 @@ export class DurableRuntime {
         ...(terminal ? [JSON.stringify(args.runOutput ?? null)] : [])],
       'run',
     );
+    return undefined;
+  }
+
+  /** The checkpoint of a step that ran without reading the run: written only if the run is as expected (see `expect`). */
+  private async checkpointExpecting(
+    em: EntityManager,
+    args: Parameters<DurableRuntime['checkpoint']>[1],
+    expect: { run: RunRow; prefetch: { seq: number; sql: string }[] },
+    completed: boolean,
+    terminal: boolean,
+  ): Promise<Map<number, unknown>> {
+    // `r` is the run as updated (its id and tenant), what a prefetch's subquery reads its tenant from.
+    // `status || ''` is the same test as `status = 'pending'` (PostgreSQL re-checks it on a row that a
+    // concurrent transaction changed, e.g. a cancel), but one the planner cannot match to the partial
+    // index of active runs: the row is found by its key, never by walking the tenant's pending runs.
+    const rows = await em.execute<Record<string, unknown>[]>(
+      `${LAST_IN_TRANSACTION}with cp as (
+         insert into durable_checkpoints (id, tenant_id, run_id, sequence_num, step_name, status, output, error, attempt, created_at, updated_at, completed_at)
+         values (?, ?, ?, ?, ?, ?, ?::jsonb, ?::jsonb, ?, now(), now(), ${completed ? 'now()' : 'null'})
+         returning run_id),
+       r as (
+         update durable_runs set
+           sequence_num = ${completed ? 'greatest(sequence_num, ?)' : 'sequence_num + 0 * ?'},
+           status = ?, lease_owner = ?, lease_expires_at = now() + ? * interval '1 millisecond', updated_at = now()
+           ${terminal ? ', output = ?::jsonb, completed_at = now()' : ''}
+         where id = (select run_id from cp) and status || '' = 'pending' and workflow_version = ? and input = ?::jsonb
+           and principal = ? and idempotency_hash = ? and correlation_id = ? and created_at = ?::timestamptz
+         returning id, tenant_id)
+       select durable_expect((select count(*) from r) = 1, ?) as expected${expect.prefetch.map((p) => `,
+         (select (${p.sql}) from r) as prefetch_${p.seq}`).join('')}`,
+      [randomUUID(), args.run.tenant_id, args.run.id, args.sequenceNum, args.stepName, args.status,
+        args.output === undefined ? null : JSON.stringify(args.output), args.error === undefined ? null : JSON.stringify(args.error), args.attempt,
+        args.sequenceNum, args.runStatus, args.leaseOwner ?? null, args.leaseMs ?? 0,
+        ...(terminal ? [JSON.stringify(args.runOutput ?? null)] : []),
+        expect.run.workflow_version, JSON.stringify(expect.run.input), expect.run.principal, expect.run.idempotency_hash, expect.run.correlation_id,
+        new Date(expect.run.created_at).toISOString(), `run ${args.run.id}: not pending, not the job's tenant's, or not as its job carried it`],
+    );
+    const row = rows[0] ?? {};
+    return new Map(expect.prefetch.map((p) => [p.seq, row[`prefetch_${p.seq}`] ?? null]));
   }
 
   /** Ends a run (terminal status), e.g. failed after its retries or expired while waiting. Only an active run moves. */
@@ -369,4 +441,12 @@ export class DurableRuntime {
       ),
     );
   }
+}
+
+/** The first step's data for a run job, from the run row of a run that has not started (else undefined). */
+function firstStepData(run: Partial<RunRow>): FirstStepData | undefined {
+  if (run.status !== 'pending' || run.sequence_num !== 0 || run.input === undefined || run.workflow_version === undefined) return undefined;
+  if (run.principal === undefined || run.idempotency_hash === undefined || run.created_at === undefined) return undefined;
+  if (Buffer.byteLength(JSON.stringify(run.input)) > FIRST_STEP_INPUT_MAX) return undefined;
+  return { workflow_version: run.workflow_version, idempotency_hash: run.idempotency_hash, principal: run.principal, input: run.input, created_at: new Date(run.created_at).toISOString() };
 }
