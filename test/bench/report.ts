@@ -188,7 +188,7 @@ export function buildReport(r: Results): Report {
     const p50Of = (ms: M[], seq: string) => median(ms.map((m) => m.stepBySeq?.[Number(seq)]?.p50 ?? Number.NaN).filter(Number.isFinite));
     add({
       section: s5,
-      figure: '  by step: p50 ms RLS on / off (median over the rounds; step 1 also reads the run)',
+      figure: '  by step: p50 ms RLS on / off (median over the rounds; step 1 also moves the run and reads the policy step 3 uses)',
       ours: seqs.map((seq) => `${seq}: ${round(p50Of(rlsSides.on, seq), 2)} / ${round(p50Of(rlsSides.off, seq), 2)}`).join(', '),
     });
     add({ section: s5, figure: '  all steps pooled: step p50 ms, RLS on / off (the figure read until session 9)', ours: `${round(median(rlsSides.on.map((m) => m.step.p50)), 2)} / ${round(median(rlsSides.off.map((m) => m.step.p50)), 2)}` });
