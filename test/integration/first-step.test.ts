@@ -113,6 +113,35 @@ describe("a new run's first step, run from what its job carries", () => {
     expect(JSON.stringify(after.checkpoints)).not.toContain('Forged Partner');
   });
 
+  it("a carried input that fails the step's schema does not fail the run: the job reads the run and runs the step on the stored input", async () => {
+    const tenant = randomUUID();
+    const { run, job } = await newRun(tenant);
+    job.data = { ...job.data, first: { ...job.data.first!, input: { partner: 'not an object' } } };
+    const { result, texts } = await sent(() => executor().process(job));
+    expect(result).toMatchObject({ status: 'ended', steps: wf.steps.map((s) => ({ step: s.name, status: 'completed', replayed: false })) });
+    // The step failed before anything was sent (its input did not parse): no message, not even the
+    // rollback (nothing to undo on the server); then the read, and the four steps.
+    expect(texts[0]).toMatch(/json_agg/);
+    expect(texts).toHaveLength(1 + wf.steps.length);
+    const after = await stored(run.id);
+    expect(after.run.status).toBe('completed');
+    expect(after.checkpoints[0].output.profile.name).toBe(CLASS_A_SUBMISSION.partner.name);
+  });
+
+  it('only the producer that created the run makes its job carry the first step: a run enqueued again (the sweeper, a retried submission) carries nothing', async () => {
+    const tenant = randomUUID();
+    const { run } = await newRun(tenant);
+    // As the sweeper and a retried POST do: the run's full row, enqueued without `carryFirst`.
+    await runtime.enqueue(run, 1);
+    const again = (await queue.getJob(stepJobId(wf.tag, run.idempotency_hash, 1, wf.steps[0]!.name))) as Job<StepJobData>;
+    expect(again.data.first).toBeUndefined();
+    await again.remove();
+    await runtime.ensureEnqueued(run);
+    const ensured = (await queue.getJob(stepJobId(wf.tag, run.idempotency_hash, 1, wf.steps[0]!.name))) as Job<StepJobData>;
+    expect(ensured.data.first).toBeUndefined();
+    await ensured.remove();
+  });
+
   it('a job carrying another principal or creation time than the run is refused the same way', async () => {
     for (const change of [{ principal: 'someone-else' }, { created_at: new Date(Date.now() - 60_000).toISOString() }]) {
       const tenant = randomUUID();

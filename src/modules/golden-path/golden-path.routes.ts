@@ -82,7 +82,7 @@ export function goldenPathRoutes(deps: { runtime: DurableRuntime; admission?: Ad
       async handler({ em, body, principal, correlationId, idempotencyHash, afterCommit }) {
         await deps.admission?.admit(em, principal.tenantId);
         const trace = currentTraceContext();
-        const { run } = await deps.runtime.start_run(em, GOLDEN_PATH, {
+        const { run, created } = await deps.runtime.start_run(em, GOLDEN_PATH, {
           tenantId: principal.tenantId,
           principal: principal.sub,
           idempotencyHash,
@@ -92,7 +92,8 @@ export function goldenPathRoutes(deps: { runtime: DurableRuntime; admission?: Ad
           traceparent: trace.traceparent,
         });
         // Postgres first, then Redis; a retry of a half-finished submission re-enqueues idempotently.
-        if (run.status === 'pending' || run.status === 'running') afterCommit(() => deps.runtime.ensureEnqueued(run));
+        // A run this request created carries its first step's data in its job (ADR 0004).
+        if (run.status === 'pending' || run.status === 'running') afterCommit(() => deps.runtime.ensureEnqueued(run, { carryFirst: created }));
         const self = `${BASE}/golden-path/runs/${run.id}`;
         return { status: 202, headers: { Location: self }, body: { run_id: run.id, status: run.status, correlation_id: run.correlation_id, links: { self } } };
       },

@@ -40,6 +40,8 @@ export const partnerDossierStep = defineStep({
   input: z.object({ submission: submissionSchema }),
   output: dossierSchema,
   retry: { attempts: 5, backoffMs: 500, jitter: 0.5 },
+  // Pure, plus one insert in its transaction: it may run from what a new run's job carries (ADR 0004).
+  effectsInTransaction: true,
   async run({ submission }, ctx) {
     const dossier = buildDossier(submission);
     await insertRow(ctx.em, PartnerDossierRow, {

@@ -126,6 +126,8 @@ export class CoalescingClient extends pg.Client {
   #committedAhead = false;
   /** A `begin` came through this client and its transaction has not ended: where LAST_IN_TRANSACTION may add the commit. */
   #began = false;
+  /** A savepoint was set in this transaction (a nested transaction): the mark no longer adds the commit, which would end the outer one. */
+  #nested = false;
   readonly #prepared: PreparedNames;
 
   constructor(config?: string | (pg.ClientConfig & { preparedStatements?: boolean })) {
@@ -171,8 +173,10 @@ export class CoalescingClient extends pg.Client {
       return super.query(config, values, callback);
     }
     const statement: Statement = Array.isArray(values) && values.length > 0 ? { text: config as string, values } : { text: config as string };
-    if (/^begin$/i.test(statement.text)) this.#began = true;
-    else if (/^(commit|rollback)$/i.test(statement.text)) this.#began = false;
+    if (/^(begin|commit|rollback)$/i.test(statement.text)) {
+      this.#began = /^begin$/i.test(statement.text);
+      this.#nested = false;
+    } else if (/^savepoint\s/i.test(statement.text)) this.#nested = true;
     const prelude = preludes.getStore();
     // Not with a rollback: a transaction that ends before it sent anything had no use for the claim.
     if (prelude && !prelude.sent && !isDeferrable(statement.text, statement.values) && !/^rollback$/i.test(statement.text) && /^begin$/i.test(this.#pending[0]?.text ?? '')) return this.sendWithPrelude(prelude, statement);
@@ -180,13 +184,22 @@ export class CoalescingClient extends pg.Client {
       this.#pending.push({ ...statement, discard: true });
       return Promise.resolve(held(statement.text.startsWith(DEFER_UNTIL_NEXT) ? 'DEFERRED' : (statement.text.split(' ', 1)[0] ?? '').toUpperCase()));
     }
+    // A transaction that ends before it sent anything (its `begin` is still held) has nothing to undo
+    // on the server: what is held is dropped and the rollback answered here (a step that fails before
+    // its first statement costs no round trip).
+    if (/^rollback$/i.test(statement.text) && /^begin$/i.test(this.#pending[0]?.text ?? '')) {
+      this.#pending = [];
+      return Promise.resolve(held('ROLLBACK'));
+    }
     // A rollback undoes what is held, and must not go after it: a held insert that fails would make
     // PostgreSQL skip the rollback, leaving the connection in an aborted transaction that its pool
     // never gets back. Only `begin` and the settings, which cannot fail, still go first.
     if (/^rollback\b/i.test(statement.text)) this.#pending = this.#pending.filter((s) => !s.text.startsWith(DEFER_UNTIL_NEXT));
     // Only in a transaction this client began, so the commit is the transaction's own (never one
-    // PostgreSQL would answer with "there is no transaction in progress"). Elsewhere the mark changes nothing.
-    if (statement.text.startsWith(LAST_IN_TRANSACTION) && this.#began) return this.sendWithCommit(statement);
+    // PostgreSQL would answer with "there is no transaction in progress"), and with no savepoint set
+    // in it (inside a nested transaction the commit would end the outer one). Elsewhere the mark
+    // changes nothing: slower, never wrong.
+    if (statement.text.startsWith(LAST_IN_TRANSACTION) && this.#began && !this.#nested) return this.sendWithCommit(statement);
     const statements = [...this.#pending, statement];
     this.#pending = [];
     return this.send(statements).then(lastResult);

@@ -107,8 +107,10 @@ export class StepExecutor {
     const wf = this.o.runtime.workflow(d.workflow);
     const em = tenantEm(this.o.orm, d.tenant_id);
     const outcome: JobOutcome = { run_id: d.run_id, from_sequence_num: d.sequence_num, status: 'ended', steps: [] };
-    // BullMQ counts each time the job became active: 1 on its first delivery (0 when run outside a worker).
-    let state: RunState | undefined = startingRunState(wf, d, (job.attemptsStarted ?? 0) <= 1 && !job.stalledCounter);
+    // BullMQ counts each time the job became active (1 on its first delivery; 0 when run outside a
+    // worker), its stalls, and its finished attempts.
+    const firstDelivery = (job.attemptsStarted ?? 0) <= 1 && !job.stalledCounter && !job.attemptsMade;
+    let state: RunState | undefined = startingRunState(wf, d, firstDelivery);
     // True while the run has not been read: the next checkpoint checks it (DurableRuntime.checkpoint's `expect`).
     let unread = state !== undefined;
     let seq = d.sequence_num;
@@ -166,9 +168,13 @@ export class StepExecutor {
           logger.info({ sequence_num: seq }, 'step aborted and handed back; another worker re-runs it from the last checkpoint');
           throw e;
         }
-        if (unread && isStaleStart(e)) {
-          // The run moved since its job was added (cancelled, say), or is not the job's tenant's: read it.
-          logger.info({ sequence_num: seq, err: (e as Error).message }, 'the run is no longer as its job was added; reading it');
+        if (unread) {
+          // Nothing of the step committed. The run moved since its job was added (ended, say), is not
+          // the job's tenant's, or is not what the job carried (isStaleStart); or the step failed on
+          // what the job carried, which must not decide the run's fate: read the run and go on from it
+          // (running the step again on the stored run, whose own failure then counts).
+          if (isStaleStart(e)) logger.info({ sequence_num: seq, err: (e as Error).message }, 'the run is no longer as its job carried it; reading it');
+          else logger.warn({ sequence_num: seq, err: coerceError(e).message }, 'the first step failed before its run was read; reading the run and running the step again');
           state = undefined;
           unread = false;
           continue;

@@ -86,7 +86,8 @@ export function startingRunState(wf: WorkflowDef, job: StepJobData, firstDeliver
   // A job delivered again (its worker died or handed it back, or it is retried) may find steps done:
   // it reads them, so a step that has a checkpoint is never entered again.
   if (!f || !firstDelivery || job.sequence_num !== 1 || job.failures || job.reached !== undefined) return undefined;
-  if (job.workflow !== wf.name || f.workflow_version !== wf.version || wf.steps[0]?.name !== job.step || wf.steps[0].prefetch) return undefined;
+  const step = wf.steps[0];
+  if (job.workflow !== wf.name || f.workflow_version !== wf.version || step?.name !== job.step || !step.effectsInTransaction || step.prefetch) return undefined;
   const createdAt = new Date(f.created_at);
   const run: RunRow = {
     id: job.run_id,

@@ -186,7 +186,7 @@ export class DurableRuntime {
       // Each attempt is a transaction of its own: nothing follows the insert in it.
       const found = await em.transactional((tx) => this.insertRun(tx, wf, input, LAST_IN_TRANSACTION));
       if (!found) continue;
-      if (found.created) await this.enqueue(found.run, 1);
+      if (found.created) await this.enqueue(found.run, 1, { carryFirst: true });
       else await this.ensureEnqueued(found.run);
       return found;
     }
@@ -224,7 +224,16 @@ export class DurableRuntime {
    * the idempotency hash and the step, so adding it twice while it exists is a no-op). Checkpoints make
    * a second execution after the job was removed harmless.
    */
-  async enqueue(run: Pick<RunRow, 'id' | 'tenant_id' | 'workflow' | 'idempotency_hash' | 'correlation_id' | 'traceparent'> & Partial<RunRow>, fromSeq: number): Promise<void> {
+  async enqueue(
+    run: Pick<RunRow, 'id' | 'tenant_id' | 'workflow' | 'idempotency_hash' | 'correlation_id' | 'traceparent'> & Partial<RunRow>,
+    fromSeq: number,
+    /**
+     * `carryFirst`: the caller has just created the run (its row is `run`), so the job may carry what
+     * the first step needs (StepJobData.first). Never for a run found or re-enqueued (the sweeper, a
+     * retried submission): its first step may be done, and its job must read the run first.
+     */
+    opts: { carryFirst?: boolean } = {},
+  ): Promise<void> {
     const wf = this.workflow(run.workflow);
     if (fromSeq < 1 || fromSeq > wf.steps.length) return;
     const queue = this.queues.get(wf.queue);
@@ -239,7 +248,7 @@ export class DurableRuntime {
       sequence_num: fromSeq,
       _correlation_id: run.correlation_id,
     };
-    const first = fromSeq === 1 ? firstStepData(run) : undefined;
+    const first = opts.carryFirst && fromSeq === 1 ? firstStepData(run) : undefined;
     if (first) data.first = first;
     const add = () =>
       queue.add(step.name, data, {
@@ -266,9 +275,12 @@ export class DurableRuntime {
    * the run's current stretch of steps, so while that one exists this is a no-op (adding it from the
    * next step would start a second job beside the live one).
    */
-  async ensureEnqueued(run: Pick<RunRow, 'id' | 'tenant_id' | 'workflow' | 'idempotency_hash' | 'correlation_id' | 'traceparent' | 'sequence_num'> & Partial<RunRow>): Promise<void> {
+  async ensureEnqueued(
+    run: Pick<RunRow, 'id' | 'tenant_id' | 'workflow' | 'idempotency_hash' | 'correlation_id' | 'traceparent' | 'sequence_num'> & Partial<RunRow>,
+    opts: { carryFirst?: boolean } = {},
+  ): Promise<void> {
     const wf = this.workflow(run.workflow);
-    await this.enqueue(run, segmentStart(wf, run.sequence_num + 1));
+    await this.enqueue(run, segmentStart(wf, run.sequence_num + 1), opts);
   }
 
   /** Records a checkpoint for (run, sequence_num) and moves the run, in the caller's transaction. */
@@ -362,7 +374,7 @@ export class DurableRuntime {
            sequence_num = ${completed ? 'greatest(sequence_num, ?)' : 'sequence_num + 0 * ?'},
            status = ?, lease_owner = ?, lease_expires_at = now() + ? * interval '1 millisecond', updated_at = now()
            ${terminal ? ', output = ?::jsonb, completed_at = now()' : ''}
-         where id = (select run_id from cp) and status || '' = 'pending' and workflow_version = ? and input = ?::jsonb
+         where id = (select run_id from cp) and status || '' = 'pending' and workflow = ? and workflow_version = ? and input = ?::jsonb
            and principal = ? and idempotency_hash = ? and correlation_id = ? and created_at = ?::timestamptz
          returning id, tenant_id)
        select durable_expect((select count(*) from r) = 1, ?) as expected${expect.prefetch.map((p) => `,
@@ -371,7 +383,7 @@ export class DurableRuntime {
         args.output === undefined ? null : JSON.stringify(args.output), args.error === undefined ? null : JSON.stringify(args.error), args.attempt,
         args.sequenceNum, args.runStatus, args.leaseOwner ?? null, args.leaseMs ?? 0,
         ...(terminal ? [JSON.stringify(args.runOutput ?? null)] : []),
-        expect.run.workflow_version, JSON.stringify(expect.run.input), expect.run.principal, expect.run.idempotency_hash, expect.run.correlation_id,
+        expect.run.workflow, expect.run.workflow_version, JSON.stringify(expect.run.input), expect.run.principal, expect.run.idempotency_hash, expect.run.correlation_id,
         new Date(expect.run.created_at).toISOString(), `run ${args.run.id}: not pending, not the job's tenant's, or not as its job carried it`],
     );
     const row = rows[0] ?? {};

@@ -89,6 +89,14 @@ export interface StepDef<I = any, O = any> {
    * there when the job started, a few steps earlier; a job started after this step never fetches it.
    */
   prefetch?: string;
+  /**
+   * True when the step's only effects are its writes through `ctx.em` (nothing outside its
+   * transaction: no HTTP call, no message, no timer). As a workflow's first step it may then run
+   * before its run is read, from what a new run's job carries: the checkpoint checks the stored run
+   * and commits nothing if it is not as carried, so such a run of the step leaves no trace
+   * (ADR 0004). A first step without it always reads its run first.
+   */
+  effectsInTransaction?: boolean;
   run(input: I, ctx: StepContext): Promise<O | Waiting<O>>;
 }
 
