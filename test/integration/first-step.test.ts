@@ -8,7 +8,7 @@ import { tenantEm } from '../../src/platform/db/tenant-em.ts';
 import { GOLDEN_PATH } from '../../src/modules/golden-path/golden-path.workflow.ts';
 import { stepJobId } from '../../src/platform/queue/job-ids.ts';
 import { StepExecutor } from '../../src/platform/durable/executor.ts';
-import type { StepJobData } from '../../src/platform/durable/runtime.ts';
+import { DurableRuntime, type StepJobData } from '../../src/platform/durable/runtime.ts';
 
 /**
  * A new run's job runs its first step from what the job carries, without reading the run
@@ -140,6 +140,18 @@ describe("a new run's first step, run from what its job carries", () => {
     const ensured = (await queue.getJob(stepJobId(wf.tag, run.idempotency_hash, 1, wf.steps[0]!.name))) as Job<StepJobData>;
     expect(ensured.data.first).toBeUndefined();
     await ensured.remove();
+  });
+
+  it('a workflow whose first step does not declare effectsInTransaction: its jobs carry nothing, the submission stays out of Redis', async () => {
+    const tenant = randomUUID();
+    const { run } = await newRun(tenant);
+    const cautious = { ...wf, name: 'golden-path-cautious', steps: [{ ...wf.steps[0]!, effectsInTransaction: false }, ...wf.steps.slice(1)] };
+    const other = new DurableRuntime({ workflows: [cautious], queues: runtime.queues, logger: pino({ level: 'silent' }) });
+    await other.enqueue({ ...run, workflow: cautious.name }, 1, { carryFirst: true });
+    const added = (await queue.getJob(stepJobId(cautious.tag, run.idempotency_hash, 1, cautious.steps[0]!.name))) as Job<StepJobData>;
+    expect(added.data).toMatchObject({ run_id: run.id, workflow: cautious.name });
+    expect(added.data.first).toBeUndefined();
+    await added.remove();
   });
 
   it('a job carrying another principal or creation time than the run is refused the same way', async () => {

@@ -248,7 +248,9 @@ export class DurableRuntime {
       sequence_num: fromSeq,
       _correlation_id: run.correlation_id,
     };
-    const first = opts.carryFirst && fromSeq === 1 ? firstStepData(run) : undefined;
+    // Only for a first step that may run from it (run-state.ts, startingRunState): no other job puts the input in Redis.
+    const runsUnread = wf.steps[0]?.effectsInTransaction === true && !wf.steps[0].prefetch;
+    const first = opts.carryFirst && fromSeq === 1 && runsUnread ? firstStepData(run) : undefined;
     if (first) data.first = first;
     const add = () =>
       queue.add(step.name, data, {
