@@ -9,6 +9,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { randomUUID } from 'node:crypto';
 import { Job, Queue } from 'bullmq';
 import { pino } from 'pino';
+import pg from 'pg';
 import { DurableRuntime, type RunRow, type StepJobData } from '../../src/platform/durable/runtime.ts';
 import { StepExecutor } from '../../src/platform/durable/executor.ts';
 import { Sweeper } from '../../src/platform/durable/sweeper.ts';
@@ -175,6 +176,48 @@ describe('a killed or stopped worker: the run still completes, each step exactly
     const second = await sweeper.sweep();
     expect(second.redisLost).toBe(false);
     expect([reenqueued(alive1.id), reenqueued(alive2.id), reenqueued(lost.id)]).toEqual([0, 0, 1]);
+  });
+
+  it('a sweep over pending runs whose jobs wait looks them up in Redis only: none of them costs a PostgreSQL read', { timeout: LONG }, async () => {
+    const lines: string[] = [];
+    const logger = pino({ level: 'info' }, { write: (l: string) => void lines.push(l) });
+    const sweeper = new Sweeper({ orm: stack.container.orm, runtime: stack.container.runtime, redis: stack.container.redis, logger, lockKey: `${stack.prefix}:test-sweeper-lock-3`, intervalMs: 1000, minAgeMs: 0, batch: 5_000 });
+    const tenants = [newTenant(), newTenant(), newTenant()];
+    // A backlog: pending runs of three tenants whose run jobs wait in the queue (no worker takes them).
+    const waiting = await Promise.all(Array.from({ length: 24 }, (_, i) => createSlowRun(stack, tenants[i % 3]!, { enqueue: true })));
+    await sweeper.sweep(); // the first sweep under a new lock key also repairs waiting runs: out of the way
+    // The control: committed but never enqueued, so it has no job and must be read and re-enqueued.
+    const lost = await createSlowRun(stack, tenants[0]!, { enqueue: false });
+    // Every statement the sweep sends to PostgreSQL, with its parameters.
+    const sent: string[] = [];
+    const proto = pg.Client.prototype as unknown as { query: (...args: unknown[]) => unknown };
+    const query = proto.query;
+    proto.query = function recorded(this: unknown, ...args: unknown[]) {
+      for (const a of args) {
+        if (typeof a === 'string') sent.push(a);
+        else if (Array.isArray(a)) sent.push(a.map(String).join(' '));
+        else if (a && typeof a === 'object') sent.push(`${String((a as { text?: unknown }).text)} ${((a as { values?: unknown[] }).values ?? []).map(String).join(' ')}`);
+      }
+      return query.apply(this, args);
+    };
+    let report;
+    try {
+      report = await sweeper.sweep();
+    } finally {
+      proto.query = query;
+    }
+    expect(report.examined).toBeGreaterThanOrEqual(waiting.length + 1);
+    const readOf = (id: string) => sent.filter((s) => s.includes(id)).length;
+    expect(waiting.map((r) => readOf(r.id))).toEqual(waiting.map(() => 0));
+    expect(readOf(lost.id)).toBeGreaterThan(0);
+    const reenqueued = (id: string) => lines.filter((l) => l.includes('sweeper re-enqueued run') && l.includes(id)).length;
+    expect(waiting.map((r) => reenqueued(r.id))).toEqual(waiting.map(() => 0));
+    expect(reenqueued(lost.id)).toBe(1);
+    for (const run of [...waiting, lost]) {
+      expect(await (await jobOf(stack, run, 1))?.getState(), run.id).toBe('waiting');
+      await (await jobOf(stack, run, 1))?.remove();
+      await tenantEm(stack.container.orm, run.tenant_id).transactional((tx) => stack.container.runtime.complete(tx, run.id, 'cancelled'));
+    }
   });
 
   it('the sweeper leaves alone a run whose job from step 1 carries it past a step that may wait but did not', { timeout: LONG }, async () => {

@@ -309,11 +309,14 @@ describe(`the system role (${SYSTEM_ROLE}) through systemEm`, () => {
     const runs = [await rows.seed('durable_runs', A), await rows.seed('durable_runs', B)];
     const ids = runs.map((r) => r.id);
     const sys = () => systemEm(orm);
-    const seen = await sys().execute(`select id, tenant_id, workflow, status, sequence_num, step_count, updated_at from durable_runs where id in (?, ?)`, ids);
+    const seen = await sys().execute(`select id, tenant_id, workflow, status, sequence_num, step_count, updated_at, idempotency_hash from durable_runs where id in (?, ?)`, ids);
     expect(seen.map((r) => r.tenant_id).sort()).toEqual([A, B].sort());
+    expect(seen.map((r) => r.idempotency_hash).sort()).toEqual(runs.map((r) => r.idempotency_hash).sort());
     const [who] = await sys().execute('select current_user as role');
     expect(who!.role).toBe(SYSTEM_ROLE);
-    expect(await sqlState(sys().execute('select input from durable_runs limit 1'))).toBe('42501');
+    for (const column of ['input', 'output', 'error', 'principal', 'correlation_id', 'trace_id', 'traceparent']) {
+      expect(await sqlState(sys().execute(`select ${column} from durable_runs limit 1`)), column).toBe('42501');
+    }
     expect(await sqlState(sys().execute(`update durable_runs set status = 'failed' where id = ?`, [ids[0]]))).toBe('42501');
     for (const table of tables) expect(await sqlState(sys().execute(`select * from "${table}" limit 1`)), table).toBe('42501');
     // Idempotency-key expiry: expired keys of any tenant are visible (id, tenant, expiry) and deletable; live ones are not.

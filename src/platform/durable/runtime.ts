@@ -103,6 +103,8 @@ export interface IncompleteRun {
   updated_at: Date;
   /** updated_at as PostgreSQL prints it (microseconds): the keyset cursor; a JS Date would round it. */
   updated_at_exact: string;
+  /** What the run's job ids derive from (an opaque SHA-256; ADR 0003). */
+  idempotency_hash: string;
 }
 
 export interface RuntimeOptions {
@@ -448,7 +450,7 @@ export class DurableRuntime {
     const after = opts.after ? 'and (updated_at, id) > (?::timestamptz, ?::uuid)' : '';
     return systemEm.transactional((tx) =>
       tx.execute<IncompleteRun[]>(
-        `select id, tenant_id, workflow, status, sequence_num, step_count, updated_at, updated_at::text as updated_at_exact from durable_runs
+        `select id, tenant_id, workflow, status, sequence_num, step_count, updated_at, updated_at::text as updated_at_exact, idempotency_hash from durable_runs
           where status = any(?::text[]) and updated_at < now() - ? * interval '1 millisecond' ${after}
           order by updated_at, id limit ?`,
         [`{${statuses.join(',')}}`, opts.olderThanMs, ...(opts.after ? [opts.after.updatedAt, opts.after.id] : []), opts.limit],

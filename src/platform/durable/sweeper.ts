@@ -38,7 +38,7 @@ const ALIVE = new Set(['waiting', 'active', 'delayed', 'prioritized', 'waiting-c
  * The recovery sweeper: finds runs that are incomplete in Postgres but have no live job in Redis
  * (Redis flushed or replaced, a job that failed on infrastructure, a crash between commit and
  * enqueue) and re-enqueues their remaining steps from the last completed sequence_num. Its
- * cross-tenant read is ids and progress only, as the system role; everything else happens under
+ * cross-tenant read is ids, progress and the idempotency hash (what job ids derive from) only, as the system role; everything else happens under
  * each run's own tenant (ADR 0003). One worker sweeps at a time (a Redis lock); re-enqueueing is
  * idempotent through deterministic job ids, and re-execution is harmless through checkpoints.
  */
@@ -81,34 +81,66 @@ export class Sweeper {
     if ((await this.o.redis.exists(marker)) === 0) {
       // Waiting runs have no step job to lose, only timers (e.g. an SLA): repaired once per loss, not every sweep.
       report.redisLost = true;
-      await this.eachIncomplete(['waiting'], 0, async (ref) => {
-        if (await this.repairWaiting(ref)) report.repairedWaiting++;
+      await this.eachIncomplete(['waiting'], 0, async (page) => {
+        for (const ref of page) {
+          if (await this.guarded(ref, () => this.repairWaiting(ref))) report.repairedWaiting++;
+        }
       });
       await this.o.afterRedisLoss?.();
       await this.o.redis.set(marker, new Date().toISOString());
       this.o.logger.warn({ repaired_waiting: report.repairedWaiting }, 'Redis had lost its data (or this is its first sweep): waiting runs repaired');
     }
-    await this.eachIncomplete(['pending', 'running'], this.o.minAgeMs, async (ref) => {
-      report.examined++;
-      if (await this.reenqueue(ref)) report.reenqueued++;
+    await this.eachIncomplete(['pending', 'running'], this.o.minAgeMs, async (page) => {
+      const alive = await this.pendingWithLiveJob(page);
+      for (const ref of page) {
+        report.examined++;
+        if (alive.has(ref.id)) continue;
+        if (await this.guarded(ref, () => this.reenqueue(ref))) report.reenqueued++;
+      }
     });
     return report;
   }
 
+  /** One run's repair; its failure is logged and the sweep goes on with the next run. */
+  private async guarded(ref: IncompleteRun, fn: () => Promise<boolean>): Promise<boolean> {
+    try {
+      return await fn();
+    } catch (e) {
+      this.o.logger.warn({ err: e, run_id: ref.id, tenant_id: ref.tenant_id }, 'sweeper could not repair run');
+      return false;
+    }
+  }
+
+  /**
+   * The page's pending runs whose run job BullMQ still holds alive, found with one look per run sent
+   * all at once and no PostgreSQL: a pending run has no completed step (its first step's commit moves
+   * it to running), so its one job is the one from step 1, whose id derives from the run's
+   * idempotency hash (ADR 0003). A deep backlog is pending runs behind live jobs, so a sweep over it
+   * costs a Redis look per run instead of a tenant transaction each (session 13). A look that fails
+   * leaves the run to `reenqueue`, which decides from the run read under its tenant.
+   */
+  private async pendingWithLiveJob(page: IncompleteRun[]): Promise<Set<string>> {
+    const alive = new Set<string>();
+    await Promise.allSettled(
+      page.map(async (ref) => {
+        const wf = this.o.runtime.workflows.get(ref.workflow);
+        const queue = wf && this.o.runtime.queues.get(wf.queue);
+        if (ref.status !== 'pending' || !wf || !queue || !ref.idempotency_hash) return;
+        const state = await queue.getJobState(stepJobId(wf.tag, ref.idempotency_hash, 1, wf.steps[0]!.name));
+        if (ALIVE.has(state)) alive.add(ref.id);
+      }),
+    );
+    return alive;
+  }
+
   /** Pages through incomplete runs, oldest first, with a keyset cursor so alive runs never hide the ones behind them. */
-  private async eachIncomplete(statuses: RunStatus[], olderThanMs: number, fn: (ref: IncompleteRun) => Promise<void>): Promise<void> {
+  private async eachIncomplete(statuses: RunStatus[], olderThanMs: number, fn: (page: IncompleteRun[]) => Promise<void>): Promise<void> {
     const batch = this.o.batch ?? 500;
     const max = this.o.maxPerSweep ?? 20_000;
     let after: { updatedAt: string; id: string } | undefined;
     for (let seen = 0; seen < max; ) {
       const page = await this.o.runtime.list_incomplete(systemEm(this.o.orm), { olderThanMs, limit: batch, statuses, ...(after ? { after } : {}) });
-      for (const ref of page) {
-        try {
-          await fn(ref);
-        } catch (e) {
-          this.o.logger.warn({ err: e, run_id: ref.id, tenant_id: ref.tenant_id }, 'sweeper could not repair run');
-        }
-      }
+      await fn(page);
       seen += page.length;
       const last = page[page.length - 1];
       if (page.length < batch || !last) return;
