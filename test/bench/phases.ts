@@ -7,6 +7,7 @@ import { openDbos, openRawBullmq } from './scenarios/peers.ts';
 import { openHttp } from './scenarios/http.ts';
 import { measureRecovery } from './scenarios/recovery.ts';
 import { measureFloor } from './scenarios/floor.ts';
+import { sweepBacklog } from './scenarios/sweep.ts';
 import { rowCount, seedRows, seedTenant } from './scenarios/data.ts';
 
 export interface PhaseContext {
@@ -64,6 +65,9 @@ export const deepPhase: Phase = async (ctx) => {
   const deep = ctx.plan.inFlight.deep;
   ctx.results.inFlight ??= {};
   ctx.results.inFlight.deep = await engine.run({ total: deep.total, inFlight: 1000, warmup: 0, maxMs: deep.windowMs, abandonAfterMs: deep.windowMs, accounting: false });
+  // What the abandoned backlog costs the recovery sweeper: one sweep over it, topped up, workers stopped.
+  ctx.progress(`  one sweep over a backlog of ${deep.sweepBacklog} runs`);
+  ctx.results.sweep = await sweepBacklog(engine, deep.sweepBacklog, Array.from({ length: 50 }, () => randomUUID()));
 };
 
 /** Ours over HTTP: closed loop to completion, POST at a fixed rate (with a worker, then alone), idempotency on/off. */

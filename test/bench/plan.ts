@@ -12,7 +12,7 @@ export interface Plan {
   rls: { rounds: number; total: number; inFlight: number; maxMs: number };
   recoveryKills: number;
   floor: { seconds: number; clients: number[] };
-  inFlight: { light: { total: number; maxMs: number }; deep: { total: number; windowMs: number } };
+  inFlight: { light: { total: number; maxMs: number }; deep: { total: number; windowMs: number; sweepBacklog: number } };
   workers: { counts: number[]; total: number; inFlight: number; maxMs: number };
   data: { sizes: number[]; tenants: number; runs: number; inFlight: number; maxMs: number };
 }
@@ -28,7 +28,7 @@ export function planFor(quick: boolean): Plan {
       rls: { rounds: 6, total: 30, inFlight: 1, maxMs: 2_000 },
       recoveryKills: 5,
       floor: { seconds: 4, clients: [16] },
-      inFlight: { light: { total: 100, maxMs: 2_500 }, deep: { total: 3_000, windowMs: 6_000 } },
+      inFlight: { light: { total: 100, maxMs: 2_500 }, deep: { total: 3_000, windowMs: 6_000, sweepBacklog: 2_000 } },
       workers: { counts: [2, 4], total: 600, inFlight: 100, maxMs: 3_000 },
       data: { sizes: [10_000, 100_000], tenants: 1_000, runs: 60, inFlight: 10, maxMs: 2_500 },
     };
@@ -42,7 +42,7 @@ export function planFor(quick: boolean): Plan {
     rls: { rounds: 18, total: 100, inFlight: 1, maxMs: 8_000 },
     recoveryKills: 20,
     floor: { seconds: 10, clients: [1, 16] },
-    inFlight: { light: { total: 400, maxMs: 10_000 }, deep: { total: 20_000, windowMs: 45_000 } },
+    inFlight: { light: { total: 400, maxMs: 10_000 }, deep: { total: 20_000, windowMs: 45_000, sweepBacklog: 10_000 } },
     workers: { counts: [2, 4], total: 5_000, inFlight: 100, maxMs: 15_000 },
     data: { sizes: [10_000, 1_000_000], tenants: 1_000, runs: 300, inFlight: 10, maxMs: 8_000 },
   };

@@ -7,6 +7,7 @@ import type { Plan } from './plan.ts';
 import type { RecoveryResult } from './scenarios/recovery.ts';
 import type { FloorResult } from './scenarios/floor.ts';
 import type { FixedRateResult } from './scenarios/http.ts';
+import type { SweepResult } from './scenarios/sweep.ts';
 
 type M = Measured<LoopResult>;
 
@@ -28,6 +29,8 @@ export interface Results {
   recovery?: RecoveryResult;
   floor?: FloorResult;
   data?: Array<{ rows: number; tenants: number; m: M }>;
+  /** One recovery sweep over a backlog whose jobs all wait in Redis; absent in reports before session 13. */
+  sweep?: SweepResult;
 }
 
 type FixedRate = Omit<FixedRateResult, 'cpuMs' | 'wallMs'> & Partial<Pick<FixedRateResult, 'cpuMs' | 'wallMs'>>;
@@ -273,6 +276,12 @@ export function buildReport(r: Results): Report {
     add({ section: s8, figure: `step p50 / p99 ms, ${d.rows.toLocaleString('en')} runs in the table, ${d.tenants} tenant(s)`, ours: `${round(d.m.step.p50, 2)} / ${round(d.m.step.p99, 2)}` });
   }
   add({ section: s8, figure: '1,000 in flight: steps replayed from a checkpoint (duplicate deliveries, sweeper)', ours: r.inFlight?.deep?.replays });
+  const sw = r.sweep;
+  add({
+    section: s8,
+    figure: `one recovery sweep over a backlog of ${(sw?.examined ?? r.plan.inFlight.deep.sweepBacklog ?? 0).toLocaleString('en')} incomplete runs, each with a live job (workers stopped): ms, PostgreSQL round trips, Redis writes, re-enqueued`,
+    ours: sw ? `${round(sw.ms)} ms, ${sw.pgRoundTrips}, ${sw.redisWrites}, ${sw.reenqueued}` : undefined,
+  });
   const deepRss = r.inFlight?.deep ? r.inFlight.deep.workerRssMax / MB : undefined;
   add({ section: s8, figure: 'TARGET worker RSS with 1,000 runs in flight, MB', ours: deepRss, target: '<= 200 MB', status: target('worker RSS with 1,000 runs in flight (MB)', '<= 200 MB', deepRss, (v) => v <= 200) });
 
