@@ -178,10 +178,23 @@ describe('a killed or stopped worker: the run still completes, each step exactly
     expect([reenqueued(alive1.id), reenqueued(alive2.id), reenqueued(lost.id)]).toEqual([0, 0, 1]);
   });
 
-  it('a sweep over pending runs whose jobs wait looks them up in Redis only: none of them costs a PostgreSQL read', { timeout: LONG }, async () => {
+  it.each([
+    ['listing the queue once', undefined],
+    ['one look per run, above the listing bound', 0],
+  ] as const)('a sweep over pending runs whose jobs wait finds them in Redis (%s): none of them costs a PostgreSQL read', { timeout: LONG }, async (_, liveSnapshotMax) => {
     const lines: string[] = [];
     const logger = pino({ level: 'info' }, { write: (l: string) => void lines.push(l) });
-    const sweeper = new Sweeper({ orm: stack.container.orm, runtime: stack.container.runtime, redis: stack.container.redis, logger, lockKey: `${stack.prefix}:test-sweeper-lock-3`, intervalMs: 1000, minAgeMs: 0, batch: 5_000 });
+    const sweeper = new Sweeper({
+      orm: stack.container.orm,
+      runtime: stack.container.runtime,
+      redis: stack.container.redis,
+      logger,
+      lockKey: `${stack.prefix}:test-sweeper-lock-3-${liveSnapshotMax ?? 'all'}`,
+      intervalMs: 1000,
+      minAgeMs: 0,
+      batch: 5_000,
+      ...(liveSnapshotMax === undefined ? {} : { liveSnapshotMax }),
+    });
     const tenants = [newTenant(), newTenant(), newTenant()];
     // A backlog: pending runs of three tenants whose run jobs wait in the queue (no worker takes them).
     const waiting = await Promise.all(Array.from({ length: 24 }, (_, i) => createSlowRun(stack, tenants[i % 3]!, { enqueue: true })));

@@ -1,4 +1,5 @@
 import type { MikroORM } from '@mikro-orm/postgresql';
+import type { JobType, Queue } from 'bullmq';
 import type { Redis } from 'ioredis';
 import type { Logger } from 'pino';
 import { systemEm, tenantEm } from '../db/tenant-em.ts';
@@ -21,6 +22,8 @@ export interface SweeperOptions {
   batch?: number;
   /** Upper bound of runs examined in one sweep; the next sweep starts again from the oldest. */
   maxPerSweep?: number;
+  /** Above this many live jobs in a queue, a sweep looks its pending runs' jobs up one by one instead of listing them (default LIVE_SNAPSHOT_MAX). */
+  liveSnapshotMax?: number;
   /** Called when Redis lost its data, after waiting runs were repaired (e.g. re-create Job Schedulers). */
   afterRedisLoss?(): Promise<void>;
 }
@@ -33,6 +36,16 @@ export interface SweepReport {
 }
 
 const ALIVE = new Set(['waiting', 'active', 'delayed', 'prioritized', 'waiting-children']);
+/** The states `getJobState` calls alive, as `getRanges` names their lists and sets (a paused queue's jobs wait in `paused`). */
+const LIVE_TYPES = ['wait', 'paused', 'active', 'delayed', 'prioritized', 'waiting-children'] as JobType[];
+/** Above this many live jobs in a queue (about 5 MB of ids), a sweep looks its runs up one by one instead of listing them. */
+export const LIVE_SNAPSHOT_MAX = 200_000;
+
+/** The ids of every job the queue holds alive, read in one script; undefined when there are more than `max`. */
+async function liveJobIds(queue: Queue, max: number): Promise<Set<string> | undefined> {
+  if ((await queue.getJobCountByTypes(...LIVE_TYPES)) > max) return undefined;
+  return new Set(await queue.getRanges(LIVE_TYPES, 0, -1));
+}
 
 /**
  * The recovery sweeper: finds runs that are incomplete in Postgres but have no live job in Redis
@@ -90,8 +103,9 @@ export class Sweeper {
       await this.o.redis.set(marker, new Date().toISOString());
       this.o.logger.warn({ repaired_waiting: report.repairedWaiting }, 'Redis had lost its data (or this is its first sweep): waiting runs repaired');
     }
+    const snapshots = new Map<string, Promise<Set<string> | undefined>>();
     await this.eachIncomplete(['pending', 'running'], this.o.minAgeMs, async (page) => {
-      const alive = await this.pendingWithLiveJob(page);
+      const alive = await this.pendingWithLiveJob(page, snapshots);
       for (const ref of page) {
         report.examined++;
         if (alive.has(ref.id)) continue;
@@ -112,22 +126,29 @@ export class Sweeper {
   }
 
   /**
-   * The page's pending runs whose run job BullMQ still holds alive, found with one look per run sent
-   * all at once and no PostgreSQL: a pending run has no completed step (its first step's commit moves
-   * it to running), so its one job is the one from step 1, whose id derives from the run's
-   * idempotency hash (ADR 0003). A deep backlog is pending runs behind live jobs, so a sweep over it
-   * costs a Redis look per run instead of a tenant transaction each (session 13). A look that fails
-   * leaves the run to `reenqueue`, which decides from the run read under its tenant.
+   * The page's pending runs whose run job BullMQ holds alive, found without PostgreSQL: a pending run
+   * has no completed step (its first step's commit moves it to running), so its one job is the one
+   * from step 1, whose id derives from the run's idempotency hash (ADR 0003). The ids of every job a
+   * queue holds alive are read once per sweep in one atomic script (`getRanges`), so a deep backlog
+   * costs a sweep one read of its queue instead of a tenant transaction and a `getJobState` per run
+   * (`getJobState` finds a waiting job by scanning the wait list: quadratic over a backlog; session
+   * 13). Above `liveSnapshotMax` live jobs the sweep looks each run up with `getJobState` instead.
+   * A job missing from the snapshot (added since, or a failed look) only sends the run to
+   * `reenqueue`, which decides from the run read under its tenant and the job's state then; a job
+   * that ended since the snapshot is the next sweep's.
    */
-  private async pendingWithLiveJob(page: IncompleteRun[]): Promise<Set<string>> {
+  private async pendingWithLiveJob(page: IncompleteRun[], snapshots: Map<string, Promise<Set<string> | undefined>>): Promise<Set<string>> {
     const alive = new Set<string>();
     await Promise.allSettled(
       page.map(async (ref) => {
         const wf = this.o.runtime.workflows.get(ref.workflow);
         const queue = wf && this.o.runtime.queues.get(wf.queue);
         if (ref.status !== 'pending' || !wf || !queue || !ref.idempotency_hash) return;
-        const state = await queue.getJobState(stepJobId(wf.tag, ref.idempotency_hash, 1, wf.steps[0]!.name));
-        if (ALIVE.has(state)) alive.add(ref.id);
+        const jobId = stepJobId(wf.tag, ref.idempotency_hash, 1, wf.steps[0]!.name);
+        let snapshot = snapshots.get(queue.name);
+        if (!snapshot) snapshots.set(queue.name, (snapshot = liveJobIds(queue, this.o.liveSnapshotMax ?? LIVE_SNAPSHOT_MAX)));
+        const ids = await snapshot;
+        if (ids ? ids.has(jobId) : ALIVE.has(await queue.getJobState(jobId))) alive.add(ref.id);
       }),
     );
     return alive;
