@@ -38,8 +38,8 @@ export interface SweepReport {
 const ALIVE = new Set(['waiting', 'active', 'delayed', 'prioritized', 'waiting-children']);
 /** The states `getJobState` calls alive, as `getRanges` names their lists and sets (a paused queue's jobs wait in `paused`). */
 const LIVE_TYPES = ['wait', 'paused', 'active', 'delayed', 'prioritized', 'waiting-children'] as JobType[];
-/** Above this many live jobs in a queue (about 5 MB of ids), a sweep looks its runs up one by one instead of listing them. */
-export const LIVE_SNAPSHOT_MAX = 200_000;
+/** Above this many live jobs in a queue (their ids take about 12 MB of the sweeping worker's heap), a sweep looks its runs up one by one instead of listing them. */
+export const LIVE_SNAPSHOT_MAX = 100_000;
 
 /** The ids of every job the queue holds alive, read in one script; undefined when there are more than `max`. */
 async function liveJobIds(queue: Queue, max: number): Promise<Set<string> | undefined> {
