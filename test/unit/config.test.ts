@@ -29,6 +29,7 @@ describe('configuration', () => {
       IDEMPOTENCY_TTL: 24 * 3600 * 1000,
       DATABASE_STATEMENT_TIMEOUT: 30_000,
       DATABASE_PREPARED_STATEMENTS: true,
+      DATABASE_GROUP_COMMIT_IN_FLIGHT: 2,
       LOG_LEVEL: 'info',
       BULL_BOARD_READ_ONLY: true,
     });

@@ -55,6 +55,8 @@ export const configSchema = z
     DATABASE_STATEMENT_TIMEOUT: duration('30s'),
     // Named prepared statements per connection (ADR 0004); off for a pooler that cannot keep them (PgBouncer < 1.21 in transaction mode).
     DATABASE_PREPARED_STATEMENTS: bool(true),
+    // Whole-transaction messages that arrive while others are in flight share one commit (ADR 0007); 0 sends each alone.
+    DATABASE_GROUP_COMMIT_IN_FLIGHT: z.coerce.number().int().min(0).max(64).default(2),
 
     REDIS_URL: z.string().url().default('redis://127.0.0.1:6379'),
     QUEUE_PREFIX: z

@@ -1,6 +1,7 @@
 import { AsyncLocalStorage } from 'node:async_hooks';
 import pg from 'pg';
 import { PreparedNames, StatementBatch, completedBefore, inlineStatement, type Statement } from './statement-batch.ts';
+import { groupCommitFor, type GroupCommit, type GroupCommitRef } from './group-commit.ts';
 
 /**
  * A `pg` client that sends fewer round trips without changing what a transaction does.
@@ -129,10 +130,13 @@ export class CoalescingClient extends pg.Client {
   /** A savepoint was set in this transaction (a nested transaction): the mark no longer adds the commit, which would end the outer one. */
   #nested = false;
   readonly #prepared: PreparedNames;
+  /** The pool's group commit (group-commit.ts), when enabled: whole transactions in one message may share a commit. */
+  readonly #group: GroupCommit | undefined;
 
-  constructor(config?: string | (pg.ClientConfig & { preparedStatements?: boolean })) {
+  constructor(config?: string | (pg.ClientConfig & { preparedStatements?: boolean; groupCommit?: GroupCommitRef })) {
     super(config);
     this.#prepared = new PreparedNames(typeof config !== 'object' || config.preparedStatements !== false);
+    this.#group = typeof config === 'object' && config.groupCommit ? groupCommitFor(config.groupCommit) : undefined;
     // pg tracks the ParseComplete of its own named queries only; a batch counts its own.
     (this as unknown as { connection: NodeJS.EventEmitter }).connection.on('parseComplete', () => {
       const active = (this as unknown as { _activeQuery?: unknown })._activeQuery;
@@ -202,6 +206,11 @@ export class CoalescingClient extends pg.Client {
     if (statement.text.startsWith(LAST_IN_TRANSACTION) && this.#began && !this.#nested) return this.sendWithCommit(statement);
     const statements = [...this.#pending, statement];
     this.#pending = [];
+    // A commit with everything its transaction did still held: the whole transaction is this one
+    // message, which may share its commit with others (group-commit.ts).
+    if (this.#group && /^commit$/i.test(statement.text) && /^begin$/i.test(statements[0]!.text)) {
+      return this.#group.submit({ statements, send: (s) => this.send(s) as Promise<pg.QueryResult[]> }).then(lastResult);
+    }
     return this.send(statements).then(lastResult);
   }
 
@@ -227,7 +236,10 @@ export class CoalescingClient extends pg.Client {
     const statements = [...this.#pending, statement, { text: 'commit', discard: true }];
     this.#pending = [];
     this.#began = false;
-    return (this.send(statements) as Promise<pg.QueryResult[]>).then((results) => {
+    const send = (s: Statement[]) => this.send(s) as Promise<pg.QueryResult[]>;
+    // A whole transaction in this one message (its `begin` was still held) may share its commit with others.
+    const sent = this.#group && /^begin$/i.test(statements[0]!.text) ? this.#group.submit({ statements, send }) : send(statements);
+    return sent.then((results) => {
       this.#committedAhead = true;
       return results[results.length - 2]!;
     });

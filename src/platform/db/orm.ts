@@ -1,6 +1,7 @@
 import { MikroORM, defineConfig, type Options } from '@mikro-orm/postgresql';
 import { Migrator } from '@mikro-orm/migrations';
 import type { EntitySchema } from '@mikro-orm/core';
+import { randomUUID } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
 import type { Config } from '../config/config.ts';
 import { CoalescingClient, markHeldInsert } from './coalescing-client.ts';
@@ -44,6 +45,8 @@ export function ormConfig(config: Config, opts: OrmOptions): Options {
       Client: CoalescingClient,
       // Read by CoalescingClient: false sends every statement unnamed (parsed on each execution).
       preparedStatements: config.DATABASE_PREPARED_STATEMENTS,
+      // Read by CoalescingClient: one group commit per pool (group-commit.ts, ADR 0007).
+      groupCommit: config.DATABASE_GROUP_COMMIT_IN_FLIGHT > 0 ? { id: randomUUID(), maxInFlight: config.DATABASE_GROUP_COMMIT_IN_FLIGHT } : undefined,
       statement_timeout: config.DATABASE_STATEMENT_TIMEOUT,
       connectionTimeoutMillis: 5_000,
     },

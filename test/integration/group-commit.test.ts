@@ -1,0 +1,118 @@
+import { afterAll, describe, expect, it } from 'vitest';
+import { randomUUID } from 'node:crypto';
+import pg from 'pg';
+import { startStack } from '../helpers/stack.ts';
+import { createOrm } from '../../src/platform/db/orm.ts';
+import { tenantEm } from '../../src/platform/db/tenant-em.ts';
+import { LAST_IN_TRANSACTION } from '../../src/platform/db/coalescing-client.ts';
+import { groupCommitFor, groupKey, type GroupCommit, type GroupCommitRef } from '../../src/platform/db/group-commit.ts';
+import { entities } from '../../src/entities.ts';
+
+/**
+ * Group commit (src/platform/db/group-commit.ts, ADR 0007) against the real PostgreSQL as the
+ * application role: whole transactions of several tenants that share one commit keep each its own
+ * tenant under row-level security and its own results, and a failing one fails alone.
+ */
+const stack = await startStack({ api: false });
+// One message on its way at a time, so transactions started together are grouped behind the first.
+const orm = await createOrm({ ...stack.container.config, DATABASE_GROUP_COMMIT_IN_FLIGHT: 1 }, { entities, clientUrl: stack.db.appUrl, poolMax: 12 });
+afterAll(async () => {
+  await orm.close(true);
+  await stack.stop();
+});
+
+const group = (): GroupCommit => {
+  const ref = (orm.config.get('driverOptions') as { groupCommit?: GroupCommitRef }).groupCommit;
+  if (!ref) throw new Error('the ORM has no group commit');
+  return groupCommitFor(ref);
+};
+
+const runInsert = (id: string, tenant: string) =>
+  `insert into durable_runs (id, tenant_id, workflow, workflow_version, idempotency_hash, status, principal, input, correlation_id, sequence_num, step_count, created_at, updated_at)
+   values ('${id}', '${tenant}', 'golden-path', 1, '${randomUUID()}', 'pending', 'u', '{}', 'c', 0, 4, now(), now())`;
+
+/** A whole transaction in one message: the run's insert as its last statement, returning what it saw. */
+const insertRun = (tenant: string, id: string, rowTenant = tenant) =>
+  tenantEm(orm, tenant).transactional((tx) => tx.execute<{ id: string; t: string }[]>(`${LAST_IN_TRANSACTION}${runInsert(id, rowTenant)} returning id, current_setting('app.tenant_id', true) as t`));
+
+/** Messages the clients send while `fn` runs. */
+async function sent<T>(fn: () => Promise<T>): Promise<{ result: T; texts: string[] }> {
+  const texts: string[] = [];
+  const original = pg.Client.prototype.query;
+  pg.Client.prototype.query = function (this: pg.Client, config: any, ...rest: any[]) {
+    texts.push(typeof config === 'string' ? config : String(config?.text ?? config));
+    return (original as any).call(this, config, ...rest);
+  } as any;
+  try {
+    return { result: await fn(), texts };
+  } finally {
+    pg.Client.prototype.query = original;
+  }
+}
+
+const stored = async (ids: string[]) => (await stack.db.admin(`select id, tenant_id from durable_runs where id = any($1::uuid[]) order by id`, [ids])).rows as Array<{ id: string; tenant_id: string }>;
+
+describe('group commit', () => {
+  it('transactions of several tenants started together share one commit; each row is its tenant\'s, each gets its own result', async () => {
+    const runs = Array.from({ length: 8 }, (_, i) => ({ tenant: randomUUID(), id: randomUUID(), i }));
+    const before = { ...group().stats };
+    const { result, texts } = await sent(() => Promise.all(runs.map((r) => insertRun(r.tenant, r.id))));
+    expect(result).toEqual(runs.map((r) => [{ id: r.id, t: r.tenant }]));
+    // The first went alone; the seven that arrived while it was on its way went as one transaction.
+    expect(group().stats.grouped - before.grouped).toBeGreaterThanOrEqual(1);
+    expect(texts.length).toBeLessThan(runs.length);
+    const merged = texts.find((t) => (t.match(/set_config/g) ?? []).length > 1)!;
+    expect(merged).toMatch(/^begin;\n/);
+    expect(merged).toMatch(/;\ncommit$/);
+    expect((merged.match(/\bcommit\b/g) ?? []).length).toBe(1);
+    expect(await stored(runs.map((r) => r.id))).toEqual(runs.map((r) => ({ id: r.id, tenant_id: r.tenant })).sort((a, b) => a.id.localeCompare(b.id)));
+    // Row-level security: each tenant sees its own run only.
+    for (const r of runs) {
+      const seen = await tenantEm(orm, r.tenant).transactional((tx) => tx.execute<{ id: string }[]>(`select id from durable_runs where id = any(?::uuid[])`, [`{${runs.map((x) => x.id).join(',')}}`]));
+      expect(seen).toEqual([{ id: r.id }]);
+    }
+  });
+
+  it('one that fails in a group fails alone: the others commit, its rows are not stored, and the connections serve the next transactions', async () => {
+    const runs = Array.from({ length: 6 }, () => ({ tenant: randomUUID(), id: randomUUID() }));
+    const intruder = { tenant: randomUUID(), id: randomUUID() };
+    const before = { ...group().stats };
+    // The intruder writes another tenant's row under its own tenant: the policy's WITH CHECK refuses it.
+    const outcomes = await Promise.allSettled([...runs.slice(0, 3).map((r) => insertRun(r.tenant, r.id)), insertRun(intruder.tenant, intruder.id, runs[0]!.tenant), ...runs.slice(3).map((r) => insertRun(r.tenant, r.id))]);
+    expect(outcomes.map((o) => o.status)).toEqual(['fulfilled', 'fulfilled', 'fulfilled', 'rejected', 'fulfilled', 'fulfilled', 'fulfilled']);
+    expect(String((outcomes[3] as PromiseRejectedResult).reason)).toMatch(/row-level security/);
+    expect(group().stats.regrouped - before.regrouped).toBeGreaterThanOrEqual(1);
+    expect(await stored([...runs.map((r) => r.id), intruder.id])).toEqual(runs.map((r) => ({ id: r.id, tenant_id: r.tenant })).sort((a, b) => a.id.localeCompare(b.id)));
+    // Every pooled connection is clean: a round of transactions on all of them commits.
+    const next = Array.from({ length: 12 }, () => ({ tenant: randomUUID(), id: randomUUID() }));
+    await Promise.all(next.map((r) => insertRun(r.tenant, r.id)));
+    expect(await stored(next.map((r) => r.id))).toHaveLength(12);
+  });
+
+  it('a duplicate among a group (the unique key a lost checkpoint race hits) fails alone with the unique violation', async () => {
+    const tenant = randomUUID();
+    const id = randomUUID();
+    await insertRun(tenant, id);
+    const others = Array.from({ length: 4 }, () => ({ tenant: randomUUID(), id: randomUUID() }));
+    const outcomes = await Promise.allSettled([insertRun(others[0]!.tenant, others[0]!.id), insertRun(tenant, id), ...others.slice(1).map((r) => insertRun(r.tenant, r.id))]);
+    expect(outcomes.map((o) => o.status)).toEqual(['fulfilled', 'rejected', 'fulfilled', 'fulfilled', 'fulfilled']);
+    expect((outcomes[1] as PromiseRejectedResult).reason).toMatchObject({ code: '23505' });
+    expect(await stored(others.map((r) => r.id))).toHaveLength(4);
+  });
+
+  it('only whole transactions that set the same settings first and change no other are grouped', () => {
+    const tx = (...texts: string[]) => texts.map((text) => ({ text }));
+    const setTenant = `select set_config($1, $2, true)`;
+    expect(groupKey(tx('begin', setTenant, 'insert into t values (1)', 'commit'))).toBe(setTenant);
+    // No tenant setting: it would run under the previous member's.
+    expect(groupKey(tx('begin', 'insert into t values (1)', 'commit'))).toBeUndefined();
+    // A role or another setting changed mid-transaction would carry over to the next member.
+    expect(groupKey(tx('begin', setTenant, 'set local role "dealix_system"', 'select 1', 'commit'))).toBeUndefined();
+    expect(groupKey(tx('begin', setTenant, `select set_config('lock_timeout', '1s', true)`, 'select 1', 'commit'))).toBeUndefined();
+    expect(groupKey(tx('begin', setTenant, '/* dealix:defer-until-next */ savepoint a', 'select 1', 'commit'))).toBeUndefined();
+    expect(groupKey(tx('begin', `set local role "dealix_system"`, 'select 1', 'commit'))).toBeUndefined();
+    // Not a whole transaction: part of one already went.
+    expect(groupKey(tx(setTenant, 'insert into t values (1)', 'commit'))).toBeUndefined();
+    expect(groupKey(tx('begin', setTenant, 'insert into t values (1)'))).toBeUndefined();
+  });
+});
