@@ -42,6 +42,7 @@ const results: Results = {
     poolMax: defaults.DATABASE_POOL_MAX ?? defaults.WORKER_CONCURRENCY + 2,
     lockDurationMs: defaults.WORKER_LOCK_DURATION,
     stalledIntervalMs: defaults.WORKER_STALLED_INTERVAL,
+    groupCommitInFlight: defaults.DATABASE_GROUP_COMMIT_IN_FLIGHT,
     workerNodeFlags: productionNodeFlags('start:worker').join(' '),
   },
 };
