@@ -2,6 +2,7 @@ import { AsyncLocalStorage } from 'node:async_hooks';
 import pg from 'pg';
 import { PreparedNames, StatementBatch, completedBefore, inlineStatement, type Statement } from './statement-batch.ts';
 import { groupCommitFor, type GroupCommit, type GroupCommitRef } from './group-commit.ts';
+import { DEFER_UNTIL_NEXT, LAST_IN_TRANSACTION } from './markers.ts';
 
 /**
  * A `pg` client that sends fewer round trips without changing what a transaction does.
@@ -31,23 +32,8 @@ import { groupCommitFor, type GroupCommit, type GroupCommitRef } from './group-c
  * Held-back statements answer at once with an empty result. Queries given as objects (cursors, pg
  * query configs) are never merged: what is held is sent just before them.
  */
-export const DEFER_UNTIL_NEXT = '/* dealix:defer-until-next */ ';
+export { DEFER_UNTIL_NEXT, LAST_IN_TRANSACTION } from './markers.ts';
 
-/**
- * Marks a transaction's last statement: the caller promises that nothing follows it but the
- * transaction's `commit` (its transaction callback returns its result as it is, and nothing after it
- * can fail). Inside a transaction this client began (its `begin` came through it) the statement
- * travels with what is held AND the `commit`, and its own result is returned: one round trip for a
- * whole one-statement transaction (`begin; set_config; <statement>; commit`), or for a step's last
- * message (`<held inserts>; <statement>; commit`) when the transaction must read something back
- * from its last statement. Outside such a transaction the mark changes nothing. The commit that then
- * comes is answered here; so is a rollback, which has nothing left to undo, and any other statement
- * fails loudly instead of running outside the transaction. If the statement or the commit fails, the
- * transaction rolled back and the caller's rollback goes to PostgreSQL as usual. Used by
- * `DurableRuntime.start` (a run started outside a request) and by a run job's first step when it
- * runs without reading the run first (`DurableRuntime.checkpoint`'s `expect`).
- */
-export const LAST_IN_TRANSACTION = '/* dealix:last-in-transaction */ ';
 
 // MikroORM binds the setting's name and value (prepared-connection.ts); a caller may also write them in.
 const SET_CONFIG = String.raw`set_config\((?:'[a-z0-9_.]+', '(?:[^']|'')*'|\$\d+, \$\d+), true\)`;

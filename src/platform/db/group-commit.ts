@@ -1,5 +1,7 @@
 import type pg from 'pg';
-import type { Statement } from './statement-batch.ts';
+import { completedBefore, type Statement } from './statement-batch.ts';
+import { DEFER_UNTIL_NEXT, LAST_IN_TRANSACTION } from './markers.ts';
+import { TENANT_SETTING } from './tenant-owned.ts';
 
 /**
  * Group commit across transactions of one process (ADR 0007): whole transactions that are ready to
@@ -14,13 +16,19 @@ import type { Statement } from './statement-batch.ts';
  * tenant, exactly as in a transaction of its own; each gets back the results its statements would
  * have had alone. If the merged transaction fails, nothing of it committed: its connection is rolled
  * back and every member is sent again alone, on its own connection, so each ends as it would have
- * without the grouping (the failing one fails, the others commit). Nothing waits to be grouped: a
- * transaction goes at once while fewer than `maxInFlight` messages are on their way, and only those
- * that arrive meanwhile are grouped (as PostgreSQL groups WAL flushes of concurrent commits).
+ * without the grouping (the failing one fails, the others commit). That holds for a failure that
+ * PostgreSQL reports (an SQLSTATE) before the group's commit completed; any other failure (the
+ * connection lost, a result that cannot be read) leaves the group's outcome unknown, and every
+ * member gets the error, as a transaction of its own would. A transaction goes at once while fewer
+ * than `maxInFlight` messages are on their way; those that arrive meanwhile wait for a slot and go
+ * together (as PostgreSQL groups WAL flushes of concurrent commits).
  *
- * Only members that set the same session settings right after `begin` (`select set_config(…, true)`,
- * the same text, so each overrides every setting its predecessor made) and change no other setting
- * are grouped; anything else is sent alone.
+ * Only these are grouped (`groupKey`): the message begins with `begin` and the tenant's
+ * `select set_config(…, true)` (the same settings, by name, for every member, `app.tenant_id` among
+ * them, so each member overrides all its predecessor set), ends with `commit`, and everything in
+ * between is a statement the platform itself marked as held or last (`DEFER_UNTIL_NEXT`,
+ * `LAST_IN_TRANSACTION`: step inserts, checkpoints, a run's insert, a stored response), one
+ * statement each and sent as a prepared statement (so each returns exactly one result).
  */
 export interface GroupMember {
   /** The transaction's whole message: `begin`, the settings, its statements, `commit`. */
@@ -35,9 +43,10 @@ interface Queued extends GroupMember {
   reject(err: unknown): void;
 }
 
-const SETTINGS = /^select set_config\(/i;
-/** Statements that would change what follows them in a shared transaction. */
-const SESSION_CHANGING = /^\s*(?:\/\*.*?\*\/\s*)*(?:set\b|reset\b|savepoint\b|release\b|rollback\b|commit\b|begin\b|start\b|end\b|prepare\b|select\s+set_config\b|do\b|lock\b|discard\b|listen\b|notify\b|unlisten\b)/i;
+const SETTINGS = /^select set_config\(\$1, \$2, true\)(?:, set_config\(\$\d+, \$\d+, true\))*$/i;
+/** What a marked statement must still not contain: anything that changes the session or outlives the statement. */
+const SESSION_CHANGING = /\b(?:set_config|set\s+(?:local\s+)?(?:role|session)|reset|savepoint|pg_advisory_lock|pg_advisory_lock_shared|deallocate|declare|listen|notify|temp(?:orary)?\s+table)\b/i;
+const MARKED = (text: string) => text.startsWith(DEFER_UNTIL_NEXT) || text.startsWith(LAST_IN_TRANSACTION);
 
 export interface GroupCommitOptions {
   /** Messages on their way at once; a transaction arriving while this many are out waits to be grouped. */
@@ -48,22 +57,26 @@ export interface GroupCommitOptions {
 
 export const DEFAULT_GROUP_COMMIT: GroupCommitOptions = { maxInFlight: 2, maxMembers: 16 };
 
-/** The grouping key of a whole-transaction message, or undefined when it must go alone. */
+/** The grouping key of a whole-transaction message (its settings' names), or undefined when it must go alone. */
 export function groupKey(statements: readonly Statement[]): string | undefined {
   const [first, settings] = statements;
   const last = statements[statements.length - 1];
-  if (statements.length < 4 || !/^begin$/i.test(first!.text) || !/^commit$/i.test(last!.text)) return undefined;
-  if (!SETTINGS.test(settings!.text) || settings!.text.includes(';')) return undefined;
-  for (const s of statements.slice(2, -1)) if (SESSION_CHANGING.test(s.text)) return undefined;
-  return settings!.text;
+  if (statements.length < 4 || first!.text !== 'begin' || last!.text !== 'commit') return undefined;
+  if (!SETTINGS.test(settings!.text) || !settings!.values) return undefined;
+  const names = settings!.values.filter((_, i) => i % 2 === 0);
+  if (names.length * 2 !== settings!.values.length || !names.includes(TENANT_SETTING) || !names.every((n) => typeof n === 'string' && /^[a-z0-9_.]+$/.test(n))) return undefined;
+  for (const s of statements.slice(2, -1)) {
+    if (!MARKED(s.text) || s.values === undefined || SESSION_CHANGING.test(s.text)) return undefined;
+  }
+  return names.join(',');
 }
 
 export class GroupCommit {
   readonly options: GroupCommitOptions;
   #queue: Queued[] = [];
   #inFlight = 0;
-  /** Transactions sent, and the grouped messages that carried more than one (for tests and the benchmark). */
-  readonly stats = { transactions: 0, grouped: 0, groupedMembers: 0, regrouped: 0 };
+  /** Transactions sent; grouped messages (more than one member) and their members; groups that failed and were sent again alone. */
+  readonly stats = { transactions: 0, grouped: 0, groupedMembers: 0, failedGroups: 0 };
 
   constructor(options: Partial<GroupCommitOptions> = {}) {
     this.options = { ...DEFAULT_GROUP_COMMIT, ...options };
@@ -103,12 +116,26 @@ export class GroupCommit {
     let results: pg.QueryResult[];
     try {
       results = await leader.send(merged);
-    } catch {
-      // Nothing of the grouped transaction committed. Its connection is left in the failed
-      // transaction: roll it back, then every member goes alone and ends as it would have.
-      this.stats.regrouped++;
-      await leader.send([{ text: 'rollback', discard: true }]).catch(() => {});
-      await Promise.all(members.map((m) => this.#alone(m)));
+    } catch (err) {
+      const done = completedBefore(err);
+      if (typeof (err as { code?: unknown })?.code !== 'string' || (done && done.length >= merged.length)) {
+        // Not a statement PostgreSQL refused (the connection lost, a row that could not be read), or
+        // after the commit: the group may have committed. Each member learns it as it would alone.
+        for (const m of members) m.reject(err);
+        return;
+      }
+      // PostgreSQL refused a statement before the commit: nothing of the group committed, and its
+      // connection is in the failed transaction. Roll it back, then every member goes alone and ends
+      // as it would have. Outside the slot, so a member that waits long on its own again holds no one.
+      this.stats.failedGroups++;
+      const rolledBack = leader.send([{ text: 'rollback', discard: true }]).catch(() => {});
+      for (const m of members) void (m === leader ? rolledBack.then(() => this.#alone(m)) : this.#alone(m));
+      return;
+    }
+    if (results.length !== merged.length) {
+      // Cannot happen with prepared statements (one result each); never hand out misaligned rows.
+      const err = new Error(`group commit: ${results.length} results for ${merged.length} statements; the group committed, its results cannot be told apart`);
+      for (const m of members) m.reject(err);
       return;
     }
     let at = 1;
