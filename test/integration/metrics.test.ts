@@ -53,5 +53,9 @@ describe('Prometheus metrics', () => {
       expect(sample(text, `dealix_step_duration_seconds_count{step="${step.name}",replayed="false"}`)).toBe(1);
       expect(sample(text, `dealix_step_duration_seconds_bucket{le="+Inf",step="${step.name}",replayed="false"}`)).toBe(1);
     }
+    // Group commit (ADR 0007): the worker's four step transactions went through it (one run at a time: each alone).
+    expect(sample(text, 'dealix_db_group_commit_transactions_total')).toBeGreaterThanOrEqual(4);
+    expect(sample(text, 'dealix_db_group_commit_failed_groups_total')).toBe(0);
+    expect(text).toContain('# TYPE dealix_db_group_commit_groups_total counter');
   });
 });

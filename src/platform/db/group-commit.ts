@@ -169,3 +169,10 @@ export function groupCommitFor(ref: GroupCommitRef): GroupCommit {
   if (!g) registry.set(ref.id, (g = new GroupCommit({ maxInFlight: ref.maxInFlight })));
   return g;
 }
+
+/** The group commits' counters summed over this process's pools (for /metrics). */
+export function groupCommitTotals(): GroupCommit['stats'] {
+  const total = { transactions: 0, grouped: 0, groupedMembers: 0, failedGroups: 0 };
+  for (const g of registry.values()) for (const k of Object.keys(total) as (keyof typeof total)[]) total[k] += g.stats[k];
+  return total;
+}

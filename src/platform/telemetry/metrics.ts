@@ -1,4 +1,5 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { groupCommitTotals } from '../db/group-commit.ts';
 
 export interface Metrics {
   registry: Registry;
@@ -13,6 +14,7 @@ export interface Metrics {
 export function createMetrics(): Metrics {
   const registry = new Registry();
   collectDefaultMetrics({ register: registry, prefix: 'dealix_' });
+  groupCommitCounters(registry);
   return {
     registry,
     stepDuration: new Histogram({
@@ -32,4 +34,22 @@ export function createMetrics(): Metrics {
     queueDepth: new Gauge({ name: 'dealix_queue_jobs', help: 'Jobs per queue and state', labelNames: ['queue', 'state'], registers: [registry] }),
     runsByStatus: new Gauge({ name: 'dealix_runs', help: 'Durable runs by status (all tenants)', labelNames: ['status'], registers: [registry] }),
   };
+}
+
+/** Group commit (ADR 0007): counters read from the process's pools at scrape time. */
+function groupCommitCounters(registry: Registry): void {
+  const counter = (name: string, help: string, key: keyof ReturnType<typeof groupCommitTotals>) =>
+    new Counter({
+      name,
+      help,
+      registers: [registry],
+      collect() {
+        this.reset();
+        this.inc(groupCommitTotals()[key]);
+      },
+    });
+  counter('dealix_db_group_commit_transactions_total', 'Whole one-message transactions sent through group commit', 'transactions');
+  counter('dealix_db_group_commit_groups_total', 'Grouped transactions that carried more than one of them', 'grouped');
+  counter('dealix_db_group_commit_grouped_transactions_total', 'Transactions that went as members of a group', 'groupedMembers');
+  counter('dealix_db_group_commit_failed_groups_total', 'Groups PostgreSQL refused, whose members were then sent alone', 'failedGroups');
 }
