@@ -151,23 +151,20 @@ describe('a killed or stopped worker: the run still completes, each step exactly
     await tenantEm(stack.container.orm, tenant).transactional((tx) => stack.container.runtime.complete(tx, run.id, 'cancelled'));
   });
 
-  it('the sweeper pages past runs whose jobs are alive and re-enqueues, across tenants, the one that has none', { timeout: LONG }, async () => {
+  /** A sweeper of this stack under its own lock key (so its first sweep is a "Redis lost" one), and how often it logged re-enqueueing a run. */
+  function loggedSweeper(lock: string, opts: { batch?: number; liveSnapshotMax?: number } = {}) {
     const lines: string[] = [];
     const logger = pino({ level: 'info' }, { write: (l: string) => void lines.push(l) });
-    const sweeper = new Sweeper({
-      orm: stack.container.orm,
-      runtime: stack.container.runtime,
-      redis: stack.container.redis,
-      logger,
-      lockKey: `${stack.prefix}:test-sweeper-lock`,
-      intervalMs: 1000,
-      minAgeMs: 0,
-      batch: 1,
-    });
+    const sweeper = new Sweeper({ orm: stack.container.orm, runtime: stack.container.runtime, redis: stack.container.redis, logger, lockKey: `${stack.prefix}:${lock}`, intervalMs: 1000, minAgeMs: 0, ...opts });
+    const reenqueued = (id: string) => lines.filter((l) => l.includes('sweeper re-enqueued run') && l.includes(id)).length;
+    return { sweeper, reenqueued };
+  }
+
+  it('the sweeper pages past runs whose jobs are alive and re-enqueues, across tenants, the one that has none', { timeout: LONG }, async () => {
+    const { sweeper, reenqueued } = loggedSweeper('test-sweeper-lock', { batch: 1 });
     const [alive1, alive2] = [await createSlowRun(stack, newTenant(), { enqueue: true }), await createSlowRun(stack, newTenant(), { enqueue: true })];
     // Committed but never enqueued, as after a crash between the commit and the enqueue; and the newest.
     const lost = await createSlowRun(stack, newTenant(), { enqueue: false });
-    const reenqueued = (id: string) => lines.filter((l) => l.includes('sweeper re-enqueued run') && l.includes(id)).length;
 
     const first = await sweeper.sweep();
     expect(first.redisLost).toBe(true); // no marker yet under this lock key: the first sweep repairs waiting runs too
@@ -182,19 +179,7 @@ describe('a killed or stopped worker: the run still completes, each step exactly
     ['listing the queue once', undefined],
     ['one look per run, above the listing bound', 0],
   ] as const)('a sweep over pending runs whose jobs wait finds them in Redis (%s): none of them costs a PostgreSQL read', { timeout: LONG }, async (_, liveSnapshotMax) => {
-    const lines: string[] = [];
-    const logger = pino({ level: 'info' }, { write: (l: string) => void lines.push(l) });
-    const sweeper = new Sweeper({
-      orm: stack.container.orm,
-      runtime: stack.container.runtime,
-      redis: stack.container.redis,
-      logger,
-      lockKey: `${stack.prefix}:test-sweeper-lock-3-${liveSnapshotMax ?? 'all'}`,
-      intervalMs: 1000,
-      minAgeMs: 0,
-      batch: 5_000,
-      ...(liveSnapshotMax === undefined ? {} : { liveSnapshotMax }),
-    });
+    const { sweeper, reenqueued } = loggedSweeper(`test-sweeper-lock-3-${liveSnapshotMax ?? 'all'}`, { batch: 5_000, ...(liveSnapshotMax === undefined ? {} : { liveSnapshotMax }) });
     const tenants = [newTenant(), newTenant(), newTenant()];
     // A backlog: pending runs of three tenants whose run jobs wait in the queue (no worker takes them).
     const waiting = await Promise.all(Array.from({ length: 24 }, (_, i) => createSlowRun(stack, tenants[i % 3]!, { enqueue: true })));
@@ -223,7 +208,6 @@ describe('a killed or stopped worker: the run still completes, each step exactly
     const readOf = (id: string) => sent.filter((s) => s.includes(id)).length;
     expect(waiting.map((r) => readOf(r.id))).toEqual(waiting.map(() => 0));
     expect(readOf(lost.id)).toBeGreaterThan(0);
-    const reenqueued = (id: string) => lines.filter((l) => l.includes('sweeper re-enqueued run') && l.includes(id)).length;
     expect(waiting.map((r) => reenqueued(r.id))).toEqual(waiting.map(() => 0));
     expect(reenqueued(lost.id)).toBe(1);
     for (const run of [...waiting, lost]) {
@@ -234,9 +218,7 @@ describe('a killed or stopped worker: the run still completes, each step exactly
   });
 
   it('the sweeper leaves alone a run whose job from step 1 carries it past a step that may wait but did not', { timeout: LONG }, async () => {
-    const lines: string[] = [];
-    const logger = pino({ level: 'info' }, { write: (l: string) => void lines.push(l) });
-    const sweeper = new Sweeper({ orm: stack.container.orm, runtime: stack.container.runtime, redis: stack.container.redis, logger, lockKey: `${stack.prefix}:test-sweeper-lock-2`, intervalMs: 1000, minAgeMs: 0 });
+    const { sweeper, reenqueued } = loggedSweeper('test-sweeper-lock-2');
     const tenant = newTenant();
     // No worker runs: the job that started at step 1 stays waiting, as while it is between steps 3 and 4.
     const run = await createSlowRun(stack, tenant, { enqueue: true });
@@ -252,7 +234,7 @@ describe('a killed or stopped worker: the run still completes, each step exactly
     await sweeper.sweep();
     await sweeper.sweep();
     // Step 4's stretch starts after the step that may wait, but the live job is the one from step 1.
-    expect(lines.filter((l) => l.includes('sweeper re-enqueued run') && l.includes(run.id))).toEqual([]);
+    expect(reenqueued(run.id)).toBe(0);
     expect(await jobOf(stack, run, 4)).toBeUndefined();
     expect(await (await jobOf(stack, run, 1))?.getState()).toBe('waiting');
     await (await jobOf(stack, run, 1))?.remove();
