@@ -1,6 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import type { Config } from '../platform/config/config.ts';
 import { signDevToken } from '../platform/tenancy/jwt.ts';
+import { OPERATOR_ROLE } from '../platform/http/admin-auth.middleware.ts';
 import { DemoError, fmt, say, until } from './demo-support.ts';
 
 /** The example submission of the issue and the docs: class B under the default policy (cost 65,000, payback 2.48 months). */
@@ -120,11 +121,12 @@ export async function runGoldenPathDemo(o: GoldenPathDemoOptions): Promise<void>
   if (!verify.valid) throw new DemoError('the evidence pack did not verify');
 
   say('[7/7] Operators');
-  const admin = await signDevToken(o.config, { tenantId: tenant, sub: 'demo-operator', roles: ['admin'], ttlSeconds: 8 * 3600 });
-  say(`      Bull Board   http://localhost:${o.port}/admin/queues   (queues under the prefix "${o.config.QUEUE_PREFIX}"; needs role admin)`);
+  // The dashboard spans tenants: it takes the platform's operator role, never a tenant's admin.
+  const admin = await signDevToken(o.config, { tenantId: tenant, sub: 'demo-operator', roles: [OPERATOR_ROLE], ttlSeconds: 8 * 3600 });
+  say(`      Bull Board   http://localhost:${o.port}/admin/queues   (queues under the prefix "${o.config.QUEUE_PREFIX}"; needs role ${OPERATOR_ROLE})`);
   if (o.keepRunning) say(`      open now     http://localhost:${o.port}/admin/queues?token=${admin}`);
   else say('      to browse it, run `npm run demo -- --keep-running`, or `npm run start:api` with a JWT_SECRET in .env');
-  say('      admin token  npm run token -- --tenant <tenant uuid> --sub <you> --roles admin');
+  say(`      token        npm run token -- --tenant <any uuid> --sub <you> --roles ${OPERATOR_ROLE}`);
   say('                   then open /admin/queues?token=<token> once (it becomes a cookie), or send it as a Bearer header');
   if (o.secretGenerated) say('      note         this demo generated its JWT_SECRET; set one in .env (see .env.example) so npm run token matches the API');
 }

@@ -8,7 +8,7 @@ import { chromium, type BrowserContext } from 'playwright-core';
 import { api, CLASS_A_SUBMISSION, newTenant, SAMPLE_SUBMISSION, startStack, type TestStack } from '../helpers/stack.ts';
 import { waitFor } from '../helpers/poll.ts';
 import { boardQueues } from '../../src/platform/http/admin-board.ts';
-import { ADMIN_COOKIE } from '../../src/platform/http/admin-auth.middleware.ts';
+import { ADMIN_COOKIE, OPERATOR_ROLE } from '../../src/platform/http/admin-auth.middleware.ts';
 
 /**
  * The operator dashboard in a real browser: headless Chromium (Debian's package) driven by
@@ -27,7 +27,7 @@ const runIds: string[] = [];
 beforeAll(async () => {
   stack = await startStack({ env: { OPERATOR_USER: OPERATOR.user, OPERATOR_PASSWORD: OPERATOR.password } });
   await stack.spawnWorker();
-  adminToken = await stack.token({ tenantId: tenant, sub: 'operator-1', roles: ['admin'] });
+  adminToken = await stack.token({ tenantId: newTenant(), sub: 'operator-1', roles: [OPERATOR_ROLE] });
   const submitter = await stack.token({ tenantId: tenant, sub: 'submitter-1' });
   for (const body of [CLASS_A_SUBMISSION, SAMPLE_SUBMISSION]) {
     const res = await api(stack, 'POST', '/api/v1/golden-path/run', { token: submitter, body, headers: { 'Idempotency-Key': randomUUID() } });
@@ -63,7 +63,7 @@ afterAll(async () => {
 });
 
 describe('Bull Board at /admin/queues', () => {
-  it('refuses requests without admin credentials: 401 without any, 403 without the admin role', async () => {
+  it('refuses requests without operator credentials: 401 without any, 403 without the operator role', async () => {
     await browser.clearCookies();
     const page = await browser.newPage();
     const res = await page.goto(`${stack.baseUrl}/admin/queues`);
@@ -78,11 +78,24 @@ describe('Bull Board at /admin/queues', () => {
     const user = await stack.token({ tenantId: tenant, sub: 'submitter-1' });
     expect((await api(stack, 'GET', '/admin/queues', { token: user })).status).toBe(403);
     expect((await api(stack, 'GET', `/admin/queues?token=${user}`)).status).toBe(403);
+    // A tenant's own admin (who manages its approval policy) is not an operator: the board shows
+    // every tenant's jobs and submissions, so it answers 403 and shows nothing.
+    const tenantAdmin = await stack.token({ tenantId: tenant, sub: 'tenant-admin-1', roles: ['admin', 'approver'] });
+    for (const path of ['/admin/queues', '/admin/queues/api/queues?activeQueue=golden-path&status=completed&page=1&jobsPerPage=50']) {
+      const res = await api(stack, 'GET', path, { token: tenantAdmin });
+      expect(res.status).toBe(403);
+      expect(res.headers.get('content-type')).toContain('application/problem+json');
+      expect(res.text).not.toContain(tenant);
+    }
+    expect((await api(stack, 'GET', `/admin/queues?token=${tenantAdmin}`)).status).toBe(403);
     expect((await api(stack, 'GET', '/admin/queues', { headers: { authorization: 'Bearer not.a.jwt' } })).status).toBe(401);
     const basic = (user: string, password: string) => ({ authorization: `Basic ${Buffer.from(`${user}:${password}`).toString('base64')}` });
     expect((await api(stack, 'GET', '/admin/queues', { headers: basic(OPERATOR.user, 'wrong-password-1') })).status).toBe(401);
     expect((await api(stack, 'GET', '/admin/queues', { headers: basic(OPERATOR.user, OPERATOR.password) })).status).toBe(200);
-    expect((await api(stack, 'GET', '/admin/queues', { token: adminToken })).status).toBe(200);
+    const board = await api(stack, 'GET', '/admin/queues', { token: adminToken });
+    expect(board.status).toBe(200);
+    // The board is an Express app of its own; it must not advertise the framework either.
+    expect(board.headers.get('x-powered-by')).toBeNull();
   });
 
   it('registers every workflow queue and the maintenance queue, read-only by default', async () => {

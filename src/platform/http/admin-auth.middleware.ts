@@ -6,7 +6,12 @@ import type { TokenVerifier } from '../tenancy/jwt.ts';
 import { tagMiddleware } from '../tenancy/auth.middleware.ts';
 import { sendProblem } from './problem.middleware.ts';
 
-export const ADMIN_ROLE = 'admin';
+/**
+ * The role that opens the operator dashboard. Not a tenant role: the dashboard spans tenants (every
+ * job's data, every tenant's submissions), so a tenant's own `admin` (who manages the tenant's
+ * approval policy) must never open it. The identity provider issues this role to platform staff only.
+ */
+export const OPERATOR_ROLE = 'platform-operator';
 export const ADMIN_COOKIE = 'dealix_admin_token';
 const BEARER = /^Bearer\s+([A-Za-z0-9\-_=]+\.[A-Za-z0-9\-_=]*\.[A-Za-z0-9\-_=+/]*)\s*$/i;
 const JWT = /^[A-Za-z0-9\-_=]+\.[A-Za-z0-9\-_=]*\.[A-Za-z0-9\-_=+/]*$/;
@@ -23,11 +28,11 @@ export interface AdminAuthOptions {
 }
 
 /**
- * Guards the operator dashboard. Accepted, in order: a bearer JWT with role `admin` (Authorization
+ * Guards the operator dashboard. Accepted, in order: a bearer JWT with role `platform-operator` (Authorization
  * header, for tools); the same JWT from the HttpOnly cookie set by a one-time `?token=<jwt>` visit (for
  * browsers: the token is moved out of the URL at once by a 303 redirect); or HTTP Basic with the operator
  * credentials from the environment. The role is checked on every request, so an expired token or a
- * revoked role stops working. The dashboard spans tenants: only platform operators hold `admin`.
+ * revoked role stops working. The dashboard spans tenants: a tenant's roles (`admin`, `approver`) do not open it.
  */
 export function adminAuth(opts: AdminAuthOptions) {
   return tagMiddleware(async function adminAuthMiddleware(req: Request, res: Response, next: NextFunction) {
@@ -60,7 +65,7 @@ export function adminAuth(opts: AdminAuthOptions) {
         await verifyAdmin(opts, req, cookie);
         return next();
       }
-      throw unauthorized(opts, 'Sign in with an admin bearer token, ?token=<jwt> once, or the operator credentials.');
+      throw unauthorized(opts, `Sign in with a bearer token with the role ${OPERATOR_ROLE}, ?token=<jwt> once, or the operator credentials.`);
     } catch (e) {
       // Answer here: the dashboard is mounted before the API's error handler would see it.
       sendProblem(res, e, opts.logger);
@@ -76,9 +81,9 @@ async function verifyAdmin(opts: AdminAuthOptions, req: Request, token: string):
     opts.logger.warn({ security_event: 'token_rejected', reason: (e as Error).message, path: req.path, ip: req.ip }, 'rejected admin token');
     throw unauthorized(opts, (e as AppError).detail ?? 'The token is not valid.');
   }
-  if (!principal.roles.includes(ADMIN_ROLE)) {
-    opts.logger.warn({ security_event: 'admin_forbidden', sub: principal.sub, path: req.path, ip: req.ip }, 'token without the admin role');
-    throw new ForbiddenError(`The dashboard needs the role: ${ADMIN_ROLE}.`);
+  if (!principal.roles.includes(OPERATOR_ROLE)) {
+    opts.logger.warn({ security_event: 'admin_forbidden', sub: principal.sub, tenant_id: principal.tenantId, path: req.path, ip: req.ip }, 'token without the operator role');
+    throw new ForbiddenError(`The dashboard spans tenants and needs the platform role: ${OPERATOR_ROLE}.`);
   }
   return { exp: expiryOf(token) };
 }

@@ -24,7 +24,10 @@ export function bullBoardRouter(queues: Iterable<Queue>, opts: { readOnly: boole
     serverAdapter,
     options: { uiConfig: { boardTitle: 'Dealix queues', hideDocsLink: true } },
   });
-  return { router: serverAdapter.getRouter() as Router, queueNames: list.map((q) => q.name) };
+  // The adapter's router is an Express app of its own: it does not inherit the API's settings.
+  const router = serverAdapter.getRouter() as Router & Partial<Pick<Express, 'disable'>>;
+  router.disable?.('x-powered-by');
+  return { router, queueNames: list.map((q) => q.name) };
 }
 
 /**
