@@ -133,6 +133,10 @@ describe('forged, stale and misdirected tokens', () => {
     }],
     ['unknown critical header (correctly signed)', async () => signRaw({ alg: 'HS256', typ: 'JWT', crit: ['x-evil'], 'x-evil': true }, claims())],
     ['signature stripped', async () => (await hs256(claims())).split('.').slice(0, 2).join('.') + '.'],
+    // Correctly signed, but text PostgreSQL cannot store (a run's principal, a decision's approver).
+    ['NUL in sub (correctly signed)', async () => hs256(claims({ sub: 'mal\u0000lory' }))],
+    ['unpaired surrogate in sub (correctly signed)', async () => hs256(claims({ sub: 'mal\ud800lory' }))],
+    ['control character in a role (correctly signed)', async () => hs256(claims({ roles: ['appro\u0007ver'] }))],
   ];
 
   it('the untampered token these cases start from is accepted (the control case)', async () => {
@@ -162,6 +166,16 @@ describe('forged, stale and misdirected tokens', () => {
     expect(res.status).toBe(401);
     const { rows } = await stack.db.admin(`select count(*)::int as n from durable_runs where tenant_id = $1`, [tenantB]);
     expect(rows[0].n).toBe(2);
+  });
+
+  it('a signed token whose sub PostgreSQL cannot store cannot write: 401, not a 500, and no run', async () => {
+    const token = await hs256(claims({ sub: 'mal\u0000lory' }));
+    const before = await stack.db.admin(`select count(*)::int as n from durable_runs where tenant_id = $1`, [tenantA]);
+    const res = await attempt(stack, 'POST', '/api/v1/golden-path/run', `Bearer ${token}`, CLASS_A_SUBMISSION);
+    expect(res.status).toBe(401);
+    expect(res.json.code).toBe('unauthorized');
+    const after = await stack.db.admin(`select count(*)::int as n from durable_runs where tenant_id = $1`, [tenantA]);
+    expect(after.rows[0].n).toBe(before.rows[0].n);
   });
 
   it.each([

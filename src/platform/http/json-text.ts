@@ -5,6 +5,9 @@ import { ValidationError } from '../errors/app-error.ts';
 // cannot hold either, so such a body would fail deep inside a handler's transaction as a 500.
 const UNSTORABLE = /\u0000|[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/;
 
+/** True when `text` holds what PostgreSQL text cannot: a NUL or an unpaired UTF-16 surrogate. */
+export const isUnstorableText = (text: string): boolean => UNSTORABLE.test(text);
+
 /** The path of the first key or string in `value` that PostgreSQL cannot store, or undefined. */
 export function findUnstorableText(value: unknown): string | undefined {
   // Iterative: a body of 64 kB can nest tens of thousands of levels deep.

@@ -2,12 +2,25 @@ import { createLocalJWKSet, createRemoteJWKSet, errors, jwtVerify, SignJWT, type
 import { z } from 'zod';
 import type { Config } from '../config/config.ts';
 import { UnauthorizedError } from '../errors/app-error.ts';
+import { isUnstorableText } from '../http/json-text.ts';
+
+/**
+ * Text a claim may hold: no control characters (C0, DEL, C1) and no unpaired UTF-16 surrogate. The
+ * subject and roles reach logs and PostgreSQL (a run's principal, a decision's approver), whose text
+ * cannot hold a NUL or a lone surrogate: such a token is refused here (401), not as a 500 later.
+ */
+const claimText = (min: number, max: number) =>
+  z
+    .string()
+    .min(min)
+    .max(max)
+    .refine((v) => !/[\u0000-\u001f\u007f-\u009f]/.test(v) && !isUnstorableText(v), 'holds a control character or an unpaired surrogate');
 
 /** The claims the platform uses; everything else in a token is ignored. */
 export const principalClaims = z.object({
-  sub: z.string().min(1).max(255),
+  sub: claimText(1, 255),
   tenant_id: z.string().uuid(),
-  roles: z.array(z.string().max(64)).max(50).default([]),
+  roles: z.array(claimText(0, 64)).max(50).default([]),
 });
 
 export interface Principal {
