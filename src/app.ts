@@ -8,7 +8,6 @@ import { metricsHandler } from './platform/http/metrics.route.ts';
 import { httpLogger } from './platform/telemetry/http-logger.ts';
 import { operatorDashboard, setBoardQueues } from './platform/http/admin-board.ts';
 import { openApiHandlers } from './platform/http/openapi.route.ts';
-import { rejectUnstorableText } from './platform/http/json-text.ts';
 import { loadShedding } from './platform/http/load-shed.ts';
 
 /** Middleware order and routers, nothing else. */
@@ -20,12 +19,11 @@ export function createApp(c: Container): Express {
   app.use(correlationMiddleware);
   app.use(httpLogger(c.logger));
   app.use(loadShedding(c.config.API_MAX_INFLIGHT));
-  // Operator dashboard, before the JSON body parser (it parses its own requests); admin-auth guards all of it.
+  // Operator dashboard (it parses its own requests); admin-auth guards all of it. The API's routes read
+  // their JSON bodies after authentication (router.ts).
   const dashboard = operatorDashboard({ queues: c.queues.values(), verifier: c.verifier, logger: c.logger, config: c.config });
   setBoardQueues(app, dashboard.queueNames);
   app.use(dashboard.path, ...dashboard.handlers);
-  app.use(express.json({ limit: c.config.BODY_LIMIT, strict: true, type: ['application/json', 'application/*+json'] }));
-  app.use(rejectUnstorableText);
   app.get('/healthz', liveness);
   app.get('/readyz', readiness({ orm: c.orm, redis: c.redis }));
   app.get('/metrics', metricsHandler(c));
@@ -38,6 +36,7 @@ export function createApp(c: Container): Express {
       verifier: c.verifier,
       idempotency: c.idempotency,
       logger: c.logger,
+      bodyLimit: c.config.BODY_LIMIT,
       idempotencyMetrics: { replays: c.metrics.idempotencyReplays, conflicts: c.metrics.idempotencyConflicts },
     }),
   );

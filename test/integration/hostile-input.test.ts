@@ -358,13 +358,44 @@ describe('hostile input on every endpoint', () => {
   });
 
   it('a body over BODY_LIMIT is 413 problem+json, on every mutating API route', async () => {
-    // (The operator dashboard refuses a non-operator before it reads any body: 403 there.)
+    // (A caller without a route's role is refused before the body is read: 403 there, as on the
+    // operator dashboard. This caller holds every role a route asks for.)
+    const allRoles = await stack.token({ tenantId: tenant, sub: 'prop-user', roles: ['approver', 'admin'] });
     for (const ep of endpoints().filter((e) => e.method !== 'GET' && e.path.startsWith('/api/'))) {
       const path = ep.path.replace(/:[A-Za-z_]+/g, realIds[4]!);
-      const res = await send({ method: ep.method, path, headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json', 'idempotency-key': randomUUID() }, body: Buffer.from(JSON.stringify({ pad: 'x'.repeat(BODY_LIMIT + 1) })) });
+      const res = await send({ method: ep.method, path, headers: { authorization: `Bearer ${allRoles}`, 'content-type': 'application/json', 'idempotency-key': randomUUID() }, body: Buffer.from(JSON.stringify({ pad: 'x'.repeat(BODY_LIMIT + 1) })) });
       expect(res.status, `${ep.method} ${ep.path}`).toBe(413);
       expect(JSON.parse(res.text).code).toBe('payload_too_large');
     }
+  });
+
+  it('the body is read only after the caller and the route are known: 401 or 404 first, whatever the body', async () => {
+    const before = await snapshot();
+    const json = { 'content-type': 'application/json', 'idempotency-key': randomUUID() };
+    const oversized = Buffer.from(JSON.stringify({ pad: 'x'.repeat(BODY_LIMIT + 1) }));
+    for (const body of [Buffer.from('{bad'), oversized]) {
+      const anonymous = await send({ method: 'POST', path: '/api/v1/golden-path/run', headers: json, body });
+      expect(anonymous.status).toBe(401);
+      expect(JSON.parse(anonymous.text).code).toBe('unauthorized');
+      const nowhere = await send({ method: 'POST', path: '/api/v1/nonexistent', headers: { ...json, authorization: `Bearer ${token}` }, body });
+      expect(nowhere.status).toBe(404);
+      expect(String(nowhere.headers['content-type'])).toMatch(/^application\/problem\+json/);
+    }
+    expect(await snapshot()).toEqual(before);
+  });
+
+  it('a bare JSON value is refused as not an object, and a missing body fails validation, not the media type', async () => {
+    const before = await snapshot();
+    const headers = { authorization: `Bearer ${token}`, 'content-type': 'application/json' };
+    for (const bare of ['null', '42', '"text"']) {
+      const res = await send({ method: 'POST', path: '/api/v1/golden-path/run', headers: { ...headers, 'idempotency-key': randomUUID() }, body: Buffer.from(bare) });
+      expect(res.status, bare).toBe(400);
+      expect(JSON.parse(res.text), bare).toMatchObject({ code: 'malformed_json', detail: expect.stringContaining('JSON object') });
+    }
+    const empty = await send({ method: 'POST', path: '/api/v1/golden-path/run', headers: { ...headers, 'idempotency-key': randomUUID() }, body: undefined });
+    expect(empty.status).toBe(422);
+    expect(JSON.parse(empty.text).code).toBe('validation_failed');
+    expect(await snapshot()).toEqual(before);
   });
 
   it('a forged list cursor is a 400, not a database error', async () => {

@@ -47,7 +47,9 @@ export function toProblem(err: unknown, requestId?: string): { problem: Problem;
       code === 'payload_too_large'
         ? 'The request body is larger than the limit.'
         : code === 'malformed_json'
-          ? 'The request body is not valid JSON.'
+          ? isBareJsonValue((err as { body?: unknown }).body)
+            ? 'The request body must be a JSON object: a bare JSON value (null, a number, a string) is not accepted.'
+            : 'The request body is not valid JSON.'
           : code === 'unsupported_encoding'
             ? 'The request body encoding or charset is not supported.'
             : 'The request could not be understood.';
@@ -80,4 +82,15 @@ export function toProblem(err: unknown, requestId?: string): { problem: Problem;
     },
     headers: {},
   };
+}
+
+/** True for the text of a JSON value that is not an object or array (body-parser's strict mode refuses it). */
+function isBareJsonValue(body: unknown): boolean {
+  if (typeof body !== 'string') return false;
+  try {
+    const v: unknown = JSON.parse(body);
+    return v === null || typeof v !== 'object';
+  } catch {
+    return false;
+  }
 }

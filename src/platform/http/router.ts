@@ -11,6 +11,7 @@ import { withPrelude } from '../db/coalescing-client.ts';
 import { MUTATING_METHODS, type RouteDef, type RouteResult } from './route.ts';
 import { parseOrThrow } from './validation.ts';
 import { PROBLEM_CONTENT_TYPE } from './problem.middleware.ts';
+import { rejectUnstorableText } from './json-text.ts';
 
 export interface RouterDeps {
   orm: MikroORM;
@@ -18,21 +19,28 @@ export interface RouterDeps {
   idempotency: IdempotencyService;
   logger: Logger;
   idempotencyMetrics?: IdempotencyMetrics;
+  /** The largest JSON body a mutating route reads (BODY_LIMIT); larger ones answer 413. */
+  bodyLimit?: string;
 }
 
 /**
  * Builds the Express router from route declarations. Every route gets, in order: authenticate →
- * validate → (POST/PUT/PATCH) idempotency → handler. The handler runs in one tenant-bound
- * transaction; for an idempotent request its final response is stored in that same transaction.
+ * (POST/PUT/PATCH) read the JSON body → validate → (POST/PUT/PATCH) idempotency → handler. The body is
+ * read only once the caller is known and the route exists: without a valid token the answer is 401
+ * and an unknown path 404, whatever the body. The handler runs in one tenant-bound transaction; for
+ * an idempotent request its final response is stored in that same transaction.
  */
 export function buildRouter(routes: RouteDef[], deps: RouterDeps): Router {
   const router = express.Router();
+  const readBody = [express.json({ limit: deps.bodyLimit ?? '64kb', strict: true, type: ['application/json', 'application/*+json'] }), rejectUnstorableText];
   for (const def of routes) {
+    const mutating = MUTATING_METHODS.has(def.method);
     const chain: Array<(req: Request, res: Response, next: NextFunction) => unknown> = [
       authenticate(deps.verifier, deps.orm, deps.logger, def.roles),
+      ...(mutating ? readBody : []),
       validate(def),
     ];
-    if (MUTATING_METHODS.has(def.method)) {
+    if (mutating) {
       chain.push(idempotencyMiddleware(deps.idempotency, { method: def.method, path: def.path, required: def.idempotency === 'required' }));
     }
     chain.push(runHandler(def, deps));
@@ -44,8 +52,9 @@ export function buildRouter(routes: RouteDef[], deps: RouterDeps): Router {
 function validate(def: RouteDef) {
   return function validateRequest(req: Request, res: Response, next: NextFunction): void {
     try {
+      // `req.is` is null for a request without a body: that one fails the body's validation (422).
       if (MUTATING_METHODS.has(def.method) && def.body) {
-        if (!req.is('application/json')) {
+        if (req.is(['application/json', 'application/*+json']) === false) {
           throw new AppError('unsupported_media_type', 'Unsupported Media Type', {
             status: 415,
             retryable: false,
