@@ -168,6 +168,12 @@ describe('golden path over HTTP', () => {
     const evidence = await getJson(done.links.evidence);
     expect(evidence.json.content.approval_packet.decisions).toEqual([expect.objectContaining({ decided_by: 'approver-1', decision: 'approve', comment: 'numbers hold', kind: 'human' })]);
     expect((await getJson(done.links.verify)).json.valid).toBe(true);
+    // Every time the API answers is ISO 8601 in UTC with Z, the decisions' too (not PostgreSQL's own form).
+    const approval = (await getJson(`/api/v1/approvals/${approvalId}`)).json;
+    const isoZ = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$/;
+    expect(approval.decisions).toEqual([expect.objectContaining({ approver: 'approver-1', decision: 'approve', decided_at: expect.stringMatching(isoZ) })]);
+    expect(approval.decisions[0].decided_at).toBe(approval.decided_at);
+    for (const at of [approval.created_at, approval.sla_deadline]) expect(at).toMatch(isoZ);
   });
 
   it('class B rejected ends the run rejected, with an evidence pack recording the rejection', async () => {

@@ -14,7 +14,9 @@ const approvalColumns = `id, run_id, approval_class, required_approvals, status,
 const iso = (v: Date | string | null) => (v === null ? null : new Date(v).toISOString());
 
 function approvalView(r: any) {
-  return { ...r, sla_deadline: iso(r.sla_deadline), decided_at: iso(r.decided_at), created_at: iso(r.created_at), approval_request_id: r.id, links: { self: `${BASE}/approvals/${r.id}`, decision: `${BASE}/approvals/${r.id}/decision`, run: `${BASE}/golden-path/runs/${r.run_id}` } };
+  // json_agg writes timestamps in PostgreSQL's own form (…852947+00:00): every time in the API is ISO 8601 with Z.
+  const decisions = (r.decisions as Array<{ decided_at: string }>).map((d) => ({ ...d, decided_at: iso(d.decided_at) }));
+  return { ...r, decisions, sla_deadline: iso(r.sla_deadline), decided_at: iso(r.decided_at), created_at: iso(r.created_at), approval_request_id: r.id, links: { self: `${BASE}/approvals/${r.id}`, decision: `${BASE}/approvals/${r.id}/decision`, run: `${BASE}/golden-path/runs/${r.run_id}` } };
 }
 
 export function approvalRoutes(deps: { approvals: ApprovalService }): RouteDef[] {
