@@ -33,25 +33,45 @@ function slaDefaults(config: Config): { slaBSeconds: number; slaCSeconds: number
 
 const slaJobId = (idempotencyHash: string) => namedJobId('gp', idempotencyHash, 'sla');
 
-/** SLA timers: one delayed job per waiting run, on the golden-path queue, keyed by the run's idempotency hash. */
-function slaScheduler(queue: () => Queue, keep: { completed: KeepJobs; failed: KeepJobs }): SlaScheduler {
+/**
+ * SLA timers: one delayed job per waiting run, on the golden-path queue, keyed by the run's idempotency
+ * hash. The approval step schedules its timer inside its transaction; if that attempt rolls back and a
+ * retry stores another deadline (a policy changed in between, say), the job id is already taken: the
+ * waiting timer is moved to the new deadline, so it neither fires late nor early.
+ */
+export function slaScheduler(queue: () => Queue, keep: { completed: KeepJobs; failed: KeepJobs }): SlaScheduler {
   return {
     async schedule({ tenantId, runId, idempotencyHash, deadline }) {
       const data: SlaJobData = { tenant_id: tenantId, run_id: runId, hash: idempotencyHash, deadline: deadline.toISOString() };
-      await queue().add(SLA_JOB_NAME, data, {
-        jobId: slaJobId(idempotencyHash),
+      const jobId = slaJobId(idempotencyHash);
+      const added = await queue().add(SLA_JOB_NAME, data, {
+        jobId,
         delay: Math.max(0, deadline.getTime() - Date.now()),
         attempts: 10,
         backoff: { type: 'exponential', delay: 1000, jitter: 0.5 },
         removeOnComplete: keep.completed,
         removeOnFail: keep.failed,
       });
+      await moveTimer(queue(), added.id ?? jobId, data);
     },
     async cancel({ idempotencyHash }) {
       // A timer being processed right now is locked and stays; it finds the request decided.
       await queue().remove(slaJobId(idempotencyHash)).catch(() => 0);
     },
   };
+}
+
+/** A timer already waiting under the id with another deadline (the add above was a no-op) is moved to `data`'s. */
+async function moveTimer(queue: Queue, jobId: string, data: SlaJobData): Promise<void> {
+  const stored = await queue.getJob(jobId);
+  if (!stored || (stored.data as SlaJobData).deadline === data.deadline) return;
+  try {
+    await stored.changeDelay(Math.max(0, Date.parse(data.deadline) - Date.now()));
+    await stored.updateData(data);
+  } catch {
+    // Not delayed any more (it fires right now, or ended): the timer's handler reads the stored
+    // deadline (expire's not_due), and the sweeper replaces a timer that ended early.
+  }
 }
 
 export function workflowsFor(config: Config, deps: { queue: () => Queue }): WorkflowDef[] {
@@ -90,13 +110,15 @@ export function jobHandlersFor(deps: { orm: MikroORM; runtime: DurableRuntime })
   return {
     async [SLA_JOB_NAME](job: Job) {
       const data = job.data as SlaJobData;
-      const outcome = await tenantEm(deps.orm, data.tenant_id).transactional((tx) => approvals.expire(tx, data.tenant_id, data.run_id));
-      if (outcome === 'not_due') {
-        // Fired early (clock skew or a re-created timer): wait out the remainder.
-        await job.moveToDelayed(Math.max(Date.parse(data.deadline), Date.now() + 500), job.token);
+      const found = await tenantEm(deps.orm, data.tenant_id).transactional((tx) => approvals.expire(tx, data.tenant_id, data.run_id));
+      if (found.outcome === 'not_due') {
+        // Fired early (clock skew, a re-created timer, or a timer whose step attempt rolled back and
+        // whose retry stored another deadline): wait for the stored deadline, not this job's own.
+        if (!found.deadline) return { outcome: 'no_deadline' };
+        await job.moveToDelayed(Math.max(found.deadline.getTime(), Date.now() + 500), job.token);
         throw new DelayedError();
       }
-      return { outcome };
+      return { outcome: found.outcome };
     },
   };
 }

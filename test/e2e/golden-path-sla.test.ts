@@ -2,6 +2,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { randomUUID } from 'node:crypto';
 import { api, newTenant, SAMPLE_SUBMISSION, startStack, type TestStack } from '../helpers/stack.ts';
 import { waitFor } from '../helpers/poll.ts';
+import { slaScheduler } from '../../src/modules/index.ts';
 
 /** The approval SLA with a two-second class B deadline (APPROVAL_SLA_B=2s): expiry, late decisions, restarts. */
 let stack: TestStack;
@@ -85,6 +86,40 @@ describe('approval SLA', () => {
     for (let i = 0; i < keys.length; i += 500) await stack.redis.del(...keys.slice(i, i + 500));
     const expired = await waitStatus(run.run_id, ['approval_expired', 'completed', 'failed']);
     expect(expired.status).toBe('approval_expired');
+  });
+
+  it("a timer with another deadline than the stored one is moved to it: never late, never polling", async () => {
+    // A tenant whose class B SLA is 30 s, so nothing here races the deadline.
+    const slow = newTenant();
+    const admin = await stack.token({ tenantId: slow, sub: 'admin-1', roles: ['admin'] });
+    const policy = { class_a_max_cost: 50000, class_a_max_payback_months: 6, class_c_min_cost: 250000, class_c_min_payback_months: 24, sla_b_seconds: 30, sla_c_seconds: 60 };
+    expect((await api(stack, 'PUT', '/api/v1/approval-policy', { token: admin, body: policy })).status).toBe(200);
+    const own = await stack.token({ tenantId: slow, sub: 'submitter-2' });
+    const res = await api(stack, 'POST', '/api/v1/golden-path/run', { token: own, body: SAMPLE_SUBMISSION, headers: { 'Idempotency-Key': randomUUID() } });
+    const runId = res.json.run_id as string;
+    await waitFor(async () => (await api(stack, 'GET', `/api/v1/golden-path/runs/${runId}`, { token: own })).json?.status === 'waiting', { ...DEADLINE, what: 'the run to wait' });
+    const queue = stack.container.queues.get('golden-path')!;
+    const [timer] = (await queue.getDelayed()).filter((j) => j.name === 'approval-sla' && j.data.run_id === runId);
+    expect(timer).toBeDefined();
+    const { rows } = await stack.db.admin(`select r.idempotency_hash, a.sla_deadline from durable_runs r join approval_requests a on a.run_id = r.id where r.id = $1`, [runId]);
+    const hash = rows[0].idempotency_hash as string;
+    // When the delayed timer fires (BullMQ scores a delayed job by its due time × 4096).
+    const dueAt = async () => Math.floor(Number(await stack.redis.zscore(queue.toKey('delayed'), timer!.id!)) / 4096);
+    expect(Math.abs((await dueAt()) - new Date(rows[0].sla_deadline).getTime())).toBeLessThan(1000);
+
+    // 1. A retry of the approval step stores a deadline 3 s out (as after a rolled-back attempt whose
+    //    timer took the job id): scheduling it moves the waiting timer, which would otherwise fire late.
+    const soon = new Date(Date.now() + 3_000);
+    await stack.db.admin(`update approval_requests set sla_deadline = $2 where run_id = $1`, [runId, soon]);
+    await slaScheduler(() => queue, stack.container.runtime.keep).schedule({ tenantId: slow, runId, approvalRequestId: '', idempotencyHash: hash, deadline: soon });
+    expect(Math.abs((await dueAt()) - soon.getTime())).toBeLessThan(1000);
+    expect((await queue.getJob(timer!.id!))!.data.deadline).toBe(soon.toISOString());
+
+    // 2. The stored deadline moves out again behind the timer's back: the timer fires early, finds the
+    //    request not due and waits for the stored deadline (not a poll every 500 ms until then).
+    await stack.db.admin(`update approval_requests set sla_deadline = now() + interval '60 seconds' where run_id = $1`, [runId]);
+    await waitFor(async () => (await dueAt()) > Date.now() + 30_000, { ...DEADLINE, what: 'the early timer to wait for the stored deadline' });
+    expect((await api(stack, 'GET', `/api/v1/golden-path/runs/${runId}`, { token: own })).json.status).toBe('waiting');
   });
 
   it('a decision before the deadline wins over the timer', async () => {

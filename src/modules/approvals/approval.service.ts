@@ -87,19 +87,24 @@ export class ApprovalService {
   }
 
   /** Expires the run's pending request if its deadline passed; the run ends approval_expired. Returns whether it did. */
-  async expire(em: EntityManager, tenantId: string, runId: string): Promise<'expired' | 'not_due' | 'not_pending'> {
+  /**
+   * Expires the run's pending request once its SLA deadline has passed. `not_due` carries the stored
+   * deadline: a timer that fired early (clock skew, a re-created timer, or one scheduled by an attempt
+   * of the approval step whose transaction rolled back) waits for it, not for its own.
+   */
+  async expire(em: EntityManager, tenantId: string, runId: string): Promise<{ outcome: 'expired' | 'not_pending' } | { outcome: 'not_due'; deadline: Date | null }> {
     const [req] = await em.execute<ApprovalRow[]>(
       `select id, tenant_id, run_id, approval_class, required_approvals, status, submitted_by, sla_deadline,
               (sla_deadline is not null and sla_deadline <= now()) as expired_now
          from approval_requests where tenant_id = ? and run_id = ? for update`,
       [tenantId, runId],
     );
-    if (!req || req.status !== 'pending') return 'not_pending';
-    if (!req.expired_now) return 'not_due';
+    if (!req || req.status !== 'pending') return { outcome: 'not_pending' };
+    if (!req.expired_now) return { outcome: 'not_due', deadline: req.sla_deadline ? new Date(req.sla_deadline) : null };
     await em.execute(`update approval_requests set status = 'expired', decided_at = now(), updated_at = now() where id = ?`, [req.id], 'run');
     const packet = await this.packet(em, tenantId, runId);
     await this.runtime.resume(em, runId, SEQ, { ...packet, outcome: 'expired' }, { finalStatus: 'approval_expired' });
-    return 'expired';
+    return { outcome: 'expired' };
   }
 
   private async packet(em: EntityManager, tenantId: string, runId: string): Promise<ApprovalPacket> {
