@@ -5,7 +5,8 @@ import { startStack } from '../helpers/stack.ts';
 import { createOrm } from '../../src/platform/db/orm.ts';
 import { tenantEm } from '../../src/platform/db/tenant-em.ts';
 import { DEFER_UNTIL_NEXT, LAST_IN_TRANSACTION } from '../../src/platform/db/coalescing-client.ts';
-import { groupCommitFor, groupKey, type GroupCommit, type GroupCommitRef } from '../../src/platform/db/group-commit.ts';
+import { GroupCommit as GroupCommitClass, groupCommitFor, groupKey, type GroupCommit, type GroupCommitRef } from '../../src/platform/db/group-commit.ts';
+import { inlineStatement, type Statement } from '../../src/platform/db/statement-batch.ts';
 import { entities } from '../../src/entities.ts';
 
 /**
@@ -97,6 +98,58 @@ describe('group commit', () => {
     expect(outcomes.map((o) => o.status)).toEqual(['fulfilled', 'rejected', 'fulfilled', 'fulfilled', 'fulfilled']);
     expect((outcomes[1] as PromiseRejectedResult).reason).toMatchObject({ code: '23505' });
     expect(await stored(others.map((r) => r.id))).toHaveLength(4);
+  });
+
+  it('a group whose connection is lost after it was sent is not resent: every member gets the error, its outcome unknown', async () => {
+    // A socket error carries a string code too (ECONNRESET), but it is no SQLSTATE: the group may
+    // have committed, so resending each member alone could apply its work twice.
+    const clients = await Promise.all([0, 1, 2, 3].map(async () => {
+      const c = new pg.Client({ connectionString: stack.db.appUrl });
+      await c.connect();
+      return c;
+    }));
+    try {
+      const gc = new GroupCommitClass({ maxInFlight: 1, maxMembers: 16 });
+      const runSql = async (c: pg.Client, st: Statement[]) => {
+        const r = await c.query(st.map(inlineStatement).join(';\n'));
+        return (Array.isArray(r) ? r : [r]) as pg.QueryResult[];
+      };
+      const runs = [0, 1, 2, 3].map(() => ({ tenant: randomUUID(), id: randomUUID() }));
+      const member = (r: { tenant: string; id: string }): Statement[] => [
+        { text: 'begin' },
+        { text: 'select set_config($1, $2, true)', values: ['app.tenant_id', r.tenant] },
+        { text: `${LAST_IN_TRANSACTION}${RUN_INSERT.replace('?, ?,', '$1, $2,').replace('?,', '$3,')}`, values: [r.id, r.tenant, randomUUID()] },
+        { text: 'commit' },
+      ];
+      const resentAlone: number[] = [];
+      let release!: () => void;
+      const gate = new Promise<void>((resolve) => (release = resolve));
+      // The first holds the only slot until released, so the other three are grouped behind it.
+      const first = gc.submit({ statements: member(runs[0]!), send: async (st) => { await gate; return runSql(clients[0]!, st); } });
+      const others = [1, 2, 3].map((i) =>
+        gc.submit({
+          statements: member(runs[i]!),
+          send: async (st) => {
+            if (st.length > 4) {
+              // PostgreSQL runs and commits the group; then the socket dies before the answer is read.
+              await runSql(clients[i]!, st);
+              throw Object.assign(new Error('read ECONNRESET'), { code: 'ECONNRESET', errno: -104, syscall: 'read' });
+            }
+            resentAlone.push(i);
+            return runSql(clients[i]!, st);
+          },
+        }).then(() => 'committed', (e: Error) => e.message),
+      );
+      release();
+      await first;
+      expect(await Promise.all(others)).toEqual(['read ECONNRESET', 'read ECONNRESET', 'read ECONNRESET']);
+      expect(resentAlone).toEqual([]);
+      expect(gc.stats.failedGroups).toBe(0);
+      // What the members could not know: the group did commit, each row once.
+      expect((await stored(runs.map((r) => r.id))).length).toBe(4);
+    } finally {
+      await Promise.all(clients.map((c) => c.end()));
+    }
   });
 
   it('only whole transactions that set the tenant first, by name, and send nothing but marked, bound statements are grouped', () => {

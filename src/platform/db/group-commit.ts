@@ -57,6 +57,9 @@ export interface GroupCommitOptions {
 
 export const DEFAULT_GROUP_COMMIT: GroupCommitOptions = { maxInFlight: 2, maxMembers: 16 };
 
+/** A PostgreSQL error code (SQLSTATE: five digits or upper-case letters), not a Node socket error's (ECONNRESET). */
+const isSqlState = (code: unknown): boolean => typeof code === 'string' && /^[0-9A-Z]{5}$/.test(code);
+
 /** The grouping key of a whole-transaction message (its settings' names), or undefined when it must go alone. */
 export function groupKey(statements: readonly Statement[]): string | undefined {
   const [first, settings] = statements;
@@ -118,9 +121,10 @@ export class GroupCommit {
       results = await leader.send(merged);
     } catch (err) {
       const done = completedBefore(err);
-      if (typeof (err as { code?: unknown })?.code !== 'string' || (done && done.length >= merged.length)) {
-        // Not a statement PostgreSQL refused (the connection lost, a row that could not be read), or
-        // after the commit: the group may have committed. Each member learns it as it would alone.
+      if (!isSqlState((err as { code?: unknown })?.code) || (done && done.length >= merged.length)) {
+        // Not a statement PostgreSQL refused (the connection lost — whose errors carry string codes
+        // too, ECONNRESET or EPIPE —, a row that could not be read), or after the commit: the group
+        // may have committed. Each member learns it as it would alone.
         for (const m of members) m.reject(err);
         return;
       }
