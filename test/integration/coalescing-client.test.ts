@@ -543,6 +543,38 @@ describe('coalescing client', () => {
     }
   });
 
+  it('a step\'s insert issued while its transaction\'s rollback is on the wire is refused, never left for the next user of the connection', async () => {
+    // A step still running when its transaction is aborted (a worker handing its job back) may issue
+    // an insert after the rollback was sent but before its answer came back: it must not stay held
+    // on the pooled connection, to run first in another tenant's transaction.
+    const [A, B] = [randomUUID(), randomUUID()];
+    let tx!: Parameters<Parameters<ReturnType<typeof tenantEm>['transactional']>[0]>[0];
+    let straggler: Promise<string> | undefined;
+    const original = CoalescingClient.prototype.query;
+    CoalescingClient.prototype.query = function (this: CoalescingClient, config: any, ...rest: any[]) {
+      const r = (original as any).call(this, config, ...rest);
+      if (config === 'rollback' && !straggler) {
+        straggler = holdingInserts(() =>
+          insertRow(tx, PartnerDossierRow, { id: randomUUID(), tenantId: A, runId: randomUUID(), partnerName: 'late', country: 'DE', completenessScore: 1, content: {}, createdAt: new Date() } as any),
+        ).then(() => 'held', (e: Error) => `refused: ${e.message}`);
+      }
+      return r;
+    } as any;
+    try {
+      await expect(tenantEm(orm, A).transactional(async (t) => {
+        tx = t;
+        await t.execute('select 1');
+        throw new Error('step aborted');
+      })).rejects.toThrow('step aborted');
+    } finally {
+      CoalescingClient.prototype.query = original;
+    }
+    expect(await straggler).toMatch(/^refused: .*after the transaction ended/);
+    // The next transaction on the same (only) connection is tenant B's own, and works.
+    const [row] = await tenantEm(orm, B).transactional((t) => t.execute<{ n: number }[]>('select count(*)::int as n from partner_dossiers'));
+    expect(row!.n).toBe(0);
+  });
+
   it('holds back only the statements it knows: not session-level settings, not statements that merely start alike', () => {
     expect(isDeferrable('begin')).toBe(true);
     expect(isDeferrable(`select set_config('app.tenant_id', '6f1c0c1e-9f0a-4a43-9a53-2f1f7a0c9d11', true)`)).toBe(true);

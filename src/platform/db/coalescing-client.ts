@@ -170,6 +170,12 @@ export class CoalescingClient extends pg.Client {
     const prelude = preludes.getStore();
     // Not with a rollback: a transaction that ends before it sent anything had no use for the claim.
     if (prelude && !prelude.sent && !isDeferrable(statement.text, statement.values) && !/^rollback$/i.test(statement.text) && /^begin$/i.test(this.#pending[0]?.text ?? '')) return this.sendWithPrelude(prelude, statement);
+    if (statement.text.startsWith(DEFER_UNTIL_NEXT) && !this.#began) {
+      // A held write belongs to the transaction it was issued in. Outside one this client began —
+      // after its rollback was sent, by a step still running when its transaction was aborted — it
+      // would stay on the connection and go out with whatever the pool's next user sends: refused.
+      return Promise.reject(new Error(`a statement marked to travel with its transaction's next one came after the transaction ended; not sent: ${statement.text.slice(DEFER_UNTIL_NEXT.length, DEFER_UNTIL_NEXT.length + 200)}`));
+    }
     if (isDeferrable(statement.text, statement.values)) {
       this.#pending.push({ ...statement, discard: true });
       return Promise.resolve(held(statement.text.startsWith(DEFER_UNTIL_NEXT) ? 'DEFERRED' : (statement.text.split(' ', 1)[0] ?? '').toUpperCase()));
