@@ -24,11 +24,14 @@ const postgresUrl = z
   .url()
   .refine((u) => /^postgres(ql)?:\/\//.test(u), 'must be a postgres:// URL');
 
+/** What a boolean variable accepts as true; the telemetry bootstrap (telemetryEnv) reads the same. */
+const isTrueText = (v: string | undefined) => v === 'true' || v === '1' || v === 'yes';
+
 const bool = (fallback: boolean) =>
   z
     .enum(['true', 'false', '1', '0', 'yes', 'no', ''])
     .default(fallback ? 'true' : 'false')
-    .transform((v) => v === 'true' || v === '1' || v === 'yes');
+    .transform(isTrueText);
 
 const csv = (fallback: string) =>
   z
@@ -197,7 +200,7 @@ export interface TelemetryEnv {
 /** Raw OpenTelemetry variables for the SDK bootstrap, which must run before the application is loaded. */
 export function telemetryEnv(): TelemetryEnv {
   const env = process.env;
-  const v = env.OTEL_SDK_DISABLED?.toLowerCase();
+  const v = env.OTEL_SDK_DISABLED;
   const positive = (name: string) => {
     const n = Number(env[name]);
     return env[name] && Number.isFinite(n) && n > 0 ? n : undefined;
@@ -213,7 +216,7 @@ export function telemetryEnv(): TelemetryEnv {
   if (timeout !== undefined) batch.exportTimeoutMillis = timeout;
   const exporters = (env.OTEL_TRACES_EXPORTER ?? '').split(',').map((s) => s.trim()).filter((s) => s && s !== 'null');
   return {
-    disabled: v === 'true' || v === '1',
+    disabled: isTrueText(v),
     serviceName: env.OTEL_SERVICE_NAME || undefined,
     tracesExporters: exporters.length ? exporters : ['otlp'],
     samplerFromEnv: Boolean(env.OTEL_TRACES_SAMPLER),

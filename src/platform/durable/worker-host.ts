@@ -82,7 +82,9 @@ export function startWorkers(args: {
     });
     worker.on('error', (err) => args.logger.error({ err, queue: queueName }, 'worker error'));
     worker.on('failed', (job, err) => {
-      if (job && job.attemptsMade >= (job.opts.attempts ?? 1)) args.logger.warn({ job_id: job.id, err: err.message }, 'job failed for good');
+      // A run job's attempts are the sum of its steps' (jobAttempts); a step that fails for good ends
+      // the job at once with an UnrecoverableError, long before those run out.
+      if (job && (err.name === 'UnrecoverableError' || job.attemptsMade >= (job.opts.attempts ?? 1))) args.logger.warn({ job_id: job.id, err: err.message }, 'job failed for good');
     });
     return worker;
   });
