@@ -2,7 +2,8 @@
 CREATE ROLE dealix_owner LOGIN PASSWORD 'dealix_owner' NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE;
 CREATE ROLE dealix_app LOGIN PASSWORD 'dealix_app' NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE NOINHERIT;
 CREATE ROLE dealix_system NOLOGIN NOSUPERUSER NOBYPASSRLS NOINHERIT;
-GRANT dealix_system TO dealix_app;
+-- PostgreSQL 16 (the compose image): inheritance is per grant; the app reaches the system role only by SET ROLE.
+GRANT dealix_system TO dealix_app WITH INHERIT FALSE;
 GRANT dealix_system TO dealix_owner;
 CREATE DATABASE dealix OWNER dealix_owner;
 \connect dealix

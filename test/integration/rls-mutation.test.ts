@@ -160,15 +160,7 @@ describe('the catalog check fails when tenancy is broken', () => {
       `INSERT INTO evidence_packs (id, tenant_id, run_id, content, sha256, created_at) VALUES ($1, $2, $3, '{}', 'x', now())`,
       [randomUUID(), tenant, randomUUID()],
     );
-    const count = async () => {
-      const c = new pg.Client({ connectionString: pgUrl({ user: clone, password: clone }, db.name) });
-      await c.connect();
-      try {
-        return (await c.query('SELECT count(*)::int AS n FROM evidence_packs')).rows[0].n as number;
-      } finally {
-        await c.end();
-      }
-    };
+    const count = () => countAs(db, clone, 'evidence_packs');
     expect(await count()).toBe(0); // the clone behaves like the app role: no context, no rows
     expect((await inspect(db, clone)).ok).toBe(true);
 
@@ -177,6 +169,26 @@ describe('the catalog check fails when tenancy is broken', () => {
     const report = await inspect(db, clone);
     expect(report.failures.map((f) => `${f.check} ${f.subject}`)).toEqual([`role-bypassrls role ${clone}`]);
     expect(report.failures[0]!.reason).toBe(`${clone} is BYPASSRLS: it ignores every policy`);
+  });
+
+  it('names an application role that holds the system role\'s privileges without SET ROLE, which indeed reads every tenant\'s runs', async () => {
+    const db = await freshDatabase();
+    const clone = await cloneAppRole(db);
+    await db.admin(
+      `INSERT INTO durable_runs (id, tenant_id, workflow, workflow_version, idempotency_hash, status, principal, input, correlation_id, sequence_num, step_count, created_at, updated_at)
+       VALUES ($1, $2, 'golden-path', 1, 'h', 'pending', 'u', '{}', 'c', 0, 4, now(), now())`,
+      [randomUUID(), randomUUID()],
+    );
+    await db.admin(`GRANT dealix_system TO ${clone}`);
+    const runs = () => countAs(db, clone, 'durable_runs');
+    expect(await runs()).toBe(0); // a member, NOINHERIT: only SET ROLE would give it the system role's rows
+    expect((await inspect(db, clone)).ok).toBe(true);
+
+    await db.admin(`ALTER ROLE ${clone} INHERIT`);
+    expect(await runs()).toBe(1);
+    const report = await inspect(db, clone);
+    expect(report.failures.map((f) => `${f.check} ${f.subject}`)).toEqual([`role-inherits role ${clone}`]);
+    expect(report.failures[0]!.reason).toMatch(/holds the privileges of dealix_system without SET ROLE/);
   });
 
   it('names a superuser application role', async () => {
@@ -204,6 +216,17 @@ describe('db:migrate converges privileges', () => {
     expect(input.rows[0]).toEqual({ input: false, status: true });
   });
 });
+
+/** The rows of `table` that `role` sees in a session of its own, with no tenant set. */
+async function countAs(db: TestDatabase, role: string, table: string): Promise<number> {
+  const c = new pg.Client({ connectionString: pgUrl({ user: role, password: role }, db.name) });
+  await c.connect();
+  try {
+    return (await c.query(`SELECT count(*)::int AS n FROM ${table}`)).rows[0].n as number;
+  } finally {
+    await c.end();
+  }
+}
 
 /** A login role with exactly the application role's table privileges, for cluster-wide mutations. */
 async function cloneAppRole(db: TestDatabase): Promise<string> {

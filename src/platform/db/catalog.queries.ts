@@ -93,6 +93,12 @@ export const CATALOG_SQL = {
     union all
     select 'database ' || current_database() where has_database_privilege($2, current_database(), 'CREATE')`,
 
+  /** $1 = role: the roles whose privileges it holds without SET ROLE (inherited, directly or not). */
+  inheritsFrom: `
+    select rolname from pg_roles r
+     where r.rolname <> $1 and pg_has_role($1, r.oid, 'USAGE') and exists (select 1 from pg_auth_members m where m.roleid = r.oid)
+     order by 1`,
+
   /** $1 = role: every role it is a member of, directly or not (each reachable with SET ROLE). */
   memberOf: `
     with recursive r(oid) as (

@@ -32,6 +32,7 @@ export type CatalogCheck =
   | 'role-owns'
   | 'role-privilege'
   | 'role-create'
+  | 'role-inherits'
   | 'security-definer';
 
 export interface CatalogFinding {
@@ -89,6 +90,8 @@ export interface RoleReport {
   canCreateIn: string[];
   /** Roles this role can become with SET ROLE (PostgreSQL 15: every role it is a member of). */
   memberOf: string[];
+  /** Roles whose privileges (and policies) this role holds without SET ROLE (pg_has_role … USAGE: INHERIT, per grant since PostgreSQL 16). */
+  inheritsFrom: string[];
 }
 
 export interface CatalogReport {
@@ -301,11 +304,12 @@ async function checkSecurityDefiners(query: CatalogQuery, schema: string, appRol
 
 async function inspectRole(query: CatalogQuery, schema: string, role: string, unsafe: string[]): Promise<RoleReport> {
   const [attrs] = await query(CATALOG_SQL.role, [role]);
-  if (!attrs) return { role, exists: false, superuser: false, bypassRls: false, canLogin: false, inherit: false, owns: [], unsafePrivileges: [], canCreateIn: [], memberOf: [] };
+  if (!attrs) return { role, exists: false, superuser: false, bypassRls: false, canLogin: false, inherit: false, owns: [], unsafePrivileges: [], canCreateIn: [], memberOf: [], inheritsFrom: [] };
   const owned = await query(CATALOG_SQL.owned, [role]);
   const privileges = await query(CATALOG_SQL.privileges, [schema, role, unsafe.join(',')]);
   const create = await query(CATALOG_SQL.create, [schema, role]);
   const members = await query(CATALOG_SQL.memberOf, [role]);
+  const inherited = await query(CATALOG_SQL.inheritsFrom, [role]);
   return {
     role,
     exists: true,
@@ -317,6 +321,7 @@ async function inspectRole(query: CatalogQuery, schema: string, role: string, un
     unsafePrivileges: privileges.map((p) => `${p.table}: ${p.privilege}`),
     canCreateIn: create.map((c) => c.target as string),
     memberOf: members.map((m) => m.rolname as string),
+    inheritsFrom: inherited.map((m) => m.rolname as string),
   };
 }
 
@@ -334,6 +339,11 @@ function checkRole(r: RoleReport, kind: 'app' | 'system' | 'reachable', via?: st
   if (kind === 'system' && r.canLogin) fail('role-login', `${r.role} can log in; it must be NOLOGIN and reached only by SET LOCAL ROLE`);
   if (r.owns.length) fail('role-owns', `${kind === 'reachable' ? 'owns' : `${r.role} owns`} ${r.owns.join(', ')}: owners may alter or disable the policies`);
   if (r.canCreateIn.length) fail('role-create', `${kind === 'reachable' ? 'may' : `${r.role} may`} create objects (and so own them) in ${r.canCreateIn.join(', ')}`);
+  if (kind === 'app' && r.inheritsFrom.length) {
+    // The system role's policies (durable_runs_system_sweep: every tenant's runs) would apply to every
+    // application session: it must be reached only by SET LOCAL ROLE, for the sweeper's transactions.
+    fail('role-inherits', `${r.role} holds the privileges of ${r.inheritsFrom.join(', ')} without SET ROLE (INHERIT): their cross-tenant policies apply to every session. ALTER ROLE ${r.role} NOINHERIT; on PostgreSQL 16 or later also GRANT … TO ${r.role} WITH INHERIT FALSE`);
+  }
   if (r.unsafePrivileges.length) fail('role-privilege', `${kind === 'reachable' ? 'holds' : `${r.role} holds`} privileges row-level security does not govern: ${r.unsafePrivileges.join('; ')}`);
   return out;
 }

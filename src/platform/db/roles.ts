@@ -29,7 +29,10 @@ export async function setupDatabase({ adminUrl, ownerUrl, appUrl }: SetupUrls): 
     // NOINHERIT: the app may SET ROLE to the system role for narrow maintenance, but never holds its rights implicitly.
     await ensureRole(admin, app.user, app.password, 'LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE NOINHERIT', log);
     await ensureRole(admin, SYSTEM_ROLE, undefined, 'NOLOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE NOINHERIT', log);
-    await admin.query(`GRANT ${ident(SYSTEM_ROLE)} TO ${ident(app.user)}`);
+    // From PostgreSQL 16 inheritance is a property of each grant, fixed when it is made: a grant made
+    // while the app role was INHERIT would keep it after the ALTER ROLE above. Say it on the grant.
+    const { rows: [version] } = await admin.query<{ n: number }>(`select current_setting('server_version_num')::int as n`);
+    await admin.query(`GRANT ${ident(SYSTEM_ROLE)} TO ${ident(app.user)}${(version?.n ?? 0) >= 160000 ? ' WITH INHERIT FALSE' : ''}`);
     await admin.query(`GRANT ${ident(SYSTEM_ROLE)} TO ${ident(owner.user)}`);
     const exists = await admin.query('SELECT 1 FROM pg_database WHERE datname = $1', [owner.database]);
     if (exists.rowCount === 0) {
