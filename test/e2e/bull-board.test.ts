@@ -1,5 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { randomUUID } from 'node:crypto';
+import http from 'node:http';
 import { existsSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -96,6 +97,24 @@ describe('Bull Board at /admin/queues', () => {
     expect(board.status).toBe(200);
     // The board is an Express app of its own; it must not advertise the framework either.
     expect(board.headers.get('x-powered-by')).toBeNull();
+  });
+
+  it('the ?token= exchange redirects only within the dashboard, whatever the raw path says', async () => {
+    // Sent raw: fetch would resolve the dot segments itself. The path reaches the dashboard's mount,
+    // and resolving it naively would redirect to //evil.example/x, another host.
+    const raw = (path: string) =>
+      new Promise<{ status: number; location: string | undefined }>((resolve, reject) => {
+        const url = new URL(stack.baseUrl);
+        http.get({ host: url.hostname, port: url.port, path }, (res) => {
+          res.resume();
+          resolve({ status: res.statusCode ?? 0, location: res.headers.location });
+        }).on('error', reject);
+      });
+    const hostile = await raw(`/admin/queues/../..//evil.example/x?token=${adminToken}`);
+    expect(hostile.status).toBe(303);
+    expect(hostile.location).toBe('/admin/queues');
+    const plain = await raw(`/admin/queues/queue/golden-path?status=completed&token=${adminToken}`);
+    expect(plain).toEqual({ status: 303, location: '/admin/queues/queue/golden-path?status=completed' });
   });
 
   it('registers every workflow queue and the maintenance queue, read-only by default', async () => {

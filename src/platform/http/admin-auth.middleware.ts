@@ -44,7 +44,7 @@ export function adminAuth(opts: AdminAuthOptions) {
         const secure = req.secure ? '; Secure' : '';
         res.setHeader('Set-Cookie', `${ADMIN_COOKIE}=${queryToken}; Path=${opts.basePath}; HttpOnly; SameSite=Strict; Max-Age=${maxAge}${secure}`);
         res.setHeader('Cache-Control', 'no-store');
-        res.redirect(303, withoutToken(req.originalUrl));
+        res.redirect(303, withoutToken(req.originalUrl, opts.basePath));
         return;
       }
       const header = req.get('authorization');
@@ -121,8 +121,14 @@ function expiryOf(jwt: string): number | undefined {
   }
 }
 
-function withoutToken(originalUrl: string): string {
+/**
+ * Where the token exchange redirects: the same dashboard URL without `token`. Only a path under the
+ * dashboard: a raw request path such as `/admin/queues/../..//evil.example/` resolves to
+ * `//evil.example/`, which a browser would follow to another host (an open redirect).
+ */
+function withoutToken(originalUrl: string, basePath: string): string {
   const url = new URL(originalUrl, 'http://local');
   url.searchParams.delete('token');
-  return `${url.pathname}${url.search}`;
+  const underBoard = url.pathname === basePath || url.pathname.startsWith(`${basePath}/`);
+  return `${underBoard ? url.pathname : basePath}${url.search}`;
 }
