@@ -60,9 +60,12 @@ export interface OwnPostgres {
 
 const PG_BIN = process.env.PG_BIN ?? '/usr/lib/postgresql/15/bin';
 
-/** Runs a PostgreSQL binary as the postgres OS user (initdb and the server refuse to run as root). */
+const AS_ROOT = process.getuid?.() === 0;
+
+/** Runs a PostgreSQL binary: as the postgres OS user when the tests run as root (initdb and the server refuse root), else as ourselves. */
 async function asPostgres(bin: string, args: string[]): Promise<void> {
-  await run('runuser', ['-u', 'postgres', '--', join(PG_BIN, bin), ...args], { timeout: 60_000 });
+  if (AS_ROOT) await run('runuser', ['-u', 'postgres', '--', join(PG_BIN, bin), ...args], { timeout: 60_000 });
+  else await run(join(PG_BIN, bin), args, { timeout: 60_000 });
 }
 
 /**
@@ -73,7 +76,7 @@ export async function startOwnPostgres(): Promise<OwnPostgres> {
   const port = await freePort();
   const dir = await mkdtemp(join(tmpdir(), 'dealix-pg-'));
   await chmod(dir, 0o700);
-  await run('chown', ['postgres:postgres', dir]);
+  if (AS_ROOT) await run('chown', ['postgres:postgres', dir]);
   const data = join(dir, 'data');
   await asPostgres('initdb', ['-D', data, '-A', 'trust', '-U', 'postgres', '--no-sync', '-E', 'UTF8']);
   const pgctl = (...args: string[]) => asPostgres('pg_ctl', ['-D', data, '-l', join(dir, 'server.log'), ...args]);
