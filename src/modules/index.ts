@@ -70,7 +70,7 @@ async function moveTimer(queue: Queue, jobId: string, data: SlaJobData): Promise
     await stored.updateData(data);
   } catch {
     // Not delayed any more (it fires right now, or ended): the timer's handler reads the stored
-    // deadline (expire's not_due), and the sweeper replaces a timer that ended early.
+    // deadline (expire's not_due), and the sweeper replaces a timer that ended early (waitingJobId).
   }
 }
 
@@ -91,7 +91,7 @@ export function workflowsFor(config: Config, deps: { queue: () => Queue }): Work
       const state = await queue.getJobState(slaJobId(req.idempotency_hash));
       if (state === 'failed' || state === 'completed') await queue.remove(slaJobId(req.idempotency_hash));
       await sla.schedule({ tenantId: req.tenant_id, runId, approvalRequestId: '', idempotencyHash: req.idempotency_hash, deadline: new Date(req.sla_deadline) });
-    }),
+    }, slaJobId),
   ];
 }
 

@@ -35,8 +35,25 @@ async function submitWaiting() {
   return { run, approvalId: run.steps[2].output.approval_request_id as string, deadline: Date.parse(run.steps[2].output.sla_deadline) };
 }
 
+/** A run of a tenant whose class B SLA is 30 s (its own approval policy), waiting with its timer: nothing here races the deadline. */
+async function waitingWithSlowSla() {
+  const slow = newTenant();
+  const admin = await stack.token({ tenantId: slow, sub: 'admin-1', roles: ['admin'] });
+  const policy = { class_a_max_cost: 50000, class_a_max_payback_months: 6, class_c_min_cost: 250000, class_c_min_payback_months: 24, sla_b_seconds: 30, sla_c_seconds: 60 };
+  expect((await api(stack, 'PUT', '/api/v1/approval-policy', { token: admin, body: policy })).status).toBe(200);
+  const own = await stack.token({ tenantId: slow, sub: 'submitter-2' });
+  const res = await api(stack, 'POST', '/api/v1/golden-path/run', { token: own, body: SAMPLE_SUBMISSION, headers: { 'Idempotency-Key': randomUUID() } });
+  const runId = res.json.run_id as string;
+  await waitFor(async () => (await api(stack, 'GET', `/api/v1/golden-path/runs/${runId}`, { token: own })).json?.status === 'waiting', { ...DEADLINE, what: 'the run to wait' });
+  const queue = stack.container.queues.get('golden-path')!;
+  const [timer] = (await queue.getDelayed()).filter((j) => j.name === 'approval-sla' && j.data.run_id === runId);
+  expect(timer).toBeDefined();
+  return { slow, own, runId, queue, timer: timer! };
+}
+
 beforeAll(async () => {
-  stack = await startStack({ env: { APPROVAL_SLA_B: '2s' } });
+  // Sweeps every second, for runs untouched for a second: the repairs here happen within the test's deadline.
+  stack = await startStack({ env: { APPROVAL_SLA_B: '2s', SWEEPER_INTERVAL: '1s', SWEEPER_MIN_AGE: '1s' } });
   await stack.spawnWorker();
   submitter = await stack.token({ tenantId: tenant, sub: 'submitter-1' });
   approver = await stack.token({ tenantId: tenant, sub: 'approver-1', roles: ['approver'] });
@@ -89,22 +106,11 @@ describe('approval SLA', () => {
   });
 
   it("a timer with another deadline than the stored one is moved to it: never late, never polling", async () => {
-    // A tenant whose class B SLA is 30 s, so nothing here races the deadline.
-    const slow = newTenant();
-    const admin = await stack.token({ tenantId: slow, sub: 'admin-1', roles: ['admin'] });
-    const policy = { class_a_max_cost: 50000, class_a_max_payback_months: 6, class_c_min_cost: 250000, class_c_min_payback_months: 24, sla_b_seconds: 30, sla_c_seconds: 60 };
-    expect((await api(stack, 'PUT', '/api/v1/approval-policy', { token: admin, body: policy })).status).toBe(200);
-    const own = await stack.token({ tenantId: slow, sub: 'submitter-2' });
-    const res = await api(stack, 'POST', '/api/v1/golden-path/run', { token: own, body: SAMPLE_SUBMISSION, headers: { 'Idempotency-Key': randomUUID() } });
-    const runId = res.json.run_id as string;
-    await waitFor(async () => (await api(stack, 'GET', `/api/v1/golden-path/runs/${runId}`, { token: own })).json?.status === 'waiting', { ...DEADLINE, what: 'the run to wait' });
-    const queue = stack.container.queues.get('golden-path')!;
-    const [timer] = (await queue.getDelayed()).filter((j) => j.name === 'approval-sla' && j.data.run_id === runId);
-    expect(timer).toBeDefined();
+    const { slow, own, runId, queue, timer } = await waitingWithSlowSla();
     const { rows } = await stack.db.admin(`select r.idempotency_hash, a.sla_deadline from durable_runs r join approval_requests a on a.run_id = r.id where r.id = $1`, [runId]);
     const hash = rows[0].idempotency_hash as string;
     // When the delayed timer fires (BullMQ scores a delayed job by its due time × 4096).
-    const dueAt = async () => Math.floor(Number(await stack.redis.zscore(queue.toKey('delayed'), timer!.id!)) / 4096);
+    const dueAt = async () => Math.floor(Number(await stack.redis.zscore(queue.toKey('delayed'), timer.id!)) / 4096);
     expect(Math.abs((await dueAt()) - new Date(rows[0].sla_deadline).getTime())).toBeLessThan(1000);
 
     // 1. A retry of the approval step stores a deadline 3 s out (as after a rolled-back attempt whose
@@ -113,13 +119,30 @@ describe('approval SLA', () => {
     await stack.db.admin(`update approval_requests set sla_deadline = $2 where run_id = $1`, [runId, soon]);
     await slaScheduler(() => queue, stack.container.runtime.keep).schedule({ tenantId: slow, runId, approvalRequestId: '', idempotencyHash: hash, deadline: soon });
     expect(Math.abs((await dueAt()) - soon.getTime())).toBeLessThan(1000);
-    expect((await queue.getJob(timer!.id!))!.data.deadline).toBe(soon.toISOString());
+    expect((await queue.getJob(timer.id!))!.data.deadline).toBe(soon.toISOString());
 
     // 2. The stored deadline moves out again behind the timer's back: the timer fires early, finds the
     //    request not due and waits for the stored deadline (not a poll every 500 ms until then).
     await stack.db.admin(`update approval_requests set sla_deadline = now() + interval '60 seconds' where run_id = $1`, [runId]);
     await waitFor(async () => (await dueAt()) > Date.now() + 30_000, { ...DEADLINE, what: 'the early timer to wait for the stored deadline' });
     expect((await api(stack, 'GET', `/api/v1/golden-path/runs/${runId}`, { token: own })).json.status).toBe('waiting');
+  });
+
+  it('a waiting run whose timer alone is gone (Redis kept the rest) is found by the sweeper and still expires at its deadline', async () => {
+    const { own, runId, timer } = await waitingWithSlowSla();
+    // The timer is removed (or failed for good, or ended early): past the deadline nobody could decide
+    // the run and nothing would expire it. The deadline is brought to 3 s from now.
+    await timer.remove();
+    await stack.db.admin(`update approval_requests set sla_deadline = now() + interval '3 seconds' where run_id = $1`, [runId]);
+    const expired = await waitFor(
+      async () => {
+        const r = (await api(stack, 'GET', `/api/v1/golden-path/runs/${runId}`, { token: own })).json;
+        return r?.status !== 'waiting' ? r : undefined;
+      },
+      { ...DEADLINE, what: 'the sweeper to re-create the timer and the run to expire' },
+    );
+    expect(expired.status).toBe('approval_expired');
+    expect(stack.workers.some((w) => w.output().includes('sweeper repaired a waiting run whose timer was gone'))).toBe(true);
   });
 
   it('a decision before the deadline wins over the timer', async () => {

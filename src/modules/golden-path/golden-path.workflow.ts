@@ -12,7 +12,12 @@ export const GOLDEN_PATH_QUEUE = 'golden-path';
  * The run ends `completed` when approved, `rejected` when rejected (both with an evidence pack), or
  * `approval_expired` when the SLA passes undecided.
  */
-export function goldenPathWorkflow(approvalPacket: StepDef, evidencePack: StepDef, repairWaiting: WorkflowDef['repairWaiting']): WorkflowDef {
+export function goldenPathWorkflow(
+  approvalPacket: StepDef,
+  evidencePack: StepDef,
+  repairWaiting: WorkflowDef['repairWaiting'],
+  waitingJobId?: WorkflowDef['waitingJobId'],
+): WorkflowDef {
   return defineWorkflow({
     name: GOLDEN_PATH,
     version: 1,
@@ -25,5 +30,6 @@ export function goldenPathWorkflow(approvalPacket: StepDef, evidencePack: StepDe
       return { status: approval.outcome === 'rejected' ? 'rejected' : 'completed', output: outputs['evidence-pack'] };
     },
     ...(repairWaiting ? { repairWaiting } : {}),
+    ...(waitingJobId ? { waitingJobId } : {}),
   });
 }

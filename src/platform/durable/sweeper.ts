@@ -6,6 +6,7 @@ import { systemEm, tenantEm } from '../db/tenant-em.ts';
 import { stepJobId } from '../queue/job-ids.ts';
 import { COMPLETED_STEPS_SQL, RUN_COLUMNS, type DurableRuntime, type IncompleteRun, type RunRow } from './runtime.ts';
 import type { RunStatus } from './durable-run.entity.ts';
+import type { WorkflowDef } from './workflow.ts';
 
 export interface SweeperOptions {
   orm: MikroORM;
@@ -104,8 +105,22 @@ export class Sweeper {
       this.o.logger.warn({ repaired_waiting: report.repairedWaiting }, 'Redis had lost its data (or this is its first sweep): waiting runs repaired');
     }
     const snapshots = new Map<string, Promise<Set<string> | undefined>>();
+    // A waiting run's timer can also be gone while Redis kept its data: removed, failed for good
+    // (its attempts spent while the database was down), or ended early. Without it the run would wait
+    // forever: past its deadline nobody may decide it, and nothing would expire it.
+    await this.eachIncomplete(['waiting'], this.o.minAgeMs, async (page) => {
+      const alive = await this.withLiveJob(page, snapshots, (wf, ref) => wf.waitingJobId?.(ref.idempotency_hash));
+      for (const ref of page) {
+        if (alive.has(ref.id)) continue;
+        if (await this.guarded(ref, () => this.repairWaiting(ref))) {
+          report.repairedWaiting++;
+          this.o.logger.warn({ run_id: ref.id, tenant_id: ref.tenant_id }, 'sweeper repaired a waiting run whose timer was gone');
+        }
+      }
+    });
     await this.eachIncomplete(['pending', 'running'], this.o.minAgeMs, async (page) => {
-      const alive = await this.pendingWithLiveJob(page, snapshots);
+      // A pending run has no completed step (its first step's commit moves it to running), so its one job is the one from step 1.
+      const alive = await this.withLiveJob(page, snapshots, (wf, ref) => (ref.status === 'pending' ? stepJobId(wf.tag, ref.idempotency_hash, 1, wf.steps[0]!.name) : undefined));
       for (const ref of page) {
         report.examined++;
         if (alive.has(ref.id)) continue;
@@ -126,9 +141,10 @@ export class Sweeper {
   }
 
   /**
-   * The page's pending runs whose run job BullMQ holds alive, found without PostgreSQL: a pending run
-   * has no completed step (its first step's commit moves it to running), so its one job is the one
-   * from step 1, whose id derives from the run's idempotency hash (ADR 0003). The ids of every job a
+   * The page's runs whose job (`jobIdOf`: a pending run's job from step 1, a waiting run's timer)
+   * BullMQ holds alive, found without PostgreSQL: the job's id derives from the run's idempotency hash
+   * (ADR 0003). A run for which `jobIdOf` names no job counts as alive for a waiting run (nothing to
+   * check) and is left to `reenqueue` otherwise. The ids of every job a
    * queue holds alive are read once per sweep in one atomic script (`getRanges`), so a deep backlog
    * costs a sweep one read of its queue instead of a tenant transaction and a `getJobState` per run
    * (`getJobState` finds a waiting job by scanning the wait list: quadratic over a backlog; session
@@ -137,14 +153,22 @@ export class Sweeper {
    * `reenqueue`, which decides from the run read under its tenant and the job's state then; a job
    * that ended since the snapshot is the next sweep's.
    */
-  private async pendingWithLiveJob(page: IncompleteRun[], snapshots: Map<string, Promise<Set<string> | undefined>>): Promise<Set<string>> {
+  private async withLiveJob(
+    page: IncompleteRun[],
+    snapshots: Map<string, Promise<Set<string> | undefined>>,
+    jobIdOf: (wf: WorkflowDef, ref: IncompleteRun) => string | undefined,
+  ): Promise<Set<string>> {
     const alive = new Set<string>();
     await Promise.allSettled(
       page.map(async (ref) => {
         const wf = this.o.runtime.workflows.get(ref.workflow);
         const queue = wf && this.o.runtime.queues.get(wf.queue);
-        if (ref.status !== 'pending' || !wf || !queue || !ref.idempotency_hash) return;
-        const jobId = stepJobId(wf.tag, ref.idempotency_hash, 1, wf.steps[0]!.name);
+        const jobId = wf && ref.idempotency_hash ? jobIdOf(wf, ref) : undefined;
+        if (!queue || !jobId) {
+          // Nothing to look for: a waiting run of a workflow without a timer (or of another deployment's workflow) is left alone.
+          if (ref.status === 'waiting') alive.add(ref.id);
+          return;
+        }
         let snapshot = snapshots.get(queue.name);
         if (!snapshot) snapshots.set(queue.name, (snapshot = liveJobIds(queue, this.o.liveSnapshotMax ?? LIVE_SNAPSHOT_MAX)));
         const ids = await snapshot;

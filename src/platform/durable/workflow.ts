@@ -120,6 +120,12 @@ export interface WorkflowDef<In = any> {
    * what Redis may have lost, such as an SLA timer.
    */
   repairWaiting?(em: EntityManager, run: { tenantId: string; runId: string }): Promise<void>;
+  /**
+   * The id of the job that must stay alive while a run of this workflow waits (e.g. its SLA timer),
+   * from the run's idempotency hash. Every sweep checks waiting runs against it and calls
+   * `repairWaiting` for a run whose job is gone (lost, failed for good, or ended early).
+   */
+  waitingJobId?(idempotencyHash: string): string;
 }
 
 export function defineWorkflow<In>(def: WorkflowDef<In>): WorkflowDef<In> {
