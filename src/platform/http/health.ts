@@ -1,6 +1,7 @@
 import type { Request, Response } from 'express';
 import type { MikroORM } from '@mikro-orm/postgresql';
 import type { Redis } from 'ioredis';
+import type { Logger } from 'pino';
 import { PROBLEM_CONTENT_TYPE } from './problem.middleware.ts';
 import { PROBLEM_TYPE_BASE } from '../errors/to-problem.ts';
 
@@ -17,20 +18,28 @@ async function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<
   }
 }
 
-/** Readiness: PostgreSQL answers, Redis answers, migrations are current. 503 problem+json naming what is not. */
-export function readiness(deps: { orm: MikroORM; redis: Redis }) {
+/**
+ * Readiness: PostgreSQL answers, Redis answers, migrations are current. 503 problem+json naming what
+ * is not. The endpoint is public (probes), so it says which check failed in fixed words; the
+ * driver's own message (host names, addresses, role names) goes to the log only.
+ */
+export function readiness(deps: { orm: MikroORM; redis: Redis; logger?: Logger }) {
+  const failed = (check: string, detail: string) => (e: Error) => {
+    deps.logger?.warn({ check, err: e.message }, 'readiness check failed');
+    return { ok: false, detail };
+  };
   return async (_req: Request, res: Response): Promise<void> => {
     const checks: Record<string, { ok: boolean; detail?: string }> = {};
     await Promise.all([
       withTimeout(deps.orm.em.getConnection().execute('select 1'), 2000, 'postgres')
         .then(() => (checks.postgres = { ok: true }))
-        .catch((e: Error) => (checks.postgres = { ok: false, detail: e.message })),
+        .catch((e: Error) => (checks.postgres = failed('postgres', 'unreachable or too slow')(e))),
       withTimeout(deps.redis.ping(), 2000, 'redis')
         .then(() => (checks.redis = { ok: true }))
-        .catch((e: Error) => (checks.redis = { ok: false, detail: e.message })),
+        .catch((e: Error) => (checks.redis = failed('redis', 'unreachable or too slow')(e))),
       withTimeout(deps.orm.migrator.getPending(), 3000, 'migrations')
-        .then((p) => (checks.migrations = p.length ? { ok: false, detail: `${p.length} pending: ${p.map((m) => m.name).join(', ')}` } : { ok: true }))
-        .catch((e: Error) => (checks.migrations = { ok: false, detail: e.message })),
+        .then((p) => (checks.migrations = p.length ? { ok: false, detail: `${p.length} pending` } : { ok: true }))
+        .catch((e: Error) => (checks.migrations = failed('migrations', 'unknown: the migrations table could not be read')(e))),
     ]);
     const failing = Object.entries(checks).filter(([, c]) => !c.ok);
     if (failing.length === 0) {
