@@ -1,3 +1,4 @@
+import { createServer } from 'node:http';
 import { loadConfig } from './platform/config/config.ts';
 import { createContainer } from './container.ts';
 import { createApp } from './app.ts';
@@ -5,11 +6,21 @@ import { onShutdown } from './platform/process/shutdown.ts';
 
 const config = loadConfig();
 const container = await createContainer(config, { service: 'api' });
-const server = createApp(container).listen(config.PORT, () => {
+// A request counts against API_MAX_INFLIGHT while its body arrives: a client trickling bodies must not
+// hold the slots for Node's default of five minutes (checked every second, not every 30 s).
+const server = createServer(
+  {
+    requestTimeout: config.API_REQUEST_TIMEOUT,
+    headersTimeout: Math.min(config.API_REQUEST_TIMEOUT, 20_000),
+    connectionsCheckingInterval: 1000,
+    keepAliveTimeout: 65_000,
+  },
+  createApp(container),
+);
+server.listen(config.PORT, () => {
   const addr = server.address();
   container.logger.info({ port: typeof addr === 'object' && addr ? addr.port : config.PORT }, 'api listening');
 });
-server.keepAliveTimeout = 65_000;
 onShutdown(container.logger, config.WORKER_SHUTDOWN_GRACE, async () => {
   await new Promise<void>((resolve) => server.close(() => resolve()));
   await container.close();

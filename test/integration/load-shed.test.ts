@@ -1,8 +1,10 @@
+import net from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { randomUUID } from 'node:crypto';
 import pg from 'pg';
 import { api, newTenant, SAMPLE_SUBMISSION, startStack, type TestStack } from '../helpers/stack.ts';
 import { waitFor } from '../helpers/poll.ts';
+import { spawnApi } from '../helpers/api-process.ts';
 
 let stack: TestStack;
 beforeAll(async () => {
@@ -35,7 +37,8 @@ describe('front-door load shedding', () => {
       expect(shed.status).toBe(503);
       expect(shed.headers.get('content-type')).toContain('application/problem+json');
       expect(Number(shed.headers.get('retry-after'))).toBeGreaterThanOrEqual(1);
-      expect((await api(stack, 'GET', '/healthz')).status).toBe(200);
+      // Every spelling Express routes to a probe is exempt (a probe configured with a trailing slash too).
+      for (const probe of ['/healthz', '/healthz/', '/HEALTHZ', '/Metrics/']) expect((await api(stack, 'GET', probe)).status, probe).toBe(200);
       await blocker.query('commit');
       committed = true;
       const first = await firstP;
@@ -48,6 +51,32 @@ describe('front-door load shedding', () => {
       // Only a transaction the test left open: a rollback after the commit makes the server log a warning.
       if (!committed) await blocker.query('rollback').catch(() => {});
       await blocker.end();
+    }
+  });
+});
+
+describe('a client that trickles its request body', () => {
+  it('holds its in-flight slot only until API_REQUEST_TIMEOUT: then 408, and the next request is served', async () => {
+    // The real server (src/server.ts), where the timeouts are set, with one slot and a 2 s budget.
+    const api1 = await spawnApi({ ...stack.env, API_MAX_INFLIGHT: '1', API_REQUEST_TIMEOUT: '2s' });
+    try {
+      const token = await stack.token({ tenantId: newTenant(), sub: 'slow-client' });
+      const url = new URL(api1.baseUrl);
+      const socket = net.connect(Number(url.port), url.hostname);
+      let answer = '';
+      socket.on('data', (d) => (answer += d));
+      const closed = new Promise<void>((resolve) => socket.once('close', () => resolve()));
+      await new Promise<void>((resolve) => socket.once('connect', () => resolve()));
+      // Headers promising 1,000 bytes, then one byte, then nothing.
+      socket.write(`POST /api/v1/golden-path/run HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${token}\r\nContent-Type: application/json\r\nIdempotency-Key: ${randomUUID()}\r\nContent-Length: 1000\r\n\r\n{`);
+      // While it trickles, its slot is taken: another request is shed.
+      await waitFor(async () => (await fetch(`${api1.baseUrl}/api/v1/golden-path/runs`, { headers: { authorization: `Bearer ${token}` } })).status === 503, { timeoutMs: 10_000, what: 'the slot to be taken' });
+      await closed;
+      expect(answer).toMatch(/^HTTP\/1\.1 408/);
+      const after = await fetch(`${api1.baseUrl}/api/v1/golden-path/runs`, { headers: { authorization: `Bearer ${token}` } });
+      expect(after.status).toBe(200);
+    } finally {
+      await api1.stop();
     }
   });
 });

@@ -102,6 +102,8 @@ export const configSchema = z
     BODY_LIMIT: z.string().regex(/^\d+(b|kb|mb)$/i).default('64kb'),
     /** Concurrent API requests before the front door sheds load with 503 (0 disables). */
     API_MAX_INFLIGHT: z.coerce.number().int().min(0).max(100_000).default(64),
+    /** How long a request may take to arrive whole (headers and body): a slow upload frees its in-flight slot then (408). */
+    API_REQUEST_TIMEOUT: duration('30s'),
 
     BULL_BOARD_READ_ONLY: bool(true),
     OPERATOR_USER: z.string().min(1).optional(),
