@@ -14,6 +14,7 @@ import { DurableRuntime, type RunRow, type StepJobData } from '../../src/platfor
 import { StepExecutor } from '../../src/platform/durable/executor.ts';
 import { Sweeper } from '../../src/platform/durable/sweeper.ts';
 import { tenantEm } from '../../src/platform/db/tenant-em.ts';
+import { AppError } from '../../src/platform/errors/app-error.ts';
 import { parseConfig } from '../../src/platform/config/config.ts';
 import { setupDatabase } from '../../src/platform/db/roles.ts';
 import { migrate } from '../../src/platform/db/migrate.ts';
@@ -131,6 +132,51 @@ describe('a killed or stopped worker: the run still completes, each step exactly
     } finally {
       await queue.close();
       // Should this run be left incomplete, end it so no sweeper picks it up for another test.
+      await tenantEm(stack.container.orm, tenant).transactional((tx) => stack.container.runtime.complete(tx, run.id, 'cancelled'));
+    }
+  });
+
+  it('two executions at once, one failing a step for good that the other completed: the run is not failed, it completes', { timeout: LONG }, async () => {
+    const tenant = newTenant();
+    let atTwo = 0;
+    let secondIn!: () => void;
+    const secondEntered = new Promise<void>((r) => (secondIn = r));
+    let failureHandled = false;
+    let runId = '';
+    const stepTwoStored = async () => (await stack.db.admin(`select count(*)::int as n from durable_checkpoints where run_id = $1 and sequence_num = 2`, [runId])).rows[0].n > 0;
+    const gate: StepGate = async ({ seq }) => {
+      if (seq === 2) {
+        // The first execution commits step 2; the second fails it for good once it is committed.
+        if (++atTwo === 1) return void (await secondEntered);
+        secondIn();
+        await waitFor(stepTwoStored, { timeoutMs: 30_000, what: 'the other execution to commit step 2' });
+        throw new AppError('partner_api_refused', 'refused for good', { retryable: false });
+      }
+      // Step 3 waits until the failing execution has dealt with its failure.
+      if (seq === 3) await waitFor(() => failureHandled, { timeoutMs: 30_000, what: 'the failure to be handled' });
+    };
+    const logger = pino({ level: 'warn' }, { write: (line: string) => void (line.includes('another execution of the job had completed it') && (failureHandled = true)) });
+    const runtime = new DurableRuntime({ workflows: [slowWorkflow({ gate })], queues: new Map(), logger });
+    const executor = (workerId: string) => new StepExecutor({ orm: stack.container.orm, runtime, logger, workerId, leaseMs: 5000 });
+    const run = await createSlowRun(stack, tenant, { enqueue: false });
+    runId = run.id;
+    const queue = new Queue(`${SLOW_QUEUE}-direct-fail`, { connection: stack.container.redis, prefix: stack.prefix });
+    try {
+      const data: StepJobData = { run_id: run.id, tenant_id: tenant, workflow: run.workflow, step: 'partner-dossier', sequence_num: 1, _correlation_id: run.correlation_id };
+      const job = await Job.create(queue, 'partner-dossier', data, { jobId: `${SLOW_TAG}-dupfail-${run.id}`, attempts: 5 });
+      const twin = (await Job.fromId<StepJobData>(queue, job.id!))!;
+      const outcomes = await Promise.allSettled([
+        executor('worker-a').process(job),
+        executor('worker-b').process(twin).finally(() => (failureHandled = true)),
+      ]);
+      // Before the fix the failing execution failed the run (the other then flipped it to completed, error kept).
+      expect(outcomes.map((o) => o.status)).toEqual(['fulfilled', 'fulfilled']);
+      const after = await readRun(stack, tenant, run.id);
+      expect(after.status).toBe('completed');
+      expect(after.error).toBeNull();
+      expectEveryStepOnce(after);
+    } finally {
+      await queue.close();
       await tenantEm(stack.container.orm, tenant).transactional((tx) => stack.container.runtime.complete(tx, run.id, 'cancelled'));
     }
   });

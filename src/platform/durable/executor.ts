@@ -179,7 +179,11 @@ export class StepExecutor {
           unread = false;
           continue;
         }
-        if (!isUniqueViolation(e)) return this.fail(job, e, state ? seq : ((e as NonDeterminismError).at ?? d.reached ?? seq), logger);
+        if (!isUniqueViolation(e)) {
+          // Throws, unless the step failed for good here while another execution of the job had
+          // completed it: then the run is that execution's success, never failed, and this one goes on from it.
+          await this.fail(job, e, state ? seq : ((e as NonDeterminismError).at ?? d.reached ?? seq), logger, state !== undefined);
+        }
         logger.warn({ sequence_num: seq }, 'another execution checkpointed this step first; going on from what it stored');
         state = undefined;
         unread = false;
@@ -287,7 +291,12 @@ export class StepExecutor {
     return (d.failures?.[String(seq)] ?? 0) + 1;
   }
 
-  private async fail(job: Job<StepJobData>, e: unknown, seq: number, logger: Logger): Promise<never> {
+  /**
+   * Fails the step (and, past its attempts, the run) by throwing; returns only when the step itself
+   * failed (`stepRan`: the run was read, the error is the step's or its checkpoint's, not the run's
+   * reading, such as non-determinism) while another execution of the job had completed it.
+   */
+  private async fail(job: Job<StepJobData>, e: unknown, seq: number, logger: Logger, stepRan = false): Promise<'completed-elsewhere'> {
     const d = job.data;
     const err = coerceError(e);
     const wf = this.o.runtime.workflow(d.workflow);
@@ -307,8 +316,15 @@ export class StepExecutor {
       throw new UnrecoverableError(err.message);
     }
     if (permanent || lastAttempt) {
+      const recorded = await this.markFailed(d, seq, step?.name ?? d.step, err, attempt, stepRan).catch((me) => {
+        log.error({ err: me }, 'could not record the failure');
+        return true;
+      });
+      if (!recorded) {
+        log.warn({ err: err.message, permanent }, 'step failed here, but another execution of the job had completed it: the run goes on');
+        return 'completed-elsewhere';
+      }
       log.error({ err, permanent }, 'step failed for good; the run fails');
-      await this.markFailed(d, seq, step?.name ?? d.step, err, attempt).catch((me) => log.error({ err: me }, 'could not record the failure'));
       throw new UnrecoverableError(err.message);
     }
     // BullMQ retries the job with backoff; the next attempt replays the completed steps and retries this one.
@@ -317,19 +333,25 @@ export class StepExecutor {
     throw err;
   }
 
-  private async markFailed(d: StepJobData, seq: number, stepName: string, err: Error, attempt: number): Promise<void> {
+  /**
+   * Records the step's failure and fails the run, in one transaction. With `stepRan`, false (nothing
+   * written) when the step's checkpoint is already completed: another execution of the job committed it.
+   */
+  private async markFailed(d: StepJobData, seq: number, stepName: string, err: Error, attempt: number, stepRan: boolean): Promise<boolean> {
     const em = tenantEm(this.o.orm, d.tenant_id);
     const error = { code: err instanceof AppError ? err.code : err.name, message: err.message.slice(0, 2000) };
-    await em.transactional(async (tx) => {
-      await tx.execute(
+    return em.transactional(async (tx) => {
+      const written = await tx.execute<{ id: string }[]>(
         `insert into durable_checkpoints (id, tenant_id, run_id, sequence_num, step_name, status, error, attempt, created_at, updated_at)
          values (gen_random_uuid(), ?, ?, ?, ?, 'failed', ?::jsonb, ?, now(), now())
          on conflict (tenant_id, run_id, sequence_num) do update set status = 'failed', error = excluded.error, attempt = excluded.attempt, updated_at = now()
-         where durable_checkpoints.status <> 'completed'`,
+         where durable_checkpoints.status <> 'completed'
+         returning id`,
         [d.tenant_id, d.run_id, seq, stepName, JSON.stringify(error), attempt],
-        'run',
       );
+      if (written.length === 0 && stepRan) return false;
       await this.o.runtime.complete(tx, d.run_id, 'failed', { error: { ...error, step: stepName, sequence_num: seq } });
+      return true;
     });
   }
 }
