@@ -1,8 +1,9 @@
 /**
  * Glossary of the durable runtime
  * - run: one execution of a workflow for one tenant (durable_runs), unique per (tenant, idempotency hash).
- * - step: a named, versioned unit of work with zod input and output schemas; its name is a persisted
- *   identifier: never rename one, version the workflow instead.
+ * - step: a named unit of work with zod input and output schemas; its name is a persisted identifier:
+ *   never rename one under runs in flight; add the changed workflow under a new name (docs/runtime.md,
+ *   "Changing a workflow": one definition per name, and a run is bound to the version it started with).
  * - sequence_num: the 1-based position of a step in its workflow; the checkpoint key with the run.
  * - checkpoint: the stored outcome of one step of one run (durable_checkpoints), written in the same
  *   transaction as the step's effects. A completed checkpoint is never executed again: its output replays.
