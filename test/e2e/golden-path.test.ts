@@ -4,6 +4,7 @@ import pg from 'pg';
 import { api, CLASS_A_SUBMISSION, CLASS_C_SUBMISSION, newTenant, SAMPLE_SUBMISSION, startStack, type TestStack } from '../helpers/stack.ts';
 import { waitFor } from '../helpers/poll.ts';
 import { namedJobId } from '../../src/platform/queue/job-ids.ts';
+import { evidenceHash } from '../../src/modules/evidence/evidence.service.ts';
 
 /**
  * The golden path over HTTP against real worker processes: classes A/B/C, rejection, the approval
@@ -251,6 +252,39 @@ describe('golden path over HTTP', () => {
     expect(verify.json.valid).toBe(false);
     expect(verify.json.sha256).toBe(run.steps[3].output.sha256);
     expect(verify.json.recomputed_sha256).not.toBe(verify.json.sha256);
+  });
+
+  it('verify also detects content rewritten together with its hash, and the application role cannot rewrite a pack at all', async () => {
+    const res = await submit(CLASS_A_SUBMISSION);
+    const run = await waitStatus(res.json.run_id, ['completed']);
+    const id = run.steps[3].output.evidence_pack_id;
+    const before = (await getJson(`/api/v1/evidence/${id}/verify`)).json;
+    expect(before).toMatchObject({ valid: true, recorded_sha256: run.steps[3].output.sha256 });
+    // The application role may insert and read evidence packs, never change or delete them.
+    const asApp = async (sql: string) => {
+      const c = new pg.Client({ connectionString: stack.db.appUrl });
+      await c.connect();
+      try {
+        await c.query('begin');
+        await c.query(`select set_config('app.tenant_id', $1, true)`, [tenant]);
+        return await c.query(sql, [id]);
+      } finally {
+        await c.query('rollback').catch(() => {});
+        await c.end();
+      }
+    };
+    for (const sql of [`update evidence_packs set sha256 = 'x' where id = $1`, `delete from evidence_packs where id = $1`]) {
+      await expect(asApp(sql)).rejects.toThrow(/permission denied for table evidence_packs/);
+    }
+    // The owner forges content and a matching hash in one update: the row agrees with itself, not with the run.
+    const forged = { ...(await getJson(`/api/v1/evidence/${id}`)).json.content, outcome: 'rejected' };
+    await stack.db.owner(
+      `select set_config('app.tenant_id', '${tenant}', false);
+       update evidence_packs set content = '${JSON.stringify(forged).replace(/'/g, "''")}'::jsonb, sha256 = '${evidenceHash(forged)}' where id = '${id}'`,
+    );
+    const after = (await getJson(`/api/v1/evidence/${id}/verify`)).json;
+    expect(after.sha256).toBe(after.recomputed_sha256);
+    expect(after).toMatchObject({ valid: false, recorded_sha256: run.steps[3].output.sha256 });
   });
 
   it("another tenant gets 404, never 403, for a run, its approval, its evidence and the decision endpoint", async () => {

@@ -4,12 +4,12 @@ import { defineStep } from '../../platform/durable/workflow.ts';
 import { approvalPacketSchema, dossierSchema, economicsSchema, evidenceSchema, submissionSchema } from '../golden-path/golden-path.schemas.ts';
 import { provenance } from '../golden-path/provenance.ts';
 import { EvidencePackRow } from './evidence-pack.entity.ts';
-import { evidenceHash } from './evidence.service.ts';
+import { EVIDENCE_PACK_STEP, evidenceHash } from './evidence.service.ts';
 import { insertRow } from '../../platform/db/insert-row.ts';
 
 /** Step 4: everything the decision rests on, as canonical JSON with its SHA-256, verifiable later. */
 export const evidencePackStep = defineStep({
-  name: 'evidence-pack',
+  name: EVIDENCE_PACK_STEP,
   input: z.object({
     submission: submissionSchema,
     outputs: z.object({

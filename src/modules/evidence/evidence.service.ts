@@ -3,6 +3,9 @@ import { canonicalJson, sha256Hex } from '../../platform/idempotency/canonical-j
 import { NotFoundError } from '../../platform/errors/app-error.ts';
 import { EvidencePackRow } from './evidence-pack.entity.ts';
 
+/** The golden path's evidence step (its name is persisted in checkpoints: never renamed). */
+export const EVIDENCE_PACK_STEP = 'evidence-pack';
+
 /** SHA-256 over the RFC 8785 canonical JSON of the content. */
 export function evidenceHash(content: unknown): string {
   return sha256Hex(canonicalJson(content));
@@ -14,9 +17,23 @@ export async function getEvidence(em: EntityManager, id: string) {
   return row;
 }
 
-/** Recomputes the hash from the stored content: any change to the row after it was written shows. */
-export async function verifyEvidence(em: EntityManager, id: string): Promise<{ valid: boolean; sha256: string; recomputed_sha256: string }> {
+/**
+ * Recomputes the hash from the stored content, and compares it with the hash the run recorded when
+ * the pack was written (the evidence step's checkpoint, committed in the same transaction): a change
+ * to the content shows, and so does content rewritten together with its row's hash. The application
+ * role may only insert evidence packs (roles.ts), so rewriting one takes the owner's rights.
+ */
+export async function verifyEvidence(
+  em: EntityManager,
+  id: string,
+): Promise<{ valid: boolean; sha256: string; recomputed_sha256: string; recorded_sha256: string | null }> {
   const row = await getEvidence(em, id);
   const recomputed = evidenceHash(row.content);
-  return { valid: recomputed === row.sha256, sha256: row.sha256, recomputed_sha256: recomputed };
+  const [recorded] = await em.execute<{ sha256: string | null }[]>(
+    `select output->>'sha256' as sha256 from durable_checkpoints
+      where tenant_id = ? and run_id = ? and step_name = ? and status = 'completed' and output->>'evidence_pack_id' = ?`,
+    [row.tenantId, row.runId, EVIDENCE_PACK_STEP, row.id],
+  );
+  const recordedSha = recorded?.sha256 ?? null;
+  return { valid: recomputed === row.sha256 && recordedSha === row.sha256, sha256: row.sha256, recomputed_sha256: recomputed, recorded_sha256: recordedSha };
 }

@@ -79,11 +79,19 @@ async function ensureRole(client: pg.Client, name: string, password: string | un
  * this list even when an earlier release granted more (a wider column list, TRUNCATE), and running
  * sessions never see a moment without their grants.
  */
+/**
+ * Tables the application only ever appends to: it may insert and read their rows, never change or
+ * delete them (an evidence pack is the record of a decision; `/verify` compares it with the hash its
+ * run recorded).
+ */
+export const APPEND_ONLY_TABLES = ['evidence_packs'];
+
 export async function grantRuntimePrivileges(client: { execute(sql: string): Promise<unknown> }, appRole: string, tenantTables: string[]): Promise<void> {
   const everyone = `PUBLIC, ${ident(appRole)}, ${ident(SYSTEM_ROLE)}`;
   for (const table of tenantTables) {
     await client.execute(`REVOKE ALL ON TABLE ${ident(table)} FROM ${everyone}`);
-    await client.execute(`GRANT SELECT, INSERT, UPDATE, DELETE ON TABLE ${ident(table)} TO ${ident(appRole)}`);
+    const privileges = APPEND_ONLY_TABLES.includes(table) ? 'SELECT, INSERT' : 'SELECT, INSERT, UPDATE, DELETE';
+    await client.execute(`GRANT ${privileges} ON TABLE ${ident(table)} TO ${ident(appRole)}`);
   }
   await client.execute(`REVOKE ALL ON TABLE mikro_orm_migrations FROM ${everyone}`);
   await client.execute(`GRANT SELECT ON TABLE mikro_orm_migrations TO ${ident(appRole)}`);
