@@ -73,8 +73,11 @@ describe('a client that trickles its request body', () => {
       await waitFor(async () => (await fetch(`${api1.baseUrl}/api/v1/golden-path/runs`, { headers: { authorization: `Bearer ${token}` } })).status === 503, { timeoutMs: 10_000, what: 'the slot to be taken' });
       await closed;
       expect(answer).toMatch(/^HTTP\/1\.1 408/);
-      const after = await fetch(`${api1.baseUrl}/api/v1/golden-path/runs`, { headers: { authorization: `Bearer ${token}` } });
-      expect(after.status).toBe(200);
+      // The slot is released when the server has closed the request (just after the client saw it).
+      await waitFor(async () => (await fetch(`${api1.baseUrl}/api/v1/golden-path/runs`, { headers: { authorization: `Bearer ${token}` } })).status === 200, {
+        timeoutMs: 10_000,
+        what: 'the slot to be free again',
+      });
     } finally {
       await api1.stop();
     }

@@ -10,6 +10,7 @@ import { systemEm, tenantEm } from '../../src/platform/db/tenant-em.ts';
 import { createOrm, type MikroORM } from '../../src/platform/db/orm.ts';
 import { formatFindings, inspectOrmCatalog } from '../../src/platform/db/catalog.ts';
 import { entities } from '../../src/entities.ts';
+import { APPEND_ONLY_TABLES } from '../../src/platform/db/roles.ts';
 
 /**
  * Row-level security, proven as the application role on every tenant-owned table the ORM knows, so
@@ -127,7 +128,19 @@ describe.each(tables)('%s over pg as the application role', (table) => {
     }
   });
 
-  it.each(CONTEXTS)("update under %s context touches no other tenant's row and cannot move a row to another tenant", async (ctx) => {
+  // Append-only tables (roles.ts): the application role may not update or delete at all; the others are checked row by row.
+  const appendOnly = APPEND_ONLY_TABLES.includes(table);
+  (appendOnly ? it : it.skip).each(CONTEXTS)("update and delete under %s context are refused outright (42501) on an append-only table", async (ctx) => {
+    const t = tenantsFor(ctx);
+    const { mine, theirs } = await seedAll(t);
+    for (const r of [...(mine ? [mine] : []), ...theirs]) {
+      expect(await sqlState(asApp(t.setting, (c) => c.query(`update "${table}" set tenant_id = tenant_id where "${pk()}" = $1`, [r[pk()]])))).toBe('42501');
+      expect(await sqlState(asApp(t.setting, (c) => c.query(`delete from "${table}" where "${pk()}" = $1`, [r[pk()]])))).toBe('42501');
+    }
+    expect(await adminRows(table, [...(mine ? [mine] : []), ...theirs].map((r) => r[pk()]))).toHaveLength(theirs.length + (mine ? 1 : 0));
+  });
+
+  (appendOnly ? it.skip : it).each(CONTEXTS)("update under %s context touches no other tenant's row and cannot move a row to another tenant", async (ctx) => {
     const t = tenantsFor(ctx);
     const { mine, theirs } = await seedAll(t);
     const touch = (id: unknown) => asApp(t.setting, (c) => c.query(`update "${table}" set tenant_id = tenant_id where "${pk()}" = $1`, [id]));
@@ -142,7 +155,7 @@ describe.each(tables)('%s over pg as the application role', (table) => {
     for (const r of await adminRows(table, theirs.map((x) => x[pk()]))) expect(t.others).toContain(r.tenant_id);
   });
 
-  it.each(CONTEXTS)("delete under %s context removes no other tenant's row", async (ctx) => {
+  (appendOnly ? it.skip : it).each(CONTEXTS)("delete under %s context removes no other tenant's row", async (ctx) => {
     const t = tenantsFor(ctx);
     const { mine, theirs } = await seedAll(t);
     for (const r of theirs) {
@@ -171,6 +184,15 @@ describe.each(tables)('%s through tenantEm', (table) => {
     const em = tenantEm(orm, own);
     const found = (await em.fork().find(meta().class, {})) as Record<string, unknown>[];
     expect(found.map((e) => e.tenantId)).toEqual([own]);
+    if (APPEND_ONLY_TABLES.includes(table)) {
+      // Append-only: no update or delete at all, its own rows included.
+      expect(await sqlState(em.fork().nativeUpdate(meta().class, { [pkProp()]: idOf(mine) }, { tenantId: own }))).toBe('42501');
+      expect(await sqlState(em.fork().nativeDelete(meta().class, { [pkProp()]: idOf(mine) }))).toBe('42501');
+      expect(await sqlState(em.fork().insert(meta().class, data(await rows.build(table, other))))).toBe('42501');
+      expect(await sqlState(em.fork().insert(meta().class, data(await rows.build(table, own))))).toBe('succeeded');
+      expect((await adminRows(table, [idOf(theirs), idOf(mine)])).length).toBe(2);
+      return;
+    }
     expect(await em.fork().nativeUpdate(meta().class, { [pkProp()]: idOf(theirs) }, { tenantId: other })).toBe(0);
     expect(await em.fork().nativeDelete(meta().class, { [pkProp()]: idOf(theirs) })).toBe(0);
     expect(await sqlState(em.fork().nativeUpdate(meta().class, { [pkProp()]: idOf(mine) }, { tenantId: other }))).toBe('42501');
@@ -186,8 +208,13 @@ describe.each(tables)('%s through tenantEm', (table) => {
     const idOf = (r: Row) => r[rows.spec(table).pk];
     const bare = orm.em.fork();
     expect(await bare.find(meta().class, {})).toEqual([]);
-    expect(await bare.nativeUpdate(meta().class, { [pkProp()]: idOf(theirs) }, { tenantId: t.others[1] })).toBe(0);
-    expect(await bare.nativeDelete(meta().class, {})).toBe(0);
+    if (APPEND_ONLY_TABLES.includes(table)) {
+      expect(await sqlState(bare.nativeUpdate(meta().class, { [pkProp()]: idOf(theirs) }, { tenantId: t.others[1] }))).toBe('42501');
+      expect(await sqlState(orm.em.fork().nativeDelete(meta().class, {}))).toBe('42501');
+    } else {
+      expect(await bare.nativeUpdate(meta().class, { [pkProp()]: idOf(theirs) }, { tenantId: t.others[1] })).toBe(0);
+      expect(await bare.nativeDelete(meta().class, {})).toBe(0);
+    }
     expect(await sqlState(orm.em.fork().insert(meta().class, data(await rows.build(table, t.others[0]))))).toBe('42501');
     expect(() => tenantEm(orm, '')).toThrow(TypeError);
     expect(await adminRows(table, [idOf(theirs)])).toHaveLength(1);
