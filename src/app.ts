@@ -9,6 +9,7 @@ import { httpLogger } from './platform/telemetry/http-logger.ts';
 import { operatorDashboard, setBoardQueues } from './platform/http/admin-board.ts';
 import { openApiHandlers } from './platform/http/openapi.route.ts';
 import { loadShedding } from './platform/http/load-shed.ts';
+import { methodNotAllowed } from './platform/http/method-not-allowed.ts';
 
 /** Middleware order and routers, nothing else. */
 export function createApp(c: Container): Express {
@@ -40,6 +41,7 @@ export function createApp(c: Container): Express {
       idempotencyMetrics: { replays: c.metrics.idempotencyReplays, conflicts: c.metrics.idempotencyConflicts },
     }),
   );
+  app.use(methodNotAllowed(c.routes));
   app.use(notFoundHandler);
   app.use(problemHandler(c.logger));
   return app;

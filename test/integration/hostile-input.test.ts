@@ -18,7 +18,7 @@ import { isValidCorrelationId } from '../../src/platform/http/correlation.ts';
 const NUM_RUNS = Number(process.env.HOSTILE_RUNS ?? 100);
 const BODY_LIMIT = 64 * 1024;
 /** Problem codes of refusals before any handler runs: nothing at all may be stored for these. */
-const EDGE_CODES = new Set(['validation_failed', 'malformed_json', 'payload_too_large', 'unsupported_media_type', 'unsupported_encoding', 'unauthorized', 'bad_request', 'rate_limited', 'idempotency_key_reused', 'idempotency_key_in_use']);
+const EDGE_CODES = new Set(['validation_failed', 'malformed_json', 'payload_too_large', 'unsupported_media_type', 'unsupported_encoding', 'unauthorized', 'bad_request', 'rate_limited', 'idempotency_key_reused', 'idempotency_key_in_use', 'method_not_allowed']);
 
 const tenant = newTenant();
 let stack: TestStack;
@@ -395,6 +395,24 @@ describe('hostile input on every endpoint', () => {
     const empty = await send({ method: 'POST', path: '/api/v1/golden-path/run', headers: { ...headers, 'idempotency-key': randomUUID() }, body: undefined });
     expect(empty.status).toBe(422);
     expect(JSON.parse(empty.text).code).toBe('validation_failed');
+    expect(await snapshot()).toEqual(before);
+  });
+
+  it('a route asked with a method it does not answer is 405 with Allow; a path no route has is 404', async () => {
+    const before = await snapshot();
+    const auth = { authorization: `Bearer ${token}` };
+    for (const [method, path, allow] of [
+      ['DELETE', '/api/v1/golden-path/runs', 'GET, HEAD'],
+      ['GET', '/api/v1/golden-path/run', 'POST'],
+      ['PATCH', '/api/v1/approval-policy', 'GET, HEAD, PUT'],
+      ['PUT', `/api/v1/approvals/${randomUUID()}/decision`, 'POST'],
+    ] as const) {
+      const res = await send({ method, path, headers: auth, body: undefined });
+      expect(res.status, `${method} ${path}`).toBe(405);
+      expect(res.headers.allow, `${method} ${path}`).toBe(allow);
+      expect(JSON.parse(res.text)).toMatchObject({ status: 405, code: 'method_not_allowed' });
+    }
+    expect((await send({ method: 'DELETE', path: '/api/v1/nothing-here', headers: auth, body: undefined })).status).toBe(404);
     expect(await snapshot()).toEqual(before);
   });
 
