@@ -304,6 +304,28 @@ describe('golden path over HTTP', () => {
     expect((await runOf(run.run_id)).status).toBe('completed');
   });
 
+  it('lists approval requests newest first, page by page with a cursor, filtered by status', async () => {
+    const pager = newTenant();
+    const token = await stack.token({ tenantId: pager, sub: 'approval-pager-1' });
+    const approvalIds: string[] = [];
+    for (let i = 0; i < 3; i++) approvalIds.push((await submitWaiting(SAMPLE_SUBMISSION, token)).approvalId);
+    const seen: string[] = [];
+    let cursor: string | null = null;
+    let pages = 0;
+    do {
+      const page = await getJson(`/api/v1/approvals?status=pending&limit=2${cursor ? `&cursor=${cursor}` : ''}`, token);
+      expect(page.status).toBe(200);
+      expect(page.json.items.length).toBeLessThanOrEqual(2);
+      seen.push(...page.json.items.map((a: any) => a.approval_request_id));
+      cursor = page.json.next_cursor;
+      pages++;
+    } while (cursor && pages < 10);
+    expect(pages).toBe(2);
+    // One ordering, newest first, no gap and no repeat: the three requests in reverse order of creation.
+    expect(seen).toEqual([...approvalIds].reverse());
+    expect((await getJson('/api/v1/approvals?cursor=not-a-cursor', token)).status).toBe(400);
+  });
+
   it('lists runs newest first, page by page with a cursor, filtered by status', async () => {
     const pager = newTenant();
     const token = await stack.token({ tenantId: pager, sub: 'pager-1' });

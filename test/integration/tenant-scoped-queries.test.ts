@@ -99,7 +99,9 @@ describe('queries name their tenant', () => {
     const waitingC = await waitStatus(c.json.run_id, ['waiting', 'failed']);
     const approvalId = waitingC.steps[2].output.approval_request_id as string;
     expect((await get('/api/v1/approvals?status=pending', tok.approver1)).status).toBe(200);
-    expect((await get('/api/v1/approvals', tok.approver1)).status).toBe(200);
+    const approvals = await get('/api/v1/approvals?limit=1', tok.approver1);
+    expect(approvals.status).toBe(200);
+    expect((await get(`/api/v1/approvals?limit=1&cursor=${encodeURIComponent(approvals.json.next_cursor)}`, tok.approver1)).status).toBe(200);
     expect((await get(`/api/v1/approvals/${approvalId}`, tok.approver1)).status).toBe(200);
     expect((await decide(approvalId, tok.approver1!)).status).toBe(200);
     expect((await decide(approvalId, tok.approver2!)).status).toBe(200);

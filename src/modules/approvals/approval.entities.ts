@@ -24,9 +24,10 @@ export const ApprovalRequest = defineEntity({
   },
   uniques: [{ name: 'approval_requests_tenant_run_unique', properties: ['tenantId', 'runId'] }],
   indexes: [
-    { name: 'approval_requests_tenant_status_index', properties: ['tenantId', 'status', 'createdAt'] },
-    // The approvals list without a status filter: newest first within the tenant, read a page at a time.
-    { name: 'approval_requests_tenant_created_index', properties: ['tenantId', 'createdAt'] },
+    // The approvals list, newest first within the tenant, a page at a time by (created_at, id) keyset:
+    // the id completes each index's order, so a page is read in index order without a sort.
+    { name: 'approval_requests_tenant_status_created_index', properties: ['tenantId', 'status', 'createdAt', 'id'] },
+    { name: 'approval_requests_tenant_created_id_index', properties: ['tenantId', 'createdAt', 'id'] },
   ],
   rowLevelSecurity: 'force',
   policies: [tenantIsolationPolicy('approval_requests')],

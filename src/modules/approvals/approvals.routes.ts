@@ -1,6 +1,7 @@
 import { z } from 'zod';
 import { defineRoute, type RouteDef } from '../../platform/http/route.ts';
 import { NotFoundError } from '../../platform/errors/app-error.ts';
+import { nextCursor, pageWhere } from '../../platform/http/cursor.ts';
 import type { ApprovalService } from './approval.service.ts';
 import { APPROVAL_STATUSES } from './approval.entities.ts';
 import { APPROVER_ROLE } from './approval.constants.ts';
@@ -24,16 +25,20 @@ export function approvalRoutes(deps: { approvals: ApprovalService }): RouteDef[]
     defineRoute({
       method: 'get',
       path: `${BASE}/approvals`,
-      summary: 'Approval requests of the tenant, newest first',
+      summary: 'Approval requests of the tenant, newest first, with cursor pagination',
       tags: ['approvals'],
-      query: z.strictObject({ status: z.enum(APPROVAL_STATUSES).optional(), limit: z.coerce.number().int().min(1).max(100).default(50) }),
-      responses: { 200: { description: 'Approval requests' } },
+      query: z.strictObject({
+        status: z.enum(APPROVAL_STATUSES).optional(),
+        limit: z.coerce.number().int().min(1).max(100).default(50),
+        cursor: z.string().max(200).optional(),
+      }),
+      responses: { 200: { description: 'A page of approval requests' } },
       async handler({ em, query, principal }) {
-        const rows = await em.execute<any[]>(
-          `select ${approvalColumns} from approval_requests where tenant_id = ? ${query.status ? 'and status = ?' : ''} order by created_at desc limit ?`,
-          query.status ? [principal.tenantId, query.status, query.limit] : [principal.tenantId, query.limit],
-        );
-        return { status: 200, body: { items: rows.map(approvalView) } };
+        const params: unknown[] = [principal.tenantId];
+        const where = pageWhere('tenant_id = ?', params, query);
+        const rows = await em.execute<any[]>(`select ${approvalColumns} from approval_requests where ${where} order by created_at desc, id desc limit ?`, params);
+        const page = rows.slice(0, query.limit);
+        return { status: 200, body: { items: page.map(approvalView), next_cursor: nextCursor(page[page.length - 1], rows.length > query.limit) } };
       },
     }),
     defineRoute({

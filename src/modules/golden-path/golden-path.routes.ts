@@ -1,7 +1,8 @@
 import { z } from 'zod';
 import type { EntityManager } from '@mikro-orm/postgresql';
 import { defineRoute, type RouteDef } from '../../platform/http/route.ts';
-import { NotFoundError, ValidationError } from '../../platform/errors/app-error.ts';
+import { NotFoundError } from '../../platform/errors/app-error.ts';
+import { nextCursor, pageWhere } from '../../platform/http/cursor.ts';
 import { currentTraceContext } from '../../platform/telemetry/trace-context.ts';
 import { COMPLETED_STEPS_SQL, RUN_COLUMNS, type DurableRuntime, type RunRow } from '../../platform/durable/runtime.ts';
 import { RUN_STATUSES } from '../../platform/durable/durable-run.entity.ts';
@@ -10,7 +11,6 @@ import { GOLDEN_PATH } from './golden-path.workflow.ts';
 
 export const BASE = '/api/v1';
 const uuidParam = z.object({ id: z.string().uuid() });
-const isIssuedCursorTime = (at: string) => /^[12]\d{3}-/.test(at) && !Number.isNaN(Date.parse(at)) && new Date(at).toISOString() === at;
 
 export interface AdmissionControl {
   /** Throws 429 when the tenant exceeds its submission rate or runs in flight. */
@@ -127,35 +127,15 @@ export function goldenPathRoutes(deps: { runtime: DurableRuntime; admission?: Ad
       }),
       responses: { 200: { description: 'A page of runs' } },
       async handler({ em, query, principal }) {
-        let after: { at: string; id: string } | undefined;
-        if (query.cursor) {
-          try {
-            const [at, id] = Buffer.from(query.cursor, 'base64url').toString('utf8').split('|');
-            // Only the exact form this API issues: Date.parse accepts much PostgreSQL refuses ("1", year 275760).
-            if (!at || !id || !isIssuedCursorTime(at) || !z.string().uuid().safeParse(id).success) throw new Error('bad');
-            after = { at, id };
-          } catch {
-            throw new ValidationError('Invalid cursor', [{ path: 'cursor', message: 'not a cursor returned by this API' }]);
-          }
-        }
         const params: unknown[] = [principal.tenantId, GOLDEN_PATH];
-        let where = 'tenant_id = ? and workflow = ?';
-        if (query.status) {
-          where += ' and status = ?';
-          params.push(query.status);
-        }
-        if (after) {
-          where += ' and (created_at, id) < (?::timestamptz, ?::uuid)';
-          params.push(after.at, after.id);
-        }
-        params.push(query.limit + 1);
+        const where = pageWhere('tenant_id = ? and workflow = ?', params, query);
         const rows = await em.execute<(RunRow & { completed: number })[]>(
           `select ${RUN_COLUMNS}, ${COMPLETED_STEPS_SQL} as completed from durable_runs r where ${where} order by created_at desc, id desc limit ?`,
           params,
         );
         const page = rows.slice(0, query.limit);
         const last = page[page.length - 1];
-        const next = rows.length > query.limit && last ? Buffer.from(`${new Date(last.created_at).toISOString()}|${last.id}`).toString('base64url') : null;
+        const next = nextCursor(last, rows.length > query.limit);
         return {
           status: 200,
           body: {

@@ -1,0 +1,48 @@
+import { z } from 'zod';
+import { ValidationError } from '../errors/app-error.ts';
+
+/**
+ * Keyset cursors for lists ordered newest first by (created_at, id): opaque to clients (base64url of
+ * the last item's time and id), stable while new items arrive.
+ */
+export interface Cursor {
+  at: string;
+  id: string;
+}
+
+const isIssuedTime = (at: string) => /^[12]\d{3}-/.test(at) && !Number.isNaN(Date.parse(at)) && new Date(at).toISOString() === at;
+
+/** The cursor after `last`, when the page was full and more may follow; null otherwise. */
+export function nextCursor(last: { created_at: Date | string; id: string } | undefined, more: boolean): string | null {
+  return more && last ? Buffer.from(`${new Date(last.created_at).toISOString()}|${last.id}`).toString('base64url') : null;
+}
+
+/** Reads a cursor this API issued; anything else is a 400 (Date.parse accepts much PostgreSQL refuses: "1", year 275760). */
+export function readCursor(raw: string | undefined): Cursor | undefined {
+  if (raw === undefined) return undefined;
+  const [at, id] = Buffer.from(raw, 'base64url').toString('utf8').split('|');
+  if (!at || !id || !isIssuedTime(at) || !z.string().uuid().safeParse(id).success) {
+    throw new ValidationError('Invalid cursor', [{ path: 'cursor', message: 'not a cursor returned by this API' }]);
+  }
+  return { at, id };
+}
+
+/**
+ * The `where` of a newest-first page: the caller's conditions, then the status filter and the raw
+ * cursor's keyset condition when given (a cursor this API did not issue is a 400); their values are
+ * appended to `params`, followed by the page size plus one (the extra row says whether more follow).
+ */
+export function pageWhere(where: string, params: unknown[], query: { status?: string | undefined; cursor?: string | undefined; limit: number }): string {
+  const after = readCursor(query.cursor);
+  let out = where;
+  if (query.status) {
+    out += ' and status = ?';
+    params.push(query.status);
+  }
+  if (after) {
+    out += ' and (created_at, id) < (?::timestamptz, ?::uuid)';
+    params.push(after.at, after.id);
+  }
+  params.push(query.limit + 1);
+  return out;
+}
