@@ -1,3 +1,5 @@
+import pg from 'pg';
+import { RUN_STATUSES } from '../../src/platform/durable/durable-run.entity.ts';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { randomUUID } from 'node:crypto';
 import { api, CLASS_A_SUBMISSION, newTenant, SAMPLE_SUBMISSION, startStack, type TestStack, type WorkerHandle } from '../helpers/stack.ts';
@@ -43,6 +45,8 @@ describe('Prometheus metrics', () => {
     expect(sample(res.text, 'dealix_queue_jobs{queue="golden-path",state="failed"}')).toBe(0);
     expect(sample(res.text, 'dealix_queue_jobs{queue="maintenance",state="delayed"}')).toBeGreaterThanOrEqual(0);
     expect(sample(res.text, 'dealix_runs{status="completed"}')).toBe(1);
+    // Every status is a series, 0 when no run has it (a vanished series reads as "no data", not 0).
+    for (const status of RUN_STATUSES.filter((st) => st !== 'completed')) expect(sample(res.text, `dealix_runs{status="${status}"}`), status).toBe(0);
     expect(sample(res.text, 'dealix_idempotency_replays_total')).toBe(1);
     expect(sample(res.text, 'dealix_idempotency_conflicts_total{reason="mismatch"}')).toBe(1);
     expect(res.text).toContain('# TYPE dealix_step_duration_seconds histogram');
@@ -57,5 +61,21 @@ describe('Prometheus metrics', () => {
     expect(sample(text, 'dealix_db_group_commit_transactions_total')).toBeGreaterThanOrEqual(4);
     expect(sample(text, 'dealix_db_group_commit_failed_groups_total')).toBe(0);
     expect(text).toContain('# TYPE dealix_db_group_commit_groups_total counter');
+  });
+  it('many scrapes at once share one reading of the runs: the public endpoint costs the database one query per interval', async () => {
+    let counted = 0;
+    const original = pg.Client.prototype.query;
+    pg.Client.prototype.query = function (this: pg.Client, config: any, ...rest: any[]) {
+      const text = typeof config === 'string' ? config : String(config?.text ?? '');
+      if (text.includes('from durable_runs group by status')) counted++;
+      return (original as any).call(this, config, ...rest);
+    } as any;
+    try {
+      const scrapes = await Promise.all(Array.from({ length: 20 }, () => api(stack, 'GET', '/metrics')));
+      expect(scrapes.every((r) => r.status === 200 && r.text.includes('dealix_runs{status="completed"}'))).toBe(true);
+    } finally {
+      pg.Client.prototype.query = original;
+    }
+    expect(counted).toBeLessThanOrEqual(1);
   });
 });
