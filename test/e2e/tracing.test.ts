@@ -171,6 +171,42 @@ describe('tracing across the API and worker processes', () => {
     expect(worker.output()).not.toContain(submitter);
   });
 
+  it("spans carry no tenant's data and no token; a caller can neither forge the correlation id in baggage nor switch tracing off", { timeout: 180_000 }, async () => {
+    const marker = `PII-${randomUUID()}`;
+    const cid = `trace-guard-${randomUUID()}`;
+    const victim = `victim-${randomUUID()}`;
+    const body = { ...CLASS_A_SUBMISSION, partner: { ...CLASS_A_SUBMISSION.partner, name: marker } };
+    const headers = {
+      'Idempotency-Key': randomUUID(),
+      'X-Correlation-Id': cid,
+      // Another correlation id in baggage, and a parent that says "not sampled".
+      baggage: `dealix.correlation_id=${victim},other=1`,
+      traceparent: `00-${randomUUID().replace(/-/g, '')}-${randomUUID().replace(/-/g, '').slice(0, 16)}-00`,
+    };
+    const res = await api(http, 'POST', '/api/v1/golden-path/run', { token: submitter, body, headers });
+    expect(res.status).toBe(202);
+    const run = await waitStatus(res.json.run_id, ['completed']);
+    // Sampled all the same: the run's trace exists, whole (before, a "00" parent left it with no span).
+    const spans = await waitTrace(cid);
+    expect(spans.some((s) => s.traceId === run.trace_id)).toBe(true);
+    // The dashboard's token exchange, spelled as Express still routes it: neither traced nor logged.
+    const operator = await stack.token({ tenantId: tenant, sub: 'ops-1', roles: ['platform-operator'] });
+    for (const path of [`/ADMIN/QUEUES?token=${operator}`, `/admin/queues?%74oken=${operator}`]) {
+      expect((await fetch(`${http.baseUrl}${path}`, { redirect: 'manual' })).status, path.slice(0, 20)).toBe(303);
+    }
+    // A later run's whole trace has arrived: so has everything exported before it.
+    const later = `trace-guard-later-${randomUUID()}`;
+    await waitStatus((await submit(CLASS_A_SUBMISSION, later)).json.run_id, ['completed']);
+    await waitTrace(later);
+    const exported = JSON.stringify(receiver.spans);
+    expect(exported).not.toContain(marker);
+    expect(exported).not.toContain(victim);
+    expect(exported).not.toContain(operator.split('.')[2]!);
+    await waitFor(() => apiProc.lines().some((l) => l.correlation_id === later), { what: 'the later request log line' });
+    expect(apiProc.output()).not.toContain(operator.split('.')[2]!);
+    expect(correlated(cid).length).toBe(spans.length);
+  });
+
   it('shutdown flushes buffered spans', async () => {
     worker.kill('SIGTERM');
     await worker.exited;

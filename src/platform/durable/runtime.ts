@@ -11,10 +11,12 @@ import { ACTIVE_RUN_STATUSES, type RunStatus } from './durable-run.entity.ts';
 import type { CheckpointStatus } from './durable-checkpoint.entity.ts';
 import { STEP_BACKOFF, jobAttempts, retryOf, segmentStart, type WorkflowDef } from './workflow.ts';
 
-/** Sets the run's correlation id in the context's baggage (replacing the caller's, e.g. an approver's request). */
+/**
+ * The run's correlation id as the job's only baggage: whatever baggage the caller's request brought
+ * (an approver's, a client's) does not travel on into the workers.
+ */
 function withCorrelationBaggage(ctx: Context, correlationId: string): Context {
-  const baggage = propagation.getBaggage(ctx) ?? propagation.createBaggage();
-  return propagation.setBaggage(ctx, baggage.setEntry(ATTR.CORRELATION, { value: correlationId }));
+  return propagation.setBaggage(ctx, propagation.createBaggage({ [ATTR.CORRELATION]: { value: correlationId } }));
 }
 
 /** The data of a run job: the run, and the step it starts at (its id derives from both). */

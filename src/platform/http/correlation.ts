@@ -3,15 +3,11 @@ import type { NextFunction, Request, Response } from 'express';
 import { trace } from '@opentelemetry/api';
 import { requestContext } from '../tenancy/request-context.ts';
 import { bindCorrelation } from '../telemetry/correlation-span-processor.ts';
-import { ATTR } from '../telemetry/attributes.ts';
+import { ATTR, isValidCorrelationId } from '../telemetry/attributes.ts';
 
+export { isValidCorrelationId };
 export const CORRELATION_HEADER = 'X-Correlation-Id';
-const VALID_CORRELATION_ID = /^[A-Za-z0-9][A-Za-z0-9._:\-]{0,127}$/;
 const NO_TRACE = '00000000000000000000000000000000';
-
-export function isValidCorrelationId(v: unknown): v is string {
-  return typeof v === 'string' && VALID_CORRELATION_ID.test(v);
-}
 
 /**
  * Takes a valid X-Correlation-Id or makes one, returns it on every response (errors too), and opens

@@ -1,10 +1,9 @@
 import type { NextFunction, Request, Response } from 'express';
 import { ServiceUnavailableError } from '../errors/app-error.ts';
 import { sendProblem } from './problem.middleware.ts';
+import { routedPath } from '../telemetry/attributes.ts';
 
 const EXEMPT = new Set(['/healthz', '/readyz', '/metrics']);
-/** The path as Express routes it: case-insensitive, a trailing slash ignored (`/HEALTHZ/` reaches the probe too). */
-const routedAs = (path: string) => (path.length > 1 ? path.replace(/\/+$/, '') : path).toLowerCase();
 
 /**
  * Front-door load shedding: past `maxInFlight` concurrent requests, answer 503 with Retry-After before
@@ -15,7 +14,7 @@ const routedAs = (path: string) => (path.length > 1 ? path.replace(/\/+$/, '') :
 export function loadShedding(maxInFlight: number) {
   let inFlight = 0;
   return function shed(req: Request, res: Response, next: NextFunction): void {
-    if (maxInFlight <= 0 || EXEMPT.has(routedAs(req.path))) return next();
+    if (maxInFlight <= 0 || EXEMPT.has(routedPath(req.path))) return next();
     if (inFlight >= maxInFlight) {
       sendProblem(res, new ServiceUnavailableError('The API is at capacity. Retry after the indicated delay.', undefined, 1));
       return;

@@ -1,7 +1,7 @@
-import { propagation, type Context } from '@opentelemetry/api';
+import { propagation, SpanKind, type Context } from '@opentelemetry/api';
 import type { ReadableSpan, Span, SpanProcessor } from '@opentelemetry/sdk-trace';
 import { currentContext } from '../tenancy/request-context.ts';
-import { ATTR } from './attributes.ts';
+import { ATTR, isValidCorrelationId } from './attributes.ts';
 
 /** The baggage entry that carries the business correlation id across processes (BullMQ job metadata). */
 export const CORRELATION_BAGGAGE_KEY = ATTR.CORRELATION;
@@ -11,25 +11,36 @@ const MAX_PENDING_TRACES = 10_000;
 
 /**
  * Puts `dealix.correlation_id` (and tenant and run ids where known) on every span of a run. The id
- * comes from the parent context's baggage (set where a run is enqueued, so it crosses into workers
- * with the job) or else from the request/job AsyncLocalStorage context. Spans that start before the
+ * comes from the request/job AsyncLocalStorage context, or else from the parent context's baggage
+ * (set where a run is enqueued, so it crosses into workers with the job), if it is a valid id. Spans that start before the
  * id is known (the HTTP server span, the first middleware) are held per trace while they are live
  * and tagged when the id arrives: `bindCorrelation` or the first correlated span of the same trace.
  */
 export class CorrelationSpanProcessor implements SpanProcessor {
   private readonly pending = new Map<string, Set<Span>>();
+  /** The correlation id each recent trace has in this process. */
+  private readonly known = new Map<string, string>();
+  /** Recent traces an inbound HTTP request started or continued in this process. */
+  private readonly inbound = new Map<string, true>();
 
   onStart(span: Span, parentContext: Context): void {
-    const fromBaggage = propagation.getBaggage(parentContext)?.getEntry(CORRELATION_BAGGAGE_KEY)?.value;
-    const ctx = currentContext();
-    const correlationId = fromBaggage ?? ctx?.correlationId;
     const traceId = span.spanContext().traceId;
+    // A trace that an inbound request started or continued in this process: its baggage is the
+    // caller's, who sends what it likes, and must not put another id, or any text, on the run's spans.
+    if (span.kind === SpanKind.SERVER) this.remember(this.inbound, traceId, true);
+    // The request's or job's own context wins: it holds the validated id; then the id this trace
+    // already has here; then, only in a trace no request brought in (a worker's job, whose baggage the
+    // platform wrote when it enqueued the run), a valid id from baggage.
+    const ctx = currentContext();
+    const baggage = this.inbound.has(traceId) ? undefined : propagation.getBaggage(parentContext)?.getEntry(CORRELATION_BAGGAGE_KEY)?.value;
+    const correlationId = ctx?.correlationId ?? this.known.get(traceId) ?? (isValidCorrelationId(baggage) ? baggage : undefined);
     if (!correlationId) {
       this.hold(traceId, span);
       return;
     }
     span.setAttribute(ATTR.CORRELATION, correlationId);
-    if (ctx && (!fromBaggage || fromBaggage === ctx.correlationId)) {
+    this.remember(this.known, traceId, correlationId);
+    if (ctx) {
       if (ctx.principal?.tenantId) span.setAttribute(ATTR.TENANT, ctx.principal.tenantId);
       if (ctx.runId) span.setAttribute(ATTR.RUN, ctx.runId);
     }
@@ -46,6 +57,7 @@ export class CorrelationSpanProcessor implements SpanProcessor {
 
   /** Tags the still-running spans of `traceId` that started before the correlation id was known. */
   bind(traceId: string, correlationId: string): void {
+    this.remember(this.known, traceId, correlationId);
     const held = this.pending.get(traceId);
     if (!held) return;
     this.pending.delete(traceId);
@@ -56,6 +68,14 @@ export class CorrelationSpanProcessor implements SpanProcessor {
 
   async shutdown(): Promise<void> {
     this.pending.clear();
+    this.known.clear();
+    this.inbound.clear();
+  }
+
+  /** A bounded memory of recent traces: past MAX_PENDING_TRACES the oldest is forgotten. */
+  private remember<V>(map: Map<string, V>, traceId: string, value: V): void {
+    if (!map.has(traceId) && map.size >= MAX_PENDING_TRACES) map.delete(map.keys().next().value!);
+    map.set(traceId, value);
   }
 
   private hold(traceId: string, span: Span): void {

@@ -15,8 +15,13 @@ class WorkRootSampler implements Sampler {
 
 /**
  * The default sampler (used when OTEL_TRACES_SAMPLER is unset): parent-based like the SDK's default,
- * with housekeeping roots dropped. Spans inside a trace (a job's Redis calls) follow their parent.
+ * with housekeeping roots dropped, and a remote parent's "not sampled" overridden. Spans inside a
+ * trace (a job's Redis calls) follow their parent.
  */
 export function defaultSampler(): Sampler {
-  return new ParentBasedSampler({ root: new WorkRootSampler() });
+  const root = new WorkRootSampler();
+  // A caller's traceparent may say "not sampled": that is the caller's choice for its own trace, not
+  // for the platform's record of the run (whose trace_id the API returns). Such a request is sampled
+  // as a new root would be; a sampled remote parent is followed, and local parents always are.
+  return new ParentBasedSampler({ root, remoteParentNotSampled: root });
 }

@@ -2,11 +2,12 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Response } from 'express';
 import { pinoHttp, type HttpLogger } from 'pino-http';
 import { redactUrl, type Logger } from './logger.ts';
+import { routedPath } from './attributes.ts';
 
 const PROBES = ['/healthz', '/readyz', '/metrics'];
 /** Probes, scrapes and the dashboard's assets and polling (GETs under /admin/queues/) would drown the request log. */
 const quiet = (req: IncomingMessage) => {
-  const path = (req.url ?? '').split('?')[0]!;
+  const path = routedPath(req.url);
   return PROBES.includes(path) || (req.method === 'GET' && path.startsWith('/admin/queues/'));
 };
 

@@ -23,9 +23,10 @@ if (!env.disabled) {
   const { getNodeAutoInstrumentations } = await import('@opentelemetry/auto-instrumentations-node');
   const { installCorrelationProcessor } = await import('./correlation-span-processor.ts');
   const { exportProcessors } = await import('./span-export.ts');
-  const { IGNORED_HTTP_PATHS } = await import('./attributes.ts');
+  const { IGNORED_HTTP_PATHS, isUnder } = await import('./attributes.ts');
   const { defaultSampler } = await import('./housekeeping-sampler.ts');
-  const ignored = (url: string | undefined) => IGNORED_HTTP_PATHS.some((p) => url === p || url?.startsWith(`${p}/`) || url?.startsWith(`${p}?`));
+  const { statementWithoutValues } = await import('./statement-text.ts');
+  const ignored = (url: string | undefined) => IGNORED_HTTP_PATHS.some((p) => isUnder(url, p));
   const sdk = new NodeSDK({
     serviceName: env.serviceName ?? defaultServiceName(process.argv[1]),
     // The correlation processor runs first so every exported span carries the correlation id.
@@ -43,8 +44,17 @@ if (!env.disabled) {
         '@opentelemetry/instrumentation-pino': { enabled: false },
         '@opentelemetry/instrumentation-http': { ignoreIncomingRequestHook: (req) => ignored(req.url) },
         // BullMQ polls Redis and the sweeper polls Postgres all the time: record them only inside a trace.
-        '@opentelemetry/instrumentation-ioredis': { requireParentSpan: true },
-        '@opentelemetry/instrumentation-pg': { requireParentSpan: true },
+        // Spans name the command, never its values: a job's data and a statement's values are tenants'
+        // submissions (the platform writes some values into statement text: coalescing-client.ts).
+        '@opentelemetry/instrumentation-ioredis': { requireParentSpan: true, dbStatementSerializer: (command: string) => command },
+        '@opentelemetry/instrumentation-pg': {
+          requireParentSpan: true,
+          requestHook: (span, info) => {
+            const text = statementWithoutValues(info.query.text);
+            span.setAttribute('db.statement', text);
+            span.setAttribute('db.query.text', text);
+          },
+        },
       }),
     ],
   });
