@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { ROOT_CONTEXT, propagation, trace } from '@opentelemetry/api';
+import { ROOT_CONTEXT, SpanKind, propagation, trace } from '@opentelemetry/api';
 import { InMemorySpanExporter, SimpleSpanProcessor, TracerProvider } from '@opentelemetry/sdk-trace';
 import { CorrelationSpanProcessor } from '../../src/platform/telemetry/correlation-span-processor.ts';
 import { requestContext } from '../../src/platform/tenancy/request-context.ts';
@@ -29,6 +29,23 @@ describe('CorrelationSpanProcessor', () => {
     const ctx = propagation.setBaggage(ROOT_CONTEXT, propagation.createBaggage({ [ATTR.CORRELATION]: { value: 'c-run' } }));
     requestContext.run({ requestId: 'r', correlationId: 'c-approver', principal }, () => tracer.startSpan('enqueue', {}, ctx).end());
     expect(attrs('enqueue')).toEqual({ [ATTR.CORRELATION]: 'c-run' });
+  });
+
+  it("ignores a caller's baggage in a trace an inbound request brought in: the request's validated id, or nothing", () => {
+    const { tracer, attrs } = setup();
+    const forged = propagation.setBaggage(ROOT_CONTEXT, propagation.createBaggage({ [ATTR.CORRELATION]: { value: 'victim' } }));
+    const server = tracer.startSpan('inbound', { kind: SpanKind.SERVER }, forged);
+    const inTrace = trace.setSpan(forged, server);
+    tracer.startSpan('before-middleware', {}, inTrace).end();
+    requestContext.run({ requestId: 'r', correlationId: 'mine', principal }, () => tracer.startSpan('handler', {}, inTrace).end());
+    server.end();
+    expect(attrs('before-middleware')).toEqual({});
+    expect(attrs('handler')).toEqual({ [ATTR.CORRELATION]: 'mine', [ATTR.TENANT]: 'tenant-1' });
+    expect(attrs('inbound')).toEqual({ [ATTR.CORRELATION]: 'mine' });
+    // Nor is an invalid id taken from baggage anywhere.
+    const junk = propagation.setBaggage(ROOT_CONTEXT, propagation.createBaggage({ [ATTR.CORRELATION]: { value: '<script>' } }));
+    tracer.startSpan('junk', {}, junk).end();
+    expect(attrs('junk')).toEqual({});
   });
 
   it('tags a live span that started before the id was known, once it is known for its trace', () => {

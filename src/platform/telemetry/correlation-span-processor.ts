@@ -28,19 +28,21 @@ export class CorrelationSpanProcessor implements SpanProcessor {
     // A trace that an inbound request started or continued in this process: its baggage is the
     // caller's, who sends what it likes, and must not put another id, or any text, on the run's spans.
     if (span.kind === SpanKind.SERVER) this.remember(this.inbound, traceId, true);
-    // The request's or job's own context wins: it holds the validated id; then the id this trace
-    // already has here; then, only in a trace no request brought in (a worker's job, whose baggage the
-    // platform wrote when it enqueued the run), a valid id from baggage.
+    // In a trace no request brought in, the baggage is the platform's own (DurableRuntime.enqueue
+    // writes the run's id, a job carries it into the worker) and wins, so a resume enqueued from an
+    // approver's request still carries the run's id. Otherwise the request's or job's context (its id
+    // validated), then the id this trace already has here.
     const ctx = currentContext();
-    const baggage = this.inbound.has(traceId) ? undefined : propagation.getBaggage(parentContext)?.getEntry(CORRELATION_BAGGAGE_KEY)?.value;
-    const correlationId = ctx?.correlationId ?? this.known.get(traceId) ?? (isValidCorrelationId(baggage) ? baggage : undefined);
+    const carried = this.inbound.has(traceId) ? undefined : propagation.getBaggage(parentContext)?.getEntry(CORRELATION_BAGGAGE_KEY)?.value;
+    const fromBaggage = isValidCorrelationId(carried) ? carried : undefined;
+    const correlationId = fromBaggage ?? ctx?.correlationId ?? this.known.get(traceId);
     if (!correlationId) {
       this.hold(traceId, span);
       return;
     }
     span.setAttribute(ATTR.CORRELATION, correlationId);
     this.remember(this.known, traceId, correlationId);
-    if (ctx) {
+    if (ctx && (!fromBaggage || fromBaggage === ctx.correlationId)) {
       if (ctx.principal?.tenantId) span.setAttribute(ATTR.TENANT, ctx.principal.tenantId);
       if (ctx.runId) span.setAttribute(ATTR.RUN, ctx.runId);
     }
