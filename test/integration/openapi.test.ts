@@ -39,6 +39,18 @@ describe('OpenAPI 3.1 from the route declarations', () => {
     expect(Object.keys(doc.paths)).toEqual(expect.arrayContaining(['/healthz', '/readyz', '/metrics']));
   });
 
+  it('documents the headers a client acts on: Location, Idempotent-Replayed, Retry-After, WWW-Authenticate', async () => {
+    const doc = (await api(stack, 'GET', '/openapi.json')).json;
+    const submit = doc.paths['/api/v1/golden-path/run'].post.responses;
+    expect(Object.keys(submit['202'].headers)).toEqual(expect.arrayContaining(['Location', 'Idempotent-Replayed', 'X-Correlation-Id']));
+    expect(Object.keys(submit['409'].headers)).toContain('Retry-After');
+    expect(Object.keys(submit['429'].headers)).toContain('Retry-After');
+    expect(Object.keys(submit['503'].headers)).toContain('Retry-After');
+    expect(Object.keys(submit['401'].headers)).toContain('WWW-Authenticate');
+    const read = doc.paths['/api/v1/golden-path/runs/{id}'].get.responses;
+    expect(Object.keys(read['200'].headers)).not.toContain('Idempotent-Replayed');
+  });
+
   it('converts every route schema (no route falls back to an untyped body)', () => {
     expect(buildOpenApi(stack.container.routes).problems).toEqual([]);
   });

@@ -23,10 +23,13 @@ const responseHeaders = z.object({
   'X-Request-Id': z.string().describe('Unique per request'),
 });
 
-function problem(description: string, codes: string[]): ResponseConfig {
+const retryAfter = { 'Retry-After': z.string().describe('Seconds to wait before retrying') };
+const replayed = { 'Idempotent-Replayed': z.literal('true').optional().describe('Present on a replay of the stored response of an earlier request with the same Idempotency-Key') };
+
+function problem(description: string, codes: string[], headers: Record<string, ZodType> = {}): ResponseConfig {
   return {
     description: `${description} (code: ${codes.join(', ')})`,
-    headers: responseHeaders,
+    headers: responseHeaders.extend(headers),
     content: { [PROBLEM_CONTENT_TYPE]: { schema: problemSchema } },
   };
 }
@@ -37,18 +40,18 @@ function errorResponses(def: RouteDef): Record<number, ResponseConfig> {
   const out: Record<number, ResponseConfig> = {};
   const bad = [def.query || def.params ? 'validation_failed' : '', def.body ? 'malformed_json' : '', mutating && def.idempotency === 'required' ? 'validation_failed (missing Idempotency-Key)' : ''].filter(Boolean);
   if (bad.length) out[400] = problem('Bad request', [...new Set(bad)]);
-  out[401] = problem('Missing, expired or invalid bearer token', ['unauthorized']);
+  out[401] = problem('Missing, expired or invalid bearer token', ['unauthorized'], { 'WWW-Authenticate': z.literal('Bearer') });
   if (def.roles?.length) out[403] = problem(`Needs one of the roles: ${def.roles.join(', ')}`, ['forbidden']);
   if (def.params) out[404] = problem('Not found for this tenant (or a malformed id)', ['not_found', 'validation_failed']);
-  if (mutating) out[409] = problem('A request with this Idempotency-Key is still being processed', ['idempotency_key_in_use']);
+  if (mutating) out[409] = problem('A request with this Idempotency-Key is still being processed', ['idempotency_key_in_use'], retryAfter);
   if (def.body) {
     out[413] = problem('The body is larger than the limit', ['payload_too_large']);
-    out[415] = problem('The body must be application/json', ['unsupported_media_type']);
+    out[415] = problem('The body must be application/json, in UTF-8, without an unsupported content encoding', ['unsupported_media_type', 'unsupported_encoding']);
   }
   if (def.body || mutating) out[422] = problem('Invalid body, or an Idempotency-Key reused with a different request', ['validation_failed', 'idempotency_key_reused']);
-  if (mutating) out[429] = problem('A tenant limit is exceeded (see Retry-After)', ['rate_limited']);
+  if (mutating) out[429] = problem('A tenant limit is exceeded (see Retry-After)', ['rate_limited'], retryAfter);
   out[500] = problem('Unexpected error', ['internal']);
-  out[503] = problem('A backing service is unavailable (see Retry-After)', ['service_unavailable']);
+  out[503] = problem('The API is at capacity, or a backing service is unavailable (see Retry-After)', ['service_unavailable'], retryAfter);
   return out;
 }
 
@@ -60,9 +63,10 @@ function routeConfig(def: RouteDef, withSchemas: boolean): RouteConfig {
   for (const [code, r] of Object.entries(def.responses)) {
     const status = Number(code);
     const isError = status >= 400;
+    const success = { ...(status === 201 || status === 202 ? { Location: z.string().describe('The created or accepted resource') } : {}), ...(MUTATING_METHODS.has(def.method) ? replayed : {}) };
     responses[code] = {
       description: r.description,
-      headers: responseHeaders,
+      headers: isError ? responseHeaders : responseHeaders.extend(success),
       content: isError
         ? { [PROBLEM_CONTENT_TYPE]: { schema: problemSchema } }
         : { 'application/json': { schema: withSchemas && r.schema ? r.schema : z.looseObject({}) } },
