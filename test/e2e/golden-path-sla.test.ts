@@ -69,6 +69,8 @@ describe('approval SLA', () => {
     const expired = await waitStatus(run.run_id, ['approval_expired', 'completed', 'failed']);
     expect(expired.status).toBe('approval_expired');
     expect(expired.completed_at).not.toBeNull();
+    // Ended before its last step: three steps done, and no current step.
+    expect(expired.progress).toEqual({ completed_steps: 3, total_steps: 4, current_sequence_num: null });
     expect(expired.steps[2]).toMatchObject({ status: 'completed', output: { outcome: 'expired' } });
     expect(expired.steps[3].status).toBe('pending');
     expect(expired.links.evidence).toBeUndefined();

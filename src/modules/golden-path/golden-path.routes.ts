@@ -5,7 +5,9 @@ import { NotFoundError } from '../../platform/errors/app-error.ts';
 import { nextCursor, pageWhere } from '../../platform/http/cursor.ts';
 import { currentTraceContext } from '../../platform/telemetry/trace-context.ts';
 import { COMPLETED_STEPS_SQL, RUN_COLUMNS, type DurableRuntime, type RunRow } from '../../platform/durable/runtime.ts';
-import { RUN_STATUSES } from '../../platform/durable/durable-run.entity.ts';
+import { ACTIVE_RUN_STATUSES, RUN_STATUSES } from '../../platform/durable/durable-run.entity.ts';
+
+const isActiveStatus = (status: string) => (ACTIVE_RUN_STATUSES as readonly string[]).includes(status);
 import { submissionSchema } from './golden-path.schemas.ts';
 import { GOLDEN_PATH } from './golden-path.workflow.ts';
 
@@ -37,7 +39,8 @@ export function runView(run: RunRow, steps: Array<{ sequence_num: number; step_n
     workflow: run.workflow,
     workflow_version: run.workflow_version,
     status: run.status,
-    progress: { completed_steps: completed, total_steps: run.step_count, current_sequence_num: Math.min(completed + 1, run.step_count) },
+    // An ended run has no current step (an expired or failed one ended before its last).
+    progress: { completed_steps: completed, total_steps: run.step_count, current_sequence_num: isActiveStatus(run.status) ? Math.min(completed + 1, run.step_count) : null },
     correlation_id: run.correlation_id,
     trace_id: run.trace_id,
     submitted_by: run.principal,
