@@ -45,6 +45,8 @@ describe('Prometheus metrics', () => {
     expect(sample(res.text, 'dealix_queue_jobs{queue="golden-path",state="failed"}')).toBe(0);
     expect(sample(res.text, 'dealix_queue_jobs{queue="maintenance",state="delayed"}')).toBeGreaterThanOrEqual(0);
     expect(sample(res.text, 'dealix_runs{status="completed"}')).toBe(1);
+    // When that reading was made: an alert can tell a stale reading (a backing service down) from a quiet system.
+    expect(Math.abs(sample(res.text, 'dealix_metrics_last_read_timestamp_seconds')! - Date.now() / 1000)).toBeLessThan(60);
     // Every status is a series, 0 when no run has it (a vanished series reads as "no data", not 0).
     for (const status of RUN_STATUSES.filter((st) => st !== 'completed')) expect(sample(res.text, `dealix_runs{status="${status}"}`), status).toBe(0);
     expect(sample(res.text, 'dealix_idempotency_replays_total')).toBe(1);

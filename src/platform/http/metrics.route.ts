@@ -32,11 +32,13 @@ export function metricsHandler(c: { metrics: Metrics; queues: Map<string, Queue>
     const byStatus = new Map(rows.map((r) => [r.status, Number(r.n)]));
     for (const status of RUN_STATUSES) c.metrics.runsByStatus.set({ status }, byStatus.get(status) ?? 0);
     readAt = Date.now();
+    c.metrics.lastRead.set(readAt / 1000);
   };
   return async (_req: Request, res: Response): Promise<void> => {
     if (Date.now() - readAt >= METRICS_REFRESH_MS) {
       reading ??= read().finally(() => (reading = undefined));
-      // Serve what we have: a scrape must not fail because one backing service is down.
+      // Serve what we have: a scrape must not fail because one backing service is down
+      // (dealix_metrics_last_read_timestamp_seconds then says how old the reading is).
       await reading.catch(() => {});
     }
     res.type(c.metrics.registry.contentType).send(await c.metrics.registry.metrics());

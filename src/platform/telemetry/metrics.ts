@@ -8,6 +8,8 @@ export interface Metrics {
   idempotencyConflicts: Counter<'reason'>;
   queueDepth: Gauge<'queue' | 'state'>;
   runsByStatus: Gauge<'status'>;
+  /** When the queue depths and run counts were last read (they keep the last reading while a read fails). */
+  lastRead: Gauge;
 }
 
 /** Prometheus metrics of one process; /metrics serves them (collectors fill gauges at scrape time). */
@@ -33,6 +35,11 @@ export function createMetrics(): Metrics {
     }),
     queueDepth: new Gauge({ name: 'dealix_queue_jobs', help: 'Jobs per queue and state', labelNames: ['queue', 'state'], registers: [registry] }),
     runsByStatus: new Gauge({ name: 'dealix_runs', help: 'Durable runs by status (all tenants)', labelNames: ['status'], registers: [registry] }),
+    lastRead: new Gauge({
+      name: 'dealix_metrics_last_read_timestamp_seconds',
+      help: 'Unix time of the last successful reading of dealix_queue_jobs and dealix_runs (stale while PostgreSQL or Redis is down)',
+      registers: [registry],
+    }),
   };
 }
 
