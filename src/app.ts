@@ -38,6 +38,7 @@ export function createApp(c: Container): Express {
       idempotency: c.idempotency,
       logger: c.logger,
       bodyLimit: c.config.BODY_LIMIT,
+      maxInFlightPerTenant: c.config.API_MAX_INFLIGHT_PER_TENANT,
       idempotencyMetrics: { replays: c.metrics.idempotencyReplays, conflicts: c.metrics.idempotencyConflicts },
     }),
   );

@@ -61,18 +61,11 @@ describe('a client that trickles its request body', () => {
     const api1 = await spawnApi({ ...stack.env, API_MAX_INFLIGHT: '1', API_REQUEST_TIMEOUT: '2s' });
     try {
       const token = await stack.token({ tenantId: newTenant(), sub: 'slow-client' });
-      const url = new URL(api1.baseUrl);
-      const socket = net.connect(Number(url.port), url.hostname);
-      let answer = '';
-      socket.on('data', (d) => (answer += d));
-      const closed = new Promise<void>((resolve) => socket.once('close', () => resolve()));
-      await new Promise<void>((resolve) => socket.once('connect', () => resolve()));
-      // Headers promising 1,000 bytes, then one byte, then nothing.
-      socket.write(`POST /api/v1/golden-path/run HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${token}\r\nContent-Type: application/json\r\nIdempotency-Key: ${randomUUID()}\r\nContent-Length: 1000\r\n\r\n{`);
+      const slow = await trickle(api1.baseUrl, token);
       // While it trickles, its slot is taken: another request is shed.
       await waitFor(async () => (await fetch(`${api1.baseUrl}/api/v1/golden-path/runs`, { headers: { authorization: `Bearer ${token}` } })).status === 503, { timeoutMs: 10_000, what: 'the slot to be taken' });
-      await closed;
-      expect(answer).toMatch(/^HTTP\/1\.1 408/);
+      await slow.closed;
+      expect(slow.answer()).toMatch(/^HTTP\/1\.1 408/);
       // The slot is released when the server has closed the request (just after the client saw it).
       await waitFor(async () => (await fetch(`${api1.baseUrl}/api/v1/golden-path/runs`, { headers: { authorization: `Bearer ${token}` } })).status === 200, {
         timeoutMs: 10_000,
@@ -83,3 +76,54 @@ describe('a client that trickles its request body', () => {
     }
   });
 });
+
+describe("a tenant's share of the in-flight slots (API_MAX_INFLIGHT_PER_TENANT)", () => {
+  it('past its share a tenant gets 429 before its body is read, while another tenant is still served', async () => {
+    const api1 = await spawnApi({ ...stack.env, API_MAX_INFLIGHT: '4', API_MAX_INFLIGHT_PER_TENANT: '2', API_REQUEST_TIMEOUT: '60s' });
+    const noisy = await stack.token({ tenantId: newTenant(), sub: 'noisy' });
+    const quiet = await stack.token({ tenantId: newTenant(), sub: 'quiet' });
+    const list = (token: string) => fetch(`${api1.baseUrl}/api/v1/golden-path/runs`, { headers: { authorization: `Bearer ${token}` } });
+    const slow = [await trickle(api1.baseUrl, noisy), await trickle(api1.baseUrl, noisy)];
+    try {
+      // Two trickled uploads hold the noisy tenant's share (the global limit, 4, still has room).
+      const refused = await waitFor(
+        async () => {
+          const r = await list(noisy);
+          return r.status === 429 ? r : undefined;
+        },
+        { timeoutMs: 10_000, what: "the noisy tenant's share to be taken" },
+      );
+      expect(refused.headers.get('content-type')).toContain('application/problem+json');
+      expect(refused.headers.get('retry-after')).toBe('1');
+      expect(((await refused.json()) as { code: string }).code).toBe('rate_limited');
+      // A third upload of the noisy tenant is refused before its body arrives: the answer comes while
+      // the body is still owed, and its slot is freed.
+      const third = await trickle(api1.baseUrl, noisy);
+      await waitFor(() => /^HTTP\/1\.1 429/.test(third.answer()), { timeoutMs: 10_000, what: 'the third upload to be refused' });
+      third.socket.destroy();
+      // The other tenant is served meanwhile: it is not shed by the noisy one.
+      for (let i = 0; i < 3; i++) expect((await list(quiet)).status).toBe(200);
+    } finally {
+      for (const s of slow) s.socket.destroy();
+    }
+    try {
+      // Once its uploads are gone, the noisy tenant is served again.
+      await waitFor(async () => (await list(noisy)).status === 200, { timeoutMs: 10_000, what: "the noisy tenant's slots to be free" });
+    } finally {
+      await api1.stop();
+    }
+  });
+});
+
+/** A POST whose headers promise 1,000 bytes of body, of which one is sent: it stays in flight. */
+async function trickle(baseUrl: string, token: string): Promise<{ socket: net.Socket; answer: () => string; closed: Promise<void> }> {
+  const url = new URL(baseUrl);
+  const socket = net.connect(Number(url.port), url.hostname);
+  let answer = '';
+  socket.on('data', (d) => (answer += d));
+  socket.on('error', () => {});
+  const closed = new Promise<void>((resolve) => socket.once('close', () => resolve()));
+  await new Promise<void>((resolve) => socket.once('connect', () => resolve()));
+  socket.write(`POST /api/v1/golden-path/run HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${token}\r\nContent-Type: application/json\r\nIdempotency-Key: ${randomUUID()}\r\nContent-Length: 1000\r\n\r\n{`);
+  return { socket, answer: () => answer, closed };
+}

@@ -102,6 +102,8 @@ export const configSchema = z
     BODY_LIMIT: z.string().regex(/^\d+(b|kb|mb)$/i).default('64kb'),
     /** Concurrent API requests before the front door sheds load with 503 (0 disables). */
     API_MAX_INFLIGHT: z.coerce.number().int().min(0).max(100_000).default(64),
+    /** A tenant's share of them: past it that tenant gets 429, so it cannot shed the others (0 disables). */
+    API_MAX_INFLIGHT_PER_TENANT: z.coerce.number().int().min(0).max(100_000).default(16),
     /** How long a request may take to arrive whole (headers and body): a slow upload frees its in-flight slot then (408). */
     API_REQUEST_TIMEOUT: duration('30s'),
 

@@ -20,15 +20,20 @@ export function loadShedding(maxInFlight: number) {
       return;
     }
     inFlight++;
-    let done = false;
-    const release = () => {
-      if (!done) {
-        done = true;
-        inFlight--;
-      }
-    };
-    res.once('finish', release);
-    res.once('close', release);
+    releaseWhenDone(res, () => inFlight--);
     next();
   };
+}
+
+/** Calls `release` once, when the response is sent or its connection closes, whichever comes first. */
+export function releaseWhenDone(res: Response, release: () => void): void {
+  let done = false;
+  const once = () => {
+    if (!done) {
+      done = true;
+      release();
+    }
+  };
+  res.once('finish', once);
+  res.once('close', once);
 }

@@ -12,6 +12,7 @@ import { MUTATING_METHODS, type RouteDef, type RouteResult } from './route.ts';
 import { parseOrThrow } from './validation.ts';
 import { PROBLEM_CONTENT_TYPE } from './problem.middleware.ts';
 import { rejectUnstorableText } from './json-text.ts';
+import { tenantInFlightLimit } from './tenant-inflight.ts';
 
 export interface RouterDeps {
   orm: MikroORM;
@@ -21,22 +22,26 @@ export interface RouterDeps {
   idempotencyMetrics?: IdempotencyMetrics;
   /** The largest JSON body a mutating route reads (BODY_LIMIT); larger ones answer 413. */
   bodyLimit?: string;
+  /** A tenant's share of this process's in-flight requests (API_MAX_INFLIGHT_PER_TENANT); 0 or unset = no cap. */
+  maxInFlightPerTenant?: number;
 }
 
 /**
- * Builds the Express router from route declarations. Every route gets, in order: authenticate →
- * (POST/PUT/PATCH) read the JSON body → validate → (POST/PUT/PATCH) idempotency → handler. The body is
+ * Builds the Express router from route declarations. Every route gets, in order: authenticate → the
+ * tenant's in-flight cap → (POST/PUT/PATCH) read the JSON body → validate → (POST/PUT/PATCH) idempotency → handler. The body is
  * read only once the caller is known and the route exists: without a valid token the answer is 401
  * and an unknown path 404, whatever the body. The handler runs in one tenant-bound transaction; for
  * an idempotent request its final response is stored in that same transaction.
  */
 export function buildRouter(routes: RouteDef[], deps: RouterDeps): Router {
   const router = express.Router();
+  const tenantCap = tenantInFlightLimit(deps.maxInFlightPerTenant ?? 0);
   const readBody = [express.json({ limit: deps.bodyLimit ?? '64kb', strict: true, type: ['application/json', 'application/*+json'] }), rejectUnstorableText];
   for (const def of routes) {
     const mutating = MUTATING_METHODS.has(def.method);
     const chain: Array<(req: Request, res: Response, next: NextFunction) => unknown> = [
       authenticate(deps.verifier, deps.orm, deps.logger, def.roles),
+      tenantCap,
       ...(mutating ? readBody : []),
       validate(def),
     ];
