@@ -78,8 +78,10 @@ export async function startEnvironment(opts: EnvironmentOptions): Promise<Enviro
     SWEEPER_INTERVAL: '2s',
     SWEEPER_MIN_AGE: '5s',
     IDEMPOTENCY_LEASE: '10s',
-    // The chaos client is one integrator submitting fast: the rate limit is abuse-limits.test.ts's subject.
+    // The chaos client is one integrator submitting fast: the rate limit (abuse-limits.test.ts) and the
+    // tenant's share of in-flight requests (load-shed.test.ts) are other tests' subjects.
     RATE_LIMIT_PER_MINUTE: '0',
+    API_MAX_INFLIGHT_PER_TENANT: '0',
     ...opts.env,
   };
   const crashes = { api: 0, workers: 0 };
