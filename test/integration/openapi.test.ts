@@ -1,6 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { api, startStack, type TestStack } from '../helpers/stack.ts';
 import { buildOpenApi } from '../../src/platform/http/openapi.ts';
+import { MUTATING_METHODS } from '../../src/platform/http/route.ts';
 
 let stack: TestStack;
 beforeAll(async () => {
@@ -61,5 +62,26 @@ describe('OpenAPI 3.1 from the route declarations', () => {
     expect(res.headers.get('content-type')).toContain('text/html');
     for (const def of stack.container.routes) expect(res.text).toContain(openApiPath(def.path));
     expect(res.text).not.toMatch(/<script|src="http|href="http/);
+  });
+});
+
+describe('429 rate_limited is documented exactly for the routes that go through admission', () => {
+  it('lists 429 on a route if and only if it declares admission, the field the router admits it by', async () => {
+    const doc = (await api(stack, 'GET', '/openapi.json')).json;
+    const limited: string[] = [];
+    for (const def of stack.container.routes) {
+      const label = `${def.method.toUpperCase()} ${def.path}`;
+      const responses = doc.paths[openApiPath(def.path)][def.method].responses;
+      expect('429' in responses, label).toBe(def.admission !== undefined);
+      if ('429' in responses) {
+        limited.push(label);
+        expect(responses['429'].content['application/problem+json'].schema).toEqual({ $ref: '#/components/schemas/Problem' });
+        expect(Object.keys(responses['429'].headers)).toContain('Retry-After');
+      }
+    }
+    expect(limited).toEqual(['POST /api/v1/golden-path/run']);
+    // Not "every mutating route": these mutate, and no limit stands in their way.
+    const unlimitedMutating = stack.container.routes.filter((d) => MUTATING_METHODS.has(d.method) && !d.admission).map((d) => `${d.method.toUpperCase()} ${d.path}`);
+    expect(unlimitedMutating).toEqual(expect.arrayContaining(['POST /api/v1/approvals/:id/decision', 'PUT /api/v1/approval-policy']));
   });
 });

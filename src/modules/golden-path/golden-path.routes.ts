@@ -1,6 +1,5 @@
 import { z } from 'zod';
-import type { EntityManager } from '@mikro-orm/postgresql';
-import { defineRoute, type RouteDef } from '../../platform/http/route.ts';
+import { defineRoute, type AdmissionControl, type RouteDef } from '../../platform/http/route.ts';
 import { NotFoundError } from '../../platform/errors/app-error.ts';
 import { nextCursor, pageWhere } from '../../platform/http/cursor.ts';
 import { currentTraceContext } from '../../platform/telemetry/trace-context.ts';
@@ -13,11 +12,6 @@ import { GOLDEN_PATH } from './golden-path.workflow.ts';
 
 export const BASE = '/api/v1';
 const uuidParam = z.object({ id: z.string().uuid() });
-
-export interface AdmissionControl {
-  /** Throws 429 when the tenant exceeds its submission rate or runs in flight. */
-  admit(em: EntityManager, tenantId: string): Promise<void>;
-}
 
 const runAccepted = z.object({
   run_id: z.string().uuid(),
@@ -80,10 +74,11 @@ export function goldenPathRoutes(deps: { runtime: DurableRuntime; admission?: Ad
       summary: 'Submit a partner tier-1 verification run',
       tags: ['golden-path'],
       idempotency: 'required',
+      // The tenant's submission rate and runs-in-flight cap: the router admits the request first (429).
+      ...(deps.admission ? { admission: deps.admission } : {}),
       body: submissionSchema,
       responses: { 202: { description: 'Accepted: the run is queued', schema: runAccepted } },
       async handler({ em, body, principal, correlationId, idempotencyHash, afterCommit }) {
-        await deps.admission?.admit(em, principal.tenantId);
         const trace = currentTraceContext();
         const { run, created } = await deps.runtime.start_run(em, GOLDEN_PATH, {
           tenantId: principal.tenantId,

@@ -34,6 +34,12 @@ export interface RouteResponseDoc {
   schema?: ZodType;
 }
 
+/** Abuse limits a route submits to (admission.ts): a rate and a cap, both answered with 429. */
+export interface AdmissionControl {
+  /** Throws 429 when the tenant exceeds its submission rate or runs in flight. */
+  admit(em: EntityManager, tenantId: string): Promise<void>;
+}
+
 /** One declaration drives the Express router, the OpenAPI document and the readiness matrix. */
 export interface RouteDef<B = any, P = any, Q = any> {
   method: HttpMethod;
@@ -48,6 +54,11 @@ export interface RouteDef<B = any, P = any, Q = any> {
   body?: ZodType<B>;
   params?: ZodType<P>;
   query?: ZodType<Q>;
+  /**
+   * The router admits the request through it first in the route's transaction, before the handler;
+   * only a route with it can answer 429, and the OpenAPI document lists 429 for exactly those.
+   */
+  admission?: AdmissionControl;
   responses: Record<number, RouteResponseDoc>;
   handler(ctx: RouteContext<B, P, Q>): Promise<RouteResult>;
 }
