@@ -1,10 +1,17 @@
+import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { api, startStack, type TestStack } from '../helpers/stack.ts';
+import { api, CLASS_A_SUBMISSION, CLASS_C_SUBMISSION, newTenant, SAMPLE_SUBMISSION, startStack, type TestStack } from '../helpers/stack.ts';
+import { waitFor } from '../helpers/poll.ts';
+import { objectsIn, publishedSchemas, withFieldAt } from '../helpers/openapi-validator.ts';
 import { buildOpenApi } from '../../src/platform/http/openapi.ts';
+import { defineRoute, MUTATING_METHODS } from '../../src/platform/http/route.ts';
+
+/** Runs pending or running per tenant: the fifth submission of a tenant whose four runs wait for a worker answers 429. */
+const IN_FLIGHT_CAP = 4;
 
 let stack: TestStack;
 beforeAll(async () => {
-  stack = await startStack();
+  stack = await startStack({ env: { MAX_RUNS_IN_FLIGHT_PER_TENANT: String(IN_FLIGHT_CAP) } });
 });
 afterAll(async () => stack?.stop());
 
@@ -55,11 +62,188 @@ describe('OpenAPI 3.1 from the route declarations', () => {
     expect(buildOpenApi(stack.container.routes).problems).toEqual([]);
   });
 
+  it('refuses to declare a route whose success response has no body schema', () => {
+    const untyped = () => defineRoute({ method: 'get', path: '/x', summary: 'x', tags: ['x'], responses: { 200: { description: 'untyped' } }, handler: async () => ({ status: 200, body: {} }) });
+    expect(untyped).toThrow('GET /x: the 200 response must declare the schema of its body');
+  });
+
   it('serves a self-contained docs page listing every route, with no external resources', async () => {
     const res = await api(stack, 'GET', '/docs');
     expect(res.status).toBe(200);
     expect(res.headers.get('content-type')).toContain('text/html');
     for (const def of stack.container.routes) expect(res.text).toContain(openApiPath(def.path));
     expect(res.text).not.toMatch(/<script|src="http|href="http/);
+  });
+});
+
+describe('429 rate_limited is documented on every route, and the submission limits exactly where the router admits by them', () => {
+  it("lists 429 everywhere (the tenant's in-flight share), naming the submission limits if and only if the route declares admission", async () => {
+    const doc = (await api(stack, 'GET', '/openapi.json')).json;
+    const limited: string[] = [];
+    for (const def of stack.container.routes) {
+      const label = `${def.method.toUpperCase()} ${def.path}`;
+      const responses = doc.paths[openApiPath(def.path)][def.method].responses;
+      expect('429' in responses, label).toBe(true);
+      expect(responses['429'].content['application/problem+json'].schema).toEqual({ $ref: '#/components/schemas/Problem' });
+      expect(Object.keys(responses['429'].headers)).toContain('Retry-After');
+      expect(responses['429'].description, label).toContain('requests in progress');
+      if (/submissions per minute/.test(responses['429'].description)) limited.push(label);
+      expect(/submissions per minute/.test(responses['429'].description), label).toBe(def.admission !== undefined);
+    }
+    expect(limited).toEqual(['POST /api/v1/golden-path/run']);
+    // Not "every mutating route": these mutate, and no submission limit stands in their way.
+    const unlimitedMutating = stack.container.routes.filter((d) => MUTATING_METHODS.has(d.method) && !d.admission).map((d) => `${d.method.toUpperCase()} ${d.path}`);
+    expect(unlimitedMutating).toEqual(expect.arrayContaining(['POST /api/v1/approvals/:id/decision', 'PUT /api/v1/approval-policy']));
+  });
+});
+
+/**
+ * Real responses of the real API (PostgreSQL as the application role, Redis, a worker process) are
+ * validated against the schema the OpenAPI document publishes for their route and status, as a
+ * client would (JSON Schema 2020-12). Each success body is also checked to be closed: the same body
+ * with an unknown field at any level must fail, so a published schema that accepts anything fails here.
+ */
+describe('the published schemas hold for real responses of every route', () => {
+  const tenant = newTenant();
+  const tok: Record<string, string> = {};
+  const runs: Record<'a' | 'b' | 'c' | 'failed', string> = { a: '', b: '', c: '', failed: '' };
+  let schemas: ReturnType<typeof publishedSchemas>;
+  /** `METHOD template status` of every response checked. */
+  const checked = new Set<string>();
+
+  beforeAll(async () => {
+    schemas = publishedSchemas((await api(stack, 'GET', '/openapi.json')).json);
+    const t = (sub: string, roles: string[] = []) => stack.token({ tenantId: tenant, sub, roles });
+    tok.submitter = await t('submitter-1');
+    tok.approver1 = await t('approver-1', ['approver']);
+    tok.approver2 = await t('approver-2', ['approver']);
+    tok.admin = await t('admin-1', ['admin']);
+  });
+
+  type Res = Awaited<ReturnType<typeof api>>;
+  /** The response matches what the document publishes for `method template` and its status. */
+  function expectPublished(method: string, template: string, res: Res, expectedStatus: number): Res {
+    expect(res.status, res.text).toBe(expectedStatus);
+    const label = `${method} ${template} ${res.status}`;
+    const contentType = (res.headers.get('content-type') ?? '').split(';')[0]!.trim();
+    const v = schemas.validator(method, template, res.status, contentType);
+    expect(v, `${label}: no published schema for ${contentType}`).toBeDefined();
+    expect(schemas.errors(v!, res.json), label).toEqual([]);
+    if (res.status < 300) {
+      const objects = objectsIn(res.json);
+      expect(objects.length).toBeGreaterThan(0);
+      for (const { path } of objects) {
+        const where = `${label} at /${path.join('/')}`;
+        expect(schemas.errors(v!, withFieldAt(res.json, path, { unexpected_field: 1 })), `${where}: an unknown field must not validate`).not.toEqual([]);
+      }
+    }
+    checked.add(label);
+    return res;
+  }
+  const get = (template: string, path: string, token = tok.submitter!) => api(stack, 'GET', path, { token }).then((r) => expectPublished('GET', template, r, 200));
+  const getRun = (id: string) => get('/api/v1/golden-path/runs/:id', `/api/v1/golden-path/runs/${id}`);
+  const submit = (body: unknown) => api(stack, 'POST', '/api/v1/golden-path/run', { token: tok.submitter!, body, headers: { 'Idempotency-Key': randomUUID() } });
+  /** Polls the run until it reaches one of `statuses`; the response that did is checked against the document. */
+  async function waitRun(id: string, statuses: string[]) {
+    const res = await waitFor(
+      async () => {
+        const r = await api(stack, 'GET', `/api/v1/golden-path/runs/${id}`, { token: tok.submitter! });
+        return statuses.includes(r.json?.status) ? r : undefined;
+      },
+      { timeoutMs: 60_000, intervalMs: 100, what: `run ${id} to reach ${statuses.join('|')}` },
+    );
+    return expectPublished('GET', '/api/v1/golden-path/runs/:id', res, 200).json;
+  }
+  async function decide(approvalId: string, decision: 'approve' | 'reject', token: string) {
+    const res = await api(stack, 'POST', `/api/v1/approvals/${approvalId}/decision`, { token, body: { decision, comment: 'checked' }, headers: { 'Idempotency-Key': randomUUID() } });
+    return expectPublished('POST', '/api/v1/approvals/:id/decision', res, 200).json;
+  }
+
+  it('submissions answer 202 as published, pending runs read as published, and over the runs-in-flight cap the submission answers 429 as published', async () => {
+    const accepted = [CLASS_A_SUBMISSION, SAMPLE_SUBMISSION, CLASS_C_SUBMISSION, CLASS_A_SUBMISSION];
+    expect(accepted).toHaveLength(IN_FLIGHT_CAP);
+    const ids: string[] = [];
+    // No worker yet: the runs stay pending, so the cap is reached whatever the timing.
+    for (const body of accepted) ids.push(expectPublished('POST', '/api/v1/golden-path/run', await submit(body), 202).json.run_id);
+    [runs.a, runs.b, runs.c, runs.failed] = ids as [string, string, string, string];
+    const over = expectPublished('POST', '/api/v1/golden-path/run', await submit(CLASS_A_SUBMISSION), 429);
+    expect(over.json.code).toBe('rate_limited');
+    expect(Number(over.headers.get('retry-after'))).toBeGreaterThanOrEqual(1);
+    // Routes without admission are not limited: a read and a policy change still succeed for this tenant.
+    const pending = (await getRun(runs.a)).json;
+    expect(pending).toMatchObject({ status: 'pending', output: null, error: null, completed_at: null });
+    const policy = (await get('/api/v1/approval-policy', '/api/v1/approval-policy')).json;
+    expect(policy.source).toBe('default');
+    // The same thresholds, now the tenant's own: the runs classify as under the defaults.
+    const put = await api(stack, 'PUT', '/api/v1/approval-policy', { token: tok.admin!, body: policy.policy });
+    expect(expectPublished('PUT', '/api/v1/approval-policy', put, 200).json.source).toBe('tenant');
+  });
+
+  it('runs read as published in every state: completed, waiting, failed', async () => {
+    // A real step failure: the stored input no longer parses, so the worker's first step fails for
+    // good and the executor records the error on the step and the run.
+    await stack.db.admin(`update durable_runs set input = '{"partner":"tampered"}'::jsonb where id = $1`, [runs.failed]);
+    await stack.spawnWorker();
+    const a = await waitRun(runs.a, ['completed', 'failed']);
+    expect(a.status).toBe('completed');
+    expect(a.output).not.toBeNull();
+    expect(a.links).toHaveProperty('verify');
+    const b = await waitRun(runs.b, ['waiting', 'failed']);
+    expect(b.status).toBe('waiting');
+    expect(b.steps[2].output.outcome).toBe('pending');
+    expect((await waitRun(runs.c, ['waiting', 'failed'])).status).toBe('waiting');
+    const failed = await waitRun(runs.failed, ['failed', 'completed']);
+    expect(failed.status).toBe('failed');
+    expect(failed.error).toMatchObject({ step: 'partner-dossier', sequence_num: 1 });
+    expect(failed.steps[0]).toMatchObject({ status: 'failed', error: { code: expect.any(String) } });
+  });
+
+  it('pages of runs and of approval requests read as published, with and without a next cursor', async () => {
+    const first = (await get('/api/v1/golden-path/runs', '/api/v1/golden-path/runs?limit=2')).json;
+    expect(first.items).toHaveLength(2);
+    expect(first.next_cursor).toEqual(expect.any(String));
+    const rest = (await get('/api/v1/golden-path/runs', `/api/v1/golden-path/runs?limit=100&cursor=${first.next_cursor}`)).json;
+    expect(rest.items).toHaveLength(2);
+    expect(rest.next_cursor).toBeNull();
+    expect((await get('/api/v1/golden-path/runs', '/api/v1/golden-path/runs?status=failed')).json.items.map((r: { run_id: string }) => r.run_id)).toEqual([runs.failed]);
+    // Approval requests of the runs A (approved by the system), B and C (pending).
+    const page = (await get('/api/v1/approvals', '/api/v1/approvals?limit=1')).json;
+    expect(page.next_cursor).toEqual(expect.any(String));
+    const all = (await get('/api/v1/approvals', `/api/v1/approvals?cursor=${page.next_cursor}`)).json;
+    expect([...page.items, ...all.items]).toHaveLength(3);
+    expect(all.next_cursor).toBeNull();
+  });
+
+  it('approval requests and decisions read as published, before and after human decisions', async () => {
+    const approvalOf = async (runId: string) => (await getRun(runId)).json.steps[2].output.approval_request_id as string;
+    const byRun = { a: await approvalOf(runs.a), b: await approvalOf(runs.b), c: await approvalOf(runs.c) };
+    const one = (id: string) => get('/api/v1/approvals/:id', `/api/v1/approvals/${id}`).then((r) => r.json);
+    expect(await one(byRun.a)).toMatchObject({ status: 'approved', decisions: [{ kind: 'system' }] });
+    expect(await one(byRun.b)).toMatchObject({ status: 'pending', decisions: [], decided_at: null });
+    expect(await decide(byRun.b, 'approve', tok.approver1!)).toMatchObject({ status: 'approved' });
+    expect(await decide(byRun.c, 'approve', tok.approver1!)).toMatchObject({ status: 'pending', approvals: 1, required_approvals: 2 });
+    expect(await decide(byRun.c, 'reject', tok.approver2!)).toMatchObject({ status: 'rejected' });
+    expect(await one(byRun.c)).toMatchObject({ status: 'rejected', decisions: [{ kind: 'human' }, { kind: 'human' }] });
+    expect((await waitRun(runs.b, ['completed', 'failed'])).status).toBe('completed');
+    expect((await waitRun(runs.c, ['rejected', 'failed'])).status).toBe('rejected');
+  });
+
+  it('evidence packs and their verification read as published', async () => {
+    for (const id of [runs.a, runs.b, runs.c]) {
+      const run = (await getRun(id)).json;
+      const pack = (await get('/api/v1/evidence/:id', run.links.evidence)).json;
+      expect(pack.run_id).toBe(id);
+      expect((await get('/api/v1/evidence/:id/verify', run.links.verify)).json).toMatchObject({ valid: true, sha256: pack.sha256 });
+    }
+  });
+
+  it('checked a real response against every success response that a route publishes', () => {
+    const published = stack.container.routes.flatMap((def) =>
+      Object.keys(def.responses)
+        .filter((code) => Number(code) < 300)
+        .map((code) => `${def.method.toUpperCase()} ${def.path} ${code}`),
+    );
+    expect(published.length).toBeGreaterThan(0);
+    expect(published.filter((label) => !checked.has(label))).toEqual([]);
   });
 });

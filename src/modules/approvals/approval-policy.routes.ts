@@ -1,15 +1,23 @@
 import { z } from 'zod';
 import { defineRoute, type RouteDef } from '../../platform/http/route.ts';
 import { ADMIN_ROLE } from './approval.constants.ts';
-import { approvalPolicyBody, loadPolicyWithSource, policyToBody, savePolicy } from './approval.policy.ts';
+import { isoTime, toIsoTimeOrNull } from '../../platform/http/iso-time.ts';
+import { approvalPolicyBody, loadPolicyWithSource, policyToBody, savePolicy, type ApprovalPolicyBody } from './approval.policy.ts';
 
 const PATH = '/api/v1/approval-policy';
 
-const policyView = z.object({
-  source: z.enum(['default', 'tenant']),
-  policy: approvalPolicyBody,
-  updated_at: z.string().nullable(),
-});
+const policyView = z
+  .strictObject({
+    source: z.enum(['default', 'tenant']).describe('default until an admin sets a policy'),
+    policy: approvalPolicyBody,
+    updated_at: isoTime.nullable(),
+  })
+  .meta({ id: 'ApprovalPolicyView' });
+type PolicyView = z.infer<typeof policyView>;
+
+function toPolicyView(source: PolicyView['source'], policy: ApprovalPolicyBody, updatedAt: Date | string | null): PolicyView {
+  return { source, policy, updated_at: toIsoTimeOrNull(updatedAt) };
+}
 
 /**
  * The tenant's approval policy: thresholds of classes A and C and the SLAs of B and C. Absent a
@@ -27,7 +35,7 @@ export function approvalPolicyRoutes(deps: { slaBSeconds: number; slaCSeconds: n
       responses: { 200: { description: 'The policy in force', schema: policyView } },
       async handler({ em, principal }) {
         const { policy, source, updatedAt } = await loadPolicyWithSource(em, principal.tenantId, defaults);
-        return { status: 200, body: { source, policy: policyToBody(policy), updated_at: updatedAt ? new Date(updatedAt).toISOString() : null } };
+        return { status: 200, body: toPolicyView(source, policyToBody(policy), updatedAt) };
       },
     }),
     defineRoute({
@@ -45,7 +53,7 @@ export function approvalPolicyRoutes(deps: { slaBSeconds: number; slaCSeconds: n
       },
       async handler({ em, principal, body }) {
         const updatedAt = await savePolicy(em, principal.tenantId, body);
-        return { status: 200, body: { source: 'tenant', policy: body, updated_at: updatedAt.toISOString() } };
+        return { status: 200, body: toPolicyView('tenant', body, updatedAt) };
       },
     }),
   ];

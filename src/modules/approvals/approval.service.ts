@@ -6,6 +6,7 @@ import type { DurableRuntime } from '../../platform/durable/runtime.ts';
 import { approvalPacketSchema, type ApprovalPacket } from '../golden-path/golden-path.schemas.ts';
 import { APPROVER_ROLE } from './approval.constants.ts';
 import { APPROVAL_PACKET_STEP, type SlaScheduler } from './approval-packet.step.ts';
+import type { DecisionResult } from './approval.views.ts';
 
 interface ApprovalRow {
   id: string;
@@ -35,7 +36,13 @@ export class ApprovalService {
     this.sla = sla;
   }
 
-  async decide(em: EntityManager, principal: Principal, approvalId: string, decision: 'approve' | 'reject', comment: string | null) {
+  async decide(
+    em: EntityManager,
+    principal: Principal,
+    approvalId: string,
+    decision: 'approve' | 'reject',
+    comment: string | null,
+  ): Promise<{ result: DecisionResult; afterCommit: (() => Promise<void>) | undefined }> {
     if (!principal.roles.includes(APPROVER_ROLE)) throw new ForbiddenError(`Deciding needs the "${APPROVER_ROLE}" role.`);
     const [req] = await em.execute<ApprovalRow[]>(
       `select a.id, a.tenant_id, a.run_id, a.approval_class, a.required_approvals, a.status, a.submitted_by, a.sla_deadline,

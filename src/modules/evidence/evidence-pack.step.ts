@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { z } from 'zod';
 import { defineStep } from '../../platform/durable/workflow.ts';
-import { approvalPacketSchema, dossierSchema, economicsSchema, evidenceSchema, submissionSchema } from '../golden-path/golden-path.schemas.ts';
+import { approvalPacketSchema, dossierSchema, economicsSchema, evidenceSchema, submissionSchema, type EvidencePackContent } from '../golden-path/golden-path.schemas.ts';
 import { provenance } from '../golden-path/provenance.ts';
 import { EvidencePackRow } from './evidence-pack.entity.ts';
 import { EVIDENCE_PACK_STEP, evidenceHash } from './evidence.service.ts';
@@ -22,7 +22,7 @@ export const evidencePackStep = defineStep({
   async run({ submission, outputs }, ctx) {
     const approval = outputs['approval-packet'];
     const outcome = approval.outcome as 'approved' | 'rejected';
-    const content = {
+    const content: EvidencePackContent = {
       schema: 'dealix.evidence-pack/v1',
       run: {
         id: ctx.run.id,

@@ -1,7 +1,9 @@
 import type { EntityManager } from '@mikro-orm/postgresql';
+import { z } from 'zod';
 import { canonicalJson, sha256Hex } from '../../platform/idempotency/canonical-json.ts';
 import { NotFoundError } from '../../platform/errors/app-error.ts';
 import { EvidencePackRow } from './evidence-pack.entity.ts';
+import { sha256Schema } from '../golden-path/golden-path.schemas.ts';
 
 /** The golden path's evidence step (its name is persisted in checkpoints: never renamed). */
 export const EVIDENCE_PACK_STEP = 'evidence-pack';
@@ -17,16 +19,23 @@ export async function getEvidence(em: EntityManager, id: string) {
   return row;
 }
 
+export const evidenceVerification = z
+  .strictObject({
+    valid: z.boolean().describe('recomputed_sha256 and recorded_sha256 both equal sha256'),
+    sha256: sha256Schema.describe("The pack's stored hash"),
+    recomputed_sha256: sha256Schema.describe('Recomputed now from the stored content'),
+    recorded_sha256: sha256Schema.nullable().describe("Recorded by the run's evidence step when the pack was written"),
+  })
+  .meta({ id: 'EvidenceVerification' });
+export type EvidenceVerification = z.infer<typeof evidenceVerification>;
+
 /**
  * Recomputes the hash from the stored content, and compares it with the hash the run recorded when
  * the pack was written (the evidence step's checkpoint, committed in the same transaction): a change
  * to the content shows, and so does content rewritten together with its row's hash. The application
  * role may only insert evidence packs (roles.ts), so rewriting one takes the owner's rights.
  */
-export async function verifyEvidence(
-  em: EntityManager,
-  id: string,
-): Promise<{ valid: boolean; sha256: string; recomputed_sha256: string; recorded_sha256: string | null }> {
+export async function verifyEvidence(em: EntityManager, id: string): Promise<EvidenceVerification> {
   const row = await getEvidence(em, id);
   const recomputed = evidenceHash(row.content);
   const [recorded] = await em.execute<{ sha256: string | null }[]>(

@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { isoTime } from '../../platform/http/iso-time.ts';
 
 const ISO_COUNTRIES = new Set(
   ('AD AE AF AG AI AL AM AO AQ AR AS AT AU AW AX AZ BA BB BD BE BF BG BH BI BJ BL BM BN BO BQ BR BS BT BV BW BY BZ CA CC CD CF CG CH CI CK CL CM CN CO CR CU CV CW CX CY CZ ' +
@@ -47,11 +48,14 @@ export const submissionSchema = z.strictObject({
 });
 export type Submission = z.infer<typeof submissionSchema>;
 
+/** A SHA-256 in lower-case hex. */
+export const sha256Schema = z.string().regex(/^[0-9a-f]{64}$/);
+
 /** Where a piece of a step's output came from, so every figure can be traced and re-derived. */
 export const provenanceSchema = z.strictObject({
   source: z.enum(['submission', 'derived', 'policy', 'human', 'system']),
   method: z.string().min(1).max(200),
-  inputs_sha256: z.string().regex(/^[0-9a-f]{64}$/),
+  inputs_sha256: sha256Schema,
   producer_version: z.string().min(1).max(40),
   produced_at: z.string().datetime(),
 });
@@ -108,12 +112,33 @@ export const approvalPacketSchema = z.strictObject({
 });
 export type ApprovalPacket = z.infer<typeof approvalPacketSchema>;
 
+const decidedOutcome = z.enum(['approved', 'rejected']);
+
 export const evidenceSchema = z.strictObject({
   evidence_pack_id: z.string().uuid(),
-  sha256: z.string().regex(/^[0-9a-f]{64}$/),
-  outcome: z.enum(['approved', 'rejected']),
+  sha256: sha256Schema,
+  outcome: decidedOutcome,
   provenance: provenanceSchema,
 });
 export type Evidence = z.infer<typeof evidenceSchema>;
+
+/** An evidence pack's content: everything the decision rests on; its SHA-256 is over its RFC 8785 canonical JSON. */
+export const evidencePackContentSchema = z.strictObject({
+  schema: z.literal('dealix.evidence-pack/v1'),
+  run: z.strictObject({
+    id: z.uuid(),
+    tenant_id: z.uuid(),
+    workflow: z.string().describe('<workflow>@v<version>'),
+    correlation_id: z.string(),
+    submitted_by: z.string(),
+    submitted_at: isoTime,
+  }),
+  submission: submissionSchema,
+  partner_dossier: dossierSchema,
+  economics_model: economicsSchema,
+  approval_packet: approvalPacketSchema,
+  outcome: decidedOutcome,
+});
+export type EvidencePackContent = z.infer<typeof evidencePackContentSchema>;
 
 export const PRODUCER_VERSION = 'golden-path@1';

@@ -2,6 +2,7 @@ import type { EntityManager } from '@mikro-orm/postgresql';
 import type { Redis } from 'ioredis';
 import { AppError } from '../errors/app-error.ts';
 import { DEFER_UNTIL_NEXT } from '../db/coalescing-client.ts';
+import type { AdmissionControl } from './route.ts';
 
 /** One hit on a tenant's window counter: INCR, and the window's expiry set by its first hit. One command. */
 const RATE_HIT = `local n = redis.call('INCR', KEYS[1])
@@ -13,9 +14,10 @@ type RateRedis = Redis & { dealixRateHit(key: string, ttlMs: number): Promise<nu
 /**
  * Abuse limits per tenant: a submission rate (fixed one-minute window in Redis) and a cap on runs
  * in flight (counted under RLS; call `admit` inside the transaction that then inserts the run).
- * Both answer 429 with Retry-After; 0 disables a limit.
+ * Both answer 429 with Retry-After; 0 disables a limit. A route submits to them by declaring
+ * `admission` (RouteDef): the router applies it, and the OpenAPI document lists 429 from it.
  */
-export class AdmissionController {
+export class AdmissionController implements AdmissionControl {
   private readonly o: { redis: Redis; prefix: string; perMinute: number; maxInFlight: number };
   private readonly redis: RateRedis;
   constructor(opts: { redis: Redis; prefix: string; perMinute: number; maxInFlight: number }) {

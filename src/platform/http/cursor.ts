@@ -1,4 +1,4 @@
-import { z } from 'zod';
+import { z, type ZodType } from 'zod';
 import { ValidationError } from '../errors/app-error.ts';
 
 /**
@@ -11,6 +11,14 @@ export interface Cursor {
 }
 
 const isIssuedTime = (at: string) => /^[12]\d{3}-/.test(at) && !Number.isNaN(Date.parse(at)) && new Date(at).toISOString() === at;
+
+/** A page of a newest-first list, as the API answers it: `next_cursor` reads the page after it. */
+export function pageSchema<T extends ZodType>(item: T) {
+  return z.strictObject({
+    items: z.array(item),
+    next_cursor: z.string().nullable().describe('Pass as `cursor` for the next page; null on the last page'),
+  });
+}
 
 /** The cursor after `last`, when the page was full and more may follow; null otherwise. */
 export function nextCursor(last: { created_at: Date | string; id: string } | undefined, more: boolean): string | null {

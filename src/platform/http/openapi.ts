@@ -34,7 +34,7 @@ function problem(description: string, codes: string[], headers: Record<string, Z
   };
 }
 
-/** The error responses a route can give, from what it declares (auth, roles, params, body, idempotency). */
+/** The error responses a route can give, from what it declares (auth, roles, params, body, idempotency, admission). */
 function errorResponses(def: RouteDef): Record<number, ResponseConfig> {
   const mutating = MUTATING_METHODS.has(def.method);
   const out: Record<number, ResponseConfig> = {};
@@ -49,7 +49,16 @@ function errorResponses(def: RouteDef): Record<number, ResponseConfig> {
     out[415] = problem('The body must be application/json, in UTF-8, without an unsupported content encoding', ['unsupported_media_type', 'unsupported_encoding']);
   }
   if (def.body || mutating) out[422] = problem('Invalid body, or an Idempotency-Key reused with a different request', ['validation_failed', 'idempotency_key_reused']);
-  if (mutating) out[429] = problem('A tenant limit is exceeded (see Retry-After)', ['rate_limited'], retryAfter);
+  // Only a route that declares admission goes through the limits (the router applies them from the same field).
+  // Every route authenticates, and then counts against the tenant's share of the API's in-flight
+  // requests (router.ts); a route with `admission` also against the tenant's submission limits.
+  out[429] = problem(
+    def.admission
+      ? 'A tenant limit is exceeded: requests in progress, submissions per minute, or runs in flight (see Retry-After)'
+      : 'The tenant has API_MAX_INFLIGHT_PER_TENANT requests in progress on this API instance (see Retry-After)',
+    ['rate_limited'],
+    retryAfter,
+  );
   out[500] = problem('Unexpected error', ['internal']);
   out[503] = problem('The API is at capacity, or a backing service is unavailable (see Retry-After)', ['service_unavailable'], retryAfter);
   return out;

@@ -6,9 +6,9 @@ import type { Principal } from '../tenancy/jwt.ts';
 export type HttpMethod = 'get' | 'post' | 'put' | 'patch' | 'delete';
 export const MUTATING_METHODS: ReadonlySet<HttpMethod> = new Set(['post', 'put', 'patch']);
 
-export interface RouteResult {
+export interface RouteResult<R = unknown> {
   status: number;
-  body?: unknown;
+  body?: R;
   headers?: Record<string, string>;
 }
 
@@ -29,13 +29,25 @@ export interface RouteContext<B = unknown, P = unknown, Q = unknown> {
   afterCommit(fn: () => Promise<void>): void;
 }
 
-export interface RouteResponseDoc {
+export interface RouteResponseDoc<R = unknown> {
   description: string;
-  schema?: ZodType;
+  /** Required for a success (2xx): the body the handler returns, as the OpenAPI document publishes it. */
+  schema?: ZodType<R>;
 }
 
-/** One declaration drives the Express router, the OpenAPI document and the readiness matrix. */
-export interface RouteDef<B = any, P = any, Q = any> {
+/** Abuse limits a route submits to (admission.ts): a rate and a cap, both answered with 429. */
+export interface AdmissionControl {
+  /** Throws 429 when the tenant exceeds its submission rate or runs in flight. */
+  admit(em: EntityManager, tenantId: string): Promise<void>;
+}
+
+/**
+ * One declaration drives the Express router, the OpenAPI document and the readiness matrix. `R` is the
+ * success body, inferred from the success response's `schema` only: a body the handler returns with a
+ * missing or mistyped field fails the typecheck. (An extra field in an inline literal does not: build
+ * the body as a value of the schema's type, e.g. `const body: RunPage = …`, and it does too.)
+ */
+export interface RouteDef<B = any, P = any, Q = any, R = any> {
   method: HttpMethod;
   /** Express path, e.g. /api/v1/golden-path/runs/:id */
   path: string;
@@ -48,13 +60,22 @@ export interface RouteDef<B = any, P = any, Q = any> {
   body?: ZodType<B>;
   params?: ZodType<P>;
   query?: ZodType<Q>;
-  responses: Record<number, RouteResponseDoc>;
-  handler(ctx: RouteContext<B, P, Q>): Promise<RouteResult>;
+  /**
+   * The router admits the request through it first in the route's transaction, before the handler;
+   * only a route with it can answer 429, and the OpenAPI document lists 429 for exactly those.
+   */
+  admission?: AdmissionControl;
+  responses: Record<number, RouteResponseDoc<R>>;
+  handler(ctx: RouteContext<B, P, Q>): Promise<RouteResult<NoInfer<R>>>;
 }
 
-export function defineRoute<B = undefined, P = Record<string, never>, Q = Record<string, never>>(def: RouteDef<B, P, Q>): RouteDef<B, P, Q> {
+export function defineRoute<B = undefined, P = Record<string, never>, Q = Record<string, never>, R = unknown>(def: RouteDef<B, P, Q, R>): RouteDef<B, P, Q, R> {
+  const label = `${def.method.toUpperCase()} ${def.path}`;
   if (MUTATING_METHODS.has(def.method) && !def.idempotency) {
-    throw new Error(`${def.method.toUpperCase()} ${def.path}: mutating routes must declare idempotency 'required' or 'optional'`);
+    throw new Error(`${label}: mutating routes must declare idempotency 'required' or 'optional'`);
+  }
+  for (const [code, r] of Object.entries(def.responses)) {
+    if (Number(code) >= 200 && Number(code) < 300 && !r.schema) throw new Error(`${label}: the ${code} response must declare the schema of its body`);
   }
   return def;
 }

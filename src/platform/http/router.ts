@@ -31,7 +31,8 @@ export interface RouterDeps {
  * tenant's in-flight cap → (POST/PUT/PATCH) read the JSON body → validate → (POST/PUT/PATCH) idempotency → handler. The body is
  * read only once the caller is known and the route exists: without a valid token the answer is 401
  * and an unknown path 404, whatever the body. The handler runs in one tenant-bound transaction; for
- * an idempotent request its final response is stored in that same transaction.
+ * an idempotent request its final response is stored in that same transaction. A route that declares
+ * `admission` is admitted (the tenant's limits, 429) first in that transaction, before its handler.
  */
 export function buildRouter(routes: RouteDef[], deps: RouterDeps): Router {
   const router = express.Router();
@@ -115,13 +116,17 @@ async function execute(def: RouteDef, deps: RouterDeps, req: Request, res: Respo
   try {
     const run = () =>
       em.transactional(async (tx) => {
+        const principal = res.locals.principal as Principal;
+        // Admission's statements are the transaction's first: a claim sent with them (a prelude) that
+        // finds its key taken stops the request before it counts against the tenant's limits.
+        if (def.admission) await def.admission.admit(tx, principal.tenantId);
         const out = await def.handler({
           req,
           res,
           body: res.locals.body,
           params: res.locals.params,
           query: res.locals.query,
-          principal: res.locals.principal as Principal,
+          principal,
           em: tx,
           correlationId: res.locals.correlationId as string,
           requestId: res.locals.requestId as string,
