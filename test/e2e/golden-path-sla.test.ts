@@ -147,16 +147,37 @@ describe('approval SLA', () => {
     expect(stack.workers.some((w) => w.output().includes('sweeper repaired a waiting run whose timer was gone'))).toBe(true);
   });
 
-  it('a decision before the deadline wins over the timer', async () => {
-    const { run, approvalId } = await submitWaiting();
-    const d = await decide(approvalId);
-    // On a slow machine the two seconds may already be gone; then the refusal must say so.
-    if (d.status === 409) {
-      expect(d.json.code).toBe('approval_expired');
-      return;
-    }
+  it('a decision before the deadline wins over the timer, and a timer left behind fires later as a no-op', async () => {
+    const { slow, own, runId, queue, timer } = await waitingWithSlowSla();
+    const slowApprover = await stack.token({ tenantId: slow, sub: 'approver-2', roles: ['approver'] });
+    const runNow = async () => (await api(stack, 'GET', `/api/v1/golden-path/runs/${runId}`, { token: own })).json;
+    const approvalId = (await runNow()).steps[2].output.approval_request_id as string;
+    // Thirty seconds of SLA: the decision is always in time.
+    const d = await api(stack, 'POST', `/api/v1/approvals/${approvalId}/decision`, { token: slowApprover, body: { decision: 'approve' }, headers: { 'Idempotency-Key': randomUUID() } });
     expect(d.status).toBe(200);
-    const done = await waitStatus(run.run_id, ['completed', 'approval_expired', 'failed']);
-    expect(done.status).toBe('completed');
+    // The decision cancels the timer before it answers.
+    expect(await queue.getJob(timer.id!)).toBeUndefined();
+    await waitFor(async () => (await runNow())?.status === 'completed', { ...DEADLINE, what: 'the approved run to complete' });
+
+    // A timer left behind anyway (its cancel lost to a crash, or re-created by a sweep) fires after the
+    // deadline: it finds the request decided and changes nothing.
+    const { rows } = await stack.db.admin(`select idempotency_hash from durable_runs where id = $1`, [runId]);
+    const past = new Date(Date.now() - 1_000);
+    await stack.db.admin(`update approval_requests set sla_deadline = $2 where run_id = $1`, [runId, past]);
+    await slaScheduler(() => queue, stack.container.runtime.keep).schedule({ tenantId: slow, runId, approvalRequestId: '', idempotencyHash: rows[0].idempotency_hash as string, deadline: past });
+    const fired = await waitFor(
+      async () => {
+        const job = await queue.getJob(timer.id!);
+        return job?.finishedOn || job?.failedReason ? job : undefined;
+      },
+      { ...DEADLINE, what: 'the left-behind timer to fire' },
+    );
+    expect(fired.failedReason).toBeFalsy();
+    expect(await fired.getState()).toBe('completed');
+    expect(fired.returnvalue).toEqual({ outcome: 'not_pending' });
+    expect((await api(stack, 'GET', `/api/v1/approvals/${approvalId}`, { token: slowApprover })).json.status).toBe('approved');
+    const after = await runNow();
+    expect(after.status).toBe('completed');
+    expect(after.steps[2].output.outcome).toBe('approved');
   });
 });

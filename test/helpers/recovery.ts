@@ -34,7 +34,7 @@ export interface RunState {
   /** The run row's own sequence_num, which moves with its status (first step, wait, resume, end). */
   row_sequence_num: number;
   error: any;
-  checkpoints: Array<{ id: string; sequence_num: number; step_name: string; status: string; completed_at: Date | null; error: any }>;
+  checkpoints: Array<{ id: string; sequence_num: number; step_name: string; status: string; attempt: number; completed_at: Date | null; error: any }>;
   counts: Record<(typeof DOMAIN_TABLES)[number], number>;
 }
 
@@ -45,7 +45,7 @@ export async function readRun(stack: TestStack, tenant: string, runId: string): 
     const [run] = await tx.execute<any[]>(`select status, ${COMPLETED_STEPS_SQL} as sequence_num, sequence_num as row_sequence_num, error from durable_runs r where id = ?`, [runId]);
     if (!run) throw new Error(`run ${runId} is not visible to tenant ${tenant}`);
     const checkpoints = await tx.execute<any[]>(
-      'select id, sequence_num, step_name, status, completed_at, error from durable_checkpoints where run_id = ? order by sequence_num, created_at',
+      'select id, sequence_num, step_name, status, attempt, completed_at, error from durable_checkpoints where run_id = ? order by sequence_num, created_at',
       [runId],
     );
     const counts = {} as RunState['counts'];
@@ -75,19 +75,24 @@ export function expectEveryStepOnce(state: RunState): void {
   expect(state.row_sequence_num).toBe(SLOW_STEPS.length); // the run's end moved its row
 }
 
-/** The sequence_nums of this run's steps that this worker process entered, in order (from its log lines). */
-export function entered(worker: WorkerHandle, runId: string): number[] {
-  const seqs: number[] = [];
+/** This run's log lines with message `msg` that this worker process wrote, parsed, in order. */
+export function logged(worker: WorkerHandle, runId: string, msg: string): Array<Record<string, unknown>> {
+  const lines: Array<Record<string, unknown>> = [];
   for (const line of worker.output().split('\n')) {
-    if (!line.includes(STEP_ENTERED)) continue;
+    if (!line.includes(msg)) continue;
     try {
-      const j = JSON.parse(line) as { msg?: string; run_id?: string; sequence_num?: number };
-      if (j.msg === STEP_ENTERED && j.run_id === runId && typeof j.sequence_num === 'number') seqs.push(j.sequence_num);
+      const j = JSON.parse(line) as Record<string, unknown>;
+      if (j.msg === msg && j.run_id === runId) lines.push(j);
     } catch {
       // a line cut in the middle of a write; the next poll reads it whole
     }
   }
-  return seqs;
+  return lines;
+}
+
+/** The sequence_nums of this run's steps that this worker process entered, in order (from its log lines). */
+export function entered(worker: WorkerHandle, runId: string): number[] {
+  return logged(worker, runId, STEP_ENTERED).flatMap((j) => (typeof j.sequence_num === 'number' ? [j.sequence_num] : []));
 }
 
 export async function waitEntered(worker: WorkerHandle, runId: string, seq: number): Promise<void> {

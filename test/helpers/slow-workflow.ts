@@ -1,4 +1,4 @@
-import { defineWorkflow, type StepContext, type StepDef, type WorkflowDef } from '../../src/platform/durable/workflow.ts';
+import { defineWorkflow, type RetryPolicy, type StepContext, type StepDef, type WorkflowDef } from '../../src/platform/durable/workflow.ts';
 import { goldenPathWorkflow } from '../../src/modules/golden-path/golden-path.workflow.ts';
 import { approvalPacketStep } from '../../src/modules/approvals/approval-packet.step.ts';
 import { evidencePackStep } from '../../src/modules/evidence/evidence-pack.step.ts';
@@ -23,7 +23,7 @@ export type SlowVariant = 'original' | 'reordered' | 'renamed';
  * behind a gate so a test can make it genuinely slow, hang, or meet another execution. Meant for
  * class A submissions, which need no human; a B/C submission fails loudly at the SLA timer.
  */
-export function slowWorkflow(opts: { gate?: StepGate; variant?: SlowVariant } = {}): WorkflowDef {
+export function slowWorkflow(opts: { gate?: StepGate; variant?: SlowVariant; retry?: Partial<RetryPolicy> } = {}): WorkflowDef {
   const approval = approvalPacketStep({
     slaBSeconds: 3600,
     slaCSeconds: 3600,
@@ -41,6 +41,8 @@ export function slowWorkflow(opts: { gate?: StepGate; variant?: SlowVariant } = 
   let steps: StepDef[] = base.steps;
   if (opts.variant === 'reordered') steps = [steps[1]!, steps[0]!, ...steps.slice(2)];
   if (opts.variant === 'renamed') steps = [{ ...steps[0]!, name: `${steps[0]!.name}-v2` }, ...steps.slice(1)];
+  // Every step's retry policy bent the same way (the API's definition must agree with the worker's: it sizes the job's attempts).
+  if (opts.retry) steps = steps.map((s) => ({ ...s, retry: { ...s.retry, ...opts.retry } }));
   return defineWorkflow({ ...base, name: SLOW_WORKFLOW, tag: SLOW_TAG, queue: SLOW_QUEUE, steps: steps.map((s) => gated(s, gate)) });
 }
 

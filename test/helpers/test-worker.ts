@@ -5,28 +5,39 @@
  * GP_SLOW_STEP_MS: per sequence_num, comma-separated, the last entry repeating. Each entry is a
  * delay in ms, `hang` (never finishes on its own), or `sigterm` (finishes once the process is told
  * to stop). GP_SLOW_VARIANT: original | reordered | renamed (see slow-workflow.ts).
+ * GP_SLOW_FAIL: `<seq>:permanent` (the step throws a non-retryable error) or `<seq>:retryable[:<n>]`
+ * (it throws a plain error on its first n attempts, on every attempt without n). GP_SLOW_RETRY: JSON,
+ * the retry policy of every step (the test's own slowWorkflow({ retry }) must say the same).
  */
 import { setTimeout as sleep } from 'node:timers/promises';
 import { loadConfig } from '../../src/platform/config/config.ts';
 import { createContainer } from '../../src/container.ts';
 import { startWorkerProcess } from '../../src/worker-runtime.ts';
 import { onShutdown } from '../../src/platform/process/shutdown.ts';
+import { PermanentError } from '../../src/platform/errors/app-error.ts';
+import type { RetryPolicy } from '../../src/platform/durable/workflow.ts';
 import { STEP_ENTERED, slowWorkflow, type SlowVariant, type StepGate } from './slow-workflow.ts';
 
 const delays = (process.env.GP_SLOW_STEP_MS ?? '0').split(',').map((s) => s.trim());
 const variant = (process.env.GP_SLOW_VARIANT ?? 'original') as SlowVariant;
+const [failSeq, failKind, failTimes] = (process.env.GP_SLOW_FAIL ?? '').split(':');
+const retry = process.env.GP_SLOW_RETRY ? (JSON.parse(process.env.GP_SLOW_RETRY) as Partial<RetryPolicy>) : undefined;
 const terminated = new Promise<void>((resolve) => process.once('SIGTERM', () => resolve()));
 
 const gate: StepGate = async ({ seq, step, ctx }) => {
   const spec = delays[Math.min(seq, delays.length) - 1] ?? '0';
-  ctx.logger.info({ sequence_num: seq, step, delay: spec }, STEP_ENTERED);
+  ctx.logger.info({ sequence_num: seq, step, delay: spec, attempt: ctx.attempt }, STEP_ENTERED);
+  if (failSeq !== undefined && Number(failSeq) === seq) {
+    if (failKind === 'permanent') throw new PermanentError('test_permanent', `step ${step} refused for good (GP_SLOW_FAIL)`);
+    if (failKind === 'retryable' && (failTimes === undefined || ctx.attempt <= Number(failTimes))) throw new Error(`step ${step} failed on attempt ${ctx.attempt} (GP_SLOW_FAIL)`);
+  }
   if (spec === 'hang') return new Promise<void>(() => {});
   if (spec === 'sigterm') return terminated;
   await sleep(Number(spec));
 };
 
 const config = loadConfig();
-const container = await createContainer(config, { service: 'worker', extraWorkflows: [slowWorkflow({ gate, variant })] });
+const container = await createContainer(config, { service: 'worker', extraWorkflows: [slowWorkflow({ gate, variant, ...(retry ? { retry } : {}) })] });
 const worker = await startWorkerProcess(container);
 onShutdown(container.logger, config.WORKER_SHUTDOWN_GRACE, async () => {
   await worker.stop();

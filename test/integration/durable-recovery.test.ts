@@ -19,6 +19,7 @@ import { parseConfig } from '../../src/platform/config/config.ts';
 import { setupDatabase } from '../../src/platform/db/roles.ts';
 import { migrate } from '../../src/platform/db/migrate.ts';
 import { entities } from '../../src/entities.ts';
+import { IDEMPOTENCY_EXPIRY_JOB, MAINTENANCE_QUEUE } from '../../src/platform/queue/maintenance.ts';
 import { api, CLASS_A_SUBMISSION, newTenant, startStack, type TestStack } from '../helpers/stack.ts';
 import { waitFor } from '../helpers/poll.ts';
 import { SLOW_QUEUE, SLOW_TAG, slowWorkflow, type StepGate } from '../helpers/slow-workflow.ts';
@@ -353,7 +354,7 @@ describe('Redis flushed with runs in flight (own redis-server)', () => {
     await redis?.stop();
   });
 
-  it('after FLUSHALL the sweeper re-enqueues every incomplete run from its last checkpoint, and all complete exactly once', { timeout: LONG }, async () => {
+  it('after FLUSHALL the sweeper re-enqueues every incomplete run from its last checkpoint, all complete exactly once, and the Job Schedulers come back', { timeout: LONG }, async () => {
     // One job at a time per worker: at the flush two runs are in a worker's hands (their jobs carry them
     // on in memory) and four exist only as waiting jobs in Redis, which the flush loses.
     const slow = { GP_SLOW_STEP_MS: '700', WORKER_CONCURRENCY: '1' };
@@ -367,7 +368,13 @@ describe('Redis flushed with runs in flight (own redis-server)', () => {
     await waitFor(async () => (await readRun(stack, runs[0]!.tenant, runs[0]!.run.id)).sequence_num >= 1, { timeoutMs: 60_000, what: 'first checkpoint' });
     const inFlight = await Promise.all(runs.map(({ tenant, run }) => readRun(stack, tenant, run.id)));
     expect(inFlight.every((r) => r.status !== 'completed')).toBe(true);
+    // The Job Schedulers the workers upserted at start (the flush loses them too).
+    const maintenance = stack.container.queues.get(MAINTENANCE_QUEUE)!;
+    const schedulers = async () => (await maintenance.getJobSchedulers()).map((j) => ({ key: j.key, name: j.name, every: j.every, next: typeof j.next })).sort((a, b) => a.key.localeCompare(b.key));
+    const before = await schedulers();
+    expect(before).toContainEqual({ key: IDEMPOTENCY_EXPIRY_JOB, name: IDEMPOTENCY_EXPIRY_JOB, every: 10 * 60_000, next: 'number' });
     await redis.client.flushall();
+    expect(await schedulers()).toEqual([]);
 
     for (const { tenant, run } of runs) {
       const done = await waitRun(stack, tenant, run.id, ['completed', 'failed'], 120_000);
@@ -376,6 +383,9 @@ describe('Redis flushed with runs in flight (own redis-server)', () => {
     }
     // Log lines are written in batches: poll for the sweeper's, which it wrote before the runs completed.
     await waitFor(() => workers.some((w) => w.output().includes('sweeper re-enqueued run')), { timeoutMs: 10_000, what: "the sweeper's log line" });
+    // The sweeper put every Job Scheduler back, each with its next run due.
+    await waitFor(async () => JSON.stringify(await schedulers()) === JSON.stringify(before), { timeoutMs: 30_000, what: 'the Job Schedulers to be re-created' });
+    expect(await maintenance.getJobScheduler(IDEMPOTENCY_EXPIRY_JOB)).toMatchObject({ every: 10 * 60_000 });
   });
 });
 

@@ -1,9 +1,9 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { createServer } from 'node:net';
 import { Redis } from 'ioredis';
 import { api, startStack, type TestStack } from '../helpers/stack.ts';
 import { waitFor } from '../helpers/poll.ts';
+import { freePort } from '../helpers/own-infra.ts';
 
 /** A redis-server of this test alone (never the shared one): it is stopped and started again here. */
 class OwnRedis {
@@ -33,16 +33,6 @@ class OwnRedis {
     await exited;
   }
 }
-
-const freePort = () =>
-  new Promise<number>((resolve, reject) => {
-    const s = createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address() as { port: number };
-      s.close(() => resolve(port));
-    });
-  });
 
 let redis: OwnRedis;
 let stack: TestStack;
@@ -81,5 +71,46 @@ describe('health and readiness', () => {
 
     await redis.start();
     await waitFor(async () => (await api(stack, 'GET', '/readyz')).status === 200, { timeoutMs: 30_000, what: 'readiness to recover' });
+  });
+
+  it('answers 503 naming the migrations while one is pending, and is ready again once it is applied', async () => {
+    // The database as if the newest migration had not run yet: its row leaves the migrations table (as the owner).
+    const { rows } = await stack.db.owner('delete from mikro_orm_migrations where id = (select max(id) from mikro_orm_migrations) returning *');
+    expect(rows).toHaveLength(1);
+    try {
+      const pending = await api(stack, 'GET', '/readyz');
+      expect(pending.status).toBe(503);
+      expect(pending.headers.get('content-type')).toContain('application/problem+json');
+      expect(pending.json).toMatchObject({ status: 503, code: 'not_ready', checks: { migrations: { ok: false, detail: '1 pending' }, postgres: { ok: true }, redis: { ok: true } } });
+      expect(pending.json.detail).toBe('Not ready: migrations (1 pending)');
+      expect((await api(stack, 'GET', '/healthz')).status).toBe(200);
+    } finally {
+      const row = rows[0];
+      await stack.db.owner('insert into mikro_orm_migrations (id, name, executed_at) values ($1, $2, $3)', [row.id, row.name, row.executed_at]);
+    }
+    expect((await api(stack, 'GET', '/readyz')).status).toBe(200);
+  });
+});
+
+describe('readiness without PostgreSQL', () => {
+  let dead: TestStack;
+  beforeAll(async () => {
+    // The application's database on a port where nothing listens; Redis is the shared one and answers.
+    dead = await startStack({ env: { DATABASE_URL: `postgres://dealix_app:dealix_app@127.0.0.1:${await freePort()}/dealix` } });
+  });
+  afterAll(async () => dead?.stop());
+
+  it('answers 503 naming PostgreSQL while it is unreachable, without saying where it was looked for', async () => {
+    // Redis answers once its connection is up (a ping before that fails fast): then only PostgreSQL is missing.
+    const down = await waitFor(async () => {
+      const r = await api(dead, 'GET', '/readyz');
+      return r.json?.checks?.redis?.ok ? r : undefined;
+    }, { timeoutMs: 30_000, what: 'the Redis check to pass' });
+    expect(down.status).toBe(503);
+    expect(down.headers.get('content-type')).toContain('application/problem+json');
+    expect(down.json).toMatchObject({ status: 503, code: 'not_ready', checks: { postgres: { ok: false, detail: 'unreachable or too slow' }, redis: { ok: true }, migrations: { ok: false } } });
+    expect(down.json.detail).toMatch(/^Not ready: postgres \(unreachable or too slow\); /);
+    expect(down.text).not.toMatch(/127\.0\.0\.1|ECONNREFUSED|dealix_app|:\d{4,5}\b/);
+    expect((await api(dead, 'GET', '/healthz')).status).toBe(200);
   });
 });

@@ -32,6 +32,8 @@ describe('configuration', () => {
       DATABASE_GROUP_COMMIT_IN_FLIGHT: 2,
       LOG_LEVEL: 'info',
       BULL_BOARD_READ_ONLY: true,
+      JWT_VERIFIED_TOKEN_TTL: 60_000,
+      JWT_JWKS_CACHE_MAX_AGE: 600_000,
     });
     expect(c.DATABASE_ADMIN_URL).toBeUndefined();
   });
@@ -72,6 +74,11 @@ describe('configuration', () => {
   it('refuses a shared secret in production, and an operator user without a password', () => {
     expect(configError({ NODE_ENV: 'production', JWT_SECRET: SECRET }).problems[0]).toMatch(/^JWT_JWKS_URL:/);
     expect(configError({ JWT_SECRET: SECRET, OPERATOR_USER: 'ops' }).problems[0]).toMatch(/^OPERATOR_PASSWORD:/);
+  });
+
+  it('remembers a verified token for 60 s at most (ADR 0006)', () => {
+    expect(parseConfig({ JWT_SECRET: SECRET, JWT_VERIFIED_TOKEN_TTL: '0s' }).JWT_VERIFIED_TOKEN_TTL).toBe(0);
+    expect(configError({ JWT_SECRET: SECRET, JWT_VERIFIED_TOKEN_TTL: '61s' }).problems).toEqual(['JWT_VERIFIED_TOKEN_TTL: at most 60s (ADR 0006)']);
   });
 
   it('is frozen, lists included', () => {

@@ -1,6 +1,8 @@
 import { describe, expect, it } from 'vitest';
 import { randomUUID } from 'node:crypto';
 import { spawn } from 'node:child_process';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { fileURLToPath } from 'node:url';
 import { exportJWK, exportSPKI, generateKeyPair, SignJWT, UnsecuredJWT, type JWTPayload } from 'jose';
 import { parseConfig } from '../../src/platform/config/config.ts';
@@ -155,6 +157,38 @@ describe('JWT verification against a JWKS (RS256)', () => {
     await rejection(await sign(undefined, { alg: 'HS256', key: pem, kid: 'k1', iss: rsConfig.JWT_ISSUER, aud: rsConfig.JWT_AUDIENCE }), rs);
     // And the HS256 verifier refuses RS256 tokens outright.
     await rejection(good);
+  });
+
+  it('a key removed from the JWKS stops a token it signed once the remembered verification and the cached keys are past', async () => {
+    const { publicKey, privateKey } = await generateKeyPair('RS256', { extractable: true });
+    let keys = [{ ...(await exportJWK(publicKey)), kid: 'k-removed', alg: 'RS256', use: 'sig' }];
+    let fetches = 0;
+    // The identity provider's JWKS, served over HTTP as in production.
+    const idp = createServer((_req, res) => {
+      fetches++;
+      res.setHeader('content-type', 'application/json');
+      res.end(JSON.stringify({ keys }));
+    });
+    await new Promise<void>((resolve) => idp.listen(0, '127.0.0.1', resolve));
+    try {
+      const url = `http://127.0.0.1:${(idp.address() as AddressInfo).port}/.well-known/jwks.json`;
+      // Both windows short (the defaults are 60 s and 10 min): the test waits for them, it does not sleep.
+      const cfg = parseConfig({ JWT_JWKS_URL: url, JWT_VERIFIED_TOKEN_TTL: '1s', JWT_JWKS_CACHE_MAX_AGE: '1s' });
+      const rs = createTokenVerifier(cfg);
+      const token = await sign(undefined, { alg: 'RS256', key: privateKey, kid: 'k-removed', iss: cfg.JWT_ISSUER, aud: cfg.JWT_AUDIENCE, exp: now() + 3600 });
+      expect((await rs.verify(token)).tenantId).toBe(tenant);
+      expect(fetches).toBe(1);
+
+      keys = [];
+      const refused = await waitFor(() => rs.verify(token).then(() => undefined, (e: unknown) => e), { timeoutMs: 20_000, intervalMs: 100, what: 'the token to be refused' });
+      expect(refused).toBeInstanceOf(UnauthorizedError);
+      expect((refused as UnauthorizedError).detail).toBe('The token is not valid.');
+      // Refused because the keys fetched again no longer hold its key.
+      expect(fetches).toBeGreaterThanOrEqual(2);
+    } finally {
+      idp.closeAllConnections();
+      await new Promise((resolve) => idp.close(resolve));
+    }
   });
 });
 

@@ -73,6 +73,12 @@ export const configSchema = z
     JWT_AUDIENCE: z.string().min(1).default('dealix-api'),
     JWT_ALGORITHMS: csv('').pipe(z.array(z.enum(['HS256', 'RS256', 'ES256', 'PS256', 'EdDSA']))),
     JWT_CLOCK_TOLERANCE: duration('5s'),
+    // How long a verified token is answered from memory (ADR 0006): at most 60 s, so a key removed
+    // from the JWKS stops a token already seen within this much after the JWKS cache's own refresh.
+    JWT_VERIFIED_TOKEN_TTL: duration('60s').refine((ms) => ms <= 60_000, 'at most 60s (ADR 0006)'),
+    // How long the keys fetched from JWT_JWKS_URL are used before they are fetched again (a token naming
+    // an unknown kid also refetches them, at most every 30 s): bounds how soon a removed key is refused.
+    JWT_JWKS_CACHE_MAX_AGE: duration('10m'),
 
     IDEMPOTENCY_TTL: duration('24h'),
     IDEMPOTENCY_LEASE: duration('60s'),

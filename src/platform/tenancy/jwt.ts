@@ -33,8 +33,6 @@ export interface TokenVerifier {
   verify(token: string): Promise<Principal>;
 }
 
-/** How long a verified token is answered from memory at most (also bounded by its own exp). */
-export const VERIFIED_TOKEN_TTL_MS = 60_000;
 const VERIFIED_TOKEN_MAX = 10_000;
 
 /**
@@ -43,15 +41,16 @@ const VERIFIED_TOKEN_MAX = 10_000;
  *
  * A client sends the same token with every request until it expires, and a signature check is about
  * 0.2 ms of CPU per request here (docs/performance.md): a token that verified is remembered, by its
- * exact text, until its exp or for VERIFIED_TOKEN_TTL_MS, whichever comes first (at most 10,000
- * tokens, the oldest forgotten first). Only successes are remembered; any other text is verified.
+ * exact text, until its exp or for JWT_VERIFIED_TOKEN_TTL (60 s at most), whichever comes first (at
+ * most 10,000 tokens, the oldest forgotten first). Only successes are remembered; any other text is
+ * verified.
  */
 export function createTokenVerifier(config: Config, jwks?: JSONWebKeySet): TokenVerifier {
   const verified = new Map<string, { principal: Principal; untilMs: number }>();
   const algorithms = [...config.JWT_ALGORITHMS];
   let key: Uint8Array | JWTVerifyGetKey;
   if (jwks) key = createLocalJWKSet(jwks);
-  else if (config.JWT_JWKS_URL) key = createRemoteJWKSet(new URL(config.JWT_JWKS_URL), { cooldownDuration: 30_000, cacheMaxAge: 600_000 });
+  else if (config.JWT_JWKS_URL) key = createRemoteJWKSet(new URL(config.JWT_JWKS_URL), { cooldownDuration: 30_000, cacheMaxAge: config.JWT_JWKS_CACHE_MAX_AGE });
   else if (config.JWT_SECRET) key = new TextEncoder().encode(config.JWT_SECRET);
   else throw new Error('no JWT key configured');
   const options = {
@@ -79,7 +78,7 @@ export function createTokenVerifier(config: Config, jwks?: JSONWebKeySet): Token
       const principal: Principal = Object.freeze({ sub: claims.data.sub, tenantId: claims.data.tenant_id.toLowerCase(), roles: Object.freeze([...claims.data.roles]) });
       const exp = (payload as { exp: number }).exp * 1000;
       if (verified.size >= VERIFIED_TOKEN_MAX) verified.delete(verified.keys().next().value!);
-      verified.set(token, { principal, untilMs: Math.min(exp, Date.now() + VERIFIED_TOKEN_TTL_MS) });
+      verified.set(token, { principal, untilMs: Math.min(exp, Date.now() + config.JWT_VERIFIED_TOKEN_TTL) });
       return principal;
     },
   };

@@ -1,0 +1,105 @@
+/**
+ * A step that fails by itself (docs/runtime.md, "Failures"), in a real worker process
+ * (test/helpers/test-worker.ts, GP_SLOW_FAIL): a permanent error fails the run at once; a retryable
+ * one is retried under the step's own policy and fails the run on the step's last attempt. The run is
+ * read under its tenant (RLS in force), the job from BullMQ, the step's executions from the worker's log.
+ */
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { startStack, newTenant, type TestStack, type WorkerHandle } from '../helpers/stack.ts';
+import { waitFor } from '../helpers/poll.ts';
+import { slowWorkflow, STEP_ENTERED } from '../helpers/slow-workflow.ts';
+import { SLOW_STEPS, createSlowRun, enteredThroughLast, expectEveryStepOnce, jobOf, killLiveWorkers, logged, waitRun } from '../helpers/recovery.ts';
+import { STEP_BACKOFF } from '../../src/platform/durable/workflow.ts';
+import type { RunRow } from '../../src/platform/durable/runtime.ts';
+
+const TEST_WORKER = 'test/helpers/test-worker.ts';
+/** Every step's policy: three attempts, short backoff (the API's definition and the worker's agree). */
+const RETRY = { attempts: 3, backoffMs: 100, jitter: 0.5 };
+const FAILED_FOR_GOOD = 'step failed for good; the run fails';
+
+let stack: TestStack;
+beforeAll(async () => {
+  stack = await startStack({ api: false, workerEntry: TEST_WORKER, extraWorkflows: [slowWorkflow({ retry: RETRY })] });
+});
+afterEach(async () => killLiveWorkers(stack));
+afterAll(async () => stack?.stop());
+
+/** A worker whose step fails as `fail` says (GP_SLOW_FAIL), and a run it carries until the run ends. */
+async function runToTheEnd(fail: string) {
+  const tenant = newTenant();
+  const w = await stack.spawnWorker({ GP_SLOW_FAIL: fail, GP_SLOW_RETRY: JSON.stringify(RETRY) });
+  const run = await createSlowRun(stack, tenant, { enqueue: true });
+  return { w, run, ended: await waitRun(stack, tenant, run.id, ['failed', 'completed'], 30_000) };
+}
+
+/** The attempts at which this worker entered step `seq` of the run (its log lines). */
+const attemptsAt = (w: WorkerHandle, runId: string, seq: number) => logged(w, runId, STEP_ENTERED).flatMap((j) => (j.sequence_num === seq ? [j.attempt] : []));
+
+/** The worker's log once it says the run failed: every line it wrote before is in it too. */
+async function failedLog(w: WorkerHandle, runId: string): Promise<void> {
+  await waitFor(() => logged(w, runId, FAILED_FOR_GOOD).length > 0, { timeoutMs: 10_000, what: "the worker's log line for the failed run" });
+}
+
+/** The run's job once BullMQ has failed it for good. */
+async function failedJob(run: RunRow) {
+  return waitFor(async () => {
+    const j = await jobOf(stack, run, 1);
+    return j && (await j.getState()) === 'failed' ? j : undefined;
+  }, { timeoutMs: 30_000, what: 'the job to fail' });
+}
+
+describe('a step that fails by itself', () => {
+  it('a permanent error fails the run at once, with its error recorded: the step ran once and the job is not retried', async () => {
+    const { w, run, ended: failed } = await runToTheEnd('2:permanent');
+    expect(failed.status).toBe('failed');
+    expect(failed.error).toMatchObject({ code: 'test_permanent', step: SLOW_STEPS[1], sequence_num: 2 });
+    expect(failed.checkpoints.map((c) => [c.sequence_num, c.status, c.attempt])).toEqual([
+      [1, 'completed', 1],
+      [2, 'failed', 1],
+    ]);
+    expect(failed.checkpoints[1]!.error).toEqual({ code: 'test_permanent', message: 'step economics-model refused for good (GP_SLOW_FAIL)' });
+    // Nothing of the failed step committed, and nothing after it ran.
+    expect(failed.counts).toEqual({ partner_dossiers: 1, economics_models: 0, approval_requests: 0, evidence_packs: 0 });
+
+    const job = await failedJob(run);
+    expect(job.attemptsMade).toBe(1);
+    expect(job.failedReason).toBe('step economics-model refused for good (GP_SLOW_FAIL)');
+    await failedLog(w, run.id);
+    expect(attemptsAt(w, run.id, 2)).toEqual([1]);
+  });
+
+  it('a retryable error that clears on a later attempt: the step is retried, the run completes, and the attempts are recorded', async () => {
+    const { w, run, ended: done } = await runToTheEnd('2:retryable:2');
+    expect(done.status).toBe('completed');
+    expectEveryStepOnce(done);
+    // The step's checkpoint says which attempt succeeded; the failed ones left nothing.
+    expect(done.checkpoints.map((c) => c.attempt)).toEqual([1, 3, 1, 1]);
+
+    const job = (await jobOf(stack, run, 1))!;
+    expect(await job.getState()).toBe('completed');
+    expect(job.attemptsMade).toBe(3);
+    expect(job.data.failures).toEqual({ 2: 2 });
+    expect(job.opts.backoff).toMatchObject({ type: STEP_BACKOFF });
+    // Each retry replayed step 1 from its checkpoint and tried step 2 again.
+    expect(await enteredThroughLast(w, run.id)).toEqual([1, 2, 2, 2, 3, 4]);
+    expect(attemptsAt(w, run.id, 2)).toEqual([1, 2, 3]);
+  });
+
+  it('a retryable error on every attempt fails the run after exactly the step\'s configured attempts', async () => {
+    const { w, run, ended: failed } = await runToTheEnd('2:retryable');
+    expect(failed.status).toBe('failed');
+    expect(failed.error).toMatchObject({ code: 'Error', message: 'step economics-model failed on attempt 3 (GP_SLOW_FAIL)', step: SLOW_STEPS[1], sequence_num: 2 });
+    expect(failed.checkpoints.map((c) => [c.sequence_num, c.status, c.attempt])).toEqual([
+      [1, 'completed', 1],
+      [2, 'failed', RETRY.attempts],
+    ]);
+
+    const job = await failedJob(run);
+    // The job had attempts left for the later steps: the step's own budget ended it.
+    expect(job.opts.attempts).toBe(RETRY.attempts * SLOW_STEPS.length);
+    expect(job.attemptsMade).toBe(RETRY.attempts);
+    await failedLog(w, run.id);
+    expect(attemptsAt(w, run.id, 2)).toEqual([1, 2, 3]);
+    expect(attemptsAt(w, run.id, 1)).toEqual([1]);
+  });
+});
