@@ -5,6 +5,9 @@
  * GP_SLOW_STEP_MS: per sequence_num, comma-separated, the last entry repeating. Each entry is a
  * delay in ms, `hang` (never finishes on its own), or `sigterm` (finishes once the process is told
  * to stop). GP_SLOW_VARIANT: original | reordered | renamed (see slow-workflow.ts).
+ * GP_VERSIONS: which versions of golden-path and gp-slow the process registers, comma-separated
+ * (default 1; 2 is version 1 plus a closing step, versioned-workflows.ts): a worker of an older or a
+ * newer release.
  */
 import { setTimeout as sleep } from 'node:timers/promises';
 import { loadConfig } from '../../src/platform/config/config.ts';
@@ -12,6 +15,7 @@ import { createContainer } from '../../src/container.ts';
 import { startWorkerProcess } from '../../src/worker-runtime.ts';
 import { onShutdown } from '../../src/platform/process/shutdown.ts';
 import { STEP_ENTERED, slowWorkflow, type SlowVariant, type StepGate } from './slow-workflow.ts';
+import { versionsFromEnv, withVersions } from './versioned-workflows.ts';
 
 const delays = (process.env.GP_SLOW_STEP_MS ?? '0').split(',').map((s) => s.trim());
 const variant = (process.env.GP_SLOW_VARIANT ?? 'original') as SlowVariant;
@@ -26,7 +30,12 @@ const gate: StepGate = async ({ seq, step, ctx }) => {
 };
 
 const config = loadConfig();
-const container = await createContainer(config, { service: 'worker', extraWorkflows: [slowWorkflow({ gate, variant })] });
+const versions = versionsFromEnv(process.env.GP_VERSIONS);
+const container = await createContainer(config, {
+  service: 'worker',
+  workflows: (fromModules) => withVersions(fromModules, versions),
+  extraWorkflows: withVersions([slowWorkflow({ gate, variant })], versions),
+});
 const worker = await startWorkerProcess(container);
 onShutdown(container.logger, config.WORKER_SHUTDOWN_GRACE, async () => {
   await worker.stop();

@@ -32,8 +32,10 @@ export function runView(run: RunRow, steps: Array<{ sequence_num: number; step_n
   const byNum = new Map(steps.map((s) => [s.sequence_num, s]));
   // The checkpoints are the live progress (the run row moves only with its status).
   const completed = steps.filter((s) => s.status === 'completed').length;
-  const evidence = (byNum.get(4)?.output as { evidence_pack_id?: string } | undefined)?.evidence_pack_id;
-  const approval = (byNum.get(3)?.output as { approval_request_id?: string } | undefined)?.approval_request_id;
+  // By the steps' names: each workflow version may place them elsewhere.
+  const outputOf = (name: string) => steps.find((s) => s.step_name === name)?.output as Record<string, string | undefined> | undefined;
+  const evidence = outputOf('evidence-pack')?.evidence_pack_id;
+  const approval = outputOf('approval-packet')?.approval_request_id;
   return {
     run_id: run.id,
     workflow: run.workflow,
@@ -71,8 +73,9 @@ export function runView(run: RunRow, steps: Array<{ sequence_num: number; step_n
 }
 
 export function goldenPathRoutes(deps: { runtime: DurableRuntime; admission?: AdmissionControl }): RouteDef[] {
-  const wf = deps.runtime.workflow(GOLDEN_PATH);
-  const stepNames = wf.steps.map((s) => s.name);
+  // A run is shown with the steps of the version it started with; one this process does not register, with its checkpoints' names.
+  const stepNames = (run: RunRow, checkpoints: Array<{ step_name: string }>) =>
+    deps.runtime.workflows.get(GOLDEN_PATH, run.workflow_version)?.steps.map((s) => s.name) ?? checkpoints.map((c) => c.step_name);
   return [
     defineRoute({
       method: 'post',
@@ -115,7 +118,7 @@ export function goldenPathRoutes(deps: { runtime: DurableRuntime; admission?: Ad
           `select sequence_num, step_name, status, attempt, output, error, created_at, completed_at from durable_checkpoints where tenant_id = ? and run_id = ? order by sequence_num`,
           [run.tenant_id, run.id],
         );
-        return { status: 200, body: runView(run, steps, stepNames) };
+        return { status: 200, body: runView(run, steps, stepNames(run, steps)) };
       },
     }),
     defineRoute({
