@@ -38,7 +38,15 @@ export interface Container {
 }
 
 /** The one composition root: config in, every long-lived object out. Entry points stay thin. */
-export async function createContainer(config: Config, opts: { service: 'api' | 'worker' | 'tool'; extraWorkflows?: WorkflowDef[] }): Promise<Container> {
+export async function createContainer(
+  config: Config,
+  opts: {
+    service: 'api' | 'worker' | 'tool';
+    extraWorkflows?: WorkflowDef[];
+    /** Replaces the modules' workflow definitions (e.g. a test's process with other versions of them); extraWorkflows still follow. */
+    workflows?: (fromModules: WorkflowDef[]) => WorkflowDef[];
+  },
+): Promise<Container> {
   const logger = createLogger({ level: config.LOG_LEVEL, name: `dealix-${opts.service}` });
   // A worker's jobs each hold a connection per step transaction; the sweeper and maintenance need two more.
   const poolMax = config.DATABASE_POOL_MAX ?? (opts.service === 'worker' ? config.WORKER_CONCURRENCY + 2 : 10);
@@ -56,7 +64,8 @@ export async function createContainer(config: Config, opts: { service: 'api' | '
     }
     return q;
   };
-  const workflows = [...workflowsFor(config, { queue: () => queue('golden-path') }), ...(opts.extraWorkflows ?? [])];
+  const fromModules = workflowsFor(config, { queue: () => queue('golden-path') });
+  const workflows = [...(opts.workflows ? opts.workflows(fromModules) : fromModules), ...(opts.extraWorkflows ?? [])];
   for (const wf of workflows) queue(wf.queue);
   // Bull Board and /metrics show the maintenance queue too (its scheduler is upserted by workers).
   queue(MAINTENANCE_QUEUE);

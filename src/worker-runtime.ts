@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import type { Worker } from 'bullmq';
 import type { Container } from './container.ts';
 import { createRedis } from './platform/queue/connections.ts';
@@ -24,6 +25,7 @@ export async function startWorkerProcess(c: Container): Promise<WorkerProcess> {
     workerId: c.instanceId,
     leaseMs: cfg.WORKER_LOCK_DURATION,
     onStepDone: ({ step, seconds, replayed }) => c.metrics.stepDuration.observe({ step, replayed: String(replayed) }, seconds),
+    onDeferred: ({ workflow, version }) => c.metrics.deferredJobs.inc({ workflow, version: String(version ?? 'unknown') }),
   });
   const settings = {
     concurrency: cfg.WORKER_CONCURRENCY,
@@ -51,7 +53,12 @@ export async function startWorkerProcess(c: Container): Promise<WorkerProcess> {
     runtime: c.runtime,
     redis: c.redis,
     logger: c.logger,
-    lockKey: `${cfg.QUEUE_PREFIX}:sweeper-lock`,
+    // One sweeper at a time per set of registered workflow versions: while workers of another set run
+    // beside these (a rolling deploy, workers kept to drain an old version), each set sweeps the runs
+    // it can carry on, so no run is left to a sweeper that must skip it (ADR 0008). Redis's loss is
+    // noticed once, whoever sweeps first.
+    lockKey: `${cfg.QUEUE_PREFIX}:sweeper-lock:${createHash('sha256').update(c.runtime.workflows.labels().join(',')).digest('hex').slice(0, 12)}`,
+    markerKey: `${cfg.QUEUE_PREFIX}:sweeper-lock:marker`,
     intervalMs: cfg.SWEEPER_INTERVAL,
     minAgeMs: cfg.SWEEPER_MIN_AGE,
     // A flushed or replaced Redis lost the Job Schedulers too: put them back.

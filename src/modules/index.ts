@@ -4,7 +4,8 @@ import type { MikroORM } from '@mikro-orm/postgresql';
 import type { Config } from '../platform/config/config.ts';
 import { keepFromConfig, type DurableRuntime, type KeepJobs } from '../platform/durable/runtime.ts';
 import type { AdmissionControl, RouteDef } from '../platform/http/route.ts';
-import type { WorkflowDef } from '../platform/durable/workflow.ts';
+import { deferDelayMs, type WorkflowDef } from '../platform/durable/workflow.ts';
+import { WorkflowVersionUnavailableError } from '../platform/durable/errors.ts';
 import type { JobHandler } from '../platform/durable/worker-host.ts';
 import { tenantEm } from '../platform/db/tenant-em.ts';
 import { namedJobId } from '../platform/queue/job-ids.ts';
@@ -110,7 +111,16 @@ export function jobHandlersFor(deps: { orm: MikroORM; runtime: DurableRuntime })
   return {
     async [SLA_JOB_NAME](job: Job) {
       const data = job.data as SlaJobData;
-      const found = await tenantEm(deps.orm, data.tenant_id).transactional((tx) => approvals.expire(tx, data.tenant_id, data.run_id));
+      let found: Awaited<ReturnType<ApprovalService['expire']>>;
+      try {
+        found = await tenantEm(deps.orm, data.tenant_id).transactional((tx) => approvals.expire(tx, data.tenant_id, data.run_id));
+      } catch (e) {
+        if (!(e instanceof WorkflowVersionUnavailableError)) throw e;
+        // The run's workflow version is not registered here (a rolling deploy): nothing was written;
+        // put the timer off for a worker that has it instead of spending its attempts (ADR 0008).
+        await job.moveToDelayed(Date.now() + deferDelayMs(job.attemptsStarted), job.token);
+        throw new DelayedError();
+      }
       if (found.outcome === 'not_due') {
         // Fired early (clock skew, a re-created timer, or a timer whose step attempt rolled back and
         // whose retry stored another deadline): wait for the stored deadline, not this job's own.

@@ -10,6 +10,7 @@ import { authenticationRow, idempotencyRow, withProbe } from './http.checks.ts';
 import { bullBoardAuthRow, bullBoardQueuesRow, type BullBoardInfo } from './bull-board.checks.ts';
 import { redisRows } from './redis.checks.ts';
 import { configRow, docsRows, telemetryRow, workerSettingsRow } from './settings.checks.ts';
+import { workflowVersionsRow } from './workflow-versions.checks.ts';
 import { fail, toReport, type ReadinessReport, type ReadinessRow } from './readiness.types.ts';
 
 /** Everything the matrix inspects. Production wiring: readiness.target.ts; tests point pieces at throwaway things. */
@@ -60,5 +61,6 @@ export async function runReadiness(deps: ReadinessDeps): Promise<ReadinessReport
   rows.push(telemetryRow(config));
   rows.push(...(await guarded('redis', () => redisRows(deps.redis, { production: config.NODE_ENV === 'production' }))));
   rows.push(workerSettingsRow(config, workflows));
+  rows.push(...(await guarded('workflow-versions', async () => [await workflowVersionsRow(deps.orm, workflows)])));
   return toReport(rows);
 }

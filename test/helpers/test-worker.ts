@@ -8,6 +8,9 @@
  * GP_SLOW_FAIL: `<seq>:permanent` (the step throws a non-retryable error) or `<seq>:retryable[:<n>]`
  * (it throws a plain error on its first n attempts, on every attempt without n). GP_SLOW_RETRY: JSON,
  * the retry policy of every step (the test's own slowWorkflow({ retry }) must say the same).
+ * GP_VERSIONS: which versions of golden-path and gp-slow the process registers, comma-separated
+ * (default 1; 2 is version 1 plus a closing step, versioned-workflows.ts): a worker of an older or a
+ * newer release.
  */
 import { setTimeout as sleep } from 'node:timers/promises';
 import { loadConfig } from '../../src/platform/config/config.ts';
@@ -17,6 +20,7 @@ import { onShutdown } from '../../src/platform/process/shutdown.ts';
 import { PermanentError } from '../../src/platform/errors/app-error.ts';
 import type { RetryPolicy } from '../../src/platform/durable/workflow.ts';
 import { STEP_ENTERED, slowWorkflow, type SlowVariant, type StepGate } from './slow-workflow.ts';
+import { versionsFromEnv, withVersions } from './versioned-workflows.ts';
 
 const delays = (process.env.GP_SLOW_STEP_MS ?? '0').split(',').map((s) => s.trim());
 const variant = (process.env.GP_SLOW_VARIANT ?? 'original') as SlowVariant;
@@ -37,7 +41,12 @@ const gate: StepGate = async ({ seq, step, ctx }) => {
 };
 
 const config = loadConfig();
-const container = await createContainer(config, { service: 'worker', extraWorkflows: [slowWorkflow({ gate, variant, ...(retry ? { retry } : {}) })] });
+const versions = versionsFromEnv(process.env.GP_VERSIONS);
+const container = await createContainer(config, {
+  service: 'worker',
+  workflows: (fromModules) => withVersions(fromModules, versions),
+  extraWorkflows: withVersions([slowWorkflow({ gate, variant, ...(retry ? { retry } : {}) })], versions),
+});
 const worker = await startWorkerProcess(container);
 onShutdown(container.logger, config.WORKER_SHUTDOWN_GRACE, async () => {
   await worker.stop();

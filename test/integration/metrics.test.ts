@@ -49,6 +49,8 @@ describe('Prometheus metrics', () => {
     expect(Math.abs(sample(res.text, 'dealix_metrics_last_read_timestamp_seconds')! - Date.now() / 1000)).toBeLessThan(60);
     // Every status is a series, 0 when no run has it (a vanished series reads as "no data", not 0).
     for (const status of RUN_STATUSES.filter((st) => st !== 'completed')) expect(sample(res.text, `dealix_runs{status="${status}"}`), status).toBe(0);
+    // Every registered workflow version is a series of active runs, 0 when none (ADR 0008).
+    expect(sample(res.text, 'dealix_active_runs{workflow="golden-path",version="1",registered="true"}')).toBe(0);
     expect(sample(res.text, 'dealix_idempotency_replays_total')).toBe(1);
     expect(sample(res.text, 'dealix_idempotency_conflicts_total{reason="mismatch"}')).toBe(1);
     expect(res.text).toContain('# TYPE dealix_step_duration_seconds histogram');

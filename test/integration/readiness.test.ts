@@ -30,7 +30,7 @@ describe('a healthy stack', () => {
       expect(m.row(`rls ${table}`).status).toBe('PASS');
       expect(m.row(`tenant-unique ${table}`).status).toBe('PASS');
     }
-    for (const c of ['config', 'app-role', 'postgres-autovacuum', 'migrations', 'schema-drift', 'routes-idempotency', 'routes-authentication', 'bull-board-auth', 'bull-board-queues', 'telemetry', 'redis', 'redis-eviction', 'redis-persistence', 'worker-settings']) {
+    for (const c of ['config', 'app-role', 'postgres-autovacuum', 'migrations', 'schema-drift', 'routes-idempotency', 'routes-authentication', 'bull-board-auth', 'bull-board-queues', 'telemetry', 'redis', 'redis-eviction', 'redis-persistence', 'worker-settings', 'workflow-versions']) {
       expect(m.row(c).status).toBe('PASS');
     }
   });
@@ -132,6 +132,34 @@ describe('worker settings', () => {
     const m = await matrixFor({ adjust: (d) => ({ workflows: [...d.workflows, wf] }) });
     expect(m.row('worker-settings')).toMatchObject({ status: 'FAIL' });
     expect(m.row('worker-settings').reason).toMatch(/step retry-storm\/hammer has 50 attempts/);
+  });
+});
+
+describe('workflow versions', () => {
+  const run = (db: TestDatabase, workflow: string, version: number, status: string) =>
+    db.admin(
+      `insert into durable_runs (id, tenant_id, workflow, workflow_version, idempotency_hash, status, principal, input, correlation_id, sequence_num, step_count, created_at, updated_at)
+       values (gen_random_uuid(), gen_random_uuid(), $1, $2, md5(random()::text), $3, 'u', '{}', 'c', 0, 4, now(), now())`,
+      [workflow, version, status],
+    );
+
+  it('active runs of registered versions, ended runs of any version and another deployment\'s workflows pass, each named', async () => {
+    const m = await matrixFor({
+      tamper: async (db) => {
+        await run(db, 'golden-path', 1, 'waiting');
+        await run(db, 'golden-path', 1, 'running');
+        await run(db, 'golden-path', 7, 'completed');
+        await run(db, 'elsewhere', 3, 'pending');
+      },
+    });
+    expect(m.row('workflow-versions')).toMatchObject({ status: 'PASS' });
+    expect(m.row('workflow-versions').reason).toMatch(/registers golden-path@v1; active runs: golden-path@v1 \(2\); .*another deployment's.*elsewhere@v3 \(1\)/);
+  });
+
+  it('an active run of a version the release no longer registers fails, naming the version and its runs', async () => {
+    const m = await matrixFor({ tamper: (db) => run(db, 'golden-path', 2, 'waiting').then(() => run(db, 'golden-path', 2, 'pending')).then(() => undefined) });
+    expect(m.row('workflow-versions')).toMatchObject({ status: 'FAIL' });
+    expect(m.row('workflow-versions').reason).toMatch(/active runs of versions this release does not register: golden-path@v2 \(2\); keep each version registered until its runs have ended/);
   });
 });
 

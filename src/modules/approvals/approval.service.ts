@@ -22,8 +22,6 @@ interface ApprovalRow {
   idempotency_hash?: string;
 }
 
-const SEQ = 3;
-
 /**
  * Human decisions and SLA expiry. Both are conditional updates on the pending request under a row
  * lock, so approve-versus-expire is race-free; both resume the waiting run through the runtime.
@@ -73,13 +71,13 @@ export class ApprovalService {
     let afterCommit: (() => Promise<void>) | undefined;
     if (outcome !== 'pending') {
       await em.execute(`update approval_requests set status = ?, decided_at = now(), updated_at = now() where id = ?`, [outcome, req.id], 'run');
-      const packet = await this.packet(em, req.tenant_id, req.run_id);
+      const { seq, packet } = await this.packet(em, req.tenant_id, req.run_id);
       const resumed: ApprovalPacket = {
         ...packet,
         outcome,
         decisions: decisions.map((d) => ({ decided_by: d.approver, decision: d.decision, comment: d.comment, decided_at: new Date(d.created_at).toISOString(), kind: d.kind })),
       };
-      const enqueue = await this.runtime.resume(em, req.run_id, SEQ, resumed);
+      const enqueue = await this.runtime.resume(em, req.run_id, seq, resumed);
       const sla = this.sla;
       // After the commit: the run goes on, and its SLA timer has nothing left to time.
       afterCommit = async () => {
@@ -109,17 +107,22 @@ export class ApprovalService {
     if (!req || req.status !== 'pending') return { outcome: 'not_pending' };
     if (!req.expired_now) return { outcome: 'not_due', deadline: req.sla_deadline ? new Date(req.sla_deadline) : null };
     await em.execute(`update approval_requests set status = 'expired', decided_at = now(), updated_at = now() where id = ?`, [req.id], 'run');
-    const packet = await this.packet(em, tenantId, runId);
-    await this.runtime.resume(em, runId, SEQ, { ...packet, outcome: 'expired' }, { finalStatus: 'approval_expired' });
+    const { seq, packet } = await this.packet(em, tenantId, runId);
+    await this.runtime.resume(em, runId, seq, { ...packet, outcome: 'expired' }, { finalStatus: 'approval_expired' });
     return { outcome: 'expired' };
   }
 
-  private async packet(em: EntityManager, tenantId: string, runId: string): Promise<ApprovalPacket> {
-    const [cp] = await em.execute<{ output: unknown }[]>(
-      `select output from durable_checkpoints where tenant_id = ? and run_id = ? and sequence_num = ? and step_name = ?`,
-      [tenantId, runId, SEQ, APPROVAL_PACKET_STEP],
+  /**
+   * The run's approval step checkpoint: the packet it stored and its sequence_num, found by the step's
+   * name (each version of a workflow may place the step elsewhere; the runtime's resume checks the name
+   * against the run's own version).
+   */
+  private async packet(em: EntityManager, tenantId: string, runId: string): Promise<{ seq: number; packet: ApprovalPacket }> {
+    const [cp] = await em.execute<{ output: unknown; sequence_num: number }[]>(
+      `select output, sequence_num from durable_checkpoints where tenant_id = ? and run_id = ? and step_name = ?`,
+      [tenantId, runId, APPROVAL_PACKET_STEP],
     );
     if (!cp) throw new NotFoundError('approval checkpoint');
-    return approvalPacketSchema.parse(cp.output);
+    return { seq: cp.sequence_num, packet: approvalPacketSchema.parse(cp.output) };
   }
 }

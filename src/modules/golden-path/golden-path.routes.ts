@@ -12,8 +12,9 @@ import { BASE, runAccepted, runPage, runPath, runView, toRunSummary, toRunView, 
 const uuidParam = z.object({ id: z.string().uuid() });
 
 export function goldenPathRoutes(deps: { runtime: DurableRuntime; admission?: AdmissionControl }): RouteDef[] {
-  const wf = deps.runtime.workflow(GOLDEN_PATH);
-  const stepNames = wf.steps.map((s) => s.name);
+  // A run is shown with the steps of the version it started with; one this process does not register, with its checkpoints' names.
+  const stepNames = (run: RunRow, checkpoints: Array<{ step_name: string }>) =>
+    deps.runtime.workflows.get(GOLDEN_PATH, run.workflow_version)?.steps.map((s) => s.name) ?? checkpoints.map((c) => c.step_name);
   return [
     defineRoute({
       method: 'post',
@@ -58,7 +59,7 @@ export function goldenPathRoutes(deps: { runtime: DurableRuntime; admission?: Ad
           `select sequence_num, step_name, status, attempt, output, error, created_at, completed_at from durable_checkpoints where tenant_id = ? and run_id = ? order by sequence_num`,
           [run.tenant_id, run.id],
         );
-        return { status: 200, body: toRunView(run, steps, stepNames) };
+        return { status: 200, body: toRunView(run, steps, stepNames(run, steps)) };
       },
     }),
     defineRoute({

@@ -113,8 +113,10 @@ export function toRunView(run: GoldenPathRunRow, steps: CheckpointRow[], stepNam
   const byNum = new Map(steps.map((s) => [s.sequence_num, s]));
   // The checkpoints are the live progress (the run row moves only with its status).
   const completed = steps.filter((s) => s.status === 'completed').length;
-  const evidenceOut = byNum.get(4)?.output;
-  const approvalOut = byNum.get(3)?.output;
+  // By the steps' names: each workflow version may place them elsewhere.
+  const outputOf = (name: string) => steps.find((s) => s.step_name === name)?.output;
+  const evidenceOut = outputOf('evidence-pack');
+  const approvalOut = outputOf('approval-packet');
   const evidence = evidenceOut && 'evidence_pack_id' in evidenceOut ? evidenceOut.evidence_pack_id : undefined;
   const approval = approvalOut && 'approval_request_id' in approvalOut ? approvalOut.approval_request_id : undefined;
   return {

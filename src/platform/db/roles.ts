@@ -74,7 +74,8 @@ async function ensureRole(client: pg.Client, name: string, password: string | un
 /**
  * Grants the application role exactly the DML it needs, and the system role its narrow columns
  * (ADR 0003; `idempotency_hash` since session 13: an opaque id that every run job's id in Redis
- * already carries, so the sweeper can find a pending run's job without a tenant transaction). Run by
+ * already carries, so the sweeper can find a pending run's job without a tenant transaction;
+ * `workflow_version` since ADR 0008: which definition a run's jobs need). Run by
  * the owner, in one transaction (see migrate): everything is revoked first, so privileges converge on
  * this list even when an earlier release granted more (a wider column list, TRUNCATE), and running
  * sessions never see a moment without their grants.
@@ -95,6 +96,6 @@ export async function grantRuntimePrivileges(client: { execute(sql: string): Pro
   }
   await client.execute(`REVOKE ALL ON TABLE mikro_orm_migrations FROM ${everyone}`);
   await client.execute(`GRANT SELECT ON TABLE mikro_orm_migrations TO ${ident(appRole)}`);
-  await client.execute(`GRANT SELECT (id, tenant_id, workflow, status, sequence_num, step_count, updated_at, idempotency_hash) ON TABLE durable_runs TO ${ident(SYSTEM_ROLE)}`);
+  await client.execute(`GRANT SELECT (id, tenant_id, workflow, workflow_version, status, sequence_num, step_count, updated_at, idempotency_hash) ON TABLE durable_runs TO ${ident(SYSTEM_ROLE)}`);
   await client.execute(`GRANT SELECT (id, tenant_id, expires_at), DELETE ON TABLE idempotency_keys TO ${ident(SYSTEM_ROLE)}`);
 }

@@ -36,3 +36,23 @@ export function isStaleStart(e: unknown): boolean {
   }
   return false;
 }
+
+/**
+ * The run was started by a version of its workflow that this process does not register (ADR 0008):
+ * another process may (a rolling deploy, workers kept to drain an old version). Never a reason to
+ * fail the run: a worker defers the job, the API answers 503 so the caller retries elsewhere or later.
+ */
+export class WorkflowVersionUnavailableError extends AppError {
+  readonly workflow: string;
+  readonly version: number | undefined;
+  constructor(workflow: string, version: number | undefined) {
+    super('workflow_version_unavailable', `workflow ${workflow}@v${version ?? '?'} is not registered in this process`, {
+      status: 503,
+      retryable: true,
+      detail: 'The run was started by a workflow version this instance does not run; retry shortly.',
+      headers: { 'Retry-After': '5' },
+    });
+    this.workflow = workflow;
+    this.version = version;
+  }
+}

@@ -1,5 +1,5 @@
 import type { EntityManager, MikroORM } from '@mikro-orm/postgresql';
-import { UnrecoverableError, WaitingError, type Job } from 'bullmq';
+import { DelayedError, UnrecoverableError, WaitingError, type Job } from 'bullmq';
 import { context as otelContext, SpanStatusCode, trace, type Span } from '@opentelemetry/api';
 import type { Logger } from 'pino';
 import { ZodError } from 'zod';
@@ -8,11 +8,12 @@ import { tenantEm } from '../db/tenant-em.ts';
 import { holdingInserts } from '../db/coalescing-client.ts';
 import { requestContext } from '../tenancy/request-context.ts';
 import { ATTR } from '../telemetry/attributes.ts';
-import { NonDeterminismError, RunNotVisibleError, isStaleStart, isUniqueViolation } from './errors.ts';
+import { NonDeterminismError, RunNotVisibleError, WorkflowVersionUnavailableError, isStaleStart, isUniqueViolation } from './errors.ts';
 import { ACTIVE_RUN_STATUSES } from './durable-run.entity.ts';
 import type { DurableRuntime, RunRow, StepJobData } from './runtime.ts';
 import { loadRunState, startingRunState, type RunState } from './run-state.ts';
-import { WAITING, isWaiting, retryOf, type StepContext, type StepDef, type Waiting, type WorkflowDef } from './workflow.ts';
+import { WAITING, deferDelayMs, isWaiting, retryOf, type StepContext, type StepDef, type Waiting, type WorkflowDef } from './workflow.ts';
+import { versionLabel } from './registry.ts';
 
 export interface StepOutcome {
   sequence_num: number;
@@ -40,6 +41,8 @@ export interface ExecutorOptions {
   workerId: string;
   leaseMs: number;
   onStepDone?(info: { step: string; seconds: number; replayed: boolean; status: string }): void;
+  /** A job put off because this process does not register its run's workflow version (ADR 0008). */
+  onDeferred?(info: { workflow: string; version: number | undefined }): void;
 }
 
 /** How the worker host steers a running job. */
@@ -50,6 +53,11 @@ export interface JobControl {
   draining?(): boolean;
   /** Moves the job back to `wait` (no attempt spent) so another worker continues it. */
   handBack?(): Promise<void>;
+  /**
+   * Moves the job to `delayed` for `delayMs` (no attempt spent), recording that it was put off
+   * `deferrals` times: for a worker that registers its run's workflow version (ADR 0008).
+   */
+  defer?(delayMs: number, deferrals: number): Promise<void>;
 }
 
 const tracer = trace.getTracer('dealix-durable');
@@ -104,8 +112,11 @@ export class StepExecutor {
 
   private async execute(job: Job<StepJobData>, logger: Logger, control: JobControl): Promise<JobOutcome> {
     const d = job.data;
-    const wf = this.o.runtime.workflow(d.workflow);
     const em = tenantEm(this.o.orm, d.tenant_id);
+    // Exactly the version the run started with (the job carries it: two map lookups, no read).
+    const version = d.workflow_version ?? (await this.storedVersion(em, d));
+    const wf = version === undefined ? this.o.runtime.workflows.current(d.workflow) : this.o.runtime.workflows.get(d.workflow, version);
+    if (!wf) return this.defer(job, control, logger, version);
     const outcome: JobOutcome = { run_id: d.run_id, from_sequence_num: d.sequence_num, status: 'ended', steps: [] };
     // BullMQ counts each time the job became active (1 on its first delivery; 0 when run outside a
     // worker), its stalls, and its finished attempts.
@@ -182,7 +193,7 @@ export class StepExecutor {
         if (!isUniqueViolation(e)) {
           // Throws, unless the step failed for good here while another execution of the job had
           // completed it: then the run is that execution's success, never failed, and this one goes on from it.
-          await this.fail(job, e, state ? seq : ((e as NonDeterminismError).at ?? d.reached ?? seq), logger, state !== undefined);
+          await this.fail(job, wf, e, state ? seq : ((e as NonDeterminismError).at ?? d.reached ?? seq), logger, state !== undefined);
         }
         logger.warn({ sequence_num: seq }, 'another execution checkpointed this step first; going on from what it stored');
         state = undefined;
@@ -191,6 +202,36 @@ export class StepExecutor {
       }
     }
     throw new AppError('checkpoint_races', `run ${d.run_id}: lost the race for a step more often than the workflow has steps`, { retryable: true });
+  }
+
+  /**
+   * The workflow version of the run a job added before jobs carried it names (one read, for such
+   * jobs only); undefined when the run is not visible, which the run's read then reports.
+   */
+  private async storedVersion(em: EntityManager, d: StepJobData): Promise<number | undefined> {
+    const [row] = await em.transactional((tx) =>
+      tx.execute<{ workflow_version: number }[]>(`select workflow_version from durable_runs where tenant_id = ? and id = ?`, [d.tenant_id, d.run_id]),
+    );
+    return row?.workflow_version;
+  }
+
+  /**
+   * Puts the job off: this process does not register the run's workflow version, another may (a
+   * rolling deploy, workers kept to drain an old version). The run is never failed for it; the job
+   * goes to `delayed` with a growing delay (no attempt spent) and any worker may take it then (ADR 0008).
+   */
+  private async defer(job: Job<StepJobData>, control: JobControl, logger: Logger, version: number | undefined): Promise<never> {
+    const d = job.data;
+    const deferrals = (d.deferrals ?? 0) + 1;
+    const delayMs = deferDelayMs(deferrals);
+    this.o.onDeferred?.({ workflow: d.workflow, version });
+    logger.warn(
+      { workflow: versionLabel(d.workflow, version), registered: this.o.runtime.workflows.labels(), deferrals, delay_ms: delayMs },
+      'run of a workflow version this worker does not register: job put off for a worker that does',
+    );
+    if (!control.defer) throw new WorkflowVersionUnavailableError(d.workflow, version);
+    await control.defer(delayMs, deferrals);
+    throw new DelayedError();
   }
 
   /** Steps from `seq` on whose checkpoint is completed are replayed (their stored outputs are in the state). */
@@ -296,10 +337,9 @@ export class StepExecutor {
    * failed (`stepRan`: the run was read, the error is the step's or its checkpoint's, not the run's
    * reading, such as non-determinism) while another execution of the job had completed it.
    */
-  private async fail(job: Job<StepJobData>, e: unknown, seq: number, logger: Logger, stepRan = false): Promise<'completed-elsewhere'> {
+  private async fail(job: Job<StepJobData>, wf: WorkflowDef, e: unknown, seq: number, logger: Logger, stepRan = false): Promise<'completed-elsewhere'> {
     const d = job.data;
     const err = coerceError(e);
-    const wf = this.o.runtime.workflow(d.workflow);
     const step = wf.steps[seq - 1];
     const log = logger.child({ sequence_num: seq, step: step?.name ?? d.step });
     if (e instanceof RunNotVisibleError) {

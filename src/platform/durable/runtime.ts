@@ -10,6 +10,8 @@ import { ATTR } from '../telemetry/attributes.ts';
 import { ACTIVE_RUN_STATUSES, type RunStatus } from './durable-run.entity.ts';
 import type { CheckpointStatus } from './durable-checkpoint.entity.ts';
 import { STEP_BACKOFF, jobAttempts, retryOf, segmentStart, type WorkflowDef } from './workflow.ts';
+import { WorkflowRegistry, versionLabel } from './registry.ts';
+import { WorkflowVersionUnavailableError } from './errors.ts';
 
 /**
  * The run's correlation id as the job's only baggage: whatever baggage the caller's request brought
@@ -24,6 +26,11 @@ export interface StepJobData {
   run_id: string;
   tenant_id: string;
   workflow: string;
+  /**
+   * The run's workflow version: the job is executed by exactly that version's definition (ADR 0008).
+   * Absent only from jobs added before versions were carried: the executor reads it from the run.
+   */
+  workflow_version?: number;
   /** The step the job starts at, and its name when the job was added (a different name in the code is non-determinism). */
   step: string;
   sequence_num: number;
@@ -32,6 +39,8 @@ export interface StepJobData {
   failures?: Record<string, number>;
   /** The sequence_num the job had reached when it last failed (its retry's backoff and attempt count follow it). */
   reached?: number;
+  /** How often workers that do not register the run's workflow version put the job off (ADR 0008). */
+  deferrals?: number;
   /**
    * What the run's first step needs, copied from the run row when the run was created (a job that
    * starts a new run, with an input of at most FIRST_STEP_INPUT_MAX bytes of JSON): the job runs that
@@ -99,6 +108,7 @@ export interface IncompleteRun {
   id: string;
   tenant_id: string;
   workflow: string;
+  workflow_version: number;
   status: RunStatus;
   sequence_num: number;
   step_count: number;
@@ -110,6 +120,7 @@ export interface IncompleteRun {
 }
 
 export interface RuntimeOptions {
+  /** Every definition this process runs, several versions of a name allowed (registry.ts checks them). */
   workflows: WorkflowDef[];
   queues: Map<string, Queue>;
   logger: Logger;
@@ -145,22 +156,30 @@ export function keepFromConfig(config: Pick<Config, 'QUEUE_KEEP_COMPLETED' | 'QU
  * source of truth; Redis carries the work. The step executor (executor.ts) and the sweeper (sweeper.ts) build on it.
  */
 export class DurableRuntime {
-  readonly workflows: Map<string, WorkflowDef>;
+  readonly workflows: WorkflowRegistry;
   readonly queues: Map<string, Queue>;
   private readonly logger: Logger;
   /** How many finished jobs, and how old, BullMQ keeps (every job the runtime adds, SLA timers included). */
   readonly keep: { completed: KeepJobs; failed: KeepJobs };
 
   constructor(opts: RuntimeOptions) {
-    this.workflows = new Map(opts.workflows.map((w) => [w.name, w]));
+    this.workflows = new WorkflowRegistry(opts.workflows);
     this.queues = opts.queues;
     this.logger = opts.logger;
     this.keep = opts.keep ?? DEFAULT_KEEP;
   }
 
+  /** The definition new runs of `name` start on: the version marked current, else the newest registered. */
   workflow(name: string): WorkflowDef {
-    const wf = this.workflows.get(name);
+    const wf = this.workflows.current(name);
     if (!wf) throw new Error(`unknown workflow ${name}`);
+    return wf;
+  }
+
+  /** The definition of exactly this version, which a run started on it is carried on by; refused (503, retryable) when this process does not register it. */
+  definition(name: string, version: number): WorkflowDef {
+    const wf = this.workflows.get(name, version);
+    if (!wf) throw new WorkflowVersionUnavailableError(name, version);
     return wf;
   }
 
@@ -229,7 +248,7 @@ export class DurableRuntime {
    * a second execution after the job was removed harmless.
    */
   async enqueue(
-    run: Pick<RunRow, 'id' | 'tenant_id' | 'workflow' | 'idempotency_hash' | 'correlation_id' | 'traceparent'> & Partial<RunRow>,
+    run: Pick<RunRow, 'id' | 'tenant_id' | 'workflow' | 'workflow_version' | 'idempotency_hash' | 'correlation_id' | 'traceparent'> & Partial<RunRow>,
     fromSeq: number,
     /**
      * `carryFirst`: the caller has just created the run (its row is `run`), so the job may carry what
@@ -238,7 +257,7 @@ export class DurableRuntime {
      */
     opts: { carryFirst?: boolean } = {},
   ): Promise<void> {
-    const wf = this.workflow(run.workflow);
+    const wf = this.definition(run.workflow, run.workflow_version);
     if (fromSeq < 1 || fromSeq > wf.steps.length) return;
     const queue = this.queues.get(wf.queue);
     if (!queue) throw new Error(`no queue ${wf.queue} for workflow ${wf.name}`);
@@ -248,6 +267,7 @@ export class DurableRuntime {
       run_id: run.id,
       tenant_id: run.tenant_id,
       workflow: wf.name,
+      workflow_version: wf.version,
       step: step.name,
       sequence_num: fromSeq,
       _correlation_id: run.correlation_id,
@@ -279,13 +299,18 @@ export class DurableRuntime {
    * Makes sure a run that has not reached a wait has its run job, e.g. when a retried submission
    * finds the run its first attempt created: the job is added under the id of the job that started
    * the run's current stretch of steps, so while that one exists this is a no-op (adding it from the
-   * next step would start a second job beside the live one).
+   * next step would start a second job beside the live one). A run of a version this process does not
+   * register is left to the sweeper of a worker that does (ADR 0008).
    */
   async ensureEnqueued(
-    run: Pick<RunRow, 'id' | 'tenant_id' | 'workflow' | 'idempotency_hash' | 'correlation_id' | 'traceparent' | 'sequence_num'> & Partial<RunRow>,
+    run: Pick<RunRow, 'id' | 'tenant_id' | 'workflow' | 'workflow_version' | 'idempotency_hash' | 'correlation_id' | 'traceparent' | 'sequence_num'> & Partial<RunRow>,
     opts: { carryFirst?: boolean } = {},
   ): Promise<void> {
-    const wf = this.workflow(run.workflow);
+    const wf = this.workflows.get(run.workflow, run.workflow_version);
+    if (!wf) {
+      this.logger.warn({ run_id: run.id, tenant_id: run.tenant_id, workflow: versionLabel(run.workflow, run.workflow_version) }, 'run of a workflow version this process does not register: left to the sweeper of a worker that does');
+      return;
+    }
     await this.enqueue(run, segmentStart(wf, run.sequence_num + 1), opts);
   }
 
@@ -411,12 +436,14 @@ export class DurableRuntime {
   /**
    * Resumes a run that waits at `sequenceNum`: completes the waiting checkpoint with `output`
    * (validated by the step's schema), moves the run on, and returns a function that enqueues the
-   * remaining steps; call it after the transaction commits. A run that does not wait there is refused.
+   * remaining steps; call it after the transaction commits. A run that does not wait there is refused,
+   * and so is a run of a version this process does not register (WorkflowVersionUnavailableError, 503:
+   * the transaction rolls back and the caller retries, on an instance that has it).
    */
   async resume(em: EntityManager, runId: string, sequenceNum: number, output: unknown, opts: { finalStatus?: RunStatus } = {}): Promise<() => Promise<void>> {
     const [run] = await em.execute<RunRow[]>(`select ${RUN_COLUMNS} from durable_runs where id = ? for update`, [runId]);
     if (!run) throw new Error(`run ${runId} not found`);
-    const wf = this.workflow(run.workflow);
+    const wf = this.definition(run.workflow, run.workflow_version);
     const step = wf.steps[sequenceNum - 1];
     if (!step) throw new Error(`workflow ${wf.name} has no step ${sequenceNum}`);
     const parsed = step.output.parse(output);
@@ -452,7 +479,7 @@ export class DurableRuntime {
     const after = opts.after ? 'and (updated_at, id) > (?::timestamptz, ?::uuid)' : '';
     return systemEm.transactional((tx) =>
       tx.execute<IncompleteRun[]>(
-        `select id, tenant_id, workflow, status, sequence_num, step_count, updated_at, updated_at::text as updated_at_exact, idempotency_hash from durable_runs
+        `select id, tenant_id, workflow, workflow_version, status, sequence_num, step_count, updated_at, updated_at::text as updated_at_exact, idempotency_hash from durable_runs
           where status = any(?::text[]) and updated_at < now() - ? * interval '1 millisecond' ${after}
           order by updated_at, id limit ?`,
         [`{${statuses.join(',')}}`, opts.olderThanMs, ...(opts.after ? [opts.after.updatedAt, opts.after.id] : []), opts.limit],

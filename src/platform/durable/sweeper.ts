@@ -7,6 +7,7 @@ import { stepJobId } from '../queue/job-ids.ts';
 import { COMPLETED_STEPS_SQL, RUN_COLUMNS, type DurableRuntime, type IncompleteRun, type RunRow } from './runtime.ts';
 import type { RunStatus } from './durable-run.entity.ts';
 import type { WorkflowDef } from './workflow.ts';
+import { versionLabel } from './registry.ts';
 
 export interface SweeperOptions {
   orm: MikroORM;
@@ -34,6 +35,11 @@ export interface SweepReport {
   reenqueued: number;
   repairedWaiting: number;
   redisLost: boolean;
+  /**
+   * Incomplete runs of a workflow version this process does not register, by `name@vN`: left alone
+   * for the sweepers of workers that do (each set of registered versions sweeps under its own lock, ADR 0008).
+   */
+  unregistered: Record<string, number>;
 }
 
 const ALIVE = new Set(['waiting', 'active', 'delayed', 'prioritized', 'waiting-children']);
@@ -90,7 +96,14 @@ export class Sweeper {
   }
 
   async sweep(): Promise<SweepReport> {
-    const report: SweepReport = { examined: 0, reenqueued: 0, repairedWaiting: 0, redisLost: false };
+    const report: SweepReport = { examined: 0, reenqueued: 0, repairedWaiting: 0, redisLost: false, unregistered: {} };
+    // A run of a version this process does not register is another worker's: never failed, never enqueued here.
+    const registered = (ref: IncompleteRun) => {
+      if (this.o.runtime.workflows.get(ref.workflow, ref.workflow_version)) return true;
+      const label = versionLabel(ref.workflow, ref.workflow_version);
+      report.unregistered[label] = (report.unregistered[label] ?? 0) + 1;
+      return false;
+    };
     const marker = this.o.markerKey ?? `${this.o.lockKey}:marker`;
     if ((await this.o.redis.exists(marker)) === 0) {
       // Waiting runs have no step job to lose, only timers (e.g. an SLA): repaired once per loss, not every sweep.
@@ -111,7 +124,7 @@ export class Sweeper {
     await this.eachIncomplete(['waiting'], this.o.minAgeMs, async (page) => {
       const alive = await this.withLiveJob(page, snapshots, (wf, ref) => wf.waitingJobId?.(ref.idempotency_hash));
       for (const ref of page) {
-        if (alive.has(ref.id)) continue;
+        if (!registered(ref) || alive.has(ref.id)) continue;
         if (await this.guarded(ref, () => this.repairWaiting(ref))) {
           report.repairedWaiting++;
           this.o.logger.warn({ run_id: ref.id, tenant_id: ref.tenant_id }, 'sweeper repaired a waiting run whose timer was gone');
@@ -123,10 +136,13 @@ export class Sweeper {
       const alive = await this.withLiveJob(page, snapshots, (wf, ref) => (ref.status === 'pending' ? stepJobId(wf.tag, ref.idempotency_hash, 1, wf.steps[0]!.name) : undefined));
       for (const ref of page) {
         report.examined++;
-        if (alive.has(ref.id)) continue;
+        if (!registered(ref) || alive.has(ref.id)) continue;
         if (await this.guarded(ref, () => this.reenqueue(ref))) report.reenqueued++;
       }
     });
+    if (Object.keys(report.unregistered).length > 0) {
+      this.o.logger.warn({ unregistered: report.unregistered, registered: this.o.runtime.workflows.labels() }, 'incomplete runs of workflow versions this worker does not register: left to workers that do');
+    }
     return report;
   }
 
@@ -161,7 +177,7 @@ export class Sweeper {
     const alive = new Set<string>();
     await Promise.allSettled(
       page.map(async (ref) => {
-        const wf = this.o.runtime.workflows.get(ref.workflow);
+        const wf = this.o.runtime.workflows.get(ref.workflow, ref.workflow_version);
         const queue = wf && this.o.runtime.queues.get(wf.queue);
         const jobId = wf && ref.idempotency_hash ? jobIdOf(wf, ref) : undefined;
         if (!queue || !jobId) {
@@ -194,7 +210,7 @@ export class Sweeper {
   }
 
   private async repairWaiting(ref: IncompleteRun): Promise<boolean> {
-    const wf = this.o.runtime.workflows.get(ref.workflow);
+    const wf = this.o.runtime.workflows.get(ref.workflow, ref.workflow_version);
     if (!wf?.repairWaiting) return false;
     await tenantEm(this.o.orm, ref.tenant_id).transactional((tx) => wf.repairWaiting!(tx, { tenantId: ref.tenant_id, runId: ref.id }));
     return true;
@@ -209,9 +225,9 @@ export class Sweeper {
    * deterministic id, adding the job again would be a silent no-op.
    */
   private async reenqueue(ref: IncompleteRun): Promise<boolean> {
-    const wf = this.o.runtime.workflows.get(ref.workflow);
+    const wf = this.o.runtime.workflows.get(ref.workflow, ref.workflow_version);
     const queue = wf && this.o.runtime.queues.get(wf.queue);
-    if (!wf || !queue) return false; // another deployment's workflow: leave it to the workers that know it
+    if (!wf || !queue) return false; // another deployment's workflow or version: leave it to the workers that know it
     // The run row moves only with its status; its checkpoints are the live progress.
     const [run] = await tenantEm(this.o.orm, ref.tenant_id).transactional((tx) =>
       tx.execute<(RunRow & { completed: number })[]>(

@@ -42,7 +42,7 @@ export function startWorkers(args: {
   telemetry?: WorkerOptions['telemetry'];
   queues?: string[];
 }): WorkerHost {
-  const queueNames = new Set(args.queues ?? [...args.runtime.workflows.values()].map((w) => w.queue));
+  const queueNames = new Set(args.queues ?? args.runtime.workflows.all().map((w) => w.queue));
   const active = new Map<string, ActiveStep>();
   let draining = false;
   const processor: Processor = async (job, token) => {
@@ -58,6 +58,10 @@ export function startWorkers(args: {
           draining: () => draining,
           handBack: async () => {
             if (token) await job.moveToWait(token);
+          },
+          defer: async (delayMs, deferrals) => {
+            await job.updateData({ ...(job.data as StepJobData), deferrals });
+            await job.moveToDelayed(Date.now() + delayMs, token);
           },
         });
       } finally {
@@ -103,7 +107,8 @@ function runJobBackoff(runtime: DurableRuntime, type: string | undefined, job: M
   const d = job?.data as StepJobData | undefined;
   if (type !== STEP_BACKOFF || !d) return stepBackoffMs(DEFAULT_RETRY, job?.attemptsMade ?? 1);
   const seq = d.reached ?? d.sequence_num;
-  const step = runtime.workflows.get(d.workflow)?.steps[seq - 1];
+  const wf = d.workflow_version === undefined ? runtime.workflows.current(d.workflow) : runtime.workflows.get(d.workflow, d.workflow_version);
+  const step = wf?.steps[seq - 1];
   return stepBackoffMs(step ? retryOf(step) : DEFAULT_RETRY, d.failures?.[String(seq)] ?? 1);
 }
 

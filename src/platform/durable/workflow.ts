@@ -2,8 +2,8 @@
  * Glossary of the durable runtime
  * - run: one execution of a workflow for one tenant (durable_runs), unique per (tenant, idempotency hash).
  * - step: a named unit of work with zod input and output schemas; its name is a persisted identifier:
- *   never rename one under runs in flight; add the changed workflow under a new name (docs/runtime.md,
- *   "Changing a workflow": one definition per name, and a run is bound to the version it started with).
+ *   never rename one under runs in flight; register the changed workflow as a new `version` beside the
+ *   old one (docs/runtime.md, "Changing a workflow"): a run is finished by the version it started with.
  * - sequence_num: the 1-based position of a step in its workflow; the checkpoint key with the run.
  * - checkpoint: the stored outcome of one step of one run (durable_checkpoints), written in the same
  *   transaction as the step's effects. A completed checkpoint is never executed again: its output replays.
@@ -108,7 +108,16 @@ export function defineStep<I, O>(def: StepDef<I, O>): StepDef<I, O> {
 
 export interface WorkflowDef<In = any> {
   name: string;
+  /**
+   * A positive integer. A process may register several versions of one name (registry.ts): each run
+   * stores the version it started with and is carried on by exactly that version's definition.
+   */
   version: number;
+  /**
+   * New runs of this name start on this version instead of the newest registered one (e.g. while a
+   * newer version is being rolled out to every worker). At most one version of a name says so.
+   */
+  current?: boolean;
   /** Short tag that prefixes job ids (no ':'). */
   tag: string;
   queue: string;
@@ -130,13 +139,19 @@ export interface WorkflowDef<In = any> {
 }
 
 export function defineWorkflow<In>(def: WorkflowDef<In>): WorkflowDef<In> {
+  checkWorkflow(def);
+  return def;
+}
+
+/** What every definition must satisfy; checked when it is defined and again when it is registered. */
+export function checkWorkflow(def: WorkflowDef): void {
+  if (!Number.isSafeInteger(def.version) || def.version < 1) throw new Error(`workflow ${def.name}: version must be a positive integer, not ${String(def.version)}`);
   const names = new Set<string>();
   for (const s of def.steps) {
-    if (names.has(s.name)) throw new Error(`workflow ${def.name}: duplicate step ${s.name}`);
+    if (names.has(s.name)) throw new Error(`workflow ${def.name}@v${def.version}: duplicate step ${s.name}`);
     names.add(s.name);
   }
   if (!/^[a-z0-9-]{1,16}$/.test(def.tag)) throw new Error(`workflow ${def.name}: tag must be short kebab-case`);
-  return def;
 }
 
 /**
@@ -172,4 +187,18 @@ export const STEP_BACKOFF = 'dealix-step';
 export function stepBackoffMs(policy: RetryPolicy, failures: number): number {
   const max = Math.round(2 ** Math.max(0, failures - 1) * policy.backoffMs);
   return Math.floor(max * (1 - policy.jitter) + Math.random() * max * policy.jitter);
+}
+
+/** The first delay of a job put off for a worker that registers its run's workflow version (ADR 0008). */
+export const DEFER_BASE_MS = 1000;
+/**
+ * The longest such delay: about how long a job may wait after a worker with its version starts
+ * (each time the delay ends, any worker may take the job, so it also bounds the back-and-forth).
+ */
+export const DEFER_MAX_MS = 10_000;
+
+/** Delay before a job put off `deferrals` times may be taken again: doubling from DEFER_BASE_MS to DEFER_MAX_MS, ±20 %. */
+export function deferDelayMs(deferrals: number): number {
+  const max = Math.min(DEFER_MAX_MS, DEFER_BASE_MS * 2 ** Math.max(0, deferrals - 1));
+  return Math.round(max * (0.8 + Math.random() * 0.4));
 }

@@ -3,7 +3,8 @@ import type { MikroORM } from '@mikro-orm/postgresql';
 import type { Queue } from 'bullmq';
 import type { Metrics } from '../telemetry/metrics.ts';
 import { systemEm } from '../db/tenant-em.ts';
-import { RUN_STATUSES } from '../durable/durable-run.entity.ts';
+import { ACTIVE_RUN_STATUSES, RUN_STATUSES } from '../durable/durable-run.entity.ts';
+import type { WorkflowRegistry } from '../durable/registry.ts';
 
 const STATES = ['waiting', 'active', 'delayed', 'completed', 'failed', 'waiting-children', 'prioritized'] as const;
 
@@ -14,11 +15,13 @@ const STATES = ['waiting', 'active', 'delayed', 'completed', 'failed', 'waiting-
 export const METRICS_REFRESH_MS = 5000;
 
 /**
- * Prometheus text: queue depth by state and runs by status, read at most every METRICS_REFRESH_MS
- * and by one scrape at a time (the others wait for its reading). Every run status is reported, 0
- * when no run has it, so a series never vanishes.
+ * Prometheus text: queue depth by state, runs by status and active runs by workflow version, read at
+ * most every METRICS_REFRESH_MS and by one scrape at a time (the others wait for its reading). Every
+ * run status is reported, 0 when no run has it, so a series never vanishes; so is every registered
+ * workflow version, and an unregistered one while it has active runs (`registered="false"`: no
+ * definition here can carry them on, ADR 0008).
  */
-export function metricsHandler(c: { metrics: Metrics; queues: Map<string, Queue>; orm: MikroORM }) {
+export function metricsHandler(c: { metrics: Metrics; queues: Map<string, Queue>; orm: MikroORM; runtime: { workflows: WorkflowRegistry } }) {
   let readAt = 0;
   let reading: Promise<void> | undefined;
   const read = async () => {
@@ -26,11 +29,27 @@ export function metricsHandler(c: { metrics: Metrics; queues: Map<string, Queue>
       const counts = await q.getJobCounts(...STATES);
       for (const s of STATES) c.metrics.queueDepth.set({ queue: name, state: s }, counts[s] ?? 0);
     }
+    // One count for both gauges: by status, and the active ones by workflow version.
     const rows = await systemEm(c.orm).transactional((tx) =>
-      tx.execute<{ status: string; n: string }[]>(`select status, count(*) as n from durable_runs group by status`),
+      tx.execute<{ status: string; workflow: string; workflow_version: number; n: string }[]>(
+        `select status, workflow, workflow_version, count(*) as n from durable_runs group by status, workflow, workflow_version`,
+      ),
     );
-    const byStatus = new Map(rows.map((r) => [r.status, Number(r.n)]));
+    const byStatus = new Map<string, number>();
+    const active = new Map(c.runtime.workflows.all().map((wf) => [`${wf.name}\u0000${wf.version}`, 0]));
+    for (const r of rows) {
+      byStatus.set(r.status, (byStatus.get(r.status) ?? 0) + Number(r.n));
+      const key = `${r.workflow}\u0000${r.workflow_version}`;
+      if ((ACTIVE_RUN_STATUSES as readonly string[]).includes(r.status)) active.set(key, (active.get(key) ?? 0) + Number(r.n));
+    }
     for (const status of RUN_STATUSES) c.metrics.runsByStatus.set({ status }, byStatus.get(status) ?? 0);
+    // A version that is neither registered nor active any more drops out of the series.
+    c.metrics.activeRuns.reset();
+    for (const [key, n] of active) {
+      const [workflow, version] = key.split('\u0000') as [string, string];
+      const registered = c.runtime.workflows.get(workflow, Number(version)) !== undefined;
+      c.metrics.activeRuns.set({ workflow, version, registered: String(registered) }, n);
+    }
     readAt = Date.now();
     c.metrics.lastRead.set(readAt / 1000);
   };

@@ -8,6 +8,10 @@ export interface Metrics {
   idempotencyConflicts: Counter<'reason'>;
   queueDepth: Gauge<'queue' | 'state'>;
   runsByStatus: Gauge<'status'>;
+  /** Active runs (pending, running, waiting) by workflow version, and whether this process registers it (ADR 0008). */
+  activeRuns: Gauge<'workflow' | 'version' | 'registered'>;
+  /** Run jobs a worker put off because it does not register their run's workflow version (ADR 0008). */
+  deferredJobs: Counter<'workflow' | 'version'>;
   /** When the queue depths and run counts were last read (they keep the last reading while a read fails). */
   lastRead: Gauge;
 }
@@ -35,6 +39,18 @@ export function createMetrics(): Metrics {
     }),
     queueDepth: new Gauge({ name: 'dealix_queue_jobs', help: 'Jobs per queue and state', labelNames: ['queue', 'state'], registers: [registry] }),
     runsByStatus: new Gauge({ name: 'dealix_runs', help: 'Durable runs by status (all tenants)', labelNames: ['status'], registers: [registry] }),
+    activeRuns: new Gauge({
+      name: 'dealix_active_runs',
+      help: 'Pending, running and waiting runs by workflow version (all tenants); registered="false": this process cannot carry them on',
+      labelNames: ['workflow', 'version', 'registered'],
+      registers: [registry],
+    }),
+    deferredJobs: new Counter({
+      name: 'dealix_run_jobs_deferred_total',
+      help: 'Run jobs this worker put off because it does not register their run\'s workflow version',
+      labelNames: ['workflow', 'version'],
+      registers: [registry],
+    }),
     lastRead: new Gauge({
       name: 'dealix_metrics_last_read_timestamp_seconds',
       help: 'Unix time of the last successful reading of dealix_queue_jobs and dealix_runs (stale while PostgreSQL or Redis is down)',

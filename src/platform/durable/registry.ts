@@ -1,0 +1,67 @@
+import { checkWorkflow, type WorkflowDef } from './workflow.ts';
+
+/** `name@vN`, how logs, metrics and errors name one version of a workflow. */
+export const versionLabel = (name: string, version: number | undefined): string => `${name}@v${version ?? '?'}`;
+
+/**
+ * The workflow definitions one process registers, several versions per name (ADR 0008). A run
+ * stores its workflow's name and version when it starts; every job of the run is executed by
+ * exactly that version's definition (`get`), found by two map lookups. New runs start on `current`:
+ * the version marked `current: true`, else the newest registered.
+ *
+ * Checked here, so a process with a bad registration does not start: each definition as
+ * `defineWorkflow` checks it (positive integer version, unique step names, tag); one name and version
+ * registered twice must be the same definition (the same steps, tag and queue), and at most one version
+ * of a name may be marked current.
+ */
+export class WorkflowRegistry {
+  private readonly versions = new Map<string, Map<number, WorkflowDef>>();
+  private readonly currents = new Map<string, WorkflowDef>();
+
+  constructor(defs: Iterable<WorkflowDef>) {
+    for (const def of defs) {
+      checkWorkflow(def);
+      let byVersion = this.versions.get(def.name);
+      if (!byVersion) this.versions.set(def.name, (byVersion = new Map()));
+      const known = byVersion.get(def.version);
+      if (known) {
+        if (!sameDefinition(known, def)) throw new Error(`workflow ${versionLabel(def.name, def.version)} is registered twice with different definitions: give the changed one a new version`);
+        continue;
+      }
+      byVersion.set(def.version, def);
+    }
+    for (const [name, byVersion] of this.versions) {
+      const marked = [...byVersion.values()].filter((d) => d.current);
+      if (marked.length > 1) throw new Error(`workflow ${name}: versions ${marked.map((d) => d.version).join(' and ')} are both marked current`);
+      this.currents.set(name, marked[0] ?? byVersion.get(Math.max(...byVersion.keys()))!);
+    }
+  }
+
+  /** The version new runs of `name` start on; undefined when the name is not registered. */
+  current(name: string): WorkflowDef | undefined {
+    return this.currents.get(name);
+  }
+
+  /** Exactly this version of `name`, or undefined when this process does not register it. */
+  get(name: string, version: number): WorkflowDef | undefined {
+    return this.versions.get(name)?.get(version);
+  }
+
+  /** Every registered definition, every version. */
+  all(): WorkflowDef[] {
+    return [...this.versions.values()].flatMap((byVersion) => [...byVersion.values()]);
+  }
+
+  /** The registered versions as `name@vN`, sorted: what a process can run (its sweeper's lock is named after it). */
+  labels(): string[] {
+    return this.all()
+      .map((d) => versionLabel(d.name, d.version))
+      .sort();
+  }
+}
+
+/** Two registrations of one name and version name the same definition: the same step definitions in the same order, tag and queue. */
+function sameDefinition(a: WorkflowDef, b: WorkflowDef): boolean {
+  if (a === b) return true;
+  return a.tag === b.tag && a.queue === b.queue && a.steps.length === b.steps.length && a.steps.every((s, i) => s === b.steps[i]);
+}
