@@ -207,6 +207,24 @@ describe('the first request and its replays', () => {
     expect(await counts(who.tenant)).toEqual({ keys: 1, runs: 1 });
   });
 
+  it("does not extend the key's TTL: it still expires IDEMPOTENCY_TTL after the first request", async () => {
+    // To the microsecond, as the application role under the tenant's RLS.
+    const expiry = async () =>
+      (
+        await asTenant(stack, who.tenant).execute<{ expires_at: string; ttl_ms: number }[]>(
+          `select (extract(epoch from expires_at) * 1000000)::bigint::text as expires_at,
+                  (extract(epoch from expires_at - created_at) * 1000)::float8 as ttl_ms
+             from idempotency_keys where principal = ? and idempotency_key = ?`,
+          [who.sub, key],
+        )
+      )[0];
+    const before = await expiry();
+    expect(before?.ttl_ms).toBe(stack.container.idempotency.ttlMs);
+    const again = await submit(who, key);
+    expect(again.headers.get('idempotent-replayed')).toBe('true');
+    expect(await expiry()).toEqual(before);
+  });
+
   it('replays a body that differs only in key order and whitespace', async () => {
     const { currency, economics, partner } = SAMPLE_SUBMISSION;
     const reordered = `{ "currency" : "${currency}",\n  "economics": ${JSON.stringify(economics, null, 3)},\n "partner":${JSON.stringify(Object.fromEntries(Object.entries(partner).reverse()))} }`;
