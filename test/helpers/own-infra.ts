@@ -25,29 +25,41 @@ export interface OwnRedis {
   url: string;
   /** A client on this server only: fault tests may FLUSHALL it (never the shared Redis). */
   client: Redis;
+  /** Kills the server (like a crash) for an outage; startServer brings it back, empty, on the same port. */
+  stopServer(): Promise<void>;
+  startServer(): Promise<void>;
+  /** The end: the client disconnected and the server gone. */
   stop(): Promise<void>;
 }
 
-/** A private redis-server for one test file, so it can be flushed without touching anyone else's queues. */
+/** A private redis-server for one test file, so it can be flushed or stopped without touching anyone else's queues. */
 export async function startOwnRedis(): Promise<OwnRedis> {
   const port = await freePort();
-  const proc: ChildProcess = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], { stdio: 'ignore' });
   const url = `redis://127.0.0.1:${port}`;
   const client = new Redis(url, { maxRetriesPerRequest: 1, lazyConnect: true, retryStrategy: () => 100 });
   client.on('error', () => {});
-  await waitFor(async () => (await client.ping().catch(() => '')) === 'PONG', { timeoutMs: 15_000, what: 'own redis-server' });
-  return {
+  let proc: ChildProcess | undefined;
+  const self: OwnRedis = {
     url,
     client,
+    async startServer() {
+      proc = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], { stdio: 'ignore' });
+      await waitFor(async () => (await client.ping().catch(() => '')) === 'PONG', { timeoutMs: 15_000, what: 'own redis-server' });
+    },
+    async stopServer() {
+      const p = proc;
+      if (!p || p.exitCode !== null || p.signalCode !== null) return;
+      const exited = new Promise((r) => p.once('exit', r));
+      p.kill('SIGKILL');
+      await exited;
+    },
     async stop() {
       client.disconnect();
-      if (proc.exitCode === null) {
-        const exited = new Promise((r) => proc.once('exit', r));
-        proc.kill('SIGKILL');
-        await exited;
-      }
+      await self.stopServer();
     },
   };
+  await self.startServer();
+  return self;
 }
 
 export interface OwnPostgres {
