@@ -1,6 +1,6 @@
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { chownSync, existsSync, mkdirSync, readdirSync } from 'node:fs';
+import { chownSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { Redis } from 'ioredis';
@@ -20,7 +20,7 @@ import { waitFor } from '../helpers/poll.ts';
 
 const run = promisify(execFile);
 
-import { freePort } from '../helpers/own-infra.ts';
+import { freePort, pgBinDir } from '../helpers/own-infra.ts';
 
 export { freePort };
 
@@ -57,21 +57,6 @@ export async function stopChild(proc: ChildProcess, signal: NodeJS.Signals = 'SI
   const timer = setTimeout(() => proc.kill('SIGKILL'), 10_000);
   await exited;
   clearTimeout(timer);
-}
-
-/** PostgreSQL's server binaries (initdb, pg_ctl): pg_config's bindir, else the newest under /usr/lib/postgresql. */
-async function pgBinDir(): Promise<string> {
-  try {
-    const { stdout } = await run('pg_config', ['--bindir']);
-    const dir = stdout.trim();
-    if (existsSync(join(dir, 'pg_ctl'))) return dir;
-  } catch {
-    // not installed; try the Debian layout
-  }
-  const root = '/usr/lib/postgresql';
-  const versions = existsSync(root) ? readdirSync(root).sort((a, b) => Number(b) - Number(a)) : [];
-  for (const v of versions) if (existsSync(join(root, v, 'bin', 'pg_ctl'))) return join(root, v, 'bin');
-  throw new Error('PostgreSQL server binaries (initdb, pg_ctl) not found: install postgresql');
 }
 
 export interface OwnPostgres {

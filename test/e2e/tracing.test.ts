@@ -6,6 +6,7 @@ import { waitFor } from '../helpers/poll.ts';
 import { jsonLines, spawnApi, TELEMETRY_REGISTER, type ApiProcess } from '../helpers/api-process.ts';
 import { startOtlpReceiver, type OtlpReceiver, type ReceivedSpan } from '../helpers/otlp-receiver.ts';
 import { ATTR } from '../../src/platform/telemetry/attributes.ts';
+import { tenantEm } from '../../src/platform/db/tenant-em.ts';
 
 /**
  * One submission is one trace: the real API and worker processes, started with the OTel bootstrap
@@ -146,8 +147,9 @@ describe('tracing across the API and worker processes', () => {
     const cid = `trace-job-${randomUUID()}`;
     const res = await submit(CLASS_A_SUBMISSION, cid);
     const run = await waitStatus(res.json.run_id, ['completed']);
-    const { rows } = await stack.db.owner('select correlation_id, trace_id from durable_runs where id = $1', [run.run_id]);
-    expect(rows[0]).toEqual({ correlation_id: cid, trace_id: run.trace_id });
+    // As the application role under the tenant's RLS.
+    const rows = await tenantEm(stack.container.orm, tenant).execute('select correlation_id, trace_id from durable_runs where id = ?', [run.run_id]);
+    expect(rows).toEqual([{ correlation_id: cid, trace_id: run.trace_id }]);
     const jobs = (await stack.container.queues.get('golden-path')!.getJobs(['completed'])) as Job[];
     // A class A run is carried by one run job (ADR 0005); its data holds the run's correlation id.
     const mine = jobs.filter((j) => j.data.run_id === run.run_id);

@@ -1,4 +1,5 @@
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, readdirSync } from 'node:fs';
 import { chmod, mkdtemp, rm } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -25,29 +26,41 @@ export interface OwnRedis {
   url: string;
   /** A client on this server only: fault tests may FLUSHALL it (never the shared Redis). */
   client: Redis;
+  /** Kills the server (like a crash) for an outage; startServer brings it back, empty, on the same port. */
+  stopServer(): Promise<void>;
+  startServer(): Promise<void>;
+  /** The end: the client disconnected and the server gone. */
   stop(): Promise<void>;
 }
 
-/** A private redis-server for one test file, so it can be flushed without touching anyone else's queues. */
+/** A private redis-server for one test file, so it can be flushed or stopped without touching anyone else's queues. */
 export async function startOwnRedis(): Promise<OwnRedis> {
   const port = await freePort();
-  const proc: ChildProcess = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], { stdio: 'ignore' });
   const url = `redis://127.0.0.1:${port}`;
   const client = new Redis(url, { maxRetriesPerRequest: 1, lazyConnect: true, retryStrategy: () => 100 });
   client.on('error', () => {});
-  await waitFor(async () => (await client.ping().catch(() => '')) === 'PONG', { timeoutMs: 15_000, what: 'own redis-server' });
-  return {
+  let proc: ChildProcess | undefined;
+  const self: OwnRedis = {
     url,
     client,
+    async startServer() {
+      proc = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], { stdio: 'ignore' });
+      await waitFor(async () => (await client.ping().catch(() => '')) === 'PONG', { timeoutMs: 15_000, what: 'own redis-server' });
+    },
+    async stopServer() {
+      const p = proc;
+      if (!p || p.exitCode !== null || p.signalCode !== null) return;
+      const exited = new Promise((r) => p.once('exit', r));
+      p.kill('SIGKILL');
+      await exited;
+    },
     async stop() {
       client.disconnect();
-      if (proc.exitCode === null) {
-        const exited = new Promise((r) => proc.once('exit', r));
-        proc.kill('SIGKILL');
-        await exited;
-      }
+      await self.stopServer();
     },
   };
+  await self.startServer();
+  return self;
 }
 
 export interface OwnPostgres {
@@ -58,14 +71,33 @@ export interface OwnPostgres {
   destroy(): Promise<void>;
 }
 
-const PG_BIN = process.env.PG_BIN ?? '/usr/lib/postgresql/15/bin';
+/**
+ * PostgreSQL's server binaries (initdb, pg_ctl), whichever version is installed: PG_BIN if set, else
+ * pg_config's bindir, else the newest under /usr/lib/postgresql (Debian's layout, where pg_config may
+ * come from the client package only).
+ */
+export async function pgBinDir(): Promise<string> {
+  if (process.env.PG_BIN) return process.env.PG_BIN;
+  try {
+    const { stdout } = await run('pg_config', ['--bindir']);
+    const dir = stdout.trim();
+    if (existsSync(join(dir, 'pg_ctl'))) return dir;
+  } catch {
+    // not installed; try the Debian layout
+  }
+  const root = '/usr/lib/postgresql';
+  const versions = existsSync(root) ? readdirSync(root).sort((a, b) => Number(b) - Number(a)) : [];
+  for (const v of versions) if (existsSync(join(root, v, 'bin', 'pg_ctl'))) return join(root, v, 'bin');
+  throw new Error('PostgreSQL server binaries (initdb, pg_ctl) not found: install postgresql, or set PG_BIN');
+}
 
 const AS_ROOT = process.getuid?.() === 0;
 
 /** Runs a PostgreSQL binary: as the postgres OS user when the tests run as root (initdb and the server refuse root), else as ourselves. */
 async function asPostgres(bin: string, args: string[]): Promise<void> {
-  if (AS_ROOT) await run('runuser', ['-u', 'postgres', '--', join(PG_BIN, bin), ...args], { timeout: 60_000 });
-  else await run(join(PG_BIN, bin), args, { timeout: 60_000 });
+  const path = join(await pgBinDir(), bin);
+  if (AS_ROOT) await run('runuser', ['-u', 'postgres', '--', path, ...args], { timeout: 60_000 });
+  else await run(path, args, { timeout: 60_000 });
 }
 
 /**

@@ -14,6 +14,7 @@ import type { DestinationStream } from 'pino';
 import { createTestDatabase, type TestDatabase } from './db.ts';
 import { TEST_JWT_SECRET, TEST_OWNER, TEST_REDIS_URL, pgUrl } from './env.ts';
 import { waitFor } from './poll.ts';
+import { startOwnRedis, type OwnRedis } from './own-infra.ts';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 
@@ -30,6 +31,8 @@ export interface StackOptions {
   logDestination?: DestinationStream;
   /** Workflows the in-process container knows besides the modules' own (e.g. the gp-slow test workflow). */
   extraWorkflows?: WorkflowDef[];
+  /** A private redis-server instead of the shared Redis, which the test may stop and start (stack.ownRedis). */
+  ownRedis?: boolean;
 }
 
 export interface WorkerHandle {
@@ -48,6 +51,8 @@ export interface TestStack {
   container: Container;
   baseUrl: string;
   redis: Redis;
+  /** The private redis-server the stack runs on (StackOptions.ownRedis), stopped with the stack. */
+  ownRedis?: OwnRedis;
   token(claims: { tenantId: string; sub: string; roles?: string[] }): Promise<string>;
   spawnWorker(extraEnv?: Record<string, string>): Promise<WorkerHandle>;
   workers: WorkerHandle[];
@@ -60,6 +65,7 @@ export interface TestStack {
  * on an ephemeral port, and worker processes spawned as real child processes.
  */
 export async function startStack(opts: StackOptions = {}): Promise<TestStack> {
+  const ownRedis = opts.ownRedis ? await startOwnRedis() : undefined;
   const db = await createTestDatabase();
   const prefix = `t${randomBytes(5).toString('hex')}`;
   const env: Record<string, string> = {
@@ -76,6 +82,7 @@ export async function startStack(opts: StackOptions = {}): Promise<TestStack> {
     SWEEPER_INTERVAL: '1s',
     SWEEPER_MIN_AGE: '2s',
     DATABASE_POOL_MAX: '5',
+    ...(ownRedis ? { REDIS_URL: ownRedis.url } : {}),
     ...opts.env,
   };
   const config = parseConfig(env);
@@ -116,6 +123,7 @@ export async function startStack(opts: StackOptions = {}): Promise<TestStack> {
     container,
     baseUrl,
     redis,
+    ...(ownRedis ? { ownRedis } : {}),
     workers,
     token: (c) => signDevToken(config, { tenantId: c.tenantId, sub: c.sub, roles: c.roles ?? [] }),
     spawnWorker,
@@ -127,6 +135,7 @@ export async function startStack(opts: StackOptions = {}): Promise<TestStack> {
       const keys = await redis.keys(`${prefix}:*`);
       for (let i = 0; i < keys.length; i += 500) await redis.del(...keys.slice(i, i + 500));
       redis.disconnect();
+      await ownRedis?.stop();
       await db.drop();
     },
   };

@@ -1,51 +1,15 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { spawn, type ChildProcess } from 'node:child_process';
-import { Redis } from 'ioredis';
 import { api, startStack, type TestStack } from '../helpers/stack.ts';
 import { waitFor } from '../helpers/poll.ts';
 import { freePort } from '../helpers/own-infra.ts';
 
-/** A redis-server of this test alone (never the shared one): it is stopped and started again here. */
-class OwnRedis {
-  readonly port: number;
-  private proc: ChildProcess | undefined;
-  constructor(port: number) {
-    this.port = port;
-  }
-  get url() {
-    return `redis://127.0.0.1:${this.port}`;
-  }
-  async start(): Promise<void> {
-    this.proc = spawn('redis-server', ['--port', String(this.port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], { stdio: 'ignore' });
-    const probe = new Redis(this.url, { lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null });
-    probe.on('error', () => {});
-    try {
-      await waitFor(async () => (await probe.connect().then(() => probe.ping()).catch(() => '')) === 'PONG', { timeoutMs: 15_000, what: 'own redis-server' });
-    } finally {
-      probe.disconnect();
-    }
-  }
-  async stop(): Promise<void> {
-    const proc = this.proc;
-    if (!proc || proc.exitCode !== null || proc.signalCode !== null) return;
-    const exited = new Promise((r) => proc.once('exit', r));
-    proc.kill('SIGKILL');
-    await exited;
-  }
-}
-
-let redis: OwnRedis;
+/** On a redis-server of this test alone (never the shared one): it is stopped and started again here. */
 let stack: TestStack;
 
 beforeAll(async () => {
-  redis = new OwnRedis(await freePort());
-  await redis.start();
-  stack = await startStack({ env: { REDIS_URL: redis.url } });
+  stack = await startStack({ ownRedis: true });
 });
-afterAll(async () => {
-  await stack?.stop();
-  await redis?.stop();
-});
+afterAll(async () => stack?.stop());
 
 describe('health and readiness', () => {
   it('is live and ready when PostgreSQL, Redis and the migrations are in order', async () => {
@@ -56,7 +20,7 @@ describe('health and readiness', () => {
   });
 
   it('answers 503 naming Redis while Redis is stopped, stays live, and is ready again once Redis is back', async () => {
-    await redis.stop();
+    await stack.ownRedis!.stopServer();
     const down = await waitFor(async () => {
       const r = await api(stack, 'GET', '/readyz');
       return r.status === 503 ? r : undefined;
@@ -69,7 +33,7 @@ describe('health and readiness', () => {
     expect(down.headers.get('x-correlation-id')).toBeTruthy();
     expect((await api(stack, 'GET', '/healthz')).status).toBe(200);
 
-    await redis.start();
+    await stack.ownRedis!.startServer();
     await waitFor(async () => (await api(stack, 'GET', '/readyz')).status === 200, { timeoutMs: 30_000, what: 'readiness to recover' });
   });
 

@@ -6,6 +6,7 @@ import pg from 'pg';
 import { api, CLASS_A_SUBMISSION, newTenant, SAMPLE_SUBMISSION, startStack, type TestStack } from '../helpers/stack.ts';
 import { waitFor } from '../helpers/poll.ts';
 import { isValidCorrelationId } from '../../src/platform/http/correlation.ts';
+import { parseIdempotencyKey } from '../../src/platform/idempotency/idempotency.service.ts';
 
 /**
  * Property-based hostile input over every endpoint (the routes are read from the container, so a new
@@ -180,6 +181,8 @@ const deep = fc.tuple(fc.integer({ min: 100, max: 30_000 }), fc.boolean()).map((
 function bodyFor(sample: unknown) {
   return fc.oneof(
     { weight: 2, arbitrary: fc.constant(undefined) },
+    // The known-good body itself, so a keyed request reaches its handler (and a refusal there is stored).
+    { weight: 2, arbitrary: fc.constant(Buffer.from(JSON.stringify(sample))) },
     { weight: 4, arbitrary: mutated(sample).map((v) => Buffer.from(JSON.stringify(v))) },
     { weight: 2, arbitrary: fc.json({ maxDepth: 4 }).map((s) => Buffer.from(s)) },
     { weight: 2, arbitrary: fc.anything({ maxDepth: 3 }).map((v) => Buffer.from(JSON.stringify(v) ?? 'undefined')) },
@@ -273,6 +276,28 @@ function requestFor(ep: Endpoint) {
     });
 }
 
+/**
+ * A refusal before any handler ran: an edge code, or a 404 or 403 the router and the role check give
+ * (their codes are shared with refusals a handler decides, so their detail tells them apart).
+ */
+function refusedBeforeHandler(problem: { code: string; detail?: string }): boolean {
+  if (EDGE_CODES.has(problem.code)) return true;
+  if (problem.code === 'not_found') return problem.detail === 'The route does not exist.';
+  if (problem.code === 'forbidden') return /^(This operation needs one of the roles|The dashboard spans tenants)/.test(problem.detail ?? '');
+  return false;
+}
+
+/** Whether the request carries one Idempotency-Key the idempotency layer accepts, on a method it guards. */
+function claimsKey(req: HostileRequest): boolean {
+  const key = req.headers['idempotency-key'];
+  if (!['POST', 'PUT', 'PATCH'].includes(req.method) || typeof key !== 'string') return false;
+  try {
+    return parseIdempotencyKey(key) !== undefined;
+  } catch {
+    return false;
+  }
+}
+
 async function checkOne(req: HostileRequest) {
   const before = await snapshot();
   const res = await send(req);
@@ -287,12 +312,13 @@ async function checkOne(req: HostileRequest) {
     expect(res.text, where).not.toMatch(/at .+\.ts:\d+|node_modules|SELECT |select .* from /);
     const after = await snapshot();
     expect({ runs: after.runs, decisions: after.decisions, approvals: after.approvals }, where).toEqual({ runs: before.runs, decisions: before.decisions, approvals: before.approvals });
-    if (EDGE_CODES.has(problem.code) || after.keys === before.keys) {
-      // Refused at the edge (or nothing claimed): not even an idempotency key is left behind.
+    // Decided by the request and its answer, never by what the database shows afterwards.
+    if (refusedBeforeHandler(problem) || !claimsKey(req) || res.headers['idempotent-replayed'] === 'true') {
+      // Refused at the edge, sent without a usable key, or a replay: not even a key is left behind.
       expect({ keys: after.keys, key_states: after.key_states }, where).toEqual({ keys: before.keys, key_states: before.key_states });
     } else {
-      // A well-formed request its handler refused (e.g. 404 unknown approval): the refusal is the
-      // key's stored outcome by design, and nothing else is written.
+      // A keyed request its handler refused (e.g. 404 unknown approval): the refusal is the key's
+      // stored outcome by design, and nothing else is written.
       expect(after.keys, where).toBe(before.keys + 1);
       expect(await newestKey(), where).toEqual({ status: 'completed', response_status: res.status });
     }

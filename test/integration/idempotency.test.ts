@@ -17,18 +17,27 @@ const RUN = '/api/v1/golden-path/run';
 const RUN_ROUTE = `POST ${RUN}`;
 const PROBLEM = /^application\/problem\+json/;
 
-/** The default stack (24 h TTL, 60 s lease) with a worker, and one with a 1 s TTL and lease and 3 submissions a minute. */
+/**
+ * The default stack (24 h TTL, 60 s lease) with a worker; one with a 1 s TTL and lease and 3
+ * submissions a minute; and one whose 1 s lease is far shorter than its 1 h TTL, so what a test sees
+ * within seconds there is the lease's doing, never the TTL's.
+ */
 let stack: TestStack;
 let short: TestStack;
+let leased: TestStack;
 
 beforeAll(async () => {
-  // One tenant sends 50 requests at once below: the idempotency race is the subject here, not the
-  // tenant's share of the API's in-flight slots (load-shed.test.ts).
-  [stack, short] = await Promise.all([startStack({ env: { API_MAX_INFLIGHT_PER_TENANT: '0' } }), startStack({ env: { IDEMPOTENCY_TTL: '1s', IDEMPOTENCY_LEASE: '1s', RATE_LIMIT_PER_MINUTE: '3' } })]);
+  [stack, short, leased] = await Promise.all([
+    // One tenant sends 50 requests at once below: the idempotency race is the subject here, not the
+    // tenant's share of the API's in-flight slots (load-shed.test.ts).
+    startStack({ env: { API_MAX_INFLIGHT_PER_TENANT: '0' } }),
+    startStack({ env: { IDEMPOTENCY_TTL: '1s', IDEMPOTENCY_LEASE: '1s', RATE_LIMIT_PER_MINUTE: '3' } }),
+    startStack({ env: { IDEMPOTENCY_TTL: '1h', IDEMPOTENCY_LEASE: '1s' } }),
+  ]);
   await stack.spawnWorker();
 });
 afterAll(async () => {
-  await Promise.all([stack?.stop(), short?.stop()]);
+  await Promise.all([stack?.stop(), short?.stop(), leased?.stop()]);
 });
 
 interface Actor {
@@ -198,6 +207,24 @@ describe('the first request and its replays', () => {
     expect(again.headers.get('location')).toBe(first.headers.get('location'));
     expect(again.headers.get('content-type')).toBe(first.headers.get('content-type'));
     expect(await counts(who.tenant)).toEqual({ keys: 1, runs: 1 });
+  });
+
+  it("does not extend the key's TTL: it still expires IDEMPOTENCY_TTL after the first request", async () => {
+    // To the microsecond, as the application role under the tenant's RLS.
+    const expiry = async () =>
+      (
+        await asTenant(stack, who.tenant).execute<{ expires_at: string; ttl_ms: number }[]>(
+          `select (extract(epoch from expires_at) * 1000000)::bigint::text as expires_at,
+                  (extract(epoch from expires_at - created_at) * 1000)::float8 as ttl_ms
+             from idempotency_keys where principal = ? and idempotency_key = ?`,
+          [who.sub, key],
+        )
+      )[0];
+    const before = await expiry();
+    expect(before?.ttl_ms).toBe(stack.container.idempotency.ttlMs);
+    const again = await submit(who, key);
+    expect(again.headers.get('idempotent-replayed')).toBe('true');
+    expect(await expiry()).toEqual(before);
   });
 
   it('replays a body that differs only in key order and whitespace', async () => {
@@ -370,26 +397,28 @@ describe('a first attempt that failed or died', () => {
     expect(await counts(who.tenant)).toEqual({ keys: 1, runs: 1 });
   });
 
-  it('lets a retry take over once the lease of a dead attempt expires (IDEMPOTENCY_LEASE=1s)', async () => {
-    const who = await actor(short);
+  it('lets a retry take over once the lease of a dead attempt expires (IDEMPOTENCY_LEASE=1s, IDEMPOTENCY_TTL=1h)', async () => {
+    const who = await actor(leased);
     const key = randomUUID();
-    const recordId = await insertInProgress(short, who, key, '0 seconds');
-    // Until the 1 s lease runs out, every retry is told the key is in use.
+    const recordId = await insertInProgress(leased, who, key, '0 seconds');
+    // Retries until one is not a 409: within the 1 s lease every one is told the key is in use.
+    const seen: Awaited<ReturnType<typeof submit>>[] = [];
     const retry = await waitFor(async () => {
-      const r = await submit(who, key, { s: short });
-      if (r.status === 409) {
-        expect(r.json.code).toBe('idempotency_key_in_use');
-        return undefined;
-      }
-      return r;
+      const r = await submit(who, key, { s: leased });
+      seen.push(r);
+      return r.status === 409 ? undefined : r;
     }, { timeoutMs: 30_000, what: 'the lease to expire' });
     expect(retry.status, retry.text).toBe(202);
+    const before = seen.slice(0, -1);
+    expect(before.length, 'no retry came within the lease').toBeGreaterThan(0);
+    // Retry-After is the lease's remaining time (1 s at most), not the key's hour-long TTL.
+    expect(before.map((r) => [r.status, r.json?.code, r.headers.get('retry-after')])).toEqual(before.map(() => [409, 'idempotency_key_in_use', '1']));
     expect(retry.headers.get('idempotent-replayed')).toBeNull();
-    const rec = await keyRecord(who, key, short);
+    const rec = await keyRecord(who, key, leased);
     expect(rec).toMatchObject({ id: recordId, status: 'completed' });
-    const [run] = await asTenant(short, who.tenant).execute<any[]>('select id, idempotency_hash from durable_runs');
+    const [run] = await asTenant(leased, who.tenant).execute<any[]>('select id, idempotency_hash from durable_runs');
     expect(run).toEqual({ id: retry.json.run_id, idempotency_hash: submissionHash(who.tenant, recordId) });
-    expect(await counts(who.tenant, short)).toEqual({ keys: 1, runs: 1 });
+    expect(await counts(who.tenant, leased)).toEqual({ keys: 1, runs: 1 });
   });
 
   it('fences a slow first attempt: once a retry took its lease over, it can neither complete nor free the key', async () => {

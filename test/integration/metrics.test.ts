@@ -4,12 +4,20 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { randomUUID } from 'node:crypto';
 import { api, CLASS_A_SUBMISSION, newTenant, SAMPLE_SUBMISSION, startStack, type TestStack, type WorkerHandle } from '../helpers/stack.ts';
 import { waitFor } from '../helpers/poll.ts';
+import { METRICS_REFRESH_MS } from '../../src/platform/http/metrics.route.ts';
 import { jsonLines } from '../helpers/api-process.ts';
 
 let stack: TestStack;
 let worker: WorkerHandle;
 const tenant = newTenant();
 let token: string;
+
+/** When the queue depths and run counts were last read (dealix_metrics_last_read_timestamp_seconds). */
+function lastReadOf(text: string): number {
+  const t = sample(text, 'dealix_metrics_last_read_timestamp_seconds');
+  if (t === undefined || !Number.isFinite(t)) throw new Error('no dealix_metrics_last_read_timestamp_seconds sample');
+  return t;
+}
 
 /** The value of one Prometheus sample, e.g. sample(text, 'dealix_runs{status="completed"}'). */
 function sample(text: string, series: string): number | undefined {
@@ -67,6 +75,10 @@ describe('Prometheus metrics', () => {
     expect(text).toContain('# TYPE dealix_db_group_commit_groups_total counter');
   });
   it('many scrapes at once share one reading of the runs: the public endpoint costs the database one query per interval', async () => {
+    // The last reading (the scrapes before made it, or this one does), then no scrape until it is
+    // older than the refresh interval: the next scrape must read again, and only one of them may.
+    const lastRead = lastReadOf((await api(stack, 'GET', '/metrics')).text);
+    await waitFor(() => Date.now() > lastRead * 1000 + METRICS_REFRESH_MS, { timeoutMs: METRICS_REFRESH_MS + 10_000, what: 'the reading to be due' });
     let counted = 0;
     const original = pg.Client.prototype.query;
     pg.Client.prototype.query = function (this: pg.Client, config: any, ...rest: any[]) {
@@ -74,12 +86,47 @@ describe('Prometheus metrics', () => {
       if (text.includes('from durable_runs group by status')) counted++;
       return (original as any).call(this, config, ...rest);
     } as any;
+    let scrapes: Awaited<ReturnType<typeof api>>[];
     try {
-      const scrapes = await Promise.all(Array.from({ length: 20 }, () => api(stack, 'GET', '/metrics')));
-      expect(scrapes.every((r) => r.status === 200 && r.text.includes('dealix_runs{status="completed"}'))).toBe(true);
+      scrapes = await Promise.all(Array.from({ length: 20 }, () => api(stack, 'GET', '/metrics')));
     } finally {
       pg.Client.prototype.query = original;
     }
-    expect(counted).toBeLessThanOrEqual(1);
+    expect(scrapes.map((r) => r.status)).toEqual(scrapes.map(() => 200));
+    expect(counted).toBe(1);
+    // One reading, made now: every scrape shows the same new timestamp.
+    const stamps = new Set(scrapes.map((r) => lastReadOf(r.text)));
+    expect(stamps.size).toBe(1);
+    expect([...stamps][0]).toBeGreaterThan(lastRead);
+  });
+});
+
+describe('Prometheus metrics while Redis is down (own redis-server)', () => {
+  let own: TestStack;
+  beforeAll(async () => {
+    own = await startStack({ ownRedis: true });
+  });
+  afterAll(async () => own?.stop());
+
+  it('a scrape still answers, with the last reading and its unchanged timestamp; once Redis is back the reading moves on', async () => {
+    const first = await api(own, 'GET', '/metrics');
+    expect(first.status).toBe(200);
+    const readAt = lastReadOf(first.text);
+    const queued = sample(first.text, 'dealix_queue_jobs{queue="golden-path",state="completed"}');
+    expect(queued).toBe(0);
+    await own.ownRedis!.stopServer();
+    // Past the refresh interval, so the next scrape tries to read (and cannot).
+    await waitFor(() => Date.now() > readAt * 1000 + METRICS_REFRESH_MS, { timeoutMs: METRICS_REFRESH_MS + 10_000, what: 'the reading to be due' });
+    const stale = await api(own, 'GET', '/metrics');
+    expect(stale.status).toBe(200);
+    expect(lastReadOf(stale.text)).toBe(readAt);
+    expect(sample(stale.text, 'dealix_queue_jobs{queue="golden-path",state="completed"}')).toBe(queued);
+
+    await own.ownRedis!.startServer();
+    const moved = await waitFor(async () => {
+      const t = lastReadOf((await api(own, 'GET', '/metrics')).text);
+      return t > readAt ? t : undefined;
+    }, { timeoutMs: 30_000, what: 'a new reading once Redis is back' });
+    expect(moved).toBeGreaterThan(readAt);
   });
 });

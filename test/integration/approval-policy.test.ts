@@ -1,0 +1,130 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { randomUUID } from 'node:crypto';
+import { api, newTenant, SAMPLE_SUBMISSION, startStack, type TestStack } from '../helpers/stack.ts';
+import { waitFor } from '../helpers/poll.ts';
+import { tenantEm } from '../../src/platform/db/tenant-em.ts';
+import { namedJobId } from '../../src/platform/queue/job-ids.ts';
+
+/**
+ * PUT /api/v1/approval-policy (docs/api.md): its optional Idempotency-Key, and a change that applies
+ * to runs classified after it, never to approval requests already waiting.
+ */
+const PATH = '/api/v1/approval-policy';
+const DEFAULTS = { class_a_max_cost: 50_000, class_a_max_payback_months: 6, class_c_min_cost: 250_000, class_c_min_payback_months: 24 };
+let stack: TestStack;
+
+beforeAll(async () => {
+  stack = await startStack();
+  await stack.spawnWorker();
+});
+afterAll(async () => stack?.stop());
+
+async function tenantTokens() {
+  const tenant = newTenant();
+  return {
+    tenant,
+    admin: await stack.token({ tenantId: tenant, sub: 'admin-1', roles: ['admin'] }),
+    submitter: await stack.token({ tenantId: tenant, sub: 'submitter-1' }),
+    approver: await stack.token({ tenantId: tenant, sub: 'approver-1', roles: ['approver'] }),
+  };
+}
+
+const put = (token: string, body: unknown, key?: string) => api(stack, 'PUT', PATH, { token, body, ...(key === undefined ? {} : { headers: { 'Idempotency-Key': key } }) });
+
+describe('PUT approval-policy with an optional Idempotency-Key', () => {
+  it('the same key and body replay the stored answer without writing again; another body under the key is 422 and changes nothing', async () => {
+    const t = await tenantTokens();
+    const key = randomUUID();
+    const policy = { ...DEFAULTS, sla_b_seconds: 600, sla_c_seconds: 1_200 };
+    const first = await put(t.admin, policy, key);
+    expect(first.status, first.text).toBe(200);
+    expect(first.headers.get('idempotent-replayed')).toBeNull();
+    expect(first.json).toMatchObject({ source: 'tenant', policy });
+    const stored = await api(stack, 'GET', PATH, { token: t.submitter });
+    expect(stored.json).toEqual(first.json);
+
+    const again = await put(t.admin, policy, key);
+    expect(again.status).toBe(200);
+    expect(again.headers.get('idempotent-replayed')).toBe('true');
+    expect(again.text).toBe(first.text);
+    // Nothing was written again: the policy still carries the first request's updated_at.
+    expect((await api(stack, 'GET', PATH, { token: t.submitter })).json).toEqual(first.json);
+
+    const other = await put(t.admin, { ...policy, sla_b_seconds: 60 }, key);
+    expect(other.status, other.text).toBe(422);
+    expect(other.headers.get('content-type')).toMatch(/^application\/problem\+json/);
+    expect(other.json).toMatchObject({ status: 422, code: 'idempotency_key_reused' });
+    expect((await api(stack, 'GET', PATH, { token: t.submitter })).json).toEqual(first.json);
+
+    // The key is the admin's, stored as the application role sees it under the tenant's RLS.
+    const keys = await tenantEm(stack.container.orm, t.tenant).execute<{ route: string; status: string; response_status: number }[]>(
+      'select route, status, response_status from idempotency_keys',
+    );
+    expect(keys).toEqual([{ route: `PUT ${PATH}`, status: 'completed', response_status: 200 }]);
+  });
+
+  it('without a key every PUT runs: nothing is stored, nothing replayed', async () => {
+    const t = await tenantTokens();
+    const policy = { ...DEFAULTS, sla_b_seconds: 600, sla_c_seconds: 1_200 };
+    const first = await put(t.admin, policy);
+    const second = await put(t.admin, policy);
+    expect([first.status, second.status]).toEqual([200, 200]);
+    expect(second.headers.get('idempotent-replayed')).toBeNull();
+    expect((await api(stack, 'GET', PATH, { token: t.submitter })).json).toEqual(second.json);
+    expect(await tenantEm(stack.container.orm, t.tenant).execute('select id from idempotency_keys')).toEqual([]);
+  });
+});
+
+describe('a policy change', () => {
+  it('leaves a waiting approval request with its class, approvals needed and deadline; runs classified after it get the new ones', async () => {
+    const t = await tenantTokens();
+    const submit = async () => {
+      const res = await api(stack, 'POST', '/api/v1/golden-path/run', { token: t.submitter, body: SAMPLE_SUBMISSION, headers: { 'Idempotency-Key': randomUUID() } });
+      expect(res.status, res.text).toBe(202);
+      return res.json.run_id as string;
+    };
+    const runOf = async (id: string) => (await api(stack, 'GET', `/api/v1/golden-path/runs/${id}`, { token: t.submitter })).json;
+    const waitStatus = (id: string, statuses: string[]) =>
+      waitFor(async () => {
+        const r = await runOf(id);
+        return statuses.includes(r?.status) ? r : undefined;
+      }, { timeoutMs: 60_000, intervalMs: 100, what: `run ${id} to reach ${statuses.join('|')}` });
+    const approval = async (id: string) => (await api(stack, 'GET', `/api/v1/approvals/${id}`, { token: t.approver })).json;
+    const queue = stack.container.queues.get('golden-path')!;
+    /** The run's SLA timer: the deadline it carries and when it is due. */
+    const timerOf = async (runId: string) => {
+      const [row] = await tenantEm(stack.container.orm, t.tenant).execute<{ idempotency_hash: string }[]>('select idempotency_hash from durable_runs where id = ?', [runId]);
+      const job = await queue.getJob(namedJobId('gp', row!.idempotency_hash, 'sla'));
+      return job && { deadline: job.data.deadline, dueAt: job.timestamp + (job.opts.delay ?? 0) };
+    };
+
+    // Under the defaults the sample is class B: one approver, a 24 h deadline.
+    const waitingId = await submit();
+    const waiting = await waitStatus(waitingId, ['waiting', 'failed']);
+    expect(waiting.status).toBe('waiting');
+    const approvalId = waiting.steps[2].output.approval_request_id as string;
+    const before = await approval(approvalId);
+    expect(before).toMatchObject({ approval_class: 'B', required_approvals: 1, status: 'pending' });
+    const timer = await timerOf(waitingId);
+    expect(timer?.deadline).toBe(before.sla_deadline);
+
+    // Now the sample would be class C (two approvers), and every SLA is one second.
+    const saved = await put(t.admin, { ...DEFAULTS, class_a_max_cost: 500, class_c_min_cost: 1_000, sla_b_seconds: 1, sla_c_seconds: 1 });
+    expect(saved.status, saved.text).toBe(200);
+    // A run classified after the change: class C, and its one-second deadline passes.
+    const laterId = await submit();
+    const later = await waitStatus(laterId, ['approval_expired', 'completed', 'failed']);
+    expect(later.status).toBe('approval_expired');
+    expect(later.steps[2].output).toMatchObject({ approval_class: 'C', required_approvals: 2 });
+
+    // The request that was waiting before the change: unchanged, and not expired though the new SLA has passed.
+    expect(await approval(approvalId)).toEqual(before);
+    expect(await timerOf(waitingId)).toEqual(timer);
+    expect((await runOf(waitingId)).status).toBe('waiting');
+    // Still class B: one approval decides it, and the run completes.
+    const decided = await api(stack, 'POST', `/api/v1/approvals/${approvalId}/decision`, { token: t.approver, body: { decision: 'approve' }, headers: { 'Idempotency-Key': randomUUID() } });
+    expect(decided.status, decided.text).toBe(200);
+    expect((await approval(approvalId)).status).toBe('approved');
+    expect((await waitStatus(waitingId, ['completed', 'failed'])).status).toBe('completed');
+  });
+});

@@ -1,0 +1,31 @@
+import { describe, expect, it } from 'vitest';
+import assert from 'node:assert/strict';
+import { waitFor } from '../helpers/poll.ts';
+
+describe('waitFor', () => {
+  it('keeps polling past ordinary errors, and names the last one on a timeout', async () => {
+    let calls = 0;
+    const value = await waitFor(() => {
+      if (++calls < 3) throw new Error('not up yet');
+      return calls;
+    }, { intervalMs: 1 });
+    expect(value).toBe(3);
+    await expect(waitFor(() => {
+      throw new Error('still down');
+    }, { timeoutMs: 20, intervalMs: 1, what: 'the service' })).rejects.toThrow('timed out waiting for the service: still down');
+  });
+
+  it.each([
+    ['vitest expect', () => expect(1).toBe(2)],
+    ['node:assert', () => assert.equal(1, 2)],
+  ])('fails at once on a failed assertion inside the callback (%s), without waiting for the deadline', async (_what, fail) => {
+    let calls = 0;
+    const wait = waitFor(() => {
+      calls++;
+      fail();
+      return true;
+    }, { timeoutMs: 5_000, intervalMs: 1 });
+    await expect(wait).rejects.toMatchObject({ name: 'AssertionError' });
+    expect(calls).toBe(1);
+  });
+});
