@@ -115,6 +115,52 @@ describe("a tenant's share of the in-flight slots (API_MAX_INFLIGHT_PER_TENANT)"
   });
 });
 
+describe('a client that hangs up while its handler works', () => {
+  it("keeps its tenant's slot until the handler's database work ends, not until the connection closes", async () => {
+    const api1 = await spawnApi({ ...stack.env, API_MAX_INFLIGHT: '8', API_MAX_INFLIGHT_PER_TENANT: '1' });
+    const tenant = newTenant();
+    const token = await stack.token({ tenantId: tenant, sub: 'hangs-up' });
+    const list = () => fetch(`${api1.baseUrl}/api/v1/golden-path/runs`, { headers: { authorization: `Bearer ${token}` } });
+    const blocker = new pg.Client({ connectionString: stack.db.ownerUrl });
+    await blocker.connect();
+    let locked = false;
+    try {
+      // Hold the run table so the submission's handler waits inside its transaction.
+      await blocker.query('begin');
+      await blocker.query('lock table durable_runs in exclusive mode');
+      locked = true;
+      const abort = new AbortController();
+      const key = randomUUID();
+      const post = fetch(`${api1.baseUrl}/api/v1/golden-path/run`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json', 'idempotency-key': key },
+        body: JSON.stringify(SAMPLE_SUBMISSION),
+        signal: abort.signal,
+      }).catch(() => undefined);
+      await waitFor(
+        async () => (await blocker.query(`select count(*)::int as n from pg_locks l join pg_class c on c.oid = l.relation where c.relname = 'durable_runs' and not l.granted`)).rows[0].n > 0,
+        { timeoutMs: 30_000, what: 'the submission to wait on the run table' },
+      );
+      // The client hangs up; the server sees it (its request log says so) while the handler still waits.
+      abort.abort();
+      await post;
+      await waitFor(() => api1.lines().some((l) => l.msg === 'request aborted' && l.req?.method === 'POST'), { timeoutMs: 10_000, what: 'the API to see the hang-up' });
+      const busy = await list();
+      expect(busy.status, 'the slot is still the handler\'s').toBe(429);
+      await blocker.query('commit');
+      locked = false;
+      // The handler finishes (the submission is accepted under its key), and then the slot is free.
+      await waitFor(async () => (await list()).status === 200, { timeoutMs: 30_000, what: 'the slot to be free after the handler ended' });
+      const { rows } = await stack.db.admin(`select count(*)::int as n from durable_runs where tenant_id = $1`, [tenant]);
+      expect(rows[0].n).toBe(1);
+    } finally {
+      if (locked) await blocker.query('rollback').catch(() => {});
+      await blocker.end();
+      await api1.stop();
+    }
+  });
+});
+
 /** A POST whose headers promise 1,000 bytes of body, of which one is sent: it stays in flight. */
 async function trickle(baseUrl: string, token: string): Promise<{ socket: net.Socket; answer: () => string; closed: Promise<void> }> {
   const url = new URL(baseUrl);

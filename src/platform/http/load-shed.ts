@@ -25,7 +25,26 @@ export function loadShedding(maxInFlight: number) {
   };
 }
 
-/** Calls `release` once, when the response is sent or its connection closes, whichever comes first. */
+const HANDLER_WORK = Symbol('dealix.handlerWork');
+
+/**
+ * Marks the route handler's work for the in-flight limits (router.ts): a slot is held until it ends,
+ * even when the client goes away first. Returns false, and the handler must not run, when the client
+ * is already gone — nothing of the request has been done and no answer can reach it (a keyed retry
+ * runs it); its slot was released when it went.
+ */
+export function startHandlerWork(res: Response, work: () => Promise<void>): Promise<void> | undefined {
+  if (res.closed && !res.writableFinished) return undefined;
+  const p = work();
+  (res.locals as Record<symbol, unknown>)[HANDLER_WORK] = p;
+  return p;
+}
+
+/**
+ * Calls `release` once the request is done with: when its response is sent, or when its connection
+ * closes — then after the handler's work, if it started, has ended (a client that hangs up does not
+ * end the database work it caused, so it must not free the slot that bounds that work).
+ */
 export function releaseWhenDone(res: Response, release: () => void): void {
   let done = false;
   const once = () => {
@@ -35,5 +54,9 @@ export function releaseWhenDone(res: Response, release: () => void): void {
     }
   };
   res.once('finish', once);
-  res.once('close', once);
+  res.once('close', () => {
+    const work = (res.locals as Record<symbol, Promise<void> | undefined>)[HANDLER_WORK];
+    if (work && !res.writableFinished) void work.then(once, once);
+    else once();
+  });
 }

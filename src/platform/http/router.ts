@@ -13,6 +13,7 @@ import { parseOrThrow } from './validation.ts';
 import { PROBLEM_CONTENT_TYPE } from './problem.middleware.ts';
 import { rejectUnstorableText } from './json-text.ts';
 import { tenantInFlightLimit } from './tenant-inflight.ts';
+import { startHandlerWork } from './load-shed.ts';
 
 export interface RouterDeps {
   orm: MikroORM;
@@ -80,24 +81,29 @@ function validate(def: RouteDef) {
 
 function runHandler(def: RouteDef, deps: RouterDeps) {
   return async function handle(req: Request, res: Response, next: NextFunction): Promise<void> {
-    const idem = res.locals.idempotency as IdempotencyState | undefined;
-    try {
-      if (!idem?.pending) {
-        await execute(def, deps, req, res, next, { hash: idem?.hash ?? '' });
-        return;
-      }
-      // A keyed request: the claim travels with the handler's first statements.
-      if ((await execute(def, deps, req, res, next, { pending: idem.pending, hash: idem.pending.hash, ...(idem.input ? { input: idem.input } : {}) })) !== 'key-taken') return;
-      // The key was there: what it holds decides (replay, 422, 409), or this request takes it over
-      // (a dead attempt's lease ran out, the key passed its TTL, or it was released meanwhile).
-      const claim = await deps.idempotency.claim(res.locals.em as EntityManager, idem.input!);
-      if (answerClaim(res, claim, deps.idempotencyMetrics) || claim.outcome !== 'claimed') return;
-      res.locals.idempotency = { record: claim.record, hash: claim.hash } satisfies IdempotencyState;
-      await execute(def, deps, req, res, next, { record: claim.record, hash: claim.hash });
-    } catch (e) {
-      next(e);
-    }
+    // The in-flight slots are held until this work ends, even if the client hangs up meanwhile.
+    await startHandlerWork(res, () => handleRequest(def, deps, req, res, next));
   };
+}
+
+async function handleRequest(def: RouteDef, deps: RouterDeps, req: Request, res: Response, next: NextFunction): Promise<void> {
+  const idem = res.locals.idempotency as IdempotencyState | undefined;
+  try {
+    if (!idem?.pending) {
+      await execute(def, deps, req, res, next, { hash: idem?.hash ?? '' });
+      return;
+    }
+    // A keyed request: the claim travels with the handler's first statements.
+    if ((await execute(def, deps, req, res, next, { pending: idem.pending, hash: idem.pending.hash, ...(idem.input ? { input: idem.input } : {}) })) !== 'key-taken') return;
+    // The key was there: what it holds decides (replay, 422, 409), or this request takes it over
+    // (a dead attempt's lease ran out, the key passed its TTL, or it was released meanwhile).
+    const claim = await deps.idempotency.claim(res.locals.em as EntityManager, idem.input!);
+    if (answerClaim(res, claim, deps.idempotencyMetrics) || claim.outcome !== 'claimed') return;
+    res.locals.idempotency = { record: claim.record, hash: claim.hash } satisfies IdempotencyState;
+    await execute(def, deps, req, res, next, { record: claim.record, hash: claim.hash });
+  } catch (e) {
+    next(e);
+  }
 }
 
 type Claim = { hash: string; record?: IdempotencyRecord; pending?: PendingClaim; input?: ClaimInput };
