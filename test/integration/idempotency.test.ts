@@ -11,6 +11,7 @@ import { submissionSchema } from '../../src/modules/golden-path/golden-path.sche
 import { GOLDEN_PATH } from '../../src/modules/golden-path/golden-path.workflow.ts';
 import { api, newTenant, SAMPLE_SUBMISSION, startStack, type TestStack } from '../helpers/stack.ts';
 import { TEST_REDIS_URL } from '../helpers/env.ts';
+import { holdTable } from '../helpers/table-lock.ts';
 import { waitFor } from '../helpers/poll.ts';
 
 const RUN = '/api/v1/golden-path/run';
@@ -309,19 +310,14 @@ describe('a key whose first request is still running', () => {
     const who = await actor();
     const key = randomUUID();
     // Hold the run table so the first request's handler blocks after it claimed the key.
-    const blocker = new pg.Client({ connectionString: stack.db.ownerUrl });
-    await blocker.connect();
-    let committed = false;
+    const runs = await holdTable(stack.db.ownerUrl, 'durable_runs');
     try {
-      await blocker.query('begin');
-      await blocker.query('lock table durable_runs in exclusive mode');
       const firstP = submit(who, key);
       await waitFor(async () => (await keyRecord(who, key))?.status === 'in_progress', { timeoutMs: 30_000, what: 'the first request to claim its key' });
       const second = await submit(who, key);
       expectProblem(second, 409, 'idempotency_key_in_use');
       expect(Number(second.headers.get('retry-after'))).toBeGreaterThanOrEqual(1);
-      await blocker.query('commit');
-      committed = true;
+      await runs.release();
       const first = await firstP;
       expect(first.status, first.text).toBe(202);
       const third = await submit(who, key);
@@ -329,9 +325,7 @@ describe('a key whose first request is still running', () => {
       expect(third.json.run_id).toBe(first.json.run_id);
       expect(await counts(who.tenant)).toEqual({ keys: 1, runs: 1 });
     } finally {
-      // Only a transaction the test left open: a rollback after the commit makes the server log a warning.
-      if (!committed) await blocker.query('rollback').catch(() => {});
-      await blocker.end();
+      await runs.close();
     }
   });
 

@@ -1,10 +1,10 @@
 import net from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { randomUUID } from 'node:crypto';
-import pg from 'pg';
 import { api, newTenant, SAMPLE_SUBMISSION, startStack, type TestStack } from '../helpers/stack.ts';
 import { waitFor } from '../helpers/poll.ts';
 import { spawnApi } from '../helpers/api-process.ts';
+import { holdTable } from '../helpers/table-lock.ts';
 
 let stack: TestStack;
 beforeAll(async () => {
@@ -16,22 +16,12 @@ describe('front-door load shedding', () => {
   it('past the in-flight limit answers 503 with Retry-After before any database work; probes are never shed', async () => {
     const tenant = newTenant();
     const token = await stack.token({ tenantId: tenant, sub: 'shed-user' });
-    const blocker = new pg.Client({ connectionString: stack.db.ownerUrl });
-    await blocker.connect();
-    let committed = false;
+    // Hold the run table so the first submission stays in flight.
+    const runs = await holdTable(stack.db.ownerUrl, 'durable_runs');
     try {
-      // Hold the run table so the first submission stays in flight.
-      await blocker.query('begin');
-      await blocker.query('lock table durable_runs in exclusive mode');
       const firstKey = randomUUID();
       const firstP = api(stack, 'POST', '/api/v1/golden-path/run', { token, body: SAMPLE_SUBMISSION, headers: { 'Idempotency-Key': firstKey } });
-      await waitFor(
-        async () => {
-          const r = await blocker.query(`select count(*)::int as n from pg_locks l join pg_class c on c.oid = l.relation where c.relname = 'durable_runs' and not l.granted`);
-          return r.rows[0].n > 0;
-        },
-        { timeoutMs: 30_000, what: 'the first submission to block on the run table' },
-      );
+      await runs.waiting('the first submission to block on the run table');
       const shedKey = randomUUID();
       const shed = await api(stack, 'POST', '/api/v1/golden-path/run', { token, body: SAMPLE_SUBMISSION, headers: { 'Idempotency-Key': shedKey } });
       expect(shed.status).toBe(503);
@@ -39,8 +29,7 @@ describe('front-door load shedding', () => {
       expect(Number(shed.headers.get('retry-after'))).toBeGreaterThanOrEqual(1);
       // Every spelling Express routes to a probe is exempt (a probe configured with a trailing slash too).
       for (const probe of ['/healthz', '/healthz/', '/HEALTHZ', '/Metrics/']) expect((await api(stack, 'GET', probe)).status, probe).toBe(200);
-      await blocker.query('commit');
-      committed = true;
+      await runs.release();
       const first = await firstP;
       expect(first.status, first.text).toBe(202);
       // The shed request stored nothing: the same key now runs as a first request.
@@ -48,9 +37,7 @@ describe('front-door load shedding', () => {
       expect(again.status, again.text).toBe(202);
       expect(again.headers.get('idempotent-replayed')).toBeNull();
     } finally {
-      // Only a transaction the test left open: a rollback after the commit makes the server log a warning.
-      if (!committed) await blocker.query('rollback').catch(() => {});
-      await blocker.end();
+      await runs.close();
     }
   });
 });
@@ -121,14 +108,9 @@ describe('a client that hangs up while its handler works', () => {
     const tenant = newTenant();
     const token = await stack.token({ tenantId: tenant, sub: 'hangs-up' });
     const list = () => fetch(`${api1.baseUrl}/api/v1/golden-path/runs`, { headers: { authorization: `Bearer ${token}` } });
-    const blocker = new pg.Client({ connectionString: stack.db.ownerUrl });
-    await blocker.connect();
-    let locked = false;
+    // Hold the run table so the submission's handler waits inside its transaction.
+    const runs = await holdTable(stack.db.ownerUrl, 'durable_runs');
     try {
-      // Hold the run table so the submission's handler waits inside its transaction.
-      await blocker.query('begin');
-      await blocker.query('lock table durable_runs in exclusive mode');
-      locked = true;
       const abort = new AbortController();
       const key = randomUUID();
       const post = fetch(`${api1.baseUrl}/api/v1/golden-path/run`, {
@@ -137,25 +119,20 @@ describe('a client that hangs up while its handler works', () => {
         body: JSON.stringify(SAMPLE_SUBMISSION),
         signal: abort.signal,
       }).catch(() => undefined);
-      await waitFor(
-        async () => (await blocker.query(`select count(*)::int as n from pg_locks l join pg_class c on c.oid = l.relation where c.relname = 'durable_runs' and not l.granted`)).rows[0].n > 0,
-        { timeoutMs: 30_000, what: 'the submission to wait on the run table' },
-      );
+      await runs.waiting('the submission to wait on the run table');
       // The client hangs up; the server sees it (its request log says so) while the handler still waits.
       abort.abort();
       await post;
       await waitFor(() => api1.lines().some((l) => l.msg === 'request aborted' && l.req?.method === 'POST'), { timeoutMs: 10_000, what: 'the API to see the hang-up' });
       const busy = await list();
       expect(busy.status, 'the slot is still the handler\'s').toBe(429);
-      await blocker.query('commit');
-      locked = false;
+      await runs.release();
       // The handler finishes (the submission is accepted under its key), and then the slot is free.
       await waitFor(async () => (await list()).status === 200, { timeoutMs: 30_000, what: 'the slot to be free after the handler ended' });
       const { rows } = await stack.db.admin(`select count(*)::int as n from durable_runs where tenant_id = $1`, [tenant]);
       expect(rows[0].n).toBe(1);
     } finally {
-      if (locked) await blocker.query('rollback').catch(() => {});
-      await blocker.end();
+      await runs.close();
       await api1.stop();
     }
   });
