@@ -90,7 +90,8 @@ export async function createContainer(
     metrics,
     telemetry,
     instanceId,
-    jobHandlers: () => jobHandlersFor({ orm, runtime }),
+    jobHandlers: () =>
+      jobHandlersFor({ orm, runtime, logger, onDeferred: ({ workflow, version }) => metrics.deferredJobs.inc({ workflow, version: String(version ?? 'unknown') }) }),
     async close() {
       await Promise.allSettled([...queues.values()].map((q) => q.close()));
       await orm.close(true).catch(() => {});

@@ -1,11 +1,13 @@
 import type { Job, Queue } from 'bullmq';
 import { DelayedError } from 'bullmq';
 import type { MikroORM } from '@mikro-orm/postgresql';
+import type { Logger } from 'pino';
 import type { Config } from '../platform/config/config.ts';
 import { keepFromConfig, type DurableRuntime, type KeepJobs } from '../platform/durable/runtime.ts';
 import type { AdmissionControl, RouteDef } from '../platform/http/route.ts';
 import { deferDelayMs, type WorkflowDef } from '../platform/durable/workflow.ts';
 import { WorkflowVersionUnavailableError } from '../platform/durable/errors.ts';
+import { versionLabel } from '../platform/durable/registry.ts';
 import type { JobHandler } from '../platform/durable/worker-host.ts';
 import { tenantEm } from '../platform/db/tenant-em.ts';
 import { namedJobId } from '../platform/queue/job-ids.ts';
@@ -106,7 +108,13 @@ export function routesFor(deps: { config: Config; runtime: DurableRuntime; queue
   ];
 }
 
-export function jobHandlersFor(deps: { orm: MikroORM; runtime: DurableRuntime }): Record<string, JobHandler> {
+export function jobHandlersFor(deps: {
+  orm: MikroORM;
+  runtime: DurableRuntime;
+  logger?: Logger;
+  /** A timer put off because this process does not register its run's workflow version (as the executor reports its jobs). */
+  onDeferred?(info: { workflow: string; version: number | undefined }): void;
+}): Record<string, JobHandler> {
   const approvals = new ApprovalService(deps.runtime);
   return {
     async [SLA_JOB_NAME](job: Job) {
@@ -117,8 +125,15 @@ export function jobHandlersFor(deps: { orm: MikroORM; runtime: DurableRuntime })
       } catch (e) {
         if (!(e instanceof WorkflowVersionUnavailableError)) throw e;
         // The run's workflow version is not registered here (a rolling deploy): nothing was written;
-        // put the timer off for a worker that has it instead of spending its attempts (ADR 0008).
-        await job.moveToDelayed(Date.now() + deferDelayMs(job.attemptsStarted), job.token);
+        // put the timer off for a worker that has it instead of spending its attempts (ADR 0008),
+        // logged and counted as the executor does for run jobs.
+        const delayMs = deferDelayMs(job.attemptsStarted);
+        deps.onDeferred?.({ workflow: e.workflow, version: e.version });
+        deps.logger?.warn(
+          { job_id: job.id, run_id: data.run_id, tenant_id: data.tenant_id, workflow: versionLabel(e.workflow, e.version), registered: deps.runtime.workflows.labels(), delay_ms: delayMs },
+          'SLA timer of a workflow version this worker does not register: put off for a worker that does',
+        );
+        await job.moveToDelayed(Date.now() + delayMs, job.token);
         throw new DelayedError();
       }
       if (found.outcome === 'not_due') {

@@ -23,6 +23,7 @@ const TEST_WORKER = 'test/helpers/test-worker.ts';
 const LONG = 240_000;
 const V1_STEPS = ['partner-dossier', 'economics-model', 'approval-packet', 'evidence-pack'];
 const DEFERRED = 'run of a workflow version this worker does not register: job put off for a worker that does';
+const TIMER_DEFERRED = 'SLA timer of a workflow version this worker does not register: put off for a worker that does';
 const SWEEP_SKIPPED = 'incomplete runs of workflow versions this worker does not register: left to workers that do';
 
 let stack: TestStack;
@@ -211,7 +212,7 @@ describe('several versions of one workflow', () => {
     expect(await waitStatus(runId, ['waiting', 'failed'])).toMatchObject({ status: 'waiting', workflow_version: 1 });
     old.kill('SIGKILL');
     await old.exited;
-    const newOnly = await stack.spawnWorker({ GP_VERSIONS: '2' });
+    const newOnly = await stack.spawnWorker({ GP_VERSIONS: '2', WORKER_METRICS_PORT: '0' });
     // Past the deadline the v2-only worker takes the timer: the expiry needs v1's definition, so the
     // timer goes back to delayed (twice here) without spending an attempt, and nothing of the run moves.
     const timer = await slaTimerOf(runId);
@@ -223,6 +224,10 @@ describe('several versions of one workflow', () => {
     expect(await runOf(runId)).toMatchObject({ status: 'waiting' });
     const { rows } = await stack.db.admin(`select status from approval_requests where run_id = $1`, [runId]);
     expect(rows).toEqual([{ status: 'pending' }]);
+    // Said as for a run job: a warning naming the version, and the deferral counter.
+    expect(linesOf(newOnly, TIMER_DEFERRED, runId)[0]).toMatchObject({ workflow: 'golden-path@v1', registered: expect.arrayContaining(['golden-path@v2']) });
+    const port = await waitFor(() => jsonLines(newOnly.output()).find((l) => l.msg === 'worker metrics listening')?.metrics_port, { what: 'the worker metrics port' });
+    expect(sample(await (await fetch(`http://127.0.0.1:${port}/metrics`)).text(), 'dealix_run_jobs_deferred_total{workflow="golden-path",version="1"}')).toBeGreaterThanOrEqual(2);
 
     await stack.spawnWorker({ GP_VERSIONS: '1' });
     const expired = await waitStatus(runId, ['approval_expired', 'completed', 'failed']);
