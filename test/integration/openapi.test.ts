@@ -56,6 +56,14 @@ describe('OpenAPI 3.1 from the route declarations', () => {
     expect(Object.keys(submit['401'].headers)).toContain('WWW-Authenticate');
     const read = doc.paths['/api/v1/golden-path/runs/{id}'].get.responses;
     expect(Object.keys(read['200'].headers)).not.toContain('Idempotent-Replayed');
+    // A route's own description of an error keeps its headers: the decision's 503 names the code a
+    // decision on a run of a workflow version this instance lacks answers (ADR 0008), with Retry-After.
+    const decision = doc.paths['/api/v1/approvals/{id}/decision'].post.responses;
+    expect(decision['503'].description).toContain('workflow_version_unavailable');
+    expect(decision['503'].description).toContain('service_unavailable');
+    expect(decision['409'].description).toContain('idempotency_key_in_use');
+    expect(Object.keys(decision['503'].headers)).toContain('Retry-After');
+    expect(Object.keys(decision['409'].headers)).toContain('Retry-After');
   });
 
   it('converts every route schema (no route falls back to an untyped body)', () => {

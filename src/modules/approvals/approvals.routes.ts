@@ -60,6 +60,9 @@ export function approvalRoutes(deps: { approvals: ApprovalService }): RouteDef[]
         403: { description: 'Not an approver, or the submitter' },
         404: { description: 'No such approval request for this tenant' },
         409: { description: 'Already decided, expired, or this approver already decided' },
+        503: {
+          description: "The run's workflow version is not registered on this instance: the decision is not recorded; retry after Retry-After (code: workflow_version_unavailable)",
+        },
       },
       async handler({ em, params, body, principal, afterCommit }) {
         const { result, afterCommit: resume } = await deps.approvals.decide(em, principal, params.id, body.decision, body.comment ?? null);

@@ -68,14 +68,17 @@ const toOpenApiPath = (p: string) => p.replace(/:([A-Za-z0-9_]+)/g, '{$1}');
 
 function routeConfig(def: RouteDef, withSchemas: boolean): RouteConfig {
   const responses: Record<string, ResponseConfig> = {};
-  for (const [code, r] of Object.entries(errorResponses(def))) responses[code] = r;
+  const errors = errorResponses(def);
+  for (const [code, r] of Object.entries(errors)) responses[code] = r;
   for (const [code, r] of Object.entries(def.responses)) {
     const status = Number(code);
     const isError = status >= 400;
     const success = { ...(status === 201 || status === 202 ? { Location: z.string().describe('The created or accepted resource') } : {}), ...(MUTATING_METHODS.has(def.method) ? replayed : {}) };
     responses[code] = {
-      description: r.description,
-      headers: isError ? responseHeaders : responseHeaders.extend(success),
+      // A route's own description of an error adds to what the router answers with that status.
+      description: isError && errors[status] ? `${r.description}; or: ${errors[status].description}` : r.description,
+      // A route's own description of an error keeps the headers that error carries (Retry-After, …).
+      headers: isError ? ((errors[status]?.headers as typeof responseHeaders | undefined) ?? responseHeaders) : responseHeaders.extend(success),
       content: isError
         ? { [PROBLEM_CONTENT_TYPE]: { schema: problemSchema } }
         : { 'application/json': { schema: withSchemas && r.schema ? r.schema : z.looseObject({}) } },

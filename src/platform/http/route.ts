@@ -62,7 +62,8 @@ export interface RouteDef<B = any, P = any, Q = any, R = any> {
   query?: ZodType<Q>;
   /**
    * The router admits the request through it first in the route's transaction, before the handler;
-   * only a route with it can answer 429, and the OpenAPI document lists 429 for exactly those.
+   * the OpenAPI document names the submission limits under 429 for exactly those routes (every route
+   * can answer 429 for the tenant's share of in-flight requests).
    */
   admission?: AdmissionControl;
   responses: Record<number, RouteResponseDoc<R>>;
