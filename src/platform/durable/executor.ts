@@ -167,7 +167,7 @@ export class StepExecutor {
         seq++;
       } catch (e) {
         if (span) {
-          if (unread && isStaleStart(e)) span.addEvent('run no longer as its job was added; read it and went on');
+          if (isStaleStart(e)) span.addEvent(unread ? 'run no longer as its job was added; read it and went on' : 'run no longer active (cancelled or ended); read it again');
           else {
             span.recordException(coerceError(e));
             span.setStatus({ code: SpanStatusCode.ERROR, message: (e as Error).message });
@@ -188,6 +188,15 @@ export class StepExecutor {
           else logger.warn({ sequence_num: seq, err: coerceError(e).message }, 'the first step failed before its run was read; reading the run and running the step again');
           state = undefined;
           unread = false;
+          continue;
+        }
+        if (isStaleStart(e)) {
+          // The run was read, but its checkpoint found it no longer active (DX001: cancelled, or ended
+          // elsewhere, since the job read it): nothing of the step committed. Read it again; an ended
+          // run ends the job quietly (next() finds it so), without another step and without failing it.
+          logger.info({ sequence_num: seq, err: (e as Error).message }, 'the run is no longer active; reading it');
+          state = undefined;
+          races++;
           continue;
         }
         if (!isUniqueViolation(e)) {
