@@ -13,7 +13,6 @@ interface ApprovalRow {
   id: string;
   tenant_id: string;
   run_id: string;
-  approval_class: 'A' | 'B' | 'C';
   required_approvals: number;
   status: 'pending' | 'approved' | 'rejected' | 'expired';
   submitted_by: string;
@@ -46,8 +45,8 @@ export class ApprovalService {
   ): Promise<{ result: DecisionResult; afterCommit: (() => Promise<void>) | undefined }> {
     if (!principal.roles.includes(APPROVER_ROLE)) throw new ForbiddenError(`Deciding needs the "${APPROVER_ROLE}" role.`);
     const [req] = await em.execute<ApprovalRow[]>(
-      `select a.id, a.tenant_id, a.run_id, a.approval_class, a.required_approvals, a.status, a.submitted_by, a.sla_deadline,
-              (a.sla_deadline is not null and a.sla_deadline <= now()) as expired_now, r.idempotency_hash, r.status as run_status
+      `select a.id, a.tenant_id, a.run_id, a.required_approvals, a.status, a.submitted_by, a.sla_deadline,
+              coalesce(a.sla_deadline <= now(), false) as expired_now, r.idempotency_hash, r.status as run_status
          from approval_requests a join durable_runs r on r.tenant_id = a.tenant_id and r.id = a.run_id where a.id = ? for update of a`,
       [approvalId],
     );
@@ -119,7 +118,7 @@ export class ApprovalService {
    */
   async expire(em: EntityManager, tenantId: string, runId: string): Promise<{ outcome: 'expired' | 'not_pending' } | { outcome: 'not_due'; deadline: Date | null }> {
     const [req] = await em.execute<ApprovalRow[]>(
-      `select id, tenant_id, run_id, approval_class, required_approvals, status, submitted_by, sla_deadline,
+      `select id, tenant_id, run_id, required_approvals, status, submitted_by, sla_deadline,
               (sla_deadline is not null and sla_deadline <= now()) as expired_now
          from approval_requests where tenant_id = ? and run_id = ? for update`,
       [tenantId, runId],
