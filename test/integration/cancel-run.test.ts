@@ -6,7 +6,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { randomUUID } from 'node:crypto';
 import pino from 'pino';
-import { api, CLASS_A_SUBMISSION, newTenant, SAMPLE_SUBMISSION, startStack, type TestStack } from '../helpers/stack.ts';
+import { api, CLASS_A_SUBMISSION, CLASS_C_SUBMISSION, newTenant, SAMPLE_SUBMISSION, startStack, type TestStack } from '../helpers/stack.ts';
 import { waitFor } from '../helpers/poll.ts';
 import { TEST_REDIS_URL } from '../helpers/env.ts';
 import { tenantEm } from '../../src/platform/db/tenant-em.ts';
@@ -97,6 +97,20 @@ describe('cancelling a run through the API, with a worker running', () => {
     expect(row!.completed_at).not.toBeNull();
   });
 
+  it('a class C run waiting on its first of two approvals: after the cancel not even the first decision is recorded', { timeout: LONG }, async () => {
+    const id = await submit(stack, tok.submitter!, CLASS_C_SUBMISSION);
+    const waiting = await waitStatus(stack, tok.submitter!, id, ['waiting', 'failed', 'completed']);
+    expect(waiting.status).toBe('waiting');
+    const approvalId = waiting.steps[2].output.approval_request_id as string;
+    const res = await api(stack, 'POST', cancelPath(id), { token: tok.admin!, headers: { 'Idempotency-Key': randomUUID() } });
+    expect(res.status, res.text).toBe(200);
+    const decision = await api(stack, 'POST', `/api/v1/approvals/${approvalId}/decision`, { token: tok.approver!, body: { decision: 'approve' }, headers: { 'Idempotency-Key': randomUUID() } });
+    expect(decision.status, decision.text).toBe(409);
+    expect(decision.json).toMatchObject({ code: 'run_not_active', run_status: 'cancelled' });
+    expect((await stack.db.admin(`select count(*)::int as n from approval_decisions where approval_request_id = $1`, [approvalId])).rows[0].n).toBe(0);
+    expect(await runStatus(stack, tok.submitter!, id)).toBe('cancelled');
+  });
+
   it('who may cancel: not another user (403), not another tenant (404); the submitter or a tenant admin may; an ended run is 409; the same key replays; no key is 400', { timeout: LONG }, async () => {
     const id = await submit(stack, tok.submitter!, SAMPLE_SUBMISSION);
     const key = randomUUID();
@@ -152,6 +166,58 @@ describe('cancelling a run while a step executes', () => {
     await stack?.stop();
   });
 
+  /** The production worker host and executor, in this process, running `wf` on the golden-path queue. */
+  function startHost(wf: WorkflowDef) {
+    const logger = pino({ level: 'silent' });
+    const runtime = new DurableRuntime({ workflows: [wf], queues: stack.container.runtime.queues, logger });
+    const executor = new StepExecutor({ orm: stack.container.orm, runtime, logger, workerId: 'cancel-test', leaseMs: 5000 });
+    const connection = createRedis(TEST_REDIS_URL, 'worker', 'cancel-test');
+    const host = startWorkers({
+      runtime,
+      executor,
+      handlers: {},
+      connection,
+      prefix: stack.prefix,
+      settings: { concurrency: 1, lockDurationMs: 5000, stalledIntervalMs: 5000, maxStalledCount: 10 },
+      logger,
+      queues: [GOLDEN_PATH_QUEUE],
+    });
+    return {
+      async stop() {
+        await host.stop(0);
+        connection.disconnect();
+      },
+    };
+  }
+
+  /** The run's job (from step 1) once it has ended: completed or failed. */
+  async function endedJob(runId: string) {
+    const base = stack.container.runtime.workflow(GOLDEN_PATH);
+    const queue = stack.container.queues.get(GOLDEN_PATH_QUEUE)!;
+    const jobId = stepJobId(base.tag, await idempotencyHashOf(stack, runId), 1, base.steps[0]!.name);
+    const state = await waitFor(async () => {
+      const st = await queue.getJobState(jobId);
+      return st === 'completed' || st === 'failed' ? st : undefined;
+    }, { timeoutMs: 30_000, what: 'the run job to end' });
+    return { state, job: (await queue.getJob(jobId))! };
+  }
+
+  it('cancelled before its job started: the job runs no step and completes', { timeout: LONG }, async () => {
+    const id = await submit(stack, token, CLASS_A_SUBMISSION);
+    const res = await api(stack, 'POST', cancelPath(id), { token, headers: { 'Idempotency-Key': randomUUID() } });
+    expect(res.status, res.text).toBe(200);
+    const host = startHost(stack.container.runtime.workflow(GOLDEN_PATH));
+    try {
+      const { state, job } = await endedJob(id);
+      expect(state).toBe('completed');
+      expect(job.returnvalue).toEqual({ run_id: id, from_sequence_num: 1, status: 'ended', steps: [] });
+      expect((await stack.db.admin(`select count(*)::int as n from durable_checkpoints where run_id = $1`, [id])).rows[0].n).toBe(0);
+      expect((await stack.db.admin(`select status from durable_runs where id = $1`, [id])).rows[0].status).toBe('cancelled');
+    } finally {
+      await host.stop();
+    }
+  });
+
   it.each([
     [2, 'a middle step (its checkpoint alone records it)', { partner_dossiers: 1, economics_models: 0, evidence_packs: 0 }],
     [4, 'the last step (its checkpoint would end the run)', { partner_dossiers: 1, economics_models: 1, evidence_packs: 0 }],
@@ -176,20 +242,7 @@ describe('cancelling a run while a step executes', () => {
         },
       })),
     };
-    const logger = pino({ level: 'silent' });
-    const runtime = new DurableRuntime({ workflows: [gated], queues: stack.container.runtime.queues, logger });
-    const executor = new StepExecutor({ orm: stack.container.orm, runtime, logger, workerId: 'cancel-test', leaseMs: 5000 });
-    const connection = createRedis(TEST_REDIS_URL, 'worker', 'cancel-test');
-    const host = startWorkers({
-      runtime,
-      executor,
-      handlers: {},
-      connection,
-      prefix: stack.prefix,
-      settings: { concurrency: 1, lockDurationMs: 5000, stalledIntervalMs: 5000, maxStalledCount: 10 },
-      logger,
-      queues: [GOLDEN_PATH_QUEUE],
-    });
+    const host = startHost(gated);
     try {
       const id = await submit(stack, token, CLASS_A_SUBMISSION);
       await inside;
@@ -198,14 +251,8 @@ describe('cancelling a run while a step executes', () => {
       expect(res.json.status).toBe('cancelled');
       release();
 
-      const queue = stack.container.queues.get(GOLDEN_PATH_QUEUE)!;
-      const jobId = stepJobId(base.tag, await idempotencyHashOf(stack, id), 1, base.steps[0]!.name);
-      const state = await waitFor(async () => {
-        const st = await queue.getJobState(jobId);
-        return st === 'completed' || st === 'failed' ? st : undefined;
-      }, { timeoutMs: 30_000, what: 'the run job to end' });
+      const { state, job } = await endedJob(id);
       expect(state).toBe('completed');
-      const job = (await queue.getJob(jobId))!;
       // Ended quietly on its first delivery: not failed, not retried.
       expect(job.failedReason).toBeFalsy();
       expect(job.attemptsStarted).toBe(1);
@@ -221,8 +268,7 @@ describe('cancelling a run while a step executes', () => {
       expect(run).toMatchObject({ status: 'cancelled', error: { code: 'cancelled' } });
     } finally {
       release();
-      await host.stop(0);
-      connection.disconnect();
+      await host.stop();
     }
   });
 });
