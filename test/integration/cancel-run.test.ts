@@ -213,6 +213,13 @@ describe('cancelling a run while a step executes', () => {
       expect(job.returnvalue).toEqual({ run_id: id, from_sequence_num: 1, status: 'ended', steps: [] });
       expect((await stack.db.admin(`select count(*)::int as n from durable_checkpoints where run_id = $1`, [id])).rows[0].n).toBe(0);
       expect((await stack.db.admin(`select status from durable_runs where id = $1`, [id])).rows[0].status).toBe('cancelled');
+      // The only run of this stack's database so far: /metrics counts it as cancelled (its reading may lag a refresh).
+      const series = 'dealix_runs{status="cancelled"}';
+      const counted = await waitFor(async () => {
+        const line = (await api(stack, 'GET', '/metrics')).text.split('\n').find((l) => l.startsWith(`${series} `));
+        return line !== undefined && Number(line.slice(series.length + 1)) > 0 ? Number(line.slice(series.length + 1)) : undefined;
+      }, { timeoutMs: 20_000, what: `${series} to count the run` });
+      expect(counted).toBe(1);
     } finally {
       await host.stop();
     }
