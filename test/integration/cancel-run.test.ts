@@ -18,6 +18,7 @@ import { startWorkers } from '../../src/platform/durable/worker-host.ts';
 import type { StepDef, WorkflowDef } from '../../src/platform/durable/workflow.ts';
 import { GOLDEN_PATH, GOLDEN_PATH_QUEUE } from '../../src/modules/golden-path/golden-path.workflow.ts';
 import { ApprovalService } from '../../src/modules/approvals/approval.service.ts';
+import { PermanentError } from '../../src/platform/errors/app-error.ts';
 
 const LONG = 120_000;
 const cancelPath = (id: string) => `/api/v1/golden-path/runs/${id}/cancel`;
@@ -225,14 +226,60 @@ describe('cancelling a run while a step executes', () => {
     }
   });
 
+  /** A barrier a step waits at: `inside` resolves once the step is there, `release()` lets it go on. */
+  function barrier() {
+    let enter!: () => void;
+    let release!: () => void;
+    const inside = new Promise<void>((r) => (enter = r));
+    const released = new Promise<void>((r) => (release = r));
+    return { inside, released, enter: () => enter(), release: () => release() };
+  }
+
+  /** Runs `wf` here, submits a class A run, cancels it once a step is at `b`, releases the step; the run and its ended job. */
+  async function cancelWhileHeld(wf: WorkflowDef, b: ReturnType<typeof barrier>) {
+    const host = startHost(wf);
+    try {
+      const id = await submit(stack, token, CLASS_A_SUBMISSION);
+      await b.inside;
+      const res = await api(stack, 'POST', cancelPath(id), { token, headers: { 'Idempotency-Key': randomUUID() } });
+      expect(res.status, res.text).toBe(200);
+      expect(res.json.status).toBe('cancelled');
+      b.release();
+      return { id, ...(await endedJob(id)) };
+    } finally {
+      b.release();
+      await host.stop();
+    }
+  }
+
+  it('a step that fails for good after the cancel: its failure is recorded on the step, the run stays cancelled, the job completes', { timeout: LONG }, async () => {
+    const b = barrier();
+    const base = stack.container.runtime.workflow(GOLDEN_PATH);
+    const failing: WorkflowDef = {
+      ...base,
+      steps: base.steps.map((s, i): StepDef => (i !== 1 ? s : {
+        ...s,
+        async run() {
+          b.enter();
+          await b.released;
+          throw new PermanentError('test_permanent', 'step 2 refused for good after the cancel');
+        },
+      })),
+    };
+    const { id, state, job } = await cancelWhileHeld(failing, b);
+    expect(state, job.failedReason).toBe('completed');
+    expect(job.returnvalue).toMatchObject({ run_id: id, status: 'ended' });
+    const checkpoints = (await stack.db.admin(`select sequence_num, status from durable_checkpoints where run_id = $1 order by sequence_num`, [id])).rows;
+    expect(checkpoints).toEqual([{ sequence_num: 1, status: 'completed' }, { sequence_num: 2, status: 'failed' }]);
+    const [run] = (await stack.db.admin(`select status, error from durable_runs where id = $1`, [id])).rows as Array<{ status: string; error: { code: string } }>;
+    expect(run).toMatchObject({ status: 'cancelled', error: { code: 'cancelled' } });
+  });
+
   it.each([
     [2, 'a middle step (its checkpoint alone records it)', { partner_dossiers: 1, economics_models: 0, evidence_packs: 0 }],
     [4, 'the last step (its checkpoint would end the run)', { partner_dossiers: 1, economics_models: 1, evidence_packs: 0 }],
   ])('held at step %i, %s: the step commits nothing, no later step runs, the run stays cancelled, the job completes', { timeout: LONG }, async (held, _what, rows) => {
-    let entered!: () => void;
-    let release!: () => void;
-    const inside = new Promise<void>((r) => (entered = r));
-    const released = new Promise<void>((r) => (release = r));
+    const b = barrier();
     const ran: number[] = [];
     const base = stack.container.runtime.workflow(GOLDEN_PATH);
     const gated: WorkflowDef = {
@@ -242,40 +289,27 @@ describe('cancelling a run while a step executes', () => {
         async run(input, ctx) {
           ran.push(ctx.sequenceNum);
           if (ctx.sequenceNum === held) {
-            entered();
-            await released;
+            b.enter();
+            await b.released;
           }
           return s.run(input, ctx);
         },
       })),
     };
-    const host = startHost(gated);
-    try {
-      const id = await submit(stack, token, CLASS_A_SUBMISSION);
-      await inside;
-      const res = await api(stack, 'POST', cancelPath(id), { token, headers: { 'Idempotency-Key': randomUUID() } });
-      expect(res.status, res.text).toBe(200);
-      expect(res.json.status).toBe('cancelled');
-      release();
-
-      const { state, job } = await endedJob(id);
-      expect(state).toBe('completed');
-      // Ended quietly on its first delivery: not failed, not retried.
-      expect(job.failedReason).toBeFalsy();
-      expect(job.attemptsStarted).toBe(1);
-      expect(job.returnvalue).toMatchObject({ run_id: id, status: 'ended' });
-      // The held step's work rolled back with its checkpoint; no step after it was entered.
-      expect(ran).toEqual(Array.from({ length: held }, (_, i) => i + 1));
-      const checkpoints = (await stack.db.admin(`select sequence_num, status from durable_checkpoints where run_id = $1 order by sequence_num`, [id])).rows;
-      expect(checkpoints).toEqual(Array.from({ length: held - 1 }, (_, i) => ({ sequence_num: i + 1, status: 'completed' })));
-      const counts: Record<string, number> = {};
-      for (const table of Object.keys(rows)) counts[table] = Number((await stack.db.admin(`select count(*)::int as n from ${table} where run_id = $1`, [id])).rows[0].n);
-      expect(counts).toEqual(rows);
-      const [run] = (await stack.db.admin(`select status, error from durable_runs where id = $1`, [id])).rows as Array<{ status: string; error: { code: string } }>;
-      expect(run).toMatchObject({ status: 'cancelled', error: { code: 'cancelled' } });
-    } finally {
-      release();
-      await host.stop();
-    }
+    const { id, state, job } = await cancelWhileHeld(gated, b);
+    expect(state).toBe('completed');
+    // Ended quietly on its first delivery: not failed, not retried.
+    expect(job.failedReason).toBeFalsy();
+    expect(job.attemptsStarted).toBe(1);
+    expect(job.returnvalue).toMatchObject({ run_id: id, status: 'ended' });
+    // The held step's work rolled back with its checkpoint; no step after it was entered.
+    expect(ran).toEqual(Array.from({ length: held }, (_, i) => i + 1));
+    const checkpoints = (await stack.db.admin(`select sequence_num, status from durable_checkpoints where run_id = $1 order by sequence_num`, [id])).rows;
+    expect(checkpoints).toEqual(Array.from({ length: held - 1 }, (_, i) => ({ sequence_num: i + 1, status: 'completed' })));
+    const counts: Record<string, number> = {};
+    for (const table of Object.keys(rows)) counts[table] = Number((await stack.db.admin(`select count(*)::int as n from ${table} where run_id = $1`, [id])).rows[0].n);
+    expect(counts).toEqual(rows);
+    const [run] = (await stack.db.admin(`select status, error from durable_runs where id = $1`, [id])).rows as Array<{ status: string; error: { code: string } }>;
+    expect(run).toMatchObject({ status: 'cancelled', error: { code: 'cancelled' } });
   });
 });
