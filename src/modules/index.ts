@@ -101,7 +101,7 @@ export function workflowsFor(config: Config, deps: { queue: () => Queue }): Work
 export function routesFor(deps: { config: Config; runtime: DurableRuntime; queue: () => Queue; admission?: AdmissionControl }): RouteDef[] {
   const approvals = new ApprovalService(deps.runtime, slaScheduler(deps.queue, deps.runtime.keep));
   return [
-    ...goldenPathRoutes({ runtime: deps.runtime, ...(deps.admission ? { admission: deps.admission } : {}) }),
+    ...goldenPathRoutes({ runtime: deps.runtime, ...(deps.admission ? { admission: deps.admission } : {}), onCancelled: (em, tenantId, runId) => approvals.runCancelled(em, tenantId, runId) }),
     ...approvalRoutes({ approvals }),
     ...approvalPolicyRoutes(slaDefaults(deps.config)),
     ...evidenceRoutes(),

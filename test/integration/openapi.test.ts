@@ -245,6 +245,24 @@ describe('the published schemas hold for real responses of every route', () => {
     }
   });
 
+  it('a cancel answers 200 as published, its run reads as published, and a second cancel and a decision on its approval answer 409 as published', async () => {
+    // The runs above have all ended, so this one is under the runs-in-flight cap; class B waits for a human.
+    const id = expectPublished('POST', '/api/v1/golden-path/run', await submit(SAMPLE_SUBMISSION), 202).json.run_id as string;
+    const waiting = await waitRun(id, ['waiting', 'failed']);
+    expect(waiting.status).toBe('waiting');
+    const cancel = () => api(stack, 'POST', `/api/v1/golden-path/runs/${id}/cancel`, { token: tok.submitter!, headers: { 'Idempotency-Key': randomUUID() } });
+    const cancelled = expectPublished('POST', '/api/v1/golden-path/runs/:id/cancel', await cancel(), 200).json;
+    expect(cancelled).toMatchObject({ status: 'cancelled', error: { code: 'cancelled', cancelled_by: 'submitter-1' } });
+    expect((await getRun(id)).json.status).toBe('cancelled');
+    expect(expectPublished('POST', '/api/v1/golden-path/runs/:id/cancel', await cancel(), 409).json).toMatchObject({ code: 'run_not_active', run_status: 'cancelled' });
+    const decision = await api(stack, 'POST', `/api/v1/approvals/${waiting.steps[2].output.approval_request_id}/decision`, {
+      token: tok.approver1!,
+      body: { decision: 'approve' },
+      headers: { 'Idempotency-Key': randomUUID() },
+    });
+    expect(expectPublished('POST', '/api/v1/approvals/:id/decision', decision, 409).json.code).toBe('run_not_active');
+  });
+
   it('checked a real response against every success response that a route publishes', () => {
     const published = stack.container.routes.flatMap((def) =>
       Object.keys(def.responses)

@@ -3,6 +3,7 @@ import type { EntityManager } from '@mikro-orm/postgresql';
 import { ConflictError, ForbiddenError, NotFoundError } from '../../platform/errors/app-error.ts';
 import type { Principal } from '../../platform/tenancy/jwt.ts';
 import type { DurableRuntime } from '../../platform/durable/runtime.ts';
+import { RunNotActiveError } from '../../platform/durable/errors.ts';
 import { approvalPacketSchema, type ApprovalPacket } from '../golden-path/golden-path.schemas.ts';
 import { APPROVER_ROLE } from './approval.constants.ts';
 import { APPROVAL_PACKET_STEP, type SlaScheduler } from './approval-packet.step.ts';
@@ -12,7 +13,6 @@ interface ApprovalRow {
   id: string;
   tenant_id: string;
   run_id: string;
-  approval_class: 'A' | 'B' | 'C';
   required_approvals: number;
   status: 'pending' | 'approved' | 'rejected' | 'expired';
   submitted_by: string;
@@ -20,6 +20,8 @@ interface ApprovalRow {
   expired_now: boolean;
   /** Read by decide only (the SLA timer's id derives from it). */
   idempotency_hash?: string;
+  /** The run's status (decide): a request of a run that is no longer waiting (cancelled) is not decided. */
+  run_status?: string;
 }
 
 /**
@@ -43,13 +45,15 @@ export class ApprovalService {
   ): Promise<{ result: DecisionResult; afterCommit: (() => Promise<void>) | undefined }> {
     if (!principal.roles.includes(APPROVER_ROLE)) throw new ForbiddenError(`Deciding needs the "${APPROVER_ROLE}" role.`);
     const [req] = await em.execute<ApprovalRow[]>(
-      `select a.id, a.tenant_id, a.run_id, a.approval_class, a.required_approvals, a.status, a.submitted_by, a.sla_deadline,
-              (a.sla_deadline is not null and a.sla_deadline <= now()) as expired_now, r.idempotency_hash
+      `select a.id, a.tenant_id, a.run_id, a.required_approvals, a.status, a.submitted_by, a.sla_deadline,
+              coalesce(a.sla_deadline <= now(), false) as expired_now, r.idempotency_hash, r.status as run_status
          from approval_requests a join durable_runs r on r.tenant_id = a.tenant_id and r.id = a.run_id where a.id = ? for update of a`,
       [approvalId],
     );
     if (!req) throw new NotFoundError('approval request');
     if (req.submitted_by === principal.sub) throw new ForbiddenError('The submitter of a run cannot approve or reject it.');
+    // A pending request of a run that no longer waits for it: the run was cancelled (resume re-checks under the run's lock).
+    if (req.status === 'pending' && req.run_status !== 'waiting') throw new RunNotActiveError(req.run_id, req.run_status ?? 'unknown');
     if (req.status === 'pending' && req.expired_now) {
       throw new ConflictError('approval_expired', 'The approval request passed its SLA deadline; it can no longer be decided.');
     }
@@ -91,7 +95,22 @@ export class ApprovalService {
     };
   }
 
-  /** Expires the run's pending request if its deadline passed; the run ends approval_expired. Returns whether it did. */
+  /**
+   * The run is being cancelled, in the caller's transaction: its pending request (if it waits on one)
+   * can no longer be decided (decide and expire read the run's status), and the returned function,
+   * called after the commit, removes its SLA timer. Undefined when there is no timer to remove.
+   */
+  async runCancelled(em: EntityManager, tenantId: string, runId: string): Promise<(() => Promise<void>) | undefined> {
+    const [req] = await em.execute<{ sla_deadline: Date | null; idempotency_hash: string }[]>(
+      `select a.sla_deadline, r.idempotency_hash from approval_requests a join durable_runs r on r.tenant_id = a.tenant_id and r.id = a.run_id
+        where a.tenant_id = ? and a.run_id = ? and a.status = 'pending'`,
+      [tenantId, runId],
+    );
+    const sla = this.sla;
+    if (!req?.sla_deadline || !sla) return undefined;
+    return () => sla.cancel({ idempotencyHash: req.idempotency_hash });
+  }
+
   /**
    * Expires the run's pending request once its SLA deadline has passed. `not_due` carries the stored
    * deadline: a timer that fired early (clock skew, a re-created timer, or one scheduled by an attempt
@@ -99,16 +118,23 @@ export class ApprovalService {
    */
   async expire(em: EntityManager, tenantId: string, runId: string): Promise<{ outcome: 'expired' | 'not_pending' } | { outcome: 'not_due'; deadline: Date | null }> {
     const [req] = await em.execute<ApprovalRow[]>(
-      `select id, tenant_id, run_id, approval_class, required_approvals, status, submitted_by, sla_deadline,
+      `select id, tenant_id, run_id, required_approvals, status, submitted_by, sla_deadline,
               (sla_deadline is not null and sla_deadline <= now()) as expired_now
          from approval_requests where tenant_id = ? and run_id = ? for update`,
       [tenantId, runId],
     );
     if (!req || req.status !== 'pending') return { outcome: 'not_pending' };
     if (!req.expired_now) return { outcome: 'not_due', deadline: req.sla_deadline ? new Date(req.sla_deadline) : null };
-    await em.execute(`update approval_requests set status = 'expired', decided_at = now(), updated_at = now() where id = ?`, [req.id], 'run');
     const { seq, packet } = await this.packet(em, tenantId, runId);
-    await this.runtime.resume(em, runId, seq, { ...packet, outcome: 'expired' }, { finalStatus: 'approval_expired' });
+    try {
+      // First, under the run's lock: a run cancelled while its request was pending has nothing left to
+      // expire (resume refuses before writing anything), and its request stays as the cancel left it.
+      await this.runtime.resume(em, runId, seq, { ...packet, outcome: 'expired' }, { finalStatus: 'approval_expired' });
+    } catch (e) {
+      if (e instanceof RunNotActiveError) return { outcome: 'not_pending' };
+      throw e;
+    }
+    await em.execute(`update approval_requests set status = 'expired', decided_at = now(), updated_at = now() where id = ?`, [req.id], 'run');
     return { outcome: 'expired' };
   }
 

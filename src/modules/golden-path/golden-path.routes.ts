@@ -1,20 +1,37 @@
 import { z } from 'zod';
 import { defineRoute, type AdmissionControl, type RouteDef } from '../../platform/http/route.ts';
-import { NotFoundError } from '../../platform/errors/app-error.ts';
+import type { EntityManager } from '@mikro-orm/postgresql';
+import { ForbiddenError, NotFoundError } from '../../platform/errors/app-error.ts';
+import { RunNotActiveError } from '../../platform/durable/errors.ts';
+import { ADMIN_ROLE } from '../approvals/approval.constants.ts';
 import { nextCursor, pageWhere } from '../../platform/http/cursor.ts';
 import { currentTraceContext } from '../../platform/telemetry/trace-context.ts';
 import { COMPLETED_STEPS_SQL, RUN_COLUMNS, type DurableRuntime, type RunRow } from '../../platform/durable/runtime.ts';
-import { RUN_STATUSES } from '../../platform/durable/durable-run.entity.ts';
+import { ACTIVE_RUN_STATUSES, RUN_STATUSES } from '../../platform/durable/durable-run.entity.ts';
 import { submissionSchema } from './golden-path.schemas.ts';
 import { GOLDEN_PATH } from './golden-path.workflow.ts';
-import { BASE, runAccepted, runPage, runPath, runView, toRunSummary, toRunView, type CheckpointRow, type GoldenPathRunRow, type RunAccepted, type RunPage } from './golden-path.views.ts';
+import { BASE, runAccepted, runPage, runPath, runView, toRunSummary, toRunView, type CheckpointRow, type GoldenPathRunRow, type RunAccepted, type RunCancellation, type RunPage, type RunView } from './golden-path.views.ts';
 
 const uuidParam = z.object({ id: z.string().uuid() });
 
-export function goldenPathRoutes(deps: { runtime: DurableRuntime; admission?: AdmissionControl }): RouteDef[] {
+/**
+ * Called in a cancel's transaction, once the run is cancelled: what else the run held is released
+ * (the approvals module: its pending request can no longer be decided). Returns what to do after the
+ * commit (remove the request's SLA timer), if anything.
+ */
+export type OnRunCancelled = (em: EntityManager, tenantId: string, runId: string) => Promise<(() => Promise<void>) | undefined>;
+
+export function goldenPathRoutes(deps: { runtime: DurableRuntime; admission?: AdmissionControl; onCancelled?: OnRunCancelled }): RouteDef[] {
   // A run is shown with the steps of the version it started with; one this process does not register, with its checkpoints' names.
   const stepNames = (run: RunRow, checkpoints: Array<{ step_name: string }>) =>
     deps.runtime.workflows.get(GOLDEN_PATH, run.workflow_version)?.steps.map((s) => s.name) ?? checkpoints.map((c) => c.step_name);
+  const viewOf = async (em: EntityManager, run: GoldenPathRunRow): Promise<RunView> => {
+    const steps = await em.execute<CheckpointRow[]>(
+      `select sequence_num, step_name, status, attempt, output, error, created_at, completed_at from durable_checkpoints where tenant_id = ? and run_id = ? order by sequence_num`,
+      [run.tenant_id, run.id],
+    );
+    return toRunView(run, steps, stepNames(run, steps));
+  };
   return [
     defineRoute({
       method: 'post',
@@ -55,11 +72,39 @@ export function goldenPathRoutes(deps: { runtime: DurableRuntime; admission?: Ad
       async handler({ em, params, principal }) {
         const [run] = await em.execute<GoldenPathRunRow[]>(`select ${RUN_COLUMNS} from durable_runs where tenant_id = ? and id = ? and workflow = ?`, [principal.tenantId, params.id, GOLDEN_PATH]);
         if (!run) throw new NotFoundError('run');
-        const steps = await em.execute<CheckpointRow[]>(
-          `select sequence_num, step_name, status, attempt, output, error, created_at, completed_at from durable_checkpoints where tenant_id = ? and run_id = ? order by sequence_num`,
-          [run.tenant_id, run.id],
+        return { status: 200, body: await viewOf(em, run) };
+      },
+    }),
+    defineRoute({
+      method: 'post',
+      path: `${BASE}/golden-path/runs/:id/cancel`,
+      summary: 'Cancel a run that has not ended (its submitter, or a tenant admin): no further step runs, a pending approval can no longer be decided',
+      tags: ['golden-path'],
+      idempotency: 'required',
+      params: uuidParam,
+      responses: {
+        200: { description: 'The run, cancelled', schema: runView },
+        403: { description: 'Neither the run\'s submitter nor a tenant admin' },
+        404: { description: 'No such run for this tenant' },
+        409: { description: 'The run has already ended (run_not_active, with its status)' },
+      },
+      async handler({ em, params, principal, afterCommit }) {
+        // Locked: a concurrent decision, expiry or step checkpoint waits for this transaction and then sees the run cancelled.
+        const [run] = await em.execute<GoldenPathRunRow[]>(
+          `select ${RUN_COLUMNS} from durable_runs where tenant_id = ? and id = ? and workflow = ? for update`,
+          [principal.tenantId, params.id, GOLDEN_PATH],
         );
-        return { status: 200, body: toRunView(run, steps, stepNames(run, steps)) };
+        if (!run) throw new NotFoundError('run');
+        if (run.principal !== principal.sub && !principal.roles.includes(ADMIN_ROLE)) {
+          throw new ForbiddenError(`Only the run's submitter or a tenant user with the "${ADMIN_ROLE}" role may cancel it.`);
+        }
+        if (!(ACTIVE_RUN_STATUSES as readonly string[]).includes(run.status)) throw new RunNotActiveError(run.id, run.status);
+        const cancellation: RunCancellation = { code: 'cancelled', message: `Cancelled by ${principal.sub}.`, cancelled_by: principal.sub, cancelled_at: new Date().toISOString() };
+        await deps.runtime.complete(em, run.id, 'cancelled', { error: cancellation });
+        const release = await deps.onCancelled?.(em, run.tenant_id, run.id);
+        if (release) afterCommit(release);
+        const [cancelled] = await em.execute<GoldenPathRunRow[]>(`select ${RUN_COLUMNS} from durable_runs where tenant_id = ? and id = ?`, [run.tenant_id, run.id]);
+        return { status: 200, body: await viewOf(em, cancelled!) };
       },
     }),
     defineRoute({

@@ -32,6 +32,14 @@ export type RunAccepted = z.infer<typeof runAccepted>;
 const stepFailure = z.strictObject({ code: z.string(), message: z.string() });
 /** Why a run failed: its failed step's error, with that step. */
 const runFailure = stepFailure.extend({ step: z.string(), sequence_num: z.number().int().min(1) });
+/** Why a run was cancelled: who cancelled it, and when (POST …/runs/:id/cancel). */
+const runCancellation = z.strictObject({
+  code: z.literal('cancelled'),
+  message: z.string(),
+  cancelled_by: z.string().describe('The principal (token sub) that cancelled the run'),
+  cancelled_at: isoTime,
+});
+export type RunCancellation = z.infer<typeof runCancellation>;
 /** Each step's output, as its schema in the workflow validated it when it was checkpointed. */
 const stepOutput = z.union([dossierSchema, economicsSchema, approvalPacketSchema, evidenceSchema]);
 
@@ -65,7 +73,7 @@ export const runView = z
     completed_at: isoTime.nullable(),
     steps: z.array(stepView),
     output: evidenceSchema.nullable().describe('The evidence step\'s output once the run is completed or rejected'),
-    error: runFailure.nullable(),
+    error: z.union([runFailure, runCancellation]).nullable().describe('Why a failed run failed (its step), or who cancelled a cancelled one'),
     links: z.strictObject({
       self: z.string(),
       approval: z.string().optional(),

@@ -17,6 +17,20 @@ export class RunNotVisibleError extends AppError {
   }
 }
 
+/** The run has ended (cancelled, completed, failed, …): nothing may move it on any more. 409 to an API client. */
+export class RunNotActiveError extends AppError {
+  readonly runStatus: string;
+  constructor(runId: string, status: string) {
+    super('run_not_active', 'Conflict', {
+      status: 409,
+      retryable: false,
+      detail: `The run ${runId} is ${status}; it is no longer active.`,
+      extensions: { run_status: status },
+    });
+    this.runStatus = status;
+  }
+}
+
 export function isUniqueViolation(e: unknown): boolean {
   for (let cur: any = e, d = 0; cur && d < 5; d++, cur = cur.cause) {
     if (cur.code === '23505' || cur.name === 'UniqueConstraintViolationException') return true;

@@ -167,7 +167,7 @@ export class StepExecutor {
         seq++;
       } catch (e) {
         if (span) {
-          if (unread && isStaleStart(e)) span.addEvent('run no longer as its job was added; read it and went on');
+          if (isStaleStart(e)) span.addEvent(unread ? 'run no longer as its job was added; read it and went on' : 'run no longer active (cancelled or ended); read it again');
           else {
             span.recordException(coerceError(e));
             span.setStatus({ code: SpanStatusCode.ERROR, message: (e as Error).message });
@@ -190,10 +190,24 @@ export class StepExecutor {
           unread = false;
           continue;
         }
+        if (isStaleStart(e)) {
+          // The run was read, but its checkpoint found it no longer active (DX001: cancelled, or ended
+          // elsewhere, since the job read it): nothing of the step committed. Read it again; an ended
+          // run ends the job quietly (next() finds it so), without another step and without failing it.
+          logger.info({ sequence_num: seq, err: (e as Error).message }, 'the run is no longer active; reading it');
+          state = undefined;
+          races++;
+          continue;
+        }
         if (!isUniqueViolation(e)) {
           // Throws, unless the step failed for good here while another execution of the job had
           // completed it: then the run is that execution's success, never failed, and this one goes on from it.
-          await this.fail(job, wf, e, state ? seq : ((e as NonDeterminismError).at ?? d.reached ?? seq), logger, state !== undefined);
+          const why = await this.fail(job, wf, e, state ? seq : ((e as NonDeterminismError).at ?? d.reached ?? seq), logger, state !== undefined);
+          if (why === 'run-ended') {
+            state = undefined;
+            races++;
+            continue;
+          }
         }
         logger.warn({ sequence_num: seq }, 'another execution checkpointed this step first; going on from what it stored');
         state = undefined;
@@ -335,9 +349,10 @@ export class StepExecutor {
   /**
    * Fails the step (and, past its attempts, the run) by throwing; returns only when the step itself
    * failed (`stepRan`: the run was read, the error is the step's or its checkpoint's, not the run's
-   * reading, such as non-determinism) while another execution of the job had completed it.
+   * reading, such as non-determinism) while another execution of the job had completed it, or for
+   * good after its run had ended (cancelled): the job then reads the run again and ends quietly.
    */
-  private async fail(job: Job<StepJobData>, wf: WorkflowDef, e: unknown, seq: number, logger: Logger, stepRan = false): Promise<'completed-elsewhere'> {
+  private async fail(job: Job<StepJobData>, wf: WorkflowDef, e: unknown, seq: number, logger: Logger, stepRan = false): Promise<'completed-elsewhere' | 'run-ended'> {
     const d = job.data;
     const err = coerceError(e);
     const step = wf.steps[seq - 1];
@@ -358,9 +373,15 @@ export class StepExecutor {
     if (permanent || lastAttempt) {
       const recorded = await this.markFailed(d, seq, step?.name ?? d.step, err, attempt, stepRan).catch((me) => {
         log.error({ err: me }, 'could not record the failure');
-        return true;
+        return 'failed' as const;
       });
-      if (!recorded) {
+      if (recorded === 'run-ended') {
+        // The run ended meanwhile (an API client cancelled it): it stays as it ended, and the job ends
+        // quietly once it has read the run again, like a job that finds it ended when it starts.
+        log.info({ err: err.message, permanent }, 'step failed for good, but the run had already ended (cancelled): it stays so');
+        return 'run-ended';
+      }
+      if (recorded === 'completed-elsewhere') {
         log.warn({ err: err.message, permanent }, 'step failed here, but another execution of the job had completed it: the run goes on');
         return 'completed-elsewhere';
       }
@@ -374,10 +395,11 @@ export class StepExecutor {
   }
 
   /**
-   * Records the step's failure and fails the run, in one transaction. With `stepRan`, false (nothing
-   * written) when the step's checkpoint is already completed: another execution of the job committed it.
+   * Records the step's failure and fails the run, in one transaction. With `stepRan`,
+   * `completed-elsewhere` (nothing written) when the step's checkpoint is already completed: another
+   * execution of the job committed it; `run-ended` when the run had ended (cancelled) and stays so.
    */
-  private async markFailed(d: StepJobData, seq: number, stepName: string, err: Error, attempt: number, stepRan: boolean): Promise<boolean> {
+  private async markFailed(d: StepJobData, seq: number, stepName: string, err: Error, attempt: number, stepRan: boolean): Promise<'failed' | 'completed-elsewhere' | 'run-ended'> {
     const em = tenantEm(this.o.orm, d.tenant_id);
     const error = { code: err instanceof AppError ? err.code : err.name, message: err.message.slice(0, 2000) };
     return em.transactional(async (tx) => {
@@ -389,9 +411,10 @@ export class StepExecutor {
          returning id`,
         [d.tenant_id, d.run_id, seq, stepName, JSON.stringify(error), attempt],
       );
-      if (written.length === 0 && stepRan) return false;
-      await this.o.runtime.complete(tx, d.run_id, 'failed', { error: { ...error, step: stepName, sequence_num: seq } });
-      return true;
+      if (written.length === 0 && stepRan) return 'completed-elsewhere';
+      const failed = await this.o.runtime.complete(tx, d.run_id, 'failed', { error: { ...error, step: stepName, sequence_num: seq } });
+      // Only a step's own failure: a failure to read the run (non-determinism, say) would recur on the re-read.
+      return failed || !stepRan ? 'failed' : 'run-ended';
     });
   }
 }

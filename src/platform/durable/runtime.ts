@@ -11,7 +11,7 @@ import { ACTIVE_RUN_STATUSES, type RunStatus } from './durable-run.entity.ts';
 import type { CheckpointStatus } from './durable-checkpoint.entity.ts';
 import { STEP_BACKOFF, jobAttempts, retryOf, segmentStart, type WorkflowDef } from './workflow.ts';
 import { WorkflowRegistry, versionLabel } from './registry.ts';
-import { WorkflowVersionUnavailableError } from './errors.ts';
+import { RunNotActiveError, WorkflowVersionUnavailableError } from './errors.ts';
 
 /**
  * The run's correlation id as the job's only baggage: whatever baggage the caller's request brought
@@ -354,30 +354,34 @@ export class DurableRuntime {
     const completed = args.status === 'completed';
     const terminal = !(ACTIVE_RUN_STATUSES as readonly string[]).includes(args.runStatus);
     if (args.expect) return this.checkpointExpecting(em, args, args.expect, completed, terminal);
+    // Both statements write only while the run is active, in the statement the step sends anyway (no
+    // round trip more): a run cancelled (or otherwise ended) since the job read it makes durable_expect
+    // raise DX001, the step's transaction commits nothing, and the job reads the run and ends (executor.ts).
+    // `status || ''` as in checkpointExpecting: the row is found by its key, never through the partial
+    // index of active runs.
+    const notActive = `run ${args.run.id}: no longer active (cancelled or ended); the step's transaction commits nothing`;
     if (args.moveRun === false) {
       await em.execute(
-        `${args.beforeCommit ? DEFER_UNTIL_NEXT : ''}insert into durable_checkpoints (id, tenant_id, run_id, sequence_num, step_name, status, output, error, attempt, created_at, updated_at, completed_at)
-         values (?, ?, ?, ?, ?, ?, ?::jsonb, ?::jsonb, ?, now(), now(), ${completed ? 'now()' : 'null'})`,
+        `${args.beforeCommit ? DEFER_UNTIL_NEXT : ''}with cp as (
+           insert into durable_checkpoints (id, tenant_id, run_id, sequence_num, step_name, status, output, error, attempt, created_at, updated_at, completed_at)
+           select ?, ?, ?, ?, ?, ?, ?::jsonb, ?::jsonb, ?, now(), now(), ${completed ? 'now()' : 'null'}
+            where exists (select 1 from durable_runs where id = ? and (status || '') in ('pending', 'running', 'waiting'))
+           returning run_id)
+         select durable_expect((select count(*) from cp) = 1, ?) as expected`,
         [randomUUID(), args.run.tenant_id, args.run.id, args.sequenceNum, args.stepName, args.status,
-          args.output === undefined ? null : JSON.stringify(args.output), args.error === undefined ? null : JSON.stringify(args.error), args.attempt],
+          args.output === undefined ? null : JSON.stringify(args.output), args.error === undefined ? null : JSON.stringify(args.error), args.attempt,
+          args.run.id, notActive],
         'run',
       );
       return;
     }
     await em.execute(
-      `${args.beforeCommit ? DEFER_UNTIL_NEXT : ''}with cp as (
-         insert into durable_checkpoints (id, tenant_id, run_id, sequence_num, step_name, status, output, error, attempt, created_at, updated_at, completed_at)
-         values (?, ?, ?, ?, ?, ?, ?::jsonb, ?::jsonb, ?, now(), now(), ${completed ? 'now()' : 'null'})
-         returning run_id)
-       update durable_runs set
-         sequence_num = ${completed ? 'greatest(sequence_num, ?)' : 'sequence_num + 0 * ?'},
-         status = ?, lease_owner = ?, lease_expires_at = now() + ? * interval '1 millisecond', updated_at = now()
-         ${terminal ? ', output = ?::jsonb, completed_at = now()' : ''}
-       where id = (select run_id from cp)`,
+      `${args.beforeCommit ? DEFER_UNTIL_NEXT : ''}${checkpointAndRunCtes(completed, terminal, `(status || '') in ('pending', 'running', 'waiting')`, 'id')}
+       select durable_expect((select count(*) from r) = 1, ?) as expected`,
       [randomUUID(), args.run.tenant_id, args.run.id, args.sequenceNum, args.stepName, args.status,
         args.output === undefined ? null : JSON.stringify(args.output), args.error === undefined ? null : JSON.stringify(args.error), args.attempt,
         args.sequenceNum, args.runStatus, args.leaseOwner ?? null, args.leaseMs ?? 0,
-        ...(terminal ? [JSON.stringify(args.runOutput ?? null)] : [])],
+        ...(terminal ? [JSON.stringify(args.runOutput ?? null)] : []), notActive],
       'run',
     );
     return undefined;
@@ -396,18 +400,13 @@ export class DurableRuntime {
     // concurrent transaction changed, e.g. a cancel), but one the planner cannot match to the partial
     // index of active runs: the row is found by its key, never by walking the tenant's pending runs.
     const rows = await em.execute<Record<string, unknown>[]>(
-      `${LAST_IN_TRANSACTION}with cp as (
-         insert into durable_checkpoints (id, tenant_id, run_id, sequence_num, step_name, status, output, error, attempt, created_at, updated_at, completed_at)
-         values (?, ?, ?, ?, ?, ?, ?::jsonb, ?::jsonb, ?, now(), now(), ${completed ? 'now()' : 'null'})
-         returning run_id),
-       r as (
-         update durable_runs set
-           sequence_num = ${completed ? 'greatest(sequence_num, ?)' : 'sequence_num + 0 * ?'},
-           status = ?, lease_owner = ?, lease_expires_at = now() + ? * interval '1 millisecond', updated_at = now()
-           ${terminal ? ', output = ?::jsonb, completed_at = now()' : ''}
-         where id = (select run_id from cp) and status || '' = 'pending' and workflow = ? and workflow_version = ? and input = ?::jsonb
-           and principal = ? and idempotency_hash = ? and correlation_id = ? and created_at = ?::timestamptz
-         returning id, tenant_id)
+      `${LAST_IN_TRANSACTION}${checkpointAndRunCtes(
+        completed,
+        terminal,
+        `status || '' = 'pending' and workflow = ? and workflow_version = ? and input = ?::jsonb
+           and principal = ? and idempotency_hash = ? and correlation_id = ? and created_at = ?::timestamptz`,
+        'id, tenant_id',
+      )}
        select durable_expect((select count(*) from r) = 1, ?) as expected${expect.prefetch.map((p) => `,
          (select (${p.sql}) from r) as prefetch_${p.seq}`).join('')}`,
       [randomUUID(), args.run.tenant_id, args.run.id, args.sequenceNum, args.stepName, args.status,
@@ -443,6 +442,8 @@ export class DurableRuntime {
   async resume(em: EntityManager, runId: string, sequenceNum: number, output: unknown, opts: { finalStatus?: RunStatus } = {}): Promise<() => Promise<void>> {
     const [run] = await em.execute<RunRow[]>(`select ${RUN_COLUMNS} from durable_runs where id = ? for update`, [runId]);
     if (!run) throw new Error(`run ${runId} not found`);
+    // Locked above: a cancel that committed first is seen here, and the run is never moved on from it.
+    if (run.status !== 'waiting') throw new RunNotActiveError(run.id, run.status);
     const wf = this.definition(run.workflow, run.workflow_version);
     const step = wf.steps[sequenceNum - 1];
     if (!step) throw new Error(`workflow ${wf.name} has no step ${sequenceNum}`);
@@ -486,6 +487,26 @@ export class DurableRuntime {
       ),
     );
   }
+}
+
+/**
+ * A step's checkpoint insert (`cp`) and the run row's update (`r`, the run as updated, returning
+ * `returning`) as the two CTEs of one statement: the update moves the run only where `guard` holds.
+ * Parameters, in order: the checkpoint's id, tenant, run, sequence_num, step, status, output, error,
+ * attempt; the run's sequence_num, status, lease owner, lease ms, (terminal) output; then `guard`'s.
+ */
+function checkpointAndRunCtes(completed: boolean, terminal: boolean, guard: string, returning: string): string {
+  return `with cp as (
+         insert into durable_checkpoints (id, tenant_id, run_id, sequence_num, step_name, status, output, error, attempt, created_at, updated_at, completed_at)
+         values (?, ?, ?, ?, ?, ?, ?::jsonb, ?::jsonb, ?, now(), now(), ${completed ? 'now()' : 'null'})
+         returning run_id),
+       r as (
+         update durable_runs set
+           sequence_num = ${completed ? 'greatest(sequence_num, ?)' : 'sequence_num + 0 * ?'},
+           status = ?, lease_owner = ?, lease_expires_at = now() + ? * interval '1 millisecond', updated_at = now()
+           ${terminal ? ', output = ?::jsonb, completed_at = now()' : ''}
+         where id = (select run_id from cp) and ${guard}
+         returning ${returning})`;
 }
 
 /** The first step's data for a run job, from the run row of a run that has not started (else undefined). */
