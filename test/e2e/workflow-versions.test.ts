@@ -185,6 +185,21 @@ describe('several versions of one workflow', () => {
     expect(linesOf(newOnly, 'step checkpointed', runId)).toEqual([]);
   });
 
+  it('a v1 run cancelled while only a v2 worker is up: its put-off job ends at its next pick-up instead of cycling forever', { timeout: LONG }, async () => {
+    const runId = await submit(CLASS_A_SUBMISSION);
+    const newOnly = await stack.spawnWorker({ GP_VERSIONS: '2' });
+    await waitFor(() => linesOf(newOnly, DEFERRED, runId).length >= 1, { timeoutMs: 60_000, what: 'the v2-only worker to put the v1 run off' });
+    // The submitter cancels it (the old release's API, which registers v1).
+    const cancel = await api(stack, 'POST', `/api/v1/golden-path/runs/${runId}/cancel`, { token: tok.submitter!, headers: { 'Idempotency-Key': randomUUID() } });
+    expect(cancel.status, cancel.text).toBe(200);
+    // Once its delay is over, the v2-only worker takes the job again, finds the run ended, and the job completes.
+    const first = await firstJobOf(runId);
+    await waitFor(async () => (await first.queue.getJobState(first.id)) === 'completed', { timeoutMs: 60_000, what: 'the put-off job to end' });
+    await waitFor(() => linesOf(newOnly, 'run ended while its workflow version was not registered here: job ends', runId).length === 1, { what: 'the worker to say why the job ended' });
+    expect(await runOf(runId)).toMatchObject({ status: 'cancelled', workflow_version: 1 });
+    expect(await checkpointsOf(runId)).toEqual([]);
+  });
+
   it('a v1 run whose job is gone is left alone by the sweeper of a worker with only v2, and re-enqueued onto v1 by the sweeper of a worker with v1', { timeout: LONG }, async () => {
     const runId = await submit(CLASS_A_SUBMISSION);
     // Redis lost the run's job (as after a crash between commit and enqueue): only a sweeper can bring the run back.

@@ -116,8 +116,17 @@ export class StepExecutor {
     // Exactly the version the run started with (the job carries it: two map lookups, no read).
     const version = d.workflow_version ?? (await this.storedVersion(em, d));
     const wf = version === undefined ? this.o.runtime.workflows.current(d.workflow) : this.o.runtime.workflows.get(d.workflow, version);
-    if (!wf) return this.defer(job, control, logger, version);
     const outcome: JobOutcome = { run_id: d.run_id, from_sequence_num: d.sequence_num, status: 'ended', steps: [] };
+    if (!wf) {
+      // Off the hot path (a version this process lacks): a run that ended meanwhile — cancelled while
+      // no worker could carry it on — has nothing left for any worker, so its job ends here.
+      const status = await this.storedStatus(em, d);
+      if (status !== undefined && !isActive(status)) {
+        logger.info({ workflow: versionLabel(d.workflow, version), run_status: status }, 'run ended while its workflow version was not registered here: job ends');
+        return outcome;
+      }
+      return this.defer(job, control, logger, version);
+    }
     // BullMQ counts each time the job became active (1 on its first delivery; 0 when run outside a
     // worker), its stalls, and its finished attempts.
     const firstDelivery = (job.attemptsStarted ?? 0) <= 1 && !job.stalledCounter && !job.attemptsMade;
@@ -223,10 +232,19 @@ export class StepExecutor {
    * jobs only); undefined when the run is not visible, which the run's read then reports.
    */
   private async storedVersion(em: EntityManager, d: StepJobData): Promise<number | undefined> {
+    return (await this.storedRun(em, d))?.workflow_version;
+  }
+
+  /** The run's status, for a job whose workflow version this process lacks; undefined when the run is not visible. */
+  private async storedStatus(em: EntityManager, d: StepJobData): Promise<string | undefined> {
+    return (await this.storedRun(em, d))?.status;
+  }
+
+  private async storedRun(em: EntityManager, d: StepJobData): Promise<{ workflow_version: number; status: string } | undefined> {
     const [row] = await em.transactional((tx) =>
-      tx.execute<{ workflow_version: number }[]>(`select workflow_version from durable_runs where tenant_id = ? and id = ?`, [d.tenant_id, d.run_id]),
+      tx.execute<{ workflow_version: number; status: string }[]>(`select workflow_version, status from durable_runs where tenant_id = ? and id = ?`, [d.tenant_id, d.run_id]),
     );
-    return row?.workflow_version;
+    return row;
   }
 
   /**
