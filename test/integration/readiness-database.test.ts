@@ -124,6 +124,16 @@ describe('the system role and views', () => {
     });
   });
 
+  it('a system role that cannot read a column the sweeper reads fails its row, naming the column and db:migrate', async () => {
+    // As after a deploy that skipped `db:migrate` where the release needs a wider grant (ADR 0008's workflow_version).
+    const m = await matrixFor({ tamper: (db) => db.admin('REVOKE SELECT (workflow_version) ON durable_runs FROM dealix_system').then(() => {}) });
+    expect(m.row('role dealix_system').status).toBe('FAIL');
+    expect(m.row('role dealix_system').reason).toMatch(/cannot read durable_runs\.workflow_version.*npm run db:migrate/);
+    expect(m.row('app-role').status).toBe('PASS');
+    // The migrated database grants every column: the row passes.
+    expect((await matrixFor()).row('role dealix_system').status).toBe('PASS');
+  });
+
   it('a view readable by the app role without security_invoker fails views-functions', async () => {
     const m = await matrixFor({
       tamper: async (db) => {

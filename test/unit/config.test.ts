@@ -79,6 +79,8 @@ describe('configuration', () => {
   it('remembers a verified token for 60 s at most (ADR 0006)', () => {
     expect(parseConfig({ JWT_SECRET: SECRET, JWT_VERIFIED_TOKEN_TTL: '0s' }).JWT_VERIFIED_TOKEN_TTL).toBe(0);
     expect(configError({ JWT_SECRET: SECRET, JWT_VERIFIED_TOKEN_TTL: '61s' }).problems).toEqual(['JWT_VERIFIED_TOKEN_TTL: at most 60s (ADR 0006)']);
+    // The JWKS cache bounds how soon a removed key is refused: an hour at most, and at least a second.
+    for (const age of ['2h', '500ms']) expect(configError({ JWT_SECRET: SECRET, JWT_JWKS_CACHE_MAX_AGE: age }).problems).toEqual([expect.stringMatching(/^JWT_JWKS_CACHE_MAX_AGE: between 1s/)]);
   });
 
   it('is frozen, lists included', () => {

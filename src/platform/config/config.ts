@@ -78,7 +78,7 @@ export const configSchema = z
     JWT_VERIFIED_TOKEN_TTL: duration('60s').refine((ms) => ms <= 60_000, 'at most 60s (ADR 0006)'),
     // How long the keys fetched from JWT_JWKS_URL are used before they are fetched again (a token naming
     // an unknown kid also refetches them, at most every 30 s): bounds how soon a removed key is refused.
-    JWT_JWKS_CACHE_MAX_AGE: duration('10m'),
+    JWT_JWKS_CACHE_MAX_AGE: duration('10m').refine((ms) => ms >= 1_000 && ms <= 3_600_000, 'between 1s (the JWKS is then fetched about once a second) and 1h (a removed key is refused up to that much later)'),
 
     IDEMPOTENCY_TTL: duration('24h'),
     IDEMPOTENCY_LEASE: duration('60s'),

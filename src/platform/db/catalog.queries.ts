@@ -93,6 +93,16 @@ export const CATALOG_SQL = {
     union all
     select 'database ' || current_database() where has_database_privilege($2, current_database(), 'CREATE')`,
 
+  /** $1 = role, $2 = schema, $3 = JSON [{tbl, col}]: the columns of the list the role cannot read (or that do not exist). */
+  missingReads: `
+    select x.tbl || '.' || x.col as col
+      from jsonb_to_recordset($3::jsonb) as x(tbl text, col text)
+     where case when not exists (select 1 from pg_attribute a
+                                  where a.attrelid = to_regclass(format('%I.%I', $2::text, x.tbl)) and a.attname = x.col and not a.attisdropped)
+                then true
+                else not has_column_privilege($1, format('%I.%I', $2::text, x.tbl), x.col, 'SELECT') end
+     order by 1`,
+
   /** $1 = role: the roles whose privileges it holds without SET ROLE (inherited, directly or not). */
   inheritsFrom: `
     select rolname from pg_roles r

@@ -1,6 +1,6 @@
 import type { MikroORM } from './orm.ts';
 import { tenantTables } from './migrate.ts';
-import { SYSTEM_ROLE, TENANT_PREDICATE_SQL, TENANT_SETTING } from './tenant-owned.ts';
+import { SYSTEM_READS, SYSTEM_ROLE, TENANT_PREDICATE_SQL, TENANT_SETTING } from './tenant-owned.ts';
 import { CATALOG_SQL } from './catalog.queries.ts';
 
 /**
@@ -26,6 +26,7 @@ export type CatalogCheck =
   | 'tenant-foreign-key'
   | 'view-security-invoker'
   | 'role-exists'
+  | 'role-reads'
   | 'role-superuser'
   | 'role-bypassrls'
   | 'role-login'
@@ -133,6 +134,7 @@ export async function inspectCatalog(query: CatalogQuery, opts: CatalogOptions):
     const report = await inspectRole(query, schema, role, kind === 'system' ? UNSAFE_SYSTEM_PRIVILEGES : UNSAFE_PRIVILEGES);
     roles.push(report);
     findings.push(...checkRole(report, kind));
+    if (kind === 'system' && report.exists) findings.push(...(await checkSystemReads(query, schema, role)));
     for (const reachable of report.memberOf) {
       if (reachable === systemRole && kind === 'app') continue; // checked in its own right
       const r = await inspectRole(query, schema, reachable, UNSAFE_PRIVILEGES);
@@ -323,6 +325,24 @@ async function inspectRole(query: CatalogQuery, schema: string, role: string, un
     memberOf: members.map((m) => m.rolname as string),
     inheritsFrom: inherited.map((m) => m.rolname as string),
   };
+}
+
+/**
+ * The system role must read every column the sweeper, `/metrics` and this matrix read as it
+ * (SYSTEM_READS): a release whose grants were not applied fails every sweep with "permission denied".
+ */
+async function checkSystemReads(query: CatalogQuery, schema: string, role: string): Promise<CatalogFinding[]> {
+  const wanted = Object.entries(SYSTEM_READS).flatMap(([tbl, cols]) => cols.map((col) => ({ tbl, col })));
+  const missing = (await query(CATALOG_SQL.missingReads, [role, schema, JSON.stringify(wanted)])).map((r) => r.col as string);
+  if (!missing.length) return [];
+  return [
+    {
+      check: 'role-reads',
+      severity: 'error',
+      subject: `role ${role}`,
+      reason: `${role} cannot read ${missing.join(', ')}, which the recovery sweeper and /metrics read as it: run \`npm run db:migrate\` (it applies the grants on every run, even with no migration pending)`,
+    },
+  ];
 }
 
 function checkRole(r: RoleReport, kind: 'app' | 'system' | 'reachable', via?: string): CatalogFinding[] {

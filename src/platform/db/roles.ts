@@ -1,6 +1,6 @@
 import pg from 'pg';
 import { describePgUrl } from '../config/config.ts';
-import { SYSTEM_ROLE } from './tenant-owned.ts';
+import { SYSTEM_READS, SYSTEM_ROLE } from './tenant-owned.ts';
 
 const ident = (s: string) => `"${s.replace(/"/g, '""')}"`;
 const literal = (s: string) => `'${s.replace(/'/g, "''")}'`;
@@ -96,6 +96,7 @@ export async function grantRuntimePrivileges(client: { execute(sql: string): Pro
   }
   await client.execute(`REVOKE ALL ON TABLE mikro_orm_migrations FROM ${everyone}`);
   await client.execute(`GRANT SELECT ON TABLE mikro_orm_migrations TO ${ident(appRole)}`);
-  await client.execute(`GRANT SELECT (id, tenant_id, workflow, workflow_version, status, sequence_num, step_count, updated_at, idempotency_hash) ON TABLE durable_runs TO ${ident(SYSTEM_ROLE)}`);
-  await client.execute(`GRANT SELECT (id, tenant_id, expires_at), DELETE ON TABLE idempotency_keys TO ${ident(SYSTEM_ROLE)}`);
+  const reads = (table: string) => SYSTEM_READS[table]!.map(ident).join(', ');
+  await client.execute(`GRANT SELECT (${reads('durable_runs')}) ON TABLE durable_runs TO ${ident(SYSTEM_ROLE)}`);
+  await client.execute(`GRANT SELECT (${reads('idempotency_keys')}), DELETE ON TABLE idempotency_keys TO ${ident(SYSTEM_ROLE)}`);
 }

@@ -9,6 +9,14 @@ import { p, type PolicyDef } from '@mikro-orm/core';
 export const TENANT_SETTING = 'app.tenant_id';
 /** NOLOGIN role for narrow cross-tenant maintenance, reached only by SET LOCAL ROLE. See ADR 0003. */
 export const SYSTEM_ROLE = 'dealix_system';
+/**
+ * The columns the system role reads (the sweeper, `/metrics`, the readiness matrix, key expiry; ADR
+ * 0003, 0008): granted by every `migrate` (roles.ts), checked by the catalog inspection (catalog.ts).
+ */
+export const SYSTEM_READS: Readonly<Record<string, readonly string[]>> = {
+  durable_runs: ['id', 'tenant_id', 'workflow', 'workflow_version', 'status', 'sequence_num', 'step_count', 'updated_at', 'idempotency_hash'],
+  idempotency_keys: ['id', 'tenant_id', 'expires_at'],
+};
 export const CURRENT_TENANT_SQL = `( SELECT (NULLIF(current_setting('${TENANT_SETTING}'::text, true), ''::text))::uuid AS "nullif")`;
 export const TENANT_PREDICATE_SQL = `(tenant_id = ${CURRENT_TENANT_SQL})`;
 

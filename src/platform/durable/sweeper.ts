@@ -73,7 +73,12 @@ export class Sweeper {
   start(): void {
     const tick = () => {
       this.running = this.sweepWithLock()
-        .catch((e) => this.o.logger.warn({ err: e }, 'sweep failed; will retry'))
+        .catch((e) => {
+          // 42501: the system role lacks a grant this release needs (its `db:migrate` did not run):
+          // no sweep can succeed until it does, so say so loudly, not as a passing hiccup.
+          if ((e as { code?: unknown })?.code === '42501') this.o.logger.error({ err: e }, 'sweep failed: permission denied; run `npm run db:migrate` to apply this release\'s grants');
+          else this.o.logger.warn({ err: e }, 'sweep failed; will retry');
+        })
         .finally(() => {
           this.running = undefined;
           if (this.timer) this.timer = setTimeout(tick, this.o.intervalMs).unref();
