@@ -85,9 +85,10 @@ export function workflowsFor(config: Config, deps: { queue: () => Queue }): Work
       // Redis may have lost the SLA timer: re-create it from the approval row (idempotent job id).
       const [req] = await em.execute<{ sla_deadline: Date | null; idempotency_hash: string; tenant_id: string }[]>(
         `select a.sla_deadline, r.idempotency_hash, r.tenant_id from approval_requests a join durable_runs r on r.tenant_id = a.tenant_id and r.id = a.run_id
-          where a.tenant_id = ? and a.run_id = ? and a.status = 'pending'`,
+          where a.tenant_id = ? and a.run_id = ? and a.status = 'pending' and r.status = 'waiting'`,
         [tenantId, runId],
       );
+      // A run cancelled since the sweeper listed it as waiting gets no timer back.
       if (!req?.sla_deadline) return;
       // A timer that ended (failed for good, or completed early) while the request is still pending is spent: replace it.
       const queue = deps.queue();

@@ -6,6 +6,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { randomUUID } from 'node:crypto';
 import pino from 'pino';
+import pg from 'pg';
 import { api, CLASS_A_SUBMISSION, CLASS_C_SUBMISSION, newTenant, SAMPLE_SUBMISSION, startStack, type TestStack } from '../helpers/stack.ts';
 import { waitFor } from '../helpers/poll.ts';
 import { TEST_REDIS_URL } from '../helpers/env.ts';
@@ -47,6 +48,37 @@ async function waitStatus(stack: TestStack, token: string, id: string, statuses:
 
 const idempotencyHashOf = async (stack: TestStack, runId: string) =>
   ((await stack.db.admin(`select idempotency_hash from durable_runs where id = $1`, [runId])).rows[0] as { idempotency_hash: string }).idempotency_hash;
+
+/**
+ * A cancel's transaction as the route runs it — application role, the tenant set, the run row locked
+ * `for update` and its status changed — held open until `commit()`.
+ */
+async function cancelInProgress(appUrl: string, tenantId: string, runId: string) {
+  const client = new pg.Client({ connectionString: appUrl });
+  await client.connect();
+  await client.query('begin');
+  let open = true;
+  await client.query(`select set_config('app.tenant_id', $1, true)`, [tenantId]);
+  await client.query('select id from durable_runs where id = $1 for update', [runId]);
+  await client.query(`update durable_runs set status = 'cancelled', completed_at = now(), updated_at = now() where id = $1`, [runId]);
+  return {
+    async commit() {
+      open = false;
+      await client.query('commit');
+    },
+    async close() {
+      if (open) await client.query('rollback').catch(() => {});
+      await client.end();
+    },
+  };
+}
+
+/** Polls until some statement of the test's database waits for a lock. */
+const someoneWaitsForALock = (stack: TestStack, what: string) =>
+  waitFor(async () => (await stack.db.admin(`select count(*)::int as n from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock'`)).rows[0].n > 0, {
+    timeoutMs: 20_000,
+    what,
+  });
 
 describe('cancelling a run through the API, with a worker running', () => {
   let stack: TestStack;
@@ -110,6 +142,25 @@ describe('cancelling a run through the API, with a worker running', () => {
     expect(decision.json).toMatchObject({ code: 'run_not_active', run_status: 'cancelled' });
     expect((await stack.db.admin(`select count(*)::int as n from approval_decisions where approval_request_id = $1`, [approvalId])).rows[0].n).toBe(0);
     expect(await runStatus(stack, tok.submitter!, id)).toBe('cancelled');
+  });
+
+  it('a first of two approvals sent while a cancel is still in progress waits for it and is refused: nothing recorded', { timeout: LONG }, async () => {
+    const id = await submit(stack, tok.submitter!, CLASS_C_SUBMISSION);
+    const waiting = await waitStatus(stack, tok.submitter!, id, ['waiting', 'failed', 'completed']);
+    expect(waiting.status).toBe('waiting');
+    const approvalId = waiting.steps[2].output.approval_request_id as string;
+    const cancel = await cancelInProgress(stack.db.appUrl, tenant, id);
+    try {
+      const decision = api(stack, 'POST', `/api/v1/approvals/${approvalId}/decision`, { token: tok.approver!, body: { decision: 'approve' }, headers: { 'Idempotency-Key': randomUUID() } });
+      await someoneWaitsForALock(stack, "the decision to wait for the cancel's lock");
+      await cancel.commit();
+      const answered = await decision;
+      expect(answered.status, answered.text).toBe(409);
+      expect(answered.json).toMatchObject({ code: 'run_not_active', run_status: 'cancelled' });
+      expect((await stack.db.admin(`select count(*)::int as n from approval_decisions where approval_request_id = $1`, [approvalId])).rows[0].n).toBe(0);
+    } finally {
+      await cancel.close();
+    }
   });
 
   it('who may cancel: not another user (403), not another tenant (404); the submitter or a tenant admin may; an ended run is 409; the same key replays; no key is 400', { timeout: LONG }, async () => {
@@ -235,6 +286,25 @@ describe('cancelling a run while a step executes', () => {
     return { inside, released, enter: () => enter(), release: () => release() };
   }
 
+  /** The golden path with step `held` waiting at `b` before it runs; `ran` collects the steps entered. */
+  function heldAt(held: number, b: ReturnType<typeof barrier>, ran: number[] = []): WorkflowDef {
+    const base = stack.container.runtime.workflow(GOLDEN_PATH);
+    return {
+      ...base,
+      steps: base.steps.map((s): StepDef => ({
+        ...s,
+        async run(input, ctx) {
+          ran.push(ctx.sequenceNum);
+          if (ctx.sequenceNum === held) {
+            b.enter();
+            await b.released;
+          }
+          return s.run(input, ctx);
+        },
+      })),
+    };
+  }
+
   /** Runs `wf` here, submits a class A run, cancels it once a step is at `b`, releases the step; the run and its ended job. */
   async function cancelWhileHeld(wf: WorkflowDef, b: ReturnType<typeof barrier>) {
     const host = startHost(wf);
@@ -275,27 +345,68 @@ describe('cancelling a run while a step executes', () => {
     expect(run).toMatchObject({ status: 'cancelled', error: { code: 'cancelled' } });
   });
 
+  it("a step whose own insert breaks a foreign key fails as any error does (not taken for a cancel): the run fails, the job ends", { timeout: LONG }, async () => {
+    const base = stack.container.runtime.workflow(GOLDEN_PATH);
+    const broken: WorkflowDef = {
+      ...base,
+      steps: base.steps.map((s, i): StepDef => (i !== 1 ? s : {
+        ...s,
+        retry: { attempts: 2, backoffMs: 10, jitter: 0 },
+        async run(_input, ctx) {
+          // A row naming a run that does not exist: PostgreSQL refuses it with 23503, as a real bug would.
+          await ctx.em.execute(
+            `insert into durable_checkpoints (id, tenant_id, run_id, sequence_num, step_name, status, attempt, created_at, updated_at) values (?, ?, ?, 1, 'x', 'completed', 1, now(), now())`,
+            [randomUUID(), ctx.run.tenantId, randomUUID()],
+          );
+          return undefined as never;
+        },
+      })),
+    };
+    const host = startHost(broken);
+    try {
+      const id = await submit(stack, token, CLASS_A_SUBMISSION);
+      const { state, job } = await endedJob(id);
+      expect(state).toBe('failed');
+      expect(job.failedReason).not.toMatch(/lost the race/);
+      const [run] = (await stack.db.admin(`select status from durable_runs where id = $1`, [id])).rows as Array<{ status: string }>;
+      expect(run!.status).toBe('failed');
+    } finally {
+      await host.stop();
+    }
+  });
+
+  it('a cancel not yet committed when a middle step sends its checkpoint: the step waits for it, then commits nothing', { timeout: LONG }, async () => {
+    const b = barrier();
+    const gated = heldAt(2, b);
+    const host = startHost(gated);
+    let cancel: Awaited<ReturnType<typeof cancelInProgress>> | undefined;
+    try {
+      const id = await submit(stack, token, CLASS_A_SUBMISSION);
+      await b.inside;
+      cancel = await cancelInProgress(stack.db.appUrl, tenant, id);
+      b.release();
+      await someoneWaitsForALock(stack, "step 2's checkpoint to wait for the cancel's lock");
+      await cancel.commit();
+      const { state } = await endedJob(id);
+      expect(state).toBe('completed');
+      const checkpoints = (await stack.db.admin(`select sequence_num from durable_checkpoints where run_id = $1 order by sequence_num`, [id])).rows;
+      expect(checkpoints, 'step 2 committed after the cancel').toEqual([{ sequence_num: 1 }]);
+      expect((await stack.db.admin(`select count(*)::int as n from economics_models where run_id = $1`, [id])).rows[0].n).toBe(0);
+      expect((await stack.db.admin(`select status from durable_runs where id = $1`, [id])).rows[0].status).toBe('cancelled');
+    } finally {
+      await cancel?.close();
+      b.release();
+      await host.stop();
+    }
+  });
+
   it.each([
     [2, 'a middle step (its checkpoint alone records it)', { partner_dossiers: 1, economics_models: 0, evidence_packs: 0 }],
     [4, 'the last step (its checkpoint would end the run)', { partner_dossiers: 1, economics_models: 1, evidence_packs: 0 }],
   ])('held at step %i, %s: the step commits nothing, no later step runs, the run stays cancelled, the job completes', { timeout: LONG }, async (held, _what, rows) => {
     const b = barrier();
     const ran: number[] = [];
-    const base = stack.container.runtime.workflow(GOLDEN_PATH);
-    const gated: WorkflowDef = {
-      ...base,
-      steps: base.steps.map((s): StepDef => ({
-        ...s,
-        async run(input, ctx) {
-          ran.push(ctx.sequenceNum);
-          if (ctx.sequenceNum === held) {
-            b.enter();
-            await b.released;
-          }
-          return s.run(input, ctx);
-        },
-      })),
-    };
+    const gated = heldAt(held, b, ran);
     const { id, state, job } = await cancelWhileHeld(gated, b);
     expect(state).toBe('completed');
     // Ended quietly on its first delivery: not failed, not retried.

@@ -47,12 +47,14 @@ export class ApprovalService {
     const [req] = await em.execute<ApprovalRow[]>(
       `select a.id, a.tenant_id, a.run_id, a.required_approvals, a.status, a.submitted_by, a.sla_deadline,
               coalesce(a.sla_deadline <= now(), false) as expired_now, r.idempotency_hash, r.status as run_status
-         from approval_requests a join durable_runs r on r.tenant_id = a.tenant_id and r.id = a.run_id where a.id = ? for update of a`,
+         from approval_requests a join durable_runs r on r.tenant_id = a.tenant_id and r.id = a.run_id where a.id = ? for update of a for share of r`,
       [approvalId],
     );
     if (!req) throw new NotFoundError('approval request');
     if (req.submitted_by === principal.sub) throw new ForbiddenError('The submitter of a run cannot approve or reject it.');
-    // A pending request of a run that no longer waits for it: the run was cancelled (resume re-checks under the run's lock).
+    // A pending request of a run that no longer waits for it: the run was cancelled. The run row is
+    // read `for share`: a cancel still in progress (it holds the row `for update`) is waited for and
+    // then seen, so not even a first of two approvals is recorded after it (resume re-checks too).
     if (req.status === 'pending' && req.run_status !== 'waiting') throw new RunNotActiveError(req.run_id, req.run_status ?? 'unknown');
     if (req.status === 'pending' && req.expired_now) {
       throw new ConflictError('approval_expired', 'The approval request passed its SLA deadline; it can no longer be decided.');

@@ -52,6 +52,16 @@ export function isStaleStart(e: unknown): boolean {
 }
 
 /**
+ * DX001 alone: a checkpoint found its run no longer active (cancelled or ended since the job read it).
+ * Unlike isStaleStart, never a foreign-key violation, which a step's own domain insert can raise and
+ * which must fail the step as any error does.
+ */
+export function isRunNoLongerActive(e: unknown): boolean {
+  for (let cur: any = e, d = 0; cur && d < 5; d++, cur = cur.cause) if (cur.code === 'DX001') return true;
+  return false;
+}
+
+/**
  * The run was started by a version of its workflow that this process does not register (ADR 0008):
  * another process may (a rolling deploy, workers kept to drain an old version). Never a reason to
  * fail the run: a worker defers the job, the API answers 503 so the caller retries elsewhere or later.

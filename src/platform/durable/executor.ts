@@ -8,7 +8,7 @@ import { tenantEm } from '../db/tenant-em.ts';
 import { holdingInserts } from '../db/coalescing-client.ts';
 import { requestContext } from '../tenancy/request-context.ts';
 import { ATTR } from '../telemetry/attributes.ts';
-import { NonDeterminismError, RunNotVisibleError, WorkflowVersionUnavailableError, isStaleStart, isUniqueViolation } from './errors.ts';
+import { NonDeterminismError, RunNotVisibleError, WorkflowVersionUnavailableError, isRunNoLongerActive, isStaleStart, isUniqueViolation } from './errors.ts';
 import { ACTIVE_RUN_STATUSES } from './durable-run.entity.ts';
 import type { DurableRuntime, RunRow, StepJobData } from './runtime.ts';
 import { loadRunState, startingRunState, type RunState } from './run-state.ts';
@@ -199,7 +199,7 @@ export class StepExecutor {
           unread = false;
           continue;
         }
-        if (isStaleStart(e)) {
+        if (isRunNoLongerActive(e)) {
           // The run was read, but its checkpoint found it no longer active (DX001: cancelled, or ended
           // elsewhere, since the job read it): nothing of the step committed. Read it again; an ended
           // run ends the job quietly (next() finds it so), without another step and without failing it.

@@ -358,14 +358,16 @@ export class DurableRuntime {
     // round trip more): a run cancelled (or otherwise ended) since the job read it makes durable_expect
     // raise DX001, the step's transaction commits nothing, and the job reads the run and ends (executor.ts).
     // `status || ''` as in checkpointExpecting: the row is found by its key, never through the partial
-    // index of active runs.
+    // index of active runs. `for key share` (the lock the checkpoint's foreign key takes anyway) waits
+    // for a cancel still in progress (it holds the row `for update`) and then re-reads the status, so
+    // a step never commits after a cancel that committed first.
     const notActive = `run ${args.run.id}: no longer active (cancelled or ended); the step's transaction commits nothing`;
     if (args.moveRun === false) {
       await em.execute(
         `${args.beforeCommit ? DEFER_UNTIL_NEXT : ''}with cp as (
            insert into durable_checkpoints (id, tenant_id, run_id, sequence_num, step_name, status, output, error, attempt, created_at, updated_at, completed_at)
            select ?, ?, ?, ?, ?, ?, ?::jsonb, ?::jsonb, ?, now(), now(), ${completed ? 'now()' : 'null'}
-            where exists (select 1 from durable_runs where id = ? and (status || '') in ('pending', 'running', 'waiting'))
+            where exists (select 1 from durable_runs where id = ? and (status || '') in ('pending', 'running', 'waiting') for key share)
            returning run_id)
          select durable_expect((select count(*) from cp) = 1, ?) as expected`,
         [randomUUID(), args.run.tenant_id, args.run.id, args.sequenceNum, args.stepName, args.status,
