@@ -71,6 +71,7 @@ describe("a tenant's share of the in-flight slots (API_MAX_INFLIGHT_PER_TENANT)"
     const quiet = await stack.token({ tenantId: newTenant(), sub: 'quiet' });
     const list = (token: string) => fetch(`${api1.baseUrl}/api/v1/golden-path/runs`, { headers: { authorization: `Bearer ${token}` } });
     const slow = [await trickle(api1.baseUrl, noisy), await trickle(api1.baseUrl, noisy)];
+    let uploading = true;
     try {
       // Two trickled uploads hold the noisy tenant's share (the global limit, 4, still has room). The
       // server may see a poll before an upload's headers: that upload then finds the share taken and
@@ -99,13 +100,12 @@ describe("a tenant's share of the in-flight slots (API_MAX_INFLIGHT_PER_TENANT)"
       third.socket.destroy();
       // The other tenant is served meanwhile: it is not shed by the noisy one.
       for (let i = 0; i < 3; i++) expect((await list(quiet)).status).toBe(200);
-    } finally {
-      for (const s of slow) s.socket.destroy();
-    }
-    try {
       // Once its uploads are gone, the noisy tenant is served again.
+      for (const t of slow) t.socket.destroy();
+      uploading = false;
       await waitFor(async () => (await list(noisy)).status === 200, { timeoutMs: 10_000, what: "the noisy tenant's slots to be free" });
     } finally {
+      if (uploading) for (const t of slow) t.socket.destroy();
       await api1.stop();
     }
   });
@@ -118,7 +118,10 @@ describe('a client that hangs up while its handler works', () => {
     const token = await stack.token({ tenantId: tenant, sub: 'hangs-up' });
     const list = () => fetch(`${api1.baseUrl}/api/v1/golden-path/runs`, { headers: { authorization: `Bearer ${token}` } });
     // Hold the run table so the submission's handler waits inside its transaction.
-    const runs = await holdTable(stack.db.ownerUrl, 'durable_runs');
+    const runs = await holdTable(stack.db.ownerUrl, 'durable_runs').catch(async (e: unknown) => {
+      await api1.stop();
+      throw e;
+    });
     try {
       const abort = new AbortController();
       const key = randomUUID();
