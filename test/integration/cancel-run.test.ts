@@ -119,6 +119,11 @@ describe('cancelling a run through the API, with a worker running', () => {
     expect(decision.json).toMatchObject({ code: 'run_not_active', run_status: 'cancelled' });
     // Its SLA timer was removed after the commit.
     await waitFor(async () => (await queue.getJobState(timerId)) === 'unknown', { timeoutMs: 10_000, what: 'the SLA timer to be removed' });
+    // The sweeper's repair of a waiting run's lost timer (it may have listed the run as waiting just
+    // before the cancel) gives a cancelled run no timer back.
+    const repair = stack.container.runtime.workflow(GOLDEN_PATH).repairWaiting!;
+    await tenantEm(stack.container.orm, tenant).transactional((tx) => repair(tx, { tenantId: tenant, runId: id }));
+    expect(await queue.getJobState(timerId)).toBe('unknown');
     // A timer that fired anyway (removed too late, or re-created) past the deadline finds nothing to expire.
     await stack.db.admin(`update approval_requests set sla_deadline = now() - interval '1 second' where id = $1`, [approvalId]);
     const expired = await tenantEm(stack.container.orm, tenant).transactional((tx) => new ApprovalService(stack.container.runtime).expire(tx, tenant, id));
