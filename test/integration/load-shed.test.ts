@@ -150,8 +150,47 @@ describe('a client that hangs up while its handler works', () => {
   });
 });
 
+describe('connections without a valid token', () => {
+  it('hold no slot: one still sending its headers is not a request yet, and one without a valid token is answered 401 before its body', async () => {
+    // The real server (src/server.ts) with a single slot: if any of these held it, the request below would be shed.
+    const api1 = await spawnApi({ ...stack.env, API_MAX_INFLIGHT: '1', API_REQUEST_TIMEOUT: '60s' });
+    const sockets: net.Socket[] = [];
+    try {
+      const token = await stack.token({ tenantId: newTenant(), sub: 'served' });
+      const headers = await openSocket(api1.baseUrl);
+      sockets.push(headers.socket);
+      headers.socket.write('POST /api/v1/golden-path/run HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n');
+      const uploads = [];
+      for (const auth of ['', 'Authorization: Bearer not-a-token\r\n']) {
+        const upload = await openSocket(api1.baseUrl);
+        sockets.push(upload.socket);
+        upload.socket.write(`POST /api/v1/golden-path/run HTTP/1.1\r\nHost: x\r\n${auth}Content-Type: application/json\r\nIdempotency-Key: ${randomUUID()}\r\nContent-Length: 1000\r\n\r\n{`);
+        uploads.push(upload);
+      }
+      // Both uploads are refused while their bodies are still owed.
+      for (const u of uploads) await waitFor(() => /^HTTP\/1\.1 401/.test(u.answer()), { timeoutMs: 10_000, what: 'an upload without a valid token to be refused' });
+      // With all three connections open, the one slot is free for a request that has a token.
+      for (let i = 0; i < 3; i++) {
+        const r = await fetch(`${api1.baseUrl}/api/v1/golden-path/runs`, { headers: { authorization: `Bearer ${token}` } });
+        expect(r.status, await r.text()).toBe(200);
+      }
+      expect(headers.answer(), 'the connection still sending its headers has had no answer').toBe('');
+    } finally {
+      for (const s of sockets) s.destroy();
+      await api1.stop();
+    }
+  });
+});
+
 /** A POST whose headers promise 1,000 bytes of body, of which one is sent: it stays in flight. */
 async function trickle(baseUrl: string, token: string): Promise<{ socket: net.Socket; answer: () => string; closed: Promise<void> }> {
+  const conn = await openSocket(baseUrl);
+  conn.socket.write(`POST /api/v1/golden-path/run HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${token}\r\nContent-Type: application/json\r\nIdempotency-Key: ${randomUUID()}\r\nContent-Length: 1000\r\n\r\n{`);
+  return conn;
+}
+
+/** A raw connection to the API, collecting what it answers. */
+async function openSocket(baseUrl: string): Promise<{ socket: net.Socket; answer: () => string; closed: Promise<void> }> {
   const url = new URL(baseUrl);
   const socket = net.connect(Number(url.port), url.hostname);
   let answer = '';
@@ -159,6 +198,5 @@ async function trickle(baseUrl: string, token: string): Promise<{ socket: net.So
   socket.on('error', () => {});
   const closed = new Promise<void>((resolve) => socket.once('close', () => resolve()));
   await new Promise<void>((resolve) => socket.once('connect', () => resolve()));
-  socket.write(`POST /api/v1/golden-path/run HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${token}\r\nContent-Type: application/json\r\nIdempotency-Key: ${randomUUID()}\r\nContent-Length: 1000\r\n\r\n{`);
   return { socket, answer: () => answer, closed };
 }
