@@ -261,6 +261,10 @@ describe('the published schemas hold for real responses of every route', () => {
       headers: { 'Idempotency-Key': randomUUID() },
     });
     expect(expectPublished('POST', '/api/v1/approvals/:id/decision', decision, 409).json.code).toBe('run_not_active');
+    // Its approval request reads withdrawn, alone and in the list filtered by it.
+    const approvalId = waiting.steps[2].output.approval_request_id as string;
+    expect((await get('/api/v1/approvals/:id', `/api/v1/approvals/${approvalId}`)).json).toMatchObject({ status: 'withdrawn', decided_at: cancelled.completed_at });
+    expect((await get('/api/v1/approvals', '/api/v1/approvals?status=withdrawn')).json.items.map((a: { id: string; status: string }) => [a.id, a.status])).toEqual([[approvalId, 'withdrawn']]);
   });
 
   it('checked a real response against every success response that a route publishes', () => {
