@@ -1,8 +1,9 @@
 /**
  * An approval request's status tells the truth (docs/api.md, approvals): a cancelled run's pending
- * request reads `withdrawn`, and a cancel racing a decision ends consistently in both orders without a
- * deadlock (the run row is locked first on both paths). Real PostgreSQL as the application role,
- * Redis and a worker process.
+ * request reads `withdrawn`, a pending request past its SLA deadline reads `expired` before a worker's
+ * timer records it, the list filters by the status read (across pages), and a cancel racing a decision
+ * ends consistently in both orders without a deadlock (the run row is locked first on both paths).
+ * Real PostgreSQL as the application role, Redis and a worker process.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { randomUUID } from 'node:crypto';
@@ -10,6 +11,8 @@ import pg from 'pg';
 import { api, CLASS_C_SUBMISSION, newTenant, SAMPLE_SUBMISSION, startStack, type TestStack } from '../helpers/stack.ts';
 import { waitFor } from '../helpers/poll.ts';
 import { holdTable } from '../helpers/table-lock.ts';
+import { namedJobId } from '../../src/platform/queue/job-ids.ts';
+import { GOLDEN_PATH_QUEUE } from '../../src/modules/golden-path/golden-path.workflow.ts';
 import { ApprovalService } from '../../src/modules/approvals/approval.service.ts';
 import { tenantEm } from '../../src/platform/db/tenant-em.ts';
 
@@ -116,6 +119,91 @@ describe('a cancelled run withdraws its pending approval request', () => {
     expect(decision.json).toMatchObject({ code: 'run_not_active', run_status: 'cancelled' });
     expect(await requestRow(approvalId)).toMatchObject({ status: 'withdrawn', decisions: 0 });
     expect(await approval(approvalId)).toEqual(withdrawn);
+  });
+});
+
+describe('a pending request past its SLA deadline reads expired before a worker records it', () => {
+  it('detail and list read expired (decided_at the deadline), ?status=pending leaves it out and ?status=expired takes it in, a decision is 409 approval_expired; the timer then records the same', { timeout: LONG }, async () => {
+    // A tenant whose class B SLA is 60 s: its timer waits for that; the deadline is then moved into
+    // the past by hand, so the timer cannot have fired while the reads are checked (it is still delayed).
+    const own = newTenant();
+    const admin = await stack.token({ tenantId: own, sub: 'admin-1', roles: ['admin'] });
+    const policy = { class_a_max_cost: 50000, class_a_max_payback_months: 6, class_c_min_cost: 250000, class_c_min_payback_months: 24, sla_b_seconds: 60, sla_c_seconds: 120 };
+    expect((await api(stack, 'PUT', '/api/v1/approval-policy', { token: admin, body: policy })).status).toBe(200);
+    const submitter = await stack.token({ tenantId: own, sub: 'submitter-2' });
+    const approver = await stack.token({ tenantId: own, sub: 'approver-2', roles: ['approver'] });
+    const { runId, approvalId } = await submitWaiting(SAMPLE_SUBMISSION, submitter);
+    const queue = stack.container.queues.get(GOLDEN_PATH_QUEUE)!;
+    const timerId = namedJobId('gp', (await runRow(runId)).idempotency_hash, 'sla');
+    expect(await queue.getJobState(timerId)).toBe('delayed');
+    expect((await approval(approvalId, submitter)).status).toBe('pending');
+
+    const [moved] = (await stack.db.admin(`update approval_requests set sla_deadline = now() - interval '1 second' where id = $1 returning sla_deadline`, [approvalId])).rows as Array<{ sla_deadline: Date }>;
+    const deadline = moved!.sla_deadline.toISOString();
+
+    const read = await approval(approvalId, submitter);
+    expect(read).toMatchObject({ status: 'expired', sla_deadline: deadline, decided_at: deadline, decisions: [] });
+    expect((await listAll('', 50, submitter)).find((i) => i.id === approvalId)).toMatchObject({ status: 'expired', decided_at: deadline });
+    expect(ids(await listAll('status=pending', 50, submitter))).not.toContain(approvalId);
+    expect(ids(await listAll('status=expired', 50, submitter))).toEqual([approvalId]);
+    const late = await decide(approvalId, approver);
+    expect(late.status, late.text).toBe(409);
+    expect(late.json.code).toBe('approval_expired');
+    // The run waits until a worker records the expiry (docs/api.md): its step 3 still reads pending.
+    const run = (await get(`/api/v1/golden-path/runs/${runId}`, submitter)).json;
+    expect(run).toMatchObject({ status: 'waiting' });
+    expect(run.steps[2].output.outcome).toBe('pending');
+    // What was read was derived: the stored row is pending and its timer has not fired.
+    expect(await requestRow(approvalId)).toMatchObject({ status: 'pending', decided_at: null, decisions: 0 });
+    expect(await queue.getJobState(timerId)).toBe('delayed');
+
+    // The timer fires now: the worker records the expiry, and the request reads as it did.
+    await (await queue.getJob(timerId))!.promote();
+    await waitFor(async () => (await get(`/api/v1/golden-path/runs/${runId}`, submitter)).json?.status === 'approval_expired', { timeoutMs: 30_000, what: 'the worker to record the expiry' });
+    expect(await requestRow(approvalId)).toMatchObject({ status: 'expired', decided_at: moved!.sla_deadline });
+    expect(await approval(approvalId, submitter)).toEqual(read);
+    expect(ids(await listAll('status=expired', 50, submitter))).toEqual([approvalId]);
+  });
+
+  it('the list filters by the status read, newest first, across pages by the same (created_at, id) cursor', { timeout: LONG }, async () => {
+    // Rows of a tenant of their own, newest first: stored expired and overdue pending interleaved.
+    const own = newTenant();
+    const token = await stack.token({ tenantId: own, sub: 'reader' });
+    const rows: Array<{ status: string; overdue?: boolean }> = [
+      { status: 'pending', overdue: true },
+      { status: 'expired' },
+      { status: 'pending' },
+      { status: 'withdrawn' },
+      { status: 'pending', overdue: true },
+      { status: 'approved' },
+      { status: 'expired' },
+      { status: 'pending' },
+      { status: 'rejected' },
+      { status: 'pending', overdue: true },
+    ];
+    const made = rows.map((r, i) => ({ ...r, id: randomUUID(), at: new Date(Date.UTC(2026, 0, 1) - i * 60_000) }));
+    for (const r of made) {
+      const ended = r.status !== 'pending';
+      await stack.db.admin(
+        `insert into approval_requests (id, tenant_id, run_id, approval_class, required_approvals, status, submitted_by, reasons, sla_deadline, decided_at, created_at, updated_at)
+         values ($1, $2, $3, 'B', 1, $4, 'someone', '[]', now() + ($5::int * interval '1 hour'), $6, $7, $7)`,
+        [r.id, own, randomUUID(), r.status, r.overdue || r.status === 'expired' ? -1 : 1, ended ? r.at : null, r.at],
+      );
+    }
+    const reads = (r: (typeof made)[number]) => (r.overdue ? 'expired' : r.status);
+    const expected = (status: string) => made.filter((r) => reads(r) === status).map((r) => r.id);
+
+    for (const limit of [1, 2, 3, 50]) {
+      const all = await listAll('', limit, token);
+      expect(all.map((i) => [i.id, i.status])).toEqual(made.map((r) => [r.id, reads(r)]));
+      for (const status of ['pending', 'expired', 'withdrawn', 'approved', 'rejected']) {
+        const page = await listAll(`status=${status}`, limit, token);
+        expect(ids(page), `?status=${status}&limit=${limit}`).toEqual(expected(status));
+        expect(page.every((i) => i.status === status)).toBe(true);
+      }
+    }
+    expect(expected('expired')).toHaveLength(5);
+    expect(expected('pending')).toHaveLength(2);
   });
 });
 

@@ -109,10 +109,15 @@ describe('queries name their tenant', () => {
     // Class B with a one-second SLA: expired by its timer.
     const b = await submit(SAMPLE_SUBMISSION);
     expect((await waitStatus(b.json.run_id, ['approval_expired', 'completed', 'failed'])).status).toBe('approval_expired');
-    // Class C cancelled while it waits: its request withdrawn.
+    // Class C cancelled while it waits: its request withdrawn. The lists by the status a request reads.
     const cancelled = await submit(CLASS_C_SUBMISSION);
     expect((await waitStatus(cancelled.json.run_id, ['waiting', 'failed'])).status).toBe('waiting');
     expect((await api(stack, 'POST', `/api/v1/golden-path/runs/${cancelled.json.run_id}/cancel`, { token: tok.submitter!, headers: { 'Idempotency-Key': randomUUID() } })).status).toBe(200);
+    const cursor = Buffer.from(`${new Date().toISOString()}|${randomUUID()}`).toString('base64url');
+    for (const status of ['pending', 'expired', 'withdrawn']) {
+      expect((await get(`/api/v1/approvals?status=${status}&limit=1`, tok.approver1)).status).toBe(200);
+      expect((await get(`/api/v1/approvals?status=${status}&limit=1&cursor=${cursor}`, tok.approver1)).status).toBe(200);
+    }
     // Run lists: filtered, and the next page by cursor.
     const page = await get('/api/v1/golden-path/runs?limit=1');
     expect(page.status).toBe(200);

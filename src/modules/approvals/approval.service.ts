@@ -152,7 +152,8 @@ export class ApprovalService {
       if (e instanceof RunNotActiveError) return { outcome: 'not_pending' };
       throw e;
     }
-    await em.execute(`update approval_requests set status = 'expired', decided_at = now(), updated_at = now() where id = ?`, [req.id], 'run');
+    // Expired at its deadline, whenever the timer ran: what the reads showed from the deadline on (approvals.routes.ts).
+    await em.execute(`update approval_requests set status = 'expired', decided_at = sla_deadline, updated_at = now() where id = ?`, [req.id], 'run');
     return { outcome: 'expired' };
   }
 
