@@ -51,7 +51,7 @@ const idempotencyHashOf = async (stack: TestStack, runId: string) =>
 
 /**
  * A cancel's transaction as the route runs it — application role, the tenant set, the run row locked
- * `for update` and its status changed — held open until `commit()`.
+ * `for update`, its status changed and its pending approval request withdrawn — held open until `commit()`.
  */
 async function cancelInProgress(appUrl: string, tenantId: string, runId: string) {
   const client = new pg.Client({ connectionString: appUrl });
@@ -61,6 +61,7 @@ async function cancelInProgress(appUrl: string, tenantId: string, runId: string)
   await client.query(`select set_config('app.tenant_id', $1, true)`, [tenantId]);
   await client.query('select id from durable_runs where id = $1 for update', [runId]);
   await client.query(`update durable_runs set status = 'cancelled', completed_at = now(), updated_at = now() where id = $1`, [runId]);
+  await client.query(`update approval_requests set status = 'withdrawn', decided_at = now(), updated_at = now() where run_id = $1 and status = 'pending'`, [runId]);
   return {
     async commit() {
       open = false;

@@ -261,6 +261,23 @@ describe('the published schemas hold for real responses of every route', () => {
       headers: { 'Idempotency-Key': randomUUID() },
     });
     expect(expectPublished('POST', '/api/v1/approvals/:id/decision', decision, 409).json.code).toBe('run_not_active');
+    // Its approval request reads withdrawn, alone and in the list filtered by it.
+    const approvalId = waiting.steps[2].output.approval_request_id as string;
+    expect((await get('/api/v1/approvals/:id', `/api/v1/approvals/${approvalId}`)).json).toMatchObject({ status: 'withdrawn', decided_at: cancelled.completed_at });
+    expect((await get('/api/v1/approvals', '/api/v1/approvals?status=withdrawn')).json.items.map((a: { id: string; status: string }) => [a.id, a.status])).toEqual([[approvalId, 'withdrawn']]);
+  });
+
+  it('a pending request past its deadline reads expired as published, alone and in the list, before any worker records it', async () => {
+    const id = expectPublished('POST', '/api/v1/golden-path/run', await submit(SAMPLE_SUBMISSION), 202).json.run_id as string;
+    const waiting = await waitRun(id, ['waiting', 'failed']);
+    expect(waiting.status).toBe('waiting');
+    const approvalId = waiting.steps[2].output.approval_request_id as string;
+    // The default class B SLA is 24 h: its timer is far off; the deadline is moved into the past by hand.
+    const [moved] = (await stack.db.admin(`update approval_requests set sla_deadline = now() - interval '1 second' where id = $1 returning sla_deadline`, [approvalId])).rows;
+    const deadline = (moved.sla_deadline as Date).toISOString();
+    expect((await get('/api/v1/approvals/:id', `/api/v1/approvals/${approvalId}`)).json).toMatchObject({ status: 'expired', sla_deadline: deadline, decided_at: deadline });
+    expect((await get('/api/v1/approvals', '/api/v1/approvals?status=expired')).json.items.map((a: { id: string; status: string }) => [a.id, a.status])).toEqual([[approvalId, 'expired']]);
+    expect((await stack.db.admin(`select status from approval_requests where id = $1`, [approvalId])).rows[0].status).toBe('pending');
   });
 
   it('checked a real response against every success response that a route publishes', () => {

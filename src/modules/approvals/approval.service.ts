@@ -8,13 +8,14 @@ import { approvalPacketSchema, type ApprovalPacket } from '../golden-path/golden
 import { APPROVER_ROLE } from './approval.constants.ts';
 import { APPROVAL_PACKET_STEP, type SlaScheduler } from './approval-packet.step.ts';
 import type { DecisionResult } from './approval.views.ts';
+import type { ApprovalStatus } from './approval.entities.ts';
 
 interface ApprovalRow {
   id: string;
   tenant_id: string;
   run_id: string;
   required_approvals: number;
-  status: 'pending' | 'approved' | 'rejected' | 'expired';
+  status: ApprovalStatus;
   submitted_by: string;
   sla_deadline: Date | null;
   expired_now: boolean;
@@ -25,8 +26,14 @@ interface ApprovalRow {
 }
 
 /**
- * Human decisions and SLA expiry. Both are conditional updates on the pending request under a row
- * lock, so approve-versus-expire is race-free; both resume the waiting run through the runtime.
+ * Human decisions, SLA expiry and a cancel's withdrawal. Each is a conditional update on the pending
+ * request under row locks, so approve, expire and cancel are race-free; decide and expire resume the
+ * waiting run through the runtime.
+ *
+ * Lock order: the run row first (`for update`), then the request. A cancel locks the run in the route
+ * before it withdraws the request (runCancelled), and decide and expire take the run's lock before the
+ * request's, so no two of them can each hold the lock the other waits for (no deadlock); whichever
+ * locks the run first goes first, and the other sees what it committed.
  */
 export class ApprovalService {
   private readonly runtime: DurableRuntime;
@@ -44,18 +51,21 @@ export class ApprovalService {
     comment: string | null,
   ): Promise<{ result: DecisionResult; afterCommit: (() => Promise<void>) | undefined }> {
     if (!principal.roles.includes(APPROVER_ROLE)) throw new ForbiddenError(`Deciding needs the "${APPROVER_ROLE}" role.`);
+    // The run row is locked first (the subquery's own `for update`, done before the join can return
+    // the request to the outer lock), then the request: the lock order of a cancel (class comment). A
+    // cancel still in progress is waited for and then seen, run and request as it left them.
     const [req] = await em.execute<ApprovalRow[]>(
       `select a.id, a.tenant_id, a.run_id, a.required_approvals, a.status, a.submitted_by, a.sla_deadline,
               coalesce(a.sla_deadline <= now(), false) as expired_now, r.idempotency_hash, r.status as run_status
-         from approval_requests a join durable_runs r on r.tenant_id = a.tenant_id and r.id = a.run_id where a.id = ? for update of a for share of r`,
-      [approvalId],
+         from (select tenant_id, id, idempotency_hash, status from durable_runs where id = (select run_id from approval_requests where id = ?) for update) r
+         join approval_requests a on a.tenant_id = r.tenant_id and a.run_id = r.id where a.id = ? for update of a`,
+      [approvalId, approvalId],
     );
     if (!req) throw new NotFoundError('approval request');
     if (req.submitted_by === principal.sub) throw new ForbiddenError('The submitter of a run cannot approve or reject it.');
-    // A pending request of a run that no longer waits for it: the run was cancelled. The run row is
-    // read `for share`: a cancel still in progress (it holds the row `for update`) is waited for and
-    // then seen, so not even a first of two approvals is recorded after it (resume re-checks too).
-    if (req.status === 'pending' && req.run_status !== 'waiting') throw new RunNotActiveError(req.run_id, req.run_status ?? 'unknown');
+    // The run was cancelled: its request was withdrawn with it (or, cancelled before `withdrawn`
+    // existed and not migrated, still reads pending). Not even a first of two approvals is recorded.
+    if (req.status === 'withdrawn' || (req.status === 'pending' && req.run_status !== 'waiting')) throw new RunNotActiveError(req.run_id, req.run_status ?? 'unknown');
     if (req.status === 'pending' && req.expired_now) {
       throw new ConflictError('approval_expired', 'The approval request passed its SLA deadline; it can no longer be decided.');
     }
@@ -98,14 +108,18 @@ export class ApprovalService {
   }
 
   /**
-   * The run is being cancelled, in the caller's transaction: its pending request (if it waits on one)
-   * can no longer be decided (decide and expire read the run's status), and the returned function,
-   * called after the commit, removes its SLA timer. Undefined when there is no timer to remove.
+   * The run is being cancelled, in the caller's transaction, which holds the run row `for update`: its
+   * pending request (if it waits on one) is withdrawn — `withdrawn`, `decided_at` the cancel's time,
+   * the same as the run's `completed_at` — and the returned function, called after the commit, removes
+   * its SLA timer. Undefined when there is no timer to remove. A request already decided stays as it
+   * was: that is its history (an approved run cancelled in its next step).
    */
   async runCancelled(em: EntityManager, tenantId: string, runId: string): Promise<(() => Promise<void>) | undefined> {
     const [req] = await em.execute<{ sla_deadline: Date | null; idempotency_hash: string }[]>(
-      `select a.sla_deadline, r.idempotency_hash from approval_requests a join durable_runs r on r.tenant_id = a.tenant_id and r.id = a.run_id
-        where a.tenant_id = ? and a.run_id = ? and a.status = 'pending'`,
+      `update approval_requests a set status = 'withdrawn', decided_at = now(), updated_at = now()
+         from (select tenant_id, id, idempotency_hash from durable_runs where tenant_id = ? and id = ? for update) r
+        where a.tenant_id = r.tenant_id and a.run_id = r.id and a.status = 'pending'
+        returning a.sla_deadline, r.idempotency_hash`,
       [tenantId, runId],
     );
     const sla = this.sla;
@@ -119,24 +133,27 @@ export class ApprovalService {
    * of the approval step whose transaction rolled back) waits for it, not for its own.
    */
   async expire(em: EntityManager, tenantId: string, runId: string): Promise<{ outcome: 'expired' | 'not_pending' } | { outcome: 'not_due'; deadline: Date | null }> {
+    // The run row first, then the request: the lock order of decide and a cancel (class comment).
     const [req] = await em.execute<ApprovalRow[]>(
-      `select id, tenant_id, run_id, required_approvals, status, submitted_by, sla_deadline,
-              (sla_deadline is not null and sla_deadline <= now()) as expired_now
-         from approval_requests where tenant_id = ? and run_id = ? for update`,
+      `select a.id, a.tenant_id, a.run_id, a.required_approvals, a.status, a.submitted_by, a.sla_deadline,
+              (a.sla_deadline is not null and a.sla_deadline <= now()) as expired_now
+         from (select tenant_id, id from durable_runs where tenant_id = ? and id = ? for update) r
+         join approval_requests a on a.tenant_id = r.tenant_id and a.run_id = r.id for update of a`,
       [tenantId, runId],
     );
     if (!req || req.status !== 'pending') return { outcome: 'not_pending' };
     if (!req.expired_now) return { outcome: 'not_due', deadline: req.sla_deadline ? new Date(req.sla_deadline) : null };
     const { seq, packet } = await this.packet(em, tenantId, runId);
     try {
-      // First, under the run's lock: a run cancelled while its request was pending has nothing left to
-      // expire (resume refuses before writing anything), and its request stays as the cancel left it.
+      // A run that no longer waits (a cancel withdrew its request, or — cancelled before `withdrawn`
+      // existed — left it pending) has nothing left to expire: resume refuses before writing anything.
       await this.runtime.resume(em, runId, seq, { ...packet, outcome: 'expired' }, { finalStatus: 'approval_expired' });
     } catch (e) {
       if (e instanceof RunNotActiveError) return { outcome: 'not_pending' };
       throw e;
     }
-    await em.execute(`update approval_requests set status = 'expired', decided_at = now(), updated_at = now() where id = ?`, [req.id], 'run');
+    // Expired at its deadline, whenever the timer ran: what the reads showed from the deadline on (approvals.routes.ts).
+    await em.execute(`update approval_requests set status = 'expired', decided_at = sla_deadline, updated_at = now() where id = ?`, [req.id], 'run');
     return { outcome: 'expired' };
   }
 

@@ -26,11 +26,15 @@ export const approvalRequestView = z
     run_id: z.uuid(),
     approval_class: z.enum(APPROVAL_CLASSES),
     required_approvals: z.number().int().min(0),
-    status: z.enum(APPROVAL_STATUSES),
+    status: z
+      .enum(APPROVAL_STATUSES)
+      .describe(
+        'pending: can be decided. expired: past sla_deadline (read so from the deadline on, before a worker records it). withdrawn: its run was cancelled while it was pending. approved, rejected: decided',
+      ),
     submitted_by: z.string(),
     reasons: z.array(z.string()),
     sla_deadline: isoTime.nullable(),
-    decided_at: isoTime.nullable(),
+    decided_at: isoTime.nullable().describe('When it stopped being pending: the final decision, the SLA deadline (expired), or the cancel of its run (withdrawn); null while pending'),
     created_at: isoTime,
     decisions: z.array(decisionView),
     approval_request_id: z.uuid().describe('The same as id'),

@@ -3,13 +3,52 @@ import { defineRoute, type RouteDef } from '../../platform/http/route.ts';
 import { NotFoundError } from '../../platform/errors/app-error.ts';
 import { nextCursor, pageWhere } from '../../platform/http/cursor.ts';
 import type { ApprovalService } from './approval.service.ts';
-import { APPROVAL_STATUSES } from './approval.entities.ts';
+import { APPROVAL_STATUSES, type ApprovalStatus } from './approval.entities.ts';
 import { APPROVER_ROLE } from './approval.constants.ts';
 import { approvalPage, approvalRequestView, BASE, DECISIONS, decisionResult, toApprovalView, type ApprovalPage, type ApprovalViewRow } from './approval.views.ts';
 
-const approvalColumns = `id, run_id, approval_class, required_approvals, status, submitted_by, reasons, sla_deadline, decided_at, created_at,
+/**
+ * A pending request whose SLA deadline has passed can no longer be decided (the decision's own check,
+ * `sla_deadline <= now()`, approval.service.ts): it reads `expired`, from the database's clock, before
+ * a worker's SLA timer records the expiry (which sets the same status and the same `decided_at`, the
+ * deadline). The stored status is what the indexes hold; the filters below select by the status read.
+ */
+const OVERDUE = `(status = 'pending' and sla_deadline <= now())`;
+
+const approvalColumns = `id, run_id, approval_class, required_approvals,
+  case when ${OVERDUE} then 'expired' else status end as status, submitted_by, reasons, sla_deadline,
+  case when ${OVERDUE} then sla_deadline else decided_at end as decided_at, created_at,
   coalesce((select json_agg(json_build_object('approver', d.approver, 'decision', d.decision, 'comment', d.comment, 'kind', d.kind, 'decided_at', d.created_at)
             order by d.created_at) from approval_decisions d where d.tenant_id = approval_requests.tenant_id and d.approval_request_id = approval_requests.id), '[]'::json) as decisions`;
+
+type ListQuery = { status?: ApprovalStatus | undefined; cursor?: string | undefined; limit: number };
+
+/** A page of the tenant's requests newest first, `cond` (and a stored `status`, if given) on top; the values appended to `params`. */
+function pageOf(params: unknown[], tenantId: string, query: ListQuery, cond = '', status?: ApprovalStatus): string {
+  params.push(tenantId);
+  const where = pageWhere(`tenant_id = ?${cond}`, params, { cursor: query.cursor, limit: query.limit, status });
+  return `select ${approvalColumns} from approval_requests where ${where} order by created_at desc, id desc limit ?`;
+}
+
+/**
+ * The list statement, filtered by the status a request reads. Every filter bounds the stored status,
+ * so a page is read from (tenant_id, status, created_at, id) in index order and the cursor is the same
+ * (created_at, id) keyset: `pending` leaves the overdue out by a filter on the deadline; `expired` is
+ * two ranges, the stored `expired` (a page in index order) and the overdue `pending` (the tenant's
+ * pending requests, filtered: its open work, never its history), merged newest first, each cut at the
+ * page size (docs/api.md).
+ */
+function listStatement(tenantId: string, query: ListQuery): { sql: string; params: unknown[] } {
+  const params: unknown[] = [];
+  if (query.status === 'expired') {
+    const stored = pageOf(params, tenantId, query, '', 'expired');
+    const overdue = pageOf(params, tenantId, query, ` and sla_deadline <= now()`, 'pending');
+    params.push(query.limit + 1);
+    return { sql: `select * from ((${stored}) union all (${overdue})) page order by created_at desc, id desc limit ?`, params };
+  }
+  if (query.status === 'pending') return { sql: pageOf(params, tenantId, query, ` and (sla_deadline is null or sla_deadline > now())`, 'pending'), params };
+  return { sql: pageOf(params, tenantId, query, '', query.status), params };
+}
 
 export function approvalRoutes(deps: { approvals: ApprovalService }): RouteDef[] {
   return [
@@ -19,15 +58,14 @@ export function approvalRoutes(deps: { approvals: ApprovalService }): RouteDef[]
       summary: 'Approval requests of the tenant, newest first, with cursor pagination',
       tags: ['approvals'],
       query: z.strictObject({
-        status: z.enum(APPROVAL_STATUSES).optional(),
+        status: z.enum(APPROVAL_STATUSES).optional().describe('By the status a request reads: pending excludes, and expired includes, pending requests past their sla_deadline'),
         limit: z.coerce.number().int().min(1).max(100).default(50),
         cursor: z.string().max(200).optional(),
       }),
       responses: { 200: { description: 'A page of approval requests', schema: approvalPage } },
       async handler({ em, query, principal }) {
-        const params: unknown[] = [principal.tenantId];
-        const where = pageWhere('tenant_id = ?', params, query);
-        const rows = await em.execute<ApprovalViewRow[]>(`select ${approvalColumns} from approval_requests where ${where} order by created_at desc, id desc limit ?`, params);
+        const { sql, params } = listStatement(principal.tenantId, query);
+        const rows = await em.execute<ApprovalViewRow[]>(sql, params);
         const page = rows.slice(0, query.limit);
         const body: ApprovalPage = { items: page.map(toApprovalView), next_cursor: nextCursor(page[page.length - 1], rows.length > query.limit) };
         return { status: 200, body };
@@ -59,7 +97,7 @@ export function approvalRoutes(deps: { approvals: ApprovalService }): RouteDef[]
         200: { description: 'Decision recorded', schema: decisionResult },
         403: { description: 'Not an approver, or the submitter' },
         404: { description: 'No such approval request for this tenant' },
-        409: { description: 'Already decided, expired, or this approver already decided' },
+        409: { description: 'Already decided (approval_decided), expired (approval_expired), this approver already decided (approver_already_decided), or withdrawn: its run was cancelled (run_not_active)' },
         503: {
           description: "The run's workflow version is not registered on this instance: the decision is not recorded; retry after Retry-After (code: workflow_version_unavailable)",
         },

@@ -1,0 +1,335 @@
+/**
+ * An approval request's status tells the truth (docs/api.md, approvals): a cancelled run's pending
+ * request reads `withdrawn`, a pending request past its SLA deadline reads `expired` before a worker's
+ * timer records it, the list filters by the status read (across pages), and a cancel racing a decision
+ * ends consistently in both orders without a deadlock (the run row is locked first on both paths).
+ * Real PostgreSQL as the application role, Redis and a worker process.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { randomUUID } from 'node:crypto';
+import pg from 'pg';
+import { api, CLASS_C_SUBMISSION, newTenant, SAMPLE_SUBMISSION, startStack, type TestStack } from '../helpers/stack.ts';
+import { waitFor } from '../helpers/poll.ts';
+import { holdTable } from '../helpers/table-lock.ts';
+import { namedJobId } from '../../src/platform/queue/job-ids.ts';
+import { GOLDEN_PATH_QUEUE } from '../../src/modules/golden-path/golden-path.workflow.ts';
+import { ApprovalService } from '../../src/modules/approvals/approval.service.ts';
+import { tenantEm } from '../../src/platform/db/tenant-em.ts';
+
+const LONG = 120_000;
+let stack: TestStack;
+const tenant = newTenant();
+const tok: Record<string, string> = {};
+
+beforeAll(async () => {
+  stack = await startStack();
+  await stack.spawnWorker();
+  const t = (sub: string, roles: string[] = []) => stack.token({ tenantId: tenant, sub, roles });
+  tok.submitter = await t('submitter-1');
+  tok.approver1 = await t('approver-1', ['approver']);
+  tok.approver2 = await t('approver-2', ['approver']);
+}, LONG);
+afterAll(async () => {
+  await stack?.stop();
+});
+
+const key = () => ({ 'Idempotency-Key': randomUUID() });
+const get = (path: string, token = tok.submitter!) => api(stack, 'GET', path, { token });
+const cancel = (runId: string, token = tok.submitter!) => api(stack, 'POST', `/api/v1/golden-path/runs/${runId}/cancel`, { token, headers: key() });
+const decide = (approvalId: string, token: string, decision: 'approve' | 'reject' = 'approve') =>
+  api(stack, 'POST', `/api/v1/approvals/${approvalId}/decision`, { token, body: { decision }, headers: key() });
+
+async function approval(id: string, token = tok.submitter!) {
+  const res = await get(`/api/v1/approvals/${id}`, token);
+  expect(res.status, res.text).toBe(200);
+  return res.json;
+}
+
+/** Every request a filtered list shows, page by page (`limit` per page), in the order it shows them. */
+async function listAll(query: string, limit: number, token = tok.submitter!): Promise<Array<{ id: string; status: string; decided_at: string | null }>> {
+  const items: Array<{ id: string; status: string; decided_at: string | null; created_at: string }> = [];
+  let cursor: string | null = null;
+  for (let page = 0; page < 100; page++) {
+    const res = await get(`/api/v1/approvals?limit=${limit}${query ? `&${query}` : ''}${cursor ? `&cursor=${encodeURIComponent(cursor)}` : ''}`, token);
+    expect(res.status, res.text).toBe(200);
+    items.push(...res.json.items);
+    cursor = res.json.next_cursor;
+    if (cursor === null) return items;
+    // The cursor is the last item's (created_at, id), as before.
+    const last = res.json.items[res.json.items.length - 1];
+    expect(Buffer.from(cursor, 'base64url').toString('utf8')).toBe(`${last.created_at}|${last.id}`);
+  }
+  throw new Error('more than 100 pages');
+}
+const ids = (items: Array<{ id: string }>) => items.map((i) => i.id);
+
+async function submitWaiting(body: unknown, token = tok.submitter!): Promise<{ runId: string; approvalId: string }> {
+  const res = await api(stack, 'POST', '/api/v1/golden-path/run', { token, body, headers: key() });
+  expect(res.status, res.text).toBe(202);
+  const runId = res.json.run_id as string;
+  const run = await waitFor(
+    async () => {
+      const r = (await get(`/api/v1/golden-path/runs/${runId}`, token)).json;
+      return ['waiting', 'failed', 'completed'].includes(r?.status) ? r : undefined;
+    },
+    { timeoutMs: 60_000, intervalMs: 100, what: `run ${runId} to wait for its approval` },
+  );
+  expect(run.status).toBe('waiting');
+  return { runId, approvalId: run.steps[2].output.approval_request_id as string };
+}
+
+const runRow = async (runId: string) =>
+  (await stack.db.admin(`select status, completed_at, idempotency_hash from durable_runs where id = $1`, [runId])).rows[0] as { status: string; completed_at: Date | null; idempotency_hash: string };
+const requestRow = async (approvalId: string) =>
+  (await stack.db.admin(`select status, decided_at, sla_deadline, (select count(*)::int from approval_decisions d where d.approval_request_id = a.id) as decisions from approval_requests a where id = $1`, [approvalId]))
+    .rows[0] as { status: string; decided_at: Date | null; sla_deadline: Date | null; decisions: number };
+
+/** Polls until a statement of this test's database whose text matches `like` waits for a lock (a row, a transaction, an advisory lock). */
+const waitsForLock = (like: string, what: string, event?: string) =>
+  waitFor(
+    async () =>
+      (
+        await stack.db.admin(
+          `select count(*)::int as n from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock' and query like $1 and ($2::text is null or wait_event = $2)`,
+          [like, event ?? null],
+        )
+      ).rows[0].n > 0,
+    { timeoutMs: 20_000, what },
+  );
+
+describe('a cancelled run withdraws its pending approval request', () => {
+  it('class B waiting, cancelled: its request reads withdrawn in detail and list, leaves ?status=pending for ?status=withdrawn, and a decision answers 409 run_not_active', { timeout: LONG }, async () => {
+    const { runId, approvalId } = await submitWaiting(SAMPLE_SUBMISSION);
+    expect(ids(await listAll('status=pending', 50))).toContain(approvalId);
+
+    const res = await cancel(runId);
+    expect(res.status, res.text).toBe(200);
+    expect(res.json.status).toBe('cancelled');
+
+    // decided_at is the cancel's time: the run's completed_at, the same transaction's clock.
+    const withdrawn = await approval(approvalId);
+    expect(withdrawn).toMatchObject({ id: approvalId, run_id: runId, status: 'withdrawn', decided_at: res.json.completed_at, decisions: [] });
+    expect((await listAll('', 50)).find((i) => i.id === approvalId)).toMatchObject({ status: 'withdrawn', decided_at: res.json.completed_at });
+    expect(ids(await listAll('status=pending', 50))).not.toContain(approvalId);
+    expect(ids(await listAll('status=withdrawn', 50))).toContain(approvalId);
+    expect(await requestRow(approvalId)).toMatchObject({ status: 'withdrawn', decisions: 0 });
+
+    const decision = await decide(approvalId, tok.approver1!);
+    expect(decision.status, decision.text).toBe(409);
+    expect(decision.json).toMatchObject({ code: 'run_not_active', run_status: 'cancelled' });
+    expect(await requestRow(approvalId)).toMatchObject({ status: 'withdrawn', decisions: 0 });
+    expect(await approval(approvalId)).toEqual(withdrawn);
+  });
+});
+
+describe('a pending request past its SLA deadline reads expired before a worker records it', () => {
+  it('detail and list read expired (decided_at the deadline), ?status=pending leaves it out and ?status=expired takes it in, a decision is 409 approval_expired; the timer then records the same', { timeout: LONG }, async () => {
+    // A tenant whose class B SLA is 60 s: its timer waits for that; the deadline is then moved into
+    // the past by hand, so the timer cannot have fired while the reads are checked (it is still delayed).
+    const own = newTenant();
+    const admin = await stack.token({ tenantId: own, sub: 'admin-1', roles: ['admin'] });
+    const policy = { class_a_max_cost: 50000, class_a_max_payback_months: 6, class_c_min_cost: 250000, class_c_min_payback_months: 24, sla_b_seconds: 60, sla_c_seconds: 120 };
+    expect((await api(stack, 'PUT', '/api/v1/approval-policy', { token: admin, body: policy })).status).toBe(200);
+    const submitter = await stack.token({ tenantId: own, sub: 'submitter-2' });
+    const approver = await stack.token({ tenantId: own, sub: 'approver-2', roles: ['approver'] });
+    const { runId, approvalId } = await submitWaiting(SAMPLE_SUBMISSION, submitter);
+    const queue = stack.container.queues.get(GOLDEN_PATH_QUEUE)!;
+    const timerId = namedJobId('gp', (await runRow(runId)).idempotency_hash, 'sla');
+    expect(await queue.getJobState(timerId)).toBe('delayed');
+    expect((await approval(approvalId, submitter)).status).toBe('pending');
+
+    const [moved] = (await stack.db.admin(`update approval_requests set sla_deadline = now() - interval '1 second' where id = $1 returning sla_deadline`, [approvalId])).rows as Array<{ sla_deadline: Date }>;
+    const deadline = moved!.sla_deadline.toISOString();
+
+    const read = await approval(approvalId, submitter);
+    expect(read).toMatchObject({ status: 'expired', sla_deadline: deadline, decided_at: deadline, decisions: [] });
+    expect((await listAll('', 50, submitter)).find((i) => i.id === approvalId)).toMatchObject({ status: 'expired', decided_at: deadline });
+    expect(ids(await listAll('status=pending', 50, submitter))).not.toContain(approvalId);
+    expect(ids(await listAll('status=expired', 50, submitter))).toEqual([approvalId]);
+    const late = await decide(approvalId, approver);
+    expect(late.status, late.text).toBe(409);
+    expect(late.json.code).toBe('approval_expired');
+    // The run waits until a worker records the expiry (docs/api.md): its step 3 still reads pending.
+    const run = (await get(`/api/v1/golden-path/runs/${runId}`, submitter)).json;
+    expect(run).toMatchObject({ status: 'waiting' });
+    expect(run.steps[2].output.outcome).toBe('pending');
+    // What was read was derived: the stored row is pending and its timer has not fired.
+    expect(await requestRow(approvalId)).toMatchObject({ status: 'pending', decided_at: null, decisions: 0 });
+    expect(await queue.getJobState(timerId)).toBe('delayed');
+
+    // The timer fires now: the worker records the expiry, and the request reads as it did.
+    await (await queue.getJob(timerId))!.promote();
+    await waitFor(async () => (await get(`/api/v1/golden-path/runs/${runId}`, submitter)).json?.status === 'approval_expired', { timeoutMs: 30_000, what: 'the worker to record the expiry' });
+    expect(await requestRow(approvalId)).toMatchObject({ status: 'expired', decided_at: moved!.sla_deadline });
+    expect(await approval(approvalId, submitter)).toEqual(read);
+    expect(ids(await listAll('status=expired', 50, submitter))).toEqual([approvalId]);
+  });
+
+  it('the list filters by the status read, newest first, across pages by the same (created_at, id) cursor', { timeout: LONG }, async () => {
+    // Rows of a tenant of their own, newest first: stored expired and overdue pending interleaved.
+    const own = newTenant();
+    const token = await stack.token({ tenantId: own, sub: 'reader' });
+    const rows: Array<{ status: string; overdue?: boolean }> = [
+      { status: 'pending', overdue: true },
+      { status: 'expired' },
+      { status: 'pending' },
+      { status: 'withdrawn' },
+      { status: 'pending', overdue: true },
+      { status: 'approved' },
+      { status: 'expired' },
+      { status: 'pending' },
+      { status: 'rejected' },
+      { status: 'pending', overdue: true },
+    ];
+    const made = rows.map((r, i) => ({ ...r, id: randomUUID(), at: new Date(Date.UTC(2026, 0, 1) - i * 60_000) }));
+    for (const r of made) {
+      const ended = r.status !== 'pending';
+      await stack.db.admin(
+        `insert into approval_requests (id, tenant_id, run_id, approval_class, required_approvals, status, submitted_by, reasons, sla_deadline, decided_at, created_at, updated_at)
+         values ($1, $2, $3, 'B', 1, $4, 'someone', '[]', now() + ($5::int * interval '1 hour'), $6, $7, $7)`,
+        [r.id, own, randomUUID(), r.status, r.overdue || r.status === 'expired' ? -1 : 1, ended ? r.at : null, r.at],
+      );
+    }
+    const reads = (r: (typeof made)[number]) => (r.overdue ? 'expired' : r.status);
+    const expected = (status: string) => made.filter((r) => reads(r) === status).map((r) => r.id);
+
+    for (const limit of [1, 2, 3, 50]) {
+      const all = await listAll('', limit, token);
+      expect(all.map((i) => [i.id, i.status])).toEqual(made.map((r) => [r.id, reads(r)]));
+      for (const status of ['pending', 'expired', 'withdrawn', 'approved', 'rejected']) {
+        const page = await listAll(`status=${status}`, limit, token);
+        expect(ids(page), `?status=${status}&limit=${limit}`).toEqual(expected(status));
+        expect(page.every((i) => i.status === status)).toBe(true);
+      }
+    }
+    expect(expected('expired')).toHaveLength(5);
+    expect(expected('pending')).toHaveLength(2);
+  });
+});
+
+describe('a cancel racing a decision: both orders forced, no deadlock, a consistent end', () => {
+  // Runs waiting on their approvals, made while the worker runs; then the worker stops, so no step of a
+  // resumed run can commit (or end the run) while a cancel waits: each order ends one way only.
+  const waiting: Record<'cancelFirst' | 'cancelFirstExpiry' | 'decisionFirstB' | 'decisionFirstC', { runId: string; approvalId: string }> = {} as never;
+  beforeAll(async () => {
+    waiting.cancelFirst = await submitWaiting(SAMPLE_SUBMISSION);
+    waiting.cancelFirstExpiry = await submitWaiting(SAMPLE_SUBMISSION);
+    waiting.decisionFirstB = await submitWaiting(SAMPLE_SUBMISSION);
+    waiting.decisionFirstC = await submitWaiting(CLASS_C_SUBMISSION);
+    for (const w of stack.workers) w.kill('SIGKILL');
+    await Promise.all(stack.workers.map((w) => w.exited));
+  }, LONG);
+
+  /**
+   * What races the cancel: `before` runs before the cancel is held, `start` sends it while the cancel
+   * holds the run, and the function `start` returns checks its answer once the cancel has committed.
+   */
+  const contenders = {
+    decision: {
+      async before() {},
+      start({ approvalId }: { approvalId: string }) {
+        const answered = decide(approvalId, tok.approver1!);
+        return async () => {
+          const d = await answered;
+          expect(d.status, d.text).toBe(409);
+          expect(d.json).toMatchObject({ code: 'run_not_active', run_status: 'cancelled' });
+        };
+      },
+    },
+    expiry: {
+      // A request whose deadline has passed; its timer's handler, as a worker runs it.
+      async before({ approvalId }: { approvalId: string }) {
+        await stack.db.admin(`update approval_requests set sla_deadline = now() - interval '1 second' where id = $1`, [approvalId]);
+      },
+      start({ runId }: { runId: string }) {
+        // Settled here, so a failure (a deadlock) is this check's, never an unhandled rejection.
+        const expired = tenantEm(stack.container.orm, tenant)
+          .transactional((tx) => new ApprovalService(stack.container.runtime).expire(tx, tenant, runId))
+          .then((outcome) => ({ outcome }), (error: unknown) => ({ error }));
+        return async () => expect(await expired).toEqual({ outcome: { outcome: 'not_pending' } });
+      },
+    },
+  };
+
+  it.each([
+    ['a decision', 'cancelFirst', 'decision'],
+    ["the SLA timer's expiry", 'cancelFirstExpiry', 'expiry'],
+  ] as const)(
+    'the cancel locks the run first and is held before it withdraws the request; %s sent then waits for the run, not holding the request, and finds it withdrawn once the cancel commits',
+    { timeout: LONG },
+    async (what, which, contender) => {
+      const { runId, approvalId } = waiting[which];
+      // The cancel is held right after it locked and ended the run, before its update of the request
+      // (a statement trigger on approval_requests waits for an advisory lock the test holds).
+      await stack.db.admin(`create function test_hold_withdrawal() returns trigger language plpgsql as $$ begin perform pg_advisory_xact_lock(7317); return null; end $$`);
+      const gate = new pg.Client({ connectionString: stack.db.ownerUrl });
+      await gate.connect();
+      try {
+        await contenders[contender].before({ approvalId });
+        await gate.query('begin');
+        await gate.query('select pg_advisory_xact_lock(7317)');
+        await stack.db.admin(`create trigger test_hold_withdrawal before update on approval_requests for each statement execute function test_hold_withdrawal()`);
+        const cancelled = cancel(runId);
+        await waitsForLock('%withdrawn%', 'the cancel to hold the run and wait before the request', 'advisory');
+        const check = contenders[contender].start({ runId, approvalId });
+        // It waits for the run row the cancel holds, before it locks the request: were it to lock the
+        // request first, the cancel's update would wait for it in turn — a deadlock.
+        await waitsForLock('%for update%', `${what} to wait for the run row`);
+        await gate.query('commit');
+        const c = await cancelled;
+        expect(c.status, c.text).toBe(200);
+        expect(c.json.status).toBe('cancelled');
+        await check();
+        const run = await runRow(runId);
+        expect(run).toMatchObject({ status: 'cancelled' });
+        expect(await requestRow(approvalId)).toMatchObject({ status: 'withdrawn', decided_at: run.completed_at, decisions: 0 });
+        expect((await approval(approvalId)).status).toBe('withdrawn');
+      } finally {
+        await gate.query('rollback').catch(() => {});
+        await gate.end();
+        await stack.db.admin('drop trigger if exists test_hold_withdrawal on approval_requests');
+        await stack.db.admin('drop function if exists test_hold_withdrawal()');
+      }
+    },
+  );
+
+  it.each([
+    ['B, the final approval', 'decisionFirstB', { decision: { status: 'approved', approvals: 1 }, request: 'approved', decisions: 1 }],
+    ['C, the first of two approvals', 'decisionFirstC', { decision: { status: 'pending', approvals: 1 }, request: 'withdrawn', decisions: 1 }],
+  ] as const)(
+    'class %s: the decision holds its locks (the run, then the request) and is held before it records; a cancel sent then waits for the run and cancels it after the decision commits',
+    { timeout: LONG },
+    async (_what, which, end) => {
+      const { runId, approvalId } = waiting[which];
+      // The decision is held at its insert into approval_decisions, after its locking read.
+      const decisions = await holdTable(stack.db.ownerUrl, 'approval_decisions');
+      try {
+        const decided = decide(approvalId, tok.approver1!);
+        await decisions.waiting('the decision to hold the run and the request and wait to record');
+        const cancelled = cancel(runId);
+        await waitsForLock('%from durable_runs where tenant_id = % and workflow = % for update%', 'the cancel to wait for the run row');
+        await decisions.release();
+        const [d, c] = await Promise.all([decided, cancelled]);
+        expect(d.status, d.text).toBe(200);
+        expect(d.json).toMatchObject(end.decision);
+        expect(c.status, c.text).toBe(200);
+        expect(c.json.status).toBe('cancelled');
+        expect(await runRow(runId)).toMatchObject({ status: 'cancelled' });
+        // A decided request stays decided (history); a C request still pending at the cancel is withdrawn, its first approval kept.
+        const stored = await requestRow(approvalId);
+        expect(stored).toMatchObject({ status: end.request, decisions: end.decisions });
+        const read = await approval(approvalId);
+        expect(read.status).toBe(end.request);
+        expect(read.decisions).toEqual([expect.objectContaining({ approver: 'approver-1', decision: 'approve' })]);
+        if (end.request === 'withdrawn') expect(stored.decided_at).toEqual((await runRow(runId)).completed_at);
+        else expect(stored.decided_at!.getTime()).toBeLessThan((await runRow(runId)).completed_at!.getTime());
+        // Nothing more decides it.
+        const again = await decide(approvalId, tok.approver2!);
+        expect(again.status, again.text).toBe(409);
+        expect(again.json.code).toBe(end.request === 'withdrawn' ? 'run_not_active' : 'approval_decided');
+      } finally {
+        await decisions.close();
+      }
+    },
+  );
+});
