@@ -82,10 +82,12 @@ export interface RunRow {
   created_at: Date;
   updated_at: Date;
   completed_at: Date | null;
+  /** How often the run was retried after it failed: the generation of its run jobs' ids (stepJobId, ADR 0009). */
+  retry_count: number;
 }
 
 export const RUN_COLUMNS = `id, tenant_id, workflow, workflow_version, idempotency_hash, status, principal, input, output, error,
-  correlation_id, trace_id, traceparent, sequence_num, step_count, created_at, updated_at, completed_at`;
+  correlation_id, trace_id, traceparent, sequence_num, step_count, created_at, updated_at, completed_at, retry_count`;
 
 /**
  * A run's live progress, for a query over `durable_runs r`: its completed steps (checkpoints are written
@@ -248,7 +250,7 @@ export class DurableRuntime {
    * a second execution after the job was removed harmless.
    */
   async enqueue(
-    run: Pick<RunRow, 'id' | 'tenant_id' | 'workflow' | 'workflow_version' | 'idempotency_hash' | 'correlation_id' | 'traceparent'> & Partial<RunRow>,
+    run: Pick<RunRow, 'id' | 'tenant_id' | 'workflow' | 'workflow_version' | 'idempotency_hash' | 'correlation_id' | 'traceparent' | 'retry_count'> & Partial<RunRow>,
     fromSeq: number,
     /**
      * `carryFirst`: the caller has just created the run (its row is `run`), so the job may carry what
@@ -278,7 +280,8 @@ export class DurableRuntime {
     if (first) data.first = first;
     const add = () =>
       queue.add(step.name, data, {
-        jobId: stepJobId(wf.tag, run.idempotency_hash, fromSeq, step.name),
+        // A retried run's jobs are of its retry's generation: the failed generation's keep their ids in BullMQ's failed set.
+        jobId: stepJobId(wf.tag, run.idempotency_hash, fromSeq, step.name, run.retry_count),
         attempts: jobAttempts(wf, fromSeq),
         // Each step's own policy, counted from its own failures (worker-host.ts): see stepBackoffMs.
         backoff: { type: STEP_BACKOFF, delay: retry.backoffMs, jitter: retry.jitter },
@@ -303,7 +306,7 @@ export class DurableRuntime {
    * register is left to the sweeper of a worker that does (ADR 0008).
    */
   async ensureEnqueued(
-    run: Pick<RunRow, 'id' | 'tenant_id' | 'workflow' | 'workflow_version' | 'idempotency_hash' | 'correlation_id' | 'traceparent' | 'sequence_num'> & Partial<RunRow>,
+    run: Pick<RunRow, 'id' | 'tenant_id' | 'workflow' | 'workflow_version' | 'idempotency_hash' | 'correlation_id' | 'traceparent' | 'sequence_num' | 'retry_count'> & Partial<RunRow>,
     opts: { carryFirst?: boolean } = {},
   ): Promise<void> {
     const wf = this.workflows.get(run.workflow, run.workflow_version);
