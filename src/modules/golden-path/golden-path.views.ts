@@ -47,7 +47,7 @@ const runRetry = z.strictObject({
   retried_at: isoTime,
   failed_at: isoTime.nullable().describe('When the run had failed'),
   error: runFailure.nullable().describe('What the run had failed with: its failed step'),
-  attempts: count.nullable().describe('The attempts the failed step had spent; null when no step had failed (e.g. non-determinism found on reading the run)'),
+  attempts: count.nullable().describe('The attempts the failed step had spent; null when the run had no failed step recorded'),
 });
 export type RunRetryView = z.infer<typeof runRetry>;
 /** Each step's output, as its schema in the workflow validated it when it was checkpointed. */

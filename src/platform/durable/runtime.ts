@@ -99,7 +99,7 @@ export interface RunRetry {
   error: unknown;
   /** When it failed (its completed_at then). */
   failed_at: string | null;
-  /** The attempts its failed step had spent when it failed for good; null when no step had failed (the run's reading did). */
+  /** The attempts its failed step had spent when it failed for good; null when the run had no failed step recorded. */
   attempts: number | null;
 }
 
