@@ -351,6 +351,27 @@ describe('retrying a failed run through the API', () => {
     expect(enteredBy(ctl, id).filter((s) => s === seq)).toHaveLength(enteredBefore + 1);
   });
 
+  it("a job the run's failed generation left in the queue ends without a step once the run is retried; the retry's job carries the run", { timeout: LONG }, async () => {
+    const ctl = control([2]);
+    const first = host(ctl);
+    const id = await failedRun(2);
+    await first.stop();
+    ctl.failing.clear();
+    // A job of the run from before the retry, still waiting (e.g. a duplicate a Redis flush left behind), ahead of the retry's.
+    const row = (await stack.db.admin(`select id, tenant_id, workflow, workflow_version, idempotency_hash, correlation_id, traceparent, retry_count from durable_runs where id = $1`, [id])).rows[0];
+    await stack.container.runtime.enqueue(row, 2);
+    expect(await jobState(id, 2)).toBe('waiting');
+    expect((await retry(id)).status).toBe(200);
+    host(ctl);
+    expect((await waitStatus(id, ['completed', 'failed'])).status).toBe('completed');
+    const stale = (await queue().getJob(await jobIdOf(id, 2)))!;
+    await waitFor(async () => (await stale.getState()) === 'completed', { what: 'the leftover job to end' });
+    expect((await queue().getJob(stale.id!))!.returnvalue).toEqual({ run_id: id, from_sequence_num: 2, status: 'ended', steps: [] });
+    const carried = (await queue().getJob(await jobIdOf(id, 1, 1)))!;
+    expect(carried.returnvalue.steps.map((s: { sequence_num: number; replayed: boolean }) => [s.sequence_num, s.replayed])).toEqual([[1, true], [2, false], [3, false], [4, false]]);
+    expect(enteredBy(ctl, id)).toEqual([1, 2, 2, 3, 4]);
+  });
+
   it('a cancel after a retry, while the retried step runs: the step commits nothing, the run stays cancelled; a retry racing a cancel ends consistently', { timeout: LONG }, async () => {
     const ctl = control([2]);
     host(ctl);

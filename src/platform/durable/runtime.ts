@@ -42,6 +42,12 @@ export interface StepJobData {
   /** How often workers that do not register the run's workflow version put the job off (ADR 0008). */
   deferrals?: number;
   /**
+   * The run's retry_count when the job was added (absent: 0). A job of an earlier generation than
+   * its run's — a leftover of the run before an API client retried it — ends without a step: the
+   * retry's own job carries the run (ADR 0009).
+   */
+  retry?: number;
+  /**
    * What the run's first step needs, copied from the run row when the run was created (a job that
    * starts a new run, with an input of at most FIRST_STEP_INPUT_MAX bytes of JSON): the job runs that
    * step without reading the run first, and the step's checkpoint checks, in the same transaction,
@@ -292,6 +298,7 @@ export class DurableRuntime {
     const runsUnread = wf.steps[0]?.effectsInTransaction === true && !wf.steps[0].prefetch;
     const first = opts.carryFirst && fromSeq === 1 && runsUnread ? firstStepData(run) : undefined;
     if (first) data.first = first;
+    if (run.retry_count > 0) data.retry = run.retry_count;
     const add = () =>
       queue.add(step.name, data, {
         // A retried run's jobs are of its retry's generation: the failed generation's keep their ids in BullMQ's failed set.
