@@ -99,10 +99,15 @@ export function workflowsFor(config: Config, deps: { queue: () => Queue }): Work
   ];
 }
 
-export function routesFor(deps: { config: Config; runtime: DurableRuntime; queue: () => Queue; admission?: AdmissionControl }): RouteDef[] {
+export function routesFor(deps: { config: Config; runtime: DurableRuntime; queue: () => Queue; admission?: AdmissionControl; onRunRetried?: (workflow: string) => void }): RouteDef[] {
   const approvals = new ApprovalService(deps.runtime, slaScheduler(deps.queue, deps.runtime.keep));
   return [
-    ...goldenPathRoutes({ runtime: deps.runtime, ...(deps.admission ? { admission: deps.admission } : {}), onCancelled: (em, tenantId, runId) => approvals.runCancelled(em, tenantId, runId) }),
+    ...goldenPathRoutes({
+      runtime: deps.runtime,
+      ...(deps.admission ? { admission: deps.admission } : {}),
+      onCancelled: (em, tenantId, runId) => approvals.runCancelled(em, tenantId, runId),
+      ...(deps.onRunRetried ? { onRetried: deps.onRunRetried } : {}),
+    }),
     ...approvalRoutes({ approvals }),
     ...approvalPolicyRoutes(slaDefaults(deps.config)),
     ...evidenceRoutes(),

@@ -5,17 +5,12 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { randomUUID } from 'node:crypto';
-import pino from 'pino';
 import pg from 'pg';
 import { api, CLASS_A_SUBMISSION, CLASS_C_SUBMISSION, newTenant, SAMPLE_SUBMISSION, startStack, type TestStack } from '../helpers/stack.ts';
 import { waitFor } from '../helpers/poll.ts';
-import { TEST_REDIS_URL } from '../helpers/env.ts';
+import { barrier, startRunHost } from '../helpers/run-host.ts';
 import { tenantEm } from '../../src/platform/db/tenant-em.ts';
-import { createRedis } from '../../src/platform/queue/connections.ts';
 import { namedJobId, stepJobId } from '../../src/platform/queue/job-ids.ts';
-import { DurableRuntime } from '../../src/platform/durable/runtime.ts';
-import { StepExecutor } from '../../src/platform/durable/executor.ts';
-import { startWorkers } from '../../src/platform/durable/worker-host.ts';
 import type { StepDef, WorkflowDef } from '../../src/platform/durable/workflow.ts';
 import { GOLDEN_PATH, GOLDEN_PATH_QUEUE } from '../../src/modules/golden-path/golden-path.workflow.ts';
 import { ApprovalService } from '../../src/modules/approvals/approval.service.ts';
@@ -225,28 +220,7 @@ describe('cancelling a run while a step executes', () => {
   });
 
   /** The production worker host and executor, in this process, running `wf` on the golden-path queue. */
-  function startHost(wf: WorkflowDef) {
-    const logger = pino({ level: 'silent' });
-    const runtime = new DurableRuntime({ workflows: [wf], queues: stack.container.runtime.queues, logger });
-    const executor = new StepExecutor({ orm: stack.container.orm, runtime, logger, workerId: 'cancel-test', leaseMs: 5000 });
-    const connection = createRedis(TEST_REDIS_URL, 'worker', 'cancel-test');
-    const host = startWorkers({
-      runtime,
-      executor,
-      handlers: {},
-      connection,
-      prefix: stack.prefix,
-      settings: { concurrency: 1, lockDurationMs: 5000, stalledIntervalMs: 5000, maxStalledCount: 10 },
-      logger,
-      queues: [GOLDEN_PATH_QUEUE],
-    });
-    return {
-      async stop() {
-        await host.stop(0);
-        connection.disconnect();
-      },
-    };
-  }
+  const startHost = (wf: WorkflowDef) => startRunHost(stack, wf, 'cancel-test');
 
   /** The run's job (from step 1) once it has ended: completed or failed. */
   async function endedJob(runId: string) {
@@ -282,15 +256,6 @@ describe('cancelling a run while a step executes', () => {
       await host.stop();
     }
   });
-
-  /** A barrier a step waits at: `inside` resolves once the step is there, `release()` lets it go on. */
-  function barrier() {
-    let enter!: () => void;
-    let release!: () => void;
-    const inside = new Promise<void>((r) => (enter = r));
-    const released = new Promise<void>((r) => (release = r));
-    return { inside, released, enter: () => enter(), release: () => release() };
-  }
 
   /** The golden path with step `held` waiting at `b` before it runs; `ran` collects the steps entered. */
   function heldAt(held: number, b: ReturnType<typeof barrier>, ran: number[] = []): WorkflowDef {

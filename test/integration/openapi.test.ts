@@ -280,6 +280,16 @@ describe('the published schemas hold for real responses of every route', () => {
     expect((await stack.db.admin(`select status from approval_requests where id = $1`, [approvalId])).rows[0].status).toBe('pending');
   });
 
+  it('a retry answers 200 as published, the retried run reads as published with its retries, and a retry of a run that has not failed answers 409 as published', async () => {
+    const retry = (id: string) => api(stack, 'POST', `/api/v1/golden-path/runs/${id}/retry`, { token: tok.submitter!, headers: { 'Idempotency-Key': randomUUID() } });
+    // The failed run's stored input still does not parse: retried, it runs its first step again and fails the same way.
+    const retried = expectPublished('POST', '/api/v1/golden-path/runs/:id/retry', await retry(runs.failed), 200).json;
+    expect(retried).toMatchObject({ status: 'pending', error: null, retries: [{ retry: 1, retried_by: 'submitter-1', error: { step: 'partner-dossier', sequence_num: 1 } }] });
+    const again = await waitRun(runs.failed, ['failed', 'completed']);
+    expect(again).toMatchObject({ status: 'failed', error: { step: 'partner-dossier' }, retries: retried.retries });
+    expect(expectPublished('POST', '/api/v1/golden-path/runs/:id/retry', await retry(runs.a), 409).json).toMatchObject({ code: 'run_not_failed', run_status: 'completed' });
+  });
+
   it('checked a real response against every success response that a route publishes', () => {
     const published = stack.container.routes.flatMap((def) =>
       Object.keys(def.responses)

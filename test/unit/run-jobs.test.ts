@@ -5,6 +5,7 @@
 import { describe, expect, it } from 'vitest';
 import { z } from 'zod';
 import { defineStep, defineWorkflow, jobAttempts, segmentStart, stepBackoffMs, type StepDef } from '../../src/platform/durable/workflow.ts';
+import { stepJobId } from '../../src/platform/queue/job-ids.ts';
 
 const step = (name: string, extra: Partial<StepDef> = {}): StepDef =>
   defineStep({ name, input: z.unknown(), output: z.unknown(), run: async () => null, ...extra });
@@ -22,6 +23,15 @@ const wf = defineWorkflow({
 describe('run jobs', () => {
   it('a stretch of steps starts after the last step before it that may wait, or at the first step', () => {
     expect([1, 2, 3, 4, 5].map((seq) => segmentStart(wf, seq))).toEqual([1, 1, 3, 3, 5]);
+  });
+
+  it("a retried run's jobs are of its retry's generation: an id no earlier generation's job has (ADR 0009)", () => {
+    const hash = 'ab'.repeat(32);
+    expect(stepJobId('gp', hash, 2, 'economics-model')).toBe(`gp-${hash.slice(0, 40)}-2-economics-model`);
+    expect(stepJobId('gp', hash, 2, 'economics-model', 0)).toBe(stepJobId('gp', hash, 2, 'economics-model'));
+    const generations = [0, 1, 2, 10].map((retry) => stepJobId('gp', hash, 2, 'economics-model', retry));
+    expect(new Set(generations).size).toBe(4);
+    expect(generations[1]).toBe(`gp-${hash.slice(0, 40)}-2-economics-model-retry1`);
   });
 
   it('a job gets the attempts of every step from its own on, so each step keeps its whole budget', () => {

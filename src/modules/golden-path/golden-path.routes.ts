@@ -2,6 +2,7 @@ import { z } from 'zod';
 import { defineRoute, type AdmissionControl, type RouteDef } from '../../platform/http/route.ts';
 import type { EntityManager } from '@mikro-orm/postgresql';
 import { ForbiddenError, NotFoundError } from '../../platform/errors/app-error.ts';
+import type { Principal } from '../../platform/tenancy/jwt.ts';
 import { RunNotActiveError } from '../../platform/durable/errors.ts';
 import { ADMIN_ROLE } from '../approvals/approval.constants.ts';
 import { nextCursor, pageWhere } from '../../platform/http/cursor.ts';
@@ -21,7 +22,16 @@ const uuidParam = z.object({ id: z.string().uuid() });
  */
 export type OnRunCancelled = (em: EntityManager, tenantId: string, runId: string) => Promise<(() => Promise<void>) | undefined>;
 
-export function goldenPathRoutes(deps: { runtime: DurableRuntime; admission?: AdmissionControl; onCancelled?: OnRunCancelled }): RouteDef[] {
+/** A run as the run view reads it: the runtime's columns and the retry history. */
+const RUN_VIEW_COLUMNS = `${RUN_COLUMNS}, retry_history`;
+
+export function goldenPathRoutes(deps: {
+  runtime: DurableRuntime;
+  admission?: AdmissionControl;
+  onCancelled?: OnRunCancelled;
+  /** Called once a retry has committed (the `dealix_runs_retried_total` counter). */
+  onRetried?: (workflow: string) => void;
+}): RouteDef[] {
   // A run is shown with the steps of the version it started with; one this process does not register, with its checkpoints' names.
   const stepNames = (run: RunRow, checkpoints: Array<{ step_name: string }>) =>
     deps.runtime.workflows.get(GOLDEN_PATH, run.workflow_version)?.steps.map((s) => s.name) ?? checkpoints.map((c) => c.step_name);
@@ -31,6 +41,24 @@ export function goldenPathRoutes(deps: { runtime: DurableRuntime; admission?: Ad
       [run.tenant_id, run.id],
     );
     return toRunView(run, steps, stepNames(run, steps));
+  };
+  const runById = async (em: EntityManager, tenantId: string, id: string) =>
+    (await em.execute<GoldenPathRunRow[]>(`select ${RUN_VIEW_COLUMNS} from durable_runs where tenant_id = ? and id = ? and workflow = ?`, [tenantId, id, GOLDEN_PATH]))[0];
+  /**
+   * The run an API client acts on (cancel, retry), its row locked `for update`: a concurrent decision,
+   * expiry, step checkpoint, cancel or retry waits for this transaction and then sees what it did.
+   * 404 when the tenant has no such run; 403 unless the principal submitted it or is a tenant admin.
+   */
+  const ownRunForUpdate = async (em: EntityManager, principal: Principal, id: string, verb: string): Promise<GoldenPathRunRow> => {
+    const [run] = await em.execute<GoldenPathRunRow[]>(
+      `select ${RUN_VIEW_COLUMNS} from durable_runs where tenant_id = ? and id = ? and workflow = ? for update`,
+      [principal.tenantId, id, GOLDEN_PATH],
+    );
+    if (!run) throw new NotFoundError('run');
+    if (run.principal !== principal.sub && !principal.roles.includes(ADMIN_ROLE)) {
+      throw new ForbiddenError(`Only the run's submitter or a tenant user with the "${ADMIN_ROLE}" role may ${verb} it.`);
+    }
+    return run;
   };
   return [
     defineRoute({
@@ -70,7 +98,7 @@ export function goldenPathRoutes(deps: { runtime: DurableRuntime; admission?: Ad
       params: uuidParam,
       responses: { 200: { description: 'The run', schema: runView }, 404: { description: 'No such run for this tenant' } },
       async handler({ em, params, principal }) {
-        const [run] = await em.execute<GoldenPathRunRow[]>(`select ${RUN_COLUMNS} from durable_runs where tenant_id = ? and id = ? and workflow = ?`, [principal.tenantId, params.id, GOLDEN_PATH]);
+        const run = await runById(em, principal.tenantId, params.id);
         if (!run) throw new NotFoundError('run');
         return { status: 200, body: await viewOf(em, run) };
       },
@@ -90,21 +118,47 @@ export function goldenPathRoutes(deps: { runtime: DurableRuntime; admission?: Ad
       },
       async handler({ em, params, principal, afterCommit }) {
         // Locked: a concurrent decision, expiry or step checkpoint waits for this transaction and then sees the run cancelled.
-        const [run] = await em.execute<GoldenPathRunRow[]>(
-          `select ${RUN_COLUMNS} from durable_runs where tenant_id = ? and id = ? and workflow = ? for update`,
-          [principal.tenantId, params.id, GOLDEN_PATH],
-        );
-        if (!run) throw new NotFoundError('run');
-        if (run.principal !== principal.sub && !principal.roles.includes(ADMIN_ROLE)) {
-          throw new ForbiddenError(`Only the run's submitter or a tenant user with the "${ADMIN_ROLE}" role may cancel it.`);
-        }
+        const run = await ownRunForUpdate(em, principal, params.id, 'cancel');
         if (!(ACTIVE_RUN_STATUSES as readonly string[]).includes(run.status)) throw new RunNotActiveError(run.id, run.status);
         const cancellation: RunCancellation = { code: 'cancelled', message: `Cancelled by ${principal.sub}.`, cancelled_by: principal.sub, cancelled_at: new Date().toISOString() };
         await deps.runtime.complete(em, run.id, 'cancelled', { error: cancellation });
         const release = await deps.onCancelled?.(em, run.tenant_id, run.id);
         if (release) afterCommit(release);
-        const [cancelled] = await em.execute<GoldenPathRunRow[]>(`select ${RUN_COLUMNS} from durable_runs where tenant_id = ? and id = ?`, [run.tenant_id, run.id]);
-        return { status: 200, body: await viewOf(em, cancelled!) };
+        return { status: 200, body: await viewOf(em, (await runById(em, run.tenant_id, run.id))!) };
+      },
+    }),
+    defineRoute({
+      method: 'post',
+      path: `${BASE}/golden-path/runs/:id/retry`,
+      summary: 'Retry a failed run from its last checkpoint (its submitter, or a tenant admin): completed steps are kept, the failed step runs again with fresh attempts',
+      tags: ['golden-path'],
+      idempotency: 'required',
+      params: uuidParam,
+      responses: {
+        200: { description: 'The run, active again (pending or running), its failure recorded in `retries`', schema: runView },
+        403: { description: 'Neither the run\'s submitter nor a tenant admin' },
+        404: { description: 'No such run for this tenant' },
+        409: { description: 'The run has not failed (run_not_failed, with its status), or none of its steps may run again (run_not_retryable)' },
+        503: {
+          description: "The run's workflow version is not registered on this instance: nothing changed; retry after Retry-After (code: workflow_version_unavailable)",
+        },
+      },
+      async handler({ req, em, params, principal, afterCommit }) {
+        // Locked as for a cancel: of two retries, or a retry and a cancel, the second waits and then sees the first's outcome.
+        const run = await ownRunForUpdate(em, principal, params.id, 'retry');
+        const retried = await deps.runtime.retry(em, run, { retriedBy: principal.sub });
+        afterCommit(async () => {
+          deps.onRetried?.(retried.workflow);
+          const error = run.error as { code?: string; step?: string; sequence_num?: number } | null;
+          req.log.info(
+            { run_id: run.id, tenant_id: run.tenant_id, retried_by: principal.sub, retry: retried.retry_count, workflow: run.workflow, failed_step: error?.step, failed_code: error?.code, run_status: retried.status },
+            'run retried',
+          );
+        });
+        // Postgres first, then Redis: the job of the run's current stretch, of its new generation. If the
+        // enqueue fails, the run is active without a job, and the sweeper re-enqueues it (ADR 0009).
+        afterCommit(() => deps.runtime.ensureEnqueued(retried));
+        return { status: 200, body: await viewOf(em, (await runById(em, run.tenant_id, run.id))!) };
       },
     }),
     defineRoute({

@@ -40,6 +40,16 @@ const runCancellation = z.strictObject({
   cancelled_at: isoTime,
 });
 export type RunCancellation = z.infer<typeof runCancellation>;
+/** One retry of the run after it failed (POST …/runs/:id/retry): what it failed with, who retried it, and when. */
+const runRetry = z.strictObject({
+  retry: z.number().int().min(1).describe('1 for the first retry'),
+  retried_by: z.string().describe('The principal (token sub) that retried the run'),
+  retried_at: isoTime,
+  failed_at: isoTime.nullable().describe('When the run had failed'),
+  error: runFailure.nullable().describe('What the run had failed with: its failed step'),
+  attempts: count.nullable().describe('The attempts the failed step had spent; null when the run had no failed step recorded'),
+});
+export type RunRetryView = z.infer<typeof runRetry>;
 /** Each step's output, as its schema in the workflow validated it when it was checkpointed. */
 const stepOutput = z.union([dossierSchema, economicsSchema, approvalPacketSchema, evidenceSchema]);
 
@@ -74,6 +84,7 @@ export const runView = z
     steps: z.array(stepView),
     output: evidenceSchema.nullable().describe('The evidence step\'s output once the run is completed or rejected'),
     error: z.union([runFailure, runCancellation]).nullable().describe('Why a failed run failed (its step), or who cancelled a cancelled one'),
+    retries: z.array(runRetry).describe('Each retry of the run after it failed, oldest first: the failure it was retried from; empty for a run never retried'),
     links: z.strictObject({
       self: z.string(),
       approval: z.string().optional(),
@@ -111,8 +122,8 @@ export interface CheckpointRow {
   completed_at: Date | null;
 }
 
-/** The golden-path run row: its jsonb `output` and `error` as the workflow's finish and the executor write them. */
-export type GoldenPathRunRow = Omit<RunRow, 'output' | 'error'> & { output: RunView['output']; error: RunView['error'] };
+/** The golden-path run row: its jsonb `output`, `error` and `retry_history` as the workflow's finish, the executor and a retry write them. */
+export type GoldenPathRunRow = Omit<RunRow, 'output' | 'error'> & { output: RunView['output']; error: RunView['error']; retry_history: RunRetryView[] | null };
 
 export const runPath = (id: string) => `${BASE}/golden-path/runs/${id}`;
 const isActiveStatus = (status: string) => (ACTIVE_RUN_STATUSES as readonly string[]).includes(status);
@@ -155,6 +166,7 @@ export function toRunView(run: GoldenPathRunRow, steps: CheckpointRow[], stepNam
     }),
     output: run.output,
     error: run.error,
+    retries: run.retry_history ?? [],
     links: {
       self: runPath(run.id),
       ...(approval ? { approval: `${BASE}/approvals/${approval}` } : {}),

@@ -39,6 +39,16 @@ export const DurableRun = defineEntity({
     createdAt: p.datetime(),
     updatedAt: p.datetime(),
     completedAt: p.datetime().nullable(),
+    /**
+     * How often an API client retried the run after it failed (POST …/runs/:id/retry): the generation
+     * of its run jobs' ids, so a retried run's job never collides with the failed one (ADR 0009).
+     */
+    retryCount: p.integer().default(0),
+    /**
+     * One entry per retry, oldest first: who retried it and when, and the failure it was retried from
+     * (the run's error, its failed step's last attempt, when it failed). Null until the first retry.
+     */
+    retryHistory: p.json<unknown>().nullable(),
   },
   uniques: [
     { name: 'durable_runs_tenant_hash_unique', properties: ['tenantId', 'idempotencyHash'] },

@@ -31,6 +31,32 @@ export class RunNotActiveError extends AppError {
   }
 }
 
+/** A retry of a run that has not failed (it is active, or ended otherwise: completed, rejected, expired, cancelled). 409 to an API client. */
+export class RunNotFailedError extends AppError {
+  readonly runStatus: string;
+  constructor(runId: string, status: string) {
+    super('run_not_failed', 'Conflict', {
+      status: 409,
+      retryable: false,
+      detail: `The run ${runId} is ${status}; only a failed run can be retried.`,
+      extensions: { run_status: status },
+    });
+    this.runStatus = status;
+  }
+}
+
+/** A failed run none of whose steps may run again (`why`): a retry would repeat effects or do nothing. 409 to an API client. */
+export class RunNotRetryableError extends AppError {
+  constructor(runId: string, why: string) {
+    super('run_not_retryable', 'Conflict', {
+      status: 409,
+      retryable: false,
+      detail: `The run ${runId} failed, but cannot be retried: ${why}.`,
+      extensions: { run_status: 'failed' },
+    });
+  }
+}
+
 export function isUniqueViolation(e: unknown): boolean {
   for (let cur: any = e, d = 0; cur && d < 5; d++, cur = cur.cause) {
     if (cur.code === '23505' || cur.name === 'UniqueConstraintViolationException') return true;

@@ -82,7 +82,7 @@ async function untilAborted<T>(running: Promise<T>, signal: AbortSignal | undefi
 const isActive = (status: string) => (ACTIVE_RUN_STATUSES as readonly string[]).includes(status);
 
 /** What the job does next, decided from the run's state inside a transaction. */
-type Next = { kind: 'step'; seq: number } | { kind: 'ended' } | { kind: 'waiting' } | { kind: 'hand-back' };
+type Next = { kind: 'step'; seq: number } | { kind: 'ended' } | { kind: 'waiting' } | { kind: 'hand-back' } | { kind: 'superseded' };
 
 /**
  * Executes a run job: carries one run from the job's step through the following ones, each step in
@@ -142,6 +142,8 @@ export class StepExecutor {
       try {
         const done = await em.transactional(async (tx) => {
           if (!state) state = await loadRunState(tx, wf, d);
+          // A job of an earlier generation of a run retried since (ADR 0009): the retry's job carries it.
+          if ((d.retry ?? 0) !== state.run.retry_count) return { kind: 'superseded' as const };
           seq = this.replayCompleted(state, seq, outcome, wf);
           const next = this.next(state, seq, wf, control);
           if (next.kind !== 'step') return next;
@@ -150,6 +152,10 @@ export class StepExecutor {
           return { kind: 'step' as const, ...(await otelContext.with(trace.setSpan(otelContext.active(), span), runStep)) };
         });
         if (done.kind === 'hand-back') return await this.handBack(control, logger, seq);
+        if (done.kind === 'superseded') {
+          logger.info({ job_retry: d.retry ?? 0, run_retry: state?.run.retry_count }, 'job of a run retried since it was added: it ends, the retry\'s job carries the run');
+          return outcome;
+        }
         if (done.kind !== 'step') {
           outcome.status = done.kind;
           return outcome;

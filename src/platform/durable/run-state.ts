@@ -108,6 +108,8 @@ export function startingRunState(wf: WorkflowDef, job: StepJobData, firstDeliver
     created_at: createdAt,
     updated_at: createdAt,
     completed_at: null,
+    // A new run's first job: a retried run's jobs never carry `first` (enqueue's carryFirst is for a run just created).
+    retry_count: 0,
   };
   return stateOf(run, new Map(), {}, new Map());
 }

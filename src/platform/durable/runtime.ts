@@ -11,7 +11,7 @@ import { ACTIVE_RUN_STATUSES, type RunStatus } from './durable-run.entity.ts';
 import type { CheckpointStatus } from './durable-checkpoint.entity.ts';
 import { STEP_BACKOFF, jobAttempts, retryOf, segmentStart, type WorkflowDef } from './workflow.ts';
 import { WorkflowRegistry, versionLabel } from './registry.ts';
-import { RunNotActiveError, WorkflowVersionUnavailableError } from './errors.ts';
+import { RunNotActiveError, RunNotFailedError, RunNotRetryableError, WorkflowVersionUnavailableError } from './errors.ts';
 
 /**
  * The run's correlation id as the job's only baggage: whatever baggage the caller's request brought
@@ -41,6 +41,12 @@ export interface StepJobData {
   reached?: number;
   /** How often workers that do not register the run's workflow version put the job off (ADR 0008). */
   deferrals?: number;
+  /**
+   * The run's retry_count when the job was added (absent: 0). A job of an earlier generation than
+   * its run's — a leftover of the run before an API client retried it — ends without a step: the
+   * retry's own job carries the run (ADR 0009).
+   */
+  retry?: number;
   /**
    * What the run's first step needs, copied from the run row when the run was created (a job that
    * starts a new run, with an input of at most FIRST_STEP_INPUT_MAX bytes of JSON): the job runs that
@@ -82,10 +88,26 @@ export interface RunRow {
   created_at: Date;
   updated_at: Date;
   completed_at: Date | null;
+  /** How often the run was retried after it failed: the generation of its run jobs' ids (stepJobId, ADR 0009). */
+  retry_count: number;
 }
 
 export const RUN_COLUMNS = `id, tenant_id, workflow, workflow_version, idempotency_hash, status, principal, input, output, error,
-  correlation_id, trace_id, traceparent, sequence_num, step_count, created_at, updated_at, completed_at`;
+  correlation_id, trace_id, traceparent, sequence_num, step_count, created_at, updated_at, completed_at, retry_count`;
+
+/** One retry of a failed run, as `durable_runs.retry_history` keeps it (oldest first). */
+export interface RunRetry {
+  /** 1 for the run's first retry: its retry_count after it. */
+  retry: number;
+  retried_by: string;
+  retried_at: string;
+  /** What the run failed with: its error as the executor recorded it (the failed step's code, message, name and sequence_num). */
+  error: unknown;
+  /** When it failed (its completed_at then). */
+  failed_at: string | null;
+  /** The attempts its failed step had spent when it failed for good; null when the run had no failed step recorded. */
+  attempts: number | null;
+}
 
 /**
  * A run's live progress, for a query over `durable_runs r`: its completed steps (checkpoints are written
@@ -248,7 +270,7 @@ export class DurableRuntime {
    * a second execution after the job was removed harmless.
    */
   async enqueue(
-    run: Pick<RunRow, 'id' | 'tenant_id' | 'workflow' | 'workflow_version' | 'idempotency_hash' | 'correlation_id' | 'traceparent'> & Partial<RunRow>,
+    run: Pick<RunRow, 'id' | 'tenant_id' | 'workflow' | 'workflow_version' | 'idempotency_hash' | 'correlation_id' | 'traceparent' | 'retry_count'> & Partial<RunRow>,
     fromSeq: number,
     /**
      * `carryFirst`: the caller has just created the run (its row is `run`), so the job may carry what
@@ -276,9 +298,11 @@ export class DurableRuntime {
     const runsUnread = wf.steps[0]?.effectsInTransaction === true && !wf.steps[0].prefetch;
     const first = opts.carryFirst && fromSeq === 1 && runsUnread ? firstStepData(run) : undefined;
     if (first) data.first = first;
+    if (run.retry_count > 0) data.retry = run.retry_count;
     const add = () =>
       queue.add(step.name, data, {
-        jobId: stepJobId(wf.tag, run.idempotency_hash, fromSeq, step.name),
+        // A retried run's jobs are of its retry's generation: the failed generation's keep their ids in BullMQ's failed set.
+        jobId: stepJobId(wf.tag, run.idempotency_hash, fromSeq, step.name, run.retry_count),
         attempts: jobAttempts(wf, fromSeq),
         // Each step's own policy, counted from its own failures (worker-host.ts): see stepBackoffMs.
         backoff: { type: STEP_BACKOFF, delay: retry.backoffMs, jitter: retry.jitter },
@@ -303,7 +327,7 @@ export class DurableRuntime {
    * register is left to the sweeper of a worker that does (ADR 0008).
    */
   async ensureEnqueued(
-    run: Pick<RunRow, 'id' | 'tenant_id' | 'workflow' | 'workflow_version' | 'idempotency_hash' | 'correlation_id' | 'traceparent' | 'sequence_num'> & Partial<RunRow>,
+    run: Pick<RunRow, 'id' | 'tenant_id' | 'workflow' | 'workflow_version' | 'idempotency_hash' | 'correlation_id' | 'traceparent' | 'sequence_num' | 'retry_count'> & Partial<RunRow>,
     opts: { carryFirst?: boolean } = {},
   ): Promise<void> {
     const wf = this.workflows.get(run.workflow, run.workflow_version);
@@ -468,6 +492,63 @@ export class DurableRuntime {
     return async () => {
       if (!terminal && !last) await this.enqueue(run, sequenceNum + 1);
     };
+  }
+
+  /**
+   * Brings a failed run back, in the caller's transaction, the run row locked by the caller (`for
+   * update`, as a cancel does: a concurrent retry or cancel waits and then sees what this one did):
+   * the run becomes `running` (`pending` when no step has completed), its error moves to
+   * `retry_history` with who retried it, `retry_count` (the generation of its job ids) goes up, and
+   * the checkpoints of its steps that did not complete — the failed step's `failed` one — are
+   * deleted, so that step's next attempt can insert its own (unique per run and sequence_num).
+   * Completed checkpoints, and the domain rows committed with them, stay as they are: the run's next
+   * job replays them. Returns the run as updated; the caller enqueues its job after the commit
+   * (`ensureEnqueued`), and a job lost between the commit and the enqueue is the sweeper's (the run
+   * is active again). Refused: a run that is not `failed` (RunNotFailedError, 409); a run of a
+   * version this process does not register (WorkflowVersionUnavailableError, 503); a run none of
+   * whose steps may run again (RunNotRetryableError, 409): every step completed, or a step that had
+   * committed its effects (it was waiting) before the run failed, whose re-run would repeat them.
+   * A run that failed for non-determinism is retried like any other: its next job reads the same
+   * checkpoints, and fails it the same way unless the code changed meanwhile.
+   */
+  async retry(em: EntityManager, run: RunRow, args: { retriedBy: string }): Promise<RunRow> {
+    if (run.status !== 'failed') throw new RunNotFailedError(run.id, run.status);
+    const wf = this.definition(run.workflow, run.workflow_version);
+    // Stable while the run row is locked: a checkpoint's insert takes the row `for key share` (its foreign key).
+    const checkpoints = await em.execute<{ sequence_num: number; step_name: string; status: CheckpointStatus; attempt: number; has_output: boolean }[]>(
+      `select sequence_num, step_name, status, attempt, output is not null as has_output from durable_checkpoints where tenant_id = ? and run_id = ? order by sequence_num`,
+      [run.tenant_id, run.id],
+    );
+    const completed = new Set(checkpoints.filter((c) => c.status === 'completed').map((c) => c.sequence_num));
+    let next = 1;
+    while (completed.has(next)) next++;
+    if (next > wf.steps.length) throw new RunNotRetryableError(run.id, 'every step of it has a completed checkpoint');
+    // A `waiting` checkpoint (or one the failure overwrote, keeping its output) says its step's effects committed.
+    const committed = checkpoints.find((c) => c.status !== 'completed' && (c.status === 'waiting' || c.has_output));
+    if (committed) {
+      throw new RunNotRetryableError(run.id, `its step ${committed.sequence_num} (${committed.step_name}) had committed its effects before the run failed; running it again would repeat them`);
+    }
+    const failedStep = checkpoints.filter((c) => c.status === 'failed');
+    const entry: RunRetry = {
+      retry: run.retry_count + 1,
+      retried_by: args.retriedBy,
+      retried_at: new Date().toISOString(),
+      error: run.error,
+      failed_at: run.completed_at ? new Date(run.completed_at).toISOString() : null,
+      attempts: failedStep.length ? Math.max(...failedStep.map((c) => c.attempt)) : null,
+    };
+    const [retried] = await em.execute<RunRow[]>(
+      // The delete runs whatever the update reads of it (a data-modifying CTE always runs to completion).
+      `with dropped as (delete from durable_checkpoints where tenant_id = ? and run_id = ? and status <> 'completed')
+       update durable_runs set status = ?, sequence_num = ?, error = null, completed_at = null, updated_at = now(), lease_owner = null, lease_expires_at = null,
+              retry_count = ?, retry_history = coalesce(retry_history, '[]'::jsonb) || jsonb_build_array(?::jsonb)
+        where tenant_id = ? and id = ? and status = 'failed' and retry_count = ?
+       returning ${RUN_COLUMNS}`,
+      [run.tenant_id, run.id, completed.size === 0 ? 'pending' : 'running', next - 1, entry.retry, JSON.stringify(entry), run.tenant_id, run.id, run.retry_count],
+    );
+    // The caller locked the row: nothing else could have moved it since it was read.
+    if (!retried) throw new Error(`run ${run.id} changed under its row lock`);
+    return retried;
   }
 
   /**

@@ -138,6 +138,8 @@ export class Sweeper {
     });
     await this.eachIncomplete(['pending', 'running'], this.o.minAgeMs, async (page) => {
       // A pending run has no completed step (its first step's commit moves it to running), so its one job is the one from step 1.
+      // (Of its first generation: the system role does not read retry_count, so a retried pending run
+      // is never found here and goes to reenqueue, which reads the run and looks for its retry's job.)
       const alive = await this.withLiveJob(page, snapshots, (wf, ref) => (ref.status === 'pending' ? stepJobId(wf.tag, ref.idempotency_hash, 1, wf.steps[0]!.name) : undefined));
       for (const ref of page) {
         report.examined++;
@@ -243,7 +245,8 @@ export class Sweeper {
     if (!run) return false;
     const next = run.completed + 1;
     if (next > wf.steps.length) return false;
-    const jobId = (seq: number) => stepJobId(wf.tag, run.idempotency_hash, seq, wf.steps[seq - 1]!.name);
+    // Of the run's current generation: a retried run's jobs carry its retry count (ADR 0009).
+    const jobId = (seq: number) => stepJobId(wf.tag, run.idempotency_hash, seq, wf.steps[seq - 1]!.name, run.retry_count);
     const ids = Array.from({ length: next }, (_, i) => jobId(i + 1));
     const states = await Promise.all(ids.map((id) => queue.getJobState(id)));
     if (states.some((st) => ALIVE.has(st))) return false;

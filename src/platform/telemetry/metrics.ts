@@ -12,6 +12,8 @@ export interface Metrics {
   activeRuns: Gauge<'workflow' | 'version' | 'registered'>;
   /** Run jobs a worker put off because it does not register their run's workflow version (ADR 0008). */
   deferredJobs: Counter<'workflow' | 'version'>;
+  /** Failed runs an API client retried (POST …/runs/:id/retry, ADR 0009), counted once the retry committed. */
+  runsRetried: Counter<'workflow'>;
   /** When the queue depths and run counts were last read (they keep the last reading while a read fails). */
   lastRead: Gauge;
 }
@@ -49,6 +51,12 @@ export function createMetrics(): Metrics {
       name: 'dealix_run_jobs_deferred_total',
       help: 'Run jobs this worker put off because it does not register their run\'s workflow version',
       labelNames: ['workflow', 'version'],
+      registers: [registry],
+    }),
+    runsRetried: new Counter({
+      name: 'dealix_runs_retried_total',
+      help: 'Failed runs retried through the API (each retry once it committed), by workflow',
+      labelNames: ['workflow'],
       registers: [registry],
     }),
     lastRead: new Gauge({

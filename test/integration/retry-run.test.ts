@@ -1,0 +1,492 @@
+/**
+ * POST /api/v1/golden-path/runs/:id/retry against the real stack (PostgreSQL as the application role,
+ * Redis, the API in this process): a failed run goes back to work from its last checkpoint. The
+ * golden path's own steps run in the production worker host and executor, in this process, each
+ * step behind a control the test sets (fail it for good, hold it, count who entered it), so a test
+ * can fail a step, "fix" it, retry, and see what ran again (docs/runtime.md, ADR 0009).
+ */
+import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
+import { randomUUID } from 'node:crypto';
+import { Writable } from 'node:stream';
+import pino from 'pino';
+import { api, CLASS_A_SUBMISSION, newTenant, SAMPLE_SUBMISSION, startStack, type TestStack } from '../helpers/stack.ts';
+import { waitFor } from '../helpers/poll.ts';
+import { barrier, startRunHost, wrappedGoldenPath } from '../helpers/run-host.ts';
+import { stepJobId } from '../../src/platform/queue/job-ids.ts';
+import { Sweeper } from '../../src/platform/durable/sweeper.ts';
+import { GOLDEN_PATH, GOLDEN_PATH_QUEUE } from '../../src/modules/golden-path/golden-path.workflow.ts';
+import { PermanentError } from '../../src/platform/errors/app-error.ts';
+import type { WorkflowDef } from '../../src/platform/durable/workflow.ts';
+
+const LONG = 120_000;
+const STEPS = ['partner-dossier', 'economics-model', 'approval-packet', 'evidence-pack'];
+const retryPath = (id: string) => `/api/v1/golden-path/runs/${id}/retry`;
+
+/** What the test's worker does: the steps that fail for good, a step held at a barrier, and each step entered, by run. */
+interface Control {
+  failing: Set<number>;
+  hold?: { seq: number; at: ReturnType<typeof barrier> };
+  /** Step 1 renamed (the code changed in place under a run): non-determinism against its checkpoints. */
+  renamedFirst?: boolean;
+  entered: Array<{ run: string; seq: number }>;
+}
+
+describe('retrying a failed run through the API', () => {
+  let stack: TestStack;
+  const tenant = newTenant();
+  const tok: Record<string, string> = {};
+  const logLines: Array<Record<string, any>> = [];
+  const hosts: Array<{ stop(): Promise<void> }> = [];
+
+  beforeAll(async () => {
+    const destination = new Writable({
+      write(chunk, _enc, cb) {
+        for (const l of String(chunk).split('\n').filter(Boolean)) logLines.push(JSON.parse(l));
+        cb();
+      },
+    });
+    stack = await startStack({ env: { LOG_LEVEL: 'info' }, logDestination: destination }); // no worker process: the runs' jobs are the test's own host's
+    const t = (sub: string, roles: string[] = []) => stack.token({ tenantId: tenant, sub, roles });
+    tok.submitter = await t('submitter-1');
+    tok.other = await t('someone-else');
+    tok.admin = await t('admin-1', ['admin']);
+    tok.otherTenantAdmin = await stack.token({ tenantId: newTenant(), sub: 'submitter-1', roles: ['admin'] });
+  }, LONG);
+  afterEach(async () => {
+    vi.restoreAllMocks();
+    while (hosts.length) await hosts.pop()!.stop();
+  });
+  afterAll(async () => {
+    await stack?.stop();
+  });
+
+  const queue = () => stack.container.queues.get(GOLDEN_PATH_QUEUE)!;
+
+  /** Runs the golden path in this process under `ctl`; stopped after the test (or by the test). */
+  function host(ctl: Control) {
+    const wf: WorkflowDef = wrappedGoldenPath(stack, (step, seq) => async (input, ctx) => {
+      ctl.entered.push({ run: ctx.run.id, seq });
+      if (ctl.hold?.seq === seq) {
+        ctl.hold.at.enter();
+        await ctl.hold.at.released;
+      }
+      if (ctl.failing.has(seq)) throw new PermanentError('test_permanent', `step ${seq} refused for good (test)`);
+      return step.run(input, ctx);
+    });
+    if (ctl.renamedFirst) wf.steps[0] = { ...wf.steps[0]!, name: `${STEPS[0]}-v2` };
+    const h = startRunHost(stack, wf, `retry-test-${randomUUID().slice(0, 8)}`);
+    hosts.push(h);
+    return {
+      async stop() {
+        hosts.splice(hosts.indexOf(h), 1);
+        await h.stop();
+      },
+    };
+  }
+  const control = (failing: number[] = []): Control => ({ failing: new Set(failing), entered: [] });
+  const enteredBy = (ctl: Control, runId: string) => ctl.entered.filter((e) => e.run === runId).map((e) => e.seq);
+
+  async function submit(body: unknown = CLASS_A_SUBMISSION, token = tok.submitter!): Promise<string> {
+    const res = await api(stack, 'POST', '/api/v1/golden-path/run', { token, body, headers: { 'Idempotency-Key': randomUUID() } });
+    expect(res.status, res.text).toBe(202);
+    return res.json.run_id as string;
+  }
+  const retry = (id: string, token = tok.submitter!, key: string | null = randomUUID()) => api(stack, 'POST', retryPath(id), { token, headers: key ? { 'Idempotency-Key': key } : {} });
+  const cancel = (id: string, token = tok.submitter!) => api(stack, 'POST', `/api/v1/golden-path/runs/${id}/cancel`, { token, headers: { 'Idempotency-Key': randomUUID() } });
+  async function waitStatus(id: string, statuses: string[]) {
+    return waitFor(
+      async () => {
+        const res = await api(stack, 'GET', `/api/v1/golden-path/runs/${id}`, { token: tok.submitter! });
+        return statuses.includes(res.json?.status) ? res.json : undefined;
+      },
+      { timeoutMs: 60_000, intervalMs: 50, what: `run ${id} to reach ${statuses.join('|')}` },
+    );
+  }
+  /** Submits a class A run and waits for it to fail at step `seq` (the host must fail it). */
+  async function failedRun(seq: number): Promise<string> {
+    const id = await submit();
+    const failed = await waitStatus(id, ['failed', 'completed']);
+    expect(failed).toMatchObject({ status: 'failed', error: { code: 'test_permanent', sequence_num: seq } });
+    return id;
+  }
+  const runRow = async (id: string) =>
+    (await stack.db.admin(`select status, error, retry_count, retry_history, workflow_version, completed_at, updated_at, idempotency_hash from durable_runs where id = $1`, [id])).rows[0] as {
+      status: string;
+      error: any;
+      retry_count: number;
+      retry_history: any[] | null;
+      workflow_version: number;
+      completed_at: Date | null;
+      updated_at: Date;
+      idempotency_hash: string;
+    };
+  const checkpointsOf = async (id: string) =>
+    (await stack.db.admin(`select id, sequence_num, step_name, status, attempt, output is not null as has_output, created_at, completed_at from durable_checkpoints where run_id = $1 order by sequence_num`, [id])).rows;
+  const domainRows = async (id: string) => {
+    const out: Record<string, Array<{ id: string; created_at: Date }>> = {};
+    for (const table of ['partner_dossiers', 'economics_models', 'approval_requests', 'evidence_packs']) {
+      out[table] = (await stack.db.admin(`select id, created_at from ${table} where run_id = $1 order by created_at`, [id])).rows;
+    }
+    return out;
+  };
+  /** The id of the run's job that starts at `seq`, of its `retry`th generation. */
+  const jobIdOf = async (id: string, seq: number, generation = 0) => stepJobId('gp', (await runRow(id)).idempotency_hash, seq, STEPS[seq - 1]!, generation);
+  const jobState = async (id: string, seq: number, generation = 0) => queue().getJobState(await jobIdOf(id, seq, generation));
+  /** Every job BullMQ holds for the run, by id and state. */
+  async function jobsOf(id: string): Promise<Record<string, string>> {
+    const hash = (await runRow(id)).idempotency_hash;
+    const out: Record<string, string> = {};
+    for (const job of await queue().getJobs(['wait', 'active', 'delayed', 'prioritized', 'completed', 'failed'])) {
+      if (job?.id?.startsWith(`gp-${hash.slice(0, 40)}-`)) out[job.id] = await job.getState();
+    }
+    return out;
+  }
+  const metric = async (series: string) => {
+    const line = (await api(stack, 'GET', '/metrics')).text.split('\n').find((l) => l.startsWith(`${series} `));
+    return line === undefined ? 0 : Number(line.slice(series.length + 1));
+  };
+  const RETRIED = `dealix_runs_retried_total{workflow="${GOLDEN_PATH}"}`;
+  /** The recovery sweeper of a worker process, here; every incomplete run is old enough for it. */
+  const sweeper = (lock: string) =>
+    new Sweeper({ orm: stack.container.orm, runtime: stack.container.runtime, redis: stack.container.redis, logger: pino({ level: 'silent' }), lockKey: `${stack.prefix}:${lock}`, intervalMs: 1000, minAgeMs: 0 });
+
+  it('a run whose step 2 failed for good, retried once the step is fixed: completes, step 1 and its row untouched, step 2 run again with fresh attempts; counted and logged', { timeout: LONG }, async () => {
+    const ctl = control([2]);
+    host(ctl);
+    const id = await failedRun(2);
+    const before = { checkpoints: await checkpointsOf(id), rows: await domainRows(id), run: await runRow(id) };
+    expect(before.checkpoints.map((c) => [c.sequence_num, c.status])).toEqual([[1, 'completed'], [2, 'failed']]);
+    expect(before.rows.partner_dossiers).toHaveLength(1);
+    expect(before.rows.economics_models).toHaveLength(0);
+    await waitFor(async () => (await jobState(id, 1)) === 'failed', { what: 'the failed job to be in the failed set' });
+    const counted = await metric(RETRIED);
+
+    ctl.failing.clear(); // the cause is fixed
+    const res = await retry(id);
+    expect(res.status, res.text).toBe(200);
+    // The run as the transaction left it: active again from step 2, its failure kept in `retries`.
+    expect(res.json).toMatchObject({
+      run_id: id,
+      status: 'running',
+      error: null,
+      completed_at: null,
+      progress: { completed_steps: 1, current_sequence_num: 2 },
+      retries: [{ retry: 1, retried_by: 'submitter-1', error: { code: 'test_permanent', step: STEPS[1], sequence_num: 2 }, attempts: 1, failed_at: before.run.completed_at!.toISOString() }],
+    });
+    expect(res.json.steps.map((s: { status: string }) => s.status)).toEqual(['completed', 'pending', 'pending', 'pending']);
+
+    const done = await waitStatus(id, ['completed', 'failed']);
+    expect(done.status).toBe('completed');
+    expect(done.error).toBeNull();
+    expect(done.retries).toEqual(res.json.retries);
+    // Step 1 was not run again: its checkpoint and its row are the ones of the first attempt, once.
+    const after = { checkpoints: await checkpointsOf(id), rows: await domainRows(id) };
+    expect(after.checkpoints[0]).toEqual(before.checkpoints[0]);
+    expect(after.rows.partner_dossiers).toEqual(before.rows.partner_dossiers);
+    expect(after.checkpoints.map((c) => [c.sequence_num, c.status, c.attempt])).toEqual([[1, 'completed', 1], [2, 'completed', 1], [3, 'completed', 1], [4, 'completed', 1]]);
+    for (const table of ['economics_models', 'approval_requests', 'evidence_packs']) expect(after.rows[table], table).toHaveLength(1);
+    expect(enteredBy(ctl, id)).toEqual([1, 2, 2, 3, 4]);
+    // The failed job keeps its id in the failed set; the retry's job is of the next generation, and
+    // replayed step 1 from its checkpoint before it ran step 2.
+    expect(await jobState(id, 1)).toBe('failed');
+    const retried = (await queue().getJob(await jobIdOf(id, 1, 1)))!;
+    await waitFor(async () => (await retried.getState()) === 'completed', { what: "the retry's job to complete" });
+    expect((await queue().getJob(retried.id!))!.returnvalue.steps.map((s: { sequence_num: number; replayed: boolean }) => [s.sequence_num, s.replayed])).toEqual([[1, true], [2, false], [3, false], [4, false]]);
+    expect(await metric(RETRIED)).toBe(counted + 1);
+    const line = await waitFor(() => logLines.find((l) => l.msg === 'run retried' && l.run_id === id), { what: "the retry's log line" });
+    expect(line).toMatchObject({ level: 30, retried_by: 'submitter-1', retry: 1, tenant_id: tenant, failed_step: STEPS[1], failed_code: 'test_permanent' });
+  });
+
+  it('a run that is not failed answers 409 run_not_failed with its status, and nothing changes: completed, cancelled, running', { timeout: LONG }, async () => {
+    const ctl = control();
+    const held = barrier();
+    host(ctl);
+    const completed = await submit();
+    expect((await waitStatus(completed, ['completed', 'failed'])).status).toBe('completed');
+    ctl.hold = { seq: 2, at: held };
+    const running = await submit();
+    await held.inside;
+    const cancelled = await submit();
+    expect((await cancel(cancelled)).status).toBe(200);
+    try {
+      for (const [id, status] of [[completed, 'completed'], [cancelled, 'cancelled'], [running, 'running']] as const) {
+        const before = { run: await runRow(id), checkpoints: await checkpointsOf(id) };
+        const res = await retry(id, tok.admin!);
+        expect(res.status, res.text).toBe(409);
+        expect(res.headers.get('content-type')).toMatch(/^application\/problem\+json/);
+        expect(res.json).toMatchObject({ code: 'run_not_failed', run_status: status });
+        expect(res.json.detail).toContain(status);
+        expect(await runRow(id)).toEqual(before.run);
+        expect(await checkpointsOf(id)).toEqual(before.checkpoints);
+      }
+    } finally {
+      held.release();
+    }
+    expect((await waitStatus(running, ['completed', 'failed'])).status).toBe('completed');
+  });
+
+  it('who may retry, and the key: no key 400, another user 403, another tenant 404; an admin may; the same key replays, with another run it is 422', { timeout: LONG }, async () => {
+    const ctl = control([2]);
+    host(ctl);
+    const id = await failedRun(2);
+    const other = await failedRun(2);
+    const unchanged = await runRow(id);
+
+    const missing = await retry(id, tok.admin!, null);
+    expect(missing.status, missing.text).toBe(400);
+    expect(missing.json.code).toBe('validation_failed');
+    const forbidden = await retry(id, tok.other!);
+    expect(forbidden.status, forbidden.text).toBe(403);
+    expect(forbidden.json.detail).toContain('retry');
+    const elsewhere = await retry(id, tok.otherTenantAdmin!);
+    expect(elsewhere.status, elsewhere.text).toBe(404);
+    expect(await runRow(id)).toEqual(unchanged);
+
+    ctl.failing.clear();
+    const key = randomUUID();
+    const first = await retry(id, tok.admin!, key);
+    expect(first.status, first.text).toBe(200);
+    expect(first.json).toMatchObject({ run_id: id, submitted_by: 'submitter-1', retries: [{ retried_by: 'admin-1' }] });
+    const replay = await retry(id, tok.admin!, key);
+    expect(replay.status).toBe(200);
+    expect(replay.headers.get('idempotent-replayed')).toBe('true');
+    expect(replay.json).toEqual(first.json);
+    const reused = await retry(other, tok.admin!, key);
+    expect(reused.status, reused.text).toBe(422);
+    expect(reused.json.code).toBe('idempotency_key_reused');
+    expect((await runRow(other)).status).toBe('failed');
+    expect((await waitStatus(id, ['completed', 'failed'])).status).toBe('completed');
+    expect((await runRow(id)).retry_count).toBe(1);
+  });
+
+  it('two retries at once (other keys, other users): one 200, one 409; one job carries the run on, its step runs once more', { timeout: LONG }, async () => {
+    const ctl = control([2]);
+    host(ctl);
+    const id = await failedRun(2);
+    ctl.failing.clear();
+    const answers = await Promise.all([retry(id, tok.submitter!), retry(id, tok.admin!)]);
+    expect(answers.map((a) => a.status).sort()).toEqual([200, 409]);
+    const refused = answers.find((a) => a.status === 409)!;
+    expect(refused.json.code).toBe('run_not_failed');
+    expect(['pending', 'running', 'completed']).toContain(refused.json.run_status);
+    expect((await waitStatus(id, ['completed', 'failed'])).status).toBe('completed');
+    const run = await runRow(id);
+    expect(run.retry_count).toBe(1);
+    expect(run.retry_history).toHaveLength(1);
+    expect(enteredBy(ctl, id)).toEqual([1, 2, 2, 3, 4]);
+    const hash = run.idempotency_hash.slice(0, 40);
+    expect(await jobsOf(id)).toEqual({ [`gp-${hash}-1-${STEPS[0]}`]: 'failed', [`gp-${hash}-1-${STEPS[0]}-retry1`]: 'completed' });
+  });
+
+  it('a run that fails again after its retry can be retried again: each retry a job of its own generation, each failure kept', { timeout: LONG }, async () => {
+    const ctl = control([2]);
+    host(ctl);
+    const id = await failedRun(2);
+    const first = await retry(id);
+    expect(first.status, first.text).toBe(200);
+    const again = await waitStatus(id, ['failed', 'completed']);
+    expect(again).toMatchObject({ status: 'failed', error: { code: 'test_permanent', sequence_num: 2 } });
+    await waitFor(async () => (await jobState(id, 1, 1)) === 'failed', { what: "the first retry's job to fail" });
+    ctl.failing.clear();
+    const second = await retry(id);
+    expect(second.status, second.text).toBe(200);
+    expect(second.json.retries).toEqual([expect.objectContaining({ retry: 1 }), expect.objectContaining({ retry: 2, error: expect.objectContaining({ code: 'test_permanent' }) })]);
+    expect((await waitStatus(id, ['completed', 'failed'])).status).toBe('completed');
+    expect(enteredBy(ctl, id)).toEqual([1, 2, 2, 2, 3, 4]);
+    const hash = (await runRow(id)).idempotency_hash.slice(0, 40);
+    expect(await jobsOf(id)).toEqual({
+      [`gp-${hash}-1-${STEPS[0]}`]: 'failed',
+      [`gp-${hash}-1-${STEPS[0]}-retry1`]: 'failed',
+      [`gp-${hash}-1-${STEPS[0]}-retry2`]: 'completed',
+    });
+    expect((await domainRows(id)).partner_dossiers).toHaveLength(1);
+  });
+
+  it('a retry whose enqueue failed after its commit: 200, the run is active without a job, and the sweeper re-enqueues it in its generation', { timeout: LONG }, async () => {
+    const ctl = control([2]);
+    host(ctl);
+    const id = await failedRun(2);
+    ctl.failing.clear();
+    vi.spyOn(stack.container.runtime, 'ensureEnqueued').mockRejectedValueOnce(new Error('Redis unavailable (test)'));
+    const res = await retry(id);
+    expect(res.status, res.text).toBe(200);
+    expect(res.json.status).toBe('running');
+    await waitFor(() => logLines.find((l) => l.msg === 'after-commit action failed; the sweeper will repair it' && l.err?.message === 'Redis unavailable (test)'), { what: 'the failed enqueue to be logged' });
+    expect(await jobState(id, 1, 1)).toBe('unknown');
+    expect((await runRow(id)).status).toBe('running');
+
+    expect((await sweeper('retry-test-sweep').sweep()).reenqueued).toBeGreaterThanOrEqual(1);
+    expect((await waitStatus(id, ['completed', 'failed'])).status).toBe('completed');
+    // From its first step without a completed checkpoint, as a job of the retry's generation.
+    expect(await jobState(id, 2, 1)).toBe('completed');
+    expect(enteredBy(ctl, id)).toEqual([1, 2, 2, 3, 4]);
+  });
+
+  it.each([
+    [1, 'pending'],
+    [2, 'running'],
+  ])('the sweeper leaves a retried run alone while its job is alive (step %i failed, the run %s again)', { timeout: LONG }, async (seq, status) => {
+    const ctl = control([seq]);
+    host(ctl);
+    const id = await failedRun(seq);
+    // (A new run's first job may have entered step 1 twice: once from what the job carried, once after reading the run.)
+    const enteredBefore = enteredBy(ctl, id).filter((s) => s === seq).length;
+    ctl.failing.clear();
+    const held = barrier();
+    ctl.hold = { seq, at: held };
+    try {
+      const res = await retry(id);
+      expect(res.status, res.text).toBe(200);
+      expect(res.json.status).toBe(status);
+      await held.inside;
+      // Untouched for longer than the sweeper's minimum age (0 here), the run's job in a worker's hands.
+      const report = await sweeper(`retry-test-alive-${seq}`).sweep();
+      expect(report.reenqueued).toBe(0);
+      const hash = (await runRow(id)).idempotency_hash.slice(0, 40);
+      expect(await jobsOf(id)).toEqual({ [`gp-${hash}-1-${STEPS[0]}`]: 'failed', [`gp-${hash}-1-${STEPS[0]}-retry1`]: 'active' });
+    } finally {
+      held.release();
+    }
+    expect((await waitStatus(id, ['completed', 'failed'])).status).toBe('completed');
+    expect(enteredBy(ctl, id).filter((s) => s === seq)).toHaveLength(enteredBefore + 1);
+  });
+
+  it("a job the run's failed generation left in the queue ends without a step once the run is retried; the retry's job carries the run", { timeout: LONG }, async () => {
+    const ctl = control([2]);
+    const first = host(ctl);
+    const id = await failedRun(2);
+    await first.stop();
+    ctl.failing.clear();
+    // A job of the run from before the retry, still waiting (e.g. a duplicate a Redis flush left behind), ahead of the retry's.
+    const row = (await stack.db.admin(`select id, tenant_id, workflow, workflow_version, idempotency_hash, correlation_id, traceparent, retry_count from durable_runs where id = $1`, [id])).rows[0];
+    await stack.container.runtime.enqueue(row, 2);
+    expect(await jobState(id, 2)).toBe('waiting');
+    expect((await retry(id)).status).toBe(200);
+    host(ctl);
+    expect((await waitStatus(id, ['completed', 'failed'])).status).toBe('completed');
+    const stale = (await queue().getJob(await jobIdOf(id, 2)))!;
+    await waitFor(async () => (await stale.getState()) === 'completed', { what: 'the leftover job to end' });
+    expect((await queue().getJob(stale.id!))!.returnvalue).toEqual({ run_id: id, from_sequence_num: 2, status: 'ended', steps: [] });
+    const carried = (await queue().getJob(await jobIdOf(id, 1, 1)))!;
+    expect(carried.returnvalue.steps.map((s: { sequence_num: number; replayed: boolean }) => [s.sequence_num, s.replayed])).toEqual([[1, true], [2, false], [3, false], [4, false]]);
+    expect(enteredBy(ctl, id)).toEqual([1, 2, 2, 3, 4]);
+  });
+
+  it('a cancel after a retry, while the retried step runs: the step commits nothing, the run stays cancelled; a retry racing a cancel ends consistently', { timeout: LONG }, async () => {
+    const ctl = control([2]);
+    host(ctl);
+    const id = await failedRun(2);
+    ctl.failing.clear();
+    const held = barrier();
+    ctl.hold = { seq: 2, at: held };
+    try {
+      expect((await retry(id)).status).toBe(200);
+      await held.inside;
+      const cancelled = await cancel(id);
+      expect(cancelled.status, cancelled.text).toBe(200);
+      expect(cancelled.json).toMatchObject({ status: 'cancelled', error: { code: 'cancelled' }, retries: [{ retry: 1 }] });
+    } finally {
+      held.release();
+    }
+    await waitFor(async () => (await jobState(id, 1, 1)) === 'completed', { what: "the retry's job to end quietly" });
+    expect((await runRow(id)).status).toBe('cancelled');
+    expect((await checkpointsOf(id)).map((c) => [c.sequence_num, c.status])).toEqual([[1, 'completed']]);
+    expect((await domainRows(id)).economics_models).toHaveLength(0);
+    // Retrying a cancelled run is refused.
+    expect((await retry(id)).json).toMatchObject({ code: 'run_not_failed', run_status: 'cancelled' });
+
+    // A retry and a cancel at once on a failed run: the cancel either comes second (the retry made the
+    // run active again) and cancels it, or comes first and is refused (a failed run has ended).
+    delete ctl.hold;
+    ctl.failing.add(2);
+    const raced = await failedRun(2);
+    ctl.failing.clear();
+    const [r, c] = await Promise.all([retry(raced), cancel(raced)]);
+    expect(r.status, r.text).toBe(200);
+    if (c.status === 200) {
+      expect(c.json.retries).toHaveLength(1);
+      await waitFor(async () => (await jobState(raced, 1, 1)) === 'completed', { what: "the retry's job to end" });
+      expect((await runRow(raced)).status).toBe('cancelled');
+    } else {
+      // Refused: the cancel read the run before the retry (failed), or after the retried run had finished.
+      expect(c.status, c.text).toBe(409);
+      expect(c.json.code).toBe('run_not_active');
+      expect(['failed', 'completed']).toContain(c.json.run_status);
+      expect((await waitStatus(raced, ['completed', 'failed', 'cancelled'])).status).toBe('completed');
+    }
+  });
+
+  it('a run of a workflow version this API does not register: 503 workflow_version_unavailable, nothing changes, and the key is free for a later try', { timeout: LONG }, async () => {
+    const ctl = control([2]);
+    host(ctl);
+    const id = await failedRun(2);
+    // As if a later release (v2) had started it and this instance runs v1 only (a rolling deploy).
+    await stack.db.admin(`update durable_runs set workflow_version = 2 where id = $1`, [id]);
+    const before = { run: await runRow(id), checkpoints: await checkpointsOf(id) };
+    const key = randomUUID();
+    const res = await retry(id, tok.submitter!, key);
+    expect(res.status, res.text).toBe(503);
+    expect(res.json.code).toBe('workflow_version_unavailable');
+    expect(Number(res.headers.get('retry-after'))).toBeGreaterThan(0);
+    expect(await runRow(id)).toEqual(before.run);
+    expect(await checkpointsOf(id)).toEqual(before.checkpoints);
+    // An instance that has the version takes the same key.
+    await stack.db.admin(`update durable_runs set workflow_version = 1 where id = $1`, [id]);
+    ctl.failing.clear();
+    const later = await retry(id, tok.submitter!, key);
+    expect(later.status, later.text).toBe(200);
+    expect(later.headers.get('idempotent-replayed')).toBeNull();
+    expect((await waitStatus(id, ['completed', 'failed'])).status).toBe('completed');
+  });
+
+  it('a run failed for non-determinism: retried under the same code it fails the same way and writes nothing; retried once the code agrees, it completes', { timeout: LONG }, async () => {
+    const fixed = control([2]);
+    const original = host(fixed);
+    const id = await failedRun(2);
+    await original.stop();
+    // The code changed in place (step 1 renamed, same version): the run's checkpoint 1 disagrees.
+    const changed = control();
+    changed.renamedFirst = true;
+    const changedHost = host(changed);
+    expect((await retry(id)).status).toBe(200);
+    const again = await waitStatus(id, ['failed', 'completed']);
+    expect(again).toMatchObject({ status: 'failed', error: { code: 'non_determinism', sequence_num: 2 } });
+    expect(enteredBy(changed, id)).toEqual([]);
+    const rows = await domainRows(id);
+    expect(rows.partner_dossiers).toHaveLength(1);
+    expect(rows.economics_models).toHaveLength(0);
+    await changedHost.stop();
+
+    fixed.failing.clear();
+    host(fixed);
+    const res = await retry(id);
+    expect(res.status, res.text).toBe(200);
+    expect(res.json.retries.map((r: { error: { code: string } }) => r.error.code)).toEqual(['test_permanent', 'non_determinism']);
+    expect((await waitStatus(id, ['completed', 'failed'])).status).toBe('completed');
+    expect(enteredBy(fixed, id)).toEqual([1, 2, 2, 3, 4]);
+  });
+
+  it('a run that failed after its waiting step had committed (its approval request open): 409 run_not_retryable, nothing changes', { timeout: LONG }, async () => {
+    const first = host(control());
+    const id = await submit(SAMPLE_SUBMISSION); // class B: waits for a human at step 3
+    expect((await waitStatus(id, ['waiting', 'failed'])).status).toBe('waiting');
+    await first.stop();
+    // A job of the run delivered to code changed in place fails it for non-determinism at the step it
+    // waits at: the executor records the failure on that step's checkpoint, which keeps its output.
+    await queue().remove(await jobIdOf(id, 1));
+    const changed = control();
+    changed.renamedFirst = true;
+    host(changed);
+    const run = (await stack.db.admin(`select id, tenant_id, workflow, workflow_version, idempotency_hash, correlation_id, traceparent, retry_count from durable_runs where id = $1`, [id])).rows[0];
+    await stack.container.runtime.enqueue(run, 1);
+    expect(await waitStatus(id, ['failed'])).toMatchObject({ error: { code: 'non_determinism', sequence_num: 3 } });
+    const before = { run: await runRow(id), checkpoints: await checkpointsOf(id), rows: await domainRows(id) };
+    expect(before.checkpoints[2]).toMatchObject({ sequence_num: 3, status: 'failed', has_output: true });
+
+    const res = await retry(id);
+    expect(res.status, res.text).toBe(409);
+    expect(res.json).toMatchObject({ code: 'run_not_retryable', run_status: 'failed' });
+    expect(res.json.detail).toContain('step 3 (approval-packet)');
+    expect({ run: await runRow(id), checkpoints: await checkpointsOf(id), rows: await domainRows(id) }).toEqual(before);
+  });
+});
