@@ -446,12 +446,15 @@ export class DurableRuntime {
     return new Map(expect.prefetch.map((p) => [p.seq, row[`prefetch_${p.seq}`] ?? null]));
   }
 
-  /** Ends a run (terminal status), e.g. failed after its retries or expired while waiting. Only an active run moves. */
+  /**
+   * Ends a run (terminal status), e.g. failed after its retries or expired while waiting. Only an active
+   * run moves; `status || ''` keeps the row found by its key, never through the partial index of active runs.
+   */
   async complete(em: EntityManager, runId: string, status: Exclude<RunStatus, 'pending' | 'running' | 'waiting'>, result: { output?: unknown; error?: unknown } = {}): Promise<boolean> {
     const res = (await em.execute(
       `update durable_runs set status = ?, output = coalesce(?::jsonb, output), error = ?::jsonb, completed_at = now(), updated_at = now(),
               lease_owner = null, lease_expires_at = null
-        where id = ? and status in ('pending', 'running', 'waiting')`,
+        where id = ? and (status || '') in ('pending', 'running', 'waiting')`,
       [status, result.output === undefined ? null : JSON.stringify(result.output), result.error === undefined ? null : JSON.stringify(result.error), runId],
       'run',
     )) as { affectedRows?: number };
