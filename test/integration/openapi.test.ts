@@ -98,7 +98,7 @@ describe('429 rate_limited is documented on every route, and the submission limi
       if (/submissions per minute/.test(responses['429'].description)) limited.push(label);
       expect(/submissions per minute/.test(responses['429'].description), label).toBe(def.admission !== undefined);
     }
-    expect(limited).toEqual(['POST /api/v1/golden-path/run']);
+    expect(limited).toEqual(['POST /api/v1/golden-path/run', 'POST /api/v1/golden-path/runs/:id/retry']);
     // Not "every mutating route": these mutate, and no submission limit stands in their way.
     const unlimitedMutating = stack.container.routes.filter((d) => MUTATING_METHODS.has(d.method) && !d.admission).map((d) => `${d.method.toUpperCase()} ${d.path}`);
     expect(unlimitedMutating).toEqual(expect.arrayContaining(['POST /api/v1/approvals/:id/decision', 'PUT /api/v1/approval-policy']));

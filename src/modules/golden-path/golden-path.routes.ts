@@ -133,6 +133,9 @@ export function goldenPathRoutes(deps: {
       summary: 'Retry a failed run from its last checkpoint (its submitter, or a tenant admin): completed steps are kept, the failed step runs again with fresh attempts',
       tags: ['golden-path'],
       idempotency: 'required',
+      // A retry starts work again: admitted like a submission (the tenant's rate and runs-in-flight cap, 429),
+      // so retrying many failed runs at once cannot put a tenant past its cap.
+      ...(deps.admission ? { admission: deps.admission } : {}),
       params: uuidParam,
       responses: {
         200: { description: 'The run, active again (pending or running), its failure recorded in `retries`', schema: runView },
