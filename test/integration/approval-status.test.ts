@@ -120,6 +120,24 @@ describe('a cancelled run withdraws its pending approval request', () => {
     expect(await requestRow(approvalId)).toMatchObject({ status: 'withdrawn', decisions: 0 });
     expect(await approval(approvalId)).toEqual(withdrawn);
   });
+
+  it('a request that already reads expired (its deadline passed, its timer not run yet) stays expired at its deadline when its run is cancelled, never rewritten as withdrawn', { timeout: LONG }, async () => {
+    const { runId, approvalId } = await submitWaiting(SAMPLE_SUBMISSION);
+    // Past its deadline while its timer is still delayed to the original one: the run still waits.
+    await stack.db.admin(`update approval_requests set sla_deadline = date_trunc('milliseconds', now()) - interval '1 minute' where id = $1`, [approvalId]);
+    const read = await approval(approvalId);
+    expect(read).toMatchObject({ status: 'expired', decided_at: read.sla_deadline });
+    expect(ids(await listAll('status=expired', 50))).toContain(approvalId);
+
+    const res = await cancel(runId);
+    expect(res.status, res.text).toBe(200);
+    expect(res.json.status).toBe('cancelled');
+    // What it read before the cancel is what it reads after, and what is stored.
+    expect(await approval(approvalId)).toEqual(read);
+    expect(ids(await listAll('status=expired', 50))).toContain(approvalId);
+    expect(ids(await listAll('status=withdrawn', 50))).not.toContain(approvalId);
+    expect(await requestRow(approvalId)).toMatchObject({ status: 'expired', decided_at: new Date(read.sla_deadline) });
+  });
 });
 
 describe('a pending request past its SLA deadline reads expired before a worker records it', () => {
@@ -255,7 +273,7 @@ describe('a cancel racing a decision: both orders forced, no deadlock, a consist
     ['a decision', 'cancelFirst', 'decision'],
     ["the SLA timer's expiry", 'cancelFirstExpiry', 'expiry'],
   ] as const)(
-    'the cancel locks the run first and is held before it withdraws the request; %s sent then waits for the run, not holding the request, and finds it withdrawn once the cancel commits',
+    'the cancel locks the run first and is held before it withdraws the request; %s sent then waits for the run, not holding the request, and finds it ended once the cancel commits',
     { timeout: LONG },
     async (what, which, contender) => {
       const { runId, approvalId } = waiting[which];
@@ -282,8 +300,12 @@ describe('a cancel racing a decision: both orders forced, no deadlock, a consist
         await check();
         const run = await runRow(runId);
         expect(run).toMatchObject({ status: 'cancelled' });
-        expect(await requestRow(approvalId)).toMatchObject({ status: 'withdrawn', decided_at: run.completed_at, decisions: 0 });
-        expect((await approval(approvalId)).status).toBe('withdrawn');
+        // A request past its deadline (the expiry's) already read expired: the cancel records it so, at its deadline.
+        const stored = await requestRow(approvalId);
+        if (contender === 'expiry') expect(stored).toMatchObject({ status: 'expired', decisions: 0 });
+        else expect(stored).toMatchObject({ status: 'withdrawn', decided_at: run.completed_at, decisions: 0 });
+        if (contender === 'expiry') expect(stored.decided_at).toEqual(stored.sla_deadline);
+        expect((await approval(approvalId)).status).toBe(stored.status);
       } finally {
         await gate.query('rollback').catch(() => {});
         await gate.end();

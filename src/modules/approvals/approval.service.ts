@@ -110,13 +110,17 @@ export class ApprovalService {
   /**
    * The run is being cancelled, in the caller's transaction, which holds the run row `for update`: its
    * pending request (if it waits on one) is withdrawn — `withdrawn`, `decided_at` the cancel's time,
-   * the same as the run's `completed_at` — and the returned function, called after the commit, removes
+   * the same as the run's `completed_at`; one past its SLA deadline, which already reads `expired`,
+   * is recorded `expired` at its deadline instead — and the returned function, called after the commit, removes
    * its SLA timer. Undefined when there is no timer to remove. A request already decided stays as it
    * was: that is its history (an approved run cancelled in its next step).
    */
   async runCancelled(em: EntityManager, tenantId: string, runId: string): Promise<(() => Promise<void>) | undefined> {
+    // A pending request already past its deadline has read `expired` (decided_at its deadline) since
+    // then, though its timer has not recorded it yet: it is recorded as it read, never rewritten as withdrawn.
     const [req] = await em.execute<{ sla_deadline: Date | null; idempotency_hash: string }[]>(
-      `update approval_requests a set status = 'withdrawn', decided_at = now(), updated_at = now()
+      `update approval_requests a set status = case when a.sla_deadline <= now() then 'expired' else 'withdrawn' end,
+              decided_at = case when a.sla_deadline <= now() then a.sla_deadline else now() end, updated_at = now()
          from (select tenant_id, id, idempotency_hash from durable_runs where tenant_id = ? and id = ? for update) r
         where a.tenant_id = r.tenant_id and a.run_id = r.id and a.status = 'pending'
         returning a.sla_deadline, r.idempotency_hash`,
