@@ -50,6 +50,7 @@ describe('retrying a failed run through the API', () => {
     tok.submitter = await t('submitter-1');
     tok.other = await t('someone-else');
     tok.admin = await t('admin-1', ['admin']);
+    tok.approver = await t('approver-1', ['approver']);
     tok.otherTenantAdmin = await stack.token({ tenantId: newTenant(), sub: 'submitter-1', roles: ['admin'] });
   }, LONG);
   afterEach(async () => {
@@ -488,5 +489,34 @@ describe('retrying a failed run through the API', () => {
     expect(res.json).toMatchObject({ code: 'run_not_retryable', run_status: 'failed' });
     expect(res.json.detail).toContain('step 3 (approval-packet)');
     expect({ run: await runRow(id), checkpoints: await checkpointsOf(id), rows: await domainRows(id) }).toEqual(before);
+  });
+  it('a class B run approved by a human whose last step then failed for good: retried, only the last step runs again; the decision and its request stay as they were', { timeout: LONG }, async () => {
+    const ctl = control([4]);
+    host(ctl);
+    const id = await submit(SAMPLE_SUBMISSION); // class B: waits for a human at step 3
+    expect((await waitStatus(id, ['waiting', 'failed'])).status).toBe('waiting');
+    const [request] = (await stack.db.admin(`select id from approval_requests where run_id = $1`, [id])).rows;
+    const decided = await api(stack, 'POST', `/api/v1/approvals/${request.id}/decision`, { token: tok.approver!, body: { decision: 'approve' }, headers: { 'Idempotency-Key': randomUUID() } });
+    expect(decided.status, decided.text).toBe(200);
+    expect(await waitStatus(id, ['failed', 'completed'])).toMatchObject({ status: 'failed', error: { code: 'test_permanent', sequence_num: 4 } });
+    const before = { checkpoints: await checkpointsOf(id), rows: await domainRows(id) };
+    expect(before.checkpoints.map((c) => [c.sequence_num, c.status])).toEqual([[1, 'completed'], [2, 'completed'], [3, 'completed'], [4, 'failed']]);
+    const decisionRows = async () => (await stack.db.admin(`select a.status, a.decided_at, d.id as decision_id from approval_requests a join approval_decisions d on d.approval_request_id = a.id where a.run_id = $1`, [id])).rows;
+    const decisionsBefore = await decisionRows();
+    expect(decisionsBefore).toHaveLength(1);
+
+    ctl.failing.clear();
+    const res = await retry(id);
+    expect(res.status, res.text).toBe(200);
+    expect(res.json).toMatchObject({ status: 'running', progress: { completed_steps: 3, current_sequence_num: 4 } });
+    expect((await waitStatus(id, ['completed', 'failed'])).status).toBe('completed');
+    const after = { checkpoints: await checkpointsOf(id), rows: await domainRows(id) };
+    expect(after.checkpoints.slice(0, 3)).toEqual(before.checkpoints.slice(0, 3));
+    for (const table of ['partner_dossiers', 'economics_models', 'approval_requests']) expect(after.rows[table], table).toEqual(before.rows[table]);
+    expect(after.rows.evidence_packs).toHaveLength(1);
+    expect(await decisionRows()).toEqual(decisionsBefore);
+    // Steps 1-3 entered once each (3 up to its wait), step 4 twice: the failed attempt and the retry's.
+    expect(enteredBy(ctl, id).filter((seq) => seq === 4)).toHaveLength(2);
+    expect(enteredBy(ctl, id).filter((seq) => seq < 3)).toEqual([1, 2]);
   });
 });
