@@ -519,4 +519,31 @@ describe('retrying a failed run through the API', () => {
     expect(enteredBy(ctl, id).filter((seq) => seq === 4)).toHaveLength(2);
     expect(enteredBy(ctl, id).filter((seq) => seq < 3)).toEqual([1, 2]);
   });
+  it("a job of the failed generation still inside its step when the run is retried: its failure for good does not fail the retried run", { timeout: LONG }, async () => {
+    const ctl = control([2]);
+    const held = barrier();
+    ctl.hold = { seq: 2, at: held };
+    host(ctl);
+    const id = await submit();
+    await held.inside; // the run's first job, in step 2, read the run before any retry
+    ctl.hold = undefined;
+    // A duplicate job of the same generation (as a stalled job's re-delivery would be) fails step 2 for good: the run fails.
+    const row = (await stack.db.admin(`select id, tenant_id, workflow, workflow_version, idempotency_hash, correlation_id, traceparent, retry_count from durable_runs where id = $1`, [id])).rows[0];
+    await stack.container.runtime.enqueue(row, 2);
+    host(ctl);
+    expect(await waitStatus(id, ['failed'])).toMatchObject({ error: { code: 'test_permanent', sequence_num: 2 } });
+    // Retried: the retry's job (the next generation) reaches step 2 and is held there.
+    const retriedHeld = barrier();
+    ctl.hold = { seq: 2, at: retriedHeld };
+    expect((await retry(id)).status).toBe(200);
+    await retriedHeld.inside;
+    // The first job now fails step 2 for good: it must not fail the retried run.
+    held.release();
+    await waitFor(async () => ['completed', 'failed'].includes(await jobState(id, 1)), { what: 'the first job to end' });
+    expect(await runRow(id)).toMatchObject({ status: 'running', retry_count: 1, error: null });
+    ctl.failing.clear();
+    ctl.hold = undefined;
+    retriedHeld.release();
+    expect((await waitStatus(id, ['completed', 'failed'])).status).toBe('completed');
+  });
 });

@@ -399,6 +399,11 @@ export class StepExecutor {
         log.error({ err: me }, 'could not record the failure');
         return 'failed' as const;
       });
+      if (recorded === 'superseded') {
+        // The run was retried after this job read it (ADR 0009): its failure is not the retried run's.
+        log.info({ err: err.message, permanent, job_retry: d.retry ?? 0 }, 'step failed for good, but its run was retried since this job read it: the retry\'s job carries the run');
+        return 'run-ended';
+      }
       if (recorded === 'run-ended') {
         // The run ended meanwhile (an API client cancelled it): it stays as it ended, and the job ends
         // quietly once it has read the run again, like a job that finds it ended when it starts.
@@ -421,12 +426,18 @@ export class StepExecutor {
   /**
    * Records the step's failure and fails the run, in one transaction. With `stepRan`,
    * `completed-elsewhere` (nothing written) when the step's checkpoint is already completed: another
-   * execution of the job committed it; `run-ended` when the run had ended (cancelled) and stays so.
+   * execution of the job committed it; `run-ended` when the run had ended (cancelled) and stays so;
+   * `superseded` (nothing written) when the run was retried since the job was added: a job of an
+   * earlier generation that read the run before the retry must not fail the retried run.
    */
-  private async markFailed(d: StepJobData, seq: number, stepName: string, err: Error, attempt: number, stepRan: boolean): Promise<'failed' | 'completed-elsewhere' | 'run-ended'> {
+  private async markFailed(d: StepJobData, seq: number, stepName: string, err: Error, attempt: number, stepRan: boolean): Promise<'failed' | 'completed-elsewhere' | 'run-ended' | 'superseded'> {
     const em = tenantEm(this.o.orm, d.tenant_id);
     const error = { code: err instanceof AppError ? err.code : err.name, message: err.message.slice(0, 2000) };
     return em.transactional(async (tx) => {
+      // `for key share`, the lock the checkpoint's foreign key takes anyway: a retry in progress (it holds
+      // the row `for update`) is waited for, and then its generation is seen. Failure path only.
+      const [run] = await tx.execute<{ retry_count: number }[]>(`select retry_count from durable_runs where id = ? for key share`, [d.run_id]);
+      if (run && run.retry_count !== (d.retry ?? 0)) return 'superseded';
       const written = await tx.execute<{ id: string }[]>(
         `insert into durable_checkpoints (id, tenant_id, run_id, sequence_num, step_name, status, error, attempt, created_at, updated_at)
          values (gen_random_uuid(), ?, ?, ?, ?, 'failed', ?::jsonb, ?, now(), now())
