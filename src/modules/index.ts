@@ -14,7 +14,7 @@ import { namedJobId } from '../platform/queue/job-ids.ts';
 import { goldenPathRoutes } from './golden-path/golden-path.routes.ts';
 import { GOLDEN_PATH_QUEUE, goldenPathWorkflow } from './golden-path/golden-path.workflow.ts';
 import { approvalPacketStep, type SlaScheduler } from './approvals/approval-packet.step.ts';
-import { ApprovalService } from './approvals/approval.service.ts';
+import { ApprovalService, closePendingRequest } from './approvals/approval.service.ts';
 import { approvalRoutes } from './approvals/approvals.routes.ts';
 import { approvalPolicyRoutes } from './approvals/approval-policy.routes.ts';
 import { SLA_JOB_NAME } from './approvals/approval.constants.ts';
@@ -95,7 +95,12 @@ export function workflowsFor(config: Config, deps: { queue: () => Queue }): Work
       const state = await queue.getJobState(slaJobId(req.idempotency_hash));
       if (state === 'failed' || state === 'completed') await queue.remove(slaJobId(req.idempotency_hash));
       await sla.schedule({ tenantId: req.tenant_id, runId, approvalRequestId: '', idempotencyHash: req.idempotency_hash, deadline: new Date(req.sla_deadline) });
-    }, slaJobId),
+    }, slaJobId,
+    // A run that fails for good while it waits leaves no request open that no one may decide. Its SLA
+    // timer stays and finds the request closed when it fires (expire: not_pending).
+    async (em, { tenantId, runId }) => {
+      await closePendingRequest(em, tenantId, runId);
+    }),
   ];
 }
 

@@ -467,7 +467,7 @@ describe('retrying a failed run through the API', () => {
     expect(enteredBy(fixed, id)).toEqual([1, 2, 2, 3, 4]);
   });
 
-  it('a run that failed after its waiting step had committed (its approval request open): 409 run_not_retryable, nothing changes', { timeout: LONG }, async () => {
+  it('a run that failed after its waiting step had committed: its approval request is withdrawn with it; a retry answers 409 run_not_retryable, nothing changes', { timeout: LONG }, async () => {
     const first = host(control());
     const id = await submit(SAMPLE_SUBMISSION); // class B: waits for a human at step 3
     expect((await waitStatus(id, ['waiting', 'failed'])).status).toBe('waiting');
@@ -481,6 +481,14 @@ describe('retrying a failed run through the API', () => {
     const run = (await stack.db.admin(`select id, tenant_id, workflow, workflow_version, idempotency_hash, correlation_id, traceparent, retry_count from durable_runs where id = $1`, [id])).rows[0];
     await stack.container.runtime.enqueue(run, 1);
     expect(await waitStatus(id, ['failed'])).toMatchObject({ error: { code: 'non_determinism', sequence_num: 3 } });
+    // Its approval request, which no one may decide any more, closed with the run (withdrawn, in the
+    // failure's transaction): approvers no longer see it among the pending ones.
+    const [request] = (await stack.db.admin(`select a.id, a.status, a.decided_at, r.completed_at from approval_requests a join durable_runs r on r.id = a.run_id where a.run_id = $1`, [id])).rows;
+    expect(request).toMatchObject({ status: 'withdrawn', decided_at: request.completed_at });
+    const pending = await api(stack, 'GET', '/api/v1/approvals?status=pending&limit=100', { token: tok.approver! });
+    expect(pending.status, pending.text).toBe(200);
+    expect(pending.json.items.map((i: { id: string }) => i.id)).not.toContain(request.id);
+    expect((await api(stack, 'GET', `/api/v1/approvals/${request.id}`, { token: tok.approver! })).json.status).toBe('withdrawn');
     const before = { run: await runRow(id), checkpoints: await checkpointsOf(id), rows: await domainRows(id) };
     expect(before.checkpoints[2]).toMatchObject({ sequence_num: 3, status: 'failed', has_output: true });
 

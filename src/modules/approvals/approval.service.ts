@@ -116,16 +116,7 @@ export class ApprovalService {
    * was: that is its history (an approved run cancelled in its next step).
    */
   async runCancelled(em: EntityManager, tenantId: string, runId: string): Promise<(() => Promise<void>) | undefined> {
-    // A pending request already past its deadline has read `expired` (decided_at its deadline) since
-    // then, though its timer has not recorded it yet: it is recorded as it read, never rewritten as withdrawn.
-    const [req] = await em.execute<{ sla_deadline: Date | null; idempotency_hash: string }[]>(
-      `update approval_requests a set status = case when a.sla_deadline <= now() then 'expired' else 'withdrawn' end,
-              decided_at = case when a.sla_deadline <= now() then a.sla_deadline else now() end, updated_at = now()
-         from (select tenant_id, id, idempotency_hash from durable_runs where tenant_id = ? and id = ? for update) r
-        where a.tenant_id = r.tenant_id and a.run_id = r.id and a.status = 'pending'
-        returning a.sla_deadline, r.idempotency_hash`,
-      [tenantId, runId],
-    );
+    const req = await closePendingRequest(em, tenantId, runId);
     const sla = this.sla;
     if (!req?.sla_deadline || !sla) return undefined;
     return () => sla.cancel({ idempotencyHash: req.idempotency_hash });
@@ -174,4 +165,26 @@ export class ApprovalService {
     if (!cp) throw new NotFoundError('approval checkpoint');
     return { seq: cp.sequence_num, packet: approvalPacketSchema.parse(cp.output) };
   }
+}
+
+/**
+ * Closes the pending approval request of a run that ended without it (cancelled, or failed while it
+ * waited), in the caller's transaction, which has already locked the run row (the cancel `for update`,
+ * a failure by moving it: `for no key update`, which this statement takes again — no stronger lock,
+ * which a step's key-share lock would make it wait for while that step waits for the run), so the
+ * run is locked before the request (the lock order of the class comment): `withdrawn` at now(); one already past its SLA deadline, which has read `expired` since
+ * then though its timer has not recorded it, is recorded `expired` at its deadline, as it read —
+ * never rewritten as withdrawn. A request already decided stays as it was. Returns the closed
+ * request's deadline and its run's idempotency hash (what its SLA timer is keyed by), if one was open.
+ */
+export async function closePendingRequest(em: EntityManager, tenantId: string, runId: string): Promise<{ sla_deadline: Date | null; idempotency_hash: string } | undefined> {
+  const [req] = await em.execute<{ sla_deadline: Date | null; idempotency_hash: string }[]>(
+    `update approval_requests a set status = case when a.sla_deadline <= now() then 'expired' else 'withdrawn' end,
+            decided_at = case when a.sla_deadline <= now() then a.sla_deadline else now() end, updated_at = now()
+       from (select tenant_id, id, idempotency_hash from durable_runs where tenant_id = ? and id = ? for no key update) r
+      where a.tenant_id = r.tenant_id and a.run_id = r.id and a.status = 'pending'
+      returning a.sla_deadline, r.idempotency_hash`,
+    [tenantId, runId],
+  );
+  return req;
 }

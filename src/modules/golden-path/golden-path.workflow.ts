@@ -17,6 +17,7 @@ export function goldenPathWorkflow(
   evidencePack: StepDef,
   repairWaiting: WorkflowDef['repairWaiting'],
   waitingJobId?: WorkflowDef['waitingJobId'],
+  onFailed?: WorkflowDef['onFailed'],
 ): WorkflowDef {
   return defineWorkflow({
     name: GOLDEN_PATH,
@@ -31,5 +32,6 @@ export function goldenPathWorkflow(
     },
     ...(repairWaiting ? { repairWaiting } : {}),
     ...(waitingJobId ? { waitingJobId } : {}),
+    ...(onFailed ? { onFailed } : {}),
   });
 }

@@ -395,7 +395,7 @@ export class StepExecutor {
       throw new UnrecoverableError(err.message);
     }
     if (permanent || lastAttempt) {
-      const recorded = await this.markFailed(d, seq, step?.name ?? d.step, err, attempt, stepRan).catch((me) => {
+      const recorded = await this.markFailed(d, wf, seq, step?.name ?? d.step, err, attempt, stepRan).catch((me) => {
         log.error({ err: me }, 'could not record the failure');
         return 'failed' as const;
       });
@@ -430,7 +430,7 @@ export class StepExecutor {
    * `superseded` (nothing written) when the run was retried since the job was added: a job of an
    * earlier generation that read the run before the retry must not fail the retried run.
    */
-  private async markFailed(d: StepJobData, seq: number, stepName: string, err: Error, attempt: number, stepRan: boolean): Promise<'failed' | 'completed-elsewhere' | 'run-ended' | 'superseded'> {
+  private async markFailed(d: StepJobData, wf: WorkflowDef, seq: number, stepName: string, err: Error, attempt: number, stepRan: boolean): Promise<'failed' | 'completed-elsewhere' | 'run-ended' | 'superseded'> {
     const em = tenantEm(this.o.orm, d.tenant_id);
     const error = { code: err instanceof AppError ? err.code : err.name, message: err.message.slice(0, 2000) };
     return em.transactional(async (tx) => {
@@ -448,6 +448,8 @@ export class StepExecutor {
       );
       if (written.length === 0 && stepRan) return 'completed-elsewhere';
       const failed = await this.o.runtime.complete(tx, d.run_id, 'failed', { error: { ...error, step: stepName, sequence_num: seq } });
+      // What the run left open while it waited (a pending approval request) closes with it.
+      if (failed) await wf.onFailed?.(tx, { tenantId: d.tenant_id, runId: d.run_id });
       // Only a step's own failure: a failure to read the run (non-determinism, say) would recur on the re-read.
       return failed || !stepRan ? 'failed' : 'run-ended';
     });

@@ -136,6 +136,13 @@ export interface WorkflowDef<In = any> {
    * `repairWaiting` for a run whose job is gone (lost, failed for good, or ended early).
    */
   waitingJobId?(idempotencyHash: string): string;
+  /**
+   * Called in the transaction that fails a run for good (its step's attempts spent, a permanent
+   * error, non-determinism), under the run's tenant, after the run row was locked and moved to
+   * `failed`: closes what the run left open while it waited, e.g. a pending approval request that no
+   * one may decide any more. Lock order: the run row, then what the hook touches.
+   */
+  onFailed?(em: EntityManager, run: { tenantId: string; runId: string }): Promise<void>;
 }
 
 export function defineWorkflow<In>(def: WorkflowDef<In>): WorkflowDef<In> {
