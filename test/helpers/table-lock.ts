@@ -10,12 +10,15 @@ export interface TableLock {
   close(): Promise<void>;
 }
 
-/** Holds `table` in EXCLUSIVE mode (reads go on, writes wait) on a connection of its own, as `url`'s role. */
-export async function holdTable(url: string, table: string): Promise<TableLock> {
+/**
+ * Holds `table` on a connection of its own, as `url`'s role: in EXCLUSIVE mode by default (reads go
+ * on, writes wait), or ACCESS EXCLUSIVE (reads wait too).
+ */
+export async function holdTable(url: string, table: string, mode: 'exclusive' | 'access exclusive' = 'exclusive'): Promise<TableLock> {
   const client = new pg.Client({ connectionString: url });
   await client.connect();
   await client.query('begin');
-  await client.query(`lock table ${table} in exclusive mode`);
+  await client.query(`lock table ${table} in ${mode} mode`);
   let held = true;
   return {
     async waiting(what) {

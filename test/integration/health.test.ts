@@ -1,7 +1,8 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { api, startStack, type TestStack } from '../helpers/stack.ts';
+import { api, newTenant, startStack, type TestStack } from '../helpers/stack.ts';
 import { waitFor } from '../helpers/poll.ts';
 import { freePort } from '../helpers/own-infra.ts';
+import { holdTable } from '../helpers/table-lock.ts';
 
 /** On a redis-server of this test alone (never the shared one): it is stopped and started again here. */
 let stack: TestStack;
@@ -53,6 +54,29 @@ describe('health and readiness', () => {
       await stack.db.owner('insert into mikro_orm_migrations (id, name, executed_at) values ($1, $2, $3)', [row.id, row.name, row.executed_at]);
     }
     expect((await api(stack, 'GET', '/readyz')).status).toBe(200);
+  });
+
+  it('probes of a slow database share one check: they never hold the pool, and tenants are still served', { timeout: 60_000 }, async () => {
+    // /readyz is public and never shed. Its checks used to run per probe, and a probe that gave up
+    // (its timeout) left its statement running on a pool connection: while the database was slow —
+    // here the migrations table is locked, so the migrations check waits — a handful of anonymous
+    // probes held every connection of the pool, and tenants' requests failed with 503.
+    const token = await stack.token({ tenantId: newTenant(), sub: 'health-tenant' });
+    const lock = await holdTable(stack.db.ownerUrl, 'mikro_orm_migrations', 'access exclusive');
+    try {
+      const probes = await Promise.all(Array.from({ length: Number(stack.env.DATABASE_POOL_MAX) + 3 }, () => api(stack, 'GET', '/readyz')));
+      for (const p of probes) expect(p.json).toMatchObject({ status: 503, code: 'not_ready', checks: { postgres: { ok: true }, migrations: { ok: false } } });
+      // One statement of all those probes waits for the table; the pool has room for a tenant.
+      const { rows } = await stack.db.admin(
+        `select count(*)::int as n from pg_locks l join pg_class c on c.oid = l.relation where c.relname = 'mikro_orm_migrations' and not l.granted`,
+      );
+      expect(rows[0].n).toBe(1);
+      const runs = await api(stack, 'GET', '/api/v1/golden-path/runs', { token });
+      expect(runs.status, runs.text).toBe(200);
+    } finally {
+      await lock.close();
+    }
+    await waitFor(async () => (await api(stack, 'GET', '/readyz')).status === 200, { timeoutMs: 30_000, what: 'readiness once the table is free' });
   });
 });
 

@@ -19,25 +19,46 @@ async function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<
 }
 
 /**
+ * `op`, but never twice at once: a call while the previous one still runs gets that one's outcome.
+ * A probe that gives up on a check (its timeout) does not stop the check's statement, which keeps its
+ * pool connection until it ends.
+ */
+function oneAtATime<T>(op: () => Promise<T>): () => Promise<T> {
+  let running: Promise<T> | undefined;
+  return () =>
+    (running ??= Promise.resolve()
+      .then(op)
+      .finally(() => (running = undefined)));
+}
+
+/**
  * Readiness: PostgreSQL answers, Redis answers, migrations are current. 503 problem+json naming what
  * is not. The endpoint is public (probes), so it says which check failed in fixed words; the
  * driver's own message (host names, addresses, role names) goes to the log only.
+ *
+ * Public and never shed (load-shed.ts), so a check runs once at a time however many probes ask:
+ * probes that arrive while it runs share its outcome (each still answers within its timeout). Else
+ * anonymous probes of a slow database — each left its statement running when it gave up — held every
+ * connection of the pool, and tenants' requests failed with 503.
  */
 export function readiness(deps: { orm: MikroORM; redis: Redis; logger?: Logger }) {
   const failed = (check: string, detail: string) => (e: Error) => {
     deps.logger?.warn({ check, err: e.message }, 'readiness check failed');
     return { ok: false, detail };
   };
+  const postgres = oneAtATime(() => deps.orm.em.getConnection().execute('select 1'));
+  const redis = oneAtATime(() => deps.redis.ping());
+  const pending = oneAtATime(() => deps.orm.migrator.getPending());
   return async (_req: Request, res: Response): Promise<void> => {
     const checks: Record<string, { ok: boolean; detail?: string }> = {};
     await Promise.all([
-      withTimeout(deps.orm.em.getConnection().execute('select 1'), 2000, 'postgres')
+      withTimeout(postgres(), 2000, 'postgres')
         .then(() => (checks.postgres = { ok: true }))
         .catch((e: Error) => (checks.postgres = failed('postgres', 'unreachable or too slow')(e))),
-      withTimeout(deps.redis.ping(), 2000, 'redis')
+      withTimeout(redis(), 2000, 'redis')
         .then(() => (checks.redis = { ok: true }))
         .catch((e: Error) => (checks.redis = failed('redis', 'unreachable or too slow')(e))),
-      withTimeout(deps.orm.migrator.getPending(), 3000, 'migrations')
+      withTimeout(pending(), 3000, 'migrations')
         .then((p) => (checks.migrations = p.length ? { ok: false, detail: `${p.length} pending` } : { ok: true }))
         .catch((e: Error) => (checks.migrations = failed('migrations', 'unknown: the migrations table could not be read')(e))),
     ]);
