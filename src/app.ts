@@ -15,7 +15,7 @@ import { methodNotAllowed } from './platform/http/method-not-allowed.ts';
 export function createApp(c: Container): Express {
   const app = express();
   app.disable('x-powered-by');
-  app.set('trust proxy', 'loopback');
+  app.set('trust proxy', c.config.TRUST_PROXY);
   app.set('query parser', 'simple');
   app.use(correlationMiddleware);
   app.use(httpLogger(c.logger));

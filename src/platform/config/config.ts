@@ -48,6 +48,24 @@ export const configSchema = z
   .object({
     NODE_ENV: z.enum(['development', 'test', 'production']).default('development'),
     PORT: z.coerce.number().int().min(0).max(65535).default(3000),
+    /**
+     * Which peers' X-Forwarded-For / -Proto the API believes (Express's `trust proxy`): `loopback`
+     * (default), `false`, `true` (any peer: only behind a proxy that overwrites the headers), a hop
+     * count (`1` behind one load balancer, e.g. Heroku's router), or addresses/subnets, comma-separated.
+     * It decides `req.secure` (the operator cookie's `Secure`) and the `ip` of security log lines.
+     */
+    TRUST_PROXY: z
+      .string()
+      .default('loopback')
+      .transform((v, ctx): boolean | number | string => {
+        const t = v.trim();
+        if (t === 'true') return true;
+        if (t === 'false') return false;
+        if (/^\d+$/.test(t)) return Number(t);
+        if (/^[\w.:/, -]+$/.test(t)) return t;
+        ctx.addIssue({ code: 'custom', message: 'true, false, a hop count, or addresses/subnets/loopback|linklocal|uniquelocal, comma-separated' });
+        return z.NEVER;
+      }),
     LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
 
     DATABASE_URL: postgresUrl.default('postgres://dealix_app:dealix_app@127.0.0.1:5432/dealix'),

@@ -1,0 +1,70 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { AddressInfo } from 'node:net';
+import type { Server } from 'node:http';
+import { networkInterfaces } from 'node:os';
+import { createApp } from '../../src/app.ts';
+import { parseConfig, type Config } from '../../src/platform/config/config.ts';
+import { ADMIN_COOKIE, OPERATOR_ROLE } from '../../src/platform/http/admin-auth.middleware.ts';
+import { newTenant, startStack, type TestStack } from '../helpers/stack.ts';
+
+/**
+ * Behind a load balancer that terminates TLS (Heroku's router, an ALB), the API sees plain HTTP from
+ * the balancer's address: only TRUST_PROXY makes it believe X-Forwarded-Proto, so that the operator
+ * cookie — a cross-tenant token — is set `Secure`.
+ */
+
+/** An address of this machine that is not loopback: a peer connecting to it is not `loopback` to Express. */
+const external = Object.values(networkInterfaces())
+  .flat()
+  .find((i) => i && i.family === 'IPv4' && !i.internal)?.address;
+
+let stack: TestStack;
+let token: string;
+const servers: Server[] = [];
+
+beforeAll(async () => {
+  stack = await startStack();
+  token = await stack.token({ tenantId: newTenant(), sub: 'operator-1', roles: [OPERATOR_ROLE] });
+});
+afterAll(async () => {
+  for (const s of servers) await new Promise((r) => s.close(r));
+  await stack?.stop();
+});
+
+/** The API with TRUST_PROXY set as given (unset: the default), listening on `host`. */
+async function apiWith(trustProxy: string | undefined, host: string): Promise<string> {
+  const config: Config = parseConfig({ ...stack.env, TRUST_PROXY: trustProxy });
+  const server = await new Promise<Server>((resolve) => {
+    const s = createApp({ ...stack.container, config }).listen(0, host, () => resolve(s));
+  });
+  servers.push(server);
+  return `http://${host}:${(server.address() as AddressInfo).port}`;
+}
+
+/** The Set-Cookie of a one-time `?token=` visit to the dashboard through a TLS-terminating proxy. */
+async function cookieVia(base: string): Promise<string> {
+  const res = await fetch(`${base}/admin/queues?token=${token}`, { redirect: 'manual', headers: { 'x-forwarded-proto': 'https' } });
+  expect(res.status).toBe(303);
+  const cookie = res.headers.get('set-cookie') ?? '';
+  expect(cookie).toContain(`${ADMIN_COOKIE}=`);
+  return cookie;
+}
+
+describe('TRUST_PROXY decides whose X-Forwarded-Proto the API believes', () => {
+  it('parses true, false, a hop count and address lists, and refuses anything else', () => {
+    const parse = (v: string | undefined) => parseConfig({ ...stack.env, TRUST_PROXY: v }).TRUST_PROXY;
+    expect([parse(undefined), parse('true'), parse('false'), parse('1'), parse('loopback, 10.0.0.0/8')]).toEqual(['loopback', true, false, 1, 'loopback, 10.0.0.0/8']);
+    expect(() => parse('1; drop')).toThrow(/TRUST_PROXY/);
+  });
+
+  it('by default only a proxy on the same host is believed', async () => {
+    expect(await cookieVia(await apiWith(undefined, '127.0.0.1'))).toMatch(/; Secure$/);
+    expect(await cookieVia(await apiWith('false', '127.0.0.1'))).not.toMatch(/Secure/);
+  });
+
+  it.skipIf(!external)('a load balancer on another host is believed with TRUST_PROXY=1, not by default', async () => {
+    // The connection arrives from this machine's external address, as a balancer's would from its own.
+    expect(await cookieVia(await apiWith(undefined, external!))).not.toMatch(/Secure/);
+    expect(await cookieVia(await apiWith('1', external!))).toMatch(/; Secure$/);
+  });
+});
