@@ -1,5 +1,5 @@
 import { createServer } from 'node:http';
-import { loadConfig } from './platform/config/config.ts';
+import { loadConfig, usesPublishedJwtSecret } from './platform/config/config.ts';
 import { createContainer } from './container.ts';
 import { createApp } from './app.ts';
 import { onShutdown } from './platform/process/shutdown.ts';
@@ -20,6 +20,9 @@ const server = createServer(
 server.listen(config.PORT, () => {
   const addr = server.address();
   container.logger.info({ port: typeof addr === 'object' && addr ? addr.port : config.PORT }, 'api listening');
+  if (usesPublishedJwtSecret(config)) {
+    container.logger.warn({ security_event: 'published_jwt_secret' }, 'JWT_SECRET is the example from .env.example / docker-compose.yml: anyone can sign tokens for any tenant; do not expose this API');
+  }
 });
 onShutdown(container.logger, config.WORKER_SHUTDOWN_GRACE, async () => {
   await new Promise<void>((resolve) => server.close(() => resolve()));

@@ -1,6 +1,6 @@
 import { existsSync, statSync } from 'node:fs';
 import { join } from 'node:path';
-import type { Config } from '../platform/config/config.ts';
+import { usesPublishedJwtSecret, type Config } from '../platform/config/config.ts';
 import { retryOf, type WorkflowDef } from '../platform/durable/workflow.ts';
 import { fail, pass, type ReadinessRow } from './readiness.types.ts';
 
@@ -13,6 +13,15 @@ export function telemetryRow(config: Config): ReadinessRow {
   if (endpoint) return pass('telemetry', `exporting traces over OTLP to ${endpoint}`);
   if (exporters.includes('console')) return pass('telemetry', 'exporting traces to the console (OTEL_TRACES_EXPORTER=console)');
   return fail('telemetry', 'neither configured nor disabled: set OTEL_EXPORTER_OTLP_ENDPOINT, or OTEL_SDK_DISABLED=true');
+}
+
+/** Tokens are verified with keys only the identity provider holds: JWKS, or a secret nobody else has seen. */
+export function jwtKeysRow(config: Config): ReadinessRow {
+  if (config.JWT_JWKS_URL) return pass('jwt-keys', `RS256/ES256 keys from ${config.JWT_JWKS_URL}`);
+  if (usesPublishedJwtSecret(config)) {
+    return fail('jwt-keys', 'JWT_SECRET is the example published in .env.example / docker-compose.yml: anyone can sign a token for any tenant; set a secret of your own (e.g. openssl rand -hex 32) or JWT_JWKS_URL');
+  }
+  return pass('jwt-keys', `HS256 with a JWT_SECRET of its own (${config.JWT_SECRET?.length ?? 0} characters; development)`);
 }
 
 /** Bounds that keep recovery fast and safe; see docs/governance/release-gates.md. */

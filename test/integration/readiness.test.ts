@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { z } from 'zod';
-import { parseConfig } from '../../src/platform/config/config.ts';
+import { PUBLISHED_JWT_SECRETS, parseConfig } from '../../src/platform/config/config.ts';
 import { assessReadiness } from '../../src/readiness/readiness.target.ts';
 import { defineStep, defineWorkflow } from '../../src/platform/durable/workflow.ts';
 import { createTestDatabase, type TestDatabase } from '../helpers/db.ts';
@@ -30,7 +30,7 @@ describe('a healthy stack', () => {
       expect(m.row(`rls ${table}`).status).toBe('PASS');
       expect(m.row(`tenant-unique ${table}`).status).toBe('PASS');
     }
-    for (const c of ['config', 'app-role', 'postgres-autovacuum', 'migrations', 'schema-drift', 'routes-idempotency', 'routes-authentication', 'bull-board-auth', 'bull-board-queues', 'telemetry', 'redis', 'redis-eviction', 'redis-persistence', 'worker-settings', 'workflow-versions']) {
+    for (const c of ['config', 'app-role', 'postgres-autovacuum', 'migrations', 'schema-drift', 'routes-idempotency', 'routes-authentication', 'bull-board-auth', 'bull-board-queues', 'telemetry', 'jwt-keys', 'redis', 'redis-eviction', 'redis-persistence', 'worker-settings', 'workflow-versions']) {
       expect(m.row(c).status).toBe('PASS');
     }
   });
@@ -108,6 +108,17 @@ describe('configuration and documents', () => {
     expect(none.row('telemetry').reason).toMatch(/neither configured nor disabled/);
     const otlp = await matrixFor({ env: { OTEL_SDK_DISABLED: 'false', OTEL_EXPORTER_OTLP_ENDPOINT: 'http://127.0.0.1:4318' } });
     expect(otlp.row('telemetry').status).toBe('PASS');
+  });
+
+  it('a JWT secret published in .env.example or docker-compose.yml fails jwt-keys; JWKS or a secret of its own passes', async () => {
+    for (const secret of PUBLISHED_JWT_SECRETS) {
+      const published = await matrixFor({ env: { JWT_SECRET: secret } });
+      expect(published.failing().map((r) => r.split(':')[0])).toEqual(['jwt-keys']);
+      expect(published.row('jwt-keys').reason).toMatch(/anyone can sign a token for any tenant/);
+    }
+    expect((await matrixFor()).row('jwt-keys').reason).toMatch(/HS256 with a JWT_SECRET of its own/);
+    const jwks = await matrixFor({ env: { JWT_SECRET: PUBLISHED_JWT_SECRETS[0]!, JWT_JWKS_URL: 'https://idp.example/.well-known/jwks.json' } });
+    expect(jwks.row('jwt-keys')).toMatchObject({ status: 'PASS', reason: 'RS256/ES256 keys from https://idp.example/.well-known/jwks.json' });
   });
 });
 

@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import { configSchema } from '../../src/platform/config/config.ts';
+import { PUBLISHED_JWT_SECRETS, configSchema } from '../../src/platform/config/config.ts';
 
 const read = (path: string) => readFileSync(fileURLToPath(new URL(`../../${path}`, import.meta.url)), 'utf8');
 const variables = Object.keys(configSchema.shape);
@@ -28,5 +28,14 @@ describe('configuration documents', () => {
   it('the README table names no variable the schema does not read (OTEL_* aside: the SDK reads the rest)', () => {
     const named = [...readmeConfigTable().matchAll(/`([A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+)`/g)].map((m) => m[1]!);
     expect([...new Set(named)].filter((v) => !variables.includes(v) && !v.startsWith('OTEL_'))).toEqual([]);
+  });
+
+  it('every JWT secret the repository publishes is known as published (the readiness row jwt-keys refuses it)', () => {
+    const published = [
+      ...[...read('.env.example').matchAll(/^JWT_SECRET=(\S+)/gm)].map((m) => m[1]!),
+      ...[...read('docker-compose.yml').matchAll(/JWT_SECRET:-([^}\s]+)\}/g)].map((m) => m[1]!),
+    ];
+    expect(published.length).toBe(2);
+    expect(published.filter((s) => !PUBLISHED_JWT_SECRETS.includes(s))).toEqual([]);
   });
 });

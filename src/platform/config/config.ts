@@ -159,6 +159,18 @@ export const configSchema = z
 
 export type Config = Readonly<z.output<typeof configSchema>>;
 
+/**
+ * The development JWT secrets this repository publishes (.env.example, docker-compose.yml): anyone can
+ * sign a token for any tenant and role with them. Outside production nothing refuses them (the quick
+ * start uses them), so the readiness row `jwt-keys` fails and the API warns when one is in use.
+ */
+export const PUBLISHED_JWT_SECRETS: readonly string[] = ['change-me-dev-secret-at-least-32-characters', 'compose-dev-secret-change-me-0123456789'];
+
+/** Tokens are verified with a secret published in this repository (JWT_JWKS_URL, when set, takes precedence over it). */
+export function usesPublishedJwtSecret(config: Pick<Config, 'JWT_SECRET' | 'JWT_JWKS_URL'>): boolean {
+  return !config.JWT_JWKS_URL && config.JWT_SECRET !== undefined && PUBLISHED_JWT_SECRETS.includes(config.JWT_SECRET);
+}
+
 export class ConfigError extends Error {
   readonly problems: string[];
   constructor(problems: string[]) {
