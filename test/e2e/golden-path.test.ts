@@ -254,6 +254,20 @@ describe('golden path over HTTP', () => {
     expect(verify.json.recomputed_sha256).not.toBe(verify.json.sha256);
   });
 
+  it('verify answers valid: false, not an error, for content changed into JSON it cannot recompute a hash over (a number beyond a double)', async () => {
+    const res = await submit(CLASS_A_SUBMISSION);
+    const run = await waitStatus(res.json.run_id, ['completed']);
+    const id = run.steps[3].output.evidence_pack_id;
+    // jsonb holds 1e400 exactly; read back it is Infinity, which RFC 8785 has no form for.
+    await stack.db.owner(
+      `select set_config('app.tenant_id', '${tenant}', false);
+       update evidence_packs set content = jsonb_set(content, '{economics_model,cost}', '1e400'::jsonb) where id = '${id}'`,
+    );
+    const verify = await getJson(`/api/v1/evidence/${id}/verify`);
+    expect(verify.status, verify.text).toBe(200);
+    expect(verify.json).toEqual({ valid: false, sha256: run.steps[3].output.sha256, recomputed_sha256: null, recorded_sha256: run.steps[3].output.sha256 });
+  });
+
   it('verify also detects content rewritten together with its hash, and the application role cannot rewrite a pack at all', async () => {
     const res = await submit(CLASS_A_SUBMISSION);
     const run = await waitStatus(res.json.run_id, ['completed']);

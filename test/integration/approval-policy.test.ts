@@ -4,6 +4,7 @@ import { api, newTenant, SAMPLE_SUBMISSION, startStack, type TestStack } from '.
 import { waitFor } from '../helpers/poll.ts';
 import { tenantEm } from '../../src/platform/db/tenant-em.ts';
 import { namedJobId } from '../../src/platform/queue/job-ids.ts';
+import { canonicalJson, sha256Hex } from '../../src/platform/idempotency/canonical-json.ts';
 
 /**
  * PUT /api/v1/approval-policy (docs/api.md): its optional Idempotency-Key, and a change that applies
@@ -126,5 +127,43 @@ describe('a policy change', () => {
     expect(decided.status, decided.text).toBe(200);
     expect((await approval(approvalId)).status).toBe('approved');
     expect((await waitStatus(waitingId, ['completed', 'failed'])).status).toBe('completed');
+  });
+
+  it('the evidence pack records the policy the run was classified under — as GET answered then — though the tenant replaced it before the decision', async () => {
+    const t = await tenantTokens();
+    const first = await put(t.admin, { ...DEFAULTS, sla_b_seconds: 3_600, sla_c_seconds: 7_200 });
+    expect(first.status, first.text).toBe(200);
+    const inForce = (await api(stack, 'GET', PATH, { token: t.submitter })).json;
+    const res = await api(stack, 'POST', '/api/v1/golden-path/run', { token: t.submitter, body: SAMPLE_SUBMISSION, headers: { 'Idempotency-Key': randomUUID() } });
+    expect(res.status, res.text).toBe(202);
+    const runOf = async () => (await api(stack, 'GET', `/api/v1/golden-path/runs/${res.json.run_id}`, { token: t.submitter })).json;
+    const waitStatus = (statuses: string[]) =>
+      waitFor(async () => {
+        const r = await runOf();
+        return statuses.includes(r?.status) ? r : undefined;
+      }, { timeoutMs: 60_000, intervalMs: 100, what: `run ${res.json.run_id} to reach ${statuses.join('|')}` });
+    const waiting = await waitStatus(['waiting', 'failed']);
+    expect(waiting.status).toBe('waiting');
+    expect(waiting.steps[2].output.approval_class).toBe('B');
+
+    // The tenant's policy is replaced (the sample would now be class C) before the approver decides.
+    expect((await put(t.admin, { ...DEFAULTS, class_a_max_cost: 500, class_c_min_cost: 1_000, sla_b_seconds: 60, sla_c_seconds: 60 })).status).toBe(200);
+    const decided = await api(stack, 'POST', `/api/v1/approvals/${waiting.steps[2].output.approval_request_id}/decision`, {
+      token: t.approver,
+      body: { decision: 'approve' },
+      headers: { 'Idempotency-Key': randomUUID() },
+    });
+    expect(decided.status, decided.text).toBe(200);
+    const done = await waitStatus(['completed', 'failed']);
+    expect(done.status).toBe('completed');
+
+    const pack = await api(stack, 'GET', `/api/v1/evidence/${done.steps[3].output.evidence_pack_id}`, { token: t.submitter });
+    expect(pack.status, pack.text).toBe(200);
+    const { approval_packet: packet, economics_model: econ } = pack.json.content;
+    // What the class rests on is in the pack: the thresholds and SLAs in force when it was classified…
+    expect(packet.policy).toEqual(inForce);
+    // …and the packet's provenance re-derives from the pack alone.
+    expect(packet.provenance.inputs_sha256).toBe(sha256Hex(canonicalJson({ economics: { cost: econ.cost, payback_months: econ.payback_months }, policy: packet.policy })));
+    expect((await api(stack, 'GET', `/api/v1/evidence/${done.steps[3].output.evidence_pack_id}/verify`, { token: t.submitter })).json.valid).toBe(true);
   });
 });

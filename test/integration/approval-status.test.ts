@@ -225,6 +225,32 @@ describe('a pending request past its SLA deadline reads expired before a worker 
   });
 });
 
+describe('an expiry records the decisions made before it', () => {
+  it("a class C request that expires with one of its two approvals: its run's step 3 output (outcome expired) holds that approval, as the request does", { timeout: LONG }, async () => {
+    const { runId, approvalId } = await submitWaiting(CLASS_C_SUBMISSION);
+    const first = await decide(approvalId, tok.approver1!, 'approve');
+    expect(first.status, first.text).toBe(200);
+    expect(first.json).toMatchObject({ status: 'pending', approvals: 1, required_approvals: 2 });
+    // The deadline passes before the second approver decides; the timer fires now.
+    await stack.db.admin(`update approval_requests set sla_deadline = date_trunc('milliseconds', now()) - interval '1 second' where id = $1`, [approvalId]);
+    const queue = stack.container.queues.get(GOLDEN_PATH_QUEUE)!;
+    await (await queue.getJob(namedJobId('gp', (await runRow(runId)).idempotency_hash, 'sla')))!.promote();
+    const run = await waitFor(
+      async () => {
+        const r = (await get(`/api/v1/golden-path/runs/${runId}`)).json;
+        return r?.status === 'approval_expired' ? r : undefined;
+      },
+      { timeoutMs: 30_000, what: 'the worker to record the expiry' },
+    );
+    const request = await approval(approvalId);
+    expect(request).toMatchObject({ status: 'expired', decisions: [{ approver: 'approver-1', decision: 'approve', kind: 'human' }] });
+    expect(run.steps[2].output.outcome).toBe('expired');
+    expect(run.steps[2].output.decisions).toEqual(
+      request.decisions.map((d: { approver: string; decision: string; comment: string | null; kind: string; decided_at: string }) => ({ decided_by: d.approver, decision: d.decision, comment: d.comment, decided_at: d.decided_at, kind: d.kind })),
+    );
+  });
+});
+
 describe('a cancel racing a decision: both orders forced, no deadlock, a consistent end', () => {
   // Runs waiting on their approvals, made while the worker runs; then the worker stops, so no step of a
   // resumed run can commit (or end the run) while a cancel waits: each order ends one way only.

@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { buildEconomics, paybackMonths } from '../../src/modules/golden-path/economics-model.step.ts';
 import { buildDossier } from '../../src/modules/golden-path/partner-dossier.step.ts';
-import { submissionSchema, type Submission } from '../../src/modules/golden-path/golden-path.schemas.ts';
+import { economicsSchema, submissionSchema, type Submission } from '../../src/modules/golden-path/golden-path.schemas.ts';
 import { approvalPolicyBody, classify, DEFAULT_POLICY, type ApprovalPolicy } from '../../src/modules/approvals/approval.policy.ts';
 import { evidenceHash } from '../../src/modules/evidence/evidence.service.ts';
 import { canonicalJson, sha256Hex } from '../../src/platform/idempotency/canonical-json.ts';
@@ -51,6 +51,16 @@ describe('buildEconomics', () => {
       expect(m.payback_months).toBeNull();
       expect(m.sensitivity.every((s) => s.payback_months === null)).toBe(true);
     }
+  });
+
+  it('has no payback when the profit is too small for the months to be a finite number, so a valid submission never fails its own output schema', () => {
+    // Accepted by the submission schema (rates 0–1, amounts 0–10¹²): the profit is 10⁻³¹², a denormal.
+    const e = { ...ECONOMICS, expected_deals_per_year: 1, average_deal_value: 1e-12, win_rate: 1e-150, gross_margin: 1e-150, onboarding_cost: 1e12 };
+    expect(submissionSchema.safeParse({ ...submission(), economics: e }).success).toBe(true);
+    const m = buildEconomics(e, 'SAR');
+    expect(m.payback_months).toBeNull();
+    expect(economicsSchema.safeParse(m).success).toBe(true);
+    expect(classify(m, { ...DEFAULT_POLICY, slaBSeconds: 1, slaCSeconds: 1 }).cls).toBe('C');
   });
 
   it('has a zero payback when there is profit and no cost', () => {

@@ -4,7 +4,7 @@ import { defineStep } from '../../platform/durable/workflow.ts';
 import { approvalPacketSchema, economicsSchema, type ApprovalPacket } from '../golden-path/golden-path.schemas.ts';
 import { provenance } from '../golden-path/provenance.ts';
 import { ApprovalDecision, ApprovalRequest } from './approval.entities.ts';
-import { classify, loadPolicy, policyFromPrefetch, POLICY_PREFETCH } from './approval.policy.ts';
+import { appliedPolicy, classify, loadPolicyWithSource, policyFromPrefetch, policyToBody, POLICY_PREFETCH } from './approval.policy.ts';
 import { insertRow } from '../../platform/db/insert-row.ts';
 
 export interface SlaScheduler {
@@ -35,7 +35,10 @@ export function approvalPacketStep(deps: { slaBSeconds: number; slaCSeconds: num
     async run({ outputs }, ctx) {
       const econ = outputs['economics-model'];
       const defaults = { slaBSeconds: deps.slaBSeconds, slaCSeconds: deps.slaCSeconds };
-      const policy = ctx.prefetched === undefined ? await loadPolicy(ctx.em, ctx.run.tenantId, defaults) : policyFromPrefetch(ctx.prefetched, defaults);
+      const loaded = ctx.prefetched === undefined ? await loadPolicyWithSource(ctx.em, ctx.run.tenantId, defaults) : policyFromPrefetch(ctx.prefetched, defaults);
+      const { policy } = loaded;
+      // Recorded in the packet (and so in the evidence pack): the tenant may replace its policy later.
+      const applied = appliedPolicy(loaded.source, policyToBody(policy), loaded.updatedAt);
       const { cls, reasons, required, slaSeconds } = classify(econ, policy);
       const now = new Date();
       const id = randomUUID();
@@ -62,7 +65,8 @@ export function approvalPacketStep(deps: { slaBSeconds: number; slaCSeconds: num
         sla_deadline: deadline ? deadline.toISOString() : null,
         outcome: cls === 'A' ? 'approved' : 'pending',
         decisions: [],
-        provenance: provenance('policy', 'approval-policy@1', { economics: { cost: econ.cost, payback_months: econ.payback_months }, policy }),
+        policy: applied,
+        provenance: provenance('policy', 'approval-policy@1', { economics: { cost: econ.cost, payback_months: econ.payback_months }, policy: applied }),
       };
       if (cls === 'A') {
         await insertRow(ctx.em, ApprovalDecision, {

@@ -1,8 +1,8 @@
 import { z } from 'zod';
 import { defineRoute, type RouteDef } from '../../platform/http/route.ts';
 import { ADMIN_ROLE } from './approval.constants.ts';
-import { isoTime, toIsoTimeOrNull } from '../../platform/http/iso-time.ts';
-import { approvalPolicyBody, loadPolicyWithSource, policyToBody, savePolicy, type ApprovalPolicyBody } from './approval.policy.ts';
+import { isoTime } from '../../platform/http/iso-time.ts';
+import { appliedPolicy, approvalPolicyBody, loadPolicyWithSource, policyToBody, savePolicy } from './approval.policy.ts';
 
 const PATH = '/api/v1/approval-policy';
 
@@ -13,11 +13,6 @@ const policyView = z
     updated_at: isoTime.nullable(),
   })
   .meta({ id: 'ApprovalPolicyView' });
-type PolicyView = z.infer<typeof policyView>;
-
-function toPolicyView(source: PolicyView['source'], policy: ApprovalPolicyBody, updatedAt: Date | string | null): PolicyView {
-  return { source, policy, updated_at: toIsoTimeOrNull(updatedAt) };
-}
 
 /**
  * The tenant's approval policy: thresholds of classes A and C and the SLAs of B and C. Absent a
@@ -35,7 +30,7 @@ export function approvalPolicyRoutes(deps: { slaBSeconds: number; slaCSeconds: n
       responses: { 200: { description: 'The policy in force', schema: policyView } },
       async handler({ em, principal }) {
         const { policy, source, updatedAt } = await loadPolicyWithSource(em, principal.tenantId, defaults);
-        return { status: 200, body: toPolicyView(source, policyToBody(policy), updatedAt) };
+        return { status: 200, body: appliedPolicy(source, policyToBody(policy), updatedAt) };
       },
     }),
     defineRoute({
@@ -53,7 +48,7 @@ export function approvalPolicyRoutes(deps: { slaBSeconds: number; slaCSeconds: n
       },
       async handler({ em, principal, body }) {
         const updatedAt = await savePolicy(em, principal.tenantId, body);
-        return { status: 200, body: toPolicyView('tenant', body, updatedAt) };
+        return { status: 200, body: appliedPolicy('tenant', body, updatedAt) };
       },
     }),
   ];

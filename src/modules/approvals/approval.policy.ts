@@ -1,7 +1,8 @@
 import { randomUUID } from 'node:crypto';
 import type { EntityManager } from '@mikro-orm/postgresql';
 import { z } from 'zod';
-import type { Economics } from '../golden-path/golden-path.schemas.ts';
+import type { AppliedPolicy, Economics } from '../golden-path/golden-path.schemas.ts';
+import { toIsoTimeOrNull } from '../../platform/http/iso-time.ts';
 import { ApprovalPolicyRow } from './approval.entities.ts';
 
 export interface ApprovalPolicy {
@@ -103,11 +104,6 @@ interface PolicyColumns {
   updated_at: Date | string;
 }
 
-/** The tenant's policy (RLS-scoped read), else the defaults with the configured SLAs. */
-export async function loadPolicy(em: EntityManager, tenantId: string, defaults: { slaBSeconds: number; slaCSeconds: number }): Promise<ApprovalPolicy> {
-  return (await loadPolicyWithSource(em, tenantId, defaults)).policy;
-}
-
 /**
  * The approval step's read of the tenant's policy as a prefetch (StepDef.prefetch): fetched with the
  * run's state when the run job starts, under the same tenant and RLS; JSON of PolicyColumns, or null.
@@ -117,8 +113,22 @@ export const POLICY_PREFETCH = `select json_build_object('a_cost', p.class_amax_
        from approval_policies p where p.tenant_id = r.tenant_id`;
 
 /** The policy a POLICY_PREFETCH read found (null: none, so the defaults with the configured SLAs). */
-export function policyFromPrefetch(row: unknown, defaults: { slaBSeconds: number; slaCSeconds: number }): ApprovalPolicy {
-  return row ? policyFromColumns(row as PolicyColumns) : { ...DEFAULT_POLICY, ...defaults };
+export function policyFromPrefetch(row: unknown, defaults: { slaBSeconds: number; slaCSeconds: number }): LoadedPolicy {
+  if (!row) return { policy: { ...DEFAULT_POLICY, ...defaults }, source: 'default', updatedAt: null };
+  const columns = row as PolicyColumns;
+  return { policy: policyFromColumns(columns), source: 'tenant', updatedAt: columns.updated_at };
+}
+
+/** A policy with where it came from (a tenant's row, or the defaults) and when the row was last written. */
+export interface LoadedPolicy {
+  policy: ApprovalPolicy;
+  source: 'default' | 'tenant';
+  updatedAt: Date | string | null;
+}
+
+/** The policy as GET /approval-policy answers it, and as an approval packet records the one it was classified under. */
+export function appliedPolicy(source: LoadedPolicy['source'], policy: ApprovalPolicyBody, updatedAt: LoadedPolicy['updatedAt']): AppliedPolicy {
+  return { source, policy, updated_at: toIsoTimeOrNull(updatedAt) };
 }
 
 function policyFromColumns(row: PolicyColumns): ApprovalPolicy {
@@ -136,7 +146,7 @@ export async function loadPolicyWithSource(
   em: EntityManager,
   tenantId: string,
   defaults: { slaBSeconds: number; slaCSeconds: number },
-): Promise<{ policy: ApprovalPolicy; source: 'default' | 'tenant'; updatedAt: Date | null }> {
+): Promise<LoadedPolicy> {
   // A plain read, nothing to hydrate or track: it runs in every approval-packet step. RLS scopes it.
   const [row] = await em.execute<PolicyColumns[]>(
     `select class_amax_cost as a_cost, class_amax_payback_months as a_payback, class_cmin_cost as c_cost,

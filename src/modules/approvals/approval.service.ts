@@ -78,21 +78,14 @@ export class ApprovalService {
       [randomUUID(), req.tenant_id, req.id, principal.sub, decision, comment],
     );
     if (inserted.length === 0) throw new ConflictError('approver_already_decided', 'This approver has already decided on this request; a second, distinct approver is needed.');
-    const decisions = await em.execute<{ approver: string; decision: 'approve' | 'reject'; comment: string | null; created_at: Date; kind: 'human' | 'system' }[]>(
-      `select approver, decision, comment, created_at, kind from approval_decisions where tenant_id = ? and approval_request_id = ? order by created_at, approver`,
-      [req.tenant_id, req.id],
-    );
+    const decisions = await decisionsOf(em, req.tenant_id, req.id);
     const approvals = decisions.filter((d) => d.decision === 'approve').length;
     const outcome = decision === 'reject' ? 'rejected' : approvals >= req.required_approvals ? 'approved' : 'pending';
     let afterCommit: (() => Promise<void>) | undefined;
     if (outcome !== 'pending') {
       await em.execute(`update approval_requests set status = ?, decided_at = now(), updated_at = now() where id = ?`, [outcome, req.id], 'run');
       const { seq, packet } = await this.packet(em, req.tenant_id, req.run_id);
-      const resumed: ApprovalPacket = {
-        ...packet,
-        outcome,
-        decisions: decisions.map((d) => ({ decided_by: d.approver, decision: d.decision, comment: d.comment, decided_at: new Date(d.created_at).toISOString(), kind: d.kind })),
-      };
+      const resumed: ApprovalPacket = { ...packet, outcome, decisions: decisions.map(decisionRecord) };
       const enqueue = await this.runtime.resume(em, req.run_id, seq, resumed);
       const sla = this.sla;
       // After the commit: the run goes on, and its SLA timer has nothing left to time.
@@ -142,7 +135,9 @@ export class ApprovalService {
     try {
       // A run that no longer waits (a cancel withdrew its request, or — cancelled before `withdrawn`
       // existed — left it pending) has nothing left to expire: resume refuses before writing anything.
-      await this.runtime.resume(em, runId, seq, { ...packet, outcome: 'expired' }, { finalStatus: 'approval_expired' });
+      // With the decisions made before the deadline (a class C request's first approval): what the request shows.
+      const decisions = (await decisionsOf(em, tenantId, req.id)).map(decisionRecord);
+      await this.runtime.resume(em, runId, seq, { ...packet, outcome: 'expired', decisions }, { finalStatus: 'approval_expired' });
     } catch (e) {
       if (e instanceof RunNotActiveError) return { outcome: 'not_pending' };
       throw e;
@@ -165,6 +160,26 @@ export class ApprovalService {
     if (!cp) throw new NotFoundError('approval checkpoint');
     return { seq: cp.sequence_num, packet: approvalPacketSchema.parse(cp.output) };
   }
+}
+
+interface DecisionRow {
+  approver: string;
+  decision: 'approve' | 'reject';
+  comment: string | null;
+  created_at: Date;
+  kind: 'human' | 'system';
+}
+
+/** A request's decisions, oldest first, as the packet that ends its wait records them (decisionRecord). */
+async function decisionsOf(em: EntityManager, tenantId: string, requestId: string): Promise<DecisionRow[]> {
+  return em.execute<DecisionRow[]>(
+    `select approver, decision, comment, created_at, kind from approval_decisions where tenant_id = ? and approval_request_id = ? order by created_at, approver`,
+    [tenantId, requestId],
+  );
+}
+
+function decisionRecord(d: DecisionRow): ApprovalPacket['decisions'][number] {
+  return { decided_by: d.approver, decision: d.decision, comment: d.comment, decided_at: new Date(d.created_at).toISOString(), kind: d.kind };
 }
 
 /**

@@ -23,7 +23,9 @@ export const evidenceVerification = z
   .strictObject({
     valid: z.boolean().describe('recomputed_sha256 and recorded_sha256 both equal sha256'),
     sha256: sha256Schema.describe("The pack's stored hash"),
-    recomputed_sha256: sha256Schema.describe('Recomputed now from the stored content'),
+    recomputed_sha256: sha256Schema
+      .nullable()
+      .describe('Recomputed now from the stored content; null when that content has no RFC 8785 form (e.g. a number beyond a double): it was changed'),
     recorded_sha256: sha256Schema.nullable().describe("Recorded by the run's evidence step when the pack was written"),
   })
   .meta({ id: 'EvidenceVerification' });
@@ -37,7 +39,7 @@ export type EvidenceVerification = z.infer<typeof evidenceVerification>;
  */
 export async function verifyEvidence(em: EntityManager, id: string): Promise<EvidenceVerification> {
   const row = await getEvidence(em, id);
-  const recomputed = evidenceHash(row.content);
+  const recomputed = recomputedHash(row.content);
   const [recorded] = await em.execute<{ sha256: string | null }[]>(
     `select output->>'sha256' as sha256 from durable_checkpoints
       where tenant_id = ? and run_id = ? and step_name = ? and status = 'completed' and output->>'evidence_pack_id' = ?`,
@@ -45,4 +47,17 @@ export async function verifyEvidence(em: EntityManager, id: string): Promise<Evi
   );
   const recordedSha = recorded?.sha256 ?? null;
   return { valid: recomputed === row.sha256 && recordedSha === row.sha256, sha256: row.sha256, recomputed_sha256: recomputed, recorded_sha256: recordedSha };
+}
+
+/**
+ * The hash over stored content, or null when the content cannot be canonicalised: what the evidence
+ * step wrote always can, but jsonb also holds what JSON numbers cannot be read back as (1e400 reads as
+ * Infinity), so a pack changed that way is reported not valid rather than failing the verification.
+ */
+function recomputedHash(content: unknown): string | null {
+  try {
+    return evidenceHash(content);
+  } catch {
+    return null;
+  }
 }

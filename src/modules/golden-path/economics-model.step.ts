@@ -10,11 +10,15 @@ type EconomicsInput = z.infer<typeof economicsInput>;
 
 const round2 = (n: number) => Math.round(n * 100) / 100;
 
-/** Months to recover the cost from gross profit; null when there is no profit. */
+/**
+ * Months to recover the cost from gross profit; null when there is no profit, or one so small (rates
+ * near 10⁻¹⁵⁰ pass validation) that the months are no finite number: never paid back either way.
+ */
 export function paybackMonths(e: EconomicsInput): number | null {
   const profit = e.expected_deals_per_year * e.average_deal_value * e.win_rate * e.gross_margin;
   if (profit <= 0) return null;
-  return round2((e.onboarding_cost + e.enablement_cost + e.annual_support_cost) / (profit / 12));
+  const months = round2((e.onboarding_cost + e.enablement_cost + e.annual_support_cost) / (profit / 12));
+  return Number.isFinite(months) ? months : null;
 }
 
 /** Pure: upside, cost, payback and the ±20 % sensitivity on win rate and deal value. */

@@ -100,6 +100,24 @@ export const decisionRecord = z.strictObject({
   kind: z.enum(['human', 'system']),
 });
 
+/**
+ * The approval policy a packet was classified under, as GET /approval-policy answered then: the
+ * tenant may replace its policy later, so the packet (and the evidence pack) keeps what its class rests on.
+ */
+export const appliedPolicySchema = z.strictObject({
+  source: z.enum(['default', 'tenant']),
+  policy: z.strictObject({
+    class_a_max_cost: z.number(),
+    class_a_max_payback_months: z.number(),
+    class_c_min_cost: z.number(),
+    class_c_min_payback_months: z.number(),
+    sla_b_seconds: z.number().int(),
+    sla_c_seconds: z.number().int(),
+  }),
+  updated_at: isoTime.nullable(),
+});
+export type AppliedPolicy = z.infer<typeof appliedPolicySchema>;
+
 export const approvalPacketSchema = z.strictObject({
   approval_request_id: z.string().uuid(),
   approval_class: z.enum(['A', 'B', 'C']),
@@ -108,6 +126,8 @@ export const approvalPacketSchema = z.strictObject({
   sla_deadline: z.string().datetime().nullable(),
   outcome: z.enum(['pending', 'approved', 'rejected', 'expired']),
   decisions: z.array(decisionRecord),
+  // Absent from packets written before it was recorded.
+  policy: appliedPolicySchema.optional().describe('The policy the class and SLA were derived from, as GET /approval-policy answered then'),
   provenance: provenanceSchema,
 });
 export type ApprovalPacket = z.infer<typeof approvalPacketSchema>;
