@@ -3,13 +3,7 @@ import type { Redis } from 'ioredis';
 import { AppError } from '../errors/app-error.ts';
 import { DEFER_UNTIL_NEXT } from '../db/coalescing-client.ts';
 import type { AdmissionControl } from './route.ts';
-
-/** One hit on a tenant's window counter: INCR, and the window's expiry set by its first hit. One command. */
-const RATE_HIT = `local n = redis.call('INCR', KEYS[1])
-if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
-return n`;
-
-type RateRedis = Redis & { dealixRateHit(key: string, ttlMs: number): Promise<number> };
+import { RateWindow } from './rate-window.ts';
 
 /**
  * Abuse limits per tenant: a submission rate (fixed one-minute window in Redis) and a cap on runs
@@ -19,12 +13,10 @@ type RateRedis = Redis & { dealixRateHit(key: string, ttlMs: number): Promise<nu
  */
 export class AdmissionController implements AdmissionControl {
   private readonly o: { redis: Redis; prefix: string; perMinute: number; maxInFlight: number };
-  private readonly redis: RateRedis;
+  private readonly rate: RateWindow;
   constructor(opts: { redis: Redis; prefix: string; perMinute: number; maxInFlight: number }) {
     this.o = opts;
-    // A script (EVALSHA, loaded once) instead of MULTI/INCR/PEXPIRE/EXEC: one command per submission.
-    if (!('dealixRateHit' in opts.redis)) opts.redis.defineCommand('dealixRateHit', { numberOfKeys: 1, lua: RATE_HIT });
-    this.redis = opts.redis as RateRedis;
+    this.rate = new RateWindow(opts.redis, `${opts.prefix}:ratelimit`, 60_000);
   }
 
   async admit(em: EntityManager, tenantId: string): Promise<void> {
@@ -44,11 +36,8 @@ export class AdmissionController implements AdmissionControl {
       if (Number(row?.n ?? 0) >= this.o.maxInFlight) throw tooMany(`The tenant already has ${this.o.maxInFlight} runs in flight.`, 5);
     }
     if (this.o.perMinute > 0) {
-      const window = Math.floor(Date.now() / 60_000);
-      const key = `${this.o.prefix}:ratelimit:${tenantId}:${window}`;
-      const count = Number(await this.redis.dealixRateHit(key, 61_000));
+      const { count, retryAfter } = await this.rate.hit(tenantId);
       if (count > this.o.perMinute) {
-        const retryAfter = Math.max(1, Math.ceil(((window + 1) * 60_000 - Date.now()) / 1000));
         throw tooMany(`The tenant's submission rate limit (${this.o.perMinute}/min) is exceeded.`, retryAfter);
       }
     }
