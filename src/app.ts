@@ -22,7 +22,7 @@ export function createApp(c: Container): Express {
   app.use(loadShedding(c.config.API_MAX_INFLIGHT));
   // Operator dashboard (it parses its own requests); admin-auth guards all of it. The API's routes read
   // their JSON bodies after authentication (router.ts).
-  const dashboard = operatorDashboard({ queues: c.queues.values(), verifier: c.verifier, logger: c.logger, config: c.config });
+  const dashboard = operatorDashboard({ queues: c.queues.values(), verifier: c.verifier, logger: c.logger, redis: c.redis, config: c.config });
   setBoardQueues(app, dashboard.queueNames);
   app.use(dashboard.path, ...dashboard.handlers);
   app.get('/healthz', liveness);

@@ -3,9 +3,11 @@ import { loadConfig, usesPublishedJwtSecret } from './platform/config/config.ts'
 import { createContainer } from './container.ts';
 import { createApp } from './app.ts';
 import { onShutdown } from './platform/process/shutdown.ts';
+import { untilReady } from './platform/queue/connections.ts';
 
 const config = loadConfig();
 const container = await createContainer(config, { service: 'api' });
+await untilReady(container.redis, 5_000);
 // A request counts against API_MAX_INFLIGHT while its body arrives: a client trickling bodies must not
 // hold the slots for Node's default of five minutes (checked every second, not every 30 s).
 const server = createServer(

@@ -15,6 +15,7 @@ import { createTestDatabase, type TestDatabase } from './db.ts';
 import { TEST_JWT_SECRET, TEST_OWNER, TEST_REDIS_URL, pgUrl } from './env.ts';
 import { waitFor } from './poll.ts';
 import { startOwnRedis, type OwnRedis } from './own-infra.ts';
+import { untilReady } from '../../src/platform/queue/connections.ts';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 
@@ -87,6 +88,8 @@ export async function startStack(opts: StackOptions = {}): Promise<TestStack> {
   };
   const config = parseConfig(env);
   const container = await createContainer(config, { service: 'api', ...(opts.extraWorkflows ? { extraWorkflows: opts.extraWorkflows } : {}) });
+  // As src/server.ts: the API listens once its Redis connection is ready.
+  await untilReady(container.redis, 5_000);
   if (opts.logDestination) container.logger = createLogger({ level: config.LOG_LEVEL, name: 'dealix-api', destination: opts.logDestination });
   let server: Server | undefined;
   let baseUrl = '';

@@ -134,6 +134,8 @@ export const configSchema = z
     BULL_BOARD_READ_ONLY: bool(true),
     OPERATOR_USER: z.string().min(1).optional(),
     OPERATOR_PASSWORD: z.string().min(12, 'must be at least 12 characters').optional(),
+    /** Failed operator (HTTP Basic) logins per client address in 15 minutes before it gets 429 for the rest of them; 0 = no limit. */
+    OPERATOR_LOGIN_MAX_FAILURES: z.coerce.number().int().min(0).default(10),
 
     OTEL_SDK_DISABLED: bool(false),
     OTEL_EXPORTER_OTLP_ENDPOINT: z.string().url().optional(),

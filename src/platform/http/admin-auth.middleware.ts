@@ -5,6 +5,7 @@ import { AppError, ForbiddenError } from '../errors/app-error.ts';
 import type { TokenVerifier } from '../tenancy/jwt.ts';
 import { tagMiddleware } from '../tenancy/auth.middleware.ts';
 import { sendProblem } from './problem.middleware.ts';
+import type { RateWindow } from './rate-window.ts';
 
 /**
  * The role that opens the operator dashboard. Not a tenant role: the dashboard spans tenants (every
@@ -25,6 +26,12 @@ export interface AdminAuthOptions {
   operator?: { user: string; password: string } | undefined;
   /** The mount path, for the cookie's Path and the redirect after the token exchange. */
   basePath: string;
+  /**
+   * Failed Basic logins per client address and window (shared by every API process through Redis):
+   * at `maxFailures` the address gets 429 for the rest of the window, right or wrong credentials alike,
+   * so the password cannot be guessed at the speed of the network. Absent or 0: not throttled.
+   */
+  loginThrottle?: { window: RateWindow; maxFailures: number } | undefined;
 }
 
 /**
@@ -54,8 +61,23 @@ export function adminAuth(opts: AdminAuthOptions) {
         return next();
       }
       if (header && /^Basic\s+/i.test(header)) {
+        const throttle = opts.loginThrottle && opts.loginThrottle.maxFailures > 0 ? opts.loginThrottle : undefined;
+        const client = req.ip ?? 'unknown';
+        if (throttle) {
+          const { count, retryAfter } = await throttle.window.count(client);
+          if (count >= throttle.maxFailures) {
+            opts.logger.warn({ security_event: 'operator_login_throttled', path: req.path, ip: req.ip, failures: count }, 'operator login throttled');
+            throw new AppError('rate_limited', 'Too Many Requests', {
+              status: 429,
+              retryable: true,
+              detail: `${count} failed operator logins from this address; try again in ${retryAfter} s.`,
+              headers: { 'Retry-After': String(retryAfter) },
+            });
+          }
+        }
         if (!opts.operator || !basicMatches(header, opts.operator)) {
-          opts.logger.warn({ security_event: 'operator_login_failed', path: req.path, ip: req.ip }, 'rejected operator credentials');
+          const failures = throttle ? (await throttle.window.hit(client)).count : undefined;
+          opts.logger.warn({ security_event: 'operator_login_failed', path: req.path, ip: req.ip, failures }, 'rejected operator credentials');
           throw unauthorized(opts, 'The operator credentials are not valid.');
         }
         return next();

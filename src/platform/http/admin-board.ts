@@ -1,15 +1,19 @@
 import type { Express, RequestHandler, Router } from 'express';
 import type { Queue } from 'bullmq';
+import type { Redis } from 'ioredis';
 import type { Logger } from 'pino';
 import type { Config } from '../config/config.ts';
 import type { TokenVerifier } from '../tenancy/jwt.ts';
 import { adminAuth } from './admin-auth.middleware.ts';
+import { RateWindow } from './rate-window.ts';
 import { createBullBoard } from '@bull-board/api';
 import { BullMQAdapter } from '@bull-board/api/bullMQAdapter';
 import { ExpressAdapter } from '@bull-board/express';
 
 export const BULL_BOARD_PATH = '/admin/queues';
 const BOARD_QUEUES = 'dealixBullBoardQueues';
+/** The window in which OPERATOR_LOGIN_MAX_FAILURES failed operator logins from one address are allowed. */
+export const OPERATOR_LOGIN_WINDOW_MS = 15 * 60_000;
 
 /**
  * Bull Board for operators: every queue it is given (every workflow queue and the maintenance queue),
@@ -38,11 +42,14 @@ export function operatorDashboard(deps: {
   queues: Iterable<Queue>;
   verifier: TokenVerifier;
   logger: Logger;
-  config: Pick<Config, 'BULL_BOARD_READ_ONLY' | 'OPERATOR_USER' | 'OPERATOR_PASSWORD'>;
+  /** Where failed operator logins are counted (every API process shares the count). */
+  redis: Redis;
+  config: Pick<Config, 'BULL_BOARD_READ_ONLY' | 'OPERATOR_USER' | 'OPERATOR_PASSWORD' | 'OPERATOR_LOGIN_MAX_FAILURES' | 'QUEUE_PREFIX'>;
 }): { path: string; handlers: [RequestHandler, Router]; queueNames: string[] } {
   const { router, queueNames } = bullBoardRouter(deps.queues, { readOnly: deps.config.BULL_BOARD_READ_ONLY, basePath: BULL_BOARD_PATH });
   const { OPERATOR_USER: user, OPERATOR_PASSWORD: password } = deps.config;
-  const guard = adminAuth({ verifier: deps.verifier, logger: deps.logger, operator: user && password ? { user, password } : undefined, basePath: BULL_BOARD_PATH });
+  const loginThrottle = { window: new RateWindow(deps.redis, `${deps.config.QUEUE_PREFIX}:operator-login`, OPERATOR_LOGIN_WINDOW_MS), maxFailures: deps.config.OPERATOR_LOGIN_MAX_FAILURES };
+  const guard = adminAuth({ verifier: deps.verifier, logger: deps.logger, operator: user && password ? { user, password } : undefined, basePath: BULL_BOARD_PATH, loginThrottle });
   return { path: BULL_BOARD_PATH, handlers: [guard as RequestHandler, router], queueNames };
 }
 

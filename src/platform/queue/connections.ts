@@ -21,3 +21,22 @@ export function createRedis(url: string, role: 'worker' | 'producer', name: stri
   redis.on('error', () => {});
   return redis;
 }
+
+/**
+ * Resolves once `redis` is connected and ready, or after `timeoutMs` (whatever its state then): the API
+ * waits for it before it listens, so a process that has just started does not answer its first
+ * requests 503 while its producer connection (no offline queue) is still connecting. A Redis that is
+ * down does not keep the API from starting: /readyz reports it.
+ */
+export async function untilReady(redis: Redis, timeoutMs: number): Promise<void> {
+  if (redis.status === 'ready') return;
+  await new Promise<void>((resolve) => {
+    const done = () => {
+      clearTimeout(timer);
+      redis.off('ready', done);
+      resolve();
+    };
+    const timer = setTimeout(done, timeoutMs);
+    redis.once('ready', done);
+  });
+}
