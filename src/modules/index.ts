@@ -40,22 +40,34 @@ const slaJobId = (idempotencyHash: string) => namedJobId('gp', idempotencyHash, 
  * SLA timers: one delayed job per waiting run, on the golden-path queue, keyed by the run's idempotency
  * hash. The approval step schedules its timer inside its transaction; if that attempt rolls back and a
  * retry stores another deadline (a policy changed in between, say), the job id is already taken: the
- * waiting timer is moved to the new deadline, so it neither fires late nor early.
+ * waiting timer is moved to the new deadline, so it neither fires late nor early. A timer of an earlier
+ * request of the run that has already fired (an attempt that rolled back, or the run's failed
+ * generation before an API client retried it) is kept finished under the id by BullMQ's retention,
+ * which makes the add a no-op: it is replaced, so the new request has its timer at once (ADR 0009).
  */
 export function slaScheduler(queue: () => Queue, keep: { completed: KeepJobs; failed: KeepJobs }): SlaScheduler {
   return {
     async schedule({ tenantId, runId, idempotencyHash, deadline }) {
       const data: SlaJobData = { tenant_id: tenantId, run_id: runId, hash: idempotencyHash, deadline: deadline.toISOString() };
       const jobId = slaJobId(idempotencyHash);
-      const added = await queue().add(SLA_JOB_NAME, data, {
-        jobId,
-        delay: Math.max(0, deadline.getTime() - Date.now()),
-        attempts: 10,
-        backoff: { type: 'exponential', delay: 1000, jitter: 0.5 },
-        removeOnComplete: keep.completed,
-        removeOnFail: keep.failed,
-      });
-      await moveTimer(queue(), added.id ?? jobId, data);
+      const add = () =>
+        queue().add(SLA_JOB_NAME, data, {
+          jobId,
+          delay: Math.max(0, deadline.getTime() - Date.now()),
+          attempts: 10,
+          backoff: { type: 'exponential', delay: 1000, jitter: 0.5 },
+          removeOnComplete: keep.completed,
+          removeOnFail: keep.failed,
+        });
+      await add();
+      const state = await queue().getJobState(jobId);
+      if (state === 'completed' || state === 'failed') {
+        // A spent timer took the id: removed, the add goes through. (Two schedules doing this at once
+        // each remove then add, so one timer is left either way.)
+        await queue().remove(jobId);
+        await add();
+      }
+      await moveTimer(queue(), jobId, data);
     },
     async cancel({ idempotencyHash }) {
       // A timer being processed right now is locked and stays; it finds the request decided.
@@ -90,10 +102,7 @@ export function workflowsFor(config: Config, deps: { queue: () => Queue }): Work
       );
       // A run cancelled since the sweeper listed it as waiting gets no timer back.
       if (!req?.sla_deadline) return;
-      // A timer that ended (failed for good, or completed early) while the request is still pending is spent: replace it.
-      const queue = deps.queue();
-      const state = await queue.getJobState(slaJobId(req.idempotency_hash));
-      if (state === 'failed' || state === 'completed') await queue.remove(slaJobId(req.idempotency_hash));
+      // A timer that ended (failed for good, or completed early) while the request is still pending is spent: schedule replaces it.
       await sla.schedule({ tenantId: req.tenant_id, runId, approvalRequestId: '', idempotencyHash: req.idempotency_hash, deadline: new Date(req.sla_deadline) });
     }, slaJobId,
     // A run that fails for good while it waits leaves no request open that no one may decide. Its SLA

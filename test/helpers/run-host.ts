@@ -1,7 +1,7 @@
 import pino from 'pino';
 import { DurableRuntime } from '../../src/platform/durable/runtime.ts';
 import { StepExecutor } from '../../src/platform/durable/executor.ts';
-import { startWorkers } from '../../src/platform/durable/worker-host.ts';
+import { startWorkers, type JobHandler } from '../../src/platform/durable/worker-host.ts';
 import { createRedis } from '../../src/platform/queue/connections.ts';
 import type { StepDef, WorkflowDef } from '../../src/platform/durable/workflow.ts';
 import { GOLDEN_PATH, GOLDEN_PATH_QUEUE } from '../../src/modules/golden-path/golden-path.workflow.ts';
@@ -11,9 +11,10 @@ import type { TestStack } from './stack.ts';
 /**
  * The production worker host and executor, in the test's process, running `wf` on the golden-path
  * queue of `stack` (one job at a time): a test can then hold, fail or count the steps of the runs it
- * submits through the stack's API. Stop it before starting another on the same queue.
+ * submits through the stack's API. Stop it before starting another on the same queue. `handlers` are
+ * its other jobs' (e.g. the SLA timers': jobHandlersFor); without them such a job fails.
  */
-export function startRunHost(stack: TestStack, wf: WorkflowDef, workerId = 'run-host') {
+export function startRunHost(stack: TestStack, wf: WorkflowDef, workerId = 'run-host', handlers: Record<string, JobHandler> = {}) {
   const logger = pino({ level: 'silent' });
   const runtime = new DurableRuntime({ workflows: [wf], queues: stack.container.runtime.queues, logger });
   const executor = new StepExecutor({ orm: stack.container.orm, runtime, logger, workerId, leaseMs: 5000 });
@@ -21,7 +22,7 @@ export function startRunHost(stack: TestStack, wf: WorkflowDef, workerId = 'run-
   const host = startWorkers({
     runtime,
     executor,
-    handlers: {},
+    handlers,
     connection,
     prefix: stack.prefix,
     settings: { concurrency: 1, lockDurationMs: 5000, stalledIntervalMs: 5000, maxStalledCount: 10 },

@@ -12,7 +12,8 @@ import pino from 'pino';
 import { api, CLASS_A_SUBMISSION, newTenant, SAMPLE_SUBMISSION, startStack, type TestStack } from '../helpers/stack.ts';
 import { waitFor } from '../helpers/poll.ts';
 import { barrier, startRunHost, wrappedGoldenPath } from '../helpers/run-host.ts';
-import { stepJobId } from '../../src/platform/queue/job-ids.ts';
+import { namedJobId, stepJobId } from '../../src/platform/queue/job-ids.ts';
+import { jobHandlersFor } from '../../src/modules/index.ts';
 import { Sweeper } from '../../src/platform/durable/sweeper.ts';
 import { GOLDEN_PATH, GOLDEN_PATH_QUEUE } from '../../src/modules/golden-path/golden-path.workflow.ts';
 import { PermanentError } from '../../src/platform/errors/app-error.ts';
@@ -25,6 +26,8 @@ const retryPath = (id: string) => `/api/v1/golden-path/runs/${id}/retry`;
 /** What the test's worker does: the steps that fail for good, a step held at a barrier, and each step entered, by run. */
 interface Control {
   failing: Set<number>;
+  /** Steps whose body runs (its rows, the timer it schedules) and then fails for good: the step's transaction rolls back. */
+  failingAfter?: Set<number>;
   hold?: { seq: number; at: ReturnType<typeof barrier> };
   /** Step 1 renamed (the code changed in place under a run): non-determinism against its checkpoints. */
   renamedFirst?: boolean;
@@ -72,10 +75,13 @@ describe('retrying a failed run through the API', () => {
         await ctl.hold.at.released;
       }
       if (ctl.failing.has(seq)) throw new PermanentError('test_permanent', `step ${seq} refused for good (test)`);
-      return step.run(input, ctx);
+      const out = await step.run(input, ctx);
+      if (ctl.failingAfter?.has(seq)) throw new PermanentError('test_permanent', `step ${seq} refused for good after its body ran (test)`);
+      return out;
     });
     if (ctl.renamedFirst) wf.steps[0] = { ...wf.steps[0]!, name: `${STEPS[0]}-v2` };
-    const h = startRunHost(stack, wf, `retry-test-${randomUUID().slice(0, 8)}`);
+    // The SLA timers' handler too: a timer of a run here fires and expires it as a worker's would.
+    const h = startRunHost(stack, wf, `retry-test-${randomUUID().slice(0, 8)}`, jobHandlersFor({ orm: stack.container.orm, runtime: stack.container.runtime }));
     hosts.push(h);
     return {
       async stop() {
@@ -553,5 +559,47 @@ describe('retrying a failed run through the API', () => {
     ctl.hold = undefined;
     retriedHeld.release();
     expect((await waitStatus(id, ['completed', 'failed'])).status).toBe('completed');
+  });
+
+  it("a run retried after its approval step had scheduled an SLA timer that has since fired: the retry's request gets a timer of its own and expires at its deadline, no sweeper needed", { timeout: LONG }, async () => {
+    // A tenant of its own whose class B SLA is one second, so the first timer fires within the test.
+    const t = newTenant();
+    const submitter = await stack.token({ tenantId: t, sub: 'submitter-1' });
+    const admin = await stack.token({ tenantId: t, sub: 'admin-1', roles: ['admin'] });
+    const policy = (slaB: number) => ({ class_a_max_cost: 50000, class_a_max_payback_months: 6, class_c_min_cost: 250000, class_c_min_payback_months: 24, sla_b_seconds: slaB, sla_c_seconds: 60 });
+    expect((await api(stack, 'PUT', '/api/v1/approval-policy', { token: admin, body: policy(1) })).status).toBe(200);
+    const ctl = control();
+    ctl.failingAfter = new Set([3]);
+    host(ctl);
+    const sub = await api(stack, 'POST', '/api/v1/golden-path/run', { token: submitter, body: SAMPLE_SUBMISSION, headers: { 'Idempotency-Key': randomUUID() } }); // class B
+    expect(sub.status, sub.text).toBe(202);
+    const id = sub.json.run_id as string;
+    const statusOf = async () => (await api(stack, 'GET', `/api/v1/golden-path/runs/${id}`, { token: submitter })).json;
+    // Step 3 opened its request and scheduled its timer, then failed for good: the request rolled
+    // back with the step, the timer (in Redis) stayed, fired at its deadline and found nothing to expire.
+    expect(await waitFor(async () => ((await statusOf())?.status === 'failed' ? statusOf() : undefined), { timeoutMs: 60_000, what: 'the run to fail at step 3' })).toMatchObject({ error: { sequence_num: 3 } });
+    expect((await domainRows(id)).approval_requests).toHaveLength(0);
+    const timerId = namedJobId('gp', (await runRow(id)).idempotency_hash, 'sla');
+    const spent = await waitFor(async () => ((await queue().getJobState(timerId)) === 'completed' ? queue().getJob(timerId) : undefined), { timeoutMs: 60_000, what: 'the first timer to fire' });
+    expect(spent!.returnvalue).toEqual({ outcome: 'not_pending' });
+
+    // Fixed and retried, with a two-second SLA this time: the run waits on a new request.
+    ctl.failingAfter.clear();
+    expect((await api(stack, 'PUT', '/api/v1/approval-policy', { token: admin, body: policy(2) })).status).toBe(200);
+    const res = await api(stack, 'POST', retryPath(id), { token: submitter, headers: { 'Idempotency-Key': randomUUID() } });
+    expect(res.status, res.text).toBe(200);
+    await waitFor(async () => (await statusOf())?.status !== 'running' && (await statusOf())?.status !== 'pending', { timeoutMs: 60_000, what: 'the retried run to wait' });
+    const [request] = (await stack.db.admin(`select sla_deadline from approval_requests where run_id = $1`, [id])).rows;
+    // The timer under the run's SLA id is the new request's (its deadline), not the spent one kept in
+    // the completed set: adding a job under an id BullMQ still keeps is a silent no-op.
+    const timer = await queue().getJob(timerId);
+    expect(timer?.data.deadline).toBe(new Date(request.sla_deadline).toISOString());
+    // No sweeper runs here: the run expires by its own timer.
+    const expired = await waitFor(async () => {
+      const r = await statusOf();
+      return r?.status !== 'waiting' ? r : undefined;
+    }, { timeoutMs: 60_000, what: 'the retried run to expire' });
+    expect(expired.status).toBe('approval_expired');
+    expect((await stack.db.admin(`select status from approval_requests where run_id = $1`, [id])).rows).toEqual([{ status: 'expired' }]);
   });
 });

@@ -118,11 +118,16 @@ export class CoalescingClient extends pg.Client {
   readonly #prepared: PreparedNames;
   /** The pool's group commit (group-commit.ts), when enabled: whole transactions in one message may share a commit. */
   readonly #group: GroupCommit | undefined;
+  /** The connection is gone (the server terminated it, restarted, the network dropped): no transaction is open on it any more. */
+  #lost = false;
 
   constructor(config?: string | (pg.ClientConfig & { preparedStatements?: boolean; groupCommit?: GroupCommitRef })) {
     super(config);
     this.#prepared = new PreparedNames(typeof config !== 'object' || config.preparedStatements !== false);
     this.#group = typeof config === 'object' && config.groupCommit ? groupCommitFor(config.groupCommit) : undefined;
+    // pg reports a dropped connection as `error` (then `end`); whoever holds the client handles the error itself.
+    this.on('error', () => (this.#lost = true));
+    this.on('end', () => (this.#lost = true));
     // pg tracks the ParseComplete of its own named queries only; a batch counts its own.
     (this as unknown as { connection: NodeJS.EventEmitter }).connection.on('parseComplete', () => {
       const active = (this as unknown as { _activeQuery?: unknown })._activeQuery;
@@ -137,6 +142,32 @@ export class CoalescingClient extends pg.Client {
 
   // pg's overloads cannot be restated precisely here; the three call forms are handled explicitly.
   override query(config: any, values?: any, callback?: any): any {
+    if (typeof config === 'string' && /^rollback$/i.test(config) && (values === undefined || (Array.isArray(values) && values.length === 0)) && callback === undefined) {
+      // A rollback that cannot reach the server because the connection is gone has nothing left to do:
+      // PostgreSQL ended the session and its transaction with it. Answered here, not raised: the
+      // transaction's own error stands, and the caller goes on to give the client back to its pool,
+      // which drops it. (Kysely releases a transaction's connection only after its rollback succeeded:
+      // a rollback raised here left the client checked out for good — one connection fewer in the pool
+      // for every connection the server dropped in a transaction, and `pool.end()` waiting forever.)
+      const done = () => {
+        this.#pending = [];
+        this.#poisoned = undefined;
+        this.#committedAhead = false;
+        this.#began = false;
+        this.#nested = false;
+        return held('ROLLBACK');
+      };
+      if (this.#lost) return Promise.resolve(done());
+      return (this.dispatch(config) as Promise<pg.QueryResult>).catch((err: unknown) => {
+        if (this.#lost) return done();
+        throw err;
+      });
+    }
+    return this.dispatch(config, values, callback);
+  }
+
+  /** What query() does with a statement, but for a rollback on a connection that is gone (above). */
+  private dispatch(config: any, values?: any, callback?: any): any {
     if (this.#poisoned !== undefined) {
       // The transaction the failed prelude led ends with its rollback; a `begin` starts another,
       // after the rollback of the prelude's transaction, which the failure left open and aborted.
