@@ -1,4 +1,5 @@
 import express, { type NextFunction, type Request, type Response, type Router } from 'express';
+import { z } from 'zod';
 import type { EntityManager, MikroORM } from '@mikro-orm/postgresql';
 import type { Logger } from 'pino';
 import { AppError } from '../errors/app-error.ts';
@@ -56,22 +57,31 @@ export function buildRouter(routes: RouteDef[], deps: RouterDeps): Router {
   return router;
 }
 
+/** The body of a mutating route that declares none: nothing, or an empty JSON object (which many clients send by default). */
+const NO_BODY = z.strictObject({});
+
+const unsupportedMediaType = (detail: string) => new AppError('unsupported_media_type', 'Unsupported Media Type', { status: 415, retryable: false, detail });
+
+/** Whether the request carries body bytes (an empty body, `Content-Length: 0`, does not). */
+const sendsBytes = (req: Request) => req.headers['transfer-encoding'] !== undefined || Number(req.headers['content-length'] ?? 0) > 0;
+
 function validate(def: RouteDef) {
   return function validateRequest(req: Request, res: Response, next: NextFunction): void {
     try {
-      // `req.is` is null for a request without a body: that one fails the body's validation (422).
-      if (MUTATING_METHODS.has(def.method) && def.body) {
-        if (req.is(['application/json', 'application/*+json']) === false) {
-          throw new AppError('unsupported_media_type', 'Unsupported Media Type', {
-            status: 415,
-            retryable: false,
-            detail: 'Send the body as application/json.',
-          });
+      if (MUTATING_METHODS.has(def.method)) {
+        const json = req.is(['application/json', 'application/*+json']);
+        if (def.body) {
+          // `req.is` is null for a request without a body: that one fails the body's validation (422).
+          if (json === false) throw unsupportedMediaType('Send the body as application/json.');
+        } else if (req.body === undefined && json === false && sendsBytes(req)) {
+          throw unsupportedMediaType('This operation takes no body: send none (or an empty JSON object).');
         }
       }
       res.locals.params = def.params ? parseOrThrow(def.params, req.params, 'path parameters', 404) : req.params;
       res.locals.query = def.query ? parseOrThrow(def.query, req.query, 'query parameters') : req.query;
-      res.locals.body = def.body ? parseOrThrow(def.body, req.body, 'request body', 422) : undefined;
+      if (def.body) res.locals.body = parseOrThrow(def.body, req.body, 'request body', 422);
+      // A route without a body refuses one rather than ignore it (docs/api.md): its fields are unknown fields.
+      else if (req.body !== undefined) parseOrThrow(NO_BODY, req.body, 'request body: this operation takes no body', 422);
       next();
     } catch (e) {
       next(e);

@@ -1,0 +1,76 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { randomUUID } from 'node:crypto';
+import { api, newTenant, SAMPLE_SUBMISSION, startStack, type TestStack } from '../helpers/stack.ts';
+
+/**
+ * The API contract as a demanding client probes it (docs/api.md, Conventions): input a route does not
+ * take is refused with a 4xx problem+json naming it, never silently ignored, and nothing is stored or
+ * changed for it. No worker runs: submitted runs stay pending.
+ */
+let stack: TestStack;
+const tenant = newTenant();
+let token: string;
+
+beforeAll(async () => {
+  stack = await startStack({ env: { RATE_LIMIT_PER_MINUTE: '0' } });
+  token = await stack.token({ tenantId: tenant, sub: 'contract-user', roles: ['approver', 'admin'] });
+});
+afterAll(async () => stack?.stop());
+
+async function pendingRun(): Promise<string> {
+  const res = await api(stack, 'POST', '/api/v1/golden-path/run', { token, body: SAMPLE_SUBMISSION, headers: { 'Idempotency-Key': randomUUID() } });
+  expect(res.status, res.text).toBe(202);
+  return res.json.run_id as string;
+}
+
+/** What a refused request must leave as it was: the run's row and the tenant's idempotency keys. */
+async function state(runId: string) {
+  const run = (await stack.db.admin(`select status, error, retry_count, completed_at from durable_runs where id = $1`, [runId])).rows[0];
+  const keys = (await stack.db.admin(`select count(*)::int as n from idempotency_keys where tenant_id = $1`, [tenant])).rows[0].n as number;
+  return { run, keys };
+}
+
+describe('a body sent to a route that takes none (cancel, retry)', () => {
+  const post = (path: string, key: string, body?: { type: string; text: string }) =>
+    api(stack, 'POST', path, { token, headers: { 'Idempotency-Key': key, ...(body ? { 'content-type': body.type } : {}) }, ...(body ? { rawBody: body.text } : {}) });
+
+  it.each(['cancel', 'retry'])('%s: a JSON body with fields is 422 naming them, not ignored; nothing changes and no key is stored', async (action) => {
+    const id = await pendingRun();
+    const before = await state(id);
+    for (const text of ['{"reason":"duplicate order"}', '[]', '{"comment":"x","force":true}']) {
+      const res = await post(`/api/v1/golden-path/runs/${id}/${action}`, randomUUID(), { type: 'application/json', text });
+      expect(res.status, `${text}: ${res.text}`).toBe(422);
+      expect(res.headers.get('content-type')).toMatch(/^application\/problem\+json/);
+      expect(res.json).toMatchObject({ status: 422, code: 'validation_failed', errors: [expect.objectContaining({ path: expect.any(String) })] });
+    }
+    expect((await post(`/api/v1/golden-path/runs/${id}/${action}`, randomUUID(), { type: 'application/json', text: '{"reason":"x"}' })).json.errors).toEqual([
+      { path: '(root)', message: expect.stringContaining('reason') },
+    ]);
+    expect(await state(id)).toEqual(before);
+  });
+
+  it.each(['cancel', 'retry'])('%s: a body that is not JSON is 415; nothing changes and no key is stored', async (action) => {
+    const id = await pendingRun();
+    const before = await state(id);
+    for (const type of ['text/plain', 'application/x-www-form-urlencoded']) {
+      const res = await post(`/api/v1/golden-path/runs/${id}/${action}`, randomUUID(), { type, text: 'reason=duplicate' });
+      expect(res.status, `${type}: ${res.text}`).toBe(415);
+      expect(res.json).toMatchObject({ status: 415, code: 'unsupported_media_type', detail: expect.stringContaining('no body') });
+    }
+    expect(await state(id)).toEqual(before);
+  });
+
+  it('an empty body, an empty JSON object and no body at all are the same request under one key: the cancel runs once and replays', async () => {
+    const id = await pendingRun();
+    const key = randomUUID();
+    const path = `/api/v1/golden-path/runs/${id}/cancel`;
+    const first = await post(path, key);
+    expect(first.status, first.text).toBe(200);
+    for (const body of [{ type: 'application/json', text: '{}' }, { type: 'application/json', text: '' }, { type: 'text/plain', text: '' }, { type: 'application/json', text: ' { } ' }]) {
+      const again = await post(path, key, body);
+      expect(again.status, `${JSON.stringify(body)}: ${again.text}`).toBe(200);
+      expect(again.headers.get('idempotent-replayed')).toBe('true');
+      expect(again.text).toBe(first.text);
+    }
+  });
+});
