@@ -74,3 +74,38 @@ describe('a body sent to a route that takes none (cancel, retry)', () => {
     }
   });
 });
+
+describe('a query parameter a route does not take', () => {
+  it('is a 400 naming it on every route without query parameters, not ignored', async () => {
+    const id = await pendingRun();
+    const reads = [`/api/v1/golden-path/runs/${id}`, `/api/v1/approvals/${randomUUID()}`, `/api/v1/evidence/${randomUUID()}`, `/api/v1/evidence/${randomUUID()}/verify`, '/api/v1/approval-policy'];
+    for (const path of reads) {
+      const res = await api(stack, 'GET', `${path}?include=steps`, { token });
+      expect(res.status, `${path}: ${res.text}`).toBe(400);
+      expect(res.headers.get('content-type')).toMatch(/^application\/problem\+json/);
+      expect(res.json, path).toMatchObject({ code: 'validation_failed', title: 'Invalid query parameters', errors: [{ path: '(root)', message: expect.stringContaining('include') }] });
+    }
+    // The lists already refused one: still so.
+    expect((await api(stack, 'GET', '/api/v1/golden-path/runs?include=steps', { token })).status).toBe(400);
+  });
+
+  it('refuses a mutating request with one before it runs: no run submitted "dry", no cancel, nothing stored', async () => {
+    const id = await pendingRun();
+    const before = await state(id);
+    const runs = async () => (await stack.db.admin(`select count(*)::int as n from durable_runs where tenant_id = $1`, [tenant])).rows[0].n as number;
+    const runsBefore = await runs();
+    const key = { 'Idempotency-Key': randomUUID() };
+    const dry = await api(stack, 'POST', '/api/v1/golden-path/run?dry_run=true', { token, body: SAMPLE_SUBMISSION, headers: key });
+    expect(dry.status, dry.text).toBe(400);
+    expect(dry.json.errors).toEqual([{ path: '(root)', message: expect.stringContaining('dry_run') }]);
+    const cancel = await api(stack, 'POST', `/api/v1/golden-path/runs/${id}/cancel?force=1`, { token, headers: { 'Idempotency-Key': randomUUID() } });
+    expect(cancel.status, cancel.text).toBe(400);
+    const policy = await api(stack, 'PUT', '/api/v1/approval-policy?scope=all', { token, body: { class_a_max_cost: 1, class_a_max_payback_months: 1, class_c_min_cost: 2, class_c_min_payback_months: 2, sla_b_seconds: 60, sla_c_seconds: 60 } });
+    expect(policy.status, policy.text).toBe(400);
+    expect((await api(stack, 'GET', '/api/v1/approval-policy', { token })).json.source).toBe('default');
+    expect(await runs()).toBe(runsBefore);
+    expect(await state(id)).toEqual(before);
+    // The key was not taken: the same request without the parameter runs.
+    expect((await api(stack, 'POST', '/api/v1/golden-path/run', { token, body: SAMPLE_SUBMISSION, headers: key })).status).toBe(202);
+  });
+});

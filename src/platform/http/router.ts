@@ -60,6 +60,9 @@ export function buildRouter(routes: RouteDef[], deps: RouterDeps): Router {
 /** The body of a mutating route that declares none: nothing, or an empty JSON object (which many clients send by default). */
 const NO_BODY = z.strictObject({});
 
+/** The query of a route that declares none. */
+const NO_QUERY = z.strictObject({});
+
 const unsupportedMediaType = (detail: string) => new AppError('unsupported_media_type', 'Unsupported Media Type', { status: 415, retryable: false, detail });
 
 /** Whether the request carries body bytes (an empty body, `Content-Length: 0`, does not). */
@@ -78,7 +81,8 @@ function validate(def: RouteDef) {
         }
       }
       res.locals.params = def.params ? parseOrThrow(def.params, req.params, 'path parameters', 404) : req.params;
-      res.locals.query = def.query ? parseOrThrow(def.query, req.query, 'query parameters') : req.query;
+      // A route without query parameters takes none: one sent is refused (400), never ignored (docs/api.md).
+      res.locals.query = parseOrThrow(def.query ?? NO_QUERY, req.query, 'query parameters');
       if (def.body) res.locals.body = parseOrThrow(def.body, req.body, 'request body', 422);
       // A route without a body refuses one rather than ignore it (docs/api.md): its fields are unknown fields.
       else if (req.body !== undefined) parseOrThrow(NO_BODY, req.body, 'request body: this operation takes no body', 422);
