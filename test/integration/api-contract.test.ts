@@ -109,3 +109,20 @@ describe('a query parameter a route does not take', () => {
     expect((await api(stack, 'POST', '/api/v1/golden-path/run', { token, body: SAMPLE_SUBMISSION, headers: key })).status).toBe(202);
   });
 });
+
+describe('a malformed id in the path', () => {
+  it('answers as documented on every route with an id, whether it is not a UUID or not even decodable: 404 validation_failed naming it', async () => {
+    const withId = stack.container.routes.filter((r) => r.path.includes(':id'));
+    expect(withId.length).toBeGreaterThanOrEqual(6);
+    for (const def of withId) {
+      for (const bad of ['not-a-uuid', '%E0%A4%A', '%C0%AF', '%FF', `${randomUUID()}%`, 'a'.repeat(2000), '%C3%A9t%C3%A9']) {
+        const path = def.path.replace(':id', bad);
+        const res = await api(stack, def.method.toUpperCase(), path, { token, headers: { 'Idempotency-Key': randomUUID() }, ...(def.method === 'get' ? {} : { body: {} }) });
+        const where = `${def.method.toUpperCase()} ${path.slice(0, 80)}: ${res.text}`;
+        expect(res.status, where).toBe(404);
+        expect(res.headers.get('content-type'), where).toMatch(/^application\/problem\+json/);
+        expect(res.json, where).toMatchObject({ status: 404, code: 'validation_failed', errors: [{ path: 'id', message: expect.any(String) }] });
+      }
+    }
+  });
+});

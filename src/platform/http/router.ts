@@ -2,7 +2,7 @@ import express, { type NextFunction, type Request, type Response, type Router } 
 import { z } from 'zod';
 import type { EntityManager, MikroORM } from '@mikro-orm/postgresql';
 import type { Logger } from 'pino';
-import { AppError } from '../errors/app-error.ts';
+import { AppError, ValidationError } from '../errors/app-error.ts';
 import { toProblem } from '../errors/to-problem.ts';
 import { authenticate } from '../tenancy/auth.middleware.ts';
 import type { Principal, TokenVerifier } from '../tenancy/jwt.ts';
@@ -54,7 +54,41 @@ export function buildRouter(routes: RouteDef[], deps: RouterDeps): Router {
     chain.push(runHandler(def, deps));
     router[def.method](def.path, ...chain);
   }
+  router.use(undecodableParam(routes));
   return router;
+}
+
+/**
+ * Express decodes a route's path parameters while matching it, and a parameter that is not valid
+ * percent-encoded UTF-8 (`%E0%A4%A`, `%FF`) fails there with a bare URIError before any of the
+ * route's middleware runs. It is a malformed id like any other (docs/api.md): 404 validation_failed
+ * naming the parameter, not an undocumented 400.
+ */
+function undecodableParam(routes: RouteDef[]) {
+  const escape = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+  const patterns = routes
+    .filter((def) => def.path.includes('/:'))
+    .map((def) => ({
+      names: [...def.path.matchAll(/:([A-Za-z0-9_]+)/g)].map((m) => m[1]!),
+      re: new RegExp(`^${def.path.split(/:[A-Za-z0-9_]+/).map(escape).join('([^/]+)')}/?$`, 'i'),
+    }));
+  const decodes = (raw: string) => {
+    try {
+      decodeURIComponent(raw);
+      return true;
+    } catch {
+      return false;
+    }
+  };
+  return function undecodable(err: unknown, req: Request, _res: Response, next: NextFunction): void {
+    if (!(err instanceof URIError)) return next(err);
+    for (const { names, re } of patterns) {
+      const values = re.exec(req.path)?.slice(1) ?? [];
+      const bad = names.find((_name, i) => values[i] !== undefined && !decodes(values[i]!));
+      if (bad) return next(new ValidationError('Invalid path parameters', [{ path: bad, message: 'not valid percent-encoded UTF-8' }], 404));
+    }
+    next(err);
+  };
 }
 
 /** The body of a mutating route that declares none: nothing, or an empty JSON object (which many clients send by default). */
