@@ -126,3 +126,16 @@ describe('a malformed id in the path', () => {
     }
   });
 });
+
+describe('a missing body on a route that takes one', () => {
+  it('fails validation (422 naming the missing fields), not the media type, also when sent as Content-Length: 0 (as fetch sends a POST without a body)', async () => {
+    for (const [method, path] of [['POST', '/api/v1/golden-path/run'], ['POST', `/api/v1/approvals/${randomUUID()}/decision`], ['PUT', '/api/v1/approval-policy']] as const) {
+      for (const headers of [{}, { 'content-type': 'text/plain' }] as Array<Record<string, string>>) {
+        // fetch sends `Content-Length: 0` for a body-less POST or PUT.
+        const res = await api(stack, method, path, { token, headers: { 'Idempotency-Key': randomUUID(), ...headers } });
+        expect(res.status, `${method} ${path} ${JSON.stringify(headers)}: ${res.text}`).toBe(422);
+        expect(res.json).toMatchObject({ code: 'validation_failed', errors: expect.arrayContaining([expect.objectContaining({ path: expect.any(String) })]) });
+      }
+    }
+  });
+});

@@ -107,11 +107,10 @@ function validate(def: RouteDef) {
     try {
       if (MUTATING_METHODS.has(def.method)) {
         const json = req.is(['application/json', 'application/*+json']);
-        if (def.body) {
-          // `req.is` is null for a request without a body: that one fails the body's validation (422).
-          if (json === false) throw unsupportedMediaType('Send the body as application/json.');
-        } else if (req.body === undefined && json === false && sendsBytes(req)) {
-          throw unsupportedMediaType('This operation takes no body: send none (or an empty JSON object).');
+        // A request without body bytes (none, or `Content-Length: 0`, whatever its type) has no body to
+        // refuse for its type: a route that needs one fails the body's validation instead (422).
+        if (json === false && sendsBytes(req)) {
+          throw unsupportedMediaType(def.body ? 'Send the body as application/json.' : 'This operation takes no body: send none (or an empty JSON object).');
         }
       }
       res.locals.params = def.params ? parseOrThrow(def.params, req.params, 'path parameters', 404) : req.params;
