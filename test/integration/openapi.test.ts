@@ -66,6 +66,17 @@ describe('OpenAPI 3.1 from the route declarations', () => {
     expect(Object.keys(decision['409'].headers)).toContain('Retry-After');
   });
 
+  it('names the problem code of every error response it publishes, so a client knows what to branch on', async () => {
+    const doc = (await api(stack, 'GET', '/openapi.json')).json;
+    const unnamed: string[] = [];
+    for (const def of stack.container.routes) {
+      for (const [status, r] of Object.entries<{ description: string }>(doc.paths[openApiPath(def.path)][def.method].responses)) {
+        if (Number(status) >= 400 && !/\(code: [a-z_]+/.test(r.description)) unnamed.push(`${def.method.toUpperCase()} ${def.path} ${status}: ${r.description}`);
+      }
+    }
+    expect(unnamed).toEqual([]);
+  });
+
   it('converts every route schema (no route falls back to an untyped body)', () => {
     expect(buildOpenApi(stack.container.routes).problems).toEqual([]);
   });
