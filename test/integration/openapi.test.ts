@@ -66,6 +66,17 @@ describe('OpenAPI 3.1 from the route declarations', () => {
     expect(Object.keys(decision['409'].headers)).toContain('Retry-After');
   });
 
+  it('names the problem code of every error response it publishes, so a client knows what to branch on', async () => {
+    const doc = (await api(stack, 'GET', '/openapi.json')).json;
+    const unnamed: string[] = [];
+    for (const def of stack.container.routes) {
+      for (const [status, r] of Object.entries<{ description: string }>(doc.paths[openApiPath(def.path)][def.method].responses)) {
+        if (Number(status) >= 400 && !/\(code: [a-z_]+/.test(r.description)) unnamed.push(`${def.method.toUpperCase()} ${def.path} ${status}: ${r.description}`);
+      }
+    }
+    expect(unnamed).toEqual([]);
+  });
+
   it('converts every route schema (no route falls back to an untyped body)', () => {
     expect(buildOpenApi(stack.container.routes).problems).toEqual([]);
   });
@@ -81,6 +92,49 @@ describe('OpenAPI 3.1 from the route declarations', () => {
     expect(res.headers.get('content-type')).toContain('text/html');
     for (const def of stack.container.routes) expect(res.text).toContain(openApiPath(def.path));
     expect(res.text).not.toMatch(/<script|src="http|href="http/);
+  });
+});
+
+describe('every refusal the router really answers is published for its route', () => {
+  it('unknown query parameters, malformed JSON, bodies too large or not JSON, unsupported encodings, malformed keys and unknown fields: each status with its code', async () => {
+    const doc = (await api(stack, 'GET', '/openapi.json')).json;
+    const tenant = newTenant();
+    const token = await stack.token({ tenantId: tenant, sub: 'refused-1', roles: ['approver', 'admin'] });
+    const POLICY = { class_a_max_cost: 1, class_a_max_payback_months: 1, class_c_min_cost: 2, class_c_min_payback_months: 2, sla_b_seconds: 60, sla_c_seconds: 60 };
+    const validBody = (path: string) => (path.endsWith('/golden-path/run') ? SAMPLE_SUBMISSION : path.endsWith('/decision') ? { decision: 'approve' } : path.endsWith('/approval-policy') ? POLICY : undefined);
+    const json = (body: unknown) => ({ rawBody: JSON.stringify(body), headers: { 'content-type': 'application/json' } });
+    const seen: string[] = [];
+    for (const def of stack.container.routes) {
+      const method = def.method.toUpperCase();
+      const path = def.path.replace(':id', randomUUID());
+      const body = MUTATING_METHODS.has(def.method) ? validBody(def.path) : undefined;
+      const cases: Array<[string, { query?: string; rawBody?: string; headers?: Record<string, string> }]> = [['an unknown query parameter', { query: '?unexpected=1', ...(body ? json(body) : {}) }]];
+      if (MUTATING_METHODS.has(def.method)) {
+        cases.push(
+          ['malformed JSON', { rawBody: '{"a":', headers: { 'content-type': 'application/json' } }],
+          ['a bare JSON value', { rawBody: 'null', headers: { 'content-type': 'application/json' } }],
+          ['a body over BODY_LIMIT', json({ pad: 'x'.repeat(70_000) })],
+          ['a body that is not JSON', { rawBody: 'x=1', headers: { 'content-type': 'text/plain' } }],
+          ['an unsupported content encoding', { rawBody: '{}', headers: { 'content-type': 'application/json', 'content-encoding': 'x-evil' } }],
+          ['an unknown field', json({ ...(body as object | undefined), unexpected: 1 })],
+          ['an empty Idempotency-Key', { ...(body ? json(body) : {}), headers: { ...(body ? json(body).headers : {}), 'Idempotency-Key': '' } }],
+        );
+      }
+      for (const [what, c] of cases) {
+        const headers = { 'Idempotency-Key': randomUUID(), ...c.headers };
+        const res = await api(stack, method, path + (c.query ?? ''), { token, headers, ...(c.rawBody !== undefined ? { rawBody: c.rawBody } : {}) });
+        const label = `${method} ${def.path}, ${what}: ${res.status} ${res.json?.code}`;
+        expect(res.status, label).toBeGreaterThanOrEqual(400);
+        expect(res.status, label).toBeLessThan(500);
+        const published = doc.paths[openApiPath(def.path)][def.method].responses[String(res.status)];
+        expect(published, `${label}: status not published`).toBeDefined();
+        expect(published.description, `${label}: code not published`).toContain(res.json.code);
+        expect(published.content['application/problem+json'].schema).toEqual({ $ref: '#/components/schemas/Problem' });
+        seen.push(label);
+      }
+    }
+    // The cases reached the refusals they probe (none of them a handler's answer).
+    expect(seen.filter((l) => / (413 payload_too_large|415 unsupported_media_type|415 unsupported_encoding|400 malformed_json)$/.test(l)).length).toBeGreaterThanOrEqual(4 * 5);
   });
 });
 

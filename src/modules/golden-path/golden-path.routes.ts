@@ -112,7 +112,7 @@ export function goldenPathRoutes(deps: {
       params: uuidParam,
       responses: {
         200: { description: 'The run, cancelled', schema: runView },
-        403: { description: 'Neither the run\'s submitter nor a tenant admin' },
+        403: { description: 'Neither the run\'s submitter nor a tenant admin (code: forbidden)' },
         404: { description: 'No such run for this tenant' },
         409: { description: 'The run has already ended (run_not_active, with its status)' },
       },
@@ -139,7 +139,7 @@ export function goldenPathRoutes(deps: {
       params: uuidParam,
       responses: {
         200: { description: 'The run, active again (pending or running), its failure recorded in `retries`', schema: runView },
-        403: { description: 'Neither the run\'s submitter nor a tenant admin' },
+        403: { description: 'Neither the run\'s submitter nor a tenant admin (code: forbidden)' },
         404: { description: 'No such run for this tenant' },
         409: { description: 'The run has not failed (run_not_failed, with its status), or none of its steps may run again (run_not_retryable)' },
         503: {

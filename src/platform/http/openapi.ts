@@ -38,17 +38,22 @@ function problem(description: string, codes: string[], headers: Record<string, Z
 function errorResponses(def: RouteDef): Record<number, ResponseConfig> {
   const mutating = MUTATING_METHODS.has(def.method);
   const out: Record<number, ResponseConfig> = {};
-  const bad = [def.query || def.params ? 'validation_failed' : '', def.body ? 'malformed_json' : '', mutating && def.idempotency === 'required' ? 'validation_failed (missing Idempotency-Key)' : ''].filter(Boolean);
-  if (bad.length) out[400] = problem('Bad request', [...new Set(bad)]);
+  // Every route validates its query (a parameter it does not take is refused); a mutating route reads
+  // a body whether or not it declares one (one that takes none refuses one: router.ts) and a key.
+  const bad = ['validation_failed', mutating ? 'malformed_json' : '', mutating && def.idempotency === 'required' ? 'validation_failed (missing Idempotency-Key)' : ''].filter(Boolean);
+  out[400] = problem('Bad request', bad);
   out[401] = problem('Missing, expired or invalid bearer token', ['unauthorized'], { 'WWW-Authenticate': z.literal('Bearer') });
   if (def.roles?.length) out[403] = problem(`Needs one of the roles: ${def.roles.join(', ')}`, ['forbidden']);
   if (def.params) out[404] = problem('Not found for this tenant (or a malformed id)', ['not_found', 'validation_failed']);
   if (mutating) out[409] = problem('A request with this Idempotency-Key is still being processed', ['idempotency_key_in_use'], retryAfter);
-  if (def.body) {
+  if (mutating) {
     out[413] = problem('The body is larger than the limit', ['payload_too_large']);
-    out[415] = problem('The body must be application/json, in UTF-8, without an unsupported content encoding', ['unsupported_media_type', 'unsupported_encoding']);
+    out[415] = problem(
+      def.body ? 'The body must be application/json, in UTF-8, without an unsupported content encoding' : 'This operation takes no body (an empty JSON object is none); one that is not JSON, or in an unsupported content encoding, is refused',
+      ['unsupported_media_type', 'unsupported_encoding'],
+    );
   }
-  if (def.body || mutating) out[422] = problem('Invalid body, or an Idempotency-Key reused with a different request', ['validation_failed', 'idempotency_key_reused']);
+  if (mutating) out[422] = problem('Invalid body, or an Idempotency-Key reused with a different request', ['validation_failed', 'idempotency_key_reused']);
   // Only a route that declares admission goes through the limits (the router applies them from the same field).
   // Every route authenticates, and then counts against the tenant's share of the API's in-flight
   // requests (router.ts); a route with `admission` also against the tenant's submission limits.

@@ -1,7 +1,8 @@
 import express, { type NextFunction, type Request, type Response, type Router } from 'express';
+import { z } from 'zod';
 import type { EntityManager, MikroORM } from '@mikro-orm/postgresql';
 import type { Logger } from 'pino';
-import { AppError } from '../errors/app-error.ts';
+import { AppError, ValidationError } from '../errors/app-error.ts';
 import { toProblem } from '../errors/to-problem.ts';
 import { authenticate } from '../tenancy/auth.middleware.ts';
 import type { Principal, TokenVerifier } from '../tenancy/jwt.ts';
@@ -53,25 +54,71 @@ export function buildRouter(routes: RouteDef[], deps: RouterDeps): Router {
     chain.push(runHandler(def, deps));
     router[def.method](def.path, ...chain);
   }
+  router.use(undecodableParam(routes));
   return router;
 }
+
+/**
+ * Express decodes a route's path parameters while matching it, and a parameter that is not valid
+ * percent-encoded UTF-8 (`%E0%A4%A`, `%FF`) fails there with a bare URIError before any of the
+ * route's middleware runs. It is a malformed id like any other (docs/api.md): 404 validation_failed
+ * naming the parameter, not an undocumented 400.
+ */
+function undecodableParam(routes: RouteDef[]) {
+  const escape = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+  const patterns = routes
+    .filter((def) => def.path.includes('/:'))
+    .map((def) => ({
+      names: [...def.path.matchAll(/:([A-Za-z0-9_]+)/g)].map((m) => m[1]!),
+      re: new RegExp(`^${def.path.split(/:[A-Za-z0-9_]+/).map(escape).join('([^/]+)')}/?$`, 'i'),
+    }));
+  const decodes = (raw: string) => {
+    try {
+      decodeURIComponent(raw);
+      return true;
+    } catch {
+      return false;
+    }
+  };
+  return function undecodable(err: unknown, req: Request, _res: Response, next: NextFunction): void {
+    if (!(err instanceof URIError)) return next(err);
+    for (const { names, re } of patterns) {
+      const values = re.exec(req.path)?.slice(1) ?? [];
+      const bad = names.find((_name, i) => values[i] !== undefined && !decodes(values[i]!));
+      if (bad) return next(new ValidationError('Invalid path parameters', [{ path: bad, message: 'not valid percent-encoded UTF-8' }], 404));
+    }
+    next(err);
+  };
+}
+
+/** The body of a mutating route that declares none: nothing, or an empty JSON object (which many clients send by default). */
+const NO_BODY = z.strictObject({});
+
+/** The query of a route that declares none. */
+const NO_QUERY = z.strictObject({});
+
+const unsupportedMediaType = (detail: string) => new AppError('unsupported_media_type', 'Unsupported Media Type', { status: 415, retryable: false, detail });
+
+/** Whether the request carries body bytes (an empty body, `Content-Length: 0`, does not). */
+const sendsBytes = (req: Request) => req.headers['transfer-encoding'] !== undefined || Number(req.headers['content-length'] ?? 0) > 0;
 
 function validate(def: RouteDef) {
   return function validateRequest(req: Request, res: Response, next: NextFunction): void {
     try {
-      // `req.is` is null for a request without a body: that one fails the body's validation (422).
-      if (MUTATING_METHODS.has(def.method) && def.body) {
-        if (req.is(['application/json', 'application/*+json']) === false) {
-          throw new AppError('unsupported_media_type', 'Unsupported Media Type', {
-            status: 415,
-            retryable: false,
-            detail: 'Send the body as application/json.',
-          });
+      if (MUTATING_METHODS.has(def.method)) {
+        const json = req.is(['application/json', 'application/*+json']);
+        // A request without body bytes (none, or `Content-Length: 0`, whatever its type) has no body to
+        // refuse for its type: a route that needs one fails the body's validation instead (422).
+        if (json === false && sendsBytes(req)) {
+          throw unsupportedMediaType(def.body ? 'Send the body as application/json.' : 'This operation takes no body: send none (or an empty JSON object).');
         }
       }
       res.locals.params = def.params ? parseOrThrow(def.params, req.params, 'path parameters', 404) : req.params;
-      res.locals.query = def.query ? parseOrThrow(def.query, req.query, 'query parameters') : req.query;
-      res.locals.body = def.body ? parseOrThrow(def.body, req.body, 'request body', 422) : undefined;
+      // A route without query parameters takes none: one sent is refused (400), never ignored (docs/api.md).
+      res.locals.query = parseOrThrow(def.query ?? NO_QUERY, req.query, 'query parameters');
+      if (def.body) res.locals.body = parseOrThrow(def.body, req.body, 'request body', 422);
+      // A route without a body refuses one rather than ignore it (docs/api.md): its fields are unknown fields.
+      else if (req.body !== undefined) parseOrThrow(NO_BODY, req.body, 'request body: this operation takes no body', 422);
       next();
     } catch (e) {
       next(e);

@@ -64,7 +64,8 @@ export function idempotencyMiddleware(service: IdempotencyService, route: { meth
       const method = req.method.toUpperCase();
       // The route template, not the concrete URL, plus the concrete params inside the fingerprint.
       const routeId = `${method} ${route.path}`;
-      const fingerprint = requestFingerprint(method, route.path, { params: req.params, body: res.locals.body ?? req.body ?? null });
+      // The body as validated: a route without one has none (an empty JSON object sent to it is no body).
+      const fingerprint = requestFingerprint(method, route.path, { params: req.params, body: res.locals.body ?? null });
       const input: ClaimInput = { tenantId: principal.tenantId, principal: principal.sub, key, method, route: routeId, fingerprint };
       const pending = service.claimPrelude(em, input);
       res.locals.idempotency = { pending, input, hash: pending.hash } satisfies IdempotencyState;
