@@ -113,13 +113,20 @@ export class Sweeper {
     if ((await this.o.redis.exists(marker)) === 0) {
       // Waiting runs have no step job to lose, only timers (e.g. an SLA): repaired once per loss, not every sweep.
       report.redisLost = true;
-      await this.eachIncomplete(['waiting'], 0, async (page) => {
-        for (const ref of page) {
-          if (await this.guarded(ref, () => this.repairWaiting(ref))) report.repairedWaiting++;
-        }
-      });
-      await this.o.afterRedisLoss?.();
+      // The marker before the repair: a loss while it runs takes the marker again, so the next sweep
+      // repairs again; a repair that fails removes it for the same reason.
       await this.o.redis.set(marker, new Date().toISOString());
+      try {
+        await this.eachIncomplete(['waiting'], 0, async (page) => {
+          for (const ref of page) {
+            if (await this.guarded(ref, () => this.repairWaiting(ref))) report.repairedWaiting++;
+          }
+        });
+        await this.o.afterRedisLoss?.();
+      } catch (e) {
+        await this.o.redis.del(marker).catch(() => {});
+        throw e;
+      }
       this.o.logger.warn({ repaired_waiting: report.repairedWaiting }, 'Redis had lost its data (or this is its first sweep): waiting runs repaired');
     }
     const snapshots = new Map<string, Promise<Set<string> | undefined>>();
