@@ -386,8 +386,9 @@ describe('golden path over HTTP', () => {
     const initial = await getJson('/api/v1/approval-policy', user);
     expect(initial.json).toEqual({
       source: 'default',
-      policy: { class_a_max_cost: 50_000, class_a_max_payback_months: 6, class_c_min_cost: 250_000, class_c_min_payback_months: 24, sla_b_seconds: 86_400, sla_c_seconds: 259_200 },
+      policy: { class_a_max_cost: 50_000, class_a_max_payback_months: 6, class_c_min_cost: 250_000, class_c_min_payback_months: 24, sla_b_seconds: 86_400, sla_c_seconds: 259_200, currency: 'SAR' },
       updated_at: null,
+      updated_by: null,
     });
     const policy = { class_a_max_cost: 1_000, class_a_max_payback_months: 1, class_c_min_cost: 500_000, class_c_min_payback_months: 36, sla_b_seconds: 1, sla_c_seconds: 3_600 };
     const put = (body: unknown, token: string) => api(stack, 'PUT', '/api/v1/approval-policy', { token, body });
@@ -396,7 +397,7 @@ describe('golden path over HTTP', () => {
     expect((await put({ ...policy, sla_b_seconds: 0 }, admin)).status).toBe(422);
     const saved = await put(policy, admin);
     expect(saved.status).toBe(200);
-    expect(saved.json).toMatchObject({ source: 'tenant', policy });
+    expect(saved.json).toMatchObject({ source: 'tenant', policy: { ...policy, currency: 'SAR' }, updated_by: 'admin-1' });
     expect((await getJson('/api/v1/approval-policy', user)).json).toMatchObject({ source: 'tenant', policy });
     // Another tenant still sees the defaults.
     expect((await getJson('/api/v1/approval-policy', tok.other)).json.source).toBe('default');

@@ -24,10 +24,13 @@ async function once(url: string, sql: string, params?: unknown[]) {
   }
 }
 
-/** A fresh database cloned from the migrated template, owned by the owner role. */
-export async function createTestDatabase(): Promise<TestDatabase> {
+/**
+ * A fresh database cloned from the migrated template, owned by the owner role; with `empty`, one
+ * without any migration applied (for tests of migrations).
+ */
+export async function createTestDatabase(opts: { empty?: boolean } = {}): Promise<TestDatabase> {
   const name = `dealix_t_${randomBytes(6).toString('hex')}`;
-  await once(TEST_ADMIN_URL, `CREATE DATABASE ${name} TEMPLATE ${TEST_TEMPLATE_DB} OWNER ${TEST_OWNER.user}`);
+  await once(TEST_ADMIN_URL, `CREATE DATABASE ${name}${opts.empty ? '' : ` TEMPLATE ${TEST_TEMPLATE_DB}`} OWNER ${TEST_OWNER.user}`);
   await once(TEST_ADMIN_URL, `REVOKE ALL ON DATABASE ${name} FROM PUBLIC`);
   await once(TEST_ADMIN_URL, `GRANT CONNECT ON DATABASE ${name} TO ${TEST_APP.user}`);
   const adminUrl = (() => {

@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { randomUUID } from 'node:crypto';
-import { api, newTenant, SAMPLE_SUBMISSION, startStack, type TestStack } from '../helpers/stack.ts';
+import { api, CLASS_A_SUBMISSION, newTenant, SAMPLE_SUBMISSION, startStack, type TestStack } from '../helpers/stack.ts';
 import { waitFor } from '../helpers/poll.ts';
 import { tenantEm } from '../../src/platform/db/tenant-em.ts';
 import { namedJobId } from '../../src/platform/queue/job-ids.ts';
@@ -160,10 +160,97 @@ describe('a policy change', () => {
     const pack = await api(stack, 'GET', `/api/v1/evidence/${done.steps[3].output.evidence_pack_id}`, { token: t.submitter });
     expect(pack.status, pack.text).toBe(200);
     const { approval_packet: packet, economics_model: econ } = pack.json.content;
-    // What the class rests on is in the pack: the thresholds and SLAs in force when it was classified…
+    // What the class rests on is in the pack: the thresholds, currency and SLAs in force when it was
+    // classified, and the admin who set them…
+    expect(inForce).toMatchObject({ source: 'tenant', updated_by: 'admin-1', policy: { currency: 'SAR' } });
     expect(packet.policy).toEqual(inForce);
+    expect(packet.currency_mismatch).toBeNull();
     // …and the packet's provenance re-derives from the pack alone.
-    expect(packet.provenance.inputs_sha256).toBe(sha256Hex(canonicalJson({ economics: { cost: econ.cost, payback_months: econ.payback_months }, policy: packet.policy })));
+    expect(packet.provenance.inputs_sha256).toBe(
+      sha256Hex(canonicalJson({ economics: { cost: econ.cost, payback_months: econ.payback_months, currency: econ.currency }, policy: packet.policy })),
+    );
     expect((await api(stack, 'GET', `/api/v1/evidence/${done.steps[3].output.evidence_pack_id}/verify`, { token: t.submitter })).json.valid).toBe(true);
+  });
+});
+
+describe('the policy records who set it', () => {
+  it('updated_by is null for the defaults, then the sub of the admin whose PUT set the policy, in GET, PUT and a replayed PUT', async () => {
+    const t = await tenantTokens();
+    const other = await stack.token({ tenantId: t.tenant, sub: 'admin-2', roles: ['admin'] });
+    const initial = await api(stack, 'GET', PATH, { token: t.submitter });
+    expect(initial.json).toEqual({ source: 'default', policy: { ...DEFAULTS, currency: 'SAR', sla_b_seconds: 86_400, sla_c_seconds: 259_200 }, updated_at: null, updated_by: null });
+
+    const policy = { ...DEFAULTS, sla_b_seconds: 600, sla_c_seconds: 1_200 };
+    const key = randomUUID();
+    const first = await put(t.admin, policy, key);
+    expect(first.status, first.text).toBe(200);
+    expect(first.json).toMatchObject({ source: 'tenant', policy: { ...policy, currency: 'SAR' }, updated_by: 'admin-1' });
+    expect((await api(stack, 'GET', PATH, { token: t.submitter })).json).toEqual(first.json);
+
+    const second = await put(other, { ...policy, sla_b_seconds: 900 });
+    expect(second.json).toMatchObject({ updated_by: 'admin-2' });
+    expect((await api(stack, 'GET', PATH, { token: t.submitter })).json).toEqual(second.json);
+    // A replay of the first admin's request answers what it answered then and writes nothing.
+    expect((await put(t.admin, policy, key)).json).toEqual(first.json);
+    expect((await api(stack, 'GET', PATH, { token: t.submitter })).json.updated_by).toBe('admin-2');
+    const [row] = await tenantEm(stack.container.orm, t.tenant).execute<{ updated_by: string | null }[]>('select updated_by from approval_policies');
+    expect(row).toEqual({ updated_by: 'admin-2' });
+  });
+});
+
+describe("a run in another currency than the policy's", () => {
+  const submitIn = async (t: Awaited<ReturnType<typeof tenantTokens>>, currency: string) => {
+    const res = await api(stack, 'POST', '/api/v1/golden-path/run', {
+      token: t.submitter,
+      body: { ...CLASS_A_SUBMISSION, currency },
+      headers: { 'Idempotency-Key': randomUUID() },
+    });
+    expect(res.status, res.text).toBe(202);
+    const run = await waitFor(
+      async () => {
+        const r = (await api(stack, 'GET', `/api/v1/golden-path/runs/${res.json.run_id}`, { token: t.submitter })).json;
+        return ['waiting', 'completed', 'failed'].includes(r?.status) ? r : undefined;
+      },
+      { timeoutMs: 60_000, intervalMs: 100, what: `the ${currency} run to be classified` },
+    );
+    expect(run.status).not.toBe('failed');
+    return run.steps[2].output;
+  };
+
+  it('is class C (two approvers, the C SLA) with the reason recorded; a run in the policy\'s currency classifies as before; a PUT sets the currency', async () => {
+    const t = await tenantTokens();
+    // Under the defaults (SAR) the class A sample is class A in SAR…
+    const sar = await submitIn(t, 'SAR');
+    expect(sar).toMatchObject({ approval_class: 'A', required_approvals: 0, outcome: 'approved', currency_mismatch: null });
+    // …and class C in KWD, whose 30,000 are about twelve times as many SAR: the SAR thresholds do not apply.
+    const kwd = await submitIn(t, 'KWD');
+    expect(kwd).toMatchObject({
+      approval_class: 'C',
+      required_approvals: 2,
+      outcome: 'pending',
+      reasons: ["currency KWD is not the policy's currency SAR: its cost thresholds do not apply"],
+      currency_mismatch: { submission_currency: 'KWD', policy_currency: 'SAR' },
+      policy: { source: 'default', policy: { currency: 'SAR' } },
+    });
+    const request = (await api(stack, 'GET', `/api/v1/approvals/${kwd.approval_request_id}`, { token: t.approver })).json;
+    expect(request).toMatchObject({ approval_class: 'C', required_approvals: 2, reasons: kwd.reasons });
+    expect(new Date(kwd.sla_deadline).getTime() - new Date(request.created_at).getTime()).toBe(259_200_000);
+
+    // The currency must be an ISO 4217 code, upper case, as a submission's.
+    for (const currency of ['kwd', 'XYZ', 'KWDX']) {
+      const bad = await put(t.admin, { ...DEFAULTS, sla_b_seconds: 600, sla_c_seconds: 1_200, currency });
+      expect(bad.status, currency).toBe(422);
+      expect(new Set(bad.json.errors.map((e: { path: string }) => e.path))).toEqual(new Set(['currency']));
+    }
+    // A policy in KWD: KWD runs classify by its thresholds, SAR runs are now the ones in class C.
+    const saved = await put(t.admin, { ...DEFAULTS, sla_b_seconds: 600, sla_c_seconds: 1_200, currency: 'KWD' });
+    expect(saved.status, saved.text).toBe(200);
+    expect(saved.json.policy.currency).toBe('KWD');
+    expect((await api(stack, 'GET', PATH, { token: t.submitter })).json.policy.currency).toBe('KWD');
+    expect(await submitIn(t, 'KWD')).toMatchObject({ approval_class: 'A', currency_mismatch: null, policy: { source: 'tenant', policy: { currency: 'KWD' } } });
+    expect(await submitIn(t, 'SAR')).toMatchObject({ approval_class: 'C', currency_mismatch: { submission_currency: 'SAR', policy_currency: 'KWD' } });
+    // A PUT without a currency sets the default one, SAR.
+    const plain = await put(t.admin, { ...DEFAULTS, sla_b_seconds: 600, sla_c_seconds: 1_200 });
+    expect(plain.json.policy.currency).toBe('SAR');
   });
 });

@@ -5,43 +5,27 @@
  * matches the entities with nothing pending (what `npm run db:check` reports). Down and up again too.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { randomBytes, randomUUID } from 'node:crypto';
-import pg from 'pg';
+import { randomUUID } from 'node:crypto';
 import { parseConfig } from '../../src/platform/config/config.ts';
 import { createOrm } from '../../src/platform/db/orm.ts';
 import { migrate, schemaStatus } from '../../src/platform/db/migrate.ts';
 import { entities } from '../../src/entities.ts';
-import { TEST_ADMIN_URL, TEST_APP, TEST_JWT_SECRET, TEST_OWNER, pgUrl } from '../helpers/env.ts';
+import { TEST_JWT_SECRET } from '../helpers/env.ts';
+import { createTestDatabase, type TestDatabase } from '../helpers/db.ts';
+import { migrateUpTo } from '../helpers/migrations.ts';
 
 const PREVIOUS = 'Migration20261203102508_approvals_keyset_indexes';
 const THIS = 'Migration20261203134347_approval_withdrawn_status';
 
-const name = `dealix_t_${randomBytes(6).toString('hex')}`;
-const config = parseConfig({ JWT_SECRET: TEST_JWT_SECRET, DATABASE_URL: pgUrl(TEST_APP, name), MIGRATION_DATABASE_URL: pgUrl(TEST_OWNER, name) });
-const superuserUrl = (() => {
-  const u = new URL(TEST_ADMIN_URL);
-  u.pathname = `/${name}`;
-  return u.toString();
-})();
-
-async function sql(url: string, text: string, params: unknown[] = []) {
-  const c = new pg.Client({ connectionString: url });
-  await c.connect();
-  try {
-    return (await c.query(text, params)).rows;
-  } finally {
-    await c.end();
-  }
-}
-const admin = (text: string, params: unknown[] = []) => sql(superuserUrl, text, params);
+let db: TestDatabase;
+let config: ReturnType<typeof parseConfig>;
+const admin = async (text: string, params: unknown[] = []) => (await db.admin(text, params)).rows;
 
 beforeAll(async () => {
-  await sql(TEST_ADMIN_URL, `CREATE DATABASE ${name} OWNER ${TEST_OWNER.user}`);
-  await sql(TEST_ADMIN_URL, `GRANT CONNECT ON DATABASE ${name} TO ${TEST_APP.user}`);
+  db = await createTestDatabase({ empty: true });
+  config = parseConfig({ JWT_SECRET: TEST_JWT_SECRET, DATABASE_URL: db.appUrl, MIGRATION_DATABASE_URL: db.ownerUrl });
 });
-afterAll(async () => {
-  await sql(TEST_ADMIN_URL, `DROP DATABASE IF EXISTS ${name} WITH (FORCE)`).catch(() => {});
-});
+afterAll(async () => db?.drop());
 
 /** A run with its approval request, as the release before this one stored them (superuser: no RLS in the way). */
 async function runWithRequest(tenant: string, runStatus: string, requestStatus: string): Promise<{ runId: string; requestId: string }> {
@@ -71,16 +55,9 @@ const requests = async () =>
 
 describe('migration approval_withdrawn_status', () => {
   it("withdraws every tenant's pending requests of cancelled runs (decided_at the cancel's time), changes nothing else, keeps RLS forced, and leaves db:check clean; down and up again", async () => {
-    const orm = await createOrm(config, { entities, role: 'owner', poolMax: 1 });
     // This migration comes first of those pending after PREVIOUS; later ones run with it.
-    let pending: string[];
-    try {
-      await orm.migrator.up({ to: PREVIOUS });
-      pending = (await orm.migrator.getPending()).map((m) => m.name);
-      expect(pending[0]).toBe(THIS);
-    } finally {
-      await orm.close(true);
-    }
+    const pending = await migrateUpTo(config, PREVIOUS);
+    expect(pending[0]).toBe(THIS);
     const [t1, t2] = [randomUUID(), randomUUID()];
     const fixed = [await runWithRequest(t1, 'cancelled', 'pending'), await runWithRequest(t2, 'cancelled', 'pending')];
     const untouched = [

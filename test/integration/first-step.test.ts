@@ -71,8 +71,8 @@ describe("a new run's first step, run from what its job carries", () => {
     const tenant = randomUUID();
     // Under this policy the class A sample is class B (cost above 1,000), and waits for a human.
     await stack.db.admin(
-      `insert into approval_policies (id, tenant_id, class_amax_cost, class_amax_payback_months, class_cmin_cost, class_cmin_payback_months, sla_bseconds, sla_cseconds, updated_at)
-       values ($1, $2, 1000, 1, 500000, 36, 3600, 7200, now())`,
+      `insert into approval_policies (id, tenant_id, class_amax_cost, class_amax_payback_months, class_cmin_cost, class_cmin_payback_months, sla_bseconds, sla_cseconds, currency, updated_at, updated_by)
+       values ($1, $2, 1000, 1, 500000, 36, 3600, 7200, 'SAR', now(), 'admin-9')`,
       [randomUUID(), tenant],
     );
     const { run, job } = await newRun(tenant);
@@ -81,7 +81,7 @@ describe("a new run's first step, run from what its job carries", () => {
     expect(texts.join('\n')).not.toMatch(/from approval_policies where/);
     const after = await stored(run.id);
     expect(after.checkpoints.map((c: { sequence_num: number }) => c.sequence_num)).toEqual([1, 2, 3]);
-    expect(after.checkpoints[2].output).toMatchObject({ approval_class: 'B' });
+    expect(after.checkpoints[2].output).toMatchObject({ approval_class: 'B', currency_mismatch: null, policy: { source: 'tenant', policy: { currency: 'SAR' }, updated_by: 'admin-9' } });
   });
 
   it('a run that ended before its job ran: the step commits nothing, the job reads the run and ends', async () => {

@@ -238,7 +238,12 @@ describe('the published schemas hold for real responses of every route', () => {
     expect(policy.source).toBe('default');
     // The same thresholds, now the tenant's own: the runs classify as under the defaults.
     const put = await api(stack, 'PUT', '/api/v1/approval-policy', { token: tok.admin!, body: policy.policy });
-    expect(expectPublished('PUT', '/api/v1/approval-policy', put, 200).json.source).toBe('tenant');
+    expect(expectPublished('PUT', '/api/v1/approval-policy', put, 200).json).toMatchObject({ source: 'tenant', policy: policy.policy, updated_by: 'admin-1' });
+    // The tenant's policy reads as published too, with its currency and the admin who set it.
+    expect((await get('/api/v1/approval-policy', '/api/v1/approval-policy')).json).toEqual(put.json);
+    const published = (await api(stack, 'GET', '/openapi.json')).json.components.schemas.ApprovalPolicyView;
+    expect(published.required).toEqual(expect.arrayContaining(['policy', 'updated_at', 'updated_by']));
+    expect(published.properties.policy.required).toContain('currency');
   });
 
   it('runs read as published in every state: completed, waiting, failed', async () => {

@@ -70,7 +70,7 @@ describe('buildEconomics', () => {
 
 describe('classify', () => {
   const policy: ApprovalPolicy = { ...DEFAULT_POLICY, slaBSeconds: 86_400, slaCSeconds: 259_200 };
-  const cls = (cost: number, payback: number | null) => classify({ cost, payback_months: payback }, policy);
+  const cls = (cost: number, payback: number | null) => classify({ cost, payback_months: payback, currency: 'SAR' }, policy);
 
   it('is A at cost <= 50,000 and payback <= 6 months, approved by the system with no SLA', () => {
     expect(cls(50_000, 6)).toMatchObject({ cls: 'A', required: 0, slaSeconds: null });
@@ -92,9 +92,28 @@ describe('classify', () => {
   });
 
   it('follows a tenant policy instead of the defaults', () => {
-    const strict: ApprovalPolicy = { classAMaxCost: 1_000, classAMaxPaybackMonths: 1, classCMinCost: 60_000, classCMinPaybackMonths: 2, slaBSeconds: 2, slaCSeconds: 3 };
-    expect(classify({ cost: 50_000, payback_months: 6 }, strict).cls).toBe('C');
-    expect(classify({ cost: 50_000, payback_months: 2 }, strict)).toMatchObject({ cls: 'B', slaSeconds: 2 });
+    const strict: ApprovalPolicy = { classAMaxCost: 1_000, classAMaxPaybackMonths: 1, classCMinCost: 60_000, classCMinPaybackMonths: 2, slaBSeconds: 2, slaCSeconds: 3, currency: 'SAR' };
+    expect(classify({ cost: 50_000, payback_months: 6, currency: 'SAR' }, strict).cls).toBe('C');
+    expect(classify({ cost: 50_000, payback_months: 2, currency: 'SAR' }, strict)).toMatchObject({ cls: 'B', slaSeconds: 2 });
+  });
+
+  it("has SAR thresholds by default, and classifies C whatever the figures when the economics are in another currency than the policy's", () => {
+    expect(DEFAULT_POLICY.currency).toBe('SAR');
+    // Class A figures in SAR; in KWD (about 12 SAR each) or JPY the thresholds say nothing, and no rate is assumed.
+    expect(classify({ cost: 1_000, payback_months: 1, currency: 'SAR' }, policy).cls).toBe('A');
+    for (const currency of ['KWD', 'JPY']) {
+      const c = classify({ cost: 1_000, payback_months: 1, currency }, policy);
+      expect(c).toMatchObject({ cls: 'C', required: 2, slaSeconds: 259_200, currencyMismatch: { submission_currency: currency, policy_currency: 'SAR' } });
+      expect(c.reasons).toEqual([`currency ${currency} is not the policy's currency SAR: its cost thresholds do not apply`]);
+    }
+    // Payback is a ratio, the same in any currency: its reasons still hold; a cost comparison across currencies does not.
+    const late = classify({ cost: 900_000, payback_months: null, currency: 'USD' }, policy);
+    expect(late.reasons).toEqual(["currency USD is not the policy's currency SAR: its cost thresholds do not apply", 'no gross profit: payback never reached']);
+    expect(classify({ cost: 1_000, payback_months: 1, currency: 'SAR' }, policy).currencyMismatch).toBeNull();
+    // A policy in KWD: KWD runs classify by its thresholds, SAR runs are C.
+    const kwd: ApprovalPolicy = { ...policy, currency: 'KWD' };
+    expect(classify({ cost: 1_000, payback_months: 1, currency: 'KWD' }, kwd).cls).toBe('A');
+    expect(classify({ cost: 1_000, payback_months: 1, currency: 'SAR' }, kwd).cls).toBe('C');
   });
 
   it('refuses a tenant policy whose A bounds exceed its C bounds', () => {
@@ -102,6 +121,13 @@ describe('classify', () => {
     expect(approvalPolicyBody.safeParse(body).success).toBe(false);
     expect(approvalPolicyBody.safeParse({ ...body, class_a_max_cost: 50_000 }).success).toBe(true);
     expect(approvalPolicyBody.safeParse({ ...body, class_a_max_cost: 50_000, sla_b_seconds: 0 }).success).toBe(false);
+  });
+
+  it("takes an optional ISO 4217 currency, validated as the submission's, SAR when absent", () => {
+    const body = { class_a_max_cost: 50_000, class_a_max_payback_months: 6, class_c_min_cost: 250_000, class_c_min_payback_months: 24, sla_b_seconds: 60, sla_c_seconds: 60 };
+    expect(approvalPolicyBody.parse(body).currency).toBe('SAR');
+    expect(approvalPolicyBody.parse({ ...body, currency: 'KWD' }).currency).toBe('KWD');
+    for (const currency of ['kwd', 'XYZ', 'SARS', '', 12]) expect(approvalPolicyBody.safeParse({ ...body, currency }).success, String(currency)).toBe(false);
   });
 });
 

@@ -4,7 +4,7 @@ import { defineStep } from '../../platform/durable/workflow.ts';
 import { approvalPacketSchema, economicsSchema, type ApprovalPacket } from '../golden-path/golden-path.schemas.ts';
 import { provenance } from '../golden-path/provenance.ts';
 import { ApprovalDecision, ApprovalRequest } from './approval.entities.ts';
-import { appliedPolicy, classify, loadPolicyWithSource, policyFromPrefetch, policyToBody, POLICY_PREFETCH } from './approval.policy.ts';
+import { appliedPolicy, classify, loadPolicyWithSource, packetBasis, policyFromPrefetch, policyToBody, POLICY_PREFETCH } from './approval.policy.ts';
 import { insertRow } from '../../platform/db/insert-row.ts';
 
 export interface SlaScheduler {
@@ -38,8 +38,8 @@ export function approvalPacketStep(deps: { slaBSeconds: number; slaCSeconds: num
       const loaded = ctx.prefetched === undefined ? await loadPolicyWithSource(ctx.em, ctx.run.tenantId, defaults) : policyFromPrefetch(ctx.prefetched, defaults);
       const { policy } = loaded;
       // Recorded in the packet (and so in the evidence pack): the tenant may replace its policy later.
-      const applied = appliedPolicy(loaded.source, policyToBody(policy), loaded.updatedAt);
-      const { cls, reasons, required, slaSeconds } = classify(econ, policy);
+      const applied = appliedPolicy(loaded.source, policyToBody(policy), loaded.updatedAt, loaded.updatedBy);
+      const { cls, reasons, required, slaSeconds, currencyMismatch } = classify(econ, policy);
       const now = new Date();
       const id = randomUUID();
       const deadline = slaSeconds === null ? null : new Date(now.getTime() + slaSeconds * 1000);
@@ -66,7 +66,8 @@ export function approvalPacketStep(deps: { slaBSeconds: number; slaCSeconds: num
         outcome: cls === 'A' ? 'approved' : 'pending',
         decisions: [],
         policy: applied,
-        provenance: provenance('policy', 'approval-policy@1', { economics: { cost: econ.cost, payback_months: econ.payback_months }, policy: applied }),
+        currency_mismatch: currencyMismatch,
+        provenance: provenance('policy', 'approval-policy@1', packetBasis(econ, applied)),
       };
       if (cls === 'A') {
         await insertRow(ctx.em, ApprovalDecision, {

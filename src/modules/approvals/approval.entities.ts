@@ -65,7 +65,11 @@ export const ApprovalPolicyRow = defineEntity({
     classCMinPaybackMonths: p.double(),
     slaBSeconds: p.integer(),
     slaCSeconds: p.integer(),
+    /** ISO 4217: the currency of the cost thresholds (rows written before it had one: SAR, the defaults'). */
+    currency: p.string().length(3).default('SAR'),
     updatedAt: p.datetime(),
+    /** The sub of the admin whose PUT wrote the row (null for rows written before it was recorded). */
+    updatedBy: p.string().length(255).nullable(),
   },
   uniques: [{ name: 'approval_policies_tenant_unique', properties: ['tenantId'] }],
   rowLevelSecurity: 'force',

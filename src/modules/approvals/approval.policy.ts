@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import type { EntityManager } from '@mikro-orm/postgresql';
 import { z } from 'zod';
-import type { AppliedPolicy, Economics } from '../golden-path/golden-path.schemas.ts';
+import { currencyCode, type AppliedPolicy, type CurrencyMismatch, type Economics } from '../golden-path/golden-path.schemas.ts';
 import { toIsoTimeOrNull } from '../../platform/http/iso-time.ts';
 import { ApprovalPolicyRow } from './approval.entities.ts';
 
@@ -12,6 +12,8 @@ export interface ApprovalPolicy {
   classCMinPaybackMonths: number;
   slaBSeconds: number;
   slaCSeconds: number;
+  /** ISO 4217: the currency of the cost thresholds; economics in any other are class C. */
+  currency: string;
 }
 
 export const DEFAULT_POLICY: Omit<ApprovalPolicy, 'slaBSeconds' | 'slaCSeconds'> = {
@@ -19,24 +21,39 @@ export const DEFAULT_POLICY: Omit<ApprovalPolicy, 'slaBSeconds' | 'slaCSeconds'>
   classAMaxPaybackMonths: 6,
   classCMinCost: 250_000,
   classCMinPaybackMonths: 24,
+  currency: 'SAR',
 };
 
 export type ApprovalClass = 'A' | 'B' | 'C';
 
+export interface Classification {
+  cls: ApprovalClass;
+  reasons: string[];
+  required: number;
+  slaSeconds: number | null;
+  /** Set when the economics are in another currency than the policy's (the run is then class C). */
+  currencyMismatch: CurrencyMismatch | null;
+}
+
 /**
  * A: cost <= 50,000 and payback <= 6 months (approved automatically, a system decision).
  * C: cost > 250,000, payback > 24 months, or no profit. B: everything else.
+ * The cost thresholds are in the policy's currency, and no exchange rate is assumed: economics in
+ * another currency are C (the strictest), whatever their cost. Payback, a ratio, still gives its reasons.
  */
-export function classify(econ: Pick<Economics, 'cost' | 'payback_months'>, policy: ApprovalPolicy): { cls: ApprovalClass; reasons: string[]; required: number; slaSeconds: number | null } {
+export function classify(econ: Pick<Economics, 'cost' | 'payback_months' | 'currency'>, policy: ApprovalPolicy): Classification {
   const reasons: string[] = [];
+  const currencyMismatch = econ.currency === policy.currency ? null : { submission_currency: econ.currency, policy_currency: policy.currency };
+  if (currencyMismatch) reasons.push(`currency ${econ.currency} is not the policy's currency ${policy.currency}: its cost thresholds do not apply`);
   if (econ.payback_months === null) reasons.push('no gross profit: payback never reached');
   else if (econ.payback_months > policy.classCMinPaybackMonths) reasons.push(`payback ${econ.payback_months} > ${policy.classCMinPaybackMonths} months`);
-  if (econ.cost > policy.classCMinCost) reasons.push(`cost ${econ.cost} > ${policy.classCMinCost}`);
-  if (reasons.length) return { cls: 'C', reasons, required: 2, slaSeconds: policy.slaCSeconds };
+  if (!currencyMismatch && econ.cost > policy.classCMinCost) reasons.push(`cost ${econ.cost} > ${policy.classCMinCost}`);
+  if (reasons.length) return { cls: 'C', reasons, required: 2, slaSeconds: policy.slaCSeconds, currencyMismatch };
   if (econ.cost <= policy.classAMaxCost && econ.payback_months !== null && econ.payback_months <= policy.classAMaxPaybackMonths) {
-    return { cls: 'A', reasons: [`cost ${econ.cost} <= ${policy.classAMaxCost} and payback ${econ.payback_months} <= ${policy.classAMaxPaybackMonths} months`], required: 0, slaSeconds: null };
+    const reason = `cost ${econ.cost} <= ${policy.classAMaxCost} and payback ${econ.payback_months} <= ${policy.classAMaxPaybackMonths} months`;
+    return { cls: 'A', reasons: [reason], required: 0, slaSeconds: null, currencyMismatch };
   }
-  return { cls: 'B', reasons: ['between the automatic and the escalated thresholds'], required: 1, slaSeconds: policy.slaBSeconds };
+  return { cls: 'B', reasons: ['between the automatic and the escalated thresholds'], required: 1, slaSeconds: policy.slaBSeconds, currencyMismatch };
 }
 
 const MAX_SLA_SECONDS = 90 * 24 * 3600;
@@ -44,16 +61,22 @@ const amount = z.number().finite().min(0).max(1e12);
 const months = z.number().finite().min(0).max(1200);
 const slaSeconds = z.number().int().min(1).max(MAX_SLA_SECONDS);
 
-/** PUT /api/v1/approval-policy: every threshold explicit; A's bounds may not exceed C's. */
+const thresholds = {
+  class_a_max_cost: amount,
+  class_a_max_payback_months: months,
+  class_c_min_cost: amount,
+  class_c_min_payback_months: months,
+  sla_b_seconds: slaSeconds,
+  sla_c_seconds: slaSeconds,
+};
+const CURRENCY_DESCRIPTION = 'ISO 4217: the currency of the cost thresholds; a run in another currency is class C';
+
+/** The policy as GET /approval-policy answers it (its `policy`). */
+export const approvalPolicySettings = z.strictObject({ ...thresholds, currency: currencyCode.describe(CURRENCY_DESCRIPTION) });
+
+/** PUT /api/v1/approval-policy: every threshold explicit (the currency SAR unless given); A's bounds may not exceed C's. */
 export const approvalPolicyBody = z
-  .strictObject({
-    class_a_max_cost: amount,
-    class_a_max_payback_months: months,
-    class_c_min_cost: amount,
-    class_c_min_payback_months: months,
-    sla_b_seconds: slaSeconds,
-    sla_c_seconds: slaSeconds,
-  })
+  .strictObject({ ...thresholds, currency: currencyCode.default(DEFAULT_POLICY.currency).describe(`${CURRENCY_DESCRIPTION}; ${DEFAULT_POLICY.currency} when absent`) })
   .refine((b) => b.class_a_max_cost <= b.class_c_min_cost, { path: ['class_a_max_cost'], message: 'must not exceed class_c_min_cost' })
   .refine((b) => b.class_a_max_payback_months <= b.class_c_min_payback_months, {
     path: ['class_a_max_payback_months'],
@@ -69,11 +92,12 @@ export function policyToBody(p: ApprovalPolicy): ApprovalPolicyBody {
     class_c_min_payback_months: p.classCMinPaybackMonths,
     sla_b_seconds: p.slaBSeconds,
     sla_c_seconds: p.slaCSeconds,
+    currency: p.currency,
   };
 }
 
-/** Writes the tenant's policy (insert or replace) under RLS; the next classification uses it. */
-export async function savePolicy(em: EntityManager, tenantId: string, body: ApprovalPolicyBody): Promise<Date> {
+/** Writes the tenant's policy (insert or replace) under RLS, by the admin `updatedBy`; the next classification uses it. */
+export async function savePolicy(em: EntityManager, tenantId: string, body: ApprovalPolicyBody, updatedBy: string): Promise<Date> {
   const updatedAt = new Date();
   await em.upsert(
     ApprovalPolicyRow,
@@ -86,7 +110,9 @@ export async function savePolicy(em: EntityManager, tenantId: string, body: Appr
       classCMinPaybackMonths: body.class_c_min_payback_months,
       slaBSeconds: body.sla_b_seconds,
       slaCSeconds: body.sla_c_seconds,
+      currency: body.currency,
       updatedAt,
+      updatedBy,
     },
     { onConflictFields: ['tenantId'], onConflictExcludeFields: ['id'] },
   );
@@ -101,7 +127,9 @@ interface PolicyColumns {
   c_payback: number | string;
   sla_b: number | string;
   sla_c: number | string;
+  currency: string;
   updated_at: Date | string;
+  updated_by: string | null;
 }
 
 /**
@@ -109,26 +137,45 @@ interface PolicyColumns {
  * run's state when the run job starts, under the same tenant and RLS; JSON of PolicyColumns, or null.
  */
 export const POLICY_PREFETCH = `select json_build_object('a_cost', p.class_amax_cost, 'a_payback', p.class_amax_payback_months, 'c_cost', p.class_cmin_cost,
-            'c_payback', p.class_cmin_payback_months, 'sla_b', p.sla_bseconds, 'sla_c', p.sla_cseconds, 'updated_at', p.updated_at)
+            'c_payback', p.class_cmin_payback_months, 'sla_b', p.sla_bseconds, 'sla_c', p.sla_cseconds,
+            'currency', p.currency, 'updated_at', p.updated_at, 'updated_by', p.updated_by)
        from approval_policies p where p.tenant_id = r.tenant_id`;
 
 /** The policy a POLICY_PREFETCH read found (null: none, so the defaults with the configured SLAs). */
 export function policyFromPrefetch(row: unknown, defaults: { slaBSeconds: number; slaCSeconds: number }): LoadedPolicy {
-  if (!row) return { policy: { ...DEFAULT_POLICY, ...defaults }, source: 'default', updatedAt: null };
+  if (!row) return { policy: { ...DEFAULT_POLICY, ...defaults }, source: 'default', updatedAt: null, updatedBy: null };
   const columns = row as PolicyColumns;
-  return { policy: policyFromColumns(columns), source: 'tenant', updatedAt: columns.updated_at };
+  return { policy: policyFromColumns(columns), source: 'tenant', updatedAt: columns.updated_at, updatedBy: columns.updated_by };
 }
 
-/** A policy with where it came from (a tenant's row, or the defaults) and when the row was last written. */
+/** A policy with where it came from (a tenant's row, or the defaults), when the row was last written and by whom. */
 export interface LoadedPolicy {
   policy: ApprovalPolicy;
   source: 'default' | 'tenant';
   updatedAt: Date | string | null;
+  /** The sub of the admin whose PUT wrote the row; null for the defaults. */
+  updatedBy: string | null;
 }
 
+/** AppliedPolicy as written now (packets written before recorded no currency and no updated_by). */
+export type CurrentAppliedPolicy = AppliedPolicy & { policy: ApprovalPolicyBody; updated_by: string | null };
+
 /** The policy as GET /approval-policy answers it, and as an approval packet records the one it was classified under. */
-export function appliedPolicy(source: LoadedPolicy['source'], policy: ApprovalPolicyBody, updatedAt: LoadedPolicy['updatedAt']): AppliedPolicy {
-  return { source, policy, updated_at: toIsoTimeOrNull(updatedAt) };
+export function appliedPolicy(
+  source: LoadedPolicy['source'],
+  policy: ApprovalPolicyBody,
+  updatedAt: LoadedPolicy['updatedAt'],
+  updatedBy: LoadedPolicy['updatedBy'],
+): CurrentAppliedPolicy {
+  return { source, policy, updated_at: toIsoTimeOrNull(updatedAt), updated_by: updatedBy };
+}
+
+/**
+ * What an approval packet's class rests on, and so its provenance's inputs: the economics' cost,
+ * payback and currency, and the policy applied (its thresholds, currency and SLAs).
+ */
+export function packetBasis(econ: Pick<Economics, 'cost' | 'payback_months' | 'currency'>, policy: AppliedPolicy) {
+  return { economics: { cost: econ.cost, payback_months: econ.payback_months, currency: econ.currency }, policy };
 }
 
 function policyFromColumns(row: PolicyColumns): ApprovalPolicy {
@@ -139,6 +186,7 @@ function policyFromColumns(row: PolicyColumns): ApprovalPolicy {
     classCMinPaybackMonths: Number(row.c_payback),
     slaBSeconds: Number(row.sla_b),
     slaCSeconds: Number(row.sla_c),
+    currency: row.currency,
   };
 }
 
@@ -150,10 +198,10 @@ export async function loadPolicyWithSource(
   // A plain read, nothing to hydrate or track: it runs in every approval-packet step. RLS scopes it.
   const [row] = await em.execute<PolicyColumns[]>(
     `select class_amax_cost as a_cost, class_amax_payback_months as a_payback, class_cmin_cost as c_cost,
-            class_cmin_payback_months as c_payback, sla_bseconds as sla_b, sla_cseconds as sla_c, updated_at
+            class_cmin_payback_months as c_payback, sla_bseconds as sla_b, sla_cseconds as sla_c, currency, updated_at, updated_by
        from approval_policies where tenant_id = ?`,
     [tenantId],
   );
-  if (!row) return { policy: { ...DEFAULT_POLICY, ...defaults }, source: 'default', updatedAt: null };
-  return { policy: policyFromColumns(row), source: 'tenant', updatedAt: new Date(row.updated_at) };
+  if (!row) return { policy: { ...DEFAULT_POLICY, ...defaults }, source: 'default', updatedAt: null, updatedBy: null };
+  return { policy: policyFromColumns(row), source: 'tenant', updatedAt: new Date(row.updated_at), updatedBy: row.updated_by };
 }

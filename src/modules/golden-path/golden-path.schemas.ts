@@ -40,11 +40,14 @@ export const economicsInput = z.strictObject({
   annual_support_cost: amount,
 });
 
+/** An ISO 4217 currency code, upper case: a submission's, and an approval policy's. */
+export const currencyCode = z.string().max(3).refine((c) => ISO_CURRENCIES.has(c), 'must be an ISO 4217 currency code (upper case)');
+
 /** POST /api/v1/golden-path/run: strict, bounded; unknown fields are rejected. */
 export const submissionSchema = z.strictObject({
   partner: partnerInput,
   economics: economicsInput,
-  currency: z.string().max(3).refine((c) => ISO_CURRENCIES.has(c), 'must be an ISO 4217 currency code (upper case)'),
+  currency: currencyCode,
 });
 export type Submission = z.infer<typeof submissionSchema>;
 
@@ -113,10 +116,18 @@ export const appliedPolicySchema = z.strictObject({
     class_c_min_payback_months: z.number(),
     sla_b_seconds: z.number().int(),
     sla_c_seconds: z.number().int(),
+    // Absent from packets written before policies had a currency (their thresholds were applied to any).
+    currency: z.string().optional().describe('The currency of the cost thresholds'),
   }),
   updated_at: isoTime.nullable(),
+  // Absent from packets written before it was recorded.
+  updated_by: z.string().nullable().optional().describe('The admin (token sub) whose PUT set the policy; null for the defaults'),
 });
 export type AppliedPolicy = z.infer<typeof appliedPolicySchema>;
+
+/** Why a run was class C whatever its figures: its economics are in another currency than the policy's thresholds. */
+export const currencyMismatchSchema = z.strictObject({ submission_currency: z.string(), policy_currency: z.string() });
+export type CurrencyMismatch = z.infer<typeof currencyMismatchSchema>;
 
 export const approvalPacketSchema = z.strictObject({
   approval_request_id: z.string().uuid(),
@@ -128,6 +139,11 @@ export const approvalPacketSchema = z.strictObject({
   decisions: z.array(decisionRecord),
   // Absent from packets written before it was recorded.
   policy: appliedPolicySchema.optional().describe('The policy the class and SLA were derived from, as GET /approval-policy answered then'),
+  // Absent from packets written before it was recorded.
+  currency_mismatch: currencyMismatchSchema
+    .nullable()
+    .optional()
+    .describe("Set when the submission's currency is not the policy's: the cost thresholds do not apply, so the run is class C; null when they match"),
   provenance: provenanceSchema,
 });
 export type ApprovalPacket = z.infer<typeof approvalPacketSchema>;
