@@ -127,6 +127,11 @@ describe('tracing across the API and worker processes', () => {
     const decision = await waitFor(() => correlated(decisionCid).find((s) => s.kind === SERVER), { what: 'the decision span' });
     expect(decision.traceId).not.toBe(run.trace_id);
     expect(correlated(decisionCid).filter((s) => s.name.startsWith('step '))).toEqual([]);
+    // Every span of the run's trace has the run's correlation id: also the resume's enqueue, which the
+    // decision request made in the API process that had served the submission.
+    await waitFor(() => correlated(cid).find((s) => s.service === 'dealix-api' && s.name === `add golden-path.${stepNames[3]}`), { what: "the resume's enqueue span with the run's correlation id" });
+    const untagged = receiver.spans.filter((s) => s.traceId === run.trace_id && s.attributes[ATTR.CORRELATION] !== cid);
+    expect(untagged.map((s) => `${s.service} ${s.name} ${s.attributes[ATTR.CORRELATION]}`)).toEqual([]);
   });
 
   it('the correlation id round-trips: echoed or generated on every response (errors too), on the run and in the job data', async () => {

@@ -1,25 +1,17 @@
 import { randomUUID } from 'node:crypto';
 import type { EntityManager } from '@mikro-orm/postgresql';
 import type { Queue } from 'bullmq';
-import { context as otelContext, propagation, trace, type Context } from '@opentelemetry/api';
+import { context as otelContext, propagation, trace } from '@opentelemetry/api';
 import type { Logger } from 'pino';
 import type { Config } from '../config/config.ts';
 import { stepJobId } from '../queue/job-ids.ts';
 import { DEFER_UNTIL_NEXT, LAST_IN_TRANSACTION } from '../db/coalescing-client.ts';
-import { ATTR } from '../telemetry/attributes.ts';
+import { withRunCorrelation } from '../telemetry/correlation-span-processor.ts';
 import { ACTIVE_RUN_STATUSES, type RunStatus } from './durable-run.entity.ts';
 import type { CheckpointStatus } from './durable-checkpoint.entity.ts';
 import { STEP_BACKOFF, jobAttempts, retryOf, segmentStart, type WorkflowDef } from './workflow.ts';
 import { WorkflowRegistry, versionLabel } from './registry.ts';
 import { RunNotActiveError, RunNotFailedError, RunNotRetryableError, WorkflowVersionUnavailableError } from './errors.ts';
-
-/**
- * The run's correlation id as the job's only baggage: whatever baggage the caller's request brought
- * (an approver's, a client's) does not travel on into the workers.
- */
-function withCorrelationBaggage(ctx: Context, correlationId: string): Context {
-  return propagation.setBaggage(ctx, propagation.createBaggage({ [ATTR.CORRELATION]: { value: correlationId } }));
-}
 
 /** The data of a run job: the run, and the step it starts at (its id derives from both). */
 export interface StepJobData {
@@ -316,7 +308,7 @@ export class DurableRuntime {
       const parent = propagation.extract(ctx, { traceparent: run.traceparent });
       if (trace.getSpanContext(parent)) ctx = parent;
     }
-    await otelContext.with(withCorrelationBaggage(ctx, run.correlation_id), add);
+    await otelContext.with(withRunCorrelation(ctx, run.correlation_id), add);
   }
 
   /**
