@@ -163,6 +163,13 @@ export function jobHandlersFor(deps: {
         await job.moveToDelayed(Math.max(found.deadline.getTime(), Date.now() + 500), job.token);
         throw new DelayedError();
       }
+      if (found.outcome === 'expired') {
+        // The run ended here: one line among the run's (its run id and correlation id).
+        deps.logger?.info(
+          { job_id: job.id, run_id: data.run_id, tenant_id: data.tenant_id, correlation_id: found.correlationId, approval_request_id: found.approvalRequestId },
+          'approval request expired undecided at its SLA deadline: the run ended approval_expired',
+        );
+      }
       return { outcome: found.outcome };
     },
   };
