@@ -13,6 +13,21 @@ import { STEP_BACKOFF, jobAttempts, retryOf, segmentStart, type WorkflowDef } fr
 import { WorkflowRegistry, versionLabel } from './registry.ts';
 import { RunNotActiveError, RunNotFailedError, RunNotRetryableError, WorkflowVersionUnavailableError } from './errors.ts';
 
+/**
+ * Runs `fn` (work that adds a run's jobs to Redis: its run job, a re-created timer) in the run's
+ * stored trace, so what it adds continues the submission's trace also when a resume, a retry or the
+ * sweeper adds it from another process or request, with the run's correlation id as the only baggage,
+ * so the workers' spans are tagged with it.
+ */
+export function inRunTrace<T>(run: Pick<RunRow, 'traceparent' | 'correlation_id'>, fn: () => Promise<T>): Promise<T> {
+  let ctx = otelContext.active();
+  if (run.traceparent) {
+    const parent = propagation.extract(ctx, { traceparent: run.traceparent });
+    if (trace.getSpanContext(parent)) ctx = parent;
+  }
+  return otelContext.with(withRunCorrelation(ctx, run.correlation_id), fn);
+}
+
 /** The data of a run job: the run, and the step it starts at (its id derives from both). */
 export interface StepJobData {
   run_id: string;
@@ -301,14 +316,7 @@ export class DurableRuntime {
         removeOnComplete: this.keep.completed,
         removeOnFail: this.keep.failed,
       });
-    // Continue the submission's trace, also when a resume enqueues from another process or request,
-    // and carry the run's correlation id as baggage so the workers' spans are tagged with it.
-    let ctx = otelContext.active();
-    if (run.traceparent) {
-      const parent = propagation.extract(ctx, { traceparent: run.traceparent });
-      if (trace.getSpanContext(parent)) ctx = parent;
-    }
-    await otelContext.with(withRunCorrelation(ctx, run.correlation_id), add);
+    await inRunTrace(run, add);
   }
 
   /**
