@@ -3,7 +3,7 @@ import { DelayedError } from 'bullmq';
 import type { MikroORM } from '@mikro-orm/postgresql';
 import type { Logger } from 'pino';
 import type { Config } from '../platform/config/config.ts';
-import { keepFromConfig, type DurableRuntime, type KeepJobs } from '../platform/durable/runtime.ts';
+import { inRunTrace, keepFromConfig, type DurableRuntime, type KeepJobs } from '../platform/durable/runtime.ts';
 import type { AdmissionControl, RouteDef } from '../platform/http/route.ts';
 import { deferDelayMs, type WorkflowDef } from '../platform/durable/workflow.ts';
 import { WorkflowVersionUnavailableError } from '../platform/durable/errors.ts';
@@ -95,15 +95,17 @@ export function workflowsFor(config: Config, deps: { queue: () => Queue }): Work
   return [
     goldenPathWorkflow(approvalStep, evidencePackStep, async (em, { tenantId, runId }) => {
       // Redis may have lost the SLA timer: re-create it from the approval row (idempotent job id).
-      const [req] = await em.execute<{ sla_deadline: Date | null; idempotency_hash: string; tenant_id: string }[]>(
-        `select a.sla_deadline, r.idempotency_hash, r.tenant_id from approval_requests a join durable_runs r on r.tenant_id = a.tenant_id and r.id = a.run_id
+      const [req] = await em.execute<{ sla_deadline: Date | null; idempotency_hash: string; tenant_id: string; traceparent: string | null; correlation_id: string }[]>(
+        `select a.sla_deadline, r.idempotency_hash, r.tenant_id, r.traceparent, r.correlation_id from approval_requests a join durable_runs r on r.tenant_id = a.tenant_id and r.id = a.run_id
           where a.tenant_id = ? and a.run_id = ? and a.status = 'pending' and r.status = 'waiting'`,
         [tenantId, runId],
       );
       // A run cancelled since the sweeper listed it as waiting gets no timer back.
       if (!req?.sla_deadline) return;
       // A timer that ended (failed for good, or completed early) while the request is still pending is spent: schedule replaces it.
-      await sla.schedule({ tenantId: req.tenant_id, runId, approvalRequestId: '', idempotencyHash: req.idempotency_hash, deadline: new Date(req.sla_deadline) });
+      // In the run's trace, with its correlation id: the timer, and the expiry it brings, stay the run's.
+      const deadline = new Date(req.sla_deadline);
+      await inRunTrace(req, () => sla.schedule({ tenantId: req.tenant_id, runId, approvalRequestId: '', idempotencyHash: req.idempotency_hash, deadline }));
     }, slaJobId,
     // A run that fails for good while it waits leaves no request open that no one may decide. Its SLA
     // timer stays and finds the request closed when it fires (expire: not_pending).
@@ -162,6 +164,13 @@ export function jobHandlersFor(deps: {
         if (!found.deadline) return { outcome: 'no_deadline' };
         await job.moveToDelayed(Math.max(found.deadline.getTime(), Date.now() + 500), job.token);
         throw new DelayedError();
+      }
+      if (found.outcome === 'expired') {
+        // The run ended here: one line among the run's (its run id and correlation id).
+        deps.logger?.info(
+          { job_id: job.id, run_id: data.run_id, tenant_id: data.tenant_id, correlation_id: found.correlationId, approval_request_id: found.approvalRequestId },
+          'approval request expired undecided at its SLA deadline: the run ended approval_expired',
+        );
       }
       return { outcome: found.outcome };
     },

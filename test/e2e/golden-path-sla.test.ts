@@ -3,6 +3,9 @@ import { randomUUID } from 'node:crypto';
 import { api, newTenant, SAMPLE_SUBMISSION, startStack, type TestStack } from '../helpers/stack.ts';
 import { waitFor } from '../helpers/poll.ts';
 import { slaScheduler } from '../../src/modules/index.ts';
+import { jsonLines } from '../helpers/api-process.ts';
+
+const EXPIRED_LINE = 'approval request expired undecided at its SLA deadline: the run ended approval_expired';
 
 /** The approval SLA with a two-second class B deadline (APPROVAL_SLA_B=2s): expiry, late decisions, restarts. */
 let stack: TestStack;
@@ -79,6 +82,12 @@ describe('approval SLA', () => {
     const late = await decide(approvalId);
     expect(late.status).toBe(409);
     expect(late.json.code).toBe('approval_expired');
+    // The worker that expired it says so, among the run's lines (its run id and correlation id).
+    const line = await waitFor(
+      () => stack.workers.flatMap((w) => jsonLines(w.output())).find((l) => l.msg === EXPIRED_LINE && l.run_id === run.run_id),
+      { timeoutMs: 20_000, what: 'the expiry log line' },
+    );
+    expect(line).toMatchObject({ level: 30, tenant_id: tenant, correlation_id: run.correlation_id, approval_request_id: approvalId });
   });
 
   it('the SLA timer survives a killed worker: a decision after the deadline is refused and the new worker expires the run', async () => {

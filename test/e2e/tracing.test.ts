@@ -63,7 +63,8 @@ async function waitTrace(correlationId: string): Promise<ReceivedSpan[]> {
 
 beforeAll(async () => {
   receiver = await startOtlpReceiver();
-  stack = await startStack({ api: false, workerExecArgv: ['--import', TELEMETRY_REGISTER], env: otelEnv(receiver.url) });
+  // The sweeper runs every second, for runs untouched for a second: a repair happens within a test's deadline.
+  stack = await startStack({ api: false, workerExecArgv: ['--import', TELEMETRY_REGISTER], env: { ...otelEnv(receiver.url), SWEEPER_INTERVAL: '1s', SWEEPER_MIN_AGE: '1s' } });
   apiProc = await spawnApi(stack.env, ['--import', TELEMETRY_REGISTER]);
   http = { ...stack, baseUrl: apiProc.baseUrl };
   worker = await stack.spawnWorker();
@@ -127,6 +128,11 @@ describe('tracing across the API and worker processes', () => {
     const decision = await waitFor(() => correlated(decisionCid).find((s) => s.kind === SERVER), { what: 'the decision span' });
     expect(decision.traceId).not.toBe(run.trace_id);
     expect(correlated(decisionCid).filter((s) => s.name.startsWith('step '))).toEqual([]);
+    // Every span of the run's trace has the run's correlation id: also the resume's enqueue, which the
+    // decision request made in the API process that had served the submission.
+    await waitFor(() => correlated(cid).find((s) => s.service === 'dealix-api' && s.name === `add golden-path.${stepNames[3]}`), { what: "the resume's enqueue span with the run's correlation id" });
+    const untagged = receiver.spans.filter((s) => s.traceId === run.trace_id && s.attributes[ATTR.CORRELATION] !== cid);
+    expect(untagged.map((s) => `${s.service} ${s.name} ${s.attributes[ATTR.CORRELATION]}`)).toEqual([]);
   });
 
   it('the correlation id round-trips: echoed or generated on every response (errors too), on the run and in the job data', async () => {
@@ -207,6 +213,22 @@ describe('tracing across the API and worker processes', () => {
     await waitFor(() => apiProc.lines().some((l) => l.correlation_id === later), { what: 'the later request log line' });
     expect(apiProc.output()).not.toContain(operator.split('.')[2]!);
     expect(correlated(cid).length).toBe(spans.length);
+  });
+
+  it("an SLA timer the sweeper re-creates for a waiting run is in the run's trace, with its correlation id", async () => {
+    const cid = `trace-sla-${randomUUID()}`;
+    const run = await waitStatus((await submit(SAMPLE_SUBMISSION, cid)).json.run_id, ['waiting']);
+    const queue = stack.container.queues.get('golden-path')!;
+    const [timer] = (await queue.getDelayed()).filter((j) => j.name === 'approval-sla' && j.data.run_id === run.run_id);
+    const timerAdds = () => receiver.spans.filter((s) => s.service === 'dealix-worker' && s.name === 'add golden-path.approval-sla');
+    // The approval step's own timer, in the run's trace; then the timer is gone (Redis kept the rest).
+    await waitFor(() => correlated(cid).some((s) => s.name === 'add golden-path.approval-sla'), { what: "the approval step's timer span" });
+    const before = timerAdds().length;
+    await timer!.remove();
+    await waitFor(async () => (await queue.getJobState(timer!.id!)) === 'delayed', { timeoutMs: 30_000, what: 'the sweeper to re-create the timer' });
+    const repaired = await waitFor(() => timerAdds()[before], { what: "the re-created timer's span" });
+    expect(repaired.traceId).toBe(run.trace_id);
+    expect(repaired.attributes[ATTR.CORRELATION]).toBe(cid);
   });
 
   it('shutdown flushes buffered spans', async () => {

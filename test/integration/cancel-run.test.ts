@@ -6,6 +6,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { randomUUID } from 'node:crypto';
 import pg from 'pg';
+import { Writable } from 'node:stream';
 import { api, CLASS_A_SUBMISSION, CLASS_C_SUBMISSION, newTenant, SAMPLE_SUBMISSION, startStack, type TestStack } from '../helpers/stack.ts';
 import { waitFor } from '../helpers/poll.ts';
 import { barrier, startRunHost } from '../helpers/run-host.ts';
@@ -80,9 +81,16 @@ describe('cancelling a run through the API, with a worker running', () => {
   let stack: TestStack;
   const tenant = newTenant();
   const tok: Record<string, string> = {};
+  const logLines: Array<Record<string, any>> = [];
 
   beforeAll(async () => {
-    stack = await startStack();
+    const destination = new Writable({
+      write(chunk, _enc, cb) {
+        for (const l of String(chunk).split('\n').filter(Boolean)) logLines.push(JSON.parse(l));
+        cb();
+      },
+    });
+    stack = await startStack({ env: { LOG_LEVEL: 'info' }, logDestination: destination });
     await stack.spawnWorker();
     const t = (sub: string, roles: string[] = []) => stack.token({ tenantId: tenant, sub, roles });
     tok.submitter = await t('submitter-1');
@@ -104,10 +112,16 @@ describe('cancelling a run through the API, with a worker running', () => {
     const timerId = namedJobId('gp', await idempotencyHashOf(stack, id), 'sla');
     expect(await queue.getJobState(timerId)).toBe('delayed');
 
-    const res = await api(stack, 'POST', cancelPath(id), { token: tok.submitter!, headers: { 'Idempotency-Key': randomUUID() } });
+    const cancelCid = `cancel-${randomUUID()}`;
+    const res = await api(stack, 'POST', cancelPath(id), { token: tok.submitter!, headers: { 'Idempotency-Key': randomUUID(), 'X-Correlation-Id': cancelCid } });
     expect(res.status, res.text).toBe(200);
     expect(res.json).toMatchObject({ run_id: id, status: 'cancelled', progress: { current_sequence_num: null }, error: { code: 'cancelled', cancelled_by: 'submitter-1' } });
     expect(res.json.completed_at).toEqual(expect.any(String));
+    // Logged among the run's lines (its run id and correlation id); the request's own line names the run too.
+    const cancelled = await waitFor(() => logLines.find((l) => l.msg === 'run cancelled' && l.run_id === id), { what: "the cancel's log line" });
+    expect(cancelled).toMatchObject({ level: 30, tenant_id: tenant, correlation_id: waiting.correlation_id, cancelled_by: 'submitter-1', previous_status: 'waiting' });
+    const request = await waitFor(() => logLines.find((l) => l.msg === 'request completed' && l.correlation_id === cancelCid), { what: "the cancel request's log line" });
+    expect(request).toMatchObject({ run_id: id, tenant_id: tenant });
 
     // The approval request can no longer be decided.
     const decision = await api(stack, 'POST', `/api/v1/approvals/${approvalId}/decision`, { token: tok.approver!, body: { decision: 'approve' }, headers: { 'Idempotency-Key': randomUUID() } });

@@ -204,11 +204,11 @@ describe('a killed or stopped worker: the run still completes, each step exactly
     const logger = pino({ level: 'info' }, { write: (l: string) => void lines.push(l) });
     const sweeper = new Sweeper({ orm: stack.container.orm, runtime: stack.container.runtime, redis: stack.container.redis, logger, lockKey: `${stack.prefix}:${lock}`, intervalMs: 1000, minAgeMs: 0, ...opts });
     const reenqueued = (id: string) => lines.filter((l) => l.includes('sweeper re-enqueued run') && l.includes(id)).length;
-    return { sweeper, reenqueued };
+    return { sweeper, reenqueued, lines };
   }
 
   it('the sweeper pages past runs whose jobs are alive and re-enqueues, across tenants, the one that has none', { timeout: LONG }, async () => {
-    const { sweeper, reenqueued } = loggedSweeper('test-sweeper-lock', { batch: 1 });
+    const { sweeper, reenqueued, lines } = loggedSweeper('test-sweeper-lock', { batch: 1 });
     const [alive1, alive2] = [await createSlowRun(stack, newTenant(), { enqueue: true }), await createSlowRun(stack, newTenant(), { enqueue: true })];
     // Committed but never enqueued, as after a crash between the commit and the enqueue; and the newest.
     const lost = await createSlowRun(stack, newTenant(), { enqueue: false });
@@ -220,6 +220,9 @@ describe('a killed or stopped worker: the run still completes, each step exactly
     const second = await sweeper.sweep();
     expect(second.redisLost).toBe(false);
     expect([reenqueued(alive1.id), reenqueued(alive2.id), reenqueued(lost.id)]).toEqual([0, 0, 1]);
+    // The recovery shows among the run's lines: found by its correlation id as well as its run id.
+    const line = JSON.parse(lines.find((l) => l.includes('sweeper re-enqueued run') && l.includes(lost.id))!);
+    expect(line).toMatchObject({ run_id: lost.id, tenant_id: lost.tenant_id, correlation_id: lost.correlation_id, from_sequence_num: 1 });
   });
 
   it.each([

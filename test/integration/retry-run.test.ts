@@ -202,6 +202,9 @@ describe('retrying a failed run through the API', () => {
     expect(await metric(RETRIED)).toBe(counted + 1);
     const line = await waitFor(() => logLines.find((l) => l.msg === 'run retried' && l.run_id === id), { what: "the retry's log line" });
     expect(line).toMatchObject({ level: 30, retried_by: 'submitter-1', retry: 1, tenant_id: tenant, failed_step: STEPS[1], failed_code: 'test_permanent' });
+    // Among the run's lines: its correlation id, not the retry request's.
+    const [{ correlation_id: runCid }] = (await stack.db.admin(`select correlation_id from durable_runs where id = $1`, [id])).rows;
+    expect(line.correlation_id).toBe(runCid);
   });
 
   it('a run that is not failed answers 409 run_not_failed with its status, and nothing changes: completed, cancelled, running', { timeout: LONG }, async () => {

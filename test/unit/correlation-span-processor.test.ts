@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { ROOT_CONTEXT, SpanKind, propagation, trace } from '@opentelemetry/api';
 import { InMemorySpanExporter, SimpleSpanProcessor, TracerProvider } from '@opentelemetry/sdk-trace';
-import { CorrelationSpanProcessor } from '../../src/platform/telemetry/correlation-span-processor.ts';
+import { CorrelationSpanProcessor, withRunCorrelation } from '../../src/platform/telemetry/correlation-span-processor.ts';
 import { requestContext } from '../../src/platform/tenancy/request-context.ts';
 import { ATTR } from '../../src/platform/telemetry/attributes.ts';
 
@@ -29,6 +29,20 @@ describe('CorrelationSpanProcessor', () => {
     const ctx = propagation.setBaggage(ROOT_CONTEXT, propagation.createBaggage({ [ATTR.CORRELATION]: { value: 'c-run' } }));
     requestContext.run({ requestId: 'r', correlationId: 'c-approver', principal }, () => tracer.startSpan('enqueue', {}, ctx).end());
     expect(attrs('enqueue')).toEqual({ [ATTR.CORRELATION]: 'c-run' });
+  });
+
+  it('tags a resume enqueued into a trace this process served (the submission) with the run\'s id, not the approver request\'s', () => {
+    const { tracer, attrs } = setup();
+    // The submission: its POST was served here, so its trace is one an inbound request brought in.
+    const submission = tracer.startSpan('POST run', { kind: SpanKind.SERVER });
+    requestContext.run({ requestId: 'r1', correlationId: 'c-run', principal }, () => tracer.startSpan('submit-handler', {}, trace.setSpan(ROOT_CONTEXT, submission)).end());
+    submission.end();
+    // Later, an approver's request (its own trace and id) resumes the run: the job is enqueued into
+    // the run's stored trace, with the run's id as the platform writes it (DurableRuntime.enqueue).
+    const stored = trace.setSpanContext(ROOT_CONTEXT, submission.spanContext());
+    const resume = withRunCorrelation(stored, 'c-run');
+    requestContext.run({ requestId: 'r2', correlationId: 'c-approver', principal }, () => tracer.startSpan('add golden-path.evidence-pack', {}, resume).end());
+    expect(attrs('add golden-path.evidence-pack')?.[ATTR.CORRELATION]).toBe('c-run');
   });
 
   it("ignores a caller's baggage in a trace an inbound request brought in: the request's validated id, or nothing", () => {

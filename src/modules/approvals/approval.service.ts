@@ -120,12 +120,16 @@ export class ApprovalService {
    * deadline: a timer that fired early (clock skew, a re-created timer, or one scheduled by an attempt
    * of the approval step whose transaction rolled back) waits for it, not for its own.
    */
-  async expire(em: EntityManager, tenantId: string, runId: string): Promise<{ outcome: 'expired' | 'not_pending' } | { outcome: 'not_due'; deadline: Date | null }> {
+  async expire(
+    em: EntityManager,
+    tenantId: string,
+    runId: string,
+  ): Promise<{ outcome: 'not_pending' } | { outcome: 'expired'; approvalRequestId: string; correlationId: string } | { outcome: 'not_due'; deadline: Date | null }> {
     // The run row first, then the request: the lock order of decide and a cancel (class comment).
-    const [req] = await em.execute<ApprovalRow[]>(
+    const [req] = await em.execute<(ApprovalRow & { correlation_id: string })[]>(
       `select a.id, a.tenant_id, a.run_id, a.required_approvals, a.status, a.submitted_by, a.sla_deadline,
-              (a.sla_deadline is not null and a.sla_deadline <= now()) as expired_now
-         from (select tenant_id, id from durable_runs where tenant_id = ? and id = ? for update) r
+              (a.sla_deadline is not null and a.sla_deadline <= now()) as expired_now, r.correlation_id
+         from (select tenant_id, id, correlation_id from durable_runs where tenant_id = ? and id = ? for update) r
          join approval_requests a on a.tenant_id = r.tenant_id and a.run_id = r.id for update of a`,
       [tenantId, runId],
     );
@@ -144,7 +148,7 @@ export class ApprovalService {
     }
     // Expired at its deadline, whenever the timer ran: what the reads showed from the deadline on (approvals.routes.ts).
     await em.execute(`update approval_requests set status = 'expired', decided_at = sla_deadline, updated_at = now() where id = ?`, [req.id], 'run');
-    return { outcome: 'expired' };
+    return { outcome: 'expired', approvalRequestId: req.id, correlationId: req.correlation_id };
   }
 
   /**

@@ -102,8 +102,9 @@ export function approvalRoutes(deps: { approvals: ApprovalService }): RouteDef[]
           description: "The run's workflow version is not registered on this instance: the decision is not recorded; retry after Retry-After (code: workflow_version_unavailable)",
         },
       },
-      async handler({ em, params, body, principal, afterCommit }) {
+      async handler({ res, em, params, body, principal, afterCommit }) {
         const { result, afterCommit: resume } = await deps.approvals.decide(em, principal, params.id, body.decision, body.comment ?? null);
+        res.locals.runId = result.run_id;
         if (resume) afterCommit(resume);
         return { status: 200, body: result };
       },

@@ -71,7 +71,7 @@ export function goldenPathRoutes(deps: {
       ...(deps.admission ? { admission: deps.admission } : {}),
       body: submissionSchema,
       responses: { 202: { description: 'Accepted: the run is queued', schema: runAccepted } },
-      async handler({ em, body, principal, correlationId, idempotencyHash, afterCommit }) {
+      async handler({ res, em, body, principal, correlationId, idempotencyHash, afterCommit }) {
         const trace = currentTraceContext();
         const { run, created } = await deps.runtime.start_run(em, GOLDEN_PATH, {
           tenantId: principal.tenantId,
@@ -82,6 +82,7 @@ export function goldenPathRoutes(deps: {
           traceId: trace.traceId,
           traceparent: trace.traceparent,
         });
+        res.locals.runId = run.id;
         // Postgres first, then Redis; a retry of a half-finished submission re-enqueues idempotently.
         // A run this request created carries its first step's data in its job (ADR 0004).
         if (run.status === 'pending' || run.status === 'running') afterCommit(() => deps.runtime.ensureEnqueued(run, { carryFirst: created }));
@@ -97,9 +98,10 @@ export function goldenPathRoutes(deps: {
       tags: ['golden-path'],
       params: uuidParam,
       responses: { 200: { description: 'The run', schema: runView }, 404: { description: 'No such run for this tenant' } },
-      async handler({ em, params, principal }) {
+      async handler({ res, em, params, principal }) {
         const run = await runById(em, principal.tenantId, params.id);
         if (!run) throw new NotFoundError('run');
+        res.locals.runId = run.id;
         return { status: 200, body: await viewOf(em, run) };
       },
     }),
@@ -116,13 +118,18 @@ export function goldenPathRoutes(deps: {
         404: { description: 'No such run for this tenant' },
         409: { description: 'The run has already ended (run_not_active, with its status)' },
       },
-      async handler({ em, params, principal, afterCommit }) {
+      async handler({ req, res, em, params, principal, afterCommit }) {
         // Locked: a concurrent decision, expiry or step checkpoint waits for this transaction and then sees the run cancelled.
         const run = await ownRunForUpdate(em, principal, params.id, 'cancel');
+        res.locals.runId = run.id;
         if (!(ACTIVE_RUN_STATUSES as readonly string[]).includes(run.status)) throw new RunNotActiveError(run.id, run.status);
         const cancellation: RunCancellation = { code: 'cancelled', message: `Cancelled by ${principal.sub}.`, cancelled_by: principal.sub, cancelled_at: new Date().toISOString() };
         await deps.runtime.complete(em, run.id, 'cancelled', { error: cancellation });
         const release = await deps.onCancelled?.(em, run.tenant_id, run.id);
+        afterCommit(async () =>
+          // Among the run's lines: its correlation id, not the cancel request's (the request's own line has that).
+          req.log.info({ run_id: run.id, tenant_id: run.tenant_id, correlation_id: run.correlation_id, cancelled_by: principal.sub, previous_status: run.status }, 'run cancelled'),
+        );
         if (release) afterCommit(release);
         return { status: 200, body: await viewOf(em, (await runById(em, run.tenant_id, run.id))!) };
       },
@@ -146,15 +153,16 @@ export function goldenPathRoutes(deps: {
           description: "The run's workflow version is not registered on this instance: nothing changed; retry after Retry-After (code: workflow_version_unavailable)",
         },
       },
-      async handler({ req, em, params, principal, afterCommit }) {
+      async handler({ req, res, em, params, principal, afterCommit }) {
         // Locked as for a cancel: of two retries, or a retry and a cancel, the second waits and then sees the first's outcome.
         const run = await ownRunForUpdate(em, principal, params.id, 'retry');
+        res.locals.runId = run.id;
         const retried = await deps.runtime.retry(em, run, { retriedBy: principal.sub });
         afterCommit(async () => {
           deps.onRetried?.(retried.workflow);
           const error = run.error as { code?: string; step?: string; sequence_num?: number } | null;
           req.log.info(
-            { run_id: run.id, tenant_id: run.tenant_id, retried_by: principal.sub, retry: retried.retry_count, workflow: run.workflow, failed_step: error?.step, failed_code: error?.code, run_status: retried.status },
+            { run_id: run.id, tenant_id: run.tenant_id, correlation_id: run.correlation_id, retried_by: principal.sub, retry: retried.retry_count, workflow: run.workflow, failed_step: error?.step, failed_code: error?.code, run_status: retried.status },
             'run retried',
           );
         });

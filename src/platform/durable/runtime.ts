@@ -1,12 +1,12 @@
 import { randomUUID } from 'node:crypto';
 import type { EntityManager } from '@mikro-orm/postgresql';
 import type { Queue } from 'bullmq';
-import { context as otelContext, propagation, trace, type Context } from '@opentelemetry/api';
+import { context as otelContext, propagation, trace } from '@opentelemetry/api';
 import type { Logger } from 'pino';
 import type { Config } from '../config/config.ts';
 import { stepJobId } from '../queue/job-ids.ts';
 import { DEFER_UNTIL_NEXT, LAST_IN_TRANSACTION } from '../db/coalescing-client.ts';
-import { ATTR } from '../telemetry/attributes.ts';
+import { withRunCorrelation } from '../telemetry/correlation-span-processor.ts';
 import { ACTIVE_RUN_STATUSES, type RunStatus } from './durable-run.entity.ts';
 import type { CheckpointStatus } from './durable-checkpoint.entity.ts';
 import { STEP_BACKOFF, jobAttempts, retryOf, segmentStart, type WorkflowDef } from './workflow.ts';
@@ -14,11 +14,18 @@ import { WorkflowRegistry, versionLabel } from './registry.ts';
 import { RunNotActiveError, RunNotFailedError, RunNotRetryableError, WorkflowVersionUnavailableError } from './errors.ts';
 
 /**
- * The run's correlation id as the job's only baggage: whatever baggage the caller's request brought
- * (an approver's, a client's) does not travel on into the workers.
+ * Runs `fn` (work that adds a run's jobs to Redis: its run job, a re-created timer) in the run's
+ * stored trace, so what it adds continues the submission's trace also when a resume, a retry or the
+ * sweeper adds it from another process or request, with the run's correlation id as the only baggage,
+ * so the workers' spans are tagged with it.
  */
-function withCorrelationBaggage(ctx: Context, correlationId: string): Context {
-  return propagation.setBaggage(ctx, propagation.createBaggage({ [ATTR.CORRELATION]: { value: correlationId } }));
+export function inRunTrace<T>(run: Pick<RunRow, 'traceparent' | 'correlation_id'>, fn: () => Promise<T>): Promise<T> {
+  let ctx = otelContext.active();
+  if (run.traceparent) {
+    const parent = propagation.extract(ctx, { traceparent: run.traceparent });
+    if (trace.getSpanContext(parent)) ctx = parent;
+  }
+  return otelContext.with(withRunCorrelation(ctx, run.correlation_id), fn);
 }
 
 /** The data of a run job: the run, and the step it starts at (its id derives from both). */
@@ -309,14 +316,7 @@ export class DurableRuntime {
         removeOnComplete: this.keep.completed,
         removeOnFail: this.keep.failed,
       });
-    // Continue the submission's trace, also when a resume enqueues from another process or request,
-    // and carry the run's correlation id as baggage so the workers' spans are tagged with it.
-    let ctx = otelContext.active();
-    if (run.traceparent) {
-      const parent = propagation.extract(ctx, { traceparent: run.traceparent });
-      if (trace.getSpanContext(parent)) ctx = parent;
-    }
-    await otelContext.with(withCorrelationBaggage(ctx, run.correlation_id), add);
+    await inRunTrace(run, add);
   }
 
   /**

@@ -260,7 +260,11 @@ export class Sweeper {
     const state = states[states.length - 1];
     if (state !== 'unknown') await queue.remove(jobId(next)).catch(() => 0);
     await this.o.runtime.enqueue(run, next);
-    this.o.logger.info({ run_id: run.id, tenant_id: run.tenant_id, from_sequence_num: next, previous_job_state: state }, 'sweeper re-enqueued run');
+    // The run's ids, so the recovery shows among the run's lines (found by its correlation id or trace id too).
+    this.o.logger.info(
+      { run_id: run.id, tenant_id: run.tenant_id, correlation_id: run.correlation_id, ...(run.trace_id ? { trace_id: run.trace_id } : {}), from_sequence_num: next, previous_job_state: state },
+      'sweeper re-enqueued run',
+    );
     return true;
   }
 }

@@ -1,10 +1,16 @@
-import { propagation, SpanKind, type Context } from '@opentelemetry/api';
+import { createContextKey, propagation, SpanKind, type Context } from '@opentelemetry/api';
 import type { ReadableSpan, Span, SpanProcessor } from '@opentelemetry/sdk-trace';
 import { currentContext } from '../tenancy/request-context.ts';
 import { ATTR, isValidCorrelationId } from './attributes.ts';
 
 /** The baggage entry that carries the business correlation id across processes (BullMQ job metadata). */
 export const CORRELATION_BAGGAGE_KEY = ATTR.CORRELATION;
+
+/**
+ * The run's correlation id as the platform wrote it into a context in this process (withRunCorrelation):
+ * unlike baggage, which a caller's request may bring, only the platform's code sets it.
+ */
+const RUN_CORRELATION = createContextKey('dealix.run_correlation_id');
 
 /** Caps the spans held while they wait for a correlation id, so a span that never ends cannot leak memory. */
 const MAX_PENDING_TRACES = 10_000;
@@ -28,12 +34,15 @@ export class CorrelationSpanProcessor implements SpanProcessor {
     // A trace that an inbound request started or continued in this process: its baggage is the
     // caller's, who sends what it likes, and must not put another id, or any text, on the run's spans.
     if (span.kind === SpanKind.SERVER) this.remember(this.inbound, traceId, true);
-    // In a trace no request brought in, the baggage is the platform's own (DurableRuntime.enqueue
-    // writes the run's id, a job carries it into the worker) and wins, so a resume enqueued from an
-    // approver's request still carries the run's id. Otherwise the request's or job's context (its id
-    // validated), then the id this trace already has here.
+    // The run's id wins where the platform set it: in this process, the context DurableRuntime.enqueue
+    // opens (withRunCorrelation), also in the submission's trace when this process served the
+    // submission, so a resume or retry enqueued from an approver's or client's request carries the
+    // run's id, not the request's; in a trace no request brought in, the baggage (a job carries the
+    // run's id into the worker). Otherwise the request's or job's context (its id validated), then the
+    // id this trace already has here.
     const ctx = currentContext();
-    const carried = this.inbound.has(traceId) ? undefined : propagation.getBaggage(parentContext)?.getEntry(CORRELATION_BAGGAGE_KEY)?.value;
+    const own = parentContext.getValue(RUN_CORRELATION);
+    const carried = own ?? (this.inbound.has(traceId) ? undefined : propagation.getBaggage(parentContext)?.getEntry(CORRELATION_BAGGAGE_KEY)?.value);
     const fromBaggage = isValidCorrelationId(carried) ? carried : undefined;
     const correlationId = fromBaggage ?? ctx?.correlationId ?? this.known.get(traceId);
     if (!correlationId) {
@@ -89,6 +98,16 @@ export class CorrelationSpanProcessor implements SpanProcessor {
     }
     held.add(span);
   }
+}
+
+/**
+ * The run's correlation id as the only baggage of `ctx` (the context a run job is enqueued in):
+ * whatever baggage the caller's request brought (an approver's, a client's) does not travel on.
+ */
+export function withRunCorrelation(ctx: Context, correlationId: string): Context {
+  // Baggage carries the id into the worker with the job; the context key tells this process's spans
+  // that the platform, not a caller, set it.
+  return propagation.setBaggage(ctx, propagation.createBaggage({ [CORRELATION_BAGGAGE_KEY]: { value: correlationId } })).setValue(RUN_CORRELATION, correlationId);
 }
 
 let active: CorrelationSpanProcessor | undefined;
