@@ -7,7 +7,7 @@
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { startStack, newTenant, type TestStack, type WorkerHandle } from '../helpers/stack.ts';
 import { waitFor } from '../helpers/poll.ts';
-import { slowWorkflow, STEP_ENTERED } from '../helpers/slow-workflow.ts';
+import { slowWorkflow, SLOW_WORKFLOW, STEP_ENTERED } from '../helpers/slow-workflow.ts';
 import { SLOW_STEPS, createSlowRun, enteredThroughLast, expectEveryStepOnce, jobOf, killLiveWorkers, logged, waitRun } from '../helpers/recovery.ts';
 import { STEP_BACKOFF } from '../../src/platform/durable/workflow.ts';
 import type { RunRow } from '../../src/platform/durable/runtime.ts';
@@ -25,9 +25,9 @@ afterEach(async () => killLiveWorkers(stack));
 afterAll(async () => stack?.stop());
 
 /** A worker whose step fails as `fail` says (GP_SLOW_FAIL), and a run it carries until the run ends. */
-async function runToTheEnd(fail: string) {
+async function runToTheEnd(fail: string, env: Record<string, string> = {}) {
   const tenant = newTenant();
-  const w = await stack.spawnWorker({ GP_SLOW_FAIL: fail, GP_SLOW_RETRY: JSON.stringify(RETRY) });
+  const w = await stack.spawnWorker({ GP_SLOW_FAIL: fail, GP_SLOW_RETRY: JSON.stringify(RETRY), ...env });
   const run = await createSlowRun(stack, tenant, { enqueue: true });
   return { w, run, ended: await waitRun(stack, tenant, run.id, ['failed', 'completed'], 30_000) };
 }
@@ -85,8 +85,8 @@ describe('a step that fails by itself', () => {
     expect(attemptsAt(w, run.id, 2)).toEqual([1, 2, 3]);
   });
 
-  it('a retryable error on every attempt fails the run after exactly the step\'s configured attempts', async () => {
-    const { w, run, ended: failed } = await runToTheEnd('2:retryable');
+  it('a retryable error on every attempt fails the run after exactly the step\'s configured attempts; the worker counts each failed attempt by outcome', async () => {
+    const { w, run, ended: failed } = await runToTheEnd('2:retryable', { WORKER_METRICS_PORT: '0' });
     expect(failed.status).toBe('failed');
     expect(failed.error).toMatchObject({ code: 'Error', message: 'step economics-model failed on attempt 3 (GP_SLOW_FAIL)', step: SLOW_STEPS[1], sequence_num: 2 });
     expect(failed.checkpoints.map((c) => [c.sequence_num, c.status, c.attempt])).toEqual([
@@ -101,5 +101,15 @@ describe('a step that fails by itself', () => {
     await failedLog(w, run.id);
     expect(attemptsAt(w, run.id, 2)).toEqual([1, 2, 3]);
     expect(attemptsAt(w, run.id, 1)).toEqual([1]);
+
+    // An operator alerts on failed attempts before runs fail: two retried, then one for good.
+    const port = w.output().split('\n').find((l) => l.includes('"worker metrics listening"'))?.match(/"metrics_port":(\d+)/)?.[1];
+    expect(port).toBeDefined();
+    const text = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
+    const failures = text.split('\n').filter((l) => l.startsWith('dealix_step_failures_total{'));
+    expect(failures.sort()).toEqual([
+      `dealix_step_failures_total{workflow="${SLOW_WORKFLOW}",step="${SLOW_STEPS[1]}",outcome="failed"} 1`,
+      `dealix_step_failures_total{workflow="${SLOW_WORKFLOW}",step="${SLOW_STEPS[1]}",outcome="retrying"} 2`,
+    ]);
   });
 });

@@ -41,6 +41,12 @@ export interface ExecutorOptions {
   workerId: string;
   leaseMs: number;
   onStepDone?(info: { step: string; seconds: number; replayed: boolean; status: string }): void;
+  /**
+   * A step attempt failed: `retrying` (BullMQ retries it with backoff), `failed` (for good: the run
+   * failed), `infrastructure` (its last attempt failed on an unreachable database: the run stays
+   * incomplete for the sweeper).
+   */
+  onStepFailed?(info: { workflow: string; step: string; outcome: 'retrying' | 'failed' | 'infrastructure' }): void;
   /** A job put off because this process does not register its run's workflow version (ADR 0008). */
   onDeferred?(info: { workflow: string; version: number | undefined }): void;
 }
@@ -388,9 +394,11 @@ export class StepExecutor {
     const attempt = this.attempt(d, seq);
     const permanent = e instanceof ZodError || (e instanceof AppError && !e.retryable) || e instanceof UnrecoverableError;
     const lastAttempt = attempt >= (step ? retryOf(step).attempts : 1);
+    const failed = (outcome: 'retrying' | 'failed' | 'infrastructure') => this.o.onStepFailed?.({ workflow: wf.name, step: step?.name ?? d.step, outcome });
     if (!permanent && lastAttempt && isConnectivityError(e)) {
       // Not the step's fault (the database was unreachable): the run stays incomplete in Postgres and
       // the sweeper re-enqueues it once the job has failed here.
+      failed('infrastructure');
       log.error({ err, attempt }, 'step kept failing on infrastructure; the run stays incomplete for the sweeper');
       throw new UnrecoverableError(err.message);
     }
@@ -414,11 +422,13 @@ export class StepExecutor {
         log.warn({ err: err.message, permanent }, 'step failed here, but another execution of the job had completed it: the run goes on');
         return 'completed-elsewhere';
       }
+      failed('failed');
       log.error({ err, permanent }, 'step failed for good; the run fails');
       throw new UnrecoverableError(err.message);
     }
     // BullMQ retries the job with backoff; the next attempt replays the completed steps and retries this one.
     await job.updateData({ ...d, failures: { ...d.failures, [String(seq)]: attempt }, reached: seq }).catch((ue) => log.warn({ err: ue }, 'could not count the failed attempt'));
+    failed('retrying');
     log.warn({ err: err.message, attempt }, 'step failed; BullMQ retries it with backoff');
     throw err;
   }

@@ -4,6 +4,8 @@ import { groupCommitTotals } from '../db/group-commit.ts';
 export interface Metrics {
   registry: Registry;
   stepDuration: Histogram<'step' | 'replayed'>;
+  /** Failed step attempts by what followed: retrying, failed (the run failed), infrastructure (left to the sweeper). */
+  stepFailures: Counter<'workflow' | 'step' | 'outcome'>;
   idempotencyReplays: Counter;
   idempotencyConflicts: Counter<'reason'>;
   queueDepth: Gauge<'queue' | 'state'>;
@@ -30,6 +32,12 @@ export function createMetrics(): Metrics {
       help: 'Step execution time, by step and whether it replayed from a checkpoint',
       labelNames: ['step', 'replayed'],
       buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
+      registers: [registry],
+    }),
+    stepFailures: new Counter({
+      name: 'dealix_step_failures_total',
+      help: 'Failed step attempts, by workflow, step and outcome: retrying (retried with backoff), failed (for good: the run failed), infrastructure (database unreachable on the last attempt: left to the sweeper)',
+      labelNames: ['workflow', 'step', 'outcome'],
       registers: [registry],
     }),
     idempotencyReplays: new Counter({ name: 'dealix_idempotency_replays_total', help: 'Responses replayed from a completed Idempotency-Key', registers: [registry] }),
