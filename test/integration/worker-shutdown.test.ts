@@ -1,6 +1,6 @@
 /**
- * SIGTERM to real worker processes (test/helpers/test-worker.ts) in the situations a platform meets
- * when it restarts or scales workers: while Redis is down (this file's own redis-server, stopped and
+ * Real worker processes (test/helpers/test-worker.ts) started and stopped (SIGTERM) in the situations a
+ * platform meets when it restarts or scales workers: while Redis is down (this file's own redis-server, stopped and
  * started again empty), and scaling down (SIGTERM to some of several workers on one queue). A worker
  * must exit 0 by itself — not be cut off at the hard deadline (WORKER_SHUTDOWN_GRACE + 10 s,
  * status 1) — and every run must complete, each step once.
@@ -16,7 +16,7 @@ import type { RunRow } from '../../src/platform/durable/runtime.ts';
 const TEST_WORKER = 'test/helpers/test-worker.ts';
 const LONG = 120_000;
 
-describe('SIGTERM to a worker while Redis is down (own redis-server)', () => {
+describe('a worker started or stopped while Redis is down (own redis-server)', () => {
   let stack: TestStack;
   beforeAll(async () => {
     stack = await startStack({ api: false, workerEntry: TEST_WORKER, extraWorkflows: [slowWorkflow()], ownRedis: true });
@@ -29,6 +29,24 @@ describe('SIGTERM to a worker while Redis is down (own redis-server)', () => {
     await waitFor(() => stack.container.redis.status === 'ready', { what: "the stack's Redis connection" });
   });
   afterAll(async () => stack?.stop());
+
+  it('a worker started while Redis is down waits for it without crashing, logging JSON only, then carries on the runs Redis lost', { timeout: LONG }, async () => {
+    const tenant = newTenant();
+    const run = await createSlowRun(stack, tenant, { enqueue: true });
+    await stack.ownRedis!.stopServer();
+    const started = stack.spawnWorker({ GP_SLOW_STEP_MS: '0' });
+    const worker = stack.workers.at(-1)!;
+    // Two reconnection attempts of the worker's connections have failed: it waits, it has not exited.
+    await waitFor(() => worker.output().split('ECONNREFUSED').length > 2, { what: 'the worker to try Redis' });
+    expect(worker.proc.exitCode).toBeNull();
+    await stack.ownRedis!.startServer();
+    await started;
+    const done = await waitRun(stack, tenant, run.id, ['completed', 'failed']);
+    expect(done.status).toBe('completed');
+    expectEveryStepOnce(done);
+    // Every line is a structured log line (a platform's log drain parses them): no bare stack traces.
+    expect(worker.output().split('\n').filter((l) => l !== '' && !l.startsWith('{'))).toEqual([]);
+  });
 
   it('an idle worker exits 0', { timeout: LONG }, async () => {
     const worker = await stack.spawnWorker({ WORKER_SHUTDOWN_GRACE: '1s' });
