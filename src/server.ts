@@ -19,7 +19,7 @@ const server = createServer(
   },
   createApp(container),
 );
-const drain = drainOnClose(server);
+const drain = drainOnClose(server, config.WORKER_SHUTDOWN_GRACE);
 server.listen(config.PORT, () => {
   const addr = server.address();
   container.logger.info({ port: typeof addr === 'object' && addr ? addr.port : config.PORT }, 'api listening');

@@ -1,7 +1,8 @@
 /**
  * SIGTERM to the real API (src/server.ts) while a request is in flight on a keep-alive connection,
  * as a load balancer or the platform's router holds them: the request completes, new connections
- * are refused, and the process exits 0 by itself — not at the hard deadline (grace + 10 s, status 1).
+ * are refused, and the process exits 0 by itself — not at the hard deadline (grace + 10 s, status 1);
+ * a request still arriving when the grace ends is cut off.
  */
 import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -19,8 +20,9 @@ afterAll(async () => stack?.stop());
 
 describe('SIGTERM to the API', () => {
   it('finishes the requests in flight on keep-alive connections, refuses new connections, closes idle ones, and exits 0', { timeout: 120_000 }, async () => {
-    // The hard deadline is grace + 10 s: 11 s here, far below the connections' keep-alive timeout (65 s).
-    const apiProc = await spawnApi({ ...stack.env, WORKER_SHUTDOWN_GRACE: '1s' });
+    // The hard deadline is grace + 10 s: 30 s here, below the connections' keep-alive timeout (65 s),
+    // and a grace long enough that the request in flight is never cut off by it.
+    const apiProc = await spawnApi({ ...stack.env, WORKER_SHUTDOWN_GRACE: '20s' });
     const runs = await holdTable(stack.db.ownerUrl, 'durable_runs');
     try {
       const token = await stack.token({ tenantId: newTenant(), sub: 'drain' });
@@ -56,6 +58,29 @@ describe('SIGTERM to the API', () => {
       expect(apiProc.lines().map((l) => l.msg)).toContain('shut down cleanly');
     } finally {
       await runs.close();
+      await apiProc.stop('SIGKILL');
+    }
+  });
+
+  it('cuts off, at the grace, a request still arriving (a client trickling its body) and exits 0', { timeout: 120_000 }, async () => {
+    // API_REQUEST_TIMEOUT (60 s here) would let the body trickle in long past the hard deadline (grace + 10 s).
+    const apiProc = await spawnApi({ ...stack.env, WORKER_SHUTDOWN_GRACE: '1s', API_REQUEST_TIMEOUT: '60s', API_MAX_INFLIGHT: '1' });
+    try {
+      const token = await stack.token({ tenantId: newTenant(), sub: 'trickler' });
+      const slow = await connect(apiProc.baseUrl);
+      slow.socket.write(
+        `POST /api/v1/golden-path/run HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${token}\r\nContent-Type: application/json\r\n` +
+          `Idempotency-Key: ${randomUUID()}\r\nContent-Length: 1000\r\n\r\n{`,
+      );
+      // In flight (Express has it): with its one slot taken, another request is shed.
+      await waitFor(async () => (await fetch(`${apiProc.baseUrl}/api/v1/golden-path/runs`, { headers: { authorization: `Bearer ${token}` } })).status === 503, {
+        what: 'the trickled request to take the slot',
+      });
+      apiProc.proc.kill('SIGTERM');
+      await slow.closed;
+      expect(await apiProc.exited).toBe(0);
+      expect(apiProc.lines().map((l) => l.msg)).toContain('shut down cleanly');
+    } finally {
       await apiProc.stop('SIGKILL');
     }
   });

@@ -39,9 +39,12 @@ export function onShutdown(logger: Logger, graceMs: number, close: () => Promise
  * answered and then its connection closed (`Connection: close`). Node's `server.close()` alone
  * leaves a keep-alive connection that was busy at the signal open after its answer, for
  * `keepAliveTimeout` (65 s): close() would wait past the hard deadline, and the client could keep
- * sending requests on it meanwhile.
+ * sending requests on it meanwhile. Connections still open `graceMs` after the close (a client still
+ * sending its request, which API_REQUEST_TIMEOUT would allow past the hard deadline) are cut off, so
+ * the process closes the rest and exits 0. (A handler still waiting on the database holds its pool
+ * connection: the pool's close waits for it, up to the hard deadline.)
  */
-export function drainOnClose(server: Server): () => Promise<void> {
+export function drainOnClose(server: Server, graceMs: number): () => Promise<void> {
   const inFlight = new Set<ServerResponse>();
   let closing = false;
   // A response whose headers are already out (a file being streamed at the signal) keeps its
@@ -54,9 +57,12 @@ export function drainOnClose(server: Server): () => Promise<void> {
     inFlight.add(res);
     res.once('close', () => inFlight.delete(res));
   });
-  return () => {
+  return async () => {
     closing = true;
     for (const res of inFlight) closeAfter(res);
-    return new Promise<void>((resolve) => server.close(() => resolve()));
+    const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+    const cutOff = setTimeout(() => server.closeAllConnections(), graceMs);
+    await closed;
+    clearTimeout(cutOff);
   };
 }
