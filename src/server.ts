@@ -2,7 +2,7 @@ import { createServer } from 'node:http';
 import { loadConfig, usesPublishedJwtSecret } from './platform/config/config.ts';
 import { createContainer } from './container.ts';
 import { createApp } from './app.ts';
-import { onShutdown } from './platform/process/shutdown.ts';
+import { drainOnClose, onShutdown } from './platform/process/shutdown.ts';
 import { untilReady } from './platform/queue/connections.ts';
 
 const config = loadConfig();
@@ -19,6 +19,7 @@ const server = createServer(
   },
   createApp(container),
 );
+const drain = drainOnClose(server, config.WORKER_SHUTDOWN_GRACE);
 server.listen(config.PORT, () => {
   const addr = server.address();
   container.logger.info({ port: typeof addr === 'object' && addr ? addr.port : config.PORT }, 'api listening');
@@ -27,6 +28,6 @@ server.listen(config.PORT, () => {
   }
 });
 onShutdown(container.logger, config.WORKER_SHUTDOWN_GRACE, async () => {
-  await new Promise<void>((resolve) => server.close(() => resolve()));
+  await drain();
   await container.close();
 });

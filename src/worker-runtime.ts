@@ -46,7 +46,7 @@ export async function startWorkerProcess(c: Container): Promise<WorkerProcess> {
     queues: [...new Set([...c.workflows.map((w) => w.queue), MAINTENANCE_QUEUE])],
   });
   const workers = host.workers;
-  const maintenance = await scheduleMaintenance({ connection: c.redis, prefix: cfg.QUEUE_PREFIX });
+  const maintenance = await scheduleMaintenance({ connection: c.redis, prefix: cfg.QUEUE_PREFIX, logger: c.logger });
   await c.queues.get(MAINTENANCE_QUEUE)?.close();
   c.queues.set(MAINTENANCE_QUEUE, maintenance);
   const sweeper = new Sweeper({

@@ -1,10 +1,11 @@
-import net from 'node:net';
+import type net from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { randomUUID } from 'node:crypto';
 import { api, newTenant, SAMPLE_SUBMISSION, startStack, type TestStack } from '../helpers/stack.ts';
 import { waitFor } from '../helpers/poll.ts';
 import { spawnApi } from '../helpers/api-process.ts';
 import { holdTable } from '../helpers/table-lock.ts';
+import { openSocket, type RawConnection } from '../helpers/raw-http.ts';
 
 let stack: TestStack;
 beforeAll(async () => {
@@ -183,20 +184,8 @@ describe('connections without a valid token', () => {
 });
 
 /** A POST whose headers promise 1,000 bytes of body, of which one is sent: it stays in flight. */
-async function trickle(baseUrl: string, token: string): Promise<{ socket: net.Socket; answer: () => string; closed: Promise<void> }> {
+async function trickle(baseUrl: string, token: string): Promise<RawConnection> {
   const conn = await openSocket(baseUrl);
   conn.socket.write(`POST /api/v1/golden-path/run HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${token}\r\nContent-Type: application/json\r\nIdempotency-Key: ${randomUUID()}\r\nContent-Length: 1000\r\n\r\n{`);
   return conn;
-}
-
-/** A raw connection to the API, collecting what it answers. */
-async function openSocket(baseUrl: string): Promise<{ socket: net.Socket; answer: () => string; closed: Promise<void> }> {
-  const url = new URL(baseUrl);
-  const socket = net.connect(Number(url.port), url.hostname);
-  let answer = '';
-  socket.on('data', (d) => (answer += d));
-  socket.on('error', () => {});
-  const closed = new Promise<void>((resolve) => socket.once('close', () => resolve()));
-  await new Promise<void>((resolve) => socket.once('connect', () => resolve()));
-  return { socket, answer: () => answer, closed };
 }

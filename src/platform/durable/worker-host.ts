@@ -128,26 +128,33 @@ async function within(p: Promise<unknown>, ms: number): Promise<boolean> {
   }
 }
 
+/** How long a stopping worker tries to hand its jobs back (a Redis command, milliseconds when Redis answers). */
+const HAND_BACK_MS = 2_000;
+
 /**
  * Graceful stop, bounded in time: take no new jobs and give active ones `graceMs` to finish. Steps
  * still running then are handed back: each job returns to `wait` (no attempt spent, no lock to wait
  * out) so another worker takes it at once, and the step is aborted, which rolls its transaction back.
- * The other worker re-runs it from the last checkpoint. (A second `close(true)` would not help:
- * BullMQ returns the first, still-waiting close.)
+ * The other worker re-runs it from the last checkpoint. With Redis unreachable the hand-back waits
+ * for a connection: after HAND_BACK_MS the steps are aborted all the same, and the jobs' locks lapse
+ * (another worker's stall check, or the sweeper after a Redis that lost its data, re-queues them).
+ * (A second `close(true)` would not help: BullMQ returns the first, still-waiting close.)
  */
 async function stopWorkers(workers: Worker[], active: Map<string, ActiveStep>, graceMs: number, logger: Logger): Promise<void> {
   const closing = Promise.allSettled(workers.map((w) => w.close()));
   if (await within(closing, graceMs)) return;
-  logger.warn({ active_jobs: active.size }, 'active jobs did not finish in the grace period; handing them back');
-  await Promise.all(
-    [...active.values()].map(async ({ job, token, abort }) => {
-      try {
-        if (token) await job.moveToWait(token);
-      } catch (err) {
-        logger.warn({ err, job_id: job.id }, 'could not hand the job back; its lock will lapse instead');
-      }
-      abort.abort(new Error('worker shutting down: job handed back'));
-    }),
-  );
+  const left = [...active.values()];
+  logger.warn({ active_jobs: left.length }, 'active jobs did not finish in the grace period; handing them back');
+  const handingBack = left.map(async ({ job, token }) => {
+    try {
+      if (token) await job.moveToWait(token);
+    } catch (err) {
+      logger.warn({ err, job_id: job.id }, 'could not hand the job back; its lock will lapse instead');
+    }
+  });
+  if (!(await within(Promise.all(handingBack), HAND_BACK_MS))) {
+    logger.warn({ active_jobs: left.length }, 'could not hand the jobs back in time (Redis unreachable?); their locks will lapse instead');
+  }
+  for (const { abort } of left) abort.abort(new Error('worker shutting down: job handed back'));
   if (!(await within(closing, 5_000))) logger.error('workers did not close after handing their jobs back');
 }

@@ -1,3 +1,4 @@
+import type { Server, ServerResponse } from 'node:http';
 import type { Logger } from 'pino';
 import { shutdownTelemetry } from '../telemetry/otel-hooks.ts';
 
@@ -30,4 +31,38 @@ export function onShutdown(logger: Logger, graceMs: number, close: () => Promise
   };
   process.once('SIGTERM', () => handler('SIGTERM'));
   process.once('SIGINT', () => handler('SIGINT'));
+}
+
+/**
+ * Returns the graceful close of `server` (call this before it serves): the listener closes (new
+ * connections are refused), idle keep-alive connections are closed, and each request in flight is
+ * answered and then its connection closed (`Connection: close`). Node's `server.close()` alone
+ * leaves a keep-alive connection that was busy at the signal open after its answer, for
+ * `keepAliveTimeout` (65 s): close() would wait past the hard deadline, and the client could keep
+ * sending requests on it meanwhile. Connections still open `graceMs` after the close (a client still
+ * sending its request, which API_REQUEST_TIMEOUT would allow past the hard deadline) are cut off, so
+ * the process closes the rest and exits 0. (A handler still waiting on the database holds its pool
+ * connection: the pool's close waits for it, up to the hard deadline.)
+ */
+export function drainOnClose(server: Server, graceMs: number): () => Promise<void> {
+  const inFlight = new Set<ServerResponse>();
+  let closing = false;
+  // A response whose headers are already out (a file being streamed at the signal) keeps its
+  // connection: JSON answers are written whole, so this is the rare case, bounded by the hard deadline.
+  const closeAfter = (res: ServerResponse) => {
+    if (!res.headersSent) res.shouldKeepAlive = false;
+  };
+  server.prependListener('request', (_req, res) => {
+    if (closing) return closeAfter(res);
+    inFlight.add(res);
+    res.once('close', () => inFlight.delete(res));
+  });
+  return async () => {
+    closing = true;
+    for (const res of inFlight) closeAfter(res);
+    const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+    const cutOff = setTimeout(() => server.closeAllConnections(), graceMs);
+    await closed;
+    clearTimeout(cutOff);
+  };
 }

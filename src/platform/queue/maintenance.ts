@@ -11,8 +11,10 @@ export const IDEMPOTENCY_EXPIRY_JOB = 'idempotency-expiry';
  * Upserts the maintenance Job Schedulers (BullMQ v6; idempotent, so every worker may call it):
  * expired idempotency keys are deleted in batches here, never on a request's hot path.
  */
-export async function scheduleMaintenance(deps: { connection: ConnectionOptions; prefix: string; everyMs?: number }): Promise<Queue> {
+export async function scheduleMaintenance(deps: { connection: ConnectionOptions; prefix: string; logger: Logger; everyMs?: number }): Promise<Queue> {
   const queue = new Queue(MAINTENANCE_QUEUE, { connection: deps.connection, prefix: deps.prefix });
+  // Without a listener BullMQ prints each connection error as a bare multi-line stack trace on stderr.
+  queue.on('error', (err) => deps.logger.warn({ err, queue: MAINTENANCE_QUEUE }, 'queue error'));
   await upsertMaintenanceSchedulers(queue, deps.everyMs);
   return queue;
 }

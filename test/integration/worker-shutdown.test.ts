@@ -1,0 +1,117 @@
+/**
+ * Real worker processes (test/helpers/test-worker.ts) started and stopped (SIGTERM) in the situations a
+ * platform meets when it restarts or scales workers: while Redis is down (this file's own redis-server, stopped and
+ * started again empty), and scaling down (SIGTERM to some of several workers on one queue). A worker
+ * must exit 0 by itself — not be cut off at the hard deadline (WORKER_SHUTDOWN_GRACE + 10 s,
+ * status 1) — and every run must complete, each step once.
+ * The plain cases (a step finishing within the grace, one outlasting it) are in durable-recovery.test.ts.
+ */
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { newTenant, startStack, type TestStack } from '../helpers/stack.ts';
+import { waitFor } from '../helpers/poll.ts';
+import { slowWorkflow } from '../helpers/slow-workflow.ts';
+import { createSlowRun, entered, enteredThroughLast, expectEveryStepOnce, jobOf, killLiveWorkers, logged, readRun, waitEntered, waitRun } from '../helpers/recovery.ts';
+import type { RunRow } from '../../src/platform/durable/runtime.ts';
+
+const TEST_WORKER = 'test/helpers/test-worker.ts';
+const LONG = 120_000;
+
+describe('a worker started or stopped while Redis is down (own redis-server)', () => {
+  let stack: TestStack;
+  beforeAll(async () => {
+    stack = await startStack({ api: false, workerEntry: TEST_WORKER, extraWorkflows: [slowWorkflow()], ownRedis: true });
+  });
+  afterEach(async () => {
+    await killLiveWorkers(stack);
+    const redis = stack.ownRedis!;
+    if ((await redis.client.ping().catch(() => '')) !== 'PONG') await redis.startServer();
+    // The stack's own producer connection (no offline queue) reconnects with a backoff.
+    await waitFor(() => stack.container.redis.status === 'ready', { what: "the stack's Redis connection" });
+  });
+  afterAll(async () => stack?.stop());
+
+  it('a worker started while Redis is down waits for it without crashing, logging JSON only, then carries on the runs Redis lost', { timeout: LONG }, async () => {
+    const tenant = newTenant();
+    const run = await createSlowRun(stack, tenant, { enqueue: true });
+    await stack.ownRedis!.stopServer();
+    const started = stack.spawnWorker({ GP_SLOW_STEP_MS: '0' });
+    const worker = stack.workers.at(-1)!;
+    // Two reconnection attempts of the worker's connections have failed: it waits, it has not exited.
+    await waitFor(() => worker.output().split('ECONNREFUSED').length > 2, { what: 'the worker to try Redis' });
+    expect(worker.proc.exitCode).toBeNull();
+    await stack.ownRedis!.startServer();
+    await started;
+    const done = await waitRun(stack, tenant, run.id, ['completed', 'failed']);
+    expect(done.status).toBe('completed');
+    expectEveryStepOnce(done);
+    // Every line is a structured log line (a platform's log drain parses them): no bare stack traces.
+    expect(worker.output().split('\n').filter((l) => l !== '' && !l.startsWith('{'))).toEqual([]);
+  });
+
+  it('an idle worker exits 0', { timeout: LONG }, async () => {
+    const worker = await stack.spawnWorker({ WORKER_SHUTDOWN_GRACE: '1s' });
+    await stack.ownRedis!.stopServer();
+    worker.kill('SIGTERM');
+    expect(await worker.exited).toBe(0);
+  });
+
+  it.each([
+    { what: 'a step that finishes after the signal commits; its job cannot be handed back', gate: '0,sigterm', committed: 2 },
+    { what: 'a step outlasting the grace is aborted and rolls back; its job cannot be handed back', gate: '0,hang', committed: 1 },
+  ])('$what: the worker exits 0, and once Redis is back another worker completes the run', { timeout: LONG }, async ({ gate, committed }) => {
+    const tenant = newTenant();
+    const first = await stack.spawnWorker({ GP_SLOW_STEP_MS: gate, WORKER_SHUTDOWN_GRACE: '1s' });
+    const run = await createSlowRun(stack, tenant, { enqueue: true });
+    await waitEntered(first, run.id, 2);
+    await stack.ownRedis!.stopServer();
+    first.kill('SIGTERM');
+    expect(await first.exited, first.output().slice(-3000)).toBe(0);
+    expect((await readRun(stack, tenant, run.id)).sequence_num).toBe(committed);
+
+    // Redis comes back empty: the sweeper of the next worker re-enqueues the run from its last checkpoint.
+    await stack.ownRedis!.startServer();
+    await stack.spawnWorker({ GP_SLOW_STEP_MS: '0' });
+    const done = await waitRun(stack, tenant, run.id, ['completed', 'failed']);
+    expect(done.status).toBe('completed');
+    expectEveryStepOnce(done);
+  });
+});
+
+describe('scaling down: SIGTERM to two of three workers on one queue while they carry runs', () => {
+  let stack: TestStack;
+  beforeAll(async () => {
+    stack = await startStack({ api: false, workerEntry: TEST_WORKER, extraWorkflows: [slowWorkflow()] });
+  });
+  afterAll(async () => stack?.stop());
+
+  it('their steps commit, their jobs go straight to the worker left (no lock to wait out), and every run completes with each step once', { timeout: LONG }, async () => {
+    // The two to stop hold each run they take in step 2 until they are told to stop; the one left is quick.
+    const stopping = [await stack.spawnWorker({ GP_SLOW_STEP_MS: '0,sigterm', WORKER_CONCURRENCY: '2' }), await stack.spawnWorker({ GP_SLOW_STEP_MS: '0,sigterm', WORKER_CONCURRENCY: '2' })];
+    const left = await stack.spawnWorker({ GP_SLOW_STEP_MS: '100', WORKER_CONCURRENCY: '2' });
+    const tenant = newTenant();
+    const runs: RunRow[] = [];
+    for (let i = 0; i < 10; i++) runs.push(await createSlowRun(stack, tenant, { enqueue: true }));
+    // Both slots of both workers to stop hold a run in step 2.
+    const held = (w: (typeof stopping)[number]) => runs.filter((r) => entered(w, r.id).includes(2));
+    await waitFor(() => stopping.every((w) => held(w).length === 2), { timeoutMs: 60_000, what: 'the workers to stop to hold two runs each in step 2' });
+    const handedBack = stopping.flatMap(held);
+
+    for (const w of stopping) w.kill('SIGTERM');
+    for (const w of stopping) expect(await w.exited, w.output().slice(-3000)).toBe(0);
+    // Each finished its step 2 and handed the job back before step 3.
+    const handBacks = stopping.flatMap((w) => handedBack.flatMap((r) => logged(w, r.id, 'worker stopping: job handed back before its next step')));
+    expect(handBacks.map((l) => l.sequence_num)).toEqual([3, 3, 3, 3]);
+
+    for (const run of runs) {
+      const done = await waitRun(stack, tenant, run.id, ['completed', 'failed']);
+      expect(done.status).toBe('completed');
+      expectEveryStepOnce(done);
+    }
+    for (const run of handedBack) {
+      // The worker left went on from step 3: step 2 was not run again.
+      expect(await enteredThroughLast(left, run.id)).toEqual([3, 4]);
+      // Handed back, not left for its lock to lapse: BullMQ never counted the job as stalled.
+      expect((await jobOf(stack, run, 1))?.stalledCounter).toBe(0);
+    }
+  });
+});
