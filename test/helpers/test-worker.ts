@@ -6,7 +6,8 @@
  * delay in ms, `hang` (never finishes on its own), or `sigterm` (finishes once the process is told
  * to stop). GP_SLOW_VARIANT: original | reordered | renamed (see slow-workflow.ts).
  * GP_SLOW_FAIL: `<seq>:permanent` (the step throws a non-retryable error) or `<seq>:retryable[:<n>]`
- * (it throws a plain error on its first n attempts, on every attempt without n). GP_SLOW_RETRY: JSON,
+ * (it throws a plain error on its first n attempts, on every attempt without n) or `<seq>:database`
+ * (a statement of the step fails in PostgreSQL, on every attempt). GP_SLOW_RETRY: JSON,
  * the retry policy of every step (the test's own slowWorkflow({ retry }) must say the same).
  * GP_VERSIONS: which versions of golden-path and gp-slow the process registers, comma-separated
  * (default 1; 2 is version 1 plus a closing step, versioned-workflows.ts): a worker of an older or a
@@ -34,6 +35,7 @@ const gate: StepGate = async ({ seq, step, ctx }) => {
   if (failSeq !== undefined && Number(failSeq) === seq) {
     if (failKind === 'permanent') throw new PermanentError('test_permanent', `step ${step} refused for good (GP_SLOW_FAIL)`);
     if (failKind === 'retryable' && (failTimes === undefined || ctx.attempt <= Number(failTimes))) throw new Error(`step ${step} failed on attempt ${ctx.attempt} (GP_SLOW_FAIL)`);
+    if (failKind === 'database') await ctx.em.execute(`select 'internal detail of ' || ? || ': ' || (1 / 0)`, [step]);
   }
   if (spec === 'hang') return new Promise<void>(() => {});
   if (spec === 'sigterm') return terminated;

@@ -112,4 +112,19 @@ describe('a step that fails by itself', () => {
       `dealix_step_failures_total{workflow="${SLOW_WORKFLOW}",step="${SLOW_STEPS[1]}",outcome="retrying"} 2`,
     ]);
   });
+
+  it('a step that fails in PostgreSQL records the SQLSTATE, not the database\'s message: clients read the run, the worker\'s log keeps the details', async () => {
+    const { w, run, ended: failed } = await runToTheEnd('2:database');
+    expect(failed.status).toBe('failed');
+    const recorded = {
+      code: 'database_error',
+      message: "The step failed on a database error (SQLSTATE 22012); the worker's log has its details under this run's id.",
+    };
+    expect(failed.error).toEqual({ ...recorded, step: SLOW_STEPS[1], sequence_num: 2 });
+    expect(failed.checkpoints[1]!.error).toEqual(recorded);
+    expect(JSON.stringify(failed)).not.toContain('division by zero');
+    await failedLog(w, run.id);
+    const [line] = logged(w, run.id, FAILED_FOR_GOOD);
+    expect(JSON.stringify(line)).toContain('division by zero');
+  });
 });

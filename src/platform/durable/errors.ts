@@ -106,3 +106,27 @@ export class WorkflowVersionUnavailableError extends AppError {
     this.version = version;
   }
 }
+
+/**
+ * The SQLSTATE of an error PostgreSQL answered (node-postgres' DatabaseError, also wrapped by
+ * MikroORM as a `cause`), else undefined. Not a socket's error code (ECONNRESET, EPIPE): those carry
+ * no `severity`.
+ */
+export function sqlStateOf(e: unknown): string | undefined {
+  for (let cur: any = e, d = 0; cur && d < 5; d++, cur = cur.cause) {
+    if (typeof cur.code === 'string' && /^[0-9A-Z]{5}$/.test(cur.code) && typeof cur.severity === 'string') return cur.code;
+  }
+  return undefined;
+}
+
+/**
+ * What a failed step's checkpoint and its run record of the error, which API clients read: a
+ * workflow's own errors as they are (code and message); a database error as its SQLSTATE only —
+ * PostgreSQL's message names tables, constraints and values, which stay in the worker's log.
+ */
+export function recordedError(err: Error): { code: string; message: string } {
+  if (err instanceof AppError) return { code: err.code, message: err.message.slice(0, 2000) };
+  const state = sqlStateOf(err);
+  if (state) return { code: 'database_error', message: `The step failed on a database error (SQLSTATE ${state}); the worker's log has its details under this run's id.` };
+  return { code: err.name, message: err.message.slice(0, 2000) };
+}

@@ -8,7 +8,7 @@ import { tenantEm } from '../db/tenant-em.ts';
 import { holdingInserts } from '../db/coalescing-client.ts';
 import { requestContext } from '../tenancy/request-context.ts';
 import { ATTR } from '../telemetry/attributes.ts';
-import { NonDeterminismError, RunNotVisibleError, WorkflowVersionUnavailableError, isRunNoLongerActive, isStaleStart, isUniqueViolation } from './errors.ts';
+import { NonDeterminismError, RunNotVisibleError, WorkflowVersionUnavailableError, isRunNoLongerActive, isStaleStart, isUniqueViolation, recordedError } from './errors.ts';
 import { ACTIVE_RUN_STATUSES } from './durable-run.entity.ts';
 import type { DurableRuntime, RunRow, StepJobData } from './runtime.ts';
 import { loadRunState, startingRunState, type RunState } from './run-state.ts';
@@ -442,7 +442,7 @@ export class StepExecutor {
    */
   private async markFailed(d: StepJobData, wf: WorkflowDef, seq: number, stepName: string, err: Error, attempt: number, stepRan: boolean): Promise<'failed' | 'completed-elsewhere' | 'run-ended' | 'superseded'> {
     const em = tenantEm(this.o.orm, d.tenant_id);
-    const error = { code: err instanceof AppError ? err.code : err.name, message: err.message.slice(0, 2000) };
+    const error = recordedError(err);
     return em.transactional(async (tx) => {
       // `for key share`, the lock the checkpoint's foreign key takes anyway: a retry in progress (it holds
       // the row `for update`) is waited for, and then its generation is seen. Failure path only.
