@@ -40,7 +40,13 @@ function errorResponses(def: RouteDef): Record<number, ResponseConfig> {
   const out: Record<number, ResponseConfig> = {};
   // Every route validates its query (a parameter it does not take is refused); a mutating route reads
   // a body whether or not it declares one (one that takes none refuses one: router.ts) and a key.
-  const bad = ['validation_failed', mutating ? 'malformed_json' : '', mutating && def.idempotency === 'required' ? 'validation_failed (missing Idempotency-Key)' : ''].filter(Boolean);
+  const bad = [
+    'validation_failed',
+    mutating ? 'malformed_json' : '',
+    // A body that does not decode under its Content-Encoding (one sent as gzip that is not).
+    mutating ? 'bad_request' : '',
+    mutating && def.idempotency === 'required' ? 'validation_failed (missing Idempotency-Key)' : '',
+  ].filter(Boolean);
   out[400] = problem('Bad request', bad);
   out[401] = problem('Missing, expired or invalid bearer token', ['unauthorized'], { 'WWW-Authenticate': z.literal('Bearer') });
   if (def.roles?.length) out[403] = problem(`Needs one of the roles: ${def.roles.join(', ')}`, ['forbidden']);
