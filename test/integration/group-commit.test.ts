@@ -8,6 +8,9 @@ import { DEFER_UNTIL_NEXT, LAST_IN_TRANSACTION } from '../../src/platform/db/coa
 import { GroupCommit as GroupCommitClass, groupCommitFor, groupKey, type GroupCommit, type GroupCommitRef } from '../../src/platform/db/group-commit.ts';
 import { inlineStatement, type Statement } from '../../src/platform/db/statement-batch.ts';
 import { entities } from '../../src/entities.ts';
+import { CoalescingClient } from '../../src/platform/db/coalescing-client.ts';
+import { holdTable } from '../helpers/table-lock.ts';
+import { waitFor } from '../helpers/poll.ts';
 
 /**
  * Group commit (src/platform/db/group-commit.ts, ADR 0007) against the real PostgreSQL as the
@@ -149,6 +152,47 @@ describe('group commit', () => {
       expect((await stored(runs.map((r) => r.id))).length).toBe(4);
     } finally {
       await Promise.all(clients.map((c) => c.end()));
+    }
+  });
+
+  it('a member whose connection the server already dropped never leads a group: it fails alone, the others commit', async () => {
+    // The server may end a session whose transaction the client still holds back (its `begin` is not
+    // sent until the commit): pg_terminate_backend, idle_session_timeout, a socket reset. Led by such
+    // a member, the group never reaches PostgreSQL, yet every member was told "outcome unknown".
+    const ref: GroupCommitRef = { id: randomUUID(), maxInFlight: 1 };
+    const clients = await Promise.all([0, 1, 2, 3, 4].map(async () => {
+      const c = new CoalescingClient({ connectionString: stack.db.appUrl, groupCommit: ref });
+      await c.connect();
+      return c;
+    }));
+    const runs = clients.map(() => ({ tenant: randomUUID(), id: randomUUID() }));
+    /** A whole transaction as MikroORM sends it: held begin and tenant, the run's insert with its commit. */
+    const whole = async (c: CoalescingClient, r: { tenant: string; id: string }) => {
+      await c.query('begin');
+      await c.query('select set_config($1, $2, true)', ['app.tenant_id', r.tenant]);
+      await c.query(`${LAST_IN_TRANSACTION}${RUN_INSERT.replace('?, ?,', '$1, $2,').replace('?,', '$3,')}`, [r.id, r.tenant, randomUUID()]);
+      await c.query('commit');
+    };
+    const lock = await holdTable(stack.db.ownerUrl, 'durable_runs');
+    try {
+      // The first takes the only slot and waits on the lock, so the next four queue up as one group, the dropped one first.
+      const first = whole(clients[0]!, runs[0]!);
+      await lock.waiting('the first transaction to wait for the table');
+      let dropped = false;
+      clients[1]!.on('error', () => (dropped = true));
+      await stack.db.admin('select pg_terminate_backend($1)', [(clients[1] as unknown as { processID: number }).processID]);
+      await waitFor(() => dropped, { what: 'the client to see its connection dropped' });
+      const others = [1, 2, 3, 4].map((i) => whole(clients[i]!, runs[i]!).then(() => 'committed', (e: Error) => `failed: ${e.message}`));
+      await lock.release();
+      await first;
+      const outcomes = await Promise.all(others);
+      expect(outcomes[0]).toMatch(/^failed: .*connection/);
+      expect(outcomes.slice(1)).toEqual(['committed', 'committed', 'committed']);
+      expect(groupCommitFor(ref).stats.grouped).toBeGreaterThanOrEqual(1);
+      expect(await stored(runs.map((r) => r.id))).toEqual([0, 2, 3, 4].map((i) => ({ id: runs[i]!.id, tenant_id: runs[i]!.tenant })).sort((a, b) => a.id.localeCompare(b.id)));
+    } finally {
+      await lock.close();
+      await Promise.all(clients.map((c) => c.end().catch(() => {})));
     }
   });
 

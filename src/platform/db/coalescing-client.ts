@@ -232,7 +232,7 @@ export class CoalescingClient extends pg.Client {
     // A commit with everything its transaction did still held: the whole transaction is this one
     // message, which may share its commit with others (group-commit.ts).
     if (this.#group && /^commit$/i.test(statement.text) && /^begin$/i.test(statements[0]!.text)) {
-      return this.#group.submit({ statements, send: (s) => this.send(s) as Promise<pg.QueryResult[]> }).then(lastResult);
+      return this.#group.submit({ statements, send: (s) => this.send(s) as Promise<pg.QueryResult[]>, connected: () => !this.#lost }).then(lastResult);
     }
     return this.send(statements).then(lastResult);
   }
@@ -261,7 +261,7 @@ export class CoalescingClient extends pg.Client {
     this.#began = false;
     const send = (s: Statement[]) => this.send(s) as Promise<pg.QueryResult[]>;
     // A whole transaction in this one message (its `begin` was still held) may share its commit with others.
-    const sent = this.#group && /^begin$/i.test(statements[0]!.text) ? this.#group.submit({ statements, send }) : send(statements);
+    const sent = this.#group && /^begin$/i.test(statements[0]!.text) ? this.#group.submit({ statements, send, connected: () => !this.#lost }) : send(statements);
     return sent.then((results) => {
       this.#committedAhead = true;
       return results[results.length - 2]!;

@@ -35,6 +35,8 @@ export interface GroupMember {
   statements: Statement[];
   /** Sends statements as one message on the member's own connection (what it would have done alone). */
   send(statements: Statement[]): Promise<pg.QueryResult[]>;
+  /** False once the member's connection is known to be gone: it must not carry a group, whose members would all fail with it. */
+  connected?(): boolean;
 }
 
 interface Queued extends GroupMember {
@@ -108,8 +110,15 @@ export class GroupCommit {
     }
   }
 
-  async #send(members: Queued[]): Promise<void> {
-    this.stats.transactions += members.length;
+  async #send(queued: Queued[]): Promise<void> {
+    this.stats.transactions += queued.length;
+    // A member whose connection the server already ended (its transaction was still held back in the
+    // client: pg_terminate_backend, idle_session_timeout, a reset socket) cannot carry the group: sent
+    // on it, the group would never reach PostgreSQL, yet every member would be told its outcome is
+    // unknown. It fails alone, as it would have; the others go on without it.
+    const members = queued.filter((m) => m.connected?.() !== false);
+    for (const m of queued) if (!members.includes(m)) void this.#alone(m);
+    if (members.length === 0) return;
     if (members.length === 1) return this.#alone(members[0]!);
     this.stats.grouped++;
     this.stats.groupedMembers += members.length;
