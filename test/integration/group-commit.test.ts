@@ -218,6 +218,12 @@ describe('group commit', () => {
     expect(groupKey([B, tenant, { text: `${DEFER_UNTIL_NEXT}insert into t values (1); set local role x` }, C])).toBeUndefined();
     expect(groupKey([B, tenant, held(`select set_config('app.tenant_id', $1, true)`), C])).toBeUndefined();
     expect(groupKey([B, tenant, held('select pg_advisory_lock($1)'), C])).toBeUndefined();
+    // A transaction-level advisory lock too: in a group, two members taking the same lock would take it
+    // in one transaction, where it is re-entrant: they would not exclude each other (the admission
+    // controller marks such a lock to be held).
+    expect(groupKey([B, tenant, held(`select pg_advisory_xact_lock(hashtextextended('dealix:admission:' || $1, 0))`), C])).toBeUndefined();
+    expect(groupKey([B, tenant, held('select pg_try_advisory_xact_lock_shared($1)'), C])).toBeUndefined();
+    expect(groupKey([B, tenant, held('select pg_try_advisory_lock($1)'), C])).toBeUndefined();
     expect(groupKey([B, tenant, held('savepoint a'), C])).toBeUndefined();
     // Not a whole transaction: part of one already went, or its end is not in the message.
     expect(groupKey([tenant, held('insert into t values ($1)'), C])).toBeUndefined();

@@ -46,8 +46,12 @@ interface Queued extends GroupMember {
 }
 
 const SETTINGS = /^select set_config\(\$1, \$2, true\)(?:, set_config\(\$\d+, \$\d+, true\))*$/i;
-/** What a marked statement must still not contain: anything that changes the session or outlives the statement. */
-const SESSION_CHANGING = /\b(?:set_config|set\s+(?:local\s+)?(?:role|session)|reset|savepoint|pg_advisory_lock|pg_advisory_lock_shared|deallocate|declare|listen|notify|temp(?:orary)?\s+table)\b/i;
+/**
+ * What a marked statement must still not contain: anything that changes the session or outlives the
+ * statement, and advisory locks of any kind — a transaction-level one too: two members taking it in one
+ * group take it in one transaction, where it is re-entrant, so they would not exclude each other.
+ */
+const SESSION_CHANGING = /\b(?:set_config|set\s+(?:local\s+)?(?:role|session)|reset|savepoint|pg_(?:try_)?advisory_(?:xact_)?lock(?:_shared)?|deallocate|declare|listen|notify|temp(?:orary)?\s+table)\b/i;
 const MARKED = (text: string) => text.startsWith(DEFER_UNTIL_NEXT) || text.startsWith(LAST_IN_TRANSACTION);
 
 export interface GroupCommitOptions {
