@@ -118,6 +118,11 @@ const LOCK_NOT_AVAILABLE = '55P03';
 /** In the error PostgreSQL raises when a completion finds its lease lost (see store). */
 export const LEASE_LOST = 'idempotency record vanished, or its lease passed to a retry, while in progress';
 
+/** Whether `e` is the error of a completion that found its lease lost (see store): its transaction rolled back. */
+export function isLeaseLost(e: unknown): boolean {
+  return inCauses(e, (cur) => String((cur as { message?: unknown }).message ?? '').includes(LEASE_LOST));
+}
+
 interface Row {
   id: string;
   tenant_id: string;
@@ -227,7 +232,23 @@ export class IdempotencyService {
     }
     const record = toRecord(row);
     if (row.inserted) return { outcome: 'claimed', record, hash: submissionHash(record.tenantId, record.id) };
-    if (record.fingerprint !== input.fingerprint) return { outcome: 'mismatch', record };
+    return this.heldBy(record, input.fingerprint);
+  }
+
+  /**
+   * What the key holds now, for an attempt whose completion found its lease lost (isLeaseLost): its
+   * work rolled back, and it answers as a duplicate would — the stored outcome of the attempt that took
+   * the key over, 409 while that one still runs (or the key was forgotten meanwhile), 422 if the key
+   * now holds another request.
+   */
+  async afterLeaseLost(em: EntityManager, held: IdempotencyRecord): Promise<Exclude<ClaimResult, { outcome: 'claimed' }>> {
+    const now = await this.get_existing(em, held.tenantId, held.principal, held.key);
+    return now ? this.heldBy(now, held.fingerprint) : { outcome: 'in_progress', retryAfterSeconds: 1 };
+  }
+
+  /** The answer to a request with `fingerprint` whose key `record` holds. */
+  private heldBy(record: IdempotencyRecord, fingerprint: string): Exclude<ClaimResult, { outcome: 'claimed' }> {
+    if (record.fingerprint !== fingerprint) return { outcome: 'mismatch', record };
     if (record.status === 'completed') return { outcome: 'replay', record };
     const lockedFor = record.lockedAt ? Date.now() - record.lockedAt.getTime() : 0;
     return { outcome: 'in_progress', record, retryAfterSeconds: Math.max(1, Math.ceil((this.leaseMs - lockedFor) / 1000)) };
@@ -402,8 +423,13 @@ export class IdempotencyService {
 }
 
 function hasCode(e: unknown, code: string): boolean {
+  return inCauses(e, (cur) => (cur as { code?: unknown }).code === code);
+}
+
+/** Whether `e`, or an error in its chain of causes, is one `test` accepts. */
+function inCauses(e: unknown, test: (cur: unknown) => boolean): boolean {
   for (let cur: unknown = e, depth = 0; cur && depth < 5; depth++) {
-    if ((cur as { code?: unknown }).code === code) return true;
+    if (test(cur)) return true;
     cur = (cur as { cause?: unknown }).cause;
   }
   return false;

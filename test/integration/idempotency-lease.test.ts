@@ -1,0 +1,87 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { randomUUID } from 'node:crypto';
+import { tenantEm } from '../../src/platform/db/tenant-em.ts';
+import { submissionHash } from '../../src/platform/idempotency/idempotency.service.ts';
+import { api, newTenant, SAMPLE_SUBMISSION, startStack, type TestStack } from '../helpers/stack.ts';
+import { holdTable } from '../helpers/table-lock.ts';
+import { waitFor } from '../helpers/poll.ts';
+
+const RUN = '/api/v1/golden-path/run';
+
+/** A 1 s lease well inside a 1 h TTL: what a test sees within seconds is the lease's doing, never the TTL's. */
+let leased: TestStack;
+beforeAll(async () => {
+  leased = await startStack({ env: { IDEMPOTENCY_TTL: '1h', IDEMPOTENCY_LEASE: '1s' } });
+});
+afterAll(async () => {
+  await leased?.stop();
+});
+
+async function actor(s: TestStack) {
+  const tenant = newTenant();
+  const sub = `user-${randomUUID().slice(0, 8)}`;
+  return { tenant, sub, token: await s.token({ tenantId: tenant, sub, roles: [] }) };
+}
+type Actor = Awaited<ReturnType<typeof actor>>;
+
+const submit = (s: TestStack, who: Actor, key: string) => api(s, 'POST', RUN, { token: who.token, headers: { 'Idempotency-Key': key }, body: SAMPLE_SUBMISSION });
+
+async function keyRow(s: TestStack, who: Actor, key: string) {
+  const [row] = await tenantEm(s.container.orm, who.tenant).execute<any[]>(
+    `select id, status, response_body, (extract(epoch from locked_at) * 1000000)::bigint::text as lease,
+            locked_at < now() - interval '1 second' as lease_expired
+       from idempotency_keys where principal = ? and idempotency_key = ?`,
+    [who.sub, key],
+  );
+  return row;
+}
+async function runs(s: TestStack, who: Actor) {
+  return tenantEm(s.container.orm, who.tenant).execute<{ id: string; idempotency_hash: string }[]>('select id, idempotency_hash from durable_runs');
+}
+
+describe('a first attempt that stalls past its lease while a retry takes the submission over', () => {
+  it('commits nothing of the stalled attempt, which answers as the key now does: one run, one stored outcome', async () => {
+    const who = await actor(leased);
+    const key = randomUUID();
+    // The run table held: the first attempt claims its key, then blocks inserting its run.
+    const table = await holdTable(leased.db.ownerUrl, 'durable_runs');
+    try {
+      const firstP = submit(leased, who, key);
+      await table.waiting('the first attempt to block on the run table');
+      const claimed = await waitFor(async () => (await keyRow(leased, who, key))?.status === 'in_progress' && keyRow(leased, who, key), { what: 'the claim' });
+      await waitFor(async () => (await keyRow(leased, who, key))?.lease_expired, { timeoutMs: 30_000, what: 'the first lease to run out' });
+      // The retry takes the same record over (a new lease), then waits behind the first attempt.
+      const secondP = submit(leased, who, key);
+      const takenOver = await waitFor(async () => {
+        const r = await keyRow(leased, who, key);
+        return r && r.lease !== claimed.lease && r;
+      }, { what: 'the retry to take the key over' });
+      expect(takenOver).toMatchObject({ id: claimed.id, status: 'in_progress' });
+      await table.release();
+      const [first, second] = await Promise.all([firstP, secondP]);
+
+      expect(second.status, second.text).toBe(202);
+      expect(second.headers.get('idempotent-replayed')).toBeNull();
+      const all = await runs(leased, who);
+      expect(all).toEqual([{ id: second.json.run_id, idempotency_hash: submissionHash(who.tenant, claimed.id) }]);
+      const stored = await keyRow(leased, who, key);
+      expect(stored).toMatchObject({ id: claimed.id, status: 'completed' });
+      expect(JSON.parse(stored.response_body)).toEqual(second.json);
+      // The attempt that lost its lease committed nothing, and says what the key holds now — the
+      // retry's outcome, or that the retry is still running — never an internal error.
+      if (first.status === 202) {
+        expect(first.json).toEqual(second.json);
+        expect(first.headers.get('idempotent-replayed')).toBe('true');
+      } else {
+        expect(first.status, first.text).toBe(409);
+        expect(first.json).toMatchObject({ code: 'idempotency_key_in_use' });
+        expect(Number(first.headers.get('retry-after'))).toBeGreaterThanOrEqual(1);
+      }
+      const again = await submit(leased, who, key);
+      expect(again.headers.get('idempotent-replayed')).toBe('true');
+      expect(again.json).toEqual(second.json);
+    } finally {
+      await table.close();
+    }
+  });
+});
