@@ -1,7 +1,8 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { randomUUID } from 'node:crypto';
+import pg from 'pg';
 import { tenantEm } from '../../src/platform/db/tenant-em.ts';
-import { submissionHash } from '../../src/platform/idempotency/idempotency.service.ts';
+import { IdempotencyService, submissionHash } from '../../src/platform/idempotency/idempotency.service.ts';
 import { api, newTenant, SAMPLE_SUBMISSION, startStack, type TestStack } from '../helpers/stack.ts';
 import { holdTable } from '../helpers/table-lock.ts';
 import { waitFor } from '../helpers/poll.ts';
@@ -82,6 +83,64 @@ describe('a first attempt that stalls past its lease while a retry takes the sub
       expect(again.json).toEqual(second.json);
     } finally {
       await table.close();
+    }
+  });
+});
+
+describe('a key that changes between the claim reading it and taking it over', () => {
+  it('is read again, not answered from the stale read: a duplicate of the request that took an expired key over gets 409, not 422', async () => {
+    const who = await actor(leased);
+    const key = randomUUID();
+    const svc = new IdempotencyService({ ttlMs: 3_600_000, leaseMs: 1000 });
+    const em = () => tenantEm(leased.container.orm, who.tenant);
+    const route = `POST ${RUN}`;
+    const [oldBody, newBody] = ['a'.repeat(64), 'b'.repeat(64)];
+    // The key's first request completed long ago and its TTL has passed: the key is free for a new request.
+    await em().execute(
+      `insert into idempotency_keys (id, tenant_id, principal, idempotency_key, method, route, fingerprint, status, response_status,
+                                     response_body, response_headers, locked_at, created_at, expires_at)
+       values (?, ?, ?, ?, 'POST', ?, ?, 'completed', 202, '"{}"', '{}', null, now() - interval '2 hours', now() - interval '1 hour')`,
+      [randomUUID(), who.tenant, who.sub, key, route, oldBody],
+      'run',
+    );
+    // The second statement that claims the new request's key (the first is the claim in one message,
+    // the second the insert-or-find of its takeover transaction) waits, after its snapshot, until the
+    // test lets it go: the window in which another request can change the key.
+    const gate = `gate_${randomUUID().replace(/-/g, '')}`;
+    const lockId = Math.floor(Math.random() * 1e9);
+    await leased.db.admin(`create sequence ${gate}`);
+    await leased.db.admin(`create function ${gate}() returns trigger language plpgsql security definer set lock_timeout = 0 as $$
+      begin
+        if new.tenant_id = '${who.tenant}' and new.fingerprint = '${newBody}' then
+          if nextval('${gate}') = 2 then perform pg_advisory_xact_lock(${lockId}); end if;
+        end if;
+        return new;
+      end $$`);
+    await leased.db.admin(`create trigger ${gate} before insert on idempotency_keys for each row execute function ${gate}()`);
+    const holder = new pg.Client({ connectionString: leased.db.adminUrl });
+    await holder.connect();
+    try {
+      await holder.query('select pg_advisory_lock($1)', [lockId]);
+      const input = { tenantId: who.tenant, principal: who.sub, key, method: 'POST', route, fingerprint: newBody };
+      const slowP = svc.claim(em(), input);
+      await waitFor(
+        async () => (await holder.query(`select 1 from pg_locks where locktype = 'advisory' and objid = $1 and not granted`, [lockId])).rowCount,
+        { what: 'the claim to wait in its takeover' },
+      );
+      // Meanwhile a duplicate of the same new request takes the expired key over, and commits.
+      const fast = await svc.claim(em(), input);
+      expect(fast.outcome).toBe('claimed');
+      await holder.query('select pg_advisory_unlock($1)', [lockId]);
+      const slow = await slowP;
+      // The key now holds the same request, still in progress: 409, never 422 "reused with another
+      // request" (from the old record it no longer holds), which tells a client to change its key.
+      expect(slow.outcome).toBe('in_progress');
+      expect(slow.outcome === 'in_progress' && slow.record?.id).toBe(fast.outcome === 'claimed' && fast.record.id);
+    } finally {
+      await holder.end();
+      await leased.db.admin(`drop trigger ${gate} on idempotency_keys`);
+      await leased.db.admin(`drop function ${gate}()`);
+      await leased.db.admin(`drop sequence ${gate}`);
     }
   });
 });

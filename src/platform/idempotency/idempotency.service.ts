@@ -317,31 +317,39 @@ export class IdempotencyService {
     return rows[0];
   }
 
+  /**
+   * Inserts the key, takes it over (past its TTL, or a lease that ran out), or returns what holds it.
+   * A takeover that matches nothing found the key changed since the statement that read it (another
+   * request took it over, or the expiry job deleted it): the next statement's fresh snapshot reads it
+   * again, never answering from the stale read (which would replay a forgotten response, or answer 422
+   * to a duplicate of the request that now holds the key).
+   */
   private async claimRow(tx: EntityManager, input: ClaimInput): Promise<Row> {
-    const found = await this.insertOrFind(tx, input);
-    if (found.inserted) return found;
-    if (found.expired) {
-      // Past its TTL the key is forgotten: the request is new, with a new record id (so a new run).
-      const taken = await tx.execute<Row[]>(
-        `update idempotency_keys set id = ?, method = ?, route = ?, fingerprint = ?, status = 'in_progress', response_status = null,
-                response_body = null, response_headers = null, locked_at = now(), created_at = now(),
-                expires_at = now() + ? * interval '1 millisecond'
-          where id = ? and expires_at <= now() returning ${COLUMNS}, true as inserted`,
-        [randomUUID(), input.method, input.route, input.fingerprint, this.ttlMs, found.id],
-      );
-      return taken[0] ?? { ...found, expired: false, lease_expired: false };
+    for (let attempt = 0; attempt < 5; attempt++) {
+      const found = await this.insertOrFind(tx, input);
+      if (found.inserted) return found;
+      let taken: Row[];
+      if (found.expired) {
+        // Past its TTL the key is forgotten: the request is new, with a new record id (so a new run).
+        taken = await tx.execute<Row[]>(
+          `update idempotency_keys set id = ?, method = ?, route = ?, fingerprint = ?, status = 'in_progress', response_status = null,
+                  response_body = null, response_headers = null, locked_at = now(), created_at = now(),
+                  expires_at = now() + ? * interval '1 millisecond'
+            where id = ? and expires_at <= now() returning ${COLUMNS}, true as inserted`,
+          [randomUUID(), input.method, input.route, input.fingerprint, this.ttlMs, found.id],
+        );
+      } else if (found.fingerprint === input.fingerprint && found.status === 'in_progress' && found.lease_expired) {
+        // The first attempt died (or its lease ran out): take over the same record, so the handler's
+        // own idempotency (run unique per submission hash) repairs rather than duplicates.
+        taken = await tx.execute<Row[]>(
+          `update idempotency_keys set locked_at = now() where id = ? and status = 'in_progress'
+              and (locked_at is null or locked_at < now() - ? * interval '1 millisecond') returning ${COLUMNS}, true as inserted`,
+          [found.id, this.leaseMs],
+        );
+      } else return found;
+      if (taken[0]) return taken[0];
     }
-    if (found.fingerprint === input.fingerprint && found.status === 'in_progress' && found.lease_expired) {
-      // The first attempt died (or its lease ran out): take over the same record, so the handler's
-      // own idempotency (run unique per submission hash) repairs rather than duplicates.
-      const taken = await tx.execute<Row[]>(
-        `update idempotency_keys set locked_at = now() where id = ? and status = 'in_progress'
-            and (locked_at is null or locked_at < now() - ? * interval '1 millisecond') returning ${COLUMNS}, true as inserted`,
-        [found.id, this.leaseMs],
-      );
-      return taken[0] ?? { ...found, lease_expired: false };
-    }
-    return found;
+    throw new Error('idempotency claim found its key changing on every attempt to take it over');
   }
 
   /**
