@@ -5,6 +5,7 @@ import { tenantEm } from '../../src/platform/db/tenant-em.ts';
 import { IdempotencyService, submissionHash } from '../../src/platform/idempotency/idempotency.service.ts';
 import { api, newTenant, SAMPLE_SUBMISSION, startStack, type TestStack } from '../helpers/stack.ts';
 import { holdTable } from '../helpers/table-lock.ts';
+import { spawnApi } from '../helpers/api-process.ts';
 import { waitFor } from '../helpers/poll.ts';
 
 const RUN = '/api/v1/golden-path/run';
@@ -141,6 +142,103 @@ describe('a key that changes between the claim reading it and taking it over', (
       await leased.db.admin(`drop trigger ${gate} on idempotency_keys`);
       await leased.db.admin(`drop function ${gate}()`);
       await leased.db.admin(`drop sequence ${gate}`);
+    }
+  });
+});
+
+describe('the API process SIGKILLed in the middle of a keyed submission', () => {
+  /** This database's backends waiting for a lock of `relation` (a table), or on another transaction (a row). */
+  async function waiters(admin: pg.Client, relation?: string): Promise<number[]> {
+    const { rows } = await admin.query(
+      `select l.pid from pg_locks l join pg_stat_activity a on a.pid = l.pid and a.datname = current_database()
+        where not l.granted and ${relation ? `l.relation = $1::regclass` : `l.locktype = 'transactionid'`}`,
+      relation ? [relation] : [],
+    );
+    return rows.map((r) => r.pid as number);
+  }
+  const gone = async (admin: pg.Client, pid: number) => (await admin.query('select 1 from pg_stat_activity where pid = $1', [pid])).rowCount === 0;
+
+  async function killedSubmission(hold: (admin: pg.Client, key: string) => Promise<number>) {
+    const who = await actor(leased);
+    const key = randomUUID();
+    const proc = await spawnApi(leased.env);
+    const admin = new pg.Client({ connectionString: leased.db.adminUrl });
+    await admin.connect();
+    try {
+      const sent = fetch(`${proc.baseUrl}${RUN}`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${who.token}`, 'content-type': 'application/json', 'Idempotency-Key': key },
+        body: JSON.stringify(SAMPLE_SUBMISSION),
+      }).catch((e: unknown) => e);
+      const pid = await hold(admin, key);
+      proc.proc.kill('SIGKILL');
+      await proc.exited;
+      expect(await sent).toBeInstanceOf(Error);
+      return { who, key, admin, pid };
+    } catch (e) {
+      await admin.end();
+      throw e;
+    } finally {
+      await proc.stop('SIGKILL');
+    }
+  }
+
+  it('before its transaction committed: nothing of it commits, and a retry after the lease takes the claim over and makes the one run', async () => {
+    const table = await holdTable(leased.db.ownerUrl, 'durable_runs');
+    let killed: Awaited<ReturnType<typeof killedSubmission>> | undefined;
+    try {
+      killed = await killedSubmission(async (admin) => (await waitFor(async () => (await waiters(admin, 'durable_runs'))[0], { what: 'the run insert to wait' })));
+      const claimed = await keyRow(leased, killed.who, killed.key);
+      expect(claimed).toMatchObject({ status: 'in_progress' });
+      await table.release();
+      // The dead client's backend goes on once the table is free, and ends without committing.
+      await waitFor(() => gone(killed!.admin, killed!.pid), { what: "the dead client's backend to end" });
+      expect(await runs(leased, killed.who)).toEqual([]);
+      expect(await keyRow(leased, killed.who, killed.key)).toMatchObject({ id: claimed.id, status: 'in_progress', lease: claimed.lease });
+      const retry = await waitFor(async () => {
+        const r = await submit(leased, killed!.who, killed!.key);
+        return r.status === 409 ? undefined : r;
+      }, { timeoutMs: 30_000, what: 'the lease to run out' });
+      expect(retry.status, retry.text).toBe(202);
+      expect(await runs(leased, killed.who)).toEqual([{ id: retry.json.run_id, idempotency_hash: submissionHash(killed.who.tenant, claimed.id) }]);
+      expect(await keyRow(leased, killed.who, killed.key)).toMatchObject({ id: claimed.id, status: 'completed' });
+    } finally {
+      await table.close();
+      await killed?.admin.end();
+    }
+  });
+
+  it('with its commit sent: the run and its stored response commit together, and a retry replays it', async () => {
+    const table = await holdTable(leased.db.ownerUrl, 'durable_runs');
+    const rowLock = new pg.Client({ connectionString: leased.db.adminUrl });
+    await rowLock.connect();
+    let killed: Awaited<ReturnType<typeof killedSubmission>> | undefined;
+    try {
+      killed = await killedSubmission(async (admin, key) => {
+        await waitFor(async () => (await waiters(admin, 'durable_runs'))[0], { what: 'the run insert to wait' });
+        // The claim committed; its row locked now, the completion sent with the commit will wait on it.
+        await rowLock.query('begin');
+        const locked = await rowLock.query(`select 1 from idempotency_keys where idempotency_key = $1 for update`, [key]);
+        expect(locked.rowCount).toBe(1);
+        await table.release();
+        return waitFor(async () => (await waiters(admin))[0], { what: 'the completion to wait on the key row' });
+      });
+      await rowLock.query('rollback');
+      await waitFor(() => gone(killed!.admin, killed!.pid), { what: "the dead client's backend to end" });
+      const [run] = await runs(leased, killed.who);
+      expect(run).toBeDefined();
+      const stored = await keyRow(leased, killed.who, killed.key);
+      expect(stored).toMatchObject({ status: 'completed' });
+      expect(JSON.parse(stored.response_body)).toMatchObject({ run_id: run!.id });
+      const retry = await submit(leased, killed.who, killed.key);
+      expect(retry.status, retry.text).toBe(202);
+      expect(retry.headers.get('idempotent-replayed')).toBe('true');
+      expect(retry.json.run_id).toBe(run!.id);
+      expect(await runs(leased, killed.who)).toHaveLength(1);
+    } finally {
+      await rowLock.end();
+      await table.close();
+      await killed?.admin.end();
     }
   });
 });
