@@ -7,7 +7,7 @@ import { toProblem } from '../errors/to-problem.ts';
 import { authenticate } from '../tenancy/auth.middleware.ts';
 import type { Principal, TokenVerifier } from '../tenancy/jwt.ts';
 import { answerClaim, idempotencyMiddleware, type IdempotencyMetrics, type IdempotencyState } from '../idempotency/idempotency.middleware.ts';
-import { REPLAYABLE_HEADERS, type ClaimInput, type IdempotencyRecord, type IdempotencyService, type PendingClaim } from '../idempotency/idempotency.service.ts';
+import { REPLAYABLE_HEADERS, isLeaseLost, type ClaimInput, type IdempotencyRecord, type IdempotencyService, type PendingClaim } from '../idempotency/idempotency.service.ts';
 import { withPrelude } from '../db/coalescing-client.ts';
 import { MUTATING_METHODS, type RouteDef, type RouteResult } from './route.ts';
 import { parseOrThrow } from './validation.ts';
@@ -215,6 +215,12 @@ async function execute(def: RouteDef, deps: RouterDeps, req: Request, res: Respo
       if (found.outcome === 'taken') return 'key-taken';
       if (found.outcome === 'in_progress') answerClaim(res, { outcome: 'in_progress', retryAfterSeconds: 1 }, deps.idempotencyMetrics);
       if (found.outcome === 'claimed') record = found.record;
+    }
+    if (record && isLeaseLost(err)) {
+      // The lease passed to a retry (or the key was forgotten) while this attempt ran: its work rolled
+      // back, and it answers as the key now does (replays, or throws 409/422), not with a 500.
+      answerClaim(res, await deps.idempotency.afterLeaseLost(em, record), deps.idempotencyMetrics);
+      return 'done';
     }
     if (record) {
       // A definitive 4xx from the handler is the request's outcome and replays; a 5xx releases the key.

@@ -118,6 +118,11 @@ const LOCK_NOT_AVAILABLE = '55P03';
 /** In the error PostgreSQL raises when a completion finds its lease lost (see store). */
 export const LEASE_LOST = 'idempotency record vanished, or its lease passed to a retry, while in progress';
 
+/** Whether `e` is the error of a completion that found its lease lost (see store): its transaction rolled back. */
+export function isLeaseLost(e: unknown): boolean {
+  return inCauses(e, (cur) => String((cur as { message?: unknown }).message ?? '').includes(LEASE_LOST));
+}
+
 interface Row {
   id: string;
   tenant_id: string;
@@ -227,7 +232,23 @@ export class IdempotencyService {
     }
     const record = toRecord(row);
     if (row.inserted) return { outcome: 'claimed', record, hash: submissionHash(record.tenantId, record.id) };
-    if (record.fingerprint !== input.fingerprint) return { outcome: 'mismatch', record };
+    return this.heldBy(record, input.fingerprint);
+  }
+
+  /**
+   * What the key holds now, for an attempt whose completion found its lease lost (isLeaseLost): its
+   * work rolled back, and it answers as a duplicate would — the stored outcome of the attempt that took
+   * the key over, 409 while that one still runs (or the key was forgotten meanwhile), 422 if the key
+   * now holds another request.
+   */
+  async afterLeaseLost(em: EntityManager, held: IdempotencyRecord): Promise<Exclude<ClaimResult, { outcome: 'claimed' }>> {
+    const now = await this.get_existing(em, held.tenantId, held.principal, held.key);
+    return now ? this.heldBy(now, held.fingerprint) : { outcome: 'in_progress', retryAfterSeconds: 1 };
+  }
+
+  /** The answer to a request with `fingerprint` whose key `record` holds. */
+  private heldBy(record: IdempotencyRecord, fingerprint: string): Exclude<ClaimResult, { outcome: 'claimed' }> {
+    if (record.fingerprint !== fingerprint) return { outcome: 'mismatch', record };
     if (record.status === 'completed') return { outcome: 'replay', record };
     const lockedFor = record.lockedAt ? Date.now() - record.lockedAt.getTime() : 0;
     return { outcome: 'in_progress', record, retryAfterSeconds: Math.max(1, Math.ceil((this.leaseMs - lockedFor) / 1000)) };
@@ -296,31 +317,39 @@ export class IdempotencyService {
     return rows[0];
   }
 
+  /**
+   * Inserts the key, takes it over (past its TTL, or a lease that ran out), or returns what holds it.
+   * A takeover that matches nothing found the key changed since the statement that read it (another
+   * request took it over, or the expiry job deleted it): the next statement's fresh snapshot reads it
+   * again, never answering from the stale read (which would replay a forgotten response, or answer 422
+   * to a duplicate of the request that now holds the key).
+   */
   private async claimRow(tx: EntityManager, input: ClaimInput): Promise<Row> {
-    const found = await this.insertOrFind(tx, input);
-    if (found.inserted) return found;
-    if (found.expired) {
-      // Past its TTL the key is forgotten: the request is new, with a new record id (so a new run).
-      const taken = await tx.execute<Row[]>(
-        `update idempotency_keys set id = ?, method = ?, route = ?, fingerprint = ?, status = 'in_progress', response_status = null,
-                response_body = null, response_headers = null, locked_at = now(), created_at = now(),
-                expires_at = now() + ? * interval '1 millisecond'
-          where id = ? and expires_at <= now() returning ${COLUMNS}, true as inserted`,
-        [randomUUID(), input.method, input.route, input.fingerprint, this.ttlMs, found.id],
-      );
-      return taken[0] ?? { ...found, expired: false, lease_expired: false };
+    for (let attempt = 0; attempt < 5; attempt++) {
+      const found = await this.insertOrFind(tx, input);
+      if (found.inserted) return found;
+      let taken: Row[];
+      if (found.expired) {
+        // Past its TTL the key is forgotten: the request is new, with a new record id (so a new run).
+        taken = await tx.execute<Row[]>(
+          `update idempotency_keys set id = ?, method = ?, route = ?, fingerprint = ?, status = 'in_progress', response_status = null,
+                  response_body = null, response_headers = null, locked_at = now(), created_at = now(),
+                  expires_at = now() + ? * interval '1 millisecond'
+            where id = ? and expires_at <= now() returning ${COLUMNS}, true as inserted`,
+          [randomUUID(), input.method, input.route, input.fingerprint, this.ttlMs, found.id],
+        );
+      } else if (found.fingerprint === input.fingerprint && found.status === 'in_progress' && found.lease_expired) {
+        // The first attempt died (or its lease ran out): take over the same record, so the handler's
+        // own idempotency (run unique per submission hash) repairs rather than duplicates.
+        taken = await tx.execute<Row[]>(
+          `update idempotency_keys set locked_at = now() where id = ? and status = 'in_progress'
+              and (locked_at is null or locked_at < now() - ? * interval '1 millisecond') returning ${COLUMNS}, true as inserted`,
+          [found.id, this.leaseMs],
+        );
+      } else return found;
+      if (taken[0]) return taken[0];
     }
-    if (found.fingerprint === input.fingerprint && found.status === 'in_progress' && found.lease_expired) {
-      // The first attempt died (or its lease ran out): take over the same record, so the handler's
-      // own idempotency (run unique per submission hash) repairs rather than duplicates.
-      const taken = await tx.execute<Row[]>(
-        `update idempotency_keys set locked_at = now() where id = ? and status = 'in_progress'
-            and (locked_at is null or locked_at < now() - ? * interval '1 millisecond') returning ${COLUMNS}, true as inserted`,
-        [found.id, this.leaseMs],
-      );
-      return taken[0] ?? { ...found, lease_expired: false };
-    }
-    return found;
+    throw new Error('idempotency claim found its key changing on every attempt to take it over');
   }
 
   /**
@@ -402,8 +431,13 @@ export class IdempotencyService {
 }
 
 function hasCode(e: unknown, code: string): boolean {
+  return inCauses(e, (cur) => (cur as { code?: unknown }).code === code);
+}
+
+/** Whether `e`, or an error in its chain of causes, is one `test` accepts. */
+function inCauses(e: unknown, test: (cur: unknown) => boolean): boolean {
   for (let cur: unknown = e, depth = 0; cur && depth < 5; depth++) {
-    if ((cur as { code?: unknown }).code === code) return true;
+    if (test(cur)) return true;
     cur = (cur as { cause?: unknown }).cause;
   }
   return false;
