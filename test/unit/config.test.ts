@@ -71,6 +71,11 @@ describe('configuration', () => {
     expect(configError({}).problems).toEqual([expect.stringMatching(/^JWT_SECRET: set JWT_SECRET .* or JWT_JWKS_URL/)]);
   });
 
+  it('refuses an idempotency TTL shorter than the lease: the key would be forgotten while its request holds it', () => {
+    expect(configError({ JWT_SECRET: SECRET, IDEMPOTENCY_TTL: '59s', IDEMPOTENCY_LEASE: '60s' }).problems).toEqual([expect.stringMatching(/^IDEMPOTENCY_TTL: must be at least IDEMPOTENCY_LEASE/)]);
+    expect(parseConfig({ JWT_SECRET: SECRET, IDEMPOTENCY_TTL: '60s', IDEMPOTENCY_LEASE: '60s' }).IDEMPOTENCY_TTL).toBe(60_000);
+  });
+
   it('refuses a shared secret in production, and an operator user without a password', () => {
     expect(configError({ NODE_ENV: 'production', JWT_SECRET: SECRET }).problems[0]).toMatch(/^JWT_JWKS_URL:/);
     expect(configError({ JWT_SECRET: SECRET, OPERATOR_USER: 'ops' }).problems[0]).toMatch(/^OPERATOR_PASSWORD:/);

@@ -154,6 +154,10 @@ export const configSchema = z
     if (c.NODE_ENV === 'production' && c.JWT_SECRET && !c.JWT_JWKS_URL) {
       ctx.addIssue({ code: 'custom', path: ['JWT_JWKS_URL'], message: 'production verifies tokens through JWT_JWKS_URL, not a shared secret' });
     }
+    if (c.IDEMPOTENCY_TTL < c.IDEMPOTENCY_LEASE) {
+      // A key forgotten while its first request still holds it: a duplicate would take it over as a new request.
+      ctx.addIssue({ code: 'custom', path: ['IDEMPOTENCY_TTL'], message: `must be at least IDEMPOTENCY_LEASE (${c.IDEMPOTENCY_LEASE} ms): a key must outlive the lease of the request that holds it` });
+    }
     if (Boolean(c.OPERATOR_USER) !== Boolean(c.OPERATOR_PASSWORD)) {
       ctx.addIssue({ code: 'custom', path: ['OPERATOR_PASSWORD'], message: 'OPERATOR_USER and OPERATOR_PASSWORD go together' });
     }
