@@ -48,8 +48,13 @@ export async function createContainer(
   },
 ): Promise<Container> {
   const logger = createLogger({ level: config.LOG_LEVEL, name: `dealix-${opts.service}` });
-  // A worker's jobs each hold a connection per step transaction; the sweeper and maintenance need two more.
-  const poolMax = config.DATABASE_POOL_MAX ?? (opts.service === 'worker' ? config.WORKER_CONCURRENCY + 2 : 10);
+  // The SLA scheduler's queue is created lazily (below), once Redis is connected.
+  const fromModules = workflowsFor(config, { queue: () => queue('golden-path') });
+  const workflows = [...(opts.workflows ? opts.workflows(fromModules) : fromModules), ...(opts.extraWorkflows ?? [])];
+  // A worker runs WORKER_CONCURRENCY jobs on each workflow queue (one BullMQ Worker per queue), each
+  // holding a connection per step transaction; the sweeper and maintenance need two more.
+  const runQueues = new Set(workflows.map((wf) => wf.queue)).size;
+  const poolMax = config.DATABASE_POOL_MAX ?? (opts.service === 'worker' ? config.WORKER_CONCURRENCY * Math.max(1, runQueues) + 2 : 10);
   const orm = await createOrm(config, { entities, poolMax });
   const redis = createRedis(config.REDIS_URL, 'producer', `dealix-${opts.service}`);
   const telemetry = bullmqTelemetry();
@@ -64,8 +69,6 @@ export async function createContainer(
     }
     return q;
   };
-  const fromModules = workflowsFor(config, { queue: () => queue('golden-path') });
-  const workflows = [...(opts.workflows ? opts.workflows(fromModules) : fromModules), ...(opts.extraWorkflows ?? [])];
   for (const wf of workflows) queue(wf.queue);
   // Bull Board and /metrics show the maintenance queue too (its scheduler is upserted by workers).
   queue(MAINTENANCE_QUEUE);

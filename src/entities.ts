@@ -4,6 +4,7 @@ import { DurableCheckpoint } from './platform/durable/durable-checkpoint.entity.
 import { EconomicsModelRow, PartnerDossierRow } from './modules/golden-path/golden-path.entities.ts';
 import { ApprovalDecision, ApprovalPolicyRow, ApprovalRequest } from './modules/approvals/approval.entities.ts';
 import { EvidencePackRow } from './modules/evidence/evidence-pack.entity.ts';
+import { PartnerOffboardingRow } from './modules/partner-offboarding/partner-offboarding.entities.ts';
 
 /** Every entity of the application, platform and modules; the ORM, migrations and RLS suite read this list. */
 export const entities = [
@@ -16,4 +17,5 @@ export const entities = [
   ApprovalDecision,
   ApprovalPolicyRow,
   EvidencePackRow,
+  PartnerOffboardingRow,
 ];

@@ -4,7 +4,7 @@
  */
 import { loadConfig } from '../platform/config/config.ts';
 import { setupDatabase } from '../platform/db/roles.ts';
-import { migrate, schemaStatus } from '../platform/db/migrate.ts';
+import { createMigration, migrate, schemaStatus } from '../platform/db/migrate.ts';
 import { createOrm } from '../platform/db/orm.ts';
 import { entities } from '../entities.ts';
 
@@ -37,13 +37,8 @@ switch (command) {
     break;
   }
   case 'migration:create': {
-    const orm = await createOrm(config, { entities, role: 'owner', poolMax: 1 });
-    try {
-      const res = await orm.migrator.create(undefined, false, false, rest[0]);
-      console.log(res.fileName ? `created ${res.fileName}` : 'no changes: nothing to migrate');
-    } finally {
-      await orm.close(true);
-    }
+    const fileName = await createMigration(config, entities, rest[0] ? { name: rest[0] } : {});
+    console.log(fileName ? `created ${fileName}` : 'no changes: nothing to migrate');
     break;
   }
   default:

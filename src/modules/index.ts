@@ -20,6 +20,8 @@ import { approvalPolicyRoutes } from './approvals/approval-policy.routes.ts';
 import { SLA_JOB_NAME } from './approvals/approval.constants.ts';
 import { evidencePackStep } from './evidence/evidence-pack.step.ts';
 import { evidenceRoutes } from './evidence/evidence.routes.ts';
+import { partnerOffboardingWorkflow } from './partner-offboarding/partner-offboarding.workflow.ts';
+import { partnerOffboardingRoutes } from './partner-offboarding/partner-offboarding.routes.ts';
 
 export interface SlaJobData {
   tenant_id: string;
@@ -112,6 +114,7 @@ export function workflowsFor(config: Config, deps: { queue: () => Queue }): Work
     async (em, { tenantId, runId }) => {
       await closePendingRequest(em, tenantId, runId);
     }),
+    partnerOffboardingWorkflow(),
   ];
 }
 
@@ -127,6 +130,7 @@ export function routesFor(deps: { config: Config; runtime: DurableRuntime; queue
     ...approvalRoutes({ approvals }),
     ...approvalPolicyRoutes(slaDefaults(deps.config)),
     ...evidenceRoutes(),
+    ...partnerOffboardingRoutes({ runtime: deps.runtime, ...(deps.admission ? { admission: deps.admission } : {}) }),
   ];
 }
 

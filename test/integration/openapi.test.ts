@@ -153,7 +153,7 @@ describe('429 rate_limited is documented on every route, and the submission limi
       if (/submissions per minute/.test(responses['429'].description)) limited.push(label);
       expect(/submissions per minute/.test(responses['429'].description), label).toBe(def.admission !== undefined);
     }
-    expect(limited).toEqual(['POST /api/v1/golden-path/run', 'POST /api/v1/golden-path/runs/:id/retry']);
+    expect(limited).toEqual(['POST /api/v1/golden-path/run', 'POST /api/v1/golden-path/runs/:id/retry', 'POST /api/v1/partner-offboarding/run']);
     // Not "every mutating route": these mutate, and no submission limit stands in their way.
     const unlimitedMutating = stack.container.routes.filter((d) => MUTATING_METHODS.has(d.method) && !d.admission).map((d) => `${d.method.toUpperCase()} ${d.path}`);
     expect(unlimitedMutating).toEqual(expect.arrayContaining(['POST /api/v1/approvals/:id/decision', 'PUT /api/v1/approval-policy']));
@@ -348,6 +348,22 @@ describe('the published schemas hold for real responses of every route', () => {
     const again = await waitRun(runs.failed, ['failed', 'completed']);
     expect(again).toMatchObject({ status: 'failed', error: { step: 'partner-dossier' }, retries: retried.retries });
     expect(expectPublished('POST', '/api/v1/golden-path/runs/:id/retry', await retry(runs.a), 409).json).toMatchObject({ code: 'run_not_failed', run_status: 'completed' });
+  });
+
+  it('a partner offboarding answers 202 as published, and its run reads as published, pending and completed', async () => {
+    // A tenant of its own: the runs-in-flight cap above counts every workflow's runs.
+    const token = await stack.token({ tenantId: newTenant(), sub: 'ops-1' });
+    const body = { partner: { reference: 'P-1', name: 'Acme' }, reason: 'inactive', balances: [{ currency: 'SAR', amount: 10 }] };
+    const res = await api(stack, 'POST', '/api/v1/partner-offboarding/run', { token, body, headers: { 'Idempotency-Key': randomUUID() } });
+    const id = expectPublished('POST', '/api/v1/partner-offboarding/run', res, 202).json.run_id as string;
+    const done = await waitFor(
+      async () => {
+        const r = await api(stack, 'GET', `/api/v1/partner-offboarding/runs/${id}`, { token });
+        return r.json?.status === 'completed' || r.json?.status === 'failed' ? r : undefined;
+      },
+      { timeoutMs: 60_000, intervalMs: 100, what: `offboarding ${id} to end` },
+    );
+    expect(expectPublished('GET', '/api/v1/partner-offboarding/runs/:id', done, 200).json).toMatchObject({ status: 'completed', error: null });
   });
 
   it('checked a real response against every success response that a route publishes', () => {

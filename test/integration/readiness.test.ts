@@ -26,7 +26,7 @@ describe('a healthy stack', () => {
     const m = await matrixFor();
     expect(m.failing()).toEqual([]);
     expect(m.report.ok).toBe(true);
-    for (const table of ['durable_runs', 'durable_checkpoints', 'idempotency_keys', 'approval_requests', 'evidence_packs']) {
+    for (const table of ['durable_runs', 'durable_checkpoints', 'idempotency_keys', 'approval_requests', 'evidence_packs', 'partner_offboardings']) {
       expect(m.row(`rls ${table}`).status).toBe('PASS');
       expect(m.row(`tenant-unique ${table}`).status).toBe('PASS');
     }
@@ -164,7 +164,7 @@ describe('workflow versions', () => {
       },
     });
     expect(m.row('workflow-versions')).toMatchObject({ status: 'PASS' });
-    expect(m.row('workflow-versions').reason).toMatch(/registers golden-path@v1; active runs: golden-path@v1 \(2\); .*another deployment's.*elsewhere@v3 \(1\)/);
+    expect(m.row('workflow-versions').reason).toMatch(/registers golden-path@v1, partner-offboarding@v1; active runs: golden-path@v1 \(2\); .*another deployment's.*elsewhere@v3 \(1\)/);
   });
 
   it('an active run of a version the release no longer registers fails, naming the version and its runs', async () => {

@@ -6,12 +6,12 @@ import type { Principal } from '../../platform/tenancy/jwt.ts';
 import { RunNotActiveError } from '../../platform/durable/errors.ts';
 import { ADMIN_ROLE } from '../approvals/approval.constants.ts';
 import { nextCursor, pageWhere } from '../../platform/http/cursor.ts';
-import { currentTraceContext } from '../../platform/telemetry/trace-context.ts';
 import { COMPLETED_STEPS_SQL, RUN_COLUMNS, type DurableRuntime, type RunRow } from '../../platform/durable/runtime.ts';
 import { ACTIVE_RUN_STATUSES, RUN_STATUSES } from '../../platform/durable/durable-run.entity.ts';
+import { acceptRun, readCheckpoints } from '../../platform/durable/run-views.ts';
 import { submissionSchema } from './golden-path.schemas.ts';
 import { GOLDEN_PATH } from './golden-path.workflow.ts';
-import { BASE, runAccepted, runPage, runPath, runView, toRunSummary, toRunView, type CheckpointRow, type GoldenPathRunRow, type RunAccepted, type RunCancellation, type RunPage, type RunView } from './golden-path.views.ts';
+import { BASE, runAccepted, runPage, runPath, runView, toRunSummary, toRunView, type CheckpointRow, type GoldenPathRunRow, type RunCancellation, type RunPage, type RunView } from './golden-path.views.ts';
 
 const uuidParam = z.object({ id: z.string().uuid() });
 
@@ -36,10 +36,7 @@ export function goldenPathRoutes(deps: {
   const stepNames = (run: RunRow, checkpoints: Array<{ step_name: string }>) =>
     deps.runtime.workflows.get(GOLDEN_PATH, run.workflow_version)?.steps.map((s) => s.name) ?? checkpoints.map((c) => c.step_name);
   const viewOf = async (em: EntityManager, run: GoldenPathRunRow): Promise<RunView> => {
-    const steps = await em.execute<CheckpointRow[]>(
-      `select sequence_num, step_name, status, attempt, output, error, created_at, completed_at from durable_checkpoints where tenant_id = ? and run_id = ? order by sequence_num`,
-      [run.tenant_id, run.id],
-    );
+    const steps: CheckpointRow[] = await readCheckpoints(em, run.tenant_id, run.id);
     return toRunView(run, steps, stepNames(run, steps));
   };
   const runById = async (em: EntityManager, tenantId: string, id: string) =>
@@ -71,25 +68,7 @@ export function goldenPathRoutes(deps: {
       ...(deps.admission ? { admission: deps.admission } : {}),
       body: submissionSchema,
       responses: { 202: { description: 'Accepted: the run is queued', schema: runAccepted } },
-      async handler({ res, em, body, principal, correlationId, idempotencyHash, afterCommit }) {
-        const trace = currentTraceContext();
-        const { run, created } = await deps.runtime.start_run(em, GOLDEN_PATH, {
-          tenantId: principal.tenantId,
-          principal: principal.sub,
-          idempotencyHash,
-          input: body,
-          correlationId,
-          traceId: trace.traceId,
-          traceparent: trace.traceparent,
-        });
-        res.locals.runId = run.id;
-        // Postgres first, then Redis; a retry of a half-finished submission re-enqueues idempotently.
-        // A run this request created carries its first step's data in its job (ADR 0004).
-        if (run.status === 'pending' || run.status === 'running') afterCommit(() => deps.runtime.ensureEnqueued(run, { carryFirst: created }));
-        const self = runPath(run.id);
-        const accepted: RunAccepted = { run_id: run.id, status: run.status, correlation_id: run.correlation_id, links: { self } };
-        return { status: 202, headers: { Location: self }, body: accepted };
-      },
+      handler: (ctx) => acceptRun(deps.runtime, GOLDEN_PATH, ctx, runPath),
     }),
     defineRoute({
       method: 'get',

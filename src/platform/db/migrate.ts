@@ -27,6 +27,27 @@ export async function migrate(config: Config, entities: EntitySchema<any, any>[]
   }
 }
 
+/**
+ * Writes a migration of what the entities add to the schema recorded by the last migration written
+ * (`migrations/.snapshot-dealix.json`, which it then updates); returns its file name, or undefined when
+ * there is nothing to migrate. `path`: another directory for the migration file (tests).
+ *
+ * Without the stored routines (routines.ts): MikroORM's snapshot does not record them, so with them
+ * every migration written put `create or replace function durable_expect` in its `up` and
+ * `drop function durable_expect` in its `down`: rolling back any later migration would have dropped
+ * the function every checkpoint statement calls. A change to a routine is migrated by hand;
+ * `db:check`, which compares the live database with the entities, routines included, reports it.
+ */
+export async function createMigration(config: Config, entities: EntitySchema<any, any>[], opts: { name?: string; path?: string } = {}): Promise<string | undefined> {
+  const orm = await createOrm(config, { entities, role: 'owner', poolMax: 1, routines: false });
+  try {
+    const res = await orm.migrator.create(opts.path, false, false, opts.name);
+    return res.fileName || undefined;
+  } finally {
+    await orm.close(true);
+  }
+}
+
 export interface SchemaStatus {
   pending: string[];
   /** SQL the schema generator would run to make the database match the entities; empty when there is no drift. */

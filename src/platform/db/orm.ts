@@ -20,6 +20,11 @@ export interface OrmOptions {
   clientUrl?: string;
   poolMax?: number;
   debug?: boolean;
+  /**
+   * Give the schema generator the stored routines (routines.ts); default true. False only to write a
+   * migration from the snapshot (migrate.ts, createMigration): the snapshot does not record routines.
+   */
+  routines?: boolean;
 }
 
 export function ormConfig(config: Config, opts: OrmOptions): Options {
@@ -29,7 +34,7 @@ export function ormConfig(config: Config, opts: OrmOptions): Options {
     // Parameters bound, not written in: statements run as prepared statements (binding-driver.ts).
     driver: BindingPostgreSqlDriver,
     entities: opts.entities,
-    routines,
+    routines: opts.routines === false ? [] : routines,
     extensions: [Migrator],
     debug: opts.debug ?? false,
     // Tenant session variables apply per transaction (set_config(..., true)): safe with pooling and PgBouncer.

@@ -1,0 +1,23 @@
+import { defineWorkflow, type WorkflowDef } from '../../platform/durable/workflow.ts';
+import { offboardingSubmission } from './partner-offboarding.schemas.ts';
+import { archiveRecordStep, freezePartnerStep, settleBalancesStep } from './partner-offboarding.steps.ts';
+
+export const PARTNER_OFFBOARDING = 'partner-offboarding';
+/** Its own queue: a burst of offboardings does not hold up verifications, and Bull Board and /metrics show it apart. */
+export const PARTNER_OFFBOARDING_QUEUE = 'partner-offboarding';
+
+/**
+ * Partner offboarding, the worked example of a second workflow (docs/runtime.md, "Adding a workflow"):
+ *   1 freeze-partner → 2 settle-balances → 3 archive-record.
+ * No step waits; the run ends `completed` with the archive step's output (the default `finish`).
+ */
+export function partnerOffboardingWorkflow(): WorkflowDef {
+  return defineWorkflow({
+    name: PARTNER_OFFBOARDING,
+    version: 1,
+    tag: 'po',
+    queue: PARTNER_OFFBOARDING_QUEUE,
+    input: offboardingSubmission,
+    steps: [freezePartnerStep, settleBalancesStep, archiveRecordStep],
+  });
+}
