@@ -24,7 +24,7 @@ export async function startWorkerProcess(c: Container): Promise<WorkerProcess> {
     logger: c.logger,
     workerId: c.instanceId,
     leaseMs: cfg.WORKER_LOCK_DURATION,
-    onStepDone: ({ step, seconds, replayed }) => c.metrics.stepDuration.observe({ step, replayed: String(replayed) }, seconds),
+    onStepDone: ({ workflow, step, seconds, replayed }) => c.metrics.stepDuration.observe({ workflow, step, replayed: String(replayed) }, seconds),
     onStepFailed: (f) => c.metrics.stepFailures.inc(f),
     onDeferred: ({ workflow, version }) => c.metrics.deferredJobs.inc({ workflow, version: String(version ?? 'unknown') }),
   });

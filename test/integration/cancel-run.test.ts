@@ -260,7 +260,7 @@ describe('cancelling a run while a step executes', () => {
       expect((await stack.db.admin(`select count(*)::int as n from durable_checkpoints where run_id = $1`, [id])).rows[0].n).toBe(0);
       expect((await stack.db.admin(`select status from durable_runs where id = $1`, [id])).rows[0].status).toBe('cancelled');
       // The only run of this stack's database so far: /metrics counts it as cancelled (its reading may lag a refresh).
-      const series = 'dealix_runs{status="cancelled"}';
+      const series = 'dealix_runs{workflow="golden-path",status="cancelled"}';
       const counted = await waitFor(async () => {
         const line = (await api(stack, 'GET', '/metrics')).text.split('\n').find((l) => l.startsWith(`${series} `));
         return line !== undefined && Number(line.slice(series.length + 1)) > 0 ? Number(line.slice(series.length + 1)) : undefined;

@@ -19,7 +19,7 @@ function lastReadOf(text: string): number {
   return t;
 }
 
-/** The value of one Prometheus sample, e.g. sample(text, 'dealix_runs{status="completed"}'). */
+/** The value of one Prometheus sample, e.g. sample(text, 'dealix_runs{workflow="golden-path",status="completed"}'). */
 function sample(text: string, series: string): number | undefined {
   const line = text.split('\n').find((l) => l.startsWith(`${series} `));
   return line === undefined ? undefined : Number(line.slice(series.length + 1));
@@ -52,11 +52,13 @@ describe('Prometheus metrics', () => {
     expect(sample(res.text, 'dealix_queue_jobs{queue="golden-path",state="completed"}')).toBe(1);
     expect(sample(res.text, 'dealix_queue_jobs{queue="golden-path",state="failed"}')).toBe(0);
     expect(sample(res.text, 'dealix_queue_jobs{queue="maintenance",state="delayed"}')).toBeGreaterThanOrEqual(0);
-    expect(sample(res.text, 'dealix_runs{status="completed"}')).toBe(1);
+    expect(sample(res.text, 'dealix_runs{workflow="golden-path",status="completed"}')).toBe(1);
     // When that reading was made: an alert can tell a stale reading (a backing service down) from a quiet system.
     expect(Math.abs(sample(res.text, 'dealix_metrics_last_read_timestamp_seconds')! - Date.now() / 1000)).toBeLessThan(60);
     // Every status is a series, 0 when no run has it (a vanished series reads as "no data", not 0).
-    for (const status of RUN_STATUSES.filter((st) => st !== 'completed')) expect(sample(res.text, `dealix_runs{status="${status}"}`), status).toBe(0);
+    for (const status of RUN_STATUSES.filter((st) => st !== 'completed')) expect(sample(res.text, `dealix_runs{workflow="golden-path",status="${status}"}`), status).toBe(0);
+    // Per workflow: another registered workflow has its own series, 0 while it has no run.
+    for (const status of RUN_STATUSES) expect(sample(res.text, `dealix_runs{workflow="partner-offboarding",status="${status}"}`), status).toBe(0);
     // Every registered workflow version is a series of active runs, 0 when none (ADR 0008).
     expect(sample(res.text, 'dealix_active_runs{workflow="golden-path",version="1",registered="true"}')).toBe(0);
     expect(sample(res.text, 'dealix_idempotency_replays_total')).toBe(1);
@@ -66,8 +68,8 @@ describe('Prometheus metrics', () => {
     const line = await waitFor(() => jsonLines(worker.output()).find((l) => l.msg === 'worker metrics listening'), { what: 'the worker metrics port' });
     const text = await (await fetch(`http://127.0.0.1:${line.metrics_port}/metrics`)).text();
     for (const step of stack.container.runtime.workflow('golden-path').steps) {
-      expect(sample(text, `dealix_step_duration_seconds_count{step="${step.name}",replayed="false"}`)).toBe(1);
-      expect(sample(text, `dealix_step_duration_seconds_bucket{le="+Inf",step="${step.name}",replayed="false"}`)).toBe(1);
+      expect(sample(text, `dealix_step_duration_seconds_count{workflow="golden-path",step="${step.name}",replayed="false"}`)).toBe(1);
+      expect(sample(text, `dealix_step_duration_seconds_bucket{le="+Inf",workflow="golden-path",step="${step.name}",replayed="false"}`)).toBe(1);
     }
     // Group commit (ADR 0007): the worker's four step transactions went through it (one run at a time: each alone).
     expect(sample(text, 'dealix_db_group_commit_transactions_total')).toBeGreaterThanOrEqual(4);

@@ -40,7 +40,7 @@ export interface ExecutorOptions {
   logger: Logger;
   workerId: string;
   leaseMs: number;
-  onStepDone?(info: { step: string; seconds: number; replayed: boolean; status: string }): void;
+  onStepDone?(info: { workflow: string; step: string; seconds: number; replayed: boolean; status: string }): void;
   /**
    * A step attempt failed: `retrying` (BullMQ retries it with backoff), `failed` (for good: the run
    * failed), `infrastructure` (its last attempt failed on an unreachable database: the run stays
@@ -177,7 +177,7 @@ export class StepExecutor {
         outcome.steps.push({ sequence_num: seq, step: step.name, status: done.waiting ? 'waiting' : 'completed', replayed: false, duration_ms: Math.round(ms * 100) / 100 });
         span?.setAttribute(ATTR.REPLAYED, false);
         span?.end();
-        this.o.onStepDone?.({ step: step.name, seconds: ms / 1000, replayed: false, status: done.waiting ? 'waiting' : 'completed' });
+        this.o.onStepDone?.({ workflow: wf.name, step: step.name, seconds: ms / 1000, replayed: false, status: done.waiting ? 'waiting' : 'completed' });
         logger.info({ step: step.name, sequence_num: seq, status: done.waiting ? 'waiting' : 'completed', attempt: this.attempt(d, seq) }, 'step checkpointed');
         if (done.waiting) {
           outcome.status = 'waiting';
@@ -283,7 +283,7 @@ export class StepExecutor {
     for (let cp = state.checkpoints.get(seq); cp?.status === 'completed' && seq <= wf.steps.length; cp = state.checkpoints.get(++seq)) {
       if (outcome.steps.some((s) => s.sequence_num === seq)) continue;
       outcome.steps.push({ sequence_num: seq, step: cp.step, status: 'completed', replayed: true, duration_ms: 0 });
-      this.o.onStepDone?.({ step: cp.step, seconds: 0, replayed: true, status: 'completed' });
+      this.o.onStepDone?.({ workflow: wf.name, step: cp.step, seconds: 0, replayed: true, status: 'completed' });
     }
     return seq;
   }

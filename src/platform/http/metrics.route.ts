@@ -35,14 +35,21 @@ export function metricsHandler(c: { metrics: Metrics; queues: Map<string, Queue>
         `select status, workflow, workflow_version, count(*) as n from durable_runs group by status, workflow, workflow_version`,
       ),
     );
+    // Every registered workflow has a series per status (0 when none); another workflow's while it has runs.
     const byStatus = new Map<string, number>();
+    for (const wf of c.runtime.workflows.all()) for (const status of RUN_STATUSES) byStatus.set(`${wf.name}\u0000${status}`, 0);
     const active = new Map(c.runtime.workflows.all().map((wf) => [`${wf.name}\u0000${wf.version}`, 0]));
     for (const r of rows) {
-      byStatus.set(r.status, (byStatus.get(r.status) ?? 0) + Number(r.n));
+      const byKey = `${r.workflow}\u0000${r.status}`;
+      byStatus.set(byKey, (byStatus.get(byKey) ?? 0) + Number(r.n));
       const key = `${r.workflow}\u0000${r.workflow_version}`;
       if ((ACTIVE_RUN_STATUSES as readonly string[]).includes(r.status)) active.set(key, (active.get(key) ?? 0) + Number(r.n));
     }
-    for (const status of RUN_STATUSES) c.metrics.runsByStatus.set({ status }, byStatus.get(status) ?? 0);
+    c.metrics.runsByStatus.reset();
+    for (const [key, n] of byStatus) {
+      const [workflow, status] = key.split('\u0000') as [string, string];
+      c.metrics.runsByStatus.set({ workflow, status }, n);
+    }
     // A version that is neither registered nor active any more drops out of the series.
     c.metrics.activeRuns.reset();
     for (const [key, n] of active) {

@@ -3,13 +3,13 @@ import { groupCommitTotals } from '../db/group-commit.ts';
 
 export interface Metrics {
   registry: Registry;
-  stepDuration: Histogram<'step' | 'replayed'>;
+  stepDuration: Histogram<'workflow' | 'step' | 'replayed'>;
   /** Failed step attempts by what followed: retrying, failed (the run failed), infrastructure (left to the sweeper). */
   stepFailures: Counter<'workflow' | 'step' | 'outcome'>;
   idempotencyReplays: Counter;
   idempotencyConflicts: Counter<'reason'>;
   queueDepth: Gauge<'queue' | 'state'>;
-  runsByStatus: Gauge<'status'>;
+  runsByStatus: Gauge<'workflow' | 'status'>;
   /** Active runs (pending, running, waiting) by workflow version, and whether this process registers it (ADR 0008). */
   activeRuns: Gauge<'workflow' | 'version' | 'registered'>;
   /** Run jobs a worker put off because it does not register their run's workflow version (ADR 0008). */
@@ -29,8 +29,8 @@ export function createMetrics(): Metrics {
     registry,
     stepDuration: new Histogram({
       name: 'dealix_step_duration_seconds',
-      help: 'Step execution time, by step and whether it replayed from a checkpoint',
-      labelNames: ['step', 'replayed'],
+      help: 'Step execution time, by workflow, step and whether it replayed from a checkpoint',
+      labelNames: ['workflow', 'step', 'replayed'],
       buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
       registers: [registry],
     }),
@@ -48,7 +48,7 @@ export function createMetrics(): Metrics {
       registers: [registry],
     }),
     queueDepth: new Gauge({ name: 'dealix_queue_jobs', help: 'Jobs per queue and state', labelNames: ['queue', 'state'], registers: [registry] }),
-    runsByStatus: new Gauge({ name: 'dealix_runs', help: 'Durable runs by status (all tenants)', labelNames: ['status'], registers: [registry] }),
+    runsByStatus: new Gauge({ name: 'dealix_runs', help: 'Durable runs by workflow and status (all tenants)', labelNames: ['workflow', 'status'], registers: [registry] }),
     activeRuns: new Gauge({
       name: 'dealix_active_runs',
       help: 'Pending, running and waiting runs by workflow version (all tenants); registered="false": this process cannot carry them on',
