@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { ROOT_CONTEXT, SpanKind, propagation, trace } from '@opentelemetry/api';
+import { ROOT_CONTEXT, SpanKind, SpanStatusCode, propagation, trace } from '@opentelemetry/api';
 import { InMemorySpanExporter, SimpleSpanProcessor, TracerProvider } from '@opentelemetry/sdk-trace';
 import { CorrelationSpanProcessor, withRunCorrelation } from '../../src/platform/telemetry/correlation-span-processor.ts';
 import { requestContext } from '../../src/platform/tenancy/request-context.ts';
@@ -80,5 +80,23 @@ describe('CorrelationSpanProcessor', () => {
     requestContext.run({ requestId: 'r', correlationId: 'c-3' }, () => tracer.startSpan('step', {}, trace.setSpan(ROOT_CONTEXT, process)).end());
     process.end();
     expect(attrs('process')).toEqual({ [ATTR.CORRELATION]: 'c-3' });
+  });
+
+  it('keeps only the SQLSTATE of a PostgreSQL error in the pg instrumentation\'s span status: its message carries values', () => {
+    const processor = new CorrelationSpanProcessor();
+    const exporter = new InMemorySpanExporter();
+    const provider = new TracerProvider({ spanProcessors: [processor, new SimpleSpanProcessor({ exporter })] });
+    // What @opentelemetry/instrumentation-pg does with a failed query: error.type, then the error's message as the status.
+    const query = provider.getTracer('@opentelemetry/instrumentation-pg').startSpan('pg.query:SELECT');
+    query.setAttribute('error.type', '22P02');
+    query.setStatus({ code: SpanStatusCode.ERROR, message: 'invalid input syntax for type uuid: "acme-secret-partner"' });
+    query.end();
+    // Other instrumentations' statuses are theirs to word.
+    const other = provider.getTracer('test').startSpan('handler');
+    other.setStatus({ code: SpanStatusCode.ERROR, message: 'step refused' });
+    other.end();
+    const status = (name: string) => exporter.getFinishedSpans().find((s) => s.name === name)?.status;
+    expect(status('pg.query:SELECT')).toEqual({ code: SpanStatusCode.ERROR, message: 'PostgreSQL error (code: 22P02)' });
+    expect(status('handler')).toEqual({ code: SpanStatusCode.ERROR, message: 'step refused' });
   });
 });

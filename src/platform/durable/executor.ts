@@ -8,7 +8,7 @@ import { tenantEm } from '../db/tenant-em.ts';
 import { holdingInserts } from '../db/coalescing-client.ts';
 import { requestContext } from '../tenancy/request-context.ts';
 import { ATTR } from '../telemetry/attributes.ts';
-import { NonDeterminismError, RunNotVisibleError, WorkflowVersionUnavailableError, isRunNoLongerActive, isStaleStart, isUniqueViolation, recordedError } from './errors.ts';
+import { NonDeterminismError, RunNotVisibleError, WorkflowVersionUnavailableError, isRunNoLongerActive, isStaleStart, isUniqueViolation, recordedError, sqlStateOf } from './errors.ts';
 import { ACTIVE_RUN_STATUSES } from './durable-run.entity.ts';
 import type { DurableRuntime, RunRow, StepJobData } from './runtime.ts';
 import { loadRunState, startingRunState, type RunState } from './run-state.ts';
@@ -190,8 +190,11 @@ export class StepExecutor {
         if (span) {
           if (isStaleStart(e)) span.addEvent(unread ? 'run no longer as its job was added; read it and went on' : 'run no longer active (cancelled or ended); read it again');
           else {
-            span.recordException(coerceError(e));
-            span.setStatus({ code: SpanStatusCode.ERROR, message: (e as Error).message });
+            // A database error as the run records it, by its SQLSTATE (PostgreSQL's message carries values).
+            const err = coerceError(e);
+            const dbError = sqlStateOf(err) ? recordedError(err) : undefined;
+            span.recordException(dbError ? { name: dbError.code, message: dbError.message } : err);
+            span.setStatus({ code: SpanStatusCode.ERROR, message: dbError?.message ?? err.message });
           }
           span.end();
         }

@@ -1,4 +1,4 @@
-import { createContextKey, propagation, SpanKind, type Context } from '@opentelemetry/api';
+import { createContextKey, propagation, SpanKind, SpanStatusCode, type Context } from '@opentelemetry/api';
 import type { ReadableSpan, Span, SpanProcessor } from '@opentelemetry/sdk-trace';
 import { currentContext } from '../tenancy/request-context.ts';
 import { ATTR, isValidCorrelationId } from './attributes.ts';
@@ -11,6 +11,10 @@ export const CORRELATION_BAGGAGE_KEY = ATTR.CORRELATION;
  * unlike baggage, which a caller's request may bring, only the platform's code sets it.
  */
 const RUN_CORRELATION = createContextKey('dealix.run_correlation_id');
+
+/** The pg instrumentation's scope, and the attribute it puts an error's SQLSTATE in. */
+const PG_INSTRUMENTATION = '@opentelemetry/instrumentation-pg';
+const ATTR_ERROR_TYPE = 'error.type';
 
 /** Caps the spans held while they wait for a correlation id, so a span that never ends cannot leak memory. */
 const MAX_PENDING_TRACES = 10_000;
@@ -56,6 +60,17 @@ export class CorrelationSpanProcessor implements SpanProcessor {
       if (ctx.runId) span.setAttribute(ATTR.RUN, ctx.runId);
     }
     this.bind(traceId, correlationId);
+  }
+
+  /**
+   * PostgreSQL's error messages name tables, constraints and values (`invalid input syntax for type
+   * uuid: "…"`), and the pg instrumentation copies them into its span's status (its exception event
+   * it already reduces to the SQLSTATE): the status keeps the SQLSTATE only, as spans carry no values.
+   */
+  onEnding(span: Span): void {
+    if (span.status.code !== SpanStatusCode.ERROR || span.instrumentationScope.name !== PG_INSTRUMENTATION) return;
+    const code = span.attributes[ATTR_ERROR_TYPE];
+    span.setStatus({ code: SpanStatusCode.ERROR, message: `PostgreSQL error (code: ${typeof code === 'string' ? code : 'UNKNOWN'})` });
   }
 
   onEnd(span: ReadableSpan): void {
