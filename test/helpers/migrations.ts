@@ -1,6 +1,9 @@
-import type { parseConfig } from '../../src/platform/config/config.ts';
+import { afterAll, beforeAll } from 'vitest';
+import { parseConfig } from '../../src/platform/config/config.ts';
 import { createOrm } from '../../src/platform/db/orm.ts';
 import { entities } from '../../src/entities.ts';
+import { createTestDatabase, type TestDatabase } from './db.ts';
+import { TEST_JWT_SECRET } from './env.ts';
 
 /**
  * For a test of one migration: applies the migrations up to `previous` (as the owner) and returns the
@@ -14,4 +17,26 @@ export async function migrateUpTo(config: ReturnType<typeof parseConfig>, previo
   } finally {
     await orm.close(true);
   }
+}
+
+/**
+ * An empty database (roles, no schema) for a test of one migration, created before the file's tests
+ * and dropped after them: `config` connects the application role and the owner to it, `admin` runs
+ * a statement as the superuser (no RLS in the way) and returns its rows.
+ */
+export function migrationTestDatabase() {
+  let db: TestDatabase | undefined;
+  let config: ReturnType<typeof parseConfig> | undefined;
+  beforeAll(async () => {
+    db = await createTestDatabase({ empty: true });
+    config = parseConfig({ JWT_SECRET: TEST_JWT_SECRET, DATABASE_URL: db.appUrl, MIGRATION_DATABASE_URL: db.ownerUrl });
+  });
+  afterAll(async () => db?.drop());
+  return {
+    get config() {
+      if (!config) throw new Error('the migration test database is created in beforeAll');
+      return config;
+    },
+    admin: async (text: string, params: unknown[] = []) => (await db!.admin(text, params)).rows,
+  };
 }

@@ -4,29 +4,19 @@
  * updated_by (no admin was recorded), row-level security stays forced, and the schema then matches
  * the entities with nothing pending (what `npm run db:check` reports). Down and up again too.
  */
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { randomUUID } from 'node:crypto';
-import { parseConfig } from '../../src/platform/config/config.ts';
 import { createOrm } from '../../src/platform/db/orm.ts';
 import { migrate, schemaStatus } from '../../src/platform/db/migrate.ts';
 import { tenantEm } from '../../src/platform/db/tenant-em.ts';
 import { entities } from '../../src/entities.ts';
-import { TEST_JWT_SECRET } from '../helpers/env.ts';
-import { createTestDatabase, type TestDatabase } from '../helpers/db.ts';
-import { migrateUpTo } from '../helpers/migrations.ts';
+import { migrateUpTo, migrationTestDatabase } from '../helpers/migrations.ts';
 
 const PREVIOUS = 'Migration20261203134431_retry_history';
 const THIS = 'Migration20261203161828_approval_policy_currency_updated_by';
 
-let db: TestDatabase;
-let config: ReturnType<typeof parseConfig>;
-const admin = async (text: string, params: unknown[] = []) => (await db.admin(text, params)).rows;
-
-beforeAll(async () => {
-  db = await createTestDatabase({ empty: true });
-  config = parseConfig({ JWT_SECRET: TEST_JWT_SECRET, DATABASE_URL: db.appUrl, MIGRATION_DATABASE_URL: db.ownerUrl });
-});
-afterAll(async () => db?.drop());
+const database = migrationTestDatabase();
+const admin = database.admin;
 
 /** A tenant's policy as the release before this one stored it (superuser: no RLS in the way). */
 async function policyRow(tenant: string, cCost: number): Promise<void> {
@@ -42,7 +32,7 @@ const policies = async () => Object.fromEntries((await admin(`select * from appr
 describe('migration approval_policy_currency_updated_by', () => {
   it("gives every tenant's policy currency SAR and a null updated_by, changes nothing else, keeps RLS forced, and leaves db:check clean; down and up again", async () => {
     // This migration comes first of those pending after PREVIOUS; later ones run with it.
-    const pending = await migrateUpTo(config, PREVIOUS);
+    const pending = await migrateUpTo(database.config, PREVIOUS);
     expect(pending[0]).toBe(THIS);
     const [t1, t2] = [randomUUID(), randomUUID()];
     await policyRow(t1, 300_000);
@@ -50,19 +40,19 @@ describe('migration approval_policy_currency_updated_by', () => {
     const before = await policies();
 
     // What `npm run db:migrate` runs (as the owner), then what `npm run db:check` reads.
-    expect(await migrate(config, entities)).toEqual(pending);
+    expect(await migrate(database.config, entities)).toEqual(pending);
     const after = await policies();
     for (const t of [t1, t2]) expect(after[t]).toEqual({ ...before[t], currency: 'SAR', updated_by: null });
     expect(await admin(`select relforcerowsecurity from pg_class where relname = 'approval_policies'`)).toEqual([{ relforcerowsecurity: true }]);
 
-    const app = await createOrm(config, { entities, role: 'app', poolMax: 1 });
+    const app = await createOrm(database.config, { entities, role: 'app', poolMax: 1 });
     try {
       // The application role still sees its tenant's policy alone, with the new columns.
       expect(await tenantEm(app, t1).execute('select tenant_id, currency, updated_by from approval_policies')).toEqual([{ tenant_id: t1, currency: 'SAR', updated_by: null }]);
     } finally {
       await app.close(true);
     }
-    const check = await createOrm(config, { entities, role: 'owner', poolMax: 1 });
+    const check = await createOrm(database.config, { entities, role: 'owner', poolMax: 1 });
     try {
       expect(await schemaStatus(check)).toEqual({ pending: [], drift: '' });
       await admin(`update approval_policies set currency = 'KWD', updated_by = 'admin-1' where tenant_id = $1`, [t1]);

@@ -4,28 +4,18 @@
  * that migrates), nothing else changes, row-level security is still forced, and the schema then
  * matches the entities with nothing pending (what `npm run db:check` reports). Down and up again too.
  */
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { randomUUID } from 'node:crypto';
-import { parseConfig } from '../../src/platform/config/config.ts';
 import { createOrm } from '../../src/platform/db/orm.ts';
 import { migrate, schemaStatus } from '../../src/platform/db/migrate.ts';
 import { entities } from '../../src/entities.ts';
-import { TEST_JWT_SECRET } from '../helpers/env.ts';
-import { createTestDatabase, type TestDatabase } from '../helpers/db.ts';
-import { migrateUpTo } from '../helpers/migrations.ts';
+import { migrateUpTo, migrationTestDatabase } from '../helpers/migrations.ts';
 
 const PREVIOUS = 'Migration20261203102508_approvals_keyset_indexes';
 const THIS = 'Migration20261203134347_approval_withdrawn_status';
 
-let db: TestDatabase;
-let config: ReturnType<typeof parseConfig>;
-const admin = async (text: string, params: unknown[] = []) => (await db.admin(text, params)).rows;
-
-beforeAll(async () => {
-  db = await createTestDatabase({ empty: true });
-  config = parseConfig({ JWT_SECRET: TEST_JWT_SECRET, DATABASE_URL: db.appUrl, MIGRATION_DATABASE_URL: db.ownerUrl });
-});
-afterAll(async () => db?.drop());
+const database = migrationTestDatabase();
+const admin = database.admin;
 
 /** A run with its approval request, as the release before this one stored them (superuser: no RLS in the way). */
 async function runWithRequest(tenant: string, runStatus: string, requestStatus: string): Promise<{ runId: string; requestId: string }> {
@@ -56,7 +46,7 @@ const requests = async () =>
 describe('migration approval_withdrawn_status', () => {
   it("withdraws every tenant's pending requests of cancelled runs (decided_at the cancel's time), changes nothing else, keeps RLS forced, and leaves db:check clean; down and up again", async () => {
     // This migration comes first of those pending after PREVIOUS; later ones run with it.
-    const pending = await migrateUpTo(config, PREVIOUS);
+    const pending = await migrateUpTo(database.config, PREVIOUS);
     expect(pending[0]).toBe(THIS);
     const [t1, t2] = [randomUUID(), randomUUID()];
     const fixed = [await runWithRequest(t1, 'cancelled', 'pending'), await runWithRequest(t2, 'cancelled', 'pending')];
@@ -69,7 +59,7 @@ describe('migration approval_withdrawn_status', () => {
     const before = await requests();
 
     // What `npm run db:migrate` runs (as the owner, RLS forced on it too), then what `npm run db:check` reads.
-    expect(await migrate(config, entities)).toEqual(pending);
+    expect(await migrate(database.config, entities)).toEqual(pending);
     const after = await requests();
     for (const { requestId } of fixed) expect(after[requestId]).toEqual({ ...before[requestId], status: 'withdrawn', decided_at: before[requestId]!.completed_at });
     for (const { requestId } of untouched) expect(after[requestId]).toEqual(before[requestId]);
@@ -77,7 +67,7 @@ describe('migration approval_withdrawn_status', () => {
       { relname: 'approval_requests', relforcerowsecurity: true },
       { relname: 'durable_runs', relforcerowsecurity: true },
     ]);
-    const check = await createOrm(config, { entities, role: 'owner', poolMax: 1 });
+    const check = await createOrm(database.config, { entities, role: 'owner', poolMax: 1 });
     try {
       expect(await schemaStatus(check)).toEqual({ pending: [], drift: '' });
 
