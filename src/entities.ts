@@ -4,6 +4,7 @@ import { DurableCheckpoint } from './platform/durable/durable-checkpoint.entity.
 import { EconomicsModelRow, PartnerDossierRow } from './modules/golden-path/golden-path.entities.ts';
 import { ApprovalDecision, ApprovalPolicyRow, ApprovalRequest } from './modules/approvals/approval.entities.ts';
 import { EvidencePackRow } from './modules/evidence/evidence-pack.entity.ts';
+import { EvidenceSealRow } from './modules/evidence/evidence-seal.entity.ts';
 import { PartnerOffboardingRow } from './modules/partner-offboarding/partner-offboarding.entities.ts';
 
 /** Every entity of the application, platform and modules; the ORM, migrations and RLS suite read this list. */
@@ -17,5 +18,6 @@ export const entities = [
   ApprovalDecision,
   ApprovalPolicyRow,
   EvidencePackRow,
+  EvidenceSealRow,
   PartnerOffboardingRow,
 ];

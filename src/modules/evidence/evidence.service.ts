@@ -33,18 +33,16 @@ export type EvidenceVerification = z.infer<typeof evidenceVerification>;
 
 /**
  * Recomputes the hash from the stored content, and compares it with the hash the run recorded when
- * the pack was written (the evidence step's checkpoint, committed in the same transaction): a change
- * to the content shows, and so does content rewritten together with its row's hash. The application
- * role may only insert evidence packs (roles.ts), so rewriting one takes the owner's rights.
+ * the pack was written: its seal (evidence_seals), committed by the evidence step in the same
+ * transaction as the pack and its checkpoint. A change to the content shows, and so does content
+ * rewritten together with its row's hash. The application role may only insert packs and seals
+ * (roles.ts), so rewriting either takes the owner's rights. The seal, not the run's checkpoint, is
+ * read: run retention deletes a run's checkpoints, never its evidence (ADR 0011).
  */
 export async function verifyEvidence(em: EntityManager, id: string): Promise<EvidenceVerification> {
   const row = await getEvidence(em, id);
   const recomputed = recomputedHash(row.content);
-  const [recorded] = await em.execute<{ sha256: string | null }[]>(
-    `select output->>'sha256' as sha256 from durable_checkpoints
-      where tenant_id = ? and run_id = ? and step_name = ? and status = 'completed' and output->>'evidence_pack_id' = ?`,
-    [row.tenantId, row.runId, EVIDENCE_PACK_STEP, row.id],
-  );
+  const [recorded] = await em.execute<{ sha256: string }[]>(`select sha256 from evidence_seals where tenant_id = ? and id = ? and run_id = ?`, [row.tenantId, row.id, row.runId]);
   const recordedSha = recorded?.sha256 ?? null;
   return { valid: recomputed === row.sha256 && recordedSha === row.sha256, sha256: row.sha256, recomputed_sha256: recomputed, recorded_sha256: recordedSha };
 }

@@ -82,10 +82,10 @@ async function ensureRole(client: pg.Client, name: string, password: string | un
  */
 /**
  * Tables the application only ever appends to: it may insert and read their rows, never change or
- * delete them (an evidence pack is the record of a decision; `/verify` compares it with the hash its
- * run recorded).
+ * delete them (an evidence pack is the record of a decision; `/verify` compares it with its seal, the
+ * hash its run's evidence step recorded beside it).
  */
-export const APPEND_ONLY_TABLES = ['evidence_packs'];
+export const APPEND_ONLY_TABLES = ['evidence_packs', 'evidence_seals'];
 
 export async function grantRuntimePrivileges(client: { execute(sql: string): Promise<unknown> }, appRole: string, tenantTables: string[]): Promise<void> {
   const everyone = `PUBLIC, ${ident(appRole)}, ${ident(SYSTEM_ROLE)}`;
@@ -97,6 +97,7 @@ export async function grantRuntimePrivileges(client: { execute(sql: string): Pro
   await client.execute(`REVOKE ALL ON TABLE mikro_orm_migrations FROM ${everyone}`);
   await client.execute(`GRANT SELECT ON TABLE mikro_orm_migrations TO ${ident(appRole)}`);
   const reads = (table: string) => SYSTEM_READS[table]!.map(ident).join(', ');
-  await client.execute(`GRANT SELECT (${reads('durable_runs')}) ON TABLE durable_runs TO ${ident(SYSTEM_ROLE)}`);
+  // DELETE: run retention (ADR 0011), limited by the policy durable_runs_system_retention to ended runs.
+  await client.execute(`GRANT SELECT (${reads('durable_runs')}), DELETE ON TABLE durable_runs TO ${ident(SYSTEM_ROLE)}`);
   await client.execute(`GRANT SELECT (${reads('idempotency_keys')}), DELETE ON TABLE idempotency_keys TO ${ident(SYSTEM_ROLE)}`);
 }

@@ -6,6 +6,8 @@ export const ACTIVE_RUN_STATUSES = ['pending', 'running', 'waiting'] as const;
 export const TERMINAL_RUN_STATUSES = ['completed', 'failed', 'rejected', 'approval_expired', 'cancelled'] as const;
 export const RUN_STATUSES = [...ACTIVE_RUN_STATUSES, ...TERMINAL_RUN_STATUSES] as const;
 export type RunStatus = (typeof RUN_STATUSES)[number];
+/** A run that has ended, as PostgreSQL prints the predicate back from pg_policies (so the schema diff is empty). */
+export const ENDED_RUN_SQL = `(status = ANY (ARRAY[${TERMINAL_RUN_STATUSES.map((s) => `'${s}'::text`).join(', ')}]))`;
 
 /** One execution of a workflow for one tenant; unique per (tenant, idempotency hash). */
 export const DurableRun = defineEntity({
@@ -70,6 +72,9 @@ export const DurableRun = defineEntity({
     // The recovery sweeper's narrow cross-tenant read: only as the NOLOGIN system role, only the
     // columns granted to it (ids, status, progress), never input or output. See ADR 0003.
     { name: 'durable_runs_system_sweep', command: 'select', roles: [SYSTEM_ROLE], using: 'true' },
+    // Run retention (ADR 0011): the same role may delete a run that has ended, never an active one; how
+    // long ago it ended is the job's condition (RUN_RETENTION). Its checkpoints go with it (on delete cascade).
+    { name: 'durable_runs_system_retention', command: 'delete', roles: [SYSTEM_ROLE], using: ENDED_RUN_SQL },
   ],
 });
 export type IDurableRun = InferEntity<typeof DurableRun>;

@@ -1,0 +1,23 @@
+import { defineEntity, p } from '@mikro-orm/core';
+import { tenantIdProperty, tenantIsolationPolicy } from '../../platform/db/tenant-owned.ts';
+
+/**
+ * The hash an evidence pack had when its run's evidence step wrote it, in the same transaction, kept
+ * apart from the pack: `/verify` compares the pack with it, so content rewritten together with the
+ * pack's own hash shows. Append-only (roles.ts), and not the run's execution state: it outlives the
+ * run's checkpoints when run retention deletes them (ADR 0011). One per pack; its id is the pack's.
+ */
+export const EvidenceSealRow = defineEntity({
+  name: 'EvidenceSeal',
+  tableName: 'evidence_seals',
+  properties: {
+    id: p.uuid().primary(),
+    tenantId: tenantIdProperty(),
+    runId: p.uuid(),
+    sha256: p.string().length(64),
+    createdAt: p.datetime(),
+  },
+  uniques: [{ name: 'evidence_seals_tenant_run_unique', properties: ['tenantId', 'runId'] }],
+  rowLevelSecurity: 'force',
+  policies: [tenantIsolationPolicy('evidence_seals')],
+});

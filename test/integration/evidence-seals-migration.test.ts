@@ -1,0 +1,87 @@
+/**
+ * Migration evidence_seals_run_retention on a database that has history: every tenant's evidence pack
+ * gets its seal from the hash its run's evidence step recorded (although RLS is forced on the owner that
+ * migrates), a pack without such a checkpoint gets none, row-level security is still forced, the system
+ * role may delete ended runs only, and the schema then matches the entities with nothing pending (what
+ * `npm run db:check` reports). Down and up again too.
+ */
+import { describe, expect, it } from 'vitest';
+import { randomUUID } from 'node:crypto';
+import { createOrm } from '../../src/platform/db/orm.ts';
+import { migrate, schemaStatus } from '../../src/platform/db/migrate.ts';
+import { entities } from '../../src/entities.ts';
+import { migrateUpTo, migrationTestDatabase } from '../helpers/migrations.ts';
+
+const PREVIOUS = 'Migration20261203165732_partner_offboardings';
+const THIS = 'Migration20261203182756_evidence_seals_run_retention';
+
+const database = migrationTestDatabase();
+const admin = database.admin;
+const hex = (c: string) => c.repeat(64);
+
+/**
+ * A completed golden-path run with its evidence pack (`packSha`) and, unless `recorded` is null, its
+ * evidence step's checkpoint recording `recorded` — as the release before this one stored them.
+ */
+async function runWithPack(tenant: string, packSha: string, recorded: string | null): Promise<{ runId: string; packId: string }> {
+  const runId = randomUUID();
+  const packId = randomUUID();
+  await admin(
+    `insert into durable_runs (id, tenant_id, workflow, workflow_version, idempotency_hash, status, principal, input, correlation_id, step_count, created_at, updated_at, completed_at)
+     values ($1, $2, 'golden-path', 1, $3, 'completed', 'submitter-1', '{}', 'c', 4, now() - interval '2 hours', now() - interval '1 hour', now() - interval '1 hour')`,
+    [runId, tenant, randomUUID().replaceAll('-', '')],
+  );
+  await admin(`insert into evidence_packs (id, tenant_id, run_id, content, sha256, created_at) values ($1, $2, $3, '{}', $4, now() - interval '1 hour')`, [packId, tenant, runId, packSha]);
+  if (recorded !== null) {
+    await admin(
+      `insert into durable_checkpoints (id, tenant_id, run_id, sequence_num, step_name, status, output, attempt, created_at, updated_at, completed_at)
+       values ($1, $2, $3, 4, 'evidence-pack', 'completed', $4, 1, now(), now(), now())`,
+      [randomUUID(), tenant, runId, JSON.stringify({ evidence_pack_id: packId, sha256: recorded, outcome: 'approved' })],
+    );
+  }
+  return { runId, packId };
+}
+
+const seals = async () => Object.fromEntries((await admin(`select id, tenant_id, run_id, sha256 from evidence_seals`)).map((r) => [r.id as string, r]));
+
+describe('migration evidence_seals_run_retention', () => {
+  it("seals every tenant's evidence packs with the hash their runs recorded, keeps RLS forced, lets the system role delete ended runs only, and leaves db:check clean; down and up again", async () => {
+    const pending = await migrateUpTo(database.config, PREVIOUS);
+    expect(pending[0]).toBe(THIS);
+    const [t1, t2] = [randomUUID(), randomUUID()];
+    const sealed = [await runWithPack(t1, hex('a'), hex('a')), await runWithPack(t2, hex('b'), hex('b'))];
+    // Changed (with its own hash) before the migration: the seal is the run's record, so verify still shows it.
+    const changed = await runWithPack(t1, hex('c'), hex('d'));
+    const unrecorded = await runWithPack(t2, hex('e'), null);
+
+    expect(await migrate(database.config, entities)).toEqual(pending);
+    const after = await seals();
+    expect(Object.keys(after).sort()).toEqual([...sealed, changed].map((p) => p.packId).sort());
+    for (const [p, tenant, sha] of [[sealed[0]!, t1, hex('a')], [sealed[1]!, t2, hex('b')], [changed, t1, hex('d')]] as const) {
+      expect(after[p.packId]).toEqual({ id: p.packId, tenant_id: tenant, run_id: p.runId, sha256: sha });
+    }
+    expect(after[unrecorded.packId]).toBeUndefined();
+    expect(await admin(`select relname, relrowsecurity, relforcerowsecurity from pg_class where relname in ('durable_checkpoints', 'evidence_packs', 'evidence_seals') order by relname`)).toEqual([
+      { relname: 'durable_checkpoints', relrowsecurity: true, relforcerowsecurity: true },
+      { relname: 'evidence_packs', relrowsecurity: true, relforcerowsecurity: true },
+      { relname: 'evidence_seals', relrowsecurity: true, relforcerowsecurity: true },
+    ]);
+    expect(await admin(`select cmd, roles::text[] as roles, qual from pg_policies where tablename = 'durable_runs' and policyname = 'durable_runs_system_retention'`)).toEqual([
+      { cmd: 'DELETE', roles: ['dealix_system'], qual: expect.stringContaining("'approval_expired'::text") },
+    ]);
+    const check = await createOrm(database.config, { entities, role: 'owner', poolMax: 1 });
+    try {
+      expect(await schemaStatus(check)).toEqual({ pending: [], drift: '' });
+
+      await check.migrator.down({ to: PREVIOUS });
+      expect(await admin(`select to_regclass('evidence_seals') is null as gone, (select count(*)::int from pg_policies where policyname = 'durable_runs_system_retention') as policies`)).toEqual([
+        { gone: true, policies: 0 },
+      ]);
+      await check.migrator.up();
+      expect(await seals()).toEqual(after);
+      expect(await schemaStatus(check)).toEqual({ pending: [], drift: '' });
+    } finally {
+      await check.close(true);
+    }
+  });
+});
