@@ -37,7 +37,7 @@ export async function startWorkerProcess(c: Container): Promise<WorkerProcess> {
   const host = startWorkers({
     runtime: c.runtime,
     executor,
-    handlers: { ...c.jobHandlers(), ...maintenanceHandlers({ orm: c.orm, idempotency: c.idempotency, logger: c.logger }) },
+    handlers: { ...c.jobHandlers(), ...maintenanceHandlers({ orm: c.orm, idempotency: c.idempotency, logger: c.logger, runRetentionMs: cfg.RUN_RETENTION, runsDeleted: c.metrics.runsDeleted }) },
     connection,
     prefix: cfg.QUEUE_PREFIX,
     settings,
@@ -46,7 +46,7 @@ export async function startWorkerProcess(c: Container): Promise<WorkerProcess> {
     queues: [...new Set([...c.workflows.map((w) => w.queue), MAINTENANCE_QUEUE])],
   });
   const workers = host.workers;
-  const maintenance = await scheduleMaintenance({ connection: c.redis, prefix: cfg.QUEUE_PREFIX, logger: c.logger });
+  const maintenance = await scheduleMaintenance({ connection: c.redis, prefix: cfg.QUEUE_PREFIX, logger: c.logger, runRetentionMs: cfg.RUN_RETENTION });
   await c.queues.get(MAINTENANCE_QUEUE)?.close();
   c.queues.set(MAINTENANCE_QUEUE, maintenance);
   const sweeper = new Sweeper({
@@ -63,7 +63,7 @@ export async function startWorkerProcess(c: Container): Promise<WorkerProcess> {
     intervalMs: cfg.SWEEPER_INTERVAL,
     minAgeMs: cfg.SWEEPER_MIN_AGE,
     // A flushed or replaced Redis lost the Job Schedulers too: put them back.
-    afterRedisLoss: () => upsertMaintenanceSchedulers(maintenance),
+    afterRedisLoss: () => upsertMaintenanceSchedulers(maintenance, { runRetentionMs: cfg.RUN_RETENTION }),
   });
   sweeper.start();
   const metricsServer = cfg.WORKER_METRICS_PORT === undefined ? undefined : await startMetricsServer(c.metrics.registry, cfg.WORKER_METRICS_PORT, c.logger);

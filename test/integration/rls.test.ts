@@ -5,6 +5,7 @@ import type { EntityMetadata } from '@mikro-orm/core';
 import { startStack } from '../helpers/stack.ts';
 import { TEST_APP } from '../helpers/env.ts';
 import { TenantRows, insertSql, type Row } from '../helpers/tenant-rows.ts';
+import { sqlState } from '../helpers/sql-state.ts';
 import { isTenantOwned, SYSTEM_ROLE } from '../../src/platform/db/tenant-owned.ts';
 import { systemEm, tenantEm } from '../../src/platform/db/tenant-em.ts';
 import { createOrm, type MikroORM } from '../../src/platform/db/orm.ts';
@@ -72,19 +73,6 @@ async function asApp<T>(setting: string | undefined, fn: (c: pg.Client) => Promi
     return result;
   } finally {
     await c.end();
-  }
-}
-
-/** The SQLSTATE a promise fails with (through MikroORM's wrappers too), or 'succeeded'. */
-async function sqlState(p: Promise<unknown>): Promise<string> {
-  try {
-    await p;
-    return 'succeeded';
-  } catch (e) {
-    for (let cur = e as { code?: unknown; cause?: unknown } | undefined; cur; cur = cur.cause as typeof cur) {
-      if (typeof cur.code === 'string' && /^[0-9A-Z]{5}$/.test(cur.code)) return cur.code;
-    }
-    throw e;
   }
 }
 

@@ -76,6 +76,15 @@ describe('configuration', () => {
     expect(parseConfig({ JWT_SECRET: SECRET, IDEMPOTENCY_TTL: '60s', IDEMPOTENCY_LEASE: '60s' }).IDEMPOTENCY_TTL).toBe(60_000);
   });
 
+  it('keeps runs forever unless RUN_RETENTION is set, and refuses a retention shorter than IDEMPOTENCY_TTL (a replay would name a deleted run)', () => {
+    expect(parseConfig({ JWT_SECRET: SECRET }).RUN_RETENTION).toBe(0);
+    expect(parseConfig({ JWT_SECRET: SECRET, RUN_RETENTION: '0' }).RUN_RETENTION).toBe(0);
+    expect(parseConfig({ JWT_SECRET: SECRET, RUN_RETENTION: '30d' }).RUN_RETENTION).toBe(30 * 86_400_000);
+    expect(configError({ JWT_SECRET: SECRET, RUN_RETENTION: '23h' }).problems).toEqual([expect.stringMatching(/^RUN_RETENTION: must be 0 \(keep runs forever\) or at least IDEMPOTENCY_TTL/)]);
+    expect(parseConfig({ JWT_SECRET: SECRET, RUN_RETENTION: '2h', IDEMPOTENCY_TTL: '2h' }).RUN_RETENTION).toBe(7_200_000);
+    expect(configError({ JWT_SECRET: SECRET, RUN_RETENTION: 'a month' }).problems[0]).toMatch(/^RUN_RETENTION: not a duration/);
+  });
+
   it('refuses a shared secret in production, and an operator user without a password', () => {
     expect(configError({ NODE_ENV: 'production', JWT_SECRET: SECRET }).problems[0]).toMatch(/^JWT_JWKS_URL:/);
     expect(configError({ JWT_SECRET: SECRET, OPERATOR_USER: 'ops' }).problems[0]).toMatch(/^OPERATOR_PASSWORD:/);

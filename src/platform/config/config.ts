@@ -117,6 +117,9 @@ export const configSchema = z
     // 3 KB of Redis, so an age bound alone grows with throughput (at 250 runs/s, ~2.7 GB an hour).
     QUEUE_KEEP_COMPLETED: z.coerce.number().int().min(0).max(10_000_000).default(10_000),
     QUEUE_KEEP_FAILED: z.coerce.number().int().min(0).max(10_000_000).default(20_000),
+    // How long PostgreSQL keeps a run that ended (its row and checkpoints; domain records and evidence
+    // stay): unset or 0 keeps every run forever. The maintenance queue deletes older ones (ADR 0011).
+    RUN_RETENTION: duration('0'),
 
     APPROVAL_SLA_B: duration('24h'),
     APPROVAL_SLA_C: duration('72h'),
@@ -157,6 +160,10 @@ export const configSchema = z
     if (c.IDEMPOTENCY_TTL < c.IDEMPOTENCY_LEASE) {
       // A key forgotten while its first request still holds it: a duplicate would take it over as a new request.
       ctx.addIssue({ code: 'custom', path: ['IDEMPOTENCY_TTL'], message: `must be at least IDEMPOTENCY_LEASE (${c.IDEMPOTENCY_LEASE} ms): a key must outlive the lease of the request that holds it` });
+    }
+    if (c.RUN_RETENTION > 0 && c.RUN_RETENTION < c.IDEMPOTENCY_TTL) {
+      // A keyed submission's replay names its run for IDEMPOTENCY_TTL: the run must still be there to read.
+      ctx.addIssue({ code: 'custom', path: ['RUN_RETENTION'], message: `must be 0 (keep runs forever) or at least IDEMPOTENCY_TTL (${c.IDEMPOTENCY_TTL} ms): a replayed submission names its run as long as its key is kept` });
     }
     if (Boolean(c.OPERATOR_USER) !== Boolean(c.OPERATOR_PASSWORD)) {
       ctx.addIssue({ code: 'custom', path: ['OPERATOR_PASSWORD'], message: 'OPERATOR_USER and OPERATOR_PASSWORD go together' });

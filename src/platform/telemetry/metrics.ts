@@ -16,6 +16,8 @@ export interface Metrics {
   deferredJobs: Counter<'workflow' | 'version'>;
   /** Failed runs an API client retried (POST …/runs/:id/retry, ADR 0009), counted once the retry committed. */
   runsRetried: Counter<'workflow'>;
+  /** Ended runs run retention deleted (RUN_RETENTION, ADR 0011), by workflow; counted by the worker that deleted them. */
+  runsDeleted: Counter<'workflow'>;
   /** When the queue depths and run counts were last read (they keep the last reading while a read fails). */
   lastRead: Gauge;
 }
@@ -64,6 +66,12 @@ export function createMetrics(): Metrics {
     runsRetried: new Counter({
       name: 'dealix_runs_retried_total',
       help: 'Failed runs retried through the API (each retry once it committed), by workflow',
+      labelNames: ['workflow'],
+      registers: [registry],
+    }),
+    runsDeleted: new Counter({
+      name: 'dealix_runs_deleted_total',
+      help: 'Ended runs deleted by run retention (RUN_RETENTION) with their checkpoints, by workflow; counted by the worker process that deleted them',
       labelNames: ['workflow'],
       registers: [registry],
     }),

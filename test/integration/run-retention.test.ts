@@ -1,0 +1,245 @@
+/**
+ * Run retention (RUN_RETENTION, ADR 0011) against the real stack: PostgreSQL as the application role,
+ * which reaches the system role only by SET LOCAL ROLE. Ended runs past the retention go, with their
+ * checkpoints, for every tenant; a run just under it, every active or waiting run, and every domain and
+ * evidence row stay; with retention off nothing goes; an evidence pack whose run was deleted still
+ * verifies (its seal is not the run's). Timestamps are moved into the past as the superuser: no sleeps.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { randomUUID } from 'node:crypto';
+import { Writable } from 'node:stream';
+import pg from 'pg';
+import { Queue } from 'bullmq';
+import { Redis } from 'ioredis';
+import { api, CLASS_A_SUBMISSION, newTenant, startStack, type TestStack } from '../helpers/stack.ts';
+import { waitFor } from '../helpers/poll.ts';
+import { startRunHost } from '../helpers/run-host.ts';
+import { TenantRows, insertSql } from '../helpers/tenant-rows.ts';
+import { sqlState } from '../helpers/sql-state.ts';
+import { TEST_REDIS_URL } from '../helpers/env.ts';
+import { isTenantOwned } from '../../src/platform/db/tenant-owned.ts';
+import { ACTIVE_RUN_STATUSES, TERMINAL_RUN_STATUSES } from '../../src/platform/durable/durable-run.entity.ts';
+import { deleteEndedRuns } from '../../src/platform/durable/retention.ts';
+import { systemEm, tenantEm } from '../../src/platform/db/tenant-em.ts';
+import { MAINTENANCE_QUEUE, RUN_RETENTION_JOB, maintenanceHandlers, upsertMaintenanceSchedulers } from '../../src/platform/queue/maintenance.ts';
+import { createMetrics } from '../../src/platform/telemetry/metrics.ts';
+import { createLogger } from '../../src/platform/telemetry/logger.ts';
+import { evidenceHash } from '../../src/modules/evidence/evidence.service.ts';
+import { GOLDEN_PATH } from '../../src/modules/golden-path/golden-path.workflow.ts';
+
+const LONG = 120_000;
+const DAY = 86_400_000;
+const RETENTION = 30 * DAY;
+
+describe('run retention', () => {
+  let stack: TestStack;
+  let admin: pg.Client;
+  let rows: TenantRows;
+  /** Tenant tables whose rows name a run (run_id), checkpoints aside: the domain and evidence records. */
+  let domainTables: string[];
+  const logLines: Array<Record<string, any>> = [];
+
+  beforeAll(async () => {
+    stack = await startStack();
+    admin = new pg.Client({ connectionString: stack.db.adminUrl });
+    await admin.connect();
+    const metas = [...stack.container.orm.getMetadata().getAll().values()].filter((m) => !m.embeddable && !m.virtual && isTenantOwned(m));
+    rows = await new TenantRows(admin).load(metas);
+    domainTables = metas.filter((m) => 'runId' in m.properties && m.tableName !== 'durable_checkpoints').map((m) => m.tableName).sort();
+  }, LONG);
+  afterAll(async () => {
+    await admin?.end();
+    await stack?.stop();
+  });
+
+  /**
+   * A run of `tenant` in `status` that last moved `endedAgoMs` ago (created a day before that), with two
+   * checkpoints and one row of every domain table naming it; seeded as the superuser.
+   */
+  async function seedRun(tenant: string, status: string, endedAgoMs: number, workflow = GOLDEN_PATH): Promise<string> {
+    const run: Record<string, unknown> = { ...(await rows.build('durable_runs', tenant)), status, workflow };
+    await insert('durable_runs', run);
+    const ended = (TERMINAL_RUN_STATUSES as readonly string[]).includes(status);
+    await admin.query(
+      `update durable_runs set created_at = now() - ($2::float8 + ${DAY}) * interval '1 millisecond', updated_at = now() - $2::float8 * interval '1 millisecond',
+              completed_at = case when $3 then now() - $2::float8 * interval '1 millisecond' end where id = $1`,
+      [run.id, endedAgoMs, ended],
+    );
+    for (const seq of [1, 2]) await insert('durable_checkpoints', { ...(await rows.build('durable_checkpoints', tenant)), run_id: run.id, sequence_num: seq });
+    for (const table of domainTables) await insert(table, { ...(await rows.build(table, tenant)), run_id: run.id });
+    return run.id as string;
+  }
+  const insert = async (table: string, row: Record<string, unknown>) => {
+    const { text, values } = insertSql(table, row);
+    await admin.query(text, values);
+  };
+  /** What is left of each run, as the superuser: the run row, its checkpoints, its rows in each domain table. */
+  async function leftOf(ids: string[]): Promise<Record<string, { run: number; checkpoints: number; domain: Record<string, number> }>> {
+    const out: Record<string, { run: number; checkpoints: number; domain: Record<string, number> }> = {};
+    const count = async (table: string, column: string, id: string) => Number((await admin.query(`select count(*) as n from ${table} where ${column} = $1`, [id])).rows[0].n);
+    for (const id of ids) {
+      const domain: Record<string, number> = {};
+      for (const table of domainTables) domain[table] = await count(table, 'run_id', id);
+      out[id] = { run: await count('durable_runs', 'id', id), checkpoints: await count('durable_checkpoints', 'run_id', id), domain };
+    }
+    return out;
+  }
+  const everyDomainRow = () => Object.fromEntries(domainTables.map((t) => [t, 1]));
+  const gone = () => ({ run: 0, checkpoints: 0, domain: everyDomainRow() });
+  const kept = () => ({ run: 1, checkpoints: 2, domain: everyDomainRow() });
+  /** The run-retention job's handler as a worker process runs it, with its own log and metrics. */
+  function retentionJob(runRetentionMs: number) {
+    const metrics = createMetrics();
+    const destination = new Writable({
+      write(chunk, _enc, cb) {
+        for (const l of String(chunk).split('\n').filter(Boolean)) logLines.push(JSON.parse(l));
+        cb();
+      },
+    });
+    const logger = createLogger({ level: 'info', name: 'dealix-worker', destination });
+    const handlers = maintenanceHandlers({ orm: stack.container.orm, idempotency: stack.container.idempotency, logger, runRetentionMs, runsDeleted: metrics.runsDeleted });
+    return { run: () => handlers[RUN_RETENTION_JOB](), deletedMetric: async () => (await metrics.runsDeleted.get()).values };
+  }
+
+  it('deletes the ended runs of every tenant past the retention with their checkpoints; keeps runs just under it, every active or waiting run, and every domain and evidence row', { timeout: LONG }, async () => {
+    expect(domainTables).toEqual(expect.arrayContaining(['approval_requests', 'economics_models', 'evidence_packs', 'evidence_seals', 'partner_dossiers', 'partner_offboardings']));
+    const [A, B] = [newTenant(), newTenant()];
+    const old: string[] = [];
+    const young: string[] = [];
+    const active: string[] = [];
+    for (const t of [A, B]) {
+      for (const status of TERMINAL_RUN_STATUSES) old.push(await seedRun(t, status, RETENTION + DAY));
+      old.push(await seedRun(t, 'completed', RETENTION + 60_000, 'partner-offboarding'));
+      // Just under the retention: an hour to go.
+      for (const status of TERMINAL_RUN_STATUSES) young.push(await seedRun(t, status, RETENTION - 3_600_000));
+      // Active and waiting runs untouched for far longer than the retention are never deleted.
+      for (const status of ACTIVE_RUN_STATUSES) active.push(await seedRun(t, status, 10 * RETENTION));
+    }
+    const job = retentionJob(RETENTION);
+
+    const pass = await job.run();
+
+    expect(pass).toMatchObject({ deleted: old.length, byWorkflow: { [GOLDEN_PATH]: old.length - 2, 'partner-offboarding': 2 }, complete: true });
+    const left = await leftOf([...old, ...young, ...active]);
+    for (const id of old) expect(left[id], `old run ${id}`).toEqual(gone());
+    for (const id of [...young, ...active]) expect(left[id], `run ${id}`).toEqual(kept());
+    // Counted by workflow, and one line for the pass with its counts.
+    expect(await job.deletedMetric()).toEqual(
+      expect.arrayContaining([
+        expect.objectContaining({ labels: { workflow: GOLDEN_PATH }, value: old.length - 2 }),
+        expect.objectContaining({ labels: { workflow: 'partner-offboarding' }, value: 2 }),
+      ]),
+    );
+    const line = logLines.filter((l) => l.msg === 'run retention: ended runs deleted').at(-1);
+    expect(line).toMatchObject({ deleted: old.length, by_workflow: { [GOLDEN_PATH]: old.length - 2, 'partner-offboarding': 2 }, complete: true, retention_ms: RETENTION });
+
+    // A second pass finds nothing more, and says so.
+    expect(await job.run()).toMatchObject({ deleted: 0, batches: 1, complete: true });
+    expect(logLines.filter((l) => l.msg === 'run retention: ended runs deleted').at(-1)).toMatchObject({ deleted: 0 });
+  });
+
+  it('in batches: each a transaction of its own, stopping at the pass limit with the rest left for the next pass', { timeout: LONG }, async () => {
+    const t = newTenant();
+    const old: string[] = [];
+    for (let i = 0; i < 5; i++) old.push(await seedRun(t, 'completed', RETENTION + DAY));
+    const first = await deleteEndedRuns(systemEm(stack.container.orm), { olderThanMs: RETENTION, batchSize: 2, maxBatches: 2 });
+    expect(first).toMatchObject({ deleted: 4, batches: 2, complete: false });
+    const second = await deleteEndedRuns(systemEm(stack.container.orm), { olderThanMs: RETENTION, batchSize: 2, maxBatches: 2 });
+    expect(second).toMatchObject({ deleted: 1, batches: 1, complete: true });
+    const left = await leftOf(old);
+    for (const id of old) expect(left[id]).toEqual(gone());
+  });
+
+  it('with RUN_RETENTION off deletes nothing, however old the runs', { timeout: LONG }, async () => {
+    const t = newTenant();
+    const ids = [];
+    for (const status of TERMINAL_RUN_STATUSES) ids.push(await seedRun(t, status, 100 * RETENTION));
+    expect(await retentionJob(0).run()).toMatchObject({ deleted: 0 });
+    const left = await leftOf(ids);
+    for (const id of ids) expect(left[id]).toEqual(kept());
+    await expect(deleteEndedRuns(systemEm(stack.container.orm), { olderThanMs: 0 })).rejects.toThrow(RangeError);
+    await admin.query(`delete from durable_runs where id = any($1)`, [ids]); // not the next tests' business
+  });
+
+  it('the database refuses the rest: the system role cannot delete an active run, nor checkpoints or domain rows, and the application role without it deletes no other tenant\'s run', { timeout: LONG }, async () => {
+    const t = newTenant();
+    const waiting = await seedRun(t, 'waiting', 10 * RETENTION);
+    const running = await seedRun(t, 'running', 10 * RETENTION);
+    const sys = () => systemEm(stack.container.orm);
+    const del = (sql: string, params: unknown[] = []) => sys().transactional((tx) => tx.execute(sql, params, 'run'));
+    expect(await del(`delete from durable_runs where id in (?, ?)`, [waiting, running])).toMatchObject({ affectedRows: 0 });
+    for (const table of ['durable_checkpoints', ...domainTables]) {
+      expect(await sqlState(del(`delete from "${table}" where run_id = ?`, [waiting])), table).toBe('42501');
+    }
+    // Another tenant's ended run, deleted as the application role under a tenant: invisible, so untouched.
+    const theirs = await seedRun(t, 'completed', 10 * RETENTION);
+    expect(await tenantEm(stack.container.orm, newTenant()).transactional((tx) => tx.execute(`delete from durable_runs where id = ?`, [theirs], 'run'))).toMatchObject({ affectedRows: 0 });
+    const left = await leftOf([waiting, running, theirs]);
+    for (const id of [waiting, running, theirs]) expect(left[id]).toEqual(kept());
+    await admin.query(`delete from durable_runs where id = $1`, [theirs]);
+  });
+
+  it("a real run's evidence pack still reads and verifies after the run was deleted, and a forgery of it still shows", { timeout: LONG }, async () => {
+    const tenant = newTenant();
+    const token = await stack.token({ tenantId: tenant, sub: 'submitter-1' });
+    const host = startRunHost(stack, stack.container.runtime.workflow(GOLDEN_PATH));
+    let run: any;
+    try {
+      const res = await api(stack, 'POST', '/api/v1/golden-path/run', { token, body: CLASS_A_SUBMISSION, headers: { 'Idempotency-Key': randomUUID() } });
+      expect(res.status, res.text).toBe(202);
+      run = await waitFor(
+        async () => {
+          const r = await api(stack, 'GET', `/api/v1/golden-path/runs/${res.json.run_id}`, { token });
+          return r.json?.status === 'completed' ? r.json : undefined;
+        },
+        { timeoutMs: 60_000, intervalMs: 50, what: 'the run to complete' },
+      );
+    } finally {
+      await host.stop();
+    }
+    const evidenceId = run.steps[3].output.evidence_pack_id as string;
+    const sha256 = run.steps[3].output.sha256 as string;
+    const domainBefore = (await leftOf([run.run_id]))[run.run_id]!.domain;
+    expect(domainBefore.evidence_packs).toBe(1);
+    expect(domainBefore.evidence_seals).toBe(1);
+    await admin.query(`update durable_runs set updated_at = now() - interval '31 days' where id = $1`, [run.run_id]);
+
+    expect(await retentionJob(RETENTION).run()).toMatchObject({ complete: true });
+
+    expect((await leftOf([run.run_id]))[run.run_id]).toEqual({ run: 0, checkpoints: 0, domain: domainBefore });
+    expect((await api(stack, 'GET', `/api/v1/golden-path/runs/${run.run_id}`, { token })).status).toBe(404);
+    const pack = await api(stack, 'GET', `/api/v1/evidence/${evidenceId}`, { token });
+    expect(pack.status).toBe(200);
+    expect(pack.json).toMatchObject({ run_id: run.run_id, sha256 });
+    expect((await api(stack, 'GET', `/api/v1/evidence/${evidenceId}/verify`, { token })).json).toEqual({ valid: true, sha256, recomputed_sha256: sha256, recorded_sha256: sha256 });
+
+    // The owner forges content and a matching hash: the seal, which outlived the run, still disagrees.
+    const forged = { ...pack.json.content, outcome: 'rejected' };
+    await stack.db.owner(
+      `select set_config('app.tenant_id', '${tenant}', false);
+       update evidence_packs set content = '${JSON.stringify(forged).replace(/'/g, "''")}'::jsonb, sha256 = '${evidenceHash(forged)}' where id = '${evidenceId}'`,
+    );
+    expect((await api(stack, 'GET', `/api/v1/evidence/${evidenceId}/verify`, { token })).json).toMatchObject({ valid: false, recorded_sha256: sha256 });
+  });
+
+  it('a worker with RUN_RETENTION schedules the run-retention job on the maintenance queue and runs it; RUN_RETENTION off removes the schedule', { timeout: LONG }, async () => {
+    const connection = new Redis(TEST_REDIS_URL, { maxRetriesPerRequest: 1 });
+    const queue = new Queue(MAINTENANCE_QUEUE, { connection, prefix: stack.prefix });
+    try {
+      const old = await seedRun(newTenant(), 'failed', RETENTION + DAY);
+      const young = await seedRun(newTenant(), 'failed', RETENTION - 3_600_000);
+      await stack.spawnWorker({ RUN_RETENTION: '30d' });
+      const scheduler = await waitFor(() => queue.getJobScheduler(RUN_RETENTION_JOB), { timeoutMs: 30_000, what: 'the run-retention job scheduler' });
+      expect(scheduler).toMatchObject({ key: RUN_RETENTION_JOB, name: RUN_RETENTION_JOB });
+      const done = await waitFor(async () => (await queue.getCompleted()).find((j) => j.name === RUN_RETENTION_JOB), { timeoutMs: 60_000, what: 'a run-retention job to complete' });
+      expect(done.returnvalue).toMatchObject({ deleted: 1, complete: true });
+      expect(await leftOf([old, young])).toEqual({ [old]: gone(), [young]: kept() });
+
+      await upsertMaintenanceSchedulers(queue, { runRetentionMs: 0 });
+      expect(await queue.getJobScheduler(RUN_RETENTION_JOB)).toBeUndefined();
+    } finally {
+      await queue.close();
+      connection.disconnect();
+    }
+  });
+});
