@@ -110,6 +110,27 @@ describe('a query parameter a route does not take', () => {
   });
 });
 
+describe("a list's limit", () => {
+  /** Every list route: a GET whose query takes `limit`. */
+  const lists = () => stack.container.routes.filter((r) => r.method === 'get' && r.query && 'limit' in ((r.query as unknown as { shape?: object }).shape ?? {}));
+
+  it('is plain decimal digits from 1 to 100: hex, exponents, signs, fractions and blanks are a 400 naming it, on every list route', async () => {
+    expect(lists().map((r) => r.path)).toEqual(expect.arrayContaining(['/api/v1/golden-path/runs', '/api/v1/approvals']));
+    for (const def of lists()) {
+      // Number() reads all of these as 1..100; none is what a client means by a page size.
+      for (const bad of ['0x10', '0X10', '0b11', '0o7', '1e1', '+5', '5.0', '%205', '5%20', 'Infinity', '', '0', '101', '-1', '1,2']) {
+        const res = await api(stack, 'GET', `${def.path}?limit=${bad}`, { token });
+        expect(res.status, `${def.path}?limit=${bad}: ${res.text}`).toBe(400);
+        expect(res.json, `${def.path}?limit=${bad}`).toMatchObject({ code: 'validation_failed', title: 'Invalid query parameters', errors: [{ path: 'limit', message: expect.any(String) }] });
+      }
+      for (const good of ['1', '7', '100', '007']) {
+        const res = await api(stack, 'GET', `${def.path}?limit=${good}`, { token });
+        expect(res.status, `${def.path}?limit=${good}: ${res.text}`).toBe(200);
+      }
+    }
+  });
+});
+
 describe('a malformed id in the path', () => {
   it('answers as documented on every route with an id, whether it is not a UUID or not even decodable: 404 validation_failed naming it', async () => {
     const withId = stack.container.routes.filter((r) => r.path.includes(':id'));

@@ -5,7 +5,7 @@ import { ForbiddenError, NotFoundError } from '../../platform/errors/app-error.t
 import type { Principal } from '../../platform/tenancy/jwt.ts';
 import { RunNotActiveError } from '../../platform/durable/errors.ts';
 import { ADMIN_ROLE } from '../approvals/approval.constants.ts';
-import { nextCursor, pageWhere } from '../../platform/http/cursor.ts';
+import { nextCursor, pageLimit, pageWhere } from '../../platform/http/cursor.ts';
 import { COMPLETED_STEPS_SQL, RUN_COLUMNS, type DurableRuntime, type RunRow } from '../../platform/durable/runtime.ts';
 import { ACTIVE_RUN_STATUSES, RUN_STATUSES } from '../../platform/durable/durable-run.entity.ts';
 import { acceptRun, readCheckpoints } from '../../platform/durable/run-views.ts';
@@ -158,7 +158,7 @@ export function goldenPathRoutes(deps: {
       tags: ['golden-path'],
       query: z.strictObject({
         status: z.enum(RUN_STATUSES).optional(),
-        limit: z.coerce.number().int().min(1).max(100).default(20),
+        limit: pageLimit(20),
         cursor: z.string().max(200).optional(),
       }),
       responses: { 200: { description: 'A page of runs', schema: runPage } },
