@@ -130,7 +130,11 @@ export function routesFor(deps: { config: Config; runtime: DurableRuntime; queue
     ...approvalRoutes({ approvals }),
     ...approvalPolicyRoutes(slaDefaults(deps.config)),
     ...evidenceRoutes(),
-    ...partnerOffboardingRoutes({ runtime: deps.runtime, ...(deps.admission ? { admission: deps.admission } : {}) }),
+    ...partnerOffboardingRoutes({
+      runtime: deps.runtime,
+      ...(deps.admission ? { admission: deps.admission } : {}),
+      ...(deps.onRunRetried ? { onRetried: deps.onRunRetried } : {}),
+    }),
   ];
 }
 

@@ -4,13 +4,14 @@ import { StepExecutor } from '../../src/platform/durable/executor.ts';
 import { startWorkers, type JobHandler } from '../../src/platform/durable/worker-host.ts';
 import { createRedis } from '../../src/platform/queue/connections.ts';
 import type { StepDef, WorkflowDef } from '../../src/platform/durable/workflow.ts';
-import { GOLDEN_PATH, GOLDEN_PATH_QUEUE } from '../../src/modules/golden-path/golden-path.workflow.ts';
+import { GOLDEN_PATH } from '../../src/modules/golden-path/golden-path.workflow.ts';
+import { PermanentError } from '../../src/platform/errors/app-error.ts';
 import { TEST_REDIS_URL } from './env.ts';
 import type { TestStack } from './stack.ts';
 
 /**
- * The production worker host and executor, in the test's process, running `wf` on the golden-path
- * queue of `stack` (one job at a time): a test can then hold, fail or count the steps of the runs it
+ * The production worker host and executor, in the test's process, running `wf` on its queue (the
+ * golden path's, the partner offboarding's, …) of `stack` (one job at a time): a test can then hold, fail or count the steps of the runs it
  * submits through the stack's API. Stop it before starting another on the same queue. `handlers` are
  * its other jobs' (e.g. the SLA timers': jobHandlersFor); without them such a job fails.
  */
@@ -27,7 +28,7 @@ export function startRunHost(stack: TestStack, wf: WorkflowDef, workerId = 'run-
     prefix: stack.prefix,
     settings: { concurrency: 1, lockDurationMs: 5000, stalledIntervalMs: 5000, maxStalledCount: 10 },
     logger,
-    queues: [GOLDEN_PATH_QUEUE],
+    queues: [wf.queue],
   });
   return {
     async stop() {
@@ -46,8 +47,41 @@ export function barrier() {
   return { inside, released, enter: () => enter(), release: () => release() };
 }
 
-/** The stack's golden-path definition with each step's body wrapped by `wrap` (its sequence_num, its own body). */
-export function wrappedGoldenPath(stack: TestStack, wrap: (step: StepDef, seq: number) => StepDef['run']): WorkflowDef {
-  const base = stack.container.runtime.workflow(GOLDEN_PATH);
+/** The stack's definition of `workflow` with each step's body wrapped by `wrap` (its sequence_num, its own body). */
+export function wrappedWorkflow(stack: TestStack, workflow: string, wrap: (step: StepDef, seq: number) => StepDef['run']): WorkflowDef {
+  const base = stack.container.runtime.workflow(workflow);
   return { ...base, steps: base.steps.map((s, i): StepDef => ({ ...s, run: wrap(s, i + 1) })) };
 }
+
+/** The stack's golden-path definition with each step's body wrapped by `wrap` (its sequence_num, its own body). */
+export const wrappedGoldenPath = (stack: TestStack, wrap: (step: StepDef, seq: number) => StepDef['run']): WorkflowDef => wrappedWorkflow(stack, GOLDEN_PATH, wrap);
+
+/** What the steps of a controlled host do: fail for good, wait at a barrier, and record each step entered, by run. */
+export interface StepControl {
+  failing: Set<number>;
+  /** Steps whose body runs (its rows, the timer it schedules) and then fails for good: the step's transaction rolls back. */
+  failingAfter?: Set<number>;
+  hold?: { seq: number; at: ReturnType<typeof barrier> };
+  entered: Array<{ run: string; seq: number }>;
+}
+
+export const stepControl = (failing: number[] = []): StepControl => ({ failing: new Set(failing), entered: [] });
+
+/** The steps `ctl` saw the run enter, in order (a step run again appears again). */
+export const enteredBy = (ctl: StepControl, runId: string) => ctl.entered.filter((e) => e.run === runId).map((e) => e.seq);
+
+/** A wrap for wrappedWorkflow: each step's body under `ctl` (entered, then held, then failed or run). */
+export const controlledStep =
+  (ctl: StepControl) =>
+  (step: StepDef, seq: number): StepDef['run'] =>
+  async (input, ctx) => {
+    ctl.entered.push({ run: ctx.run.id, seq });
+    if (ctl.hold?.seq === seq) {
+      ctl.hold.at.enter();
+      await ctl.hold.at.released;
+    }
+    if (ctl.failing.has(seq)) throw new PermanentError('test_permanent', `step ${seq} refused for good (test)`);
+    const out = await step.run(input, ctx);
+    if (ctl.failingAfter?.has(seq)) throw new PermanentError('test_permanent', `step ${seq} refused for good after its body ran (test)`);
+    return out;
+  };

@@ -165,6 +165,23 @@ export const CLASS_A_SUBMISSION = { ...SAMPLE_SUBMISSION, economics: { ...SAMPLE
 /** Class C: cost > 250,000. */
 export const CLASS_C_SUBMISSION = { ...SAMPLE_SUBMISSION, economics: { ...SAMPLE_SUBMISSION.economics, onboarding_cost: 200000, enablement_cost: 50000, annual_support_cost: 30000 } };
 
+/**
+ * The users a run's cancel and retry tell apart (tokens): the run's submitter (`submitter-1`), another
+ * user of the tenant, a tenant admin (`admin-1`), and an admin of another tenant with the submitter's sub.
+ */
+export async function runUsers(stack: TestStack, tenantId: string) {
+  const t = (sub: string, roles: string[] = []) => stack.token({ tenantId, sub, roles });
+  return {
+    submitter: await t('submitter-1'),
+    other: await t('someone-else'),
+    admin: await t('admin-1', ['admin']),
+    otherTenantAdmin: await stack.token({ tenantId: newTenant(), sub: 'submitter-1', roles: ['admin'] }),
+  };
+}
+
+/** A partner offboarding (the second workflow): three steps, no waits. */
+export const OFFBOARDING_SUBMISSION = { partner: { reference: 'P-1', name: 'Acme' }, reason: 'inactive', balances: [{ currency: 'SAR', amount: 10 }] };
+
 export async function api(stack: TestStack, method: string, path: string, opts: { token?: string; body?: unknown; headers?: Record<string, string>; rawBody?: string } = {}) {
   const headers: Record<string, string> = { ...(opts.headers ?? {}) };
   if (opts.token) headers.authorization = `Bearer ${opts.token}`;

@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { randomUUID } from 'node:crypto';
-import { api, newTenant, SAMPLE_SUBMISSION, startStack, type TestStack } from '../helpers/stack.ts';
+import { api, newTenant, OFFBOARDING_SUBMISSION, SAMPLE_SUBMISSION, startStack, type TestStack } from '../helpers/stack.ts';
 
 /**
  * The API contract as a demanding client probes it (docs/api.md, Conventions): input a route does not
@@ -17,11 +17,20 @@ beforeAll(async () => {
 });
 afterAll(async () => stack?.stop());
 
-async function pendingRun(): Promise<string> {
-  const res = await api(stack, 'POST', '/api/v1/golden-path/run', { token, body: SAMPLE_SUBMISSION, headers: { 'Idempotency-Key': randomUUID() } });
+async function pendingRun(workflow: 'golden-path' | 'partner-offboarding' = 'golden-path'): Promise<string> {
+  const body = workflow === 'golden-path' ? SAMPLE_SUBMISSION : OFFBOARDING_SUBMISSION;
+  const res = await api(stack, 'POST', `/api/v1/${workflow}/run`, { token, body, headers: { 'Idempotency-Key': randomUUID() } });
   expect(res.status, res.text).toBe(202);
   return res.json.run_id as string;
 }
+
+/** Every workflow's cancel and retry (the run routes every workflow gets: run-routes.ts). */
+const RUN_ACTIONS = [
+  ['golden-path', 'cancel'],
+  ['golden-path', 'retry'],
+  ['partner-offboarding', 'cancel'],
+  ['partner-offboarding', 'retry'],
+] as const;
 
 /** What a refused request must leave as it was: the run's row and the tenant's idempotency keys. */
 async function state(runId: string) {
@@ -34,26 +43,26 @@ describe('a body sent to a route that takes none (cancel, retry)', () => {
   const post = (path: string, key: string, body?: { type: string; text: string }) =>
     api(stack, 'POST', path, { token, headers: { 'Idempotency-Key': key, ...(body ? { 'content-type': body.type } : {}) }, ...(body ? { rawBody: body.text } : {}) });
 
-  it.each(['cancel', 'retry'])('%s: a JSON body with fields is 422 naming them, not ignored; nothing changes and no key is stored', async (action) => {
-    const id = await pendingRun();
+  it.each(RUN_ACTIONS)('%s %s: a JSON body with fields is 422 naming them, not ignored; nothing changes and no key is stored', async (workflow, action) => {
+    const id = await pendingRun(workflow);
     const before = await state(id);
     for (const text of ['{"reason":"duplicate order"}', '[]', '{"comment":"x","force":true}']) {
-      const res = await post(`/api/v1/golden-path/runs/${id}/${action}`, randomUUID(), { type: 'application/json', text });
+      const res = await post(`/api/v1/${workflow}/runs/${id}/${action}`, randomUUID(), { type: 'application/json', text });
       expect(res.status, `${text}: ${res.text}`).toBe(422);
       expect(res.headers.get('content-type')).toMatch(/^application\/problem\+json/);
       expect(res.json).toMatchObject({ status: 422, code: 'validation_failed', errors: [expect.objectContaining({ path: expect.any(String) })] });
     }
-    expect((await post(`/api/v1/golden-path/runs/${id}/${action}`, randomUUID(), { type: 'application/json', text: '{"reason":"x"}' })).json.errors).toEqual([
+    expect((await post(`/api/v1/${workflow}/runs/${id}/${action}`, randomUUID(), { type: 'application/json', text: '{"reason":"x"}' })).json.errors).toEqual([
       { path: '(root)', message: expect.stringContaining('reason') },
     ]);
     expect(await state(id)).toEqual(before);
   });
 
-  it.each(['cancel', 'retry'])('%s: a body that is not JSON is 415; nothing changes and no key is stored', async (action) => {
-    const id = await pendingRun();
+  it.each(RUN_ACTIONS)('%s %s: a body that is not JSON is 415; nothing changes and no key is stored', async (workflow, action) => {
+    const id = await pendingRun(workflow);
     const before = await state(id);
     for (const type of ['text/plain', 'application/x-www-form-urlencoded']) {
-      const res = await post(`/api/v1/golden-path/runs/${id}/${action}`, randomUUID(), { type, text: 'reason=duplicate' });
+      const res = await post(`/api/v1/${workflow}/runs/${id}/${action}`, randomUUID(), { type, text: 'reason=duplicate' });
       expect(res.status, `${type}: ${res.text}`).toBe(415);
       expect(res.json).toMatchObject({ status: 415, code: 'unsupported_media_type', detail: expect.stringContaining('no body') });
     }
@@ -78,7 +87,7 @@ describe('a body sent to a route that takes none (cancel, retry)', () => {
 describe('a query parameter a route does not take', () => {
   it('is a 400 naming it on every route without query parameters, not ignored', async () => {
     const id = await pendingRun();
-    const reads = [`/api/v1/golden-path/runs/${id}`, `/api/v1/approvals/${randomUUID()}`, `/api/v1/evidence/${randomUUID()}`, `/api/v1/evidence/${randomUUID()}/verify`, '/api/v1/approval-policy'];
+    const reads = [`/api/v1/golden-path/runs/${id}`, `/api/v1/partner-offboarding/runs/${await pendingRun('partner-offboarding')}`, `/api/v1/approvals/${randomUUID()}`, `/api/v1/evidence/${randomUUID()}`, `/api/v1/evidence/${randomUUID()}/verify`, '/api/v1/approval-policy'];
     for (const path of reads) {
       const res = await api(stack, 'GET', `${path}?include=steps`, { token });
       expect(res.status, `${path}: ${res.text}`).toBe(400);
@@ -87,6 +96,7 @@ describe('a query parameter a route does not take', () => {
     }
     // The lists already refused one: still so.
     expect((await api(stack, 'GET', '/api/v1/golden-path/runs?include=steps', { token })).status).toBe(400);
+    expect((await api(stack, 'GET', '/api/v1/partner-offboarding/runs?include=steps', { token })).status).toBe(400);
   });
 
   it('refuses a mutating request with one before it runs: no run submitted "dry", no cancel, nothing stored', async () => {
@@ -107,6 +117,27 @@ describe('a query parameter a route does not take', () => {
     expect(await state(id)).toEqual(before);
     // The key was not taken: the same request without the parameter runs.
     expect((await api(stack, 'POST', '/api/v1/golden-path/run', { token, body: SAMPLE_SUBMISSION, headers: key })).status).toBe(202);
+  });
+});
+
+describe("a list's limit", () => {
+  /** Every list route: a GET whose query takes `limit`. */
+  const lists = () => stack.container.routes.filter((r) => r.method === 'get' && r.query && 'limit' in ((r.query as unknown as { shape?: object }).shape ?? {}));
+
+  it('is plain decimal digits from 1 to 100: hex, exponents, signs, fractions and blanks are a 400 naming it, on every list route', async () => {
+    expect(lists().map((r) => r.path)).toEqual(expect.arrayContaining(['/api/v1/golden-path/runs', '/api/v1/partner-offboarding/runs', '/api/v1/approvals']));
+    for (const def of lists()) {
+      // Number() reads all of these as 1..100; none is what a client means by a page size.
+      for (const bad of ['0x10', '0X10', '0b11', '0o7', '1e1', '+5', '5.0', '%205', '5%20', 'Infinity', '', '0', '101', '-1', '1,2']) {
+        const res = await api(stack, 'GET', `${def.path}?limit=${bad}`, { token });
+        expect(res.status, `${def.path}?limit=${bad}: ${res.text}`).toBe(400);
+        expect(res.json, `${def.path}?limit=${bad}`).toMatchObject({ code: 'validation_failed', title: 'Invalid query parameters', errors: [{ path: 'limit', message: expect.any(String) }] });
+      }
+      for (const good of ['1', '7', '100', '007']) {
+        const res = await api(stack, 'GET', `${def.path}?limit=${good}`, { token });
+        expect(res.status, `${def.path}?limit=${good}: ${res.text}`).toBe(200);
+      }
+    }
   });
 });
 

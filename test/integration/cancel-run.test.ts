@@ -6,8 +6,8 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { randomUUID } from 'node:crypto';
 import pg from 'pg';
-import { Writable } from 'node:stream';
-import { api, CLASS_A_SUBMISSION, CLASS_C_SUBMISSION, newTenant, SAMPLE_SUBMISSION, startStack, type TestStack } from '../helpers/stack.ts';
+import { api, CLASS_A_SUBMISSION, CLASS_C_SUBMISSION, newTenant, runUsers, SAMPLE_SUBMISSION, startStack, type TestStack } from '../helpers/stack.ts';
+import { capturedLog } from '../helpers/log-capture.ts';
 import { waitFor } from '../helpers/poll.ts';
 import { barrier, startRunHost } from '../helpers/run-host.ts';
 import { tenantEm } from '../../src/platform/db/tenant-em.ts';
@@ -81,23 +81,13 @@ describe('cancelling a run through the API, with a worker running', () => {
   let stack: TestStack;
   const tenant = newTenant();
   const tok: Record<string, string> = {};
-  const logLines: Array<Record<string, any>> = [];
+  const { lines: logLines, destination } = capturedLog();
 
   beforeAll(async () => {
-    const destination = new Writable({
-      write(chunk, _enc, cb) {
-        for (const l of String(chunk).split('\n').filter(Boolean)) logLines.push(JSON.parse(l));
-        cb();
-      },
-    });
     stack = await startStack({ env: { LOG_LEVEL: 'info' }, logDestination: destination });
     await stack.spawnWorker();
-    const t = (sub: string, roles: string[] = []) => stack.token({ tenantId: tenant, sub, roles });
-    tok.submitter = await t('submitter-1');
-    tok.other = await t('someone-else');
-    tok.approver = await t('approver-1', ['approver']);
-    tok.admin = await t('admin-1', ['admin']);
-    tok.otherTenantAdmin = await stack.token({ tenantId: newTenant(), sub: 'submitter-1', roles: ['admin'] });
+    Object.assign(tok, await runUsers(stack, tenant));
+    tok.approver = await stack.token({ tenantId: tenant, sub: 'approver-1', roles: ['approver'] });
   }, LONG);
   afterAll(async () => {
     await stack?.stop();

@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { api, CLASS_A_SUBMISSION, CLASS_C_SUBMISSION, newTenant, SAMPLE_SUBMISSION, startStack, type TestStack } from '../helpers/stack.ts';
+import { api, CLASS_A_SUBMISSION, CLASS_C_SUBMISSION, newTenant, OFFBOARDING_SUBMISSION, SAMPLE_SUBMISSION, startStack, type TestStack } from '../helpers/stack.ts';
 import { waitFor } from '../helpers/poll.ts';
 import { objectsIn, publishedSchemas, withFieldAt } from '../helpers/openapi-validator.ts';
 import { buildOpenApi } from '../../src/platform/http/openapi.ts';
@@ -153,7 +153,7 @@ describe('429 rate_limited is documented on every route, and the submission limi
       if (/submissions per minute/.test(responses['429'].description)) limited.push(label);
       expect(/submissions per minute/.test(responses['429'].description), label).toBe(def.admission !== undefined);
     }
-    expect(limited).toEqual(['POST /api/v1/golden-path/run', 'POST /api/v1/golden-path/runs/:id/retry', 'POST /api/v1/partner-offboarding/run']);
+    expect(limited).toEqual(['POST /api/v1/golden-path/run', 'POST /api/v1/golden-path/runs/:id/retry', 'POST /api/v1/partner-offboarding/run', 'POST /api/v1/partner-offboarding/runs/:id/retry']);
     // Not "every mutating route": these mutate, and no submission limit stands in their way.
     const unlimitedMutating = stack.container.routes.filter((d) => MUTATING_METHODS.has(d.method) && !d.admission).map((d) => `${d.method.toUpperCase()} ${d.path}`);
     expect(unlimitedMutating).toEqual(expect.arrayContaining(['POST /api/v1/approvals/:id/decision', 'PUT /api/v1/approval-policy']));
@@ -245,6 +245,24 @@ describe('the published schemas hold for real responses of every route', () => {
     const published = (await api(stack, 'GET', '/openapi.json')).json.components.schemas.ApprovalPolicyView;
     expect(published.required).toEqual(expect.arrayContaining(['policy', 'updated_at', 'updated_by']));
     expect(published.properties.policy.required).toContain('currency');
+  });
+
+  /** Offboardings of a tenant of their own (the runs-in-flight cap above counts every workflow's runs): one cancelled, one to fail. */
+  const offboarding = { token: '', cancelled: '', failed: '' };
+
+  it('an offboarding cancelled while pending answers 200 as published, and a second cancel 409 as published', async () => {
+    offboarding.token = await stack.token({ tenantId: newTenant(), sub: 'ops-1' });
+    const submitOffboarding = async () =>
+      expectPublished('POST', '/api/v1/partner-offboarding/run', await api(stack, 'POST', '/api/v1/partner-offboarding/run', { token: offboarding.token, body: OFFBOARDING_SUBMISSION, headers: { 'Idempotency-Key': randomUUID() } }), 202).json
+        .run_id as string;
+    // No worker yet: both stay pending until the next test starts one.
+    offboarding.cancelled = await submitOffboarding();
+    offboarding.failed = await submitOffboarding();
+    // As the golden path's failed run: its stored input no longer parses, so its first step fails for good.
+    await stack.db.admin(`update durable_runs set input = '{"partner":"tampered"}'::jsonb where id = $1`, [offboarding.failed]);
+    const cancel = () => api(stack, 'POST', `/api/v1/partner-offboarding/runs/${offboarding.cancelled}/cancel`, { token: offboarding.token, headers: { 'Idempotency-Key': randomUUID() } });
+    expect(expectPublished('POST', '/api/v1/partner-offboarding/runs/:id/cancel', await cancel(), 200).json).toMatchObject({ status: 'cancelled', error: { code: 'cancelled', cancelled_by: 'ops-1' } });
+    expect(expectPublished('POST', '/api/v1/partner-offboarding/runs/:id/cancel', await cancel(), 409).json).toMatchObject({ code: 'run_not_active', run_status: 'cancelled' });
   });
 
   it('runs read as published in every state: completed, waiting, failed', async () => {
@@ -364,6 +382,24 @@ describe('the published schemas hold for real responses of every route', () => {
       { timeoutMs: 60_000, intervalMs: 100, what: `offboarding ${id} to end` },
     );
     expect(expectPublished('GET', '/api/v1/partner-offboarding/runs/:id', done, 200).json).toMatchObject({ status: 'completed', error: null });
+  });
+
+  it('a failed offboarding retried answers 200 as published, and pages of offboardings read as published', async () => {
+    const { token } = offboarding;
+    const failed = await waitFor(
+      async () => {
+        const r = await api(stack, 'GET', `/api/v1/partner-offboarding/runs/${offboarding.failed}`, { token });
+        return r.json?.status === 'failed' ? r : undefined;
+      },
+      { timeoutMs: 60_000, intervalMs: 100, what: `offboarding ${offboarding.failed} to fail` },
+    );
+    expect(expectPublished('GET', '/api/v1/partner-offboarding/runs/:id', failed, 200).json.error).toMatchObject({ step: 'freeze-partner', sequence_num: 1 });
+    const retry = await api(stack, 'POST', `/api/v1/partner-offboarding/runs/${offboarding.failed}/retry`, { token, headers: { 'Idempotency-Key': randomUUID() } });
+    expect(expectPublished('POST', '/api/v1/partner-offboarding/runs/:id/retry', retry, 200).json).toMatchObject({ status: 'pending', retries: [{ retry: 1, retried_by: 'ops-1' }] });
+    const first = (await get('/api/v1/partner-offboarding/runs', '/api/v1/partner-offboarding/runs?limit=1', token)).json;
+    expect(first.items.map((r: { run_id: string }) => r.run_id)).toEqual([offboarding.failed]);
+    const rest = (await get('/api/v1/partner-offboarding/runs', `/api/v1/partner-offboarding/runs?cursor=${first.next_cursor}`, token)).json;
+    expect(rest).toMatchObject({ items: [{ run_id: offboarding.cancelled, status: 'cancelled' }], next_cursor: null });
   });
 
   it('checked a real response against every success response that a route publishes', () => {

@@ -1,21 +1,15 @@
 import { describe, expect, it } from 'vitest';
-import { Writable } from 'node:stream';
 import type { AddressInfo } from 'node:net';
 import express from 'express';
 import { createLogger } from '../../src/platform/telemetry/logger.ts';
 import { httpLogger } from '../../src/platform/telemetry/http-logger.ts';
 import { correlationMiddleware } from '../../src/platform/http/correlation.ts';
 import { waitFor } from '../helpers/poll.ts';
+import { capturedLog } from '../helpers/log-capture.ts';
 
 describe('request log lines', () => {
   it('carry the correlation id and status, and never the bearer token, cookies or a ?token= value', async () => {
-    const lines: Array<Record<string, any>> = [];
-    const destination = new Writable({
-      write(chunk, _enc, cb) {
-        for (const l of String(chunk).split('\n').filter(Boolean)) lines.push(JSON.parse(l));
-        cb();
-      },
-    });
+    const { lines, destination } = capturedLog();
     const app = express();
     app.use(correlationMiddleware);
     app.use(httpLogger(createLogger({ level: 'info', name: 'test', destination })));

@@ -7,54 +7,38 @@
  */
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
 import { randomUUID } from 'node:crypto';
-import { Writable } from 'node:stream';
 import pino from 'pino';
-import { api, CLASS_A_SUBMISSION, newTenant, SAMPLE_SUBMISSION, startStack, type TestStack } from '../helpers/stack.ts';
+import { api, CLASS_A_SUBMISSION, newTenant, runUsers, SAMPLE_SUBMISSION, startStack, type TestStack } from '../helpers/stack.ts';
 import { waitFor } from '../helpers/poll.ts';
-import { barrier, startRunHost, wrappedGoldenPath } from '../helpers/run-host.ts';
+import { barrier, controlledStep, enteredBy, startRunHost, stepControl, wrappedGoldenPath, type StepControl } from '../helpers/run-host.ts';
+import { capturedLog } from '../helpers/log-capture.ts';
 import { namedJobId, stepJobId } from '../../src/platform/queue/job-ids.ts';
 import { jobHandlersFor } from '../../src/modules/index.ts';
 import { Sweeper } from '../../src/platform/durable/sweeper.ts';
 import { GOLDEN_PATH, GOLDEN_PATH_QUEUE } from '../../src/modules/golden-path/golden-path.workflow.ts';
-import { PermanentError } from '../../src/platform/errors/app-error.ts';
 import type { WorkflowDef } from '../../src/platform/durable/workflow.ts';
 
 const LONG = 120_000;
 const STEPS = ['partner-dossier', 'economics-model', 'approval-packet', 'evidence-pack'];
 const retryPath = (id: string) => `/api/v1/golden-path/runs/${id}/retry`;
 
-/** What the test's worker does: the steps that fail for good, a step held at a barrier, and each step entered, by run. */
-interface Control {
-  failing: Set<number>;
-  /** Steps whose body runs (its rows, the timer it schedules) and then fails for good: the step's transaction rolls back. */
-  failingAfter?: Set<number>;
-  hold?: { seq: number; at: ReturnType<typeof barrier> };
+/** What the test's worker does (run-host.ts), and: */
+interface Control extends StepControl {
   /** Step 1 renamed (the code changed in place under a run): non-determinism against its checkpoints. */
   renamedFirst?: boolean;
-  entered: Array<{ run: string; seq: number }>;
 }
 
 describe('retrying a failed run through the API', () => {
   let stack: TestStack;
   const tenant = newTenant();
   const tok: Record<string, string> = {};
-  const logLines: Array<Record<string, any>> = [];
+  const { lines: logLines, destination } = capturedLog();
   const hosts: Array<{ stop(): Promise<void> }> = [];
 
   beforeAll(async () => {
-    const destination = new Writable({
-      write(chunk, _enc, cb) {
-        for (const l of String(chunk).split('\n').filter(Boolean)) logLines.push(JSON.parse(l));
-        cb();
-      },
-    });
     stack = await startStack({ env: { LOG_LEVEL: 'info' }, logDestination: destination }); // no worker process: the runs' jobs are the test's own host's
-    const t = (sub: string, roles: string[] = []) => stack.token({ tenantId: tenant, sub, roles });
-    tok.submitter = await t('submitter-1');
-    tok.other = await t('someone-else');
-    tok.admin = await t('admin-1', ['admin']);
-    tok.approver = await t('approver-1', ['approver']);
-    tok.otherTenantAdmin = await stack.token({ tenantId: newTenant(), sub: 'submitter-1', roles: ['admin'] });
+    Object.assign(tok, await runUsers(stack, tenant));
+    tok.approver = await stack.token({ tenantId: tenant, sub: 'approver-1', roles: ['approver'] });
   }, LONG);
   afterEach(async () => {
     vi.restoreAllMocks();
@@ -68,17 +52,7 @@ describe('retrying a failed run through the API', () => {
 
   /** Runs the golden path in this process under `ctl`; stopped after the test (or by the test). */
   function host(ctl: Control) {
-    const wf: WorkflowDef = wrappedGoldenPath(stack, (step, seq) => async (input, ctx) => {
-      ctl.entered.push({ run: ctx.run.id, seq });
-      if (ctl.hold?.seq === seq) {
-        ctl.hold.at.enter();
-        await ctl.hold.at.released;
-      }
-      if (ctl.failing.has(seq)) throw new PermanentError('test_permanent', `step ${seq} refused for good (test)`);
-      const out = await step.run(input, ctx);
-      if (ctl.failingAfter?.has(seq)) throw new PermanentError('test_permanent', `step ${seq} refused for good after its body ran (test)`);
-      return out;
-    });
+    const wf: WorkflowDef = wrappedGoldenPath(stack, controlledStep(ctl));
     if (ctl.renamedFirst) wf.steps[0] = { ...wf.steps[0]!, name: `${STEPS[0]}-v2` };
     // The SLA timers' handler too: a timer of a run here fires and expires it as a worker's would.
     const h = startRunHost(stack, wf, `retry-test-${randomUUID().slice(0, 8)}`, jobHandlersFor({ orm: stack.container.orm, runtime: stack.container.runtime }));
@@ -90,8 +64,7 @@ describe('retrying a failed run through the API', () => {
       },
     };
   }
-  const control = (failing: number[] = []): Control => ({ failing: new Set(failing), entered: [] });
-  const enteredBy = (ctl: Control, runId: string) => ctl.entered.filter((e) => e.run === runId).map((e) => e.seq);
+  const control: (failing?: number[]) => Control = stepControl;
 
   async function submit(body: unknown = CLASS_A_SUBMISSION, token = tok.submitter!): Promise<string> {
     const res = await api(stack, 'POST', '/api/v1/golden-path/run', { token, body, headers: { 'Idempotency-Key': randomUUID() } });

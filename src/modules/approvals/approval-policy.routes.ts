@@ -1,6 +1,6 @@
 import { z } from 'zod';
 import { defineRoute, type RouteDef } from '../../platform/http/route.ts';
-import { ADMIN_ROLE } from './approval.constants.ts';
+import { ADMIN_ROLE } from '../../platform/tenancy/roles.ts';
 import { isoTime } from '../../platform/http/iso-time.ts';
 import { appliedPolicy, approvalPolicyBody, approvalPolicySettings, loadPolicyWithSource, policyToBody, savePolicy } from './approval.policy.ts';
 

@@ -1,7 +1,7 @@
 import { z } from 'zod';
 import { defineRoute, type RouteDef } from '../../platform/http/route.ts';
 import { NotFoundError } from '../../platform/errors/app-error.ts';
-import { nextCursor, pageWhere } from '../../platform/http/cursor.ts';
+import { nextCursor, pageLimit, pageWhere } from '../../platform/http/cursor.ts';
 import type { ApprovalService } from './approval.service.ts';
 import { APPROVAL_STATUSES, type ApprovalStatus } from './approval.entities.ts';
 import { APPROVER_ROLE } from './approval.constants.ts';
@@ -59,7 +59,7 @@ export function approvalRoutes(deps: { approvals: ApprovalService }): RouteDef[]
       tags: ['approvals'],
       query: z.strictObject({
         status: z.enum(APPROVAL_STATUSES).optional().describe('By the status a request reads: pending excludes, and expired includes, pending requests past their sla_deadline'),
-        limit: z.coerce.number().int().min(1).max(100).default(50),
+        limit: pageLimit(50),
         cursor: z.string().max(200).optional(),
       }),
       responses: { 200: { description: 'A page of approval requests', schema: approvalPage } },

@@ -1,18 +1,18 @@
 import { z } from 'zod';
 import type { RunRow } from '../../platform/durable/runtime.ts';
 import {
-  count,
   runAccepted,
+  runCancellation,
   runFailure,
-  runProgress as progress,
-  runStatusSchema as runStatus,
+  runRetries,
+  runSummary as anyRunSummary,
   runViewFields,
   runViewShape,
   type CheckpointRow as AnyCheckpointRow,
   type RunAccepted,
+  type RunRetryView,
 } from '../../platform/durable/run-views.ts';
 import { pageSchema } from '../../platform/http/cursor.ts';
-import { isoTime, toIsoTime } from '../../platform/http/iso-time.ts';
 import { approvalPacketSchema, dossierSchema, economicsSchema, evidenceSchema } from './golden-path.schemas.ts';
 
 /**
@@ -23,27 +23,7 @@ import { approvalPacketSchema, dossierSchema, economicsSchema, evidenceSchema } 
  */
 export const BASE = '/api/v1';
 
-const runId = z.uuid();
-
 export { runAccepted, type RunAccepted };
-/** Why a run was cancelled: who cancelled it, and when (POST …/runs/:id/cancel). */
-const runCancellation = z.strictObject({
-  code: z.literal('cancelled'),
-  message: z.string(),
-  cancelled_by: z.string().describe('The principal (token sub) that cancelled the run'),
-  cancelled_at: isoTime,
-});
-export type RunCancellation = z.infer<typeof runCancellation>;
-/** One retry of the run after it failed (POST …/runs/:id/retry): what it failed with, who retried it, and when. */
-const runRetry = z.strictObject({
-  retry: z.number().int().min(1).describe('1 for the first retry'),
-  retried_by: z.string().describe('The principal (token sub) that retried the run'),
-  retried_at: isoTime,
-  failed_at: isoTime.nullable().describe('When the run had failed'),
-  error: runFailure.nullable().describe('What the run had failed with: its failed step'),
-  attempts: count.nullable().describe('The attempts the failed step had spent; null when the run had no failed step recorded'),
-});
-export type RunRetryView = z.infer<typeof runRetry>;
 /** Each step's output, as its schema in the workflow validated it when it was checkpointed. */
 const stepOutput = z.union([dossierSchema, economicsSchema, approvalPacketSchema, evidenceSchema]);
 
@@ -52,7 +32,7 @@ export const runView = z
     ...runViewShape(stepOutput),
     output: evidenceSchema.nullable().describe('The evidence step\'s output once the run is completed or rejected'),
     error: z.union([runFailure, runCancellation]).nullable().describe('Why a failed run failed (its step), or who cancelled a cancelled one'),
-    retries: z.array(runRetry).describe('Each retry of the run after it failed, oldest first: the failure it was retried from; empty for a run never retried'),
+    retries: runRetries,
     links: z.strictObject({
       self: z.string(),
       approval: z.string().optional(),
@@ -63,20 +43,9 @@ export const runView = z
   .meta({ id: 'Run' });
 export type RunView = z.infer<typeof runView>;
 
-export const runSummary = z
-  .strictObject({
-    run_id: runId,
-    status: runStatus,
-    correlation_id: z.string(),
-    progress,
-    created_at: isoTime,
-    links: z.strictObject({ self: z.string() }),
-  })
-  .meta({ id: 'RunSummary' });
-export type RunSummary = z.infer<typeof runSummary>;
+export const runSummary = anyRunSummary.meta({ id: 'RunSummary' });
 
 export const runPage = pageSchema(runSummary).meta({ id: 'RunPage' });
-export type RunPage = z.infer<typeof runPage>;
 
 /** A checkpoint as the run view reads it. `output` and `error` are jsonb: typed here, where they are read. */
 export type CheckpointRow = AnyCheckpointRow<z.infer<typeof stepOutput>>;
@@ -106,13 +75,3 @@ export function toRunView(run: GoldenPathRunRow, steps: CheckpointRow[], stepNam
   };
 }
 
-export function toRunSummary(r: RunRow & { completed: number }): RunSummary {
-  return {
-    run_id: r.id,
-    status: r.status,
-    correlation_id: r.correlation_id,
-    progress: { completed_steps: r.completed, total_steps: r.step_count },
-    created_at: toIsoTime(r.created_at),
-    links: { self: runPath(r.id) },
-  };
-}

@@ -33,6 +33,54 @@ export const runFailure = stepFailure.extend({ step: z.string(), sequence_num: z
 
 export const runProgress = z.strictObject({ completed_steps: count, total_steps: count });
 
+/** Why a run was cancelled: who cancelled it, and when (POST …/runs/:id/cancel). */
+export const runCancellation = z.strictObject({
+  code: z.literal('cancelled'),
+  message: z.string(),
+  cancelled_by: z.string().describe('The principal (token sub) that cancelled the run'),
+  cancelled_at: isoTime,
+});
+export type RunCancellation = z.infer<typeof runCancellation>;
+
+/** One retry of the run after it failed (POST …/runs/:id/retry): what it failed with, who retried it, and when. */
+export const runRetry = z.strictObject({
+  retry: z.number().int().min(1).describe('1 for the first retry'),
+  retried_by: z.string().describe('The principal (token sub) that retried the run'),
+  retried_at: isoTime,
+  failed_at: isoTime.nullable().describe('When the run had failed'),
+  error: runFailure.nullable().describe('What the run had failed with: its failed step'),
+  attempts: count.nullable().describe('The attempts the failed step had spent; null when the run had no failed step recorded'),
+});
+export type RunRetryView = z.infer<typeof runRetry>;
+
+/** The `retries` of a run view: each retry after it failed, oldest first. */
+export const runRetries = z.array(runRetry).describe('Each retry of the run after it failed, oldest first: the failure it was retried from; empty for a run never retried');
+
+/**
+ * One run in a page of a workflow's runs (GET …/runs). A workflow's module gives it, and the page
+ * (pageSchema), its own OpenAPI component ids (`RunSummary` and `RunPage` are the golden path's).
+ */
+export const runSummary = z.strictObject({
+  run_id: z.uuid(),
+  status: runStatusSchema,
+  correlation_id: z.string(),
+  progress: runProgress,
+  created_at: isoTime,
+  links: z.strictObject({ self: z.string() }),
+});
+export type RunSummary = z.infer<typeof runSummary>;
+
+export function toRunSummary(r: RunRow & { completed: number }, runPath: (id: string) => string): RunSummary {
+  return {
+    run_id: r.id,
+    status: r.status,
+    correlation_id: r.correlation_id,
+    progress: { completed_steps: r.completed, total_steps: r.step_count },
+    created_at: toIsoTime(r.created_at),
+    links: { self: runPath(r.id) },
+  };
+}
+
 /** One step of a run, as a run view shows it; `output` is the workflow's step-output schema. */
 export function stepViewSchema<O extends ZodType>(output: O) {
   return z.strictObject({

@@ -20,6 +20,20 @@ export function pageSchema<T extends ZodType>(item: T) {
   });
 }
 
+const PAGE_LIMIT_MAX = 100;
+
+/**
+ * A list's `limit` query parameter: plain decimal digits, 1 to 100, `fallback` when absent. Not
+ * z.coerce.number(): Number() also reads `0x10`, `1e1`, `+5`, `5.0` and ` 5`, which no client means as
+ * a page size. Published as an integer 1–100 (the string is turned into a number before that schema).
+ */
+export function pageLimit(fallback: number) {
+  const digits = (v: unknown) => (typeof v === 'string' && /^[0-9]+$/.test(v) ? Number(v) : v);
+  return z
+    .preprocess(digits, z.number({ error: `a whole number from 1 to ${PAGE_LIMIT_MAX}, in decimal digits` }).int().min(1).max(PAGE_LIMIT_MAX))
+    .default(fallback);
+}
+
 /** The cursor after `last`, when the page was full and more may follow; null otherwise. */
 export function nextCursor(last: { created_at: Date | string; id: string } | undefined, more: boolean): string | null {
   return more && last ? Buffer.from(`${new Date(last.created_at).toISOString()}|${last.id}`).toString('base64url') : null;

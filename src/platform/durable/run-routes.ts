@@ -1,0 +1,198 @@
+import { z, type ZodType } from 'zod';
+import type { EntityManager } from '@mikro-orm/postgresql';
+import { defineRoute, type AdmissionControl, type RouteDef } from '../http/route.ts';
+import { ForbiddenError, NotFoundError } from '../errors/app-error.ts';
+import { nextCursor, pageLimit, pageWhere } from '../http/cursor.ts';
+import type { Principal } from '../tenancy/jwt.ts';
+import { ADMIN_ROLE } from '../tenancy/roles.ts';
+import { RunNotActiveError } from './errors.ts';
+import { ACTIVE_RUN_STATUSES, RUN_STATUSES } from './durable-run.entity.ts';
+import { COMPLETED_STEPS_SQL, RUN_COLUMNS, type DurableRuntime, type RunRow } from './runtime.ts';
+import { readCheckpoints, toRunSummary, type CheckpointRow, type RunCancellation, type RunSummary } from './run-views.ts';
+
+/**
+ * Called in a cancel's transaction, once the run is cancelled: what else the run held is released
+ * (the golden path's approvals module: its pending request can no longer be decided). Returns what to
+ * do after the commit (remove the request's SLA timer), if anything.
+ */
+export type OnRunCancelled = (em: EntityManager, tenantId: string, runId: string) => Promise<(() => Promise<void>) | undefined>;
+
+/** A run as the run routes read it: the runtime's columns and the retry history. */
+export type RunViewRow = RunRow & { retry_history: unknown };
+const RUN_VIEW_COLUMNS = `${RUN_COLUMNS}, retry_history`;
+
+/** A page of runs, newest first (the body of GET …/runs). */
+export interface RunPage {
+  items: RunSummary[];
+  next_cursor: string | null;
+}
+
+export interface RunRoutesOptions<V, R extends RunViewRow, O> {
+  runtime: DurableRuntime;
+  /** The workflow name: part of every statement's filter, so another workflow's run id is a 404. */
+  workflow: string;
+  /** The workflow's API prefix: the routes are `<basePath>/runs/:id`, `…/cancel`, `…/retry` and `<basePath>/runs`. */
+  basePath: string;
+  /** The run's body (GET, cancel, retry) as the module publishes it, and the function that builds it. */
+  view: { schema: ZodType<V>; build(run: R, steps: CheckpointRow<O>[], stepNames: string[]): V };
+  /** A page of runs as the module publishes it (pageSchema of runSummary, with its own component id). */
+  page: ZodType<RunPage>;
+  /** A run's path in `links.self` of a page's items. */
+  runPath(id: string): string;
+  /** The tenant's submission limits: a retry starts work again, so it is admitted like a submission (429). */
+  admission?: AdmissionControl | undefined;
+  onCancelled?: OnRunCancelled | undefined;
+  /** Called once a retry has committed (the `dealix_runs_retried_total` counter). */
+  onRetried?: ((workflow: string) => void) | undefined;
+  /** OpenAPI summaries where the workflow says more than the defaults (the golden path's pending approval). */
+  summaries?: Partial<Record<'get' | 'cancel' | 'retry' | 'list', string>>;
+}
+
+const uuidParam = z.object({ id: z.string().uuid() });
+
+const SUMMARIES = {
+  get: 'A run: status, progress, every step with its checkpoint and output',
+  cancel: 'Cancel a run that has not ended (its submitter, or a tenant admin): no further step runs',
+  retry: 'Retry a failed run from its last checkpoint (its submitter, or a tenant admin): completed steps are kept, the failed step runs again with fresh attempts',
+  list: 'List runs, newest first, with cursor pagination',
+};
+
+/**
+ * The run-management routes every workflow gets (docs/runtime.md, *Adding a workflow*): read one run,
+ * cancel it, retry it after it failed, and list the tenant's runs of the workflow. Only the submission
+ * (`acceptRun`) and the run's body are the module's own.
+ */
+export function runRoutes<V, R extends RunViewRow, O>(opts: RunRoutesOptions<V, R, O>): RouteDef[] {
+  const { runtime, workflow } = opts;
+  const tags = [workflow];
+  const summary = { ...SUMMARIES, ...opts.summaries };
+  // A run is shown with the steps of the version it started with; one this process does not register, with its checkpoints' names.
+  const viewOf = async (em: EntityManager, run: R): Promise<V> => {
+    const steps = await readCheckpoints<O>(em, run.tenant_id, run.id);
+    const names = runtime.workflows.get(workflow, run.workflow_version)?.steps.map((s) => s.name) ?? steps.map((c) => c.step_name);
+    return opts.view.build(run, steps, names);
+  };
+  const runById = async (em: EntityManager, tenantId: string, id: string, lock = '') =>
+    (await em.execute<R[]>(`select ${RUN_VIEW_COLUMNS} from durable_runs where tenant_id = ? and id = ? and workflow = ?${lock}`, [tenantId, id, workflow]))[0];
+  /**
+   * The run an API client acts on (cancel, retry), its row locked `for update`: a concurrent decision,
+   * expiry, step checkpoint, cancel or retry waits for this transaction and then sees what it did.
+   * 404 when the tenant has no such run of this workflow; 403 unless the principal submitted it or is a tenant admin.
+   */
+  const ownRunForUpdate = async (em: EntityManager, principal: Principal, id: string, verb: string): Promise<R> => {
+    const run = await runById(em, principal.tenantId, id, ' for update');
+    if (!run) throw new NotFoundError('run');
+    if (run.principal !== principal.sub && !principal.roles.includes(ADMIN_ROLE)) {
+      throw new ForbiddenError(`Only the run's submitter or a tenant user with the "${ADMIN_ROLE}" role may ${verb} it.`);
+    }
+    return run;
+  };
+  const refusals = {
+    403: { description: 'Neither the run\'s submitter nor a tenant admin (code: forbidden)' },
+    404: { description: 'No such run for this tenant' },
+  };
+  return [
+    defineRoute({
+      method: 'get',
+      path: `${opts.basePath}/runs/:id`,
+      summary: summary.get,
+      tags,
+      params: uuidParam,
+      responses: { 200: { description: 'The run', schema: opts.view.schema }, 404: refusals[404] },
+      async handler({ res, em, params, principal }) {
+        const run = await runById(em, principal.tenantId, params.id);
+        if (!run) throw new NotFoundError('run');
+        res.locals.runId = run.id;
+        return { status: 200, body: await viewOf(em, run) };
+      },
+    }),
+    defineRoute({
+      method: 'post',
+      path: `${opts.basePath}/runs/:id/cancel`,
+      summary: summary.cancel,
+      tags,
+      idempotency: 'required',
+      params: uuidParam,
+      responses: {
+        200: { description: 'The run, cancelled', schema: opts.view.schema },
+        ...refusals,
+        409: { description: 'The run has already ended (run_not_active, with its status)' },
+      },
+      async handler({ req, res, em, params, principal, afterCommit }) {
+        // Locked: a concurrent decision, expiry or step checkpoint waits for this transaction and then sees the run cancelled.
+        const run = await ownRunForUpdate(em, principal, params.id, 'cancel');
+        res.locals.runId = run.id;
+        if (!(ACTIVE_RUN_STATUSES as readonly string[]).includes(run.status)) throw new RunNotActiveError(run.id, run.status);
+        const cancellation: RunCancellation = { code: 'cancelled', message: `Cancelled by ${principal.sub}.`, cancelled_by: principal.sub, cancelled_at: new Date().toISOString() };
+        await runtime.complete(em, run.id, 'cancelled', { error: cancellation });
+        const release = await opts.onCancelled?.(em, run.tenant_id, run.id);
+        afterCommit(async () =>
+          // Among the run's lines: its correlation id, not the cancel request's (the request's own line has that).
+          req.log.info({ run_id: run.id, tenant_id: run.tenant_id, correlation_id: run.correlation_id, workflow, cancelled_by: principal.sub, previous_status: run.status }, 'run cancelled'),
+        );
+        if (release) afterCommit(release);
+        return { status: 200, body: await viewOf(em, (await runById(em, run.tenant_id, run.id))!) };
+      },
+    }),
+    defineRoute({
+      method: 'post',
+      path: `${opts.basePath}/runs/:id/retry`,
+      summary: summary.retry,
+      tags,
+      idempotency: 'required',
+      // A retry starts work again: admitted like a submission (the tenant's rate and runs-in-flight cap, 429),
+      // so retrying many failed runs at once cannot put a tenant past its cap.
+      ...(opts.admission ? { admission: opts.admission } : {}),
+      params: uuidParam,
+      responses: {
+        200: { description: 'The run, active again (pending or running), its failure recorded in `retries`', schema: opts.view.schema },
+        ...refusals,
+        409: { description: 'The run has not failed (run_not_failed, with its status), or none of its steps may run again (run_not_retryable)' },
+        503: {
+          description: "The run's workflow version is not registered on this instance: nothing changed; retry after Retry-After (code: workflow_version_unavailable)",
+        },
+      },
+      async handler({ req, res, em, params, principal, afterCommit }) {
+        // Locked as for a cancel: of two retries, or a retry and a cancel, the second waits and then sees the first's outcome.
+        const run = await ownRunForUpdate(em, principal, params.id, 'retry');
+        res.locals.runId = run.id;
+        const retried = await runtime.retry(em, run, { retriedBy: principal.sub });
+        afterCommit(async () => {
+          opts.onRetried?.(retried.workflow);
+          const error = run.error as { code?: string; step?: string; sequence_num?: number } | null;
+          req.log.info(
+            { run_id: run.id, tenant_id: run.tenant_id, correlation_id: run.correlation_id, retried_by: principal.sub, retry: retried.retry_count, workflow, failed_step: error?.step, failed_code: error?.code, run_status: retried.status },
+            'run retried',
+          );
+        });
+        // Postgres first, then Redis: the job of the run's current stretch, of its new generation. If the
+        // enqueue fails, the run is active without a job, and the sweeper re-enqueues it (ADR 0009).
+        afterCommit(() => runtime.ensureEnqueued(retried));
+        return { status: 200, body: await viewOf(em, (await runById(em, run.tenant_id, run.id))!) };
+      },
+    }),
+    defineRoute({
+      method: 'get',
+      path: `${opts.basePath}/runs`,
+      summary: summary.list,
+      tags,
+      query: z.strictObject({
+        status: z.enum(RUN_STATUSES).optional(),
+        limit: pageLimit(20),
+        cursor: z.string().max(200).optional(),
+      }),
+      responses: { 200: { description: 'A page of runs', schema: opts.page } },
+      async handler({ em, query, principal }) {
+        const params: unknown[] = [principal.tenantId, workflow];
+        const where = pageWhere('tenant_id = ? and workflow = ?', params, query);
+        const rows = await em.execute<(RunRow & { completed: number })[]>(
+          `select ${RUN_COLUMNS}, ${COMPLETED_STEPS_SQL} as completed from durable_runs r where ${where} order by created_at desc, id desc limit ?`,
+          params,
+        );
+        const page = rows.slice(0, query.limit);
+        const body: RunPage = { items: page.map((r) => toRunSummary(r, opts.runPath)), next_cursor: nextCursor(page[page.length - 1], rows.length > query.limit) };
+        return { status: 200, body };
+      },
+    }),
+  ];
+}

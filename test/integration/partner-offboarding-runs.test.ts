@@ -1,0 +1,217 @@
+/**
+ * The run routes every workflow gets from the platform (src/platform/durable/run-routes.ts), on the
+ * second workflow: POST /api/v1/partner-offboarding/runs/:id/cancel and …/retry, GET …/runs, against
+ * the real stack (PostgreSQL as the application role, Redis, the API in this process). The workflow's
+ * own steps run in the production worker host and executor, in this process, each behind a control
+ * the test sets (hold it, fail it for good), as retry-run.test.ts does for the golden path.
+ */
+import { afterEach, afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { randomUUID } from 'node:crypto';
+import { api, newTenant, OFFBOARDING_SUBMISSION, runUsers, SAMPLE_SUBMISSION, startStack, type TestStack } from '../helpers/stack.ts';
+import { waitFor } from '../helpers/poll.ts';
+import { capturedLog } from '../helpers/log-capture.ts';
+import { barrier, controlledStep, enteredBy, startRunHost, stepControl, wrappedWorkflow, type StepControl } from '../helpers/run-host.ts';
+import { stepJobId } from '../../src/platform/queue/job-ids.ts';
+import { PARTNER_OFFBOARDING, PARTNER_OFFBOARDING_QUEUE } from '../../src/modules/partner-offboarding/partner-offboarding.workflow.ts';
+
+const LONG = 120_000;
+const BASE = '/api/v1/partner-offboarding';
+const STEPS = ['freeze-partner', 'settle-balances', 'archive-record'];
+
+describe('cancelling, retrying and listing partner offboardings through the API', () => {
+  let stack: TestStack;
+  const tenant = newTenant();
+  const tok: Record<string, string> = {};
+  const { lines: logLines, destination } = capturedLog();
+  const hosts: Array<{ stop(): Promise<void> }> = [];
+
+  beforeAll(async () => {
+    stack = await startStack({ env: { LOG_LEVEL: 'info' }, logDestination: destination }); // no worker process: the runs' jobs are the test's own host's
+    Object.assign(tok, await runUsers(stack, tenant));
+  }, LONG);
+  afterEach(async () => {
+    while (hosts.length) await hosts.pop()!.stop();
+  });
+  afterAll(async () => {
+    await stack?.stop();
+  });
+
+  /** Runs the partner offboarding in this process under `ctl`; stopped after the test. */
+  function host(ctl: StepControl) {
+    hosts.push(startRunHost(stack, wrappedWorkflow(stack, PARTNER_OFFBOARDING, controlledStep(ctl)), `offboarding-runs-${randomUUID().slice(0, 8)}`));
+  }
+
+  async function submit(token = tok.submitter!): Promise<string> {
+    const res = await api(stack, 'POST', `${BASE}/run`, { token, body: OFFBOARDING_SUBMISSION, headers: { 'Idempotency-Key': randomUUID() } });
+    expect(res.status, res.text).toBe(202);
+    return res.json.run_id as string;
+  }
+  const act = (action: 'cancel' | 'retry', id: string, token = tok.submitter!, key: string | null = randomUUID()) =>
+    api(stack, 'POST', `${BASE}/runs/${id}/${action}`, { token, headers: key ? { 'Idempotency-Key': key } : {} });
+  async function waitStatus(id: string, statuses: string[]) {
+    return waitFor(
+      async () => {
+        const res = await api(stack, 'GET', `${BASE}/runs/${id}`, { token: tok.submitter! });
+        return statuses.includes(res.json?.status) ? res.json : undefined;
+      },
+      { timeoutMs: 60_000, intervalMs: 50, what: `offboarding ${id} to reach ${statuses.join('|')}` },
+    );
+  }
+  const runRow = async (id: string) => (await stack.db.admin(`select status, error, retry_count, correlation_id, idempotency_hash, updated_at from durable_runs where id = $1`, [id])).rows[0];
+  const checkpointsOf = async (id: string) => (await stack.db.admin(`select sequence_num, status, attempt, created_at from durable_checkpoints where run_id = $1 order by sequence_num`, [id])).rows;
+  const offboardingOf = async (id: string) => (await stack.db.admin(`select status, settled_at, archived_at from partner_offboardings where run_id = $1`, [id])).rows;
+  const metric = async (series: string) => {
+    const line = (await api(stack, 'GET', '/metrics')).text.split('\n').find((l) => l.startsWith(`${series} `));
+    return line === undefined ? 0 : Number(line.slice(series.length + 1));
+  };
+
+  it('who may cancel or retry: no key 400, another user 403, another tenant 404, a golden-path run id 404; an admin may cancel', { timeout: LONG }, async () => {
+    // No host: the run stays pending. Who may act is checked before what the run's status allows.
+    const id = await submit();
+    const before = await runRow(id);
+    for (const action of ['cancel', 'retry'] as const) {
+      const missing = await act(action, id, tok.submitter!, null);
+      expect(missing.status, missing.text).toBe(400);
+      expect(missing.json.code).toBe('validation_failed');
+      const forbidden = await act(action, id, tok.other!);
+      expect(forbidden.status, forbidden.text).toBe(403);
+      expect(forbidden.json).toMatchObject({ code: 'forbidden', detail: expect.stringContaining(action) });
+      const elsewhere = await act(action, id, tok.otherTenantAdmin!);
+      expect(elsewhere.status, elsewhere.text).toBe(404);
+    }
+    expect(await runRow(id)).toEqual(before);
+
+    // The workflow is part of the filter: a golden-path run of the same tenant and submitter is not an offboarding.
+    const gp = await api(stack, 'POST', '/api/v1/golden-path/run', { token: tok.submitter!, body: SAMPLE_SUBMISSION, headers: { 'Idempotency-Key': randomUUID() } });
+    expect(gp.status, gp.text).toBe(202);
+    const gpBefore = await runRow(gp.json.run_id);
+    for (const action of ['cancel', 'retry'] as const) {
+      const res = await act(action, gp.json.run_id, tok.admin!);
+      expect(res.status, `${action}: ${res.text}`).toBe(404);
+      expect(res.json.code).toBe('not_found');
+    }
+    expect((await api(stack, 'GET', `${BASE}/runs/${gp.json.run_id}`, { token: tok.submitter! })).status).toBe(404);
+    expect(await runRow(gp.json.run_id)).toEqual(gpBefore);
+
+    const cancelled = await act('cancel', id, tok.admin!);
+    expect(cancelled.status, cancelled.text).toBe(200);
+    expect(cancelled.json).toMatchObject({ run_id: id, workflow: PARTNER_OFFBOARDING, status: 'cancelled', submitted_by: 'submitter-1', error: { code: 'cancelled', cancelled_by: 'admin-1' }, retries: [] });
+  });
+
+  it('a cancel while step 2 runs: 200 cancelled, step 2 commits nothing, step 3 never runs, the job ends quietly and the run stays cancelled', { timeout: LONG }, async () => {
+    const ctl = stepControl();
+    const held = barrier();
+    ctl.hold = { seq: 2, at: held };
+    host(ctl);
+    const id = await submit();
+    await held.inside;
+    let res: Awaited<ReturnType<typeof act>>;
+    try {
+      res = await act('cancel', id);
+    } finally {
+      held.release();
+    }
+    expect(res.status, res.text).toBe(200);
+    expect(res.json).toMatchObject({
+      run_id: id,
+      status: 'cancelled',
+      progress: { completed_steps: 1, total_steps: 3, current_sequence_num: null },
+      error: { code: 'cancelled', cancelled_by: 'submitter-1' },
+      links: { self: `${BASE}/runs/${id}` },
+    });
+    const { correlation_id: runCid, idempotency_hash: hash } = await runRow(id);
+    const line = await waitFor(() => logLines.find((l) => l.msg === 'run cancelled' && l.run_id === id), { what: "the cancel's log line" });
+    expect(line).toMatchObject({ level: 30, tenant_id: tenant, correlation_id: runCid, workflow: PARTNER_OFFBOARDING, cancelled_by: 'submitter-1', previous_status: 'running' });
+
+    // The run's job goes on with step 2, whose checkpoint refuses to commit on a cancelled run: the job ends, completed, with no step after it.
+    const job = await waitFor(
+      async () => {
+        const j = await stack.container.queues.get(PARTNER_OFFBOARDING_QUEUE)!.getJob(stepJobId('po', hash, 1, STEPS[0]!));
+        return j && (await j.getState()) === 'completed' ? j : undefined;
+      },
+      { timeoutMs: 30_000, what: "the run's job to end" },
+    );
+    expect(job.returnvalue).toMatchObject({ run_id: id, status: 'ended' });
+    expect(enteredBy(ctl, id)).toEqual([1, 2]);
+    expect((await checkpointsOf(id)).map((c) => [c.sequence_num, c.status])).toEqual([[1, 'completed']]);
+    // Step 2's write rolled back with its checkpoint: the record is frozen, never settled.
+    expect(await offboardingOf(id)).toEqual([{ status: 'frozen', settled_at: null, archived_at: null }]);
+    expect((await waitStatus(id, ['cancelled'])).status).toBe('cancelled');
+    const again = await act('cancel', id);
+    expect(again.status, again.text).toBe(409);
+    expect(again.json).toMatchObject({ code: 'run_not_active', run_status: 'cancelled' });
+  });
+
+  it('an offboarding whose step 2 failed for good, retried once the step is fixed: completes, step 1 not run again; counted and logged', { timeout: LONG }, async () => {
+    const ctl = stepControl([2]);
+    host(ctl);
+    const id = await submit();
+    const failed = await waitStatus(id, ['failed', 'completed']);
+    expect(failed).toMatchObject({ status: 'failed', error: { code: 'test_permanent', step: STEPS[1], sequence_num: 2 } });
+    const before = await checkpointsOf(id);
+    expect(before.map((c) => [c.sequence_num, c.status])).toEqual([[1, 'completed'], [2, 'failed']]);
+    expect(await offboardingOf(id)).toEqual([{ status: 'frozen', settled_at: null, archived_at: null }]);
+    const RETRIED = `dealix_runs_retried_total{workflow="${PARTNER_OFFBOARDING}"}`;
+    const counted = await metric(RETRIED);
+
+    ctl.failing.clear(); // the cause is fixed
+    const res = await act('retry', id);
+    expect(res.status, res.text).toBe(200);
+    expect(res.json).toMatchObject({
+      run_id: id,
+      status: 'running',
+      error: null,
+      completed_at: null,
+      progress: { completed_steps: 1, current_sequence_num: 2 },
+      retries: [{ retry: 1, retried_by: 'submitter-1', error: { code: 'test_permanent', step: STEPS[1], sequence_num: 2 }, attempts: 1 }],
+    });
+    const done = await waitStatus(id, ['completed', 'failed']);
+    expect(done).toMatchObject({ status: 'completed', error: null, retries: res.json.retries });
+    expect(enteredBy(ctl, id)).toEqual([1, 2, 2, 3]);
+    const after = await checkpointsOf(id);
+    expect(after[0]).toEqual(before[0]);
+    expect(after.map((c) => [c.sequence_num, c.status, c.attempt])).toEqual([[1, 'completed', 1], [2, 'completed', 1], [3, 'completed', 1]]);
+    expect((await offboardingOf(id)).map((r) => r.status)).toEqual(['archived']);
+
+    expect(await metric(RETRIED)).toBe(counted + 1);
+    const line = await waitFor(() => logLines.find((l) => l.msg === 'run retried' && l.run_id === id), { what: "the retry's log line" });
+    expect(line).toMatchObject({ level: 30, tenant_id: tenant, correlation_id: (await runRow(id)).correlation_id, workflow: PARTNER_OFFBOARDING, retried_by: 'submitter-1', retry: 1, failed_step: STEPS[1], failed_code: 'test_permanent' });
+    const again = await act('retry', id);
+    expect(again.status, again.text).toBe(409);
+    expect(again.json).toMatchObject({ code: 'run_not_failed', run_status: 'completed' });
+  });
+
+  it("lists the tenant's offboardings newest first, page by page and by status; another tenant sees none, and golden-path runs are not among them", { timeout: LONG }, async () => {
+    // A tenant of its own, and no host: its runs stay pending.
+    const own = newTenant();
+    const token = await stack.token({ tenantId: own, sub: 'lister-1' });
+    const list = async (query: string, t = token) => {
+      const res = await api(stack, 'GET', `${BASE}/runs${query}`, { token: t });
+      expect(res.status, res.text).toBe(200);
+      return res.json as { items: Array<{ run_id: string; status: string; progress: unknown; links: { self: string } }>; next_cursor: string | null };
+    };
+    const ids: string[] = [];
+    for (let i = 0; i < 3; i++) ids.push(await submit(token));
+    const gp = await api(stack, 'POST', '/api/v1/golden-path/run', { token, body: SAMPLE_SUBMISSION, headers: { 'Idempotency-Key': randomUUID() } });
+    expect(gp.status, gp.text).toBe(202);
+    const newestFirst = [...ids].reverse();
+
+    const first = await list('?limit=2');
+    expect(first.items.map((r) => r.run_id)).toEqual(newestFirst.slice(0, 2));
+    expect(first.items[0]).toMatchObject({ status: 'pending', progress: { completed_steps: 0, total_steps: 3 }, links: { self: `${BASE}/runs/${newestFirst[0]}` } });
+    expect(first.next_cursor).toEqual(expect.any(String));
+    const rest = await list(`?limit=2&cursor=${first.next_cursor}`);
+    expect(rest.items.map((r) => r.run_id)).toEqual(newestFirst.slice(2));
+    expect(rest.next_cursor).toBeNull();
+    expect((await list('')).items.map((r) => r.run_id)).toEqual(newestFirst);
+
+    expect((await act('cancel', ids[1]!, token)).status).toBe(200);
+    expect((await list('?status=cancelled')).items.map((r) => r.run_id)).toEqual([ids[1]]);
+    expect((await list('?status=pending')).items.map((r) => r.run_id)).toEqual([ids[2], ids[0]]);
+
+    // Another tenant (an admin at that) sees none of them; the golden path's list has only its own run.
+    expect(await list('', tok.otherTenantAdmin!)).toEqual({ items: [], next_cursor: null });
+    const gpList = await api(stack, 'GET', '/api/v1/golden-path/runs', { token });
+    expect(gpList.json.items.map((r: { run_id: string }) => r.run_id)).toEqual([gp.json.run_id]);
+  });
+});
