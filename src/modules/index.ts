@@ -128,7 +128,7 @@ export function routesFor(deps: { config: Config; runtime: DurableRuntime; queue
       ...(deps.onRunRetried ? { onRetried: deps.onRunRetried } : {}),
     }),
     ...approvalRoutes({ approvals }),
-    ...approvalPolicyRoutes(slaDefaults(deps.config)),
+    ...approvalPolicyRoutes({ ...slaDefaults(deps.config), changeTtlMs: deps.config.APPROVAL_POLICY_CHANGE_TTL }),
     ...evidenceRoutes(),
     ...partnerOffboardingRoutes({
       runtime: deps.runtime,

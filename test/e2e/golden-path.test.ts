@@ -387,17 +387,25 @@ describe('golden path over HTTP', () => {
     expect(initial.json).toEqual({
       source: 'default',
       policy: { class_a_max_cost: 50_000, class_a_max_payback_months: 6, class_c_min_cost: 250_000, class_c_min_payback_months: 24, sla_b_seconds: 86_400, sla_c_seconds: 259_200, currency: 'SAR' },
+      version: 0,
       updated_at: null,
       updated_by: null,
+      approved_by: null,
     });
     const policy = { class_a_max_cost: 1_000, class_a_max_payback_months: 1, class_c_min_cost: 500_000, class_c_min_payback_months: 36, sla_b_seconds: 1, sla_c_seconds: 3_600 };
     const put = (body: unknown, token: string) => api(stack, 'PUT', '/api/v1/approval-policy', { token, body });
     expect((await put(policy, user)).status).toBe(403);
     expect((await put({ ...policy, class_a_max_cost: 600_000 }, admin)).status).toBe(422);
     expect((await put({ ...policy, sla_b_seconds: 0 }, admin)).status).toBe(422);
-    const saved = await put(policy, admin);
-    expect(saved.status).toBe(200);
-    expect(saved.json).toMatchObject({ source: 'tenant', policy: { ...policy, currency: 'SAR' }, updated_by: 'admin-1' });
+    // It raises the class C bounds (fewer runs need two approvers): a loosening, pending until a second admin approves it.
+    const proposed = await put(policy, admin);
+    expect(proposed.status, proposed.text).toBe(202);
+    expect(proposed.json).toMatchObject({ status: 'pending', loosens: ['class_c_min_cost', 'class_c_min_payback_months'] });
+    expect((await getJson('/api/v1/approval-policy', user)).json.source).toBe('default');
+    const admin2 = await stack.token({ tenantId: t, sub: 'admin-2', roles: ['admin'] });
+    const saved = await api(stack, 'POST', `/api/v1/approval-policy/changes/${proposed.json.id}/approve`, { token: admin2 });
+    expect(saved.status, saved.text).toBe(200);
+    expect(saved.json).toMatchObject({ source: 'tenant', policy: { ...policy, currency: 'SAR' }, version: 1, updated_by: 'admin-1', approved_by: 'admin-2' });
     expect((await getJson('/api/v1/approval-policy', user)).json).toMatchObject({ source: 'tenant', policy });
     // Another tenant still sees the defaults.
     expect((await getJson('/api/v1/approval-policy', tok.other)).json.source).toBe('default');

@@ -14,6 +14,8 @@ import { migrateUpTo, migrationTestDatabase } from '../helpers/migrations.ts';
 
 const PREVIOUS = 'Migration20261203134431_retry_history';
 const THIS = 'Migration20261203161828_approval_policy_currency_updated_by';
+/** What the migrations after this one, run with it, add to each policy (approval_policy_changes). */
+const LATER = { approved_by: null, version: 1 };
 
 const database = migrationTestDatabase();
 const admin = database.admin;
@@ -42,7 +44,8 @@ describe('migration approval_policy_currency_updated_by', () => {
     // What `npm run db:migrate` runs (as the owner), then what `npm run db:check` reads.
     expect(await migrate(database.config, entities)).toEqual(pending);
     const after = await policies();
-    for (const t of [t1, t2]) expect(after[t]).toEqual({ ...before[t], currency: 'SAR', updated_by: null });
+    // (The later approval_policy_changes adds approved_by, null, and version 1 to every policy.)
+    for (const t of [t1, t2]) expect(after[t]).toEqual({ ...before[t], currency: 'SAR', updated_by: null, ...LATER });
     expect(await admin(`select relforcerowsecurity from pg_class where relname = 'approval_policies'`)).toEqual([{ relforcerowsecurity: true }]);
 
     const app = await createOrm(database.config, { entities, role: 'app', poolMax: 1 });
@@ -63,7 +66,7 @@ describe('migration approval_policy_currency_updated_by', () => {
       for (const t of [t1, t2]) expect(down[t]).toEqual(before[t]);
       await check.migrator.up();
       const again = await policies();
-      for (const t of [t1, t2]) expect(again[t]).toEqual({ ...before[t], currency: 'SAR', updated_by: null });
+      for (const t of [t1, t2]) expect(again[t]).toEqual({ ...before[t], currency: 'SAR', updated_by: null, ...LATER });
       expect(await admin(`select relforcerowsecurity from pg_class where relname = 'approval_policies'`)).toEqual([{ relforcerowsecurity: true }]);
       expect(await schemaStatus(check)).toEqual({ pending: [], drift: '' });
     } finally {

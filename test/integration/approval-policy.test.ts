@@ -1,7 +1,8 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { randomUUID } from 'node:crypto';
-import { api, CLASS_A_SUBMISSION, newTenant, SAMPLE_SUBMISSION, startStack, type TestStack } from '../helpers/stack.ts';
+import { api, CLASS_A_SUBMISSION, SAMPLE_SUBMISSION, startStack, type TestStack } from '../helpers/stack.ts';
 import { waitFor } from '../helpers/poll.ts';
+import { policyTenant, putPolicy, setPolicy } from '../helpers/policy.ts';
 import { tenantEm } from '../../src/platform/db/tenant-em.ts';
 import { namedJobId } from '../../src/platform/queue/job-ids.ts';
 import { canonicalJson, sha256Hex } from '../../src/platform/idempotency/canonical-json.ts';
@@ -20,17 +21,9 @@ beforeAll(async () => {
 });
 afterAll(async () => stack?.stop());
 
-async function tenantTokens() {
-  const tenant = newTenant();
-  return {
-    tenant,
-    admin: await stack.token({ tenantId: tenant, sub: 'admin-1', roles: ['admin'] }),
-    submitter: await stack.token({ tenantId: tenant, sub: 'submitter-1' }),
-    approver: await stack.token({ tenantId: tenant, sub: 'approver-1', roles: ['approver'] }),
-  };
-}
+const tenantTokens = () => policyTenant(stack);
 
-const put = (token: string, body: unknown, key?: string) => api(stack, 'PUT', PATH, { token, body, ...(key === undefined ? {} : { headers: { 'Idempotency-Key': key } }) });
+const put = (token: string, body: unknown, key?: string) => putPolicy(stack, token, body, key);
 
 describe('PUT approval-policy with an optional Idempotency-Key', () => {
   it('the same key and body replay the stored answer without writing again; another body under the key is 422 and changes nothing', async () => {
@@ -178,7 +171,14 @@ describe('the policy records who set it', () => {
     const t = await tenantTokens();
     const other = await stack.token({ tenantId: t.tenant, sub: 'admin-2', roles: ['admin'] });
     const initial = await api(stack, 'GET', PATH, { token: t.submitter });
-    expect(initial.json).toEqual({ source: 'default', policy: { ...DEFAULTS, currency: 'SAR', sla_b_seconds: 86_400, sla_c_seconds: 259_200 }, updated_at: null, updated_by: null });
+    expect(initial.json).toEqual({
+      source: 'default',
+      policy: { ...DEFAULTS, currency: 'SAR', sla_b_seconds: 86_400, sla_c_seconds: 259_200 },
+      version: 0,
+      updated_at: null,
+      updated_by: null,
+      approved_by: null,
+    });
 
     const policy = { ...DEFAULTS, sla_b_seconds: 600, sla_c_seconds: 1_200 };
     const key = randomUUID();
@@ -187,8 +187,9 @@ describe('the policy records who set it', () => {
     expect(first.json).toMatchObject({ source: 'tenant', policy: { ...policy, currency: 'SAR' }, updated_by: 'admin-1' });
     expect((await api(stack, 'GET', PATH, { token: t.submitter })).json).toEqual(first.json);
 
-    const second = await put(other, { ...policy, sla_b_seconds: 900 });
-    expect(second.json).toMatchObject({ updated_by: 'admin-2' });
+    // (A shorter SLA: it only tightens, so it applies at once.)
+    const second = await put(other, { ...policy, sla_b_seconds: 300 });
+    expect(second.json).toMatchObject({ updated_by: 'admin-2', approved_by: null });
     expect((await api(stack, 'GET', PATH, { token: t.submitter })).json).toEqual(second.json);
     // A replay of the first admin's request answers what it answered then and writes nothing.
     expect((await put(t.admin, policy, key)).json).toEqual(first.json);
@@ -243,14 +244,16 @@ describe("a run in another currency than the policy's", () => {
       expect(new Set(bad.json.errors.map((e: { path: string }) => e.path))).toEqual(new Set(['currency']));
     }
     // A policy in KWD: KWD runs classify by its thresholds, SAR runs are now the ones in class C.
-    const saved = await put(t.admin, { ...DEFAULTS, sla_b_seconds: 600, sla_c_seconds: 1_200, currency: 'KWD' });
+    // Another currency is a loosening (KWD runs were class C): a second admin approves it.
+    const saved = await setPolicy(stack, t.tenant, { ...DEFAULTS, sla_b_seconds: 600, sla_c_seconds: 1_200, currency: 'KWD' });
     expect(saved.status, saved.text).toBe(200);
     expect(saved.json.policy.currency).toBe('KWD');
     expect((await api(stack, 'GET', PATH, { token: t.submitter })).json.policy.currency).toBe('KWD');
     expect(await submitIn(t, 'KWD')).toMatchObject({ approval_class: 'A', currency_mismatch: null, policy: { source: 'tenant', policy: { currency: 'KWD' } } });
     expect(await submitIn(t, 'SAR')).toMatchObject({ approval_class: 'C', currency_mismatch: { submission_currency: 'SAR', policy_currency: 'KWD' } });
-    // A PUT without a currency sets the default one, SAR.
+    // A PUT without a currency means the default one, SAR: from KWD, a change of currency (proposed).
     const plain = await put(t.admin, { ...DEFAULTS, sla_b_seconds: 600, sla_c_seconds: 1_200 });
-    expect(plain.json.policy.currency).toBe('SAR');
+    expect(plain.status, plain.text).toBe(202);
+    expect(plain.json).toMatchObject({ policy: { currency: 'SAR' }, loosens: ['currency'] });
   });
 });

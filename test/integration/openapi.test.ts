@@ -402,6 +402,30 @@ describe('the published schemas hold for real responses of every route', () => {
     expect(rest).toMatchObject({ items: [{ run_id: offboarding.cancelled, status: 'cancelled' }], next_cursor: null });
   });
 
+  it('policy changes read as published: a loosening PUT answers 202, the change lists and reads, is rejected, and another is approved', async () => {
+    // A tenant of its own: the changes applied here must not reclassify the runs above.
+    const own = newTenant();
+    const [admin1, admin2] = await Promise.all(['admin-1', 'admin-2'].map((sub) => stack.token({ tenantId: own, sub, roles: ['admin'] })));
+    const policy = (await api(stack, 'GET', '/api/v1/approval-policy', { token: admin1! })).json.policy;
+    const propose = async () =>
+      expectPublished('PUT', '/api/v1/approval-policy', await api(stack, 'PUT', '/api/v1/approval-policy', { token: admin1!, body: { ...policy, class_a_max_cost: 100_000 } }), 202).json;
+    const rejected = await propose();
+    expect(rejected).toMatchObject({ status: 'pending', loosens: ['class_a_max_cost'] });
+    expect((await get('/api/v1/approval-policy/changes', '/api/v1/approval-policy/changes', admin1!)).json.items).toEqual([rejected]);
+    await get('/api/v1/approval-policy/changes/:id', `/api/v1/approval-policy/changes/${rejected.id}`, admin1!);
+    const reject = await api(stack, 'POST', `/api/v1/approval-policy/changes/${rejected.id}/reject`, { token: admin2! });
+    expect(expectPublished('POST', '/api/v1/approval-policy/changes/:id/reject', reject, 200).json).toMatchObject({ status: 'rejected', decided_by: 'admin-2' });
+    expectPublished('POST', '/api/v1/approval-policy/changes/:id/approve', await api(stack, 'POST', `/api/v1/approval-policy/changes/${rejected.id}/approve`, { token: admin2! }), 409);
+
+    const approved = await propose();
+    expectPublished('POST', '/api/v1/approval-policy/changes/:id/approve', await api(stack, 'POST', `/api/v1/approval-policy/changes/${approved.id}/approve`, { token: admin1! }), 403);
+    const approve = await api(stack, 'POST', `/api/v1/approval-policy/changes/${approved.id}/approve`, { token: admin2! });
+    expect(expectPublished('POST', '/api/v1/approval-policy/changes/:id/approve', approve, 200).json).toMatchObject({ version: 1, updated_by: 'admin-1', approved_by: 'admin-2' });
+    const page = await get('/api/v1/approval-policy/changes', '/api/v1/approval-policy/changes?limit=1', admin1!);
+    expect(page.json.items.map((c: { id: string }) => c.id)).toEqual([approved.id]);
+    expect(page.json.next_cursor).not.toBeNull();
+  });
+
   it('checked a real response against every success response that a route publishes', () => {
     const published = stack.container.routes.flatMap((def) =>
       Object.keys(def.responses)

@@ -10,6 +10,7 @@ import { randomUUID } from 'node:crypto';
 import pino from 'pino';
 import { api, CLASS_A_SUBMISSION, newTenant, runUsers, SAMPLE_SUBMISSION, startStack, type TestStack } from '../helpers/stack.ts';
 import { waitFor } from '../helpers/poll.ts';
+import { setPolicy } from '../helpers/policy.ts';
 import { barrier, controlledStep, enteredBy, startRunHost, stepControl, wrappedGoldenPath, type StepControl } from '../helpers/run-host.ts';
 import { capturedLog } from '../helpers/log-capture.ts';
 import { namedJobId, stepJobId } from '../../src/platform/queue/job-ids.ts';
@@ -559,9 +560,9 @@ describe('retrying a failed run through the API', () => {
     const spent = await waitFor(async () => ((await queue().getJobState(timerId)) === 'completed' ? queue().getJob(timerId) : undefined), { timeoutMs: 60_000, what: 'the first timer to fire' });
     expect(spent!.returnvalue).toEqual({ outcome: 'not_pending' });
 
-    // Fixed and retried, with a two-second SLA this time: the run waits on a new request.
+    // Fixed and retried, with a two-second SLA this time (longer: a second admin approves it): the run waits on a new request.
     ctl.failingAfter.clear();
-    expect((await api(stack, 'PUT', '/api/v1/approval-policy', { token: admin, body: policy(2) })).status).toBe(200);
+    expect((await setPolicy(stack, t, policy(2))).status).toBe(200);
     const res = await api(stack, 'POST', retryPath(id), { token: submitter, headers: { 'Idempotency-Key': randomUUID() } });
     expect(res.status, res.text).toBe(200);
     await waitFor(async () => (await statusOf())?.status !== 'running' && (await statusOf())?.status !== 'pending', { timeoutMs: 60_000, what: 'the retried run to wait' });

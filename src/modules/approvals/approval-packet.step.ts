@@ -4,7 +4,7 @@ import { defineStep } from '../../platform/durable/workflow.ts';
 import { approvalPacketSchema, economicsSchema, type ApprovalPacket } from '../golden-path/golden-path.schemas.ts';
 import { provenance } from '../golden-path/provenance.ts';
 import { ApprovalDecision, ApprovalRequest } from './approval.entities.ts';
-import { appliedPolicy, classify, loadPolicyWithSource, packetBasis, policyFromPrefetch, policyToBody, POLICY_PREFETCH } from './approval.policy.ts';
+import { appliedPolicy, classify, loadPolicyWithSource, packetBasis, policyFromPrefetch, POLICY_PREFETCH } from './approval.policy.ts';
 import { insertRow } from '../../platform/db/insert-row.ts';
 
 export interface SlaScheduler {
@@ -38,7 +38,7 @@ export function approvalPacketStep(deps: { slaBSeconds: number; slaCSeconds: num
       const loaded = ctx.prefetched === undefined ? await loadPolicyWithSource(ctx.em, ctx.run.tenantId, defaults) : policyFromPrefetch(ctx.prefetched, defaults);
       const { policy } = loaded;
       // Recorded in the packet (and so in the evidence pack): the tenant may replace its policy later.
-      const applied = appliedPolicy(loaded.source, policyToBody(policy), loaded.updatedAt, loaded.updatedBy);
+      const applied = appliedPolicy(loaded);
       const { cls, reasons, required, slaSeconds, currencyMismatch } = classify(econ, policy);
       const now = new Date();
       const id = randomUUID();

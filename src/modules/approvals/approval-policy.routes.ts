@@ -2,55 +2,163 @@ import { z } from 'zod';
 import { defineRoute, type RouteDef } from '../../platform/http/route.ts';
 import { ADMIN_ROLE } from '../../platform/tenancy/roles.ts';
 import { isoTime } from '../../platform/http/iso-time.ts';
-import { appliedPolicy, approvalPolicyBody, approvalPolicySettings, loadPolicyWithSource, policyToBody, savePolicy } from './approval.policy.ts';
-
-const PATH = '/api/v1/approval-policy';
+import { POLICY_CHANGE_STATUSES } from './approval.entities.ts';
+import { appliedPolicy, approvalPolicyBody, approvalPolicySettings, applyPolicy, loadPolicyWithSource, loosenedFields, policyFromBody } from './approval.policy.ts';
+import {
+  approveChange,
+  CHANGES_PATH,
+  getChange,
+  listChanges,
+  policyChangedError,
+  policyChangePage,
+  policyChangeView,
+  POLICY_PATH,
+  proposeChange,
+  rejectChange,
+  supersedePending,
+  type PolicyChangeView,
+} from './approval-policy.changes.ts';
 
 const policyView = z
   .strictObject({
     source: z.enum(['default', 'tenant']).describe('default until an admin sets a policy'),
     policy: approvalPolicySettings,
+    version: z.number().int().min(0).describe('0 for the defaults; 1 for the tenant\'s first policy, one more for each change applied'),
     updated_at: isoTime.nullable(),
-    updated_by: z.string().nullable().describe('The admin (token sub) whose PUT set the policy; null for the defaults'),
+    updated_by: z.string().nullable().describe('The admin (token sub) whose PUT set the policy, or proposed the change a second admin approved; null for the defaults'),
+    approved_by: z
+      .string()
+      .nullable()
+      .describe('The second admin (token sub) who approved the change, which loosened the policy (four-eyes); null when it applied at once (it only tightened), and for the defaults'),
   })
   .meta({ id: 'ApprovalPolicyView' });
+type PolicyView = z.infer<typeof policyView>;
+
+const changeId = z.object({ id: z.string().uuid() });
+const decisionErrors = {
+  404: { description: 'No such change for this tenant' },
+  409: {
+    description:
+      'The change is no longer pending: the policy changed since it was proposed (policy_changed), it expired (policy_change_expired), or it was approved or rejected (policy_change_decided)',
+  },
+};
 
 /**
  * The tenant's approval policy: thresholds of classes A and C, the currency of the cost thresholds
  * (a run in another currency is class C) and the SLAs of B and C. Absent a tenant row, the platform
  * defaults apply (cost 50,000 / 250,000 SAR, payback 6 / 24 months, SLAs from APPROVAL_SLA_B /
- * APPROVAL_SLA_C). A change applies to runs classified after it, never to waiting ones.
+ * APPROVAL_SLA_C). A change applies to runs classified after it, never to waiting ones. A change that
+ * loosens the policy needs a second admin (ADR 0010): it is proposed, and applies once approved.
  */
-export function approvalPolicyRoutes(deps: { slaBSeconds: number; slaCSeconds: number }): RouteDef[] {
+export function approvalPolicyRoutes(deps: { slaBSeconds: number; slaCSeconds: number; changeTtlMs: number }): RouteDef[] {
   const defaults = { slaBSeconds: deps.slaBSeconds, slaCSeconds: deps.slaCSeconds };
   return [
     defineRoute({
       method: 'get',
-      path: PATH,
+      path: POLICY_PATH,
       summary: "The tenant's approval policy (the defaults when none was set)",
       tags: ['approvals'],
       responses: { 200: { description: 'The policy in force', schema: policyView } },
       async handler({ em, principal }) {
-        const { policy, source, updatedAt, updatedBy } = await loadPolicyWithSource(em, principal.tenantId, defaults);
-        return { status: 200, body: appliedPolicy(source, policyToBody(policy), updatedAt, updatedBy) };
+        return { status: 200, body: appliedPolicy(await loadPolicyWithSource(em, principal.tenantId, defaults)) };
       },
     }),
-    defineRoute({
+    defineRoute<z.infer<typeof approvalPolicyBody>, Record<string, never>, Record<string, never>, PolicyView | PolicyChangeView>({
       method: 'put',
-      path: PATH,
-      summary: "Replace the tenant's approval policy (role admin)",
+      path: POLICY_PATH,
+      summary: "Replace the tenant's approval policy (role admin): at once if it only tightens, else proposed for a second admin's approval",
       tags: ['approvals'],
       roles: [ADMIN_ROLE],
       idempotency: 'optional',
       body: approvalPolicyBody,
       responses: {
-        200: { description: 'The policy now in force', schema: policyView },
+        200: { description: 'It only tightens (or keeps) the policy: the policy now in force', schema: policyView },
+        202: { description: 'It loosens the policy: a pending change, which applies once a second admin approves it', schema: policyChangeView },
         403: { description: 'Not an admin of the tenant' },
+        409: { description: 'The policy changed while this request was deciding (policy_changed): send it again' },
         422: { description: 'Invalid policy (bounds, A thresholds above C thresholds, or a currency that is no ISO 4217 code)' },
       },
       async handler({ em, principal, body }) {
-        const updatedAt = await savePolicy(em, principal.tenantId, body, principal.sub);
-        return { status: 200, body: appliedPolicy('tenant', body, updatedAt, principal.sub) };
+        const current = await loadPolicyWithSource(em, principal.tenantId, defaults);
+        const loosens = loosenedFields(current.policy, body);
+        if (loosens.length > 0) {
+          const change = await proposeChange(em, principal, { policy: body, baseVersion: current.version, loosens }, deps.changeTtlMs);
+          return { status: 202, body: change, headers: { Location: change.links.self } };
+        }
+        const applied = await applyPolicy(em, principal.tenantId, body, { baseVersion: current.version, updatedBy: principal.sub, approvedBy: null });
+        if (!applied) throw policyChangedError('The approval policy changed while this request was deciding: send it again.');
+        await supersedePending(em, principal.tenantId);
+        const view = appliedPolicy({ policy: policyFromBody(body), source: 'tenant', version: applied.version, updatedAt: applied.updatedAt, updatedBy: principal.sub, approvedBy: null });
+        return { status: 200, body: view };
+      },
+    }),
+    defineRoute({
+      method: 'get',
+      path: CHANGES_PATH,
+      summary: "The tenant's proposed policy changes, newest first, with cursor pagination",
+      tags: ['approvals'],
+      query: z.strictObject({
+        status: z.enum(POLICY_CHANGE_STATUSES).optional().describe('By the status a change reads (pending: awaiting a second admin)'),
+        limit: z.coerce.number().int().min(1).max(100).default(50),
+        cursor: z.string().max(200).optional(),
+      }),
+      responses: { 200: { description: 'A page of policy changes', schema: policyChangePage } },
+      async handler({ em, principal, query }) {
+        return { status: 200, body: await listChanges(em, principal.tenantId, query) };
+      },
+    }),
+    defineRoute({
+      method: 'get',
+      path: `${CHANGES_PATH}/:id`,
+      summary: 'One proposed policy change',
+      tags: ['approvals'],
+      params: changeId,
+      responses: { 200: { description: 'The change', schema: policyChangeView }, 404: { description: 'No such change for this tenant' } },
+      async handler({ em, principal, params }) {
+        return { status: 200, body: await getChange(em, principal.tenantId, params.id) };
+      },
+    }),
+    defineRoute({
+      method: 'post',
+      path: `${CHANGES_PATH}/:id/approve`,
+      summary: 'Approve a proposed policy change (role admin; never its proposer): it applies now',
+      tags: ['approvals'],
+      roles: [ADMIN_ROLE],
+      idempotency: 'optional',
+      params: changeId,
+      responses: {
+        200: { description: 'The policy now in force: the change, approved_by this admin', schema: policyView },
+        403: { description: 'Not an admin of the tenant, or the proposer of the change' },
+        ...decisionErrors,
+      },
+      async handler({ em, principal, params }) {
+        const applied = await approveChange(em, principal, params.id);
+        const view = appliedPolicy({
+          policy: policyFromBody(applied.policy),
+          source: 'tenant',
+          version: applied.version,
+          updatedAt: applied.updatedAt,
+          updatedBy: applied.proposedBy,
+          approvedBy: principal.sub,
+        });
+        return { status: 200, body: view };
+      },
+    }),
+    defineRoute({
+      method: 'post',
+      path: `${CHANGES_PATH}/:id/reject`,
+      summary: 'Reject a proposed policy change (role admin; its proposer may, to withdraw it)',
+      tags: ['approvals'],
+      roles: [ADMIN_ROLE],
+      idempotency: 'optional',
+      params: changeId,
+      responses: {
+        200: { description: 'The change, rejected', schema: policyChangeView },
+        403: { description: 'Not an admin of the tenant' },
+        ...decisionErrors,
+      },
+      async handler({ em, principal, params }) {
+        return { status: 200, body: await rejectChange(em, principal, params.id) };
       },
     }),
   ];

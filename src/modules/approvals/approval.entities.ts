@@ -68,10 +68,51 @@ export const ApprovalPolicyRow = defineEntity({
     /** ISO 4217: the currency of the cost thresholds (rows written before it had one: SAR, the defaults'). */
     currency: p.string().length(3).default('SAR'),
     updatedAt: p.datetime(),
-    /** The sub of the admin whose PUT wrote the row (null for rows written before it was recorded). */
+    /** The sub of the admin whose PUT wrote the row, or proposed the change a second admin confirmed (null for rows written before it was recorded). */
     updatedBy: p.string().length(255).nullable(),
+    /**
+     * The sub of the second admin who confirmed the change (a change that loosens the policy: ADR 0010);
+     * null when it applied at once (it only tightened) or was written before confirmations existed.
+     */
+    approvedBy: p.string().length(255).nullable(),
+    /** 1 for the tenant's first policy, one more for each change applied; a proposed change names the version it was based on. */
+    version: p.integer().default(1),
   },
   uniques: [{ name: 'approval_policies_tenant_unique', properties: ['tenantId'] }],
   rowLevelSecurity: 'force',
   policies: [tenantIsolationPolicy('approval_policies')],
+});
+
+export const POLICY_CHANGE_STATUSES = ['pending', 'approved', 'rejected', 'expired', 'superseded'] as const;
+export type PolicyChangeStatus = (typeof POLICY_CHANGE_STATUSES)[number];
+
+/**
+ * A proposed policy change that loosens the policy (ADR 0010): it applies only when a second admin of
+ * the tenant approves it while the policy is still the version it was based on, before `expiresAt`.
+ * `pending` past `expiresAt` reads `expired`; `superseded` once another change applied first.
+ */
+export const ApprovalPolicyChange = defineEntity({
+  name: 'ApprovalPolicyChange',
+  tableName: 'approval_policy_changes',
+  properties: {
+    id: p.uuid().primary(),
+    tenantId: tenantIdProperty(),
+    /** The proposed policy, whole, as PUT /approval-policy's body (the currency filled in). */
+    policy: p.json<Record<string, unknown>>(),
+    /** The version of the tenant's policy when it was proposed (0: the defaults). */
+    baseVersion: p.integer(),
+    /** The fields that loosen that version's policy: what the second admin confirms. */
+    loosens: p.json<string[]>(),
+    status: p.enum(POLICY_CHANGE_STATUSES),
+    proposedBy: p.string().length(255),
+    createdAt: p.datetime(),
+    expiresAt: p.datetime(),
+    /** The admin who approved or rejected it; null while pending, expired or superseded. */
+    decidedBy: p.string().length(255).nullable(),
+    decidedAt: p.datetime().nullable(),
+  },
+  // The tenant's changes newest first, a page at a time by (created_at, id) keyset.
+  indexes: [{ name: 'approval_policy_changes_tenant_created_id_index', properties: ['tenantId', 'createdAt', 'id'] }],
+  rowLevelSecurity: 'force',
+  policies: [tenantIsolationPolicy('approval_policy_changes')],
 });

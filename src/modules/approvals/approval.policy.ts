@@ -3,7 +3,6 @@ import type { EntityManager } from '@mikro-orm/postgresql';
 import { z } from 'zod';
 import { currencyCode, type AppliedPolicy, type CurrencyMismatch, type Economics } from '../golden-path/golden-path.schemas.ts';
 import { toIsoTimeOrNull } from '../../platform/http/iso-time.ts';
-import { ApprovalPolicyRow } from './approval.entities.ts';
 
 export interface ApprovalPolicy {
   classAMaxCost: number;
@@ -96,27 +95,64 @@ export function policyToBody(p: ApprovalPolicy): ApprovalPolicyBody {
   };
 }
 
-/** Writes the tenant's policy (insert or replace) under RLS, by the admin `updatedBy`; the next classification uses it. */
-export async function savePolicy(em: EntityManager, tenantId: string, body: ApprovalPolicyBody, updatedBy: string): Promise<Date> {
-  const updatedAt = new Date();
-  await em.upsert(
-    ApprovalPolicyRow,
-    {
-      id: randomUUID(),
-      tenantId,
-      classAMaxCost: body.class_a_max_cost,
-      classAMaxPaybackMonths: body.class_a_max_payback_months,
-      classCMinCost: body.class_c_min_cost,
-      classCMinPaybackMonths: body.class_c_min_payback_months,
-      slaBSeconds: body.sla_b_seconds,
-      slaCSeconds: body.sla_c_seconds,
-      currency: body.currency,
-      updatedAt,
-      updatedBy,
-    },
-    { onConflictFields: ['tenantId'], onConflictExcludeFields: ['id'] },
+/** The fields of a policy, as PUT /approval-policy names them. */
+export type PolicyField = keyof ApprovalPolicyBody;
+
+/**
+ * The fields in which `proposed` loosens `current` (ADR 0010); none means it only tightens (or keeps)
+ * the policy and applies at once. A raised class A bound lets more runs be approved automatically; a
+ * raised class C bound lets runs that needed two approvers pass with one; a longer SLA keeps a request
+ * open to a decision longer; another currency makes the thresholds apply to other runs (those in the
+ * new currency, class C until then, may become A). Lowering a bound or shortening an SLA is never
+ * loosening: every run gets the same class or a stricter one, so as many approvers or more, and no
+ * more time.
+ */
+export function loosenedFields(current: ApprovalPolicy, proposed: ApprovalPolicyBody): PolicyField[] {
+  const now = policyToBody(current);
+  const raised = (['class_a_max_cost', 'class_a_max_payback_months', 'class_c_min_cost', 'class_c_min_payback_months', 'sla_b_seconds', 'sla_c_seconds'] as const).filter(
+    (f) => proposed[f] > now[f],
   );
-  return updatedAt;
+  return proposed.currency === now.currency ? raised : [...raised, 'currency'];
+}
+
+/**
+ * Writes the tenant's policy (insert or replace) under RLS, as version `baseVersion + 1`, if the policy
+ * in force is still version `baseVersion` (0: none, the defaults) — one statement, so of two changes
+ * based on one version only the first applies. Null when the policy changed since (the caller's 409).
+ */
+export async function applyPolicy(
+  em: EntityManager,
+  tenantId: string,
+  body: ApprovalPolicyBody,
+  by: { baseVersion: number; updatedBy: string; approvedBy: string | null },
+): Promise<{ version: number; updatedAt: Date } | null> {
+  const [row] = await em.execute<{ version: number; updated_at: Date }[]>(
+    `insert into approval_policies as p (id, tenant_id, class_amax_cost, class_amax_payback_months, class_cmin_cost, class_cmin_payback_months,
+            sla_bseconds, sla_cseconds, currency, updated_at, updated_by, approved_by, version)
+     values (?, ?, ?, ?, ?, ?, ?, ?, ?, now(), ?, ?, ? + 1)
+     on conflict (tenant_id) do update set class_amax_cost = excluded.class_amax_cost, class_amax_payback_months = excluded.class_amax_payback_months,
+            class_cmin_cost = excluded.class_cmin_cost, class_cmin_payback_months = excluded.class_cmin_payback_months, sla_bseconds = excluded.sla_bseconds,
+            sla_cseconds = excluded.sla_cseconds, currency = excluded.currency, updated_at = excluded.updated_at, updated_by = excluded.updated_by,
+            approved_by = excluded.approved_by, version = p.version + 1
+      where p.version = ?
+     returning version, updated_at`,
+    [
+      randomUUID(),
+      tenantId,
+      body.class_a_max_cost,
+      body.class_a_max_payback_months,
+      body.class_c_min_cost,
+      body.class_c_min_payback_months,
+      body.sla_b_seconds,
+      body.sla_c_seconds,
+      body.currency,
+      by.updatedBy,
+      by.approvedBy,
+      by.baseVersion,
+      by.baseVersion,
+    ],
+  );
+  return row ? { version: row.version, updatedAt: new Date(row.updated_at) } : null;
 }
 
 /** approval_policies as loadPolicyWithSource reads it (columns named by ApprovalPolicyRow). */
@@ -130,6 +166,8 @@ interface PolicyColumns {
   currency: string;
   updated_at: Date | string;
   updated_by: string | null;
+  approved_by: string | null;
+  version: number | string;
 }
 
 /**
@@ -138,36 +176,47 @@ interface PolicyColumns {
  */
 export const POLICY_PREFETCH = `select json_build_object('a_cost', p.class_amax_cost, 'a_payback', p.class_amax_payback_months, 'c_cost', p.class_cmin_cost,
             'c_payback', p.class_cmin_payback_months, 'sla_b', p.sla_bseconds, 'sla_c', p.sla_cseconds,
-            'currency', p.currency, 'updated_at', p.updated_at, 'updated_by', p.updated_by)
+            'currency', p.currency, 'updated_at', p.updated_at, 'updated_by', p.updated_by, 'approved_by', p.approved_by, 'version', p.version)
        from approval_policies p where p.tenant_id = r.tenant_id`;
 
 /** The policy a POLICY_PREFETCH read found (null: none, so the defaults with the configured SLAs). */
 export function policyFromPrefetch(row: unknown, defaults: { slaBSeconds: number; slaCSeconds: number }): LoadedPolicy {
-  if (!row) return { policy: { ...DEFAULT_POLICY, ...defaults }, source: 'default', updatedAt: null, updatedBy: null };
+  if (!row) return defaultPolicy(defaults);
   const columns = row as PolicyColumns;
-  return { policy: policyFromColumns(columns), source: 'tenant', updatedAt: columns.updated_at, updatedBy: columns.updated_by };
+  return { ...loadedFromColumns(columns), updatedAt: columns.updated_at };
 }
 
-/** A policy with where it came from (a tenant's row, or the defaults), when the row was last written and by whom. */
+/** The platform defaults with the configured SLAs: the policy of a tenant that has set none (version 0). */
+export function defaultPolicy(defaults: { slaBSeconds: number; slaCSeconds: number }): LoadedPolicy {
+  return { policy: { ...DEFAULT_POLICY, ...defaults }, source: 'default', version: 0, updatedAt: null, updatedBy: null, approvedBy: null };
+}
+
+/** A policy with where it came from (a tenant's row, or the defaults), its version, when the row was last written and by whom. */
 export interface LoadedPolicy {
   policy: ApprovalPolicy;
   source: 'default' | 'tenant';
+  /** 0 for the defaults; 1 for the tenant's first policy, one more for each change applied. */
+  version: number;
   updatedAt: Date | string | null;
-  /** The sub of the admin whose PUT wrote the row; null for the defaults. */
+  /** The sub of the admin whose PUT wrote the row (or proposed the change applied); null for the defaults. */
   updatedBy: string | null;
+  /** The sub of the second admin who approved the change applied; null when it applied at once, and for the defaults. */
+  approvedBy: string | null;
 }
 
-/** AppliedPolicy as written now (packets written before recorded no currency and no updated_by). */
-export type CurrentAppliedPolicy = AppliedPolicy & { policy: ApprovalPolicyBody; updated_by: string | null };
+/** AppliedPolicy as written now (packets written before recorded no currency, updated_by, version or approved_by). */
+export type CurrentAppliedPolicy = AppliedPolicy & { policy: ApprovalPolicyBody; version: number; updated_by: string | null; approved_by: string | null };
 
 /** The policy as GET /approval-policy answers it, and as an approval packet records the one it was classified under. */
-export function appliedPolicy(
-  source: LoadedPolicy['source'],
-  policy: ApprovalPolicyBody,
-  updatedAt: LoadedPolicy['updatedAt'],
-  updatedBy: LoadedPolicy['updatedBy'],
-): CurrentAppliedPolicy {
-  return { source, policy, updated_at: toIsoTimeOrNull(updatedAt), updated_by: updatedBy };
+export function appliedPolicy(loaded: LoadedPolicy): CurrentAppliedPolicy {
+  return {
+    source: loaded.source,
+    policy: policyToBody(loaded.policy),
+    version: loaded.version,
+    updated_at: toIsoTimeOrNull(loaded.updatedAt),
+    updated_by: loaded.updatedBy,
+    approved_by: loaded.approvedBy,
+  };
 }
 
 /**
@@ -176,6 +225,23 @@ export function appliedPolicy(
  */
 export function packetBasis(econ: Pick<Economics, 'cost' | 'payback_months' | 'currency'>, policy: AppliedPolicy) {
   return { economics: { cost: econ.cost, payback_months: econ.payback_months, currency: econ.currency }, policy };
+}
+
+function loadedFromColumns(row: PolicyColumns): Omit<LoadedPolicy, 'updatedAt'> {
+  return { policy: policyFromColumns(row), source: 'tenant', version: Number(row.version), updatedBy: row.updated_by, approvedBy: row.approved_by };
+}
+
+/** The policy of a PUT's body (the currency filled in by its schema). */
+export function policyFromBody(b: ApprovalPolicyBody): ApprovalPolicy {
+  return {
+    classAMaxCost: b.class_a_max_cost,
+    classAMaxPaybackMonths: b.class_a_max_payback_months,
+    classCMinCost: b.class_c_min_cost,
+    classCMinPaybackMonths: b.class_c_min_payback_months,
+    slaBSeconds: b.sla_b_seconds,
+    slaCSeconds: b.sla_c_seconds,
+    currency: b.currency,
+  };
 }
 
 function policyFromColumns(row: PolicyColumns): ApprovalPolicy {
@@ -198,10 +264,10 @@ export async function loadPolicyWithSource(
   // A plain read, nothing to hydrate or track: it runs in every approval-packet step. RLS scopes it.
   const [row] = await em.execute<PolicyColumns[]>(
     `select class_amax_cost as a_cost, class_amax_payback_months as a_payback, class_cmin_cost as c_cost,
-            class_cmin_payback_months as c_payback, sla_bseconds as sla_b, sla_cseconds as sla_c, currency, updated_at, updated_by
+            class_cmin_payback_months as c_payback, sla_bseconds as sla_b, sla_cseconds as sla_c, currency, updated_at, updated_by, approved_by, version
        from approval_policies where tenant_id = ?`,
     [tenantId],
   );
-  if (!row) return { policy: { ...DEFAULT_POLICY, ...defaults }, source: 'default', updatedAt: null, updatedBy: null };
-  return { policy: policyFromColumns(row), source: 'tenant', updatedAt: new Date(row.updated_at), updatedBy: row.updated_by };
+  if (!row) return defaultPolicy(defaults);
+  return { ...loadedFromColumns(row), updatedAt: new Date(row.updated_at) };
 }

@@ -121,7 +121,14 @@ export const appliedPolicySchema = z.strictObject({
   }),
   updated_at: isoTime.nullable(),
   // Absent from packets written before it was recorded.
-  updated_by: z.string().nullable().optional().describe('The admin (token sub) whose PUT set the policy; null for the defaults'),
+  updated_by: z.string().nullable().optional().describe('The admin (token sub) whose PUT set the policy, or proposed the change a second admin approved; null for the defaults'),
+  // Absent from packets written before policy changes needed a second admin (ADR 0010).
+  version: z.number().int().min(0).optional().describe("The policy's version: 0 for the defaults, 1 for the tenant's first policy, one more for each change applied"),
+  approved_by: z
+    .string()
+    .nullable()
+    .optional()
+    .describe('The second admin (token sub) who approved the change, which loosened the policy (four-eyes); null when it applied at once (it only tightened), and for the defaults'),
 });
 export type AppliedPolicy = z.infer<typeof appliedPolicySchema>;
 

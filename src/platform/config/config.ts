@@ -123,6 +123,8 @@ export const configSchema = z
 
     APPROVAL_SLA_B: duration('24h'),
     APPROVAL_SLA_C: duration('72h'),
+    /** How long a proposed policy change that loosens the policy awaits a second admin before it expires (ADR 0010). */
+    APPROVAL_POLICY_CHANGE_TTL: duration('72h').refine((ms) => ms >= 1_000 && ms <= 90 * 86_400_000, 'between 1s and 90d'),
 
     RATE_LIMIT_PER_MINUTE: z.coerce.number().int().min(0).default(600),
     MAX_RUNS_IN_FLIGHT_PER_TENANT: z.coerce.number().int().min(0).default(10_000),

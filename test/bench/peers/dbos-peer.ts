@@ -17,7 +17,7 @@ import { Completions, closedLoop } from '../lib/closed-loop.ts';
 import { nowMs } from '../lib/stats.ts';
 import { buildDossier } from '../../../src/modules/golden-path/partner-dossier.step.ts';
 import { buildEconomics } from '../../../src/modules/golden-path/economics-model.step.ts';
-import { appliedPolicy, classify, DEFAULT_POLICY, packetBasis, policyToBody } from '../../../src/modules/approvals/approval.policy.ts';
+import { appliedPolicy, classify, defaultPolicy, packetBasis } from '../../../src/modules/approvals/approval.policy.ts';
 import { evidenceHash } from '../../../src/modules/evidence/evidence.service.ts';
 import { provenance } from '../../../src/modules/golden-path/provenance.ts';
 import type { Dossier, Economics, Submission } from '../../../src/modules/golden-path/golden-path.schemas.ts';
@@ -82,9 +82,9 @@ const approvalPacket = DBOS.registerStep(
     return tenantTx(input.tenantId, async (c) => {
       // The same read as ours (the tenant's policy row); the benchmark's tenants have none, so the defaults apply.
       await c.query(`select * from approval_policies where tenant_id = $1 limit 1`, [input.tenantId]);
-      const policy = { ...DEFAULT_POLICY, slaBSeconds: 86400, slaCSeconds: 259200 };
-      const { cls, reasons, required, currencyMismatch } = classify(econ, policy);
-      const applied = appliedPolicy('default', policyToBody(policy), null, null);
+      const loaded = defaultPolicy({ slaBSeconds: 86400, slaCSeconds: 259200 });
+      const { cls, reasons, required, currencyMismatch } = classify(econ, loaded.policy);
+      const applied = appliedPolicy(loaded);
       const now = new Date();
       const id = randomUUID();
       await c.query(

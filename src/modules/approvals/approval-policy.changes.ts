@@ -1,0 +1,178 @@
+import { randomUUID } from 'node:crypto';
+import type { EntityManager } from '@mikro-orm/postgresql';
+import { z } from 'zod';
+import { ConflictError, ForbiddenError, NotFoundError } from '../../platform/errors/app-error.ts';
+import { nextCursor, pageSchema, pageWhere } from '../../platform/http/cursor.ts';
+import { isoTime, toIsoTime, toIsoTimeOrNull } from '../../platform/http/iso-time.ts';
+import type { Principal } from '../../platform/tenancy/jwt.ts';
+import { POLICY_CHANGE_STATUSES, type PolicyChangeStatus } from './approval.entities.ts';
+import { applyPolicy, approvalPolicyBody, approvalPolicySettings, type ApprovalPolicyBody, type PolicyField } from './approval.policy.ts';
+
+/**
+ * Four-eyes on loosening the approval policy (ADR 0010). A PUT that loosens the policy in force does
+ * not apply it: it proposes a change, based on the version in force. A second admin of the tenant
+ * approves it (then it applies, if that version is still in force) or any admin rejects it; it
+ * expires after APPROVAL_POLICY_CHANGE_TTL. Everything under the tenant's row-level security.
+ */
+export const POLICY_PATH = '/api/v1/approval-policy';
+export const CHANGES_PATH = `${POLICY_PATH}/changes`;
+
+const POLICY_FIELDS = Object.keys(approvalPolicySettings.shape) as [PolicyField, ...PolicyField[]];
+
+export const policyChangeView = z
+  .strictObject({
+    id: z.uuid(),
+    status: z
+      .enum(POLICY_CHANGE_STATUSES)
+      .describe(
+        'pending: awaits a second admin. approved: applied (as base_version + 1). rejected: by an admin. expired: past expires_at undecided. superseded: the policy changed before it was approved, so it can no longer apply',
+      ),
+    policy: approvalPolicySettings.describe('The proposed policy, whole: what applies if it is approved'),
+    base_version: z.number().int().min(0).describe('The version of the policy in force when it was proposed (0: the defaults); it applies only while that version is in force'),
+    loosens: z.array(z.enum(POLICY_FIELDS)).describe("The fields in which it loosens that version: a higher class A or C bound, a longer SLA, another currency"),
+    proposed_by: z.string().describe('The admin (token sub) whose PUT proposed it; they cannot approve it'),
+    proposed_at: isoTime,
+    expires_at: isoTime,
+    decided_by: z.string().nullable().describe('The admin who approved or rejected it; null otherwise'),
+    decided_at: isoTime
+      .nullable()
+      .describe('When it stopped being pending: approved, rejected, superseded (when another change applied) or expired (expires_at); null while pending'),
+    links: z.strictObject({ self: z.string(), approve: z.string(), reject: z.string() }),
+  })
+  .meta({ id: 'ApprovalPolicyChange' });
+export type PolicyChangeView = z.infer<typeof policyChangeView>;
+
+export const policyChangePage = pageSchema(policyChangeView).meta({ id: 'ApprovalPolicyChangePage' });
+export type PolicyChangePage = z.infer<typeof policyChangePage>;
+
+interface ChangeRow {
+  id: string;
+  tenant_id: string;
+  policy: unknown;
+  base_version: number;
+  loosens: PolicyField[];
+  status: PolicyChangeStatus;
+  proposed_by: string;
+  created_at: Date | string;
+  expires_at: Date | string;
+  decided_by: string | null;
+  decided_at: Date | string | null;
+}
+
+/**
+ * The changes as they read: a stored `pending` past its `expires_at` reads `expired` (at its deadline),
+ * and one whose base version is no longer in force reads `superseded` (at the policy's update) — what
+ * applying a policy records (supersedePending), and what a change proposed while another applied reads.
+ */
+const CHANGES = `select c.id, c.tenant_id, c.policy, c.base_version, c.loosens, c.proposed_by, c.created_at, c.expires_at, c.decided_by,
+    case when c.status <> 'pending' then c.status when c.expires_at <= now() then 'expired'
+         when c.base_version <> coalesce(p.version, 0) then 'superseded' else 'pending' end as status,
+    case when c.status <> 'pending' then c.decided_at when c.expires_at <= now() then c.expires_at
+         when c.base_version <> coalesce(p.version, 0) then p.updated_at end as decided_at
+  from approval_policy_changes c left join approval_policies p on p.tenant_id = c.tenant_id`;
+
+function toView(row: ChangeRow): PolicyChangeView {
+  const self = `${CHANGES_PATH}/${row.id}`;
+  return {
+    id: row.id,
+    status: row.status,
+    policy: approvalPolicySettings.parse(row.policy),
+    base_version: Number(row.base_version),
+    loosens: row.loosens,
+    proposed_by: row.proposed_by,
+    proposed_at: toIsoTime(row.created_at),
+    expires_at: toIsoTime(row.expires_at),
+    decided_by: row.decided_by,
+    decided_at: toIsoTimeOrNull(row.decided_at),
+    links: { self, approve: `${self}/approve`, reject: `${self}/reject` },
+  };
+}
+
+/** One change as it reads, locked for a decision when `forUpdate`; 404 when RLS hides it or there is none. */
+async function changeRow(em: EntityManager, tenantId: string, id: string, forUpdate = false): Promise<ChangeRow> {
+  const [row] = await em.execute<ChangeRow[]>(`${CHANGES} where c.tenant_id = ? and c.id = ?${forUpdate ? ' for update of c' : ''}`, [tenantId, id]);
+  if (!row) throw new NotFoundError('approval policy change');
+  return row;
+}
+
+export async function getChange(em: EntityManager, tenantId: string, id: string): Promise<PolicyChangeView> {
+  return toView(await changeRow(em, tenantId, id));
+}
+
+/** The tenant's changes newest first, by the status they read, a page at a time. */
+export async function listChanges(
+  em: EntityManager,
+  tenantId: string,
+  query: { status?: PolicyChangeStatus | undefined; cursor?: string | undefined; limit: number },
+): Promise<PolicyChangePage> {
+  const params: unknown[] = [tenantId];
+  const where = pageWhere('tenant_id = ?', params, query);
+  const rows = await em.execute<ChangeRow[]>(`select * from (${CHANGES}) changes where ${where} order by created_at desc, id desc limit ?`, params);
+  const page = rows.slice(0, query.limit);
+  return { items: page.map(toView), next_cursor: nextCursor(page[page.length - 1], rows.length > query.limit) };
+}
+
+/** Stores a proposed change, pending until `ttlMs` from now. */
+export async function proposeChange(
+  em: EntityManager,
+  principal: Principal,
+  proposal: { policy: ApprovalPolicyBody; baseVersion: number; loosens: PolicyField[] },
+  ttlMs: number,
+): Promise<PolicyChangeView> {
+  const id = randomUUID();
+  await em.execute(
+    `insert into approval_policy_changes (id, tenant_id, policy, base_version, loosens, status, proposed_by, created_at, expires_at)
+     values (?, ?, ?::jsonb, ?, ?::jsonb, 'pending', ?, now(), now() + ? * interval '1 millisecond')`,
+    [id, principal.tenantId, JSON.stringify(proposal.policy), proposal.baseVersion, JSON.stringify(proposal.loosens), principal.sub, ttlMs],
+  );
+  return getChange(em, principal.tenantId, id);
+}
+
+/**
+ * A policy applied: every change still pending was based on the version it replaced, so none of them
+ * can apply any more. They are recorded `superseded` now (or `expired` at their deadline, if past it).
+ */
+export async function supersedePending(em: EntityManager, tenantId: string): Promise<void> {
+  await em.execute(
+    `update approval_policy_changes set status = case when expires_at <= now() then 'expired' else 'superseded' end,
+            decided_at = case when expires_at <= now() then expires_at else now() end
+      where tenant_id = ? and status = 'pending'`,
+    [tenantId],
+  );
+}
+
+export function policyChangedError(detail = 'The approval policy changed since this change was based on it: it can no longer apply; propose it again.'): ConflictError {
+  return new ConflictError('policy_changed', detail);
+}
+
+/** The checks of a decision: the change is still pending (409 otherwise: superseded, expired, decided). */
+function ensurePending(row: ChangeRow): void {
+  if (row.status === 'pending') return;
+  if (row.status === 'superseded') throw policyChangedError(`The approval policy is no longer version ${row.base_version}, which this change was based on: it can no longer apply; propose it again.`);
+  if (row.status === 'expired') throw new ConflictError('policy_change_expired', `The change expired undecided at ${toIsoTime(row.expires_at)}; propose it again.`);
+  throw new ConflictError('policy_change_decided', `The change is already ${row.status}.`);
+}
+
+/**
+ * A second admin approves a pending change: its policy applies as the next version (approved_by them),
+ * if the policy is still the version it was based on. The proposer cannot approve it (403).
+ */
+export async function approveChange(em: EntityManager, principal: Principal, id: string): Promise<{ version: number; updatedAt: Date; policy: ApprovalPolicyBody; proposedBy: string }> {
+  const row = await changeRow(em, principal.tenantId, id, true);
+  if (row.proposed_by === principal.sub) throw new ForbiddenError('The proposer of a policy change cannot approve it: a second admin of the tenant must.');
+  ensurePending(row);
+  const policy = approvalPolicyBody.parse(row.policy);
+  const applied = await applyPolicy(em, principal.tenantId, policy, { baseVersion: Number(row.base_version), updatedBy: row.proposed_by, approvedBy: principal.sub });
+  // Between this read and the write another change applied (its transaction committed first).
+  if (!applied) throw policyChangedError();
+  await em.execute(`update approval_policy_changes set status = 'approved', decided_by = ?, decided_at = now() where tenant_id = ? and id = ?`, [principal.sub, principal.tenantId, id]);
+  await supersedePending(em, principal.tenantId);
+  return { ...applied, policy, proposedBy: row.proposed_by };
+}
+
+/** Any admin of the tenant rejects a pending change, its proposer too (who so withdraws it). */
+export async function rejectChange(em: EntityManager, principal: Principal, id: string): Promise<PolicyChangeView> {
+  ensurePending(await changeRow(em, principal.tenantId, id, true));
+  await em.execute(`update approval_policy_changes set status = 'rejected', decided_by = ?, decided_at = now() where tenant_id = ? and id = ?`, [principal.sub, principal.tenantId, id]);
+  return getChange(em, principal.tenantId, id);
+}

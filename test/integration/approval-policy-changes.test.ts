@@ -1,0 +1,241 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { randomUUID } from 'node:crypto';
+import { api, SAMPLE_SUBMISSION, startStack, type TestStack } from '../helpers/stack.ts';
+import { waitFor } from '../helpers/poll.ts';
+import { policyTenant, putPolicy, type PolicyTenant } from '../helpers/policy.ts';
+import { tenantEm } from '../../src/platform/db/tenant-em.ts';
+
+/**
+ * Four-eyes on loosening the approval policy (ADR 0010, docs/api.md): a PUT that only tightens applies
+ * at once; one that loosens is a pending change until a second admin of the tenant approves it.
+ */
+const PATH = '/api/v1/approval-policy';
+const CHANGES = `${PATH}/changes`;
+const DEFAULTS = { class_a_max_cost: 50_000, class_a_max_payback_months: 6, class_c_min_cost: 250_000, class_c_min_payback_months: 24, sla_b_seconds: 86_400, sla_c_seconds: 259_200, currency: 'SAR' };
+/** Under it the sample (cost 65,000, payback 2.48 months; class B under the defaults) is class A: approved with nobody asked. */
+const LOOSER = { ...DEFAULTS, class_a_max_cost: 100_000 };
+let stack: TestStack;
+
+beforeAll(async () => {
+  stack = await startStack();
+  await stack.spawnWorker();
+});
+afterAll(async () => stack?.stop());
+
+const tenantTokens = () => policyTenant(stack);
+
+const put = (token: string, body: unknown, key?: string) => putPolicy(stack, token, body, key);
+const decide = (token: string, id: string, decision: 'approve' | 'reject', key?: string) =>
+  api(stack, 'POST', `${CHANGES}/${id}/${decision}`, { token, ...(key === undefined ? {} : { headers: { 'Idempotency-Key': key } }) });
+const policyOf = async (t: PolicyTenant) => (await api(stack, 'GET', PATH, { token: t.submitter })).json;
+const changeOf = async (t: PolicyTenant, id: string) => (await api(stack, 'GET', `${CHANGES}/${id}`, { token: t.submitter })).json;
+
+/** Proposes `body` as admin-1 (it loosens): the pending change. */
+async function propose(t: PolicyTenant, body: unknown = LOOSER) {
+  const res = await put(t.admin, body);
+  expect(res.status, res.text).toBe(202);
+  return res.json;
+}
+
+/** Submits the sample and waits until it is classified: its approval packet. */
+async function classifiedPacket(t: PolicyTenant) {
+  const res = await api(stack, 'POST', '/api/v1/golden-path/run', { token: t.submitter, body: SAMPLE_SUBMISSION, headers: { 'Idempotency-Key': randomUUID() } });
+  expect(res.status, res.text).toBe(202);
+  const run = await waitFor(
+    async () => {
+      const r = (await api(stack, 'GET', `/api/v1/golden-path/runs/${res.json.run_id}`, { token: t.submitter })).json;
+      return ['waiting', 'completed', 'failed'].includes(r?.status) ? r : undefined;
+    },
+    { timeoutMs: 60_000, intervalMs: 100, what: `run ${res.json.run_id} to be classified` },
+  );
+  expect(run.status).not.toBe('failed');
+  return { run, packet: run.steps[2].output };
+}
+
+function expectProblem(res: { status: number; json: any; headers: Headers }, status: number, code: string) {
+  expect(res.status, JSON.stringify(res.json)).toBe(status);
+  expect(res.headers.get('content-type')).toMatch(/^application\/problem\+json/);
+  expect(res.json).toMatchObject({ status, code });
+}
+
+describe('a policy change that only tightens', () => {
+  it('applies at once (200), one version up, approved by nobody: lower class A bounds, lower class C bounds, shorter SLAs, the same currency', async () => {
+    const t = await tenantTokens();
+    const initial = await policyOf(t);
+    expect(initial).toEqual({ source: 'default', policy: DEFAULTS, version: 0, updated_at: null, updated_by: null, approved_by: null });
+
+    const tighter = { ...DEFAULTS, class_a_max_cost: 40_000, class_a_max_payback_months: 5, class_c_min_cost: 200_000, class_c_min_payback_months: 20, sla_b_seconds: 3_600, sla_c_seconds: 7_200 };
+    const res = await put(t.admin, tighter);
+    expect(res.status, res.text).toBe(200);
+    expect(res.json).toMatchObject({ source: 'tenant', policy: tighter, version: 1, updated_by: 'admin-1', approved_by: null });
+    expect(await policyOf(t)).toEqual(res.json);
+    // The same policy again is no loosening either.
+    expect((await put(t.admin, tighter)).json).toMatchObject({ version: 2 });
+    expect((await api(stack, 'GET', CHANGES, { token: t.submitter })).json).toEqual({ items: [], next_cursor: null });
+    // A run is classified by it at once: the sample (cost 65,000) stays B, with the one-hour SLA.
+    const { packet } = await classifiedPacket(t);
+    expect(packet).toMatchObject({ approval_class: 'B', policy: { version: 2, updated_by: 'admin-1', approved_by: null } });
+  });
+});
+
+describe('a policy change that loosens', () => {
+  it('is a pending change (202): the policy in force is unchanged, and runs submitted meanwhile are classified under it', async () => {
+    const t = await tenantTokens();
+    const res = await put(t.admin, LOOSER);
+    expect(res.status, res.text).toBe(202);
+    expect(res.json).toMatchObject({
+      status: 'pending',
+      policy: LOOSER,
+      base_version: 0,
+      loosens: ['class_a_max_cost'],
+      proposed_by: 'admin-1',
+      decided_by: null,
+      decided_at: null,
+    });
+    expect(res.headers.get('location')).toBe(`${CHANGES}/${res.json.id}`);
+    expect(Date.parse(res.json.expires_at) - Date.parse(res.json.proposed_at)).toBe(72 * 3_600_000);
+    expect(await changeOf(t, res.json.id)).toEqual(res.json);
+    expect((await api(stack, 'GET', `${CHANGES}?status=pending`, { token: t.submitter })).json.items).toEqual([res.json]);
+
+    expect(await policyOf(t)).toMatchObject({ source: 'default', version: 0, policy: DEFAULTS });
+    const { packet } = await classifiedPacket(t);
+    expect(packet).toMatchObject({ approval_class: 'B', outcome: 'pending', policy: { source: 'default', version: 0 } });
+  });
+
+  it('names every field that loosens: higher bounds, longer SLAs, another currency (even with the rest tightened)', async () => {
+    const t = await tenantTokens();
+    const change = await propose(t, { ...DEFAULTS, class_a_max_cost: 1_000, class_a_max_payback_months: 7, class_c_min_cost: 300_000, class_c_min_payback_months: 30, sla_b_seconds: 90_000, sla_c_seconds: 300_000 });
+    expect(change.loosens).toEqual(['class_a_max_payback_months', 'class_c_min_cost', 'class_c_min_payback_months', 'sla_b_seconds', 'sla_c_seconds']);
+    expect((await propose(t, { ...DEFAULTS, currency: 'KWD' })).loosens).toEqual(['currency']);
+    expect(await policyOf(t)).toMatchObject({ source: 'default', version: 0, policy: DEFAULTS });
+  });
+
+  it('cannot be approved by its proposer (403), by a non-admin (403), and stays pending; the PUT needs admin too', async () => {
+    const t = await tenantTokens();
+    const change = await propose(t);
+    expectProblem(await decide(t.admin, change.id, 'approve'), 403, 'forbidden');
+    for (const token of [t.submitter, t.approver]) {
+      expectProblem(await decide(token, change.id, 'approve'), 403, 'forbidden');
+      expectProblem(await decide(token, change.id, 'reject'), 403, 'forbidden');
+    }
+    expectProblem(await put(t.approver, LOOSER), 403, 'forbidden');
+    expect(await changeOf(t, change.id)).toEqual(change);
+    expect(await policyOf(t)).toMatchObject({ source: 'default', version: 0 });
+    expect((await api(stack, 'GET', CHANGES, { token: t.submitter })).json.items).toEqual([change]);
+  });
+
+  it('applies when another admin approves it: new runs use it, and the packet and evidence pack record both admins', async () => {
+    const t = await tenantTokens();
+    const change = await propose(t);
+    const approved = await decide(t.admin2, change.id, 'approve');
+    expect(approved.status, approved.text).toBe(200);
+    expect(approved.json).toMatchObject({ source: 'tenant', policy: LOOSER, version: 1, updated_by: 'admin-1', approved_by: 'admin-2' });
+    expect(await policyOf(t)).toEqual(approved.json);
+    expect(await changeOf(t, change.id)).toMatchObject({ status: 'approved', decided_by: 'admin-2' });
+    // Once decided, it is not decided again.
+    expectProblem(await decide(t.admin2, change.id, 'approve'), 409, 'policy_change_decided');
+    expectProblem(await decide(t.admin2, change.id, 'reject'), 409, 'policy_change_decided');
+
+    // The sample is class A now: approved by policy, and its evidence pack shows who proposed and who approved the policy.
+    const { run, packet } = await classifiedPacket(t);
+    expect(packet).toMatchObject({ approval_class: 'A', outcome: 'approved', policy: approved.json });
+    const done = await waitFor(
+      async () => {
+        const r = (await api(stack, 'GET', `/api/v1/golden-path/runs/${run.run_id}`, { token: t.submitter })).json;
+        return ['completed', 'failed'].includes(r?.status) ? r : undefined;
+      },
+      { timeoutMs: 60_000, intervalMs: 100, what: 'the class A run to complete' },
+    );
+    expect(done.status).toBe('completed');
+    const pack = await api(stack, 'GET', `/api/v1/evidence/${done.steps[3].output.evidence_pack_id}`, { token: t.submitter });
+    expect(pack.json.content.approval_packet.policy).toEqual({ ...approved.json });
+    expect(pack.json.content.approval_packet.policy).toMatchObject({ updated_by: 'admin-1', approved_by: 'admin-2' });
+    expect((await api(stack, 'GET', `/api/v1/evidence/${done.steps[3].output.evidence_pack_id}/verify`, { token: t.submitter })).json.valid).toBe(true);
+  });
+
+  it('is rejected by another admin, or withdrawn by its proposer (reject): nothing applies, and it can no longer be approved', async () => {
+    const t = await tenantTokens();
+    const change = await propose(t);
+    const rejected = await decide(t.admin2, change.id, 'reject');
+    expect(rejected.status, rejected.text).toBe(200);
+    expect(rejected.json).toMatchObject({ id: change.id, status: 'rejected', decided_by: 'admin-2', policy: LOOSER });
+    expect(rejected.json.decided_at).not.toBeNull();
+    expect(await changeOf(t, change.id)).toEqual(rejected.json);
+    expectProblem(await decide(t.admin2, change.id, 'approve'), 409, 'policy_change_decided');
+    expect(await policyOf(t)).toMatchObject({ source: 'default', version: 0 });
+
+    const withdrawn = await decide(t.admin, (await propose(t)).id, 'reject');
+    expect(withdrawn.json).toMatchObject({ status: 'rejected', decided_by: 'admin-1' });
+    expect((await api(stack, 'GET', `${CHANGES}?status=rejected`, { token: t.submitter })).json.items.map((c: any) => c.id)).toEqual([withdrawn.json.id, change.id]);
+  });
+
+  it('based on a version no longer in force cannot be approved (409 policy_changed): it reads superseded', async () => {
+    const t = await tenantTokens();
+    const first = await propose(t);
+    const second = await propose(t, { ...DEFAULTS, sla_b_seconds: 172_800 });
+    // Another admin tightens the policy meanwhile: version 1. Both changes were based on version 0.
+    const tightened = await put(t.admin2, { ...DEFAULTS, sla_c_seconds: 86_400 });
+    expect(tightened.json).toMatchObject({ version: 1 });
+    expectProblem(await decide(t.admin2, first.id, 'approve'), 409, 'policy_changed');
+    expect(await changeOf(t, first.id)).toMatchObject({ status: 'superseded', decided_by: null });
+    expect(await policyOf(t)).toEqual(tightened.json);
+
+    // Of two changes based on one version, the first approved applies; the other is then superseded.
+    const a = await propose(t);
+    const b = await propose(t, { ...DEFAULTS, sla_c_seconds: 86_400, sla_b_seconds: 172_800 });
+    expect([a.base_version, b.base_version]).toEqual([1, 1]);
+    expect((await decide(t.admin2, a.id, 'approve')).json).toMatchObject({ version: 2, approved_by: 'admin-2' });
+    expectProblem(await decide(t.admin2, b.id, 'approve'), 409, 'policy_changed');
+    expect(await changeOf(t, b.id)).toMatchObject({ status: 'superseded' });
+    expect(await changeOf(t, second.id)).toMatchObject({ status: 'superseded' });
+    expect((await policyOf(t)).version).toBe(2);
+  });
+
+  it('expires undecided at expires_at: it reads expired and can no longer be approved (409 policy_change_expired)', async () => {
+    const t = await tenantTokens();
+    const change = await propose(t);
+    // Its deadline moved into the past, as the application role under the tenant's RLS.
+    await tenantEm(stack.container.orm, t.tenant).execute(`update approval_policy_changes set expires_at = now() - interval '1 second' where id = ?`, [change.id]);
+    const expired = await changeOf(t, change.id);
+    expect(expired).toMatchObject({ status: 'expired', decided_by: null });
+    expect(expired.decided_at).toBe(expired.expires_at);
+    expectProblem(await decide(t.admin2, change.id, 'approve'), 409, 'policy_change_expired');
+    expect(await policyOf(t)).toMatchObject({ version: 0 });
+  });
+
+  it("is another tenant's secret: not listed, 404 to read, approve or reject, and still pending for its own tenant", async () => {
+    const t = await tenantTokens();
+    const other = await tenantTokens();
+    const change = await propose(t);
+    expect((await api(stack, 'GET', CHANGES, { token: other.submitter })).json.items).toEqual([]);
+    expectProblem(await api(stack, 'GET', `${CHANGES}/${change.id}`, { token: other.admin }), 404, 'not_found');
+    expectProblem(await decide(other.admin2, change.id, 'approve'), 404, 'not_found');
+    expectProblem(await decide(other.admin2, change.id, 'reject'), 404, 'not_found');
+    expect(await changeOf(t, change.id)).toEqual(change);
+    expect(await policyOf(other)).toMatchObject({ source: 'default', version: 0 });
+    // At the database: the application role bound to the other tenant sees no row of it.
+    expect(await tenantEm(stack.container.orm, other.tenant).execute('select id from approval_policy_changes')).toEqual([]);
+    expect(await tenantEm(stack.container.orm, t.tenant).execute('select id from approval_policy_changes')).toEqual([{ id: change.id }]);
+  });
+
+  it('with an Idempotency-Key: the PUT and the approval replay their answers and store nothing twice', async () => {
+    const t = await tenantTokens();
+    const key = randomUUID();
+    const first = await put(t.admin, LOOSER, key);
+    expect(first.status).toBe(202);
+    const again = await put(t.admin, LOOSER, key);
+    expect(again.status).toBe(202);
+    expect(again.headers.get('idempotent-replayed')).toBe('true');
+    expect(again.json).toEqual(first.json);
+    expect((await api(stack, 'GET', CHANGES, { token: t.submitter })).json.items).toHaveLength(1);
+
+    const approveKey = randomUUID();
+    const approved = await decide(t.admin2, first.json.id, 'approve', approveKey);
+    expect(approved.status, approved.text).toBe(200);
+    const replay = await decide(t.admin2, first.json.id, 'approve', approveKey);
+    expect(replay.status).toBe(200);
+    expect(replay.headers.get('idempotent-replayed')).toBe('true');
+    expect(replay.json).toEqual(approved.json);
+    expect((await policyOf(t)).version).toBe(1);
+  });
+});
