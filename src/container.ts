@@ -17,6 +17,7 @@ import { createMetrics, type Metrics } from './platform/telemetry/metrics.ts';
 import { AdmissionController } from './platform/http/admission.ts';
 import { bullmqTelemetry } from './platform/telemetry/bullmq-telemetry.ts';
 import { MAINTENANCE_QUEUE } from './platform/queue/maintenance.ts';
+import { servedRunQueues } from './platform/durable/worker-host.ts';
 
 export interface Container {
   config: Config;
@@ -28,6 +29,8 @@ export interface Container {
   idempotency: IdempotencyService;
   verifier: TokenVerifier;
   workflows: WorkflowDef[];
+  /** The workflow queues this process's workers take jobs from (a worker: WORKER_QUEUES, else every workflow's; others: none). */
+  servedQueues: string[];
   routes: RouteDef[];
   metrics: Metrics;
   /** BullMQ OpenTelemetry adapter, set only while the OTel SDK runs (pass it to every Queue, FlowProducer and Worker). */
@@ -51,10 +54,10 @@ export async function createContainer(
   // The SLA scheduler's queue is created lazily (below), once Redis is connected.
   const fromModules = workflowsFor(config, { queue: () => queue('golden-path') });
   const workflows = [...(opts.workflows ? opts.workflows(fromModules) : fromModules), ...(opts.extraWorkflows ?? [])];
-  // A worker runs WORKER_CONCURRENCY jobs on each workflow queue (one BullMQ Worker per queue), each
-  // holding a connection per step transaction; the sweeper and maintenance need two more.
-  const runQueues = new Set(workflows.map((wf) => wf.queue)).size;
-  const poolMax = config.DATABASE_POOL_MAX ?? (opts.service === 'worker' ? config.WORKER_CONCURRENCY * Math.max(1, runQueues) + 2 : 10);
+  // A worker runs WORKER_CONCURRENCY jobs on each workflow queue it serves (one BullMQ Worker per queue;
+  // WORKER_QUEUES, else all), each holding a connection per step transaction; the sweeper and maintenance need two more.
+  const servedQueues = opts.service === 'worker' ? servedRunQueues(workflows, config.WORKER_QUEUES) : [];
+  const poolMax = config.DATABASE_POOL_MAX ?? (opts.service === 'worker' ? config.WORKER_CONCURRENCY * Math.max(1, servedQueues.length) + 2 : 10);
   const orm = await createOrm(config, { entities, poolMax });
   const redis = createRedis(config.REDIS_URL, 'producer', `dealix-${opts.service}`);
   const telemetry = bullmqTelemetry();
@@ -89,6 +92,7 @@ export async function createContainer(
     idempotency,
     verifier,
     workflows,
+    servedQueues,
     routes,
     metrics,
     telemetry,

@@ -43,7 +43,7 @@ export async function startWorkerProcess(c: Container): Promise<WorkerProcess> {
     settings,
     logger: c.logger,
     telemetry: c.telemetry,
-    queues: [...new Set([...c.workflows.map((w) => w.queue), MAINTENANCE_QUEUE])],
+    queues: [...new Set([...c.servedQueues, MAINTENANCE_QUEUE])],
   });
   const workers = host.workers;
   const maintenance = await scheduleMaintenance({ connection: c.redis, prefix: cfg.QUEUE_PREFIX, logger: c.logger, runRetentionMs: cfg.RUN_RETENTION });

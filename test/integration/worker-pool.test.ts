@@ -18,10 +18,11 @@ let db: TestDatabase;
 let container: Container;
 let worker: WorkerProcess | undefined;
 const prefix = `t${randomBytes(5).toString('hex')}`;
+const baseEnv = () => ({ NODE_ENV: 'test', JWT_SECRET: TEST_JWT_SECRET, DATABASE_URL: db.appUrl, MIGRATION_DATABASE_URL: db.ownerUrl, REDIS_URL: TEST_REDIS_URL, QUEUE_PREFIX: prefix, WORKER_CONCURRENCY: '3', LOG_LEVEL: 'silent', OTEL_SDK_DISABLED: 'true' });
 
 beforeAll(async () => {
   db = await createTestDatabase();
-  const config = parseConfig({ NODE_ENV: 'test', JWT_SECRET: TEST_JWT_SECRET, DATABASE_URL: db.appUrl, MIGRATION_DATABASE_URL: db.ownerUrl, REDIS_URL: TEST_REDIS_URL, QUEUE_PREFIX: prefix, WORKER_CONCURRENCY: '3', LOG_LEVEL: 'silent', OTEL_SDK_DISABLED: 'true' });
+  const config = parseConfig(baseEnv());
   container = await createContainer(config, { service: 'worker' });
 });
 afterAll(async () => {
@@ -41,4 +42,29 @@ it("a worker's default pool holds a connection for every run job it may run at o
   const runJobsAtOnce = worker.workers.filter((w) => runQueues.has(w.name)).reduce((n, w) => n + w.concurrency, 0);
   expect(runJobsAtOnce).toBe(3 * runQueues.size);
   expect(container.orm.config.get('pool')?.max).toBe(runJobsAtOnce + 2);
+});
+
+/**
+ * A platform team scales its worker dynos per queue (a burst of offboardings must not need more
+ * golden-path capacity, nor hold it up): WORKER_QUEUES names the workflow queues a process serves.
+ * Before it every worker process served every queue, so no dyno type could be given one queue.
+ */
+it('WORKER_QUEUES gives a worker process the named workflow queues only (and maintenance), its default pool sized for them', async () => {
+  const config = parseConfig({ ...baseEnv(), WORKER_QUEUES: 'partner-offboarding' });
+  const only = await createContainer(config, { service: 'worker' });
+  const w = await startWorkerProcess(only);
+  try {
+    expect(w.workers.map((x) => x.name).sort()).toEqual(['maintenance', 'partner-offboarding']);
+    expect(only.orm.config.get('pool')?.max).toBe(3 + 2);
+    // The API and the sweeper still know every workflow: a run of another queue is enqueued for the dynos that serve it.
+    expect(only.queues.has('golden-path')).toBe(true);
+  } finally {
+    await w.stop();
+    await only.close();
+  }
+});
+
+it('a WORKER_QUEUES naming no workflow queue stops the worker at start, naming the variable and the queues there are', async () => {
+  const config = parseConfig({ ...baseEnv(), WORKER_QUEUES: 'golden-path,partner-offbording' });
+  await expect(createContainer(config, { service: 'worker' })).rejects.toThrow(/WORKER_QUEUES: .*partner-offbording.*golden-path, partner-offboarding/);
 });

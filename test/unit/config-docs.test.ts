@@ -1,10 +1,26 @@
 import { describe, expect, it } from 'vitest';
 import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import { PUBLISHED_JWT_SECRETS, configSchema } from '../../src/platform/config/config.ts';
+import { PUBLISHED_JWT_SECRETS, configSchema, parseConfig } from '../../src/platform/config/config.ts';
 
 const read = (path: string) => readFileSync(fileURLToPath(new URL(`../../${path}`, import.meta.url)), 'utf8');
 const variables = Object.keys(configSchema.shape);
+
+/** What the configuration module reads: the schema's variables and the OpenTelemetry ones its telemetry bootstrap reads raw. */
+const configSource = read('src/platform/config/config.ts');
+const readByConfig = [...new Set([...variables, ...[...configSource.matchAll(/\b(OTEL_[A-Z0-9_]*[A-Z0-9])\b/g)].map((m) => m[1]!)])];
+
+/** .env.example's variable lines, set (`NAME=value`) or shown commented out (`# NAME=value`), with the comment lines just above. */
+function exampleEntries(): { name: string; value: string; set: boolean; comment: string }[] {
+  const lines = read('.env.example').split('\n');
+  return lines.flatMap((line, i) => {
+    const m = /^(# ?)?([A-Z][A-Z0-9_]*)=(\S*)(.*)$/.exec(line);
+    if (!m) return [];
+    const above: string[] = [];
+    for (let j = i - 1; j >= 0 && /^# (?![A-Z][A-Z0-9_]*=)(?!---)/.test(lines[j]!); j--) above.unshift(lines[j]!);
+    return [{ name: m[2]!, value: m[3]!, set: !m[1], comment: [...above, m[4]!.replace(/^\s*#?/, '')].join(' ').trim() }];
+  });
+}
 
 /** The README's configuration table: the rows between "## Configuration" and the next heading. */
 function readmeConfigTable(): string {
@@ -25,9 +41,39 @@ describe('configuration documents', () => {
     expect(variables.filter((v) => !new RegExp(`^#? ?${v}=`, 'm').test(example))).toEqual([]);
   });
 
+  it('.env.example names no variable the configuration does not read, and every one it reads', () => {
+    const names = exampleEntries().map((e) => e.name);
+    expect(names.filter((v) => !readByConfig.includes(v))).toEqual([]);
+    expect(readByConfig.filter((v) => !names.includes(v))).toEqual([]);
+  });
+
+  it('every variable in .env.example says what it means (a comment on its line or just above)', () => {
+    expect(exampleEntries().filter((e) => e.comment === '').map((e) => e.name)).toEqual([]);
+  });
+
+  it(".env.example's values are the defaults, except the three it sets on purpose, and every value it shows is valid", () => {
+    const entries = exampleEntries();
+    const onPurpose = ['JWT_SECRET', 'OTEL_SDK_DISABLED', 'DATABASE_ADMIN_URL'];
+    const example = parseConfig(Object.fromEntries(entries.filter((e) => e.set).map((e) => [e.name, e.value]))) as Record<string, unknown>;
+    const defaults = parseConfig({ JWT_SECRET: PUBLISHED_JWT_SECRETS[0]! }) as Record<string, unknown>;
+    expect(variables.filter((v) => !onPurpose.includes(v) && JSON.stringify(example[v]) !== JSON.stringify(defaults[v]))).toEqual([]);
+    const operator = { OPERATOR_USER: 'ops', OPERATOR_PASSWORD: 'a-long-operator-password' };
+    for (const e of entries.filter((x) => !x.set && variables.includes(x.name))) {
+      expect(() => parseConfig({ JWT_SECRET: PUBLISHED_JWT_SECRETS[0]!, ...(e.name.startsWith('OPERATOR_') ? operator : {}), [e.name]: e.value }), e.name).not.toThrow();
+    }
+  });
+
   it('the README table names no variable the schema does not read (OTEL_* aside: the SDK reads the rest)', () => {
     const named = [...readmeConfigTable().matchAll(/`([A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+)`/g)].map((m) => m[1]!);
     expect([...new Set(named)].filter((v) => !variables.includes(v) && !v.startsWith('OTEL_'))).toEqual([]);
+  });
+
+  it("docker-compose.yml's application environment names only variables the configuration reads", () => {
+    const compose = read('docker-compose.yml');
+    const block = compose.slice(compose.indexOf('x-app-env:'), compose.indexOf('\nservices:'));
+    const named = [...block.matchAll(/^ {2}([A-Z][A-Z0-9_]*):/gm)].map((m) => m[1]!);
+    expect(named.length).toBeGreaterThan(5);
+    expect(named.filter((v) => !readByConfig.includes(v))).toEqual([]);
   });
 
   it('every JWT secret the repository publishes is known as published (the readiness row jwt-keys refuses it)', () => {

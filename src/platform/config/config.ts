@@ -105,6 +105,9 @@ export const configSchema = z
     // PostgreSQL, one step after another; on two cores 8 jobs per process ran as many runs as 16 with less
     // PostgreSQL CPU per run (fewer concurrent transactions contend less), and 4 ran fewer.
     WORKER_CONCURRENCY: z.coerce.number().int().min(1).max(1000).default(8),
+    // The workflow queues a worker process serves (comma-separated); unset: every one. Lets a dyno type
+    // serve one queue (WORKER_QUEUES=partner-offboarding) and be scaled apart; maintenance is always served.
+    WORKER_QUEUES: csv('').pipe(z.array(z.string().regex(/^[A-Za-z0-9_-]{1,64}$/, 'queue names: letters, digits, _ - only'))),
     // A SIGKILLed worker's step resumes elsewhere after about lock + half the stalled interval (ADR 0002).
     WORKER_LOCK_DURATION: duration('2s'),
     WORKER_STALLED_INTERVAL: duration('500ms'),

@@ -2,7 +2,8 @@ import { Worker, type Job, type MinimalJob, type Processor, type WorkerOptions }
 import type { Logger } from 'pino';
 import type { StepExecutor } from './executor.ts';
 import type { DurableRuntime, StepJobData } from './runtime.ts';
-import { DEFAULT_RETRY, STEP_BACKOFF, retryOf, stepBackoffMs } from './workflow.ts';
+import { DEFAULT_RETRY, STEP_BACKOFF, retryOf, stepBackoffMs, type WorkflowDef } from './workflow.ts';
+import { ConfigError } from '../config/config.ts';
 
 export interface WorkerSettings {
   concurrency: number;
@@ -12,6 +13,18 @@ export interface WorkerSettings {
 }
 
 export type JobHandler = (job: Job) => Promise<unknown>;
+
+/**
+ * The workflow queues a worker process serves: those `only` names (WORKER_QUEUES), else every queue of
+ * `workflows`. A name that is no workflow's queue is refused, so a typo does not leave a queue unserved.
+ */
+export function servedRunQueues(workflows: readonly Pick<WorkflowDef, 'queue'>[], only: readonly string[]): string[] {
+  const all = [...new Set(workflows.map((w) => w.queue))];
+  if (only.length === 0) return all;
+  const unknown = only.filter((q) => !all.includes(q));
+  if (unknown.length) throw new ConfigError([`WORKER_QUEUES: ${unknown.join(', ')} is no workflow queue; there are ${all.join(', ')}`]);
+  return [...new Set(only)];
+}
 
 export interface WorkerHost {
   workers: Worker[];
