@@ -12,7 +12,7 @@ import { migrate, schemaStatus } from '../../src/platform/db/migrate.ts';
 import { entities } from '../../src/entities.ts';
 import { migrateUpTo, migrationTestDatabase } from '../helpers/migrations.ts';
 
-const PREVIOUS = 'Migration20261203165732_partner_offboardings';
+const PREVIOUS = 'Migration20261203182726_approval_policy_changes';
 const THIS = 'Migration20261203182756_evidence_seals_run_retention';
 
 const database = migrationTestDatabase();

@@ -2,6 +2,7 @@ import { z } from 'zod';
 import { defineRoute, type RouteDef } from '../../platform/http/route.ts';
 import { ADMIN_ROLE } from '../../platform/tenancy/roles.ts';
 import { isoTime } from '../../platform/http/iso-time.ts';
+import { pageLimit } from '../../platform/http/cursor.ts';
 import { POLICY_CHANGE_STATUSES } from './approval.entities.ts';
 import { appliedPolicy, approvalPolicyBody, approvalPolicySettings, applyPolicy, loadPolicyWithSource, loosenedFields, policyFromBody } from './approval.policy.ts';
 import {
@@ -99,7 +100,7 @@ export function approvalPolicyRoutes(deps: { slaBSeconds: number; slaCSeconds: n
       tags: ['approvals'],
       query: z.strictObject({
         status: z.enum(POLICY_CHANGE_STATUSES).optional().describe('By the status a change reads (pending: awaiting a second admin)'),
-        limit: z.coerce.number().int().min(1).max(100).default(50),
+        limit: pageLimit(50),
         cursor: z.string().max(200).optional(),
       }),
       responses: { 200: { description: 'A page of policy changes', schema: policyChangePage } },
