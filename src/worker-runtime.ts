@@ -106,8 +106,9 @@ export async function startWorkerProcess(c: Container, signal?: AbortSignal): Pr
     workers,
     sweeper,
     async stop() {
-      await sweeper.stop();
-      await host.stop(cfg.WORKER_SHUTDOWN_GRACE);
+      // The workers stop taking jobs at once: a sweep in progress (which stop waits for) must not
+      // keep them taking new jobs and starting next steps meanwhile.
+      await Promise.all([host.stop(cfg.WORKER_SHUTDOWN_GRACE), sweeper.stop()]);
       connection.disconnect();
       metricsServer?.closeAllConnections();
       await new Promise((r) => (metricsServer ? metricsServer.close(r) : r(undefined)));
