@@ -78,6 +78,8 @@ describe('a worker started or stopped while Redis is down (own redis-server)', (
     // A grace longer than the test's own timeout: a worker that waited it out would fail the test.
     const worker = await stack.spawnWorker({ WORKER_SHUTDOWN_GRACE: '5m' });
     await stack.ownRedis!.stopServer();
+    // The worker has noticed: its reconnection is refused (a signal before that finds its connections still up, and they close).
+    await waitFor(() => worker.output().includes('ECONNREFUSED'), { what: 'the worker to find Redis gone' });
     worker.kill('SIGTERM');
     expect(await worker.exited, worker.output().slice(-3000)).toBe(0);
     const msgs = logLines(worker).map((l) => l.msg);
