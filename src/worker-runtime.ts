@@ -2,11 +2,12 @@ import { createHash } from 'node:crypto';
 import type { Worker } from 'bullmq';
 import type { Container } from './container.ts';
 import { createRedis } from './platform/queue/connections.ts';
-import { StepExecutor } from './platform/durable/executor.ts';
+import { StepExecutor, untilAborted } from './platform/durable/executor.ts';
 import { Sweeper } from './platform/durable/sweeper.ts';
 import { startWorkers } from './platform/durable/worker-host.ts';
 import { scheduleMaintenance, MAINTENANCE_QUEUE, maintenanceHandlers, upsertMaintenanceSchedulers } from './platform/queue/maintenance.ts';
 import { startMetricsServer } from './platform/telemetry/metrics-server.ts';
+import { onShutdown } from './platform/process/shutdown.ts';
 
 export interface WorkerProcess {
   workers: Worker[];
@@ -14,8 +15,34 @@ export interface WorkerProcess {
   stop(): Promise<void>;
 }
 
-/** Starts the BullMQ workers, the recovery sweeper and the maintenance scheduler for one worker process. */
-export async function startWorkerProcess(c: Container): Promise<WorkerProcess> {
+/**
+ * A worker process's life (the worker entries call it): SIGTERM/SIGINT are handled from the start, not
+ * only once the worker has started. A worker still waiting for Redis at start (Redis down) stops
+ * waiting, says so and exits 0 (its workers are stopped as at any stop: none has a job while Redis
+ * is down). Resolves once the worker has started (undefined when it was stopped first).
+ */
+export async function runWorkerProcess(c: Container): Promise<WorkerProcess | undefined> {
+  const stopping = new AbortController();
+  const started = startWorkerProcess(c, stopping.signal).catch((err: unknown) => {
+    if (stopping.signal.aborted) return undefined;
+    throw err;
+  });
+  onShutdown(c.logger, c.config.WORKER_SHUTDOWN_GRACE, async () => {
+    stopping.abort(new Error('worker stopping'));
+    const worker = await started.catch(() => undefined);
+    if (worker) await worker.stop();
+    else c.logger.info('stopped before the worker had started (still waiting for Redis)');
+    await c.close();
+  });
+  return started;
+}
+
+/**
+ * Starts the BullMQ workers, the recovery sweeper and the maintenance scheduler for one worker process.
+ * Start waits for Redis (the maintenance schedulers are upserted there): when `signal` aborts first,
+ * the workers are stopped and the start rejects.
+ */
+export async function startWorkerProcess(c: Container, signal?: AbortSignal): Promise<WorkerProcess> {
   const cfg = c.config;
   const connection = createRedis(cfg.REDIS_URL, 'worker', `dealix-worker-${c.instanceId}`);
   const executor = new StepExecutor({
@@ -46,7 +73,14 @@ export async function startWorkerProcess(c: Container): Promise<WorkerProcess> {
     queues: [...new Set([...c.servedQueues, MAINTENANCE_QUEUE])],
   });
   const workers = host.workers;
-  const maintenance = await scheduleMaintenance({ connection: c.redis, prefix: cfg.QUEUE_PREFIX, logger: c.logger, runRetentionMs: cfg.RUN_RETENTION });
+  let maintenance;
+  try {
+    maintenance = await untilAborted(scheduleMaintenance({ connection: c.redis, prefix: cfg.QUEUE_PREFIX, logger: c.logger, runRetentionMs: cfg.RUN_RETENTION }), signal);
+  } catch (err) {
+    await host.stop(cfg.WORKER_SHUTDOWN_GRACE);
+    connection.disconnect();
+    throw err;
+  }
   await c.queues.get(MAINTENANCE_QUEUE)?.close();
   c.queues.set(MAINTENANCE_QUEUE, maintenance);
   const sweeper = new Sweeper({
@@ -72,8 +106,9 @@ export async function startWorkerProcess(c: Container): Promise<WorkerProcess> {
     workers,
     sweeper,
     async stop() {
-      await sweeper.stop();
-      await host.stop(cfg.WORKER_SHUTDOWN_GRACE);
+      // The workers stop taking jobs at once: a sweep in progress (which stop waits for) must not
+      // keep them taking new jobs and starting next steps meanwhile.
+      await Promise.all([host.stop(cfg.WORKER_SHUTDOWN_GRACE), sweeper.stop()]);
       connection.disconnect();
       metricsServer?.closeAllConnections();
       await new Promise((r) => (metricsServer ? metricsServer.close(r) : r(undefined)));

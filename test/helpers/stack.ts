@@ -55,7 +55,8 @@ export interface TestStack {
   /** The private redis-server the stack runs on (StackOptions.ownRedis), stopped with the stack. */
   ownRedis?: OwnRedis;
   token(claims: { tenantId: string; sub: string; roles?: string[] }): Promise<string>;
-  spawnWorker(extraEnv?: Record<string, string>): Promise<WorkerHandle>;
+  /** Spawns a worker process (`entry` overrides StackOptions.workerEntry) and waits for its 'worker started' line. */
+  spawnWorker(extraEnv?: Record<string, string>, opts?: { entry?: string }): Promise<WorkerHandle>;
   workers: WorkerHandle[];
   stop(): Promise<void>;
 }
@@ -101,8 +102,8 @@ export async function startStack(opts: StackOptions = {}): Promise<TestStack> {
   }
   const redis = new Redis(TEST_REDIS_URL, { maxRetriesPerRequest: 1 });
   const workers: WorkerHandle[] = [];
-  const spawnWorker = async (extraEnv: Record<string, string> = {}) => {
-    const entry = opts.workerEntry ?? 'workers/golden-path.worker.ts';
+  const spawnWorker = async (extraEnv: Record<string, string> = {}, spawnOpts: { entry?: string } = {}) => {
+    const entry = spawnOpts.entry ?? opts.workerEntry ?? 'workers/golden-path.worker.ts';
     const proc = spawn(process.execPath, [...(opts.workerExecArgv ?? []), entry], {
       cwd: ROOT,
       env: { PATH: process.env.PATH ?? '', ...env, LOG_LEVEL: extraEnv.LOG_LEVEL ?? 'info', ...extraEnv },

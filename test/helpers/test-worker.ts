@@ -16,8 +16,7 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { loadConfig } from '../../src/platform/config/config.ts';
 import { createContainer } from '../../src/container.ts';
-import { startWorkerProcess } from '../../src/worker-runtime.ts';
-import { onShutdown } from '../../src/platform/process/shutdown.ts';
+import { runWorkerProcess } from '../../src/worker-runtime.ts';
 import { PermanentError } from '../../src/platform/errors/app-error.ts';
 import type { RetryPolicy } from '../../src/platform/durable/workflow.ts';
 import { STEP_ENTERED, slowWorkflow, type SlowVariant, type StepGate } from './slow-workflow.ts';
@@ -49,8 +48,4 @@ const container = await createContainer(config, {
   workflows: (fromModules) => withVersions(fromModules, versions),
   extraWorkflows: withVersions([slowWorkflow({ gate, variant, ...(retry ? { retry } : {}) })], versions),
 });
-const worker = await startWorkerProcess(container);
-onShutdown(container.logger, config.WORKER_SHUTDOWN_GRACE, async () => {
-  await worker.stop();
-  await container.close();
-});
+await runWorkerProcess(container);

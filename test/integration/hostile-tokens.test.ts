@@ -137,6 +137,11 @@ describe('forged, stale and misdirected tokens', () => {
     ['NUL in sub (correctly signed)', async () => hs256(claims({ sub: 'mal\u0000lory' }))],
     ['unpaired surrogate in sub (correctly signed)', async () => hs256(claims({ sub: 'mal\ud800lory' }))],
     ['control character in a role (correctly signed)', async () => hs256(claims({ roles: ['appro\u0007ver'] }))],
+    // Correctly signed, but no subject once trimmed, or one that would pass for another once trimmed: refused, never trimmed.
+    ['empty sub (correctly signed)', async () => hs256(claims({ sub: '' }))],
+    ['whitespace-only sub (correctly signed)', async () => hs256(claims({ sub: '   ' }))],
+    ['sub with a trailing space (correctly signed)', async () => hs256(claims({ sub: 'mallory ' }))],
+    ['tenant_id with a leading space (correctly signed)', async () => hs256(claims({ tenant_id: ` ${tenantA}` }))],
   ];
 
   it('the untampered token these cases start from is accepted (the control case)', async () => {

@@ -203,7 +203,9 @@ describe('the first request and its replays', () => {
     const again = await submit(who, key);
     expect(again.status).toBe(202);
     expect(again.headers.get('idempotent-replayed')).toBe('true');
-    expect(again.text).toBe(first.text);
+    // The first answer's problem+json (a replay carries no request_id: that id named the first request).
+    const { request_id: _, ...firstProblem } = first.json;
+    expect(again.json).toEqual(firstProblem);
     expect(again.json.run_id).toBe(first.json.run_id);
     expect(again.headers.get('location')).toBe(first.headers.get('location'));
     expect(again.headers.get('content-type')).toBe(first.headers.get('content-type'));
@@ -271,6 +273,32 @@ describe('the first request and its replays', () => {
     expect(b.headers.get('idempotent-replayed')).toBe('true');
     expect(b.json.run_id).toBe(a.json.run_id);
     expect((await keyRecord(who, k)).status).toBe('completed');
+  });
+});
+
+describe('a path id is fingerprinted as validated: a UUID in any case is one request', () => {
+  it.each([
+    ['cancel a run', (id: string) => `/api/v1/golden-path/runs/${id}/cancel`, undefined, []],
+    ['decide an approval request', (id: string) => `/api/v1/approvals/${id}/decision`, { decision: 'approve' }, ['approver']],
+  ])('%s: the same key with the id in upper then lower case replays; another id is 422', async (_what, path, body, roles) => {
+    const who = await actor(stack, { roles });
+    const key = randomUUID();
+    // No such run or request: the handler's 404 is the request's stored answer.
+    const id = randomUUID();
+    const send = (p: string) => api(stack, 'POST', p, { token: who.token, headers: { 'Idempotency-Key': key }, ...(body ? { body } : {}) });
+    const first = await send(path(id.toUpperCase()));
+    expect(first.status, first.text).toBe(404);
+    expect(first.headers.get('idempotent-replayed')).toBeNull();
+    const again = await send(path(id));
+    expect(again.status, again.text).toBe(404);
+    expect(again.headers.get('idempotent-replayed')).toBe('true');
+    // The first answer's problem+json (a replay carries no request_id: that id named the first request).
+    const { request_id: _, ...firstProblem } = first.json;
+    expect(again.json).toEqual(firstProblem);
+    expectProblem(await send(path(randomUUID())), 422, 'idempotency_key_reused');
+    // Stored under the canonical id: the fingerprint of the lower-case path parameters.
+    const record = await keyRecord(who, key);
+    expect(record.fingerprint).toBe(requestFingerprint('POST', record.route.slice('POST '.length), { params: { id }, body: body ?? null }));
   });
 });
 
@@ -587,7 +615,9 @@ describe('the approval decision', () => {
     const again = await decide(approver, key);
     expect(again.status).toBe(200);
     expect(again.headers.get('idempotent-replayed')).toBe('true');
-    expect(again.text).toBe(first.text);
+    // The first answer's problem+json (a replay carries no request_id: that id named the first request).
+    const { request_id: _, ...firstProblem } = first.json;
+    expect(again.json).toEqual(firstProblem);
     expectProblem(await decide(approver, key, { decision: 'reject' }), 422, 'idempotency_key_reused');
     expect(await decisions()).toBe(1);
     // A new key is a new request: the request is already decided, and that answer is stored too.

@@ -7,13 +7,23 @@
  * The plain cases (a step finishing within the grace, one outlasting it) are in durable-recovery.test.ts.
  */
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { newTenant, startStack, type TestStack } from '../helpers/stack.ts';
+import { newTenant, startStack, type TestStack, type WorkerHandle } from '../helpers/stack.ts';
 import { waitFor } from '../helpers/poll.ts';
+import { freePort } from '../helpers/own-infra.ts';
 import { slowWorkflow } from '../helpers/slow-workflow.ts';
 import { createSlowRun, entered, enteredThroughLast, expectEveryStepOnce, jobOf, killLiveWorkers, logged, readRun, waitEntered, waitRun } from '../helpers/recovery.ts';
 import type { RunRow } from '../../src/platform/durable/runtime.ts';
 
+/** The worker's JSON log lines (its output is nothing else: the first test checks). */
+const logLines = (w: WorkerHandle): Array<Record<string, unknown>> =>
+  w
+    .output()
+    .split('\n')
+    .filter((l) => l.startsWith('{'))
+    .map((l) => JSON.parse(l) as Record<string, unknown>);
+
 const TEST_WORKER = 'test/helpers/test-worker.ts';
+const STOPPED_WITHOUT_REDIS = 'no job running and Redis unreachable: the workers stop without waiting for Redis';
 const LONG = 120_000;
 
 describe('a worker started or stopped while Redis is down (own redis-server)', () => {
@@ -48,11 +58,35 @@ describe('a worker started or stopped while Redis is down (own redis-server)', (
     expect(worker.output().split('\n').filter((l) => l !== '' && !l.startsWith('{'))).toEqual([]);
   });
 
-  it('an idle worker exits 0', { timeout: LONG }, async () => {
-    const worker = await stack.spawnWorker({ WORKER_SHUTDOWN_GRACE: '1s' });
-    await stack.ownRedis!.stopServer();
+  it('the production worker told to stop while it still waits for Redis at start stops waiting and exits 0, saying so', { timeout: LONG }, async () => {
+    // A port nobody listens on: this worker never reaches Redis, so it never logs 'worker started'.
+    void stack.spawnWorker({ REDIS_URL: `redis://127.0.0.1:${await freePort()}` }, { entry: 'workers/golden-path.worker.ts' }).catch(() => {});
+    const worker = stack.workers.at(-1)!;
+    await waitFor(() => worker.output().split('ECONNREFUSED').length > 2, { what: 'the worker to try Redis' });
     worker.kill('SIGTERM');
-    expect(await worker.exited).toBe(0);
+    expect(await worker.exited, worker.output().slice(-3000)).toBe(0);
+    expect(worker.proc.signalCode).toBeNull();
+    const lines = logLines(worker);
+    const msgs = lines.map((l) => l.msg);
+    expect(msgs.filter((m) => m === 'stopped before the worker had started (still waiting for Redis)')).toHaveLength(1);
+    expect(msgs).not.toContain('worker started');
+    expect(msgs.at(-1)).toBe('shut down cleanly');
+    expect(worker.output().split('\n').filter((l) => l !== '' && !l.startsWith('{'))).toEqual([]);
+  });
+
+  it('an idle worker whose Redis is down exits 0 without waiting out the grace, and says nothing was in flight', { timeout: LONG }, async () => {
+    // A grace longer than the test's own timeout: a worker that waited it out would fail the test.
+    const worker = await stack.spawnWorker({ WORKER_SHUTDOWN_GRACE: '5m' });
+    await stack.ownRedis!.stopServer();
+    // The worker has noticed: its reconnection is refused (a signal before that finds its connections still up, and they close).
+    await waitFor(() => worker.output().includes('ECONNREFUSED'), { what: 'the worker to find Redis gone' });
+    worker.kill('SIGTERM');
+    expect(await worker.exited, worker.output().slice(-3000)).toBe(0);
+    const msgs = logLines(worker).map((l) => l.msg);
+    expect(msgs).toContain(STOPPED_WITHOUT_REDIS);
+    // Nothing was in flight, so there was nothing to hand back or wait for.
+    expect(msgs.filter((m) => /hand|did not (finish|close)|too long/.test(String(m)))).toEqual([]);
+    expect(msgs.at(-1)).toBe('shut down cleanly');
   });
 
   it.each([
@@ -67,6 +101,10 @@ describe('a worker started or stopped while Redis is down (own redis-server)', (
     first.kill('SIGTERM');
     expect(await first.exited, first.output().slice(-3000)).toBe(0);
     expect((await readRun(stack, tenant, run.id)).sequence_num).toBe(committed);
+    // Once its step has ended there is nothing left to wait for without Redis: it says so, not that it could not close.
+    const msgs = logLines(first).map((l) => l.msg);
+    expect(msgs).toContain(STOPPED_WITHOUT_REDIS);
+    expect(msgs.filter((m) => /did not close/.test(String(m)))).toEqual([]);
 
     // Redis comes back empty: the sweeper of the next worker re-enqueues the run from its last checkpoint.
     await stack.ownRedis!.startServer();

@@ -118,6 +118,20 @@ describe('JWT verification', () => {
     await rejection(await sign({ tenant_id: tenant, roles: [] }));
   });
 
+  it('refuses a sub that is empty, blank or has leading or trailing whitespace: taken as sent, never trimmed', async () => {
+    for (const bad of ['', ' ', '   ', '\u00a0', '\u2003', '\ufeff', ' user-1', 'user-1 ', 'user-1\u00a0']) {
+      expect((await rejection(await sign({ sub: bad, tenant_id: tenant }))).detail, JSON.stringify(bad)).toMatch(/^The token lacks a valid sub claim/);
+    }
+    // Whitespace inside a subject is the issuer's business; it is kept as it is.
+    expect((await verifier.verify(await sign({ sub: 'Jane Doe', tenant_id: tenant }))).sub).toBe('Jane Doe');
+  });
+
+  it('refuses a tenant_id with leading or trailing whitespace, or blank: not a UUID, never trimmed', async () => {
+    for (const bad of [' ', `${tenant} `, ` ${tenant}`, `${tenant}\n`, `\u00a0${tenant}`]) {
+      expect((await rejection(await sign({ sub: 'user-1', tenant_id: bad }))).detail, JSON.stringify(bad)).toMatch(/^The token lacks a valid tenant_id claim/);
+    }
+  });
+
   it('remembers a verified token only until its exp, and never a look-alike with another signature', { timeout: 20_000 }, async () => {
     const strict = createTokenVerifier(parseConfig({ JWT_SECRET: TEST_JWT_SECRET, JWT_CLOCK_TOLERANCE: '0s' }));
     const token = await sign(undefined, { exp: now() + 2 });

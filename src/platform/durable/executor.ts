@@ -68,8 +68,11 @@ export interface JobControl {
 
 const tracer = trace.getTracer('dealix-durable');
 
-/** Settles with the step, or rejects as soon as `signal` aborts; a step left running then can no longer commit. */
-async function untilAborted<T>(running: Promise<T>, signal: AbortSignal | undefined): Promise<T> {
+/**
+ * Settles with `running` (a step, a hand-back), or rejects as soon as `signal` aborts; a step left
+ * running then can no longer commit.
+ */
+export async function untilAborted<T>(running: Promise<T>, signal: AbortSignal | undefined): Promise<T> {
   if (!signal) return running;
   running.catch(() => {}); // if the abort wins, the step's own later failure is moot
   let onAbort!: () => void;

@@ -1,6 +1,7 @@
 import { Worker, type Job, type MinimalJob, type Processor, type WorkerOptions } from 'bullmq';
+import type { Redis } from 'ioredis';
 import type { Logger } from 'pino';
-import type { StepExecutor } from './executor.ts';
+import { untilAborted, type StepExecutor } from './executor.ts';
 import type { DurableRuntime, StepJobData } from './runtime.ts';
 import { DEFAULT_RETRY, STEP_BACKOFF, retryOf, stepBackoffMs, type WorkflowDef } from './workflow.ts';
 import { ConfigError } from '../config/config.ts';
@@ -48,7 +49,7 @@ export function startWorkers(args: {
   runtime: DurableRuntime;
   executor: StepExecutor;
   handlers: Record<string, JobHandler>;
-  connection: WorkerOptions['connection'];
+  connection: Redis;
   prefix: string;
   settings: WorkerSettings;
   logger: Logger;
@@ -57,8 +58,19 @@ export function startWorkers(args: {
 }): WorkerHost {
   const queueNames = new Set(args.queues ?? args.runtime.workflows.all().map((w) => w.queue));
   const active = new Map<string, ActiveStep>();
+  // Every job a processor is running (run jobs, timers, maintenance): a stopping worker with none and
+  // no Redis has nothing left to wait for.
+  let running = 0;
   let draining = false;
   const processor: Processor = async (job, token) => {
+    running++;
+    try {
+      return await processJob(job, token);
+    } finally {
+      running--;
+    }
+  };
+  const processJob: Processor = async (job, token) => {
     // A run job is recognised by its data, not its name: a step the code no longer has (renamed,
     // removed) must reach the executor and fail the run as non-determinism, not loop as "no handler".
     if (isStepJob(job.data)) {
@@ -69,8 +81,9 @@ export function startWorkers(args: {
         return await args.executor.process(job as Job<StepJobData>, {
           abort: abort.signal,
           draining: () => draining,
+          // With Redis down the hand-back waits for it: the stop's abort (after HAND_BACK_MS) ends the wait, and the job's lock lapses.
           handBack: async () => {
-            if (token) await job.moveToWait(token);
+            if (token) await untilAborted(job.moveToWait(token), abort.signal);
           },
           defer: async (delayMs, deferrals) => {
             await job.updateData({ ...(job.data as StepJobData), deferrals });
@@ -110,7 +123,7 @@ export function startWorkers(args: {
     stop: (graceMs) => {
       // Jobs between two steps end there (handed back); a step already running gets the grace period.
       draining = true;
-      return stopWorkers(workers, active, graceMs, args.logger);
+      return stopWorkers({ workers, active, running: () => running, redisReady: () => args.connection.status === 'ready', graceMs, logger: args.logger });
     },
   };
 }
@@ -130,19 +143,30 @@ function isStepJob(data: unknown): boolean {
   return typeof d?.run_id === 'string' && typeof d.tenant_id === 'string' && typeof d.workflow === 'string' && typeof d.sequence_num === 'number';
 }
 
-/** Resolves true if `p` settles within `ms`, false otherwise. */
-async function within(p: Promise<unknown>, ms: number): Promise<boolean> {
+/**
+ * Resolves 'settled' once `p` settles, 'condition' once `condition()` holds (checked every 100 ms), or
+ * 'timeout' after `ms`, whichever comes first.
+ */
+async function firstOf(p: Promise<unknown>, ms: number, condition?: () => boolean): Promise<'settled' | 'condition' | 'timeout'> {
   let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<false>((r) => (timer = setTimeout(() => r(false), ms)));
+  let check: NodeJS.Timeout | undefined;
+  const timeout = new Promise<'timeout'>((r) => (timer = setTimeout(() => r('timeout'), ms)));
+  const held = new Promise<'condition'>((r) => {
+    const poll = () => (condition!() ? r('condition') : (check = setTimeout(poll, 100)));
+    if (condition) poll();
+  });
   try {
-    return await Promise.race([p.then(() => true), timeout]);
+    return await Promise.race([p.then(() => 'settled' as const), held, timeout]);
   } finally {
     clearTimeout(timer);
+    clearTimeout(check);
   }
 }
 
 /** How long a stopping worker tries to hand its jobs back (a Redis command, milliseconds when Redis answers). */
 const HAND_BACK_MS = 2_000;
+
+const STOPPED_WITHOUT_REDIS = 'no job running and Redis unreachable: the workers stop without waiting for Redis';
 
 /**
  * Graceful stop, bounded in time: take no new jobs and give active ones `graceMs` to finish. Steps
@@ -152,22 +176,44 @@ const HAND_BACK_MS = 2_000;
  * for a connection: after HAND_BACK_MS the steps are aborted all the same, and the jobs' locks lapse
  * (another worker's stall check, or the sweeper after a Redis that lost its data, re-queues them).
  * (A second `close(true)` would not help: BullMQ returns the first, still-waiting close.)
+ *
+ * BullMQ's close waits for Redis (it quits its blocking connection), however long it is down: once no
+ * job is running and Redis is unreachable there is nothing left to finish or hand back, and the stop
+ * ends there (at once for an idle worker, as soon as its steps end for a busy one) instead of waiting
+ * out the grace and more. A job whose step ended but whose completion could not reach Redis keeps its
+ * lock until it lapses, and is carried on from its last checkpoint like any stalled job.
  */
-async function stopWorkers(workers: Worker[], active: Map<string, ActiveStep>, graceMs: number, logger: Logger): Promise<void> {
-  const closing = Promise.allSettled(workers.map((w) => w.close()));
-  if (await within(closing, graceMs)) return;
+async function stopWorkers(o: {
+  workers: Worker[];
+  active: Map<string, ActiveStep>;
+  running: () => number;
+  redisReady: () => boolean;
+  graceMs: number;
+  logger: Logger;
+}): Promise<void> {
+  const { active, logger } = o;
+  const idleWithoutRedis = () => o.running() === 0 && !o.redisReady();
+  const closing = Promise.allSettled(o.workers.map((w) => w.close()));
+  const first = await firstOf(closing, o.graceMs, idleWithoutRedis);
+  if (first === 'settled') return;
+  if (first === 'condition') return void logger.warn(STOPPED_WITHOUT_REDIS);
   const left = [...active.values()];
-  logger.warn({ active_jobs: left.length }, 'active jobs did not finish in the grace period; handing them back');
-  const handingBack = left.map(async ({ job, token }) => {
-    try {
-      if (token) await job.moveToWait(token);
-    } catch (err) {
-      logger.warn({ err, job_id: job.id }, 'could not hand the job back; its lock will lapse instead');
+  if (left.length > 0) {
+    logger.warn({ active_jobs: left.length }, 'active jobs did not finish in the grace period; handing them back');
+    const handingBack = left.map(async ({ job, token }) => {
+      try {
+        if (token) await job.moveToWait(token);
+      } catch (err) {
+        logger.warn({ err, job_id: job.id }, 'could not hand the job back; its lock will lapse instead');
+      }
+    });
+    if ((await firstOf(Promise.all(handingBack), HAND_BACK_MS)) !== 'settled') {
+      logger.warn({ active_jobs: left.length }, 'could not hand the jobs back in time (Redis unreachable?); their locks will lapse instead');
     }
-  });
-  if (!(await within(Promise.all(handingBack), HAND_BACK_MS))) {
-    logger.warn({ active_jobs: left.length }, 'could not hand the jobs back in time (Redis unreachable?); their locks will lapse instead');
+    for (const { abort } of left) abort.abort(new Error('worker shutting down: job handed back'));
   }
-  for (const { abort } of left) abort.abort(new Error('worker shutting down: job handed back'));
-  if (!(await within(closing, 5_000))) logger.error('workers did not close after handing their jobs back');
+  // No run step is left to hand back; a timer or maintenance job may still be running (each is safe to run again).
+  const last = await firstOf(closing, 5_000, idleWithoutRedis);
+  if (last === 'condition') logger.warn(STOPPED_WITHOUT_REDIS);
+  else if (last === 'timeout') logger.error({ running_jobs: o.running(), redis_ready: o.redisReady() }, left.length > 0 ? 'workers did not close after handing their jobs back' : 'workers did not close in the grace period; no run step was in flight');
 }

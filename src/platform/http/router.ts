@@ -10,7 +10,7 @@ import { answerClaim, idempotencyMiddleware, type IdempotencyMetrics, type Idemp
 import { REPLAYABLE_HEADERS, isLeaseLost, type ClaimInput, type IdempotencyRecord, type IdempotencyService, type PendingClaim } from '../idempotency/idempotency.service.ts';
 import { withPrelude } from '../db/coalescing-client.ts';
 import { MUTATING_METHODS, type RouteDef, type RouteResult } from './route.ts';
-import { parseOrThrow } from './validation.ts';
+import { canonicalParams, parseOrThrow } from './validation.ts';
 import { PROBLEM_CONTENT_TYPE } from './problem.middleware.ts';
 import { rejectUnstorableText } from './json-text.ts';
 import { tenantInFlightLimit } from './tenant-inflight.ts';
@@ -113,7 +113,7 @@ function validate(def: RouteDef) {
           throw unsupportedMediaType(def.body ? 'Send the body as application/json.' : 'This operation takes no body: send none (or an empty JSON object).');
         }
       }
-      res.locals.params = def.params ? parseOrThrow(def.params, req.params, 'path parameters', 404) : req.params;
+      res.locals.params = def.params ? canonicalParams(def.params, parseOrThrow(def.params, req.params, 'path parameters', 404)) : req.params;
       // A route without query parameters takes none: one sent is refused (400), never ignored (docs/api.md).
       res.locals.query = parseOrThrow(def.query ?? NO_QUERY, req.query, 'query parameters');
       if (def.body) res.locals.body = parseOrThrow(def.body, req.body, 'request body', 422);

@@ -16,9 +16,14 @@ const claimText = (min: number, max: number) =>
     .max(max)
     .refine((v) => !/[\u0000-\u001f\u007f-\u009f]/.test(v) && !isUnstorableText(v), 'holds a control character or an unpaired surrogate');
 
-/** The claims the platform uses; everything else in a token is ignored. */
+/**
+ * The claims the platform uses; everything else in a token is ignored. `sub` and `tenant_id` are taken
+ * as sent, never trimmed: a subject with leading or trailing whitespace (all whitespace included) is
+ * refused, as a tenant_id with any is not a UUID, so `" alice"` cannot pass for `alice` in the
+ * four-eyes check (subjects are compared exactly, case included).
+ */
 export const principalClaims = z.object({
-  sub: claimText(1, 255),
+  sub: claimText(1, 255).refine((v) => v.trim() === v, 'is blank or has leading or trailing whitespace'),
   tenant_id: z.string().uuid(),
   roles: z.array(claimText(0, 64)).max(50).default([]),
 });
@@ -74,7 +79,7 @@ export function createTokenVerifier(config: Config, jwks?: JSONWebKeySet): Token
         throw new UnauthorizedError(describeJoseError(e), e);
       }
       const claims = principalClaims.safeParse(payload);
-      if (!claims.success) throw new UnauthorizedError('The token lacks a valid sub, tenant_id (UUID) or roles claim.');
+      if (!claims.success) throw new UnauthorizedError(`The token lacks a valid ${String(claims.error.issues[0]?.path[0] ?? 'sub')} claim (sub, tenant_id as a UUID, roles).`);
       const principal: Principal = Object.freeze({ sub: claims.data.sub, tenantId: claims.data.tenant_id.toLowerCase(), roles: Object.freeze([...claims.data.roles]) });
       const exp = (payload as { exp: number }).exp * 1000;
       if (verified.size >= VERIFIED_TOKEN_MAX) verified.delete(verified.keys().next().value!);
