@@ -1,9 +1,11 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { randomUUID } from 'node:crypto';
+import pg from 'pg';
 import { api, SAMPLE_SUBMISSION, startStack, type TestStack } from '../helpers/stack.ts';
 import { waitFor } from '../helpers/poll.ts';
 import { policyTenant, putPolicy, type PolicyTenant } from '../helpers/policy.ts';
 import { tenantEm } from '../../src/platform/db/tenant-em.ts';
+import { TENANT_SETTING } from '../../src/platform/db/tenant-owned.ts';
 
 /**
  * Four-eyes on loosening the approval policy (ADR 0010, docs/api.md): a PUT that only tightens applies
@@ -237,5 +239,136 @@ describe('a policy change that loosens', () => {
     expect(replay.headers.get('idempotent-replayed')).toBe('true');
     expect(replay.json).toEqual(approved.json);
     expect((await policyOf(t)).version).toBe(1);
+  });
+});
+
+/**
+ * Holds a row of the tenant locked (FOR UPDATE) on a connection of its own, as the application role
+ * under the tenant's RLS, so that the requests sent meanwhile queue behind it in the order they are sent.
+ */
+async function holdRow(tenant: string, table: 'approval_policies' | 'approval_policy_changes', id?: string) {
+  const client = new pg.Client({ connectionString: stack.db.appUrl });
+  await client.connect();
+  await client.query('begin');
+  await client.query('select set_config($1, $2, true)', [TENANT_SETTING, tenant]);
+  const held = await client.query(`select 1 from ${table} where tenant_id = $1${id ? ' and id = $2' : ''} for update`, id ? [tenant, id] : [tenant]);
+  expect(held.rowCount).toBe(1);
+  return {
+    async release() {
+      await client.query('commit');
+      await client.end();
+    },
+  };
+}
+
+/** Polls until `n` statements on the policy tables wait for a lock. */
+const lockWaiters = (n: number, what: string) =>
+  waitFor(
+    async () =>
+      (
+        await stack.db.admin(
+          `select count(*)::int as n from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock' and query ~ 'approval_polic(y_changes|ies)'`,
+        )
+      ).rows[0].n >= n,
+    { timeoutMs: 20_000, what },
+  );
+
+describe('decisions at once (lock order: the policy row first, then changes)', () => {
+  it('two approvals of two changes based on one version: the first applies, the other is 409 policy_changed — not a deadlock (503)', async () => {
+    const t = await tenantTokens();
+    const admin3 = await stack.token({ tenantId: t.tenant, sub: 'admin-3', roles: ['admin'] });
+    expect((await put(t.admin, DEFAULTS)).json).toMatchObject({ version: 1 });
+    const x = await propose(t);
+    const y = await propose(t, { ...DEFAULTS, sla_b_seconds: 172_800 });
+    const held = await holdRow(t.tenant, 'approval_policies');
+    const first = decide(t.admin2, x.id, 'approve');
+    await lockWaiters(1, 'the approval of x to wait for the policy');
+    const second = decide(admin3, y.id, 'approve');
+    await lockWaiters(2, 'the approval of y to wait too');
+    await held.release();
+    const [a, b] = await Promise.all([first, second]);
+    expect(a.status, a.text).toBe(200);
+    expect(a.json).toMatchObject({ policy: LOOSER, version: 2, approved_by: 'admin-2' });
+    expectProblem(b, 409, 'policy_changed');
+    expect(await changeOf(t, y.id)).toMatchObject({ status: 'superseded', decided_by: null });
+    expect(await policyOf(t)).toEqual(a.json);
+  });
+
+  it('an approval that meets a tightening PUT: the PUT applies, the approval is 409 policy_changed — not a deadlock (503)', async () => {
+    const t = await tenantTokens();
+    expect((await put(t.admin, DEFAULTS)).json).toMatchObject({ version: 1 });
+    const x = await propose(t);
+    const tighter = { ...DEFAULTS, sla_b_seconds: 3_600 };
+    const held = await holdRow(t.tenant, 'approval_policies');
+    const tightening = put(t.admin, tighter);
+    await lockWaiters(1, 'the PUT to wait for the policy');
+    const approval = decide(t.admin2, x.id, 'approve');
+    await lockWaiters(2, 'the approval to wait too');
+    await held.release();
+    const [p, a] = await Promise.all([tightening, approval]);
+    expect(p.status, p.text).toBe(200);
+    expect(p.json).toMatchObject({ policy: tighter, version: 2, approved_by: null });
+    expectProblem(a, 409, 'policy_changed');
+    expect(await changeOf(t, x.id)).toMatchObject({ status: 'superseded' });
+    expect(await policyOf(t)).toEqual(p.json);
+  });
+
+  it('a tightening PUT that waited for an approval decides on the policy approved: 200, never a 409 its Idempotency-Key would replay', async () => {
+    const t = await tenantTokens();
+    expect((await put(t.admin, DEFAULTS)).json).toMatchObject({ version: 1 });
+    const x = await propose(t);
+    // Tighter than version 1 and than LOOSER, the version the approval is about to apply.
+    const tighter = { ...DEFAULTS, sla_b_seconds: 3_600 };
+    const key = randomUUID();
+    const held = await holdRow(t.tenant, 'approval_policies');
+    const approval = decide(t.admin2, x.id, 'approve');
+    await lockWaiters(1, 'the approval to wait for the policy');
+    const tightening = put(t.admin, tighter, key);
+    await lockWaiters(2, 'the PUT to wait too');
+    await held.release();
+    const [a, p] = await Promise.all([approval, tightening]);
+    expect(a.json).toMatchObject({ version: 2, approved_by: 'admin-2' });
+    expect(p.status, p.text).toBe(200);
+    expect(p.json).toMatchObject({ policy: tighter, version: 3, updated_by: 'admin-1', approved_by: null });
+    const again = await put(t.admin, tighter, key);
+    expect(again.headers.get('idempotent-replayed')).toBe('true');
+    expect(again.json).toEqual(p.json);
+  });
+
+  it("a tenant's first policy: a tightening PUT that met an approval writing it (no row to lock yet) decides again on the policy approved", async () => {
+    const t = await tenantTokens();
+    const x = await propose(t);
+    expect(x.base_version).toBe(0);
+    const tighter = { ...DEFAULTS, sla_b_seconds: 3_600 };
+    // The approval inserts the tenant's first policy, then waits for its change, held here.
+    const held = await holdRow(t.tenant, 'approval_policy_changes', x.id);
+    const approval = decide(t.admin2, x.id, 'approve');
+    await lockWaiters(1, 'the approval to wait for its change');
+    // The PUT finds no row to lock, decides on the defaults, and its insert waits for the approval's.
+    const tightening = put(t.admin, tighter);
+    await lockWaiters(2, 'the PUT to wait for the first policy');
+    await held.release();
+    const [a, p] = await Promise.all([approval, tightening]);
+    expect(a.status, a.text).toBe(200);
+    expect(a.json).toMatchObject({ policy: LOOSER, version: 1, approved_by: 'admin-2' });
+    expect(p.status, p.text).toBe(200);
+    expect(p.json).toMatchObject({ policy: tighter, version: 2, approved_by: null });
+    expect(await policyOf(t)).toEqual(p.json);
+  });
+
+  it('an approval that meets a rejection of the same change: 409 policy_change_decided, and the policy it was writing rolls back', async () => {
+    const t = await tenantTokens();
+    expect((await put(t.admin, DEFAULTS)).json).toMatchObject({ version: 1 });
+    const x = await propose(t);
+    const held = await holdRow(t.tenant, 'approval_policy_changes', x.id);
+    const rejection = decide(t.admin, x.id, 'reject');
+    await lockWaiters(1, 'the rejection to wait for the change');
+    const approval = decide(t.admin2, x.id, 'approve');
+    await lockWaiters(2, 'the approval to wait for the change');
+    await held.release();
+    const [r, a] = await Promise.all([rejection, approval]);
+    expect(r.json).toMatchObject({ status: 'rejected', decided_by: 'admin-1' });
+    expectProblem(a, 409, 'policy_change_decided');
+    expect(await policyOf(t)).toMatchObject({ policy: DEFAULTS, version: 1, approved_by: null });
   });
 });

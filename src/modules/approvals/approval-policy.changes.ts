@@ -6,13 +6,29 @@ import { nextCursor, pageSchema, pageWhere } from '../../platform/http/cursor.ts
 import { isoTime, toIsoTime, toIsoTimeOrNull } from '../../platform/http/iso-time.ts';
 import type { Principal } from '../../platform/tenancy/jwt.ts';
 import { POLICY_CHANGE_STATUSES, type PolicyChangeStatus } from './approval.entities.ts';
-import { applyPolicy, approvalPolicyBody, approvalPolicySettings, type ApprovalPolicyBody, type PolicyField } from './approval.policy.ts';
+import {
+  applyPolicy,
+  approvalPolicyBody,
+  approvalPolicySettings,
+  loadPolicyWithSource,
+  loosenedFields,
+  policyFromBody,
+  type ApprovalPolicyBody,
+  type LoadedPolicy,
+  type PolicyField,
+} from './approval.policy.ts';
 
 /**
  * Four-eyes on loosening the approval policy (ADR 0010). A PUT that loosens the policy in force does
  * not apply it: it proposes a change, based on the version in force. A second admin of the tenant
  * approves it (then it applies, if that version is still in force) or any admin rejects it; it
  * expires after APPROVAL_POLICY_CHANGE_TTL. Everything under the tenant's row-level security.
+ *
+ * Lock order: the tenant's policy row first, then changes. A PUT locks the row as it reads it, an
+ * approval by its conditional upsert, and only then does either write a change (the one approved, the
+ * ones superseded); a rejection locks only its change. So no two of them each hold a lock the other
+ * waits for: an approval that locked its change first, while a PUT or another approval held the policy
+ * and then wanted that change to supersede it, was a deadlock (PostgreSQL aborted one of them: 503).
  */
 export const POLICY_PATH = '/api/v1/approval-policy';
 export const CHANGES_PATH = `${POLICY_PATH}/changes`;
@@ -112,8 +128,34 @@ export async function listChanges(
   return { items: page.map(toView), next_cursor: nextCursor(page[page.length - 1], rows.length > query.limit) };
 }
 
+/**
+ * A PUT (ADR 0010): compared with the policy in force, read locked so that it stays what the PUT
+ * decided on, a policy that loosens it is proposed (`change`), anything else applies at once as the
+ * next version (`applied`) and supersedes the changes pending.
+ */
+export async function replacePolicy(
+  em: EntityManager,
+  principal: Principal,
+  body: ApprovalPolicyBody,
+  opts: { defaults: { slaBSeconds: number; slaCSeconds: number }; changeTtlMs: number },
+): Promise<{ change: PolicyChangeView } | { applied: LoadedPolicy }> {
+  // A tenant without a row has nothing to lock: a first policy written meanwhile makes the insert miss
+  // its base (version 0), and the next read locks that row and decides again.
+  for (let attempt = 0; attempt < 3; attempt++) {
+    const current = await loadPolicyWithSource(em, principal.tenantId, opts.defaults, { forUpdate: true });
+    const loosens = loosenedFields(current.policy, body);
+    if (loosens.length > 0) return { change: await proposeChange(em, principal, { policy: body, baseVersion: current.version, loosens }, opts.changeTtlMs) };
+    const applied = await applyPolicy(em, principal.tenantId, body, { baseVersion: current.version, updatedBy: principal.sub, approvedBy: null });
+    if (applied) {
+      await supersedePending(em, principal.tenantId);
+      return { applied: { ...current, policy: policyFromBody(body), source: 'tenant', ...applied, updatedBy: principal.sub, approvedBy: null } };
+    }
+  }
+  throw new Error('approval policy: the policy row changed under its lock');
+}
+
 /** Stores a proposed change, pending until `ttlMs` from now. */
-export async function proposeChange(
+async function proposeChange(
   em: EntityManager,
   principal: Principal,
   proposal: { policy: ApprovalPolicyBody; baseVersion: number; loosens: PolicyField[] },
@@ -132,7 +174,7 @@ export async function proposeChange(
  * A policy applied: every change still pending was based on the version it replaced, so none of them
  * can apply any more. They are recorded `superseded` now (or `expired` at their deadline, if past it).
  */
-export async function supersedePending(em: EntityManager, tenantId: string): Promise<void> {
+async function supersedePending(em: EntityManager, tenantId: string): Promise<void> {
   await em.execute(
     `update approval_policy_changes set status = case when expires_at <= now() then 'expired' else 'superseded' end,
             decided_at = case when expires_at <= now() then expires_at else now() end
@@ -141,31 +183,48 @@ export async function supersedePending(em: EntityManager, tenantId: string): Pro
   );
 }
 
-export function policyChangedError(detail = 'The approval policy changed since this change was based on it: it can no longer apply; propose it again.'): ConflictError {
+function policyChangedError(detail = 'The approval policy changed since this change was based on it: it can no longer apply; propose it again.'): ConflictError {
   return new ConflictError('policy_changed', detail);
 }
 
-/** The checks of a decision: the change is still pending (409 otherwise: superseded, expired, decided). */
-function ensurePending(row: ChangeRow): void {
-  if (row.status === 'pending') return;
-  if (row.status === 'superseded') throw policyChangedError(`The approval policy is no longer version ${row.base_version}, which this change was based on: it can no longer apply; propose it again.`);
-  if (row.status === 'expired') throw new ConflictError('policy_change_expired', `The change expired undecided at ${toIsoTime(row.expires_at)}; propose it again.`);
-  throw new ConflictError('policy_change_decided', `The change is already ${row.status}.`);
+/** Why a change can no longer be decided (409: superseded, expired, decided); null while it is pending. */
+function notPending(row: ChangeRow): ConflictError | null {
+  if (row.status === 'pending') return null;
+  if (row.status === 'superseded') return policyChangedError(`The approval policy is no longer version ${row.base_version}, which this change was based on: it can no longer apply; propose it again.`);
+  if (row.status === 'expired') return new ConflictError('policy_change_expired', `The change expired undecided at ${toIsoTime(row.expires_at)}; propose it again.`);
+  return new ConflictError('policy_change_decided', `The change is already ${row.status}.`);
 }
+
+/** The checks of a decision: the change is still pending. */
+function ensurePending(row: ChangeRow): void {
+  const conflict = notPending(row);
+  if (conflict) throw conflict;
+}
+
+/** The 409 of a change found pending that another request decided or superseded before this one could. */
+const decidedMeanwhile = (now: ChangeRow): ConflictError => notPending(now) ?? policyChangedError();
 
 /**
  * A second admin approves a pending change: its policy applies as the next version (approved_by them),
- * if the policy is still the version it was based on. The proposer cannot approve it (403).
+ * if the policy is still the version it was based on. The proposer cannot approve it (403). The change
+ * is read without a lock: the policy's upsert is the first lock taken (the lock order above), and the
+ * change is then marked approved only if it is still pending (a rejection may have committed meanwhile).
  */
 export async function approveChange(em: EntityManager, principal: Principal, id: string): Promise<{ version: number; updatedAt: Date; policy: ApprovalPolicyBody; proposedBy: string }> {
-  const row = await changeRow(em, principal.tenantId, id, true);
+  const row = await changeRow(em, principal.tenantId, id);
   if (row.proposed_by === principal.sub) throw new ForbiddenError('The proposer of a policy change cannot approve it: a second admin of the tenant must.');
   ensurePending(row);
   const policy = approvalPolicyBody.parse(row.policy);
   const applied = await applyPolicy(em, principal.tenantId, policy, { baseVersion: Number(row.base_version), updatedBy: row.proposed_by, approvedBy: principal.sub });
-  // Between this read and the write another change applied (its transaction committed first).
-  if (!applied) throw policyChangedError();
-  await em.execute(`update approval_policy_changes set status = 'approved', decided_by = ?, decided_at = now() where tenant_id = ? and id = ?`, [principal.sub, principal.tenantId, id]);
+  // Between the read and the write another change applied (its transaction committed first): this one
+  // reads superseded now, or approved if that was this very change.
+  if (!applied) throw decidedMeanwhile(await changeRow(em, principal.tenantId, id));
+  const marked = await em.execute<{ id: string }[]>(
+    `update approval_policy_changes set status = 'approved', decided_by = ?, decided_at = now() where tenant_id = ? and id = ? and status = 'pending' returning id`,
+    [principal.sub, principal.tenantId, id],
+  );
+  // Rejected meanwhile: the policy just written rolls back with this error.
+  if (marked.length === 0) throw decidedMeanwhile(await changeRow(em, principal.tenantId, id));
   await supersedePending(em, principal.tenantId);
   return { ...applied, policy, proposedBy: row.proposed_by };
 }

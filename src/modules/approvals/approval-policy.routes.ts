@@ -4,19 +4,17 @@ import { ADMIN_ROLE } from '../../platform/tenancy/roles.ts';
 import { isoTime } from '../../platform/http/iso-time.ts';
 import { pageLimit } from '../../platform/http/cursor.ts';
 import { POLICY_CHANGE_STATUSES } from './approval.entities.ts';
-import { appliedPolicy, approvalPolicyBody, approvalPolicySettings, applyPolicy, loadPolicyWithSource, loosenedFields, policyFromBody } from './approval.policy.ts';
+import { appliedPolicy, approvalPolicyBody, approvalPolicySettings, loadPolicyWithSource, policyFromBody } from './approval.policy.ts';
 import {
   approveChange,
   CHANGES_PATH,
   getChange,
   listChanges,
-  policyChangedError,
   policyChangePage,
   policyChangeView,
   POLICY_PATH,
-  proposeChange,
   rejectChange,
-  supersedePending,
+  replacePolicy,
   type PolicyChangeView,
 } from './approval-policy.changes.ts';
 
@@ -76,21 +74,12 @@ export function approvalPolicyRoutes(deps: { slaBSeconds: number; slaCSeconds: n
         200: { description: 'It only tightens (or keeps) the policy: the policy now in force', schema: policyView },
         202: { description: 'It loosens the policy: a pending change, which applies once a second admin approves it', schema: policyChangeView },
         403: { description: 'Not an admin of the tenant' },
-        409: { description: 'The policy changed while this request was deciding (policy_changed): send it again' },
         422: { description: 'Invalid policy (bounds, A thresholds above C thresholds, or a currency that is no ISO 4217 code)' },
       },
       async handler({ em, principal, body }) {
-        const current = await loadPolicyWithSource(em, principal.tenantId, defaults);
-        const loosens = loosenedFields(current.policy, body);
-        if (loosens.length > 0) {
-          const change = await proposeChange(em, principal, { policy: body, baseVersion: current.version, loosens }, deps.changeTtlMs);
-          return { status: 202, body: change, headers: { Location: change.links.self } };
-        }
-        const applied = await applyPolicy(em, principal.tenantId, body, { baseVersion: current.version, updatedBy: principal.sub, approvedBy: null });
-        if (!applied) throw policyChangedError('The approval policy changed while this request was deciding: send it again.');
-        await supersedePending(em, principal.tenantId);
-        const view = appliedPolicy({ policy: policyFromBody(body), source: 'tenant', version: applied.version, updatedAt: applied.updatedAt, updatedBy: principal.sub, approvedBy: null });
-        return { status: 200, body: view };
+        const out = await replacePolicy(em, principal, body, { defaults, changeTtlMs: deps.changeTtlMs });
+        if ('change' in out) return { status: 202, body: out.change, headers: { Location: out.change.links.self } };
+        return { status: 200, body: appliedPolicy(out.applied) };
       },
     }),
     defineRoute({

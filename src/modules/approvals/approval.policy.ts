@@ -256,16 +256,22 @@ function policyFromColumns(row: PolicyColumns): ApprovalPolicy {
   };
 }
 
+/**
+ * The tenant's policy in force (the defaults when it has no row). With `forUpdate` its row, if any, is
+ * locked until the transaction ends, and read as last committed (a write that held it is waited for):
+ * what a PUT decides on cannot change before it applies (approval-policy.changes.ts, lock order).
+ */
 export async function loadPolicyWithSource(
   em: EntityManager,
   tenantId: string,
   defaults: { slaBSeconds: number; slaCSeconds: number },
+  opts: { forUpdate?: boolean } = {},
 ): Promise<LoadedPolicy> {
   // A plain read, nothing to hydrate or track: it runs in every approval-packet step. RLS scopes it.
   const [row] = await em.execute<PolicyColumns[]>(
     `select class_amax_cost as a_cost, class_amax_payback_months as a_payback, class_cmin_cost as c_cost,
             class_cmin_payback_months as c_payback, sla_bseconds as sla_b, sla_cseconds as sla_c, currency, updated_at, updated_by, approved_by, version
-       from approval_policies where tenant_id = ?`,
+       from approval_policies where tenant_id = ?${opts.forUpdate ? ' for update' : ''}`,
     [tenantId],
   );
   if (!row) return defaultPolicy(defaults);
