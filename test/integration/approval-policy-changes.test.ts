@@ -205,6 +205,24 @@ describe('a policy change that loosens', () => {
     expect(await policyOf(t)).toMatchObject({ version: 0 });
   });
 
+  it('lists a page at a time by a cursor of milliseconds: every change is stored at that precision, so no page skips one proposed in the same millisecond', async () => {
+    const t = await tenantTokens();
+    const proposed: string[] = [];
+    for (let i = 1; i <= 5; i++) proposed.unshift((await propose(t, { ...DEFAULTS, class_a_max_cost: 50_000 + i })).id);
+    // The cursor is the last item's created_at in milliseconds (cursor.ts): after a page ending with a change
+    // at .123600, one at .123400 is above the cursor's .123 and would be skipped. Read as the application role.
+    const finer = await tenantEm(stack.container.orm, t.tenant).execute(`select id from approval_policy_changes where created_at <> date_trunc('milliseconds', created_at)`);
+    expect(finer).toEqual([]);
+    const seen: string[] = [];
+    let cursor: string | null = null;
+    do {
+      const page: { json: { items: Array<{ id: string }>; next_cursor: string | null } } = await api(stack, 'GET', `${CHANGES}?limit=2${cursor ? `&cursor=${cursor}` : ''}`, { token: t.submitter });
+      seen.push(...page.json.items.map((c) => c.id));
+      cursor = page.json.next_cursor;
+    } while (cursor);
+    expect(seen).toEqual(proposed);
+  });
+
   it("is another tenant's secret: not listed, 404 to read, approve or reject, and still pending for its own tenant", async () => {
     const t = await tenantTokens();
     const other = await tenantTokens();

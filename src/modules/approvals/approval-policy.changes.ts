@@ -154,7 +154,12 @@ export async function replacePolicy(
   throw new Error('approval policy: the policy row changed under its lock');
 }
 
-/** Stores a proposed change, pending until `ttlMs` from now. */
+/**
+ * Stores a proposed change, pending until `ttlMs` from now. Its created_at is in milliseconds, as a
+ * run's: the list's keyset cursor carries milliseconds, and a change earlier in the same millisecond
+ * than a page's last one (next in the newest-first order) would be above the cursor, so the next page
+ * would skip it.
+ */
 async function proposeChange(
   em: EntityManager,
   principal: Principal,
@@ -164,7 +169,7 @@ async function proposeChange(
   const id = randomUUID();
   await em.execute(
     `insert into approval_policy_changes (id, tenant_id, policy, base_version, loosens, status, proposed_by, created_at, expires_at)
-     values (?, ?, ?::jsonb, ?, ?::jsonb, 'pending', ?, now(), now() + ? * interval '1 millisecond')`,
+     values (?, ?, ?::jsonb, ?, ?::jsonb, 'pending', ?, date_trunc('milliseconds', now()), date_trunc('milliseconds', now()) + ? * interval '1 millisecond')`,
     [id, principal.tenantId, JSON.stringify(proposal.policy), proposal.baseVersion, JSON.stringify(proposal.loosens), principal.sub, ttlMs],
   );
   return getChange(em, principal.tenantId, id);
