@@ -9,7 +9,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { randomUUID } from 'node:crypto';
 import { Writable } from 'node:stream';
 import pg from 'pg';
-import { Queue } from 'bullmq';
+import { Queue, type Job } from 'bullmq';
 import { Redis } from 'ioredis';
 import { api, CLASS_A_SUBMISSION, newTenant, startStack, type TestStack } from '../helpers/stack.ts';
 import { waitFor } from '../helpers/poll.ts';
@@ -26,6 +26,9 @@ import { createMetrics } from '../../src/platform/telemetry/metrics.ts';
 import { createLogger } from '../../src/platform/telemetry/logger.ts';
 import { evidenceHash } from '../../src/modules/evidence/evidence.service.ts';
 import { GOLDEN_PATH } from '../../src/modules/golden-path/golden-path.workflow.ts';
+import { StepExecutor } from '../../src/platform/durable/executor.ts';
+import { stepJobId } from '../../src/platform/queue/job-ids.ts';
+import type { StepJobData } from '../../src/platform/durable/runtime.ts';
 
 const LONG = 120_000;
 const DAY = 86_400_000;
@@ -54,9 +57,9 @@ describe('run retention', () => {
 
   /**
    * A run of `tenant` in `status` that last moved `endedAgoMs` ago (created a day before that), with two
-   * checkpoints and one row of every domain table naming it; seeded as the superuser.
+   * checkpoints and (unless `domainRows` is false) one row of every domain table naming it; seeded as the superuser.
    */
-  async function seedRun(tenant: string, status: string, endedAgoMs: number, workflow = GOLDEN_PATH): Promise<string> {
+  async function seedRun(tenant: string, status: string, endedAgoMs: number, workflow = GOLDEN_PATH, domainRows = true): Promise<string> {
     const run: Record<string, unknown> = { ...(await rows.build('durable_runs', tenant)), status, workflow };
     await insert('durable_runs', run);
     const ended = (TERMINAL_RUN_STATUSES as readonly string[]).includes(status);
@@ -66,7 +69,8 @@ describe('run retention', () => {
       [run.id, endedAgoMs, ended],
     );
     for (const seq of [1, 2]) await insert('durable_checkpoints', { ...(await rows.build('durable_checkpoints', tenant)), run_id: run.id, sequence_num: seq });
-    for (const table of domainTables) await insert(table, { ...(await rows.build(table, tenant)), run_id: run.id });
+    // The pack's seal is its insert's (the trigger's): seeding one more would be a second seal of the run.
+    if (domainRows) for (const table of domainTables.filter((t) => t !== 'evidence_seals')) await insert(table, { ...(await rows.build(table, tenant)), run_id: run.id });
     return run.id as string;
   }
   const insert = async (table: string, row: Record<string, unknown>) => {
@@ -220,6 +224,63 @@ describe('run retention', () => {
        update evidence_packs set content = '${JSON.stringify(forged).replace(/'/g, "''")}'::jsonb, sha256 = '${evidenceHash(forged)}' where id = '${evidenceId}'`,
     );
     expect((await api(stack, 'GET', `/api/v1/evidence/${evidenceId}/verify`, { token })).json).toMatchObject({ valid: false, recorded_sha256: sha256 });
+  });
+
+  it('a pack written as the release before seals wrote it — an old worker during the roll, or after a rollback: the pack and its checkpoint, no seal — is sealed all the same, and verifies after its run was deleted', { timeout: LONG }, async () => {
+    const tenant = newTenant();
+    const token = await stack.token({ tenantId: tenant, sub: 'submitter-1' });
+    const runId = await seedRun(tenant, 'completed', RETENTION + DAY, GOLDEN_PATH, false);
+    // The previous release's evidence step, as the application role under the run's tenant: the pack
+    // and the checkpoint recording its hash, in one transaction; it knows nothing of evidence_seals.
+    const content = { schema: 'dealix.evidence-pack/v1', outcome: 'approved', run: { id: runId } };
+    const sha256 = evidenceHash(content);
+    const packId = randomUUID();
+    await tenantEm(stack.container.orm, tenant).transactional(async (tx) => {
+      await tx.execute(`insert into evidence_packs (id, tenant_id, run_id, content, sha256, created_at) values (?, ?, ?, ?::jsonb, ?, now())`, [packId, tenant, runId, JSON.stringify(content), sha256], 'run');
+      await tx.execute(
+        `insert into durable_checkpoints (id, tenant_id, run_id, sequence_num, step_name, status, output, attempt, created_at, updated_at, completed_at)
+         values (?, ?, ?, 4, 'evidence-pack', 'completed', ?::jsonb, 1, now(), now(), now())`,
+        [randomUUID(), tenant, runId, JSON.stringify({ evidence_pack_id: packId, sha256, outcome: 'approved' })],
+        'run',
+      );
+    });
+    const verify = async () => (await api(stack, 'GET', `/api/v1/evidence/${packId}/verify`, { token })).json;
+    expect(await verify()).toEqual({ valid: true, sha256, recomputed_sha256: sha256, recorded_sha256: sha256 });
+
+    expect(await retentionJob(RETENTION).run()).toMatchObject({ complete: true });
+    expect((await leftOf([runId]))[runId]).toMatchObject({ run: 0, checkpoints: 0, domain: { evidence_packs: 1, evidence_seals: 1 } });
+    expect(await verify()).toEqual({ valid: true, sha256, recomputed_sha256: sha256, recorded_sha256: sha256 });
+  });
+
+  it("a job of a run that retention deleted (a failed job retried from Bull Board, a job left in a queue no worker served) fails as gone, not as a security event; one naming another tenant's run still is one", { timeout: LONG }, async () => {
+    const [tenant, intruder] = [newTenant(), newTenant()];
+    const { runtime, orm } = stack.container;
+    const wf = runtime.workflow(GOLDEN_PATH);
+    const hash = randomUUID().replaceAll('-', '') + randomUUID().replaceAll('-', '');
+    const { run } = await runtime.start(tenantEm(orm, tenant), GOLDEN_PATH, { tenantId: tenant, principal: 'producer', idempotencyHash: hash, input: CLASS_A_SUBMISSION, correlationId: randomUUID() });
+    const job = (await runtime.queues.get(wf.queue)!.getJob(stepJobId(wf.tag, hash, 1, wf.steps[0]!.name))) as Job<StepJobData>;
+    await job.remove();
+    // Cancelled long ago, and deleted by a pass.
+    await admin.query(`update durable_runs set status = 'cancelled', completed_at = now(), updated_at = now() - interval '31 days' where id = $1`, [run.id]);
+    expect(await retentionJob(RETENTION).run()).toMatchObject({ complete: true });
+    // A job delivered again (no first-delivery shortcut: it reads its run).
+    job.attemptsStarted = 2;
+    const lines: Array<Record<string, any>> = [];
+    const logger = createLogger({ level: 'info', name: 'dealix-worker', destination: new Writable({ write: (c, _e, cb) => (lines.push(...String(c).split('\n').filter(Boolean).map((l) => JSON.parse(l))), cb()) }) });
+    const executor = new StepExecutor({ orm, runtime, logger, workerId: 'test', leaseMs: 2_000 });
+
+    const gone = await executor.process(job).then(() => undefined, (e: Error) => e);
+    expect(gone?.name).toBe('UnrecoverableError');
+    expect(gone?.message).toMatch(/does not exist/);
+    expect(lines.filter((l) => l.security_event)).toEqual([]);
+    expect(lines.find((l) => l.run_id === run.id && l.level === 40)?.msg).toMatch(/does not exist/);
+
+    // Another tenant's run, still there: a security event as before.
+    const other = await seedRun(tenant, 'completed', 0, GOLDEN_PATH, false);
+    job.data = { ...job.data, run_id: other, tenant_id: intruder };
+    const hidden = await executor.process(job).then(() => undefined, (e: Error) => e);
+    expect(hidden?.message).toMatch(/not visible to the job's tenant/);
+    expect(lines.filter((l) => l.security_event === 'run_not_visible').map((l) => l.run_id)).toEqual([other]);
   });
 
   it('a worker with RUN_RETENTION schedules the run-retention job on the maintenance queue and runs it; RUN_RETENTION off removes the schedule', { timeout: LONG }, async () => {

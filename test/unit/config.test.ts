@@ -83,6 +83,9 @@ describe('configuration', () => {
     expect(configError({ JWT_SECRET: SECRET, RUN_RETENTION: '23h' }).problems).toEqual([expect.stringMatching(/^RUN_RETENTION: must be 0 \(keep runs forever\) or at least IDEMPOTENCY_TTL/)]);
     expect(parseConfig({ JWT_SECRET: SECRET, RUN_RETENTION: '2h', IDEMPOTENCY_TTL: '2h' }).RUN_RETENTION).toBe(7_200_000);
     expect(configError({ JWT_SECRET: SECRET, RUN_RETENTION: 'a month' }).problems[0]).toMatch(/^RUN_RETENTION: not a duration/);
+    // Beyond PostgreSQL's timestamps (now() minus it is out of range): every pass would fail, every 10 minutes.
+    expect(parseConfig({ JWT_SECRET: SECRET, RUN_RETENTION: '36500d' }).RUN_RETENTION).toBe(36_500 * 86_400_000);
+    expect(configError({ JWT_SECRET: SECRET, RUN_RETENTION: '10000000d' }).problems).toEqual([expect.stringMatching(/^RUN_RETENTION: at most 36500d/)]);
   });
 
   it('refuses a shared secret in production, and an operator user without a password', () => {

@@ -2,6 +2,16 @@ import { defineEntity, p } from '@mikro-orm/core';
 import { tenantIdProperty, tenantIsolationPolicy } from '../../platform/db/tenant-owned.ts';
 import type { EvidencePackContent } from '../golden-path/golden-path.schemas.ts';
 
+/**
+ * The seal written with every pack, whoever inserts it: the row's hash as it was written, kept apart in
+ * evidence_seals (what `/verify` compares with, ADR 0011). A trigger rather than the evidence step, so a
+ * pack an older release writes — a worker not yet rolled, or one redeployed by a rollback, knows nothing
+ * of seals — is sealed too, instead of reading as tampered with (no seal) once its run's checkpoints are gone.
+ * In the insert's own statement and transaction, as the inserting role (the application role may insert
+ * seals, never change them: roles.ts); the seal's RLS check holds, as the pack's own did.
+ */
+export const EVIDENCE_SEAL_TRIGGER = 'seal';
+
 /** Step 4's output: the evidence pack, its canonical JSON content and SHA-256. */
 export const EvidencePackRow = defineEntity({
   name: 'EvidencePack',
@@ -17,4 +27,12 @@ export const EvidencePackRow = defineEntity({
   uniques: [{ name: 'evidence_packs_tenant_run_unique', properties: ['tenantId', 'runId'] }],
   rowLevelSecurity: 'force',
   policies: [tenantIsolationPolicy('evidence_packs')],
+  triggers: [
+    {
+      name: EVIDENCE_SEAL_TRIGGER,
+      timing: 'after',
+      events: ['insert'],
+      body: 'insert into evidence_seals (id, tenant_id, run_id, sha256, created_at) values (new.id, new.tenant_id, new.run_id, new.sha256, new.created_at); return null;',
+    },
+  ],
 });

@@ -4,7 +4,6 @@ import { defineStep } from '../../platform/durable/workflow.ts';
 import { approvalPacketSchema, dossierSchema, economicsSchema, evidenceSchema, submissionSchema, type EvidencePackContent } from '../golden-path/golden-path.schemas.ts';
 import { provenance } from '../golden-path/provenance.ts';
 import { EvidencePackRow } from './evidence-pack.entity.ts';
-import { EvidenceSealRow } from './evidence-seal.entity.ts';
 import { EVIDENCE_PACK_STEP, evidenceHash } from './evidence.service.ts';
 import { insertRow } from '../../platform/db/insert-row.ts';
 
@@ -42,9 +41,9 @@ export const evidencePackStep = defineStep({
     const sha256 = evidenceHash(content);
     const id = randomUUID();
     const createdAt = new Date();
+    // Its seal (the hash kept apart, what /verify compares with, outliving the run's checkpoints) is written
+    // by the insert's trigger, in the same statement (evidence-pack.entity.ts, ADR 0011).
     await insertRow(ctx.em, EvidencePackRow, { id, tenantId: ctx.run.tenantId, runId: ctx.run.id, content, sha256, createdAt });
-    // The hash kept apart from the pack (what /verify compares with), outliving the run's checkpoints (ADR 0011).
-    await insertRow(ctx.em, EvidenceSealRow, { id, tenantId: ctx.run.tenantId, runId: ctx.run.id, sha256, createdAt });
     return { evidence_pack_id: id, sha256, outcome, provenance: provenance('derived', 'rfc8785-sha256', { sha256 }) };
   },
 });

@@ -2,8 +2,8 @@ import { defineEntity, p } from '@mikro-orm/core';
 import { tenantIdProperty, tenantIsolationPolicy } from '../../platform/db/tenant-owned.ts';
 
 /**
- * The hash an evidence pack had when its run's evidence step wrote it, in the same transaction, kept
- * apart from the pack: `/verify` compares the pack with it, so content rewritten together with the
+ * The hash an evidence pack had when it was written, by the pack insert's trigger (in the same
+ * statement, so whatever release's worker wrote the pack: evidence-pack.entity.ts), kept apart from the pack: `/verify` compares the pack with it, so content rewritten together with the
  * pack's own hash shows. Append-only (roles.ts), and not the run's execution state: it outlives the
  * run's checkpoints when run retention deletes them (ADR 0011). One per pack; its id is the pack's.
  */

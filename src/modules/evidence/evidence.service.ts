@@ -26,15 +26,15 @@ export const evidenceVerification = z
     recomputed_sha256: sha256Schema
       .nullable()
       .describe('Recomputed now from the stored content; null when that content has no RFC 8785 form (e.g. a number beyond a double): it was changed'),
-    recorded_sha256: sha256Schema.nullable().describe("Recorded by the run's evidence step when the pack was written"),
+    recorded_sha256: sha256Schema.nullable().describe('Recorded apart from the pack (its seal) when the pack was written'),
   })
   .meta({ id: 'EvidenceVerification' });
 export type EvidenceVerification = z.infer<typeof evidenceVerification>;
 
 /**
  * Recomputes the hash from the stored content, and compares it with the hash the run recorded when
- * the pack was written: its seal (evidence_seals), committed by the evidence step in the same
- * transaction as the pack and its checkpoint. A change to the content shows, and so does content
+ * the pack was written: its seal (evidence_seals), written by the pack insert's trigger in the same
+ * statement. A change to the content shows, and so does content
  * rewritten together with its row's hash. The application role may only insert packs and seals
  * (roles.ts), so rewriting either takes the owner's rights. The seal, not the run's checkpoint, is
  * read: run retention deletes a run's checkpoints, never its evidence (ADR 0011).

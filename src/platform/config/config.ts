@@ -122,7 +122,8 @@ export const configSchema = z
     QUEUE_KEEP_FAILED: z.coerce.number().int().min(0).max(10_000_000).default(20_000),
     // How long PostgreSQL keeps a run that ended (its row and checkpoints; domain records and evidence
     // stay): unset or 0 keeps every run forever. The maintenance queue deletes older ones (ADR 0011).
-    RUN_RETENTION: duration('0'),
+    // At most 100 years: now() minus far more is beyond PostgreSQL's timestamps, and every pass would fail.
+    RUN_RETENTION: duration('0').refine((ms) => ms <= 36_500 * 86_400_000, 'at most 36500d (100 years; 0 keeps runs forever)'),
 
     APPROVAL_SLA_B: duration('24h'),
     APPROVAL_SLA_C: duration('72h'),

@@ -83,7 +83,7 @@ async function ensureRole(client: pg.Client, name: string, password: string | un
 /**
  * Tables the application only ever appends to: it may insert and read their rows, never change or
  * delete them (an evidence pack is the record of a decision; `/verify` compares it with its seal, the
- * hash its run's evidence step recorded beside it).
+ * hash recorded beside it as the pack was written).
  */
 export const APPEND_ONLY_TABLES = ['evidence_packs', 'evidence_seals'];
 

@@ -4,7 +4,7 @@ import { context as otelContext, SpanStatusCode, trace, type Span } from '@opent
 import type { Logger } from 'pino';
 import { ZodError } from 'zod';
 import { AppError, coerceError, isConnectivityError } from '../errors/app-error.ts';
-import { tenantEm } from '../db/tenant-em.ts';
+import { systemEm, tenantEm } from '../db/tenant-em.ts';
 import { holdingInserts } from '../db/coalescing-client.ts';
 import { requestContext } from '../tenancy/request-context.ts';
 import { ATTR } from '../telemetry/attributes.ts';
@@ -266,6 +266,20 @@ export class StepExecutor {
   }
 
   /**
+   * Whether a run with this id exists in any tenant: the system role's read of run ids (ADR 0003), for a
+   * job whose run its tenant cannot see. True when that cannot be told: the job is then reported as the
+   * security event it may be.
+   */
+  private async runExists(runId: string): Promise<boolean> {
+    try {
+      const rows = await systemEm(this.o.orm).transactional((tx) => tx.execute(`select 1 from durable_runs where id = ?`, [runId]));
+      return rows.length > 0;
+    } catch {
+      return true;
+    }
+  }
+
+  /**
    * Puts the job off: this process does not register the run's workflow version, another may (a
    * rolling deploy, workers kept to drain an old version). The run is never failed for it; the job
    * goes to `delayed` with a growing delay (no attempt spent) and any worker may take it then (ADR 0008).
@@ -394,6 +408,12 @@ export class StepExecutor {
     const step = wf.steps[seq - 1];
     const log = logger.child({ sequence_num: seq, step: step?.name ?? d.step });
     if (e instanceof RunNotVisibleError) {
+      // A run deleted by run retention after it ended (ADR 0011) is no security event: its job — a failed
+      // one retried from Bull Board, one left in a queue no worker served — names a run of no tenant.
+      if (!(await this.runExists(d.run_id))) {
+        log.warn({ run_id: d.run_id }, 'job names a run that does not exist (deleted by run retention after it ended, or never created): the job fails');
+        throw new UnrecoverableError(`run ${d.run_id} does not exist (deleted by run retention after it ended, or never created)`);
+      }
       log.error({ security_event: 'run_not_visible', tenant_id: d.tenant_id, run_id: d.run_id }, 'job names a run its tenant cannot see');
       throw new UnrecoverableError(err.message);
     }
