@@ -152,4 +152,26 @@ describe('scaling down: SIGTERM to two of three workers on one queue while they 
       expect((await jobOf(stack, run, 1))?.stalledCounter).toBe(0);
     }
   });
+
+  it('a second SIGTERM while a step outlasts the grace: the worker exits 1 at once, saying so, and another worker completes the run, each step once', { timeout: LONG }, async () => {
+    // A grace longer than the test: only the second signal can end this worker in time.
+    const stopping = await stack.spawnWorker({ GP_SLOW_STEP_MS: '0,hang', WORKER_SHUTDOWN_GRACE: '5m' });
+    const tenant = newTenant();
+    const run = await createSlowRun(stack, tenant, { enqueue: true });
+    await waitEntered(stopping, run.id, 2);
+    stopping.kill('SIGTERM');
+    await waitFor(() => logLines(stopping).some((l) => l.msg === 'shutting down'), { what: "the worker's first shutdown line" });
+    stopping.kill('SIGTERM');
+    // Exited by itself with status 1, not killed by the signal (Node's default action once no listener is left).
+    expect(await stopping.exited, stopping.output().slice(-3000)).toBe(1);
+    expect(stopping.proc.signalCode).toBeNull();
+    expect(logLines(stopping).at(-1)).toMatchObject({ level: 50, signal: 'SIGTERM', msg: 'second signal while shutting down: exiting at once, without finishing the shutdown' });
+
+    // Its job's lock lapses and the worker left carries the run on from step 2's start; step 2 never committed.
+    expect((await readRun(stack, tenant, run.id)).sequence_num).toBe(1);
+    await stack.spawnWorker({ GP_SLOW_STEP_MS: '0' });
+    const done = await waitRun(stack, tenant, run.id, ['completed', 'failed']);
+    expect(done.status).toBe('completed');
+    expectEveryStepOnce(done);
+  });
 });
