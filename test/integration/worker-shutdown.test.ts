@@ -6,6 +6,8 @@
  * status 1) — and every run must complete, each step once.
  * The plain cases (a step finishing within the grace, one outlasting it) are in durable-recovery.test.ts.
  */
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { newTenant, startStack, type TestStack, type WorkerHandle } from '../helpers/stack.ts';
 import { waitFor } from '../helpers/poll.ts';
@@ -173,5 +175,31 @@ describe('scaling down: SIGTERM to two of three workers on one queue while they 
     const done = await waitRun(stack, tenant, run.id, ['completed', 'failed']);
     expect(done.status).toBe('completed');
     expectEveryStepOnce(done);
+  });
+});
+
+describe('a worker whose start fails', () => {
+  let stack: TestStack;
+  beforeAll(async () => {
+    stack = await startStack({ api: false });
+  });
+  afterAll(async () => stack?.stop());
+
+  it('its metrics port already taken: one fatal JSON line and exit 1, the metrics server tried before any worker starts', { timeout: LONG }, async () => {
+    const taken = createServer();
+    await new Promise<void>((r) => taken.listen(0, () => r()));
+    try {
+      const port = (taken.address() as AddressInfo).port;
+      void stack.spawnWorker({ WORKER_METRICS_PORT: String(port) }, { entry: 'workers/golden-path.worker.ts' }).catch(() => {});
+      const worker = stack.workers.at(-1)!;
+      expect(await worker.exited, worker.output().slice(-3000)).toBe(1);
+      // Every line is a structured log line: not a bare stack trace thrown past the entry.
+      expect(worker.output().split('\n').filter((l) => l !== '' && !l.startsWith('{'))).toEqual([]);
+      const lines = logLines(worker);
+      expect(lines.at(-1)).toMatchObject({ level: 60, msg: 'worker could not start', err: { code: 'EADDRINUSE' } });
+      expect(lines.map((l) => l.msg)).not.toContain('worker started');
+    } finally {
+      taken.close();
+    }
   });
 });
