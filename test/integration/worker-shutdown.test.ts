@@ -156,6 +156,7 @@ describe('scaling down: SIGTERM to two of three workers on one queue while they 
   });
 
   it('a second SIGTERM while a step outlasts the grace: the worker exits 1 at once, saying so, and another worker completes the run, each step once', { timeout: LONG }, async () => {
+    await killLiveWorkers(stack); // the previous test's worker would take the run
     // A grace longer than the test: only the second signal can end this worker in time.
     const stopping = await stack.spawnWorker({ GP_SLOW_STEP_MS: '0,hang', WORKER_SHUTDOWN_GRACE: '5m' });
     const tenant = newTenant();
