@@ -19,13 +19,18 @@ export interface WorkerProcess {
  * A worker process's life (the worker entries call it): SIGTERM/SIGINT are handled from the start, not
  * only once the worker has started. A worker still waiting for Redis at start (Redis down) stops
  * waiting, says so and exits 0 (its workers are stopped as at any stop: none has a job while Redis
- * is down). Resolves once the worker has started (undefined when it was stopped first).
+ * is down). A start that fails otherwise (the metrics port taken) is one log line, `worker could not
+ * start`, and exit 1. Resolves once the worker has started (undefined when it was stopped first).
  */
 export async function runWorkerProcess(c: Container): Promise<WorkerProcess | undefined> {
   const stopping = new AbortController();
-  const started = startWorkerProcess(c, stopping.signal).catch((err: unknown) => {
+  const started = startWorkerProcess(c, stopping.signal).catch(async (err: unknown) => {
     if (stopping.signal.aborted) return undefined;
-    throw err;
+    // Thrown past the entry, it was a bare stack trace: a log drain splits it into unrelated lines.
+    c.logger.fatal({ err }, 'worker could not start');
+    await c.close();
+    c.logger.flush?.();
+    process.exit(1);
   });
   onShutdown(c.logger, c.config.WORKER_SHUTDOWN_GRACE, async () => {
     stopping.abort(new Error('worker stopping'));
@@ -44,6 +49,12 @@ export async function runWorkerProcess(c: Container): Promise<WorkerProcess | un
  */
 export async function startWorkerProcess(c: Container, signal?: AbortSignal): Promise<WorkerProcess> {
   const cfg = c.config;
+  // Before the workers: a port already taken stops the start before any job is taken.
+  const metricsServer = cfg.WORKER_METRICS_PORT === undefined ? undefined : await startMetricsServer(c.metrics.registry, cfg.WORKER_METRICS_PORT, c.logger);
+  const closeMetrics = async () => {
+    metricsServer?.closeAllConnections();
+    await new Promise((r) => (metricsServer ? metricsServer.close(r) : r(undefined)));
+  };
   const connection = createRedis(cfg.REDIS_URL, 'worker', `dealix-worker-${c.instanceId}`);
   const executor = new StepExecutor({
     orm: c.orm,
@@ -79,6 +90,7 @@ export async function startWorkerProcess(c: Container, signal?: AbortSignal): Pr
   } catch (err) {
     await host.stop(cfg.WORKER_SHUTDOWN_GRACE);
     connection.disconnect();
+    await closeMetrics();
     throw err;
   }
   await c.queues.get(MAINTENANCE_QUEUE)?.close();
@@ -100,7 +112,6 @@ export async function startWorkerProcess(c: Container, signal?: AbortSignal): Pr
     afterRedisLoss: () => upsertMaintenanceSchedulers(maintenance, { runRetentionMs: cfg.RUN_RETENTION }),
   });
   sweeper.start();
-  const metricsServer = cfg.WORKER_METRICS_PORT === undefined ? undefined : await startMetricsServer(c.metrics.registry, cfg.WORKER_METRICS_PORT, c.logger);
   c.logger.info({ queues: workers.map((w) => w.name), ...settings, instance: c.instanceId }, 'worker started');
   return {
     workers,
@@ -110,8 +121,7 @@ export async function startWorkerProcess(c: Container, signal?: AbortSignal): Pr
       // keep them taking new jobs and starting next steps meanwhile.
       await Promise.all([host.stop(cfg.WORKER_SHUTDOWN_GRACE), sweeper.stop()]);
       connection.disconnect();
-      metricsServer?.closeAllConnections();
-      await new Promise((r) => (metricsServer ? metricsServer.close(r) : r(undefined)));
+      await closeMetrics();
     },
   };
 }

@@ -1,5 +1,7 @@
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { randomBytes } from 'node:crypto';
+import { spawn } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
 import { Redis } from 'ioredis';
 import { parseConfig } from '../../src/platform/config/config.ts';
 import { createContainer, type Container } from '../../src/container.ts';
@@ -67,4 +69,28 @@ it('WORKER_QUEUES gives a worker process the named workflow queues only (and mai
 it('a WORKER_QUEUES naming no workflow queue stops the worker at start, naming the variable and the queues there are', async () => {
   const config = parseConfig({ ...baseEnv(), WORKER_QUEUES: 'golden-path,partner-offbording' });
   await expect(createContainer(config, { service: 'worker' })).rejects.toThrow(/WORKER_QUEUES: .*partner-offbording.*golden-path, partner-offboarding/);
+});
+
+/**
+ * The production entry prints it as it prints any bad setting: the message alone on stderr, exit 1.
+ * Checked once the workflows are known (in createContainer), it was thrown past the entry instead: a
+ * stack trace with the source line, which a log drain splits into a dozen unrelated lines.
+ */
+it.each([
+  { queues: 'golden-path,partner-offbording', names: 'partner-offbording is no workflow queue; there are golden-path, partner-offboarding' },
+  { queues: 'maintenance', names: 'maintenance is no workflow queue; there are golden-path, partner-offboarding (maintenance is served by every worker and is not named here)' },
+])('the production worker started with WORKER_QUEUES=$queues exits 1 with the configuration problem only, no stack trace', async ({ queues, names }) => {
+  const proc = spawn(process.execPath, ['workers/golden-path.worker.ts'], {
+    cwd: fileURLToPath(new URL('../..', import.meta.url)),
+    env: { PATH: process.env.PATH ?? '', ...baseEnv(), LOG_LEVEL: 'info', WORKER_QUEUES: queues },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let stdout = '';
+  let stderr = '';
+  proc.stdout.on('data', (d) => (stdout += d));
+  proc.stderr.on('data', (d) => (stderr += d));
+  const code = await new Promise<number | null>((r) => proc.once('exit', (c) => r(c)));
+  expect(code, stderr).toBe(1);
+  expect(stderr).toBe(`invalid configuration:\n  - WORKER_QUEUES: ${names}\n`);
+  expect(stdout).toBe('');
 });

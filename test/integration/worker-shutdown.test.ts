@@ -6,6 +6,8 @@
  * status 1) — and every run must complete, each step once.
  * The plain cases (a step finishing within the grace, one outlasting it) are in durable-recovery.test.ts.
  */
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { newTenant, startStack, type TestStack, type WorkerHandle } from '../helpers/stack.ts';
 import { waitFor } from '../helpers/poll.ts';
@@ -150,6 +152,55 @@ describe('scaling down: SIGTERM to two of three workers on one queue while they 
       expect(await enteredThroughLast(left, run.id)).toEqual([3, 4]);
       // Handed back, not left for its lock to lapse: BullMQ never counted the job as stalled.
       expect((await jobOf(stack, run, 1))?.stalledCounter).toBe(0);
+    }
+  });
+
+  it('a second SIGTERM while a step outlasts the grace: the worker exits 1 at once, saying so, and another worker completes the run, each step once', { timeout: LONG }, async () => {
+    await killLiveWorkers(stack); // the previous test's worker would take the run
+    // A grace longer than the test: only the second signal can end this worker in time.
+    const stopping = await stack.spawnWorker({ GP_SLOW_STEP_MS: '0,hang', WORKER_SHUTDOWN_GRACE: '5m' });
+    const tenant = newTenant();
+    const run = await createSlowRun(stack, tenant, { enqueue: true });
+    await waitEntered(stopping, run.id, 2);
+    stopping.kill('SIGTERM');
+    await waitFor(() => logLines(stopping).some((l) => l.msg === 'shutting down'), { what: "the worker's first shutdown line" });
+    stopping.kill('SIGTERM');
+    // Exited by itself with status 1, not killed by the signal (Node's default action once no listener is left).
+    expect(await stopping.exited, stopping.output().slice(-3000)).toBe(1);
+    expect(stopping.proc.signalCode).toBeNull();
+    expect(logLines(stopping).at(-1)).toMatchObject({ level: 50, signal: 'SIGTERM', msg: 'second signal while shutting down: exiting at once, without finishing the shutdown' });
+
+    // Its job's lock lapses and the worker left carries the run on from step 2's start; step 2 never committed.
+    expect((await readRun(stack, tenant, run.id)).sequence_num).toBe(1);
+    await stack.spawnWorker({ GP_SLOW_STEP_MS: '0' });
+    const done = await waitRun(stack, tenant, run.id, ['completed', 'failed']);
+    expect(done.status).toBe('completed');
+    expectEveryStepOnce(done);
+  });
+});
+
+describe('a worker whose start fails', () => {
+  let stack: TestStack;
+  beforeAll(async () => {
+    stack = await startStack({ api: false });
+  });
+  afterAll(async () => stack?.stop());
+
+  it('its metrics port already taken: one fatal JSON line and exit 1, the metrics server tried before any worker starts', { timeout: LONG }, async () => {
+    const taken = createServer();
+    await new Promise<void>((r) => taken.listen(0, () => r()));
+    try {
+      const port = (taken.address() as AddressInfo).port;
+      void stack.spawnWorker({ WORKER_METRICS_PORT: String(port) }, { entry: 'workers/golden-path.worker.ts' }).catch(() => {});
+      const worker = stack.workers.at(-1)!;
+      expect(await worker.exited, worker.output().slice(-3000)).toBe(1);
+      // Every line is a structured log line: not a bare stack trace thrown past the entry.
+      expect(worker.output().split('\n').filter((l) => l !== '' && !l.startsWith('{'))).toEqual([]);
+      const lines = logLines(worker);
+      expect(lines.at(-1)).toMatchObject({ level: 60, msg: 'worker could not start', err: { code: 'EADDRINUSE' } });
+      expect(lines.map((l) => l.msg)).not.toContain('worker started');
+    } finally {
+      taken.close();
     }
   });
 });

@@ -221,12 +221,21 @@ export function loadConfig(): Config {
   try {
     return parseConfig(process.env);
   } catch (e) {
-    if (e instanceof ConfigError) {
-      console.error(e.message);
-      process.exit(1);
-    }
-    throw e;
+    return exitOnConfigError(e);
   }
+}
+
+/**
+ * A ConfigError ends the process as loadConfig's do: its message alone on stderr (no stack trace), exit 1.
+ * Anything else is rethrown. For settings checked once the modules are known (WORKER_QUEUES against the
+ * workflows' queues, in createContainer): `await createContainer(…).catch(exitOnConfigError)`.
+ */
+export function exitOnConfigError(e: unknown): never {
+  if (e instanceof ConfigError) {
+    console.error(e.message);
+    process.exit(1);
+  }
+  throw e;
 }
 
 /**

@@ -5,6 +5,7 @@ import { untilAborted, type StepExecutor } from './executor.ts';
 import type { DurableRuntime, StepJobData } from './runtime.ts';
 import { DEFAULT_RETRY, STEP_BACKOFF, retryOf, stepBackoffMs, type WorkflowDef } from './workflow.ts';
 import { ConfigError } from '../config/config.ts';
+import { MAINTENANCE_QUEUE } from '../queue/maintenance.ts';
 
 export interface WorkerSettings {
   concurrency: number;
@@ -23,7 +24,11 @@ export function servedRunQueues(workflows: readonly Pick<WorkflowDef, 'queue'>[]
   const all = [...new Set(workflows.map((w) => w.queue))];
   if (only.length === 0) return all;
   const unknown = only.filter((q) => !all.includes(q));
-  if (unknown.length) throw new ConfigError([`WORKER_QUEUES: ${unknown.join(', ')} is no workflow queue; there are ${all.join(', ')}`]);
+  if (unknown.length) {
+    // `maintenance` is a queue, but every worker serves it: naming it alone does not make a maintenance-only worker.
+    const note = unknown.includes(MAINTENANCE_QUEUE) ? ` (${MAINTENANCE_QUEUE} is served by every worker and is not named here)` : '';
+    throw new ConfigError([`WORKER_QUEUES: ${unknown.join(', ')} is no workflow queue; there are ${all.join(', ')}${note}`]);
+  }
   return [...new Set(only)];
 }
 

@@ -4,12 +4,19 @@ import { shutdownTelemetry } from '../telemetry/otel-hooks.ts';
 
 /**
  * SIGTERM/SIGINT: run the close sequence once, within `graceMs` plus a margin, flush telemetry, exit 0.
- * A second signal exits at once.
+ * A second signal exits at once, with status 1 and a line that says so. The listeners stay for every
+ * signal (`on`, not `once`): with `once` the second SIGTERM found none and Node's default action
+ * killed the process by the signal, silently.
  */
 export function onShutdown(logger: Logger, graceMs: number, close: () => Promise<void>): void {
   let closing = false;
   const handler = (signal: string) => {
-    if (closing) process.exit(1);
+    if (closing) {
+      // What the close had not finished is carried on elsewhere: a worker's jobs once their locks lapse.
+      logger.error({ signal }, 'second signal while shutting down: exiting at once, without finishing the shutdown');
+      logger.flush?.();
+      process.exit(1);
+    }
     closing = true;
     logger.info({ signal }, 'shutting down');
     const hard = setTimeout(() => {
@@ -29,8 +36,8 @@ export function onShutdown(logger: Logger, graceMs: number, close: () => Promise
         process.exit(1);
       });
   };
-  process.once('SIGTERM', () => handler('SIGTERM'));
-  process.once('SIGINT', () => handler('SIGINT'));
+  process.on('SIGTERM', () => handler('SIGTERM'));
+  process.on('SIGINT', () => handler('SIGINT'));
 }
 
 /**
