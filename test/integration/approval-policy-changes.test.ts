@@ -4,6 +4,7 @@ import pg from 'pg';
 import { api, SAMPLE_SUBMISSION, startStack, type TestStack } from '../helpers/stack.ts';
 import { waitFor } from '../helpers/poll.ts';
 import { policyTenant, putPolicy, type PolicyTenant } from '../helpers/policy.ts';
+import { sqlState } from '../helpers/sql-state.ts';
 import { tenantEm } from '../../src/platform/db/tenant-em.ts';
 import { TENANT_SETTING } from '../../src/platform/db/tenant-owned.ts';
 
@@ -203,6 +204,18 @@ describe('a policy change that loosens', () => {
     expect(expired.decided_at).toBe(expired.expires_at);
     expectProblem(await decide(t.admin2, change.id, 'approve'), 409, 'policy_change_expired');
     expect(await policyOf(t)).toMatchObject({ version: 0 });
+  });
+
+  it('cannot be erased by the application role (42501), even under its own tenant: the record of who proposed and who decided stays', async () => {
+    const t = await tenantTokens();
+    const pending = await propose(t);
+    const decided = await propose(t, { ...DEFAULTS, sla_b_seconds: 172_800 });
+    expect((await decide(t.admin2, decided.id, 'reject')).status).toBe(200);
+    const em = tenantEm(stack.container.orm, t.tenant);
+    expect(await sqlState(em.execute(`delete from approval_policy_changes where id = ?`, [decided.id]))).toBe('42501');
+    expect(await sqlState(em.execute(`delete from approval_policy_changes where tenant_id = ?`, [t.tenant]))).toBe('42501');
+    expect(await changeOf(t, decided.id)).toMatchObject({ status: 'rejected', proposed_by: 'admin-1', decided_by: 'admin-2' });
+    expect(await changeOf(t, pending.id)).toMatchObject({ status: 'pending', proposed_by: 'admin-1' });
   });
 
   it('lists a page at a time by a cursor of milliseconds: every change is stored at that precision, so no page skips one proposed in the same millisecond', async () => {

@@ -215,6 +215,16 @@ describe('db:migrate converges privileges', () => {
                                           has_column_privilege('dealix_system', 'durable_runs', 'status', 'SELECT') AS status`);
     expect(input.rows[0]).toEqual({ input: false, status: true });
   });
+
+  it('revokes DELETE on approval_policy_changes that the previous release granted the app (ADR 0010: its record is kept), and keeps UPDATE', async () => {
+    const db = await freshDatabase();
+    await db.admin(`GRANT DELETE ON approval_policy_changes TO ${TEST_APP.user}`);
+    const config = parseConfig({ JWT_SECRET: TEST_JWT_SECRET, DATABASE_URL: db.appUrl, MIGRATION_DATABASE_URL: db.ownerUrl });
+    expect(await migrate(config, entities)).toEqual([]); // nothing pending: only the grants are re-applied
+    const privs = await db.admin(`SELECT has_table_privilege($1, 'approval_policy_changes', 'DELETE') AS delete,
+                                         has_table_privilege($1, 'approval_policy_changes', 'UPDATE') AS update`, [TEST_APP.user]);
+    expect(privs.rows[0]).toEqual({ delete: false, update: true });
+  });
 });
 
 /** The rows of `table` that `role` sees in a session of its own, with no tenant set. */

@@ -11,7 +11,7 @@ import { systemEm, tenantEm } from '../../src/platform/db/tenant-em.ts';
 import { createOrm, type MikroORM } from '../../src/platform/db/orm.ts';
 import { formatFindings, inspectOrmCatalog } from '../../src/platform/db/catalog.ts';
 import { entities } from '../../src/entities.ts';
-import { APPEND_ONLY_TABLES } from '../../src/platform/db/roles.ts';
+import { APPEND_ONLY_TABLES, NO_DELETE_TABLES } from '../../src/platform/db/roles.ts';
 
 /**
  * Row-level security, proven as the application role on every tenant-owned table the ORM knows, so
@@ -143,7 +143,20 @@ describe.each(tables)('%s over pg as the application role', (table) => {
     for (const r of await adminRows(table, theirs.map((x) => x[pk()]))) expect(t.others).toContain(r.tenant_id);
   });
 
-  (appendOnly ? it.skip : it).each(CONTEXTS)("delete under %s context removes no other tenant's row", async (ctx) => {
+  // Tables the application never deletes from (roles.ts): delete is refused outright, the tenant's own rows included.
+  const noDelete = NO_DELETE_TABLES.includes(table);
+  (noDelete ? it : it.skip).each(CONTEXTS)("delete under %s context is refused outright (42501), its own rows included, on a table the application never deletes from", async (ctx) => {
+    const t = tenantsFor(ctx);
+    const { mine, theirs } = await seedAll(t);
+    const all = [...(mine ? [mine] : []), ...theirs];
+    for (const r of all) {
+      expect(await sqlState(asApp(t.setting, (c) => c.query(`delete from "${table}" where "${pk()}" = $1`, [r[pk()]])))).toBe('42501');
+    }
+    expect(await sqlState(asApp(t.setting, (c) => c.query(`delete from "${table}"`)))).toBe('42501');
+    expect(await adminRows(table, all.map((r) => r[pk()]))).toHaveLength(all.length);
+  });
+
+  (appendOnly || noDelete ? it.skip : it).each(CONTEXTS)("delete under %s context removes no other tenant's row", async (ctx) => {
     const t = tenantsFor(ctx);
     const { mine, theirs } = await seedAll(t);
     for (const r of theirs) {
@@ -181,11 +194,19 @@ describe.each(tables)('%s through tenantEm', (table) => {
       expect((await adminRows(table, [idOf(theirs), idOf(mine)])).length).toBe(2);
       return;
     }
+    const noDelete = NO_DELETE_TABLES.includes(table);
     expect(await em.fork().nativeUpdate(meta().class, { [pkProp()]: idOf(theirs) }, { tenantId: other })).toBe(0);
-    expect(await em.fork().nativeDelete(meta().class, { [pkProp()]: idOf(theirs) })).toBe(0);
+    if (noDelete) expect(await sqlState(em.fork().nativeDelete(meta().class, { [pkProp()]: idOf(theirs) }))).toBe('42501');
+    else expect(await em.fork().nativeDelete(meta().class, { [pkProp()]: idOf(theirs) })).toBe(0);
     expect(await sqlState(em.fork().nativeUpdate(meta().class, { [pkProp()]: idOf(mine) }, { tenantId: other }))).toBe('42501');
     expect(await sqlState(em.fork().insert(meta().class, data(await rows.build(table, other))))).toBe('42501');
-    expect(await em.fork().nativeDelete(meta().class, { [pkProp()]: idOf(mine) })).toBe(1);
+    if (noDelete) {
+      // Never deleted by the application: refused outright, its own row included, which stays.
+      expect(await sqlState(em.fork().nativeDelete(meta().class, { [pkProp()]: idOf(mine) }))).toBe('42501');
+      expect(await adminRows(table, [idOf(mine)])).toHaveLength(1);
+    } else {
+      expect(await em.fork().nativeDelete(meta().class, { [pkProp()]: idOf(mine) })).toBe(1);
+    }
     expect(await sqlState(em.fork().insert(meta().class, data(await rows.build(table, own))))).toBe('succeeded');
     expect((await adminRows(table, [idOf(theirs)]))[0]!.tenant_id).toBe(other);
   });
@@ -201,7 +222,8 @@ describe.each(tables)('%s through tenantEm', (table) => {
       expect(await sqlState(orm.em.fork().nativeDelete(meta().class, {}))).toBe('42501');
     } else {
       expect(await bare.nativeUpdate(meta().class, { [pkProp()]: idOf(theirs) }, { tenantId: t.others[1] })).toBe(0);
-      expect(await bare.nativeDelete(meta().class, {})).toBe(0);
+      if (NO_DELETE_TABLES.includes(table)) expect(await sqlState(orm.em.fork().nativeDelete(meta().class, {}))).toBe('42501');
+      else expect(await bare.nativeDelete(meta().class, {})).toBe(0);
     }
     expect(await sqlState(orm.em.fork().insert(meta().class, data(await rows.build(table, t.others[0]))))).toBe('42501');
     expect(() => tenantEm(orm, '')).toThrow(TypeError);

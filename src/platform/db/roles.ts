@@ -72,6 +72,28 @@ async function ensureRole(client: pg.Client, name: string, password: string | un
 }
 
 /**
+ * Tables the application only ever appends to: it may insert and read their rows, never change or
+ * delete them (an evidence pack is the record of a decision; `/verify` compares it with its seal, the
+ * hash recorded beside it as the pack was written).
+ */
+export const APPEND_ONLY_TABLES = ['evidence_packs', 'evidence_seals'];
+
+/**
+ * Tables the application updates but never deletes from: it may insert, read and update their rows
+ * (a change's status and decision), never delete one. `approval_policy_changes` is the record of who
+ * proposed and who confirmed each loosening of a tenant's approval policy (ADR 0010); with DELETE,
+ * any statement run as the application role could erase it.
+ */
+export const NO_DELETE_TABLES = ['approval_policy_changes'];
+
+/** The application role's privileges on a tenant-owned table. */
+function appTablePrivileges(table: string): string {
+  if (APPEND_ONLY_TABLES.includes(table)) return 'SELECT, INSERT';
+  if (NO_DELETE_TABLES.includes(table)) return 'SELECT, INSERT, UPDATE';
+  return 'SELECT, INSERT, UPDATE, DELETE';
+}
+
+/**
  * Grants the application role exactly the DML it needs, and the system role its narrow columns
  * (ADR 0003; `idempotency_hash` since session 13: an opaque id that every run job's id in Redis
  * already carries, so the sweeper can find a pending run's job without a tenant transaction;
@@ -80,19 +102,11 @@ async function ensureRole(client: pg.Client, name: string, password: string | un
  * this list even when an earlier release granted more (a wider column list, TRUNCATE), and running
  * sessions never see a moment without their grants.
  */
-/**
- * Tables the application only ever appends to: it may insert and read their rows, never change or
- * delete them (an evidence pack is the record of a decision; `/verify` compares it with its seal, the
- * hash recorded beside it as the pack was written).
- */
-export const APPEND_ONLY_TABLES = ['evidence_packs', 'evidence_seals'];
-
 export async function grantRuntimePrivileges(client: { execute(sql: string): Promise<unknown> }, appRole: string, tenantTables: string[]): Promise<void> {
   const everyone = `PUBLIC, ${ident(appRole)}, ${ident(SYSTEM_ROLE)}`;
   for (const table of tenantTables) {
     await client.execute(`REVOKE ALL ON TABLE ${ident(table)} FROM ${everyone}`);
-    const privileges = APPEND_ONLY_TABLES.includes(table) ? 'SELECT, INSERT' : 'SELECT, INSERT, UPDATE, DELETE';
-    await client.execute(`GRANT ${privileges} ON TABLE ${ident(table)} TO ${ident(appRole)}`);
+    await client.execute(`GRANT ${appTablePrivileges(table)} ON TABLE ${ident(table)} TO ${ident(appRole)}`);
   }
   await client.execute(`REVOKE ALL ON TABLE mikro_orm_migrations FROM ${everyone}`);
   await client.execute(`GRANT SELECT ON TABLE mikro_orm_migrations TO ${ident(appRole)}`);
