@@ -15,6 +15,7 @@ import { namedJobId } from '../../src/platform/queue/job-ids.ts';
 import { GOLDEN_PATH_QUEUE } from '../../src/modules/golden-path/golden-path.workflow.ts';
 import { ApprovalService } from '../../src/modules/approvals/approval.service.ts';
 import { tenantEm } from '../../src/platform/db/tenant-em.ts';
+import { sqlState } from '../helpers/sql-state.ts';
 
 const LONG = 120_000;
 let stack: TestStack;
@@ -248,6 +249,20 @@ describe('an expiry records the decisions made before it', () => {
     expect(run.steps[2].output.decisions).toEqual(
       request.decisions.map((d: { approver: string; decision: string; comment: string | null; kind: string; decided_at: string }) => ({ decided_by: d.approver, decision: d.decision, comment: d.comment, decided_at: d.decided_at, kind: d.kind })),
     );
+  });
+});
+
+describe('a decision is a record the application cannot rewrite', () => {
+  it("as the application role under the request's own tenant, a decision can be neither updated (one approver passed off as a second) nor deleted (42501)", { timeout: LONG }, async () => {
+    const { approvalId } = await submitWaiting(CLASS_C_SUBMISSION);
+    const first = await decide(approvalId, tok.approver1!, 'approve');
+    expect(first.json).toMatchObject({ status: 'pending', approvals: 1, required_approvals: 2 });
+    const em = tenantEm(stack.container.orm, tenant);
+    expect(await sqlState(em.execute(`update approval_decisions set approver = 'approver-2' where approval_request_id = ?`, [approvalId]))).toBe('42501');
+    expect(await sqlState(em.execute(`delete from approval_decisions where approval_request_id = ?`, [approvalId]))).toBe('42501');
+    expect((await approval(approvalId)).decisions).toMatchObject([{ approver: 'approver-1', decision: 'approve', kind: 'human' }]);
+    // The row stayed: approver-1 still cannot decide a second time.
+    expect((await decide(approvalId, tok.approver1!, 'approve')).json).toMatchObject({ status: 409 });
   });
 });
 

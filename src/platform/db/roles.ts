@@ -74,9 +74,10 @@ async function ensureRole(client: pg.Client, name: string, password: string | un
 /**
  * Tables the application only ever appends to: it may insert and read their rows, never change or
  * delete them (an evidence pack is the record of a decision; `/verify` compares it with its seal, the
- * hash recorded beside it as the pack was written).
+ * hash recorded beside it as the pack was written). An approval decision is who decided a request:
+ * with UPDATE one approver's decision could be renamed to pass off as a second approver's.
  */
-export const APPEND_ONLY_TABLES = ['evidence_packs', 'evidence_seals'];
+export const APPEND_ONLY_TABLES = ['approval_decisions', 'evidence_packs', 'evidence_seals'];
 
 /**
  * Tables the application updates but never deletes from: it may insert, read and update their rows
