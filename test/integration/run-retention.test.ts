@@ -105,6 +105,17 @@ describe('run retention', () => {
     return { run: () => handlers[RUN_RETENTION_JOB](), deletedMetric: async () => (await metrics.runsDeleted.get()).values };
   }
 
+  /** The maintenance handlers with small pass limits, queuing follow-ups on `queue`. */
+  const handlersQueuingOn = (queue: Queue, retentionBatch: { batchSize: number; maxBatches: number }) =>
+    maintenanceHandlers({
+      orm: stack.container.orm,
+      idempotency: stack.container.idempotency,
+      logger: createLogger({ level: 'silent', name: 'dealix-worker' }),
+      runRetentionMs: RETENTION,
+      maintenanceQueue: () => queue,
+      retentionBatch,
+    });
+
   it('deletes the ended runs of every tenant past the retention with their checkpoints; keeps runs just under it, every active or waiting run, and every domain and evidence row', { timeout: LONG }, async () => {
     expect(domainTables).toEqual(expect.arrayContaining(['approval_requests', 'economics_models', 'evidence_packs', 'evidence_seals', 'partner_dossiers', 'partner_offboardings']));
     const [A, B] = [newTenant(), newTenant()];
@@ -163,14 +174,7 @@ describe('run retention', () => {
     const connection = new Redis(TEST_REDIS_URL, { maxRetriesPerRequest: null });
     const prefix = `${stack.prefix}-drain`;
     const queue = new Queue(MAINTENANCE_QUEUE, { connection, prefix });
-    const handlers = maintenanceHandlers({
-      orm: stack.container.orm,
-      idempotency: stack.container.idempotency,
-      logger: createLogger({ level: 'silent', name: 'dealix-worker' }),
-      runRetentionMs: RETENTION,
-      maintenanceQueue: () => queue,
-      retentionBatch: { batchSize: 2, maxBatches: 1 },
-    });
+    const handlers = handlersQueuingOn(queue, { batchSize: 2, maxBatches: 1 });
     const worker = new Worker(MAINTENANCE_QUEUE, (job) => handlers[job.name as typeof RUN_RETENTION_JOB](), { connection, prefix, concurrency: 2 });
     try {
       await queue.add(RUN_RETENTION_JOB, {});
@@ -192,6 +196,26 @@ describe('run retention', () => {
       await queue.obliterate({ force: true });
       await queue.close();
       connection.disconnect();
+    }
+  });
+
+  it('passes that stop at their limit queue one follow-up between them, not one each', { timeout: LONG }, async () => {
+    const t = newTenant();
+    const old: string[] = [];
+    for (let i = 0; i < 4; i++) old.push(await seedRun(t, 'completed', RETENTION + DAY, GOLDEN_PATH, false));
+    const connection = new Redis(TEST_REDIS_URL, { maxRetriesPerRequest: 1 });
+    const queue = new Queue(MAINTENANCE_QUEUE, { connection, prefix: `${stack.prefix}-once` });
+    const handlers = handlersQueuingOn(queue, { batchSize: 1, maxBatches: 1 });
+    try {
+      // Three passes (the schedule's, a follow-up, another worker's), none served: each stops at its limit.
+      for (let i = 0; i < 3; i++) expect(await handlers[RUN_RETENTION_JOB]()).toMatchObject({ deleted: 1, complete: false });
+      expect(await queue.getJobCounts('waiting', 'delayed', 'active')).toEqual({ waiting: 1, delayed: 0, active: 0 });
+      expect((await queue.getWaiting()).map((j) => j.name)).toEqual([RUN_RETENTION_JOB]);
+    } finally {
+      await queue.obliterate({ force: true });
+      await queue.close();
+      connection.disconnect();
+      await admin.query(`delete from durable_runs where id = any($1)`, [old]);
     }
   });
 
