@@ -75,7 +75,7 @@ export async function startWorkerProcess(c: Container, signal?: AbortSignal): Pr
   const host = startWorkers({
     runtime: c.runtime,
     executor,
-    handlers: { ...c.jobHandlers(), ...maintenanceHandlers({ orm: c.orm, idempotency: c.idempotency, logger: c.logger, runRetentionMs: cfg.RUN_RETENTION, runsDeleted: c.metrics.runsDeleted }) },
+    handlers: { ...c.jobHandlers(), ...maintenanceHandlers({ orm: c.orm, idempotency: c.idempotency, logger: c.logger, runRetentionMs: cfg.RUN_RETENTION, runsDeleted: c.metrics.runsDeleted, maintenanceQueue: () => c.queues.get(MAINTENANCE_QUEUE) }) },
     connection,
     prefix: cfg.QUEUE_PREFIX,
     settings,
@@ -93,8 +93,10 @@ export async function startWorkerProcess(c: Container, signal?: AbortSignal): Pr
     await closeMetrics();
     throw err;
   }
-  await c.queues.get(MAINTENANCE_QUEUE)?.close();
+  // Replaced before the old one closes: a retention pass queuing its follow-up meanwhile finds an open queue.
+  const replaced = c.queues.get(MAINTENANCE_QUEUE);
   c.queues.set(MAINTENANCE_QUEUE, maintenance);
+  await replaced?.close();
   const sweeper = new Sweeper({
     orm: c.orm,
     runtime: c.runtime,

@@ -9,7 +9,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { randomUUID } from 'node:crypto';
 import { Writable } from 'node:stream';
 import pg from 'pg';
-import { Queue, type Job } from 'bullmq';
+import { Queue, Worker, type Job } from 'bullmq';
 import { Redis } from 'ioredis';
 import { api, CLASS_A_SUBMISSION, newTenant, startStack, type TestStack } from '../helpers/stack.ts';
 import { waitFor } from '../helpers/poll.ts';
@@ -105,6 +105,17 @@ describe('run retention', () => {
     return { run: () => handlers[RUN_RETENTION_JOB](), deletedMetric: async () => (await metrics.runsDeleted.get()).values };
   }
 
+  /** The maintenance handlers with small pass limits, queuing follow-ups on `queue`. */
+  const handlersQueuingOn = (queue: Queue, retentionBatch: { batchSize: number; maxBatches: number }) =>
+    maintenanceHandlers({
+      orm: stack.container.orm,
+      idempotency: stack.container.idempotency,
+      logger: createLogger({ level: 'silent', name: 'dealix-worker' }),
+      runRetentionMs: RETENTION,
+      maintenanceQueue: () => queue,
+      retentionBatch,
+    });
+
   it('deletes the ended runs of every tenant past the retention with their checkpoints; keeps runs just under it, every active or waiting run, and every domain and evidence row', { timeout: LONG }, async () => {
     expect(domainTables).toEqual(expect.arrayContaining(['approval_requests', 'economics_models', 'evidence_packs', 'evidence_seals', 'partner_dossiers', 'partner_offboardings']));
     const [A, B] = [newTenant(), newTenant()];
@@ -152,6 +163,60 @@ describe('run retention', () => {
     expect(second).toMatchObject({ deleted: 1, batches: 1, complete: true });
     const left = await leftOf(old);
     for (const id of old) expect(left[id]).toEqual(gone());
+  });
+
+  it('a pass that stops at its limit queues the next at once: a backlog larger than a pass drains without waiting for the schedule', { timeout: LONG }, async () => {
+    const t = newTenant();
+    const old: string[] = [];
+    for (let i = 0; i < 7; i++) old.push(await seedRun(t, 'completed', RETENTION + DAY, GOLDEN_PATH, false));
+    // A maintenance queue of its own (not the spawned workers'), served in-process by the handlers with a
+    // pass of one batch of 2 runs: 7 runs take 4 passes, and only the first is queued here.
+    const connection = new Redis(TEST_REDIS_URL, { maxRetriesPerRequest: null });
+    const prefix = `${stack.prefix}-drain`;
+    const queue = new Queue(MAINTENANCE_QUEUE, { connection, prefix });
+    const handlers = handlersQueuingOn(queue, { batchSize: 2, maxBatches: 1 });
+    const worker = new Worker(MAINTENANCE_QUEUE, (job) => handlers[job.name as typeof RUN_RETENTION_JOB](), { connection, prefix, concurrency: 2 });
+    try {
+      await queue.add(RUN_RETENTION_JOB, {});
+      await waitFor(async () => Object.values(await leftOf(old)).every((l) => l.run === 0) || undefined, { timeoutMs: 30_000, what: 'the backlog to be deleted' });
+      const done = await waitFor(async () => {
+        const jobs = await queue.getCompleted();
+        return jobs.some((j) => j.returnvalue?.complete) ? jobs : undefined;
+      }, { timeoutMs: 30_000, what: 'the last pass to complete' });
+      // One pass after another, each queuing one follow-up: 2 + 2 + 2 + 1, the last complete.
+      expect(done.map((j) => j.returnvalue).sort((a, b) => b.deleted - a.deleted)).toMatchObject([
+        { deleted: 2, complete: false },
+        { deleted: 2, complete: false },
+        { deleted: 2, complete: false },
+        { deleted: 1, complete: true },
+      ]);
+      expect(await queue.getJobCounts('waiting', 'delayed', 'active')).toEqual({ waiting: 0, delayed: 0, active: 0 });
+    } finally {
+      await worker.close();
+      await queue.obliterate({ force: true });
+      await queue.close();
+      connection.disconnect();
+    }
+  });
+
+  it('passes that stop at their limit queue one follow-up between them, not one each', { timeout: LONG }, async () => {
+    const t = newTenant();
+    const old: string[] = [];
+    for (let i = 0; i < 4; i++) old.push(await seedRun(t, 'completed', RETENTION + DAY, GOLDEN_PATH, false));
+    const connection = new Redis(TEST_REDIS_URL, { maxRetriesPerRequest: 1 });
+    const queue = new Queue(MAINTENANCE_QUEUE, { connection, prefix: `${stack.prefix}-once` });
+    const handlers = handlersQueuingOn(queue, { batchSize: 1, maxBatches: 1 });
+    try {
+      // Three passes (the schedule's, a follow-up, another worker's), none served: each stops at its limit.
+      for (let i = 0; i < 3; i++) expect(await handlers[RUN_RETENTION_JOB]()).toMatchObject({ deleted: 1, complete: false });
+      expect(await queue.getJobCounts('waiting', 'delayed', 'active')).toEqual({ waiting: 1, delayed: 0, active: 0 });
+      expect((await queue.getWaiting()).map((j) => j.name)).toEqual([RUN_RETENTION_JOB]);
+    } finally {
+      await queue.obliterate({ force: true });
+      await queue.close();
+      connection.disconnect();
+      await admin.query(`delete from durable_runs where id = any($1)`, [old]);
+    }
   });
 
   it('with RUN_RETENTION off deletes nothing, however old the runs', { timeout: LONG }, async () => {

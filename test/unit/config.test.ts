@@ -88,6 +88,16 @@ describe('configuration', () => {
     expect(configError({ JWT_SECRET: SECRET, RUN_RETENTION: '10000000d' }).problems).toEqual([expect.stringMatching(/^RUN_RETENTION: at most 36500d/)]);
   });
 
+  it('refuses a RUN_RETENTION that is not 0 but rounds to 0 ms, which would turn retention off without a word', () => {
+    for (const value of ['0.0001', '0.4ms', '0.0000001d', 0.0001]) {
+      expect(configError({ JWT_SECRET: SECRET, RUN_RETENTION: value as string }).problems, String(value)).toEqual([expect.stringMatching(/^RUN_RETENTION: must be 0 \(keep runs forever\) or at least 1s/)]);
+    }
+    // Below a second but not 0 is refused too, whatever IDEMPOTENCY_TTL allows.
+    expect(configError({ JWT_SECRET: SECRET, RUN_RETENTION: '500ms', IDEMPOTENCY_TTL: '100ms', IDEMPOTENCY_LEASE: '100ms' }).problems).toEqual([expect.stringMatching(/^RUN_RETENTION: must be 0 \(keep runs forever\) or at least 1s/)]);
+    for (const zero of ['0', '0s', '0.0d', '00ms', 0]) expect(parseConfig({ JWT_SECRET: SECRET, RUN_RETENTION: zero as string }).RUN_RETENTION, String(zero)).toBe(0);
+    expect(parseConfig({ JWT_SECRET: SECRET, RUN_RETENTION: '1s', IDEMPOTENCY_TTL: '1s', IDEMPOTENCY_LEASE: '1s' }).RUN_RETENTION).toBe(1000);
+  });
+
   it('refuses a shared secret in production, and an operator user without a password', () => {
     expect(configError({ NODE_ENV: 'production', JWT_SECRET: SECRET }).problems[0]).toMatch(/^JWT_JWKS_URL:/);
     expect(configError({ JWT_SECRET: SECRET, OPERATOR_USER: 'ops' }).problems[0]).toMatch(/^OPERATOR_PASSWORD:/);

@@ -6,17 +6,25 @@ import { parseDurationMs } from './duration.ts';
  * `process.env` is read nowhere else (the architecture check enforces it).
  * Every default here works against the local PostgreSQL and Redis of a development machine.
  */
-const duration = (fallback: string) =>
+const duration = (fallback: string, opts: { offOrAtLeastMs?: number; off?: string } = {}) =>
   z
     .union([z.string(), z.number()])
     .default(fallback)
     .transform((v, ctx) => {
+      let ms: number;
       try {
-        return parseDurationMs(v);
+        ms = parseDurationMs(v);
       } catch (e) {
         ctx.addIssue({ code: 'custom', message: (e as Error).message });
         return z.NEVER;
       }
+      // 0 turns the setting off: a value that is not 0 (any digit but 0 in it) yet below the minimum
+      // would turn it off, or close to it, without a word (0.0001 rounds to 0 ms).
+      if (opts.offOrAtLeastMs !== undefined && /[1-9]/.test(String(v)) && ms < opts.offOrAtLeastMs) {
+        ctx.addIssue({ code: 'custom', message: `must be 0 (${opts.off ?? 'off'}) or at least ${opts.offOrAtLeastMs / 1000}s, not "${v}" (${ms} ms)` });
+        return z.NEVER;
+      }
+      return ms;
     });
 
 const postgresUrl = z
@@ -123,7 +131,8 @@ export const configSchema = z
     // How long PostgreSQL keeps a run that ended (its row and checkpoints; domain records and evidence
     // stay): unset or 0 keeps every run forever. The maintenance queue deletes older ones (ADR 0011).
     // At most 100 years: now() minus far more is beyond PostgreSQL's timestamps, and every pass would fail.
-    RUN_RETENTION: duration('0').refine((ms) => ms <= 36_500 * 86_400_000, 'at most 36500d (100 years; 0 keeps runs forever)'),
+    // Not 0 yet under a second (0.0001 rounds to 0 ms) is refused rather than read as off.
+    RUN_RETENTION: duration('0', { offOrAtLeastMs: 1000, off: 'keep runs forever' }).refine((ms) => ms <= 36_500 * 86_400_000, 'at most 36500d (100 years; 0 keeps runs forever)'),
 
     APPROVAL_SLA_B: duration('24h'),
     APPROVAL_SLA_C: duration('72h'),
