@@ -218,6 +218,16 @@ describe('a policy change that loosens', () => {
     expect(await changeOf(t, pending.id)).toMatchObject({ status: 'pending', proposed_by: 'admin-1' });
   });
 
+  it('once applied, cannot be erased by the application role either (42501): the policy in force, and who set and approved it, stay', async () => {
+    const t = await tenantTokens();
+    const approved = await decide(t.admin2, (await propose(t)).id, 'approve');
+    expect(approved.json).toMatchObject({ version: 1, updated_by: 'admin-1', approved_by: 'admin-2' });
+    const em = tenantEm(stack.container.orm, t.tenant);
+    expect(await sqlState(em.execute(`delete from approval_policies where tenant_id = ?`, [t.tenant]))).toBe('42501');
+    expect(await sqlState(em.execute(`delete from approval_policies`))).toBe('42501');
+    expect(await policyOf(t)).toEqual(approved.json);
+  });
+
   it('lists a page at a time by a cursor of milliseconds: every change is stored at that precision, so no page skips one proposed in the same millisecond', async () => {
     const t = await tenantTokens();
     const proposed: string[] = [];

@@ -264,6 +264,15 @@ describe('a decision is a record the application cannot rewrite', () => {
     // The row stayed: approver-1 still cannot decide a second time.
     expect((await decide(approvalId, tok.approver1!, 'approve')).json).toMatchObject({ status: 409 });
   });
+
+  it("as the application role under the request's own tenant, an approval request cannot be deleted (42501): the request, its class and its decisions stay", { timeout: LONG }, async () => {
+    const { approvalId } = await submitWaiting(CLASS_C_SUBMISSION);
+    expect((await decide(approvalId, tok.approver1!, 'approve')).json).toMatchObject({ status: 'pending', approvals: 1 });
+    const em = tenantEm(stack.container.orm, tenant);
+    expect(await sqlState(em.execute(`delete from approval_requests where id = ?`, [approvalId]))).toBe('42501');
+    expect(await sqlState(em.execute(`delete from approval_requests`))).toBe('42501');
+    expect(await approval(approvalId)).toMatchObject({ status: 'pending', approval_class: 'C', decisions: [{ approver: 'approver-1', decision: 'approve' }] });
+  });
 });
 
 describe('a cancel racing a decision: both orders forced, no deadlock, a consistent end', () => {

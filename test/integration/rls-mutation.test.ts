@@ -225,6 +225,17 @@ describe('db:migrate converges privileges', () => {
                                          has_table_privilege($1, 'approval_policy_changes', 'UPDATE') AS update`, [TEST_APP.user]);
     expect(privs.rows[0]).toEqual({ delete: false, update: true });
   });
+
+  it('revokes DELETE on approval_requests and approval_policies that earlier releases granted the app (retention deletes nothing of them; the app never does), and keeps UPDATE', async () => {
+    const db = await freshDatabase();
+    await db.admin(`GRANT DELETE ON approval_requests, approval_policies TO ${TEST_APP.user}`);
+    const config = parseConfig({ JWT_SECRET: TEST_JWT_SECRET, DATABASE_URL: db.appUrl, MIGRATION_DATABASE_URL: db.ownerUrl });
+    expect(await migrate(config, entities)).toEqual([]); // nothing pending: only the grants are re-applied
+    for (const table of ['approval_requests', 'approval_policies']) {
+      const privs = await db.admin(`SELECT has_table_privilege($1, $2::regclass, 'DELETE') AS delete, has_table_privilege($1, $2::regclass, 'UPDATE') AS update`, [TEST_APP.user, table]);
+      expect(privs.rows[0], table).toEqual({ delete: false, update: true });
+    }
+  });
 });
 
 /** The rows of `table` that `role` sees in a session of its own, with no tenant set. */

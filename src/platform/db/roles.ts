@@ -81,11 +81,14 @@ export const APPEND_ONLY_TABLES = ['approval_decisions', 'evidence_packs', 'evid
 
 /**
  * Tables the application updates but never deletes from: it may insert, read and update their rows
- * (a change's status and decision), never delete one. `approval_policy_changes` is the record of who
- * proposed and who confirmed each loosening of a tenant's approval policy (ADR 0010); with DELETE,
- * any statement run as the application role could erase it.
+ * (a change's status and decision, a request's status, the policy in force), never delete one.
+ * `approval_policy_changes` is the record of who proposed and who confirmed each loosening of a
+ * tenant's approval policy (ADR 0010); `approval_requests` holds each run's class, the approvals it
+ * needed and how its wait ended (run retention keeps it: ADR 0011); `approval_policies` is the policy
+ * in force, with who set and who approved it (a deleted row is the defaults again, at version 0, with
+ * nobody's name on them). With DELETE, any statement run as the application role could erase them.
  */
-export const NO_DELETE_TABLES = ['approval_policy_changes'];
+export const NO_DELETE_TABLES = ['approval_policies', 'approval_policy_changes', 'approval_requests'];
 
 /** The application role's privileges on a tenant-owned table. */
 function appTablePrivileges(table: string): string {
