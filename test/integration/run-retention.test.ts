@@ -248,15 +248,13 @@ describe('run retention', () => {
     await admin.query(`delete from durable_runs where id = $1`, [theirs]);
   });
 
-  it("a real run's evidence pack still reads and verifies after the run was deleted, and a forgery of it still shows", { timeout: LONG }, async () => {
-    const tenant = newTenant();
-    const token = await stack.token({ tenantId: tenant, sub: 'submitter-1' });
+  /** A real golden-path run of class A (approved by policy at once) submitted by `token` and run to completion: its view. */
+  async function completedClassARun(token: string): Promise<any> {
     const host = startRunHost(stack, stack.container.runtime.workflow(GOLDEN_PATH));
-    let run: any;
     try {
       const res = await api(stack, 'POST', '/api/v1/golden-path/run', { token, body: CLASS_A_SUBMISSION, headers: { 'Idempotency-Key': randomUUID() } });
       expect(res.status, res.text).toBe(202);
-      run = await waitFor(
+      return await waitFor(
         async () => {
           const r = await api(stack, 'GET', `/api/v1/golden-path/runs/${res.json.run_id}`, { token });
           return r.json?.status === 'completed' ? r.json : undefined;
@@ -266,6 +264,43 @@ describe('run retention', () => {
     } finally {
       await host.stop();
     }
+  }
+
+  it("a decision on the approval request of a run retention deleted: 409 run_deleted (not 404: the request still reads), nothing recorded, the same answer replayed under its key", { timeout: LONG }, async () => {
+    const tenant = newTenant();
+    const token = await stack.token({ tenantId: tenant, sub: 'submitter-1' });
+    const approver = await stack.token({ tenantId: tenant, sub: 'approver-1', roles: ['approver'] });
+    const run = await completedClassARun(token);
+    const approvalId = run.steps[2].output.approval_request_id as string;
+    await admin.query(`update durable_runs set updated_at = now() - interval '31 days' where id = $1`, [run.run_id]);
+    expect(await retentionJob(RETENTION).run()).toMatchObject({ complete: true });
+    expect((await leftOf([run.run_id]))[run.run_id]).toMatchObject({ run: 0, checkpoints: 0 });
+
+    const before = await api(stack, 'GET', `/api/v1/approvals/${approvalId}`, { token });
+    expect(before.status).toBe(200);
+    expect(before.json).toMatchObject({ run_id: run.run_id, status: 'approved', decisions: [{ kind: 'system' }] });
+    const key = randomUUID();
+    const decide = () => api(stack, 'POST', `/api/v1/approvals/${approvalId}/decision`, { token: approver, body: { decision: 'reject' }, headers: { 'Idempotency-Key': key } });
+    const res = await decide();
+    expect(res.status, res.text).toBe(409);
+    expect(res.headers.get('content-type')).toMatch(/^application\/problem\+json/);
+    expect(res.json).toMatchObject({ status: 409, code: 'run_deleted', run_id: run.run_id, approval_status: 'approved' });
+    expect(res.json.detail).toMatch(/removed by run retention/);
+    const replay = await decide();
+    expect(replay.headers.get('idempotent-replayed')).toBe('true');
+    expect(replay.status).toBe(409);
+    const { request_id: _first, ...answer } = res.json;
+    expect(replay.json).toEqual(answer); // a replayed problem carries no request_id (docs/api.md)
+    expect((await api(stack, 'GET', `/api/v1/approvals/${approvalId}`, { token })).json).toEqual(before.json);
+    // Another tenant still learns nothing of it: 404.
+    const stranger = await stack.token({ tenantId: newTenant(), sub: 'approver-1', roles: ['approver'] });
+    expect((await api(stack, 'POST', `/api/v1/approvals/${approvalId}/decision`, { token: stranger, body: { decision: 'approve' }, headers: { 'Idempotency-Key': randomUUID() } })).status).toBe(404);
+  });
+
+  it("a real run's evidence pack still reads and verifies after the run was deleted, and a forgery of it still shows", { timeout: LONG }, async () => {
+    const tenant = newTenant();
+    const token = await stack.token({ tenantId: tenant, sub: 'submitter-1' });
+    const run = await completedClassARun(token);
     const evidenceId = run.steps[3].output.evidence_pack_id as string;
     const sha256 = run.steps[3].output.sha256 as string;
     const domainBefore = (await leftOf([run.run_id]))[run.run_id]!.domain;

@@ -10,6 +10,8 @@ import { APPROVAL_PACKET_STEP, type SlaScheduler } from './approval-packet.step.
 import type { DecisionResult } from './approval.views.ts';
 import type { ApprovalStatus } from './approval.entities.ts';
 
+const SUBMITTER_CANNOT_DECIDE = 'The submitter of a run cannot approve or reject it.';
+
 interface ApprovalRow {
   id: string;
   tenant_id: string;
@@ -61,8 +63,8 @@ export class ApprovalService {
          join approval_requests a on a.tenant_id = r.tenant_id and a.run_id = r.id where a.id = ? for update of a`,
       [approvalId, approvalId],
     );
-    if (!req) throw new NotFoundError('approval request');
-    if (req.submitted_by === principal.sub) throw new ForbiddenError('The submitter of a run cannot approve or reject it.');
+    if (!req) throw await missingRun(em, principal, approvalId);
+    if (req.submitted_by === principal.sub) throw new ForbiddenError(SUBMITTER_CANNOT_DECIDE);
     // The run was cancelled: its request was withdrawn with it (or, cancelled before `withdrawn`
     // existed and not migrated, still reads pending). Not even a first of two approvals is recorded.
     if (req.status === 'withdrawn' || (req.status === 'pending' && req.run_status !== 'waiting')) throw new RunNotActiveError(req.run_id, req.run_status ?? 'unknown');
@@ -164,6 +166,27 @@ export class ApprovalService {
     if (!cp) throw new NotFoundError('approval checkpoint');
     return { seq: cp.sequence_num, packet: approvalPacketSchema.parse(cp.output) };
   }
+}
+
+/**
+ * Why decide found no request with its run: no such request for this tenant (404), or a request whose
+ * run is gone — run retention deletes ended runs and keeps their approval requests (ADR 0011), so
+ * the request was decided or closed long before: 409 `run_deleted`, an answer that never changes
+ * (stored under the Idempotency-Key like any answer of the handler). The submitter is still refused
+ * as such (403), as with every other request.
+ */
+async function missingRun(em: EntityManager, principal: Principal, approvalId: string): Promise<Error> {
+  const [req] = await em.execute<{ run_id: string; status: ApprovalStatus; submitted_by: string }[]>(
+    `select run_id, status, submitted_by from approval_requests where id = ?`,
+    [approvalId],
+  );
+  if (!req) return new NotFoundError('approval request');
+  if (req.submitted_by === principal.sub) return new ForbiddenError(SUBMITTER_CANNOT_DECIDE);
+  return new ConflictError(
+    'run_deleted',
+    `The run ${req.run_id} of this approval request ended and was removed by run retention (RUN_RETENTION); the request, ${req.status}, can no longer be decided.`,
+    { extensions: { run_id: req.run_id, approval_status: req.status } },
+  );
 }
 
 interface DecisionRow {

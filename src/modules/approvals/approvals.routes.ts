@@ -97,7 +97,7 @@ export function approvalRoutes(deps: { approvals: ApprovalService }): RouteDef[]
         200: { description: 'Decision recorded', schema: decisionResult },
         403: { description: 'Not an approver, or the submitter' },
         404: { description: 'No such approval request for this tenant' },
-        409: { description: 'Already decided (approval_decided), expired (approval_expired), this approver already decided (approver_already_decided), or withdrawn: its run was cancelled (run_not_active)' },
+        409: { description: 'Already decided (approval_decided), expired (approval_expired), this approver already decided (approver_already_decided), withdrawn: its run was cancelled (run_not_active), or its run was removed by run retention (run_deleted)' },
         503: {
           description: "The run's workflow version is not registered on this instance: the decision is not recorded; retry after Retry-After (code: workflow_version_unavailable)",
         },
