@@ -397,6 +397,25 @@ describe('decisions at once (lock order: the policy row first, then changes)', (
     expect(await policyOf(t)).toEqual(p.json);
   });
 
+  it('an approval that waited for the policy row while the change passed its expires_at: 409 policy_change_expired, nothing applied — expiry is checked again once the lock is had', async () => {
+    const t = await tenantTokens();
+    expect((await put(t.admin, DEFAULTS)).json).toMatchObject({ version: 1 });
+    const x = await propose(t);
+    const held = await holdRow(t.tenant, 'approval_policies');
+    const approval = decide(t.admin2, x.id, 'approve');
+    await lockWaiters(1, 'the approval to wait for the policy');
+    // Pending when the approval read it; it expires while the approval waits (by the database's clock).
+    await stack.db.admin(`update approval_policy_changes set expires_at = clock_timestamp() + interval '300 milliseconds' where id = $1`, [x.id]);
+    await waitFor(async () => (await stack.db.admin(`select expires_at <= clock_timestamp() as passed from approval_policy_changes where id = $1`, [x.id])).rows[0].passed, {
+      timeoutMs: 10_000,
+      what: 'the change to pass its expires_at',
+    });
+    await held.release();
+    expectProblem(await approval, 409, 'policy_change_expired');
+    expect(await policyOf(t)).toMatchObject({ policy: DEFAULTS, version: 1, approved_by: null });
+    expect(await changeOf(t, x.id)).toMatchObject({ status: 'expired', decided_by: null });
+  });
+
   it('an approval that meets a rejection of the same change: 409 policy_change_decided, and the policy it was writing rolls back', async () => {
     const t = await tenantTokens();
     expect((await put(t.admin, DEFAULTS)).json).toMatchObject({ version: 1 });

@@ -79,11 +79,13 @@ interface ChangeRow {
  * The changes as they read: a stored `pending` past its `expires_at` reads `expired` (at its deadline),
  * and one whose base version is no longer in force reads `superseded` (at the policy's update) — what
  * applying a policy records (supersedePending), and what a change proposed while another applied reads.
+ * Expiry is by `clock`: `now()` (the transaction's start) for reads; `statement_timestamp()` for an
+ * approval's check after it waited for the policy row, which now() would place before that wait.
  */
-const CHANGES = `select c.id, c.tenant_id, c.policy, c.base_version, c.loosens, c.proposed_by, c.created_at, c.expires_at, c.decided_by,
-    case when c.status <> 'pending' then c.status when c.expires_at <= now() then 'expired'
+const changes = (clock: 'now()' | 'statement_timestamp()' = 'now()') => `select c.id, c.tenant_id, c.policy, c.base_version, c.loosens, c.proposed_by, c.created_at, c.expires_at, c.decided_by,
+    case when c.status <> 'pending' then c.status when c.expires_at <= ${clock} then 'expired'
          when c.base_version <> coalesce(p.version, 0) then 'superseded' else 'pending' end as status,
-    case when c.status <> 'pending' then c.decided_at when c.expires_at <= now() then c.expires_at
+    case when c.status <> 'pending' then c.decided_at when c.expires_at <= ${clock} then c.expires_at
          when c.base_version <> coalesce(p.version, 0) then p.updated_at end as decided_at
   from approval_policy_changes c left join approval_policies p on p.tenant_id = c.tenant_id`;
 
@@ -104,9 +106,12 @@ function toView(row: ChangeRow): PolicyChangeView {
   };
 }
 
-/** One change as it reads, locked for a decision when `forUpdate`; 404 when RLS hides it or there is none. */
-async function changeRow(em: EntityManager, tenantId: string, id: string, forUpdate = false): Promise<ChangeRow> {
-  const [row] = await em.execute<ChangeRow[]>(`${CHANGES} where c.tenant_id = ? and c.id = ?${forUpdate ? ' for update of c' : ''}`, [tenantId, id]);
+/**
+ * One change as it reads, locked for a decision when `forUpdate`, expiry by `clock` (changes); 404 when
+ * RLS hides it or there is none.
+ */
+async function changeRow(em: EntityManager, tenantId: string, id: string, opts: { forUpdate?: boolean; clock?: 'now()' | 'statement_timestamp()' } = {}): Promise<ChangeRow> {
+  const [row] = await em.execute<ChangeRow[]>(`${changes(opts.clock)} where c.tenant_id = ? and c.id = ?${opts.forUpdate ? ' for update of c' : ''}`, [tenantId, id]);
   if (!row) throw new NotFoundError('approval policy change');
   return row;
 }
@@ -123,7 +128,7 @@ export async function listChanges(
 ): Promise<PolicyChangePage> {
   const params: unknown[] = [tenantId];
   const where = pageWhere('tenant_id = ?', params, query);
-  const rows = await em.execute<ChangeRow[]>(`select * from (${CHANGES}) changes where ${where} order by created_at desc, id desc limit ?`, params);
+  const rows = await em.execute<ChangeRow[]>(`select * from (${changes()}) changes where ${where} order by created_at desc, id desc limit ?`, params);
   const page = rows.slice(0, query.limit);
   return { items: page.map(toView), next_cursor: nextCursor(page[page.length - 1], rows.length > query.limit) };
 }
@@ -213,7 +218,10 @@ const decidedMeanwhile = (now: ChangeRow): ConflictError => notPending(now) ?? p
  * A second admin approves a pending change: its policy applies as the next version (approved_by them),
  * if the policy is still the version it was based on. The proposer cannot approve it (403). The change
  * is read without a lock: the policy's upsert is the first lock taken (the lock order above), and the
- * change is then marked approved only if it is still pending (a rejection may have committed meanwhile).
+ * change is then marked approved only if it is still pending (a rejection may have committed meanwhile)
+ * and not yet past its expires_at by the clock of that statement, which follows the upsert's wait for
+ * the policy row: one that expired while the approval waited is refused as expired, and the policy just
+ * written rolls back. now() would not do: it is the transaction's start, before that wait.
  */
 export async function approveChange(em: EntityManager, principal: Principal, id: string): Promise<{ version: number; updatedAt: Date; policy: ApprovalPolicyBody; proposedBy: string }> {
   const row = await changeRow(em, principal.tenantId, id);
@@ -225,18 +233,21 @@ export async function approveChange(em: EntityManager, principal: Principal, id:
   // reads superseded now, or approved if that was this very change.
   if (!applied) throw decidedMeanwhile(await changeRow(em, principal.tenantId, id));
   const marked = await em.execute<{ id: string }[]>(
-    `update approval_policy_changes set status = 'approved', decided_by = ?, decided_at = now() where tenant_id = ? and id = ? and status = 'pending' returning id`,
+    `update approval_policy_changes set status = 'approved', decided_by = ?, decided_at = now()
+      where tenant_id = ? and id = ? and status = 'pending' and expires_at > statement_timestamp() returning id`,
     [principal.sub, principal.tenantId, id],
   );
-  // Rejected meanwhile: the policy just written rolls back with this error.
-  if (marked.length === 0) throw decidedMeanwhile(await changeRow(em, principal.tenantId, id));
+  // Rejected, or expired, meanwhile (read by a later statement's clock still): the policy just written
+  // rolls back with this error. The status column comes first, then expiry, so the policy this
+  // transaction wrote (a version past the change's base) does not make it read superseded.
+  if (marked.length === 0) throw decidedMeanwhile(await changeRow(em, principal.tenantId, id, { clock: 'statement_timestamp()' }));
   await supersedePending(em, principal.tenantId);
   return { ...applied, policy, proposedBy: row.proposed_by };
 }
 
 /** Any admin of the tenant rejects a pending change, its proposer too (who so withdraws it). */
 export async function rejectChange(em: EntityManager, principal: Principal, id: string): Promise<PolicyChangeView> {
-  ensurePending(await changeRow(em, principal.tenantId, id, true));
+  ensurePending(await changeRow(em, principal.tenantId, id, { forUpdate: true }));
   await em.execute(`update approval_policy_changes set status = 'rejected', decided_by = ?, decided_at = now() where tenant_id = ? and id = ?`, [principal.sub, principal.tenantId, id]);
   return getChange(em, principal.tenantId, id);
 }
