@@ -5,6 +5,7 @@ import { api, SAMPLE_SUBMISSION, startStack, type TestStack } from '../helpers/s
 import { waitFor } from '../helpers/poll.ts';
 import { policyTenant, putPolicy, type PolicyTenant } from '../helpers/policy.ts';
 import { sqlState } from '../helpers/sql-state.ts';
+import { holdTable } from '../helpers/table-lock.ts';
 import { tenantEm } from '../../src/platform/db/tenant-em.ts';
 import { TENANT_SETTING } from '../../src/platform/db/tenant-owned.ts';
 
@@ -313,6 +314,54 @@ const lockWaiters = (n: number, what: string) =>
       ).rows[0].n >= n,
     { timeoutMs: 20_000, what },
   );
+
+const MAX_PENDING = 20;
+/** `n` pending changes of `t`, each loosening the class A cost bound by another amount. */
+async function proposeMany(t: PolicyTenant, n: number, from = 1) {
+  for (let i = from; i < from + n; i++) await propose(t, { ...DEFAULTS, class_a_max_cost: 50_000 + i });
+}
+const pendingOf = async (t: PolicyTenant) => (await api(stack, 'GET', `${CHANGES}?status=pending&limit=100`, { token: t.submitter })).json.items.length;
+
+describe('pending changes per tenant are capped', () => {
+  it(`at ${MAX_PENDING}: one more proposal is 409 too_many_pending_changes and stores nothing; a tightening PUT still applies, and deciding one makes room`, async () => {
+    const t = await tenantTokens();
+    await proposeMany(t, MAX_PENDING);
+    const refused = await put(t.admin2, LOOSER);
+    expectProblem(refused, 409, 'too_many_pending_changes');
+    expect(refused.json).toMatchObject({ pending: MAX_PENDING, limit: MAX_PENDING });
+    expect(await pendingOf(t)).toBe(MAX_PENDING);
+    expect((await api(stack, 'GET', `${CHANGES}?limit=100`, { token: t.submitter })).json.items).toHaveLength(MAX_PENDING);
+    // Another tenant is not affected.
+    expect((await put((await tenantTokens()).admin, LOOSER)).status).toBe(202);
+    // A rejection makes room for one.
+    const oldest = (await api(stack, 'GET', `${CHANGES}?status=pending&limit=100`, { token: t.submitter })).json.items.at(-1);
+    expect((await decide(t.admin2, oldest.id, 'reject')).status).toBe(200);
+    await propose(t);
+    expectProblem(await put(t.admin, LOOSER), 409, 'too_many_pending_changes');
+    // Changes that no longer read pending do not count: a tightening applies (never capped) and supersedes them all.
+    expect((await put(t.admin, { ...DEFAULTS, sla_b_seconds: 3_600 })).status).toBe(200);
+    expect(await pendingOf(t)).toBe(0);
+    await propose(t, { ...DEFAULTS, sla_b_seconds: 7_200 });
+  });
+
+  it('holds under concurrent proposals on a tenant without a policy row (nothing to lock): of five at once with room for two, two are stored', async () => {
+    const t = await tenantTokens();
+    await proposeMany(t, MAX_PENDING - 2);
+    // Inserts into the changes wait (reads go on) while all five are sent, so they overlap for sure.
+    const held = await holdTable(stack.db.adminUrl, 'approval_policy_changes');
+    try {
+      const proposals = [1, 2, 3, 4, 5].map((i) => put(t.admin, { ...DEFAULTS, class_a_max_cost: 60_000 + i }));
+      await lockWaiters(5, 'the five proposals to wait');
+      await held.release();
+      const answers = await Promise.all(proposals);
+      expect(answers.map((a) => a.status).sort()).toEqual([202, 202, 409, 409, 409]);
+      for (const a of answers.filter((x) => x.status === 409)) expect(a.json).toMatchObject({ code: 'too_many_pending_changes' });
+      expect(await pendingOf(t)).toBe(MAX_PENDING);
+    } finally {
+      await held.close();
+    }
+  });
+});
 
 describe('decisions at once (lock order: the policy row first, then changes)', () => {
   it('two approvals of two changes based on one version: the first applies, the other is 409 policy_changed — not a deadlock (503)', async () => {

@@ -2,6 +2,7 @@ import { randomUUID } from 'node:crypto';
 import type { EntityManager } from '@mikro-orm/postgresql';
 import { z } from 'zod';
 import { ConflictError, ForbiddenError, NotFoundError } from '../../platform/errors/app-error.ts';
+import { DEFER_UNTIL_NEXT } from '../../platform/db/markers.ts';
 import { nextCursor, pageSchema, pageWhere } from '../../platform/http/cursor.ts';
 import { isoTime, toIsoTime, toIsoTimeOrNull } from '../../platform/http/iso-time.ts';
 import type { Principal } from '../../platform/tenancy/jwt.ts';
@@ -32,6 +33,13 @@ import {
  */
 export const POLICY_PATH = '/api/v1/approval-policy';
 export const CHANGES_PATH = `${POLICY_PATH}/changes`;
+
+/**
+ * The most changes a tenant may have pending (reading `pending`) at once: a proposal beyond it is 409
+ * `too_many_pending_changes` and stores nothing. An admin could otherwise store changes without bound,
+ * each one a row every list and count reads, and bury the one that matters among them.
+ */
+export const MAX_PENDING_CHANGES = 20;
 
 const POLICY_FIELDS = Object.keys(approvalPolicySettings.shape) as [PolicyField, ...PolicyField[]];
 
@@ -160,10 +168,16 @@ export async function replacePolicy(
 }
 
 /**
- * Stores a proposed change, pending until `ttlMs` from now. Its created_at is in milliseconds, as a
- * run's: the list's keyset cursor carries milliseconds, and a change earlier in the same millisecond
- * than a page's last one (next in the newest-first order) would be above the cursor, so the next page
- * would skip it.
+ * Stores a proposed change, pending until `ttlMs` from now, unless the tenant already has
+ * MAX_PENDING_CHANGES pending (409). Its created_at is in milliseconds, as a run's: the list's keyset
+ * cursor carries milliseconds, and a change earlier in the same millisecond than a page's last one
+ * (next in the newest-first order) would be above the cursor, so the next page would skip it.
+ *
+ * Count-then-insert races: two proposals that each counted one short of the cap would both insert. The
+ * policy row lock the PUT holds serialises them only when the tenant has a row; a tenant still on the
+ * defaults has nothing to lock. So a lock per tenant, held to the end of the transaction, comes first
+ * (it travels with the count in one message, ADR 0004; the count's snapshot is taken after it is
+ * granted). Only proposals take it, after the policy row: no other writer waits for it (lock order).
  */
 async function proposeChange(
   em: EntityManager,
@@ -171,6 +185,16 @@ async function proposeChange(
   proposal: { policy: ApprovalPolicyBody; baseVersion: number; loosens: PolicyField[] },
   ttlMs: number,
 ): Promise<PolicyChangeView> {
+  await em.execute(`${DEFER_UNTIL_NEXT}select pg_advisory_xact_lock(hashtextextended('dealix:approval_policy_changes:' || ?, 0))`, [principal.tenantId]);
+  const [counted] = await em.execute<{ n: number }[]>(`select count(*)::int as n from (${changes()} where c.tenant_id = ?) pending where status = 'pending'`, [principal.tenantId]);
+  const pending = counted?.n ?? 0;
+  if (pending >= MAX_PENDING_CHANGES) {
+    throw new ConflictError(
+      'too_many_pending_changes',
+      `The tenant already has ${pending} pending policy changes, the most it may have (${MAX_PENDING_CHANGES}): approve or reject one, or let it expire, before proposing another.`,
+      { extensions: { pending, limit: MAX_PENDING_CHANGES } },
+    );
+  }
   const id = randomUUID();
   await em.execute(
     `insert into approval_policy_changes (id, tenant_id, policy, base_version, loosens, status, proposed_by, created_at, expires_at)

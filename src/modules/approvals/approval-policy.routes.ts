@@ -10,6 +10,7 @@ import {
   CHANGES_PATH,
   getChange,
   listChanges,
+  MAX_PENDING_CHANGES,
   policyChangePage,
   policyChangeView,
   POLICY_PATH,
@@ -74,6 +75,9 @@ export function approvalPolicyRoutes(deps: { slaBSeconds: number; slaCSeconds: n
         200: { description: 'It only tightens (or keeps) the policy: the policy now in force', schema: policyView },
         202: { description: 'It loosens the policy: a pending change, which applies once a second admin approves it', schema: policyChangeView },
         403: { description: 'Not an admin of the tenant' },
+        409: {
+          description: `It loosens the policy, and the tenant already has ${MAX_PENDING_CHANGES} pending changes, the most it may have (too_many_pending_changes; pending, limit): nothing is stored`,
+        },
         422: { description: 'Invalid policy (bounds, A thresholds above C thresholds, or a currency that is no ISO 4217 code)' },
       },
       async handler({ em, principal, body }) {
