@@ -6,6 +6,7 @@ import { waitFor } from '../helpers/poll.ts';
 import { policyTenant, putPolicy, type PolicyTenant } from '../helpers/policy.ts';
 import { sqlState } from '../helpers/sql-state.ts';
 import { holdTable } from '../helpers/table-lock.ts';
+import { spawnApi } from '../helpers/api-process.ts';
 import { tenantEm } from '../../src/platform/db/tenant-em.ts';
 import { TENANT_SETTING } from '../../src/platform/db/tenant-owned.ts';
 
@@ -314,6 +315,46 @@ const lockWaiters = (n: number, what: string) =>
       ).rows[0].n >= n,
     { timeoutMs: 20_000, what },
   );
+
+describe('a change based on the defaults (a tenant without a policy row)', () => {
+  it('cannot be approved once an operator changed the configured SLAs it was compared with (409 policy_changed, it reads superseded): it would loosen more than its loosens, and than its approver saw', { timeout: 120_000 }, async () => {
+    const t = await tenantTokens();
+    // Proposed under APPROVAL_SLA_B 24 h: it loosens the class A cost bound only, and keeps sla_b_seconds 86,400.
+    const change = await propose(t);
+    expect(change).toMatchObject({ base_version: 0, loosens: ['class_a_max_cost'], base_policy: DEFAULTS });
+    // The operator shortens APPROVAL_SLA_B to 1 h and restarts the API: the defaults in force are tighter now,
+    // and the change would lengthen the class B SLA from 1 h to 24 h too, which nobody confirmed.
+    const restarted = await spawnApi({ ...stack.env, APPROVAL_SLA_B: '1h' });
+    try {
+      const there = { ...stack, baseUrl: restarted.baseUrl };
+      expect((await api(there, 'GET', PATH, { token: t.submitter })).json).toMatchObject({ version: 0, policy: { ...DEFAULTS, sla_b_seconds: 3_600 } });
+      expectProblem(await api(there, 'POST', `${CHANGES}/${change.id}/approve`, { token: t.admin2 }), 409, 'policy_changed');
+      expect((await api(there, 'GET', PATH, { token: t.submitter })).json).toMatchObject({ source: 'default', version: 0 });
+      expect((await api(there, 'GET', `${CHANGES}/${change.id}`, { token: t.submitter })).json).toMatchObject({ status: 'superseded', decided_by: null, decided_at: null });
+      // Proposed again under the new defaults, it names what it loosens now, and applies once approved.
+      const again = (await api(there, 'PUT', PATH, { token: t.admin, body: LOOSER })).json;
+      expect(again).toMatchObject({ base_version: 0, loosens: ['class_a_max_cost', 'sla_b_seconds'], base_policy: { ...DEFAULTS, sla_b_seconds: 3_600 } });
+      const approved = await api(there, 'POST', `${CHANGES}/${again.id}/approve`, { token: t.admin2 });
+      expect(approved.status, approved.text).toBe(200);
+      expect(approved.json).toMatchObject({ version: 1, policy: LOOSER, approved_by: 'admin-2' });
+    } finally {
+      await restarted.stop();
+    }
+  });
+
+  it('proposed before base_policy was recorded (null): on the defaults it reads superseded, as its base cannot be known; on a version of the tenant it stays pending', async () => {
+    const onDefaults = await tenantTokens();
+    const old = await propose(onDefaults);
+    const onVersion = await tenantTokens();
+    expect((await put(onVersion.admin, DEFAULTS)).json).toMatchObject({ version: 1 });
+    const oldOnVersion = await propose(onVersion);
+    await stack.db.admin(`update approval_policy_changes set base_policy = null where id = any($1::uuid[])`, [[old.id, oldOnVersion.id]]);
+    expect(await changeOf(onDefaults, old.id)).toMatchObject({ status: 'superseded', base_policy: null, decided_at: null });
+    expectProblem(await decide(onDefaults.admin2, old.id, 'approve'), 409, 'policy_changed');
+    expect(await changeOf(onVersion, oldOnVersion.id)).toMatchObject({ status: 'pending', base_policy: null });
+    expect((await decide(onVersion.admin2, oldOnVersion.id, 'approve')).json).toMatchObject({ version: 2, approved_by: 'admin-2' });
+  });
+});
 
 const MAX_PENDING = 20;
 /** `n` pending changes of `t`, each loosening the class A cost bound by another amount. */

@@ -11,12 +11,15 @@ import {
   applyPolicy,
   approvalPolicyBody,
   approvalPolicySettings,
+  defaultPolicy,
   loadPolicyWithSource,
   loosenedFields,
   policyFromBody,
+  policyToBody,
   type ApprovalPolicyBody,
   type LoadedPolicy,
   type PolicyField,
+  type SlaDefaults,
 } from './approval.policy.ts';
 
 /**
@@ -53,6 +56,11 @@ export const policyChangeView = z
       ),
     policy: approvalPolicySettings.describe('The proposed policy, whole: what applies if it is approved'),
     base_version: z.number().int().min(0).describe('The version of the policy in force when it was proposed (0: the defaults); it applies only while that version is in force'),
+    base_policy: approvalPolicySettings
+      .nullable()
+      .describe(
+        'The policy in force it was compared with when proposed: what `loosens` is relative to. For base_version 0 the defaults with the SLAs configured then (APPROVAL_SLA_B / APPROVAL_SLA_C): while the configured ones differ it reads superseded. Null for changes proposed before it was recorded',
+      ),
     loosens: z.array(z.enum(POLICY_FIELDS)).describe("The fields in which it loosens that version: a higher class A or C bound, a longer SLA, another currency"),
     proposed_by: z.string().describe('The admin (token sub) whose PUT proposed it; they cannot approve it'),
     proposed_at: isoTime,
@@ -60,7 +68,9 @@ export const policyChangeView = z
     decided_by: z.string().nullable().describe('The admin who approved or rejected it; null otherwise'),
     decided_at: isoTime
       .nullable()
-      .describe('When it stopped being pending: approved, rejected, superseded (when another change applied) or expired (expires_at); null while pending'),
+      .describe(
+        'When it stopped being pending: approved, rejected, superseded (when another change applied) or expired (expires_at); null while pending, and when it was superseded by a change of the configured defaults (when is not recorded)',
+      ),
     links: z.strictObject({ self: z.string(), approve: z.string(), reject: z.string() }),
   })
   .meta({ id: 'ApprovalPolicyChange' });
@@ -74,6 +84,7 @@ interface ChangeRow {
   tenant_id: string;
   policy: unknown;
   base_version: number;
+  base_policy: unknown;
   loosens: PolicyField[];
   status: PolicyChangeStatus;
   proposed_by: string;
@@ -87,15 +98,23 @@ interface ChangeRow {
  * The changes as they read: a stored `pending` past its `expires_at` reads `expired` (at its deadline),
  * and one whose base version is no longer in force reads `superseded` (at the policy's update) — what
  * applying a policy records (supersedePending), and what a change proposed while another applied reads.
- * Expiry is by `clock`: `now()` (the transaction's start) for reads; `statement_timestamp()` for an
- * approval's check after it waited for the policy row, which now() would place before that wait.
+ * One based on the defaults (version 0, no policy row yet) reads `superseded` too while the defaults
+ * in force (its first parameter, `defaultsParam`) are not those it was compared with: an operator
+ * changed APPROVAL_SLA_B/C, and applying it would loosen more than its `loosens` (ADR 0010). When is
+ * not recorded: its decided_at is null. Expiry is by `clock`: `now()` (the transaction's start) for
+ * reads; `statement_timestamp()` for an approval's check after it waited for the policy row, which
+ * now() would place before that wait.
  */
-const changes = (clock: 'now()' | 'statement_timestamp()' = 'now()') => `select c.id, c.tenant_id, c.policy, c.base_version, c.loosens, c.proposed_by, c.created_at, c.expires_at, c.decided_by,
+const changes = (clock: 'now()' | 'statement_timestamp()' = 'now()') => `select c.id, c.tenant_id, c.policy, c.base_version, c.base_policy, c.loosens, c.proposed_by, c.created_at, c.expires_at, c.decided_by,
     case when c.status <> 'pending' then c.status when c.expires_at <= ${clock} then 'expired'
-         when c.base_version <> coalesce(p.version, 0) then 'superseded' else 'pending' end as status,
+         when c.base_version <> coalesce(p.version, 0) then 'superseded'
+         when p.version is null and c.base_policy is distinct from d.defaults then 'superseded' else 'pending' end as status,
     case when c.status <> 'pending' then c.decided_at when c.expires_at <= ${clock} then c.expires_at
          when c.base_version <> coalesce(p.version, 0) then p.updated_at end as decided_at
-  from approval_policy_changes c left join approval_policies p on p.tenant_id = c.tenant_id`;
+  from approval_policy_changes c left join approval_policies p on p.tenant_id = c.tenant_id cross join (select ?::jsonb as defaults) d`;
+
+/** The parameter of `changes`: the defaults in force (version 0), as a change's base_policy records them. */
+const defaultsParam = (defaults: SlaDefaults): string => JSON.stringify(policyToBody(defaultPolicy(defaults).policy));
 
 function toView(row: ChangeRow): PolicyChangeView {
   const self = `${CHANGES_PATH}/${row.id}`;
@@ -104,6 +123,7 @@ function toView(row: ChangeRow): PolicyChangeView {
     status: row.status,
     policy: approvalPolicySettings.parse(row.policy),
     base_version: Number(row.base_version),
+    base_policy: row.base_policy == null ? null : approvalPolicySettings.parse(row.base_policy),
     loosens: row.loosens,
     proposed_by: row.proposed_by,
     proposed_at: toIsoTime(row.created_at),
@@ -118,14 +138,24 @@ function toView(row: ChangeRow): PolicyChangeView {
  * One change as it reads, locked for a decision when `forUpdate`, expiry by `clock` (changes); 404 when
  * RLS hides it or there is none.
  */
-async function changeRow(em: EntityManager, tenantId: string, id: string, opts: { forUpdate?: boolean; clock?: 'now()' | 'statement_timestamp()' } = {}): Promise<ChangeRow> {
-  const [row] = await em.execute<ChangeRow[]>(`${changes(opts.clock)} where c.tenant_id = ? and c.id = ?${opts.forUpdate ? ' for update of c' : ''}`, [tenantId, id]);
+async function changeRow(
+  em: EntityManager,
+  tenantId: string,
+  id: string,
+  defaults: SlaDefaults,
+  opts: { forUpdate?: boolean; clock?: 'now()' | 'statement_timestamp()' } = {},
+): Promise<ChangeRow> {
+  const [row] = await em.execute<ChangeRow[]>(`${changes(opts.clock)} where c.tenant_id = ? and c.id = ?${opts.forUpdate ? ' for update of c' : ''}`, [
+    defaultsParam(defaults),
+    tenantId,
+    id,
+  ]);
   if (!row) throw new NotFoundError('approval policy change');
   return row;
 }
 
-export async function getChange(em: EntityManager, tenantId: string, id: string): Promise<PolicyChangeView> {
-  return toView(await changeRow(em, tenantId, id));
+export async function getChange(em: EntityManager, tenantId: string, id: string, defaults: SlaDefaults): Promise<PolicyChangeView> {
+  return toView(await changeRow(em, tenantId, id, defaults));
 }
 
 /** The tenant's changes newest first, by the status they read, a page at a time. */
@@ -133,8 +163,9 @@ export async function listChanges(
   em: EntityManager,
   tenantId: string,
   query: { status?: PolicyChangeStatus | undefined; cursor?: string | undefined; limit: number },
+  defaults: SlaDefaults,
 ): Promise<PolicyChangePage> {
-  const params: unknown[] = [tenantId];
+  const params: unknown[] = [defaultsParam(defaults), tenantId];
   const where = pageWhere('tenant_id = ?', params, query);
   const rows = await em.execute<ChangeRow[]>(`select * from (${changes()}) changes where ${where} order by created_at desc, id desc limit ?`, params);
   const page = rows.slice(0, query.limit);
@@ -150,14 +181,17 @@ export async function replacePolicy(
   em: EntityManager,
   principal: Principal,
   body: ApprovalPolicyBody,
-  opts: { defaults: { slaBSeconds: number; slaCSeconds: number }; changeTtlMs: number },
+  opts: { defaults: SlaDefaults; changeTtlMs: number },
 ): Promise<{ change: PolicyChangeView } | { applied: LoadedPolicy }> {
   // A tenant without a row has nothing to lock: a first policy written meanwhile makes the insert miss
   // its base (version 0), and the next read locks that row and decides again.
   for (let attempt = 0; attempt < 3; attempt++) {
     const current = await loadPolicyWithSource(em, principal.tenantId, opts.defaults, { forUpdate: true });
     const loosens = loosenedFields(current.policy, body);
-    if (loosens.length > 0) return { change: await proposeChange(em, principal, { policy: body, baseVersion: current.version, loosens }, opts.changeTtlMs) };
+    if (loosens.length > 0) {
+      const proposal = { policy: body, baseVersion: current.version, basePolicy: policyToBody(current.policy), loosens };
+      return { change: await proposeChange(em, principal, proposal, opts) };
+    }
     const applied = await applyPolicy(em, principal.tenantId, body, { baseVersion: current.version, updatedBy: principal.sub, approvedBy: null });
     if (applied) {
       await supersedePending(em, principal.tenantId);
@@ -182,11 +216,14 @@ export async function replacePolicy(
 async function proposeChange(
   em: EntityManager,
   principal: Principal,
-  proposal: { policy: ApprovalPolicyBody; baseVersion: number; loosens: PolicyField[] },
-  ttlMs: number,
+  proposal: { policy: ApprovalPolicyBody; baseVersion: number; basePolicy: ApprovalPolicyBody; loosens: PolicyField[] },
+  opts: { defaults: SlaDefaults; changeTtlMs: number },
 ): Promise<PolicyChangeView> {
   await em.execute(`${DEFER_UNTIL_NEXT}select pg_advisory_xact_lock(hashtextextended('dealix:approval_policy_changes:' || ?, 0))`, [principal.tenantId]);
-  const [counted] = await em.execute<{ n: number }[]>(`select count(*)::int as n from (${changes()} where c.tenant_id = ?) pending where status = 'pending'`, [principal.tenantId]);
+  const [counted] = await em.execute<{ n: number }[]>(`select count(*)::int as n from (${changes()} where c.tenant_id = ?) pending where status = 'pending'`, [
+    defaultsParam(opts.defaults),
+    principal.tenantId,
+  ]);
   const pending = counted?.n ?? 0;
   if (pending >= MAX_PENDING_CHANGES) {
     throw new ConflictError(
@@ -197,11 +234,11 @@ async function proposeChange(
   }
   const id = randomUUID();
   await em.execute(
-    `insert into approval_policy_changes (id, tenant_id, policy, base_version, loosens, status, proposed_by, created_at, expires_at)
-     values (?, ?, ?::jsonb, ?, ?::jsonb, 'pending', ?, date_trunc('milliseconds', now()), date_trunc('milliseconds', now()) + ? * interval '1 millisecond')`,
-    [id, principal.tenantId, JSON.stringify(proposal.policy), proposal.baseVersion, JSON.stringify(proposal.loosens), principal.sub, ttlMs],
+    `insert into approval_policy_changes (id, tenant_id, policy, base_version, base_policy, loosens, status, proposed_by, created_at, expires_at)
+     values (?, ?, ?::jsonb, ?, ?::jsonb, ?::jsonb, 'pending', ?, date_trunc('milliseconds', now()), date_trunc('milliseconds', now()) + ? * interval '1 millisecond')`,
+    [id, principal.tenantId, JSON.stringify(proposal.policy), proposal.baseVersion, JSON.stringify(proposal.basePolicy), JSON.stringify(proposal.loosens), principal.sub, opts.changeTtlMs],
   );
-  return getChange(em, principal.tenantId, id);
+  return getChange(em, principal.tenantId, id, opts.defaults);
 }
 
 /**
@@ -224,7 +261,10 @@ function policyChangedError(detail = 'The approval policy changed since this cha
 /** Why a change can no longer be decided (409: superseded, expired, decided); null while it is pending. */
 function notPending(row: ChangeRow): ConflictError | null {
   if (row.status === 'pending') return null;
-  if (row.status === 'superseded') return policyChangedError(`The approval policy is no longer version ${row.base_version}, which this change was based on: it can no longer apply; propose it again.`);
+  if (row.status === 'superseded') {
+    const base = Number(row.base_version) === 0 ? 'the defaults (version 0) with the SLAs configured when it was proposed' : `version ${row.base_version}`;
+    return policyChangedError(`The approval policy in force is no longer ${base}, which this change was based on: it can no longer apply; propose it again.`);
+  }
   if (row.status === 'expired') return new ConflictError('policy_change_expired', `The change expired undecided at ${toIsoTime(row.expires_at)}; propose it again.`);
   return new ConflictError('policy_change_decided', `The change is already ${row.status}.`);
 }
@@ -247,15 +287,20 @@ const decidedMeanwhile = (now: ChangeRow): ConflictError => notPending(now) ?? p
  * the policy row: one that expired while the approval waited is refused as expired, and the policy just
  * written rolls back. now() would not do: it is the transaction's start, before that wait.
  */
-export async function approveChange(em: EntityManager, principal: Principal, id: string): Promise<{ version: number; updatedAt: Date; policy: ApprovalPolicyBody; proposedBy: string }> {
-  const row = await changeRow(em, principal.tenantId, id);
+export async function approveChange(
+  em: EntityManager,
+  principal: Principal,
+  id: string,
+  defaults: SlaDefaults,
+): Promise<{ version: number; updatedAt: Date; policy: ApprovalPolicyBody; proposedBy: string }> {
+  const row = await changeRow(em, principal.tenantId, id, defaults);
   if (row.proposed_by === principal.sub) throw new ForbiddenError('The proposer of a policy change cannot approve it: a second admin of the tenant must.');
   ensurePending(row);
   const policy = approvalPolicyBody.parse(row.policy);
   const applied = await applyPolicy(em, principal.tenantId, policy, { baseVersion: Number(row.base_version), updatedBy: row.proposed_by, approvedBy: principal.sub });
   // Between the read and the write another change applied (its transaction committed first): this one
   // reads superseded now, or approved if that was this very change.
-  if (!applied) throw decidedMeanwhile(await changeRow(em, principal.tenantId, id));
+  if (!applied) throw decidedMeanwhile(await changeRow(em, principal.tenantId, id, defaults));
   const marked = await em.execute<{ id: string }[]>(
     `update approval_policy_changes set status = 'approved', decided_by = ?, decided_at = now()
       where tenant_id = ? and id = ? and status = 'pending' and expires_at > statement_timestamp() returning id`,
@@ -264,14 +309,14 @@ export async function approveChange(em: EntityManager, principal: Principal, id:
   // Rejected, or expired, meanwhile (read by a later statement's clock still): the policy just written
   // rolls back with this error. The status column comes first, then expiry, so the policy this
   // transaction wrote (a version past the change's base) does not make it read superseded.
-  if (marked.length === 0) throw decidedMeanwhile(await changeRow(em, principal.tenantId, id, { clock: 'statement_timestamp()' }));
+  if (marked.length === 0) throw decidedMeanwhile(await changeRow(em, principal.tenantId, id, defaults, { clock: 'statement_timestamp()' }));
   await supersedePending(em, principal.tenantId);
   return { ...applied, policy, proposedBy: row.proposed_by };
 }
 
 /** Any admin of the tenant rejects a pending change, its proposer too (who so withdraws it). */
-export async function rejectChange(em: EntityManager, principal: Principal, id: string): Promise<PolicyChangeView> {
-  ensurePending(await changeRow(em, principal.tenantId, id, { forUpdate: true }));
+export async function rejectChange(em: EntityManager, principal: Principal, id: string, defaults: SlaDefaults): Promise<PolicyChangeView> {
+  ensurePending(await changeRow(em, principal.tenantId, id, defaults, { forUpdate: true }));
   await em.execute(`update approval_policy_changes set status = 'rejected', decided_by = ?, decided_at = now() where tenant_id = ? and id = ?`, [principal.sub, principal.tenantId, id]);
-  return getChange(em, principal.tenantId, id);
+  return getChange(em, principal.tenantId, id, defaults);
 }

@@ -98,7 +98,7 @@ export function approvalPolicyRoutes(deps: { slaBSeconds: number; slaCSeconds: n
       }),
       responses: { 200: { description: 'A page of policy changes', schema: policyChangePage } },
       async handler({ em, principal, query }) {
-        return { status: 200, body: await listChanges(em, principal.tenantId, query) };
+        return { status: 200, body: await listChanges(em, principal.tenantId, query, defaults) };
       },
     }),
     defineRoute({
@@ -109,7 +109,7 @@ export function approvalPolicyRoutes(deps: { slaBSeconds: number; slaCSeconds: n
       params: changeId,
       responses: { 200: { description: 'The change', schema: policyChangeView }, 404: { description: 'No such change for this tenant' } },
       async handler({ em, principal, params }) {
-        return { status: 200, body: await getChange(em, principal.tenantId, params.id) };
+        return { status: 200, body: await getChange(em, principal.tenantId, params.id, defaults) };
       },
     }),
     defineRoute({
@@ -126,7 +126,7 @@ export function approvalPolicyRoutes(deps: { slaBSeconds: number; slaCSeconds: n
         ...decisionErrors,
       },
       async handler({ em, principal, params }) {
-        const applied = await approveChange(em, principal, params.id);
+        const applied = await approveChange(em, principal, params.id, defaults);
         const view = appliedPolicy({
           policy: policyFromBody(applied.policy),
           source: 'tenant',
@@ -152,7 +152,7 @@ export function approvalPolicyRoutes(deps: { slaBSeconds: number; slaCSeconds: n
         ...decisionErrors,
       },
       async handler({ em, principal, params }) {
-        return { status: 200, body: await rejectChange(em, principal, params.id) };
+        return { status: 200, body: await rejectChange(em, principal, params.id, defaults) };
       },
     }),
   ];

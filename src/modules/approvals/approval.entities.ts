@@ -101,6 +101,13 @@ export const ApprovalPolicyChange = defineEntity({
     policy: p.json<Record<string, unknown>>(),
     /** The version of the tenant's policy when it was proposed (0: the defaults). */
     baseVersion: p.integer(),
+    /**
+     * The policy in force it was compared with, whole, as PUT /approval-policy's body: for version 0 the
+     * defaults with the SLAs configured then, which an operator may change (APPROVAL_SLA_B/C) without a
+     * new version; the change reads superseded while they differ (ADR 0010). Null for changes proposed
+     * before it was recorded.
+     */
+    basePolicy: p.json<Record<string, unknown>>().nullable(),
     /** The fields that loosen that version's policy: what the second admin confirms. */
     loosens: p.json<string[]>(),
     status: p.enum(POLICY_CHANGE_STATUSES),

@@ -186,6 +186,12 @@ export function policyFromPrefetch(row: unknown, defaults: { slaBSeconds: number
   return { ...loadedFromColumns(columns), updatedAt: columns.updated_at };
 }
 
+/** The configured SLAs of the defaults (APPROVAL_SLA_B / APPROVAL_SLA_C), in seconds. */
+export interface SlaDefaults {
+  slaBSeconds: number;
+  slaCSeconds: number;
+}
+
 /** The platform defaults with the configured SLAs: the policy of a tenant that has set none (version 0). */
 export function defaultPolicy(defaults: { slaBSeconds: number; slaCSeconds: number }): LoadedPolicy {
   return { policy: { ...DEFAULT_POLICY, ...defaults }, source: 'default', version: 0, updatedAt: null, updatedBy: null, approvedBy: null };
