@@ -11,6 +11,7 @@ import { tenantEm } from '../../src/platform/db/tenant-em.ts';
 import { namedJobId, stepJobId } from '../../src/platform/queue/job-ids.ts';
 import { GOLDEN_PATH, GOLDEN_PATH_QUEUE } from '../../src/modules/golden-path/golden-path.workflow.ts';
 import { ApprovalService } from '../../src/modules/approvals/approval.service.ts';
+import { BULK_CANCEL_BATCH } from '../../src/platform/durable/run-cancel.ts';
 
 const LONG = 120_000;
 const BULK = '/api/v1/golden-path/runs/cancel';
@@ -54,6 +55,23 @@ describe('bulk cancel, no worker (the runs stay pending)', () => {
     const none = await bulk(stack, tok.admin, { status: ['pending'] });
     expect(none.status, none.text).toBe(200);
     expect(none.json).toEqual({ cancelled: 0, cancelled_ids: [], has_more: false, unmatched_ids: [] });
+  });
+
+  it(`more than one batch (${BULK_CANCEL_BATCH} runs) in a request: every run up to the limit is cancelled once, oldest first`, { timeout: LONG }, async () => {
+    const tenant = newTenant();
+    const tok = await runUsers(stack, tenant);
+    const total = BULK_CANCEL_BATCH + 20;
+    const ids: string[] = [];
+    for (let i = 0; i < total; i += 10) ids.push(...(await Promise.all(Array.from({ length: Math.min(10, total - i) }, () => submit(stack, tok.submitter)))));
+    const created = (await stack.db.admin(`select id from durable_runs where tenant_id = $1 order by created_at, id`, [tenant])).rows.map((r: { id: string }) => r.id);
+    const first = await bulk(stack, tok.admin, { status: ['pending'], limit: BULK_CANCEL_BATCH + 10 });
+    expect(first.status, first.text).toBe(200);
+    expect(first.json).toMatchObject({ cancelled: BULK_CANCEL_BATCH + 10, has_more: true });
+    expect(first.json.cancelled_ids).toEqual(created.slice(0, BULK_CANCEL_BATCH + 10));
+    const rest = await bulk(stack, tok.admin, { status: ['pending'], limit: 500 });
+    expect(rest.json).toMatchObject({ cancelled: 10, has_more: false });
+    expect(rest.json.cancelled_ids).toEqual(created.slice(BULK_CANCEL_BATCH + 10));
+    expect(new Set(await statusesOf(stack, ids))).toEqual(new Set(['cancelled']));
   });
 
   it("filters: ids and created_before narrow it; an ended run and another tenant's run are untouched and reported unmatched", { timeout: LONG }, async () => {

@@ -88,9 +88,14 @@ export async function bulkCancel(
   }
   const cancelled: string[] = [];
   while (cancelled.length < filter.limit) {
-    // A run cancelled by an earlier batch no longer matches `status`: the next batch starts after it.
+    // A run cancelled by an earlier batch no longer matches `status`; it is named too, so that no batch
+    // can take a run again whatever happened to it.
     const batch = Math.min(BULK_CANCEL_BATCH, filter.limit - cancelled.length);
-    const runs = await ctx.em.execute<RunRow[]>(`select ${RUN_COLUMNS} from durable_runs where ${where} order by created_at, id limit ? for update`, [...params, batch]);
+    const runs = await ctx.em.execute<RunRow[]>(`select ${RUN_COLUMNS} from durable_runs where ${where} and id <> all(?::uuid[]) order by created_at, id limit ? for update`, [
+      ...params,
+      `{${cancelled.join(',')}}`,
+      batch,
+    ]);
     for (const run of runs) {
       await cancelLockedRun(deps, ctx, run);
       cancelled.push(run.id);
