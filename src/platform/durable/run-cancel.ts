@@ -44,7 +44,7 @@ export const bulkCancelFilter = z.strictObject({
     status: z
       .array(z.enum(ACTIVE_RUN_STATUSES))
       .min(1)
-      .max(ACTIVE_RUN_STATUSES.length * 2)
+      .max(ACTIVE_RUN_STATUSES.length)
       .describe('The statuses to cancel: any of pending, running, waiting (the statuses a single cancel accepts; an ended run is never touched)'),
     created_before: z.iso.datetime({ offset: true }).optional().describe('Only runs created strictly before this instant (ISO 8601)'),
     ids: z.array(z.uuid()).min(1).max(BULK_CANCEL_MAX).optional().describe(`Only these runs (at most ${BULK_CANCEL_MAX}); an id of no run of the tenant's, of this workflow, matching the filter is reported in unmatched_ids`),
