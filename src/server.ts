@@ -1,9 +1,14 @@
 import { createServer } from 'node:http';
-import { loadConfig, usesPublishedJwtSecret } from './platform/config/config.ts';
-import { createContainer } from './container.ts';
-import { createApp } from './app.ts';
-import { drainOnClose, onShutdown } from './platform/process/shutdown.ts';
-import { untilReady } from './platform/queue/connections.ts';
+import { installEarlySignals } from './platform/process/early-signals.ts';
+
+// First, before the heavy imports: a SIGTERM while the API is still starting (loading, connecting,
+// waiting for Redis) ends the start with exit 0 and one log line, not a kill by the signal (early-signals.ts).
+installEarlySignals();
+const { loadConfig, usesPublishedJwtSecret } = await import('./platform/config/config.ts');
+const { createContainer } = await import('./container.ts');
+const { createApp } = await import('./app.ts');
+const { drainOnClose, onShutdown } = await import('./platform/process/shutdown.ts');
+const { untilReady } = await import('./platform/queue/connections.ts');
 
 const config = loadConfig();
 const container = await createContainer(config, { service: 'api' });

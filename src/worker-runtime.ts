@@ -86,7 +86,7 @@ export async function startWorkerProcess(c: Container, signal?: AbortSignal): Pr
   const workers = host.workers;
   let maintenance;
   try {
-    maintenance = await untilAborted(scheduleMaintenance({ connection: c.redis, prefix: cfg.QUEUE_PREFIX, logger: c.logger, runRetentionMs: cfg.RUN_RETENTION }), signal);
+    maintenance = await untilAborted(scheduleMaintenance({ connection: c.redis, prefix: cfg.QUEUE_PREFIX, logger: c.logger, runRetentionMs: cfg.RUN_RETENTION, scheduledBy: c.instanceId }), signal);
   } catch (err) {
     await host.stop(cfg.WORKER_SHUTDOWN_GRACE);
     connection.disconnect();
@@ -111,7 +111,7 @@ export async function startWorkerProcess(c: Container, signal?: AbortSignal): Pr
     intervalMs: cfg.SWEEPER_INTERVAL,
     minAgeMs: cfg.SWEEPER_MIN_AGE,
     // A flushed or replaced Redis lost the Job Schedulers too: put them back.
-    afterRedisLoss: () => upsertMaintenanceSchedulers(maintenance, { runRetentionMs: cfg.RUN_RETENTION }),
+    afterRedisLoss: () => upsertMaintenanceSchedulers(maintenance, { runRetentionMs: cfg.RUN_RETENTION, logger: c.logger, scheduledBy: c.instanceId }),
   });
   sweeper.start();
   c.logger.info({ queues: workers.map((w) => w.name), ...settings, instance: c.instanceId }, 'worker started');

@@ -426,6 +426,22 @@ describe('the published schemas hold for real responses of every route', () => {
     expect(page.json.next_cursor).not.toBeNull();
   });
 
+  it('a bulk cancel answers 200 as published on every workflow', async () => {
+    // A tenant of its own, with one run of each workflow: whatever each run's status by then, the answer's shape is published.
+    const own = newTenant();
+    const [user, admin] = await Promise.all([stack.token({ tenantId: own, sub: 'ops-1' }), stack.token({ tenantId: own, sub: 'admin-1', roles: ['admin'] })]);
+    for (const [workflow, body] of [['golden-path', SAMPLE_SUBMISSION], ['partner-offboarding', OFFBOARDING_SUBMISSION]] as const) {
+      const run = await api(stack, 'POST', `/api/v1/${workflow}/run`, { token: user, body, headers: { 'Idempotency-Key': randomUUID() } });
+      expect(run.status, run.text).toBe(202);
+      const res = await api(stack, 'POST', `/api/v1/${workflow}/runs/cancel`, {
+        token: admin,
+        body: { status: ['pending', 'running', 'waiting'], ids: [run.json.run_id, randomUUID()] },
+        headers: { 'Idempotency-Key': randomUUID() },
+      });
+      expect(expectPublished('POST', `/api/v1/${workflow}/runs/cancel`, res, 200).json.unmatched_ids).toHaveLength(res.json.cancelled === 1 ? 1 : 2);
+    }
+  });
+
   it('checked a real response against every success response that a route publishes', () => {
     const published = stack.container.routes.flatMap((def) =>
       Object.keys(def.responses)

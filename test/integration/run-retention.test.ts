@@ -404,3 +404,73 @@ describe('run retention', () => {
     }
   });
 });
+
+/**
+ * Workers started with different RUN_RETENTION values (a rolling deploy changing it, a misconfigured
+ * worker): each upserts the run-retention scheduler at start. The scheduler carries the retention it
+ * was scheduled with, the worker started last decides (ADR 0011) and says so when it changes what was
+ * scheduled, and every pass deletes with the scheduled value, whichever worker runs it.
+ */
+describe('run retention across workers with different RUN_RETENTION', () => {
+  let stack: TestStack;
+  let admin: pg.Client;
+  beforeAll(async () => {
+    stack = await startStack();
+    admin = new pg.Client({ connectionString: stack.db.adminUrl });
+    await admin.connect();
+  }, LONG);
+  afterAll(async () => {
+    await admin?.end();
+    await stack?.stop();
+  });
+
+  const linesOf = (output: string) => output.split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as Record<string, any>);
+  const differs = (output: string) => linesOf(output).filter((l) => typeof l.msg === 'string' && l.msg.startsWith('RUN_RETENTION differs'));
+
+  it('the scheduler carries its retention; a worker started with another one warns naming both and replaces it; a pass run by any worker deletes with the scheduled one', { timeout: LONG }, async () => {
+    const connection = new Redis(TEST_REDIS_URL, { maxRetriesPerRequest: 1 });
+    const queue = new Queue(MAINTENANCE_QUEUE, { connection, prefix: stack.prefix });
+    try {
+      const first = await stack.spawnWorker({ RUN_RETENTION: '30d' });
+      expect((await queue.getJobScheduler(RUN_RETENTION_JOB))?.template?.data).toMatchObject({ retention_ms: 30 * DAY });
+      expect(differs(first.output())).toEqual([]);
+
+      const second = await stack.spawnWorker({ RUN_RETENTION: '60d' });
+      const [warning] = differs(second.output());
+      expect(warning).toMatchObject({ level: 40, run_retention_ms: 60 * DAY, scheduled_run_retention_ms: 30 * DAY });
+      expect(warning!.msg).toContain('60d');
+      expect(warning!.msg).toContain('30d');
+      const scheduler = await queue.getJobScheduler(RUN_RETENTION_JOB);
+      expect(scheduler?.template?.data).toMatchObject({ retention_ms: 60 * DAY });
+
+      // A run that ended 45 days ago: past the first worker's 30d, within the scheduled 60d. The pass is
+      // run by a worker whose own RUN_RETENTION is 30d, on the scheduled job's data: the run stays.
+      const t = newTenant();
+      const [run] = (await admin.query(
+        `insert into durable_runs (id, tenant_id, workflow, workflow_version, idempotency_hash, status, principal, input, correlation_id, sequence_num, step_count, created_at, updated_at, completed_at)
+         values (gen_random_uuid(), $1, 'golden-path', 1, md5(random()::text), 'completed', 'u', '{}', 'c', 4, 4, now() - interval '46 days', now() - interval '45 days', now() - interval '45 days') returning id`,
+        [t],
+      )).rows as Array<{ id: string }>;
+      const logger = createLogger({ level: 'silent', name: 'dealix-worker' });
+      const handlers = maintenanceHandlers({ orm: stack.container.orm, idempotency: stack.container.idempotency, logger, runRetentionMs: 30 * DAY });
+      const pass = await handlers[RUN_RETENTION_JOB]({ data: scheduler!.template!.data } as Job);
+      expect(pass).toMatchObject({ deleted: 0, complete: true });
+      expect((await admin.query(`select count(*)::int as n from durable_runs where id = $1`, [run!.id])).rows[0].n).toBe(1);
+      // A worker whose own RUN_RETENTION is off deletes nothing, whatever the job carries; one with it set
+      // handed a 30d job (a follow-up queued under that schedule) deletes with 30d.
+      const off = maintenanceHandlers({ orm: stack.container.orm, idempotency: stack.container.idempotency, logger, runRetentionMs: 0 });
+      expect(await off[RUN_RETENTION_JOB]({ data: { retention_ms: 30 * DAY } } as Job)).toMatchObject({ deleted: 0 });
+      const ninety = maintenanceHandlers({ orm: stack.container.orm, idempotency: stack.container.idempotency, logger, runRetentionMs: 90 * DAY });
+      expect(await ninety[RUN_RETENTION_JOB]({ data: { retention_ms: 30 * DAY } } as Job)).toMatchObject({ deleted: 1 });
+      expect((await admin.query(`select count(*)::int as n from durable_runs where id = $1`, [run!.id])).rows[0].n).toBe(0);
+
+      // A worker with retention off: it says so too, and the schedule goes.
+      const third = await stack.spawnWorker({ RUN_RETENTION: '0' });
+      expect(differs(third.output())).toMatchObject([{ level: 40, run_retention_ms: 0, scheduled_run_retention_ms: 60 * DAY }]);
+      expect(await queue.getJobScheduler(RUN_RETENTION_JOB)).toBeUndefined();
+    } finally {
+      await queue.close();
+      connection.disconnect();
+    }
+  });
+});

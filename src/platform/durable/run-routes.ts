@@ -8,14 +8,10 @@ import { ADMIN_ROLE } from '../tenancy/roles.ts';
 import { RunNotActiveError } from './errors.ts';
 import { ACTIVE_RUN_STATUSES, RUN_STATUSES } from './durable-run.entity.ts';
 import { COMPLETED_STEPS_SQL, RUN_COLUMNS, type DurableRuntime, type RunRow } from './runtime.ts';
-import { readCheckpoints, toRunSummary, type CheckpointRow, type RunCancellation, type RunSummary } from './run-views.ts';
+import { readCheckpoints, toRunSummary, type CheckpointRow, type RunSummary } from './run-views.ts';
+import { bulkCancel, bulkCancelFilter, bulkCancelResult, cancelLockedRun, type OnRunCancelled } from './run-cancel.ts';
 
-/**
- * Called in a cancel's transaction, once the run is cancelled: what else the run held is released
- * (the golden path's approvals module: its pending request can no longer be decided). Returns what to
- * do after the commit (remove the request's SLA timer), if anything.
- */
-export type OnRunCancelled = (em: EntityManager, tenantId: string, runId: string) => Promise<(() => Promise<void>) | undefined>;
+export type { OnRunCancelled } from './run-cancel.ts';
 
 /** A run as the run routes read it: the runtime's columns and the retry history. */
 export type RunViewRow = RunRow & { retry_history: unknown };
@@ -31,7 +27,7 @@ export interface RunRoutesOptions<V, R extends RunViewRow, O> {
   runtime: DurableRuntime;
   /** The workflow name: part of every statement's filter, so another workflow's run id is a 404. */
   workflow: string;
-  /** The workflow's API prefix: the routes are `<basePath>/runs/:id`, `…/cancel`, `…/retry` and `<basePath>/runs`. */
+  /** The workflow's API prefix: the routes are `<basePath>/runs/:id`, `…/cancel`, `…/retry`, `<basePath>/runs` and `<basePath>/runs/cancel`. */
   basePath: string;
   /** The run's body (GET, cancel, retry) as the module publishes it, and the function that builds it. */
   view: { schema: ZodType<V>; build(run: R, steps: CheckpointRow<O>[], stepNames: string[]): V };
@@ -45,7 +41,7 @@ export interface RunRoutesOptions<V, R extends RunViewRow, O> {
   /** Called once a retry has committed (the `dealix_runs_retried_total` counter). */
   onRetried?: ((workflow: string) => void) | undefined;
   /** OpenAPI summaries where the workflow says more than the defaults (the golden path's pending approval). */
-  summaries?: Partial<Record<'get' | 'cancel' | 'retry' | 'list', string>>;
+  summaries?: Partial<Record<'get' | 'cancel' | 'retry' | 'list' | 'bulkCancel', string>>;
 }
 
 const uuidParam = z.object({ id: z.string().uuid() });
@@ -55,6 +51,7 @@ const SUMMARIES = {
   cancel: 'Cancel a run that has not ended (its submitter, or a tenant admin): no further step runs',
   retry: 'Retry a failed run from its last checkpoint (its submitter, or a tenant admin): completed steps are kept, the failed step runs again with fresh attempts',
   list: 'List runs, newest first, with cursor pagination',
+  bulkCancel: "Cancel the tenant's runs that match a filter (tenant admins), each as a single cancel does, oldest first, up to a limit",
 };
 
 /**
@@ -108,6 +105,21 @@ export function runRoutes<V, R extends RunViewRow, O>(opts: RunRoutesOptions<V, 
     }),
     defineRoute({
       method: 'post',
+      path: `${opts.basePath}/runs/cancel`,
+      summary: summary.bulkCancel,
+      tags,
+      roles: [ADMIN_ROLE],
+      idempotency: 'required',
+      body: bulkCancelFilter,
+      responses: { 200: { description: 'What the request cancelled, and whether more runs match (has_more)', schema: bulkCancelResult } },
+      async handler({ req, em, body, principal, afterCommit }) {
+        const result = await bulkCancel(opts, { em, principal, log: req.log, afterCommit }, body);
+        afterCommit(async () => req.log.info({ workflow, tenant_id: principal.tenantId, cancelled_by: principal.sub, cancelled: result.cancelled, has_more: result.has_more }, 'runs cancelled in bulk'));
+        return { status: 200, body: result };
+      },
+    }),
+    defineRoute({
+      method: 'post',
       path: `${opts.basePath}/runs/:id/cancel`,
       summary: summary.cancel,
       tags,
@@ -123,14 +135,7 @@ export function runRoutes<V, R extends RunViewRow, O>(opts: RunRoutesOptions<V, 
         const run = await ownRunForUpdate(em, principal, params.id, 'cancel');
         res.locals.runId = run.id;
         if (!(ACTIVE_RUN_STATUSES as readonly string[]).includes(run.status)) throw new RunNotActiveError(run.id, run.status);
-        const cancellation: RunCancellation = { code: 'cancelled', message: `Cancelled by ${principal.sub}.`, cancelled_by: principal.sub, cancelled_at: new Date().toISOString() };
-        await runtime.complete(em, run.id, 'cancelled', { error: cancellation });
-        const release = await opts.onCancelled?.(em, run.tenant_id, run.id);
-        afterCommit(async () =>
-          // Among the run's lines: its correlation id, not the cancel request's (the request's own line has that).
-          req.log.info({ run_id: run.id, tenant_id: run.tenant_id, correlation_id: run.correlation_id, workflow, cancelled_by: principal.sub, previous_status: run.status }, 'run cancelled'),
-        );
-        if (release) afterCommit(release);
+        await cancelLockedRun(opts, { em, principal, log: req.log, afterCommit }, run);
         return { status: 200, body: await viewOf(em, (await runById(em, run.tenant_id, run.id))!) };
       },
     }),

@@ -1,12 +1,14 @@
 import type { Server, ServerResponse } from 'node:http';
 import type { Logger } from 'pino';
 import { shutdownTelemetry } from '../telemetry/otel-hooks.ts';
+import { releaseEarlySignals } from './early-signals.ts';
 
 /**
  * SIGTERM/SIGINT: run the close sequence once, within `graceMs` plus a margin, flush telemetry, exit 0.
  * A second signal exits at once, with status 1 and a line that says so. The listeners stay for every
  * signal (`on`, not `once`): with `once` the second SIGTERM found none and Node's default action
- * killed the process by the signal, silently.
+ * killed the process by the signal, silently. Installing them removes the start-up handlers
+ * (early-signals.ts), which until then end the start at once.
  */
 export function onShutdown(logger: Logger, graceMs: number, close: () => Promise<void>): void {
   let closing = false;
@@ -38,6 +40,8 @@ export function onShutdown(logger: Logger, graceMs: number, close: () => Promise
   };
   process.on('SIGTERM', () => handler('SIGTERM'));
   process.on('SIGINT', () => handler('SIGINT'));
+  // From here on these handle every signal: the start-up ones (which end a start at once) go.
+  releaseEarlySignals();
 }
 
 /**

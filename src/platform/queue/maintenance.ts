@@ -1,4 +1,4 @@
-import { Queue, type ConnectionOptions } from 'bullmq';
+import { Queue, type ConnectionOptions, type Job } from 'bullmq';
 import type { MikroORM } from '@mikro-orm/postgresql';
 import type { Counter } from 'prom-client';
 import type { Logger } from 'pino';
@@ -23,6 +23,33 @@ export interface MaintenanceSchedule {
   everyMs?: number;
   /** RUN_RETENTION: 0 (off) removes the run-retention scheduler, so turning it off stops it. */
   runRetentionMs?: number;
+  /** Where a worker says that its RUN_RETENTION replaces a different scheduled one. */
+  logger?: Logger;
+  /** The worker that schedules (its instance id), recorded in the scheduler's data. */
+  scheduledBy?: string;
+}
+
+/**
+ * The data of a run-retention job: the retention the scheduler was set up with (ADR 0011). Every pass
+ * deletes with it, whichever worker runs the pass, so the retention in force is the one visible in
+ * Redis, not the RUN_RETENTION of the worker that happened to take the job.
+ */
+export interface RetentionJobData {
+  retention_ms: number;
+  scheduled_by?: string;
+}
+
+/** The retention a job carries, if it carries a usable one (a scheduler of an older release carries none). */
+function scheduledRetention(data: unknown): number | undefined {
+  const ms = (data as Partial<RetentionJobData> | undefined)?.retention_ms;
+  return typeof ms === 'number' && Number.isFinite(ms) && ms > 0 ? ms : undefined;
+}
+
+/** A retention as an operator writes it: 30d, 12h, 90m, 45s; 0 is "off". */
+export function formatRetention(ms: number): string {
+  if (ms <= 0) return 'off';
+  for (const [unit, size] of [['d', 86_400_000], ['h', 3_600_000], ['m', 60_000], ['s', 1000]] as const) if (ms % size === 0) return `${ms / size}${unit}`;
+  return `${ms}ms`;
 }
 
 /**
@@ -38,12 +65,28 @@ export async function scheduleMaintenance(deps: { connection: ConnectionOptions;
   return queue;
 }
 
-/** Idempotent; the sweeper calls it again when Redis lost its data (flushed or replaced). */
+/**
+ * Idempotent; the sweeper calls it again when Redis lost its data (flushed or replaced). The
+ * run-retention scheduler carries the retention it is scheduled with; of workers started with
+ * different RUN_RETENTION values, the one started last decides (ADR 0011), and says so: a warning
+ * naming its value and the one it replaces.
+ */
 export async function upsertMaintenanceSchedulers(queue: Queue, schedule: MaintenanceSchedule = {}): Promise<void> {
   const every = schedule.everyMs ?? 10 * 60_000;
   await queue.upsertJobScheduler(IDEMPOTENCY_EXPIRY_JOB, { every }, { name: IDEMPOTENCY_EXPIRY_JOB, data: {}, opts: JOB_OPTS });
-  if (schedule.runRetentionMs) await queue.upsertJobScheduler(RUN_RETENTION_JOB, { every }, { name: RUN_RETENTION_JOB, data: {}, opts: JOB_OPTS });
-  else await queue.removeJobScheduler(RUN_RETENTION_JOB);
+  const own = schedule.runRetentionMs ?? 0;
+  const existing = await queue.getJobScheduler(RUN_RETENTION_JOB);
+  const scheduled = existing ? scheduledRetention(existing.template?.data) : undefined;
+  if (scheduled !== undefined && scheduled !== own) {
+    schedule.logger?.warn(
+      { run_retention_ms: own, scheduled_run_retention_ms: scheduled, scheduled_by: (existing?.template?.data as Partial<RetentionJobData> | undefined)?.scheduled_by },
+      `RUN_RETENTION differs from the scheduled run retention: this worker's ${formatRetention(own)} replaces the scheduled ${formatRetention(scheduled)} (the worker started last decides, ADR 0011)`,
+    );
+  }
+  if (own > 0) {
+    const data: RetentionJobData = { retention_ms: own, ...(schedule.scheduledBy ? { scheduled_by: schedule.scheduledBy } : {}) };
+    await queue.upsertJobScheduler(RUN_RETENTION_JOB, { every }, { name: RUN_RETENTION_JOB, data, opts: JOB_OPTS });
+  } else if (existing) await queue.removeJobScheduler(RUN_RETENTION_JOB);
 }
 
 /**
@@ -51,8 +94,9 @@ export async function upsertMaintenanceSchedulers(queue: Queue, schedule: Mainte
  * leaves a backlog, which is drained pass after pass rather than one pass per 10 minutes. At most one
  * follow-up waits (deduplicated), so passes never pile up however many stop at their limit.
  */
-export async function queueRetentionFollowUp(queue: Queue): Promise<void> {
-  await queue.add(RUN_RETENTION_JOB, {}, { ...JOB_OPTS, deduplication: { id: RUN_RETENTION_FOLLOW_UP, keepLastIfActive: true } });
+export async function queueRetentionFollowUp(queue: Queue, retentionMs: number): Promise<void> {
+  const data: RetentionJobData = { retention_ms: retentionMs };
+  await queue.add(RUN_RETENTION_JOB, data, { ...JOB_OPTS, deduplication: { id: RUN_RETENTION_FOLLOW_UP, keepLastIfActive: true } });
 }
 
 export function maintenanceHandlers(deps: {
@@ -73,17 +117,20 @@ export function maintenanceHandlers(deps: {
       return { deleted };
     },
     /**
-     * Deletes ended runs past RUN_RETENTION with their checkpoints (ADR 0011). A worker whose own
-     * RUN_RETENTION is off deletes nothing, even when another worker scheduled the job. A pass that
-     * stopped at its limit queues the next at once (queueRetentionFollowUp).
+     * Deletes ended runs past the retention the job carries — the scheduler's (ADR 0011), whichever
+     * worker runs it — or, for a job that carries none (scheduled by an older release), past this
+     * worker's own RUN_RETENTION. A worker whose own RUN_RETENTION is off deletes nothing, whatever the
+     * job says. A pass that stopped at its limit queues the next at once (queueRetentionFollowUp), with
+     * the same retention.
      */
-    async [RUN_RETENTION_JOB]() {
-      const retentionMs = deps.runRetentionMs ?? 0;
-      if (retentionMs <= 0) return { deleted: 0, byWorkflow: {}, batches: 0, complete: true };
+    async [RUN_RETENTION_JOB](job?: Pick<Job, 'data'>) {
+      const own = deps.runRetentionMs ?? 0;
+      if (own <= 0) return { deleted: 0, byWorkflow: {}, batches: 0, complete: true };
+      const retentionMs = scheduledRetention(job?.data) ?? own;
       const pass = await deleteEndedRuns(systemEm(deps.orm), { ...deps.retentionBatch, olderThanMs: retentionMs });
       for (const [workflow, n] of Object.entries(pass.byWorkflow)) deps.runsDeleted?.inc({ workflow }, n);
       const queue = pass.complete ? undefined : deps.maintenanceQueue?.();
-      if (queue) await queueRetentionFollowUp(queue);
+      if (queue) await queueRetentionFollowUp(queue, retentionMs);
       deps.logger.info({ deleted: pass.deleted, by_workflow: pass.byWorkflow, batches: pass.batches, complete: pass.complete, retention_ms: retentionMs }, 'run retention: ended runs deleted');
       return pass;
     },

@@ -7,9 +7,13 @@
  * collector only drops spans (exports run in the background, bounded by their timeout).
  */
 import { register } from 'node:module';
-import { basename } from 'node:path';
-import { telemetryEnv } from '../config/config.ts';
-import { setTelemetryShutdown } from './otel-hooks.ts';
+import { installEarlySignals, serviceNameOf } from '../process/early-signals.ts';
+
+// The first thing the process does (this file is loaded before the entry): a SIGTERM while the SDK and
+// then the application load ends the start with exit 0 and a line, not a kill by the signal (early-signals.ts).
+installEarlySignals();
+const { telemetryEnv } = await import('../config/config.ts');
+const { setTelemetryShutdown } = await import('./otel-hooks.ts');
 
 const env = telemetryEnv();
 if (!env.disabled) {
@@ -28,7 +32,7 @@ if (!env.disabled) {
   const { statementWithoutValues } = await import('./statement-text.ts');
   const ignored = (url: string | undefined) => IGNORED_HTTP_PATHS.some((p) => isUnder(url, p));
   const sdk = new NodeSDK({
-    serviceName: env.serviceName ?? defaultServiceName(process.argv[1]),
+    serviceName: env.serviceName ?? serviceNameOf(process.argv[1]),
     // The correlation processor runs first so every exported span carries the correlation id.
     spanProcessors: [installCorrelationProcessor(), ...(await exportProcessors(env))],
     ...(env.samplerFromEnv ? {} : { sampler: defaultSampler() }),
@@ -62,12 +66,4 @@ if (!env.disabled) {
   // The loader must know every hooked module before the application's first import.
   await waitForAllMessagesAcknowledged();
   setTelemetryShutdown(() => sdk.shutdown());
-}
-
-/** dealix-api for the server, dealix-worker for worker entry points, dealix-<script> otherwise (OTEL_SERVICE_NAME wins). */
-function defaultServiceName(entry: string | undefined): string {
-  const name = basename(entry ?? 'dealix').replace(/\.(ts|js|mjs)$/, '');
-  if (name === 'server') return 'dealix-api';
-  if (name.includes('worker')) return 'dealix-worker';
-  return `dealix-${name}`;
 }

@@ -1,0 +1,109 @@
+import { z } from 'zod';
+import type { EntityManager } from '@mikro-orm/postgresql';
+import type { Logger } from 'pino';
+import type { Principal } from '../tenancy/jwt.ts';
+import { ACTIVE_RUN_STATUSES } from './durable-run.entity.ts';
+import { RUN_COLUMNS, type DurableRuntime, type RunRow } from './runtime.ts';
+import type { RunCancellation } from './run-views.ts';
+
+/**
+ * Called in a cancel's transaction, once the run is cancelled: what else the run held is released
+ * (the golden path's approvals module: its pending request can no longer be decided). Returns what to
+ * do after the commit (remove the request's SLA timer), if anything.
+ */
+export type OnRunCancelled = (em: EntityManager, tenantId: string, runId: string) => Promise<(() => Promise<void>) | undefined>;
+
+/**
+ * Cancels one active run whose row the caller's transaction has locked `for update` (the single
+ * cancel and the bulk cancel both come here, so a run cancelled either way ends the same): the run
+ * becomes `cancelled` with who cancelled it, the module releases what the run held (`onCancelled`),
+ * and after the commit the run's log line is written and the release's own work (an SLA timer
+ * removed) is done. A step in progress then finds the run ended at its checkpoint and commits nothing.
+ */
+export async function cancelLockedRun(
+  deps: { runtime: DurableRuntime; workflow: string; onCancelled?: OnRunCancelled | undefined },
+  ctx: { em: EntityManager; principal: Principal; log: Logger; afterCommit(fn: () => Promise<void>): void },
+  run: RunRow,
+): Promise<void> {
+  const cancellation: RunCancellation = { code: 'cancelled', message: `Cancelled by ${ctx.principal.sub}.`, cancelled_by: ctx.principal.sub, cancelled_at: new Date().toISOString() };
+  await deps.runtime.complete(ctx.em, run.id, 'cancelled', { error: cancellation });
+  const release = await deps.onCancelled?.(ctx.em, run.tenant_id, run.id);
+  ctx.afterCommit(async () =>
+    // Among the run's lines: its correlation id, not the cancel request's (the request's own line has that).
+    ctx.log.info({ run_id: run.id, tenant_id: run.tenant_id, correlation_id: run.correlation_id, workflow: deps.workflow, cancelled_by: ctx.principal.sub, previous_status: run.status }, 'run cancelled'),
+  );
+  if (release) ctx.afterCommit(release);
+}
+
+/** At most this many runs per bulk cancel request (its `limit`, and its `ids`). */
+export const BULK_CANCEL_MAX = 500;
+/** Runs locked and cancelled per statement of a bulk cancel: a request of 500 is five such batches. */
+export const BULK_CANCEL_BATCH = 100;
+
+export const bulkCancelFilter = z.strictObject({
+    status: z
+      .array(z.enum(ACTIVE_RUN_STATUSES))
+      .min(1)
+      .max(ACTIVE_RUN_STATUSES.length)
+      .describe('The statuses to cancel: any of pending, running, waiting (the statuses a single cancel accepts; an ended run is never touched)'),
+    created_before: z.iso.datetime({ offset: true }).optional().describe('Only runs created strictly before this instant (ISO 8601)'),
+    ids: z.array(z.uuid()).min(1).max(BULK_CANCEL_MAX).optional().describe(`Only these runs (at most ${BULK_CANCEL_MAX}); an id of no run of the tenant's, of this workflow, matching the filter is reported in unmatched_ids`),
+    limit: z.number().int().min(1).max(BULK_CANCEL_MAX).default(100).describe(`At most this many runs are cancelled by the request (1–${BULK_CANCEL_MAX}, default 100); has_more says whether more matched`),
+  });
+export type BulkCancelFilter = z.infer<typeof bulkCancelFilter>;
+
+export const bulkCancelResult = z
+  .strictObject({
+    cancelled: z.number().int().describe('How many runs this request cancelled'),
+    cancelled_ids: z.array(z.uuid()).describe('The runs this request cancelled, oldest first'),
+    has_more: z.boolean().describe('Whether runs matching the filter are left (past the limit): send the request again, with a new Idempotency-Key, until it is false'),
+    unmatched_ids: z.array(z.uuid()).describe("Ids of the request that matched no run: no such run of this workflow for the tenant (another tenant's included), already ended, or outside the status or created_before filter; empty without ids"),
+  })
+  .meta({ id: 'BulkCancelResult' });
+export type BulkCancelResult = z.infer<typeof bulkCancelResult>;
+
+/**
+ * The bulk cancel: the tenant's runs of `workflow` that match `filter`, oldest first, up to its limit,
+ * each locked `for update` (in batches of BULK_CANCEL_BATCH, in one order: created_at, id) and then
+ * cancelled by cancelLockedRun, in the caller's transaction. The tenant is the principal's, in the
+ * statement's filter and in the row-level security of the tenant-bound entity manager.
+ */
+export async function bulkCancel(
+  deps: { runtime: DurableRuntime; workflow: string; onCancelled?: OnRunCancelled | undefined },
+  ctx: { em: EntityManager; principal: Principal; log: Logger; afterCommit(fn: () => Promise<void>): void },
+  filter: BulkCancelFilter,
+): Promise<BulkCancelResult> {
+  const ids = filter.ids ? [...new Set(filter.ids.map((id) => id.toLowerCase()))] : undefined;
+  // Arrays as PostgreSQL array literals (the driver would spread a JS array into a list): the values
+  // are the schema's enum members and UUIDs, so no element needs quoting.
+  const params: unknown[] = [ctx.principal.tenantId, deps.workflow, `{${[...new Set(filter.status)].join(',')}}`];
+  let where = 'tenant_id = ? and workflow = ? and status = any(?::text[])';
+  if (filter.created_before) {
+    where += ' and created_at < ?::timestamptz';
+    params.push(filter.created_before);
+  }
+  if (ids) {
+    where += ' and id = any(?::uuid[])';
+    params.push(`{${ids.join(',')}}`);
+  }
+  const cancelled: string[] = [];
+  while (cancelled.length < filter.limit) {
+    // A run cancelled by an earlier batch no longer matches `status`; it is named too, so that no batch
+    // can take a run again whatever happened to it.
+    const batch = Math.min(BULK_CANCEL_BATCH, filter.limit - cancelled.length);
+    const runs = await ctx.em.execute<RunRow[]>(`select ${RUN_COLUMNS} from durable_runs where ${where} and id <> all(?::uuid[]) order by created_at, id limit ? for update`, [
+      ...params,
+      `{${cancelled.join(',')}}`,
+      batch,
+    ]);
+    for (const run of runs) {
+      await cancelLockedRun(deps, ctx, run);
+      cancelled.push(run.id);
+    }
+    if (runs.length < batch) break;
+  }
+  // What still matches: the runs past the limit (has_more), and with ids, which of them were not unmatched.
+  const left = await ctx.em.execute<{ id: string }[]>(`select id from durable_runs where ${where} limit ?`, [...params, ids ? ids.length : 1]);
+  const matched = new Set([...cancelled, ...left.map((r) => r.id)]);
+  return { cancelled: cancelled.length, cancelled_ids: cancelled, has_more: left.length > 0, unmatched_ids: (ids ?? []).filter((id) => !matched.has(id)) };
+}

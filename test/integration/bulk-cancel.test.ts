@@ -1,0 +1,247 @@
+/**
+ * POST /api/v1/<workflow>/runs/cancel — a tenant admin cancels many runs at once, each exactly as the
+ * single cancel does (run-routes.ts), against the real stack (PostgreSQL as the application role, Redis).
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { randomUUID } from 'node:crypto';
+import { api, CLASS_A_SUBMISSION, newTenant, runUsers, SAMPLE_SUBMISSION, startStack, type TestStack } from '../helpers/stack.ts';
+import { waitFor } from '../helpers/poll.ts';
+import { barrier, controlledStep, enteredBy, startRunHost, stepControl, wrappedGoldenPath } from '../helpers/run-host.ts';
+import { tenantEm } from '../../src/platform/db/tenant-em.ts';
+import { namedJobId, stepJobId } from '../../src/platform/queue/job-ids.ts';
+import { GOLDEN_PATH, GOLDEN_PATH_QUEUE } from '../../src/modules/golden-path/golden-path.workflow.ts';
+import { ApprovalService } from '../../src/modules/approvals/approval.service.ts';
+import { BULK_CANCEL_BATCH } from '../../src/platform/durable/run-cancel.ts';
+
+const LONG = 120_000;
+const BULK = '/api/v1/golden-path/runs/cancel';
+
+async function submit(stack: TestStack, token: string, body: unknown = CLASS_A_SUBMISSION): Promise<string> {
+  const res = await api(stack, 'POST', '/api/v1/golden-path/run', { token, body, headers: { 'Idempotency-Key': randomUUID() } });
+  expect(res.status, res.text).toBe(202);
+  return res.json.run_id as string;
+}
+
+const bulk = (stack: TestStack, token: string, body: unknown, key: string | null = randomUUID()) =>
+  api(stack, 'POST', BULK, { token, body, headers: key ? { 'Idempotency-Key': key } : {} });
+
+const statusOf = async (stack: TestStack, id: string) => ((await stack.db.admin(`select status from durable_runs where id = $1`, [id])).rows[0] as { status: string }).status;
+const statusesOf = async (stack: TestStack, ids: string[]) => Promise.all(ids.map((id) => statusOf(stack, id)));
+const hashOf = async (stack: TestStack, id: string) => ((await stack.db.admin(`select idempotency_hash from durable_runs where id = $1`, [id])).rows[0] as { idempotency_hash: string }).idempotency_hash;
+
+describe('bulk cancel, no worker (the runs stay pending)', () => {
+  let stack: TestStack;
+  beforeAll(async () => {
+    stack = await startStack();
+  }, LONG);
+  afterAll(async () => stack?.stop());
+
+  it('cancels the matching runs of the caller tenant up to the limit; has_more until the last page; each reads cancelled as a single cancel leaves it', { timeout: LONG }, async () => {
+    const tenant = newTenant();
+    const tok = await runUsers(stack, tenant);
+    const ids = [await submit(stack, tok.submitter), await submit(stack, tok.submitter), await submit(stack, tok.submitter)];
+    const first = await bulk(stack, tok.admin, { status: ['pending', 'running'], limit: 2 });
+    expect(first.status, first.text).toBe(200);
+    expect(first.json).toMatchObject({ cancelled: 2, has_more: true, unmatched_ids: [] });
+    // Oldest first.
+    expect(first.json.cancelled_ids).toEqual(ids.slice(0, 2));
+    const second = await bulk(stack, tok.admin, { status: ['pending', 'running'], limit: 2 });
+    expect(second.status, second.text).toBe(200);
+    expect(second.json).toEqual({ cancelled: 1, cancelled_ids: [ids[2]], has_more: false, unmatched_ids: [] });
+    expect(await statusesOf(stack, ids)).toEqual(['cancelled', 'cancelled', 'cancelled']);
+    const read = await api(stack, 'GET', `/api/v1/golden-path/runs/${ids[0]}`, { token: tok.submitter });
+    expect(read.json).toMatchObject({ status: 'cancelled', error: { code: 'cancelled', cancelled_by: 'admin-1' } });
+    // Nothing left: an empty answer, not an error.
+    const none = await bulk(stack, tok.admin, { status: ['pending'] });
+    expect(none.status, none.text).toBe(200);
+    expect(none.json).toEqual({ cancelled: 0, cancelled_ids: [], has_more: false, unmatched_ids: [] });
+  });
+
+  it(`more than one batch (${BULK_CANCEL_BATCH} runs) in a request: every run up to the limit is cancelled once, oldest first`, { timeout: LONG }, async () => {
+    const tenant = newTenant();
+    const tok = await runUsers(stack, tenant);
+    const total = BULK_CANCEL_BATCH + 20;
+    const ids: string[] = [];
+    for (let i = 0; i < total; i += 10) ids.push(...(await Promise.all(Array.from({ length: Math.min(10, total - i) }, () => submit(stack, tok.submitter)))));
+    const created = (await stack.db.admin(`select id from durable_runs where tenant_id = $1 order by created_at, id`, [tenant])).rows.map((r: { id: string }) => r.id);
+    const first = await bulk(stack, tok.admin, { status: ['pending'], limit: BULK_CANCEL_BATCH + 10 });
+    expect(first.status, first.text).toBe(200);
+    expect(first.json).toMatchObject({ cancelled: BULK_CANCEL_BATCH + 10, has_more: true });
+    expect(first.json.cancelled_ids).toEqual(created.slice(0, BULK_CANCEL_BATCH + 10));
+    const rest = await bulk(stack, tok.admin, { status: ['pending'], limit: 500 });
+    expect(rest.json).toMatchObject({ cancelled: 10, has_more: false });
+    expect(rest.json.cancelled_ids).toEqual(created.slice(BULK_CANCEL_BATCH + 10));
+    expect(new Set(await statusesOf(stack, ids))).toEqual(new Set(['cancelled']));
+  });
+
+  it("filters: ids and created_before narrow it; an ended run and another tenant's run are untouched and reported unmatched", { timeout: LONG }, async () => {
+    const tenant = newTenant();
+    const tok = await runUsers(stack, tenant);
+    const other = newTenant();
+    const otherTok = await runUsers(stack, other);
+    const [a, b, c, ended] = [await submit(stack, tok.submitter), await submit(stack, tok.submitter), await submit(stack, tok.submitter), await submit(stack, tok.submitter)];
+    const foreign = await submit(stack, otherTok.submitter);
+    const single = await api(stack, 'POST', `/api/v1/golden-path/runs/${ended}/cancel`, { token: tok.submitter, headers: { 'Idempotency-Key': randomUUID() } });
+    expect(single.status, single.text).toBe(200);
+    const endedError = (await stack.db.admin(`select error, completed_at from durable_runs where id = $1`, [ended])).rows[0];
+
+    // created_before b's creation: only a (strictly before) of the ids given.
+    const bCreated = (await api(stack, 'GET', `/api/v1/golden-path/runs/${b}`, { token: tok.submitter })).json.created_at as string;
+    const unknown = randomUUID();
+    const res = await bulk(stack, tok.admin, { status: ['pending'], created_before: bCreated, ids: [a, b, ended, foreign, unknown, a.toUpperCase()] });
+    expect(res.status, res.text).toBe(200);
+    expect(res.json.cancelled_ids).toEqual([a]);
+    expect(res.json.cancelled).toBe(1);
+    expect(new Set(res.json.unmatched_ids)).toEqual(new Set([b, ended, foreign, unknown]));
+    expect(await statusesOf(stack, [a, b, c, foreign])).toEqual(['cancelled', 'pending', 'pending', 'pending']);
+    expect((await stack.db.admin(`select error, completed_at from durable_runs where id = $1`, [ended])).rows[0]).toEqual(endedError);
+
+    // Another tenant's admin, naming this tenant's runs: nothing of them moves.
+    const elsewhere = await bulk(stack, otherTok.admin, { status: ['pending', 'running', 'waiting'], ids: [b, c] });
+    expect(elsewhere.status, elsewhere.text).toBe(200);
+    expect(elsewhere.json).toEqual({ cancelled: 0, cancelled_ids: [], has_more: false, unmatched_ids: [b, c] });
+    // …and without ids it cancels its own tenant's only.
+    const own = await bulk(stack, otherTok.admin, { status: ['pending'] });
+    expect(own.json).toMatchObject({ cancelled: 1, cancelled_ids: [foreign] });
+    expect(await statusesOf(stack, [b, c, foreign])).toEqual(['pending', 'pending', 'cancelled']);
+  });
+
+  it('the same key replays the first answer and cancels nothing new; the same key with another filter is 422', { timeout: LONG }, async () => {
+    const tenant = newTenant();
+    const tok = await runUsers(stack, tenant);
+    const first = await submit(stack, tok.submitter);
+    const key = randomUUID();
+    const res = await bulk(stack, tok.admin, { status: ['pending'] }, key);
+    expect(res.status, res.text).toBe(200);
+    expect(res.json.cancelled_ids).toEqual([first]);
+    const later = await submit(stack, tok.submitter);
+    const replay = await bulk(stack, tok.admin, { status: ['pending'] }, key);
+    expect(replay.status).toBe(200);
+    expect(replay.headers.get('idempotent-replayed')).toBe('true');
+    expect(replay.text).toBe(res.text);
+    expect(await statusOf(stack, later)).toBe('pending');
+    const reused = await bulk(stack, tok.admin, { status: ['pending'], limit: 5 }, key);
+    expect(reused.status, reused.text).toBe(422);
+    expect(reused.json.code).toBe('idempotency_key_reused');
+    expect(await statusOf(stack, later)).toBe('pending');
+  });
+
+  it('bad input is 422 and nothing changes; no key is 400; a user without the admin role is 403', { timeout: LONG }, async () => {
+    const tenant = newTenant();
+    const tok = await runUsers(stack, tenant);
+    const id = await submit(stack, tok.submitter);
+    const tooMany = Array.from({ length: 501 }, () => randomUUID());
+    const bad: unknown[] = [
+      undefined,
+      {},
+      { status: [] },
+      { status: ['completed'] },
+      { status: ['cancelled'] },
+      { status: 'pending' },
+      { status: ['pending'], limit: 0 },
+      { status: ['pending'], limit: 501 },
+      { status: ['pending'], limit: 2.5 },
+      { status: ['pending'], ids: [] },
+      { status: ['pending'], ids: ['not-a-uuid'] },
+      { status: ['pending'], ids: tooMany },
+      { status: ['pending'], created_before: 'yesterday' },
+      { status: ['pending'], workflow: 'partner-offboarding' },
+    ];
+    for (const body of bad) {
+      const res = await bulk(stack, tok.admin, body);
+      expect(res.status, `${JSON.stringify(body)?.slice(0, 80)}: ${res.text}`).toBe(422);
+      expect(res.json.code).toBe('validation_failed');
+    }
+    const noKey = await bulk(stack, tok.admin, { status: ['pending'] }, null);
+    expect(noKey.status, noKey.text).toBe(400);
+    for (const token of [tok.submitter, tok.other]) {
+      const res = await bulk(stack, token, { status: ['pending'] });
+      expect(res.status, res.text).toBe(403);
+    }
+    expect(await statusOf(stack, id)).toBe('pending');
+  });
+});
+
+describe('bulk cancel while a worker holds one run inside a step', () => {
+  let stack: TestStack;
+  beforeAll(async () => {
+    stack = await startStack(); // only the in-process host below takes the runs' jobs, one at a time
+  }, LONG);
+  afterAll(async () => stack?.stop());
+
+  it('a running run (held at step 2) and pending runs: all read cancelled, none commits another step, every job ends quietly', { timeout: LONG }, async () => {
+    const tenant = newTenant();
+    const tok = await runUsers(stack, tenant);
+    const ctl = stepControl();
+    const at = barrier();
+    ctl.hold = { seq: 2, at };
+    const host = startRunHost(stack, wrappedGoldenPath(stack, controlledStep(ctl)), 'bulk-cancel');
+    try {
+      const held = await submit(stack, tok.submitter);
+      await at.inside;
+      const queued = [await submit(stack, tok.submitter), await submit(stack, tok.submitter), await submit(stack, tok.submitter)];
+      expect(await statusOf(stack, held)).toBe('running');
+      const res = await bulk(stack, tok.admin, { status: ['pending', 'running'] });
+      expect(res.status, res.text).toBe(200);
+      expect(res.json).toMatchObject({ cancelled: 4, has_more: false });
+      expect(new Set(res.json.cancelled_ids)).toEqual(new Set([held, ...queued]));
+      at.release();
+      const wf = stack.container.runtime.workflow(GOLDEN_PATH);
+      const queue = stack.container.queues.get(GOLDEN_PATH_QUEUE)!;
+      for (const id of [held, ...queued]) {
+        const jobId = stepJobId(wf.tag, await hashOf(stack, id), 1, wf.steps[0]!.name);
+        const state = await waitFor(async () => {
+          const st = await queue.getJobState(jobId);
+          return st === 'completed' || st === 'failed' ? st : undefined;
+        }, { timeoutMs: 30_000, what: `run ${id}'s job to end` });
+        expect(state).toBe('completed');
+      }
+      expect(enteredBy(ctl, held)).toEqual([1, 2]);
+      // A queued run's job may enter its first step (the executor learns that the run ended at the step's
+      // checkpoint, which then commits nothing: ADR 0004), never a later one.
+      for (const id of queued) expect([[], [1]]).toContainEqual(enteredBy(ctl, id));
+      const checkpoints = (await stack.db.admin(`select run_id, sequence_num from durable_checkpoints where run_id = any($1::uuid[]) order by sequence_num`, [[held, ...queued]])).rows;
+      expect(checkpoints).toEqual([{ run_id: held, sequence_num: 1 }]);
+      expect(await statusesOf(stack, [held, ...queued])).toEqual(['cancelled', 'cancelled', 'cancelled', 'cancelled']);
+    } finally {
+      at.release();
+      await host.stop();
+    }
+  });
+});
+
+describe('bulk cancel of a run waiting for its approval, with a worker', () => {
+  let stack: TestStack;
+  beforeAll(async () => {
+    stack = await startStack();
+    await stack.spawnWorker();
+  }, LONG);
+  afterAll(async () => stack?.stop());
+
+  it('the run is cancelled, its approval request withdrawn, its SLA timer removed, and a timer firing anyway expires nothing', { timeout: LONG }, async () => {
+    const tenant = newTenant();
+    const tok = await runUsers(stack, tenant);
+    const id = await submit(stack, tok.submitter, SAMPLE_SUBMISSION);
+    const waiting = await waitFor(async () => {
+      const r = await api(stack, 'GET', `/api/v1/golden-path/runs/${id}`, { token: tok.submitter });
+      return ['waiting', 'failed', 'completed'].includes(r.json?.status) ? r.json : undefined;
+    }, { timeoutMs: 60_000, what: 'the run to wait for its approval' });
+    expect(waiting.status).toBe('waiting');
+    const approvalId = waiting.steps[2].output.approval_request_id as string;
+    const queue = stack.container.queues.get(GOLDEN_PATH_QUEUE)!;
+    const timerId = namedJobId('gp', await hashOf(stack, id), 'sla');
+    expect(await queue.getJobState(timerId)).toBe('delayed');
+
+    const res = await bulk(stack, tok.admin, { status: ['waiting'] });
+    expect(res.status, res.text).toBe(200);
+    expect(res.json).toEqual({ cancelled: 1, cancelled_ids: [id], has_more: false, unmatched_ids: [] });
+    expect(await statusOf(stack, id)).toBe('cancelled');
+    expect((await stack.db.admin(`select status from approval_requests where id = $1`, [approvalId])).rows[0].status).toBe('withdrawn');
+    await waitFor(async () => (await queue.getJobState(timerId)) === 'unknown', { timeoutMs: 10_000, what: 'the SLA timer to be removed' });
+    await stack.db.admin(`update approval_requests set sla_deadline = now() - interval '1 second' where id = $1`, [approvalId]);
+    const expired = await tenantEm(stack.container.orm, tenant).transactional((tx) => new ApprovalService(stack.container.runtime).expire(tx, tenant, id));
+    expect(expired).toEqual({ outcome: 'not_pending' });
+    expect(await statusOf(stack, id)).toBe('cancelled');
+    expect((await stack.db.admin(`select status from approval_requests where id = $1`, [approvalId])).rows[0].status).toBe('withdrawn');
+  });
+});

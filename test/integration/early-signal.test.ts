@@ -1,0 +1,49 @@
+/**
+ * A SIGTERM that reaches a process still starting — loading its modules, before its own signal
+ * handlers exist (onShutdown) — against the real entries run as child processes. The start is held
+ * at a known point (test/helpers/hold-startup.ts: the load of src/container.ts, the heavy part of
+ * every entry) and the signal sent there: no sleeps, no race with the start.
+ */
+import { spawn } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { describe, expect, it } from 'vitest';
+
+const ROOT = fileURLToPath(new URL('../..', import.meta.url));
+
+/** Starts `entry` (after the `preload` modules) held at the load of `at` (src/container.ts); resolves once it is held there. */
+async function heldAtStart(entry: string, opts: { preload?: string[]; at?: string } = {}) {
+  const child = spawn(process.execPath, ['--import', './test/helpers/hold-startup.ts', ...(opts.preload ?? []).flatMap((p) => ['--import', p]), entry], {
+    cwd: ROOT,
+    env: { PATH: process.env.PATH ?? '', LOG_LEVEL: 'info', ...(opts.at ? { HOLD_STARTUP_AT: opts.at } : {}) },
+    stdio: ['ignore', 'pipe', 'pipe', 'ipc'],
+  });
+  let out = '';
+  let err = '';
+  child.stdout!.on('data', (d) => (out += String(d)));
+  child.stderr!.on('data', (d) => (err += String(d)));
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => child.on('exit', (code, signal) => resolve({ code, signal })));
+  await new Promise<void>((resolve, reject) => {
+    child.on('message', (m) => m === 'held' && resolve());
+    void exited.then((e) => reject(new Error(`exited before it was held: ${JSON.stringify(e)} ${out} ${err}`)));
+  });
+  return { child, exited, output: () => ({ out, err }) };
+}
+
+describe('a SIGTERM while the process is still loading its modules', () => {
+  it.each([
+    ['workers/golden-path.worker.ts', 'dealix-worker', {}],
+    ['src/server.ts', 'dealix-api', {}],
+    // As `npm run start:worker` runs it: the telemetry bootstrap first, held at its own first application import.
+    ['workers/golden-path.worker.ts (--import register.ts)', 'dealix-worker', { preload: ['./src/platform/telemetry/register.ts'], at: '/src/platform/config/config.ts' }],
+  ])('%s: exits 0 by itself with one JSON line saying it stopped while starting, not killed by the signal', { timeout: 60_000 }, async (label, service, opts) => {
+    const p = await heldAtStart(label.split(' ')[0]!, opts);
+    p.child.kill('SIGTERM');
+    const exit = await p.exited;
+    const { out, err } = p.output();
+    expect(exit, `${out}\n${err}`).toEqual({ code: 0, signal: null });
+    expect(err).toBe('');
+    const lines = out.split('\n').filter((l) => l !== '');
+    expect(lines).toHaveLength(1);
+    expect(JSON.parse(lines[0]!)).toMatchObject({ level: 30, service, name: service, signal: 'SIGTERM', msg: expect.stringContaining('stopped while starting') });
+  });
+});
