@@ -1,0 +1,99 @@
+/**
+ * WORKER_MAX_ACTIVE_RUNS_PER_TENANT against the real stack (PostgreSQL as the application role, Redis,
+ * the production worker host and executor): one tenant's backlog no longer fills every worker slot
+ * while another tenant's run waits behind it, and the backlog's jobs, parked, are promoted one per
+ * freed slot and all complete (ADR 0012).
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { randomUUID } from 'node:crypto';
+import { api, CLASS_A_SUBMISSION, newTenant, startStack, type TestStack } from '../helpers/stack.ts';
+import { waitFor } from '../helpers/poll.ts';
+import { startRunHost, wrappedGoldenPath } from '../helpers/run-host.ts';
+
+const LONG = 120_000;
+const CAP = 2;
+const A_RUNS = 8;
+
+async function submit(stack: TestStack, token: string): Promise<string> {
+  const res = await api(stack, 'POST', '/api/v1/golden-path/run', { token, body: CLASS_A_SUBMISSION, headers: { 'Idempotency-Key': randomUUID() } });
+  expect(res.status, res.text).toBe(202);
+  return res.json.run_id as string;
+}
+
+const waitCompleted = (stack: TestStack, token: string, id: string, timeoutMs = 20_000) =>
+  waitFor(
+    async () => {
+      const res = await api(stack, 'GET', `/api/v1/golden-path/runs/${id}`, { token });
+      if (res.json?.status === 'failed') throw new Error(`run ${id} failed: ${res.text}`);
+      return res.json?.status === 'completed' ? res.json : undefined;
+    },
+    { timeoutMs, intervalMs: 100, what: `run ${id} to complete` },
+  );
+
+describe('a per-tenant cap on concurrently executing run jobs', () => {
+  let stack: TestStack;
+  let host: Awaited<ReturnType<typeof startRunHost>> | undefined;
+  const tenantA = newTenant();
+  const tenantB = newTenant();
+
+  beforeAll(async () => {
+    // The API and the in-process worker host share the container's pool: A's held steps hold transactions.
+    stack = await startStack({ env: { DATABASE_POOL_MAX: '12' } });
+  }, LONG);
+  afterAll(async () => {
+    await host?.stop();
+    await stack?.stop();
+  });
+
+  it(`cap ${CAP}: a tenant with ${A_RUNS} runs held open executes at most ${CAP} at once, another tenant's run completes meanwhile, and once released all ${A_RUNS} complete, each step once`, { timeout: LONG }, async () => {
+    let releaseA!: () => void;
+    const released = new Promise<void>((r) => (releaseA = r));
+    // Tenant A's steps: each counted while it executes; A's first steps held until released.
+    let executing = 0;
+    let most = 0;
+    const entered: Array<{ run: string; seq: number }> = [];
+    const wf = wrappedGoldenPath(stack, (step, seq) => async (input, ctx) => {
+      if (ctx.run.tenantId !== tenantA) return step.run(input, ctx);
+      entered.push({ run: ctx.run.id, seq });
+      executing++;
+      most = Math.max(most, executing);
+      try {
+        if (seq === 1) await released;
+        return await step.run(input, ctx);
+      } finally {
+        executing--;
+      }
+    });
+    // Four jobs at once: without the cap, A's first four runs take every one of them. The parked jobs'
+    // fallback delay is far beyond the test's deadlines: each completes only if a freed slot promotes it.
+    host = startRunHost(stack, wf, 'fair-share-host', {}, { concurrency: 4, maxActiveRunsPerTenant: CAP, parkDelayMs: () => 600_000 });
+    const tokA = await stack.token({ tenantId: tenantA, sub: 'bulk-submitter' });
+    const tokB = await stack.token({ tenantId: tenantB, sub: 'one-submitter' });
+
+    const aRuns: string[] = [];
+    for (let i = 0; i < A_RUNS; i++) aRuns.push(await submit(stack, tokA));
+    await waitFor(() => executing >= CAP, { what: `${CAP} of tenant A's runs to hold their first step` });
+
+    // Without the cap, A's held runs fill every worker slot and B's run waits behind A's backlog.
+    const bRun = await submit(stack, tokB);
+    await waitCompleted(stack, tokB, bRun);
+    expect(executing).toBe(CAP);
+    expect(most).toBe(CAP);
+    // The rest of A's jobs are parked (delayed, their ids in A's parked set), not holding worker slots.
+    const parkedKey = `${stack.prefix}:tenant-parked:${tenantA}`;
+    await waitFor(async () => (await stack.redis.zcard(parkedKey)) === A_RUNS - CAP, { what: `${A_RUNS - CAP} of A's jobs to be parked` });
+    const queue = stack.container.runtime.queues.get(wf.queue)!;
+    expect(await queue.getDelayedCount()).toBe(A_RUNS - CAP);
+
+    releaseA();
+    for (const id of aRuns) await waitCompleted(stack, tokA, id);
+    expect(most).toBe(CAP);
+    // Nothing lost, nothing run twice: each of A's runs entered each of its four steps exactly once.
+    for (const id of aRuns) expect(entered.filter((e) => e.run === id).map((e) => e.seq)).toEqual([1, 2, 3, 4]);
+    const checkpoints = await stack.db.admin(`select run_id, count(*)::int as n from durable_checkpoints where tenant_id = $1 and status = 'completed' group by run_id`, [tenantA]);
+    expect(checkpoints.rows.map((r) => (r as { n: number }).n)).toEqual(Array(A_RUNS).fill(4));
+    // Every slot was given back and no job is left parked.
+    expect(await stack.redis.zcard(parkedKey)).toBe(0);
+    await waitFor(async () => (await stack.redis.zcard(`${stack.prefix}:tenant-slots:${tenantA}`)) === 0, { what: "A's slots to be released" });
+  });
+});
