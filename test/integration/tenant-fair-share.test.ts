@@ -9,6 +9,11 @@ import { randomUUID } from 'node:crypto';
 import { api, CLASS_A_SUBMISSION, newTenant, startStack, type TestStack } from '../helpers/stack.ts';
 import { waitFor } from '../helpers/poll.ts';
 import { startRunHost, wrappedGoldenPath } from '../helpers/run-host.ts';
+import { SLOW_QUEUE, slowWorkflow } from '../helpers/slow-workflow.ts';
+import { createSlowRun, jobOf, readRun, waitEntered, waitRun } from '../helpers/recovery.ts';
+import { tenantEm } from '../../src/platform/db/tenant-em.ts';
+import { GOLDEN_PATH, GOLDEN_PATH_QUEUE } from '../../src/modules/golden-path/golden-path.workflow.ts';
+import { slotMember } from '../../src/platform/durable/tenant-slots.ts';
 
 const LONG = 120_000;
 const CAP = 2;
@@ -95,5 +100,52 @@ describe('a per-tenant cap on concurrently executing run jobs', () => {
     // Every slot was given back and no job is left parked.
     expect(await stack.redis.zcard(parkedKey)).toBe(0);
     await waitFor(async () => (await stack.redis.zcard(`${stack.prefix}:tenant-slots:${tenantA}`)) === 0, { what: "A's slots to be released" });
+  });
+});
+
+describe('a worker killed while its run job holds a tenant slot', () => {
+  let stack: TestStack;
+  const tenant = newTenant();
+
+  beforeAll(async () => {
+    stack = await startStack({ api: false, workerEntry: 'test/helpers/test-worker.ts', extraWorkflows: [slowWorkflow()], env: { WORKER_MAX_ACTIVE_RUNS_PER_TENANT: '1' } });
+  }, LONG);
+  afterAll(async () => {
+    await stack?.stop();
+  });
+
+  it("cap 1: the SIGKILLed holder's slot lapses on its own (its job is not re-delivered) and the tenant's next run proceeds", { timeout: LONG }, async () => {
+    // The holder serves only gp-slow and hangs in the run's first step: nothing else will carry that run's job.
+    const holder = await stack.spawnWorker({ GP_SLOW_STEP_MS: 'hang', WORKER_QUEUES: SLOW_QUEUE });
+    const stuck = await createSlowRun(stack, tenant, { enqueue: true });
+    await waitEntered(holder, stuck.id, 1);
+    const slotsKey = `${stack.prefix}:tenant-slots:${tenant}`;
+    const member = slotMember(SLOW_QUEUE, (await jobOf(stack, stuck, 1))!.id!);
+    expect(await stack.redis.zrange(slotsKey, '0', '-1')).toEqual([member]);
+    holder.kill('SIGKILL');
+    await holder.exited;
+
+    // Nobody renews the dead holder's lease: it lapses by Redis's clock (three lock durations).
+    const expiry = Number(await stack.redis.zscore(slotsKey, member));
+    await waitFor(
+      async () => {
+        const [sec, us] = await stack.redis.time();
+        return Number(sec) * 1000 + Math.floor(Number(us) / 1000) > expiry;
+      },
+      { timeoutMs: 30_000, what: "the dead holder's lease to lapse" },
+    );
+    // The tenant's next run, on a worker of another queue: with the cap at 1 it runs only once the lapsed slot is dropped.
+    await stack.spawnWorker({ GP_SLOW_STEP_MS: '0', WORKER_QUEUES: GOLDEN_PATH_QUEUE });
+    const { run } = await stack.container.runtime.start(tenantEm(stack.container.orm, tenant), GOLDEN_PATH, {
+      tenantId: tenant,
+      principal: 'fair-share-test',
+      idempotencyHash: randomUUID().replaceAll('-', '').padEnd(64, '0'),
+      input: CLASS_A_SUBMISSION,
+      correlationId: randomUUID(),
+    });
+    expect((await waitRun(stack, tenant, run.id, ['completed', 'failed'], 30_000)).status).toBe('completed');
+    // The dead holder's run is still active, its first step not committed (its job waits for a gp-slow worker), and its slot is gone.
+    expect((await readRun(stack, tenant, stuck.id)).status).toBe('pending');
+    await waitFor(async () => (await stack.redis.zcard(slotsKey)) === 0, { what: 'the slots to be given back' });
   });
 });
