@@ -6,6 +6,8 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { randomUUID } from 'node:crypto';
+import { Redis } from 'ioredis';
+import { TEST_REDIS_URL } from '../helpers/env.ts';
 import { api, CLASS_A_SUBMISSION, newTenant, startStack, type TestStack } from '../helpers/stack.ts';
 import { waitFor } from '../helpers/poll.ts';
 import { startRunHost, wrappedGoldenPath } from '../helpers/run-host.ts';
@@ -48,6 +50,39 @@ describe('a per-tenant cap on concurrently executing run jobs', () => {
   afterAll(async () => {
     await host?.stop();
     await stack?.stop();
+  });
+
+  it('off (the default): a run job sends no tenant-slot command to Redis; on, its slot commands are seen (MONITOR)', { timeout: LONG }, async () => {
+    const tok = await stack.token({ tenantId: newTenant(), sub: 'monitored' });
+    const monitor = await new Redis(TEST_REDIS_URL).monitor();
+    const seen: string[] = [];
+    const markers: string[] = [];
+    monitor.on('monitor', (_time: string, args: string[]) => {
+      if (args.some((a) => a.startsWith(`${stack.prefix}:tenant-`))) seen.push(args.join(' '));
+      if (args[0]?.toLowerCase() === 'echo') markers.push(args[1] ?? '');
+    });
+    try {
+      for (const cap of [0, CAP]) {
+        const off = startRunHost(stack, wrappedGoldenPath(stack, (step) => step.run), `monitored-${cap}`, {}, { maxActiveRunsPerTenant: cap });
+        try {
+          await waitCompleted(stack, tok, await submit(stack, tok));
+        } finally {
+          await off.stop();
+        }
+        // The host has stopped (its connection closed): every command it sent ran before this marker, which MONITOR reports after them.
+        const marker = `${stack.prefix}-marker-${cap}`;
+        await stack.redis.echo(marker);
+        await waitFor(() => markers.includes(marker), { what: 'MONITOR to report the marker' });
+        if (cap === 0) {
+          expect(seen).toEqual([]);
+        } else {
+          await waitFor(() => seen.length >= 2, { what: 'the slot commands of a run with the cap on' });
+          expect(seen.some((c) => c.includes(':tenant-slots:'))).toBe(true);
+        }
+      }
+    } finally {
+      monitor.disconnect();
+    }
   });
 
   it(`cap ${CAP}: a tenant with ${A_RUNS} runs held open executes at most ${CAP} at once, another tenant's run completes meanwhile, and once released all ${A_RUNS} complete, each step once`, { timeout: LONG }, async () => {
