@@ -8,7 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { randomUUID } from 'node:crypto';
 import { Redis } from 'ioredis';
 import { TEST_REDIS_URL } from '../helpers/env.ts';
-import { api, CLASS_A_SUBMISSION, newTenant, startStack, type TestStack } from '../helpers/stack.ts';
+import { api, CLASS_A_SUBMISSION, newTenant, SAMPLE_SUBMISSION, startStack, type TestStack } from '../helpers/stack.ts';
 import { waitFor } from '../helpers/poll.ts';
 import { startRunHost, wrappedGoldenPath } from '../helpers/run-host.ts';
 import { SLOW_QUEUE, slowWorkflow } from '../helpers/slow-workflow.ts';
@@ -21,8 +21,8 @@ const LONG = 120_000;
 const CAP = 2;
 const A_RUNS = 8;
 
-async function submit(stack: TestStack, token: string): Promise<string> {
-  const res = await api(stack, 'POST', '/api/v1/golden-path/run', { token, body: CLASS_A_SUBMISSION, headers: { 'Idempotency-Key': randomUUID() } });
+async function submit(stack: TestStack, token: string, body: unknown = CLASS_A_SUBMISSION): Promise<string> {
+  const res = await api(stack, 'POST', '/api/v1/golden-path/run', { token, body, headers: { 'Idempotency-Key': randomUUID() } });
   expect(res.status, res.text).toBe(202);
   return res.json.run_id as string;
 }
@@ -82,6 +82,21 @@ describe('a per-tenant cap on concurrently executing run jobs', () => {
       }
     } finally {
       monitor.disconnect();
+    }
+  });
+
+  it('cap 1: a run that waits for a human gives its slot back, so the tenant\'s next run goes ahead', { timeout: LONG }, async () => {
+    const tenant = newTenant();
+    const tok = await stack.token({ tenantId: tenant, sub: 'waiting-submitter' });
+    const one = startRunHost(stack, wrappedGoldenPath(stack, (step) => step.run), 'cap-one-host', {}, { concurrency: 2, maxActiveRunsPerTenant: 1, parkDelayMs: () => 600_000 });
+    try {
+      // Class B: its approval step waits for an approver (its SLA timer is due in a day: it never fires here).
+      const waiting = await submit(stack, tok, SAMPLE_SUBMISSION);
+      await waitFor(async () => (await api(stack, 'GET', `/api/v1/golden-path/runs/${waiting}`, { token: tok })).json?.status === 'waiting', { what: 'the class B run to wait' });
+      await waitCompleted(stack, tok, await submit(stack, tok));
+      await waitFor(async () => (await stack.redis.zcard(`${stack.prefix}:tenant-slots:${tenant}`)) === 0, { what: "the tenant's slots to be given back" });
+    } finally {
+      await one.stop();
     }
   });
 

@@ -202,8 +202,13 @@ function tenantSlotHolder(use: TenantSlotsUse, runtime: DurableRuntime, logger: 
         { tenant_id: d.tenant_id, run_id: d.run_id, job_id: job.id, cap: slots.cap, parks, fallback_delay_ms: delayMs },
         'tenant at its cap of active run jobs: job parked until one of its runs gives a slot back',
       );
-      // A slot freed between the acquire and the park found nothing parked to promote: promote now.
-      promoteQuietly(await slots.park(slot.tenant, slot.member, parkedAt));
+      try {
+        // A slot freed between the acquire and the park found nothing parked to promote: promote now.
+        promoteQuietly(await slots.park(slot.tenant, slot.member, parkedAt));
+      } catch (err) {
+        // The job is delayed already: unrecorded, it comes back on its fallback delay instead of a promotion.
+        logger.warn({ err, tenant_id: d.tenant_id, job_id: job.id }, 'could not record a parked job; it comes back after its fallback delay');
+      }
       throw new DelayedError();
     },
     give(slot: HeldSlot): void {
