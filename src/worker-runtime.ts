@@ -5,6 +5,7 @@ import { createRedis } from './platform/queue/connections.ts';
 import { StepExecutor, untilAborted } from './platform/durable/executor.ts';
 import { Sweeper } from './platform/durable/sweeper.ts';
 import { startWorkers } from './platform/durable/worker-host.ts';
+import { TenantSlots } from './platform/durable/tenant-slots.ts';
 import { scheduleMaintenance, MAINTENANCE_QUEUE, maintenanceHandlers, upsertMaintenanceSchedulers } from './platform/queue/maintenance.ts';
 import { startMetricsServer } from './platform/telemetry/metrics-server.ts';
 import { onShutdown } from './platform/process/shutdown.ts';
@@ -82,6 +83,16 @@ export async function startWorkerProcess(c: Container, signal?: AbortSignal): Pr
     logger: c.logger,
     telemetry: c.telemetry,
     queues: [...new Set([...c.servedQueues, MAINTENANCE_QUEUE])],
+    // Off (0): no tenant slot is taken, and no Redis command is added to a run job's path.
+    ...(cfg.WORKER_MAX_ACTIVE_RUNS_PER_TENANT > 0
+      ? {
+          tenantSlots: {
+            // A lease of three lock durations: renewed every half lock duration, a SIGKILLed holder's slot lapses within seconds.
+            slots: new TenantSlots(connection, { prefix: cfg.QUEUE_PREFIX, cap: cfg.WORKER_MAX_ACTIVE_RUNS_PER_TENANT, leaseMs: 3 * cfg.WORKER_LOCK_DURATION }),
+            onParked: ({ workflow }: { workflow: string }) => c.metrics.parkedJobs.inc({ workflow }),
+          },
+        }
+      : {}),
   });
   const workers = host.workers;
   let maintenance;
@@ -114,7 +125,7 @@ export async function startWorkerProcess(c: Container, signal?: AbortSignal): Pr
     afterRedisLoss: () => upsertMaintenanceSchedulers(maintenance, { runRetentionMs: cfg.RUN_RETENTION, logger: c.logger, scheduledBy: c.instanceId }),
   });
   sweeper.start();
-  c.logger.info({ queues: workers.map((w) => w.name), ...settings, instance: c.instanceId }, 'worker started');
+  c.logger.info({ queues: workers.map((w) => w.name), ...settings, max_active_runs_per_tenant: cfg.WORKER_MAX_ACTIVE_RUNS_PER_TENANT, instance: c.instanceId }, 'worker started');
   return {
     workers,
     sweeper,

@@ -2,6 +2,7 @@ import pino from 'pino';
 import { DurableRuntime } from '../../src/platform/durable/runtime.ts';
 import { StepExecutor } from '../../src/platform/durable/executor.ts';
 import { startWorkers, type JobHandler } from '../../src/platform/durable/worker-host.ts';
+import { TenantSlots } from '../../src/platform/durable/tenant-slots.ts';
 import { createRedis } from '../../src/platform/queue/connections.ts';
 import type { StepDef, WorkflowDef } from '../../src/platform/durable/workflow.ts';
 import { GOLDEN_PATH } from '../../src/modules/golden-path/golden-path.workflow.ts';
@@ -9,13 +10,22 @@ import { PermanentError } from '../../src/platform/errors/app-error.ts';
 import { TEST_REDIS_URL } from './env.ts';
 import type { TestStack } from './stack.ts';
 
+export interface RunHostOptions {
+  /** Jobs the host runs at once (default 1). */
+  concurrency?: number;
+  /** WORKER_MAX_ACTIVE_RUNS_PER_TENANT for this host (default off). */
+  maxActiveRunsPerTenant?: number;
+  /** The fallback delay of a parked job (default the platform's, 30–60 s): a test that must see parked jobs promoted sets it far beyond its deadline. */
+  parkDelayMs?: (parks: number) => number;
+}
+
 /**
  * The production worker host and executor, in the test's process, running `wf` on its queue (the
  * golden path's, the partner offboarding's, …) of `stack` (one job at a time): a test can then hold, fail or count the steps of the runs it
  * submits through the stack's API. Stop it before starting another on the same queue. `handlers` are
  * its other jobs' (e.g. the SLA timers': jobHandlersFor); without them such a job fails.
  */
-export function startRunHost(stack: TestStack, wf: WorkflowDef, workerId = 'run-host', handlers: Record<string, JobHandler> = {}) {
+export function startRunHost(stack: TestStack, wf: WorkflowDef, workerId = 'run-host', handlers: Record<string, JobHandler> = {}, opts: RunHostOptions = {}) {
   const logger = pino({ level: 'silent' });
   const runtime = new DurableRuntime({ workflows: [wf], queues: stack.container.runtime.queues, logger });
   const executor = new StepExecutor({ orm: stack.container.orm, runtime, logger, workerId, leaseMs: 5000 });
@@ -26,9 +36,17 @@ export function startRunHost(stack: TestStack, wf: WorkflowDef, workerId = 'run-
     handlers,
     connection,
     prefix: stack.prefix,
-    settings: { concurrency: 1, lockDurationMs: 5000, stalledIntervalMs: 5000, maxStalledCount: 10 },
+    settings: { concurrency: opts.concurrency ?? 1, lockDurationMs: 5000, stalledIntervalMs: 5000, maxStalledCount: 10 },
     logger,
     queues: [wf.queue],
+    ...(opts.maxActiveRunsPerTenant
+      ? {
+          tenantSlots: {
+            slots: new TenantSlots(connection, { prefix: stack.prefix, cap: opts.maxActiveRunsPerTenant, leaseMs: 15_000 }),
+            ...(opts.parkDelayMs ? { parkDelayMs: opts.parkDelayMs } : {}),
+          },
+        }
+      : {}),
   });
   return {
     async stop() {

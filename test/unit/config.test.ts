@@ -98,6 +98,14 @@ describe('configuration', () => {
     expect(parseConfig({ JWT_SECRET: SECRET, RUN_RETENTION: '1s', IDEMPOTENCY_TTL: '1s', IDEMPOTENCY_LEASE: '1s' }).RUN_RETENTION).toBe(1000);
   });
 
+  it('WORKER_MAX_ACTIVE_RUNS_PER_TENANT: off (0) unless set, 0–100,000, anything else refused in one line naming it (ADR 0012)', () => {
+    expect(parseConfig({ JWT_SECRET: SECRET }).WORKER_MAX_ACTIVE_RUNS_PER_TENANT).toBe(0);
+    for (const [text, n] of [['0', 0], ['1', 1], ['25', 25], ['100000', 100_000]] as const) expect(parseConfig({ JWT_SECRET: SECRET, WORKER_MAX_ACTIVE_RUNS_PER_TENANT: text }).WORKER_MAX_ACTIVE_RUNS_PER_TENANT).toBe(n);
+    for (const bad of ['-1', '2.5', 'ten', '100001', '1e9']) {
+      expect(configError({ JWT_SECRET: SECRET, WORKER_MAX_ACTIVE_RUNS_PER_TENANT: bad }).problems, bad).toEqual([expect.stringMatching(/^WORKER_MAX_ACTIVE_RUNS_PER_TENANT: /)]);
+    }
+  });
+
   it('refuses a shared secret in production, and an operator user without a password', () => {
     expect(configError({ NODE_ENV: 'production', JWT_SECRET: SECRET }).problems[0]).toMatch(/^JWT_JWKS_URL:/);
     expect(configError({ JWT_SECRET: SECRET, OPERATOR_USER: 'ops' }).problems[0]).toMatch(/^OPERATOR_PASSWORD:/);

@@ -121,6 +121,10 @@ export const configSchema = z
     WORKER_STALLED_INTERVAL: duration('500ms'),
     WORKER_MAX_STALLED_COUNT: z.coerce.number().int().min(1).max(100).default(10),
     WORKER_SHUTDOWN_GRACE: duration('10s'),
+    // Run jobs one tenant may execute at once, over every workflow queue and worker process (ADR 0012):
+    // past it the tenant's further run jobs are parked until one of its runs gives a slot back. 0 = off
+    // (no Redis command is added to a run job's path).
+    WORKER_MAX_ACTIVE_RUNS_PER_TENANT: z.coerce.number().int().min(0).max(100_000).default(0),
     SWEEPER_INTERVAL: duration('15s'),
     SWEEPER_MIN_AGE: duration('10s'),
     // Finished jobs BullMQ keeps in Redis for Bull Board: the newest this many, and none older than an

@@ -48,6 +48,10 @@ export interface StepJobData {
   reached?: number;
   /** How often workers that do not register the run's workflow version put the job off (ADR 0008). */
   deferrals?: number;
+  /** How often the job was parked because its tenant had WORKER_MAX_ACTIVE_RUNS_PER_TENANT run jobs executing (ADR 0012). */
+  parks?: number;
+  /** When the job was first parked (ms since the epoch): its place among its tenant's parked jobs. */
+  parked_at?: number;
   /**
    * The run's retry_count when the job was added (absent: 0). A job of an earlier generation than
    * its run's — a leftover of the run before an API client retried it — ends without a step: the

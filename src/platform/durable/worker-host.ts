@@ -1,4 +1,4 @@
-import { Worker, type Job, type MinimalJob, type Processor, type WorkerOptions } from 'bullmq';
+import { DelayedError, Job, Worker, type MinimalJob, type Processor, type WorkerOptions } from 'bullmq';
 import type { Redis } from 'ioredis';
 import type { Logger } from 'pino';
 import { untilAborted, type StepExecutor } from './executor.ts';
@@ -6,6 +6,7 @@ import type { DurableRuntime, StepJobData } from './runtime.ts';
 import { DEFAULT_RETRY, STEP_BACKOFF, retryOf, stepBackoffMs, type WorkflowDef } from './workflow.ts';
 import { ConfigError } from '../config/config.ts';
 import { MAINTENANCE_QUEUE } from '../queue/maintenance.ts';
+import { parkDelayMs, parseSlotMember, slotMember, type TenantSlots } from './tenant-slots.ts';
 
 export interface WorkerSettings {
   concurrency: number;
@@ -60,9 +61,15 @@ export function startWorkers(args: {
   logger: Logger;
   telemetry?: WorkerOptions['telemetry'];
   queues?: string[];
+  /**
+   * The per-tenant cap on run jobs executing at once (WORKER_MAX_ACTIVE_RUNS_PER_TENANT, ADR 0012);
+   * absent (the cap is off): no Redis command is added to a run job's path.
+   */
+  tenantSlots?: TenantSlotsUse;
 }): WorkerHost {
   const queueNames = new Set(args.queues ?? args.runtime.workflows.all().map((w) => w.queue));
   const active = new Map<string, ActiveStep>();
+  const slots = args.tenantSlots ? tenantSlotHolder(args.tenantSlots, args.runtime, args.logger, args.settings.lockDurationMs) : undefined;
   // Every job a processor is running (run jobs, timers, maintenance): a stopping worker with none and
   // no Redis has nothing left to wait for.
   let running = 0;
@@ -80,6 +87,8 @@ export function startWorkers(args: {
     // removed) must reach the executor and fail the run as non-determinism, not loop as "no handler".
     if (isStepJob(job.data)) {
       const key = `${job.queueName}/${job.id}`;
+      // Over its tenant's cap the job is parked (delayed) before it touches PostgreSQL: it throws DelayedError.
+      const slot = slots ? await slots.take(job as Job<StepJobData>, token) : undefined;
       const abort = new AbortController();
       active.set(key, { job, token, abort });
       try {
@@ -97,6 +106,8 @@ export function startWorkers(args: {
         });
       } finally {
         active.delete(key);
+        // Whatever ended the job (its run ended or waits, it failed, was put off or handed back): the slot is given back.
+        if (slot) slots!.give(slot);
       }
     }
     const handler = args.handlers[job.name];
@@ -128,7 +139,84 @@ export function startWorkers(args: {
     stop: (graceMs) => {
       // Jobs between two steps end there (handed back); a step already running gets the grace period.
       draining = true;
-      return stopWorkers({ workers, active, running: () => running, redisReady: () => args.connection.status === 'ready', graceMs, logger: args.logger });
+      // The slots of steps finishing in the grace period are renewed until the workers have stopped.
+      return stopWorkers({ workers, active, running: () => running, redisReady: () => args.connection.status === 'ready', graceMs, logger: args.logger }).finally(() => slots?.stop());
+    },
+  };
+}
+
+export interface TenantSlotsUse {
+  slots: TenantSlots;
+  /** A parked job's fallback delay by how often it was parked (default parkDelayMs: 30–60 s, then 60–120 s). */
+  parkDelayMs?: (parks: number) => number;
+  /** Counts a parked run job (dealix_run_jobs_parked_total). */
+  onParked?(info: { workflow: string }): void;
+}
+
+interface HeldSlot {
+  tenant: string;
+  member: string;
+}
+
+/**
+ * A worker host's side of the per-tenant cap (ADR 0012): `take` acquires a slot for a run job or
+ * parks the job — moved to `delayed` with a long fallback delay (no attempt spent, as a deferral) and
+ * recorded in its tenant's parked set — and throws DelayedError; `give` releases the slot and promotes
+ * the tenant's earliest parked job, without holding up the job's end (a lost release lapses with its
+ * lease). The leases of the slots held are renewed together every half lock duration.
+ */
+function tenantSlotHolder(use: TenantSlotsUse, runtime: DurableRuntime, logger: Logger, lockDurationMs: number) {
+  const { slots } = use;
+  const held = new Set<HeldSlot>();
+  const renewal = setInterval(() => {
+    if (held.size === 0) return;
+    slots.renew(held).catch((err: unknown) => logger.warn({ err }, 'could not renew the tenant slots held; they lapse unless renewed in time'));
+  }, Math.max(100, Math.floor(lockDurationMs / 2)));
+  renewal.unref();
+  /** Moves a parked job to `wait` now (a job no longer delayed — taken meanwhile, or gone — is left as it is). */
+  const promote = async (member: string) => {
+    const { queue: queueName, jobId } = parseSlotMember(member);
+    const queue = runtime.queues.get(queueName);
+    if (!queue) return logger.warn({ queue: queueName, job_id: jobId }, 'parked job of a queue this process has no handle on: it comes back after its fallback delay');
+    const job = await Job.fromId(queue, jobId);
+    await job?.promote().catch(() => {});
+  };
+  const promoteQuietly = (member: string | null) => {
+    if (member) promote(member).catch((err: unknown) => logger.warn({ err, member }, 'could not promote a parked job: it comes back after its fallback delay'));
+  };
+  return {
+    async take(job: Job<StepJobData>, token: string | undefined): Promise<HeldSlot> {
+      const d = job.data;
+      const slot: HeldSlot = { tenant: d.tenant_id, member: slotMember(job.queueName, job.id!) };
+      if (await slots.acquire(slot.tenant, slot.member)) {
+        held.add(slot);
+        return slot;
+      }
+      const parks = (d.parks ?? 0) + 1;
+      const parkedAt = d.parked_at ?? Date.now();
+      const delayMs = (use.parkDelayMs ?? parkDelayMs)(parks);
+      await job.updateData({ ...d, parks, parked_at: parkedAt });
+      await job.moveToDelayed(Date.now() + delayMs, token);
+      use.onParked?.({ workflow: d.workflow });
+      logger[parks === 1 ? 'info' : 'debug'](
+        { tenant_id: d.tenant_id, run_id: d.run_id, job_id: job.id, cap: slots.cap, parks, fallback_delay_ms: delayMs },
+        'tenant at its cap of active run jobs: job parked until one of its runs gives a slot back',
+      );
+      try {
+        // A slot freed between the acquire and the park found nothing parked to promote: promote now.
+        promoteQuietly(await slots.park(slot.tenant, slot.member, parkedAt));
+      } catch (err) {
+        // The job is delayed already: unrecorded, it comes back on its fallback delay instead of a promotion.
+        logger.warn({ err, tenant_id: d.tenant_id, job_id: job.id }, 'could not record a parked job; it comes back after its fallback delay');
+      }
+      throw new DelayedError();
+    },
+    give(slot: HeldSlot): void {
+      held.delete(slot);
+      slots.release(slot.tenant, slot.member).then(promoteQuietly, (err: unknown) => logger.warn({ err, tenant_id: slot.tenant }, 'could not give a tenant slot back; it lapses with its lease'));
+    },
+    stop(): void {
+      clearInterval(renewal);
     },
   };
 }

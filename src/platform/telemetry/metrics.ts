@@ -14,6 +14,8 @@ export interface Metrics {
   activeRuns: Gauge<'workflow' | 'version' | 'registered'>;
   /** Run jobs a worker put off because it does not register their run's workflow version (ADR 0008). */
   deferredJobs: Counter<'workflow' | 'version'>;
+  /** Run jobs a worker parked because their tenant had WORKER_MAX_ACTIVE_RUNS_PER_TENANT run jobs executing (ADR 0012). */
+  parkedJobs: Counter<'workflow'>;
   /** Failed runs an API client retried (POST …/runs/:id/retry, ADR 0009), counted once the retry committed. */
   runsRetried: Counter<'workflow'>;
   /** Ended runs run retention deleted (RUN_RETENTION, ADR 0011), by workflow; counted by the worker that deleted them. */
@@ -61,6 +63,12 @@ export function createMetrics(): Metrics {
       name: 'dealix_run_jobs_deferred_total',
       help: 'Run jobs this worker put off because it does not register their run\'s workflow version',
       labelNames: ['workflow', 'version'],
+      registers: [registry],
+    }),
+    parkedJobs: new Counter({
+      name: 'dealix_run_jobs_parked_total',
+      help: 'Run jobs this worker parked (delayed until a slot frees) because their tenant had WORKER_MAX_ACTIVE_RUNS_PER_TENANT run jobs executing, by workflow',
+      labelNames: ['workflow'],
       registers: [registry],
     }),
     runsRetried: new Counter({

@@ -1,0 +1,202 @@
+/**
+ * WORKER_MAX_ACTIVE_RUNS_PER_TENANT against the real stack (PostgreSQL as the application role, Redis,
+ * the production worker host and executor): one tenant's backlog no longer fills every worker slot
+ * while another tenant's run waits behind it, and the backlog's jobs, parked, are promoted one per
+ * freed slot and all complete (ADR 0012).
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { randomUUID } from 'node:crypto';
+import { Redis } from 'ioredis';
+import { TEST_REDIS_URL } from '../helpers/env.ts';
+import { api, CLASS_A_SUBMISSION, newTenant, SAMPLE_SUBMISSION, startStack, type TestStack } from '../helpers/stack.ts';
+import { waitFor } from '../helpers/poll.ts';
+import { startRunHost, wrappedGoldenPath } from '../helpers/run-host.ts';
+import { SLOW_QUEUE, slowWorkflow } from '../helpers/slow-workflow.ts';
+import { createSlowRun, jobOf, readRun, waitEntered, waitRun } from '../helpers/recovery.ts';
+import { tenantEm } from '../../src/platform/db/tenant-em.ts';
+import { GOLDEN_PATH, GOLDEN_PATH_QUEUE } from '../../src/modules/golden-path/golden-path.workflow.ts';
+import { slotMember } from '../../src/platform/durable/tenant-slots.ts';
+
+const LONG = 120_000;
+const CAP = 2;
+const A_RUNS = 8;
+
+async function submit(stack: TestStack, token: string, body: unknown = CLASS_A_SUBMISSION): Promise<string> {
+  const res = await api(stack, 'POST', '/api/v1/golden-path/run', { token, body, headers: { 'Idempotency-Key': randomUUID() } });
+  expect(res.status, res.text).toBe(202);
+  return res.json.run_id as string;
+}
+
+const waitCompleted = (stack: TestStack, token: string, id: string, timeoutMs = 20_000) =>
+  waitFor(
+    async () => {
+      const res = await api(stack, 'GET', `/api/v1/golden-path/runs/${id}`, { token });
+      if (res.json?.status === 'failed') throw new Error(`run ${id} failed: ${res.text}`);
+      return res.json?.status === 'completed' ? res.json : undefined;
+    },
+    { timeoutMs, intervalMs: 100, what: `run ${id} to complete` },
+  );
+
+describe('a per-tenant cap on concurrently executing run jobs', () => {
+  let stack: TestStack;
+  let host: Awaited<ReturnType<typeof startRunHost>> | undefined;
+  const tenantA = newTenant();
+  const tenantB = newTenant();
+
+  beforeAll(async () => {
+    // The API and the in-process worker host share the container's pool: A's held steps hold transactions.
+    stack = await startStack({ env: { DATABASE_POOL_MAX: '12' } });
+  }, LONG);
+  afterAll(async () => {
+    await host?.stop();
+    await stack?.stop();
+  });
+
+  it('off (the default): a run job sends no tenant-slot command to Redis; on, its slot commands are seen (MONITOR)', { timeout: LONG }, async () => {
+    const tok = await stack.token({ tenantId: newTenant(), sub: 'monitored' });
+    const monitor = await new Redis(TEST_REDIS_URL).monitor();
+    const seen: string[] = [];
+    const markers: string[] = [];
+    monitor.on('monitor', (_time: string, args: string[]) => {
+      if (args.some((a) => a.startsWith(`${stack.prefix}:tenant-`))) seen.push(args.join(' '));
+      if (args[0]?.toLowerCase() === 'echo') markers.push(args[1] ?? '');
+    });
+    try {
+      for (const cap of [0, CAP]) {
+        const off = startRunHost(stack, wrappedGoldenPath(stack, (step) => step.run), `monitored-${cap}`, {}, { maxActiveRunsPerTenant: cap });
+        try {
+          await waitCompleted(stack, tok, await submit(stack, tok));
+        } finally {
+          await off.stop();
+        }
+        // The host has stopped (its connection closed): every command it sent ran before this marker, which MONITOR reports after them.
+        const marker = `${stack.prefix}-marker-${cap}`;
+        await stack.redis.echo(marker);
+        await waitFor(() => markers.includes(marker), { what: 'MONITOR to report the marker' });
+        if (cap === 0) {
+          expect(seen).toEqual([]);
+        } else {
+          await waitFor(() => seen.length >= 2, { what: 'the slot commands of a run with the cap on' });
+          expect(seen.some((c) => c.includes(':tenant-slots:'))).toBe(true);
+        }
+      }
+    } finally {
+      monitor.disconnect();
+    }
+  });
+
+  it('cap 1: a run that waits for a human gives its slot back, so the tenant\'s next run goes ahead', { timeout: LONG }, async () => {
+    const tenant = newTenant();
+    const tok = await stack.token({ tenantId: tenant, sub: 'waiting-submitter' });
+    const one = startRunHost(stack, wrappedGoldenPath(stack, (step) => step.run), 'cap-one-host', {}, { concurrency: 2, maxActiveRunsPerTenant: 1, parkDelayMs: () => 600_000 });
+    try {
+      // Class B: its approval step waits for an approver (its SLA timer is due in a day: it never fires here).
+      const waiting = await submit(stack, tok, SAMPLE_SUBMISSION);
+      await waitFor(async () => (await api(stack, 'GET', `/api/v1/golden-path/runs/${waiting}`, { token: tok })).json?.status === 'waiting', { what: 'the class B run to wait' });
+      await waitCompleted(stack, tok, await submit(stack, tok));
+      await waitFor(async () => (await stack.redis.zcard(`${stack.prefix}:tenant-slots:${tenant}`)) === 0, { what: "the tenant's slots to be given back" });
+    } finally {
+      await one.stop();
+    }
+  });
+
+  it(`cap ${CAP}: a tenant with ${A_RUNS} runs held open executes at most ${CAP} at once, another tenant's run completes meanwhile, and once released all ${A_RUNS} complete, each step once`, { timeout: LONG }, async () => {
+    let releaseA!: () => void;
+    const released = new Promise<void>((r) => (releaseA = r));
+    // Tenant A's steps: each counted while it executes; A's first steps held until released.
+    let executing = 0;
+    let most = 0;
+    const entered: Array<{ run: string; seq: number }> = [];
+    const wf = wrappedGoldenPath(stack, (step, seq) => async (input, ctx) => {
+      if (ctx.run.tenantId !== tenantA) return step.run(input, ctx);
+      entered.push({ run: ctx.run.id, seq });
+      executing++;
+      most = Math.max(most, executing);
+      try {
+        if (seq === 1) await released;
+        return await step.run(input, ctx);
+      } finally {
+        executing--;
+      }
+    });
+    // Four jobs at once: without the cap, A's first four runs take every one of them. The parked jobs'
+    // fallback delay is far beyond the test's deadlines: each completes only if a freed slot promotes it.
+    host = startRunHost(stack, wf, 'fair-share-host', {}, { concurrency: 4, maxActiveRunsPerTenant: CAP, parkDelayMs: () => 600_000 });
+    const tokA = await stack.token({ tenantId: tenantA, sub: 'bulk-submitter' });
+    const tokB = await stack.token({ tenantId: tenantB, sub: 'one-submitter' });
+
+    const aRuns: string[] = [];
+    for (let i = 0; i < A_RUNS; i++) aRuns.push(await submit(stack, tokA));
+    await waitFor(() => executing >= CAP, { what: `${CAP} of tenant A's runs to hold their first step` });
+
+    // Without the cap, A's held runs fill every worker slot and B's run waits behind A's backlog.
+    const bRun = await submit(stack, tokB);
+    await waitCompleted(stack, tokB, bRun);
+    expect(executing).toBe(CAP);
+    expect(most).toBe(CAP);
+    // The rest of A's jobs are parked (delayed, their ids in A's parked set), not holding worker slots.
+    const parkedKey = `${stack.prefix}:tenant-parked:${tenantA}`;
+    await waitFor(async () => (await stack.redis.zcard(parkedKey)) === A_RUNS - CAP, { what: `${A_RUNS - CAP} of A's jobs to be parked` });
+    const queue = stack.container.runtime.queues.get(wf.queue)!;
+    const delayed = await queue.getDelayed();
+    expect(delayed.filter((j) => j.data?.tenant_id === tenantA && j.data?.parks === 1)).toHaveLength(A_RUNS - CAP);
+
+    releaseA();
+    for (const id of aRuns) await waitCompleted(stack, tokA, id);
+    expect(most).toBe(CAP);
+    // Nothing lost, nothing run twice: each of A's runs entered each of its four steps exactly once.
+    for (const id of aRuns) expect(entered.filter((e) => e.run === id).map((e) => e.seq)).toEqual([1, 2, 3, 4]);
+    const checkpoints = await stack.db.admin(`select run_id, count(*)::int as n from durable_checkpoints where tenant_id = $1 and status = 'completed' group by run_id`, [tenantA]);
+    expect(checkpoints.rows.map((r) => (r as { n: number }).n)).toEqual(Array(A_RUNS).fill(4));
+    // Every slot was given back and no job is left parked.
+    expect(await stack.redis.zcard(parkedKey)).toBe(0);
+    await waitFor(async () => (await stack.redis.zcard(`${stack.prefix}:tenant-slots:${tenantA}`)) === 0, { what: "A's slots to be released" });
+  });
+});
+
+describe('a worker killed while its run job holds a tenant slot', () => {
+  let stack: TestStack;
+  const tenant = newTenant();
+
+  beforeAll(async () => {
+    stack = await startStack({ api: false, workerEntry: 'test/helpers/test-worker.ts', extraWorkflows: [slowWorkflow()], env: { WORKER_MAX_ACTIVE_RUNS_PER_TENANT: '1' } });
+  }, LONG);
+  afterAll(async () => {
+    await stack?.stop();
+  });
+
+  it("cap 1: the SIGKILLed holder's slot lapses on its own (its job is not re-delivered) and the tenant's next run proceeds", { timeout: LONG }, async () => {
+    // The holder serves only gp-slow and hangs in the run's first step: nothing else will carry that run's job.
+    const holder = await stack.spawnWorker({ GP_SLOW_STEP_MS: 'hang', WORKER_QUEUES: SLOW_QUEUE });
+    const stuck = await createSlowRun(stack, tenant, { enqueue: true });
+    await waitEntered(holder, stuck.id, 1);
+    const slotsKey = `${stack.prefix}:tenant-slots:${tenant}`;
+    const member = slotMember(SLOW_QUEUE, (await jobOf(stack, stuck, 1))!.id!);
+    expect(await stack.redis.zrange(slotsKey, '0', '-1')).toEqual([member]);
+    holder.kill('SIGKILL');
+    await holder.exited;
+
+    // Nobody renews the dead holder's lease: it lapses by Redis's clock (three lock durations).
+    const expiry = Number(await stack.redis.zscore(slotsKey, member));
+    await waitFor(
+      async () => {
+        const [sec, us] = await stack.redis.time();
+        return Number(sec) * 1000 + Math.floor(Number(us) / 1000) > expiry;
+      },
+      { timeoutMs: 30_000, what: "the dead holder's lease to lapse" },
+    );
+    // The tenant's next run, on a worker of another queue: with the cap at 1 it runs only once the lapsed slot is dropped.
+    await stack.spawnWorker({ GP_SLOW_STEP_MS: '0', WORKER_QUEUES: GOLDEN_PATH_QUEUE });
+    const { run } = await stack.container.runtime.start(tenantEm(stack.container.orm, tenant), GOLDEN_PATH, {
+      tenantId: tenant,
+      principal: 'fair-share-test',
+      idempotencyHash: randomUUID().replaceAll('-', '').padEnd(64, '0'),
+      input: CLASS_A_SUBMISSION,
+      correlationId: randomUUID(),
+    });
+    expect((await waitRun(stack, tenant, run.id, ['completed', 'failed'], 30_000)).status).toBe('completed');
+    // The dead holder's run is still active, its first step not committed (its job waits for a gp-slow worker), and its slot is gone.
+    expect((await readRun(stack, tenant, stuck.id)).status).toBe('pending');
+    await waitFor(async () => (await stack.redis.zcard(slotsKey)) === 0, { what: 'the slots to be given back' });
+  });
+});

@@ -1,0 +1,119 @@
+/**
+ * The scripts behind WORKER_MAX_ACTIVE_RUNS_PER_TENANT (src/platform/durable/tenant-slots.ts) against
+ * the real Redis: acquire, renew, release, lapse of a lease, and the order parked jobs are popped in.
+ */
+import { afterAll, afterEach, describe, expect, it } from 'vitest';
+import { randomBytes, randomUUID } from 'node:crypto';
+import { Redis } from 'ioredis';
+import { TenantSlots, parseSlotMember, slotMember } from '../../src/platform/durable/tenant-slots.ts';
+import { TEST_REDIS_URL } from '../helpers/env.ts';
+import { waitFor } from '../helpers/poll.ts';
+
+const redis = new Redis(TEST_REDIS_URL, { maxRetriesPerRequest: 1 });
+const prefix = `t${randomBytes(5).toString('hex')}`;
+const LONG_LEASE = 60_000;
+
+const redisNow = async () => {
+  const [s, us] = await redis.time();
+  return Number(s) * 1000 + Math.floor(Number(us) / 1000);
+};
+
+describe('tenant slots (Redis scripts)', () => {
+  afterEach(async () => {
+    const keys = await redis.keys(`${prefix}:*`);
+    if (keys.length) await redis.del(...keys);
+  });
+  afterAll(() => redis.disconnect());
+
+  it('acquires up to the cap, renews a slot already held, refuses past the cap, and a release frees one', async () => {
+    const slots = new TenantSlots(redis, { prefix, cap: 2, leaseMs: LONG_LEASE });
+    const tenant = randomUUID();
+    const before = await redisNow();
+    expect(await slots.acquire(tenant, 'q:a')).toBe(true);
+    expect(await slots.acquire(tenant, 'q:b')).toBe(true);
+    expect(await slots.acquire(tenant, 'q:c')).toBe(false);
+    // A job that holds a slot (a re-delivery of it, say) keeps it at the cap.
+    expect(await slots.acquire(tenant, 'q:a')).toBe(true);
+    expect((await redis.zrange(slots.slotsKey(tenant), '0', '-1')).sort()).toEqual(['q:a', 'q:b']);
+    // Scored by lease expiry on Redis's clock; the set itself expires with its last lease.
+    const after = await redisNow();
+    const score = Number(await redis.zscore(slots.slotsKey(tenant), 'q:a'));
+    expect(score).toBeGreaterThanOrEqual(before + LONG_LEASE);
+    expect(score).toBeLessThanOrEqual(after + LONG_LEASE);
+    expect(await redis.pttl(slots.slotsKey(tenant))).toBeGreaterThan(0);
+    // Another tenant's slots are its own.
+    expect(await slots.acquire(randomUUID(), 'q:c')).toBe(true);
+
+    expect(await slots.release(tenant, 'q:a')).toBeNull();
+    expect(await slots.acquire(tenant, 'q:c')).toBe(true);
+    expect((await redis.zrange(slots.slotsKey(tenant), '0', '-1')).sort()).toEqual(['q:b', 'q:c']);
+  });
+
+  it('renewal moves a lease on, and puts back a slot that lapsed while its job still ran', async () => {
+    const slots = new TenantSlots(redis, { prefix, cap: 1, leaseMs: LONG_LEASE });
+    const tenant = randomUUID();
+    await slots.acquire(tenant, 'q:a');
+    const first = Number(await redis.zscore(slots.slotsKey(tenant), 'q:a'));
+    await waitFor(async () => (await redisNow()) > first - LONG_LEASE, { what: "Redis's clock to move on" });
+    await slots.renew([{ tenant, member: 'q:a' }]);
+    expect(Number(await redis.zscore(slots.slotsKey(tenant), 'q:a'))).toBeGreaterThan(first);
+    await redis.zrem(slots.slotsKey(tenant), 'q:a');
+    await slots.renew([{ tenant, member: 'q:a' }]);
+    expect(await redis.zrange(slots.slotsKey(tenant), '0', '-1')).toEqual(['q:a']);
+  });
+
+  it('a lease that lapsed (its holder died) frees the slot for the next acquire, while the other holders keep theirs', async () => {
+    const shortLease = new TenantSlots(redis, { prefix, cap: 2, leaseMs: 300 });
+    const slots = new TenantSlots(redis, { prefix, cap: 2, leaseMs: LONG_LEASE });
+    const tenant = randomUUID();
+    expect(await shortLease.acquire(tenant, 'q:dead')).toBe(true);
+    // A live holder keeps the set (and its expiry) alive: only the lapsed member may go.
+    expect(await slots.acquire(tenant, 'q:live')).toBe(true);
+    expect(await slots.acquire(tenant, 'q:next')).toBe(false);
+    const expiry = Number(await redis.zscore(slots.slotsKey(tenant), 'q:dead'));
+    // Nobody renews q:dead: once Redis's clock passes its expiry, its slot is free.
+    await waitFor(async () => (await redisNow()) > expiry, { timeoutMs: 10_000, what: 'the lease to lapse' });
+    expect(await slots.acquire(tenant, 'q:next')).toBe(true);
+    expect((await redis.zrange(slots.slotsKey(tenant), '0', '-1')).sort()).toEqual(['q:live', 'q:next']);
+  });
+
+  it('parked jobs are popped earliest first, one per slot given back, and only while a slot is free', async () => {
+    const slots = new TenantSlots(redis, { prefix, cap: 2, leaseMs: LONG_LEASE });
+    const tenant = randomUUID();
+    await slots.acquire(tenant, 'q:h1');
+    await slots.acquire(tenant, 'q:h2');
+    // Parked out of order: the score (first park time) decides, not the order of parking.
+    expect(await slots.park(tenant, 'q:p3', 3_000)).toBeNull();
+    expect(await slots.park(tenant, 'q:p1', 1_000)).toBeNull();
+    expect(await slots.park(tenant, 'q:p2', 2_000)).toBeNull();
+    expect(await redis.pttl(slots.parkedKey(tenant))).toBeGreaterThan(0);
+
+    expect(await slots.release(tenant, 'q:h1')).toBe('q:p1');
+    // The popped job has not taken its slot yet; the other holder's release pops the next.
+    expect(await slots.release(tenant, 'q:h2')).toBe('q:p2');
+    // p2 acquires (its entry would be dropped from the parked set if it were there); p3 is still parked.
+    expect(await slots.acquire(tenant, 'q:p2')).toBe(true);
+    expect(await redis.zrange(slots.parkedKey(tenant), '0', '-1')).toEqual(['q:p3']);
+    // A job that comes back on its fallback delay and gets a slot leaves the parked set.
+    expect(await slots.acquire(tenant, 'q:p3')).toBe(true);
+    expect(await redis.zcard(slots.parkedKey(tenant))).toBe(0);
+    // Full again (p2, p3): a release frees one, but nothing is parked.
+    expect(await slots.release(tenant, 'q:p2')).toBeNull();
+  });
+
+  it('a park that finds a slot freed since its acquire pops the earliest parked job at once (no wake-up lost)', async () => {
+    const slots = new TenantSlots(redis, { prefix, cap: 1, leaseMs: LONG_LEASE });
+    const tenant = randomUUID();
+    await slots.acquire(tenant, 'q:holder');
+    expect(await slots.acquire(tenant, 'q:late')).toBe(false);
+    // The holder gives its slot back before q:late is recorded as parked: its release pops nothing.
+    expect(await slots.release(tenant, 'q:holder')).toBeNull();
+    expect(await slots.park(tenant, 'q:late', 5_000)).toBe('q:late');
+    expect(await redis.zcard(slots.parkedKey(tenant))).toBe(0);
+  });
+
+  it('a member names its queue and job id; a cap below 1 is refused', () => {
+    expect(parseSlotMember(slotMember('golden-path', 'gp-abc-1-partner-dossier'))).toEqual({ queue: 'golden-path', jobId: 'gp-abc-1-partner-dossier' });
+    expect(() => new TenantSlots(redis, { prefix, cap: 0, leaseMs: 1000 })).toThrow(/at least 1/);
+  });
+});
