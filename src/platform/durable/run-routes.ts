@@ -124,7 +124,10 @@ export function runRoutes<V, R extends RunViewRow, O>(opts: RunRoutesOptions<V, 
         res.locals.runId = run.id;
         if (!(ACTIVE_RUN_STATUSES as readonly string[]).includes(run.status)) throw new RunNotActiveError(run.id, run.status);
         const cancellation: RunCancellation = { code: 'cancelled', message: `Cancelled by ${principal.sub}.`, cancelled_by: principal.sub, cancelled_at: new Date().toISOString() };
-        await runtime.complete(em, run.id, 'cancelled', { error: cancellation });
+        // The run's `run.cancelled` webhook deliveries commit with the cancel (ADR 0013) and are sent after it.
+        const deliveries: string[] = [];
+        await runtime.complete(em, run.id, 'cancelled', { error: cancellation }, deliveries);
+        afterCommit(() => runtime.dispatchDeliveries(run.tenant_id, deliveries));
         const release = await opts.onCancelled?.(em, run.tenant_id, run.id);
         afterCommit(async () =>
           // Among the run's lines: its correlation id, not the cancel request's (the request's own line has that).
