@@ -8,6 +8,7 @@ import { isoTime, toIsoTime, toIsoTimeOrNull } from '../http/iso-time.ts';
 import { ADMIN_ROLE } from '../tenancy/roles.ts';
 import { DELIVERY_STATUSES, WEBHOOK_EVENT_TYPES } from './webhook.entities.ts';
 import { resolvedRefusal, type UrlPolicy } from './ssrf.ts';
+import { webhookPayload } from './webhook-events.ts';
 
 export const WEBHOOK_ENDPOINTS_PATH = '/api/v1/webhook-endpoints';
 const TAGS = ['webhooks'];
@@ -51,7 +52,7 @@ const deliveryView = z
     next_attempt_at: isoTime.nullable().describe('When the next attempt is due (pending); null once delivered or failed'),
     delivered_at: isoTime.nullable(),
     created_at: isoTime,
-    payload: z.unknown().describe('The message POSTed: {type, timestamp, data}'),
+    payload: webhookPayload.describe('The message POSTed'),
   })
   .meta({ id: 'WebhookDelivery' });
 const deliveryPage = pageSchema(deliveryView).meta({ id: 'WebhookDeliveryPage' });
@@ -204,7 +205,7 @@ export function webhookEndpointRoutes(deps: { policy: UrlPolicy }): RouteDef[] {
             next_attempt_at: toIsoTimeOrNull(r.next_attempt_at),
             delivered_at: toIsoTimeOrNull(r.delivered_at),
             created_at: toIsoTime(r.created_at),
-            payload: r.payload,
+            payload: r.payload as DeliveryPage['items'][number]['payload'],
           })),
           next_cursor: nextCursor(page[page.length - 1], rows.length > query.limit),
         };
