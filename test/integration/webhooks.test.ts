@@ -14,6 +14,7 @@ import { api, CLASS_A_SUBMISSION, newTenant, SAMPLE_SUBMISSION, startStack, type
 import { waitFor } from '../helpers/poll.ts';
 import { tenantEm } from '../../src/platform/db/tenant-em.ts';
 import { WEBHOOK_QUEUE, WEBHOOK_REDELIVERY_JOB, webhookHandlers } from '../../src/platform/webhooks/delivery.ts';
+import { barrier, wrappedGoldenPath, startRunHost } from '../helpers/run-host.ts';
 
 interface Received {
   path: string;
@@ -205,6 +206,58 @@ describe('webhooks', () => {
     expect(result.enqueued).toBeGreaterThanOrEqual(1);
     const got = await waitFor(() => receiver.verified('/lost', t.endpoint.secret).find((m) => m.data.run_id === runId), { timeoutMs: 30_000, what: 'the lost delivery' });
     expect(got).toMatchObject({ type: 'run.failed', data: { status: 'failed' } });
+  });
+});
+
+/**
+ * The run's last step, held by a worker in this process until a cancel has committed: its
+ * checkpoint then finds the run no longer active and its transaction — the run's end with its
+ * run.completed delivery — commits nothing. The run's only event is the cancel's.
+ */
+describe('outbox: a step transaction that rolls back', () => {
+  let stack: TestStack;
+  let receiver: Receiver;
+
+  beforeAll(async () => {
+    stack = await startStack({ env: { WEBHOOK_ALLOW_PRIVATE_NETWORKS: 'true' } }); // no worker process: only the host below runs the run
+    receiver = await startReceiver();
+  }, 120_000);
+  afterAll(async () => {
+    await receiver?.close();
+    await stack?.stop();
+  });
+
+  it('writes no delivery: a run cancelled while its last step runs has run.cancelled only, never run.completed', async () => {
+    const t = await tenantWithEndpoint(stack, receiver, '/held', ['run.completed', 'run.cancelled']);
+    const b = barrier();
+    const last = stack.container.runtime.workflow('golden-path').steps.length;
+    const host = startRunHost(
+      stack,
+      wrappedGoldenPath(stack, (step, seq) => async (input, ctx) => {
+        if (seq === last) {
+          b.enter();
+          await b.released;
+        }
+        return step.run(input, ctx);
+      }),
+      'webhook-held',
+    );
+    try {
+      const runId = await submit(stack, t.admin, CLASS_A_SUBMISSION);
+      await b.inside;
+      expect(await deliveriesOfRun(stack, runId)).toEqual([]); // not ended yet: no event
+      const cancel = await api(stack, 'POST', `/api/v1/golden-path/runs/${runId}/cancel`, { token: t.admin, headers: { 'Idempotency-Key': randomUUID() } });
+      expect(cancel.status, cancel.text).toBe(200);
+      b.release();
+      // The step's transaction ran to its checkpoint and rolled back there; the job then ended.
+      await waitFor(async () => (await stack.db.admin(`select count(*)::int as n from durable_checkpoints where run_id = $1`, [runId])).rows[0].n === last - 1 && (await api(stack, 'GET', `/api/v1/golden-path/runs/${runId}`, { token: t.admin })).json.status === 'cancelled', { what: 'the held step to end' });
+      const queue = stack.container.queues.get('golden-path')!;
+      await waitFor(async () => (await queue.getJobCounts('active', 'wait')).active === 0, { what: 'the run job to end' });
+      expect((await deliveriesOfRun(stack, runId)).map((d) => d.event_type)).toEqual(['run.cancelled']);
+    } finally {
+      b.release();
+      await host.stop();
+    }
   });
 });
 
