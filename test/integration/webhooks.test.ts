@@ -93,7 +93,7 @@ describe('webhooks', () => {
   let receiver: Receiver;
 
   beforeAll(async () => {
-    stack = await startStack({ env: { WEBHOOK_ALLOW_PRIVATE_NETWORKS: 'true', WEBHOOK_RETRY_BASE: '50ms', APPROVAL_SLA_B: '1h' } });
+    stack = await startStack({ env: { WEBHOOK_ALLOW_PRIVATE_NETWORKS: 'true', WEBHOOK_RETRY_BASE: '50ms', WEBHOOK_MAX_ATTEMPTS: '3', APPROVAL_SLA_B: '1h' } });
     receiver = await startReceiver();
     await stack.spawnWorker();
   }, 120_000);
@@ -165,6 +165,22 @@ describe('webhooks', () => {
     // The same message both times: receivers deduplicate by webhook-id.
     expect(got[0]!.headers['webhook-id']).toBe(got[1]!.headers['webhook-id']);
     expect(receiver.verified('/flaky', t.endpoint.secret).map((m) => m.data.run_id)).toEqual([runId, runId]);
+  });
+
+  it('a receiver that keeps failing gets WEBHOOK_MAX_ATTEMPTS attempts, then the delivery is failed with its last answer', async () => {
+    receiver.plan('/down', [503, 503, 503, 503]);
+    const t = await tenantWithEndpoint(stack, receiver, '/down', ['run.completed']);
+    const runId = await submit(stack, t.admin, CLASS_A_SUBMISSION);
+    await waitRun(stack, t.admin, runId, ['completed']);
+    const page = await waitFor(
+      async () => {
+        const res = await api(stack, 'GET', `${ENDPOINTS}/${t.endpoint.id}/deliveries?status=failed`, { token: t.admin });
+        return res.json?.items?.length ? res.json : undefined;
+      },
+      { timeoutMs: 30_000, what: 'the delivery to be given up' },
+    );
+    expect(page.items[0]).toMatchObject({ status: 'failed', attempts: 3, last_status_code: 503, last_error: 'HTTP 503', next_attempt_at: null, delivered_at: null });
+    expect(receiver.received.filter((r) => r.path === '/down')).toHaveLength(3);
   });
 
   it('outbox: a transaction that ends a run but rolls back leaves no delivery; the one that commits leaves exactly one', async () => {
