@@ -223,6 +223,32 @@ describe('webhooks', () => {
     const got = await waitFor(() => receiver.verified('/lost', t.endpoint.secret).find((m) => m.data.run_id === runId), { timeoutMs: 30_000, what: 'the lost delivery' });
     expect(got).toMatchObject({ type: 'run.failed', data: { status: 'failed' } });
   });
+
+  it('a disabled endpoint gets no new event, and its pending delivery is given up unsent', async () => {
+    const t = await tenantWithEndpoint(stack, receiver, '/disabled', ['run.failed', 'run.cancelled']);
+    const [first, second] = [await submit(stack, t.admin, SAMPLE_SUBMISSION), await submit(stack, t.admin, { ...SAMPLE_SUBMISSION, partner: { ...SAMPLE_SUBMISSION.partner, name: 'Other' } })];
+    await waitRun(stack, t.admin, first, ['waiting']);
+    await waitRun(stack, t.admin, second, ['waiting']);
+    // A delivery committed while the endpoint was enabled, its job not yet added …
+    const ids: string[] = [];
+    await tenantEm(stack.container.orm, t.tenantId).transactional((tx) => stack.container.runtime.complete(tx, first, 'failed', { error: { code: 'test' } }, ids));
+    const disabled = await api(stack, 'POST', `${ENDPOINTS}/${t.endpoint.id}/disable`, { token: t.admin, headers: { 'Idempotency-Key': randomUUID() } });
+    expect(disabled.status, disabled.text).toBe(200);
+    // … is given up at its attempt; an event after the disable inserts none.
+    await stack.container.runtime.dispatchDeliveries(t.tenantId, ids);
+    const cancel = await api(stack, 'POST', `/api/v1/golden-path/runs/${second}/cancel`, { token: t.admin, headers: { 'Idempotency-Key': randomUUID() } });
+    expect(cancel.status, cancel.text).toBe(200);
+    const page = await waitFor(
+      async () => {
+        const res = await api(stack, 'GET', `${ENDPOINTS}/${t.endpoint.id}/deliveries`, { token: t.admin });
+        return res.json?.items?.[0]?.status === 'failed' ? res.json : undefined;
+      },
+      { timeoutMs: 30_000, what: 'the pending delivery to be given up' },
+    );
+    expect(page.items).toHaveLength(1);
+    expect(page.items[0]).toMatchObject({ id: ids[0], status: 'failed', attempts: 1, last_error: 'endpoint disabled', last_status_code: null });
+    expect(receiver.received.filter((r) => r.path === '/disabled')).toHaveLength(0);
+  });
 });
 
 /**
