@@ -18,6 +18,12 @@ import { AdmissionController } from './platform/http/admission.ts';
 import { bullmqTelemetry } from './platform/telemetry/bullmq-telemetry.ts';
 import { MAINTENANCE_QUEUE } from './platform/queue/maintenance.ts';
 import { servedRunQueues } from './platform/durable/worker-host.ts';
+import { WEBHOOK_QUEUE, enqueueDeliveries } from './platform/webhooks/delivery.ts';
+import { webhookEndpointRoutes } from './platform/webhooks/webhook-endpoints.routes.ts';
+import type { UrlPolicy } from './platform/webhooks/ssrf.ts';
+
+/** Which webhook receivers the configuration admits (the SSRF guard, ADR 0013). */
+export const webhookUrlPolicy = (config: Config): UrlPolicy => ({ allowPrivate: config.WEBHOOK_ALLOW_PRIVATE_NETWORKS, httpsOnly: config.NODE_ENV === 'production' });
 
 export interface Container {
   config: Config;
@@ -75,12 +81,18 @@ export async function createContainer(
   for (const wf of workflows) queue(wf.queue);
   // Bull Board and /metrics show the maintenance queue too (its scheduler is upserted by workers).
   queue(MAINTENANCE_QUEUE);
-  const runtime = new DurableRuntime({ workflows, queues, logger, keep: keepFromConfig(config) });
+  // Webhook deliveries are enqueued by whichever process committed them (API: a cancel; worker: a run's end).
+  queue(WEBHOOK_QUEUE);
+  const webhooks = { dispatch: (tenantId: string, ids: readonly string[]) => enqueueDeliveries(queue(WEBHOOK_QUEUE), tenantId, ids) };
+  const runtime = new DurableRuntime({ workflows, queues, logger, keep: keepFromConfig(config), webhooks });
   const idempotency = new IdempotencyService({ ttlMs: config.IDEMPOTENCY_TTL, leaseMs: config.IDEMPOTENCY_LEASE });
   const verifier = createTokenVerifier(config);
   const metrics = createMetrics();
   const admission = new AdmissionController({ redis, prefix: config.QUEUE_PREFIX, perMinute: config.RATE_LIMIT_PER_MINUTE, maxInFlight: config.MAX_RUNS_IN_FLIGHT_PER_TENANT });
-  const routes = routesFor({ config, runtime, queue: () => queue('golden-path'), admission, onRunRetried: (workflow) => metrics.runsRetried.inc({ workflow }) });
+  const routes = [
+    ...routesFor({ config, runtime, queue: () => queue('golden-path'), admission, onRunRetried: (workflow) => metrics.runsRetried.inc({ workflow }) }),
+    ...webhookEndpointRoutes({ policy: webhookUrlPolicy(config) }),
+  ];
   const instanceId = `${hostname()}-${process.pid}-${randomUUID().slice(0, 8)}`;
   return {
     config,

@@ -5,6 +5,7 @@ import { EconomicsModelRow, PartnerDossierRow } from './modules/golden-path/gold
 import { ApprovalDecision, ApprovalPolicyChange, ApprovalPolicyRow, ApprovalRequest } from './modules/approvals/approval.entities.ts';
 import { EvidencePackRow } from './modules/evidence/evidence-pack.entity.ts';
 import { EvidenceSealRow } from './modules/evidence/evidence-seal.entity.ts';
+import { WebhookDelivery, WebhookEndpoint } from './platform/webhooks/webhook.entities.ts';
 import { PartnerOffboardingRow } from './modules/partner-offboarding/partner-offboarding.entities.ts';
 
 /** Every entity of the application, platform and modules; the ORM, migrations and RLS suite read this list. */
@@ -21,4 +22,6 @@ export const entities = [
   EvidencePackRow,
   EvidenceSealRow,
   PartnerOffboardingRow,
+  WebhookEndpoint,
+  WebhookDelivery,
 ];

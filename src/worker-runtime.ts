@@ -9,6 +9,8 @@ import { TenantSlots } from './platform/durable/tenant-slots.ts';
 import { scheduleMaintenance, MAINTENANCE_QUEUE, maintenanceHandlers, upsertMaintenanceSchedulers } from './platform/queue/maintenance.ts';
 import { startMetricsServer } from './platform/telemetry/metrics-server.ts';
 import { onShutdown } from './platform/process/shutdown.ts';
+import { WEBHOOK_QUEUE, webhookHandlers } from './platform/webhooks/delivery.ts';
+import { webhookUrlPolicy } from './container.ts';
 
 export interface WorkerProcess {
   workers: Worker[];
@@ -76,13 +78,26 @@ export async function startWorkerProcess(c: Container, signal?: AbortSignal): Pr
   const host = startWorkers({
     runtime: c.runtime,
     executor,
-    handlers: { ...c.jobHandlers(), ...maintenanceHandlers({ orm: c.orm, idempotency: c.idempotency, logger: c.logger, runRetentionMs: cfg.RUN_RETENTION, runsDeleted: c.metrics.runsDeleted, maintenanceQueue: () => c.queues.get(MAINTENANCE_QUEUE) }) },
+    handlers: {
+      ...c.jobHandlers(),
+      ...maintenanceHandlers({ orm: c.orm, idempotency: c.idempotency, logger: c.logger, runRetentionMs: cfg.RUN_RETENTION, runsDeleted: c.metrics.runsDeleted, maintenanceQueue: () => c.queues.get(MAINTENANCE_QUEUE) }),
+      ...webhookHandlers({
+        orm: c.orm,
+        logger: c.logger,
+        settings: { timeoutMs: cfg.WEBHOOK_TIMEOUT, maxAttempts: cfg.WEBHOOK_MAX_ATTEMPTS, retryBaseMs: cfg.WEBHOOK_RETRY_BASE, policy: webhookUrlPolicy(cfg) },
+        queue: () => c.queues.get(WEBHOOK_QUEUE)!,
+        outcomes: c.metrics.webhookDeliveries,
+        // A pending delivery overdue by this much has lost its job (Redis flushed): the sweeper's own patience.
+        redeliverAfterMs: cfg.SWEEPER_MIN_AGE,
+      }),
+    },
     connection,
     prefix: cfg.QUEUE_PREFIX,
     settings,
     logger: c.logger,
     telemetry: c.telemetry,
-    queues: [...new Set([...c.servedQueues, MAINTENANCE_QUEUE])],
+    // Every worker serves the maintenance and webhook queues, whatever WORKER_QUEUES says.
+    queues: [...new Set([...c.servedQueues, MAINTENANCE_QUEUE, WEBHOOK_QUEUE])],
     // Off (0): no tenant slot is taken, and no Redis command is added to a run job's path.
     ...(cfg.WORKER_MAX_ACTIVE_RUNS_PER_TENANT > 0
       ? {

@@ -174,6 +174,7 @@ export function jobHandlersFor(deps: {
         throw new DelayedError();
       }
       if (found.outcome === 'expired') {
+        await found.afterCommit();
         // The run ended here: one line among the run's (its run id and correlation id).
         deps.logger?.info(
           { job_id: job.id, run_id: data.run_id, tenant_id: data.tenant_id, correlation_id: found.correlationId, approval_request_id: found.approvalRequestId },

@@ -175,6 +175,8 @@ function valueFor(spec: TableSpec, col: ColumnSpec): unknown {
       return '2026-01-01';
     case 'bool':
       return false;
+    case '_text':
+      return [randomBytes(8).toString('hex')];
     default:
       throw new Error(`cannot build a value for ${spec.table}.${col.name} of type ${col.udt}: teach test/helpers/tenant-rows.ts this type`);
   }

@@ -125,8 +125,12 @@ describe("a list's limit", () => {
   const lists = () => stack.container.routes.filter((r) => r.method === 'get' && r.query && 'limit' in ((r.query as unknown as { shape?: object }).shape ?? {}));
 
   it('is plain decimal digits from 1 to 100: hex, exponents, signs, fractions and blanks are a 400 naming it, on every list route', async () => {
-    expect(lists().map((r) => r.path)).toEqual(expect.arrayContaining(['/api/v1/golden-path/runs', '/api/v1/partner-offboarding/runs', '/api/v1/approvals']));
-    for (const def of lists()) {
+    expect(lists().map((r) => r.path)).toEqual(expect.arrayContaining(['/api/v1/golden-path/runs', '/api/v1/partner-offboarding/runs', '/api/v1/approvals', '/api/v1/webhook-endpoints/:id/deliveries']));
+    // A list under one resource (an endpoint's deliveries) is read under one that exists.
+    const endpoint = await api(stack, 'POST', '/api/v1/webhook-endpoints', { token, body: { url: 'https://93.184.215.14/hook', events: ['run.completed'] }, headers: { 'Idempotency-Key': randomUUID() } });
+    expect(endpoint.status, endpoint.text).toBe(201);
+    for (const route of lists()) {
+      const def = { ...route, path: route.path.replace(':id', endpoint.json.id as string) };
       // Number() reads all of these as 1..100; none is what a client means by a page size.
       for (const bad of ['0x10', '0X10', '0b11', '0o7', '1e1', '+5', '5.0', '%205', '5%20', 'Infinity', '', '0', '101', '-1', '1,2']) {
         const res = await api(stack, 'GET', `${def.path}?limit=${bad}`, { token });

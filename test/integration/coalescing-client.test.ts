@@ -1,4 +1,5 @@
 import { afterAll, describe, expect, it } from 'vitest';
+import { WEBHOOK_QUEUE } from '../../src/platform/webhooks/delivery.ts';
 import { randomBytes, randomUUID } from 'node:crypto';
 import pg from 'pg';
 import { CLASS_A_SUBMISSION, startStack } from '../helpers/stack.ts';
@@ -404,17 +405,43 @@ describe('coalescing client', () => {
     await job!.remove();
   });
 
-  it("a class A run's job is four messages, one per step: the first runs from what the job carries, its checkpoint checks the run and brings the approval step's policy", async () => {
+  /** A class A run's job, run here (no worker is running): what it returns and every message it sends. */
+  async function classARun(tenant: string) {
     const { runtime, orm } = stack.container;
-    const tenant = randomUUID();
     const input = { tenantId: tenant, principal: 'producer', idempotencyHash: randomBytes(32).toString('hex'), input: CLASS_A_SUBMISSION, correlationId: randomUUID() };
     const { run } = await runtime.start(tenantEm(orm, tenant), GOLDEN_PATH, input);
     const wf = runtime.workflow(GOLDEN_PATH);
-    const queue = runtime.queues.get(wf.queue)!;
-    // The job runs here, in this process, so every message it sends is seen (no worker is running).
-    const job = (await queue.getJob(stepJobId(wf.tag, input.idempotencyHash, 1, wf.steps[0]!.name)))!;
+    const job = (await runtime.queues.get(wf.queue)!.getJob(stepJobId(wf.tag, input.idempotencyHash, 1, wf.steps[0]!.name)))!;
     const executor = new StepExecutor({ orm, runtime, logger: pino({ level: 'silent' }), workerId: 'test', leaseMs: 2_000 });
     const { result: outcome, texts } = await sent(() => executor.process(job));
+    await job.remove();
+    return { run, outcome, texts };
+  }
+
+  it("webhooks add no round trip: a class A run of a tenant with an endpoint is four messages too, the last inserting its run.completed delivery (ADR 0013)", async () => {
+    const tenant = randomUUID();
+    const endpointId = randomUUID();
+    await stack.db.admin(
+      `insert into webhook_endpoints (id, tenant_id, url, events, secret, enabled, created_by, created_at, updated_at) values ($1, $2, 'https://93.184.215.14/hook', '{run.completed}', 'whsec_AAAA', true, 'test', now(), now())`,
+      [endpointId, tenant],
+    );
+    const { run, outcome, texts } = await classARun(tenant);
+    expect(outcome.steps.map((st) => st.status)).toEqual(['completed', 'completed', 'completed', 'completed']);
+    expect(texts).toHaveLength(4);
+    expect(texts[3]).toMatch(/insert into webhook_deliveries[\s\S]*commit$/);
+    const rows = await stack.db.admin(`select endpoint_id, event_type, status from webhook_deliveries where tenant_id = $1 and payload->'data'->>'run_id' = $2`, [tenant, run.id]);
+    expect(rows.rows).toEqual([{ endpoint_id: endpointId, event_type: 'run.completed', status: 'pending' }]);
+    // Enqueued after the commit (no worker here takes it).
+    const jobs = await stack.container.runtime.queues.get(WEBHOOK_QUEUE)!.getJobs(['wait', 'delayed', 'prioritized']);
+    expect(jobs.filter((j) => j.data?.tenant_id === tenant)).toHaveLength(1);
+  });
+
+  it("a class A run's job is four messages, one per step: the first runs from what the job carries, its checkpoint checks the run and brings the approval step's policy", async () => {
+    const { runtime, orm } = stack.container;
+    const tenant = randomUUID();
+    const wf = runtime.workflow(GOLDEN_PATH);
+    // The job runs here, in this process, so every message it sends is seen (no worker is running).
+    const { run, outcome, texts } = await classARun(tenant);
     expect(outcome.steps.map((st) => [st.step, st.status, st.replayed])).toEqual(wf.steps.map((st) => [st.name, 'completed', false]));
     expect(texts).toHaveLength(4);
     expect(texts[0]).toMatch(/durable_expect\(\(select count\(\*\) from r\) = 1, [\s\S]*from approval_policies p where p\.tenant_id = r\.tenant_id\) from r\) as prefetch_3/);
@@ -425,7 +452,6 @@ describe('coalescing client', () => {
     // The policy the step used is the one the prefetch found: none, so the defaults (class A).
     const [row] = await tenantEm(orm, tenant).transactional((tx) => tx.execute<{ output: { approval_class: string } }[]>(`select output from durable_checkpoints where run_id = ? and sequence_num = 3`, [run.id]));
     expect(row!.output.approval_class).toBe('A');
-    await job.remove();
   });
 
   it('with DATABASE_PREPARED_STATEMENTS=false (a pooler that cannot keep them) nothing stays prepared, and the batch is still one message', async () => {

@@ -442,6 +442,41 @@ describe('the published schemas hold for real responses of every route', () => {
     }
   });
 
+  it('webhook endpoints read as published: create (with its secret), pages, one, disable, and its deliveries', async () => {
+    const own = newTenant();
+    const admin = await stack.token({ tenantId: own, sub: 'admin-1', roles: ['admin'] });
+    const create = async (i: number) =>
+      expectPublished(
+        'POST',
+        '/api/v1/webhook-endpoints',
+        // A public address literal: no DNS, and no delivery is ever attempted (no run of this tenant ends).
+        await api(stack, 'POST', '/api/v1/webhook-endpoints', { token: admin, body: { url: `https://93.184.215.${i}/hook`, events: ['run.completed', 'approval.requested'], description: 'd' }, headers: { 'Idempotency-Key': randomUUID() } }),
+        201,
+      ).json;
+    const first = await create(14);
+    expect(first.secret).toMatch(/^whsec_/);
+    await create(15);
+    const page = (await get('/api/v1/webhook-endpoints', '/api/v1/webhook-endpoints?limit=1', admin)).json;
+    expect(page.next_cursor).not.toBeNull();
+    expect((await get('/api/v1/webhook-endpoints', `/api/v1/webhook-endpoints?cursor=${page.next_cursor}`, admin)).json.next_cursor).toBeNull();
+    await get('/api/v1/webhook-endpoints/:id', `/api/v1/webhook-endpoints/${first.id}`, admin);
+    // Deliveries as the outbox writes them (one of each event's shape), inserted directly: no job, so none is attempted.
+    const payloads = [
+      { type: 'run.completed', timestamp: '2026-12-03T10:00:00.000Z', data: { workflow: 'golden-path', run_id: randomUUID(), status: 'completed', correlation_id: 'c-1', ended_at: '2026-12-03T10:00:00.000Z', evidence_pack_id: randomUUID() } },
+      { type: 'approval.requested', timestamp: '2026-12-03T10:00:00.000Z', data: { approval_request_id: randomUUID(), run_id: randomUUID(), workflow: 'golden-path', correlation_id: 'c-2', approval_class: 'B', required_approvals: 1, sla_deadline: '2026-12-04T10:00:00.000Z' } },
+    ];
+    for (const p of payloads) {
+      await stack.db.admin(
+        `insert into webhook_deliveries (id, tenant_id, endpoint_id, event_type, payload, status, attempts, next_attempt_at, created_at, updated_at) values ($1, $2, $3, $4, $5, 'pending', 0, now(), date_trunc('milliseconds', now()), now())`,
+        [randomUUID(), own, first.id, p.type, JSON.stringify(p)],
+      );
+    }
+    const deliveries = (await get('/api/v1/webhook-endpoints/:id/deliveries', `/api/v1/webhook-endpoints/${first.id}/deliveries`, admin)).json;
+    expect(deliveries.items.map((d: { event_type: string }) => d.event_type).sort()).toEqual(['approval.requested', 'run.completed']);
+    const disable = await api(stack, 'POST', `/api/v1/webhook-endpoints/${first.id}/disable`, { token: admin });
+    expect(expectPublished('POST', '/api/v1/webhook-endpoints/:id/disable', disable, 200).json).toMatchObject({ enabled: false });
+  });
+
   it('checked a real response against every success response that a route publishes', () => {
     const published = stack.container.routes.flatMap((def) =>
       Object.keys(def.responses)

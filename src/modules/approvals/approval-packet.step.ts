@@ -83,6 +83,16 @@ export function approvalPacketStep(deps: { slaBSeconds: number; slaCSeconds: num
         packet.decisions.push({ decided_by: 'system', decision: 'approve', comment: 'class A: approved automatically by policy', decided_at: now.toISOString(), kind: 'system' });
         return packet;
       }
+      // Committed with the step's checkpoint, so a receiver hears of the request exactly when it exists (ADR 0013).
+      ctx.emit('approval.requested', {
+        approval_request_id: id,
+        run_id: ctx.run.id,
+        workflow: ctx.run.workflow,
+        correlation_id: ctx.run.correlationId,
+        approval_class: cls,
+        required_approvals: required,
+        sla_deadline: deadline!.toISOString(),
+      });
       await deps.sla.schedule({ tenantId: ctx.run.tenantId, runId: ctx.run.id, approvalRequestId: id, idempotencyHash: ctx.run.idempotencyHash, deadline: deadline! });
       return ctx.wait(packet);
     },

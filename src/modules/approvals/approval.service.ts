@@ -126,7 +126,11 @@ export class ApprovalService {
     em: EntityManager,
     tenantId: string,
     runId: string,
-  ): Promise<{ outcome: 'not_pending' } | { outcome: 'expired'; approvalRequestId: string; correlationId: string } | { outcome: 'not_due'; deadline: Date | null }> {
+  ): Promise<
+    | { outcome: 'not_pending' }
+    | { outcome: 'expired'; approvalRequestId: string; correlationId: string; afterCommit: () => Promise<void> }
+    | { outcome: 'not_due'; deadline: Date | null }
+  > {
     // The run row first, then the request: the lock order of decide and a cancel (class comment).
     const [req] = await em.execute<(ApprovalRow & { correlation_id: string })[]>(
       `select a.id, a.tenant_id, a.run_id, a.required_approvals, a.status, a.submitted_by, a.sla_deadline,
@@ -138,19 +142,21 @@ export class ApprovalService {
     if (!req || req.status !== 'pending') return { outcome: 'not_pending' };
     if (!req.expired_now) return { outcome: 'not_due', deadline: req.sla_deadline ? new Date(req.sla_deadline) : null };
     const { seq, packet } = await this.packet(em, tenantId, runId);
+    let afterCommit: () => Promise<void>;
     try {
       // A run that no longer waits (a cancel withdrew its request, or — cancelled before `withdrawn`
       // existed — left it pending) has nothing left to expire: resume refuses before writing anything.
       // With the decisions made before the deadline (a class C request's first approval): what the request shows.
       const decisions = (await decisionsOf(em, tenantId, req.id)).map(decisionRecord);
-      await this.runtime.resume(em, runId, seq, { ...packet, outcome: 'expired', decisions }, { finalStatus: 'approval_expired' });
+      // After the commit: the run's `run.approval_expired` webhook deliveries are sent (ADR 0013).
+      afterCommit = await this.runtime.resume(em, runId, seq, { ...packet, outcome: 'expired', decisions }, { finalStatus: 'approval_expired' });
     } catch (e) {
       if (e instanceof RunNotActiveError) return { outcome: 'not_pending' };
       throw e;
     }
     // Expired at its deadline, whenever the timer ran: what the reads showed from the deadline on (approvals.routes.ts).
     await em.execute(`update approval_requests set status = 'expired', decided_at = sla_deadline, updated_at = now() where id = ?`, [req.id], 'run');
-    return { outcome: 'expired', approvalRequestId: req.id, correlationId: req.correlation_id };
+    return { outcome: 'expired', approvalRequestId: req.id, correlationId: req.correlation_id, afterCommit };
   }
 
   /**

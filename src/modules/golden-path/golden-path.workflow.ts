@@ -26,6 +26,11 @@ export function goldenPathWorkflow(
     queue: GOLDEN_PATH_QUEUE,
     input: submissionSchema,
     steps: [partnerDossierStep, economicsModelStep, approvalPacket, evidencePack],
+    // The `run.completed` / `run.rejected` webhook event names the run's evidence pack (docs/api.md, *Webhooks*).
+    eventData: (output) => {
+      const id = (output as { evidence_pack_id?: unknown } | null)?.evidence_pack_id;
+      return typeof id === 'string' ? { evidence_pack_id: id } : {};
+    },
     finish(outputs) {
       const approval = outputs['approval-packet'] as ApprovalPacket;
       return { status: approval.outcome === 'rejected' ? 'rejected' : 'completed', output: outputs['evidence-pack'] };

@@ -143,6 +143,15 @@ export const configSchema = z
     /** How long a proposed policy change that loosens the policy awaits a second admin before it expires (ADR 0010). */
     APPROVAL_POLICY_CHANGE_TTL: duration('72h').refine((ms) => ms >= 1_000 && ms <= 90 * 86_400_000, 'between 1s and 90d'),
 
+    /** Webhook receivers on loopback, private, link-local, unique-local or multicast addresses are refused unless true (development, tests). */
+    WEBHOOK_ALLOW_PRIVATE_NETWORKS: bool(false),
+    /** How long one delivery attempt (connect, send, answer) may take before it counts as failed. */
+    WEBHOOK_TIMEOUT: duration('10s').refine((ms) => ms >= 100 && ms <= 60_000, 'between 100ms and 60s'),
+    /** Delivery attempts per webhook before it is given up (`failed`). */
+    WEBHOOK_MAX_ATTEMPTS: z.coerce.number().int().min(1).max(50).default(15),
+    /** First retry delay; each next one doubles, up to 4h, with jitter (15 attempts span about 24 h). */
+    WEBHOOK_RETRY_BASE: duration('30s').refine((ms) => ms >= 10 && ms <= 3_600_000, 'between 10ms and 1h'),
+
     RATE_LIMIT_PER_MINUTE: z.coerce.number().int().min(0).default(600),
     MAX_RUNS_IN_FLIGHT_PER_TENANT: z.coerce.number().int().min(0).default(10_000),
     BODY_LIMIT: z.string().regex(/^\d+(b|kb|mb)$/i).default('64kb'),

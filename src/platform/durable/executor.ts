@@ -14,6 +14,7 @@ import type { DurableRuntime, RunRow, StepJobData } from './runtime.ts';
 import { loadRunState, startingRunState, type RunState } from './run-state.ts';
 import { WAITING, deferDelayMs, isWaiting, retryOf, type StepContext, type StepDef, type Waiting, type WorkflowDef } from './workflow.ts';
 import { versionLabel } from './registry.ts';
+import type { OutboxEvent } from '../webhooks/outbox.ts';
 
 export interface StepOutcome {
   sequence_num: number;
@@ -171,6 +172,7 @@ export class StepExecutor {
         }
         // Committed: the job's view of the run moves on without reading it again.
         const step = wf.steps[seq - 1]!;
+        await this.o.runtime.dispatchDeliveries(d.tenant_id, done.deliveries);
         const ms = performance.now() - started;
         state!.checkpoints.set(seq, { seq, step: step.name, status: done.waiting ? 'waiting' : 'completed', output: done.output });
         state!.run.status = done.runStatus;
@@ -334,6 +336,7 @@ export class StepExecutor {
     const input = step.input.parse({ submission: state.run.input, outputs: state.outputs });
     // The step's logger is made when the step first logs (most steps never do; a pino child per step was ~1.5 % of a worker's CPU).
     let logger: Logger | undefined;
+    const events: OutboxEvent[] = [];
     const ctx: StepContext = {
       em: tx,
       run: state.info,
@@ -344,6 +347,7 @@ export class StepExecutor {
       },
       signal: signal ?? new AbortController().signal,
       wait: <O>(output: O): Waiting<O> => ({ [WAITING]: true, output }),
+      emit: (type, data) => void events.push({ type, data }),
       prefetched: state.prefetched.has(seq) ? state.prefetched.get(seq) : undefined,
     };
     // The step's inserts are held and travel with its next statement: at the latest with the
@@ -362,7 +366,7 @@ export class StepExecutor {
       runStatus = fin.status;
       runOutput = fin.output;
     }
-    const prefetched = await this.o.runtime.checkpoint(tx, {
+    const { prefetched, deliveries } = await this.o.runtime.checkpoint(tx, {
       run: state.run,
       sequenceNum: seq,
       stepName: step.name,
@@ -378,10 +382,13 @@ export class StepExecutor {
       // The run row changes only with its status (first step, a wait, the end): the checkpoints are
       // the live progress, and skipping the row's update saves about a fifth of a step's PostgreSQL time.
       moveRun: runStatus !== state.run.status,
+      // Webhook deliveries (ADR 0013): the step's events, and the run's own when it ends, inserted by this statement.
+      events,
+      ...(runOutput !== undefined && wf.eventData ? { eventData: wf.eventData(runOutput) } : {}),
       // Not read in this transaction: the checkpoint checks the run, and brings the later steps' prefetches.
       ...(unread ? { expect: { run: state.run, prefetch: wf.steps.flatMap((s, i) => (s.prefetch && i + 1 > seq ? [{ seq: i + 1, sql: s.prefetch }] : [])) } } : {}),
     });
-    return { waiting, output, runStatus, prefetched };
+    return { waiting, output, runStatus, prefetched, deliveries };
   }
 
   /** Ends the job between steps at shutdown: back to `wait`, so another worker goes on from the last checkpoint. */
@@ -469,7 +476,9 @@ export class StepExecutor {
   private async markFailed(d: StepJobData, wf: WorkflowDef, seq: number, stepName: string, err: Error, attempt: number, stepRan: boolean): Promise<'failed' | 'completed-elsewhere' | 'run-ended' | 'superseded'> {
     const em = tenantEm(this.o.orm, d.tenant_id);
     const error = recordedError(err);
-    return em.transactional(async (tx) => {
+    // The run's `run.failed` deliveries, inserted with its failure (ADR 0013); enqueued after the commit.
+    const deliveries: string[] = [];
+    const outcome = await em.transactional(async (tx) => {
       // `for key share`, the lock the checkpoint's foreign key takes anyway: a retry in progress (it holds
       // the row `for update`) is waited for, and then its generation is seen. Failure path only.
       const [run] = await tx.execute<{ retry_count: number }[]>(`select retry_count from durable_runs where id = ? for key share`, [d.run_id]);
@@ -483,11 +492,13 @@ export class StepExecutor {
         [d.tenant_id, d.run_id, seq, stepName, JSON.stringify(error), attempt],
       );
       if (written.length === 0 && stepRan) return 'completed-elsewhere';
-      const failed = await this.o.runtime.complete(tx, d.run_id, 'failed', { error: { ...error, step: stepName, sequence_num: seq } });
+      const failed = await this.o.runtime.complete(tx, d.run_id, 'failed', { error: { ...error, step: stepName, sequence_num: seq } }, deliveries);
       // What the run left open while it waited (a pending approval request) closes with it.
       if (failed) await wf.onFailed?.(tx, { tenantId: d.tenant_id, runId: d.run_id });
       // Only a step's own failure: a failure to read the run (non-determinism, say) would recur on the re-read.
-      return failed || !stepRan ? 'failed' : 'run-ended';
+      return failed || !stepRan ? ('failed' as const) : ('run-ended' as const);
     });
+    await this.o.runtime.dispatchDeliveries(d.tenant_id, deliveries);
+    return outcome;
   }
 }

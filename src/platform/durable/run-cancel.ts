@@ -26,7 +26,10 @@ export async function cancelLockedRun(
   run: RunRow,
 ): Promise<void> {
   const cancellation: RunCancellation = { code: 'cancelled', message: `Cancelled by ${ctx.principal.sub}.`, cancelled_by: ctx.principal.sub, cancelled_at: new Date().toISOString() };
-  await deps.runtime.complete(ctx.em, run.id, 'cancelled', { error: cancellation });
+  // The run's `run.cancelled` webhook deliveries commit with the cancel (ADR 0013) and are sent after it.
+  const deliveries: string[] = [];
+  await deps.runtime.complete(ctx.em, run.id, 'cancelled', { error: cancellation }, deliveries);
+  ctx.afterCommit(() => deps.runtime.dispatchDeliveries(run.tenant_id, deliveries));
   const release = await deps.onCancelled?.(ctx.em, run.tenant_id, run.id);
   ctx.afterCommit(async () =>
     // Among the run's lines: its correlation id, not the cancel request's (the request's own line has that).

@@ -12,6 +12,7 @@ import type { CheckpointStatus } from './durable-checkpoint.entity.ts';
 import { STEP_BACKOFF, jobAttempts, retryOf, segmentStart, type WorkflowDef } from './workflow.ts';
 import { WorkflowRegistry, versionLabel } from './registry.ts';
 import { RunNotActiveError, RunNotFailedError, RunNotRetryableError, WorkflowVersionUnavailableError } from './errors.ts';
+import { EMITTED_EVENTS, OUTBOX_IDS, RUN_ENDED_COLUMNS, RUN_ENDED_EVENTS, outboxCte, type OutboxEvent } from '../webhooks/outbox.ts';
 
 /**
  * Runs `fn` (work that adds a run's jobs to Redis: its run job, a re-created timer) in the run's
@@ -162,6 +163,16 @@ export interface RuntimeOptions {
    * older than `age` seconds. Defaults: the newest 10,000 completed within an hour, 20,000 failed within a week.
    */
   keep?: { completed: KeepJobs; failed: KeepJobs };
+  /**
+   * Enqueues the delivery jobs of webhook deliveries a transaction inserted (the outbox, ADR 0013),
+   * after its commit. Without it nothing is enqueued here and the redelivery pass finds them.
+   */
+  webhooks?: WebhookDispatcher;
+}
+
+/** After a commit: one delivery job per outbox row it inserted (their ids). */
+export interface WebhookDispatcher {
+  dispatch(tenantId: string, deliveryIds: readonly string[]): Promise<void>;
 }
 
 /** Finished jobs BullMQ keeps: the newest `count`, none older than `age` seconds (BullMQ's KeepJobs). */
@@ -194,12 +205,26 @@ export class DurableRuntime {
   private readonly logger: Logger;
   /** How many finished jobs, and how old, BullMQ keeps (every job the runtime adds, SLA timers included). */
   readonly keep: { completed: KeepJobs; failed: KeepJobs };
+  private readonly webhooks: WebhookDispatcher | undefined;
 
   constructor(opts: RuntimeOptions) {
     this.workflows = new WorkflowRegistry(opts.workflows);
     this.queues = opts.queues;
     this.logger = opts.logger;
     this.keep = opts.keep ?? DEFAULT_KEEP;
+    this.webhooks = opts.webhooks;
+  }
+
+  /**
+   * After the commit that inserted them: enqueues the webhook deliveries' jobs. Never throws: a
+   * delivery whose job could not be added (Redis down) stays pending in PostgreSQL, and the
+   * redelivery pass enqueues it (ADR 0013).
+   */
+  async dispatchDeliveries(tenantId: string, deliveryIds: readonly string[]): Promise<void> {
+    if (deliveryIds.length === 0 || !this.webhooks) return;
+    await this.webhooks.dispatch(tenantId, deliveryIds).catch((err: unknown) =>
+      this.logger.warn({ err, tenant_id: tenantId, deliveries: deliveryIds.length }, 'could not enqueue webhook deliveries; the redelivery pass will'),
+    );
   }
 
   /** The definition new runs of `name` start on: the version marked current, else the newest registered. */
@@ -377,11 +402,16 @@ export class DurableRuntime {
        * reads of `expect.prefetch` (the later steps' prefetches, StepDef.prefetch) by sequence_num.
        */
       expect?: { run: RunRow; prefetch: { seq: number; sql: string }[] };
+      /** Events the step emitted (StepContext.emit): their webhook deliveries are inserted by this statement. */
+      events?: OutboxEvent[];
+      /** A run that ends here: what its `run.<status>` event's data carries besides the run's own fields. */
+      eventData?: Record<string, unknown>;
     },
-  ): Promise<Map<number, unknown> | undefined> {
+  ): Promise<CheckpointResult> {
     const completed = args.status === 'completed';
     const terminal = !(ACTIVE_RUN_STATUSES as readonly string[]).includes(args.runStatus);
     if (args.expect) return this.checkpointExpecting(em, args, args.expect, completed, terminal);
+    const outbox = outboxOf(terminal, args);
     // Both statements write only while the run is active, in the statement the step sends anyway (no
     // round trip more): a run cancelled (or otherwise ended) since the job read it makes durable_expect
     // raise DX001, the step's transaction commits nothing, and the job reads the run and ends (executor.ts).
@@ -390,7 +420,7 @@ export class DurableRuntime {
     // for a cancel still in progress (it holds the row `for update`) and then re-reads the status, so
     // a step never commits after a cancel that committed first.
     const notActive = `run ${args.run.id}: no longer active (cancelled or ended); the step's transaction commits nothing`;
-    if (args.moveRun === false) {
+    if (args.moveRun === false && !outbox) {
       await em.execute(
         `${args.beforeCommit ? DEFER_UNTIL_NEXT : ''}with cp as (
            insert into durable_checkpoints (id, tenant_id, run_id, sequence_num, step_name, status, output, error, attempt, created_at, updated_at, completed_at)
@@ -403,18 +433,31 @@ export class DurableRuntime {
           args.run.id, notActive],
         'run',
       );
-      return;
+      return { deliveries: [] };
     }
-    await em.execute(
-      `${args.beforeCommit ? DEFER_UNTIL_NEXT : ''}${checkpointAndRunCtes(completed, terminal, `(status || '') in ('pending', 'running', 'waiting')`, 'id')}
-       select durable_expect((select count(*) from r) = 1, ?) as expected`,
-      [randomUUID(), args.run.tenant_id, args.run.id, args.sequenceNum, args.stepName, args.status,
-        args.output === undefined ? null : JSON.stringify(args.output), args.error === undefined ? null : JSON.stringify(args.error), args.attempt,
-        args.sequenceNum, args.runStatus, args.leaseOwner ?? null, args.leaseMs ?? 0,
-        ...(terminal ? [JSON.stringify(args.runOutput ?? null)] : []), notActive],
-      'run',
+    const params = [randomUUID(), args.run.tenant_id, args.run.id, args.sequenceNum, args.stepName, args.status,
+      args.output === undefined ? null : JSON.stringify(args.output), args.error === undefined ? null : JSON.stringify(args.error), args.attempt,
+      args.sequenceNum, args.runStatus, args.leaseOwner ?? null, args.leaseMs ?? 0,
+      ...(terminal ? [JSON.stringify(args.runOutput ?? null)] : [])];
+    if (!outbox) {
+      await em.execute(
+        `${args.beforeCommit ? DEFER_UNTIL_NEXT : ''}${checkpointAndRunCtes(completed, terminal, `(status || '') in ('pending', 'running', 'waiting')`, 'id')}
+         select durable_expect((select count(*) from r) = 1, ?) as expected`,
+        [...params, notActive],
+        'run',
+      );
+      return { deliveries: [] };
+    }
+    // With webhook deliveries to insert (the run ends, or the step emitted events), the statement reads
+    // back their ids: sent with the commit as the transaction's last statement (LAST_IN_TRANSACTION)
+    // instead of held for it (DEFER_UNTIL_NEXT) — the same one round trip (ADR 0013).
+    const rows = await em.execute<{ webhook_deliveries: string[] }[]>(
+      `${args.beforeCommit ? LAST_IN_TRANSACTION : ''}${checkpointAndRunCtes(completed, terminal, `(status || '') in ('pending', 'running', 'waiting')`, RUN_ENDED_COLUMNS)},
+       ${outboxCte(outbox.sql)}
+       select durable_expect((select count(*) from r) = 1, ?) as expected, ${OUTBOX_IDS}`,
+      [...params, ...outbox.params, notActive],
     );
-    return undefined;
+    return { deliveries: rows[0]?.webhook_deliveries ?? [] };
   }
 
   /** The checkpoint of a step that ran without reading the run: written only if the run is as expected (see `expect`). */
@@ -424,7 +467,8 @@ export class DurableRuntime {
     expect: { run: RunRow; prefetch: { seq: number; sql: string }[] },
     completed: boolean,
     terminal: boolean,
-  ): Promise<Map<number, unknown>> {
+  ): Promise<CheckpointResult> {
+    const outbox = outboxOf(terminal, args);
     // `r` is the run as updated (its id and tenant), what a prefetch's subquery reads its tenant from.
     // `status || ''` is the same test as `status = 'pending'` (PostgreSQL re-checks it on a row that a
     // concurrent transaction changed, e.g. a cancel), but one the planner cannot match to the partial
@@ -435,34 +479,50 @@ export class DurableRuntime {
         terminal,
         `status || '' = 'pending' and workflow = ? and workflow_version = ? and input = ?::jsonb
            and principal = ? and idempotency_hash = ? and correlation_id = ? and created_at = ?::timestamptz`,
-        'id, tenant_id',
-      )}
-       select durable_expect((select count(*) from r) = 1, ?) as expected${expect.prefetch.map((p) => `,
+        outbox ? RUN_ENDED_COLUMNS : 'id, tenant_id',
+      )}${outbox ? `,
+       ${outboxCte(outbox.sql)}` : ''}
+       select durable_expect((select count(*) from r) = 1, ?) as expected${outbox ? `, ${OUTBOX_IDS}` : ''}${expect.prefetch.map((p) => `,
          (select (${p.sql}) from r) as prefetch_${p.seq}`).join('')}`,
       [randomUUID(), args.run.tenant_id, args.run.id, args.sequenceNum, args.stepName, args.status,
         args.output === undefined ? null : JSON.stringify(args.output), args.error === undefined ? null : JSON.stringify(args.error), args.attempt,
         args.sequenceNum, args.runStatus, args.leaseOwner ?? null, args.leaseMs ?? 0,
         ...(terminal ? [JSON.stringify(args.runOutput ?? null)] : []),
         expect.run.workflow, expect.run.workflow_version, JSON.stringify(expect.run.input), expect.run.principal, expect.run.idempotency_hash, expect.run.correlation_id,
-        new Date(expect.run.created_at).toISOString(), `run ${args.run.id}: not pending, not the job's tenant's, or not as its job carried it`],
+        new Date(expect.run.created_at).toISOString(), ...(outbox?.params ?? []), `run ${args.run.id}: not pending, not the job's tenant's, or not as its job carried it`],
     );
     const row = rows[0] ?? {};
-    return new Map(expect.prefetch.map((p) => [p.seq, row[`prefetch_${p.seq}`] ?? null]));
+    return {
+      prefetched: new Map(expect.prefetch.map((p) => [p.seq, row[`prefetch_${p.seq}`] ?? null])),
+      deliveries: (row.webhook_deliveries as string[] | undefined) ?? [],
+    };
   }
 
   /**
    * Ends a run (terminal status), e.g. failed after its retries or expired while waiting. Only an active
    * run moves; `status || ''` keeps the row found by its key, never through the partial index of active runs.
    */
-  async complete(em: EntityManager, runId: string, status: Exclude<RunStatus, 'pending' | 'running' | 'waiting'>, result: { output?: unknown; error?: unknown } = {}): Promise<boolean> {
-    const res = (await em.execute(
-      `update durable_runs set status = ?, output = coalesce(?::jsonb, output), error = ?::jsonb, completed_at = now(), updated_at = now(),
-              lease_owner = null, lease_expires_at = null
-        where id = ? and (status || '') in ('pending', 'running', 'waiting')`,
-      [status, result.output === undefined ? null : JSON.stringify(result.output), result.error === undefined ? null : JSON.stringify(result.error), runId],
-      'run',
-    )) as { affectedRows?: number };
-    return (res.affectedRows ?? 0) > 0;
+  async complete(
+    em: EntityManager,
+    runId: string,
+    status: Exclude<RunStatus, 'pending' | 'running' | 'waiting'>,
+    result: { output?: unknown; error?: unknown } = {},
+    /** Receives the ids of the webhook deliveries of the run's `run.<status>` event (the outbox, ADR 0013): dispatch them after the commit. */
+    deliveries?: string[],
+  ): Promise<boolean> {
+    // The run's event is inserted by the same statement (a CTE), so it exists exactly when the run ended.
+    const [row] = await em.execute<{ moved: boolean; webhook_deliveries: string[] }[]>(
+      `with r as (
+         update durable_runs set status = ?, output = coalesce(?::jsonb, output), error = ?::jsonb, completed_at = now(), updated_at = now(),
+                lease_owner = null, lease_expires_at = null
+          where id = ? and (status || '') in ('pending', 'running', 'waiting')
+          returning ${RUN_ENDED_COLUMNS}),
+       ${outboxCte(RUN_ENDED_EVENTS)}
+       select exists (select 1 from r) as moved, ${OUTBOX_IDS}`,
+      [status, result.output === undefined ? null : JSON.stringify(result.output), result.error === undefined ? null : JSON.stringify(result.error), runId, '{}'],
+    );
+    deliveries?.push(...(row?.webhook_deliveries ?? []));
+    return row?.moved === true;
   }
 
   /**
@@ -491,14 +551,20 @@ export class DurableRuntime {
     const last = sequenceNum === wf.steps.length;
     const status: RunStatus = opts.finalStatus ?? (last ? 'completed' : 'running');
     const terminal = !(ACTIVE_RUN_STATUSES as readonly string[]).includes(status);
-    await em.execute(
-      `update durable_runs set sequence_num = greatest(sequence_num, ?), status = ?, updated_at = now() ${terminal ? ', completed_at = now()' : ''} where id = ?`,
-      [sequenceNum, status, runId],
-      'run',
+    const update = `update durable_runs set sequence_num = greatest(sequence_num, ?), status = ?, updated_at = now() ${terminal ? ', completed_at = now()' : ''} where id = ?`;
+    if (!terminal) {
+      await em.execute(update, [sequenceNum, status, runId], 'run');
+      return async () => {
+        if (!last) await this.enqueue(run, sequenceNum + 1);
+      };
+    }
+    // The run ends here (e.g. its approval expired): its event's deliveries in the same statement (ADR 0013).
+    const [row] = await em.execute<{ webhook_deliveries: string[] }[]>(
+      `with r as (${update} returning ${RUN_ENDED_COLUMNS}), ${outboxCte(RUN_ENDED_EVENTS)} select ${OUTBOX_IDS}`,
+      [sequenceNum, status, runId, '{}'],
     );
-    return async () => {
-      if (!terminal && !last) await this.enqueue(run, sequenceNum + 1);
-    };
+    const deliveries = row?.webhook_deliveries ?? [];
+    return () => this.dispatchDeliveries(run.tenant_id, deliveries);
   }
 
   /**
@@ -605,4 +671,29 @@ function firstStepData(run: Partial<RunRow>): FirstStepData | undefined {
   if (run.principal === undefined || run.idempotency_hash === undefined || run.created_at === undefined) return undefined;
   if (Buffer.byteLength(JSON.stringify(run.input)) > FIRST_STEP_INPUT_MAX) return undefined;
   return { workflow_version: run.workflow_version, idempotency_hash: run.idempotency_hash, principal: run.principal, input: run.input, created_at: new Date(run.created_at).toISOString() };
+}
+
+/** What a checkpoint statement returns: the later steps' prefetches (`expect` only) and the webhook deliveries it inserted. */
+export interface CheckpointResult {
+  prefetched?: Map<number, unknown>;
+  /** Ids of the webhook deliveries inserted with the checkpoint: enqueue them after the commit (dispatchDeliveries). */
+  deliveries: string[];
+}
+
+/**
+ * The events a checkpoint inserts deliveries for — the run's `run.<status>` when it ends, and what
+ * the step emitted — as the query `outboxCte` reads and its parameters; undefined when there are none.
+ */
+function outboxOf(terminal: boolean, args: { events?: OutboxEvent[]; eventData?: Record<string, unknown> }): { sql: string; params: unknown[] } | undefined {
+  const parts: string[] = [];
+  const params: unknown[] = [];
+  if (terminal) {
+    parts.push(RUN_ENDED_EVENTS);
+    params.push(JSON.stringify(args.eventData ?? {}));
+  }
+  if (args.events?.length) {
+    parts.push(EMITTED_EVENTS);
+    params.push(JSON.stringify(args.events));
+  }
+  return parts.length ? { sql: parts.join(' union all '), params } : undefined;
 }

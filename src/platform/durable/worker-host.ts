@@ -7,6 +7,7 @@ import { DEFAULT_RETRY, STEP_BACKOFF, retryOf, stepBackoffMs, type WorkflowDef }
 import { ConfigError } from '../config/config.ts';
 import { MAINTENANCE_QUEUE } from '../queue/maintenance.ts';
 import { parkDelayMs, parseSlotMember, slotMember, type TenantSlots } from './tenant-slots.ts';
+import { WEBHOOK_QUEUE } from '../webhooks/delivery.ts';
 
 export interface WorkerSettings {
   concurrency: number;
@@ -26,8 +27,9 @@ export function servedRunQueues(workflows: readonly Pick<WorkflowDef, 'queue'>[]
   if (only.length === 0) return all;
   const unknown = only.filter((q) => !all.includes(q));
   if (unknown.length) {
-    // `maintenance` is a queue, but every worker serves it: naming it alone does not make a maintenance-only worker.
-    const note = unknown.includes(MAINTENANCE_QUEUE) ? ` (${MAINTENANCE_QUEUE} is served by every worker and is not named here)` : '';
+    // `maintenance` and `webhooks` are queues, but every worker serves them: naming one does not make a worker of it alone.
+    const always = unknown.find((q) => q === MAINTENANCE_QUEUE || q === WEBHOOK_QUEUE);
+    const note = always ? ` (${always} is served by every worker and is not named here)` : '';
     throw new ConfigError([`WORKER_QUEUES: ${unknown.join(', ')} is no workflow queue; there are ${all.join(', ')}${note}`]);
   }
   return [...new Set(only)];

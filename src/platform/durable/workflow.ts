@@ -59,6 +59,12 @@ export interface StepContext {
   /** Mark this step as waiting (e.g. for a human): its checkpoint is `waiting` and the run pauses. */
   wait<O>(output: O): Waiting<O>;
   /**
+   * Emits a webhook event (e.g. `approval.requested`): its deliveries, one per endpoint of the tenant
+   * subscribed to it, are inserted by the step's checkpoint statement, so they commit exactly when
+   * the step does (the outbox, ADR 0013), and are sent after the commit.
+   */
+  emit(type: string, data: Record<string, unknown>): void;
+  /**
    * What the step's `prefetch` read, with the run's state when the run job started (JSON, or null
    * when it found nothing); undefined when the step declares no prefetch.
    */
@@ -123,6 +129,11 @@ export interface WorkflowDef<In = any> {
   queue: string;
   input: ZodType<In>;
   steps: StepDef[];
+  /**
+   * What the run's `run.<status>` webhook event carries besides the run's own fields, from its output
+   * when its last step completed (e.g. the golden path's evidence pack id; docs/api.md, *Webhooks*).
+   */
+  eventData?(output: unknown): Record<string, unknown>;
   /** The run's terminal status and output once the last step completed. */
   finish?(outputs: Record<string, unknown>): { status: 'completed' | 'rejected'; output: unknown };
   /**

@@ -19,3 +19,8 @@ function checkJobId(id: string): string {
   if (id.includes(':') || /^\d+$/.test(id)) throw new Error(`invalid BullMQ job id: ${id}`);
   return id;
 }
+
+/** A webhook delivery's job (ADR 0013): one per outbox row, so enqueueing it again while it exists is a no-op. */
+export function deliveryJobId(deliveryId: string): string {
+  return checkJobId(`wh-${deliveryId}`);
+}

@@ -5,6 +5,7 @@ import type { Logger } from 'pino';
 import { systemEm } from '../db/tenant-em.ts';
 import { deleteEndedRuns } from '../durable/retention.ts';
 import type { IdempotencyService } from '../idempotency/idempotency.service.ts';
+import { WEBHOOK_REDELIVERY_JOB } from '../webhooks/delivery.ts';
 
 export const MAINTENANCE_QUEUE = 'maintenance';
 export const IDEMPOTENCY_EXPIRY_JOB = 'idempotency-expiry';
@@ -74,6 +75,8 @@ export async function scheduleMaintenance(deps: { connection: ConnectionOptions;
 export async function upsertMaintenanceSchedulers(queue: Queue, schedule: MaintenanceSchedule = {}): Promise<void> {
   const every = schedule.everyMs ?? 10 * 60_000;
   await queue.upsertJobScheduler(IDEMPOTENCY_EXPIRY_JOB, { every }, { name: IDEMPOTENCY_EXPIRY_JOB, data: {}, opts: JOB_OPTS });
+  // Pending webhook deliveries whose job Redis lost get it back within a minute (ADR 0013).
+  await queue.upsertJobScheduler(WEBHOOK_REDELIVERY_JOB, { every: Math.min(every, 60_000) }, { name: WEBHOOK_REDELIVERY_JOB, data: {}, opts: JOB_OPTS });
   const own = schedule.runRetentionMs ?? 0;
   const existing = await queue.getJobScheduler(RUN_RETENTION_JOB);
   const scheduled = existing ? scheduledRetention(existing.template?.data) : undefined;

@@ -20,6 +20,8 @@ export interface Metrics {
   runsRetried: Counter<'workflow'>;
   /** Ended runs run retention deleted (RUN_RETENTION, ADR 0011), by workflow; counted by the worker that deleted them. */
   runsDeleted: Counter<'workflow'>;
+  /** Webhook delivery attempts by outcome (delivered, retrying, failed), all tenants together (ADR 0013). */
+  webhookDeliveries: Counter<'outcome'>;
   /** When the queue depths and run counts were last read (they keep the last reading while a read fails). */
   lastRead: Gauge;
 }
@@ -81,6 +83,12 @@ export function createMetrics(): Metrics {
       name: 'dealix_runs_deleted_total',
       help: 'Ended runs deleted by run retention (RUN_RETENTION) with their checkpoints, by workflow; counted by the worker process that deleted them',
       labelNames: ['workflow'],
+      registers: [registry],
+    }),
+    webhookDeliveries: new Counter({
+      name: 'dealix_webhook_deliveries_total',
+      help: 'Webhook delivery attempts by outcome: delivered (2xx), retrying (failed, another attempt scheduled), failed (given up); counted by the worker that made the attempt',
+      labelNames: ['outcome'],
       registers: [registry],
     }),
     lastRead: new Gauge({

@@ -1,0 +1,162 @@
+import { DelayedError, Queue, type Job } from 'bullmq';
+import type { MikroORM } from '@mikro-orm/postgresql';
+import type { Counter } from 'prom-client';
+import type { Logger } from 'pino';
+import { systemEm, tenantEm } from '../db/tenant-em.ts';
+import { deliveryJobId } from '../queue/job-ids.ts';
+import { postWebhook, type AttemptOutcome } from './send.ts';
+import type { UrlPolicy } from './ssrf.ts';
+
+/** The queue of webhook delivery jobs: every worker serves it, whatever WORKER_QUEUES says (as `maintenance`). */
+export const WEBHOOK_QUEUE = 'webhooks';
+export const WEBHOOK_DELIVERY_JOB = 'webhook-delivery';
+/** The maintenance pass that enqueues pending deliveries whose job Redis lost (ADR 0013). */
+export const WEBHOOK_REDELIVERY_JOB = 'webhook-redelivery';
+
+export interface DeliveryJobData {
+  tenant_id: string;
+  delivery_id: string;
+}
+
+export interface DeliverySettings {
+  timeoutMs: number;
+  maxAttempts: number;
+  retryBaseMs: number;
+  policy: UrlPolicy;
+}
+
+/** The longest wait between two attempts. */
+export const WEBHOOK_RETRY_MAX_MS = 4 * 3600_000;
+
+/** Delay before the attempt after `failed` failed ones: doubling from `baseMs`, at most 4 h, ±20 % jitter. */
+export function retryDelayMs(baseMs: number, failed: number): number {
+  const d = Math.min(WEBHOOK_RETRY_MAX_MS, baseMs * 2 ** Math.max(0, failed - 1));
+  return Math.round(d * (0.8 + Math.random() * 0.4));
+}
+
+/**
+ * The job options of a delivery job. Its own attempts are for infrastructure only (PostgreSQL down
+ * while it records an attempt): the receiver's failures are retried by the handler, which moves the
+ * job to `delayed` until the row's next_attempt_at, spending no BullMQ attempt.
+ */
+const JOB_OPTS = {
+  attempts: 5,
+  backoff: { type: 'exponential', delay: 1000, jitter: 0.5 },
+  removeOnComplete: { age: 3600, count: 1000 },
+  removeOnFail: { age: 7 * 24 * 3600, count: 1000 },
+};
+
+/** Adds the delivery jobs of outbox rows (after the commit that inserted them); a job that exists is left as it is. */
+export async function enqueueDeliveries(queue: Queue, tenantId: string, ids: readonly string[]): Promise<void> {
+  await queue.addBulk(ids.map((id) => ({ name: WEBHOOK_DELIVERY_JOB, data: { tenant_id: tenantId, delivery_id: id } satisfies DeliveryJobData, opts: { ...JOB_OPTS, jobId: deliveryJobId(id) } })));
+}
+
+interface DeliveryRow {
+  id: string;
+  status: string;
+  attempts: number;
+  payload: unknown;
+  next_attempt_at: Date | null;
+  url: string;
+  secret: string;
+  enabled: boolean;
+}
+
+/**
+ * The worker side: `webhook-delivery` (one attempt, recorded on the row; retried with backoff by
+ * moving the job to `delayed`) and `webhook-redelivery` (the maintenance pass).
+ */
+export function webhookHandlers(deps: {
+  orm: MikroORM;
+  logger: Logger;
+  settings: DeliverySettings;
+  /** The webhooks queue, where the redelivery pass adds jobs. */
+  queue: () => Queue;
+  outcomes?: Counter<'outcome'>;
+  /** How overdue a pending delivery must be before the redelivery pass enqueues it again (its job lost). */
+  redeliverAfterMs: number;
+}) {
+  const { settings } = deps;
+  return {
+    async [WEBHOOK_DELIVERY_JOB](job: Job) {
+      const data = job.data as DeliveryJobData;
+      const em = tenantEm(deps.orm, data.tenant_id);
+      // Under the tenant's row-level security: a job naming another tenant's delivery finds nothing.
+      const [row] = await em.transactional((tx) =>
+        tx.execute<DeliveryRow[]>(
+          `select d.id, d.status, d.attempts, d.payload, d.next_attempt_at, e.url, e.secret, e.enabled
+             from webhook_deliveries d join webhook_endpoints e on e.tenant_id = d.tenant_id and e.id = d.endpoint_id
+            where d.tenant_id = ? and d.id = ?`,
+          [data.tenant_id, data.delivery_id],
+        ),
+      );
+      if (!row) return { outcome: 'not_found' };
+      if (row.status !== 'pending') return { outcome: row.status };
+      const log = deps.logger.child({ tenant_id: data.tenant_id, webhook_delivery_id: row.id, job_id: job.id });
+      // Enqueued again before its attempt was due (the redelivery pass, a duplicate): wait for it.
+      const due = row.next_attempt_at ? new Date(row.next_attempt_at).getTime() : 0;
+      if (due > Date.now() + 1000) {
+        await job.moveToDelayed(due, job.token);
+        throw new DelayedError();
+      }
+      const outcome: AttemptOutcome = row.enabled
+        ? await postWebhook({ url: row.url, secret: row.secret, msgId: row.id, body: JSON.stringify(row.payload), timeoutMs: settings.timeoutMs, policy: settings.policy })
+        : { ok: false, statusCode: null, error: 'endpoint disabled', durationMs: 0 };
+      const attempt = row.attempts + 1;
+      const status = outcome.ok ? 'delivered' : !row.enabled || attempt >= settings.maxAttempts ? 'failed' : 'pending';
+      const delayMs = status === 'pending' ? retryDelayMs(settings.retryBaseMs, attempt) : 0;
+      const recorded = await em.transactional((tx) =>
+        tx.execute<{ id: string }[]>(
+          `update webhook_deliveries set attempts = ?, status = ?, last_attempt_at = now(), last_status_code = ?, last_error = ?,
+                  attempt_log = coalesce(attempt_log, '[]'::jsonb) || jsonb_build_array(jsonb_build_object('at', to_char(now() at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'),
+                                'status_code', ?::int, 'error', ?::text, 'duration_ms', ?::int)),
+                  next_attempt_at = case when ? = 'pending' then now() + ? * interval '1 millisecond' end,
+                  delivered_at = case when ? = 'delivered' then now() end, updated_at = now()
+            where tenant_id = ? and id = ? and status = 'pending' and attempts = ?
+            returning id`,
+          [attempt, status, outcome.statusCode, outcome.error, outcome.statusCode, outcome.error, outcome.durationMs, status, delayMs, status, data.tenant_id, row.id, row.attempts],
+        ),
+      );
+      // Another execution recorded this attempt first (a duplicate job): its outcome stands.
+      if (recorded.length === 0) return { outcome: 'superseded' };
+      const counted = status === 'pending' ? 'retrying' : status;
+      deps.outcomes?.inc({ outcome: counted });
+      if (status === 'delivered') {
+        log.info({ attempt, status_code: outcome.statusCode, duration_ms: outcome.durationMs }, 'webhook delivered');
+        return { outcome: status, attempt };
+      }
+      if (status === 'failed') {
+        log.warn({ attempt, status_code: outcome.statusCode, err: outcome.error }, 'webhook delivery failed for good');
+        return { outcome: status, attempt };
+      }
+      log.info({ attempt, status_code: outcome.statusCode, err: outcome.error, retry_in_ms: delayMs }, 'webhook delivery attempt failed; retrying later');
+      await job.moveToDelayed(Date.now() + delayMs, job.token);
+      throw new DelayedError();
+    },
+
+    /**
+     * Pending deliveries overdue by more than `redeliverAfterMs` — their job lost with Redis, or never
+     * added (Redis down at the commit) — get their job again: ids only, read as the system role
+     * (ADR 0013). A job that exists is kept; one that ended without settling the row is replaced.
+     */
+    async [WEBHOOK_REDELIVERY_JOB]() {
+      const rows = await systemEm(deps.orm).transactional((tx) =>
+        tx.execute<{ id: string; tenant_id: string }[]>(
+          `select id, tenant_id from webhook_deliveries where status = 'pending' and next_attempt_at < now() - ? * interval '1 millisecond' order by next_attempt_at limit 1000`,
+          [deps.redeliverAfterMs],
+        ),
+      );
+      const queue = deps.queue();
+      let enqueued = 0;
+      for (const r of rows) {
+        const state = await queue.getJobState(deliveryJobId(r.id));
+        if (state === 'completed' || state === 'failed') await queue.remove(deliveryJobId(r.id));
+        else if (state !== 'unknown') continue;
+        await enqueueDeliveries(queue, r.tenant_id, [r.id]);
+        enqueued++;
+      }
+      if (enqueued) deps.logger.info({ enqueued, overdue: rows.length }, 'webhook deliveries re-enqueued (their jobs were lost)');
+      return { overdue: rows.length, enqueued };
+    },
+  };
+}

@@ -1,0 +1,51 @@
+/**
+ * The transactional outbox's SQL (ADR 0013): webhook deliveries are inserted by the statement that
+ * makes the state change causing their event (a run's end, an approval request's creation), as a
+ * data-modifying CTE of it, one row per enabled endpoint of the tenant subscribed to the event
+ * (INSERT … SELECT from webhook_endpoints). A tenant without endpoints inserts nothing, and the
+ * statement is one the transaction sends anyway: no round trip more (ADR 0004).
+ */
+
+/** `now()` (the transaction's time) as ISO 8601 UTC with milliseconds, as JSON payloads carry times. */
+export const ISO_NOW = `to_char(now() at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')`;
+
+/** An event a step emits (StepContext.emit): inserted with the step's checkpoint, for each endpoint subscribed. */
+export interface OutboxEvent {
+  type: string;
+  data: Record<string, unknown>;
+}
+
+/**
+ * The CTE `wh`, inserting the deliveries of `events` — a query yielding (tenant_id uuid, type text,
+ * data jsonb) — and returning their ids. The envelope is Standard Webhooks': `{type, timestamp, data}`.
+ */
+export function outboxCte(events: string): string {
+  return `wh as (
+         insert into webhook_deliveries (id, tenant_id, endpoint_id, event_type, payload, status, attempts, next_attempt_at, created_at, updated_at)
+         select gen_random_uuid(), ev.tenant_id, e.id, ev.type, jsonb_build_object('type', ev.type, 'timestamp', ${ISO_NOW}, 'data', ev.data),
+                'pending', 0, now(), date_trunc('milliseconds', now()), now()
+           from (${events}) ev join webhook_endpoints e on e.tenant_id = ev.tenant_id and e.enabled and ev.type = any(e.events)
+         returning id)`;
+}
+
+/**
+ * The events of a run that ended, from the CTE `r` (the run as its update returned it: tenant_id, id,
+ * workflow, status, correlation_id, completed_at): `run.<status>`, with the workflow's extra data
+ * (one `?::jsonb` parameter, e.g. the golden path's evidence pack id).
+ */
+export const RUN_ENDED_EVENTS = `select r.tenant_id, 'run.' || r.status as type,
+         jsonb_build_object('workflow', r.workflow, 'run_id', r.id, 'status', r.status, 'correlation_id', r.correlation_id,
+                            'ended_at', to_char(r.completed_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')) || ?::jsonb as data
+         from r`;
+
+/** What `r` must return for RUN_ENDED_EVENTS. */
+export const RUN_ENDED_COLUMNS = 'tenant_id, id, workflow, status, correlation_id, completed_at';
+
+/**
+ * Events a step emitted, for the tenant of the run `r` updated (none when the update found no run):
+ * parameters, the events as a JSON array of {type, data}.
+ */
+export const EMITTED_EVENTS = `select r.tenant_id, ev.type, ev.data from r, jsonb_to_recordset(?::jsonb) as ev(type text, data jsonb)`;
+
+/** The select-list item returning the inserted deliveries' ids (a uuid[]; empty when none). */
+export const OUTBOX_IDS = `coalesce((select array_agg(id) from wh), '{}'::uuid[]) as webhook_deliveries`;

@@ -1,0 +1,73 @@
+import http from 'node:http';
+import https from 'node:https';
+import { Webhook } from 'standardwebhooks';
+import { addressRefusal, guardedLookup, hostOf, urlRefusal, type UrlPolicy } from './ssrf.ts';
+import { isIP } from 'node:net';
+
+/** One delivery attempt's outcome, as the delivery row records it. */
+export interface AttemptOutcome {
+  ok: boolean;
+  statusCode: number | null;
+  error: string | null;
+  durationMs: number;
+}
+
+/** The Standard Webhooks headers of a message: id, timestamp (seconds), signature (`v1,<base64>`). */
+export function signedHeaders(secret: string, msgId: string, body: string, at = new Date()): Record<string, string> {
+  return {
+    'webhook-id': msgId,
+    'webhook-timestamp': String(Math.floor(at.getTime() / 1000)),
+    'webhook-signature': new Webhook(secret).sign(msgId, at, body),
+  };
+}
+
+/** Largest part of a receiver's answer read (and then dropped): the status code is what counts. */
+const MAX_ANSWER_BYTES = 64 * 1024;
+
+/**
+ * POSTs one signed message: no redirect followed (a 3xx is a failed attempt), bounded by `timeoutMs`
+ * from connect to the end of the answer, the receiver's addresses checked as they are connected to.
+ * 2xx is delivered; anything else, or no answer, is a failed attempt.
+ */
+export async function postWebhook(args: { url: string; secret: string; msgId: string; body: string; timeoutMs: number; policy: UrlPolicy }): Promise<AttemptOutcome> {
+  const started = performance.now();
+  const done = (ok: boolean, statusCode: number | null, error: string | null): AttemptOutcome => ({ ok, statusCode, error, durationMs: Math.round(performance.now() - started) });
+  const refused = urlRefusal(args.url, args.policy);
+  if (refused) return done(false, null, `refused: ${refused}`);
+  const url = new URL(args.url);
+  const host = hostOf(url);
+  if (isIP(host)) {
+    const why = addressRefusal(host, args.policy.allowPrivate);
+    if (why) return done(false, null, `refused: ${why}`);
+  }
+  const headers = {
+    'content-type': 'application/json',
+    'user-agent': 'dealix-webhooks/1',
+    'content-length': String(Buffer.byteLength(args.body)),
+    ...signedHeaders(args.secret, args.msgId, args.body),
+  };
+  const client = url.protocol === 'https:' ? https : http;
+  return new Promise<AttemptOutcome>((resolve) => {
+    const req = client.request(
+      url,
+      { method: 'POST', headers, lookup: guardedLookup(args.policy.allowPrivate) as never, signal: AbortSignal.timeout(args.timeoutMs), agent: false },
+      (res) => {
+        let read = 0;
+        res.on('data', (chunk: Buffer) => {
+          read += chunk.length;
+          if (read > MAX_ANSWER_BYTES) res.destroy();
+        });
+        const status = res.statusCode ?? 0;
+        const settle = () => resolve(done(status >= 200 && status < 300, status, status >= 200 && status < 300 ? null : `HTTP ${status}`));
+        res.on('end', settle);
+        res.on('close', settle);
+        res.on('error', settle);
+      },
+    );
+    req.on('error', (err: NodeJS.ErrnoException) => {
+      const msg = err.name === 'AbortError' || err.name === 'TimeoutError' ? `timed out after ${args.timeoutMs} ms` : `${err.code ?? err.name}: ${err.message}`;
+      resolve(done(false, null, msg.slice(0, 500)));
+    });
+    req.end(args.body);
+  });
+}

@@ -1,0 +1,92 @@
+import { lookup as dnsLookup, type LookupAddress } from 'node:dns';
+import { isIP } from 'node:net';
+import ipaddr from 'ipaddr.js';
+
+/**
+ * The SSRF guard of webhook endpoints: a receiver must be a public unicast address. Loopback,
+ * private (RFC 1918, carrier-grade NAT), link-local (cloud metadata at 169.254.169.254),
+ * unique-local, multicast, unspecified and reserved addresses are refused unless
+ * WEBHOOK_ALLOW_PRIVATE_NETWORKS. Checked when an endpoint is created and again at every delivery on
+ * the very addresses the connection uses (a custom `lookup`), so a name that resolved to a public
+ * address at create and to an internal one later (DNS rebinding) is refused then too.
+ */
+export interface UrlPolicy {
+  allowPrivate: boolean;
+  /** Production: only https:// receivers. */
+  httpsOnly: boolean;
+}
+
+/** Why an address may not receive webhooks; undefined when it may. */
+export function addressRefusal(address: string, allowPrivate: boolean): string | undefined {
+  if (allowPrivate) return undefined;
+  let parsed: ipaddr.IPv4 | ipaddr.IPv6;
+  try {
+    parsed = ipaddr.parse(address);
+  } catch {
+    return `${address} is not an IP address`;
+  }
+  // ::ffff:10.0.0.1 is 10.0.0.1.
+  if (parsed.kind() === 'ipv6' && (parsed as ipaddr.IPv6).isIPv4MappedAddress()) parsed = (parsed as ipaddr.IPv6).toIPv4Address();
+  const range = parsed.range();
+  return range === 'unicast' ? undefined : `${address} is a ${range} address`;
+}
+
+/** Why a URL may not be an endpoint before any resolution (scheme, credentials, literal address); undefined when it may. */
+export function urlRefusal(raw: string, policy: UrlPolicy): string | undefined {
+  let url: URL;
+  try {
+    url = new URL(raw);
+  } catch {
+    return 'not a URL';
+  }
+  if (url.protocol !== 'https:' && url.protocol !== 'http:') return 'must be an http(s) URL';
+  if (policy.httpsOnly && url.protocol !== 'https:') return 'must be an https:// URL';
+  if (url.username || url.password) return 'must not carry credentials';
+  const host = hostOf(url);
+  if (isIP(host)) return addressRefusal(host, policy.allowPrivate);
+  return undefined;
+}
+
+/** The URL's host as `lookup` and `isIP` take it (IPv6 literals without brackets). */
+export const hostOf = (url: URL): string => url.hostname.replace(/^\[(.*)\]$/, '$1');
+
+/** Resolves the URL's host and refuses it when any address it resolves to may not receive webhooks. */
+export async function resolvedRefusal(raw: string, policy: UrlPolicy): Promise<string | undefined> {
+  const early = urlRefusal(raw, policy);
+  if (early) return early;
+  const host = hostOf(new URL(raw));
+  if (isIP(host)) return undefined;
+  let addresses: LookupAddress[];
+  try {
+    addresses = await new Promise((resolve, reject) => dnsLookup(host, { all: true }, (err, found) => (err ? reject(err) : resolve(found))));
+  } catch (e) {
+    return `its host ${host} does not resolve (${(e as NodeJS.ErrnoException).code ?? 'error'})`;
+  }
+  for (const a of addresses) {
+    const why = addressRefusal(a.address, policy.allowPrivate);
+    if (why) return `its host ${host} resolves to ${why}`;
+  }
+  return undefined;
+}
+
+type LookupCallback = (err: NodeJS.ErrnoException | null, address: string | LookupAddress[], family?: number) => void;
+
+/**
+ * A `lookup` for http(s).request that resolves as usual and fails the connection when an address it
+ * would connect to may not receive webhooks: the check and the connection use the same addresses.
+ */
+export function guardedLookup(allowPrivate: boolean) {
+  return (hostname: string, options: { all?: boolean; family?: number }, callback: LookupCallback): void => {
+    dnsLookup(hostname, { ...options, all: true }, (err, addresses) => {
+      if (err) return callback(err, []);
+      for (const a of addresses) {
+        const why = addressRefusal(a.address, allowPrivate);
+        if (why) return callback(Object.assign(new Error(`webhook receiver refused: ${hostname} resolves to ${why}`), { code: 'EWEBHOOKADDR' }), []);
+      }
+      if (options.all) return callback(null, addresses);
+      const first = addresses[0];
+      if (!first) return callback(Object.assign(new Error(`${hostname} has no address`), { code: 'ENOTFOUND' }), []);
+      callback(null, first.address, first.family);
+    });
+  };
+}

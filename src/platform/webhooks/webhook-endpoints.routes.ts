@@ -1,0 +1,230 @@
+import { randomBytes, randomUUID } from 'node:crypto';
+import { z } from 'zod';
+import type { EntityManager } from '@mikro-orm/postgresql';
+import { defineRoute, type RouteDef } from '../http/route.ts';
+import { NotFoundError, ValidationError } from '../errors/app-error.ts';
+import { nextCursor, pageLimit, pageSchema, pageWhere } from '../http/cursor.ts';
+import { isoTime, toIsoTime, toIsoTimeOrNull } from '../http/iso-time.ts';
+import { ADMIN_ROLE } from '../tenancy/roles.ts';
+import { DELIVERY_STATUSES, WEBHOOK_EVENT_TYPES } from './webhook.entities.ts';
+import { resolvedRefusal, type UrlPolicy } from './ssrf.ts';
+import { webhookPayload } from './webhook-events.ts';
+
+export const WEBHOOK_ENDPOINTS_PATH = '/api/v1/webhook-endpoints';
+const TAGS = ['webhooks'];
+
+const endpointBody = z.strictObject({
+  url: z.string().max(2048).describe('Where events are POSTed: https:// in production; its host must resolve to public addresses only'),
+  events: z.array(z.enum(WEBHOOK_EVENT_TYPES)).min(1).max(WEBHOOK_EVENT_TYPES.length).describe('The event types this endpoint receives'),
+  description: z.string().max(500).optional(),
+});
+
+const endpointView = z
+  .strictObject({
+    id: z.string().uuid(),
+    url: z.string(),
+    events: z.array(z.enum(WEBHOOK_EVENT_TYPES)),
+    description: z.string().nullable(),
+    enabled: z.boolean().describe('false once disabled: it receives no new events, and its pending deliveries are given up'),
+    created_by: z.string(),
+    created_at: isoTime,
+    disabled_at: isoTime.nullable(),
+    links: z.strictObject({ self: z.string(), deliveries: z.string() }),
+  })
+  .meta({ id: 'WebhookEndpoint' });
+type EndpointView = z.infer<typeof endpointView>;
+
+const createdView = endpointView
+  .extend({ secret: z.string().describe('The signing secret (`whsec_<base64>`), shown only in this answer: verify each webhook with it (Standard Webhooks)') })
+  .meta({ id: 'WebhookEndpointCreated' });
+
+const endpointPage = pageSchema(endpointView).meta({ id: 'WebhookEndpointPage' });
+
+const deliveryView = z
+  .strictObject({
+    id: z.string().uuid().describe('Also the `webhook-id` header: receivers deduplicate by it (deliveries are at least once)'),
+    event_type: z.enum(WEBHOOK_EVENT_TYPES),
+    status: z.enum(DELIVERY_STATUSES),
+    attempts: z.number().int().min(0),
+    last_status_code: z.number().int().nullable(),
+    last_error: z.string().nullable(),
+    last_attempt_at: isoTime.nullable(),
+    next_attempt_at: isoTime.nullable().describe('When the next attempt is due (pending); null once delivered or failed'),
+    delivered_at: isoTime.nullable(),
+    created_at: isoTime,
+    payload: webhookPayload.describe('The message POSTed'),
+  })
+  .meta({ id: 'WebhookDelivery' });
+const deliveryPage = pageSchema(deliveryView).meta({ id: 'WebhookDeliveryPage' });
+type DeliveryPage = z.infer<typeof deliveryPage>;
+
+interface EndpointRow {
+  id: string;
+  url: string;
+  events: string[];
+  description: string | null;
+  enabled: boolean;
+  created_by: string;
+  created_at: Date;
+  disabled_at: Date | null;
+}
+const ENDPOINT_COLUMNS = 'id, url, events, description, enabled, created_by, created_at, disabled_at';
+
+function toView(r: EndpointRow): EndpointView {
+  return {
+    id: r.id,
+    url: r.url,
+    events: r.events as EndpointView['events'],
+    description: r.description,
+    enabled: r.enabled,
+    created_by: r.created_by,
+    created_at: toIsoTime(r.created_at),
+    disabled_at: toIsoTimeOrNull(r.disabled_at),
+    links: { self: `${WEBHOOK_ENDPOINTS_PATH}/${r.id}`, deliveries: `${WEBHOOK_ENDPOINTS_PATH}/${r.id}/deliveries` },
+  };
+}
+
+/** A signing secret as Standard Webhooks writes it: `whsec_` and 32 random bytes in base64. */
+export const newSigningSecret = () => `whsec_${randomBytes(32).toString('base64')}`;
+
+const idParam = z.object({ id: z.string().uuid() });
+const adminOnly = { 403: { description: `Not an admin of the tenant (role ${ADMIN_ROLE})` } };
+
+async function endpointById(em: EntityManager, tenantId: string, id: string, lock = ''): Promise<EndpointRow> {
+  const [row] = await em.execute<EndpointRow[]>(`select ${ENDPOINT_COLUMNS} from webhook_endpoints where tenant_id = ? and id = ?${lock}`, [tenantId, id]);
+  if (!row) throw new NotFoundError('webhook endpoint');
+  return row;
+}
+
+/**
+ * The tenant's webhook endpoints (role admin): create (the secret shown once), list, read, disable,
+ * and each endpoint's deliveries (docs/api.md, *Webhooks*; ADR 0013).
+ */
+export function webhookEndpointRoutes(deps: { policy: UrlPolicy }): RouteDef[] {
+  return [
+    defineRoute({
+      method: 'post',
+      path: WEBHOOK_ENDPOINTS_PATH,
+      summary: 'Create a webhook endpoint (role admin): its signing secret is in this answer only',
+      tags: TAGS,
+      roles: [ADMIN_ROLE],
+      idempotency: 'required',
+      body: endpointBody,
+      responses: {
+        201: { description: 'The endpoint, with its signing secret', schema: createdView },
+        ...adminOnly,
+        422: { description: 'Invalid body: not an http(s) URL (https:// in production), a host that resolves to a loopback, private, link-local or multicast address, an unknown or no event type' },
+      },
+      async handler({ em, principal, body }) {
+        const refusal = await resolvedRefusal(body.url, deps.policy);
+        if (refusal) throw new ValidationError('Invalid request body', [{ path: 'url', message: refusal }], 422);
+        const secret = newSigningSecret();
+        const [row] = await em.execute<EndpointRow[]>(
+          `insert into webhook_endpoints (id, tenant_id, url, description, events, secret, enabled, created_by, created_at, updated_at)
+           values (?, ?, ?, ?, ?::text[], ?, true, ?, date_trunc('milliseconds', now()), now()) returning ${ENDPOINT_COLUMNS}`,
+          [randomUUID(), principal.tenantId, body.url, body.description ?? null, `{${[...new Set(body.events)].join(',')}}`, secret, principal.sub],
+        );
+        const view = toView(row!);
+        return { status: 201, body: { ...view, secret }, headers: { Location: view.links.self } };
+      },
+    }),
+    defineRoute({
+      method: 'get',
+      path: WEBHOOK_ENDPOINTS_PATH,
+      summary: "The tenant's webhook endpoints (role admin), newest first, with cursor pagination",
+      tags: TAGS,
+      roles: [ADMIN_ROLE],
+      query: z.strictObject({ limit: pageLimit(20), cursor: z.string().max(200).optional() }),
+      responses: { 200: { description: 'A page of endpoints (never their secrets)', schema: endpointPage }, ...adminOnly },
+      async handler({ em, principal, query }) {
+        const params: unknown[] = [principal.tenantId];
+        const where = pageWhere('tenant_id = ?', params, query);
+        const rows = await em.execute<EndpointRow[]>(`select ${ENDPOINT_COLUMNS} from webhook_endpoints where ${where} order by created_at desc, id desc limit ?`, params);
+        const page = rows.slice(0, query.limit);
+        return { status: 200, body: { items: page.map(toView), next_cursor: nextCursor(page[page.length - 1], rows.length > query.limit) } };
+      },
+    }),
+    defineRoute({
+      method: 'get',
+      path: `${WEBHOOK_ENDPOINTS_PATH}/:id`,
+      summary: 'A webhook endpoint (role admin; never its secret)',
+      tags: TAGS,
+      roles: [ADMIN_ROLE],
+      params: idParam,
+      responses: { 200: { description: 'The endpoint', schema: endpointView }, ...adminOnly, 404: { description: 'No such endpoint for this tenant' } },
+      async handler({ em, principal, params }) {
+        return { status: 200, body: toView(await endpointById(em, principal.tenantId, params.id)) };
+      },
+    }),
+    defineRoute({
+      method: 'post',
+      path: `${WEBHOOK_ENDPOINTS_PATH}/:id/disable`,
+      summary: 'Disable a webhook endpoint (role admin): no new event is queued for it, its pending deliveries are given up',
+      tags: TAGS,
+      roles: [ADMIN_ROLE],
+      idempotency: 'optional',
+      params: idParam,
+      responses: { 200: { description: 'The endpoint, disabled (disabling it again changes nothing)', schema: endpointView }, ...adminOnly, 404: { description: 'No such endpoint for this tenant' } },
+      async handler({ em, principal, params }) {
+        await endpointById(em, principal.tenantId, params.id, ' for update');
+        const [row] = await em.execute<EndpointRow[]>(
+          `update webhook_endpoints set enabled = false, disabled_at = coalesce(disabled_at, now()), updated_at = now() where tenant_id = ? and id = ? returning ${ENDPOINT_COLUMNS}`,
+          [principal.tenantId, params.id],
+        );
+        return { status: 200, body: toView(row!) };
+      },
+    }),
+    defineRoute({
+      method: 'get',
+      path: `${WEBHOOK_ENDPOINTS_PATH}/:id/deliveries`,
+      summary: "An endpoint's deliveries (role admin), newest first, with cursor pagination: status, attempts, last answer, next attempt",
+      tags: TAGS,
+      roles: [ADMIN_ROLE],
+      params: idParam,
+      query: z.strictObject({ status: z.enum(DELIVERY_STATUSES).optional(), limit: pageLimit(20), cursor: z.string().max(200).optional() }),
+      responses: { 200: { description: 'A page of deliveries', schema: deliveryPage }, ...adminOnly, 404: { description: 'No such endpoint for this tenant' } },
+      async handler({ em, principal, params, query }) {
+        await endpointById(em, principal.tenantId, params.id);
+        const sqlParams: unknown[] = [principal.tenantId, params.id];
+        const where = pageWhere('tenant_id = ? and endpoint_id = ?', sqlParams, query);
+        const rows = await em.execute<DeliveryRowView[]>(
+          `select id, event_type, status, attempts, last_status_code, last_error, last_attempt_at, next_attempt_at, delivered_at, created_at, payload
+             from webhook_deliveries where ${where} order by created_at desc, id desc limit ?`,
+          sqlParams,
+        );
+        const page = rows.slice(0, query.limit);
+        const body: DeliveryPage = {
+          items: page.map((r) => ({
+            id: r.id,
+            event_type: r.event_type as DeliveryPage['items'][number]['event_type'],
+            status: r.status as DeliveryPage['items'][number]['status'],
+            attempts: r.attempts,
+            last_status_code: r.last_status_code,
+            last_error: r.last_error,
+            last_attempt_at: toIsoTimeOrNull(r.last_attempt_at),
+            next_attempt_at: toIsoTimeOrNull(r.next_attempt_at),
+            delivered_at: toIsoTimeOrNull(r.delivered_at),
+            created_at: toIsoTime(r.created_at),
+            payload: r.payload as DeliveryPage['items'][number]['payload'],
+          })),
+          next_cursor: nextCursor(page[page.length - 1], rows.length > query.limit),
+        };
+        return { status: 200, body };
+      },
+    }),
+  ];
+}
+
+interface DeliveryRowView {
+  id: string;
+  event_type: string;
+  status: string;
+  attempts: number;
+  last_status_code: number | null;
+  last_error: string | null;
+  last_attempt_at: Date | null;
+  next_attempt_at: Date | null;
+  delivered_at: Date | null;
+  created_at: Date;
+  payload: unknown;
+}

@@ -1,0 +1,37 @@
+import { z } from 'zod';
+import { isoTime } from '../http/iso-time.ts';
+import { WEBHOOK_EVENT_TYPES } from './webhook.entities.ts';
+
+/** `data` of `run.<status>`: the run that ended (docs/api.md, *Webhooks*). */
+export const runEventData = z
+  .strictObject({
+    workflow: z.string(),
+    run_id: z.string().uuid(),
+    status: z.string().describe('The status the run ended with: completed, failed, cancelled, rejected, approval_expired'),
+    correlation_id: z.string(),
+    ended_at: isoTime,
+    evidence_pack_id: z.string().uuid().optional().describe('The golden path: the evidence pack of a run that completed (or was rejected) with one'),
+  })
+  .meta({ id: 'WebhookRunEventData' });
+
+/** `data` of `approval.requested`: a run now waits for human approvers. */
+export const approvalRequestedData = z
+  .strictObject({
+    approval_request_id: z.string().uuid(),
+    run_id: z.string().uuid(),
+    workflow: z.string(),
+    correlation_id: z.string(),
+    approval_class: z.enum(['B', 'C']),
+    required_approvals: z.number().int().min(1),
+    sla_deadline: isoTime.describe('Past it, the request expires and the run ends approval_expired'),
+  })
+  .meta({ id: 'WebhookApprovalRequestedData' });
+
+/** What every webhook POSTs (Standard Webhooks): `{type, timestamp, data}`. */
+export const webhookPayload = z
+  .strictObject({
+    type: z.enum(WEBHOOK_EVENT_TYPES),
+    timestamp: isoTime.describe('When the event happened (the transaction that caused it)'),
+    data: z.union([runEventData, approvalRequestedData]),
+  })
+  .meta({ id: 'WebhookPayload' });

@@ -1,0 +1,80 @@
+import { defineEntity, p } from '@mikro-orm/core';
+import { SYSTEM_ROLE, tenantIdProperty, tenantIsolationPolicy } from '../db/tenant-owned.ts';
+
+/** The events an endpoint may subscribe to (docs/api.md, *Webhooks*). */
+export const WEBHOOK_EVENT_TYPES = ['run.completed', 'run.failed', 'run.cancelled', 'run.rejected', 'run.approval_expired', 'approval.requested'] as const;
+export type WebhookEventType = (typeof WEBHOOK_EVENT_TYPES)[number];
+
+export const DELIVERY_STATUSES = ['pending', 'delivered', 'failed'] as const;
+export type DeliveryStatus = (typeof DELIVERY_STATUSES)[number];
+
+/**
+ * A tenant's webhook endpoint: where its subscribed events are POSTed, signed with its secret
+ * (Standard Webhooks, `whsec_<base64>`). The secret is shown once, in the create's answer; the
+ * workers read it to sign (HMAC needs the key itself, so it cannot be stored hashed).
+ */
+export const WebhookEndpoint = defineEntity({
+  name: 'WebhookEndpoint',
+  tableName: 'webhook_endpoints',
+  properties: {
+    id: p.uuid().primary(),
+    tenantId: tenantIdProperty(),
+    url: p.string().length(2048),
+    description: p.string().length(500).nullable(),
+    events: p.array().columnType('text[]'),
+    secret: p.string().length(100),
+    enabled: p.boolean(),
+    createdBy: p.string().length(255),
+    createdAt: p.datetime(),
+    updatedAt: p.datetime(),
+    disabledAt: p.datetime().nullable(),
+  },
+  // The target of the deliveries' (tenant_id, endpoint_id) foreign key: a delivery names its tenant's endpoint only.
+  uniques: [{ name: 'webhook_endpoints_tenant_id_id_unique', properties: ['tenantId', 'id'] }],
+  indexes: [{ name: 'webhook_endpoints_tenant_created_index', properties: ['tenantId', 'createdAt', 'id'] }],
+  rowLevelSecurity: 'force',
+  policies: [tenantIsolationPolicy('webhook_endpoints')],
+});
+
+/**
+ * The transactional outbox (ADR 0013): one row per event and subscribed endpoint, inserted in the
+ * transaction of the state change that causes the event; a worker POSTs it after the commit and
+ * records each attempt here.
+ */
+export const WebhookDelivery = defineEntity({
+  name: 'WebhookDelivery',
+  tableName: 'webhook_deliveries',
+  properties: {
+    id: p.uuid().primary(),
+    tenantId: tenantIdProperty(),
+    endpoint: () => p.manyToOne(WebhookEndpoint).joinColumns('tenant_id', 'endpoint_id').referencedColumnNames('tenant_id', 'id').deleteRule('cascade'),
+    eventType: p.string().length(64),
+    /** What is POSTed: `{type, timestamp, data}` (Standard Webhooks). */
+    payload: p.json<unknown>(),
+    status: p.enum(DELIVERY_STATUSES),
+    attempts: p.integer().default(0),
+    /** When the next attempt is due (pending); null once delivered or failed. */
+    nextAttemptAt: p.datetime().nullable(),
+    lastAttemptAt: p.datetime().nullable(),
+    lastStatusCode: p.integer().nullable(),
+    lastError: p.string().length(500).nullable(),
+    /** Every attempt's outcome, oldest first: `{at, status_code, error, duration_ms}`. */
+    attemptLog: p.json<unknown>().nullable(),
+    deliveredAt: p.datetime().nullable(),
+    createdAt: p.datetime(),
+    updatedAt: p.datetime(),
+  },
+  uniques: [{ name: 'webhook_deliveries_tenant_id_id_unique', properties: ['tenantId', 'id'] }],
+  indexes: [
+    { name: 'webhook_deliveries_tenant_endpoint_created_index', properties: ['tenantId', 'endpoint', 'createdAt', 'id'] },
+    // The redelivery pass's cross-tenant read: pending deliveries overdue (their job lost with Redis).
+    { name: 'webhook_deliveries_pending_index', properties: ['nextAttemptAt'], where: "status = 'pending'" },
+  ],
+  rowLevelSecurity: 'force',
+  policies: [
+    tenantIsolationPolicy('webhook_deliveries'),
+    // The redelivery pass (maintenance): as the NOLOGIN system role, only the columns granted to it
+    // (ids, status, when due), never the payload. See ADR 0013.
+    { name: 'webhook_deliveries_system_redelivery', command: 'select', roles: [SYSTEM_ROLE], using: 'true' },
+  ],
+});

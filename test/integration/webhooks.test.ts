@@ -1,0 +1,373 @@
+/**
+ * Signed webhooks for run and approval events (ADR 0013) against the real stack: PostgreSQL as the
+ * application role, Redis, a spawned worker process, and a real node:http receiver on 127.0.0.1.
+ * The receiver verifies nothing itself: each test verifies what it got with the standardwebhooks
+ * library, as a client would.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { randomUUID } from 'node:crypto';
+import { createServer, type IncomingHttpHeaders, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { Webhook } from 'standardwebhooks';
+import pino from 'pino';
+import { api, CLASS_A_SUBMISSION, newTenant, SAMPLE_SUBMISSION, startStack, type TestStack } from '../helpers/stack.ts';
+import { waitFor } from '../helpers/poll.ts';
+import { tenantEm } from '../../src/platform/db/tenant-em.ts';
+import { WEBHOOK_QUEUE, WEBHOOK_REDELIVERY_JOB, webhookHandlers } from '../../src/platform/webhooks/delivery.ts';
+import { barrier, wrappedGoldenPath, startRunHost } from '../helpers/run-host.ts';
+
+interface Received {
+  path: string;
+  headers: IncomingHttpHeaders;
+  body: string;
+}
+
+/** A receiver: records every POST; answers each path's planned statuses in turn, then 200. */
+async function startReceiver() {
+  const received: Received[] = [];
+  const plans = new Map<string, number[]>();
+  const server: Server = createServer((req, res) => {
+    let body = '';
+    req.on('data', (c) => (body += c));
+    req.on('end', () => {
+      const path = req.url ?? '/';
+      received.push({ path, headers: req.headers, body });
+      const status = plans.get(path)?.shift() ?? 200;
+      res.writeHead(status, { 'content-type': 'text/plain' }).end(status === 200 ? 'ok' : 'no');
+    });
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+  const base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  return {
+    base,
+    received,
+    plan: (path: string, statuses: number[]) => plans.set(path, statuses),
+    /** What `path` got, as {type, timestamp, data}, each verified against `secret` (throws if one does not verify). */
+    verified(path: string, secret: string) {
+      const wh = new Webhook(secret);
+      return received.filter((r) => r.path === path).map((r) => wh.verify(r.body, r.headers as Record<string, string>) as { type: string; timestamp: string; data: Record<string, unknown> });
+    },
+    close: () => new Promise<void>((r) => server.close(() => r())),
+  };
+}
+
+type Receiver = Awaited<ReturnType<typeof startReceiver>>;
+
+const ENDPOINTS = '/api/v1/webhook-endpoints';
+
+async function createEndpoint(stack: TestStack, token: string, body: unknown) {
+  return api(stack, 'POST', ENDPOINTS, { token, body, headers: { 'Idempotency-Key': randomUUID() } });
+}
+
+async function submit(stack: TestStack, token: string, body: unknown): Promise<string> {
+  const res = await api(stack, 'POST', '/api/v1/golden-path/run', { token, body, headers: { 'Idempotency-Key': randomUUID() } });
+  expect(res.status, res.text).toBe(202);
+  return res.json.run_id as string;
+}
+
+async function waitRun(stack: TestStack, token: string, id: string, statuses: string[]) {
+  return waitFor(
+    async () => {
+      const res = await api(stack, 'GET', `/api/v1/golden-path/runs/${id}`, { token });
+      return statuses.includes(res.json?.status) ? res.json : undefined;
+    },
+    { timeoutMs: 60_000, intervalMs: 100, what: `run ${id} to reach ${statuses.join('|')}` },
+  );
+}
+
+const deliveriesOfRun = async (stack: TestStack, runId: string) =>
+  (await stack.db.admin(`select id, event_type, status, attempts, attempt_log, endpoint_id, tenant_id from webhook_deliveries where payload->'data'->>'run_id' = $1 order by created_at`, [runId])).rows;
+
+/** A tenant with an admin token and an endpoint at `receiver.base + path` for `events`. */
+async function tenantWithEndpoint(stack: TestStack, receiver: Receiver, path: string, events: string[]) {
+  const tenantId = newTenant();
+  const admin = await stack.token({ tenantId, sub: `admin-${path.slice(1)}`, roles: ['admin'] });
+  const created = await createEndpoint(stack, admin, { url: `${receiver.base}${path}`, events, description: `receiver ${path}` });
+  expect(created.status, created.text).toBe(201);
+  expect(created.json.secret).toMatch(/^whsec_[A-Za-z0-9+/]+=*$/);
+  return { tenantId, admin, endpoint: created.json as { id: string; secret: string } };
+}
+
+describe('webhooks', () => {
+  let stack: TestStack;
+  let receiver: Receiver;
+
+  beforeAll(async () => {
+    stack = await startStack({ env: { WEBHOOK_ALLOW_PRIVATE_NETWORKS: 'true', WEBHOOK_RETRY_BASE: '50ms', WEBHOOK_MAX_ATTEMPTS: '3', APPROVAL_SLA_B: '1h' } });
+    receiver = await startReceiver();
+    await stack.spawnWorker();
+  }, 120_000);
+
+  afterAll(async () => {
+    await receiver?.close();
+    await stack?.stop();
+  });
+
+  it('a class A run that completes is POSTed once as run.completed, signed with the secret from create; tenant B hears nothing of it', async () => {
+    const a = await tenantWithEndpoint(stack, receiver, '/a', ['run.completed', 'run.cancelled', 'approval.requested']);
+    const b = await tenantWithEndpoint(stack, receiver, '/b', ['run.completed', 'run.failed', 'run.cancelled', 'approval.requested']);
+    const runId = await submit(stack, a.admin, CLASS_A_SUBMISSION);
+    const run = await waitRun(stack, a.admin, runId, ['completed']);
+    const got = await waitFor(() => receiver.verified('/a', a.endpoint.secret).find((m) => m.data.run_id === runId), { timeoutMs: 30_000, what: 'run.completed at /a' });
+    expect(got.type).toBe('run.completed');
+    expect(got.data).toMatchObject({ workflow: 'golden-path', run_id: runId, status: 'completed', correlation_id: run.correlation_id });
+    expect(got.data.evidence_pack_id).toBe(run.output.evidence_pack_id);
+    expect(Date.parse(got.data.ended_at as string)).toBe(Date.parse(run.completed_at));
+    // Exactly one: its delivery is recorded delivered, and the receiver got it once.
+    await waitFor(async () => (await deliveriesOfRun(stack, runId)).every((d) => d.status === 'delivered'), { what: 'delivery recorded' });
+    expect(receiver.received.filter((r) => r.body.includes(runId))).toHaveLength(1);
+    const [row] = await deliveriesOfRun(stack, runId);
+    expect(receiver.received.find((r) => r.body.includes(runId))!.headers['webhook-id']).toBe(row.id);
+    // Tenant B's endpoint never receives tenant A's events, nor does any row of B's name A's run.
+    expect(receiver.received.filter((r) => r.path === '/b')).toHaveLength(0);
+    expect((await deliveriesOfRun(stack, runId)).map((d) => d.tenant_id)).toEqual([a.tenantId]);
+    void b;
+  });
+
+  it('a class B run that waits sends approval.requested; its cancel sends run.cancelled', async () => {
+    const t = await tenantWithEndpoint(stack, receiver, '/approvals', ['approval.requested', 'run.cancelled']);
+    const runId = await submit(stack, t.admin, SAMPLE_SUBMISSION);
+    await waitRun(stack, t.admin, runId, ['waiting']);
+    const requested = await waitFor(() => receiver.verified('/approvals', t.endpoint.secret).find((m) => m.type === 'approval.requested' && m.data.run_id === runId), {
+      timeoutMs: 30_000,
+      what: 'approval.requested',
+    });
+    const approvals = await api(stack, 'GET', `/api/v1/approvals?limit=5`, { token: t.admin });
+    const request = approvals.json.items.find((r: { run_id: string }) => r.run_id === runId);
+    expect(requested.data).toMatchObject({ approval_request_id: request.id, run_id: runId, approval_class: 'B', sla_deadline: request.sla_deadline });
+    const cancel = await api(stack, 'POST', `/api/v1/golden-path/runs/${runId}/cancel`, { token: t.admin, headers: { 'Idempotency-Key': randomUUID() } });
+    expect(cancel.status, cancel.text).toBe(200);
+    const cancelled = await waitFor(() => receiver.verified('/approvals', t.endpoint.secret).find((m) => m.type === 'run.cancelled' && m.data.run_id === runId), {
+      timeoutMs: 30_000,
+      what: 'run.cancelled',
+    });
+    expect(cancelled.data).toMatchObject({ workflow: 'golden-path', status: 'cancelled', run_id: runId });
+  });
+
+  it('a receiver that answers 500 and then 200 gets the event on the retry; both attempts are recorded', async () => {
+    receiver.plan('/flaky', [500]);
+    const t = await tenantWithEndpoint(stack, receiver, '/flaky', ['run.completed']);
+    const runId = await submit(stack, t.admin, CLASS_A_SUBMISSION);
+    await waitRun(stack, t.admin, runId, ['completed']);
+    const page = await waitFor(
+      async () => {
+        const res = await api(stack, 'GET', `${ENDPOINTS}/${t.endpoint.id}/deliveries`, { token: t.admin });
+        return res.json?.items?.[0]?.status === 'delivered' ? res.json : undefined;
+      },
+      { timeoutMs: 30_000, what: 'the delivery to succeed on a retry' },
+    );
+    expect(page.items).toHaveLength(1);
+    expect(page.items[0]).toMatchObject({ event_type: 'run.completed', status: 'delivered', attempts: 2, last_status_code: 200, last_error: null, next_attempt_at: null });
+    const [row] = await deliveriesOfRun(stack, runId);
+    expect((row.attempt_log as { status_code: number }[]).map((a) => a.status_code)).toEqual([500, 200]);
+    const got = receiver.received.filter((r) => r.path === '/flaky');
+    expect(got).toHaveLength(2);
+    // The same message both times: receivers deduplicate by webhook-id.
+    expect(got[0]!.headers['webhook-id']).toBe(got[1]!.headers['webhook-id']);
+    expect(receiver.verified('/flaky', t.endpoint.secret).map((m) => m.data.run_id)).toEqual([runId, runId]);
+  });
+
+  it('a receiver that keeps failing gets WEBHOOK_MAX_ATTEMPTS attempts, then the delivery is failed with its last answer', async () => {
+    receiver.plan('/down', [503, 503, 503, 503]);
+    const t = await tenantWithEndpoint(stack, receiver, '/down', ['run.completed']);
+    const runId = await submit(stack, t.admin, CLASS_A_SUBMISSION);
+    await waitRun(stack, t.admin, runId, ['completed']);
+    const page = await waitFor(
+      async () => {
+        const res = await api(stack, 'GET', `${ENDPOINTS}/${t.endpoint.id}/deliveries?status=failed`, { token: t.admin });
+        return res.json?.items?.length ? res.json : undefined;
+      },
+      { timeoutMs: 30_000, what: 'the delivery to be given up' },
+    );
+    expect(page.items[0]).toMatchObject({ status: 'failed', attempts: 3, last_status_code: 503, last_error: 'HTTP 503', next_attempt_at: null, delivered_at: null });
+    expect(receiver.received.filter((r) => r.path === '/down')).toHaveLength(3);
+  });
+
+  it('outbox: a transaction that ends a run but rolls back leaves no delivery; the one that commits leaves exactly one', async () => {
+    const t = await tenantWithEndpoint(stack, receiver, '/outbox', ['run.failed']);
+    const runId = await submit(stack, t.admin, SAMPLE_SUBMISSION);
+    await waitRun(stack, t.admin, runId, ['waiting']);
+    const runtime = stack.container.runtime;
+    const inRolledBack: string[] = [];
+    await expect(
+      tenantEm(stack.container.orm, t.tenantId).transactional(async (tx) => {
+        expect(await runtime.complete(tx, runId, 'failed', { error: { code: 'test' } }, inRolledBack)).toBe(true);
+        throw new Error('the state change rolls back');
+      }),
+    ).rejects.toThrow('rolls back');
+    expect(inRolledBack).toHaveLength(1); // inserted in the transaction …
+    expect(await deliveriesOfRun(stack, runId)).toHaveLength(0); // … and gone with it
+    const committed: string[] = [];
+    await tenantEm(stack.container.orm, t.tenantId).transactional((tx) => runtime.complete(tx, runId, 'failed', { error: { code: 'test' } }, committed));
+    expect((await deliveriesOfRun(stack, runId)).map((d) => d.id)).toEqual(committed);
+  });
+
+  it('a delivery whose job Redis lost is enqueued again by the redelivery pass, and delivered', async () => {
+    const t = await tenantWithEndpoint(stack, receiver, '/lost', ['run.failed']);
+    const runId = await submit(stack, t.admin, SAMPLE_SUBMISSION);
+    await waitRun(stack, t.admin, runId, ['waiting']);
+    // The run ends and its delivery commits, but its job never reaches Redis (lost with it).
+    const ids: string[] = [];
+    await tenantEm(stack.container.orm, t.tenantId).transactional((tx) => stack.container.runtime.complete(tx, runId, 'failed', { error: { code: 'test' } }, ids));
+    expect(ids).toHaveLength(1);
+    expect(await stack.container.queues.get(WEBHOOK_QUEUE)!.getJob(`wh-${ids[0]}`)).toBeUndefined();
+    const pass = webhookHandlers({
+      orm: stack.container.orm,
+      logger: pino({ level: 'silent' }),
+      settings: { timeoutMs: 5000, maxAttempts: 3, retryBaseMs: 50, policy: { allowPrivate: true, httpsOnly: false } },
+      queue: () => stack.container.queues.get(WEBHOOK_QUEUE)!,
+      redeliverAfterMs: 0,
+    })[WEBHOOK_REDELIVERY_JOB];
+    const result = await pass();
+    expect(result.enqueued).toBeGreaterThanOrEqual(1);
+    const got = await waitFor(() => receiver.verified('/lost', t.endpoint.secret).find((m) => m.data.run_id === runId), { timeoutMs: 30_000, what: 'the lost delivery' });
+    expect(got).toMatchObject({ type: 'run.failed', data: { status: 'failed' } });
+  });
+
+  it('a disabled endpoint gets no new event, and its pending delivery is given up unsent', async () => {
+    const t = await tenantWithEndpoint(stack, receiver, '/disabled', ['run.failed', 'run.cancelled']);
+    const [first, second] = [await submit(stack, t.admin, SAMPLE_SUBMISSION), await submit(stack, t.admin, { ...SAMPLE_SUBMISSION, partner: { ...SAMPLE_SUBMISSION.partner, name: 'Other' } })];
+    await waitRun(stack, t.admin, first, ['waiting']);
+    await waitRun(stack, t.admin, second, ['waiting']);
+    // A delivery committed while the endpoint was enabled, its job not yet added …
+    const ids: string[] = [];
+    await tenantEm(stack.container.orm, t.tenantId).transactional((tx) => stack.container.runtime.complete(tx, first, 'failed', { error: { code: 'test' } }, ids));
+    const disabled = await api(stack, 'POST', `${ENDPOINTS}/${t.endpoint.id}/disable`, { token: t.admin, headers: { 'Idempotency-Key': randomUUID() } });
+    expect(disabled.status, disabled.text).toBe(200);
+    // … is given up at its attempt; an event after the disable inserts none.
+    await stack.container.runtime.dispatchDeliveries(t.tenantId, ids);
+    const cancel = await api(stack, 'POST', `/api/v1/golden-path/runs/${second}/cancel`, { token: t.admin, headers: { 'Idempotency-Key': randomUUID() } });
+    expect(cancel.status, cancel.text).toBe(200);
+    const page = await waitFor(
+      async () => {
+        const res = await api(stack, 'GET', `${ENDPOINTS}/${t.endpoint.id}/deliveries`, { token: t.admin });
+        return res.json?.items?.[0]?.status === 'failed' ? res.json : undefined;
+      },
+      { timeoutMs: 30_000, what: 'the pending delivery to be given up' },
+    );
+    expect(page.items).toHaveLength(1);
+    expect(page.items[0]).toMatchObject({ id: ids[0], status: 'failed', attempts: 1, last_error: 'endpoint disabled', last_status_code: null });
+    expect(receiver.received.filter((r) => r.path === '/disabled')).toHaveLength(0);
+  });
+});
+
+/**
+ * The run's last step, held by a worker in this process until a cancel has committed: its
+ * checkpoint then finds the run no longer active and its transaction — the run's end with its
+ * run.completed delivery — commits nothing. The run's only event is the cancel's.
+ */
+describe('outbox: a step transaction that rolls back', () => {
+  let stack: TestStack;
+  let receiver: Receiver;
+
+  beforeAll(async () => {
+    stack = await startStack({ env: { WEBHOOK_ALLOW_PRIVATE_NETWORKS: 'true' } }); // no worker process: only the host below runs the run
+    receiver = await startReceiver();
+  }, 120_000);
+  afterAll(async () => {
+    await receiver?.close();
+    await stack?.stop();
+  });
+
+  it('writes no delivery: a run cancelled while its last step runs has run.cancelled only, never run.completed', async () => {
+    const t = await tenantWithEndpoint(stack, receiver, '/held', ['run.completed', 'run.cancelled']);
+    const b = barrier();
+    const last = stack.container.runtime.workflow('golden-path').steps.length;
+    const host = startRunHost(
+      stack,
+      wrappedGoldenPath(stack, (step, seq) => async (input, ctx) => {
+        if (seq === last) {
+          b.enter();
+          await b.released;
+        }
+        return step.run(input, ctx);
+      }),
+      'webhook-held',
+    );
+    try {
+      const runId = await submit(stack, t.admin, CLASS_A_SUBMISSION);
+      await b.inside;
+      expect(await deliveriesOfRun(stack, runId)).toEqual([]); // not ended yet: no event
+      const cancel = await api(stack, 'POST', `/api/v1/golden-path/runs/${runId}/cancel`, { token: t.admin, headers: { 'Idempotency-Key': randomUUID() } });
+      expect(cancel.status, cancel.text).toBe(200);
+      b.release();
+      // The step's transaction ran to its checkpoint and rolled back there; the job then ended.
+      await waitFor(async () => (await stack.db.admin(`select count(*)::int as n from durable_checkpoints where run_id = $1`, [runId])).rows[0].n === last - 1 && (await api(stack, 'GET', `/api/v1/golden-path/runs/${runId}`, { token: t.admin })).json.status === 'cancelled', { what: 'the held step to end' });
+      const queue = stack.container.queues.get('golden-path')!;
+      await waitFor(async () => (await queue.getJobCounts('active', 'wait')).active === 0, { what: 'the run job to end' });
+      expect((await deliveriesOfRun(stack, runId)).map((d) => d.event_type)).toEqual(['run.cancelled']);
+    } finally {
+      b.release();
+      await host.stop();
+    }
+  });
+});
+
+describe('webhook endpoint API: refusals', () => {
+  let stack: TestStack;
+
+  beforeAll(async () => {
+    // WEBHOOK_ALLOW_PRIVATE_NETWORKS unset: the production default.
+    stack = await startStack();
+  }, 120_000);
+
+  afterAll(async () => {
+    await stack?.stop();
+  });
+
+  const endpointsOf = async (tenantId: string) => (await stack.db.admin(`select count(*)::int as n from webhook_endpoints where tenant_id = $1`, [tenantId])).rows[0].n as number;
+
+  it.each([
+    ['a URL that is no URL', { url: 'not a url', events: ['run.completed'] }],
+    ['an ftp URL', { url: 'ftp://example.com/hook', events: ['run.completed'] }],
+    ['an unknown event type', { url: 'https://example.com/hook', events: ['run.exploded'] }],
+    ['no event', { url: 'https://example.com/hook', events: [] }],
+    ['a loopback address', { url: 'http://127.0.0.1:9/hook', events: ['run.completed'] }],
+    ['a private address', { url: 'https://10.1.2.3/hook', events: ['run.completed'] }],
+    ['the link-local metadata address', { url: 'http://169.254.169.254/latest', events: ['run.completed'] }],
+    ['an IPv6 unique-local address', { url: 'https://[fd00::1]/hook', events: ['run.completed'] }],
+    ['an IPv4-mapped loopback', { url: 'https://[::ffff:127.0.0.1]/hook', events: ['run.completed'] }],
+    ['a name that resolves to loopback', { url: 'http://localhost:9/hook', events: ['run.completed'] }],
+    ['an unknown field', { url: 'https://example.com/hook', events: ['run.completed'], secret: 'mine' }],
+  ])('%s is refused with 422 problem+json, and nothing is stored', async (_what, body) => {
+    const tenantId = newTenant();
+    const admin = await stack.token({ tenantId, sub: 'admin-1', roles: ['admin'] });
+    const res = await createEndpoint(stack, admin, body);
+    expect(res.status, res.text).toBe(422);
+    expect(res.headers.get('content-type')).toMatch(/application\/problem\+json/);
+    expect(await endpointsOf(tenantId)).toBe(0);
+  });
+
+  it('a user who is not a tenant admin may neither create nor list endpoints (403)', async () => {
+    const tenantId = newTenant();
+    const user = await stack.token({ tenantId, sub: 'user-1', roles: ['approver'] });
+    const res = await createEndpoint(stack, user, { url: 'https://example.com/hook', events: ['run.completed'] });
+    expect(res.status, res.text).toBe(403);
+    expect((await api(stack, 'GET', ENDPOINTS, { token: user })).status).toBe(403);
+    expect(await endpointsOf(tenantId)).toBe(0);
+  });
+
+  it('an admin lists, reads and disables endpoints of its own tenant only; the secret is never shown again', async () => {
+    const tenantId = newTenant();
+    const admin = await stack.token({ tenantId, sub: 'admin-1', roles: ['admin'] });
+    const other = await stack.token({ tenantId: newTenant(), sub: 'admin-1', roles: ['admin'] });
+    const ids: string[] = [];
+    for (let i = 0; i < 3; i++) {
+      const res = await api(stack, 'POST', ENDPOINTS, { token: admin, body: { url: `https://93.184.215.${i + 10}/hook`, events: ['run.completed'] }, headers: { 'Idempotency-Key': randomUUID() } });
+      expect(res.status, res.text).toBe(201);
+      ids.push(res.json.id);
+    }
+    const first = await api(stack, 'GET', `${ENDPOINTS}?limit=2`, { token: admin });
+    expect(first.status, first.text).toBe(200);
+    expect(first.json.items).toHaveLength(2);
+    const second = await api(stack, 'GET', `${ENDPOINTS}?limit=2&cursor=${first.json.next_cursor}`, { token: admin });
+    expect([...first.json.items, ...second.json.items].map((e: { id: string }) => e.id).sort()).toEqual([...ids].sort());
+    expect(second.json.next_cursor).toBeNull();
+    expect(JSON.stringify([first.json, second.json])).not.toContain('whsec_');
+    expect((await api(stack, 'GET', `${ENDPOINTS}/${ids[0]}`, { token: other })).status).toBe(404);
+    const disabled = await api(stack, 'POST', `${ENDPOINTS}/${ids[0]}/disable`, { token: admin, headers: { 'Idempotency-Key': randomUUID() } });
+    expect(disabled.status, disabled.text).toBe(200);
+    expect(disabled.json).toMatchObject({ id: ids[0], enabled: false });
+    expect(disabled.json.secret).toBeUndefined();
+  });
+});
