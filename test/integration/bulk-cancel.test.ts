@@ -12,6 +12,8 @@ import { namedJobId, stepJobId } from '../../src/platform/queue/job-ids.ts';
 import { GOLDEN_PATH, GOLDEN_PATH_QUEUE } from '../../src/modules/golden-path/golden-path.workflow.ts';
 import { ApprovalService } from '../../src/modules/approvals/approval.service.ts';
 import { BULK_CANCEL_BATCH } from '../../src/platform/durable/run-cancel.ts';
+import { CoalescingClient } from '../../src/platform/db/coalescing-client.ts';
+import { inlineStatement } from '../../src/platform/db/statement-batch.ts';
 
 const LONG = 120_000;
 const BULK = '/api/v1/golden-path/runs/cancel';
@@ -159,6 +161,67 @@ describe('bulk cancel, no worker (the runs stay pending)', () => {
       expect(res.status, res.text).toBe(403);
     }
     expect(await statusOf(stack, id)).toBe('pending');
+  });
+});
+
+/** Plan nodes of a JSON plan, depth first. */
+function planNodes(plan: any, out: any[] = []): any[] {
+  out.push(plan);
+  for (const child of plan.Plans ?? []) planNodes(child, out);
+  return out;
+}
+
+describe("bulk cancel's statements on a tenant with a long history", () => {
+  let stack: TestStack;
+  const originalQuery = CoalescingClient.prototype.query;
+  beforeAll(async () => {
+    stack = await startStack();
+  }, LONG);
+  afterAll(async () => {
+    CoalescingClient.prototype.query = originalQuery;
+    await stack?.stop();
+  });
+
+  // Without RUN_RETENTION a tenant keeps every run it ever had. Each batch read the tenant's runs in
+  // creation order through (tenant_id, created_at, id), filtering status row by row: it walked every
+  // ended run older than the first active one — 300,000 in 1.4 s per batch on a 2-vCPU development machine (cold cache),
+  // five batches and the has_more probe per request, past DATABASE_STATEMENT_TIMEOUT (30 s) for a tenant
+  // of a few million runs, so a bulk cancel failed the more history its tenant had, whatever it cancelled.
+  it('each statement reads only the active runs it returns: no ended run is read and filtered out, nothing sorted', { timeout: LONG }, async () => {
+    const tenant = newTenant();
+    const tok = await runUsers(stack, tenant);
+    await stack.db.admin(
+      `insert into durable_runs (id, tenant_id, workflow, workflow_version, idempotency_hash, status, principal, input, correlation_id, sequence_num, step_count, created_at, updated_at, completed_at)
+       select gen_random_uuid(), $1, $2, 1, md5(random()::text || g), case when g <= 30000 then 'completed' else 'pending' end, 'u', '{}', 'c', 0, 4,
+              now() - interval '30 days' + g * interval '1 second', now(), case when g <= 30000 then now() end
+         from generate_series(1, 35000) g`,
+      [tenant, GOLDEN_PATH],
+    );
+    await stack.db.admin('analyze durable_runs');
+    // The statements of a bulk cancel as sent (another tenant's, which has no run: nothing changes), then
+    // planned and run for this tenant as the superuser (the select alone: nothing is cancelled).
+    const sent: { text: string; values: unknown[] }[] = [];
+    CoalescingClient.prototype.query = function (this: CoalescingClient, config: any, values?: any, callback?: any) {
+      if (typeof config === 'string' && /from durable_runs where tenant_id = /.test(config) && Array.isArray(values)) sent.push({ text: config, values });
+      return originalQuery.call(this, config, values, callback);
+    };
+    const probeTenant = newTenant();
+    const probe = await runUsers(stack, probeTenant);
+    const res = await bulk(stack, probe.admin, { status: ['pending', 'running'], limit: 100 });
+    CoalescingClient.prototype.query = originalQuery;
+    expect(res.status, res.text).toBe(200);
+    expect(sent.length).toBeGreaterThanOrEqual(2); // the batch, and the probe for has_more
+    for (const s of sent) {
+      const sql = inlineStatement({ text: s.text, values: s.values.map((v) => (v === probeTenant ? tenant : v)) });
+      // Run as planned (a `for update` takes its row locks, and releases them at the statement's end).
+      const plan = (await stack.db.admin(`explain (analyze, format json) ${sql}`)).rows[0]['QUERY PLAN'][0].Plan;
+      const nodes = planNodes(plan);
+      const filtered = nodes.reduce((n, node) => n + (node['Rows Removed by Filter'] ?? 0) + (node['Rows Removed by Index Recheck'] ?? 0), 0);
+      expect({ statement: s.text.slice(0, 60), filtered, sorted: nodes.some((node) => node['Node Type'] === 'Sort') }).toEqual({ statement: s.text.slice(0, 60), filtered: 0, sorted: false });
+    }
+    // And the request itself: the 100 oldest pending runs of the 5,000.
+    const done = await bulk(stack, tok.admin, { status: ['pending', 'running'], limit: 100 });
+    expect(done.json).toMatchObject({ cancelled: 100, has_more: true });
   });
 });
 

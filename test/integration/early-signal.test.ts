@@ -47,3 +47,26 @@ describe('a SIGTERM while the process is still loading its modules', () => {
     expect(JSON.parse(lines[0]!)).toMatchObject({ level: 30, service, name: service, signal: 'SIGTERM', msg: expect.stringContaining('stopped while starting') });
   });
 });
+
+describe('a signal to a script loaded with the telemetry bootstrap (register.ts) that is neither the API nor a worker', () => {
+  // Such a script never installs onShutdown, so a start-up handler would stay for its whole life: a
+  // SIGINT or SIGTERM an hour into a migration or a one-off job would end it with exit 0 and "stopped
+  // while starting", read by its caller as success. It keeps Node's default: killed by the signal.
+  it.each(['SIGTERM', 'SIGINT'] as const)('%s once it runs: killed by the signal, not exit 0', { timeout: 60_000 }, async (signal) => {
+    const child = spawn(process.execPath, ['--import', './src/platform/telemetry/register.ts', 'test/helpers/idle-script.ts'], {
+      cwd: ROOT,
+      env: { PATH: process.env.PATH ?? '', LOG_LEVEL: 'info' },
+      stdio: ['ignore', 'pipe', 'pipe', 'ipc'],
+    });
+    let out = '';
+    child.stdout!.on('data', (d) => (out += String(d)));
+    const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => child.on('exit', (code, sig) => resolve({ code, signal: sig })));
+    await new Promise<void>((resolve, reject) => {
+      child.on('message', (m) => m === 'ready' && resolve());
+      void exited.then((e) => reject(new Error(`exited before it was ready: ${JSON.stringify(e)} ${out}`)));
+    });
+    child.kill(signal);
+    expect(await exited, out).toEqual({ code: null, signal });
+    expect(out).not.toContain('stopped while starting');
+  });
+});

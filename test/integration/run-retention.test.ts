@@ -105,6 +105,13 @@ describe('run retention', () => {
     return { run: () => handlers[RUN_RETENTION_JOB](), deletedMetric: async () => (await metrics.runsDeleted.get()).values };
   }
 
+  /**
+   * The run-retention schedule on `queue` (what a worker with RUN_RETENTION upserts), its first pass a
+   * day away: passes apply the schedule in force, and none of its own runs during the test.
+   */
+  const scheduleOn = (queue: Queue) =>
+    queue.upsertJobScheduler(RUN_RETENTION_JOB, { every: DAY, startDate: Date.now() + DAY }, { name: RUN_RETENTION_JOB, data: { retention_ms: RETENTION } });
+
   /** The maintenance handlers with small pass limits, queuing follow-ups on `queue`. */
   const handlersQueuingOn = (queue: Queue, retentionBatch: { batchSize: number; maxBatches: number }) =>
     maintenanceHandlers({
@@ -177,6 +184,7 @@ describe('run retention', () => {
     const handlers = handlersQueuingOn(queue, { batchSize: 2, maxBatches: 1 });
     const worker = new Worker(MAINTENANCE_QUEUE, (job) => handlers[job.name as typeof RUN_RETENTION_JOB](), { connection, prefix, concurrency: 2 });
     try {
+      await scheduleOn(queue);
       await queue.add(RUN_RETENTION_JOB, {});
       await waitFor(async () => Object.values(await leftOf(old)).every((l) => l.run === 0) || undefined, { timeoutMs: 30_000, what: 'the backlog to be deleted' });
       const done = await waitFor(async () => {
@@ -190,7 +198,8 @@ describe('run retention', () => {
         { deleted: 2, complete: false },
         { deleted: 1, complete: true },
       ]);
-      expect(await queue.getJobCounts('waiting', 'delayed', 'active')).toEqual({ waiting: 0, delayed: 0, active: 0 });
+      // Only the schedule's own next pass, a day away.
+      expect(await queue.getJobCounts('waiting', 'delayed', 'active')).toEqual({ waiting: 0, delayed: 1, active: 0 });
     } finally {
       await worker.close();
       await queue.obliterate({ force: true });
@@ -207,9 +216,10 @@ describe('run retention', () => {
     const queue = new Queue(MAINTENANCE_QUEUE, { connection, prefix: `${stack.prefix}-once` });
     const handlers = handlersQueuingOn(queue, { batchSize: 1, maxBatches: 1 });
     try {
+      await scheduleOn(queue);
       // Three passes (the schedule's, a follow-up, another worker's), none served: each stops at its limit.
       for (let i = 0; i < 3; i++) expect(await handlers[RUN_RETENTION_JOB]()).toMatchObject({ deleted: 1, complete: false });
-      expect(await queue.getJobCounts('waiting', 'delayed', 'active')).toEqual({ waiting: 1, delayed: 0, active: 0 });
+      expect(await queue.getJobCounts('waiting', 'delayed', 'active')).toEqual({ waiting: 1, delayed: 1, active: 0 });
       expect((await queue.getWaiting()).map((j) => j.name)).toEqual([RUN_RETENTION_JOB]);
     } finally {
       await queue.obliterate({ force: true });
@@ -426,6 +436,14 @@ describe('run retention across workers with different RUN_RETENTION', () => {
 
   const linesOf = (output: string) => output.split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as Record<string, any>);
   const differs = (output: string) => linesOf(output).filter((l) => typeof l.msg === 'string' && l.msg.startsWith('RUN_RETENTION differs'));
+  /** A completed run of a new tenant that ended 45 days ago (seeded as the superuser): its id. */
+  const runEnded45DaysAgo = async () =>
+    ((await admin.query(
+      `insert into durable_runs (id, tenant_id, workflow, workflow_version, idempotency_hash, status, principal, input, correlation_id, sequence_num, step_count, created_at, updated_at, completed_at)
+       values (gen_random_uuid(), $1, 'golden-path', 1, md5(random()::text), 'completed', 'u', '{}', 'c', 4, 4, now() - interval '46 days', now() - interval '45 days', now() - interval '45 days') returning id`,
+      [newTenant()],
+    )).rows[0] as { id: string }).id;
+  const stillThere = async (id: string) => (await admin.query(`select count(*)::int as n from durable_runs where id = $1`, [id])).rows[0].n as number;
 
   it('the scheduler carries its retention; a worker started with another one warns naming both and replaces it; a pass run by any worker deletes with the scheduled one', { timeout: LONG }, async () => {
     const connection = new Redis(TEST_REDIS_URL, { maxRetriesPerRequest: 1 });
@@ -445,24 +463,19 @@ describe('run retention across workers with different RUN_RETENTION', () => {
 
       // A run that ended 45 days ago: past the first worker's 30d, within the scheduled 60d. The pass is
       // run by a worker whose own RUN_RETENTION is 30d, on the scheduled job's data: the run stays.
-      const t = newTenant();
-      const [run] = (await admin.query(
-        `insert into durable_runs (id, tenant_id, workflow, workflow_version, idempotency_hash, status, principal, input, correlation_id, sequence_num, step_count, created_at, updated_at, completed_at)
-         values (gen_random_uuid(), $1, 'golden-path', 1, md5(random()::text), 'completed', 'u', '{}', 'c', 4, 4, now() - interval '46 days', now() - interval '45 days', now() - interval '45 days') returning id`,
-        [t],
-      )).rows as Array<{ id: string }>;
+      const run = { id: await runEnded45DaysAgo() };
       const logger = createLogger({ level: 'silent', name: 'dealix-worker' });
       const handlers = maintenanceHandlers({ orm: stack.container.orm, idempotency: stack.container.idempotency, logger, runRetentionMs: 30 * DAY });
       const pass = await handlers[RUN_RETENTION_JOB]({ data: scheduler!.template!.data } as Job);
       expect(pass).toMatchObject({ deleted: 0, complete: true });
-      expect((await admin.query(`select count(*)::int as n from durable_runs where id = $1`, [run!.id])).rows[0].n).toBe(1);
+      expect(await stillThere(run.id)).toBe(1);
       // A worker whose own RUN_RETENTION is off deletes nothing, whatever the job carries; one with it set
-      // handed a 30d job (a follow-up queued under that schedule) deletes with 30d.
+      // handed a 30d job, with no maintenance queue to read the schedule from, deletes with the job's 30d.
       const off = maintenanceHandlers({ orm: stack.container.orm, idempotency: stack.container.idempotency, logger, runRetentionMs: 0 });
       expect(await off[RUN_RETENTION_JOB]({ data: { retention_ms: 30 * DAY } } as Job)).toMatchObject({ deleted: 0 });
       const ninety = maintenanceHandlers({ orm: stack.container.orm, idempotency: stack.container.idempotency, logger, runRetentionMs: 90 * DAY });
       expect(await ninety[RUN_RETENTION_JOB]({ data: { retention_ms: 30 * DAY } } as Job)).toMatchObject({ deleted: 1 });
-      expect((await admin.query(`select count(*)::int as n from durable_runs where id = $1`, [run!.id])).rows[0].n).toBe(0);
+      expect(await stillThere(run.id)).toBe(0);
 
       // A worker with retention off: it says so too, and the schedule goes.
       const third = await stack.spawnWorker({ RUN_RETENTION: '0' });
@@ -471,6 +484,44 @@ describe('run retention across workers with different RUN_RETENTION', () => {
     } finally {
       await queue.close();
       connection.disconnect();
+    }
+  });
+
+  /**
+   * A follow-up pass (queued by a pass that stopped at its limit) carries the retention of the schedule
+   * it was queued under, and a backlog drains follow-up after follow-up, each queuing the next with the
+   * value it carries: before, such a chain went on deleting with a replaced value (a retention
+   * lengthened from 30d to 90d kept deleting the runs 30 to 90 days old, the ones the change was made
+   * to keep), and went on after the schedule was removed (retention turned off).
+   */
+  it('a follow-up queued under 30d, run after the schedule became 90d, keeps a run ended 45 days ago; after the schedule was removed it deletes nothing', { timeout: LONG }, async () => {
+    const connection = new Redis(TEST_REDIS_URL, { maxRetriesPerRequest: 1 });
+    const queue = new Queue(MAINTENANCE_QUEUE, { connection, prefix: `${stack.prefix}-in-force` });
+    const run = await runEnded45DaysAgo();
+    const left = () => stillThere(run);
+    // A worker still configured with 30d (not restarted yet in the roll) takes the follow-up.
+    const handlers = maintenanceHandlers({
+      orm: stack.container.orm,
+      idempotency: stack.container.idempotency,
+      logger: createLogger({ level: 'silent', name: 'dealix-worker' }),
+      runRetentionMs: 30 * DAY,
+      maintenanceQueue: () => queue,
+    });
+    const followUp = { data: { retention_ms: 30 * DAY } } as Job;
+    try {
+      await upsertMaintenanceSchedulers(queue, { runRetentionMs: 90 * DAY, everyMs: DAY });
+      expect(await handlers[RUN_RETENTION_JOB](followUp)).toMatchObject({ deleted: 0, complete: true });
+      expect(await left()).toBe(1);
+
+      await upsertMaintenanceSchedulers(queue, { runRetentionMs: 0 });
+      expect(await queue.getJobScheduler(RUN_RETENTION_JOB)).toBeUndefined();
+      expect(await handlers[RUN_RETENTION_JOB](followUp)).toMatchObject({ deleted: 0, complete: true });
+      expect(await left()).toBe(1);
+    } finally {
+      await queue.obliterate({ force: true });
+      await queue.close();
+      connection.disconnect();
+      await admin.query(`delete from durable_runs where id = $1`, [run]);
     }
   });
 });

@@ -64,6 +64,10 @@ export const DurableRun = defineEntity({
     // tenant-leading index costs the same, and a cached plan that scans a tenant's runs by status grows
     // with the tenant (ADR 0004, "Plans cached before statistics").
     { name: 'durable_runs_tenant_active_index', properties: ['tenantId', 'status'], where: "status in ('pending', 'running', 'waiting')" },
+    // A tenant's active runs of one workflow, oldest first: a bulk cancel's batches (run-cancel.ts) read
+    // them in that order and stop at the batch, whatever number of ended runs the tenant keeps; in
+    // (tenant_id, created_at, id) they walked every ended run older than the first active one.
+    { name: 'durable_runs_tenant_workflow_active_index', properties: ['tenantId', 'workflow', 'createdAt', 'id'], where: "status in ('pending', 'running', 'waiting')" },
     { name: 'durable_runs_status_updated_index', properties: ['status', 'updatedAt'] },
   ],
   rowLevelSecurity: 'force',

@@ -68,7 +68,9 @@ export type BulkCancelResult = z.infer<typeof bulkCancelResult>;
 /**
  * The bulk cancel: the tenant's runs of `workflow` that match `filter`, oldest first, up to its limit,
  * each locked `for update` (in batches of BULK_CANCEL_BATCH, in one order: created_at, id) and then
- * cancelled by cancelLockedRun, in the caller's transaction. The tenant is the principal's, in the
+ * cancelled by cancelLockedRun, in the caller's transaction. Each statement reads the partial index of
+ * the tenant's active runs of the workflow in that order (durable_runs_tenant_workflow_active_index), so
+ * its cost follows the runs it returns, not the ended runs the tenant keeps. The tenant is the principal's, in the
  * statement's filter and in the row-level security of the tenant-bound entity manager.
  */
 export async function bulkCancel(
@@ -106,7 +108,9 @@ export async function bulkCancel(
     if (runs.length < batch) break;
   }
   // What still matches: the runs past the limit (has_more), and with ids, which of them were not unmatched.
-  const left = await ctx.em.execute<{ id: string }[]>(`select id from durable_runs where ${where} limit ?`, [...params, ids ? ids.length : 1]);
+  // In the batches' order, so that it reads the tenant's active runs of the workflow alone (their partial
+  // index), never its ended ones.
+  const left = await ctx.em.execute<{ id: string }[]>(`select id from durable_runs where ${where} order by created_at, id limit ?`, [...params, ids ? ids.length : 1]);
   const matched = new Set([...cancelled, ...left.map((r) => r.id)]);
   return { cancelled: cancelled.length, cancelled_ids: cancelled, has_more: left.length > 0, unmatched_ids: (ids ?? []).filter((id) => !matched.has(id)) };
 }

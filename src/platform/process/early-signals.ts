@@ -31,6 +31,14 @@ export function serviceNameOf(entry: string | undefined): string {
   return `dealix-${name}`;
 }
 
+/**
+ * Whether a process of this service installs onShutdown once started (the API, the workers), which
+ * releases the start-up handlers: only such a process may have them, from wherever they are installed.
+ */
+export function installsShutdownHandlers(service: string): boolean {
+  return service === 'dealix-api' || service === 'dealix-worker';
+}
+
 /** Installs the start-up handlers (once per process; a second call does nothing). */
 export function installEarlySignals(service = serviceNameOf(process.argv[1])): void {
   if (holder[KEY]) return;

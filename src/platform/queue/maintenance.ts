@@ -46,6 +46,15 @@ function scheduledRetention(data: unknown): number | undefined {
   return typeof ms === 'number' && Number.isFinite(ms) && ms > 0 ? ms : undefined;
 }
 
+/**
+ * The run-retention schedule as Redis holds it now: not `scheduled` once a worker with RUN_RETENTION off
+ * removed it; `retentionMs` undefined for a scheduler of an older release, which carries none.
+ */
+async function retentionInForce(queue: Queue): Promise<{ scheduled: false } | { scheduled: true; retentionMs: number | undefined }> {
+  const scheduler = await queue.getJobScheduler(RUN_RETENTION_JOB);
+  return scheduler ? { scheduled: true, retentionMs: scheduledRetention(scheduler.template?.data) } : { scheduled: false };
+}
+
 /** A retention as an operator writes it: 30d, 12h, 90m, 45s; 0 is "off". */
 export function formatRetention(ms: number): string {
   if (ms <= 0) return 'off';
@@ -120,20 +129,31 @@ export function maintenanceHandlers(deps: {
       return { deleted };
     },
     /**
-     * Deletes ended runs past the retention the job carries — the scheduler's (ADR 0011), whichever
-     * worker runs it — or, for a job that carries none (scheduled by an older release), past this
-     * worker's own RUN_RETENTION. A worker whose own RUN_RETENTION is off deletes nothing, whatever the
-     * job says. A pass that stopped at its limit queues the next at once (queueRetentionFollowUp), with
-     * the same retention.
+     * Deletes ended runs past the retention of the schedule in force — the scheduler's data as Redis
+     * holds it when the pass starts (ADR 0011), whichever worker runs it and whatever schedule a
+     * follow-up was queued under — or, with a scheduler that carries none (an older release's), past
+     * the job's, else this worker's own RUN_RETENTION. No scheduler (a worker started with retention
+     * off removed it): nothing is deleted. A worker whose own RUN_RETENTION is off deletes nothing,
+     * whatever the schedule says. A pass that stopped at its limit queues the next at once
+     * (queueRetentionFollowUp), with the retention it applied. Without a maintenance queue (tests), the
+     * job's retention applies.
      */
     async [RUN_RETENTION_JOB](job?: Pick<Job, 'data'>) {
       const own = deps.runRetentionMs ?? 0;
-      if (own <= 0) return { deleted: 0, byWorkflow: {}, batches: 0, complete: true };
-      const retentionMs = scheduledRetention(job?.data) ?? own;
+      const skipped = { deleted: 0, byWorkflow: {}, batches: 0, complete: true };
+      if (own <= 0) return skipped;
+      const queue = deps.maintenanceQueue?.();
+      // The schedule in force, read at each pass: a follow-up carries the value of the schedule it was
+      // queued under, which a worker started since may have replaced or removed (ADR 0011).
+      const inForce = queue ? await retentionInForce(queue) : { scheduled: true as const, retentionMs: undefined };
+      if (!inForce.scheduled) {
+        deps.logger.info({ queued_retention_ms: scheduledRetention(job?.data) ?? null }, 'run retention: not scheduled (removed by a worker started with RUN_RETENTION off): pass skipped');
+        return skipped;
+      }
+      const retentionMs = inForce.retentionMs ?? scheduledRetention(job?.data) ?? own;
       const pass = await deleteEndedRuns(systemEm(deps.orm), { ...deps.retentionBatch, olderThanMs: retentionMs });
       for (const [workflow, n] of Object.entries(pass.byWorkflow)) deps.runsDeleted?.inc({ workflow }, n);
-      const queue = pass.complete ? undefined : deps.maintenanceQueue?.();
-      if (queue) await queueRetentionFollowUp(queue, retentionMs);
+      if (queue && !pass.complete) await queueRetentionFollowUp(queue, retentionMs);
       deps.logger.info({ deleted: pass.deleted, by_workflow: pass.byWorkflow, batches: pass.batches, complete: pass.complete, retention_ms: retentionMs }, 'run retention: ended runs deleted');
       return pass;
     },

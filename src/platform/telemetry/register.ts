@@ -7,11 +7,14 @@
  * collector only drops spans (exports run in the background, bounded by their timeout).
  */
 import { register } from 'node:module';
-import { installEarlySignals, serviceNameOf } from '../process/early-signals.ts';
+import { installEarlySignals, installsShutdownHandlers, serviceNameOf } from '../process/early-signals.ts';
 
 // The first thing the process does (this file is loaded before the entry): a SIGTERM while the SDK and
 // then the application load ends the start with exit 0 and a line, not a kill by the signal (early-signals.ts).
-installEarlySignals();
+// Only in the API and the workers, whose onShutdown replaces the handler once they have started: any
+// other script (a CLI, a one-off job) never would, and the handler would end it with exit 0, read as
+// success, however long it had run. Such a script keeps Node's default (killed by the signal).
+if (installsShutdownHandlers(serviceNameOf(process.argv[1]))) installEarlySignals();
 const { telemetryEnv } = await import('../config/config.ts');
 const { setTelemetryShutdown } = await import('./otel-hooks.ts');
 
