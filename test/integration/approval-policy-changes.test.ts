@@ -342,6 +342,28 @@ describe('a change based on the defaults (a tenant without a policy row)', () =>
     }
   });
 
+  it('with configured SLAs beyond what a PUT may set (APPROVAL_SLA_C 100d, a PUT at most 90d): proposed, read, listed and approved — its base_policy records them as they are, not a 500', { timeout: 120_000 }, async () => {
+    const longC = 100 * 86_400;
+    const restarted = await spawnApi({ ...stack.env, APPROVAL_SLA_C: '100d' });
+    try {
+      const there = { ...stack, baseUrl: restarted.baseUrl };
+      const t = await tenantTokens();
+      expect((await api(there, 'GET', PATH, { token: t.submitter })).json).toMatchObject({ version: 0, policy: { ...DEFAULTS, sla_c_seconds: longC } });
+      // Loosens the class A cost bound (and shortens the class C SLA to the most a PUT may set).
+      const body = { ...LOOSER, sla_c_seconds: 90 * 86_400 };
+      const proposed = await api(there, 'PUT', PATH, { token: t.admin, body });
+      expect(proposed.status, proposed.text).toBe(202);
+      expect(proposed.json).toMatchObject({ status: 'pending', loosens: ['class_a_max_cost'], base_policy: { ...DEFAULTS, sla_c_seconds: longC } });
+      expect((await api(there, 'GET', `${CHANGES}/${proposed.json.id}`, { token: t.submitter })).json).toEqual(proposed.json);
+      expect((await api(there, 'GET', CHANGES, { token: t.submitter })).json.items).toEqual([proposed.json]);
+      const approved = await api(there, 'POST', `${CHANGES}/${proposed.json.id}/approve`, { token: t.admin2 });
+      expect(approved.status, approved.text).toBe(200);
+      expect(approved.json).toMatchObject({ version: 1, policy: body, approved_by: 'admin-2' });
+    } finally {
+      await restarted.stop();
+    }
+  });
+
   it('proposed before base_policy was recorded (null): on the defaults it reads superseded, as its base cannot be known; on a version of the tenant it stays pending', async () => {
     const onDefaults = await tenantTokens();
     const old = await propose(onDefaults);

@@ -15,6 +15,7 @@ import {
   loadPolicyWithSource,
   loosenedFields,
   policyFromBody,
+  policyInForceSettings,
   policyToBody,
   type ApprovalPolicyBody,
   type LoadedPolicy,
@@ -56,7 +57,7 @@ export const policyChangeView = z
       ),
     policy: approvalPolicySettings.describe('The proposed policy, whole: what applies if it is approved'),
     base_version: z.number().int().min(0).describe('The version of the policy in force when it was proposed (0: the defaults); it applies only while that version is in force'),
-    base_policy: approvalPolicySettings
+    base_policy: policyInForceSettings
       .nullable()
       .describe(
         'The policy in force it was compared with when proposed: what `loosens` is relative to. For base_version 0 the defaults with the SLAs configured then (APPROVAL_SLA_B / APPROVAL_SLA_C): while the configured ones differ it reads superseded. Null for changes proposed before it was recorded',
@@ -123,7 +124,7 @@ function toView(row: ChangeRow): PolicyChangeView {
     status: row.status,
     policy: approvalPolicySettings.parse(row.policy),
     base_version: Number(row.base_version),
-    base_policy: row.base_policy == null ? null : approvalPolicySettings.parse(row.base_policy),
+    base_policy: row.base_policy == null ? null : policyInForceSettings.parse(row.base_policy),
     loosens: row.loosens,
     proposed_by: row.proposed_by,
     proposed_at: toIsoTime(row.created_at),

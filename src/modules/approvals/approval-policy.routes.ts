@@ -4,7 +4,7 @@ import { ADMIN_ROLE } from '../../platform/tenancy/roles.ts';
 import { isoTime } from '../../platform/http/iso-time.ts';
 import { pageLimit } from '../../platform/http/cursor.ts';
 import { POLICY_CHANGE_STATUSES } from './approval.entities.ts';
-import { appliedPolicy, approvalPolicyBody, approvalPolicySettings, loadPolicyWithSource, policyFromBody } from './approval.policy.ts';
+import { appliedPolicy, approvalPolicyBody, loadPolicyWithSource, policyFromBody, policyInForceSettings } from './approval.policy.ts';
 import {
   approveChange,
   CHANGES_PATH,
@@ -22,7 +22,7 @@ import {
 const policyView = z
   .strictObject({
     source: z.enum(['default', 'tenant']).describe('default until an admin sets a policy'),
-    policy: approvalPolicySettings,
+    policy: policyInForceSettings,
     version: z.number().int().min(0).describe('0 for the defaults; 1 for the tenant\'s first policy, one more for each change applied'),
     updated_at: isoTime.nullable(),
     updated_by: z.string().nullable().describe('The admin (token sub) whose PUT set the policy, or proposed the change a second admin approved; null for the defaults'),
