@@ -407,6 +407,27 @@ describe('pending changes per tenant are capped', () => {
     await propose(t, { ...DEFAULTS, sla_b_seconds: 7_200 });
   });
 
+  it('counts by the clock after its wait for the policy row: a change that expired while the proposal waited leaves room (202), not a 409 naming 20 pending when 19 are', async () => {
+    const t = await tenantTokens();
+    expect((await put(t.admin, DEFAULTS)).json).toMatchObject({ version: 1 });
+    await proposeMany(t, MAX_PENDING);
+    const oldest = (await api(stack, 'GET', `${CHANGES}?status=pending&limit=100`, { token: t.submitter })).json.items.at(-1);
+    const held = await holdRow(t.tenant, 'approval_policies');
+    const proposal = put(t.admin, LOOSER);
+    await lockWaiters(1, 'the proposal to wait for the policy');
+    // Pending when the proposal's transaction began; it expires while the proposal waits (by the database's clock).
+    await stack.db.admin(`update approval_policy_changes set expires_at = clock_timestamp() + interval '300 milliseconds' where id = $1`, [oldest.id]);
+    await waitFor(async () => (await stack.db.admin(`select expires_at <= clock_timestamp() as passed from approval_policy_changes where id = $1`, [oldest.id])).rows[0].passed, {
+      timeoutMs: 10_000,
+      what: 'the change to pass its expires_at',
+    });
+    await held.release();
+    const res = await proposal;
+    expect(res.status, res.text).toBe(202);
+    expect(await changeOf(t, oldest.id)).toMatchObject({ status: 'expired' });
+    expect(await pendingOf(t)).toBe(MAX_PENDING);
+  });
+
   it('holds under concurrent proposals on a tenant without a policy row (nothing to lock): of five at once with room for two, two are stored', async () => {
     const t = await tenantTokens();
     await proposeMany(t, MAX_PENDING - 2);

@@ -103,8 +103,9 @@ interface ChangeRow {
  * in force (its first parameter, `defaultsParam`) are not those it was compared with: an operator
  * changed APPROVAL_SLA_B/C, and applying it would loosen more than its `loosens` (ADR 0010). When is
  * not recorded: its decided_at is null. Expiry is by `clock`: `now()` (the transaction's start) for
- * reads; `statement_timestamp()` for an approval's check after it waited for the policy row, which
- * now() would place before that wait.
+ * reads; `statement_timestamp()` for an approval's check after it waited for the policy row, and for
+ * a proposal's count against the cap after it waited for the policy row and the cap's lock, both of
+ * which now() would place before that wait.
  */
 const changes = (clock: 'now()' | 'statement_timestamp()' = 'now()') => `select c.id, c.tenant_id, c.policy, c.base_version, c.base_policy, c.loosens, c.proposed_by, c.created_at, c.expires_at, c.decided_by,
     case when c.status <> 'pending' then c.status when c.expires_at <= ${clock} then 'expired'
@@ -221,7 +222,9 @@ async function proposeChange(
   opts: { defaults: SlaDefaults; changeTtlMs: number },
 ): Promise<PolicyChangeView> {
   await em.execute(`${DEFER_UNTIL_NEXT}select pg_advisory_xact_lock(hashtextextended('dealix:approval_policy_changes:' || ?, 0))`, [principal.tenantId]);
-  const [counted] = await em.execute<{ n: number }[]>(`select count(*)::int as n from (${changes()} where c.tenant_id = ?) pending where status = 'pending'`, [
+  // Expiry by the count's own statement clock: the PUT may have waited for the policy row, and then
+  // for this lock, since its transaction began (now()); a change that expired meanwhile is no longer pending.
+  const [counted] = await em.execute<{ n: number }[]>(`select count(*)::int as n from (${changes('statement_timestamp()')} where c.tenant_id = ?) pending where status = 'pending'`, [
     defaultsParam(opts.defaults),
     principal.tenantId,
   ]);
