@@ -342,6 +342,26 @@ describe('a change based on the defaults (a tenant without a policy row)', () =>
     }
   });
 
+  it('superseded only by the configured defaults can still be rejected (withdrawn): otherwise it would read pending again, and be approvable, once the operator restores them', { timeout: 120_000 }, async () => {
+    const t = await tenantTokens();
+    const change = await propose(t);
+    const restarted = await spawnApi({ ...stack.env, APPROVAL_SLA_B: '1h' });
+    try {
+      const there = { ...stack, baseUrl: restarted.baseUrl };
+      expect((await api(there, 'GET', `${CHANGES}/${change.id}`, { token: t.submitter })).json).toMatchObject({ status: 'superseded' });
+      // Its proposer withdraws it while it reads superseded.
+      const rejected = await api(there, 'POST', `${CHANGES}/${change.id}/reject`, { token: t.admin });
+      expect(rejected.status, rejected.text).toBe(200);
+      expect(rejected.json).toMatchObject({ status: 'rejected', decided_by: 'admin-1' });
+    } finally {
+      await restarted.stop();
+    }
+    // The defaults it was based on are back (this stack's API): it stays rejected, and cannot be approved.
+    expect(await changeOf(t, change.id)).toMatchObject({ status: 'rejected', decided_by: 'admin-1' });
+    expectProblem(await decide(t.admin2, change.id, 'approve'), 409, 'policy_change_decided');
+    expect(await policyOf(t)).toMatchObject({ source: 'default', version: 0 });
+  });
+
   it('with configured SLAs beyond what a PUT may set (APPROVAL_SLA_C 100d, a PUT at most 90d): proposed, read, listed and approved — its base_policy records them as they are, not a 500', { timeout: 120_000 }, async () => {
     const longC = 100 * 86_400;
     const restarted = await spawnApi({ ...stack.env, APPROVAL_SLA_C: '100d' });

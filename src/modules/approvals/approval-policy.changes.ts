@@ -53,7 +53,7 @@ export const policyChangeView = z
     status: z
       .enum(POLICY_CHANGE_STATUSES)
       .describe(
-        'pending: awaits a second admin. approved: applied (as base_version + 1). rejected: by an admin. expired: past expires_at undecided. superseded: the policy changed before it was approved, so it can no longer apply',
+        'pending: awaits a second admin. approved: applied (as base_version + 1). rejected: by an admin. expired: past expires_at undecided. superseded: the policy changed before it was approved, so it can no longer apply — except one based on the defaults superseded because the configured defaults differ from its base_policy: it reads pending again if they are restored, and may be rejected meanwhile',
       ),
     policy: approvalPolicySettings.describe('The proposed policy, whole: what applies if it is approved'),
     base_version: z.number().int().min(0).describe('The version of the policy in force when it was proposed (0: the defaults); it applies only while that version is in force'),
@@ -93,6 +93,8 @@ interface ChangeRow {
   expires_at: Date | string;
   decided_by: string | null;
   decided_at: Date | string | null;
+  /** Reads superseded only because the configured defaults are not its base_policy (it may read pending again). */
+  superseded_by_config: boolean;
 }
 
 /**
@@ -112,7 +114,9 @@ const changes = (clock: 'now()' | 'statement_timestamp()' = 'now()') => `select 
          when c.base_version <> coalesce(p.version, 0) then 'superseded'
          when p.version is null and c.base_policy is distinct from d.defaults then 'superseded' else 'pending' end as status,
     case when c.status <> 'pending' then c.decided_at when c.expires_at <= ${clock} then c.expires_at
-         when c.base_version <> coalesce(p.version, 0) then p.updated_at end as decided_at
+         when c.base_version <> coalesce(p.version, 0) then p.updated_at end as decided_at,
+    (c.status = 'pending' and c.expires_at > ${clock} and c.base_version = 0 and p.version is null
+      and c.base_policy is distinct from d.defaults) as superseded_by_config
   from approval_policy_changes c left join approval_policies p on p.tenant_id = c.tenant_id cross join (select ?::jsonb as defaults) d`;
 
 /** The parameter of `changes`: the defaults in force (version 0), as a change's base_policy records them. */
@@ -265,6 +269,11 @@ function policyChangedError(detail = 'The approval policy changed since this cha
 /** Why a change can no longer be decided (409: superseded, expired, decided); null while it is pending. */
 function notPending(row: ChangeRow): ConflictError | null {
   if (row.status === 'pending') return null;
+  if (row.status === 'superseded' && row.superseded_by_config) {
+    return policyChangedError(
+      'The defaults in force (their SLAs are configured: APPROVAL_SLA_B / APPROVAL_SLA_C) are no longer those this change was based on (its base_policy): it cannot apply while they differ; propose it again, or reject it.',
+    );
+  }
   if (row.status === 'superseded') {
     const base = Number(row.base_version) === 0 ? 'the defaults (version 0) with the SLAs configured when it was proposed' : `version ${row.base_version}`;
     return policyChangedError(`The approval policy in force is no longer ${base}, which this change was based on: it can no longer apply; propose it again.`);
@@ -318,9 +327,15 @@ export async function approveChange(
   return { ...applied, policy, proposedBy: row.proposed_by };
 }
 
-/** Any admin of the tenant rejects a pending change, its proposer too (who so withdraws it). */
+/**
+ * Any admin of the tenant rejects a pending change, its proposer too (who so withdraws it). Also one
+ * superseded only by the configured defaults: unlike a change whose base version is gone, it reads
+ * pending again if the operator restores the defaults it was based on (ADR 0010), so it must stay
+ * withdrawable meanwhile.
+ */
 export async function rejectChange(em: EntityManager, principal: Principal, id: string, defaults: SlaDefaults): Promise<PolicyChangeView> {
-  ensurePending(await changeRow(em, principal.tenantId, id, defaults, { forUpdate: true }));
+  const row = await changeRow(em, principal.tenantId, id, defaults, { forUpdate: true });
+  if (!row.superseded_by_config) ensurePending(row);
   await em.execute(`update approval_policy_changes set status = 'rejected', decided_by = ?, decided_at = now() where tenant_id = ? and id = ?`, [principal.sub, principal.tenantId, id]);
   return getChange(em, principal.tenantId, id, defaults);
 }

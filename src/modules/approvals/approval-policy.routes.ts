@@ -147,7 +147,11 @@ export function approvalPolicyRoutes(deps: { slaBSeconds: number; slaCSeconds: n
       idempotency: 'optional',
       params: changeId,
       responses: {
-        200: { description: 'The change, rejected', schema: policyChangeView },
+        200: {
+          description:
+            'The change, rejected: a pending one, or one based on the defaults that reads superseded only because the configured defaults differ from its base_policy (it would read pending again once they are restored)',
+          schema: policyChangeView,
+        },
         403: { description: 'Not an admin of the tenant' },
         ...decisionErrors,
       },
