@@ -39,7 +39,7 @@ const decisionErrors = {
   404: { description: 'No such change for this tenant' },
   409: {
     description:
-      'The change is no longer pending: the policy changed since it was proposed (policy_changed), it expired (policy_change_expired), or it was approved or rejected (policy_change_decided)',
+      'The change is no longer pending: the policy changed since it was proposed, or, based on the defaults, the configured defaults are no longer its base_policy (policy_changed; a reject accepts the latter), it expired (policy_change_expired), or it was approved or rejected (policy_change_decided)',
   },
 };
 
