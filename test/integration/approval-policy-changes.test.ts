@@ -569,6 +569,25 @@ describe('decisions at once (lock order: the policy row first, then changes)', (
     expect(await changeOf(t, x.id)).toMatchObject({ status: 'expired', decided_by: null });
   });
 
+  it('a change that expired while a tightening PUT waited for the policy row stays expired: the PUT supersedes only those still pending when it writes — it read expired meanwhile, and must not turn superseded, at an earlier time', async () => {
+    const t = await tenantTokens();
+    expect((await put(t.admin, DEFAULTS)).json).toMatchObject({ version: 1 });
+    const x = await propose(t);
+    const held = await holdRow(t.tenant, 'approval_policies');
+    const tightening = put(t.admin, { ...DEFAULTS, sla_b_seconds: 3_600 });
+    await lockWaiters(1, 'the PUT to wait for the policy');
+    await stack.db.admin(`update approval_policy_changes set expires_at = clock_timestamp() + interval '300 milliseconds' where id = $1`, [x.id]);
+    await waitFor(async () => (await stack.db.admin(`select expires_at <= clock_timestamp() as passed from approval_policy_changes where id = $1`, [x.id])).rows[0].passed, {
+      timeoutMs: 10_000,
+      what: 'the change to pass its expires_at',
+    });
+    const expired = await changeOf(t, x.id);
+    expect(expired).toMatchObject({ status: 'expired', decided_at: expired.expires_at });
+    await held.release();
+    expect((await tightening).json).toMatchObject({ version: 2 });
+    expect(await changeOf(t, x.id)).toEqual(expired);
+  });
+
   it('an approval that meets a rejection of the same change: 409 policy_change_decided, and the policy it was writing rolls back', async () => {
     const t = await tenantTokens();
     expect((await put(t.admin, DEFAULTS)).json).toMatchObject({ version: 1 });

@@ -251,12 +251,14 @@ async function proposeChange(
 
 /**
  * A policy applied: every change still pending was based on the version it replaced, so none of them
- * can apply any more. They are recorded `superseded` now (or `expired` at their deadline, if past it).
+ * can apply any more. They are recorded `superseded` at the policy's update (now(), its updated_at), or
+ * `expired` at their deadline if past it by this statement's clock: the writer may have waited for the
+ * policy row since now(), and a change that expired meanwhile has read expired since — it stays so.
  */
 async function supersedePending(em: EntityManager, tenantId: string): Promise<void> {
   await em.execute(
-    `update approval_policy_changes set status = case when expires_at <= now() then 'expired' else 'superseded' end,
-            decided_at = case when expires_at <= now() then expires_at else now() end
+    `update approval_policy_changes set status = case when expires_at <= statement_timestamp() then 'expired' else 'superseded' end,
+            decided_at = case when expires_at <= statement_timestamp() then expires_at else now() end
       where tenant_id = ? and status = 'pending'`,
     [tenantId],
   );
