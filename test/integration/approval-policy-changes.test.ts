@@ -342,6 +342,48 @@ describe('a change based on the defaults (a tenant without a policy row)', () =>
     }
   });
 
+  it('superseded only by the configured defaults can still be rejected (withdrawn): otherwise it would read pending again, and be approvable, once the operator restores them', { timeout: 120_000 }, async () => {
+    const t = await tenantTokens();
+    const change = await propose(t);
+    const restarted = await spawnApi({ ...stack.env, APPROVAL_SLA_B: '1h' });
+    try {
+      const there = { ...stack, baseUrl: restarted.baseUrl };
+      expect((await api(there, 'GET', `${CHANGES}/${change.id}`, { token: t.submitter })).json).toMatchObject({ status: 'superseded' });
+      // Its proposer withdraws it while it reads superseded.
+      const rejected = await api(there, 'POST', `${CHANGES}/${change.id}/reject`, { token: t.admin });
+      expect(rejected.status, rejected.text).toBe(200);
+      expect(rejected.json).toMatchObject({ status: 'rejected', decided_by: 'admin-1' });
+    } finally {
+      await restarted.stop();
+    }
+    // The defaults it was based on are back (this stack's API): it stays rejected, and cannot be approved.
+    expect(await changeOf(t, change.id)).toMatchObject({ status: 'rejected', decided_by: 'admin-1' });
+    expectProblem(await decide(t.admin2, change.id, 'approve'), 409, 'policy_change_decided');
+    expect(await policyOf(t)).toMatchObject({ source: 'default', version: 0 });
+  });
+
+  it('with configured SLAs beyond what a PUT may set (APPROVAL_SLA_C 100d, a PUT at most 90d): proposed, read, listed and approved — its base_policy records them as they are, not a 500', { timeout: 120_000 }, async () => {
+    const longC = 100 * 86_400;
+    const restarted = await spawnApi({ ...stack.env, APPROVAL_SLA_C: '100d' });
+    try {
+      const there = { ...stack, baseUrl: restarted.baseUrl };
+      const t = await tenantTokens();
+      expect((await api(there, 'GET', PATH, { token: t.submitter })).json).toMatchObject({ version: 0, policy: { ...DEFAULTS, sla_c_seconds: longC } });
+      // Loosens the class A cost bound (and shortens the class C SLA to the most a PUT may set).
+      const body = { ...LOOSER, sla_c_seconds: 90 * 86_400 };
+      const proposed = await api(there, 'PUT', PATH, { token: t.admin, body });
+      expect(proposed.status, proposed.text).toBe(202);
+      expect(proposed.json).toMatchObject({ status: 'pending', loosens: ['class_a_max_cost'], base_policy: { ...DEFAULTS, sla_c_seconds: longC } });
+      expect((await api(there, 'GET', `${CHANGES}/${proposed.json.id}`, { token: t.submitter })).json).toEqual(proposed.json);
+      expect((await api(there, 'GET', CHANGES, { token: t.submitter })).json.items).toEqual([proposed.json]);
+      const approved = await api(there, 'POST', `${CHANGES}/${proposed.json.id}/approve`, { token: t.admin2 });
+      expect(approved.status, approved.text).toBe(200);
+      expect(approved.json).toMatchObject({ version: 1, policy: body, approved_by: 'admin-2' });
+    } finally {
+      await restarted.stop();
+    }
+  });
+
   it('proposed before base_policy was recorded (null): on the defaults it reads superseded, as its base cannot be known; on a version of the tenant it stays pending', async () => {
     const onDefaults = await tenantTokens();
     const old = await propose(onDefaults);
@@ -383,6 +425,27 @@ describe('pending changes per tenant are capped', () => {
     expect((await put(t.admin, { ...DEFAULTS, sla_b_seconds: 3_600 })).status).toBe(200);
     expect(await pendingOf(t)).toBe(0);
     await propose(t, { ...DEFAULTS, sla_b_seconds: 7_200 });
+  });
+
+  it('counts by the clock after its wait for the policy row: a change that expired while the proposal waited leaves room (202), not a 409 naming 20 pending when 19 are', async () => {
+    const t = await tenantTokens();
+    expect((await put(t.admin, DEFAULTS)).json).toMatchObject({ version: 1 });
+    await proposeMany(t, MAX_PENDING);
+    const oldest = (await api(stack, 'GET', `${CHANGES}?status=pending&limit=100`, { token: t.submitter })).json.items.at(-1);
+    const held = await holdRow(t.tenant, 'approval_policies');
+    const proposal = put(t.admin, LOOSER);
+    await lockWaiters(1, 'the proposal to wait for the policy');
+    // Pending when the proposal's transaction began; it expires while the proposal waits (by the database's clock).
+    await stack.db.admin(`update approval_policy_changes set expires_at = clock_timestamp() + interval '300 milliseconds' where id = $1`, [oldest.id]);
+    await waitFor(async () => (await stack.db.admin(`select expires_at <= clock_timestamp() as passed from approval_policy_changes where id = $1`, [oldest.id])).rows[0].passed, {
+      timeoutMs: 10_000,
+      what: 'the change to pass its expires_at',
+    });
+    await held.release();
+    const res = await proposal;
+    expect(res.status, res.text).toBe(202);
+    expect(await changeOf(t, oldest.id)).toMatchObject({ status: 'expired' });
+    expect(await pendingOf(t)).toBe(MAX_PENDING);
   });
 
   it('holds under concurrent proposals on a tenant without a policy row (nothing to lock): of five at once with room for two, two are stored', async () => {
@@ -504,6 +567,25 @@ describe('decisions at once (lock order: the policy row first, then changes)', (
     expectProblem(await approval, 409, 'policy_change_expired');
     expect(await policyOf(t)).toMatchObject({ policy: DEFAULTS, version: 1, approved_by: null });
     expect(await changeOf(t, x.id)).toMatchObject({ status: 'expired', decided_by: null });
+  });
+
+  it('a change that expired while a tightening PUT waited for the policy row stays expired: the PUT supersedes only those still pending when it writes — it read expired meanwhile, and must not turn superseded, at an earlier time', async () => {
+    const t = await tenantTokens();
+    expect((await put(t.admin, DEFAULTS)).json).toMatchObject({ version: 1 });
+    const x = await propose(t);
+    const held = await holdRow(t.tenant, 'approval_policies');
+    const tightening = put(t.admin, { ...DEFAULTS, sla_b_seconds: 3_600 });
+    await lockWaiters(1, 'the PUT to wait for the policy');
+    await stack.db.admin(`update approval_policy_changes set expires_at = clock_timestamp() + interval '300 milliseconds' where id = $1`, [x.id]);
+    await waitFor(async () => (await stack.db.admin(`select expires_at <= clock_timestamp() as passed from approval_policy_changes where id = $1`, [x.id])).rows[0].passed, {
+      timeoutMs: 10_000,
+      what: 'the change to pass its expires_at',
+    });
+    const expired = await changeOf(t, x.id);
+    expect(expired).toMatchObject({ status: 'expired', decided_at: expired.expires_at });
+    await held.release();
+    expect((await tightening).json).toMatchObject({ version: 2 });
+    expect(await changeOf(t, x.id)).toEqual(expired);
   });
 
   it('an approval that meets a rejection of the same change: 409 policy_change_decided, and the policy it was writing rolls back', async () => {

@@ -307,6 +307,22 @@ describe('run retention', () => {
     expect((await api(stack, 'POST', `/api/v1/approvals/${approvalId}/decision`, { token: stranger, body: { decision: 'approve' }, headers: { 'Idempotency-Key': randomUUID() } })).status).toBe(404);
   });
 
+  it("run_deleted names the request's status as it reads: one still stored pending (a run cancelled before withdrawn existed) past its deadline reads expired, in GET and in the 409 alike", { timeout: LONG }, async () => {
+    const tenant = newTenant();
+    const token = await stack.token({ tenantId: tenant, sub: 'submitter-1' });
+    const approver = await stack.token({ tenantId: tenant, sub: 'approver-1', roles: ['approver'] });
+    const run = await completedClassARun(token);
+    const approvalId = run.steps[2].output.approval_request_id as string;
+    // As a request left pending by a cancel of an earlier release (not migrated), its deadline long past.
+    await admin.query(`update approval_requests set status = 'pending', decided_at = null, sla_deadline = now() - interval '20 days' where id = $1`, [approvalId]);
+    await admin.query(`update durable_runs set updated_at = now() - interval '31 days' where id = $1`, [run.run_id]);
+    expect(await retentionJob(RETENTION).run()).toMatchObject({ complete: true });
+    const read = (await api(stack, 'GET', `/api/v1/approvals/${approvalId}`, { token })).json;
+    expect(read).toMatchObject({ status: 'expired' });
+    const res = await api(stack, 'POST', `/api/v1/approvals/${approvalId}/decision`, { token: approver, body: { decision: 'approve' }, headers: { 'Idempotency-Key': randomUUID() } });
+    expect(res.json).toMatchObject({ status: 409, code: 'run_deleted', run_id: run.run_id, approval_status: read.status });
+  });
+
   it("a real run's evidence pack still reads and verifies after the run was deleted, and a forgery of it still shows", { timeout: LONG }, async () => {
     const tenant = newTenant();
     const token = await stack.token({ tenantId: tenant, sub: 'submitter-1' });

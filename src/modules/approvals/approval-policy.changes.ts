@@ -15,6 +15,7 @@ import {
   loadPolicyWithSource,
   loosenedFields,
   policyFromBody,
+  policyInForceSettings,
   policyToBody,
   type ApprovalPolicyBody,
   type LoadedPolicy,
@@ -52,11 +53,11 @@ export const policyChangeView = z
     status: z
       .enum(POLICY_CHANGE_STATUSES)
       .describe(
-        'pending: awaits a second admin. approved: applied (as base_version + 1). rejected: by an admin. expired: past expires_at undecided. superseded: the policy changed before it was approved, so it can no longer apply',
+        'pending: awaits a second admin. approved: applied (as base_version + 1). rejected: by an admin. expired: past expires_at undecided. superseded: the policy changed before it was approved, so it can no longer apply — except one based on the defaults superseded because the configured defaults differ from its base_policy: it reads pending again if they are restored, and may be rejected meanwhile',
       ),
     policy: approvalPolicySettings.describe('The proposed policy, whole: what applies if it is approved'),
     base_version: z.number().int().min(0).describe('The version of the policy in force when it was proposed (0: the defaults); it applies only while that version is in force'),
-    base_policy: approvalPolicySettings
+    base_policy: policyInForceSettings
       .nullable()
       .describe(
         'The policy in force it was compared with when proposed: what `loosens` is relative to. For base_version 0 the defaults with the SLAs configured then (APPROVAL_SLA_B / APPROVAL_SLA_C): while the configured ones differ it reads superseded. Null for changes proposed before it was recorded',
@@ -92,6 +93,8 @@ interface ChangeRow {
   expires_at: Date | string;
   decided_by: string | null;
   decided_at: Date | string | null;
+  /** Reads superseded only because the configured defaults are not its base_policy (it may read pending again). */
+  superseded_by_config: boolean;
 }
 
 /**
@@ -102,15 +105,18 @@ interface ChangeRow {
  * in force (its first parameter, `defaultsParam`) are not those it was compared with: an operator
  * changed APPROVAL_SLA_B/C, and applying it would loosen more than its `loosens` (ADR 0010). When is
  * not recorded: its decided_at is null. Expiry is by `clock`: `now()` (the transaction's start) for
- * reads; `statement_timestamp()` for an approval's check after it waited for the policy row, which
- * now() would place before that wait.
+ * reads; `statement_timestamp()` for an approval's check after it waited for the policy row, and for
+ * a proposal's count against the cap after it waited for the policy row and the cap's lock, both of
+ * which now() would place before that wait.
  */
 const changes = (clock: 'now()' | 'statement_timestamp()' = 'now()') => `select c.id, c.tenant_id, c.policy, c.base_version, c.base_policy, c.loosens, c.proposed_by, c.created_at, c.expires_at, c.decided_by,
     case when c.status <> 'pending' then c.status when c.expires_at <= ${clock} then 'expired'
          when c.base_version <> coalesce(p.version, 0) then 'superseded'
          when p.version is null and c.base_policy is distinct from d.defaults then 'superseded' else 'pending' end as status,
     case when c.status <> 'pending' then c.decided_at when c.expires_at <= ${clock} then c.expires_at
-         when c.base_version <> coalesce(p.version, 0) then p.updated_at end as decided_at
+         when c.base_version <> coalesce(p.version, 0) then p.updated_at end as decided_at,
+    (c.status = 'pending' and c.expires_at > ${clock} and c.base_version = 0 and p.version is null
+      and c.base_policy is distinct from d.defaults) as superseded_by_config
   from approval_policy_changes c left join approval_policies p on p.tenant_id = c.tenant_id cross join (select ?::jsonb as defaults) d`;
 
 /** The parameter of `changes`: the defaults in force (version 0), as a change's base_policy records them. */
@@ -123,7 +129,7 @@ function toView(row: ChangeRow): PolicyChangeView {
     status: row.status,
     policy: approvalPolicySettings.parse(row.policy),
     base_version: Number(row.base_version),
-    base_policy: row.base_policy == null ? null : approvalPolicySettings.parse(row.base_policy),
+    base_policy: row.base_policy == null ? null : policyInForceSettings.parse(row.base_policy),
     loosens: row.loosens,
     proposed_by: row.proposed_by,
     proposed_at: toIsoTime(row.created_at),
@@ -220,7 +226,9 @@ async function proposeChange(
   opts: { defaults: SlaDefaults; changeTtlMs: number },
 ): Promise<PolicyChangeView> {
   await em.execute(`${DEFER_UNTIL_NEXT}select pg_advisory_xact_lock(hashtextextended('dealix:approval_policy_changes:' || ?, 0))`, [principal.tenantId]);
-  const [counted] = await em.execute<{ n: number }[]>(`select count(*)::int as n from (${changes()} where c.tenant_id = ?) pending where status = 'pending'`, [
+  // Expiry by the count's own statement clock: the PUT may have waited for the policy row, and then
+  // for this lock, since its transaction began (now()); a change that expired meanwhile is no longer pending.
+  const [counted] = await em.execute<{ n: number }[]>(`select count(*)::int as n from (${changes('statement_timestamp()')} where c.tenant_id = ?) pending where status = 'pending'`, [
     defaultsParam(opts.defaults),
     principal.tenantId,
   ]);
@@ -243,12 +251,14 @@ async function proposeChange(
 
 /**
  * A policy applied: every change still pending was based on the version it replaced, so none of them
- * can apply any more. They are recorded `superseded` now (or `expired` at their deadline, if past it).
+ * can apply any more. They are recorded `superseded` at the policy's update (now(), its updated_at), or
+ * `expired` at their deadline if past it by this statement's clock: the writer may have waited for the
+ * policy row since now(), and a change that expired meanwhile has read expired since — it stays so.
  */
 async function supersedePending(em: EntityManager, tenantId: string): Promise<void> {
   await em.execute(
-    `update approval_policy_changes set status = case when expires_at <= now() then 'expired' else 'superseded' end,
-            decided_at = case when expires_at <= now() then expires_at else now() end
+    `update approval_policy_changes set status = case when expires_at <= statement_timestamp() then 'expired' else 'superseded' end,
+            decided_at = case when expires_at <= statement_timestamp() then expires_at else now() end
       where tenant_id = ? and status = 'pending'`,
     [tenantId],
   );
@@ -261,6 +271,11 @@ function policyChangedError(detail = 'The approval policy changed since this cha
 /** Why a change can no longer be decided (409: superseded, expired, decided); null while it is pending. */
 function notPending(row: ChangeRow): ConflictError | null {
   if (row.status === 'pending') return null;
+  if (row.status === 'superseded' && row.superseded_by_config) {
+    return policyChangedError(
+      'The defaults in force (their SLAs are configured: APPROVAL_SLA_B / APPROVAL_SLA_C) are no longer those this change was based on (its base_policy): it cannot apply while they differ; propose it again, or reject it.',
+    );
+  }
   if (row.status === 'superseded') {
     const base = Number(row.base_version) === 0 ? 'the defaults (version 0) with the SLAs configured when it was proposed' : `version ${row.base_version}`;
     return policyChangedError(`The approval policy in force is no longer ${base}, which this change was based on: it can no longer apply; propose it again.`);
@@ -314,9 +329,15 @@ export async function approveChange(
   return { ...applied, policy, proposedBy: row.proposed_by };
 }
 
-/** Any admin of the tenant rejects a pending change, its proposer too (who so withdraws it). */
+/**
+ * Any admin of the tenant rejects a pending change, its proposer too (who so withdraws it). Also one
+ * superseded only by the configured defaults: unlike a change whose base version is gone, it reads
+ * pending again if the operator restores the defaults it was based on (ADR 0010), so it must stay
+ * withdrawable meanwhile.
+ */
 export async function rejectChange(em: EntityManager, principal: Principal, id: string, defaults: SlaDefaults): Promise<PolicyChangeView> {
-  ensurePending(await changeRow(em, principal.tenantId, id, defaults, { forUpdate: true }));
+  const row = await changeRow(em, principal.tenantId, id, defaults, { forUpdate: true });
+  if (!row.superseded_by_config) ensurePending(row);
   await em.execute(`update approval_policy_changes set status = 'rejected', decided_by = ?, decided_at = now() where tenant_id = ? and id = ?`, [principal.sub, principal.tenantId, id]);
   return getChange(em, principal.tenantId, id, defaults);
 }

@@ -4,7 +4,7 @@ import { ADMIN_ROLE } from '../../platform/tenancy/roles.ts';
 import { isoTime } from '../../platform/http/iso-time.ts';
 import { pageLimit } from '../../platform/http/cursor.ts';
 import { POLICY_CHANGE_STATUSES } from './approval.entities.ts';
-import { appliedPolicy, approvalPolicyBody, approvalPolicySettings, loadPolicyWithSource, policyFromBody } from './approval.policy.ts';
+import { appliedPolicy, approvalPolicyBody, loadPolicyWithSource, policyFromBody, policyInForceSettings } from './approval.policy.ts';
 import {
   approveChange,
   CHANGES_PATH,
@@ -22,7 +22,7 @@ import {
 const policyView = z
   .strictObject({
     source: z.enum(['default', 'tenant']).describe('default until an admin sets a policy'),
-    policy: approvalPolicySettings,
+    policy: policyInForceSettings,
     version: z.number().int().min(0).describe('0 for the defaults; 1 for the tenant\'s first policy, one more for each change applied'),
     updated_at: isoTime.nullable(),
     updated_by: z.string().nullable().describe('The admin (token sub) whose PUT set the policy, or proposed the change a second admin approved; null for the defaults'),
@@ -39,7 +39,7 @@ const decisionErrors = {
   404: { description: 'No such change for this tenant' },
   409: {
     description:
-      'The change is no longer pending: the policy changed since it was proposed (policy_changed), it expired (policy_change_expired), or it was approved or rejected (policy_change_decided)',
+      'The change is no longer pending: the policy changed since it was proposed, or, based on the defaults, the configured defaults are no longer its base_policy (policy_changed; a reject accepts the latter), it expired (policy_change_expired), or it was approved or rejected (policy_change_decided)',
   },
 };
 
@@ -147,7 +147,11 @@ export function approvalPolicyRoutes(deps: { slaBSeconds: number; slaCSeconds: n
       idempotency: 'optional',
       params: changeId,
       responses: {
-        200: { description: 'The change, rejected', schema: policyChangeView },
+        200: {
+          description:
+            'The change, rejected: a pending one, or one based on the defaults that reads superseded only because the configured defaults differ from its base_policy (it would read pending again once they are restored)',
+          schema: policyChangeView,
+        },
         403: { description: 'Not an admin of the tenant' },
         ...decisionErrors,
       },

@@ -70,8 +70,17 @@ const thresholds = {
 };
 const CURRENCY_DESCRIPTION = 'ISO 4217: the currency of the cost thresholds; a run in another currency is class C';
 
-/** The policy as GET /approval-policy answers it (its `policy`). */
+/** A policy as a PUT sets it, and as a change proposes it (its `policy`). */
 export const approvalPolicySettings = z.strictObject({ ...thresholds, currency: currencyCode.describe(CURRENCY_DESCRIPTION) });
+
+/**
+ * A policy that may be in force: one a PUT set, or the defaults, whose SLAs are configuration
+ * (APPROVAL_SLA_B / APPROVAL_SLA_C, not bounded by the most a PUT may set). What GET /approval-policy
+ * answers as `policy`, and a change records as its `base_policy`: read back as recorded, so a stored
+ * default SLA beyond what a PUT accepts is no 500.
+ */
+const configuredSla = z.number().int().min(1).describe(`Seconds; at most ${MAX_SLA_SECONDS} when a PUT set it, any configured value for the defaults (APPROVAL_SLA_B / APPROVAL_SLA_C)`);
+export const policyInForceSettings = approvalPolicySettings.extend({ sla_b_seconds: configuredSla, sla_c_seconds: configuredSla });
 
 /** PUT /api/v1/approval-policy: every threshold explicit (the currency SAR unless given); A's bounds may not exceed C's. */
 export const approvalPolicyBody = z

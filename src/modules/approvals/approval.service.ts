@@ -183,7 +183,8 @@ export class ApprovalService {
  */
 async function missingRun(em: EntityManager, principal: Principal, approvalId: string): Promise<Error> {
   const [req] = await em.execute<{ run_id: string; status: ApprovalStatus; submitted_by: string }[]>(
-    `select run_id, status, submitted_by from approval_requests where id = ?`,
+    // Its status as it reads (GET, approvals.routes.ts): one still stored pending past its deadline reads expired.
+    `select run_id, case when status = 'pending' and sla_deadline <= now() then 'expired' else status end as status, submitted_by from approval_requests where id = ?`,
     [approvalId],
   );
   if (!req) return new NotFoundError('approval request');
