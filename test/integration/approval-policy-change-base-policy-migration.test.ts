@@ -14,7 +14,7 @@ import { tenantEm } from '../../src/platform/db/tenant-em.ts';
 import { entities } from '../../src/entities.ts';
 import { migrateUpTo, migrationTestDatabase } from '../helpers/migrations.ts';
 
-const PREVIOUS = 'Migration20261203192838_evidence_seal_trigger';
+const PREVIOUS = 'Migration20261203215113_webhooks';
 const THIS = 'Migration20261203220101_approval_policy_change_base_policy';
 const POLICY = { class_a_max_cost: 100_000, class_a_max_payback_months: 6, class_c_min_cost: 250_000, class_c_min_payback_months: 24, sla_b_seconds: 86_400, sla_c_seconds: 259_200, currency: 'SAR' };
 
