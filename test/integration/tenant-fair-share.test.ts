@@ -10,7 +10,7 @@ import { Redis } from 'ioredis';
 import { TEST_REDIS_URL } from '../helpers/env.ts';
 import { api, CLASS_A_SUBMISSION, newTenant, SAMPLE_SUBMISSION, startStack, type TestStack } from '../helpers/stack.ts';
 import { waitFor } from '../helpers/poll.ts';
-import { startRunHost, wrappedGoldenPath } from '../helpers/run-host.ts';
+import { barrier, startRunHost, wrappedGoldenPath } from '../helpers/run-host.ts';
 import { SLOW_QUEUE, slowWorkflow } from '../helpers/slow-workflow.ts';
 import { createSlowRun, jobOf, readRun, waitEntered, waitRun } from '../helpers/recovery.ts';
 import { tenantEm } from '../../src/platform/db/tenant-em.ts';
@@ -95,6 +95,45 @@ describe('a per-tenant cap on concurrently executing run jobs', () => {
       await waitFor(async () => (await api(stack, 'GET', `/api/v1/golden-path/runs/${waiting}`, { token: tok })).json?.status === 'waiting', { what: 'the class B run to wait' });
       await waitCompleted(stack, tok, await submit(stack, tok));
       await waitFor(async () => (await stack.redis.zcard(`${stack.prefix}:tenant-slots:${tenant}`)) === 0, { what: "the tenant's slots to be given back" });
+    } finally {
+      await one.stop();
+    }
+  });
+
+  it('cap 1: a parked job that no longer exists does not swallow the wake-up of a slot given back: the next parked job is promoted', { timeout: LONG }, async () => {
+    const tenant = newTenant();
+    const tok = await stack.token({ tenantId: tenant, sub: 'stale-parked-submitter' });
+    const hold = barrier();
+    let first: string | undefined;
+    const wf = wrappedGoldenPath(stack, (step, seq) => async (input, ctx) => {
+      if (seq === 1 && ctx.run.id === first) {
+        hold.enter();
+        await hold.released;
+      }
+      return step.run(input, ctx);
+    });
+    // Fallback delays far beyond the test's deadlines: a parked job completes only if a freed slot promotes it.
+    const one = startRunHost(stack, wf, 'stale-parked-host', {}, { concurrency: 3, maxActiveRunsPerTenant: 1, parkDelayMs: () => 600_000 });
+    try {
+      const parkedKey = `${stack.prefix}:tenant-parked:${tenant}`;
+      first = await submit(stack, tok);
+      await hold.inside;
+      const gone = await submit(stack, tok);
+      await waitFor(async () => (await stack.redis.zcard(parkedKey)) === 1, { what: 'the second run\'s job to be parked' });
+      const next = await submit(stack, tok);
+      await waitFor(async () => (await stack.redis.zcard(parkedKey)) === 2, { what: 'the third run\'s job to be parked' });
+      // The earliest parked job goes away while parked (removed from the queue — by an operator, or run
+      // to its end by a worker with the cap off during a rolling change); its id stays in the parked set.
+      const queue = stack.container.runtime.queues.get(wf.queue)!;
+      const goneJob = (await queue.getDelayed()).find((j) => j.data?.run_id === gone)!;
+      await goneJob.remove();
+      expect(await stack.redis.zrange(parkedKey, '0', '-1')).toContain(slotMember(wf.queue, goneJob.id!));
+
+      // The holder ends and gives its slot back: the third run's job, parked, is promoted and completes.
+      hold.release();
+      await waitCompleted(stack, tok, first);
+      await waitCompleted(stack, tok, next);
+      expect(await stack.redis.zcard(parkedKey)).toBe(0);
     } finally {
       await one.stop();
     }

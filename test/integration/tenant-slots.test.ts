@@ -112,6 +112,21 @@ describe('tenant slots (Redis scripts)', () => {
     expect(await redis.zcard(slots.parkedKey(tenant))).toBe(0);
   });
 
+  it('a wake pops the earliest parked job only while a slot is free, and changes no slot', async () => {
+    const slots = new TenantSlots(redis, { prefix, cap: 1, leaseMs: LONG_LEASE });
+    const tenant = randomUUID();
+    await slots.acquire(tenant, 'q:holder');
+    await slots.park(tenant, 'q:p2', 2_000);
+    await slots.park(tenant, 'q:p1', 1_000);
+    expect(await slots.wake(tenant)).toBeNull();
+    expect(await redis.zcard(slots.parkedKey(tenant))).toBe(2);
+    // The holder's release pops p1 (say its job was gone); a wake then pops the next.
+    expect(await slots.release(tenant, 'q:holder')).toBe('q:p1');
+    expect(await slots.wake(tenant)).toBe('q:p2');
+    expect(await slots.wake(tenant)).toBeNull();
+    expect(await redis.zcard(slots.slotsKey(tenant))).toBe(0);
+  });
+
   it('a member names its queue and job id; a cap below 1 is refused', () => {
     expect(parseSlotMember(slotMember('golden-path', 'gp-abc-1-partner-dossier'))).toEqual({ queue: 'golden-path', jobId: 'gp-abc-1-partner-dossier' });
     expect(() => new TenantSlots(redis, { prefix, cap: 0, leaseMs: 1000 })).toThrow(/at least 1/);

@@ -62,11 +62,23 @@ if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[2]) then
 end
 return false`;
 
+/**
+ * KEYS: slots, parked. ARGV: cap. When a slot is free, pops the earliest parked member for the caller to
+ * promote, else false: the next one, after a popped member whose job was gone could not use the slot.
+ */
+const WAKE = `${NOW}
+if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[1]) then
+  local p = redis.call('ZPOPMIN', KEYS[2])
+  if p[1] then return p[1] end
+end
+return false`;
+
 type SlotRedis = Redis & {
   dealixSlotAcquire(slots: string, parked: string, member: string, cap: number, leaseMs: number): Promise<number>;
   dealixSlotRenew(slots: string, member: string, leaseMs: number): Promise<number>;
   dealixSlotPark(slots: string, parked: string, member: string, cap: number, parkedAt: number, ttlMs: number): Promise<string | null>;
   dealixSlotRelease(slots: string, parked: string, member: string, cap: number): Promise<string | null>;
+  dealixSlotWake(slots: string, parked: string, cap: number): Promise<string | null>;
 };
 
 /** A parked job's fallback delay: 30–60 s on its first park, 60–120 s after (if its promotion was lost, it comes back on its own). */
@@ -115,6 +127,7 @@ export class TenantSlots {
       redis.defineCommand('dealixSlotRenew', { numberOfKeys: 1, lua: RENEW });
       redis.defineCommand('dealixSlotPark', { numberOfKeys: 2, lua: PARK });
       redis.defineCommand('dealixSlotRelease', { numberOfKeys: 2, lua: RELEASE });
+      redis.defineCommand('dealixSlotWake', { numberOfKeys: 2, lua: WAKE });
     }
     this.redis = redis as SlotRedis;
   }
@@ -151,5 +164,10 @@ export class TenantSlots {
   /** Gives `member`'s slot back; the tenant's earliest parked member to promote when a slot is free, else null. */
   async release(tenant: string, member: string): Promise<string | null> {
     return this.redis.dealixSlotRelease(this.slotsKey(tenant), this.parkedKey(tenant), member, this.cap);
+  }
+
+  /** The tenant's earliest parked member to promote when a slot is free, else null (no slot changes hands). */
+  async wake(tenant: string): Promise<string | null> {
+    return this.redis.dealixSlotWake(this.slotsKey(tenant), this.parkedKey(tenant), this.cap);
   }
 }

@@ -153,6 +153,9 @@ export interface TenantSlotsUse {
   onParked?(info: { workflow: string }): void;
 }
 
+/** A popped parked job in one of these states cannot use the slot freed for it. */
+const ENDED_STATES = new Set(['completed', 'failed', 'unknown']);
+
 interface HeldSlot {
   tenant: string;
   member: string;
@@ -173,16 +176,34 @@ function tenantSlotHolder(use: TenantSlotsUse, runtime: DurableRuntime, logger: 
     slots.renew(held).catch((err: unknown) => logger.warn({ err }, 'could not renew the tenant slots held; they lapse unless renewed in time'));
   }, Math.max(100, Math.floor(lockDurationMs / 2)));
   renewal.unref();
-  /** Moves a parked job to `wait` now (a job no longer delayed — taken meanwhile, or gone — is left as it is). */
-  const promote = async (member: string) => {
+  /**
+   * Moves a popped parked job to `wait` now. True when the job can use the freed slot: promoted, or no
+   * longer delayed but still to run (taken meanwhile, or back on its fallback delay: it acquires on its
+   * own). False when its job is gone or has ended (removed from the queue while parked, or run to its
+   * end by a worker with the cap off): the slot would otherwise wake nobody.
+   */
+  const promote = async (member: string): Promise<boolean> => {
     const { queue: queueName, jobId } = parseSlotMember(member);
     const queue = runtime.queues.get(queueName);
-    if (!queue) return logger.warn({ queue: queueName, job_id: jobId }, 'parked job of a queue this process has no handle on: it comes back after its fallback delay');
+    if (!queue) {
+      logger.warn({ queue: queueName, job_id: jobId }, 'parked job of a queue this process has no handle on: it comes back after its fallback delay');
+      return true;
+    }
     const job = await Job.fromId(queue, jobId);
-    await job?.promote().catch(() => {});
+    if (!job) return false;
+    try {
+      await job.promote();
+      return true;
+    } catch {
+      return !ENDED_STATES.has(await job.getState());
+    }
   };
-  const promoteQuietly = (member: string | null) => {
-    if (member) promote(member).catch((err: unknown) => logger.warn({ err, member }, 'could not promote a parked job: it comes back after its fallback delay'));
+  /** Promotes `member`, and while the popped job cannot use the free slot, the tenant's next parked job. */
+  const promoteQuietly = (tenant: string, member: string | null) => {
+    const wake = async () => {
+      for (let m = member; m; m = await slots.wake(tenant)) if (await promote(m)) return;
+    };
+    if (member) wake().catch((err: unknown) => logger.warn({ err, member }, 'could not promote a parked job: it comes back after its fallback delay'));
   };
   return {
     async take(job: Job<StepJobData>, token: string | undefined): Promise<HeldSlot> {
@@ -204,7 +225,7 @@ function tenantSlotHolder(use: TenantSlotsUse, runtime: DurableRuntime, logger: 
       );
       try {
         // A slot freed between the acquire and the park found nothing parked to promote: promote now.
-        promoteQuietly(await slots.park(slot.tenant, slot.member, parkedAt));
+        promoteQuietly(slot.tenant, await slots.park(slot.tenant, slot.member, parkedAt));
       } catch (err) {
         // The job is delayed already: unrecorded, it comes back on its fallback delay instead of a promotion.
         logger.warn({ err, tenant_id: d.tenant_id, job_id: job.id }, 'could not record a parked job; it comes back after its fallback delay');
@@ -213,7 +234,7 @@ function tenantSlotHolder(use: TenantSlotsUse, runtime: DurableRuntime, logger: 
     },
     give(slot: HeldSlot): void {
       held.delete(slot);
-      slots.release(slot.tenant, slot.member).then(promoteQuietly, (err: unknown) => logger.warn({ err, tenant_id: slot.tenant }, 'could not give a tenant slot back; it lapses with its lease'));
+      slots.release(slot.tenant, slot.member).then((member) => promoteQuietly(slot.tenant, member), (err: unknown) => logger.warn({ err, tenant_id: slot.tenant }, 'could not give a tenant slot back; it lapses with its lease'));
     },
     stop(): void {
       clearInterval(renewal);
