@@ -139,6 +139,59 @@ describe('a per-tenant cap on concurrently executing run jobs', () => {
     }
   });
 
+  it('cap 1: a job handed back at shutdown keeps its slot for the worker that takes it next; the tenant\'s parked job is not promoted past it', { timeout: LONG }, async () => {
+    const tenant = newTenant();
+    const tok = await stack.token({ tenantId: tenant, sub: 'hand-back-submitter' });
+    const hold = barrier();
+    let held: string | undefined;
+    let holding = true;
+    const entered: Array<{ run: string; seq: number }> = [];
+    const wf = wrappedGoldenPath(stack, (step, seq) => async (input, ctx) => {
+      entered.push({ run: ctx.run.id, seq });
+      // The first execution of the run's second step hangs (past the abort of the hand-back).
+      if (seq === 2 && ctx.run.id === held && holding) {
+        holding = false;
+        hold.enter();
+        await hold.released;
+      }
+      return step.run(input, ctx);
+    });
+    const slotsKey = `${stack.prefix}:tenant-slots:${tenant}`;
+    const parkedKey = `${stack.prefix}:tenant-parked:${tenant}`;
+    const queue = stack.container.runtime.queues.get(wf.queue)!;
+    const first = startRunHost(stack, wf, 'hand-back-first', {}, { concurrency: 2, maxActiveRunsPerTenant: 1, parkDelayMs: () => 600_000 });
+    let second: ReturnType<typeof startRunHost> | undefined;
+    try {
+      held = await submit(stack, tok);
+      await hold.inside;
+      const heldJob = (await queue.getActive()).find((j) => j.data?.run_id === held)!;
+      const member = slotMember(wf.queue, heldJob.id!);
+      const parked = await submit(stack, tok);
+      await waitFor(async () => (await stack.redis.zcard(parkedKey)) === 1, { what: "the tenant's second job to be parked" });
+      const parkedJob = (await queue.getDelayed()).find((j) => j.data?.run_id === parked)!;
+
+      // Stopped with no grace: the held job is handed back (to wait), its step aborted.
+      await first.stop();
+      expect(await queue.getJobState(heldJob.id!)).toBe('waiting');
+      // The handed-back job still holds its slot (the next worker to take it renews it, as a re-delivery
+      // does), and the parked job is still parked: it did not jump ahead of a run already under way.
+      expect(await stack.redis.zrange(slotsKey, '0', '-1')).toEqual([member]);
+      expect(await stack.redis.zrange(parkedKey, '0', '-1')).toEqual([slotMember(wf.queue, parkedJob.id!)]);
+      expect(await queue.getJobState(parkedJob.id!)).toBe('delayed');
+
+      // The next worker carries the handed-back run on, and its end promotes the parked one: both complete, each step once.
+      second = startRunHost(stack, wf, 'hand-back-second', {}, { concurrency: 2, maxActiveRunsPerTenant: 1, parkDelayMs: () => 600_000 });
+      await waitCompleted(stack, tok, held);
+      await waitCompleted(stack, tok, parked);
+      const checkpoints = await stack.db.admin(`select run_id, count(*)::int as n from durable_checkpoints where tenant_id = $1 and status = 'completed' group by run_id`, [tenant]);
+      expect(checkpoints.rows.map((r) => (r as { n: number }).n)).toEqual([4, 4]);
+      await waitFor(async () => (await stack.redis.zcard(slotsKey)) === 0, { what: "the tenant's slots to be given back" });
+    } finally {
+      hold.release();
+      await second?.stop();
+    }
+  });
+
   it(`cap ${CAP}: a tenant with ${A_RUNS} runs held open executes at most ${CAP} at once, another tenant's run completes meanwhile, and once released all ${A_RUNS} complete, each step once`, { timeout: LONG }, async () => {
     let releaseA!: () => void;
     const released = new Promise<void>((r) => (releaseA = r));

@@ -43,6 +43,8 @@ interface ActiveStep {
   job: Job;
   token: string | undefined;
   abort: AbortController;
+  /** Moved back to `wait` at shutdown: its tenant slot is left to the worker that takes it next. */
+  handedBack?: boolean;
 }
 
 /**
@@ -90,14 +92,17 @@ export function startWorkers(args: {
       // Over its tenant's cap the job is parked (delayed) before it touches PostgreSQL: it throws DelayedError.
       const slot = slots ? await slots.take(job as Job<StepJobData>, token) : undefined;
       const abort = new AbortController();
-      active.set(key, { job, token, abort });
+      const step: ActiveStep = { job, token, abort };
+      active.set(key, step);
       try {
         return await args.executor.process(job as Job<StepJobData>, {
           abort: abort.signal,
           draining: () => draining,
           // With Redis down the hand-back waits for it: the stop's abort (after HAND_BACK_MS) ends the wait, and the job's lock lapses.
           handBack: async () => {
-            if (token) await untilAborted(job.moveToWait(token), abort.signal);
+            if (!token) return;
+            await untilAborted(job.moveToWait(token), abort.signal);
+            step.handedBack = true;
           },
           defer: async (delayMs, deferrals) => {
             await job.updateData({ ...(job.data as StepJobData), deferrals });
@@ -106,8 +111,11 @@ export function startWorkers(args: {
         });
       } finally {
         active.delete(key);
-        // Whatever ended the job (its run ended or waits, it failed, was put off or handed back): the slot is given back.
-        if (slot) slots!.give(slot);
+        // Whatever ended the job (its run ended or waits, it failed, was put off): the slot is given back.
+        // A job handed back keeps it: the worker that takes the job next renews the same member (as a
+        // re-delivery does), so the run under way neither loses its place to the tenant's parked jobs nor,
+        // taken again before this release, runs beside one promoted by it.
+        if (slot) (step.handedBack ? slots!.leave(slot) : slots!.give(slot));
       }
     }
     const handler = args.handlers[job.name];
@@ -236,6 +244,10 @@ function tenantSlotHolder(use: TenantSlotsUse, runtime: DurableRuntime, logger: 
       held.delete(slot);
       slots.release(slot.tenant, slot.member).then((member) => promoteQuietly(slot.tenant, member), (err: unknown) => logger.warn({ err, tenant_id: slot.tenant }, 'could not give a tenant slot back; it lapses with its lease'));
     },
+    /** Stops renewing `slot` without giving it back: its lease carries it to the job's next taker (or lapses). */
+    leave(slot: HeldSlot): void {
+      held.delete(slot);
+    },
     stop(): void {
       clearInterval(renewal);
     },
@@ -314,9 +326,12 @@ async function stopWorkers(o: {
   const left = [...active.values()];
   if (left.length > 0) {
     logger.warn({ active_jobs: left.length }, 'active jobs did not finish in the grace period; handing them back');
-    const handingBack = left.map(async ({ job, token }) => {
+    const handingBack = left.map(async (step) => {
+      const { job, token } = step;
       try {
-        if (token) await job.moveToWait(token);
+        if (!token) return;
+        await job.moveToWait(token);
+        step.handedBack = true;
       } catch (err) {
         logger.warn({ err, job_id: job.id }, 'could not hand the job back; its lock will lapse instead');
       }
