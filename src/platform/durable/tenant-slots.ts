@@ -10,6 +10,12 @@ import type { Redis } from 'ioredis';
  * so leases do not depend on the worker hosts' clocks agreeing.
  */
 
+/*
+ * The slots key expires with its last lease: a write sets its expiry to its own lease only when that
+ * extends it, so a shorter lease (a worker with a shorter WORKER_LOCK_DURATION) never cuts a longer
+ * one held by another worker short (PTTL is -1 without an expiry, -2 without the key).
+ */
+
 /** Redis's clock in ms; the writes that follow replicate as effects (Redis 7 always does; older ones are told to). */
 const NOW = `if redis.replicate_commands then redis.replicate_commands() end
 local t = redis.call('TIME')
@@ -24,7 +30,7 @@ redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 const ACQUIRE = `${NOW}
 if redis.call('ZSCORE', KEYS[1], ARGV[1]) or redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[2]) then
   redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1])
-  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+  if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[3]) then redis.call('PEXPIRE', KEYS[1], ARGV[3]) end
   redis.call('ZREM', KEYS[2], ARGV[1])
   return 1
 end
@@ -33,7 +39,7 @@ return 0`;
 /** KEYS: slots. ARGV: member, lease ms. Extends the member's lease (re-adds it if it lapsed: the job is still running). */
 const RENEW = `${NOW}
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
+if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[2]) then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return 1`;
 
 /**
