@@ -8,7 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { randomUUID } from 'node:crypto';
 import { Redis } from 'ioredis';
 import { TEST_REDIS_URL } from '../helpers/env.ts';
-import { api, CLASS_A_SUBMISSION, newTenant, SAMPLE_SUBMISSION, startStack, type TestStack } from '../helpers/stack.ts';
+import { api, CLASS_A_SUBMISSION, newTenant, runUsers, SAMPLE_SUBMISSION, startStack, type TestStack } from '../helpers/stack.ts';
 import { waitFor } from '../helpers/poll.ts';
 import { barrier, startRunHost, wrappedGoldenPath } from '../helpers/run-host.ts';
 import { SLOW_QUEUE, slowWorkflow } from '../helpers/slow-workflow.ts';
@@ -139,15 +139,56 @@ describe('a per-tenant cap on concurrently executing run jobs', () => {
     }
   });
 
+  it('cap 1: parked jobs of runs cancelled in bulk are promoted in turn and end at once; the parked run behind them completes', { timeout: LONG }, async () => {
+    const tenant = newTenant();
+    const tok = await runUsers(stack, tenant);
+    const hold = barrier();
+    let first: string | undefined;
+    const wf = wrappedGoldenPath(stack, (step, seq) => async (input, ctx) => {
+      if (seq === 1 && ctx.run.id === first) {
+        hold.enter();
+        await hold.released;
+      }
+      return step.run(input, ctx);
+    });
+    const one = startRunHost(stack, wf, 'cancel-parked-host', {}, { concurrency: 3, maxActiveRunsPerTenant: 1, parkDelayMs: () => 600_000 });
+    try {
+      const parkedKey = `${stack.prefix}:tenant-parked:${tenant}`;
+      first = await submit(stack, tok.submitter);
+      await hold.inside;
+      const parked: string[] = [];
+      for (let i = 1; i <= 3; i++) {
+        parked.push(await submit(stack, tok.submitter));
+        await waitFor(async () => (await stack.redis.zcard(parkedKey)) === i, { what: `${i} of the tenant's jobs to be parked` });
+      }
+      // The two earliest parked runs are cancelled (their jobs stay parked: a cancel touches no job).
+      const cancelled = parked.slice(0, 2);
+      const res = await api(stack, 'POST', '/api/v1/golden-path/runs/cancel', { token: tok.admin, body: { status: ['pending'], ids: cancelled }, headers: { 'Idempotency-Key': randomUUID() } });
+      expect(res.status, res.text).toBe(200);
+      expect(res.json.cancelled).toBe(2);
+
+      // The holder's release promotes the first cancelled job, whose end promotes the next, whose end promotes the live run.
+      hold.release();
+      await waitCompleted(stack, tok.submitter, first);
+      await waitCompleted(stack, tok.submitter, parked[2]!);
+      // The cancelled runs stay cancelled, with no step committed (a job carrying its first step's data may run it, and its checkpoint refuses).
+      const rows = await stack.db.admin(`select r.status, (select count(*)::int from durable_checkpoints c where c.run_id = r.id) as n from durable_runs r where r.id = any($1::uuid[])`, [cancelled]);
+      expect(rows.rows).toEqual([{ status: 'cancelled', n: 0 }, { status: 'cancelled', n: 0 }]);
+      expect(await stack.redis.zcard(parkedKey)).toBe(0);
+      await waitFor(async () => (await stack.redis.zcard(`${stack.prefix}:tenant-slots:${tenant}`)) === 0, { what: "the tenant's slots to be given back" });
+    } finally {
+      hold.release();
+      await one.stop();
+    }
+  });
+
   it('cap 1: a job handed back at shutdown keeps its slot for the worker that takes it next; the tenant\'s parked job is not promoted past it', { timeout: LONG }, async () => {
     const tenant = newTenant();
     const tok = await stack.token({ tenantId: tenant, sub: 'hand-back-submitter' });
     const hold = barrier();
     let held: string | undefined;
     let holding = true;
-    const entered: Array<{ run: string; seq: number }> = [];
     const wf = wrappedGoldenPath(stack, (step, seq) => async (input, ctx) => {
-      entered.push({ run: ctx.run.id, seq });
       // The first execution of the run's second step hangs (past the abort of the hand-back).
       if (seq === 2 && ctx.run.id === held && holding) {
         holding = false;
