@@ -115,7 +115,8 @@ export function startWorkers(args: {
         // A job handed back keeps it: the worker that takes the job next renews the same member (as a
         // re-delivery does), so the run under way neither loses its place to the tenant's parked jobs nor,
         // taken again before this release, runs beside one promoted by it.
-        if (slot) (step.handedBack ? slots!.leave(slot) : slots!.give(slot));
+        if (slot && step.handedBack) slots!.leave(slot);
+        else if (slot) slots!.give(slot);
       }
     }
     const handler = args.handlers[job.name];
