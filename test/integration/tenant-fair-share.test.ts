@@ -8,9 +8,9 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { randomUUID } from 'node:crypto';
 import { Redis } from 'ioredis';
 import { TEST_REDIS_URL } from '../helpers/env.ts';
-import { api, CLASS_A_SUBMISSION, newTenant, SAMPLE_SUBMISSION, startStack, type TestStack } from '../helpers/stack.ts';
+import { api, CLASS_A_SUBMISSION, newTenant, runUsers, SAMPLE_SUBMISSION, startStack, type TestStack } from '../helpers/stack.ts';
 import { waitFor } from '../helpers/poll.ts';
-import { startRunHost, wrappedGoldenPath } from '../helpers/run-host.ts';
+import { barrier, startRunHost, wrappedGoldenPath } from '../helpers/run-host.ts';
 import { SLOW_QUEUE, slowWorkflow } from '../helpers/slow-workflow.ts';
 import { createSlowRun, jobOf, readRun, waitEntered, waitRun } from '../helpers/recovery.ts';
 import { tenantEm } from '../../src/platform/db/tenant-em.ts';
@@ -97,6 +97,139 @@ describe('a per-tenant cap on concurrently executing run jobs', () => {
       await waitFor(async () => (await stack.redis.zcard(`${stack.prefix}:tenant-slots:${tenant}`)) === 0, { what: "the tenant's slots to be given back" });
     } finally {
       await one.stop();
+    }
+  });
+
+  it('cap 1: a parked job that no longer exists does not swallow the wake-up of a slot given back: the next parked job is promoted', { timeout: LONG }, async () => {
+    const tenant = newTenant();
+    const tok = await stack.token({ tenantId: tenant, sub: 'stale-parked-submitter' });
+    const hold = barrier();
+    let first: string | undefined;
+    const wf = wrappedGoldenPath(stack, (step, seq) => async (input, ctx) => {
+      if (seq === 1 && ctx.run.id === first) {
+        hold.enter();
+        await hold.released;
+      }
+      return step.run(input, ctx);
+    });
+    // Fallback delays far beyond the test's deadlines: a parked job completes only if a freed slot promotes it.
+    const one = startRunHost(stack, wf, 'stale-parked-host', {}, { concurrency: 3, maxActiveRunsPerTenant: 1, parkDelayMs: () => 600_000 });
+    try {
+      const parkedKey = `${stack.prefix}:tenant-parked:${tenant}`;
+      first = await submit(stack, tok);
+      await hold.inside;
+      const gone = await submit(stack, tok);
+      await waitFor(async () => (await stack.redis.zcard(parkedKey)) === 1, { what: 'the second run\'s job to be parked' });
+      const next = await submit(stack, tok);
+      await waitFor(async () => (await stack.redis.zcard(parkedKey)) === 2, { what: 'the third run\'s job to be parked' });
+      // The earliest parked job goes away while parked (removed from the queue — by an operator, or run
+      // to its end by a worker with the cap off during a rolling change); its id stays in the parked set.
+      const queue = stack.container.runtime.queues.get(wf.queue)!;
+      const goneJob = (await queue.getDelayed()).find((j) => j.data?.run_id === gone)!;
+      await goneJob.remove();
+      expect(await stack.redis.zrange(parkedKey, '0', '-1')).toContain(slotMember(wf.queue, goneJob.id!));
+
+      // The holder ends and gives its slot back: the third run's job, parked, is promoted and completes.
+      hold.release();
+      await waitCompleted(stack, tok, first);
+      await waitCompleted(stack, tok, next);
+      expect(await stack.redis.zcard(parkedKey)).toBe(0);
+    } finally {
+      await one.stop();
+    }
+  });
+
+  it('cap 1: parked jobs of runs cancelled in bulk are promoted in turn and end at once; the parked run behind them completes', { timeout: LONG }, async () => {
+    const tenant = newTenant();
+    const tok = await runUsers(stack, tenant);
+    const hold = barrier();
+    let first: string | undefined;
+    const wf = wrappedGoldenPath(stack, (step, seq) => async (input, ctx) => {
+      if (seq === 1 && ctx.run.id === first) {
+        hold.enter();
+        await hold.released;
+      }
+      return step.run(input, ctx);
+    });
+    const one = startRunHost(stack, wf, 'cancel-parked-host', {}, { concurrency: 3, maxActiveRunsPerTenant: 1, parkDelayMs: () => 600_000 });
+    try {
+      const parkedKey = `${stack.prefix}:tenant-parked:${tenant}`;
+      first = await submit(stack, tok.submitter);
+      await hold.inside;
+      const parked: string[] = [];
+      for (let i = 1; i <= 3; i++) {
+        parked.push(await submit(stack, tok.submitter));
+        await waitFor(async () => (await stack.redis.zcard(parkedKey)) === i, { what: `${i} of the tenant's jobs to be parked` });
+      }
+      // The two earliest parked runs are cancelled (their jobs stay parked: a cancel touches no job).
+      const cancelled = parked.slice(0, 2);
+      const res = await api(stack, 'POST', '/api/v1/golden-path/runs/cancel', { token: tok.admin, body: { status: ['pending'], ids: cancelled }, headers: { 'Idempotency-Key': randomUUID() } });
+      expect(res.status, res.text).toBe(200);
+      expect(res.json.cancelled).toBe(2);
+
+      // The holder's release promotes the first cancelled job, whose end promotes the next, whose end promotes the live run.
+      hold.release();
+      await waitCompleted(stack, tok.submitter, first);
+      await waitCompleted(stack, tok.submitter, parked[2]!);
+      // The cancelled runs stay cancelled, with no step committed (a job carrying its first step's data may run it, and its checkpoint refuses).
+      const rows = await stack.db.admin(`select r.status, (select count(*)::int from durable_checkpoints c where c.run_id = r.id) as n from durable_runs r where r.id = any($1::uuid[])`, [cancelled]);
+      expect(rows.rows).toEqual([{ status: 'cancelled', n: 0 }, { status: 'cancelled', n: 0 }]);
+      expect(await stack.redis.zcard(parkedKey)).toBe(0);
+      await waitFor(async () => (await stack.redis.zcard(`${stack.prefix}:tenant-slots:${tenant}`)) === 0, { what: "the tenant's slots to be given back" });
+    } finally {
+      hold.release();
+      await one.stop();
+    }
+  });
+
+  it('cap 1: a job handed back at shutdown keeps its slot for the worker that takes it next; the tenant\'s parked job is not promoted past it', { timeout: LONG }, async () => {
+    const tenant = newTenant();
+    const tok = await stack.token({ tenantId: tenant, sub: 'hand-back-submitter' });
+    const hold = barrier();
+    let held: string | undefined;
+    let holding = true;
+    const wf = wrappedGoldenPath(stack, (step, seq) => async (input, ctx) => {
+      // The first execution of the run's second step hangs (past the abort of the hand-back).
+      if (seq === 2 && ctx.run.id === held && holding) {
+        holding = false;
+        hold.enter();
+        await hold.released;
+      }
+      return step.run(input, ctx);
+    });
+    const slotsKey = `${stack.prefix}:tenant-slots:${tenant}`;
+    const parkedKey = `${stack.prefix}:tenant-parked:${tenant}`;
+    const queue = stack.container.runtime.queues.get(wf.queue)!;
+    const first = startRunHost(stack, wf, 'hand-back-first', {}, { concurrency: 2, maxActiveRunsPerTenant: 1, parkDelayMs: () => 600_000 });
+    let second: ReturnType<typeof startRunHost> | undefined;
+    try {
+      held = await submit(stack, tok);
+      await hold.inside;
+      const heldJob = (await queue.getActive()).find((j) => j.data?.run_id === held)!;
+      const member = slotMember(wf.queue, heldJob.id!);
+      const parked = await submit(stack, tok);
+      await waitFor(async () => (await stack.redis.zcard(parkedKey)) === 1, { what: "the tenant's second job to be parked" });
+      const parkedJob = (await queue.getDelayed()).find((j) => j.data?.run_id === parked)!;
+
+      // Stopped with no grace: the held job is handed back (to wait), its step aborted.
+      await first.stop();
+      expect(await queue.getJobState(heldJob.id!)).toBe('waiting');
+      // The handed-back job still holds its slot (the next worker to take it renews it, as a re-delivery
+      // does), and the parked job is still parked: it did not jump ahead of a run already under way.
+      expect(await stack.redis.zrange(slotsKey, '0', '-1')).toEqual([member]);
+      expect(await stack.redis.zrange(parkedKey, '0', '-1')).toEqual([slotMember(wf.queue, parkedJob.id!)]);
+      expect(await queue.getJobState(parkedJob.id!)).toBe('delayed');
+
+      // The next worker carries the handed-back run on, and its end promotes the parked one: both complete, each step once.
+      second = startRunHost(stack, wf, 'hand-back-second', {}, { concurrency: 2, maxActiveRunsPerTenant: 1, parkDelayMs: () => 600_000 });
+      await waitCompleted(stack, tok, held);
+      await waitCompleted(stack, tok, parked);
+      const checkpoints = await stack.db.admin(`select run_id, count(*)::int as n from durable_checkpoints where tenant_id = $1 and status = 'completed' group by run_id`, [tenant]);
+      expect(checkpoints.rows.map((r) => (r as { n: number }).n)).toEqual([4, 4]);
+      await waitFor(async () => (await stack.redis.zcard(slotsKey)) === 0, { what: "the tenant's slots to be given back" });
+    } finally {
+      hold.release();
+      await second?.stop();
     }
   });
 

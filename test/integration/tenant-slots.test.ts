@@ -77,6 +77,21 @@ describe('tenant slots (Redis scripts)', () => {
     expect((await redis.zrange(slots.slotsKey(tenant), '0', '-1')).sort()).toEqual(['q:live', 'q:next']);
   });
 
+  it('a shorter lease (a worker with a shorter WORKER_LOCK_DURATION) does not cut the set\'s expiry short of a longer lease held', async () => {
+    const long = new TenantSlots(redis, { prefix, cap: 3, leaseMs: LONG_LEASE });
+    const short = new TenantSlots(redis, { prefix, cap: 3, leaseMs: 300 });
+    const tenant = randomUUID();
+    expect(await long.acquire(tenant, 'q:long')).toBe(true);
+    expect(await short.acquire(tenant, 'q:short')).toBe(true);
+    await short.renew([{ tenant, member: 'q:short' }]);
+    const shortExpiry = Number(await redis.zscore(short.slotsKey(tenant), 'q:short'));
+    await waitFor(async () => (await redisNow()) > shortExpiry, { timeoutMs: 10_000, what: 'the short lease to lapse' });
+    // The long lease is still held: its slot (and the set) must outlive the short one.
+    expect(await redis.zscore(long.slotsKey(tenant), 'q:long')).not.toBeNull();
+    expect(await short.acquire(tenant, 'q:next')).toBe(true);
+    expect((await redis.zrange(long.slotsKey(tenant), '0', '-1')).sort()).toEqual(['q:long', 'q:next']);
+  });
+
   it('parked jobs are popped earliest first, one per slot given back, and only while a slot is free', async () => {
     const slots = new TenantSlots(redis, { prefix, cap: 2, leaseMs: LONG_LEASE });
     const tenant = randomUUID();
@@ -110,6 +125,21 @@ describe('tenant slots (Redis scripts)', () => {
     expect(await slots.release(tenant, 'q:holder')).toBeNull();
     expect(await slots.park(tenant, 'q:late', 5_000)).toBe('q:late');
     expect(await redis.zcard(slots.parkedKey(tenant))).toBe(0);
+  });
+
+  it('a wake pops the earliest parked job only while a slot is free, and changes no slot', async () => {
+    const slots = new TenantSlots(redis, { prefix, cap: 1, leaseMs: LONG_LEASE });
+    const tenant = randomUUID();
+    await slots.acquire(tenant, 'q:holder');
+    await slots.park(tenant, 'q:p2', 2_000);
+    await slots.park(tenant, 'q:p1', 1_000);
+    expect(await slots.wake(tenant)).toBeNull();
+    expect(await redis.zcard(slots.parkedKey(tenant))).toBe(2);
+    // The holder's release pops p1 (say its job was gone); a wake then pops the next.
+    expect(await slots.release(tenant, 'q:holder')).toBe('q:p1');
+    expect(await slots.wake(tenant)).toBe('q:p2');
+    expect(await slots.wake(tenant)).toBeNull();
+    expect(await redis.zcard(slots.slotsKey(tenant))).toBe(0);
   });
 
   it('a member names its queue and job id; a cap below 1 is refused', () => {

@@ -10,6 +10,12 @@ import type { Redis } from 'ioredis';
  * so leases do not depend on the worker hosts' clocks agreeing.
  */
 
+/*
+ * The slots key expires with its last lease: a write sets its expiry to its own lease only when that
+ * extends it, so a shorter lease (a worker with a shorter WORKER_LOCK_DURATION) never cuts a longer
+ * one held by another worker short (PTTL is -1 without an expiry, -2 without the key).
+ */
+
 /** Redis's clock in ms; the writes that follow replicate as effects (Redis 7 always does; older ones are told to). */
 const NOW = `if redis.replicate_commands then redis.replicate_commands() end
 local t = redis.call('TIME')
@@ -24,7 +30,7 @@ redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 const ACQUIRE = `${NOW}
 if redis.call('ZSCORE', KEYS[1], ARGV[1]) or redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[2]) then
   redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1])
-  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+  if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[3]) then redis.call('PEXPIRE', KEYS[1], ARGV[3]) end
   redis.call('ZREM', KEYS[2], ARGV[1])
   return 1
 end
@@ -33,7 +39,7 @@ return 0`;
 /** KEYS: slots. ARGV: member, lease ms. Extends the member's lease (re-adds it if it lapsed: the job is still running). */
 const RENEW = `${NOW}
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
+if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[2]) then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return 1`;
 
 /**
@@ -62,11 +68,23 @@ if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[2]) then
 end
 return false`;
 
+/**
+ * KEYS: slots, parked. ARGV: cap. When a slot is free, pops the earliest parked member for the caller to
+ * promote, else false: the next one, after a popped member whose job was gone could not use the slot.
+ */
+const WAKE = `${NOW}
+if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[1]) then
+  local p = redis.call('ZPOPMIN', KEYS[2])
+  if p[1] then return p[1] end
+end
+return false`;
+
 type SlotRedis = Redis & {
   dealixSlotAcquire(slots: string, parked: string, member: string, cap: number, leaseMs: number): Promise<number>;
   dealixSlotRenew(slots: string, member: string, leaseMs: number): Promise<number>;
   dealixSlotPark(slots: string, parked: string, member: string, cap: number, parkedAt: number, ttlMs: number): Promise<string | null>;
   dealixSlotRelease(slots: string, parked: string, member: string, cap: number): Promise<string | null>;
+  dealixSlotWake(slots: string, parked: string, cap: number): Promise<string | null>;
 };
 
 /** A parked job's fallback delay: 30–60 s on its first park, 60–120 s after (if its promotion was lost, it comes back on its own). */
@@ -115,6 +133,7 @@ export class TenantSlots {
       redis.defineCommand('dealixSlotRenew', { numberOfKeys: 1, lua: RENEW });
       redis.defineCommand('dealixSlotPark', { numberOfKeys: 2, lua: PARK });
       redis.defineCommand('dealixSlotRelease', { numberOfKeys: 2, lua: RELEASE });
+      redis.defineCommand('dealixSlotWake', { numberOfKeys: 2, lua: WAKE });
     }
     this.redis = redis as SlotRedis;
   }
@@ -151,5 +170,10 @@ export class TenantSlots {
   /** Gives `member`'s slot back; the tenant's earliest parked member to promote when a slot is free, else null. */
   async release(tenant: string, member: string): Promise<string | null> {
     return this.redis.dealixSlotRelease(this.slotsKey(tenant), this.parkedKey(tenant), member, this.cap);
+  }
+
+  /** The tenant's earliest parked member to promote when a slot is free, else null (no slot changes hands). */
+  async wake(tenant: string): Promise<string | null> {
+    return this.redis.dealixSlotWake(this.slotsKey(tenant), this.parkedKey(tenant), this.cap);
   }
 }

@@ -45,6 +45,8 @@ interface ActiveStep {
   job: Job;
   token: string | undefined;
   abort: AbortController;
+  /** Moved back to `wait` at shutdown: its tenant slot is left to the worker that takes it next. */
+  handedBack?: boolean;
 }
 
 /**
@@ -92,14 +94,17 @@ export function startWorkers(args: {
       // Over its tenant's cap the job is parked (delayed) before it touches PostgreSQL: it throws DelayedError.
       const slot = slots ? await slots.take(job as Job<StepJobData>, token) : undefined;
       const abort = new AbortController();
-      active.set(key, { job, token, abort });
+      const step: ActiveStep = { job, token, abort };
+      active.set(key, step);
       try {
         return await args.executor.process(job as Job<StepJobData>, {
           abort: abort.signal,
           draining: () => draining,
           // With Redis down the hand-back waits for it: the stop's abort (after HAND_BACK_MS) ends the wait, and the job's lock lapses.
           handBack: async () => {
-            if (token) await untilAborted(job.moveToWait(token), abort.signal);
+            if (!token) return;
+            await untilAborted(job.moveToWait(token), abort.signal);
+            step.handedBack = true;
           },
           defer: async (delayMs, deferrals) => {
             await job.updateData({ ...(job.data as StepJobData), deferrals });
@@ -108,8 +113,12 @@ export function startWorkers(args: {
         });
       } finally {
         active.delete(key);
-        // Whatever ended the job (its run ended or waits, it failed, was put off or handed back): the slot is given back.
-        if (slot) slots!.give(slot);
+        // Whatever ended the job (its run ended or waits, it failed, was put off): the slot is given back.
+        // A job handed back keeps it: the worker that takes the job next renews the same member (as a
+        // re-delivery does), so the run under way neither loses its place to the tenant's parked jobs nor,
+        // taken again before this release, runs beside one promoted by it.
+        if (slot && step.handedBack) slots!.leave(slot);
+        else if (slot) slots!.give(slot);
       }
     }
     const handler = args.handlers[job.name];
@@ -155,6 +164,9 @@ export interface TenantSlotsUse {
   onParked?(info: { workflow: string }): void;
 }
 
+/** A popped parked job in one of these states cannot use the slot freed for it. */
+const ENDED_STATES = new Set(['completed', 'failed', 'unknown']);
+
 interface HeldSlot {
   tenant: string;
   member: string;
@@ -175,16 +187,34 @@ function tenantSlotHolder(use: TenantSlotsUse, runtime: DurableRuntime, logger: 
     slots.renew(held).catch((err: unknown) => logger.warn({ err }, 'could not renew the tenant slots held; they lapse unless renewed in time'));
   }, Math.max(100, Math.floor(lockDurationMs / 2)));
   renewal.unref();
-  /** Moves a parked job to `wait` now (a job no longer delayed — taken meanwhile, or gone — is left as it is). */
-  const promote = async (member: string) => {
+  /**
+   * Moves a popped parked job to `wait` now. True when the job can use the freed slot: promoted, or no
+   * longer delayed but still to run (taken meanwhile, or back on its fallback delay: it acquires on its
+   * own). False when its job is gone or has ended (removed from the queue while parked, or run to its
+   * end by a worker with the cap off): the slot would otherwise wake nobody.
+   */
+  const promote = async (member: string): Promise<boolean> => {
     const { queue: queueName, jobId } = parseSlotMember(member);
     const queue = runtime.queues.get(queueName);
-    if (!queue) return logger.warn({ queue: queueName, job_id: jobId }, 'parked job of a queue this process has no handle on: it comes back after its fallback delay');
+    if (!queue) {
+      logger.warn({ queue: queueName, job_id: jobId }, 'parked job of a queue this process has no handle on: it comes back after its fallback delay');
+      return true;
+    }
     const job = await Job.fromId(queue, jobId);
-    await job?.promote().catch(() => {});
+    if (!job) return false;
+    try {
+      await job.promote();
+      return true;
+    } catch {
+      return !ENDED_STATES.has(await job.getState());
+    }
   };
-  const promoteQuietly = (member: string | null) => {
-    if (member) promote(member).catch((err: unknown) => logger.warn({ err, member }, 'could not promote a parked job: it comes back after its fallback delay'));
+  /** Promotes `member`, and while the popped job cannot use the free slot, the tenant's next parked job. */
+  const promoteQuietly = (tenant: string, member: string | null) => {
+    const wake = async () => {
+      for (let m = member; m; m = await slots.wake(tenant)) if (await promote(m)) return;
+    };
+    if (member) wake().catch((err: unknown) => logger.warn({ err, member }, 'could not promote a parked job: it comes back after its fallback delay'));
   };
   return {
     async take(job: Job<StepJobData>, token: string | undefined): Promise<HeldSlot> {
@@ -206,7 +236,7 @@ function tenantSlotHolder(use: TenantSlotsUse, runtime: DurableRuntime, logger: 
       );
       try {
         // A slot freed between the acquire and the park found nothing parked to promote: promote now.
-        promoteQuietly(await slots.park(slot.tenant, slot.member, parkedAt));
+        promoteQuietly(slot.tenant, await slots.park(slot.tenant, slot.member, parkedAt));
       } catch (err) {
         // The job is delayed already: unrecorded, it comes back on its fallback delay instead of a promotion.
         logger.warn({ err, tenant_id: d.tenant_id, job_id: job.id }, 'could not record a parked job; it comes back after its fallback delay');
@@ -215,7 +245,11 @@ function tenantSlotHolder(use: TenantSlotsUse, runtime: DurableRuntime, logger: 
     },
     give(slot: HeldSlot): void {
       held.delete(slot);
-      slots.release(slot.tenant, slot.member).then(promoteQuietly, (err: unknown) => logger.warn({ err, tenant_id: slot.tenant }, 'could not give a tenant slot back; it lapses with its lease'));
+      slots.release(slot.tenant, slot.member).then((member) => promoteQuietly(slot.tenant, member), (err: unknown) => logger.warn({ err, tenant_id: slot.tenant }, 'could not give a tenant slot back; it lapses with its lease'));
+    },
+    /** Stops renewing `slot` without giving it back: its lease carries it to the job's next taker (or lapses). */
+    leave(slot: HeldSlot): void {
+      held.delete(slot);
     },
     stop(): void {
       clearInterval(renewal);
@@ -295,9 +329,12 @@ async function stopWorkers(o: {
   const left = [...active.values()];
   if (left.length > 0) {
     logger.warn({ active_jobs: left.length }, 'active jobs did not finish in the grace period; handing them back');
-    const handingBack = left.map(async ({ job, token }) => {
+    const handingBack = left.map(async (step) => {
+      const { job, token } = step;
       try {
-        if (token) await job.moveToWait(token);
+        if (!token) return;
+        await job.moveToWait(token);
+        step.handedBack = true;
       } catch (err) {
         logger.warn({ err, job_id: job.id }, 'could not hand the job back; its lock will lapse instead');
       }
