@@ -307,8 +307,8 @@ describe('webhook endpoint API: refusals', () => {
   let stack: TestStack;
 
   beforeAll(async () => {
-    // WEBHOOK_ALLOW_PRIVATE_NETWORKS unset: the production default.
-    stack = await startStack();
+    // WEBHOOK_ALLOW_PRIVATE_NETWORKS unset: the production default. At most three enabled endpoints a tenant.
+    stack = await startStack({ env: { WEBHOOK_MAX_ENDPOINTS: '3' } });
   }, 120_000);
 
   afterAll(async () => {
@@ -369,5 +369,24 @@ describe('webhook endpoint API: refusals', () => {
     expect(disabled.status, disabled.text).toBe(200);
     expect(disabled.json).toMatchObject({ id: ids[0], enabled: false });
     expect(disabled.json.secret).toBeUndefined();
+  });
+
+  it('a tenant has at most WEBHOOK_MAX_ENDPOINTS enabled endpoints, concurrent creates included: one more is 409 and nothing is stored; a disabled one frees its place', async () => {
+    const tenantId = newTenant();
+    const admin = await stack.token({ tenantId, sub: 'admin-1', roles: ['admin'] });
+    const enabledOf = async () => (await stack.db.admin(`select count(*)::int as n from webhook_endpoints where tenant_id = $1 and enabled`, [tenantId])).rows[0].n as number;
+    // Six creates at once for a cap of three: each would see room under it without a lock.
+    const created = await Promise.all(Array.from({ length: 6 }, (_, i) => createEndpoint(stack, admin, { url: `https://93.184.215.${i + 20}/hook`, events: ['run.completed'] })));
+    expect(created.map((r) => r.status).sort()).toEqual([201, 201, 201, 409, 409, 409]);
+    const refused = created.find((r) => r.status === 409)!;
+    expect(refused.headers.get('content-type')).toMatch(/application\/problem\+json/);
+    expect(refused.json).toMatchObject({ code: 'webhook_endpoint_limit' });
+    expect(await enabledOf()).toBe(3);
+    expect(await endpointsOf(tenantId)).toBe(3);
+    const first = created.find((r) => r.status === 201)!.json.id as string;
+    expect((await api(stack, 'POST', `${ENDPOINTS}/${first}/disable`, { token: admin, headers: { 'Idempotency-Key': randomUUID() } })).status).toBe(200);
+    const again = await createEndpoint(stack, admin, { url: 'https://93.184.215.30/hook', events: ['run.completed'] });
+    expect(again.status, again.text).toBe(201);
+    expect(await enabledOf()).toBe(3);
   });
 });
