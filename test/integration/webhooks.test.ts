@@ -338,6 +338,15 @@ describe('webhook endpoint API: refusals', () => {
     expect(await endpointsOf(tenantId)).toBe(0);
   });
 
+  it('a refused host name does not tell which address it resolves to: the platform\'s DNS is no map of its network', async () => {
+    const tenantId = newTenant();
+    const admin = await stack.token({ tenantId, sub: 'admin-1', roles: ['admin'] });
+    const res = await createEndpoint(stack, admin, { url: 'http://localhost:9/hook', events: ['run.completed'] });
+    expect(res.status, res.text).toBe(422);
+    expect(res.json.errors).toEqual([{ path: 'url', message: 'its host localhost resolves to a non-public address' }]);
+    expect(res.text).not.toMatch(/127\.0\.0\.1|::1|loopback/);
+  });
+
   it('a user who is not a tenant admin may neither create nor list endpoints (403)', async () => {
     const tenantId = newTenant();
     const user = await stack.token({ tenantId, sub: 'user-1', roles: ['approver'] });
