@@ -28,6 +28,9 @@ export function addressRefusal(address: string, allowPrivate: boolean): string |
   // ::ffff:10.0.0.1 is 10.0.0.1.
   if (parsed.kind() === 'ipv6' && (parsed as ipaddr.IPv6).isIPv4MappedAddress()) parsed = (parsed as ipaddr.IPv6).toIPv4Address();
   const range = parsed.range();
+  // ipaddr.js calls ::/96 (IPv4-compatible, deprecated; :: and ::1 aside) unicast: a stack that still
+  // maps ::a.b.c.d to a.b.c.d would reach the embedded IPv4 address, so it is refused whatever it embeds.
+  if (range === 'unicast' && parsed.kind() === 'ipv6' && (parsed as ipaddr.IPv6).parts.slice(0, 6).every((p) => p === 0)) return `${address} is a ipv4Compatible address`;
   return range === 'unicast' ? undefined : `${address} is a ${range} address`;
 }
 
