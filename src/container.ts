@@ -62,6 +62,8 @@ export async function createContainer(
   const workflows = [...(opts.workflows ? opts.workflows(fromModules) : fromModules), ...(opts.extraWorkflows ?? [])];
   // A worker runs WORKER_CONCURRENCY jobs on each workflow queue it serves (one BullMQ Worker per queue;
   // WORKER_QUEUES, else all), each holding a connection per step transaction; the sweeper and maintenance need two more.
+  // Webhook deliveries (their own WORKER_CONCURRENCY slots) are not counted: each holds a connection only
+  // for two short transactions, never during its POST (ADR 0013).
   const servedQueues = opts.service === 'worker' ? servedRunQueues(workflows, config.WORKER_QUEUES) : [];
   const poolMax = config.DATABASE_POOL_MAX ?? (opts.service === 'worker' ? config.WORKER_CONCURRENCY * Math.max(1, servedQueues.length) + 2 : 10);
   const orm = await createOrm(config, { entities, poolMax });
