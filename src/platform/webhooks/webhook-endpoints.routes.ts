@@ -121,8 +121,11 @@ export function webhookEndpointRoutes(deps: {
         409: { description: 'The tenant already has WEBHOOK_MAX_ENDPOINTS enabled endpoints (`webhook_endpoint_limit`): disable one first' },
         422: { description: 'Invalid body: not an http(s) URL (https:// in production), a host that resolves to a loopback, private, link-local or multicast address, an unknown or no event type' },
       },
-      async handler({ em, principal, body }) {
-        const refusal = await resolvedRefusal(body.url, deps.policy);
+      // The host is resolved before the transaction: its DNS is the tenant's, and may take the resolver's
+      // whole timeout; a pooled connection held meanwhile would be the whole API's (webhook-create-dns.test.ts).
+      prepare: ({ body }) => resolvedRefusal(body.url, deps.policy),
+      async handler({ em, principal, body, prepared }) {
+        const refusal = prepared as string | undefined;
         if (refusal) throw new ValidationError('Invalid request body', [{ path: 'url', message: refusal }], 422);
         const secret = newSigningSecret();
         // The cap: count-then-insert races (concurrent creates would each see room under it), so a lock
