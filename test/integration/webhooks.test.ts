@@ -224,6 +224,28 @@ describe('webhooks', () => {
     expect(got).toMatchObject({ type: 'run.failed', data: { status: 'failed' } });
   });
 
+  it("a delivery job naming another tenant's delivery finds nothing (its read is bound to the job's tenant, under RLS), and sends nothing", async () => {
+    const a = await tenantWithEndpoint(stack, receiver, '/rls-a', ['run.failed']);
+    const runId = await submit(stack, a.admin, SAMPLE_SUBMISSION);
+    await waitRun(stack, a.admin, runId, ['waiting']);
+    const ids: string[] = [];
+    await tenantEm(stack.container.orm, a.tenantId).transactional((tx) => stack.container.runtime.complete(tx, runId, 'failed', { error: { code: 'test' } }, ids));
+    expect(ids).toHaveLength(1);
+    const deliver = webhookHandlers({
+      orm: stack.container.orm,
+      logger: pino({ level: 'silent' }),
+      settings: { timeoutMs: 5000, maxAttempts: 3, retryBaseMs: 50, policy: { allowPrivate: true, httpsOnly: false } },
+      queue: () => stack.container.queues.get(WEBHOOK_QUEUE)!,
+      redeliverAfterMs: 60_000,
+    })['webhook-delivery'];
+    // Tenant B's id with tenant A's delivery: the read is bound to B, whose rows hide A's.
+    const job = { id: 'cross-tenant', token: 'none', data: { tenant_id: newTenant(), delivery_id: ids[0] } } as unknown as Parameters<typeof deliver>[0];
+    expect(await deliver(job)).toEqual({ outcome: 'not_found' });
+    await stack.container.runtime.dispatchDeliveries(a.tenantId, ids);
+    await waitFor(async () => (await deliveriesOfRun(stack, runId)).every((d) => d.status === 'delivered'), { timeoutMs: 30_000, what: "A's delivery by its own job" });
+    expect(receiver.received.filter((r) => r.path === '/rls-a')).toHaveLength(1);
+  });
+
   it('a disabled endpoint gets no new event, and its pending delivery is given up unsent', async () => {
     const t = await tenantWithEndpoint(stack, receiver, '/disabled', ['run.failed', 'run.cancelled']);
     const [first, second] = [await submit(stack, t.admin, SAMPLE_SUBMISSION), await submit(stack, t.admin, { ...SAMPLE_SUBMISSION, partner: { ...SAMPLE_SUBMISSION.partner, name: 'Other' } })];
