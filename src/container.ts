@@ -62,6 +62,8 @@ export async function createContainer(
   const workflows = [...(opts.workflows ? opts.workflows(fromModules) : fromModules), ...(opts.extraWorkflows ?? [])];
   // A worker runs WORKER_CONCURRENCY jobs on each workflow queue it serves (one BullMQ Worker per queue;
   // WORKER_QUEUES, else all), each holding a connection per step transaction; the sweeper and maintenance need two more.
+  // Webhook deliveries (their own WORKER_CONCURRENCY slots) are not counted: each holds a connection only
+  // for two short transactions, never during its POST (ADR 0013).
   const servedQueues = opts.service === 'worker' ? servedRunQueues(workflows, config.WORKER_QUEUES) : [];
   const poolMax = config.DATABASE_POOL_MAX ?? (opts.service === 'worker' ? config.WORKER_CONCURRENCY * Math.max(1, servedQueues.length) + 2 : 10);
   const orm = await createOrm(config, { entities, poolMax });
@@ -91,7 +93,7 @@ export async function createContainer(
   const admission = new AdmissionController({ redis, prefix: config.QUEUE_PREFIX, perMinute: config.RATE_LIMIT_PER_MINUTE, maxInFlight: config.MAX_RUNS_IN_FLIGHT_PER_TENANT });
   const routes = [
     ...routesFor({ config, runtime, queue: () => queue('golden-path'), admission, onRunRetried: (workflow) => metrics.runsRetried.inc({ workflow }) }),
-    ...webhookEndpointRoutes({ policy: webhookUrlPolicy(config) }),
+    ...webhookEndpointRoutes({ policy: webhookUrlPolicy(config), maxEndpoints: config.WEBHOOK_MAX_ENDPOINTS }),
   ];
   const instanceId = `${hostname()}-${process.pid}-${randomUUID().slice(0, 8)}`;
   return {

@@ -224,6 +224,28 @@ describe('webhooks', () => {
     expect(got).toMatchObject({ type: 'run.failed', data: { status: 'failed' } });
   });
 
+  it("a delivery job naming another tenant's delivery finds nothing (its read is bound to the job's tenant, under RLS), and sends nothing", async () => {
+    const a = await tenantWithEndpoint(stack, receiver, '/rls-a', ['run.failed']);
+    const runId = await submit(stack, a.admin, SAMPLE_SUBMISSION);
+    await waitRun(stack, a.admin, runId, ['waiting']);
+    const ids: string[] = [];
+    await tenantEm(stack.container.orm, a.tenantId).transactional((tx) => stack.container.runtime.complete(tx, runId, 'failed', { error: { code: 'test' } }, ids));
+    expect(ids).toHaveLength(1);
+    const deliver = webhookHandlers({
+      orm: stack.container.orm,
+      logger: pino({ level: 'silent' }),
+      settings: { timeoutMs: 5000, maxAttempts: 3, retryBaseMs: 50, policy: { allowPrivate: true, httpsOnly: false } },
+      queue: () => stack.container.queues.get(WEBHOOK_QUEUE)!,
+      redeliverAfterMs: 60_000,
+    })['webhook-delivery'];
+    // Tenant B's id with tenant A's delivery: the read is bound to B, whose rows hide A's.
+    const job = { id: 'cross-tenant', token: 'none', data: { tenant_id: newTenant(), delivery_id: ids[0] } } as unknown as Parameters<typeof deliver>[0];
+    expect(await deliver(job)).toEqual({ outcome: 'not_found' });
+    await stack.container.runtime.dispatchDeliveries(a.tenantId, ids);
+    await waitFor(async () => (await deliveriesOfRun(stack, runId)).every((d) => d.status === 'delivered'), { timeoutMs: 30_000, what: "A's delivery by its own job" });
+    expect(receiver.received.filter((r) => r.path === '/rls-a')).toHaveLength(1);
+  });
+
   it('a disabled endpoint gets no new event, and its pending delivery is given up unsent', async () => {
     const t = await tenantWithEndpoint(stack, receiver, '/disabled', ['run.failed', 'run.cancelled']);
     const [first, second] = [await submit(stack, t.admin, SAMPLE_SUBMISSION), await submit(stack, t.admin, { ...SAMPLE_SUBMISSION, partner: { ...SAMPLE_SUBMISSION.partner, name: 'Other' } })];
@@ -307,8 +329,8 @@ describe('webhook endpoint API: refusals', () => {
   let stack: TestStack;
 
   beforeAll(async () => {
-    // WEBHOOK_ALLOW_PRIVATE_NETWORKS unset: the production default.
-    stack = await startStack();
+    // WEBHOOK_ALLOW_PRIVATE_NETWORKS unset: the production default. At most three enabled endpoints a tenant.
+    stack = await startStack({ env: { WEBHOOK_MAX_ENDPOINTS: '3' } });
   }, 120_000);
 
   afterAll(async () => {
@@ -336,6 +358,15 @@ describe('webhook endpoint API: refusals', () => {
     expect(res.status, res.text).toBe(422);
     expect(res.headers.get('content-type')).toMatch(/application\/problem\+json/);
     expect(await endpointsOf(tenantId)).toBe(0);
+  });
+
+  it('a refused host name does not tell which address it resolves to: the platform\'s DNS is no map of its network', async () => {
+    const tenantId = newTenant();
+    const admin = await stack.token({ tenantId, sub: 'admin-1', roles: ['admin'] });
+    const res = await createEndpoint(stack, admin, { url: 'http://localhost:9/hook', events: ['run.completed'] });
+    expect(res.status, res.text).toBe(422);
+    expect(res.json.errors).toEqual([{ path: 'url', message: 'its host localhost resolves to a non-public address' }]);
+    expect(res.text).not.toMatch(/127\.0\.0\.1|::1|loopback/);
   });
 
   it('a user who is not a tenant admin may neither create nor list endpoints (403)', async () => {
@@ -369,5 +400,24 @@ describe('webhook endpoint API: refusals', () => {
     expect(disabled.status, disabled.text).toBe(200);
     expect(disabled.json).toMatchObject({ id: ids[0], enabled: false });
     expect(disabled.json.secret).toBeUndefined();
+  });
+
+  it('a tenant has at most WEBHOOK_MAX_ENDPOINTS enabled endpoints, concurrent creates included: one more is 409 and nothing is stored; a disabled one frees its place', async () => {
+    const tenantId = newTenant();
+    const admin = await stack.token({ tenantId, sub: 'admin-1', roles: ['admin'] });
+    const enabledOf = async () => (await stack.db.admin(`select count(*)::int as n from webhook_endpoints where tenant_id = $1 and enabled`, [tenantId])).rows[0].n as number;
+    // Six creates at once for a cap of three: each would see room under it without a lock.
+    const created = await Promise.all(Array.from({ length: 6 }, (_, i) => createEndpoint(stack, admin, { url: `https://93.184.215.${i + 20}/hook`, events: ['run.completed'] })));
+    expect(created.map((r) => r.status).sort()).toEqual([201, 201, 201, 409, 409, 409]);
+    const refused = created.find((r) => r.status === 409)!;
+    expect(refused.headers.get('content-type')).toMatch(/application\/problem\+json/);
+    expect(refused.json).toMatchObject({ code: 'webhook_endpoint_limit' });
+    expect(await enabledOf()).toBe(3);
+    expect(await endpointsOf(tenantId)).toBe(3);
+    const first = created.find((r) => r.status === 201)!.json.id as string;
+    expect((await api(stack, 'POST', `${ENDPOINTS}/${first}/disable`, { token: admin, headers: { 'Idempotency-Key': randomUUID() } })).status).toBe(200);
+    const again = await createEndpoint(stack, admin, { url: 'https://93.184.215.30/hook', events: ['run.completed'] });
+    expect(again.status, again.text).toBe(201);
+    expect(await enabledOf()).toBe(3);
   });
 });

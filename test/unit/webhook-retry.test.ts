@@ -34,6 +34,10 @@ describe('webhook receiver addresses', () => {
     ['fd12:3456::1', 'uniqueLocal'],
     ['ff02::1', 'multicast'],
     ['::ffff:10.0.0.1', 'private'],
+    // IPv4-compatible (deprecated, RFC 4291 2.5.5.1): `http://[::127.0.0.1]/` as the URL parser writes it.
+    ['::7f00:1', 'ipv4Compatible'],
+    ['::a9fe:a9fe', 'ipv4Compatible'],
+    ['::808:808', 'ipv4Compatible'],
   ])('%s is refused (%s) without WEBHOOK_ALLOW_PRIVATE_NETWORKS, admitted with it', (address, range) => {
     expect(addressRefusal(address, false)).toBe(`${address} is a ${range} address`);
     expect(addressRefusal(address, true)).toBeUndefined();

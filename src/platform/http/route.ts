@@ -27,6 +27,8 @@ export interface RouteContext<B = unknown, P = unknown, Q = unknown> {
   idempotencyHash: string;
   /** Work to run after the route's transaction commits (e.g. enqueueing): Postgres first, Redis second. */
   afterCommit(fn: () => Promise<void>): void;
+  /** What the route's `prepare` returned (undefined without one). */
+  prepared: unknown;
 }
 
 export interface RouteResponseDoc<R = unknown> {
@@ -66,6 +68,13 @@ export interface RouteDef<B = any, P = any, Q = any, R = any> {
    * can answer 429 for the tenant's share of in-flight requests).
    */
   admission?: AdmissionControl;
+  /**
+   * Slow work that needs no database (a DNS lookup of tenant input), run before the route's
+   * transaction so that it holds no pooled connection meanwhile; its result reaches the handler as
+   * `prepared`. It may run for a request that then replays its key (the handler does not run): it
+   * must change nothing, and the handler, not it, decides what its result means (e.g. a 422).
+   */
+  prepare?(ctx: { body: B; principal: Principal }): Promise<unknown>;
   responses: Record<number, RouteResponseDoc<R>>;
   handler(ctx: RouteContext<B, P, Q>): Promise<RouteResult<NoInfer<R>>>;
 }

@@ -27,7 +27,8 @@ const MAX_ANSWER_BYTES = 64 * 1024;
 /**
  * POSTs one signed message: no redirect followed (a 3xx is a failed attempt), bounded by `timeoutMs`
  * from connect to the end of the answer, the receiver's addresses checked as they are connected to.
- * 2xx is delivered; anything else, or no answer, is a failed attempt.
+ * 2xx is delivered; anything else, or no status within `timeoutMs`, is a failed attempt. The status
+ * is the answer: a body that does not end by the deadline is cut off, and does not undo the status.
  */
 export async function postWebhook(args: { url: string; secret: string; msgId: string; body: string; timeoutMs: number; policy: UrlPolicy }): Promise<AttemptOutcome> {
   const started = performance.now();
@@ -48,6 +49,9 @@ export async function postWebhook(args: { url: string; secret: string; msgId: st
   };
   const client = url.protocol === 'https:' ? https : http;
   return new Promise<AttemptOutcome>((resolve) => {
+    // The receiver's status, once its headers arrived: what the attempt's outcome is, however its body ends.
+    let status: number | undefined;
+    const answered = (code: number) => resolve(done(code >= 200 && code < 300, code, code >= 200 && code < 300 ? null : `HTTP ${code}`));
     const req = client.request(
       url,
       { method: 'POST', headers, lookup: guardedLookup(args.policy.allowPrivate) as never, signal: AbortSignal.timeout(args.timeoutMs), agent: false },
@@ -57,14 +61,16 @@ export async function postWebhook(args: { url: string; secret: string; msgId: st
           read += chunk.length;
           if (read > MAX_ANSWER_BYTES) res.destroy();
         });
-        const status = res.statusCode ?? 0;
-        const settle = () => resolve(done(status >= 200 && status < 300, status, status >= 200 && status < 300 ? null : `HTTP ${status}`));
+        const code = (status = res.statusCode ?? 0);
+        const settle = () => answered(code);
         res.on('end', settle);
         res.on('close', settle);
         res.on('error', settle);
       },
     );
     req.on('error', (err: NodeJS.ErrnoException) => {
+      // The deadline (or a reset) in the middle of the body: the status already arrived and stands.
+      if (status !== undefined) return answered(status);
       const msg = err.name === 'AbortError' || err.name === 'TimeoutError' ? `timed out after ${args.timeoutMs} ms` : `${err.code ?? err.name}: ${err.message}`;
       resolve(done(false, null, msg.slice(0, 500)));
     });

@@ -28,6 +28,9 @@ export function addressRefusal(address: string, allowPrivate: boolean): string |
   // ::ffff:10.0.0.1 is 10.0.0.1.
   if (parsed.kind() === 'ipv6' && (parsed as ipaddr.IPv6).isIPv4MappedAddress()) parsed = (parsed as ipaddr.IPv6).toIPv4Address();
   const range = parsed.range();
+  // ipaddr.js calls ::/96 (IPv4-compatible, deprecated; :: and ::1 aside) unicast: a stack that still
+  // maps ::a.b.c.d to a.b.c.d would reach the embedded IPv4 address, so it is refused whatever it embeds.
+  if (range === 'unicast' && parsed.kind() === 'ipv6' && (parsed as ipaddr.IPv6).parts.slice(0, 6).every((p) => p === 0)) return `${address} is a ipv4Compatible address`;
   return range === 'unicast' ? undefined : `${address} is a ${range} address`;
 }
 
@@ -50,6 +53,13 @@ export function urlRefusal(raw: string, policy: UrlPolicy): string | undefined {
 /** The URL's host as `lookup` and `isIP` take it (IPv6 literals without brackets). */
 export const hostOf = (url: URL): string => url.hostname.replace(/^\[(.*)\]$/, '$1');
 
+/**
+ * What a refused host name is said to resolve to. Never the address nor its range: the tenant reads
+ * it (the 422, a delivery's last_error), and the platform's resolver must not map its own network
+ * (which internal name has which address) for whoever creates endpoints.
+ */
+const NON_PUBLIC = 'resolves to a non-public address';
+
 /** Resolves the URL's host and refuses it when any address it resolves to may not receive webhooks. */
 export async function resolvedRefusal(raw: string, policy: UrlPolicy): Promise<string | undefined> {
   const early = urlRefusal(raw, policy);
@@ -63,8 +73,7 @@ export async function resolvedRefusal(raw: string, policy: UrlPolicy): Promise<s
     return `its host ${host} does not resolve (${(e as NodeJS.ErrnoException).code ?? 'error'})`;
   }
   for (const a of addresses) {
-    const why = addressRefusal(a.address, policy.allowPrivate);
-    if (why) return `its host ${host} resolves to ${why}`;
+    if (addressRefusal(a.address, policy.allowPrivate)) return `its host ${host} ${NON_PUBLIC}`;
   }
   return undefined;
 }
@@ -80,8 +89,7 @@ export function guardedLookup(allowPrivate: boolean) {
     dnsLookup(hostname, { ...options, all: true }, (err, addresses) => {
       if (err) return callback(err, []);
       for (const a of addresses) {
-        const why = addressRefusal(a.address, allowPrivate);
-        if (why) return callback(Object.assign(new Error(`webhook receiver refused: ${hostname} resolves to ${why}`), { code: 'EWEBHOOKADDR' }), []);
+        if (addressRefusal(a.address, allowPrivate)) return callback(Object.assign(new Error(`webhook receiver refused: ${hostname} ${NON_PUBLIC}`), { code: 'EWEBHOOKADDR' }), []);
       }
       if (options.all) return callback(null, addresses);
       const first = addresses[0];

@@ -2,7 +2,8 @@ import { randomBytes, randomUUID } from 'node:crypto';
 import { z } from 'zod';
 import type { EntityManager } from '@mikro-orm/postgresql';
 import { defineRoute, type RouteDef } from '../http/route.ts';
-import { NotFoundError, ValidationError } from '../errors/app-error.ts';
+import { ConflictError, NotFoundError, ValidationError } from '../errors/app-error.ts';
+import { DEFER_UNTIL_NEXT } from '../db/coalescing-client.ts';
 import { nextCursor, pageLimit, pageSchema, pageWhere } from '../http/cursor.ts';
 import { isoTime, toIsoTime, toIsoTimeOrNull } from '../http/iso-time.ts';
 import { ADMIN_ROLE } from '../tenancy/roles.ts';
@@ -100,7 +101,11 @@ async function endpointById(em: EntityManager, tenantId: string, id: string, loc
  * The tenant's webhook endpoints (role admin): create (the secret shown once), list, read, disable,
  * and each endpoint's deliveries (docs/api.md, *Webhooks*; ADR 0013).
  */
-export function webhookEndpointRoutes(deps: { policy: UrlPolicy }): RouteDef[] {
+export function webhookEndpointRoutes(deps: {
+  policy: UrlPolicy;
+  /** Enabled endpoints a tenant may have (WEBHOOK_MAX_ENDPOINTS): every run end fans out to each subscribed one. */
+  maxEndpoints: number;
+}): RouteDef[] {
   return [
     defineRoute({
       method: 'post',
@@ -113,18 +118,28 @@ export function webhookEndpointRoutes(deps: { policy: UrlPolicy }): RouteDef[] {
       responses: {
         201: { description: 'The endpoint, with its signing secret', schema: createdView },
         ...adminOnly,
+        409: { description: 'The tenant already has WEBHOOK_MAX_ENDPOINTS enabled endpoints (`webhook_endpoint_limit`): disable one first' },
         422: { description: 'Invalid body: not an http(s) URL (https:// in production), a host that resolves to a loopback, private, link-local or multicast address, an unknown or no event type' },
       },
-      async handler({ em, principal, body }) {
-        const refusal = await resolvedRefusal(body.url, deps.policy);
+      // The host is resolved before the transaction: its DNS is the tenant's, and may take the resolver's
+      // whole timeout; a pooled connection held meanwhile would be the whole API's (webhook-create-dns.test.ts).
+      prepare: ({ body }) => resolvedRefusal(body.url, deps.policy),
+      async handler({ em, principal, body, prepared }) {
+        const refusal = prepared as string | undefined;
         if (refusal) throw new ValidationError('Invalid request body', [{ path: 'url', message: refusal }], 422);
         const secret = newSigningSecret();
+        // The cap: count-then-insert races (concurrent creates would each see room under it), so a lock
+        // per tenant, held to the commit, serialises them; it travels with the insert (one message).
+        await em.execute(`${DEFER_UNTIL_NEXT}select pg_advisory_xact_lock(hashtextextended('dealix:webhook_endpoints:' || ?, 0))`, [principal.tenantId]);
         const [row] = await em.execute<EndpointRow[]>(
           `insert into webhook_endpoints (id, tenant_id, url, description, events, secret, enabled, created_by, created_at, updated_at)
-           values (?, ?, ?, ?, ?::text[], ?, true, ?, date_trunc('milliseconds', now()), now()) returning ${ENDPOINT_COLUMNS}`,
-          [randomUUID(), principal.tenantId, body.url, body.description ?? null, `{${[...new Set(body.events)].join(',')}}`, secret, principal.sub],
+           select ?, ?, ?, ?, ?::text[], ?, true, ?, date_trunc('milliseconds', now()), now()
+            where (select count(*) from webhook_endpoints where tenant_id = ? and enabled) < ?
+           returning ${ENDPOINT_COLUMNS}`,
+          [randomUUID(), principal.tenantId, body.url, body.description ?? null, `{${[...new Set(body.events)].join(',')}}`, secret, principal.sub, principal.tenantId, deps.maxEndpoints],
         );
-        const view = toView(row!);
+        if (!row) throw new ConflictError('webhook_endpoint_limit', `The tenant already has ${deps.maxEndpoints} enabled webhook endpoints (WEBHOOK_MAX_ENDPOINTS); disable one first.`);
+        const view = toView(row);
         return { status: 201, body: { ...view, secret }, headers: { Location: view.links.self } };
       },
     }),
