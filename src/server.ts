@@ -9,10 +9,13 @@ const { createContainer } = await import('./container.ts');
 const { createApp } = await import('./app.ts');
 const { drainOnClose, onShutdown } = await import('./platform/process/shutdown.ts');
 const { untilReady } = await import('./platform/queue/connections.ts');
+const { warnWhenGuardOff } = await import('./platform/webhooks/ssrf.ts');
 
 const config = loadConfig();
 const container = await createContainer(config, { service: 'api' });
 await untilReady(container.redis, 5_000);
+// Before 'api listening' (a start's lines are read up to it): readiness row webhook-ssrf-guard.
+warnWhenGuardOff(container.logger, config.WEBHOOK_ALLOW_PRIVATE_NETWORKS);
 // A request counts against API_MAX_INFLIGHT while its body arrives: a client trickling bodies must not
 // hold the slots for Node's default of five minutes (checked every second, not every 30 s).
 const server = createServer(

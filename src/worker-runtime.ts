@@ -10,6 +10,7 @@ import { scheduleMaintenance, MAINTENANCE_QUEUE, maintenanceHandlers, upsertMain
 import { startMetricsServer } from './platform/telemetry/metrics-server.ts';
 import { onShutdown } from './platform/process/shutdown.ts';
 import { WEBHOOK_QUEUE, webhookHandlers } from './platform/webhooks/delivery.ts';
+import { warnWhenGuardOff } from './platform/webhooks/ssrf.ts';
 import { webhookUrlPolicy } from './container.ts';
 
 export interface WorkerProcess {
@@ -140,6 +141,7 @@ export async function startWorkerProcess(c: Container, signal?: AbortSignal): Pr
     afterRedisLoss: () => upsertMaintenanceSchedulers(maintenance, { runRetentionMs: cfg.RUN_RETENTION, logger: c.logger, scheduledBy: c.instanceId }),
   });
   sweeper.start();
+  warnWhenGuardOff(c.logger, cfg.WEBHOOK_ALLOW_PRIVATE_NETWORKS);
   c.logger.info({ queues: workers.map((w) => w.name), ...settings, max_active_runs_per_tenant: cfg.WORKER_MAX_ACTIVE_RUNS_PER_TENANT, instance: c.instanceId }, 'worker started');
   return {
     workers,

@@ -24,6 +24,17 @@ export function jwtKeysRow(config: Config): ReadinessRow {
   return pass('jwt-keys', `HS256 with a JWT_SECRET of its own (${config.JWT_SECRET?.length ?? 0} characters; development)`);
 }
 
+/**
+ * The webhook SSRF guard is on: WEBHOOK_ALLOW_PRIVATE_NETWORKS=true lets any tenant admin point an
+ * endpoint at loopback, private and link-local addresses. Required in production only.
+ */
+export function webhookSsrfGuardRow(config: Config): ReadinessRow {
+  if (!config.WEBHOOK_ALLOW_PRIVATE_NETWORKS) return pass('webhook-ssrf-guard', 'webhook endpoints must resolve to public addresses only');
+  const why = 'WEBHOOK_ALLOW_PRIVATE_NETWORKS=true: any tenant admin may point a webhook endpoint at loopback, private and link-local addresses (cloud metadata, internal services)';
+  if (config.NODE_ENV === 'production') return fail('webhook-ssrf-guard', `${why}; unset it (false) in every API and worker`);
+  return pass('webhook-ssrf-guard', `not required outside production (${why})`);
+}
+
 /** Bounds that keep recovery fast and safe; see docs/governance/release-gates.md. */
 export const WORKER_BOUNDS = { lockMinMs: 1_000, lockMaxMs: 60_000, minStalledCount: 2, attemptsMin: 1, attemptsMax: 25 } as const;
 

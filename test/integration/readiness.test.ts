@@ -30,7 +30,7 @@ describe('a healthy stack', () => {
       expect(m.row(`rls ${table}`).status).toBe('PASS');
       expect(m.row(`tenant-unique ${table}`).status).toBe('PASS');
     }
-    for (const c of ['config', 'app-role', 'postgres-autovacuum', 'migrations', 'schema-drift', 'routes-idempotency', 'routes-authentication', 'bull-board-auth', 'bull-board-queues', 'telemetry', 'jwt-keys', 'redis', 'redis-eviction', 'redis-persistence', 'worker-settings', 'workflow-versions']) {
+    for (const c of ['config', 'app-role', 'postgres-autovacuum', 'migrations', 'schema-drift', 'routes-idempotency', 'routes-authentication', 'bull-board-auth', 'bull-board-queues', 'telemetry', 'jwt-keys', 'webhook-ssrf-guard', 'redis', 'redis-eviction', 'redis-persistence', 'worker-settings', 'workflow-versions']) {
       expect(m.row(c).status).toBe('PASS');
     }
   });
@@ -119,6 +119,18 @@ describe('configuration and documents', () => {
     expect((await matrixFor()).row('jwt-keys').reason).toMatch(/HS256 with a JWT_SECRET of its own/);
     const jwks = await matrixFor({ env: { JWT_SECRET: PUBLISHED_JWT_SECRETS[0]!, JWT_JWKS_URL: 'https://idp.example/.well-known/jwks.json' } });
     expect(jwks.row('jwt-keys')).toMatchObject({ status: 'PASS', reason: 'RS256/ES256 keys from https://idp.example/.well-known/jwks.json' });
+  });
+});
+
+describe('webhook SSRF guard', () => {
+  it('WEBHOOK_ALLOW_PRIVATE_NETWORKS=true fails webhook-ssrf-guard in production and passes elsewhere with a note; off passes', async () => {
+    const open = { env: { WEBHOOK_ALLOW_PRIVATE_NETWORKS: 'true' } };
+    const production = (d: { config: object }) => ({ config: { ...d.config, NODE_ENV: 'production' } as never });
+    const [dev, prod, guarded] = [await matrixFor(open), await matrixFor({ ...open, adjust: production }), await matrixFor({ adjust: production })];
+    expect(dev.failing()).toEqual([]);
+    expect(dev.row('webhook-ssrf-guard')).toMatchObject({ status: 'PASS', reason: expect.stringMatching(/^not required outside production \(WEBHOOK_ALLOW_PRIVATE_NETWORKS=true: /) });
+    expect(prod.row('webhook-ssrf-guard')).toMatchObject({ status: 'FAIL', reason: expect.stringMatching(/WEBHOOK_ALLOW_PRIVATE_NETWORKS=true.*loopback, private and link-local/) });
+    expect(guarded.row('webhook-ssrf-guard')).toMatchObject({ status: 'PASS', reason: expect.stringMatching(/public addresses only/) });
   });
 });
 

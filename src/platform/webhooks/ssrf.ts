@@ -1,6 +1,7 @@
 import { lookup as dnsLookup, type LookupAddress } from 'node:dns';
 import { isIP } from 'node:net';
 import ipaddr from 'ipaddr.js';
+import type { Logger } from 'pino';
 
 /**
  * The SSRF guard of webhook endpoints: a receiver must be a public unicast address. Loopback,
@@ -14,6 +15,19 @@ export interface UrlPolicy {
   allowPrivate: boolean;
   /** Production: only https:// receivers. */
   httpsOnly: boolean;
+}
+
+/**
+ * The start of an API or worker process with WEBHOOK_ALLOW_PRIVATE_NETWORKS=true says, once, that the
+ * guard is off (as the API does for a published JWT secret); the readiness row `webhook-ssrf-guard`
+ * fails on it in production.
+ */
+export function warnWhenGuardOff(logger: Logger, allowPrivate: boolean): void {
+  if (!allowPrivate) return;
+  logger.warn(
+    { security_event: 'webhook_private_networks_allowed' },
+    'WEBHOOK_ALLOW_PRIVATE_NETWORKS=true: the webhook SSRF guard is off; endpoints may reach loopback, private and link-local addresses (cloud metadata, internal services); never in production',
+  );
 }
 
 /** Why an address may not receive webhooks; undefined when it may. */
