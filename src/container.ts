@@ -93,7 +93,7 @@ export async function createContainer(
   const admission = new AdmissionController({ redis, prefix: config.QUEUE_PREFIX, perMinute: config.RATE_LIMIT_PER_MINUTE, maxInFlight: config.MAX_RUNS_IN_FLIGHT_PER_TENANT });
   const routes = [
     ...routesFor({ config, runtime, queue: () => queue('golden-path'), admission, onRunRetried: (workflow) => metrics.runsRetried.inc({ workflow }) }),
-    ...webhookEndpointRoutes({ policy: webhookUrlPolicy(config), maxEndpoints: config.WEBHOOK_MAX_ENDPOINTS }),
+    ...webhookEndpointRoutes({ policy: webhookUrlPolicy(config), maxEndpoints: config.WEBHOOK_MAX_ENDPOINTS, dnsTimeoutMs: config.WEBHOOK_TIMEOUT }),
   ];
   const instanceId = `${hostname()}-${process.pid}-${randomUUID().slice(0, 8)}`;
   return {

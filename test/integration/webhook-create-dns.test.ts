@@ -6,6 +6,10 @@
  *
  * DNS is made to wait here, in this process (the API runs in it), by a gate in node:dns's `lookup`;
  * PostgreSQL and Redis are the real ones, and the API's pool has a single connection.
+ *
+ * The wait is bounded (WEBHOOK_TIMEOUT, one delivery attempt's budget): a host whose DNS never answers
+ * gets a 422 once it has passed, and nothing is stored. The bound is made small through the config,
+ * and that host's gate is never opened.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import dns from 'node:dns';
@@ -15,10 +19,30 @@ import { api, newTenant, startStack, type TestStack } from '../helpers/stack.ts'
 
 const ENDPOINTS = '/api/v1/webhook-endpoints';
 const GATED_HOST = 'receiver.gated.test';
+const SILENT_HOST = 'receiver.silent.test';
+const realLookup = dns.lookup;
+
+/** GATED_HOST resolves to a public address once `opened` settles; SILENT_HOST never resolves; other names as usual. */
+function installGate(opened: Promise<void>, entered: () => void): void {
+  const gated = ((hostname: string, options: unknown, callback: unknown) => {
+    if (hostname === SILENT_HOST) return;
+    if (hostname !== GATED_HOST) return (realLookup as (...a: unknown[]) => void)(hostname, options, callback);
+    const cb = (typeof options === 'function' ? options : callback) as (err: null, a: unknown, f?: number) => void;
+    const all = typeof options === 'object' && options !== null && (options as { all?: boolean }).all;
+    entered();
+    void opened.then(() => (all ? cb(null, [{ address: '93.184.215.14', family: 4 }]) : cb(null, '93.184.215.14', 4)));
+  }) as typeof dns.lookup;
+  dns.lookup = gated;
+  syncBuiltinESMExports();
+}
+
+function removeGate(): void {
+  dns.lookup = realLookup;
+  syncBuiltinESMExports();
+}
 
 describe('webhook endpoint create: DNS outside the transaction', () => {
   let stack: TestStack;
-  const realLookup = dns.lookup;
   let release!: () => void;
   const opened = new Promise<void>((r) => (release = r));
   let entered!: () => void;
@@ -26,22 +50,12 @@ describe('webhook endpoint create: DNS outside the transaction', () => {
 
   beforeAll(async () => {
     stack = await startStack({ env: { DATABASE_POOL_MAX: '1' } });
-    // GATED_HOST resolves to a public address, but only once the test opens the gate.
-    const gated = ((hostname: string, options: unknown, callback: unknown) => {
-      if (hostname !== GATED_HOST) return (realLookup as (...a: unknown[]) => void)(hostname, options, callback);
-      const cb = (typeof options === 'function' ? options : callback) as (err: null, a: unknown, f?: number) => void;
-      const all = typeof options === 'object' && options !== null && (options as { all?: boolean }).all;
-      entered();
-      void opened.then(() => (all ? cb(null, [{ address: '93.184.215.14', family: 4 }]) : cb(null, '93.184.215.14', 4)));
-    }) as typeof dns.lookup;
-    dns.lookup = gated;
-    syncBuiltinESMExports();
+    installGate(opened, entered);
   }, 120_000);
 
   afterAll(async () => {
     release();
-    dns.lookup = realLookup;
-    syncBuiltinESMExports();
+    removeGate();
     await stack?.stop();
   });
 
@@ -61,5 +75,35 @@ describe('webhook endpoint create: DNS outside the transaction', () => {
     release();
     const created = await create;
     expect(created.status, created.text).toBe(201);
+  });
+});
+
+describe('webhook endpoint create: a bounded wait for DNS', () => {
+  let stack: TestStack;
+
+  beforeAll(async () => {
+    // WEBHOOK_TIMEOUT bounds the create's DNS wait; its smallest value keeps the test short.
+    stack = await startStack({ env: { WEBHOOK_TIMEOUT: '100ms' } });
+    installGate(new Promise<void>(() => {}), () => {});
+  }, 120_000);
+
+  afterAll(async () => {
+    removeGate();
+    await stack?.stop();
+  });
+
+  it('a host whose DNS never answers: 422 problem+json naming the host once the wait is over, nothing stored', async () => {
+    const admin = await stack.token({ tenantId: newTenant(), sub: 'admin-1', roles: ['admin'] });
+    const create = api(stack, 'POST', ENDPOINTS, { token: admin, body: { url: `https://${SILENT_HOST}/hook`, events: ['run.completed'] }, headers: { 'Idempotency-Key': randomUUID() } });
+    // Unbounded, the create waits for a resolver that never answers: this stops the test instead of its timeout.
+    const answered = await Promise.race([create, new Promise<'still waiting'>((r) => setTimeout(() => r('still waiting'), 30_000).unref())]);
+    expect(answered === 'still waiting' ? 'the create still waits for DNS' : 'answered').toBe('answered');
+    const res = answered as Awaited<typeof create>;
+    expect(res.status, res.text).toBe(422);
+    expect(res.headers.get('content-type')).toMatch(/^application\/problem\+json/);
+    expect(res.json.errors).toEqual([{ path: 'url', message: `its host ${SILENT_HOST} could not be resolved within 100 ms` }]);
+    const listed = await api(stack, 'GET', ENDPOINTS, { token: admin });
+    expect(listed.status).toBe(200);
+    expect(listed.json.items).toEqual([]);
   });
 });

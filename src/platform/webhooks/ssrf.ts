@@ -74,18 +74,29 @@ export const hostOf = (url: URL): string => url.hostname.replace(/^\[(.*)\]$/, '
  */
 const NON_PUBLIC = 'resolves to a non-public address';
 
-/** Resolves the URL's host and refuses it when any address it resolves to may not receive webhooks. */
-export async function resolvedRefusal(raw: string, policy: UrlPolicy): Promise<string | undefined> {
+/**
+ * Resolves the URL's host and refuses it when any address it resolves to may not receive webhooks, or
+ * when it has not resolved within `dnsTimeoutMs` (the create answers then instead of waiting for the
+ * system resolver, which may take far longer; the lookup itself runs on in libuv's pool, its answer ignored).
+ */
+export async function resolvedRefusal(raw: string, policy: UrlPolicy, dnsTimeoutMs: number): Promise<string | undefined> {
   const early = urlRefusal(raw, policy);
   if (early) return early;
   const host = hostOf(new URL(raw));
   if (isIP(host)) return undefined;
-  let addresses: LookupAddress[];
+  let addresses: LookupAddress[] | 'timeout';
+  let timer: NodeJS.Timeout | undefined;
   try {
-    addresses = await new Promise((resolve, reject) => dnsLookup(host, { all: true }, (err, found) => (err ? reject(err) : resolve(found))));
+    addresses = await Promise.race([
+      new Promise<LookupAddress[]>((resolve, reject) => dnsLookup(host, { all: true }, (err, found) => (err ? reject(err) : resolve(found)))),
+      new Promise<'timeout'>((resolve) => (timer = setTimeout(() => resolve('timeout'), dnsTimeoutMs))),
+    ]);
   } catch (e) {
     return `its host ${host} does not resolve (${(e as NodeJS.ErrnoException).code ?? 'error'})`;
+  } finally {
+    clearTimeout(timer);
   }
+  if (addresses === 'timeout') return `its host ${host} could not be resolved within ${dnsTimeoutMs} ms`;
   for (const a of addresses) {
     if (addressRefusal(a.address, policy.allowPrivate)) return `its host ${host} ${NON_PUBLIC}`;
   }

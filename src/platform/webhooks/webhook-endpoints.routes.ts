@@ -105,6 +105,8 @@ export function webhookEndpointRoutes(deps: {
   policy: UrlPolicy;
   /** Enabled endpoints a tenant may have (WEBHOOK_MAX_ENDPOINTS): every run end fans out to each subscribed one. */
   maxEndpoints: number;
+  /** How long the create waits for its host's DNS (WEBHOOK_TIMEOUT) before it answers 422. */
+  dnsTimeoutMs: number;
 }): RouteDef[] {
   return [
     defineRoute({
@@ -119,11 +121,12 @@ export function webhookEndpointRoutes(deps: {
         201: { description: 'The endpoint, with its signing secret', schema: createdView },
         ...adminOnly,
         409: { description: 'The tenant already has WEBHOOK_MAX_ENDPOINTS enabled endpoints (`webhook_endpoint_limit`): disable one first' },
-        422: { description: 'Invalid body: not an http(s) URL (https:// in production), a host that resolves to a loopback, private, link-local or multicast address, an unknown or no event type' },
+        422: { description: 'Invalid body: not an http(s) URL (https:// in production), a host that does not resolve, resolves to a loopback, private, link-local or multicast address, or has not resolved within WEBHOOK_TIMEOUT, an unknown or no event type' },
       },
       // The host is resolved before the transaction: its DNS is the tenant's, and may take the resolver's
       // whole timeout; a pooled connection held meanwhile would be the whole API's (webhook-create-dns.test.ts).
-      prepare: ({ body }) => resolvedRefusal(body.url, deps.policy),
+      // Bounded too: a request slot of the tenant's held for the resolver's whole timeout is a 422 after WEBHOOK_TIMEOUT.
+      prepare: ({ body }) => resolvedRefusal(body.url, deps.policy, deps.dnsTimeoutMs),
       async handler({ em, principal, body, prepared }) {
         const refusal = prepared as string | undefined;
         if (refusal) throw new ValidationError('Invalid request body', [{ path: 'url', message: refusal }], 422);
