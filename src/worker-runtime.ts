@@ -81,7 +81,7 @@ export async function startWorkerProcess(c: Container, signal?: AbortSignal): Pr
     executor,
     handlers: {
       ...c.jobHandlers(),
-      ...maintenanceHandlers({ orm: c.orm, idempotency: c.idempotency, logger: c.logger, runRetentionMs: cfg.RUN_RETENTION, runsDeleted: c.metrics.runsDeleted, maintenanceQueue: () => c.queues.get(MAINTENANCE_QUEUE) }),
+      ...maintenanceHandlers({ orm: c.orm, idempotency: c.idempotency, logger: c.logger, runRetentionMs: cfg.RUN_RETENTION, runsDeleted: c.metrics.runsDeleted, webhookDeliveriesDeleted: c.metrics.webhookDeliveriesDeleted, maintenanceQueue: () => c.queues.get(MAINTENANCE_QUEUE) }),
       ...webhookHandlers({
         orm: c.orm,
         logger: c.logger,

@@ -3,7 +3,8 @@
  * which reaches the system role only by SET LOCAL ROLE. Ended runs past the retention go, with their
  * checkpoints, for every tenant; a run just under it, every active or waiting run, and every domain and
  * evidence row stay; with retention off nothing goes; an evidence pack whose run was deleted still
- * verifies (its seal is not the run's). Timestamps are moved into the past as the superuser: no sleeps.
+ * verifies (its seal is not the run's); settled webhook deliveries past the retention go too, pending
+ * ones never. Timestamps are moved into the past as the superuser: no sleeps.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { randomUUID } from 'node:crypto';
@@ -20,6 +21,7 @@ import { TEST_REDIS_URL } from '../helpers/env.ts';
 import { isTenantOwned } from '../../src/platform/db/tenant-owned.ts';
 import { ACTIVE_RUN_STATUSES, TERMINAL_RUN_STATUSES } from '../../src/platform/durable/durable-run.entity.ts';
 import { deleteEndedRuns } from '../../src/platform/durable/retention.ts';
+import { deleteSettledDeliveries } from '../../src/platform/webhooks/retention.ts';
 import { systemEm, tenantEm } from '../../src/platform/db/tenant-em.ts';
 import { MAINTENANCE_QUEUE, RUN_RETENTION_JOB, maintenanceHandlers, upsertMaintenanceSchedulers } from '../../src/platform/queue/maintenance.ts';
 import { createMetrics } from '../../src/platform/telemetry/metrics.ts';
@@ -92,7 +94,7 @@ describe('run retention', () => {
   const gone = () => ({ run: 0, checkpoints: 0, domain: everyDomainRow() });
   const kept = () => ({ run: 1, checkpoints: 2, domain: everyDomainRow() });
   /** The run-retention job's handler as a worker process runs it, with its own log and metrics. */
-  function retentionJob(runRetentionMs: number) {
+  function retentionJob(runRetentionMs: number, retentionBatch?: { batchSize: number; maxBatches: number }) {
     const metrics = createMetrics();
     const destination = new Writable({
       write(chunk, _enc, cb) {
@@ -101,8 +103,20 @@ describe('run retention', () => {
       },
     });
     const logger = createLogger({ level: 'info', name: 'dealix-worker', destination });
-    const handlers = maintenanceHandlers({ orm: stack.container.orm, idempotency: stack.container.idempotency, logger, runRetentionMs, runsDeleted: metrics.runsDeleted });
-    return { run: () => handlers[RUN_RETENTION_JOB](), deletedMetric: async () => (await metrics.runsDeleted.get()).values };
+    const handlers = maintenanceHandlers({
+      orm: stack.container.orm,
+      idempotency: stack.container.idempotency,
+      logger,
+      runRetentionMs,
+      runsDeleted: metrics.runsDeleted,
+      webhookDeliveriesDeleted: metrics.webhookDeliveriesDeleted,
+      ...(retentionBatch ? { retentionBatch } : {}),
+    });
+    return {
+      run: () => handlers[RUN_RETENTION_JOB](),
+      deletedMetric: async () => (await metrics.runsDeleted.get()).values,
+      deliveriesDeletedMetric: async () => (await metrics.webhookDeliveriesDeleted.get()).values,
+    };
   }
 
   /**
@@ -429,6 +443,102 @@ describe('run retention', () => {
       connection.disconnect();
     }
   });
+
+  /**
+   * Webhook deliveries (ADR 0013) go in the same pass: those of every tenant that settled (delivered or
+   * failed) longer ago than the retention; recent ones, and pending ones however old, stay, and the
+   * database refuses the system role a pending one.
+   */
+  describe('webhook deliveries', () => {
+    /** A delivery of `tenant` in `status` whose row last moved `settledAgoMs` ago (created an hour before); seeded as the superuser. */
+    async function seedDelivery(tenant: string, status: 'pending' | 'delivered' | 'failed', settledAgoMs: number): Promise<string> {
+      const row = await rows.seed('webhook_deliveries', tenant);
+      await admin.query(
+        `update webhook_deliveries set status = $2, created_at = now() - ($3::float8 + 3600000) * interval '1 millisecond', updated_at = now() - $3::float8 * interval '1 millisecond',
+                delivered_at = case when $2 = 'delivered' then now() - $3::float8 * interval '1 millisecond' end,
+                next_attempt_at = case when $2 = 'pending' then now() - $3::float8 * interval '1 millisecond' end where id = $1`,
+        [row.id, status, settledAgoMs],
+      );
+      return row.id as string;
+    }
+    const left = async (ids: string[]) => ((await admin.query(`select id from webhook_deliveries where id = any($1)`, [ids])).rows as Array<{ id: string }>).map((r) => r.id).sort();
+
+    it('deletes the delivered and failed deliveries of every tenant settled longer ago than the retention; keeps those just under it and every pending one however old; counts them in the log line and the metric', { timeout: LONG }, async () => {
+      const [A, B] = [newTenant(), newTenant()];
+      const old: string[] = [];
+      const kept: string[] = [];
+      for (const t of [A, B]) {
+        old.push(await seedDelivery(t, 'delivered', RETENTION + DAY), await seedDelivery(t, 'failed', RETENTION + 60_000));
+        // Just under the retention (an hour to go), and pending far longer than it: never deleted.
+        kept.push(await seedDelivery(t, 'delivered', RETENTION - 3_600_000), await seedDelivery(t, 'failed', RETENTION - 3_600_000));
+        kept.push(await seedDelivery(t, 'pending', 10 * RETENTION));
+      }
+      const job = retentionJob(RETENTION);
+
+      const pass = await job.run();
+
+      expect(pass).toMatchObject({ webhookDeliveries: { deleted: 4, byStatus: { delivered: 2, failed: 2 } }, complete: true });
+      expect(await left([...old, ...kept])).toEqual([...kept].sort());
+      expect(await job.deliveriesDeletedMetric()).toEqual(
+        expect.arrayContaining([expect.objectContaining({ labels: { status: 'delivered' }, value: 2 }), expect.objectContaining({ labels: { status: 'failed' }, value: 2 })]),
+      );
+      expect(logLines.filter((l) => l.msg === 'run retention: ended runs deleted').at(-1)).toMatchObject({
+        webhook_deliveries_deleted: 4,
+        webhook_deliveries_by_status: { delivered: 2, failed: 2 },
+        complete: true,
+        retention_ms: RETENTION,
+      });
+
+      // A second pass finds nothing more.
+      expect(await job.run()).toMatchObject({ webhookDeliveries: { deleted: 0, batches: 1, complete: true }, complete: true });
+      await admin.query(`delete from webhook_deliveries where id = any($1)`, [kept]); // not the next tests' business
+    });
+
+    it('in batches, each its own transaction, stopping at the pass limit: the pass is then incomplete (a follow-up is queued) and the next one finishes', { timeout: LONG }, async () => {
+      const t = newTenant();
+      const old: string[] = [];
+      for (let i = 0; i < 5; i++) old.push(await seedDelivery(t, i % 2 ? 'failed' : 'delivered', RETENTION + DAY));
+      const first = await deleteSettledDeliveries(systemEm(stack.container.orm), { olderThanMs: RETENTION, batchSize: 2, maxBatches: 2 });
+      expect(first).toMatchObject({ deleted: 4, batches: 2, complete: false });
+      expect(await retentionJob(RETENTION, { batchSize: 2, maxBatches: 2 }).run()).toMatchObject({ webhookDeliveries: { deleted: 1, complete: true }, complete: true });
+      expect(await left(old)).toEqual([]);
+
+      // Runs finished, deliveries not: the pass as a whole is incomplete, so its follow-up is queued.
+      for (let i = 0; i < 3; i++) old.push(await seedDelivery(t, 'delivered', RETENTION + DAY));
+      expect(await retentionJob(RETENTION, { batchSize: 1, maxBatches: 2 }).run()).toMatchObject({ webhookDeliveries: { deleted: 2, complete: false }, complete: false });
+      expect(await retentionJob(RETENTION, { batchSize: 1, maxBatches: 2 }).run()).toMatchObject({ webhookDeliveries: { deleted: 1, complete: true }, complete: true });
+      expect(await left(old)).toEqual([]);
+    });
+
+    it('with RUN_RETENTION off deletes no delivery, however old', { timeout: LONG }, async () => {
+      const t = newTenant();
+      const ids = [await seedDelivery(t, 'delivered', 100 * RETENTION), await seedDelivery(t, 'failed', 100 * RETENTION)];
+      expect(await retentionJob(0).run()).toMatchObject({ webhookDeliveries: { deleted: 0 } });
+      expect(await left(ids)).toEqual([...ids].sort());
+      await expect(deleteSettledDeliveries(systemEm(stack.container.orm), { olderThanMs: 0 })).rejects.toThrow(RangeError);
+      await admin.query(`delete from webhook_deliveries where id = any($1)`, [ids]);
+    });
+
+    it('the database refuses the rest: the system role deletes no pending delivery, reads no payload, and deletes no endpoint', { timeout: LONG }, async () => {
+      const t = newTenant();
+      const pending = await seedDelivery(t, 'pending', 10 * RETENTION);
+      const settled = await seedDelivery(t, 'failed', 10 * RETENTION);
+      const del = (sql: string, params: unknown[] = []) => systemEm(stack.container.orm).transactional((tx) => tx.execute(sql, params, 'run'));
+      // Pending: no row, whatever the statement says (policy webhook_deliveries_system_retention).
+      expect(await del(`delete from webhook_deliveries where id = ?`, [pending])).toMatchObject({ affectedRows: 0 });
+      expect(await del(`delete from webhook_deliveries where status = 'pending'`)).toMatchObject({ affectedRows: 0 });
+      expect(await left([pending])).toEqual([pending]);
+      // A settled one, any age: the policy admits it (how old is the job's condition).
+      expect(await del(`delete from webhook_deliveries where id = ?`, [settled])).toMatchObject({ affectedRows: 1 });
+      for (const column of ['payload', 'attempt_log', 'last_error', 'endpoint_id']) {
+        expect(await sqlState(del(`delete from webhook_deliveries where id = ? returning ${column}`, [pending])), column).toBe('42501');
+      }
+      expect(await sqlState(del(`delete from webhook_endpoints`)), 'webhook_endpoints').toBe('42501');
+      expect(await sqlState(del(`update webhook_deliveries set status = 'failed' where id = ?`, [pending]))).toBe('42501');
+      await admin.query(`delete from webhook_deliveries where id = $1`, [pending]);
+    });
+  });
+
 });
 
 /**

@@ -119,5 +119,6 @@ export async function grantRuntimePrivileges(client: { execute(sql: string): Pro
   await client.execute(`GRANT SELECT (${reads('durable_runs')}), DELETE ON TABLE durable_runs TO ${ident(SYSTEM_ROLE)}`);
   await client.execute(`GRANT SELECT (${reads('idempotency_keys')}), DELETE ON TABLE idempotency_keys TO ${ident(SYSTEM_ROLE)}`);
   // The webhook redelivery pass (ADR 0013): which deliveries are pending and overdue, never their payload.
-  await client.execute(`GRANT SELECT (${reads('webhook_deliveries')}) ON TABLE webhook_deliveries TO ${ident(SYSTEM_ROLE)}`);
+  // DELETE: retention (ADR 0011), limited by the policy webhook_deliveries_system_retention to settled ones.
+  await client.execute(`GRANT SELECT (${reads('webhook_deliveries')}), DELETE ON TABLE webhook_deliveries TO ${ident(SYSTEM_ROLE)}`);
 }

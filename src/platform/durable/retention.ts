@@ -1,4 +1,5 @@
 import type { EntityManager } from '@mikro-orm/postgresql';
+import { deleteInBatches } from '../db/batch-delete.ts';
 import { TERMINAL_RUN_STATUSES } from './durable-run.entity.ts';
 
 /** What one pass of run retention deleted. */
@@ -29,26 +30,14 @@ const ENDED = `{${TERMINAL_RUN_STATUSES.join(',')}}`;
  * must never hold (catalog.ts); two passes at once just wait for each other's batch.
  */
 export async function deleteEndedRuns(systemEm: EntityManager, opts: { olderThanMs: number; batchSize?: number; maxBatches?: number }): Promise<RetentionPass> {
-  const batchSize = opts.batchSize ?? 500;
-  const maxBatches = opts.maxBatches ?? 100;
-  const pass: RetentionPass = { deleted: 0, byWorkflow: {}, batches: 0, complete: false };
   if (!(opts.olderThanMs > 0)) throw new RangeError('deleteEndedRuns: olderThanMs must be positive');
-  const ended = `status = any(?::text[]) and updated_at < now() - ?::float8 * interval '1 millisecond'`;
-  for (let i = 0; i < maxBatches; i++) {
-    const rows = await systemEm.transactional((tx) =>
-      tx.execute<{ workflow: string }[]>(
-        `delete from durable_runs where id in (select id from durable_runs where ${ended} limit ?) and ${ended} returning workflow`,
-        [ENDED, opts.olderThanMs, batchSize, ENDED, opts.olderThanMs],
-        'all',
-      ),
-    );
-    pass.batches++;
-    pass.deleted += rows.length;
-    for (const r of rows) pass.byWorkflow[r.workflow] = (pass.byWorkflow[r.workflow] ?? 0) + 1;
-    if (rows.length < batchSize) {
-      pass.complete = true;
-      break;
-    }
-  }
-  return pass;
+  const { byGroup, ...pass } = await deleteInBatches(systemEm, {
+    table: 'durable_runs',
+    where: `status = any(?::text[]) and updated_at < now() - ?::float8 * interval '1 millisecond'`,
+    params: [ENDED, opts.olderThanMs],
+    group: 'workflow',
+    batchSize: opts.batchSize ?? 500,
+    maxBatches: opts.maxBatches ?? 100,
+  });
+  return { ...pass, byWorkflow: byGroup };
 }

@@ -6,6 +6,7 @@ import { systemEm } from '../db/tenant-em.ts';
 import { deleteEndedRuns } from '../durable/retention.ts';
 import type { IdempotencyService } from '../idempotency/idempotency.service.ts';
 import { WEBHOOK_REDELIVERY_JOB } from '../webhooks/delivery.ts';
+import { deleteSettledDeliveries } from '../webhooks/retention.ts';
 
 export const MAINTENANCE_QUEUE = 'maintenance';
 export const IDEMPOTENCY_EXPIRY_JOB = 'idempotency-expiry';
@@ -117,6 +118,7 @@ export function maintenanceHandlers(deps: {
   logger: Logger;
   runRetentionMs?: number;
   runsDeleted?: Counter<'workflow'>;
+  webhookDeliveriesDeleted?: Counter<'status'>;
   /** The maintenance queue, where a pass that stopped at its limit queues the next (none: it does not). */
   maintenanceQueue?: () => Queue | undefined;
   /** The pass limits (deleteEndedRuns' defaults unless set; tests shrink them). */
@@ -140,7 +142,7 @@ export function maintenanceHandlers(deps: {
      */
     async [RUN_RETENTION_JOB](job?: Pick<Job, 'data'>) {
       const own = deps.runRetentionMs ?? 0;
-      const skipped = { deleted: 0, byWorkflow: {}, batches: 0, complete: true };
+      const skipped = { deleted: 0, byWorkflow: {}, batches: 0, webhookDeliveries: { deleted: 0, byStatus: {}, batches: 0, complete: true }, complete: true };
       if (own <= 0) return skipped;
       const queue = deps.maintenanceQueue?.();
       // The schedule in force, read at each pass: a follow-up carries the value of the schedule it was
@@ -151,10 +153,26 @@ export function maintenanceHandlers(deps: {
         return skipped;
       }
       const retentionMs = inForce.retentionMs ?? scheduledRetention(job?.data) ?? own;
-      const pass = await deleteEndedRuns(systemEm(deps.orm), { ...deps.retentionBatch, olderThanMs: retentionMs });
-      for (const [workflow, n] of Object.entries(pass.byWorkflow)) deps.runsDeleted?.inc({ workflow }, n);
+      const runs = await deleteEndedRuns(systemEm(deps.orm), { ...deps.retentionBatch, olderThanMs: retentionMs });
+      for (const [workflow, n] of Object.entries(runs.byWorkflow)) deps.runsDeleted?.inc({ workflow }, n);
+      // Settled webhook deliveries past the same retention (ADR 0013): pending ones are never deleted.
+      const webhookDeliveries = await deleteSettledDeliveries(systemEm(deps.orm), { ...deps.retentionBatch, olderThanMs: retentionMs });
+      for (const [status, n] of Object.entries(webhookDeliveries.byStatus)) deps.webhookDeliveriesDeleted?.inc({ status }, n);
+      const pass = { ...runs, webhookDeliveries, complete: runs.complete && webhookDeliveries.complete };
       if (queue && !pass.complete) await queueRetentionFollowUp(queue, retentionMs);
-      deps.logger.info({ deleted: pass.deleted, by_workflow: pass.byWorkflow, batches: pass.batches, complete: pass.complete, retention_ms: retentionMs }, 'run retention: ended runs deleted');
+      deps.logger.info(
+        {
+          deleted: runs.deleted,
+          by_workflow: runs.byWorkflow,
+          batches: runs.batches,
+          webhook_deliveries_deleted: webhookDeliveries.deleted,
+          webhook_deliveries_by_status: webhookDeliveries.byStatus,
+          webhook_delivery_batches: webhookDeliveries.batches,
+          complete: pass.complete,
+          retention_ms: retentionMs,
+        },
+        'run retention: ended runs deleted',
+      );
       return pass;
     },
   };

@@ -20,6 +20,7 @@ export interface Metrics {
   runsRetried: Counter<'workflow'>;
   /** Ended runs run retention deleted (RUN_RETENTION, ADR 0011), by workflow; counted by the worker that deleted them. */
   runsDeleted: Counter<'workflow'>;
+  webhookDeliveriesDeleted: Counter<'status'>;
   /** Webhook delivery attempts by outcome (delivered, retrying, failed), all tenants together (ADR 0013). */
   webhookDeliveries: Counter<'outcome'>;
   /** When the queue depths and run counts were last read (they keep the last reading while a read fails). */
@@ -83,6 +84,12 @@ export function createMetrics(): Metrics {
       name: 'dealix_runs_deleted_total',
       help: 'Ended runs deleted by run retention (RUN_RETENTION) with their checkpoints, by workflow; counted by the worker process that deleted them',
       labelNames: ['workflow'],
+      registers: [registry],
+    }),
+    webhookDeliveriesDeleted: new Counter({
+      name: 'dealix_webhook_deliveries_deleted_total',
+      help: 'Settled webhook deliveries (delivered, failed) deleted by run retention (RUN_RETENTION), by status; counted by the worker process that deleted them',
+      labelNames: ['status'],
       registers: [registry],
     }),
     webhookDeliveries: new Counter({

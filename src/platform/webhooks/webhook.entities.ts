@@ -7,6 +7,10 @@ export type WebhookEventType = (typeof WEBHOOK_EVENT_TYPES)[number];
 
 export const DELIVERY_STATUSES = ['pending', 'delivered', 'failed'] as const;
 export type DeliveryStatus = (typeof DELIVERY_STATUSES)[number];
+/** A delivery that will never be attempted again: run retention may delete it once old enough (ADR 0011, 0013). */
+export const SETTLED_DELIVERY_STATUSES = ['delivered', 'failed'] as const satisfies readonly DeliveryStatus[];
+/** The retention policy's predicate, written as PostgreSQL prints it back (the schema diff stays empty). */
+export const SETTLED_DELIVERY_SQL = `(status = ANY (ARRAY[${SETTLED_DELIVERY_STATUSES.map((s) => `'${s}'::text`).join(', ')}]))`;
 
 /**
  * A tenant's webhook endpoint: where its subscribed events are POSTed, signed with its secret
@@ -69,6 +73,8 @@ export const WebhookDelivery = defineEntity({
     { name: 'webhook_deliveries_tenant_endpoint_created_index', properties: ['tenantId', 'endpoint', 'createdAt', 'id'] },
     // The redelivery pass's cross-tenant read: pending deliveries overdue (their job lost with Redis).
     { name: 'webhook_deliveries_pending_index', properties: ['nextAttemptAt'], where: "status = 'pending'" },
+    // Retention's cross-tenant delete (ADR 0011): settled deliveries by when they settled, oldest first.
+    { name: 'webhook_deliveries_settled_index', properties: ['updatedAt'], where: "status in ('delivered', 'failed')" },
   ],
   rowLevelSecurity: 'force',
   policies: [
@@ -76,5 +82,8 @@ export const WebhookDelivery = defineEntity({
     // The redelivery pass (maintenance): as the NOLOGIN system role, only the columns granted to it
     // (ids, status, when due), never the payload. See ADR 0013.
     { name: 'webhook_deliveries_system_redelivery', command: 'select', roles: [SYSTEM_ROLE], using: 'true' },
+    // Retention (ADR 0011, RUN_RETENTION): the same role may delete a settled delivery, never a pending
+    // one (an event still owed to its receiver); how long ago it settled is the job's condition.
+    { name: 'webhook_deliveries_system_retention', command: 'delete', roles: [SYSTEM_ROLE], using: SETTLED_DELIVERY_SQL },
   ],
 });
