@@ -92,18 +92,24 @@ describe('webhook endpoint create: a bounded wait for DNS', () => {
     await stack?.stop();
   });
 
-  it('a host whose DNS never answers: 422 problem+json naming the host once the wait is over, nothing stored', async () => {
-    const admin = await stack.token({ tenantId: newTenant(), sub: 'admin-1', roles: ['admin'] });
-    const create = api(stack, 'POST', ENDPOINTS, { token: admin, body: { url: `https://${SILENT_HOST}/hook`, events: ['run.completed'] }, headers: { 'Idempotency-Key': randomUUID() } });
+  it('a host whose DNS never answers: 503 problem+json naming the host once the wait is over, nothing stored, the key free for a retry', async () => {
+    const tenant = newTenant();
+    const admin = await stack.token({ tenantId: tenant, sub: 'admin-1', roles: ['admin'] });
+    const key = randomUUID();
+    const create = api(stack, 'POST', ENDPOINTS, { token: admin, body: { url: `https://${SILENT_HOST}/hook`, events: ['run.completed'] }, headers: { 'Idempotency-Key': key } });
     // Unbounded, the create waits for a resolver that never answers: this stops the test instead of its timeout.
     const answered = await Promise.race([create, new Promise<'still waiting'>((r) => setTimeout(() => r('still waiting'), 30_000).unref())]);
     expect(answered === 'still waiting' ? 'the create still waits for DNS' : 'answered').toBe('answered');
     const res = answered as Awaited<typeof create>;
-    expect(res.status, res.text).toBe(422);
+    // A resolver that did not answer says nothing about the URL: "not now" (a 422 would be replayed under the key for IDEMPOTENCY_TTL).
+    expect(res.status, res.text).toBe(503);
     expect(res.headers.get('content-type')).toMatch(/^application\/problem\+json/);
-    expect(res.json.errors).toEqual([{ path: 'url', message: `its host ${SILENT_HOST} could not be resolved within 100 ms` }]);
+    expect(res.headers.get('retry-after')).toBeTruthy();
+    expect(res.json.detail).toBe(`The host ${SILENT_HOST} could not be resolved within 100 ms; try again.`);
     const listed = await api(stack, 'GET', ENDPOINTS, { token: admin });
     expect(listed.status).toBe(200);
     expect(listed.json.items).toEqual([]);
+    // The key was released, not stored: no idempotency record of the tenant's remains.
+    expect((await stack.db.admin(`select 1 from idempotency_keys where tenant_id = $1`, [tenant])).rows).toEqual([]);
   });
 });

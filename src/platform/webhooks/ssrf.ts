@@ -2,6 +2,7 @@ import { lookup as dnsLookup, type LookupAddress } from 'node:dns';
 import { isIP } from 'node:net';
 import ipaddr from 'ipaddr.js';
 import type { Logger } from 'pino';
+import { ServiceUnavailableError } from '../errors/app-error.ts';
 
 /**
  * The SSRF guard of webhook endpoints: a receiver must be a public unicast address. Loopback,
@@ -92,11 +93,15 @@ export async function resolvedRefusal(raw: string, policy: UrlPolicy, dnsTimeout
       new Promise<'timeout'>((resolve) => (timer = setTimeout(() => resolve('timeout'), dnsTimeoutMs))),
     ]);
   } catch (e) {
-    return `its host ${host} does not resolve (${(e as NodeJS.ErrnoException).code ?? 'error'})`;
+    const code = (e as NodeJS.ErrnoException).code ?? 'error';
+    // A resolver that failed for now (EAI_AGAIN) says nothing about the URL: "not now", not an answer stored under the key.
+    if (code === 'EAI_AGAIN') throw new ServiceUnavailableError(`The host ${host} could not be resolved for now (EAI_AGAIN); try again.`);
+    return `its host ${host} does not resolve (${code})`;
   } finally {
     clearTimeout(timer);
   }
-  if (addresses === 'timeout') return `its host ${host} could not be resolved within ${dnsTimeoutMs} ms`;
+  // Likewise a resolver that has not answered in time: 503 frees the Idempotency-Key for a retry, where a 422 would be replayed.
+  if (addresses === 'timeout') throw new ServiceUnavailableError(`The host ${host} could not be resolved within ${dnsTimeoutMs} ms; try again.`);
   for (const a of addresses) {
     if (addressRefusal(a.address, policy.allowPrivate)) return `its host ${host} ${NON_PUBLIC}`;
   }

@@ -121,11 +121,12 @@ export function webhookEndpointRoutes(deps: {
         201: { description: 'The endpoint, with its signing secret', schema: createdView },
         ...adminOnly,
         409: { description: 'The tenant already has WEBHOOK_MAX_ENDPOINTS enabled endpoints (`webhook_endpoint_limit`): disable one first' },
-        422: { description: 'Invalid body: not an http(s) URL (https:// in production), a host that does not resolve, resolves to a loopback, private, link-local or multicast address, or has not resolved within WEBHOOK_TIMEOUT, an unknown or no event type' },
+        422: { description: 'Invalid body: not an http(s) URL (https:// in production), a host that does not resolve, resolves to a loopback, private, link-local or multicast address, or an unknown or no event type' },
+        503: { description: 'The host could not be resolved within WEBHOOK_TIMEOUT, or the resolver failed for now (EAI_AGAIN): nothing stored, the Idempotency-Key is free for a retry (Retry-After)' },
       },
       // The host is resolved before the transaction: its DNS is the tenant's, and may take the resolver's
       // whole timeout; a pooled connection held meanwhile would be the whole API's (webhook-create-dns.test.ts).
-      // Bounded too: a request slot of the tenant's held for the resolver's whole timeout is a 422 after WEBHOOK_TIMEOUT.
+      // Bounded too: past WEBHOOK_TIMEOUT the create answers 503 (retryable, its key released) instead of holding a request slot of the tenant's.
       prepare: ({ body }) => resolvedRefusal(body.url, deps.policy, deps.dnsTimeoutMs),
       async handler({ em, principal, body, prepared }) {
         const refusal = prepared as string | undefined;
