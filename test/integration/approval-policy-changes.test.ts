@@ -304,6 +304,15 @@ async function holdRow(tenant: string, table: 'approval_policies' | 'approval_po
   };
 }
 
+/** Makes a pending change expire now, by the database's clock: its expires_at set just ahead, then polled until passed. */
+async function expireNow(changeId: string): Promise<void> {
+  await stack.db.admin(`update approval_policy_changes set expires_at = clock_timestamp() + interval '300 milliseconds' where id = $1`, [changeId]);
+  await waitFor(async () => (await stack.db.admin(`select expires_at <= clock_timestamp() as passed from approval_policy_changes where id = $1`, [changeId])).rows[0].passed, {
+    timeoutMs: 10_000,
+    what: 'the change to pass its expires_at',
+  });
+}
+
 /** Polls until `n` statements on the policy tables wait for a lock. */
 const lockWaiters = (n: number, what: string) =>
   waitFor(
@@ -436,11 +445,7 @@ describe('pending changes per tenant are capped', () => {
     const proposal = put(t.admin, LOOSER);
     await lockWaiters(1, 'the proposal to wait for the policy');
     // Pending when the proposal's transaction began; it expires while the proposal waits (by the database's clock).
-    await stack.db.admin(`update approval_policy_changes set expires_at = clock_timestamp() + interval '300 milliseconds' where id = $1`, [oldest.id]);
-    await waitFor(async () => (await stack.db.admin(`select expires_at <= clock_timestamp() as passed from approval_policy_changes where id = $1`, [oldest.id])).rows[0].passed, {
-      timeoutMs: 10_000,
-      what: 'the change to pass its expires_at',
-    });
+    await expireNow(oldest.id);
     await held.release();
     const res = await proposal;
     expect(res.status, res.text).toBe(202);
@@ -558,11 +563,7 @@ describe('decisions at once (lock order: the policy row first, then changes)', (
     const approval = decide(t.admin2, x.id, 'approve');
     await lockWaiters(1, 'the approval to wait for the policy');
     // Pending when the approval read it; it expires while the approval waits (by the database's clock).
-    await stack.db.admin(`update approval_policy_changes set expires_at = clock_timestamp() + interval '300 milliseconds' where id = $1`, [x.id]);
-    await waitFor(async () => (await stack.db.admin(`select expires_at <= clock_timestamp() as passed from approval_policy_changes where id = $1`, [x.id])).rows[0].passed, {
-      timeoutMs: 10_000,
-      what: 'the change to pass its expires_at',
-    });
+    await expireNow(x.id);
     await held.release();
     expectProblem(await approval, 409, 'policy_change_expired');
     expect(await policyOf(t)).toMatchObject({ policy: DEFAULTS, version: 1, approved_by: null });
@@ -576,11 +577,7 @@ describe('decisions at once (lock order: the policy row first, then changes)', (
     const held = await holdRow(t.tenant, 'approval_policies');
     const tightening = put(t.admin, { ...DEFAULTS, sla_b_seconds: 3_600 });
     await lockWaiters(1, 'the PUT to wait for the policy');
-    await stack.db.admin(`update approval_policy_changes set expires_at = clock_timestamp() + interval '300 milliseconds' where id = $1`, [x.id]);
-    await waitFor(async () => (await stack.db.admin(`select expires_at <= clock_timestamp() as passed from approval_policy_changes where id = $1`, [x.id])).rows[0].passed, {
-      timeoutMs: 10_000,
-      what: 'the change to pass its expires_at',
-    });
+    await expireNow(x.id);
     const expired = await changeOf(t, x.id);
     expect(expired).toMatchObject({ status: 'expired', decided_at: expired.expires_at });
     await held.release();

@@ -27,6 +27,23 @@ async function submit(stack: TestStack, token: string, body: unknown = CLASS_A_S
   return res.json.run_id as string;
 }
 
+/**
+ * The golden path with one run held inside its first step: the run `holdFirst` names (its id, as
+ * submitted) enters `hold` and stays until `hold.release()`; every other run goes through.
+ */
+function holdingFirstRun(stack: TestStack) {
+  const hold = barrier();
+  let first: string | undefined;
+  const wf = wrappedGoldenPath(stack, (step, seq) => async (input, ctx) => {
+    if (seq === 1 && ctx.run.id === first) {
+      hold.enter();
+      await hold.released;
+    }
+    return step.run(input, ctx);
+  });
+  return { hold, wf, holdFirst: (id: string) => (first = id) };
+}
+
 const waitCompleted = (stack: TestStack, token: string, id: string, timeoutMs = 20_000) =>
   waitFor(
     async () => {
@@ -103,20 +120,12 @@ describe('a per-tenant cap on concurrently executing run jobs', () => {
   it('cap 1: a parked job that no longer exists does not swallow the wake-up of a slot given back: the next parked job is promoted', { timeout: LONG }, async () => {
     const tenant = newTenant();
     const tok = await stack.token({ tenantId: tenant, sub: 'stale-parked-submitter' });
-    const hold = barrier();
-    let first: string | undefined;
-    const wf = wrappedGoldenPath(stack, (step, seq) => async (input, ctx) => {
-      if (seq === 1 && ctx.run.id === first) {
-        hold.enter();
-        await hold.released;
-      }
-      return step.run(input, ctx);
-    });
+    const { hold, wf, holdFirst } = holdingFirstRun(stack);
     // Fallback delays far beyond the test's deadlines: a parked job completes only if a freed slot promotes it.
     const one = startRunHost(stack, wf, 'stale-parked-host', {}, { concurrency: 3, maxActiveRunsPerTenant: 1, parkDelayMs: () => 600_000 });
     try {
       const parkedKey = `${stack.prefix}:tenant-parked:${tenant}`;
-      first = await submit(stack, tok);
+      const first = holdFirst(await submit(stack, tok));
       await hold.inside;
       const gone = await submit(stack, tok);
       await waitFor(async () => (await stack.redis.zcard(parkedKey)) === 1, { what: 'the second run\'s job to be parked' });
@@ -142,19 +151,11 @@ describe('a per-tenant cap on concurrently executing run jobs', () => {
   it('cap 1: parked jobs of runs cancelled in bulk are promoted in turn and end at once; the parked run behind them completes', { timeout: LONG }, async () => {
     const tenant = newTenant();
     const tok = await runUsers(stack, tenant);
-    const hold = barrier();
-    let first: string | undefined;
-    const wf = wrappedGoldenPath(stack, (step, seq) => async (input, ctx) => {
-      if (seq === 1 && ctx.run.id === first) {
-        hold.enter();
-        await hold.released;
-      }
-      return step.run(input, ctx);
-    });
+    const { hold, wf, holdFirst } = holdingFirstRun(stack);
     const one = startRunHost(stack, wf, 'cancel-parked-host', {}, { concurrency: 3, maxActiveRunsPerTenant: 1, parkDelayMs: () => 600_000 });
     try {
       const parkedKey = `${stack.prefix}:tenant-parked:${tenant}`;
-      first = await submit(stack, tok.submitter);
+      const first = holdFirst(await submit(stack, tok.submitter));
       await hold.inside;
       const parked: string[] = [];
       for (let i = 1; i <= 3; i++) {
