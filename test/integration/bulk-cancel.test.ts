@@ -2,7 +2,7 @@
  * POST /api/v1/<workflow>/runs/cancel — a tenant admin cancels many runs at once, each exactly as the
  * single cancel does (run-routes.ts), against the real stack (PostgreSQL as the application role, Redis).
  */
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { randomUUID } from 'node:crypto';
 import { api, CLASS_A_SUBMISSION, newTenant, runUsers, SAMPLE_SUBMISSION, startStack, type TestStack } from '../helpers/stack.ts';
 import { waitFor } from '../helpers/poll.ts';
@@ -306,5 +306,40 @@ describe('bulk cancel of a run waiting for its approval, with a worker', () => {
     expect(expired).toEqual({ outcome: 'not_pending' });
     expect(await statusOf(stack, id)).toBe('cancelled');
     expect((await stack.db.admin(`select status from approval_requests where id = $1`, [approvalId])).rows[0].status).toBe('withdrawn');
+  });
+
+  it("the runs' SLA timers are removed concurrently after the commit, not one after another: with Redis slow to answer, the answer waits for one removal, not for each in turn", { timeout: LONG }, async () => {
+    const tenant = newTenant();
+    const tok = await runUsers(stack, tenant);
+    const ids = await Promise.all([1, 2, 3].map(() => submit(stack, tok.submitter, SAMPLE_SUBMISSION)));
+    await waitFor(async () => (await statusesOf(stack, ids)).every((s) => s === 'waiting'), { timeoutMs: 60_000, what: 'the three runs to wait for their approvals' });
+    const queue = stack.container.queues.get(GOLDEN_PATH_QUEUE)!;
+    const timers = await Promise.all(ids.map(async (id) => namedJobId('gp', await hashOf(stack, id), 'sla')));
+    // Redis held still: each timer's removal (the real command) waits until the test lets it go.
+    let release!: () => void;
+    const held = new Promise<void>((r) => (release = r));
+    const started = new Set<string>();
+    const remove = queue.remove.bind(queue);
+    const spy = vi.spyOn(queue, 'remove').mockImplementation(async (jobId, opts) => {
+      if (timers.includes(jobId)) {
+        started.add(jobId);
+        await held;
+      }
+      return remove(jobId, opts);
+    });
+    try {
+      const answer = bulk(stack, tok.admin, { status: ['waiting'] });
+      // One after another, the second removal would not start before the first returned.
+      await waitFor(async () => started.size === timers.length, { timeoutMs: 20_000, what: 'every timer removal to be under way at once' });
+      release();
+      const res = await answer;
+      expect(res.status, res.text).toBe(200);
+      expect(res.json).toMatchObject({ cancelled: 3, has_more: false });
+    } finally {
+      release();
+      spy.mockRestore();
+    }
+    for (const timerId of timers) expect(await queue.getJobState(timerId)).toBe('unknown');
+    expect(await statusesOf(stack, ids)).toEqual(['cancelled', 'cancelled', 'cancelled']);
   });
 });

@@ -38,6 +38,29 @@ export async function cancelLockedRun(
   if (release) ctx.afterCommit(release);
 }
 
+/** The after-commit actions of a bulk cancel's runs in flight at once (each a Redis command or two). */
+const AFTER_COMMIT_CONCURRENCY = 32;
+
+/**
+ * Runs `actions` with at most `concurrency` in flight; a failure is logged and the others still run
+ * (as the router does for its own after-commit actions).
+ */
+async function settleConcurrently(actions: ReadonlyArray<() => Promise<void>>, concurrency: number, log: Logger): Promise<void> {
+  let next = 0;
+  const lane = async () => {
+    while (next < actions.length) {
+      const action = actions[next++]!;
+      try {
+        await action();
+      } catch (err) {
+        // A webhook job not added is the redelivery pass's; an SLA timer not removed finds its request closed.
+        log.error({ err }, 'after-commit action of a bulk cancel failed; the database holds the outcome');
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(concurrency, actions.length) }, lane));
+}
+
 /** At most this many runs per bulk cancel request (its `limit`, and its `ids`). */
 export const BULK_CANCEL_MAX = 500;
 /** Runs locked and cancelled per statement of a bulk cancel: a request of 500 is five such batches. */
@@ -92,6 +115,12 @@ export async function bulkCancel(
     params.push(`{${ids.join(',')}}`);
   }
   const cancelled: string[] = [];
+  // What each cancel leaves for after the commit (its webhook jobs, its log line, its SLA timer's
+  // removal: a Redis command each) runs concurrently, not one run after another: with Redis slow or
+  // hanging, 500 removals in a row would hold the answer for 500 command timeouts.
+  const after: Array<() => Promise<void>> = [];
+  const runCtx = { ...ctx, afterCommit: (fn: () => Promise<void>) => void after.push(fn) };
+  ctx.afterCommit(() => settleConcurrently(after, AFTER_COMMIT_CONCURRENCY, ctx.log));
   while (cancelled.length < filter.limit) {
     // A run cancelled by an earlier batch no longer matches `status`; it is named too, so that no batch
     // can take a run again whatever happened to it.
@@ -102,7 +131,7 @@ export async function bulkCancel(
       batch,
     ]);
     for (const run of runs) {
-      await cancelLockedRun(deps, ctx, run);
+      await cancelLockedRun(deps, runCtx, run);
       cancelled.push(run.id);
     }
     if (runs.length < batch) break;
