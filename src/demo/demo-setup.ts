@@ -28,7 +28,7 @@ async function canConnect(url: string): Promise<boolean> {
 
 /** Roles and database through the superuser URL when the app or owner cannot connect; then pending migrations as the owner. */
 export async function prepareDatabase(config: Config): Promise<void> {
-  say(`[1/7] Database    ${safeUrl(config.DATABASE_URL)}`);
+  say(`[1/8] Database    ${safeUrl(config.DATABASE_URL)}`);
   const ready = (await canConnect(config.DATABASE_URL)) && (await canConnect(config.MIGRATION_DATABASE_URL));
   if (!ready) {
     const adminUrl = config.DATABASE_ADMIN_URL ?? DEFAULT_ADMIN_URL;
@@ -45,7 +45,7 @@ export async function prepareDatabase(config: Config): Promise<void> {
 }
 
 export async function checkRedis(url: string): Promise<void> {
-  say(`[2/7] Redis       ${safeUrl(url)}`);
+  say(`[2/8] Redis       ${safeUrl(url)}`);
   const redis = new Redis(url, { lazyConnect: true, connectTimeout: 3000, maxRetriesPerRequest: 0, retryStrategy: () => null, enableOfflineQueue: false });
   let lastError: Error | undefined;
   redis.on('error', (e: Error) => (lastError = e));

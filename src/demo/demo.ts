@@ -3,13 +3,16 @@ import { ConfigError, environmentWith, parseConfig, type Config } from '../platf
 import { choosePort, type DemoProcesses } from './demo-processes.ts';
 import { checkRedis, prepareDatabase } from './demo-setup.ts';
 import { DemoError, say, until } from './demo-support.ts';
-import { runGoldenPathDemo } from './golden-path.demo.ts';
+import { describeWebhook, runGoldenPathDemo } from './golden-path.demo.ts';
+import { DemoWebhookReceiver } from './webhook-receiver.ts';
 
 /**
  * npm run demo: the golden path end to end on the local services, as a new user sees it.
  * 1 database set up if needed · 2 Redis checked · 3 API and worker started as child processes ·
- * 4 a class B run submitted and followed · 5 approved by a second user · 6 evidence verified ·
- * 7 the Bull Board address. The caller (src/cli/demo.ts) stops the children and sets the exit code.
+ * 4 a local webhook receiver registered as the tenant's endpoint · 5 a class B run submitted and
+ * followed · 6 approved by a second user · 7 evidence verified · 8 the Bull Board address. The
+ * webhooks the run sends are printed as they are verified. The caller (src/cli/demo.ts) stops the
+ * children and sets the exit code.
  */
 export interface DemoOptions {
   keepRunning: boolean;
@@ -39,7 +42,9 @@ function demoEnvironment(): { env: Record<string, string>; config: Config; secre
 
 async function startChildren(procs: DemoProcesses, config: Config, env: Record<string, string>): Promise<{ base: string; port: number }> {
   const port = await choosePort(config.PORT);
-  const childEnv = { ...env, PORT: String(port) };
+  // The demo's webhook receiver listens on 127.0.0.1, which the SSRF guard refuses (ADR 0013): the
+  // guard is off for these two children only, whatever .env says; .env.example keeps it on.
+  const childEnv = { ...env, PORT: String(port), WEBHOOK_ALLOW_PRIVATE_NETWORKS: 'true' };
   const register = ['--import', './src/platform/telemetry/register.ts'];
   const api = procs.start('API', [...register, 'src/server.ts'], childEnv);
   const worker = procs.start('worker', [...register, 'workers/golden-path.worker.ts'], childEnv);
@@ -66,12 +71,24 @@ export async function runDemo(procs: DemoProcesses, opts: DemoOptions): Promise<
   say('Dealix demo: the golden path (partner tier-1 verification) end to end\n');
   await prepareDatabase(config);
   await checkRedis(config.REDIS_URL);
-  say(`[3/7] Starting the API and a worker${secretGenerated ? ' (JWT_SECRET not configured: generated one for this demo)' : ''}`);
+  say(`[3/8] Starting the API and a worker${secretGenerated ? ' (JWT_SECRET not configured: generated one for this demo)' : ''}`);
+  say('      with WEBHOOK_ALLOW_PRIVATE_NETWORKS=true for these two only: the demo\'s webhook receiver is on 127.0.0.1,');
+  say('      which the SSRF guard refuses otherwise (they log a warning; keep it false outside development)');
   const { base, port } = await startChildren(procs, config, env);
-  await runGoldenPathDemo({ config, base, port, secretGenerated, keepRunning: opts.keepRunning, guard: procs.assertAlive });
-  if (opts.keepRunning) {
-    say(`\nThe API (http://localhost:${port}) and the worker keep running; press Ctrl-C to stop them.`);
-    await opts.stopRequested();
+  const receiver = await DemoWebhookReceiver.start();
+  try {
+    const guard = () => {
+      procs.assertAlive();
+      receiver.assertVerified();
+    };
+    await runGoldenPathDemo({ config, base, port, secretGenerated, keepRunning: opts.keepRunning, receiver, guard });
+    if (opts.keepRunning) {
+      receiver.onWebhook = (w) => say(`      ${describeWebhook(w)}`);
+      say(`\nThe API (http://localhost:${port}) and the worker keep running, and the demo's tenant's webhooks are printed as they arrive; press Ctrl-C to stop them.`);
+      await opts.stopRequested();
+    }
+  } finally {
+    await receiver.close();
   }
   return { graceMs: config.WORKER_SHUTDOWN_GRACE + 10_000 };
 }

@@ -2,7 +2,9 @@ import { randomUUID } from 'node:crypto';
 import type { Config } from '../platform/config/config.ts';
 import { signDevToken } from '../platform/tenancy/jwt.ts';
 import { OPERATOR_ROLE } from '../platform/http/admin-auth.middleware.ts';
+import { ADMIN_ROLE } from '../platform/tenancy/roles.ts';
 import { DemoError, fmt, say, until } from './demo-support.ts';
+import type { DemoWebhookReceiver, ReceivedWebhook } from './webhook-receiver.ts';
 
 /** The example submission of the issue and the docs: class B under the default policy (cost 65,000, payback 2.48 months). */
 export const DEMO_SUBMISSION = {
@@ -11,6 +13,8 @@ export const DEMO_SUBMISSION = {
   currency: 'SAR',
 };
 const STEP_TIMEOUT_MS = 60_000;
+/** What the demo's endpoint subscribes to: the events its class B run sends (docs/api.md, *Events*). */
+const DEMO_EVENTS = ['approval.requested', 'run.completed'];
 
 interface Reply {
   status: number;
@@ -60,20 +64,34 @@ function describeStep(step: any): string {
   }
 }
 
+/** One line per webhook: its type, its id (what receivers deduplicate by), and what it says. */
+export function describeWebhook(w: ReceivedWebhook): string {
+  const d = w.data;
+  const what = w.type === 'approval.requested' ? `class ${d.approval_class}, ${d.required_approvals} approver(s)` : `run ${d.status}${d.evidence_pack_id ? ', with its evidence pack' : ''}`;
+  return `webhook  ${w.type.padEnd(18)}  signature verified  webhook-id ${w.id}  ${what}`;
+}
+
 export interface GoldenPathDemoOptions {
   config: Config;
   base: string;
   port: number;
   secretGenerated: boolean;
   keepRunning: boolean;
-  /** Throws when a child process died (checked on every poll). */
+  /** Receives the tenant's webhooks (registered as its endpoint in step 4). */
+  receiver: DemoWebhookReceiver;
+  /** Throws when a child process died or a webhook did not verify (checked on every poll). */
   guard: () => void;
 }
 
-/** Steps 4–7 of the demo: submit a class B run, follow it, approve it as a second user, verify the evidence, point at Bull Board. */
+/**
+ * Steps 4–8 of the demo: register the webhook receiver, submit a class B run, follow it, approve it as
+ * a second user, verify the evidence, point at Bull Board. Each webhook the run sends must arrive,
+ * verified, within the step deadline.
+ */
 export async function runGoldenPathDemo(o: GoldenPathDemoOptions): Promise<void> {
   const http = client(o.base);
   const tenant = randomUUID();
+  const tenantAdmin = await signDevToken(o.config, { tenantId: tenant, sub: 'demo-admin', roles: [ADMIN_ROLE] });
   const submitter = await signDevToken(o.config, { tenantId: tenant, sub: 'demo-submitter' });
   const approver = await signDevToken(o.config, { tenantId: tenant, sub: 'demo-approver', roles: ['approver'] });
   const printed = new Set<string>();
@@ -98,29 +116,49 @@ export async function runGoldenPathDemo(o: GoldenPathDemoOptions): Promise<void>
       o.guard,
     );
 
-  say(`[4/7] Submitting a class B partner verification as demo-submitter (tenant ${tenant})`);
+  /** Waits for the run's webhook of `type`, verified by the receiver, and prints it. */
+  const webhook = async (type: string, runId: string): Promise<ReceivedWebhook> => {
+    const got = await until(`the ${type} webhook of run ${runId}`, STEP_TIMEOUT_MS, async () => o.receiver.find(type, runId), o.guard);
+    say(`      ${describeWebhook(got)}`);
+    return got;
+  };
+
+  say(`[4/8] Registering a webhook endpoint as demo-admin (role ${ADMIN_ROLE}, tenant ${tenant})`);
+  say(`      receiver  ${o.receiver.url}  (node:http in this process; verifies with standardwebhooks)`);
+  const endpoint = expectStatus(await http('POST', '/api/v1/webhook-endpoints', tenantAdmin, { url: o.receiver.url, events: DEMO_EVENTS, description: 'npm run demo' }), 201, 'registering the webhook endpoint');
+  o.receiver.useSecret(endpoint.secret);
+  say(`      201 Created: endpoint ${endpoint.id} for ${endpoint.events.join(', ')}`);
+  say('      its signing secret (whsec_…) is in this answer only: the receiver verifies every webhook with it');
+
+  say('[5/8] Submitting a class B partner verification as demo-submitter');
   const started = Date.now();
   const accepted = expectStatus(await http('POST', '/api/v1/golden-path/run', submitter, DEMO_SUBMISSION), 202, 'submitting the run');
   say(`      202 Accepted: run ${accepted.run_id}, correlation id ${accepted.correlation_id}`);
   const waiting = await follow(accepted.run_id, ['waiting']);
-
-  say('[5/7] Approving as a second user, demo-approver (role approver)');
   const approvalId = waiting.steps[2].output.approval_request_id as string;
+  const requested = await webhook('approval.requested', accepted.run_id);
+  if (requested.data.approval_request_id !== approvalId) throw new DemoError(`the approval.requested webhook names approval request ${requested.data.approval_request_id}, the run ${approvalId}`);
+
+  say('[6/8] Approving as a second user, demo-approver (role approver)');
   const pending = expectStatus(await http('GET', '/api/v1/approvals?status=pending', approver), 200, 'listing pending approvals');
   if (!pending.items.some((a: any) => a.approval_request_id === approvalId)) throw new DemoError("the run's approval request is not in the pending list");
   const decision = expectStatus(await http('POST', `/api/v1/approvals/${approvalId}/decision`, approver, { decision: 'approve', comment: 'demo: economics reviewed' }), 200, 'approving');
   say(`      decision recorded: ${decision.status} (${decision.approvals}/${decision.required_approvals} approvals)`);
   const done = await follow(accepted.run_id, ['completed']);
   say(`      run ${done.status} in ${((Date.now() - started) / 1000).toFixed(1)} s`);
+  const completed = await webhook('run.completed', accepted.run_id);
+  if (completed.data.evidence_pack_id !== done.output.evidence_pack_id) throw new DemoError(`the run.completed webhook names evidence pack ${completed.data.evidence_pack_id}, the run ${done.output.evidence_pack_id}`);
+  o.receiver.assertVerified();
+  say(`      webhooks  ${o.receiver.received.size} received and verified; ${o.receiver.duplicates} repeated webhook-id(s) dropped (delivery is at least once)`);
 
-  say('[6/7] Evidence pack');
+  say('[7/8] Evidence pack');
   const evidence = expectStatus(await http('GET', done.links.evidence, submitter), 200, 'reading the evidence pack');
   const verify = expectStatus(await http('GET', done.links.verify, submitter), 200, 'verifying the evidence pack');
   say(`      sha256  ${evidence.sha256}  (SHA-256 of the RFC 8785 canonical JSON)`);
   say(`      verify  ${verify.valid ? 'valid' : 'INVALID'}: recomputed ${verify.recomputed_sha256 ?? verify.sha256}`);
   if (!verify.valid) throw new DemoError('the evidence pack did not verify');
 
-  say('[7/7] Operators');
+  say('[8/8] Operators');
   // The dashboard spans tenants: it takes the platform's operator role, never a tenant's admin.
   const admin = await signDevToken(o.config, { tenantId: tenant, sub: 'demo-operator', roles: [OPERATOR_ROLE], ttlSeconds: 8 * 3600 });
   say(`      Bull Board   http://localhost:${o.port}/admin/queues   (queues under the prefix "${o.config.QUEUE_PREFIX}"; needs role ${OPERATOR_ROLE})`);

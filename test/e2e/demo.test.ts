@@ -1,0 +1,112 @@
+/**
+ * `npm run demo` as a new user runs it: src/cli/demo.ts as a child process on a database of its own
+ * (cloned from the migrated template) and a queue prefix of its own, starting its own API and worker.
+ * It must end 0 having shown the platform's webhooks: its receiver registered as the tenant's
+ * endpoint, and the class B run's approval.requested and run.completed received and verified — the
+ * webhook-ids it prints are the delivery rows the platform recorded as delivered. Then the demo's
+ * receiver on its own: a webhook signed with another secret fails the demo's wait, and a repeated
+ * webhook-id is kept once.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { spawn } from 'node:child_process';
+import { randomBytes, randomUUID } from 'node:crypto';
+import { fileURLToPath } from 'node:url';
+import { Redis } from 'ioredis';
+import { createTestDatabase, type TestDatabase } from '../helpers/db.ts';
+import { TEST_ADMIN_URL, TEST_JWT_SECRET, TEST_REDIS_URL } from '../helpers/env.ts';
+import { DemoWebhookReceiver } from '../../src/demo/webhook-receiver.ts';
+import { DemoError, until } from '../../src/demo/demo-support.ts';
+import { signedHeaders } from '../../src/platform/webhooks/send.ts';
+
+const ROOT = fileURLToPath(new URL('../..', import.meta.url));
+const UUID = '[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}';
+
+describe('npm run demo', () => {
+  let db: TestDatabase;
+  const prefix = `tdemo${randomBytes(4).toString('hex')}`;
+  let out = '';
+  let code: number | null = null;
+
+  beforeAll(async () => {
+    db = await createTestDatabase();
+    const proc = spawn(process.execPath, ['src/cli/demo.ts'], {
+      cwd: ROOT,
+      env: {
+        PATH: process.env.PATH ?? '',
+        NODE_ENV: 'development',
+        DATABASE_URL: db.appUrl,
+        MIGRATION_DATABASE_URL: db.ownerUrl,
+        DATABASE_ADMIN_URL: TEST_ADMIN_URL,
+        REDIS_URL: TEST_REDIS_URL,
+        QUEUE_PREFIX: prefix,
+        JWT_SECRET: TEST_JWT_SECRET,
+        PORT: '0',
+        OTEL_SDK_DISABLED: 'true',
+        // As .env.example: the guard on. The demo turns it off for its own children only.
+        WEBHOOK_ALLOW_PRIVATE_NETWORKS: 'false',
+      },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    proc.stdout.on('data', (d) => (out += d));
+    proc.stderr.on('data', (d) => (out += d));
+    code = await new Promise<number | null>((resolve) => proc.once('exit', (c) => resolve(c)));
+  }, 180_000);
+
+  afterAll(async () => {
+    const redis = new Redis(TEST_REDIS_URL, { maxRetriesPerRequest: 1 });
+    const keys = await redis.keys(`${prefix}:*`);
+    for (let i = 0; i < keys.length; i += 500) await redis.del(...keys.slice(i, i + 500));
+    redis.disconnect();
+    await db?.drop();
+  });
+
+  it('succeeds, and prints the class B run approval.requested and run.completed webhooks, each verified with the secret from the create', async () => {
+    expect(code, out).toBe(0);
+    expect(out).toContain('The demo succeeded');
+    expect(out).toContain('WEBHOOK_ALLOW_PRIVATE_NETWORKS=true for these two only');
+    expect(out).toMatch(new RegExp(`201 Created: endpoint ${UUID} for approval\\.requested, run\\.completed`));
+    const printed = [...out.matchAll(new RegExp(`webhook  (\\S+)\\s+signature verified  webhook-id (${UUID})`, 'g'))].map((m) => ({ type: m[1], id: m[2] }));
+    expect(printed.map((p) => p.type)).toEqual(['approval.requested', 'run.completed']);
+    expect(out).toContain('2 received and verified; 0 repeated webhook-id(s) dropped');
+    // What the demo printed is what the platform delivered: one row per event, delivered, to the demo's receiver.
+    const rows = (await db.admin(`select d.id, d.event_type, d.status, e.url from webhook_deliveries d join webhook_endpoints e on e.id = d.endpoint_id order by d.created_at`)).rows;
+    expect(rows.map((r) => ({ type: r.event_type, id: r.id }))).toEqual(printed);
+    expect(rows.every((r) => r.status === 'delivered' && /^http:\/\/127\.0\.0\.1:\d+\/dealix-webhooks$/.test(r.url))).toBe(true);
+  });
+});
+
+describe("the demo's webhook receiver", () => {
+  let receiver: DemoWebhookReceiver;
+  const secret = `whsec_${randomBytes(32).toString('base64')}`;
+  const post = (body: string, headers: Record<string, string>) => fetch(receiver.url, { method: 'POST', headers: { 'content-type': 'application/json', ...headers }, body });
+  const message = (runId: string) => JSON.stringify({ type: 'run.completed', timestamp: new Date().toISOString(), data: { run_id: runId, status: 'completed' } });
+
+  beforeAll(async () => {
+    receiver = await DemoWebhookReceiver.start();
+    receiver.useSecret(secret);
+  });
+  afterAll(async () => receiver?.close());
+
+  it('keeps a repeated webhook-id once (answered 200 both times, counted as a repeat)', async () => {
+    const runId = randomUUID();
+    const id = randomUUID();
+    const body = message(runId);
+    for (let i = 0; i < 2; i++) expect((await post(body, signedHeaders(secret, id, body))).status).toBe(200);
+    expect(receiver.find('run.completed', runId)).toMatchObject({ id, data: { run_id: runId } });
+    expect([...receiver.received.keys()].filter((k) => k === id)).toHaveLength(1);
+    expect(receiver.duplicates).toBe(1);
+  });
+
+  it('answers 400 to a webhook signed with another secret, and the demo waiting for it fails naming it', async () => {
+    const runId = randomUUID();
+    const id = randomUUID();
+    const body = message(runId);
+    expect((await post(body, signedHeaders(`whsec_${randomBytes(32).toString('base64')}`, id, body))).status).toBe(400);
+    expect(receiver.find('run.completed', runId)).toBeUndefined();
+    const waited = until('the run.completed webhook', 30_000, async () => receiver.find('run.completed', runId), receiver.assertVerified);
+    await expect(waited).rejects.toThrow(DemoError);
+    await expect(waited).rejects.toThrow(new RegExp(`a webhook did not verify with the endpoint's secret \\(webhook-id ${id}: .+\\) while waiting for the run.completed webhook`));
+    // Once refused, every later wait fails too: the demo cannot end 0 after a webhook that did not verify.
+    expect(() => receiver.assertVerified()).toThrow(DemoError);
+  });
+});
