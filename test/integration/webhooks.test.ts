@@ -15,6 +15,7 @@ import { waitFor } from '../helpers/poll.ts';
 import { tenantEm } from '../../src/platform/db/tenant-em.ts';
 import { WEBHOOK_QUEUE, WEBHOOK_REDELIVERY_JOB, webhookHandlers } from '../../src/platform/webhooks/delivery.ts';
 import { barrier, wrappedGoldenPath, startRunHost } from '../helpers/run-host.ts';
+import { capturedLog } from '../helpers/log-capture.ts';
 
 interface Received {
   path: string;
@@ -395,10 +396,11 @@ describe('outbox: a step transaction that rolls back', () => {
 
 describe('webhook endpoint API: refusals', () => {
   let stack: TestStack;
+  const { lines: logLines, destination } = capturedLog();
 
   beforeAll(async () => {
     // WEBHOOK_ALLOW_PRIVATE_NETWORKS unset: the production default. At most three enabled endpoints a tenant.
-    stack = await startStack({ env: { WEBHOOK_MAX_ENDPOINTS: '3' } });
+    stack = await startStack({ env: { WEBHOOK_MAX_ENDPOINTS: '3', LOG_LEVEL: 'info' }, logDestination: destination });
   }, 120_000);
 
   afterAll(async () => {
@@ -496,6 +498,11 @@ describe('webhook endpoint API: refusals', () => {
     const reads = [await api(stack, 'GET', `${ENDPOINTS}/${id}`, { token: admin }), await api(stack, 'GET', ENDPOINTS, { token: admin })];
     expect(reads[0]!.json.previous_secret_expires_at).toBe(first.json.previous_secret_expires_at);
     expect(JSON.stringify(reads.map((r) => r.json))).not.toContain('whsec_');
+    // One audit line for the one rotation (the replay ran nothing), naming who and until when; never a secret.
+    expect(logLines.filter((l) => l.security_event === 'webhook_secret_rotated' && l.webhook_endpoint_id === id)).toEqual([
+      expect.objectContaining({ tenant_id: tenantId, rotated_by: 'admin-1', previous_secret_expires_at: first.json.previous_secret_expires_at }),
+    ]);
+    expect(JSON.stringify(logLines)).not.toContain('whsec_');
   });
 
   it('rotate-secret is refused, and nothing changes: without Idempotency-Key (400), for a non-admin (403), a bad body (422), another tenant (404), a disabled endpoint (409)', async () => {

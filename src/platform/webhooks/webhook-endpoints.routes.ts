@@ -219,7 +219,7 @@ export function webhookEndpointRoutes(deps: {
         409: { description: 'The endpoint is disabled (`webhook_endpoint_disabled`): it signs nothing any more' },
         422: { description: 'Invalid body: `previous_secret_expires_in_seconds` not an integer from 0 to 604800 (7 days), or an unknown field' },
       },
-      async handler({ em, principal, params, body }) {
+      async handler({ req, em, principal, params, body, afterCommit }) {
         const current = await endpointById(em, principal.tenantId, params.id, ' for update');
         // Disabled is final (there is no enable): a secret for an endpoint that never signs again is a
         // mistake (the wrong endpoint) better told than answered with a secret nobody will use.
@@ -237,7 +237,12 @@ export function webhookEndpointRoutes(deps: {
            returning ${ENDPOINT_COLUMNS}`,
           [overlap, overlap, overlap, secret, principal.tenantId, params.id],
         );
-        return { status: 200, body: { ...toView(row!), secret } };
+        const view = toView(row!);
+        // An audit line (never a secret): who rotated which endpoint's secret, and until when the old one still signs.
+        afterCommit(async () =>
+          req.log.info({ security_event: 'webhook_secret_rotated', tenant_id: principal.tenantId, webhook_endpoint_id: view.id, rotated_by: principal.sub, previous_secret_expires_at: view.previous_secret_expires_at }, 'webhook signing secret rotated'),
+        );
+        return { status: 200, body: { ...view, secret } };
       },
     }),
     defineRoute({
