@@ -473,6 +473,8 @@ describe('the published schemas hold for real responses of every route', () => {
     }
     const deliveries = (await get('/api/v1/webhook-endpoints/:id/deliveries', `/api/v1/webhook-endpoints/${first.id}/deliveries`, admin)).json;
     expect(deliveries.items.map((d: { event_type: string }) => d.event_type).sort()).toEqual(['approval.requested', 'run.completed']);
+    const rotated = await api(stack, 'POST', `/api/v1/webhook-endpoints/${first.id}/rotate-secret`, { token: admin, body: { previous_secret_expires_in_seconds: 60 }, headers: { 'Idempotency-Key': randomUUID() } });
+    expect(expectPublished('POST', '/api/v1/webhook-endpoints/:id/rotate-secret', rotated, 200).json.secret).toMatch(/^whsec_/);
     const disable = await api(stack, 'POST', `/api/v1/webhook-endpoints/${first.id}/disable`, { token: admin });
     expect(expectPublished('POST', '/api/v1/webhook-endpoints/:id/disable', disable, 200).json).toMatchObject({ enabled: false });
   });

@@ -37,7 +37,7 @@ afterAll(async () => {
 
 const secret = newSigningSecret();
 const body = JSON.stringify({ type: 'run.completed', timestamp: new Date().toISOString(), data: { run_id: 'r-1' } });
-const send = (url: string, allowPrivate: boolean, timeoutMs = 5000) => postWebhook({ url, secret, msgId: `msg-${hits.length}`, body, timeoutMs, policy: { allowPrivate, httpsOnly: false } });
+const send = (url: string, allowPrivate: boolean, timeoutMs = 5000) => postWebhook({ url, secrets: [secret], msgId: `msg-${hits.length}`, body, timeoutMs, policy: { allowPrivate, httpsOnly: false } });
 
 describe('a delivery attempt', () => {
   it('POSTs the body signed per Standard Webhooks: the library verifies it with the secret', async () => {

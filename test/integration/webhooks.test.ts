@@ -15,6 +15,7 @@ import { waitFor } from '../helpers/poll.ts';
 import { tenantEm } from '../../src/platform/db/tenant-em.ts';
 import { WEBHOOK_QUEUE, WEBHOOK_REDELIVERY_JOB, webhookHandlers } from '../../src/platform/webhooks/delivery.ts';
 import { barrier, wrappedGoldenPath, startRunHost } from '../helpers/run-host.ts';
+import { capturedLog } from '../helpers/log-capture.ts';
 
 interface Received {
   path: string;
@@ -87,6 +88,15 @@ async function tenantWithEndpoint(stack: TestStack, receiver: Receiver, path: st
   expect(created.json.secret).toMatch(/^whsec_[A-Za-z0-9+/]+=*$/);
   return { tenantId, admin, endpoint: created.json as { id: string; secret: string } };
 }
+
+/** Rotates an endpoint's signing secret (optionally under a given key, with a body). */
+async function rotate(stack: TestStack, token: string, id: string, body?: unknown, key: string = randomUUID()) {
+  return api(stack, 'POST', `${ENDPOINTS}/${id}/rotate-secret`, { token, body, headers: { 'Idempotency-Key': key } });
+}
+
+/** An endpoint's stored secrets, read as the admin role (no API read ever returns them). */
+const secretsOf = async (stack: TestStack, id: string) =>
+  (await stack.db.admin(`select secret, previous_secret, previous_secret_expires_at from webhook_endpoints where id = $1`, [id])).rows[0] as { secret: string; previous_secret: string | null; previous_secret_expires_at: Date | null };
 
 describe('webhooks', () => {
   let stack: TestStack;
@@ -246,6 +256,65 @@ describe('webhooks', () => {
     expect(receiver.received.filter((r) => r.path === '/rls-a')).toHaveLength(1);
   });
 
+  it('a rotated secret overlaps with the previous one: during the overlap each delivery verifies with either, after it with the new one only; a rotation during an overlap replaces the previous', async () => {
+    const t = await tenantWithEndpoint(stack, receiver, '/rotate', ['run.completed']);
+    const s0 = t.endpoint.secret;
+    const deliverRun = async () => {
+      const runId = await submit(stack, t.admin, CLASS_A_SUBMISSION);
+      await waitRun(stack, t.admin, runId, ['completed']);
+      const got = await waitFor(() => receiver.received.find((r) => r.path === '/rotate' && r.body.includes(runId)), { timeoutMs: 30_000, what: `the delivery of ${runId}` });
+      return { runId, signatures: String(got.headers['webhook-signature']).split(' ') };
+    };
+    // What a receiver does: verify the message with a secret it holds (the library accepts any one of the listed signatures).
+    const verifiedWith = (run: { runId: string }, secret: string) => {
+      const hit = receiver.received.find((r) => r.path === '/rotate' && r.body.includes(run.runId))!;
+      return (new Webhook(secret).verify(hit.body, hit.headers as Record<string, string>) as { data: { run_id: string } }).data.run_id;
+    };
+
+    // A rotation with an hour's overlap: the new secret is answered once, the old one still signs.
+    const first = await rotate(stack, t.admin, t.endpoint.id, { previous_secret_expires_in_seconds: 3600 });
+    expect(first.status, first.text).toBe(200);
+    const s1 = first.json.secret as string;
+    expect(s1).toMatch(/^whsec_[A-Za-z0-9+/]+=*$/);
+    expect(s1).not.toBe(s0);
+    expect(first.json).toMatchObject({ id: t.endpoint.id, enabled: true });
+    expect(Date.parse(first.json.previous_secret_expires_at) - Date.now()).toBeGreaterThan(3500_000);
+    const during = await deliverRun();
+    expect(during.signatures).toHaveLength(2);
+    expect(verifiedWith(during, s1)).toBe(during.runId);
+    expect(verifiedWith(during, s0)).toBe(during.runId);
+
+    // A second rotation while s0 is still live: s1 becomes the previous, s0 signs nothing any more.
+    const second = await rotate(stack, t.admin, t.endpoint.id, { previous_secret_expires_in_seconds: 3600 });
+    expect(second.status, second.text).toBe(200);
+    const s2 = second.json.secret as string;
+    const replaced = await deliverRun();
+    expect(replaced.signatures).toHaveLength(2);
+    expect(verifiedWith(replaced, s2)).toBe(replaced.runId);
+    expect(verifiedWith(replaced, s1)).toBe(replaced.runId);
+    expect(() => verifiedWith(replaced, s0)).toThrow(/No matching signature/);
+
+    // A one-second overlap: once it has passed (by the database's clock, as the endpoint's read says), only s3 signs.
+    const third = await rotate(stack, t.admin, t.endpoint.id, { previous_secret_expires_in_seconds: 1 });
+    expect(third.status, third.text).toBe(200);
+    const s3 = third.json.secret as string;
+    await waitFor(async () => (await api(stack, 'GET', `${ENDPOINTS}/${t.endpoint.id}`, { token: t.admin })).json?.previous_secret_expires_at === null, { timeoutMs: 10_000, what: 'the previous secret to expire' });
+    const after = await deliverRun();
+    expect(after.signatures).toHaveLength(1);
+    expect(verifiedWith(after, s3)).toBe(after.runId);
+    expect(() => verifiedWith(after, s2)).toThrow(/No matching signature/);
+
+    // 0 drops the previous secret at once: nothing but the new one is stored.
+    const fourth = await rotate(stack, t.admin, t.endpoint.id, { previous_secret_expires_in_seconds: 0 });
+    expect(fourth.status, fourth.text).toBe(200);
+    expect(fourth.json.previous_secret_expires_at).toBeNull();
+    expect(await secretsOf(stack, t.endpoint.id)).toEqual({ secret: fourth.json.secret, previous_secret: null, previous_secret_expires_at: null });
+    const dropped = await deliverRun();
+    expect(dropped.signatures).toHaveLength(1);
+    expect(verifiedWith(dropped, fourth.json.secret)).toBe(dropped.runId);
+    expect(() => verifiedWith(dropped, s3)).toThrow(/No matching signature/);
+  });
+
   it('a disabled endpoint gets no new event, and its pending delivery is given up unsent', async () => {
     const t = await tenantWithEndpoint(stack, receiver, '/disabled', ['run.failed', 'run.cancelled']);
     const [first, second] = [await submit(stack, t.admin, SAMPLE_SUBMISSION), await submit(stack, t.admin, { ...SAMPLE_SUBMISSION, partner: { ...SAMPLE_SUBMISSION.partner, name: 'Other' } })];
@@ -327,10 +396,11 @@ describe('outbox: a step transaction that rolls back', () => {
 
 describe('webhook endpoint API: refusals', () => {
   let stack: TestStack;
+  const { lines: logLines, destination } = capturedLog();
 
   beforeAll(async () => {
     // WEBHOOK_ALLOW_PRIVATE_NETWORKS unset: the production default. At most three enabled endpoints a tenant.
-    stack = await startStack({ env: { WEBHOOK_MAX_ENDPOINTS: '3' } });
+    stack = await startStack({ env: { WEBHOOK_MAX_ENDPOINTS: '3', LOG_LEVEL: 'info' }, logDestination: destination });
   }, 120_000);
 
   afterAll(async () => {
@@ -400,6 +470,75 @@ describe('webhook endpoint API: refusals', () => {
     expect(disabled.status, disabled.text).toBe(200);
     expect(disabled.json).toMatchObject({ id: ids[0], enabled: false });
     expect(disabled.json.secret).toBeUndefined();
+  });
+
+  it('rotate-secret: without a body the previous secret overlaps for 24 h; a replay of its key answers the same secret and rotates nothing; reads show neither secret', async () => {
+    const tenantId = newTenant();
+    const admin = await stack.token({ tenantId, sub: 'admin-1', roles: ['admin'] });
+    const created = await createEndpoint(stack, admin, { url: 'https://93.184.215.40/hook', events: ['run.completed'] });
+    expect(created.status, created.text).toBe(201);
+    const id = created.json.id as string;
+    const key = randomUUID();
+    const first = await rotate(stack, admin, id, undefined, key);
+    expect(first.status, first.text).toBe(200);
+    const expires = Date.parse(first.json.previous_secret_expires_at) - Date.now();
+    expect(expires).toBeGreaterThan(23 * 3600_000);
+    expect(expires).toBeLessThanOrEqual(24 * 3600_000);
+    const stored = await secretsOf(stack, id);
+    expect(stored).toMatchObject({ secret: first.json.secret, previous_secret: created.json.secret });
+    const replay = await rotate(stack, admin, id, undefined, key);
+    expect(replay.status, replay.text).toBe(200);
+    expect(replay.headers.get('idempotent-replayed')).toBe('true');
+    expect(replay.json.secret).toBe(first.json.secret);
+    expect(await secretsOf(stack, id)).toEqual(stored);
+    // The same key with another body is another request: refused, and nothing rotates.
+    const reused = await rotate(stack, admin, id, { previous_secret_expires_in_seconds: 0 }, key);
+    expect(reused.status, reused.text).toBe(422);
+    expect(await secretsOf(stack, id)).toEqual(stored);
+    const reads = [await api(stack, 'GET', `${ENDPOINTS}/${id}`, { token: admin }), await api(stack, 'GET', ENDPOINTS, { token: admin })];
+    expect(reads[0]!.json.previous_secret_expires_at).toBe(first.json.previous_secret_expires_at);
+    expect(JSON.stringify(reads.map((r) => r.json))).not.toContain('whsec_');
+    // One audit line for the one rotation (the replay ran nothing), naming who and until when; never a secret.
+    expect(logLines.filter((l) => l.security_event === 'webhook_secret_rotated' && l.webhook_endpoint_id === id)).toEqual([
+      expect.objectContaining({ tenant_id: tenantId, rotated_by: 'admin-1', previous_secret_expires_at: first.json.previous_secret_expires_at }),
+    ]);
+    expect(JSON.stringify(logLines)).not.toContain('whsec_');
+  });
+
+  it('rotate-secret is refused, and nothing changes: without Idempotency-Key (400), for a non-admin (403), a bad body (422), another tenant (404), a disabled endpoint (409)', async () => {
+    const tenantId = newTenant();
+    const admin = await stack.token({ tenantId, sub: 'admin-1', roles: ['admin'] });
+    const approver = await stack.token({ tenantId, sub: 'user-1', roles: ['approver'] });
+    const other = await stack.token({ tenantId: newTenant(), sub: 'admin-1', roles: ['admin'] });
+    const created = await createEndpoint(stack, admin, { url: 'https://93.184.215.41/hook', events: ['run.completed'] });
+    expect(created.status, created.text).toBe(201);
+    const id = created.json.id as string;
+    const unchanged = { secret: created.json.secret, previous_secret: null, previous_secret_expires_at: null };
+    const noKey = await api(stack, 'POST', `${ENDPOINTS}/${id}/rotate-secret`, { token: admin });
+    expect(noKey.status, noKey.text).toBe(400);
+    expect((await rotate(stack, approver, id)).status).toBe(403);
+    for (const body of [
+      { previous_secret_expires_in_seconds: -1 },
+      { previous_secret_expires_in_seconds: 7 * 24 * 3600 + 1 },
+      { previous_secret_expires_in_seconds: 1.5 },
+      { previous_secret_expires_in_seconds: '3600' },
+      { previous_secret_expires_in_seconds: null },
+      { secret: 'whsec_mine' },
+      [],
+    ]) {
+      const res = await rotate(stack, admin, id, body);
+      expect(res.status, `${JSON.stringify(body)}: ${res.text}`).toBe(422);
+      expect(res.headers.get('content-type')).toMatch(/application\/problem\+json/);
+    }
+    const cross = await rotate(stack, other, id);
+    expect(cross.status, cross.text).toBe(404);
+    expect(await secretsOf(stack, id)).toEqual(unchanged);
+    // A disabled endpoint signs nothing again (it cannot be enabled): a new secret for it would be a mistake to tell.
+    expect((await api(stack, 'POST', `${ENDPOINTS}/${id}/disable`, { token: admin, headers: { 'Idempotency-Key': randomUUID() } })).status).toBe(200);
+    const disabled = await rotate(stack, admin, id);
+    expect(disabled.status, disabled.text).toBe(409);
+    expect(disabled.json).toMatchObject({ code: 'webhook_endpoint_disabled' });
+    expect(await secretsOf(stack, id)).toEqual(unchanged);
   });
 
   it('a tenant has at most WEBHOOK_MAX_ENDPOINTS enabled endpoints, concurrent creates included: one more is 409 and nothing is stored; a disabled one frees its place', async () => {

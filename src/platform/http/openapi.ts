@@ -111,7 +111,8 @@ function routeConfig(def: RouteDef, withSchemas: boolean): RouteConfig {
       headers,
       ...(withSchemas && def.params ? { params: def.params as unknown as ZodObject } : {}),
       ...(withSchemas && def.query ? { query: def.query as unknown as ZodObject } : {}),
-      ...(def.body ? { body: { required: true, content: { 'application/json': { schema: withSchemas ? def.body : z.looseObject({}) } } } } : {}),
+      // A body the route may go without (its schema accepts none, e.g. all-defaults options) is published as optional.
+      ...(def.body ? { body: { required: !def.body.safeParse(undefined).success, content: { 'application/json': { schema: withSchemas ? def.body : z.looseObject({}) } } } } : {}),
     },
     responses,
   };

@@ -59,6 +59,8 @@ interface DeliveryRow {
   next_attempt_at: Date | null;
   url: string;
   secret: string;
+  /** A rotated-out secret still in its overlap (null once expired, by the database's clock). */
+  previous_secret: string | null;
   enabled: boolean;
 }
 
@@ -84,7 +86,8 @@ export function webhookHandlers(deps: {
       // Under the tenant's row-level security: a job naming another tenant's delivery finds nothing.
       const [row] = await em.transactional((tx) =>
         tx.execute<DeliveryRow[]>(
-          `select d.id, d.status, d.attempts, d.payload, d.next_attempt_at, e.url, e.secret, e.enabled
+          `select d.id, d.status, d.attempts, d.payload, d.next_attempt_at, e.url, e.secret, e.enabled,
+                  case when e.previous_secret_expires_at > now() then e.previous_secret end as previous_secret
              from webhook_deliveries d join webhook_endpoints e on e.tenant_id = d.tenant_id and e.id = d.endpoint_id
             where d.tenant_id = ? and d.id = ?`,
           [data.tenant_id, data.delivery_id],
@@ -100,7 +103,7 @@ export function webhookHandlers(deps: {
         throw new DelayedError();
       }
       const outcome: AttemptOutcome = row.enabled
-        ? await postWebhook({ url: row.url, secret: row.secret, msgId: row.id, body: JSON.stringify(row.payload), timeoutMs: settings.timeoutMs, policy: settings.policy })
+        ? await postWebhook({ url: row.url, secrets: row.previous_secret ? [row.secret, row.previous_secret] : [row.secret], msgId: row.id, body: JSON.stringify(row.payload), timeoutMs: settings.timeoutMs, policy: settings.policy })
         : { ok: false, statusCode: null, error: 'endpoint disabled', durationMs: 0 };
       const attempt = row.attempts + 1;
       const status = outcome.ok ? 'delivered' : !row.enabled || attempt >= settings.maxAttempts ? 'failed' : 'pending';

@@ -12,12 +12,16 @@ export interface AttemptOutcome {
   durationMs: number;
 }
 
-/** The Standard Webhooks headers of a message: id, timestamp (seconds), signature (`v1,<base64>`). */
-export function signedHeaders(secret: string, msgId: string, body: string, at = new Date()): Record<string, string> {
+/**
+ * The Standard Webhooks headers of a message: id, timestamp (seconds), and one signature (`v1,<base64>`)
+ * per secret, space-separated — the current one first, then a rotated-out one still in its overlap
+ * (ADR 0013). A receiver's `verify` accepts the message if any one of them matches the secret it holds.
+ */
+export function signedHeaders(secrets: readonly string[], msgId: string, body: string, at = new Date()): Record<string, string> {
   return {
     'webhook-id': msgId,
     'webhook-timestamp': String(Math.floor(at.getTime() / 1000)),
-    'webhook-signature': new Webhook(secret).sign(msgId, at, body),
+    'webhook-signature': secrets.map((secret) => new Webhook(secret).sign(msgId, at, body)).join(' '),
   };
 }
 
@@ -25,12 +29,12 @@ export function signedHeaders(secret: string, msgId: string, body: string, at = 
 const MAX_ANSWER_BYTES = 64 * 1024;
 
 /**
- * POSTs one signed message: no redirect followed (a 3xx is a failed attempt), bounded by `timeoutMs`
+ * POSTs one message signed with each of `secrets` (see signedHeaders): no redirect followed (a 3xx is a failed attempt), bounded by `timeoutMs`
  * from connect to the end of the answer, the receiver's addresses checked as they are connected to.
  * 2xx is delivered; anything else, or no status within `timeoutMs`, is a failed attempt. The status
  * is the answer: a body that does not end by the deadline is cut off, and does not undo the status.
  */
-export async function postWebhook(args: { url: string; secret: string; msgId: string; body: string; timeoutMs: number; policy: UrlPolicy }): Promise<AttemptOutcome> {
+export async function postWebhook(args: { url: string; secrets: readonly string[]; msgId: string; body: string; timeoutMs: number; policy: UrlPolicy }): Promise<AttemptOutcome> {
   const started = performance.now();
   const done = (ok: boolean, statusCode: number | null, error: string | null): AttemptOutcome => ({ ok, statusCode, error, durationMs: Math.round(performance.now() - started) });
   const refused = urlRefusal(args.url, args.policy);
@@ -45,7 +49,7 @@ export async function postWebhook(args: { url: string; secret: string; msgId: st
     'content-type': 'application/json',
     'user-agent': 'dealix-webhooks/1',
     'content-length': String(Buffer.byteLength(args.body)),
-    ...signedHeaders(args.secret, args.msgId, args.body),
+    ...signedHeaders(args.secrets, args.msgId, args.body),
   };
   const client = url.protocol === 'https:' ? https : http;
   return new Promise<AttemptOutcome>((resolve) => {

@@ -30,14 +30,35 @@ const endpointView = z
     created_by: z.string(),
     created_at: isoTime,
     disabled_at: isoTime.nullable(),
+    previous_secret_expires_at: isoTime
+      .nullable()
+      .describe('Until when deliveries are also signed with the secret the last rotation replaced (a second `v1,` signature); null when none is live'),
     links: z.strictObject({ self: z.string(), deliveries: z.string() }),
   })
   .meta({ id: 'WebhookEndpoint' });
 type EndpointView = z.infer<typeof endpointView>;
 
-const createdView = endpointView
-  .extend({ secret: z.string().describe('The signing secret (`whsec_<base64>`), shown only in this answer: verify each webhook with it (Standard Webhooks)') })
-  .meta({ id: 'WebhookEndpointCreated' });
+/** An endpoint with its signing secret: the answer of the create and of a rotation, the only ones that show it. */
+const withSecret = (id: string) =>
+  endpointView.extend({ secret: z.string().describe('The signing secret (`whsec_<base64>`), shown only in this answer (and its idempotent replay): verify each webhook with it (Standard Webhooks)') }).meta({ id });
+const createdView = withSecret('WebhookEndpointCreated');
+const rotatedView = withSecret('WebhookEndpointRotated');
+
+/** How long a rotated-out secret keeps signing beside the new one: by default, and at most (ADR 0013). */
+export const PREVIOUS_SECRET_DEFAULT_SECONDS = 24 * 3600;
+export const PREVIOUS_SECRET_MAX_SECONDS = 7 * 24 * 3600;
+
+const rotateBody = z
+  .strictObject({
+    previous_secret_expires_in_seconds: z
+      .number()
+      .int()
+      .min(0)
+      .max(PREVIOUS_SECRET_MAX_SECONDS)
+      .default(PREVIOUS_SECRET_DEFAULT_SECONDS)
+      .describe('How long deliveries stay signed with the current secret too, beside the new one (default 24 h, at most 7 days); 0 drops it at once'),
+  })
+  .optional();
 
 const endpointPage = pageSchema(endpointView).meta({ id: 'WebhookEndpointPage' });
 
@@ -68,8 +89,11 @@ interface EndpointRow {
   created_by: string;
   created_at: Date;
   disabled_at: Date | null;
+  previous_secret_expires_at: Date | null;
 }
-const ENDPOINT_COLUMNS = 'id, url, events, description, enabled, created_by, created_at, disabled_at';
+/** An endpoint as its views show it: never a secret; a previous secret's expiry only while it is live (database clock). */
+const ENDPOINT_COLUMNS =
+  'id, url, events, description, enabled, created_by, created_at, disabled_at, case when previous_secret_expires_at > now() then previous_secret_expires_at end as previous_secret_expires_at';
 
 function toView(r: EndpointRow): EndpointView {
   return {
@@ -81,6 +105,7 @@ function toView(r: EndpointRow): EndpointView {
     created_by: r.created_by,
     created_at: toIsoTime(r.created_at),
     disabled_at: toIsoTimeOrNull(r.disabled_at),
+    previous_secret_expires_at: toIsoTimeOrNull(r.previous_secret_expires_at),
     links: { self: `${WEBHOOK_ENDPOINTS_PATH}/${r.id}`, deliveries: `${WEBHOOK_ENDPOINTS_PATH}/${r.id}/deliveries` },
   };
 }
@@ -98,8 +123,9 @@ async function endpointById(em: EntityManager, tenantId: string, id: string, loc
 }
 
 /**
- * The tenant's webhook endpoints (role admin): create (the secret shown once), list, read, disable,
- * and each endpoint's deliveries (docs/api.md, *Webhooks*; ADR 0013).
+ * The tenant's webhook endpoints (role admin): create (the secret shown once), list, read, rotate the
+ * secret (the new one shown once, the old one signing beside it for an overlap), disable, and each
+ * endpoint's deliveries (docs/api.md, *Webhooks*; ADR 0013).
  */
 export function webhookEndpointRoutes(deps: {
   policy: UrlPolicy;
@@ -173,6 +199,50 @@ export function webhookEndpointRoutes(deps: {
       responses: { 200: { description: 'The endpoint', schema: endpointView }, ...adminOnly, 404: { description: 'No such endpoint for this tenant' } },
       async handler({ em, principal, params }) {
         return { status: 200, body: toView(await endpointById(em, principal.tenantId, params.id)) };
+      },
+    }),
+    defineRoute({
+      method: 'post',
+      path: `${WEBHOOK_ENDPOINTS_PATH}/:id/rotate-secret`,
+      summary: 'Rotate the signing secret of a webhook endpoint (role admin): the new secret is in this answer only; the current one keeps signing beside it until it expires',
+      tags: TAGS,
+      roles: [ADMIN_ROLE],
+      // Required, as for the create: the answer is the only copy of the new secret. A retry without a key
+      // would rotate again, and push the secret the receiver still holds out of the overlap.
+      idempotency: 'required',
+      params: idParam,
+      body: rotateBody,
+      responses: {
+        200: { description: 'The endpoint, with its new signing secret; `previous_secret_expires_at` says until when the replaced one still signs', schema: rotatedView },
+        ...adminOnly,
+        404: { description: 'No such endpoint for this tenant' },
+        409: { description: 'The endpoint is disabled (`webhook_endpoint_disabled`): it signs nothing any more' },
+        422: { description: 'Invalid body: `previous_secret_expires_in_seconds` not an integer from 0 to 604800 (7 days), or an unknown field' },
+      },
+      async handler({ req, em, principal, params, body, afterCommit }) {
+        const current = await endpointById(em, principal.tenantId, params.id, ' for update');
+        // Disabled is final (there is no enable): a secret for an endpoint that never signs again is a
+        // mistake (the wrong endpoint) better told than answered with a secret nobody will use.
+        if (!current.enabled) throw new ConflictError('webhook_endpoint_disabled', 'The webhook endpoint is disabled: it signs no delivery any more, so its secret is not rotated.');
+        const overlap = body?.previous_secret_expires_in_seconds ?? PREVIOUS_SECRET_DEFAULT_SECONDS;
+        const secret = newSigningSecret();
+        // The secret in use becomes the previous one, replacing any previous still live (a receiver holds
+        // one or two secrets, never three); SET reads the row as it was, so `secret` here is the old one.
+        const [row] = await em.execute<EndpointRow[]>(
+          `update webhook_endpoints
+              set previous_secret = case when ?::int > 0 then secret end,
+                  previous_secret_expires_at = case when ?::int > 0 then date_trunc('milliseconds', now()) + ?::int * interval '1 second' end,
+                  secret = ?, updated_at = now()
+            where tenant_id = ? and id = ?
+           returning ${ENDPOINT_COLUMNS}`,
+          [overlap, overlap, overlap, secret, principal.tenantId, params.id],
+        );
+        const view = toView(row!);
+        // An audit line (never a secret): who rotated which endpoint's secret, and until when the old one still signs.
+        afterCommit(async () =>
+          req.log.info({ security_event: 'webhook_secret_rotated', tenant_id: principal.tenantId, webhook_endpoint_id: view.id, rotated_by: principal.sub, previous_secret_expires_at: view.previous_secret_expires_at }, 'webhook signing secret rotated'),
+        );
+        return { status: 200, body: { ...view, secret } };
       },
     }),
     defineRoute({

@@ -14,8 +14,8 @@ export const SETTLED_DELIVERY_SQL = `(status = ANY (ARRAY[${SETTLED_DELIVERY_STA
 
 /**
  * A tenant's webhook endpoint: where its subscribed events are POSTed, signed with its secret
- * (Standard Webhooks, `whsec_<base64>`). The secret is shown once, in the create's answer; the
- * workers read it to sign (HMAC needs the key itself, so it cannot be stored hashed).
+ * (Standard Webhooks, `whsec_<base64>`). The secret is shown once, in the create's (or a rotation's)
+ * answer; the workers read it to sign (HMAC needs the key itself, so it cannot be stored hashed).
  */
 export const WebhookEndpoint = defineEntity({
   name: 'WebhookEndpoint',
@@ -27,6 +27,13 @@ export const WebhookEndpoint = defineEntity({
     description: p.string().length(500).nullable(),
     events: p.array().columnType('text[]'),
     secret: p.string().length(100),
+    /**
+     * The secret a rotation replaced, still signing beside `secret` until `previousSecretExpiresAt`
+     * (by the database's clock), so a receiver can switch without rejecting a delivery (ADR 0013).
+     * Both null when there is none; an expired one is ignored, and dropped by the next rotation.
+     */
+    previousSecret: p.string().length(100).nullable(),
+    previousSecretExpiresAt: p.datetime().nullable(),
     enabled: p.boolean(),
     createdBy: p.string().length(255),
     createdAt: p.datetime(),
