@@ -91,7 +91,7 @@ describe("the demo's webhook receiver", () => {
     const runId = randomUUID();
     const id = randomUUID();
     const body = message(runId);
-    for (let i = 0; i < 2; i++) expect((await post(body, signedHeaders(secret, id, body))).status).toBe(200);
+    for (let i = 0; i < 2; i++) expect((await post(body, signedHeaders([secret], id, body))).status).toBe(200);
     expect(receiver.find('run.completed', runId)).toMatchObject({ id, data: { run_id: runId } });
     expect([...receiver.received.keys()].filter((k) => k === id)).toHaveLength(1);
     expect(receiver.duplicates).toBe(1);
@@ -101,7 +101,7 @@ describe("the demo's webhook receiver", () => {
     const runId = randomUUID();
     const id = randomUUID();
     const body = message(runId);
-    expect((await post(body, signedHeaders(`whsec_${randomBytes(32).toString('base64')}`, id, body))).status).toBe(400);
+    expect((await post(body, signedHeaders([`whsec_${randomBytes(32).toString('base64')}`], id, body))).status).toBe(400);
     expect(receiver.find('run.completed', runId)).toBeUndefined();
     const waited = until('the run.completed webhook', 30_000, async () => receiver.find('run.completed', runId), receiver.assertVerified);
     await expect(waited).rejects.toThrow(DemoError);
