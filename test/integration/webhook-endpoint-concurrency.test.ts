@@ -11,6 +11,7 @@ import type { AddressInfo } from 'node:net';
 import type { Job } from 'bullmq';
 import { api, CLASS_A_SUBMISSION, newTenant, startStack, type TestStack } from '../helpers/stack.ts';
 import { waitFor } from '../helpers/poll.ts';
+import { monitorKeys } from '../helpers/redis-monitor.ts';
 import { WEBHOOK_QUEUE } from '../../src/platform/webhooks/delivery.ts';
 import { deliveryJobId } from '../../src/platform/queue/job-ids.ts';
 
@@ -150,5 +151,43 @@ describe('webhook deliveries: a per-endpoint in-flight cap', () => {
     for (const r of done) expect((await queue.getJob(deliveryJobId(r.id)))?.attemptsMade).toBe(1);
     // The endpoint's slots were all given back.
     await waitFor(async () => (await stack.redis.keys(`${stack.prefix}:endpoint-slots:*`)).length === 0, { what: "the endpoint's slots given back" });
+  }, 150_000);
+});
+
+describe('webhook deliveries: the per-endpoint cap off', () => {
+  let stack: TestStack;
+  let receiver: Awaited<ReturnType<typeof startHoldingReceiver>>;
+
+  beforeAll(async () => {
+    stack = await startStack({ env: { WEBHOOK_ALLOW_PRIVATE_NETWORKS: 'true' } });
+    receiver = await startHoldingReceiver();
+    receiver.release();
+  }, 120_000);
+
+  afterAll(async () => {
+    await receiver?.close();
+    await stack?.stop();
+  });
+
+  it('0: a delivery sends no endpoint-slot command to Redis; on (the default), its slot commands are seen (MONITOR)', async () => {
+    const t = await tenantWithEndpoint(stack, receiver.url);
+    const monitor = await monitorKeys(`${stack.prefix}:endpoint-`);
+    const { seen } = monitor;
+    try {
+      for (const cap of ['0', undefined]) {
+        const worker = await stack.spawnWorker(cap === undefined ? {} : { WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT: cap });
+        const before = (await deliveriesOf(stack, t.tenantId)).length;
+        await submit(stack, t.admin);
+        await waitFor(async () => (await deliveriesOf(stack, t.tenantId)).filter((r) => r.status === 'delivered').length === before + 1, { timeoutMs: 60_000, what: 'the delivery' });
+        worker.kill();
+        await worker.exited;
+        // The worker is gone: every command it sent ran before this marker, which MONITOR reports after them.
+        await monitor.settle(stack.redis, `${stack.prefix}-marker-${cap ?? 'default'}`);
+        if (cap === '0') expect(seen).toEqual([]);
+        else expect(seen.some((c) => c.includes(':endpoint-slots:'))).toBe(true);
+      }
+    } finally {
+      monitor.stop();
+    }
   }, 150_000);
 });
