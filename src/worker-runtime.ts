@@ -90,6 +90,17 @@ export async function startWorkerProcess(c: Container, signal?: AbortSignal): Pr
         outcomes: c.metrics.webhookDeliveries,
         // A pending delivery overdue by this much has lost its job (Redis flushed): the sweeper's own patience.
         redeliverAfterMs: cfg.SWEEPER_MIN_AGE,
+        // Off (0): no endpoint slot is taken, and no Redis command is added to a delivery's path.
+        ...(cfg.WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT > 0
+          ? {
+              endpointSlots: {
+                // Held only during the POST, which WEBHOOK_TIMEOUT bounds, so not renewed: the lease outlives the longest attempt by
+                // three lock durations, and a SIGKILLed holder's slot lapses that long after its attempt would have timed out.
+                slots: new TenantSlots(connection, { prefix: cfg.QUEUE_PREFIX, per: 'endpoint', cap: cfg.WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT, leaseMs: cfg.WEBHOOK_TIMEOUT + 3 * cfg.WORKER_LOCK_DURATION }),
+                onParked: () => c.metrics.webhookDeliveriesParked.inc(),
+              },
+            }
+          : {}),
       }),
     },
     connection,
@@ -142,7 +153,7 @@ export async function startWorkerProcess(c: Container, signal?: AbortSignal): Pr
   });
   sweeper.start();
   warnWhenGuardOff(c.logger, cfg.WEBHOOK_ALLOW_PRIVATE_NETWORKS);
-  c.logger.info({ queues: workers.map((w) => w.name), ...settings, max_active_runs_per_tenant: cfg.WORKER_MAX_ACTIVE_RUNS_PER_TENANT, instance: c.instanceId }, 'worker started');
+  c.logger.info({ queues: workers.map((w) => w.name), ...settings, max_active_runs_per_tenant: cfg.WORKER_MAX_ACTIVE_RUNS_PER_TENANT, webhook_max_in_flight_per_endpoint: cfg.WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT, instance: c.instanceId }, 'worker started');
   return {
     workers,
     sweeper,

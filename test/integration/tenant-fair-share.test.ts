@@ -6,10 +6,9 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { randomUUID } from 'node:crypto';
-import { Redis } from 'ioredis';
-import { TEST_REDIS_URL } from '../helpers/env.ts';
 import { api, CLASS_A_SUBMISSION, newTenant, runUsers, SAMPLE_SUBMISSION, startStack, type TestStack } from '../helpers/stack.ts';
 import { waitFor } from '../helpers/poll.ts';
+import { monitorKeys } from '../helpers/redis-monitor.ts';
 import { barrier, startRunHost, wrappedGoldenPath } from '../helpers/run-host.ts';
 import { SLOW_QUEUE, slowWorkflow } from '../helpers/slow-workflow.ts';
 import { createSlowRun, jobOf, readRun, waitEntered, waitRun } from '../helpers/recovery.ts';
@@ -71,13 +70,8 @@ describe('a per-tenant cap on concurrently executing run jobs', () => {
 
   it('off (the default): a run job sends no tenant-slot command to Redis; on, its slot commands are seen (MONITOR)', { timeout: LONG }, async () => {
     const tok = await stack.token({ tenantId: newTenant(), sub: 'monitored' });
-    const monitor = await new Redis(TEST_REDIS_URL).monitor();
-    const seen: string[] = [];
-    const markers: string[] = [];
-    monitor.on('monitor', (_time: string, args: string[]) => {
-      if (args.some((a) => a.startsWith(`${stack.prefix}:tenant-`))) seen.push(args.join(' '));
-      if (args[0]?.toLowerCase() === 'echo') markers.push(args[1] ?? '');
-    });
+    const monitor = await monitorKeys(`${stack.prefix}:tenant-`);
+    const { seen } = monitor;
     try {
       for (const cap of [0, CAP]) {
         const off = startRunHost(stack, wrappedGoldenPath(stack, (step) => step.run), `monitored-${cap}`, {}, { maxActiveRunsPerTenant: cap });
@@ -87,9 +81,7 @@ describe('a per-tenant cap on concurrently executing run jobs', () => {
           await off.stop();
         }
         // The host has stopped (its connection closed): every command it sent ran before this marker, which MONITOR reports after them.
-        const marker = `${stack.prefix}-marker-${cap}`;
-        await stack.redis.echo(marker);
-        await waitFor(() => markers.includes(marker), { what: 'MONITOR to report the marker' });
+        await monitor.settle(stack.redis, `${stack.prefix}-marker-${cap}`);
         if (cap === 0) {
           expect(seen).toEqual([]);
         } else {
@@ -98,7 +90,7 @@ describe('a per-tenant cap on concurrently executing run jobs', () => {
         }
       }
     } finally {
-      monitor.disconnect();
+      monitor.stop();
     }
   });
 

@@ -1,5 +1,5 @@
 /**
- * The scripts behind WORKER_MAX_ACTIVE_RUNS_PER_TENANT (src/platform/durable/tenant-slots.ts) against
+ * The scripts behind WORKER_MAX_ACTIVE_RUNS_PER_TENANT and WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT (src/platform/durable/tenant-slots.ts) against
  * the real Redis: acquire, renew, release, lapse of a lease, and the order parked jobs are popped in.
  */
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
@@ -140,6 +140,20 @@ describe('tenant slots (Redis scripts)', () => {
     expect(await slots.wake(tenant)).toBe('q:p2');
     expect(await slots.wake(tenant)).toBeNull();
     expect(await redis.zcard(slots.slotsKey(tenant))).toBe(0);
+  });
+
+  it("slots per webhook endpoint (ADR 0013) live in keys of their own: an endpoint's cap and a tenant's of the same id do not meet", async () => {
+    const tenants = new TenantSlots(redis, { prefix, cap: 1, leaseMs: LONG_LEASE });
+    const endpoints = new TenantSlots(redis, { prefix, per: 'endpoint', cap: 1, leaseMs: LONG_LEASE });
+    const id = randomUUID();
+    expect(endpoints.slotsKey(id)).toBe(`${prefix}:endpoint-slots:${id}`);
+    expect(endpoints.parkedKey(id)).toBe(`${prefix}:endpoint-parked:${id}`);
+    expect(await tenants.acquire(id, 'q:a')).toBe(true);
+    expect(await endpoints.acquire(id, 'webhooks:b')).toBe(true);
+    expect(await endpoints.acquire(id, 'webhooks:c')).toBe(false);
+    expect(await endpoints.park(id, 'webhooks:c', await redisNow())).toBeNull();
+    expect(await endpoints.release(id, 'webhooks:b')).toBe('webhooks:c');
+    expect(await redis.zrange(tenants.slotsKey(id), '0', '-1')).toEqual(['q:a']);
   });
 
   it('a member names its queue and job id; a cap below 1 is refused', () => {

@@ -98,11 +98,14 @@ describe('configuration', () => {
     expect(parseConfig({ JWT_SECRET: SECRET, RUN_RETENTION: '1s', IDEMPOTENCY_TTL: '1s', IDEMPOTENCY_LEASE: '1s' }).RUN_RETENTION).toBe(1000);
   });
 
-  it('WORKER_MAX_ACTIVE_RUNS_PER_TENANT: off (0) unless set, 0–100,000, anything else refused in one line naming it (ADR 0012)', () => {
-    expect(parseConfig({ JWT_SECRET: SECRET }).WORKER_MAX_ACTIVE_RUNS_PER_TENANT).toBe(0);
-    for (const [text, n] of [['0', 0], ['1', 1], ['25', 25], ['100000', 100_000]] as const) expect(parseConfig({ JWT_SECRET: SECRET, WORKER_MAX_ACTIVE_RUNS_PER_TENANT: text }).WORKER_MAX_ACTIVE_RUNS_PER_TENANT).toBe(n);
-    for (const bad of ['-1', '2.5', 'ten', '100001', '1e9']) {
-      expect(configError({ JWT_SECRET: SECRET, WORKER_MAX_ACTIVE_RUNS_PER_TENANT: bad }).problems, bad).toEqual([expect.stringMatching(/^WORKER_MAX_ACTIVE_RUNS_PER_TENANT: /)]);
+  it.each([
+    ['WORKER_MAX_ACTIVE_RUNS_PER_TENANT', 0, 100_000, 'ADR 0012'],
+    ['WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT', 4, 1_000, 'ADR 0013'],
+  ] as const)('%s: %i unless set, 0 (off) to %i, anything else refused in one line naming it (%s)', (name, byDefault, max, _adr) => {
+    expect(parseConfig({ JWT_SECRET: SECRET })[name]).toBe(byDefault);
+    for (const n of [0, 1, 25, max]) expect(parseConfig({ JWT_SECRET: SECRET, [name]: String(n) })[name]).toBe(n);
+    for (const bad of ['-1', '2.5', 'ten', String(max + 1), '1e9']) {
+      expect(configError({ JWT_SECRET: SECRET, [name]: bad }).problems, bad).toEqual([expect.stringMatching(new RegExp(`^${name}: `))]);
     }
   });
 

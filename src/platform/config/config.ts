@@ -153,6 +153,12 @@ export const configSchema = z
     WEBHOOK_RETRY_BASE: duration('30s').refine((ms) => ms >= 10 && ms <= 3_600_000, 'between 10ms and 1h'),
     /** Enabled webhook endpoints a tenant may have: each run end inserts, and POSTs, one delivery per subscribed endpoint. */
     WEBHOOK_MAX_ENDPOINTS: z.coerce.number().int().min(1).max(100).default(10),
+    /**
+     * Delivery attempts one endpoint may have in flight at once, over every worker process (ADR 0013):
+     * past it the endpoint's further deliveries are parked until one of its attempts ends, so one
+     * tenant's slow receiver cannot fill every worker's webhook slots. 0 = off (no Redis command added).
+     */
+    WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT: z.coerce.number().int().min(0).max(1000).default(4),
 
     RATE_LIMIT_PER_MINUTE: z.coerce.number().int().min(0).default(600),
     MAX_RUNS_IN_FLIGHT_PER_TENANT: z.coerce.number().int().min(0).default(10_000),

@@ -1,11 +1,14 @@
+import { DelayedError, Job, type Queue } from 'bullmq';
 import type { Redis } from 'ioredis';
+import type { Logger } from 'pino';
 
 /*
- * Per-tenant slots for run jobs (WORKER_MAX_ACTIVE_RUNS_PER_TENANT, ADR 0012), in two sorted sets per
- * tenant shared by every worker process:
- *   <prefix>:tenant-slots:<tenant>   the run jobs executing now, scored by lease expiry (Redis time, ms);
- *   <prefix>:tenant-parked:<tenant>  the run jobs parked (delayed) for want of a slot, scored by when
- *                                    each was first parked: the earliest is promoted first.
+ * Per-owner slots for jobs, in two sorted sets per owner shared by every worker process. The owner is a
+ * tenant for run jobs (WORKER_MAX_ACTIVE_RUNS_PER_TENANT, ADR 0012) or a webhook endpoint for delivery
+ * jobs (WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT, ADR 0013); `per` names it in the keys:
+ *   <prefix>:<per>-slots:<owner>   the jobs executing now, scored by lease expiry (Redis time, ms);
+ *   <prefix>:<per>-parked:<owner>  the jobs parked (delayed) for want of a slot, scored by when
+ *                                  each was first parked: the earliest is promoted first.
  * A member is `<queue>:<job id>` (BullMQ job ids have no ':'). Each script reads Redis's own clock,
  * so leases do not depend on the worker hosts' clocks agreeing.
  */
@@ -107,24 +110,29 @@ export function parseSlotMember(member: string): { queue: string; jobId: string 
 
 export interface TenantSlotsOptions {
   prefix: string;
-  /** Run jobs one tenant may execute at once, over every workflow queue and worker process (at least 1). */
+  /** Jobs one owner may execute at once, over every queue and worker process (at least 1). */
   cap: number;
   /** How long a slot is held without renewal: a SIGKILLed holder's slot lapses after it. */
   leaseMs: number;
+  /** What owns the slots, as the keys name it: a tenant's run jobs (default, ADR 0012) or a webhook endpoint's deliveries (ADR 0013). */
+  per?: 'tenant' | 'endpoint';
 }
 
 /**
- * The Redis side of the per-tenant cap: one script (EVALSHA, loaded once) per acquire, renewal, park
- * and release. The worker host (worker-host.ts) decides when to call them.
+ * The Redis side of a per-owner cap: one script (EVALSHA, loaded once) per acquire, renewal, park
+ * and release. The worker host (worker-host.ts, per tenant) and the webhook delivery handler
+ * (delivery.ts, per endpoint) decide when to call them; `slotParking` parks and promotes their jobs.
  */
 export class TenantSlots {
   private readonly redis: SlotRedis;
   readonly cap: number;
   readonly leaseMs: number;
+  readonly per: 'tenant' | 'endpoint';
   private readonly prefix: string;
 
   constructor(redis: Redis, opts: TenantSlotsOptions) {
-    if (!Number.isInteger(opts.cap) || opts.cap < 1) throw new Error(`a tenant's slots must be at least 1, not ${opts.cap}`);
+    this.per = opts.per ?? 'tenant';
+    if (!Number.isInteger(opts.cap) || opts.cap < 1) throw new Error(`a${this.per === 'tenant' ? ' tenant' : 'n endpoint'}'s slots must be at least 1, not ${opts.cap}`);
     this.cap = opts.cap;
     this.leaseMs = opts.leaseMs;
     this.prefix = opts.prefix;
@@ -138,12 +146,12 @@ export class TenantSlots {
     this.redis = redis as SlotRedis;
   }
 
-  slotsKey(tenant: string): string {
-    return `${this.prefix}:tenant-slots:${tenant}`;
+  slotsKey(owner: string): string {
+    return `${this.prefix}:${this.per}-slots:${owner}`;
   }
 
-  parkedKey(tenant: string): string {
-    return `${this.prefix}:tenant-parked:${tenant}`;
+  parkedKey(owner: string): string {
+    return `${this.prefix}:${this.per}-parked:${owner}`;
   }
 
   /** Takes (or renews) a slot for `member`; false when the tenant holds `cap` others. */
@@ -176,4 +184,85 @@ export class TenantSlots {
   async wake(tenant: string): Promise<string | null> {
     return this.redis.dealixSlotWake(this.slotsKey(tenant), this.parkedKey(tenant), this.cap);
   }
+}
+
+/** What a parked job carries in its data: how often it was parked, and when first (its place in the parked set). */
+export interface ParkedJobData {
+  parks?: number;
+  parked_at?: number;
+}
+
+/** A popped parked job in one of these states cannot use the slot freed for it. */
+const ENDED_STATES = new Set(['completed', 'failed', 'unknown']);
+
+/**
+ * The BullMQ side of a per-owner cap, shared by the run jobs' tenant slots and the webhook
+ * deliveries' endpoint slots: `park` puts a job that found no slot aside — moved to `delayed` with a
+ * long fallback delay (no attempt spent, as a deferral) and recorded in its owner's parked set — and
+ * throws DelayedError; `give` releases a slot and promotes the owner's earliest parked job, without
+ * holding up the job's end (a lost release lapses with its lease). `queueOf` finds the queue of a
+ * popped member (the process's handles).
+ */
+export function slotParking(slots: TenantSlots, opts: { queueOf: (name: string) => Queue | undefined; logger: Logger; parkDelayMs?: (parks: number) => number }) {
+  const { logger } = opts;
+  const ownerField = slots.per === 'tenant' ? 'tenant_id' : 'webhook_endpoint_id';
+  /**
+   * Moves a popped parked job to `wait` now. True when the job can use the freed slot: promoted, or no
+   * longer delayed but still to run (taken meanwhile, or back on its fallback delay: it acquires on its
+   * own). False when its job is gone or has ended (removed from the queue while parked, or run to its
+   * end by a worker with the cap off): the slot would otherwise wake nobody.
+   */
+  const promote = async (member: string): Promise<boolean> => {
+    const { queue: queueName, jobId } = parseSlotMember(member);
+    const queue = opts.queueOf(queueName);
+    if (!queue) {
+      logger.warn({ queue: queueName, job_id: jobId }, 'parked job of a queue this process has no handle on: it comes back after its fallback delay');
+      return true;
+    }
+    const job = await Job.fromId(queue, jobId);
+    if (!job) return false;
+    try {
+      await job.promote();
+      return true;
+    } catch {
+      return !ENDED_STATES.has(await job.getState());
+    }
+  };
+  /** Promotes `member`, and while the popped job cannot use the free slot, the owner's next parked job. */
+  const promoteQuietly = (owner: string, member: string | null) => {
+    const wake = async () => {
+      for (let m = member; m; m = await slots.wake(owner)) if (await promote(m)) return;
+    };
+    if (member) wake().catch((err: unknown) => logger.warn({ err, member }, 'could not promote a parked job: it comes back after its fallback delay'));
+  };
+  return {
+    /**
+     * Parks `job` (which found `owner` at its cap) and throws DelayedError. `parked` is told how often
+     * the job has been parked and its fallback delay, once it is delayed (for the caller's metric and log).
+     */
+    async park(job: Job, token: string | undefined, owner: string, member: string, parked: (info: { parks: number; delayMs: number }) => void): Promise<never> {
+      const d = job.data as ParkedJobData;
+      const parks = (d.parks ?? 0) + 1;
+      const parkedAt = d.parked_at ?? Date.now();
+      const delayMs = (opts.parkDelayMs ?? parkDelayMs)(parks);
+      await job.updateData({ ...(job.data as object), parks, parked_at: parkedAt });
+      await job.moveToDelayed(Date.now() + delayMs, token);
+      parked({ parks, delayMs });
+      try {
+        // A slot freed between the acquire and the park found nothing parked to promote: promote now.
+        promoteQuietly(owner, await slots.park(owner, member, parkedAt));
+      } catch (err) {
+        // The job is delayed already: unrecorded, it comes back on its fallback delay instead of a promotion.
+        logger.warn({ err, [ownerField]: owner, job_id: job.id }, 'could not record a parked job; it comes back after its fallback delay');
+      }
+      throw new DelayedError();
+    },
+    /** Gives `member`'s slot back and promotes the owner's earliest parked job; not awaited by the job's end. */
+    give(owner: string, member: string): void {
+      slots.release(owner, member).then(
+        (next) => promoteQuietly(owner, next),
+        (err: unknown) => logger.warn({ err, [ownerField]: owner }, `could not give a${slots.per === 'tenant' ? ' tenant' : 'n endpoint'} slot back; it lapses with its lease`),
+      );
+    },
+  };
 }

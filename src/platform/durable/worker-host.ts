@@ -1,4 +1,4 @@
-import { DelayedError, Job, Worker, type MinimalJob, type Processor, type WorkerOptions } from 'bullmq';
+import { Job, Worker, type MinimalJob, type Processor, type WorkerOptions } from 'bullmq';
 import type { Redis } from 'ioredis';
 import type { Logger } from 'pino';
 import { untilAborted, type StepExecutor } from './executor.ts';
@@ -6,7 +6,7 @@ import type { DurableRuntime, StepJobData } from './runtime.ts';
 import { DEFAULT_RETRY, STEP_BACKOFF, retryOf, stepBackoffMs, type WorkflowDef } from './workflow.ts';
 import { ConfigError } from '../config/config.ts';
 import { MAINTENANCE_QUEUE } from '../queue/maintenance.ts';
-import { parkDelayMs, parseSlotMember, slotMember, type TenantSlots } from './tenant-slots.ts';
+import { slotMember, slotParking, type TenantSlots } from './tenant-slots.ts';
 import { WEBHOOK_QUEUE } from '../webhooks/delivery.ts';
 
 export interface WorkerSettings {
@@ -164,9 +164,6 @@ export interface TenantSlotsUse {
   onParked?(info: { workflow: string }): void;
 }
 
-/** A popped parked job in one of these states cannot use the slot freed for it. */
-const ENDED_STATES = new Set(['completed', 'failed', 'unknown']);
-
 interface HeldSlot {
   tenant: string;
   member: string;
@@ -174,48 +171,19 @@ interface HeldSlot {
 
 /**
  * A worker host's side of the per-tenant cap (ADR 0012): `take` acquires a slot for a run job or
- * parks the job — moved to `delayed` with a long fallback delay (no attempt spent, as a deferral) and
- * recorded in its tenant's parked set — and throws DelayedError; `give` releases the slot and promotes
- * the tenant's earliest parked job, without holding up the job's end (a lost release lapses with its
- * lease). The leases of the slots held are renewed together every half lock duration.
+ * parks the job (slotParking: delayed, no attempt spent, recorded in its tenant's parked set) and
+ * throws DelayedError; `give` releases the slot and promotes the tenant's earliest parked job. The
+ * leases of the slots held are renewed together every half lock duration.
  */
 function tenantSlotHolder(use: TenantSlotsUse, runtime: DurableRuntime, logger: Logger, lockDurationMs: number) {
   const { slots } = use;
+  const parking = slotParking(slots, { queueOf: (name) => runtime.queues.get(name), logger, ...(use.parkDelayMs ? { parkDelayMs: use.parkDelayMs } : {}) });
   const held = new Set<HeldSlot>();
   const renewal = setInterval(() => {
     if (held.size === 0) return;
     slots.renew(held).catch((err: unknown) => logger.warn({ err }, 'could not renew the tenant slots held; they lapse unless renewed in time'));
   }, Math.max(100, Math.floor(lockDurationMs / 2)));
   renewal.unref();
-  /**
-   * Moves a popped parked job to `wait` now. True when the job can use the freed slot: promoted, or no
-   * longer delayed but still to run (taken meanwhile, or back on its fallback delay: it acquires on its
-   * own). False when its job is gone or has ended (removed from the queue while parked, or run to its
-   * end by a worker with the cap off): the slot would otherwise wake nobody.
-   */
-  const promote = async (member: string): Promise<boolean> => {
-    const { queue: queueName, jobId } = parseSlotMember(member);
-    const queue = runtime.queues.get(queueName);
-    if (!queue) {
-      logger.warn({ queue: queueName, job_id: jobId }, 'parked job of a queue this process has no handle on: it comes back after its fallback delay');
-      return true;
-    }
-    const job = await Job.fromId(queue, jobId);
-    if (!job) return false;
-    try {
-      await job.promote();
-      return true;
-    } catch {
-      return !ENDED_STATES.has(await job.getState());
-    }
-  };
-  /** Promotes `member`, and while the popped job cannot use the free slot, the tenant's next parked job. */
-  const promoteQuietly = (tenant: string, member: string | null) => {
-    const wake = async () => {
-      for (let m = member; m; m = await slots.wake(tenant)) if (await promote(m)) return;
-    };
-    if (member) wake().catch((err: unknown) => logger.warn({ err, member }, 'could not promote a parked job: it comes back after its fallback delay'));
-  };
   return {
     async take(job: Job<StepJobData>, token: string | undefined): Promise<HeldSlot> {
       const d = job.data;
@@ -224,28 +192,17 @@ function tenantSlotHolder(use: TenantSlotsUse, runtime: DurableRuntime, logger: 
         held.add(slot);
         return slot;
       }
-      const parks = (d.parks ?? 0) + 1;
-      const parkedAt = d.parked_at ?? Date.now();
-      const delayMs = (use.parkDelayMs ?? parkDelayMs)(parks);
-      await job.updateData({ ...d, parks, parked_at: parkedAt });
-      await job.moveToDelayed(Date.now() + delayMs, token);
-      use.onParked?.({ workflow: d.workflow });
-      logger[parks === 1 ? 'info' : 'debug'](
-        { tenant_id: d.tenant_id, run_id: d.run_id, job_id: job.id, cap: slots.cap, parks, fallback_delay_ms: delayMs },
-        'tenant at its cap of active run jobs: job parked until one of its runs gives a slot back',
-      );
-      try {
-        // A slot freed between the acquire and the park found nothing parked to promote: promote now.
-        promoteQuietly(slot.tenant, await slots.park(slot.tenant, slot.member, parkedAt));
-      } catch (err) {
-        // The job is delayed already: unrecorded, it comes back on its fallback delay instead of a promotion.
-        logger.warn({ err, tenant_id: d.tenant_id, job_id: job.id }, 'could not record a parked job; it comes back after its fallback delay');
-      }
-      throw new DelayedError();
+      return parking.park(job, token, slot.tenant, slot.member, ({ parks, delayMs }) => {
+        use.onParked?.({ workflow: d.workflow });
+        logger[parks === 1 ? 'info' : 'debug'](
+          { tenant_id: d.tenant_id, run_id: d.run_id, job_id: job.id, cap: slots.cap, parks, fallback_delay_ms: delayMs },
+          'tenant at its cap of active run jobs: job parked until one of its runs gives a slot back',
+        );
+      });
     },
     give(slot: HeldSlot): void {
       held.delete(slot);
-      slots.release(slot.tenant, slot.member).then((member) => promoteQuietly(slot.tenant, member), (err: unknown) => logger.warn({ err, tenant_id: slot.tenant }, 'could not give a tenant slot back; it lapses with its lease'));
+      parking.give(slot.tenant, slot.member);
     },
     /** Stops renewing `slot` without giving it back: its lease carries it to the job's next taker (or lapses). */
     leave(slot: HeldSlot): void {

@@ -23,6 +23,8 @@ export interface Metrics {
   webhookDeliveriesDeleted: Counter<'status'>;
   /** Webhook delivery attempts by outcome (delivered, retrying, failed), all tenants together (ADR 0013). */
   webhookDeliveries: Counter<'outcome'>;
+  /** Webhook delivery jobs parked because their endpoint had WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT attempts in flight (ADR 0013). */
+  webhookDeliveriesParked: Counter;
   /** When the queue depths and run counts were last read (they keep the last reading while a read fails). */
   lastRead: Gauge;
 }
@@ -96,6 +98,11 @@ export function createMetrics(): Metrics {
       name: 'dealix_webhook_deliveries_total',
       help: 'Webhook delivery attempts by outcome: delivered (2xx), retrying (failed, another attempt scheduled), failed (given up); counted by the worker that made the attempt',
       labelNames: ['outcome'],
+      registers: [registry],
+    }),
+    webhookDeliveriesParked: new Counter({
+      name: 'dealix_webhook_deliveries_parked_total',
+      help: 'Webhook delivery jobs this worker parked (delayed until a slot frees, no attempt spent) because their endpoint had WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT attempts in flight; each park once',
       registers: [registry],
     }),
     lastRead: new Gauge({

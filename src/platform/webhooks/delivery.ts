@@ -6,6 +6,7 @@ import { systemEm, tenantEm } from '../db/tenant-em.ts';
 import { deliveryJobId } from '../queue/job-ids.ts';
 import { postWebhook, type AttemptOutcome } from './send.ts';
 import type { UrlPolicy } from './ssrf.ts';
+import { slotMember, slotParking, type ParkedJobData, type TenantSlots } from '../durable/tenant-slots.ts';
 
 /** The queue of webhook delivery jobs: every worker serves it, whatever WORKER_QUEUES says (as `maintenance`). */
 export const WEBHOOK_QUEUE = 'webhooks';
@@ -13,9 +14,23 @@ export const WEBHOOK_DELIVERY_JOB = 'webhook-delivery';
 /** The maintenance pass that enqueues pending deliveries whose job Redis lost (ADR 0013). */
 export const WEBHOOK_REDELIVERY_JOB = 'webhook-redelivery';
 
-export interface DeliveryJobData {
+export interface DeliveryJobData extends ParkedJobData {
   tenant_id: string;
   delivery_id: string;
+}
+
+/**
+ * The per-endpoint cap on attempts in flight (WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT, ADR 0013): slots per
+ * endpoint shared by every worker process, held only during the POST, so one tenant's slow receivers
+ * cannot fill the webhook slots of every worker. Absent (the cap is off): no Redis command is added.
+ */
+export interface EndpointSlotsUse {
+  /** Slots `per: 'endpoint'`, leased for longer than one attempt may take (WEBHOOK_TIMEOUT and a margin). */
+  slots: TenantSlots;
+  /** A parked delivery's fallback delay by how often it was parked (default parkDelayMs). */
+  parkDelayMs?: (parks: number) => number;
+  /** Counts a parked delivery (dealix_webhook_deliveries_parked_total). */
+  onParked?(): void;
 }
 
 export interface DeliverySettings {
@@ -53,6 +68,7 @@ export async function enqueueDeliveries(queue: Queue, tenantId: string, ids: rea
 
 interface DeliveryRow {
   id: string;
+  endpoint_id: string;
   status: string;
   attempts: number;
   payload: unknown;
@@ -77,8 +93,35 @@ export function webhookHandlers(deps: {
   outcomes?: Counter<'outcome'>;
   /** How overdue a pending delivery must be before the redelivery pass enqueues it again (its job lost). */
   redeliverAfterMs: number;
+  endpointSlots?: EndpointSlotsUse;
 }) {
   const { settings } = deps;
+  const use = deps.endpointSlots;
+  const parking = use && slotParking(use.slots, { queueOf: (name) => (name === WEBHOOK_QUEUE ? deps.queue() : undefined), logger: deps.logger, ...(use.parkDelayMs ? { parkDelayMs: use.parkDelayMs } : {}) });
+  /**
+   * One attempt's POST, within a slot of its endpoint when the cap is on. An endpoint at its cap parks
+   * the job (delayed, no delivery attempt or BullMQ attempt spent) until one of its attempts ends.
+   */
+  const post = async (job: Job, row: DeliveryRow, log: Logger): Promise<AttemptOutcome> => {
+    const send = () => postWebhook({ url: row.url, secrets: row.previous_secret ? [row.secret, row.previous_secret] : [row.secret], msgId: row.id, body: JSON.stringify(row.payload), timeoutMs: settings.timeoutMs, policy: settings.policy });
+    if (!use || !parking) return send();
+    const member = slotMember(job.queueName, job.id!);
+    if (!(await use.slots.acquire(row.endpoint_id, member))) {
+      return parking.park(job, job.token, row.endpoint_id, member, ({ parks, delayMs }) => {
+        use.onParked?.();
+        log[parks === 1 ? 'info' : 'debug'](
+          { webhook_endpoint_id: row.endpoint_id, cap: use.slots.cap, parks, fallback_delay_ms: delayMs },
+          'webhook endpoint at its cap of attempts in flight: delivery parked until one of its attempts ends',
+        );
+      });
+    }
+    try {
+      return await send();
+    } finally {
+      // Given back as soon as the receiver answered (or the attempt timed out), before the attempt is recorded.
+      parking.give(row.endpoint_id, member);
+    }
+  };
   return {
     async [WEBHOOK_DELIVERY_JOB](job: Job) {
       const data = job.data as DeliveryJobData;
@@ -86,7 +129,7 @@ export function webhookHandlers(deps: {
       // Under the tenant's row-level security: a job naming another tenant's delivery finds nothing.
       const [row] = await em.transactional((tx) =>
         tx.execute<DeliveryRow[]>(
-          `select d.id, d.status, d.attempts, d.payload, d.next_attempt_at, e.url, e.secret, e.enabled,
+          `select d.id, d.endpoint_id, d.status, d.attempts, d.payload, d.next_attempt_at, e.url, e.secret, e.enabled,
                   case when e.previous_secret_expires_at > now() then e.previous_secret end as previous_secret
              from webhook_deliveries d join webhook_endpoints e on e.tenant_id = d.tenant_id and e.id = d.endpoint_id
             where d.tenant_id = ? and d.id = ?`,
@@ -102,9 +145,7 @@ export function webhookHandlers(deps: {
         await job.moveToDelayed(due, job.token);
         throw new DelayedError();
       }
-      const outcome: AttemptOutcome = row.enabled
-        ? await postWebhook({ url: row.url, secrets: row.previous_secret ? [row.secret, row.previous_secret] : [row.secret], msgId: row.id, body: JSON.stringify(row.payload), timeoutMs: settings.timeoutMs, policy: settings.policy })
-        : { ok: false, statusCode: null, error: 'endpoint disabled', durationMs: 0 };
+      const outcome: AttemptOutcome = row.enabled ? await post(job, row, log) : { ok: false, statusCode: null, error: 'endpoint disabled', durationMs: 0 };
       const attempt = row.attempts + 1;
       const status = outcome.ok ? 'delivered' : !row.enabled || attempt >= settings.maxAttempts ? 'failed' : 'pending';
       const delayMs = status === 'pending' ? retryDelayMs(settings.retryBaseMs, attempt) : 0;
