@@ -153,6 +153,13 @@ export const configSchema = z
     WEBHOOK_RETRY_BASE: duration('30s').refine((ms) => ms >= 10 && ms <= 3_600_000, 'between 10ms and 1h'),
     /** Enabled webhook endpoints a tenant may have: each run end inserts, and POSTs, one delivery per subscribed endpoint. */
     WEBHOOK_MAX_ENDPOINTS: z.coerce.number().int().min(1).max(100).default(10),
+    /**
+     * An endpoint whose deliveries have failed without a 2xx in between for this long is disabled at its
+     * next failed attempt (`disabled_reason: failing`; the tenant's admin re-enables it). 0 or `off`: never.
+     */
+    WEBHOOK_DISABLE_AFTER: z
+      .preprocess((v) => (v === 'off' ? '0' : v), duration('5d', { offOrAtLeastMs: 1000, off: 'or off: never disable' }))
+      .refine((ms) => ms <= 365 * 86_400_000, 'at most 365d (0 or off: never disable)'),
 
     RATE_LIMIT_PER_MINUTE: z.coerce.number().int().min(0).default(600),
     MAX_RUNS_IN_FLIGHT_PER_TENANT: z.coerce.number().int().min(0).default(10_000),

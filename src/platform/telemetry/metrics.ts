@@ -23,6 +23,7 @@ export interface Metrics {
   webhookDeliveriesDeleted: Counter<'status'>;
   /** Webhook delivery attempts by outcome (delivered, retrying, failed), all tenants together (ADR 0013). */
   webhookDeliveries: Counter<'outcome'>;
+  webhookEndpointsAutoDisabled: Counter;
   /** When the queue depths and run counts were last read (they keep the last reading while a read fails). */
   lastRead: Gauge;
 }
@@ -96,6 +97,11 @@ export function createMetrics(): Metrics {
       name: 'dealix_webhook_deliveries_total',
       help: 'Webhook delivery attempts by outcome: delivered (2xx), retrying (failed, another attempt scheduled), failed (given up); counted by the worker that made the attempt',
       labelNames: ['outcome'],
+      registers: [registry],
+    }),
+    webhookEndpointsAutoDisabled: new Counter({
+      name: 'dealix_webhook_endpoints_auto_disabled_total',
+      help: 'Webhook endpoints disabled because their deliveries failed for WEBHOOK_DISABLE_AFTER with no 2xx; counted by the worker whose failed attempt disabled them',
       registers: [registry],
     }),
     lastRead: new Gauge({
