@@ -154,4 +154,25 @@ describe('webhook endpoints that keep failing are disabled; the tenant re-enable
     const list = await api(stack, 'GET', ENDPOINTS, { token: admin });
     expect(list.json.items.map((e: { id: string; enabled: boolean; disabled_reason: string | null }) => [e.id, e.enabled, e.disabled_reason]).filter(([id]: [string]) => id === ids[1])).toEqual([[ids[1], false, 'manual']]);
   });
+
+  it('concurrent enables and creates never pass WEBHOOK_MAX_ENDPOINTS together: they take the same per-tenant lock', async () => {
+    const tenantId = newTenant();
+    const admin = await stack.token({ tenantId, sub: 'admin-1', roles: ['admin'] });
+    const post = (path: string) => api(stack, 'POST', path, { token: admin, headers: { 'Idempotency-Key': randomUUID() } });
+    const create = async (i: number) => (await createEndpoint(stack, admin, { url: `${receiver.base}/race-${i}`, events: ['run.completed'] })).json.id as string;
+    // Six disabled endpoints (three at a time, the cap), then two enabled: room for one more.
+    const disabled: string[] = [];
+    for (let round = 0; round < 2; round++) {
+      const ids = [await create(round * 3), await create(round * 3 + 1), await create(round * 3 + 2)];
+      for (const id of ids) expect((await post(`${ENDPOINTS}/${id}/disable`)).status).toBe(200);
+      disabled.push(...ids);
+    }
+    await create(6);
+    await create(7);
+    // Six enables and two creates at once, for one place: one wins, whichever it is.
+    const answers = await Promise.all([...disabled.map((id) => enable(admin, id)), createEndpoint(stack, admin, { url: `${receiver.base}/race-8`, events: ['run.completed'] }), createEndpoint(stack, admin, { url: `${receiver.base}/race-9`, events: ['run.completed'] })]);
+    expect(answers.filter((r) => r.status < 300)).toHaveLength(1);
+    expect(answers.filter((r) => r.status === 409).map((r) => r.json.code)).toEqual(Array(7).fill('webhook_endpoint_limit'));
+    expect((await stack.db.admin(`select count(*)::int as n from webhook_endpoints where tenant_id = $1 and enabled`, [tenantId])).rows[0].n).toBe(3);
+  });
 });
