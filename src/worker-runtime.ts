@@ -85,9 +85,10 @@ export async function startWorkerProcess(c: Container, signal?: AbortSignal): Pr
       ...webhookHandlers({
         orm: c.orm,
         logger: c.logger,
-        settings: { timeoutMs: cfg.WEBHOOK_TIMEOUT, maxAttempts: cfg.WEBHOOK_MAX_ATTEMPTS, retryBaseMs: cfg.WEBHOOK_RETRY_BASE, policy: webhookUrlPolicy(cfg) },
+        settings: { timeoutMs: cfg.WEBHOOK_TIMEOUT, maxAttempts: cfg.WEBHOOK_MAX_ATTEMPTS, retryBaseMs: cfg.WEBHOOK_RETRY_BASE, policy: webhookUrlPolicy(cfg), disableAfterMs: cfg.WEBHOOK_DISABLE_AFTER },
         queue: () => c.queues.get(WEBHOOK_QUEUE)!,
         outcomes: c.metrics.webhookDeliveries,
+        autoDisabled: c.metrics.webhookEndpointsAutoDisabled,
         // A pending delivery overdue by this much has lost its job (Redis flushed): the sweeper's own patience.
         redeliverAfterMs: cfg.SWEEPER_MIN_AGE,
         // Off (0): no endpoint slot is taken, and no Redis command is added to a delivery's path.

@@ -442,7 +442,7 @@ describe('the published schemas hold for real responses of every route', () => {
     }
   });
 
-  it('webhook endpoints read as published: create (with its secret), pages, one, disable, and its deliveries', async () => {
+  it('webhook endpoints read as published: create (with its secret), pages, one, disable, enable, and its deliveries', async () => {
     const own = newTenant();
     const admin = await stack.token({ tenantId: own, sub: 'admin-1', roles: ['admin'] });
     const create = async (i: number) =>
@@ -464,6 +464,7 @@ describe('the published schemas hold for real responses of every route', () => {
     const payloads = [
       { type: 'run.completed', timestamp: '2026-12-03T10:00:00.000Z', data: { workflow: 'golden-path', run_id: randomUUID(), status: 'completed', correlation_id: 'c-1', ended_at: '2026-12-03T10:00:00.000Z', evidence_pack_id: randomUUID() } },
       { type: 'approval.requested', timestamp: '2026-12-03T10:00:00.000Z', data: { approval_request_id: randomUUID(), run_id: randomUUID(), workflow: 'golden-path', correlation_id: 'c-2', approval_class: 'B', required_approvals: 1, sla_deadline: '2026-12-04T10:00:00.000Z' } },
+      { type: 'webhook_endpoint.disabled', timestamp: '2026-12-03T10:00:00.000Z', data: { endpoint_id: randomUUID(), url: 'https://93.184.215.16/hook', reason: 'failing', failing_since: '2026-11-28T10:00:00.000Z', disabled_at: '2026-12-03T10:00:00.000Z' } },
     ];
     for (const p of payloads) {
       await stack.db.admin(
@@ -472,11 +473,13 @@ describe('the published schemas hold for real responses of every route', () => {
       );
     }
     const deliveries = (await get('/api/v1/webhook-endpoints/:id/deliveries', `/api/v1/webhook-endpoints/${first.id}/deliveries`, admin)).json;
-    expect(deliveries.items.map((d: { event_type: string }) => d.event_type).sort()).toEqual(['approval.requested', 'run.completed']);
+    expect(deliveries.items.map((d: { event_type: string }) => d.event_type).sort()).toEqual(['approval.requested', 'run.completed', 'webhook_endpoint.disabled']);
     const rotated = await api(stack, 'POST', `/api/v1/webhook-endpoints/${first.id}/rotate-secret`, { token: admin, body: { previous_secret_expires_in_seconds: 60 }, headers: { 'Idempotency-Key': randomUUID() } });
     expect(expectPublished('POST', '/api/v1/webhook-endpoints/:id/rotate-secret', rotated, 200).json.secret).toMatch(/^whsec_/);
     const disable = await api(stack, 'POST', `/api/v1/webhook-endpoints/${first.id}/disable`, { token: admin });
-    expect(expectPublished('POST', '/api/v1/webhook-endpoints/:id/disable', disable, 200).json).toMatchObject({ enabled: false });
+    expect(expectPublished('POST', '/api/v1/webhook-endpoints/:id/disable', disable, 200).json).toMatchObject({ enabled: false, disabled_reason: 'manual' });
+    const enable = await api(stack, 'POST', `/api/v1/webhook-endpoints/${first.id}/enable`, { token: admin });
+    expect(expectPublished('POST', '/api/v1/webhook-endpoints/:id/enable', enable, 200).json).toMatchObject({ enabled: true, disabled_reason: null });
   });
 
   it('checked a real response against every success response that a route publishes', () => {

@@ -6,9 +6,6 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { randomUUID } from 'node:crypto';
-import { createServer, type IncomingHttpHeaders, type Server } from 'node:http';
-import type { AddressInfo } from 'node:net';
-import { Webhook } from 'standardwebhooks';
 import pino from 'pino';
 import { api, CLASS_A_SUBMISSION, newTenant, SAMPLE_SUBMISSION, startStack, type TestStack } from '../helpers/stack.ts';
 import { waitFor } from '../helpers/poll.ts';
@@ -16,78 +13,11 @@ import { tenantEm } from '../../src/platform/db/tenant-em.ts';
 import { WEBHOOK_QUEUE, WEBHOOK_REDELIVERY_JOB, webhookHandlers } from '../../src/platform/webhooks/delivery.ts';
 import { barrier, wrappedGoldenPath, startRunHost } from '../helpers/run-host.ts';
 import { capturedLog } from '../helpers/log-capture.ts';
-
-interface Received {
-  path: string;
-  headers: IncomingHttpHeaders;
-  body: string;
-}
-
-/** A receiver: records every POST; answers each path's planned statuses in turn, then 200. */
-async function startReceiver() {
-  const received: Received[] = [];
-  const plans = new Map<string, number[]>();
-  const server: Server = createServer((req, res) => {
-    let body = '';
-    req.on('data', (c) => (body += c));
-    req.on('end', () => {
-      const path = req.url ?? '/';
-      received.push({ path, headers: req.headers, body });
-      const status = plans.get(path)?.shift() ?? 200;
-      res.writeHead(status, { 'content-type': 'text/plain' }).end(status === 200 ? 'ok' : 'no');
-    });
-  });
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
-  const base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
-  return {
-    base,
-    received,
-    plan: (path: string, statuses: number[]) => plans.set(path, statuses),
-    /** What `path` got, as {type, timestamp, data}, each verified against `secret` (throws if one does not verify). */
-    verified(path: string, secret: string) {
-      const wh = new Webhook(secret);
-      return received.filter((r) => r.path === path).map((r) => wh.verify(r.body, r.headers as Record<string, string>) as { type: string; timestamp: string; data: Record<string, unknown> });
-    },
-    close: () => new Promise<void>((r) => server.close(() => r())),
-  };
-}
-
-type Receiver = Awaited<ReturnType<typeof startReceiver>>;
-
-const ENDPOINTS = '/api/v1/webhook-endpoints';
-
-async function createEndpoint(stack: TestStack, token: string, body: unknown) {
-  return api(stack, 'POST', ENDPOINTS, { token, body, headers: { 'Idempotency-Key': randomUUID() } });
-}
-
-async function submit(stack: TestStack, token: string, body: unknown): Promise<string> {
-  const res = await api(stack, 'POST', '/api/v1/golden-path/run', { token, body, headers: { 'Idempotency-Key': randomUUID() } });
-  expect(res.status, res.text).toBe(202);
-  return res.json.run_id as string;
-}
-
-async function waitRun(stack: TestStack, token: string, id: string, statuses: string[]) {
-  return waitFor(
-    async () => {
-      const res = await api(stack, 'GET', `/api/v1/golden-path/runs/${id}`, { token });
-      return statuses.includes(res.json?.status) ? res.json : undefined;
-    },
-    { timeoutMs: 60_000, intervalMs: 100, what: `run ${id} to reach ${statuses.join('|')}` },
-  );
-}
+import { Webhook } from 'standardwebhooks';
+import { createEndpoint, ENDPOINTS, startReceiver, startWebhookStack, stopWebhookStack, submit, tenantWithEndpoint, waitRun, type Receiver } from '../helpers/webhooks.ts';
 
 const deliveriesOfRun = async (stack: TestStack, runId: string) =>
   (await stack.db.admin(`select id, event_type, status, attempts, attempt_log, endpoint_id, tenant_id from webhook_deliveries where payload->'data'->>'run_id' = $1 order by created_at`, [runId])).rows;
-
-/** A tenant with an admin token and an endpoint at `receiver.base + path` for `events`. */
-async function tenantWithEndpoint(stack: TestStack, receiver: Receiver, path: string, events: string[]) {
-  const tenantId = newTenant();
-  const admin = await stack.token({ tenantId, sub: `admin-${path.slice(1)}`, roles: ['admin'] });
-  const created = await createEndpoint(stack, admin, { url: `${receiver.base}${path}`, events, description: `receiver ${path}` });
-  expect(created.status, created.text).toBe(201);
-  expect(created.json.secret).toMatch(/^whsec_[A-Za-z0-9+/]+=*$/);
-  return { tenantId, admin, endpoint: created.json as { id: string; secret: string } };
-}
 
 /** Rotates an endpoint's signing secret (optionally under a given key, with a body). */
 async function rotate(stack: TestStack, token: string, id: string, body?: unknown, key: string = randomUUID()) {
@@ -103,15 +33,10 @@ describe('webhooks', () => {
   let receiver: Receiver;
 
   beforeAll(async () => {
-    stack = await startStack({ env: { WEBHOOK_ALLOW_PRIVATE_NETWORKS: 'true', WEBHOOK_RETRY_BASE: '50ms', WEBHOOK_MAX_ATTEMPTS: '3', APPROVAL_SLA_B: '1h' } });
-    receiver = await startReceiver();
-    await stack.spawnWorker();
+    ({ stack, receiver } = await startWebhookStack({ WEBHOOK_RETRY_BASE: '50ms', WEBHOOK_MAX_ATTEMPTS: '3', APPROVAL_SLA_B: '1h' }));
   }, 120_000);
 
-  afterAll(async () => {
-    await receiver?.close();
-    await stack?.stop();
-  });
+  afterAll(() => stopWebhookStack(stack, receiver));
 
   it('a class A run that completes is POSTed once as run.completed, signed with the secret from create; tenant B hears nothing of it', async () => {
     const a = await tenantWithEndpoint(stack, receiver, '/a', ['run.completed', 'run.cancelled', 'approval.requested']);

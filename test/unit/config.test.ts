@@ -109,6 +109,16 @@ describe('configuration', () => {
     }
   });
 
+  it('WEBHOOK_DISABLE_AFTER: 5 days unless set; 0 or off never disables; under a second (not 0) or over a year refused, naming it', () => {
+    expect(parseConfig({ JWT_SECRET: SECRET }).WEBHOOK_DISABLE_AFTER).toBe(5 * 86_400_000);
+    for (const [text, ms] of [['off', 0], ['0', 0], ['0s', 0], ['1s', 1000], ['36h', 36 * 3_600_000], ['365d', 365 * 86_400_000]] as const) {
+      expect(parseConfig({ JWT_SECRET: SECRET, WEBHOOK_DISABLE_AFTER: text }).WEBHOOK_DISABLE_AFTER, text).toBe(ms);
+    }
+    for (const bad of ['500ms', '0.0001', '366d', 'never', '-1d', 'OFF']) {
+      expect(configError({ JWT_SECRET: SECRET, WEBHOOK_DISABLE_AFTER: bad }).problems, bad).toEqual([expect.stringMatching(/^WEBHOOK_DISABLE_AFTER: /)]);
+    }
+  });
+
   it('refuses a shared secret in production, and an operator user without a password', () => {
     expect(configError({ NODE_ENV: 'production', JWT_SECRET: SECRET }).problems[0]).toMatch(/^JWT_JWKS_URL:/);
     expect(configError({ JWT_SECRET: SECRET, OPERATOR_USER: 'ops' }).problems[0]).toMatch(/^OPERATOR_PASSWORD:/);

@@ -159,6 +159,13 @@ export const configSchema = z
      * tenant's slow receiver cannot fill every worker's webhook slots. 0 = off (no Redis command added).
      */
     WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT: z.coerce.number().int().min(0).max(1000).default(4),
+    /**
+     * An endpoint whose deliveries have failed without a 2xx in between for this long is disabled at its
+     * next failed attempt (`disabled_reason: failing`; the tenant's admin re-enables it). 0 or `off`: never.
+     */
+    WEBHOOK_DISABLE_AFTER: z
+      .preprocess((v) => (v === 'off' ? '0' : v), duration('5d', { offOrAtLeastMs: 1000, off: 'or off: never disable' }))
+      .refine((ms) => ms <= 365 * 86_400_000, 'at most 365d (0 or off: never disable)'),
 
     RATE_LIMIT_PER_MINUTE: z.coerce.number().int().min(0).default(600),
     MAX_RUNS_IN_FLIGHT_PER_TENANT: z.coerce.number().int().min(0).default(10_000),

@@ -25,6 +25,7 @@ export interface Metrics {
   webhookDeliveries: Counter<'outcome'>;
   /** Webhook delivery jobs parked because their endpoint had WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT attempts in flight (ADR 0013). */
   webhookDeliveriesParked: Counter;
+  webhookEndpointsAutoDisabled: Counter;
   /** When the queue depths and run counts were last read (they keep the last reading while a read fails). */
   lastRead: Gauge;
 }
@@ -103,6 +104,11 @@ export function createMetrics(): Metrics {
     webhookDeliveriesParked: new Counter({
       name: 'dealix_webhook_deliveries_parked_total',
       help: 'Webhook delivery jobs this worker parked (delayed until a slot frees, no attempt spent) because their endpoint had WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT attempts in flight; each park once',
+      registers: [registry],
+    }),
+    webhookEndpointsAutoDisabled: new Counter({
+      name: 'dealix_webhook_endpoints_auto_disabled_total',
+      help: 'Webhook endpoints disabled because their deliveries failed for WEBHOOK_DISABLE_AFTER with no 2xx; counted by the worker whose failed attempt disabled them',
       registers: [registry],
     }),
     lastRead: new Gauge({

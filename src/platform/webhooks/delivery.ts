@@ -4,6 +4,7 @@ import type { Counter } from 'prom-client';
 import type { Logger } from 'pino';
 import { systemEm, tenantEm } from '../db/tenant-em.ts';
 import { deliveryJobId } from '../queue/job-ids.ts';
+import { ISO_NOW, isoTimeSql, OUTBOX_IDS, outboxCte } from './outbox.ts';
 import { postWebhook, type AttemptOutcome } from './send.ts';
 import type { UrlPolicy } from './ssrf.ts';
 import { slotMember, slotParking, type ParkedJobData, type TenantSlots } from '../durable/tenant-slots.ts';
@@ -38,6 +39,8 @@ export interface DeliverySettings {
   maxAttempts: number;
   retryBaseMs: number;
   policy: UrlPolicy;
+  /** WEBHOOK_DISABLE_AFTER: failing this long with no 2xx disables an endpoint at its next failed attempt; 0 never. */
+  disableAfterMs?: number;
 }
 
 /** The longest wait between two attempts. */
@@ -66,6 +69,61 @@ export async function enqueueDeliveries(queue: Queue, tenantId: string, ids: rea
   await queue.addBulk(ids.map((id) => ({ name: WEBHOOK_DELIVERY_JOB, data: { tenant_id: tenantId, delivery_id: id } satisfies DeliveryJobData, opts: { ...JOB_OPTS, jobId: deliveryJobId(id) } })));
 }
 
+/**
+ * Whether the attempt being recorded disables its endpoint: it failed, and the endpoint's failures
+ * began (`failing_since`) at least WEBHOOK_DISABLE_AFTER ago (`c.cutoff`; null when the setting is off).
+ */
+const DISABLES = `(not c.ok and coalesce(e.failing_since <= c.cutoff, false))`;
+
+/** The event a disabling emits (from `ep`, the endpoint as the record's update returned it), for the tenant's other endpoints. */
+const ENDPOINT_DISABLED_EVENTS = `select ep.tenant_id, 'webhook_endpoint.disabled' as type,
+         jsonb_build_object('endpoint_id', ep.id, 'url', ep.url, 'reason', ep.disabled_reason,
+                            'failing_since', ${isoTimeSql('ep.failing_since')}, 'disabled_at', ${isoTimeSql('ep.disabled_at')}) as data
+         from ep where not ep.enabled`;
+
+/**
+ * Records one attempt (the conditional update of the delivery: a duplicate execution finds it moved
+ * on and records nothing) and, in the same statement, its endpoint's health: a 2xx clears
+ * `failing_since`, the first failure since sets it, and a failure WEBHOOK_DISABLE_AFTER past it
+ * disables the endpoint (`disabled_reason = 'failing'`) and inserts `webhook_endpoint.disabled` for the
+ * tenant's other endpoints subscribed to it (the outbox, ADR 0013). The endpoint's row is written only
+ * when one of those changes it, so a healthy endpoint's deliveries never queue on its row lock; it is
+ * locked after the delivery's, as nothing else locks the two the other way round. An endpoint disabled
+ * meanwhile (an admin, another delivery) is left as it is.
+ */
+const RECORD_ATTEMPT = `with d as (
+    update webhook_deliveries set attempts = ?, status = ?, last_attempt_at = now(), last_status_code = ?, last_error = ?,
+           attempt_log = coalesce(attempt_log, '[]'::jsonb) || jsonb_build_array(jsonb_build_object('at', ${ISO_NOW},
+                         'status_code', ?::int, 'error', ?::text, 'duration_ms', ?::int)),
+           next_attempt_at = case when ? = 'pending' then now() + ? * interval '1 millisecond' end,
+           delivered_at = case when ? = 'delivered' then now() end, updated_at = now()
+     where tenant_id = ? and id = ? and status = 'pending' and attempts = ?
+     returning id, tenant_id, endpoint_id
+  ), ep as (
+    update webhook_endpoints e
+       set failing_since = case when c.ok then null else coalesce(e.failing_since, now()) end,
+           enabled = not ${DISABLES},
+           disabled_at = case when ${DISABLES} then now() else e.disabled_at end,
+           disabled_reason = case when ${DISABLES} then 'failing' else e.disabled_reason end,
+           updated_at = now()
+      from d, (select ?::boolean as ok, now() - ?::float8 * interval '1 millisecond' as cutoff) c
+     where e.tenant_id = d.tenant_id and e.id = d.endpoint_id and e.enabled
+       and case when c.ok then e.failing_since is not null else e.failing_since is null or ${DISABLES} end
+     returning e.tenant_id, e.id, e.url, e.enabled, e.failing_since, e.disabled_at, e.disabled_reason
+  ), ${outboxCte(ENDPOINT_DISABLED_EVENTS, { exceptEndpoint: `(ev.data->>'endpoint_id')::uuid` })}
+  select d.id, d.endpoint_id, coalesce((select not ep.enabled from ep), false) as disabled, (select ep.failing_since from ep) as failing_since, ${OUTBOX_IDS}
+    from d`;
+
+interface RecordedAttempt {
+  id: string;
+  endpoint_id: string;
+  /** This attempt disabled the endpoint. */
+  disabled: boolean;
+  failing_since: Date | null;
+  /** The `webhook_endpoint.disabled` deliveries it inserted. */
+  webhook_deliveries: string[];
+}
+
 interface DeliveryRow {
   id: string;
   endpoint_id: string;
@@ -91,6 +149,8 @@ export function webhookHandlers(deps: {
   /** The webhooks queue, where the redelivery pass adds jobs. */
   queue: () => Queue;
   outcomes?: Counter<'outcome'>;
+  /** dealix_webhook_endpoints_auto_disabled_total. */
+  autoDisabled?: Counter;
   /** How overdue a pending delivery must be before the redelivery pass enqueues it again (its job lost). */
   redeliverAfterMs: number;
   endpointSlots?: EndpointSlotsUse;
@@ -122,6 +182,16 @@ export function webhookHandlers(deps: {
       parking.give(row.endpoint_id, member);
     }
   };
+  /** After the commit that disabled an endpoint: say so (ops), count it, and send the tenant's other endpoints the event. */
+  async function endpointDisabled(r: RecordedAttempt, tenantId: string, jobId: string | undefined) {
+    deps.autoDisabled?.inc();
+    deps.logger.warn(
+      { ops_event: 'webhook_endpoint_auto_disabled', tenant_id: tenantId, webhook_endpoint_id: r.endpoint_id, failing_since: r.failing_since, disable_after_ms: settings.disableAfterMs, events_queued: r.webhook_deliveries.length, job_id: jobId },
+      'webhook endpoint disabled: its deliveries failed for WEBHOOK_DISABLE_AFTER with no success',
+    );
+    // A lost enqueue is found by the redelivery pass: the deliveries are committed.
+    if (r.webhook_deliveries.length) await enqueueDeliveries(deps.queue(), tenantId, r.webhook_deliveries).catch((err: unknown) => deps.logger.warn({ err, tenant_id: tenantId }, 'webhook_endpoint.disabled deliveries not enqueued; the redelivery pass will'));
+  }
   return {
     async [WEBHOOK_DELIVERY_JOB](job: Job) {
       const data = job.data as DeliveryJobData;
@@ -149,20 +219,16 @@ export function webhookHandlers(deps: {
       const attempt = row.attempts + 1;
       const status = outcome.ok ? 'delivered' : !row.enabled || attempt >= settings.maxAttempts ? 'failed' : 'pending';
       const delayMs = status === 'pending' ? retryDelayMs(settings.retryBaseMs, attempt) : 0;
+      const disableAfterMs = settings.disableAfterMs ?? 0;
       const recorded = await em.transactional((tx) =>
-        tx.execute<{ id: string }[]>(
-          `update webhook_deliveries set attempts = ?, status = ?, last_attempt_at = now(), last_status_code = ?, last_error = ?,
-                  attempt_log = coalesce(attempt_log, '[]'::jsonb) || jsonb_build_array(jsonb_build_object('at', to_char(now() at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'),
-                                'status_code', ?::int, 'error', ?::text, 'duration_ms', ?::int)),
-                  next_attempt_at = case when ? = 'pending' then now() + ? * interval '1 millisecond' end,
-                  delivered_at = case when ? = 'delivered' then now() end, updated_at = now()
-            where tenant_id = ? and id = ? and status = 'pending' and attempts = ?
-            returning id`,
-          [attempt, status, outcome.statusCode, outcome.error, outcome.statusCode, outcome.error, outcome.durationMs, status, delayMs, status, data.tenant_id, row.id, row.attempts],
-        ),
+        tx.execute<RecordedAttempt[]>(RECORD_ATTEMPT, [
+          attempt, status, outcome.statusCode, outcome.error, outcome.statusCode, outcome.error, outcome.durationMs, status, delayMs, status, data.tenant_id, row.id, row.attempts,
+          outcome.ok, disableAfterMs > 0 ? disableAfterMs : null,
+        ]),
       );
       // Another execution recorded this attempt first (a duplicate job): its outcome stands.
       if (recorded.length === 0) return { outcome: 'superseded' };
+      if (recorded[0]!.disabled) await endpointDisabled(recorded[0]!, data.tenant_id, job.id);
       const counted = status === 'pending' ? 'retrying' : status;
       deps.outcomes?.inc({ outcome: counted });
       if (status === 'delivered') {

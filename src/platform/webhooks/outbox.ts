@@ -6,8 +6,10 @@
  * statement is one the transaction sends anyway: no round trip more (ADR 0004).
  */
 
-/** `now()` (the transaction's time) as ISO 8601 UTC with milliseconds, as JSON payloads carry times. */
-export const ISO_NOW = `to_char(now() at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')`;
+/** A timestamptz expression as ISO 8601 UTC with milliseconds, as JSON payloads carry times. */
+export const isoTimeSql = (expr: string) => `to_char(${expr} at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')`;
+/** `now()`, the transaction's time, so. */
+export const ISO_NOW = isoTimeSql('now()');
 
 /** An event a step emits (StepContext.emit): inserted with the step's checkpoint, for each endpoint subscribed. */
 export interface OutboxEvent {
@@ -18,13 +20,16 @@ export interface OutboxEvent {
 /**
  * The CTE `wh`, inserting the deliveries of `events` — a query yielding (tenant_id uuid, type text,
  * data jsonb) — and returning their ids. The envelope is Standard Webhooks': `{type, timestamp, data}`.
+ * `exceptEndpoint`, an expression over the event `ev`, names an endpoint that gets none of them (one
+ * the same statement disables, which its snapshot still sees enabled).
  */
-export function outboxCte(events: string): string {
+export function outboxCte(events: string, opts: { exceptEndpoint?: string } = {}): string {
+  const except = opts.exceptEndpoint ? ` and e.id <> ${opts.exceptEndpoint}` : '';
   return `wh as (
          insert into webhook_deliveries (id, tenant_id, endpoint_id, event_type, payload, status, attempts, next_attempt_at, created_at, updated_at)
          select gen_random_uuid(), ev.tenant_id, e.id, ev.type, jsonb_build_object('type', ev.type, 'timestamp', ${ISO_NOW}, 'data', ev.data),
                 'pending', 0, now(), date_trunc('milliseconds', now()), now()
-           from (${events}) ev join webhook_endpoints e on e.tenant_id = ev.tenant_id and e.enabled and ev.type = any(e.events)
+           from (${events}) ev join webhook_endpoints e on e.tenant_id = ev.tenant_id and e.enabled and ev.type = any(e.events)${except}
          returning id)`;
 }
 
@@ -35,7 +40,7 @@ export function outboxCte(events: string): string {
  */
 export const RUN_ENDED_EVENTS = `select r.tenant_id, 'run.' || r.status as type,
          jsonb_build_object('workflow', r.workflow, 'run_id', r.id, 'status', r.status, 'correlation_id', r.correlation_id,
-                            'ended_at', to_char(r.completed_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')) || ?::jsonb as data
+                            'ended_at', ${isoTimeSql('r.completed_at')}) || ?::jsonb as data
          from r`;
 
 /** What `r` must return for RUN_ENDED_EVENTS. */

@@ -7,7 +7,7 @@ import { DEFER_UNTIL_NEXT } from '../db/coalescing-client.ts';
 import { nextCursor, pageLimit, pageSchema, pageWhere } from '../http/cursor.ts';
 import { isoTime, toIsoTime, toIsoTimeOrNull } from '../http/iso-time.ts';
 import { ADMIN_ROLE } from '../tenancy/roles.ts';
-import { DELIVERY_STATUSES, WEBHOOK_EVENT_TYPES } from './webhook.entities.ts';
+import { DELIVERY_STATUSES, DISABLED_REASONS, WEBHOOK_EVENT_TYPES } from './webhook.entities.ts';
 import { resolvedRefusal, type UrlPolicy } from './ssrf.ts';
 import { webhookPayload } from './webhook-events.ts';
 
@@ -33,6 +33,11 @@ const endpointView = z
     previous_secret_expires_at: isoTime
       .nullable()
       .describe('Until when deliveries are also signed with the secret the last rotation replaced (a second `v1,` signature); null when none is live'),
+    disabled_reason: z
+      .enum(DISABLED_REASONS)
+      .nullable()
+      .describe('Why it is disabled: `manual` (POST …/disable) or `failing` (its deliveries failed for WEBHOOK_DISABLE_AFTER with no 2xx); null while enabled'),
+    failing_since: isoTime.nullable().describe('Its first failed attempt since its last 2xx, creation or re-enabling; null while its last attempt succeeded'),
     links: z.strictObject({ self: z.string(), deliveries: z.string() }),
   })
   .meta({ id: 'WebhookEndpoint' });
@@ -90,10 +95,12 @@ interface EndpointRow {
   created_at: Date;
   disabled_at: Date | null;
   previous_secret_expires_at: Date | null;
+  disabled_reason: EndpointView['disabled_reason'];
+  failing_since: Date | null;
 }
 /** An endpoint as its views show it: never a secret; a previous secret's expiry only while it is live (database clock). */
 const ENDPOINT_COLUMNS =
-  'id, url, events, description, enabled, created_by, created_at, disabled_at, case when previous_secret_expires_at > now() then previous_secret_expires_at end as previous_secret_expires_at';
+  'id, url, events, description, enabled, created_by, created_at, disabled_at, disabled_reason, failing_since, case when previous_secret_expires_at > now() then previous_secret_expires_at end as previous_secret_expires_at';
 
 function toView(r: EndpointRow): EndpointView {
   return {
@@ -106,6 +113,8 @@ function toView(r: EndpointRow): EndpointView {
     created_at: toIsoTime(r.created_at),
     disabled_at: toIsoTimeOrNull(r.disabled_at),
     previous_secret_expires_at: toIsoTimeOrNull(r.previous_secret_expires_at),
+    disabled_reason: r.disabled_reason,
+    failing_since: toIsoTimeOrNull(r.failing_since),
     links: { self: `${WEBHOOK_ENDPOINTS_PATH}/${r.id}`, deliveries: `${WEBHOOK_ENDPOINTS_PATH}/${r.id}/deliveries` },
   };
 }
@@ -123,9 +132,21 @@ async function endpointById(em: EntityManager, tenantId: string, id: string, loc
 }
 
 /**
+ * Serialises, per tenant, what may add an enabled endpoint (create, enable) until the commit, so that
+ * concurrent ones cannot each see room under WEBHOOK_MAX_ENDPOINTS; held back to travel with the next statement (one message).
+ */
+const lockEnabledEndpoints = (em: EntityManager, tenantId: string) =>
+  em.execute(`${DEFER_UNTIL_NEXT}select pg_advisory_xact_lock(hashtextextended('dealix:webhook_endpoints:' || ?, 0))`, [tenantId]);
+
+/** The cap's condition, for an insert or update that adds an enabled endpoint (parameters: tenant id, cap). */
+const UNDER_CAP = '(select count(*) from webhook_endpoints where tenant_id = ? and enabled) < ?';
+
+const limitReached = (max: number) => new ConflictError('webhook_endpoint_limit', `The tenant already has ${max} enabled webhook endpoints (WEBHOOK_MAX_ENDPOINTS); disable one first.`);
+
+/**
  * The tenant's webhook endpoints (role admin): create (the secret shown once), list, read, rotate the
- * secret (the new one shown once, the old one signing beside it for an overlap), disable, and each
- * endpoint's deliveries (docs/api.md, *Webhooks*; ADR 0013).
+ * secret (the new one shown once, the old one signing beside it for an overlap), disable, enable, and
+ * each endpoint's deliveries (docs/api.md, *Webhooks*; ADR 0013).
  */
 export function webhookEndpointRoutes(deps: {
   policy: UrlPolicy;
@@ -160,15 +181,15 @@ export function webhookEndpointRoutes(deps: {
         const secret = newSigningSecret();
         // The cap: count-then-insert races (concurrent creates would each see room under it), so a lock
         // per tenant, held to the commit, serialises them; it travels with the insert (one message).
-        await em.execute(`${DEFER_UNTIL_NEXT}select pg_advisory_xact_lock(hashtextextended('dealix:webhook_endpoints:' || ?, 0))`, [principal.tenantId]);
+        await lockEnabledEndpoints(em, principal.tenantId);
         const [row] = await em.execute<EndpointRow[]>(
           `insert into webhook_endpoints (id, tenant_id, url, description, events, secret, enabled, created_by, created_at, updated_at)
            select ?, ?, ?, ?, ?::text[], ?, true, ?, date_trunc('milliseconds', now()), now()
-            where (select count(*) from webhook_endpoints where tenant_id = ? and enabled) < ?
+            where ${UNDER_CAP}
            returning ${ENDPOINT_COLUMNS}`,
           [randomUUID(), principal.tenantId, body.url, body.description ?? null, `{${[...new Set(body.events)].join(',')}}`, secret, principal.sub, principal.tenantId, deps.maxEndpoints],
         );
-        if (!row) throw new ConflictError('webhook_endpoint_limit', `The tenant already has ${deps.maxEndpoints} enabled webhook endpoints (WEBHOOK_MAX_ENDPOINTS); disable one first.`);
+        if (!row) throw limitReached(deps.maxEndpoints);
         const view = toView(row);
         return { status: 201, body: { ...view, secret }, headers: { Location: view.links.self } };
       },
@@ -257,10 +278,39 @@ export function webhookEndpointRoutes(deps: {
       async handler({ em, principal, params }) {
         await endpointById(em, principal.tenantId, params.id, ' for update');
         const [row] = await em.execute<EndpointRow[]>(
-          `update webhook_endpoints set enabled = false, disabled_at = coalesce(disabled_at, now()), updated_at = now() where tenant_id = ? and id = ? returning ${ENDPOINT_COLUMNS}`,
+          `update webhook_endpoints set enabled = false, disabled_at = coalesce(disabled_at, now()), disabled_reason = coalesce(disabled_reason, 'manual'), updated_at = now()
+            where tenant_id = ? and id = ? returning ${ENDPOINT_COLUMNS}`,
           [principal.tenantId, params.id],
         );
         return { status: 200, body: toView(row!) };
+      },
+    }),
+    defineRoute({
+      method: 'post',
+      path: `${WEBHOOK_ENDPOINTS_PATH}/:id/enable`,
+      summary: 'Re-enable a webhook endpoint (role admin), disabled by an admin or for failing: it receives new events again; deliveries given up meanwhile are not re-sent',
+      tags: TAGS,
+      roles: [ADMIN_ROLE],
+      idempotency: 'optional',
+      params: idParam,
+      responses: {
+        200: { description: 'The endpoint, enabled, its failing_since and disabled_reason cleared (enabling an enabled one changes nothing)', schema: endpointView },
+        ...adminOnly,
+        404: { description: 'No such endpoint for this tenant' },
+        409: { description: 'The tenant already has WEBHOOK_MAX_ENDPOINTS enabled endpoints (`webhook_endpoint_limit`): disable one first' },
+      },
+      async handler({ em, principal, params }) {
+        // The cap as for a create, under the same per-tenant lock: an enable and a create cannot both take the last place.
+        await lockEnabledEndpoints(em, principal.tenantId);
+        const current = await endpointById(em, principal.tenantId, params.id, ' for update');
+        if (current.enabled) return { status: 200, body: toView(current) };
+        const [row] = await em.execute<EndpointRow[]>(
+          `update webhook_endpoints set enabled = true, disabled_at = null, disabled_reason = null, failing_since = null, updated_at = now()
+            where tenant_id = ? and id = ? and ${UNDER_CAP} returning ${ENDPOINT_COLUMNS}`,
+          [principal.tenantId, params.id, principal.tenantId, deps.maxEndpoints],
+        );
+        if (!row) throw limitReached(deps.maxEndpoints);
+        return { status: 200, body: toView(row) };
       },
     }),
     defineRoute({

@@ -27,11 +27,22 @@ export const approvalRequestedData = z
   })
   .meta({ id: 'WebhookApprovalRequestedData' });
 
+/** `data` of `webhook_endpoint.disabled`: another endpoint of the tenant was disabled for failing (sent to its other endpoints). */
+export const endpointDisabledData = z
+  .strictObject({
+    endpoint_id: z.string().uuid(),
+    url: z.string(),
+    reason: z.enum(['failing']).describe('Why: its deliveries failed for WEBHOOK_DISABLE_AFTER with no 2xx'),
+    failing_since: isoTime.describe('Its first failed attempt since its last 2xx'),
+    disabled_at: isoTime,
+  })
+  .meta({ id: 'WebhookEndpointDisabledData' });
+
 /** What every webhook POSTs (Standard Webhooks): `{type, timestamp, data}`. */
 export const webhookPayload = z
   .strictObject({
     type: z.enum(WEBHOOK_EVENT_TYPES),
     timestamp: isoTime.describe('When the event happened (the transaction that caused it)'),
-    data: z.union([runEventData, approvalRequestedData]),
+    data: z.union([runEventData, approvalRequestedData, endpointDisabledData]),
   })
   .meta({ id: 'WebhookPayload' });

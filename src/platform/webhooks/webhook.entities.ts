@@ -2,8 +2,12 @@ import { defineEntity, p } from '@mikro-orm/core';
 import { SYSTEM_ROLE, tenantIdProperty, tenantIsolationPolicy } from '../db/tenant-owned.ts';
 
 /** The events an endpoint may subscribe to (docs/api.md, *Webhooks*). */
-export const WEBHOOK_EVENT_TYPES = ['run.completed', 'run.failed', 'run.cancelled', 'run.rejected', 'run.approval_expired', 'approval.requested'] as const;
+export const WEBHOOK_EVENT_TYPES = ['run.completed', 'run.failed', 'run.cancelled', 'run.rejected', 'run.approval_expired', 'approval.requested', 'webhook_endpoint.disabled'] as const;
 export type WebhookEventType = (typeof WEBHOOK_EVENT_TYPES)[number];
+
+/** Why an endpoint is disabled: an admin's `POST …/disable`, or WEBHOOK_DISABLE_AFTER of failing deliveries (ADR 0013). */
+export const DISABLED_REASONS = ['manual', 'failing'] as const;
+export type DisabledReason = (typeof DISABLED_REASONS)[number];
 
 export const DELIVERY_STATUSES = ['pending', 'delivered', 'failed'] as const;
 export type DeliveryStatus = (typeof DELIVERY_STATUSES)[number];
@@ -39,6 +43,13 @@ export const WebhookEndpoint = defineEntity({
     createdAt: p.datetime(),
     updatedAt: p.datetime(),
     disabledAt: p.datetime().nullable(),
+    /** Why it is disabled (null while enabled). */
+    disabledReason: p.enum(DISABLED_REASONS).nullable(),
+    /**
+     * The first failed attempt since its last 2xx (or its creation, or its re-enabling); null while
+     * the last recorded attempt succeeded. A failed attempt WEBHOOK_DISABLE_AFTER past it disables the endpoint.
+     */
+    failingSince: p.datetime().nullable(),
   },
   // The target of the deliveries' (tenant_id, endpoint_id) foreign key: a delivery names its tenant's endpoint only.
   uniques: [{ name: 'webhook_endpoints_tenant_id_id_unique', properties: ['tenantId', 'id'] }],

@@ -1,0 +1,98 @@
+/**
+ * Webhook test helpers: a real node:http receiver on 127.0.0.1 and the API calls the webhook tests
+ * repeat (an endpoint's create, a run's submission and end).
+ */
+import { expect } from 'vitest';
+import { randomUUID } from 'node:crypto';
+import { createServer, type IncomingHttpHeaders, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { Webhook } from 'standardwebhooks';
+import { api, newTenant, startStack, type TestStack, type WorkerHandle } from './stack.ts';
+import { waitFor } from './poll.ts';
+
+interface Received {
+  path: string;
+  headers: IncomingHttpHeaders;
+  body: string;
+}
+
+/** A receiver: records every POST; answers each path's planned statuses in turn, then 200. */
+export async function startReceiver() {
+  const received: Received[] = [];
+  const plans = new Map<string, number[]>();
+  const server: Server = createServer((req, res) => {
+    let body = '';
+    req.on('data', (c) => (body += c));
+    req.on('end', () => {
+      const path = req.url ?? '/';
+      received.push({ path, headers: req.headers, body });
+      const status = plans.get(path)?.shift() ?? 200;
+      res.writeHead(status, { 'content-type': 'text/plain' }).end(status === 200 ? 'ok' : 'no');
+    });
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+  const base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  return {
+    base,
+    received,
+    plan: (path: string, statuses: number[]) => plans.set(path, statuses),
+    /** What `path` got, as {type, timestamp, data}, each verified against `secret` (throws if one does not verify). */
+    verified(path: string, secret: string) {
+      const wh = new Webhook(secret);
+      return received.filter((r) => r.path === path).map((r) => wh.verify(r.body, r.headers as Record<string, string>) as { type: string; timestamp: string; data: Record<string, unknown> });
+    },
+    close: () => new Promise<void>((r) => server.close(() => r())),
+  };
+}
+
+export type Receiver = Awaited<ReturnType<typeof startReceiver>>;
+
+export const ENDPOINTS = '/api/v1/webhook-endpoints';
+
+export async function createEndpoint(stack: TestStack, token: string, body: unknown) {
+  return api(stack, 'POST', ENDPOINTS, { token, body, headers: { 'Idempotency-Key': randomUUID() } });
+}
+
+export async function submit(stack: TestStack, token: string, body: unknown): Promise<string> {
+  const res = await api(stack, 'POST', '/api/v1/golden-path/run', { token, body, headers: { 'Idempotency-Key': randomUUID() } });
+  expect(res.status, res.text).toBe(202);
+  return res.json.run_id as string;
+}
+
+export async function waitRun(stack: TestStack, token: string, id: string, statuses: string[]) {
+  return waitFor(
+    async () => {
+      const res = await api(stack, 'GET', `/api/v1/golden-path/runs/${id}`, { token });
+      return statuses.includes(res.json?.status) ? res.json : undefined;
+    },
+    { timeoutMs: 60_000, intervalMs: 100, what: `run ${id} to reach ${statuses.join('|')}` },
+  );
+}
+
+/** A tenant with an admin token and an endpoint at `receiver.base + path` for `events`. */
+export async function tenantWithEndpoint(stack: TestStack, receiver: Receiver, path: string, events: string[]) {
+  const tenantId = newTenant();
+  const admin = await stack.token({ tenantId, sub: `admin-${path.slice(1)}`, roles: ['admin'] });
+  const created = await createEndpoint(stack, admin, { url: `${receiver.base}${path}`, events, description: `receiver ${path}` });
+  expect(created.status, created.text).toBe(201);
+  expect(created.json.secret).toMatch(/^whsec_[A-Za-z0-9+/]+=*$/);
+  return { tenantId, admin, endpoint: created.json as { id: string; secret: string } };
+}
+
+
+/**
+ * A stack that admits private receivers (`env` over that), a receiver, and a spawned worker process
+ * delivering to it (with `workerEnv`, e.g. WORKER_METRICS_PORT).
+ */
+export async function startWebhookStack(env: Record<string, string>, workerEnv: Record<string, string> = {}): Promise<{ stack: TestStack; receiver: Receiver; worker: WorkerHandle }> {
+  const stack = await startStack({ env: { WEBHOOK_ALLOW_PRIVATE_NETWORKS: 'true', ...env } });
+  const receiver = await startReceiver();
+  const worker = await stack.spawnWorker(workerEnv);
+  return { stack, receiver, worker };
+}
+
+/** Stops what startWebhookStack started (either may be missing: a start that failed). */
+export async function stopWebhookStack(stack: TestStack | undefined, receiver: Receiver | undefined): Promise<void> {
+  await receiver?.close();
+  await stack?.stop();
+}

@@ -1,0 +1,178 @@
+/**
+ * Automatic disabling of a failing webhook endpoint, and its re-enabling by the tenant (ADR 0013),
+ * against the real stack: PostgreSQL as the application role, Redis, a spawned worker process and a
+ * real node:http receiver answering 500. Time passes honestly: WEBHOOK_DISABLE_AFTER is a second and
+ * the retries 50 ms apart at first, and each test polls until what it waits for happened.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { randomUUID } from 'node:crypto';
+import { api, CLASS_A_SUBMISSION, newTenant, type TestStack, type WorkerHandle } from '../helpers/stack.ts';
+import { waitFor } from '../helpers/poll.ts';
+import { createEndpoint, ENDPOINTS, startWebhookStack, stopWebhookStack, submit, tenantWithEndpoint, waitRun, type Receiver } from '../helpers/webhooks.ts';
+
+/** More failures than any test makes attempts: the receiver answers 500 until the test says otherwise. */
+const ALWAYS_500 = Array.from({ length: 100 }, () => 500);
+
+describe('webhook endpoints that keep failing are disabled; the tenant re-enables them', () => {
+  let stack: TestStack;
+  let receiver: Receiver;
+  let worker: WorkerHandle;
+
+  beforeAll(async () => {
+    ({ stack, receiver, worker } = await startWebhookStack({ WEBHOOK_RETRY_BASE: '50ms', WEBHOOK_MAX_ATTEMPTS: '12', WEBHOOK_DISABLE_AFTER: '1s', WEBHOOK_MAX_ENDPOINTS: '3' }, { WORKER_METRICS_PORT: '0' }));
+  }, 120_000);
+
+  afterAll(() => stopWebhookStack(stack, receiver));
+
+  const endpoint = async (token: string, id: string) => {
+    const res = await api(stack, 'GET', `${ENDPOINTS}/${id}`, { token });
+    expect(res.status, res.text).toBe(200);
+    return res.json;
+  };
+  const enable = (token: string, id: string) => api(stack, 'POST', `${ENDPOINTS}/${id}/enable`, { token, headers: { 'Idempotency-Key': randomUUID() } });
+  const deliveries = async (token: string, id: string) => (await api(stack, 'GET', `${ENDPOINTS}/${id}/deliveries`, { token })).json.items as { id: string; status: string; event_type: string; last_error: string | null; payload: { data: Record<string, unknown> } }[];
+
+  it("is disabled ('failing') at a failed attempt WEBHOOK_DISABLE_AFTER past its first failure; the tenant's other endpoint hears webhook_endpoint.disabled; re-enabled, it gets new events again", async () => {
+    receiver.plan('/dead', [...ALWAYS_500]);
+    // The dead endpoint subscribes to its own disabling too: it must not be sent it.
+    const t = await tenantWithEndpoint(stack, receiver, '/dead', ['run.completed', 'webhook_endpoint.disabled']);
+    const watch = await createEndpoint(stack, t.admin, { url: `${receiver.base}/watch`, events: ['webhook_endpoint.disabled'] });
+    expect(watch.status, watch.text).toBe(201);
+    const runId = await submit(stack, t.admin, CLASS_A_SUBMISSION);
+    await waitRun(stack, t.admin, runId, ['completed']);
+
+    const disabled = await waitFor(
+      async () => {
+        const e = await endpoint(t.admin, t.endpoint.id);
+        return e.enabled === false ? e : undefined;
+      },
+      { timeoutMs: 30_000, intervalMs: 100, what: 'the failing endpoint to be disabled' },
+    );
+    expect(disabled).toMatchObject({ enabled: false, disabled_reason: 'failing' });
+    expect(Date.parse(disabled.disabled_at) - Date.parse(disabled.failing_since)).toBeGreaterThanOrEqual(1000);
+    // The receiver failed every attempt; it was still tried until the disabling one.
+    expect(receiver.received.filter((r) => r.path === '/dead').length).toBeGreaterThan(1);
+    // Operators see it: a warning naming the tenant and endpoint (written after the commit, so awaited), and the worker's counter (counted before it).
+    const warning = await waitFor(
+      () =>
+        worker
+          .output()
+          .split('\n')
+          .find((l) => l.includes('"ops_event":"webhook_endpoint_auto_disabled"') && l.includes(t.endpoint.id)),
+      { what: 'the worker to log the disabling' },
+    );
+    expect(warning).toContain(`"tenant_id":"${t.tenantId}"`);
+    expect(JSON.parse(warning).level).toBe(40);
+    const port = worker.output().match(/"worker metrics listening".*?"metrics_port":(\d+)|"metrics_port":(\d+).*?"worker metrics listening"/);
+    const metrics = await (await fetch(`http://127.0.0.1:${port?.[1] ?? port?.[2]}/metrics`)).text();
+    expect(metrics.split('\n')).toContain('dealix_webhook_endpoints_auto_disabled_total 1');
+
+    // The other endpoint is told, signed with its own secret; the dead one gets nothing of it.
+    const told = await waitFor(() => receiver.verified('/watch', watch.json.secret).find((m) => m.type === 'webhook_endpoint.disabled'), { timeoutMs: 30_000, what: 'webhook_endpoint.disabled at /watch' });
+    expect(told.data).toEqual({ endpoint_id: t.endpoint.id, url: `${receiver.base}/dead`, reason: 'failing', failing_since: disabled.failing_since, disabled_at: disabled.disabled_at });
+    expect(receiver.received.filter((r) => r.path === '/dead' && r.body.includes('webhook_endpoint.disabled'))).toHaveLength(0);
+    expect((await deliveries(t.admin, t.endpoint.id)).map((d) => d.event_type)).toEqual(['run.completed']);
+
+    // Its pending delivery is given up at its next attempt, as for an endpoint an admin disabled.
+    const [given] = await waitFor(
+      async () => {
+        const items = await deliveries(t.admin, t.endpoint.id);
+        return items[0]?.status === 'failed' ? items : undefined;
+      },
+      { timeoutMs: 30_000, what: 'the pending delivery to be given up' },
+    );
+    expect(given).toMatchObject({ status: 'failed', last_error: 'endpoint disabled' });
+    const sentBefore = receiver.received.filter((r) => r.path === '/dead').length;
+
+    // The receiver is fixed; the admin re-enables the endpoint.
+    receiver.plan('/dead', []);
+    const enabled = await enable(t.admin, t.endpoint.id);
+    expect(enabled.status, enabled.text).toBe(200);
+    expect(enabled.json).toMatchObject({ id: t.endpoint.id, enabled: true, disabled_reason: null, disabled_at: null, failing_since: null });
+    const next = await submit(stack, t.admin, CLASS_A_SUBMISSION);
+    await waitRun(stack, t.admin, next, ['completed']);
+    const got = await waitFor(() => receiver.verified('/dead', t.endpoint.secret).find((m) => m.data.run_id === next), { timeoutMs: 30_000, what: 'the new event at the re-enabled endpoint' });
+    expect(got.type).toBe('run.completed');
+    // The delivery given up while it was disabled is not sent again.
+    expect(receiver.received.filter((r) => r.path === '/dead' && r.body.includes(runId))).toHaveLength(sentBefore);
+    expect((await deliveries(t.admin, t.endpoint.id)).find((d) => d.id === given!.id)).toMatchObject({ status: 'failed' });
+  });
+
+  it('a 2xx in between starts the count again: failures more than WEBHOOK_DISABLE_AFTER apart, with a success between them, do not disable', async () => {
+    receiver.plan('/flaps', [500, 200]);
+    const t = await tenantWithEndpoint(stack, receiver, '/flaps', ['run.completed']);
+    const first = await submit(stack, t.admin, CLASS_A_SUBMISSION);
+    await waitRun(stack, t.admin, first, ['completed']);
+    await waitFor(async () => (await deliveries(t.admin, t.endpoint.id))[0]?.status === 'delivered', { timeoutMs: 30_000, what: 'the first event, on its second attempt' });
+    expect((await endpoint(t.admin, t.endpoint.id)).failing_since).toBeNull();
+    // More than WEBHOOK_DISABLE_AFTER after that first failure, by the database's clock …
+    const [firstFailure] = (await stack.db.admin(`select (attempt_log->0->>'at')::timestamptz as at from webhook_deliveries where endpoint_id = $1`, [t.endpoint.id])).rows;
+    await waitFor(async () => (await stack.db.admin(`select now() > $1::timestamptz + interval '1 second' as past`, [firstFailure.at])).rows[0].past, { what: 'WEBHOOK_DISABLE_AFTER to pass' });
+    // … the next event fails twice, then succeeds: its failures are counted from its own first one.
+    receiver.plan('/flaps', [500, 500]);
+    const second = await submit(stack, t.admin, CLASS_A_SUBMISSION);
+    await waitRun(stack, t.admin, second, ['completed']);
+    await waitFor(async () => (await deliveries(t.admin, t.endpoint.id)).every((d) => d.status === 'delivered'), { timeoutMs: 30_000, what: 'the second event, on its third attempt' });
+    expect(await endpoint(t.admin, t.endpoint.id)).toMatchObject({ enabled: true, disabled_reason: null, disabled_at: null, failing_since: null });
+    expect(receiver.received.filter((r) => r.path === '/flaps')).toHaveLength(5);
+  });
+
+  it('enable is for admins of the tenant only (403, 404), and counts against WEBHOOK_MAX_ENDPOINTS (409); a manual disable says so', async () => {
+    const tenantId = newTenant();
+    const admin = await stack.token({ tenantId, sub: 'admin-1', roles: ['admin'] });
+    const user = await stack.token({ tenantId, sub: 'user-1', roles: ['approver'] });
+    const other = await stack.token({ tenantId: newTenant(), sub: 'admin-1', roles: ['admin'] });
+    const ids: string[] = [];
+    for (let i = 0; i < 3; i++) {
+      const res = await createEndpoint(stack, admin, { url: `${receiver.base}/cap-${i}`, events: ['run.completed'] });
+      expect(res.status, res.text).toBe(201);
+      ids.push(res.json.id);
+    }
+    const off = await api(stack, 'POST', `${ENDPOINTS}/${ids[0]}/disable`, { token: admin, headers: { 'Idempotency-Key': randomUUID() } });
+    expect(off.json).toMatchObject({ enabled: false, disabled_reason: 'manual' });
+    expect(off.json.disabled_at).not.toBeNull();
+    // Its place is taken by a new endpoint: enabling it again would make four.
+    expect((await createEndpoint(stack, admin, { url: `${receiver.base}/cap-3`, events: ['run.completed'] })).status).toBe(201);
+    const refused = await enable(admin, ids[0]!);
+    expect(refused.status, refused.text).toBe(409);
+    expect(refused.headers.get('content-type')).toMatch(/application\/problem\+json/);
+    expect(refused.json).toMatchObject({ code: 'webhook_endpoint_limit' });
+    expect(await endpoint(admin, ids[0]!)).toMatchObject({ enabled: false, disabled_reason: 'manual' });
+
+    expect((await enable(user, ids[0]!)).status).toBe(403);
+    expect((await enable(other, ids[0]!)).status).toBe(404);
+    expect((await enable(admin, randomUUID())).status).toBe(404);
+
+    // A place freed, it is enabled; enabling it again changes nothing.
+    expect((await api(stack, 'POST', `${ENDPOINTS}/${ids[1]}/disable`, { token: admin, headers: { 'Idempotency-Key': randomUUID() } })).status).toBe(200);
+    const back = await enable(admin, ids[0]!);
+    expect(back.status, back.text).toBe(200);
+    expect(back.json).toMatchObject({ enabled: true, disabled_reason: null, disabled_at: null, failing_since: null });
+    const again = await enable(admin, ids[0]!);
+    expect(again.status, again.text).toBe(200);
+    expect(again.json).toEqual(back.json);
+    const list = await api(stack, 'GET', ENDPOINTS, { token: admin });
+    expect(list.json.items.map((e: { id: string; enabled: boolean; disabled_reason: string | null }) => [e.id, e.enabled, e.disabled_reason]).filter(([id]: [string]) => id === ids[1])).toEqual([[ids[1], false, 'manual']]);
+  });
+
+  it('concurrent enables and creates never pass WEBHOOK_MAX_ENDPOINTS together: they take the same per-tenant lock', async () => {
+    const tenantId = newTenant();
+    const admin = await stack.token({ tenantId, sub: 'admin-1', roles: ['admin'] });
+    const post = (path: string) => api(stack, 'POST', path, { token: admin, headers: { 'Idempotency-Key': randomUUID() } });
+    const create = async (i: number) => (await createEndpoint(stack, admin, { url: `${receiver.base}/race-${i}`, events: ['run.completed'] })).json.id as string;
+    // Six disabled endpoints (three at a time, the cap), then two enabled: room for one more.
+    const disabled: string[] = [];
+    for (let round = 0; round < 2; round++) {
+      const ids = [await create(round * 3), await create(round * 3 + 1), await create(round * 3 + 2)];
+      for (const id of ids) expect((await post(`${ENDPOINTS}/${id}/disable`)).status).toBe(200);
+      disabled.push(...ids);
+    }
+    await create(6);
+    await create(7);
+    // Six enables and two creates at once, for one place: one wins, whichever it is.
+    const answers = await Promise.all([...disabled.map((id) => enable(admin, id)), createEndpoint(stack, admin, { url: `${receiver.base}/race-8`, events: ['run.completed'] }), createEndpoint(stack, admin, { url: `${receiver.base}/race-9`, events: ['run.completed'] })]);
+    expect(answers.filter((r) => r.status < 300)).toHaveLength(1);
+    expect(answers.filter((r) => r.status === 409).map((r) => r.json.code)).toEqual(Array(7).fill('webhook_endpoint_limit'));
+    expect((await stack.db.admin(`select count(*)::int as n from webhook_endpoints where tenant_id = $1 and enabled`, [tenantId])).rows[0].n).toBe(3);
+  });
+});
