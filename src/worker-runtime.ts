@@ -6,10 +6,12 @@ import { StepExecutor, untilAborted } from './platform/durable/executor.ts';
 import { Sweeper } from './platform/durable/sweeper.ts';
 import { startWorkers } from './platform/durable/worker-host.ts';
 import { TenantSlots } from './platform/durable/tenant-slots.ts';
+import type { Config } from './platform/config/config.ts';
+import type { Redis } from 'ioredis';
 import { scheduleMaintenance, MAINTENANCE_QUEUE, maintenanceHandlers, upsertMaintenanceSchedulers } from './platform/queue/maintenance.ts';
 import { startMetricsServer } from './platform/telemetry/metrics-server.ts';
 import { onShutdown } from './platform/process/shutdown.ts';
-import { WEBHOOK_QUEUE, webhookHandlers } from './platform/webhooks/delivery.ts';
+import { WEBHOOK_QUEUE, webhookHandlers, type WebhookSlotsUse } from './platform/webhooks/delivery.ts';
 import { warnWhenGuardOff } from './platform/webhooks/ssrf.ts';
 import { webhookUrlPolicy } from './container.ts';
 
@@ -91,17 +93,8 @@ export async function startWorkerProcess(c: Container, signal?: AbortSignal): Pr
         autoDisabled: c.metrics.webhookEndpointsAutoDisabled,
         // A pending delivery overdue by this much has lost its job (Redis flushed): the sweeper's own patience.
         redeliverAfterMs: cfg.SWEEPER_MIN_AGE,
-        // Off (0): no endpoint slot is taken, and no Redis command is added to a delivery's path.
-        ...(cfg.WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT > 0
-          ? {
-              endpointSlots: {
-                // Held only during the POST, which WEBHOOK_TIMEOUT bounds, so not renewed: the lease outlives the longest attempt by
-                // three lock durations, and a SIGKILLed holder's slot lapses that long after its attempt would have timed out.
-                slots: new TenantSlots(connection, { prefix: cfg.QUEUE_PREFIX, per: 'endpoint', cap: cfg.WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT, leaseMs: cfg.WEBHOOK_TIMEOUT + 3 * cfg.WORKER_LOCK_DURATION }),
-                onParked: () => c.metrics.webhookDeliveriesParked.inc(),
-              },
-            }
-          : {}),
+        // A cap off (0) takes no slot; both off: no Redis command is added to a delivery's path.
+        ...(cfg.WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT > 0 || cfg.WEBHOOK_MAX_IN_FLIGHT_PER_TENANT > 0 ? { webhookSlots: webhookSlots(cfg, connection, () => c.metrics.webhookDeliveriesParked.inc()) } : {}),
       }),
     },
     connection,
@@ -154,7 +147,7 @@ export async function startWorkerProcess(c: Container, signal?: AbortSignal): Pr
   });
   sweeper.start();
   warnWhenGuardOff(c.logger, cfg.WEBHOOK_ALLOW_PRIVATE_NETWORKS);
-  c.logger.info({ queues: workers.map((w) => w.name), ...settings, max_active_runs_per_tenant: cfg.WORKER_MAX_ACTIVE_RUNS_PER_TENANT, webhook_max_in_flight_per_endpoint: cfg.WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT, instance: c.instanceId }, 'worker started');
+  c.logger.info({ queues: workers.map((w) => w.name), ...settings, max_active_runs_per_tenant: cfg.WORKER_MAX_ACTIVE_RUNS_PER_TENANT, webhook_max_in_flight_per_endpoint: cfg.WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT, webhook_max_in_flight_per_tenant: cfg.WEBHOOK_MAX_IN_FLIGHT_PER_TENANT, instance: c.instanceId }, 'worker started');
   return {
     workers,
     sweeper,
@@ -166,4 +159,16 @@ export async function startWorkerProcess(c: Container, signal?: AbortSignal): Pr
       await closeMetrics();
     },
   };
+}
+
+/**
+ * The webhook deliveries' caps on attempts in flight that are on (ADR 0013): per endpoint and per tenant.
+ * Held only during the POST, which WEBHOOK_TIMEOUT bounds, so not renewed: a lease outlives the longest
+ * attempt by three lock durations, and a SIGKILLed holder's slots lapse that long after its attempt would have timed out.
+ */
+function webhookSlots(cfg: Config, connection: Redis, onParked: () => void): WebhookSlotsUse {
+  const lease = (per: 'endpoint' | 'webhook-tenant', cap: number) => (cap > 0 ? new TenantSlots(connection, { prefix: cfg.QUEUE_PREFIX, per, cap, leaseMs: cfg.WEBHOOK_TIMEOUT + 3 * cfg.WORKER_LOCK_DURATION }) : undefined);
+  const endpoint = lease('endpoint', cfg.WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT);
+  const tenant = lease('webhook-tenant', cfg.WEBHOOK_MAX_IN_FLIGHT_PER_TENANT);
+  return { ...(endpoint ? { endpoint } : {}), ...(tenant ? { tenant } : {}), onParked };
 }

@@ -20,20 +20,21 @@ const CAP = 2;
 /** More of tenant A's deliveries than the worker has webhook slots. */
 const A_RUNS = 5;
 
-/** A receiver that holds every request open (`holding`) until `release`, then answers 200 at once; it counts the most it held together. */
+/** A receiver that holds every request open (`holding`) until `release`, then answers (200) at once; it counts the most it held together. */
 async function startHoldingReceiver() {
   const held: ServerResponse[] = [];
   const ids: string[] = [];
   let open = 0;
   let maxOpen = 0;
   let holding = true;
+  let status = 200;
   const server = createServer((req, res) => {
     open++;
     maxOpen = Math.max(maxOpen, open);
     res.on('close', () => open--);
     ids.push(String(req.headers['webhook-id']));
     req.resume();
-    req.on('end', () => (holding ? held.push(res) : res.writeHead(200).end('ok')));
+    req.on('end', () => (holding ? held.push(res) : res.writeHead(status).end('ok')));
   });
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
   return {
@@ -41,9 +42,15 @@ async function startHoldingReceiver() {
     ids,
     open: () => open,
     maxOpen: () => maxOpen,
-    release() {
+    /** Holds the requests that come from now on (again). */
+    hold() {
+      holding = true;
+    },
+    /** Answers the requests held, and every one from now on, with `answer`. */
+    release(answer = 200) {
       holding = false;
-      for (const res of held.splice(0)) res.writeHead(200).end('ok');
+      status = answer;
+      for (const res of held.splice(0)) res.writeHead(status).end('ok');
     },
     close: () => {
       server.closeAllConnections();
@@ -52,12 +59,33 @@ async function startHoldingReceiver() {
   };
 }
 
+type HoldingReceiver = Awaited<ReturnType<typeof startHoldingReceiver>>;
+
+/**
+ * The stack with `env` and a spawned worker, a `slow` receiver that holds its requests and a `fast` one
+ * that answers at once. The attempt's timeout is far beyond the test: held requests end only when the test releases them.
+ */
+async function startHoldingStack(env: Record<string, string>) {
+  const stack = await startStack({ env: { WEBHOOK_ALLOW_PRIVATE_NETWORKS: 'true', WEBHOOK_TIMEOUT: '60s', ...env } });
+  const slow = await startHoldingReceiver();
+  const fast = await startHoldingReceiver();
+  fast.release();
+  await stack.spawnWorker();
+  return { stack, slow, fast };
+}
+
+async function stopHoldingStack(h: { stack?: TestStack; slow?: HoldingReceiver; fast?: HoldingReceiver }) {
+  await h.slow?.close();
+  await h.fast?.close();
+  await h.stack?.stop();
+}
+
 async function tenantWithEndpoint(stack: TestStack, url: string) {
   const tenantId = newTenant();
   const admin = await stack.token({ tenantId, sub: 'admin-1', roles: ['admin'] });
   const created = await api(stack, 'POST', '/api/v1/webhook-endpoints', { token: admin, body: { url, events: ['run.completed'] }, headers: { 'Idempotency-Key': randomUUID() } });
   expect(created.status, created.text).toBe(201);
-  return { tenantId, admin };
+  return { tenantId, admin, endpointId: created.json.id as string };
 }
 
 async function submit(stack: TestStack, token: string): Promise<void> {
@@ -73,25 +101,28 @@ const deliveriesOf = async (stack: TestStack, tenantId: string) =>
     logged: number;
   }[];
 
+/** Tenant `b` submits a run; its delivery is delivered at its first attempt while `slow` holds `held` requests, never more. */
+async function deliveredWhileHeld(stack: TestStack, b: { tenantId: string; admin: string }, slow: HoldingReceiver, held: number) {
+  await submit(stack, b.admin);
+  const [bRow] = await waitFor(async () => ((await deliveriesOf(stack, b.tenantId)).some((r) => r.status === 'delivered') ? deliveriesOf(stack, b.tenantId) : undefined), {
+    timeoutMs: 30_000,
+    what: "the other tenant's delivery while the slow receiver holds its requests",
+  });
+  expect(bRow).toMatchObject({ status: 'delivered', attempts: 1 });
+  expect(slow.open()).toBe(held);
+  expect(slow.maxOpen()).toBe(held);
+}
+
 describe('webhook deliveries: a per-endpoint in-flight cap', () => {
   let stack: TestStack;
-  let slow: Awaited<ReturnType<typeof startHoldingReceiver>>;
-  let fast: Awaited<ReturnType<typeof startHoldingReceiver>>;
+  let slow: HoldingReceiver;
+  let fast: HoldingReceiver;
 
   beforeAll(async () => {
-    // The attempt's timeout is far beyond the test: A's held requests end only when the test releases them.
-    stack = await startStack({ env: { WEBHOOK_ALLOW_PRIVATE_NETWORKS: 'true', WEBHOOK_TIMEOUT: '60s', WORKER_CONCURRENCY: String(CONCURRENCY), WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT: String(CAP) } });
-    slow = await startHoldingReceiver();
-    fast = await startHoldingReceiver();
-    fast.release();
-    await stack.spawnWorker();
+    ({ stack, slow, fast } = await startHoldingStack({ WORKER_CONCURRENCY: String(CONCURRENCY), WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT: String(CAP) }));
   }, 120_000);
 
-  afterAll(async () => {
-    await slow?.close();
-    await fast?.close();
-    await stack?.stop();
-  });
+  afterAll(() => stopHoldingStack({ stack, slow, fast }));
 
   it("tenant B's delivery is delivered while tenant A's receiver holds its requests; A never gets more than the cap at once, and each of its deliveries once after", async () => {
     const a = await tenantWithEndpoint(stack, slow.url);
@@ -111,14 +142,7 @@ describe('webhook deliveries: a per-endpoint in-flight cap', () => {
       { timeoutMs: 60_000, what: "tenant A's deliveries to reach the worker" },
     );
     // B's run ends behind them; its delivery must not wait for A's receiver.
-    await submit(stack, b.admin);
-    const [bRow] = await waitFor(async () => ((await deliveriesOf(stack, b.tenantId)).some((r) => r.status === 'delivered') ? deliveriesOf(stack, b.tenantId) : undefined), {
-      timeoutMs: 30_000,
-      what: "tenant B's delivery while tenant A's receiver holds its requests",
-    });
-    expect(bRow).toMatchObject({ status: 'delivered', attempts: 1 });
-    expect(slow.open()).toBe(CAP);
-    expect(slow.maxOpen()).toBe(CAP);
+    await deliveredWhileHeld(stack, b, slow, CAP);
     // The held attempts' slots are leases on Redis's clock, not counts: a SIGKILLed holder's lapses on its own, at most
     // WEBHOOK_TIMEOUT and three lock durations after its acquire (the attempt itself ends by WEBHOOK_TIMEOUT).
     const [slotsKey] = await stack.redis.keys(`${stack.prefix}:endpoint-slots:*`);
@@ -169,13 +193,13 @@ describe('webhook deliveries: the per-endpoint cap off', () => {
     await stack?.stop();
   });
 
-  it('0: a delivery sends no endpoint-slot command to Redis; on (the default), its slot commands are seen (MONITOR)', async () => {
+  it('0: a delivery sends no endpoint- or tenant-slot command to Redis; on (the defaults), both slot commands are seen (MONITOR)', async () => {
     const t = await tenantWithEndpoint(stack, receiver.url);
-    const monitor = await monitorKeys(`${stack.prefix}:endpoint-`);
-    const { seen } = monitor;
+    const monitor = await monitorKeys(`${stack.prefix}:`);
+    const slotCommands = () => monitor.seen.filter((c) => /:(endpoint|webhook-tenant)-(slots|parked):/.test(c));
     try {
       for (const cap of ['0', undefined]) {
-        const worker = await stack.spawnWorker(cap === undefined ? {} : { WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT: cap });
+        const worker = await stack.spawnWorker(cap === undefined ? {} : { WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT: cap, WEBHOOK_MAX_IN_FLIGHT_PER_TENANT: cap });
         const before = (await deliveriesOf(stack, t.tenantId)).length;
         await submit(stack, t.admin);
         await waitFor(async () => (await deliveriesOf(stack, t.tenantId)).filter((r) => r.status === 'delivered').length === before + 1, { timeoutMs: 60_000, what: 'the delivery' });
@@ -183,11 +207,116 @@ describe('webhook deliveries: the per-endpoint cap off', () => {
         await worker.exited;
         // The worker is gone: every command it sent ran before this marker, which MONITOR reports after them.
         await monitor.settle(stack.redis, `${stack.prefix}-marker-${cap ?? 'default'}`);
-        if (cap === '0') expect(seen).toEqual([]);
-        else expect(seen.some((c) => c.includes(':endpoint-slots:'))).toBe(true);
+        if (cap === '0') expect(slotCommands()).toEqual([]);
+        else {
+          expect(slotCommands().some((c) => c.includes(':endpoint-slots:'))).toBe(true);
+          expect(slotCommands().some((c) => c.includes(`:webhook-tenant-slots:${t.tenantId}`))).toBe(true);
+        }
       }
     } finally {
       monitor.stop();
     }
+  }, 150_000);
+});
+
+describe('webhook deliveries: parked deliveries that cannot use their slot, a parked delivery retried, and a per-tenant in-flight cap', () => {
+  let stack: TestStack;
+  let slow: HoldingReceiver;
+  let fast: HoldingReceiver;
+  const TENANT_CAP = 2;
+  /** The parked jobs of `rows`' deliveries (delayed, `parks` in their data). */
+  const parkedOf = async (rows: { id: string }[]) => {
+    const queue = stack.container.queues.get(WEBHOOK_QUEUE)!;
+    const jobs = await Promise.all(rows.map((r) => queue.getJob(deliveryJobId(r.id))));
+    const states = await Promise.all(jobs.map((j) => j?.getState()));
+    return jobs.filter((j, i) => (j?.data as { parks?: number } | undefined)?.parks !== undefined && states[i] === 'delayed');
+  };
+
+  beforeAll(async () => {
+    // One attempt per endpoint, two per tenant, three webhook slots in the worker: one tenant's three endpoints would fill them.
+    ({ stack, slow, fast } = await startHoldingStack({ WORKER_CONCURRENCY: '3', WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT: '1', WEBHOOK_MAX_IN_FLIGHT_PER_TENANT: String(TENANT_CAP) }));
+  }, 120_000);
+
+  afterAll(() => stopHoldingStack({ stack, slow, fast }));
+
+  it('an endpoint disabled while its deliveries are parked gives them all up as its attempt ends, not one per 30-60 s fallback delay', async () => {
+    const a = await tenantWithEndpoint(stack, slow.url);
+    for (let i = 0; i < 3; i++) await submit(stack, a.admin);
+    // One attempt held by the receiver, the other two parked behind it.
+    await waitFor(async () => {
+      const rows = await deliveriesOf(stack, a.tenantId);
+      return rows.length === 3 && slow.open() === 1 && (await parkedOf(rows)).length === 2;
+    }, { timeoutMs: 60_000, what: 'one attempt in flight and two deliveries parked' });
+    const res = await api(stack, 'POST', `/api/v1/webhook-endpoints/${a.endpointId}/disable`, { token: a.admin, headers: { 'Idempotency-Key': randomUUID() } });
+    expect(res.status, res.text).toBe(200);
+    slow.release();
+    // The first parked delivery is promoted into the freed slot and given up without a POST; the second must not wait out its
+    // fallback delay (30-60 s) behind a slot that woke nobody.
+    const rows = await waitFor(async () => {
+      const r = await deliveriesOf(stack, a.tenantId);
+      return r.every((d) => d.status !== 'pending') ? r : undefined;
+    }, { timeoutMs: 25_000, what: "the disabled endpoint's parked deliveries to be given up" });
+    expect(rows.map((r) => r.status).sort()).toEqual(['delivered', 'failed', 'failed']);
+    expect(slow.ids).toHaveLength(1);
+    await waitFor(async () => (await stack.redis.keys(`${stack.prefix}:*-slots:*`)).length === 0, { what: 'every slot given back' });
+  }, 150_000);
+
+  it("a tenant's slow endpoints hold no more than WEBHOOK_MAX_IN_FLIGHT_PER_TENANT attempts; another tenant's delivery goes through, and the parked ones after the release", async () => {
+    slow.ids.length = 0;
+    slow.hold();
+    const tenantId = newTenant();
+    const admin = await stack.token({ tenantId, sub: 'admin-1', roles: ['admin'] });
+    for (let i = 0; i < 3; i++) {
+      const created = await api(stack, 'POST', '/api/v1/webhook-endpoints', { token: admin, body: { url: `${slow.url}?endpoint=${i}`, events: ['run.completed'] }, headers: { 'Idempotency-Key': randomUUID() } });
+      expect(created.status, created.text).toBe(201);
+    }
+    // Two run ends: six deliveries over three endpoints, each endpoint under its own cap of one.
+    for (let i = 0; i < 2; i++) await submit(stack, admin);
+    await waitFor(async () => {
+      const rows = await deliveriesOf(stack, tenantId);
+      // (Without the tenant's cap: one attempt per endpoint, three, the worker's every webhook slot.)
+      return rows.length === 6 && (slow.open() === 3 || (slow.open() === TENANT_CAP && (await parkedOf(rows)).length === 6 - TENANT_CAP));
+    }, { timeoutMs: 60_000, what: "the tenant's deliveries in flight or parked" });
+    const b = await tenantWithEndpoint(stack, fast.url);
+    await deliveredWhileHeld(stack, b, slow, TENANT_CAP);
+    const [tenantSlots] = await stack.redis.keys(`${stack.prefix}:webhook-tenant-slots:${tenantId}`);
+    expect(await stack.redis.zcard(tenantSlots!)).toBe(TENANT_CAP);
+
+    // Released, the parked deliveries are promoted as the tenant's and its endpoints' slots free (not after their fallback delay).
+    slow.release();
+    const done = await waitFor(async () => {
+      const rows = await deliveriesOf(stack, tenantId);
+      return rows.every((r) => r.status === 'delivered') ? rows : undefined;
+    }, { timeoutMs: 25_000, what: "the tenant's deliveries after the release" });
+    expect(done.map((r) => [r.attempts, r.logged])).toEqual(Array(6).fill([1, 1]));
+    expect([...slow.ids].sort()).toEqual(done.map((r) => r.id).sort());
+    expect(slow.maxOpen()).toBe(TENANT_CAP);
+    await waitFor(async () => (await stack.redis.keys(`${stack.prefix}:*-slots:*`)).length === 0, { what: 'every slot given back' });
+  }, 150_000);
+
+  it('a parked delivery whose attempt fails is retried as a new attempt: its parks (and its place in the parked set) are not carried to its next attempt', async () => {
+    slow.ids.length = 0;
+    slow.hold();
+    const a = await tenantWithEndpoint(stack, slow.url);
+    for (let i = 0; i < 2; i++) await submit(stack, a.admin);
+    await waitFor(async () => {
+      const rows = await deliveriesOf(stack, a.tenantId);
+      return rows.length === 2 && slow.open() === 1 && (await parkedOf(rows)).length === 1;
+    }, { timeoutMs: 60_000, what: 'one attempt in flight and one delivery parked' });
+    // Both attempts fail: each delivery waits for its retry (WEBHOOK_RETRY_BASE, 30 s), delayed.
+    slow.release(500);
+    const rows = await waitFor(async () => {
+      const r = await deliveriesOf(stack, a.tenantId);
+      return r.every((d) => d.status === 'pending' && d.attempts === 1) ? r : undefined;
+    }, { timeoutMs: 25_000, what: 'both first attempts recorded as failed' });
+    const queue = stack.container.queues.get(WEBHOOK_QUEUE)!;
+    const jobs = await waitFor(async () => {
+      const js = await Promise.all(rows.map((r) => queue.getJob(deliveryJobId(r.id))));
+      const states = await Promise.all(js.map((j) => j?.getState()));
+      return states.every((st) => st === 'delayed') ? js : undefined;
+    }, { what: 'both jobs delayed for their retry' });
+    // Parked again at its retry, the delivery parked at its first attempt would otherwise jump ahead of every delivery parked
+    // since (its first parked_at is the earliest), with the longer 60-120 s fallback delay and its park logged at debug only.
+    for (const j of jobs) expect(j!.data).toEqual({ tenant_id: a.tenantId, delivery_id: (j!.data as { delivery_id: string }).delivery_id });
   }, 150_000);
 });

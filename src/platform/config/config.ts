@@ -160,6 +160,14 @@ export const configSchema = z
      */
     WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT: z.coerce.number().int().min(0).max(1000).default(4),
     /**
+     * Delivery attempts one tenant may have in flight at once, over all its endpoints and every worker
+     * process (ADR 0013): past it the tenant's further deliveries are parked until one of its attempts
+     * ends, so one tenant's WEBHOOK_MAX_ENDPOINTS slow receivers (each at the per-endpoint cap) cannot
+     * fill every worker's webhook slots. 6 by default: above the per-endpoint default (one endpoint never
+     * meets it), below one default worker's 8 slots. 0 = off.
+     */
+    WEBHOOK_MAX_IN_FLIGHT_PER_TENANT: z.coerce.number().int().min(0).max(10_000).default(6),
+    /**
      * An endpoint whose deliveries have failed without a 2xx in between for this long is disabled at its
      * next failed attempt (`disabled_reason: failing`; the tenant's admin re-enables it). 0 or `off`: never.
      */

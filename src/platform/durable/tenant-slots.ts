@@ -4,8 +4,9 @@ import type { Logger } from 'pino';
 
 /*
  * Per-owner slots for jobs, in two sorted sets per owner shared by every worker process. The owner is a
- * tenant for run jobs (WORKER_MAX_ACTIVE_RUNS_PER_TENANT, ADR 0012) or a webhook endpoint for delivery
- * jobs (WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT, ADR 0013); `per` names it in the keys:
+ * tenant for run jobs (WORKER_MAX_ACTIVE_RUNS_PER_TENANT, ADR 0012), a webhook endpoint for delivery
+ * jobs (WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT, ADR 0013) or a tenant for delivery jobs
+ * (WEBHOOK_MAX_IN_FLIGHT_PER_TENANT, ADR 0013: keys of their own, apart from its run jobs'); `per` names it in the keys:
  *   <prefix>:<per>-slots:<owner>   the jobs executing now, scored by lease expiry (Redis time, ms);
  *   <prefix>:<per>-parked:<owner>  the jobs parked (delayed) for want of a slot, scored by when
  *                                  each was first parked: the earliest is promoted first.
@@ -114,9 +115,19 @@ export interface TenantSlotsOptions {
   cap: number;
   /** How long a slot is held without renewal: a SIGKILLed holder's slot lapses after it. */
   leaseMs: number;
-  /** What owns the slots, as the keys name it: a tenant's run jobs (default, ADR 0012) or a webhook endpoint's deliveries (ADR 0013). */
-  per?: 'tenant' | 'endpoint';
+  /** What owns the slots, as the keys name it: a tenant's run jobs (default, ADR 0012), a webhook endpoint's or a tenant's deliveries (ADR 0013). */
+  per?: SlotOwner;
 }
+
+/** What owns a set of slots: a tenant's run jobs, a webhook endpoint's deliveries, a tenant's deliveries. */
+export type SlotOwner = 'tenant' | 'endpoint' | 'webhook-tenant';
+
+/** The owner as a log line or an error names it. */
+const OWNER_NAME: Record<SlotOwner, { field: string; noun: string }> = {
+  tenant: { field: 'tenant_id', noun: 'a tenant' },
+  endpoint: { field: 'webhook_endpoint_id', noun: 'an endpoint' },
+  'webhook-tenant': { field: 'tenant_id', noun: "a tenant's webhook" },
+};
 
 /**
  * The Redis side of a per-owner cap: one script (EVALSHA, loaded once) per acquire, renewal, park
@@ -127,12 +138,12 @@ export class TenantSlots {
   private readonly redis: SlotRedis;
   readonly cap: number;
   readonly leaseMs: number;
-  readonly per: 'tenant' | 'endpoint';
+  readonly per: SlotOwner;
   private readonly prefix: string;
 
   constructor(redis: Redis, opts: TenantSlotsOptions) {
     this.per = opts.per ?? 'tenant';
-    if (!Number.isInteger(opts.cap) || opts.cap < 1) throw new Error(`a${this.per === 'tenant' ? ' tenant' : 'n endpoint'}'s slots must be at least 1, not ${opts.cap}`);
+    if (!Number.isInteger(opts.cap) || opts.cap < 1) throw new Error(`${OWNER_NAME[this.per].noun}'s slots must be at least 1, not ${opts.cap}`);
     this.cap = opts.cap;
     this.leaseMs = opts.leaseMs;
     this.prefix = opts.prefix;
@@ -205,7 +216,7 @@ const ENDED_STATES = new Set(['completed', 'failed', 'unknown']);
  */
 export function slotParking(slots: TenantSlots, opts: { queueOf: (name: string) => Queue | undefined; logger: Logger; parkDelayMs?: (parks: number) => number }) {
   const { logger } = opts;
-  const ownerField = slots.per === 'tenant' ? 'tenant_id' : 'webhook_endpoint_id';
+  const { field: ownerField, noun } = OWNER_NAME[slots.per];
   /**
    * Moves a popped parked job to `wait` now. True when the job can use the freed slot: promoted, or no
    * longer delayed but still to run (taken meanwhile, or back on its fallback delay: it acquires on its
@@ -261,7 +272,19 @@ export function slotParking(slots: TenantSlots, opts: { queueOf: (name: string) 
     give(owner: string, member: string): void {
       slots.release(owner, member).then(
         (next) => promoteQuietly(owner, next),
-        (err: unknown) => logger.warn({ err, [ownerField]: owner }, `could not give a${slots.per === 'tenant' ? ' tenant' : 'n endpoint'} slot back; it lapses with its lease`),
+        (err: unknown) => logger.warn({ err, [ownerField]: owner }, `could not give ${noun} slot back; it lapses with its lease`),
+      );
+    },
+    /**
+     * Promotes the owner's earliest parked job when a slot is free; not awaited. For a job that was
+     * promoted into a free slot but ends without taking it (its delivery settled or its endpoint
+     * disabled meanwhile): the slot would otherwise wake nobody, and the owner's next parked job would
+     * wait out its fallback delay.
+     */
+    wake(owner: string): void {
+      slots.wake(owner).then(
+        (next) => promoteQuietly(owner, next),
+        (err: unknown) => logger.warn({ err, [ownerField]: owner }, 'could not promote a parked job: it comes back after its fallback delay'),
       );
     },
   };

@@ -23,7 +23,7 @@ export interface Metrics {
   webhookDeliveriesDeleted: Counter<'status'>;
   /** Webhook delivery attempts by outcome (delivered, retrying, failed), all tenants together (ADR 0013). */
   webhookDeliveries: Counter<'outcome'>;
-  /** Webhook delivery jobs parked because their endpoint had WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT attempts in flight (ADR 0013). */
+  /** Webhook delivery jobs parked because their endpoint (WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT) or tenant (WEBHOOK_MAX_IN_FLIGHT_PER_TENANT) had its attempts in flight (ADR 0013). */
   webhookDeliveriesParked: Counter;
   webhookEndpointsAutoDisabled: Counter;
   /** When the queue depths and run counts were last read (they keep the last reading while a read fails). */
@@ -103,7 +103,7 @@ export function createMetrics(): Metrics {
     }),
     webhookDeliveriesParked: new Counter({
       name: 'dealix_webhook_deliveries_parked_total',
-      help: 'Webhook delivery jobs this worker parked (delayed until a slot frees, no attempt spent) because their endpoint had WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT attempts in flight; each park once',
+      help: 'Webhook delivery jobs this worker parked (delayed until a slot frees, no attempt spent) because their endpoint had WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT, or their tenant WEBHOOK_MAX_IN_FLIGHT_PER_TENANT, attempts in flight; each park once',
       registers: [registry],
     }),
     webhookEndpointsAutoDisabled: new Counter({

@@ -21,17 +21,29 @@ export interface DeliveryJobData extends ParkedJobData {
 }
 
 /**
- * The per-endpoint cap on attempts in flight (WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT, ADR 0013): slots per
- * endpoint shared by every worker process, held only during the POST, so one tenant's slow receivers
- * cannot fill the webhook slots of every worker. Absent (the cap is off): no Redis command is added.
+ * The caps on attempts in flight (ADR 0013), per endpoint (WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT) and per
+ * tenant (WEBHOOK_MAX_IN_FLIGHT_PER_TENANT): slots shared by every worker process, held only during the
+ * POST, so neither one slow receiver nor one tenant's WEBHOOK_MAX_ENDPOINTS slow receivers can fill the
+ * webhook slots of every worker. A cap absent is off; both absent: no Redis command is added.
  */
-export interface EndpointSlotsUse {
+export interface WebhookSlotsUse {
   /** Slots `per: 'endpoint'`, leased for longer than one attempt may take (WEBHOOK_TIMEOUT and a margin). */
-  slots: TenantSlots;
+  endpoint?: TenantSlots;
+  /** Slots `per: 'webhook-tenant'` (keys apart from the tenant's run-job slots), leased as `endpoint`'s. */
+  tenant?: TenantSlots;
   /** A parked delivery's fallback delay by how often it was parked (default parkDelayMs). */
   parkDelayMs?: (parks: number) => number;
   /** Counts a parked delivery (dealix_webhook_deliveries_parked_total). */
   onParked?(): void;
+}
+
+/** One cap a delivery's attempt takes a slot of: its slots, their parking, and the owner a row names. */
+interface WebhookCap {
+  slots: TenantSlots;
+  parking: ReturnType<typeof slotParking>;
+  ownerOf: (endpointId: string, tenantId: string) => string;
+  /** How the park's log line names the cap. */
+  what: string;
 }
 
 export interface DeliverySettings {
@@ -153,34 +165,58 @@ export function webhookHandlers(deps: {
   autoDisabled?: Counter;
   /** How overdue a pending delivery must be before the redelivery pass enqueues it again (its job lost). */
   redeliverAfterMs: number;
-  endpointSlots?: EndpointSlotsUse;
+  /** The caps on attempts in flight, if on (WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT, WEBHOOK_MAX_IN_FLIGHT_PER_TENANT). */
+  webhookSlots?: WebhookSlotsUse;
 }) {
   const { settings } = deps;
-  const use = deps.endpointSlots;
-  const parking = use && slotParking(use.slots, { queueOf: (name) => (name === WEBHOOK_QUEUE ? deps.queue() : undefined), logger: deps.logger, ...(use.parkDelayMs ? { parkDelayMs: use.parkDelayMs } : {}) });
+  const use = deps.webhookSlots;
+  const capOf = (slots: TenantSlots | undefined, ownerOf: WebhookCap['ownerOf'], what: string): WebhookCap[] =>
+    slots ? [{ slots, ownerOf, what, parking: slotParking(slots, { queueOf: (name) => (name === WEBHOOK_QUEUE ? deps.queue() : undefined), logger: deps.logger, ...(use?.parkDelayMs ? { parkDelayMs: use.parkDelayMs } : {}) }) }] : [];
+  // The endpoint's first: a slow endpoint's deliveries park on its own set without touching their tenant's slots.
+  const caps = [
+    ...capOf(use?.endpoint, (endpointId) => endpointId, 'webhook endpoint at its cap of attempts in flight: delivery parked until one of its attempts ends'),
+    ...capOf(use?.tenant, (_endpointId, tenantId) => tenantId, "tenant at its cap of webhook attempts in flight: delivery parked until one of the tenant's attempts ends"),
+  ];
   /**
-   * One attempt's POST, within a slot of its endpoint when the cap is on. An endpoint at its cap parks
-   * the job (delayed, no delivery attempt or BullMQ attempt spent) until one of its attempts ends.
+   * One attempt's POST, within a slot of each cap that is on (its endpoint's, then its tenant's). A cap
+   * reached parks the job (delayed, no delivery attempt or BullMQ attempt spent) until one of its
+   * owner's attempts ends; a slot taken before it is given back. Every slot taken is given back as soon
+   * as the receiver answered (or the attempt timed out, or a Redis call failed), before the attempt is recorded.
    */
-  const post = async (job: Job, row: DeliveryRow, log: Logger): Promise<AttemptOutcome> => {
+  const post = async (job: Job, row: DeliveryRow, tenantId: string, log: Logger): Promise<AttemptOutcome> => {
     const send = () => postWebhook({ url: row.url, secrets: row.previous_secret ? [row.secret, row.previous_secret] : [row.secret], msgId: row.id, body: JSON.stringify(row.payload), timeoutMs: settings.timeoutMs, policy: settings.policy });
-    if (!use || !parking) return send();
+    if (caps.length === 0) return send();
     const member = slotMember(job.queueName, job.id!);
-    if (!(await use.slots.acquire(row.endpoint_id, member))) {
-      return parking.park(job, job.token, row.endpoint_id, member, ({ parks, delayMs }) => {
-        use.onParked?.();
-        log[parks === 1 ? 'info' : 'debug'](
-          { webhook_endpoint_id: row.endpoint_id, cap: use.slots.cap, parks, fallback_delay_ms: delayMs },
-          'webhook endpoint at its cap of attempts in flight: delivery parked until one of its attempts ends',
-        );
-      });
-    }
+    const taken: { cap: WebhookCap; owner: string }[] = [];
     try {
+      for (const cap of caps) {
+        const owner = cap.ownerOf(row.endpoint_id, tenantId);
+        if (await cap.slots.acquire(owner, member)) {
+          taken.push({ cap, owner });
+          continue;
+        }
+        // The endpoint's slot is given back before the job parks on its tenant's set: held while parked, it would hold up the endpoint's parked jobs.
+        for (const t of taken.splice(0)) t.cap.parking.give(t.owner, member);
+        // Promoted by its tenant's set into a free slot, a job that parks on its endpoint's instead passes that slot on.
+        if ((job.data as DeliveryJobData).parks) for (const later of caps.slice(caps.indexOf(cap) + 1)) later.parking.wake(later.ownerOf(row.endpoint_id, tenantId));
+        return await cap.parking.park(job, job.token, owner, member, ({ parks, delayMs }) => {
+          use?.onParked?.();
+          log[parks === 1 ? 'info' : 'debug']({ webhook_endpoint_id: row.endpoint_id, cap: cap.slots.cap, cap_per: cap.slots.per, parks, fallback_delay_ms: delayMs }, cap.what);
+        });
+      }
       return await send();
     } finally {
-      // Given back as soon as the receiver answered (or the attempt timed out), before the attempt is recorded.
-      parking.give(row.endpoint_id, member);
+      for (const t of taken) t.cap.parking.give(t.owner, member);
     }
+  };
+  /**
+   * A job parked before that ends here without an attempt (its delivery settled, gone or not due, its
+   * endpoint disabled meanwhile) may have been promoted into a free slot it does not take: the owners'
+   * next parked jobs are promoted instead of waiting out their fallback delay.
+   */
+  const passOn = (data: DeliveryJobData, endpointId: string | undefined) => {
+    if (!data.parks) return;
+    for (const cap of caps) if (endpointId || cap.slots.per !== 'endpoint') cap.parking.wake(cap.ownerOf(endpointId ?? '', data.tenant_id));
   };
   /** After the commit that disabled an endpoint: say so (ops), count it, and send the tenant's other endpoints the event. */
   async function endpointDisabled(r: RecordedAttempt, tenantId: string, jobId: string | undefined) {
@@ -206,16 +242,24 @@ export function webhookHandlers(deps: {
           [data.tenant_id, data.delivery_id],
         ),
       );
-      if (!row) return { outcome: 'not_found' };
-      if (row.status !== 'pending') return { outcome: row.status };
+      if (!row) {
+        passOn(data, undefined);
+        return { outcome: 'not_found' };
+      }
+      if (row.status !== 'pending') {
+        passOn(data, row.endpoint_id);
+        return { outcome: row.status };
+      }
       const log = deps.logger.child({ tenant_id: data.tenant_id, webhook_delivery_id: row.id, job_id: job.id });
       // Enqueued again before its attempt was due (the redelivery pass, a duplicate): wait for it.
       const due = row.next_attempt_at ? new Date(row.next_attempt_at).getTime() : 0;
       if (due > Date.now() + 1000) {
+        passOn(data, row.endpoint_id);
         await job.moveToDelayed(due, job.token);
         throw new DelayedError();
       }
-      const outcome: AttemptOutcome = row.enabled ? await post(job, row, log) : { ok: false, statusCode: null, error: 'endpoint disabled', durationMs: 0 };
+      if (!row.enabled) passOn(data, row.endpoint_id);
+      const outcome: AttemptOutcome = row.enabled ? await post(job, row, data.tenant_id, log) : { ok: false, statusCode: null, error: 'endpoint disabled', durationMs: 0 };
       const attempt = row.attempts + 1;
       const status = outcome.ok ? 'delivered' : !row.enabled || attempt >= settings.maxAttempts ? 'failed' : 'pending';
       const delayMs = status === 'pending' ? retryDelayMs(settings.retryBaseMs, attempt) : 0;
@@ -240,6 +284,9 @@ export function webhookHandlers(deps: {
         return { outcome: status, attempt };
       }
       log.info({ attempt, status_code: outcome.statusCode, err: outcome.error, retry_in_ms: delayMs }, 'webhook delivery attempt failed; retrying later');
+      // The retry is a new attempt: parked then, it queues behind the deliveries parked before it (not ahead of them all, by
+      // this attempt's parked_at), with the first fallback delay, its park logged at info. Only a job that was parked pays the write.
+      if (data.parks !== undefined) await job.updateData({ tenant_id: data.tenant_id, delivery_id: data.delivery_id } satisfies DeliveryJobData);
       await job.moveToDelayed(Date.now() + delayMs, job.token);
       throw new DelayedError();
     },
