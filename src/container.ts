@@ -95,7 +95,7 @@ export async function createContainer(
   const routes = [
     ...routesFor({ config, runtime, queue: () => queue('golden-path'), admission, onRunRetried: (workflow) => metrics.runsRetried.inc({ workflow }) }),
     ...webhookEndpointRoutes({ policy: webhookUrlPolicy(config), maxEndpoints: config.WEBHOOK_MAX_ENDPOINTS, dnsTimeoutMs: config.WEBHOOK_TIMEOUT }),
-    ...webhookResendRoutes({ queue: () => queue(WEBHOOK_QUEUE) }),
+    ...webhookResendRoutes({ queue: () => queue(WEBHOOK_QUEUE), onResent: (mode, count) => metrics.webhookDeliveriesResent.inc({ mode }, count) }),
   ];
   const instanceId = `${hostname()}-${process.pid}-${randomUUID().slice(0, 8)}`;
   return {

@@ -38,6 +38,13 @@ describe('webhook resend', () => {
   const resend = (token: string, endpointId: string, deliveryId: string, key: string | null = randomUUID()) =>
     api(stack, 'POST', `${ENDPOINTS}/${endpointId}/deliveries/${deliveryId}/resend`, { token, headers: key ? { 'Idempotency-Key': key } : {} });
 
+  const metric = async (series: string) => {
+    const line = (await api(stack, 'GET', '/metrics')).text.split('\n').find((l) => l.startsWith(`${series} `));
+    return line === undefined ? 0 : Number(line.slice(series.length + 1));
+  };
+  const SINGLE = 'dealix_webhook_deliveries_resent_total{mode="single"}';
+  const BULK = 'dealix_webhook_deliveries_resent_total{mode="bulk"}';
+
   const recover = (token: string, endpointId: string, body: unknown, key: string = randomUUID()) =>
     api(stack, 'POST', `${ENDPOINTS}/${endpointId}/deliveries/resend`, { token, body, headers: { 'Idempotency-Key': key } });
 
@@ -64,6 +71,7 @@ describe('webhook resend', () => {
 
   it('a delivery given up while the receiver was down is resent once it is back: the same webhook-id, verified with the secret, delivered, every attempt kept; a replay of the key resends nothing', async () => {
     const t = await givenUp('/recovered');
+    const counted = await metric(SINGLE);
     const key = randomUUID();
     const res = await resend(t.admin, t.endpoint.id, t.delivery.id, key);
     expect(res.status, res.text).toBe(202);
@@ -83,6 +91,7 @@ describe('webhook resend', () => {
     expect(replay.status, replay.text).toBe(202);
     expect(replay.json).toEqual(res.json);
     expect(await row(t.delivery.id)).toMatchObject({ status: 'delivered', resends: 1, attempts: MAX_ATTEMPTS + 1 });
+    expect(await metric(SINGLE)).toBe(counted + 1);
   });
 
   it('a resent delivery is owed exactly one attempt: the receiver still down, it is failed again after one more, and may be resent again', async () => {
@@ -170,6 +179,7 @@ describe('webhook resend', () => {
     const late = await insert(6, 'failed'); // at `until`: outside
     const window = { status: ['failed'], since: at(2), until: at(6), limit: 2 };
     const key = randomUUID();
+    const counted = await metric(BULK);
     const first = await recover(t.admin, t.endpoint.id, window, key);
     expect(first.status, first.text).toBe(202);
     expect(first.json).toEqual({ resent: 2, has_more: true });
@@ -181,6 +191,7 @@ describe('webhook resend', () => {
     expect((await row(inWindow[2]!)).resends).toBe(0);
     const second = await recover(t.admin, t.endpoint.id, window);
     expect(second.json).toEqual({ resent: 1, has_more: false });
+    expect(await metric(BULK)).toBe(counted + 3);
     const ids = () => new Set(receiver.received.filter((r) => r.path === '/recover').map((r) => r.headers['webhook-id']));
     await waitFor(() => (ids().size === 3 ? true : undefined), { timeoutMs: 30_000, what: 'the three resent deliveries' });
     expect(ids()).toEqual(new Set(inWindow));

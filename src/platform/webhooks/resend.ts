@@ -85,10 +85,15 @@ export async function requeueDeliveries(queue: Queue, tenantId: string, ids: rea
 }
 
 /** The resend routes (role admin, Idempotency-Key required), spread beside the endpoint routes. */
-export function webhookResendRoutes(deps: { queue: () => Queue }): RouteDef[] {
-  const afterResend = (ctx: { req: { log: Logger }; principal: { tenantId: string; sub: string } }, endpointId: string, ids: string[]) => async () => {
+export function webhookResendRoutes(deps: {
+  queue: () => Queue;
+  /** Counts the deliveries a resend made pending (dealix_webhook_deliveries_resent_total), after its commit. */
+  onResent?: (mode: 'single' | 'bulk', count: number) => void;
+}): RouteDef[] {
+  const afterResend = (ctx: { req: { log: Logger }; principal: { tenantId: string; sub: string } }, endpointId: string, ids: string[], mode: 'single' | 'bulk') => async () => {
     // An audit line: who made the platform send which endpoint's events again.
-    ctx.req.log.info({ tenant_id: ctx.principal.tenantId, webhook_endpoint_id: endpointId, resent: ids.length, resent_by: ctx.principal.sub }, 'webhook deliveries resent');
+    ctx.req.log.info({ tenant_id: ctx.principal.tenantId, webhook_endpoint_id: endpointId, resent: ids.length, resent_by: ctx.principal.sub, mode }, 'webhook deliveries resent');
+    deps.onResent?.(mode, ids.length);
     if (ids.length) await requeueDeliveries(deps.queue(), ctx.principal.tenantId, ids, ctx.req.log);
   };
   return [
@@ -120,7 +125,7 @@ export function webhookResendRoutes(deps: { queue: () => Queue }): RouteDef[] {
           if (!found) throw new NotFoundError('webhook delivery');
           throw new ConflictError('webhook_delivery_pending', 'The delivery is still pending: its next attempt is already owed (see next_attempt_at).');
         }
-        afterCommit(afterResend(ctx, params.id, [row.id]));
+        afterCommit(afterResend(ctx, params.id, [row.id], 'single'));
         return { status: 202, body: toDeliveryView(row) };
       },
     }),
@@ -156,7 +161,7 @@ export function webhookResendRoutes(deps: { queue: () => Queue }): RouteDef[] {
         // Those resent are pending now and match no more: whatever still matches is past the limit.
         const left = await em.execute<unknown[]>(`select 1 from webhook_deliveries where ${filter} limit 1`, filterParams);
         const ids = rows.map((r) => r.id);
-        afterCommit(afterResend(ctx, params.id, ids));
+        afterCommit(afterResend(ctx, params.id, ids, 'bulk'));
         return { status: 202, body: { resent: ids.length, has_more: left.length > 0 } };
       },
     }),
