@@ -49,7 +49,6 @@ const bulkResendResult = z
   })
   .meta({ id: 'WebhookBulkResendResult' });
 
-const notFound = { 404: { description: 'No such endpoint (or delivery of it) for this tenant' } };
 const disabled = () => new ConflictError('webhook_endpoint_disabled', 'The webhook endpoint is disabled: enable it first (POST …/enable), then resend.');
 
 /**
@@ -109,7 +108,7 @@ export function webhookResendRoutes(deps: {
       responses: {
         202: { description: 'The delivery, pending again with its attempt due now; its attempt history kept', schema: deliveryView },
         ...adminOnly,
-        ...notFound,
+        404: { description: 'No such endpoint for this tenant, or no such delivery of it' },
         409: { description: 'The delivery is still pending (`webhook_delivery_pending`: it is already owed an attempt), or the endpoint is disabled (`webhook_endpoint_disabled`: enable it first)' },
       },
       async handler(ctx) {
@@ -141,7 +140,7 @@ export function webhookResendRoutes(deps: {
       responses: {
         202: { description: 'How many deliveries were made pending again, and whether more match', schema: bulkResendResult },
         ...adminOnly,
-        ...notFound,
+        404: { description: 'No such endpoint for this tenant' },
         409: { description: 'The endpoint is disabled (`webhook_endpoint_disabled`): enable it first' },
         422: { description: 'Invalid body: no `since`, a time not ISO 8601 with an offset, `until` not after `since`, a status other than failed or delivered, a limit out of 1–1000, or an unknown field' },
       },
