@@ -151,7 +151,8 @@ describe('a malformed id in the path', () => {
     expect(withId.length).toBeGreaterThanOrEqual(6);
     for (const def of withId) {
       for (const bad of ['not-a-uuid', '%E0%A4%A', '%C0%AF', '%FF', `${randomUUID()}%`, 'a'.repeat(2000), '%C3%A9t%C3%A9']) {
-        const path = def.path.replace(':id', bad);
+        // Its other path ids (a delivery's of an endpoint) valid, so that the answer names `id` alone.
+        const path = def.path.replace(/:(?!id\b)[a-z_]+/g, () => randomUUID()).replace(':id', bad);
         const res = await api(stack, def.method.toUpperCase(), path, { token, headers: { 'Idempotency-Key': randomUUID() }, ...(def.method === 'get' ? {} : { body: {} }) });
         const where = `${def.method.toUpperCase()} ${path.slice(0, 80)}: ${res.text}`;
         expect(res.status, where).toBe(404);

@@ -5,6 +5,7 @@ import { waitFor } from '../helpers/poll.ts';
 import { objectsIn, publishedSchemas, withFieldAt } from '../helpers/openapi-validator.ts';
 import { buildOpenApi } from '../../src/platform/http/openapi.ts';
 import { defineRoute, MUTATING_METHODS } from '../../src/platform/http/route.ts';
+import { WEBHOOK_QUEUE } from '../../src/platform/webhooks/delivery.ts';
 
 /** Runs pending or running per tenant: the fifth submission of a tenant whose four runs wait for a worker answers 429. */
 const IN_FLIGHT_CAP = 4;
@@ -442,7 +443,7 @@ describe('the published schemas hold for real responses of every route', () => {
     }
   });
 
-  it('webhook endpoints read as published: create (with its secret), pages, one, disable, enable, and its deliveries', async () => {
+  it('webhook endpoints read as published: create (with its secret), pages, one, disable, enable, its deliveries and their resend', async () => {
     const own = newTenant();
     const admin = await stack.token({ tenantId: own, sub: 'admin-1', roles: ['admin'] });
     const create = async (i: number) =>
@@ -474,6 +475,14 @@ describe('the published schemas hold for real responses of every route', () => {
     }
     const deliveries = (await get('/api/v1/webhook-endpoints/:id/deliveries', `/api/v1/webhook-endpoints/${first.id}/deliveries`, admin)).json;
     expect(deliveries.items.map((d: { event_type: string }) => d.event_type).sort()).toEqual(['approval.requested', 'run.completed', 'webhook_endpoint.disabled']);
+    // A resend enqueues the delivery's job: the webhooks queue is paused first, so no worker POSTs to the (public) URL.
+    await stack.container.queues.get(WEBHOOK_QUEUE)!.pause();
+    await stack.db.admin(`update webhook_deliveries set status = 'failed', attempts = 1, next_attempt_at = null where endpoint_id = $1`, [first.id]);
+    const [given] = deliveries.items as Array<{ id: string }>;
+    const resent = await api(stack, 'POST', `/api/v1/webhook-endpoints/${first.id}/deliveries/${given!.id}/resend`, { token: admin, headers: { 'Idempotency-Key': randomUUID() } });
+    expect(expectPublished('POST', '/api/v1/webhook-endpoints/:id/deliveries/:delivery_id/resend', resent, 202).json).toMatchObject({ id: given!.id, status: 'pending', resends: 1 });
+    const recovered = await api(stack, 'POST', `/api/v1/webhook-endpoints/${first.id}/deliveries/resend`, { token: admin, body: { since: '2020-01-01T00:00:00Z' }, headers: { 'Idempotency-Key': randomUUID() } });
+    expect(expectPublished('POST', '/api/v1/webhook-endpoints/:id/deliveries/resend', recovered, 202).json).toEqual({ resent: 2, has_more: false });
     const rotated = await api(stack, 'POST', `/api/v1/webhook-endpoints/${first.id}/rotate-secret`, { token: admin, body: { previous_secret_expires_in_seconds: 60 }, headers: { 'Idempotency-Key': randomUUID() } });
     expect(expectPublished('POST', '/api/v1/webhook-endpoints/:id/rotate-secret', rotated, 200).json.secret).toMatch(/^whsec_/);
     const disable = await api(stack, 'POST', `/api/v1/webhook-endpoints/${first.id}/disable`, { token: admin });

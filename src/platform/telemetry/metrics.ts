@@ -26,6 +26,8 @@ export interface Metrics {
   /** Webhook delivery jobs parked because their endpoint (WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT) or tenant (WEBHOOK_MAX_IN_FLIGHT_PER_TENANT) had its attempts in flight (ADR 0013). */
   webhookDeliveriesParked: Counter;
   webhookEndpointsAutoDisabled: Counter;
+  /** Settled webhook deliveries an admin made pending again (POST …/resend, ADR 0013), by route (single, bulk); counted once the resend committed. */
+  webhookDeliveriesResent: Counter<'mode'>;
   /** When the queue depths and run counts were last read (they keep the last reading while a read fails). */
   lastRead: Gauge;
 }
@@ -104,6 +106,12 @@ export function createMetrics(): Metrics {
     webhookDeliveriesParked: new Counter({
       name: 'dealix_webhook_deliveries_parked_total',
       help: 'Webhook delivery jobs this worker parked (delayed until a slot frees, no attempt spent) because their endpoint had WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT, or their tenant WEBHOOK_MAX_IN_FLIGHT_PER_TENANT, attempts in flight; each park once',
+      registers: [registry],
+    }),
+    webhookDeliveriesResent: new Counter({
+      name: 'dealix_webhook_deliveries_resent_total',
+      help: 'Settled webhook deliveries resent by a tenant admin (made pending again, one attempt each), by mode: single (…/:delivery_id/resend) or bulk (…/deliveries/resend); counted by the API once committed',
+      labelNames: ['mode'],
       registers: [registry],
     }),
     webhookEndpointsAutoDisabled: new Counter({

@@ -148,6 +148,8 @@ interface DeliveryRow {
   /** A rotated-out secret still in its overlap (null once expired, by the database's clock). */
   previous_secret: string | null;
   enabled: boolean;
+  /** An admin resent it once settled (resend.ts): this pending cycle is one attempt. */
+  resent: boolean;
 }
 
 /**
@@ -235,7 +237,7 @@ export function webhookHandlers(deps: {
       // Under the tenant's row-level security: a job naming another tenant's delivery finds nothing.
       const [row] = await em.transactional((tx) =>
         tx.execute<DeliveryRow[]>(
-          `select d.id, d.endpoint_id, d.status, d.attempts, d.payload, d.next_attempt_at, e.url, e.secret, e.enabled,
+          `select d.id, d.endpoint_id, d.status, d.attempts, d.payload, d.next_attempt_at, e.url, e.secret, e.enabled, d.resent_at is not null as resent,
                   case when e.previous_secret_expires_at > now() then e.previous_secret end as previous_secret
              from webhook_deliveries d join webhook_endpoints e on e.tenant_id = d.tenant_id and e.id = d.endpoint_id
             where d.tenant_id = ? and d.id = ?`,
@@ -261,7 +263,8 @@ export function webhookHandlers(deps: {
       if (!row.enabled) passOn(data, row.endpoint_id);
       const outcome: AttemptOutcome = row.enabled ? await post(job, row, data.tenant_id, log) : { ok: false, statusCode: null, error: 'endpoint disabled', durationMs: 0 };
       const attempt = row.attempts + 1;
-      const status = outcome.ok ? 'delivered' : !row.enabled || attempt >= settings.maxAttempts ? 'failed' : 'pending';
+      // A resent delivery is owed one attempt, not a new retry cycle (ADR 0013): it fails again at once.
+      const status = outcome.ok ? 'delivered' : !row.enabled || row.resent || attempt >= settings.maxAttempts ? 'failed' : 'pending';
       const delayMs = status === 'pending' ? retryDelayMs(settings.retryBaseMs, attempt) : 0;
       const disableAfterMs = settings.disableAfterMs ?? 0;
       const recorded = await em.transactional((tx) =>

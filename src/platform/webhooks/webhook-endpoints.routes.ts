@@ -67,7 +67,7 @@ const rotateBody = z
 
 const endpointPage = pageSchema(endpointView).meta({ id: 'WebhookEndpointPage' });
 
-const deliveryView = z
+export const deliveryView = z
   .strictObject({
     id: z.string().uuid().describe('Also the `webhook-id` header: receivers deduplicate by it (deliveries are at least once)'),
     event_type: z.enum(WEBHOOK_EVENT_TYPES),
@@ -80,6 +80,8 @@ const deliveryView = z
     delivered_at: isoTime.nullable(),
     created_at: isoTime,
     payload: webhookPayload.describe('The message POSTed'),
+    resent_at: isoTime.nullable().describe("An admin's last resend of it (POST …/resend): the same event, the same `webhook-id`; null if never resent"),
+    resends: z.number().int().min(0).describe('How often an admin resent it'),
   })
   .meta({ id: 'WebhookDelivery' });
 const deliveryPage = pageSchema(deliveryView).meta({ id: 'WebhookDeliveryPage' });
@@ -122,10 +124,10 @@ function toView(r: EndpointRow): EndpointView {
 /** A signing secret as Standard Webhooks writes it: `whsec_` and 32 random bytes in base64. */
 export const newSigningSecret = () => `whsec_${randomBytes(32).toString('base64')}`;
 
-const idParam = z.object({ id: z.string().uuid() });
-const adminOnly = { 403: { description: `Not an admin of the tenant (role ${ADMIN_ROLE})` } };
+export const idParam = z.object({ id: z.string().uuid() });
+export const adminOnly = { 403: { description: `Not an admin of the tenant (role ${ADMIN_ROLE})` } };
 
-async function endpointById(em: EntityManager, tenantId: string, id: string, lock = ''): Promise<EndpointRow> {
+export async function endpointById(em: EntityManager, tenantId: string, id: string, lock = ''): Promise<EndpointRow> {
   const [row] = await em.execute<EndpointRow[]>(`select ${ENDPOINT_COLUMNS} from webhook_endpoints where tenant_id = ? and id = ?${lock}`, [tenantId, id]);
   if (!row) throw new NotFoundError('webhook endpoint');
   return row;
@@ -326,35 +328,38 @@ export function webhookEndpointRoutes(deps: {
         await endpointById(em, principal.tenantId, params.id);
         const sqlParams: unknown[] = [principal.tenantId, params.id];
         const where = pageWhere('tenant_id = ? and endpoint_id = ?', sqlParams, query);
-        const rows = await em.execute<DeliveryRowView[]>(
-          `select id, event_type, status, attempts, last_status_code, last_error, last_attempt_at, next_attempt_at, delivered_at, created_at, payload
-             from webhook_deliveries where ${where} order by created_at desc, id desc limit ?`,
-          sqlParams,
-        );
+        const rows = await em.execute<DeliveryRowView[]>(`select ${DELIVERY_COLUMNS} from webhook_deliveries where ${where} order by created_at desc, id desc limit ?`, sqlParams);
         const page = rows.slice(0, query.limit);
-        const body: DeliveryPage = {
-          items: page.map((r) => ({
-            id: r.id,
-            event_type: r.event_type as DeliveryPage['items'][number]['event_type'],
-            status: r.status as DeliveryPage['items'][number]['status'],
-            attempts: r.attempts,
-            last_status_code: r.last_status_code,
-            last_error: r.last_error,
-            last_attempt_at: toIsoTimeOrNull(r.last_attempt_at),
-            next_attempt_at: toIsoTimeOrNull(r.next_attempt_at),
-            delivered_at: toIsoTimeOrNull(r.delivered_at),
-            created_at: toIsoTime(r.created_at),
-            payload: r.payload as DeliveryPage['items'][number]['payload'],
-          })),
-          next_cursor: nextCursor(page[page.length - 1], rows.length > query.limit),
-        };
+        const body: DeliveryPage = { items: page.map(toDeliveryView), next_cursor: nextCursor(page[page.length - 1], rows.length > query.limit) };
         return { status: 200, body };
       },
     }),
   ];
 }
 
-interface DeliveryRowView {
+/** A delivery's columns as its view shows them (the list, a resend's answer). */
+export const DELIVERY_COLUMNS = 'id, event_type, status, attempts, last_status_code, last_error, last_attempt_at, next_attempt_at, delivered_at, created_at, payload, resent_at, resends';
+type DeliveryView = z.infer<typeof deliveryView>;
+
+export function toDeliveryView(r: DeliveryRowView): DeliveryView {
+  return {
+    id: r.id,
+    event_type: r.event_type as DeliveryView['event_type'],
+    status: r.status as DeliveryView['status'],
+    attempts: r.attempts,
+    last_status_code: r.last_status_code,
+    last_error: r.last_error,
+    last_attempt_at: toIsoTimeOrNull(r.last_attempt_at),
+    next_attempt_at: toIsoTimeOrNull(r.next_attempt_at),
+    delivered_at: toIsoTimeOrNull(r.delivered_at),
+    created_at: toIsoTime(r.created_at),
+    payload: r.payload as DeliveryView['payload'],
+    resent_at: toIsoTimeOrNull(r.resent_at),
+    resends: r.resends,
+  };
+}
+
+export interface DeliveryRowView {
   id: string;
   event_type: string;
   status: string;
@@ -366,4 +371,6 @@ interface DeliveryRowView {
   delivered_at: Date | null;
   created_at: Date;
   payload: unknown;
+  resent_at: Date | null;
+  resends: number;
 }

@@ -83,6 +83,13 @@ export const WebhookDelivery = defineEntity({
     /** Every attempt's outcome, oldest first: `{at, status_code, error, duration_ms}`. */
     attemptLog: p.json<unknown>().nullable(),
     deliveredAt: p.datetime().nullable(),
+    /**
+     * An admin's last resend of it once settled (POST …/resend); while it is pending again, it is owed
+     * exactly one attempt, whatever WEBHOOK_MAX_ATTEMPTS (ADR 0013).
+     */
+    resentAt: p.datetime().nullable(),
+    /** How often an admin resent it. */
+    resends: p.integer().default(0),
     createdAt: p.datetime(),
     updatedAt: p.datetime(),
   },

@@ -1,0 +1,168 @@
+import { z } from 'zod';
+import type { Queue } from 'bullmq';
+import type { EntityManager } from '@mikro-orm/postgresql';
+import type { Logger } from 'pino';
+import { defineRoute, type RouteDef } from '../http/route.ts';
+import { ConflictError, NotFoundError } from '../errors/app-error.ts';
+import { deliveryJobId } from '../queue/job-ids.ts';
+import { ADMIN_ROLE } from '../tenancy/roles.ts';
+import { enqueueDeliveries } from './delivery.ts';
+import { adminOnly, DELIVERY_COLUMNS, deliveryView, endpointById, toDeliveryView, WEBHOOK_ENDPOINTS_PATH, type DeliveryRowView } from './webhook-endpoints.routes.ts';
+
+/**
+ * An admin's resend of webhook deliveries that settled (ADR 0013, *Resending*): one by id, or those of
+ * an endpoint created in a time window (the "recover" of Svix). A resent delivery is the same event —
+ * the same row, the same `webhook-id`, its attempt history kept — made `pending` again with one
+ * attempt due now; that attempt is the only one it is owed (delivery.ts: a failure settles it `failed`
+ * again, whatever WEBHOOK_MAX_ATTEMPTS).
+ */
+
+const TAGS = ['webhooks'];
+
+/** At most this many deliveries per bulk resend request (its `limit`). */
+export const BULK_RESEND_MAX = 1000;
+
+/** The statuses a delivery may be resent from: settled ones (a pending one is still owed). */
+const SETTLED = ['failed', 'delivered'] as const;
+
+const deliveryParams = z.object({ id: z.uuid(), delivery_id: z.uuid() });
+const endpointParams = z.object({ id: z.uuid() });
+
+const bulkResendBody = z
+  .strictObject({
+    status: z
+      .array(z.enum(SETTLED))
+      .min(1)
+      .max(SETTLED.length)
+      .default(['failed'])
+      .describe('The settled statuses to resend: `failed` (default) and/or `delivered` (for a receiver that lost what it had accepted)'),
+    since: z.iso.datetime({ offset: true }).describe('Only deliveries created (the event queued) at or after this instant (ISO 8601)'),
+    until: z.iso.datetime({ offset: true }).optional().describe('Only deliveries created strictly before this instant (ISO 8601); default: no upper bound'),
+    limit: z.number().int().min(1).max(BULK_RESEND_MAX).default(BULK_RESEND_MAX).describe(`At most this many deliveries are resent by the request (1–${BULK_RESEND_MAX}, default ${BULK_RESEND_MAX}); has_more says whether more matched`),
+  })
+  .refine((b) => !b.until || Date.parse(b.until) > Date.parse(b.since), { path: ['until'], message: 'must be after since' });
+
+const bulkResendResult = z
+  .strictObject({
+    resent: z.number().int().describe('How many deliveries this request made pending again, oldest first'),
+    has_more: z.boolean().describe('Whether deliveries matching the filter are left (past the limit): send the request again, with a new Idempotency-Key, until it is false'),
+  })
+  .meta({ id: 'WebhookBulkResendResult' });
+
+const disabled = () => new ConflictError('webhook_endpoint_disabled', 'The webhook endpoint is disabled: enable it first (POST …/enable), then resend.');
+
+/**
+ * The endpoint, refused when disabled: a resend to it would be given up unsent at its attempt. Not
+ * locked: a disable that commits just after the resend gives the resent deliveries up at their attempt,
+ * as it gives up every pending one (and a lock here, endpoint before delivery, would be the reverse of
+ * the worker's order, delivery before endpoint).
+ */
+async function enabledEndpoint(em: EntityManager, tenantId: string, id: string): Promise<void> {
+  if (!(await endpointById(em, tenantId, id)).enabled) throw disabled();
+}
+
+/** The SET of a resend: pending again with one attempt due now; the history (attempts, attempt_log, last answer) is kept. */
+const RESEND_SET = `status = 'pending', next_attempt_at = now(), delivered_at = null, resent_at = now(), resends = resends + 1, updated_at = now()`;
+
+/**
+ * Enqueues the jobs of resent deliveries (after the commit). A delivery's job id is `wh-<id>` (one per
+ * row), and BullMQ keeps a finished job under its id a while (JOB_OPTS in delivery.ts), in which time
+ * adding it again is a no-op: such a job is removed first, as the redelivery pass does. All at once
+ * (Redis pipelines the commands of one connection), then one addBulk. A job still active — finishing
+ * the attempt that settled the row — cannot be removed: its row is then found by the redelivery pass
+ * (pending, overdue), late but not lost.
+ */
+export async function requeueDeliveries(queue: Queue, tenantId: string, ids: readonly string[], log: Logger): Promise<void> {
+  await Promise.all(
+    ids.map(async (id) => {
+      const jobId = deliveryJobId(id);
+      const state = await queue.getJobState(jobId);
+      if (state === 'completed' || state === 'failed') await queue.remove(jobId).catch((err: unknown) => log.warn({ err, webhook_delivery_id: id }, 'finished webhook job not removed; the redelivery pass will enqueue the resent delivery'));
+    }),
+  );
+  await enqueueDeliveries(queue, tenantId, ids);
+}
+
+/** The resend routes (role admin, Idempotency-Key required), spread beside the endpoint routes. */
+export function webhookResendRoutes(deps: {
+  queue: () => Queue;
+  /** Counts the deliveries a resend made pending (dealix_webhook_deliveries_resent_total), after its commit. */
+  onResent?: (mode: 'single' | 'bulk', count: number) => void;
+}): RouteDef[] {
+  const afterResend = (ctx: { req: { log: Logger }; principal: { tenantId: string; sub: string } }, endpointId: string, ids: string[], mode: 'single' | 'bulk') => async () => {
+    // An audit line: who made the platform send which endpoint's events again.
+    ctx.req.log.info({ tenant_id: ctx.principal.tenantId, webhook_endpoint_id: endpointId, resent: ids.length, resent_by: ctx.principal.sub, mode }, 'webhook deliveries resent');
+    deps.onResent?.(mode, ids.length);
+    if (ids.length) await requeueDeliveries(deps.queue(), ctx.principal.tenantId, ids, ctx.req.log);
+  };
+  return [
+    defineRoute({
+      method: 'post',
+      path: `${WEBHOOK_ENDPOINTS_PATH}/:id/deliveries/:delivery_id/resend`,
+      summary: 'Resend a delivery that was given up or delivered (role admin): the same event and webhook-id, one attempt now',
+      tags: TAGS,
+      roles: [ADMIN_ROLE],
+      // Required: a keyless retry of a resend whose attempt already settled would send the event once more.
+      idempotency: 'required',
+      params: deliveryParams,
+      responses: {
+        202: { description: 'The delivery, pending again with its attempt due now; its attempt history kept', schema: deliveryView },
+        ...adminOnly,
+        404: { description: 'No such endpoint for this tenant, or no such delivery of it' },
+        409: { description: 'The delivery is still pending (`webhook_delivery_pending`: it is already owed an attempt), or the endpoint is disabled (`webhook_endpoint_disabled`: enable it first)' },
+      },
+      async handler(ctx) {
+        const { em, principal, params, afterCommit } = ctx;
+        await enabledEndpoint(em, principal.tenantId, params.id);
+        const [row] = await em.execute<DeliveryRowView[]>(
+          `update webhook_deliveries set ${RESEND_SET}
+            where tenant_id = ? and endpoint_id = ? and id = ? and status <> 'pending' returning ${DELIVERY_COLUMNS}`,
+          [principal.tenantId, params.id, params.delivery_id],
+        );
+        if (!row) {
+          const [found] = await em.execute<{ status: string }[]>(`select status from webhook_deliveries where tenant_id = ? and endpoint_id = ? and id = ?`, [principal.tenantId, params.id, params.delivery_id]);
+          if (!found) throw new NotFoundError('webhook delivery');
+          throw new ConflictError('webhook_delivery_pending', 'The delivery is still pending: its next attempt is already owed (see next_attempt_at).');
+        }
+        afterCommit(afterResend(ctx, params.id, [row.id], 'single'));
+        return { status: 202, body: toDeliveryView(row) };
+      },
+    }),
+    defineRoute({
+      method: 'post',
+      path: `${WEBHOOK_ENDPOINTS_PATH}/:id/deliveries/resend`,
+      summary: "Resend an endpoint's settled deliveries created in a time window (role admin), oldest first, up to a limit: recovery after its receiver was down",
+      tags: TAGS,
+      roles: [ADMIN_ROLE],
+      idempotency: 'required',
+      params: endpointParams,
+      body: bulkResendBody,
+      responses: {
+        202: { description: 'How many deliveries were made pending again, and whether more match', schema: bulkResendResult },
+        ...adminOnly,
+        404: { description: 'No such endpoint for this tenant' },
+        409: { description: 'The endpoint is disabled (`webhook_endpoint_disabled`): enable it first' },
+        422: { description: 'Invalid body: no `since`, a time not ISO 8601 with an offset, `until` not after `since`, a status other than failed or delivered, a limit out of 1–1000, or an unknown field' },
+      },
+      async handler(ctx) {
+        const { em, principal, params, body, afterCommit } = ctx;
+        await enabledEndpoint(em, principal.tenantId, params.id);
+        // Arrays as PostgreSQL array literals (the values are the schema's enum members).
+        const filter = `tenant_id = ? and endpoint_id = ? and status = any(?::text[]) and created_at >= ?::timestamptz and (?::timestamptz is null or created_at < ?::timestamptz)`;
+        const filterParams = [principal.tenantId, params.id, `{${[...new Set(body.status)].join(',')}}`, body.since, body.until ?? null, body.until ?? null];
+        // Oldest first along the (tenant, endpoint, created_at, id) index, locked so a concurrent bulk
+        // resend waits and then finds them pending (no longer matching) rather than resending them twice.
+        const rows = await em.execute<{ id: string }[]>(
+          `with picked as (select id from webhook_deliveries where ${filter} order by created_at, id limit ? for update)
+           update webhook_deliveries d set ${RESEND_SET} from picked where d.tenant_id = ? and d.id = picked.id returning d.id`,
+          [...filterParams, body.limit, principal.tenantId],
+        );
+        // Those resent are pending now and match no more: whatever still matches is past the limit.
+        const left = await em.execute<unknown[]>(`select 1 from webhook_deliveries where ${filter} limit 1`, filterParams);
+        const ids = rows.map((r) => r.id);
+        afterCommit(afterResend(ctx, params.id, ids, 'bulk'));
+        return { status: 202, body: { resent: ids.length, has_more: left.length > 0 } };
+      },
+    }),
+  ];
+}

@@ -1,0 +1,205 @@
+/**
+ * An admin's resend of settled webhook deliveries (ADR 0013, *Resending*) against the real stack:
+ * PostgreSQL as the application role, Redis, a spawned worker process and a real node:http receiver.
+ * A delivery given up while the receiver was down is sent again — the same event, the same
+ * `webhook-id`, verified with the endpoint's secret — once it is back; one by id, or an endpoint's
+ * window of them (the bulk "recover").
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { randomUUID } from 'node:crypto';
+import { api, CLASS_A_SUBMISSION, newTenant, type TestStack } from '../helpers/stack.ts';
+import { waitFor } from '../helpers/poll.ts';
+import { ENDPOINTS, startWebhookStack, stopWebhookStack, submit, tenantWithEndpoint, waitRun, type Receiver } from '../helpers/webhooks.ts';
+
+/** Three: a delivered delivery (one attempt) resent has attempts left under it, so its one attempt is the resend's rule, not the cap. */
+const MAX_ATTEMPTS = 3;
+
+describe('webhook resend', () => {
+  let stack: TestStack;
+  let receiver: Receiver;
+
+  beforeAll(async () => {
+    ({ stack, receiver } = await startWebhookStack({ WEBHOOK_RETRY_BASE: '50ms', WEBHOOK_MAX_ATTEMPTS: String(MAX_ATTEMPTS) }));
+  }, 120_000);
+
+  afterAll(() => stopWebhookStack(stack, receiver));
+
+  const row = async (id: string) =>
+    (await stack.db.admin(`select status, attempts, attempt_log, resends, resent_at, next_attempt_at, updated_at from webhook_deliveries where id = $1`, [id])).rows[0] as {
+      status: string;
+      attempts: number;
+      attempt_log: unknown[];
+      resends: number;
+      resent_at: Date | null;
+      next_attempt_at: Date | null;
+      updated_at: Date;
+    };
+
+  const resend = (token: string, endpointId: string, deliveryId: string, key: string | null = randomUUID()) =>
+    api(stack, 'POST', `${ENDPOINTS}/${endpointId}/deliveries/${deliveryId}/resend`, { token, headers: key ? { 'Idempotency-Key': key } : {} });
+
+  const metric = async (series: string) => {
+    const line = (await api(stack, 'GET', '/metrics')).text.split('\n').find((l) => l.startsWith(`${series} `));
+    return line === undefined ? 0 : Number(line.slice(series.length + 1));
+  };
+  const SINGLE = 'dealix_webhook_deliveries_resent_total{mode="single"}';
+  const BULK = 'dealix_webhook_deliveries_resent_total{mode="bulk"}';
+
+  const recover = (token: string, endpointId: string, body: unknown, key: string = randomUUID()) =>
+    api(stack, 'POST', `${ENDPOINTS}/${endpointId}/deliveries/resend`, { token, body, headers: { 'Idempotency-Key': key } });
+
+  /** The endpoint's one delivery once it is `status` (the list's view). */
+  const settled = (token: string, endpointId: string, status: string) =>
+    waitFor(
+      async () => {
+        const res = await api(stack, 'GET', `${ENDPOINTS}/${endpointId}/deliveries?status=${status}`, { token });
+        return res.json?.items?.[0];
+      },
+      { timeoutMs: 30_000, what: `a delivery of ${endpointId} to be ${status}` },
+    );
+
+  /** A tenant whose run.completed delivery to `path` was given up: the receiver answered 500 WEBHOOK_MAX_ATTEMPTS times. */
+  async function givenUp(path: string) {
+    receiver.plan(path, Array(MAX_ATTEMPTS).fill(500));
+    const t = await tenantWithEndpoint(stack, receiver, path, ['run.completed']);
+    const runId = await submit(stack, t.admin, CLASS_A_SUBMISSION);
+    await waitRun(stack, t.admin, runId, ['completed']);
+    const delivery = await settled(t.admin, t.endpoint.id, 'failed');
+    expect(delivery).toMatchObject({ attempts: MAX_ATTEMPTS, last_status_code: 500, resends: 0, resent_at: null });
+    return { ...t, runId, delivery: delivery as { id: string } };
+  }
+
+  it('a delivery given up while the receiver was down is resent once it is back: the same webhook-id, verified with the secret, delivered, every attempt kept; a replay of the key resends nothing', async () => {
+    const t = await givenUp('/recovered');
+    const counted = await metric(SINGLE);
+    const key = randomUUID();
+    const res = await resend(t.admin, t.endpoint.id, t.delivery.id, key);
+    expect(res.status, res.text).toBe(202);
+    expect(res.json).toMatchObject({ id: t.delivery.id, status: 'pending', attempts: MAX_ATTEMPTS, resends: 1, delivered_at: null });
+    expect(res.json.resent_at).not.toBeNull();
+    const delivered = await settled(t.admin, t.endpoint.id, 'delivered');
+    expect(delivered).toMatchObject({ id: t.delivery.id, attempts: MAX_ATTEMPTS + 1, last_status_code: 200, next_attempt_at: null, resends: 1 });
+    const got = receiver.received.filter((r) => r.path === '/recovered');
+    expect(got).toHaveLength(MAX_ATTEMPTS + 1);
+    // The same event: one webhook-id, every message signed with the endpoint's secret.
+    expect(new Set(got.map((r) => r.headers['webhook-id']))).toEqual(new Set([t.delivery.id]));
+    expect(receiver.verified('/recovered', t.endpoint.secret).map((m) => [m.type, m.data.run_id])).toEqual(Array(MAX_ATTEMPTS + 1).fill(['run.completed', t.runId]));
+    const stored = await row(t.delivery.id);
+    expect((stored.attempt_log as Array<{ status_code: number }>).map((a) => a.status_code)).toEqual([...Array(MAX_ATTEMPTS).fill(500), 200]);
+    // The replay answers what the first answered and changes nothing: the delivery is not made pending again.
+    const replay = await resend(t.admin, t.endpoint.id, t.delivery.id, key);
+    expect(replay.status, replay.text).toBe(202);
+    expect(replay.json).toEqual(res.json);
+    expect(await row(t.delivery.id)).toMatchObject({ status: 'delivered', resends: 1, attempts: MAX_ATTEMPTS + 1 });
+    expect(await metric(SINGLE)).toBe(counted + 1);
+  });
+
+  it('a resent delivery is owed exactly one attempt: the receiver still down, it is failed again after one more, and may be resent again', async () => {
+    const t = await givenUp('/still-down');
+    receiver.plan('/still-down', [503]);
+    expect((await resend(t.admin, t.endpoint.id, t.delivery.id)).status).toBe(202);
+    await waitFor(async () => ((await row(t.delivery.id)).status === 'failed' ? true : undefined), { timeoutMs: 30_000, what: 'the resent delivery to settle' });
+    expect(await row(t.delivery.id)).toMatchObject({ status: 'failed', attempts: MAX_ATTEMPTS + 1, resends: 1, next_attempt_at: null });
+    expect(receiver.received.filter((r) => r.path === '/still-down')).toHaveLength(MAX_ATTEMPTS + 1);
+    // Again, the receiver up now: a second resend, one attempt more.
+    expect((await resend(t.admin, t.endpoint.id, t.delivery.id)).json).toMatchObject({ status: 'pending', resends: 2 });
+    expect(await settled(t.admin, t.endpoint.id, 'delivered')).toMatchObject({ attempts: MAX_ATTEMPTS + 2, resends: 2 });
+  });
+
+  it('a delivered delivery may be resent (a receiver that lost it): one attempt, though WEBHOOK_MAX_ATTEMPTS would allow more; it arrives again with the same webhook-id', async () => {
+    const t = await tenantWithEndpoint(stack, receiver, '/lost-data', ['run.completed']);
+    const runId = await submit(stack, t.admin, CLASS_A_SUBMISSION);
+    await waitRun(stack, t.admin, runId, ['completed']);
+    const delivery = await settled(t.admin, t.endpoint.id, 'delivered');
+    expect(delivery.attempts).toBe(1);
+    // The receiver fails the resend's attempt: failed at once (attempts 2 of a cap of 3), not retried.
+    receiver.plan('/lost-data', [503]);
+    expect((await resend(t.admin, t.endpoint.id, delivery.id)).status).toBe(202);
+    await waitFor(async () => ((await row(delivery.id)).status === 'failed' ? true : undefined), { timeoutMs: 30_000, what: 'the resent delivery to fail' });
+    expect(await row(delivery.id)).toMatchObject({ status: 'failed', attempts: 2, next_attempt_at: null });
+    expect((await resend(t.admin, t.endpoint.id, delivery.id)).status).toBe(202);
+    expect(await settled(t.admin, t.endpoint.id, 'delivered')).toMatchObject({ attempts: 3, resends: 2 });
+    expect(receiver.verified('/lost-data', t.endpoint.secret).map((m) => m.data.run_id)).toEqual([runId, runId, runId]);
+    expect(new Set(receiver.received.filter((r) => r.path === '/lost-data').map((r) => r.headers['webhook-id']))).toEqual(new Set([delivery.id]));
+  });
+
+  it('refused, and nothing changes: a pending delivery (409), a disabled endpoint (409), another tenant (404), a non-admin (403), no Idempotency-Key (400), a bad recover body (422)', async () => {
+    const t = await givenUp('/refusals');
+    const before = await row(t.delivery.id);
+    const other = await stack.token({ tenantId: newTenant(), sub: 'admin-other', roles: ['admin'] });
+    const approver = await stack.token({ tenantId: t.tenantId, sub: 'user-1', roles: ['approver'] });
+    const otherTenant = await resend(other, t.endpoint.id, t.delivery.id);
+    expect(otherTenant.status, otherTenant.text).toBe(404);
+    expect((await recover(other, t.endpoint.id, { since: '2020-01-01T00:00:00Z' })).status).toBe(404);
+    expect((await resend(t.admin, t.endpoint.id, randomUUID())).status).toBe(404);
+    expect((await resend(approver, t.endpoint.id, t.delivery.id)).status).toBe(403);
+    expect((await recover(approver, t.endpoint.id, { since: '2020-01-01T00:00:00Z' })).status).toBe(403);
+    expect((await resend(t.admin, t.endpoint.id, t.delivery.id, null)).status).toBe(400);
+    for (const body of [{}, { since: 'yesterday' }, { since: '2026-12-04T00:00:00Z', until: '2026-12-03T00:00:00Z' }, { since: '2020-01-01T00:00:00Z', status: ['pending'] }, { since: '2020-01-01T00:00:00Z', limit: 1001 }, { since: '2020-01-01T00:00:00Z', extra: 1 }]) {
+      const res = await recover(t.admin, t.endpoint.id, body);
+      expect(res.status, `${JSON.stringify(body)}: ${res.text}`).toBe(422);
+    }
+    expect(await row(t.delivery.id)).toEqual(before);
+    // Still owed (pending): 409, and the delivery is left as it is.
+    await stack.db.admin(`update webhook_deliveries set status = 'pending', next_attempt_at = now() + interval '1 hour' where id = $1`, [t.delivery.id]);
+    const pending = await row(t.delivery.id);
+    const owed = await resend(t.admin, t.endpoint.id, t.delivery.id);
+    expect(owed.status, owed.text).toBe(409);
+    expect(owed.json.code).toBe('webhook_delivery_pending');
+    expect(await row(t.delivery.id)).toEqual(pending);
+    await stack.db.admin(`update webhook_deliveries set status = 'failed', next_attempt_at = null where id = $1`, [t.delivery.id]);
+    // A disabled endpoint: enable it first.
+    expect((await api(stack, 'POST', `${ENDPOINTS}/${t.endpoint.id}/disable`, { token: t.admin })).status).toBe(200);
+    const settledRow = await row(t.delivery.id);
+    for (const res of [await resend(t.admin, t.endpoint.id, t.delivery.id), await recover(t.admin, t.endpoint.id, { since: '2020-01-01T00:00:00Z' })]) {
+      expect(res.status, res.text).toBe(409);
+      expect(res.json.code).toBe('webhook_endpoint_disabled');
+    }
+    expect(await row(t.delivery.id)).toEqual(settledRow);
+    expect(receiver.received.filter((r) => r.path === '/refusals')).toHaveLength(MAX_ATTEMPTS);
+  });
+
+  it("the bulk recover resends the endpoint's settled deliveries of the window only, oldest first, up to its limit, with has_more; a replay resends nothing", async () => {
+    const t = await tenantWithEndpoint(stack, receiver, '/recover', ['run.completed']);
+    // Deliveries as the outbox writes them, given up at various times (no job: nothing is attempted until a resend).
+    const at = (h: number) => `2026-11-20T${String(h).padStart(2, '0')}:00:00.000Z`;
+    const insert = async (hour: number, status: 'failed' | 'delivered') => {
+      const id = randomUUID();
+      const payload = { type: 'run.completed', timestamp: at(hour), data: { workflow: 'golden-path', run_id: randomUUID(), status: 'completed', correlation_id: `c-${hour}`, ended_at: at(hour) } };
+      await stack.db.admin(
+        `insert into webhook_deliveries (id, tenant_id, endpoint_id, event_type, payload, status, attempts, last_status_code, last_error, created_at, updated_at)
+         values ($1, $2, $3, 'run.completed', $4, $5, 2, 500, 'HTTP 500', $6, now())`,
+        [id, t.tenantId, t.endpoint.id, JSON.stringify(payload), status, at(hour)],
+      );
+      return id;
+    };
+    const early = await insert(1, 'failed'); // before the window
+    const inWindow = [await insert(2, 'failed'), await insert(3, 'failed'), await insert(4, 'failed')];
+    const delivered = await insert(5, 'delivered'); // in the window, but not `failed`
+    const late = await insert(6, 'failed'); // at `until`: outside
+    const window = { status: ['failed'], since: at(2), until: at(6), limit: 2 };
+    const key = randomUUID();
+    const counted = await metric(BULK);
+    const first = await recover(t.admin, t.endpoint.id, window, key);
+    expect(first.status, first.text).toBe(202);
+    expect(first.json).toEqual({ resent: 2, has_more: true });
+    expect((await row(inWindow[0]!)).resends).toBe(1);
+    expect((await row(inWindow[1]!)).resends).toBe(1);
+    expect((await row(inWindow[2]!)).resends).toBe(0);
+    // The replay: the same answer, nothing more resent.
+    expect((await recover(t.admin, t.endpoint.id, window, key)).json).toEqual({ resent: 2, has_more: true });
+    expect((await row(inWindow[2]!)).resends).toBe(0);
+    const second = await recover(t.admin, t.endpoint.id, window);
+    expect(second.json).toEqual({ resent: 1, has_more: false });
+    expect(await metric(BULK)).toBe(counted + 3);
+    const ids = () => new Set(receiver.received.filter((r) => r.path === '/recover').map((r) => r.headers['webhook-id']));
+    await waitFor(() => (ids().size === 3 ? true : undefined), { timeoutMs: 30_000, what: 'the three resent deliveries' });
+    expect(ids()).toEqual(new Set(inWindow));
+    for (const id of inWindow) await waitFor(async () => ((await row(id)).status === 'delivered' ? true : undefined), { timeoutMs: 30_000, what: `${id} delivered` });
+    expect(receiver.verified('/recover', t.endpoint.secret)).toHaveLength(3);
+    for (const id of [early, delivered, late]) expect(await row(id)).toMatchObject({ resends: 0, attempts: 2 });
+    // `delivered` asked for too: the delivered one of the window (the failed ones there are delivered now as well).
+    expect((await recover(t.admin, t.endpoint.id, { status: ['delivered'], since: at(5), until: at(6) })).json).toEqual({ resent: 1, has_more: false });
+    await waitFor(() => (ids().has(delivered) ? true : undefined), { timeoutMs: 30_000, what: 'the delivered one again' });
+  });
+});
