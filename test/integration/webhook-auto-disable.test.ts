@@ -6,8 +6,10 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { randomUUID } from 'node:crypto';
+import pg from 'pg';
 import { api, CLASS_A_SUBMISSION, newTenant, type TestStack, type WorkerHandle } from '../helpers/stack.ts';
 import { waitFor } from '../helpers/poll.ts';
+import { enabledEndpointsLockKey } from '../../src/platform/webhooks/webhook-endpoints.routes.ts';
 import { createEndpoint, ENDPOINTS, startWebhookStack, stopWebhookStack, submit, tenantWithEndpoint, waitRun, type Receiver } from '../helpers/webhooks.ts';
 
 /** More failures than any test makes attempts: the receiver answers 500 until the test says otherwise. */
@@ -155,24 +157,44 @@ describe('webhook endpoints that keep failing are disabled; the tenant re-enable
     expect(list.json.items.map((e: { id: string; enabled: boolean; disabled_reason: string | null }) => [e.id, e.enabled, e.disabled_reason]).filter(([id]: [string]) => id === ids[1])).toEqual([[ids[1], false, 'manual']]);
   });
 
-  it('concurrent enables and creates never pass WEBHOOK_MAX_ENDPOINTS together: they take the same per-tenant lock', async () => {
+  it('an enable and a create for the last place wait for a concurrent enable holding it to commit, then answer 409: they take the same per-tenant lock', async () => {
     const tenantId = newTenant();
     const admin = await stack.token({ tenantId, sub: 'admin-1', roles: ['admin'] });
-    const post = (path: string) => api(stack, 'POST', path, { token: admin, headers: { 'Idempotency-Key': randomUUID() } });
     const create = async (i: number) => (await createEndpoint(stack, admin, { url: `${receiver.base}/race-${i}`, events: ['run.completed'] })).json.id as string;
-    // Six disabled endpoints (three at a time, the cap), then two enabled: room for one more.
-    const disabled: string[] = [];
-    for (let round = 0; round < 2; round++) {
-      const ids = [await create(round * 3), await create(round * 3 + 1), await create(round * 3 + 2)];
-      for (const id of ids) expect((await post(`${ENDPOINTS}/${id}/disable`)).status).toBe(200);
-      disabled.push(...ids);
+    const disable = async (id: string) => expect((await api(stack, 'POST', `${ENDPOINTS}/${id}/disable`, { token: admin, headers: { 'Idempotency-Key': randomUUID() } })).status).toBe(200);
+    // Two disabled endpoints and two enabled: room under the cap (3) for one more.
+    const [held, waiting] = [await create(0), await create(1)];
+    await disable(held);
+    await disable(waiting);
+    await create(2);
+    await create(3);
+    // A concurrent enable, stopped between its update and its commit (the race's window, held open rather
+    // than hoped for): it takes the per-tenant lock as the routes do and the last place, uncommitted.
+    const competitor = new pg.Client({ connectionString: stack.db.adminUrl });
+    await competitor.connect();
+    try {
+      await competitor.query('begin');
+      await competitor.query('select pg_advisory_xact_lock(hashtextextended($1, 0))', [enabledEndpointsLockKey(tenantId)]);
+      await competitor.query(`update webhook_endpoints set enabled = true, disabled_at = null, disabled_reason = null where tenant_id = $1 and id = $2`, [tenantId, held]);
+      // Still three enabled as a snapshot sees them: without the lock, each would count two and take the place.
+      const settled: number[] = [];
+      const answers = [enable(admin, waiting), createEndpoint(stack, admin, { url: `${receiver.base}/race-4`, events: ['run.completed'] })].map((p, i) => p.finally(() => settled.push(i)));
+      await waitFor(
+        async () => {
+          const { rows } = await competitor.query(`select count(*)::int as n from pg_locks where locktype = 'advisory' and not granted and database = (select oid from pg_database where datname = current_database())`);
+          return rows[0].n + settled.length >= 2;
+        },
+        { what: 'the enable and the create to wait for the lock (or answer without it)' },
+      );
+      await competitor.query('commit');
+      const [enabled, created] = await Promise.all(answers);
+      expect(enabled!.status, enabled!.text).toBe(409);
+      expect(created!.status, created!.text).toBe(409);
+      expect([enabled!.json.code, created!.json.code]).toEqual(['webhook_endpoint_limit', 'webhook_endpoint_limit']);
+    } finally {
+      await competitor.query('rollback').catch(() => {});
+      await competitor.end();
     }
-    await create(6);
-    await create(7);
-    // Six enables and two creates at once, for one place: one wins, whichever it is.
-    const answers = await Promise.all([...disabled.map((id) => enable(admin, id)), createEndpoint(stack, admin, { url: `${receiver.base}/race-8`, events: ['run.completed'] }), createEndpoint(stack, admin, { url: `${receiver.base}/race-9`, events: ['run.completed'] })]);
-    expect(answers.filter((r) => r.status < 300)).toHaveLength(1);
-    expect(answers.filter((r) => r.status === 409).map((r) => r.json.code)).toEqual(Array(7).fill('webhook_endpoint_limit'));
     expect((await stack.db.admin(`select count(*)::int as n from webhook_endpoints where tenant_id = $1 and enabled`, [tenantId])).rows[0].n).toBe(3);
   });
 });
