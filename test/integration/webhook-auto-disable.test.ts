@@ -52,6 +52,11 @@ describe('webhook endpoints that keep failing are disabled; the tenant re-enable
     );
     expect(disabled).toMatchObject({ enabled: false, disabled_reason: 'failing' });
     expect(Date.parse(disabled.disabled_at) - Date.parse(disabled.failing_since)).toBeGreaterThanOrEqual(1000);
+    // The delivery whose attempt disabled it ended with it (the same statement): failed, no attempt due, that attempt logged once.
+    const sentBefore = receiver.received.filter((r) => r.path === '/dead').length;
+    const [given] = (await stack.db.admin(`select id, status, attempts, next_attempt_at, last_status_code, last_attempt_at, jsonb_array_length(attempt_log) as logged from webhook_deliveries where endpoint_id = $1`, [t.endpoint.id])).rows;
+    expect(given).toMatchObject({ status: 'failed', attempts: sentBefore, logged: sentBefore, next_attempt_at: null, last_status_code: 500 });
+    expect(given.last_attempt_at.getTime()).toBe(Date.parse(disabled.disabled_at));
     // The receiver failed every attempt; it was still tried until the disabling one.
     expect(receiver.received.filter((r) => r.path === '/dead').length).toBeGreaterThan(1);
     // Operators see it: a warning naming the tenant and endpoint (written after the commit, so awaited), and the worker's counter (counted before it).
@@ -75,16 +80,6 @@ describe('webhook endpoints that keep failing are disabled; the tenant re-enable
     expect(receiver.received.filter((r) => r.path === '/dead' && r.body.includes('webhook_endpoint.disabled'))).toHaveLength(0);
     expect((await deliveries(t.admin, t.endpoint.id)).map((d) => d.event_type)).toEqual(['run.completed']);
 
-    // Its pending delivery is given up at its next attempt, as for an endpoint an admin disabled.
-    const [given] = await waitFor(
-      async () => {
-        const items = await deliveries(t.admin, t.endpoint.id);
-        return items[0]?.status === 'failed' ? items : undefined;
-      },
-      { timeoutMs: 30_000, what: 'the pending delivery to be given up' },
-    );
-    expect(given).toMatchObject({ status: 'failed', last_error: 'endpoint disabled' });
-    const sentBefore = receiver.received.filter((r) => r.path === '/dead').length;
 
     // The receiver is fixed; the admin re-enables the endpoint.
     receiver.plan('/dead', []);
@@ -117,6 +112,38 @@ describe('webhook endpoints that keep failing are disabled; the tenant re-enable
     await waitFor(async () => (await deliveries(t.admin, t.endpoint.id)).every((d) => d.status === 'delivered'), { timeoutMs: 30_000, what: 'the second event, on its third attempt' });
     expect(await endpoint(t.admin, t.endpoint.id)).toMatchObject({ enabled: true, disabled_reason: null, disabled_at: null, failing_since: null });
     expect(receiver.received.filter((r) => r.path === '/flaps')).toHaveLength(5);
+  });
+
+  it('a failure past WEBHOOK_DISABLE_AFTER by the snapshot, whose endpoint a 2xx cleared meanwhile (committed while the attempt waited for its row), neither disables it nor gives its delivery up', async () => {
+    receiver.plan('/late', [500]);
+    const t = await tenantWithEndpoint(stack, receiver, '/late', ['run.completed']);
+    // Failing for an hour: its next failure would disable it …
+    await stack.db.admin(`update webhook_endpoints set failing_since = now() - interval '1 hour' where id = $1`, [t.endpoint.id]);
+    // … but another attempt's 2xx is being recorded: it cleared failing_since and holds the row until its commit.
+    const success = new pg.Client({ connectionString: stack.db.adminUrl });
+    await success.connect();
+    try {
+      await success.query('begin');
+      await success.query(`update webhook_endpoints set failing_since = null where id = $1`, [t.endpoint.id]);
+      const runId = await submit(stack, t.admin, CLASS_A_SUBMISSION);
+      await waitRun(stack, t.admin, runId, ['completed']);
+      await waitFor(
+        async () =>
+          receiver.received.some((r) => r.path === '/late') &&
+          (await success.query(`select count(*)::int as n from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock'`)).rows[0].n > 0,
+        { what: 'the failed attempt to wait for the endpoint row' },
+      );
+      await success.query('commit');
+    } finally {
+      await success.query('rollback').catch(() => {});
+      await success.end();
+    }
+    // Recorded as the first failure since that 2xx: the endpoint stays enabled, the delivery is retried (and then delivered).
+    const after = await waitFor(async () => (await stack.db.admin(`select e.enabled, e.failing_since, d.status, d.attempts from webhook_endpoints e join webhook_deliveries d on d.endpoint_id = e.id where e.id = $1`, [t.endpoint.id])).rows.find((r) => r.attempts >= 1), { what: 'the attempt to be recorded' });
+    expect(after).toMatchObject({ enabled: true, status: 'pending', attempts: 1 });
+    expect(after.failing_since).not.toBeNull();
+    await waitFor(async () => (await deliveries(t.admin, t.endpoint.id))[0]?.status === 'delivered', { timeoutMs: 30_000, what: 'the retry to deliver it' });
+    expect(await endpoint(t.admin, t.endpoint.id)).toMatchObject({ enabled: true, disabled_reason: null, failing_since: null });
   });
 
   it('enable is for admins of the tenant only (403, 404), and counts against WEBHOOK_MAX_ENDPOINTS (409); a manual disable says so', async () => {
