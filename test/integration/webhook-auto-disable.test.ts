@@ -9,6 +9,8 @@ import { randomUUID } from 'node:crypto';
 import pg from 'pg';
 import { api, CLASS_A_SUBMISSION, newTenant, type TestStack, type WorkerHandle } from '../helpers/stack.ts';
 import { waitFor } from '../helpers/poll.ts';
+import { holdTable } from '../helpers/table-lock.ts';
+import { enqueueDeliveries, WEBHOOK_QUEUE } from '../../src/platform/webhooks/delivery.ts';
 import { enabledEndpointsLockKey } from '../../src/platform/webhooks/webhook-endpoints.routes.ts';
 import { createEndpoint, ENDPOINTS, startWebhookStack, stopWebhookStack, submit, tenantWithEndpoint, waitRun, type Receiver } from '../helpers/webhooks.ts';
 
@@ -144,6 +146,32 @@ describe('webhook endpoints that keep failing are disabled; the tenant re-enable
     expect(after.failing_since).not.toBeNull();
     await waitFor(async () => (await deliveries(t.admin, t.endpoint.id))[0]?.status === 'delivered', { timeoutMs: 30_000, what: 'the retry to deliver it' });
     expect(await endpoint(t.admin, t.endpoint.id)).toMatchObject({ enabled: true, disabled_reason: null, failing_since: null });
+  });
+
+  it("an attempt that sent nothing (its endpoint disabled when it read it) is no failure of the endpoint: re-enabled before that attempt is recorded, it is not marked failing", async () => {
+    const t = await tenantWithEndpoint(stack, receiver, '/ghost', ['run.completed']);
+    expect((await api(stack, 'POST', `${ENDPOINTS}/${t.endpoint.id}/disable`, { token: t.admin, headers: { 'Idempotency-Key': randomUUID() } })).status).toBe(200);
+    // A delivery still pending from before the disable.
+    const id = randomUUID();
+    await stack.db.admin(
+      `insert into webhook_deliveries (id, tenant_id, endpoint_id, event_type, payload, status, attempts, next_attempt_at, created_at, updated_at)
+       values ($1, $2, $3, 'run.completed', '{"type":"run.completed","timestamp":"2026-12-04T00:00:00.000Z","data":{}}', 'pending', 0, now(), now(), now())`,
+      [id, t.tenantId, t.endpoint.id],
+    );
+    // Its attempt reads the endpoint disabled (so sends nothing), and is held before it is recorded; the admin re-enables meanwhile.
+    const held = await holdTable(stack.db.adminUrl, 'webhook_deliveries');
+    try {
+      await enqueueDeliveries(stack.container.queues.get(WEBHOOK_QUEUE)!, t.tenantId, [id]);
+      await held.waiting('the attempt to be recorded');
+      const enabled = await enable(t.admin, t.endpoint.id);
+      expect(enabled.status, enabled.text).toBe(200);
+      await held.release();
+    } finally {
+      await held.close();
+    }
+    await waitFor(async () => (await deliveries(t.admin, t.endpoint.id)).find((d) => d.id === id && d.status === 'failed'), { what: 'the delivery to be given up' });
+    expect(receiver.received.filter((r) => r.path === '/ghost')).toHaveLength(0);
+    expect(await endpoint(t.admin, t.endpoint.id)).toMatchObject({ enabled: true, failing_since: null });
   });
 
   it('enable is for admins of the tenant only (403, 404), and counts against WEBHOOK_MAX_ENDPOINTS (409); a manual disable says so', async () => {

@@ -95,14 +95,16 @@ const ENDPOINT_DISABLED_EVENTS = `select ep.tenant_id, 'webhook_endpoint.disable
  * or an admin's disable committed meanwhile is seen, and a delivery is never failed for a disabling that
  * did not happen. It is locked only when the attempt changes it (a healthy endpoint's deliveries never
  * queue on its row lock), and before the delivery's row, as every attempt does: no lock order the other
- * way round. An endpoint disabled meanwhile (an admin, another delivery) is left as it is.
+ * way round. An endpoint disabled meanwhile (an admin, another delivery) is left as it is. An attempt
+ * that sent nothing (`posted` false: the endpoint was disabled when the attempt read it) says nothing of
+ * the receiver: it leaves the endpoint alone, even one re-enabled since.
  */
 const RECORD_ATTEMPT = `with c as (
-    select ?::boolean as ok, now() - ?::float8 * interval '1 millisecond' as cutoff
+    select ?::boolean as posted, ?::boolean as ok, now() - ?::float8 * interval '1 millisecond' as cutoff
   ), x as (
     select e.tenant_id, e.id, ${DISABLES} as disables
       from webhook_endpoints e, c
-     where e.tenant_id = ? and e.id = ? and e.enabled
+     where c.posted and e.tenant_id = ? and e.id = ? and e.enabled
        and case when c.ok then e.failing_since is not null else e.failing_since is null or ${DISABLES} end
        for no key update of e
   ), s as (
@@ -240,7 +242,7 @@ export function webhookHandlers(deps: {
       const disableAfterMs = settings.disableAfterMs ?? 0;
       const recorded = await em.transactional((tx) =>
         tx.execute<RecordedAttempt[]>(RECORD_ATTEMPT, [
-          outcome.ok, disableAfterMs > 0 ? disableAfterMs : null, data.tenant_id, row.endpoint_id, planned,
+          row.enabled, outcome.ok, disableAfterMs > 0 ? disableAfterMs : null, data.tenant_id, row.endpoint_id, planned,
           attempt, outcome.statusCode, outcome.error, outcome.statusCode, outcome.error, outcome.durationMs, delayMs, data.tenant_id, row.id, row.attempts,
         ]),
       );
