@@ -155,8 +155,8 @@ describe('webhook endpoints that keep failing are disabled; the tenant re-enable
     const id = randomUUID();
     await stack.db.admin(
       `insert into webhook_deliveries (id, tenant_id, endpoint_id, event_type, payload, status, attempts, next_attempt_at, created_at, updated_at)
-       values ($1, $2, $3, 'run.completed', '{"type":"run.completed","timestamp":"2026-12-04T00:00:00.000Z","data":{}}', 'pending', 0, now(), now(), now())`,
-      [id, t.tenantId, t.endpoint.id],
+       values ($1, $2, $3, 'run.completed', $4, 'pending', 0, now(), now(), now())`,
+      [id, t.tenantId, t.endpoint.id, { type: 'run.completed', timestamp: '2026-12-04T00:00:00.000Z', data: { workflow: 'golden-path', run_id: randomUUID(), status: 'completed', correlation_id: 'c-1', ended_at: '2026-12-04T00:00:00.000Z' } }],
     );
     // Its attempt reads the endpoint disabled (so sends nothing), and is held before it is recorded; the admin re-enables meanwhile.
     const held = await holdTable(stack.db.adminUrl, 'webhook_deliveries');
