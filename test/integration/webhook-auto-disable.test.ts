@@ -6,8 +6,12 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { randomUUID } from 'node:crypto';
+import pg from 'pg';
 import { api, CLASS_A_SUBMISSION, newTenant, type TestStack, type WorkerHandle } from '../helpers/stack.ts';
 import { waitFor } from '../helpers/poll.ts';
+import { holdTable } from '../helpers/table-lock.ts';
+import { enqueueDeliveries, WEBHOOK_QUEUE } from '../../src/platform/webhooks/delivery.ts';
+import { enabledEndpointsLockKey } from '../../src/platform/webhooks/webhook-endpoints.routes.ts';
 import { createEndpoint, ENDPOINTS, startWebhookStack, stopWebhookStack, submit, tenantWithEndpoint, waitRun, type Receiver } from '../helpers/webhooks.ts';
 
 /** More failures than any test makes attempts: the receiver answers 500 until the test says otherwise. */
@@ -50,6 +54,11 @@ describe('webhook endpoints that keep failing are disabled; the tenant re-enable
     );
     expect(disabled).toMatchObject({ enabled: false, disabled_reason: 'failing' });
     expect(Date.parse(disabled.disabled_at) - Date.parse(disabled.failing_since)).toBeGreaterThanOrEqual(1000);
+    // The delivery whose attempt disabled it ended with it (the same statement): failed, no attempt due, that attempt logged once.
+    const sentBefore = receiver.received.filter((r) => r.path === '/dead').length;
+    const [given] = (await stack.db.admin(`select id, status, attempts, next_attempt_at, last_status_code, last_attempt_at, jsonb_array_length(attempt_log) as logged from webhook_deliveries where endpoint_id = $1`, [t.endpoint.id])).rows;
+    expect(given).toMatchObject({ status: 'failed', attempts: sentBefore, logged: sentBefore, next_attempt_at: null, last_status_code: 500 });
+    expect(given.last_attempt_at.getTime()).toBe(Date.parse(disabled.disabled_at));
     // The receiver failed every attempt; it was still tried until the disabling one.
     expect(receiver.received.filter((r) => r.path === '/dead').length).toBeGreaterThan(1);
     // Operators see it: a warning naming the tenant and endpoint (written after the commit, so awaited), and the worker's counter (counted before it).
@@ -73,16 +82,6 @@ describe('webhook endpoints that keep failing are disabled; the tenant re-enable
     expect(receiver.received.filter((r) => r.path === '/dead' && r.body.includes('webhook_endpoint.disabled'))).toHaveLength(0);
     expect((await deliveries(t.admin, t.endpoint.id)).map((d) => d.event_type)).toEqual(['run.completed']);
 
-    // Its pending delivery is given up at its next attempt, as for an endpoint an admin disabled.
-    const [given] = await waitFor(
-      async () => {
-        const items = await deliveries(t.admin, t.endpoint.id);
-        return items[0]?.status === 'failed' ? items : undefined;
-      },
-      { timeoutMs: 30_000, what: 'the pending delivery to be given up' },
-    );
-    expect(given).toMatchObject({ status: 'failed', last_error: 'endpoint disabled' });
-    const sentBefore = receiver.received.filter((r) => r.path === '/dead').length;
 
     // The receiver is fixed; the admin re-enables the endpoint.
     receiver.plan('/dead', []);
@@ -115,6 +114,64 @@ describe('webhook endpoints that keep failing are disabled; the tenant re-enable
     await waitFor(async () => (await deliveries(t.admin, t.endpoint.id)).every((d) => d.status === 'delivered'), { timeoutMs: 30_000, what: 'the second event, on its third attempt' });
     expect(await endpoint(t.admin, t.endpoint.id)).toMatchObject({ enabled: true, disabled_reason: null, disabled_at: null, failing_since: null });
     expect(receiver.received.filter((r) => r.path === '/flaps')).toHaveLength(5);
+  });
+
+  it('a failure past WEBHOOK_DISABLE_AFTER by the snapshot, whose endpoint a 2xx cleared meanwhile (committed while the attempt waited for its row), neither disables it nor gives its delivery up', async () => {
+    receiver.plan('/late', [500]);
+    const t = await tenantWithEndpoint(stack, receiver, '/late', ['run.completed']);
+    // Failing for an hour: its next failure would disable it …
+    await stack.db.admin(`update webhook_endpoints set failing_since = now() - interval '1 hour' where id = $1`, [t.endpoint.id]);
+    // … but another attempt's 2xx is being recorded: it cleared failing_since and holds the row until its commit.
+    const success = new pg.Client({ connectionString: stack.db.adminUrl });
+    await success.connect();
+    try {
+      await success.query('begin');
+      await success.query(`update webhook_endpoints set failing_since = null where id = $1`, [t.endpoint.id]);
+      const runId = await submit(stack, t.admin, CLASS_A_SUBMISSION);
+      await waitRun(stack, t.admin, runId, ['completed']);
+      await waitFor(
+        async () =>
+          receiver.received.some((r) => r.path === '/late') &&
+          (await success.query(`select count(*)::int as n from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock'`)).rows[0].n > 0,
+        { what: 'the failed attempt to wait for the endpoint row' },
+      );
+      await success.query('commit');
+    } finally {
+      await success.query('rollback').catch(() => {});
+      await success.end();
+    }
+    // Recorded as the first failure since that 2xx: the endpoint stays enabled, the delivery is retried (and then delivered).
+    const after = await waitFor(async () => (await stack.db.admin(`select e.enabled, e.failing_since, d.status, d.attempts from webhook_endpoints e join webhook_deliveries d on d.endpoint_id = e.id where e.id = $1`, [t.endpoint.id])).rows.find((r) => r.attempts >= 1), { what: 'the attempt to be recorded' });
+    expect(after).toMatchObject({ enabled: true, status: 'pending', attempts: 1 });
+    expect(after.failing_since).not.toBeNull();
+    await waitFor(async () => (await deliveries(t.admin, t.endpoint.id))[0]?.status === 'delivered', { timeoutMs: 30_000, what: 'the retry to deliver it' });
+    expect(await endpoint(t.admin, t.endpoint.id)).toMatchObject({ enabled: true, disabled_reason: null, failing_since: null });
+  });
+
+  it("an attempt that sent nothing (its endpoint disabled when it read it) is no failure of the endpoint: re-enabled before that attempt is recorded, it is not marked failing", async () => {
+    const t = await tenantWithEndpoint(stack, receiver, '/ghost', ['run.completed']);
+    expect((await api(stack, 'POST', `${ENDPOINTS}/${t.endpoint.id}/disable`, { token: t.admin, headers: { 'Idempotency-Key': randomUUID() } })).status).toBe(200);
+    // A delivery still pending from before the disable.
+    const id = randomUUID();
+    await stack.db.admin(
+      `insert into webhook_deliveries (id, tenant_id, endpoint_id, event_type, payload, status, attempts, next_attempt_at, created_at, updated_at)
+       values ($1, $2, $3, 'run.completed', $4, 'pending', 0, now(), now(), now())`,
+      [id, t.tenantId, t.endpoint.id, { type: 'run.completed', timestamp: '2026-12-04T00:00:00.000Z', data: { workflow: 'golden-path', run_id: randomUUID(), status: 'completed', correlation_id: 'c-1', ended_at: '2026-12-04T00:00:00.000Z' } }],
+    );
+    // Its attempt reads the endpoint disabled (so sends nothing), and is held before it is recorded; the admin re-enables meanwhile.
+    const held = await holdTable(stack.db.adminUrl, 'webhook_deliveries');
+    try {
+      await enqueueDeliveries(stack.container.queues.get(WEBHOOK_QUEUE)!, t.tenantId, [id]);
+      await held.waiting('the attempt to be recorded');
+      const enabled = await enable(t.admin, t.endpoint.id);
+      expect(enabled.status, enabled.text).toBe(200);
+      await held.release();
+    } finally {
+      await held.close();
+    }
+    await waitFor(async () => (await deliveries(t.admin, t.endpoint.id)).find((d) => d.id === id && d.status === 'failed'), { what: 'the delivery to be given up' });
+    expect(receiver.received.filter((r) => r.path === '/ghost')).toHaveLength(0);
+    expect(await endpoint(t.admin, t.endpoint.id)).toMatchObject({ enabled: true, failing_since: null });
   });
 
   it('enable is for admins of the tenant only (403, 404), and counts against WEBHOOK_MAX_ENDPOINTS (409); a manual disable says so', async () => {
@@ -155,24 +212,44 @@ describe('webhook endpoints that keep failing are disabled; the tenant re-enable
     expect(list.json.items.map((e: { id: string; enabled: boolean; disabled_reason: string | null }) => [e.id, e.enabled, e.disabled_reason]).filter(([id]: [string]) => id === ids[1])).toEqual([[ids[1], false, 'manual']]);
   });
 
-  it('concurrent enables and creates never pass WEBHOOK_MAX_ENDPOINTS together: they take the same per-tenant lock', async () => {
+  it('an enable and a create for the last place wait for a concurrent enable holding it to commit, then answer 409: they take the same per-tenant lock', async () => {
     const tenantId = newTenant();
     const admin = await stack.token({ tenantId, sub: 'admin-1', roles: ['admin'] });
-    const post = (path: string) => api(stack, 'POST', path, { token: admin, headers: { 'Idempotency-Key': randomUUID() } });
     const create = async (i: number) => (await createEndpoint(stack, admin, { url: `${receiver.base}/race-${i}`, events: ['run.completed'] })).json.id as string;
-    // Six disabled endpoints (three at a time, the cap), then two enabled: room for one more.
-    const disabled: string[] = [];
-    for (let round = 0; round < 2; round++) {
-      const ids = [await create(round * 3), await create(round * 3 + 1), await create(round * 3 + 2)];
-      for (const id of ids) expect((await post(`${ENDPOINTS}/${id}/disable`)).status).toBe(200);
-      disabled.push(...ids);
+    const disable = async (id: string) => expect((await api(stack, 'POST', `${ENDPOINTS}/${id}/disable`, { token: admin, headers: { 'Idempotency-Key': randomUUID() } })).status).toBe(200);
+    // Two disabled endpoints and two enabled: room under the cap (3) for one more.
+    const [held, waiting] = [await create(0), await create(1)];
+    await disable(held);
+    await disable(waiting);
+    await create(2);
+    await create(3);
+    // A concurrent enable, stopped between its update and its commit (the race's window, held open rather
+    // than hoped for): it takes the per-tenant lock as the routes do and the last place, uncommitted.
+    const competitor = new pg.Client({ connectionString: stack.db.adminUrl });
+    await competitor.connect();
+    try {
+      await competitor.query('begin');
+      await competitor.query('select pg_advisory_xact_lock(hashtextextended($1, 0))', [enabledEndpointsLockKey(tenantId)]);
+      await competitor.query(`update webhook_endpoints set enabled = true, disabled_at = null, disabled_reason = null where tenant_id = $1 and id = $2`, [tenantId, held]);
+      // Still three enabled as a snapshot sees them: without the lock, each would count two and take the place.
+      const settled: number[] = [];
+      const answers = [enable(admin, waiting), createEndpoint(stack, admin, { url: `${receiver.base}/race-4`, events: ['run.completed'] })].map((p, i) => p.finally(() => settled.push(i)));
+      await waitFor(
+        async () => {
+          const { rows } = await competitor.query(`select count(*)::int as n from pg_locks where locktype = 'advisory' and not granted and database = (select oid from pg_database where datname = current_database())`);
+          return rows[0].n + settled.length >= 2;
+        },
+        { what: 'the enable and the create to wait for the lock (or answer without it)' },
+      );
+      await competitor.query('commit');
+      const [enabled, created] = await Promise.all(answers);
+      expect(enabled!.status, enabled!.text).toBe(409);
+      expect(created!.status, created!.text).toBe(409);
+      expect([enabled!.json.code, created!.json.code]).toEqual(['webhook_endpoint_limit', 'webhook_endpoint_limit']);
+    } finally {
+      await competitor.query('rollback').catch(() => {});
+      await competitor.end();
     }
-    await create(6);
-    await create(7);
-    // Six enables and two creates at once, for one place: one wins, whichever it is.
-    const answers = await Promise.all([...disabled.map((id) => enable(admin, id)), createEndpoint(stack, admin, { url: `${receiver.base}/race-8`, events: ['run.completed'] }), createEndpoint(stack, admin, { url: `${receiver.base}/race-9`, events: ['run.completed'] })]);
-    expect(answers.filter((r) => r.status < 300)).toHaveLength(1);
-    expect(answers.filter((r) => r.status === 409).map((r) => r.json.code)).toEqual(Array(7).fill('webhook_endpoint_limit'));
     expect((await stack.db.admin(`select count(*)::int as n from webhook_endpoints where tenant_id = $1 and enabled`, [tenantId])).rows[0].n).toBe(3);
   });
 });

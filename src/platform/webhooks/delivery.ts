@@ -82,7 +82,7 @@ export async function enqueueDeliveries(queue: Queue, tenantId: string, ids: rea
 }
 
 /**
- * Whether the attempt being recorded disables its endpoint: it failed, and the endpoint's failures
+ * Whether the attempt being recorded disables its endpoint `e`: it failed, and the endpoint's failures
  * began (`failing_since`) at least WEBHOOK_DISABLE_AFTER ago (`c.cutoff`; null when the setting is off).
  */
 const DISABLES = `(not c.ok and coalesce(e.failing_since <= c.cutoff, false))`;
@@ -97,38 +97,58 @@ const ENDPOINT_DISABLED_EVENTS = `select ep.tenant_id, 'webhook_endpoint.disable
  * Records one attempt (the conditional update of the delivery: a duplicate execution finds it moved
  * on and records nothing) and, in the same statement, its endpoint's health: a 2xx clears
  * `failing_since`, the first failure since sets it, and a failure WEBHOOK_DISABLE_AFTER past it
- * disables the endpoint (`disabled_reason = 'failing'`) and inserts `webhook_endpoint.disabled` for the
- * tenant's other endpoints subscribed to it (the outbox, ADR 0013). The endpoint's row is written only
- * when one of those changes it, so a healthy endpoint's deliveries never queue on its row lock; it is
- * locked after the delivery's, as nothing else locks the two the other way round. An endpoint disabled
- * meanwhile (an admin, another delivery) is left as it is.
+ * disables the endpoint (`disabled_reason = 'failing'`), ends the delivery `failed` (its attempt is
+ * its last: the endpoint takes no more) and inserts `webhook_endpoint.disabled` for the tenant's other
+ * endpoints subscribed to it (the outbox, ADR 0013).
+ *
+ * `x` decides once what the attempt does to its endpoint, on the endpoint's row locked (FOR NO KEY
+ * UPDATE: the outbox's inserts of deliveries, holding KEY SHARE on it, are not blocked), so both updates
+ * read the same answer, and it is the row's latest committed state, not the statement's snapshot: a 2xx
+ * or an admin's disable committed meanwhile is seen, and a delivery is never failed for a disabling that
+ * did not happen. It is locked only when the attempt changes it (a healthy endpoint's deliveries never
+ * queue on its row lock), and before the delivery's row, as every attempt does: no lock order the other
+ * way round. An endpoint disabled meanwhile (an admin, another delivery) is left as it is. An attempt
+ * that sent nothing (`posted` false: the endpoint was disabled when the attempt read it) says nothing of
+ * the receiver: it leaves the endpoint alone, even one re-enabled since.
  */
-const RECORD_ATTEMPT = `with d as (
-    update webhook_deliveries set attempts = ?, status = ?, last_attempt_at = now(), last_status_code = ?, last_error = ?,
+const RECORD_ATTEMPT = `with c as (
+    select ?::boolean as posted, ?::boolean as ok, now() - ?::float8 * interval '1 millisecond' as cutoff
+  ), x as (
+    select e.tenant_id, e.id, ${DISABLES} as disables
+      from webhook_endpoints e, c
+     where c.posted and e.tenant_id = ? and e.id = ? and e.enabled
+       and case when c.ok then e.failing_since is not null else e.failing_since is null or ${DISABLES} end
+       for no key update of e
+  ), s as (
+    select case when coalesce((select x.disables from x), false) then 'failed' else ?::text end as new_status
+  ), d as (
+    update webhook_deliveries set attempts = ?, status = s.new_status, last_attempt_at = now(), last_status_code = ?, last_error = ?,
            attempt_log = coalesce(attempt_log, '[]'::jsonb) || jsonb_build_array(jsonb_build_object('at', ${ISO_NOW},
                          'status_code', ?::int, 'error', ?::text, 'duration_ms', ?::int)),
-           next_attempt_at = case when ? = 'pending' then now() + ? * interval '1 millisecond' end,
-           delivered_at = case when ? = 'delivered' then now() end, updated_at = now()
+           next_attempt_at = case when s.new_status = 'pending' then now() + ? * interval '1 millisecond' end,
+           delivered_at = case when s.new_status = 'delivered' then now() end, updated_at = now()
+      from s
      where tenant_id = ? and id = ? and status = 'pending' and attempts = ?
-     returning id, tenant_id, endpoint_id
+     returning id, tenant_id, endpoint_id, s.new_status as status
   ), ep as (
     update webhook_endpoints e
        set failing_since = case when c.ok then null else coalesce(e.failing_since, now()) end,
-           enabled = not ${DISABLES},
-           disabled_at = case when ${DISABLES} then now() else e.disabled_at end,
-           disabled_reason = case when ${DISABLES} then 'failing' else e.disabled_reason end,
+           enabled = not x.disables,
+           disabled_at = case when x.disables then now() else e.disabled_at end,
+           disabled_reason = case when x.disables then 'failing' else e.disabled_reason end,
            updated_at = now()
-      from d, (select ?::boolean as ok, now() - ?::float8 * interval '1 millisecond' as cutoff) c
-     where e.tenant_id = d.tenant_id and e.id = d.endpoint_id and e.enabled
-       and case when c.ok then e.failing_since is not null else e.failing_since is null or ${DISABLES} end
+      from d, x, c
+     where e.tenant_id = x.tenant_id and e.id = x.id
      returning e.tenant_id, e.id, e.url, e.enabled, e.failing_since, e.disabled_at, e.disabled_reason
   ), ${outboxCte(ENDPOINT_DISABLED_EVENTS, { exceptEndpoint: `(ev.data->>'endpoint_id')::uuid` })}
-  select d.id, d.endpoint_id, coalesce((select not ep.enabled from ep), false) as disabled, (select ep.failing_since from ep) as failing_since, ${OUTBOX_IDS}
+  select d.id, d.endpoint_id, d.status, coalesce((select not ep.enabled from ep), false) as disabled, (select ep.failing_since from ep) as failing_since, ${OUTBOX_IDS}
     from d`;
 
 interface RecordedAttempt {
   id: string;
   endpoint_id: string;
+  /** As recorded: `failed` when this attempt disabled the endpoint, whatever the attempt count allowed. */
+  status: 'pending' | 'delivered' | 'failed';
   /** This attempt disabled the endpoint. */
   disabled: boolean;
   failing_since: Date | null;
@@ -264,18 +284,20 @@ export function webhookHandlers(deps: {
       const outcome: AttemptOutcome = row.enabled ? await post(job, row, data.tenant_id, log) : { ok: false, statusCode: null, error: 'endpoint disabled', durationMs: 0 };
       const attempt = row.attempts + 1;
       // A resent delivery is owed one attempt, not a new retry cycle (ADR 0013): it fails again at once.
-      const status = outcome.ok ? 'delivered' : !row.enabled || row.resent || attempt >= settings.maxAttempts ? 'failed' : 'pending';
-      const delayMs = status === 'pending' ? retryDelayMs(settings.retryBaseMs, attempt) : 0;
+      const planned = outcome.ok ? 'delivered' : !row.enabled || row.resent || attempt >= settings.maxAttempts ? 'failed' : 'pending';
+      const delayMs = planned === 'pending' ? retryDelayMs(settings.retryBaseMs, attempt) : 0;
       const disableAfterMs = settings.disableAfterMs ?? 0;
       const recorded = await em.transactional((tx) =>
         tx.execute<RecordedAttempt[]>(RECORD_ATTEMPT, [
-          attempt, status, outcome.statusCode, outcome.error, outcome.statusCode, outcome.error, outcome.durationMs, status, delayMs, status, data.tenant_id, row.id, row.attempts,
-          outcome.ok, disableAfterMs > 0 ? disableAfterMs : null,
+          row.enabled, outcome.ok, disableAfterMs > 0 ? disableAfterMs : null, data.tenant_id, row.endpoint_id, planned,
+          attempt, outcome.statusCode, outcome.error, outcome.statusCode, outcome.error, outcome.durationMs, delayMs, data.tenant_id, row.id, row.attempts,
         ]),
       );
       // Another execution recorded this attempt first (a duplicate job): its outcome stands.
       if (recorded.length === 0) return { outcome: 'superseded' };
       if (recorded[0]!.disabled) await endpointDisabled(recorded[0]!, data.tenant_id, job.id);
+      // The attempt that disabled its endpoint ended its delivery too.
+      const status = recorded[0]!.status;
       const counted = status === 'pending' ? 'retrying' : status;
       deps.outcomes?.inc({ outcome: counted });
       if (status === 'delivered') {

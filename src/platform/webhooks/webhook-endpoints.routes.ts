@@ -133,12 +133,15 @@ export async function endpointById(em: EntityManager, tenantId: string, id: stri
   return row;
 }
 
+/** The key of the per-tenant advisory lock below (`pg_advisory_xact_lock(hashtextextended(key, 0))`); exported for the test that holds it. */
+export const enabledEndpointsLockKey = (tenantId: string) => `dealix:webhook_endpoints:${tenantId}`;
+
 /**
  * Serialises, per tenant, what may add an enabled endpoint (create, enable) until the commit, so that
  * concurrent ones cannot each see room under WEBHOOK_MAX_ENDPOINTS; held back to travel with the next statement (one message).
  */
 const lockEnabledEndpoints = (em: EntityManager, tenantId: string) =>
-  em.execute(`${DEFER_UNTIL_NEXT}select pg_advisory_xact_lock(hashtextextended('dealix:webhook_endpoints:' || ?, 0))`, [tenantId]);
+  em.execute(`${DEFER_UNTIL_NEXT}select pg_advisory_xact_lock(hashtextextended(?, 0))`, [enabledEndpointsLockKey(tenantId)]);
 
 /** The cap's condition, for an insert or update that adds an enabled endpoint (parameters: tenant id, cap). */
 const UNDER_CAP = '(select count(*) from webhook_endpoints where tenant_id = ? and enabled) < ?';
