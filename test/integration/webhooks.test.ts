@@ -10,6 +10,7 @@ import { createServer, type IncomingHttpHeaders, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { Webhook } from 'standardwebhooks';
 import pino from 'pino';
+import pg from 'pg';
 import { api, CLASS_A_SUBMISSION, newTenant, SAMPLE_SUBMISSION, startStack, type TestStack } from '../helpers/stack.ts';
 import { waitFor } from '../helpers/poll.ts';
 import { tenantEm } from '../../src/platform/db/tenant-em.ts';
@@ -539,6 +540,46 @@ describe('webhook endpoint API: refusals', () => {
     expect(disabled.status, disabled.text).toBe(409);
     expect(disabled.json).toMatchObject({ code: 'webhook_endpoint_disabled' });
     expect(await secretsOf(stack, id)).toEqual(unchanged);
+  });
+
+  it('rotate-secret and disable lock the endpoint row as NO KEY UPDATE: neither waits for a transaction that inserted a delivery for the endpoint (a run ending), nor would make one wait', async () => {
+    const tenantId = newTenant();
+    const admin = await stack.token({ tenantId, sub: 'admin-1', roles: ['admin'] });
+    const created = await createEndpoint(stack, admin, { url: 'https://93.184.215.43/hook', events: ['run.completed'] });
+    expect(created.status, created.text).toBe(201);
+    const t = { tenantId, admin, endpoint: created.json as { id: string } };
+    // A run's end, still open: its delivery insert holds KEY SHARE on the endpoint row (the foreign key).
+    const runEnd = new pg.Client({ connectionString: stack.db.adminUrl });
+    await runEnd.connect();
+    try {
+      await runEnd.query('begin');
+      await runEnd.query(
+        `insert into webhook_deliveries (id, tenant_id, endpoint_id, event_type, payload, status, attempts, next_attempt_at, created_at, updated_at)
+         values (gen_random_uuid(), $1, $2, 'run.completed', '{}'::jsonb, 'pending', 0, now() + interval '1 day', now(), now())`,
+        [t.tenantId, t.endpoint.id],
+      );
+      /** The request's answer; it fails if the request's statement is seen waiting for a lock on the endpoint (behind runEnd). */
+      const unblocked = async (request: Promise<Awaited<ReturnType<typeof api>>>, what: string) => {
+        let answered = false;
+        const answer = request.finally(() => (answered = true));
+        const first = await waitFor(
+          async () =>
+            answered ? 'answered'
+            : (await runEnd.query(`select count(*)::int as n from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock' and query ilike '%webhook_endpoints%'`)).rows[0].n > 0 ? 'waiting for the lock'
+            : false,
+          { timeoutMs: 60_000, what: `${what} to answer or wait` },
+        );
+        expect(first, `${what} behind a run end's open delivery insert`).toBe('answered');
+        return answer;
+      };
+      const rotated = await unblocked(rotate(stack, t.admin, t.endpoint.id), 'rotate-secret');
+      expect(rotated.status, rotated.text).toBe(200);
+      const disabled = await unblocked(api(stack, 'POST', `${ENDPOINTS}/${t.endpoint.id}/disable`, { token: t.admin, headers: { 'Idempotency-Key': randomUUID() } }), 'disable');
+      expect(disabled.status, disabled.text).toBe(200);
+    } finally {
+      await runEnd.query('rollback').catch(() => {});
+      await runEnd.end();
+    }
   });
 
   it('a tenant has at most WEBHOOK_MAX_ENDPOINTS enabled endpoints, concurrent creates included: one more is 409 and nothing is stored; a disabled one frees its place', async () => {

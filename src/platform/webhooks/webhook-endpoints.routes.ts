@@ -116,6 +116,12 @@ export const newSigningSecret = () => `whsec_${randomBytes(32).toString('base64'
 const idParam = z.object({ id: z.string().uuid() });
 const adminOnly = { 403: { description: `Not an admin of the tenant (role ${ADMIN_ROLE})` } };
 
+/**
+ * The row lock of a change to an endpoint (rotate, disable): NO KEY UPDATE, which a transaction
+ * inserting deliveries for the endpoint (its foreign key's KEY SHARE) neither waits for nor blocks.
+ */
+const LOCK_ROW = ' for no key update';
+
 async function endpointById(em: EntityManager, tenantId: string, id: string, lock = ''): Promise<EndpointRow> {
   const [row] = await em.execute<EndpointRow[]>(`select ${ENDPOINT_COLUMNS} from webhook_endpoints where tenant_id = ? and id = ?${lock}`, [tenantId, id]);
   if (!row) throw new NotFoundError('webhook endpoint');
@@ -220,7 +226,11 @@ export function webhookEndpointRoutes(deps: {
         422: { description: 'Invalid body: `previous_secret_expires_in_seconds` not an integer from 0 to 604800 (7 days), or an unknown field' },
       },
       async handler({ req, em, principal, params, body, afterCommit }) {
-        const current = await endpointById(em, principal.tenantId, params.id, ' for update');
+        // The row lock makes concurrent rotations take turns (each moves the secret the one before it
+        // left). NO KEY UPDATE, the lock the update takes anyway: a run's end inserting a delivery for
+        // this endpoint holds KEY SHARE on it (the foreign key) until it commits, and must neither wait
+        // for a rotation nor make one wait.
+        const current = await endpointById(em, principal.tenantId, params.id, LOCK_ROW);
         // Disabled is final (there is no enable): a secret for an endpoint that never signs again is a
         // mistake (the wrong endpoint) better told than answered with a secret nobody will use.
         if (!current.enabled) throw new ConflictError('webhook_endpoint_disabled', 'The webhook endpoint is disabled: it signs no delivery any more, so its secret is not rotated.');
@@ -255,7 +265,7 @@ export function webhookEndpointRoutes(deps: {
       params: idParam,
       responses: { 200: { description: 'The endpoint, disabled (disabling it again changes nothing)', schema: endpointView }, ...adminOnly, 404: { description: 'No such endpoint for this tenant' } },
       async handler({ em, principal, params }) {
-        await endpointById(em, principal.tenantId, params.id, ' for update');
+        await endpointById(em, principal.tenantId, params.id, LOCK_ROW);
         const [row] = await em.execute<EndpointRow[]>(
           `update webhook_endpoints set enabled = false, disabled_at = coalesce(disabled_at, now()), updated_at = now() where tenant_id = ? and id = ? returning ${ENDPOINT_COLUMNS}`,
           [principal.tenantId, params.id],
