@@ -506,7 +506,7 @@ describe('webhook endpoint API: refusals', () => {
     expect(JSON.stringify(logLines)).not.toContain('whsec_');
   });
 
-  it('rotate-secret is refused, and nothing changes: without Idempotency-Key (400), for a non-admin (403), a bad body (422), another tenant (404), a disabled endpoint (409)', async () => {
+  it('rotate-secret is refused, and nothing changes: without Idempotency-Key (400), for a non-admin (403), a bad body (422), another tenant (404)', async () => {
     const tenantId = newTenant();
     const admin = await stack.token({ tenantId, sub: 'admin-1', roles: ['admin'] });
     const approver = await stack.token({ tenantId, sub: 'user-1', roles: ['approver'] });
@@ -534,12 +534,21 @@ describe('webhook endpoint API: refusals', () => {
     const cross = await rotate(stack, other, id);
     expect(cross.status, cross.text).toBe(404);
     expect(await secretsOf(stack, id)).toEqual(unchanged);
-    // A disabled endpoint signs nothing again (it cannot be enabled): a new secret for it would be a mistake to tell.
+  });
+
+  it('rotate-secret of a disabled endpoint rotates (after a leak: disable at once, rotate, re-enable later): 200 with the new secret, the old one kept only for the overlap asked', async () => {
+    const tenantId = newTenant();
+    const admin = await stack.token({ tenantId, sub: 'admin-1', roles: ['admin'] });
+    const created = await createEndpoint(stack, admin, { url: 'https://93.184.215.42/hook', events: ['run.completed'] });
+    expect(created.status, created.text).toBe(201);
+    const id = created.json.id as string;
     expect((await api(stack, 'POST', `${ENDPOINTS}/${id}/disable`, { token: admin, headers: { 'Idempotency-Key': randomUUID() } })).status).toBe(200);
-    const disabled = await rotate(stack, admin, id);
-    expect(disabled.status, disabled.text).toBe(409);
-    expect(disabled.json).toMatchObject({ code: 'webhook_endpoint_disabled' });
-    expect(await secretsOf(stack, id)).toEqual(unchanged);
+    const rotated = await rotate(stack, admin, id, { previous_secret_expires_in_seconds: 0 });
+    expect(rotated.status, rotated.text).toBe(200);
+    expect(rotated.json).toMatchObject({ id, enabled: false, previous_secret_expires_at: null });
+    expect(rotated.json.secret).toMatch(/^whsec_/);
+    expect(rotated.json.secret).not.toBe(created.json.secret);
+    expect(await secretsOf(stack, id)).toEqual({ secret: rotated.json.secret, previous_secret: null, previous_secret_expires_at: null });
   });
 
   it('rotate-secret and disable lock the endpoint row as NO KEY UPDATE: neither waits for a transaction that inserted a delivery for the endpoint (a run ending), nor would make one wait', async () => {

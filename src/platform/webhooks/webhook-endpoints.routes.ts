@@ -222,18 +222,15 @@ export function webhookEndpointRoutes(deps: {
         200: { description: 'The endpoint, with its new signing secret; `previous_secret_expires_at` says until when the replaced one still signs', schema: rotatedView },
         ...adminOnly,
         404: { description: 'No such endpoint for this tenant' },
-        409: { description: 'The endpoint is disabled (`webhook_endpoint_disabled`): it signs nothing any more' },
         422: { description: 'Invalid body: `previous_secret_expires_in_seconds` not an integer from 0 to 604800 (7 days), or an unknown field' },
       },
       async handler({ req, em, principal, params, body, afterCommit }) {
         // The row lock makes concurrent rotations take turns (each moves the secret the one before it
         // left). NO KEY UPDATE, the lock the update takes anyway: a run's end inserting a delivery for
         // this endpoint holds KEY SHARE on it (the foreign key) until it commits, and must neither wait
-        // for a rotation nor make one wait.
-        const current = await endpointById(em, principal.tenantId, params.id, LOCK_ROW);
-        // Disabled is final (there is no enable): a secret for an endpoint that never signs again is a
-        // mistake (the wrong endpoint) better told than answered with a secret nobody will use.
-        if (!current.enabled) throw new ConflictError('webhook_endpoint_disabled', 'The webhook endpoint is disabled: it signs no delivery any more, so its secret is not rotated.');
+        // for a rotation nor make one wait. A disabled endpoint is rotated too: after a leak, disable
+        // it, rotate, give the receiver the new secret, and only then let it sign again.
+        await endpointById(em, principal.tenantId, params.id, LOCK_ROW);
         const overlap = body?.previous_secret_expires_in_seconds ?? PREVIOUS_SECRET_DEFAULT_SECONDS;
         const secret = newSigningSecret();
         // The secret in use becomes the previous one, replacing any previous still live (a receiver holds
