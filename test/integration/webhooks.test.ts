@@ -95,6 +95,15 @@ async function rotate(stack: TestStack, token: string, id: string, body?: unknow
   return api(stack, 'POST', `${ENDPOINTS}/${id}/rotate-secret`, { token, body, headers: { 'Idempotency-Key': key } });
 }
 
+/** A new tenant's admin and one endpoint of it at `url` (run.completed; no receiver behind it). */
+async function adminWithEndpoint(stack: TestStack, url: string) {
+  const tenantId = newTenant();
+  const admin = await stack.token({ tenantId, sub: 'admin-1', roles: ['admin'] });
+  const created = await createEndpoint(stack, admin, { url, events: ['run.completed'] });
+  expect(created.status, created.text).toBe(201);
+  return { tenantId, admin, id: created.json.id as string, secret: created.json.secret as string };
+}
+
 /** An endpoint's stored secrets, read as the admin role (no API read ever returns them). */
 const secretsOf = async (stack: TestStack, id: string) =>
   (await stack.db.admin(`select secret, previous_secret, previous_secret_expires_at from webhook_endpoints where id = $1`, [id])).rows[0] as { secret: string; previous_secret: string | null; previous_secret_expires_at: Date | null };
@@ -474,11 +483,7 @@ describe('webhook endpoint API: refusals', () => {
   });
 
   it('rotate-secret: without a body the previous secret overlaps for 24 h; a replay of its key answers the same secret and rotates nothing; reads show neither secret', async () => {
-    const tenantId = newTenant();
-    const admin = await stack.token({ tenantId, sub: 'admin-1', roles: ['admin'] });
-    const created = await createEndpoint(stack, admin, { url: 'https://93.184.215.40/hook', events: ['run.completed'] });
-    expect(created.status, created.text).toBe(201);
-    const id = created.json.id as string;
+    const { tenantId, admin, id, secret: createdSecret } = await adminWithEndpoint(stack, 'https://93.184.215.40/hook');
     const key = randomUUID();
     const first = await rotate(stack, admin, id, undefined, key);
     expect(first.status, first.text).toBe(200);
@@ -486,7 +491,7 @@ describe('webhook endpoint API: refusals', () => {
     expect(expires).toBeGreaterThan(23 * 3600_000);
     expect(expires).toBeLessThanOrEqual(24 * 3600_000);
     const stored = await secretsOf(stack, id);
-    expect(stored).toMatchObject({ secret: first.json.secret, previous_secret: created.json.secret });
+    expect(stored).toMatchObject({ secret: first.json.secret, previous_secret: createdSecret });
     const replay = await rotate(stack, admin, id, undefined, key);
     expect(replay.status, replay.text).toBe(200);
     expect(replay.headers.get('idempotent-replayed')).toBe('true');
@@ -504,6 +509,14 @@ describe('webhook endpoint API: refusals', () => {
       expect.objectContaining({ tenant_id: tenantId, rotated_by: 'admin-1', previous_secret_expires_at: first.json.previous_secret_expires_at }),
     ]);
     expect(JSON.stringify(logLines)).not.toContain('whsec_');
+    // The stored answer is its principal's: another admin of the tenant sending the same key is not
+    // answered the secret, it makes a rotation of its own.
+    const otherAdmin = await stack.token({ tenantId, sub: 'admin-2', roles: ['admin'] });
+    const theirs = await rotate(stack, otherAdmin, id, undefined, key);
+    expect(theirs.status, theirs.text).toBe(200);
+    expect(theirs.headers.get('idempotent-replayed')).toBeNull();
+    expect(theirs.json.secret).not.toBe(first.json.secret);
+    expect(await secretsOf(stack, id)).toMatchObject({ secret: theirs.json.secret, previous_secret: first.json.secret });
   });
 
   it('rotate-secret is refused, and nothing changes: without Idempotency-Key (400), for a non-admin (403), a bad body (422), another tenant (404)', async () => {
@@ -537,26 +550,36 @@ describe('webhook endpoint API: refusals', () => {
   });
 
   it('rotate-secret of a disabled endpoint rotates (after a leak: disable at once, rotate, re-enable later): 200 with the new secret, the old one kept only for the overlap asked', async () => {
-    const tenantId = newTenant();
-    const admin = await stack.token({ tenantId, sub: 'admin-1', roles: ['admin'] });
-    const created = await createEndpoint(stack, admin, { url: 'https://93.184.215.42/hook', events: ['run.completed'] });
-    expect(created.status, created.text).toBe(201);
-    const id = created.json.id as string;
+    const { admin, id, secret: createdSecret } = await adminWithEndpoint(stack, 'https://93.184.215.42/hook');
     expect((await api(stack, 'POST', `${ENDPOINTS}/${id}/disable`, { token: admin, headers: { 'Idempotency-Key': randomUUID() } })).status).toBe(200);
     const rotated = await rotate(stack, admin, id, { previous_secret_expires_in_seconds: 0 });
     expect(rotated.status, rotated.text).toBe(200);
     expect(rotated.json).toMatchObject({ id, enabled: false, previous_secret_expires_at: null });
     expect(rotated.json.secret).toMatch(/^whsec_/);
-    expect(rotated.json.secret).not.toBe(created.json.secret);
+    expect(rotated.json.secret).not.toBe(createdSecret);
     expect(await secretsOf(stack, id)).toEqual({ secret: rotated.json.secret, previous_secret: null, previous_secret_expires_at: null });
   });
 
+  it('concurrent rotations: under one Idempotency-Key one rotates and the others replay it or are told it is in progress; under different keys they take turns, the previous of the later being the secret of the earlier', async () => {
+    const { admin, id, secret: createdSecret } = await adminWithEndpoint(stack, 'https://93.184.215.44/hook');
+    const key = randomUUID();
+    const same = await Promise.all(Array.from({ length: 4 }, () => rotate(stack, admin, id, undefined, key)));
+    const rotatedOnce = same.filter((r) => r.status === 200);
+    expect(rotatedOnce.length, same.map((r) => r.text).join('\n')).toBeGreaterThanOrEqual(1);
+    for (const r of same) expect(r.status === 200 || (r.status === 409 && r.json.code === 'idempotency_key_in_use'), r.text).toBe(true);
+    expect(new Set(rotatedOnce.map((r) => r.json.secret)).size).toBe(1);
+    const once = rotatedOnce[0]!.json.secret as string;
+    expect(await secretsOf(stack, id)).toMatchObject({ secret: once, previous_secret: createdSecret });
+    const [a, b] = await Promise.all([rotate(stack, admin, id), rotate(stack, admin, id)]);
+    expect([a!.status, b!.status]).toEqual([200, 200]);
+    const stored = await secretsOf(stack, id);
+    // Whichever committed last holds the secret, and the previous is the one the other answered: never `once` kept beside it, never a secret nobody was told.
+    const [earlier, later] = stored.secret === a!.json.secret ? [b!, a!] : [a!, b!];
+    expect(stored).toMatchObject({ secret: later.json.secret, previous_secret: earlier.json.secret });
+  });
+
   it('rotate-secret and disable lock the endpoint row as NO KEY UPDATE: neither waits for a transaction that inserted a delivery for the endpoint (a run ending), nor would make one wait', async () => {
-    const tenantId = newTenant();
-    const admin = await stack.token({ tenantId, sub: 'admin-1', roles: ['admin'] });
-    const created = await createEndpoint(stack, admin, { url: 'https://93.184.215.43/hook', events: ['run.completed'] });
-    expect(created.status, created.text).toBe(201);
-    const t = { tenantId, admin, endpoint: created.json as { id: string } };
+    const { tenantId, admin, id } = await adminWithEndpoint(stack, 'https://93.184.215.43/hook');
     // A run's end, still open: its delivery insert holds KEY SHARE on the endpoint row (the foreign key).
     const runEnd = new pg.Client({ connectionString: stack.db.adminUrl });
     await runEnd.connect();
@@ -565,7 +588,7 @@ describe('webhook endpoint API: refusals', () => {
       await runEnd.query(
         `insert into webhook_deliveries (id, tenant_id, endpoint_id, event_type, payload, status, attempts, next_attempt_at, created_at, updated_at)
          values (gen_random_uuid(), $1, $2, 'run.completed', '{}'::jsonb, 'pending', 0, now() + interval '1 day', now(), now())`,
-        [t.tenantId, t.endpoint.id],
+        [tenantId, id],
       );
       /** The request's answer; it fails if the request's statement is seen waiting for a lock on the endpoint (behind runEnd). */
       const unblocked = async (request: Promise<Awaited<ReturnType<typeof api>>>, what: string) => {
@@ -581,9 +604,9 @@ describe('webhook endpoint API: refusals', () => {
         expect(first, `${what} behind a run end's open delivery insert`).toBe('answered');
         return answer;
       };
-      const rotated = await unblocked(rotate(stack, t.admin, t.endpoint.id), 'rotate-secret');
+      const rotated = await unblocked(rotate(stack, admin, id), 'rotate-secret');
       expect(rotated.status, rotated.text).toBe(200);
-      const disabled = await unblocked(api(stack, 'POST', `${ENDPOINTS}/${t.endpoint.id}/disable`, { token: t.admin, headers: { 'Idempotency-Key': randomUUID() } }), 'disable');
+      const disabled = await unblocked(api(stack, 'POST', `${ENDPOINTS}/${id}/disable`, { token: admin, headers: { 'Idempotency-Key': randomUUID() } }), 'disable');
       expect(disabled.status, disabled.text).toBe(200);
     } finally {
       await runEnd.query('rollback').catch(() => {});
