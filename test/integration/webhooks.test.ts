@@ -101,7 +101,7 @@ async function adminWithEndpoint(stack: TestStack, url: string) {
   const admin = await stack.token({ tenantId, sub: 'admin-1', roles: ['admin'] });
   const created = await createEndpoint(stack, admin, { url, events: ['run.completed'] });
   expect(created.status, created.text).toBe(201);
-  return { tenantId, admin, id: created.json.id as string, secret: created.json.secret as string };
+  return { tenantId, admin, id: created.json.id as string, secret: created.json.secret as string, created };
 }
 
 /** An endpoint's stored secrets, read as the admin role (no API read ever returns them). */
@@ -483,7 +483,7 @@ describe('webhook endpoint API: refusals', () => {
   });
 
   it('rotate-secret: without a body the previous secret overlaps for 24 h; a replay of its key answers the same secret and rotates nothing; reads show neither secret', async () => {
-    const { tenantId, admin, id, secret: createdSecret } = await adminWithEndpoint(stack, 'https://93.184.215.40/hook');
+    const { tenantId, admin, id, secret: createdSecret, created } = await adminWithEndpoint(stack, 'https://93.184.215.40/hook');
     const key = randomUUID();
     const first = await rotate(stack, admin, id, undefined, key);
     expect(first.status, first.text).toBe(200);
@@ -495,6 +495,8 @@ describe('webhook endpoint API: refusals', () => {
     const replay = await rotate(stack, admin, id, undefined, key);
     expect(replay.status, replay.text).toBe(200);
     expect(replay.headers.get('idempotent-replayed')).toBe('true');
+    // An answer holding a secret is kept by no cache (browser, proxy), its replay neither.
+    for (const answer of [created, first, replay]) expect(answer.headers.get('cache-control')).toBe('no-store');
     expect(replay.json.secret).toBe(first.json.secret);
     expect(await secretsOf(stack, id)).toEqual(stored);
     // The same key with another body is another request: refused, and nothing rotates.

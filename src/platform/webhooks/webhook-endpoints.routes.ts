@@ -110,6 +110,12 @@ function toView(r: EndpointRow): EndpointView {
   };
 }
 
+/**
+ * The headers of an answer holding a signing secret (the create's, a rotation's, and their replays):
+ * no browser or proxy cache keeps it (as OAuth's token answers, RFC 6749 section 5.1).
+ */
+const SECRET_ANSWER_HEADERS = { 'Cache-Control': 'no-store' } as const;
+
 /** A signing secret as Standard Webhooks writes it: `whsec_` and 32 random bytes in base64. */
 export const newSigningSecret = () => `whsec_${randomBytes(32).toString('base64')}`;
 
@@ -150,7 +156,7 @@ export function webhookEndpointRoutes(deps: {
       idempotency: 'required',
       body: endpointBody,
       responses: {
-        201: { description: 'The endpoint, with its signing secret', schema: createdView },
+        201: { description: 'The endpoint, with its signing secret (Cache-Control: no-store)', schema: createdView },
         ...adminOnly,
         409: { description: 'The tenant already has WEBHOOK_MAX_ENDPOINTS enabled endpoints (`webhook_endpoint_limit`): disable one first' },
         422: { description: 'Invalid body: not an http(s) URL (https:// in production), a host that does not resolve, resolves to a loopback, private, link-local or multicast address, or an unknown or no event type' },
@@ -176,7 +182,7 @@ export function webhookEndpointRoutes(deps: {
         );
         if (!row) throw new ConflictError('webhook_endpoint_limit', `The tenant already has ${deps.maxEndpoints} enabled webhook endpoints (WEBHOOK_MAX_ENDPOINTS); disable one first.`);
         const view = toView(row);
-        return { status: 201, body: { ...view, secret }, headers: { Location: view.links.self } };
+        return { status: 201, body: { ...view, secret }, headers: { Location: view.links.self, ...SECRET_ANSWER_HEADERS } };
       },
     }),
     defineRoute({
@@ -219,7 +225,7 @@ export function webhookEndpointRoutes(deps: {
       params: idParam,
       body: rotateBody,
       responses: {
-        200: { description: 'The endpoint, with its new signing secret; `previous_secret_expires_at` says until when the replaced one still signs', schema: rotatedView },
+        200: { description: 'The endpoint, with its new signing secret (Cache-Control: no-store); `previous_secret_expires_at` says until when the replaced one still signs', schema: rotatedView },
         ...adminOnly,
         404: { description: 'No such endpoint for this tenant' },
         422: { description: 'Invalid body: `previous_secret_expires_in_seconds` not an integer from 0 to 604800 (7 days), or an unknown field' },
@@ -249,7 +255,7 @@ export function webhookEndpointRoutes(deps: {
         afterCommit(async () =>
           req.log.info({ security_event: 'webhook_secret_rotated', tenant_id: principal.tenantId, webhook_endpoint_id: view.id, rotated_by: principal.sub, previous_secret_expires_at: view.previous_secret_expires_at }, 'webhook signing secret rotated'),
         );
-        return { status: 200, body: { ...view, secret } };
+        return { status: 200, body: { ...view, secret }, headers: SECRET_ANSWER_HEADERS };
       },
     }),
     defineRoute({
