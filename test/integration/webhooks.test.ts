@@ -7,6 +7,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { randomUUID } from 'node:crypto';
 import pino from 'pino';
+import pg from 'pg';
 import { api, CLASS_A_SUBMISSION, newTenant, SAMPLE_SUBMISSION, startStack, type TestStack } from '../helpers/stack.ts';
 import { waitFor } from '../helpers/poll.ts';
 import { tenantEm } from '../../src/platform/db/tenant-em.ts';
@@ -22,6 +23,15 @@ const deliveriesOfRun = async (stack: TestStack, runId: string) =>
 /** Rotates an endpoint's signing secret (optionally under a given key, with a body). */
 async function rotate(stack: TestStack, token: string, id: string, body?: unknown, key: string = randomUUID()) {
   return api(stack, 'POST', `${ENDPOINTS}/${id}/rotate-secret`, { token, body, headers: { 'Idempotency-Key': key } });
+}
+
+/** A new tenant's admin and one endpoint of it at `url` (run.completed; no receiver behind it). */
+async function adminWithEndpoint(stack: TestStack, url: string) {
+  const tenantId = newTenant();
+  const admin = await stack.token({ tenantId, sub: 'admin-1', roles: ['admin'] });
+  const created = await createEndpoint(stack, admin, { url, events: ['run.completed'] });
+  expect(created.status, created.text).toBe(201);
+  return { tenantId, admin, id: created.json.id as string, secret: created.json.secret as string, created };
 }
 
 /** An endpoint's stored secrets, read as the admin role (no API read ever returns them). */
@@ -398,11 +408,7 @@ describe('webhook endpoint API: refusals', () => {
   });
 
   it('rotate-secret: without a body the previous secret overlaps for 24 h; a replay of its key answers the same secret and rotates nothing; reads show neither secret', async () => {
-    const tenantId = newTenant();
-    const admin = await stack.token({ tenantId, sub: 'admin-1', roles: ['admin'] });
-    const created = await createEndpoint(stack, admin, { url: 'https://93.184.215.40/hook', events: ['run.completed'] });
-    expect(created.status, created.text).toBe(201);
-    const id = created.json.id as string;
+    const { tenantId, admin, id, secret: createdSecret, created } = await adminWithEndpoint(stack, 'https://93.184.215.40/hook');
     const key = randomUUID();
     const first = await rotate(stack, admin, id, undefined, key);
     expect(first.status, first.text).toBe(200);
@@ -410,10 +416,12 @@ describe('webhook endpoint API: refusals', () => {
     expect(expires).toBeGreaterThan(23 * 3600_000);
     expect(expires).toBeLessThanOrEqual(24 * 3600_000);
     const stored = await secretsOf(stack, id);
-    expect(stored).toMatchObject({ secret: first.json.secret, previous_secret: created.json.secret });
+    expect(stored).toMatchObject({ secret: first.json.secret, previous_secret: createdSecret });
     const replay = await rotate(stack, admin, id, undefined, key);
     expect(replay.status, replay.text).toBe(200);
     expect(replay.headers.get('idempotent-replayed')).toBe('true');
+    // An answer holding a secret is kept by no cache (browser, proxy), its replay neither.
+    for (const answer of [created, first, replay]) expect(answer.headers.get('cache-control')).toBe('no-store');
     expect(replay.json.secret).toBe(first.json.secret);
     expect(await secretsOf(stack, id)).toEqual(stored);
     // The same key with another body is another request: refused, and nothing rotates.
@@ -428,9 +436,17 @@ describe('webhook endpoint API: refusals', () => {
       expect.objectContaining({ tenant_id: tenantId, rotated_by: 'admin-1', previous_secret_expires_at: first.json.previous_secret_expires_at }),
     ]);
     expect(JSON.stringify(logLines)).not.toContain('whsec_');
+    // The stored answer is its principal's: another admin of the tenant sending the same key is not
+    // answered the secret, it makes a rotation of its own.
+    const otherAdmin = await stack.token({ tenantId, sub: 'admin-2', roles: ['admin'] });
+    const theirs = await rotate(stack, otherAdmin, id, undefined, key);
+    expect(theirs.status, theirs.text).toBe(200);
+    expect(theirs.headers.get('idempotent-replayed')).toBeNull();
+    expect(theirs.json.secret).not.toBe(first.json.secret);
+    expect(await secretsOf(stack, id)).toMatchObject({ secret: theirs.json.secret, previous_secret: first.json.secret });
   });
 
-  it('rotate-secret is refused, and nothing changes: without Idempotency-Key (400), for a non-admin (403), a bad body (422), another tenant (404), a disabled endpoint (409)', async () => {
+  it('rotate-secret is refused, and nothing changes: without Idempotency-Key (400), for a non-admin (403), a bad body (422), another tenant (404)', async () => {
     const tenantId = newTenant();
     const admin = await stack.token({ tenantId, sub: 'admin-1', roles: ['admin'] });
     const approver = await stack.token({ tenantId, sub: 'user-1', roles: ['approver'] });
@@ -458,12 +474,71 @@ describe('webhook endpoint API: refusals', () => {
     const cross = await rotate(stack, other, id);
     expect(cross.status, cross.text).toBe(404);
     expect(await secretsOf(stack, id)).toEqual(unchanged);
-    // A disabled endpoint signs nothing again (it cannot be enabled): a new secret for it would be a mistake to tell.
+  });
+
+  it('rotate-secret of a disabled endpoint rotates (after a leak: disable at once, rotate, re-enable later): 200 with the new secret, the old one kept only for the overlap asked', async () => {
+    const { admin, id, secret: createdSecret } = await adminWithEndpoint(stack, 'https://93.184.215.42/hook');
     expect((await api(stack, 'POST', `${ENDPOINTS}/${id}/disable`, { token: admin, headers: { 'Idempotency-Key': randomUUID() } })).status).toBe(200);
-    const disabled = await rotate(stack, admin, id);
-    expect(disabled.status, disabled.text).toBe(409);
-    expect(disabled.json).toMatchObject({ code: 'webhook_endpoint_disabled' });
-    expect(await secretsOf(stack, id)).toEqual(unchanged);
+    const rotated = await rotate(stack, admin, id, { previous_secret_expires_in_seconds: 0 });
+    expect(rotated.status, rotated.text).toBe(200);
+    expect(rotated.json).toMatchObject({ id, enabled: false, previous_secret_expires_at: null });
+    expect(rotated.json.secret).toMatch(/^whsec_/);
+    expect(rotated.json.secret).not.toBe(createdSecret);
+    expect(await secretsOf(stack, id)).toEqual({ secret: rotated.json.secret, previous_secret: null, previous_secret_expires_at: null });
+  });
+
+  it('concurrent rotations: under one Idempotency-Key one rotates and the others replay it or are told it is in progress; under different keys they take turns, the previous of the later being the secret of the earlier', async () => {
+    const { admin, id, secret: createdSecret } = await adminWithEndpoint(stack, 'https://93.184.215.44/hook');
+    const key = randomUUID();
+    const same = await Promise.all(Array.from({ length: 4 }, () => rotate(stack, admin, id, undefined, key)));
+    const rotatedOnce = same.filter((r) => r.status === 200);
+    expect(rotatedOnce.length, same.map((r) => r.text).join('\n')).toBeGreaterThanOrEqual(1);
+    for (const r of same) expect(r.status === 200 || (r.status === 409 && r.json.code === 'idempotency_key_in_use'), r.text).toBe(true);
+    expect(new Set(rotatedOnce.map((r) => r.json.secret)).size).toBe(1);
+    const once = rotatedOnce[0]!.json.secret as string;
+    expect(await secretsOf(stack, id)).toMatchObject({ secret: once, previous_secret: createdSecret });
+    const [a, b] = await Promise.all([rotate(stack, admin, id), rotate(stack, admin, id)]);
+    expect([a!.status, b!.status]).toEqual([200, 200]);
+    const stored = await secretsOf(stack, id);
+    // Whichever committed last holds the secret, and the previous is the one the other answered: never `once` kept beside it, never a secret nobody was told.
+    const [earlier, later] = stored.secret === a!.json.secret ? [b!, a!] : [a!, b!];
+    expect(stored).toMatchObject({ secret: later.json.secret, previous_secret: earlier.json.secret });
+  });
+
+  it('rotate-secret and disable lock the endpoint row as NO KEY UPDATE: neither waits for a transaction that inserted a delivery for the endpoint (a run ending), nor would make one wait', async () => {
+    const { tenantId, admin, id } = await adminWithEndpoint(stack, 'https://93.184.215.43/hook');
+    // A run's end, still open: its delivery insert holds KEY SHARE on the endpoint row (the foreign key).
+    const runEnd = new pg.Client({ connectionString: stack.db.adminUrl });
+    await runEnd.connect();
+    try {
+      await runEnd.query('begin');
+      await runEnd.query(
+        `insert into webhook_deliveries (id, tenant_id, endpoint_id, event_type, payload, status, attempts, next_attempt_at, created_at, updated_at)
+         values (gen_random_uuid(), $1, $2, 'run.completed', '{}'::jsonb, 'pending', 0, now() + interval '1 day', now(), now())`,
+        [tenantId, id],
+      );
+      /** The request's answer; it fails if the request's statement is seen waiting for a lock on the endpoint (behind runEnd). */
+      const unblocked = async (request: Promise<Awaited<ReturnType<typeof api>>>, what: string) => {
+        let answered = false;
+        const answer = request.finally(() => (answered = true));
+        const first = await waitFor(
+          async () =>
+            answered ? 'answered'
+            : (await runEnd.query(`select count(*)::int as n from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock' and query ilike '%webhook_endpoints%'`)).rows[0].n > 0 ? 'waiting for the lock'
+            : false,
+          { timeoutMs: 60_000, what: `${what} to answer or wait` },
+        );
+        expect(first, `${what} behind a run end's open delivery insert`).toBe('answered');
+        return answer;
+      };
+      const rotated = await unblocked(rotate(stack, admin, id), 'rotate-secret');
+      expect(rotated.status, rotated.text).toBe(200);
+      const disabled = await unblocked(api(stack, 'POST', `${ENDPOINTS}/${id}/disable`, { token: admin, headers: { 'Idempotency-Key': randomUUID() } }), 'disable');
+      expect(disabled.status, disabled.text).toBe(200);
+    } finally {
+      await runEnd.query('rollback').catch(() => {});
+      await runEnd.end();
+    }
   });
 
   it('a tenant has at most WEBHOOK_MAX_ENDPOINTS enabled endpoints, concurrent creates included: one more is 409 and nothing is stored; a disabled one frees its place', async () => {

@@ -7,8 +7,11 @@ import { bindParameters } from '../db/binding-driver.ts';
 
 export const IDEMPOTENCY_HEADER = 'Idempotency-Key';
 export const REPLAYED_HEADER = 'Idempotent-Replayed';
-/** Response headers worth replaying; everything else is per-request (ids, dates, tracing). */
-export const REPLAYABLE_HEADERS = ['content-type', 'location'] as const;
+/**
+ * Response headers worth replaying; everything else is per-request (ids, dates, tracing). Cache-Control
+ * too: an answer a route marks `no-store` (one holding a secret) is not cached in its replay either.
+ */
+export const REPLAYABLE_HEADERS = ['content-type', 'location', 'cache-control'] as const;
 
 export interface IdempotencyRecord {
   id: string;

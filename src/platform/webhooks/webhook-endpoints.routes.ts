@@ -121,11 +121,23 @@ function toView(r: EndpointRow): EndpointView {
   };
 }
 
+/**
+ * The headers of an answer holding a signing secret (the create's, a rotation's, and their replays):
+ * no browser or proxy cache keeps it (as OAuth's token answers, RFC 6749 section 5.1).
+ */
+const SECRET_ANSWER_HEADERS = { 'Cache-Control': 'no-store' } as const;
+
 /** A signing secret as Standard Webhooks writes it: `whsec_` and 32 random bytes in base64. */
 export const newSigningSecret = () => `whsec_${randomBytes(32).toString('base64')}`;
 
 export const idParam = z.object({ id: z.string().uuid() });
 export const adminOnly = { 403: { description: `Not an admin of the tenant (role ${ADMIN_ROLE})` } };
+
+/**
+ * The row lock of a change to an endpoint (rotate, disable): NO KEY UPDATE, which a transaction
+ * inserting deliveries for the endpoint (its foreign key's KEY SHARE) neither waits for nor blocks.
+ */
+const LOCK_ROW = ' for no key update';
 
 export async function endpointById(em: EntityManager, tenantId: string, id: string, lock = ''): Promise<EndpointRow> {
   const [row] = await em.execute<EndpointRow[]>(`select ${ENDPOINT_COLUMNS} from webhook_endpoints where tenant_id = ? and id = ?${lock}`, [tenantId, id]);
@@ -170,7 +182,7 @@ export function webhookEndpointRoutes(deps: {
       idempotency: 'required',
       body: endpointBody,
       responses: {
-        201: { description: 'The endpoint, with its signing secret', schema: createdView },
+        201: { description: 'The endpoint, with its signing secret (Cache-Control: no-store)', schema: createdView },
         ...adminOnly,
         409: { description: 'The tenant already has WEBHOOK_MAX_ENDPOINTS enabled endpoints (`webhook_endpoint_limit`): disable one first' },
         422: { description: 'Invalid body: not an http(s) URL (https:// in production), a host that does not resolve, resolves to a loopback, private, link-local or multicast address, or an unknown or no event type' },
@@ -196,7 +208,7 @@ export function webhookEndpointRoutes(deps: {
         );
         if (!row) throw limitReached(deps.maxEndpoints);
         const view = toView(row);
-        return { status: 201, body: { ...view, secret }, headers: { Location: view.links.self } };
+        return { status: 201, body: { ...view, secret }, headers: { Location: view.links.self, ...SECRET_ANSWER_HEADERS } };
       },
     }),
     defineRoute({
@@ -239,17 +251,18 @@ export function webhookEndpointRoutes(deps: {
       params: idParam,
       body: rotateBody,
       responses: {
-        200: { description: 'The endpoint, with its new signing secret; `previous_secret_expires_at` says until when the replaced one still signs', schema: rotatedView },
+        200: { description: 'The endpoint, with its new signing secret (Cache-Control: no-store); `previous_secret_expires_at` says until when the replaced one still signs', schema: rotatedView },
         ...adminOnly,
         404: { description: 'No such endpoint for this tenant' },
-        409: { description: 'The endpoint is disabled (`webhook_endpoint_disabled`): it signs nothing any more' },
         422: { description: 'Invalid body: `previous_secret_expires_in_seconds` not an integer from 0 to 604800 (7 days), or an unknown field' },
       },
       async handler({ req, em, principal, params, body, afterCommit }) {
-        const current = await endpointById(em, principal.tenantId, params.id, ' for update');
-        // Disabled is final (there is no enable): a secret for an endpoint that never signs again is a
-        // mistake (the wrong endpoint) better told than answered with a secret nobody will use.
-        if (!current.enabled) throw new ConflictError('webhook_endpoint_disabled', 'The webhook endpoint is disabled: it signs no delivery any more, so its secret is not rotated.');
+        // The row lock makes concurrent rotations take turns (each moves the secret the one before it
+        // left). NO KEY UPDATE, the lock the update takes anyway: a run's end inserting a delivery for
+        // this endpoint holds KEY SHARE on it (the foreign key) until it commits, and must neither wait
+        // for a rotation nor make one wait. A disabled endpoint is rotated too: after a leak, disable
+        // it, rotate, give the receiver the new secret, and only then let it sign again.
+        await endpointById(em, principal.tenantId, params.id, LOCK_ROW);
         const overlap = body?.previous_secret_expires_in_seconds ?? PREVIOUS_SECRET_DEFAULT_SECONDS;
         const secret = newSigningSecret();
         // The secret in use becomes the previous one, replacing any previous still live (a receiver holds
@@ -268,7 +281,7 @@ export function webhookEndpointRoutes(deps: {
         afterCommit(async () =>
           req.log.info({ security_event: 'webhook_secret_rotated', tenant_id: principal.tenantId, webhook_endpoint_id: view.id, rotated_by: principal.sub, previous_secret_expires_at: view.previous_secret_expires_at }, 'webhook signing secret rotated'),
         );
-        return { status: 200, body: { ...view, secret } };
+        return { status: 200, body: { ...view, secret }, headers: SECRET_ANSWER_HEADERS };
       },
     }),
     defineRoute({
@@ -281,7 +294,7 @@ export function webhookEndpointRoutes(deps: {
       params: idParam,
       responses: { 200: { description: 'The endpoint, disabled (disabling it again changes nothing)', schema: endpointView }, ...adminOnly, 404: { description: 'No such endpoint for this tenant' } },
       async handler({ em, principal, params }) {
-        await endpointById(em, principal.tenantId, params.id, ' for update');
+        await endpointById(em, principal.tenantId, params.id, LOCK_ROW);
         const [row] = await em.execute<EndpointRow[]>(
           `update webhook_endpoints set enabled = false, disabled_at = coalesce(disabled_at, now()), disabled_reason = coalesce(disabled_reason, 'manual'), updated_at = now()
             where tenant_id = ? and id = ? returning ${ENDPOINT_COLUMNS}`,
