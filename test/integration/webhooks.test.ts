@@ -505,7 +505,7 @@ describe('webhook endpoint API: refusals', () => {
     expect(stored).toMatchObject({ secret: later.json.secret, previous_secret: earlier.json.secret });
   });
 
-  it('rotate-secret and disable lock the endpoint row as NO KEY UPDATE: neither waits for a transaction that inserted a delivery for the endpoint (a run ending), nor would make one wait', async () => {
+  it('rotate-secret, enable and disable lock the endpoint row as NO KEY UPDATE: neither waits for a transaction that inserted a delivery for the endpoint (a run ending), nor would make one wait', async () => {
     const { tenantId, admin, id } = await adminWithEndpoint(stack, 'https://93.184.215.43/hook');
     // A run's end, still open: its delivery insert holds KEY SHARE on the endpoint row (the foreign key).
     const runEnd = new pg.Client({ connectionString: stack.db.adminUrl });
@@ -517,14 +517,17 @@ describe('webhook endpoint API: refusals', () => {
          values (gen_random_uuid(), $1, $2, 'run.completed', '{}'::jsonb, 'pending', 0, now() + interval '1 day', now(), now())`,
         [tenantId, id],
       );
-      /** The request's answer; it fails if the request's statement is seen waiting for a lock on the endpoint (behind runEnd). */
+      /**
+       * The request's answer; it fails if the request's statement is seen waiting for a lock on the endpoint (behind runEnd).
+       * pg_stat_activity is read outside runEnd's transaction, which would keep its first reading (a snapshot per transaction).
+       */
       const unblocked = async (request: Promise<Awaited<ReturnType<typeof api>>>, what: string) => {
         let answered = false;
         const answer = request.finally(() => (answered = true));
         const first = await waitFor(
           async () =>
             answered ? 'answered'
-            : (await runEnd.query(`select count(*)::int as n from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock' and query ilike '%webhook_endpoints%'`)).rows[0].n > 0 ? 'waiting for the lock'
+            : (await stack.db.admin(`select count(*)::int as n from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock' and query ilike '%webhook_endpoints%'`)).rows[0].n > 0 ? 'waiting for the lock'
             : false,
           { timeoutMs: 60_000, what: `${what} to answer or wait` },
         );
@@ -533,6 +536,9 @@ describe('webhook endpoint API: refusals', () => {
       };
       const rotated = await unblocked(rotate(stack, admin, id), 'rotate-secret');
       expect(rotated.status, rotated.text).toBe(200);
+      // An enable of an endpoint already enabled reads it under the same lock, and changes nothing.
+      const enabled = await unblocked(api(stack, 'POST', `${ENDPOINTS}/${id}/enable`, { token: admin, headers: { 'Idempotency-Key': randomUUID() } }), 'enable');
+      expect(enabled.status, enabled.text).toBe(200);
       const disabled = await unblocked(api(stack, 'POST', `${ENDPOINTS}/${id}/disable`, { token: admin, headers: { 'Idempotency-Key': randomUUID() } }), 'disable');
       expect(disabled.status, disabled.text).toBe(200);
     } finally {

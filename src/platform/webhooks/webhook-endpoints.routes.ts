@@ -320,7 +320,7 @@ export function webhookEndpointRoutes(deps: {
       async handler({ em, principal, params }) {
         // The cap as for a create, under the same per-tenant lock: an enable and a create cannot both take the last place.
         await lockEnabledEndpoints(em, principal.tenantId);
-        const current = await endpointById(em, principal.tenantId, params.id, ' for update');
+        const current = await endpointById(em, principal.tenantId, params.id, LOCK_ROW);
         if (current.enabled) return { status: 200, body: toView(current) };
         const [row] = await em.execute<EndpointRow[]>(
           `update webhook_endpoints set enabled = true, disabled_at = null, disabled_reason = null, failing_since = null, updated_at = now()
