@@ -92,6 +92,23 @@ function safeStringify(v: unknown): string {
 const TRANSIENT_PG_CODES = new Set(['08000', '08003', '08006', '08001', '08004', '57P01', '57P02', '57P03', '53300', '40001', '40P01']);
 const TRANSIENT_NET_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'ENOTFOUND', 'EAI_AGAIN']);
 
+/** PostgreSQL's query_canceled (a statement timeout) and lock_not_available (a lock timeout). */
+const TIMEOUT_PG_CODES = new Set(['57014', '55P03']);
+
+/**
+ * True when a statement was cancelled for waiting too long: DATABASE_STATEMENT_TIMEOUT, most often
+ * spent waiting for a row lock another transaction holds, or a lock timeout. The request's
+ * transaction rolled back; the API answers 503 with Retry-After (to-problem.ts), not 500.
+ */
+export function isDatabaseTimeout(e: unknown): boolean {
+  for (let cur: unknown = e, depth = 0; cur && depth < 6; depth++) {
+    const c = cur as { code?: unknown; cause?: unknown };
+    if (typeof c.code === 'string' && TIMEOUT_PG_CODES.has(c.code)) return true;
+    cur = c.cause;
+  }
+  return false;
+}
+
 /** True when an error says the database (or network to it) is unavailable rather than the request being wrong. */
 export function isConnectivityError(e: unknown): boolean {
   for (let cur: unknown = e, depth = 0; cur && depth < 6; depth++) {

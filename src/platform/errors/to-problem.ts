@@ -1,4 +1,4 @@
-import { AppError, isConnectivityError } from './app-error.ts';
+import { AppError, isConnectivityError, isDatabaseTimeout } from './app-error.ts';
 
 /** RFC 9457 problem details. */
 export interface Problem {
@@ -58,19 +58,10 @@ export function toProblem(err: unknown, requestId?: string): { problem: Problem;
       headers: {},
     };
   }
-  if (isConnectivityError(err)) {
-    return {
-      problem: {
-        type: `${PROBLEM_TYPE_BASE}service_unavailable`,
-        title: 'Service Unavailable',
-        status: 503,
-        code: 'service_unavailable',
-        detail: 'A backing service is temporarily unavailable. Retry later.',
-        ...(requestId ? { request_id: requestId } : {}),
-      },
-      headers: { 'Retry-After': '5' },
-    };
-  }
+  // Waited out DATABASE_STATEMENT_TIMEOUT (or a lock timeout): busy, not broken — the transaction
+  // rolled back, so nothing of the request is stored, and the retry may well go through.
+  if (isDatabaseTimeout(err)) return unavailable('database_timeout', 'The request waited too long for the database (a lock held by other work, or a statement timeout); nothing was changed. Retry later.', '2', requestId);
+  if (isConnectivityError(err)) return unavailable('service_unavailable', 'A backing service is temporarily unavailable. Retry later.', '5', requestId);
   return {
     problem: {
       type: `${PROBLEM_TYPE_BASE}internal`,
@@ -81,6 +72,14 @@ export function toProblem(err: unknown, requestId?: string): { problem: Problem;
       ...(requestId ? { request_id: requestId } : {}),
     },
     headers: {},
+  };
+}
+
+/** A 503: not now, retry after `retryAfter` seconds (the key is released, never stored). */
+function unavailable(code: string, detail: string, retryAfter: string, requestId?: string): { problem: Problem; headers: Record<string, string> } {
+  return {
+    problem: { type: `${PROBLEM_TYPE_BASE}${code}`, title: 'Service Unavailable', status: 503, code, detail, ...(requestId ? { request_id: requestId } : {}) },
+    headers: { 'Retry-After': retryAfter },
   };
 }
 
