@@ -13,6 +13,8 @@ export interface ReceivedSpan {
   kind: number;
   service: string;
   attributes: Record<string, AttrValue>;
+  /** The span contexts it links to (OTel links: a trace it was caused from but is not a child of). */
+  links: { traceId: string; spanId: string }[];
 }
 
 export interface OtlpReceiver {
@@ -49,7 +51,7 @@ export async function startOtlpReceiver(): Promise<OtlpReceiver> {
             const service = String(attrs(rs.resource?.attributes)['service.name'] ?? '');
             for (const ss of rs.scopeSpans ?? []) {
               for (const s of ss.spans ?? []) {
-                spans.push({ traceId: s.traceId, spanId: s.spanId, parentSpanId: s.parentSpanId || undefined, name: s.name, kind: s.kind, service, attributes: attrs(s.attributes) });
+                spans.push({ traceId: s.traceId, spanId: s.spanId, parentSpanId: s.parentSpanId || undefined, name: s.name, kind: s.kind, service, attributes: attrs(s.attributes), links: (s.links ?? []).map((l: { traceId: string; spanId: string }) => ({ traceId: l.traceId, spanId: l.spanId })) });
               }
             }
           }

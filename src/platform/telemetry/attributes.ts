@@ -38,3 +38,18 @@ export const isUnder = (url: string | undefined, prefix: string): boolean => {
   const path = routedPath(url);
   return path === prefix || path.startsWith(`${prefix}/`);
 };
+
+/**
+ * The `url.full` of an outgoing HTTP request's client span without its query (and without user info):
+ * a webhook endpoint's URL is a tenant's, and its query often carries the receiver's own credential
+ * (`?token=…`), which the HTTP instrumentation redacts only for a few well-known names. Scheme, host,
+ * port and path stay, as OTel's HTTP conventions want them.
+ */
+export function urlWithoutQuery(options: { protocol?: string | null; hostname?: string | null; host?: string | null; port?: string | number | null; path?: string | null }): string {
+  const protocol = options.protocol || 'http:';
+  let host = options.hostname || options.host || 'localhost';
+  if (host.includes(':') && !host.startsWith('[')) host = `[${host}]`;
+  const port = String(options.port ?? '');
+  const standard = port === '' || (protocol === 'https:' ? port === '443' : port === '80');
+  return `${protocol}//${host}${standard ? '' : `:${port}`}${(options.path || '/').split('?')[0]}`;
+}

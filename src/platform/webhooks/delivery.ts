@@ -1,4 +1,5 @@
 import { DelayedError, Queue, type Job } from 'bullmq';
+import { context as otelContext, type Span } from '@opentelemetry/api';
 import type { MikroORM } from '@mikro-orm/postgresql';
 import type { Counter } from 'prom-client';
 import type { Logger } from 'pino';
@@ -6,6 +7,7 @@ import { systemEm, tenantEm } from '../db/tenant-em.ts';
 import { deliveryJobId } from '../queue/job-ids.ts';
 import { ISO_NOW, isoTimeSql, OUTBOX_IDS, outboxCte } from './outbox.ts';
 import { postWebhook, type AttemptOutcome } from './send.ts';
+import { endAttemptSpan, startAttemptSpan } from './delivery-trace.ts';
 import type { UrlPolicy } from './ssrf.ts';
 import { slotMember, slotParking, type ParkedJobData, type TenantSlots } from '../durable/tenant-slots.ts';
 
@@ -170,7 +172,15 @@ interface DeliveryRow {
   enabled: boolean;
   /** An admin resent it once settled (resend.ts): this pending cycle is one attempt. */
   resent: boolean;
+  event_type: string;
+  /** The run whose event it is, if it is one and the run is still stored: its attempts' spans join its trace. */
+  run_id: string | null;
+  run_traceparent: string | null;
+  run_correlation_id: string | null;
 }
+
+/** A run id as the outbox writes it (a uuid): only such a payload field is joined to durable_runs, as a uuid. */
+const RUN_ID_OF_PAYLOAD = `case when d.payload->'data'->>'run_id' ~ '^[0-9a-f]{8}-([0-9a-f]{4}-){3}[0-9a-f]{12}$' then (d.payload->'data'->>'run_id')::uuid end`;
 
 /**
  * The worker side: `webhook-delivery` (one attempt, recorded on the row; retried with backoff by
@@ -205,8 +215,7 @@ export function webhookHandlers(deps: {
    * owner's attempts ends; a slot taken before it is given back. Every slot taken is given back as soon
    * as the receiver answered (or the attempt timed out, or a Redis call failed), before the attempt is recorded.
    */
-  const post = async (job: Job, row: DeliveryRow, tenantId: string, log: Logger): Promise<AttemptOutcome> => {
-    const send = () => postWebhook({ url: row.url, secrets: row.previous_secret ? [row.secret, row.previous_secret] : [row.secret], msgId: row.id, body: JSON.stringify(row.payload), timeoutMs: settings.timeoutMs, policy: settings.policy });
+  const post = async (job: Job, row: DeliveryRow, tenantId: string, log: Logger, send: () => Promise<AttemptOutcome>): Promise<AttemptOutcome> => {
     if (caps.length === 0) return send();
     const member = slotMember(job.queueName, job.id!);
     const taken: { cap: WebhookCap; owner: string }[] = [];
@@ -258,8 +267,10 @@ export function webhookHandlers(deps: {
       const [row] = await em.transactional((tx) =>
         tx.execute<DeliveryRow[]>(
           `select d.id, d.endpoint_id, d.status, d.attempts, d.payload, d.next_attempt_at, e.url, e.secret, e.enabled, d.resent_at is not null as resent,
-                  case when e.previous_secret_expires_at > now() then e.previous_secret end as previous_secret
+                  case when e.previous_secret_expires_at > now() then e.previous_secret end as previous_secret,
+                  d.event_type, r.id as run_id, r.traceparent as run_traceparent, r.correlation_id as run_correlation_id
              from webhook_deliveries d join webhook_endpoints e on e.tenant_id = d.tenant_id and e.id = d.endpoint_id
+                  left join durable_runs r on r.id = ${RUN_ID_OF_PAYLOAD} and r.tenant_id = d.tenant_id
             where d.tenant_id = ? and d.id = ?`,
           [data.tenant_id, data.delivery_id],
         ),
@@ -281,24 +292,44 @@ export function webhookHandlers(deps: {
         throw new DelayedError();
       }
       if (!row.enabled) passOn(data, row.endpoint_id);
-      const outcome: AttemptOutcome = row.enabled ? await post(job, row, data.tenant_id, log) : { ok: false, statusCode: null, error: 'endpoint disabled', durationMs: 0 };
       const attempt = row.attempts + 1;
+      // The attempt's span starts with its POST (not while the job waits for a slot, or parks) and ends once the attempt is recorded.
+      let span: Span | undefined;
+      const send = () => {
+        const traced = startAttemptSpan({
+          tenantId: data.tenant_id, deliveryId: row.id, endpointId: row.endpoint_id, eventType: row.event_type, attempt, url: row.url,
+          runId: row.run_id, runTraceparent: row.run_traceparent, runCorrelationId: row.run_correlation_id,
+        });
+        span = traced.span;
+        const secrets = row.previous_secret ? [row.secret, row.previous_secret] : [row.secret];
+        return otelContext.with(traced.ctx, () => postWebhook({ url: row.url, secrets, msgId: row.id, body: JSON.stringify(row.payload), timeoutMs: settings.timeoutMs, policy: settings.policy }));
+      };
+      const outcome: AttemptOutcome = row.enabled ? await post(job, row, data.tenant_id, log, send) : { ok: false, statusCode: null, error: 'endpoint disabled', durationMs: 0 };
       // A resent delivery is owed one attempt, not a new retry cycle (ADR 0013): it fails again at once.
       const planned = outcome.ok ? 'delivered' : !row.enabled || row.resent || attempt >= settings.maxAttempts ? 'failed' : 'pending';
       const delayMs = planned === 'pending' ? retryDelayMs(settings.retryBaseMs, attempt) : 0;
       const disableAfterMs = settings.disableAfterMs ?? 0;
-      const recorded = await em.transactional((tx) =>
-        tx.execute<RecordedAttempt[]>(RECORD_ATTEMPT, [
-          row.enabled, outcome.ok, disableAfterMs > 0 ? disableAfterMs : null, data.tenant_id, row.endpoint_id, planned,
-          attempt, outcome.statusCode, outcome.error, outcome.statusCode, outcome.error, outcome.durationMs, delayMs, data.tenant_id, row.id, row.attempts,
-        ]),
-      );
+      const recorded = await em
+        .transactional((tx) =>
+          tx.execute<RecordedAttempt[]>(RECORD_ATTEMPT, [
+            row.enabled, outcome.ok, disableAfterMs > 0 ? disableAfterMs : null, data.tenant_id, row.endpoint_id, planned,
+            attempt, outcome.statusCode, outcome.error, outcome.statusCode, outcome.error, outcome.durationMs, delayMs, data.tenant_id, row.id, row.attempts,
+          ]),
+        )
+        .catch((err: unknown) => {
+          if (span) endAttemptSpan(span, outcome, 'unrecorded');
+          throw err;
+        });
       // Another execution recorded this attempt first (a duplicate job): its outcome stands.
-      if (recorded.length === 0) return { outcome: 'superseded' };
+      if (recorded.length === 0) {
+        if (span) endAttemptSpan(span, outcome, 'superseded');
+        return { outcome: 'superseded' };
+      }
       if (recorded[0]!.disabled) await endpointDisabled(recorded[0]!, data.tenant_id, job.id);
       // The attempt that disabled its endpoint ended its delivery too.
       const status = recorded[0]!.status;
       const counted = status === 'pending' ? 'retrying' : status;
+      if (span) endAttemptSpan(span, outcome, counted);
       deps.outcomes?.inc({ outcome: counted });
       if (status === 'delivered') {
         log.info({ attempt, status_code: outcome.statusCode, duration_ms: outcome.durationMs }, 'webhook delivered');
