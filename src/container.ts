@@ -21,6 +21,7 @@ import { servedRunQueues } from './platform/durable/worker-host.ts';
 import { WEBHOOK_QUEUE, enqueueDeliveries } from './platform/webhooks/delivery.ts';
 import { webhookEndpointRoutes } from './platform/webhooks/webhook-endpoints.routes.ts';
 import { webhookResendRoutes } from './platform/webhooks/resend.ts';
+import { webhookTestEventRoutes } from './platform/webhooks/test-event.ts';
 import type { UrlPolicy } from './platform/webhooks/ssrf.ts';
 
 /** Which webhook receivers the configuration admits (the SSRF guard, ADR 0013). */
@@ -96,6 +97,7 @@ export async function createContainer(
     ...routesFor({ config, runtime, queue: () => queue('golden-path'), admission, onRunRetried: (workflow) => metrics.runsRetried.inc({ workflow }) }),
     ...webhookEndpointRoutes({ policy: webhookUrlPolicy(config), maxEndpoints: config.WEBHOOK_MAX_ENDPOINTS, dnsTimeoutMs: config.WEBHOOK_TIMEOUT }),
     ...webhookResendRoutes({ queue: () => queue(WEBHOOK_QUEUE), onResent: (mode, count) => metrics.webhookDeliveriesResent.inc({ mode }, count) }),
+    ...webhookTestEventRoutes({ queue: () => queue(WEBHOOK_QUEUE), onSent: () => metrics.webhookTestEvents.inc() }),
   ];
   const instanceId = `${hostname()}-${process.pid}-${randomUUID().slice(0, 8)}`;
   return {

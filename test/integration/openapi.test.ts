@@ -449,7 +449,7 @@ describe('the published schemas hold for real responses of every route', () => {
     }
   });
 
-  it('webhook endpoints read as published: create (with its secret), pages, one, disable, enable, its deliveries and their resend', async () => {
+  it('webhook endpoints read as published: create (with its secret), pages, one, disable, enable, its deliveries, their resend and a test event', async () => {
     const own = newTenant();
     const admin = await stack.token({ tenantId: own, sub: 'admin-1', roles: ['admin'] });
     const create = async (i: number) =>
@@ -489,6 +489,10 @@ describe('the published schemas hold for real responses of every route', () => {
     expect(expectPublished('POST', '/api/v1/webhook-endpoints/:id/deliveries/:delivery_id/resend', resent, 202).json).toMatchObject({ id: given!.id, status: 'pending', resends: 1 });
     const recovered = await api(stack, 'POST', `/api/v1/webhook-endpoints/${first.id}/deliveries/resend`, { token: admin, body: { since: '2020-01-01T00:00:00Z' }, headers: { 'Idempotency-Key': randomUUID() } });
     expect(expectPublished('POST', '/api/v1/webhook-endpoints/:id/deliveries/resend', recovered, 202).json).toEqual({ resent: 2, has_more: false });
+    // A test event is enqueued as well (the queue still paused: nothing is POSTed); the list then shows its payload as published.
+    const tested = await api(stack, 'POST', `/api/v1/webhook-endpoints/${first.id}/test`, { token: admin, headers: { 'Idempotency-Key': randomUUID() } });
+    expect(expectPublished('POST', '/api/v1/webhook-endpoints/:id/test', tested, 202).json).toMatchObject({ event_type: 'webhook.test', status: 'pending', payload: { type: 'webhook.test', data: { endpoint_id: first.id } } });
+    expect((await get('/api/v1/webhook-endpoints/:id/deliveries', `/api/v1/webhook-endpoints/${first.id}/deliveries?limit=1`, admin)).json.items[0].id).toBe(tested.json.id);
     const rotated = await api(stack, 'POST', `/api/v1/webhook-endpoints/${first.id}/rotate-secret`, { token: admin, body: { previous_secret_expires_in_seconds: 60 }, headers: { 'Idempotency-Key': randomUUID() } });
     expect(expectPublished('POST', '/api/v1/webhook-endpoints/:id/rotate-secret', rotated, 200).json.secret).toMatch(/^whsec_/);
     const disable = await api(stack, 'POST', `/api/v1/webhook-endpoints/${first.id}/disable`, { token: admin });

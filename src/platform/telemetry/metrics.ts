@@ -28,6 +28,8 @@ export interface Metrics {
   webhookEndpointsAutoDisabled: Counter;
   /** Settled webhook deliveries an admin made pending again (POST …/resend, ADR 0013), by route (single, bulk); counted once the resend committed. */
   webhookDeliveriesResent: Counter<'mode'>;
+  /** Test events an admin sent to an endpoint (POST …/:id/test, ADR 0013); counted once committed. */
+  webhookTestEvents: Counter;
   /** When the queue depths and run counts were last read (they keep the last reading while a read fails). */
   lastRead: Gauge;
 }
@@ -112,6 +114,11 @@ export function createMetrics(): Metrics {
       name: 'dealix_webhook_deliveries_resent_total',
       help: 'Settled webhook deliveries resent by a tenant admin (made pending again, one attempt each), by mode: single (…/:delivery_id/resend) or bulk (…/deliveries/resend); counted by the API once committed',
       labelNames: ['mode'],
+      registers: [registry],
+    }),
+    webhookTestEvents: new Counter({
+      name: 'dealix_webhook_test_events_total',
+      help: 'Test events (webhook.test) a tenant admin sent to a webhook endpoint (POST …/:id/test), one delivery each; counted by the API once committed',
       registers: [registry],
     }),
     webhookEndpointsAutoDisabled: new Counter({

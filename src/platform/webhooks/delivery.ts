@@ -9,6 +9,7 @@ import { ISO_NOW, isoTimeSql, OUTBOX_IDS, outboxCte } from './outbox.ts';
 import { postWebhook, type AttemptOutcome } from './send.ts';
 import { endAttemptSpan, startAttemptSpan } from './delivery-trace.ts';
 import type { UrlPolicy } from './ssrf.ts';
+import { WEBHOOK_TEST_EVENT } from './webhook.entities.ts';
 import { slotMember, slotParking, type ParkedJobData, type TenantSlots } from '../durable/tenant-slots.ts';
 
 /** The queue of webhook delivery jobs: every worker serves it, whatever WORKER_QUEUES says (as `maintenance`). */
@@ -170,7 +171,7 @@ interface DeliveryRow {
   /** A rotated-out secret still in its overlap (null once expired, by the database's clock). */
   previous_secret: string | null;
   enabled: boolean;
-  /** An admin resent it once settled (resend.ts): this pending cycle is one attempt. */
+  /** An admin resent it once settled (resend.ts), or it is a test event (test-event.ts): this pending cycle is one attempt. */
   resent: boolean;
   event_type: string;
   /** The run whose event it is, if it is one and the run is still stored: its attempts' spans join its trace. */
@@ -266,7 +267,7 @@ export function webhookHandlers(deps: {
       // Under the tenant's row-level security: a job naming another tenant's delivery finds nothing.
       const [row] = await em.transactional((tx) =>
         tx.execute<DeliveryRow[]>(
-          `select d.id, d.endpoint_id, d.status, d.attempts, d.payload, d.next_attempt_at, e.url, e.secret, e.enabled, d.resent_at is not null as resent,
+          `select d.id, d.endpoint_id, d.status, d.attempts, d.payload, d.next_attempt_at, e.url, e.secret, e.enabled, (d.resent_at is not null or d.event_type = '${WEBHOOK_TEST_EVENT}') as resent,
                   case when e.previous_secret_expires_at > now() then e.previous_secret end as previous_secret,
                   d.event_type, r.id as run_id, r.traceparent as run_traceparent, r.correlation_id as run_correlation_id
              from webhook_deliveries d join webhook_endpoints e on e.tenant_id = d.tenant_id and e.id = d.endpoint_id
@@ -305,7 +306,7 @@ export function webhookHandlers(deps: {
         return otelContext.with(traced.ctx, () => postWebhook({ url: row.url, secrets, msgId: row.id, body: JSON.stringify(row.payload), timeoutMs: settings.timeoutMs, policy: settings.policy }));
       };
       const outcome: AttemptOutcome = row.enabled ? await post(job, row, data.tenant_id, log, send) : { ok: false, statusCode: null, error: 'endpoint disabled', durationMs: 0 };
-      // A resent delivery is owed one attempt, not a new retry cycle (ADR 0013): it fails again at once.
+      // A resent delivery (or a test event) is owed one attempt, not a new retry cycle (ADR 0013): it fails again at once.
       const planned = outcome.ok ? 'delivered' : !row.enabled || row.resent || attempt >= settings.maxAttempts ? 'failed' : 'pending';
       const delayMs = planned === 'pending' ? retryDelayMs(settings.retryBaseMs, attempt) : 0;
       const disableAfterMs = settings.disableAfterMs ?? 0;

@@ -7,7 +7,7 @@ import { DEFER_UNTIL_NEXT } from '../db/coalescing-client.ts';
 import { nextCursor, pageLimit, pageSchema, pageWhere } from '../http/cursor.ts';
 import { isoTime, toIsoTime, toIsoTimeOrNull } from '../http/iso-time.ts';
 import { ADMIN_ROLE } from '../tenancy/roles.ts';
-import { DELIVERY_STATUSES, DISABLED_REASONS, WEBHOOK_EVENT_TYPES } from './webhook.entities.ts';
+import { DELIVERY_EVENT_TYPES, DELIVERY_STATUSES, DISABLED_REASONS, WEBHOOK_EVENT_TYPES } from './webhook.entities.ts';
 import { resolvedRefusal, type UrlPolicy } from './ssrf.ts';
 import { webhookPayload } from './webhook-events.ts';
 
@@ -70,7 +70,7 @@ const endpointPage = pageSchema(endpointView).meta({ id: 'WebhookEndpointPage' }
 export const deliveryView = z
   .strictObject({
     id: z.string().uuid().describe('Also the `webhook-id` header: receivers deduplicate by it (deliveries are at least once)'),
-    event_type: z.enum(WEBHOOK_EVENT_TYPES),
+    event_type: z.enum(DELIVERY_EVENT_TYPES).describe('`webhook.test` for a test event (POST …/:id/test)'),
     status: z.enum(DELIVERY_STATUSES),
     attempts: z.number().int().min(0),
     last_status_code: z.number().int().nullable(),
@@ -134,10 +134,10 @@ export const idParam = z.object({ id: z.string().uuid() });
 export const adminOnly = { 403: { description: `Not an admin of the tenant (role ${ADMIN_ROLE})` } };
 
 /**
- * The row lock of a change to an endpoint (rotate, disable): NO KEY UPDATE, which a transaction
+ * The row lock of a change to an endpoint (rotate, disable; a test event's bound, test-event.ts): NO KEY UPDATE, which a transaction
  * inserting deliveries for the endpoint (its foreign key's KEY SHARE) neither waits for nor blocks.
  */
-const LOCK_ROW = ' for no key update';
+export const LOCK_ROW = ' for no key update';
 
 export async function endpointById(em: EntityManager, tenantId: string, id: string, lock = ''): Promise<EndpointRow> {
   const [row] = await em.execute<EndpointRow[]>(`select ${ENDPOINT_COLUMNS} from webhook_endpoints where tenant_id = ? and id = ?${lock}`, [tenantId, id]);

@@ -1,6 +1,6 @@
 import { z } from 'zod';
 import { isoTime } from '../http/iso-time.ts';
-import { WEBHOOK_EVENT_TYPES } from './webhook.entities.ts';
+import { DELIVERY_EVENT_TYPES } from './webhook.entities.ts';
 
 /** `data` of `run.<status>`: the run that ended (docs/api.md, *Webhooks*). */
 export const runEventData = z
@@ -38,11 +38,19 @@ export const endpointDisabledData = z
   })
   .meta({ id: 'WebhookEndpointDisabledData' });
 
+/** `data` of `webhook.test`: an admin's test event to the endpoint (POST …/:id/test); no run or approval is behind it. */
+export const testEventData = z
+  .strictObject({
+    endpoint_id: z.string().uuid().describe('The endpoint tested (the one receiving it)'),
+    message: z.string().describe('Says it is a test event: nothing happened'),
+  })
+  .meta({ id: 'WebhookTestEventData' });
+
 /** What every webhook POSTs (Standard Webhooks): `{type, timestamp, data}`. */
 export const webhookPayload = z
   .strictObject({
-    type: z.enum(WEBHOOK_EVENT_TYPES),
+    type: z.enum(DELIVERY_EVENT_TYPES),
     timestamp: isoTime.describe('When the event happened (the transaction that caused it)'),
-    data: z.union([runEventData, approvalRequestedData, endpointDisabledData]),
+    data: z.union([runEventData, approvalRequestedData, endpointDisabledData, testEventData]),
   })
   .meta({ id: 'WebhookPayload' });

@@ -4,6 +4,13 @@ import { SYSTEM_ROLE, tenantIdProperty, tenantIsolationPolicy } from '../db/tena
 /** The events an endpoint may subscribe to (docs/api.md, *Webhooks*). */
 export const WEBHOOK_EVENT_TYPES = ['run.completed', 'run.failed', 'run.cancelled', 'run.rejected', 'run.approval_expired', 'approval.requested', 'webhook_endpoint.disabled'] as const;
 export type WebhookEventType = (typeof WEBHOOK_EVENT_TYPES)[number];
+/**
+ * An admin's test event (POST …/:id/test, ADR 0013): sent to the one endpoint named, never subscribed
+ * to (it is not in WEBHOOK_EVENT_TYPES, so no endpoint lists it and no outbox insert matches it).
+ */
+export const WEBHOOK_TEST_EVENT = 'webhook.test';
+/** The event types a delivery may carry: the subscribable ones and the test event. */
+export const DELIVERY_EVENT_TYPES = [...WEBHOOK_EVENT_TYPES, WEBHOOK_TEST_EVENT] as const;
 
 /** Why an endpoint is disabled: an admin's `POST …/disable`, or WEBHOOK_DISABLE_AFTER of failing deliveries (ADR 0013). */
 export const DISABLED_REASONS = ['manual', 'failing'] as const;
