@@ -147,11 +147,15 @@ export function webhookResendRoutes(deps: {
       async handler(ctx) {
         const { em, principal, params, body, afterCommit } = ctx;
         await enabledEndpoint(em, principal.tenantId, params.id);
-        // Arrays as PostgreSQL array literals (the values are the schema's enum members).
-        const filter = `tenant_id = ? and endpoint_id = ? and status = any(?::text[]) and created_at >= ?::timestamptz and (?::timestamptz is null or created_at < ?::timestamptz)`;
-        const filterParams = [principal.tenantId, params.id, `{${[...new Set(body.status)].join(',')}}`, body.since, body.until ?? null, body.until ?? null];
-        // Oldest first along the (tenant, endpoint, created_at, id) index, locked so a concurrent bulk
-        // resend waits and then finds them pending (no longer matching) rather than resending them twice.
+        // The statuses as literals, not a parameter (they are the schema's enum members): the planner proves
+        // the partial index webhook_deliveries_failed_index's predicate from them (a prepared statement's
+        // generic plan could not from a parameter), so `failed` reads the endpoint's failed deliveries only,
+        // not every delivered one of the window.
+        const statuses = [...new Set(body.status)].map((s) => `'${s}'`).join(', ');
+        const filter = `tenant_id = ? and endpoint_id = ? and status in (${statuses}) and created_at >= ?::timestamptz and (?::timestamptz is null or created_at < ?::timestamptz)`;
+        const filterParams = [principal.tenantId, params.id, body.since, body.until ?? null, body.until ?? null];
+        // Oldest first along the (tenant, endpoint, created_at, id) order of the indexes, locked so a concurrent
+        // bulk resend waits and then finds them pending (no longer matching) rather than resending them twice.
         const rows = await em.execute<{ id: string }[]>(
           `with picked as (select id from webhook_deliveries where ${filter} order by created_at, id limit ? for update)
            update webhook_deliveries d set ${RESEND_SET} from picked where d.tenant_id = ? and d.id = picked.id returning d.id`,
