@@ -7,11 +7,14 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { randomUUID } from 'node:crypto';
+import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { api, CLASS_A_SUBMISSION, newTenant, type TestStack } from '../helpers/stack.ts';
 import { waitFor } from '../helpers/poll.ts';
 import { ENDPOINTS, startWebhookStack, stopWebhookStack, submit, tenantWithEndpoint, waitRun, type Receiver } from '../helpers/webhooks.ts';
 import { CoalescingClient } from '../../src/platform/db/coalescing-client.ts';
 import { inlineStatement } from '../../src/platform/db/statement-batch.ts';
+import { deliveryJobId } from '../../src/platform/queue/job-ids.ts';
 
 /** Three: a delivered delivery (one attempt) resent has attempts left under it, so its one attempt is the resend's rule, not the cap. */
 const MAX_ATTEMPTS = 3;
@@ -203,6 +206,53 @@ describe('webhook resend', () => {
     // `delivered` asked for too: the delivered one of the window (the failed ones there are delivered now as well).
     expect((await recover(t.admin, t.endpoint.id, { status: ['delivered'], since: at(5), until: at(6) })).json).toEqual({ resent: 1, has_more: false });
     await waitFor(() => (ids().has(delivered) ? true : undefined), { timeoutMs: 30_000, what: 'the delivered one again' });
+  });
+
+  // The attempt that settles a delivery commits its record, then its job completes: in between the job
+  // is still `active` under `wh-<id>`, and BullMQ can neither remove it nor add another under its id. A
+  // resend in that window added nothing, and the redelivery pass skips a delivery whose job exists, so
+  // the resent delivery waited for that job to end (and then for the pass). The window is held open
+  // here: the job's POST is held by the receiver while the test records the settling the job would
+  // (attempts + 1, failed), as its own record does just before it completes.
+  it("a resend while the delivery's settling job is still active is sent at once, not after that job ends", { timeout: 60_000 }, async () => {
+    let held: ServerResponse | undefined;
+    let heldClosed = false;
+    const ids: string[] = [];
+    const server = createServer((req: IncomingMessage, res: ServerResponse) => {
+      req.resume();
+      req.on('end', () => {
+        ids.push(String(req.headers['webhook-id']));
+        if (!held) {
+          held = res;
+          res.on('close', () => (heldClosed = true));
+        } else res.writeHead(200).end('ok');
+      });
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+    try {
+      const tenantId = newTenant();
+      const admin = await stack.token({ tenantId, sub: 'admin-held', roles: ['admin'] });
+      const created = await api(stack, 'POST', ENDPOINTS, { token: admin, body: { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}/held`, events: ['run.completed'] }, headers: { 'Idempotency-Key': randomUUID() } });
+      expect(created.status, created.text).toBe(201);
+      const runId = await submit(stack, admin, CLASS_A_SUBMISSION);
+      await waitRun(stack, admin, runId, ['completed']);
+      await waitFor(() => (held ? true : undefined), { timeoutMs: 30_000, what: 'the first attempt to reach the receiver' });
+      const [delivery] = (await stack.db.admin(`select id from webhook_deliveries where endpoint_id = $1`, [created.json.id])).rows as { id: string }[];
+      await stack.db.admin(`update webhook_deliveries set status = 'failed', attempts = attempts + 1, next_attempt_at = null, updated_at = now() where id = $1`, [delivery!.id]);
+      const res = await resend(admin, created.json.id, delivery!.id);
+      expect(res.status, res.text).toBe(202);
+      await waitFor(() => (ids.length === 2 ? true : undefined), { timeoutMs: 40_000, what: 'the resent attempt' });
+      // Sent while the settling job was still active (its POST unanswered), not once it had ended.
+      expect({ ids, heldClosed }).toEqual({ ids: [delivery!.id, delivery!.id], heldClosed: false });
+      await waitFor(async () => ((await row(delivery!.id)).status === 'delivered' ? true : undefined), { timeoutMs: 30_000, what: 'the resent delivery delivered' });
+      held!.writeHead(200).end('ok');
+      // The held attempt, answered at last, records nothing: the row moved on (a duplicate's outcome, superseded).
+      await waitFor(async () => ((await stack.container.queues.get('webhooks')!.getJobState(deliveryJobId(delivery!.id))) === 'completed' ? true : undefined), { timeoutMs: 30_000, what: 'the held job to end' });
+      expect(await row(delivery!.id)).toMatchObject({ status: 'delivered', attempts: 2, resends: 1 });
+    } finally {
+      server.closeAllConnections();
+      await new Promise<void>((r) => server.close(() => r()));
+    }
   });
 
   // A receiver down for an hour among a month of deliveries: the recover's default (`failed`) over a
