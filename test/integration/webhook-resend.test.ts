@@ -15,6 +15,8 @@ import { ENDPOINTS, startWebhookStack, stopWebhookStack, submit, tenantWithEndpo
 import { CoalescingClient } from '../../src/platform/db/coalescing-client.ts';
 import { inlineStatement } from '../../src/platform/db/statement-batch.ts';
 import { deliveryJobId } from '../../src/platform/queue/job-ids.ts';
+import { WEBHOOK_DELIVERY_JOB, WEBHOOK_QUEUE, WEBHOOK_REDELIVERY_JOB, webhookHandlers } from '../../src/platform/webhooks/delivery.ts';
+import pino from 'pino';
 
 /** Three: a delivered delivery (one attempt) resent has attempts left under it, so its one attempt is the resend's rule, not the cap. */
 const MAX_ATTEMPTS = 3;
@@ -137,6 +139,10 @@ describe('webhook resend', () => {
     expect(otherTenant.status, otherTenant.text).toBe(404);
     expect((await recover(other, t.endpoint.id, { since: '2020-01-01T00:00:00Z' })).status).toBe(404);
     expect((await resend(t.admin, t.endpoint.id, randomUUID())).status).toBe(404);
+    // Another tenant's admin naming this delivery under an endpoint of their own: RLS and the tenant filter find no such delivery.
+    const foreign = await tenantWithEndpoint(stack, receiver, '/refusals-other', ['run.completed']);
+    const crossed = await resend(foreign.admin, foreign.endpoint.id, t.delivery.id);
+    expect(crossed.status, crossed.text).toBe(404);
     expect((await resend(approver, t.endpoint.id, t.delivery.id)).status).toBe(403);
     expect((await recover(approver, t.endpoint.id, { since: '2020-01-01T00:00:00Z' })).status).toBe(403);
     expect((await resend(t.admin, t.endpoint.id, t.delivery.id, null)).status).toBe(400);
@@ -247,12 +253,45 @@ describe('webhook resend', () => {
       await waitFor(async () => ((await row(delivery!.id)).status === 'delivered' ? true : undefined), { timeoutMs: 30_000, what: 'the resent delivery delivered' });
       held!.writeHead(200).end('ok');
       // The held attempt, answered at last, records nothing: the row moved on (a duplicate's outcome, superseded).
-      await waitFor(async () => ((await stack.container.queues.get('webhooks')!.getJobState(deliveryJobId(delivery!.id))) === 'completed' ? true : undefined), { timeoutMs: 30_000, what: 'the held job to end' });
+      await waitFor(async () => ((await stack.container.queues.get(WEBHOOK_QUEUE)!.getJobState(deliveryJobId(delivery!.id))) === 'completed' ? true : undefined), { timeoutMs: 30_000, what: 'the held job to end' });
       expect(await row(delivery!.id)).toMatchObject({ status: 'delivered', attempts: 2, resends: 1 });
     } finally {
       server.closeAllConnections();
       await new Promise<void>((r) => server.close(() => r()));
     }
+  });
+
+  // The redelivery pass enqueues an overdue pending delivery whose job is gone. A resent one's job is
+  // wh-<id>-r<resends>: looked for under wh-<id> (the earlier cycle's, long removed), a resend job still
+  // waiting — parked on the endpoint's cap, say — would be doubled by a second job, and sent twice.
+  it("the redelivery pass looks for a resent delivery's job under its cycle's id: a parked resend job is not doubled", { timeout: 60_000 }, async () => {
+    const t = await tenantWithEndpoint(stack, receiver, '/parked-resend', ['run.completed']);
+    const queue = stack.container.queues.get(WEBHOOK_QUEUE)!;
+    const insert = async (id: string, resends: number, overdue: string) =>
+      stack.db.admin(
+        `insert into webhook_deliveries (id, tenant_id, endpoint_id, event_type, payload, status, attempts, resends, resent_at, next_attempt_at, created_at, updated_at)
+         values ($1, $2, $3, 'run.completed', '{}', 'pending', 3, $4, case when $4 > 0 then now() end, now() - $5::interval, now(), now())`,
+        [id, t.tenantId, t.endpoint.id, resends, overdue],
+      );
+    // Resent, its job parked (delayed an hour) before the row is seen overdue.
+    const parked = randomUUID();
+    await queue.add(WEBHOOK_DELIVERY_JOB, { tenant_id: t.tenantId, delivery_id: parked }, { jobId: deliveryJobId(parked, 1), delay: 3_600_000 });
+    await insert(parked, 1, '2 minutes');
+    // Never resent, its job lost: the pass enqueues it (the control: the pass ran, and sees overdue rows).
+    const lost = randomUUID();
+    await insert(lost, 0, '1 minute');
+    const pass = webhookHandlers({
+      orm: stack.container.orm,
+      logger: pino({ level: 'silent' }),
+      settings: { timeoutMs: 5000, maxAttempts: MAX_ATTEMPTS, retryBaseMs: 50, policy: { allowPrivate: true, httpsOnly: false } },
+      queue: () => queue,
+      redeliverAfterMs: 0,
+    })[WEBHOOK_REDELIVERY_JOB];
+    await pass();
+    await waitFor(async () => ((await row(lost)).status === 'delivered' ? true : undefined), { timeoutMs: 30_000, what: 'the lost delivery re-enqueued and delivered' });
+    expect(await queue.getJobState(deliveryJobId(parked))).toBe('unknown');
+    expect(await queue.getJobState(deliveryJobId(parked, 1))).toBe('delayed');
+    expect(receiver.received.filter((r) => r.headers['webhook-id'] === parked)).toHaveLength(0);
   });
 
   // A receiver down for an hour among a month of deliveries: the recover's default (`failed`) over a
