@@ -7,9 +7,16 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { randomUUID } from 'node:crypto';
+import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { api, CLASS_A_SUBMISSION, newTenant, type TestStack } from '../helpers/stack.ts';
 import { waitFor } from '../helpers/poll.ts';
 import { ENDPOINTS, startWebhookStack, stopWebhookStack, submit, tenantWithEndpoint, waitRun, type Receiver } from '../helpers/webhooks.ts';
+import { CoalescingClient } from '../../src/platform/db/coalescing-client.ts';
+import { inlineStatement } from '../../src/platform/db/statement-batch.ts';
+import { deliveryJobId } from '../../src/platform/queue/job-ids.ts';
+import { WEBHOOK_DELIVERY_JOB, WEBHOOK_QUEUE, WEBHOOK_REDELIVERY_JOB, webhookHandlers } from '../../src/platform/webhooks/delivery.ts';
+import pino from 'pino';
 
 /** Three: a delivered delivery (one attempt) resent has attempts left under it, so its one attempt is the resend's rule, not the cap. */
 const MAX_ATTEMPTS = 3;
@@ -132,6 +139,10 @@ describe('webhook resend', () => {
     expect(otherTenant.status, otherTenant.text).toBe(404);
     expect((await recover(other, t.endpoint.id, { since: '2020-01-01T00:00:00Z' })).status).toBe(404);
     expect((await resend(t.admin, t.endpoint.id, randomUUID())).status).toBe(404);
+    // Another tenant's admin naming this delivery under an endpoint of their own: RLS and the tenant filter find no such delivery.
+    const foreign = await tenantWithEndpoint(stack, receiver, '/refusals-other', ['run.completed']);
+    const crossed = await resend(foreign.admin, foreign.endpoint.id, t.delivery.id);
+    expect(crossed.status, crossed.text).toBe(404);
     expect((await resend(approver, t.endpoint.id, t.delivery.id)).status).toBe(403);
     expect((await recover(approver, t.endpoint.id, { since: '2020-01-01T00:00:00Z' })).status).toBe(403);
     expect((await resend(t.admin, t.endpoint.id, t.delivery.id, null)).status).toBe(400);
@@ -202,4 +213,134 @@ describe('webhook resend', () => {
     expect((await recover(t.admin, t.endpoint.id, { status: ['delivered'], since: at(5), until: at(6) })).json).toEqual({ resent: 1, has_more: false });
     await waitFor(() => (ids().has(delivered) ? true : undefined), { timeoutMs: 30_000, what: 'the delivered one again' });
   });
+
+  // The attempt that settles a delivery commits its record, then its job completes: in between the job
+  // is still `active` under `wh-<id>`, and BullMQ can neither remove it nor add another under its id. A
+  // resend in that window added nothing, and the redelivery pass skips a delivery whose job exists, so
+  // the resent delivery waited for that job to end (and then for the pass). The window is held open
+  // here: the job's POST is held by the receiver while the test records the settling the job would
+  // (attempts + 1, failed), as its own record does just before it completes.
+  it("a resend while the delivery's settling job is still active is sent at once, not after that job ends", { timeout: 60_000 }, async () => {
+    let held: ServerResponse | undefined;
+    let heldClosed = false;
+    const ids: string[] = [];
+    const server = createServer((req: IncomingMessage, res: ServerResponse) => {
+      req.resume();
+      req.on('end', () => {
+        ids.push(String(req.headers['webhook-id']));
+        if (!held) {
+          held = res;
+          res.on('close', () => (heldClosed = true));
+        } else res.writeHead(200).end('ok');
+      });
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+    try {
+      const tenantId = newTenant();
+      const admin = await stack.token({ tenantId, sub: 'admin-held', roles: ['admin'] });
+      const created = await api(stack, 'POST', ENDPOINTS, { token: admin, body: { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}/held`, events: ['run.completed'] }, headers: { 'Idempotency-Key': randomUUID() } });
+      expect(created.status, created.text).toBe(201);
+      const runId = await submit(stack, admin, CLASS_A_SUBMISSION);
+      await waitRun(stack, admin, runId, ['completed']);
+      await waitFor(() => (held ? true : undefined), { timeoutMs: 30_000, what: 'the first attempt to reach the receiver' });
+      const [delivery] = (await stack.db.admin(`select id from webhook_deliveries where endpoint_id = $1`, [created.json.id])).rows as { id: string }[];
+      await stack.db.admin(`update webhook_deliveries set status = 'failed', attempts = attempts + 1, next_attempt_at = null, updated_at = now() where id = $1`, [delivery!.id]);
+      const res = await resend(admin, created.json.id, delivery!.id);
+      expect(res.status, res.text).toBe(202);
+      await waitFor(() => (ids.length === 2 ? true : undefined), { timeoutMs: 40_000, what: 'the resent attempt' });
+      // Sent while the settling job was still active (its POST unanswered), not once it had ended.
+      expect({ ids, heldClosed }).toEqual({ ids: [delivery!.id, delivery!.id], heldClosed: false });
+      await waitFor(async () => ((await row(delivery!.id)).status === 'delivered' ? true : undefined), { timeoutMs: 30_000, what: 'the resent delivery delivered' });
+      held!.writeHead(200).end('ok');
+      // The held attempt, answered at last, records nothing: the row moved on (a duplicate's outcome, superseded).
+      await waitFor(async () => ((await stack.container.queues.get(WEBHOOK_QUEUE)!.getJobState(deliveryJobId(delivery!.id))) === 'completed' ? true : undefined), { timeoutMs: 30_000, what: 'the held job to end' });
+      expect(await row(delivery!.id)).toMatchObject({ status: 'delivered', attempts: 2, resends: 1 });
+    } finally {
+      server.closeAllConnections();
+      await new Promise<void>((r) => server.close(() => r()));
+    }
+  });
+
+  // The redelivery pass enqueues an overdue pending delivery whose job is gone. A resent one's job is
+  // wh-<id>-r<resends>: looked for under wh-<id> (the earlier cycle's, long removed), a resend job still
+  // waiting — parked on the endpoint's cap, say — would be doubled by a second job, and sent twice.
+  it("the redelivery pass looks for a resent delivery's job under its cycle's id: a parked resend job is not doubled", { timeout: 60_000 }, async () => {
+    const t = await tenantWithEndpoint(stack, receiver, '/parked-resend', ['run.completed']);
+    const queue = stack.container.queues.get(WEBHOOK_QUEUE)!;
+    const insert = async (id: string, resends: number, overdue: string) =>
+      stack.db.admin(
+        `insert into webhook_deliveries (id, tenant_id, endpoint_id, event_type, payload, status, attempts, resends, resent_at, next_attempt_at, created_at, updated_at)
+         values ($1, $2, $3, 'run.completed', '{}', 'pending', 3, $4, case when $4 > 0 then now() end, now() - $5::interval, now(), now())`,
+        [id, t.tenantId, t.endpoint.id, resends, overdue],
+      );
+    // Resent, its job parked (delayed an hour) before the row is seen overdue.
+    const parked = randomUUID();
+    await queue.add(WEBHOOK_DELIVERY_JOB, { tenant_id: t.tenantId, delivery_id: parked }, { jobId: deliveryJobId(parked, 1), delay: 3_600_000 });
+    await insert(parked, 1, '2 minutes');
+    // Never resent, its job lost: the pass enqueues it (the control: the pass ran, and sees overdue rows).
+    const lost = randomUUID();
+    await insert(lost, 0, '1 minute');
+    const pass = webhookHandlers({
+      orm: stack.container.orm,
+      logger: pino({ level: 'silent' }),
+      settings: { timeoutMs: 5000, maxAttempts: MAX_ATTEMPTS, retryBaseMs: 50, policy: { allowPrivate: true, httpsOnly: false } },
+      queue: () => queue,
+      redeliverAfterMs: 0,
+    })[WEBHOOK_REDELIVERY_JOB];
+    await pass();
+    await waitFor(async () => ((await row(lost)).status === 'delivered' ? true : undefined), { timeoutMs: 30_000, what: 'the lost delivery re-enqueued and delivered' });
+    expect(await queue.getJobState(deliveryJobId(parked))).toBe('unknown');
+    expect(await queue.getJobState(deliveryJobId(parked, 1))).toBe('delayed');
+    expect(receiver.received.filter((r) => r.headers['webhook-id'] === parked)).toHaveLength(0);
+  });
+
+  // A receiver down for an hour among a month of deliveries: the recover's default (`failed`) over a
+  // window the admin drew wide. Through (tenant, endpoint, created_at, id) both statements walked every
+  // delivered delivery of the window, filtering status row by row — 100,000 for ten failed ones, and
+  // all of them again for has_more once the failed ones were resent.
+  it("the bulk recover's statements read only the failed deliveries they resend, not the endpoint's delivered history", { timeout: 120_000 }, async () => {
+    const t = await tenantWithEndpoint(stack, receiver, '/history', ['run.completed']);
+    await stack.db.admin(
+      `insert into webhook_deliveries (id, tenant_id, endpoint_id, event_type, payload, status, attempts, last_status_code, created_at, updated_at)
+       select gen_random_uuid(), $1, $2, 'run.completed', '{}', case when g % 10000 = 0 then 'failed' else 'delivered' end, 1,
+              case when g % 10000 = 0 then 500 else 200 end, now() - interval '30 days' + g * interval '20 seconds', now()
+         from generate_series(1, 100000) g`,
+      [t.tenantId, t.endpoint.id],
+    );
+    await stack.db.admin('analyze webhook_deliveries');
+    // The statements as sent for another tenant's endpoint (no delivery: nothing is resent), then run for this one.
+    const probe = await tenantWithEndpoint(stack, receiver, '/history-probe', ['run.completed']);
+    const originalQuery = CoalescingClient.prototype.query;
+    const sent: { text: string; values: unknown[] }[] = [];
+    CoalescingClient.prototype.query = function (this: CoalescingClient, config: any, values?: any, callback?: any) {
+      if (typeof config === 'string' && /from webhook_deliveries where tenant_id = /.test(config) && Array.isArray(values)) sent.push({ text: config, values });
+      return originalQuery.call(this, config, values, callback);
+    };
+    let res;
+    try {
+      res = await recover(probe.admin, probe.endpoint.id, { since: '2020-01-01T00:00:00Z' });
+    } finally {
+      CoalescingClient.prototype.query = originalQuery;
+    }
+    expect(res.status, res.text).toBe(202);
+    expect(sent.length).toBe(2); // the resend, and the probe for has_more
+    const swap = (v: unknown) => (v === probe.tenantId ? t.tenantId : v === probe.endpoint.id ? t.endpoint.id : v);
+    for (const s of sent) {
+      const sql = inlineStatement({ text: s.text, values: s.values.map(swap) });
+      // Run as planned, and rolled back: the resend's update changes nothing (no job is added either).
+      const results = (await stack.db.admin(`begin; explain (analyze, format json) ${sql}; rollback`)) as unknown as Array<{ rows: any[] }>;
+      const nodes = planNodes(results[1]!.rows[0]['QUERY PLAN'][0].Plan);
+      const read = nodes.reduce((n, node) => n + (node['Rows Removed by Filter'] ?? 0) + (node['Rows Removed by Index Recheck'] ?? 0), 0);
+      expect({ statement: s.text.slice(0, 60), filteredOut: read }).toEqual({ statement: s.text.slice(0, 60), filteredOut: 0 });
+    }
+    // And the request itself: the ten failed ones.
+    expect((await recover(t.admin, t.endpoint.id, { since: '2020-01-01T00:00:00Z' })).json).toEqual({ resent: 10, has_more: false });
+  });
 });
+
+/** Plan nodes of a JSON plan, depth first. */
+function planNodes(plan: any, out: any[] = []): any[] {
+  out.push(plan);
+  for (const child of plan.Plans ?? []) planNodes(child, out);
+  return out;
+}

@@ -16,7 +16,7 @@ export const SYSTEM_ROLE = 'dealix_system';
 export const SYSTEM_READS: Readonly<Record<string, readonly string[]>> = {
   durable_runs: ['id', 'tenant_id', 'workflow', 'workflow_version', 'status', 'sequence_num', 'step_count', 'updated_at', 'idempotency_hash'],
   idempotency_keys: ['id', 'tenant_id', 'expires_at'],
-  webhook_deliveries: ['id', 'tenant_id', 'status', 'next_attempt_at', 'updated_at'],
+  webhook_deliveries: ['id', 'tenant_id', 'status', 'next_attempt_at', 'updated_at', 'resends'],
 };
 export const CURRENT_TENANT_SQL = `( SELECT (NULLIF(current_setting('${TENANT_SETTING}'::text, true), ''::text))::uuid AS "nullif")`;
 export const TENANT_PREDICATE_SQL = `(tenant_id = ${CURRENT_TENANT_SQL})`;

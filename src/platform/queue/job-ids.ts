@@ -20,7 +20,12 @@ function checkJobId(id: string): string {
   return id;
 }
 
-/** A webhook delivery's job (ADR 0013): one per outbox row, so enqueueing it again while it exists is a no-op. */
-export function deliveryJobId(deliveryId: string): string {
-  return checkJobId(`wh-${deliveryId}`);
+/**
+ * A webhook delivery's job (ADR 0013): one per outbox row and resend (`resends`, the row's count of
+ * them), so enqueueing it again while it exists is a no-op, and a resend's job never collides with the
+ * job of the delivery's earlier cycle — still active while it completes, or kept finished by BullMQ —
+ * as a retried run's jobs end in `-retry<n>`.
+ */
+export function deliveryJobId(deliveryId: string, resends = 0): string {
+  return checkJobId(`wh-${deliveryId}${resends > 0 ? `-r${resends}` : ''}`);
 }

@@ -79,9 +79,17 @@ const JOB_OPTS = {
   removeOnFail: { age: 7 * 24 * 3600, count: 1000 },
 };
 
-/** Adds the delivery jobs of outbox rows (after the commit that inserted them); a job that exists is left as it is. */
-export async function enqueueDeliveries(queue: Queue, tenantId: string, ids: readonly string[]): Promise<void> {
-  await queue.addBulk(ids.map((id) => ({ name: WEBHOOK_DELIVERY_JOB, data: { tenant_id: tenantId, delivery_id: id } satisfies DeliveryJobData, opts: { ...JOB_OPTS, jobId: deliveryJobId(id) } })));
+/** A delivery to enqueue: its id (an outbox row never resent), or its id and `resends` (the row's), which name its job. */
+export type DeliveryRef = string | { id: string; resends: number };
+
+/** Adds the delivery jobs of outbox rows (after the commit that inserted or resent them); a job that exists is left as it is. */
+export async function enqueueDeliveries(queue: Queue, tenantId: string, refs: readonly DeliveryRef[]): Promise<void> {
+  await queue.addBulk(
+    refs.map((ref) => {
+      const { id, resends } = typeof ref === 'string' ? { id: ref, resends: 0 } : ref;
+      return { name: WEBHOOK_DELIVERY_JOB, data: { tenant_id: tenantId, delivery_id: id } satisfies DeliveryJobData, opts: { ...JOB_OPTS, jobId: deliveryJobId(id, resends) } };
+    }),
+  );
 }
 
 /**
@@ -355,18 +363,20 @@ export function webhookHandlers(deps: {
      */
     async [WEBHOOK_REDELIVERY_JOB]() {
       const rows = await systemEm(deps.orm).transactional((tx) =>
-        tx.execute<{ id: string; tenant_id: string }[]>(
-          `select id, tenant_id from webhook_deliveries where status = 'pending' and next_attempt_at < now() - ? * interval '1 millisecond' order by next_attempt_at limit 1000`,
+        tx.execute<{ id: string; tenant_id: string; resends: number }[]>(
+          `select id, tenant_id, resends from webhook_deliveries where status = 'pending' and next_attempt_at < now() - ? * interval '1 millisecond' order by next_attempt_at limit 1000`,
           [deps.redeliverAfterMs],
         ),
       );
       const queue = deps.queue();
       let enqueued = 0;
       for (const r of rows) {
-        const state = await queue.getJobState(deliveryJobId(r.id));
-        if (state === 'completed' || state === 'failed') await queue.remove(deliveryJobId(r.id));
+        // The job of the row's current cycle (its resends): an earlier cycle's job says nothing of it.
+        const jobId = deliveryJobId(r.id, r.resends);
+        const state = await queue.getJobState(jobId);
+        if (state === 'completed' || state === 'failed') await queue.remove(jobId);
         else if (state !== 'unknown') continue;
-        await enqueueDeliveries(queue, r.tenant_id, [r.id]);
+        await enqueueDeliveries(queue, r.tenant_id, [{ id: r.id, resends: r.resends }]);
         enqueued++;
       }
       if (enqueued) deps.logger.info({ enqueued, overdue: rows.length }, 'webhook deliveries re-enqueued (their jobs were lost)');

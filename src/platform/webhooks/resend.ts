@@ -4,7 +4,6 @@ import type { EntityManager } from '@mikro-orm/postgresql';
 import type { Logger } from 'pino';
 import { defineRoute, type RouteDef } from '../http/route.ts';
 import { ConflictError, NotFoundError } from '../errors/app-error.ts';
-import { deliveryJobId } from '../queue/job-ids.ts';
 import { ADMIN_ROLE } from '../tenancy/roles.ts';
 import { enqueueDeliveries } from './delivery.ts';
 import { adminOnly, DELIVERY_COLUMNS, deliveryView, endpointById, toDeliveryView, WEBHOOK_ENDPOINTS_PATH, type DeliveryRowView } from './webhook-endpoints.routes.ts';
@@ -54,8 +53,9 @@ const disabled = () => new ConflictError('webhook_endpoint_disabled', 'The webho
 /**
  * The endpoint, refused when disabled: a resend to it would be given up unsent at its attempt. Not
  * locked: a disable that commits just after the resend gives the resent deliveries up at their attempt,
- * as it gives up every pending one (and a lock here, endpoint before delivery, would be the reverse of
- * the worker's order, delivery before endpoint).
+ * as it gives up every pending one, and a lock would change no outcome — the disable would wait for the
+ * resend's commit and then give them up all the same. (A lock would not risk a deadlock either: the
+ * worker too locks the endpoint before the delivery, delivery.ts.)
  */
 async function enabledEndpoint(em: EntityManager, tenantId: string, id: string): Promise<void> {
   if (!(await endpointById(em, tenantId, id)).enabled) throw disabled();
@@ -65,23 +65,14 @@ async function enabledEndpoint(em: EntityManager, tenantId: string, id: string):
 const RESEND_SET = `status = 'pending', next_attempt_at = now(), delivered_at = null, resent_at = now(), resends = resends + 1, updated_at = now()`;
 
 /**
- * Enqueues the jobs of resent deliveries (after the commit). A delivery's job id is `wh-<id>` (one per
- * row), and BullMQ keeps a finished job under its id a while (JOB_OPTS in delivery.ts), in which time
- * adding it again is a no-op: such a job is removed first, as the redelivery pass does. All at once
- * (Redis pipelines the commands of one connection), then one addBulk. A job still active — finishing
- * the attempt that settled the row — cannot be removed: its row is then found by the redelivery pass
- * (pending, overdue), late but not lost.
+ * A delivery a request resent: its id and its count of resends, which name its job (`wh-<id>-r<resends>`,
+ * job-ids.ts). The jobs are added after the commit in one addBulk; each resend's job has its own id,
+ * because the job of the delivery's earlier cycle may still be `active` — it settled the row and has
+ * yet to complete — or kept finished by BullMQ: under the same id the add was a no-op, and the resent
+ * delivery waited for that job to end and then for the redelivery pass (which skips a delivery whose
+ * job exists). Nothing is looked up or removed first, so no Redis round trip per delivery either.
  */
-export async function requeueDeliveries(queue: Queue, tenantId: string, ids: readonly string[], log: Logger): Promise<void> {
-  await Promise.all(
-    ids.map(async (id) => {
-      const jobId = deliveryJobId(id);
-      const state = await queue.getJobState(jobId);
-      if (state === 'completed' || state === 'failed') await queue.remove(jobId).catch((err: unknown) => log.warn({ err, webhook_delivery_id: id }, 'finished webhook job not removed; the redelivery pass will enqueue the resent delivery'));
-    }),
-  );
-  await enqueueDeliveries(queue, tenantId, ids);
-}
+type ResentRow = { id: string; resends: number };
 
 /** The resend routes (role admin, Idempotency-Key required), spread beside the endpoint routes. */
 export function webhookResendRoutes(deps: {
@@ -89,11 +80,11 @@ export function webhookResendRoutes(deps: {
   /** Counts the deliveries a resend made pending (dealix_webhook_deliveries_resent_total), after its commit. */
   onResent?: (mode: 'single' | 'bulk', count: number) => void;
 }): RouteDef[] {
-  const afterResend = (ctx: { req: { log: Logger }; principal: { tenantId: string; sub: string } }, endpointId: string, ids: string[], mode: 'single' | 'bulk') => async () => {
+  const afterResend = (ctx: { req: { log: Logger }; principal: { tenantId: string; sub: string } }, endpointId: string, resent: ResentRow[], mode: 'single' | 'bulk') => async () => {
     // An audit line: who made the platform send which endpoint's events again.
-    ctx.req.log.info({ tenant_id: ctx.principal.tenantId, webhook_endpoint_id: endpointId, resent: ids.length, resent_by: ctx.principal.sub, mode }, 'webhook deliveries resent');
-    deps.onResent?.(mode, ids.length);
-    if (ids.length) await requeueDeliveries(deps.queue(), ctx.principal.tenantId, ids, ctx.req.log);
+    ctx.req.log.info({ tenant_id: ctx.principal.tenantId, webhook_endpoint_id: endpointId, resent: resent.length, resent_by: ctx.principal.sub, mode }, 'webhook deliveries resent');
+    deps.onResent?.(mode, resent.length);
+    if (resent.length) await enqueueDeliveries(deps.queue(), ctx.principal.tenantId, resent);
   };
   return [
     defineRoute({
@@ -124,7 +115,7 @@ export function webhookResendRoutes(deps: {
           if (!found) throw new NotFoundError('webhook delivery');
           throw new ConflictError('webhook_delivery_pending', 'The delivery is still pending: its next attempt is already owed (see next_attempt_at).');
         }
-        afterCommit(afterResend(ctx, params.id, [row.id], 'single'));
+        afterCommit(afterResend(ctx, params.id, [{ id: row.id, resends: row.resends }], 'single'));
         return { status: 202, body: toDeliveryView(row) };
       },
     }),
@@ -147,21 +138,24 @@ export function webhookResendRoutes(deps: {
       async handler(ctx) {
         const { em, principal, params, body, afterCommit } = ctx;
         await enabledEndpoint(em, principal.tenantId, params.id);
-        // Arrays as PostgreSQL array literals (the values are the schema's enum members).
-        const filter = `tenant_id = ? and endpoint_id = ? and status = any(?::text[]) and created_at >= ?::timestamptz and (?::timestamptz is null or created_at < ?::timestamptz)`;
-        const filterParams = [principal.tenantId, params.id, `{${[...new Set(body.status)].join(',')}}`, body.since, body.until ?? null, body.until ?? null];
-        // Oldest first along the (tenant, endpoint, created_at, id) index, locked so a concurrent bulk
-        // resend waits and then finds them pending (no longer matching) rather than resending them twice.
-        const rows = await em.execute<{ id: string }[]>(
+        // The statuses as literals, not a parameter (they are the schema's enum members): the planner proves
+        // the partial index webhook_deliveries_failed_index's predicate from them (a prepared statement's
+        // generic plan could not from a parameter), so `failed` reads the endpoint's failed deliveries only,
+        // not every delivered one of the window.
+        const statuses = [...new Set(body.status)].map((s) => `'${s}'`).join(', ');
+        const filter = `tenant_id = ? and endpoint_id = ? and status in (${statuses}) and created_at >= ?::timestamptz and (?::timestamptz is null or created_at < ?::timestamptz)`;
+        const filterParams = [principal.tenantId, params.id, body.since, body.until ?? null, body.until ?? null];
+        // Oldest first along the (tenant, endpoint, created_at, id) order of the indexes, locked so a concurrent
+        // bulk resend waits and then finds them pending (no longer matching) rather than resending them twice.
+        const rows = await em.execute<ResentRow[]>(
           `with picked as (select id from webhook_deliveries where ${filter} order by created_at, id limit ? for update)
-           update webhook_deliveries d set ${RESEND_SET} from picked where d.tenant_id = ? and d.id = picked.id returning d.id`,
+           update webhook_deliveries d set ${RESEND_SET} from picked where d.tenant_id = ? and d.id = picked.id returning d.id, d.resends`,
           [...filterParams, body.limit, principal.tenantId],
         );
         // Those resent are pending now and match no more: whatever still matches is past the limit.
         const left = await em.execute<unknown[]>(`select 1 from webhook_deliveries where ${filter} limit 1`, filterParams);
-        const ids = rows.map((r) => r.id);
-        afterCommit(afterResend(ctx, params.id, ids, 'bulk'));
-        return { status: 202, body: { resent: ids.length, has_more: left.length > 0 } };
+        afterCommit(afterResend(ctx, params.id, rows, 'bulk'));
+        return { status: 202, body: { resent: rows.length, has_more: left.length > 0 } };
       },
     }),
   ];

@@ -19,7 +19,7 @@ export interface DeliveryRetentionPass {
  * short transaction, like ended runs (durable/retention.ts).
  *
  * The database bounds it whatever it is asked: the role may delete only settled deliveries (policy
- * webhook_deliveries_system_retention), reads only their id, tenant, status, next attempt and last
+ * webhook_deliveries_system_retention), reads only their id, tenant, status, next attempt, resends and last
  * update, and reaches no endpoint. A pending delivery is never deleted, however old: it is an event
  * still owed to a receiver.
  */

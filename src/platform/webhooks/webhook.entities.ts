@@ -103,6 +103,9 @@ export const WebhookDelivery = defineEntity({
   uniques: [{ name: 'webhook_deliveries_tenant_id_id_unique', properties: ['tenantId', 'id'] }],
   indexes: [
     { name: 'webhook_deliveries_tenant_endpoint_created_index', properties: ['tenantId', 'endpoint', 'createdAt', 'id'] },
+    // The bulk resend's default (`failed`, resend.ts): an endpoint's failed deliveries in creation order, without
+    // walking its delivered ones (most of its history) as the index above would. Failed ones are few but kept.
+    { name: 'webhook_deliveries_failed_index', properties: ['tenantId', 'endpoint', 'createdAt', 'id'], where: "status = 'failed'" },
     // The redelivery pass's cross-tenant read: pending deliveries overdue (their job lost with Redis).
     { name: 'webhook_deliveries_pending_index', properties: ['nextAttemptAt'], where: "status = 'pending'" },
     // Retention's cross-tenant delete (ADR 0011): settled deliveries by when they settled, oldest first.
