@@ -17,6 +17,7 @@ import { inlineStatement } from '../../src/platform/db/statement-batch.ts';
 import { deliveryJobId } from '../../src/platform/queue/job-ids.ts';
 import { WEBHOOK_DELIVERY_JOB, WEBHOOK_QUEUE, WEBHOOK_REDELIVERY_JOB, webhookHandlers } from '../../src/platform/webhooks/delivery.ts';
 import pino from 'pino';
+import pg from 'pg';
 
 /** Three: a delivered delivery (one attempt) resent has attempts left under it, so its one attempt is the resend's rule, not the cap. */
 const MAX_ATTEMPTS = 3;
@@ -212,6 +213,35 @@ describe('webhook resend', () => {
     // `delivered` asked for too: the delivered one of the window (the failed ones there are delivered now as well).
     expect((await recover(t.admin, t.endpoint.id, { status: ['delivered'], since: at(5), until: at(6) })).json).toEqual({ resent: 1, has_more: false });
     await waitFor(() => (ids().has(delivered) ? true : undefined), { timeoutMs: 30_000, what: 'the delivered one again' });
+  });
+
+  it('the bulk recover passes over a delivery another transaction holds (the retention pass deleting it): it neither waits for it nor deadlocks with it; has_more says it still matches', { timeout: 60_000 }, async () => {
+    const t = await tenantWithEndpoint(stack, receiver, '/held', ['run.completed']);
+    const ids: string[] = [];
+    for (const hour of [1, 2]) {
+      const id = randomUUID();
+      ids.push(id);
+      await stack.db.admin(
+        `insert into webhook_deliveries (id, tenant_id, endpoint_id, event_type, payload, status, attempts, last_status_code, created_at, updated_at)
+         values ($1, $2, $3, 'run.completed', '{}', 'failed', 1, 500, $4, now())`,
+        [id, t.tenantId, t.endpoint.id, `2026-11-21T0${hour}:00:00.000Z`],
+      );
+    }
+    const holder = new pg.Client({ connectionString: stack.db.adminUrl });
+    await holder.connect();
+    try {
+      await holder.query('begin');
+      // The older one, as a retention batch holds the rows it deletes until its commit.
+      await holder.query('select id from webhook_deliveries where id = $1 for update', [ids[0]]);
+      const res = await recover(t.admin, t.endpoint.id, { since: '2026-11-21T00:00:00Z' });
+      expect(res.status, res.text).toBe(202);
+      expect(res.json).toEqual({ resent: 1, has_more: true });
+    } finally {
+      await holder.query('rollback').catch(() => {});
+      await holder.end();
+    }
+    expect((await row(ids[0]!)).resends).toBe(0);
+    expect((await row(ids[1]!)).resends).toBe(1);
   });
 
   // The attempt that settles a delivery commits its record, then its job completes: in between the job

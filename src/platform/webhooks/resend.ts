@@ -145,10 +145,12 @@ export function webhookResendRoutes(deps: {
         const statuses = [...new Set(body.status)].map((s) => `'${s}'`).join(', ');
         const filter = `tenant_id = ? and endpoint_id = ? and status in (${statuses}) and created_at >= ?::timestamptz and (?::timestamptz is null or created_at < ?::timestamptz)`;
         const filterParams = [principal.tenantId, params.id, body.since, body.until ?? null, body.until ?? null];
-        // Oldest first along the (tenant, endpoint, created_at, id) order of the indexes, locked so a concurrent
-        // bulk resend waits and then finds them pending (no longer matching) rather than resending them twice.
+        // Oldest first along the (tenant, endpoint, created_at, id) order of the indexes, locked so no other
+        // transaction resends them too. SKIP LOCKED: a row another transaction holds — a concurrent bulk resend
+        // (which resends it), the retention pass (which deletes it, in its own order: waiting could deadlock) —
+        // is passed over, not waited for; one still matching afterwards is reported by has_more.
         const rows = await em.execute<ResentRow[]>(
-          `with picked as (select id from webhook_deliveries where ${filter} order by created_at, id limit ? for update)
+          `with picked as (select id from webhook_deliveries where ${filter} order by created_at, id limit ? for update skip locked)
            update webhook_deliveries d set ${RESEND_SET} from picked where d.tenant_id = ? and d.id = picked.id returning d.id, d.resends`,
           [...filterParams, body.limit, principal.tenantId],
         );
