@@ -73,6 +73,15 @@ describe('OpenAPI 3.1 from the route declarations', () => {
     expect(Object.keys(decision['409'].headers)).toContain('Retry-After');
   });
 
+  it("names database_timeout among every route's 503s: any request's statement may wait out DATABASE_STATEMENT_TIMEOUT (to-problem.ts)", async () => {
+    const doc = (await api(stack, 'GET', '/openapi.json')).json;
+    const without = stack.container.routes
+      .map((def) => ({ def, r: doc.paths[openApiPath(def.path)][def.method].responses['503'] as { description: string } }))
+      .filter(({ r }) => !/\(code: [^)]*\bdatabase_timeout\b/.test(r.description) || !/\bservice_unavailable\b/.test(r.description))
+      .map(({ def }) => `${def.method.toUpperCase()} ${def.path}`);
+    expect(without).toEqual([]);
+  });
+
   it('names the problem code of every error response it publishes, so a client knows what to branch on', async () => {
     const doc = (await api(stack, 'GET', '/openapi.json')).json;
     const unnamed: string[] = [];

@@ -71,7 +71,12 @@ function errorResponses(def: RouteDef): Record<number, ResponseConfig> {
     retryAfter,
   );
   out[500] = problem('Unexpected error', ['internal']);
-  out[503] = problem('The API is at capacity, or a backing service is unavailable (see Retry-After)', ['service_unavailable'], retryAfter);
+  // Any route's statement may wait out DATABASE_STATEMENT_TIMEOUT (a row lock held elsewhere): to-problem.ts.
+  out[503] = problem(
+    'The API is at capacity, a backing service is unavailable, or a statement waited out the database statement timeout (see Retry-After)',
+    ['service_unavailable', 'database_timeout'],
+    retryAfter,
+  );
   return out;
 }
 
