@@ -273,6 +273,17 @@ describe('bulk cancel while a worker holds one run inside a step', () => {
   });
 });
 
+/** Three runs of a new tenant waiting for their approvals, each with its SLA timer. */
+async function threeWaitingRuns(stack: TestStack) {
+  const tenant = newTenant();
+  const tok = await runUsers(stack, tenant);
+  const ids = await Promise.all([1, 2, 3].map(() => submit(stack, tok.submitter, SAMPLE_SUBMISSION)));
+  await waitFor(async () => (await statusesOf(stack, ids)).every((s) => s === 'waiting'), { timeoutMs: 60_000, what: 'the three runs to wait for their approvals' });
+  const queue = stack.container.queues.get(GOLDEN_PATH_QUEUE)!;
+  const timers = await Promise.all(ids.map(async (id) => namedJobId('gp', await hashOf(stack, id), 'sla')));
+  return { tenant, tok, ids, queue, timers };
+}
+
 describe('bulk cancel of a run waiting for its approval, with a worker', () => {
   let stack: TestStack;
   beforeAll(async () => {
@@ -309,12 +320,7 @@ describe('bulk cancel of a run waiting for its approval, with a worker', () => {
   });
 
   it("the runs' SLA timers are removed concurrently after the commit, not one after another: with Redis slow to answer, the answer waits for one removal, not for each in turn", { timeout: LONG }, async () => {
-    const tenant = newTenant();
-    const tok = await runUsers(stack, tenant);
-    const ids = await Promise.all([1, 2, 3].map(() => submit(stack, tok.submitter, SAMPLE_SUBMISSION)));
-    await waitFor(async () => (await statusesOf(stack, ids)).every((s) => s === 'waiting'), { timeoutMs: 60_000, what: 'the three runs to wait for their approvals' });
-    const queue = stack.container.queues.get(GOLDEN_PATH_QUEUE)!;
-    const timers = await Promise.all(ids.map(async (id) => namedJobId('gp', await hashOf(stack, id), 'sla')));
+    const { tok, ids, queue, timers } = await threeWaitingRuns(stack);
     // Redis held still: each timer's removal (the real command) waits until the test lets it go.
     let release!: () => void;
     const held = new Promise<void>((r) => (release = r));
@@ -339,6 +345,29 @@ describe('bulk cancel of a run waiting for its approval, with a worker', () => {
       release();
       spy.mockRestore();
     }
+    for (const timerId of timers) expect(await queue.getJobState(timerId)).toBe('unknown');
+    expect(await statusesOf(stack, ids)).toEqual(['cancelled', 'cancelled', 'cancelled']);
+  });
+
+  it("one run's after-commit action failing stops none of the others: every SLA timer is still removed, and the answer is 200", { timeout: LONG }, async () => {
+    const { tenant, tok, ids, queue, timers } = await threeWaitingRuns(stack);
+    for (const timerId of timers) expect(await queue.getJobState(timerId)).toBe('delayed');
+    // The first run's webhook enqueue throws (it swallows Redis errors itself: this is the one that does not).
+    const runtime = stack.container.runtime;
+    const dispatch = runtime.dispatchDeliveries.bind(runtime);
+    let calls = 0;
+    const spy = vi.spyOn(runtime, 'dispatchDeliveries').mockImplementation(async (tenantId, deliveries) => {
+      if (tenantId === tenant && calls++ === 0) throw new Error('enqueue failed');
+      return dispatch(tenantId, deliveries);
+    });
+    try {
+      const res = await bulk(stack, tok.admin, { status: ['waiting'] });
+      expect(res.status, res.text).toBe(200);
+      expect(res.json).toMatchObject({ cancelled: 3, has_more: false });
+    } finally {
+      spy.mockRestore();
+    }
+    expect(calls).toBe(3);
     for (const timerId of timers) expect(await queue.getJobState(timerId)).toBe('unknown');
     expect(await statusesOf(stack, ids)).toEqual(['cancelled', 'cancelled', 'cancelled']);
   });
