@@ -20,6 +20,7 @@ import { MAINTENANCE_QUEUE } from './platform/queue/maintenance.ts';
 import { servedRunQueues } from './platform/durable/worker-host.ts';
 import { WEBHOOK_QUEUE, enqueueDeliveries } from './platform/webhooks/delivery.ts';
 import { webhookEndpointRoutes } from './platform/webhooks/webhook-endpoints.routes.ts';
+import { webhookDeliveryRoutes } from './platform/webhooks/deliveries.routes.ts';
 import { webhookResendRoutes } from './platform/webhooks/resend.ts';
 import { webhookTestEventRoutes } from './platform/webhooks/test-event.ts';
 import type { UrlPolicy } from './platform/webhooks/ssrf.ts';
@@ -96,6 +97,7 @@ export async function createContainer(
   const routes = [
     ...routesFor({ config, runtime, queue: () => queue('golden-path'), admission, onRunRetried: (workflow) => metrics.runsRetried.inc({ workflow }) }),
     ...webhookEndpointRoutes({ policy: webhookUrlPolicy(config), maxEndpoints: config.WEBHOOK_MAX_ENDPOINTS, dnsTimeoutMs: config.WEBHOOK_TIMEOUT }),
+    ...webhookDeliveryRoutes(),
     ...webhookResendRoutes({ queue: () => queue(WEBHOOK_QUEUE), onResent: (mode, count) => metrics.webhookDeliveriesResent.inc({ mode }, count) }),
     ...webhookTestEventRoutes({ queue: () => queue(WEBHOOK_QUEUE), onSent: () => metrics.webhookTestEvents.inc() }),
   ];

@@ -490,6 +490,14 @@ describe('the published schemas hold for real responses of every route', () => {
     }
     const deliveries = (await get('/api/v1/webhook-endpoints/:id/deliveries', `/api/v1/webhook-endpoints/${first.id}/deliveries`, admin)).json;
     expect(deliveries.items.map((d: { event_type: string }) => d.event_type).sort()).toEqual(['approval.requested', 'run.completed', 'webhook_endpoint.disabled']);
+    const filtered = (await get('/api/v1/webhook-endpoints/:id/deliveries', `/api/v1/webhook-endpoints/${first.id}/deliveries?status=pending,failed&event_type=run.completed&created_after=2020-01-01T00:00:00Z&limit=1`, admin)).json;
+    expect(filtered.items.map((d: { event_type: string }) => d.event_type)).toEqual(['run.completed']);
+    await stack.db.admin(
+      `update webhook_deliveries set attempts = 1, last_status_code = 500, last_error = 'HTTP 500', attempt_log = jsonb_build_array(jsonb_build_object('at', '2026-12-03T10:00:01.000Z', 'status_code', 500, 'error', 'HTTP 500', 'duration_ms', 12)) where id = $1`,
+      [filtered.items[0].id],
+    );
+    const detail = (await get('/api/v1/webhook-endpoints/:id/deliveries/:delivery_id', `/api/v1/webhook-endpoints/${first.id}/deliveries/${filtered.items[0].id}`, admin)).json;
+    expect(detail.attempt_log).toEqual([{ at: '2026-12-03T10:00:01.000Z', status_code: 500, error: 'HTTP 500', duration_ms: 12 }]);
     // A resend enqueues the delivery's job: the webhooks queue is paused first, so no worker POSTs to the (public) URL.
     await stack.container.queues.get(WEBHOOK_QUEUE)!.pause();
     await stack.db.admin(`update webhook_deliveries set status = 'failed', attempts = 1, next_attempt_at = null where endpoint_id = $1`, [first.id]);

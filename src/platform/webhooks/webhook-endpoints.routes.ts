@@ -84,8 +84,6 @@ export const deliveryView = z
     resends: z.number().int().min(0).describe('How often an admin resent it'),
   })
   .meta({ id: 'WebhookDelivery' });
-const deliveryPage = pageSchema(deliveryView).meta({ id: 'WebhookDeliveryPage' });
-type DeliveryPage = z.infer<typeof deliveryPage>;
 
 interface EndpointRow {
   id: string;
@@ -163,7 +161,7 @@ const limitReached = (max: number) => new ConflictError('webhook_endpoint_limit'
 /**
  * The tenant's webhook endpoints (role admin): create (the secret shown once), list, read, rotate the
  * secret (the new one shown once, the old one signing beside it for an overlap), disable, enable, and
- * each endpoint's deliveries (docs/api.md, *Webhooks*; ADR 0013).
+ * (docs/api.md, *Webhooks*; ADR 0013). Its deliveries are read in deliveries.routes.ts.
  */
 export function webhookEndpointRoutes(deps: {
   policy: UrlPolicy;
@@ -331,29 +329,10 @@ export function webhookEndpointRoutes(deps: {
         return { status: 200, body: toView(row) };
       },
     }),
-    defineRoute({
-      method: 'get',
-      path: `${WEBHOOK_ENDPOINTS_PATH}/:id/deliveries`,
-      summary: "An endpoint's deliveries (role admin), newest first, with cursor pagination: status, attempts, last answer, next attempt",
-      tags: TAGS,
-      roles: [ADMIN_ROLE],
-      params: idParam,
-      query: z.strictObject({ status: z.enum(DELIVERY_STATUSES).optional(), limit: pageLimit(20), cursor: z.string().max(200).optional() }),
-      responses: { 200: { description: 'A page of deliveries', schema: deliveryPage }, ...adminOnly, 404: { description: 'No such endpoint for this tenant' } },
-      async handler({ em, principal, params, query }) {
-        await endpointById(em, principal.tenantId, params.id);
-        const sqlParams: unknown[] = [principal.tenantId, params.id];
-        const where = pageWhere('tenant_id = ? and endpoint_id = ?', sqlParams, query);
-        const rows = await em.execute<DeliveryRowView[]>(`select ${DELIVERY_COLUMNS} from webhook_deliveries where ${where} order by created_at desc, id desc limit ?`, sqlParams);
-        const page = rows.slice(0, query.limit);
-        const body: DeliveryPage = { items: page.map(toDeliveryView), next_cursor: nextCursor(page[page.length - 1], rows.length > query.limit) };
-        return { status: 200, body };
-      },
-    }),
   ];
 }
 
-/** A delivery's columns as its view shows them (the list, a resend's answer). */
+/** A delivery's columns as its view shows them (the list and detail, deliveries.routes.ts; a resend's answer). */
 export const DELIVERY_COLUMNS = 'id, event_type, status, attempts, last_status_code, last_error, last_attempt_at, next_attempt_at, delivered_at, created_at, payload, resent_at, resends';
 type DeliveryView = z.infer<typeof deliveryView>;
 

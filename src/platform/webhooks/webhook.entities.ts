@@ -106,6 +106,9 @@ export const WebhookDelivery = defineEntity({
     // The bulk resend's default (`failed`, resend.ts): an endpoint's failed deliveries in creation order, without
     // walking its delivered ones (most of its history) as the index above would. Failed ones are few but kept.
     { name: 'webhook_deliveries_failed_index', properties: ['tenantId', 'endpoint', 'createdAt', 'id'], where: "status = 'failed'" },
+    // The deliveries list filtered on `pending` (deliveries.routes.ts): an endpoint's owed deliveries, newest first,
+    // without walking its settled history as the main index would; the redelivery pass's index below is cross-tenant.
+    { name: 'webhook_deliveries_endpoint_pending_index', properties: ['tenantId', 'endpoint', 'createdAt', 'id'], where: "status = 'pending'" },
     // The redelivery pass's cross-tenant read: pending deliveries overdue (their job lost with Redis).
     { name: 'webhook_deliveries_pending_index', properties: ['nextAttemptAt'], where: "status = 'pending'" },
     // Retention's cross-tenant delete (ADR 0011): settled deliveries by when they settled, oldest first.
