@@ -106,6 +106,10 @@ export const WebhookDelivery = defineEntity({
     // The bulk resend's default (`failed`, resend.ts): an endpoint's failed deliveries in creation order, without
     // walking its delivered ones (most of its history) as the index above would. Failed ones are few but kept.
     { name: 'webhook_deliveries_failed_index', properties: ['tenantId', 'endpoint', 'createdAt', 'id'], where: "status = 'failed'" },
+    // The test event's bound (test-event.ts): an endpoint's pending test events, counted on every POST …/:id/test.
+    // Without it the count read the endpoint's whole history (the index above) or every pending delivery of
+    // the platform (the one below), filtering row by row. Nearly always empty, at most one row per endpoint.
+    { name: 'webhook_deliveries_pending_test_index', properties: ['tenantId', 'endpoint'], where: `event_type = '${WEBHOOK_TEST_EVENT}' and status = 'pending'` },
     // The redelivery pass's cross-tenant read: pending deliveries overdue (their job lost with Redis).
     { name: 'webhook_deliveries_pending_index', properties: ['nextAttemptAt'], where: "status = 'pending'" },
     // Retention's cross-tenant delete (ADR 0011): settled deliveries by when they settled, oldest first.
