@@ -106,6 +106,11 @@ describe('webhook test event', () => {
     const failed = await settledAs(t.admin, t.endpoint.id, res.json.id, 'failed');
     expect(failed).toMatchObject({ attempts: 1, last_status_code: 500, next_attempt_at: null });
     expect(receiver.received.filter((r) => r.path === '/broken')).toHaveLength(1);
+    // An admin may resend it (as any settled delivery): one attempt again, the receiver still answering 500.
+    const resent = await api(stack, 'POST', `${ENDPOINTS}/${t.endpoint.id}/deliveries/${res.json.id}/resend`, { token: t.admin, headers: { 'Idempotency-Key': randomUUID() } });
+    expect(resent.status, resent.text).toBe(202);
+    await waitFor(async () => ((await rows(t.endpoint.id)).find((d) => d.id === res.json.id && d.status === 'failed' && d.attempts === 2) ? true : undefined), { timeoutMs: 30_000, what: 'the resent test event failed after one more attempt' });
+    expect(receiver.received.filter((r) => r.path === '/broken')).toHaveLength(2);
   });
 
   it('is bounded: while a test event of the endpoint is pending, another is 409 webhook_test_pending and nothing is inserted', async () => {
