@@ -12,6 +12,8 @@ import type { AddressInfo } from 'node:net';
 import { api, newTenant, type TestStack } from '../helpers/stack.ts';
 import { waitFor } from '../helpers/poll.ts';
 import { holdTable, type TableLock } from '../helpers/table-lock.ts';
+import { inlineStatement } from '../../src/platform/db/statement-batch.ts';
+import { INSERT_TEST, TEST_EVENT_MESSAGE, WEBHOOK_TEST_MAX_PENDING } from '../../src/platform/webhooks/test-event.ts';
 import { createEndpoint, ENDPOINTS, startWebhookStack, stopWebhookStack, tenantWithEndpoint, type Receiver } from '../helpers/webhooks.ts';
 
 /** Three: a test event failing once is failed at once by its one-attempt rule, not by the cap. */
@@ -104,6 +106,11 @@ describe('webhook test event', () => {
     const failed = await settledAs(t.admin, t.endpoint.id, res.json.id, 'failed');
     expect(failed).toMatchObject({ attempts: 1, last_status_code: 500, next_attempt_at: null });
     expect(receiver.received.filter((r) => r.path === '/broken')).toHaveLength(1);
+    // An admin may resend it (as any settled delivery): one attempt again, the receiver still answering 500.
+    const resent = await api(stack, 'POST', `${ENDPOINTS}/${t.endpoint.id}/deliveries/${res.json.id}/resend`, { token: t.admin, headers: { 'Idempotency-Key': randomUUID() } });
+    expect(resent.status, resent.text).toBe(202);
+    await waitFor(async () => ((await rows(t.endpoint.id)).find((d) => d.id === res.json.id && d.status === 'failed' && d.attempts === 2) ? true : undefined), { timeoutMs: 30_000, what: 'the resent test event failed after one more attempt' });
+    expect(receiver.received.filter((r) => r.path === '/broken')).toHaveLength(2);
   });
 
   it('is bounded: while a test event of the endpoint is pending, another is 409 webhook_test_pending and nothing is inserted', async () => {
@@ -192,4 +199,39 @@ describe('webhook test event', () => {
     expect(subscribed.status, subscribed.text).toBe(422);
     expect(receiver.received.filter((r) => r.path.startsWith('/refusals'))).toHaveLength(0);
   });
+  // An endpoint with months of deliveries, while another tenant's receiver is down (a backlog of pending
+  // deliveries, platform-wide): the test's bound (one pending webhook.test of the endpoint) must read its
+  // few candidate rows, not the endpoint's history through (tenant, endpoint, created_at, id) nor every
+  // pending delivery of the platform through the pending index, filtering row by row.
+  it("the pending-test bound reads the endpoint's pending test events only, not its history or the platform's pending backlog", { timeout: 120_000 }, async () => {
+    const t = await tenantWithEndpoint(stack, receiver, '/test-history', ['run.completed']);
+    const down = await tenantWithEndpoint(stack, receiver, '/test-backlog', ['run.completed']);
+    // Not due for a day: the redelivery pass leaves the backlog alone.
+    await stack.db.admin(
+      `insert into webhook_deliveries (id, tenant_id, endpoint_id, event_type, payload, status, attempts, last_status_code, next_attempt_at, created_at, updated_at)
+       select gen_random_uuid(), t.tenant_id, t.endpoint_id, 'run.completed', '{}', t.status, 1, case when t.status = 'pending' then 503 else 200 end,
+              case when t.status = 'pending' then now() + interval '1 day' end, now() - interval '30 days' + g * interval '20 seconds', now()
+         from generate_series(1, 50000) g,
+              (values ($1::uuid, $2::uuid, 'delivered'), ($3::uuid, $4::uuid, 'pending')) as t(tenant_id, endpoint_id, status)`,
+      [t.tenantId, t.endpoint.id, down.tenantId, down.endpoint.id],
+    );
+    await stack.db.admin('analyze webhook_deliveries');
+    // The statement as the ORM sends it: its \`?\` placeholders numbered.
+    let n = 0;
+    const sql = inlineStatement({ text: INSERT_TEST.replace(/\?/g, () => `$${++n}`), values: [t.tenantId, TEST_EVENT_MESSAGE, t.tenantId, t.endpoint.id, WEBHOOK_TEST_MAX_PENDING] });
+    // Run as planned, and rolled back (no test event is inserted).
+    const results = (await stack.db.admin(`begin; explain (analyze, format json) ${sql}; rollback`)) as unknown as Array<{ rows: any[] }>;
+    const nodes = planNodes(results[1]!.rows[0]['QUERY PLAN'][0].Plan);
+    const filteredOut = nodes.reduce((n, node) => n + (node['Rows Removed by Filter'] ?? 0) + (node['Rows Removed by Index Recheck'] ?? 0), 0);
+    expect({ filteredOut, scans: nodes.filter((n) => n['Relation Name'] === 'webhook_deliveries').map((n) => n['Index Name'] ?? n['Node Type']) }).toMatchObject({ filteredOut: 0 });
+    // And the request itself is sent.
+    expect((await sendTest(t.admin, t.endpoint.id)).status).toBe(202);
+  });
 });
+
+/** Plan nodes of a JSON plan, depth first. */
+function planNodes(plan: any, out: any[] = []): any[] {
+  out.push(plan);
+  for (const child of plan.Plans ?? []) planNodes(child, out);
+  return out;
+}

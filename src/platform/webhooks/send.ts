@@ -1,6 +1,7 @@
 import http from 'node:http';
 import https from 'node:https';
 import { Webhook } from 'standardwebhooks';
+import { propagation } from '@opentelemetry/api';
 import { addressRefusal, guardedLookup, hostOf, urlRefusal, type UrlPolicy } from './ssrf.ts';
 import { isIP } from 'node:net';
 
@@ -72,6 +73,12 @@ export async function postWebhook(args: { url: string; secrets: readonly string[
         res.on('error', settle);
       },
     );
+    // No trace context leaves for a tenant's receiver (ADR 0013): the HTTP instrumentation injected the
+    // propagator's headers (traceparent, tracestate, baggage) into the request it made; they go before any
+    // byte is sent. The receiver is a third party outside the platform's traces: our trace and span ids,
+    // sampling decision and baggage are not its to read, and an instrumented receiver would otherwise
+    // continue our trace in its own — as Stripe and Svix send none. The client span itself stays.
+    for (const field of propagation.fields()) req.removeHeader(field);
     req.on('error', (err: NodeJS.ErrnoException) => {
       // The deadline (or a reset) in the middle of the body: the status already arrived and stands.
       if (status !== undefined) return answered(status);

@@ -34,7 +34,7 @@ export const TEST_EVENT_MESSAGE = 'A test event sent by an admin of the tenant (
  * makes concurrent tests of an endpoint take turns, so two cannot both see room under the bound.
  * The envelope is the outbox's (`{type, timestamp, data}`, the transaction's time), never a secret.
  */
-const INSERT_TEST = `insert into webhook_deliveries (id, tenant_id, endpoint_id, event_type, payload, status, attempts, next_attempt_at, created_at, updated_at)
+export const INSERT_TEST = `insert into webhook_deliveries (id, tenant_id, endpoint_id, event_type, payload, status, attempts, next_attempt_at, created_at, updated_at)
   select gen_random_uuid(), ?, e.id, '${WEBHOOK_TEST_EVENT}',
          jsonb_build_object('type', '${WEBHOOK_TEST_EVENT}', 'timestamp', ${ISO_NOW}, 'data', jsonb_build_object('endpoint_id', e.id, 'message', ?::text)),
          'pending', 0, now(), date_trunc('milliseconds', now()), now()

@@ -109,6 +109,10 @@ export const WebhookDelivery = defineEntity({
     // The deliveries list filtered on `pending` (deliveries.routes.ts): an endpoint's owed deliveries, newest first,
     // without walking its settled history as the main index would; the redelivery pass's index below is cross-tenant.
     { name: 'webhook_deliveries_endpoint_pending_index', properties: ['tenantId', 'endpoint', 'createdAt', 'id'], where: "status = 'pending'" },
+    // The test event's bound (test-event.ts): an endpoint's pending test events, counted on every POST …/:id/test.
+    // Without it the count read the endpoint's whole history (the index above) or every pending delivery of
+    // the platform (the one below), filtering row by row. Nearly always empty, at most one row per endpoint.
+    { name: 'webhook_deliveries_pending_test_index', properties: ['tenantId', 'endpoint'], where: `event_type = '${WEBHOOK_TEST_EVENT}' and status = 'pending'` },
     // The redelivery pass's cross-tenant read: pending deliveries overdue (their job lost with Redis).
     { name: 'webhook_deliveries_pending_index', properties: ['nextAttemptAt'], where: "status = 'pending'" },
     // Retention's cross-tenant delete (ADR 0011): settled deliveries by when they settled, oldest first.
