@@ -2,7 +2,7 @@
  * Webhook test helpers: a real node:http receiver on 127.0.0.1 and the API calls the webhook tests
  * repeat (an endpoint's create, a run's submission and end).
  */
-import { expect } from 'vitest';
+import { afterAll, beforeAll, expect } from 'vitest';
 import { randomUUID } from 'node:crypto';
 import { createServer, type IncomingHttpHeaders, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -95,4 +95,18 @@ export async function startWebhookStack(env: Record<string, string>, workerEnv: 
 export async function stopWebhookStack(stack: TestStack | undefined, receiver: Receiver | undefined): Promise<void> {
   await receiver?.close();
   await stack?.stop();
+}
+
+/**
+ * For the describe that calls it: a webhook stack (startWebhookStack) with fast retries and
+ * `maxAttempts` attempts per delivery, started before its tests and stopped after them. Read
+ * `stack` and `receiver` from the returned object inside the tests (they are set by then).
+ */
+export function webhookStackForTests(maxAttempts: number): { stack: TestStack; receiver: Receiver } {
+  const ctx = {} as { stack: TestStack; receiver: Receiver };
+  beforeAll(async () => {
+    Object.assign(ctx, await startWebhookStack({ WEBHOOK_RETRY_BASE: '50ms', WEBHOOK_MAX_ATTEMPTS: String(maxAttempts) }));
+  }, 120_000);
+  afterAll(() => stopWebhookStack(ctx.stack, ctx.receiver));
+  return ctx;
 }

@@ -3,25 +3,21 @@
  * Redis, a spawned worker and a real node:http receiver. The list's filters (status, event type,
  * creation time) across pages and the plans they run; one delivery with every attempt after retries.
  */
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { randomUUID } from 'node:crypto';
 import { api, CLASS_A_SUBMISSION, newTenant, type TestStack } from '../helpers/stack.ts';
 import { waitFor } from '../helpers/poll.ts';
-import { ENDPOINTS, startWebhookStack, stopWebhookStack, submit, tenantWithEndpoint, waitRun, type Receiver } from '../helpers/webhooks.ts';
+import { ENDPOINTS, webhookStackForTests, submit, tenantWithEndpoint, waitRun, type Receiver } from '../helpers/webhooks.ts';
 import { CoalescingClient } from '../../src/platform/db/coalescing-client.ts';
 import { inlineStatement } from '../../src/platform/db/statement-batch.ts';
 
 const MAX_ATTEMPTS = 3;
 
 describe('webhook deliveries: filters and attempt history', () => {
+  const env = webhookStackForTests(MAX_ATTEMPTS);
   let stack: TestStack;
   let receiver: Receiver;
-
-  beforeAll(async () => {
-    ({ stack, receiver } = await startWebhookStack({ WEBHOOK_RETRY_BASE: '50ms', WEBHOOK_MAX_ATTEMPTS: String(MAX_ATTEMPTS) }));
-  }, 120_000);
-
-  afterAll(() => stopWebhookStack(stack, receiver));
+  beforeAll(() => void ({ stack, receiver } = env));
 
   const list = (token: string, endpointId: string, query: string) => api(stack, 'GET', `${ENDPOINTS}/${endpointId}/deliveries?${query}`, { token });
 

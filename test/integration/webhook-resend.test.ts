@@ -5,13 +5,13 @@
  * `webhook-id`, verified with the endpoint's secret — once it is back; one by id, or an endpoint's
  * window of them (the bulk "recover").
  */
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { randomUUID } from 'node:crypto';
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { api, CLASS_A_SUBMISSION, newTenant, type TestStack } from '../helpers/stack.ts';
 import { waitFor } from '../helpers/poll.ts';
-import { ENDPOINTS, startWebhookStack, stopWebhookStack, submit, tenantWithEndpoint, waitRun, type Receiver } from '../helpers/webhooks.ts';
+import { ENDPOINTS, webhookStackForTests, submit, tenantWithEndpoint, waitRun, type Receiver } from '../helpers/webhooks.ts';
 import { CoalescingClient } from '../../src/platform/db/coalescing-client.ts';
 import { inlineStatement } from '../../src/platform/db/statement-batch.ts';
 import { deliveryJobId } from '../../src/platform/queue/job-ids.ts';
@@ -23,14 +23,10 @@ import pg from 'pg';
 const MAX_ATTEMPTS = 3;
 
 describe('webhook resend', () => {
+  const env = webhookStackForTests(MAX_ATTEMPTS);
   let stack: TestStack;
   let receiver: Receiver;
-
-  beforeAll(async () => {
-    ({ stack, receiver } = await startWebhookStack({ WEBHOOK_RETRY_BASE: '50ms', WEBHOOK_MAX_ATTEMPTS: String(MAX_ATTEMPTS) }));
-  }, 120_000);
-
-  afterAll(() => stopWebhookStack(stack, receiver));
+  beforeAll(() => void ({ stack, receiver } = env));
 
   const row = async (id: string) =>
     (await stack.db.admin(`select status, attempts, attempt_log, resends, resent_at, next_attempt_at, updated_at from webhook_deliveries where id = $1`, [id])).rows[0] as {

@@ -5,7 +5,7 @@
  * endpoint's secret, recorded, listed with its deliveries — to that endpoint only, whatever it
  * subscribed to, and is owed one attempt.
  */
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { randomUUID } from 'node:crypto';
 import { createServer, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -14,20 +14,16 @@ import { waitFor } from '../helpers/poll.ts';
 import { holdTable, type TableLock } from '../helpers/table-lock.ts';
 import { inlineStatement } from '../../src/platform/db/statement-batch.ts';
 import { INSERT_TEST, TEST_EVENT_MESSAGE, WEBHOOK_TEST_MAX_PENDING } from '../../src/platform/webhooks/test-event.ts';
-import { createEndpoint, ENDPOINTS, startWebhookStack, stopWebhookStack, tenantWithEndpoint, type Receiver } from '../helpers/webhooks.ts';
+import { createEndpoint, ENDPOINTS, webhookStackForTests, tenantWithEndpoint, type Receiver } from '../helpers/webhooks.ts';
 
 /** Three: a test event failing once is failed at once by its one-attempt rule, not by the cap. */
 const MAX_ATTEMPTS = 3;
 
 describe('webhook test event', () => {
+  const env = webhookStackForTests(MAX_ATTEMPTS);
   let stack: TestStack;
   let receiver: Receiver;
-
-  beforeAll(async () => {
-    ({ stack, receiver } = await startWebhookStack({ WEBHOOK_RETRY_BASE: '50ms', WEBHOOK_MAX_ATTEMPTS: String(MAX_ATTEMPTS) }));
-  }, 120_000);
-
-  afterAll(() => stopWebhookStack(stack, receiver));
+  beforeAll(() => void ({ stack, receiver } = env));
 
   const sendTest = (token: string, endpointId: string, key: string | null = randomUUID()) =>
     api(stack, 'POST', `${ENDPOINTS}/${endpointId}/test`, { token, headers: key ? { 'Idempotency-Key': key } : {} });
