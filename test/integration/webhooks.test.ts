@@ -38,6 +38,23 @@ async function adminWithEndpoint(stack: TestStack, url: string) {
 const secretsOf = async (stack: TestStack, id: string) =>
   (await stack.db.admin(`select secret, previous_secret, previous_secret_expires_at from webhook_endpoints where id = $1`, [id])).rows[0] as { secret: string; previous_secret: string | null; previous_secret_expires_at: Date | null };
 
+/** The worker's webhook handlers as the test's own (silent, fast retries, private receivers allowed). */
+const testHandlers = (stack: TestStack, redeliverAfterMs: number) =>
+  webhookHandlers({
+    orm: stack.container.orm,
+    logger: pino({ level: 'silent' }),
+    settings: { timeoutMs: 5000, maxAttempts: 3, retryBaseMs: 50, policy: { allowPrivate: true, httpsOnly: false } },
+    queue: () => stack.container.queues.get(WEBHOOK_QUEUE)!,
+    redeliverAfterMs,
+  });
+
+/** Ends the tenant's run `failed` in a transaction of the test's own (no job enqueued): the ids of the deliveries it committed. */
+async function failRunDirectly(stack: TestStack, tenantId: string, runId: string): Promise<string[]> {
+  const ids: string[] = [];
+  await tenantEm(stack.container.orm, tenantId).transactional((tx) => stack.container.runtime.complete(tx, runId, 'failed', { error: { code: 'test' } }, ids));
+  return ids;
+}
+
 describe('webhooks', () => {
   let stack: TestStack;
   let receiver: Receiver;
@@ -152,17 +169,10 @@ describe('webhooks', () => {
     const runId = await submit(stack, t.admin, SAMPLE_SUBMISSION);
     await waitRun(stack, t.admin, runId, ['waiting']);
     // The run ends and its delivery commits, but its job never reaches Redis (lost with it).
-    const ids: string[] = [];
-    await tenantEm(stack.container.orm, t.tenantId).transactional((tx) => stack.container.runtime.complete(tx, runId, 'failed', { error: { code: 'test' } }, ids));
+    const ids = await failRunDirectly(stack, t.tenantId, runId);
     expect(ids).toHaveLength(1);
     expect(await stack.container.queues.get(WEBHOOK_QUEUE)!.getJob(`wh-${ids[0]}`)).toBeUndefined();
-    const pass = webhookHandlers({
-      orm: stack.container.orm,
-      logger: pino({ level: 'silent' }),
-      settings: { timeoutMs: 5000, maxAttempts: 3, retryBaseMs: 50, policy: { allowPrivate: true, httpsOnly: false } },
-      queue: () => stack.container.queues.get(WEBHOOK_QUEUE)!,
-      redeliverAfterMs: 0,
-    })[WEBHOOK_REDELIVERY_JOB];
+    const pass = testHandlers(stack, 0)[WEBHOOK_REDELIVERY_JOB];
     const result = await pass();
     expect(result.enqueued).toBeGreaterThanOrEqual(1);
     const got = await waitFor(() => receiver.verified('/lost', t.endpoint.secret).find((m) => m.data.run_id === runId), { timeoutMs: 30_000, what: 'the lost delivery' });
@@ -173,16 +183,9 @@ describe('webhooks', () => {
     const a = await tenantWithEndpoint(stack, receiver, '/rls-a', ['run.failed']);
     const runId = await submit(stack, a.admin, SAMPLE_SUBMISSION);
     await waitRun(stack, a.admin, runId, ['waiting']);
-    const ids: string[] = [];
-    await tenantEm(stack.container.orm, a.tenantId).transactional((tx) => stack.container.runtime.complete(tx, runId, 'failed', { error: { code: 'test' } }, ids));
+    const ids = await failRunDirectly(stack, a.tenantId, runId);
     expect(ids).toHaveLength(1);
-    const deliver = webhookHandlers({
-      orm: stack.container.orm,
-      logger: pino({ level: 'silent' }),
-      settings: { timeoutMs: 5000, maxAttempts: 3, retryBaseMs: 50, policy: { allowPrivate: true, httpsOnly: false } },
-      queue: () => stack.container.queues.get(WEBHOOK_QUEUE)!,
-      redeliverAfterMs: 60_000,
-    })['webhook-delivery'];
+    const deliver = testHandlers(stack, 60_000)['webhook-delivery'];
     // Tenant B's id with tenant A's delivery: the read is bound to B, whose rows hide A's.
     const job = { id: 'cross-tenant', token: 'none', data: { tenant_id: newTenant(), delivery_id: ids[0] } } as unknown as Parameters<typeof deliver>[0];
     expect(await deliver(job)).toEqual({ outcome: 'not_found' });
