@@ -9,7 +9,7 @@ import { routeTable } from './route-table.ts';
 import { authenticationRow, idempotencyRow, withProbe } from './http.checks.ts';
 import { bullBoardAuthRow, bullBoardQueuesRow, type BullBoardInfo } from './bull-board.checks.ts';
 import { redisRows } from './redis.checks.ts';
-import { configRow, docsRows, jwtKeysRow, telemetryRow, webhookSsrfGuardRow, workerSettingsRow } from './settings.checks.ts';
+import { configRow, databaseCredentialsRow, docsRows, jwtKeysRow, telemetryRow, webhookSsrfGuardRow, workerSettingsRow } from './settings.checks.ts';
 import { workflowVersionsRow } from './workflow-versions.checks.ts';
 import { fail, toReport, type ReadinessReport, type ReadinessRow } from './readiness.types.ts';
 
@@ -61,6 +61,7 @@ export async function runReadiness(deps: ReadinessDeps): Promise<ReadinessReport
   rows.push(telemetryRow(config));
   rows.push(jwtKeysRow(config));
   rows.push(webhookSsrfGuardRow(config));
+  rows.push(databaseCredentialsRow(config));
   rows.push(...(await guarded('redis', () => redisRows(deps.redis, { production: config.NODE_ENV === 'production' }))));
   rows.push(workerSettingsRow(config, workflows));
   rows.push(...(await guarded('workflow-versions', async () => [await workflowVersionsRow(deps.orm, workflows)])));

@@ -1,6 +1,6 @@
 import { existsSync, statSync } from 'node:fs';
 import { join } from 'node:path';
-import { usesPublishedJwtSecret, type Config } from '../platform/config/config.ts';
+import { settingsWithPublishedDatabasePassword, usesPublishedJwtSecret, type Config } from '../platform/config/config.ts';
 import { retryOf, type WorkflowDef } from '../platform/durable/workflow.ts';
 import { fail, pass, type ReadinessRow } from './readiness.types.ts';
 
@@ -33,6 +33,19 @@ export function webhookSsrfGuardRow(config: Config): ReadinessRow {
   const why = 'WEBHOOK_ALLOW_PRIVATE_NETWORKS=true: any tenant admin may point a webhook endpoint at loopback, private and link-local addresses (cloud metadata, internal services)';
   if (config.NODE_ENV === 'production') return fail('webhook-ssrf-guard', `${why}; unset it (false) in every API and worker`);
   return pass('webhook-ssrf-guard', `not required outside production (${why})`);
+}
+
+/**
+ * The database roles do not log in with the passwords this repository publishes (roles.sql,
+ * .env.example, docker-compose.yml): anyone who reads them could connect as the owner, which bypasses
+ * nothing but owns every table. Required in production only; the message names the settings, never a password.
+ */
+export function databaseCredentialsRow(config: Config): ReadinessRow {
+  const published = settingsWithPublishedDatabasePassword(config);
+  if (!published.length) return pass('database-credentials', 'no database URL uses a published password');
+  const why = `${published.join(', ')} use${published.length === 1 ? 's' : ''} a password published in migrations/bootstrap/roles.sql (.env.example, docker-compose.yml)`;
+  if (config.NODE_ENV === 'production') return fail('database-credentials', `${why}: anyone who has read this repository can log in as that role; set passwords of your own (ALTER ROLE … PASSWORD) and in the URLs`);
+  return pass('database-credentials', `not required outside production (${why})`);
 }
 
 /** Bounds that keep recovery fast and safe; see docs/governance/release-gates.md. */

@@ -30,7 +30,7 @@ describe('a healthy stack', () => {
       expect(m.row(`rls ${table}`).status).toBe('PASS');
       expect(m.row(`tenant-unique ${table}`).status).toBe('PASS');
     }
-    for (const c of ['config', 'app-role', 'postgres-autovacuum', 'migrations', 'schema-drift', 'routes-idempotency', 'routes-authentication', 'bull-board-auth', 'bull-board-queues', 'telemetry', 'jwt-keys', 'webhook-ssrf-guard', 'redis', 'redis-eviction', 'redis-persistence', 'worker-settings', 'workflow-versions']) {
+    for (const c of ['config', 'app-role', 'postgres-autovacuum', 'migrations', 'schema-drift', 'routes-idempotency', 'routes-authentication', 'bull-board-auth', 'bull-board-queues', 'telemetry', 'jwt-keys', 'webhook-ssrf-guard', 'database-credentials', 'redis', 'redis-eviction', 'redis-persistence', 'worker-settings', 'workflow-versions']) {
       expect(m.row(c).status).toBe('PASS');
     }
   });
@@ -131,6 +131,20 @@ describe('webhook SSRF guard', () => {
     expect(dev.row('webhook-ssrf-guard')).toMatchObject({ status: 'PASS', reason: expect.stringMatching(/^not required outside production \(WEBHOOK_ALLOW_PRIVATE_NETWORKS=true: /) });
     expect(prod.row('webhook-ssrf-guard')).toMatchObject({ status: 'FAIL', reason: expect.stringMatching(/WEBHOOK_ALLOW_PRIVATE_NETWORKS=true.*loopback, private and link-local/) });
     expect(guarded.row('webhook-ssrf-guard')).toMatchObject({ status: 'PASS', reason: expect.stringMatching(/public addresses only/) });
+  });
+});
+
+describe('database credentials', () => {
+  it('a database URL with a password this repository publishes fails database-credentials in production, naming the setting; passes elsewhere with a note', async () => {
+    const production = (d: { config: object }) => ({ config: { ...d.config, NODE_ENV: 'production' } as never });
+    const published = { env: { DATABASE_URL: 'postgres://dealix_app:dealix_app@db.internal:5432/dealix', MIGRATION_DATABASE_URL: 'postgres://dealix_owner:dealix_owner@db.internal:5432/dealix' } };
+    const prod = await matrixFor({ ...published, adjust: production });
+    expect(prod.row('database-credentials')).toMatchObject({ status: 'FAIL', reason: expect.stringMatching(/DATABASE_URL, MIGRATION_DATABASE_URL .*migrations\/bootstrap\/roles\.sql/) });
+    expect(prod.row('database-credentials').reason).not.toContain('dealix_app:');
+    const dev = await matrixFor(published);
+    expect(dev.row('database-credentials')).toMatchObject({ status: 'PASS', reason: expect.stringMatching(/^not required outside production \(DATABASE_URL, MIGRATION_DATABASE_URL /) });
+    const own = await matrixFor({ env: { DATABASE_URL: 'postgres://dealix_app:s3cret-of-its-own@db.internal:5432/dealix', MIGRATION_DATABASE_URL: 'postgres://dealix_owner@db.internal:5432/dealix' }, adjust: production });
+    expect(own.row('database-credentials')).toMatchObject({ status: 'PASS', reason: expect.stringMatching(/no database URL uses a published password/) });
   });
 });
 

@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import { PUBLISHED_JWT_SECRETS, configSchema, parseConfig } from '../../src/platform/config/config.ts';
+import { PUBLISHED_DATABASE_PASSWORDS, PUBLISHED_JWT_SECRETS, configSchema, parseConfig } from '../../src/platform/config/config.ts';
 
 const read = (path: string) => readFileSync(fileURLToPath(new URL(`../../${path}`, import.meta.url)), 'utf8');
 const variables = Object.keys(configSchema.shape);
@@ -74,6 +74,16 @@ describe('configuration documents', () => {
     const named = [...block.matchAll(/^ {2}([A-Z][A-Z0-9_]*):/gm)].map((m) => m[1]!);
     expect(named.length).toBeGreaterThan(5);
     expect(named.filter((v) => !readByConfig.includes(v))).toEqual([]);
+  });
+
+  it('every database password the repository publishes is known as published (the readiness row database-credentials refuses it in production)', () => {
+    const published = [
+      ...[...read('migrations/bootstrap/roles.sql').matchAll(/PASSWORD '([^']+)'/g)].map((m) => m[1]!),
+      ...[...read('.env.example').matchAll(/^[A-Z_]*DATABASE_URL=postgres:\/\/[^:@\s]+:([^@\s]+)@/gm)].map((m) => m[1]!),
+      ...[...read('docker-compose.yml').matchAll(/DATABASE_URL: postgres:\/\/[^:@\s]+:([^@\s]+)@/g)].map((m) => m[1]!),
+    ];
+    expect(published.length).toBe(6);
+    expect(published.filter((s) => !PUBLISHED_DATABASE_PASSWORDS.includes(s))).toEqual([]);
   });
 
   it('every JWT secret the repository publishes is known as published (the readiness row jwt-keys refuses it)', () => {

@@ -235,6 +235,26 @@ export function usesPublishedJwtSecret(config: Pick<Config, 'JWT_SECRET' | 'JWT_
   return !config.JWT_JWKS_URL && config.JWT_SECRET !== undefined && PUBLISHED_JWT_SECRETS.includes(config.JWT_SECRET);
 }
 
+/**
+ * The database roles' passwords this repository publishes (migrations/bootstrap/roles.sql creates the
+ * roles with them; .env.example and docker-compose.yml connect with them). Fine on a laptop or in
+ * compose, where PostgreSQL publishes no port; in production the readiness row `database-credentials`
+ * fails while a database URL still carries one (docs/runbook.md, "Migrate": create the roles with
+ * passwords of your own).
+ */
+export const PUBLISHED_DATABASE_PASSWORDS: readonly string[] = ['dealix_app', 'dealix_owner'];
+
+/** The database URL settings whose password is one PUBLISHED_DATABASE_PASSWORDS holds (a URL without a password, as with .pgpass or peer authentication, is not). */
+export function settingsWithPublishedDatabasePassword(config: Pick<Config, 'DATABASE_URL' | 'MIGRATION_DATABASE_URL' | 'DATABASE_ADMIN_URL'>): string[] {
+  const settings = ['DATABASE_URL', 'MIGRATION_DATABASE_URL', 'DATABASE_ADMIN_URL'] as const;
+  return settings.filter((name) => {
+    const url = config[name];
+    if (!url) return false;
+    const password = URL.canParse(url) ? decodeURIComponent(new URL(url).password) : '';
+    return password !== '' && PUBLISHED_DATABASE_PASSWORDS.includes(password);
+  });
+}
+
 export class ConfigError extends Error {
   readonly problems: string[];
   constructor(problems: string[]) {
