@@ -183,7 +183,7 @@ export function buildOpenApi(routes: RouteDef[], info: { title?: string; version
       version: info.version ?? '0.1.0',
       description:
         'Durable, multi-tenant background work. Every response carries X-Correlation-Id; errors are RFC 9457 problem+json. ' +
-        'POST/PUT/PATCH take an Idempotency-Key.',
+        'POST/PUT/PATCH/DELETE take an Idempotency-Key.',
     },
     tags: [...new Set([...routes.flatMap((r) => r.tags), 'operations'])].map((name) => ({ name })),
   });

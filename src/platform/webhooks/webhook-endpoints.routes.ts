@@ -33,8 +33,7 @@ const endpointPatch = z
   .strictObject(endpointFields)
   .partial()
   .extend({ description: endpointFields.description.unwrap().nullable().optional() })
-  .refine((b) => Object.values(b).some((v) => v !== undefined), { message: 'Send at least one field to change' })
-  .meta({ id: 'WebhookEndpointUpdate' });
+  .refine((b) => Object.values(b).some((v) => v !== undefined), { message: 'Send at least one field to change' });
 
 const endpointView = z
   .strictObject({
