@@ -6,6 +6,8 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { randomUUID } from 'node:crypto';
 import pg from 'pg';
+import { createServer, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { api, newTenant, SAMPLE_SUBMISSION, startStack, type TestStack } from '../helpers/stack.ts';
 import { waitFor } from '../helpers/poll.ts';
 import { capturedLog } from '../helpers/log-capture.ts';
@@ -249,6 +251,38 @@ describe('webhook endpoint update and delete: deliveries, with a worker and a re
     expect(await jobCompleted(retrying!)).toMatchObject({ outcome: 'not_found' });
     expect(await jobCompleted(unsent!)).toMatchObject({ outcome: 'not_found' });
     expect(receiver.received.filter((r) => r.path === '/deleted')).toHaveLength(1);
+  });
+
+  it('DELETE while an attempt is in flight: the attempt finishes, records nothing (its row is gone), its job completes without a retry, and nothing more is sent', { timeout: 60_000 }, async () => {
+    // A receiver that holds its first request open, and answers it 500 when told (a failure that would otherwise be retried).
+    let held: ServerResponse | undefined;
+    let requests = 0;
+    const server = createServer((req, res) => {
+      req.resume();
+      req.on('end', () => {
+        requests++;
+        if (!held) held = res;
+        else res.writeHead(500).end('no');
+      });
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+    try {
+      const t = await withWaitingRun('/unused');
+      const moved = await patch(stack, t.admin, t.endpoint.id, { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}/held` });
+      expect(moved.status, moved.text).toBe(200);
+      const [delivery] = await failRun(t.tenantId, t.runId);
+      await stack.container.runtime.dispatchDeliveries(t.tenantId, [delivery!]);
+      await waitFor(() => (held ? true : undefined), { timeoutMs: 30_000, what: 'the attempt to reach the receiver' });
+      const gone = await del(stack, t.admin, t.endpoint.id);
+      expect(gone.status, gone.text).toBe(204);
+      held!.writeHead(500).end('no');
+      expect(await jobCompleted(delivery!)).toMatchObject({ outcome: 'superseded' });
+      expect(await deliveriesOf(stack, t.endpoint.id)).toEqual([]);
+      expect(requests).toBe(1);
+    } finally {
+      server.closeAllConnections();
+      await new Promise<void>((r) => server.close(() => r()));
+    }
   });
 
   it('DELETE during a run end that inserted a delivery for the endpoint waits for its commit, then takes the delivery with it: nothing is attempted', async () => {
