@@ -71,6 +71,17 @@ describe('webhook endpoint update and delete: the API', () => {
     expect(replay.json).toEqual(first.json);
   });
 
+  it("a new URL clears the endpoint's failing_since (the old receiver's failures are not the new one's); a change that keeps the URL keeps it", async () => {
+    const { admin, id } = await adminWithEndpoint();
+    await stack.db.admin(`update webhook_endpoints set failing_since = now() - interval '2 days' where id = $1`, [id]);
+    const kept = await patch(stack, admin, id, { description: 'same receiver', url: 'https://93.184.215.43/hook?token=abc' });
+    expect(kept.status, kept.text).toBe(200);
+    expect(kept.json.failing_since).not.toBeNull();
+    const moved = await patch(stack, admin, id, { url: 'https://93.184.215.49/hook' });
+    expect(moved.status, moved.text).toBe(200);
+    expect(moved.json.failing_since).toBeNull();
+  });
+
   it.each([
     ['no field', {}],
     ['an unknown field', { secret: 'mine' }],
