@@ -139,6 +139,10 @@ describe('webhook endpoint update and delete: the API', () => {
       const res = await api(stack, 'POST', `${ENDPOINTS}/${id}/${action}`, { token: admin, headers: key() });
       expect(res.status, `${action}: ${res.text}`).toBe(404);
     }
+    for (const [path, body] of [[`deliveries/${randomUUID()}/resend`, undefined], ['deliveries/resend', { since: '2020-01-01T00:00:00Z' }]] as const) {
+      const res = await api(stack, 'POST', `${ENDPOINTS}/${id}/${path}`, { token: admin, body, headers: key() });
+      expect(res.status, `${path}: ${res.text}`).toBe(404);
+    }
     expect((await patch(stack, admin, id, { description: 'back?' })).status).toBe(404);
     expect(await rowOf(stack, id)).toBeUndefined();
     const again = await createEndpoint(stack, admin, { url: 'https://93.184.215.47/hook', events: ['run.completed'] });

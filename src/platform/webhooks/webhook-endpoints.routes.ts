@@ -25,14 +25,22 @@ const endpointFields = {
 };
 const endpointBody = z.strictObject(endpointFields);
 
+type PatchShape<S extends Record<string, z.ZodType>> = { [K in keyof S]: z.ZodOptional<S[K] extends z.ZodDefault<infer I> ? I : S[K]> };
+
+/**
+ * An update's fields from a create's: each optional, **without its default**. `.partial()` alone keeps a
+ * field's `.default()`, and an update that did not send the field would reset it to the default.
+ */
+export function patchOf<S extends Record<string, z.ZodType>>(shape: S): PatchShape<S> {
+  return Object.fromEntries(Object.entries(shape).map(([k, s]) => [k, (s instanceof z.ZodDefault ? (s.unwrap() as z.ZodType) : s).optional()])) as PatchShape<S>;
+}
+
 /**
  * The update's body: any of the create's fields (unknown ones refused, as by the create), at least one;
  * `description: null` clears the description.
  */
-const endpointPatch = z
-  .strictObject(endpointFields)
-  .partial()
-  .extend({ description: endpointFields.description.unwrap().nullable().optional() })
+export const endpointPatch = z
+  .strictObject({ ...patchOf(endpointFields), description: endpointFields.description.unwrap().nullable().optional() })
   .refine((b) => Object.values(b).some((v) => v !== undefined), { message: 'Send at least one field to change' });
 
 const endpointView = z
@@ -191,7 +199,7 @@ const lockEnabledEndpoints = (em: EntityManager, tenantId: string) =>
 /** The cap's condition, for an insert or update that adds an enabled endpoint (parameters: tenant id, cap). */
 const UNDER_CAP = '(select count(*) from webhook_endpoints where tenant_id = ? and enabled) < ?';
 
-const limitReached = (max: number) => new ConflictError('webhook_endpoint_limit', `The tenant already has ${max} enabled webhook endpoints (WEBHOOK_MAX_ENDPOINTS); disable one first.`);
+const limitReached = (max: number) => new ConflictError('webhook_endpoint_limit', `The tenant already has ${max} enabled webhook endpoints (WEBHOOK_MAX_ENDPOINTS); disable or delete one first.`);
 
 /**
  * The tenant's webhook endpoints (role admin): create (the secret shown once), list, read, update, delete, rotate the
@@ -217,7 +225,7 @@ export function webhookEndpointRoutes(deps: {
       responses: {
         201: { description: 'The endpoint, with its signing secret (Cache-Control: no-store)', schema: createdView },
         ...adminOnly,
-        409: { description: 'The tenant already has WEBHOOK_MAX_ENDPOINTS enabled endpoints (`webhook_endpoint_limit`): disable one first' },
+        409: { description: 'The tenant already has WEBHOOK_MAX_ENDPOINTS enabled endpoints (`webhook_endpoint_limit`): disable or delete one first' },
         422: { description: 'Invalid body: not an http(s) URL (https:// in production), a host that does not resolve, resolves to a loopback, private, link-local or multicast address, or an unknown or no event type' },
         503: { description: 'The host could not be resolved within WEBHOOK_TIMEOUT, or the resolver failed for now (EAI_AGAIN): nothing stored, the Idempotency-Key is free for a retry (Retry-After)' },
       },
@@ -430,7 +438,7 @@ export function webhookEndpointRoutes(deps: {
         200: { description: 'The endpoint, enabled, its failing_since and disabled_reason cleared (enabling an enabled one changes nothing)', schema: endpointView },
         ...adminOnly,
         404: { description: 'No such endpoint for this tenant' },
-        409: { description: 'The tenant already has WEBHOOK_MAX_ENDPOINTS enabled endpoints (`webhook_endpoint_limit`): disable one first' },
+        409: { description: 'The tenant already has WEBHOOK_MAX_ENDPOINTS enabled endpoints (`webhook_endpoint_limit`): disable or delete one first' },
       },
       async handler({ em, principal, params }) {
         // The cap as for a create, under the same per-tenant lock: an enable and a create cannot both take the last place.
