@@ -40,13 +40,13 @@ export async function withProbe<T>(app: Express, fn: (probe: Probe) => Promise<T
   }
 }
 
-/** Every POST/PUT/PATCH route carries the idempotency middleware (read from the router stack). */
+/** Every POST/PUT/PATCH/DELETE route carries the idempotency middleware (read from the router stack). */
 export function idempotencyRow(endpoints: Endpoint[]): ReadinessRow {
   const mutating = endpoints.filter((e) => e.kind === 'route' && e.methods.some((m) => MUTATING_METHODS.has(m as HttpMethod)));
   const missing = mutating.filter((e) => !e.guards.includes('idempotency'));
   if (missing.length) return fail('routes-idempotency', `without the idempotency middleware: ${missing.map(label).join(', ')}`);
-  if (!mutating.length) return fail('routes-idempotency', 'no POST/PUT/PATCH routes found: is the API router mounted?');
-  return pass('routes-idempotency', `${mutating.length} POST/PUT/PATCH routes, all with the idempotency middleware`);
+  if (!mutating.length) return fail('routes-idempotency', 'no POST/PUT/PATCH/DELETE routes found: is the API router mounted?');
+  return pass('routes-idempotency', `${mutating.length} POST/PUT/PATCH/DELETE routes, all with the idempotency middleware`);
 }
 
 /**

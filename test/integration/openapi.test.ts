@@ -34,7 +34,9 @@ describe('OpenAPI 3.1 from the route declarations', () => {
       for (const code of ['401', '500', '503']) {
         expect(op.responses[code].content['application/problem+json'].schema).toEqual({ $ref: '#/components/schemas/Problem' });
       }
-      expect(op.responses['200'] ?? op.responses['201'] ?? op.responses['202']).toBeDefined();
+      expect(op.responses['200'] ?? op.responses['201'] ?? op.responses['202'] ?? op.responses['204']).toBeDefined();
+      // 204 No Content is published without content (DELETE …/webhook-endpoints/:id).
+      if (op.responses['204']) expect(op.responses['204'].content).toBeUndefined();
       const params = (op.parameters ?? []).map((p: { in: string; name: string }) => `${p.in}:${p.name}`);
       for (const name of def.path.match(/:([A-Za-z0-9_]+)/g) ?? []) expect(params).toContain(`path:${name.slice(1)}`);
       if (['post', 'put', 'patch'].includes(def.method)) {
@@ -204,6 +206,13 @@ describe('the published schemas hold for real responses of every route', () => {
   function expectPublished(method: string, template: string, res: Res, expectedStatus: number): Res {
     expect(res.status, res.text).toBe(expectedStatus);
     const label = `${method} ${template} ${res.status}`;
+    // 204 No Content: published without content, and sent without a body or a content type.
+    if (res.status === 204) {
+      expect(res.text, label).toBe('');
+      expect(res.headers.get('content-type'), label).toBeNull();
+      checked.add(label);
+      return res;
+    }
     const contentType = (res.headers.get('content-type') ?? '').split(';')[0]!.trim();
     const v = schemas.validator(method, template, res.status, contentType);
     expect(v, `${label}: no published schema for ${contentType}`).toBeDefined();
@@ -458,7 +467,7 @@ describe('the published schemas hold for real responses of every route', () => {
     }
   });
 
-  it('webhook endpoints read as published: create (with its secret), pages, one, disable, enable, its deliveries, their resend and a test event', async () => {
+  it('webhook endpoints read as published: create (with its secret), pages, one, disable, enable, update, delete, its deliveries, their resend and a test event', async () => {
     const own = newTenant();
     const admin = await stack.token({ tenantId: own, sub: 'admin-1', roles: ['admin'] });
     const create = async (i: number) =>
@@ -516,6 +525,10 @@ describe('the published schemas hold for real responses of every route', () => {
     expect(expectPublished('POST', '/api/v1/webhook-endpoints/:id/disable', disable, 200).json).toMatchObject({ enabled: false, disabled_reason: 'manual' });
     const enable = await api(stack, 'POST', `/api/v1/webhook-endpoints/${first.id}/enable`, { token: admin });
     expect(expectPublished('POST', '/api/v1/webhook-endpoints/:id/enable', enable, 200).json).toMatchObject({ enabled: true, disabled_reason: null });
+    const updated = await api(stack, 'PATCH', `/api/v1/webhook-endpoints/${first.id}`, { token: admin, body: { events: ['run.failed'], description: null } });
+    expect(expectPublished('PATCH', '/api/v1/webhook-endpoints/:id', updated, 200).json).toMatchObject({ id: first.id, events: ['run.failed'], description: null });
+    const deleted = await api(stack, 'DELETE', `/api/v1/webhook-endpoints/${first.id}`, { token: admin });
+    expectPublished('DELETE', '/api/v1/webhook-endpoints/:id', deleted, 204);
   });
 
   it('checked a real response against every success response that a route publishes', () => {

@@ -112,4 +112,16 @@ describe('webhook endpoint create: a bounded wait for DNS', () => {
     // The key was released, not stored: no idempotency record of the tenant's remains.
     expect((await stack.db.admin(`select 1 from idempotency_keys where tenant_id = $1`, [tenant])).rows).toEqual([]);
   });
+  it("an update (PATCH) to a host whose DNS never answers: 503 once the wait is over, the endpoint unchanged, the key free for a retry", async () => {
+    const tenant = newTenant();
+    const admin = await stack.token({ tenantId: tenant, sub: 'admin-1', roles: ['admin'] });
+    const created = await api(stack, 'POST', ENDPOINTS, { token: admin, body: { url: 'https://93.184.215.43/hook', events: ['run.completed'] }, headers: { 'Idempotency-Key': randomUUID() } });
+    expect(created.status, created.text).toBe(201);
+    const key = randomUUID();
+    const res = await api(stack, 'PATCH', `${ENDPOINTS}/${created.json.id}`, { token: admin, body: { url: `https://${SILENT_HOST}/hook` }, headers: { 'Idempotency-Key': key } });
+    expect(res.status, res.text).toBe(503);
+    expect(res.headers.get('retry-after')).toBeTruthy();
+    expect((await api(stack, 'GET', `${ENDPOINTS}/${created.json.id}`, { token: admin })).json.url).toBe('https://93.184.215.43/hook');
+    expect((await stack.db.admin(`select 1 from idempotency_keys where tenant_id = $1 and idempotency_key = $2`, [tenant, key])).rows).toEqual([]);
+  });
 });

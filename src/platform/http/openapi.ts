@@ -95,9 +95,13 @@ function routeConfig(def: RouteDef, withSchemas: boolean): RouteConfig {
       description: isError && errors[status] ? `${r.description}; or: ${errors[status].description}` : r.description,
       // A route's own description of an error keeps the headers that error carries (Retry-After, …).
       headers: isError ? ((errors[status]?.headers as typeof responseHeaders | undefined) ?? responseHeaders) : responseHeaders.extend(success),
-      content: isError
-        ? { [PROBLEM_CONTENT_TYPE]: { schema: problemSchema } }
-        : { 'application/json': { schema: withSchemas && r.schema ? r.schema : z.looseObject({}) } },
+      ...(status === 204
+        ? {}
+        : {
+            content: isError
+              ? { [PROBLEM_CONTENT_TYPE]: { schema: problemSchema } }
+              : { 'application/json': { schema: withSchemas && r.schema ? r.schema : z.looseObject({}) } },
+          }),
     };
   }
   const key = z.string().min(1).max(255).describe('Unique per intended operation; a retry with the same key and body replays the first response');
@@ -179,7 +183,7 @@ export function buildOpenApi(routes: RouteDef[], info: { title?: string; version
       version: info.version ?? '0.1.0',
       description:
         'Durable, multi-tenant background work. Every response carries X-Correlation-Id; errors are RFC 9457 problem+json. ' +
-        'POST/PUT/PATCH take an Idempotency-Key.',
+        'POST/PUT/PATCH/DELETE take an Idempotency-Key.',
     },
     tags: [...new Set([...routes.flatMap((r) => r.tags), 'operations'])].map((name) => ({ name })),
   });

@@ -4,7 +4,7 @@ import type { ZodType } from 'zod';
 import type { Principal } from '../tenancy/jwt.ts';
 
 export type HttpMethod = 'get' | 'post' | 'put' | 'patch' | 'delete';
-export const MUTATING_METHODS: ReadonlySet<HttpMethod> = new Set(['post', 'put', 'patch']);
+export const MUTATING_METHODS: ReadonlySet<HttpMethod> = new Set(['post', 'put', 'patch', 'delete']);
 
 export interface RouteResult<R = unknown> {
   status: number;
@@ -85,7 +85,8 @@ export function defineRoute<B = undefined, P = Record<string, never>, Q = Record
     throw new Error(`${label}: mutating routes must declare idempotency 'required' or 'optional'`);
   }
   for (const [code, r] of Object.entries(def.responses)) {
-    if (Number(code) >= 200 && Number(code) < 300 && !r.schema) throw new Error(`${label}: the ${code} response must declare the schema of its body`);
+    // 204 No Content has no body to describe.
+    if (Number(code) >= 200 && Number(code) < 300 && Number(code) !== 204 && !r.schema) throw new Error(`${label}: the ${code} response must declare the schema of its body`);
   }
   return def;
 }

@@ -22,6 +22,12 @@ export interface OutboxEvent {
  * data jsonb) — and returning their ids. The envelope is Standard Webhooks': `{type, timestamp, data}`.
  * `exceptEndpoint`, an expression over the event `ev`, names an endpoint that gets none of them (one
  * the same statement disables, which its snapshot still sees enabled).
+ *
+ * The endpoints are read `FOR KEY SHARE`, the lock the deliveries' foreign key takes anyway (no wait
+ * added: rotate, disable, enable, update and a recorded attempt lock `FOR NO KEY UPDATE`, which it does
+ * not conflict with). Only an endpoint's DELETE (FOR UPDATE) makes it wait, and after that commit the
+ * locking read skips the deleted row: without it, the snapshot still saw the endpoint, the insert
+ * followed, and its foreign-key check failed the run's end (webhook-endpoint-update-delete.test.ts).
  */
 export function outboxCte(events: string, opts: { exceptEndpoint?: string } = {}): string {
   const except = opts.exceptEndpoint ? ` and e.id <> ${opts.exceptEndpoint}` : '';
@@ -30,6 +36,7 @@ export function outboxCte(events: string, opts: { exceptEndpoint?: string } = {}
          select gen_random_uuid(), ev.tenant_id, e.id, ev.type, jsonb_build_object('type', ev.type, 'timestamp', ${ISO_NOW}, 'data', ev.data),
                 'pending', 0, now(), date_trunc('milliseconds', now()), now()
            from (${events}) ev join webhook_endpoints e on e.tenant_id = ev.tenant_id and e.enabled and ev.type = any(e.events)${except}
+            for key share of e
          returning id)`;
 }
 

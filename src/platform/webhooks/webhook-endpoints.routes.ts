@@ -14,11 +14,34 @@ import { webhookPayload } from './webhook-events.ts';
 export const WEBHOOK_ENDPOINTS_PATH = '/api/v1/webhook-endpoints';
 const TAGS = ['webhooks'];
 
-const endpointBody = z.strictObject({
+/**
+ * The fields an admin sets on an endpoint: the create's body, and (each optional) the update's. One
+ * place: a field added here is accepted by both.
+ */
+const endpointFields = {
   url: z.string().max(2048).describe('Where events are POSTed: https:// in production; its host must resolve to public addresses only'),
   events: z.array(z.enum(WEBHOOK_EVENT_TYPES)).min(1).max(WEBHOOK_EVENT_TYPES.length).describe('The event types this endpoint receives'),
   description: z.string().max(500).optional(),
-});
+};
+const endpointBody = z.strictObject(endpointFields);
+
+type PatchShape<S extends Record<string, z.ZodType>> = { [K in keyof S]: z.ZodOptional<S[K] extends z.ZodDefault<infer I> ? I : S[K]> };
+
+/**
+ * An update's fields from a create's: each optional, **without its default**. `.partial()` alone keeps a
+ * field's `.default()`, and an update that did not send the field would reset it to the default.
+ */
+export function patchOf<S extends Record<string, z.ZodType>>(shape: S): PatchShape<S> {
+  return Object.fromEntries(Object.entries(shape).map(([k, s]) => [k, (s instanceof z.ZodDefault ? (s.unwrap() as z.ZodType) : s).optional()])) as PatchShape<S>;
+}
+
+/**
+ * The update's body: any of the create's fields (unknown ones refused, as by the create), at least one;
+ * `description: null` clears the description.
+ */
+export const endpointPatch = z
+  .strictObject({ ...patchOf(endpointFields), description: endpointFields.description.unwrap().nullable().optional() })
+  .refine((b) => Object.values(b).some((v) => v !== undefined), { message: 'Send at least one field to change' });
 
 const endpointView = z
   .strictObject({
@@ -143,6 +166,26 @@ export async function endpointById(em: EntityManager, tenantId: string, id: stri
   return row;
 }
 
+/** An event type list as stored: a text[] literal, each type once. */
+const eventsArray = (events: readonly string[]) => `{${[...new Set(events)].join(',')}}`;
+
+/**
+ * How an update's field is written: its column is the field's own name (the body's fields are the
+ * schema's, never the client's); a field needing a cast or a conversion says so here.
+ */
+const PATCH_COLUMNS: Partial<Record<keyof typeof endpointFields, { cast?: string; value?: (v: never) => unknown }>> = {
+  events: { cast: '::text[]', value: (v: string[]) => eventsArray(v) },
+};
+
+/** A URL's scheme, host and port, for a log line: never its path or query, which may carry a receiver's token. */
+const urlOrigin = (url: string) => {
+  try {
+    return new URL(url).origin;
+  } catch {
+    return null;
+  }
+};
+
 /** The key of the per-tenant advisory lock below (`pg_advisory_xact_lock(hashtextextended(key, 0))`); exported for the test that holds it. */
 export const enabledEndpointsLockKey = (tenantId: string) => `dealix:webhook_endpoints:${tenantId}`;
 
@@ -156,10 +199,10 @@ const lockEnabledEndpoints = (em: EntityManager, tenantId: string) =>
 /** The cap's condition, for an insert or update that adds an enabled endpoint (parameters: tenant id, cap). */
 const UNDER_CAP = '(select count(*) from webhook_endpoints where tenant_id = ? and enabled) < ?';
 
-const limitReached = (max: number) => new ConflictError('webhook_endpoint_limit', `The tenant already has ${max} enabled webhook endpoints (WEBHOOK_MAX_ENDPOINTS); disable one first.`);
+const limitReached = (max: number) => new ConflictError('webhook_endpoint_limit', `The tenant already has ${max} enabled webhook endpoints (WEBHOOK_MAX_ENDPOINTS); disable or delete one first.`);
 
 /**
- * The tenant's webhook endpoints (role admin): create (the secret shown once), list, read, rotate the
+ * The tenant's webhook endpoints (role admin): create (the secret shown once), list, read, update, delete, rotate the
  * secret (the new one shown once, the old one signing beside it for an overlap), disable, enable, and
  * (docs/api.md, *Webhooks*; ADR 0013). Its deliveries are read in deliveries.routes.ts.
  */
@@ -182,7 +225,7 @@ export function webhookEndpointRoutes(deps: {
       responses: {
         201: { description: 'The endpoint, with its signing secret (Cache-Control: no-store)', schema: createdView },
         ...adminOnly,
-        409: { description: 'The tenant already has WEBHOOK_MAX_ENDPOINTS enabled endpoints (`webhook_endpoint_limit`): disable one first' },
+        409: { description: 'The tenant already has WEBHOOK_MAX_ENDPOINTS enabled endpoints (`webhook_endpoint_limit`): disable or delete one first' },
         422: { description: 'Invalid body: not an http(s) URL (https:// in production), a host that does not resolve, resolves to a loopback, private, link-local or multicast address, or an unknown or no event type' },
         503: { description: 'The host could not be resolved within WEBHOOK_TIMEOUT, or the resolver failed for now (EAI_AGAIN): nothing stored, the Idempotency-Key is free for a retry (Retry-After)' },
       },
@@ -202,7 +245,7 @@ export function webhookEndpointRoutes(deps: {
            select ?, ?, ?, ?, ?::text[], ?, true, ?, date_trunc('milliseconds', now()), now()
             where ${UNDER_CAP}
            returning ${ENDPOINT_COLUMNS}`,
-          [randomUUID(), principal.tenantId, body.url, body.description ?? null, `{${[...new Set(body.events)].join(',')}}`, secret, principal.sub, principal.tenantId, deps.maxEndpoints],
+          [randomUUID(), principal.tenantId, body.url, body.description ?? null, eventsArray(body.events), secret, principal.sub, principal.tenantId, deps.maxEndpoints],
         );
         if (!row) throw limitReached(deps.maxEndpoints);
         const view = toView(row);
@@ -235,6 +278,88 @@ export function webhookEndpointRoutes(deps: {
       responses: { 200: { description: 'The endpoint', schema: endpointView }, ...adminOnly, 404: { description: 'No such endpoint for this tenant' } },
       async handler({ em, principal, params }) {
         return { status: 200, body: toView(await endpointById(em, principal.tenantId, params.id)) };
+      },
+    }),
+    defineRoute({
+      method: 'patch',
+      path: `${WEBHOOK_ENDPOINTS_PATH}/:id`,
+      summary: "Update a webhook endpoint (role admin): any of the create's fields; pending deliveries' next attempts go to a new URL, new events only to the new subscription",
+      tags: TAGS,
+      roles: [ADMIN_ROLE],
+      idempotency: 'optional',
+      params: idParam,
+      body: endpointPatch,
+      responses: {
+        200: { description: 'The endpoint as updated (never its secret); a field not sent is unchanged', schema: endpointView },
+        ...adminOnly,
+        404: { description: 'No such endpoint for this tenant' },
+        422: { description: 'Invalid body: no field, an unknown field, a URL refused as by the create (not http(s), https:// in production, a host that does not resolve or resolves to a non-public address), no or an unknown event type' },
+        503: { description: 'The new URL\'s host could not be resolved within WEBHOOK_TIMEOUT, or the resolver failed for now (EAI_AGAIN): nothing changed, the Idempotency-Key is free for a retry (Retry-After)' },
+      },
+      // A new URL is checked as the create checks it, before the transaction and bounded (see the create).
+      prepare: ({ body }) => (body.url === undefined ? Promise.resolve(undefined) : resolvedRefusal(body.url, deps.policy, deps.dnsTimeoutMs)),
+      async handler({ req, em, principal, params, body, prepared, afterCommit }) {
+        const refusal = prepared as string | undefined;
+        if (refusal) throw new ValidationError('Invalid request body', [{ path: 'url', message: refusal }], 422);
+        // The row lock, as rotate and disable take it: concurrent updates take turns (the audit line's
+        // previous URL is the one this update replaced), and NO KEY UPDATE neither waits for nor blocks
+        // a run end inserting a delivery for the endpoint (its foreign key's KEY SHARE).
+        const current = await endpointById(em, principal.tenantId, params.id, LOCK_ROW);
+        const sets: string[] = [];
+        const values: unknown[] = [];
+        for (const [field, value] of Object.entries(body) as [keyof typeof endpointFields, unknown][]) {
+          if (value === undefined) continue;
+          const column = PATCH_COLUMNS[field];
+          sets.push(`${field} = ?${column?.cast ?? ''}`);
+          values.push(column?.value ? column.value(value as never) : value);
+        }
+        const urlChanged = body.url !== undefined && body.url !== current.url;
+        // The failures of the receiver it replaces are not the new one's: a new URL starts healthy, as a
+        // re-enabled endpoint does (WEBHOOK_DISABLE_AFTER counts from the new receiver's first failure).
+        if (urlChanged) sets.push('failing_since = null');
+        const [row] = await em.execute<EndpointRow[]>(
+          `update webhook_endpoints set ${sets.join(', ')}, updated_at = now() where tenant_id = ? and id = ? returning ${ENDPOINT_COLUMNS}`,
+          [...values, principal.tenantId, params.id],
+        );
+        const view = toView(row!);
+        // An audit line, as for a rotation: where the endpoint's events go is a security decision. Origins only (a query may carry a token).
+        if (urlChanged) {
+          afterCommit(async () =>
+            req.log.info(
+              { security_event: 'webhook_endpoint_url_changed', tenant_id: principal.tenantId, webhook_endpoint_id: view.id, changed_by: principal.sub, previous_url_origin: urlOrigin(current.url), url_origin: urlOrigin(view.url) },
+              'webhook endpoint URL changed',
+            ),
+          );
+        }
+        return { status: 200, body: view };
+      },
+    }),
+    defineRoute({
+      method: 'delete',
+      path: `${WEBHOOK_ENDPOINTS_PATH}/:id`,
+      summary: 'Delete a webhook endpoint (role admin) and its deliveries, pending ones included: no further attempt is made to it',
+      tags: TAGS,
+      roles: [ADMIN_ROLE],
+      idempotency: 'optional',
+      params: idParam,
+      responses: {
+        204: { description: 'Deleted, with its deliveries (a replay of its Idempotency-Key answers 204 again)' },
+        ...adminOnly,
+        404: { description: 'No such endpoint for this tenant (or already deleted)' },
+        422: { description: 'A body was sent: this operation takes none' },
+      },
+      async handler({ req, em, principal, params, afterCommit }) {
+        // A hard delete (ADR 0013, *Updating and deleting an endpoint*): its deliveries go with it (the
+        // foreign key cascades). The delete's row lock (FOR UPDATE) waits for a run end that inserted a
+        // delivery for it and has not committed (KEY SHARE), then takes that delivery too; a run end that
+        // comes after the lock waits for the commit and finds no endpoint (the outbox locks the endpoints
+        // it inserts for, outbox.ts). A delivery job finds nothing and completes.
+        const [row] = await em.execute<{ id: string; url: string }[]>(`delete from webhook_endpoints where tenant_id = ? and id = ? returning id, url`, [principal.tenantId, params.id]);
+        if (!row) throw new NotFoundError('webhook endpoint');
+        afterCommit(async () =>
+          req.log.info({ security_event: 'webhook_endpoint_deleted', tenant_id: principal.tenantId, webhook_endpoint_id: row.id, deleted_by: principal.sub, url_origin: urlOrigin(row.url) }, 'webhook endpoint deleted'),
+        );
+        return { status: 204 };
       },
     }),
     defineRoute({
@@ -313,7 +438,7 @@ export function webhookEndpointRoutes(deps: {
         200: { description: 'The endpoint, enabled, its failing_since and disabled_reason cleared (enabling an enabled one changes nothing)', schema: endpointView },
         ...adminOnly,
         404: { description: 'No such endpoint for this tenant' },
-        409: { description: 'The tenant already has WEBHOOK_MAX_ENDPOINTS enabled endpoints (`webhook_endpoint_limit`): disable one first' },
+        409: { description: 'The tenant already has WEBHOOK_MAX_ENDPOINTS enabled endpoints (`webhook_endpoint_limit`): disable or delete one first' },
       },
       async handler({ em, principal, params }) {
         // The cap as for a create, under the same per-tenant lock: an enable and a create cannot both take the last place.

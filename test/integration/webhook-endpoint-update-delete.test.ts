@@ -1,0 +1,339 @@
+/**
+ * Updating (PATCH) and deleting (DELETE) a webhook endpoint (ADR 0013, *Updating and deleting an
+ * endpoint*) against the real stack: PostgreSQL as the application role, Redis, a spawned worker
+ * process and a real node:http receiver on 127.0.0.1.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { randomUUID } from 'node:crypto';
+import pg from 'pg';
+import { createServer, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { api, newTenant, SAMPLE_SUBMISSION, startStack, type TestStack } from '../helpers/stack.ts';
+import { waitFor } from '../helpers/poll.ts';
+import { capturedLog } from '../helpers/log-capture.ts';
+import { tenantEm } from '../../src/platform/db/tenant-em.ts';
+import { WEBHOOK_QUEUE } from '../../src/platform/webhooks/delivery.ts';
+import { deliveryJobId } from '../../src/platform/queue/job-ids.ts';
+import { createEndpoint, ENDPOINTS, startWebhookStack, stopWebhookStack, submit, tenantWithEndpoint, waitRun, type Receiver } from '../helpers/webhooks.ts';
+
+const key = () => ({ 'Idempotency-Key': randomUUID() });
+const patch = (stack: TestStack, token: string, id: string, body: unknown, headers: Record<string, string> = key()) => api(stack, 'PATCH', `${ENDPOINTS}/${id}`, { token, body, headers });
+const del = (stack: TestStack, token: string, id: string, headers: Record<string, string> = key()) => api(stack, 'DELETE', `${ENDPOINTS}/${id}`, { token, headers });
+/** An endpoint's row as stored (read as the admin role), or undefined once deleted. */
+const rowOf = async (stack: TestStack, id: string) => (await stack.db.admin(`select url, events, description, enabled, secret, failing_since, updated_at from webhook_endpoints where id = $1`, [id])).rows[0];
+const deliveriesOf = async (stack: TestStack, endpointId: string) => (await stack.db.admin(`select id, status, attempts from webhook_deliveries where endpoint_id = $1 order by created_at`, [endpointId])).rows;
+
+/** The queries of other sessions of the test's database waiting for a lock (on `table`). */
+const lockWaiters = async (stack: TestStack, table: string) =>
+  (await stack.db.admin(`select count(*)::int as n from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock' and query ilike $1`, [`%${table}%`])).rows[0].n as number;
+
+describe('webhook endpoint update and delete: the API', () => {
+  let stack: TestStack;
+  const { lines: logLines, destination } = capturedLog();
+
+  beforeAll(async () => {
+    // WEBHOOK_ALLOW_PRIVATE_NETWORKS unset: the production default, as the create's refusals are tested. At most two enabled endpoints a tenant.
+    stack = await startStack({ env: { WEBHOOK_MAX_ENDPOINTS: '2', LOG_LEVEL: 'info' }, logDestination: destination });
+  }, 120_000);
+  afterAll(async () => {
+    await stack?.stop();
+  });
+
+  async function adminWithEndpoint(body: Record<string, unknown> = {}) {
+    const tenantId = newTenant();
+    const admin = await stack.token({ tenantId, sub: 'admin-1', roles: ['admin'] });
+    const created = await createEndpoint(stack, admin, { url: 'https://93.184.215.43/hook?token=abc', events: ['run.completed'], description: 'first', ...body });
+    expect(created.status, created.text).toBe(201);
+    return { tenantId, admin, id: created.json.id as string, secret: created.json.secret as string };
+  }
+
+  it('PATCH changes only the fields sent and answers 200 with the endpoint (never its secret); the URL change is an audit line without the query', async () => {
+    const { tenantId, admin, id, secret } = await adminWithEndpoint();
+    const events = await patch(stack, admin, id, { events: ['run.failed', 'run.cancelled'] });
+    expect(events.status, events.text).toBe(200);
+    expect(events.json).toMatchObject({ id, url: 'https://93.184.215.43/hook?token=abc', events: ['run.failed', 'run.cancelled'], description: 'first', enabled: true });
+    expect(events.json).not.toHaveProperty('secret');
+    expect(logLines.some((l) => l.security_event === 'webhook_endpoint_url_changed' && l.webhook_endpoint_id === id)).toBe(false);
+    const url = await patch(stack, admin, id, { url: 'https://93.184.215.44/new', description: null });
+    expect(url.status, url.text).toBe(200);
+    expect(url.json).toMatchObject({ url: 'https://93.184.215.44/new', events: ['run.failed', 'run.cancelled'], description: null });
+    expect((await api(stack, 'GET', `${ENDPOINTS}/${id}`, { token: admin })).json).toEqual(url.json);
+    expect((await rowOf(stack, id)).secret).toBe(secret);
+    const audit = await waitFor(() => logLines.find((l) => l.security_event === 'webhook_endpoint_url_changed' && l.webhook_endpoint_id === id), { what: 'the audit line' });
+    expect(audit).toMatchObject({ tenant_id: tenantId, changed_by: 'admin-1', previous_url_origin: 'https://93.184.215.43', url_origin: 'https://93.184.215.44' });
+    expect(JSON.stringify(audit)).not.toContain('token=abc');
+    // A replay of its key answers the same, and changes nothing more.
+    const k = key();
+    const first = await patch(stack, admin, id, { description: 'third' }, k);
+    const replay = await patch(stack, admin, id, { description: 'third' }, k);
+    expect(replay.status).toBe(200);
+    expect(replay.headers.get('idempotent-replayed')).toBe('true');
+    expect(replay.json).toEqual(first.json);
+  });
+
+  it("a new URL clears the endpoint's failing_since (the old receiver's failures are not the new one's); a change that keeps the URL keeps it", async () => {
+    const { admin, id } = await adminWithEndpoint();
+    await stack.db.admin(`update webhook_endpoints set failing_since = now() - interval '2 days' where id = $1`, [id]);
+    const kept = await patch(stack, admin, id, { description: 'same receiver', url: 'https://93.184.215.43/hook?token=abc' });
+    expect(kept.status, kept.text).toBe(200);
+    expect(kept.json.failing_since).not.toBeNull();
+    const moved = await patch(stack, admin, id, { url: 'https://93.184.215.49/hook' });
+    expect(moved.status, moved.text).toBe(200);
+    expect(moved.json.failing_since).toBeNull();
+  });
+
+  it.each([
+    ['no field', {}],
+    ['an unknown field', { secret: 'mine' }],
+    ['the secret beside a known field', { description: 'x', secret: 'mine' }],
+    ['a URL that is no URL', { url: 'not a url' }],
+    ['an ftp URL', { url: 'ftp://example.com/hook' }],
+    ['a loopback address', { url: 'http://127.0.0.1:9/hook' }],
+    ['the link-local metadata address', { url: 'http://169.254.169.254/latest' }],
+    ['a name that resolves to loopback', { url: 'http://localhost:9/hook' }],
+    ['no event', { events: [] }],
+    ['an unknown event type', { events: ['run.exploded'] }],
+    ['the test event (not subscribable)', { events: ['webhook.test'] }],
+  ])('PATCH with %s is refused with 422 problem+json, and nothing changes', async (_what, body) => {
+    const { admin, id } = await adminWithEndpoint();
+    const before = await rowOf(stack, id);
+    const res = await patch(stack, admin, id, body);
+    expect(res.status, res.text).toBe(422);
+    expect(res.headers.get('content-type')).toMatch(/application\/problem\+json/);
+    expect(await rowOf(stack, id)).toEqual(before);
+  });
+
+  it("PATCH and DELETE of another tenant's endpoint are 404, by a non-admin 403, and nothing changes", async () => {
+    const a = await adminWithEndpoint();
+    const b = await adminWithEndpoint();
+    const before = await rowOf(stack, a.id);
+    const viewer = await stack.token({ tenantId: a.tenantId, sub: 'viewer', roles: ['viewer'] });
+    expect((await patch(stack, b.admin, a.id, { url: 'https://93.184.215.45/x' })).status).toBe(404);
+    expect((await del(stack, b.admin, a.id)).status).toBe(404);
+    expect((await patch(stack, viewer, a.id, { description: 'x' })).status).toBe(403);
+    expect((await del(stack, viewer, a.id)).status).toBe(403);
+    expect((await patch(stack, a.admin, randomUUID(), { description: 'x' })).status).toBe(404);
+    expect(await rowOf(stack, a.id)).toEqual(before);
+  });
+
+  it('DELETE answers 204; the endpoint is gone from read, list, its deliveries and every change (404), a second DELETE is 404, and it frees its place under WEBHOOK_MAX_ENDPOINTS', async () => {
+    const { admin, id } = await adminWithEndpoint();
+    const other = await createEndpoint(stack, admin, { url: 'https://93.184.215.46/hook', events: ['run.completed'] });
+    expect(other.status, other.text).toBe(201);
+    expect((await createEndpoint(stack, admin, { url: 'https://93.184.215.47/hook', events: ['run.completed'] })).status).toBe(409);
+    const k = key();
+    const gone = await del(stack, admin, id, k);
+    expect(gone.status, gone.text).toBe(204);
+    expect(gone.text).toBe('');
+    // Its replay answers the same 204; a new DELETE finds nothing.
+    const replay = await del(stack, admin, id, k);
+    expect(replay.status).toBe(204);
+    expect(replay.headers.get('idempotent-replayed')).toBe('true');
+    expect((await del(stack, admin, id)).status).toBe(404);
+    expect(await rowOf(stack, id)).toBeUndefined();
+    expect((await api(stack, 'GET', `${ENDPOINTS}/${id}`, { token: admin })).status).toBe(404);
+    expect((await api(stack, 'GET', ENDPOINTS, { token: admin })).json.items.map((e: { id: string }) => e.id)).toEqual([other.json.id]);
+    expect((await api(stack, 'GET', `${ENDPOINTS}/${id}/deliveries`, { token: admin })).status).toBe(404);
+    expect((await api(stack, 'GET', `${ENDPOINTS}/${id}/deliveries/${randomUUID()}`, { token: admin })).status).toBe(404);
+    for (const action of ['enable', 'disable', 'rotate-secret', 'test']) {
+      const res = await api(stack, 'POST', `${ENDPOINTS}/${id}/${action}`, { token: admin, headers: key() });
+      expect(res.status, `${action}: ${res.text}`).toBe(404);
+    }
+    for (const [path, body] of [[`deliveries/${randomUUID()}/resend`, undefined], ['deliveries/resend', { since: '2020-01-01T00:00:00Z' }]] as const) {
+      const res = await api(stack, 'POST', `${ENDPOINTS}/${id}/${path}`, { token: admin, body, headers: key() });
+      expect(res.status, `${path}: ${res.text}`).toBe(404);
+    }
+    expect((await patch(stack, admin, id, { description: 'back?' })).status).toBe(404);
+    expect(await rowOf(stack, id)).toBeUndefined();
+    const again = await createEndpoint(stack, admin, { url: 'https://93.184.215.47/hook', events: ['run.completed'] });
+    expect(again.status, again.text).toBe(201);
+    expect(logLines.find((l) => l.security_event === 'webhook_endpoint_deleted' && l.webhook_endpoint_id === id)).toMatchObject({ deleted_by: 'admin-1', url_origin: 'https://93.184.215.43' });
+  });
+
+  it('DELETE with a body is refused (422), and nothing is deleted', async () => {
+    const { admin, id } = await adminWithEndpoint();
+    const res = await api(stack, 'DELETE', `${ENDPOINTS}/${id}`, { token: admin, body: { force: true }, headers: key() });
+    expect(res.status, res.text).toBe(422);
+    expect(await rowOf(stack, id)).toBeDefined();
+  });
+
+  it('PATCH locks the endpoint row as NO KEY UPDATE: it does not wait for a transaction that inserted a delivery for the endpoint (a run ending)', async () => {
+    const { tenantId, admin, id } = await adminWithEndpoint();
+    const runEnd = new pg.Client({ connectionString: stack.db.adminUrl });
+    await runEnd.connect();
+    try {
+      await runEnd.query('begin');
+      await runEnd.query(
+        `insert into webhook_deliveries (id, tenant_id, endpoint_id, event_type, payload, status, attempts, next_attempt_at, created_at, updated_at)
+         values (gen_random_uuid(), $1, $2, 'run.completed', '{}'::jsonb, 'pending', 0, now() + interval '1 day', now(), now())`,
+        [tenantId, id],
+      );
+      let answered = false;
+      const answer = patch(stack, admin, id, { url: 'https://93.184.215.48/hook', events: ['run.failed'] }).finally(() => (answered = true));
+      const first = await waitFor(async () => (answered ? 'answered' : (await lockWaiters(stack, 'webhook_endpoints')) > 0 ? 'waiting for the lock' : false), { timeoutMs: 60_000, what: 'the PATCH to answer or wait' });
+      expect(first).toBe('answered');
+      expect((await answer).status).toBe(200);
+    } finally {
+      await runEnd.query('rollback').catch(() => {});
+      await runEnd.end();
+    }
+  });
+});
+
+describe('webhook endpoint update and delete: deliveries, with a worker and a receiver', () => {
+  let stack: TestStack;
+  let receiver: Receiver;
+
+  beforeAll(async () => {
+    // Retries an hour apart: a failed attempt's retry runs only when the test promotes its job.
+    ({ stack, receiver } = await startWebhookStack({ WEBHOOK_RETRY_BASE: '1h', WEBHOOK_MAX_ATTEMPTS: '3' }));
+  }, 120_000);
+  afterAll(() => stopWebhookStack(stack, receiver));
+
+  /** A tenant with an endpoint at `path` for run.failed, and a class B run waiting for its approver (to be ended). */
+  async function withWaitingRun(path: string) {
+    const t = await tenantWithEndpoint(stack, receiver, path, ['run.failed', 'run.cancelled']);
+    const runId = await submit(stack, t.admin, SAMPLE_SUBMISSION);
+    await waitRun(stack, t.admin, runId, ['waiting']);
+    return { ...t, runId };
+  }
+
+  /** Ends the run `failed` in a transaction of the test's own: the ids of the deliveries it committed (no job enqueued). */
+  async function failRun(tenantId: string, runId: string): Promise<string[]> {
+    const ids: string[] = [];
+    await tenantEm(stack.container.orm, tenantId).transactional((tx) => stack.container.runtime.complete(tx, runId, 'failed', { error: { code: 'test' } }, ids));
+    return ids;
+  }
+
+  const queue = () => stack.container.queues.get(WEBHOOK_QUEUE)!;
+
+  /** Makes a delivery's retry due now: its row's next attempt, and its delayed job promoted. */
+  async function retryNow(deliveryId: string) {
+    await stack.db.admin(`update webhook_deliveries set next_attempt_at = now() where id = $1`, [deliveryId]);
+    const job = await waitFor(async () => {
+      const j = await queue().getJob(deliveryJobId(deliveryId, 0));
+      return j && (await j.getState()) === 'delayed' ? j : undefined;
+    }, { what: 'the delivery job to be delayed for its retry' });
+    await job.promote();
+  }
+
+  /** The delivery job's end: completed (with its return value), never failed or retried. */
+  const jobCompleted = (deliveryId: string) =>
+    waitFor(async () => {
+      const j = await queue().getJob(deliveryJobId(deliveryId, 0));
+      const state = j ? await j.getState() : 'unknown';
+      expect(state).not.toBe('failed');
+      return state === 'completed' ? j!.returnvalue : undefined;
+    }, { timeoutMs: 30_000, what: `delivery ${deliveryId}'s job to complete` });
+
+  it("a URL changed after a failed attempt: the delivery's next attempt goes to the new URL (signed with the same secret); events changed: only future events follow them", async () => {
+    const t = await withWaitingRun('/old');
+    receiver.plan('/old', [500]);
+    const [delivery] = await failRun(t.tenantId, t.runId);
+    await stack.container.runtime.dispatchDeliveries(t.tenantId, [delivery!]);
+    await waitFor(async () => (await deliveriesOf(stack, t.endpoint.id))[0]?.attempts === 1, { what: 'the first attempt, failed, to be recorded' });
+    expect(receiver.received.filter((r) => r.path === '/old')).toHaveLength(1);
+    const changed = await patch(stack, t.admin, t.endpoint.id, { url: `${receiver.base}/new`, events: ['run.cancelled'] });
+    expect(changed.status, changed.text).toBe(200);
+    await retryNow(delivery!);
+    await waitFor(async () => (await deliveriesOf(stack, t.endpoint.id))[0]?.status === 'delivered', { timeoutMs: 30_000, what: 'the retry to be delivered' });
+    expect(receiver.verified('/new', t.endpoint.secret).map((m) => m.data.run_id)).toEqual([t.runId]);
+    expect(receiver.received.filter((r) => r.path === '/old')).toHaveLength(1);
+    // The delivery made before the change was a run.failed, and was delivered though the endpoint no longer subscribes to it;
+    // a run.failed after the change inserts none.
+    const later = await withWaitingRun('/later');
+    const moved = await patch(stack, later.admin, later.endpoint.id, { events: ['run.cancelled'] });
+    expect(moved.status).toBe(200);
+    expect(await failRun(later.tenantId, later.runId)).toEqual([]);
+  });
+
+  it('DELETE: the pending deliveries go with the endpoint; their jobs, run afterwards, find nothing, complete without retrying, and send nothing', async () => {
+    const t = await withWaitingRun('/deleted');
+    receiver.plan('/deleted', [500]);
+    const [retrying] = await failRun(t.tenantId, t.runId);
+    await stack.container.runtime.dispatchDeliveries(t.tenantId, [retrying!]);
+    await waitFor(async () => (await deliveriesOf(stack, t.endpoint.id))[0]?.attempts === 1, { what: 'the first attempt, failed, to be recorded' });
+    // A second delivery committed, its job not yet added.
+    const second = await submit(stack, t.admin, { ...SAMPLE_SUBMISSION, partner: { ...SAMPLE_SUBMISSION.partner, name: 'Other' } });
+    await waitRun(stack, t.admin, second, ['waiting']);
+    const [unsent] = await failRun(t.tenantId, second);
+    expect(unsent).toBeDefined();
+    const gone = await del(stack, t.admin, t.endpoint.id);
+    expect(gone.status, gone.text).toBe(204);
+    expect(await deliveriesOf(stack, t.endpoint.id)).toEqual([]);
+    await retryNow(retrying!);
+    await stack.container.runtime.dispatchDeliveries(t.tenantId, [unsent!]);
+    expect(await jobCompleted(retrying!)).toMatchObject({ outcome: 'not_found' });
+    expect(await jobCompleted(unsent!)).toMatchObject({ outcome: 'not_found' });
+    expect(receiver.received.filter((r) => r.path === '/deleted')).toHaveLength(1);
+  });
+
+  it('DELETE while an attempt is in flight: the attempt finishes, records nothing (its row is gone), its job completes without a retry, and nothing more is sent', { timeout: 60_000 }, async () => {
+    // A receiver that holds its first request open, and answers it 500 when told (a failure that would otherwise be retried).
+    let held: ServerResponse | undefined;
+    let requests = 0;
+    const server = createServer((req, res) => {
+      req.resume();
+      req.on('end', () => {
+        requests++;
+        if (!held) held = res;
+        else res.writeHead(500).end('no');
+      });
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+    try {
+      const t = await withWaitingRun('/unused');
+      const moved = await patch(stack, t.admin, t.endpoint.id, { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}/held` });
+      expect(moved.status, moved.text).toBe(200);
+      const [delivery] = await failRun(t.tenantId, t.runId);
+      await stack.container.runtime.dispatchDeliveries(t.tenantId, [delivery!]);
+      await waitFor(() => (held ? true : undefined), { timeoutMs: 30_000, what: 'the attempt to reach the receiver' });
+      const gone = await del(stack, t.admin, t.endpoint.id);
+      expect(gone.status, gone.text).toBe(204);
+      held!.writeHead(500).end('no');
+      expect(await jobCompleted(delivery!)).toMatchObject({ outcome: 'superseded' });
+      expect(await deliveriesOf(stack, t.endpoint.id)).toEqual([]);
+      expect(requests).toBe(1);
+    } finally {
+      server.closeAllConnections();
+      await new Promise<void>((r) => server.close(() => r()));
+    }
+  });
+
+  it('DELETE during a run end that inserted a delivery for the endpoint waits for its commit, then takes the delivery with it: nothing is attempted', async () => {
+    const t = await withWaitingRun('/raced-after');
+    const runEnd = tenantEm(stack.container.orm, t.tenantId).fork();
+    let ids: string[] = [];
+    let deleted: Promise<Awaited<ReturnType<typeof api>>> | undefined;
+    await runEnd.transactional(async (tx) => {
+      await stack.container.runtime.complete(tx, t.runId, 'failed', { error: { code: 'test' } }, ids);
+      expect(ids).toHaveLength(1);
+      deleted = del(stack, t.admin, t.endpoint.id);
+      await waitFor(async () => (await lockWaiters(stack, 'webhook_endpoints')) > 0, { what: 'the DELETE to wait for the run end' });
+    });
+    expect((await deleted!).status).toBe(204);
+    await stack.container.runtime.dispatchDeliveries(t.tenantId, ids);
+    expect(await jobCompleted(ids[0]!)).toMatchObject({ outcome: 'not_found' });
+    expect(receiver.received.filter((r) => r.path === '/raced-after')).toHaveLength(0);
+    ids = [];
+  });
+
+  it('a run end during an uncommitted DELETE of the endpoint waits for it, then inserts no delivery and ends the run without error (no foreign-key violation)', async () => {
+    const t = await withWaitingRun('/raced-before');
+    const deleting = new pg.Client({ connectionString: stack.db.adminUrl });
+    await deleting.connect();
+    try {
+      await deleting.query('begin');
+      await deleting.query('delete from webhook_endpoints where id = $1', [t.endpoint.id]);
+      const ended = failRun(t.tenantId, t.runId);
+      await waitFor(async () => (await lockWaiters(stack, 'webhook_endpoints')) > 0 || (await lockWaiters(stack, 'durable_runs')) > 0, { what: 'the run end to wait for the DELETE' });
+      await deleting.query('commit');
+      expect(await ended).toEqual([]);
+    } finally {
+      await deleting.query('rollback').catch(() => {});
+      await deleting.end();
+    }
+    expect((await waitRun(stack, t.admin, t.runId, ['failed'])).status).toBe('failed');
+    expect(receiver.received.filter((r) => r.path === '/raced-before')).toHaveLength(0);
+  });
+});
