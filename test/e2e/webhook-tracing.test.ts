@@ -5,7 +5,10 @@ import { waitFor } from '../helpers/poll.ts';
 import { spawnApi, TELEMETRY_REGISTER, type ApiProcess } from '../helpers/api-process.ts';
 import { startOtlpReceiver, type OtlpReceiver } from '../helpers/otlp-receiver.ts';
 import { createEndpoint, startReceiver, type Receiver } from '../helpers/webhooks.ts';
+import { Queue } from 'bullmq';
 import { ATTR } from '../../src/platform/telemetry/attributes.ts';
+import { MAINTENANCE_QUEUE } from '../../src/platform/queue/maintenance.ts';
+import { WEBHOOK_REDELIVERY_JOB } from '../../src/platform/webhooks/delivery.ts';
 
 /**
  * A run's webhook deliveries are part of what its submission caused (ADR 0013): each attempt is a span
@@ -15,6 +18,7 @@ import { ATTR } from '../../src/platform/telemetry/attributes.ts';
 const INTERNAL = 1;
 const SERVER = 2;
 const CLIENT = 3;
+const CONSUMER = 5;
 let otlp: OtlpReceiver;
 let receiver: Receiver;
 let stack: TestStack;
@@ -47,6 +51,19 @@ afterAll(async () => {
   await otlp?.close();
 });
 
+/** A class A run submitted under correlation id `cid`, once completed (its view: run_id, trace_id, …). */
+async function completedRun(admin: string, cid: string) {
+  const res = await api(http, 'POST', '/api/v1/golden-path/run', { token: admin, body: CLASS_A_SUBMISSION, headers: { 'Idempotency-Key': randomUUID(), 'X-Correlation-Id': cid } });
+  expect(res.status, res.text).toBe(202);
+  return waitFor(
+    async () => {
+      const r = (await api(http, 'GET', `/api/v1/golden-path/runs/${res.json.run_id}`, { token: admin })).json;
+      return r?.status === 'completed' ? r : undefined;
+    },
+    { timeoutMs: 60_000, what: 'the run to complete' },
+  );
+}
+
 describe('webhook deliveries in the run trace', () => {
   it("each attempt of a run's delivery is a span in the submission's trace, with the correlation id, and no secret in any span", async () => {
     const tenantId = newTenant();
@@ -60,15 +77,7 @@ describe('webhook deliveries in the run trace', () => {
     receiver.plan(`/traced?token=${urlSecret}`, [500]);
 
     const cid = `trace-webhook-${randomUUID()}`;
-    const res = await api(http, 'POST', '/api/v1/golden-path/run', { token: admin, body: CLASS_A_SUBMISSION, headers: { 'Idempotency-Key': randomUUID(), 'X-Correlation-Id': cid } });
-    expect(res.status, res.text).toBe(202);
-    const run = await waitFor(
-      async () => {
-        const r = (await api(http, 'GET', `/api/v1/golden-path/runs/${res.json.run_id}`, { token: admin })).json;
-        return r?.status === 'completed' ? r : undefined;
-      },
-      { timeoutMs: 60_000, what: 'the run to complete' },
-    );
+    const run = await completedRun(admin, cid);
     const [delivery] = (await stack.db.admin(`select id from webhook_deliveries where endpoint_id = $1`, [endpoint.id])).rows as { id: string }[];
 
     const attempts = await waitFor(
@@ -131,5 +140,39 @@ describe('webhook deliveries in the run trace', () => {
     // The resent POST carries no trace context either (its job came with the resend request's).
     const all = receiver.received.filter((r) => r.body.includes(run.run_id));
     expect(all.map((r) => [r.headers.traceparent, r.headers.baggage])).toEqual([0, 1, 2].map(() => [undefined, undefined]));
+  });
+  it("the redelivery pass's re-enqueue: the attempt stays in the run's trace, with its correlation id, linked to the pass's trace (where its job was enqueued)", async () => {
+    const tenantId = newTenant();
+    const admin = await stack.token({ tenantId, sub: 'admin-redelivery', roles: ['admin'] });
+    const created = await createEndpoint(http, admin, { url: `${receiver.base}/redelivered`, events: ['run.completed'] });
+    expect(created.status, created.text).toBe(201);
+    const cid = `trace-redelivery-${randomUUID()}`;
+    const run = await completedRun(admin, cid);
+    const delivery = await waitFor(
+      async () => ((await stack.db.admin(`select id from webhook_deliveries where endpoint_id = $1 and status = 'delivered'`, [created.json.id])).rows as { id: string }[])[0],
+      { timeoutMs: 30_000, what: 'the first delivery' },
+    );
+    // Owed again and overdue, its job finished: as a delivery whose job Redis lost. The pass replaces the job.
+    await stack.db.admin(`update webhook_deliveries set status = 'pending', delivered_at = null, next_attempt_at = now() - interval '1 hour' where id = $1`, [delivery.id]);
+    // The pass now rather than at its next minute: a job of the maintenance queue, as its scheduler adds them.
+    const maintenance = new Queue(MAINTENANCE_QUEUE, { connection: stack.redis, prefix: stack.prefix });
+    try {
+      await maintenance.add(WEBHOOK_REDELIVERY_JOB, {});
+    } finally {
+      await maintenance.close();
+    }
+    const second = await waitFor(
+      () => otlp.spans.find((s) => s.name === 'webhook attempt' && s.attributes['dealix.webhook.delivery_id'] === delivery.id && s.attributes[ATTR.ATTEMPT] === 2),
+      { timeoutMs: 30_000, what: 'the redelivered attempt span' },
+    );
+    expect(second.traceId).toBe(run.trace_id);
+    expect(second.attributes).toMatchObject({ [ATTR.CORRELATION]: cid, [ATTR.RUN]: run.run_id, 'dealix.webhook.outcome': 'delivered' });
+    // Its one link is the trace of a redelivery pass — the worker's span processing a webhook-redelivery job — not the run's.
+    expect(second.links).toHaveLength(1);
+    const pass = await waitFor(
+      () => otlp.spans.find((s) => s.kind === CONSUMER && s.attributes['bullmq.job.name'] === WEBHOOK_REDELIVERY_JOB && s.traceId === second.links[0]!.traceId),
+      { what: "the redelivery pass's span in the linked trace" },
+    );
+    expect(pass.traceId).not.toBe(run.trace_id);
   });
 });

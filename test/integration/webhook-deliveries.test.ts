@@ -147,12 +147,15 @@ describe('webhook deliveries: filters and attempt history', () => {
 
   // An endpoint with a month of deliveries, nearly all delivered: the failed and pending filters read
   // only their own rows through their partial indexes, not the endpoint's whole history (nor, for `pending`,
-  // every tenant's owed deliveries through the redelivery pass's index).
-  it('the status filters read their own deliveries only, not the endpoint history', { timeout: 120_000 }, async () => {
+  // every tenant's owed deliveries through the redelivery pass's index); an event type it rarely gets
+  // (`webhook.test`, `run.failed`) is read through (tenant, endpoint, event_type, created_at, id), not by
+  // walking the history within the window.
+  it('the status and event type filters read their own deliveries only, not the endpoint history', { timeout: 120_000 }, async () => {
     const t = await tenantWithEndpoint(stack, receiver, '/plan-history', ['run.completed']);
     await stack.db.admin(
       `insert into webhook_deliveries (id, tenant_id, endpoint_id, event_type, payload, status, attempts, next_attempt_at, created_at, updated_at)
-       select gen_random_uuid(), $1, $2, 'run.completed', '{}', case when g % 10000 = 0 then 'failed' when g % 10000 = 1 then 'pending' else 'delivered' end, 1,
+       select gen_random_uuid(), $1, $2, case g % 10000 when 2 then 'webhook.test' when 3 then 'run.failed' else 'run.completed' end, '{}',
+              case when g % 10000 = 0 then 'failed' when g % 10000 = 1 then 'pending' else 'delivered' end, 1,
               case when g % 10000 = 1 then now() + interval '1 hour' end, now() - interval '30 days' + g * interval '20 seconds', now()
          from generate_series(1, 100000) g`,
       [t.tenantId, t.endpoint.id],
@@ -172,7 +175,7 @@ describe('webhook deliveries: filters and attempt history', () => {
       if (typeof config === 'string' && /from webhook_deliveries where tenant_id = /.test(config) && Array.isArray(values)) sent.push({ text: config, values });
       return originalQuery.call(this, config, values, callback);
     };
-    const queries = ['status=failed', 'status=pending', 'status=failed,pending', 'status=failed&created_after=2020-01-01T00:00:00Z'];
+    const queries = ['status=failed', 'status=pending', 'status=failed,pending', 'status=failed&created_after=2020-01-01T00:00:00Z', 'event_type=webhook.test', 'event_type=run.failed&created_after=2020-01-01T00:00:00Z'];
     const pages: Record<string, number> = {};
     try {
       for (const q of queries) {
@@ -183,7 +186,14 @@ describe('webhook deliveries: filters and attempt history', () => {
     } finally {
       CoalescingClient.prototype.query = originalQuery;
     }
-    expect(pages).toEqual({ 'status=failed': 10, 'status=pending': 10, 'status=failed,pending': 20, 'status=failed&created_after=2020-01-01T00:00:00Z': 10 });
+    expect(pages).toEqual({
+      'status=failed': 10,
+      'status=pending': 10,
+      'status=failed,pending': 20,
+      'status=failed&created_after=2020-01-01T00:00:00Z': 10,
+      'event_type=webhook.test': 10,
+      'event_type=run.failed&created_after=2020-01-01T00:00:00Z': 10,
+    });
     expect(sent).toHaveLength(queries.length);
     const used: string[][] = [];
     for (const s of sent) {
@@ -197,7 +207,8 @@ describe('webhook deliveries: filters and attempt history', () => {
     }
     const FAILED = 'webhook_deliveries_failed_index';
     const PENDING = 'webhook_deliveries_endpoint_pending_index';
-    expect(used).toEqual([[FAILED], [PENDING], [PENDING, FAILED].sort(), [FAILED]]);
+    const EVENT_TYPE = 'webhook_deliveries_endpoint_event_type_index';
+    expect(used).toEqual([[FAILED], [PENDING], [PENDING, FAILED].sort(), [FAILED], [EVENT_TYPE], [EVENT_TYPE]]);
   });
 });
 

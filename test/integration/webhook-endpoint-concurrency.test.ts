@@ -14,6 +14,7 @@ import { waitFor } from '../helpers/poll.ts';
 import { monitorKeys } from '../helpers/redis-monitor.ts';
 import { WEBHOOK_QUEUE } from '../../src/platform/webhooks/delivery.ts';
 import { deliveryJobId } from '../../src/platform/queue/job-ids.ts';
+import { slotMember, TenantSlots } from '../../src/platform/durable/tenant-slots.ts';
 
 const CONCURRENCY = 3;
 const CAP = 2;
@@ -100,6 +101,14 @@ const deliveriesOf = async (stack: TestStack, tenantId: string) =>
     attempts: number;
     logged: number;
   }[];
+
+/** The parked jobs of `rows`' deliveries (delayed, `parks` in their data). */
+async function parkedJobsOf(stack: TestStack, rows: { id: string }[]) {
+  const queue = stack.container.queues.get(WEBHOOK_QUEUE)!;
+  const jobs = await Promise.all(rows.map((r) => queue.getJob(deliveryJobId(r.id))));
+  const states = await Promise.all(jobs.map((j) => j?.getState()));
+  return jobs.filter((j, i) => (j?.data as { parks?: number } | undefined)?.parks !== undefined && states[i] === 'delayed');
+}
 
 /** Tenant `b` submits a run; its delivery is delivered at its first attempt while `slow` holds `held` requests, never more. */
 async function deliveredWhileHeld(stack: TestStack, b: { tenantId: string; admin: string }, slow: HoldingReceiver, held: number) {
@@ -224,13 +233,7 @@ describe('webhook deliveries: parked deliveries that cannot use their slot, a pa
   let slow: HoldingReceiver;
   let fast: HoldingReceiver;
   const TENANT_CAP = 2;
-  /** The parked jobs of `rows`' deliveries (delayed, `parks` in their data). */
-  const parkedOf = async (rows: { id: string }[]) => {
-    const queue = stack.container.queues.get(WEBHOOK_QUEUE)!;
-    const jobs = await Promise.all(rows.map((r) => queue.getJob(deliveryJobId(r.id))));
-    const states = await Promise.all(jobs.map((j) => j?.getState()));
-    return jobs.filter((j, i) => (j?.data as { parks?: number } | undefined)?.parks !== undefined && states[i] === 'delayed');
-  };
+  const parkedOf = (rows: { id: string }[]) => parkedJobsOf(stack, rows);
 
   beforeAll(async () => {
     // One attempt per endpoint, two per tenant, three webhook slots in the worker: one tenant's three endpoints would fill them.
@@ -318,5 +321,48 @@ describe('webhook deliveries: parked deliveries that cannot use their slot, a pa
     // Parked again at its retry, the delivery parked at its first attempt would otherwise jump ahead of every delivery parked
     // since (its first parked_at is the earliest), with the longer 60-120 s fallback delay and its park logged at debug only.
     for (const j of jobs) expect(j!.data).toEqual({ tenant_id: a.tenantId, delivery_id: (j!.data as { delivery_id: string }).delivery_id });
+  }, 150_000);
+});
+
+describe('webhook deliveries: a slot whose holder died', () => {
+  let stack: TestStack;
+  let slow: HoldingReceiver;
+  let fast: HoldingReceiver;
+  /** The dead holder's lease: far shorter than a parked job's 30-120 s fallback delay. */
+  const LEASE_MS = 8_000;
+
+  beforeAll(async () => {
+    ({ stack, slow, fast } = await startHoldingStack({ WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT: '1', WEBHOOK_MAX_IN_FLIGHT_PER_TENANT: '0' }));
+  }, 120_000);
+
+  afterAll(() => stopHoldingStack({ stack, slow, fast }));
+
+  it("a delivery parked behind a lease that is never given back (its worker died in the POST) is parked until the lease lapses at the latest, then takes the slot and is delivered", async () => {
+    const a = await tenantWithEndpoint(stack, fast.url);
+    // The dead holder: the endpoint's only slot, taken through the slot code as a worker takes it, and dropped.
+    const slots = new TenantSlots(stack.redis, { prefix: stack.prefix, per: 'endpoint', cap: 1, leaseMs: LEASE_MS });
+    const dead = slotMember(WEBHOOK_QUEUE, 'dead-holder');
+    expect(await slots.acquire(a.endpointId, dead)).toBe(true);
+    const lapsesAt = Number(await stack.redis.zscore(slots.slotsKey(a.endpointId), dead));
+    await submit(stack, a.admin);
+    const [job] = await waitFor(async () => {
+      const rows = await deliveriesOf(stack, a.tenantId);
+      const parked = rows.length === 1 ? await parkedJobsOf(stack, rows) : [];
+      return parked.length === 1 ? parked : undefined;
+    }, { timeoutMs: 30_000, what: 'the delivery parked behind the dead holder' });
+    // When the parked job comes back (the delayed set's score is its timestamp × 0x1000): by the lapse, not after its fallback delay.
+    const queue = stack.container.queues.get(WEBHOOK_QUEUE)!;
+    const parkedUntil = Math.floor(Number(await stack.redis.zscore(queue.keys.delayed!, job!.id!)) / 0x1000);
+    expect(parkedUntil).toBeGreaterThan(0);
+    expect(parkedUntil).toBeLessThanOrEqual(lapsesAt);
+    // Back, it finds the dead lease lapsed and takes the slot: delivered once, its POST after the lapse.
+    const [row] = await waitFor(async () => {
+      const rows = await deliveriesOf(stack, a.tenantId);
+      return rows[0]?.status === 'delivered' ? rows : undefined;
+    }, { timeoutMs: 25_000, what: 'the delivery after the dead lease lapsed' });
+    expect(row).toMatchObject({ attempts: 1, logged: 1 });
+    const [{ at }] = (await stack.db.admin(`select (extract(epoch from last_attempt_at) * 1000)::bigint as at from webhook_deliveries where id = $1`, [row!.id])).rows;
+    expect(Number(at)).toBeGreaterThanOrEqual(lapsesAt);
+    expect(fast.ids).toEqual([row!.id]);
   }, 150_000);
 });

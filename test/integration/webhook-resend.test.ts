@@ -167,20 +167,41 @@ describe('webhook resend', () => {
     expect(receiver.received.filter((r) => r.path === '/refusals')).toHaveLength(MAX_ATTEMPTS);
   });
 
+  /** An hour of 2026-11-20, as an ISO instant. */
+  const at = (h: number) => `2026-11-20T${String(h).padStart(2, '0')}:00:00.000Z`;
+
+  /** A settled delivery of the endpoint created at `hour`, as the outbox (or the test route) writes it; no job: nothing is attempted until a resend. */
+  const insertSettled = async (t: { tenantId: string; endpoint: { id: string } }, hour: number, status: 'failed' | 'delivered', eventType = 'run.completed') => {
+    const id = randomUUID();
+    const data = eventType === 'webhook.test' ? { endpoint_id: t.endpoint.id, message: 'm' } : { workflow: 'golden-path', run_id: randomUUID(), status: 'completed', correlation_id: `c-${hour}`, ended_at: at(hour) };
+    await stack.db.admin(
+      `insert into webhook_deliveries (id, tenant_id, endpoint_id, event_type, payload, status, attempts, last_status_code, last_error, created_at, updated_at)
+       values ($1, $2, $3, $4, $5, $6, 2, 500, 'HTTP 500', $7, now())`,
+      [id, t.tenantId, t.endpoint.id, eventType, JSON.stringify({ type: eventType, timestamp: at(hour), data }), status, at(hour)],
+    );
+    return id;
+  };
+
+  it("the bulk recover leaves test events out (it recovers real events): a failed or delivered webhook.test of the window is not resent, nor counted by has_more or the limit", async () => {
+    const t = await tenantWithEndpoint(stack, receiver, '/recover-tests', ['run.completed']);
+    const tests = [await insertSettled(t, 2, 'failed', 'webhook.test'), await insertSettled(t, 3, 'delivered', 'webhook.test')];
+    const real = [await insertSettled(t, 4, 'failed'), await insertSettled(t, 5, 'delivered')];
+    const lastTest = await insertSettled(t, 6, 'failed', 'webhook.test');
+    const window = { status: ['failed', 'delivered'], since: at(1), limit: 2 };
+    // The two oldest are tests: the limit is spent on the real ones, and the later test is no "more".
+    expect((await recover(t.admin, t.endpoint.id, window)).json).toEqual({ resent: 2, has_more: false });
+    for (const id of real) expect((await row(id)).resends).toBe(1);
+    for (const id of [...tests, lastTest]) expect(await row(id)).toMatchObject({ resends: 0, attempts: 2 });
+    const ids = () => new Set(receiver.received.filter((r) => r.path === '/recover-tests').map((r) => r.headers['webhook-id']));
+    await waitFor(() => (ids().size === 2 ? true : undefined), { timeoutMs: 30_000, what: 'the two real deliveries' });
+    expect(ids()).toEqual(new Set(real));
+    // A failed test is still resent one by one (subject to the test bound).
+    expect((await resend(t.admin, t.endpoint.id, tests[0]!)).status).toBe(202);
+  });
+
   it("the bulk recover resends the endpoint's settled deliveries of the window only, oldest first, up to its limit, with has_more; a replay resends nothing", async () => {
     const t = await tenantWithEndpoint(stack, receiver, '/recover', ['run.completed']);
-    // Deliveries as the outbox writes them, given up at various times (no job: nothing is attempted until a resend).
-    const at = (h: number) => `2026-11-20T${String(h).padStart(2, '0')}:00:00.000Z`;
-    const insert = async (hour: number, status: 'failed' | 'delivered') => {
-      const id = randomUUID();
-      const payload = { type: 'run.completed', timestamp: at(hour), data: { workflow: 'golden-path', run_id: randomUUID(), status: 'completed', correlation_id: `c-${hour}`, ended_at: at(hour) } };
-      await stack.db.admin(
-        `insert into webhook_deliveries (id, tenant_id, endpoint_id, event_type, payload, status, attempts, last_status_code, last_error, created_at, updated_at)
-         values ($1, $2, $3, 'run.completed', $4, $5, 2, 500, 'HTTP 500', $6, now())`,
-        [id, t.tenantId, t.endpoint.id, JSON.stringify(payload), status, at(hour)],
-      );
-      return id;
-    };
+    const insert = (hour: number, status: 'failed' | 'delivered') => insertSettled(t, hour, status);
     const early = await insert(1, 'failed'); // before the window
     const inWindow = [await insert(2, 'failed'), await insert(3, 'failed'), await insert(4, 'failed')];
     const delivered = await insert(5, 'delivered'); // in the window, but not `failed`

@@ -56,6 +56,27 @@ describe('webhook test event', () => {
       { timeoutMs: 30_000, what: `test delivery ${id} to be ${status}` },
     );
 
+  /**
+   * Runs `requests` while the deliveries table's writes are held (EXCLUSIVE: reads go on), until both wait
+   * on a lock — the table, or the other's endpoint row lock — then releases it and returns their answers.
+   */
+  const raceHeldDeliveries = async (requests: Array<() => ReturnType<typeof sendTest>>) => {
+    const holder: TableLock = await holdTable(stack.db.adminUrl, 'webhook_deliveries');
+    try {
+      let answered = 0;
+      const pending = requests.map((r) => r().finally(() => answered++));
+      await waitFor(async () => answered === 2 || (await stack.db.admin(`select count(*)::int as n from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock'`)).rows[0].n === 2 || undefined, {
+        timeoutMs: 20_000,
+        what: 'both requests to wait',
+      });
+      expect(answered).toBe(0);
+      await holder.release();
+      return await Promise.all(pending);
+    } finally {
+      await holder.close();
+    }
+  };
+
   it('sends one webhook.test event to the endpoint, though it did not subscribe to it: signed with its secret, recorded delivered, listed; a replay of the key sends nothing more', async () => {
     const t = await tenantWithEndpoint(stack, receiver, '/tested', ['run.completed']);
     // Another endpoint of the tenant, subscribed to every event type: the test is not for it.
@@ -137,41 +158,80 @@ describe('webhook test event', () => {
   });
 
   it('holds under concurrent requests: two whose inserts would run together take turns on the endpoint row; one is sent, the other is 409 while its attempt is in flight', async () => {
-    // A receiver that holds every request until released: the test sent stays pending meanwhile.
-    const held: ServerResponse[] = [];
-    const slow = createServer((req, res) => {
-      req.resume();
-      held.push(res);
-    });
-    await new Promise<void>((r) => slow.listen(0, '127.0.0.1', () => r()));
-    // Writes to the deliveries held: without the endpoint's row lock, both requests' inserts wait here and then
-    // run together, each counting no pending test (the other's not committed); with it, the second waits for the first's commit.
-    let holder: TableLock | undefined;
+    const slow = await holdingServer();
     try {
       const t = await tenantWithEndpoint(stack, receiver, '/concurrent', ['run.completed']);
-      await stack.db.admin(`update webhook_endpoints set url = $1 where id = $2`, [`http://127.0.0.1:${(slow.address() as AddressInfo).port}/held`, t.endpoint.id]);
-      holder = await holdTable(stack.db.adminUrl, 'webhook_deliveries');
-      let answered = 0;
-      const requests = [sendTest(t.admin, t.endpoint.id), sendTest(t.admin, t.endpoint.id)].map((p) => p.finally(() => answered++));
-      // Both waiting: the first for the table, the second for it or for the first's row lock.
-      await waitFor(async () => answered === 2 || (await stack.db.admin(`select count(*)::int as n from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock'`)).rows[0].n === 2 || undefined, {
-        timeoutMs: 20_000,
-        what: 'both test requests to wait',
-      });
-      expect(answered).toBe(0);
-      await holder.release();
-      const answers = await Promise.all(requests);
+      await stack.db.admin(`update webhook_endpoints set url = $1 where id = $2`, [slow.url, t.endpoint.id]);
+      // Without the endpoint's row lock, both requests' inserts wait for the held table and then run together,
+      // each counting no pending test (the other's not committed); with it, the second waits for the first's commit.
+      const answers = await raceHeldDeliveries([() => sendTest(t.admin, t.endpoint.id), () => sendTest(t.admin, t.endpoint.id)]);
       expect(answers.map((a) => a.status).sort()).toEqual([202, 409]);
       expect(answers.find((a) => a.status === 409)!.json.code).toBe('webhook_test_pending');
       expect(await rows(t.endpoint.id)).toHaveLength(1);
-      await waitFor(() => (held.length === 1 ? true : undefined), { timeoutMs: 30_000, what: 'the test event to reach the holding receiver' });
-      for (const res of held) res.writeHead(204).end();
+      await slow.answerOne();
       await settledAs(t.admin, t.endpoint.id, answers.find((a) => a.status === 202)!.json.id, 'delivered');
-      expect(held).toHaveLength(1);
+      expect(slow.held).toHaveLength(1);
     } finally {
-      await holder?.close();
-      slow.closeAllConnections();
-      await new Promise<void>((r) => slow.close(() => r()));
+      await slow.close();
+    }
+  });
+
+  const resend = (token: string, endpointId: string, deliveryId: string) =>
+    api(stack, 'POST', `${ENDPOINTS}/${endpointId}/deliveries/${deliveryId}/resend`, { token, headers: { 'Idempotency-Key': randomUUID() } });
+
+  /** A test event of the endpoint, sent through the route and failed (the receiver's `path` answers 500 once). */
+  const failedTest = async (t: { admin: string; endpoint: { id: string } }, path: string) => {
+    receiver.plan(path, [500]);
+    const res = await sendTest(t.admin, t.endpoint.id);
+    expect(res.status, res.text).toBe(202);
+    await settledAs(t.admin, t.endpoint.id, res.json.id, 'failed');
+    return res.json.id as string;
+  };
+
+  it("bounds a resent test event as a new one: resending a failed webhook.test while another test of the endpoint is pending is 409 webhook_test_pending, and nothing changes", async () => {
+    const t = await tenantWithEndpoint(stack, receiver, '/resend-bounded', ['run.completed']);
+    const failedId = await failedTest(t, '/resend-bounded');
+    // Another test event still owed (its attempt not due for an hour, no job), as in the route's bound above.
+    const pendingId = randomUUID();
+    await stack.db.admin(
+      `insert into webhook_deliveries (id, tenant_id, endpoint_id, event_type, payload, status, attempts, next_attempt_at, created_at, updated_at)
+       values ($1, $2, $3, 'webhook.test', $4, 'pending', 0, now() + interval '1 hour', now(), now())`,
+      [pendingId, t.tenantId, t.endpoint.id, JSON.stringify({ type: 'webhook.test', timestamp: '2026-12-04T00:00:00.000Z', data: { endpoint_id: t.endpoint.id, message: 'm' } })],
+    );
+    const before = await rows(t.endpoint.id);
+    const refused = await resend(t.admin, t.endpoint.id, failedId);
+    expect(refused.status, refused.text).toBe(409);
+    expect(refused.json.code).toBe('webhook_test_pending');
+    expect(await rows(t.endpoint.id)).toEqual(before);
+    // Settled, the bound no longer holds the resend back.
+    await stack.db.admin(`update webhook_deliveries set status = 'failed', next_attempt_at = null where id = $1`, [pendingId]);
+    const allowed = await resend(t.admin, t.endpoint.id, failedId);
+    expect(allowed.status, allowed.text).toBe(202);
+    await settledAs(t.admin, t.endpoint.id, failedId, 'delivered');
+    expect(receiver.received.filter((r) => r.path === '/resend-bounded')).toHaveLength(2);
+  });
+
+  it('bounds a resent test event under concurrency too: a test and a resend of a failed test whose writes would run together take turns on the endpoint row; one is sent, the other is 409', async () => {
+    const slow = await holdingServer();
+    try {
+      const t = await tenantWithEndpoint(stack, receiver, '/resend-concurrent', ['run.completed']);
+      const failedId = await failedTest(t, '/resend-concurrent');
+      await stack.db.admin(`update webhook_endpoints set url = $1 where id = $2`, [slow.url, t.endpoint.id]);
+      const before = await rows(t.endpoint.id);
+      // Without the endpoint's row lock, the resend's update and the test's insert wait for the held table and
+      // then run together, each seeing no other test pending.
+      const answers = await raceHeldDeliveries([() => resend(t.admin, t.endpoint.id, failedId), () => sendTest(t.admin, t.endpoint.id)]);
+      expect(answers.map((a) => a.status).sort()).toEqual([202, 409]);
+      expect(answers.find((a) => a.status === 409)!.json.code).toBe('webhook_test_pending');
+      const after = await rows(t.endpoint.id);
+      expect(after.filter((d) => d.status === 'pending')).toHaveLength(1);
+      // The refused one changed nothing: a refused resend leaves its row failed; a refused test inserted none.
+      expect(after.length - before.length + after.filter((d) => d.id === failedId && d.status === 'pending').length).toBe(1);
+      await slow.answerOne();
+      await waitFor(async () => ((await rows(t.endpoint.id)).every((d) => d.status !== 'pending') ? true : undefined), { timeoutMs: 30_000, what: 'the sent test event to settle' });
+      expect(slow.held).toHaveLength(1);
+    } finally {
+      await slow.close();
     }
   });
 
@@ -224,6 +284,29 @@ describe('webhook test event', () => {
     expect((await sendTest(t.admin, t.endpoint.id)).status).toBe(202);
   });
 });
+
+/** A receiver that holds every request until answered: a test event sent to it stays pending meanwhile. */
+async function holdingServer() {
+  const held: ServerResponse[] = [];
+  const server = createServer((req, res) => {
+    req.resume();
+    held.push(res);
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+  return {
+    held,
+    url: `http://127.0.0.1:${(server.address() as AddressInfo).port}/held`,
+    /** Waits for the one request expected, and answers every held one 204. */
+    async answerOne() {
+      await waitFor(() => (held.length === 1 ? true : undefined), { timeoutMs: 30_000, what: 'the test event to reach the holding receiver' });
+      for (const res of held) res.writeHead(204).end();
+    },
+    async close() {
+      server.closeAllConnections();
+      await new Promise<void>((r) => server.close(() => r()));
+    },
+  };
+}
 
 /** Plan nodes of a JSON plan, depth first. */
 function planNodes(plan: any, out: any[] = []): any[] {

@@ -29,16 +29,24 @@ redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 
 /**
  * KEYS: slots, parked. ARGV: member, cap, lease ms. Drops lapsed leases; a member that holds a slot
- * renews it, another takes one when fewer than `cap` are held. 1 when the member holds a slot after it.
+ * renews it, another takes one when fewer than `cap` are held: {1, 0} when the member holds a slot after
+ * it. Else {0, ms}: `ms` is how long until the earliest live lease lapses (Redis's clock, relative, so the
+ * caller's clock need not agree) when the member is — or, parking now, would be — among the owner's
+ * `cap` earliest parked, else 0. A lease that lapses (its holder died) frees a slot nobody releases:
+ * those few come back when it does, and take it; the others wait for promotions as before, so a long
+ * parked set does not all come back at every lease's end.
  */
 const ACQUIRE = `${NOW}
 if redis.call('ZSCORE', KEYS[1], ARGV[1]) or redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[2]) then
   redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1])
   if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[3]) then redis.call('PEXPIRE', KEYS[1], ARGV[3]) end
   redis.call('ZREM', KEYS[2], ARGV[1])
-  return 1
+  return {1, 0}
 end
-return 0`;
+local rank = redis.call('ZRANK', KEYS[2], ARGV[1]) or redis.call('ZCARD', KEYS[2])
+if rank >= tonumber(ARGV[2]) then return {0, 0} end
+local earliest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+return {0, tonumber(earliest[2]) - now}`;
 
 /** KEYS: slots. ARGV: member, lease ms. Extends the member's lease (re-adds it if it lapsed: the job is still running). */
 const RENEW = `${NOW}
@@ -84,7 +92,7 @@ end
 return false`;
 
 type SlotRedis = Redis & {
-  dealixSlotAcquire(slots: string, parked: string, member: string, cap: number, leaseMs: number): Promise<number>;
+  dealixSlotAcquire(slots: string, parked: string, member: string, cap: number, leaseMs: number): Promise<[number, number]>;
   dealixSlotRenew(slots: string, member: string, leaseMs: number): Promise<number>;
   dealixSlotPark(slots: string, parked: string, member: string, cap: number, parkedAt: number, ttlMs: number): Promise<string | null>;
   dealixSlotRelease(slots: string, parked: string, member: string, cap: number): Promise<string | null>;
@@ -167,7 +175,20 @@ export class TenantSlots {
 
   /** Takes (or renews) a slot for `member`; false when the tenant holds `cap` others. */
   async acquire(tenant: string, member: string): Promise<boolean> {
-    return (await this.redis.dealixSlotAcquire(this.slotsKey(tenant), this.parkedKey(tenant), member, this.cap, this.leaseMs)) === 1;
+    return (await this.take(tenant, member)).acquired;
+  }
+
+  /**
+   * `acquire`, telling a member that found no slot when to come back if it is to watch the leases held:
+   * `wakeBy`, this host's clock at the latest moment the earliest live lease lapses (the clock read before
+   * the request, plus Redis's remaining time: never after the lapse, whatever the clocks' offset), for
+   * one of the owner's `cap` earliest parked; undefined for the rest. One round trip, as `acquire`.
+   */
+  async take(tenant: string, member: string): Promise<{ acquired: boolean; wakeBy?: number }> {
+    const askedAt = Date.now();
+    const [acquired, lapsesInMs] = await this.redis.dealixSlotAcquire(this.slotsKey(tenant), this.parkedKey(tenant), member, this.cap, this.leaseMs);
+    if (acquired === 1) return { acquired: true };
+    return lapsesInMs > 0 ? { acquired: false, wakeBy: askedAt + lapsesInMs } : { acquired: false };
   }
 
   /** Extends the leases of the slots held, in one round trip. */
@@ -249,15 +270,19 @@ export function slotParking(slots: TenantSlots, opts: { queueOf: (name: string) 
   return {
     /**
      * Parks `job` (which found `owner` at its cap) and throws DelayedError. `parked` is told how often
-     * the job has been parked and its fallback delay, once it is delayed (for the caller's metric and log).
+     * the job has been parked and its delay, once it is delayed (for the caller's metric and log): the
+     * fallback delay, or less up to `wakeBy` (TenantSlots.take) for a job watching the leases held.
      */
-    async park(job: Job, token: string | undefined, owner: string, member: string, parked: (info: { parks: number; delayMs: number }) => void): Promise<never> {
+    async park(job: Job, token: string | undefined, owner: string, member: string, parked: (info: { parks: number; delayMs: number }) => void, wakeBy?: number): Promise<never> {
       const d = job.data as ParkedJobData;
       const parks = (d.parks ?? 0) + 1;
       const parkedAt = d.parked_at ?? Date.now();
-      const delayMs = (opts.parkDelayMs ?? parkDelayMs)(parks);
+      const now = Date.now();
+      // No later than `wakeBy` (TenantSlots.take: when the earliest lease held lapses), if it watches the leases.
+      const until = Math.min(now + (opts.parkDelayMs ?? parkDelayMs)(parks), wakeBy ?? Infinity);
+      const delayMs = Math.max(0, until - now);
       await job.updateData({ ...(job.data as object), parks, parked_at: parkedAt });
-      await job.moveToDelayed(Date.now() + delayMs, token);
+      await job.moveToDelayed(until, token);
       parked({ parks, delayMs });
       try {
         // A slot freed between the acquire and the park found nothing parked to promote: promote now.

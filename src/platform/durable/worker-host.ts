@@ -188,6 +188,9 @@ function tenantSlotHolder(use: TenantSlotsUse, runtime: DurableRuntime, logger: 
     async take(job: Job<StepJobData>, token: string | undefined): Promise<HeldSlot> {
       const d = job.data;
       const slot: HeldSlot = { tenant: d.tenant_id, member: slotMember(job.queueName, job.id!) };
+      // acquire, not take (ADR 0012, 0013): run jobs' leases are renewed while they run, so the earliest lease's
+      // expiry is always a lease ahead and would bring parked jobs back every lease for nothing; a dead worker's
+      // job is re-delivered by stall detection and takes its own slot back.
       if (await slots.acquire(slot.tenant, slot.member)) {
         held.add(slot);
         return slot;

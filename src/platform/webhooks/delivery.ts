@@ -231,7 +231,11 @@ export function webhookHandlers(deps: {
     try {
       for (const cap of caps) {
         const owner = cap.ownerOf(row.endpoint_id, tenantId);
-        if (await cap.slots.acquire(owner, member)) {
+        // take, not acquire: a lease that lapses (its worker died in the POST) frees a slot nobody releases, and
+        // the leases are not renewed (WEBHOOK_TIMEOUT bounds the POST), so its expiry is the holder's deadline;
+        // the owner's first parked jobs come back by then (wakeBy) rather than after their 30-120 s fallback.
+        const slot = await cap.slots.take(owner, member);
+        if (slot.acquired) {
           taken.push({ cap, owner });
           continue;
         }
@@ -242,7 +246,7 @@ export function webhookHandlers(deps: {
         return await cap.parking.park(job, job.token, owner, member, ({ parks, delayMs }) => {
           use?.onParked?.();
           log[parks === 1 ? 'info' : 'debug']({ webhook_endpoint_id: row.endpoint_id, cap: cap.slots.cap, cap_per: cap.slots.per, parks, fallback_delay_ms: delayMs }, cap.what);
-        });
+        }, slot.wakeBy);
       }
       return await send();
     } finally {

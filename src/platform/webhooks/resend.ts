@@ -6,7 +6,9 @@ import { defineRoute, type RouteDef } from '../http/route.ts';
 import { ConflictError, NotFoundError } from '../errors/app-error.ts';
 import { ADMIN_ROLE } from '../tenancy/roles.ts';
 import { enqueueDeliveries } from './delivery.ts';
-import { adminOnly, DELIVERY_COLUMNS, deliveryView, endpointById, toDeliveryView, WEBHOOK_ENDPOINTS_PATH, type DeliveryRowView } from './webhook-endpoints.routes.ts';
+import { testPending, testsPendingBelow, WEBHOOK_TEST_MAX_PENDING } from './test-event.ts';
+import { WEBHOOK_TEST_EVENT } from './webhook.entities.ts';
+import { adminOnly, DELIVERY_COLUMNS, deliveryView, endpointById, LOCK_ROW, toDeliveryView, WEBHOOK_ENDPOINTS_PATH, type DeliveryRowView } from './webhook-endpoints.routes.ts';
 
 /**
  * An admin's resend of webhook deliveries that settled (ADR 0013, *Resending*): one by id, or those of
@@ -43,7 +45,7 @@ const bulkResendBody = z
 
 const bulkResendResult = z
   .strictObject({
-    resent: z.number().int().describe('How many deliveries this request made pending again, oldest first'),
+    resent: z.number().int().describe('How many deliveries this request made pending again, oldest first (test events are never among them)'),
     has_more: z.boolean().describe('Whether deliveries matching the filter are left (past the limit): send the request again, with a new Idempotency-Key, until it is false'),
   })
   .meta({ id: 'WebhookBulkResendResult' });
@@ -57,8 +59,8 @@ const disabled = () => new ConflictError('webhook_endpoint_disabled', 'The webho
  * resend's commit and then give them up all the same. (A lock would not risk a deadlock either: the
  * worker too locks the endpoint before the delivery, delivery.ts.)
  */
-async function enabledEndpoint(em: EntityManager, tenantId: string, id: string): Promise<void> {
-  if (!(await endpointById(em, tenantId, id)).enabled) throw disabled();
+async function enabledEndpoint(em: EntityManager, tenantId: string, id: string, lock = ''): Promise<void> {
+  if (!(await endpointById(em, tenantId, id, lock)).enabled) throw disabled();
 }
 
 /** The SET of a resend: pending again with one attempt due now; the history (attempts, attempt_log, last answer) is kept. */
@@ -100,20 +102,30 @@ export function webhookResendRoutes(deps: {
         202: { description: 'The delivery, pending again with its attempt due now; its attempt history kept', schema: deliveryView },
         ...adminOnly,
         404: { description: 'No such endpoint for this tenant, or no such delivery of it' },
-        409: { description: 'The delivery is still pending (`webhook_delivery_pending`: it is already owed an attempt), or the endpoint is disabled (`webhook_endpoint_disabled`: enable it first)' },
+        409: { description: 'The delivery is still pending (`webhook_delivery_pending`: it is already owed an attempt), the endpoint is disabled (`webhook_endpoint_disabled`: enable it first), or it is a test event (`webhook.test`) and another test event of the endpoint is pending (`webhook_test_pending`, as for POST …/:id/test)' },
       },
       async handler(ctx) {
         const { em, principal, params, afterCommit } = ctx;
-        await enabledEndpoint(em, principal.tenantId, params.id);
+        // A test event resent is a test event pending again: it is held to the test route's bound (one pending per
+        // endpoint, test-event.ts), under the same lock — the endpoint's row, NO KEY UPDATE — so a test and a resend
+        // of one (or two resends) take turns and cannot both see room. Other events leave the endpoint unlocked
+        // (enabledEndpoint). The event type never changes, so it is read unlocked first to choose.
+        const [found] = await em.execute<{ event_type: string }[]>(`select event_type from webhook_deliveries where tenant_id = ? and endpoint_id = ? and id = ?`, [principal.tenantId, params.id, params.delivery_id]);
+        const isTest = found?.event_type === WEBHOOK_TEST_EVENT;
+        await enabledEndpoint(em, principal.tenantId, params.id, isTest ? LOCK_ROW : '');
+        if (!found) throw new NotFoundError('webhook delivery');
         const [row] = await em.execute<DeliveryRowView[]>(
-          `update webhook_deliveries set ${RESEND_SET}
-            where tenant_id = ? and endpoint_id = ? and id = ? and status <> 'pending' returning ${DELIVERY_COLUMNS}`,
-          [principal.tenantId, params.id, params.delivery_id],
+          `update webhook_deliveries w set ${RESEND_SET}
+            where w.tenant_id = ? and w.endpoint_id = ? and w.id = ? and w.status <> 'pending'${isTest ? ` and ${testsPendingBelow('w.tenant_id', 'w.endpoint_id')}` : ''}
+            returning ${DELIVERY_COLUMNS}`,
+          [principal.tenantId, params.id, params.delivery_id, ...(isTest ? [WEBHOOK_TEST_MAX_PENDING] : [])],
         );
         if (!row) {
-          const [found] = await em.execute<{ status: string }[]>(`select status from webhook_deliveries where tenant_id = ? and endpoint_id = ? and id = ?`, [principal.tenantId, params.id, params.delivery_id]);
-          if (!found) throw new NotFoundError('webhook delivery');
-          throw new ConflictError('webhook_delivery_pending', 'The delivery is still pending: its next attempt is already owed (see next_attempt_at).');
+          const [now] = await em.execute<{ status: string }[]>(`select status from webhook_deliveries where tenant_id = ? and endpoint_id = ? and id = ?`, [principal.tenantId, params.id, params.delivery_id]);
+          // Deleted meanwhile (the retention pass): no such delivery now.
+          if (!now) throw new NotFoundError('webhook delivery');
+          if (now.status === 'pending') throw new ConflictError('webhook_delivery_pending', 'The delivery is still pending: its next attempt is already owed (see next_attempt_at).');
+          throw testPending();
         }
         afterCommit(afterResend(ctx, params.id, [{ id: row.id, resends: row.resends }], 'single'));
         return { status: 202, body: toDeliveryView(row) };
@@ -122,7 +134,7 @@ export function webhookResendRoutes(deps: {
     defineRoute({
       method: 'post',
       path: `${WEBHOOK_ENDPOINTS_PATH}/:id/deliveries/resend`,
-      summary: "Resend an endpoint's settled deliveries created in a time window (role admin), oldest first, up to a limit: recovery after its receiver was down",
+      summary: "Resend an endpoint's settled deliveries created in a time window (role admin), oldest first, up to a limit: recovery after its receiver was down. Test events (`webhook.test`) are left out",
       tags: TAGS,
       roles: [ADMIN_ROLE],
       idempotency: 'required',
@@ -143,7 +155,11 @@ export function webhookResendRoutes(deps: {
         // generic plan could not from a parameter), so `failed` reads the endpoint's failed deliveries only,
         // not every delivered one of the window.
         const statuses = [...new Set(body.status)].map((s) => `'${s}'`).join(', ');
-        const filter = `tenant_id = ? and endpoint_id = ? and status in (${statuses}) and created_at >= ?::timestamptz and (?::timestamptz is null or created_at < ?::timestamptz)`;
+        // Test events are left out (as Svix's recover, which recovers real events): a test answered what it
+        // asked when it was sent, and resent in bulk it would pass the one-pending-test bound a single resend
+        // keeps (test-event.ts). In the filter, so the limit and has_more count real events only. A filter on the
+        // heap rows the index reads: test events are few, and nearly none are in a recover's window.
+        const filter = `tenant_id = ? and endpoint_id = ? and status in (${statuses}) and event_type <> '${WEBHOOK_TEST_EVENT}' and created_at >= ?::timestamptz and (?::timestamptz is null or created_at < ?::timestamptz)`;
         const filterParams = [principal.tenantId, params.id, body.since, body.until ?? null, body.until ?? null];
         // Oldest first along the (tenant, endpoint, created_at, id) order of the indexes, locked so no other
         // transaction resends them too. SKIP LOCKED: a row another transaction holds — a concurrent bulk resend

@@ -29,6 +29,19 @@ export const WEBHOOK_TEST_MAX_PENDING = 1;
 export const TEST_EVENT_MESSAGE = 'A test event sent by an admin of the tenant (POST /api/v1/webhook-endpoints/:id/test): nothing happened, no run is behind it.';
 
 /**
+ * The bound's condition: fewer than its parameter (WEBHOOK_TEST_MAX_PENDING) test events of the endpoint
+ * pending, read through the partial index webhook_deliveries_pending_test_index. Shared by the test route
+ * and the resend of a test event (resend.ts), which must hold the endpoint's row lock (LOCK_ROW) first, so
+ * that concurrent tests and resends of one endpoint take turns and two cannot both see room.
+ */
+export const testsPendingBelow = (tenant: string, endpoint: string) =>
+  `(select count(*) from webhook_deliveries d
+     where d.tenant_id = ${tenant} and d.endpoint_id = ${endpoint} and d.event_type = '${WEBHOOK_TEST_EVENT}' and d.status = 'pending') < ?`;
+
+/** The 409 past the bound, for a test sent or resent. */
+export const testPending = () => new ConflictError('webhook_test_pending', 'A test event of this endpoint is still pending: see its outcome in GET …/deliveries before sending another.');
+
+/**
  * Inserts the test delivery, unless WEBHOOK_TEST_MAX_PENDING of the endpoint's are pending (no row
  * then). The count and the insert are one statement, and the endpoint's row lock, taken before it,
  * makes concurrent tests of an endpoint take turns, so two cannot both see room under the bound.
@@ -40,8 +53,7 @@ export const INSERT_TEST = `insert into webhook_deliveries (id, tenant_id, endpo
          'pending', 0, now(), date_trunc('milliseconds', now()), now()
     from webhook_endpoints e
    where e.tenant_id = ? and e.id = ?
-     and (select count(*) from webhook_deliveries d
-           where d.tenant_id = e.tenant_id and d.endpoint_id = e.id and d.event_type = '${WEBHOOK_TEST_EVENT}' and d.status = 'pending') < ?
+     and ${testsPendingBelow('e.tenant_id', 'e.id')}
   returning ${DELIVERY_COLUMNS}`;
 
 /** The test event route (role admin, Idempotency-Key required), spread beside the endpoint routes. */
@@ -73,7 +85,7 @@ export function webhookTestEventRoutes(deps: {
         // Its attempt would be given up unsent ('endpoint disabled'): a test that says nothing of the receiver.
         if (!endpoint.enabled) throw new ConflictError('webhook_endpoint_disabled', 'The webhook endpoint is disabled: enable it first (POST …/enable), then send the test event.');
         const [row] = await em.execute<DeliveryRowView[]>(INSERT_TEST, [principal.tenantId, TEST_EVENT_MESSAGE, principal.tenantId, params.id, WEBHOOK_TEST_MAX_PENDING]);
-        if (!row) throw new ConflictError('webhook_test_pending', 'A test event of this endpoint is still pending: see its outcome in GET …/deliveries before sending another.');
+        if (!row) throw testPending();
         afterCommit(async () => {
           const log: Logger = ctx.req.log;
           // An audit line: who made the platform POST to which endpoint.

@@ -109,6 +109,11 @@ export const WebhookDelivery = defineEntity({
     // The deliveries list filtered on `pending` (deliveries.routes.ts): an endpoint's owed deliveries, newest first,
     // without walking its settled history as the main index would; the redelivery pass's index below is cross-tenant.
     { name: 'webhook_deliveries_endpoint_pending_index', properties: ['tenantId', 'endpoint', 'createdAt', 'id'], where: "status = 'pending'" },
+    // The deliveries list filtered on `event_type` (deliveries.routes.ts): an endpoint's deliveries of one type, newest
+    // first. Without it the filter walked the endpoint's history within the window through the main index (or the
+    // table), discarding every other type: a type an endpoint rarely gets (`webhook.test`, `run.failed`) read it all.
+    // Not partial (the type is the route's parameter): one more entry per delivery inserted, in the run end's statement.
+    { name: 'webhook_deliveries_endpoint_event_type_index', properties: ['tenantId', 'endpoint', 'eventType', 'createdAt', 'id'] },
     // The test event's bound (test-event.ts): an endpoint's pending test events, counted on every POST …/:id/test.
     // Without it the count read the endpoint's whole history (the index above) or every pending delivery of
     // the platform (the one below), filtering row by row. Nearly always empty, at most one row per endpoint.
