@@ -4,7 +4,7 @@
  */
 import { afterAll, beforeAll, expect } from 'vitest';
 import { randomUUID } from 'node:crypto';
-import { createServer, type IncomingHttpHeaders, type Server } from 'node:http';
+import { createServer, type IncomingHttpHeaders, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { Webhook } from 'standardwebhooks';
 import { api, newTenant, startStack, type TestStack, type WorkerHandle } from './stack.ts';
@@ -16,10 +16,11 @@ interface Received {
   body: string;
 }
 
-/** A receiver: records every POST; answers each path's planned statuses in turn, then 200. */
+/** A receiver: records every POST; answers each path's planned statuses in turn, then 200 ('hold': no answer until `release()`, which answers 200). */
 export async function startReceiver() {
   const received: Received[] = [];
-  const plans = new Map<string, number[]>();
+  const plans = new Map<string, (number | 'hold')[]>();
+  const held: ServerResponse[] = [];
   const server: Server = createServer((req, res) => {
     let body = '';
     req.on('data', (c) => (body += c));
@@ -27,6 +28,7 @@ export async function startReceiver() {
       const path = req.url ?? '/';
       received.push({ path, headers: req.headers, body });
       const status = plans.get(path)?.shift() ?? 200;
+      if (status === 'hold') return void held.push(res);
       res.writeHead(status, { 'content-type': 'text/plain' }).end(status === 200 ? 'ok' : 'no');
     });
   });
@@ -35,13 +37,18 @@ export async function startReceiver() {
   return {
     base,
     received,
-    plan: (path: string, statuses: number[]) => plans.set(path, statuses),
+    plan: (path: string, statuses: (number | 'hold')[]) => plans.set(path, statuses),
+    /** Answers 200 to every request a 'hold' kept waiting. */
+    release: () => held.splice(0).forEach((res) => res.writeHead(200, { 'content-type': 'text/plain' }).end('ok')),
     /** What `path` got, as {type, timestamp, data}, each verified against `secret` (throws if one does not verify). */
     verified(path: string, secret: string) {
       const wh = new Webhook(secret);
       return received.filter((r) => r.path === path).map((r) => wh.verify(r.body, r.headers as Record<string, string>) as { type: string; timestamp: string; data: Record<string, unknown> });
     },
-    close: () => new Promise<void>((r) => server.close(() => r())),
+    close: () => {
+      held.splice(0).forEach((res) => res.destroy());
+      return new Promise<void>((r) => server.close(() => r()));
+    },
   };
 }
 

@@ -117,7 +117,9 @@ describe('webhook endpoints that keep failing are disabled; the tenant re-enable
   });
 
   it('a failure past WEBHOOK_DISABLE_AFTER by the snapshot, whose endpoint a 2xx cleared meanwhile (committed while the attempt waited for its row), neither disables it nor gives its delivery up', async () => {
-    receiver.plan('/late', [500]);
+    // The retry is held at the receiver until the first attempt's record has been read: with the test's 50 ms
+    // backoff it could otherwise be delivered (and recorded) before the poll below looks.
+    receiver.plan('/late', [500, 'hold']);
     const t = await tenantWithEndpoint(stack, receiver, '/late', ['run.completed']);
     // Failing for an hour: its next failure would disable it …
     await stack.db.admin(`update webhook_endpoints set failing_since = now() - interval '1 hour' where id = $1`, [t.endpoint.id]);
@@ -141,9 +143,11 @@ describe('webhook endpoints that keep failing are disabled; the tenant re-enable
       await success.end();
     }
     // Recorded as the first failure since that 2xx: the endpoint stays enabled, the delivery is retried (and then delivered).
-    const after = await waitFor(async () => (await stack.db.admin(`select e.enabled, e.failing_since, d.status, d.attempts from webhook_endpoints e join webhook_deliveries d on d.endpoint_id = e.id where e.id = $1`, [t.endpoint.id])).rows.find((r) => r.attempts >= 1), { what: 'the attempt to be recorded' });
+    await waitFor(() => receiver.received.filter((r) => r.path === '/late').length === 2, { what: 'the retry to reach the receiver (held there)' });
+    const [after] = (await stack.db.admin(`select e.enabled, e.failing_since, d.status, d.attempts from webhook_endpoints e join webhook_deliveries d on d.endpoint_id = e.id where e.id = $1`, [t.endpoint.id])).rows;
     expect(after).toMatchObject({ enabled: true, status: 'pending', attempts: 1 });
     expect(after.failing_since).not.toBeNull();
+    receiver.release();
     await waitFor(async () => (await deliveries(t.admin, t.endpoint.id))[0]?.status === 'delivered', { timeoutMs: 30_000, what: 'the retry to deliver it' });
     expect(await endpoint(t.admin, t.endpoint.id)).toMatchObject({ enabled: true, disabled_reason: null, failing_since: null });
   });
