@@ -12,8 +12,8 @@ export const isoTime = z.iso.datetime({ precision: 3 }).describe('ISO 8601 in UT
 export const instantInput = () =>
   z.iso
     .datetime({ offset: true })
-    .refine((v) => !v.startsWith('0000-'), 'year 0000 is not a year PostgreSQL reads: from 0001 on')
-    .refine((v) => Number(/[+-](\d{2}):\d{2}$/.exec(v)?.[1] ?? 0) <= 15, 'an offset is within ±15:59');
+    .refine((v) => !v.startsWith('0000-'), 'must be in year 0001 or later (PostgreSQL reads no year 0000)')
+    .refine((v) => Number(/[+-](\d{2}):\d{2}$/.exec(v)?.[1] ?? 0) <= 15, 'must have an offset within ±15:59 (the widest PostgreSQL reads)');
 
 /** PostgreSQL's timestamps (a Date, or the text json_agg writes: …852947+00:00) in the API's form. */
 export function toIsoTime(v: Date | string): string {
