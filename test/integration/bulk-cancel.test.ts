@@ -147,6 +147,9 @@ describe('bulk cancel, no worker (the runs stay pending)', () => {
       { status: ['pending'], ids: ['not-a-uuid'] },
       { status: ['pending'], ids: tooMany },
       { status: ['pending'], created_before: 'yesterday' },
+      // ISO 8601 that PostgreSQL cannot hold (year 0, an offset past ±15:59): a 422, not a 500.
+      { status: ['pending'], created_before: '0000-06-01T00:00:00Z' },
+      { status: ['pending'], created_before: '2026-01-01T00:00:00+20:00' },
       { status: ['pending'], workflow: 'partner-offboarding' },
     ];
     for (const body of bad) {

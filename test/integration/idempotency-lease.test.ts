@@ -7,6 +7,12 @@ import { api, newTenant, SAMPLE_SUBMISSION, startStack, type TestStack } from '.
 import { holdTable } from '../helpers/table-lock.ts';
 import { spawnApi } from '../helpers/api-process.ts';
 import { waitFor } from '../helpers/poll.ts';
+import type { AddressInfo } from 'node:net';
+import { z } from 'zod';
+import type { Server } from 'node:http';
+import { createApp } from '../../src/app.ts';
+import { defineRoute } from '../../src/platform/http/route.ts';
+import { ConflictError } from '../../src/platform/errors/app-error.ts';
 
 const RUN = '/api/v1/golden-path/run';
 
@@ -84,6 +90,65 @@ describe('a first attempt that stalls past its lease while a retry takes the sub
       expect(again.json).toEqual(second.json);
     } finally {
       await table.close();
+    }
+  });
+});
+
+describe('a first attempt that stalls past its lease and then fails with a 4xx of its own, after the retry that took it over succeeded', () => {
+  it('answers as the key now does (the retry\'s stored 200, replayed), not with the 4xx the key never stored', async () => {
+    // A route of this test's own, on the real router and database: its first call claims the key (its
+    // first statement carries the claim), waits for the test, then refuses with a 409 — as a handler
+    // does that finds the state changed under it (a retry of the same operation got there first). Any
+    // later call succeeds.
+    let calls = 0;
+    let open!: () => void;
+    const gate = new Promise<void>((resolve) => (open = resolve));
+    const route = defineRoute({
+      method: 'post',
+      path: '/api/v1/test-only/gated',
+      summary: 'test only',
+      tags: ['test'],
+      idempotency: 'required',
+      responses: { 200: { description: 'done', schema: z.object({ done: z.boolean(), call: z.number() }) } },
+      async handler({ em }) {
+        await em.execute('select 1');
+        if (++calls === 1) {
+          await gate;
+          throw new ConflictError('already_done', 'Another request did this first.');
+        }
+        return { status: 200, body: { done: true, call: calls } };
+      },
+    });
+    const server = await new Promise<Server>((resolve) => {
+      const s = createApp({ ...leased.container, routes: [...leased.container.routes, route] }).listen(0, '127.0.0.1', () => resolve(s));
+    });
+    try {
+      const who = await actor(leased);
+      const key = randomUUID();
+      const post = () =>
+        fetch(`http://127.0.0.1:${(server.address() as AddressInfo).port}/api/v1/test-only/gated`, {
+          method: 'POST',
+          headers: { authorization: `Bearer ${who.token}`, 'Idempotency-Key': key },
+        });
+      const firstP = post();
+      await waitFor(async () => (await keyRow(leased, who, key))?.status === 'in_progress', { what: 'the first attempt to claim the key' });
+      await waitFor(async () => (await keyRow(leased, who, key))?.lease_expired, { timeoutMs: 30_000, what: 'the first lease to run out' });
+      const second = await post();
+      expect(second.status).toBe(200);
+      const secondText = await second.text();
+      expect(JSON.parse(secondText)).toEqual({ done: true, call: 2 });
+      open();
+      const first = await firstP;
+      const firstText = await first.text();
+      // The key holds the retry's 200: the stalled attempt says so, as any duplicate would.
+      expect({ status: first.status, body: firstText }).toEqual({ status: 200, body: secondText });
+      expect(first.headers.get('idempotent-replayed')).toBe('true');
+      expect(await keyRow(leased, who, key)).toMatchObject({ status: 'completed' });
+      expect(JSON.parse((await keyRow(leased, who, key)).response_body)).toEqual({ done: true, call: 2 });
+      expect(calls).toBe(2);
+    } finally {
+      open();
+      await new Promise((r) => server.close(r));
     }
   });
 });

@@ -61,3 +61,18 @@ describe('operator login throttling', () => {
     expect(res.status).toBe(200);
   });
 });
+
+describe("the dashboard's token cookie", () => {
+  it('a cookie that is not valid percent-encoding is no credential: 401 problem+json, not a 500', async () => {
+    // Any client can send any Cookie header: what it holds must be refused as a bad credential.
+    for (const value of ['%E0%A4%A', '%', 'abc.def.%FF']) {
+      const res = await api(stack, 'GET', '/admin/queues', { headers: { cookie: `dealix_admin_token=${value}` } });
+      expect(res.status, `${value}: ${res.text}`).toBe(401);
+      expect(res.headers.get('content-type')).toContain('application/problem+json');
+      expect(res.headers.get('www-authenticate')).toMatch(/^Bearer/);
+    }
+    // The same cookie holding a valid operator token still signs in.
+    const token = await stack.token({ tenantId: '00000000-0000-4000-8000-000000000001', sub: 'operator-3', roles: ['platform-operator'] });
+    expect((await api(stack, 'GET', '/admin/queues', { headers: { cookie: `other=1; dealix_admin_token=${token}` } })).status).toBe(200);
+  });
+});

@@ -125,6 +125,31 @@ describe('the catalog check fails when tenancy is broken', () => {
     expect(report.tables.find((t) => t.table === 'shadow_notes')?.declared).toBe(false);
   });
 
+  it('names a table without tenant_id that the application role may read or write, which indeed shares its rows across tenants', async () => {
+    const db = await freshDatabase();
+    // A migration that adds a shared table and grants it to the app (directly, or to PUBLIC) leaves
+    // no row-level security to scope it: every tenant reads every row, with or without a context.
+    await db.admin(`CREATE TABLE shared_notes (id uuid primary key, body text); GRANT SELECT, INSERT ON shared_notes TO ${TEST_APP.user}`);
+    await db.admin(`CREATE TABLE public_notes (id uuid primary key); GRANT SELECT ON public_notes TO PUBLIC`);
+    await db.admin(`INSERT INTO shared_notes VALUES (gen_random_uuid(), 'written under tenant A')`);
+    const app = new pg.Client({ connectionString: db.appUrl });
+    await app.connect();
+    await app.query('begin');
+    await app.query(`select set_config('app.tenant_id', $1, true)`, [randomUUID()]);
+    const seen = (await app.query('SELECT count(*)::int AS n FROM shared_notes')).rows[0].n;
+    await app.query('commit');
+    await app.end();
+    expect(seen).toBe(1); // another tenant's context, yet the row
+    const report = await inspect(db);
+    const untenanted = report.failures.filter((f) => f.check === 'role-untenanted');
+    // PUBLIC's grant is every role's: the system role's too.
+    expect(untenanted.map((f) => f.subject)).toEqual([`role ${TEST_APP.user}`, 'role dealix_system']);
+    expect(untenanted[0]!.reason).toMatch(/: public_notes: SELECT; shared_notes: INSERT; shared_notes: SELECT$/);
+    expect(untenanted[1]!.reason).toMatch(/: public_notes: SELECT$/);
+    // The migrations table, which the app reads for /readyz, is the one exception (the baseline above passes).
+    expect(untenanted[0]!.reason).not.toMatch(/mikro_orm_migrations/);
+  });
+
   it('names a view the application can read that runs with its owner\'s rights, and which indeed leaks rows', async () => {
     const db = await freshDatabase();
     await db.admin(`INSERT INTO partner_dossiers (id, tenant_id, run_id, partner_name, country, completeness_score, content, created_at)

@@ -267,7 +267,7 @@ describe('catalog invariants of the migrated schema', () => {
   it('the application role is no superuser, has no BYPASSRLS, owns nothing and cannot truncate', async () => {
     const report = await inspectOrmCatalog(orm, { appRole: TEST_APP.user });
     const app = report.roles.find((r) => r.role === TEST_APP.user)!;
-    expect(app).toMatchObject({ exists: true, superuser: false, bypassRls: false, inherit: false, owns: [], unsafePrivileges: [], canCreateIn: [] });
+    expect(app).toMatchObject({ exists: true, superuser: false, bypassRls: false, inherit: false, owns: [], unsafePrivileges: [], untenantedPrivileges: [], canCreateIn: [] });
     // Belt and braces, from the connection the app itself uses:
     const [me] = await orm.em.fork().execute(`select current_user as role, rolsuper, rolbypassrls from pg_roles where rolname = current_user`);
     expect(me).toEqual({ role: TEST_APP.user, rolsuper: false, rolbypassrls: false });

@@ -93,6 +93,9 @@ describe('webhook deliveries: filters and attempt history', () => {
       ['event_type=run.exploded', 'event_type'],
       ['created_after=yesterday', 'created_after'],
       ['created_before=2026-11-20', 'created_before'],
+      // ISO 8601 that PostgreSQL cannot hold (year 0, an offset past ±15:59): a 400, not a 500.
+      ['created_after=0000-06-01T00:00:00Z', 'created_after'],
+      ['created_before=2026-11-20T05:00:00%2B20:00', 'created_before'],
       ['created_after=2026-11-20T05:00:00Z&created_before=2026-11-20T05:00:00Z', 'created_before'],
       ['sort=asc', '(root)'],
     ]) {

@@ -143,7 +143,7 @@ describe('webhook resend', () => {
     expect((await resend(approver, t.endpoint.id, t.delivery.id)).status).toBe(403);
     expect((await recover(approver, t.endpoint.id, { since: '2020-01-01T00:00:00Z' })).status).toBe(403);
     expect((await resend(t.admin, t.endpoint.id, t.delivery.id, null)).status).toBe(400);
-    for (const body of [{}, { since: 'yesterday' }, { since: '2026-12-04T00:00:00Z', until: '2026-12-03T00:00:00Z' }, { since: '2020-01-01T00:00:00Z', status: ['pending'] }, { since: '2020-01-01T00:00:00Z', limit: 1001 }, { since: '2020-01-01T00:00:00Z', extra: 1 }]) {
+    for (const body of [{}, { since: 'yesterday' }, { since: '2026-12-04T00:00:00Z', until: '2026-12-03T00:00:00Z' }, { since: '2020-01-01T00:00:00Z', status: ['pending'] }, { since: '2020-01-01T00:00:00Z', limit: 1001 }, { since: '2020-01-01T00:00:00Z', extra: 1 }, { since: '0000-06-01T00:00:00Z' }, { since: '2020-01-01T00:00:00Z', until: '2026-01-01T00:00:00-18:00' }]) {
       const res = await recover(t.admin, t.endpoint.id, body);
       expect(res.status, `${JSON.stringify(body)}: ${res.text}`).toBe(422);
     }

@@ -87,6 +87,21 @@ export const CATALOG_SQL = {
                 else has_any_column_privilege($2, c.oid, p.privilege) end
      order by 1, 2`,
 
+  /**
+   * $2 = role: the row privileges it holds on tables without a tenant_id column — rows row-level
+   * security cannot scope to a tenant (column grants count too; PUBLIC's grants are the role's).
+   */
+  untenantedPrivileges: `
+    select c.relname as table, p.privilege
+      from pg_class c join pg_namespace n on n.oid = c.relnamespace
+      cross join unnest(array['SELECT', 'INSERT', 'UPDATE', 'DELETE']) as p(privilege)
+     where n.nspname = $1 and c.relkind in ('r', 'p', 'f')
+       and not exists (select 1 from pg_attribute a
+                        where a.attrelid = c.oid and a.attname = 'tenant_id' and a.attnum > 0 and not a.attisdropped)
+       and case when p.privilege = 'DELETE' then has_table_privilege($2, c.oid, p.privilege)
+                else has_any_column_privilege($2, c.oid, p.privilege) end
+     order by 1, 2`,
+
   /** $2 = role. */
   create: `
     select 'schema ' || $1::text as target where has_schema_privilege($2, $1, 'CREATE')

@@ -1,6 +1,6 @@
 import type { MikroORM } from './orm.ts';
 import { tenantTables } from './migrate.ts';
-import { SYSTEM_READS, SYSTEM_ROLE, TENANT_PREDICATE_SQL, TENANT_SETTING } from './tenant-owned.ts';
+import { APP_UNTENANTED_GRANTS, SYSTEM_READS, SYSTEM_ROLE, TENANT_PREDICATE_SQL, TENANT_SETTING } from './tenant-owned.ts';
 import { CATALOG_SQL } from './catalog.queries.ts';
 
 /**
@@ -9,7 +9,7 @@ import { CATALOG_SQL } from './catalog.queries.ts';
  * and WITH CHECK both read `app.tenant_id`, no other policy that widens what the application sees,
  * `tenant_id` indexed and part of every unique key; the application role is no superuser, has no
  * BYPASSRLS, owns nothing and holds no privilege that RLS does not govern (TRUNCATE, REFERENCES,
- * TRIGGER). Used by the RLS suite and by the release readiness matrix; it only runs SELECTs.
+ * TRIGGER, and any row privilege on a table without tenant_id beyond APP_UNTENANTED_GRANTS). Used by the RLS suite and by the release readiness matrix; it only runs SELECTs.
  */
 
 export type CatalogQuery = (sql: string, params: readonly unknown[]) => Promise<Record<string, any>[]>;
@@ -32,6 +32,7 @@ export type CatalogCheck =
   | 'role-login'
   | 'role-owns'
   | 'role-privilege'
+  | 'role-untenanted'
   | 'role-create'
   | 'role-inherits'
   | 'security-definer';
@@ -87,6 +88,12 @@ export interface RoleReport {
   owns: string[];
   /** `<table>: <PRIVILEGE>` for each TRUNCATE, REFERENCES or TRIGGER privilege held (and INSERT, UPDATE for the system role). */
   unsafePrivileges: string[];
+  /**
+   * `<table>: <PRIVILEGE>` for each SELECT, INSERT, UPDATE or DELETE held on a table without tenant_id
+   * (which row-level security cannot scope), beyond what APP_UNTENANTED_GRANTS allows the application role
+   * (the system role, and a role the application can become, may hold none).
+   */
+  untenantedPrivileges: string[];
   /** Where the role may create objects it would then own: `schema public`, `database <name>`. */
   canCreateIn: string[];
   /** Roles this role can become with SET ROLE (PostgreSQL 15: every role it is a member of). */
@@ -131,7 +138,7 @@ export async function inspectCatalog(query: CatalogQuery, opts: CatalogOptions):
   findings.push(...(await checkForeignKeys(query, schema, scope)));
   const roles: RoleReport[] = [];
   for (const [role, kind] of [[opts.appRole, 'app'], [systemRole, 'system']] as const) {
-    const report = await inspectRole(query, schema, role, kind === 'system' ? UNSAFE_SYSTEM_PRIVILEGES : UNSAFE_PRIVILEGES);
+    const report = await inspectRole(query, schema, role, kind === 'system' ? UNSAFE_SYSTEM_PRIVILEGES : UNSAFE_PRIVILEGES, kind === 'app' ? APP_UNTENANTED_GRANTS : {});
     roles.push(report);
     findings.push(...checkRole(report, kind));
     if (kind === 'system' && report.exists) findings.push(...(await checkSystemReads(query, schema, role)));
@@ -304,11 +311,13 @@ async function checkSecurityDefiners(query: CatalogQuery, schema: string, appRol
   }));
 }
 
-async function inspectRole(query: CatalogQuery, schema: string, role: string, unsafe: string[]): Promise<RoleReport> {
+/** `allowed`: the privileges on tables without tenant_id the role may hold (APP_UNTENANTED_GRANTS for the application role, none for any other). */
+async function inspectRole(query: CatalogQuery, schema: string, role: string, unsafe: string[], allowed: Readonly<Record<string, readonly string[]>> = {}): Promise<RoleReport> {
   const [attrs] = await query(CATALOG_SQL.role, [role]);
-  if (!attrs) return { role, exists: false, superuser: false, bypassRls: false, canLogin: false, inherit: false, owns: [], unsafePrivileges: [], canCreateIn: [], memberOf: [], inheritsFrom: [] };
+  if (!attrs) return { role, exists: false, superuser: false, bypassRls: false, canLogin: false, inherit: false, owns: [], unsafePrivileges: [], untenantedPrivileges: [], canCreateIn: [], memberOf: [], inheritsFrom: [] };
   const owned = await query(CATALOG_SQL.owned, [role]);
   const privileges = await query(CATALOG_SQL.privileges, [schema, role, unsafe.join(',')]);
+  const untenanted = await query(CATALOG_SQL.untenantedPrivileges, [schema, role]);
   const create = await query(CATALOG_SQL.create, [schema, role]);
   const members = await query(CATALOG_SQL.memberOf, [role]);
   const inherited = await query(CATALOG_SQL.inheritsFrom, [role]);
@@ -321,6 +330,7 @@ async function inspectRole(query: CatalogQuery, schema: string, role: string, un
     inherit: attrs.rolinherit,
     owns: owned.map((o) => `${o.kind} ${o.name}`),
     unsafePrivileges: privileges.map((p) => `${p.table}: ${p.privilege}`),
+    untenantedPrivileges: untenanted.filter((p) => !allowed[p.table]?.includes(p.privilege)).map((p) => `${p.table}: ${p.privilege}`),
     canCreateIn: create.map((c) => c.target as string),
     memberOf: members.map((m) => m.rolname as string),
     inheritsFrom: inherited.map((m) => m.rolname as string),
@@ -363,6 +373,9 @@ function checkRole(r: RoleReport, kind: 'app' | 'system' | 'reachable', via?: st
     // The system role's policies (durable_runs_system_sweep: every tenant's runs) would apply to every
     // application session: it must be reached only by SET LOCAL ROLE, for the sweeper's transactions.
     fail('role-inherits', `${r.role} holds the privileges of ${r.inheritsFrom.join(', ')} without SET ROLE (INHERIT): their cross-tenant policies apply to every session. ALTER ROLE ${r.role} NOINHERIT; on PostgreSQL 16 or later also GRANT … TO ${r.role} WITH INHERIT FALSE`);
+  }
+  if (r.untenantedPrivileges.length) {
+    fail('role-untenanted', `${kind === 'reachable' ? 'holds' : `${r.role} holds`} privileges on tables without tenant_id, whose rows row-level security cannot scope, so every tenant shares them: ${r.untenantedPrivileges.join('; ')}`);
   }
   if (r.unsafePrivileges.length) fail('role-privilege', `${kind === 'reachable' ? 'holds' : `${r.role} holds`} privileges row-level security does not govern: ${r.unsafePrivileges.join('; ')}`);
   return out;

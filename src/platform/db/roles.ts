@@ -1,6 +1,6 @@
 import pg from 'pg';
 import { describePgUrl } from '../config/config.ts';
-import { SYSTEM_READS, SYSTEM_ROLE } from './tenant-owned.ts';
+import { APP_UNTENANTED_GRANTS, SYSTEM_READS, SYSTEM_ROLE } from './tenant-owned.ts';
 
 const ident = (s: string) => `"${s.replace(/"/g, '""')}"`;
 const literal = (s: string) => `'${s.replace(/'/g, "''")}'`;
@@ -112,8 +112,10 @@ export async function grantRuntimePrivileges(client: { execute(sql: string): Pro
     await client.execute(`REVOKE ALL ON TABLE ${ident(table)} FROM ${everyone}`);
     await client.execute(`GRANT ${appTablePrivileges(table)} ON TABLE ${ident(table)} TO ${ident(appRole)}`);
   }
-  await client.execute(`REVOKE ALL ON TABLE mikro_orm_migrations FROM ${everyone}`);
-  await client.execute(`GRANT SELECT ON TABLE mikro_orm_migrations TO ${ident(appRole)}`);
+  for (const [table, privileges] of Object.entries(APP_UNTENANTED_GRANTS)) {
+    await client.execute(`REVOKE ALL ON TABLE ${ident(table)} FROM ${everyone}`);
+    await client.execute(`GRANT ${privileges.join(', ')} ON TABLE ${ident(table)} TO ${ident(appRole)}`);
+  }
   const reads = (table: string) => SYSTEM_READS[table]!.map(ident).join(', ');
   // DELETE: run retention (ADR 0011), limited by the policy durable_runs_system_retention to ended runs.
   await client.execute(`GRANT SELECT (${reads('durable_runs')}), DELETE ON TABLE durable_runs TO ${ident(SYSTEM_ROLE)}`);

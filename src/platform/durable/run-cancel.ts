@@ -5,6 +5,7 @@ import type { Principal } from '../tenancy/jwt.ts';
 import { ACTIVE_RUN_STATUSES } from './durable-run.entity.ts';
 import { RUN_COLUMNS, type DurableRuntime, type RunRow } from './runtime.ts';
 import type { RunCancellation } from './run-views.ts';
+import { instantInput } from '../http/iso-time.ts';
 
 /**
  * Called in a cancel's transaction, once the run is cancelled: what else the run held is released
@@ -72,7 +73,7 @@ export const bulkCancelFilter = z.strictObject({
       .min(1)
       .max(ACTIVE_RUN_STATUSES.length)
       .describe('The statuses to cancel: any of pending, running, waiting (the statuses a single cancel accepts; an ended run is never touched)'),
-    created_before: z.iso.datetime({ offset: true }).optional().describe('Only runs created strictly before this instant (ISO 8601)'),
+    created_before: instantInput().optional().describe('Only runs created strictly before this instant (ISO 8601)'),
     ids: z.array(z.uuid()).min(1).max(BULK_CANCEL_MAX).optional().describe(`Only these runs (at most ${BULK_CANCEL_MAX}); an id of no run of the tenant's, of this workflow, matching the filter is reported in unmatched_ids`),
     limit: z.number().int().min(1).max(BULK_CANCEL_MAX).default(100).describe(`At most this many runs are cancelled by the request (1–${BULK_CANCEL_MAX}, default 100); has_more says whether more matched`),
   });

@@ -126,10 +126,21 @@ function basicMatches(header: string, operator: { user: string; password: string
   return userOk && passwordOk;
 }
 
+/**
+ * The cookie's value, percent-decoded; undefined when absent or not valid percent-encoding. Any
+ * client sends any Cookie header: a value that does not decode is no credential (401), not a URIError
+ * that would answer 500.
+ */
 function readCookie(header: string | undefined, name: string): string | undefined {
   for (const part of header?.split(';') ?? []) {
     const eq = part.indexOf('=');
-    if (eq > 0 && part.slice(0, eq).trim() === name) return decodeURIComponent(part.slice(eq + 1).trim());
+    if (eq > 0 && part.slice(0, eq).trim() === name) {
+      try {
+        return decodeURIComponent(part.slice(eq + 1).trim());
+      } catch {
+        return undefined;
+      }
+    }
   }
   return undefined;
 }

@@ -238,6 +238,12 @@ async function execute(def: RouteDef, deps: RouterDeps, req: Request, res: Respo
           await deps.idempotency.release(em, record);
         }
       } catch (e) {
+        if (isLeaseLost(e)) {
+          // A retry took the key over while this attempt ran: this 4xx is not the key's answer (the
+          // retry's is), so it answers as the key now does (replays, or throws 409/422), as above.
+          answerClaim(res, await deps.idempotency.afterLeaseLost(em, record), deps.idempotencyMetrics);
+          return 'done';
+        }
         deps.logger.warn({ err: e }, 'could not settle the idempotency key; its lease will expire');
       }
     }

@@ -3,6 +3,7 @@ import type { Queue } from 'bullmq';
 import type { EntityManager } from '@mikro-orm/postgresql';
 import type { Logger } from 'pino';
 import { defineRoute, type RouteDef } from '../http/route.ts';
+import { instantInput } from '../http/iso-time.ts';
 import { ConflictError, NotFoundError } from '../errors/app-error.ts';
 import { ADMIN_ROLE } from '../tenancy/roles.ts';
 import { enqueueDeliveries } from './delivery.ts';
@@ -37,8 +38,8 @@ const bulkResendBody = z
       .max(SETTLED.length)
       .default(['failed'])
       .describe('The settled statuses to resend: `failed` (default) and/or `delivered` (for a receiver that lost what it had accepted)'),
-    since: z.iso.datetime({ offset: true }).describe('Only deliveries created (the event queued) at or after this instant (ISO 8601)'),
-    until: z.iso.datetime({ offset: true }).optional().describe('Only deliveries created strictly before this instant (ISO 8601); default: no upper bound'),
+    since: instantInput().describe('Only deliveries created (the event queued) at or after this instant (ISO 8601)'),
+    until: instantInput().optional().describe('Only deliveries created strictly before this instant (ISO 8601); default: no upper bound'),
     limit: z.number().int().min(1).max(BULK_RESEND_MAX).default(BULK_RESEND_MAX).describe(`At most this many deliveries are resent by the request (1–${BULK_RESEND_MAX}, default ${BULK_RESEND_MAX}); has_more says whether more matched`),
   })
   .refine((b) => !b.until || Date.parse(b.until) > Date.parse(b.since), { path: ['until'], message: 'must be after since' });
