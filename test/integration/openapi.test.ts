@@ -489,6 +489,11 @@ describe('the published schemas hold for real responses of every route', () => {
     const payloads = [
       { type: 'run.completed', timestamp: '2026-12-03T10:00:00.000Z', data: { workflow: 'golden-path', run_id: randomUUID(), status: 'completed', correlation_id: 'c-1', ended_at: '2026-12-03T10:00:00.000Z', evidence_pack_id: randomUUID() } },
       { type: 'approval.requested', timestamp: '2026-12-03T10:00:00.000Z', data: { approval_request_id: randomUUID(), run_id: randomUUID(), workflow: 'golden-path', correlation_id: 'c-2', approval_class: 'B', required_approvals: 1, sla_deadline: '2026-12-04T10:00:00.000Z' } },
+      {
+        type: 'approval.decided',
+        timestamp: '2026-12-03T11:00:00.000Z',
+        data: { approval_request_id: randomUUID(), run_id: randomUUID(), workflow: 'golden-path', correlation_id: 'c-2', decision: 'approve', approver: 'approver-1', status: 'pending', approvals: 1, required_approvals: 2, decided_at: '2026-12-03T11:00:00.000Z' },
+      },
       { type: 'webhook_endpoint.disabled', timestamp: '2026-12-03T10:00:00.000Z', data: { endpoint_id: randomUUID(), url: 'https://93.184.215.16/hook', reason: 'failing', failing_since: '2026-11-28T10:00:00.000Z', disabled_at: '2026-12-03T10:00:00.000Z' } },
     ];
     for (const p of payloads) {
@@ -498,7 +503,7 @@ describe('the published schemas hold for real responses of every route', () => {
       );
     }
     const deliveries = (await get('/api/v1/webhook-endpoints/:id/deliveries', `/api/v1/webhook-endpoints/${first.id}/deliveries`, admin)).json;
-    expect(deliveries.items.map((d: { event_type: string }) => d.event_type).sort()).toEqual(['approval.requested', 'run.completed', 'webhook_endpoint.disabled']);
+    expect(deliveries.items.map((d: { event_type: string }) => d.event_type).sort()).toEqual(['approval.decided', 'approval.requested', 'run.completed', 'webhook_endpoint.disabled']);
     const filtered = (await get('/api/v1/webhook-endpoints/:id/deliveries', `/api/v1/webhook-endpoints/${first.id}/deliveries?status=pending,failed&event_type=run.completed&created_after=2020-01-01T00:00:00Z&limit=1`, admin)).json;
     expect(filtered.items.map((d: { event_type: string }) => d.event_type)).toEqual(['run.completed']);
     await stack.db.admin(
@@ -514,7 +519,7 @@ describe('the published schemas hold for real responses of every route', () => {
     const resent = await api(stack, 'POST', `/api/v1/webhook-endpoints/${first.id}/deliveries/${given!.id}/resend`, { token: admin, headers: { 'Idempotency-Key': randomUUID() } });
     expect(expectPublished('POST', '/api/v1/webhook-endpoints/:id/deliveries/:delivery_id/resend', resent, 202).json).toMatchObject({ id: given!.id, status: 'pending', resends: 1 });
     const recovered = await api(stack, 'POST', `/api/v1/webhook-endpoints/${first.id}/deliveries/resend`, { token: admin, body: { since: '2020-01-01T00:00:00Z' }, headers: { 'Idempotency-Key': randomUUID() } });
-    expect(expectPublished('POST', '/api/v1/webhook-endpoints/:id/deliveries/resend', recovered, 202).json).toEqual({ resent: 2, has_more: false });
+    expect(expectPublished('POST', '/api/v1/webhook-endpoints/:id/deliveries/resend', recovered, 202).json).toEqual({ resent: 3, has_more: false });
     // A test event is enqueued as well (the queue still paused: nothing is POSTed); the list then shows its payload as published.
     const tested = await api(stack, 'POST', `/api/v1/webhook-endpoints/${first.id}/test`, { token: admin, headers: { 'Idempotency-Key': randomUUID() } });
     expect(expectPublished('POST', '/api/v1/webhook-endpoints/:id/test', tested, 202).json).toMatchObject({ event_type: 'webhook.test', status: 'pending', payload: { type: 'webhook.test', data: { endpoint_id: first.id } } });

@@ -9,6 +9,16 @@ import { APPROVER_ROLE } from './approval.constants.ts';
 import { APPROVAL_PACKET_STEP, type SlaScheduler } from './approval-packet.step.ts';
 import type { DecisionResult } from './approval.views.ts';
 import type { ApprovalStatus } from './approval.entities.ts';
+import { isoTimeSql, OUTBOX_IDS, outboxCte } from '../../platform/webhooks/outbox.ts';
+import type { WebhookEventType } from '../../platform/webhooks/webhook.entities.ts';
+
+/** One human decision on a request (webhook-events.ts, `approvalDecidedData`). */
+const APPROVAL_DECIDED: WebhookEventType = 'approval.decided';
+/**
+ * The `approval.decided` event of the decision the CTE `d` inserted (none when it inserted none):
+ * parameters, the type and the event's data but its time, which is the decision's `created_at`.
+ */
+const DECIDED_EVENT = `select d.tenant_id, ?::text as type, ?::jsonb || jsonb_build_object('decided_at', ${isoTimeSql('d.created_at')}) as data from d`;
 
 const SUBMITTER_CANNOT_DECIDE = 'The submitter of a run cannot approve or reject it.';
 
@@ -51,15 +61,15 @@ export class ApprovalService {
     approvalId: string,
     decision: 'approve' | 'reject',
     comment: string | null,
-  ): Promise<{ result: DecisionResult; afterCommit: (() => Promise<void>) | undefined }> {
+  ): Promise<{ result: DecisionResult; afterCommit: () => Promise<void> }> {
     if (!principal.roles.includes(APPROVER_ROLE)) throw new ForbiddenError(`Deciding needs the "${APPROVER_ROLE}" role.`);
     // The run row is locked first (the subquery's own `for update`, done before the join can return
     // the request to the outer lock), then the request: the lock order of a cancel (class comment). A
     // cancel still in progress is waited for and then seen, run and request as it left them.
-    const [req] = await em.execute<ApprovalRow[]>(
+    const [req] = await em.execute<(ApprovalRow & { workflow: string; correlation_id: string })[]>(
       `select a.id, a.tenant_id, a.run_id, a.required_approvals, a.status, a.submitted_by, a.sla_deadline,
-              coalesce(a.sla_deadline <= now(), false) as expired_now, r.idempotency_hash, r.status as run_status
-         from (select tenant_id, id, idempotency_hash, status from durable_runs where id = (select run_id from approval_requests where id = ?) for update) r
+              coalesce(a.sla_deadline <= now(), false) as expired_now, r.idempotency_hash, r.status as run_status, r.workflow, r.correlation_id
+         from (select tenant_id, id, idempotency_hash, status, workflow, correlation_id from durable_runs where id = (select run_id from approval_requests where id = ?) for update) r
          join approval_requests a on a.tenant_id = r.tenant_id and a.run_id = r.id where a.id = ? for update of a`,
       [approvalId, approvalId],
     );
@@ -73,25 +83,49 @@ export class ApprovalService {
     }
     if (req.status === 'expired') throw new ConflictError('approval_expired', 'The approval request expired at its SLA deadline; it can no longer be decided.');
     if (req.status !== 'pending') throw new ConflictError('approval_decided', `The approval request is already ${req.status}.`);
-    const inserted = await em.execute<{ id: string }[]>(
-      `insert into approval_decisions (id, tenant_id, approval_request_id, approver, decision, kind, comment, created_at)
-       values (?, ?, ?, ?, ?, 'human', ?, now())
-       on conflict (tenant_id, approval_request_id, approver) do nothing returning id`,
-      [randomUUID(), req.tenant_id, req.id, principal.sub, decision, comment],
-    );
-    if (inserted.length === 0) throw new ConflictError('approver_already_decided', 'This approver has already decided on this request; a second, distinct approver is needed.');
-    const decisions = await decisionsOf(em, req.tenant_id, req.id);
-    const approvals = decisions.filter((d) => d.decision === 'approve').length;
+    // The request's decisions so far, read under the locks above: no other decision can commit before ours.
+    const earlier = await decisionsOf(em, req.tenant_id, req.id);
+    const approvals = earlier.filter((d) => d.decision === 'approve').length + (decision === 'approve' ? 1 : 0);
     const outcome = decision === 'reject' ? 'rejected' : approvals >= req.required_approvals ? 'approved' : 'pending';
-    let afterCommit: (() => Promise<void>) | undefined;
+    const event = {
+      approval_request_id: req.id,
+      run_id: req.run_id,
+      workflow: req.workflow,
+      correlation_id: req.correlation_id,
+      decision,
+      approver: principal.sub,
+      status: outcome,
+      approvals,
+      required_approvals: req.required_approvals,
+    };
+    // The decision's `approval.decided` deliveries are inserted by the decision's own insert (the outbox,
+    // ADR 0013): none when the insert inserts nothing (this approver already decided), none if the
+    // transaction rolls back, and none on an idempotent replay, which does not run this.
+    const [inserted] = await em.execute<(DecisionRow & { webhook_deliveries: string[] })[]>(
+      `with d as (insert into approval_decisions (id, tenant_id, approval_request_id, approver, decision, kind, comment, created_at)
+                  values (?, ?, ?, ?, ?, 'human', ?, now())
+                  on conflict (tenant_id, approval_request_id, approver) do nothing
+                  returning tenant_id, approver, decision, comment, created_at, kind),
+       ${outboxCte(DECIDED_EVENT)}
+       select d.approver, d.decision, d.comment, d.created_at, d.kind, ${OUTBOX_IDS} from d`,
+      [randomUUID(), req.tenant_id, req.id, principal.sub, decision, comment, APPROVAL_DECIDED, JSON.stringify(event)],
+    );
+    if (!inserted) throw new ConflictError('approver_already_decided', 'This approver has already decided on this request; a second, distinct approver is needed.');
+    const deliveries = inserted.webhook_deliveries;
+    const runtime = this.runtime;
+    let afterCommit = () => runtime.dispatchDeliveries(req.tenant_id, deliveries);
     if (outcome !== 'pending') {
+      // In decisionsOf's order (created_at, the transaction's start): stable, so this one stays last unless its transaction began before an earlier one's.
+      const decisions = [...earlier, inserted].sort((x, y) => new Date(x.created_at).getTime() - new Date(y.created_at).getTime());
       await em.execute(`update approval_requests set status = ?, decided_at = now(), updated_at = now() where id = ?`, [outcome, req.id], 'run');
       const { seq, packet } = await this.packet(em, req.tenant_id, req.run_id);
       const resumed: ApprovalPacket = { ...packet, outcome, decisions: decisions.map(decisionRecord) };
       const enqueue = await this.runtime.resume(em, req.run_id, seq, resumed);
       const sla = this.sla;
-      // After the commit: the run goes on, and its SLA timer has nothing left to time.
+      const dispatch = afterCommit;
+      // After the commit: the decision's webhook deliveries are sent, the run goes on, and its SLA timer has nothing left to time.
       afterCommit = async () => {
+        await dispatch();
         await enqueue();
         if (req.sla_deadline && req.idempotency_hash && sla) await sla.cancel({ idempotencyHash: req.idempotency_hash });
       };

@@ -105,7 +105,7 @@ export function approvalRoutes(deps: { approvals: ApprovalService }): RouteDef[]
       async handler({ res, em, params, body, principal, afterCommit }) {
         const { result, afterCommit: resume } = await deps.approvals.decide(em, principal, params.id, body.decision, body.comment ?? null);
         res.locals.runId = result.run_id;
-        if (resume) afterCommit(resume);
+        afterCommit(resume);
         return { status: 200, body: result };
       },
     }),

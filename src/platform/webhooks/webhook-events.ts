@@ -27,6 +27,25 @@ export const approvalRequestedData = z
   })
   .meta({ id: 'WebhookApprovalRequestedData' });
 
+/**
+ * `data` of `approval.decided`: one human decision on an approval request (each of a class C request's
+ * two approvals is one), with the request's status after it.
+ */
+export const approvalDecidedData = z
+  .strictObject({
+    approval_request_id: z.string().uuid(),
+    run_id: z.string().uuid(),
+    workflow: z.string(),
+    correlation_id: z.string(),
+    decision: z.enum(['approve', 'reject']),
+    approver: z.string().describe('Who decided: the subject (`sub`) of the approver\'s token'),
+    status: z.enum(['pending', 'approved', 'rejected']).describe('The request after this decision: pending while a class C request still needs its second approver, else approved or rejected'),
+    approvals: z.number().int().min(0).describe('Approvals recorded on the request so far, this decision included if it approves'),
+    required_approvals: z.number().int().min(1),
+    decided_at: isoTime.describe('When the decision was recorded (its decided_at in the request\'s decisions)'),
+  })
+  .meta({ id: 'WebhookApprovalDecidedData' });
+
 /** `data` of `webhook_endpoint.disabled`: another endpoint of the tenant was disabled for failing (sent to its other endpoints). */
 export const endpointDisabledData = z
   .strictObject({
@@ -51,6 +70,6 @@ export const webhookPayload = z
   .strictObject({
     type: z.enum(DELIVERY_EVENT_TYPES),
     timestamp: isoTime.describe('When the event happened (the transaction that caused it)'),
-    data: z.union([runEventData, approvalRequestedData, endpointDisabledData, testEventData]),
+    data: z.union([runEventData, approvalRequestedData, approvalDecidedData, endpointDisabledData, testEventData]),
   })
   .meta({ id: 'WebhookPayload' });

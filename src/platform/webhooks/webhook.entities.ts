@@ -2,7 +2,7 @@ import { defineEntity, p } from '@mikro-orm/core';
 import { SYSTEM_ROLE, tenantIdProperty, tenantIsolationPolicy } from '../db/tenant-owned.ts';
 
 /** The events an endpoint may subscribe to (docs/api.md, *Webhooks*). */
-export const WEBHOOK_EVENT_TYPES = ['run.completed', 'run.failed', 'run.cancelled', 'run.rejected', 'run.approval_expired', 'approval.requested', 'webhook_endpoint.disabled'] as const;
+export const WEBHOOK_EVENT_TYPES = ['run.completed', 'run.failed', 'run.cancelled', 'run.rejected', 'run.approval_expired', 'approval.requested', 'approval.decided', 'webhook_endpoint.disabled'] as const;
 export type WebhookEventType = (typeof WEBHOOK_EVENT_TYPES)[number];
 /**
  * An admin's test event (POST …/:id/test, ADR 0013): sent to the one endpoint named, never subscribed
