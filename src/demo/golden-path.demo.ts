@@ -14,7 +14,7 @@ export const DEMO_SUBMISSION = {
 };
 const STEP_TIMEOUT_MS = 60_000;
 /** What the demo's endpoint subscribes to: the events its class B run sends (docs/api.md, *Events*). */
-const DEMO_EVENTS = ['approval.requested', 'run.completed'];
+const DEMO_EVENTS = ['approval.requested', 'approval.decided', 'run.completed'];
 
 interface Reply {
   status: number;
@@ -67,7 +67,12 @@ function describeStep(step: any): string {
 /** One line per webhook: its type, its id (what receivers deduplicate by), and what it says. */
 export function describeWebhook(w: ReceivedWebhook): string {
   const d = w.data;
-  const what = w.type === 'approval.requested' ? `class ${d.approval_class}, ${d.required_approvals} approver(s)` : `run ${d.status}${d.evidence_pack_id ? ', with its evidence pack' : ''}`;
+  const what =
+    w.type === 'approval.requested'
+      ? `class ${d.approval_class}, ${d.required_approvals} approver(s)`
+      : w.type === 'approval.decided'
+        ? `${d.decision} by ${d.approver}: ${d.status} (${d.approvals}/${d.required_approvals})`
+        : `run ${d.status}${d.evidence_pack_id ? ', with its evidence pack' : ''}`;
   return `webhook  ${w.type.padEnd(18)}  signature verified  webhook-id ${w.id}  ${what}`;
 }
 
@@ -144,6 +149,10 @@ export async function runGoldenPathDemo(o: GoldenPathDemoOptions): Promise<void>
   if (!pending.items.some((a: any) => a.approval_request_id === approvalId)) throw new DemoError("the run's approval request is not in the pending list");
   const decision = expectStatus(await http('POST', `/api/v1/approvals/${approvalId}/decision`, approver, { decision: 'approve', comment: 'demo: economics reviewed' }), 200, 'approving');
   say(`      decision recorded: ${decision.status} (${decision.approvals}/${decision.required_approvals} approvals)`);
+  const decided = await webhook('approval.decided', accepted.run_id);
+  if (decided.data.approval_request_id !== approvalId || decided.data.approver !== 'demo-approver' || decided.data.status !== decision.status) {
+    throw new DemoError(`the approval.decided webhook says ${decided.data.approver} → ${decided.data.status} on ${decided.data.approval_request_id}, the decision ${decision.status} on ${approvalId}`);
+  }
   const done = await follow(accepted.run_id, ['completed']);
   say(`      run ${done.status} in ${((Date.now() - started) / 1000).toFixed(1)} s`);
   const completed = await webhook('run.completed', accepted.run_id);

@@ -60,14 +60,14 @@ describe('npm run demo', () => {
     await db?.drop();
   });
 
-  it('succeeds, and prints the class B run approval.requested and run.completed webhooks, each verified with the secret from the create', async () => {
+  it('succeeds, and prints the class B run approval.requested, approval.decided and run.completed webhooks, each verified with the secret from the create', async () => {
     expect(code, out).toBe(0);
     expect(out).toContain('The demo succeeded');
     expect(out).toContain('WEBHOOK_ALLOW_PRIVATE_NETWORKS=true for these two only');
-    expect(out).toMatch(new RegExp(`201 Created: endpoint ${UUID} for approval\\.requested, run\\.completed`));
+    expect(out).toMatch(new RegExp(`201 Created: endpoint ${UUID} for approval\\.requested, approval\\.decided, run\\.completed`));
     const printed = [...out.matchAll(new RegExp(`webhook  (\\S+)\\s+signature verified  webhook-id (${UUID})`, 'g'))].map((m) => ({ type: m[1], id: m[2] }));
-    expect(printed.map((p) => p.type)).toEqual(['approval.requested', 'run.completed']);
-    expect(out).toContain('2 received and verified; 0 repeated webhook-id(s) dropped');
+    expect(printed.map((p) => p.type)).toEqual(['approval.requested', 'approval.decided', 'run.completed']);
+    expect(out).toContain('3 received and verified; 0 repeated webhook-id(s) dropped');
     // What the demo printed is what the platform delivered: one row per event, delivered, to the demo's receiver.
     const rows = (await db.admin(`select d.id, d.event_type, d.status, e.url from webhook_deliveries d join webhook_endpoints e on e.id = d.endpoint_id order by d.created_at`)).rows;
     expect(rows.map((r) => ({ type: r.event_type, id: r.id }))).toEqual(printed);
