@@ -126,9 +126,13 @@ describe('webhook endpoint update and delete: the API', () => {
     expect(gone.status, gone.text).toBe(204);
     expect(gone.text).toBe('');
     // Its replay answers the same 204; a new DELETE finds nothing.
+    expect(gone.headers.get('content-type')).toBeNull();
     const replay = await del(stack, admin, id, k);
     expect(replay.status).toBe(204);
     expect(replay.headers.get('idempotent-replayed')).toBe('true');
+    // Exactly as the first: no body, so no Content-Type (a 204 naming a media type describes a body it does not have).
+    expect(replay.headers.get('content-type')).toBeNull();
+    expect(replay.text).toBe('');
     expect((await del(stack, admin, id)).status).toBe(404);
     expect(await rowOf(stack, id)).toBeUndefined();
     expect((await api(stack, 'GET', `${ENDPOINTS}/${id}`, { token: admin })).status).toBe(404);

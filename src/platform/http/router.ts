@@ -270,8 +270,9 @@ function isStoredOutcome(status: number): boolean {
   return status < 500 && status !== 429;
 }
 
+/** The headers stored with a response for its replays: a body's type only with a body (a 204 has none, and names none). */
 function replayHeaders(result: RouteResult): Record<string, string> {
-  const out: Record<string, string> = { 'content-type': 'application/json; charset=utf-8' };
+  const out: Record<string, string> = result.body === undefined ? {} : { 'content-type': 'application/json; charset=utf-8' };
   for (const [k, v] of Object.entries(result.headers ?? {})) {
     if ((REPLAYABLE_HEADERS as readonly string[]).includes(k.toLowerCase())) out[k.toLowerCase()] = v;
   }
