@@ -251,6 +251,32 @@ describe('webhook endpoint update and delete: deliveries, with a worker and a re
     expect(await failRun(later.tenantId, later.runId)).toEqual([]);
   });
 
+  it.each([
+    ['a failure counts nothing against the new URL (failing_since stays unset)', 500, null],
+    ['a failure does not disable it, though the new URL has been failing longer than WEBHOOK_DISABLE_AFTER', 500, '10 days'],
+    ["a 2xx does not clear the new URL's failing_since", 200, '10 days'],
+  ] as const)("an attempt to the old URL recorded after a PATCH moved the endpoint is recorded on its delivery, but says nothing of the new receiver's health: %s", async (_what, status, failingFor) => {
+    const path = `/moved-${status}-${failingFor ? 'failing' : 'healthy'}`;
+    const t = await withWaitingRun(path);
+    receiver.plan(path, ['hold']);
+    const [delivery] = await failRun(t.tenantId, t.runId);
+    await stack.container.runtime.dispatchDeliveries(t.tenantId, [delivery!]);
+    await waitFor(() => receiver.received.some((r) => r.path === path), { what: 'the attempt to reach the old URL' });
+    const moved = await patch(stack, t.admin, t.endpoint.id, { url: `${receiver.base}${path}/new` });
+    expect(moved.status, moved.text).toBe(200);
+    // The new receiver's own failures, as far as this endpoint knows.
+    if (failingFor) await stack.db.admin(`update webhook_endpoints set failing_since = now() - $2::interval where id = $1`, [t.endpoint.id, failingFor]);
+    const before = await rowOf(stack, t.endpoint.id);
+    receiver.release(status);
+    const [recorded] = await waitFor(async () => {
+      const rows = await deliveriesOf(stack, t.endpoint.id);
+      return rows[0]?.attempts === 1 ? rows : undefined;
+    }, { timeoutMs: 30_000, what: 'the old attempt to be recorded' });
+    expect(recorded.status).toBe(status === 200 ? 'delivered' : 'pending');
+    const after = await rowOf(stack, t.endpoint.id);
+    expect({ enabled: after.enabled, failing_since: after.failing_since }).toEqual({ enabled: true, failing_since: before.failing_since });
+  });
+
   it('DELETE: the pending deliveries go with the endpoint; their jobs, run afterwards, find nothing, complete without retrying, and send nothing', async () => {
     const t = await withWaitingRun('/deleted');
     receiver.plan('/deleted', [500]);
