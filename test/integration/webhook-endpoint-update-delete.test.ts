@@ -82,6 +82,23 @@ describe('webhook endpoint update and delete: the API', () => {
     expect(moved.json.failing_since).toBeNull();
   });
 
+  it("a PATCH that keeps the URL does not resolve its host again: an endpoint whose host no longer resolves still takes new events or a description, the URL sent unchanged or not; a new URL is still checked", async () => {
+    const { admin, id } = await adminWithEndpoint();
+    // Its host stopped resolving after the create (.invalid never resolves, RFC 6761).
+    const gone = 'https://receiver.gone.invalid/hook';
+    await stack.db.admin(`update webhook_endpoints set url = $2 where id = $1`, [id, gone]);
+    const events = await patch(stack, admin, id, { events: ['run.failed'] });
+    expect(events.status, events.text).toBe(200);
+    const same = await patch(stack, admin, id, { url: gone, description: 'same receiver' });
+    expect(same.status, same.text).toBe(200);
+    expect(same.json).toMatchObject({ url: gone, events: ['run.failed'], description: 'same receiver' });
+    expect(logLines.some((l) => l.security_event === 'webhook_endpoint_url_changed' && l.webhook_endpoint_id === id)).toBe(false);
+    // Another URL on a host that does not resolve is refused as before (422, or 503 when the resolver cannot say now), and nothing changes.
+    const moved = await patch(stack, admin, id, { url: 'https://other.gone.invalid/hook', description: 'moved' });
+    expect([422, 503], moved.text).toContain(moved.status);
+    expect(await rowOf(stack, id)).toMatchObject({ url: gone, description: 'same receiver' });
+  });
+
   it.each([
     ['no field', {}],
     ['an unknown field', { secret: 'mine' }],
