@@ -11,9 +11,10 @@ import type { AddressInfo } from 'node:net';
 import { api, newTenant, SAMPLE_SUBMISSION, startStack, type TestStack } from '../helpers/stack.ts';
 import { waitFor } from '../helpers/poll.ts';
 import { capturedLog } from '../helpers/log-capture.ts';
-import { tenantEm } from '../../src/platform/db/tenant-em.ts';
 import { WEBHOOK_QUEUE } from '../../src/platform/webhooks/delivery.ts';
 import { deliveryJobId } from '../../src/platform/queue/job-ids.ts';
+import { systemEm, tenantEm } from '../../src/platform/db/tenant-em.ts';
+import { deleteSettledDeliveries } from '../../src/platform/webhooks/retention.ts';
 import { createEndpoint, ENDPOINTS, startWebhookStack, stopWebhookStack, submit, tenantWithEndpoint, waitRun, type Receiver } from '../helpers/webhooks.ts';
 
 const key = () => ({ 'Idempotency-Key': randomUUID() });
@@ -176,6 +177,74 @@ describe('webhook endpoint update and delete: the API', () => {
     const res = await api(stack, 'DELETE', `${ENDPOINTS}/${id}`, { token: admin, body: { force: true }, headers: key() });
     expect(res.status, res.text).toBe(422);
     expect(await rowOf(stack, id)).toBeDefined();
+  });
+
+  /** A delivery of the endpoint, delivered: created and last updated that long ago (past a day's retention). */
+  const seedSettled = async (tenantId: string, endpointId: string, createdAgo: string, updatedAgo: string) =>
+    (await stack.db.admin(
+      `insert into webhook_deliveries (id, tenant_id, endpoint_id, event_type, payload, status, attempts, delivered_at, created_at, updated_at)
+       values (gen_random_uuid(), $1, $2, 'run.completed', '{}'::jsonb, 'delivered', 1, now() - $4::interval, now() - $3::interval, now() - $4::interval) returning id`,
+      [tenantId, endpointId, createdAgo, updatedAgo],
+    )).rows[0].id as string;
+  /** Sessions of the test's database waiting for a lock (whichever). */
+  const lockWaiting = async () => (await stack.db.admin(`select count(*)::int as n from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock'`)).rows[0].n as number;
+  const retentionPass = () => deleteSettledDeliveries(systemEm(stack.container.orm), { olderThanMs: 24 * 3600_000 }).then((p) => p, (err: unknown) => err as Error);
+
+  it("DELETE and a run retention pass deleting the endpoint's settled deliveries at once: no deadlock, the DELETE answers 204 and the pass completes", async () => {
+    const { tenantId, admin, id } = await adminWithEndpoint();
+    // Two settled deliveries past the retention, in opposite orders for the two statements: the DELETE's cascade reaches `a`
+    // first (the endpoint's deliveries by creation), the retention pass `b` (settled ones by last update).
+    const a = await seedSettled(tenantId, id, '10 days', '2 days');
+    const b = await seedSettled(tenantId, id, '9 days', '3 days');
+    // A third transaction holds `b`, so that each statement is caught at its first row it cannot have.
+    const holder = new pg.Client({ connectionString: stack.db.adminUrl });
+    await holder.connect();
+    try {
+      await holder.query('begin');
+      await holder.query('select id from webhook_deliveries where id = $1 for update', [b]);
+      const pass = retentionPass();
+      await waitFor(async () => (await lockWaiting()) >= 1, { what: 'the retention pass to wait' });
+      const deleted = del(stack, admin, id);
+      await waitFor(async () => (await lockWaiting()) >= 2, { what: 'the DELETE to wait' });
+      // Unheld, the pass takes `b` and goes on to `a`; without a common lock order the cascade held `a` and waited for `b` (40P01).
+      await holder.query('rollback');
+      const answer = await deleted;
+      expect(answer.status, answer.text).toBe(204);
+      const done = await pass;
+      expect(done).not.toBeInstanceOf(Error);
+      expect(done).toMatchObject({ deleted: 2 });
+    } finally {
+      await holder.query('rollback').catch(() => {});
+      await holder.end();
+    }
+    expect(await deliveriesOf(stack, id)).toEqual([]);
+    expect((await stack.db.admin(`select count(*)::int as n from webhook_deliveries where id = any($1)`, [[a, b]])).rows[0].n).toBe(0);
+  });
+
+  it("a run retention pass during an endpoint's DELETE passes over the tenant's deliveries without waiting for it; they go with the endpoint", async () => {
+    const { tenantId, admin, id } = await adminWithEndpoint();
+    const a = await seedSettled(tenantId, id, '10 days', '2 days');
+    await seedSettled(tenantId, id, '9 days', '3 days');
+    const holder = new pg.Client({ connectionString: stack.db.adminUrl });
+    await holder.connect();
+    try {
+      // The DELETE is caught in its cascade, at `a`.
+      await holder.query('begin');
+      await holder.query('select id from webhook_deliveries where id = $1 for update', [a]);
+      const deleted = del(stack, admin, id);
+      await waitFor(async () => (await lockWaiting()) >= 1, { what: 'the DELETE to wait' });
+      let ended: unknown;
+      const pass = retentionPass().then((p) => (ended = p));
+      const first = await waitFor(async () => (ended !== undefined ? 'ended' : (await lockWaiting()) >= 2 ? 'waiting for the DELETE' : false), { what: 'the pass to end or wait' });
+      expect(first).toBe('ended');
+      expect(await pass).toMatchObject({ deleted: 0 });
+      await holder.query('rollback');
+      expect((await deleted).status).toBe(204);
+    } finally {
+      await holder.query('rollback').catch(() => {});
+      await holder.end();
+    }
+    expect(await deliveriesOf(stack, id)).toEqual([]);
   });
 
   it('PATCH locks the endpoint row as NO KEY UPDATE: it does not wait for a transaction that inserted a delivery for the endpoint (a run ending)', async () => {

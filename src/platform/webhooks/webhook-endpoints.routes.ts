@@ -10,6 +10,7 @@ import { ADMIN_ROLE } from '../tenancy/roles.ts';
 import { DELIVERY_EVENT_TYPES, DELIVERY_STATUSES, DISABLED_REASONS, WEBHOOK_EVENT_TYPES } from './webhook.entities.ts';
 import { resolvedRefusal, type UrlPolicy } from './ssrf.ts';
 import { webhookPayload } from './webhook-events.ts';
+import { deliveriesLockKey } from './retention.ts';
 
 export const WEBHOOK_ENDPOINTS_PATH = '/api/v1/webhook-endpoints';
 const TAGS = ['webhooks'];
@@ -372,6 +373,9 @@ export function webhookEndpointRoutes(deps: {
         // delivery for it and has not committed (KEY SHARE), then takes that delivery too; a run end that
         // comes after the lock waits for the commit and finds no endpoint (the outbox locks the endpoints
         // it inserts for, outbox.ts). A delivery job finds nothing and completes.
+        // First, the tenant's bulk-delete lock (shared: deletes do not wait for each other), which a retention batch
+        // takes before any delivery row: the two never hold rows the other waits for (retention.ts; one message with the delete).
+        await em.execute(`${DEFER_UNTIL_NEXT}select pg_advisory_xact_lock_shared(${deliveriesLockKey('?::uuid')})`, [principal.tenantId]);
         const [row] = await em.execute<{ id: string; url: string }[]>(`delete from webhook_endpoints where tenant_id = ? and id = ? returning id, url`, [principal.tenantId, params.id]);
         if (!row) throw new NotFoundError('webhook endpoint');
         afterCommit(async () =>
