@@ -100,6 +100,32 @@ describe('webhook endpoint update and delete: the API', () => {
     expect(await rowOf(stack, id)).toMatchObject({ url: gone, description: 'same receiver' });
   });
 
+  it('a PATCH sending the URL the endpoint had, which another update changed before its lock, is not applied unchecked: 503 with the key released, and its retry is checked and applied', async () => {
+    const { admin, id } = await adminWithEndpoint();
+    const first = 'https://93.184.215.43/hook?token=abc';
+    const other = new pg.Client({ connectionString: stack.db.adminUrl });
+    await other.connect();
+    const k = key();
+    try {
+      await other.query('begin');
+      await other.query(`update webhook_endpoints set url = 'https://93.184.215.50/moved' where id = $1`, [id]);
+      // Read before the move commits: the URL sent is the endpoint's, so it is not resolved; the update then waits for the row.
+      const answer = patch(stack, admin, id, { url: first, description: 'back' }, k);
+      await waitFor(async () => (await lockWaiters(stack, 'webhook_endpoints')) > 0, { what: 'the PATCH to wait for the row' });
+      await other.query('commit');
+      const res = await answer;
+      expect(res.status, res.text).toBe(503);
+      expect(res.headers.get('retry-after')).toBeTruthy();
+    } finally {
+      await other.query('rollback').catch(() => {});
+      await other.end();
+    }
+    expect(await rowOf(stack, id)).toMatchObject({ url: 'https://93.184.215.50/moved', description: 'first' });
+    const retried = await patch(stack, admin, id, { url: first, description: 'back' }, k);
+    expect(retried.status, retried.text).toBe(200);
+    expect(retried.json).toMatchObject({ url: first, description: 'back' });
+  });
+
   it.each([
     ['no field', {}],
     ['an unknown field', { secret: 'mine' }],
