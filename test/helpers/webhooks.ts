@@ -16,7 +16,7 @@ interface Received {
   body: string;
 }
 
-/** A receiver: records every POST; answers each path's planned statuses in turn, then 200 ('hold': no answer until `release()`, which answers 200). */
+/** A receiver: records every POST; answers each path's planned statuses in turn, then 200 ('hold': no answer until `release()`, which answers 200 or the status it is given). */
 export async function startReceiver() {
   const received: Received[] = [];
   const plans = new Map<string, (number | 'hold')[]>();
@@ -38,8 +38,8 @@ export async function startReceiver() {
     base,
     received,
     plan: (path: string, statuses: (number | 'hold')[]) => plans.set(path, statuses),
-    /** Answers 200 to every request a 'hold' kept waiting. */
-    release: () => held.splice(0).forEach((res) => res.writeHead(200, { 'content-type': 'text/plain' }).end('ok')),
+    /** Answers `status` (200 by default) to every request a 'hold' kept waiting. */
+    release: (status = 200) => held.splice(0).forEach((res) => res.writeHead(status, { 'content-type': 'text/plain' }).end(status === 200 ? 'ok' : 'no')),
     /** What `path` got, as {type, timestamp, data}, each verified against `secret` (throws if one does not verify). */
     verified(path: string, secret: string) {
       const wh = new Webhook(secret);

@@ -11,9 +11,10 @@ import type { AddressInfo } from 'node:net';
 import { api, newTenant, SAMPLE_SUBMISSION, startStack, type TestStack } from '../helpers/stack.ts';
 import { waitFor } from '../helpers/poll.ts';
 import { capturedLog } from '../helpers/log-capture.ts';
-import { tenantEm } from '../../src/platform/db/tenant-em.ts';
 import { WEBHOOK_QUEUE } from '../../src/platform/webhooks/delivery.ts';
 import { deliveryJobId } from '../../src/platform/queue/job-ids.ts';
+import { systemEm, tenantEm } from '../../src/platform/db/tenant-em.ts';
+import { deleteSettledDeliveries } from '../../src/platform/webhooks/retention.ts';
 import { createEndpoint, ENDPOINTS, startWebhookStack, stopWebhookStack, submit, tenantWithEndpoint, waitRun, type Receiver } from '../helpers/webhooks.ts';
 
 const key = () => ({ 'Idempotency-Key': randomUUID() });
@@ -82,6 +83,49 @@ describe('webhook endpoint update and delete: the API', () => {
     expect(moved.json.failing_since).toBeNull();
   });
 
+  it("a PATCH that keeps the URL does not resolve its host again: an endpoint whose host no longer resolves still takes new events or a description, the URL sent unchanged or not; a new URL is still checked", async () => {
+    const { admin, id } = await adminWithEndpoint();
+    // Its host stopped resolving after the create (.invalid never resolves, RFC 6761).
+    const gone = 'https://receiver.gone.invalid/hook';
+    await stack.db.admin(`update webhook_endpoints set url = $2 where id = $1`, [id, gone]);
+    const events = await patch(stack, admin, id, { events: ['run.failed'] });
+    expect(events.status, events.text).toBe(200);
+    const same = await patch(stack, admin, id, { url: gone, description: 'same receiver' });
+    expect(same.status, same.text).toBe(200);
+    expect(same.json).toMatchObject({ url: gone, events: ['run.failed'], description: 'same receiver' });
+    expect(logLines.some((l) => l.security_event === 'webhook_endpoint_url_changed' && l.webhook_endpoint_id === id)).toBe(false);
+    // Another URL on a host that does not resolve is refused as before (422, or 503 when the resolver cannot say now), and nothing changes.
+    const moved = await patch(stack, admin, id, { url: 'https://other.gone.invalid/hook', description: 'moved' });
+    expect([422, 503], moved.text).toContain(moved.status);
+    expect(await rowOf(stack, id)).toMatchObject({ url: gone, description: 'same receiver' });
+  });
+
+  it('a PATCH sending the URL the endpoint had, which another update changed before its lock, is not applied unchecked: 503 with the key released, and its retry is checked and applied', async () => {
+    const { admin, id } = await adminWithEndpoint();
+    const first = 'https://93.184.215.43/hook?token=abc';
+    const other = new pg.Client({ connectionString: stack.db.adminUrl });
+    await other.connect();
+    const k = key();
+    try {
+      await other.query('begin');
+      await other.query(`update webhook_endpoints set url = 'https://93.184.215.50/moved' where id = $1`, [id]);
+      // Read before the move commits: the URL sent is the endpoint's, so it is not resolved; the update then waits for the row.
+      const answer = patch(stack, admin, id, { url: first, description: 'back' }, k);
+      await waitFor(async () => (await lockWaiters(stack, 'webhook_endpoints')) > 0, { what: 'the PATCH to wait for the row' });
+      await other.query('commit');
+      const res = await answer;
+      expect(res.status, res.text).toBe(503);
+      expect(res.headers.get('retry-after')).toBeTruthy();
+    } finally {
+      await other.query('rollback').catch(() => {});
+      await other.end();
+    }
+    expect(await rowOf(stack, id)).toMatchObject({ url: 'https://93.184.215.50/moved', description: 'first' });
+    const retried = await patch(stack, admin, id, { url: first, description: 'back' }, k);
+    expect(retried.status, retried.text).toBe(200);
+    expect(retried.json).toMatchObject({ url: first, description: 'back' });
+  });
+
   it.each([
     ['no field', {}],
     ['an unknown field', { secret: 'mine' }],
@@ -126,9 +170,13 @@ describe('webhook endpoint update and delete: the API', () => {
     expect(gone.status, gone.text).toBe(204);
     expect(gone.text).toBe('');
     // Its replay answers the same 204; a new DELETE finds nothing.
+    expect(gone.headers.get('content-type')).toBeNull();
     const replay = await del(stack, admin, id, k);
     expect(replay.status).toBe(204);
     expect(replay.headers.get('idempotent-replayed')).toBe('true');
+    // Exactly as the first: no body, so no Content-Type (a 204 naming a media type describes a body it does not have).
+    expect(replay.headers.get('content-type')).toBeNull();
+    expect(replay.text).toBe('');
     expect((await del(stack, admin, id)).status).toBe(404);
     expect(await rowOf(stack, id)).toBeUndefined();
     expect((await api(stack, 'GET', `${ENDPOINTS}/${id}`, { token: admin })).status).toBe(404);
@@ -155,6 +203,74 @@ describe('webhook endpoint update and delete: the API', () => {
     const res = await api(stack, 'DELETE', `${ENDPOINTS}/${id}`, { token: admin, body: { force: true }, headers: key() });
     expect(res.status, res.text).toBe(422);
     expect(await rowOf(stack, id)).toBeDefined();
+  });
+
+  /** A delivery of the endpoint, delivered: created and last updated that long ago (past a day's retention). */
+  const seedSettled = async (tenantId: string, endpointId: string, createdAgo: string, updatedAgo: string) =>
+    (await stack.db.admin(
+      `insert into webhook_deliveries (id, tenant_id, endpoint_id, event_type, payload, status, attempts, delivered_at, created_at, updated_at)
+       values (gen_random_uuid(), $1, $2, 'run.completed', '{}'::jsonb, 'delivered', 1, now() - $4::interval, now() - $3::interval, now() - $4::interval) returning id`,
+      [tenantId, endpointId, createdAgo, updatedAgo],
+    )).rows[0].id as string;
+  /** Sessions of the test's database waiting for a lock (whichever). */
+  const lockWaiting = async () => (await stack.db.admin(`select count(*)::int as n from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock'`)).rows[0].n as number;
+  const retentionPass = () => deleteSettledDeliveries(systemEm(stack.container.orm), { olderThanMs: 24 * 3600_000 }).then((p) => p, (err: unknown) => err as Error);
+
+  it("DELETE and a run retention pass deleting the endpoint's settled deliveries at once: no deadlock, the DELETE answers 204 and the pass completes", async () => {
+    const { tenantId, admin, id } = await adminWithEndpoint();
+    // Two settled deliveries past the retention, in opposite orders for the two statements: the DELETE's cascade reaches `a`
+    // first (the endpoint's deliveries by creation), the retention pass `b` (settled ones by last update).
+    const a = await seedSettled(tenantId, id, '10 days', '2 days');
+    const b = await seedSettled(tenantId, id, '9 days', '3 days');
+    // A third transaction holds `b`, so that each statement is caught at its first row it cannot have.
+    const holder = new pg.Client({ connectionString: stack.db.adminUrl });
+    await holder.connect();
+    try {
+      await holder.query('begin');
+      await holder.query('select id from webhook_deliveries where id = $1 for update', [b]);
+      const pass = retentionPass();
+      await waitFor(async () => (await lockWaiting()) >= 1, { what: 'the retention pass to wait' });
+      const deleted = del(stack, admin, id);
+      await waitFor(async () => (await lockWaiting()) >= 2, { what: 'the DELETE to wait' });
+      // Unheld, the pass takes `b` and goes on to `a`; without a common lock order the cascade held `a` and waited for `b` (40P01).
+      await holder.query('rollback');
+      const answer = await deleted;
+      expect(answer.status, answer.text).toBe(204);
+      const done = await pass;
+      expect(done).not.toBeInstanceOf(Error);
+      expect(done).toMatchObject({ deleted: 2 });
+    } finally {
+      await holder.query('rollback').catch(() => {});
+      await holder.end();
+    }
+    expect(await deliveriesOf(stack, id)).toEqual([]);
+    expect((await stack.db.admin(`select count(*)::int as n from webhook_deliveries where id = any($1)`, [[a, b]])).rows[0].n).toBe(0);
+  });
+
+  it("a run retention pass during an endpoint's DELETE passes over the tenant's deliveries without waiting for it; they go with the endpoint", async () => {
+    const { tenantId, admin, id } = await adminWithEndpoint();
+    const a = await seedSettled(tenantId, id, '10 days', '2 days');
+    await seedSettled(tenantId, id, '9 days', '3 days');
+    const holder = new pg.Client({ connectionString: stack.db.adminUrl });
+    await holder.connect();
+    try {
+      // The DELETE is caught in its cascade, at `a`.
+      await holder.query('begin');
+      await holder.query('select id from webhook_deliveries where id = $1 for update', [a]);
+      const deleted = del(stack, admin, id);
+      await waitFor(async () => (await lockWaiting()) >= 1, { what: 'the DELETE to wait' });
+      let ended: unknown;
+      const pass = retentionPass().then((p) => (ended = p));
+      const first = await waitFor(async () => (ended !== undefined ? 'ended' : (await lockWaiting()) >= 2 ? 'waiting for the DELETE' : false), { what: 'the pass to end or wait' });
+      expect(first).toBe('ended');
+      expect(await pass).toMatchObject({ deleted: 0 });
+      await holder.query('rollback');
+      expect((await deleted).status).toBe(204);
+    } finally {
+      await holder.query('rollback').catch(() => {});
+      await holder.end();
+    }
+    expect(await deliveriesOf(stack, id)).toEqual([]);
   });
 
   it('PATCH locks the endpoint row as NO KEY UPDATE: it does not wait for a transaction that inserted a delivery for the endpoint (a run ending)', async () => {
@@ -245,6 +361,32 @@ describe('webhook endpoint update and delete: deliveries, with a worker and a re
     const moved = await patch(stack, later.admin, later.endpoint.id, { events: ['run.cancelled'] });
     expect(moved.status).toBe(200);
     expect(await failRun(later.tenantId, later.runId)).toEqual([]);
+  });
+
+  it.each([
+    ['a failure counts nothing against the new URL (failing_since stays unset)', 500, null],
+    ['a failure does not disable it, though the new URL has been failing longer than WEBHOOK_DISABLE_AFTER', 500, '10 days'],
+    ["a 2xx does not clear the new URL's failing_since", 200, '10 days'],
+  ] as const)("an attempt to the old URL recorded after a PATCH moved the endpoint is recorded on its delivery, but says nothing of the new receiver's health: %s", async (_what, status, failingFor) => {
+    const path = `/moved-${status}-${failingFor ? 'failing' : 'healthy'}`;
+    const t = await withWaitingRun(path);
+    receiver.plan(path, ['hold']);
+    const [delivery] = await failRun(t.tenantId, t.runId);
+    await stack.container.runtime.dispatchDeliveries(t.tenantId, [delivery!]);
+    await waitFor(() => receiver.received.some((r) => r.path === path), { what: 'the attempt to reach the old URL' });
+    const moved = await patch(stack, t.admin, t.endpoint.id, { url: `${receiver.base}${path}/new` });
+    expect(moved.status, moved.text).toBe(200);
+    // The new receiver's own failures, as far as this endpoint knows.
+    if (failingFor) await stack.db.admin(`update webhook_endpoints set failing_since = now() - $2::interval where id = $1`, [t.endpoint.id, failingFor]);
+    const before = await rowOf(stack, t.endpoint.id);
+    receiver.release(status);
+    const [recorded] = await waitFor(async () => {
+      const rows = await deliveriesOf(stack, t.endpoint.id);
+      return rows[0]?.attempts === 1 ? rows : undefined;
+    }, { timeoutMs: 30_000, what: 'the old attempt to be recorded' });
+    expect(recorded.status).toBe(status === 200 ? 'delivered' : 'pending');
+    const after = await rowOf(stack, t.endpoint.id);
+    expect({ enabled: after.enabled, failing_since: after.failing_since }).toEqual({ enabled: true, failing_since: before.failing_since });
   });
 
   it('DELETE: the pending deliveries go with the endpoint; their jobs, run afterwards, find nothing, complete without retrying, and send nothing', async () => {

@@ -17,21 +17,35 @@ export interface BatchDeletePass {
  * each its own short transaction on `systemEm` (ADR 0011): `delete … where id in (select id … where
  * <where> limit n) and <where> returning <group>`. The condition is repeated outside the sub-select so
  * that a row changed after the statement's snapshot is checked again once its lock is had, and kept.
- * Stops after `maxBatches` (complete: false) or at the first batch smaller than `batchSize`.
+ * Stops after `maxBatches` (complete: false) or at the first batch smaller than `batchSize` (with
+ * `lockKey`, also one that left rows whose key was held: the next pass takes them).
  */
 export async function deleteInBatches(
   systemEm: EntityManager,
-  q: { table: string; where: string; params: unknown[]; group: string; batchSize: number; maxBatches: number },
+  q: {
+    table: string;
+    where: string;
+    params: unknown[];
+    group: string;
+    batchSize: number;
+    maxBatches: number;
+    /**
+     * An advisory lock key (an SQL bigint over the table's columns) that whoever else deletes such rows
+     * in bulk holds first: each batch takes the key of every row it picked (`pg_try_advisory_xact_lock`,
+     * never waiting) and deletes only the rows whose key it got, leaving the others to the next pass. So
+     * it never waits for such a delete's rows, nor it for the batch's while holding any: no deadlock.
+     */
+    lockKey?: string;
+  },
 ): Promise<BatchDeletePass> {
   const pass: BatchDeletePass = { deleted: 0, byGroup: {}, batches: 0, complete: false };
+  const sql = q.lockKey
+    ? `with batch as (select id, ${q.lockKey} as lock_key from ${q.table} where ${q.where} limit ?),
+            held as (select k from (select distinct lock_key as k from batch) keys where pg_try_advisory_xact_lock(k))
+       delete from ${q.table} where id in (select id from batch where lock_key in (select k from held)) and ${q.where} returning ${q.group} as "group"`
+    : `delete from ${q.table} where id in (select id from ${q.table} where ${q.where} limit ?) and ${q.where} returning ${q.group} as "group"`;
   for (let i = 0; i < q.maxBatches; i++) {
-    const rows = await systemEm.transactional((tx) =>
-      tx.execute<{ group: string }[]>(
-        `delete from ${q.table} where id in (select id from ${q.table} where ${q.where} limit ?) and ${q.where} returning ${q.group} as "group"`,
-        [...q.params, q.batchSize, ...q.params],
-        'all',
-      ),
-    );
+    const rows = await systemEm.transactional((tx) => tx.execute<{ group: string }[]>(sql, [...q.params, q.batchSize, ...q.params], 'all'));
     pass.batches++;
     pass.deleted += rows.length;
     for (const r of rows) pass.byGroup[r.group] = (pass.byGroup[r.group] ?? 0) + 1;

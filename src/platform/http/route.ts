@@ -69,12 +69,14 @@ export interface RouteDef<B = any, P = any, Q = any, R = any> {
    */
   admission?: AdmissionControl;
   /**
-   * Slow work that needs no database (a DNS lookup of tenant input), run before the route's
+   * Slow work on tenant input (a DNS lookup), run before the route's
    * transaction so that it holds no pooled connection meanwhile; its result reaches the handler as
    * `prepared`. It may run for a request that then replays its key (the handler does not run): it
-   * must change nothing, and the handler, not it, decides what its result means (e.g. a 422).
+   * must change nothing, and the handler, not it, decides what its result means (e.g. a 422). `em` (the
+   * request's tenant-bound manager) is for a short read of its own, in a transaction of its own, that
+   * says whether the slow work is needed at all; never hold a transaction across the slow work.
    */
-  prepare?(ctx: { body: B; principal: Principal }): Promise<unknown>;
+  prepare?(ctx: { body: B; params: P; principal: Principal; em: EntityManager }): Promise<unknown>;
   responses: Record<number, RouteResponseDoc<R>>;
   handler(ctx: RouteContext<B, P, Q>): Promise<RouteResult<NoInfer<R>>>;
 }

@@ -35,7 +35,7 @@ export interface RouterDeps {
  * and an unknown path 404, whatever the body. The handler runs in one tenant-bound transaction; for
  * an idempotent request its final response is stored in that same transaction. A route that declares
  * `admission` is admitted (the tenant's limits, 429) first in that transaction, before its handler.
- * A route's `prepare` (slow work without the database, e.g. DNS) runs just before that transaction.
+ * A route's `prepare` (slow work on tenant input, e.g. DNS, and at most a short read of its own) runs just before that transaction.
  */
 export function buildRouter(routes: RouteDef[], deps: RouterDeps): Router {
   const router = express.Router();
@@ -169,7 +169,7 @@ async function execute(def: RouteDef, deps: RouterDeps, req: Request, res: Respo
   let result: RouteResult;
   try {
     // Before the transaction takes a connection: slow work on tenant input (DNS) holds none (route.ts).
-    const prepared = def.prepare ? await def.prepare({ body: res.locals.body, principal: res.locals.principal as Principal }) : undefined;
+    const prepared = def.prepare ? await def.prepare({ body: res.locals.body, params: res.locals.params, principal: res.locals.principal as Principal, em }) : undefined;
     const run = () =>
       em.transactional(async (tx) => {
         const principal = res.locals.principal as Principal;
@@ -270,8 +270,9 @@ function isStoredOutcome(status: number): boolean {
   return status < 500 && status !== 429;
 }
 
+/** The headers stored with a response for its replays: a body's type only with a body (a 204 has none, and names none). */
 function replayHeaders(result: RouteResult): Record<string, string> {
-  const out: Record<string, string> = { 'content-type': 'application/json; charset=utf-8' };
+  const out: Record<string, string> = result.body === undefined ? {} : { 'content-type': 'application/json; charset=utf-8' };
   for (const [k, v] of Object.entries(result.headers ?? {})) {
     if ((REPLAYABLE_HEADERS as readonly string[]).includes(k.toLowerCase())) out[k.toLowerCase()] = v;
   }

@@ -89,10 +89,15 @@ export function answerClaim(res: Response, claim: ClaimResult, metrics: Idempote
     case 'replay': {
       metrics.replays?.inc();
       const r = claim.record;
-      for (const [k, v] of Object.entries(r.responseHeaders ?? {})) res.setHeader(k, v);
+      const bodiless = r.responseBody === null || r.responseBody === undefined;
+      for (const [k, v] of Object.entries(r.responseHeaders ?? {})) {
+        // No body, no media type: a 204 replayed exactly as it was first answered (a key stored by an
+        // earlier release may still hold the JSON type its 204 was stored with).
+        if (!(bodiless && k.toLowerCase() === 'content-type')) res.setHeader(k, v);
+      }
       res.setHeader(REPLAYED_HEADER, 'true');
       res.status(r.responseStatus ?? 200);
-      if (r.responseBody === null || r.responseBody === undefined) res.end();
+      if (bodiless) res.end();
       else res.send(typeof r.responseBody === 'string' ? r.responseBody : JSON.stringify(r.responseBody));
       return true;
     }

@@ -120,14 +120,17 @@ const ENDPOINT_DISABLED_EVENTS = `select ep.tenant_id, 'webhook_endpoint.disable
  * queue on its row lock), and before the delivery's row, as every attempt does: no lock order the other
  * way round. An endpoint disabled meanwhile (an admin, another delivery) is left as it is. An attempt
  * that sent nothing (`posted` false: the endpoint was disabled when the attempt read it) says nothing of
- * the receiver: it leaves the endpoint alone, even one re-enabled since.
+ * the receiver: it leaves the endpoint alone, even one re-enabled since. Nor does an attempt to a URL the
+ * endpoint no longer has (an admin's PATCH moved it while the POST was in flight): its 2xx or failure is
+ * the old receiver's, and must neither clear nor start the new one's `failing_since`, nor disable it; the
+ * delivery records it all the same (the row's URL is compared as locked, so a move committed meanwhile is seen).
  */
 const RECORD_ATTEMPT = `with c as (
     select ?::boolean as posted, ?::boolean as ok, now() - ?::float8 * interval '1 millisecond' as cutoff
   ), x as (
     select e.tenant_id, e.id, ${DISABLES} as disables
       from webhook_endpoints e, c
-     where c.posted and e.tenant_id = ? and e.id = ? and e.enabled
+     where c.posted and e.tenant_id = ? and e.id = ? and e.enabled and e.url = ?
        and case when c.ok then e.failing_since is not null else e.failing_since is null or ${DISABLES} end
        for no key update of e
   ), s as (
@@ -325,7 +328,7 @@ export function webhookHandlers(deps: {
       const recorded = await em
         .transactional((tx) =>
           tx.execute<RecordedAttempt[]>(RECORD_ATTEMPT, [
-            row.enabled, outcome.ok, disableAfterMs > 0 ? disableAfterMs : null, data.tenant_id, row.endpoint_id, planned,
+            row.enabled, outcome.ok, disableAfterMs > 0 ? disableAfterMs : null, data.tenant_id, row.endpoint_id, row.url, planned,
             attempt, outcome.statusCode, outcome.error, outcome.statusCode, outcome.error, outcome.durationMs, delayMs, data.tenant_id, row.id, row.attempts,
           ]),
         )

@@ -2,7 +2,7 @@ import { randomBytes, randomUUID } from 'node:crypto';
 import { z } from 'zod';
 import type { EntityManager } from '@mikro-orm/postgresql';
 import { defineRoute, type RouteDef } from '../http/route.ts';
-import { ConflictError, NotFoundError, ValidationError } from '../errors/app-error.ts';
+import { ConflictError, NotFoundError, ServiceUnavailableError, ValidationError } from '../errors/app-error.ts';
 import { DEFER_UNTIL_NEXT } from '../db/coalescing-client.ts';
 import { nextCursor, pageLimit, pageSchema, pageWhere } from '../http/cursor.ts';
 import { isoTime, toIsoTime, toIsoTimeOrNull } from '../http/iso-time.ts';
@@ -10,6 +10,7 @@ import { ADMIN_ROLE } from '../tenancy/roles.ts';
 import { DELIVERY_EVENT_TYPES, DELIVERY_STATUSES, DISABLED_REASONS, WEBHOOK_EVENT_TYPES } from './webhook.entities.ts';
 import { resolvedRefusal, type UrlPolicy } from './ssrf.ts';
 import { webhookPayload } from './webhook-events.ts';
+import { deliveriesLockKey } from './retention.ts';
 
 export const WEBHOOK_ENDPOINTS_PATH = '/api/v1/webhook-endpoints';
 const TAGS = ['webhooks'];
@@ -177,6 +178,12 @@ const PATCH_COLUMNS: Partial<Record<keyof typeof endpointFields, { cast?: string
   events: { cast: '::text[]', value: (v: string[]) => eventsArray(v) },
 };
 
+/** What an update's `prepare` found of the URL sent: whether it was a new one and so resolved, and its refusal if refused. */
+interface UrlCheck {
+  checked: boolean;
+  refusal?: string | undefined;
+}
+
 /** A URL's scheme, host and port, for a log line: never its path or query, which may carry a receiver's token. */
 const urlOrigin = (url: string) => {
   try {
@@ -293,18 +300,30 @@ export function webhookEndpointRoutes(deps: {
         200: { description: 'The endpoint as updated (never its secret); a field not sent is unchanged', schema: endpointView },
         ...adminOnly,
         404: { description: 'No such endpoint for this tenant' },
-        422: { description: 'Invalid body: no field, an unknown field, a URL refused as by the create (not http(s), https:// in production, a host that does not resolve or resolves to a non-public address), no or an unknown event type' },
-        503: { description: 'The new URL\'s host could not be resolved within WEBHOOK_TIMEOUT, or the resolver failed for now (EAI_AGAIN): nothing changed, the Idempotency-Key is free for a retry (Retry-After)' },
+        422: { description: 'Invalid body: no field, an unknown field, a new URL refused as by the create (not http(s), https:// in production, a host that does not resolve or resolves to a non-public address; the URL the endpoint already has is not resolved again), no or an unknown event type' },
+        503: { description: 'The new URL\'s host could not be resolved within WEBHOOK_TIMEOUT, or the resolver failed for now (EAI_AGAIN), or another update moved the endpoint meanwhile: nothing changed, the Idempotency-Key is free for a retry (Retry-After)' },
       },
       // A new URL is checked as the create checks it, before the transaction and bounded (see the create).
-      prepare: ({ body }) => (body.url === undefined ? Promise.resolve(undefined) : resolvedRefusal(body.url, deps.policy, deps.dnsTimeoutMs)),
+      // Only a new one: the URL the endpoint already has (a client sending back the whole endpoint) is not
+      // resolved again, so a host whose DNS fails now does not keep its admin from changing anything else
+      // (each delivery checks the addresses it connects to anyway, ssrf.ts). A short read says which.
+      prepare: async ({ body, params, principal, em }): Promise<UrlCheck> => {
+        if (body.url === undefined) return { checked: false };
+        const [row] = await em.transactional((tx) => tx.execute<{ url: string }[]>(`select url from webhook_endpoints where tenant_id = ? and id = ?`, [principal.tenantId, params.id]));
+        // No such endpoint: nothing to resolve for, the handler answers 404.
+        if (!row || row.url === body.url) return { checked: false };
+        return { checked: true, refusal: await resolvedRefusal(body.url, deps.policy, deps.dnsTimeoutMs) };
+      },
       async handler({ req, em, principal, params, body, prepared, afterCommit }) {
-        const refusal = prepared as string | undefined;
-        if (refusal) throw new ValidationError('Invalid request body', [{ path: 'url', message: refusal }], 422);
+        const check = prepared as UrlCheck;
+        if (check.refusal) throw new ValidationError('Invalid request body', [{ path: 'url', message: check.refusal }], 422);
         // The row lock, as rotate and disable take it: concurrent updates take turns (the audit line's
         // previous URL is the one this update replaced), and NO KEY UPDATE neither waits for nor blocks
         // a run end inserting a delivery for the endpoint (its foreign key's KEY SHARE).
         const current = await endpointById(em, principal.tenantId, params.id, LOCK_ROW);
+        // Another update moved the endpoint between the read above and the lock: the URL sent is a change
+        // now, and was not checked. Nothing is changed; a retry checks it (503 frees the Idempotency-Key).
+        if (body.url !== undefined && body.url !== current.url && !check.checked) throw new ServiceUnavailableError('The endpoint was changed meanwhile; try again.', undefined, 1);
         const sets: string[] = [];
         const values: unknown[] = [];
         for (const [field, value] of Object.entries(body) as [keyof typeof endpointFields, unknown][]) {
@@ -354,6 +373,9 @@ export function webhookEndpointRoutes(deps: {
         // delivery for it and has not committed (KEY SHARE), then takes that delivery too; a run end that
         // comes after the lock waits for the commit and finds no endpoint (the outbox locks the endpoints
         // it inserts for, outbox.ts). A delivery job finds nothing and completes.
+        // First, the tenant's bulk-delete lock (shared: deletes do not wait for each other), which a retention batch
+        // takes before any delivery row: the two never hold rows the other waits for (retention.ts; one message with the delete).
+        await em.execute(`${DEFER_UNTIL_NEXT}select pg_advisory_xact_lock_shared(${deliveriesLockKey('?::uuid')})`, [principal.tenantId]);
         const [row] = await em.execute<{ id: string; url: string }[]>(`delete from webhook_endpoints where tenant_id = ? and id = ? returning id, url`, [principal.tenantId, params.id]);
         if (!row) throw new NotFoundError('webhook endpoint');
         afterCommit(async () =>
