@@ -124,7 +124,7 @@ describe('webhook endpoint rate limits (rate_limit_per_second)', () => {
     await waitFor(() => arrivals('/released').length >= 2 || undefined, { timeoutMs: 20_000, what: 'two deliveries to arrive' });
     const first = arrivals('/released')[0]!;
     // The waiting ones hold turns one interval (1 s = 10^6 µs) apart, each its own: they come back one by one, never together.
-    const turns = (await stack.redis.zrange(`${stack.prefix}:endpoint-rate-waiting:${t.endpoint.id}`, 0, -1, 'WITHSCORES')).filter((_, i) => i % 2 === 1).map(Number);
+    const turns = (await stack.redis.zrange(`${stack.prefix}:endpoint-rate-waiting:${t.endpoint.id}`, '0', '-1', 'WITHSCORES')).filter((_, i) => i % 2 === 1).map(Number);
     expect(turns.length).toBeGreaterThanOrEqual(4);
     for (let i = 1; i < turns.length; i++) expect(turns[i]! - turns[i - 1]!).toBeGreaterThanOrEqual(1_000_000);
     // Waiting for a turn holds no in-flight slot of the endpoint (nor of the tenant): the slots are taken after the turn.
@@ -134,15 +134,15 @@ describe('webhook endpoint rate limits (rate_limit_per_second)', () => {
     expect(res.status, res.text).toBe(200);
     expect(res.json.rate_limit_per_second).toBeNull();
     const patchedAt = performance.now();
-    expect(patchedAt - first, 'the PATCH came well before the old schedule would have ended').toBeLessThan(4000);
+    expect(patchedAt - first, 'the PATCH came well before the old schedule would have ended').toBeLessThan(2500);
 
     const rows = await settled(t.endpoint.id, 8);
     expect(rows.every((r) => r.attempts === 1)).toBe(true);
     const all = arrivals('/released');
     expect(all).toHaveLength(8);
-    // Released promptly: the rest arrived within 1.5 s of the PATCH (the old schedule: up to 7 s after the 1st).
-    expect(all[7]! - patchedAt).toBeLessThan(1500);
-    expect(all[7]! - first).toBeLessThan(7000 - 1000);
+    // Released promptly: the rest arrived within 2.5 s of the PATCH; on the old schedule the 8th comes 7 s after
+    // the 1st, at least 4.5 s after the PATCH (5.7 s after it with the recall left out).
+    expect(all[7]! - patchedAt).toBeLessThan(2500);
   });
 
   it('validates rate_limit_per_second (an integer 1-1000, or null) on create and update, and shows it on read and list', async () => {
