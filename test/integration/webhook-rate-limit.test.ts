@@ -8,7 +8,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { randomUUID } from 'node:crypto';
 import { api, type TestStack, type WorkerHandle } from '../helpers/stack.ts';
 import { waitFor } from '../helpers/poll.ts';
-import { enqueueDeliveries, WEBHOOK_QUEUE } from '../../src/platform/webhooks/delivery.ts';
+import pino from 'pino';
+import { enqueueDeliveries, WEBHOOK_QUEUE, WEBHOOK_REDELIVERY_JOB, webhookHandlers } from '../../src/platform/webhooks/delivery.ts';
 import { createEndpoint, ENDPOINTS, startWebhookStack, stopWebhookStack, tenantWithEndpoint, type Receiver } from '../helpers/webhooks.ts';
 
 /**
@@ -143,6 +144,33 @@ describe('webhook endpoint rate limits (rate_limit_per_second)', () => {
     // Released promptly: the rest arrived within 2.5 s of the PATCH; on the old schedule the 8th comes 7 s after
     // the 1st, at least 4.5 s after the PATCH (5.7 s after it with the recall left out).
     expect(all[7]! - patchedAt).toBeLessThan(2500);
+  });
+
+  it("a delivery re-enqueued by the redelivery pass (its job lost) takes its turn behind the ones waiting, not past them", async () => {
+    const t = await tenantWithEndpoint(stack, receiver, '/redelivered', ['run.completed']);
+    expect((await api(stack, 'PATCH', `${ENDPOINTS}/${t.endpoint.id}`, { token: t.admin, body: { rate_limit_per_second: 1 } })).status).toBe(200);
+    const first = await deliveries(t.tenantId, t.endpoint.id, 3);
+    // One went at once and is recorded; the other two wait for their turns, a second apart.
+    await waitFor(async () => ((await stack.db.admin(`select count(*)::int as n from webhook_deliveries where endpoint_id = $1 and status = 'delivered'`, [t.endpoint.id])).rows[0].n === 1 ? true : undefined), { timeoutMs: 20_000, what: 'the first delivery' });
+    // A delivery whose job Redis lost: pending, overdue, no job. The pass enqueues it, and only it (the waiting ones' jobs are delayed).
+    const [lost] = await deliveries(t.tenantId, t.endpoint.id, 1, false);
+    const queue = stack.container.queues.get(WEBHOOK_QUEUE)!;
+    const pass = webhookHandlers({
+      orm: stack.container.orm,
+      logger: pino({ level: 'silent' }),
+      settings: { timeoutMs: 5000, maxAttempts: 3, retryBaseMs: 50, policy: { allowPrivate: true, httpsOnly: false } },
+      queue: () => queue,
+      redeliverAfterMs: 0,
+    })[WEBHOOK_REDELIVERY_JOB];
+    expect(await pass()).toMatchObject({ enqueued: 1 });
+    const rows = await settled(t.endpoint.id, 4);
+    expect(rows.every((r) => r.attempts === 1)).toBe(true);
+    const got = receiver.received.filter((r) => r.path === '/redelivered').sort((a, b) => a.at - b.at);
+    expect(got.map((r) => r.headers['webhook-id'])).toEqual([...got.slice(0, 3).map((r) => r.headers['webhook-id']), lost]);
+    expect(new Set(got.slice(0, 3).map((r) => r.headers['webhook-id']))).toEqual(new Set(first));
+    const { rows: logged } = await stack.db.admin(`select id, (attempt_log->0->>'duration_ms')::int as duration_ms from webhook_deliveries where endpoint_id = $1`, [t.endpoint.id]);
+    const durationOf = new Map(logged.map((r) => [r.id as string, r.duration_ms as number]));
+    for (let i = 0; i + 1 < got.length; i++) expect(got[i + 1]!.at - got[i]!.at).toBeGreaterThanOrEqual(1000 - durationOf.get(String(got[i]!.headers['webhook-id']))! - SLACK_MS);
   });
 
   it('validates rate_limit_per_second (an integer 1-1000, or null) on create and update, and shows it on read and list', async () => {
