@@ -20,6 +20,7 @@ import { MAINTENANCE_QUEUE } from './platform/queue/maintenance.ts';
 import { servedRunQueues } from './platform/durable/worker-host.ts';
 import { WEBHOOK_QUEUE, enqueueDeliveries } from './platform/webhooks/delivery.ts';
 import { webhookEndpointRoutes } from './platform/webhooks/webhook-endpoints.routes.ts';
+import { EndpointRates } from './platform/webhooks/rate-limit.ts';
 import { webhookDeliveryRoutes } from './platform/webhooks/deliveries.routes.ts';
 import { webhookResendRoutes } from './platform/webhooks/resend.ts';
 import { webhookTestEventRoutes } from './platform/webhooks/test-event.ts';
@@ -96,7 +97,12 @@ export async function createContainer(
   const admission = new AdmissionController({ redis, prefix: config.QUEUE_PREFIX, perMinute: config.RATE_LIMIT_PER_MINUTE, maxInFlight: config.MAX_RUNS_IN_FLIGHT_PER_TENANT });
   const routes = [
     ...routesFor({ config, runtime, queue: () => queue('golden-path'), admission, onRunRetried: (workflow) => metrics.runsRetried.inc({ workflow }) }),
-    ...webhookEndpointRoutes({ policy: webhookUrlPolicy(config), maxEndpoints: config.WEBHOOK_MAX_ENDPOINTS, dnsTimeoutMs: config.WEBHOOK_TIMEOUT }),
+    ...webhookEndpointRoutes({
+      policy: webhookUrlPolicy(config),
+      maxEndpoints: config.WEBHOOK_MAX_ENDPOINTS,
+      dnsTimeoutMs: config.WEBHOOK_TIMEOUT,
+      rates: { limits: new EndpointRates(redis, config.QUEUE_PREFIX), queue: () => queue(WEBHOOK_QUEUE) },
+    }),
     ...webhookDeliveryRoutes(),
     ...webhookResendRoutes({ queue: () => queue(WEBHOOK_QUEUE), onResent: (mode, count) => metrics.webhookDeliveriesResent.inc({ mode }, count) }),
     ...webhookTestEventRoutes({ queue: () => queue(WEBHOOK_QUEUE), onSent: () => metrics.webhookTestEvents.inc() }),

@@ -13,6 +13,7 @@ import { startMetricsServer } from './platform/telemetry/metrics-server.ts';
 import { onShutdown } from './platform/process/shutdown.ts';
 import { WEBHOOK_QUEUE, webhookHandlers, type WebhookSlotsUse } from './platform/webhooks/delivery.ts';
 import { warnWhenGuardOff } from './platform/webhooks/ssrf.ts';
+import { EndpointRates } from './platform/webhooks/rate-limit.ts';
 import { webhookUrlPolicy } from './container.ts';
 
 export interface WorkerProcess {
@@ -93,6 +94,8 @@ export async function startWorkerProcess(c: Container, signal?: AbortSignal): Pr
         autoDisabled: c.metrics.webhookEndpointsAutoDisabled,
         // A pending delivery overdue by this much has lost its job (Redis flushed): the sweeper's own patience.
         redeliverAfterMs: cfg.SWEEPER_MIN_AGE,
+        // Per endpoint (rate_limit_per_second): an endpoint without one sends no rate command to Redis.
+        rates: { limits: new EndpointRates(connection, cfg.QUEUE_PREFIX), onRateLimited: () => c.metrics.webhookDeliveriesRateLimited.inc() },
         // A cap off (0) takes no slot; both off: no Redis command is added to a delivery's path.
         ...(cfg.WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT > 0 || cfg.WEBHOOK_MAX_IN_FLIGHT_PER_TENANT > 0 ? { webhookSlots: webhookSlots(cfg, connection, () => c.metrics.webhookDeliveriesParked.inc()) } : {}),
       }),

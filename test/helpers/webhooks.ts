@@ -12,6 +12,8 @@ import { waitFor } from './poll.ts';
 
 interface Received {
   path: string;
+  /** When the request arrived (performance.now(), this process's monotonic clock), before its body was read. */
+  at: number;
   headers: IncomingHttpHeaders;
   body: string;
 }
@@ -22,11 +24,12 @@ export async function startReceiver() {
   const plans = new Map<string, (number | 'hold')[]>();
   const held: ServerResponse[] = [];
   const server: Server = createServer((req, res) => {
+    const at = performance.now();
     let body = '';
     req.on('data', (c) => (body += c));
     req.on('end', () => {
       const path = req.url ?? '/';
-      received.push({ path, headers: req.headers, body });
+      received.push({ path, at, headers: req.headers, body });
       const status = plans.get(path)?.shift() ?? 200;
       if (status === 'hold') return void held.push(res);
       res.writeHead(status, { 'content-type': 'text/plain' }).end(status === 200 ? 'ok' : 'no');

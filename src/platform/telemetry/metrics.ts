@@ -25,6 +25,7 @@ export interface Metrics {
   webhookDeliveries: Counter<'outcome'>;
   /** Webhook delivery jobs parked because their endpoint (WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT) or tenant (WEBHOOK_MAX_IN_FLIGHT_PER_TENANT) had its attempts in flight (ADR 0013). */
   webhookDeliveriesParked: Counter;
+  webhookDeliveriesRateLimited: Counter;
   webhookEndpointsAutoDisabled: Counter;
   /** Settled webhook deliveries an admin made pending again (POST …/resend, ADR 0013), by route (single, bulk); counted once the resend committed. */
   webhookDeliveriesResent: Counter<'mode'>;
@@ -108,6 +109,11 @@ export function createMetrics(): Metrics {
     webhookDeliveriesParked: new Counter({
       name: 'dealix_webhook_deliveries_parked_total',
       help: 'Webhook delivery jobs this worker parked (delayed until a slot frees, no attempt spent) because their endpoint had WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT, or their tenant WEBHOOK_MAX_IN_FLIGHT_PER_TENANT, attempts in flight; each park once',
+      registers: [registry],
+    }),
+    webhookDeliveriesRateLimited: new Counter({
+      name: 'dealix_webhook_deliveries_rate_limited_total',
+      help: "Webhook delivery jobs this worker put back (delayed until their turn, no attempt spent) because their endpoint's rate_limit_per_second had no turn free; each put-back once",
       registers: [registry],
     }),
     webhookDeliveriesResent: new Counter({

@@ -11,6 +11,7 @@ import { endAttemptSpan, startAttemptSpan } from './delivery-trace.ts';
 import type { UrlPolicy } from './ssrf.ts';
 import { WEBHOOK_TEST_EVENT } from './webhook.entities.ts';
 import { slotMember, slotParking, type ParkedJobData, type TenantSlots } from '../durable/tenant-slots.ts';
+import type { EndpointRates } from './rate-limit.ts';
 
 /** The queue of webhook delivery jobs: every worker serves it, whatever WORKER_QUEUES says (as `maintenance`). */
 export const WEBHOOK_QUEUE = 'webhooks';
@@ -182,6 +183,8 @@ interface DeliveryRow {
   /** A rotated-out secret still in its overlap (null once expired, by the database's clock). */
   previous_secret: string | null;
   enabled: boolean;
+  /** The endpoint's `rate_limit_per_second` (null: none), read with it at each attempt: a change applies to the next. */
+  rate_limit_per_second: number | null;
   /** An admin resent it once settled (resend.ts), or it is a test event (test-event.ts): this pending cycle is one attempt. */
   resent: boolean;
   event_type: string;
@@ -211,6 +214,8 @@ export function webhookHandlers(deps: {
   redeliverAfterMs: number;
   /** The caps on attempts in flight, if on (WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT, WEBHOOK_MAX_IN_FLIGHT_PER_TENANT). */
   webhookSlots?: WebhookSlotsUse;
+  /** The endpoints' rate limits (`rate_limit_per_second`), and the count of deliveries put back for a turn (dealix_webhook_deliveries_rate_limited_total). */
+  rates?: { limits: EndpointRates; onRateLimited?(): void };
 }) {
   const { settings } = deps;
   const use = deps.webhookSlots;
@@ -265,6 +270,26 @@ export function webhookHandlers(deps: {
     if (!data.parks) return;
     for (const cap of caps) if (endpointId || cap.slots.per !== 'endpoint') cap.parking.wake(cap.ownerOf(endpointId ?? '', data.tenant_id));
   };
+  /**
+   * An endpoint with a `rate_limit_per_second` (ADR 0013, *Rate limits*): the attempt goes now if it has
+   * a turn, before it takes any in-flight slot; else the job is put back (delayed) until the turn it
+   * reserved, having spent no attempt of either kind, touched no row and held no slot, and throws
+   * DelayedError. A turn is handed out once: a job let go that then parks at a slot cap has spent it.
+   */
+  const waitForTurn = async (job: Job, row: DeliveryRow, data: DeliveryJobData, log: Logger, perSecond: number): Promise<void> => {
+    const rates = deps.rates!.limits;
+    const member = slotMember(job.queueName, job.id!);
+    const waitMs = await rates.take(row.endpoint_id, member, perSecond);
+    if (waitMs === 0) return;
+    // Promoted into a free in-flight slot it does not take now: the owners' next parked job takes it.
+    passOn(data, row.endpoint_id);
+    await job.moveToDelayed(Date.now() + waitMs, job.token);
+    deps.rates!.onRateLimited?.();
+    log.debug({ webhook_endpoint_id: row.endpoint_id, rate_limit_per_second: perSecond, wait_ms: waitMs }, 'webhook endpoint at its rate limit: delivery put back until its turn');
+    // Its turn recalled (the limit changed) between the take and the move: it takes one under the new limit now, not at the old turn.
+    if (!(await rates.holdsTurn(row.endpoint_id, member))) await job.promote().catch(() => undefined);
+    throw new DelayedError();
+  };
   /** After the commit that disabled an endpoint: say so (ops), count it, and send the tenant's other endpoints the event. */
   async function endpointDisabled(r: RecordedAttempt, tenantId: string, jobId: string | undefined) {
     deps.autoDisabled?.inc();
@@ -282,7 +307,7 @@ export function webhookHandlers(deps: {
       // Under the tenant's row-level security: a job naming another tenant's delivery finds nothing.
       const [row] = await em.transactional((tx) =>
         tx.execute<DeliveryRow[]>(
-          `select d.id, d.endpoint_id, d.status, d.attempts, d.payload, d.next_attempt_at, e.url, e.secret, e.enabled, (d.resent_at is not null or d.event_type = '${WEBHOOK_TEST_EVENT}') as resent,
+          `select d.id, d.endpoint_id, d.status, d.attempts, d.payload, d.next_attempt_at, e.url, e.secret, e.enabled, e.rate_limit_per_second, (d.resent_at is not null or d.event_type = '${WEBHOOK_TEST_EVENT}') as resent,
                   case when e.previous_secret_expires_at > now() then e.previous_secret end as previous_secret,
                   d.event_type, r.id as run_id, r.traceparent as run_traceparent, r.correlation_id as run_correlation_id
              from webhook_deliveries d join webhook_endpoints e on e.tenant_id = d.tenant_id and e.id = d.endpoint_id
@@ -308,6 +333,8 @@ export function webhookHandlers(deps: {
         throw new DelayedError();
       }
       if (!row.enabled) passOn(data, row.endpoint_id);
+      // A disabled endpoint's attempt is no POST, and takes no turn.
+      if (row.enabled && row.rate_limit_per_second !== null && deps.rates) await waitForTurn(job, row, data, log, row.rate_limit_per_second);
       const attempt = row.attempts + 1;
       // The attempt's span starts with its POST (not while the job waits for a slot, or parks) and ends once the attempt is recorded.
       let span: Span | undefined;

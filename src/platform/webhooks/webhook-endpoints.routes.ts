@@ -7,7 +7,9 @@ import { DEFER_UNTIL_NEXT } from '../db/coalescing-client.ts';
 import { nextCursor, pageLimit, pageSchema, pageWhere } from '../http/cursor.ts';
 import { isoTime, toIsoTime, toIsoTimeOrNull } from '../http/iso-time.ts';
 import { ADMIN_ROLE } from '../tenancy/roles.ts';
-import { DELIVERY_EVENT_TYPES, DELIVERY_STATUSES, DISABLED_REASONS, WEBHOOK_EVENT_TYPES } from './webhook.entities.ts';
+import type { Queue } from 'bullmq';
+import { DELIVERY_EVENT_TYPES, DELIVERY_STATUSES, DISABLED_REASONS, WEBHOOK_EVENT_TYPES, WEBHOOK_RATE_LIMIT_MAX, WEBHOOK_RATE_LIMIT_MIN } from './webhook.entities.ts';
+import { recallWaiting, type EndpointRates } from './rate-limit.ts';
 import { resolvedRefusal, type UrlPolicy } from './ssrf.ts';
 import { webhookPayload } from './webhook-events.ts';
 import { deliveriesLockKey } from './retention.ts';
@@ -23,6 +25,14 @@ const endpointFields = {
   url: z.string().max(2048).describe('Where events are POSTed: https:// in production; its host must resolve to public addresses only'),
   events: z.array(z.enum(WEBHOOK_EVENT_TYPES)).min(1).max(WEBHOOK_EVENT_TYPES.length).describe('The event types this endpoint receives'),
   description: z.string().max(500).optional(),
+  rate_limit_per_second: z
+    .number()
+    .int()
+    .min(WEBHOOK_RATE_LIMIT_MIN)
+    .max(WEBHOOK_RATE_LIMIT_MAX)
+    .nullable()
+    .optional()
+    .describe(`At most this many requests a second to this endpoint (${WEBHOOK_RATE_LIMIT_MIN}-${WEBHOOK_RATE_LIMIT_MAX}), over every worker; deliveries over it wait for their turn, spending no attempt. Absent or null: no limit`),
 };
 const endpointBody = z.strictObject(endpointFields);
 
@@ -62,6 +72,7 @@ const endpointView = z
       .nullable()
       .describe('Why it is disabled: `manual` (POST …/disable) or `failing` (its deliveries failed for WEBHOOK_DISABLE_AFTER with no 2xx); null while enabled'),
     failing_since: isoTime.nullable().describe('Its first failed attempt since its last 2xx, creation or re-enabling; null while its last attempt succeeded'),
+    rate_limit_per_second: z.number().int().nullable().describe('At most this many requests a second to it, over every worker; null: no limit'),
     links: z.strictObject({ self: z.string(), deliveries: z.string() }),
   })
   .meta({ id: 'WebhookEndpoint' });
@@ -121,10 +132,11 @@ interface EndpointRow {
   previous_secret_expires_at: Date | null;
   disabled_reason: EndpointView['disabled_reason'];
   failing_since: Date | null;
+  rate_limit_per_second: number | null;
 }
 /** An endpoint as its views show it: never a secret; a previous secret's expiry only while it is live (database clock). */
 const ENDPOINT_COLUMNS =
-  'id, url, events, description, enabled, created_by, created_at, disabled_at, disabled_reason, failing_since, case when previous_secret_expires_at > now() then previous_secret_expires_at end as previous_secret_expires_at';
+  'id, url, events, description, enabled, created_by, created_at, disabled_at, disabled_reason, failing_since, rate_limit_per_second, case when previous_secret_expires_at > now() then previous_secret_expires_at end as previous_secret_expires_at';
 
 function toView(r: EndpointRow): EndpointView {
   return {
@@ -139,6 +151,7 @@ function toView(r: EndpointRow): EndpointView {
     previous_secret_expires_at: toIsoTimeOrNull(r.previous_secret_expires_at),
     disabled_reason: r.disabled_reason,
     failing_since: toIsoTimeOrNull(r.failing_since),
+    rate_limit_per_second: r.rate_limit_per_second,
     links: { self: `${WEBHOOK_ENDPOINTS_PATH}/${r.id}`, deliveries: `${WEBHOOK_ENDPOINTS_PATH}/${r.id}/deliveries` },
   };
 }
@@ -219,6 +232,8 @@ export function webhookEndpointRoutes(deps: {
   maxEndpoints: number;
   /** How long the create waits for its host's DNS (WEBHOOK_TIMEOUT) before it answers 422. */
   dnsTimeoutMs: number;
+  /** The endpoints' rate limits: an update of one recalls the deliveries waiting for a turn under the old one. */
+  rates?: { limits: EndpointRates; queue: () => Queue };
 }): RouteDef[] {
   return [
     defineRoute({
@@ -248,11 +263,11 @@ export function webhookEndpointRoutes(deps: {
         // per tenant, held to the commit, serialises them; it travels with the insert (one message).
         await lockEnabledEndpoints(em, principal.tenantId);
         const [row] = await em.execute<EndpointRow[]>(
-          `insert into webhook_endpoints (id, tenant_id, url, description, events, secret, enabled, created_by, created_at, updated_at)
-           select ?, ?, ?, ?, ?::text[], ?, true, ?, date_trunc('milliseconds', now()), now()
+          `insert into webhook_endpoints (id, tenant_id, url, description, events, secret, rate_limit_per_second, enabled, created_by, created_at, updated_at)
+           select ?, ?, ?, ?, ?::text[], ?, ?::int, true, ?, date_trunc('milliseconds', now()), now()
             where ${UNDER_CAP}
            returning ${ENDPOINT_COLUMNS}`,
-          [randomUUID(), principal.tenantId, body.url, body.description ?? null, eventsArray(body.events), secret, principal.sub, principal.tenantId, deps.maxEndpoints],
+          [randomUUID(), principal.tenantId, body.url, body.description ?? null, eventsArray(body.events), secret, body.rate_limit_per_second ?? null, principal.sub, principal.tenantId, deps.maxEndpoints],
         );
         if (!row) throw limitReached(deps.maxEndpoints);
         const view = toView(row);
@@ -350,6 +365,10 @@ export function webhookEndpointRoutes(deps: {
             ),
           );
         }
+        // A new limit (raised, lowered or removed) applies to the deliveries already waiting for a turn too:
+        // they are recalled to take one under it, rather than wait out the turns the old one spaced.
+        const rates = deps.rates;
+        if (rates && body.rate_limit_per_second !== undefined) afterCommit(async () => recallWaiting(rates.limits, rates.queue(), view.id, req.log));
         return { status: 200, body: view };
       },
     }),

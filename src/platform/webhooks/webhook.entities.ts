@@ -16,6 +16,10 @@ export const DELIVERY_EVENT_TYPES = [...WEBHOOK_EVENT_TYPES, WEBHOOK_TEST_EVENT]
 export const DISABLED_REASONS = ['manual', 'failing'] as const;
 export type DisabledReason = (typeof DISABLED_REASONS)[number];
 
+/** An endpoint's `rate_limit_per_second`, when set: requests a second, over every worker (ADR 0013, *Rate limits*). */
+export const WEBHOOK_RATE_LIMIT_MIN = 1;
+export const WEBHOOK_RATE_LIMIT_MAX = 1000;
+
 export const DELIVERY_STATUSES = ['pending', 'delivered', 'failed'] as const;
 export type DeliveryStatus = (typeof DELIVERY_STATUSES)[number];
 /** A delivery that will never be attempted again: run retention may delete it once old enough (ADR 0011, 0013). */
@@ -57,7 +61,13 @@ export const WebhookEndpoint = defineEntity({
      * the last recorded attempt succeeded. A failed attempt WEBHOOK_DISABLE_AFTER past it disables the endpoint.
      */
     failingSince: p.datetime().nullable(),
+    /**
+     * At most this many requests a second to it, over every worker (ADR 0013, *Rate limits*); null: no
+     * limit. A delivery without a turn waits for one, spending no attempt.
+     */
+    rateLimitPerSecond: p.integer().nullable(),
   },
+  checks: [{ name: 'webhook_endpoints_rate_limit_per_second_check', expression: `rate_limit_per_second >= ${WEBHOOK_RATE_LIMIT_MIN} and rate_limit_per_second <= ${WEBHOOK_RATE_LIMIT_MAX}` }],
   // The target of the deliveries' (tenant_id, endpoint_id) foreign key: a delivery names its tenant's endpoint only.
   uniques: [{ name: 'webhook_endpoints_tenant_id_id_unique', properties: ['tenantId', 'id'] }],
   indexes: [{ name: 'webhook_endpoints_tenant_created_index', properties: ['tenantId', 'createdAt', 'id'] }],

@@ -1,0 +1,132 @@
+import { Job, type Queue } from 'bullmq';
+import type { Redis } from 'ioredis';
+import type { Logger } from 'pino';
+import { parseSlotMember } from '../durable/tenant-slots.ts';
+
+/*
+ * Per-endpoint rate limits (`rate_limit_per_second`, ADR 0013, *Rate limits*): at most N requests a
+ * second to an endpoint, over every worker process. Strict spacing: two POSTs to an endpoint are let go
+ * at least 1/N s apart (by Redis's clock), so no half-open second holds more than N of them. Two keys
+ * per limited endpoint:
+ *   <prefix>:endpoint-rate:<endpoint id>          hash: `last`, when the last POST was let go, and
+ *                                                 `tat`, the next turn free to reserve (µs, Redis's clock);
+ *   <prefix>:endpoint-rate-waiting:<endpoint id>  the delivery jobs waiting for a turn, scored by it.
+ * A delivery without a turn reserves the next free one (`tat`, which then moves one interval on), so
+ * those put back come back one interval apart, in order, never together. A job back at its turn is let
+ * go once the spacing from the last POST actually let go allows (a job ahead of it may have come late):
+ * the spacing holds between the POSTs themselves, not only between the turns handed out.
+ */
+
+/** Redis's clock in µs (a Lua double holds it exactly); the writes replicate as effects. */
+const NOW_US = `if redis.replicate_commands then redis.replicate_commands() end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local function us(x) return string.format('%.0f', x) end
+`;
+
+/**
+ * KEYS: state, waiting. ARGV: member, interval µs. 0: go now (recorded as the last POST let go). Else
+ * how many ms until the member's turn: the one it holds (kept), or the next free one, reserved now.
+ * A member with no turn goes now only if no turn is reserved ahead of it. The keys live a minute past
+ * the last turn reserved.
+ */
+const TAKE = `${NOW_US}
+local interval = tonumber(ARGV[2])
+local last = tonumber(redis.call('HGET', KEYS[1], 'last') or '')
+local earliest = last and last + interval or now
+local tat = tonumber(redis.call('HGET', KEYS[1], 'tat') or '') or 0
+local turn = redis.call('ZSCORE', KEYS[2], ARGV[1])
+local at
+if turn then
+  at = math.max(tonumber(turn), earliest)
+else
+  at = math.max(tat, earliest, now)
+end
+if at <= now then
+  redis.call('HSET', KEYS[1], 'last', us(now))
+  if tat < now + interval then tat = now + interval; redis.call('HSET', KEYS[1], 'tat', us(tat)) end
+  if turn then redis.call('ZREM', KEYS[2], ARGV[1]) end
+  redis.call('PEXPIRE', KEYS[1], math.ceil((tat - now) / 1000) + 60000)
+  return 0
+end
+if not turn then
+  redis.call('ZADD', KEYS[2], us(at), ARGV[1])
+  tat = at + interval
+  redis.call('HSET', KEYS[1], 'tat', us(tat))
+  local ttl = math.ceil((tat - now) / 1000) + 60000
+  redis.call('PEXPIRE', KEYS[1], ttl)
+  redis.call('PEXPIRE', KEYS[2], ttl)
+end
+return math.ceil((at - now) / 1000)`;
+
+/**
+ * KEYS: state, waiting. The limit changed: forgets every turn handed out (the waiting members, returned
+ * for the caller to promote, and `tat`), keeping `last`: the next POSTs are spaced from the last one
+ * let go by the new limit, and the jobs come back to reserve turns under it.
+ */
+const RECALL = `local m = redis.call('ZRANGE', KEYS[2], 0, -1)
+redis.call('DEL', KEYS[2])
+redis.call('HDEL', KEYS[1], 'tat')
+return m`;
+
+type RateRedis = Redis & {
+  dealixRateTake(state: string, waiting: string, member: string, intervalUs: number): Promise<number>;
+  dealixRateRecall(state: string, waiting: string): Promise<string[]>;
+};
+
+/** The spacing of an endpoint's POSTs at `perSecond`, in µs, rounded up: never N+1 in a second. */
+export const rateIntervalUs = (perSecond: number) => Math.ceil(1_000_000 / perSecond);
+
+/** The Redis side of the endpoints' rate limits: one script (EVALSHA) per turn taken, one per recall. */
+export class EndpointRates {
+  private readonly redis: RateRedis;
+  private readonly prefix: string;
+
+  constructor(redis: Redis, prefix: string) {
+    this.prefix = prefix;
+    if (!('dealixRateTake' in redis)) {
+      redis.defineCommand('dealixRateTake', { numberOfKeys: 2, lua: TAKE });
+      redis.defineCommand('dealixRateRecall', { numberOfKeys: 2, lua: RECALL });
+    }
+    this.redis = redis as RateRedis;
+  }
+
+  stateKey(endpoint: string): string {
+    return `${this.prefix}:endpoint-rate:${endpoint}`;
+  }
+
+  waitingKey(endpoint: string): string {
+    return `${this.prefix}:endpoint-rate-waiting:${endpoint}`;
+  }
+
+  /** 0: `member` may POST to `endpoint` now. Else the ms until its turn (reserved, or the one it holds). */
+  take(endpoint: string, member: string, perSecond: number): Promise<number> {
+    return this.redis.dealixRateTake(this.stateKey(endpoint), this.waitingKey(endpoint), member, rateIntervalUs(perSecond));
+  }
+
+  /** Whether `member` still holds a turn of `endpoint` (not recalled by a change of its limit). */
+  async holdsTurn(endpoint: string, member: string): Promise<boolean> {
+    return (await this.redis.zscore(this.waitingKey(endpoint), member)) !== null;
+  }
+
+  /** Forgets `endpoint`'s turns (its limit changed); the members that were waiting for one. */
+  recall(endpoint: string): Promise<string[]> {
+    return this.redis.dealixRateRecall(this.stateKey(endpoint), this.waitingKey(endpoint));
+  }
+}
+
+/**
+ * After a change of an endpoint's limit: its deliveries waiting for a turn are promoted (moved to
+ * `wait`) to take one under the new limit, rather than wait out turns spaced by the old one. Best
+ * effort: a job not promoted comes back at its old turn. Not awaited by the caller.
+ */
+export function recallWaiting(rates: EndpointRates, queue: Queue, endpoint: string, logger: Logger): void {
+  const run = async () => {
+    for (const member of await rates.recall(endpoint)) {
+      const job = await Job.fromId(queue, parseSlotMember(member).jobId);
+      // Not delayed any more (active, or ended): nothing to promote.
+      await job?.promote().catch(() => undefined);
+    }
+  };
+  run().catch((err: unknown) => logger.warn({ err, webhook_endpoint_id: endpoint }, 'could not recall the deliveries waiting for a rate turn; they come back at their turns'));
+}

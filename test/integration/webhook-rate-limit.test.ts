@@ -1,0 +1,207 @@
+/**
+ * Per-endpoint rate limits (`rate_limit_per_second`, ADR 0013, *Rate limits*) against the real stack:
+ * PostgreSQL as the application role, Redis, two spawned worker processes (the limit is Redis-side,
+ * over every worker) and a real node:http receiver that stamps each request's arrival with its own
+ * monotonic clock. Deliveries are inserted into the outbox as a run end would, and enqueued.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { randomUUID } from 'node:crypto';
+import { api, type TestStack, type WorkerHandle } from '../helpers/stack.ts';
+import { waitFor } from '../helpers/poll.ts';
+import pino from 'pino';
+import { enqueueDeliveries, WEBHOOK_QUEUE, WEBHOOK_REDELIVERY_JOB, webhookHandlers } from '../../src/platform/webhooks/delivery.ts';
+import { createEndpoint, ENDPOINTS, startWebhookStack, stopWebhookStack, tenantWithEndpoint, type Receiver } from '../helpers/webhooks.ts';
+
+/**
+ * What the limiter spaces is when each POST is let go (by Redis's clock); the receiver stamps its arrival,
+ * which is later by that request's own latency — on this loaded machine up to hundreds of ms for a worker's
+ * first request. A request arrives no later than its attempt's `duration_ms` (recorded by the worker, from
+ * just after the turn was given to the answer) plus this much, the handler's work between the two.
+ */
+const SLACK_MS = 50;
+
+describe('webhook endpoint rate limits (rate_limit_per_second)', () => {
+  let stack: TestStack;
+  let receiver: Receiver;
+  const workers: WorkerHandle[] = [];
+
+  beforeAll(async () => {
+    const started = await startWebhookStack({ WEBHOOK_RETRY_BASE: '50ms', WEBHOOK_MAX_ENDPOINTS: '5' }, { WORKER_METRICS_PORT: '0' });
+    ({ stack, receiver } = started);
+    workers.push(started.worker, await stack.spawnWorker({ WORKER_METRICS_PORT: '0' }));
+  }, 120_000);
+
+  afterAll(() => stopWebhookStack(stack, receiver));
+
+  /** `n` pending deliveries of `run.completed` for the endpoint, inserted as the outbox does; enqueued unless `enqueue` is false. */
+  async function deliveries(tenantId: string, endpointId: string, n: number, enqueue = true): Promise<string[]> {
+    const ids = Array.from({ length: n }, () => randomUUID());
+    for (const id of ids) {
+      await stack.db.admin(
+        `insert into webhook_deliveries (id, tenant_id, endpoint_id, event_type, payload, status, attempts, next_attempt_at, created_at, updated_at)
+         values ($1, $2, $3, 'run.completed', $4, 'pending', 0, now(), now(), now())`,
+        [id, tenantId, endpointId, { type: 'run.completed', timestamp: '2026-12-04T00:00:00.000Z', data: { workflow: 'golden-path', run_id: randomUUID(), status: 'completed', correlation_id: 'c-1', ended_at: '2026-12-04T00:00:00.000Z' } }],
+      );
+    }
+    if (enqueue) await enqueueDeliveries(stack.container.queues.get(WEBHOOK_QUEUE)!, tenantId, ids);
+    return ids;
+  }
+
+  const arrivals = (path: string) => receiver.received.filter((r) => r.path === path).map((r) => r.at).sort((a, b) => a - b);
+
+  async function settled(endpointId: string, n: number) {
+    return waitFor(
+      async () => {
+        const { rows } = await stack.db.admin(`select status, attempts, jsonb_array_length(attempt_log) as logged from webhook_deliveries where endpoint_id = $1`, [endpointId]);
+        return rows.length === n && rows.every((r) => r.status === 'delivered') ? rows : undefined;
+      },
+      { timeoutMs: 30_000, intervalMs: 100, what: `the ${n} deliveries of ${endpointId} to be delivered` },
+    );
+  }
+
+  /** dealix_webhook_deliveries_rate_limited_total summed over the workers. */
+  async function rateLimitedTotal(): Promise<number> {
+    let total = 0;
+    for (const w of workers) {
+      const port = w.output().match(/"worker metrics listening".*?"metrics_port":(\d+)|"metrics_port":(\d+).*?"worker metrics listening"/);
+      const text = await (await fetch(`http://127.0.0.1:${port?.[1] ?? port?.[2]}/metrics`)).text();
+      const line = text.split('\n').find((l) => l.startsWith('dealix_webhook_deliveries_rate_limited_total '));
+      total += Number(line?.split(' ')[1] ?? 0);
+    }
+    return total;
+  }
+
+  it('sends at most N requests per second to a limited endpoint, over both workers, a test event included; none is lost, no attempt spent; the same tenant\'s unlimited endpoint is not slowed', async () => {
+    const t = await tenantWithEndpoint(stack, receiver, '/limited', ['run.completed']);
+    const patched = await api(stack, 'PATCH', `${ENDPOINTS}/${t.endpoint.id}`, { token: t.admin, body: { rate_limit_per_second: 2 } });
+    expect(patched.status, patched.text).toBe(200);
+    expect(patched.json.rate_limit_per_second).toBe(2);
+    const free = await createEndpoint(stack, t.admin, { url: `${receiver.base}/free`, events: ['run.completed'] });
+    expect(free.status, free.text).toBe(201);
+    expect(free.json.rate_limit_per_second).toBeNull();
+    const limitedBefore = await rateLimitedTotal();
+
+    const limitedIds = await deliveries(t.tenantId, t.endpoint.id, 7, false);
+    const freeIds = await deliveries(t.tenantId, free.json.id as string, 8, false);
+    await enqueueDeliveries(stack.container.queues.get(WEBHOOK_QUEUE)!, t.tenantId, [...limitedIds, ...freeIds]);
+    // A test event (an admin's) is limited as any delivery is.
+    const test = await api(stack, 'POST', `${ENDPOINTS}/${t.endpoint.id}/test`, { token: t.admin, headers: { 'Idempotency-Key': randomUUID() } });
+    expect(test.status, test.text).toBe(202);
+
+    const rows = await settled(t.endpoint.id, 8);
+    // Each delivery was POSTed once: the turns waited for spent no attempt.
+    expect(rows.map((r) => [r.attempts, r.logged])).toEqual(Array.from({ length: 8 }, () => [1, 1]));
+    await settled(free.json.id as string, 8);
+
+    // Never 3 in one second: the third request let go after any other is let go a second after it at the
+    // earliest, so it arrives a second after that one did, less the latter's own latency (its duration).
+    const { rows: logged } = await stack.db.admin(`select id, (attempt_log->0->>'duration_ms')::int as duration_ms from webhook_deliveries where endpoint_id = $1`, [t.endpoint.id]);
+    const durationOf = new Map(logged.map((r) => [r.id as string, r.duration_ms as number]));
+    const got = receiver.received.filter((r) => r.path === '/limited').sort((a, b) => a.at - b.at);
+    const limited = got.map((r) => r.at);
+    expect(limited).toHaveLength(8);
+    for (let i = 0; i + 2 < got.length; i++) {
+      const latest = durationOf.get(String(got[i]!.headers['webhook-id']))! + SLACK_MS;
+      expect(limited[i + 2]! - limited[i]!, `arrivals ${i} and ${i + 2} (the first took ${latest - SLACK_MS} ms)`).toBeGreaterThanOrEqual(1000 - latest);
+    }
+    // Let go one turn (500 ms) apart at the earliest: the 8th at least 3.5 s after the 1st.
+    expect(limited[7]! - limited[0]!).toBeGreaterThanOrEqual(3500 - durationOf.get(String(got[0]!.headers['webhook-id']))! - SLACK_MS);
+    // The unlimited endpoint of the same tenant, enqueued with the limited one, was not held to turns: its deliveries
+    // took none (its endpoint has no rate key in Redis), and its 8 arrived well within the 3.5 s the limited one's took.
+    const unlimited = arrivals('/free');
+    expect(unlimited).toHaveLength(8);
+    expect(unlimited[7]! - unlimited[0]!).toBeLessThan(2500);
+    expect(await stack.redis.exists(`${stack.prefix}:endpoint-rate:${free.json.id}`, `${stack.prefix}:endpoint-rate-waiting:${free.json.id}`)).toBe(0);
+    expect(await stack.redis.exists(`${stack.prefix}:endpoint-rate:${t.endpoint.id}`)).toBe(1);
+    // Every delivery that found no turn was put back and counted (the first 1 or 2 go at once).
+    expect((await rateLimitedTotal()) - limitedBefore).toBeGreaterThanOrEqual(6);
+  });
+
+  it('a PATCH that removes the limit releases the deliveries waiting for their turns at once, not on the old schedule', async () => {
+    const t = await tenantWithEndpoint(stack, receiver, '/released', ['run.completed']);
+    expect((await api(stack, 'PATCH', `${ENDPOINTS}/${t.endpoint.id}`, { token: t.admin, body: { rate_limit_per_second: 1 } })).status).toBe(200);
+    await deliveries(t.tenantId, t.endpoint.id, 8);
+    // At 1/s the 8th would arrive 7 s after the 1st. The 2nd has arrived: the other 6 wait for turns a second apart.
+    await waitFor(() => arrivals('/released').length >= 2 || undefined, { timeoutMs: 20_000, what: 'two deliveries to arrive' });
+    const first = arrivals('/released')[0]!;
+    // The waiting ones hold turns one interval (1 s = 10^6 µs) apart, each its own: they come back one by one, never together.
+    const turns = (await stack.redis.zrange(`${stack.prefix}:endpoint-rate-waiting:${t.endpoint.id}`, '0', '-1', 'WITHSCORES')).filter((_, i) => i % 2 === 1).map(Number);
+    expect(turns.length).toBeGreaterThanOrEqual(4);
+    for (let i = 1; i < turns.length; i++) expect(turns[i]! - turns[i - 1]!).toBeGreaterThanOrEqual(1_000_000);
+    // Waiting for a turn holds no in-flight slot of the endpoint (nor of the tenant): the slots are taken after the turn.
+    expect(await stack.redis.zcard(`${stack.prefix}:endpoint-slots:${t.endpoint.id}`)).toBe(0);
+    expect(await stack.redis.zcard(`${stack.prefix}:webhook-tenant-slots:${t.tenantId}`)).toBe(0);
+    const res = await api(stack, 'PATCH', `${ENDPOINTS}/${t.endpoint.id}`, { token: t.admin, body: { rate_limit_per_second: null } });
+    expect(res.status, res.text).toBe(200);
+    expect(res.json.rate_limit_per_second).toBeNull();
+    const patchedAt = performance.now();
+    expect(patchedAt - first, 'the PATCH came well before the old schedule would have ended').toBeLessThan(2500);
+
+    const rows = await settled(t.endpoint.id, 8);
+    expect(rows.every((r) => r.attempts === 1)).toBe(true);
+    const all = arrivals('/released');
+    expect(all).toHaveLength(8);
+    // Released promptly: the rest arrived within 2.5 s of the PATCH; on the old schedule the 8th comes 7 s after
+    // the 1st, at least 4.5 s after the PATCH (5.7 s after it with the recall left out).
+    expect(all[7]! - patchedAt).toBeLessThan(2500);
+  });
+
+  it("a delivery re-enqueued by the redelivery pass (its job lost) takes its turn behind the ones waiting, not past them", async () => {
+    const t = await tenantWithEndpoint(stack, receiver, '/redelivered', ['run.completed']);
+    expect((await api(stack, 'PATCH', `${ENDPOINTS}/${t.endpoint.id}`, { token: t.admin, body: { rate_limit_per_second: 1 } })).status).toBe(200);
+    const first = await deliveries(t.tenantId, t.endpoint.id, 3);
+    // One went at once and is recorded; the other two wait for their turns, a second apart.
+    await waitFor(async () => ((await stack.db.admin(`select count(*)::int as n from webhook_deliveries where endpoint_id = $1 and status = 'delivered'`, [t.endpoint.id])).rows[0].n === 1 ? true : undefined), { timeoutMs: 20_000, what: 'the first delivery' });
+    // A delivery whose job Redis lost: pending, overdue, no job. The pass enqueues it, and only it (the waiting ones' jobs are delayed).
+    const [lost] = await deliveries(t.tenantId, t.endpoint.id, 1, false);
+    const queue = stack.container.queues.get(WEBHOOK_QUEUE)!;
+    const pass = webhookHandlers({
+      orm: stack.container.orm,
+      logger: pino({ level: 'silent' }),
+      settings: { timeoutMs: 5000, maxAttempts: 3, retryBaseMs: 50, policy: { allowPrivate: true, httpsOnly: false } },
+      queue: () => queue,
+      redeliverAfterMs: 0,
+    })[WEBHOOK_REDELIVERY_JOB];
+    expect(await pass()).toMatchObject({ enqueued: 1 });
+    const rows = await settled(t.endpoint.id, 4);
+    expect(rows.every((r) => r.attempts === 1)).toBe(true);
+    const got = receiver.received.filter((r) => r.path === '/redelivered').sort((a, b) => a.at - b.at);
+    expect(got.map((r) => r.headers['webhook-id'])).toEqual([...got.slice(0, 3).map((r) => r.headers['webhook-id']), lost]);
+    expect(new Set(got.slice(0, 3).map((r) => r.headers['webhook-id']))).toEqual(new Set(first));
+    const { rows: logged } = await stack.db.admin(`select id, (attempt_log->0->>'duration_ms')::int as duration_ms from webhook_deliveries where endpoint_id = $1`, [t.endpoint.id]);
+    const durationOf = new Map(logged.map((r) => [r.id as string, r.duration_ms as number]));
+    for (let i = 0; i + 1 < got.length; i++) expect(got[i + 1]!.at - got[i]!.at).toBeGreaterThanOrEqual(1000 - durationOf.get(String(got[i]!.headers['webhook-id']))! - SLACK_MS);
+  });
+
+  it('validates rate_limit_per_second (an integer 1-1000, or null) on create and update, and shows it on read and list', async () => {
+    const t = await tenantWithEndpoint(stack, receiver, '/validated', ['run.completed']);
+    const count = async () => Number((await stack.db.admin(`select count(*) from webhook_endpoints where tenant_id = $1`, [t.tenantId])).rows[0].count);
+    expect(await count()).toBe(1);
+    for (const bad of [0, 1001, -1, 2.5, '3', true]) {
+      const res = await createEndpoint(stack, t.admin, { url: `${receiver.base}/validated`, events: ['run.completed'], rate_limit_per_second: bad });
+      expect(res.status, `create with ${JSON.stringify(bad)}: ${res.text}`).toBe(422);
+      expect(res.headers.get('content-type')).toContain('application/problem+json');
+      expect(res.json).toMatchObject({ code: 'validation_failed' });
+      expect(JSON.stringify(res.json.errors)).toContain('rate_limit_per_second');
+    }
+    expect(await count()).toBe(1);
+
+    const created = await createEndpoint(stack, t.admin, { url: `${receiver.base}/validated`, events: ['run.completed'], rate_limit_per_second: 1000 });
+    expect(created.status, created.text).toBe(201);
+    expect(created.json.rate_limit_per_second).toBe(1000);
+    const id = created.json.id as string;
+    for (const bad of [0, 1001, 1.5, 'x']) {
+      const res = await api(stack, 'PATCH', `${ENDPOINTS}/${id}`, { token: t.admin, body: { rate_limit_per_second: bad } });
+      expect(res.status, `update with ${JSON.stringify(bad)}: ${res.text}`).toBe(422);
+    }
+    const read = await api(stack, 'GET', `${ENDPOINTS}/${id}`, { token: t.admin });
+    expect(read.json.rate_limit_per_second).toBe(1000);
+    expect((await api(stack, 'PATCH', `${ENDPOINTS}/${id}`, { token: t.admin, body: { rate_limit_per_second: 1 } })).json.rate_limit_per_second).toBe(1);
+    const list = await api(stack, 'GET', ENDPOINTS, { token: t.admin });
+    expect(Object.fromEntries(list.json.items.map((e: { id: string; rate_limit_per_second: number | null }) => [e.id, e.rate_limit_per_second]))).toEqual({ [id]: 1, [t.endpoint.id]: null });
+    // Another field's update leaves it as it is; null removes it.
+    expect((await api(stack, 'PATCH', `${ENDPOINTS}/${id}`, { token: t.admin, body: { description: 'd' } })).json.rate_limit_per_second).toBe(1);
+    expect((await api(stack, 'PATCH', `${ENDPOINTS}/${id}`, { token: t.admin, body: { rate_limit_per_second: null } })).json.rate_limit_per_second).toBeNull();
+    expect((await stack.db.admin(`select rate_limit_per_second from webhook_endpoints where id = $1`, [id])).rows[0].rate_limit_per_second).toBeNull();
+  });
+});
