@@ -16,9 +16,11 @@ import { createEndpoint, ENDPOINTS, startWebhookStack, stopWebhookStack, tenantW
  * What the limiter spaces is when each POST is let go (by Redis's clock); the receiver stamps its arrival,
  * which is later by that request's own latency — on this loaded machine up to hundreds of ms for a worker's
  * first request. A request arrives no later than its attempt's `duration_ms` (recorded by the worker, from
- * just after the turn was given to the answer) plus this much, the handler's work between the two.
+ * the POST's start to its answer) plus this much: the handler's work between the turn and the POST (the
+ * in-flight slots, one Redis round trip each, and the span), seen at 53 ms with the suite's other files
+ * running beside this one. A limiter that lets a burst go fails by far more (its requests arrive ms apart).
  */
-const SLACK_MS = 50;
+const SLACK_MS = 250;
 
 describe('webhook endpoint rate limits (rate_limit_per_second)', () => {
   let stack: TestStack;
@@ -107,10 +109,11 @@ describe('webhook endpoint rate limits (rate_limit_per_second)', () => {
     // Let go one turn (500 ms) apart at the earliest: the 8th at least 3.5 s after the 1st.
     expect(limited[7]! - limited[0]!).toBeGreaterThanOrEqual(3500 - durationOf.get(String(got[0]!.headers['webhook-id']))! - SLACK_MS);
     // The unlimited endpoint of the same tenant, enqueued with the limited one, was not held to turns: its deliveries
-    // took none (its endpoint has no rate key in Redis), and its 8 arrived well within the 3.5 s the limited one's took.
+    // took none (its endpoint has no rate key in Redis), and its last arrived before the limited one's last, which
+    // the turns held back by 3.5 s at least (a comparison within this run, not a wall-clock bound).
     const unlimited = arrivals('/free');
     expect(unlimited).toHaveLength(8);
-    expect(unlimited[7]! - unlimited[0]!).toBeLessThan(2500);
+    expect(unlimited[7]!).toBeLessThan(limited[7]!);
     expect(await stack.redis.exists(`${stack.prefix}:endpoint-rate:${free.json.id}`, `${stack.prefix}:endpoint-rate-waiting:${free.json.id}`)).toBe(0);
     expect(await stack.redis.exists(`${stack.prefix}:endpoint-rate:${t.endpoint.id}`)).toBe(1);
     // Every delivery that found no turn was put back and counted (the first 1 or 2 go at once).
@@ -123,10 +126,13 @@ describe('webhook endpoint rate limits (rate_limit_per_second)', () => {
     await deliveries(t.tenantId, t.endpoint.id, 8);
     // At 1/s the 8th would arrive 7 s after the 1st. The 2nd has arrived: the other 6 wait for turns a second apart.
     await waitFor(() => arrivals('/released').length >= 2 || undefined, { timeoutMs: 20_000, what: 'two deliveries to arrive' });
-    const first = arrivals('/released')[0]!;
     // The waiting ones hold turns one interval (1 s = 10^6 µs) apart, each its own: they come back one by one, never together.
     const turns = (await stack.redis.zrange(`${stack.prefix}:endpoint-rate-waiting:${t.endpoint.id}`, '0', '-1', 'WITHSCORES')).filter((_, i) => i % 2 === 1).map(Number);
     expect(turns.length).toBeGreaterThanOrEqual(4);
+    // When the old schedule would have let the last waiting one go, as a delay from now (Redis's clock: the turns' own).
+    const [nowS, nowUs] = await stack.redis.time();
+    const oldScheduleEndsInMs = (turns.at(-1)! - (Number(nowS) * 1e6 + Number(nowUs))) / 1000;
+    const readAt = performance.now();
     for (let i = 1; i < turns.length; i++) expect(turns[i]! - turns[i - 1]!).toBeGreaterThanOrEqual(1_000_000);
     // Waiting for a turn holds no in-flight slot of the endpoint (nor of the tenant): the slots are taken after the turn.
     expect(await stack.redis.zcard(`${stack.prefix}:endpoint-slots:${t.endpoint.id}`)).toBe(0);
@@ -134,16 +140,14 @@ describe('webhook endpoint rate limits (rate_limit_per_second)', () => {
     const res = await api(stack, 'PATCH', `${ENDPOINTS}/${t.endpoint.id}`, { token: t.admin, body: { rate_limit_per_second: null } });
     expect(res.status, res.text).toBe(200);
     expect(res.json.rate_limit_per_second).toBeNull();
-    const patchedAt = performance.now();
-    expect(patchedAt - first, 'the PATCH came well before the old schedule would have ended').toBeLessThan(2500);
 
     const rows = await settled(t.endpoint.id, 8);
     expect(rows.every((r) => r.attempts === 1)).toBe(true);
     const all = arrivals('/released');
     expect(all).toHaveLength(8);
-    // Released promptly: the rest arrived within 2.5 s of the PATCH; on the old schedule the 8th comes 7 s after
-    // the 1st, at least 4.5 s after the PATCH (5.7 s after it with the recall left out).
-    expect(all[7]! - patchedAt).toBeLessThan(2500);
+    // Released: the last arrived before the old schedule would have let it go (read from Redis before the PATCH;
+    // with the recall left out it came after it) — compared within this run, not against a wall-clock bound.
+    expect(all[7]! - readAt, `the last arrival vs the old schedule's last turn (${Math.round(oldScheduleEndsInMs)} ms after it was read)`).toBeLessThan(oldScheduleEndsInMs);
   });
 
   it("a delivery re-enqueued by the redelivery pass (its job lost) takes its turn behind the ones waiting, not past them", async () => {
