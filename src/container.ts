@@ -22,6 +22,8 @@ import { WEBHOOK_QUEUE, enqueueDeliveries } from './platform/webhooks/delivery.t
 import { webhookEndpointRoutes } from './platform/webhooks/webhook-endpoints.routes.ts';
 import { EndpointRates } from './platform/webhooks/rate-limit.ts';
 import { webhookDeliveryRoutes } from './platform/webhooks/deliveries.routes.ts';
+import { operatorLimitsRoutes } from './platform/limits/operator-limits.routes.ts';
+import { publishActiveRunsOverride } from './platform/limits/tenant-limits.ts';
 import { webhookResendRoutes } from './platform/webhooks/resend.ts';
 import { webhookTestEventRoutes } from './platform/webhooks/test-event.ts';
 import type { UrlPolicy } from './platform/webhooks/ssrf.ts';
@@ -106,6 +108,10 @@ export async function createContainer(
     ...webhookDeliveryRoutes(),
     ...webhookResendRoutes({ queue: () => queue(WEBHOOK_QUEUE), onResent: (mode, count) => metrics.webhookDeliveriesResent.inc({ mode }, count) }),
     ...webhookTestEventRoutes({ queue: () => queue(WEBHOOK_QUEUE), onSent: () => metrics.webhookTestEvents.inc() }),
+    ...operatorLimitsRoutes({
+      defaults: { maxActiveRuns: config.WORKER_MAX_ACTIVE_RUNS_PER_TENANT, maxRunsInFlight: config.MAX_RUNS_IN_FLIGHT_PER_TENANT },
+      publishActiveRuns: (tenantId, cap) => publishActiveRunsOverride(redis, config.QUEUE_PREFIX, tenantId, cap),
+    }),
   ];
   const instanceId = `${hostname()}-${process.pid}-${randomUUID().slice(0, 8)}`;
   return {

@@ -6,6 +6,7 @@ import { ApprovalDecision, ApprovalPolicyChange, ApprovalPolicyRow, ApprovalRequ
 import { EvidencePackRow } from './modules/evidence/evidence-pack.entity.ts';
 import { EvidenceSealRow } from './modules/evidence/evidence-seal.entity.ts';
 import { WebhookDelivery, WebhookEndpoint } from './platform/webhooks/webhook.entities.ts';
+import { TenantLimitsRow } from './platform/limits/tenant-limits.entity.ts';
 import { PartnerOffboardingRow } from './modules/partner-offboarding/partner-offboarding.entities.ts';
 
 /** Every entity of the application, platform and modules; the ORM, migrations and RLS suite read this list. */
@@ -24,4 +25,5 @@ export const entities = [
   PartnerOffboardingRow,
   WebhookEndpoint,
   WebhookDelivery,
+  TenantLimitsRow,
 ];

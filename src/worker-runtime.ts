@@ -6,6 +6,7 @@ import { StepExecutor, untilAborted } from './platform/durable/executor.ts';
 import { Sweeper } from './platform/durable/sweeper.ts';
 import { startWorkers } from './platform/durable/worker-host.ts';
 import { TenantSlots } from './platform/durable/tenant-slots.ts';
+import { seedActiveRunOverrides } from './platform/limits/tenant-limits.ts';
 import type { Config } from './platform/config/config.ts';
 import type { Redis } from 'ioredis';
 import { scheduleMaintenance, MAINTENANCE_QUEUE, maintenanceHandlers, upsertMaintenanceSchedulers } from './platform/queue/maintenance.ts';
@@ -128,6 +129,18 @@ export async function startWorkerProcess(c: Container, signal?: AbortSignal): Pr
     await closeMetrics();
     throw err;
   }
+  // The operators' active-run overrides (ADR 0014): Redis's copy re-seeded from PostgreSQL, which holds
+  // them, at every start and after Redis lost its data (below). A failure leaves the copy as it is.
+  const seedOverrides = async () => {
+    if (cfg.WORKER_MAX_ACTIVE_RUNS_PER_TENANT <= 0) return;
+    try {
+      const overrides = await seedActiveRunOverrides(c.orm, c.redis, cfg.QUEUE_PREFIX);
+      c.logger.info({ overrides }, "tenants' active-run overrides copied to Redis");
+    } catch (err) {
+      c.logger.warn({ err }, "could not copy the tenants' active-run overrides to Redis: the copy there applies until the next start or Redis loss");
+    }
+  };
+  await seedOverrides();
   // Replaced before the old one closes: a retention pass queuing its follow-up meanwhile finds an open queue.
   const replaced = c.queues.get(MAINTENANCE_QUEUE);
   c.queues.set(MAINTENANCE_QUEUE, maintenance);
@@ -146,7 +159,11 @@ export async function startWorkerProcess(c: Container, signal?: AbortSignal): Pr
     intervalMs: cfg.SWEEPER_INTERVAL,
     minAgeMs: cfg.SWEEPER_MIN_AGE,
     // A flushed or replaced Redis lost the Job Schedulers too: put them back.
-    afterRedisLoss: () => upsertMaintenanceSchedulers(maintenance, { runRetentionMs: cfg.RUN_RETENTION, logger: c.logger, scheduledBy: c.instanceId }),
+    // The overrides' copy went too: re-seeded from PostgreSQL.
+    afterRedisLoss: async () => {
+      await seedOverrides();
+      await upsertMaintenanceSchedulers(maintenance, { runRetentionMs: cfg.RUN_RETENTION, logger: c.logger, scheduledBy: c.instanceId });
+    },
   });
   sweeper.start();
   warnWhenGuardOff(c.logger, cfg.WEBHOOK_ALLOW_PRIVATE_NETWORKS);

@@ -7,6 +7,7 @@ import { api, CLASS_A_SUBMISSION, newTenant, SAMPLE_SUBMISSION, startStack, type
 import { waitFor } from '../helpers/poll.ts';
 import { isValidCorrelationId } from '../../src/platform/http/correlation.ts';
 import { parseIdempotencyKey } from '../../src/platform/idempotency/idempotency.service.ts';
+import { OPERATOR_ROLE } from '../../src/platform/http/admin-auth.middleware.ts';
 
 /**
  * Property-based hostile input over every endpoint (the routes are read from the container, so a new
@@ -386,7 +387,7 @@ describe('hostile input on every endpoint', () => {
   it('a body over BODY_LIMIT is 413 problem+json, on every mutating API route', async () => {
     // (A caller without a route's role is refused before the body is read: 403 there, as on the
     // operator dashboard. This caller holds every role a route asks for.)
-    const allRoles = await stack.token({ tenantId: tenant, sub: 'prop-user', roles: ['approver', 'admin'] });
+    const allRoles = await stack.token({ tenantId: tenant, sub: 'prop-user', roles: ['approver', 'admin', OPERATOR_ROLE] });
     for (const ep of endpoints().filter((e) => e.method !== 'GET' && e.path.startsWith('/api/'))) {
       const path = ep.path.replace(/:[A-Za-z_]+/g, realIds[4]!);
       const res = await send({ method: ep.method, path, headers: { authorization: `Bearer ${allRoles}`, 'content-type': 'application/json', 'idempotency-key': randomUUID() }, body: Buffer.from(JSON.stringify({ pad: 'x'.repeat(BODY_LIMIT + 1) })) });

@@ -6,6 +6,7 @@ import { objectsIn, publishedSchemas, withFieldAt } from '../helpers/openapi-val
 import { buildOpenApi } from '../../src/platform/http/openapi.ts';
 import { defineRoute, MUTATING_METHODS } from '../../src/platform/http/route.ts';
 import { WEBHOOK_QUEUE } from '../../src/platform/webhooks/delivery.ts';
+import { OPERATOR_ROLE } from '../../src/platform/http/admin-auth.middleware.ts';
 
 /** Runs pending or running per tenant: the fifth submission of a tenant whose four runs wait for a worker answers 429. */
 const IN_FLIGHT_CAP = 4;
@@ -534,6 +535,19 @@ describe('the published schemas hold for real responses of every route', () => {
     expect(expectPublished('PATCH', '/api/v1/webhook-endpoints/:id', updated, 200).json).toMatchObject({ id: first.id, events: ['run.failed'], description: null });
     const deleted = await api(stack, 'DELETE', `/api/v1/webhook-endpoints/${first.id}`, { token: admin });
     expectPublished('DELETE', '/api/v1/webhook-endpoints/:id', deleted, 204);
+  });
+
+  it("a tenant's limits read, set and removed by an operator as published", async () => {
+    const operator = await stack.token({ tenantId: newTenant(), sub: 'ops', roles: [OPERATOR_ROLE] });
+    const tenant = newTenant();
+    const path = `/api/v1/operator/tenants/${tenant}/limits`;
+    const template = '/api/v1/operator/tenants/:tenant_id/limits';
+    await get(template, path, operator);
+    const put = await api(stack, 'PUT', path, { token: operator, body: { max_active_runs: 2, max_runs_in_flight: null }, headers: { 'Idempotency-Key': randomUUID() } });
+    expect(expectPublished('PUT', template, put, 200).json.max_active_runs.override).toBe(2);
+    expect((await get(template, path, operator)).json.updated_by).toBe('ops');
+    const del = await api(stack, 'DELETE', path, { token: operator, headers: { 'Idempotency-Key': randomUUID() } });
+    expect(expectPublished('DELETE', template, del, 200).json.updated_at).toBeNull();
   });
 
   it('checked a real response against every success response that a route publishes', () => {

@@ -285,8 +285,8 @@ describe('tenants interleaved on a pool of two connections', () => {
   it('hundreds of interleaved tenantEm operations never see, or write, another tenant', async () => {
     const [A, B] = [randomUUID(), randomUUID()];
     for (const table of tables) for (const tenant of [A, B]) await rows.seed(table, tenant);
-    // Tables whose only unique key is the tenant itself (one row per tenant) take no further inserts.
-    const insertable = tables.filter((t) => !rows.spec(t).meta.uniques.some((u) => [u.properties].flat().join() === 'tenantId'));
+    // Tables whose only unique key is the tenant itself (one row per tenant: a unique key, or the primary key as tenant_limits') take no further inserts.
+    const insertable = tables.filter((t) => rows.spec(t).pk !== 'tenant_id' && !rows.spec(t).meta.uniques.some((u) => [u.properties].flat().join() === 'tenantId'));
     const pids = new Set<number>();
     const writes: { table: string; id: unknown; tenant: string; stored: boolean }[] = [];
     const next = seededRandom(20261124);

@@ -123,4 +123,6 @@ export async function grantRuntimePrivileges(client: { execute(sql: string): Pro
   // The webhook redelivery pass (ADR 0013): which deliveries are pending and overdue, never their payload.
   // DELETE: retention (ADR 0011), limited by the policy webhook_deliveries_system_retention to settled ones.
   await client.execute(`GRANT SELECT (${reads('webhook_deliveries')}), DELETE ON TABLE webhook_deliveries TO ${ident(SYSTEM_ROLE)}`);
+  // The workers' re-seed of the active-run overrides in Redis (ADR 0014): read only.
+  await client.execute(`GRANT SELECT (${reads('tenant_limits')}) ON TABLE tenant_limits TO ${ident(SYSTEM_ROLE)}`);
 }

@@ -17,6 +17,8 @@ export const SYSTEM_READS: Readonly<Record<string, readonly string[]>> = {
   durable_runs: ['id', 'tenant_id', 'workflow', 'workflow_version', 'status', 'sequence_num', 'step_count', 'updated_at', 'idempotency_hash'],
   idempotency_keys: ['id', 'tenant_id', 'expires_at'],
   webhook_deliveries: ['id', 'tenant_id', 'status', 'next_attempt_at', 'updated_at', 'resends'],
+  // The workers' re-seed of the Redis copy of the active-run overrides (ADR 0014).
+  tenant_limits: ['tenant_id', 'max_active_runs'],
 };
 /**
  * The tables without tenant_id the application role may reach, and how: the migrations table, read

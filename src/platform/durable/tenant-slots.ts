@@ -28,25 +28,33 @@ redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 `;
 
 /**
- * KEYS: slots, parked. ARGV: member, cap, lease ms. Drops lapsed leases; a member that holds a slot
- * renews it, another takes one when fewer than `cap` are held: {1, 0} when the member holds a slot after
- * it. Else {0, ms}: `ms` is how long until the earliest live lease lapses (Redis's clock, relative, so the
+ * The owner's cap: its override in the limits hash (KEYS[3], field: the owner, the last ARGV; written by
+ * the operator API and re-seeded from PostgreSQL, ADR 0014) when it has one, else the cap passed
+ * (`arg`, the process's setting). One HGET inside the script: no round trip more, override or not.
+ */
+const CAP = (arg: number) => `local cap = tonumber(redis.call('HGET', KEYS[3], ARGV[#ARGV]) or ARGV[${arg}])
+`;
+
+/**
+ * KEYS: slots, parked, limits. ARGV: member, cap, lease ms, owner. Drops lapsed leases; a member that holds a slot
+ * renews it, another takes one when fewer than `cap` are held: {1, 0, cap} when the member holds a slot after
+ * it (`cap`: the one applied). Else {0, ms, cap}: `ms` is how long until the earliest live lease lapses (Redis's clock, relative, so the
  * caller's clock need not agree) when the member is — or, parking now, would be — among the owner's
  * `cap` earliest parked, else 0. A lease that lapses (its holder died) frees a slot nobody releases:
  * those few come back when it does, and take it; the others wait for promotions as before, so a long
  * parked set does not all come back at every lease's end.
  */
-const ACQUIRE = `${NOW}
-if redis.call('ZSCORE', KEYS[1], ARGV[1]) or redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[2]) then
+const ACQUIRE = `${NOW}${CAP(2)}
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) or redis.call('ZCARD', KEYS[1]) < cap then
   redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1])
   if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[3]) then redis.call('PEXPIRE', KEYS[1], ARGV[3]) end
   redis.call('ZREM', KEYS[2], ARGV[1])
-  return {1, 0}
+  return {1, 0, cap}
 end
 local rank = redis.call('ZRANK', KEYS[2], ARGV[1]) or redis.call('ZCARD', KEYS[2])
-if rank >= tonumber(ARGV[2]) then return {0, 0} end
+if rank >= cap then return {0, 0, cap} end
 local earliest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-return {0, tonumber(earliest[2]) - now}`;
+return {0, tonumber(earliest[2]) - now, cap}`;
 
 /** KEYS: slots. ARGV: member, lease ms. Extends the member's lease (re-adds it if it lapsed: the job is still running). */
 const RENEW = `${NOW}
@@ -55,48 +63,48 @@ if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[2]) then redis.call('PEXPIRE', KE
 return 1`;
 
 /**
- * KEYS: slots, parked. ARGV: member, cap, parked at (ms, the order of promotion), parked set ttl ms.
+ * KEYS: slots, parked, limits. ARGV: member, cap, parked at (ms, the order of promotion), parked set ttl ms, owner.
  * Records the member as parked; when a slot is free by now (one was released between the member's
  * acquire and its park), pops the earliest parked member for the caller to promote, else false.
  */
-const PARK = `${NOW}
+const PARK = `${NOW}${CAP(2)}
 redis.call('ZADD', KEYS[2], tonumber(ARGV[3]), ARGV[1])
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
-if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[2]) then
+if redis.call('ZCARD', KEYS[1]) < cap then
   local p = redis.call('ZPOPMIN', KEYS[2])
   if p[1] then return p[1] end
 end
 return false`;
 
 /**
- * KEYS: slots, parked. ARGV: member, cap. Gives the member's slot back; when a slot is free, pops the
+ * KEYS: slots, parked, limits. ARGV: member, cap, owner. Gives the member's slot back; when a slot is free, pops the
  * earliest parked member for the caller to promote, else false.
  */
 const RELEASE = `redis.call('ZREM', KEYS[1], ARGV[1])
-${NOW}
-if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[2]) then
+${NOW}${CAP(2)}
+if redis.call('ZCARD', KEYS[1]) < cap then
   local p = redis.call('ZPOPMIN', KEYS[2])
   if p[1] then return p[1] end
 end
 return false`;
 
 /**
- * KEYS: slots, parked. ARGV: cap. When a slot is free, pops the earliest parked member for the caller to
+ * KEYS: slots, parked, limits. ARGV: cap, owner. When a slot is free, pops the earliest parked member for the caller to
  * promote, else false: the next one, after a popped member whose job was gone could not use the slot.
  */
-const WAKE = `${NOW}
-if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[1]) then
+const WAKE = `${NOW}${CAP(1)}
+if redis.call('ZCARD', KEYS[1]) < cap then
   local p = redis.call('ZPOPMIN', KEYS[2])
   if p[1] then return p[1] end
 end
 return false`;
 
 type SlotRedis = Redis & {
-  dealixSlotAcquire(slots: string, parked: string, member: string, cap: number, leaseMs: number): Promise<[number, number]>;
+  dealixSlotAcquire(slots: string, parked: string, limits: string, member: string, cap: number, leaseMs: number, owner: string): Promise<[number, number, number]>;
   dealixSlotRenew(slots: string, member: string, leaseMs: number): Promise<number>;
-  dealixSlotPark(slots: string, parked: string, member: string, cap: number, parkedAt: number, ttlMs: number): Promise<string | null>;
-  dealixSlotRelease(slots: string, parked: string, member: string, cap: number): Promise<string | null>;
-  dealixSlotWake(slots: string, parked: string, cap: number): Promise<string | null>;
+  dealixSlotPark(slots: string, parked: string, limits: string, member: string, cap: number, parkedAt: number, ttlMs: number, owner: string): Promise<string | null>;
+  dealixSlotRelease(slots: string, parked: string, limits: string, member: string, cap: number, owner: string): Promise<string | null>;
+  dealixSlotWake(slots: string, parked: string, limits: string, cap: number, owner: string): Promise<string | null>;
 };
 
 /** A parked job's fallback delay: 30–60 s on its first park, 60–120 s after (if its promotion was lost, it comes back on its own). */
@@ -107,6 +115,9 @@ export function parkDelayMs(parks: number): number {
 
 /** How long an emptied parked set is kept: longer than any fallback delay, so a live parked job's entry outlives it. */
 const PARKED_TTL_MS = 10 * 60_000;
+
+/** The hash of per-owner overrides of the cap (ADR 0014): `<prefix>:tenant-limits` for run jobs. */
+export const tenantLimitsKey = (prefix: string, per: SlotOwner = 'tenant') => `${prefix}:${per}-limits`;
 
 /** A run job's member in the sets: its queue and id. */
 export const slotMember = (queue: string, jobId: string) => `${queue}:${jobId}`;
@@ -156,11 +167,11 @@ export class TenantSlots {
     this.leaseMs = opts.leaseMs;
     this.prefix = opts.prefix;
     if (!('dealixSlotAcquire' in redis)) {
-      redis.defineCommand('dealixSlotAcquire', { numberOfKeys: 2, lua: ACQUIRE });
+      redis.defineCommand('dealixSlotAcquire', { numberOfKeys: 3, lua: ACQUIRE });
       redis.defineCommand('dealixSlotRenew', { numberOfKeys: 1, lua: RENEW });
-      redis.defineCommand('dealixSlotPark', { numberOfKeys: 2, lua: PARK });
-      redis.defineCommand('dealixSlotRelease', { numberOfKeys: 2, lua: RELEASE });
-      redis.defineCommand('dealixSlotWake', { numberOfKeys: 2, lua: WAKE });
+      redis.defineCommand('dealixSlotPark', { numberOfKeys: 3, lua: PARK });
+      redis.defineCommand('dealixSlotRelease', { numberOfKeys: 3, lua: RELEASE });
+      redis.defineCommand('dealixSlotWake', { numberOfKeys: 3, lua: WAKE });
     }
     this.redis = redis as SlotRedis;
   }
@@ -173,7 +184,16 @@ export class TenantSlots {
     return `${this.prefix}:${this.per}-parked:${owner}`;
   }
 
-  /** Takes (or renews) a slot for `member`; false when the tenant holds `cap` others. */
+  /**
+   * The hash of per-owner caps that replace `cap` (field: owner, value: its cap): `<prefix>:tenant-limits`
+   * for run jobs (ADR 0014, tenant-limits-cache.ts); nothing writes the webhook owners' ones, so their
+   * scripts always find none.
+   */
+  limitsKey(): string {
+    return tenantLimitsKey(this.prefix, this.per);
+  }
+
+  /** Takes (or renews) a slot for `member`; false when the tenant holds its cap of others (its override, else `cap`). */
   async acquire(tenant: string, member: string): Promise<boolean> {
     return (await this.take(tenant, member)).acquired;
   }
@@ -184,11 +204,11 @@ export class TenantSlots {
    * the request, plus Redis's remaining time: never after the lapse, whatever the clocks' offset), for
    * one of the owner's `cap` earliest parked; undefined for the rest. One round trip, as `acquire`.
    */
-  async take(tenant: string, member: string): Promise<{ acquired: boolean; wakeBy?: number }> {
+  async take(tenant: string, member: string): Promise<{ acquired: boolean; wakeBy?: number; cap: number }> {
     const askedAt = Date.now();
-    const [acquired, lapsesInMs] = await this.redis.dealixSlotAcquire(this.slotsKey(tenant), this.parkedKey(tenant), member, this.cap, this.leaseMs);
-    if (acquired === 1) return { acquired: true };
-    return lapsesInMs > 0 ? { acquired: false, wakeBy: askedAt + lapsesInMs } : { acquired: false };
+    const [acquired, lapsesInMs, cap] = await this.redis.dealixSlotAcquire(this.slotsKey(tenant), this.parkedKey(tenant), this.limitsKey(), member, this.cap, this.leaseMs, tenant);
+    if (acquired === 1) return { acquired: true, cap };
+    return lapsesInMs > 0 ? { acquired: false, wakeBy: askedAt + lapsesInMs, cap } : { acquired: false, cap };
   }
 
   /** Extends the leases of the slots held, in one round trip. */
@@ -204,17 +224,17 @@ export class TenantSlots {
 
   /** Records `member` (already delayed) as parked since `parkedAt`; the member to promote when a slot is free now, else null. */
   async park(tenant: string, member: string, parkedAt: number): Promise<string | null> {
-    return this.redis.dealixSlotPark(this.slotsKey(tenant), this.parkedKey(tenant), member, this.cap, parkedAt, PARKED_TTL_MS);
+    return this.redis.dealixSlotPark(this.slotsKey(tenant), this.parkedKey(tenant), this.limitsKey(), member, this.cap, parkedAt, PARKED_TTL_MS, tenant);
   }
 
   /** Gives `member`'s slot back; the tenant's earliest parked member to promote when a slot is free, else null. */
   async release(tenant: string, member: string): Promise<string | null> {
-    return this.redis.dealixSlotRelease(this.slotsKey(tenant), this.parkedKey(tenant), member, this.cap);
+    return this.redis.dealixSlotRelease(this.slotsKey(tenant), this.parkedKey(tenant), this.limitsKey(), member, this.cap, tenant);
   }
 
   /** The tenant's earliest parked member to promote when a slot is free, else null (no slot changes hands). */
   async wake(tenant: string): Promise<string | null> {
-    return this.redis.dealixSlotWake(this.slotsKey(tenant), this.parkedKey(tenant), this.cap);
+    return this.redis.dealixSlotWake(this.slotsKey(tenant), this.parkedKey(tenant), this.limitsKey(), this.cap, tenant);
   }
 }
 

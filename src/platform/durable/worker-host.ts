@@ -188,17 +188,18 @@ function tenantSlotHolder(use: TenantSlotsUse, runtime: DurableRuntime, logger: 
     async take(job: Job<StepJobData>, token: string | undefined): Promise<HeldSlot> {
       const d = job.data;
       const slot: HeldSlot = { tenant: d.tenant_id, member: slotMember(job.queueName, job.id!) };
-      // acquire, not take (ADR 0012, 0013): run jobs' leases are renewed while they run, so the earliest lease's
+      // Its wakeBy is not used (ADR 0012, 0013): run jobs' leases are renewed while they run, so the earliest lease's
       // expiry is always a lease ahead and would bring parked jobs back every lease for nothing; a dead worker's
-      // job is re-delivered by stall detection and takes its own slot back.
-      if (await slots.acquire(slot.tenant, slot.member)) {
+      // job is re-delivered by stall detection and takes its own slot back. `cap`: the tenant's override or the setting (ADR 0014).
+      const { acquired, cap } = await slots.take(slot.tenant, slot.member);
+      if (acquired) {
         held.add(slot);
         return slot;
       }
       return parking.park(job, token, slot.tenant, slot.member, ({ parks, delayMs }) => {
         use.onParked?.({ workflow: d.workflow });
         logger[parks === 1 ? 'info' : 'debug'](
-          { tenant_id: d.tenant_id, run_id: d.run_id, job_id: job.id, cap: slots.cap, parks, fallback_delay_ms: delayMs },
+          { tenant_id: d.tenant_id, run_id: d.run_id, job_id: job.id, cap, parks, fallback_delay_ms: delayMs },
           'tenant at its cap of active run jobs: job parked until one of its runs gives a slot back',
         );
       });

@@ -7,7 +7,8 @@ import { RateWindow } from './rate-window.ts';
 
 /**
  * Abuse limits per tenant: a submission rate (fixed one-minute window in Redis) and a cap on runs
- * in flight (counted under RLS; call `admit` inside the transaction that then inserts the run).
+ * in flight (counted under RLS; call `admit` inside the transaction that then inserts the run), which
+ * a tenant's operator-set override (tenant_limits, ADR 0014) replaces while MAX_RUNS_IN_FLIGHT_PER_TENANT is on.
  * Both answer 429 with Retry-After; 0 disables a limit. A route submits to them by declaring
  * `admission` (RouteDef): the router applies it, and the OpenAPI document lists 429 from it.
  */
@@ -29,11 +30,16 @@ export class AdmissionController implements AdmissionControl {
       // lock travels with the count in one message (ADR 0004); PostgreSQL runs them in order, and the
       // count's own snapshot is taken after the lock is granted.
       await em.execute(`${DEFER_UNTIL_NEXT}select pg_advisory_xact_lock(hashtextextended('dealix:admission:' || ?, 0))`, [tenantId]);
-      const [row] = await em.execute<{ n: string }[]>(
-        `select count(*) as n from (select 1 from durable_runs where tenant_id = ? and status in ('pending', 'running') limit ?) t`,
-        [tenantId, this.o.maxInFlight + 1],
+      // The tenant's own cap (tenant_limits, set by an operator: ADR 0014) is read in the statement that
+      // counts, under the same lock: no round trip more, and a PUT that commits meanwhile applies to the
+      // next submission. No row, or a null column: MAX_RUNS_IN_FLIGHT_PER_TENANT.
+      const [row] = await em.execute<{ cap: number; n: string }[]>(
+        `with cap as (select coalesce((select max_runs_in_flight from tenant_limits where tenant_id = ?), ?::int) as cap)
+         select cap.cap, (select count(*) from (select 1 from durable_runs where tenant_id = ? and status in ('pending', 'running') limit (select cap from cap) + 1) t) as n from cap`,
+        [tenantId, this.o.maxInFlight, tenantId],
       );
-      if (Number(row?.n ?? 0) >= this.o.maxInFlight) throw tooMany(`The tenant already has ${this.o.maxInFlight} runs in flight.`, 5);
+      const cap = Number(row?.cap ?? this.o.maxInFlight);
+      if (Number(row?.n ?? 0) >= cap) throw tooMany(`The tenant already has ${cap} runs in flight.`, 5);
     }
     if (this.o.perMinute > 0) {
       const { count, retryAfter } = await this.rate.hit(tenantId);

@@ -1,0 +1,196 @@
+import type { Request } from 'express';
+import { z } from 'zod';
+import type { EntityManager } from '@mikro-orm/postgresql';
+import { defineRoute, type RouteDef } from '../http/route.ts';
+import { isoTime, toIsoTimeOrNull } from '../http/iso-time.ts';
+import { DEFER_UNTIL_NEXT } from '../db/coalescing-client.ts';
+import { OPERATOR_ROLE } from '../http/admin-auth.middleware.ts';
+import type { Principal } from '../tenancy/jwt.ts';
+
+export const OPERATOR_TENANTS_PATH = '/api/v1/operator/tenants';
+const PATH = `${OPERATOR_TENANTS_PATH}/:tenant_id/limits`;
+const TAGS = ['operator'];
+
+/** The bounds an override may take: WORKER_MAX_ACTIVE_RUNS_PER_TENANT's own maximum, and a million runs in flight. */
+export const MAX_ACTIVE_RUNS_OVERRIDE = 100_000;
+export const MAX_RUNS_IN_FLIGHT_OVERRIDE = 1_000_000;
+
+const limitsBody = z.strictObject({
+  max_active_runs: z
+    .number()
+    .int()
+    .min(1)
+    .max(MAX_ACTIVE_RUNS_OVERRIDE)
+    .nullable()
+    .describe(`The tenant's run jobs executing at once, all workers (1–${MAX_ACTIVE_RUNS_OVERRIDE}); null: WORKER_MAX_ACTIVE_RUNS_PER_TENANT`),
+  max_runs_in_flight: z
+    .number()
+    .int()
+    .min(1)
+    .max(MAX_RUNS_IN_FLIGHT_OVERRIDE)
+    .nullable()
+    .describe(`The tenant's runs pending or running before a submission is refused with 429 (1–${MAX_RUNS_IN_FLIGHT_OVERRIDE}); null: MAX_RUNS_IN_FLIGHT_PER_TENANT`),
+});
+type LimitsBody = z.infer<typeof limitsBody>;
+
+const limitView = z.strictObject({
+  effective: z.number().int().min(0).describe('What applies to the tenant now; 0: no cap (the setting is 0, off, and then an override does not apply either)'),
+  source: z.enum(['override', 'default']).describe('`override` when the tenant has one and the setting is on; else `default`'),
+  override: z.number().int().nullable().describe('The operator-set value, null when none'),
+  default: z.number().int().min(0).describe("The process-wide setting, as this API process reads it; 0 = off"),
+  enforced: z.boolean().describe('false when the setting is 0 (off): an override is stored but applies only once the setting is on'),
+});
+type LimitView = z.infer<typeof limitView>;
+
+const limitsView = z
+  .strictObject({
+    tenant_id: z.string().uuid(),
+    max_active_runs: limitView.describe('Run jobs executing at once (workers, WORKER_MAX_ACTIVE_RUNS_PER_TENANT, ADR 0012)'),
+    max_runs_in_flight: limitView.describe('Runs pending or running (submissions, MAX_RUNS_IN_FLIGHT_PER_TENANT)'),
+    updated_by: z.string().nullable().describe('The sub of the operator who set the overrides; null without any'),
+    updated_at: isoTime.nullable(),
+  })
+  .meta({ id: 'TenantLimits' });
+type LimitsView = z.infer<typeof limitsView>;
+
+const tenantParam = z.object({ tenant_id: z.string().uuid() });
+
+interface LimitsRow {
+  max_active_runs: number | null;
+  max_runs_in_flight: number | null;
+  updated_by: string;
+  updated_at: Date;
+}
+
+export interface OperatorLimitsDeps {
+  /** WORKER_MAX_ACTIVE_RUNS_PER_TENANT and MAX_RUNS_IN_FLIGHT_PER_TENANT (0 = off). */
+  defaults: { maxActiveRuns: number; maxRunsInFlight: number };
+  /** Writes a tenant's active-run override (null: none) to the workers' Redis copy, after the commit (tenant-limits.ts). */
+  publishActiveRuns(tenantId: string, maxActiveRuns: number | null): Promise<void>;
+}
+
+function limit(override: number | null, fallback: number): LimitView {
+  const enforced = fallback > 0;
+  const applies = enforced && override !== null;
+  return { effective: applies ? override : fallback, source: applies ? 'override' : 'default', override, default: fallback, enforced };
+}
+
+function toView(tenantId: string, row: LimitsRow | undefined, d: OperatorLimitsDeps['defaults']): LimitsView {
+  return {
+    tenant_id: tenantId,
+    max_active_runs: limit(row?.max_active_runs ?? null, d.maxActiveRuns),
+    max_runs_in_flight: limit(row?.max_runs_in_flight ?? null, d.maxRunsInFlight),
+    updated_by: row?.updated_by ?? null,
+    updated_at: toIsoTimeOrNull(row?.updated_at ?? null),
+  };
+}
+
+/**
+ * Runs `fn` with the transaction bound to `tenantId` (RLS: the tenant named in the path), then binds
+ * it back to the operator's own tenant, under which the router stores the Idempotency-Key. Both
+ * settings travel with the next statement (no round trip of their own). An error rolls the whole
+ * transaction back, so nothing needs restoring then.
+ */
+async function asTenant<T>(em: EntityManager, tenantId: string, ownTenant: string, fn: () => Promise<T>): Promise<T> {
+  const bind = (t: string) => em.execute(`${DEFER_UNTIL_NEXT}select set_config('app.tenant_id', ?, true)`, [t]);
+  await bind(tenantId);
+  const out = await fn();
+  await bind(ownTenant);
+  return out;
+}
+
+const COLUMNS = 'max_active_runs, max_runs_in_flight, updated_by, updated_at';
+const operatorOnly = { 403: { description: `Not a platform operator (role ${OPERATOR_ROLE}): a tenant's own roles, admin included, do not open these routes` } };
+
+/**
+ * A platform operator's per-tenant overrides of the per-tenant limits (ADR 0014). The operator's
+ * token names a tenant like any other (the Idempotency-Key is stored under it); the limits are read
+ * and written as the tenant named in the path. An override applies only where its setting is on.
+ */
+export function operatorLimitsRoutes(deps: OperatorLimitsDeps): RouteDef[] {
+  return [
+    defineRoute({
+      method: 'get',
+      path: PATH,
+      summary: `A tenant's limits (role ${OPERATOR_ROLE}): what applies, and which values are overrides`,
+      tags: TAGS,
+      roles: [OPERATOR_ROLE],
+      params: tenantParam,
+      responses: { 200: { description: "The tenant's limits", schema: limitsView }, ...operatorOnly },
+      async handler({ em, params, principal }) {
+        const [row] = await asTenant(em, params.tenant_id, principal.tenantId, () =>
+          em.execute<LimitsRow[]>(`select ${COLUMNS} from tenant_limits where tenant_id = ?`, [params.tenant_id]),
+        );
+        return { status: 200, body: toView(params.tenant_id, row, deps.defaults) };
+      },
+    }),
+    defineRoute({
+      method: 'put',
+      path: PATH,
+      summary: `Set a tenant's limit overrides (role ${OPERATOR_ROLE}); null: the default`,
+      tags: TAGS,
+      roles: [OPERATOR_ROLE],
+      idempotency: 'required',
+      params: tenantParam,
+      body: limitsBody,
+      responses: {
+        200: { description: 'Stored; the limits as they now apply (the workers within seconds, the next submission at once)', schema: limitsView },
+        ...operatorOnly,
+        422: { description: 'Invalid body: a field missing, unknown, not an integer, or out of range; nothing stored' },
+      },
+      async handler({ req, em, params, principal, body, afterCommit }) {
+        const b: LimitsBody = body;
+        const [previous, row] = await asTenant(em, params.tenant_id, principal.tenantId, async () => {
+          const [before] = await em.execute<LimitsRow[]>(`select ${COLUMNS} from tenant_limits where tenant_id = ? for update`, [params.tenant_id]);
+          const [after] = await em.execute<LimitsRow[]>(
+            `insert into tenant_limits (tenant_id, max_active_runs, max_runs_in_flight, updated_by, updated_at) values (?, ?, ?, ?, now())
+             on conflict (tenant_id) do update set max_active_runs = excluded.max_active_runs, max_runs_in_flight = excluded.max_runs_in_flight,
+               updated_by = excluded.updated_by, updated_at = excluded.updated_at
+             returning ${COLUMNS}`,
+            [params.tenant_id, b.max_active_runs, b.max_runs_in_flight, principal.sub],
+          );
+          return [before, after] as const;
+        });
+        afterCommit(async () => {
+          auditChange(req, principal, params.tenant_id, previous, row);
+          await deps.publishActiveRuns(params.tenant_id, b.max_active_runs);
+        });
+        return { status: 200, body: toView(params.tenant_id, row, deps.defaults) };
+      },
+    }),
+    defineRoute({
+      method: 'delete',
+      path: PATH,
+      summary: `Remove a tenant's limit overrides (role ${OPERATOR_ROLE}): the defaults apply again`,
+      tags: TAGS,
+      roles: [OPERATOR_ROLE],
+      idempotency: 'required',
+      params: tenantParam,
+      responses: {
+        200: { description: 'Removed (or there were none); the limits as they now apply', schema: limitsView },
+        ...operatorOnly,
+        422: { description: 'A body was sent: this operation takes none' },
+      },
+      async handler({ req, em, params, principal, afterCommit }) {
+        const [previous] = await asTenant(em, params.tenant_id, principal.tenantId, () =>
+          em.execute<LimitsRow[]>(`delete from tenant_limits where tenant_id = ? returning ${COLUMNS}`, [params.tenant_id]),
+        );
+        afterCommit(async () => {
+          if (previous) auditChange(req, principal, params.tenant_id, previous, undefined);
+          await deps.publishActiveRuns(params.tenant_id, null);
+        });
+        return { status: 200, body: toView(params.tenant_id, undefined, deps.defaults) };
+      },
+    }),
+  ];
+}
+
+const overridesOf = (row: LimitsRow | undefined) => ({ max_active_runs: row?.max_active_runs ?? null, max_runs_in_flight: row?.max_runs_in_flight ?? null });
+
+/** The audit line of a change (ADR 0014): who (the operator's sub and own tenant), whose limits, from what to what. */
+function auditChange(req: Request, principal: Principal, tenantId: string, previous: LimitsRow | undefined, now: LimitsRow | undefined): void {
+  req.log.info(
+    { security_event: 'tenant_limits_changed', tenant_id: tenantId, changed_by: principal.sub, operator_tenant_id: principal.tenantId, previous: overridesOf(previous), overrides: overridesOf(now) },
+    'tenant limits changed by a platform operator',
+  );
+}
