@@ -130,17 +130,21 @@ export async function startWorkerProcess(c: Container, signal?: AbortSignal): Pr
     throw err;
   }
   // The operators' active-run overrides (ADR 0014): Redis's copy re-seeded from PostgreSQL, which holds
-  // them, at every start and after Redis lost its data (below). A failure leaves the copy as it is.
-  const seedOverrides = async () => {
+  // them, at every start, after Redis lost its data (below), and every SWEEPER_INTERVAL — so a copy that
+  // missed a change (an API that died between its commit and its HSET, a re-seed that raced a PUT) is
+  // right again within one interval. A failure leaves the copy as it is until the next.
+  const seedOverrides = async (level: 'info' | 'debug' = 'info') => {
     if (cfg.WORKER_MAX_ACTIVE_RUNS_PER_TENANT <= 0) return;
     try {
       const overrides = await seedActiveRunOverrides(c.orm, c.redis, cfg.QUEUE_PREFIX);
-      c.logger.info({ overrides }, "tenants' active-run overrides copied to Redis");
+      c.logger[level]({ overrides }, "tenants' active-run overrides copied to Redis");
     } catch (err) {
-      c.logger.warn({ err }, "could not copy the tenants' active-run overrides to Redis: the copy there applies until the next start or Redis loss");
+      c.logger.warn({ err }, "could not copy the tenants' active-run overrides to Redis: the copy there applies until the next re-seed");
     }
   };
   await seedOverrides();
+  const reseeding = setInterval(() => void seedOverrides('debug'), cfg.SWEEPER_INTERVAL);
+  reseeding.unref();
   // Replaced before the old one closes: a retention pass queuing its follow-up meanwhile finds an open queue.
   const replaced = c.queues.get(MAINTENANCE_QUEUE);
   c.queues.set(MAINTENANCE_QUEUE, maintenance);
@@ -174,6 +178,7 @@ export async function startWorkerProcess(c: Container, signal?: AbortSignal): Pr
     async stop() {
       // The workers stop taking jobs at once: a sweep in progress (which stop waits for) must not
       // keep them taking new jobs and starting next steps meanwhile.
+      clearInterval(reseeding);
       await Promise.all([host.stop(cfg.WORKER_SHUTDOWN_GRACE), sweeper.stop()]);
       connection.disconnect();
       await closeMetrics();

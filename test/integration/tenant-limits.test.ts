@@ -226,7 +226,7 @@ describe('operator limits API', () => {
     }
   });
 
-  it('the Redis copy is re-seeded from PostgreSQL at worker start and after Redis lost its data', { timeout: LONG }, async () => {
+  it('the Redis copy is re-seeded from PostgreSQL at worker start, after Redis lost its data, and every sweeper interval (a copy that missed a change heals)', { timeout: LONG }, async () => {
     const tenant = newTenant();
     const hash = `${stack.prefix}:tenant-limits`;
     expect((await api(stack, 'PUT', limitsPath(tenant), { token: operator, body: { max_active_runs: 3, max_runs_in_flight: 7 }, headers: { 'Idempotency-Key': randomUUID() } })).status).toBe(200);
@@ -238,6 +238,12 @@ describe('operator limits API', () => {
     const keys = await stack.redis.keys(`${stack.prefix}:*`);
     await stack.redis.del(...keys);
     await waitFor(async () => (await stack.redis.hget(hash, tenant)) === '3', { timeoutMs: 30_000, what: 'the override to be re-seeded after the flush' });
+    // A copy that missed a change, with Redis otherwise intact (no flush for the sweeper to notice): a write-through
+    // lost by an API that died after its commit, or a re-seed that raced a PUT. The periodic re-seed puts the truth back.
+    await stack.redis.hset(hash, tenant, '9');
+    await waitFor(async () => (await stack.redis.hget(hash, tenant)) === '3', { timeoutMs: 30_000, what: 'the stale copy (9) to be re-seeded to 3' });
+    await stack.redis.hdel(hash, tenant);
+    await waitFor(async () => (await stack.redis.hget(hash, tenant)) === '3', { timeoutMs: 30_000, what: 'the missing copy to be re-seeded' });
     worker.kill();
     await worker.exited;
   });
