@@ -25,13 +25,18 @@ local function us(x) return string.format('%.0f', x) end
 `;
 
 /**
- * KEYS: state, waiting. ARGV: member, interval µs. 0: go now (recorded as the last POST let go). Else
- * how many ms until the member's turn: the one it holds (kept), or the next free one, reserved now.
- * A member with no turn goes now only if no turn is reserved ahead of it. The keys live a minute past
- * the last turn reserved.
+ * KEYS: state, waiting. ARGV: member, interval µs, keep ms. 0: go now (recorded as the last POST let
+ * go). Else how many ms until the member's turn: the one it holds (kept), or the next free one, reserved
+ * now. A member with no turn goes now only if no turn is reserved ahead of it. The keys live `keep` (a
+ * minute) past the last turn reserved, and a turn that long past is dropped: its job ended without
+ * coming back for it (its endpoint disabled, its delivery gone or settled, the job removed) — else a
+ * busy endpoint, whose set never expires, would keep such members for ever. A job that comes back that
+ * late reserves a new turn.
  */
 const TAKE = `${NOW_US}
 local interval = tonumber(ARGV[2])
+local keep = tonumber(ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. us(now - keep * 1000))
 local last = tonumber(redis.call('HGET', KEYS[1], 'last') or '')
 local earliest = last and last + interval or now
 local tat = tonumber(redis.call('HGET', KEYS[1], 'tat') or '') or 0
@@ -46,14 +51,14 @@ if at <= now then
   redis.call('HSET', KEYS[1], 'last', us(now))
   if tat < now + interval then tat = now + interval; redis.call('HSET', KEYS[1], 'tat', us(tat)) end
   if turn then redis.call('ZREM', KEYS[2], ARGV[1]) end
-  redis.call('PEXPIRE', KEYS[1], math.ceil((tat - now) / 1000) + 60000)
+  redis.call('PEXPIRE', KEYS[1], math.ceil((tat - now) / 1000) + keep)
   return 0
 end
 if not turn then
   redis.call('ZADD', KEYS[2], us(at), ARGV[1])
   tat = at + interval
   redis.call('HSET', KEYS[1], 'tat', us(tat))
-  local ttl = math.ceil((tat - now) / 1000) + 60000
+  local ttl = math.ceil((tat - now) / 1000) + keep
   redis.call('PEXPIRE', KEYS[1], ttl)
   redis.call('PEXPIRE', KEYS[2], ttl)
 end
@@ -70,9 +75,12 @@ redis.call('HDEL', KEYS[1], 'tat')
 return m`;
 
 type RateRedis = Redis & {
-  dealixRateTake(state: string, waiting: string, member: string, intervalUs: number): Promise<number>;
+  dealixRateTake(state: string, waiting: string, member: string, intervalUs: number, keepMs: number): Promise<number>;
   dealixRateRecall(state: string, waiting: string): Promise<string[]>;
 };
+
+/** How long an endpoint's rate keys, and a turn its job did not come back for, outlive that turn. */
+export const RATE_KEEP_MS = 60_000;
 
 /** The spacing of an endpoint's POSTs at `perSecond`, in µs, rounded up: never N+1 in a second. */
 export const rateIntervalUs = (perSecond: number) => Math.ceil(1_000_000 / perSecond);
@@ -81,9 +89,12 @@ export const rateIntervalUs = (perSecond: number) => Math.ceil(1_000_000 / perSe
 export class EndpointRates {
   private readonly redis: RateRedis;
   private readonly prefix: string;
+  private readonly keepMs: number;
 
-  constructor(redis: Redis, prefix: string) {
+  /** `keepMs`: how long the keys, and a turn not come back for, outlive the turn (a minute; shorter in tests). */
+  constructor(redis: Redis, prefix: string, opts: { keepMs?: number } = {}) {
     this.prefix = prefix;
+    this.keepMs = opts.keepMs ?? RATE_KEEP_MS;
     if (!('dealixRateTake' in redis)) {
       redis.defineCommand('dealixRateTake', { numberOfKeys: 2, lua: TAKE });
       redis.defineCommand('dealixRateRecall', { numberOfKeys: 2, lua: RECALL });
@@ -101,7 +112,7 @@ export class EndpointRates {
 
   /** 0: `member` may POST to `endpoint` now. Else the ms until its turn (reserved, or the one it holds). */
   take(endpoint: string, member: string, perSecond: number): Promise<number> {
-    return this.redis.dealixRateTake(this.stateKey(endpoint), this.waitingKey(endpoint), member, rateIntervalUs(perSecond));
+    return this.redis.dealixRateTake(this.stateKey(endpoint), this.waitingKey(endpoint), member, rateIntervalUs(perSecond), this.keepMs);
   }
 
   /** Whether `member` still holds a turn of `endpoint` (not recalled by a change of its limit). */
