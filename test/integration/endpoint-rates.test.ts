@@ -48,4 +48,18 @@ describe('endpoint rate limits (Redis scripts)', () => {
     const turns = (await redis.zrange(rates.waitingKey(endpoint), '0', '-1', 'WITHSCORES')).filter((_, i) => i % 2 === 1).map(Number);
     for (const t of turns) expect(nowUs - t).toBeLessThan((keepMs + 1000) * 1000);
   });
+
+  it('a recall forgets the turns but keeps the last POST; a recall of a deleted endpoint drops both keys', async () => {
+    const rates = new EndpointRates(redis, prefix);
+    const endpoint = randomUUID();
+    expect(await rates.take(endpoint, 'q:a', 1)).toBe(0);
+    expect(await rates.take(endpoint, 'q:b', 1)).toBeGreaterThan(0);
+    expect(await rates.recall(endpoint)).toEqual(['q:b']);
+    expect(await redis.exists(rates.waitingKey(endpoint))).toBe(0);
+    expect(await redis.hkeys(rates.stateKey(endpoint))).toEqual(['last']);
+    // Spaced from the last POST still: a second has not passed.
+    expect(await rates.take(endpoint, 'q:b', 1)).toBeGreaterThan(0);
+    expect(await rates.recall(endpoint, true)).toEqual(['q:b']);
+    expect(await redis.exists(rates.stateKey(endpoint), rates.waitingKey(endpoint))).toBe(0);
+  });
 });

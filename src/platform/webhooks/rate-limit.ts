@@ -65,18 +65,19 @@ end
 return math.ceil((at - now) / 1000)`;
 
 /**
- * KEYS: state, waiting. The limit changed: forgets every turn handed out (the waiting members, returned
- * for the caller to promote, and `tat`), keeping `last`: the next POSTs are spaced from the last one
- * let go by the new limit, and the jobs come back to reserve turns under it.
+ * KEYS: state, waiting. ARGV: 'drop' when the endpoint is gone. The limit changed: forgets every turn
+ * handed out (the waiting members, returned for the caller to promote, and `tat`), keeping `last`: the
+ * next POSTs are spaced from the last one let go by the new limit, and the jobs come back to reserve
+ * turns under it. The endpoint deleted: both keys go.
  */
 const RECALL = `local m = redis.call('ZRANGE', KEYS[2], 0, -1)
 redis.call('DEL', KEYS[2])
-redis.call('HDEL', KEYS[1], 'tat')
+if ARGV[1] == 'drop' then redis.call('DEL', KEYS[1]) else redis.call('HDEL', KEYS[1], 'tat') end
 return m`;
 
 type RateRedis = Redis & {
   dealixRateTake(state: string, waiting: string, member: string, intervalUs: number, keepMs: number): Promise<number>;
-  dealixRateRecall(state: string, waiting: string): Promise<string[]>;
+  dealixRateRecall(state: string, waiting: string, mode: 'keep' | 'drop'): Promise<string[]>;
 };
 
 /** How long an endpoint's rate keys, and a turn its job did not come back for, outlive that turn. */
@@ -120,20 +121,22 @@ export class EndpointRates {
     return (await this.redis.zscore(this.waitingKey(endpoint), member)) !== null;
   }
 
-  /** Forgets `endpoint`'s turns (its limit changed); the members that were waiting for one. */
-  recall(endpoint: string): Promise<string[]> {
-    return this.redis.dealixRateRecall(this.stateKey(endpoint), this.waitingKey(endpoint));
+  /** Forgets `endpoint`'s turns (its limit changed), and with `gone` its last POST too (its keys deleted); the members that were waiting for one. */
+  recall(endpoint: string, gone = false): Promise<string[]> {
+    return this.redis.dealixRateRecall(this.stateKey(endpoint), this.waitingKey(endpoint), gone ? 'drop' : 'keep');
   }
 }
 
 /**
  * After a change of an endpoint's limit: its deliveries waiting for a turn are promoted (moved to
- * `wait`) to take one under the new limit, rather than wait out turns spaced by the old one. Best
- * effort: a job not promoted comes back at its old turn. Not awaited by the caller.
+ * `wait`) to take one under the new limit, rather than wait out turns spaced by the old one. After its
+ * DELETE (`gone`): its keys are deleted and the jobs promoted end now (their deliveries went with it),
+ * rather than linger delayed until turns that may be hours off, and the keys with them. Best effort: a
+ * job not promoted comes back at its old turn. Not awaited by the caller.
  */
-export function recallWaiting(rates: EndpointRates, queue: Queue, endpoint: string, logger: Logger): void {
+export function recallWaiting(rates: EndpointRates, queue: Queue, endpoint: string, logger: Logger, gone = false): void {
   const run = async () => {
-    for (const member of await rates.recall(endpoint)) {
+    for (const member of await rates.recall(endpoint, gone)) {
       const job = await Job.fromId(queue, parseSlotMember(member).jobId);
       // Not delayed any more (active, or ended): nothing to promote.
       await job?.promote().catch(() => undefined);
