@@ -14,7 +14,7 @@ import { capturedLog } from '../helpers/log-capture.ts';
 import { WEBHOOK_QUEUE } from '../../src/platform/webhooks/delivery.ts';
 import { deliveryJobId } from '../../src/platform/queue/job-ids.ts';
 import { systemEm, tenantEm } from '../../src/platform/db/tenant-em.ts';
-import { deleteSettledDeliveries } from '../../src/platform/webhooks/retention.ts';
+import { deleteSettledDeliveries, deliveriesLockKey } from '../../src/platform/webhooks/retention.ts';
 import { createEndpoint, ENDPOINTS, startWebhookStack, stopWebhookStack, submit, tenantWithEndpoint, waitRun, type Receiver } from '../helpers/webhooks.ts';
 
 const key = () => ({ 'Idempotency-Key': randomUUID() });
@@ -271,6 +271,29 @@ describe('webhook endpoint update and delete: the API', () => {
       await holder.end();
     }
     expect(await deliveriesOf(stack, id)).toEqual([]);
+  });
+
+  it("a retention pass that passes over one tenant's deliveries (its endpoint being deleted) goes on with the other tenants' in the same pass", async () => {
+    const deleting = await adminWithEndpoint();
+    const other = await adminWithEndpoint();
+    // The deleting tenant's row first (oldest, inserted first), so the first batch of two picks it beside one of the other's.
+    const left = await seedSettled(deleting.tenantId, deleting.id, '10 days', '5 days');
+    for (const ago of ['4 days', '3 days', '2 days']) await seedSettled(other.tenantId, other.id, '10 days', ago);
+    // A DELETE of the tenant's endpoint in progress holds the tenant's lock, shared, as the route takes it.
+    const holder = new pg.Client({ connectionString: stack.db.adminUrl });
+    await holder.connect();
+    try {
+      await holder.query('begin');
+      await holder.query(`select pg_advisory_xact_lock_shared(${deliveriesLockKey('$1::uuid')})`, [deleting.tenantId]);
+      const pass = await deleteSettledDeliveries(systemEm(stack.container.orm), { olderThanMs: 24 * 3600_000, batchSize: 2 });
+      // A batch that left the held tenant's row was short of a batch in rows deleted, not in rows picked: the pass went on.
+      expect((await stack.db.admin(`select count(*)::int as n from webhook_deliveries where tenant_id = $1`, [other.tenantId])).rows[0].n).toBe(0);
+      expect((await deliveriesOf(stack, deleting.id)).map((d) => d.id)).toEqual([left]);
+      expect(pass.complete).toBe(true);
+    } finally {
+      await holder.query('rollback').catch(() => {});
+      await holder.end();
+    }
   });
 
   it('PATCH locks the endpoint row as NO KEY UPDATE: it does not wait for a transaction that inserted a delivery for the endpoint (a run ending)', async () => {

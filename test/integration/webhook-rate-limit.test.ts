@@ -10,6 +10,7 @@ import { api, type TestStack, type WorkerHandle } from '../helpers/stack.ts';
 import { waitFor } from '../helpers/poll.ts';
 import pino from 'pino';
 import { enqueueDeliveries, WEBHOOK_QUEUE, WEBHOOK_REDELIVERY_JOB, webhookHandlers } from '../../src/platform/webhooks/delivery.ts';
+import { deliveryJobId } from '../../src/platform/queue/job-ids.ts';
 import { createEndpoint, ENDPOINTS, startWebhookStack, stopWebhookStack, tenantWithEndpoint, type Receiver } from '../helpers/webhooks.ts';
 
 /**
@@ -148,6 +149,38 @@ describe('webhook endpoint rate limits (rate_limit_per_second)', () => {
     // Released: the last arrived before the old schedule would have let it go (read from Redis before the PATCH;
     // with the recall left out it came after it) — compared within this run, not against a wall-clock bound.
     expect(all[7]! - readAt, `the last arrival vs the old schedule's last turn (${Math.round(oldScheduleEndsInMs)} ms after it was read)`).toBeLessThan(oldScheduleEndsInMs);
+  });
+
+  it("an endpoint's DELETE ends the jobs of its deliveries waiting for turns at once, and drops its rate keys, rather than both lingering until the last turn", async () => {
+    const t = await tenantWithEndpoint(stack, receiver, '/deleted', ['run.completed']);
+    expect((await api(stack, 'PATCH', `${ENDPOINTS}/${t.endpoint.id}`, { token: t.admin, body: { rate_limit_per_second: 1 } })).status).toBe(200);
+    const ids = await deliveries(t.tenantId, t.endpoint.id, 8);
+    const stateKey = `${stack.prefix}:endpoint-rate:${t.endpoint.id}`;
+    const waitingKey = `${stack.prefix}:endpoint-rate-waiting:${t.endpoint.id}`;
+    // At 1/s, two went; the others wait for turns a second apart (the last some 6 s off). Deleted just after the 2nd arrived, the
+    // endpoint is gone before the next turn: no job is between its read of the row and its turn then (one would reserve a turn after the recall).
+    await waitFor(async () => (arrivals('/deleted').length >= 2 && (await stack.redis.zcard(waitingKey)) >= 5) || undefined, { timeoutMs: 20_000, intervalMs: 10, what: 'deliveries waiting for turns' });
+    const turns = (await stack.redis.zrange(waitingKey, '0', '-1', 'WITHSCORES')).filter((_, i) => i % 2 === 1).map(Number);
+    const [nowS, nowUs] = await stack.redis.time();
+    const oldScheduleEndsInMs = (turns.at(-1)! - (Number(nowS) * 1e6 + Number(nowUs))) / 1000;
+    const readAt = performance.now();
+    const res = await api(stack, 'DELETE', `${ENDPOINTS}/${t.endpoint.id}`, { token: t.admin });
+    expect(res.status, res.text).toBe(204);
+
+    // Every job has ended (its delivery went with the endpoint: nothing to send), and neither rate key is left.
+    const queue = stack.container.queues.get(WEBHOOK_QUEUE)!;
+    await waitFor(
+      async () => {
+        const states = await Promise.all(ids.map((id) => queue.getJobState(deliveryJobId(id, 0))));
+        return (states.every((s) => s === 'completed') && (await stack.redis.exists(stateKey, waitingKey)) === 0) || undefined;
+      },
+      { timeoutMs: 20_000, what: "the deleted endpoint's jobs to end and its rate keys to go" },
+    );
+    // Before the old schedule would have let the last of them come back (with the recall left out, the keys outlived it by a minute).
+    expect(performance.now() - readAt).toBeLessThan(oldScheduleEndsInMs);
+    const outcomes = await Promise.all(ids.map(async (id) => ((await queue.getJob(deliveryJobId(id, 0)))?.returnvalue as { outcome: string }).outcome));
+    expect(outcomes.filter((o) => o === 'not_found').length).toBeGreaterThanOrEqual(5);
+    expect(arrivals('/deleted').length).toBeLessThanOrEqual(3);
   });
 
   it("a delivery re-enqueued by the redelivery pass (its job lost) takes its turn behind the ones waiting, not past them", async () => {

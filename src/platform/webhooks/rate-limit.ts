@@ -25,13 +25,18 @@ local function us(x) return string.format('%.0f', x) end
 `;
 
 /**
- * KEYS: state, waiting. ARGV: member, interval µs. 0: go now (recorded as the last POST let go). Else
- * how many ms until the member's turn: the one it holds (kept), or the next free one, reserved now.
- * A member with no turn goes now only if no turn is reserved ahead of it. The keys live a minute past
- * the last turn reserved.
+ * KEYS: state, waiting. ARGV: member, interval µs, keep ms. 0: go now (recorded as the last POST let
+ * go). Else how many ms until the member's turn: the one it holds (kept), or the next free one, reserved
+ * now. A member with no turn goes now only if no turn is reserved ahead of it. The keys live `keep` (a
+ * minute) past the last turn reserved, and a turn that long past is dropped: its job ended without
+ * coming back for it (its endpoint disabled, its delivery gone or settled, the job removed) — else a
+ * busy endpoint, whose set never expires, would keep such members for ever. A job that comes back that
+ * late reserves a new turn.
  */
 const TAKE = `${NOW_US}
 local interval = tonumber(ARGV[2])
+local keep = tonumber(ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. us(now - keep * 1000))
 local last = tonumber(redis.call('HGET', KEYS[1], 'last') or '')
 local earliest = last and last + interval or now
 local tat = tonumber(redis.call('HGET', KEYS[1], 'tat') or '') or 0
@@ -46,33 +51,37 @@ if at <= now then
   redis.call('HSET', KEYS[1], 'last', us(now))
   if tat < now + interval then tat = now + interval; redis.call('HSET', KEYS[1], 'tat', us(tat)) end
   if turn then redis.call('ZREM', KEYS[2], ARGV[1]) end
-  redis.call('PEXPIRE', KEYS[1], math.ceil((tat - now) / 1000) + 60000)
+  redis.call('PEXPIRE', KEYS[1], math.ceil((tat - now) / 1000) + keep)
   return 0
 end
 if not turn then
   redis.call('ZADD', KEYS[2], us(at), ARGV[1])
   tat = at + interval
   redis.call('HSET', KEYS[1], 'tat', us(tat))
-  local ttl = math.ceil((tat - now) / 1000) + 60000
+  local ttl = math.ceil((tat - now) / 1000) + keep
   redis.call('PEXPIRE', KEYS[1], ttl)
   redis.call('PEXPIRE', KEYS[2], ttl)
 end
 return math.ceil((at - now) / 1000)`;
 
 /**
- * KEYS: state, waiting. The limit changed: forgets every turn handed out (the waiting members, returned
- * for the caller to promote, and `tat`), keeping `last`: the next POSTs are spaced from the last one
- * let go by the new limit, and the jobs come back to reserve turns under it.
+ * KEYS: state, waiting. ARGV: 'drop' when the endpoint is gone. The limit changed: forgets every turn
+ * handed out (the waiting members, returned for the caller to promote, and `tat`), keeping `last`: the
+ * next POSTs are spaced from the last one let go by the new limit, and the jobs come back to reserve
+ * turns under it. The endpoint deleted: both keys go.
  */
 const RECALL = `local m = redis.call('ZRANGE', KEYS[2], 0, -1)
 redis.call('DEL', KEYS[2])
-redis.call('HDEL', KEYS[1], 'tat')
+if ARGV[1] == 'drop' then redis.call('DEL', KEYS[1]) else redis.call('HDEL', KEYS[1], 'tat') end
 return m`;
 
 type RateRedis = Redis & {
-  dealixRateTake(state: string, waiting: string, member: string, intervalUs: number): Promise<number>;
-  dealixRateRecall(state: string, waiting: string): Promise<string[]>;
+  dealixRateTake(state: string, waiting: string, member: string, intervalUs: number, keepMs: number): Promise<number>;
+  dealixRateRecall(state: string, waiting: string, mode: 'keep' | 'drop'): Promise<string[]>;
 };
+
+/** How long an endpoint's rate keys, and a turn its job did not come back for, outlive that turn. */
+export const RATE_KEEP_MS = 60_000;
 
 /** The spacing of an endpoint's POSTs at `perSecond`, in µs, rounded up: never N+1 in a second. */
 export const rateIntervalUs = (perSecond: number) => Math.ceil(1_000_000 / perSecond);
@@ -81,9 +90,12 @@ export const rateIntervalUs = (perSecond: number) => Math.ceil(1_000_000 / perSe
 export class EndpointRates {
   private readonly redis: RateRedis;
   private readonly prefix: string;
+  private readonly keepMs: number;
 
-  constructor(redis: Redis, prefix: string) {
+  /** `keepMs`: how long the keys, and a turn not come back for, outlive the turn (a minute; shorter in tests). */
+  constructor(redis: Redis, prefix: string, opts: { keepMs?: number } = {}) {
     this.prefix = prefix;
+    this.keepMs = opts.keepMs ?? RATE_KEEP_MS;
     if (!('dealixRateTake' in redis)) {
       redis.defineCommand('dealixRateTake', { numberOfKeys: 2, lua: TAKE });
       redis.defineCommand('dealixRateRecall', { numberOfKeys: 2, lua: RECALL });
@@ -101,7 +113,7 @@ export class EndpointRates {
 
   /** 0: `member` may POST to `endpoint` now. Else the ms until its turn (reserved, or the one it holds). */
   take(endpoint: string, member: string, perSecond: number): Promise<number> {
-    return this.redis.dealixRateTake(this.stateKey(endpoint), this.waitingKey(endpoint), member, rateIntervalUs(perSecond));
+    return this.redis.dealixRateTake(this.stateKey(endpoint), this.waitingKey(endpoint), member, rateIntervalUs(perSecond), this.keepMs);
   }
 
   /** Whether `member` still holds a turn of `endpoint` (not recalled by a change of its limit). */
@@ -109,20 +121,22 @@ export class EndpointRates {
     return (await this.redis.zscore(this.waitingKey(endpoint), member)) !== null;
   }
 
-  /** Forgets `endpoint`'s turns (its limit changed); the members that were waiting for one. */
-  recall(endpoint: string): Promise<string[]> {
-    return this.redis.dealixRateRecall(this.stateKey(endpoint), this.waitingKey(endpoint));
+  /** Forgets `endpoint`'s turns (its limit changed), and with `gone` its last POST too (its keys deleted); the members that were waiting for one. */
+  recall(endpoint: string, gone = false): Promise<string[]> {
+    return this.redis.dealixRateRecall(this.stateKey(endpoint), this.waitingKey(endpoint), gone ? 'drop' : 'keep');
   }
 }
 
 /**
  * After a change of an endpoint's limit: its deliveries waiting for a turn are promoted (moved to
- * `wait`) to take one under the new limit, rather than wait out turns spaced by the old one. Best
- * effort: a job not promoted comes back at its old turn. Not awaited by the caller.
+ * `wait`) to take one under the new limit, rather than wait out turns spaced by the old one. After its
+ * DELETE (`gone`): its keys are deleted and the jobs promoted end now (their deliveries went with it),
+ * rather than linger delayed until turns that may be hours off, and the keys with them. Best effort: a
+ * job not promoted comes back at its old turn. Not awaited by the caller.
  */
-export function recallWaiting(rates: EndpointRates, queue: Queue, endpoint: string, logger: Logger): void {
+export function recallWaiting(rates: EndpointRates, queue: Queue, endpoint: string, logger: Logger, gone = false): void {
   const run = async () => {
-    for (const member of await rates.recall(endpoint)) {
+    for (const member of await rates.recall(endpoint, gone)) {
       const job = await Job.fromId(queue, parseSlotMember(member).jobId);
       // Not delayed any more (active, or ended): nothing to promote.
       await job?.promote().catch(() => undefined);

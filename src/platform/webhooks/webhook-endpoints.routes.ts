@@ -232,7 +232,7 @@ export function webhookEndpointRoutes(deps: {
   maxEndpoints: number;
   /** How long the create waits for its host's DNS (WEBHOOK_TIMEOUT) before it answers 422. */
   dnsTimeoutMs: number;
-  /** The endpoints' rate limits: an update of one recalls the deliveries waiting for a turn under the old one. */
+  /** The endpoints' rate limits: an update of one recalls the deliveries waiting for a turn under the old one; a delete drops its keys. */
   rates?: { limits: EndpointRates; queue: () => Queue };
 }): RouteDef[] {
   return [
@@ -397,6 +397,9 @@ export function webhookEndpointRoutes(deps: {
         await em.execute(`${DEFER_UNTIL_NEXT}select pg_advisory_xact_lock_shared(${deliveriesLockKey('?::uuid')})`, [principal.tenantId]);
         const [row] = await em.execute<{ id: string; url: string }[]>(`delete from webhook_endpoints where tenant_id = ? and id = ? returning id, url`, [principal.tenantId, params.id]);
         if (!row) throw new NotFoundError('webhook endpoint');
+        // Its deliveries waiting for a rate turn end now (nothing to deliver), and its rate keys go, rather than both lingering until the last turn.
+        const rates = deps.rates;
+        if (rates) afterCommit(async () => recallWaiting(rates.limits, rates.queue(), row.id, req.log, true));
         afterCommit(async () =>
           req.log.info({ security_event: 'webhook_endpoint_deleted', tenant_id: principal.tenantId, webhook_endpoint_id: row.id, deleted_by: principal.sub, url_origin: urlOrigin(row.url) }, 'webhook endpoint deleted'),
         );
