@@ -31,8 +31,13 @@ redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
  * The owner's cap: its override in the limits hash (KEYS[3], field: the owner, the last ARGV; written by
  * the operator API and re-seeded from PostgreSQL, ADR 0014) when it has one, else the cap passed
  * (`arg`, the process's setting). One HGET inside the script: no round trip more, override or not.
+ * Only a whole number from 1 to 10^9 is an override: anything else in the field (written by hand, or by
+ * a bug) is ignored, so it neither fails every script of the owner's jobs, nor lifts the cap (inf), nor
+ * stops the owner's jobs for good (0).
  */
-const CAP = (arg: number) => `local cap = tonumber(redis.call('HGET', KEYS[3], ARGV[#ARGV]) or ARGV[${arg}])
+const CAP = (arg: number) => `local cap = tonumber(ARGV[${arg}])
+local override = tonumber(redis.call('HGET', KEYS[3], ARGV[#ARGV]) or '')
+if override and override >= 1 and override <= 1000000000 and override == math.floor(override) then cap = override end
 `;
 
 /**
@@ -186,7 +191,7 @@ export class TenantSlots {
 
   /**
    * The hash of per-owner caps that replace `cap` (field: owner, value: its cap): `<prefix>:tenant-limits`
-   * for run jobs (ADR 0014, tenant-limits-cache.ts); nothing writes the webhook owners' ones, so their
+   * for run jobs (ADR 0014, limits/tenant-limits.ts); nothing writes the webhook owners' ones, so their
    * scripts always find none.
    */
   limitsKey(): string {
