@@ -226,6 +226,64 @@ describe('operator limits API', () => {
     }
   });
 
+  it("workers: raising a tenant's override lets its parked jobs in at its next acquire, up to the new cap, not after their fallback delay", { timeout: LONG }, async () => {
+    const capped = newTenant();
+    const put = (max: number) => api(stack, 'PUT', limitsPath(capped), { token: operator, body: { max_active_runs: max, max_runs_in_flight: null }, headers: { 'Idempotency-Key': randomUUID() } });
+    expect((await put(1)).status).toBe(200);
+    let executing = 0;
+    let most = 0;
+    let release!: () => void;
+    const released = new Promise<void>((r) => (release = r));
+    const wf = wrappedGoldenPath(stack, (step, seq) => async (input, ctx) => {
+      if (ctx.run.tenantId !== capped) return step.run(input, ctx);
+      executing++;
+      most = Math.max(most, executing);
+      try {
+        if (seq === 1) await released;
+        return await step.run(input, ctx);
+      } finally {
+        executing--;
+      }
+    });
+    // Parked jobs come back on their own only after 10 minutes: what runs within the test is what promotions let in.
+    const host = startRunHost(stack, wf, 'raise-host', {}, { concurrency: 6, maxActiveRunsPerTenant: ACTIVE_DEFAULT, parkDelayMs: () => 600_000 });
+    try {
+      const tok = await stack.token({ tenantId: capped, sub: 'c' });
+      const runs: string[] = [];
+      for (let i = 0; i < 3; i++) runs.push((await submit(stack, tok)).json.run_id as string);
+      const parkedKey = `${stack.prefix}:tenant-parked:${capped}`;
+      await waitFor(async () => executing === 1 && (await stack.redis.zcard(parkedKey)) === 2, { what: 'one run executing and two parked under the override of 1' });
+      expect((await put(3)).status).toBe(200);
+      // The tenant's next acquire (a new run) finds two slots free with jobs parked: it wakes one, whose acquire fills the cap.
+      runs.push((await submit(stack, tok)).json.run_id as string);
+      await waitFor(() => executing === 3, { timeoutMs: 20_000, what: 'a parked run to be promoted into the raised cap beside the new one' });
+      expect(await stack.redis.zcard(parkedKey)).toBe(1);
+      release();
+      for (const id of runs) {
+        await waitFor(async () => (await api(stack, 'GET', `/api/v1/golden-path/runs/${id}`, { token: tok })).json?.status === 'completed', { timeoutMs: 60_000, what: `run ${id} to complete` });
+      }
+      expect(most).toBe(3);
+    } finally {
+      release();
+      await host.stop();
+    }
+  });
+
+  it("an operator's Idempotency-Key reused for another tenant's limits is 422, never a replay of the first tenant's answer", async () => {
+    const [first, second] = [newTenant(), newTenant()];
+    const key = randomUUID();
+    const body = { max_active_runs: 2, max_runs_in_flight: 5 };
+    expect((await api(stack, 'PUT', limitsPath(first), { token: operator, body, headers: { 'Idempotency-Key': key } })).status).toBe(200);
+    const other = await api(stack, 'PUT', limitsPath(second), { token: operator, body, headers: { 'Idempotency-Key': key } });
+    expect(other.status, other.text).toBe(422);
+    expect(other.json.code).toBe('idempotency_key_reused');
+    const del = await api(stack, 'DELETE', limitsPath(second), { token: operator, headers: { 'Idempotency-Key': key } });
+    expect(del.status).toBe(422);
+    expect(await storedRow(stack, second)).toBeUndefined();
+    expect(await stack.redis.hget(`${stack.prefix}:tenant-limits`, second)).toBeNull();
+    expect(await storedRow(stack, first)).toMatchObject({ max_active_runs: 2, max_runs_in_flight: 5 });
+  });
+
   it('the Redis copy is re-seeded from PostgreSQL at worker start, after Redis lost its data, and every sweeper interval (a copy that missed a change heals)', { timeout: LONG }, async () => {
     const tenant = newTenant();
     const hash = `${stack.prefix}:tenant-limits`;

@@ -166,6 +166,11 @@ describe('tenant slots (Redis scripts)', () => {
     const overridden = randomUUID();
     await redis.hset(slots.limitsKey(), overridden, '3');
     expect(await capOf(overridden)).toEqual({ held: 3, applied: 3 });
+    // Raised while a job is parked: an acquire that leaves a slot free says so, for its caller to wake the parked job.
+    await slots.park(overridden, 'q:waiting', 1);
+    await redis.hset(slots.limitsKey(), overridden, '5');
+    expect(await slots.take(overridden, 'q:3')).toEqual({ acquired: true, cap: 5, wakeParked: true });
+    expect(await slots.take(overridden, 'q:4')).toEqual({ acquired: true, cap: 5, wakeParked: false });
     // Written by hand or by a bug: neither lifts the cap (0, inf, a huge number) nor stops the tenant's runs (a script error, a cap of 0).
     for (const bad of ['', 'abc', '0', '-2', '1.5', 'inf', 'nan', '1e300', ' ']) {
       const tenant = randomUUID();
