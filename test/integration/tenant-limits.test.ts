@@ -9,7 +9,7 @@ import { randomUUID } from 'node:crypto';
 import { api, CLASS_A_SUBMISSION, newTenant, startStack, type TestStack } from '../helpers/stack.ts';
 import { waitFor } from '../helpers/poll.ts';
 import { capturedLog } from '../helpers/log-capture.ts';
-import { startRunHost, wrappedGoldenPath } from '../helpers/run-host.ts';
+import { heldGoldenPath, startRunHost, wrappedGoldenPath } from '../helpers/run-host.ts';
 import { tenantEm } from '../../src/platform/db/tenant-em.ts';
 import { OPERATOR_ROLE } from '../../src/platform/http/admin-auth.middleware.ts';
 
@@ -230,21 +230,7 @@ describe('operator limits API', () => {
     const capped = newTenant();
     const put = (max: number) => api(stack, 'PUT', limitsPath(capped), { token: operator, body: { max_active_runs: max, max_runs_in_flight: null }, headers: { 'Idempotency-Key': randomUUID() } });
     expect((await put(1)).status).toBe(200);
-    let executing = 0;
-    let most = 0;
-    let release!: () => void;
-    const released = new Promise<void>((r) => (release = r));
-    const wf = wrappedGoldenPath(stack, (step, seq) => async (input, ctx) => {
-      if (ctx.run.tenantId !== capped) return step.run(input, ctx);
-      executing++;
-      most = Math.max(most, executing);
-      try {
-        if (seq === 1) await released;
-        return await step.run(input, ctx);
-      } finally {
-        executing--;
-      }
-    });
+    const { wf, state, release } = heldGoldenPath(stack, capped);
     // Parked jobs come back on their own only after 10 minutes: what runs within the test is what promotions let in.
     const host = startRunHost(stack, wf, 'raise-host', {}, { concurrency: 6, maxActiveRunsPerTenant: ACTIVE_DEFAULT, parkDelayMs: () => 600_000 });
     try {
@@ -252,17 +238,17 @@ describe('operator limits API', () => {
       const runs: string[] = [];
       for (let i = 0; i < 3; i++) runs.push((await submit(stack, tok)).json.run_id as string);
       const parkedKey = `${stack.prefix}:tenant-parked:${capped}`;
-      await waitFor(async () => executing === 1 && (await stack.redis.zcard(parkedKey)) === 2, { what: 'one run executing and two parked under the override of 1' });
+      await waitFor(async () => state.executing === 1 && (await stack.redis.zcard(parkedKey)) === 2, { what: 'one run executing and two parked under the override of 1' });
       expect((await put(3)).status).toBe(200);
       // The tenant's next acquire (a new run) finds two slots free with jobs parked: it wakes one, whose acquire fills the cap.
       runs.push((await submit(stack, tok)).json.run_id as string);
-      await waitFor(() => executing === 3, { timeoutMs: 20_000, what: 'a parked run to be promoted into the raised cap beside the new one' });
+      await waitFor(() => state.executing === 3, { timeoutMs: 20_000, what: 'a parked run to be promoted into the raised cap beside the new one' });
       expect(await stack.redis.zcard(parkedKey)).toBe(1);
       release();
       for (const id of runs) {
         await waitFor(async () => (await api(stack, 'GET', `/api/v1/golden-path/runs/${id}`, { token: tok })).json?.status === 'completed', { timeoutMs: 60_000, what: `run ${id} to complete` });
       }
-      expect(most).toBe(3);
+      expect(state.most).toBe(3);
     } finally {
       release();
       await host.stop();
