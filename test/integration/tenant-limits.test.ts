@@ -154,6 +154,16 @@ describe('operator limits API', () => {
     ).rejects.toThrow(/row-level security/);
   });
 
+  it('no row can hold a cap the API refuses (0, negative, past the maximum): 0 or less would refuse every submission of the tenant, or fail it with a 500', async () => {
+    const tenant = newTenant();
+    const insert = (column: string, value: number) =>
+      tenantEm(stack.container.orm, tenant).transactional((em) => em.execute(`insert into tenant_limits (tenant_id, ${column}, updated_by, updated_at) values (?, ?, 'x', now())`, [tenant, value]));
+    for (const [column, value] of [['max_active_runs', 0], ['max_active_runs', -1], ['max_active_runs', 100_001], ['max_runs_in_flight', 0], ['max_runs_in_flight', -5], ['max_runs_in_flight', 1_000_001]] as const) {
+      await expect(insert(column, value), `${column} ${value}`).rejects.toThrow(/violates check constraint "tenant_limits_/);
+    }
+    expect(await storedRow(stack, tenant)).toBeUndefined();
+  });
+
   it('a tenant with max_runs_in_flight 2 gets 429 for its third run in flight; another tenant does not', async () => {
     // No worker: accepted runs stay pending, i.e. in flight.
     const capped = newTenant();

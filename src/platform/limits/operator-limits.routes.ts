@@ -6,14 +6,12 @@ import { isoTime, toIsoTimeOrNull } from '../http/iso-time.ts';
 import { DEFER_UNTIL_NEXT } from '../db/coalescing-client.ts';
 import { OPERATOR_ROLE } from '../http/admin-auth.middleware.ts';
 import type { Principal } from '../tenancy/jwt.ts';
+import { MAX_ACTIVE_RUNS_OVERRIDE, MAX_RUNS_IN_FLIGHT_OVERRIDE } from './tenant-limits.entity.ts';
 
 export const OPERATOR_TENANTS_PATH = '/api/v1/operator/tenants';
 const PATH = `${OPERATOR_TENANTS_PATH}/:tenant_id/limits`;
 const TAGS = ['operator'];
 
-/** The bounds an override may take: WORKER_MAX_ACTIVE_RUNS_PER_TENANT's own maximum, and a million runs in flight. */
-export const MAX_ACTIVE_RUNS_OVERRIDE = 100_000;
-export const MAX_RUNS_IN_FLIGHT_OVERRIDE = 1_000_000;
 
 const limitsBody = z.strictObject({
   max_active_runs: z
