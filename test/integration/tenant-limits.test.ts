@@ -10,7 +10,7 @@ import { api, CLASS_A_SUBMISSION, newTenant, startStack, type TestStack } from '
 import { waitFor } from '../helpers/poll.ts';
 import { capturedLog } from '../helpers/log-capture.ts';
 import { heldGoldenPath, startRunHost, wrappedGoldenPath } from '../helpers/run-host.ts';
-import { tenantEm } from '../../src/platform/db/tenant-em.ts';
+import { systemEm, tenantEm } from '../../src/platform/db/tenant-em.ts';
 import { OPERATOR_ROLE } from '../../src/platform/http/admin-auth.middleware.ts';
 
 const LONG = 120_000;
@@ -152,6 +152,13 @@ describe('operator limits API', () => {
     await expect(
       tenantEm(orm, newTenant()).transactional((em) => em.execute(`insert into tenant_limits (tenant_id, max_runs_in_flight, updated_by, updated_at) values (?, 1, 'x', now())`, [tenant])),
     ).rejects.toThrow(/row-level security/);
+    // The system role (the workers' re-seed) reads every tenant's active-run cap, and nothing else of the row, nor writes it.
+    const system = () => systemEm(orm);
+    expect(await system().transactional((em) => em.execute(`select tenant_id, max_active_runs from tenant_limits where tenant_id = ?`, [tenant]))).toEqual([{ tenant_id: tenant, max_active_runs: 2 }]);
+    for (const column of ['max_runs_in_flight', 'updated_by', 'updated_at', '*']) {
+      await expect(system().transactional((em) => em.execute(`select ${column} from tenant_limits`)), column).rejects.toThrow(/permission denied/);
+    }
+    await expect(system().transactional((em) => em.execute(`update tenant_limits set max_active_runs = 1 where tenant_id = ?`, [tenant]))).rejects.toThrow(/permission denied/);
   });
 
   it('no row can hold a cap the API refuses (0, negative, past the maximum): 0 or less would refuse every submission of the tenant, or fail it with a 500', async () => {
