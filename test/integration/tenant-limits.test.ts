@@ -9,6 +9,7 @@ import { randomUUID } from 'node:crypto';
 import { api, CLASS_A_SUBMISSION, newTenant, startStack, type TestStack } from '../helpers/stack.ts';
 import { waitFor } from '../helpers/poll.ts';
 import { capturedLog } from '../helpers/log-capture.ts';
+import { holdTable } from '../helpers/table-lock.ts';
 import { heldGoldenPath, startRunHost, wrappedGoldenPath } from '../helpers/run-host.ts';
 import { systemEm, tenantEm } from '../../src/platform/db/tenant-em.ts';
 import { OPERATOR_ROLE } from '../../src/platform/http/admin-auth.middleware.ts';
@@ -270,6 +271,28 @@ describe('operator limits API', () => {
       release();
       await host.stop();
     }
+  });
+
+  it("two first PUTs for one tenant at once: the second one's audit line names the first's overrides as previous", async () => {
+    const tenant = newTenant();
+    // Both PUTs reach the table while it is held, so they run side by side once it is released.
+    const held = await holdTable(stack.db.ownerUrl, 'tenant_limits');
+    const waiters = async () =>
+      (await stack.db.admin(`select count(*)::int as n from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock' and backend_type = 'client backend'`)).rows[0].n as number;
+    try {
+      const put = (max: number) => api(stack, 'PUT', limitsPath(tenant), { token: operator, body: { max_active_runs: max, max_runs_in_flight: null }, headers: { 'Idempotency-Key': randomUUID() } });
+      const puts = [put(5), put(6)];
+      await waitFor(async () => (await waiters()) >= 2, { what: 'both PUTs to wait' });
+      await held.release();
+      expect((await Promise.all(puts)).map((r) => r.status)).toEqual([200, 200]);
+    } finally {
+      await held.close();
+    }
+    const audit = log.lines.filter((l) => l.security_event === 'tenant_limits_changed' && l.tenant_id === tenant);
+    const [first, second] = audit.map((l) => ({ previous: l.previous.max_active_runs, now: l.overrides.max_active_runs }));
+    expect(first?.previous).toBeNull();
+    expect(second?.previous).toBe(first?.now);
+    expect((await storedRow(stack, tenant))?.max_active_runs).toBe(second?.now);
   });
 
   it("an operator's Idempotency-Key reused for another tenant's limits is 422, never a replay of the first tenant's answer", async () => {

@@ -139,6 +139,10 @@ export function operatorLimitsRoutes(deps: OperatorLimitsDeps): RouteDef[] {
       async handler({ req, em, params, principal, body, afterCommit }) {
         const b: LimitsBody = body;
         const [previous, row] = await asTenant(em, params.tenant_id, principal.tenantId, async () => {
+          // Two PUTs for a tenant without a row would both read none (FOR UPDATE locks no row): a lock per
+          // tenant, held to the commit, orders them, so the audit's `previous` is what the other one stored.
+          // It travels with the read (no round trip more).
+          await em.execute(`${DEFER_UNTIL_NEXT}select pg_advisory_xact_lock(hashtextextended('dealix:tenant_limits:' || ?, 0))`, [params.tenant_id]);
           const [before] = await em.execute<LimitsRow[]>(`select ${COLUMNS} from tenant_limits where tenant_id = ? for update`, [params.tenant_id]);
           const [after] = await em.execute<LimitsRow[]>(
             `insert into tenant_limits (tenant_id, max_active_runs, max_runs_in_flight, updated_by, updated_at) values (?, ?, ?, ?, now())
