@@ -74,6 +74,30 @@ export function wrappedWorkflow(stack: TestStack, workflow: string, wrap: (step:
 /** The stack's golden-path definition with each step's body wrapped by `wrap` (its sequence_num, its own body). */
 export const wrappedGoldenPath = (stack: TestStack, wrap: (step: StepDef, seq: number) => StepDef['run']): WorkflowDef => wrappedWorkflow(stack, GOLDEN_PATH, wrap);
 
+/**
+ * The stack's golden path with `tenant`'s runs held in their first step until `release()`, and each of
+ * their steps counted while it executes (`executing`, `most` at once; `entered` in order): what executes
+ * at once is then what the slots let in, not how fast a run ends. Other tenants' runs go through.
+ */
+export function heldGoldenPath(stack: TestStack, tenant: string) {
+  let release!: () => void;
+  const released = new Promise<void>((r) => (release = r));
+  const state = { executing: 0, most: 0, entered: [] as Array<{ run: string; seq: number }> };
+  const wf = wrappedGoldenPath(stack, (step, seq) => async (input, ctx) => {
+    if (ctx.run.tenantId !== tenant) return step.run(input, ctx);
+    state.entered.push({ run: ctx.run.id, seq });
+    state.executing++;
+    state.most = Math.max(state.most, state.executing);
+    try {
+      if (seq === 1) await released;
+      return await step.run(input, ctx);
+    } finally {
+      state.executing--;
+    }
+  });
+  return { wf, state, release: () => release() };
+}
+
 /** What the steps of a controlled host do: fail for good, wait at a barrier, and record each step entered, by run. */
 export interface StepControl {
   failing: Set<number>;

@@ -9,7 +9,7 @@ import { randomUUID } from 'node:crypto';
 import { api, CLASS_A_SUBMISSION, newTenant, runUsers, SAMPLE_SUBMISSION, startStack, type TestStack } from '../helpers/stack.ts';
 import { waitFor } from '../helpers/poll.ts';
 import { monitorKeys } from '../helpers/redis-monitor.ts';
-import { barrier, startRunHost, wrappedGoldenPath } from '../helpers/run-host.ts';
+import { barrier, heldGoldenPath, startRunHost, wrappedGoldenPath } from '../helpers/run-host.ts';
 import { SLOW_QUEUE, slowWorkflow } from '../helpers/slow-workflow.ts';
 import { createSlowRun, jobOf, readRun, waitEntered, waitRun } from '../helpers/recovery.ts';
 import { tenantEm } from '../../src/platform/db/tenant-em.ts';
@@ -227,24 +227,8 @@ describe('a per-tenant cap on concurrently executing run jobs', () => {
   });
 
   it(`cap ${CAP}: a tenant with ${A_RUNS} runs held open executes at most ${CAP} at once, another tenant's run completes meanwhile, and once released all ${A_RUNS} complete, each step once`, { timeout: LONG }, async () => {
-    let releaseA!: () => void;
-    const released = new Promise<void>((r) => (releaseA = r));
     // Tenant A's steps: each counted while it executes; A's first steps held until released.
-    let executing = 0;
-    let most = 0;
-    const entered: Array<{ run: string; seq: number }> = [];
-    const wf = wrappedGoldenPath(stack, (step, seq) => async (input, ctx) => {
-      if (ctx.run.tenantId !== tenantA) return step.run(input, ctx);
-      entered.push({ run: ctx.run.id, seq });
-      executing++;
-      most = Math.max(most, executing);
-      try {
-        if (seq === 1) await released;
-        return await step.run(input, ctx);
-      } finally {
-        executing--;
-      }
-    });
+    const { wf, state, release: releaseA } = heldGoldenPath(stack, tenantA);
     // Four jobs at once: without the cap, A's first four runs take every one of them. The parked jobs'
     // fallback delay is far beyond the test's deadlines: each completes only if a freed slot promotes it.
     host = startRunHost(stack, wf, 'fair-share-host', {}, { concurrency: 4, maxActiveRunsPerTenant: CAP, parkDelayMs: () => 600_000 });
@@ -253,13 +237,13 @@ describe('a per-tenant cap on concurrently executing run jobs', () => {
 
     const aRuns: string[] = [];
     for (let i = 0; i < A_RUNS; i++) aRuns.push(await submit(stack, tokA));
-    await waitFor(() => executing >= CAP, { what: `${CAP} of tenant A's runs to hold their first step` });
+    await waitFor(() => state.executing >= CAP, { what: `${CAP} of tenant A's runs to hold their first step` });
 
     // Without the cap, A's held runs fill every worker slot and B's run waits behind A's backlog.
     const bRun = await submit(stack, tokB);
     await waitCompleted(stack, tokB, bRun);
-    expect(executing).toBe(CAP);
-    expect(most).toBe(CAP);
+    expect(state.executing).toBe(CAP);
+    expect(state.most).toBe(CAP);
     // The rest of A's jobs are parked (delayed, their ids in A's parked set), not holding worker slots.
     const parkedKey = `${stack.prefix}:tenant-parked:${tenantA}`;
     await waitFor(async () => (await stack.redis.zcard(parkedKey)) === A_RUNS - CAP, { what: `${A_RUNS - CAP} of A's jobs to be parked` });
@@ -269,9 +253,9 @@ describe('a per-tenant cap on concurrently executing run jobs', () => {
 
     releaseA();
     for (const id of aRuns) await waitCompleted(stack, tokA, id);
-    expect(most).toBe(CAP);
+    expect(state.most).toBe(CAP);
     // Nothing lost, nothing run twice: each of A's runs entered each of its four steps exactly once.
-    for (const id of aRuns) expect(entered.filter((e) => e.run === id).map((e) => e.seq)).toEqual([1, 2, 3, 4]);
+    for (const id of aRuns) expect(state.entered.filter((e) => e.run === id).map((e) => e.seq)).toEqual([1, 2, 3, 4]);
     const checkpoints = await stack.db.admin(`select run_id, count(*)::int as n from durable_checkpoints where tenant_id = $1 and status = 'completed' group by run_id`, [tenantA]);
     expect(checkpoints.rows.map((r) => (r as { n: number }).n)).toEqual(Array(A_RUNS).fill(4));
     // Every slot was given back and no job is left parked.

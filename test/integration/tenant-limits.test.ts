@@ -9,8 +9,9 @@ import { randomUUID } from 'node:crypto';
 import { api, CLASS_A_SUBMISSION, newTenant, startStack, type TestStack } from '../helpers/stack.ts';
 import { waitFor } from '../helpers/poll.ts';
 import { capturedLog } from '../helpers/log-capture.ts';
-import { startRunHost, wrappedGoldenPath } from '../helpers/run-host.ts';
-import { tenantEm } from '../../src/platform/db/tenant-em.ts';
+import { holdTable } from '../helpers/table-lock.ts';
+import { heldGoldenPath, startRunHost, wrappedGoldenPath } from '../helpers/run-host.ts';
+import { systemEm, tenantEm } from '../../src/platform/db/tenant-em.ts';
 import { OPERATOR_ROLE } from '../../src/platform/http/admin-auth.middleware.ts';
 
 const LONG = 120_000;
@@ -152,6 +153,23 @@ describe('operator limits API', () => {
     await expect(
       tenantEm(orm, newTenant()).transactional((em) => em.execute(`insert into tenant_limits (tenant_id, max_runs_in_flight, updated_by, updated_at) values (?, 1, 'x', now())`, [tenant])),
     ).rejects.toThrow(/row-level security/);
+    // The system role (the workers' re-seed) reads every tenant's active-run cap, and nothing else of the row, nor writes it.
+    const system = () => systemEm(orm);
+    expect(await system().transactional((em) => em.execute(`select tenant_id, max_active_runs from tenant_limits where tenant_id = ?`, [tenant]))).toEqual([{ tenant_id: tenant, max_active_runs: 2 }]);
+    for (const column of ['max_runs_in_flight', 'updated_by', 'updated_at', '*']) {
+      await expect(system().transactional((em) => em.execute(`select ${column} from tenant_limits`)), column).rejects.toThrow(/permission denied/);
+    }
+    await expect(system().transactional((em) => em.execute(`update tenant_limits set max_active_runs = 1 where tenant_id = ?`, [tenant]))).rejects.toThrow(/permission denied/);
+  });
+
+  it('no row can hold a cap the API refuses (0, negative, past the maximum): 0 or less would refuse every submission of the tenant, or fail it with a 500', async () => {
+    const tenant = newTenant();
+    const insert = (column: string, value: number) =>
+      tenantEm(stack.container.orm, tenant).transactional((em) => em.execute(`insert into tenant_limits (tenant_id, ${column}, updated_by, updated_at) values (?, ?, 'x', now())`, [tenant, value]));
+    for (const [column, value] of [['max_active_runs', 0], ['max_active_runs', -1], ['max_active_runs', 100_001], ['max_runs_in_flight', 0], ['max_runs_in_flight', -5], ['max_runs_in_flight', 1_000_001]] as const) {
+      await expect(insert(column, value), `${column} ${value}`).rejects.toThrow(/violates check constraint "tenant_limits_/);
+    }
+    expect(await storedRow(stack, tenant)).toBeUndefined();
   });
 
   it('a tenant with max_runs_in_flight 2 gets 429 for its third run in flight; another tenant does not', async () => {
@@ -224,6 +242,72 @@ describe('operator limits API', () => {
       release();
       await host.stop();
     }
+  });
+
+  it("workers: raising a tenant's override lets its parked jobs in at its next acquire, up to the new cap, not after their fallback delay", { timeout: LONG }, async () => {
+    const capped = newTenant();
+    const put = (max: number) => api(stack, 'PUT', limitsPath(capped), { token: operator, body: { max_active_runs: max, max_runs_in_flight: null }, headers: { 'Idempotency-Key': randomUUID() } });
+    expect((await put(1)).status).toBe(200);
+    const { wf, state, release } = heldGoldenPath(stack, capped);
+    // Parked jobs come back on their own only after 10 minutes: what runs within the test is what promotions let in.
+    const host = startRunHost(stack, wf, 'raise-host', {}, { concurrency: 6, maxActiveRunsPerTenant: ACTIVE_DEFAULT, parkDelayMs: () => 600_000 });
+    try {
+      const tok = await stack.token({ tenantId: capped, sub: 'c' });
+      const runs: string[] = [];
+      for (let i = 0; i < 3; i++) runs.push((await submit(stack, tok)).json.run_id as string);
+      const parkedKey = `${stack.prefix}:tenant-parked:${capped}`;
+      await waitFor(async () => state.executing === 1 && (await stack.redis.zcard(parkedKey)) === 2, { what: 'one run executing and two parked under the override of 1' });
+      expect((await put(3)).status).toBe(200);
+      // The tenant's next acquire (a new run) finds two slots free with jobs parked: it wakes one, whose acquire fills the cap.
+      runs.push((await submit(stack, tok)).json.run_id as string);
+      await waitFor(() => state.executing === 3, { timeoutMs: 20_000, what: 'a parked run to be promoted into the raised cap beside the new one' });
+      expect(await stack.redis.zcard(parkedKey)).toBe(1);
+      release();
+      for (const id of runs) {
+        await waitFor(async () => (await api(stack, 'GET', `/api/v1/golden-path/runs/${id}`, { token: tok })).json?.status === 'completed', { timeoutMs: 60_000, what: `run ${id} to complete` });
+      }
+      expect(state.most).toBe(3);
+    } finally {
+      release();
+      await host.stop();
+    }
+  });
+
+  it("two first PUTs for one tenant at once: the second one's audit line names the first's overrides as previous", async () => {
+    const tenant = newTenant();
+    // Both PUTs reach the table while it is held, so they run side by side once it is released.
+    const held = await holdTable(stack.db.ownerUrl, 'tenant_limits');
+    const waiters = async () =>
+      (await stack.db.admin(`select count(*)::int as n from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock' and backend_type = 'client backend'`)).rows[0].n as number;
+    try {
+      const put = (max: number) => api(stack, 'PUT', limitsPath(tenant), { token: operator, body: { max_active_runs: max, max_runs_in_flight: null }, headers: { 'Idempotency-Key': randomUUID() } });
+      const puts = [put(5), put(6)];
+      await waitFor(async () => (await waiters()) >= 2, { what: 'both PUTs to wait' });
+      await held.release();
+      expect((await Promise.all(puts)).map((r) => r.status)).toEqual([200, 200]);
+    } finally {
+      await held.close();
+    }
+    const audit = log.lines.filter((l) => l.security_event === 'tenant_limits_changed' && l.tenant_id === tenant);
+    const [first, second] = audit.map((l) => ({ previous: l.previous.max_active_runs, now: l.overrides.max_active_runs }));
+    expect(first?.previous).toBeNull();
+    expect(second?.previous).toBe(first?.now);
+    expect((await storedRow(stack, tenant))?.max_active_runs).toBe(second?.now);
+  });
+
+  it("an operator's Idempotency-Key reused for another tenant's limits is 422, never a replay of the first tenant's answer", async () => {
+    const [first, second] = [newTenant(), newTenant()];
+    const key = randomUUID();
+    const body = { max_active_runs: 2, max_runs_in_flight: 5 };
+    expect((await api(stack, 'PUT', limitsPath(first), { token: operator, body, headers: { 'Idempotency-Key': key } })).status).toBe(200);
+    const other = await api(stack, 'PUT', limitsPath(second), { token: operator, body, headers: { 'Idempotency-Key': key } });
+    expect(other.status, other.text).toBe(422);
+    expect(other.json.code).toBe('idempotency_key_reused');
+    const del = await api(stack, 'DELETE', limitsPath(second), { token: operator, headers: { 'Idempotency-Key': key } });
+    expect(del.status).toBe(422);
+    expect(await storedRow(stack, second)).toBeUndefined();
+    expect(await stack.redis.hget(`${stack.prefix}:tenant-limits`, second)).toBeNull();
+    expect(await storedRow(stack, first)).toMatchObject({ max_active_runs: 2, max_runs_in_flight: 5 });
   });
 
   it('the Redis copy is re-seeded from PostgreSQL at worker start, after Redis lost its data, and every sweeper interval (a copy that missed a change heals)', { timeout: LONG }, async () => {

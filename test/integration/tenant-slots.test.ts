@@ -156,6 +156,32 @@ describe('tenant slots (Redis scripts)', () => {
     expect(await redis.zrange(tenants.slotsKey(id), '0', '-1')).toEqual(['q:a']);
   });
 
+  it("a tenant's override in <prefix>:tenant-limits replaces the cap; a value that is no whole number from 1 is ignored (the setting applies) and fails no script", async () => {
+    const slots = new TenantSlots(redis, { prefix, cap: 2, leaseMs: LONG_LEASE });
+    const capOf = async (tenant: string) => {
+      let n = 0;
+      while ((await slots.take(tenant, `q:${n}`)).acquired) n++;
+      return { held: n, applied: (await slots.take(tenant, 'q:last')).cap };
+    };
+    const overridden = randomUUID();
+    await redis.hset(slots.limitsKey(), overridden, '3');
+    expect(await capOf(overridden)).toEqual({ held: 3, applied: 3 });
+    // Raised while a job is parked: an acquire that leaves a slot free says so, for its caller to wake the parked job.
+    await slots.park(overridden, 'q:waiting', 1);
+    await redis.hset(slots.limitsKey(), overridden, '5');
+    expect(await slots.take(overridden, 'q:3')).toEqual({ acquired: true, cap: 5, wakeParked: true });
+    expect(await slots.take(overridden, 'q:4')).toEqual({ acquired: true, cap: 5, wakeParked: false });
+    // Written by hand or by a bug: neither lifts the cap (0, inf, a huge number) nor stops the tenant's runs (a script error, a cap of 0).
+    for (const bad of ['', 'abc', '0', '-2', '1.5', 'inf', 'nan', '1e300', ' ']) {
+      const tenant = randomUUID();
+      await redis.hset(slots.limitsKey(), tenant, bad);
+      expect(await capOf(tenant), JSON.stringify(bad)).toEqual({ held: 2, applied: 2 });
+      expect(await slots.park(tenant, 'q:parked', 1)).toBeNull();
+      expect(await slots.release(tenant, 'q:0')).toBe('q:parked');
+      expect(await slots.wake(tenant)).toBeNull();
+    }
+  });
+
   it('a member names its queue and job id; a cap below 1 is refused', () => {
     expect(parseSlotMember(slotMember('golden-path', 'gp-abc-1-partner-dossier'))).toEqual({ queue: 'golden-path', jobId: 'gp-abc-1-partner-dossier' });
     expect(() => new TenantSlots(redis, { prefix, cap: 0, leaseMs: 1000 })).toThrow(/at least 1/);

@@ -31,14 +31,20 @@ redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
  * The owner's cap: its override in the limits hash (KEYS[3], field: the owner, the last ARGV; written by
  * the operator API and re-seeded from PostgreSQL, ADR 0014) when it has one, else the cap passed
  * (`arg`, the process's setting). One HGET inside the script: no round trip more, override or not.
+ * Only a whole number from 1 to 10^9 is an override: anything else in the field (written by hand, or by
+ * a bug) is ignored, so it neither fails every script of the owner's jobs, nor lifts the cap (inf), nor
+ * stops the owner's jobs for good (0).
  */
-const CAP = (arg: number) => `local cap = tonumber(redis.call('HGET', KEYS[3], ARGV[#ARGV]) or ARGV[${arg}])
+const CAP = (arg: number) => `local cap = tonumber(ARGV[${arg}])
+local override = tonumber(redis.call('HGET', KEYS[3], ARGV[#ARGV]) or '')
+if override and override >= 1 and override <= 1000000000 and override == math.floor(override) then cap = override end
 `;
 
 /**
  * KEYS: slots, parked, limits. ARGV: member, cap, lease ms, owner. Drops lapsed leases; a member that holds a slot
- * renews it, another takes one when fewer than `cap` are held: {1, 0, cap} when the member holds a slot after
- * it (`cap`: the one applied). Else {0, ms, cap}: `ms` is how long until the earliest live lease lapses (Redis's clock, relative, so the
+ * renews it, another takes one when fewer than `cap` are held: {1, room, cap} when the member holds a slot after
+ * it (`cap`: the one applied; `room` 1 when a slot is still free while jobs are parked — the cap was raised,
+ * or a lease lapsed — for the caller to wake the next, else 0). Else {0, ms, cap}: `ms` is how long until the earliest live lease lapses (Redis's clock, relative, so the
  * caller's clock need not agree) when the member is — or, parking now, would be — among the owner's
  * `cap` earliest parked, else 0. A lease that lapses (its holder died) frees a slot nobody releases:
  * those few come back when it does, and take it; the others wait for promotions as before, so a long
@@ -49,6 +55,7 @@ if redis.call('ZSCORE', KEYS[1], ARGV[1]) or redis.call('ZCARD', KEYS[1]) < cap 
   redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1])
   if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[3]) then redis.call('PEXPIRE', KEYS[1], ARGV[3]) end
   redis.call('ZREM', KEYS[2], ARGV[1])
+  if redis.call('ZCARD', KEYS[1]) < cap and redis.call('ZCARD', KEYS[2]) > 0 then return {1, 1, cap} end
   return {1, 0, cap}
 end
 local rank = redis.call('ZRANK', KEYS[2], ARGV[1]) or redis.call('ZCARD', KEYS[2])
@@ -186,7 +193,7 @@ export class TenantSlots {
 
   /**
    * The hash of per-owner caps that replace `cap` (field: owner, value: its cap): `<prefix>:tenant-limits`
-   * for run jobs (ADR 0014, tenant-limits-cache.ts); nothing writes the webhook owners' ones, so their
+   * for run jobs (ADR 0014, limits/tenant-limits.ts); nothing writes the webhook owners' ones, so their
    * scripts always find none.
    */
   limitsKey(): string {
@@ -204,10 +211,11 @@ export class TenantSlots {
    * the request, plus Redis's remaining time: never after the lapse, whatever the clocks' offset), for
    * one of the owner's `cap` earliest parked; undefined for the rest. One round trip, as `acquire`.
    */
-  async take(tenant: string, member: string): Promise<{ acquired: boolean; wakeBy?: number; cap: number }> {
+  async take(tenant: string, member: string): Promise<{ acquired: boolean; wakeBy?: number; cap: number; wakeParked?: boolean }> {
     const askedAt = Date.now();
     const [acquired, lapsesInMs, cap] = await this.redis.dealixSlotAcquire(this.slotsKey(tenant), this.parkedKey(tenant), this.limitsKey(), member, this.cap, this.leaseMs, tenant);
-    if (acquired === 1) return { acquired: true, cap };
+    // A slot still free with jobs parked (a raised override, a lapsed lease): `wakeParked` asks the caller to promote the next.
+    if (acquired === 1) return { acquired: true, cap, wakeParked: lapsesInMs === 1 };
     return lapsesInMs > 0 ? { acquired: false, wakeBy: askedAt + lapsesInMs, cap } : { acquired: false, cap };
   }
 

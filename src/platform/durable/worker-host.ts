@@ -191,9 +191,12 @@ function tenantSlotHolder(use: TenantSlotsUse, runtime: DurableRuntime, logger: 
       // Its wakeBy is not used (ADR 0012, 0013): run jobs' leases are renewed while they run, so the earliest lease's
       // expiry is always a lease ahead and would bring parked jobs back every lease for nothing; a dead worker's
       // job is re-delivered by stall detection and takes its own slot back. `cap`: the tenant's override or the setting (ADR 0014).
-      const { acquired, cap } = await slots.take(slot.tenant, slot.member);
+      const { acquired, cap, wakeParked } = await slots.take(slot.tenant, slot.member);
       if (acquired) {
         held.add(slot);
+        // Slots left free while jobs are parked (the tenant's override was raised, ADR 0014): the next parked
+        // job is promoted now, and its own acquire wakes the one after, until the cap is reached; not their fallback delay.
+        if (wakeParked) parking.wake(slot.tenant);
         return slot;
       }
       return parking.park(job, token, slot.tenant, slot.member, ({ parks, delayMs }) => {

@@ -6,14 +6,12 @@ import { isoTime, toIsoTimeOrNull } from '../http/iso-time.ts';
 import { DEFER_UNTIL_NEXT } from '../db/coalescing-client.ts';
 import { OPERATOR_ROLE } from '../http/admin-auth.middleware.ts';
 import type { Principal } from '../tenancy/jwt.ts';
+import { MAX_ACTIVE_RUNS_OVERRIDE, MAX_RUNS_IN_FLIGHT_OVERRIDE } from './tenant-limits.entity.ts';
 
 export const OPERATOR_TENANTS_PATH = '/api/v1/operator/tenants';
 const PATH = `${OPERATOR_TENANTS_PATH}/:tenant_id/limits`;
 const TAGS = ['operator'];
 
-/** The bounds an override may take: WORKER_MAX_ACTIVE_RUNS_PER_TENANT's own maximum, and a million runs in flight. */
-export const MAX_ACTIVE_RUNS_OVERRIDE = 100_000;
-export const MAX_RUNS_IN_FLIGHT_OVERRIDE = 1_000_000;
 
 const limitsBody = z.strictObject({
   max_active_runs: z
@@ -141,6 +139,10 @@ export function operatorLimitsRoutes(deps: OperatorLimitsDeps): RouteDef[] {
       async handler({ req, em, params, principal, body, afterCommit }) {
         const b: LimitsBody = body;
         const [previous, row] = await asTenant(em, params.tenant_id, principal.tenantId, async () => {
+          // Two PUTs for a tenant without a row would both read none (FOR UPDATE locks no row): a lock per
+          // tenant, held to the commit, orders them, so the audit's `previous` is what the other one stored.
+          // It travels with the read (no round trip more).
+          await em.execute(`${DEFER_UNTIL_NEXT}select pg_advisory_xact_lock(hashtextextended('dealix:tenant_limits:' || ?, 0))`, [params.tenant_id]);
           const [before] = await em.execute<LimitsRow[]>(`select ${COLUMNS} from tenant_limits where tenant_id = ? for update`, [params.tenant_id]);
           const [after] = await em.execute<LimitsRow[]>(
             `insert into tenant_limits (tenant_id, max_active_runs, max_runs_in_flight, updated_by, updated_at) values (?, ?, ?, ?, now())

@@ -6,6 +6,10 @@ import { SYSTEM_ROLE, tenantIdProperty, tenantIsolationPolicy } from '../db/tena
  * (PUT /api/v1/operator/tenants/:tenant_id/limits; ADR 0014). A null column means "the default":
  * WORKER_MAX_ACTIVE_RUNS_PER_TENANT, MAX_RUNS_IN_FLIGHT_PER_TENANT. No row: no override at all.
  */
+/** The bounds an override may take: WORKER_MAX_ACTIVE_RUNS_PER_TENANT's own maximum, and a million runs in flight. */
+export const MAX_ACTIVE_RUNS_OVERRIDE = 100_000;
+export const MAX_RUNS_IN_FLIGHT_OVERRIDE = 1_000_000;
+
 export const TenantLimitsRow = defineEntity({
   name: 'TenantLimits',
   tableName: 'tenant_limits',
@@ -19,6 +23,12 @@ export const TenantLimitsRow = defineEntity({
     updatedBy: p.string().length(255),
     updatedAt: p.datetime(),
   },
+  // The API's ranges: no row holds what the operator API refuses (a cap of 0 or less would refuse, or fail, every
+  // submission of the tenant; the slot scripts ignore such a copy: ADR 0014).
+  checks: [
+    { name: 'tenant_limits_max_active_runs_check', expression: `max_active_runs >= 1 and max_active_runs <= ${MAX_ACTIVE_RUNS_OVERRIDE}` },
+    { name: 'tenant_limits_max_runs_in_flight_check', expression: `max_runs_in_flight >= 1 and max_runs_in_flight <= ${MAX_RUNS_IN_FLIGHT_OVERRIDE}` },
+  ],
   rowLevelSecurity: 'force',
   policies: [
     tenantIsolationPolicy('tenant_limits'),
