@@ -132,7 +132,7 @@ export function operatorLimitsRoutes(deps: OperatorLimitsDeps): RouteDef[] {
       params: tenantParam,
       body: limitsBody,
       responses: {
-        200: { description: 'Stored; the limits as they now apply (the workers within seconds, the next submission at once)', schema: limitsView },
+        200: { description: 'Stored; the limits as they now apply (the workers at their next slot acquire once the copy is written after the commit — within one SWEEPER_INTERVAL at worst — and the next submission at once)', schema: limitsView },
         ...operatorOnly,
         422: { description: 'Invalid body: a field missing, unknown, not an integer, or out of range; nothing stored' },
       },

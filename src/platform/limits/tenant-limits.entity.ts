@@ -1,15 +1,15 @@
 import { defineEntity, p } from '@mikro-orm/core';
 import { SYSTEM_ROLE, tenantIdProperty, tenantIsolationPolicy } from '../db/tenant-owned.ts';
 
+/** The bounds an override may take: WORKER_MAX_ACTIVE_RUNS_PER_TENANT's own maximum, and a million runs in flight. */
+export const MAX_ACTIVE_RUNS_OVERRIDE = 100_000;
+export const MAX_RUNS_IN_FLIGHT_OVERRIDE = 1_000_000;
+
 /**
  * A tenant's overrides of the process-wide per-tenant limits, set by a platform operator at runtime
  * (PUT /api/v1/operator/tenants/:tenant_id/limits; ADR 0014). A null column means "the default":
  * WORKER_MAX_ACTIVE_RUNS_PER_TENANT, MAX_RUNS_IN_FLIGHT_PER_TENANT. No row: no override at all.
  */
-/** The bounds an override may take: WORKER_MAX_ACTIVE_RUNS_PER_TENANT's own maximum, and a million runs in flight. */
-export const MAX_ACTIVE_RUNS_OVERRIDE = 100_000;
-export const MAX_RUNS_IN_FLIGHT_OVERRIDE = 1_000_000;
-
 export const TenantLimitsRow = defineEntity({
   name: 'TenantLimits',
   tableName: 'tenant_limits',

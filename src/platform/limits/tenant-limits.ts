@@ -7,8 +7,8 @@ import { tenantLimitsKey } from '../durable/tenant-slots.ts';
  * The Redis copy of the tenants' active-run overrides (ADR 0014): the hash `<prefix>:tenant-limits`
  * (field: tenant id, value: its cap), read by the slot scripts (tenant-slots.ts) inside the command a
  * run job already sends. PostgreSQL (`tenant_limits`) holds the truth; the operator API writes this
- * copy after its transaction commits, and every worker re-seeds it from PostgreSQL when it starts and
- * when the sweeper finds Redis flushed or replaced.
+ * copy after its transaction commits, and every worker re-seeds it from PostgreSQL when it starts, when
+ * the sweeper finds Redis flushed or replaced, and every SWEEPER_INTERVAL (a copy that missed a change heals).
  */
 export async function publishActiveRunsOverride(redis: Redis, prefix: string, tenantId: string, maxActiveRuns: number | null): Promise<void> {
   if (maxActiveRuns === null) await redis.hdel(tenantLimitsKey(prefix), tenantId);

@@ -315,7 +315,7 @@ export function webhookEndpointRoutes(deps: {
         200: { description: 'The endpoint as updated (never its secret); a field not sent is unchanged', schema: endpointView },
         ...adminOnly,
         404: { description: 'No such endpoint for this tenant' },
-        422: { description: 'Invalid body: no field, an unknown field, a new URL refused as by the create (not http(s), https:// in production, a host that does not resolve or resolves to a non-public address; the URL the endpoint already has is not resolved again), no or an unknown event type' },
+        422: { description: 'Invalid body: no field, an unknown field, a new URL refused as by the create (not http(s), https:// in production, a host that does not resolve or resolves to a non-public address; the URL the endpoint already has is not resolved again), no or an unknown event type, a `rate_limit_per_second` that is not an integer from 1 to 1000 (or null)' },
         503: { description: 'The new URL\'s host could not be resolved within WEBHOOK_TIMEOUT, or the resolver failed for now (EAI_AGAIN), or another update moved the endpoint meanwhile: nothing changed, the Idempotency-Key is free for a retry (Retry-After)' },
       },
       // A new URL is checked as the create checks it, before the transaction and bounded (see the create).
