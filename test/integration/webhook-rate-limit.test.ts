@@ -29,7 +29,8 @@ describe('webhook endpoint rate limits (rate_limit_per_second)', () => {
   const workers: WorkerHandle[] = [];
 
   beforeAll(async () => {
-    const started = await startWebhookStack({ WEBHOOK_RETRY_BASE: '50ms', WEBHOOK_MAX_ENDPOINTS: '5' }, { WORKER_METRICS_PORT: '0' });
+    // WEBHOOK_DISABLE_AFTER: a second, for the endpoint disabled for failing; every other receiver answers 2xx.
+    const started = await startWebhookStack({ WEBHOOK_RETRY_BASE: '50ms', WEBHOOK_MAX_ENDPOINTS: '5', WEBHOOK_DISABLE_AFTER: '1s' }, { WORKER_METRICS_PORT: '0' });
     ({ stack, receiver } = started);
     workers.push(started.worker, await stack.spawnWorker({ WORKER_METRICS_PORT: '0' }));
   }, 120_000);
@@ -72,6 +73,30 @@ describe('webhook endpoint rate limits (rate_limit_per_second)', () => {
       total += Number(line?.split(' ')[1] ?? 0);
     }
     return total;
+  }
+
+  const rateKeys = (endpointId: string) => ({ stateKey: `${stack.prefix}:endpoint-rate:${endpointId}`, waitingKey: `${stack.prefix}:endpoint-rate-waiting:${endpointId}` });
+
+  /**
+   * The turns held by the endpoint's waiting deliveries (µs, Redis's clock), and when the old schedule would let the last of them go,
+   * as a delay from `readAt` (performance.now() when read): a later arrival or settling is compared with it within the run.
+   */
+  async function waitingTurns(endpointId: string) {
+    const turns = (await stack.redis.zrange(rateKeys(endpointId).waitingKey, '0', '-1', 'WITHSCORES')).filter((_, i) => i % 2 === 1).map(Number);
+    const [nowS, nowUs] = await stack.redis.time();
+    return { turns, oldScheduleEndsInMs: (turns.at(-1)! - (Number(nowS) * 1e6 + Number(nowUs))) / 1000, readAt: performance.now() };
+  }
+
+  /** The endpoint's deliveries, once none is pending and neither of its rate keys is left. */
+  async function settledKeysGone(endpointId: string, what: string) {
+    const { stateKey, waitingKey } = rateKeys(endpointId);
+    return waitFor(
+      async () => {
+        const { rows } = await stack.db.admin(`select status, attempts, last_error from webhook_deliveries where endpoint_id = $1`, [endpointId]);
+        return (rows.every((r) => r.status !== 'pending') && (await stack.redis.exists(stateKey, waitingKey)) === 0 && rows) || undefined;
+      },
+      { timeoutMs: 20_000, intervalMs: 50, what: `${what} to settle and its rate keys to go` },
+    );
   }
 
   it('sends at most N requests per second to a limited endpoint, over both workers, a test event included; none is lost, no attempt spent; the same tenant\'s unlimited endpoint is not slowed', async () => {
@@ -128,12 +153,9 @@ describe('webhook endpoint rate limits (rate_limit_per_second)', () => {
     // At 1/s the 8th would arrive 7 s after the 1st. The 2nd has arrived: the other 6 wait for turns a second apart.
     await waitFor(() => arrivals('/released').length >= 2 || undefined, { timeoutMs: 20_000, what: 'two deliveries to arrive' });
     // The waiting ones hold turns one interval (1 s = 10^6 µs) apart, each its own: they come back one by one, never together.
-    const turns = (await stack.redis.zrange(`${stack.prefix}:endpoint-rate-waiting:${t.endpoint.id}`, '0', '-1', 'WITHSCORES')).filter((_, i) => i % 2 === 1).map(Number);
+    // With when the old schedule would have let the last waiting one go, as a delay from now (Redis's clock: the turns' own).
+    const { turns, oldScheduleEndsInMs, readAt } = await waitingTurns(t.endpoint.id);
     expect(turns.length).toBeGreaterThanOrEqual(4);
-    // When the old schedule would have let the last waiting one go, as a delay from now (Redis's clock: the turns' own).
-    const [nowS, nowUs] = await stack.redis.time();
-    const oldScheduleEndsInMs = (turns.at(-1)! - (Number(nowS) * 1e6 + Number(nowUs))) / 1000;
-    const readAt = performance.now();
     for (let i = 1; i < turns.length; i++) expect(turns[i]! - turns[i - 1]!).toBeGreaterThanOrEqual(1_000_000);
     // Waiting for a turn holds no in-flight slot of the endpoint (nor of the tenant): the slots are taken after the turn.
     expect(await stack.redis.zcard(`${stack.prefix}:endpoint-slots:${t.endpoint.id}`)).toBe(0);
@@ -155,15 +177,11 @@ describe('webhook endpoint rate limits (rate_limit_per_second)', () => {
     const t = await tenantWithEndpoint(stack, receiver, '/deleted', ['run.completed']);
     expect((await api(stack, 'PATCH', `${ENDPOINTS}/${t.endpoint.id}`, { token: t.admin, body: { rate_limit_per_second: 1 } })).status).toBe(200);
     const ids = await deliveries(t.tenantId, t.endpoint.id, 8);
-    const stateKey = `${stack.prefix}:endpoint-rate:${t.endpoint.id}`;
-    const waitingKey = `${stack.prefix}:endpoint-rate-waiting:${t.endpoint.id}`;
+    const { stateKey, waitingKey } = rateKeys(t.endpoint.id);
     // At 1/s, two went; the others wait for turns a second apart (the last some 6 s off). Deleted just after the 2nd arrived, the
     // endpoint is gone before the next turn: no job is between its read of the row and its turn then (one would reserve a turn after the recall).
     await waitFor(async () => (arrivals('/deleted').length >= 2 && (await stack.redis.zcard(waitingKey)) >= 5) || undefined, { timeoutMs: 20_000, intervalMs: 10, what: 'deliveries waiting for turns' });
-    const turns = (await stack.redis.zrange(waitingKey, '0', '-1', 'WITHSCORES')).filter((_, i) => i % 2 === 1).map(Number);
-    const [nowS, nowUs] = await stack.redis.time();
-    const oldScheduleEndsInMs = (turns.at(-1)! - (Number(nowS) * 1e6 + Number(nowUs))) / 1000;
-    const readAt = performance.now();
+    const { oldScheduleEndsInMs, readAt } = await waitingTurns(t.endpoint.id);
     const res = await api(stack, 'DELETE', `${ENDPOINTS}/${t.endpoint.id}`, { token: t.admin });
     expect(res.status, res.text).toBe(204);
 
@@ -181,6 +199,69 @@ describe('webhook endpoint rate limits (rate_limit_per_second)', () => {
     const outcomes = await Promise.all(ids.map(async (id) => ((await queue.getJob(deliveryJobId(id, 0)))?.returnvalue as { outcome: string }).outcome));
     expect(outcomes.filter((o) => o === 'not_found').length).toBeGreaterThanOrEqual(5);
     expect(arrivals('/deleted').length).toBeLessThanOrEqual(3);
+  });
+
+  it("an endpoint's disable gives up its deliveries waiting for turns at once, and drops its rate keys; re-enabled, it is limited as before", async () => {
+    const t = await tenantWithEndpoint(stack, receiver, '/disabled', ['run.completed']);
+    expect((await api(stack, 'PATCH', `${ENDPOINTS}/${t.endpoint.id}`, { token: t.admin, body: { rate_limit_per_second: 1 } })).status).toBe(200);
+    await deliveries(t.tenantId, t.endpoint.id, 8);
+    const { waitingKey } = rateKeys(t.endpoint.id);
+    // As for the DELETE: disabled just after the 2nd arrived, before the next turn, while the others wait for theirs (the last some 6 s off).
+    await waitFor(async () => (arrivals('/disabled').length >= 2 && (await stack.redis.zcard(waitingKey)) >= 5) || undefined, { timeoutMs: 20_000, intervalMs: 10, what: 'deliveries waiting for turns' });
+    const { oldScheduleEndsInMs, readAt } = await waitingTurns(t.endpoint.id);
+    const res = await api(stack, 'POST', `${ENDPOINTS}/${t.endpoint.id}/disable`, { token: t.admin });
+    expect(res.status, res.text).toBe(200);
+    expect(res.json.enabled).toBe(false);
+
+    // Every delivery has settled — the waiting ones given up unsent, as any pending delivery of a disabled endpoint is — and neither rate key is left.
+    const rows = await settledKeysGone(t.endpoint.id, "the disabled endpoint's deliveries");
+    // Before the old schedule would have let the last of them come back (read from Redis before the disable; with the recall left out, after it).
+    expect(performance.now() - readAt, `settled vs the old schedule's last turn (${Math.round(oldScheduleEndsInMs)} ms after it was read)`).toBeLessThan(oldScheduleEndsInMs);
+    expect(rows).toHaveLength(8);
+    const given = rows.filter((r) => r.status === 'failed');
+    expect(given.length).toBeGreaterThanOrEqual(5);
+    expect(given.every((r) => r.last_error === 'endpoint disabled')).toBe(true);
+    expect(arrivals('/disabled').length).toBeLessThanOrEqual(3);
+
+    // Re-enabled, its new deliveries are limited again from fresh keys: delivered once each, a turn (1 s) apart.
+    const enabled = await api(stack, 'POST', `${ENDPOINTS}/${t.endpoint.id}/enable`, { token: t.admin });
+    expect(enabled.status, enabled.text).toBe(200);
+    expect(enabled.json).toMatchObject({ enabled: true, rate_limit_per_second: 1 });
+    const before = arrivals('/disabled').length;
+    const later = await deliveries(t.tenantId, t.endpoint.id, 3);
+    const done = await waitFor(
+      async () => {
+        const { rows } = await stack.db.admin(`select id, status, attempts, (attempt_log->0->>'duration_ms')::int as duration_ms from webhook_deliveries where id = any($1::uuid[])`, [later]);
+        return rows.every((r) => r.status === 'delivered') ? rows : undefined;
+      },
+      { timeoutMs: 30_000, intervalMs: 100, what: 'the deliveries after the enable' },
+    );
+    expect(done.map((r) => r.attempts)).toEqual([1, 1, 1]);
+    const durationOf = new Map(done.map((r) => [r.id as string, r.duration_ms as number]));
+    const got = receiver.received.filter((r) => r.path === '/disabled').sort((a, b) => a.at - b.at).slice(before);
+    expect(got.map((r) => r.headers['webhook-id']).sort()).toEqual([...later].sort());
+    for (let i = 0; i + 1 < got.length; i++) expect(got[i + 1]!.at - got[i]!.at).toBeGreaterThanOrEqual(1000 - durationOf.get(String(got[i]!.headers['webhook-id']))! - SLACK_MS);
+  });
+
+  it('an endpoint disabled for failing (WEBHOOK_DISABLE_AFTER) gives up its deliveries waiting for turns at once, and drops its rate keys', async () => {
+    receiver.plan('/failing', Array.from({ length: 100 }, () => 500));
+    const t = await tenantWithEndpoint(stack, receiver, '/failing', ['run.completed']);
+    expect((await api(stack, 'PATCH', `${ENDPOINTS}/${t.endpoint.id}`, { token: t.admin, body: { rate_limit_per_second: 1 } })).status).toBe(200);
+    await deliveries(t.tenantId, t.endpoint.id, 8);
+    const { waitingKey } = rateKeys(t.endpoint.id);
+    // The first failed (its endpoint failing since then); the others wait for turns a second apart, the last some 7 s off. An attempt a second
+    // or more after that first failure fails too and disables the endpoint: the last turn is read before then (its own turn is a second off).
+    await waitFor(async () => (arrivals('/failing').length === 1 && (await stack.redis.zcard(waitingKey)) >= 6) || undefined, { timeoutMs: 20_000, intervalMs: 10, what: 'deliveries waiting for turns' });
+    const { oldScheduleEndsInMs, readAt } = await waitingTurns(t.endpoint.id);
+    expect((await stack.db.admin(`select enabled from webhook_endpoints where id = $1`, [t.endpoint.id])).rows[0].enabled).toBe(true);
+
+    const rows = await settledKeysGone(t.endpoint.id, "the failing endpoint's deliveries");
+    expect((await stack.db.admin(`select disabled_reason from webhook_endpoints where id = $1`, [t.endpoint.id])).rows[0].disabled_reason).toBe('failing');
+    // Before the old schedule would have let the last of them come back (with the recall left out, after it).
+    expect(performance.now() - readAt, `settled vs the old schedule's last turn (${Math.round(oldScheduleEndsInMs)} ms after it was read)`).toBeLessThan(oldScheduleEndsInMs);
+    expect(rows.every((r) => r.status === 'failed')).toBe(true);
+    expect(rows.filter((r) => r.last_error === 'endpoint disabled').length).toBeGreaterThanOrEqual(4);
+    expect(arrivals('/failing').length).toBeLessThanOrEqual(4);
   });
 
   it("a delivery re-enqueued by the redelivery pass (its job lost) takes its turn behind the ones waiting, not past them", async () => {

@@ -11,7 +11,7 @@ import { endAttemptSpan, startAttemptSpan } from './delivery-trace.ts';
 import type { UrlPolicy } from './ssrf.ts';
 import { WEBHOOK_TEST_EVENT } from './webhook.entities.ts';
 import { slotMember, slotParking, type ParkedJobData, type TenantSlots } from '../durable/tenant-slots.ts';
-import type { EndpointRates } from './rate-limit.ts';
+import { recallWaiting, type EndpointRates } from './rate-limit.ts';
 
 /** The queue of webhook delivery jobs: every worker serves it, whatever WORKER_QUEUES says (as `maintenance`). */
 export const WEBHOOK_QUEUE = 'webhooks';
@@ -290,9 +290,13 @@ export function webhookHandlers(deps: {
     if (!(await rates.holdsTurn(row.endpoint_id, member))) await job.promote().catch(() => undefined);
     throw new DelayedError();
   };
-  /** After the commit that disabled an endpoint: say so (ops), count it, and send the tenant's other endpoints the event. */
+  /**
+   * After the commit that disabled an endpoint: say so (ops), count it, give up its deliveries waiting for a rate turn now
+   * and drop its rate keys (as an admin's disable does), and send the tenant's other endpoints the event.
+   */
   async function endpointDisabled(r: RecordedAttempt, tenantId: string, jobId: string | undefined) {
     deps.autoDisabled?.inc();
+    if (deps.rates) recallWaiting(deps.rates.limits, deps.queue(), r.endpoint_id, deps.logger, true);
     deps.logger.warn(
       { ops_event: 'webhook_endpoint_auto_disabled', tenant_id: tenantId, webhook_endpoint_id: r.endpoint_id, failing_since: r.failing_since, disable_after_ms: settings.disableAfterMs, events_queued: r.webhook_deliveries.length, job_id: jobId },
       'webhook endpoint disabled: its deliveries failed for WEBHOOK_DISABLE_AFTER with no success',

@@ -29,7 +29,7 @@ local function us(x) return string.format('%.0f', x) end
  * go). Else how many ms until the member's turn: the one it holds (kept), or the next free one, reserved
  * now. A member with no turn goes now only if no turn is reserved ahead of it. The keys live `keep` (a
  * minute) past the last turn reserved, and a turn that long past is dropped: its job ended without
- * coming back for it (its endpoint disabled, its delivery gone or settled, the job removed) — else a
+ * coming back for it (its delivery gone or settled, the job removed, a recall that failed) — else a
  * busy endpoint, whose set never expires, would keep such members for ever. A job that comes back that
  * late reserves a new turn.
  */
@@ -68,7 +68,7 @@ return math.ceil((at - now) / 1000)`;
  * KEYS: state, waiting. ARGV: 'drop' when the endpoint is gone. The limit changed: forgets every turn
  * handed out (the waiting members, returned for the caller to promote, and `tat`), keeping `last`: the
  * next POSTs are spaced from the last one let go by the new limit, and the jobs come back to reserve
- * turns under it. The endpoint deleted: both keys go.
+ * turns under it. The endpoint deleted or disabled: both keys go (re-enabled, it starts afresh).
  */
 const RECALL = `local m = redis.call('ZRANGE', KEYS[2], 0, -1)
 redis.call('DEL', KEYS[2])
@@ -121,7 +121,7 @@ export class EndpointRates {
     return (await this.redis.zscore(this.waitingKey(endpoint), member)) !== null;
   }
 
-  /** Forgets `endpoint`'s turns (its limit changed), and with `gone` its last POST too (its keys deleted); the members that were waiting for one. */
+  /** Forgets `endpoint`'s turns (its limit changed), and with `gone` (deleted or disabled) its last POST too (its keys deleted); the members that were waiting for one. */
   recall(endpoint: string, gone = false): Promise<string[]> {
     return this.redis.dealixRateRecall(this.stateKey(endpoint), this.waitingKey(endpoint), gone ? 'drop' : 'keep');
   }
@@ -130,7 +130,8 @@ export class EndpointRates {
 /**
  * After a change of an endpoint's limit: its deliveries waiting for a turn are promoted (moved to
  * `wait`) to take one under the new limit, rather than wait out turns spaced by the old one. After its
- * DELETE (`gone`): its keys are deleted and the jobs promoted end now (their deliveries went with it),
+ * DELETE or its disable (`gone`: it takes no more turns): its keys are deleted and the jobs promoted end
+ * now (their deliveries went with it, or are given up as a disabled endpoint's are, taking no turn),
  * rather than linger delayed until turns that may be hours off, and the keys with them. Best effort: a
  * job not promoted comes back at its old turn. Not awaited by the caller.
  */

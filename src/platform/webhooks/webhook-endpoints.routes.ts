@@ -232,7 +232,7 @@ export function webhookEndpointRoutes(deps: {
   maxEndpoints: number;
   /** How long the create waits for its host's DNS (WEBHOOK_TIMEOUT) before it answers 422. */
   dnsTimeoutMs: number;
-  /** The endpoints' rate limits: an update of one recalls the deliveries waiting for a turn under the old one; a delete drops its keys. */
+  /** The endpoints' rate limits: an update of one recalls the deliveries waiting for a turn under the old one; a delete or a disable recalls them and drops its keys. */
   rates?: { limits: EndpointRates; queue: () => Queue };
 }): RouteDef[] {
   return [
@@ -460,13 +460,17 @@ export function webhookEndpointRoutes(deps: {
       idempotency: 'optional',
       params: idParam,
       responses: { 200: { description: 'The endpoint, disabled (disabling it again changes nothing)', schema: endpointView }, ...adminOnly, 404: { description: 'No such endpoint for this tenant' } },
-      async handler({ em, principal, params }) {
+      async handler({ req, em, principal, params, afterCommit }) {
         await endpointById(em, principal.tenantId, params.id, LOCK_ROW);
         const [row] = await em.execute<EndpointRow[]>(
           `update webhook_endpoints set enabled = false, disabled_at = coalesce(disabled_at, now()), disabled_reason = coalesce(disabled_reason, 'manual'), updated_at = now()
             where tenant_id = ? and id = ? returning ${ENDPOINT_COLUMNS}`,
           [principal.tenantId, params.id],
         );
+        // Its deliveries waiting for a rate turn are given up now (as its pending ones are, at their attempt), and its rate keys go,
+        // rather than both lingering until the last turn. Again at a second disable: a recall the first one missed is made up.
+        const rates = deps.rates;
+        if (rates) afterCommit(async () => recallWaiting(rates.limits, rates.queue(), params.id, req.log, true));
         return { status: 200, body: toView(row!) };
       },
     }),
