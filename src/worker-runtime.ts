@@ -96,7 +96,7 @@ export async function startWorkerProcess(c: Container, signal?: AbortSignal): Pr
         // A pending delivery overdue by this much has lost its job (Redis flushed): the sweeper's own patience.
         redeliverAfterMs: cfg.SWEEPER_MIN_AGE,
         // Per endpoint (rate_limit_per_second): an endpoint without one sends no rate command to Redis.
-        rates: { limits: new EndpointRates(connection, cfg.QUEUE_PREFIX), onRateLimited: () => c.metrics.webhookDeliveriesRateLimited.inc() },
+        rates: { limits: new EndpointRates(connection, cfg.QUEUE_PREFIX), onRateLimited: () => c.metrics.webhookDeliveriesRateLimited.inc(), onTestAhead: () => c.metrics.webhookTestEventsAhead.inc() },
         // A cap off (0) takes no slot; both off: no Redis command is added to a delivery's path.
         ...(cfg.WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT > 0 || cfg.WEBHOOK_MAX_IN_FLIGHT_PER_TENANT > 0 ? { webhookSlots: webhookSlots(cfg, connection, () => c.metrics.webhookDeliveriesParked.inc()) } : {}),
       }),

@@ -234,6 +234,18 @@ describe('webhook deliveries: parked deliveries that cannot use their slot, a pa
   let fast: HoldingReceiver;
   const TENANT_CAP = 2;
   const parkedOf = (rows: { id: string }[]) => parkedJobsOf(stack, rows);
+  /** A new tenant's endpoint at the slow receiver (holding again, its ids cleared) and `n` run ends: one attempt held, the other n - 1 parked behind it. */
+  async function oneHeldRestParked(n: number) {
+    slow.ids.length = 0;
+    slow.hold();
+    const a = await tenantWithEndpoint(stack, slow.url);
+    for (let i = 0; i < n; i++) await submit(stack, a.admin);
+    await waitFor(async () => {
+      const rows = await deliveriesOf(stack, a.tenantId);
+      return rows.length === n && slow.open() === 1 && (await parkedOf(rows)).length === n - 1;
+    }, { timeoutMs: 60_000, what: `one attempt in flight and ${n - 1} parked` });
+    return a;
+  }
 
   beforeAll(async () => {
     // One attempt per endpoint, two per tenant, three webhook slots in the worker: one tenant's three endpoints would fill them.
@@ -243,13 +255,8 @@ describe('webhook deliveries: parked deliveries that cannot use their slot, a pa
   afterAll(() => stopHoldingStack({ stack, slow, fast }));
 
   it('an endpoint disabled while its deliveries are parked gives them all up as its attempt ends, not one per 30-60 s fallback delay', async () => {
-    const a = await tenantWithEndpoint(stack, slow.url);
-    for (let i = 0; i < 3; i++) await submit(stack, a.admin);
     // One attempt held by the receiver, the other two parked behind it.
-    await waitFor(async () => {
-      const rows = await deliveriesOf(stack, a.tenantId);
-      return rows.length === 3 && slow.open() === 1 && (await parkedOf(rows)).length === 2;
-    }, { timeoutMs: 60_000, what: 'one attempt in flight and two deliveries parked' });
+    const a = await oneHeldRestParked(3);
     const res = await api(stack, 'POST', `/api/v1/webhook-endpoints/${a.endpointId}/disable`, { token: a.admin, headers: { 'Idempotency-Key': randomUUID() } });
     expect(res.status, res.text).toBe(200);
     slow.release();
@@ -261,6 +268,27 @@ describe('webhook deliveries: parked deliveries that cannot use their slot, a pa
     }, { timeoutMs: 25_000, what: "the disabled endpoint's parked deliveries to be given up" });
     expect(rows.map((r) => r.status).sort()).toEqual(['delivered', 'failed', 'failed']);
     expect(slow.ids).toHaveLength(1);
+    await waitFor(async () => (await stack.redis.keys(`${stack.prefix}:*-slots:*`)).length === 0, { what: 'every slot given back' });
+  }, 150_000);
+
+  it("a test event parked at its endpoint's cap is promoted first when a slot frees, ahead of the deliveries parked before it; each is delivered once", async () => {
+    const a = await oneHeldRestParked(3);
+    const test = await api(stack, 'POST', `/api/v1/webhook-endpoints/${a.endpointId}/test`, { token: a.admin, headers: { 'Idempotency-Key': randomUUID() } });
+    expect(test.status, test.text).toBe(202);
+    const testId = test.json.id as string;
+    // Parked behind the attempt in flight, after the other two.
+    await waitFor(async () => (await parkedOf([{ id: testId }])).length === 1, { timeoutMs: 30_000, what: 'the test event parked' });
+    expect(slow.ids).toHaveLength(1);
+
+    slow.release();
+    const done = await waitFor(async () => {
+      const rows = await deliveriesOf(stack, a.tenantId);
+      return rows.length === 4 && rows.every((r) => r.status === 'delivered') ? rows : undefined;
+    }, { timeoutMs: 25_000, what: 'the deliveries and the test event after the release' });
+    expect(done.map((r) => [r.attempts, r.logged])).toEqual(Array(4).fill([1, 1]));
+    // The slot freed by the held attempt went to the test event (parked last; promoted last with the parked set's FIFO order).
+    expect(slow.ids[1]).toBe(testId);
+    expect([...slow.ids].sort()).toEqual(done.map((r) => r.id).sort());
     await waitFor(async () => (await stack.redis.keys(`${stack.prefix}:*-slots:*`)).length === 0, { what: 'every slot given back' });
   }, 150_000);
 
@@ -298,14 +326,7 @@ describe('webhook deliveries: parked deliveries that cannot use their slot, a pa
   }, 150_000);
 
   it('a parked delivery whose attempt fails is retried as a new attempt: its parks (and its place in the parked set) are not carried to its next attempt', async () => {
-    slow.ids.length = 0;
-    slow.hold();
-    const a = await tenantWithEndpoint(stack, slow.url);
-    for (let i = 0; i < 2; i++) await submit(stack, a.admin);
-    await waitFor(async () => {
-      const rows = await deliveriesOf(stack, a.tenantId);
-      return rows.length === 2 && slow.open() === 1 && (await parkedOf(rows)).length === 1;
-    }, { timeoutMs: 60_000, what: 'one attempt in flight and one delivery parked' });
+    const a = await oneHeldRestParked(2);
     // Both attempts fail: each delivery waits for its retry (WEBHOOK_RETRY_BASE, 30 s), delayed.
     slow.release(500);
     const rows = await waitFor(async () => {

@@ -11,6 +11,7 @@ import { waitFor } from '../helpers/poll.ts';
 import pino from 'pino';
 import { enqueueDeliveries, WEBHOOK_QUEUE, WEBHOOK_REDELIVERY_JOB, webhookHandlers } from '../../src/platform/webhooks/delivery.ts';
 import { deliveryJobId } from '../../src/platform/queue/job-ids.ts';
+import { parseSlotMember, slotMember } from '../../src/platform/durable/tenant-slots.ts';
 import { createEndpoint, ENDPOINTS, startWebhookStack, stopWebhookStack, tenantWithEndpoint, type Receiver } from '../helpers/webhooks.ts';
 
 /**
@@ -63,17 +64,20 @@ describe('webhook endpoint rate limits (rate_limit_per_second)', () => {
     );
   }
 
-  /** dealix_webhook_deliveries_rate_limited_total summed over the workers. */
-  async function rateLimitedTotal(): Promise<number> {
+  /** A counter of the workers' /metrics, summed over them. */
+  async function workersTotal(counter: string): Promise<number> {
     let total = 0;
     for (const w of workers) {
       const port = w.output().match(/"worker metrics listening".*?"metrics_port":(\d+)|"metrics_port":(\d+).*?"worker metrics listening"/);
       const text = await (await fetch(`http://127.0.0.1:${port?.[1] ?? port?.[2]}/metrics`)).text();
-      const line = text.split('\n').find((l) => l.startsWith('dealix_webhook_deliveries_rate_limited_total '));
+      const line = text.split('\n').find((l) => l.startsWith(`${counter} `));
       total += Number(line?.split(' ')[1] ?? 0);
     }
     return total;
   }
+
+  /** dealix_webhook_deliveries_rate_limited_total summed over the workers. */
+  const rateLimitedTotal = () => workersTotal('dealix_webhook_deliveries_rate_limited_total');
 
   const rateKeys = (endpointId: string) => ({ stateKey: `${stack.prefix}:endpoint-rate:${endpointId}`, waitingKey: `${stack.prefix}:endpoint-rate-waiting:${endpointId}` });
 
@@ -144,6 +148,56 @@ describe('webhook endpoint rate limits (rate_limit_per_second)', () => {
     expect(await stack.redis.exists(`${stack.prefix}:endpoint-rate:${t.endpoint.id}`)).toBe(1);
     // Every delivery that found no turn was put back and counted (the first 1 or 2 go at once).
     expect((await rateLimitedTotal()) - limitedBefore).toBeGreaterThanOrEqual(6);
+  });
+
+  it("a test event takes the endpoint's next turn, ahead of the deliveries waiting for turns; the one that held it goes last; each is delivered once, and arrivals stay a turn apart", async () => {
+    const t = await tenantWithEndpoint(stack, receiver, '/ahead', ['run.completed']);
+    expect((await api(stack, 'PATCH', `${ENDPOINTS}/${t.endpoint.id}`, { token: t.admin, body: { rate_limit_per_second: 1 } })).status).toBe(200);
+    const aheadBefore = await workersTotal('dealix_webhook_test_events_ahead_total');
+    const backlog = await deliveries(t.tenantId, t.endpoint.id, 6);
+    const { waitingKey } = rateKeys(t.endpoint.id);
+    // At 1/s one or two went at once; the others wait for turns a second apart (the last some 5 s off).
+    await waitFor(async () => (arrivals('/ahead').length >= 1 && (await stack.redis.zcard(waitingKey)) >= 4) || undefined, { timeoutMs: 20_000, intervalMs: 10, what: 'deliveries waiting for turns' });
+    const test = await api(stack, 'POST', `${ENDPOINTS}/${t.endpoint.id}/test`, { token: t.admin, headers: { 'Idempotency-Key': randomUUID() } });
+    expect(test.status, test.text).toBe(202);
+    const testId = test.json.id as string;
+    const testMember = slotMember(WEBHOOK_QUEUE, deliveryJobId(testId));
+    const idOf = (member: string) => parseSlotMember(member).jobId.replace(/^wh-/, '');
+
+    // The schedule once the test's job has taken its turn (read from Redis): the earliest one, ahead of every waiting delivery
+    // (with FIFO turns, the last). Or, if it found that turn due, it went at once: then every one still waiting comes after it.
+    const schedule = await waitFor(
+      async () => {
+        const flat = await stack.redis.zrange(waitingKey, '0', '-1', 'WITHSCORES');
+        const turns = Array.from({ length: flat.length / 2 }, (_, i) => ({ member: flat[2 * i]!, turn: Number(flat[2 * i + 1]) }));
+        const arrived = receiver.received.some((r) => r.path === '/ahead' && r.headers['webhook-id'] === testId);
+        return turns.some((x) => x.member === testMember) || arrived ? { turns, arrived } : undefined;
+      },
+      { timeoutMs: 20_000, intervalMs: 10, what: "the test event's turn" },
+    );
+    const waiting = schedule.turns.filter((x) => x.member !== testMember).map((x) => idOf(x.member));
+    expect(waiting.length).toBeGreaterThanOrEqual(3);
+    if (!schedule.arrived) {
+      expect(schedule.turns[0]!.member, 'the test holds the earliest turn').toBe(testMember);
+      // Counted once, by the worker whose test took the turn.
+      expect((await workersTotal('dealix_webhook_test_events_ahead_total')) - aheadBefore).toBe(1);
+    }
+    // The turns themselves are still a second (10^6 µs) apart: the test took one, the delivery that held it a fresh one at the tail.
+    for (let i = 1; i < schedule.turns.length; i++) expect(schedule.turns[i]!.turn - schedule.turns[i - 1]!.turn).toBeGreaterThanOrEqual(1_000_000);
+
+    const rows = await settled(t.endpoint.id, 7);
+    expect(rows.map((r) => [r.attempts, r.logged])).toEqual(Array.from({ length: 7 }, () => [1, 1]));
+    const got = receiver.received.filter((r) => r.path === '/ahead').sort((a, b) => a.at - b.at);
+    const order = got.map((r) => String(r.headers['webhook-id']));
+    // Each delivered once, the test included.
+    expect([...order].sort()).toEqual([...backlog, testId].sort());
+    // Ahead of every delivery that was waiting for a turn when it took its own; the delivery displaced to the tail arrives last.
+    for (const id of waiting) expect(order.indexOf(id), `backlog delivery ${id} vs the test event`).toBeGreaterThan(order.indexOf(testId));
+    expect(order.at(-1)).toBe(waiting.at(-1));
+    // Still at most 1/s: consecutive arrivals a second apart, less each request's own latency (as the tests above).
+    const { rows: logged } = await stack.db.admin(`select id, (attempt_log->0->>'duration_ms')::int as duration_ms from webhook_deliveries where endpoint_id = $1`, [t.endpoint.id]);
+    const durationOf = new Map(logged.map((r) => [r.id as string, r.duration_ms as number]));
+    for (let i = 0; i + 1 < got.length; i++) expect(got[i + 1]!.at - got[i]!.at, `arrivals ${i} and ${i + 1}`).toBeGreaterThanOrEqual(1000 - durationOf.get(order[i]!)! - SLACK_MS);
   });
 
   it('a PATCH that removes the limit releases the deliveries waiting for their turns at once, not on the old schedule', async () => {

@@ -120,6 +120,9 @@ export function parkDelayMs(parks: number): number {
   return Math.round(base * (1 + Math.random()));
 }
 
+/** The parked-set score of a job parked `first`: ahead of every `parked_at` (a time), so the earliest promoted. */
+const PARKED_FIRST = 0;
+
 /** How long an emptied parked set is kept: longer than any fallback delay, so a live parked job's entry outlives it. */
 const PARKED_TTL_MS = 10 * 60_000;
 
@@ -300,11 +303,14 @@ export function slotParking(slots: TenantSlots, opts: { queueOf: (name: string) 
      * Parks `job` (which found `owner` at its cap) and throws DelayedError. `parked` is told how often
      * the job has been parked and its delay, once it is delayed (for the caller's metric and log): the
      * fallback delay, or less up to `wakeBy` (TenantSlots.take) for a job watching the leases held.
+     * `first` (a webhook test event, ADR 0013) parks it ahead of the jobs parked before it: promoted at
+     * the owner's next release rather than after them.
      */
-    async park(job: Job, token: string | undefined, owner: string, member: string, parked: (info: { parks: number; delayMs: number }) => void, wakeBy?: number): Promise<never> {
+    async park(job: Job, token: string | undefined, owner: string, member: string, parked: (info: { parks: number; delayMs: number }) => void, at: { wakeBy?: number | undefined; first?: boolean } = {}): Promise<never> {
+      const { wakeBy, first = false } = at;
       const d = job.data as ParkedJobData;
       const parks = (d.parks ?? 0) + 1;
-      const parkedAt = d.parked_at ?? Date.now();
+      const parkedAt = first ? PARKED_FIRST : (d.parked_at ?? Date.now());
       const now = Date.now();
       // No later than `wakeBy` (TenantSlots.take: when the earliest lease held lapses), if it watches the leases.
       const until = Math.min(now + (opts.parkDelayMs ?? parkDelayMs)(parks), wakeBy ?? Infinity);

@@ -26,6 +26,8 @@ export interface Metrics {
   /** Webhook delivery jobs parked because their endpoint (WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT) or tenant (WEBHOOK_MAX_IN_FLIGHT_PER_TENANT) had its attempts in flight (ADR 0013). */
   webhookDeliveriesParked: Counter;
   webhookDeliveriesRateLimited: Counter;
+  /** Test events that took their endpoint's next rate turn from a delivery waiting for it (ADR 0013, *Test events go ahead of a backlog*). */
+  webhookTestEventsAhead: Counter;
   webhookEndpointsAutoDisabled: Counter;
   /** Settled webhook deliveries an admin made pending again (POST …/resend, ADR 0013), by route (single, bulk); counted once the resend committed. */
   webhookDeliveriesResent: Counter<'mode'>;
@@ -114,6 +116,11 @@ export function createMetrics(): Metrics {
     webhookDeliveriesRateLimited: new Counter({
       name: 'dealix_webhook_deliveries_rate_limited_total',
       help: "Webhook delivery jobs this worker put back (delayed until their turn, no attempt spent) because their endpoint's rate_limit_per_second had no turn free; each put-back once",
+      registers: [registry],
+    }),
+    webhookTestEventsAhead: new Counter({
+      name: 'dealix_webhook_test_events_ahead_total',
+      help: "Test events (webhook.test) that took their endpoint's next rate_limit_per_second turn from a delivery waiting for it, which was given a turn at the tail; counted by the worker whose test took it",
       registers: [registry],
     }),
     webhookDeliveriesResent: new Counter({

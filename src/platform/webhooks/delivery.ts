@@ -10,7 +10,7 @@ import { postWebhook, type AttemptOutcome } from './send.ts';
 import { endAttemptSpan, startAttemptSpan } from './delivery-trace.ts';
 import type { UrlPolicy } from './ssrf.ts';
 import { WEBHOOK_TEST_EVENT } from './webhook.entities.ts';
-import { slotMember, slotParking, type ParkedJobData, type TenantSlots } from '../durable/tenant-slots.ts';
+import { parseSlotMember, slotMember, slotParking, type ParkedJobData, type TenantSlots } from '../durable/tenant-slots.ts';
 import { recallWaiting, type EndpointRates } from './rate-limit.ts';
 
 /** The queue of webhook delivery jobs: every worker serves it, whatever WORKER_QUEUES says (as `maintenance`). */
@@ -214,8 +214,11 @@ export function webhookHandlers(deps: {
   redeliverAfterMs: number;
   /** The caps on attempts in flight, if on (WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT, WEBHOOK_MAX_IN_FLIGHT_PER_TENANT). */
   webhookSlots?: WebhookSlotsUse;
-  /** The endpoints' rate limits (`rate_limit_per_second`), and the count of deliveries put back for a turn (dealix_webhook_deliveries_rate_limited_total). */
-  rates?: { limits: EndpointRates; onRateLimited?(): void };
+  /**
+   * The endpoints' rate limits (`rate_limit_per_second`), the count of deliveries put back for a turn
+   * (dealix_webhook_deliveries_rate_limited_total), and of test events that took a waiting delivery's turn (dealix_webhook_test_events_ahead_total).
+   */
+  rates?: { limits: EndpointRates; onRateLimited?(): void; onTestAhead?(): void };
 }) {
   const { settings } = deps;
   const use = deps.webhookSlots;
@@ -254,7 +257,7 @@ export function webhookHandlers(deps: {
         return await cap.parking.park(job, job.token, owner, member, ({ parks, delayMs }) => {
           use?.onParked?.();
           log[parks === 1 ? 'info' : 'debug']({ webhook_endpoint_id: row.endpoint_id, cap: cap.slots.cap, cap_per: cap.slots.per, parks, fallback_delay_ms: delayMs }, cap.what);
-        }, slot.wakeBy);
+        }, { wakeBy: slot.wakeBy, first: row.event_type === WEBHOOK_TEST_EVENT });
       }
       return await send();
     } finally {
@@ -275,11 +278,17 @@ export function webhookHandlers(deps: {
    * a turn, before it takes any in-flight slot; else the job is put back (delayed) until the turn it
    * reserved, having spent no attempt of either kind, touched no row and held no slot, and throws
    * DelayedError. A turn is handed out once: a job let go that then parks at a slot cap has spent it.
+   * A test event (`first`) takes the earliest turn a waiting delivery holds, ahead of the backlog; that
+   * delivery's job, back at its old turn, finds the fresh one it was given at the tail and is put back until it.
    */
-  const waitForTurn = async (job: Job, row: DeliveryRow, data: DeliveryJobData, log: Logger, perSecond: number): Promise<void> => {
+  const waitForTurn = async (job: Job, row: DeliveryRow, data: DeliveryJobData, log: Logger, perSecond: number, first: boolean): Promise<void> => {
     const rates = deps.rates!.limits;
     const member = slotMember(job.queueName, job.id!);
-    const waitMs = await rates.take(row.endpoint_id, member, perSecond);
+    const { waitMs, displaced } = first ? await rates.takeFirst(row.endpoint_id, member, perSecond) : { waitMs: await rates.take(row.endpoint_id, member, perSecond), displaced: null };
+    if (displaced) {
+      deps.rates!.onTestAhead?.();
+      log.info({ webhook_endpoint_id: row.endpoint_id, rate_limit_per_second: perSecond, wait_ms: waitMs, displaced_job_id: parseSlotMember(displaced).jobId }, 'webhook test event took the next rate turn, ahead of the deliveries waiting; the delivery that held it waits for a turn at the tail');
+    }
     if (waitMs === 0) return;
     // Promoted into a free in-flight slot it does not take now: the owners' next parked job takes it.
     passOn(data, row.endpoint_id);
@@ -338,7 +347,9 @@ export function webhookHandlers(deps: {
       }
       if (!row.enabled) passOn(data, row.endpoint_id);
       // A disabled endpoint's attempt is no POST, and takes no turn.
-      if (row.enabled && row.rate_limit_per_second !== null && deps.rates) await waitForTurn(job, row, data, log, row.rate_limit_per_second);
+      // A test event (an admin watching for its outcome) goes ahead of the deliveries waiting for turns and of those parked at a cap.
+      const first = row.event_type === WEBHOOK_TEST_EVENT;
+      if (row.enabled && row.rate_limit_per_second !== null && deps.rates) await waitForTurn(job, row, data, log, row.rate_limit_per_second, first);
       const attempt = row.attempts + 1;
       // The attempt's span starts with its POST (not while the job waits for a slot, or parks) and ends once the attempt is recorded.
       let span: Span | undefined;

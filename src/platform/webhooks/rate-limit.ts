@@ -15,6 +15,10 @@ import { parseSlotMember } from '../durable/tenant-slots.ts';
  * those put back come back one interval apart, in order, never together. A job back at its turn is let
  * go once the spacing from the last POST actually let go allows (a job ahead of it may have come late):
  * the spacing holds between the POSTs themselves, not only between the turns handed out.
+ * A test event (`webhook.test`, an admin watching for its outcome) is the one exception to FIFO turns:
+ * with jobs waiting, it takes the earliest turn one of them holds, and that job the next free turn at
+ * the tail, in the same script (atomic over every worker). The turns handed out are the same set a
+ * plain take would have made, only one job swapped: the spacing is untouched.
  */
 
 /** Redis's clock in µs (a Lua double holds it exactly); the writes replicate as effects. */
@@ -25,13 +29,16 @@ local function us(x) return string.format('%.0f', x) end
 `;
 
 /**
- * KEYS: state, waiting. ARGV: member, interval µs, keep ms. 0: go now (recorded as the last POST let
- * go). Else how many ms until the member's turn: the one it holds (kept), or the next free one, reserved
- * now. A member with no turn goes now only if no turn is reserved ahead of it. The keys live `keep` (a
- * minute) past the last turn reserved, and a turn that long past is dropped: its job ended without
- * coming back for it (its delivery gone or settled, the job removed, a recall that failed) — else a
- * busy endpoint, whose set never expires, would keep such members for ever. A job that comes back that
- * late reserves a new turn.
+ * KEYS: state, waiting. ARGV: member, interval µs, keep ms, 'first' (a test event) or ''. Returns {ms,
+ * displaced}. ms 0: go now (recorded as the last POST let go). Else how many ms until the member's
+ * turn: the one it holds (kept), or the next free one, reserved now. A member with no turn goes now
+ * only if no turn is reserved ahead of it. 'first', with no turn and none free now: it takes the
+ * earliest turn a waiting member holds, and that member (`displaced`, else false) the next free turn
+ * at the tail (`tat`, moved on one interval, as any reservation moves it) — its job, back at its old
+ * turn, finds the new one and is put back until it. The keys live `keep` (a minute) past the last turn
+ * reserved, and a turn that long past is dropped: its job ended without coming back for it (its
+ * delivery gone or settled, the job removed, a recall that failed) — else a busy endpoint, whose set
+ * never expires, would keep such members for ever. A job that comes back that late reserves a new turn.
  */
 const TAKE = `${NOW_US}
 local interval = tonumber(ARGV[2])
@@ -40,10 +47,29 @@ redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. us(now - keep * 1000))
 local last = tonumber(redis.call('HGET', KEYS[1], 'last') or '')
 local earliest = last and last + interval or now
 local tat = tonumber(redis.call('HGET', KEYS[1], 'tat') or '') or 0
-local turn = redis.call('ZSCORE', KEYS[2], ARGV[1])
+local turn = tonumber(redis.call('ZSCORE', KEYS[2], ARGV[1]) or '')
+local displaced = false
+local function keepKeys()
+  local ttl = math.ceil((tat - now) / 1000) + keep
+  redis.call('PEXPIRE', KEYS[1], ttl)
+  redis.call('PEXPIRE', KEYS[2], ttl)
+end
+if not turn and ARGV[4] == 'first' and math.max(tat, earliest) > now then
+  local head = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
+  if head[1] then
+    turn = tonumber(head[2])
+    local tail = math.max(tat, math.max(turn, earliest) + interval)
+    redis.call('ZADD', KEYS[2], us(tail), head[1])
+    redis.call('ZADD', KEYS[2], us(turn), ARGV[1])
+    tat = tail + interval
+    redis.call('HSET', KEYS[1], 'tat', us(tat))
+    keepKeys()
+    displaced = head[1]
+  end
+end
 local at
 if turn then
-  at = math.max(tonumber(turn), earliest)
+  at = math.max(turn, earliest)
 else
   at = math.max(tat, earliest, now)
 end
@@ -52,17 +78,15 @@ if at <= now then
   if tat < now + interval then tat = now + interval; redis.call('HSET', KEYS[1], 'tat', us(tat)) end
   if turn then redis.call('ZREM', KEYS[2], ARGV[1]) end
   redis.call('PEXPIRE', KEYS[1], math.ceil((tat - now) / 1000) + keep)
-  return 0
+  return {0, displaced}
 end
 if not turn then
   redis.call('ZADD', KEYS[2], us(at), ARGV[1])
   tat = at + interval
   redis.call('HSET', KEYS[1], 'tat', us(tat))
-  local ttl = math.ceil((tat - now) / 1000) + keep
-  redis.call('PEXPIRE', KEYS[1], ttl)
-  redis.call('PEXPIRE', KEYS[2], ttl)
+  keepKeys()
 end
-return math.ceil((at - now) / 1000)`;
+return {math.ceil((at - now) / 1000), displaced}`;
 
 /**
  * KEYS: state, waiting. ARGV: 'drop' when the endpoint is gone. The limit changed: forgets every turn
@@ -76,7 +100,7 @@ if ARGV[1] == 'drop' then redis.call('DEL', KEYS[1]) else redis.call('HDEL', KEY
 return m`;
 
 type RateRedis = Redis & {
-  dealixRateTake(state: string, waiting: string, member: string, intervalUs: number, keepMs: number): Promise<number>;
+  dealixRateTake(state: string, waiting: string, member: string, intervalUs: number, keepMs: number, first: 'first' | ''): Promise<[number, string | null]>;
   dealixRateRecall(state: string, waiting: string, mode: 'keep' | 'drop'): Promise<string[]>;
 };
 
@@ -112,8 +136,22 @@ export class EndpointRates {
   }
 
   /** 0: `member` may POST to `endpoint` now. Else the ms until its turn (reserved, or the one it holds). */
-  take(endpoint: string, member: string, perSecond: number): Promise<number> {
-    return this.redis.dealixRateTake(this.stateKey(endpoint), this.waitingKey(endpoint), member, rateIntervalUs(perSecond), this.keepMs);
+  async take(endpoint: string, member: string, perSecond: number): Promise<number> {
+    return (await this.run(endpoint, member, perSecond, '')).waitMs;
+  }
+
+  /**
+   * A test event's `take`: with no turn of its own and none free now, `member` takes the earliest turn a
+   * waiting job holds, and that job (`displaced`, its member) the next free turn at the tail. With nobody
+   * waiting, as `take`.
+   */
+  takeFirst(endpoint: string, member: string, perSecond: number): Promise<{ waitMs: number; displaced: string | null }> {
+    return this.run(endpoint, member, perSecond, 'first');
+  }
+
+  private async run(endpoint: string, member: string, perSecond: number, first: 'first' | ''): Promise<{ waitMs: number; displaced: string | null }> {
+    const [waitMs, displaced] = await this.redis.dealixRateTake(this.stateKey(endpoint), this.waitingKey(endpoint), member, rateIntervalUs(perSecond), this.keepMs, first);
+    return { waitMs, displaced };
   }
 
   /** Whether `member` still holds a turn of `endpoint` (not recalled by a change of its limit). */
