@@ -14,7 +14,9 @@ import { adminOnly, DELIVERY_COLUMNS, deliveryView, endpointById, idParam, LOCK_
  * whatever it subscribed to, so the client checks its receiver — reachable, TLS, the signature
  * verified with its secret — without submitting a run. Through the outbox like any event: signed,
  * recorded, listed with the endpoint's deliveries, under the in-flight caps, found again by the
- * redelivery pass if its job is lost; owed one attempt (delivery.ts treats it as a resend).
+ * redelivery pass if its job is lost; owed one attempt (delivery.ts treats it as a resend). Under the
+ * endpoint's rate limit it takes the next turn, ahead of the deliveries waiting (rate-limit.ts,
+ * takeFirst), and at an in-flight cap it is parked first (ADR 0013, *Test events go ahead of a backlog*).
  */
 
 /**
@@ -73,7 +75,7 @@ export function webhookTestEventRoutes(deps: {
       idempotency: 'required',
       params: idParam,
       responses: {
-        202: { description: 'The test delivery, pending, its attempt due now; its id is the `webhook-id` the receiver gets. Its outcome: GET …/:id/deliveries', schema: deliveryView },
+        202: { description: "The test delivery, pending, its attempt due now — on an endpoint with a rate_limit_per_second, at its next turn, ahead of the deliveries waiting for turns (and, at an in-flight cap, the first promoted); its id is the `webhook-id` the receiver gets. Its outcome: GET …/:id/deliveries", schema: deliveryView },
         ...adminOnly,
         404: { description: 'No such endpoint for this tenant' },
         409: { description: 'The endpoint is disabled (`webhook_endpoint_disabled`: enable it first), or a test event of it is still pending (`webhook_test_pending`: wait for its outcome)' },
