@@ -84,14 +84,16 @@ export function startWorkers(args: {
   // no Redis has nothing left to wait for.
   let running = 0;
   let draining = false;
-  const processor: Processor = async (job, token) => {
-    running++;
-    try {
-      return await processJob(job, token);
-    } finally {
-      running--;
-    }
-  };
+  const counted =
+    (fn: Processor): Processor =>
+    async (job, token) => {
+      running++;
+      try {
+        return await fn(job, token);
+      } finally {
+        running--;
+      }
+    };
   const processJob: Processor = async (job, token) => {
     // A run job is recognised by its data, not its name: a step the code no longer has (renamed,
     // removed) must reach the executor and fail the run as non-determinism, not loop as "no handler".
@@ -136,18 +138,10 @@ export function startWorkers(args: {
     if (!handler) throw new Error(`no handler for job ${job.name}`);
     return handler(job);
   };
-  const timerProcessor: Processor = async (job) => {
-    running++;
-    try {
-      return await handle(job);
-    } finally {
-      running--;
-    }
-  };
   const timerQueues = (args.timers?.queues ?? []).filter((q) => !queueNames.has(q));
   const served = [
-    ...[...queueNames].map((queueName) => ({ queueName, run: processor, concurrency: args.settings.concurrency })),
-    ...timerQueues.map((queueName) => ({ queueName, run: timerProcessor, concurrency: args.timers!.concurrency })),
+    ...[...queueNames].map((queueName) => ({ queueName, run: counted(processJob), concurrency: args.settings.concurrency })),
+    ...timerQueues.map((queueName) => ({ queueName, run: counted(handle), concurrency: args.timers!.concurrency })),
   ];
   const workers = served.map(({ queueName, run, concurrency }) => {
     const worker = new Worker(queueName, run, {
