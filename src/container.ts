@@ -17,6 +17,7 @@ import { createMetrics, type Metrics } from './platform/telemetry/metrics.ts';
 import { AdmissionController } from './platform/http/admission.ts';
 import { bullmqTelemetry } from './platform/telemetry/bullmq-telemetry.ts';
 import { MAINTENANCE_QUEUE } from './platform/queue/maintenance.ts';
+import { TIMER_QUEUE } from './platform/queue/timers.ts';
 import { servedRunQueues } from './platform/durable/worker-host.ts';
 import { WEBHOOK_QUEUE, enqueueDeliveries } from './platform/webhooks/delivery.ts';
 import { webhookEndpointRoutes } from './platform/webhooks/webhook-endpoints.routes.ts';
@@ -63,13 +64,14 @@ export async function createContainer(
   },
 ): Promise<Container> {
   const logger = createLogger({ level: config.LOG_LEVEL, name: `dealix-${opts.service}` });
-  // The SLA scheduler's queue is created lazily (below), once Redis is connected.
-  const fromModules = workflowsFor(config, { queue: () => queue('golden-path') });
+  // The SLA scheduler's queues (timers, and the golden-path queue of older releases' timers) are created lazily (below), once Redis is connected.
+  const fromModules = workflowsFor(config, { queue: (name) => queue(name) });
   const workflows = [...(opts.workflows ? opts.workflows(fromModules) : fromModules), ...(opts.extraWorkflows ?? [])];
   // A worker runs WORKER_CONCURRENCY jobs on each workflow queue it serves (one BullMQ Worker per queue;
   // WORKER_QUEUES, else all), each holding a connection per step transaction; the sweeper and maintenance need two more.
   // Webhook deliveries (their own WORKER_CONCURRENCY slots) are not counted: each holds a connection only
-  // for two short transactions, never during its POST (ADR 0013).
+  // for two short transactions, never during its POST (ADR 0013). Nor are timers (WORKER_TIMER_CONCURRENCY):
+  // one short transaction each (ADR 0015).
   const servedQueues = opts.service === 'worker' ? servedRunQueues(workflows, config.WORKER_QUEUES) : [];
   const poolMax = config.DATABASE_POOL_MAX ?? (opts.service === 'worker' ? config.WORKER_CONCURRENCY * Math.max(1, servedQueues.length) + 2 : 10);
   const orm = await createOrm(config, { entities, poolMax });
@@ -89,6 +91,8 @@ export async function createContainer(
   for (const wf of workflows) queue(wf.queue);
   // Bull Board and /metrics show the maintenance queue too (its scheduler is upserted by workers).
   queue(MAINTENANCE_QUEUE);
+  // Timers a waiting run depends on (SLA timers): scheduled by workers, removed by the API's decisions and cancels (ADR 0015).
+  queue(TIMER_QUEUE);
   // Webhook deliveries are enqueued by whichever process committed them (API: a cancel; worker: a run's end).
   queue(WEBHOOK_QUEUE);
   const webhooks = { dispatch: (tenantId: string, ids: readonly string[]) => enqueueDeliveries(queue(WEBHOOK_QUEUE), tenantId, ids) };
@@ -98,7 +102,7 @@ export async function createContainer(
   const metrics = createMetrics();
   const admission = new AdmissionController({ redis, prefix: config.QUEUE_PREFIX, perMinute: config.RATE_LIMIT_PER_MINUTE, maxInFlight: config.MAX_RUNS_IN_FLIGHT_PER_TENANT });
   const routes = [
-    ...routesFor({ config, runtime, queue: () => queue('golden-path'), admission, onRunRetried: (workflow) => metrics.runsRetried.inc({ workflow }) }),
+    ...routesFor({ config, runtime, queue, admission, onRunRetried: (workflow) => metrics.runsRetried.inc({ workflow }) }),
     ...webhookEndpointRoutes({
       policy: webhookUrlPolicy(config),
       maxEndpoints: config.WEBHOOK_MAX_ENDPOINTS,

@@ -10,6 +10,7 @@ import { seedActiveRunOverrides } from './platform/limits/tenant-limits.ts';
 import type { Config } from './platform/config/config.ts';
 import type { Redis } from 'ioredis';
 import { scheduleMaintenance, MAINTENANCE_QUEUE, maintenanceHandlers, upsertMaintenanceSchedulers } from './platform/queue/maintenance.ts';
+import { TIMER_QUEUE } from './platform/queue/timers.ts';
 import { startMetricsServer } from './platform/telemetry/metrics-server.ts';
 import { onShutdown } from './platform/process/shutdown.ts';
 import { WEBHOOK_QUEUE, webhookHandlers, type WebhookSlotsUse } from './platform/webhooks/delivery.ts';
@@ -108,6 +109,9 @@ export async function startWorkerProcess(c: Container, signal?: AbortSignal): Pr
     telemetry: c.telemetry,
     // Every worker serves the maintenance and webhook queues, whatever WORKER_QUEUES says.
     queues: [...new Set([...c.servedQueues, MAINTENANCE_QUEUE, WEBHOOK_QUEUE])],
+    // And the timers queue, with its own concurrency: an SLA timer that comes due never waits behind a
+    // run queue's backlog, nor for a run job's slot or a tenant's (ADR 0015).
+    timers: { queues: [TIMER_QUEUE], concurrency: cfg.WORKER_TIMER_CONCURRENCY },
     // Off (0): no tenant slot is taken, and no Redis command is added to a run job's path.
     ...(cfg.WORKER_MAX_ACTIVE_RUNS_PER_TENANT > 0
       ? {
@@ -171,7 +175,7 @@ export async function startWorkerProcess(c: Container, signal?: AbortSignal): Pr
   });
   sweeper.start();
   warnWhenGuardOff(c.logger, cfg.WEBHOOK_ALLOW_PRIVATE_NETWORKS);
-  c.logger.info({ queues: workers.map((w) => w.name), ...settings, max_active_runs_per_tenant: cfg.WORKER_MAX_ACTIVE_RUNS_PER_TENANT, webhook_max_in_flight_per_endpoint: cfg.WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT, webhook_max_in_flight_per_tenant: cfg.WEBHOOK_MAX_IN_FLIGHT_PER_TENANT, instance: c.instanceId }, 'worker started');
+  c.logger.info({ queues: workers.map((w) => w.name), ...settings, timer_concurrency: cfg.WORKER_TIMER_CONCURRENCY, max_active_runs_per_tenant: cfg.WORKER_MAX_ACTIVE_RUNS_PER_TENANT, webhook_max_in_flight_per_endpoint: cfg.WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT, webhook_max_in_flight_per_tenant: cfg.WEBHOOK_MAX_IN_FLIGHT_PER_TENANT, instance: c.instanceId }, 'worker started');
   return {
     workers,
     sweeper,

@@ -11,6 +11,7 @@ import { versionLabel } from '../platform/durable/registry.ts';
 import type { JobHandler } from '../platform/durable/worker-host.ts';
 import { tenantEm } from '../platform/db/tenant-em.ts';
 import { namedJobId } from '../platform/queue/job-ids.ts';
+import { TIMER_QUEUE } from '../platform/queue/timers.ts';
 import { goldenPathRoutes } from './golden-path/golden-path.routes.ts';
 import { GOLDEN_PATH_QUEUE, goldenPathWorkflow } from './golden-path/golden-path.workflow.ts';
 import { approvalPacketStep, type SlaScheduler } from './approvals/approval-packet.step.ts';
@@ -38,16 +39,28 @@ function slaDefaults(config: Config): { slaBSeconds: number; slaCSeconds: number
 
 const slaJobId = (idempotencyHash: string) => namedJobId('gp', idempotencyHash, 'sla');
 
+/** Where SLA timers live: the timers queue, and the golden-path queue where releases before ADR 0015 put them. */
+export interface SlaQueues {
+  /** The timers queue (TIMER_QUEUE): every new timer is added here. */
+  timers: () => Queue;
+  /** The workflow's run queue: timers older releases added there are still removed there. */
+  legacy?: () => Queue;
+}
+
 /**
- * SLA timers: one delayed job per waiting run, on the golden-path queue, keyed by the run's idempotency
+ * SLA timers: one delayed job per waiting run, on the timers queue (ADR 0015: a timer that comes due
+ * waits behind other timers only, never behind the run queue's backlog), keyed by the run's idempotency
  * hash. The approval step schedules its timer inside its transaction; if that attempt rolls back and a
  * retry stores another deadline (a policy changed in between, say), the job id is already taken: the
  * waiting timer is moved to the new deadline, so it neither fires late nor early. A timer of an earlier
  * request of the run that has already fired (an attempt that rolled back, or the run's failed
  * generation before an API client retried it) is kept finished under the id by BullMQ's retention,
  * which makes the add a no-op: it is replaced, so the new request has its timer at once (ADR 0009).
+ * A cancel removes the timer from both queues: one an older release left in the golden-path queue
+ * (a rolling deploy) is removed too.
  */
-export function slaScheduler(queue: () => Queue, keep: { completed: KeepJobs; failed: KeepJobs }): SlaScheduler {
+export function slaScheduler(queues: SlaQueues, keep: { completed: KeepJobs; failed: KeepJobs }): SlaScheduler {
+  const queue = queues.timers;
   return {
     async schedule({ tenantId, runId, idempotencyHash, deadline }) {
       const data: SlaJobData = { tenant_id: tenantId, run_id: runId, hash: idempotencyHash, deadline: deadline.toISOString() };
@@ -73,7 +86,8 @@ export function slaScheduler(queue: () => Queue, keep: { completed: KeepJobs; fa
     },
     async cancel({ idempotencyHash }) {
       // A timer being processed right now is locked and stays; it finds the request decided.
-      await queue().remove(slaJobId(idempotencyHash)).catch(() => 0);
+      const jobId = slaJobId(idempotencyHash);
+      await Promise.all([queue(), ...(queues.legacy ? [queues.legacy()] : [])].map((q) => q.remove(jobId).catch(() => 0)));
     },
   };
 }
@@ -91,8 +105,11 @@ async function moveTimer(queue: Queue, jobId: string, data: SlaJobData): Promise
   }
 }
 
-export function workflowsFor(config: Config, deps: { queue: () => Queue }): WorkflowDef[] {
-  const sla = slaScheduler(deps.queue, keepFromConfig(config));
+/** The SLA timers' queues, from the container's queue factory (queues are created lazily, once Redis is connected). */
+export const slaQueues = (queue: (name: string) => Queue): SlaQueues => ({ timers: () => queue(TIMER_QUEUE), legacy: () => queue(GOLDEN_PATH_QUEUE) });
+
+export function workflowsFor(config: Config, deps: { queue: (name: string) => Queue }): WorkflowDef[] {
+  const sla = slaScheduler(slaQueues(deps.queue), keepFromConfig(config));
   const approvalStep = approvalPacketStep({ ...slaDefaults(config), sla });
   return [
     goldenPathWorkflow(approvalStep, evidencePackStep, async (em, { tenantId, runId }) => {
@@ -118,8 +135,8 @@ export function workflowsFor(config: Config, deps: { queue: () => Queue }): Work
   ];
 }
 
-export function routesFor(deps: { config: Config; runtime: DurableRuntime; queue: () => Queue; admission?: AdmissionControl; onRunRetried?: (workflow: string) => void }): RouteDef[] {
-  const approvals = new ApprovalService(deps.runtime, slaScheduler(deps.queue, deps.runtime.keep));
+export function routesFor(deps: { config: Config; runtime: DurableRuntime; queue: (name: string) => Queue; admission?: AdmissionControl; onRunRetried?: (workflow: string) => void }): RouteDef[] {
+  const approvals = new ApprovalService(deps.runtime, slaScheduler(slaQueues(deps.queue), deps.runtime.keep));
   return [
     ...goldenPathRoutes({
       runtime: deps.runtime,

@@ -2,6 +2,7 @@ import type { Endpoint } from './route-table.ts';
 import { covers } from './route-table.ts';
 import type { Probe } from './http.checks.ts';
 import { fail, pass, type ReadinessRow } from './readiness.types.ts';
+import { TIMER_QUEUE } from '../platform/queue/timers.ts';
 
 /** What the live Bull Board mount reports about itself: where it is mounted and which queues it shows. */
 export interface BullBoardInfo {
@@ -29,12 +30,15 @@ export async function bullBoardAuthRow(info: BullBoardInfo | undefined, endpoint
   return pass('bull-board-auth', `${info.basePath} refuses unauthenticated requests (UI and API)`);
 }
 
-/** Every queue of every workflow is registered in Bull Board, so operators see all of a flow's jobs. */
-export function bullBoardQueuesRow(info: BullBoardInfo | undefined, workflowQueues: string[]): ReadinessRow {
+/**
+ * Every queue of every workflow, and the timers queue their waiting runs depend on (ADR 0015), is
+ * registered in Bull Board, so operators see all of a flow's jobs, its SLA timers included.
+ */
+export function bullBoardQueuesRow(info: BullBoardInfo | undefined, workflowQueues: string[], timerQueues: string[] = [TIMER_QUEUE]): ReadinessRow {
   if (!info) return fail('bull-board-queues', NOT_MOUNTED);
   const wanted = [...new Set(workflowQueues)].sort();
-  const missing = wanted.filter((q) => !info.queueNames.includes(q));
-  if (missing.length) return fail('bull-board-queues', `workflow queue(s) not registered in Bull Board: ${missing.join(', ')}`);
+  const missing = [...wanted, ...timerQueues].filter((q) => !info.queueNames.includes(q));
+  if (missing.length) return fail('bull-board-queues', `workflow or timer queue(s) not registered in Bull Board: ${missing.join(', ')}`);
   if (!wanted.length) return fail('bull-board-queues', 'no workflow queues found in the container');
-  return pass('bull-board-queues', `workflow queue(s) ${wanted.join(', ')} registered (the board shows ${info.queueNames.join(', ')})`);
+  return pass('bull-board-queues', `workflow queue(s) ${wanted.join(', ')} and timer queue(s) ${timerQueues.join(', ')} registered (the board shows ${info.queueNames.join(', ')})`);
 }

@@ -117,8 +117,8 @@ describe('Bull Board at /admin/queues', () => {
     expect(plain).toEqual({ status: 303, location: '/admin/queues/queue/golden-path?status=completed' });
   });
 
-  it('registers every workflow queue, the maintenance queue and the webhooks queue, read-only by default', async () => {
-    const expected = [...new Set([...stack.container.workflows.map((w) => w.queue), 'maintenance', 'webhooks'])].sort();
+  it('registers every workflow queue, the timers queue, the maintenance queue and the webhooks queue, read-only by default', async () => {
+    const expected = [...new Set([...stack.container.workflows.map((w) => w.queue), 'timers', 'maintenance', 'webhooks'])].sort();
     const res = await api(stack, 'GET', '/admin/queues/api/queues', { token: adminToken });
     expect(res.status).toBe(200);
     const queues = res.json.queues as Array<{ name: string; readOnlyMode: boolean }>;

@@ -49,7 +49,7 @@ async function waitingWithSlowSla() {
   const res = await api(stack, 'POST', '/api/v1/golden-path/run', { token: own, body: SAMPLE_SUBMISSION, headers: { 'Idempotency-Key': randomUUID() } });
   const runId = res.json.run_id as string;
   await waitFor(async () => (await api(stack, 'GET', `/api/v1/golden-path/runs/${runId}`, { token: own })).json?.status === 'waiting', { ...DEADLINE, what: 'the run to wait' });
-  const queue = stack.container.queues.get('golden-path')!;
+  const queue = stack.container.queues.get('timers')!;
   const [timer] = (await queue.getDelayed()).filter((j) => j.name === 'approval-sla' && j.data.run_id === runId);
   expect(timer).toBeDefined();
   return { slow, own, runId, queue, timer: timer! };
@@ -108,7 +108,7 @@ describe('approval SLA', () => {
 
   it('Redis loses its data while a run waits: the sweeper re-creates the SLA timer from the approval row and the run still expires', async () => {
     const { run } = await submitWaiting();
-    const queue = stack.container.queues.get('golden-path')!;
+    const queue = stack.container.queues.get('timers')!;
     expect((await queue.getDelayed()).filter((j) => j.name === 'approval-sla' && j.data.run_id === run.run_id)).toHaveLength(1);
     // A flush of this stack's keys (its own prefix only: the Redis server is shared).
     const keys = await stack.redis.keys(`${stack.prefix}:*`);
@@ -129,7 +129,7 @@ describe('approval SLA', () => {
     //    timer took the job id): scheduling it moves the waiting timer, which would otherwise fire late.
     const soon = new Date(Date.now() + 3_000);
     await stack.db.admin(`update approval_requests set sla_deadline = $2 where run_id = $1`, [runId, soon]);
-    await slaScheduler(() => queue, stack.container.runtime.keep).schedule({ tenantId: slow, runId, approvalRequestId: '', idempotencyHash: hash, deadline: soon });
+    await slaScheduler({ timers: () => queue }, stack.container.runtime.keep).schedule({ tenantId: slow, runId, approvalRequestId: '', idempotencyHash: hash, deadline: soon });
     expect(Math.abs((await dueAt()) - soon.getTime())).toBeLessThan(1000);
     expect((await queue.getJob(timer.id!))!.data.deadline).toBe(soon.toISOString());
 
@@ -174,7 +174,7 @@ describe('approval SLA', () => {
     const { rows } = await stack.db.admin(`select idempotency_hash from durable_runs where id = $1`, [runId]);
     const past = new Date(Date.now() - 1_000);
     await stack.db.admin(`update approval_requests set sla_deadline = $2 where run_id = $1`, [runId, past]);
-    await slaScheduler(() => queue, stack.container.runtime.keep).schedule({ tenantId: slow, runId, approvalRequestId: '', idempotencyHash: rows[0].idempotency_hash as string, deadline: past });
+    await slaScheduler({ timers: () => queue }, stack.container.runtime.keep).schedule({ tenantId: slow, runId, approvalRequestId: '', idempotencyHash: rows[0].idempotency_hash as string, deadline: past });
     const fired = await waitFor(
       async () => {
         const job = await queue.getJob(timer.id!);

@@ -218,11 +218,11 @@ describe('tracing across the API and worker processes', () => {
   it("an SLA timer the sweeper re-creates for a waiting run is in the run's trace, with its correlation id", async () => {
     const cid = `trace-sla-${randomUUID()}`;
     const run = await waitStatus((await submit(SAMPLE_SUBMISSION, cid)).json.run_id, ['waiting']);
-    const queue = stack.container.queues.get('golden-path')!;
+    const queue = stack.container.queues.get('timers')!;
     const [timer] = (await queue.getDelayed()).filter((j) => j.name === 'approval-sla' && j.data.run_id === run.run_id);
-    const timerAdds = () => receiver.spans.filter((s) => s.service === 'dealix-worker' && s.name === 'add golden-path.approval-sla');
+    const timerAdds = () => receiver.spans.filter((s) => s.service === 'dealix-worker' && s.name === 'add timers.approval-sla');
     // The approval step's own timer, in the run's trace; then the timer is gone (Redis kept the rest).
-    await waitFor(() => correlated(cid).some((s) => s.name === 'add golden-path.approval-sla'), { what: "the approval step's timer span" });
+    await waitFor(() => correlated(cid).some((s) => s.name === 'add timers.approval-sla'), { what: "the approval step's timer span" });
     const before = timerAdds().length;
     await timer!.remove();
     await waitFor(async () => (await queue.getJobState(timer!.id!)) === 'delayed', { timeoutMs: 30_000, what: 'the sweeper to re-create the timer' });

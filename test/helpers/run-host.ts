@@ -8,6 +8,7 @@ import type { StepDef, WorkflowDef } from '../../src/platform/durable/workflow.t
 import { GOLDEN_PATH } from '../../src/modules/golden-path/golden-path.workflow.ts';
 import { PermanentError } from '../../src/platform/errors/app-error.ts';
 import { TEST_REDIS_URL } from './env.ts';
+import { TIMER_QUEUE } from '../../src/platform/queue/timers.ts';
 import type { TestStack } from './stack.ts';
 
 export interface RunHostOptions {
@@ -23,7 +24,8 @@ export interface RunHostOptions {
  * The production worker host and executor, in the test's process, running `wf` on its queue (the
  * golden path's, the partner offboarding's, …) of `stack` (one job at a time): a test can then hold, fail or count the steps of the runs it
  * submits through the stack's API. Stop it before starting another on the same queue. `handlers` are
- * its other jobs' (e.g. the SLA timers': jobHandlersFor); without them such a job fails.
+ * its other jobs' (e.g. the SLA timers': jobHandlersFor), and with them it serves the timers queue; without
+ * them a timer there waits, and one in the run queue fails.
  */
 export function startRunHost(stack: TestStack, wf: WorkflowDef, workerId = 'run-host', handlers: Record<string, JobHandler> = {}, opts: RunHostOptions = {}) {
   const logger = pino({ level: 'silent' });
@@ -39,6 +41,8 @@ export function startRunHost(stack: TestStack, wf: WorkflowDef, workerId = 'run-
     settings: { concurrency: opts.concurrency ?? 1, lockDurationMs: 5000, stalledIntervalMs: 5000, maxStalledCount: 10 },
     logger,
     queues: [wf.queue],
+    // Given handlers (the SLA timers'), it serves the timers queue too, as every worker does (ADR 0015).
+    ...(Object.keys(handlers).length ? { timers: { queues: [TIMER_QUEUE], concurrency: 1 } } : {}),
     ...(opts.maxActiveRunsPerTenant
       ? {
           tenantSlots: {

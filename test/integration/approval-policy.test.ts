@@ -4,6 +4,7 @@ import { api, CLASS_A_SUBMISSION, SAMPLE_SUBMISSION, startStack, type TestStack 
 import { waitFor } from '../helpers/poll.ts';
 import { policyTenant, putPolicy, setPolicy } from '../helpers/policy.ts';
 import { tenantEm } from '../../src/platform/db/tenant-em.ts';
+import { TIMER_QUEUE } from '../../src/platform/queue/timers.ts';
 import { namedJobId } from '../../src/platform/queue/job-ids.ts';
 import { canonicalJson, sha256Hex } from '../../src/platform/idempotency/canonical-json.ts';
 
@@ -84,7 +85,7 @@ describe('a policy change', () => {
         return statuses.includes(r?.status) ? r : undefined;
       }, { timeoutMs: 60_000, intervalMs: 100, what: `run ${id} to reach ${statuses.join('|')}` });
     const approval = async (id: string) => (await api(stack, 'GET', `/api/v1/approvals/${id}`, { token: t.approver })).json;
-    const queue = stack.container.queues.get('golden-path')!;
+    const queue = stack.container.queues.get(TIMER_QUEUE)!;
     /** The run's SLA timer: the deadline it carries and when it is due. */
     const timerOf = async (runId: string) => {
       const [row] = await tenantEm(stack.container.orm, t.tenant).execute<{ idempotency_hash: string }[]>('select idempotency_hash from durable_runs where id = ?', [runId]);

@@ -12,7 +12,7 @@ import { api, CLASS_C_SUBMISSION, newTenant, SAMPLE_SUBMISSION, startStack, type
 import { waitFor } from '../helpers/poll.ts';
 import { holdTable } from '../helpers/table-lock.ts';
 import { namedJobId } from '../../src/platform/queue/job-ids.ts';
-import { GOLDEN_PATH_QUEUE } from '../../src/modules/golden-path/golden-path.workflow.ts';
+import { TIMER_QUEUE } from '../../src/platform/queue/timers.ts';
 import { ApprovalService } from '../../src/modules/approvals/approval.service.ts';
 import { tenantEm } from '../../src/platform/db/tenant-em.ts';
 import { sqlState } from '../helpers/sql-state.ts';
@@ -152,7 +152,7 @@ describe('a pending request past its SLA deadline reads expired before a worker 
     const submitter = await stack.token({ tenantId: own, sub: 'submitter-2' });
     const approver = await stack.token({ tenantId: own, sub: 'approver-2', roles: ['approver'] });
     const { runId, approvalId } = await submitWaiting(SAMPLE_SUBMISSION, submitter);
-    const queue = stack.container.queues.get(GOLDEN_PATH_QUEUE)!;
+    const queue = stack.container.queues.get(TIMER_QUEUE)!;
     const timerId = namedJobId('gp', (await runRow(runId)).idempotency_hash, 'sla');
     expect(await queue.getJobState(timerId)).toBe('delayed');
     expect((await approval(approvalId, submitter)).status).toBe('pending');
@@ -234,7 +234,7 @@ describe('an expiry records the decisions made before it', () => {
     expect(first.json).toMatchObject({ status: 'pending', approvals: 1, required_approvals: 2 });
     // The deadline passes before the second approver decides; the timer fires now.
     await stack.db.admin(`update approval_requests set sla_deadline = date_trunc('milliseconds', now()) - interval '1 second' where id = $1`, [approvalId]);
-    const queue = stack.container.queues.get(GOLDEN_PATH_QUEUE)!;
+    const queue = stack.container.queues.get(TIMER_QUEUE)!;
     await (await queue.getJob(namedJobId('gp', (await runRow(runId)).idempotency_hash, 'sla')))!.promote();
     const run = await waitFor(
       async () => {

@@ -8,6 +8,7 @@ import { api, CLASS_A_SUBMISSION, newTenant, runUsers, SAMPLE_SUBMISSION, startS
 import { waitFor } from '../helpers/poll.ts';
 import { barrier, controlledStep, enteredBy, startRunHost, stepControl, wrappedGoldenPath } from '../helpers/run-host.ts';
 import { tenantEm } from '../../src/platform/db/tenant-em.ts';
+import { TIMER_QUEUE } from '../../src/platform/queue/timers.ts';
 import { namedJobId, stepJobId } from '../../src/platform/queue/job-ids.ts';
 import { GOLDEN_PATH, GOLDEN_PATH_QUEUE } from '../../src/modules/golden-path/golden-path.workflow.ts';
 import { ApprovalService } from '../../src/modules/approvals/approval.service.ts';
@@ -282,7 +283,7 @@ async function threeWaitingRuns(stack: TestStack) {
   const tok = await runUsers(stack, tenant);
   const ids = await Promise.all([1, 2, 3].map(() => submit(stack, tok.submitter, SAMPLE_SUBMISSION)));
   await waitFor(async () => (await statusesOf(stack, ids)).every((s) => s === 'waiting'), { timeoutMs: 60_000, what: 'the three runs to wait for their approvals' });
-  const queue = stack.container.queues.get(GOLDEN_PATH_QUEUE)!;
+  const queue = stack.container.queues.get(TIMER_QUEUE)!;
   const timers = await Promise.all(ids.map(async (id) => namedJobId('gp', await hashOf(stack, id), 'sla')));
   return { tenant, tok, ids, queue, timers };
 }
@@ -305,7 +306,7 @@ describe('bulk cancel of a run waiting for its approval, with a worker', () => {
     }, { timeoutMs: 60_000, what: 'the run to wait for its approval' });
     expect(waiting.status).toBe('waiting');
     const approvalId = waiting.steps[2].output.approval_request_id as string;
-    const queue = stack.container.queues.get(GOLDEN_PATH_QUEUE)!;
+    const queue = stack.container.queues.get(TIMER_QUEUE)!;
     const timerId = namedJobId('gp', await hashOf(stack, id), 'sla');
     expect(await queue.getJobState(timerId)).toBe('delayed');
 

@@ -11,6 +11,7 @@ import { capturedLog } from '../helpers/log-capture.ts';
 import { waitFor } from '../helpers/poll.ts';
 import { barrier, startRunHost } from '../helpers/run-host.ts';
 import { tenantEm } from '../../src/platform/db/tenant-em.ts';
+import { TIMER_QUEUE } from '../../src/platform/queue/timers.ts';
 import { namedJobId, stepJobId } from '../../src/platform/queue/job-ids.ts';
 import type { StepDef, WorkflowDef } from '../../src/platform/durable/workflow.ts';
 import { GOLDEN_PATH, GOLDEN_PATH_QUEUE } from '../../src/modules/golden-path/golden-path.workflow.ts';
@@ -98,7 +99,7 @@ describe('cancelling a run through the API, with a worker running', () => {
     const waiting = await waitStatus(stack, tok.submitter!, id, ['waiting', 'failed', 'completed']);
     expect(waiting.status).toBe('waiting');
     const approvalId = waiting.steps[2].output.approval_request_id as string;
-    const queue = stack.container.queues.get(GOLDEN_PATH_QUEUE)!;
+    const queue = stack.container.queues.get(TIMER_QUEUE)!;
     const timerId = namedJobId('gp', await idempotencyHashOf(stack, id), 'sla');
     expect(await queue.getJobState(timerId)).toBe('delayed');
 

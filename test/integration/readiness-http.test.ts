@@ -8,6 +8,7 @@ import type { ReadinessDeps } from '../../src/readiness/readiness.ts';
 import { NOT_MOUNTED } from '../../src/readiness/bull-board.checks.ts';
 import type { Container } from '../../src/container.ts';
 import { addBeforeFallbacks, matrixFor, okHandler } from './readiness.fixtures.ts';
+import { TIMER_QUEUE } from '../../src/platform/queue/timers.ts';
 
 /**
  * HTTP rows of the readiness matrix, read from the live app's router stack and probed over loopback:
@@ -101,5 +102,11 @@ describe('Bull Board', () => {
     expect(m.row('bull-board-auth').status).toBe('PASS');
     expect(m.row('bull-board-queues').status).toBe('FAIL');
     expect(m.row('bull-board-queues').reason).toMatch(/not registered in Bull Board: golden-path/);
+  });
+
+  it('a board without the timers queue fails bull-board-queues: the SLA timers would be out of sight (ADR 0015)', async () => {
+    const m = await matrixFor({ adjust: onApp((app, c) => ({ bullBoard: mountBoard(app, c.queues, refuse, [...c.queues.keys()].filter((q) => q !== TIMER_QUEUE)) })) });
+    expect(m.row('bull-board-queues').status).toBe('FAIL');
+    expect(m.row('bull-board-queues').reason).toMatch(/not registered in Bull Board: timers$/);
   });
 });

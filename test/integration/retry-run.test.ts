@@ -13,6 +13,7 @@ import { waitFor } from '../helpers/poll.ts';
 import { setPolicy } from '../helpers/policy.ts';
 import { barrier, controlledStep, enteredBy, startRunHost, stepControl, wrappedGoldenPath, type StepControl } from '../helpers/run-host.ts';
 import { capturedLog } from '../helpers/log-capture.ts';
+import { TIMER_QUEUE } from '../../src/platform/queue/timers.ts';
 import { namedJobId, stepJobId } from '../../src/platform/queue/job-ids.ts';
 import { jobHandlersFor } from '../../src/modules/index.ts';
 import { Sweeper } from '../../src/platform/durable/sweeper.ts';
@@ -557,7 +558,8 @@ describe('retrying a failed run through the API', () => {
     expect(await waitFor(async () => ((await statusOf())?.status === 'failed' ? statusOf() : undefined), { timeoutMs: 60_000, what: 'the run to fail at step 3' })).toMatchObject({ error: { sequence_num: 3 } });
     expect((await domainRows(id)).approval_requests).toHaveLength(0);
     const timerId = namedJobId('gp', (await runRow(id)).idempotency_hash, 'sla');
-    const spent = await waitFor(async () => ((await queue().getJobState(timerId)) === 'completed' ? queue().getJob(timerId) : undefined), { timeoutMs: 60_000, what: 'the first timer to fire' });
+    const timers = stack.container.queues.get(TIMER_QUEUE)!;
+    const spent = await waitFor(async () => ((await timers.getJobState(timerId)) === 'completed' ? timers.getJob(timerId) : undefined), { timeoutMs: 60_000, what: 'the first timer to fire' });
     expect(spent!.returnvalue).toEqual({ outcome: 'not_pending' });
 
     // Fixed and retried, with a two-second SLA this time (longer: a second admin approves it): the run waits on a new request.
@@ -569,7 +571,7 @@ describe('retrying a failed run through the API', () => {
     const [request] = (await stack.db.admin(`select sla_deadline from approval_requests where run_id = $1`, [id])).rows;
     // The timer under the run's SLA id is the new request's (its deadline), not the spent one kept in
     // the completed set: adding a job under an id BullMQ still keeps is a silent no-op.
-    const timer = await queue().getJob(timerId);
+    const timer = await timers.getJob(timerId);
     expect(timer?.data.deadline).toBe(new Date(request.sla_deadline).toISOString());
     // No sweeper runs here: the run expires by its own timer.
     const expired = await waitFor(async () => {

@@ -51,12 +51,14 @@ it("a worker's default pool holds a connection for every run job it may run at o
  * golden-path capacity, nor hold it up): WORKER_QUEUES names the workflow queues a process serves.
  * Before it every worker process served every queue, so no dyno type could be given one queue.
  */
-it('WORKER_QUEUES gives a worker process the named workflow queues only (and maintenance and webhooks), its default pool sized for them', async () => {
+it('WORKER_QUEUES gives a worker process the named workflow queues only (and timers, maintenance and webhooks), its default pool sized for them', async () => {
   const config = parseConfig({ ...baseEnv(), WORKER_QUEUES: 'partner-offboarding' });
   const only = await createContainer(config, { service: 'worker' });
   const w = await startWorkerProcess(only);
   try {
-    expect(w.workers.map((x) => x.name).sort()).toEqual(['maintenance', 'partner-offboarding', 'webhooks']);
+    // The timers queue with its own concurrency, not WORKER_CONCURRENCY (ADR 0015): SLA timers fire on any dyno.
+    expect(w.workers.map((x) => x.name).sort()).toEqual(['maintenance', 'partner-offboarding', 'timers', 'webhooks']);
+    expect(w.workers.find((x) => x.name === 'timers')!.concurrency).toBe(config.WORKER_TIMER_CONCURRENCY);
     expect(only.orm.config.get('pool')?.max).toBe(3 + 2);
     // The API and the sweeper still know every workflow: a run of another queue is enqueued for the dynos that serve it.
     expect(only.queues.has('golden-path')).toBe(true);

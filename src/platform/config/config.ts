@@ -113,6 +113,10 @@ export const configSchema = z
     // PostgreSQL, one step after another; on two cores 8 jobs per process ran as many runs as 16 with less
     // PostgreSQL CPU per run (fewer concurrent transactions contend less), and 4 ran fewer.
     WORKER_CONCURRENCY: z.coerce.number().int().min(1).max(1000).default(8),
+    // Timer jobs (approval SLA timers) each worker process runs at once on the timers queue, which every
+    // worker serves apart from the run queues (ADR 0015): a timer that comes due waits only behind other
+    // timers, never behind a run backlog. Each holds a connection for one short transaction.
+    WORKER_TIMER_CONCURRENCY: z.coerce.number().int().min(1).max(100).default(4),
     // The workflow queues a worker process serves (comma-separated); unset: every one. Lets a dyno type
     // serve one queue (WORKER_QUEUES=partner-offboarding) and be scaled apart; maintenance is always served.
     WORKER_QUEUES: csv('').pipe(z.array(z.string().regex(/^[A-Za-z0-9_-]{1,64}$/, 'queue names: letters, digits, _ - only'))),

@@ -4,6 +4,7 @@ import type { Redis } from 'ioredis';
 import type { Logger } from 'pino';
 import { systemEm, tenantEm } from '../db/tenant-em.ts';
 import { stepJobId } from '../queue/job-ids.ts';
+import { TIMER_QUEUE } from '../queue/timers.ts';
 import { COMPLETED_STEPS_SQL, RUN_COLUMNS, type DurableRuntime, type IncompleteRun, type RunRow } from './runtime.ts';
 import type { RunStatus } from './durable-run.entity.ts';
 import type { WorkflowDef } from './workflow.ts';
@@ -134,7 +135,9 @@ export class Sweeper {
     // (its attempts spent while the database was down), or ended early. Without it the run would wait
     // forever: past its deadline nobody may decide it, and nothing would expire it.
     await this.eachIncomplete(['waiting'], this.o.minAgeMs, async (page) => {
-      const alive = await this.withLiveJob(page, snapshots, (wf, ref) => wf.waitingJobId?.(ref.idempotency_hash));
+      // Its timer lives in the timers queue; one an older release added to the workflow's own queue
+      // (a rolling deploy, ADR 0015) is alive there and fires there, so it is not duplicated.
+      const alive = await this.withLiveJob(page, snapshots, (wf, ref) => wf.waitingJobId?.(ref.idempotency_hash), (wf) => [TIMER_QUEUE, wf.queue]);
       for (const ref of page) {
         if (!registered(ref) || alive.has(ref.id)) continue;
         if (await this.guarded(ref, () => this.repairWaiting(ref))) {
@@ -147,7 +150,7 @@ export class Sweeper {
       // A pending run has no completed step (its first step's commit moves it to running), so its one job is the one from step 1.
       // (Of its first generation: the system role does not read retry_count, so a retried pending run
       // is never found here and goes to reenqueue, which reads the run and looks for its retry's job.)
-      const alive = await this.withLiveJob(page, snapshots, (wf, ref) => (ref.status === 'pending' ? stepJobId(wf.tag, ref.idempotency_hash, 1, wf.steps[0]!.name) : undefined));
+      const alive = await this.withLiveJob(page, snapshots, (wf, ref) => (ref.status === 'pending' ? stepJobId(wf.tag, ref.idempotency_hash, 1, wf.steps[0]!.name) : undefined), (wf) => [wf.queue]);
       for (const ref of page) {
         report.examined++;
         if (!registered(ref) || alive.has(ref.id)) continue;
@@ -172,7 +175,8 @@ export class Sweeper {
 
   /**
    * The page's runs whose job (`jobIdOf`: a pending run's job from step 1, a waiting run's timer)
-   * BullMQ holds alive, found without PostgreSQL: the job's id derives from the run's idempotency hash
+   * BullMQ holds alive in any of `queuesOf` (a waiting run's timer: the timers queue, or its workflow's
+   * queue where older releases put it), found without PostgreSQL: the job's id derives from the run's idempotency hash
    * (ADR 0003). A run for which `jobIdOf` names no job counts as alive for a waiting run (nothing to
    * check) and is left to `reenqueue` otherwise. The ids of every job a
    * queue holds alive are read once per sweep in one atomic script (`getRanges`), so a deep backlog
@@ -187,22 +191,25 @@ export class Sweeper {
     page: IncompleteRun[],
     snapshots: Map<string, Promise<Set<string> | undefined>>,
     jobIdOf: (wf: WorkflowDef, ref: IncompleteRun) => string | undefined,
+    queuesOf: (wf: WorkflowDef) => string[],
   ): Promise<Set<string>> {
     const alive = new Set<string>();
     await Promise.allSettled(
       page.map(async (ref) => {
         const wf = this.o.runtime.workflows.get(ref.workflow, ref.workflow_version);
-        const queue = wf && this.o.runtime.queues.get(wf.queue);
+        const queues = wf ? queuesOf(wf).flatMap((name) => this.o.runtime.queues.get(name) ?? []) : [];
         const jobId = wf && ref.idempotency_hash ? jobIdOf(wf, ref) : undefined;
-        if (!queue || !jobId) {
+        if (!queues.length || !jobId) {
           // Nothing to look for: a waiting run of a workflow without a timer (or of another deployment's workflow) is left alone.
           if (ref.status === 'waiting') alive.add(ref.id);
           return;
         }
-        let snapshot = snapshots.get(queue.name);
-        if (!snapshot) snapshots.set(queue.name, (snapshot = liveJobIds(queue, this.o.liveSnapshotMax ?? LIVE_SNAPSHOT_MAX)));
-        const ids = await snapshot;
-        if (ids ? ids.has(jobId) : ALIVE.has(await queue.getJobState(jobId))) alive.add(ref.id);
+        for (const queue of queues) {
+          let snapshot = snapshots.get(queue.name);
+          if (!snapshot) snapshots.set(queue.name, (snapshot = liveJobIds(queue, this.o.liveSnapshotMax ?? LIVE_SNAPSHOT_MAX)));
+          const ids = await snapshot;
+          if (ids ? ids.has(jobId) : ALIVE.has(await queue.getJobState(jobId))) return void alive.add(ref.id);
+        }
       }),
     );
     return alive;

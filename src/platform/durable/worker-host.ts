@@ -8,6 +8,7 @@ import { ConfigError } from '../config/config.ts';
 import { MAINTENANCE_QUEUE } from '../queue/maintenance.ts';
 import { slotMember, slotParking, type TenantSlots } from './tenant-slots.ts';
 import { WEBHOOK_QUEUE } from '../webhooks/delivery.ts';
+import { TIMER_QUEUE } from '../queue/timers.ts';
 
 export interface WorkerSettings {
   concurrency: number;
@@ -27,8 +28,8 @@ export function servedRunQueues(workflows: readonly Pick<WorkflowDef, 'queue'>[]
   if (only.length === 0) return all;
   const unknown = only.filter((q) => !all.includes(q));
   if (unknown.length) {
-    // `maintenance` and `webhooks` are queues, but every worker serves them: naming one does not make a worker of it alone.
-    const always = unknown.find((q) => q === MAINTENANCE_QUEUE || q === WEBHOOK_QUEUE);
+    // `maintenance`, `webhooks` and `timers` are queues, but every worker serves them: naming one does not make a worker of it alone.
+    const always = unknown.find((q) => q === MAINTENANCE_QUEUE || q === WEBHOOK_QUEUE || q === TIMER_QUEUE);
     const note = always ? ` (${always} is served by every worker and is not named here)` : '';
     throw new ConfigError([`WORKER_QUEUES: ${unknown.join(', ')} is no workflow queue; there are ${all.join(', ')}${note}`]);
   }
@@ -70,6 +71,11 @@ export function startWorkers(args: {
    * absent (the cap is off): no Redis command is added to a run job's path.
    */
   tenantSlots?: TenantSlotsUse;
+  /**
+   * Queues of timer jobs (TIMER_QUEUE, ADR 0015), each served by a Worker of its own with `concurrency`
+   * jobs at once: their jobs go to their handlers only, never to the step executor or a tenant slot.
+   */
+  timers?: { queues: string[]; concurrency: number };
 }): WorkerHost {
   const queueNames = new Set(args.queues ?? args.runtime.workflows.all().map((w) => w.queue));
   const active = new Map<string, ActiveStep>();
@@ -78,14 +84,16 @@ export function startWorkers(args: {
   // no Redis has nothing left to wait for.
   let running = 0;
   let draining = false;
-  const processor: Processor = async (job, token) => {
-    running++;
-    try {
-      return await processJob(job, token);
-    } finally {
-      running--;
-    }
-  };
+  const counted =
+    (fn: Processor): Processor =>
+    async (job, token) => {
+      running++;
+      try {
+        return await fn(job, token);
+      } finally {
+        running--;
+      }
+    };
   const processJob: Processor = async (job, token) => {
     // A run job is recognised by its data, not its name: a step the code no longer has (renamed,
     // removed) must reach the executor and fail the run as non-determinism, not loop as "no handler".
@@ -121,15 +129,25 @@ export function startWorkers(args: {
         else if (slot) slots!.give(slot);
       }
     }
+    return handle(job);
+  };
+  // Timers, maintenance, webhooks: the job's handler by its name. (A timer an older release added to a
+  // workflow's queue is found there by the run queue's worker and comes here too, ADR 0015.)
+  const handle = (job: Job) => {
     const handler = args.handlers[job.name];
     if (!handler) throw new Error(`no handler for job ${job.name}`);
     return handler(job);
   };
-  const workers = [...queueNames].map((queueName) => {
-    const worker = new Worker(queueName, processor, {
+  const timerQueues = (args.timers?.queues ?? []).filter((q) => !queueNames.has(q));
+  const served = [
+    ...[...queueNames].map((queueName) => ({ queueName, run: counted(processJob), concurrency: args.settings.concurrency })),
+    ...timerQueues.map((queueName) => ({ queueName, run: counted(handle), concurrency: args.timers!.concurrency })),
+  ];
+  const workers = served.map(({ queueName, run, concurrency }) => {
+    const worker = new Worker(queueName, run, {
       connection: args.connection,
       prefix: args.prefix,
-      concurrency: args.settings.concurrency,
+      concurrency,
       lockDuration: args.settings.lockDurationMs,
       stalledInterval: args.settings.stalledIntervalMs,
       maxStalledCount: args.settings.maxStalledCount,

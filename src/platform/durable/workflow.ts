@@ -138,13 +138,16 @@ export interface WorkflowDef<In = any> {
   finish?(outputs: Record<string, unknown>): { status: 'completed' | 'rejected'; output: unknown };
   /**
    * Called by the sweeper, under the run's tenant, for runs that wait (e.g. for a human): re-creates
-   * what Redis may have lost, such as an SLA timer.
+   * what Redis may have lost, such as an SLA timer (in the timers queue).
    */
   repairWaiting?(em: EntityManager, run: { tenantId: string; runId: string }): Promise<void>;
   /**
    * The id of the job that must stay alive while a run of this workflow waits (e.g. its SLA timer),
-   * from the run's idempotency hash. Every sweep checks waiting runs against it and calls
-   * `repairWaiting` for a run whose job is gone (lost, failed for good, or ended early).
+   * from the run's idempotency hash. Such a job belongs in the timers queue (TIMER_QUEUE, ADR 0015),
+   * not the workflow's own: a timer that comes due must not wait behind the run jobs queued there.
+   * Every sweep checks waiting runs against it, in the timers queue and, for timers older releases
+   * added there, the workflow's queue, and calls `repairWaiting` for a run whose job is in neither
+   * (lost, failed for good, or ended early).
    */
   waitingJobId?(idempotencyHash: string): string;
   /**
