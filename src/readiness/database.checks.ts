@@ -1,6 +1,7 @@
 import type { MikroORM } from '../platform/db/orm.ts';
 import { tenantTables } from '../platform/db/migrate.ts';
 import { inspectCatalog, ormCatalogQuery, type CatalogFinding, type CatalogReport } from '../platform/db/catalog.ts';
+import { OPERATOR_DB_ROLE, OPERATOR_GRANTS } from '../platform/db/tenant-owned.ts';
 import { fail, pass, type ReadinessRow } from './readiness.types.ts';
 
 /**
@@ -56,6 +57,8 @@ export function catalogRows(report: CatalogReport, appRole: string): ReadinessRo
   }
   const other = report.roles.filter((r) => r.role !== appRole);
   if (other[0]) row(`role ${other[0].role}`, `${other[0].role}: NOLOGIN, no BYPASSRLS, owns nothing, reads and deletes only`);
+  const operator = other.find((r) => r.role === OPERATOR_DB_ROLE);
+  if (operator) row(`role ${operator.role}`, `${operator.role}: NOLOGIN, no BYPASSRLS, owns nothing, row privileges on ${Object.keys(OPERATOR_GRANTS).join(', ')} only (the operator routes, ADR 0014)`);
   row('views-functions', 'no view or SECURITY DEFINER function lets the application role past RLS');
   for (const f of report.findings) {
     const target = componentOf(f, appRole);

@@ -1,6 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { randomUUID } from 'node:crypto';
 import { api, newTenant, OFFBOARDING_SUBMISSION, SAMPLE_SUBMISSION, startStack, type TestStack } from '../helpers/stack.ts';
+import { OPERATOR_ROLE } from '../../src/platform/http/admin-auth.middleware.ts';
 
 /**
  * The API contract as a demanding client probes it (docs/api.md, Conventions): input a route does not
@@ -125,12 +126,18 @@ describe("a list's limit", () => {
   const lists = () => stack.container.routes.filter((r) => r.method === 'get' && r.query && 'limit' in ((r.query as unknown as { shape?: object }).shape ?? {}));
 
   it('is plain decimal digits from 1 to 100: hex, exponents, signs, fractions and blanks are a 400 naming it, on every list route', async () => {
-    expect(lists().map((r) => r.path)).toEqual(expect.arrayContaining(['/api/v1/golden-path/runs', '/api/v1/partner-offboarding/runs', '/api/v1/approvals', '/api/v1/webhook-endpoints/:id/deliveries']));
+    const tenantToken = token;
+    expect(lists().map((r) => r.path)).toEqual(
+      expect.arrayContaining(['/api/v1/golden-path/runs', '/api/v1/partner-offboarding/runs', '/api/v1/approvals', '/api/v1/webhook-endpoints/:id/deliveries', '/api/v1/operator/tenant-limits']),
+    );
+    // The platform operator's lists open to its role alone.
+    const operator = await stack.token({ tenantId: newTenant(), sub: 'contract-ops', roles: [OPERATOR_ROLE] });
     // A list under one resource (an endpoint's deliveries) is read under one that exists.
     const endpoint = await api(stack, 'POST', '/api/v1/webhook-endpoints', { token, body: { url: 'https://93.184.215.14/hook', events: ['run.completed'] }, headers: { 'Idempotency-Key': randomUUID() } });
     expect(endpoint.status, endpoint.text).toBe(201);
     for (const route of lists()) {
       const def = { ...route, path: route.path.replace(':id', endpoint.json.id as string) };
+      const token = route.roles?.includes(OPERATOR_ROLE) ? operator : tenantToken;
       // Number() reads all of these as 1..100; none is what a client means by a page size.
       for (const bad of ['0x10', '0X10', '0b11', '0o7', '1e1', '+5', '5.0', '%205', '5%20', 'Infinity', '', '0', '101', '-1', '1,2']) {
         const res = await api(stack, 'GET', `${def.path}?limit=${bad}`, { token });

@@ -546,6 +546,8 @@ describe('the published schemas hold for real responses of every route', () => {
     const put = await api(stack, 'PUT', path, { token: operator, body: { max_active_runs: 2, max_runs_in_flight: null }, headers: { 'Idempotency-Key': randomUUID() } });
     expect(expectPublished('PUT', template, put, 200).json.max_active_runs.override).toBe(2);
     expect((await get(template, path, operator)).json.updated_by).toBe('ops');
+    const list = await get('/api/v1/operator/tenant-limits', '/api/v1/operator/tenant-limits?limit=100', operator);
+    expect(list.json.items.map((i: { tenant_id: string }) => i.tenant_id)).toContain(tenant);
     const del = await api(stack, 'DELETE', path, { token: operator, headers: { 'Idempotency-Key': randomUUID() } });
     expect(expectPublished('DELETE', template, del, 200).json.updated_at).toBeNull();
   });

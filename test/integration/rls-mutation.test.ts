@@ -106,6 +106,17 @@ describe('the catalog check fails when tenancy is broken', () => {
     expect(report.failures[0]!.reason).toMatch(/durable_runs_system_write/);
   });
 
+  it('names an operator role granted beyond tenant_limits, and an operator policy on another table or that writes, while its own read policy passes', async () => {
+    const db = await freshDatabase();
+    await db.admin('GRANT SELECT, DELETE ON durable_runs TO dealix_operator');
+    await db.admin('CREATE POLICY durable_runs_operator_read ON durable_runs FOR SELECT TO dealix_operator USING (true)');
+    await db.admin('CREATE POLICY tenant_limits_operator_write ON tenant_limits FOR UPDATE TO dealix_operator USING (true)');
+    const report = await inspect(db);
+    expect(report.failures.map((f) => `${f.check} ${f.subject}`).sort()).toEqual(['extra-policy table durable_runs', 'extra-policy table tenant_limits', 'role-privilege role dealix_operator']);
+    expect(failuresOf(report, 'role-privilege')[0]!.reason).toMatch(/durable_runs: DELETE; durable_runs: SELECT$/);
+    expect(failuresOf(report, 'extra-policy').find((f) => f.subject === 'table tenant_limits')!.reason).toMatch(/tenant_limits_operator_write/);
+  });
+
   it('names a unique key without tenant_id, and a table whose tenant_id is not indexed', async () => {
     const db = await freshDatabase();
     await db.admin('ALTER TABLE evidence_packs ADD CONSTRAINT evidence_packs_sha_unique UNIQUE (sha256)');
@@ -142,10 +153,11 @@ describe('the catalog check fails when tenancy is broken', () => {
     expect(seen).toBe(1); // another tenant's context, yet the row
     const report = await inspect(db);
     const untenanted = report.failures.filter((f) => f.check === 'role-untenanted');
-    // PUBLIC's grant is every role's: the system role's too.
-    expect(untenanted.map((f) => f.subject)).toEqual([`role ${TEST_APP.user}`, 'role dealix_system']);
+    // PUBLIC's grant is every role's: the system and operator roles' too.
+    expect(untenanted.map((f) => f.subject)).toEqual([`role ${TEST_APP.user}`, 'role dealix_system', 'role dealix_operator']);
     expect(untenanted[0]!.reason).toMatch(/: public_notes: SELECT; shared_notes: INSERT; shared_notes: SELECT$/);
     expect(untenanted[1]!.reason).toMatch(/: public_notes: SELECT$/);
+    expect(untenanted[2]!.reason).toMatch(/: public_notes: SELECT$/);
     // The migrations table, which the app reads for /readyz, is the one exception (the baseline above passes).
     expect(untenanted[0]!.reason).not.toMatch(/mikro_orm_migrations/);
   });

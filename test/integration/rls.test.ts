@@ -6,12 +6,12 @@ import { startStack } from '../helpers/stack.ts';
 import { TEST_APP } from '../helpers/env.ts';
 import { TenantRows, insertSql, type Row } from '../helpers/tenant-rows.ts';
 import { sqlState } from '../helpers/sql-state.ts';
-import { isTenantOwned, SYSTEM_ROLE } from '../../src/platform/db/tenant-owned.ts';
+import { isTenantOwned, OPERATOR_DB_ROLE, SYSTEM_ROLE } from '../../src/platform/db/tenant-owned.ts';
 import { systemEm, tenantEm } from '../../src/platform/db/tenant-em.ts';
 import { createOrm, type MikroORM } from '../../src/platform/db/orm.ts';
 import { formatFindings, inspectOrmCatalog } from '../../src/platform/db/catalog.ts';
 import { entities } from '../../src/entities.ts';
-import { APPEND_ONLY_TABLES, NO_DELETE_TABLES } from '../../src/platform/db/roles.ts';
+import { APPEND_ONLY_TABLES, NO_DELETE_TABLES, READ_ONLY_TABLES } from '../../src/platform/db/roles.ts';
 
 /**
  * Row-level security, proven as the application role on every tenant-owned table the ORM knows, so
@@ -61,13 +61,17 @@ function tenantsFor(ctx: Ctx): Tenants {
   return { own: undefined, others: [a, b], setting: ctx === 'empty-string' ? '' : undefined };
 }
 
-/** One transaction as the application role, the tenant set as tenantEm sets it: set_config(…, true). */
-async function asApp<T>(setting: string | undefined, fn: (c: pg.Client) => Promise<T>): Promise<T> {
+/**
+ * One transaction as the application role, the tenant set as tenantEm sets it: set_config(…, true);
+ * with `role`, as the role it takes on by SET LOCAL ROLE (the operator routes' role for a table only it writes).
+ */
+async function asApp<T>(setting: string | undefined, fn: (c: pg.Client) => Promise<T>, role?: string): Promise<T> {
   const c = new pg.Client({ connectionString: stack.db.appUrl });
   await c.connect();
   try {
     await c.query('begin');
     if (setting !== undefined) await c.query(`select set_config('app.tenant_id', $1, true)`, [setting]);
+    if (role) await c.query(`select set_config('role', $1, true)`, [role]);
     const result = await fn(c);
     await c.query('commit');
     return result;
@@ -83,6 +87,10 @@ async function adminRows(table: string, ids: unknown[]): Promise<Row[]> {
 
 describe.each(tables)('%s over pg as the application role', (table) => {
   const pk = () => rows.spec(table).pk;
+  // A table the application only reads (roles.ts) is written by the operator role alone, under the same
+  // isolation policy: the write checks below run as that role; the application role's are refused outright.
+  const readOnly = READ_ONLY_TABLES.includes(table);
+  const writer = readOnly ? OPERATOR_DB_ROLE : undefined;
   /** One seeded row for the tenant in context (if any) and one for each other tenant. */
   const seedAll = async (t: Tenants) => ({
     mine: t.own ? await rows.seed(table, t.own) : undefined,
@@ -103,7 +111,7 @@ describe.each(tables)('%s over pg as the application role', (table) => {
     const t = tenantsFor(ctx);
     const foreign = await rows.build(table, t.others[0]);
     const q = insertSql(table, foreign);
-    expect(await sqlState(asApp(t.setting, (c) => c.query(q.text, q.values)))).toBe('42501');
+    expect(await sqlState(asApp(t.setting, (c) => c.query(q.text, q.values), writer))).toBe('42501');
     expect(await adminRows(table, [foreign[pk()]])).toEqual([]);
     if (t.own) {
       const mine = await rows.build(table, t.own);
@@ -111,7 +119,7 @@ describe.each(tables)('%s over pg as the application role', (table) => {
       const readBack = await asApp(t.setting, async (c) => {
         await c.query(ok.text, ok.values);
         return (await c.query(`select tenant_id from "${table}" where "${pk()}" = $1`, [mine[pk()]])).rows;
-      });
+      }, writer);
       expect(readBack).toEqual([{ tenant_id: t.own }]);
     }
   });
@@ -128,15 +136,30 @@ describe.each(tables)('%s over pg as the application role', (table) => {
     expect(await adminRows(table, [...(mine ? [mine] : []), ...theirs].map((r) => r[pk()]))).toHaveLength(theirs.length + (mine ? 1 : 0));
   });
 
+  (readOnly ? it : it.skip).each(CONTEXTS)("insert, update and delete under %s context are refused outright (42501) for the application role, its own row included, on a table it only reads", async (ctx) => {
+    const t = tenantsFor(ctx);
+    const { mine, theirs } = await seedAll(t);
+    const all = [...(mine ? [mine] : []), ...theirs];
+    for (const r of all) {
+      expect(await sqlState(asApp(t.setting, (c) => c.query(`update "${table}" set tenant_id = tenant_id where "${pk()}" = $1`, [r[pk()]])))).toBe('42501');
+      expect(await sqlState(asApp(t.setting, (c) => c.query(`delete from "${table}" where "${pk()}" = $1`, [r[pk()]])))).toBe('42501');
+    }
+    if (t.own) {
+      const q = insertSql(table, await rows.build(table, t.own));
+      expect(await sqlState(asApp(t.setting, (c) => c.query(q.text, q.values)))).toBe('42501');
+    }
+    expect(await adminRows(table, all.map((r) => r[pk()]))).toHaveLength(all.length);
+  });
+
   (appendOnly ? it.skip : it).each(CONTEXTS)("update under %s context touches no other tenant's row and cannot move a row to another tenant", async (ctx) => {
     const t = tenantsFor(ctx);
     const { mine, theirs } = await seedAll(t);
-    const touch = (id: unknown) => asApp(t.setting, (c) => c.query(`update "${table}" set tenant_id = tenant_id where "${pk()}" = $1`, [id]));
+    const touch = (id: unknown) => asApp(t.setting, (c) => c.query(`update "${table}" set tenant_id = tenant_id where "${pk()}" = $1`, [id]), writer);
     for (const r of theirs) expect((await touch(r[pk()])).rowCount).toBe(0);
-    expect((await asApp(t.setting, (c) => c.query(`update "${table}" set tenant_id = tenant_id`))).rowCount).toBe(mine ? 1 : 0);
+    expect((await asApp(t.setting, (c) => c.query(`update "${table}" set tenant_id = tenant_id`), writer)).rowCount).toBe(mine ? 1 : 0);
     if (mine) {
       expect((await touch(mine[pk()])).rowCount).toBe(1);
-      const move = asApp(t.setting, (c) => c.query(`update "${table}" set tenant_id = $2 where "${pk()}" = $1`, [mine[pk()], t.others[0]]));
+      const move = asApp(t.setting, (c) => c.query(`update "${table}" set tenant_id = $2 where "${pk()}" = $1`, [mine[pk()], t.others[0]]), writer);
       expect(await sqlState(move)).toBe('42501');
       expect((await adminRows(table, [mine[pk()]]))[0]!.tenant_id).toBe(t.own);
     }
@@ -160,11 +183,11 @@ describe.each(tables)('%s over pg as the application role', (table) => {
     const t = tenantsFor(ctx);
     const { mine, theirs } = await seedAll(t);
     for (const r of theirs) {
-      expect((await asApp(t.setting, (c) => c.query(`delete from "${table}" where "${pk()}" = $1`, [r[pk()]]))).rowCount).toBe(0);
+      expect((await asApp(t.setting, (c) => c.query(`delete from "${table}" where "${pk()}" = $1`, [r[pk()]]), writer)).rowCount).toBe(0);
     }
     expect(await adminRows(table, theirs.map((r) => r[pk()]))).toHaveLength(theirs.length);
     if (mine) {
-      expect((await asApp(t.setting, (c) => c.query(`delete from "${table}" where "${pk()}" = $1`, [mine[pk()]]))).rowCount).toBe(1);
+      expect((await asApp(t.setting, (c) => c.query(`delete from "${table}" where "${pk()}" = $1`, [mine[pk()]]), writer)).rowCount).toBe(1);
       expect(await adminRows(table, [mine[pk()]])).toEqual([]);
     }
   });
@@ -185,6 +208,14 @@ describe.each(tables)('%s through tenantEm', (table) => {
     const em = tenantEm(orm, own);
     const found = (await em.fork().find(meta().class, {})) as Record<string, unknown>[];
     expect(found.map((e) => e.tenantId)).toEqual([own]);
+    if (READ_ONLY_TABLES.includes(table)) {
+      // Read-only for the application (only the operator role writes it): no insert, update or delete at all, its own row included.
+      expect(await sqlState(em.fork().nativeUpdate(meta().class, { [pkProp()]: idOf(mine) }, { tenantId: own }))).toBe('42501');
+      expect(await sqlState(em.fork().nativeDelete(meta().class, { [pkProp()]: idOf(mine) }))).toBe('42501');
+      expect(await sqlState(em.fork().insert(meta().class, data(await rows.build(table, own))))).toBe('42501');
+      expect((await adminRows(table, [idOf(theirs), idOf(mine)])).length).toBe(2);
+      return;
+    }
     if (APPEND_ONLY_TABLES.includes(table)) {
       // Append-only: no update or delete at all, its own rows included.
       expect(await sqlState(em.fork().nativeUpdate(meta().class, { [pkProp()]: idOf(mine) }, { tenantId: own }))).toBe('42501');
@@ -219,7 +250,7 @@ describe.each(tables)('%s through tenantEm', (table) => {
     const idOf = (r: Row) => r[rows.spec(table).pk];
     const bare = orm.em.fork();
     expect(await bare.find(meta().class, {})).toEqual([]);
-    if (APPEND_ONLY_TABLES.includes(table)) {
+    if (APPEND_ONLY_TABLES.includes(table) || READ_ONLY_TABLES.includes(table)) {
       expect(await sqlState(bare.nativeUpdate(meta().class, { [pkProp()]: idOf(theirs) }, { tenantId: t.others[1] }))).toBe('42501');
       expect(await sqlState(orm.em.fork().nativeDelete(meta().class, {}))).toBe('42501');
     } else {
@@ -370,6 +401,23 @@ describe(`the system role (${SYSTEM_ROLE}) through systemEm`, () => {
     // After the transaction the pooled connection is the application role again.
     const [back] = await tenantEm(orm, A).execute('select current_user as role');
     expect(back!.role).toBe(TEST_APP.user);
+  });
+});
+
+describe(`the operator role (${OPERATOR_DB_ROLE}), taken on by the operator routes`, () => {
+  it('reads every tenant\'s tenant_limits, writes only the tenant in context, and reaches no other table', async () => {
+    const [A, B] = [randomUUID(), randomUUID()];
+    const [a, b] = [await rows.seed('tenant_limits', A), await rows.seed('tenant_limits', B)];
+    const seen = await asApp(randomUUID(), async (c) => (await c.query(`select tenant_id from tenant_limits where tenant_id = any($1::uuid[])`, [[A, B]])).rows, OPERATOR_DB_ROLE);
+    expect(seen.map((r) => r.tenant_id).sort()).toEqual([A, B].sort());
+    // Bound to A: B's row is neither updated nor deleted.
+    expect((await asApp(A, (c) => c.query(`update tenant_limits set updated_by = 'x' where tenant_id = $1`, [B]), OPERATOR_DB_ROLE)).rowCount).toBe(0);
+    expect((await asApp(A, (c) => c.query(`delete from tenant_limits where tenant_id = $1`, [B]), OPERATOR_DB_ROLE)).rowCount).toBe(0);
+    expect((await adminRows('tenant_limits', [b.tenant_id])).map((r) => r.updated_by)).toEqual([b.updated_by]);
+    expect((await adminRows('tenant_limits', [a.tenant_id]))).toHaveLength(1);
+    for (const table of tables.filter((t) => t !== 'tenant_limits')) {
+      expect(await sqlState(asApp(A, (c) => c.query(`select 1 from "${table}" limit 1`), OPERATOR_DB_ROLE)), table).toBe('42501');
+    }
   });
 });
 

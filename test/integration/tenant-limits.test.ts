@@ -13,6 +13,9 @@ import { holdTable } from '../helpers/table-lock.ts';
 import { heldGoldenPath, startRunHost, wrappedGoldenPath } from '../helpers/run-host.ts';
 import { systemEm, tenantEm } from '../../src/platform/db/tenant-em.ts';
 import { OPERATOR_ROLE } from '../../src/platform/http/admin-auth.middleware.ts';
+import { OPERATOR_DB_ROLE } from '../../src/platform/db/tenant-owned.ts';
+import { TenantLimitsRow } from '../../src/platform/limits/tenant-limits.entity.ts';
+import { sqlState } from '../helpers/sql-state.ts';
 
 const LONG = 120_000;
 const IN_FLIGHT_DEFAULT = 10;
@@ -21,6 +24,14 @@ const limitsPath = (tenant: string) => `/api/v1/operator/tenants/${tenant}/limit
 
 async function submit(stack: TestStack, token: string) {
   return api(stack, 'POST', '/api/v1/golden-path/run', { token, body: CLASS_A_SUBMISSION, headers: { 'Idempotency-Key': randomUUID() } });
+}
+
+/** A transaction as the operator routes run theirs (ADR 0014): bound to `tenant`, as the operator role. */
+function asOperatorRole<T>(stack: TestStack, tenant: string, sql: string, params: unknown[] = []) {
+  return tenantEm(stack.container.orm, tenant).transactional(async (em) => {
+    await em.execute(`select set_config('role', ?, true)`, [OPERATOR_DB_ROLE]);
+    return em.execute<T[]>(sql, params);
+  });
 }
 
 async function storedRow(stack: TestStack, tenant: string) {
@@ -149,10 +160,13 @@ describe('operator limits API', () => {
     expect(await tenantEm(orm, newTenant()).transactional((em) => em.execute(`select * from tenant_limits where tenant_id = ?`, [tenant]))).toEqual([]);
     const own = await tenantEm(orm, tenant).transactional((em) => em.execute<{ max_runs_in_flight: number }[]>(`select max_runs_in_flight from tenant_limits where tenant_id = ?`, [tenant]));
     expect(own).toEqual([{ max_runs_in_flight: 3 }]);
-    // Nor can another tenant's context write it.
+    // Nor can another tenant's context write it, even as the operator role (the isolation policy binds its writes).
     await expect(
-      tenantEm(orm, newTenant()).transactional((em) => em.execute(`insert into tenant_limits (tenant_id, max_runs_in_flight, updated_by, updated_at) values (?, 1, 'x', now())`, [tenant])),
+      asOperatorRole(stack, newTenant(), `insert into tenant_limits (tenant_id, max_runs_in_flight, updated_by, updated_at) values (?, 1, 'x', now())`, [tenant]),
     ).rejects.toThrow(/row-level security/);
+    expect(await asOperatorRole(stack, newTenant(), `update tenant_limits set max_runs_in_flight = 1 where tenant_id = ? returning tenant_id`, [tenant])).toEqual([]);
+    expect(await asOperatorRole(stack, newTenant(), `delete from tenant_limits where tenant_id = ? returning tenant_id`, [tenant])).toEqual([]);
+    expect(await storedRow(stack, tenant)).toMatchObject({ max_runs_in_flight: 3 });
     // The system role (the workers' re-seed) reads every tenant's active-run cap, and nothing else of the row, nor writes it.
     const system = () => systemEm(orm);
     expect(await system().transactional((em) => em.execute(`select tenant_id, max_active_runs from tenant_limits where tenant_id = ?`, [tenant]))).toEqual([{ tenant_id: tenant, max_active_runs: 2 }]);
@@ -162,10 +176,128 @@ describe('operator limits API', () => {
     await expect(system().transactional((em) => em.execute(`update tenant_limits set max_active_runs = 1 where tenant_id = ?`, [tenant]))).rejects.toThrow(/permission denied/);
   });
 
+  it("the database refuses a tenant-bound transaction's write of its own tenant's row: only the operator role writes tenant_limits; the tenant's reads still work", async () => {
+    const orm = stack.container.orm;
+    const tenant = newTenant();
+    const put = await api(stack, 'PUT', limitsPath(tenant), { token: operator, body: { max_active_runs: 2, max_runs_in_flight: 3 }, headers: { 'Idempotency-Key': randomUUID() } });
+    expect(put.status, put.text).toBe(200);
+    // Code bound to the tenant (a workflow step, a tenant route: tenantEm as the application role) raising its own limits.
+    const own = (sql: string, params: unknown[] = []) => sqlState(tenantEm(orm, tenant).transactional((em) => em.execute(sql, params)));
+    expect(await own(`update tenant_limits set max_runs_in_flight = 1000000 where tenant_id = ?`, [tenant])).toBe('42501');
+    expect(await own(`delete from tenant_limits where tenant_id = ?`, [tenant])).toBe('42501');
+    expect(
+      await own(
+        `insert into tenant_limits (tenant_id, max_runs_in_flight, updated_by, updated_at) values (?, 1000000, 'step', now())
+         on conflict (tenant_id) do update set max_runs_in_flight = excluded.max_runs_in_flight`,
+        [tenant],
+      ),
+    ).toBe('42501');
+    expect(await sqlState(tenantEm(orm, tenant).nativeUpdate(TenantLimitsRow, { tenantId: tenant }, { maxActiveRuns: 100_000 }))).toBe('42501');
+    // A tenant without a row cannot create one either.
+    const fresh = newTenant();
+    expect(await sqlState(tenantEm(orm, fresh).transactional((em) => em.execute(`insert into tenant_limits (tenant_id, max_runs_in_flight, updated_by, updated_at) values (?, 1000000, 'step', now())`, [fresh])))).toBe('42501');
+    expect(await storedRow(stack, fresh)).toBeUndefined();
+    expect(await storedRow(stack, tenant)).toEqual({ max_active_runs: 2, max_runs_in_flight: 3, updated_by: 'ops-alice' });
+    // Its reads still work (the admission statement reads max_runs_in_flight under the tenant's context).
+    expect(await tenantEm(orm, tenant).transactional((em) => em.execute(`select max_active_runs, max_runs_in_flight from tenant_limits where tenant_id = ?`, [tenant]))).toEqual([
+      { max_active_runs: 2, max_runs_in_flight: 3 },
+    ]);
+    // The operator API still writes and removes it.
+    const again = await api(stack, 'PUT', limitsPath(tenant), { token: operator, body: { max_active_runs: null, max_runs_in_flight: 5 }, headers: { 'Idempotency-Key': randomUUID() } });
+    expect(again.status, again.text).toBe(200);
+    expect(await storedRow(stack, tenant)).toEqual({ max_active_runs: null, max_runs_in_flight: 5, updated_by: 'ops-alice' });
+    const del = await api(stack, 'DELETE', limitsPath(tenant), { token: operator, headers: { 'Idempotency-Key': randomUUID() } });
+    expect(del.status, del.text).toBe(200);
+    expect(await storedRow(stack, tenant)).toBeUndefined();
+    // And the transaction is the application role again after the operator's statements (the Idempotency-Key's row was written as it).
+    const [role] = await orm.em.fork().getConnection().execute<{ r: string }[]>('select current_user::text as r');
+    expect(role!.r).toBe('dealix_app');
+  });
+
+  it("GET /operator/tenant-limits lists every tenant's overrides, by tenant id, and its pages cover every row exactly once", async () => {
+    const listed = [newTenant(), newTenant(), newTenant(), newTenant(), newTenant()];
+    for (const [i, tenant] of listed.entries()) {
+      const body = { max_active_runs: i + 1, max_runs_in_flight: i % 2 ? null : 100 + i };
+      const res = await api(stack, 'PUT', limitsPath(tenant), { token: operator, body, headers: { 'Idempotency-Key': randomUUID() } });
+      expect(res.status, res.text).toBe(200);
+    }
+    // A tenant whose overrides were removed has no row, and is not listed.
+    const removed = newTenant();
+    await api(stack, 'PUT', limitsPath(removed), { token: operator, body: { max_active_runs: 1, max_runs_in_flight: 1 }, headers: { 'Idempotency-Key': randomUUID() } });
+    expect((await api(stack, 'DELETE', limitsPath(removed), { token: operator, headers: { 'Idempotency-Key': randomUUID() } })).status).toBe(200);
+
+    const items: { tenant_id: string }[] = [];
+    const pageSizes: number[] = [];
+    let cursor: string | null = null;
+    do {
+      const res = await api(stack, 'GET', `/api/v1/operator/tenant-limits?limit=2${cursor ? `&cursor=${cursor}` : ''}`, { token: operator });
+      expect(res.status, res.text).toBe(200);
+      items.push(...res.json.items);
+      pageSizes.push(res.json.items.length);
+      cursor = res.json.next_cursor;
+    } while (cursor);
+    // Every row of the table (other tests' tenants too), each once, in tenant id order, in full pages but the last.
+    const { rows } = await stack.db.admin(`select tenant_id from tenant_limits order by tenant_id`);
+    const ids = items.map((i) => i.tenant_id);
+    expect(ids).toEqual(rows.map((r) => r.tenant_id));
+    expect(new Set(ids).size).toBe(ids.length);
+    expect(ids).toEqual(expect.arrayContaining(listed));
+    expect(ids).not.toContain(removed);
+    expect(pageSizes.slice(0, -1).every((n) => n === 2)).toBe(true);
+    // Each item is the tenant's limits as its own GET shows them, updated_by and updated_at included.
+    for (const tenant of listed) {
+      const one = await api(stack, 'GET', limitsPath(tenant), { token: operator });
+      expect(items.find((i) => i.tenant_id === tenant)).toEqual(one.json);
+      expect(one.json.updated_by).toBe('ops-alice');
+      expect(one.json.updated_at).not.toBeNull();
+    }
+    // The default page (50) holds them in the same order.
+    const first = await api(stack, 'GET', '/api/v1/operator/tenant-limits', { token: operator });
+    expect(first.json.items.map((i: { tenant_id: string }) => i.tenant_id)).toEqual(ids.slice(0, 50));
+  });
+
+  it('GET /operator/tenant-limits: a tenant role gets 403, no token 401, a bad limit or cursor 400 problem+json', async () => {
+    const tenant = newTenant();
+    await api(stack, 'PUT', limitsPath(tenant), { token: operator, body: { max_active_runs: 3, max_runs_in_flight: null }, headers: { 'Idempotency-Key': randomUUID() } });
+    for (const roles of [['admin'], ['approver'], []]) {
+      const token = await stack.token({ tenantId: tenant, sub: `user-${roles.join('-')}`, roles });
+      const res = await api(stack, 'GET', '/api/v1/operator/tenant-limits', { token });
+      expect(res.status, roles.join()).toBe(403);
+      expect(res.headers.get('content-type')).toMatch(/^application\/problem\+json/);
+    }
+    expect((await api(stack, 'GET', '/api/v1/operator/tenant-limits')).status).toBe(401);
+    // A cursor of a time-ordered list (runs, deliveries) is not this list's.
+    const timeCursor = Buffer.from(`${new Date().toISOString()}|${randomUUID()}`).toString('base64url');
+    for (const query of ['limit=0', 'limit=101', 'limit=abc', 'limit=1e1', 'cursor=nonsense', `cursor=${timeCursor}`, `cursor=${Buffer.from('k|not-a-uuid').toString('base64url')}`, 'tenant_id=x']) {
+      const res = await api(stack, 'GET', `/api/v1/operator/tenant-limits?${query}`, { token: operator });
+      expect(res.status, query).toBe(400);
+      expect(res.headers.get('content-type'), query).toMatch(/^application\/problem\+json/);
+      expect(res.json.code, query).toBe('validation_failed');
+    }
+  });
+
+  it("the operator role's cross-tenant read is its own: a tenant context still sees only its own row, the system role only its columns", async () => {
+    const orm = stack.container.orm;
+    const [a, b] = [newTenant(), newTenant()];
+    for (const tenant of [a, b]) {
+      await api(stack, 'PUT', limitsPath(tenant), { token: operator, body: { max_active_runs: 2, max_runs_in_flight: 7 }, headers: { 'Idempotency-Key': randomUUID() } });
+    }
+    for (const tenant of [a, b]) {
+      const seen = await tenantEm(orm, tenant).transactional((em) => em.execute<{ tenant_id: string }[]>(`select tenant_id from tenant_limits`));
+      expect(seen).toEqual([{ tenant_id: tenant }]);
+    }
+    expect(await orm.em.fork().getConnection().execute(`select tenant_id from tenant_limits`)).toEqual([]);
+    // The operator role reads every row (the listing), bound to any tenant or none.
+    const all = await asOperatorRole<{ tenant_id: string }>(stack, newTenant(), `select tenant_id from tenant_limits`);
+    expect(all.map((r) => r.tenant_id)).toEqual(expect.arrayContaining([a, b]));
+    // The system role still reads only the re-seed's columns.
+    await expect(systemEm(orm).transactional((em) => em.execute(`select max_runs_in_flight from tenant_limits`))).rejects.toThrow(/permission denied/);
+  });
+
   it('no row can hold a cap the API refuses (0, negative, past the maximum): 0 or less would refuse every submission of the tenant, or fail it with a 500', async () => {
     const tenant = newTenant();
-    const insert = (column: string, value: number) =>
-      tenantEm(stack.container.orm, tenant).transactional((em) => em.execute(`insert into tenant_limits (tenant_id, ${column}, updated_by, updated_at) values (?, ?, 'x', now())`, [tenant, value]));
+    // As the operator role (the only writer), under the tenant: a row the API did not write.
+    const insert = (column: string, value: number) => asOperatorRole(stack, tenant, `insert into tenant_limits (tenant_id, ${column}, updated_by, updated_at) values (?, ?, 'x', now())`, [tenant, value]);
     for (const [column, value] of [['max_active_runs', 0], ['max_active_runs', -1], ['max_active_runs', 100_001], ['max_runs_in_flight', 0], ['max_runs_in_flight', -5], ['max_runs_in_flight', 1_000_001]] as const) {
       await expect(insert(column, value), `${column} ${value}`).rejects.toThrow(/violates check constraint "tenant_limits_/);
     }

@@ -83,7 +83,7 @@ export const CATALOG_SQL = {
       from pg_class c join pg_namespace n on n.oid = c.relnamespace
       cross join unnest(string_to_array($3, ',')) as p(privilege)
      where n.nspname = $1 and c.relkind in ('r', 'p', 'v', 'm', 'f')
-       and case when p.privilege in ('TRUNCATE', 'TRIGGER') then has_table_privilege($2, c.oid, p.privilege)
+       and case when p.privilege in ('TRUNCATE', 'TRIGGER', 'DELETE') then has_table_privilege($2, c.oid, p.privilege)
                 else has_any_column_privilege($2, c.oid, p.privilege) end
      order by 1, 2`,
 

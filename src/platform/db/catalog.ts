@@ -1,6 +1,6 @@
 import type { MikroORM } from './orm.ts';
 import { tenantTables } from './migrate.ts';
-import { APP_UNTENANTED_GRANTS, SYSTEM_READS, SYSTEM_ROLE, TENANT_PREDICATE_SQL, TENANT_SETTING } from './tenant-owned.ts';
+import { APP_UNTENANTED_GRANTS, OPERATOR_DB_ROLE, OPERATOR_GRANTS, SYSTEM_READS, SYSTEM_ROLE, TENANT_PREDICATE_SQL, TENANT_SETTING } from './tenant-owned.ts';
 import { CATALOG_SQL } from './catalog.queries.ts';
 
 /**
@@ -86,7 +86,7 @@ export interface RoleReport {
   inherit: boolean;
   /** Relations (and schemas, the database) this role owns. */
   owns: string[];
-  /** `<table>: <PRIVILEGE>` for each TRUNCATE, REFERENCES or TRIGGER privilege held (and INSERT, UPDATE for the system role). */
+  /** `<table>: <PRIVILEGE>` for each TRUNCATE, REFERENCES or TRIGGER privilege held (and INSERT, UPDATE for the system role; any row privilege beyond OPERATOR_GRANTS for the operator role). */
   unsafePrivileges: string[];
   /**
    * `<table>: <PRIVILEGE>` for each SELECT, INSERT, UPDATE or DELETE held on a table without tenant_id
@@ -119,6 +119,8 @@ export interface CatalogOptions {
   appRole: string;
   /** The NOLOGIN maintenance role; it may hold SELECT/DELETE-only policies of its own (ADR 0001). */
   systemRole?: string;
+  /** The NOLOGIN role of the operator routes (ADR 0014): row privileges only as OPERATOR_GRANTS lists, SELECT-only policies of its own there. */
+  operatorRole?: string;
   schema?: string;
 }
 
@@ -126,24 +128,29 @@ const UNSAFE_PRIVILEGES = ['TRUNCATE', 'REFERENCES', 'TRIGGER'];
 /** The system role reads and deletes (sweeper, key expiry); it never writes rows. */
 const UNSAFE_SYSTEM_PRIVILEGES = [...UNSAFE_PRIVILEGES, 'INSERT', 'UPDATE'];
 const SYSTEM_COMMANDS = new Set(['SELECT', 'DELETE']);
+const ROW_PRIVILEGES = ['SELECT', 'INSERT', 'UPDATE', 'DELETE'];
 
 /** Inspects the database behind `query` and reports every broken invariant, naming the table or role. */
 export async function inspectCatalog(query: CatalogQuery, opts: CatalogOptions): Promise<CatalogReport> {
   const schema = opts.schema ?? 'public';
   const systemRole = opts.systemRole ?? SYSTEM_ROLE;
+  const operatorRole = opts.operatorRole ?? OPERATOR_DB_ROLE;
   const findings: CatalogFinding[] = [];
   const tables = await inspectTables(query, schema, opts.declaredTables);
   const scope = new Set(tables.filter((t) => t.exists && t.hasTenantColumn).map((t) => t.table));
-  for (const t of tables) findings.push(...checkTable(t, opts.appRole, systemRole));
+  for (const t of tables) findings.push(...checkTable(t, opts.appRole, systemRole, operatorRole));
   findings.push(...(await checkForeignKeys(query, schema, scope)));
   const roles: RoleReport[] = [];
-  for (const [role, kind] of [[opts.appRole, 'app'], [systemRole, 'system']] as const) {
-    const report = await inspectRole(query, schema, role, kind === 'system' ? UNSAFE_SYSTEM_PRIVILEGES : UNSAFE_PRIVILEGES, kind === 'app' ? APP_UNTENANTED_GRANTS : {});
+  const unsafeFor = { app: UNSAFE_PRIVILEGES, system: UNSAFE_SYSTEM_PRIVILEGES, operator: [...UNSAFE_PRIVILEGES, ...ROW_PRIVILEGES] };
+  for (const [role, kind] of [[opts.appRole, 'app'], [systemRole, 'system'], [operatorRole, 'operator']] as const) {
+    const report = await inspectRole(query, schema, role, unsafeFor[kind], kind === 'app' ? APP_UNTENANTED_GRANTS : {});
+    // The operator role's row privileges are unsafe but where OPERATOR_GRANTS lists them.
+    if (kind === 'operator') report.unsafePrivileges = report.unsafePrivileges.filter((p) => !isOperatorGrant(p));
     roles.push(report);
     findings.push(...checkRole(report, kind));
     if (kind === 'system' && report.exists) findings.push(...(await checkSystemReads(query, schema, role)));
     for (const reachable of report.memberOf) {
-      if (reachable === systemRole && kind === 'app') continue; // checked in its own right
+      if ((reachable === systemRole || reachable === operatorRole) && kind === 'app') continue; // checked in its own right
       const r = await inspectRole(query, schema, reachable, UNSAFE_PRIVILEGES);
       roles.push(r);
       findings.push(...checkRole(r, 'reachable', role).map((f) => ({ ...f, reason: `${role} can SET ROLE ${reachable}, which ${f.reason}` })));
@@ -230,11 +237,22 @@ function isSystemPolicy(p: PolicyInfo, systemRole: string): boolean {
   return p.roles.length === 1 && p.roles[0] === systemRole && SYSTEM_COMMANDS.has(p.command);
 }
 
+/** The operator role's own read policy (ADR 0014): named for that role alone, SELECT, on a table it is granted. */
+function isOperatorPolicy(p: PolicyInfo, table: string, operatorRole: string): boolean {
+  return p.roles.length === 1 && p.roles[0] === operatorRole && p.command === 'SELECT' && table in OPERATOR_GRANTS;
+}
+
+/** `<table>: <PRIVILEGE>` as inspectRole reports it, and listed in OPERATOR_GRANTS. */
+function isOperatorGrant(privilege: string): boolean {
+  const [table, what] = privilege.split(': ');
+  return Boolean(table && what && OPERATOR_GRANTS[table]?.includes(what));
+}
+
 function appliesTo(p: PolicyInfo, role: string): boolean {
   return p.roles.includes('public') || p.roles.includes(role);
 }
 
-function checkTable(t: TableReport, appRole: string, systemRole: string): CatalogFinding[] {
+function checkTable(t: TableReport, appRole: string, systemRole: string, operatorRole: string): CatalogFinding[] {
   const subject = `table ${t.table}`;
   const out: CatalogFinding[] = [];
   const fail = (check: CatalogCheck, reason: string, severity: CatalogFinding['severity'] = 'error') => out.push({ check, severity, subject, reason });
@@ -256,8 +274,8 @@ function checkTable(t: TableReport, appRole: string, systemRole: string): Catalo
   }
   for (const p of t.policies) {
     if (p.name === t.isolationPolicy || !p.permissive) continue; // restrictive policies can only narrow access
-    if (isTenantScoped(p) || isSystemPolicy(p, systemRole)) continue;
-    fail('extra-policy', `policy ${p.name} on ${t.table} (${p.command} to ${p.roles.join(', ')}, USING ${p.using ?? '-'}, WITH CHECK ${p.check ?? '-'}) widens access beyond the tenant; only SELECT/DELETE policies for ${systemRole} are allowed besides the isolation policy`);
+    if (isTenantScoped(p) || isSystemPolicy(p, systemRole) || isOperatorPolicy(p, t.table, operatorRole)) continue;
+    fail('extra-policy', `policy ${p.name} on ${t.table} (${p.command} to ${p.roles.join(', ')}, USING ${p.using ?? '-'}, WITH CHECK ${p.check ?? '-'}) widens access beyond the tenant; only SELECT/DELETE policies for ${systemRole} (and SELECT policies for ${operatorRole} on its own tables) are allowed besides the isolation policy`);
   }
   for (const u of t.uniqueKeys) {
     // A surrogate primary key of random UUIDs reveals nothing; every other unique key must be scoped by tenant.
@@ -355,7 +373,7 @@ async function checkSystemReads(query: CatalogQuery, schema: string, role: strin
   ];
 }
 
-function checkRole(r: RoleReport, kind: 'app' | 'system' | 'reachable', via?: string): CatalogFinding[] {
+function checkRole(r: RoleReport, kind: 'app' | 'system' | 'operator' | 'reachable', via?: string): CatalogFinding[] {
   const subject = `role ${via ?? r.role}`;
   const out: CatalogFinding[] = [];
   const fail = (check: CatalogCheck, reason: string) => out.push({ check, severity: 'error', subject, reason });
@@ -366,7 +384,7 @@ function checkRole(r: RoleReport, kind: 'app' | 'system' | 'reachable', via?: st
   const who = kind === 'reachable' ? 'is' : `${r.role} is`;
   if (r.superuser) fail('role-superuser', `${who} a superuser: superusers bypass row-level security even when it is forced`);
   if (r.bypassRls) fail('role-bypassrls', `${who} BYPASSRLS: it ignores every policy`);
-  if (kind === 'system' && r.canLogin) fail('role-login', `${r.role} can log in; it must be NOLOGIN and reached only by SET LOCAL ROLE`);
+  if ((kind === 'system' || kind === 'operator') && r.canLogin) fail('role-login', `${r.role} can log in; it must be NOLOGIN and reached only by SET LOCAL ROLE`);
   if (r.owns.length) fail('role-owns', `${kind === 'reachable' ? 'owns' : `${r.role} owns`} ${r.owns.join(', ')}: owners may alter or disable the policies`);
   if (r.canCreateIn.length) fail('role-create', `${kind === 'reachable' ? 'may' : `${r.role} may`} create objects (and so own them) in ${r.canCreateIn.join(', ')}`);
   if (kind === 'app' && r.inheritsFrom.length) {
@@ -377,6 +395,10 @@ function checkRole(r: RoleReport, kind: 'app' | 'system' | 'reachable', via?: st
   if (r.untenantedPrivileges.length) {
     fail('role-untenanted', `${kind === 'reachable' ? 'holds' : `${r.role} holds`} privileges on tables without tenant_id, whose rows row-level security cannot scope, so every tenant shares them: ${r.untenantedPrivileges.join('; ')}`);
   }
-  if (r.unsafePrivileges.length) fail('role-privilege', `${kind === 'reachable' ? 'holds' : `${r.role} holds`} privileges row-level security does not govern: ${r.unsafePrivileges.join('; ')}`);
+  if (kind === 'operator' && r.unsafePrivileges.length) {
+    fail('role-privilege', `${r.role} holds privileges beyond the operator routes' own (${Object.keys(OPERATOR_GRANTS).join(', ')}): ${r.unsafePrivileges.join('; ')}`);
+  } else if (r.unsafePrivileges.length) {
+    fail('role-privilege', `${kind === 'reachable' ? 'holds' : `${r.role} holds`} privileges row-level security does not govern: ${r.unsafePrivileges.join('; ')}`);
+  }
   return out;
 }

@@ -1,6 +1,6 @@
 import pg from 'pg';
 import { describePgUrl } from '../config/config.ts';
-import { APP_UNTENANTED_GRANTS, SYSTEM_READS, SYSTEM_ROLE } from './tenant-owned.ts';
+import { APP_UNTENANTED_GRANTS, OPERATOR_DB_ROLE, OPERATOR_GRANTS, SYSTEM_READS, SYSTEM_ROLE } from './tenant-owned.ts';
 
 const ident = (s: string) => `"${s.replace(/"/g, '""')}"`;
 const literal = (s: string) => `'${s.replace(/'/g, "''")}'`;
@@ -29,10 +29,14 @@ export async function setupDatabase({ adminUrl, ownerUrl, appUrl }: SetupUrls): 
     // NOINHERIT: the app may SET ROLE to the system role for narrow maintenance, but never holds its rights implicitly.
     await ensureRole(admin, app.user, app.password, 'LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE NOINHERIT', log);
     await ensureRole(admin, SYSTEM_ROLE, undefined, 'NOLOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE NOINHERIT', log);
+    await ensureRole(admin, OPERATOR_DB_ROLE, undefined, 'NOLOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE NOINHERIT', log);
     // From PostgreSQL 16 inheritance is a property of each grant, fixed when it is made: a grant made
     // while the app role was INHERIT would keep it after the ALTER ROLE above. Say it on the grant.
     const { rows: [version] } = await admin.query<{ n: number }>(`select current_setting('server_version_num')::int as n`);
-    await admin.query(`GRANT ${ident(SYSTEM_ROLE)} TO ${ident(app.user)}${(version?.n ?? 0) >= 160000 ? ' WITH INHERIT FALSE' : ''}`);
+    const noInherit = (version?.n ?? 0) >= 160000 ? ' WITH INHERIT FALSE' : '';
+    await admin.query(`GRANT ${ident(SYSTEM_ROLE)} TO ${ident(app.user)}${noInherit}`);
+    // The operator routes' role (ADR 0014): reached by SET LOCAL ROLE only, never held implicitly.
+    await admin.query(`GRANT ${ident(OPERATOR_DB_ROLE)} TO ${ident(app.user)}${noInherit}`);
     await admin.query(`GRANT ${ident(SYSTEM_ROLE)} TO ${ident(owner.user)}`);
     const exists = await admin.query('SELECT 1 FROM pg_database WHERE datname = $1', [owner.database]);
     if (exists.rowCount === 0) {
@@ -51,7 +55,7 @@ export async function setupDatabase({ adminUrl, ownerUrl, appUrl }: SetupUrls): 
   try {
     await db.query(`ALTER SCHEMA public OWNER TO ${ident(owner.user)}`);
     await db.query('REVOKE ALL ON SCHEMA public FROM PUBLIC');
-    await db.query(`GRANT USAGE ON SCHEMA public TO ${ident(app.user)}, ${ident(SYSTEM_ROLE)}`);
+    await db.query(`GRANT USAGE ON SCHEMA public TO ${ident(app.user)}, ${ident(SYSTEM_ROLE)}, ${ident(OPERATOR_DB_ROLE)}`);
     await db.query(`REVOKE ALL ON DATABASE ${ident(owner.database)} FROM PUBLIC`);
     await db.query(`GRANT CONNECT ON DATABASE ${ident(owner.database)} TO ${ident(app.user)}`);
   } finally {
@@ -90,8 +94,17 @@ export const APPEND_ONLY_TABLES = ['approval_decisions', 'evidence_packs', 'evid
  */
 export const NO_DELETE_TABLES = ['approval_policies', 'approval_policy_changes', 'approval_requests'];
 
+/**
+ * Tables the application only reads: a tenant's limit overrides (ADR 0014), which the admission
+ * statement reads under the tenant's context and only a platform operator may set. The operator routes
+ * write them as the operator role (OPERATOR_GRANTS); with INSERT, UPDATE or DELETE here any code bound to
+ * a tenant (a workflow step, a tenant route) could raise its own tenant's limits.
+ */
+export const READ_ONLY_TABLES = ['tenant_limits'];
+
 /** The application role's privileges on a tenant-owned table. */
 function appTablePrivileges(table: string): string {
+  if (READ_ONLY_TABLES.includes(table)) return 'SELECT';
   if (APPEND_ONLY_TABLES.includes(table)) return 'SELECT, INSERT';
   if (NO_DELETE_TABLES.includes(table)) return 'SELECT, INSERT, UPDATE';
   return 'SELECT, INSERT, UPDATE, DELETE';
@@ -107,7 +120,7 @@ function appTablePrivileges(table: string): string {
  * sessions never see a moment without their grants.
  */
 export async function grantRuntimePrivileges(client: { execute(sql: string): Promise<unknown> }, appRole: string, tenantTables: string[]): Promise<void> {
-  const everyone = `PUBLIC, ${ident(appRole)}, ${ident(SYSTEM_ROLE)}`;
+  const everyone = `PUBLIC, ${ident(appRole)}, ${ident(SYSTEM_ROLE)}, ${ident(OPERATOR_DB_ROLE)}`;
   for (const table of tenantTables) {
     await client.execute(`REVOKE ALL ON TABLE ${ident(table)} FROM ${everyone}`);
     await client.execute(`GRANT ${appTablePrivileges(table)} ON TABLE ${ident(table)} TO ${ident(appRole)}`);
@@ -125,4 +138,8 @@ export async function grantRuntimePrivileges(client: { execute(sql: string): Pro
   await client.execute(`GRANT SELECT (${reads('webhook_deliveries')}), DELETE ON TABLE webhook_deliveries TO ${ident(SYSTEM_ROLE)}`);
   // The workers' re-seed of the active-run overrides in Redis (ADR 0014): read only.
   await client.execute(`GRANT SELECT (${reads('tenant_limits')}) ON TABLE tenant_limits TO ${ident(SYSTEM_ROLE)}`);
+  // The operator routes (ADR 0014): the only writer of tenant_limits, and its cross-tenant listing.
+  for (const [table, privileges] of Object.entries(OPERATOR_GRANTS)) {
+    await client.execute(`GRANT ${privileges.join(', ')} ON TABLE ${ident(table)} TO ${ident(OPERATOR_DB_ROLE)}`);
+  }
 }

@@ -10,6 +10,20 @@ export const TENANT_SETTING = 'app.tenant_id';
 /** NOLOGIN role for narrow cross-tenant maintenance, reached only by SET LOCAL ROLE. See ADR 0003. */
 export const SYSTEM_ROLE = 'dealix_system';
 /**
+ * NOLOGIN role of the platform operator's API routes (ADR 0014), reached only by SET LOCAL ROLE from the
+ * application role inside an operator route's transaction: the one role that may write `tenant_limits`
+ * (the application role only reads it), and the one that reads every tenant's row (the operator listing).
+ */
+export const OPERATOR_DB_ROLE = 'dealix_operator';
+/**
+ * What the operator role holds (granted by every `migrate`, roles.ts; anything beyond it is named by the
+ * catalog inspection). Its writes stay under the isolation policy: an operator route binds the
+ * transaction to the tenant in its path first. Its one policy of its own lets it read every row.
+ */
+export const OPERATOR_GRANTS: Readonly<Record<string, readonly string[]>> = {
+  tenant_limits: ['SELECT', 'INSERT', 'UPDATE', 'DELETE'],
+};
+/**
  * The columns the system role reads (the sweeper, `/metrics`, the readiness matrix, key expiry; ADR
  * 0003, 0008): granted by every `migrate` (roles.ts), checked by the catalog inspection (catalog.ts).
  */

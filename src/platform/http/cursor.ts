@@ -68,3 +68,22 @@ export function pageWhere(where: string, params: unknown[], query: { status?: st
   params.push(query.limit + 1);
   return out;
 }
+
+/**
+ * Cursors for lists ordered by a UUID key ascending (the operator's tenant-limits list, by tenant id):
+ * as opaque as the others (base64url of the last item's key), stable under any write that does not
+ * change a key. The cursor after `lastKey` when the page was full; null otherwise.
+ */
+export function nextKeyCursor(lastKey: string | undefined, more: boolean): string | null {
+  return more && lastKey ? Buffer.from(`k|${lastKey}`).toString('base64url') : null;
+}
+
+/** Reads a key cursor this API issued; anything else (a time cursor of another list included) is a 400. */
+export function readKeyCursor(raw: string | undefined): string | undefined {
+  if (raw === undefined) return undefined;
+  const [tag, key, ...rest] = Buffer.from(raw, 'base64url').toString('utf8').split('|');
+  if (tag !== 'k' || !key || rest.length || !z.string().uuid().safeParse(key).success) {
+    throw new ValidationError('Invalid cursor', [{ path: 'cursor', message: 'not a cursor returned by this API' }]);
+  }
+  return key.toLowerCase();
+}

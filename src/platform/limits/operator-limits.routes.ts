@@ -4,12 +4,16 @@ import type { EntityManager } from '@mikro-orm/postgresql';
 import { defineRoute, type RouteDef } from '../http/route.ts';
 import { isoTime, toIsoTimeOrNull } from '../http/iso-time.ts';
 import { DEFER_UNTIL_NEXT } from '../db/coalescing-client.ts';
+import { OPERATOR_DB_ROLE } from '../db/tenant-owned.ts';
+import { nextKeyCursor, pageLimit, pageSchema, readKeyCursor } from '../http/cursor.ts';
 import { OPERATOR_ROLE } from '../http/admin-auth.middleware.ts';
 import type { Principal } from '../tenancy/jwt.ts';
 import { MAX_ACTIVE_RUNS_OVERRIDE, MAX_RUNS_IN_FLIGHT_OVERRIDE } from './tenant-limits.entity.ts';
 
 export const OPERATOR_TENANTS_PATH = '/api/v1/operator/tenants';
 const PATH = `${OPERATOR_TENANTS_PATH}/:tenant_id/limits`;
+/** Every tenant's overrides, one page at a time (a cross-tenant read as the operator role). */
+export const OPERATOR_TENANT_LIMITS_PATH = '/api/v1/operator/tenant-limits';
 const TAGS = ['operator'];
 
 
@@ -53,6 +57,13 @@ type LimitsView = z.infer<typeof limitsView>;
 
 const tenantParam = z.object({ tenant_id: z.string().uuid() });
 
+const listQuery = z.strictObject({
+  limit: pageLimit(50),
+  cursor: z.string().max(200).optional().describe('`next_cursor` of the page before (anything else: 400)'),
+});
+const limitsPage = pageSchema(limitsView).meta({ id: 'TenantLimitsPage' });
+type LimitsPage = z.infer<typeof limitsPage>;
+
 interface LimitsRow {
   max_active_runs: number | null;
   max_runs_in_flight: number | null;
@@ -84,16 +95,23 @@ function toView(tenantId: string, row: LimitsRow | undefined, d: OperatorLimitsD
 }
 
 /**
- * Runs `fn` with the transaction bound to `tenantId` (RLS: the tenant named in the path), then binds
- * it back to the operator's own tenant, under which the router stores the Idempotency-Key. Both
- * settings travel with the next statement (no round trip of their own). An error rolls the whole
- * transaction back, so nothing needs restoring then.
+ * Runs `fn`'s statements as the operator role (ADR 0014), the one role that may write tenant_limits
+ * (the application role only reads it, so code bound to a tenant — a workflow step, a tenant route —
+ * cannot raise its own limits), then as the application role again. With `tenant`, the transaction is
+ * also bound to the tenant in the path for them (RLS: the operator role writes that tenant's row only),
+ * then back to the operator's own tenant, under which the router stores the Idempotency-Key. Without, it
+ * stays on the operator's own tenant and reads every row (the role's own SELECT policy). The settings
+ * travel with the next statement (no round trip of their own); `role` is SET LOCAL ROLE's setting, so
+ * it ends with the transaction, and an error rolls the whole transaction back, so nothing needs restoring then.
  */
-async function asTenant<T>(em: EntityManager, tenantId: string, ownTenant: string, fn: () => Promise<T>): Promise<T> {
-  const bind = (t: string) => em.execute(`${DEFER_UNTIL_NEXT}select set_config('app.tenant_id', ?, true)`, [t]);
-  await bind(tenantId);
+async function asOperator<T>(em: EntityManager, fn: () => Promise<T>, tenant?: { path: string; own: string }): Promise<T> {
+  const bind = (role: string, tenantId: string | undefined) =>
+    tenantId === undefined
+      ? em.execute(`${DEFER_UNTIL_NEXT}select set_config('role', ?, true)`, [role])
+      : em.execute(`${DEFER_UNTIL_NEXT}select set_config('role', ?, true), set_config('app.tenant_id', ?, true)`, [role, tenantId]);
+  await bind(OPERATOR_DB_ROLE, tenant?.path);
   const out = await fn();
-  await bind(ownTenant);
+  await bind('none', tenant?.own);
   return out;
 }
 
@@ -109,6 +127,36 @@ export function operatorLimitsRoutes(deps: OperatorLimitsDeps): RouteDef[] {
   return [
     defineRoute({
       method: 'get',
+      path: OPERATOR_TENANT_LIMITS_PATH,
+      summary: `Every tenant's limit overrides (role ${OPERATOR_ROLE}), by tenant id, with cursor pagination: only tenants with a row (PUT), each as GET shows it`,
+      tags: TAGS,
+      roles: [OPERATOR_ROLE],
+      query: listQuery,
+      responses: {
+        200: { description: 'A page of tenants with overrides, ordered by tenant_id ascending; a tenant whose overrides were deleted is absent', schema: limitsPage },
+        400: { description: 'A bad or unknown query parameter: `limit` not a whole number 1–100, or a `cursor` this API did not issue' },
+        ...operatorOnly,
+      },
+      async handler({ em, query }) {
+        // Ordered by the primary key: a position no PUT moves, so paging reads every row present
+        // throughout exactly once (one set or removed meanwhile may or may not appear).
+        const after = readKeyCursor(query.cursor);
+        const rows = await asOperator(em, () =>
+          em.execute<(LimitsRow & { tenant_id: string })[]>(
+            `select tenant_id, ${COLUMNS} from tenant_limits${after ? ' where tenant_id > ?::uuid' : ''} order by tenant_id limit ?`,
+            after ? [after, query.limit + 1] : [query.limit + 1],
+          ),
+        );
+        const page = rows.slice(0, query.limit);
+        const body: LimitsPage = {
+          items: page.map((r) => toView(r.tenant_id, r, deps.defaults)),
+          next_cursor: nextKeyCursor(page[page.length - 1]?.tenant_id, rows.length > query.limit),
+        };
+        return { status: 200, body };
+      },
+    }),
+    defineRoute({
+      method: 'get',
       path: PATH,
       summary: `A tenant's limits (role ${OPERATOR_ROLE}): what applies, and which values are overrides`,
       tags: TAGS,
@@ -116,9 +164,10 @@ export function operatorLimitsRoutes(deps: OperatorLimitsDeps): RouteDef[] {
       params: tenantParam,
       responses: { 200: { description: "The tenant's limits", schema: limitsView }, ...operatorOnly },
       async handler({ em, params, principal }) {
-        const [row] = await asTenant(em, params.tenant_id, principal.tenantId, () =>
-          em.execute<LimitsRow[]>(`select ${COLUMNS} from tenant_limits where tenant_id = ?`, [params.tenant_id]),
-        );
+        const [row] = await asOperator(em, () => em.execute<LimitsRow[]>(`select ${COLUMNS} from tenant_limits where tenant_id = ?`, [params.tenant_id]), {
+          path: params.tenant_id,
+          own: principal.tenantId,
+        });
         return { status: 200, body: toView(params.tenant_id, row, deps.defaults) };
       },
     }),
@@ -138,7 +187,7 @@ export function operatorLimitsRoutes(deps: OperatorLimitsDeps): RouteDef[] {
       },
       async handler({ req, em, params, principal, body, afterCommit }) {
         const b: LimitsBody = body;
-        const [previous, row] = await asTenant(em, params.tenant_id, principal.tenantId, async () => {
+        const [previous, row] = await asOperator(em, async () => {
           // Two PUTs for a tenant without a row would both read none (FOR UPDATE locks no row): a lock per
           // tenant, held to the commit, orders them, so the audit's `previous` is what the other one stored.
           // It travels with the read (no round trip more).
@@ -152,7 +201,7 @@ export function operatorLimitsRoutes(deps: OperatorLimitsDeps): RouteDef[] {
             [params.tenant_id, b.max_active_runs, b.max_runs_in_flight, principal.sub],
           );
           return [before, after] as const;
-        });
+        }, { path: params.tenant_id, own: principal.tenantId });
         afterCommit(async () => {
           auditChange(req, principal, params.tenant_id, previous, row);
           await deps.publishActiveRuns(params.tenant_id, b.max_active_runs);
@@ -174,9 +223,10 @@ export function operatorLimitsRoutes(deps: OperatorLimitsDeps): RouteDef[] {
         422: { description: 'A body was sent: this operation takes none' },
       },
       async handler({ req, em, params, principal, afterCommit }) {
-        const [previous] = await asTenant(em, params.tenant_id, principal.tenantId, () =>
-          em.execute<LimitsRow[]>(`delete from tenant_limits where tenant_id = ? returning ${COLUMNS}`, [params.tenant_id]),
-        );
+        const [previous] = await asOperator(em, () => em.execute<LimitsRow[]>(`delete from tenant_limits where tenant_id = ? returning ${COLUMNS}`, [params.tenant_id]), {
+          path: params.tenant_id,
+          own: principal.tenantId,
+        });
         afterCommit(async () => {
           if (previous) auditChange(req, principal, params.tenant_id, previous, undefined);
           await deps.publishActiveRuns(params.tenant_id, null);

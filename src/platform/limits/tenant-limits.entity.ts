@@ -1,5 +1,5 @@
 import { defineEntity, p } from '@mikro-orm/core';
-import { SYSTEM_ROLE, tenantIdProperty, tenantIsolationPolicy } from '../db/tenant-owned.ts';
+import { OPERATOR_DB_ROLE, SYSTEM_ROLE, tenantIdProperty, tenantIsolationPolicy } from '../db/tenant-owned.ts';
 
 /** The bounds an override may take: WORKER_MAX_ACTIVE_RUNS_PER_TENANT's own maximum, and a million runs in flight. */
 export const MAX_ACTIVE_RUNS_OVERRIDE = 100_000;
@@ -35,5 +35,9 @@ export const TenantLimitsRow = defineEntity({
     // The workers' re-seed of the Redis copy (ADR 0014): as the NOLOGIN system role, every tenant's
     // active-run override (the columns granted to it), never a write.
     { name: 'tenant_limits_system_read', command: 'select', roles: [SYSTEM_ROLE], using: 'true' },
+    // The operator listing (GET /api/v1/operator/tenant-limits): as the NOLOGIN operator role, which only
+    // the operator routes take on, every tenant's row. Its writes have no policy of their own: the
+    // isolation policy binds them to the tenant the route names (the application role may not write at all).
+    { name: 'tenant_limits_operator_read', command: 'select', roles: [OPERATOR_DB_ROLE], using: 'true' },
   ],
 });
