@@ -1,4 +1,4 @@
-import { createHash } from 'node:crypto';
+import { hash } from 'node:crypto';
 import canonicalizeImport from 'canonicalize';
 
 // canonicalize ships CommonJS with a default export; normalise across module systems.
@@ -11,6 +11,11 @@ export function canonicalJson(value: unknown): string {
   return out;
 }
 
+/**
+ * SHA-256 in lower-case hex. The one-shot `crypto.hash` gives the same digest as createHash/update/digest
+ * without building a Hash object: every keyed POST hashes twice (its fingerprint and its submission
+ * hash), and the object was most of the cost (docs/performance.md, session 23).
+ */
 export function sha256Hex(input: string | Buffer): string {
-  return createHash('sha256').update(input).digest('hex');
+  return hash('sha256', input, 'hex');
 }

@@ -45,12 +45,12 @@ export interface Child {
 }
 
 /** Spawns a benchmark child process (Node, same binary) with an IPC channel. */
-export function spawnChild(entry: string, opts: { name: string; env: Record<string, string>; args?: string[]; nodeArgs?: string[]; readyTimeoutMs?: number }): Child {
+export function spawnChild(entry: string, opts: { name: string; env: Record<string, string>; args?: string[]; nodeArgs?: string[]; readyTimeoutMs?: number; cwd?: string }): Child {
   mkdirSync(LOG_DIR, { recursive: true });
   const logPath = join(LOG_DIR, `${String(++seq).padStart(3, '0')}-${opts.name}.log`);
   const logFd = openSync(logPath, 'a');
   const proc = spawn(process.execPath, [...(opts.nodeArgs ?? []), entry, ...(opts.args ?? [])], {
-    cwd: ROOT,
+    cwd: opts.cwd ?? ROOT,
     env: { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '/tmp', ...opts.env },
     stdio: ['ignore', logFd, logFd, 'ipc'],
   });
