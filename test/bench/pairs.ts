@@ -6,7 +6,8 @@
  * alternating rounds (ABBA…) in one process: on a VM whose speed drifts from minute to minute, a
  * setting's effect is read from pairs of rounds taken moments apart, not from two runs minutes apart.
  * Prints each round (runs/s; CPU per run of the worker, producer, PostgreSQL and Redis together;
- * PostgreSQL's alone; the whole machine's, from /proc/stat) and each side's means. Used for the
+ * PostgreSQL's alone; the worker process's alone, what the engine's throughput follows; the whole
+ * machine's, from /proc/stat) and each side's means. Used for the
  * concurrency decision in docs/performance.md; everything it creates is removed at the end.
  */
 import { readFileSync } from 'node:fs';
@@ -37,13 +38,13 @@ try {
     targets.push(await openEngine({ db: await dbs.clone(`pair${i}`), prefix }, 1, env));
   }
   const rows: number[][][] = [[], []];
-  console.log('side\truns/s\tCPU ms/run\tPostgreSQL ms/run\tmachine ms/run');
+  console.log('side\truns/s\tCPU ms/run\tPostgreSQL ms/run\tworker ms/run\tmachine ms/run');
   for (let r = 0; r < rounds; r++) {
     for (const i of r % 2 ? [1, 0] : [0, 1]) {
       const m0 = machineBusyMs();
       const out = await targets[i]!.run({ total, inFlight: 100, warmup: 100, accounting: false });
       const n = out.result.runs;
-      const row = [out.result.runsPerSec, (out.workerCpuMs + out.localCpuMs + out.pgCpuMs + out.redisCpuMs) / n, out.pgCpuMs / n, (machineBusyMs() - m0) / n];
+      const row = [out.result.runsPerSec, (out.workerCpuMs + out.localCpuMs + out.pgCpuMs + out.redisCpuMs) / n, out.pgCpuMs / n, out.workerCpuMs / n, (machineBusyMs() - m0) / n];
       rows[i]!.push(row);
       console.log(`${i ? 'B' : 'A'}\t${row.map((x) => x.toFixed(2)).join('\t')}`);
     }

@@ -74,11 +74,30 @@ export function groupKey(statements: readonly Statement[]): string | undefined {
   if (!SETTINGS.test(settings!.text) || !settings!.values) return undefined;
   const names = settings!.values.filter((_, i) => i % 2 === 0);
   if (names.length * 2 !== settings!.values.length || !names.includes(TENANT_SETTING) || !names.every((n) => typeof n === 'string' && /^[a-z0-9_.]+$/.test(n))) return undefined;
-  for (const s of statements.slice(2, -1)) {
-    if (!MARKED(s.text) || s.values === undefined || SESSION_CHANGING.test(s.text)) return undefined;
+  for (let i = 2; i < statements.length - 1; i++) {
+    const s = statements[i]!;
+    if (s.values === undefined || !groupableText(s.text)) return undefined;
   }
   return names.join(',');
 }
+
+/**
+ * Whether a statement's text may be a group's member: marked, and changing nothing beyond itself. A
+ * pure function of the text, remembered per text: the platform's marked statements are a few fixed
+ * texts (a step's checkpoint with its CTEs runs to a thousand characters), and scanning each of them
+ * with SESSION_CHANGING for every transaction was 1.6 % of a worker's profile samples (session 23,
+ * docs/performance.md). Bounded: past the bound, texts are tested each time, as before.
+ */
+function groupableText(text: string): boolean {
+  let ok = groupable.get(text);
+  if (ok === undefined) {
+    ok = MARKED(text) && !SESSION_CHANGING.test(text);
+    if (groupable.size < MAX_REMEMBERED_TEXTS) groupable.set(text, ok);
+  }
+  return ok;
+}
+const groupable = new Map<string, boolean>();
+const MAX_REMEMBERED_TEXTS = 1_000;
 
 export class GroupCommit {
   readonly options: GroupCommitOptions;

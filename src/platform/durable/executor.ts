@@ -6,6 +6,7 @@ import { ZodError } from 'zod';
 import { AppError, coerceError, isConnectivityError } from '../errors/app-error.ts';
 import { systemEm, tenantEm } from '../db/tenant-em.ts';
 import { holdingInserts } from '../db/coalescing-client.ts';
+import { stepTransaction } from '../db/step-transaction.ts';
 import { requestContext } from '../tenancy/request-context.ts';
 import { ATTR } from '../telemetry/attributes.ts';
 import { NonDeterminismError, RunNotVisibleError, WorkflowVersionUnavailableError, isRunNoLongerActive, isStaleStart, isUniqueViolation, recordedError, sqlStateOf } from './errors.ts';
@@ -150,7 +151,7 @@ export class StepExecutor {
       let span: Span | undefined;
       const started = performance.now();
       try {
-        const done = await em.transactional(async (tx) => {
+        const done = await stepTransaction(em, async (tx) => {
           if (!state) state = await loadRunState(tx, wf, d);
           // A job of an earlier generation of a run retried since (ADR 0009): the retry's job carries it.
           if ((d.retry ?? 0) !== state.run.retry_count) return { kind: 'superseded' as const };
