@@ -4,6 +4,7 @@ import pg from 'pg';
 import { api, CLASS_A_SUBMISSION, CLASS_C_SUBMISSION, newTenant, SAMPLE_SUBMISSION, startStack, type TestStack } from '../helpers/stack.ts';
 import { waitFor } from '../helpers/poll.ts';
 import { namedJobId } from '../../src/platform/queue/job-ids.ts';
+import { TIMER_QUEUE } from '../../src/platform/queue/timers.ts';
 import { evidenceHash } from '../../src/modules/evidence/evidence.service.ts';
 
 /**
@@ -44,11 +45,11 @@ async function decide(approvalId: string, decision: 'approve' | 'reject', token:
     headers: { 'Idempotency-Key': key },
   });
 }
-/** The run's SLA timer in the golden-path queue (its job id derives from the run's idempotency hash). */
+/** The run's SLA timer in the timers queue (ADR 0015; its job id derives from the run's idempotency hash). */
 async function slaTimer(runId: string) {
   const { rows } = await stack.db.admin(`select idempotency_hash from durable_runs where id = $1`, [runId]);
   const id = namedJobId('gp', rows[0].idempotency_hash, 'sla');
-  const queue = stack.container.queues.get('golden-path')!;
+  const queue = stack.container.queues.get(TIMER_QUEUE)!;
   return { state: () => queue.getJobState(id) };
 }
 /** Submits and waits until the run waits for its approval; returns the run and its approval request id. */

@@ -12,6 +12,7 @@ import type { Server } from 'node:http';
 import { createApp } from '../../src/app.ts';
 import { createContainer, type Container } from '../../src/container.ts';
 import { namedJobId, stepJobId } from '../../src/platform/queue/job-ids.ts';
+import { TIMER_QUEUE } from '../../src/platform/queue/timers.ts';
 import { api, CLASS_A_SUBMISSION, newTenant, SAMPLE_SUBMISSION, startStack, type TestStack, type WorkerHandle } from '../helpers/stack.ts';
 import { waitFor } from '../helpers/poll.ts';
 import { jsonLines } from '../helpers/api-process.ts';
@@ -70,10 +71,10 @@ async function firstJobOf(runId: string) {
   const id = stepJobId('gp', rows[0].idempotency_hash, 1, V1_STEPS[0]!);
   return { queue, id, job: () => queue.getJob(id) };
 }
-/** The run's SLA timer in the golden-path queue (its id derives from the run's idempotency hash). */
+/** The run's SLA timer in the timers queue (ADR 0015; its id derives from the run's idempotency hash). */
 async function slaTimerOf(runId: string) {
   const { rows } = await stack.db.admin(`select idempotency_hash from durable_runs where id = $1`, [runId]);
-  const queue = stack.container.queues.get('golden-path')!;
+  const queue = stack.container.queues.get(TIMER_QUEUE)!;
   return { queue, job: () => queue.getJob(namedJobId('gp', rows[0].idempotency_hash, 'sla')) };
 }
 /** This worker's log lines of one message (about one run, if given). */
