@@ -116,7 +116,19 @@ export async function startEnvironment(opts: EnvironmentOptions): Promise<Enviro
   for (let i = 0; i < opts.workers; i++) startWorker(i);
 
   const baseUrl = `http://127.0.0.1:${port}`;
-  await waitFor(async () => (await fetch(`${baseUrl}/readyz`).catch(() => undefined))?.status === 200, { timeoutMs: 60_000, intervalMs: 200, what: 'the API to be ready' });
+  try {
+    await waitFor(async () => (await fetch(`${baseUrl}/readyz`).catch(() => undefined))?.status === 200, { timeoutMs: 60_000, intervalMs: 200, what: 'the API to be ready' });
+  } catch (err) {
+    // A deployment that never became ready must not outlive its test: its API and workers (restarted on
+    // exit otherwise), database and own servers go with it; the directory's logs stay for the diagnosis.
+    stopping = true;
+    await Promise.allSettled([api!.stop(), ...workers.map((w) => w.stop())]);
+    await db.drop().catch((e) => opts.log(`could not drop ${db.name}: ${(e as Error).message}`));
+    await ownRedis?.stop();
+    await ownPostgres?.stop();
+    opts.log(`the deployment never became ready; its logs are in ${dir}`);
+    throw err;
+  }
 
   const monitor = new pg.Pool({ connectionString: db.adminDbUrl, max: 2 });
   monitor.on('error', () => {});
