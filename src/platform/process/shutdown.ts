@@ -16,32 +16,50 @@ export function onShutdown(logger: Logger, graceMs: number, close: () => Promise
     if (closing) {
       // What the close had not finished is carried on elsewhere: a worker's jobs once their locks lapse.
       logger.error({ signal }, 'second signal while shutting down: exiting at once, without finishing the shutdown');
-      logger.flush?.();
-      process.exit(1);
+      exitAfterFlush(logger, 1);
+      return;
     }
     closing = true;
     logger.info({ signal }, 'shutting down');
     const hard = setTimeout(() => {
       logger.error('shutdown took too long; exiting');
-      process.exit(1);
+      exitAfterFlush(logger, 1);
     }, graceMs + 10_000);
     hard.unref();
     close()
       .then(() => shutdownTelemetry())
       .then(() => {
         logger.info('shut down cleanly');
-        logger.flush?.();
-        process.exit(0);
+        exitAfterFlush(logger, 0);
       })
       .catch((err) => {
         logger.error({ err }, 'shutdown failed');
-        process.exit(1);
+        exitAfterFlush(logger, 1);
       });
   };
   process.on('SIGTERM', () => handler('SIGTERM'));
   process.on('SIGINT', () => handler('SIGINT'));
   // From here on these handle every signal: the start-up ones (which end a start at once) go.
   releaseEarlySignals();
+}
+
+/** How long an exit waits for the log's buffered lines to be written (a stdout nobody reads must not hold it). */
+const FLUSH_BEFORE_EXIT_MS = 1_000;
+
+/**
+ * Exits with `code` once the log's buffered lines are written. The logger's destination is
+ * asynchronous (logger.ts): a `flush()` without a callback only starts the write, and an exit right
+ * after it could lose the process's last lines — 'shut down cleanly' among them (seen in CI).
+ */
+function exitAfterFlush(logger: Logger, code: number): void {
+  const exit = () => process.exit(code);
+  setTimeout(exit, FLUSH_BEFORE_EXIT_MS);
+  if (typeof logger.flush !== 'function') return exit();
+  try {
+    logger.flush(() => exit());
+  } catch {
+    exit();
+  }
 }
 
 /**
