@@ -11,6 +11,7 @@ import { entities } from '../../src/entities.ts';
 import { CoalescingClient } from '../../src/platform/db/coalescing-client.ts';
 import { holdTable } from '../helpers/table-lock.ts';
 import { waitFor } from '../helpers/poll.ts';
+import { sent } from '../helpers/pg-messages.ts';
 
 /**
  * Group commit (src/platform/db/group-commit.ts, ADR 0007) against the real PostgreSQL as the
@@ -38,20 +39,6 @@ const RUN_INSERT = `insert into durable_runs (id, tenant_id, workflow, workflow_
 const insertRun = (tenant: string, id: string, rowTenant = tenant) =>
   tenantEm(orm, tenant).transactional((tx) => tx.execute<{ id: string; t: string }[]>(`${LAST_IN_TRANSACTION}${RUN_INSERT}`, [id, rowTenant, randomUUID()]));
 
-/** Messages the clients send while `fn` runs. */
-async function sent<T>(fn: () => Promise<T>): Promise<{ result: T; texts: string[] }> {
-  const texts: string[] = [];
-  const original = pg.Client.prototype.query;
-  pg.Client.prototype.query = function (this: pg.Client, config: any, ...rest: any[]) {
-    texts.push(typeof config === 'string' ? config : String(config?.text ?? config));
-    return (original as any).call(this, config, ...rest);
-  } as any;
-  try {
-    return { result: await fn(), texts };
-  } finally {
-    pg.Client.prototype.query = original;
-  }
-}
 
 const stored = async (ids: string[]) => (await stack.db.admin(`select id, tenant_id from durable_runs where id = any($1::uuid[]) order by id`, [ids])).rows as Array<{ id: string; tenant_id: string }>;
 

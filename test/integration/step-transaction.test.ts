@@ -1,12 +1,12 @@
 import { afterAll, describe, expect, it } from 'vitest';
 import { randomUUID } from 'node:crypto';
-import pg from 'pg';
 import type { EntityManager } from '@mikro-orm/postgresql';
 import { startStack } from '../helpers/stack.ts';
 import { createOrm } from '../../src/platform/db/orm.ts';
 import { tenantEm } from '../../src/platform/db/tenant-em.ts';
 import { stepTransaction } from '../../src/platform/db/step-transaction.ts';
 import { entities } from '../../src/entities.ts';
+import { sent } from '../helpers/pg-messages.ts';
 
 /**
  * stepTransaction (src/platform/db/step-transaction.ts), the executor's transaction per step, against
@@ -21,20 +21,6 @@ afterAll(async () => {
   await stack.stop();
 });
 
-/** The messages the clients send while `fn` runs. */
-async function sent<T>(fn: () => Promise<T>): Promise<{ result: T; texts: string[] }> {
-  const texts: string[] = [];
-  const original = pg.Client.prototype.query;
-  pg.Client.prototype.query = function (this: pg.Client, config: any, ...rest: any[]) {
-    texts.push(typeof config === 'string' ? config : String(config?.text ?? config));
-    return (original as any).call(this, config, ...rest);
-  } as any;
-  try {
-    return { result: await fn(), texts };
-  } finally {
-    pg.Client.prototype.query = original;
-  }
-}
 
 const insertRun = (tx: EntityManager, id: string, tenant: string) =>
   tx.execute(
