@@ -126,8 +126,10 @@ describe('cancelling, retrying and listing partner offboardings through the API'
     // The run's job goes on with step 2, whose checkpoint refuses to commit on a cancelled run: the job ends, completed, with no step after it.
     const job = await waitFor(
       async () => {
-        const j = await stack.container.queues.get(PARTNER_OFFBOARDING_QUEUE)!.getJob(stepJobId('po', hash, 1, STEPS[0]!));
-        return j && (await j.getState()) === 'completed' ? j : undefined;
+        // The state first, then the job: a job read before it completed keeps returnvalue null.
+        const queue = stack.container.queues.get(PARTNER_OFFBOARDING_QUEUE)!;
+        const jobId = stepJobId('po', hash, 1, STEPS[0]!);
+        return (await queue.getJobState(jobId)) === 'completed' ? await queue.getJob(jobId) : undefined;
       },
       { timeoutMs: 30_000, what: "the run's job to end" },
     );

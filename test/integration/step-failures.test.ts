@@ -44,7 +44,8 @@ async function failedLog(w: WorkerHandle, runId: string): Promise<void> {
 async function failedJob(run: RunRow) {
   return waitFor(async () => {
     const j = await jobOf(stack, run, 1);
-    return j && (await j.getState()) === 'failed' ? j : undefined;
+    // Read again once failed: a job read before it failed keeps failedReason and finishedOn unset.
+    return j && (await j.getState()) === 'failed' ? jobOf(stack, run, 1) : undefined;
   }, { timeoutMs: 30_000, what: 'the job to fail' });
 }
 

@@ -362,7 +362,8 @@ describe('webhook endpoint update and delete: deliveries, with a worker and a re
       const j = await queue().getJob(deliveryJobId(deliveryId, 0));
       const state = j ? await j.getState() : 'unknown';
       expect(state).not.toBe('failed');
-      return state === 'completed' ? j!.returnvalue : undefined;
+      // Read again once completed: a job read before it completed keeps returnvalue null.
+      return state === 'completed' ? (await queue().getJob(deliveryJobId(deliveryId, 0)))!.returnvalue : undefined;
     }, { timeoutMs: 30_000, what: `delivery ${deliveryId}'s job to complete` });
 
   it("a URL changed after a failed attempt: the delivery's next attempt goes to the new URL (signed with the same secret); events changed: only future events follow them", async () => {
