@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { hostname } from 'node:os';
 import { Queue, type Telemetry } from 'bullmq';
 import type { Redis } from 'ioredis';
-import type { Config } from './platform/config/config.ts';
+import { poolMaxFor, type Config } from './platform/config/config.ts';
 import { createOrm, type MikroORM } from './platform/db/orm.ts';
 import { createLogger, type Logger } from './platform/telemetry/logger.ts';
 import { createRedis } from './platform/queue/connections.ts';
@@ -67,13 +67,9 @@ export async function createContainer(
   // The SLA scheduler's queues (timers, and the golden-path queue of older releases' timers) are created lazily (below), once Redis is connected.
   const fromModules = workflowsFor(config, { queue: (name) => queue(name) });
   const workflows = [...(opts.workflows ? opts.workflows(fromModules) : fromModules), ...(opts.extraWorkflows ?? [])];
-  // A worker runs WORKER_CONCURRENCY jobs on each workflow queue it serves (one BullMQ Worker per queue;
-  // WORKER_QUEUES, else all), each holding a connection per step transaction; the sweeper and maintenance need two more.
-  // Webhook deliveries (their own WORKER_CONCURRENCY slots) are not counted: each holds a connection only
-  // for two short transactions, never during its POST (ADR 0013). Nor are timers (WORKER_TIMER_CONCURRENCY):
-  // one short transaction each (ADR 0015).
+  // A worker's default pool counts the workflow queues it serves (WORKER_QUEUES, else all) and its timers (poolMaxFor).
   const servedQueues = opts.service === 'worker' ? servedRunQueues(workflows, config.WORKER_QUEUES) : [];
-  const poolMax = config.DATABASE_POOL_MAX ?? (opts.service === 'worker' ? config.WORKER_CONCURRENCY * Math.max(1, servedQueues.length) + 2 : 10);
+  const poolMax = poolMaxFor(config, opts.service, servedQueues.length);
   const orm = await createOrm(config, { entities, poolMax });
   const redis = createRedis(config.REDIS_URL, 'producer', `dealix-${opts.service}`);
   const telemetry = bullmqTelemetry();

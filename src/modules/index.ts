@@ -15,7 +15,7 @@ import { TIMER_QUEUE } from '../platform/queue/timers.ts';
 import { goldenPathRoutes } from './golden-path/golden-path.routes.ts';
 import { GOLDEN_PATH_QUEUE, goldenPathWorkflow } from './golden-path/golden-path.workflow.ts';
 import { approvalPacketStep, type SlaScheduler } from './approvals/approval-packet.step.ts';
-import { ApprovalService, closePendingRequest } from './approvals/approval.service.ts';
+import { ApprovalService, releaseRequest } from './approvals/approval.service.ts';
 import { approvalRoutes } from './approvals/approvals.routes.ts';
 import { approvalPolicyRoutes } from './approvals/approval-policy.routes.ts';
 import { SLA_JOB_NAME } from './approvals/approval.constants.ts';
@@ -126,11 +126,9 @@ export function workflowsFor(config: Config, deps: { queue: (name: string) => Qu
       const deadline = new Date(req.sla_deadline);
       await inRunTrace(req, () => sla.schedule({ tenantId: req.tenant_id, runId, approvalRequestId: '', idempotencyHash: req.idempotency_hash, deadline }));
     }, slaJobId,
-    // A run that fails for good while it waits leaves no request open that no one may decide. Its SLA
-    // timer stays and finds the request closed when it fires (expire: not_pending).
-    async (em, { tenantId, runId }) => {
-      await closePendingRequest(em, tenantId, runId);
-    }),
+    // A run that fails for good while it waits leaves no request open that no one may decide, and,
+    // once the failure has committed, no SLA timer to fire (from both queues, as a cancel).
+    (em, { tenantId, runId }) => releaseRequest(em, tenantId, runId, sla)),
     partnerOffboardingWorkflow(),
   ];
 }

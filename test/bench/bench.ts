@@ -12,7 +12,9 @@
 import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import { join } from 'node:path';
-import { parseConfig } from '../../src/platform/config/config.ts';
+import { parseConfig, poolMaxFor } from '../../src/platform/config/config.ts';
+import { workflowsFor } from '../../src/modules/index.ts';
+import { servedRunQueues } from '../../src/platform/durable/worker-host.ts';
 import { BenchDatabases, deletePrefix } from './lib/bench-db.ts';
 import { oursEnv, productionNodeFlags } from './lib/ours.ts';
 import { LOG_DIR, ROOT } from './lib/children.ts';
@@ -39,7 +41,9 @@ const results: Results = {
   errors: {},
   settings: {
     workerConcurrency: defaults.WORKER_CONCURRENCY,
-    poolMax: defaults.DATABASE_POOL_MAX ?? defaults.WORKER_CONCURRENCY + 2,
+    // A bench worker's pool as createContainer sizes it: the workflow queues it serves and its timers
+    // counted (this read WORKER_CONCURRENCY + 2 while the workers pooled more). The queue factory is never called here.
+    poolMax: poolMaxFor(defaults, 'worker', servedRunQueues(workflowsFor(defaults, { queue: () => { throw new Error('no queue in the bench driver'); } }), defaults.WORKER_QUEUES).length),
     lockDurationMs: defaults.WORKER_LOCK_DURATION,
     stalledIntervalMs: defaults.WORKER_STALLED_INTERVAL,
     groupCommitInFlight: defaults.DATABASE_GROUP_COMMIT_IN_FLIGHT,

@@ -19,6 +19,7 @@ import { jobHandlersFor } from '../../src/modules/index.ts';
 import { Sweeper } from '../../src/platform/durable/sweeper.ts';
 import { GOLDEN_PATH, GOLDEN_PATH_QUEUE } from '../../src/modules/golden-path/golden-path.workflow.ts';
 import type { WorkflowDef } from '../../src/platform/durable/workflow.ts';
+import { DEFER_UNTIL_NEXT } from '../../src/platform/db/markers.ts';
 
 const LONG = 120_000;
 const STEPS = ['partner-dossier', 'economics-model', 'approval-packet', 'evidence-pack'];
@@ -53,9 +54,10 @@ describe('retrying a failed run through the API', () => {
   const queue = () => stack.container.queues.get(GOLDEN_PATH_QUEUE)!;
 
   /** Runs the golden path in this process under `ctl`; stopped after the test (or by the test). */
-  function host(ctl: Control) {
+  function host(ctl: Control, wrapOnFailed?: (onFailed: NonNullable<WorkflowDef['onFailed']>) => WorkflowDef['onFailed']) {
     const wf: WorkflowDef = wrappedGoldenPath(stack, controlledStep(ctl));
     if (ctl.renamedFirst) wf.steps[0] = { ...wf.steps[0]!, name: `${STEPS[0]}-v2` };
+    if (wrapOnFailed) wf.onFailed = wrapOnFailed(wf.onFailed!);
     // The SLA timers' handler too: a timer of a run here fires and expires it as a worker's would.
     const h = startRunHost(stack, wf, `retry-test-${randomUUID().slice(0, 8)}`, jobHandlersFor({ orm: stack.container.orm, runtime: stack.container.runtime }));
     hosts.push(h);
@@ -451,20 +453,36 @@ describe('retrying a failed run through the API', () => {
     expect(enteredBy(fixed, id)).toEqual([1, 2, 2, 3, 4]);
   });
 
-  it('a run that failed after its waiting step had committed: its approval request is withdrawn with it; a retry answers 409 run_not_retryable, nothing changes', { timeout: LONG }, async () => {
+  /**
+   * A class B run waiting on its approval, with its SLA timer in the timers queue and a copy of it in
+   * the golden-path queue (where a release before ADR 0015 put it); then a job of the run delivered to
+   * code changed in place (`onFailed` wrapped by `wrap`, if given), which fails it for non-determinism
+   * at the step it waits at: the executor records the failure on that step's checkpoint, which keeps its output.
+   */
+  async function waitingRunFailedByChange(wrap?: (onFailed: NonNullable<WorkflowDef['onFailed']>) => WorkflowDef['onFailed']) {
     const first = host(control());
     const id = await submit(SAMPLE_SUBMISSION); // class B: waits for a human at step 3
     expect((await waitStatus(id, ['waiting', 'failed'])).status).toBe('waiting');
     await first.stop();
-    // A job of the run delivered to code changed in place fails it for non-determinism at the step it
-    // waits at: the executor records the failure on that step's checkpoint, which keeps its output.
+    const timers = stack.container.queues.get(TIMER_QUEUE)!;
+    const timer = await timers.getJob(namedJobId('gp', (await runRow(id)).idempotency_hash, 'sla'));
+    expect(await timer?.getState()).toBe('delayed');
+    await queue().add(timer!.name, timer!.data, { jobId: timer!.id!, delay: 3_600_000 });
     await queue().remove(await jobIdOf(id, 1));
     const changed = control();
     changed.renamedFirst = true;
-    host(changed);
+    const h = host(changed, wrap);
     const run = (await stack.db.admin(`select id, tenant_id, workflow, workflow_version, idempotency_hash, correlation_id, traceparent, retry_count from durable_runs where id = $1`, [id])).rows[0];
     await stack.container.runtime.enqueue(run, 1);
+    return { id, timerId: timer!.id!, timers, host: h };
+  }
+
+  it('a run that failed after its waiting step had committed: its approval request is withdrawn with it, its SLA timer removed from both queues after the commit; a retry answers 409 run_not_retryable, nothing changes', { timeout: LONG }, async () => {
+    const { id, timerId, timers } = await waitingRunFailedByChange();
     expect(await waitStatus(id, ['failed'])).toMatchObject({ error: { code: 'non_determinism', sequence_num: 3 } });
+    // Its SLA timer has nothing left to time: removed after the failure's commit, from the timers
+    // queue and from the golden-path queue (as a cancel removes it), not left to fire as a no-op.
+    await waitFor(async () => (await timers.getJobState(timerId)) === 'unknown' && (await queue().getJobState(timerId)) === 'unknown', { timeoutMs: 10_000, what: 'the SLA timer to be removed from both queues' });
     // Its approval request, which no one may decide any more, closed with the run (withdrawn, in the
     // failure's transaction): approvers no longer see it among the pending ones.
     const [request] = (await stack.db.admin(`select a.id, a.status, a.decided_at, r.completed_at from approval_requests a join durable_runs r on r.id = a.run_id where a.run_id = $1`, [id])).rows;
@@ -481,6 +499,39 @@ describe('retrying a failed run through the API', () => {
     expect(res.json).toMatchObject({ code: 'run_not_retryable', run_status: 'failed' });
     expect(res.json.detail).toContain('step 3 (approval-packet)');
     expect({ run: await runRow(id), checkpoints: await checkpointsOf(id), rows: await domainRows(id) }).toEqual(before);
+  });
+  it("a waiting run whose failure's transaction rolls back: it still waits, its request still pending, and its SLA timer stays in both queues", { timeout: LONG }, async () => {
+    // The hook closes the request and hands back the timer's removal; then the commit fails: a
+    // statement held back to travel with the commit (coalescing-client.ts) fails, so the commit does.
+    const { id, timerId, timers } = await waitingRunFailedByChange((onFailed) => async (em, run) => {
+      const release = await onFailed(em, run);
+      expect(release).toEqual(expect.any(Function));
+      await em.execute(`${DEFER_UNTIL_NEXT}select 1 / 0`);
+      return release;
+    });
+    // The job ends once markFailed has returned, after what would run after a commit.
+    await waitFor(async () => (await queue().getJobState(await jobIdOf(id, 1))) === 'failed', { timeoutMs: 60_000, what: "the run's job to fail" });
+    expect((await runRow(id)).status).toBe('waiting');
+    expect((await stack.db.admin(`select status from approval_requests where run_id = $1`, [id])).rows).toEqual([{ status: 'pending' }]);
+    expect(await timers.getJobState(timerId)).toBe('delayed');
+    expect(await queue().getJobState(timerId)).toBe('delayed');
+  });
+  it('a waiting run that fails for good while Redis refuses its timer\'s removal: the run still fails and its request is withdrawn; the timer left behind fires as a no-op', { timeout: LONG }, async () => {
+    const { id, timerId, timers } = await waitingRunFailedByChange((onFailed) => async (em, run) => {
+      await onFailed(em, run);
+      return async () => {
+        throw new Error('Redis unreachable');
+      };
+    });
+    expect(await waitStatus(id, ['failed'])).toMatchObject({ error: { code: 'non_determinism', sequence_num: 3 } });
+    await waitFor(async () => (await queue().getJobState(await jobIdOf(id, 1))) === 'failed', { timeoutMs: 60_000, what: "the run's job to fail" });
+    expect((await stack.db.admin(`select status from approval_requests where run_id = $1`, [id])).rows).toEqual([{ status: 'withdrawn' }]);
+    // The timer the failure could not remove comes due (promoted here) and changes nothing.
+    await (await timers.getJob(timerId))!.promote();
+    const fired = await waitFor(async () => ((await timers.getJobState(timerId)) === 'completed' ? timers.getJob(timerId) : undefined), { timeoutMs: 30_000, what: 'the timer left behind to fire' });
+    expect(fired!.returnvalue).toEqual({ outcome: 'not_pending' });
+    expect((await runRow(id)).status).toBe('failed');
+    expect((await stack.db.admin(`select status from approval_requests where run_id = $1`, [id])).rows).toEqual([{ status: 'withdrawn' }]);
   });
   it('a class B run approved by a human whose last step then failed for good: retried, only the last step runs again; the decision and its request stay as they were', { timeout: LONG }, async () => {
     const ctl = control([4]);

@@ -11,16 +11,17 @@ import { TEST_JWT_SECRET, TEST_REDIS_URL } from '../helpers/env.ts';
 
 /**
  * A worker process runs WORKER_CONCURRENCY run jobs on each workflow queue (one BullMQ Worker per
- * queue), each step in a transaction holding a connection: its default pool must hold them all, plus
- * the sweeper's and maintenance's two. With a second workflow on a queue of its own (partner
- * offboarding) the default was still WORKER_CONCURRENCY + 2: under load on both queues, half the
- * steps waited for a connection.
+ * queue), each step in a transaction holding a connection, and WORKER_TIMER_CONCURRENCY SLA timers,
+ * each one transaction: its default pool must hold them all, plus the sweeper's and maintenance's two.
+ * With a second workflow on a queue of its own (partner offboarding) the default was still
+ * WORKER_CONCURRENCY + 2: under load on both queues, half the steps waited for a connection; and
+ * without the timers counted, a timer that came due waited for one behind the run jobs.
  */
 let db: TestDatabase;
 let container: Container;
 let worker: WorkerProcess | undefined;
 const prefix = `t${randomBytes(5).toString('hex')}`;
-const baseEnv = () => ({ NODE_ENV: 'test', JWT_SECRET: TEST_JWT_SECRET, DATABASE_URL: db.appUrl, MIGRATION_DATABASE_URL: db.ownerUrl, REDIS_URL: TEST_REDIS_URL, QUEUE_PREFIX: prefix, WORKER_CONCURRENCY: '3', LOG_LEVEL: 'silent', OTEL_SDK_DISABLED: 'true' });
+const baseEnv = () => ({ NODE_ENV: 'test', JWT_SECRET: TEST_JWT_SECRET, DATABASE_URL: db.appUrl, MIGRATION_DATABASE_URL: db.ownerUrl, REDIS_URL: TEST_REDIS_URL, QUEUE_PREFIX: prefix, WORKER_CONCURRENCY: '3', WORKER_TIMER_CONCURRENCY: '5', LOG_LEVEL: 'silent', OTEL_SDK_DISABLED: 'true' });
 
 beforeAll(async () => {
   db = await createTestDatabase();
@@ -37,13 +38,15 @@ afterAll(async () => {
   await db?.drop();
 });
 
-it("a worker's default pool holds a connection for every run job it may run at once, on every workflow queue, plus two", async () => {
+it("a worker's default pool holds a connection for every run job and every timer it may run at once, on every workflow queue, plus two", async () => {
   worker = await startWorkerProcess(container);
   const runQueues = new Set(container.workflows.map((w) => w.queue));
   expect(runQueues.size).toBeGreaterThan(1);
   const runJobsAtOnce = worker.workers.filter((w) => runQueues.has(w.name)).reduce((n, w) => n + w.concurrency, 0);
   expect(runJobsAtOnce).toBe(3 * runQueues.size);
-  expect(container.orm.config.get('pool')?.max).toBe(runJobsAtOnce + 2);
+  const timersAtOnce = worker.workers.find((w) => w.name === 'timers')!.concurrency;
+  expect(timersAtOnce).toBe(5);
+  expect(container.orm.config.get('pool')?.max).toBe(runJobsAtOnce + timersAtOnce + 2);
 });
 
 /**
@@ -59,7 +62,7 @@ it('WORKER_QUEUES gives a worker process the named workflow queues only (and tim
     // The timers queue with its own concurrency, not WORKER_CONCURRENCY (ADR 0015): SLA timers fire on any dyno.
     expect(w.workers.map((x) => x.name).sort()).toEqual(['maintenance', 'partner-offboarding', 'timers', 'webhooks']);
     expect(w.workers.find((x) => x.name === 'timers')!.concurrency).toBe(config.WORKER_TIMER_CONCURRENCY);
-    expect(only.orm.config.get('pool')?.max).toBe(3 + 2);
+    expect(only.orm.config.get('pool')?.max).toBe(3 + 5 + 2);
     // The API and the sweeper still know every workflow: a run of another queue is enqueued for the dynos that serve it.
     expect(only.queues.has('golden-path')).toBe(true);
   } finally {

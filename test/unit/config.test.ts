@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
-import { ConfigError, parseConfig } from '../../src/platform/config/config.ts';
+import { ConfigError, parseConfig, poolMaxFor } from '../../src/platform/config/config.ts';
 
 const SECRET = 'a-development-secret-of-32-chars!';
 
@@ -149,5 +149,19 @@ describe('configuration', () => {
     expect(r.status).toBe(1);
     expect(r.stderr).toMatch(/PORT/);
     expect(r.stdout).not.toMatch(/started/);
+  });
+
+  // A worker's SLA timers (WORKER_TIMER_CONCURRENCY, ADR 0015) each hold a connection for their
+  // transaction: left out of the default, a timer that came due waited for one behind the run jobs.
+  it("pools, when DATABASE_POOL_MAX is unset, a worker's run jobs on every queue it serves, its timers, and two; the API 10; a set DATABASE_POOL_MAX wins", () => {
+    const defaults = parseConfig({ JWT_SECRET: SECRET });
+    expect(poolMaxFor(defaults, 'worker', 2)).toBe(8 * 2 + 4 + 2);
+    expect(poolMaxFor(defaults, 'worker', 1)).toBe(8 + 4 + 2);
+    expect(poolMaxFor(parseConfig({ JWT_SECRET: SECRET, WORKER_CONCURRENCY: '3', WORKER_TIMER_CONCURRENCY: '7' }), 'worker', 2)).toBe(3 * 2 + 7 + 2);
+    expect(poolMaxFor(defaults, 'api', 0)).toBe(10);
+    expect(poolMaxFor(defaults, 'tool', 0)).toBe(10);
+    const explicit = parseConfig({ JWT_SECRET: SECRET, DATABASE_POOL_MAX: '5', WORKER_TIMER_CONCURRENCY: '20' });
+    expect(poolMaxFor(explicit, 'worker', 2)).toBe(5);
+    expect(poolMaxFor(explicit, 'api', 0)).toBe(5);
   });
 });

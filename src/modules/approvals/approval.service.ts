@@ -145,10 +145,7 @@ export class ApprovalService {
    * was: that is its history (an approved run cancelled in its next step).
    */
   async runCancelled(em: EntityManager, tenantId: string, runId: string): Promise<(() => Promise<void>) | undefined> {
-    const req = await closePendingRequest(em, tenantId, runId);
-    const sla = this.sla;
-    if (!req?.sla_deadline || !sla) return undefined;
-    return () => sla.cancel({ idempotencyHash: req.idempotency_hash });
+    return releaseRequest(em, tenantId, runId, this.sla);
   }
 
   /**
@@ -260,7 +257,7 @@ function decisionRecord(d: DecisionRow): ApprovalPacket['decisions'][number] {
  * never rewritten as withdrawn. A request already decided stays as it was. Returns the closed
  * request's deadline and its run's idempotency hash (what its SLA timer is keyed by), if one was open.
  */
-export async function closePendingRequest(em: EntityManager, tenantId: string, runId: string): Promise<{ sla_deadline: Date | null; idempotency_hash: string } | undefined> {
+async function closePendingRequest(em: EntityManager, tenantId: string, runId: string): Promise<{ sla_deadline: Date | null; idempotency_hash: string } | undefined> {
   const [req] = await em.execute<{ sla_deadline: Date | null; idempotency_hash: string }[]>(
     `update approval_requests a set status = case when a.sla_deadline <= now() then 'expired' else 'withdrawn' end,
             decided_at = case when a.sla_deadline <= now() then a.sla_deadline else now() end, updated_at = now()
@@ -270,4 +267,16 @@ export async function closePendingRequest(em: EntityManager, tenantId: string, r
     [tenantId, runId],
   );
   return req;
+}
+
+/**
+ * A run ended without its request (a cancel, or a failure for good while it waited): its pending
+ * request is closed in the caller's transaction (closePendingRequest), and the returned function,
+ * called after the commit, removes the request's SLA timer (`sla.cancel`: from the timers queue and
+ * the golden-path queue). Undefined when there is no timer to remove.
+ */
+export async function releaseRequest(em: EntityManager, tenantId: string, runId: string, sla: Pick<SlaScheduler, 'cancel'> | undefined): Promise<(() => Promise<void>) | undefined> {
+  const req = await closePendingRequest(em, tenantId, runId);
+  if (!req?.sla_deadline || !sla) return undefined;
+  return () => sla.cancel({ idempotencyHash: req.idempotency_hash });
 }

@@ -79,7 +79,7 @@ export const configSchema = z
     DATABASE_URL: postgresUrl.default('postgres://dealix_app:dealix_app@127.0.0.1:5432/dealix'),
     MIGRATION_DATABASE_URL: postgresUrl.default('postgres://dealix_owner:dealix_owner@127.0.0.1:5432/dealix'),
     DATABASE_ADMIN_URL: postgresUrl.optional(),
-    // Unset: the API pools 10 connections, a worker WORKER_CONCURRENCY + 2 (its jobs, the sweeper, maintenance).
+    // Unset: the API pools 10 connections, a worker WORKER_CONCURRENCY x its workflow queues + WORKER_TIMER_CONCURRENCY + 2 (poolMaxFor).
     DATABASE_POOL_MAX: z.coerce.number().int().min(1).max(200).optional(),
     DATABASE_STATEMENT_TIMEOUT: duration('30s'),
     // Named prepared statements per connection (ADR 0004); off for a pooler that cannot keep them (PgBouncer < 1.21 in transaction mode).
@@ -226,6 +226,23 @@ export const configSchema = z
   });
 
 export type Config = Readonly<z.output<typeof configSchema>>;
+
+/**
+ * The connections a process pools: DATABASE_POOL_MAX when set, else the API's 10, or a worker's one
+ * connection for every transaction it may hold at once — WORKER_CONCURRENCY run jobs on each of the
+ * `runQueues` workflow queues it serves (one BullMQ Worker per queue, each step a transaction),
+ * WORKER_TIMER_CONCURRENCY timers (one short transaction each, ADR 0015: not counted, a timer waited
+ * behind run jobs for a connection), and two for the sweeper and maintenance. Webhook deliveries are
+ * not counted: each holds a connection only for two short transactions, never during its POST (ADR 0013).
+ */
+export function poolMaxFor(
+  config: Pick<Config, 'DATABASE_POOL_MAX' | 'WORKER_CONCURRENCY' | 'WORKER_TIMER_CONCURRENCY'>,
+  service: 'api' | 'worker' | 'tool',
+  runQueues: number,
+): number {
+  if (config.DATABASE_POOL_MAX !== undefined) return config.DATABASE_POOL_MAX;
+  return service === 'worker' ? config.WORKER_CONCURRENCY * Math.max(1, runQueues) + config.WORKER_TIMER_CONCURRENCY + 2 : 10;
+}
 
 /**
  * The development JWT secrets this repository publishes (.env.example, docker-compose.yml): anyone can

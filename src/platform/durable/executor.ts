@@ -437,7 +437,7 @@ export class StepExecutor {
       throw new UnrecoverableError(err.message);
     }
     if (permanent || lastAttempt) {
-      const recorded = await this.markFailed(d, wf, seq, step?.name ?? d.step, err, attempt, stepRan).catch((me) => {
+      const recorded = await this.markFailed(d, wf, seq, step?.name ?? d.step, err, attempt, stepRan, log).catch((me) => {
         log.error({ err: me }, 'could not record the failure');
         return 'failed' as const;
       });
@@ -472,13 +472,15 @@ export class StepExecutor {
    * `completed-elsewhere` (nothing written) when the step's checkpoint is already completed: another
    * execution of the job committed it; `run-ended` when the run had ended (cancelled) and stays so;
    * `superseded` (nothing written) when the run was retried since the job was added: a job of an
-   * earlier generation that read the run before the retry must not fail the retried run.
+   * earlier generation that read the run before the retry must not fail the retried run. After the
+   * commit, what the workflow's `onFailed` left for then (the SLA timer's removal) is done.
    */
-  private async markFailed(d: StepJobData, wf: WorkflowDef, seq: number, stepName: string, err: Error, attempt: number, stepRan: boolean): Promise<'failed' | 'completed-elsewhere' | 'run-ended' | 'superseded'> {
+  private async markFailed(d: StepJobData, wf: WorkflowDef, seq: number, stepName: string, err: Error, attempt: number, stepRan: boolean, log: Logger): Promise<'failed' | 'completed-elsewhere' | 'run-ended' | 'superseded'> {
     const em = tenantEm(this.o.orm, d.tenant_id);
     const error = recordedError(err);
     // The run's `run.failed` deliveries, inserted with its failure (ADR 0013); enqueued after the commit.
     const deliveries: string[] = [];
+    let release: (() => Promise<void>) | undefined;
     const outcome = await em.transactional(async (tx) => {
       // `for key share`, the lock the checkpoint's foreign key takes anyway: a retry in progress (it holds
       // the row `for update`) is waited for, and then its generation is seen. Failure path only.
@@ -495,11 +497,14 @@ export class StepExecutor {
       if (written.length === 0 && stepRan) return 'completed-elsewhere';
       const failed = await this.o.runtime.complete(tx, d.run_id, 'failed', { error: { ...error, step: stepName, sequence_num: seq } }, deliveries);
       // What the run left open while it waited (a pending approval request) closes with it.
-      if (failed) await wf.onFailed?.(tx, { tenantId: d.tenant_id, runId: d.run_id });
+      if (failed) release = await wf.onFailed?.(tx, { tenantId: d.tenant_id, runId: d.run_id });
       // Only a step's own failure: a failure to read the run (non-determinism, say) would recur on the re-read.
       return failed || !stepRan ? ('failed' as const) : ('run-ended' as const);
     });
     await this.o.runtime.dispatchDeliveries(d.tenant_id, deliveries);
+    // Only once the failure has committed (a rollback keeps the run waiting, and its timer with it).
+    // Best-effort, as a cancel's: a timer left behind finds its request closed when it fires.
+    await release?.().catch((re: unknown) => log.warn({ err: re }, 'could not remove what the failed run left (its SLA timer); it finds the request closed when it fires'));
     return outcome;
   }
 }

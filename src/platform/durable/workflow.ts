@@ -154,9 +154,13 @@ export interface WorkflowDef<In = any> {
    * Called in the transaction that fails a run for good (its step's attempts spent, a permanent
    * error, non-determinism), under the run's tenant, after the run row was locked and moved to
    * `failed`: closes what the run left open while it waited, e.g. a pending approval request that no
-   * one may decide any more. Lock order: the run row, then what the hook touches.
+   * one may decide any more. Lock order: the run row, then what the hook touches. Returns what to do
+   * after the commit (remove the request's SLA timer), if anything, as a cancel's `onCancelled` does:
+   * the executor calls it once the failure has committed, never if it rolled back, best-effort (a
+   * failure is logged; what it would have removed must then be harmless, as a timer that finds its
+   * request closed is).
    */
-  onFailed?(em: EntityManager, run: { tenantId: string; runId: string }): Promise<void>;
+  onFailed?(em: EntityManager, run: { tenantId: string; runId: string }): Promise<(() => Promise<void>) | undefined>;
 }
 
 export function defineWorkflow<In>(def: WorkflowDef<In>): WorkflowDef<In> {
