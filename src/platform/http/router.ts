@@ -15,6 +15,7 @@ import { PROBLEM_CONTENT_TYPE } from './problem.middleware.ts';
 import { rejectUnstorableText } from './json-text.ts';
 import { tenantInFlightLimit } from './tenant-inflight.ts';
 import { startHandlerWork } from './load-shed.ts';
+import { literalSegmentGuards, routeTemplate } from './method-not-allowed.ts';
 
 export interface RouterDeps {
   orm: MikroORM;
@@ -40,10 +41,13 @@ export interface RouterDeps {
 export function buildRouter(routes: RouteDef[], deps: RouterDeps): Router {
   const router = express.Router();
   const tenantCap = tenantInFlightLimit(deps.maxInFlightPerTenant ?? 0);
+  const literalSegmentGuard = literalSegmentGuards(routes);
   const readBody = [express.json({ limit: deps.bodyLimit ?? '64kb', strict: true, type: ['application/json', 'application/*+json'] }), rejectUnstorableText];
   for (const def of routes) {
     const mutating = MUTATING_METHODS.has(def.method);
     const chain: Array<(req: Request, res: Response, next: NextFunction) => unknown> = [
+      // A path id that is another route's literal segment (`GET …/runs/cancel`): 405, before the token.
+      ...(def.params ? [literalSegmentGuard(def)] : []),
       authenticate(deps.verifier, deps.orm, deps.logger, def.roles),
       tenantCap,
       ...(mutating ? readBody : []),
@@ -66,13 +70,7 @@ export function buildRouter(routes: RouteDef[], deps: RouterDeps): Router {
  * naming the parameter, not an undocumented 400.
  */
 function undecodableParam(routes: RouteDef[]) {
-  const escape = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
-  const patterns = routes
-    .filter((def) => def.path.includes('/:'))
-    .map((def) => ({
-      names: [...def.path.matchAll(/:([A-Za-z0-9_]+)/g)].map((m) => m[1]!),
-      re: new RegExp(`^${def.path.split(/:[A-Za-z0-9_]+/).map(escape).join('([^/]+)')}/?$`, 'i'),
-    }));
+  const patterns = routes.filter((def) => def.path.includes('/:')).map((def) => routeTemplate(def.path));
   const decodes = (raw: string) => {
     try {
       decodeURIComponent(raw);
