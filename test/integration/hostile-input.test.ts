@@ -463,6 +463,17 @@ describe('hostile input on every endpoint', () => {
         if (method !== 'HEAD') expect(JSON.parse(res.text)).toMatchObject({ status: 405, code: 'method_not_allowed' });
       }
     }
+    // OPTIONS says the same as a 405's Allow (Express's own answer listed GET for …/runs/cancel).
+    for (const [path, allow] of [
+      ['/api/v1/golden-path/runs/cancel', 'POST'],
+      ['/api/v1/golden-path/runs', 'GET, HEAD'],
+      [`/api/v1/golden-path/runs/${randomUUID()}`, 'GET, HEAD'],
+    ] as const) {
+      const res = await send({ method: 'OPTIONS', path, headers: {}, body: undefined });
+      expect(res.headers.allow, `OPTIONS ${path}`).toBe(allow);
+      expect(res.status, `OPTIONS ${path}`).toBe(204);
+    }
+    expect((await send({ method: 'OPTIONS', path: '/api/v1/nothing-here', headers: {}, body: undefined })).status).toBe(404);
     // A path id that is no UUID and names no other route is still the documented 404 validation_failed.
     const bad = await send({ method: 'GET', path: '/api/v1/golden-path/runs/not-a-run', headers: auth, body: undefined });
     expect(bad.status).toBe(404);
