@@ -115,7 +115,9 @@ function validate(def: RouteDef) {
       res.locals.params = def.params ? canonicalParams(def.params, parseOrThrow(def.params, req.params, 'path parameters', 404)) : req.params;
       // A route without query parameters takes none: one sent is refused (400), never ignored (docs/api.md).
       res.locals.query = parseOrThrow(def.query ?? NO_QUERY, req.query, 'query parameters');
-      if (def.body) res.locals.body = parseOrThrow(def.body, req.body, 'request body', 422);
+      // A route whose body is optional (rotate-secret) reads none as `{}`, as a route without a body
+      // does: no body, `{}` and the defaults spelled out are one request under one Idempotency-Key.
+      if (def.body) res.locals.body = parseOrThrow(def.body, req.body === undefined && def.body.safeParse({}).success ? {} : req.body, 'request body', 422);
       // A route without a body refuses one rather than ignore it (docs/api.md): its fields are unknown fields.
       else if (req.body !== undefined) parseOrThrow(NO_BODY, req.body, 'request body: this operation takes no body', 422);
       next();
