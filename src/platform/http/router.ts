@@ -30,7 +30,8 @@ export interface RouterDeps {
 }
 
 /**
- * Builds the Express router from route declarations. Every route gets, in order: authenticate → the
+ * Builds the Express router from route declarations. Every route gets, in order: (with path parameters)
+ * the literal-segment guard (method-not-allowed.ts) → authenticate → the
  * tenant's in-flight cap → (POST/PUT/PATCH/DELETE) read the JSON body → validate → (POST/PUT/PATCH/DELETE) idempotency → handler. The body is
  * read only once the caller is known and the route exists: without a valid token the answer is 401
  * and an unknown path 404, whatever the body. The handler runs in one tenant-bound transaction; for
