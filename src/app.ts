@@ -9,7 +9,7 @@ import { httpLogger } from './platform/telemetry/http-logger.ts';
 import { operatorDashboard, setBoardQueues } from './platform/http/admin-board.ts';
 import { openApiHandlers } from './platform/http/openapi.route.ts';
 import { loadShedding } from './platform/http/load-shed.ts';
-import { methodNotAllowed } from './platform/http/method-not-allowed.ts';
+import { methodNotAllowed, optionsAllow } from './platform/http/method-not-allowed.ts';
 import { weakETag } from './platform/http/etag.ts';
 
 /** Middleware order and routers, nothing else. */
@@ -34,6 +34,7 @@ export function createApp(c: Container): Express {
   const openapi = openApiHandlers(c.routes, c.logger);
   app.get('/openapi.json', openapi.json);
   app.get('/docs', openapi.docs);
+  app.use(optionsAllow(c.routes));
   app.use(
     buildRouter(c.routes, {
       orm: c.orm,

@@ -10,6 +10,7 @@ const { createApp } = await import('./app.ts');
 const { drainOnClose, onShutdown } = await import('./platform/process/shutdown.ts');
 const { untilReady } = await import('./platform/queue/connections.ts');
 const { warnWhenGuardOff } = await import('./platform/webhooks/ssrf.ts');
+const { answerClientError } = await import('./platform/http/client-error.ts');
 
 const config = loadConfig();
 const container = await createContainer(config, { service: 'api' });
@@ -27,6 +28,8 @@ const server = createServer(
   },
   createApp(container),
 );
+// What Node's HTTP parser refuses (431, 400, 408) is answered problem+json too, not with a bare status line.
+server.on('clientError', answerClientError(container.logger));
 const drain = drainOnClose(server, config.WORKER_SHUTDOWN_GRACE);
 server.listen(config.PORT, () => {
   const addr = server.address();

@@ -71,6 +71,26 @@ describe('submission rate limit (RATE_LIMIT_PER_MINUTE)', () => {
     expect(replay.json.run_id).toBe(accepted.json.run_id);
     expect(replay.headers.get('idempotent-replayed')).toBe('true');
   });
+
+  it('a replayed submission does not count against the rate, with the in-flight cap off too', async () => {
+    // This stack runs with MAX_RUNS_IN_FLIGHT_PER_TENANT=0: no count statement carries the key's claim
+    // ahead of the Redis counter, yet a client retrying a lost 202 must not spend the tenant's budget.
+    const tenant = newTenant();
+    const token = await stack.token({ tenantId: tenant, sub: 'retrier' });
+    await waitFor(() => Date.now() % 60_000 < 45_000, { timeoutMs: 20_000, intervalMs: 200, what: 'the start of a rate window' });
+    const key = randomUUID();
+    const first = await submit(stack, token, key);
+    expect(first.status).toBe(202);
+    for (let i = 0; i < LIMIT + 1; i++) {
+      const replay = await submit(stack, token, key);
+      expect(replay.status).toBe(202);
+      expect(replay.headers.get('idempotent-replayed')).toBe('true');
+    }
+    const [counter] = await stack.redis.keys(`${stack.prefix}:ratelimit:${tenant}:*`);
+    expect(await stack.redis.get(counter!)).toBe('1');
+    // The budget the replays did not spend is there for new submissions.
+    for (let i = 1; i < LIMIT; i++) expect((await submit(stack, token)).status).toBe(202);
+  });
 });
 
 describe('runs in flight cap (MAX_RUNS_IN_FLIGHT_PER_TENANT)', () => {

@@ -443,6 +443,44 @@ describe('hostile input on every endpoint', () => {
     expect(await snapshot()).toEqual(before);
   });
 
+  it("a literal path segment is not a path id: GET …/runs/cancel is 405 Allow: POST, not a 404 for an invalid run id", async () => {
+    // `…/runs/cancel` (POST) and `…/runs/:id` (GET) share a shape: the literal `cancel` is no run id,
+    // so the path exists under POST only, with or without a token (the route is checked first).
+    const before = await snapshot();
+    const auth = { authorization: `Bearer ${token}` };
+    for (const [method, path, allow] of [
+      ['GET', '/api/v1/golden-path/runs/cancel', 'POST'],
+      ['HEAD', '/api/v1/golden-path/runs/cancel', 'POST'],
+      ['DELETE', '/api/v1/golden-path/runs/cancel', 'POST'],
+      ['GET', '/api/v1/partner-offboarding/runs/cancel', 'POST'],
+      ['GET', `/api/v1/webhook-endpoints/${randomUUID()}/deliveries/resend`, 'POST'],
+    ] as const) {
+      for (const headers of [auth, {}]) {
+        const res = await send({ method, path, headers, body: undefined });
+        expect(res.status, `${method} ${path}`).toBe(405);
+        expect(res.headers.allow, `${method} ${path}`).toBe(allow);
+        expect(res.headers['content-type'], `${method} ${path}`).toContain('application/problem+json');
+        if (method !== 'HEAD') expect(JSON.parse(res.text)).toMatchObject({ status: 405, code: 'method_not_allowed' });
+      }
+    }
+    // OPTIONS says the same as a 405's Allow (Express's own answer listed GET for …/runs/cancel).
+    for (const [path, allow] of [
+      ['/api/v1/golden-path/runs/cancel', 'POST'],
+      ['/api/v1/golden-path/runs', 'GET, HEAD'],
+      [`/api/v1/golden-path/runs/${randomUUID()}`, 'GET, HEAD'],
+    ] as const) {
+      const res = await send({ method: 'OPTIONS', path, headers: {}, body: undefined });
+      expect(res.headers.allow, `OPTIONS ${path}`).toBe(allow);
+      expect(res.status, `OPTIONS ${path}`).toBe(204);
+    }
+    expect((await send({ method: 'OPTIONS', path: '/api/v1/nothing-here', headers: {}, body: undefined })).status).toBe(404);
+    // A path id that is no UUID and names no other route is still the documented 404 validation_failed.
+    const bad = await send({ method: 'GET', path: '/api/v1/golden-path/runs/not-a-run', headers: auth, body: undefined });
+    expect(bad.status).toBe(404);
+    expect(JSON.parse(bad.text)).toMatchObject({ code: 'validation_failed', errors: [{ path: 'id' }] });
+    expect(await snapshot()).toEqual(before);
+  });
+
   it('a forged list cursor is a 400, not a database error', async () => {
     for (const raw of ['1', '+275760-09-13T00:00:00.000Z', '0000-01-01T00:00:00.000Z', '2024-02-30T00:00:00.000Z', '2024-01-01']) {
       const cursor = Buffer.from(`${raw}|${randomUUID()}`).toString('base64url');

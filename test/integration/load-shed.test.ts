@@ -54,6 +54,8 @@ describe('a client that trickles its request body', () => {
       await waitFor(async () => (await fetch(`${api1.baseUrl}/api/v1/golden-path/runs`, { headers: { authorization: `Bearer ${token}` } })).status === 503, { timeoutMs: 10_000, what: 'the slot to be taken' });
       await slow.closed;
       expect(slow.answer()).toMatch(/^HTTP\/1\.1 408/);
+      // Answered as every error is: problem+json with a stable code and the request's id.
+      expectProblem(slow.answer(), 408, 'request_timeout');
       // The slot is released when the server has closed the request (just after the client saw it).
       await waitFor(async () => (await fetch(`${api1.baseUrl}/api/v1/golden-path/runs`, { headers: { authorization: `Bearer ${token}` } })).status === 200, {
         timeoutMs: 10_000,
@@ -182,6 +184,40 @@ describe('connections without a valid token', () => {
     }
   });
 });
+
+describe('requests the HTTP parser refuses before Express sees them', () => {
+  it('are answered problem+json as every error is: 431 for an oversized token, 400 for a request that is not HTTP', async () => {
+    const api1 = await spawnApi({ ...stack.env });
+    try {
+      // An identity provider that puts every group in the token: 20 kB of headers, over Node's 16 kB.
+      const big = await stack.token({ tenantId: newTenant(), sub: 'many-groups', roles: Array.from({ length: 50 }, (_, i) => `group-${i}-${'x'.repeat(50)}`) });
+      for (const [what, request, status, code] of [
+        ['an oversized bearer token', `GET /api/v1/golden-path/runs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${big}${'x'.repeat(20_000)}\r\n\r\n`, 431, 'headers_too_large'],
+        ['a malformed request line', 'GET /a b c HTTP/1.1\r\nHost: x\r\n\r\n', 400, 'bad_request'],
+        ['a control character in a header', 'GET /api/v1/golden-path/runs HTTP/1.1\r\nHost: x\r\nX-Bad: a\u0001b\r\n\r\n', 400, 'bad_request'],
+      ] as const) {
+        const conn = await openSocket(api1.baseUrl);
+        conn.socket.write(request);
+        await conn.closed;
+        expect(conn.answer(), what).toMatch(new RegExp(`^HTTP/1\\.1 ${status} `));
+        expectProblem(conn.answer(), status, code);
+      }
+      // The server goes on serving.
+      expect((await fetch(`${api1.baseUrl}/healthz`)).status).toBe(200);
+    } finally {
+      await api1.stop();
+    }
+  });
+});
+
+/** A raw HTTP answer that is an RFC 9457 problem with `code`, carrying its request id (header and body). */
+function expectProblem(raw: string, status: number, code: string): void {
+  const [head = '', body = ''] = raw.split('\r\n\r\n');
+  expect(head, raw).toMatch(/\r\ncontent-type: application\/problem\+json; charset=utf-8\r\n/i);
+  const requestId = /\r\nx-request-id: ([0-9a-f-]{36})/i.exec(head)?.[1];
+  expect(requestId, head).toBeDefined();
+  expect(JSON.parse(body)).toMatchObject({ type: `https://docs.dealix.dev/problems/${code}`, status, code, request_id: requestId });
+}
 
 /** A POST whose headers promise 1,000 bytes of body, of which one is sent: it stays in flight. */
 async function trickle(baseUrl: string, token: string): Promise<RawConnection> {

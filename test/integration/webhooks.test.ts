@@ -427,6 +427,15 @@ describe('webhook endpoint API: refusals', () => {
     for (const answer of [created, first, replay]) expect(answer.headers.get('cache-control')).toBe('no-store');
     expect(replay.json.secret).toBe(first.json.secret);
     expect(await secretsOf(stack, id)).toEqual(stored);
+    // No body, `{}` and the default spelled out are one request (as for a route without a body): a
+    // client whose retry sends `{}` where the first attempt sent nothing gets the replay, not a 422.
+    for (const same of [{}, { previous_secret_expires_in_seconds: 86400 }]) {
+      const again = await rotate(stack, admin, id, same, key);
+      expect(again.status, `${JSON.stringify(same)}: ${again.text}`).toBe(200);
+      expect(again.headers.get('idempotent-replayed')).toBe('true');
+      expect(again.json.secret).toBe(first.json.secret);
+    }
+    expect(await secretsOf(stack, id)).toEqual(stored);
     // The same key with another body is another request: refused, and nothing rotates.
     const reused = await rotate(stack, admin, id, { previous_secret_expires_in_seconds: 0 }, key);
     expect(reused.status, reused.text).toBe(422);

@@ -42,6 +42,9 @@ export class AdmissionController implements AdmissionControl {
       if (Number(row?.n ?? 0) >= cap) throw tooMany(`The tenant already has ${cap} runs in flight.`, 5);
     }
     if (this.o.perMinute > 0) {
+      // Without the in-flight cap no statement has carried the claim yet: send it (with a statement of
+      // nothing) before the counter, so that a replay stops here too and never spends the budget.
+      if (this.o.maxInFlight <= 0) await em.execute('select 1');
       const { count, retryAfter } = await this.rate.hit(tenantId);
       if (count > this.o.perMinute) {
         throw tooMany(`The tenant's submission rate limit (${this.o.perMinute}/min) is exceeded.`, retryAfter);

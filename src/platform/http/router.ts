@@ -15,6 +15,7 @@ import { PROBLEM_CONTENT_TYPE } from './problem.middleware.ts';
 import { rejectUnstorableText } from './json-text.ts';
 import { tenantInFlightLimit } from './tenant-inflight.ts';
 import { startHandlerWork } from './load-shed.ts';
+import { literalSegmentGuards, routeTemplate } from './method-not-allowed.ts';
 
 export interface RouterDeps {
   orm: MikroORM;
@@ -29,7 +30,8 @@ export interface RouterDeps {
 }
 
 /**
- * Builds the Express router from route declarations. Every route gets, in order: authenticate → the
+ * Builds the Express router from route declarations. Every route gets, in order: (with path parameters)
+ * the literal-segment guard (method-not-allowed.ts) → authenticate → the
  * tenant's in-flight cap → (POST/PUT/PATCH/DELETE) read the JSON body → validate → (POST/PUT/PATCH/DELETE) idempotency → handler. The body is
  * read only once the caller is known and the route exists: without a valid token the answer is 401
  * and an unknown path 404, whatever the body. The handler runs in one tenant-bound transaction; for
@@ -40,10 +42,13 @@ export interface RouterDeps {
 export function buildRouter(routes: RouteDef[], deps: RouterDeps): Router {
   const router = express.Router();
   const tenantCap = tenantInFlightLimit(deps.maxInFlightPerTenant ?? 0);
+  const literalSegmentGuard = literalSegmentGuards(routes);
   const readBody = [express.json({ limit: deps.bodyLimit ?? '64kb', strict: true, type: ['application/json', 'application/*+json'] }), rejectUnstorableText];
   for (const def of routes) {
     const mutating = MUTATING_METHODS.has(def.method);
     const chain: Array<(req: Request, res: Response, next: NextFunction) => unknown> = [
+      // A path id that is another route's literal segment (`GET …/runs/cancel`): 405, before the token.
+      ...(def.params ? [literalSegmentGuard(def)] : []),
       authenticate(deps.verifier, deps.orm, deps.logger, def.roles),
       tenantCap,
       ...(mutating ? readBody : []),
@@ -66,13 +71,7 @@ export function buildRouter(routes: RouteDef[], deps: RouterDeps): Router {
  * naming the parameter, not an undocumented 400.
  */
 function undecodableParam(routes: RouteDef[]) {
-  const escape = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
-  const patterns = routes
-    .filter((def) => def.path.includes('/:'))
-    .map((def) => ({
-      names: [...def.path.matchAll(/:([A-Za-z0-9_]+)/g)].map((m) => m[1]!),
-      re: new RegExp(`^${def.path.split(/:[A-Za-z0-9_]+/).map(escape).join('([^/]+)')}/?$`, 'i'),
-    }));
+  const patterns = routes.filter((def) => def.path.includes('/:')).map((def) => routeTemplate(def.path));
   const decodes = (raw: string) => {
     try {
       decodeURIComponent(raw);
@@ -117,7 +116,9 @@ function validate(def: RouteDef) {
       res.locals.params = def.params ? canonicalParams(def.params, parseOrThrow(def.params, req.params, 'path parameters', 404)) : req.params;
       // A route without query parameters takes none: one sent is refused (400), never ignored (docs/api.md).
       res.locals.query = parseOrThrow(def.query ?? NO_QUERY, req.query, 'query parameters');
-      if (def.body) res.locals.body = parseOrThrow(def.body, req.body, 'request body', 422);
+      // A route whose body is optional (rotate-secret) reads none as `{}`, as a route without a body
+      // does: no body, `{}` and the defaults spelled out are one request under one Idempotency-Key.
+      if (def.body) res.locals.body = parseOrThrow(def.body, req.body === undefined && def.body.safeParse({}).success ? {} : req.body, 'request body', 422);
       // A route without a body refuses one rather than ignore it (docs/api.md): its fields are unknown fields.
       else if (req.body !== undefined) parseOrThrow(NO_BODY, req.body, 'request body: this operation takes no body', 422);
       next();
