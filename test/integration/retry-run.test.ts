@@ -503,14 +503,18 @@ describe('retrying a failed run through the API', () => {
   it("a waiting run whose failure's transaction rolls back: it still waits, its request still pending, and its SLA timer stays in both queues", { timeout: LONG }, async () => {
     // The hook closes the request and hands back the timer's removal; then the commit fails: a
     // statement held back to travel with the commit (coalescing-client.ts) fails, so the commit does.
+    // What the hook handed back is checked out here: an assertion in the hook would only roll it back.
+    let handed: unknown = 'the hook did not run';
     const { id, timerId, timers } = await waitingRunFailedByChange((onFailed) => async (em, run) => {
       const release = await onFailed(em, run);
-      expect(release).toEqual(expect.any(Function));
+      handed = release;
       await em.execute(`${DEFER_UNTIL_NEXT}select 1 / 0`);
       return release;
     });
     // The job ends once markFailed has returned, after what would run after a commit.
     await waitFor(async () => (await queue().getJobState(await jobIdOf(id, 1))) === 'failed', { timeoutMs: 60_000, what: "the run's job to fail" });
+    // A removal was there to run, and was not run.
+    expect(handed).toEqual(expect.any(Function));
     expect((await runRow(id)).status).toBe('waiting');
     expect((await stack.db.admin(`select status from approval_requests where run_id = $1`, [id])).rows).toEqual([{ status: 'pending' }]);
     expect(await timers.getJobState(timerId)).toBe('delayed');
