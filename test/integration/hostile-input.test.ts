@@ -481,6 +481,46 @@ describe('hostile input on every endpoint', () => {
     expect(await snapshot()).toEqual(before);
   });
 
+  it('a path id that is no UUID and no literal of another route: the route is checked first, as for a valid id (405 and OPTIONS say the same Allow)', async () => {
+    // The route exists before its path id is validated (docs/api.md, "Status codes"): under another
+    // method the answer is the 405 a valid id gets, not a 404 that says the route does not exist, and
+    // OPTIONS names the same methods (204, not Express's own text/plain answer).
+    const before = await snapshot();
+    const auth = { authorization: `Bearer ${token}` };
+    for (const [method, path, allow] of [
+      ['PUT', '/api/v1/golden-path/runs/not-a-run', 'GET, HEAD'],
+      ['PUT', '/api/v1/webhook-endpoints/not-an-endpoint', 'DELETE, GET, HEAD, PATCH'],
+      ['DELETE', '/api/v1/webhook-endpoints/not-an-endpoint/deliveries/resend', 'GET, HEAD, POST'],
+    ] as const) {
+      for (const headers of [auth, {}]) {
+        const res = await send({ method, path, headers, body: undefined });
+        expect(res.status, `${method} ${path}`).toBe(405);
+        expect(res.headers.allow, `${method} ${path}`).toBe(allow);
+        expect(JSON.parse(res.text)).toMatchObject({ status: 405, code: 'method_not_allowed' });
+      }
+      const options = await send({ method: 'OPTIONS', path, headers: {}, body: undefined });
+      expect(options.status, `OPTIONS ${path}`).toBe(204);
+      expect(options.headers.allow, `OPTIONS ${path}`).toBe(allow);
+    }
+    // Under a method the path's template answers, the id is validated (after the token): 404 validation_failed.
+    const admin = { authorization: `Bearer ${await stack.token({ tenantId: tenant, sub: 'path-admin', roles: ['admin'] })}` };
+    for (const [method, path] of [
+      ['GET', '/api/v1/webhook-endpoints/not-an-endpoint/deliveries/resend'],
+      ['POST', '/api/v1/webhook-endpoints/not-an-endpoint/deliveries/resend'],
+    ] as const) {
+      const res = await send({ method, path, headers: { ...admin, 'content-type': 'application/json', 'idempotency-key': randomUUID() }, body: undefined });
+      expect(res.status, `${method} ${path}`).toBe(404);
+      expect(JSON.parse(res.text), `${method} ${path}`).toMatchObject({ code: 'validation_failed', errors: expect.arrayContaining([expect.objectContaining({ path: 'id' })]) });
+    }
+    // Not even valid percent-encoding is refused under every method, OPTIONS too: 404 validation_failed.
+    for (const method of ['PUT', 'OPTIONS']) {
+      const res = await send({ method, path: '/api/v1/golden-path/runs/%FF', headers: {}, body: undefined });
+      expect(res.status, method).toBe(404);
+      expect(JSON.parse(res.text), method).toMatchObject({ code: 'validation_failed', errors: [{ path: 'id' }] });
+    }
+    expect(await snapshot()).toEqual(before);
+  });
+
   it('a forged list cursor is a 400, not a database error', async () => {
     for (const raw of ['1', '+275760-09-13T00:00:00.000Z', '0000-01-01T00:00:00.000Z', '2024-02-30T00:00:00.000Z', '2024-01-01']) {
       const cursor = Buffer.from(`${raw}|${randomUUID()}`).toString('base64url');

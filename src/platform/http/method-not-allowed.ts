@@ -21,12 +21,14 @@ export function routeTemplate(path: string): { names: string[]; re: RegExp } {
   };
 }
 
+type Compiled = RouteShape & { names: string[]; re: RegExp };
+
 /**
  * Whether `path` names this route: its template matches and its path parameters are valid. A literal
  * segment of another route is no path id: `…/runs/cancel` (POST) is not the run `cancel` of
  * `GET …/runs/:id`, so that path exists under POST only.
  */
-function namesRoute(route: { names: string[]; re: RegExp; params?: ZodType | undefined }, path: string): boolean {
+function namesRoute(route: Compiled, path: string): boolean {
   const values = route.re.exec(path)?.slice(1);
   if (!values) return false;
   if (!route.params) return true;
@@ -37,14 +39,35 @@ function namesRoute(route: { names: string[]; re: RegExp; params?: ZodType | und
   }
 }
 
-/** The methods under which `path` names a route (`GET` with `HEAD`), sorted: the `Allow` of a 405. */
-function allowed(routes: ReadonlyArray<RouteShape & { names: string[]; re: RegExp }>, path: string): string[] {
-  const methods = new Set(routes.filter((r) => namesRoute(r, path)).map((r) => r.method.toUpperCase()));
+/**
+ * The routes `path` is one of: those that name it (valid path parameters) or, when none does, every
+ * route whose template matches it — the route exists, and its path id is validated later (404
+ * `validation_failed`), so `PUT …/runs/not-a-uuid` is 405 `Allow: GET, HEAD` as for a valid id.
+ */
+function routesOf(routes: readonly Compiled[], path: string): Compiled[] {
+  const matching = routes.filter((r) => r.re.test(path));
+  const named = matching.filter((r) => namesRoute(r, path));
+  return named.length > 0 ? named : matching;
+}
+
+/** The methods of the routes `path` is one of (`GET` with `HEAD`), sorted: the `Allow` of a 405. */
+function allowed(routes: readonly Compiled[], path: string): string[] {
+  const methods = new Set(routesOf(routes, path).map((r) => r.method.toUpperCase()));
   if (methods.has('GET')) methods.add('HEAD');
   return [...methods].sort();
 }
 
-function compile(routes: ReadonlyArray<RouteShape>) {
+/** Whether `raw` is valid percent-encoded UTF-8. */
+export function decodes(raw: string): boolean {
+  try {
+    decodeURIComponent(raw);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+function compile(routes: ReadonlyArray<RouteShape>): Compiled[] {
   return routes.map((r) => ({ ...r, ...routeTemplate(r.path) }));
 }
 
@@ -77,7 +100,7 @@ export function literalSegmentGuards(routes: ReadonlyArray<RouteShape>): (route:
   return (route) => {
     const own = compile([route])[0]!;
     return function literalSegment(req: Request, _res: Response, next: NextFunction): void {
-      if (namesRoute(own, req.path) || allowed(compiled, req.path).length === 0) return next();
+      if (namesRoute(own, req.path) || !compiled.some((r) => namesRoute(r, req.path))) return next();
       next('route');
     };
   };
@@ -86,12 +109,13 @@ export function literalSegmentGuards(routes: ReadonlyArray<RouteShape>): (route:
 /**
  * Answers `OPTIONS` on a route's path with 204 and the `Allow` a 405 would give (Express's own answer
  * listed the methods of every template the path matched, `GET` for `…/runs/cancel` included). A path no
- * route names goes on (404). Mounted before the routes.
+ * route has goes on (404), and so does one that is not valid percent-encoding (the router's 404
+ * `validation_failed`, as under any method). Mounted before the routes.
  */
 export function optionsAllow(routes: ReadonlyArray<RouteShape>) {
   const compiled = compile(routes);
   return function options(req: Request, res: Response, next: NextFunction): void {
-    if (req.method !== 'OPTIONS') return next();
+    if (req.method !== 'OPTIONS' || !decodes(req.path)) return next();
     const allow = allowed(compiled, req.path);
     if (allow.length === 0) return next();
     res.setHeader('Allow', allow.join(', '));

@@ -15,7 +15,7 @@ import { PROBLEM_CONTENT_TYPE } from './problem.middleware.ts';
 import { rejectUnstorableText } from './json-text.ts';
 import { tenantInFlightLimit } from './tenant-inflight.ts';
 import { startHandlerWork } from './load-shed.ts';
-import { literalSegmentGuards, routeTemplate } from './method-not-allowed.ts';
+import { decodes, literalSegmentGuards, routeTemplate } from './method-not-allowed.ts';
 
 export interface RouterDeps {
   orm: MikroORM;
@@ -72,14 +72,6 @@ export function buildRouter(routes: RouteDef[], deps: RouterDeps): Router {
  */
 function undecodableParam(routes: RouteDef[]) {
   const patterns = routes.filter((def) => def.path.includes('/:')).map((def) => routeTemplate(def.path));
-  const decodes = (raw: string) => {
-    try {
-      decodeURIComponent(raw);
-      return true;
-    } catch {
-      return false;
-    }
-  };
   return function undecodable(err: unknown, req: Request, _res: Response, next: NextFunction): void {
     if (!(err instanceof URIError)) return next(err);
     for (const { names, re } of patterns) {
