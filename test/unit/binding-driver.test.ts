@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { raw } from '@mikro-orm/core';
 import { bindParameters } from '../../src/platform/db/binding-driver.ts';
-import { inlineStatement } from '../../src/platform/db/statement-batch.ts';
+import { PreparedNames, StatementBatch, inlineStatement } from '../../src/platform/db/statement-batch.ts';
 
 const platform = { formatDate: (d: Date) => d.toISOString() };
 
@@ -38,5 +38,16 @@ describe('bindParameters: MikroORM statements with bound parameters instead of w
   it('a bound statement written back in reads as MikroORM would have written it', () => {
     const bound = bindParameters("select ? as a, ? as b, ? as c where d = ?", ["it's \\ here", 3, null, false], platform)!;
     expect(inlineStatement(bound)).toBe(`select  E'it''s \\\\ here' as a, 3::int4 as b, null as c where d = false::bool`);
+  });
+});
+
+describe('StatementBatch.text: what a hook on pg.Client#query records (OpenTelemetry\'s pg spans)', () => {
+  it('writes the values in once, however often the text is read (the pg instrumentation reads it twice a message)', () => {
+    let serialised = 0;
+    const value = { toPostgres: () => (serialised++, '{"output":"large"}') };
+    const batch = new StatementBatch([{ text: 'begin' }, { text: 'insert into t (a, b) values ($1, $2::int4)', values: [value, 7] }, { text: 'commit' }], undefined, new PreparedNames());
+    const texts = [batch.text, batch.text, batch.text];
+    expect(texts).toEqual(Array(3).fill(`begin;\ninsert into t (a, b) values ('{"output":"large"}', 7::int4);\ncommit`));
+    expect(serialised).toBe(1);
   });
 });
