@@ -120,7 +120,7 @@ describe('the catalog check fails when tenancy is broken', () => {
   it('names a unique key without tenant_id, and a table whose tenant_id is not indexed', async () => {
     const db = await freshDatabase();
     await db.admin('ALTER TABLE evidence_packs ADD CONSTRAINT evidence_packs_sha_unique UNIQUE (sha256)');
-    await db.admin('ALTER TABLE approval_decisions DROP CONSTRAINT approval_decisions_tenant_request_approver_unique');
+    await db.admin('ALTER TABLE approval_decisions DROP CONSTRAINT approval_decisions_pkey');
     const report = await inspect(db);
     expect(failuresOf(report, 'tenant-unique').map((f) => f.subject)).toEqual(['table evidence_packs']);
     expect(failuresOf(report, 'tenant-unique')[0]!.reason).toMatch(/evidence_packs_sha_unique/);
