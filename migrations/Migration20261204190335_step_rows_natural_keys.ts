@@ -1,5 +1,34 @@
 import { Migration } from '@mikro-orm/migrations';
 
+/** Each table, the unique constraint its primary key replaces, and the key's columns. */
+const KEYS: [table: string, unique: string, columns: string[]][] = [
+  ['approval_decisions', 'approval_decisions_tenant_request_approver_unique', ['tenant_id', 'approval_request_id', 'approver']],
+  ['durable_checkpoints', 'durable_checkpoints_tenant_run_seq_unique', ['tenant_id', 'run_id', 'sequence_num']],
+  ['economics_models', 'economics_models_tenant_run_unique', ['tenant_id', 'run_id']],
+  ['evidence_seals', 'evidence_seals_tenant_run_unique', ['tenant_id', 'run_id']],
+  ['partner_dossiers', 'partner_dossiers_tenant_run_unique', ['tenant_id', 'run_id']],
+];
+
+/**
+ * `add primary key`, which builds the index under the table's ACCESS EXCLUSIVE lock (until the migrations
+ * commit) — or, where `<table>_natural_key` was built beforehand by hand (`create unique index concurrently`,
+ * docs/runbook.md), that index made the primary key: no read of the table. A prebuilt index that is not
+ * valid, or not exactly the key, stops the migration (nothing changed) rather than key the table by it.
+ */
+function addPrimaryKey(table: string, columns: string[]): string {
+  const prebuilt = `${table}_natural_key`;
+  const def = `CREATE UNIQUE INDEX ${prebuilt} ON public.${table} USING btree (${columns.join(', ')})`;
+  return `do $$ begin
+    if to_regclass('public.${prebuilt}') is null then
+      alter table "${table}" add primary key (${columns.map((c) => `"${c}"`).join(', ')});
+    elsif (select indisvalid from pg_index where indexrelid = 'public.${prebuilt}'::regclass) and pg_get_indexdef('public.${prebuilt}'::regclass) = '${def}' then
+      alter table "${table}" add constraint "${table}_pkey" primary key using index "${prebuilt}";
+    else
+      raise exception 'index ${prebuilt} is not valid or not %: drop it and build it again (docs/runbook.md)', '${def}';
+    end if;
+  end $$;`;
+}
+
 /**
  * The rows a golden-path step writes once per run (or, for checkpoints, once per run and step) are keyed
  * by what every statement finds them by: the checkpoints by (tenant_id, run_id, sequence_num), the
@@ -13,32 +42,20 @@ import { Migration } from '@mikro-orm/migrations';
  *
  * The primary keys are built in the migration's transaction (a scan of each table under its lock): the
  * unique constraints they replace own their indexes and cannot hand them over (`add primary key using
- * index` refuses an index that belongs to a constraint).
+ * index` refuses an index that belongs to a constraint). A large installation builds the indexes first
+ * by hand, concurrently, as `<table>_natural_key`: the migration then makes each the primary key without
+ * reading the table (docs/runbook.md, `step_rows_natural_keys`).
  */
 export class Migration20261204190335_step_rows_natural_keys extends Migration {
 
   override name = 'Migration20261204190335_step_rows_natural_keys';
 
   override up(): void | Promise<void> {
-    this.addSql(`alter table "approval_decisions" drop constraint "approval_decisions_tenant_request_approver_unique";`);
-    this.addSql(`alter table "approval_decisions" drop constraint "approval_decisions_pkey";`);
-    this.addSql(`alter table "approval_decisions" add primary key ("tenant_id", "approval_request_id", "approver");`);
-
-    this.addSql(`alter table "durable_checkpoints" drop constraint "durable_checkpoints_tenant_run_seq_unique";`);
-    this.addSql(`alter table "durable_checkpoints" drop constraint "durable_checkpoints_pkey";`);
-    this.addSql(`alter table "durable_checkpoints" add primary key ("tenant_id", "run_id", "sequence_num");`);
-
-    this.addSql(`alter table "economics_models" drop constraint "economics_models_tenant_run_unique";`);
-    this.addSql(`alter table "economics_models" drop constraint "economics_models_pkey";`);
-    this.addSql(`alter table "economics_models" add primary key ("tenant_id", "run_id");`);
-
-    this.addSql(`alter table "evidence_seals" drop constraint "evidence_seals_tenant_run_unique";`);
-    this.addSql(`alter table "evidence_seals" drop constraint "evidence_seals_pkey";`);
-    this.addSql(`alter table "evidence_seals" add primary key ("tenant_id", "run_id");`);
-
-    this.addSql(`alter table "partner_dossiers" drop constraint "partner_dossiers_tenant_run_unique";`);
-    this.addSql(`alter table "partner_dossiers" drop constraint "partner_dossiers_pkey";`);
-    this.addSql(`alter table "partner_dossiers" add primary key ("tenant_id", "run_id");`);
+    for (const [table, unique, columns] of KEYS) {
+      this.addSql(`alter table "${table}" drop constraint "${unique}";`);
+      this.addSql(`alter table "${table}" drop constraint "${table}_pkey";`);
+      this.addSql(addPrimaryKey(table, columns));
+    }
   }
 
   override down(): void | Promise<void> {

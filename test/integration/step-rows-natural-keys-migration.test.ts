@@ -6,7 +6,8 @@
  * step, a second row of a run or a second decision of an approver is still refused (23505), and the
  * `on conflict` clauses that name those columns still find their key; row-level security
  * is still forced, and the schema then matches the entities with nothing pending (what `npm run db:check`
- * reports). Down and up again too.
+ * reports). Down and up again too. Indexes built beforehand by hand, concurrently, as `<table>_natural_key`
+ * (docs/runbook.md) become the primary keys as they are, and one that is not the key stops the migration.
  */
 import { describe, expect, it } from 'vitest';
 import { randomUUID } from 'node:crypto';
@@ -68,6 +69,15 @@ const indexes = async () =>
     ),
   );
 
+/** The indexes of the five tables once the migration has run: the primary key alone. */
+const KEYED = {
+  approval_decisions: ['approval_decisions_pkey (primary): btree (tenant_id, approval_request_id, approver)'],
+  durable_checkpoints: ['durable_checkpoints_pkey (primary): btree (tenant_id, run_id, sequence_num)'],
+  economics_models: ['economics_models_pkey (primary): btree (tenant_id, run_id)'],
+  evidence_seals: ['evidence_seals_pkey (primary): btree (tenant_id, run_id)'],
+  partner_dossiers: ['partner_dossiers_pkey (primary): btree (tenant_id, run_id)'],
+};
+
 const sqlState = (p: Promise<unknown>) => p.then(() => 'succeeded', (e: { code?: string }) => e.code ?? String(e));
 
 describe('migration step_rows_natural_keys', () => {
@@ -80,13 +90,7 @@ describe('migration step_rows_natural_keys', () => {
     expect(before).toHaveLength(3 * 6);
 
     expect(await migrate(database.config, entities)).toEqual(pending);
-    expect(await indexes()).toEqual({
-      approval_decisions: ['approval_decisions_pkey (primary): btree (tenant_id, approval_request_id, approver)'],
-      durable_checkpoints: ['durable_checkpoints_pkey (primary): btree (tenant_id, run_id, sequence_num)'],
-      economics_models: ['economics_models_pkey (primary): btree (tenant_id, run_id)'],
-      evidence_seals: ['evidence_seals_pkey (primary): btree (tenant_id, run_id)'],
-      partner_dossiers: ['partner_dossiers_pkey (primary): btree (tenant_id, run_id)'],
-    });
+    expect(await indexes()).toEqual(KEYED);
     expect(await allRows()).toEqual(before);
 
     // Still one checkpoint per run and step, one dossier, model and seal per run, one decision per approver.
@@ -116,6 +120,48 @@ describe('migration step_rows_natural_keys', () => {
       ]);
       await check.migrator.up();
       expect(await allRows()).toEqual(after);
+      expect(await schemaStatus(check)).toEqual({ pending: [], drift: '' });
+    } finally {
+      await check.close(true);
+    }
+  });
+
+  it('makes an index built beforehand by hand, concurrently, the primary key instead of building one under the lock; refuses one that is not the key', async () => {
+    const check = await createOrm(database.config, { entities, role: 'owner', poolMax: 1 });
+    try {
+      await check.migrator.down({ to: PREVIOUS });
+      await runWithRows(randomUUID());
+      const before = await allRows();
+      const columns: Record<string, string> = {
+        approval_decisions: 'tenant_id, approval_request_id, approver',
+        durable_checkpoints: 'tenant_id, run_id, sequence_num',
+        economics_models: 'tenant_id, run_id',
+        evidence_seals: 'tenant_id, run_id',
+        partner_dossiers: 'tenant_id, run_id',
+      };
+      // What docs/runbook.md says to run before the release, one statement each (concurrently: outside a transaction).
+      for (const t of TABLES) await admin(`create unique index concurrently ${t}_natural_key on ${t} (${columns[t]})`);
+      const oid = async (name: string) => (await admin(`select to_regclass($1)::oid as oid`, [name]))[0]!.oid as number | null;
+      const prebuilt = Object.fromEntries(await Promise.all(TABLES.map(async (t) => [t, await oid(`${t}_natural_key`)])));
+
+      // A prebuilt index with the wrong columns stops the migration, which changes nothing.
+      await admin(`drop index partner_dossiers_natural_key`);
+      await admin(`create unique index concurrently partner_dossiers_natural_key on partner_dossiers (tenant_id, run_id, id)`);
+      await expect(check.migrator.up()).rejects.toThrow(/index partner_dossiers_natural_key is not valid or not CREATE UNIQUE INDEX partner_dossiers_natural_key ON public.partner_dossiers USING btree \(tenant_id, run_id\)/);
+      expect((await indexes()).durable_checkpoints).toEqual([
+        'durable_checkpoints_natural_key: btree (tenant_id, run_id, sequence_num)',
+        'durable_checkpoints_pkey (primary): btree (id)',
+        'durable_checkpoints_tenant_run_seq_unique: btree (tenant_id, run_id, sequence_num)',
+      ]);
+      await admin(`drop index partner_dossiers_natural_key`);
+      await admin(`create unique index concurrently partner_dossiers_natural_key on partner_dossiers (tenant_id, run_id)`);
+      prebuilt.partner_dossiers = await oid('partner_dossiers_natural_key');
+
+      await check.migrator.up();
+      // The same index (same oid), renamed to the primary key's name: nothing was built under the lock.
+      expect(Object.fromEntries(await Promise.all(TABLES.map(async (t) => [t, await oid(`${t}_pkey`)])))).toEqual(prebuilt);
+      expect(await indexes()).toEqual(KEYED);
+      expect(await allRows()).toEqual(before);
       expect(await schemaStatus(check)).toEqual({ pending: [], drift: '' });
     } finally {
       await check.close(true);
