@@ -1,12 +1,19 @@
 import { Migration } from '@mikro-orm/migrations';
 
-/** Each table, the unique constraint its primary key replaces, and the key's columns. */
+/**
+ * Each table, the unique constraint its primary key replaces, and the key's columns — in the order a step
+ * takes them, since each lock is held until the migrations commit: a new run's first step inserts its
+ * dossier before its checkpoint, every other step reads its run's checkpoints before inserting its rows.
+ * A migration that took `approval_decisions` first deadlocked with an approval step that had read its
+ * checkpoints (step-rows-natural-keys-migration.test.ts). A decision (its request's decisions, then the
+ * run's checkpoints) can still deadlock with it, and PostgreSQL then fails one of the two (docs/runbook.md).
+ */
 const KEYS: [table: string, unique: string, columns: string[]][] = [
-  ['approval_decisions', 'approval_decisions_tenant_request_approver_unique', ['tenant_id', 'approval_request_id', 'approver']],
+  ['partner_dossiers', 'partner_dossiers_tenant_run_unique', ['tenant_id', 'run_id']],
   ['durable_checkpoints', 'durable_checkpoints_tenant_run_seq_unique', ['tenant_id', 'run_id', 'sequence_num']],
   ['economics_models', 'economics_models_tenant_run_unique', ['tenant_id', 'run_id']],
   ['evidence_seals', 'evidence_seals_tenant_run_unique', ['tenant_id', 'run_id']],
-  ['partner_dossiers', 'partner_dossiers_tenant_run_unique', ['tenant_id', 'run_id']],
+  ['approval_decisions', 'approval_decisions_tenant_request_approver_unique', ['tenant_id', 'approval_request_id', 'approver']],
 ];
 
 /**

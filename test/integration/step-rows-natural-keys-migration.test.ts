@@ -8,13 +8,16 @@
  * is still forced, and the schema then matches the entities with nothing pending (what `npm run db:check`
  * reports). Down and up again too. Indexes built beforehand by hand, concurrently, as `<table>_natural_key`
  * (docs/runbook.md) become the primary keys as they are, and one that is not the key stops the migration.
+ * The tables are locked in a step's order: an approval step that read its checkpoints is not deadlocked.
  */
 import { describe, expect, it } from 'vitest';
 import { randomUUID } from 'node:crypto';
+import pg from 'pg';
 import { createOrm } from '../../src/platform/db/orm.ts';
 import { migrate, schemaStatus } from '../../src/platform/db/migrate.ts';
 import { entities } from '../../src/entities.ts';
 import { migrateUpTo, migrationTestDatabase } from '../helpers/migrations.ts';
+import { waitFor } from '../helpers/poll.ts';
 
 const PREVIOUS = 'Migration20261204155914_tenant_limits_operator_role';
 const THIS = 'Migration20261204190335_step_rows_natural_keys';
@@ -167,6 +170,39 @@ describe('migration step_rows_natural_keys', () => {
       expect(await allRows()).toEqual(before);
       expect(await schemaStatus(check)).toEqual({ pending: [], drift: '' });
     } finally {
+      await check.close(true);
+    }
+  });
+
+  it("locks the tables in a step's order — the dossier, the checkpoints, then the rest — so an approval step that read its checkpoints inserts its decision instead of deadlocking with the migration", async () => {
+    await migrateUpTo(database.config, PREVIOUS);
+    const check = await createOrm(database.config, { entities, role: 'owner', poolMax: 1 });
+    const step = new pg.Client({ connectionString: database.config.MIGRATION_DATABASE_URL });
+    await step.connect();
+    try {
+      await check.migrator.down({ to: PREVIOUS });
+      const tenant = randomUUID();
+      const runId = await runWithRows(tenant);
+      const [request] = await admin(`select id from approval_requests where run_id = $1`, [runId]);
+      // What the approval step's transaction does: reads its run's checkpoints (loadRunState), then inserts its decision.
+      await step.query('begin');
+      await step.query(`select set_config('app.tenant_id', $1, true)`, [tenant]);
+      await step.query(`select count(*) from durable_checkpoints where tenant_id = $1 and run_id = $2`, [tenant, runId]);
+      const migrated = check.migrator.up().then(() => 'applied', (e: Error) => e.message);
+      await waitFor(
+        async () =>
+          (await admin(
+            `select count(*)::int as n from pg_locks l join pg_class c on c.oid = l.relation
+              where l.database = (select oid from pg_database where datname = current_database()) and c.relname = 'durable_checkpoints' and l.mode = 'AccessExclusiveLock' and not l.granted`,
+          ))[0]!.n === 1,
+        { what: 'the migration waiting for the checkpoints' },
+      );
+      expect(await sqlState(step.query(decisionSql, [randomUUID(), tenant, request!.id, 'approver-2']))).toBe('succeeded');
+      await step.query('commit');
+      expect(await migrated).toBe('applied');
+      expect(await indexes()).toEqual(KEYED);
+    } finally {
+      await step.end();
       await check.close(true);
     }
   });
