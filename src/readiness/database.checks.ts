@@ -1,6 +1,6 @@
 import type { MikroORM } from '../platform/db/orm.ts';
 import { tenantTables } from '../platform/db/migrate.ts';
-import { inspectCatalog, ormCatalogQuery, type CatalogFinding, type CatalogReport } from '../platform/db/catalog.ts';
+import { inspectCatalog, isSurrogateKey, ormCatalogQuery, type CatalogFinding, type CatalogReport } from '../platform/db/catalog.ts';
 import { OPERATOR_DB_ROLE, OPERATOR_GRANTS } from '../platform/db/tenant-owned.ts';
 import { fail, pass, type ReadinessRow } from './readiness.types.ts';
 
@@ -49,8 +49,8 @@ export function catalogRows(report: CatalogReport, appRole: string): ReadinessRo
   const row = (component: string, ok: string) => rows.set(component, { ok, findings: [] });
   for (const t of report.tables) row(`rls ${t.table}`, `enabled and forced; policy ${t.isolationPolicy} has USING and WITH CHECK on tenant_id`);
   for (const t of report.tables) {
-    const keys = t.uniqueKeys.filter((u) => !u.primary).length;
-    row(`tenant-unique ${t.table}`, keys ? `${keys} unique key(s), all include tenant_id` : 'no unique keys besides the primary key');
+    const keys = t.uniqueKeys.filter((u) => !isSurrogateKey(u)).length;
+    row(`tenant-unique ${t.table}`, keys ? `${keys} unique key(s), all include tenant_id` : 'no unique keys besides the surrogate primary key (id)');
   }
   for (const r of report.roles) {
     if (r.role === appRole) row('app-role', `${appRole}: not superuser, no BYPASSRLS, owns nothing, no privilege outside RLS`);

@@ -28,8 +28,13 @@ interface ForeignKeySpec {
 export interface TableSpec {
   table: string;
   meta: EntityMetadata;
-  /** The primary key column. */
+  /**
+   * The column that names one row: the primary key's, or where that key is composite (the rows a step
+   * writes once per run, keyed by tenant and run), the row's `id`, a fresh uuid in every row built here.
+   */
   pk: string;
+  /** The property of `pk`. */
+  pkProp: string;
   columns: ColumnSpec[];
   foreignKeys: ForeignKeySpec[];
 }
@@ -70,8 +75,10 @@ export class TenantRows {
       const columns = (await this.admin.query(COLUMNS_SQL, [meta.tableName])).rows.map((r) => ({ name: r.name, udt: r.udt, maxLength: r.max_length, required: r.required }));
       if (columns.length === 0) throw new Error(`table ${meta.tableName} of entity ${meta.className} does not exist`);
       const foreignKeys = (await this.admin.query(FOREIGN_KEYS_SQL, [meta.tableName])).rows.map((r) => ({ columns: r.columns, refTable: r.ref_table, refColumns: r.ref_columns }));
-      const pk = meta.getPrimaryProps()[0]!.fieldNames[0]!;
-      this.specs.set(meta.tableName, { table: meta.tableName, meta, pk, columns, foreignKeys });
+      const primary = meta.getPrimaryProps();
+      const naming = primary.length === 1 ? primary[0]! : meta.properties.id;
+      if (!naming) throw new Error(`entity ${meta.className} has a composite primary key and no id column to name a row by`);
+      this.specs.set(meta.tableName, { table: meta.tableName, meta, pk: naming.fieldNames[0]!, pkProp: naming.name as string, columns, foreignKeys });
     }
     return this;
   }

@@ -80,6 +80,9 @@ describe('unique keys', () => {
     expect(m.row('tenant-unique economics_models').status).toBe('FAIL');
     expect(m.row('tenant-unique economics_models').reason).toMatch(/economics_models_run_only_unique.*\(run_id\)/);
     expect(m.row('tenant-unique durable_runs').status).toBe('PASS');
+    // A natural primary key is counted and checked as a unique key; only the surrogate `id` is not.
+    expect(m.row('tenant-unique durable_checkpoints')).toMatchObject({ status: 'PASS', reason: '1 unique key(s), all include tenant_id' });
+    expect(m.row('tenant-unique approval_policy_changes')).toMatchObject({ status: 'PASS', reason: 'no unique keys besides the surrogate primary key (id)' });
   });
 
   it('a unique index without tenant_id fails too', async () => {

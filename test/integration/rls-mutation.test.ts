@@ -120,11 +120,20 @@ describe('the catalog check fails when tenancy is broken', () => {
   it('names a unique key without tenant_id, and a table whose tenant_id is not indexed', async () => {
     const db = await freshDatabase();
     await db.admin('ALTER TABLE evidence_packs ADD CONSTRAINT evidence_packs_sha_unique UNIQUE (sha256)');
-    await db.admin('ALTER TABLE approval_decisions DROP CONSTRAINT approval_decisions_tenant_request_approver_unique');
+    await db.admin('ALTER TABLE approval_decisions DROP CONSTRAINT approval_decisions_pkey');
     const report = await inspect(db);
     expect(failuresOf(report, 'tenant-unique').map((f) => f.subject)).toEqual(['table evidence_packs']);
     expect(failuresOf(report, 'tenant-unique')[0]!.reason).toMatch(/evidence_packs_sha_unique/);
     expect(failuresOf(report, 'tenant-index').map((f) => f.subject)).toEqual(['table approval_decisions']);
+  });
+
+  it('names a primary key without tenant_id other than the surrogate id: a natural primary key tells another tenant which values are used, as any unique key does', async () => {
+    const db = await freshDatabase();
+    await db.admin('ALTER TABLE partner_dossiers DROP CONSTRAINT partner_dossiers_pkey');
+    await db.admin('ALTER TABLE partner_dossiers ADD CONSTRAINT partner_dossiers_pkey PRIMARY KEY (run_id)');
+    const report = await inspect(db);
+    expect(failuresOf(report, 'tenant-unique').map((f) => f.subject)).toEqual(['table partner_dossiers']);
+    expect(failuresOf(report, 'tenant-unique')[0]!.reason).toMatch(/partner_dossiers_pkey on partner_dossiers \(run_id\)/);
   });
 
   it('names a table added by hand with tenant_id but no row-level security, though the ORM does not know it', async () => {

@@ -195,7 +195,7 @@ describe.each(tables)('%s over pg as the application role', (table) => {
 
 describe.each(tables)('%s through tenantEm', (table) => {
   const meta = () => rows.spec(table).meta;
-  const pkProp = () => meta().getPrimaryProps()[0]!.name as string;
+  const pkProp = () => rows.spec(table).pkProp;
   const data = (row: Row) => rows.toEntityData(table, row);
 
   it.each(['tenant A', 'tenant B'] as const)('under %s: reads, updates, deletes and inserts only its own rows', async (ctx) => {

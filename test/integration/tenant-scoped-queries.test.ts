@@ -137,7 +137,7 @@ describe('queries name their tenant', () => {
       // Partial indexes are left out: one holds only the rows its predicate names (durable_runs'
       // active runs), so walking it is bounded by those, not by the table.
       const firstColumn = new Map(indexes.rows.map((r) => [r.index, { table: r.table, column: r.column }]));
-      expect(firstColumn.get('durable_checkpoints_tenant_run_seq_unique')?.column).toBe('tenant_id');
+      expect(firstColumn.get('durable_checkpoints_pkey')?.column).toBe('tenant_id');
       const parts = [...statements]
         .flatMap((s) => s.split(/;\s*\n/))
         .map((s) => s.replace(DEFER_UNTIL_NEXT, '').trim())

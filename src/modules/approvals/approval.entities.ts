@@ -33,21 +33,23 @@ export const ApprovalRequest = defineEntity({
   policies: [tenantIsolationPolicy('approval_requests')],
 });
 
-/** One decision per approver per request: a C request needs two distinct approvers. */
+/**
+ * One decision per approver per request: a C request needs two distinct approvers. Keyed by
+ * (tenant, request, approver): `id` is written, never looked up, and not indexed (docs/performance.md, session 24).
+ */
 export const ApprovalDecision = defineEntity({
   name: 'ApprovalDecision',
   tableName: 'approval_decisions',
   properties: {
-    id: p.uuid().primary(),
-    tenantId: tenantIdProperty(),
-    approvalRequestId: p.uuid(),
-    approver: p.string().length(255),
+    id: p.uuid(),
+    tenantId: tenantIdProperty().primary(),
+    approvalRequestId: p.uuid().primary(),
+    approver: p.string().length(255).primary(),
     decision: p.enum(['approve', 'reject'] as const),
     kind: p.enum(['human', 'system'] as const),
     comment: p.string().length(2000).nullable(),
     createdAt: p.datetime(),
   },
-  uniques: [{ name: 'approval_decisions_tenant_request_approver_unique', properties: ['tenantId', 'approvalRequestId', 'approver'] }],
   rowLevelSecurity: 'force',
   policies: [tenantIsolationPolicy('approval_decisions')],
 });

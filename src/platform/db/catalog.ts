@@ -62,6 +62,13 @@ export interface UniqueKeyInfo {
   includesTenant: boolean;
 }
 
+/**
+ * A surrogate primary key (random UUIDs, `id` alone) reveals nothing, so it need not include tenant_id; every
+ * other unique key must, a primary key on natural columns too (the step rows keyed by (tenant_id, run_id),
+ * docs/performance.md, session 24): a unique check ignores RLS, whichever constraint makes it.
+ */
+export const isSurrogateKey = (u: UniqueKeyInfo): boolean => u.primary && u.columns.length === 1 && u.columns[0] === 'id';
+
 export interface TableReport {
   table: string;
   /** Declared tenant-owned by the ORM metadata (isTenantOwned). */
@@ -278,8 +285,7 @@ function checkTable(t: TableReport, appRole: string, systemRole: string, operato
     fail('extra-policy', `policy ${p.name} on ${t.table} (${p.command} to ${p.roles.join(', ')}, USING ${p.using ?? '-'}, WITH CHECK ${p.check ?? '-'}) widens access beyond the tenant; only SELECT/DELETE policies for ${systemRole} (and SELECT policies for ${operatorRole} on its own tables) are allowed besides the isolation policy`);
   }
   for (const u of t.uniqueKeys) {
-    // A surrogate primary key of random UUIDs reveals nothing; every other unique key must be scoped by tenant.
-    if (!u.primary && !u.includesTenant) fail('tenant-unique', `unique key ${u.name} on ${t.table} (${u.columns.join(', ')}) does not include tenant_id: it tells one tenant which values another has used`);
+    if (!isSurrogateKey(u) && !u.includesTenant) fail('tenant-unique', `unique key ${u.name} on ${t.table} (${u.columns.join(', ')}) does not include tenant_id: it tells one tenant which values another has used`);
   }
   if (t.hasTenantColumn && !t.tenantIndexed) fail('tenant-index', `tenant_id on ${t.table} is not the leading column of any complete index: every policy check becomes a sequential scan`);
   return out;

@@ -7,18 +7,21 @@ export type CheckpointStatus = (typeof CHECKPOINT_STATUSES)[number];
 
 /**
  * The durable record of one step of one run. Written in the same transaction as the step's
- * effects; unique (tenant, run, sequence_num) makes a concurrent second execution roll back.
+ * effects; its primary key (tenant, run, sequence_num) makes a concurrent second execution roll back.
+ * `id` is kept (written, never looked up) but not indexed: every statement finds a checkpoint by its
+ * key, and an index on a random uuid alone cost every checkpoint insert a second B-tree insert
+ * (docs/performance.md, session 24).
  */
 export const DurableCheckpoint = defineEntity({
   name: 'DurableCheckpoint',
   tableName: 'durable_checkpoints',
   properties: {
-    id: p.uuid().primary(),
-    tenantId: tenantIdProperty(),
+    id: p.uuid(),
+    tenantId: tenantIdProperty().primary(),
     // (tenant_id, run_id) → durable_runs (tenant_id, id): referential checks bypass RLS, so the key carries
     // the tenant and a checkpoint can never point at (or probe) another tenant's run.
-    run: () => p.manyToOne(DurableRun).joinColumns('tenant_id', 'run_id').referencedColumnNames('tenant_id', 'id').deleteRule('cascade'),
-    sequenceNum: p.integer(),
+    run: () => p.manyToOne(DurableRun).joinColumns('tenant_id', 'run_id').referencedColumnNames('tenant_id', 'id').deleteRule('cascade').primary(),
+    sequenceNum: p.integer().primary(),
     stepName: p.string().length(100),
     status: p.enum(CHECKPOINT_STATUSES),
     output: p.json<unknown>().nullable(),
@@ -28,7 +31,6 @@ export const DurableCheckpoint = defineEntity({
     updatedAt: p.datetime(),
     completedAt: p.datetime().nullable(),
   },
-  uniques: [{ name: 'durable_checkpoints_tenant_run_seq_unique', properties: ['tenantId', 'run', 'sequenceNum'] }],
   rowLevelSecurity: 'force',
   policies: [tenantIsolationPolicy('durable_checkpoints')],
 });
