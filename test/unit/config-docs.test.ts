@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { readFileSync } from 'node:fs';
+import { readFileSync, readdirSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { PUBLISHED_DATABASE_PASSWORDS, PUBLISHED_JWT_SECRETS, configSchema, parseConfig } from '../../src/platform/config/config.ts';
 
@@ -61,6 +61,31 @@ describe('configuration documents', () => {
     for (const e of entries.filter((x) => !x.set && variables.includes(x.name))) {
       expect(() => parseConfig({ JWT_SECRET: PUBLISHED_JWT_SECRETS[0]!, ...(e.name.startsWith('OPERATOR_') ? operator : {}), [e.name]: e.value }), e.name).not.toThrow();
     }
+  });
+
+  it('every configuration table of the documents (`| variable | default |`, `| setting | default |`) states the default the schema applies', () => {
+    const documents = ['README.md', ...readdirSync(fileURLToPath(new URL('../../docs', import.meta.url))).filter((f) => f.endsWith('.md')).map((f) => `docs/${f}`)];
+    const defaults = parseConfig({ JWT_SECRET: PUBLISHED_JWT_SECRETS[0]! }) as Record<string, unknown>;
+    const stated: { where: string; name: string; value: string }[] = [];
+    for (const doc of documents) {
+      const lines = read(doc).split('\n');
+      lines.forEach((header, i) => {
+        if (!/^\| (variable|setting) \| default \|/.test(header)) return;
+        for (let j = i + 2; j < lines.length && lines[j]!.startsWith('|'); j++) {
+          const [names, values] = lines[j]!.split(/(?<!\\)\|/).slice(1, 3).map((c) => c.trim());
+          const schema = [...names!.matchAll(/`([A-Z][A-Z0-9_]*)`/g)].map((m) => m[1]!).filter((v) => variables.includes(v));
+          // `A` / `B` rows state one default each, in order; a value is a literal in backticks or a bare number, anything else (unset …) is prose.
+          const each = schema.length > 1 ? values!.split(' / ') : [values!];
+          schema.forEach((name, k) => {
+            const m = /^(?:`([^`]*)`|(\d+))(?!\S)/.exec(each[k]?.trim() ?? '');
+            if (m && defaults[name] !== undefined) stated.push({ where: `${doc}:${j + 1}`, name, value: m[1] ?? m[2]! });
+          });
+        }
+      });
+    }
+    expect(stated.length).toBeGreaterThan(60);
+    const differ = stated.filter(({ name, value }) => JSON.stringify((parseConfig({ JWT_SECRET: PUBLISHED_JWT_SECRETS[0]!, [name]: value }) as Record<string, unknown>)[name]) !== JSON.stringify(defaults[name]));
+    expect(differ.map((d) => `${d.where} ${d.name}: ${d.value}`)).toEqual([]);
   });
 
   it('the README table names no variable the schema does not read (OTEL_* aside: the SDK reads the rest)', () => {
