@@ -87,6 +87,23 @@ describe('documents against the code', () => {
     expect(described.filter((m) => m.row.labels !== m.labels).map((m) => `${m.name}: [${m.labels}], documented [${m.row.labels}]`)).toEqual([]);
   });
 
+  it('the API, worker and migration command lines are the same in package.json, Procfile, docker-compose.yml, the Dockerfile and the runbook', () => {
+    const scripts = (JSON.parse(read('package.json')) as { scripts: Record<string, string> }).scripts;
+    const npm = (name: string) => scripts[name]!.replace(/^sh \.ci\/node (--env-file-if-exists=\.env )?/, '');
+    const procfile = Object.fromEntries(read('Procfile').trim().split('\n').map((l) => [l.slice(0, l.indexOf(':')), l.slice(l.indexOf(':') + 1).trim().replace(/^node /, '')]));
+    const compose = read('docker-compose.yml');
+    const composeCommand = (service: string) => {
+      const m = new RegExp(`\\n  ${service}:\\n(?:    .*\\n)*?    command: (\\[.*\\])`).exec(compose);
+      return (JSON.parse(m![1]!) as string[]).slice(1).join(' ');
+    };
+    const dockerfile = (JSON.parse(/^CMD (\[.*\])$/m.exec(read('Dockerfile'))![1]!) as string[]).slice(1).join(' ');
+    const runbookWorkers = [...read('docs/runbook.md').matchAll(/^[\w-]+: (?:WORKER_QUEUES=\S+ )?node (.*workers\/golden-path\.worker\.ts)$/gm)].map((m) => m[1]!);
+    expect(runbookWorkers.length).toBeGreaterThan(0);
+    expect([procfile.web, dockerfile]).toEqual([npm('start:api'), npm('start:api')]);
+    expect([procfile.worker, composeCommand('worker'), ...runbookWorkers]).toEqual(Array(2 + runbookWorkers.length).fill(npm('start:worker')));
+    expect([procfile.release, composeCommand('migrate')]).toEqual([npm('db:migrate'), npm('db:migrate')]);
+  });
+
   it('every `npm run <script>` the documents mention is a script of package.json', () => {
     const scripts = Object.keys((JSON.parse(read('package.json')) as { scripts: Record<string, string> }).scripts);
     const named = documents.flatMap((doc) => [...read(doc).matchAll(/npm run ([a-z][\w:-]*[\w-])/g)].map((m) => `${doc}: ${m[1]!}`));
