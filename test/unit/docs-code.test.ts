@@ -104,6 +104,16 @@ describe('documents against the code', () => {
     expect([procfile.release, composeCommand('migrate')]).toEqual([npm('db:migrate'), npm('db:migrate')]);
   });
 
+  it('operations.md names every security and ops event the code logs, and the documents name no other', () => {
+    const source = [...walk('src', '.ts'), ...walk('workers', '.ts')].map(read).join('\n');
+    const logged = [...new Set([...source.matchAll(/\b(?:security|ops)_event: '([a-z_]+)'/g)].map((m) => m[1]!))];
+    expect(logged.length).toBeGreaterThan(5);
+    const operations = read('docs/operations.md');
+    expect(logged.filter((e) => !operations.includes(`\`${e}\``) && !operations.includes(`_event: ${e}\``))).toEqual([]);
+    const named = documents.flatMap((doc) => [...read(doc).matchAll(/\b(?:security|ops)_event: ([a-z_]+)/g)].map((m) => ({ doc, event: m[1]! })));
+    expect(named.filter((n) => !logged.includes(n.event)).map((n) => `${n.doc}: ${n.event}`)).toEqual([]);
+  });
+
   it('every `npm run <script>` the documents mention is a script of package.json', () => {
     const scripts = Object.keys((JSON.parse(read('package.json')) as { scripts: Record<string, string> }).scripts);
     const named = documents.flatMap((doc) => [...read(doc).matchAll(/npm run ([a-z][\w:-]*[\w-])/g)].map((m) => `${doc}: ${m[1]!}`));
