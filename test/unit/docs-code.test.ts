@@ -114,6 +114,26 @@ describe('documents against the code', () => {
     expect(named.filter((n) => !logged.includes(n.event)).map((n) => `${n.doc}: ${n.event}`)).toEqual([]);
   });
 
+  it('every log message the documents quote (logs `…`, warns `…`, a warning `…`, the info line `…`) is a literal of the code', () => {
+    const source = [...walk('src', '.ts'), ...walk('workers', '.ts')].map(read).join('\n');
+    // pino-http writes this one, not our code.
+    const library = ['request completed'];
+    const quoted = documents.flatMap((doc) =>
+      [...read(doc).replace(/\s+/g, ' ').matchAll(/\b(?:logs?|logged as|warns?|warning|error|info(?: line)?|line|message|msg:) (?:once |it as |a warning |an? (?:info|error|warning) (?:line )?)?[`"]([^`"]{6,})[`"]/g)]
+        .map((m) => ({ doc, message: m[1]! }))
+        .filter((q) => !/^(security|ops)_event: /.test(q.message) && !library.includes(q.message)),
+    );
+    expect(quoted.length).toBeGreaterThan(20);
+    const missing = quoted.filter((q) =>
+      !q.message
+        .split('…')
+        .map((s) => s.trim())
+        .filter(Boolean)
+        .every((piece) => source.includes(piece)),
+    );
+    expect(missing.map((q) => `${q.doc}: ${q.message}`)).toEqual([]);
+  });
+
   it('every `npm run <script>` the documents mention is a script of package.json', () => {
     const scripts = Object.keys((JSON.parse(read('package.json')) as { scripts: Record<string, string> }).scripts);
     const named = documents.flatMap((doc) => [...read(doc).matchAll(/npm run ([a-z][\w:-]*[\w-])/g)].map((m) => `${doc}: ${m[1]!}`));
