@@ -88,6 +88,37 @@ describe('configuration documents', () => {
     expect(differ.map((d) => `${d.where} ${d.name}: ${d.value}`)).toEqual([]);
   });
 
+  it("the README table states every integer variable's range as the schema has it (the first a–b of its row), and one for each the schema bounds above", () => {
+    const parses = (name: string, value: string) => {
+      const operator = name.startsWith('OPERATOR_') ? { OPERATOR_USER: 'ops', OPERATOR_PASSWORD: 'a-long-operator-password' } : {};
+      try {
+        return (parseConfig({ JWT_SECRET: PUBLISHED_JWT_SECRETS[0]!, ...operator, [name]: value }) as Record<string, unknown>)[name] === Number(value);
+      } catch {
+        return false;
+      }
+    };
+    // An integer variable reads "7" as 7 (a duration reads it as 7 s, in ms).
+    const integers = variables.filter((v) => parses(v, '7'));
+    expect(integers.length).toBeGreaterThan(15);
+    const rows = readmeConfigTable()
+      .split('\n')
+      .filter((l) => l.startsWith('| `'))
+      .map((l) => l.split(/(?<!\\)\|/).map((c) => c.trim()));
+    const problems: string[] = [];
+    for (const name of integers) {
+      const row = rows.find((r) => r[1]!.includes(`\`${name}\``))!;
+      const range = /(\d[\d,]*)–(\d[\d,]*)/.exec(row[3]!);
+      if (!range) {
+        if (parses(name, '1000000000')) continue;
+        problems.push(`${name}: no range, the schema has a maximum`);
+        continue;
+      }
+      const [min, max] = [Number(range[1]!.replace(/,/g, '')), Number(range[2]!.replace(/,/g, ''))];
+      if (!parses(name, String(min)) || !parses(name, String(max)) || parses(name, String(min - 1)) || parses(name, String(max + 1))) problems.push(`${name}: ${range[0]} is not the schema's range`);
+    }
+    expect(problems).toEqual([]);
+  });
+
   it('the README table names no variable the schema does not read (OTEL_* aside: the SDK reads the rest)', () => {
     const named = [...readmeConfigTable().matchAll(/`([A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+)`/g)].map((m) => m[1]!);
     expect([...new Set(named)].filter((v) => !variables.includes(v) && !v.startsWith('OTEL_'))).toEqual([]);
