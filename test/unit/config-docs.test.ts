@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { readFileSync } from 'node:fs';
+import { readFileSync, readdirSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { PUBLISHED_DATABASE_PASSWORDS, PUBLISHED_JWT_SECRETS, configSchema, parseConfig } from '../../src/platform/config/config.ts';
 
@@ -9,6 +9,9 @@ const variables = Object.keys(configSchema.shape);
 /** What the configuration module reads: the schema's variables and the OpenTelemetry ones its telemetry bootstrap reads raw. */
 const configSource = read('src/platform/config/config.ts');
 const readByConfig = [...new Set([...variables, ...[...configSource.matchAll(/\b(OTEL_[A-Z0-9_]*[A-Z0-9])\b/g)].map((m) => m[1]!)])];
+
+/** The README and every page under docs/ (ADRs and governance included). */
+const documents = ['README.md', ...readdirSync(fileURLToPath(new URL('../../docs', import.meta.url)), { recursive: true, encoding: 'utf8' }).filter((f) => f.endsWith('.md')).map((f) => `docs/${f}`)];
 
 /** .env.example's variable lines, set (`NAME=value`) or shown commented out (`# NAME=value`), with the comment lines just above. */
 function exampleEntries(): { name: string; value: string; set: boolean; comment: string }[] {
@@ -61,6 +64,87 @@ describe('configuration documents', () => {
     for (const e of entries.filter((x) => !x.set && variables.includes(x.name))) {
       expect(() => parseConfig({ JWT_SECRET: PUBLISHED_JWT_SECRETS[0]!, ...(e.name.startsWith('OPERATOR_') ? operator : {}), [e.name]: e.value }), e.name).not.toThrow();
     }
+  });
+
+  it('every configuration table of the documents (`| variable | default |`, `| setting | default |`) states the default the schema applies', () => {
+    const defaults = parseConfig({ JWT_SECRET: PUBLISHED_JWT_SECRETS[0]! }) as Record<string, unknown>;
+    const stated: { where: string; name: string; value: string }[] = [];
+    for (const doc of documents) {
+      const lines = read(doc).split('\n');
+      lines.forEach((header, i) => {
+        if (!/^\| (variable|setting) \| default \|/.test(header)) return;
+        for (let j = i + 2; j < lines.length && lines[j]!.startsWith('|'); j++) {
+          const [names, values] = lines[j]!.split(/(?<!\\)\|/).slice(1, 3).map((c) => c.trim());
+          const schema = [...names!.matchAll(/`([A-Z][A-Z0-9_]*)`/g)].map((m) => m[1]!).filter((v) => variables.includes(v));
+          // `A` / `B` rows state one default each, in order; a value is a literal in backticks or a bare number, anything else (unset …) is prose.
+          const each = schema.length > 1 ? values!.split(' / ') : [values!];
+          schema.forEach((name, k) => {
+            const m = /^(?:`([^`]*)`|(\d+))(?!\S)/.exec(each[k]?.trim() ?? '');
+            if (m && defaults[name] !== undefined) stated.push({ where: `${doc}:${j + 1}`, name, value: m[1] ?? m[2]! });
+          });
+        }
+      });
+    }
+    expect(stated.length).toBeGreaterThan(60);
+    const differ = stated.filter(({ name, value }) => JSON.stringify((parseConfig({ JWT_SECRET: PUBLISHED_JWT_SECRETS[0]!, [name]: value }) as Record<string, unknown>)[name]) !== JSON.stringify(defaults[name]));
+    expect(differ.map((d) => `${d.where} ${d.name}: ${d.value}`)).toEqual([]);
+  });
+
+  it('every default the documents state in prose (`NAME` (default `x`), `NAME`, default 2 s) is the schema\'s', () => {
+    const defaults = parseConfig({ JWT_SECRET: PUBLISHED_JWT_SECRETS[0]! }) as Record<string, unknown>;
+    const stated = documents.flatMap((doc) =>
+      [...read(doc).replace(/\s+/g, ' ').matchAll(/`([A-Z][A-Z0-9_]+)`,? \(?default:? (?:`([^`]+)`|(\d+(?: ?(?:ms|s|m|h|d))?)\b)/g)]
+        .map((m) => ({ doc, name: m[1]!, value: (m[2] ?? m[3]!).replace(' ', '') }))
+        // A variable without a schema default (DATABASE_ADMIN_URL: db:setup's own fallback) is stated by the code that reads it.
+        .filter((s) => variables.includes(s.name) && defaults[s.name] !== undefined),
+    );
+    expect(stated.length).toBeGreaterThan(10);
+    const differ = stated.filter(({ name, value }) => {
+      try {
+        return JSON.stringify((parseConfig({ JWT_SECRET: PUBLISHED_JWT_SECRETS[0]!, [name]: value }) as Record<string, unknown>)[name]) !== JSON.stringify(defaults[name]);
+      } catch {
+        return true;
+      }
+    });
+    expect(differ.map((d) => `${d.doc}: ${d.name} default ${d.value}`)).toEqual([]);
+  });
+
+  it("the README table states every integer variable's range as the schema has it (the first a–b of its row), and one for each the schema bounds above; so does .env.example where it gives one", () => {
+    const parses = (name: string, value: string) => {
+      const operator = name.startsWith('OPERATOR_') ? { OPERATOR_USER: 'ops', OPERATOR_PASSWORD: 'a-long-operator-password' } : {};
+      try {
+        return (parseConfig({ JWT_SECRET: PUBLISHED_JWT_SECRETS[0]!, ...operator, [name]: value }) as Record<string, unknown>)[name] === Number(value);
+      } catch {
+        return false;
+      }
+    };
+    const isRange = (name: string, min: number, max: number) => parses(name, String(min)) && parses(name, String(max)) && !parses(name, String(min - 1)) && !parses(name, String(max + 1));
+    // An integer variable reads "7" as 7 (a duration reads it as 7 s, in ms).
+    const integers = variables.filter((v) => parses(v, '7'));
+    expect(integers.length).toBeGreaterThan(15);
+    const rows = readmeConfigTable()
+      .split('\n')
+      .filter((l) => l.startsWith('| `'))
+      .map((l) => l.split(/(?<!\\)\|/).map((c) => c.trim()));
+    const problems: string[] = [];
+    for (const name of integers) {
+      const row = rows.find((r) => r[1]!.includes(`\`${name}\``))!;
+      const range = /(\d[\d,]*)–(\d[\d,]*)/.exec(row[3]!);
+      if (!range) {
+        if (parses(name, '1000000000')) continue;
+        problems.push(`${name}: no range, the schema has a maximum`);
+        continue;
+      }
+      const [min, max] = [Number(range[1]!.replace(/,/g, '')), Number(range[2]!.replace(/,/g, ''))];
+      if (!isRange(name, min, max)) problems.push(`${name}: ${range[0]} is not the schema's range`);
+    }
+    // .env.example's comments write a range a-b where they give one.
+    for (const e of exampleEntries().filter((x) => integers.includes(x.name))) {
+      const range = /\b(\d+)-(\d+)\b/.exec(e.comment);
+      if (!range) continue;
+      if (!isRange(e.name, Number(range[1]), Number(range[2]))) problems.push(`.env.example ${e.name}: ${range[0]} is not the schema's range`);
+    }
+    expect(problems).toEqual([]);
   });
 
   it('the README table names no variable the schema does not read (OTEL_* aside: the SDK reads the rest)', () => {

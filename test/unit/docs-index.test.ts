@@ -17,6 +17,18 @@ describe('documentation indexes', () => {
     expect(pages.filter((f) => !readme.includes(`](docs/${f})`))).toEqual([]);
   });
 
+  it("the README's layout names every directory of src/platform and src/modules, and every command of src/cli", () => {
+    const readme = read('README.md');
+    const layout = readme.slice(readme.indexOf('## Layout'), readme.indexOf('\n## ', readme.indexOf('## Layout') + 1));
+    const line = (start: string) => layout.split('\n').find((l) => l.trimStart().startsWith(start))!;
+    const dirs = (p: string) => readdirSync(path(p), { withFileTypes: true }).filter((d) => d.isDirectory()).map((d) => d.name);
+    const platform = layout.split('\n')[layout.split('\n').indexOf(line('platform/')) + 1]!;
+    expect(dirs('src/platform').filter((d) => !platform.split(/\s+/).includes(`${d}/`))).toEqual([]);
+    expect(dirs('src/modules').filter((d) => !line('modules/').includes(`${d}/`))).toEqual([]);
+    const cli = readdirSync(path('src/cli')).filter((f) => f.endsWith('.ts')).map((f) => f.slice(0, -3));
+    expect(cli.filter((c) => !line('cli/').split(/[\s,]+/).includes(c))).toEqual([]);
+  });
+
   it('docs/architecture.md links every ADR', () => {
     const architecture = read('docs/architecture.md');
     const adrs = readdirSync(path('docs/adr')).filter((f) => /^\d{4}-.*\.md$/.test(f));

@@ -118,7 +118,8 @@ export const configSchema = z
     // timers, never behind a run backlog. Each holds a connection for one short transaction.
     WORKER_TIMER_CONCURRENCY: z.coerce.number().int().min(1).max(100).default(4),
     // The workflow queues a worker process serves (comma-separated); unset: every one. Lets a dyno type
-    // serve one queue (WORKER_QUEUES=partner-offboarding) and be scaled apart; maintenance is always served.
+    // serve one queue (WORKER_QUEUES=partner-offboarding) and be scaled apart; the timers, maintenance and
+    // webhooks queues are always served (worker-runtime.ts).
     WORKER_QUEUES: csv('').pipe(z.array(z.string().regex(/^[A-Za-z0-9_-]{1,64}$/, 'queue names: letters, digits, _ - only'))),
     // A SIGKILLed worker's step resumes elsewhere after about lock + half the stalled interval (ADR 0002).
     WORKER_LOCK_DURATION: duration('2s'),

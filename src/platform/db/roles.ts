@@ -13,8 +13,9 @@ export interface SetupUrls {
 
 /**
  * Development and test bootstrap (npm run db:setup): creates the owner role, the application role,
- * the system role and the database, idempotently, through the superuser URL. Production creates
- * these once by hand or through its provider (docs/operations.md); the app never runs as superuser.
+ * the system role, the operator role (ADR 0014) and the database, idempotently, through the superuser
+ * URL. Production creates these once by hand or through its provider (docs/runbook.md, *Migrate
+ * (outside a deploy)*); the app never runs as superuser.
  */
 export async function setupDatabase({ adminUrl, ownerUrl, appUrl }: SetupUrls): Promise<string[]> {
   const owner = describePgUrl(ownerUrl);
