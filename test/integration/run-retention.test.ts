@@ -12,7 +12,7 @@ import { Writable } from 'node:stream';
 import pg from 'pg';
 import { Queue, Worker, type Job } from 'bullmq';
 import { Redis } from 'ioredis';
-import { api, CLASS_A_SUBMISSION, newTenant, startStack, type TestStack } from '../helpers/stack.ts';
+import { api, CLASS_A_SUBMISSION, newTenant, startStack, type TestStack, type WorkerHandle } from '../helpers/stack.ts';
 import { waitFor } from '../helpers/poll.ts';
 import { startRunHost } from '../helpers/run-host.ts';
 import { TenantRows, insertSql } from '../helpers/tenant-rows.ts';
@@ -35,6 +35,15 @@ import type { StepJobData } from '../../src/platform/durable/runtime.ts';
 const LONG = 120_000;
 const DAY = 86_400_000;
 const RETENTION = 30 * DAY;
+
+/**
+ * Resolves once `worker` has made its first sweep. The first sweep of a stack's first worker finds no
+ * marker in Redis and takes it for a loss of Redis's data: it puts the maintenance schedulers back, the
+ * run-retention one with the worker's own RUN_RETENTION. A schedule changed or removed before then would
+ * come back behind the test's back (a pass with 30d at once, deleting what a later test seeded).
+ */
+const firstSweep = (worker: WorkerHandle) =>
+  waitFor(() => worker.output().includes('Redis had lost its data (or this is its first sweep)') || undefined, { timeoutMs: 60_000, what: "the worker's first sweep" });
 
 describe('run retention', () => {
   let stack: TestStack;
@@ -426,19 +435,24 @@ describe('run retention', () => {
   it('a worker with RUN_RETENTION schedules the run-retention job on the maintenance queue and runs it; RUN_RETENTION off removes the schedule', { timeout: LONG }, async () => {
     const connection = new Redis(TEST_REDIS_URL, { maxRetriesPerRequest: 1 });
     const queue = new Queue(MAINTENANCE_QUEUE, { connection, prefix: stack.prefix });
+    let worker: WorkerHandle | undefined;
     try {
       const old = await seedRun(newTenant(), 'failed', RETENTION + DAY);
       const young = await seedRun(newTenant(), 'failed', RETENTION - 3_600_000);
-      await stack.spawnWorker({ RUN_RETENTION: '30d' });
+      worker = await stack.spawnWorker({ RUN_RETENTION: '30d' });
       const scheduler = await waitFor(() => queue.getJobScheduler(RUN_RETENTION_JOB), { timeoutMs: 30_000, what: 'the run-retention job scheduler' });
       expect(scheduler).toMatchObject({ key: RUN_RETENTION_JOB, name: RUN_RETENTION_JOB });
       const done = await waitFor(async () => (await queue.getCompleted()).find((j) => j.name === RUN_RETENTION_JOB), { timeoutMs: 60_000, what: 'a run-retention job to complete' });
       expect(done.returnvalue).toMatchObject({ deleted: 1, complete: true });
       expect(await leftOf([old, young])).toEqual({ [old]: gone(), [young]: kept() });
 
+      await firstSweep(worker);
       await upsertMaintenanceSchedulers(queue, { runRetentionMs: 0 });
       expect(await queue.getJobScheduler(RUN_RETENTION_JOB)).toBeUndefined();
     } finally {
+      // Its passes are this test's: the webhook deliveries' tests below count what their own passes delete.
+      worker?.kill();
+      await worker?.exited;
       await queue.close();
       connection.disconnect();
     }
@@ -578,6 +592,8 @@ describe('run retention across workers with different RUN_RETENTION', () => {
       const first = await stack.spawnWorker({ RUN_RETENTION: '30d' });
       expect((await queue.getJobScheduler(RUN_RETENTION_JOB))?.template?.data).toMatchObject({ retention_ms: 30 * DAY });
       expect(differs(first.output())).toEqual([]);
+      // Its first sweep puts its 30d back: done before the workers started after it replace the schedule.
+      await firstSweep(first);
 
       const second = await stack.spawnWorker({ RUN_RETENTION: '60d' });
       const [warning] = differs(second.output());
