@@ -212,8 +212,21 @@ describe('webhook endpoint rate limits (rate_limit_per_second)', () => {
     expect(turns.length).toBeGreaterThanOrEqual(4);
     for (let i = 1; i < turns.length; i++) expect(turns[i]! - turns[i - 1]!).toBeGreaterThanOrEqual(1_000_000);
     // Waiting for a turn holds no in-flight slot of the endpoint (nor of the tenant): the slots are taken after the turn.
-    expect(await stack.redis.zcard(`${stack.prefix}:endpoint-slots:${t.endpoint.id}`)).toBe(0);
-    expect(await stack.redis.zcard(`${stack.prefix}:webhook-tenant-slots:${t.tenantId}`)).toBe(0);
+    // Read at one instant (MULTI): a delivery whose turn came holds its slots for its POST, legitimately in flight (the
+    // 2nd until the worker has read its answer, or the 3rd once its turn came), but is then no longer waiting for a turn.
+    const snapshot = await stack.redis
+      .multi()
+      .zrange(rateKeys(t.endpoint.id).waitingKey, '0', '-1')
+      .zrange(`${stack.prefix}:endpoint-slots:${t.endpoint.id}`, '0', '-1')
+      .zrange(`${stack.prefix}:webhook-tenant-slots:${t.tenantId}`, '0', '-1')
+      .exec();
+    const [waitingNow, endpointSlots, tenantSlots] = snapshot!.map(([err, members]) => {
+      if (err) throw err;
+      return members as string[];
+    }) as [string[], string[], string[]];
+    expect(waitingNow.length).toBeGreaterThanOrEqual(3);
+    expect(endpointSlots.filter((m) => waitingNow.includes(m)), `endpoint slots ${endpointSlots} vs waiting ${waitingNow}`).toEqual([]);
+    expect(tenantSlots.filter((m) => waitingNow.includes(m)), `tenant slots ${tenantSlots} vs waiting ${waitingNow}`).toEqual([]);
     const res = await api(stack, 'PATCH', `${ENDPOINTS}/${t.endpoint.id}`, { token: t.admin, body: { rate_limit_per_second: null } });
     expect(res.status, res.text).toBe(200);
     expect(res.json.rate_limit_per_second).toBeNull();
