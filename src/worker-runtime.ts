@@ -9,7 +9,7 @@ import { TenantSlots } from './platform/durable/tenant-slots.ts';
 import { seedActiveRunOverrides } from './platform/limits/tenant-limits.ts';
 import type { Config } from './platform/config/config.ts';
 import type { Redis } from 'ioredis';
-import { scheduleMaintenance, MAINTENANCE_QUEUE, maintenanceHandlers, upsertMaintenanceSchedulers } from './platform/queue/maintenance.ts';
+import { scheduleMaintenance, MAINTENANCE_QUEUE, maintenanceHandlers, restoreMaintenanceSchedulers } from './platform/queue/maintenance.ts';
 import { TIMER_QUEUE } from './platform/queue/timers.ts';
 import { startMetricsServer } from './platform/telemetry/metrics-server.ts';
 import { onShutdown } from './platform/process/shutdown.ts';
@@ -166,11 +166,12 @@ export async function startWorkerProcess(c: Container, signal?: AbortSignal): Pr
     markerKey: `${cfg.QUEUE_PREFIX}:sweeper-lock:marker`,
     intervalMs: cfg.SWEEPER_INTERVAL,
     minAgeMs: cfg.SWEEPER_MIN_AGE,
-    // A flushed or replaced Redis lost the Job Schedulers too: put them back.
+    // A flushed or replaced Redis lost the Job Schedulers too: put them back (only then: on the first
+    // sweep of a fresh Redis they are there, as the worker started last left them).
     // The overrides' copy went too: re-seeded from PostgreSQL.
     afterRedisLoss: async () => {
       await seedOverrides();
-      await upsertMaintenanceSchedulers(maintenance, { runRetentionMs: cfg.RUN_RETENTION, logger: c.logger, scheduledBy: c.instanceId });
+      await restoreMaintenanceSchedulers(maintenance, { runRetentionMs: cfg.RUN_RETENTION, logger: c.logger, scheduledBy: c.instanceId });
     },
   });
   sweeper.start();

@@ -23,7 +23,7 @@ import { ACTIVE_RUN_STATUSES, TERMINAL_RUN_STATUSES } from '../../src/platform/d
 import { deleteEndedRuns } from '../../src/platform/durable/retention.ts';
 import { deleteSettledDeliveries } from '../../src/platform/webhooks/retention.ts';
 import { systemEm, tenantEm } from '../../src/platform/db/tenant-em.ts';
-import { MAINTENANCE_QUEUE, RUN_RETENTION_JOB, maintenanceHandlers, upsertMaintenanceSchedulers } from '../../src/platform/queue/maintenance.ts';
+import { IDEMPOTENCY_EXPIRY_JOB, MAINTENANCE_QUEUE, RUN_RETENTION_JOB, maintenanceHandlers, upsertMaintenanceSchedulers } from '../../src/platform/queue/maintenance.ts';
 import { createMetrics } from '../../src/platform/telemetry/metrics.ts';
 import { createLogger } from '../../src/platform/telemetry/logger.ts';
 import { evidenceHash } from '../../src/modules/evidence/evidence.service.ts';
@@ -38,9 +38,11 @@ const RETENTION = 30 * DAY;
 
 /**
  * Resolves once `worker` has made its first sweep. The first sweep of a stack's first worker finds no
- * marker in Redis and takes it for a loss of Redis's data: it puts the maintenance schedulers back, the
- * run-retention one with the worker's own RUN_RETENTION. A schedule changed or removed before then would
- * come back behind the test's back (a pass with 30d at once, deleting what a later test seeded).
+ * marker in Redis and takes it for a loss of Redis's data. It used to put the maintenance schedulers
+ * back, the run-retention one with the worker's own RUN_RETENTION, so a schedule changed or removed
+ * before then came back behind the test's back (a pass with 30d at once, deleting what a later test
+ * seeded); it no longer does while they are there (restoreMaintenanceSchedulers, the last test here),
+ * and the tests that change the schedule still wait for it, so that they show one thing each.
  */
 const firstSweep = (worker: WorkerHandle) =>
   waitFor(() => worker.output().includes('Redis had lost its data (or this is its first sweep)') || undefined, { timeoutMs: 60_000, what: "the worker's first sweep" });
@@ -664,6 +666,56 @@ describe('run retention across workers with different RUN_RETENTION', () => {
       await queue.close();
       connection.disconnect();
       await admin.query(`delete from durable_runs where id = $1`, [run]);
+    }
+  });
+});
+
+/**
+ * A sweep that finds its marker gone (Redis flushed or replaced, or the first sweep on a fresh Redis)
+ * puts the maintenance schedulers back only when Redis lost them: on a fresh Redis they are there,
+ * upserted by every worker at its start, and a run-retention schedule removed (or replaced) by a worker
+ * started since is the last-started worker's decision (ADR 0011), not to be undone by an older worker's
+ * first sweep. Before, that sweep upserted its own RUN_RETENTION again, and its pass deleted at once.
+ */
+describe("the sweeper's repair after a Redis loss and the run-retention schedule", () => {
+  let stack: TestStack;
+  beforeAll(async () => {
+    stack = await startStack();
+  }, LONG);
+  afterAll(async () => {
+    await stack?.stop();
+  });
+
+  it('a sweep that finds its marker gone but the schedulers there leaves a schedule removed by a worker started since as it is', { timeout: LONG }, async () => {
+    const connection = new Redis(TEST_REDIS_URL, { maxRetriesPerRequest: 1 });
+    const queue = new Queue(MAINTENANCE_QUEUE, { connection, prefix: stack.prefix });
+    const marker = `${stack.prefix}:sweeper-lock:marker`;
+    const repairs = (w: WorkerHandle) => w.output().split('Redis had lost its data (or this is its first sweep)').length - 1;
+    try {
+      const first = await stack.spawnWorker({ RUN_RETENTION: '30d' });
+      await firstSweep(first);
+      // A worker started since with retention off removes the schedule; it stops (its sweeps are not this test's).
+      const off = await stack.spawnWorker({ RUN_RETENTION: '0' });
+      off.kill();
+      await off.exited;
+      expect(await queue.getJobScheduler(RUN_RETENTION_JOB)).toBeUndefined();
+
+      // What the first worker's first sweep finds on a fresh Redis when it ends after the later worker's start.
+      await stack.redis.del(marker);
+      await waitFor(() => repairs(first) >= 2 || undefined, { timeoutMs: 30_000, what: "the first worker's sweep after the marker went" });
+      expect(await queue.getJobScheduler(RUN_RETENTION_JOB)).toBeUndefined();
+      expect(await queue.getJobScheduler(IDEMPOTENCY_EXPIRY_JOB)).toMatchObject({ key: IDEMPOTENCY_EXPIRY_JOB });
+
+      // Redis lost the schedulers too (every key of the maintenance queue): the sweep puts them back, with its own retention.
+      const keys = await stack.redis.keys(`${stack.prefix}:${MAINTENANCE_QUEUE}:*`);
+      if (keys.length) await stack.redis.del(...keys, marker);
+      expect(await queue.getJobSchedulers()).toEqual([]);
+      await waitFor(() => repairs(first) >= 3 || undefined, { timeoutMs: 30_000, what: "the first worker's sweep after the loss" });
+      expect((await queue.getJobScheduler(RUN_RETENTION_JOB))?.template?.data).toMatchObject({ retention_ms: 30 * DAY });
+      expect(await queue.getJobScheduler(IDEMPOTENCY_EXPIRY_JOB)).toMatchObject({ key: IDEMPOTENCY_EXPIRY_JOB });
+    } finally {
+      await queue.close();
+      connection.disconnect();
     }
   });
 });

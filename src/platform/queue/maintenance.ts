@@ -77,7 +77,8 @@ export async function scheduleMaintenance(deps: { connection: ConnectionOptions;
 }
 
 /**
- * Idempotent; the sweeper calls it again when Redis lost its data (flushed or replaced). The
+ * Idempotent; the sweeper calls it again when Redis lost its data (flushed or replaced), through
+ * restoreMaintenanceSchedulers. The
  * run-retention scheduler carries the retention it is scheduled with; of workers started with
  * different RUN_RETENTION values, the one started last decides (ADR 0011), and says so: a warning
  * naming its value and the one it replaces.
@@ -100,6 +101,19 @@ export async function upsertMaintenanceSchedulers(queue: Queue, schedule: Mainte
     const data: RetentionJobData = { retention_ms: own, ...(schedule.scheduledBy ? { scheduled_by: schedule.scheduledBy } : {}) };
     await queue.upsertJobScheduler(RUN_RETENTION_JOB, { every }, { name: RUN_RETENTION_JOB, data, opts: JOB_OPTS });
   } else if (existing) await queue.removeJobScheduler(RUN_RETENTION_JOB);
+}
+
+/**
+ * The sweeper's repair of the schedulers once its marker is gone (Redis flushed or replaced, or its
+ * first sweep on a fresh Redis): upserts them only when Redis lost them. Every worker upserts the
+ * idempotency-expiry scheduler at start and none removes it, so while it is there the run-retention
+ * schedule is the one the worker started last decided (ADR 0011) — removed or replaced perhaps by a
+ * worker started after this one — and is left as it is. Resolves true when it upserted.
+ */
+export async function restoreMaintenanceSchedulers(queue: Queue, schedule: MaintenanceSchedule = {}): Promise<boolean> {
+  if (await queue.getJobScheduler(IDEMPOTENCY_EXPIRY_JOB)) return false;
+  await upsertMaintenanceSchedulers(queue, schedule);
+  return true;
 }
 
 /**
