@@ -166,8 +166,8 @@ export async function startWorkerProcess(c: Container, signal?: AbortSignal): Pr
     markerKey: `${cfg.QUEUE_PREFIX}:sweeper-lock:marker`,
     intervalMs: cfg.SWEEPER_INTERVAL,
     minAgeMs: cfg.SWEEPER_MIN_AGE,
-    // A flushed or replaced Redis lost the Job Schedulers too: put them back (only then: on the first
-    // sweep of a fresh Redis they are there, as the worker started last left them).
+    // A flushed or replaced Redis lost the Job Schedulers too: put them back (the run-retention one
+    // only then: on the first sweep of a fresh Redis it is there, or not, as the worker started last left it).
     // The overrides' copy went too: re-seeded from PostgreSQL.
     afterRedisLoss: async () => {
       await seedOverrides();

@@ -84,10 +84,7 @@ export async function scheduleMaintenance(deps: { connection: ConnectionOptions;
  * naming its value and the one it replaces.
  */
 export async function upsertMaintenanceSchedulers(queue: Queue, schedule: MaintenanceSchedule = {}): Promise<void> {
-  const every = schedule.everyMs ?? 10 * 60_000;
-  await queue.upsertJobScheduler(IDEMPOTENCY_EXPIRY_JOB, { every }, { name: IDEMPOTENCY_EXPIRY_JOB, data: {}, opts: JOB_OPTS });
-  // Pending webhook deliveries whose job Redis lost get it back within a minute (ADR 0013).
-  await queue.upsertJobScheduler(WEBHOOK_REDELIVERY_JOB, { every: Math.min(every, 60_000) }, { name: WEBHOOK_REDELIVERY_JOB, data: {}, opts: JOB_OPTS });
+  const every = await upsertStandingSchedulers(queue, schedule);
   const own = schedule.runRetentionMs ?? 0;
   const existing = await queue.getJobScheduler(RUN_RETENTION_JOB);
   const scheduled = existing ? scheduledRetention(existing.template?.data) : undefined;
@@ -104,16 +101,33 @@ export async function upsertMaintenanceSchedulers(queue: Queue, schedule: Mainte
 }
 
 /**
+ * The schedulers no worker removes (idempotency expiry; webhook redelivery, ADR 0013): upserted at
+ * every start and by every repair, whatever else Redis kept. Resolves the schedule's interval.
+ */
+async function upsertStandingSchedulers(queue: Queue, schedule: MaintenanceSchedule): Promise<number> {
+  const every = schedule.everyMs ?? 10 * 60_000;
+  await queue.upsertJobScheduler(IDEMPOTENCY_EXPIRY_JOB, { every }, { name: IDEMPOTENCY_EXPIRY_JOB, data: {}, opts: JOB_OPTS });
+  // Pending webhook deliveries whose job Redis lost get it back within a minute (ADR 0013).
+  await queue.upsertJobScheduler(WEBHOOK_REDELIVERY_JOB, { every: Math.min(every, 60_000) }, { name: WEBHOOK_REDELIVERY_JOB, data: {}, opts: JOB_OPTS });
+  return every;
+}
+
+/**
  * The sweeper's repair of the schedulers once its marker is gone (Redis flushed or replaced, or its
- * first sweep on a fresh Redis): upserts them only when Redis lost them. Every worker upserts the
- * idempotency-expiry scheduler at start and none removes it, so while it is there the run-retention
- * schedule is the one the worker started last decided (ADR 0011) — removed or replaced perhaps by a
- * worker started after this one — and is left as it is. Resolves true when it upserted.
+ * first sweep on a fresh Redis). The schedulers no worker removes are upserted always: Redis may have
+ * kept some keys and lost others (a snapshot older than a scheduler, keys lost one by one), or a
+ * worker of an older release, started since the loss, may have upserted only the ones it knows. The
+ * run-retention schedule is upserted with this worker's RUN_RETENTION only when the idempotency-expiry
+ * scheduler (every worker upserts it at start, none removes it) was gone too: while it is there the
+ * run-retention schedule, or its absence, is the one the worker started last decided (ADR 0011) —
+ * perhaps a worker started after this one — and is left as it is. Resolves true when it upserted the
+ * run-retention schedule too.
  */
 export async function restoreMaintenanceSchedulers(queue: Queue, schedule: MaintenanceSchedule = {}): Promise<boolean> {
-  if (await queue.getJobScheduler(IDEMPOTENCY_EXPIRY_JOB)) return false;
-  await upsertMaintenanceSchedulers(queue, schedule);
-  return true;
+  const lost = !(await queue.getJobScheduler(IDEMPOTENCY_EXPIRY_JOB));
+  if (lost) await upsertMaintenanceSchedulers(queue, schedule);
+  else await upsertStandingSchedulers(queue, schedule);
+  return lost;
 }
 
 /**
