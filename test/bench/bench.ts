@@ -6,6 +6,8 @@
  * overheads (RLS, idempotency, POST at a fixed rate), recovery after SIGKILL, the pgbench floor and
  * growth with load, workers, data and tenants. Prints one table (or JSON with --json) and writes
  * artifacts/bench.json (artifacts/bench-partial.json with --only). See docs/performance.md for the method.
+ * BENCH_POST_TIMELINE=file appends every POST of the fixed-rate windows (send time, epoch ms; latency, ms;
+ * status) to `file`, one window after another: where the tail's slow requests lie in time.
  * --budget (release gate 3, docs/governance/release-gates.md): exits 2 when a budgeted figure is
  * outside its budget or could not be measured, naming each on stderr.
  */

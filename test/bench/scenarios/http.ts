@@ -1,4 +1,5 @@
 import { randomUUID } from 'node:crypto';
+import { appendFileSync } from 'node:fs';
 import { parseConfig } from '../../../src/platform/config/config.ts';
 import { signDevToken } from '../../../src/platform/tenancy/jwt.ts';
 import { spawnChild, type Child } from '../lib/children.ts';
@@ -90,6 +91,11 @@ export async function openHttp(target: OursTarget, workerCount: number): Promise
       const live = workers.filter((w) => w.alive());
       const m = await measure({ database: target.db.name, workers: live, others: [api], accounting: false, fn: () => openLoop({ rate, seconds, fire }) });
       const results = m.result;
+      // Diagnosis: where the slow requests lie in time, to set against server logs and samplers (bench.ts).
+      if (process.env.BENCH_POST_TIMELINE) {
+        const lines = results.map((r) => `${Math.round(r.sentAt)}\t${r.ms.toFixed(1)}\t${r.status}`);
+        appendFileSync(process.env.BENCH_POST_TIMELINE, `# window ${live.length} workers\n${lines.join('\n')}\n`);
+      }
       const first = Math.min(...results.map((r) => r.sentAt));
       const last = Math.max(...results.map((r) => r.sentAt));
       const statuses: Record<string, number> = {};
