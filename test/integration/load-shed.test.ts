@@ -186,7 +186,7 @@ describe('connections without a valid token', () => {
 });
 
 describe('requests the HTTP parser refuses before Express sees them', () => {
-  it('are answered problem+json as every error is: 431 for an oversized token, 400 for a request that is not HTTP', async () => {
+  it('are answered problem+json as every error is: 431 for an oversized token, 400 for a request that is not HTTP, 413 for oversized chunk extensions', async () => {
     const api1 = await spawnApi({ ...stack.env });
     try {
       // An identity provider that puts every group in the token: 20 kB of headers, over Node's 16 kB.
@@ -195,6 +195,8 @@ describe('requests the HTTP parser refuses before Express sees them', () => {
         ['an oversized bearer token', `GET /api/v1/golden-path/runs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${big}${'x'.repeat(20_000)}\r\n\r\n`, 431, 'headers_too_large'],
         ['a malformed request line', 'GET /a b c HTTP/1.1\r\nHost: x\r\n\r\n', 400, 'bad_request'],
         ['a control character in a header', 'GET /api/v1/golden-path/runs HTTP/1.1\r\nHost: x\r\nX-Bad: a\u0001b\r\n\r\n', 400, 'bad_request'],
+        // Chunk extensions past Node's limit (16 kB), sent with the headers: refused while the route still verifies nothing.
+        ['oversized chunk extensions', `POST /api/v1/golden-path/run HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n2;ext=${'x'.repeat(20_000)}\r\n{}\r\n0\r\n\r\n`, 413, 'payload_too_large'],
       ] as const) {
         const conn = await openSocket(api1.baseUrl);
         conn.socket.write(request);
