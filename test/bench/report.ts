@@ -33,7 +33,7 @@ export interface Results {
   sweep?: SweepResult;
 }
 
-type FixedRate = Omit<FixedRateResult, 'cpuMs' | 'wallMs'> & Partial<Pick<FixedRateResult, 'cpuMs' | 'wallMs'>>;
+type FixedRate = Omit<FixedRateResult, 'cpuMs' | 'wallMs' | 'machine'> & Partial<Pick<FixedRateResult, 'cpuMs' | 'wallMs' | 'machine'>>;
 type Cell = number | string | undefined;
 
 /**
@@ -50,6 +50,20 @@ function busy(f: FixedRate | undefined, cpus: number | undefined): string | unde
   // A part that did not run (the workers of the API-alone window) is left out, not shown as 0.
   const shown = parts.filter(([name, ms]) => name !== 'worker' || ms > 0).map(([name, ms]) => `${name} ${of(ms)}`);
   return `${of(total)}${cpus ? ` of ${cpus}` : ''} (${shown.join(', ')})`;
+}
+
+/**
+ * What else held the machine up during a fixed-rate window, to tell a disturbed window from a quiet
+ * one: CPU and I/O pressure (ms stalled per second), WAL flushes and writes per second (cluster-wide)
+ * and the mean flush time when track_wal_io_timing is on. Older reports did not measure it.
+ */
+function pressure(f: FixedRate | undefined): string | undefined {
+  const m = f?.machine;
+  if (!m) return undefined;
+  const perSec = (n: number) => round(n / (m.ms / 1000));
+  const psi = (v: number | null) => (v === null ? 'n/a' : round(v));
+  const syncMs = m.walSyncMs === null ? 'n/a (track_wal_io_timing off)' : m.walSyncs ? round(m.walSyncMs / m.walSyncs, 2) : '—';
+  return `${psi(m.cpuPressureMsPerSec)}, ${psi(m.ioPressureMsPerSec)}, ${perSec(m.walSyncs)} / ${perSec(m.walWrites)}, ${syncMs}`;
 }
 
 /** "0 of 3000 refused", or "1546 of 3000 refused: 503×1546" (503: load shedding, 429: rate limit). */
@@ -225,6 +239,7 @@ export function buildReport(r: Results): Report {
   });
   add({ section: s5, figure: `TARGET POST p99 at ${r.plan.fixedRate.rps} submissions/s (a worker running on the same machine), ms`, ours: fr?.post.p99, target: '<= 20 ms', status: target('POST p99 at 200 submissions/s (ms), every POST accepted', '<= 20 ms', fr?.post.p99, (v) => v <= 20 && fr?.failed === 0) });
   add({ section: s5, figure: `  CPUs busy during that window (API, worker, PostgreSQL, Redis, load generator)`, ours: busy(fr, r.machine?.cpus) });
+  add({ section: s5, figure: `  machine during that window: CPU pressure (some) ms/s, I/O pressure (some) ms/s, WAL syncs / writes per s (cluster-wide), ms per WAL sync`, ours: pressure(fr) });
   const capacity = r.e2e?.result.runsPerSec;
   add({
     section: s5,
@@ -238,6 +253,7 @@ export function buildReport(r: Results): Report {
     ours: alone ? `${round(alone.post.p50)} / ${round(alone.post.p99)} (${round(alone.achievedRate)}/s, ${failures(alone)})` : undefined,
   });
   add({ section: s5, figure: `  CPUs busy during that window (API, PostgreSQL, Redis, load generator)`, ours: busy(alone, r.machine?.cpus) });
+  add({ section: s5, figure: `  machine during that window: CPU pressure (some) ms/s, I/O pressure (some) ms/s, WAL syncs / writes per s (cluster-wide), ms per WAL sync`, ours: pressure(alone) });
 
   // 6. Recovery
   const rec = r.recovery;

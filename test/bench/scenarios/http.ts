@@ -6,6 +6,7 @@ import { spawnChild, type Child } from '../lib/children.ts';
 import { Completions, closedLoop, type LoopResult } from '../lib/closed-loop.ts';
 import { ApiClient, GOLDEN_PATH_POST, NO_KEY_POST, openLoop } from '../lib/http-load.ts';
 import { measure, type Measured } from '../lib/measure.ts';
+import { watchMachine, type MachineWindow } from '../lib/pressure.ts';
 import { CLASS_A_SUBMISSION, oursEnv, productionNodeFlags, spawnOursWorkers, stopAll, wireCompletions, type OursTarget } from '../lib/ours.ts';
 import { latency, type Latency } from '../lib/stats.ts';
 import type { LoopOpts } from './engine.ts';
@@ -25,6 +26,8 @@ export interface FixedRateResult {
   statuses: Record<string, number>;
   wallMs: number;
   cpuMs: { api: number; workers: number; postgres: number; redis: number; loadGenerator: number };
+  /** CPU and I/O pressure and PostgreSQL's WAL flushes over the window (absent in older reports). */
+  machine: MachineWindow;
 }
 
 /** Our whole stack: the API process (production app) and worker processes, driven over HTTP. */
@@ -89,7 +92,9 @@ export async function openHttp(target: OursTarget, workerCount: number): Promise
     async fixedRate(rate, seconds) {
       const fire = () => client.post(GOLDEN_PATH_POST, tokenOf(), CLASS_A_SUBMISSION, randomUUID(), { allowErrors: true });
       const live = workers.filter((w) => w.alive());
-      const m = await measure({ database: target.db.name, workers: live, others: [api], accounting: false, fn: () => openLoop({ rate, seconds, fire }) });
+      const { result: m, machine } = await watchMachine(() =>
+        measure({ database: target.db.name, workers: live, others: [api], accounting: false, fn: () => openLoop({ rate, seconds, fire }) }),
+      );
       const results = m.result;
       // Diagnosis: where the slow requests lie in time, to set against server logs and samplers (bench.ts).
       if (process.env.BENCH_POST_TIMELINE) {
@@ -109,6 +114,7 @@ export async function openHttp(target: OursTarget, workerCount: number): Promise
         statuses,
         wallMs: m.wallMs,
         cpuMs: { api: m.otherCpuMs, workers: m.workerCpuMs, postgres: m.pgCpuMs, redis: m.redisCpuMs, loadGenerator: m.localCpuMs },
+        machine,
       };
     },
     async stopWorkers() {
