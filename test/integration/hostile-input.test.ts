@@ -202,6 +202,15 @@ function bodyFor(sample: unknown) {
 
 let db: pg.Client;
 
+/** `method path` is a 405 problem+json naming `allow` (a HEAD answer has no body to read). */
+async function expectMethodNotAllowed(method: string, path: string, headers: Record<string, string>, allow: string): Promise<void> {
+  const res = await send({ method, path, headers, body: undefined });
+  expect(res.status, `${method} ${path}`).toBe(405);
+  expect(res.headers.allow, `${method} ${path}`).toBe(allow);
+  expect(res.headers['content-type'], `${method} ${path}`).toContain('application/problem+json');
+  if (method !== 'HEAD') expect(JSON.parse(res.text), `${method} ${path}`).toMatchObject({ status: 405, code: 'method_not_allowed' });
+}
+
 async function snapshot() {
   const { rows } = await db.query(
     `select (select count(*)::int from durable_runs where tenant_id = $1) as runs,
@@ -434,10 +443,7 @@ describe('hostile input on every endpoint', () => {
       ['PATCH', '/api/v1/approval-policy', 'GET, HEAD, PUT'],
       ['PUT', `/api/v1/approvals/${randomUUID()}/decision`, 'POST'],
     ] as const) {
-      const res = await send({ method, path, headers: auth, body: undefined });
-      expect(res.status, `${method} ${path}`).toBe(405);
-      expect(res.headers.allow, `${method} ${path}`).toBe(allow);
-      expect(JSON.parse(res.text)).toMatchObject({ status: 405, code: 'method_not_allowed' });
+      await expectMethodNotAllowed(method, path, auth, allow);
     }
     expect((await send({ method: 'DELETE', path: '/api/v1/nothing-here', headers: auth, body: undefined })).status).toBe(404);
     expect(await snapshot()).toEqual(before);
@@ -456,11 +462,7 @@ describe('hostile input on every endpoint', () => {
       ['GET', `/api/v1/webhook-endpoints/${randomUUID()}/deliveries/resend`, 'POST'],
     ] as const) {
       for (const headers of [auth, {}]) {
-        const res = await send({ method, path, headers, body: undefined });
-        expect(res.status, `${method} ${path}`).toBe(405);
-        expect(res.headers.allow, `${method} ${path}`).toBe(allow);
-        expect(res.headers['content-type'], `${method} ${path}`).toContain('application/problem+json');
-        if (method !== 'HEAD') expect(JSON.parse(res.text)).toMatchObject({ status: 405, code: 'method_not_allowed' });
+        await expectMethodNotAllowed(method, path, headers, allow);
       }
     }
     // OPTIONS says the same as a 405's Allow (Express's own answer listed GET for …/runs/cancel).
@@ -493,10 +495,7 @@ describe('hostile input on every endpoint', () => {
       ['DELETE', '/api/v1/webhook-endpoints/not-an-endpoint/deliveries/resend', 'GET, HEAD, POST'],
     ] as const) {
       for (const headers of [auth, {}]) {
-        const res = await send({ method, path, headers, body: undefined });
-        expect(res.status, `${method} ${path}`).toBe(405);
-        expect(res.headers.allow, `${method} ${path}`).toBe(allow);
-        expect(JSON.parse(res.text)).toMatchObject({ status: 405, code: 'method_not_allowed' });
+        await expectMethodNotAllowed(method, path, headers, allow);
       }
       const options = await send({ method: 'OPTIONS', path, headers: {}, body: undefined });
       expect(options.status, `OPTIONS ${path}`).toBe(204);
