@@ -7,6 +7,7 @@ import { EvidencePackRow } from './modules/evidence/evidence-pack.entity.ts';
 import { EvidenceSealRow } from './modules/evidence/evidence-seal.entity.ts';
 import { WebhookDelivery, WebhookEndpoint } from './platform/webhooks/webhook.entities.ts';
 import { TenantLimitsRow } from './platform/limits/tenant-limits.entity.ts';
+import { RunRetentionDecisionRow } from './platform/queue/run-retention-decision.entity.ts';
 import { PartnerOffboardingRow } from './modules/partner-offboarding/partner-offboarding.entities.ts';
 
 /** Every entity of the application, platform and modules; the ORM, migrations and RLS suite read this list. */
@@ -26,4 +27,5 @@ export const entities = [
   WebhookEndpoint,
   WebhookDelivery,
   TenantLimitsRow,
+  RunRetentionDecisionRow,
 ];

@@ -9,7 +9,7 @@ import { TenantSlots } from './platform/durable/tenant-slots.ts';
 import { seedActiveRunOverrides } from './platform/limits/tenant-limits.ts';
 import type { Config } from './platform/config/config.ts';
 import type { Redis } from 'ioredis';
-import { scheduleMaintenance, MAINTENANCE_QUEUE, maintenanceHandlers, restoreMaintenanceSchedulers } from './platform/queue/maintenance.ts';
+import { scheduleMaintenance, MAINTENANCE_QUEUE, maintenanceHandlers, repairRunRetentionSchedule, restoreMaintenanceSchedulers } from './platform/queue/maintenance.ts';
 import { TIMER_QUEUE } from './platform/queue/timers.ts';
 import { startMetricsServer } from './platform/telemetry/metrics-server.ts';
 import { onShutdown } from './platform/process/shutdown.ts';
@@ -126,7 +126,8 @@ export async function startWorkerProcess(c: Container, signal?: AbortSignal): Pr
   const workers = host.workers;
   let maintenance;
   try {
-    maintenance = await untilAborted(scheduleMaintenance({ connection: c.redis, prefix: cfg.QUEUE_PREFIX, logger: c.logger, runRetentionMs: cfg.RUN_RETENTION, scheduledBy: c.instanceId }), signal);
+    // Its run-retention decision recorded in PostgreSQL first, then copied to the scheduler (ADR 0011).
+    maintenance = await untilAborted(scheduleMaintenance({ connection: c.redis, prefix: cfg.QUEUE_PREFIX, logger: c.logger, runRetentionMs: cfg.RUN_RETENTION, scheduledBy: c.instanceId, orm: c.orm, ...(signal ? { signal } : {}) }), signal);
   } catch (err) {
     await host.stop(cfg.WORKER_SHUTDOWN_GRACE);
     connection.disconnect();
@@ -166,12 +167,17 @@ export async function startWorkerProcess(c: Container, signal?: AbortSignal): Pr
     markerKey: `${cfg.QUEUE_PREFIX}:sweeper-lock:marker`,
     intervalMs: cfg.SWEEPER_INTERVAL,
     minAgeMs: cfg.SWEEPER_MIN_AGE,
-    // A flushed or replaced Redis lost the Job Schedulers too: put them back (the run-retention one
-    // only then: on the first sweep of a fresh Redis it is there, or not, as the worker started last left it).
+    // A flushed or replaced Redis lost the Job Schedulers too: put them back (the run-retention one as
+    // the worker started last decided it, which PostgreSQL holds, not as this worker would: ADR 0011).
     // The overrides' copy went too: re-seeded from PostgreSQL.
     afterRedisLoss: async () => {
       await seedOverrides();
-      await restoreMaintenanceSchedulers(maintenance, { runRetentionMs: cfg.RUN_RETENTION, logger: c.logger, scheduledBy: c.instanceId });
+      await restoreMaintenanceSchedulers(maintenance, { runRetentionMs: cfg.RUN_RETENTION, logger: c.logger, scheduledBy: c.instanceId, orm: c.orm });
+    },
+    // And at every sweep: a run-retention scheduler lost alone (keys lost one by one, a snapshot restored,
+    // the marker kept) or holding an older decision is made the recorded decision's copy again.
+    eachSweep: async () => {
+      await repairRunRetentionSchedule(maintenance, c.orm, { logger: c.logger });
     },
   });
   sweeper.start();

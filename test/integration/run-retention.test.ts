@@ -23,7 +23,7 @@ import { ACTIVE_RUN_STATUSES, TERMINAL_RUN_STATUSES } from '../../src/platform/d
 import { deleteEndedRuns } from '../../src/platform/durable/retention.ts';
 import { deleteSettledDeliveries } from '../../src/platform/webhooks/retention.ts';
 import { systemEm, tenantEm } from '../../src/platform/db/tenant-em.ts';
-import { IDEMPOTENCY_EXPIRY_JOB, MAINTENANCE_QUEUE, RUN_RETENTION_JOB, maintenanceHandlers, upsertMaintenanceSchedulers } from '../../src/platform/queue/maintenance.ts';
+import { IDEMPOTENCY_EXPIRY_JOB, MAINTENANCE_QUEUE, RUN_RETENTION_JOB, maintenanceHandlers, recordRetentionDecision, upsertMaintenanceSchedulers } from '../../src/platform/queue/maintenance.ts';
 import { createMetrics } from '../../src/platform/telemetry/metrics.ts';
 import { createLogger } from '../../src/platform/telemetry/logger.ts';
 import { evidenceHash } from '../../src/modules/evidence/evidence.service.ts';
@@ -449,7 +449,9 @@ describe('run retention', () => {
       expect(await leftOf([old, young])).toEqual({ [old]: gone(), [young]: kept() });
 
       await firstSweep(worker);
-      await upsertMaintenanceSchedulers(queue, { runRetentionMs: 0 });
+      // What a worker started with RUN_RETENTION off does at start: its decision recorded, then the schedule removed.
+      const off = await recordRetentionDecision(stack.container.orm, { retentionMs: 0, decidedBy: 'worker-off' });
+      await upsertMaintenanceSchedulers(queue, { runRetentionMs: 0, decision: off });
       expect(await queue.getJobScheduler(RUN_RETENTION_JOB)).toBeUndefined();
     } finally {
       // Its passes are this test's: the webhook deliveries' tests below count what their own passes delete.
@@ -706,13 +708,28 @@ describe("the sweeper's repair after a Redis loss and the run-retention schedule
       expect(await queue.getJobScheduler(RUN_RETENTION_JOB)).toBeUndefined();
       expect(await queue.getJobScheduler(IDEMPOTENCY_EXPIRY_JOB)).toMatchObject({ key: IDEMPOTENCY_EXPIRY_JOB });
 
-      // Redis lost the schedulers too (every key of the maintenance queue): the sweep puts them back, with its own retention.
+      // Redis lost the schedulers too (every key of the maintenance queue): the sweep puts the standing ones
+      // back, and the run-retention one as the worker started last decided it: off, none. (Before, with the
+      // first worker's own 30d, since nothing outside Redis held the decision.)
       const keys = await stack.redis.keys(`${stack.prefix}:${MAINTENANCE_QUEUE}:*`);
       if (keys.length) await stack.redis.del(...keys, marker);
       expect(await queue.getJobSchedulers()).toEqual([]);
       await waitFor(() => repairs(first) >= 3 || undefined, { timeoutMs: 30_000, what: "the first worker's sweep after the loss" });
-      expect((await queue.getJobScheduler(RUN_RETENTION_JOB))?.template?.data).toMatchObject({ retention_ms: 30 * DAY });
       expect(await queue.getJobScheduler(IDEMPOTENCY_EXPIRY_JOB)).toMatchObject({ key: IDEMPOTENCY_EXPIRY_JOB });
+      expect(await queue.getJobScheduler(RUN_RETENTION_JOB)).toBeUndefined();
+
+      // A worker started since with 45d (it stops too), then its scheduler lost alone, the marker kept: the
+      // first worker's next sweep puts it back with 45d, not its own 30d. (Before, it came back only at the
+      // next worker start.)
+      const later = await stack.spawnWorker({ RUN_RETENTION: '45d' });
+      later.kill();
+      await later.exited;
+      const scheduled = (await queue.getJobScheduler(RUN_RETENTION_JOB))?.template?.data as Record<string, unknown> | undefined;
+      expect(scheduled).toMatchObject({ retention_ms: 45 * DAY });
+      await queue.removeJobScheduler(RUN_RETENTION_JOB);
+      const back = await waitFor(() => queue.getJobScheduler(RUN_RETENTION_JOB), { timeoutMs: 30_000, what: 'the run-retention scheduler put back by a sweep' });
+      expect(back.template?.data).toEqual(scheduled);
+      expect(repairs(first)).toBe(3);
     } finally {
       await queue.close();
       connection.disconnect();

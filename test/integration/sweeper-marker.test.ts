@@ -5,7 +5,16 @@ import { Redis } from 'ioredis';
 import { startStack, type TestStack } from '../helpers/stack.ts';
 import { TEST_REDIS_URL } from '../helpers/env.ts';
 import { Sweeper } from '../../src/platform/durable/sweeper.ts';
-import { IDEMPOTENCY_EXPIRY_JOB, MAINTENANCE_QUEUE, RUN_RETENTION_JOB, restoreMaintenanceSchedulers, upsertMaintenanceSchedulers } from '../../src/platform/queue/maintenance.ts';
+import {
+  IDEMPOTENCY_EXPIRY_JOB,
+  MAINTENANCE_QUEUE,
+  RUN_RETENTION_JOB,
+  readRetentionDecision,
+  recordRetentionDecision,
+  repairRunRetentionSchedule,
+  restoreMaintenanceSchedulers,
+  upsertMaintenanceSchedulers,
+} from '../../src/platform/queue/maintenance.ts';
 import { WEBHOOK_REDELIVERY_JOB } from '../../src/platform/webhooks/delivery.ts';
 
 /**
@@ -86,5 +95,96 @@ describe("the sweeper's repair when Redis kept some of the maintenance scheduler
       await queue.close();
       connection.disconnect();
     }
+  });
+});
+
+/**
+ * The run-retention schedule is Redis's copy of a decision PostgreSQL holds (run_retention_decision,
+ * ADR 0011): each worker records its RUN_RETENTION at start (the worker started last decides), then
+ * upserts the scheduler (or, off, removes it) carrying the decision's generation. Before, nothing
+ * outside Redis held the decision, so the repair could not tell a scheduler lost alone (keys lost one
+ * by one, a snapshot restored from before it) from one a worker with retention off removed: it put the
+ * schedule back only when idempotency-expiry was gone too, and then with the sweeping worker's own
+ * RUN_RETENTION, whatever a worker started after it had decided.
+ */
+describe('the run-retention schedule, a copy of the decision PostgreSQL holds', () => {
+  const DAY = 86_400_000;
+  /** What a worker's start does (scheduleMaintenance): its decision recorded, then copied to the scheduler. */
+  async function workerStarts(queue: Queue, runRetentionMs: number, scheduledBy: string) {
+    const decision = await recordRetentionDecision(stack.container.orm, { retentionMs: runRetentionMs, decidedBy: scheduledBy });
+    await upsertMaintenanceSchedulers(queue, { runRetentionMs, scheduledBy, decision });
+    return decision;
+  }
+  async function withQueue(name: string, fn: (queue: Queue) => Promise<void>) {
+    const connection = new Redis(TEST_REDIS_URL, { maxRetriesPerRequest: 1 });
+    const queue = new Queue(MAINTENANCE_QUEUE, { connection, prefix: `${stack.prefix}-${name}` });
+    try {
+      await fn(queue);
+    } finally {
+      await queue.obliterate({ force: true });
+      await queue.close();
+      connection.disconnect();
+    }
+  }
+  const retentionData = async (queue: Queue) => (await queue.getJobScheduler(RUN_RETENTION_JOB))?.template?.data;
+
+  it('a run-retention scheduler lost alone comes back with the retention of the worker started last, not the sweeping worker\'s', async () => {
+    await withQueue('alone', async (queue) => {
+      await workerStarts(queue, 30 * DAY, 'worker-a');
+      const b = await workerStarts(queue, 60 * DAY, 'worker-b');
+      // Lost alone: idempotency-expiry and webhook-redelivery stay (and the marker: no loss is noticed).
+      await queue.removeJobScheduler(RUN_RETENTION_JOB);
+      expect((await queue.getJobSchedulers()).map((s) => s.key).sort()).toEqual([IDEMPOTENCY_EXPIRY_JOB, WEBHOOK_REDELIVERY_JOB].sort());
+      // The repair after a noticed loss, in worker a (its own 30d)…
+      expect(await restoreMaintenanceSchedulers(queue, { runRetentionMs: 30 * DAY, scheduledBy: 'worker-a', orm: stack.container.orm })).toBe('restored');
+      expect(await retentionData(queue)).toEqual({ retention_ms: 60 * DAY, scheduled_by: 'worker-b', decision: b.generation });
+      // …and every sweep's, with the marker kept.
+      await queue.removeJobScheduler(RUN_RETENTION_JOB);
+      expect(await repairRunRetentionSchedule(queue, stack.container.orm)).toBe('restored');
+      expect(await retentionData(queue)).toEqual({ retention_ms: 60 * DAY, scheduled_by: 'worker-b', decision: b.generation });
+      expect(await repairRunRetentionSchedule(queue, stack.container.orm)).toBe('kept');
+    });
+  });
+
+  it('a worker started last with RUN_RETENTION off: after Redis lost every maintenance key the standing schedulers come back, the run-retention one does not', async () => {
+    await withQueue('off', async (queue) => {
+      await workerStarts(queue, 30 * DAY, 'worker-a');
+      await workerStarts(queue, 0, 'worker-b');
+      expect(await queue.getJobScheduler(RUN_RETENTION_JOB)).toBeUndefined();
+      const keys = await stack.redis.keys(`${stack.prefix}-off:${MAINTENANCE_QUEUE}:*`);
+      if (keys.length) await stack.redis.del(...keys);
+      expect(await queue.getJobSchedulers()).toEqual([]);
+      expect(await restoreMaintenanceSchedulers(queue, { runRetentionMs: 30 * DAY, scheduledBy: 'worker-a', orm: stack.container.orm })).toBe('kept');
+      expect((await queue.getJobSchedulers()).map((s) => s.key).sort()).toEqual([IDEMPOTENCY_EXPIRY_JOB, WEBHOOK_REDELIVERY_JOB].sort());
+    });
+  });
+
+  it("a scheduler copying an older decision (a snapshot restored) is replaced, or removed when the last decision is off; an older release's scheduler, which copies none, is kept", async () => {
+    await withQueue('stale', async (queue) => {
+      const a = await workerStarts(queue, 30 * DAY, 'worker-a');
+      const b = await workerStarts(queue, 60 * DAY, 'worker-b');
+      // Redis restored from a snapshot taken before worker b started.
+      await upsertMaintenanceSchedulers(queue, { runRetentionMs: 30 * DAY, scheduledBy: 'worker-a', decision: a });
+      expect(await repairRunRetentionSchedule(queue, stack.container.orm)).toBe('restored');
+      expect(await retentionData(queue)).toEqual({ retention_ms: 60 * DAY, scheduled_by: 'worker-b', decision: b.generation });
+
+      // A worker of the release before, started since: it records nothing, and may be the one started last.
+      await upsertMaintenanceSchedulers(queue, { runRetentionMs: 45 * DAY, scheduledBy: 'worker-old' });
+      expect(await repairRunRetentionSchedule(queue, stack.container.orm)).toBe('kept');
+      expect(await retentionData(queue)).toEqual({ retention_ms: 45 * DAY, scheduled_by: 'worker-old' });
+
+      // The last decision is off; the snapshot holds b's schedule.
+      await workerStarts(queue, 0, 'worker-c');
+      await upsertMaintenanceSchedulers(queue, { runRetentionMs: 60 * DAY, scheduledBy: 'worker-b', decision: b });
+      expect(await repairRunRetentionSchedule(queue, stack.container.orm)).toBe('removed');
+      expect(await queue.getJobScheduler(RUN_RETENTION_JOB)).toBeUndefined();
+    });
+  });
+
+  it('a worker start records its decision, raising the generation by one', async () => {
+    const before = await readRetentionDecision(stack.container.orm);
+    const d = await recordRetentionDecision(stack.container.orm, { retentionMs: 7 * DAY, decidedBy: 'worker-d' });
+    expect(d).toEqual({ retentionMs: 7 * DAY, decidedBy: 'worker-d', generation: (before?.generation ?? 0) + 1 });
+    expect(await readRetentionDecision(stack.container.orm)).toEqual(d);
   });
 });

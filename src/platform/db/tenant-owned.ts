@@ -36,12 +36,15 @@ export const SYSTEM_READS: Readonly<Record<string, readonly string[]>> = {
 };
 /**
  * The tables without tenant_id the application role may reach, and how: the migrations table, read
- * by `/readyz` (pending migrations), which holds no tenant data. Row-level security cannot scope a
+ * by `/readyz` (pending migrations), and the run-retention decision, written by every worker at start
+ * and read by the sweeper (ADR 0011): neither holds tenant data. Row-level security cannot scope a
  * table without tenant_id, so any other such privilege would show one tenant's rows to every other:
  * granted by every `migrate` (roles.ts), and any privilege beyond it named by the catalog inspection.
  */
 export const APP_UNTENANTED_GRANTS: Readonly<Record<string, readonly string[]>> = {
   mikro_orm_migrations: ['SELECT'],
+  // The run-retention decision of the worker started last (ADR 0011): one row, a platform setting, no tenant data.
+  run_retention_decision: ['SELECT', 'INSERT', 'UPDATE'],
 };
 export const CURRENT_TENANT_SQL = `( SELECT (NULLIF(current_setting('${TENANT_SETTING}'::text, true), ''::text))::uuid AS "nullif")`;
 export const TENANT_PREDICATE_SQL = `(tenant_id = ${CURRENT_TENANT_SQL})`;

@@ -29,6 +29,11 @@ export interface SweeperOptions {
   liveSnapshotMax?: number;
   /** Called when Redis lost its data, after waiting runs were repaired (e.g. re-create Job Schedulers). */
   afterRedisLoss?(): Promise<void>;
+  /**
+   * Called at every sweep, after the repair of a loss (e.g. make Redis's copy of what PostgreSQL holds
+   * right again: a key can be lost alone, with the marker kept). Its failure is logged; the sweep goes on.
+   */
+  eachSweep?(): Promise<void>;
 }
 
 export interface SweepReport {
@@ -130,6 +135,7 @@ export class Sweeper {
       }
       this.o.logger.warn({ repaired_waiting: report.repairedWaiting }, 'Redis had lost its data (or this is its first sweep): waiting runs repaired');
     }
+    await this.o.eachSweep?.().catch((err: unknown) => this.o.logger.warn({ err }, 'sweep: repair of what Redis copies from PostgreSQL failed; the next sweep tries again'));
     const snapshots = new Map<string, Promise<Set<string> | undefined>>();
     // A waiting run's timer can also be gone while Redis kept its data: removed, failed for good
     // (its attempts spent while the database was down), or ended early. Without it the run would wait

@@ -1,3 +1,4 @@
+import { setTimeout as sleep } from 'node:timers/promises';
 import { Queue, type ConnectionOptions, type Job } from 'bullmq';
 import type { MikroORM } from '@mikro-orm/postgresql';
 import type { Counter } from 'prom-client';
@@ -29,6 +30,56 @@ export interface MaintenanceSchedule {
   logger?: Logger;
   /** The worker that schedules (its instance id), recorded in the scheduler's data. */
   scheduledBy?: string;
+  /**
+   * The decision recorded in PostgreSQL (recordRetentionDecision) that this schedule copies: its
+   * generation is written into the scheduler's data (`decision`), so a copy older than the decision is
+   * told from one that is not (ADR 0011). Absent (no database: tests, or the record failed), none is written.
+   */
+  decision?: RetentionDecision;
+}
+
+/**
+ * The run-retention decision of the worker started last, as PostgreSQL holds it (run_retention_decision,
+ * ADR 0011): its RUN_RETENTION (0: off, no schedule), who decided, and the decision's generation (raised
+ * by one at every decision). Redis's `run-retention` Job Scheduler is a copy of it.
+ */
+export interface RetentionDecision {
+  retentionMs: number;
+  decidedBy: string;
+  generation: number;
+}
+
+interface DecisionRow {
+  retention_ms: string | number;
+  decided_by: string;
+  generation: string | number;
+}
+const decisionOf = (row: DecisionRow | undefined): RetentionDecision | undefined =>
+  row && { retentionMs: Number(row.retention_ms), decidedBy: row.decided_by, generation: Number(row.generation) };
+/** The table holds no tenant data and has no row-level security: the application role, no tenant bound. */
+const platformEm = (orm: MikroORM) => orm.em.fork({ clear: true, useContext: false });
+
+/**
+ * Records a worker's run-retention decision at its start (the worker started last decides): one row,
+ * replaced, its generation raised by one under the row's lock, so two workers starting at once get two
+ * generations and the later commit's is the higher.
+ */
+export async function recordRetentionDecision(orm: MikroORM, decision: { retentionMs: number; decidedBy: string }): Promise<RetentionDecision> {
+  const [row] = await platformEm(orm).transactional((tx) =>
+    tx.execute<DecisionRow[]>(
+      `insert into run_retention_decision as d (id, retention_ms, decided_by, generation, decided_at) values (1, ?, ?, 1, now())
+       on conflict (id) do update set retention_ms = excluded.retention_ms, decided_by = excluded.decided_by, generation = d.generation + 1, decided_at = now()
+       returning retention_ms, decided_by, generation`,
+      [Math.max(0, decision.retentionMs), decision.decidedBy],
+    ),
+  );
+  return decisionOf(row)!;
+}
+
+/** The run-retention decision recorded last; undefined when no worker of this release has recorded one. */
+export async function readRetentionDecision(orm: MikroORM): Promise<RetentionDecision | undefined> {
+  const [row] = await platformEm(orm).transactional((tx) => tx.execute<DecisionRow[]>(`select retention_ms, decided_by, generation from run_retention_decision where id = 1`));
+  return decisionOf(row);
 }
 
 /**
@@ -39,6 +90,8 @@ export interface MaintenanceSchedule {
 export interface RetentionJobData {
   retention_ms: number;
   scheduled_by?: string;
+  /** The generation of the recorded decision (run_retention_decision) this schedule copies; absent: a scheduler of an older release, or of a worker that recorded none. */
+  decision?: number;
 }
 
 /** The retention a job carries, if it carries a usable one (a scheduler of an older release carries none). */
@@ -68,12 +121,37 @@ export function formatRetention(ms: number): string {
  * expired idempotency keys are deleted in batches here, never on a request's hot path, and so are
  * ended runs past RUN_RETENTION (ADR 0011).
  */
-export async function scheduleMaintenance(deps: { connection: ConnectionOptions; prefix: string; logger: Logger } & MaintenanceSchedule): Promise<Queue> {
+export async function scheduleMaintenance(
+  deps: { connection: ConnectionOptions; prefix: string; logger: Logger; orm?: MikroORM; signal?: AbortSignal; retryMs?: number } & MaintenanceSchedule,
+): Promise<Queue> {
+  // The decision first, then its copy in Redis: a sweep that reads the decision after this commit and
+  // finds the copy missing or older puts back this one (repairRunRetentionSchedule, ADR 0011).
+  const decision = deps.orm ? await recordUntilDone(deps.orm, deps) : undefined;
   const queue = new Queue(MAINTENANCE_QUEUE, { connection: deps.connection, prefix: deps.prefix });
   // Without a listener BullMQ prints each connection error as a bare multi-line stack trace on stderr.
   queue.on('error', (err) => deps.logger.warn({ err, queue: MAINTENANCE_QUEUE }, 'queue error'));
-  await upsertMaintenanceSchedulers(queue, deps);
+  await upsertMaintenanceSchedulers(queue, { ...deps, ...(decision ? { decision } : {}) });
   return queue;
+}
+
+/**
+ * The start waits for PostgreSQL to take the decision, as it waits for Redis to take the schedule: a
+ * worker that changed the schedule without recording it would have it undone by the next sweep's repair,
+ * back to the decision before it. Until `signal` aborts (the worker stopping).
+ */
+async function recordUntilDone(orm: MikroORM, deps: { logger: Logger; signal?: AbortSignal; retryMs?: number } & MaintenanceSchedule): Promise<RetentionDecision> {
+  for (let failures = 0; ; failures++) {
+    try {
+      return await recordRetentionDecision(orm, { retentionMs: deps.runRetentionMs ?? 0, decidedBy: deps.scheduledBy ?? 'unknown' });
+    } catch (err) {
+      deps.signal?.throwIfAborted();
+      const missing = ['42P01', '42501'].includes(String((err as { code?: unknown })?.code));
+      // A table or grant missing: this release's `db:migrate` did not run, and no retry will help until it does.
+      if (missing) deps.logger.error({ err }, "could not record this worker's run-retention decision: run `npm run db:migrate` to apply this release's migrations; retrying");
+      else if (failures === 0) deps.logger.warn({ err }, "could not record this worker's run-retention decision (PostgreSQL unreachable?); retrying until it is");
+      await sleep(deps.retryMs ?? 1000, undefined, deps.signal ? { signal: deps.signal } : {});
+    }
+  }
 }
 
 /**
@@ -94,10 +172,66 @@ export async function upsertMaintenanceSchedulers(queue: Queue, schedule: Mainte
       `RUN_RETENTION differs from the scheduled run retention: this worker's ${formatRetention(own)} replaces the scheduled ${formatRetention(scheduled)} (the worker started last decides, ADR 0011)`,
     );
   }
-  if (own > 0) {
-    const data: RetentionJobData = { retention_ms: own, ...(schedule.scheduledBy ? { scheduled_by: schedule.scheduledBy } : {}) };
-    await queue.upsertJobScheduler(RUN_RETENTION_JOB, { every }, { name: RUN_RETENTION_JOB, data, opts: JOB_OPTS });
-  } else if (existing) await queue.removeJobScheduler(RUN_RETENTION_JOB);
+  if (own > 0) await upsertRetentionScheduler(queue, every, { retention_ms: own, ...(schedule.scheduledBy ? { scheduled_by: schedule.scheduledBy } : {}), ...(schedule.decision ? { decision: schedule.decision.generation } : {}) });
+  else if (existing) await queue.removeJobScheduler(RUN_RETENTION_JOB);
+}
+
+const upsertRetentionScheduler = (queue: Queue, every: number, data: RetentionJobData) =>
+  queue.upsertJobScheduler(RUN_RETENTION_JOB, { every }, { name: RUN_RETENTION_JOB, data, opts: JOB_OPTS });
+
+/** What repairRunRetentionSchedule did to the run-retention scheduler. */
+export type ScheduleRepair = 'kept' | 'restored' | 'removed';
+
+/**
+ * Makes the run-retention scheduler a copy of `decision` when it is not one of it or of a later one:
+ * gone while the decision schedules (Redis lost it, alone or with the rest), or carrying an older
+ * decision's generation (a snapshot restored, or a repair that read the decision just before a worker
+ * started) — upserted with the decision's retention and decider; there while the decision is off, with
+ * an older generation — removed. A scheduler carrying no generation is an older release's (its worker
+ * may have started after the decision: the last started decides) and is kept.
+ */
+async function copyDecision(queue: Queue, decision: RetentionDecision, every: number): Promise<ScheduleRepair> {
+  const existing = await queue.getJobScheduler(RUN_RETENTION_JOB);
+  if (existing) {
+    const copied = (existing.template?.data as Partial<RetentionJobData> | undefined)?.decision;
+    if (typeof copied !== 'number' || copied >= decision.generation) return 'kept';
+    if (decision.retentionMs <= 0) {
+      await queue.removeJobScheduler(RUN_RETENTION_JOB);
+      return 'removed';
+    }
+  } else if (decision.retentionMs <= 0) return 'kept';
+  await upsertRetentionScheduler(queue, every, { retention_ms: decision.retentionMs, scheduled_by: decision.decidedBy, decision: decision.generation });
+  return 'restored';
+}
+
+/**
+ * The sweeper's repair of the run-retention schedule (every sweep, and after a loss of Redis's data): the
+ * scheduler made a copy of the decision PostgreSQL holds (copyDecision), whatever Redis kept or lost, so
+ * a scheduler lost alone comes back with the settings of the worker started last, and one it removed
+ * (off) stays removed. The decision is read again after a change: a worker that recorded a later one
+ * meanwhile changes Redis after its commit, and if the second read did not see that commit, the worker's
+ * change comes after this one; if it did, the repair goes again with it. Resolves undefined when no
+ * decision is recorded (no worker of this release has started).
+ */
+export async function repairRunRetentionSchedule(queue: Queue, orm: MikroORM, schedule: MaintenanceSchedule = {}): Promise<ScheduleRepair | undefined> {
+  const every = schedule.everyMs ?? 10 * 60_000;
+  let decision = await readRetentionDecision(orm);
+  let done: ScheduleRepair = 'kept';
+  for (let round = 0; decision && round < 3; round++) {
+    const repair = await copyDecision(queue, decision, every);
+    if (repair === 'kept') return done;
+    done = repair;
+    schedule.logger?.warn(
+      { repair, run_retention_ms: decision.retentionMs, decided_by: decision.decidedBy, decision: decision.generation },
+      repair === 'removed'
+        ? 'run-retention schedule removed: it copied an older decision, and the worker started last has RUN_RETENTION off (ADR 0011)'
+        : `run-retention schedule put back as the worker started last decided it (${formatRetention(decision.retentionMs)}): Redis had lost it, or held an older decision's (ADR 0011)`,
+    );
+    const again = await readRetentionDecision(orm);
+    if (again?.generation === decision.generation) return done;
+    decision = again;
+  }
+  return decision ? done : undefined;
 }
 
 /**
@@ -117,17 +251,21 @@ async function upsertStandingSchedulers(queue: Queue, schedule: MaintenanceSched
  * first sweep on a fresh Redis). The schedulers no worker removes are upserted always: Redis may have
  * kept some keys and lost others (a snapshot older than a scheduler, keys lost one by one), or a
  * worker of an older release, started since the loss, may have upserted only the ones it knows. The
- * run-retention schedule is upserted with this worker's RUN_RETENTION only when the idempotency-expiry
- * scheduler (every worker upserts it at start, none removes it) was gone too: while it is there the
- * run-retention schedule, or its absence, is the one the worker started last decided (ADR 0011) —
- * perhaps a worker started after this one — and is left as it is. Resolves true when it upserted the
- * run-retention schedule too.
+ * run-retention schedule is put back as the worker started last decided it, from the decision
+ * PostgreSQL holds (`orm`: repairRunRetentionSchedule), never with this worker's own RUN_RETENTION —
+ * perhaps a worker started after this one decided otherwise. Without a recorded decision (no `orm`, or
+ * none recorded yet) the fallback of the release before: this worker's RUN_RETENTION, only when the
+ * idempotency-expiry scheduler (every worker upserts it at start, none removes it) was gone too. Resolves
+ * what became of the run-retention schedule.
  */
-export async function restoreMaintenanceSchedulers(queue: Queue, schedule: MaintenanceSchedule = {}): Promise<boolean> {
+export async function restoreMaintenanceSchedulers(queue: Queue, schedule: MaintenanceSchedule & { orm?: MikroORM } = {}): Promise<ScheduleRepair> {
   const lost = !(await queue.getJobScheduler(IDEMPOTENCY_EXPIRY_JOB));
-  if (lost) await upsertMaintenanceSchedulers(queue, schedule);
-  else await upsertStandingSchedulers(queue, schedule);
-  return lost;
+  await upsertStandingSchedulers(queue, schedule);
+  const repaired = schedule.orm ? await repairRunRetentionSchedule(queue, schedule.orm, schedule) : undefined;
+  if (repaired) return repaired;
+  if (!lost) return 'kept';
+  await upsertMaintenanceSchedulers(queue, schedule);
+  return 'restored';
 }
 
 /**
