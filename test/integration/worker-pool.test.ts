@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, expect, it } from 'vitest';
-import { randomBytes } from 'node:crypto';
+import { randomBytes, randomUUID } from 'node:crypto';
 import { spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { Redis } from 'ioredis';
@@ -8,6 +8,9 @@ import { createContainer, type Container } from '../../src/container.ts';
 import { startWorkerProcess, type WorkerProcess } from '../../src/worker-runtime.ts';
 import { createTestDatabase, type TestDatabase } from '../helpers/db.ts';
 import { TEST_JWT_SECRET, TEST_REDIS_URL } from '../helpers/env.ts';
+import { waitFor } from '../helpers/poll.ts';
+import { startReceiver } from '../helpers/webhooks.ts';
+import { enqueueDeliveries, WEBHOOK_QUEUE } from '../../src/platform/webhooks/delivery.ts';
 
 /**
  * A worker process runs WORKER_CONCURRENCY run jobs on each workflow queue (one BullMQ Worker per
@@ -68,6 +71,62 @@ it('WORKER_QUEUES gives a worker process the named workflow queues only (and tim
   } finally {
     await w.stop();
     await only.close();
+  }
+});
+
+/**
+ * Webhook deliveries are not counted in the default pool (ADR 0013, 0015): a delivery takes a connection
+ * for its read and, after the POST, for its record — two short transactions, at most one at a time, so
+ * at most WORKER_CONCURRENCY at once (one per webhook slot) — and none while it waits for its receiver.
+ * Counting them would add WORKER_CONCURRENCY connections to every worker's pool for transactions as
+ * short as a timer's. What keeps that true is that no connection is held across the POST: with every
+ * webhook slot of the worker held by a receiver that does not answer, none of its pool is checked out.
+ */
+it("deliveries waiting for a receiver that does not answer hold none of the worker's pool: every webhook slot busy, no connection checked out", async () => {
+  const receiver = await startReceiver();
+  // A prefix of its own: the worker of the first test, still running, must not take these deliveries.
+  const ownPrefix = `${prefix}w`;
+  const config = parseConfig({ ...baseEnv(), QUEUE_PREFIX: ownPrefix, WORKER_QUEUES: 'partner-offboarding', WEBHOOK_ALLOW_PRIVATE_NETWORKS: 'true', WEBHOOK_TIMEOUT: '60s' });
+  const own = await createContainer(config, { service: 'worker' });
+  const w = await startWorkerProcess(own);
+  const pool = (await own.orm.em.getDriver().getConnection().getNativeClient()) as { totalCount: number; idleCount: number; waitingCount: number };
+  const checkedOut = () => pool.totalCount - pool.idleCount;
+  try {
+    expect(own.orm.config.get('pool')?.max).toBe(3 + 5 + 2);
+    const tenant = randomUUID();
+    const endpoint = randomUUID();
+    receiver.plan('/hook', Array(5).fill('hold'));
+    await db.admin(
+      `insert into webhook_endpoints (id, tenant_id, url, events, secret, enabled, created_by, created_at, updated_at) values ($1, $2, $3, '{run.completed}', 'whsec_dGVzdHNlY3JldHRlc3RzZWNyZXQ=', true, 'test', now(), now())`,
+      [endpoint, tenant, `${receiver.base}/hook`],
+    );
+    const { rows } = await db.admin(
+      `insert into webhook_deliveries (id, tenant_id, endpoint_id, event_type, payload, status, attempts, next_attempt_at, created_at, updated_at)
+       select gen_random_uuid(), $1, $2, 'run.completed', '{"type":"run.completed","data":{}}', 'pending', 0, now(), now(), now() from generate_series(1, 5) returning id`,
+      [tenant, endpoint],
+    );
+    await enqueueDeliveries(own.queues.get(WEBHOOK_QUEUE)!, tenant, rows.map((r: { id: string }) => r.id));
+    // Every webhook slot of the worker (WORKER_CONCURRENCY, 3) in a POST its receiver holds.
+    await waitFor(() => receiver.received.length === 3 || undefined, { timeoutMs: 30_000, what: 'three deliveries in their POST' });
+    // Their read transactions have ended: nothing of the pool is checked out (the sweeper's and maintenance's own
+    // transactions come and go; none is left), and nothing waits for a connection. (Well within WEBHOOK_TIMEOUT:
+    // a delivery holding a connection through its POST would hold it past this wait.)
+    await waitFor(() => checkedOut() === 0 || undefined, { timeoutMs: 20_000, what: 'no connection checked out while the deliveries wait for their receiver' });
+    expect(pool.waitingCount).toBe(0);
+    expect(receiver.received.length).toBe(3);
+    receiver.release();
+    await waitFor(() => receiver.received.length === 5 || undefined, { timeoutMs: 30_000, what: 'the other two deliveries' });
+    receiver.release();
+    await waitFor(async () => (await db.admin(`select count(*)::int as n from webhook_deliveries where tenant_id = $1 and status = 'delivered'`, [tenant])).rows[0].n === 5 || undefined, { timeoutMs: 30_000, what: 'every delivery recorded delivered' });
+  } finally {
+    // The receiver first: a request it still held would hold the worker's stop for its grace period.
+    await receiver.close();
+    await w.stop();
+    await own.close();
+    const redis = new Redis(TEST_REDIS_URL);
+    const keys = await redis.keys(`${ownPrefix}:*`);
+    if (keys.length) await redis.del(...keys);
+    redis.disconnect();
   }
 });
 

@@ -234,7 +234,12 @@ export type Config = Readonly<z.output<typeof configSchema>>;
  * `runQueues` workflow queues it serves (one BullMQ Worker per queue, each step a transaction),
  * WORKER_TIMER_CONCURRENCY timers (one short transaction each, ADR 0015: not counted, a timer waited
  * behind run jobs for a connection), and two for the sweeper and maintenance. Webhook deliveries are
- * not counted: each holds a connection only for two short transactions, never during its POST (ADR 0013).
+ * not counted, and need not be: a delivery holds at most one connection at a time, for one of its two
+ * short transactions (its read, then after the POST its record), never while it waits for its receiver
+ * (ADR 0013; worker-pool.test.ts). At most WORKER_CONCURRENCY of those transactions are in flight at
+ * once (one per webhook slot), so a timer or step that needs a connection just then waits behind at
+ * most that many short transactions, never through a receiver's latency. Counting them would add
+ * WORKER_CONCURRENCY connections to every worker's pool (22 to 30 with the defaults) for that.
  */
 export function poolMaxFor(
   config: Pick<Config, 'DATABASE_POOL_MAX' | 'WORKER_CONCURRENCY' | 'WORKER_TIMER_CONCURRENCY'>,
