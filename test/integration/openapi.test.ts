@@ -1,4 +1,5 @@
 import { randomUUID } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { api, CLASS_A_SUBMISSION, CLASS_C_SUBMISSION, newTenant, OFFBOARDING_SUBMISSION, SAMPLE_SUBMISSION, startStack, type TestStack } from '../helpers/stack.ts';
 import { waitFor } from '../helpers/poll.ts';
@@ -111,6 +112,44 @@ describe('OpenAPI 3.1 from the route declarations', () => {
     expect(res.headers.get('content-type')).toContain('text/html');
     for (const def of stack.container.routes) expect(res.text).toContain(openApiPath(def.path));
     expect(res.text).not.toMatch(/<script|src="http|href="http/);
+  });
+
+  it('every whole JSON example of docs/api.md shows each field its published schema requires: an example that leaves fields out says so with "…"', async () => {
+    const doc = (await api(stack, 'GET', '/openapi.json')).json;
+    const schemas = Object.entries(doc.components.schemas as Record<string, { properties?: Record<string, unknown>; required?: string[] }>)
+      .filter(([, s]) => s.properties)
+      .map(([name, s]) => ({ name, props: Object.keys(s.properties!), required: s.required ?? [] }));
+    const text = readFileSync(new URL('../../docs/api.md', import.meta.url), 'utf8');
+    const short: string[] = [];
+    let checked = 0;
+    const check = (line: number, obj: Record<string, unknown>) => {
+      const keys = Object.keys(obj);
+      if (keys.includes('…')) return; // abridged on purpose
+      // The schema it shows: the smallest that has every field it has…
+      const schema = schemas.filter((s) => keys.every((k) => s.props.includes(k))).sort((a, b) => a.props.length - b.props.length)[0];
+      // …when it has most of that schema's fields (fewer: a request body, or a fragment of another object).
+      if (!schema || schema.required.filter((k) => keys.includes(k)).length * 2 <= schema.required.length) return;
+      checked++;
+      const missing = schema.required.filter((k) => !keys.includes(k));
+      if (missing.length) short.push(`docs/api.md:${line}: a ${schema.name} without ${missing.join(', ')}`);
+    };
+    const visit = (line: number, v: unknown): void => {
+      if (Array.isArray(v)) return v.forEach((x) => visit(line, x));
+      if (!v || typeof v !== 'object') return;
+      check(line, v as Record<string, unknown>);
+      for (const x of Object.values(v)) visit(line, x);
+    };
+    for (const m of text.matchAll(/```json\n([\s\S]*?)```/g)) {
+      let example: unknown;
+      try {
+        example = JSON.parse(m[1]!);
+      } catch {
+        continue; // abridged with a bare … : not a whole example
+      }
+      visit(text.slice(0, m.index).split('\n').length + 1, example);
+    }
+    expect(checked).toBeGreaterThan(10);
+    expect(short, 'write the example whole (the API sends every one of these fields), or mark what it leaves out with "…"').toEqual([]);
   });
 });
 

@@ -105,6 +105,23 @@ describe('documents against the code', () => {
     expect([procfile.release, composeCommand('migrate')]).toEqual([npm('db:migrate'), npm('db:migrate')]);
   });
 
+  it('the Docker image holds every file that an npm script running the application names (`npm run token`, `readiness`, `db:*` inside the container)', () => {
+    const scripts = (JSON.parse(read('package.json')) as { scripts: Record<string, string> }).scripts;
+    const copied = [...read('Dockerfile').matchAll(/^COPY (.+) \S+$/gm)].flatMap((m) => m[1]!.split(/\s+/)).filter((s) => !s.startsWith('--'));
+    const inImage = (file: string) => copied.some((c) => file === c || file.startsWith(`${c.replace(/\/$/, '')}/`));
+    const files = (command: string) => command.split(/\s+/).filter((t) => /^(\.\/)?\.?[\w-]+\/[\w./-]+$/.test(t)).map((t) => t.replace(/^\.\//, ''));
+    // The scripts whose entry (a .ts file) the image carries: the API, the worker, the CLIs. Tests, bench and chaos it does not.
+    const app = Object.entries(scripts).filter(([, command]) => {
+      const entries = files(command).filter((f) => f.endsWith('.ts'));
+      return entries.length > 0 && entries.every(inImage);
+    });
+    expect(app.map(([name]) => name)).toEqual(expect.arrayContaining(['start:api', 'start:worker', 'db:migrate', 'token', 'readiness']));
+    expect(
+      app.flatMap(([name, command]) => files(command).filter((f) => !inImage(f)).map((f) => `${name}: ${f}`)),
+      'named by an npm script of the application but not COPY\'d into the image by the Dockerfile: `npm run` of it fails in the container',
+    ).toEqual([]);
+  });
+
   it('operations.md names every security and ops event the code logs, and the documents name no other', () => {
     const source = [...walk('src', '.ts'), ...walk('workers', '.ts')].map(read).join('\n');
     const logged = [...new Set([...source.matchAll(/\b(?:security|ops)_event: '([a-z_]+)'/g)].map((m) => m[1]!))];

@@ -29,8 +29,9 @@ export const DurableRun = defineEntity({
     /** W3C traceparent of the submission, so a resumed step joins the same trace. */
     traceparent: p.string().length(64).nullable(),
     /**
-     * Highest completed sequence_num as of the run's last status change (its first step, a wait, a
-     * resume, its end): mid-way through a run job the checkpoints are the live progress
+     * Highest completed sequence_num as of the run's last move to running or to an end (its first
+     * step, a resume, its end; a wait leaves it as it was, so a run waiting at step 3 may read 1):
+     * the checkpoints are the live progress
      * (COMPLETED_STEPS_SQL); the row is not rewritten for every step (ADR 0005).
      */
     sequenceNum: p.integer().default(0),
