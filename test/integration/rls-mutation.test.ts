@@ -185,6 +185,33 @@ describe('the catalog check fails when tenancy is broken', () => {
     expect(report.failures.map((f) => `${f.check} ${f.subject}`)).toEqual(['view-security-invoker view all_partners']);
   });
 
+  it("reports a SECURITY DEFINER function the application may call, and one a trigger runs on its writes though EXECUTE is revoked from it — which indeed reads every tenant's rows", async () => {
+    const db = await freshDatabase();
+    const dossier = `INSERT INTO partner_dossiers (id, tenant_id, run_id, partner_name, country, completeness_score, content, created_at)
+      VALUES (gen_random_uuid(), gen_random_uuid(), gen_random_uuid(), 'Acme', 'SA', 1, '{}', now())`;
+    await db.admin(`${dossier}; ${dossier}`);
+    await db.admin(`CREATE FUNCTION count_dossiers() RETURNS bigint SECURITY DEFINER LANGUAGE sql AS 'SELECT count(*) FROM partner_dossiers'`);
+    // Revoking EXECUTE is the usual hardening of a definer function; a trigger runs it all the same.
+    await db.admin(`CREATE FUNCTION dossiers_seen() RETURNS trigger SECURITY DEFINER LANGUAGE plpgsql AS
+        $$ BEGIN RAISE EXCEPTION 'dossiers seen: %', (SELECT count(*) FROM partner_dossiers); END $$;
+      REVOKE EXECUTE ON FUNCTION dossiers_seen() FROM PUBLIC;
+      CREATE TRIGGER seen BEFORE INSERT ON economics_models FOR EACH ROW EXECUTE FUNCTION dossiers_seen()`);
+    const app = new pg.Client({ connectionString: db.appUrl });
+    await app.connect();
+    try {
+      expect(await app.query('SELECT dossiers_seen()').catch((e: Error) => e.message)).toMatch(/permission denied/);
+      await app.query('BEGIN');
+      await app.query(`SELECT set_config('app.tenant_id', $1, true)`, [randomUUID()]);
+      // A tenant with no dossier of its own writes, and the trigger, run as its (superuser) owner, sees both tenants' dossiers.
+      await expect(app.query(`INSERT INTO economics_models (tenant_id) VALUES (current_setting('app.tenant_id')::uuid)`)).rejects.toThrow('dossiers seen: 2');
+    } finally {
+      await app.end();
+    }
+    const definers = (await inspect(db)).findings.filter((f) => f.check === 'security-definer');
+    expect(definers.map((f) => f.subject).sort()).toEqual(['function count_dossiers()', 'function dossiers_seen()']);
+    expect(definers.find((f) => f.subject === 'function dossiers_seen()')!.reason).toMatch(/by writing economics_models \(a trigger\)/);
+  });
+
   it('names an application role that can truncate, owns a table, or can SET ROLE to the owner', async () => {
     const db = await freshDatabase();
     const clone = await cloneAppRole(db);

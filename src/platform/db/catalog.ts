@@ -331,7 +331,7 @@ async function checkSecurityDefiners(query: CatalogQuery, schema: string, appRol
     check: 'security-definer' as const,
     severity: 'warning' as const,
     subject: `function ${f.name}`,
-    reason: `${appRole} may execute SECURITY DEFINER function ${f.name}, which runs as ${f.owner}: review it for cross-tenant access`,
+    reason: `${appRole} ${(f.triggers as string[]).length ? `runs SECURITY DEFINER function ${f.name} by writing ${(f.triggers as string[]).join(', ')} (a trigger)` : `may execute SECURITY DEFINER function ${f.name}`}, which runs as ${f.owner}: review it for cross-tenant access`,
   }));
 }
 
