@@ -212,6 +212,35 @@ describe('the catalog check fails when tenancy is broken', () => {
     expect(definers.find((f) => f.subject === 'function dossiers_seen()')!.reason).toMatch(/by writing economics_models \(a trigger\)/);
   });
 
+  it("names a rewrite rule on a table the application writes — it runs as the table's owner, and indeed copies every tenant's run ids into the writer's own rows", async () => {
+    const db = await freshDatabase();
+    const [a, b] = [randomUUID(), randomUUID()];
+    for (const tenant of [a, b]) {
+      await db.admin(`INSERT INTO durable_runs (id, tenant_id, workflow, workflow_version, status, input, sequence_num, step_count, idempotency_hash, correlation_id, principal, created_at, updated_at)
+        VALUES (gen_random_uuid(), $1, 'golden-path', 1, 'completed', '{}', 0, 1, md5(random()::text), 'c', 'p', now(), now())`, [tenant]);
+    }
+    // A rule has no owner of its own: its actions run with the rights of its table's owner, who (a member
+    // of the system role) reads every tenant's durable_runs. The copy lands in the writer's own tenant, so WITH CHECK passes.
+    await db.admin(`CREATE RULE copy_runs AS ON INSERT TO economics_models DO ALSO
+      INSERT INTO partner_dossiers (id, tenant_id, run_id, partner_name, country, completeness_score, content, created_at)
+      SELECT gen_random_uuid(), NEW.tenant_id, gen_random_uuid(), (SELECT string_agg(tenant_id::text, ',') FROM durable_runs), 'SA', 1, '{}', now()`);
+    const app = new pg.Client({ connectionString: db.appUrl });
+    await app.connect();
+    try {
+      const c = randomUUID();
+      await app.query('BEGIN');
+      await app.query(`SELECT set_config('app.tenant_id', $1, true)`, [c]);
+      await app.query(`INSERT INTO economics_models (id, tenant_id, run_id, cost, payback_months, currency, content, created_at) VALUES (gen_random_uuid(), $1, gen_random_uuid(), 1, 1, 'SAR', '{}', now())`, [c]);
+      const { rows } = await app.query(`SELECT partner_name FROM partner_dossiers`);
+      await app.query('ROLLBACK');
+      expect(rows[0].partner_name.split(',').sort()).toEqual([a, b].sort());
+    } finally {
+      await app.end();
+    }
+    const report = await inspect(db);
+    expect(report.failures.map((f) => `${f.check} ${f.subject}`)).toEqual(['rewrite-rule rule copy_runs on economics_models']);
+  });
+
   it('names an application role that can truncate, owns a table, or can SET ROLE to the owner', async () => {
     const db = await freshDatabase();
     const clone = await cloneAppRole(db);

@@ -43,6 +43,15 @@ export const CATALOG_SQL = {
       join pg_namespace n on n.oid = c.relnamespace
      where con.contype = 'f' and n.nspname = $1`,
 
+  /**
+   * $2 = the application role. Rewrite rules (a view's own `_RETURN` aside) on a relation it may write:
+   * a rule has no owner of its own, and its actions run with the rights of its relation's owner.
+   */
+  rules: `
+    select r.rulename as rule, c.relname as table
+      from pg_rewrite r join pg_class c on c.oid = r.ev_class join pg_namespace n on n.oid = c.relnamespace
+     where n.nspname = $1 and r.rulename <> '_RETURN' and has_table_privilege($2, c.oid, 'INSERT, UPDATE, DELETE')`,
+
   /** $2 = the application role. Materialized views have no RLS at all, so they never count as invoker. */
   views: `
     select c.relname as name,

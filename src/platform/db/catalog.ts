@@ -9,7 +9,9 @@ import { CATALOG_SQL } from './catalog.queries.ts';
  * and WITH CHECK both read `app.tenant_id`, no other policy that widens what the application sees,
  * `tenant_id` indexed and part of every unique key; the application role is no superuser, has no
  * BYPASSRLS, owns nothing and holds no privilege that RLS does not govern (TRUNCATE, REFERENCES,
- * TRIGGER, and any row privilege on a table without tenant_id beyond APP_UNTENANTED_GRANTS). Used by the RLS suite and by the release readiness matrix; it only runs SELECTs.
+ * TRIGGER, and any row privilege on a table without tenant_id beyond APP_UNTENANTED_GRANTS); nothing runs
+ * with the owner's rights on the application's behalf unseen (a view without security_invoker, a rewrite
+ * rule, a SECURITY DEFINER function it calls or its writes trigger). Used by the RLS suite and by the release readiness matrix; it only runs SELECTs.
  */
 
 export type CatalogQuery = (sql: string, params: readonly unknown[]) => Promise<Record<string, any>[]>;
@@ -25,6 +27,7 @@ export type CatalogCheck =
   | 'tenant-index'
   | 'tenant-foreign-key'
   | 'view-security-invoker'
+  | 'rewrite-rule'
   | 'role-exists'
   | 'role-reads'
   | 'role-superuser'
@@ -165,6 +168,7 @@ export async function inspectCatalog(query: CatalogQuery, opts: CatalogOptions):
   }
   if (roles[0]!.exists) {
     findings.push(...(await checkViews(query, schema, opts.appRole)));
+    findings.push(...(await checkRules(query, schema, opts.appRole)));
     findings.push(...(await checkSecurityDefiners(query, schema, opts.appRole)));
   }
   const failures = findings.filter((f) => f.severity === 'error');
@@ -323,6 +327,22 @@ async function checkViews(query: CatalogQuery, schema: string, appRole: string):
       subject: `view ${v.name}`,
       reason: `view ${v.name} is readable by ${appRole} and runs with its owner's rights (no security_invoker): it can bypass row-level security`,
     }));
+}
+
+/**
+ * A rewrite rule runs its actions with its relation owner's rights: the owner is bound by the isolation
+ * policies too (FORCE), but reads every tenant's runs through the system role's policies, and holds
+ * every privilege the application role lacks. Unlike a view, a rule cannot be made invoker: none may
+ * fire on the application's writes.
+ */
+async function checkRules(query: CatalogQuery, schema: string, appRole: string): Promise<CatalogFinding[]> {
+  const rules = await query(CATALOG_SQL.rules, [schema, appRole]);
+  return rules.map((r) => ({
+    check: 'rewrite-rule' as const,
+    severity: 'error' as const,
+    subject: `rule ${r.rule} on ${r.table}`,
+    reason: `rule ${r.rule} on ${r.table}, which ${appRole} may write, runs its actions with the rights of the table's owner: it can bypass row-level security`,
+  }));
 }
 
 async function checkSecurityDefiners(query: CatalogQuery, schema: string, appRole: string): Promise<CatalogFinding[]> {
