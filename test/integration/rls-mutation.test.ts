@@ -241,6 +241,32 @@ describe('the catalog check fails when tenancy is broken', () => {
     expect(report.failures.map((f) => `${f.check} ${f.subject}`)).toEqual(['rewrite-rule rule copy_runs on economics_models']);
   });
 
+  it("names a tenant table's column that draws from a sequence, which indeed tells one tenant another's inserts, and a sequence the application may use", async () => {
+    const db = await freshDatabase();
+    await db.admin(`ALTER TABLE partner_dossiers ADD COLUMN n bigint GENERATED ALWAYS AS IDENTITY`);
+    await db.admin(`CREATE SEQUENCE shared_counter; GRANT USAGE ON SEQUENCE shared_counter TO ${TEST_APP.user}`);
+    const drawn: number[] = [];
+    for (const tenant of [randomUUID(), randomUUID(), randomUUID()]) {
+      const app = new pg.Client({ connectionString: db.appUrl });
+      await app.connect();
+      try {
+        await app.query('BEGIN');
+        await app.query(`SELECT set_config('app.tenant_id', $1, true)`, [tenant]);
+        const { rows } = await app.query(`INSERT INTO partner_dossiers (id, tenant_id, run_id, partner_name, country, completeness_score, content, created_at)
+          VALUES (gen_random_uuid(), $1, gen_random_uuid(), 'Acme', 'SA', 1, '{}', now()) RETURNING n`, [tenant]);
+        await app.query('COMMIT');
+        drawn.push(Number(rows[0].n));
+      } finally {
+        await app.end();
+      }
+    }
+    // Each tenant sees only its own row, yet the third learns that two rows were inserted before its own.
+    expect(drawn).toEqual([1, 2, 3]);
+    const report = await inspect(db);
+    expect(report.failures.map((f) => `${f.check} ${f.subject}`).sort()).toEqual(['tenant-sequence sequence shared_counter', 'tenant-sequence table partner_dossiers']);
+    expect(report.failures.find((f) => f.subject === 'table partner_dossiers')!.reason).toMatch(/column partner_dossiers\.n draws from a sequence every tenant shares/);
+  });
+
   it('names an application role that can truncate, owns a table, or can SET ROLE to the owner', async () => {
     const db = await freshDatabase();
     const clone = await cloneAppRole(db);

@@ -44,6 +44,20 @@ export const CATALOG_SQL = {
      where con.contype = 'f' and n.nspname = $1`,
 
   /**
+   * $2 = the application role. Columns that draw from a sequence (identity, or a `nextval()` default),
+   * with their table; and the sequences the role may use itself (`sequence`).
+   */
+  sequences: `
+    select c.relname as table, a.attname as column, null::text as sequence
+      from pg_attribute a join pg_class c on c.oid = a.attrelid join pg_namespace n on n.oid = c.relnamespace
+      left join pg_attrdef d on d.adrelid = a.attrelid and d.adnum = a.attnum
+     where n.nspname = $1 and c.relkind in ('r', 'p') and a.attnum > 0 and not a.attisdropped
+       and (a.attidentity <> '' or pg_get_expr(d.adbin, d.adrelid) like '%nextval(%')
+    union all
+    select null, null, c.relname from pg_class c join pg_namespace n on n.oid = c.relnamespace
+     where n.nspname = $1 and case when c.relkind = 'S' then has_sequence_privilege($2, c.oid, 'USAGE, SELECT, UPDATE') else false end`,
+
+  /**
    * $2 = the application role. Rewrite rules (a view's own `_RETURN` aside) on a relation it may write:
    * a rule has no owner of its own, and its actions run with the rights of its relation's owner.
    */

@@ -26,6 +26,7 @@ export type CatalogCheck =
   | 'tenant-unique'
   | 'tenant-index'
   | 'tenant-foreign-key'
+  | 'tenant-sequence'
   | 'view-security-invoker'
   | 'rewrite-rule'
   | 'role-exists'
@@ -150,6 +151,7 @@ export async function inspectCatalog(query: CatalogQuery, opts: CatalogOptions):
   const scope = new Set(tables.filter((t) => t.exists && t.hasTenantColumn).map((t) => t.table));
   for (const t of tables) findings.push(...checkTable(t, opts.appRole, systemRole, operatorRole));
   findings.push(...(await checkForeignKeys(query, schema, scope)));
+  findings.push(...(await checkSequences(query, schema, scope, opts.appRole)));
   const roles: RoleReport[] = [];
   const unsafeFor = { app: UNSAFE_PRIVILEGES, system: UNSAFE_SYSTEM_PRIVILEGES, operator: [...UNSAFE_PRIVILEGES, ...ROW_PRIVILEGES] };
   for (const [role, kind] of [[opts.appRole, 'app'], [systemRole, 'system'], [operatorRole, 'operator']] as const) {
@@ -327,6 +329,21 @@ async function checkViews(query: CatalogQuery, schema: string, appRole: string):
       subject: `view ${v.name}`,
       reason: `view ${v.name} is readable by ${appRole} and runs with its owner's rights (no security_invoker): it can bypass row-level security`,
     }));
+}
+
+/**
+ * A sequence is one counter for every tenant, and row-level security does not apply to it: a tenant
+ * reading the values its own rows drew (an identity or serial column) learns how many rows the others
+ * inserted between them. Tenant-owned rows take random UUIDs; the application may use no sequence.
+ */
+async function checkSequences(query: CatalogQuery, schema: string, scope: Set<string>, appRole: string): Promise<CatalogFinding[]> {
+  const rows = await query(CATALOG_SQL.sequences, [schema, appRole]);
+  const why = 'a sequence every tenant shares: its values tell a tenant how many rows the others inserted (use gen_random_uuid())';
+  return rows.flatMap((r): CatalogFinding[] => {
+    if (r.sequence) return [{ check: 'tenant-sequence', severity: 'error', subject: `sequence ${r.sequence}`, reason: `${appRole} may use sequence ${r.sequence}, ${why}` }];
+    if (!scope.has(r.table)) return [];
+    return [{ check: 'tenant-sequence', severity: 'error', subject: `table ${r.table}`, reason: `column ${r.table}.${r.column} draws from ${why}` }];
+  });
 }
 
 /**
