@@ -23,7 +23,7 @@ export async function autovacuumSetting(orm: MikroORM): Promise<string | undefin
 }
 
 /** Findings about keys rather than policies go to the table's `tenant-unique` row. */
-const KEY_CHECKS = new Set<CatalogFinding['check']>(['tenant-unique', 'tenant-index', 'tenant-foreign-key']);
+const KEY_CHECKS = new Set<CatalogFinding['check']>(['tenant-unique', 'tenant-index', 'tenant-foreign-key', 'tenant-sequence']);
 
 /** The role API and workers really connect as, read from the live connection (not from the URL). */
 export async function currentRole(orm: MikroORM): Promise<string> {
@@ -76,7 +76,8 @@ function componentOf(f: CatalogFinding, appRole: string): string {
     const table = f.subject.slice('table '.length);
     return KEY_CHECKS.has(f.check) ? `tenant-unique ${table}` : `rls ${table}`;
   }
-  if (f.subject === `role ${appRole}`) return 'app-role';
+  // A sequence the application may use is a privilege of its own, as a table without tenant_id is.
+  if (f.subject === `role ${appRole}` || f.subject.startsWith('sequence ')) return 'app-role';
   if (f.subject.startsWith('role ')) return f.subject;
   return 'views-functions';
 }

@@ -142,6 +142,18 @@ describe('forged, stale and misdirected tokens', () => {
     ['whitespace-only sub (correctly signed)', async () => hs256(claims({ sub: '   ' }))],
     ['sub with a trailing space (correctly signed)', async () => hs256(claims({ sub: 'mallory ' }))],
     ['tenant_id with a leading space (correctly signed)', async () => hs256(claims({ tenant_id: ` ${tenantA}` }))],
+    // Correctly signed, but a tenant_id that is not exactly a UUID: never trimmed, normalised or guessed at.
+    ['empty tenant_id (correctly signed)', async () => hs256(claims({ tenant_id: '' }))],
+    ['null tenant_id (correctly signed)', async () => hs256(claims({ tenant_id: null }))],
+    ['tenant_id as an object (correctly signed)', async () => hs256(claims({ tenant_id: { id: tenantA } }))],
+    ['very long tenant_id (correctly signed)', async () => hs256(claims({ tenant_id: `${tenantA}${'0'.repeat(4000)}` }))],
+    ['tenant_id with a trailing newline (correctly signed)', async () => hs256(claims({ tenant_id: `${tenantA}\n` }))],
+    ['tenant_id behind a zero-width space (correctly signed)', async () => hs256(claims({ tenant_id: `\u200b${tenantA}` }))],
+    ['tenant_id with a full-width digit (correctly signed)', async () => hs256(claims({ tenant_id: tenantA.replace(/[0-9]/, (d) => String.fromCharCode(0xff10 + Number(d))) }))],
+    ['tenant_id in braces (correctly signed)', async () => hs256(claims({ tenant_id: `{${tenantA}}` }))],
+    ['tenant_id as a URN (correctly signed)', async () => hs256(claims({ tenant_id: `urn:uuid:${tenantA}` }))],
+    ['tenant_id without hyphens (correctly signed)', async () => hs256(claims({ tenant_id: tenantA.replace(/-/g, '') }))],
+    ['roles as a string (correctly signed)', async () => hs256(claims({ roles: 'approver' }))],
   ];
 
   it('the untampered token these cases start from is accepted (the control case)', async () => {
@@ -237,6 +249,15 @@ describe("a valid token of tenant A asking for tenant B's ids", () => {
     expect(rows[0]).toEqual({ status: 'pending', decisions: 0 });
     const lines = await logLinesFor(res.correlationId);
     expect(lines.some((l) => l.res?.statusCode === 404 && l.tenant_id === tenantA)).toBe(true);
+  });
+
+  it("a tenant_id in upper case is the same tenant, in lower case: A's upper-case token reads B's run as A does (404), and is logged as A", async () => {
+    const upper = await hs256(claims({ tenant_id: tenantA.toUpperCase() }));
+    const res = await attempt(stack, 'GET', `/api/v1/golden-path/runs/${victim.runId}`, `Bearer ${upper}`);
+    expect(res.status).toBe(404);
+    expectNoVictimData(res.text);
+    const lines = await logLinesFor(res.correlationId);
+    expect(lines.find((l) => l.res?.statusCode === 404)?.tenant_id).toBe(tenantA);
   });
 
   it("A's lists never show B's runs or approvals", async () => {

@@ -185,6 +185,88 @@ describe('the catalog check fails when tenancy is broken', () => {
     expect(report.failures.map((f) => `${f.check} ${f.subject}`)).toEqual(['view-security-invoker view all_partners']);
   });
 
+  it("reports a SECURITY DEFINER function the application may call, and one a trigger runs on its writes though EXECUTE is revoked from it — which indeed reads every tenant's rows", async () => {
+    const db = await freshDatabase();
+    const dossier = `INSERT INTO partner_dossiers (id, tenant_id, run_id, partner_name, country, completeness_score, content, created_at)
+      VALUES (gen_random_uuid(), gen_random_uuid(), gen_random_uuid(), 'Acme', 'SA', 1, '{}', now())`;
+    await db.admin(`${dossier}; ${dossier}`);
+    await db.admin(`CREATE FUNCTION count_dossiers() RETURNS bigint SECURITY DEFINER LANGUAGE sql AS 'SELECT count(*) FROM partner_dossiers'`);
+    // Revoking EXECUTE is the usual hardening of a definer function; a trigger runs it all the same.
+    await db.admin(`CREATE FUNCTION dossiers_seen() RETURNS trigger SECURITY DEFINER LANGUAGE plpgsql AS
+        $$ BEGIN RAISE EXCEPTION 'dossiers seen: %', (SELECT count(*) FROM partner_dossiers); END $$;
+      REVOKE EXECUTE ON FUNCTION dossiers_seen() FROM PUBLIC;
+      CREATE TRIGGER seen BEFORE INSERT ON economics_models FOR EACH ROW EXECUTE FUNCTION dossiers_seen()`);
+    const app = new pg.Client({ connectionString: db.appUrl });
+    await app.connect();
+    try {
+      expect(await app.query('SELECT dossiers_seen()').catch((e: Error) => e.message)).toMatch(/permission denied/);
+      await app.query('BEGIN');
+      await app.query(`SELECT set_config('app.tenant_id', $1, true)`, [randomUUID()]);
+      // A tenant with no dossier of its own writes, and the trigger, run as its (superuser) owner, sees both tenants' dossiers.
+      await expect(app.query(`INSERT INTO economics_models (tenant_id) VALUES (current_setting('app.tenant_id')::uuid)`)).rejects.toThrow('dossiers seen: 2');
+    } finally {
+      await app.end();
+    }
+    const definers = (await inspect(db)).findings.filter((f) => f.check === 'security-definer');
+    expect(definers.map((f) => f.subject).sort()).toEqual(['function count_dossiers()', 'function dossiers_seen()']);
+    expect(definers.find((f) => f.subject === 'function dossiers_seen()')!.reason).toMatch(/by writing economics_models \(a trigger\)/);
+  });
+
+  it("names a rewrite rule on a table the application writes — it runs as the table's owner, and indeed copies every tenant's run ids into the writer's own rows", async () => {
+    const db = await freshDatabase();
+    const [a, b] = [randomUUID(), randomUUID()];
+    for (const tenant of [a, b]) {
+      await db.admin(`INSERT INTO durable_runs (id, tenant_id, workflow, workflow_version, status, input, sequence_num, step_count, idempotency_hash, correlation_id, principal, created_at, updated_at)
+        VALUES (gen_random_uuid(), $1, 'golden-path', 1, 'completed', '{}', 0, 1, md5(random()::text), 'c', 'p', now(), now())`, [tenant]);
+    }
+    // A rule has no owner of its own: its actions run with the rights of its table's owner, who (a member
+    // of the system role) reads every tenant's durable_runs. The copy lands in the writer's own tenant, so WITH CHECK passes.
+    await db.admin(`CREATE RULE copy_runs AS ON INSERT TO economics_models DO ALSO
+      INSERT INTO partner_dossiers (id, tenant_id, run_id, partner_name, country, completeness_score, content, created_at)
+      SELECT gen_random_uuid(), NEW.tenant_id, gen_random_uuid(), (SELECT string_agg(tenant_id::text, ',') FROM durable_runs), 'SA', 1, '{}', now()`);
+    const app = new pg.Client({ connectionString: db.appUrl });
+    await app.connect();
+    try {
+      const c = randomUUID();
+      await app.query('BEGIN');
+      await app.query(`SELECT set_config('app.tenant_id', $1, true)`, [c]);
+      await app.query(`INSERT INTO economics_models (id, tenant_id, run_id, cost, payback_months, currency, content, created_at) VALUES (gen_random_uuid(), $1, gen_random_uuid(), 1, 1, 'SAR', '{}', now())`, [c]);
+      const { rows } = await app.query(`SELECT partner_name FROM partner_dossiers`);
+      await app.query('ROLLBACK');
+      expect(rows[0].partner_name.split(',').sort()).toEqual([a, b].sort());
+    } finally {
+      await app.end();
+    }
+    const report = await inspect(db);
+    expect(report.failures.map((f) => `${f.check} ${f.subject}`)).toEqual(['rewrite-rule rule copy_runs on economics_models']);
+  });
+
+  it("names a tenant table's column that draws from a sequence, which indeed tells one tenant another's inserts, and a sequence the application may use", async () => {
+    const db = await freshDatabase();
+    await db.admin(`ALTER TABLE partner_dossiers ADD COLUMN n bigint GENERATED ALWAYS AS IDENTITY`);
+    await db.admin(`CREATE SEQUENCE shared_counter; GRANT USAGE ON SEQUENCE shared_counter TO ${TEST_APP.user}`);
+    const drawn: number[] = [];
+    for (const tenant of [randomUUID(), randomUUID(), randomUUID()]) {
+      const app = new pg.Client({ connectionString: db.appUrl });
+      await app.connect();
+      try {
+        await app.query('BEGIN');
+        await app.query(`SELECT set_config('app.tenant_id', $1, true)`, [tenant]);
+        const { rows } = await app.query(`INSERT INTO partner_dossiers (id, tenant_id, run_id, partner_name, country, completeness_score, content, created_at)
+          VALUES (gen_random_uuid(), $1, gen_random_uuid(), 'Acme', 'SA', 1, '{}', now()) RETURNING n`, [tenant]);
+        await app.query('COMMIT');
+        drawn.push(Number(rows[0].n));
+      } finally {
+        await app.end();
+      }
+    }
+    // Each tenant sees only its own row, yet the third learns that two rows were inserted before its own.
+    expect(drawn).toEqual([1, 2, 3]);
+    const report = await inspect(db);
+    expect(report.failures.map((f) => `${f.check} ${f.subject}`).sort()).toEqual(['tenant-sequence sequence shared_counter', 'tenant-sequence table partner_dossiers']);
+    expect(report.failures.find((f) => f.subject === 'table partner_dossiers')!.reason).toMatch(/column partner_dossiers\.n draws from a sequence every tenant shares/);
+  });
+
   it('names an application role that can truncate, owns a table, or can SET ROLE to the owner', async () => {
     const db = await freshDatabase();
     const clone = await cloneAppRole(db);

@@ -43,6 +43,29 @@ export const CATALOG_SQL = {
       join pg_namespace n on n.oid = c.relnamespace
      where con.contype = 'f' and n.nspname = $1`,
 
+  /**
+   * $2 = the application role. Columns that draw from a sequence (identity, or a `nextval()` default),
+   * with their table; and the sequences the role may use itself (`sequence`).
+   */
+  sequences: `
+    select c.relname as table, a.attname as column, null::text as sequence
+      from pg_attribute a join pg_class c on c.oid = a.attrelid join pg_namespace n on n.oid = c.relnamespace
+      left join pg_attrdef d on d.adrelid = a.attrelid and d.adnum = a.attnum
+     where n.nspname = $1 and c.relkind in ('r', 'p') and a.attnum > 0 and not a.attisdropped
+       and (a.attidentity <> '' or pg_get_expr(d.adbin, d.adrelid) like '%nextval(%')
+    union all
+    select null, null, c.relname from pg_class c join pg_namespace n on n.oid = c.relnamespace
+     where n.nspname = $1 and case when c.relkind = 'S' then has_sequence_privilege($2, c.oid, 'USAGE, SELECT, UPDATE') else false end`,
+
+  /**
+   * $2 = the application role. Rewrite rules (a view's own `_RETURN` aside) on a relation it may write:
+   * a rule has no owner of its own, and its actions run with the rights of its relation's owner.
+   */
+  rules: `
+    select r.rulename as rule, c.relname as table
+      from pg_rewrite r join pg_class c on c.oid = r.ev_class join pg_namespace n on n.oid = c.relnamespace
+     where n.nspname = $1 and r.rulename <> '_RETURN' and has_table_privilege($2, c.oid, 'INSERT, UPDATE, DELETE')`,
+
   /** $2 = the application role. Materialized views have no RLS at all, so they never count as invoker. */
   views: `
     select c.relname as name,
@@ -52,11 +75,20 @@ export const CATALOG_SQL = {
       from pg_class c join pg_namespace n on n.oid = c.relnamespace
      where n.nspname = $1 and c.relkind in ('v', 'm')`,
 
-  /** $2 = the application role. */
+  /**
+   * $2 = the application role. A SECURITY DEFINER function it may call, or one a trigger runs on a
+   * table it may write: a trigger's function runs whatever EXECUTE says (PostgreSQL checks that when
+   * the trigger is created, never when it fires), so revoking EXECUTE from PUBLIC does not keep the
+   * application's writes from running it as its owner. `triggers`: the tables whose triggers run it.
+   */
   securityDefiners: `
-    select p.oid::regprocedure::text as name, pg_get_userbyid(p.proowner) as owner
+    select p.oid::regprocedure::text as name, pg_get_userbyid(p.proowner) as owner,
+           coalesce(array_agg(distinct t.tgrelid::regclass::text) filter (where t.oid is not null), '{}') as triggers
       from pg_proc p join pg_namespace n on n.oid = p.pronamespace
-     where n.nspname = $1 and p.prosecdef and has_function_privilege($2, p.oid, 'EXECUTE')`,
+      left join pg_trigger t on t.tgfoid = p.oid and not t.tgisinternal and has_table_privilege($2, t.tgrelid, 'INSERT, UPDATE, DELETE')
+     where n.nspname = $1 and p.prosecdef
+     group by p.oid
+    having has_function_privilege($2, p.oid, 'EXECUTE') or count(t.oid) > 0`,
 
   /** $1 = role. */
   role: `select rolname, rolsuper, rolbypassrls, rolcanlogin, rolinherit from pg_roles where rolname = $1`,

@@ -9,7 +9,9 @@ import { CATALOG_SQL } from './catalog.queries.ts';
  * and WITH CHECK both read `app.tenant_id`, no other policy that widens what the application sees,
  * `tenant_id` indexed and part of every unique key; the application role is no superuser, has no
  * BYPASSRLS, owns nothing and holds no privilege that RLS does not govern (TRUNCATE, REFERENCES,
- * TRIGGER, and any row privilege on a table without tenant_id beyond APP_UNTENANTED_GRANTS). Used by the RLS suite and by the release readiness matrix; it only runs SELECTs.
+ * TRIGGER, and any row privilege on a table without tenant_id beyond APP_UNTENANTED_GRANTS); nothing runs
+ * with the owner's rights on the application's behalf unseen (a view without security_invoker, a rewrite
+ * rule, a SECURITY DEFINER function it calls or its writes trigger). Used by the RLS suite and by the release readiness matrix; it only runs SELECTs.
  */
 
 export type CatalogQuery = (sql: string, params: readonly unknown[]) => Promise<Record<string, any>[]>;
@@ -24,7 +26,9 @@ export type CatalogCheck =
   | 'tenant-unique'
   | 'tenant-index'
   | 'tenant-foreign-key'
+  | 'tenant-sequence'
   | 'view-security-invoker'
+  | 'rewrite-rule'
   | 'role-exists'
   | 'role-reads'
   | 'role-superuser'
@@ -147,6 +151,7 @@ export async function inspectCatalog(query: CatalogQuery, opts: CatalogOptions):
   const scope = new Set(tables.filter((t) => t.exists && t.hasTenantColumn).map((t) => t.table));
   for (const t of tables) findings.push(...checkTable(t, opts.appRole, systemRole, operatorRole));
   findings.push(...(await checkForeignKeys(query, schema, scope)));
+  findings.push(...(await checkSequences(query, schema, scope, opts.appRole)));
   const roles: RoleReport[] = [];
   const unsafeFor = { app: UNSAFE_PRIVILEGES, system: UNSAFE_SYSTEM_PRIVILEGES, operator: [...UNSAFE_PRIVILEGES, ...ROW_PRIVILEGES] };
   for (const [role, kind] of [[opts.appRole, 'app'], [systemRole, 'system'], [operatorRole, 'operator']] as const) {
@@ -165,6 +170,7 @@ export async function inspectCatalog(query: CatalogQuery, opts: CatalogOptions):
   }
   if (roles[0]!.exists) {
     findings.push(...(await checkViews(query, schema, opts.appRole)));
+    findings.push(...(await checkRules(query, schema, opts.appRole)));
     findings.push(...(await checkSecurityDefiners(query, schema, opts.appRole)));
   }
   const failures = findings.filter((f) => f.severity === 'error');
@@ -325,13 +331,44 @@ async function checkViews(query: CatalogQuery, schema: string, appRole: string):
     }));
 }
 
+/**
+ * A sequence is one counter for every tenant, and row-level security does not apply to it: a tenant
+ * reading the values its own rows drew (an identity or serial column) learns how many rows the others
+ * inserted between them. Tenant-owned rows take random UUIDs; the application may use no sequence.
+ */
+async function checkSequences(query: CatalogQuery, schema: string, scope: Set<string>, appRole: string): Promise<CatalogFinding[]> {
+  const rows = await query(CATALOG_SQL.sequences, [schema, appRole]);
+  const why = 'a sequence every tenant shares: its values tell a tenant how many rows the others inserted (use gen_random_uuid())';
+  return rows.flatMap((r): CatalogFinding[] => {
+    if (r.sequence) return [{ check: 'tenant-sequence', severity: 'error', subject: `sequence ${r.sequence}`, reason: `${appRole} may use sequence ${r.sequence}, ${why}` }];
+    if (!scope.has(r.table)) return [];
+    return [{ check: 'tenant-sequence', severity: 'error', subject: `table ${r.table}`, reason: `column ${r.table}.${r.column} draws from ${why}` }];
+  });
+}
+
+/**
+ * A rewrite rule runs its actions with its relation owner's rights: the owner is bound by the isolation
+ * policies too (FORCE), but reads every tenant's runs through the system role's policies, and holds
+ * every privilege the application role lacks. Unlike a view, a rule cannot be made invoker: none may
+ * fire on the application's writes.
+ */
+async function checkRules(query: CatalogQuery, schema: string, appRole: string): Promise<CatalogFinding[]> {
+  const rules = await query(CATALOG_SQL.rules, [schema, appRole]);
+  return rules.map((r) => ({
+    check: 'rewrite-rule' as const,
+    severity: 'error' as const,
+    subject: `rule ${r.rule} on ${r.table}`,
+    reason: `rule ${r.rule} on ${r.table}, which ${appRole} may write, runs its actions with the rights of the table's owner: it can bypass row-level security`,
+  }));
+}
+
 async function checkSecurityDefiners(query: CatalogQuery, schema: string, appRole: string): Promise<CatalogFinding[]> {
   const fns = await query(CATALOG_SQL.securityDefiners, [schema, appRole]);
   return fns.map((f) => ({
     check: 'security-definer' as const,
     severity: 'warning' as const,
     subject: `function ${f.name}`,
-    reason: `${appRole} may execute SECURITY DEFINER function ${f.name}, which runs as ${f.owner}: review it for cross-tenant access`,
+    reason: `${appRole} ${(f.triggers as string[]).length ? `runs SECURITY DEFINER function ${f.name} by writing ${(f.triggers as string[]).join(', ')} (a trigger)` : `may execute SECURITY DEFINER function ${f.name}`}, which runs as ${f.owner}: review it for cross-tenant access`,
   }));
 }
 
