@@ -118,4 +118,32 @@ describe('two executions of a run job meeting in the approval step', () => {
       await tenantEm(stack.container.orm, tenant).transactional((tx) => stack.container.runtime.complete(tx, run.id, 'cancelled'));
     }
   });
+
+  it("the losing execution's own schedule does not move the committed request's timer to its later deadline", { timeout: LONG }, async () => {
+    const tenant = newTenant();
+    const run = await waitingCandidate(tenant);
+    try {
+      const { outcomes, loserDeadline } = await meetInApprovalStep(tenant, run.id, run.correlation_id, 'runs the step');
+      expect(outcomes.map((o) => (o.status === 'fulfilled' ? o.value.status : `rejected: ${(o.reason as Error).message}`))).toEqual(['waiting', 'waiting']);
+      const after = await stored(run.id);
+      expect(after.run.status).toBe('waiting');
+      // One request, the winner's; the loser's rolled back with its step (its checkpoint was a unique violation).
+      expect(after.requests).toHaveLength(1);
+      const deadline = new Date(after.requests[0].sla_deadline as Date);
+      expect(loserDeadline).toBeDefined();
+      expect(Date.parse(loserDeadline!)).toBeGreaterThan(deadline.getTime());
+      // The timer is the committed request's: due at its deadline. Before the fix the loser's schedule
+      // moved it to the loser's own, later deadline (rolled back with its request), so the request
+      // would have read expired at its deadline while the run stayed waiting, and ended late.
+      const queue = timers();
+      const timerId = namedJobId('gp', after.run.idempotency_hash, 'sla');
+      const timer = await queue.getJob(timerId);
+      expect(await timer?.getState()).toBe('delayed');
+      expect(timer!.data.deadline).toBe(deadline.toISOString());
+      const dueAt = Math.floor(Number(await stack.redis.zscore(queue.toKey('delayed'), timerId)) / 4096);
+      expect(dueAt).toBeLessThan(Date.parse(loserDeadline!));
+    } finally {
+      await tenantEm(stack.container.orm, tenant).transactional((tx) => stack.container.runtime.complete(tx, run.id, 'cancelled'));
+    }
+  });
 });
