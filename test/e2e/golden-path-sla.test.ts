@@ -1,4 +1,4 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { randomUUID } from 'node:crypto';
 import { api, newTenant, SAMPLE_SUBMISSION, startStack, type TestStack } from '../helpers/stack.ts';
 import { waitFor } from '../helpers/poll.ts';
@@ -189,5 +189,47 @@ describe('approval SLA', () => {
     const after = await runNow();
     expect(after.status).toBe('completed');
     expect(after.steps[2].output.outcome).toBe('approved');
+  });
+
+  it("a decision whose commit is not followed by its after-commit work (the API killed in between): the sweeper carries the run on from step 4 once, and the timer left behind fires as a no-op", async () => {
+    const { slow, own, runId, queue, timer } = await waitingWithSlowSla();
+    const slowApprover = await stack.token({ tenantId: slow, sub: 'approver-3', roles: ['approver'] });
+    const runNow = async () => (await api(stack, 'GET', `/api/v1/golden-path/runs/${runId}`, { token: own })).json;
+    const approvalId = (await runNow()).steps[2].output.approval_request_id as string;
+    // The decision commits; what follows its commit (the run job from step 4, then the timer's removal)
+    // is lost, as when the API process dies right after the commit.
+    const enqueue = vi.spyOn(stack.container.runtime, 'enqueue').mockImplementationOnce(async () => {
+      throw new Error('the API died between the decision\'s commit and its enqueue (test)');
+    });
+    try {
+      const d = await api(stack, 'POST', `/api/v1/approvals/${approvalId}/decision`, { token: slowApprover, body: { decision: 'approve' }, headers: { 'Idempotency-Key': randomUUID() } });
+      expect(d.status, d.text).toBe(200);
+      expect(enqueue).toHaveBeenCalledTimes(1);
+    } finally {
+      enqueue.mockRestore();
+    }
+    // Committed: running from step 4, with no job; its timer still waits.
+    expect((await runNow()).status).toBe('running');
+    expect(await timer.getState()).toBe('delayed');
+    // The worker's sweeper (every second, for runs untouched for a second) finds it and re-enqueues it from step 4.
+    const done = await waitFor(async () => ((await runNow())?.status === 'completed' ? runNow() : undefined), { ...DEADLINE, what: 'the sweeper to carry the decided run on' });
+    expect(done.steps.map((st: { status: string }) => st.status)).toEqual(['completed', 'completed', 'completed', 'completed']);
+    expect(done.steps[2].output.outcome).toBe('approved');
+    // The worker's lines reach this process through a pipe: read once its line is there.
+    const recovered = await waitFor(
+      () => {
+        const lines = stack.workers.flatMap((w) => jsonLines(w.output())).filter((l) => l.msg === 'sweeper re-enqueued run' && l.run_id === runId);
+        return lines.length ? lines : undefined;
+      },
+      { timeoutMs: 20_000, what: "the sweeper's line" },
+    );
+    expect(recovered.map((l) => l.from_sequence_num)).toEqual([4]);
+    const { rows } = await stack.db.admin(`select (select count(*)::int from evidence_packs where run_id = $1) as packs, (select count(*)::int from durable_checkpoints where run_id = $1) as checkpoints`, [runId]);
+    expect(rows[0]).toEqual({ packs: 1, checkpoints: 4 });
+    // The timer the lost after-commit work did not remove fires (promoted here) and changes nothing.
+    await timer.promote();
+    const fired = await waitFor(async () => ((await timer.getState()) === 'completed' ? queue.getJob(timer.id!) : undefined), { ...DEADLINE, what: 'the timer left behind to fire' });
+    expect(fired!.returnvalue).toEqual({ outcome: 'not_pending' });
+    expect((await runNow()).status).toBe('completed');
   });
 });
