@@ -5,6 +5,7 @@ import { waitFor } from '../helpers/poll.ts';
 import { setPolicy } from '../helpers/policy.ts';
 import { slaScheduler } from '../../src/modules/index.ts';
 import { jsonLines } from '../helpers/api-process.ts';
+import { holdTable } from '../helpers/table-lock.ts';
 
 const EXPIRED_LINE = 'approval request expired undecided at its SLA deadline: the run ended approval_expired';
 
@@ -231,5 +232,43 @@ describe('approval SLA', () => {
     const fired = await waitFor(async () => ((await timer.getState()) === 'completed' ? queue.getJob(timer.id!) : undefined), { ...DEADLINE, what: 'the timer left behind to fire' });
     expect(fired!.returnvalue).toEqual({ outcome: 'not_pending' });
     expect((await runNow()).status).toBe('completed');
+  });
+
+  it('a decision begun before the deadline and still in its transaction when the timer fires: the timer waits for it and finds the request decided; the run completes, decided before its deadline', async () => {
+    const { slow, own, runId, queue, timer } = await waitingWithSlowSla();
+    const slowApprover = await stack.token({ tenantId: slow, sub: 'approver-4', roles: ['approver'] });
+    const runNow = async () => (await api(stack, 'GET', `/api/v1/golden-path/runs/${runId}`, { token: own })).json;
+    const approvalId = (await runNow()).steps[2].output.approval_request_id as string;
+    // The deadline is brought to 3 s from now (the timer with it: a schedule moves it earlier).
+    const [row] = (await stack.db.admin(`update approval_requests set sla_deadline = now() + interval '3 seconds' where run_id = $1 returning sla_deadline, (select idempotency_hash from durable_runs where id = $1)`, [runId])).rows;
+    const deadline = new Date(row.sla_deadline);
+    await slaScheduler({ timers: () => queue }, stack.container.runtime.keep).schedule({ tenantId: slow, runId, approvalRequestId: '', idempotencyHash: row.idempotency_hash, deadline });
+    // The decision is held inside its transaction (its webhook outbox insert waits for a lock held here),
+    // having locked the run and the request before the deadline.
+    const outbox = await holdTable(stack.env.MIGRATION_DATABASE_URL!, 'webhook_deliveries');
+    try {
+      const decided = api(stack, 'POST', `/api/v1/approvals/${approvalId}/decision`, { token: slowApprover, body: { decision: 'approve' }, headers: { 'Idempotency-Key': randomUUID() } });
+      await outbox.waiting('the decision to wait inside its transaction');
+      // The deadline passes and the timer fires: its expiry waits for the run the decision holds.
+      await waitFor(
+        async () =>
+          (await stack.db.admin(`select count(*)::int as n from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock' and query like '%a.sla_deadline is not null and a.sla_deadline <= now()%'`)).rows[0].n > 0,
+        { ...DEADLINE, what: "the timer's expiry to wait for the decision" },
+      );
+      expect(Date.now()).toBeGreaterThan(deadline.getTime());
+      await outbox.release();
+      const d = await decided;
+      expect(d.status, d.text).toBe(200);
+      expect(d.json.status).toBe('approved');
+    } finally {
+      await outbox.close();
+    }
+    const fired = await waitFor(async () => ((await timer.getState()) === 'completed' ? queue.getJob(timer.id!) : undefined), { ...DEADLINE, what: 'the timer to end' });
+    expect(fired!.returnvalue).toEqual({ outcome: 'not_pending' });
+    const done = await waitFor(async () => ((await runNow())?.status === 'completed' ? runNow() : undefined), { ...DEADLINE, what: 'the approved run to complete' });
+    expect(done.steps[2].output.outcome).toBe('approved');
+    const approval = (await api(stack, 'GET', `/api/v1/approvals/${approvalId}`, { token: slowApprover })).json;
+    expect(approval.status).toBe('approved');
+    expect(Date.parse(approval.decided_at)).toBeLessThan(deadline.getTime());
   });
 });
