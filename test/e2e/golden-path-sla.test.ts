@@ -1,5 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { randomUUID } from 'node:crypto';
+import pg from 'pg';
 import { api, newTenant, SAMPLE_SUBMISSION, startStack, type TestStack } from '../helpers/stack.ts';
 import { waitFor } from '../helpers/poll.ts';
 import { setPolicy } from '../helpers/policy.ts';
@@ -239,36 +240,50 @@ describe('approval SLA', () => {
     const slowApprover = await stack.token({ tenantId: slow, sub: 'approver-4', roles: ['approver'] });
     const runNow = async () => (await api(stack, 'GET', `/api/v1/golden-path/runs/${runId}`, { token: own })).json;
     const approvalId = (await runNow()).steps[2].output.approval_request_id as string;
-    // The deadline is brought to 3 s from now (the timer with it: a schedule moves it earlier).
-    const [row] = (await stack.db.admin(`update approval_requests set sla_deadline = now() + interval '3 seconds' where run_id = $1 returning sla_deadline, (select idempotency_hash from durable_runs where id = $1)`, [runId])).rows;
-    const deadline = new Date(row.sla_deadline);
-    await slaScheduler({ timers: () => queue }, stack.container.runtime.keep).schedule({ tenantId: slow, runId, approvalRequestId: '', idempotencyHash: row.idempotency_hash, deadline });
-    // The decision is held inside its transaction (its webhook outbox insert waits for a lock held here),
-    // having locked the run and the request before the deadline.
+    // The timer fires when this test promotes it, not on its own.
+    await timer.changeDelay(3_600_000);
+    const waitingOn = async (client: pg.Client, table: string) =>
+      (await client.query(`select count(*)::int as n from pg_locks l join pg_class c on c.oid = l.relation where c.relname = $1 and not l.granted`, [table])).rows[0].n > 0;
+    // 1. The decision's transaction begins and waits for the requests table (held here), before it locks anything.
+    const requests = new pg.Client({ connectionString: stack.db.adminUrl });
+    await requests.connect();
     const outbox = await holdTable(stack.env.MIGRATION_DATABASE_URL!, 'webhook_deliveries');
+    let held = false;
     try {
+      await requests.query('begin');
+      held = true;
+      await requests.query('lock table approval_requests in exclusive mode');
       const decided = api(stack, 'POST', `/api/v1/approvals/${approvalId}/decision`, { token: slowApprover, body: { decision: 'approve' }, headers: { 'Idempotency-Key': randomUUID() } });
+      await waitFor(() => waitingOn(requests, 'approval_requests'), { ...DEADLINE, what: 'the decision to begin and wait' });
+      // 2. Its deadline is set to pass just after the decision's transaction began, and passes.
+      const [{ deadline }] = (await requests.query(`update approval_requests set sla_deadline = clock_timestamp() + interval '200 milliseconds' where run_id = $1 returning sla_deadline as deadline`, [runId])).rows;
+      await waitFor(async () => (await requests.query(`select clock_timestamp() > $1::timestamptz as past`, [deadline])).rows[0].past, { ...DEADLINE, what: 'the deadline to pass' });
+      await requests.query('commit');
+      held = false;
+      // 3. The decision locks the run and the request, and waits inside its insert (its webhook outbox).
       await outbox.waiting('the decision to wait inside its transaction');
-      // The deadline passes and the timer fires: its expiry waits for the run the decision holds.
+      // 4. The timer fires: its expiry waits for the run the decision holds.
+      await timer.promote();
       await waitFor(
         async () =>
           (await stack.db.admin(`select count(*)::int as n from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock' and query like '%a.sla_deadline is not null and a.sla_deadline <= now()%'`)).rows[0].n > 0,
         { ...DEADLINE, what: "the timer's expiry to wait for the decision" },
       );
-      expect(Date.now()).toBeGreaterThan(deadline.getTime());
       await outbox.release();
       const d = await decided;
       expect(d.status, d.text).toBe(200);
       expect(d.json.status).toBe('approved');
+      const fired = await waitFor(async () => ((await timer.getState()) === 'completed' ? queue.getJob(timer.id!) : undefined), { ...DEADLINE, what: 'the timer to end' });
+      expect(fired!.returnvalue).toEqual({ outcome: 'not_pending' });
+      const done = await waitFor(async () => ((await runNow())?.status === 'completed' ? runNow() : undefined), { ...DEADLINE, what: 'the approved run to complete' });
+      expect(done.steps[2].output.outcome).toBe('approved');
+      const approval = (await api(stack, 'GET', `/api/v1/approvals/${approvalId}`, { token: slowApprover })).json;
+      expect(approval.status).toBe('approved');
+      expect(Date.parse(approval.decided_at)).toBeLessThan(new Date(deadline).getTime());
     } finally {
       await outbox.close();
+      if (held) await requests.query('rollback').catch(() => {});
+      await requests.end();
     }
-    const fired = await waitFor(async () => ((await timer.getState()) === 'completed' ? queue.getJob(timer.id!) : undefined), { ...DEADLINE, what: 'the timer to end' });
-    expect(fired!.returnvalue).toEqual({ outcome: 'not_pending' });
-    const done = await waitFor(async () => ((await runNow())?.status === 'completed' ? runNow() : undefined), { ...DEADLINE, what: 'the approved run to complete' });
-    expect(done.steps[2].output.outcome).toBe('approved');
-    const approval = (await api(stack, 'GET', `/api/v1/approvals/${approvalId}`, { token: slowApprover })).json;
-    expect(approval.status).toBe('approved');
-    expect(Date.parse(approval.decided_at)).toBeLessThan(deadline.getTime());
   });
 });
