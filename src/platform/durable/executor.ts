@@ -470,10 +470,11 @@ export class StepExecutor {
   /**
    * Records the step's failure and fails the run, in one transaction. With `stepRan`,
    * `completed-elsewhere` (nothing written) when the step's checkpoint is already completed, or
-   * waiting: another execution of the job committed it (a wait too: its request and SLA timer stay); `run-ended` when the run had ended (cancelled) and stays so;
-   * `superseded` (nothing written) when the run was retried since the job was added: a job of an
-   * earlier generation that read the run before the retry must not fail the retried run. After the
-   * commit, what the workflow's `onFailed` left for then (the SLA timer's removal) is done.
+   * waiting: another execution of the job committed it (a wait too: its request and SLA timer stay);
+   * `run-ended` when the run had ended (cancelled) and stays so; `superseded` (nothing written) when
+   * the run was retried since the job was added: a job of an earlier generation that read the run
+   * before the retry must not fail the retried run. After the commit, what the workflow's `onFailed`
+   * left for then (the SLA timer's removal) is done.
    */
   private async markFailed(d: StepJobData, wf: WorkflowDef, seq: number, stepName: string, err: Error, attempt: number, stepRan: boolean, log: Logger): Promise<'failed' | 'completed-elsewhere' | 'run-ended' | 'superseded'> {
     const em = tenantEm(this.o.orm, d.tenant_id);
