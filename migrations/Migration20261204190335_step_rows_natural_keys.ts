@@ -5,8 +5,8 @@ import { Migration } from '@mikro-orm/migrations';
  * takes them, since each lock is held until the migrations commit: a new run's first step inserts its
  * dossier before its checkpoint, every other step reads its run's checkpoints before inserting its rows.
  * A migration that took `approval_decisions` first deadlocked with an approval step that had read its
- * checkpoints (step-rows-natural-keys-migration.test.ts). A decision (its request's decisions, then the
- * run's checkpoints) can still deadlock with it, and PostgreSQL then fails one of the two (docs/runbook.md).
+ * checkpoints (step-rows-natural-keys-migration.test.ts). A decision reads its run's checkpoints before
+ * its request's decisions for the same reason (it read them the other way round and could deadlock with it).
  */
 const KEYS: [table: string, unique: string, columns: string[]][] = [
   ['partner_dossiers', 'partner_dossiers_tenant_run_unique', ['tenant_id', 'run_id']],

@@ -51,8 +51,10 @@ export interface SlaQueues {
  * SLA timers: one delayed job per waiting run, on the timers queue (ADR 0015: a timer that comes due
  * waits behind other timers only, never behind the run queue's backlog), keyed by the run's idempotency
  * hash. The approval step schedules its timer inside its transaction; if that attempt rolls back and a
- * retry stores another deadline (a policy changed in between, say), the job id is already taken: the
- * waiting timer is moved to the new deadline, so it neither fires late nor early. A timer of an earlier
+ * retry stores another deadline (a policy changed in between, say), the job id is already taken: a
+ * waiting timer due later is moved to the new deadline, so it never fires late; one due earlier stays
+ * (it may be the committed request's, the schedule a losing execution's: moveTimer) and, firing early,
+ * waits for the stored deadline. A timer of an earlier
  * request of the run that has already fired (an attempt that rolled back, or the run's failed
  * generation before an API client retried it) is kept finished under the id by BullMQ's retention,
  * which makes the add a no-op: it is replaced, so the new request has its timer at once (ADR 0009).
@@ -92,10 +94,17 @@ export function slaScheduler(queues: SlaQueues, keep: { completed: KeepJobs; fai
   };
 }
 
-/** A timer already waiting under the id with another deadline (the add above was a no-op) is moved to `data`'s. */
+/**
+ * A timer already waiting under the id with a later deadline (the add above was a no-op) is moved to
+ * `data`'s, earlier one; one with an earlier deadline is left as it is. A schedule is not always the
+ * committed request's: two executions of the approval step at once (a stalled job's re-delivery)
+ * both schedule, and the loser, whose request rolls back with its step, schedules after the winner, a
+ * later deadline. A timer due too early costs one firing (expire's `not_due`: it waits for the stored
+ * deadline); one due too late would leave the run waiting past the deadline its request reads expired at.
+ */
 async function moveTimer(queue: Queue, jobId: string, data: SlaJobData): Promise<void> {
   const stored = await queue.getJob(jobId);
-  if (!stored || (stored.data as SlaJobData).deadline === data.deadline) return;
+  if (!stored || Date.parse((stored.data as SlaJobData).deadline) <= Date.parse(data.deadline)) return;
   try {
     await stored.changeDelay(Math.max(0, Date.parse(data.deadline) - Date.now()));
     await stored.updateData(data);

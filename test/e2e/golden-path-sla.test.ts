@@ -1,10 +1,12 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { randomUUID } from 'node:crypto';
+import pg from 'pg';
 import { api, newTenant, SAMPLE_SUBMISSION, startStack, type TestStack } from '../helpers/stack.ts';
 import { waitFor } from '../helpers/poll.ts';
 import { setPolicy } from '../helpers/policy.ts';
 import { slaScheduler } from '../../src/modules/index.ts';
 import { jsonLines } from '../helpers/api-process.ts';
+import { holdTable } from '../helpers/table-lock.ts';
 
 const EXPIRED_LINE = 'approval request expired undecided at its SLA deadline: the run ended approval_expired';
 
@@ -189,5 +191,99 @@ describe('approval SLA', () => {
     const after = await runNow();
     expect(after.status).toBe('completed');
     expect(after.steps[2].output.outcome).toBe('approved');
+  });
+
+  it("a decision whose commit is not followed by its after-commit work (the API killed in between): the sweeper carries the run on from step 4 once, and the timer left behind fires as a no-op", async () => {
+    const { slow, own, runId, queue, timer } = await waitingWithSlowSla();
+    const slowApprover = await stack.token({ tenantId: slow, sub: 'approver-3', roles: ['approver'] });
+    const runNow = async () => (await api(stack, 'GET', `/api/v1/golden-path/runs/${runId}`, { token: own })).json;
+    const approvalId = (await runNow()).steps[2].output.approval_request_id as string;
+    // The decision commits; what follows its commit (the run job from step 4, then the timer's removal)
+    // is lost, as when the API process dies right after the commit.
+    const enqueue = vi.spyOn(stack.container.runtime, 'enqueue').mockImplementationOnce(async () => {
+      throw new Error('the API died between the decision\'s commit and its enqueue (test)');
+    });
+    try {
+      const d = await api(stack, 'POST', `/api/v1/approvals/${approvalId}/decision`, { token: slowApprover, body: { decision: 'approve' }, headers: { 'Idempotency-Key': randomUUID() } });
+      expect(d.status, d.text).toBe(200);
+      expect(enqueue).toHaveBeenCalledTimes(1);
+    } finally {
+      enqueue.mockRestore();
+    }
+    // Committed: running from step 4, with no job; its timer still waits.
+    expect((await runNow()).status).toBe('running');
+    expect(await timer.getState()).toBe('delayed');
+    // The worker's sweeper (every second, for runs untouched for a second) finds it and re-enqueues it from step 4.
+    const done = await waitFor(async () => ((await runNow())?.status === 'completed' ? runNow() : undefined), { ...DEADLINE, what: 'the sweeper to carry the decided run on' });
+    expect(done.steps.map((st: { status: string }) => st.status)).toEqual(['completed', 'completed', 'completed', 'completed']);
+    expect(done.steps[2].output.outcome).toBe('approved');
+    // The worker's lines reach this process through a pipe: read once its line is there.
+    const recovered = await waitFor(
+      () => {
+        const lines = stack.workers.flatMap((w) => jsonLines(w.output())).filter((l) => l.msg === 'sweeper re-enqueued run' && l.run_id === runId);
+        return lines.length ? lines : undefined;
+      },
+      { timeoutMs: 20_000, what: "the sweeper's line" },
+    );
+    expect(recovered.map((l) => l.from_sequence_num)).toEqual([4]);
+    const { rows } = await stack.db.admin(`select (select count(*)::int from evidence_packs where run_id = $1) as packs, (select count(*)::int from durable_checkpoints where run_id = $1) as checkpoints`, [runId]);
+    expect(rows[0]).toEqual({ packs: 1, checkpoints: 4 });
+    // The timer the lost after-commit work did not remove fires (promoted here) and changes nothing.
+    await timer.promote();
+    const fired = await waitFor(async () => ((await timer.getState()) === 'completed' ? queue.getJob(timer.id!) : undefined), { ...DEADLINE, what: 'the timer left behind to fire' });
+    expect(fired!.returnvalue).toEqual({ outcome: 'not_pending' });
+    expect((await runNow()).status).toBe('completed');
+  });
+
+  it('a decision begun before the deadline and still in its transaction when the timer fires: the timer waits for it and finds the request decided; the run completes, decided before its deadline', async () => {
+    const { slow, own, runId, queue, timer } = await waitingWithSlowSla();
+    const slowApprover = await stack.token({ tenantId: slow, sub: 'approver-4', roles: ['approver'] });
+    const runNow = async () => (await api(stack, 'GET', `/api/v1/golden-path/runs/${runId}`, { token: own })).json;
+    const approvalId = (await runNow()).steps[2].output.approval_request_id as string;
+    // The timer fires when this test promotes it, not on its own.
+    await timer.changeDelay(3_600_000);
+    const waitingOn = async (client: pg.Client, table: string) =>
+      (await client.query(`select count(*)::int as n from pg_locks l join pg_class c on c.oid = l.relation where c.relname = $1 and not l.granted`, [table])).rows[0].n > 0;
+    // 1. The decision's transaction begins and waits for the requests table (held here), before it locks anything.
+    const requests = new pg.Client({ connectionString: stack.db.adminUrl });
+    await requests.connect();
+    const outbox = await holdTable(stack.env.MIGRATION_DATABASE_URL!, 'webhook_deliveries');
+    let held = false;
+    try {
+      await requests.query('begin');
+      held = true;
+      await requests.query('lock table approval_requests in exclusive mode');
+      const decided = api(stack, 'POST', `/api/v1/approvals/${approvalId}/decision`, { token: slowApprover, body: { decision: 'approve' }, headers: { 'Idempotency-Key': randomUUID() } });
+      await waitFor(() => waitingOn(requests, 'approval_requests'), { ...DEADLINE, what: 'the decision to begin and wait' });
+      // 2. Its deadline is set to pass just after the decision's transaction began, and passes.
+      const [{ deadline }] = (await requests.query(`update approval_requests set sla_deadline = clock_timestamp() + interval '200 milliseconds' where run_id = $1 returning sla_deadline as deadline`, [runId])).rows;
+      await waitFor(async () => (await requests.query(`select clock_timestamp() > $1::timestamptz as past`, [deadline])).rows[0].past, { ...DEADLINE, what: 'the deadline to pass' });
+      await requests.query('commit');
+      held = false;
+      // 3. The decision locks the run and the request, and waits inside its insert (its webhook outbox).
+      await outbox.waiting('the decision to wait inside its transaction');
+      // 4. The timer fires: its expiry waits for the run the decision holds.
+      await timer.promote();
+      await waitFor(
+        async () =>
+          (await stack.db.admin(`select count(*)::int as n from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock' and query like '%a.sla_deadline is not null and a.sla_deadline <= now()%'`)).rows[0].n > 0,
+        { ...DEADLINE, what: "the timer's expiry to wait for the decision" },
+      );
+      await outbox.release();
+      const d = await decided;
+      expect(d.status, d.text).toBe(200);
+      expect(d.json.status).toBe('approved');
+      const fired = await waitFor(async () => ((await timer.getState()) === 'completed' ? queue.getJob(timer.id!) : undefined), { ...DEADLINE, what: 'the timer to end' });
+      expect(fired!.returnvalue).toEqual({ outcome: 'not_pending' });
+      const done = await waitFor(async () => ((await runNow())?.status === 'completed' ? runNow() : undefined), { ...DEADLINE, what: 'the approved run to complete' });
+      expect(done.steps[2].output.outcome).toBe('approved');
+      const approval = (await api(stack, 'GET', `/api/v1/approvals/${approvalId}`, { token: slowApprover })).json;
+      expect(approval.status).toBe('approved');
+      expect(Date.parse(approval.decided_at)).toBeLessThan(new Date(deadline).getTime());
+    } finally {
+      await outbox.close();
+      if (held) await requests.query('rollback').catch(() => {});
+      await requests.end();
+    }
   });
 });

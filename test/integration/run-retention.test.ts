@@ -31,6 +31,8 @@ import { GOLDEN_PATH } from '../../src/modules/golden-path/golden-path.workflow.
 import { StepExecutor } from '../../src/platform/durable/executor.ts';
 import { stepJobId } from '../../src/platform/queue/job-ids.ts';
 import type { StepJobData } from '../../src/platform/durable/runtime.ts';
+import { jobHandlersFor } from '../../src/modules/index.ts';
+import { TIMER_QUEUE } from '../../src/platform/queue/timers.ts';
 
 const LONG = 120_000;
 const DAY = 86_400_000;
@@ -432,6 +434,25 @@ describe('run retention', () => {
     const hidden = await executor.process(job).then(() => undefined, (e: Error) => e);
     expect(hidden?.message).toMatch(/not visible to the job's tenant/);
     expect(lines.filter((l) => l.security_event === 'run_not_visible').map((l) => l.run_id)).toEqual([other]);
+  });
+
+  it("an SLA timer of a run that retention deleted (its removal lost when the run was cancelled; SLAs outlast RUN_RETENTION) fires as a no-op: nothing expired, nothing written, the timer ends", { timeout: LONG }, async () => {
+    const tenant = newTenant();
+    // A cancelled run whose request is still stored pending (cancelled before `withdrawn` existed), past its deadline.
+    const runId = await seedRun(tenant, 'cancelled', 31 * DAY);
+    await admin.query(`update approval_requests set status = 'pending', decided_at = null, sla_deadline = now() - interval '1 day' where run_id = $1`, [runId]);
+    const before = (await admin.query(`select * from approval_requests where run_id = $1`, [runId])).rows;
+    expect(await retentionJob(RETENTION).run()).toMatchObject({ complete: true });
+    expect((await leftOf([runId]))[runId]).toEqual(gone());
+    // Its timer, still in the timers queue, comes due: the handler a worker runs it with.
+    const data = { tenant_id: tenant, run_id: runId, hash: 'f'.repeat(64), deadline: new Date(Date.now() - DAY).toISOString() };
+    const timers = stack.container.queues.get(TIMER_QUEUE)!;
+    const timer = await timers.add('approval-sla', data, { jobId: `gp-retention-${runId}`, delay: DAY });
+    const handlers = jobHandlersFor({ orm: stack.container.orm, runtime: stack.container.runtime });
+    expect(await handlers['approval-sla']!(timer)).toEqual({ outcome: 'not_pending' });
+    expect((await admin.query(`select * from approval_requests where run_id = $1`, [runId])).rows).toEqual(before);
+    expect((await leftOf([runId]))[runId]).toEqual(gone());
+    await timer.remove();
   });
 
   it('a worker with RUN_RETENTION schedules the run-retention job on the maintenance queue and runs it; RUN_RETENTION off removes the schedule', { timeout: LONG }, async () => {

@@ -8,7 +8,8 @@
  * is still forced, and the schema then matches the entities with nothing pending (what `npm run db:check`
  * reports). Down and up again too. Indexes built beforehand by hand, concurrently, as `<table>_natural_key`
  * (docs/runbook.md) become the primary keys as they are, and one that is not the key stops the migration.
- * The tables are locked in a step's order: an approval step that read its checkpoints is not deadlocked.
+ * The tables are locked in a step's order: an approval step that read its checkpoints is not deadlocked,
+ * nor is a decision (it reads its run's checkpoints before its request's decisions).
  */
 import { describe, expect, it } from 'vitest';
 import { randomUUID } from 'node:crypto';
@@ -18,6 +19,21 @@ import { migrate, schemaStatus } from '../../src/platform/db/migrate.ts';
 import { entities } from '../../src/entities.ts';
 import { migrateUpTo, migrationTestDatabase } from '../helpers/migrations.ts';
 import { waitFor } from '../helpers/poll.ts';
+import { holdTable } from '../helpers/table-lock.ts';
+import { SAMPLE_SUBMISSION } from '../helpers/stack.ts';
+import { TEST_REDIS_URL } from '../helpers/env.ts';
+import { createHash } from 'node:crypto';
+import { Job, Queue } from 'bullmq';
+import { Redis } from 'ioredis';
+import { pino } from 'pino';
+import { DurableRuntime, type StepJobData } from '../../src/platform/durable/runtime.ts';
+import { StepExecutor } from '../../src/platform/durable/executor.ts';
+import { tenantEm } from '../../src/platform/db/tenant-em.ts';
+import { goldenPathWorkflow, GOLDEN_PATH } from '../../src/modules/golden-path/golden-path.workflow.ts';
+import { approvalPacketStep } from '../../src/modules/approvals/approval-packet.step.ts';
+import { evidencePackStep } from '../../src/modules/evidence/evidence-pack.step.ts';
+import { ApprovalService } from '../../src/modules/approvals/approval.service.ts';
+import { APPROVER_ROLE } from '../../src/modules/approvals/approval.constants.ts';
 
 const PREVIOUS = 'Migration20261204155914_tenant_limits_operator_role';
 const THIS = 'Migration20261204190335_step_rows_natural_keys';
@@ -203,6 +219,65 @@ describe('migration step_rows_natural_keys', () => {
       expect(await indexes()).toEqual(KEYED);
     } finally {
       await step.end();
+      await check.close(true);
+    }
+  });
+
+  it("a decision held inside its insert, past its reads, is not deadlocked with the migration either: it reads its run's checkpoints before the request's decisions, as a step reads them before writing its rows", async () => {
+    await migrateUpTo(database.config, PREVIOUS);
+    const check = await createOrm(database.config, { entities, role: 'owner', poolMax: 1 });
+    const app = await createOrm(database.config, { entities, poolMax: 3 });
+    const redis = new Redis(TEST_REDIS_URL, { maxRetriesPerRequest: 1 });
+    const queue = new Queue('decision-migration', { connection: redis, prefix: `t${randomUUID().slice(0, 8)}` });
+    try {
+      await check.migrator.down({ to: PREVIOUS });
+      // A class B golden-path run taken to its wait by the production executor, as the application role
+      // on the previous schema (the SLA timer is not this test's: scheduling it does nothing).
+      const noTimer = { async schedule() {}, async cancel() {} };
+      const wf = goldenPathWorkflow(approvalPacketStep({ slaBSeconds: 3600, slaCSeconds: 3600, sla: noTimer }), evidencePackStep, undefined);
+      const logger = pino({ level: 'silent' });
+      const runtime = new DurableRuntime({ workflows: [wf], queues: new Map(), logger });
+      const tenant = randomUUID();
+      const { run } = await tenantEm(app, tenant).transactional((tx) =>
+        runtime.start_run(tx, GOLDEN_PATH, { tenantId: tenant, principal: 'submitter-1', idempotencyHash: createHash('sha256').update(randomUUID()).digest('hex'), input: SAMPLE_SUBMISSION, correlationId: randomUUID() }),
+      );
+      const data: StepJobData = { run_id: run.id, tenant_id: tenant, workflow: GOLDEN_PATH, workflow_version: 1, step: 'partner-dossier', sequence_num: 1, _correlation_id: run.correlation_id };
+      const job = await Job.create(queue, 'partner-dossier', data, { jobId: `gp-${run.id}`, attempts: 5 });
+      expect((await new StepExecutor({ orm: app, runtime, logger, workerId: 'w', leaseMs: 5000 }).process(job)).status).toBe('waiting');
+      const [request] = await admin(`select id from approval_requests where run_id = $1 and status = 'pending'`, [run.id]);
+
+      // The decision is held inside its insert (its webhook outbox waits for a lock held here), past its
+      // read of the request's decisions; the migration then starts, and the decision is let go once it waits.
+      const outbox = await holdTable(database.config.MIGRATION_DATABASE_URL!, 'webhook_deliveries');
+      try {
+        const approvals = new ApprovalService(runtime);
+        const approver = { sub: 'approver-1', tenantId: tenant, roles: [APPROVER_ROLE] };
+        const decided = tenantEm(app, tenant)
+          .transactional((tx) => approvals.decide(tx, approver, request!.id, 'approve', null))
+          .then((d) => d.result.status, (e: Error) => e.message);
+        await outbox.waiting('the decision to wait for the webhook outbox');
+        const migrated = check.migrator.up().then(() => 'applied', (e: Error) => e.message);
+        await waitFor(
+          async () =>
+            (await admin(
+              `select count(*)::int as n from pg_locks l where l.database = (select oid from pg_database where datname = current_database()) and l.mode = 'AccessExclusiveLock' and not l.granted`,
+            ))[0]!.n === 1,
+          { what: 'the migration waiting for a table the decision holds' },
+        );
+        await outbox.release();
+        // Before the fix the decision read the request's decisions before the run's checkpoints, the
+        // migration took the checkpoints and waited for the decisions: PostgreSQL failed one of the two.
+        expect(await decided).toBe('approved');
+        expect(await migrated).toBe('applied');
+      } finally {
+        await outbox.close();
+      }
+      expect(await indexes()).toEqual(KEYED);
+      expect(await admin(`select status from durable_runs where id = $1`, [run.id])).toEqual([{ status: 'running' }]);
+    } finally {
+      await queue.close();
+      redis.disconnect();
+      await app.close(true);
       await check.close(true);
     }
   });

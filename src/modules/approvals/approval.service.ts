@@ -83,6 +83,12 @@ export class ApprovalService {
     }
     if (req.status === 'expired') throw new ConflictError('approval_expired', 'The approval request expired at its SLA deadline; it can no longer be decided.');
     if (req.status !== 'pending') throw new ConflictError('approval_decided', `The approval request is already ${req.status}.`);
+    // The run's checkpoints before the request's decisions, in the order a step's transaction reads and
+    // writes them (its checkpoints, then its rows): a migration that locks the tables in that order
+    // (step_rows_natural_keys) waits for the decision, instead of holding the checkpoints it next reads
+    // while waiting for the decisions it has read (a deadlock: PostgreSQL failed one of the two).
+    // (Parsed only by the decision that ends the wait: a class C first approval never needed it.)
+    const stored = await this.packetRow(em, req.tenant_id, req.run_id);
     // The request's decisions so far, read under the locks above: no other decision can commit before ours.
     const earlier = await decisionsOf(em, req.tenant_id, req.id);
     const approvals = earlier.filter((d) => d.decision === 'approve').length + (decision === 'approve' ? 1 : 0);
@@ -118,9 +124,8 @@ export class ApprovalService {
       // In decisionsOf's order (created_at, the transaction's start): stable, so this one stays last unless its transaction began before an earlier one's.
       const decisions = [...earlier, inserted].sort((x, y) => new Date(x.created_at).getTime() - new Date(y.created_at).getTime());
       await em.execute(`update approval_requests set status = ?, decided_at = now(), updated_at = now() where id = ?`, [outcome, req.id], 'run');
-      const { seq, packet } = await this.packet(em, req.tenant_id, req.run_id);
-      const resumed: ApprovalPacket = { ...packet, outcome, decisions: decisions.map(decisionRecord) };
-      const enqueue = await this.runtime.resume(em, req.run_id, seq, resumed);
+      const resumed: ApprovalPacket = { ...approvalPacketSchema.parse(stored.output), outcome, decisions: decisions.map(decisionRecord) };
+      const enqueue = await this.runtime.resume(em, req.run_id, stored.seq, resumed);
       const sla = this.sla;
       const dispatch = afterCommit;
       // After the commit: the decision's webhook deliveries are sent, the run goes on, and its SLA timer has nothing left to time.
@@ -196,12 +201,18 @@ export class ApprovalService {
    * against the run's own version).
    */
   private async packet(em: EntityManager, tenantId: string, runId: string): Promise<{ seq: number; packet: ApprovalPacket }> {
+    const { seq, output } = await this.packetRow(em, tenantId, runId);
+    return { seq, packet: approvalPacketSchema.parse(output) };
+  }
+
+  /** The approval step's checkpoint as stored: its sequence_num and its output, not yet parsed. */
+  private async packetRow(em: EntityManager, tenantId: string, runId: string): Promise<{ seq: number; output: unknown }> {
     const [cp] = await em.execute<{ output: unknown; sequence_num: number }[]>(
       `select output, sequence_num from durable_checkpoints where tenant_id = ? and run_id = ? and step_name = ?`,
       [tenantId, runId, APPROVAL_PACKET_STEP],
     );
     if (!cp) throw new NotFoundError('approval checkpoint');
-    return { seq: cp.sequence_num, packet: approvalPacketSchema.parse(cp.output) };
+    return { seq: cp.sequence_num, output: cp.output };
   }
 }
 

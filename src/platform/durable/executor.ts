@@ -453,7 +453,7 @@ export class StepExecutor {
         return 'run-ended';
       }
       if (recorded === 'completed-elsewhere') {
-        log.warn({ err: err.message, permanent }, 'step failed here, but another execution of the job had completed it: the run goes on');
+        log.warn({ err: err.message, permanent }, 'step failed here, but another execution of the job had completed it (or committed its wait): the run goes on');
         return 'completed-elsewhere';
       }
       failed('failed');
@@ -469,11 +469,12 @@ export class StepExecutor {
 
   /**
    * Records the step's failure and fails the run, in one transaction. With `stepRan`,
-   * `completed-elsewhere` (nothing written) when the step's checkpoint is already completed: another
-   * execution of the job committed it; `run-ended` when the run had ended (cancelled) and stays so;
-   * `superseded` (nothing written) when the run was retried since the job was added: a job of an
-   * earlier generation that read the run before the retry must not fail the retried run. After the
-   * commit, what the workflow's `onFailed` left for then (the SLA timer's removal) is done.
+   * `completed-elsewhere` (nothing written) when the step's checkpoint is already completed, or
+   * waiting: another execution of the job committed it (a wait too: its request and SLA timer stay);
+   * `run-ended` when the run had ended (cancelled) and stays so; `superseded` (nothing written) when
+   * the run was retried since the job was added: a job of an earlier generation that read the run
+   * before the retry must not fail the retried run. After the commit, what the workflow's `onFailed`
+   * left for then (the SLA timer's removal) is done.
    */
   private async markFailed(d: StepJobData, wf: WorkflowDef, seq: number, stepName: string, err: Error, attempt: number, stepRan: boolean, log: Logger): Promise<'failed' | 'completed-elsewhere' | 'run-ended' | 'superseded'> {
     const em = tenantEm(this.o.orm, d.tenant_id);
@@ -486,11 +487,16 @@ export class StepExecutor {
       // the row `for update`) is waited for, and then its generation is seen. Failure path only.
       const [run] = await tx.execute<{ retry_count: number }[]>(`select retry_count from durable_runs where id = ? for key share`, [d.run_id]);
       if (run && run.retry_count !== (d.retry ?? 0)) return 'superseded';
+      // A step that ran and failed finds its checkpoint `completed` or `waiting` only when another
+      // execution of the job (a stalled job's re-delivery) committed the step meanwhile — a wait too:
+      // the approval step's request, its timer and the run waiting for a human. That is the step's
+      // outcome and stays; this failure is the losing execution's. A failure to read the run (non-
+      // determinism, `stepRan` false) still overwrites a `waiting` one and fails the run.
       const written = await tx.execute<{ id: string }[]>(
         `insert into durable_checkpoints (id, tenant_id, run_id, sequence_num, step_name, status, error, attempt, created_at, updated_at)
          values (gen_random_uuid(), ?, ?, ?, ?, 'failed', ?::jsonb, ?, now(), now())
          on conflict (tenant_id, run_id, sequence_num) do update set status = 'failed', error = excluded.error, attempt = excluded.attempt, updated_at = now()
-         where durable_checkpoints.status <> 'completed'
+         where durable_checkpoints.status <> 'completed'${stepRan ? ` and durable_checkpoints.status <> 'waiting'` : ''}
          returning id`,
         [d.tenant_id, d.run_id, seq, stepName, JSON.stringify(error), attempt],
       );
