@@ -192,6 +192,14 @@ describe('the run-retention schedule, a copy of the decision PostgreSQL holds', 
     expect(d).toEqual({ retentionMs: 7 * DAY, decidedBy: 'worker-d', generation: (before?.generation ?? 0) + 1 });
     expect(await readRetentionDecision(stack.container.orm)).toEqual(d);
   });
+  it('workers recording at once get one generation each, and the row holds the decision of the highest', async () => {
+    const before = (await readRetentionDecision(stack.container.orm))?.generation ?? 0;
+    const decisions = await Promise.all([1, 2, 3, 4].map((n) => recordRetentionDecision(stack.container.orm, { retentionMs: n * DAY, decidedBy: `worker-${n}` })));
+    expect(decisions.map((d) => d.generation).sort((x, y) => x - y)).toEqual([1, 2, 3, 4].map((n) => before + n));
+    const last = decisions.find((d) => d.generation === before + 4)!;
+    expect(await readRetentionDecision(stack.container.orm)).toEqual(last);
+  });
+
   it('two workers starting at once: Redis keeps the copy of the decision committed last, even when the other worker writes Redis after it', async () => {
     await withQueue('race', async (queue) => {
       // Worker a has recorded its decision (30d) and has not written Redis yet; worker b (60d) starts meanwhile, the whole start.
