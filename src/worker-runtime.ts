@@ -26,14 +26,15 @@ export interface WorkerProcess {
 
 /**
  * A worker process's life (the worker entries call it): SIGTERM/SIGINT are handled from the start, not
- * only once the worker has started. A worker still waiting for Redis at start (Redis down) stops
- * waiting, says so and exits 0 (its workers are stopped as at any stop: none has a job while Redis
- * is down). A start that fails otherwise (the metrics port taken) is one log line, `worker could not
+ * only once the worker has started. A worker still waiting for Redis at start (Redis down), or for
+ * PostgreSQL to take its run-retention decision (PostgreSQL down, this release's migration not run),
+ * stops waiting, says which and exits 0 (its workers are stopped as at any stop). A start that fails otherwise (the metrics port taken) is one log line, `worker could not
  * start`, and exit 1. Resolves once the worker has started (undefined when it was stopped first).
  */
 export async function runWorkerProcess(c: Container): Promise<WorkerProcess | undefined> {
   const stopping = new AbortController();
-  const started = startWorkerProcess(c, stopping.signal).catch(async (err: unknown) => {
+  let waitingFor = 'Redis';
+  const started = startWorkerProcess(c, stopping.signal, (what) => (waitingFor = what)).catch(async (err: unknown) => {
     if (stopping.signal.aborted) return undefined;
     // Thrown past the entry, it was a bare stack trace: a log drain splits it into unrelated lines.
     c.logger.fatal({ err }, 'worker could not start');
@@ -45,7 +46,7 @@ export async function runWorkerProcess(c: Container): Promise<WorkerProcess | un
     stopping.abort(new Error('worker stopping'));
     const worker = await started.catch(() => undefined);
     if (worker) await worker.stop();
-    else c.logger.info('stopped before the worker had started (still waiting for Redis)');
+    else c.logger.info(`stopped before the worker had started (still waiting for ${waitingFor})`);
     await c.close();
   });
   return started;
@@ -53,10 +54,11 @@ export async function runWorkerProcess(c: Container): Promise<WorkerProcess | un
 
 /**
  * Starts the BullMQ workers, the recovery sweeper and the maintenance scheduler for one worker process.
- * Start waits for Redis (the maintenance schedulers are upserted there): when `signal` aborts first,
- * the workers are stopped and the start rejects.
+ * Start waits for Redis (the maintenance schedulers are upserted there), then for PostgreSQL to record
+ * its run-retention decision (ADR 0011), telling `waitingFor` which: when `signal` aborts first, the
+ * workers are stopped and the start rejects.
  */
-export async function startWorkerProcess(c: Container, signal?: AbortSignal): Promise<WorkerProcess> {
+export async function startWorkerProcess(c: Container, signal?: AbortSignal, waitingFor?: (what: 'Redis' | 'PostgreSQL') => void): Promise<WorkerProcess> {
   const cfg = c.config;
   // Before the workers: a port already taken stops the start before any job is taken.
   const metricsServer = cfg.WORKER_METRICS_PORT === undefined ? undefined : await startMetricsServer(c.metrics.registry, cfg.WORKER_METRICS_PORT, c.logger);
@@ -126,8 +128,11 @@ export async function startWorkerProcess(c: Container, signal?: AbortSignal): Pr
   const workers = host.workers;
   let maintenance;
   try {
-    // Its run-retention decision recorded in PostgreSQL first, then copied to the scheduler (ADR 0011).
-    maintenance = await untilAborted(scheduleMaintenance({ connection: c.redis, prefix: cfg.QUEUE_PREFIX, logger: c.logger, runRetentionMs: cfg.RUN_RETENTION, scheduledBy: c.instanceId, orm: c.orm, ...(signal ? { signal } : {}) }), signal);
+    // Once Redis is reachable, its run-retention decision recorded in PostgreSQL, then copied to the scheduler (ADR 0011).
+    maintenance = await untilAborted(
+      scheduleMaintenance({ connection: c.redis, prefix: cfg.QUEUE_PREFIX, logger: c.logger, runRetentionMs: cfg.RUN_RETENTION, scheduledBy: c.instanceId, orm: c.orm, ...(signal ? { signal } : {}), ...(waitingFor ? { waitingFor } : {}) }),
+      signal,
+    );
   } catch (err) {
     await host.stop(cfg.WORKER_SHUTDOWN_GRACE);
     connection.disconnect();

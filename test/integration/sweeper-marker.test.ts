@@ -4,6 +4,10 @@ import { Queue } from 'bullmq';
 import { Redis } from 'ioredis';
 import { startStack, type TestStack } from '../helpers/stack.ts';
 import { TEST_REDIS_URL } from '../helpers/env.ts';
+import { capturedLog } from '../helpers/log-capture.ts';
+import { freePort } from '../helpers/own-infra.ts';
+import { waitFor } from '../helpers/poll.ts';
+import { createRedis } from '../../src/platform/queue/connections.ts';
 import { Sweeper } from '../../src/platform/durable/sweeper.ts';
 import {
   IDEMPOTENCY_EXPIRY_JOB,
@@ -13,6 +17,7 @@ import {
   recordRetentionDecision,
   repairRunRetentionSchedule,
   restoreMaintenanceSchedulers,
+  scheduleMaintenance,
   upsertMaintenanceSchedulers,
 } from '../../src/platform/queue/maintenance.ts';
 import { WEBHOOK_REDELIVERY_JOB } from '../../src/platform/webhooks/delivery.ts';
@@ -186,5 +191,84 @@ describe('the run-retention schedule, a copy of the decision PostgreSQL holds', 
     const d = await recordRetentionDecision(stack.container.orm, { retentionMs: 7 * DAY, decidedBy: 'worker-d' });
     expect(d).toEqual({ retentionMs: 7 * DAY, decidedBy: 'worker-d', generation: (before?.generation ?? 0) + 1 });
     expect(await readRetentionDecision(stack.container.orm)).toEqual(d);
+  });
+  it('workers recording at once get one generation each, and the row holds the decision of the highest', async () => {
+    const before = (await readRetentionDecision(stack.container.orm))?.generation ?? 0;
+    const decisions = await Promise.all([1, 2, 3, 4].map((n) => recordRetentionDecision(stack.container.orm, { retentionMs: n * DAY, decidedBy: `worker-${n}` })));
+    expect(decisions.map((d) => d.generation).sort((x, y) => x - y)).toEqual([1, 2, 3, 4].map((n) => before + n));
+    const last = decisions.find((d) => d.generation === before + 4)!;
+    expect(await readRetentionDecision(stack.container.orm)).toEqual(last);
+  });
+
+  it('two workers starting at once: Redis keeps the copy of the decision committed last, even when the other worker writes Redis after it', async () => {
+    await withQueue('race', async (queue) => {
+      // Worker a has recorded its decision (30d) and has not written Redis yet; worker b (60d) starts meanwhile, the whole start.
+      const a = await recordRetentionDecision(stack.container.orm, { retentionMs: 30 * DAY, decidedBy: 'worker-a' });
+      const connection = new Redis(TEST_REDIS_URL, { maxRetriesPerRequest: 1 });
+      const bQueue = await scheduleMaintenance({ connection, prefix: `${stack.prefix}-race`, logger: pino({ level: 'silent' }), runRetentionMs: 60 * DAY, scheduledBy: 'worker-b', orm: stack.container.orm });
+      try {
+        const b = (await readRetentionDecision(stack.container.orm))!;
+        expect(b.generation).toBe(a.generation + 1);
+        expect(await retentionData(queue)).toEqual({ retention_ms: 60 * DAY, scheduled_by: 'worker-b', decision: b.generation });
+        // Worker a's start goes on as scheduleMaintenance does after the record: its write to Redis comes last.
+        await upsertMaintenanceSchedulers(queue, { runRetentionMs: 30 * DAY, scheduledBy: 'worker-a', decision: a, orm: stack.container.orm });
+        // The decision in force is b's (its commit came later): the copy is b's once a's start is done, not at the next sweep.
+        expect(await retentionData(queue)).toEqual({ retention_ms: 60 * DAY, scheduled_by: 'worker-b', decision: b.generation });
+      } finally {
+        await bQueue.close();
+        connection.disconnect();
+      }
+    });
+  });
+
+  it('a worker that cannot reach Redis at start records no decision: stopped before it started, it has decided nothing', async () => {
+    const before = await recordRetentionDecision(stack.container.orm, { retentionMs: 30 * DAY, decidedBy: 'worker-a' });
+    const log = capturedLog();
+    // A port nobody listens on: this worker's Redis is not the deployment's (or is down), and its RUN_RETENTION is off.
+    const connection = createRedis(`redis://127.0.0.1:${await freePort()}`, 'producer', 'test-unreachable');
+    const stopping = new AbortController();
+    const start = scheduleMaintenance({ connection, prefix: `${stack.prefix}-unreachable`, logger: pino({ level: 'warn' }, log.destination), runRetentionMs: 0, scheduledBy: 'worker-stuck', orm: stack.container.orm, signal: stopping.signal });
+    start.catch(() => {});
+    try {
+      // Its maintenance queue has tried Redis and been refused: a start that records first has recorded by then.
+      await waitFor(() => log.lines.some((l) => l.msg === 'queue error') || undefined, { what: 'the maintenance queue to try Redis' });
+      expect(await readRetentionDecision(stack.container.orm)).toEqual(before);
+    } finally {
+      stopping.abort(new Error('worker stopping'));
+      connection.disconnect();
+    }
+    await expect(start).rejects.toThrow();
+    // Had it recorded "off", every other worker's next sweep would have removed the deployment's run-retention scheduler.
+    expect(await readRetentionDecision(stack.container.orm)).toEqual(before);
+  });
+
+  it("a worker started before its release's migration ran waits, saying so at error level on its first attempt and every 60th after (about once a minute), not at every retry", async () => {
+    const log = capturedLog();
+    const connection = new Redis(TEST_REDIS_URL, { maxRetriesPerRequest: 1 });
+    const migrate = (l: Record<string, unknown>) => l.level === 50 && /npm run db:migrate/.test(String(l.msg));
+    await stack.db.admin('alter table run_retention_decision rename to run_retention_decision_away');
+    let start: Promise<Queue> | undefined;
+    try {
+      start = scheduleMaintenance({ connection, prefix: `${stack.prefix}-early`, logger: pino({ level: 'info' }, log.destination), runRetentionMs: 7 * DAY, scheduledBy: 'worker-early', orm: stack.container.orm, retryMs: 1 });
+      start.catch(() => {});
+      await waitFor(() => log.lines.filter(migrate).length >= 2 || undefined, { timeoutMs: 60_000, what: 'two error lines naming db:migrate' });
+      // The second error line comes 60 attempts after the first, not at the next retry.
+      expect(log.lines.filter(migrate).slice(0, 2).map((l) => l.attempts)).toEqual([1, 61]);
+    } finally {
+      await stack.db.admin('alter table run_retention_decision_away rename to run_retention_decision');
+    }
+    const queue = await start!;
+    try {
+      const recorded = log.lines.find((l) => l.msg === "this worker's run-retention decision recorded");
+      expect(recorded, JSON.stringify(log.lines.slice(-3))).toBeDefined();
+      const failures = (recorded!.attempts as number) - 1;
+      expect(failures).toBeGreaterThan(60);
+      expect(log.lines.filter(migrate).map((l) => l.attempts)).toEqual(Array.from({ length: Math.ceil(failures / 60) }, (_, i) => 1 + 60 * i));
+      expect(await readRetentionDecision(stack.container.orm)).toMatchObject({ retentionMs: 7 * DAY, decidedBy: 'worker-early' });
+    } finally {
+      await queue.obliterate({ force: true });
+      await queue.close();
+      connection.disconnect();
+    }
   });
 });

@@ -76,6 +76,24 @@ describe('a worker started or stopped while Redis is down (own redis-server)', (
     expect(worker.output().split('\n').filter((l) => l !== '' && !l.startsWith('{'))).toEqual([]);
   });
 
+  it("the production worker told to stop while it waits for PostgreSQL at start (its release's migration not run) exits 0, saying it waited for PostgreSQL", { timeout: LONG }, async () => {
+    // Redis is up; the table where a worker records its run-retention decision at start (ADR 0011) is not there.
+    await stack.db.admin('alter table run_retention_decision rename to run_retention_decision_away');
+    try {
+      void stack.spawnWorker({}, { entry: 'workers/golden-path.worker.ts' }).catch(() => {});
+      const worker = stack.workers.at(-1)!;
+      await waitFor(() => worker.output().includes('npm run db:migrate') || undefined, { what: 'the worker to say its migration is missing' });
+      worker.kill('SIGTERM');
+      expect(await worker.exited, worker.output().slice(-3000)).toBe(0);
+      const msgs = logLines(worker).map((l) => l.msg);
+      expect(msgs.filter((m) => m === 'stopped before the worker had started (still waiting for PostgreSQL)')).toHaveLength(1);
+      expect(msgs).not.toContain('worker started');
+      expect(msgs.at(-1)).toBe('shut down cleanly');
+    } finally {
+      await stack.db.admin('alter table run_retention_decision_away rename to run_retention_decision');
+    }
+  });
+
   it('an idle worker whose Redis is down exits 0 without waiting out the grace, and says nothing was in flight', { timeout: LONG }, async () => {
     // A grace longer than the test's own timeout: a worker that waited it out would fail the test.
     const worker = await stack.spawnWorker({ WORKER_SHUTDOWN_GRACE: '5m' });

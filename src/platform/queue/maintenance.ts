@@ -4,6 +4,7 @@ import type { MikroORM } from '@mikro-orm/postgresql';
 import type { Counter } from 'prom-client';
 import type { Logger } from 'pino';
 import { systemEm } from '../db/tenant-em.ts';
+import { untilAborted } from '../durable/executor.ts';
 import { deleteEndedRuns } from '../durable/retention.ts';
 import type { IdempotencyService } from '../idempotency/idempotency.service.ts';
 import { WEBHOOK_REDELIVERY_JOB } from '../webhooks/delivery.ts';
@@ -122,14 +123,34 @@ export function formatRetention(ms: number): string {
  * ended runs past RUN_RETENTION (ADR 0011).
  */
 export async function scheduleMaintenance(
-  deps: { connection: ConnectionOptions; prefix: string; logger: Logger; orm?: MikroORM; signal?: AbortSignal; retryMs?: number } & MaintenanceSchedule,
+  deps: {
+    connection: ConnectionOptions;
+    prefix: string;
+    logger: Logger;
+    orm?: MikroORM;
+    signal?: AbortSignal;
+    retryMs?: number;
+    /** Told what the start waits for now (a worker stopped before it started says which). */
+    waitingFor?(what: 'Redis' | 'PostgreSQL'): void;
+  } & MaintenanceSchedule,
 ): Promise<Queue> {
-  // The decision first, then its copy in Redis: a sweep that reads the decision after this commit and
-  // finds the copy missing or older puts back this one (repairRunRetentionSchedule, ADR 0011).
-  const decision = deps.orm ? await recordUntilDone(deps.orm, deps) : undefined;
   const queue = new Queue(MAINTENANCE_QUEUE, { connection: deps.connection, prefix: deps.prefix });
   // Without a listener BullMQ prints each connection error as a bare multi-line stack trace on stderr.
   queue.on('error', (err) => deps.logger.warn({ err, queue: MAINTENANCE_QUEUE }, 'queue error'));
+  // Redis first: a worker that cannot reach it has not started and decides nothing. Recorded while it
+  // waited (Redis down, or a REDIS_URL that is not the deployment's), its RUN_RETENTION — off by
+  // default — would be put in force by every other worker's next sweep (ADR 0011).
+  deps.waitingFor?.('Redis');
+  await untilAborted(queue.waitUntilReady(), deps.signal);
+  // The decision, then its copy in Redis: a sweep that reads the decision after this commit and finds
+  // the copy missing or older puts back this one (repairRunRetentionSchedule, ADR 0011).
+  let decision: RetentionDecision | undefined;
+  if (deps.orm) {
+    deps.signal?.throwIfAborted();
+    deps.waitingFor?.('PostgreSQL');
+    decision = await recordUntilDone(deps.orm, deps);
+    deps.waitingFor?.('Redis');
+  }
   await upsertMaintenanceSchedulers(queue, { ...deps, ...(decision ? { decision } : {}) });
   return queue;
 }
@@ -137,18 +158,24 @@ export async function scheduleMaintenance(
 /**
  * The start waits for PostgreSQL to take the decision, as it waits for Redis to take the schedule: a
  * worker that changed the schedule without recording it would have it undone by the next sweep's repair,
- * back to the decision before it. Until `signal` aborts (the worker stopping).
+ * back to the decision before it. Until `signal` aborts (the worker stopping). Says so on the first
+ * failed attempt and every 60th after (about once a minute at the default retry), not at every retry:
+ * a start stuck for hours stays visible without a multi-kilobyte line a second.
  */
 async function recordUntilDone(orm: MikroORM, deps: { logger: Logger; signal?: AbortSignal; retryMs?: number } & MaintenanceSchedule): Promise<RetentionDecision> {
-  for (let failures = 0; ; failures++) {
+  for (let attempts = 1; ; attempts++) {
     try {
-      return await recordRetentionDecision(orm, { retentionMs: deps.runRetentionMs ?? 0, decidedBy: deps.scheduledBy ?? 'unknown' });
+      const decision = await recordRetentionDecision(orm, { retentionMs: deps.runRetentionMs ?? 0, decidedBy: deps.scheduledBy ?? 'unknown' });
+      deps.logger.info({ run_retention_ms: decision.retentionMs, decision: decision.generation, attempts }, "this worker's run-retention decision recorded");
+      return decision;
     } catch (err) {
       deps.signal?.throwIfAborted();
       const missing = ['42P01', '42501'].includes(String((err as { code?: unknown })?.code));
-      // A table or grant missing: this release's `db:migrate` did not run, and no retry will help until it does.
-      if (missing) deps.logger.error({ err }, "could not record this worker's run-retention decision: run `npm run db:migrate` to apply this release's migrations; retrying");
-      else if (failures === 0) deps.logger.warn({ err }, "could not record this worker's run-retention decision (PostgreSQL unreachable?); retrying until it is");
+      if ((attempts - 1) % 60 === 0) {
+        // A table or grant missing: this release's `db:migrate` did not run, and no retry will help until it does.
+        if (missing) deps.logger.error({ err, attempts }, "could not record this worker's run-retention decision: run `npm run db:migrate` to apply this release's migrations; retrying");
+        else deps.logger.warn({ err, attempts }, "could not record this worker's run-retention decision (PostgreSQL unreachable?); retrying until it is");
+      }
       await sleep(deps.retryMs ?? 1000, undefined, deps.signal ? { signal: deps.signal } : {});
     }
   }
@@ -161,7 +188,7 @@ async function recordUntilDone(orm: MikroORM, deps: { logger: Logger; signal?: A
  * different RUN_RETENTION values, the one started last decides (ADR 0011), and says so: a warning
  * naming its value and the one it replaces.
  */
-export async function upsertMaintenanceSchedulers(queue: Queue, schedule: MaintenanceSchedule = {}): Promise<void> {
+export async function upsertMaintenanceSchedulers(queue: Queue, schedule: MaintenanceSchedule & { orm?: MikroORM } = {}): Promise<void> {
   const every = await upsertStandingSchedulers(queue, schedule);
   const own = schedule.runRetentionMs ?? 0;
   const existing = await queue.getJobScheduler(RUN_RETENTION_JOB);
@@ -174,6 +201,10 @@ export async function upsertMaintenanceSchedulers(queue: Queue, schedule: Mainte
   }
   if (own > 0) await upsertRetentionScheduler(queue, every, { retention_ms: own, ...(schedule.scheduledBy ? { scheduled_by: schedule.scheduledBy } : {}), ...(schedule.decision ? { decision: schedule.decision.generation } : {}) });
   else if (existing) await queue.removeJobScheduler(RUN_RETENTION_JOB);
+  // A worker that started beside this one may have committed a later decision and written Redis before
+  // this write: read the decision again, as the sweep's repair does, so the copy is the later commit's
+  // when this start ends, not only at the next sweep (a new scheduler's first pass runs at once).
+  if (schedule.orm && schedule.decision) await repairRunRetentionSchedule(queue, schedule.orm, schedule);
 }
 
 const upsertRetentionScheduler = (queue: Queue, every: number, data: RetentionJobData) =>
