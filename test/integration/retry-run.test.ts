@@ -594,32 +594,41 @@ describe('retrying a failed run through the API', () => {
     expect((await waitStatus(id, ['completed', 'failed'])).status).toBe('completed');
   });
 
-  it("a run retried after its approval step had scheduled an SLA timer that has since fired: the retry's request gets a timer of its own and expires at its deadline, no sweeper needed", { timeout: LONG }, async () => {
-    // A tenant of its own whose class B SLA is one second, so the first timer fires within the test.
+  /** A class B policy whose SLA is `slaB` seconds. */
+  const slaPolicy = (slaB: number) => ({ class_a_max_cost: 50000, class_a_max_payback_months: 6, class_c_min_cost: 250000, class_c_min_payback_months: 24, sla_b_seconds: slaB, sla_c_seconds: 60 });
+
+  /**
+   * A class B run of a tenant of its own (class B SLA `slaB` seconds) whose step 3 opened its request
+   * and scheduled its timer, then failed for good: the request rolled back with the step, the timer
+   * (in Redis) stayed. The host stays up, step 3 failing until `failingAfter` is cleared.
+   */
+  async function failedAfterScheduling(slaB: number) {
     const t = newTenant();
     const submitter = await stack.token({ tenantId: t, sub: 'submitter-1' });
-    const admin = await stack.token({ tenantId: t, sub: 'admin-1', roles: ['admin'] });
-    const policy = (slaB: number) => ({ class_a_max_cost: 50000, class_a_max_payback_months: 6, class_c_min_cost: 250000, class_c_min_payback_months: 24, sla_b_seconds: slaB, sla_c_seconds: 60 });
-    expect((await api(stack, 'PUT', '/api/v1/approval-policy', { token: admin, body: policy(1) })).status).toBe(200);
-    const ctl = control();
-    ctl.failingAfter = new Set([3]);
-    host(ctl);
+    expect((await setPolicy(stack, t, slaPolicy(slaB))).status).toBe(200);
+    const failingAfter = new Set([3]);
+    host({ ...control(), failingAfter });
     const sub = await api(stack, 'POST', '/api/v1/golden-path/run', { token: submitter, body: SAMPLE_SUBMISSION, headers: { 'Idempotency-Key': randomUUID() } }); // class B
     expect(sub.status, sub.text).toBe(202);
     const id = sub.json.run_id as string;
     const statusOf = async () => (await api(stack, 'GET', `/api/v1/golden-path/runs/${id}`, { token: submitter })).json;
-    // Step 3 opened its request and scheduled its timer, then failed for good: the request rolled
-    // back with the step, the timer (in Redis) stayed, fired at its deadline and found nothing to expire.
     expect(await waitFor(async () => ((await statusOf())?.status === 'failed' ? statusOf() : undefined), { timeoutMs: 60_000, what: 'the run to fail at step 3' })).toMatchObject({ error: { sequence_num: 3 } });
     expect((await domainRows(id)).approval_requests).toHaveLength(0);
     const timerId = namedJobId('gp', (await runRow(id)).idempotency_hash, 'sla');
-    const timers = stack.container.queues.get(TIMER_QUEUE)!;
+    return { t, submitter, failingAfter, id, statusOf, timerId, timers: stack.container.queues.get(TIMER_QUEUE)! };
+  }
+
+  it("a run retried after its approval step had scheduled an SLA timer that has since fired: the retry's request gets a timer of its own and expires at its deadline, no sweeper needed", { timeout: LONG }, async () => {
+    // A tenant of its own whose class B SLA is one second, so the first timer fires within the test:
+    // step 3 opened its request and scheduled its timer, then failed for good; the request rolled
+    // back with the step, the timer (in Redis) stayed, fired at its deadline and found nothing to expire.
+    const { t, submitter, failingAfter, id, statusOf, timerId, timers } = await failedAfterScheduling(1);
     const spent = await waitFor(async () => ((await timers.getJobState(timerId)) === 'completed' ? timers.getJob(timerId) : undefined), { timeoutMs: 60_000, what: 'the first timer to fire' });
     expect(spent!.returnvalue).toEqual({ outcome: 'not_pending' });
 
     // Fixed and retried, with a two-second SLA this time (longer: a second admin approves it): the run waits on a new request.
-    ctl.failingAfter.clear();
-    expect((await setPolicy(stack, t, policy(2))).status).toBe(200);
+    failingAfter.clear();
+    expect((await setPolicy(stack, t, slaPolicy(2))).status).toBe(200);
     const res = await api(stack, 'POST', retryPath(id), { token: submitter, headers: { 'Idempotency-Key': randomUUID() } });
     expect(res.status, res.text).toBe(200);
     await waitFor(async () => (await statusOf())?.status !== 'running' && (await statusOf())?.status !== 'pending', { timeoutMs: 60_000, what: 'the retried run to wait' });
@@ -635,5 +644,51 @@ describe('retrying a failed run through the API', () => {
     }, { timeoutMs: 60_000, what: 'the retried run to expire' });
     expect(expired.status).toBe('approval_expired');
     expect((await stack.db.admin(`select status from approval_requests where run_id = $1`, [id])).rows).toEqual([{ status: 'expired' }]);
+  });
+
+  it("a run retried while the timer its failed approval step scheduled still waits, due before the retry's deadline: the timer keeps its earlier deadline, fires early as not_due without expiring the new request, and waits for the request's own deadline", { timeout: LONG }, async () => {
+    // An hour's SLA for the failed attempt, two for the retry's request: the old timer is due first.
+    // Its request rolled back with the step; its timer stayed, an hour out (no request was open for the failure to remove it with).
+    const { t, submitter, failingAfter, id, statusOf, timerId, timers } = await failedAfterScheduling(3600);
+    const approver = await stack.token({ tenantId: t, sub: 'approver-1', roles: ['approver'] });
+    const dueAt = async () => Math.floor(Number(await stack.redis.zscore(timers.keys.delayed!, timerId)) / 0x1000);
+    const stale = (await timers.getJob(timerId))!;
+    expect(await stale.getState()).toBe('delayed');
+    const d1 = Date.parse(stale.data.deadline as string);
+
+    // Fixed and retried under a two-hour SLA: the new request's deadline is later than the timer's.
+    failingAfter.clear();
+    expect((await setPolicy(stack, t, slaPolicy(7200))).status).toBe(200);
+    const res = await api(stack, 'POST', retryPath(id), { token: submitter, headers: { 'Idempotency-Key': randomUUID() } });
+    expect(res.status, res.text).toBe(200);
+    await waitFor(async () => (await statusOf())?.status === 'waiting', { timeoutMs: 60_000, what: 'the retried run to wait' });
+    const [request] = (await stack.db.admin(`select id, sla_deadline from approval_requests where run_id = $1`, [id])).rows;
+    const d2 = new Date(request.sla_deadline).getTime();
+    expect(d2).toBeGreaterThan(d1);
+    // A schedule moves a waiting timer only to an earlier deadline: it is still the failed attempt's.
+    const timer = (await timers.getJob(timerId))!;
+    expect(await timer.getState()).toBe('delayed');
+    expect(Date.parse(timer.data.deadline as string)).toBe(d1);
+    expect(await dueAt()).toBe(d1);
+
+    // It comes due (promoted here, an hour early): the request's stored deadline has not passed, so
+    // the timer expires nothing and puts itself off to that deadline.
+    await timer.promote();
+    const fired = await waitFor(
+      async () => {
+        const state = await timers.getJobState(timerId);
+        return state === 'completed' || state === 'failed' || (state === 'delayed' && (await dueAt()) !== d1) ? state : undefined;
+      },
+      { timeoutMs: 60_000, what: 'the timer to fire' },
+    );
+    expect(fired).toBe('delayed');
+    expect(await dueAt()).toBe(d2);
+    expect((await stack.db.admin(`select status, decided_at from approval_requests where run_id = $1`, [id])).rows).toEqual([{ status: 'pending', decided_at: null }]);
+    expect((await statusOf()).status).toBe('waiting');
+    // The request is still the approver's to decide, and the run completes.
+    const d = await api(stack, 'POST', `/api/v1/approvals/${request.id}/decision`, { token: approver, body: { decision: 'approve' }, headers: { 'Idempotency-Key': randomUUID() } });
+    expect(d.status, d.text).toBe(200);
+    expect(d.json.status).toBe('approved');
+    expect((await waitFor(async () => ((await statusOf())?.status !== 'running' && (await statusOf())?.status !== 'waiting' ? statusOf() : undefined), { timeoutMs: 60_000, what: 'the approved run to end' })).status).toBe('completed');
   });
 });
