@@ -12,6 +12,8 @@ import { waitFor } from '../helpers/poll.ts';
 import { enqueueDeliveries, WEBHOOK_DELIVERY_JOB, WEBHOOK_QUEUE, WEBHOOK_REDELIVERY_JOB, webhookHandlers } from '../../src/platform/webhooks/delivery.ts';
 import { deliveryJobId } from '../../src/platform/queue/job-ids.ts';
 import { createEndpoint, ENDPOINTS, startReceiver, tenantWithEndpoint, type Receiver } from '../helpers/webhooks.ts';
+import { startEnvironment, pollDb, type Environment } from '../chaos/environment.ts';
+import { CLASS_A_SUBMISSION } from '../helpers/stack.ts';
 
 const PAYLOAD = { type: 'run.completed', timestamp: '2026-12-04T00:00:00.000Z', data: { workflow: 'golden-path', run_id: 'r', status: 'completed', correlation_id: 'c-1', ended_at: '2026-12-04T00:00:00.000Z' } };
 
@@ -157,4 +159,49 @@ describe('webhook deliveries under faults: real worker processes on an own Redis
     expect(after.length).toBeGreaterThanOrEqual(5);
     for (let i = 0; i + 1 < after.length; i++) expect(after[i + 1]!.at - after[i]!.at).toBeGreaterThanOrEqual(1000 - duration.get(String(after[i]!.headers['webhook-id']))! - SLACK_MS);
   });
+});
+
+describe('webhook deliveries under faults: PostgreSQL restarted between the POST and its record (own cluster, API and worker processes)', () => {
+  let env: Environment;
+  let receiver: Receiver;
+  beforeAll(async () => {
+    env = await startEnvironment({ workers: 1, ownRedis: false, ownPostgres: true, logLevel: 'warn', env: { WEBHOOK_ALLOW_PRIVATE_NETWORKS: 'true' }, log: () => {} });
+    receiver = await startReceiver();
+  }, 180_000);
+  afterAll(async () => {
+    await receiver?.close();
+    await env?.stop({ keepDir: false });
+  });
+
+  it("the receiver answers 2xx while PostgreSQL is down: the attempt is not recorded then; the job's retry sends it again (same webhook-id) and records one attempt, delivered", { timeout: 180_000 }, async () => {
+    const tenantId = newTenant();
+    const admin = await env.token(tenantId, 'admin-pg', ['admin']);
+    const call = async (path: string, body: unknown) => {
+      const res = await fetch(`${env.baseUrl}${path}`, { method: 'POST', headers: { authorization: `Bearer ${admin}`, 'content-type': 'application/json', 'idempotency-key': randomUUID() }, body: JSON.stringify(body) });
+      return { status: res.status, json: (await res.json()) as Record<string, string> };
+    };
+    const created = await call(ENDPOINTS, { url: `${receiver.base}/pg-restart`, events: ['run.completed'] });
+    expect(created.status).toBe(201);
+    receiver.plan('/pg-restart', ['hold']);
+    const submitted = await call('/api/v1/golden-path/run', CLASS_A_SUBMISSION);
+    expect(submitted.status).toBe(202);
+    await waitFor(() => received().length === 1, { timeoutMs: 90_000, what: 'the run.completed POST, held' });
+    // PostgreSQL goes down (immediate shutdown) with the POST in flight; the receiver answers 200 during the outage.
+    const restarted = env.ownPostgres!.restart(5_000);
+    await waitFor(async () => (await pollDb(env, (db) => db.query('select 1'))) === undefined, { timeoutMs: 20_000, intervalMs: 20, what: 'PostgreSQL to be down' });
+    receiver.release();
+    await restarted;
+    const row = await waitFor(
+      async () => {
+        const r = await pollDb(env, async (db) => (await db.query(`select id, status, attempts, jsonb_array_length(attempt_log) as logged from webhook_deliveries where endpoint_id = $1`, [created.json.id])).rows[0]);
+        return r?.status === 'delivered' ? r : undefined;
+      },
+      { timeoutMs: 90_000, intervalMs: 200, what: 'the delivery to be recorded delivered' },
+    );
+    expect(row).toMatchObject({ status: 'delivered', attempts: 1, logged: 1 });
+    expect(received().map((r) => r.headers['webhook-id'])).toEqual([row.id, row.id]);
+    expect(receiver.verified('/pg-restart', created.json.secret!)).toHaveLength(2);
+  });
+
+  const received = () => receiver.received.filter((r) => r.path === '/pg-restart');
 });
