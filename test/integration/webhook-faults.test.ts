@@ -11,7 +11,7 @@ import { api, startStack, newTenant, type TestStack } from '../helpers/stack.ts'
 import { waitFor } from '../helpers/poll.ts';
 import { enqueueDeliveries, WEBHOOK_DELIVERY_JOB, WEBHOOK_QUEUE, WEBHOOK_REDELIVERY_JOB, webhookHandlers } from '../../src/platform/webhooks/delivery.ts';
 import { deliveryJobId } from '../../src/platform/queue/job-ids.ts';
-import { createEndpoint, ENDPOINTS, startReceiver, tenantWithEndpoint, type Receiver } from '../helpers/webhooks.ts';
+import { createEndpoint, ENDPOINTS, startReceiver, startWebhookStack, stopWebhookStack, tenantWithEndpoint, type Receiver } from '../helpers/webhooks.ts';
 import { startEnvironment, pollDb, type Environment } from '../chaos/environment.ts';
 import { CLASS_A_SUBMISSION } from '../helpers/stack.ts';
 
@@ -204,4 +204,39 @@ describe('webhook deliveries under faults: PostgreSQL restarted between the POST
   });
 
   const received = () => receiver.received.filter((r) => r.path === '/pg-restart');
+});
+
+describe('webhook deliveries: an endpoint failing under concurrent deliveries from two worker processes', () => {
+  let stack: TestStack;
+  let receiver: Receiver;
+  beforeAll(async () => {
+    ({ stack, receiver } = await startWebhookStack({ WEBHOOK_RETRY_BASE: '50ms', WEBHOOK_MAX_ATTEMPTS: '50', WEBHOOK_DISABLE_AFTER: '1s' }));
+    await stack.spawnWorker();
+  }, 120_000);
+  afterAll(() => stopWebhookStack(stack, receiver));
+
+  it('is disabled once, emits webhook_endpoint.disabled once, and every delivery settles with each POST recorded once (the POSTs the receiver got are the attempts logged)', { timeout: 120_000 }, async () => {
+    receiver.plan('/dead-many', Array.from({ length: 10_000 }, () => 500));
+    const t = await tenantWithEndpoint(stack, receiver, '/dead-many', ['run.completed']);
+    const watch = await createEndpoint(stack, t.admin, { url: `${receiver.base}/watch-many`, events: ['webhook_endpoint.disabled'] });
+    expect(watch.status, watch.text).toBe(201);
+    const ids = await insertDeliveries(stack, t.tenantId, t.endpoint.id, 12);
+    await enqueueDeliveries(stack.container.queues.get(WEBHOOK_QUEUE)!, t.tenantId, ids);
+    const rows = await waitFor(
+      async () => {
+        const { rows } = await stack.db.admin(`select status, attempts, attempt_log from webhook_deliveries where endpoint_id = $1`, [t.endpoint.id]);
+        return rows.every((r) => r.status !== 'pending') ? rows : undefined;
+      },
+      { timeoutMs: 60_000, intervalMs: 100, what: 'every delivery of the failing endpoint to settle' },
+    );
+    expect(rows.every((r) => r.status === 'failed' && r.attempts === r.attempt_log.length)).toBe(true);
+    const posted = rows.flatMap((r) => r.attempt_log as { error: string | null }[]).filter((a) => a.error !== 'endpoint disabled');
+    expect(receiver.received.filter((r) => r.path === '/dead-many')).toHaveLength(posted.length);
+    const { rows: [endpoint] } = await stack.db.admin(`select enabled, disabled_reason from webhook_endpoints where id = $1`, [t.endpoint.id]);
+    expect(endpoint).toEqual({ enabled: false, disabled_reason: 'failing' });
+    const told = await waitFor(() => receiver.verified('/watch-many', watch.json.secret).length > 0 && receiver.verified('/watch-many', watch.json.secret), { timeoutMs: 30_000, what: 'webhook_endpoint.disabled' });
+    const { rows: events } = await stack.db.admin(`select count(*)::int as n from webhook_deliveries where endpoint_id = $1`, [watch.json.id]);
+    expect(events[0].n).toBe(1);
+    expect(told).toHaveLength(1);
+  });
 });
