@@ -140,7 +140,6 @@ describe('webhook deliveries under faults: real worker processes on an own Redis
 
     await stack.ownRedis!.client.flushall();
     const flushedAt = performance.now();
-    expect(await queue().getJobCounts('wait', 'delayed', 'active')).toEqual({ wait: 0, delayed: 0, active: 0 });
     // The attempt in flight ends after the flush: recorded once, its job gone (nothing to complete).
     receiver.release();
     expect((await allDelivered(held.endpoint.id, 1))[0]).toMatchObject({ attempts: 1, logged: 1 });
@@ -154,10 +153,12 @@ describe('webhook deliveries under faults: real worker processes on an own Redis
     const got = received('/flush-rated').sort((a, b) => a.at - b.at);
     expect(got.map((r) => r.headers['webhook-id']).sort()).toEqual([...ratedIds].sort());
     // After the flush the turns start afresh and hold: the ones let go after it arrive a turn apart (less each one's latency).
+    // Not the first pair after it: the flush forgot the last POST let go before it (ADR 0013, docs/api.md), so the first one
+    // after may follow one let go just before the flush (arriving after it) by less than a turn, once.
     const duration = new Map(ratedRows.map((r) => [r.id, r.duration_ms]));
     const after = got.filter((r) => r.at > flushedAt);
     expect(after.length).toBeGreaterThanOrEqual(5);
-    for (let i = 0; i + 1 < after.length; i++) expect(after[i + 1]!.at - after[i]!.at).toBeGreaterThanOrEqual(1000 - duration.get(String(after[i]!.headers['webhook-id']))! - SLACK_MS);
+    for (let i = 1; i + 1 < after.length; i++) expect(after[i + 1]!.at - after[i]!.at).toBeGreaterThanOrEqual(1000 - duration.get(String(after[i]!.headers['webhook-id']))! - SLACK_MS);
   });
 });
 
