@@ -8,11 +8,14 @@ import { createServer, type IncomingHttpHeaders, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { Webhook } from 'standardwebhooks';
 import { postWebhook } from '../../src/platform/webhooks/send.ts';
+import { waitFor } from '../helpers/poll.ts';
 import { newSigningSecret } from '../../src/platform/webhooks/webhook-endpoints.routes.ts';
 
 const hits: { path: string; headers: IncomingHttpHeaders; body: string }[] = [];
 let server: Server;
 let port: number;
+/** What the /flood receiver wrote before its connection was closed. */
+const flooded = { bytes: 0, closed: false };
 
 beforeAll(async () => {
   server = createServer((req, res) => {
@@ -22,6 +25,17 @@ beforeAll(async () => {
       hits.push({ path: req.url ?? '', headers: req.headers, body });
       if (req.url === '/redirect') return void res.writeHead(302, { location: '/elsewhere' }).end();
       if (req.url === '/silent') return; // never answers
+      // Answers 200 and streams its body as fast as the connection takes it, for ever (a hostile or broken receiver).
+      if (req.url === '/flood') {
+        res.writeHead(200, { 'content-type': 'application/octet-stream' });
+        const chunk = Buffer.alloc(64 * 1024, 0x61);
+        const pump = () => {
+          while (!res.destroyed && res.write(chunk)) flooded.bytes += chunk.length;
+          if (!res.destroyed) res.once('drain', pump);
+        };
+        res.once('close', () => (flooded.closed = true));
+        return pump();
+      }
       // Answers 200 at once, then never ends its body (a framework that streams, a proxy that holds it).
       if (req.url === '/unending') return void res.writeHead(200, { 'content-type': 'text/plain' }).flushHeaders();
       res.writeHead(204).end();
@@ -70,6 +84,14 @@ describe('a delivery attempt', () => {
   it('a 2xx that arrived within the timeout is delivered even if its body never ends: the status is the answer, the body is not waited for', async () => {
     const out = await send(`http://127.0.0.1:${port}/unending`, true, 1000);
     expect(out).toMatchObject({ ok: true, statusCode: 200, error: null });
+  });
+
+  it("reads at most 64 KiB of an answer that never ends: a 2xx streamed for ever is delivered, and the connection is closed by the platform, not the deadline", async () => {
+    const out = await send(`http://127.0.0.1:${port}/flood`, true, 60_000);
+    expect(out).toMatchObject({ ok: true, statusCode: 200, error: null });
+    await waitFor(() => flooded.closed, { timeoutMs: 10_000, what: 'the flooding connection to close' });
+    // The socket's buffers on both sides hold a few MB at most; a reader that kept reading would have taken GBs in 60 s.
+    expect(flooded.bytes).toBeLessThan(32 * 1024 * 1024);
   });
 
   it('gives up on a receiver that does not answer within the timeout', async () => {

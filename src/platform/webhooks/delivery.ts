@@ -59,6 +59,9 @@ export interface DeliverySettings {
   disableAfterMs?: number;
 }
 
+/** The redelivery pass's page of overdue rows (ADR 0013). */
+const REDELIVERY_PAGE = 1000;
+
 /** The longest wait between two attempts. */
 export const WEBHOOK_RETRY_MAX_MS = 4 * 3600_000;
 
@@ -409,27 +412,46 @@ export function webhookHandlers(deps: {
      * Pending deliveries overdue by more than `redeliverAfterMs` — their job lost with Redis, or never
      * added (Redis down at the commit) — get their job again: ids only, read as the system role
      * (ADR 0013). A job that exists is kept; one that ended without settling the row is replaced.
+     * Every overdue row is looked at, a page of REDELIVERY_PAGE at a time in (next_attempt_at, id)
+     * order, each page's job states read together: a backlog whose jobs exist (deliveries waiting for
+     * a rate turn or parked at a cap, overdue as the rows are not moved) no longer hides the lost jobs
+     * behind it — the pass read its first 1,000 rows only, and a lost delivery of any tenant after them
+     * waited until that backlog drained (hours, behind an endpoint at 1/s); after a Redis flush a
+     * backlog of N came back at 1,000 a minute.
      */
     async [WEBHOOK_REDELIVERY_JOB]() {
-      const rows = await systemEm(deps.orm).transactional((tx) =>
-        tx.execute<{ id: string; tenant_id: string; resends: number }[]>(
-          `select id, tenant_id, resends from webhook_deliveries where status = 'pending' and next_attempt_at < now() - ? * interval '1 millisecond' order by next_attempt_at limit 1000`,
-          [deps.redeliverAfterMs],
-        ),
-      );
       const queue = deps.queue();
+      let overdue = 0;
       let enqueued = 0;
-      for (const r of rows) {
+      // The page's last row, its time as PostgreSQL's text (µs kept: a Date's ms would read a page of one ms again, for ever).
+      let after: { at: string; id: string } | undefined;
+      for (;;) {
+        const rows = await systemEm(deps.orm).transactional((tx) =>
+          tx.execute<{ id: string; tenant_id: string; resends: number; at: string }[]>(
+            `select id, tenant_id, resends, next_attempt_at::text as at from webhook_deliveries
+              where status = 'pending' and next_attempt_at < now() - ? * interval '1 millisecond'${after ? ' and (next_attempt_at, id) > (?::timestamptz, ?::uuid)' : ''}
+              order by next_attempt_at, id limit ${REDELIVERY_PAGE}`,
+            after ? [deps.redeliverAfterMs, after.at, after.id] : [deps.redeliverAfterMs],
+          ),
+        );
+        overdue += rows.length;
         // The job of the row's current cycle (its resends): an earlier cycle's job says nothing of it.
-        const jobId = deliveryJobId(r.id, r.resends);
-        const state = await queue.getJobState(jobId);
-        if (state === 'completed' || state === 'failed') await queue.remove(jobId);
-        else if (state !== 'unknown') continue;
-        await enqueueDeliveries(queue, r.tenant_id, [{ id: r.id, resends: r.resends }]);
-        enqueued++;
+        const states = await Promise.all(rows.map((r) => queue.getJobState(deliveryJobId(r.id, r.resends))));
+        const lost = new Map<string, DeliveryRef[]>();
+        for (const [i, r] of rows.entries()) {
+          const state = states[i];
+          if (state === 'completed' || state === 'failed') await queue.remove(deliveryJobId(r.id, r.resends));
+          else if (state !== 'unknown') continue;
+          lost.set(r.tenant_id, [...(lost.get(r.tenant_id) ?? []), { id: r.id, resends: r.resends }]);
+          enqueued++;
+        }
+        for (const [tenantId, refs] of lost) await enqueueDeliveries(queue, tenantId, refs);
+        if (rows.length < REDELIVERY_PAGE) break;
+        const last = rows.at(-1)!;
+        after = { at: last.at, id: last.id };
       }
-      if (enqueued) deps.logger.info({ enqueued, overdue: rows.length }, 'webhook deliveries re-enqueued (their jobs were lost)');
-      return { overdue: rows.length, enqueued };
+      if (enqueued) deps.logger.info({ enqueued, overdue }, 'webhook deliveries re-enqueued (their jobs were lost)');
+      return { overdue, enqueued };
     },
   };
 }
