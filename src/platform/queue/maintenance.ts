@@ -4,6 +4,7 @@ import type { MikroORM } from '@mikro-orm/postgresql';
 import type { Counter } from 'prom-client';
 import type { Logger } from 'pino';
 import { systemEm } from '../db/tenant-em.ts';
+import { untilAborted } from '../durable/executor.ts';
 import { deleteEndedRuns } from '../durable/retention.ts';
 import type { IdempotencyService } from '../idempotency/idempotency.service.ts';
 import { WEBHOOK_REDELIVERY_JOB } from '../webhooks/delivery.ts';
@@ -122,15 +123,37 @@ export function formatRetention(ms: number): string {
  * ended runs past RUN_RETENTION (ADR 0011).
  */
 export async function scheduleMaintenance(
-  deps: { connection: ConnectionOptions; prefix: string; logger: Logger; orm?: MikroORM; signal?: AbortSignal; retryMs?: number } & MaintenanceSchedule,
+  deps: {
+    connection: ConnectionOptions;
+    prefix: string;
+    logger: Logger;
+    orm?: MikroORM;
+    /** The worker stopping: a start still recording the decision stops after that attempt, one waiting for Redis at once. */
+    signal?: AbortSignal;
+    retryMs?: number;
+    /** Told once the decision is recorded, as the upsert in Redis begins (the worker's start says where it was when stopped). */
+    onRedis?: () => void;
+  } & MaintenanceSchedule,
 ): Promise<Queue> {
   // The decision first, then its copy in Redis: a sweep that reads the decision after this commit and
   // finds the copy missing or older puts back this one (repairRunRetentionSchedule, ADR 0011).
   const decision = deps.orm ? await recordUntilDone(deps.orm, deps) : undefined;
+  // Stopped while the decision was being recorded: no queue is opened on a connection about to close.
+  deps.signal?.throwIfAborted();
+  deps.onRedis?.();
   const queue = new Queue(MAINTENANCE_QUEUE, { connection: deps.connection, prefix: deps.prefix });
   // Without a listener BullMQ prints each connection error as a bare multi-line stack trace on stderr.
   queue.on('error', (err) => deps.logger.warn({ err, queue: MAINTENANCE_QUEUE }, 'queue error'));
-  await upsertMaintenanceSchedulers(queue, { ...deps, ...(decision ? { decision } : {}) });
+  try {
+    // Stopped meanwhile: the upsert is given up (BullMQ waits for a connection that is not ready yet,
+    // however long Redis is down), and the queue closed before the caller closes the connection. Left
+    // open, its connection's failure once closed came out as `queue error` warnings after the process's
+    // last line.
+    await untilAborted(upsertMaintenanceSchedulers(queue, { ...deps, ...(decision ? { decision } : {}) }), deps.signal);
+  } catch (err) {
+    await queue.close().catch(() => {});
+    throw err;
+  }
   return queue;
 }
 
