@@ -312,10 +312,16 @@ async function stopWorkers(o: {
 }): Promise<void> {
   const { active, logger } = o;
   const idleWithoutRedis = () => o.running() === 0 && o.redisUnreachable();
+  // Given up on Redis, the workers' connections go on retrying until the process exits: each failure
+  // would be a `worker error` line after the process's last one (`shut down cleanly`). Not logged.
+  const withoutRedis = () => {
+    for (const w of o.workers) w.removeAllListeners('error').on('error', () => {});
+    logger.warn(STOPPED_WITHOUT_REDIS);
+  };
   const closing = Promise.allSettled(o.workers.map((w) => w.close()));
   const first = await firstOf(closing, o.graceMs, idleWithoutRedis);
   if (first === 'settled') return;
-  if (first === 'condition') return void logger.warn(STOPPED_WITHOUT_REDIS);
+  if (first === 'condition') return withoutRedis();
   const left = [...active.values()];
   if (left.length > 0) {
     logger.warn({ active_jobs: left.length }, 'active jobs did not finish in the grace period; handing them back');
@@ -336,6 +342,6 @@ async function stopWorkers(o: {
   }
   // No run step is left to hand back; a timer or maintenance job may still be running (each is safe to run again).
   const last = await firstOf(closing, 5_000, idleWithoutRedis);
-  if (last === 'condition') logger.warn(STOPPED_WITHOUT_REDIS);
+  if (last === 'condition') withoutRedis();
   else if (last === 'timeout') logger.error({ running_jobs: o.running(), redis_unreachable: o.redisUnreachable() }, left.length > 0 ? 'workers did not close after handing their jobs back' : 'workers did not close in the grace period; no run step was in flight');
 }
