@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import type { Worker } from 'bullmq';
 import type { Container } from './container.ts';
 import { createRedis } from './platform/queue/connections.ts';
-import { StepExecutor, untilAborted } from './platform/durable/executor.ts';
+import { StepExecutor } from './platform/durable/executor.ts';
 import { Sweeper } from './platform/durable/sweeper.ts';
 import { startWorkers } from './platform/durable/worker-host.ts';
 import { TenantSlots } from './platform/durable/tenant-slots.ts';
@@ -25,16 +25,34 @@ export interface WorkerProcess {
 }
 
 /**
+ * Where a worker's start was (runWorkerProcess says it when stopped before the worker had started):
+ * opening its metrics port, recording its run-retention decision in PostgreSQL (ADR 0011), or waiting
+ * for Redis (the maintenance schedulers are upserted there: with Redis down the start waits there).
+ */
+export type StartStage = 'metrics-port' | 'postgresql' | 'redis';
+
+/** What a worker stopped before it had started says, by where its start was (a literal each, for searching the logs). */
+const STOPPED_BEFORE_START: Record<StartStage, string> = {
+  'metrics-port': 'stopped before the worker had started (still opening its metrics port)',
+  postgresql: 'stopped before the worker had started (still recording its run-retention decision in PostgreSQL)',
+  redis: 'stopped before the worker had started (still waiting for Redis)',
+};
+
+/**
  * A worker process's life (the worker entries call it): SIGTERM/SIGINT are handled from the start, not
- * only once the worker has started. A worker still waiting for Redis at start (Redis down), or for
- * PostgreSQL to take its run-retention decision (PostgreSQL down, this release's migration not run),
- * stops waiting, says which and exits 0 (its workers are stopped as at any stop). A start that fails otherwise (the metrics port taken) is one log line, `worker could not
- * start`, and exit 1. Resolves once the worker has started (undefined when it was stopped first).
+ * only once the worker has started. A worker stopped while it starts stops there, says where it was
+ * (`stopped before the worker had started (still waiting for Redis)`, or `… (still recording its
+ * run-retention decision in PostgreSQL)`) and exits 0: what its start had opened (workers, their
+ * connection, the maintenance queue, the metrics port) is closed before the container is, so nothing
+ * of the start is left to fail after the last line. Still waiting for Redis with Redis down, it stops
+ * waiting at once (its workers are stopped as at any stop: none has a job while Redis is down). A
+ * start that fails otherwise (the metrics port taken) is one log line, `worker could not start`, and
+ * exit 1. Resolves once the worker has started (undefined when it was stopped first).
  */
 export async function runWorkerProcess(c: Container): Promise<WorkerProcess | undefined> {
   const stopping = new AbortController();
-  let waitingFor = 'Redis';
-  const started = startWorkerProcess(c, stopping.signal, (what) => (waitingFor = what)).catch(async (err: unknown) => {
+  let stage: StartStage | undefined;
+  const started = startWorkerProcess(c, { signal: stopping.signal, onStage: (s) => (stage = s) }).catch(async (err: unknown) => {
     if (stopping.signal.aborted) return undefined;
     // Thrown past the entry, it was a bare stack trace: a log drain splits it into unrelated lines.
     c.logger.fatal({ err }, 'worker could not start');
@@ -43,10 +61,13 @@ export async function runWorkerProcess(c: Container): Promise<WorkerProcess | un
     process.exit(1);
   });
   onShutdown(c.logger, c.config.WORKER_SHUTDOWN_GRACE, async () => {
+    // Where the start was when told to stop, not where its stop took it.
+    const at = stage;
     stopping.abort(new Error('worker stopping'));
+    // Settles once the start has stopped and closed what it had opened (or has started: then stopped as any worker).
     const worker = await started.catch(() => undefined);
     if (worker) await worker.stop();
-    else c.logger.info(`stopped before the worker had started (still waiting for ${waitingFor})`);
+    else c.logger.info({ stage: at }, STOPPED_BEFORE_START[at ?? 'redis']);
     await c.close();
   });
   return started;
@@ -54,18 +75,30 @@ export async function runWorkerProcess(c: Container): Promise<WorkerProcess | un
 
 /**
  * Starts the BullMQ workers, the recovery sweeper and the maintenance scheduler for one worker process.
- * Start waits for Redis (the maintenance schedulers are upserted there), then for PostgreSQL to record
- * its run-retention decision (ADR 0011), telling `waitingFor` which: when `signal` aborts first, the
- * workers are stopped and the start rejects.
+ * Start waits for Redis (the maintenance schedulers are upserted there), then records its run-retention
+ * decision in PostgreSQL (ADR 0011), then upserts the schedulers. When `signal` aborts first, the start stops where it is — after the
+ * statement in flight in PostgreSQL, at once while it waits for Redis — closes what it opened (the
+ * workers, as at any stop; their connection; the maintenance queue; the metrics port) and rejects.
+ * `onStage` is told where the start is (StartStage), each step also logged at debug.
  */
-export async function startWorkerProcess(c: Container, signal?: AbortSignal, waitingFor?: (what: 'Redis' | 'PostgreSQL') => void): Promise<WorkerProcess> {
+export async function startWorkerProcess(c: Container, opts: { signal?: AbortSignal; onStage?: (stage: StartStage) => void } = {}): Promise<WorkerProcess> {
+  const { signal } = opts;
+  const at = (stage: StartStage) => {
+    opts.onStage?.(stage);
+    c.logger.debug({ stage }, 'worker starting');
+  };
   const cfg = c.config;
   // Before the workers: a port already taken stops the start before any job is taken.
+  if (cfg.WORKER_METRICS_PORT !== undefined) at('metrics-port');
   const metricsServer = cfg.WORKER_METRICS_PORT === undefined ? undefined : await startMetricsServer(c.metrics.registry, cfg.WORKER_METRICS_PORT, c.logger);
   const closeMetrics = async () => {
     metricsServer?.closeAllConnections();
     await new Promise((r) => (metricsServer ? metricsServer.close(r) : r(undefined)));
   };
+  if (signal?.aborted) {
+    await closeMetrics();
+    signal.throwIfAborted();
+  }
   const connection = createRedis(cfg.REDIS_URL, 'worker', `dealix-worker-${c.instanceId}`);
   const executor = new StepExecutor({
     orm: c.orm,
@@ -128,11 +161,21 @@ export async function startWorkerProcess(c: Container, signal?: AbortSignal, wai
   const workers = host.workers;
   let maintenance;
   try {
-    // Once Redis is reachable, its run-retention decision recorded in PostgreSQL, then copied to the scheduler (ADR 0011).
-    maintenance = await untilAborted(
-      scheduleMaintenance({ connection: c.redis, prefix: cfg.QUEUE_PREFIX, logger: c.logger, runRetentionMs: cfg.RUN_RETENTION, scheduledBy: c.instanceId, orm: c.orm, ...(signal ? { signal } : {}), ...(waitingFor ? { waitingFor } : {}) }),
-      signal,
-    );
+    // Once Redis is reachable, its run-retention decision recorded in PostgreSQL, then copied to the
+    // scheduler (ADR 0011); scheduleMaintenance says where it is through `onStage`.
+    // Not raced against `signal`: it stops by itself (scheduleMaintenance), and a statement left in
+    // flight while the container closes its ORM broke the transaction and held the pool's close until
+    // the hard deadline (exit 1).
+    maintenance = await scheduleMaintenance({
+      connection: c.redis,
+      prefix: cfg.QUEUE_PREFIX,
+      logger: c.logger,
+      runRetentionMs: cfg.RUN_RETENTION,
+      scheduledBy: c.instanceId,
+      orm: c.orm,
+      onStage: at,
+      ...(signal ? { signal } : {}),
+    });
   } catch (err) {
     await host.stop(cfg.WORKER_SHUTDOWN_GRACE);
     connection.disconnect();

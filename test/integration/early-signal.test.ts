@@ -2,7 +2,9 @@
  * A SIGTERM that reaches a process still starting — loading its modules, before its own signal
  * handlers exist (onShutdown) — against the real entries run as child processes. The start is held
  * at a known point (test/helpers/hold-startup.ts: the load of src/container.ts, the heavy part of
- * every entry) and the signal sent there: no sleeps, no race with the start.
+ * every entry) and the signal sent there: no sleeps, no race with the start. A worker signalled later
+ * in its start, its handlers installed (recording its run-retention decision in PostgreSQL, waiting for
+ * Redis), is in worker-shutdown.test.ts.
  */
 import { spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';

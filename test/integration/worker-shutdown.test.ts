@@ -12,6 +12,8 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { newTenant, startStack, type TestStack, type WorkerHandle } from '../helpers/stack.ts';
 import { waitFor } from '../helpers/poll.ts';
 import { freePort } from '../helpers/own-infra.ts';
+import { heldProxy } from '../helpers/held-proxy.ts';
+import { holdTable } from '../helpers/table-lock.ts';
 import { slowWorkflow } from '../helpers/slow-workflow.ts';
 import { createSlowRun, entered, enteredThroughLast, expectEveryStepOnce, jobOf, killLiveWorkers, logged, readRun, waitEntered, waitRun } from '../helpers/recovery.ts';
 import type { RunRow } from '../../src/platform/durable/runtime.ts';
@@ -23,6 +25,9 @@ const logLines = (w: WorkerHandle): Array<Record<string, unknown>> =>
     .split('\n')
     .filter((l) => l.startsWith('{'))
     .map((l) => JSON.parse(l) as Record<string, unknown>);
+
+/** The stages its start has reached (`worker starting` at debug: StartStage in src/worker-runtime.ts). */
+const startStages = (w: WorkerHandle) => logLines(w).filter((l) => l.msg === 'worker starting').map((l) => l.stage);
 
 const TEST_WORKER = 'test/helpers/test-worker.ts';
 const STOPPED_WITHOUT_REDIS = 'no job running and Redis unreachable: the workers stop without waiting for Redis';
@@ -62,9 +67,10 @@ describe('a worker started or stopped while Redis is down (own redis-server)', (
 
   it('the production worker told to stop while it still waits for Redis at start stops waiting and exits 0, saying so', { timeout: LONG }, async () => {
     // A port nobody listens on: this worker never reaches Redis, so it never logs 'worker started'.
-    void stack.spawnWorker({ REDIS_URL: `redis://127.0.0.1:${await freePort()}` }, { entry: 'workers/golden-path.worker.ts' }).catch(() => {});
+    void stack.spawnWorker({ REDIS_URL: `redis://127.0.0.1:${await freePort()}`, LOG_LEVEL: 'debug' }, { entry: 'workers/golden-path.worker.ts' }).catch(() => {});
     const worker = stack.workers.at(-1)!;
-    await waitFor(() => worker.output().split('ECONNREFUSED').length > 2, { what: 'the worker to try Redis' });
+    // Its start waits for Redis before it records its decision in PostgreSQL: the signal lands there.
+    await waitFor(() => startStages(worker).includes('redis') && worker.output().split('ECONNREFUSED').length > 2, { what: 'the worker to wait for Redis' });
     worker.kill('SIGTERM');
     expect(await worker.exited, worker.output().slice(-3000)).toBe(0);
     expect(worker.proc.signalCode).toBeNull();
@@ -76,7 +82,7 @@ describe('a worker started or stopped while Redis is down (own redis-server)', (
     expect(worker.output().split('\n').filter((l) => l !== '' && !l.startsWith('{'))).toEqual([]);
   });
 
-  it("the production worker told to stop while it waits for PostgreSQL at start (its release's migration not run) exits 0, saying it waited for PostgreSQL", { timeout: LONG }, async () => {
+  it("the production worker told to stop while it waits for PostgreSQL at start (its release's migration not run) exits 0, saying it was recording its decision in PostgreSQL", { timeout: LONG }, async () => {
     // Redis is up; the table where a worker records its run-retention decision at start (ADR 0011) is not there.
     await stack.db.admin('alter table run_retention_decision rename to run_retention_decision_away');
     try {
@@ -86,7 +92,7 @@ describe('a worker started or stopped while Redis is down (own redis-server)', (
       worker.kill('SIGTERM');
       expect(await worker.exited, worker.output().slice(-3000)).toBe(0);
       const msgs = logLines(worker).map((l) => l.msg);
-      expect(msgs.filter((m) => m === 'stopped before the worker had started (still waiting for PostgreSQL)')).toHaveLength(1);
+      expect(msgs.filter((m) => m === 'stopped before the worker had started (still recording its run-retention decision in PostgreSQL)')).toHaveLength(1);
       expect(msgs).not.toContain('worker started');
       expect(msgs.at(-1)).toBe('shut down cleanly');
     } finally {
@@ -132,6 +138,63 @@ describe('a worker started or stopped while Redis is down (own redis-server)', (
     const done = await waitRun(stack, tenant, run.id, ['completed', 'failed']);
     expect(done.status).toBe('completed');
     expectEveryStepOnce(done);
+  });
+});
+
+describe('a worker stopped while it starts, Redis up (a roll that catches a worker just started)', () => {
+  // Before: told that Redis was unreachable and that the start still waited for it, whatever it was
+  // doing; its connections were cut off while still connecting, the maintenance queue opened after the
+  // stop failed on the closed connection (`queue error: Stream isn't writeable…` after `shut down
+  // cleanly`), and one stopped in PostgreSQL hung in the ORM's close until the hard deadline (exit 1).
+  let stack: TestStack;
+  beforeAll(async () => {
+    stack = await startStack({ api: false });
+  });
+  afterEach(async () => killLiveWorkers(stack));
+  afterAll(async () => stack?.stop());
+
+  /** Exit 0 by itself; `stopped before the worker had started (still <where>)` once; nothing after `shut down cleanly`; no warning, error or bare line. */
+  const expectStoppedWhileStarting = async (worker: WorkerHandle, where: string) => {
+    expect(await worker.exited, worker.output().slice(-3000)).toBe(0);
+    expect(worker.proc.signalCode).toBeNull();
+    expect(worker.output().split('\n').filter((l) => l !== '' && !l.startsWith('{'))).toEqual([]);
+    const lines = logLines(worker);
+    const msgs = lines.map((l) => l.msg);
+    expect(msgs.filter((m) => String(m).startsWith('stopped before the worker had started'))).toEqual([`stopped before the worker had started (still ${where})`]);
+    expect(msgs).not.toContain('worker started');
+    expect(msgs.at(-1)).toBe('shut down cleanly');
+    // Not STOPPED_WITHOUT_REDIS, not `queue error`, `worker error` nor `workers did not close…`: Redis was up.
+    expect(lines.filter((l) => Number(l.level) >= 40).map((l) => l.msg)).toEqual([]);
+  };
+
+  it('held in PostgreSQL recording its run-retention decision: it finishes that statement, stops there and says so', { timeout: LONG }, async () => {
+    const lock = await holdTable(stack.db.ownerUrl, 'run_retention_decision');
+    try {
+      void stack.spawnWorker({}, { entry: 'workers/golden-path.worker.ts' }).catch(() => {});
+      const worker = stack.workers.at(-1)!;
+      await lock.waiting("the worker's start to wait for the run_retention_decision lock");
+      worker.kill('SIGTERM');
+      await waitFor(() => logLines(worker).some((l) => l.msg === 'shutting down'), { what: "the worker's shutdown to begin" });
+      await lock.release();
+      await expectStoppedWhileStarting(worker, 'recording its run-retention decision in PostgreSQL');
+    } finally {
+      await lock.close();
+    }
+  });
+
+  it('held waiting for Redis, its connections made but not answered yet: it stops waiting, its workers close once Redis answers, and it says where it was', { timeout: LONG }, async () => {
+    const proxy = await heldProxy(stack.env.REDIS_URL!);
+    try {
+      void stack.spawnWorker({ REDIS_URL: proxy.url, LOG_LEVEL: 'debug' }, { entry: 'workers/golden-path.worker.ts' }).catch(() => {});
+      const worker = stack.workers.at(-1)!;
+      await waitFor(() => startStages(worker).includes('redis'), { what: "the worker's start to wait for Redis" });
+      worker.kill('SIGTERM');
+      await waitFor(() => logLines(worker).some((l) => l.msg === 'shutting down'), { what: "the worker's shutdown to begin" });
+      proxy.release();
+      await expectStoppedWhileStarting(worker, 'waiting for Redis');
+    } finally {
+      await proxy.close();
+    }
   });
 });
 

@@ -163,13 +163,21 @@ export function startWorkers(args: {
     });
     return worker;
   });
+  // Unreachable: not ready, and it has failed since it last was (refused, reset, timed out) or is
+  // waiting to retry. Not a connection still making its first attempt: a worker stopped while it
+  // starts, Redis up, waits for it as for any close — not "Redis unreachable", its connections cut
+  // off while they were still connecting.
+  let failedSinceReady = false;
+  args.connection.on('error', () => (failedSinceReady = true));
+  args.connection.on('ready', () => (failedSinceReady = false));
+  const redisUnreachable = () => args.connection.status !== 'ready' && (failedSinceReady || args.connection.status === 'reconnecting');
   return {
     workers,
     stop: (graceMs) => {
       // Jobs between two steps end there (handed back); a step already running gets the grace period.
       draining = true;
       // The slots of steps finishing in the grace period are renewed until the workers have stopped.
-      return stopWorkers({ workers, active, running: () => running, redisReady: () => args.connection.status === 'ready', graceMs, logger: args.logger }).finally(() => slots?.stop());
+      return stopWorkers({ workers, active, running: () => running, redisUnreachable, graceMs, logger: args.logger }).finally(() => slots?.stop());
     },
   };
 }
@@ -298,16 +306,22 @@ async function stopWorkers(o: {
   workers: Worker[];
   active: Map<string, ActiveStep>;
   running: () => number;
-  redisReady: () => boolean;
+  redisUnreachable: () => boolean;
   graceMs: number;
   logger: Logger;
 }): Promise<void> {
   const { active, logger } = o;
-  const idleWithoutRedis = () => o.running() === 0 && !o.redisReady();
+  const idleWithoutRedis = () => o.running() === 0 && o.redisUnreachable();
+  // Given up on Redis, the workers' connections go on retrying until the process exits: each failure
+  // would be a `worker error` line after the process's last one (`shut down cleanly`). Not logged.
+  const withoutRedis = () => {
+    for (const w of o.workers) w.removeAllListeners('error').on('error', () => {});
+    logger.warn(STOPPED_WITHOUT_REDIS);
+  };
   const closing = Promise.allSettled(o.workers.map((w) => w.close()));
   const first = await firstOf(closing, o.graceMs, idleWithoutRedis);
   if (first === 'settled') return;
-  if (first === 'condition') return void logger.warn(STOPPED_WITHOUT_REDIS);
+  if (first === 'condition') return withoutRedis();
   const left = [...active.values()];
   if (left.length > 0) {
     logger.warn({ active_jobs: left.length }, 'active jobs did not finish in the grace period; handing them back');
@@ -328,6 +342,6 @@ async function stopWorkers(o: {
   }
   // No run step is left to hand back; a timer or maintenance job may still be running (each is safe to run again).
   const last = await firstOf(closing, 5_000, idleWithoutRedis);
-  if (last === 'condition') logger.warn(STOPPED_WITHOUT_REDIS);
-  else if (last === 'timeout') logger.error({ running_jobs: o.running(), redis_ready: o.redisReady() }, left.length > 0 ? 'workers did not close after handing their jobs back' : 'workers did not close in the grace period; no run step was in flight');
+  if (last === 'condition') withoutRedis();
+  else if (last === 'timeout') logger.error({ running_jobs: o.running(), redis_unreachable: o.redisUnreachable() }, left.length > 0 ? 'workers did not close after handing their jobs back' : 'workers did not close in the grace period; no run step was in flight');
 }

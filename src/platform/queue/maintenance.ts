@@ -128,30 +128,44 @@ export async function scheduleMaintenance(
     prefix: string;
     logger: Logger;
     orm?: MikroORM;
+    /** The worker stopping: a start still recording the decision stops after that attempt, one waiting for Redis at once. */
     signal?: AbortSignal;
     retryMs?: number;
-    /** Told what the start waits for now (a worker stopped before it started says which). */
-    waitingFor?(what: 'Redis' | 'PostgreSQL'): void;
+    /** Told where the start is now (a worker stopped before it had started says where it was). */
+    onStage?: (stage: 'redis' | 'postgresql') => void;
   } & MaintenanceSchedule,
 ): Promise<Queue> {
   const queue = new Queue(MAINTENANCE_QUEUE, { connection: deps.connection, prefix: deps.prefix });
   // Without a listener BullMQ prints each connection error as a bare multi-line stack trace on stderr.
   queue.on('error', (err) => deps.logger.warn({ err, queue: MAINTENANCE_QUEUE }, 'queue error'));
-  // Redis first: a worker that cannot reach it has not started and decides nothing. Recorded while it
-  // waited (Redis down, or a REDIS_URL that is not the deployment's), its RUN_RETENTION — off by
-  // default — would be put in force by every other worker's next sweep (ADR 0011).
-  deps.waitingFor?.('Redis');
-  await untilAborted(queue.waitUntilReady(), deps.signal);
-  // The decision, then its copy in Redis: a sweep that reads the decision after this commit and finds
-  // the copy missing or older puts back this one (repairRunRetentionSchedule, ADR 0011).
-  let decision: RetentionDecision | undefined;
-  if (deps.orm) {
-    deps.signal?.throwIfAborted();
-    deps.waitingFor?.('PostgreSQL');
-    decision = await recordUntilDone(deps.orm, deps);
-    deps.waitingFor?.('Redis');
+  try {
+    // Redis first: a worker that cannot reach it has not started and decides nothing. Recorded while it
+    // waited (Redis down, or a REDIS_URL that is not the deployment's), its RUN_RETENTION — off by
+    // default — would be put in force by every other worker's next sweep (ADR 0011).
+    deps.onStage?.('redis');
+    await untilAborted(queue.waitUntilReady(), deps.signal);
+    // The decision, then its copy in Redis: a sweep that reads the decision after this commit and finds
+    // the copy missing or older puts back this one (repairRunRetentionSchedule, ADR 0011).
+    let decision: RetentionDecision | undefined;
+    if (deps.orm) {
+      deps.signal?.throwIfAborted();
+      deps.onStage?.('postgresql');
+      // Not raced against `signal`: it stops by itself after the statement in flight (a statement left in
+      // flight while the container closes its ORM broke the transaction and held the pool's close).
+      decision = await recordUntilDone(deps.orm, deps);
+      // Stopped while the decision was being recorded: nothing more is sent on a connection about to close.
+      deps.signal?.throwIfAborted();
+      deps.onStage?.('redis');
+    }
+    // Stopped meanwhile: the upsert is given up (BullMQ waits for a connection that is not ready yet,
+    // however long Redis is down), and the queue closed before the caller closes the connection. Left
+    // open, its connection's failure once closed came out as `queue error` warnings after the process's
+    // last line.
+    await untilAborted(upsertMaintenanceSchedulers(queue, { ...deps, ...(decision ? { decision } : {}) }), deps.signal);
+  } catch (err) {
+    await queue.close().catch(() => {});
+    throw err;
   }
-  await upsertMaintenanceSchedulers(queue, { ...deps, ...(decision ? { decision } : {}) });
   return queue;
 }
 
