@@ -7,6 +7,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { randomUUID } from 'node:crypto';
 import pino from 'pino';
+import type { Redis } from 'ioredis';
 import { api, startStack, newTenant, type TestStack } from '../helpers/stack.ts';
 import { waitFor } from '../helpers/poll.ts';
 import { enqueueDeliveries, WEBHOOK_DELIVERY_JOB, WEBHOOK_QUEUE, WEBHOOK_REDELIVERY_JOB, webhookHandlers } from '../../src/platform/webhooks/delivery.ts';
@@ -35,17 +36,26 @@ const passOf = (stack: TestStack) =>
     logger: pino({ level: 'silent' }),
     settings: { timeoutMs: 5000, maxAttempts: 3, retryBaseMs: 50, policy: { allowPrivate: true, httpsOnly: false } },
     queue: () => stack.container.queues.get(WEBHOOK_QUEUE)!,
+    redis: stack.container.redis,
     redeliverAfterMs: 0,
   })[WEBHOOK_REDELIVERY_JOB];
 
-describe('the redelivery pass over a backlog larger than its page (no worker: the jobs stay where the pass leaves them)', () => {
+/**
+ * Calls, since the last CONFIG RESETSTAT, of the commands that walk a list (their cost is the list's length,
+ * commands run by a Lua script included): Queue.getJobState walks `active` and `wait` for a job that is not
+ * in a sorted set, so a pass reading it for each of N waiting or lost jobs cost O(N²) of Redis's one thread.
+ */
+const listWalks = async (redis: Redis) =>
+  [...(await redis.info('commandstats')).matchAll(/^cmdstat_(lpos|lrange|lindex|lrem):calls=(\d+)/gm)].reduce((n, m) => n + Number(m[2]), 0);
+
+describe('the redelivery pass over a backlog larger than its page (no worker: the jobs stay where the pass leaves them; an own Redis, its command counts the pass\'s)', () => {
   let stack: TestStack;
   beforeAll(async () => {
-    stack = await startStack({ env: { WEBHOOK_ALLOW_PRIVATE_NETWORKS: 'true' } });
+    stack = await startStack({ ownRedis: true, env: { WEBHOOK_ALLOW_PRIVATE_NETWORKS: 'true' } });
   }, 120_000);
   afterAll(() => stack?.stop());
 
-  it("a lost delivery behind 1,000 overdue ones whose jobs exist (waiting for rate turns) is enqueued by the next pass, not after that backlog drains; a flushed backlog of 1,500 comes back in one pass", { timeout: 120_000 }, async () => {
+  it("a lost delivery behind 1,000 overdue ones whose jobs exist (waiting for rate turns) is enqueued by the next pass, not after that backlog drains; a flushed backlog of 1,500 comes back in one pass, each job read without walking the queue's lists", { timeout: 120_000 }, async () => {
     const queue = stack.container.queues.get(WEBHOOK_QUEUE)!;
     // Tenant A: an endpoint's backlog of 1,000, overdue (put back for rate turns, which do not move next_attempt_at), jobs delayed.
     const a = newTenant();
@@ -66,10 +76,14 @@ describe('the redelivery pass over a backlog larger than its page (no worker: th
     // Redis flushed (the jobs gone): the pass brings the whole backlog back at once, not 1,000 a minute.
     await queue.obliterate({ force: true });
     await insertDeliveries(stack, b, bEndpoint.json.id, 499, 1_000);
+    const redis = stack.ownRedis!.client;
+    await redis.config('RESETSTAT');
     expect(await pass()).toEqual({ overdue: 1500, enqueued: 1500 });
-    expect(await queue.getJobCountByTypes('waiting')).toBe(1500);
-    // And again: every job exists now, nothing is enqueued twice.
+    // And again: every job exists now (waiting: no worker), nothing is enqueued twice.
     expect(await pass()).toEqual({ overdue: 1500, enqueued: 0 });
+    // Each row's job read in O(1): neither pass walked the wait list, as long as the backlog, once per row.
+    expect(await listWalks(redis)).toBe(0);
+    expect(await queue.getJobCountByTypes('waiting')).toBe(1500);
     await queue.obliterate({ force: true });
   });
 });
