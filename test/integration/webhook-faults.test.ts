@@ -18,14 +18,17 @@ import { CLASS_A_SUBMISSION } from '../helpers/stack.ts';
 
 const PAYLOAD = { type: 'run.completed', timestamp: '2026-12-04T00:00:00.000Z', data: { workflow: 'golden-path', run_id: 'r', status: 'completed', correlation_id: 'c-1', ended_at: '2026-12-04T00:00:00.000Z' } };
 
-/** `n` pending deliveries of the endpoint, inserted as the outbox does, `agoMs` overdue; their ids in next_attempt_at order. */
-async function insertDeliveries(stack: TestStack, tenantId: string, endpointId: string, n: number, agoMs = 0): Promise<string[]> {
+/**
+ * `n` pending deliveries of the endpoint, `agoMs` overdue, a microsecond apart — or, `tied`, all at one
+ * next_attempt_at, as the outbox inserts a transaction's deliveries (its now()); their ids in next_attempt_at order.
+ */
+async function insertDeliveries(stack: TestStack, tenantId: string, endpointId: string, n: number, agoMs = 0, tied = false): Promise<string[]> {
   const { rows } = await stack.db.admin(
     `insert into webhook_deliveries (id, tenant_id, endpoint_id, event_type, payload, status, attempts, next_attempt_at, created_at, updated_at)
-     select gen_random_uuid(), $1, $2, 'run.completed', $3, 'pending', 0, now() - $4 * interval '1 millisecond' + g * interval '1 microsecond', now(), now()
+     select gen_random_uuid(), $1, $2, 'run.completed', $3, 'pending', 0, now() - $4 * interval '1 millisecond' + g * $6 * interval '1 microsecond', now(), now()
        from generate_series(1, $5) g
      returning id, next_attempt_at`,
-    [tenantId, endpointId, PAYLOAD, agoMs, n],
+    [tenantId, endpointId, PAYLOAD, agoMs, n, tied ? 0 : 1],
   );
   return rows.sort((a, b) => a.next_attempt_at - b.next_attempt_at).map((r) => r.id as string);
 }
@@ -84,6 +87,22 @@ describe('the redelivery pass over a backlog larger than its page (no worker: th
     // Each row's job read in O(1): neither pass walked the wait list, as long as the backlog, once per row.
     expect(await listWalks(redis)).toBe(0);
     expect(await queue.getJobCountByTypes('waiting')).toBe(1500);
+    await queue.obliterate({ force: true });
+  });
+
+  it('rows tied on next_attempt_at across a page boundary (one transaction\'s deliveries share its now()) are each read once: the keyset breaks ties by id', { timeout: 120_000 }, async () => {
+    const queue = stack.container.queues.get(WEBHOOK_QUEUE)!;
+    const t = newTenant();
+    const admin = await stack.token({ tenantId: t, sub: 'admin-t', roles: ['admin'] });
+    const endpoint = await createEndpoint(stack, admin, { url: 'http://127.0.0.1:9/tied', events: ['run.completed'] });
+    await stack.db.admin(`update webhook_deliveries set status = 'delivered' where status = 'pending'`);
+    const ids = await insertDeliveries(stack, t, endpoint.json.id, 2500, 1_000, true);
+    expect((await stack.db.admin(`select count(distinct next_attempt_at)::int as n from webhook_deliveries where status = 'pending'`)).rows[0].n).toBe(1);
+    const pass = passOf(stack);
+    expect(await pass()).toEqual({ overdue: 2500, enqueued: 2500 });
+    const waiting = await queue.getJobs(['waiting'], 0, -1);
+    expect(waiting.map((j) => j.id).sort()).toEqual(ids.map((id) => deliveryJobId(id)).sort());
+    expect(await pass()).toEqual({ overdue: 2500, enqueued: 0 });
     await queue.obliterate({ force: true });
   });
 });
