@@ -33,13 +33,13 @@ async function insertDeliveries(stack: TestStack, tenantId: string, endpointId: 
   return rows.sort((a, b) => a.next_attempt_at - b.next_attempt_at).map((r) => r.id as string);
 }
 
-const passOf = (stack: TestStack) =>
+const passOf = (stack: TestStack, redis: Redis = stack.container.redis) =>
   webhookHandlers({
     orm: stack.container.orm,
     logger: pino({ level: 'silent' }),
     settings: { timeoutMs: 5000, maxAttempts: 3, retryBaseMs: 50, policy: { allowPrivate: true, httpsOnly: false } },
     queue: () => stack.container.queues.get(WEBHOOK_QUEUE)!,
-    redis: stack.container.redis,
+    redis,
     redeliverAfterMs: 0,
   })[WEBHOOK_REDELIVERY_JOB];
 
@@ -57,6 +57,14 @@ describe('the redelivery pass over a backlog larger than its page (no worker: th
     stack = await startStack({ ownRedis: true, env: { WEBHOOK_ALLOW_PRIVATE_NETWORKS: 'true' } });
   }, 120_000);
   afterAll(() => stack?.stop());
+  /** A new tenant's endpoint, the earlier tests' pending rows settled: the pass sees only what the test inserts next. */
+  const aloneWithEndpoint = async (path: string) => {
+    const t = newTenant();
+    const admin = await stack.token({ tenantId: t, sub: 'admin', roles: ['admin'] });
+    const endpoint = await createEndpoint(stack, admin, { url: `http://127.0.0.1:9${path}`, events: ['run.completed'] });
+    await stack.db.admin(`update webhook_deliveries set status = 'delivered' where status = 'pending'`);
+    return { t, endpoint };
+  };
 
   it("a lost delivery behind 1,000 overdue ones whose jobs exist (waiting for rate turns) is enqueued by the next pass, not after that backlog drains; a flushed backlog of 1,500 comes back in one pass, each job read without walking the queue's lists", { timeout: 120_000 }, async () => {
     const queue = stack.container.queues.get(WEBHOOK_QUEUE)!;
@@ -90,12 +98,43 @@ describe('the redelivery pass over a backlog larger than its page (no worker: th
     await queue.obliterate({ force: true });
   });
 
+  it('a pass reads the rows overdue when it started: one falling overdue while it runs is left to the next pass (a pass cannot chase them for ever)', { timeout: 120_000 }, async () => {
+    const queue = stack.container.queues.get(WEBHOOK_QUEUE)!;
+    const { t, endpoint } = await aloneWithEndpoint('/late');
+    // A full first page whose jobs exist (so the pass reads a second page), and a delivery due a second from now, its job lost.
+    const page = await insertDeliveries(stack, t, endpoint.json.id, 1000, 60_000);
+    await queue.addBulk(page.map((id) => ({ name: WEBHOOK_DELIVERY_JOB, data: { tenant_id: t, delivery_id: id }, opts: { jobId: deliveryJobId(id), delay: 3_600_000 } })));
+    const [late] = await insertDeliveries(stack, t, endpoint.json.id, 1, -1_000);
+    // The first page's job lookup waits until the late delivery is overdue by the database's clock.
+    let held = false;
+    const redis = new Proxy(stack.container.redis, {
+      get(target, prop) {
+        if (prop !== 'pipeline') return Reflect.get(target, prop, target);
+        return () => {
+          const pipeline = target.pipeline();
+          const exec = pipeline.exec.bind(pipeline);
+          return Object.assign(pipeline, {
+            exec: async () => {
+              if (!held) {
+                held = true;
+                await waitFor(async () => (await stack.db.admin(`select now() > next_attempt_at as due from webhook_deliveries where id = $1`, [late])).rows[0].due, { timeoutMs: 10_000, intervalMs: 50, what: 'the late delivery to fall overdue' });
+              }
+              return exec();
+            },
+          });
+        };
+      },
+    });
+    expect(await passOf(stack, redis)()).toEqual({ overdue: 1000, enqueued: 0 });
+    expect(held).toBe(true);
+    expect(await passOf(stack)()).toEqual({ overdue: 1001, enqueued: 1 });
+    expect(await queue.getJobState(deliveryJobId(late!))).toBe('waiting');
+    await queue.obliterate({ force: true });
+  });
+
   it('rows tied on next_attempt_at across a page boundary (one transaction\'s deliveries share its now()) are each read once: the keyset breaks ties by id', { timeout: 120_000 }, async () => {
     const queue = stack.container.queues.get(WEBHOOK_QUEUE)!;
-    const t = newTenant();
-    const admin = await stack.token({ tenantId: t, sub: 'admin-t', roles: ['admin'] });
-    const endpoint = await createEndpoint(stack, admin, { url: 'http://127.0.0.1:9/tied', events: ['run.completed'] });
-    await stack.db.admin(`update webhook_deliveries set status = 'delivered' where status = 'pending'`);
+    const { t, endpoint } = await aloneWithEndpoint('/tied');
     const ids = await insertDeliveries(stack, t, endpoint.json.id, 2500, 1_000, true);
     expect((await stack.db.admin(`select count(distinct next_attempt_at)::int as n from webhook_deliveries where status = 'pending'`)).rows[0].n).toBe(1);
     const pass = passOf(stack);

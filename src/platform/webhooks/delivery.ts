@@ -456,15 +456,20 @@ export function webhookHandlers(deps: {
       let enqueued = 0;
       // The page's last row, its time as PostgreSQL's text (µs kept: a Date's ms would read a page of one ms again, for ever).
       let after: { at: string; id: string } | undefined;
+      // The pass's bound, fixed by its first page (PostgreSQL's text, as `after`): the rows overdue when it started. Each
+      // page's own now() would let a long pass chase the rows falling overdue meanwhile, for ever if they came faster than it reads.
+      let cutoff: string | undefined;
       for (;;) {
         const rows = await systemEm(deps.orm).transactional((tx) =>
-          tx.execute<{ id: string; tenant_id: string; resends: number; at: string }[]>(
-            `select id, tenant_id, resends, next_attempt_at::text as at from webhook_deliveries
-              where status = 'pending' and next_attempt_at < now() - ? * interval '1 millisecond'${after ? ' and (next_attempt_at, id) > (?::timestamptz, ?::uuid)' : ''}
+          tx.execute<{ id: string; tenant_id: string; resends: number; at: string; cutoff: string }[]>(
+            `select id, tenant_id, resends, next_attempt_at::text as at, c.cutoff::text as cutoff
+               from webhook_deliveries, (select ${cutoff ? '?::timestamptz' : "now() - ? * interval '1 millisecond'"} as cutoff) c
+              where status = 'pending' and next_attempt_at < c.cutoff${after ? ' and (next_attempt_at, id) > (?::timestamptz, ?::uuid)' : ''}
               order by next_attempt_at, id limit ${REDELIVERY_PAGE}`,
-            after ? [deps.redeliverAfterMs, after.at, after.id] : [deps.redeliverAfterMs],
+            [cutoff ?? deps.redeliverAfterMs, ...(after ? [after.at, after.id] : [])],
           ),
         );
+        cutoff ??= rows[0]?.cutoff;
         overdue += rows.length;
         // The job of the row's current cycle (its resends): an earlier cycle's job says nothing of it.
         const states = await jobPresence(deps.redis, queue, rows.map((r) => deliveryJobId(r.id, r.resends)));
