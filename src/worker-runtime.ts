@@ -127,6 +127,7 @@ export async function startWorkerProcess(c: Container, opts: { signal?: AbortSig
         logger: c.logger,
         settings: { timeoutMs: cfg.WEBHOOK_TIMEOUT, maxAttempts: cfg.WEBHOOK_MAX_ATTEMPTS, retryBaseMs: cfg.WEBHOOK_RETRY_BASE, policy: webhookUrlPolicy(cfg), disableAfterMs: cfg.WEBHOOK_DISABLE_AFTER },
         queue: () => c.queues.get(WEBHOOK_QUEUE)!,
+        redis: c.redis,
         outcomes: c.metrics.webhookDeliveries,
         autoDisabled: c.metrics.webhookEndpointsAutoDisabled,
         // A pending delivery overdue by this much has lost its job (Redis flushed): the sweeper's own patience.

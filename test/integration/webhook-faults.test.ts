@@ -7,6 +7,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { randomUUID } from 'node:crypto';
 import pino from 'pino';
+import type { Redis } from 'ioredis';
 import { api, startStack, newTenant, type TestStack } from '../helpers/stack.ts';
 import { waitFor } from '../helpers/poll.ts';
 import { enqueueDeliveries, WEBHOOK_DELIVERY_JOB, WEBHOOK_QUEUE, WEBHOOK_REDELIVERY_JOB, webhookHandlers } from '../../src/platform/webhooks/delivery.ts';
@@ -17,35 +18,55 @@ import { CLASS_A_SUBMISSION } from '../helpers/stack.ts';
 
 const PAYLOAD = { type: 'run.completed', timestamp: '2026-12-04T00:00:00.000Z', data: { workflow: 'golden-path', run_id: 'r', status: 'completed', correlation_id: 'c-1', ended_at: '2026-12-04T00:00:00.000Z' } };
 
-/** `n` pending deliveries of the endpoint, inserted as the outbox does, `agoMs` overdue; their ids in next_attempt_at order. */
-async function insertDeliveries(stack: TestStack, tenantId: string, endpointId: string, n: number, agoMs = 0): Promise<string[]> {
+/**
+ * `n` pending deliveries of the endpoint, `agoMs` overdue, a microsecond apart — or, `tied`, all at one
+ * next_attempt_at, as the outbox inserts a transaction's deliveries (its now()); their ids in next_attempt_at order.
+ */
+async function insertDeliveries(stack: TestStack, tenantId: string, endpointId: string, n: number, agoMs = 0, tied = false): Promise<string[]> {
   const { rows } = await stack.db.admin(
     `insert into webhook_deliveries (id, tenant_id, endpoint_id, event_type, payload, status, attempts, next_attempt_at, created_at, updated_at)
-     select gen_random_uuid(), $1, $2, 'run.completed', $3, 'pending', 0, now() - $4 * interval '1 millisecond' + g * interval '1 microsecond', now(), now()
+     select gen_random_uuid(), $1, $2, 'run.completed', $3, 'pending', 0, now() - $4 * interval '1 millisecond' + g * $6 * interval '1 microsecond', now(), now()
        from generate_series(1, $5) g
      returning id, next_attempt_at`,
-    [tenantId, endpointId, PAYLOAD, agoMs, n],
+    [tenantId, endpointId, PAYLOAD, agoMs, n, tied ? 0 : 1],
   );
   return rows.sort((a, b) => a.next_attempt_at - b.next_attempt_at).map((r) => r.id as string);
 }
 
-const passOf = (stack: TestStack) =>
+const passOf = (stack: TestStack, redis: Redis = stack.container.redis) =>
   webhookHandlers({
     orm: stack.container.orm,
     logger: pino({ level: 'silent' }),
     settings: { timeoutMs: 5000, maxAttempts: 3, retryBaseMs: 50, policy: { allowPrivate: true, httpsOnly: false } },
     queue: () => stack.container.queues.get(WEBHOOK_QUEUE)!,
+    redis,
     redeliverAfterMs: 0,
   })[WEBHOOK_REDELIVERY_JOB];
 
-describe('the redelivery pass over a backlog larger than its page (no worker: the jobs stay where the pass leaves them)', () => {
+/**
+ * Calls, since the last CONFIG RESETSTAT, of the commands that walk a list (their cost is the list's length,
+ * commands run by a Lua script included): Queue.getJobState walks `active` and `wait` for a job that is not
+ * in a sorted set, so a pass reading it for each of N waiting or lost jobs cost O(N²) of Redis's one thread.
+ */
+const listWalks = async (redis: Redis) =>
+  [...(await redis.info('commandstats')).matchAll(/^cmdstat_(lpos|lrange|lindex|lrem):calls=(\d+)/gm)].reduce((n, m) => n + Number(m[2]), 0);
+
+describe('the redelivery pass over a backlog larger than its page (no worker: the jobs stay where the pass leaves them; an own Redis, its command counts the pass\'s)', () => {
   let stack: TestStack;
   beforeAll(async () => {
-    stack = await startStack({ env: { WEBHOOK_ALLOW_PRIVATE_NETWORKS: 'true' } });
+    stack = await startStack({ ownRedis: true, env: { WEBHOOK_ALLOW_PRIVATE_NETWORKS: 'true' } });
   }, 120_000);
   afterAll(() => stack?.stop());
+  /** A new tenant's endpoint, the earlier tests' pending rows settled: the pass sees only what the test inserts next. */
+  const aloneWithEndpoint = async (path: string) => {
+    const t = newTenant();
+    const admin = await stack.token({ tenantId: t, sub: 'admin', roles: ['admin'] });
+    const endpoint = await createEndpoint(stack, admin, { url: `http://127.0.0.1:9${path}`, events: ['run.completed'] });
+    await stack.db.admin(`update webhook_deliveries set status = 'delivered' where status = 'pending'`);
+    return { t, endpoint };
+  };
 
-  it("a lost delivery behind 1,000 overdue ones whose jobs exist (waiting for rate turns) is enqueued by the next pass, not after that backlog drains; a flushed backlog of 1,500 comes back in one pass", { timeout: 120_000 }, async () => {
+  it("a lost delivery behind 1,000 overdue ones whose jobs exist (waiting for rate turns) is enqueued by the next pass, not after that backlog drains; a flushed backlog of 1,500 comes back in one pass, each job read without walking the queue's lists", { timeout: 120_000 }, async () => {
     const queue = stack.container.queues.get(WEBHOOK_QUEUE)!;
     // Tenant A: an endpoint's backlog of 1,000, overdue (put back for rate turns, which do not move next_attempt_at), jobs delayed.
     const a = newTenant();
@@ -66,10 +87,61 @@ describe('the redelivery pass over a backlog larger than its page (no worker: th
     // Redis flushed (the jobs gone): the pass brings the whole backlog back at once, not 1,000 a minute.
     await queue.obliterate({ force: true });
     await insertDeliveries(stack, b, bEndpoint.json.id, 499, 1_000);
+    const redis = stack.ownRedis!.client;
+    await redis.config('RESETSTAT');
     expect(await pass()).toEqual({ overdue: 1500, enqueued: 1500 });
-    expect(await queue.getJobCountByTypes('waiting')).toBe(1500);
-    // And again: every job exists now, nothing is enqueued twice.
+    // And again: every job exists now (waiting: no worker), nothing is enqueued twice.
     expect(await pass()).toEqual({ overdue: 1500, enqueued: 0 });
+    // Each row's job read in O(1): neither pass walked the wait list, as long as the backlog, once per row.
+    expect(await listWalks(redis)).toBe(0);
+    expect(await queue.getJobCountByTypes('waiting')).toBe(1500);
+    await queue.obliterate({ force: true });
+  });
+
+  it('a pass reads the rows overdue when it started: one falling overdue while it runs is left to the next pass (a pass cannot chase them for ever)', { timeout: 120_000 }, async () => {
+    const queue = stack.container.queues.get(WEBHOOK_QUEUE)!;
+    const { t, endpoint } = await aloneWithEndpoint('/late');
+    // A full first page whose jobs exist (so the pass reads a second page), and a delivery due a second from now, its job lost.
+    const page = await insertDeliveries(stack, t, endpoint.json.id, 1000, 60_000);
+    await queue.addBulk(page.map((id) => ({ name: WEBHOOK_DELIVERY_JOB, data: { tenant_id: t, delivery_id: id }, opts: { jobId: deliveryJobId(id), delay: 3_600_000 } })));
+    const [late] = await insertDeliveries(stack, t, endpoint.json.id, 1, -1_000);
+    // The first page's job lookup waits until the late delivery is overdue by the database's clock.
+    let held = false;
+    const redis = new Proxy(stack.container.redis, {
+      get(target, prop) {
+        if (prop !== 'pipeline') return Reflect.get(target, prop, target);
+        return () => {
+          const pipeline = target.pipeline();
+          const exec = pipeline.exec.bind(pipeline);
+          return Object.assign(pipeline, {
+            exec: async () => {
+              if (!held) {
+                held = true;
+                await waitFor(async () => (await stack.db.admin(`select now() > next_attempt_at as due from webhook_deliveries where id = $1`, [late])).rows[0].due, { timeoutMs: 10_000, intervalMs: 50, what: 'the late delivery to fall overdue' });
+              }
+              return exec();
+            },
+          });
+        };
+      },
+    });
+    expect(await passOf(stack, redis)()).toEqual({ overdue: 1000, enqueued: 0 });
+    expect(held).toBe(true);
+    expect(await passOf(stack)()).toEqual({ overdue: 1001, enqueued: 1 });
+    expect(await queue.getJobState(deliveryJobId(late!))).toBe('waiting');
+    await queue.obliterate({ force: true });
+  });
+
+  it('rows tied on next_attempt_at across a page boundary (one transaction\'s deliveries share its now()) are each read once: the keyset breaks ties by id', { timeout: 120_000 }, async () => {
+    const queue = stack.container.queues.get(WEBHOOK_QUEUE)!;
+    const { t, endpoint } = await aloneWithEndpoint('/tied');
+    const ids = await insertDeliveries(stack, t, endpoint.json.id, 2500, 1_000, true);
+    expect((await stack.db.admin(`select count(distinct next_attempt_at)::int as n from webhook_deliveries where status = 'pending'`)).rows[0].n).toBe(1);
+    const pass = passOf(stack);
+    expect(await pass()).toEqual({ overdue: 2500, enqueued: 2500 });
+    const waiting = await queue.getJobs(['waiting'], 0, -1);
+    expect(waiting.map((j) => j.id).sort()).toEqual(ids.map((id) => deliveryJobId(id)).sort());
+    expect(await pass()).toEqual({ overdue: 2500, enqueued: 0 });
     await queue.obliterate({ force: true });
   });
 });

@@ -345,6 +345,7 @@ describe('webhook endpoint rate limits (rate_limit_per_second)', () => {
       logger: pino({ level: 'silent' }),
       settings: { timeoutMs: 5000, maxAttempts: 3, retryBaseMs: 50, policy: { allowPrivate: true, httpsOnly: false } },
       queue: () => queue,
+      redis: stack.container.redis,
       redeliverAfterMs: 0,
     })[WEBHOOK_REDELIVERY_JOB];
     expect(await pass()).toMatchObject({ enqueued: 1 });

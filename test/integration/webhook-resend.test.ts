@@ -332,6 +332,7 @@ describe('webhook resend', () => {
       logger: pino({ level: 'silent' }),
       settings: { timeoutMs: 5000, maxAttempts: MAX_ATTEMPTS, retryBaseMs: 50, policy: { allowPrivate: true, httpsOnly: false } },
       queue: () => queue,
+      redis: stack.container.redis,
       redeliverAfterMs: 0,
     })[WEBHOOK_REDELIVERY_JOB];
     await pass();

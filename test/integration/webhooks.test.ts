@@ -45,6 +45,7 @@ const testHandlers = (stack: TestStack, redeliverAfterMs: number) =>
     logger: pino({ level: 'silent' }),
     settings: { timeoutMs: 5000, maxAttempts: 3, retryBaseMs: 50, policy: { allowPrivate: true, httpsOnly: false } },
     queue: () => stack.container.queues.get(WEBHOOK_QUEUE)!,
+    redis: stack.container.redis,
     redeliverAfterMs,
   });
 

@@ -3,6 +3,7 @@ import { context as otelContext, type Span } from '@opentelemetry/api';
 import type { MikroORM } from '@mikro-orm/postgresql';
 import type { Counter } from 'prom-client';
 import type { Logger } from 'pino';
+import type { Redis } from 'ioredis';
 import { systemEm, tenantEm } from '../db/tenant-em.ts';
 import { deliveryJobId } from '../queue/job-ids.ts';
 import { ISO_NOW, isoTimeSql, OUTBOX_IDS, outboxCte } from './outbox.ts';
@@ -61,6 +62,34 @@ export interface DeliverySettings {
 
 /** The redelivery pass's page of overdue rows (ADR 0013). */
 const REDELIVERY_PAGE = 1000;
+
+/** Where the redelivery pass finds a delivery's job: ended (completed or failed), still there (any other state), or gone. */
+type JobPresence = 'ended' | 'exists' | 'unknown';
+
+/**
+ * The presence of each of `jobIds` in `queue`, in one pipeline of O(1) commands per job: in the
+ * `completed` or `failed` set, else its hash exists (waiting, delayed, active, prioritized…), else
+ * gone. Not Queue.getJobState: for a job that is not in a sorted set it walks the `active` and
+ * `wait` lists (LPOS), so a page of rows whose jobs wait, or are gone, cost the length of the list
+ * each — a pass over a backlog of N waiting or lost jobs cost O(N²) of Redis's single thread
+ * (50,000 waiting jobs: some 30 s of Redis time a pass, every minute). A hash in no state answers
+ * `exists`: the add would not replace it either (BullMQ keeps a job whose id exists).
+ */
+async function jobPresence(redis: Redis, queue: Queue, jobIds: readonly string[]): Promise<JobPresence[]> {
+  if (jobIds.length === 0) return [];
+  const completed = queue.toKey('completed');
+  const failed = queue.toKey('failed');
+  const pipeline = redis.pipeline();
+  for (const id of jobIds) pipeline.zscore(completed, id).zscore(failed, id).exists(queue.toKey(id));
+  const replies = (await pipeline.exec()) ?? [];
+  return jobIds.map((_, i) => {
+    const [c, f, e] = replies.slice(3 * i, 3 * i + 3).map(([err, value]) => {
+      if (err) throw err;
+      return value;
+    });
+    return c !== null || f !== null ? 'ended' : e === 1 ? 'exists' : 'unknown';
+  });
+}
 
 /** The longest wait between two attempts. */
 export const WEBHOOK_RETRY_MAX_MS = 4 * 3600_000;
@@ -210,6 +239,8 @@ export function webhookHandlers(deps: {
   settings: DeliverySettings;
   /** The webhooks queue, where the redelivery pass adds jobs. */
   queue: () => Queue;
+  /** The queue's Redis connection: the redelivery pass reads its jobs' presence there (jobPresence). */
+  redis: Redis;
   outcomes?: Counter<'outcome'>;
   /** dealix_webhook_endpoints_auto_disabled_total. */
   autoDisabled?: Counter;
@@ -425,22 +456,27 @@ export function webhookHandlers(deps: {
       let enqueued = 0;
       // The page's last row, its time as PostgreSQL's text (µs kept: a Date's ms would read a page of one ms again, for ever).
       let after: { at: string; id: string } | undefined;
+      // The pass's bound, fixed by its first page (PostgreSQL's text, as `after`): the rows overdue when it started. Each
+      // page's own now() would let a long pass chase the rows falling overdue meanwhile, for ever if they came faster than it reads.
+      let cutoff: string | undefined;
       for (;;) {
         const rows = await systemEm(deps.orm).transactional((tx) =>
-          tx.execute<{ id: string; tenant_id: string; resends: number; at: string }[]>(
-            `select id, tenant_id, resends, next_attempt_at::text as at from webhook_deliveries
-              where status = 'pending' and next_attempt_at < now() - ? * interval '1 millisecond'${after ? ' and (next_attempt_at, id) > (?::timestamptz, ?::uuid)' : ''}
+          tx.execute<{ id: string; tenant_id: string; resends: number; at: string; cutoff: string }[]>(
+            `select id, tenant_id, resends, next_attempt_at::text as at, c.cutoff::text as cutoff
+               from webhook_deliveries, (select ${cutoff ? '?::timestamptz' : "now() - ? * interval '1 millisecond'"} as cutoff) c
+              where status = 'pending' and next_attempt_at < c.cutoff${after ? ' and (next_attempt_at, id) > (?::timestamptz, ?::uuid)' : ''}
               order by next_attempt_at, id limit ${REDELIVERY_PAGE}`,
-            after ? [deps.redeliverAfterMs, after.at, after.id] : [deps.redeliverAfterMs],
+            [cutoff ?? deps.redeliverAfterMs, ...(after ? [after.at, after.id] : [])],
           ),
         );
+        cutoff ??= rows[0]?.cutoff;
         overdue += rows.length;
         // The job of the row's current cycle (its resends): an earlier cycle's job says nothing of it.
-        const states = await Promise.all(rows.map((r) => queue.getJobState(deliveryJobId(r.id, r.resends))));
+        const states = await jobPresence(deps.redis, queue, rows.map((r) => deliveryJobId(r.id, r.resends)));
         const lost = new Map<string, DeliveryRef[]>();
         for (const [i, r] of rows.entries()) {
           const state = states[i];
-          if (state === 'completed' || state === 'failed') await queue.remove(deliveryJobId(r.id, r.resends));
+          if (state === 'ended') await queue.remove(deliveryJobId(r.id, r.resends));
           else if (state !== 'unknown') continue;
           lost.set(r.tenant_id, [...(lost.get(r.tenant_id) ?? []), { id: r.id, resends: r.resends }]);
           enqueued++;
