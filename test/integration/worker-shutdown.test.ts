@@ -182,6 +182,25 @@ describe('a worker stopped while it starts, Redis up (a roll that catches a work
     }
   });
 
+  it('held in PostgreSQL by a lock that outlasts the hard deadline: it gives the statement up, exits 0 by itself and says where it was', { timeout: LONG }, async () => {
+    // Before: the start finished the statement in flight, which waited for the lock until
+    // DATABASE_STATEMENT_TIMEOUT (30 s) — past the hard deadline (WORKER_SHUTDOWN_GRACE + 10 s): exit 1.
+    const lock = await holdTable(stack.db.ownerUrl, 'run_retention_decision');
+    try {
+      void stack.spawnWorker({}, { entry: 'workers/golden-path.worker.ts' }).catch(() => {});
+      const worker = stack.workers.at(-1)!;
+      await lock.waiting("the worker's start to wait for the run_retention_decision lock");
+      worker.kill('SIGTERM');
+      expect(await worker.exited, worker.output().slice(-3000)).toBe(0);
+      const msgs = logLines(worker).map((l) => l.msg);
+      expect(msgs.filter((m) => String(m).startsWith('stopped before the worker had started'))).toEqual(['stopped before the worker had started (still recording its run-retention decision in PostgreSQL)']);
+      expect(msgs).not.toContain('shutdown took too long; exiting');
+      expect(msgs.at(-1)).toBe('shut down cleanly');
+    } finally {
+      await lock.close();
+    }
+  });
+
   it('held waiting for Redis, its connections made but not answered yet: it stops waiting, its workers close once Redis answers, and it says where it was', { timeout: LONG }, async () => {
     const proxy = await heldProxy(stack.env.REDIS_URL!);
     try {
