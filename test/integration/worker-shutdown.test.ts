@@ -13,7 +13,7 @@ import { newTenant, startStack, type TestStack, type WorkerHandle } from '../hel
 import { waitFor } from '../helpers/poll.ts';
 import { freePort } from '../helpers/own-infra.ts';
 import { heldProxy } from '../helpers/held-proxy.ts';
-import { holdTable } from '../helpers/table-lock.ts';
+import { holdTable, type TableLock } from '../helpers/table-lock.ts';
 import { slowWorkflow } from '../helpers/slow-workflow.ts';
 import { createSlowRun, entered, enteredThroughLast, expectEveryStepOnce, jobOf, killLiveWorkers, logged, readRun, waitEntered, waitRun } from '../helpers/recovery.ts';
 import type { RunRow } from '../../src/platform/durable/runtime.ts';
@@ -167,16 +167,38 @@ describe('a worker stopped while it starts, Redis up (a roll that catches a work
     expect(lines.filter((l) => Number(l.level) >= 40).map((l) => l.msg)).toEqual([]);
   };
 
+  /** A production worker whose start waits for the run_retention_decision lock `lock` holds, SIGTERMed there. */
+  const signalledInDecision = async (lock: TableLock) => {
+    void stack.spawnWorker({}, { entry: 'workers/golden-path.worker.ts' }).catch(() => {});
+    const worker = stack.workers.at(-1)!;
+    await lock.waiting("the worker's start to wait for the run_retention_decision lock");
+    worker.kill('SIGTERM');
+    return worker;
+  };
+
   it('held in PostgreSQL recording its run-retention decision: it finishes that statement, stops there and says so', { timeout: LONG }, async () => {
     const lock = await holdTable(stack.db.ownerUrl, 'run_retention_decision');
     try {
-      void stack.spawnWorker({}, { entry: 'workers/golden-path.worker.ts' }).catch(() => {});
-      const worker = stack.workers.at(-1)!;
-      await lock.waiting("the worker's start to wait for the run_retention_decision lock");
-      worker.kill('SIGTERM');
+      const worker = await signalledInDecision(lock);
       await waitFor(() => logLines(worker).some((l) => l.msg === 'shutting down'), { what: "the worker's shutdown to begin" });
       await lock.release();
       await expectStoppedWhileStarting(worker, 'recording its run-retention decision in PostgreSQL');
+    } finally {
+      await lock.close();
+    }
+  });
+
+  it('held in PostgreSQL by a lock that outlasts the hard deadline: it gives the statement up, exits 0 by itself and says where it was', { timeout: LONG }, async () => {
+    // Before: the start finished the statement in flight, which waited for the lock until
+    // DATABASE_STATEMENT_TIMEOUT (30 s) — past the hard deadline (WORKER_SHUTDOWN_GRACE + 10 s): exit 1.
+    const lock = await holdTable(stack.db.ownerUrl, 'run_retention_decision');
+    try {
+      const worker = await signalledInDecision(lock);
+      expect(await worker.exited, worker.output().slice(-3000)).toBe(0);
+      const msgs = logLines(worker).map((l) => l.msg);
+      expect(msgs.filter((m) => String(m).startsWith('stopped before the worker had started'))).toEqual(['stopped before the worker had started (still recording its run-retention decision in PostgreSQL)']);
+      expect(msgs).not.toContain('shutdown took too long; exiting');
+      expect(msgs.at(-1)).toBe('shut down cleanly');
     } finally {
       await lock.close();
     }

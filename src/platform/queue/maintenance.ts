@@ -60,13 +60,21 @@ const decisionOf = (row: DecisionRow | undefined): RetentionDecision | undefined
 /** The table holds no tenant data and has no row-level security: the application role, no tenant bound. */
 const platformEm = (orm: MikroORM) => orm.em.fork({ clear: true, useContext: false });
 
+/** How long recording a decision waits for the row's lock before the attempt fails (and is retried). */
+const DECISION_LOCK_TIMEOUT_MS = 2_000;
+
 /**
  * Records a worker's run-retention decision at its start (the worker started last decides): one row,
  * replaced, its generation raised by one under the row's lock, so two workers starting at once get two
  * generations and the later commit's is the higher.
  */
 export async function recordRetentionDecision(orm: MikroORM, decision: { retentionMs: number; decidedBy: string }): Promise<RetentionDecision> {
-  const [row] = await platformEm(orm).transactional((tx) =>
+  const em = platformEm(orm);
+  // A row held by another transaction (an operator's session, a stuck transaction) fails the attempt
+  // after DECISION_LOCK_TIMEOUT_MS, not DATABASE_STATEMENT_TIMEOUT (30 s): a worker stopped meanwhile
+  // stops after that attempt, within its hard deadline (WORKER_SHUTDOWN_GRACE + 10 s), not cut off at it.
+  em.setSessionContext({ variables: { lock_timeout: `${DECISION_LOCK_TIMEOUT_MS}ms` } });
+  const [row] = await em.transactional((tx) =>
     tx.execute<DecisionRow[]>(
       `insert into run_retention_decision as d (id, retention_ms, decided_by, generation, decided_at) values (1, ?, ?, 1, now())
        on conflict (id) do update set retention_ms = excluded.retention_ms, decided_by = excluded.decided_by, generation = d.generation + 1, decided_at = now()
@@ -184,10 +192,12 @@ async function recordUntilDone(orm: MikroORM, deps: { logger: Logger; signal?: A
       return decision;
     } catch (err) {
       deps.signal?.throwIfAborted();
-      const missing = ['42P01', '42501'].includes(String((err as { code?: unknown })?.code));
+      const code = String((err as { code?: unknown })?.code);
+      const missing = ['42P01', '42501'].includes(code);
       if ((attempts - 1) % 60 === 0) {
         // A table or grant missing: this release's `db:migrate` did not run, and no retry will help until it does.
         if (missing) deps.logger.error({ err, attempts }, "could not record this worker's run-retention decision: run `npm run db:migrate` to apply this release's migrations; retrying");
+        else if (code === '55P03') deps.logger.warn({ err, attempts }, "could not record this worker's run-retention decision: another transaction holds run_retention_decision; retrying");
         else deps.logger.warn({ err, attempts }, "could not record this worker's run-retention decision (PostgreSQL unreachable?); retrying until it is");
       }
       await sleep(deps.retryMs ?? 1000, undefined, deps.signal ? { signal: deps.signal } : {});
