@@ -212,7 +212,7 @@ async function recordUntilDone(orm: MikroORM, deps: { logger: Logger; signal?: A
  * different RUN_RETENTION values, the one started last decides (ADR 0011), and says so: a warning
  * naming its value and the one it replaces.
  */
-export async function upsertMaintenanceSchedulers(queue: Queue, schedule: MaintenanceSchedule & { orm?: MikroORM } = {}): Promise<void> {
+export async function upsertMaintenanceSchedulers(queue: Queue, schedule: MaintenanceSchedule & { orm?: MikroORM; signal?: AbortSignal } = {}): Promise<void> {
   const every = await upsertStandingSchedulers(queue, schedule);
   const own = schedule.runRetentionMs ?? 0;
   const existing = await queue.getJobScheduler(RUN_RETENTION_JOB);
@@ -228,7 +228,10 @@ export async function upsertMaintenanceSchedulers(queue: Queue, schedule: Mainte
   // A worker that started beside this one may have committed a later decision and written Redis before
   // this write: read the decision again, as the sweep's repair does, so the copy is the later commit's
   // when this start ends, not only at the next sweep (a new scheduler's first pass runs at once).
-  if (schedule.orm && schedule.decision) await repairRunRetentionSchedule(queue, schedule.orm, schedule);
+  // Not once the worker is stopping: its start has given this upsert up and the container is closing
+  // the database pool, which a read started now would hold open (a read already in flight when the
+  // stop lands still can: a window of one short statement).
+  if (schedule.orm && schedule.decision && !schedule.signal?.aborted) await repairRunRetentionSchedule(queue, schedule.orm, schedule);
 }
 
 const upsertRetentionScheduler = (queue: Queue, every: number, data: RetentionJobData) =>
