@@ -1,6 +1,8 @@
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { randomUUID } from 'node:crypto';
 import pg from 'pg';
+import type { Queue } from 'bullmq';
+import type { Redis } from 'ioredis';
 import { api, newTenant, SAMPLE_SUBMISSION, startStack, type TestStack } from '../helpers/stack.ts';
 import { waitFor } from '../helpers/poll.ts';
 import { setPolicy } from '../helpers/policy.ts';
@@ -17,6 +19,17 @@ let submitter: string;
 let approver: string;
 
 const DEADLINE = { timeoutMs: 60_000, intervalMs: 100 };
+
+/** The return value a job's `completed` event carries in its queue's event stream; undefined until there is one. */
+async function completedEvent(redis: Redis, queue: Queue, jobId: string): Promise<unknown> {
+  const entries = await redis.xrange(queue.keys.events!, '-', '+');
+  for (const [, fields] of entries) {
+    const f = new Map<string, string>();
+    for (let i = 0; i + 1 < fields.length; i += 2) f.set(fields[i]!, fields[i + 1]!);
+    if (f.get('event') === 'completed' && f.get('jobId') === jobId) return JSON.parse(f.get('returnvalue') ?? 'null');
+  }
+  return undefined;
+}
 
 async function runOf(id: string) {
   return (await api(stack, 'GET', `/api/v1/golden-path/runs/${id}`, { token: submitter })).json;
@@ -273,8 +286,10 @@ describe('approval SLA', () => {
       const d = await decided;
       expect(d.status, d.text).toBe(200);
       expect(d.json.status).toBe('approved');
-      const fired = await waitFor(async () => ((await timer.getState()) === 'completed' ? queue.getJob(timer.id!) : undefined), { ...DEADLINE, what: 'the timer to end' });
-      expect(fired!.returnvalue).toEqual({ outcome: 'not_pending' });
+      // Read from the queue's event stream, not the job: the decision's after-commit work removes the
+      // run's timer, which may come just after the timer completed (then the job is gone, its event is not).
+      const outcome = await waitFor(() => completedEvent(stack.container.redis, queue, timer.id!), { ...DEADLINE, what: 'the timer to end' });
+      expect(outcome).toEqual({ outcome: 'not_pending' });
       const done = await waitFor(async () => ((await runNow())?.status === 'completed' ? runNow() : undefined), { ...DEADLINE, what: 'the approved run to complete' });
       expect(done.steps[2].output.outcome).toBe('approved');
       const approval = (await api(stack, 'GET', `/api/v1/approvals/${approvalId}`, { token: slowApprover })).json;
