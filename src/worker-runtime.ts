@@ -172,6 +172,7 @@ export async function startWorkerProcess(c: Container, opts: { signal?: AbortSig
       prefix: cfg.QUEUE_PREFIX,
       logger: c.logger,
       runRetentionMs: cfg.RUN_RETENTION,
+      webhookRedeliveryMs: cfg.WEBHOOK_REDELIVERY_INTERVAL,
       scheduledBy: c.instanceId,
       orm: c.orm,
       onStage: at,
@@ -221,7 +222,7 @@ export async function startWorkerProcess(c: Container, opts: { signal?: AbortSig
     // The overrides' copy went too: re-seeded from PostgreSQL.
     afterRedisLoss: async () => {
       await seedOverrides();
-      await restoreMaintenanceSchedulers(maintenance, { runRetentionMs: cfg.RUN_RETENTION, logger: c.logger, scheduledBy: c.instanceId, orm: c.orm });
+      await restoreMaintenanceSchedulers(maintenance, { runRetentionMs: cfg.RUN_RETENTION, webhookRedeliveryMs: cfg.WEBHOOK_REDELIVERY_INTERVAL, logger: c.logger, scheduledBy: c.instanceId, orm: c.orm });
     },
     // And at every sweep: a run-retention scheduler lost alone (keys lost one by one, a snapshot restored,
     // the marker kept) or holding an older decision is made the recorded decision's copy again.

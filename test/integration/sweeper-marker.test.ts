@@ -103,6 +103,29 @@ describe("the sweeper's repair when Redis kept some of the maintenance scheduler
   });
 });
 
+describe("the webhook redelivery pass's interval (WEBHOOK_REDELIVERY_INTERVAL)", () => {
+  it("is the worker's setting at start and at the repair after a Redis loss; without one, the smaller of the maintenance interval and a minute", async () => {
+    const connection = new Redis(TEST_REDIS_URL, { maxRetriesPerRequest: 1 });
+    const queue = new Queue(MAINTENANCE_QUEUE, { connection, prefix: `${stack.prefix}-redelivery` });
+    const every = async () => (await queue.getJobScheduler(WEBHOOK_REDELIVERY_JOB))?.every;
+    try {
+      await upsertMaintenanceSchedulers(queue, { runRetentionMs: 0 });
+      expect(await every()).toBe(60_000);
+      await upsertMaintenanceSchedulers(queue, { runRetentionMs: 0, everyMs: 20_000 });
+      expect(await every()).toBe(20_000);
+      await upsertMaintenanceSchedulers(queue, { runRetentionMs: 0, webhookRedeliveryMs: 5_000 });
+      expect(await every()).toBe(5_000);
+      await queue.removeJobScheduler(WEBHOOK_REDELIVERY_JOB);
+      await restoreMaintenanceSchedulers(queue, { runRetentionMs: 0, webhookRedeliveryMs: 7_000 });
+      expect(await every()).toBe(7_000);
+    } finally {
+      await queue.obliterate({ force: true });
+      await queue.close();
+      connection.disconnect();
+    }
+  });
+});
+
 /**
  * The run-retention schedule is Redis's copy of a decision PostgreSQL holds (run_retention_decision,
  * ADR 0011): each worker records its RUN_RETENTION at start (the worker started last decides), then

@@ -164,7 +164,8 @@ describe('webhook deliveries under faults: real worker processes on an own Redis
 
   beforeAll(async () => {
     // Retries 3 s (±20 %) after a failure: a delivery is still delayed for its retry when Redis is flushed.
-    stack = await startStack({ ownRedis: true, env: { WEBHOOK_ALLOW_PRIVATE_NETWORKS: 'true', WEBHOOK_RETRY_BASE: '3s', WEBHOOK_MAX_ATTEMPTS: '5' } });
+    // The redelivery pass every 5 s, not every minute: the FLUSHALL test below waits for it.
+    stack = await startStack({ ownRedis: true, env: { WEBHOOK_ALLOW_PRIVATE_NETWORKS: 'true', WEBHOOK_RETRY_BASE: '3s', WEBHOOK_MAX_ATTEMPTS: '5', WEBHOOK_REDELIVERY_INTERVAL: '5s' } });
     receiver = await startReceiver();
   }, 120_000);
   afterAll(async () => {
@@ -216,7 +217,7 @@ describe('webhook deliveries under faults: real worker processes on an own Redis
     receiver.release();
     expect((await allDelivered(held.endpoint.id, 1))[0]).toMatchObject({ attempts: 1, logged: 1 });
 
-    // The sweeper sees the loss, restores the schedulers, and the pass (every minute) re-enqueues the rest.
+    // The sweeper sees the loss, restores the schedulers, and the pass (WEBHOOK_REDELIVERY_INTERVAL) re-enqueues the rest.
     const ratedRows = await allDelivered(rated.endpoint.id, 8, 150_000);
     expect(ratedRows.map((r) => [r.attempts, r.logged])).toEqual(ratedIds.map(() => [1, 1]));
     expect((await allDelivered(retry.endpoint.id, 1, 150_000))[0]).toMatchObject({ attempts: 2, logged: 2 });

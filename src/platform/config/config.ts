@@ -156,6 +156,11 @@ export const configSchema = z
     WEBHOOK_MAX_ATTEMPTS: z.coerce.number().int().min(1).max(50).default(15),
     /** First retry delay; each next one doubles, up to 4h, with jitter (15 attempts span about 24 h). */
     WEBHOOK_RETRY_BASE: duration('30s').refine((ms) => ms >= 10 && ms <= 3_600_000, 'between 10ms and 1h'),
+    /**
+     * How often the redelivery pass looks for pending deliveries whose job Redis lost (ADR 0013). Each
+     * pass reads every overdue row: shorter finds a loss sooner and reads more often.
+     */
+    WEBHOOK_REDELIVERY_INTERVAL: duration('60s').refine((ms) => ms >= 1_000 && ms <= 3_600_000, 'between 1s and 1h'),
     /** Enabled webhook endpoints a tenant may have: each run end inserts, and POSTs, one delivery per subscribed endpoint. */
     WEBHOOK_MAX_ENDPOINTS: z.coerce.number().int().min(1).max(100).default(10),
     /**

@@ -27,6 +27,8 @@ export interface MaintenanceSchedule {
   everyMs?: number;
   /** RUN_RETENTION: 0 (off) removes the run-retention scheduler, so turning it off stops it. */
   runRetentionMs?: number;
+  /** WEBHOOK_REDELIVERY_INTERVAL: how often the webhook redelivery pass runs (default the smaller of `everyMs` and 1 minute). */
+  webhookRedeliveryMs?: number;
   /** Where a worker says that its RUN_RETENTION replaces a different scheduled one. */
   logger?: Logger;
   /** The worker that schedules (its instance id), recorded in the scheduler's data. */
@@ -299,8 +301,9 @@ export async function repairRunRetentionSchedule(queue: Queue, orm: MikroORM, sc
 async function upsertStandingSchedulers(queue: Queue, schedule: MaintenanceSchedule): Promise<number> {
   const every = schedule.everyMs ?? 10 * 60_000;
   await queue.upsertJobScheduler(IDEMPOTENCY_EXPIRY_JOB, { every }, { name: IDEMPOTENCY_EXPIRY_JOB, data: {}, opts: JOB_OPTS });
-  // Pending webhook deliveries whose job Redis lost get it back within a minute (ADR 0013).
-  await queue.upsertJobScheduler(WEBHOOK_REDELIVERY_JOB, { every: Math.min(every, 60_000) }, { name: WEBHOOK_REDELIVERY_JOB, data: {}, opts: JOB_OPTS });
+  // Pending webhook deliveries whose job Redis lost get it back within WEBHOOK_REDELIVERY_INTERVAL (ADR 0013).
+  const redeliveryEvery = schedule.webhookRedeliveryMs ?? Math.min(every, 60_000);
+  await queue.upsertJobScheduler(WEBHOOK_REDELIVERY_JOB, { every: redeliveryEvery }, { name: WEBHOOK_REDELIVERY_JOB, data: {}, opts: JOB_OPTS });
   return every;
 }
 
