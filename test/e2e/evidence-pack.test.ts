@@ -8,7 +8,7 @@ import { waitFor } from '../helpers/poll.ts';
 /**
  * The evidence pack as an outsider sees it: verified from GET /evidence/:id alone with the recipe
  * docs/api.md gives (RFC 8785 canonical JSON of `content`, SHA-256 of its UTF-8 bytes, lower-case hex),
- * over text that tests the canonical form (non-BMP characters, decomposed accents, U+2028, quotes and
+ * over text that tests the canonical form (non-BMP characters, decomposed accents, U+2028, control characters, quotes and
  * backslashes); and every field the pack claims to cover — the tenant, the workflow version, the
  * submitter, the decider, the decision time, the class and the policy applied — changed in the
  * database one at a time, each of which `/verify` must report.
@@ -37,7 +37,7 @@ const sha256 = (text: string) => createHash('sha256').update(Buffer.from(text, '
 
 const NAME = 'Cafe\u0301 Ωmega \u{1F680} \u2028 "Q" \\ </script>';
 const SECTOR = '\u{1D523}\u{1D526}\u{1D52B} logistics';
-const COMMENT = 'numbers hold \u2705 \u00e9 vs e\u0301 \u{1F600} \uFB33 \u0080';
+const COMMENT = 'numbers hold \u0001\u001f\u007f\t \u2705 \u00e9 vs e\u0301 \u{1F600} \uFB33 \u0080';
 
 async function getJson(path: string, token = tok.submitter!) {
   return api(stack, 'GET', path, { token });
