@@ -2,6 +2,7 @@ import { createHash, randomUUID } from 'node:crypto';
 import { Job } from 'bullmq';
 import { expect } from 'vitest';
 import { tenantEm } from '../../src/platform/db/tenant-em.ts';
+import { verifyEvidence } from '../../src/modules/evidence/evidence.service.ts';
 import { COMPLETED_STEPS_SQL, type RunRow } from '../../src/platform/durable/runtime.ts';
 import { stepJobId } from '../../src/platform/queue/job-ids.ts';
 import { CLASS_A_SUBMISSION, type TestStack, type WorkerHandle } from './stack.ts';
@@ -73,6 +74,27 @@ export function expectEveryStepOnce(state: RunState): void {
   expect(state.counts).toEqual({ partner_dossiers: 1, economics_models: 1, approval_requests: 1, evidence_packs: 1 });
   expect(state.sequence_num).toBe(SLOW_STEPS.length);
   expect(state.row_sequence_num).toBe(SLOW_STEPS.length); // the run's end moved its row
+}
+
+/**
+ * The run's one evidence pack: its hash is the one its seal and its step 4 checkpoint record, and it
+ * verifies (a kill during the evidence step leaves no second pack, and no other hash).
+ */
+export async function expectOneVerifiedPack(stack: TestStack, tenant: string, runId: string): Promise<void> {
+  await tenantEm(stack.container.orm, tenant).transactional(async (tx) => {
+    const packs = await tx.execute<Array<{ id: string; sha256: string; sealed: string | null; checkpointed: string; checkpointed_id: string }>>(
+      `select e.id, e.sha256, s.sha256 as sealed, c.output->>'sha256' as checkpointed, c.output->>'evidence_pack_id' as checkpointed_id
+         from evidence_packs e
+         left join evidence_seals s on s.id = e.id
+         join durable_checkpoints c on c.run_id = e.run_id and c.step_name = 'evidence-pack'
+        where e.run_id = ?`,
+      [runId],
+    );
+    expect(packs).toHaveLength(1);
+    const [pack] = packs;
+    expect(pack).toMatchObject({ sealed: pack!.sha256, checkpointed: pack!.sha256, checkpointed_id: pack!.id });
+    expect(await verifyEvidence(tx, pack!.id)).toEqual({ valid: true, sha256: pack!.sha256, recomputed_sha256: pack!.sha256, recorded_sha256: pack!.sha256 });
+  });
 }
 
 /** This run's log lines with message `msg` that this worker process wrote, parsed, in order. */

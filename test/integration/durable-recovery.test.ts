@@ -25,7 +25,7 @@ import { waitFor } from '../helpers/poll.ts';
 import { SLOW_QUEUE, SLOW_TAG, slowWorkflow, type StepGate } from '../helpers/slow-workflow.ts';
 import { startOwnPostgres, startOwnRedis, type OwnPostgres, type OwnRedis } from '../helpers/own-infra.ts';
 import { TEST_APP, TEST_JWT_SECRET, TEST_OWNER } from '../helpers/env.ts';
-import { SLOW_STEPS, createSlowRun, enteredThroughLast, expectEveryStepOnce, jobOf, killLiveWorkers, readRun, waitEntered, waitRun } from '../helpers/recovery.ts';
+import { SLOW_STEPS, createSlowRun, enteredThroughLast, expectEveryStepOnce, expectOneVerifiedPack, jobOf, killLiveWorkers, readRun, waitEntered, waitRun } from '../helpers/recovery.ts';
 
 const TEST_WORKER = 'test/helpers/test-worker.ts';
 const LONG = 180_000;
@@ -38,13 +38,14 @@ describe('a killed or stopped worker: the run still completes, each step exactly
   afterEach(async () => killLiveWorkers(stack));
   afterAll(async () => stack?.stop());
 
-  it('a worker SIGKILLed in the middle of a step is resumed by another worker; every step has one checkpoint and one domain row', { timeout: LONG }, async () => {
+  // Step 4 is the evidence step: the resumed run has one pack, one seal and one hash, which verifies.
+  it.each([2, 4])('a worker SIGKILLed in the middle of a step (step %i) is resumed by another worker; every step has one checkpoint and one domain row', { timeout: LONG }, async (seq) => {
     const tenant = newTenant();
-    const first = await stack.spawnWorker({ GP_SLOW_STEP_MS: '0,hang' });
+    const first = await stack.spawnWorker({ GP_SLOW_STEP_MS: [...Array<string>(seq - 1).fill('0'), 'hang'].join(',') });
     const run = await createSlowRun(stack, tenant, { enqueue: true });
-    await waitEntered(first, run.id, 2);
+    await waitEntered(first, run.id, seq);
     const before = await readRun(stack, tenant, run.id);
-    expect(before.sequence_num).toBe(1); // the kill lands inside step 2, before it can commit
+    expect(before.sequence_num).toBe(seq - 1); // the kill lands inside the step, before it can commit
     first.kill('SIGKILL');
     await first.exited;
 
@@ -52,7 +53,8 @@ describe('a killed or stopped worker: the run still completes, each step exactly
     const done = await waitRun(stack, tenant, run.id, ['completed', 'failed']);
     expect(done.status).toBe('completed');
     expectEveryStepOnce(done);
-    expect(await enteredThroughLast(second, run.id)).toEqual([2, 3, 4]);
+    expect(await enteredThroughLast(second, run.id)).toEqual(SLOW_STEPS.map((_, i) => i + 1).slice(seq - 1));
+    await expectOneVerifiedPack(stack, tenant, run.id);
   });
 
   it('a run resumes from its last checkpoint after a kill: completed steps are not run again and progress moves on', { timeout: LONG }, async () => {

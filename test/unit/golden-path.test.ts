@@ -194,4 +194,21 @@ describe('evidence hashing (RFC 8785 + SHA-256)', () => {
     const input = JSON.parse('{"numbers":[333333333.33333329,1E30,4.50,2e-3,0.000000000000000000000000001],"string":"\\u20ac$\\u000F\\u000aA\'\\u0042\\u0022\\u005c\\\\\\"\\/","literals":[null,true,false]}');
     expect(canonicalJson(input)).toBe('{"literals":[null,true,false],"numbers":[333333333.3333333,1e+30,4.5,0.002,1e-27],"string":"€$\\u000f\\nA\'B\\"\\\\\\\\\\"/"}');
   });
+
+  it('writes numbers as RFC 8785 (appendix B) does, sorts keys by UTF-16 code units, and refuses what has no form', () => {
+    const numbers: Array<[number, string]> = [
+      [-0, '0'], [1e21, '1e+21'], [1e20, '100000000000000000000'], [1e-7, '1e-7'], [0.000001, '0.000001'], [5e-324, '5e-324'],
+      [Number.MAX_VALUE, '1.7976931348623157e+308'], [9007199254740992, '9007199254740992'], [295147905179352830000, '295147905179352830000'],
+      [-1.0, '-1'], [0.1 + 0.2, '0.30000000000000004'],
+    ];
+    for (const [n, text] of numbers) expect(canonicalJson(n), String(n)).toBe(text);
+    // RFC 8785 3.2.3: "\u20ac", "\r", "\ufb33", "1", "\ud83d\ude00", "\u0080", "\u00f6" sort by UTF-16 code units.
+    const sorted = canonicalJson({ '\u20ac': 'Euro Sign', '\r': 'Carriage Return', '\ufb33': 'Hebrew Letter Dalet With Dagesh', '1': 'One', '\ud83d\ude00': 'Emoji: Grinning Face', '\u0080': 'Control', '\u00f6': 'Latin Small Letter O With Diaeresis' });
+    expect(sorted).toBe(
+      '{"\\r":"Carriage Return","1":"One","\u0080":"Control","\u00f6":"Latin Small Letter O With Diaeresis","\u20ac":"Euro Sign","\ud83d\ude00":"Emoji: Grinning Face","\ufb33":"Hebrew Letter Dalet With Dagesh"}',
+    );
+    // Text is not normalised: NFC and NFD hash apart.
+    expect(evidenceHash({ name: 'Caf\u00e9' })).not.toBe(evidenceHash({ name: 'Cafe\u0301' }));
+    for (const bad of [NaN, Infinity, { s: '\ud800' }, ['\udc00x']]) expect(() => canonicalJson(bad)).toThrow();
+  });
 });

@@ -25,8 +25,8 @@ export const evidenceVerification = z
     sha256: sha256Schema.describe("The pack's stored hash"),
     recomputed_sha256: sha256Schema
       .nullable()
-      .describe('Recomputed now from the stored content; null when that content has no RFC 8785 form (e.g. a number beyond a double): it was changed'),
-    recorded_sha256: sha256Schema.nullable().describe('Recorded apart from the pack (its seal) when the pack was written'),
+      .describe('Recomputed now from the stored content; null when that content has no RFC 8785 form (a number beyond a double\'s range or precision): it was changed'),
+    recorded_sha256: sha256Schema.nullable().describe('Recorded apart from the pack (its seal) when the pack was written; null when no seal records this pack (its id, run and creation time) as written'),
   })
   .meta({ id: 'EvidenceVerification' });
 export type EvidenceVerification = z.infer<typeof evidenceVerification>;
@@ -34,27 +34,42 @@ export type EvidenceVerification = z.infer<typeof evidenceVerification>;
 /**
  * Recomputes the hash from the stored content, and compares it with the hash the run recorded when
  * the pack was written: its seal (evidence_seals), written by the pack insert's trigger in the same
- * statement. A change to the content shows, and so does content
- * rewritten together with its row's hash. The application role may only insert packs and seals
- * (roles.ts), so rewriting either takes the owner's rights. The seal, not the run's checkpoint, is
- * read: run retention deletes a run's checkpoints, never its evidence (ADR 0011).
+ * statement. A change to the content shows, and so does content rewritten together with its row's
+ * hash. The seal is the one recording this pack as written — its id, run and creation time — so a pack
+ * moved to another run or given another time reads as having none. The application role may only
+ * insert packs and seals (roles.ts), so rewriting either takes the owner's rights. The seal, not the
+ * run's checkpoint, is read: run retention deletes a run's checkpoints, never its evidence (ADR 0011).
+ *
+ * The hash is over the content as JSON reads it back, numbers as doubles; jsonb keeps numbers exactly,
+ * so content changed by less than a double tells apart (65000 to 65000.0000000000000001) would hash
+ * the same. The stored content is therefore also compared, in PostgreSQL, with the canonical JSON the
+ * hash is recomputed over (jsonb equality: numbers by value, text by its bytes): content that differs
+ * from it has no RFC 8785 form, and is reported so (`recomputed_sha256` null), as a number beyond a
+ * double's range is.
  */
 export async function verifyEvidence(em: EntityManager, id: string): Promise<EvidenceVerification> {
   const row = await getEvidence(em, id);
-  const recomputed = recomputedHash(row.content);
-  const [recorded] = await em.execute<{ sha256: string }[]>(`select sha256 from evidence_seals where tenant_id = ? and id = ? and run_id = ?`, [row.tenantId, row.id, row.runId]);
-  const recordedSha = recorded?.sha256 ?? null;
+  const canonical = canonicalOrNull(row.content);
+  const [seal] = await em.execute<{ recorded: string | null; exact: boolean | null }[]>(
+    `select s.sha256 as recorded, e.content = ?::jsonb as exact
+       from evidence_packs e
+       left join evidence_seals s on (s.tenant_id, s.id, s.run_id, s.created_at) = (e.tenant_id, e.id, e.run_id, e.created_at)
+      where e.tenant_id = ? and e.id = ?`,
+    [canonical, row.tenantId, row.id],
+  );
+  const recomputed = canonical !== null && seal?.exact === true ? sha256Hex(canonical) : null;
+  const recordedSha = seal?.recorded ?? null;
   return { valid: recomputed === row.sha256 && recordedSha === row.sha256, sha256: row.sha256, recomputed_sha256: recomputed, recorded_sha256: recordedSha };
 }
 
 /**
- * The hash over stored content, or null when the content cannot be canonicalised: what the evidence
- * step wrote always can, but jsonb also holds what JSON numbers cannot be read back as (1e400 reads as
- * Infinity), so a pack changed that way is reported not valid rather than failing the verification.
+ * The canonical JSON of stored content, or null when it has none: what the evidence step wrote always
+ * has, but jsonb also holds what JSON numbers cannot be read back as (1e400 reads as Infinity), so a
+ * pack changed that way is reported not valid rather than failing the verification.
  */
-function recomputedHash(content: unknown): string | null {
+function canonicalOrNull(content: unknown): string | null {
   try {
-    return evidenceHash(content);
+    return canonicalJson(content);
   } catch {
     return null;
   }
