@@ -263,6 +263,20 @@ describe('a policy change that loosens', () => {
     expect(await tenantEm(stack.container.orm, t.tenant).execute('select id from approval_policy_changes')).toEqual([{ id: change.id }]);
   });
 
+  it('without an Idempotency-Key (it is optional): the same loosening PUT again, a retry whose answer was lost, answers the change it proposed and proposes no second one', async () => {
+    const t = await tenantTokens();
+    const first = await propose(t);
+    const retry = await put(t.admin, { ...LOOSER });
+    expect(retry.status, retry.text).toBe(202);
+    expect(retry.json.id).toBe(first.id);
+    expect(retry.headers.get('location')).toBe(first.links.self);
+    expect(await pendingOf(t)).toBe(1);
+    // Another proposal (another body, or the same by another admin) is another change.
+    expect((await put(t.admin, { ...LOOSER, class_a_max_cost: 120_000 })).json.id).not.toBe(first.id);
+    expect((await put(t.admin2, LOOSER)).json.id).not.toBe(first.id);
+    expect(await pendingOf(t)).toBe(3);
+  });
+
   it('with an Idempotency-Key: the PUT and the approval replay their answers and store nothing twice', async () => {
     const t = await tenantTokens();
     const key = randomUUID();
@@ -429,7 +443,8 @@ describe('pending changes per tenant are capped', () => {
     const oldest = (await api(stack, 'GET', `${CHANGES}?status=pending&limit=100`, { token: t.submitter })).json.items.at(-1);
     expect((await decide(t.admin2, oldest.id, 'reject')).status).toBe(200);
     await propose(t);
-    expectProblem(await put(t.admin, LOOSER), 409, 'too_many_pending_changes');
+    // Another proposal (the same one again would be that change, not another: see above).
+    expectProblem(await put(t.admin2, LOOSER), 409, 'too_many_pending_changes');
     // Changes that no longer read pending do not count: a tightening applies (never capped) and supersedes them all.
     expect((await put(t.admin, { ...DEFAULTS, sla_b_seconds: 3_600 })).status).toBe(200);
     expect(await pendingOf(t)).toBe(0);

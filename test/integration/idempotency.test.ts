@@ -314,6 +314,27 @@ describe('answers that are not stored', () => {
     expect(good.headers.get('idempotent-replayed')).toBeNull();
   });
 
+  it('a body the handler refuses as invalid (validation_failed: a webhook URL whose host resolves to loopback) stores nothing either: the corrected request runs under the same key', async () => {
+    // The same problem (422 validation_failed, errors naming a body field) whether the schema or the
+    // handler found it: a client cannot tell them apart, so neither is stored (Stripe: a request whose
+    // parameters fail validation is not saved and can be retried).
+    const tenant = newTenant();
+    const admin = await stack.token({ tenantId: tenant, sub: 'admin-1', roles: ['admin'] });
+    const key = randomUUID();
+    const create = (url: string) => api(stack, 'POST', '/api/v1/webhook-endpoints', { token: admin, body: { url, events: ['run.completed'] }, headers: { 'Idempotency-Key': key } });
+    const refused = await create('http://localhost:9/hook');
+    expectProblem(refused, 422, 'validation_failed');
+    expect(refused.json.errors).toEqual([{ path: 'url', message: expect.stringContaining('non-public') }]);
+    expect(await counts(tenant)).toMatchObject({ keys: 0 });
+    const fixed = await create('https://93.184.215.43/hook');
+    expect(fixed.status, fixed.text).toBe(201);
+    expect(fixed.headers.get('idempotent-replayed')).toBeNull();
+    const replay = await create('https://93.184.215.43/hook');
+    expect(replay.status).toBe(201);
+    expect(replay.headers.get('idempotent-replayed')).toBe('true');
+    expect(replay.text).toBe(fixed.text);
+  });
+
   it('a 429 from admission control releases the key instead of storing it', async () => {
     const who = await actor(short);
     let limited: { key: string; res: Awaited<ReturnType<typeof api>> } | undefined;

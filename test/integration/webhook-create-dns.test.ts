@@ -8,7 +8,7 @@
  * PostgreSQL and Redis are the real ones, and the API's pool has a single connection.
  *
  * The wait is bounded (WEBHOOK_TIMEOUT, one delivery attempt's budget): a host whose DNS never answers
- * gets a 422 once it has passed, and nothing is stored. The bound is made small through the config,
+ * gets a 503 once it has passed, and nothing is stored. The bound is made small through the config,
  * and that host's gate is never opened.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -101,7 +101,7 @@ describe('webhook endpoint create: a bounded wait for DNS', () => {
     const answered = await Promise.race([create, new Promise<'still waiting'>((r) => setTimeout(() => r('still waiting'), 30_000).unref())]);
     expect(answered === 'still waiting' ? 'the create still waits for DNS' : 'answered').toBe('answered');
     const res = answered as Awaited<typeof create>;
-    // A resolver that did not answer says nothing about the URL: "not now" (a 422 would be replayed under the key for IDEMPOTENCY_TTL).
+    // A resolver that did not answer says nothing about the URL: "not now" (503, Retry-After), not a 422 that calls the URL wrong.
     expect(res.status, res.text).toBe(503);
     expect(res.headers.get('content-type')).toMatch(/^application\/problem\+json/);
     expect(res.headers.get('retry-after')).toBeTruthy();

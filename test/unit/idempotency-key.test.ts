@@ -28,6 +28,11 @@ describe('parseIdempotencyKey', () => {
     expect(parseIdempotencyKey('"a\\\\"')).toBe('a\\');
   });
 
+  it('accepts and ignores the parameters RFC 8941 allows after an Item\'s string: the key is the string alone', () => {
+    expect(parseIdempotencyKey('"abc";v=1')).toBe('abc');
+    expect(parseIdempotencyKey('"abc"; a; b=?0;c="x;y\\"z";d=tok/en:1;e=-1.5;f=:aGk=:')).toBe('abc');
+  });
+
   it('ignores surrounding optional whitespace', () => {
     expect(parseIdempotencyKey('  abc  ')).toBe('abc');
   });
@@ -53,6 +58,11 @@ describe('parseIdempotencyKey', () => {
     ['an unterminated sf-string', '"abc'],
     ['text after the closing quote', '"abc"def'],
     ['an escaped backslash followed by a stray quote', '"a\\\\"b"'],
+    ['a parameter with an upper-case name', '"abc";V=1'],
+    ['a parameter without a name', '"abc";=1'],
+    ['a parameter with a broken value', '"abc";v="x'],
+    ['a second item after the string', '"abc", "def"'],
+    ['a stray semicolon', '"abc";'],
   ])('rejects %s with a 400 validation problem', (_what, raw) => {
     const e = rejection(raw);
     expect(e.status).toBe(400);

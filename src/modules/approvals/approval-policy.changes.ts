@@ -228,10 +228,15 @@ async function proposeChange(
   await em.execute(`${DEFER_UNTIL_NEXT}select pg_advisory_xact_lock(hashtextextended('dealix:approval_policy_changes:' || ?, 0))`, [principal.tenantId]);
   // Expiry by the count's own statement clock: the PUT may have waited for the policy row, and then
   // for this lock, since its transaction began (now()); a change that expired meanwhile is no longer pending.
-  const [counted] = await em.execute<{ n: number }[]>(`select count(*)::int as n from (${changes('statement_timestamp()')} where c.tenant_id = ?) pending where status = 'pending'`, [
-    defaultsParam(opts.defaults),
-    principal.tenantId,
-  ]);
+  // The same proposal again (the same admin, policy and base), still pending, is that change: a PUT is
+  // idempotent (RFC 9110), and its Idempotency-Key optional, so a retry whose answer was lost must not
+  // propose it twice. Found in the statement that counts (no round trip more).
+  const [counted] = await em.execute<{ n: number; same: string | null }[]>(
+    `select count(*)::int as n, (array_agg(id order by created_at) filter (where proposed_by = ? and base_version = ? and policy = ?::jsonb and base_policy = ?::jsonb))[1] as same
+       from (${changes('statement_timestamp()')} where c.tenant_id = ?) pending where status = 'pending'`,
+    [principal.sub, proposal.baseVersion, JSON.stringify(proposal.policy), JSON.stringify(proposal.basePolicy), defaultsParam(opts.defaults), principal.tenantId],
+  );
+  if (counted?.same) return getChange(em, principal.tenantId, counted.same, opts.defaults);
   const pending = counted?.n ?? 0;
   if (pending >= MAX_PENDING_CHANGES) {
     throw new ConflictError(

@@ -57,7 +57,7 @@ export interface RouteDef<B = any, P = any, Q = any, R = any> {
   tags: string[];
   /** Roles of which the principal needs at least one. */
   roles?: string[];
-  /** Required for POST, PUT and PATCH: whether an Idempotency-Key must be sent. */
+  /** Required for POST, PUT, PATCH and DELETE (defineRoute refuses one without): whether an Idempotency-Key must be sent. */
   idempotency?: 'required' | 'optional';
   body?: ZodType<B>;
   params?: ZodType<P>;

@@ -220,10 +220,11 @@ async function execute(def: RouteDef, deps: RouterDeps, req: Request, res: Respo
       return 'done';
     }
     if (record) {
-      // A definitive 4xx from the handler is the request's outcome and replays; a 5xx releases the key.
+      // A definitive 4xx from the handler is the request's outcome and replays; a 5xx, a 429 or a body
+      // the handler found invalid (validation_failed) releases the key.
       const { problem, headers } = toProblem(err, res.locals.requestId as string);
       try {
-        if (err instanceof AppError && isStoredOutcome(problem.status)) {
+        if (err instanceof AppError && isStoredOutcome(problem.status) && !(err instanceof ValidationError)) {
           const { request_id: _omit, ...stored } = problem;
           const held = record;
           await em.transactional((tx) => deps.idempotency.store(tx, held, { status: problem.status, body: stored, headers: { ...headers, 'content-type': PROBLEM_CONTENT_TYPE } }));
@@ -258,7 +259,12 @@ async function execute(def: RouteDef, deps: RouterDeps, req: Request, res: Respo
   return 'done';
 }
 
-/** 429 and 5xx say "not now", not "this is the answer": they free the key for a retry instead of replaying. */
+/**
+ * 429 and 5xx say "not now", not "this is the answer": they free the key for a retry instead of replaying.
+ * So does a `validation_failed` the handler throws (a webhook URL refused after its DNS lookup): it is the
+ * problem the schema's refusal is, which is never stored (Stripe: parameters that fail validation are not
+ * saved), so a client that fixes the request may send it again under the same key, whichever found it.
+ */
 function isStoredOutcome(status: number): boolean {
   return status < 500 && status !== 429;
 }

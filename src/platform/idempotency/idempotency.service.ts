@@ -75,7 +75,15 @@ export function parseIdempotencyKey(raw: string | undefined): string | undefined
   return value;
 }
 
-/** RFC 8941 section 4.2.5: a quoted string whose only escapes are \" and \\, and nothing after the closing quote. */
+/**
+ * The parameters RFC 8941 allows after an Item's bare item (section 3.1.2): `;key` or `;key=value`, each
+ * value a bare item (integer, decimal, string, token, byte sequence, boolean). They say nothing the key
+ * needs, so they are accepted and ignored; anything else after the closing quote is refused.
+ */
+const SF_PARAMETERS =
+  /^(?:;[ ]*[a-z*][a-z0-9_.*-]*(?:=(?:-?(?:\d{1,12}\.\d{1,3}|\d{1,15})|"(?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\["\\])*"|[A-Za-z*][!#$%&'*+\-.^_`|~0-9A-Za-z:/]*|:[A-Za-z0-9+/=]*:|\?[01]))?)+$/;
+
+/** RFC 8941 section 4.2.5: a quoted string whose only escapes are \" and \\, then nothing but the Item's parameters. */
 function parseSfString(input: string): string {
   let out = '';
   for (let i = 1; i < input.length; i++) {
@@ -85,7 +93,7 @@ function parseSfString(input: string): string {
       if (next !== '"' && next !== '\\') throw badKey('is not a valid Structured Field string');
       out += next;
     } else if (ch === '"') {
-      if (i !== input.length - 1) throw badKey('is not a valid Structured Field string');
+      if (i !== input.length - 1 && !SF_PARAMETERS.test(input.slice(i + 1))) throw badKey('is not a valid Structured Field string');
       return out;
     } else {
       if (ch < '\x20' || ch > '\x7e') throw badKey('must be printable ASCII');

@@ -100,7 +100,7 @@ export async function resolvedRefusal(raw: string, policy: UrlPolicy, dnsTimeout
   } finally {
     clearTimeout(timer);
   }
-  // Likewise a resolver that has not answered in time: 503 frees the Idempotency-Key for a retry, where a 422 would be replayed.
+  // Likewise a resolver that has not answered in time: 503 ("not now", Retry-After), not a 422 that says the URL is wrong.
   if (addresses === 'timeout') throw new ServiceUnavailableError(`The host ${host} could not be resolved within ${dnsTimeoutMs} ms; try again.`);
   for (const a of addresses) {
     if (addressRefusal(a.address, policy.allowPrivate)) return `its host ${host} ${NON_PUBLIC}`;
