@@ -129,6 +129,23 @@ describe('a policy change that loosens', () => {
     expect((await api(stack, 'GET', CHANGES, { token: t.submitter })).json.items).toEqual([change]);
   });
 
+  it('cannot be approved by its proposer through another token of the same sub (other roles, signed anew), nor once re-proposed after a rejection; a sub with surrounding whitespace is no token at all (401)', async () => {
+    const t = await tenantTokens();
+    const sameSub = await stack.token({ tenantId: t.tenant, sub: 'admin-1', roles: ['approver', 'admin'] });
+    const first = await propose(t);
+    expectProblem(await decide(sameSub, first.id, 'approve'), 403, 'forbidden');
+    expect((await decide(t.admin2, first.id, 'reject')).json).toMatchObject({ status: 'rejected', decided_by: 'admin-2' });
+    const again = await propose(t);
+    expect(again.id).not.toBe(first.id);
+    expectProblem(await decide(sameSub, again.id, 'approve'), 403, 'forbidden');
+    expect(await policyOf(t)).toMatchObject({ source: 'default', version: 0 });
+    // Subjects are compared exactly (src/platform/tenancy/jwt.ts): ' admin-1' cannot even sign in.
+    const spaced = await stack.token({ tenantId: t.tenant, sub: ' admin-1', roles: ['admin'] });
+    expect((await decide(spaced, again.id, 'approve')).status).toBe(401);
+    const approved = await decide(t.admin2, again.id, 'approve');
+    expect(approved.json).toMatchObject({ version: 1, updated_by: 'admin-1', approved_by: 'admin-2' });
+  });
+
   it('applies when another admin approves it: new runs use it, and the packet and evidence pack record both admins', async () => {
     const t = await tenantTokens();
     const change = await propose(t);

@@ -141,16 +141,20 @@ describe('a cancelled run withdraws its pending approval request', () => {
   });
 });
 
+/** A tenant of its own whose class B SLA is 60 s (its timers stay delayed while a test runs): a submitter's and an approver's tokens. */
+async function shortSlaTenant(): Promise<{ submitter: string; approver: string }> {
+  const own = newTenant();
+  const admin = await stack.token({ tenantId: own, sub: 'admin-1', roles: ['admin'] });
+  const policy = { class_a_max_cost: 50000, class_a_max_payback_months: 6, class_c_min_cost: 250000, class_c_min_payback_months: 24, sla_b_seconds: 60, sla_c_seconds: 120 };
+  expect((await api(stack, 'PUT', '/api/v1/approval-policy', { token: admin, body: policy })).status).toBe(200);
+  return { submitter: await stack.token({ tenantId: own, sub: 'submitter-2' }), approver: await stack.token({ tenantId: own, sub: 'approver-2', roles: ['approver'] }) };
+}
+
 describe('a pending request past its SLA deadline reads expired before a worker records it', () => {
   it('detail and list read expired (decided_at the deadline), ?status=pending leaves it out and ?status=expired takes it in, a decision is 409 approval_expired; the timer then records the same', { timeout: LONG }, async () => {
     // A tenant whose class B SLA is 60 s: its timer waits for that; the deadline is then moved into
     // the past by hand, so the timer cannot have fired while the reads are checked (it is still delayed).
-    const own = newTenant();
-    const admin = await stack.token({ tenantId: own, sub: 'admin-1', roles: ['admin'] });
-    const policy = { class_a_max_cost: 50000, class_a_max_payback_months: 6, class_c_min_cost: 250000, class_c_min_payback_months: 24, sla_b_seconds: 60, sla_c_seconds: 120 };
-    expect((await api(stack, 'PUT', '/api/v1/approval-policy', { token: admin, body: policy })).status).toBe(200);
-    const submitter = await stack.token({ tenantId: own, sub: 'submitter-2' });
-    const approver = await stack.token({ tenantId: own, sub: 'approver-2', roles: ['approver'] });
+    const { submitter, approver } = await shortSlaTenant();
     const { runId, approvalId } = await submitWaiting(SAMPLE_SUBMISSION, submitter);
     const queue = stack.container.queues.get(TIMER_QUEUE)!;
     const timerId = namedJobId('gp', (await runRow(runId)).idempotency_hash, 'sla');
@@ -182,6 +186,59 @@ describe('a pending request past its SLA deadline reads expired before a worker 
     expect(await requestRow(approvalId)).toMatchObject({ status: 'expired', decided_at: moved!.sla_deadline });
     expect(await approval(approvalId, submitter)).toEqual(read);
     expect(ids(await listAll('status=expired', 50, submitter))).toEqual([approvalId]);
+  });
+
+  /**
+   * A waiting class B request (shortSlaTenant) whose run row another transaction holds while `contend` sends what waits for it; the deadline is then set
+   * just after that waiting transaction began (its now()) and the clock passes it before the row is
+   * released: the request reads expired meanwhile. Resolves with the contender's answer and the deadline.
+   */
+  async function waitedPastDeadline<T>(waitingQuery: string, contend: (w: { runId: string; approvalId: string; submitter: string; approver: string }) => Promise<T>) {
+    const { submitter, approver } = await shortSlaTenant();
+    const { runId, approvalId } = await submitWaiting(SAMPLE_SUBMISSION, submitter);
+    // Another transaction holds the run row (as a concurrent decision, cancel or expiry would).
+    const gate = new pg.Client({ connectionString: stack.db.adminUrl });
+    await gate.connect();
+    try {
+      await gate.query('begin');
+      await gate.query('select 1 from durable_runs where id = $1 for update', [runId]);
+      const answered = contend({ runId, approvalId, submitter, approver });
+      await waitsForLock(waitingQuery, 'the contender to wait for the run row');
+      const [row] = (
+        await stack.db.admin(
+          `update approval_requests set sla_deadline = (select xact_start + interval '1 millisecond' from pg_stat_activity
+                   where datname = current_database() and wait_event_type = 'Lock' and query like $2)
+            where id = $1 returning sla_deadline as deadline`,
+          [approvalId, waitingQuery],
+        )
+      ).rows as Array<{ deadline: Date }>;
+      const deadline = row!.deadline;
+      expect(deadline).toBeInstanceOf(Date);
+      await waitFor(async () => (await stack.db.admin(`select clock_timestamp() > $1::timestamptz as past`, [deadline])).rows[0].past, { what: 'the deadline to pass' });
+      expect((await approval(approvalId, submitter)).status).toBe('expired');
+      await gate.query('commit');
+      return { answer: await answered, deadline, runId, approvalId, submitter };
+    } finally {
+      await gate.query('rollback').catch(() => {});
+      await gate.end();
+    }
+  }
+
+  it('a decision that began before the deadline but waited for the run row past it is 409 approval_expired, as the request read meanwhile; nothing is recorded', { timeout: LONG }, async () => {
+    const { answer, deadline, approvalId, submitter } = await waitedPastDeadline('%from durable_runs where id = (select run_id from approval_requests%', (w) => decide(w.approvalId, w.approver));
+    expect(answer.status, answer.text).toBe(409);
+    expect(answer.json.code).toBe('approval_expired');
+    expect(await requestRow(approvalId)).toMatchObject({ status: 'pending', decisions: 0 });
+    expect(await approval(approvalId, submitter)).toMatchObject({ status: 'expired', decided_at: deadline.toISOString(), decisions: [] });
+  });
+
+  it('a cancel that began before the deadline but waited for the run row past it records the request expired at its deadline, as it read meanwhile, not withdrawn', { timeout: LONG }, async () => {
+    const { answer, deadline, runId, approvalId, submitter } = await waitedPastDeadline('%from durable_runs where tenant_id = % and workflow = % for update%', (w) => cancel(w.runId, w.submitter));
+    expect(answer.status, answer.text).toBe(200);
+    expect(answer.json.status).toBe('cancelled');
+    expect(await runRow(runId)).toMatchObject({ status: 'cancelled' });
+    expect(await requestRow(approvalId)).toMatchObject({ status: 'expired', decided_at: deadline, decisions: 0 });
+    expect(await approval(approvalId, submitter)).toMatchObject({ status: 'expired', decided_at: deadline.toISOString() });
   });
 
   it('the list filters by the status read, newest first, across pages by the same (created_at, id) cursor', { timeout: LONG }, async () => {

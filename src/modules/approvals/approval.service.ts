@@ -89,6 +89,10 @@ export class ApprovalService {
     // while waiting for the decisions it has read (a deadlock: PostgreSQL failed one of the two).
     // (Parsed only by the decision that ends the wait: a class C first approval never needed it.)
     const stored = await this.packetRow(em, req.tenant_id, req.run_id);
+    // The deadline again, by this statement's clock: the locking read above may have waited for the run
+    // row (another decision, a cancel, an expiry) while the deadline passed, and its now() — the
+    // transaction's start — is before that wait. The request has read expired since; so is the answer.
+    if (stored.overdue) throw new ConflictError('approval_expired', 'The approval request passed its SLA deadline; it can no longer be decided.');
     // The request's decisions so far, read under the locks above: no other decision can commit before ours.
     const earlier = await decisionsOf(em, req.tenant_id, req.id);
     const approvals = earlier.filter((d) => d.decision === 'approve').length + (decision === 'approve' ? 1 : 0);
@@ -205,14 +209,19 @@ export class ApprovalService {
     return { seq, packet: approvalPacketSchema.parse(output) };
   }
 
-  /** The approval step's checkpoint as stored: its sequence_num and its output, not yet parsed. */
-  private async packetRow(em: EntityManager, tenantId: string, runId: string): Promise<{ seq: number; output: unknown }> {
-    const [cp] = await em.execute<{ output: unknown; sequence_num: number }[]>(
-      `select output, sequence_num from durable_checkpoints where tenant_id = ? and run_id = ? and step_name = ?`,
+  /**
+   * The approval step's checkpoint as stored: its sequence_num and its output, not yet parsed; and
+   * whether the run's request is past its SLA deadline by this statement's clock (`overdue`).
+   */
+  private async packetRow(em: EntityManager, tenantId: string, runId: string): Promise<{ seq: number; output: unknown; overdue: boolean }> {
+    const [cp] = await em.execute<{ output: unknown; sequence_num: number; overdue: boolean | null }[]>(
+      `select c.output, c.sequence_num,
+              (select a.sla_deadline <= statement_timestamp() from approval_requests a where a.tenant_id = c.tenant_id and a.run_id = c.run_id) as overdue
+         from durable_checkpoints c where c.tenant_id = ? and c.run_id = ? and c.step_name = ?`,
       [tenantId, runId, APPROVAL_PACKET_STEP],
     );
     if (!cp) throw new NotFoundError('approval checkpoint');
-    return { seq: cp.sequence_num, output: cp.output };
+    return { seq: cp.sequence_num, output: cp.output, overdue: cp.overdue === true };
   }
 }
 
@@ -265,13 +274,14 @@ function decisionRecord(d: DecisionRow): ApprovalPacket['decisions'][number] {
  * which a step's key-share lock would make it wait for while that step waits for the run), so the
  * run is locked before the request (the lock order of the class comment): `withdrawn` at now(); one already past its SLA deadline, which has read `expired` since
  * then though its timer has not recorded it, is recorded `expired` at its deadline, as it read —
- * never rewritten as withdrawn. A request already decided stays as it was. Returns the closed
+ * never rewritten as withdrawn. Past it by this statement's clock: the caller's lock of the run may
+ * have waited (behind a decision, say) while the deadline passed, after now(), the transaction's start. A request already decided stays as it was. Returns the closed
  * request's deadline and its run's idempotency hash (what its SLA timer is keyed by), if one was open.
  */
 async function closePendingRequest(em: EntityManager, tenantId: string, runId: string): Promise<{ sla_deadline: Date | null; idempotency_hash: string } | undefined> {
   const [req] = await em.execute<{ sla_deadline: Date | null; idempotency_hash: string }[]>(
-    `update approval_requests a set status = case when a.sla_deadline <= now() then 'expired' else 'withdrawn' end,
-            decided_at = case when a.sla_deadline <= now() then a.sla_deadline else now() end, updated_at = now()
+    `update approval_requests a set status = case when a.sla_deadline <= statement_timestamp() then 'expired' else 'withdrawn' end,
+            decided_at = case when a.sla_deadline <= statement_timestamp() then a.sla_deadline else now() end, updated_at = now()
        from (select tenant_id, id, idempotency_hash from durable_runs where tenant_id = ? and id = ? for no key update) r
       where a.tenant_id = r.tenant_id and a.run_id = r.id and a.status = 'pending'
       returning a.sla_deadline, r.idempotency_hash`,
