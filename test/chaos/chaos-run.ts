@@ -3,6 +3,7 @@ import { CLASS_A_SUBMISSION, SAMPLE_SUBMISSION } from '../helpers/stack.ts';
 import { checkInvariants, countActive, type InvariantReport } from './checks.ts';
 import { ChaosClient, newSubmission, type ClientStats, type Submission } from './client.ts';
 import { pollDb, startEnvironment, type Environment } from './environment.ts';
+import type { ManagedProcess } from './processes.ts';
 
 /**
  * The chaos run: N submissions over HTTP while random worker processes are SIGKILLed and restarted
@@ -83,6 +84,14 @@ export async function runChaos(input: Partial<ChaosOptions>): Promise<ChaosRepor
   }
 }
 
+/** Whether a worker process has booted: its metrics endpoint (WORKER_METRICS_PORT) answers. */
+async function booted(worker: ManagedProcess): Promise<boolean> {
+  if (!worker.metricsUrl) return true;
+  const res = await fetch(worker.metricsUrl, { signal: AbortSignal.timeout(2_000) }).catch(() => undefined);
+  await res?.body?.cancel();
+  return res?.ok === true;
+}
+
 async function drive(env: Environment, o: ChaosOptions, started: number, events: string[], event: (e: string) => void): Promise<ChaosReport> {
   const client = new ChaosClient(env.baseUrl, { deadlineMs: o.drainTimeoutMs });
   const tenants: string[] = Array.from({ length: o.tenants }, () => randomUUID());
@@ -95,12 +104,17 @@ async function drive(env: Environment, o: ChaosOptions, started: number, events:
   let redisFlushes = 0;
   let postgresRestarts = 0;
 
-  // SIGKILL a random worker every S seconds while there is work, and start a new one at once.
+  // SIGKILL a random worker every S seconds while there is work, and start a new one at once. Only a
+  // worker that has booted (its metrics endpoint answers): on a loaded machine a start can take longer
+  // than S, and killing workers still loading their code kept a whole run from progressing for minutes
+  // (no step ran) — the faults this run is for are kills of workers at work.
   const killer = (async () => {
     while (!finished) {
       await sleep(o.killEverySec * 1000);
       if (finished) break;
       const i = Math.floor(Math.random() * o.workers);
+      while (!finished && !(await booted(env.workers[i]!))) await sleep(100);
+      if (finished) break;
       await env.killWorker(i);
       kills++;
       event(`SIGKILL worker-${i} (kill ${kills}); restarted`);
