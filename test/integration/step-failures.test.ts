@@ -67,6 +67,12 @@ describe('a step that fails by itself', () => {
     expect(job.failedReason).toBe('step economics-model refused for good (GP_SLOW_FAIL)');
     await failedLog(w, run.id);
     expect(attemptsAt(w, run.id, 2)).toEqual([1]);
+    // BullMQ's own line about the job is one of the run's lines too (found by its run or correlation id).
+    const [gaveUp] = await waitFor(() => {
+      const l = logged(w, run.id, 'job failed for good');
+      return l.length ? l : undefined;
+    }, { timeoutMs: 10_000, what: "the worker's 'job failed for good' line of the run" });
+    expect(gaveUp).toMatchObject({ job_id: job.id, tenant_id: run.tenant_id, correlation_id: run.correlation_id });
   });
 
   it('a retryable error that clears on a later attempt: the step is retried, the run completes, and the attempts are recorded', async () => {
