@@ -231,6 +231,18 @@ describe('tracing across the API and worker processes', () => {
     expect(repaired.attributes[ATTR.CORRELATION]).toBe(cid);
   });
 
+  it("a credential a client puts in a URL's query (token, access_token, password, any case or encoding) reaches neither the server span nor the log", async () => {
+    const cid = `trace-query-${randomUUID()}`;
+    const secret = `qs${randomUUID().replace(/-/g, '')}`;
+    const res = await api(http, 'GET', `/api/v1/golden-path/runs?access_token=${secret}a&Token=${secret}b&%70assword=${secret}c&limit=5`, { headers: { 'X-Correlation-Id': cid } });
+    expect(res.status).toBe(401);
+    const server = await waitFor(() => correlated(cid).find((s) => s.kind === SERVER), { what: 'the request span' });
+    expect(server.attributes['url.query']).toContain('limit=5');
+    expect(JSON.stringify(server)).not.toContain(secret);
+    const line = await waitFor(() => apiProc.lines().find((l) => l.correlation_id === cid), { what: 'the request log line' });
+    expect(JSON.stringify(line)).not.toContain(secret);
+  });
+
   it('shutdown flushes buffered spans', async () => {
     worker.kill('SIGTERM');
     await worker.exited;

@@ -1,14 +1,14 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { randomUUID } from 'node:crypto';
-import { api, CLASS_A_SUBMISSION, newTenant, startStack, type TestStack } from '../helpers/stack.ts';
+import { api, CLASS_A_SUBMISSION, newTenant, startStack, type TestStack, type WorkerHandle } from '../helpers/stack.ts';
 import { waitFor } from '../helpers/poll.ts';
-import { spawnApi, TELEMETRY_REGISTER, type ApiProcess } from '../helpers/api-process.ts';
+import { jsonLines, spawnApi, TELEMETRY_REGISTER, type ApiProcess } from '../helpers/api-process.ts';
 import { startOtlpReceiver, type OtlpReceiver } from '../helpers/otlp-receiver.ts';
-import { createEndpoint, startReceiver, type Receiver } from '../helpers/webhooks.ts';
+import { createEndpoint, ENDPOINTS, startReceiver, type Receiver } from '../helpers/webhooks.ts';
 import { Queue } from 'bullmq';
 import { ATTR } from '../../src/platform/telemetry/attributes.ts';
 import { MAINTENANCE_QUEUE } from '../../src/platform/queue/maintenance.ts';
-import { WEBHOOK_REDELIVERY_JOB } from '../../src/platform/webhooks/delivery.ts';
+import { WEBHOOK_QUEUE, WEBHOOK_REDELIVERY_JOB } from '../../src/platform/webhooks/delivery.ts';
 
 /**
  * A run's webhook deliveries are part of what its submission caused (ADR 0013): each attempt is a span
@@ -24,6 +24,7 @@ let receiver: Receiver;
 let stack: TestStack;
 let apiProc: ApiProcess;
 let http: TestStack;
+let worker: WorkerHandle;
 
 beforeAll(async () => {
   otlp = await startOtlpReceiver();
@@ -41,7 +42,7 @@ beforeAll(async () => {
   stack = await startStack({ api: false, workerExecArgv: ['--import', TELEMETRY_REGISTER], env });
   apiProc = await spawnApi(stack.env, ['--import', TELEMETRY_REGISTER]);
   http = { ...stack, baseUrl: apiProc.baseUrl };
-  await stack.spawnWorker();
+  worker = await stack.spawnWorker();
 }, 120_000);
 
 afterAll(async () => {
@@ -62,6 +63,15 @@ async function completedRun(admin: string, cid: string) {
     },
     { timeoutMs: 60_000, what: 'the run to complete' },
   );
+}
+
+/** A new tenant, its admin (`sub`), and its endpoint at the receiver's `path` for `run.completed`. */
+async function tenantWithEndpoint(sub: string, path: string) {
+  const tenantId = newTenant();
+  const admin = await stack.token({ tenantId, sub, roles: ['admin'] });
+  const created = await createEndpoint(http, admin, { url: `${receiver.base}${path}`, events: ['run.completed'] });
+  expect(created.status, created.text).toBe(201);
+  return { tenantId, admin, created };
 }
 
 describe('webhook deliveries in the run trace', () => {
@@ -140,12 +150,51 @@ describe('webhook deliveries in the run trace', () => {
     // The resent POST carries no trace context either (its job came with the resend request's).
     const all = receiver.received.filter((r) => r.body.includes(run.run_id));
     expect(all.map((r) => [r.headers.traceparent, r.headers.baggage])).toEqual([0, 1, 2].map(() => [undefined, undefined]));
+    // Each attempt's log line is one of the run's lines (its run id and correlation id) and names the
+    // attempt's span — also the resent one, whose job ran in the resend request's trace.
+    const logged = await waitFor(() => {
+      const l = jsonLines(worker.output()).filter((x) => x.webhook_delivery_id === delivery!.id && typeof x.attempt === 'number');
+      return l.length === 3 ? l.sort((x, y) => x.attempt - y.attempt) : undefined;
+    }, { what: "the attempts' log lines" });
+    expect(logged.map((l) => [l.msg, l.correlation_id, l.run_id, l.trace_id, l.span_id])).toEqual(
+      [...attempts, third].map((a, i) => [i === 0 ? 'webhook delivery attempt failed; retrying later' : 'webhook delivered', cid, run.run_id, run.trace_id, a.spanId]),
+    );
   });
+
+  it("a request's jobs carry its correlation id into the worker, never what the caller's baggage says", async () => {
+    const { admin, created } = await tenantWithEndpoint('admin-baggage', '/baggage');
+    const cid = `test-event-${randomUUID()}`;
+    const victim = `victim-${randomUUID()}`;
+    const junk = `junk${randomUUID().replace(/-/g, '')}`;
+    // A test event: its delivery job is enqueued by the request, and has no run to take an id from.
+    const res = await api(http, 'POST', `${ENDPOINTS}/${created.json.id}/test`, {
+      token: admin,
+      headers: { 'Idempotency-Key': randomUUID(), 'X-Correlation-Id': cid, baggage: `dealix.correlation_id=${victim},other=${junk}` },
+    });
+    expect(res.status, res.text).toBe(202);
+    const request = await waitFor(() => otlp.spans.find((s) => s.kind === SERVER && s.attributes[ATTR.CORRELATION] === cid), { what: 'the test request span' });
+    const spans = await waitFor(() => {
+      const inTrace = otlp.spans.filter((s) => s.traceId === request.traceId);
+      const worker = inTrace.filter((s) => s.service === 'dealix-worker');
+      return worker.some((s) => s.kind === CONSUMER) && worker.some((s) => s.name === 'webhook attempt') ? inTrace : undefined;
+    }, { timeoutMs: 30_000, what: "the worker's spans in the request's trace" });
+    // Every span of the request's trace, in the API and in the worker, has the request's validated id.
+    expect(spans.filter((s) => s.attributes[ATTR.CORRELATION] !== cid).map((s) => `${s.service} ${s.name} ${s.attributes[ATTR.CORRELATION]}`)).toEqual([]);
+    expect(JSON.stringify(otlp.spans)).not.toContain(victim);
+    // Nor does the caller's baggage ride along in the job (Redis) to whatever the worker calls.
+    const webhooks = new Queue(WEBHOOK_QUEUE, { connection: stack.redis, prefix: stack.prefix });
+    try {
+      const jobs = await webhooks.getJobs(['completed', 'waiting', 'active', 'delayed']);
+      const mine = jobs.filter((j) => JSON.stringify(j.opts.telemetry ?? {}).includes(request.traceId));
+      expect(mine.length).toBeGreaterThan(0);
+      expect(JSON.stringify(mine.map((j) => j.opts))).not.toContain(junk);
+    } finally {
+      await webhooks.close();
+    }
+  });
+
   it("the redelivery pass's re-enqueue: the attempt stays in the run's trace, with its correlation id, linked to the pass's trace (where its job was enqueued)", async () => {
-    const tenantId = newTenant();
-    const admin = await stack.token({ tenantId, sub: 'admin-redelivery', roles: ['admin'] });
-    const created = await createEndpoint(http, admin, { url: `${receiver.base}/redelivered`, events: ['run.completed'] });
-    expect(created.status, created.text).toBe(201);
+    const { admin, created } = await tenantWithEndpoint('admin-redelivery', '/redelivered');
     const cid = `trace-redelivery-${randomUUID()}`;
     const run = await completedRun(admin, cid);
     const delivery = await waitFor(

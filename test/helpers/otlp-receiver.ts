@@ -15,6 +15,10 @@ export interface ReceivedSpan {
   attributes: Record<string, AttrValue>;
   /** The span contexts it links to (OTel links: a trace it was caused from but is not a child of). */
   links: { traceId: string; spanId: string }[];
+  /** Its events (an exception, BullMQ's `job failed`), with their attributes. */
+  events: { name: string; attributes: Record<string, AttrValue> }[];
+  /** Its status: code 2 is an error, with its message. */
+  status: { code?: number; message?: string };
 }
 
 export interface OtlpReceiver {
@@ -51,7 +55,7 @@ export async function startOtlpReceiver(): Promise<OtlpReceiver> {
             const service = String(attrs(rs.resource?.attributes)['service.name'] ?? '');
             for (const ss of rs.scopeSpans ?? []) {
               for (const s of ss.spans ?? []) {
-                spans.push({ traceId: s.traceId, spanId: s.spanId, parentSpanId: s.parentSpanId || undefined, name: s.name, kind: s.kind, service, attributes: attrs(s.attributes), links: (s.links ?? []).map((l: { traceId: string; spanId: string }) => ({ traceId: l.traceId, spanId: l.spanId })) });
+                spans.push({ traceId: s.traceId, spanId: s.spanId, parentSpanId: s.parentSpanId || undefined, name: s.name, kind: s.kind, service, attributes: attrs(s.attributes), links: (s.links ?? []).map((l: { traceId: string; spanId: string }) => ({ traceId: l.traceId, spanId: l.spanId })), events: (s.events ?? []).map((e: { name: string; attributes?: [] }) => ({ name: e.name, attributes: attrs(e.attributes) })), status: { code: s.status?.code, message: s.status?.message } });
               }
             }
           }

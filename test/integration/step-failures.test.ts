@@ -4,13 +4,16 @@
  * one is retried under the step's own policy and fails the run on the step's last attempt. The run is
  * read under its tenant (RLS in force), the job from BullMQ, the step's executions from the worker's log.
  */
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, it, onTestFinished } from 'vitest';
 import { startStack, newTenant, type TestStack, type WorkerHandle } from '../helpers/stack.ts';
 import { waitFor } from '../helpers/poll.ts';
 import { slowWorkflow, SLOW_WORKFLOW, STEP_ENTERED } from '../helpers/slow-workflow.ts';
 import { SLOW_STEPS, createSlowRun, enteredThroughLast, expectEveryStepOnce, jobOf, killLiveWorkers, logged, waitRun } from '../helpers/recovery.ts';
 import { STEP_BACKOFF } from '../../src/platform/durable/workflow.ts';
 import type { RunRow } from '../../src/platform/durable/runtime.ts';
+import { ATTR } from '../../src/platform/telemetry/attributes.ts';
+import { TELEMETRY_REGISTER } from '../helpers/api-process.ts';
+import { startOtlpReceiver } from '../helpers/otlp-receiver.ts';
 
 const TEST_WORKER = 'test/helpers/test-worker.ts';
 /** Every step's policy: three attempts, short backoff (the API's definition and the worker's agree). */
@@ -67,6 +70,12 @@ describe('a step that fails by itself', () => {
     expect(job.failedReason).toBe('step economics-model refused for good (GP_SLOW_FAIL)');
     await failedLog(w, run.id);
     expect(attemptsAt(w, run.id, 2)).toEqual([1]);
+    // BullMQ's own line about the job is one of the run's lines too (found by its run or correlation id).
+    const [gaveUp] = await waitFor(() => {
+      const l = logged(w, run.id, 'job failed for good');
+      return l.length ? l : undefined;
+    }, { timeoutMs: 10_000, what: "the worker's 'job failed for good' line of the run" });
+    expect(gaveUp).toMatchObject({ job_id: job.id, tenant_id: run.tenant_id, correlation_id: run.correlation_id });
   });
 
   it('a retryable error that clears on a later attempt: the step is retried, the run completes, and the attempts are recorded', async () => {
@@ -114,8 +123,11 @@ describe('a step that fails by itself', () => {
     ]);
   });
 
-  it('a step that fails in PostgreSQL records the SQLSTATE, not the database\'s message: clients read the run, the worker\'s log keeps the details', async () => {
-    const { w, run, ended: failed } = await runToTheEnd('2:database');
+  it('a step that fails in PostgreSQL records the SQLSTATE, not the database\'s message: clients read the run and the job\'s spans, the worker\'s log keeps the details', async () => {
+    const otlp = await startOtlpReceiver();
+    onTestFinished(() => otlp.close());
+    const telemetry = { NODE_OPTIONS: `--import ${TELEMETRY_REGISTER}`, OTEL_SDK_DISABLED: 'false', OTEL_EXPORTER_OTLP_ENDPOINT: otlp.url, OTEL_EXPORTER_OTLP_PROTOCOL: 'http/json', OTEL_BSP_SCHEDULE_DELAY: '100', OTEL_METRICS_EXPORTER: 'none' };
+    const { w, run, ended: failed } = await runToTheEnd('2:database', telemetry);
     expect(failed.status).toBe('failed');
     const recorded = {
       code: 'database_error',
@@ -127,5 +139,15 @@ describe('a step that fails by itself', () => {
     await failedLog(w, run.id);
     const [line] = logged(w, run.id, FAILED_FOR_GOOD);
     expect(JSON.stringify(line)).toContain('division by zero');
+    // Every span of the job's attempts — the step's, PostgreSQL's, and BullMQ's `process` span with its
+    // `job failed` event — goes to the collector, which keeps no values: the SQLSTATE, not the message.
+    const spans = await waitFor(() => {
+      const traces = new Set(otlp.spans.filter((s) => s.attributes[ATTR.RUN] === run.id).map((s) => s.traceId));
+      const mine = otlp.spans.filter((s) => traces.has(s.traceId));
+      return mine.filter((s) => s.events.some((e) => e.name === 'job failed')).length === RETRY.attempts ? mine : undefined;
+    }, { timeoutMs: 30_000, what: "the spans of the job's three attempts" });
+    expect(spans.some((s) => s.status.message?.includes('22012'))).toBe(true);
+    expect(JSON.stringify(spans)).not.toContain('division by zero');
+    expect(JSON.stringify(spans)).not.toContain('internal detail');
   });
 });

@@ -413,6 +413,10 @@ export class StepExecutor {
   private async fail(job: Job<StepJobData>, wf: WorkflowDef, e: unknown, seq: number, logger: Logger, stepRan = false): Promise<'completed-elsewhere' | 'run-ended'> {
     const d = job.data;
     const err = coerceError(e);
+    // What BullMQ keeps of the error (the job's failedReason in Bull Board, the `job failed` event of its
+    // span, which goes to the collector): a database error by its SQLSTATE, as the run records it, never
+    // PostgreSQL's message, which quotes values. The worker's log below keeps the message.
+    const reason = sqlStateOf(err) ? recordedError(err).message : err.message;
     const step = wf.steps[seq - 1];
     const log = logger.child({ sequence_num: seq, step: step?.name ?? d.step });
     if (e instanceof RunNotVisibleError) {
@@ -423,7 +427,7 @@ export class StepExecutor {
         throw new UnrecoverableError(`run ${d.run_id} does not exist (deleted by run retention after it ended, or never created)`);
       }
       log.error({ security_event: 'run_not_visible', tenant_id: d.tenant_id, run_id: d.run_id }, 'job names a run its tenant cannot see');
-      throw new UnrecoverableError(err.message);
+      throw new UnrecoverableError(reason);
     }
     const attempt = this.attempt(d, seq);
     const permanent = e instanceof ZodError || (e instanceof AppError && !e.retryable) || e instanceof UnrecoverableError;
@@ -434,7 +438,7 @@ export class StepExecutor {
       // the sweeper re-enqueues it once the job has failed here.
       failed('infrastructure');
       log.error({ err, attempt }, 'step kept failing on infrastructure; the run stays incomplete for the sweeper');
-      throw new UnrecoverableError(err.message);
+      throw new UnrecoverableError(reason);
     }
     if (permanent || lastAttempt) {
       const recorded = await this.markFailed(d, wf, seq, step?.name ?? d.step, err, attempt, stepRan, log).catch((me) => {
@@ -458,13 +462,13 @@ export class StepExecutor {
       }
       failed('failed');
       log.error({ err, permanent }, 'step failed for good; the run fails');
-      throw new UnrecoverableError(err.message);
+      throw new UnrecoverableError(reason);
     }
     // BullMQ retries the job with backoff; the next attempt replays the completed steps and retries this one.
     await job.updateData({ ...d, failures: { ...d.failures, [String(seq)]: attempt }, reached: seq }).catch((ue) => log.warn({ err: ue }, 'could not count the failed attempt'));
     failed('retrying');
     log.warn({ err: err.message, attempt }, 'step failed; BullMQ retries it with backoff');
-    throw err;
+    throw reason === err.message ? err : new Error(reason);
   }
 
   /**

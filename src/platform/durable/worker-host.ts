@@ -10,6 +10,19 @@ import { slotMember, slotParking, type TenantSlots } from './tenant-slots.ts';
 import { WEBHOOK_QUEUE } from '../webhooks/delivery.ts';
 import { TIMER_QUEUE } from '../queue/timers.ts';
 
+
+/**
+ * The run ids a job's data names (a run job, an SLA timer): written on the lines BullMQ's events
+ * cause outside the job's own context, so they are among the run's lines (found by its correlation id).
+ */
+function runIdsOf(data: unknown): { run_id?: string; tenant_id?: string; correlation_id?: string } {
+  const d = (data ?? {}) as { run_id?: unknown; tenant_id?: unknown; _correlation_id?: unknown };
+  const ids: { run_id?: string; tenant_id?: string; correlation_id?: string } = {};
+  if (typeof d.run_id === 'string') ids.run_id = d.run_id;
+  if (typeof d.tenant_id === 'string') ids.tenant_id = d.tenant_id;
+  if (typeof d._correlation_id === 'string') ids.correlation_id = d._correlation_id;
+  return ids;
+}
 export interface WorkerSettings {
   concurrency: number;
   lockDurationMs: number;
@@ -159,7 +172,7 @@ export function startWorkers(args: {
     worker.on('failed', (job, err) => {
       // A run job's attempts are the sum of its steps' (jobAttempts); a step that fails for good ends
       // the job at once with an UnrecoverableError, long before those run out.
-      if (job && (err.name === 'UnrecoverableError' || job.attemptsMade >= (job.opts.attempts ?? 1))) args.logger.warn({ job_id: job.id, err: err.message }, 'job failed for good');
+      if (job && (err.name === 'UnrecoverableError' || job.attemptsMade >= (job.opts.attempts ?? 1))) args.logger.warn({ job_id: job.id, ...runIdsOf(job.data), err: err.message }, 'job failed for good');
     });
     return worker;
   });

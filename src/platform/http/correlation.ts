@@ -1,8 +1,8 @@
 import { randomUUID } from 'node:crypto';
 import type { NextFunction, Request, Response } from 'express';
-import { trace } from '@opentelemetry/api';
+import { context as otelContext, trace } from '@opentelemetry/api';
 import { requestContext } from '../tenancy/request-context.ts';
-import { bindCorrelation } from '../telemetry/correlation-span-processor.ts';
+import { bindCorrelation, withRequestCorrelation } from '../telemetry/correlation-span-processor.ts';
 import { ATTR, isValidCorrelationId } from '../telemetry/attributes.ts';
 
 export { isValidCorrelationId };
@@ -31,6 +31,9 @@ export function correlationMiddleware(req: Request, res: Response, next: NextFun
     bindCorrelation(sc.traceId, correlationId);
     res.locals.traceId = sc.traceId;
     res.locals.spanId = sc.spanId;
+    const ctx = withRequestCorrelation(otelContext.active(), correlationId);
+    requestContext.run({ requestId, correlationId }, () => otelContext.with(ctx, next));
+    return;
   }
   requestContext.run({ requestId, correlationId }, next);
 }

@@ -39,6 +39,52 @@ export const isUnder = (url: string | undefined, prefix: string): boolean => {
   return path === prefix || path.startsWith(`${prefix}/`);
 };
 
+/** Query parameters whose values never reach a log line or a span (the Bull Board token exchange uses `token`). */
+const SECRET_QUERY_PARAMS = new Set(['token', 'access_token', 'password']);
+
+/** Whether a query parameter (its decoded name, any case) holds a secret. */
+export const isSecretQueryParam = (name: string): boolean => SECRET_QUERY_PARAMS.has(name.toLowerCase());
+
+const decodedName = (raw: string): string => {
+  try {
+    return decodeURIComponent(raw.replace(/\+/g, ' ')).toLowerCase();
+  } catch {
+    return raw.toLowerCase();
+  }
+};
+
+/**
+ * A URL with secret query values replaced: `/admin/queues?token=eyJ…` → `/admin/queues?token=[redacted]`.
+ * A parameter is read by its decoded name, as the query parser reads it (`%74oken` is `token`).
+ */
+export function redactUrl(url: string): string {
+  const q = url.indexOf('?');
+  if (q < 0) return url;
+  const hash = url.indexOf('#', q);
+  const query = url.slice(q + 1, hash < 0 ? undefined : hash);
+  const redacted = query
+    .split('&')
+    .map((pair) => {
+      const eq = pair.indexOf('=');
+      const name = eq < 0 ? pair : pair.slice(0, eq);
+      return isSecretQueryParam(decodedName(name)) ? `${name}=[redacted]` : pair;
+    })
+    .join('&');
+  return `${url.slice(0, q + 1)}${redacted}${hash < 0 ? '' : url.slice(hash)}`;
+}
+
+/**
+ * The `url.query` of an inbound request's server span with secret values redacted as in its log line
+ * (redactUrl): the HTTP instrumentation redacts only a few cloud signature names, and by exact spelling.
+ * None when the URL has no query (the instrumentation then sets none either).
+ */
+export function redactedQueryAttribute(url: string | undefined): Record<string, string> {
+  const redacted = redactUrl(url ?? '');
+  const q = redacted.indexOf('?');
+  const query = q < 0 ? '' : redacted.slice(q + 1).split('#')[0]!;
+  return query ? { 'url.query': query } : {};
+}
+
 /**
  * The `url.full` of an outgoing HTTP request's client span without its query (and without user info):
  * a webhook endpoint's URL is a tenant's, and its query often carries the receiver's own credential

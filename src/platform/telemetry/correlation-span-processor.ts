@@ -122,7 +122,17 @@ export class CorrelationSpanProcessor implements SpanProcessor {
 export function withRunCorrelation(ctx: Context, correlationId: string): Context {
   // Baggage carries the id into the worker with the job; the context key tells this process's spans
   // that the platform, not a caller, set it.
-  return propagation.setBaggage(ctx, propagation.createBaggage({ [CORRELATION_BAGGAGE_KEY]: { value: correlationId } })).setValue(RUN_CORRELATION, correlationId);
+  return withRequestCorrelation(ctx, correlationId).setValue(RUN_CORRELATION, correlationId);
+}
+
+/**
+ * A request's validated correlation id as the only baggage of `ctx` (correlationMiddleware): what the
+ * request enqueues carries it into the worker, where it tags the job's spans; the caller's `baggage`
+ * header is dropped. Unlike withRunCorrelation it does not mark the id as the run's: in this process
+ * the request's spans take the id from the request's context.
+ */
+export function withRequestCorrelation(ctx: Context, correlationId: string): Context {
+  return propagation.setBaggage(ctx, propagation.createBaggage({ [CORRELATION_BAGGAGE_KEY]: { value: correlationId } }));
 }
 
 let active: CorrelationSpanProcessor | undefined;

@@ -2,7 +2,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Response } from 'express';
 import { pinoHttp, type HttpLogger } from 'pino-http';
 import { redactUrl, type Logger } from './logger.ts';
-import { routedPath } from './attributes.ts';
+import { isSecretQueryParam, routedPath } from './attributes.ts';
 
 const PROBES = ['/healthz', '/readyz', '/metrics'];
 /** Probes, scrapes and the dashboard's assets and polling (GETs under /admin/queues/) would drown the request log. */
@@ -36,8 +36,10 @@ export function httpLogger(logger: Logger): HttpLogger {
     customSuccessObject: fields,
     customErrorObject: (req, res, _err, val) => fields(req, res, val),
     serializers: {
-      req: (req: { url?: string }) => {
+      req: (req: { url?: string; query?: Record<string, unknown> }) => {
         if (req.url) req.url = redactUrl(req.url);
+        // The parsed query too, by the same rule as the URL (any case: `?Token=`), not only REDACT_PATHS' exact names.
+        if (req.query) req.query = Object.fromEntries(Object.entries(req.query).map(([k, v]) => [k, isSecretQueryParam(k) ? '[redacted]' : v]));
         return req;
       },
     },

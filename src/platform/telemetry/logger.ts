@@ -1,6 +1,7 @@
 import { pino, type DestinationStream, type Logger } from 'pino';
 import { trace, context } from '@opentelemetry/api';
 import { currentContext } from '../tenancy/request-context.ts';
+import { redactUrl } from './attributes.ts';
 
 export const REDACT_PATHS = [
   'req.headers.authorization',
@@ -22,36 +23,7 @@ export const REDACT_PATHS = [
   '*.password',
 ];
 
-/** Query parameters whose values never reach a log line (the Bull Board token exchange uses `token`). */
-const SECRET_QUERY_PARAMS = new Set(['token', 'access_token', 'password']);
-
-const decodedName = (raw: string): string => {
-  try {
-    return decodeURIComponent(raw.replace(/\+/g, ' ')).toLowerCase();
-  } catch {
-    return raw.toLowerCase();
-  }
-};
-
-/**
- * A URL with secret query values replaced: `/admin/queues?token=eyJ…` → `/admin/queues?token=[redacted]`.
- * A parameter is read by its decoded name, as the query parser reads it (`%74oken` is `token`).
- */
-export function redactUrl(url: string): string {
-  const q = url.indexOf('?');
-  if (q < 0) return url;
-  const hash = url.indexOf('#', q);
-  const query = url.slice(q + 1, hash < 0 ? undefined : hash);
-  const redacted = query
-    .split('&')
-    .map((pair) => {
-      const eq = pair.indexOf('=');
-      const name = eq < 0 ? pair : pair.slice(0, eq);
-      return SECRET_QUERY_PARAMS.has(decodedName(name)) ? `${name}=[redacted]` : pair;
-    })
-    .join('&');
-  return `${url.slice(0, q + 1)}${redacted}${hash < 0 ? '' : url.slice(hash)}`;
-}
+export { redactUrl };
 
 const NO_TRACE = '00000000000000000000000000000000';
 const chindings = pino.symbols.chindingsSym as unknown as string;

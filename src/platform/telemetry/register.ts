@@ -30,7 +30,7 @@ if (!env.disabled) {
   const { getNodeAutoInstrumentations } = await import('@opentelemetry/auto-instrumentations-node');
   const { installCorrelationProcessor } = await import('./correlation-span-processor.ts');
   const { exportProcessors } = await import('./span-export.ts');
-  const { IGNORED_HTTP_PATHS, isUnder, urlWithoutQuery } = await import('./attributes.ts');
+  const { IGNORED_HTTP_PATHS, isUnder, redactedQueryAttribute, urlWithoutQuery } = await import('./attributes.ts');
   const { defaultSampler } = await import('./housekeeping-sampler.ts');
   const { statementWithoutValues } = await import('./statement-text.ts');
   const ignored = (url: string | undefined) => IGNORED_HTTP_PATHS.some((p) => isUnder(url, p));
@@ -50,7 +50,12 @@ if (!env.disabled) {
         '@opentelemetry/instrumentation-router': { enabled: false },
         '@opentelemetry/instrumentation-pino': { enabled: false },
         // Outgoing requests (webhook POSTs, ADR 0013) are recorded with their URL's query dropped: a tenant's URL may carry a credential there.
-        '@opentelemetry/instrumentation-http': { ignoreIncomingRequestHook: (req) => ignored(req.url), startOutgoingSpanHook: (options) => ({ 'url.full': urlWithoutQuery(options) }) },
+        // Incoming ones keep their query with a client's misplaced credential (`?access_token=…`) redacted, as in the request log.
+        '@opentelemetry/instrumentation-http': {
+          ignoreIncomingRequestHook: (req) => ignored(req.url),
+          startIncomingSpanHook: (req) => redactedQueryAttribute(req.url),
+          startOutgoingSpanHook: (options) => ({ 'url.full': urlWithoutQuery(options) }),
+        },
         // BullMQ polls Redis and the sweeper polls Postgres all the time: record them only inside a trace.
         // Spans name the command, never its values: a job's data and a statement's values are tenants'
         // submissions (the platform writes some values into statement text: coalescing-client.ts).

@@ -1,5 +1,5 @@
 import { DelayedError, Queue, type Job } from 'bullmq';
-import { context as otelContext, type Span } from '@opentelemetry/api';
+import { context as otelContext, trace, type Span } from '@opentelemetry/api';
 import type { MikroORM } from '@mikro-orm/postgresql';
 import type { Counter } from 'prom-client';
 import type { Logger } from 'pino';
@@ -371,7 +371,9 @@ export function webhookHandlers(deps: {
         passOn(data, row.endpoint_id);
         return { outcome: row.status };
       }
-      const log = deps.logger.child({ tenant_id: data.tenant_id, webhook_delivery_id: row.id, job_id: job.id });
+      // A run's event: its lines are among the run's (its run id and correlation id), as its attempt spans are.
+      const ofRun = row.run_id ? { run_id: row.run_id, ...(row.run_correlation_id ? { correlation_id: row.run_correlation_id } : {}) } : {};
+      const log = deps.logger.child({ tenant_id: data.tenant_id, webhook_delivery_id: row.id, job_id: job.id, ...ofRun });
       // Enqueued again before its attempt was due (the redelivery pass, a duplicate): wait for it.
       const due = row.next_attempt_at ? new Date(row.next_attempt_at).getTime() : 0;
       if (due > Date.now() + 1000) {
@@ -423,15 +425,17 @@ export function webhookHandlers(deps: {
       const counted = status === 'pending' ? 'retrying' : status;
       if (span) endAttemptSpan(span, outcome, counted);
       deps.outcomes?.inc({ outcome: counted });
+      // The attempt's line names the attempt's span (in the run's trace), not the job's, which may be another trace's (a resend's).
+      const inAttempt = (write: () => void) => (span ? otelContext.with(trace.setSpan(otelContext.active(), span), write) : write());
       if (status === 'delivered') {
-        log.info({ attempt, status_code: outcome.statusCode, duration_ms: outcome.durationMs }, 'webhook delivered');
+        inAttempt(() => log.info({ attempt, status_code: outcome.statusCode, duration_ms: outcome.durationMs }, 'webhook delivered'));
         return { outcome: status, attempt };
       }
       if (status === 'failed') {
-        log.warn({ attempt, status_code: outcome.statusCode, err: outcome.error }, 'webhook delivery failed for good');
+        inAttempt(() => log.warn({ attempt, status_code: outcome.statusCode, err: outcome.error }, 'webhook delivery failed for good'));
         return { outcome: status, attempt };
       }
-      log.info({ attempt, status_code: outcome.statusCode, err: outcome.error, retry_in_ms: delayMs }, 'webhook delivery attempt failed; retrying later');
+      inAttempt(() => log.info({ attempt, status_code: outcome.statusCode, err: outcome.error, retry_in_ms: delayMs }, 'webhook delivery attempt failed; retrying later'));
       // The retry is a new attempt: parked then, it queues behind the deliveries parked before it (not ahead of them all, by
       // this attempt's parked_at), with the first fallback delay, its park logged at info. Only a job that was parked pays the write.
       if (data.parks !== undefined) await job.updateData({ tenant_id: data.tenant_id, delivery_id: data.delivery_id } satisfies DeliveryJobData);
