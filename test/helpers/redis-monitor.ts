@@ -1,26 +1,68 @@
-import { Redis } from 'ioredis';
+import { connect } from 'node:net';
+import { once } from 'node:events';
+import type { Redis } from 'ioredis';
 import { TEST_REDIS_URL } from './env.ts';
 import { waitFor } from './poll.ts';
+
+/** One MONITOR line's arguments: each is a double-quoted string, escaped as Redis's sdscatrepr writes them. */
+export function monitorArgs(line: string): string[] {
+  return [...line.matchAll(/"((?:[^"\\]|\\.)*)"/g)].map((m) =>
+    m[1]!.replace(/\\(x[0-9a-fA-F]{2}|.)/g, (_, e: string) => (e.length === 3 ? String.fromCharCode(parseInt(e.slice(1), 16)) : ({ n: '\n', r: '\r', t: '\t', a: '\x07', b: '\b' } as Record<string, string>)[e] ?? e)),
+  );
+}
 
 /**
  * Watches the shared Redis with MONITOR for commands naming a key that starts with `keyPrefix` (a
  * feature's keys, to show it sends none when off). `settle` sends a marker on `redis` and waits for
  * MONITOR to report it: every command sent before (by a process since stopped) is in `seen` by then.
+ *
+ * A plain socket, not ioredis's `monitor()`: ioredis marks the connection as monitoring only in a
+ * promise continuation after MONITOR's `OK`, so on a busy Redis the monitor lines that arrive in the
+ * same chunk as that `OK` are taken for replies to commands never sent — "Command queue state error",
+ * the helper's promise rejected and uncaught errors after it (seen in CI under load).
  */
 export async function monitorKeys(keyPrefix: string) {
-  const monitor = await new Redis(TEST_REDIS_URL).monitor();
+  const url = new URL(TEST_REDIS_URL);
+  const socket = connect(Number(url.port || 6379), url.hostname);
+  socket.setEncoding('utf8');
+  await once(socket, 'connect');
   const seen: string[] = [];
   const markers: string[] = [];
-  monitor.on('monitor', (_time: string, args: string[]) => {
-    if (args.some((a) => a.startsWith(keyPrefix))) seen.push(args.join(' '));
-    if (args[0]?.toLowerCase() === 'echo') markers.push(args[1] ?? '');
+  // AUTH's OK first when the URL has a password, then MONITOR's: the lines after that are monitor output.
+  let oks = url.password ? -1 : 0;
+  let monitoring = false;
+  let failure: Error | undefined;
+  let buffered = '';
+  socket.on('error', (err) => (failure ??= err));
+  socket.on('data', (chunk: string) => {
+    buffered += chunk;
+    for (let end = buffered.indexOf('\r\n'); end >= 0; end = buffered.indexOf('\r\n')) {
+      const line = buffered.slice(0, end);
+      buffered = buffered.slice(end + 2);
+      if (line.startsWith('-')) failure ??= new Error(`MONITOR refused: ${line.slice(1)}`);
+      else if (!monitoring && line === '+OK') monitoring = ++oks === 1;
+      else if (monitoring && line.startsWith('+')) {
+        const args = monitorArgs(line);
+        if (args.some((a) => a.startsWith(keyPrefix))) seen.push(args.join(' '));
+        if (args[0]?.toLowerCase() === 'echo') markers.push(args[1] ?? '');
+      }
+    }
   });
+  if (url.password) socket.write(`AUTH ${decodeURIComponent(url.username) || 'default'} ${decodeURIComponent(url.password)}\r\n`);
+  socket.write('MONITOR\r\n');
+  await waitFor(() => {
+    if (failure) throw failure;
+    return monitoring;
+  }, { what: 'MONITOR to start' });
   return {
     seen,
     async settle(redis: Redis, marker: string) {
       await redis.echo(marker);
-      await waitFor(() => markers.includes(marker), { what: 'MONITOR to report the marker' });
+      await waitFor(() => {
+        if (failure) throw failure;
+        return markers.includes(marker);
+      }, { what: 'MONITOR to report the marker' });
     },
-    stop: () => monitor.disconnect(),
+    stop: () => socket.destroy(),
   };
 }
