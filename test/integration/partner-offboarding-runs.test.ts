@@ -251,13 +251,54 @@ describe('cancelling, retrying and listing partner offboardings through the API'
     expect(await recordsOf(other.partner.reference)).toEqual([{ run_id: running, status: 'archived' }]);
   });
 
-  it('a cancelled offboarding does not hold its partner: a new offboarding of it completes, and the cancelled one is marked abandoned', { timeout: LONG }, async () => {
+  it('a cancelled offboarding does not hold its partner: the offboarding refused while it ran, retried, completes, and the cancelled one is marked abandoned', { timeout: LONG }, async () => {
     const ctl = stepControl();
     const held = barrier();
     ctl.hold = { seq: 2, at: held };
-    host(ctl);
+    host(ctl, 2);
     const body = ofPartner();
     const cancelled = await submit(tok.submitter!, body);
+    await held.inside;
+    let refused: string;
+    try {
+      refused = await submit(tok.submitter!, body);
+      expect(await waitStatus(refused, ['completed', 'failed'])).toMatchObject({ status: 'failed', error: { code: 'partner_already_offboarded' } });
+      expect((await act('cancel', cancelled)).status).toBe(200);
+    } finally {
+      ctl.hold = undefined;
+      held.release();
+    }
+    expect(await recordsOf(body.partner.reference)).toEqual([{ run_id: cancelled, status: 'frozen' }]);
+    expect((await act('retry', refused)).status).toBe(200);
+    expect(await waitStatus(refused, ['completed', 'failed'])).toMatchObject({ status: 'completed', error: null });
+    expect(await recordsOf(body.partner.reference)).toEqual([
+      { run_id: cancelled, status: 'abandoned' },
+      { run_id: refused, status: 'archived' },
+    ]);
+  });
+
+  it("sends each offboarding's end to its own tenant's endpoints once: completed, refused as a second offboarding, cancelled; another tenant's offboarding of the same reference is its own", { timeout: LONG }, async () => {
+    const EVENTS = ['run.completed', 'run.failed', 'run.cancelled'];
+    const endpoint = async (token: string) => {
+      const res = await api(stack, 'POST', '/api/v1/webhook-endpoints', { token, body: { url: 'https://93.184.215.14/hook', events: EVENTS }, headers: { 'Idempotency-Key': randomUUID() } });
+      expect(res.status, res.text).toBe(201);
+      return res.json.id as string;
+    };
+    const own = await endpoint(tok.admin!);
+    const otherTenant = newTenant();
+    const otherAdmin = await stack.token({ tenantId: otherTenant, sub: 'admin-2', roles: ['admin'] });
+    const elsewhere = await endpoint(otherAdmin);
+
+    const ctl = stepControl();
+    host(ctl);
+    const body = ofPartner();
+    const completed = await submit(tok.submitter!, body);
+    await waitStatus(completed, ['completed']);
+    const refused = await submit(tok.submitter!, body);
+    await waitStatus(refused, ['failed']);
+    const held = barrier();
+    ctl.hold = { seq: 2, at: held };
+    const cancelled = await submit(tok.submitter!, ofPartner());
     await held.inside;
     try {
       expect((await act('cancel', cancelled)).status).toBe(200);
@@ -265,12 +306,26 @@ describe('cancelling, retrying and listing partner offboardings through the API'
       ctl.hold = undefined;
       held.release();
     }
-    expect(await recordsOf(body.partner.reference)).toEqual([{ run_id: cancelled, status: 'frozen' }]);
-    const next = await submit(tok.submitter!, body);
-    expect(await waitStatus(next, ['completed', 'failed'])).toMatchObject({ status: 'completed', error: null });
-    expect(await recordsOf(body.partner.reference)).toEqual([
-      { run_id: cancelled, status: 'abandoned' },
-      { run_id: next, status: 'archived' },
-    ]);
+    // The same reference in another tenant: not the first tenant's partner.
+    const theirs = await submit(otherAdmin, body);
+    const theirsDone = await waitFor(
+      async () => {
+        const r = (await api(stack, 'GET', `${BASE}/runs/${theirs}`, { token: otherAdmin })).json;
+        return ['completed', 'failed'].includes(r?.status) ? r : undefined;
+      },
+      { timeoutMs: 60_000, what: "the other tenant's offboarding to end" },
+    );
+    expect(theirsDone).toMatchObject({ status: 'completed', error: null });
+
+    const { rows } = await stack.db.admin(
+      `select tenant_id, endpoint_id, event_type, payload->'data'->>'run_id' as run_id, payload->'data'->>'workflow' as workflow from webhook_deliveries where endpoint_id in ($1, $2) order by created_at, event_type`,
+      [own, elsewhere],
+    );
+    const of = (run: string) => rows.filter((r) => r.run_id === run).map((r) => [r.tenant_id, r.endpoint_id, r.event_type, r.workflow]);
+    expect(of(completed)).toEqual([[tenant, own, 'run.completed', PARTNER_OFFBOARDING]]);
+    expect(of(refused)).toEqual([[tenant, own, 'run.failed', PARTNER_OFFBOARDING]]);
+    expect(of(cancelled)).toEqual([[tenant, own, 'run.cancelled', PARTNER_OFFBOARDING]]);
+    expect(of(theirs)).toEqual([[otherTenant, elsewhere, 'run.completed', PARTNER_OFFBOARDING]]);
+    expect(rows).toHaveLength(4);
   });
 });
