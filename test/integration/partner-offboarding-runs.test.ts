@@ -277,6 +277,29 @@ describe('cancelling, retrying and listing partner offboardings through the API'
     ]);
   });
 
+  it('a failed offboarding holds its partner until it is retried, or deleted by run retention: then the next offboarding of the partner completes', { timeout: LONG }, async () => {
+    const ctl = stepControl([2]);
+    host(ctl);
+    const body = ofPartner();
+    const failed = await submit(tok.submitter!, body);
+    await waitStatus(failed, ['failed']);
+    const refused = await submit(tok.submitter!, body);
+    const why = await waitStatus(refused, ['completed', 'failed']);
+    expect(why).toMatchObject({ status: 'failed', error: { code: 'partner_already_offboarded' } });
+    expect(why.error.message).toContain(`${failed}`);
+    expect(why.error.message).toContain('retry that run');
+
+    ctl.failing.clear();
+    // What run retention does to a run that ended long ago (its checkpoints go with it): the record stays, naming no run.
+    await stack.db.admin(`delete from durable_runs where id = $1`, [failed]);
+    const next = await submit(tok.submitter!, body);
+    expect(await waitStatus(next, ['completed', 'failed'])).toMatchObject({ status: 'completed', error: null });
+    expect(await recordsOf(body.partner.reference)).toEqual([
+      { run_id: failed, status: 'abandoned' },
+      { run_id: next, status: 'archived' },
+    ]);
+  });
+
   it("sends each offboarding's end to its own tenant's endpoints once: completed, refused as a second offboarding, cancelled; another tenant's offboarding of the same reference is its own", { timeout: LONG }, async () => {
     const EVENTS = ['run.completed', 'run.failed', 'run.cancelled'];
     const endpoint = async (token: string) => {

@@ -56,7 +56,11 @@ class PartnerAlreadyOffboardedError extends PermanentError {
   }
 }
 
-/** Step 1: the offboarding record, created frozen (the partner takes no new business from here on). */
+/**
+ * Step 1: the offboarding record, created frozen; the partner is this run's to offboard from here on.
+ * (The record is all "frozen" means: the golden path knows no partner reference, so its runs for the
+ * partner are neither stopped nor refused — docs/api.md.)
+ */
 export const freezePartnerStep = defineStep({
   name: 'freeze-partner',
   input: z.object({ submission: offboardingSubmission }),
