@@ -5,16 +5,28 @@ import { defineStep, type StepContext } from '../../platform/durable/workflow.ts
 import { PermanentError } from '../../platform/errors/app-error.ts';
 import { archivedSchema, frozenSchema, offboardingSubmission, settlementSchema, type OffboardingSubmission, type Settlement } from './partner-offboarding.schemas.ts';
 
-const round2 = (n: number) => Math.round(n * 100) / 100;
+/** The currency's minor unit, as ISO 4217 has it (2 for SAR, 3 for KWD, 0 for JPY; 2 for a code it does not know). */
+const minorDigits = (currency: string) => new Intl.NumberFormat('en', { style: 'currency', currency }).resolvedOptions().maximumFractionDigits ?? 2;
 
-/** Pure: the balances netted per currency, sorted by currency. */
+/**
+ * `n` to `digits` decimals, a half away from zero (so the same whichever side owes it), read at 15
+ * significant digits first so that a binary fraction (1.005 × 100 = 100.49999…) rounds as written.
+ * Never -0.
+ */
+function roundMinor(n: number, digits: number): number {
+  const f = 10 ** digits;
+  const r = Math.round(Number((Math.abs(n) * f).toPrecision(15))) / f;
+  return n < 0 && r !== 0 ? -r : r;
+}
+
+/** Pure: the balances netted per currency, to its minor unit, sorted by currency. */
 export function settle(balances: OffboardingSubmission['balances']): Settlement['lines'] {
   const net = new Map<string, number>();
   for (const b of balances) net.set(b.currency, (net.get(b.currency) ?? 0) + b.amount);
   return [...net]
     .sort(([a], [b]) => a.localeCompare(b))
     .map(([currency, sum]) => {
-      const n = round2(sum);
+      const n = roundMinor(sum, minorDigits(currency));
       return { currency, net: n, direction: n > 0 ? 'pay_partner' : n < 0 ? 'collect_from_partner' : 'none' };
     });
 }
