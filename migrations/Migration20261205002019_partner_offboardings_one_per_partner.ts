@@ -11,6 +11,12 @@ import { Migration } from '@mikro-orm/migrations';
  * security on the owner too, and the tenant setting is unset in a migration: the fix lifts it for this
  * table alone, under the ACCESS EXCLUSIVE lock the constraint change takes anyway, and forces it again
  * before the migration commits.
+ *
+ * Same workflow version (ADR 0008: step 1's body changed, not its name or schemas). While a worker of
+ * the previous release still runs, its step 1 inserting a second live record of a partner meets this
+ * index as a unique violation, which its executor takes for a lost checkpoint race: the run is not
+ * failed but retried (then swept) until a worker of this release runs it and fails it
+ * `partner_already_offboarded`.
  */
 export class Migration20261205002019_partner_offboardings_one_per_partner extends Migration {
 
