@@ -32,6 +32,8 @@ const SUBMISSION = {
   ],
 };
 
+/** The submission for a partner of its own: a tenant offboards a partner once (docs/api.md). */
+const another = () => ({ ...SUBMISSION, partner: { ...SUBMISSION.partner, reference: `P-${randomUUID().slice(0, 8)}` } });
 const submit = (body: unknown, key: string = randomUUID(), tok = token) => api(stack, 'POST', `${BASE}/run`, { token: tok, body, headers: { 'Idempotency-Key': key } });
 const runOf = async (id: string, tok = token) => api(stack, 'GET', `${BASE}/runs/${id}`, { token: tok });
 
@@ -90,8 +92,9 @@ describe('partner offboarding over HTTP', () => {
 
   it('answers a replayed submission with the same run, and refuses bad input as problem+json', async () => {
     const key = randomUUID();
-    const first = await submit(SUBMISSION, key);
-    const again = await submit(SUBMISSION, key);
+    const body = another();
+    const first = await submit(body, key);
+    const again = await submit(body, key);
     expect(again.status).toBe(202);
     expect(again.headers.get('idempotent-replayed')).toBe('true');
     expect(again.json.run_id).toBe(first.json.run_id);
@@ -109,7 +112,7 @@ describe('partner offboarding over HTTP', () => {
   });
 
   it("keeps tenants apart: another tenant's token gets 404, and a golden-path run id is not an offboarding", async () => {
-    const res = await submit(SUBMISSION);
+    const res = await submit(another());
     const other = await stack.token({ tenantId: newTenant(), sub: 'ops-2' });
     expect((await runOf(res.json.run_id, other)).status).toBe(404);
     const gp = await api(stack, 'POST', '/api/v1/golden-path/run', {

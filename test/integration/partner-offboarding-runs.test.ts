@@ -37,12 +37,12 @@ describe('cancelling, retrying and listing partner offboardings through the API'
   });
 
   /** Runs the partner offboarding in this process under `ctl`; stopped after the test. */
-  function host(ctl: StepControl) {
-    hosts.push(startRunHost(stack, wrappedWorkflow(stack, PARTNER_OFFBOARDING, controlledStep(ctl)), `offboarding-runs-${randomUUID().slice(0, 8)}`));
+  function host(ctl: StepControl, concurrency = 1) {
+    hosts.push(startRunHost(stack, wrappedWorkflow(stack, PARTNER_OFFBOARDING, controlledStep(ctl)), `offboarding-runs-${randomUUID().slice(0, 8)}`, {}, { concurrency }));
   }
 
-  async function submit(token = tok.submitter!): Promise<string> {
-    const res = await api(stack, 'POST', `${BASE}/run`, { token, body: OFFBOARDING_SUBMISSION, headers: { 'Idempotency-Key': randomUUID() } });
+  async function submit(token = tok.submitter!, body: unknown = OFFBOARDING_SUBMISSION): Promise<string> {
+    const res = await api(stack, 'POST', `${BASE}/run`, { token, body, headers: { 'Idempotency-Key': randomUUID() } });
     expect(res.status, res.text).toBe(202);
     return res.json.run_id as string;
   }
@@ -59,6 +59,8 @@ describe('cancelling, retrying and listing partner offboardings through the API'
   }
   const runRow = async (id: string) => (await stack.db.admin(`select status, error, retry_count, correlation_id, idempotency_hash, updated_at from durable_runs where id = $1`, [id])).rows[0];
   const checkpointsOf = async (id: string) => (await stack.db.admin(`select sequence_num, status, attempt, created_at from durable_checkpoints where run_id = $1 order by sequence_num`, [id])).rows;
+  const ofPartner = () => ({ ...OFFBOARDING_SUBMISSION, partner: { reference: `P-${randomUUID().slice(0, 8)}`, name: 'Acme' } });
+  const recordsOf = async (reference: string) => (await stack.db.admin(`select run_id, status from partner_offboardings where tenant_id = $1 and partner_reference = $2 order by frozen_at`, [tenant, reference])).rows;
   const offboardingOf = async (id: string) => (await stack.db.admin(`select status, settled_at, archived_at from partner_offboardings where run_id = $1`, [id])).rows;
   const metric = async (series: string) => {
     const line = (await api(stack, 'GET', '/metrics')).text.split('\n').find((l) => l.startsWith(`${series} `));
@@ -215,5 +217,138 @@ describe('cancelling, retrying and listing partner offboardings through the API'
     expect(await list('', tok.otherTenantAdmin!)).toEqual({ items: [], next_cursor: null });
     const gpList = await api(stack, 'GET', '/api/v1/golden-path/runs', { token });
     expect(gpList.json.items.map((r: { run_id: string }) => r.run_id)).toEqual([gp.json.run_id]);
+  });
+
+  it('one offboarding per partner: a second one, after the first completed or while it runs, fails at freeze-partner and settles nothing', { timeout: LONG }, async () => {
+    const ctl = stepControl();
+    host(ctl, 2);
+    const body = ofPartner();
+    const first = await submit(tok.submitter!, body);
+    expect(await waitStatus(first, ['completed', 'failed'])).toMatchObject({ status: 'completed' });
+
+    const again = await submit(tok.submitter!, body);
+    const refused = await waitStatus(again, ['completed', 'failed']);
+    expect(refused).toMatchObject({ status: 'failed', error: { code: 'partner_already_offboarded', step: STEPS[0], sequence_num: 1 } });
+    expect(refused.error.message).toContain(first);
+    // Step 1 only (run twice: its first try ran on what the new run's job carried, ADR 0004).
+    expect(new Set(enteredBy(ctl, again))).toEqual(new Set([1]));
+    expect(await recordsOf(body.partner.reference)).toEqual([{ run_id: first, status: 'archived' }]);
+
+    // While the first is still in flight (held in settle-balances): the second is refused the same way.
+    const held = barrier();
+    ctl.hold = { seq: 2, at: held };
+    const other = ofPartner();
+    const running = await submit(tok.submitter!, other);
+    await held.inside;
+    let during: { status: string; error: { code: string } };
+    try {
+      during = await waitStatus(await submit(tok.submitter!, other), ['completed', 'failed']);
+    } finally {
+      held.release();
+    }
+    expect(during).toMatchObject({ status: 'failed', error: { code: 'partner_already_offboarded' } });
+    expect(await waitStatus(running, ['completed', 'failed'])).toMatchObject({ status: 'completed' });
+    expect(await recordsOf(other.partner.reference)).toEqual([{ run_id: running, status: 'archived' }]);
+  });
+
+  it('a cancelled offboarding does not hold its partner: the offboarding refused while it ran, retried, completes, and the cancelled one is marked abandoned', { timeout: LONG }, async () => {
+    const ctl = stepControl();
+    const held = barrier();
+    ctl.hold = { seq: 2, at: held };
+    host(ctl, 2);
+    const body = ofPartner();
+    const cancelled = await submit(tok.submitter!, body);
+    await held.inside;
+    let refused: string;
+    try {
+      refused = await submit(tok.submitter!, body);
+      expect(await waitStatus(refused, ['completed', 'failed'])).toMatchObject({ status: 'failed', error: { code: 'partner_already_offboarded' } });
+      expect((await act('cancel', cancelled)).status).toBe(200);
+    } finally {
+      ctl.hold = undefined;
+      held.release();
+    }
+    expect(await recordsOf(body.partner.reference)).toEqual([{ run_id: cancelled, status: 'frozen' }]);
+    expect((await act('retry', refused)).status).toBe(200);
+    expect(await waitStatus(refused, ['completed', 'failed'])).toMatchObject({ status: 'completed', error: null });
+    expect(await recordsOf(body.partner.reference)).toEqual([
+      { run_id: cancelled, status: 'abandoned' },
+      { run_id: refused, status: 'archived' },
+    ]);
+  });
+
+  it('a failed offboarding holds its partner until it is retried, or deleted by run retention: then the next offboarding of the partner completes', { timeout: LONG }, async () => {
+    const ctl = stepControl([2]);
+    host(ctl);
+    const body = ofPartner();
+    const failed = await submit(tok.submitter!, body);
+    await waitStatus(failed, ['failed']);
+    const refused = await submit(tok.submitter!, body);
+    const why = await waitStatus(refused, ['completed', 'failed']);
+    expect(why).toMatchObject({ status: 'failed', error: { code: 'partner_already_offboarded' } });
+    expect(why.error.message).toContain(`${failed}`);
+    expect(why.error.message).toContain('retry that run');
+
+    ctl.failing.clear();
+    // What run retention does to a run that ended long ago (its checkpoints go with it): the record stays, naming no run.
+    await stack.db.admin(`delete from durable_runs where id = $1`, [failed]);
+    const next = await submit(tok.submitter!, body);
+    expect(await waitStatus(next, ['completed', 'failed'])).toMatchObject({ status: 'completed', error: null });
+    expect(await recordsOf(body.partner.reference)).toEqual([
+      { run_id: failed, status: 'abandoned' },
+      { run_id: next, status: 'archived' },
+    ]);
+  });
+
+  it("sends each offboarding's end to its own tenant's endpoints once: completed, refused as a second offboarding, cancelled; another tenant's offboarding of the same reference is its own", { timeout: LONG }, async () => {
+    const EVENTS = ['run.completed', 'run.failed', 'run.cancelled'];
+    const endpoint = async (token: string) => {
+      const res = await api(stack, 'POST', '/api/v1/webhook-endpoints', { token, body: { url: 'https://93.184.215.14/hook', events: EVENTS }, headers: { 'Idempotency-Key': randomUUID() } });
+      expect(res.status, res.text).toBe(201);
+      return res.json.id as string;
+    };
+    const own = await endpoint(tok.admin!);
+    const otherTenant = newTenant();
+    const otherAdmin = await stack.token({ tenantId: otherTenant, sub: 'admin-2', roles: ['admin'] });
+    const elsewhere = await endpoint(otherAdmin);
+
+    const ctl = stepControl();
+    host(ctl);
+    const body = ofPartner();
+    const completed = await submit(tok.submitter!, body);
+    await waitStatus(completed, ['completed']);
+    const refused = await submit(tok.submitter!, body);
+    await waitStatus(refused, ['failed']);
+    const held = barrier();
+    ctl.hold = { seq: 2, at: held };
+    const cancelled = await submit(tok.submitter!, ofPartner());
+    await held.inside;
+    try {
+      expect((await act('cancel', cancelled)).status).toBe(200);
+    } finally {
+      ctl.hold = undefined;
+      held.release();
+    }
+    // The same reference in another tenant: not the first tenant's partner.
+    const theirs = await submit(otherAdmin, body);
+    const theirsDone = await waitFor(
+      async () => {
+        const r = (await api(stack, 'GET', `${BASE}/runs/${theirs}`, { token: otherAdmin })).json;
+        return ['completed', 'failed'].includes(r?.status) ? r : undefined;
+      },
+      { timeoutMs: 60_000, what: "the other tenant's offboarding to end" },
+    );
+    expect(theirsDone).toMatchObject({ status: 'completed', error: null });
+
+    const { rows } = await stack.db.admin(
+      `select tenant_id, endpoint_id, event_type, payload->'data'->>'run_id' as run_id, payload->'data'->>'workflow' as workflow from webhook_deliveries where endpoint_id in ($1, $2) order by created_at, event_type`,
+      [own, elsewhere],
+    );
+    const of = (run: string) => rows.filter((r) => r.run_id === run).map((r) => [r.tenant_id, r.endpoint_id, r.event_type, r.workflow]);
+    expect(of(completed)).toEqual([[tenant, own, 'run.completed', PARTNER_OFFBOARDING]]);
+    expect(of(refused)).toEqual([[tenant, own, 'run.failed', PARTNER_OFFBOARDING]]);
+    expect(of(cancelled)).toEqual([[tenant, own, 'run.cancelled', PARTNER_OFFBOARDING]]);
+    expect(of(theirs)).toEqual([[otherTenant, elsewhere, 'run.completed', PARTNER_OFFBOARDING]]);
+    expect(rows).toHaveLength(4);
   });
 });

@@ -2,9 +2,15 @@ import { defineEntity, p } from '@mikro-orm/core';
 import { tenantIdProperty, tenantIsolationPolicy } from '../../platform/db/tenant-owned.ts';
 import { OFFBOARDING_REASONS } from './partner-offboarding.schemas.ts';
 
-export const OFFBOARDING_STATUSES = ['frozen', 'settled', 'archived'] as const;
+export const OFFBOARDING_STATUSES = ['frozen', 'settled', 'archived', 'abandoned'] as const;
 
-/** One partner offboarding per run: created frozen by step 1, settled by step 2, archived by step 3. */
+/**
+ * One partner offboarding per run: created frozen by step 1, settled by step 2, archived by step 3.
+ * One per partner too: at most one record of a tenant's `partner_reference` is not `abandoned` (the
+ * partial unique key), so a partner is frozen, settled and archived once. A record whose run was
+ * cancelled (or deleted by run retention) before it was archived is marked `abandoned` by the next
+ * offboarding of that partner (step 1), which then takes its place.
+ */
 export const PartnerOffboardingRow = defineEntity({
   name: 'PartnerOffboarding',
   tableName: 'partner_offboardings',
@@ -21,7 +27,10 @@ export const PartnerOffboardingRow = defineEntity({
     settledAt: p.datetime().nullable(),
     archivedAt: p.datetime().nullable(),
   },
-  uniques: [{ name: 'partner_offboardings_tenant_run_unique', properties: ['tenantId', 'runId'] }],
+  uniques: [
+    { name: 'partner_offboardings_tenant_run_unique', properties: ['tenantId', 'runId'] },
+    { name: 'partner_offboardings_tenant_partner_unique', properties: ['tenantId', 'partnerReference'], where: "status <> 'abandoned'" },
+  ],
   rowLevelSecurity: 'force',
   policies: [tenantIsolationPolicy('partner_offboardings')],
 });

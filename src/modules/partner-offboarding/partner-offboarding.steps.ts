@@ -2,20 +2,31 @@ import { randomUUID } from 'node:crypto';
 import { z } from 'zod';
 import type { EntityManager } from '@mikro-orm/postgresql';
 import { defineStep, type StepContext } from '../../platform/durable/workflow.ts';
-import { insertRow } from '../../platform/db/insert-row.ts';
-import { PartnerOffboardingRow } from './partner-offboarding.entities.ts';
+import { PermanentError } from '../../platform/errors/app-error.ts';
 import { archivedSchema, frozenSchema, offboardingSubmission, settlementSchema, type OffboardingSubmission, type Settlement } from './partner-offboarding.schemas.ts';
 
-const round2 = (n: number) => Math.round(n * 100) / 100;
+/** The currency's minor unit, as ISO 4217 has it (2 for SAR, 3 for KWD, 0 for JPY; 2 for a code it does not know). */
+const minorDigits = (currency: string) => new Intl.NumberFormat('en', { style: 'currency', currency }).resolvedOptions().maximumFractionDigits ?? 2;
 
-/** Pure: the balances netted per currency, sorted by currency. */
+/**
+ * `n` to `digits` decimals, a half away from zero (so the same whichever side owes it), read at 15
+ * significant digits first so that a binary fraction (1.005 × 100 = 100.49999…) rounds as written.
+ * Never -0.
+ */
+function roundMinor(n: number, digits: number): number {
+  const f = 10 ** digits;
+  const r = Math.round(Number((Math.abs(n) * f).toPrecision(15))) / f;
+  return n < 0 && r !== 0 ? -r : r;
+}
+
+/** Pure: the balances netted per currency, to its minor unit, sorted by currency. */
 export function settle(balances: OffboardingSubmission['balances']): Settlement['lines'] {
   const net = new Map<string, number>();
   for (const b of balances) net.set(b.currency, (net.get(b.currency) ?? 0) + b.amount);
   return [...net]
     .sort(([a], [b]) => a.localeCompare(b))
     .map(([currency, sum]) => {
-      const n = round2(sum);
+      const n = roundMinor(sum, minorDigits(currency));
       return { currency, net: n, direction: n > 0 ? 'pay_partner' : n < 0 ? 'collect_from_partner' : 'none' };
     });
 }
@@ -34,27 +45,55 @@ async function advance(em: EntityManager, ctx: StepContext, from: string, set: s
   return rows[0].id;
 }
 
-/** Step 1: the offboarding record, created frozen (the partner takes no new business from here on). */
+/**
+ * Inserts the run's offboarding record, frozen, unless another record of the partner holds it (the
+ * partial unique key `(tenant_id, partner_reference) where status <> 'abandoned'`): then nothing is
+ * inserted and no row is returned. `on conflict do nothing` waits for an insert of the partner in flight
+ * and never raises a unique violation (which the executor takes for a lost checkpoint race).
+ */
+const CLAIM = `insert into partner_offboardings (id, tenant_id, run_id, partner_reference, partner_name, reason, status, frozen_at)
+  values (?, ?, ?, ?, ?, ?, 'frozen', ?)
+  on conflict (tenant_id, partner_reference) where status <> 'abandoned' do nothing returning id`;
+
+/** The record that holds the partner, locked, with its run's status (null: deleted by run retention). */
+const HOLDER = `select o.id, o.run_id, o.status, r.status as run_status from partner_offboardings o
+  left join durable_runs r on r.tenant_id = o.tenant_id and r.id = o.run_id
+  where o.tenant_id = ? and o.partner_reference = ? and o.status <> 'abandoned' for update of o`;
+
+/** The partner is another offboarding's: this run fails for good at step 1, having frozen and settled nothing. */
+class PartnerAlreadyOffboardedError extends PermanentError {
+  constructor(reference: string, holder: { run_id: string; status: string; run_status: string | null }) {
+    const what = holder.status === 'archived' ? 'was offboarded' : `is being offboarded (its run is ${holder.run_status}${holder.run_status === 'failed' ? ': retry that run' : ''})`;
+    super('partner_already_offboarded', `Partner ${reference} ${what} by run ${holder.run_id}.`);
+  }
+}
+
+/**
+ * Step 1: the offboarding record, created frozen; the partner is this run's to offboard from here on.
+ * (The record is all "frozen" means: the golden path knows no partner reference, so its runs for the
+ * partner are neither stopped nor refused — docs/api.md.)
+ */
 export const freezePartnerStep = defineStep({
   name: 'freeze-partner',
   input: z.object({ submission: offboardingSubmission }),
   output: frozenSchema,
-  // One insert in its transaction and nothing else: it may run from what a new run's job carries (ADR 0004).
+  // Its writes through ctx.em are its only effects: it may run from what a new run's job carries (ADR 0004).
   effectsInTransaction: true,
   async run({ submission }, ctx) {
     const id = randomUUID();
     const frozenAt = new Date();
-    await insertRow(ctx.em, PartnerOffboardingRow, {
-      id,
-      tenantId: ctx.run.tenantId,
-      runId: ctx.run.id,
-      partnerReference: submission.partner.reference,
-      partnerName: submission.partner.name,
-      reason: submission.reason,
-      status: 'frozen',
-      settlement: null,
-      frozenAt,
-    });
+    const { reference, name } = submission.partner;
+    const claim = () => ctx.em.execute<{ id: string }[]>(CLAIM, [id, ctx.run.tenantId, ctx.run.id, reference, name, submission.reason, frozenAt]);
+    if (!(await claim())[0]) {
+      const [holder] = await ctx.em.execute<{ id: string; run_id: string; status: string; run_status: string | null }[]>(HOLDER, [ctx.run.tenantId, reference]);
+      // Gone since the claim, or this run's own (another execution of the step got there first): a
+      // plain (retryable) error, whose retry reads the run and goes on from what is stored.
+      if (!holder || holder.run_id === ctx.run.id) throw new Error(`partner ${reference}: its offboarding record changed under run ${ctx.run.id}'s freeze`);
+      // A run cancelled before it archived (or deleted by retention) holds nothing: its record is given up.
+      if (holder.status === 'archived' || (holder.run_status !== null && holder.run_status !== 'cancelled')) throw new PartnerAlreadyOffboardedError(reference, holder);
+      await ctx.em.execute(`update partner_offboardings set status = 'abandoned' where tenant_id = ? and id = ?`, [ctx.run.tenantId, holder.id], 'run');
+      if (!(await claim())[0]) throw new Error(`partner ${reference}: claimed by another offboarding during run ${ctx.run.id}'s freeze`);
+    }
     return { offboarding_id: id, frozen_at: frozenAt.toISOString() };
   },
 });
