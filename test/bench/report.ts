@@ -261,7 +261,8 @@ export function buildReport(r: Results): Report {
   add({ section: s6, figure: 'kill → step re-delivered to another worker (lock expiry + stalled check), median s', ours: rec?.redeliveredMedian });
   add({ section: s6, figure: 'kill → next checkpoint by another worker, max s', ours: rec?.max });
   add({ section: s6, figure: 'every run completed, one checkpoint per step', ours: rec ? (rec.allCompleted ? 'yes' : 'NO') : undefined });
-  add({ section: s6, figure: 'TARGET recovery median, s', ours: rec?.median, target: '<= 3 s', status: target('recovery after SIGKILL, median (s)', '<= 3 s', rec?.median, (v) => v <= 3) });
+  // A fast handover that lost a run or checkpointed a step twice is no recovery (as a refused POST is not a fast one).
+  add({ section: s6, figure: 'TARGET recovery median, s', ours: rec?.median, target: '<= 3 s', status: target('recovery after SIGKILL, median (s), every run completed once', '<= 3 s', rec?.median, (v) => v <= 3 && rec?.allCompleted === true) });
 
   // 7. Floor
   const f = r.floor;

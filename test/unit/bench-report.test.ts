@@ -69,3 +69,22 @@ describe('benchmark report: the RLS figure', () => {
     expect(target.value).toBeCloseTo((1.1 / 1 - 1) * 100, 2);
   });
 });
+
+describe('benchmark report: the recovery target', () => {
+  const recovery = (allCompleted: boolean): Results => ({
+    plan: planFor(true),
+    errors: {},
+    settings: { workerConcurrency: 8, poolMax: 10, lockDurationMs: 2000, stalledIntervalMs: 500, workerNodeFlags: '' },
+    recovery: { kills: 4, seconds: [1, 1.2, 2.9, 3.5], median: 2.05, max: 3.5, redeliveredMedian: 1.5, allCompleted, settings: { lockDurationMs: 2000, stalledIntervalMs: 500 } },
+  });
+  const recoveryTarget = (r: Results) => buildReport(r).targets.find((t) => t.figure.startsWith('recovery after SIGKILL'))!;
+
+  it('passes a fast handover in which every run completed with one checkpoint per step', () => {
+    expect(recoveryTarget(recovery(true)).status).toBe('PASS');
+  });
+
+  it('misses when a recovered run did not complete or a step was checkpointed twice, however fast the handover', () => {
+    // A fast "recovery" that lost or duplicated a step is not a recovery (as a refused POST is not a fast one).
+    expect(recoveryTarget(recovery(false)).status).toBe('MISS');
+  });
+});
