@@ -1,6 +1,8 @@
+import { Console } from 'node:console';
 import { describe, expect, it } from 'vitest';
 import { latency, max, median, percentile } from '../bench/lib/stats.ts';
 import { steadyRate } from '../bench/lib/closed-loop.ts';
+import { stdoutToStderr } from '../bench/lib/bench-db.ts';
 
 describe('benchmark statistics', () => {
   it('percentile is nearest-rank: p99 of 100 values is the 99th, of 10 values the largest', () => {
@@ -32,5 +34,27 @@ describe('benchmark statistics', () => {
     // One completion every 10 ms: 100 per second, whatever the ramp-up and drain around it.
     const evenly = Array.from({ length: 100 }, (_, i) => 1_000 + i * 10);
     expect(steadyRate([60_000, ...evenly, 0])).toBeCloseTo(100, 6);
+  });
+});
+
+describe('benchmark --json: stdout carries the report alone', () => {
+  it("sends a console-bound logger's lines (MikroORM's migrator) to stderr while the template is migrated", async () => {
+    // The global console of a real process (vitest replaces the test's own): it writes to process.stdout.
+    const real = new Console({ stdout: process.stdout, stderr: process.stderr });
+    const boundLog = real.log.bind(real);
+    const out: string[] = [];
+    const err: string[] = [];
+    const [stdoutWrite, stderrWrite] = [process.stdout.write, process.stderr.write];
+    process.stdout.write = ((chunk: string) => out.push(String(chunk)) > 0) as typeof process.stdout.write;
+    process.stderr.write = ((chunk: string) => err.push(String(chunk)) > 0) as typeof process.stderr.write;
+    try {
+      await stdoutToStderr(async () => boundLog("[migrator] Applied 'Migration1'"));
+      boundLog('{"report": true}');
+    } finally {
+      process.stdout.write = stdoutWrite;
+      process.stderr.write = stderrWrite;
+    }
+    expect(out.join('')).toBe('{"report": true}\n');
+    expect(err.join('')).toBe("[migrator] Applied 'Migration1'\n");
   });
 });
