@@ -99,6 +99,11 @@ async function cleanup(): Promise<void> {
 }
 process.once('SIGINT', () => void cleanup().finally(() => process.exit(130)));
 
+// The report this run will write: an earlier run's must not outlive a run that fails before writing it
+// (CI uploads artifacts/ whatever the outcome; a stale bench.json would pass for this run's).
+const reportPath = join(ROOT, 'artifacts', only ? 'bench-partial.json' : 'bench.json');
+rmSync(reportPath, { force: true });
+
 try {
   results.machine = await machineInfo();
   await dbs.init();
@@ -111,8 +116,8 @@ try {
 
 const report = buildReport(results);
 mkdirSync(join(ROOT, 'artifacts'), { recursive: true });
-// A run of some phases only (--only) must not replace the complete report the release gate reads.
-writeFileSync(join(ROOT, 'artifacts', only ? 'bench-partial.json' : 'bench.json'), `${JSON.stringify(report, null, 2)}\n`);
+// A run of some phases only (--only) writes bench-partial.json, never replacing a complete report.
+writeFileSync(reportPath, `${JSON.stringify(report, null, 2)}\n`);
 process.stdout.write(asJson ? `${JSON.stringify(report, null, 2)}\n` : `${renderTable(report)}\n`);
 if (Object.keys(results.errors).length) process.exit(1);
 if (budget) {

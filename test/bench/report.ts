@@ -28,7 +28,8 @@ export interface Results {
   rls?: { on: M[]; off: M[]; control?: M[] };
   recovery?: RecoveryResult;
   floor?: FloorResult;
-  data?: Array<{ rows: number; tenants: number; m: M }>;
+  /** tenantsWithRuns: how many of the tenants the measured runs came from (round-robin); absent in reports before session 26. */
+  data?: Array<{ rows: number; tenants: number; tenantsWithRuns?: number; m: M }>;
   /** One recovery sweep over a backlog whose jobs all wait in Redis; absent in reports before session 13. */
   sweep?: SweepResult;
 }
@@ -261,7 +262,8 @@ export function buildReport(r: Results): Report {
   add({ section: s6, figure: 'kill → step re-delivered to another worker (lock expiry + stalled check), median s', ours: rec?.redeliveredMedian });
   add({ section: s6, figure: 'kill → next checkpoint by another worker, max s', ours: rec?.max });
   add({ section: s6, figure: 'every run completed, one checkpoint per step', ours: rec ? (rec.allCompleted ? 'yes' : 'NO') : undefined });
-  add({ section: s6, figure: 'TARGET recovery median, s', ours: rec?.median, target: '<= 3 s', status: target('recovery after SIGKILL, median (s)', '<= 3 s', rec?.median, (v) => v <= 3) });
+  // A fast handover that lost a run or checkpointed a step twice is no recovery (as a refused POST is not a fast one).
+  add({ section: s6, figure: 'TARGET recovery median, s', ours: rec?.median, target: '<= 3 s', status: target('recovery after SIGKILL, median (s), every run completed once', '<= 3 s', rec?.median, (v) => v <= 3 && rec?.allCompleted === true) });
 
   // 7. Floor
   const f = r.floor;
@@ -289,7 +291,8 @@ export function buildReport(r: Results): Report {
     add({ section: s8, figure: `${n} worker process${n === '1' ? ' (the like-for-like run)' : 'es'}, ${r.plan.workers.inFlight} in flight`, ours: g(m) });
   }
   for (const d of r.data ?? []) {
-    add({ section: s8, figure: `step p50 / p99 ms, ${d.rows.toLocaleString('en')} runs in the table, ${d.tenants} tenant(s)`, ours: `${round(d.m.step.p50, 2)} / ${round(d.m.step.p99, 2)}` });
+    const reached = d.tenantsWithRuns !== undefined && d.tenantsWithRuns < d.tenants ? ` (runs from ${d.tenantsWithRuns} of them)` : '';
+    add({ section: s8, figure: `step p50 / p99 ms, ${d.rows.toLocaleString('en')} runs in the table, ${d.tenants} tenant(s)${reached}`, ours: `${round(d.m.step.p50, 2)} / ${round(d.m.step.p99, 2)}` });
   }
   add({ section: s8, figure: '1,000 in flight: steps replayed from a checkpoint (duplicate deliveries, sweeper)', ours: r.inFlight?.deep?.replays });
   const sw = r.sweep;

@@ -69,3 +69,43 @@ describe('benchmark report: the RLS figure', () => {
     expect(target.value).toBeCloseTo((1.1 / 1 - 1) * 100, 2);
   });
 });
+
+describe('benchmark report: the recovery target', () => {
+  const recovery = (allCompleted: boolean): Results => ({
+    plan: planFor(true),
+    errors: {},
+    settings: { workerConcurrency: 8, poolMax: 10, lockDurationMs: 2000, stalledIntervalMs: 500, workerNodeFlags: '' },
+    recovery: { kills: 4, seconds: [1, 1.2, 2.9, 3.5], median: 2.05, max: 3.5, redeliveredMedian: 1.5, allCompleted, settings: { lockDurationMs: 2000, stalledIntervalMs: 500 } },
+  });
+  const recoveryTarget = (r: Results) => buildReport(r).targets.find((t) => t.figure.startsWith('recovery after SIGKILL'))!;
+
+  it('passes a fast handover in which every run completed with one checkpoint per step', () => {
+    expect(recoveryTarget(recovery(true)).status).toBe('PASS');
+  });
+
+  it('misses when a recovered run did not complete or a step was checkpointed twice, however fast the handover', () => {
+    // A fast "recovery" that lost or duplicated a step is not a recovery (as a refused POST is not a fast one).
+    expect(recoveryTarget(recovery(false)).status).toBe('MISS');
+  });
+});
+
+describe('benchmark report: growth with tenants', () => {
+  const point = (tenants: number, tenantsWithRuns?: number): Results => ({
+    plan: planFor(true),
+    errors: {},
+    settings: { workerConcurrency: 8, poolMax: 10, lockDurationMs: 2000, stalledIntervalMs: 500, workerNodeFlags: '' },
+    data: [{ rows: 100_000, tenants, ...(tenantsWithRuns === undefined ? {} : { tenantsWithRuns }), m: round({ 1: [4], 2: [1], 3: [1], 4: [1] }) }],
+  });
+  const label = (r: Results) => buildReport(r).rows.find((x) => x.figure.startsWith('step p50 / p99 ms, 100,000 runs'))!.figure;
+
+  it('says how many of the tenants the measured runs came from when fewer runs than tenants were measured', () => {
+    // 60 runs round-robin over 1,000 tenants reach 60 of them, not 1,000.
+    expect(label(point(1000, 60))).toBe('step p50 / p99 ms, 100,000 runs in the table, 1000 tenant(s) (runs from 60 of them)');
+  });
+
+  it('keeps the label when every tenant had a run, and for reports that did not record it', () => {
+    expect(label(point(1000, 1000))).toBe('step p50 / p99 ms, 100,000 runs in the table, 1000 tenant(s)');
+    expect(label(point(1000))).toBe('step p50 / p99 ms, 100,000 runs in the table, 1000 tenant(s)');
+    expect(label(point(1, 1))).toBe('step p50 / p99 ms, 100,000 runs in the table, 1 tenant(s)');
+  });
+});

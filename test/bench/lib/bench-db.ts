@@ -59,7 +59,8 @@ export class BenchDatabases {
     this.created.push(this.template);
     await setupDatabase({ adminUrl: ADMIN_URL, ownerUrl: pgUrl(TEST_OWNER, this.template), appUrl: pgUrl(TEST_APP, this.template) });
     const config = parseConfig({ JWT_SECRET, DATABASE_URL: pgUrl(TEST_APP, this.template), MIGRATION_DATABASE_URL: pgUrl(TEST_OWNER, this.template) });
-    await migrate(config, entities);
+    // MikroORM's migrator logs each migration on stdout, which with --json carries the report alone.
+    await stdoutToStderr(() => migrate(config, entities));
   }
 
   /** A fresh clone of the migrated template. `rlsOff`: FORCE ROW LEVEL SECURITY removed, for an owner connection. */
@@ -111,6 +112,20 @@ export class BenchDatabases {
       const epoch = Number(/^dealix_bench_(\d+)_/.exec(r.datname)?.[1] ?? 0);
       if (epoch && epoch < cutoff) await this.drop(r.datname);
     }
+  }
+}
+
+/**
+ * Runs `fn` with whatever it writes to stdout sent to stderr (`--json` promises one JSON document on
+ * stdout; loggers bound to the console, as MikroORM's is, write through process.stdout.write).
+ */
+export async function stdoutToStderr<T>(fn: () => Promise<T>): Promise<T> {
+  const write = process.stdout.write;
+  process.stdout.write = process.stderr.write.bind(process.stderr) as typeof process.stdout.write;
+  try {
+    return await fn();
+  } finally {
+    process.stdout.write = write;
   }
 }
 

@@ -1,5 +1,5 @@
 import type { DoneItem } from './child-ipc.ts';
-import { latency, nowMs, type Latency } from './stats.ts';
+import { latency, max, nowMs, type Latency } from './stats.ts';
 
 /**
  * Matches completion reports (from worker processes, by run id) with the runs the benchmark started.
@@ -105,6 +105,6 @@ export async function closedLoop(opts: {
   };
   await Promise.all(Array.from({ length: Math.min(opts.inFlight, opts.total) }, lane));
   if (abandoned) opts.completions.clear();
-  const seconds = doneAt.length ? (Math.max(...doneAt) - began) / 1000 : 0;
+  const seconds = doneAt.length ? (max(doneAt) - began) / 1000 : 0;
   return { runs: e2e.length, seconds, runsPerSec: steadyRate(doneAt), e2e: latency(e2e), start: latency(starts) };
 }

@@ -15,7 +15,7 @@ export interface LoopOpts {
   abandonAfterMs?: number;
   /** Runs are spread round-robin over these tenants (default: one tenant). */
   tenants?: string[];
-  /** Count transactions (settles PostgreSQL's statistics before and after: 3 s). Default true. */
+  /** Count transactions (settles PostgreSQL's statistics before and after: 2 × STATS_SETTLE_MS). Default true. */
   accounting?: boolean;
 }
 

@@ -8,7 +8,7 @@ import { ApiClient, GOLDEN_PATH_POST, NO_KEY_POST, openLoop } from '../lib/http-
 import { measure, type Measured } from '../lib/measure.ts';
 import { watchMachine, type MachineWindow } from '../lib/pressure.ts';
 import { CLASS_A_SUBMISSION, oursEnv, productionNodeFlags, spawnOursWorkers, stopAll, wireCompletions, type OursTarget } from '../lib/ours.ts';
-import { latency, type Latency } from '../lib/stats.ts';
+import { latency, max, min, type Latency } from '../lib/stats.ts';
 import type { LoopOpts } from './engine.ts';
 
 /** Submissions come from this many tenants, round-robin (the per-tenant rate limit is 600 per minute). */
@@ -101,8 +101,8 @@ export async function openHttp(target: OursTarget, workerCount: number): Promise
         const lines = results.map((r) => `${Math.round(r.sentAt)}\t${r.ms.toFixed(1)}\t${r.status}`);
         appendFileSync(process.env.BENCH_POST_TIMELINE, `# window ${live.length} workers\n${lines.join('\n')}\n`);
       }
-      const first = Math.min(...results.map((r) => r.sentAt));
-      const last = Math.max(...results.map((r) => r.sentAt));
+      const first = min(results.map((r) => r.sentAt));
+      const last = max(results.map((r) => r.sentAt));
       const statuses: Record<string, number> = {};
       for (const r of results) statuses[r.status] = (statuses[r.status] ?? 0) + 1;
       // Every request counts, failed ones too (a 503 after a 5 s pool wait is a slow answer, not a missing one).
