@@ -294,6 +294,23 @@ describe('a policy change that loosens', () => {
     expect(await pendingOf(t)).toBe(3);
   });
 
+  it('the same PUT again answers only a change still pending, of this tenant: one rejected or expired, or the same admin\'s (same sub) in another tenant, is not it', async () => {
+    const t = await tenantTokens();
+    const other = await tenantTokens();
+    const theirs = await propose(other);
+    const rejected = await propose(t);
+    expect(rejected.id).not.toBe(theirs.id);
+    expect((await decide(t.admin, rejected.id, 'reject')).status).toBe(200);
+    const expired = await propose(t);
+    expect(expired.id).not.toBe(rejected.id);
+    await expireNow(expired.id);
+    const fresh = await propose(t);
+    expect([rejected.id, expired.id, theirs.id]).not.toContain(fresh.id);
+    expect((await put(t.admin, LOOSER)).json.id).toBe(fresh.id);
+    expect(await pendingOf(t)).toBe(1);
+    expect(await pendingOf(other)).toBe(1);
+  });
+
   it('with an Idempotency-Key: the PUT and the approval replay their answers and store nothing twice', async () => {
     const t = await tenantTokens();
     const key = randomUUID();
@@ -500,6 +517,26 @@ describe('pending changes per tenant are capped', () => {
       expect(await pendingOf(t)).toBe(MAX_PENDING);
     } finally {
       await held.close();
+    }
+  });
+
+  it('holds under the same proposal sent at once, keyless (a client that retried before its first answer came): one change, which every answer names — with a policy row to lock or without', async () => {
+    for (const withRow of [false, true]) {
+      const t = await tenantTokens();
+      if (withRow) expect((await put(t.admin, DEFAULTS)).json).toMatchObject({ version: 1 });
+      // Inserts into the changes wait (reads go on) while all three are sent, so they overlap for sure.
+      const held = await holdTable(stack.db.adminUrl, 'approval_policy_changes');
+      try {
+        const same = [1, 2, 3].map(() => put(t.admin, LOOSER));
+        await lockWaiters(3, 'the three proposals to wait');
+        await held.release();
+        const answers = await Promise.all(same);
+        expect(answers.map((a) => a.status)).toEqual([202, 202, 202]);
+        expect(new Set(answers.map((a) => a.json.id)).size).toBe(1);
+        expect(await pendingOf(t)).toBe(1);
+      } finally {
+        await held.close();
+      }
     }
   });
 });

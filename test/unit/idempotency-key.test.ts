@@ -33,6 +33,16 @@ describe('parseIdempotencyKey', () => {
     expect(parseIdempotencyKey('"abc"; a; b=?0;c="x;y\\"z";d=tok/en:1;e=-1.5;f=:aGk=:')).toBe('abc');
   });
 
+  it('takes the key from the string alone, whatever it holds, and measures it without its parameters', () => {
+    // A `;` or an escaped quote inside the string is the key's, not the start of a parameter.
+    expect(parseIdempotencyKey('"a;v=1"')).toBe('a;v=1');
+    expect(parseIdempotencyKey('"a\\";v=1";w=2')).toBe('a";v=1');
+    expect(parseIdempotencyKey(`"${'k'.repeat(255)}";v=1`)).toBe('k'.repeat(255));
+    expect(rejection(`"${'k'.repeat(256)}";v=1`).status).toBe(400);
+    // RFC 8941 allows spaces after the `;` only.
+    expect(parseIdempotencyKey('"abc";   v=1')).toBe('abc');
+  });
+
   it('ignores surrounding optional whitespace', () => {
     expect(parseIdempotencyKey('  abc  ')).toBe('abc');
   });
@@ -63,6 +73,12 @@ describe('parseIdempotencyKey', () => {
     ['a parameter with a broken value', '"abc";v="x'],
     ['a second item after the string', '"abc", "def"'],
     ['a stray semicolon', '"abc";'],
+    ['a space before a parameter\'s semicolon', '"abc" ;v=1'],
+    ['a tab after a parameter\'s semicolon', '"abc";\tv=1'],
+    ['spaces around a parameter\'s =', '"abc";v = 1'],
+    ['an integer parameter of 16 digits', '"abc";v=1234567890123456'],
+    ['a decimal parameter without a fraction', '"abc";v=1.'],
+    ['a parameter followed by a second item', '"abc";v=1, "def"'],
   ])('rejects %s with a 400 validation problem', (_what, raw) => {
     const e = rejection(raw);
     expect(e.status).toBe(400);

@@ -78,6 +78,12 @@ export interface RouteDef<B = any, P = any, Q = any, R = any> {
    */
   prepare?(ctx: { body: B; params: P; principal: Principal; em: EntityManager }): Promise<unknown>;
   responses: Record<number, RouteResponseDoc<R>>;
+  /**
+   * Runs in the route's transaction; an error it throws rolls that back. A 4xx it throws (a 429 aside)
+   * is stored under the Idempotency-Key as the request's answer, except a `ValidationError`, which
+   * releases the key as a 5xx does (a retry runs again, router.ts): throw one only before any effect the
+   * rollback does not undo (a Redis write, a call out, a commit of its own); such effects go in `afterCommit`.
+   */
   handler(ctx: RouteContext<B, P, Q>): Promise<RouteResult<NoInfer<R>>>;
 }
 

@@ -230,7 +230,7 @@ export function webhookEndpointRoutes(deps: {
   policy: UrlPolicy;
   /** Enabled endpoints a tenant may have (WEBHOOK_MAX_ENDPOINTS): every run end fans out to each subscribed one. */
   maxEndpoints: number;
-  /** How long the create waits for its host's DNS (WEBHOOK_TIMEOUT) before it answers 422. */
+  /** How long the create waits for its host's DNS (WEBHOOK_TIMEOUT) before it answers 503 (Retry-After, the key released). */
   dnsTimeoutMs: number;
   /** The endpoints' rate limits: an update of one recalls the deliveries waiting for a turn under the old one; a delete or a disable recalls them and drops its keys. */
   rates?: { limits: EndpointRates; queue: () => Queue };
