@@ -1,9 +1,17 @@
+import { STATS_SETTLE_MS } from './lib/measure.ts';
+
 /**
  * What one benchmark run does, by mode. `--quick` keeps every phase but shortens it (and says so in
  * the table): fewer runs, time-boxed loops, 5 kills instead of 20, 10⁵ seeded rows instead of 10⁶.
  */
 export interface Plan {
   mode: 'quick' | 'full';
+  /**
+   * Quiet before and after a window whose transactions are counted (STATS_SETTLE_MS). `--quick` waits
+   * 1.5 s, so its counts read low (a run's last second can be missing) and it stays under 3 minutes;
+   * the full run waits until every count is surely in (11 s).
+   */
+  statsSettleMs: number;
   /** Like-for-like comparison (engine, DBOS, raw BullMQ): one process each, same load. ABBA rounds. */
   compare: { total: number; inFlight: number; warmup: number; maxMs: number; rounds: number };
   e2e: { total: number; inFlight: number; warmup: number; maxMs: number };
@@ -21,6 +29,7 @@ export function planFor(quick: boolean): Plan {
   if (quick) {
     return {
       mode: 'quick',
+      statsSettleMs: 1_500,
       compare: { total: 600, inFlight: 100, warmup: 40, maxMs: 5_000, rounds: 1 },
       e2e: { total: 400, inFlight: 50, warmup: 30, maxMs: 5_000 },
       idempotencyPairs: 80,
@@ -35,6 +44,7 @@ export function planFor(quick: boolean): Plan {
   }
   return {
     mode: 'full',
+    statsSettleMs: STATS_SETTLE_MS,
     compare: { total: 5_000, inFlight: 100, warmup: 100, maxMs: 25_000, rounds: 2 },
     e2e: { total: 3_000, inFlight: 50, warmup: 100, maxMs: 20_000 },
     idempotencyPairs: 300,

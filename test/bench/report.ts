@@ -319,7 +319,7 @@ const fmt = (v: Cell): string => {
 export function renderTable(rep: Report): string {
   const m = rep.machine;
   const head = [
-    `Dealix benchmark (${rep.mode}${rep.mode === 'quick' ? `: shortened phases, ${rep.raw.plan.recoveryKills} kills, at most ${rep.raw.plan.data.sizes.at(-1)?.toLocaleString('en')} seeded rows instead of 1,000,000` : ''}) — ${rep.generatedAt}, ${rep.seconds ?? '?'} s`,
+    `Dealix benchmark (${rep.mode}${rep.mode === 'quick' ? `: shortened phases, transaction counts after ${(rep.raw.plan.statsSettleMs ?? 1_500) / 1000} s of quiet (they read low), ${rep.raw.plan.recoveryKills} kills, at most ${rep.raw.plan.data.sizes.at(-1)?.toLocaleString('en')} seeded rows instead of 1,000,000` : ''}) — ${rep.generatedAt}, ${rep.seconds ?? '?'} s`,
     m
       ? `machine: ${m.cpus} CPU (${m.cpuModel}), ${m.memoryGiB} GiB; Node ${m.node}; PostgreSQL ${m.postgres} (synchronous_commit=${m.postgresSettings.synchronous_commit}, fsync=${m.postgresSettings.fsync}); Redis ${m.redis}; load average ${m.loadAverageAtStart.join(' ')} → ${m.loadAverageAtEnd?.join(' ') ?? '?'}`
       : '',

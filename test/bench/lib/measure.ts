@@ -17,6 +17,12 @@ import { latency, sleep, type Latency } from './stats.ts';
  */
 export const STATS_SETTLE_MS = 11_000;
 
+/** The quiet this run waits (the plan's statsSettleMs: `--quick` waits less and its counts read low). */
+let settleMs = STATS_SETTLE_MS;
+export function setStatsSettleMs(ms: number): void {
+  settleMs = ms;
+}
+
 export interface WorkerStats {
   queries: number;
   control: number;
@@ -73,7 +79,7 @@ export async function measure<T>(args: { database: string; workers: Child[]; oth
   // Transaction counts need settled statistics on both sides; phases that only time things skip the wait.
   const accounting = args.accounting ?? true;
   const all = [...args.workers, ...(args.others ?? [])];
-  if (accounting) await sleep(STATS_SETTLE_MS);
+  if (accounting) await sleep(settleMs);
   await Promise.all(all.map((c) => c.stats(true)));
   args.local?.reset();
   const before = await xactCounts(args.database);
@@ -114,7 +120,7 @@ export async function measure<T>(args: { database: string; workers: Child[]; oth
   const localQueries = args.local?.total ?? 0;
   const localRedis = args.local?.redisWrites ?? 0;
   const stats = await Promise.all(all.map((c) => c.stats<WorkerStats>(true)));
-  if (accounting) await sleep(STATS_SETTLE_MS);
+  if (accounting) await sleep(settleMs);
   const after = accounting ? await xactCounts(args.database) : { commit: Number.NaN, rollback: Number.NaN };
   const workerStats = stats.slice(0, args.workers.length);
   return {
