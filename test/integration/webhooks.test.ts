@@ -75,6 +75,10 @@ describe('webhooks', () => {
     expect(got.type).toBe('run.completed');
     expect(got.data).toMatchObject({ workflow: 'golden-path', run_id: runId, status: 'completed', correlation_id: run.correlation_id });
     expect(got.data.evidence_pack_id).toBe(run.output.evidence_pack_id);
+    // The pack's hash as it was when the run ended, signed with the message: a receiver that keeps it can
+    // check the pack later (GET /evidence/:id, hashed by the docs' recipe) without trusting the platform.
+    expect(got.data.evidence_sha256).toBe(run.output.sha256);
+    expect(got.data.evidence_sha256).toMatch(/^[0-9a-f]{64}$/);
     expect(Date.parse(got.data.ended_at as string)).toBe(Date.parse(run.completed_at));
     // Exactly one: its delivery is recorded delivered, and the receiver got it once.
     await waitFor(async () => (await deliveriesOfRun(stack, runId)).every((d) => d.status === 'delivered'), { what: 'delivery recorded' });

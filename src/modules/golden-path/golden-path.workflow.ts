@@ -26,10 +26,12 @@ export function goldenPathWorkflow(
     queue: GOLDEN_PATH_QUEUE,
     input: submissionSchema,
     steps: [partnerDossierStep, economicsModelStep, approvalPacket, evidencePack],
-    // The `run.completed` / `run.rejected` webhook event names the run's evidence pack (docs/api.md, *Webhooks*).
+    // The `run.completed` / `run.rejected` webhook event names the run's evidence pack and its hash
+    // (docs/api.md, *Webhooks*): a receiver that keeps the hash can verify the pack later on its own.
     eventData: (output) => {
-      const id = (output as { evidence_pack_id?: unknown } | null)?.evidence_pack_id;
-      return typeof id === 'string' ? { evidence_pack_id: id } : {};
+      const { evidence_pack_id: id, sha256 } = (output ?? {}) as { evidence_pack_id?: unknown; sha256?: unknown };
+      if (typeof id !== 'string') return {};
+      return { evidence_pack_id: id, ...(typeof sha256 === 'string' ? { evidence_sha256: sha256 } : {}) };
     },
     finish(outputs) {
       const approval = outputs['approval-packet'] as ApprovalPacket;

@@ -11,6 +11,11 @@ export const runEventData = z
     correlation_id: z.string(),
     ended_at: isoTime,
     evidence_pack_id: z.string().uuid().optional().describe('The golden path: the evidence pack of a run that completed (or was rejected) with one'),
+    evidence_sha256: z
+      .string()
+      .regex(/^[0-9a-f]{64}$/)
+      .optional()
+      .describe("With evidence_pack_id: the pack's SHA-256 (lower-case hex) as the run ended; keep it to verify the pack later without trusting the platform"),
   })
   .meta({ id: 'WebhookRunEventData' });
 
