@@ -38,6 +38,9 @@ const sha256 = (text: string) => createHash('sha256').update(Buffer.from(text, '
 const NAME = 'Cafe\u0301 Ωmega \u{1F680} \u2028 "Q" \\ </script>';
 const SECTOR = '\u{1D523}\u{1D526}\u{1D52B} logistics';
 const COMMENT = 'numbers hold \u0001\u001f\u007f\t \u2705 \u00e9 vs e\u0301 \u{1F600} \uFB33 \u0080';
+// Within the API's bounds, and the economics model's upside and profit beyond 2^53: numbers a verifier must
+// read as doubles (docs/api.md: Python's rfc8785 refuses such an int); cost and class B as SAMPLE_SUBMISSION's.
+const ECONOMICS = { ...SAMPLE_SUBMISSION.economics, expected_deals_per_year: 1_000_000, average_deal_value: 1e11 };
 
 async function getJson(path: string, token = tok.submitter!) {
   return api(stack, 'GET', path, { token });
@@ -68,7 +71,7 @@ beforeAll(async () => {
   tok.approver = await stack.token({ tenantId: tenant, sub: 'approver-1', roles: ['approver'] });
   tok.other = await stack.token({ tenantId: newTenant(), sub: 'other-1', roles: ['approver', 'admin'] });
   // Class B (SAMPLE_SUBMISSION): one human decision, with its comment.
-  const submission = { ...SAMPLE_SUBMISSION, partner: { ...SAMPLE_SUBMISSION.partner, name: NAME, sector: SECTOR } };
+  const submission = { ...SAMPLE_SUBMISSION, partner: { ...SAMPLE_SUBMISSION.partner, name: NAME, sector: SECTOR }, economics: ECONOMICS };
   const res = await api(stack, 'POST', '/api/v1/golden-path/run', { token: tok.submitter, body: submission, headers: { 'Idempotency-Key': randomUUID() } });
   expect(res.status, res.text).toBe(202);
   const runId = res.json.run_id as string;
@@ -104,6 +107,9 @@ describe('evidence pack', () => {
     expect(pack.content.partner_dossier.profile.sector).toBe(SECTOR);
     expect(pack.content.approval_packet.decisions).toEqual([expect.objectContaining({ decided_by: 'approver-1', comment: COMMENT, kind: 'human' })]);
     expect(pack.content.run).toMatchObject({ tenant_id: tenant, workflow: 'golden-path@v1', submitted_by: 'submitter-\u{1F600}' });
+    expect(pack.content.economics_model).toMatchObject({ revenue_upside: 3e16, gross_profit: 1.05e16 });
+    expect(res.text).toContain('"revenue_upside":30000000000000000');
+    expect(Number.isSafeInteger(pack.content.economics_model.gross_profit)).toBe(false);
     expect((await getJson(`/api/v1/evidence/${packId}/verify`)).json).toEqual({ valid: true, sha256: packSha, recomputed_sha256: packSha, recorded_sha256: packSha });
   });
 
@@ -134,7 +140,9 @@ describe('evidence pack', () => {
     // A number changed beyond a double's precision: JSON.parse reads the same double back, but the stored value differs.
     ['the cost, by less than a double tells apart', '{economics_model,cost}', '65000.0000000000000001'],
     ['a count made an integer beyond 2^53', '{submission,economics,expected_deals_per_year}', '9007199254740993'],
-    ['a count, by a fraction a double drops', '{submission,economics,expected_deals_per_year}', '12.0000000000000000001'],
+    ['a count, by a fraction a double drops', '{submission,economics,expected_deals_per_year}', '1000000.0000000000000001'],
+    // Doubles are 4 apart at 3e16: 30000000000000001 reads back as the upside stored.
+    ['the upside, by one where doubles are 4 apart', '{economics_model,revenue_upside}', '30000000000000001'],
   ];
   it.each(changes)('verify reports %s changed in the stored content', async (_what, path, value) => {
     const original = (await asOwner<{ original: string }>(`select content::text as original from evidence_packs where id = $1`, [packId]))[0]!.original;

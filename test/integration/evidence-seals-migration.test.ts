@@ -1,7 +1,9 @@
 /**
  * Migration evidence_seals_run_retention on a database that has history: every tenant's evidence pack
  * gets its seal from the hash its run's evidence step recorded (although RLS is forced on the owner that
- * migrates), a pack without such a checkpoint gets none, row-level security is still forced, the system
+ * migrates), a genuine pack so sealed verifies as valid after every later migration (`/verify` matches
+ * the seal on its created_at and compares its content in PostgreSQL), a pack without such a checkpoint
+ * gets none, row-level security is still forced, the system
  * role may delete ended runs only, and the schema then matches the entities with nothing pending (what
  * `npm run db:check` reports). Down and up again too.
  */
@@ -11,6 +13,8 @@ import { createOrm } from '../../src/platform/db/orm.ts';
 import { migrate, schemaStatus } from '../../src/platform/db/migrate.ts';
 import { entities } from '../../src/entities.ts';
 import { migrateUpTo, migrationTestDatabase } from '../helpers/migrations.ts';
+import { tenantEm } from '../../src/platform/db/tenant-em.ts';
+import { evidenceHash, verifyEvidence } from '../../src/modules/evidence/evidence.service.ts';
 
 const PREVIOUS = 'Migration20261203182726_approval_policy_changes';
 const THIS = 'Migration20261203182756_evidence_seals_run_retention';
@@ -23,7 +27,7 @@ const hex = (c: string) => c.repeat(64);
  * A completed golden-path run with its evidence pack (`packSha`) and, unless `recorded` is null, its
  * evidence step's checkpoint recording `recorded` — as the release before this one stored them.
  */
-async function runWithPack(tenant: string, packSha: string, recorded: string | null): Promise<{ runId: string; packId: string }> {
+async function runWithPack(tenant: string, packSha: string, recorded: string | null, content: unknown = {}): Promise<{ runId: string; packId: string }> {
   const runId = randomUUID();
   const packId = randomUUID();
   await admin(
@@ -31,7 +35,7 @@ async function runWithPack(tenant: string, packSha: string, recorded: string | n
      values ($1, $2, 'golden-path', 1, $3, 'completed', 'submitter-1', '{}', 'c', 4, now() - interval '2 hours', now() - interval '1 hour', now() - interval '1 hour')`,
     [runId, tenant, randomUUID().replaceAll('-', '')],
   );
-  await admin(`insert into evidence_packs (id, tenant_id, run_id, content, sha256, created_at) values ($1, $2, $3, '{}', $4, now() - interval '1 hour')`, [packId, tenant, runId, packSha]);
+  await admin(`insert into evidence_packs (id, tenant_id, run_id, content, sha256, created_at) values ($1, $2, $3, $5::jsonb, $4, now() - interval '1 hour')`, [packId, tenant, runId, packSha, JSON.stringify(content)]);
   if (recorded !== null) {
     await admin(
       `insert into durable_checkpoints (id, tenant_id, run_id, sequence_num, step_name, status, output, attempt, created_at, updated_at, completed_at)
@@ -53,14 +57,27 @@ describe('migration evidence_seals_run_retention', () => {
     // Changed (with its own hash) before the migration: the seal is the run's record, so verify still shows it.
     const changed = await runWithPack(t1, hex('c'), hex('d'));
     const unrecorded = await runWithPack(t2, hex('e'), null);
+    // A genuine pack as the release before wrote it (its time with microseconds, numbers jsonb keeps as
+    // exact decimals): once sealed from its checkpoint, /verify — content and seal compared in PostgreSQL,
+    // the seal matched on the pack's created_at — must read it valid after every later migration too.
+    const content = { schema: 'dealix.evidence-pack/v1', outcome: 'approved', economics_model: { revenue_upside: 3e16, cost: 65000, payback_months: 1e-7, ratio: 0.1 + 0.2 }, note: 'e\u0301 \u2028 \u{1F600}' };
+    const genuine = await runWithPack(t1, evidenceHash(content), evidenceHash(content), content);
 
     expect(await migrate(database.config, entities)).toEqual(pending);
     const after = await seals();
-    expect(Object.keys(after).sort()).toEqual([...sealed, changed].map((p) => p.packId).sort());
+    expect(Object.keys(after).sort()).toEqual([...sealed, changed, genuine].map((p) => p.packId).sort());
     for (const [p, tenant, sha] of [[sealed[0]!, t1, hex('a')], [sealed[1]!, t2, hex('b')], [changed, t1, hex('d')]] as const) {
       expect(after[p.packId]).toEqual({ id: p.packId, tenant_id: tenant, run_id: p.runId, sha256: sha });
     }
     expect(after[unrecorded.packId]).toBeUndefined();
+    // As the application role (migrate() grants it), under the tenant's RLS: the genuine pack verifies.
+    const app = await createOrm(database.config, { entities, poolMax: 1 });
+    try {
+      const sha256 = evidenceHash(content);
+      expect(await tenantEm(app, t1).transactional((tx) => verifyEvidence(tx, genuine.packId))).toEqual({ valid: true, sha256, recomputed_sha256: sha256, recorded_sha256: sha256 });
+    } finally {
+      await app.close(true);
+    }
     expect(await admin(`select relname, relrowsecurity, relforcerowsecurity from pg_class where relname in ('durable_checkpoints', 'evidence_packs', 'evidence_seals') order by relname`)).toEqual([
       { relname: 'durable_checkpoints', relrowsecurity: true, relforcerowsecurity: true },
       { relname: 'evidence_packs', relrowsecurity: true, relforcerowsecurity: true },
