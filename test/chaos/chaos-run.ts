@@ -104,17 +104,21 @@ async function drive(env: Environment, o: ChaosOptions, started: number, events:
   let redisFlushes = 0;
   let postgresRestarts = 0;
 
-  // SIGKILL a random worker every S seconds while there is work, and start a new one at once. Only a
-  // worker that has booted (its metrics endpoint answers): on a loaded machine a start can take longer
+  // SIGKILL a random worker every S seconds while there is work, and start a new one at once. A random
+  // one of those that have booted (metrics endpoint answers): on a loaded machine a start can take longer
   // than S, and killing workers still loading their code kept a whole run from progressing for minutes
   // (no step ran) — the faults this run is for are kills of workers at work.
   const killer = (async () => {
     while (!finished) {
       await sleep(o.killEverySec * 1000);
       if (finished) break;
-      const i = Math.floor(Math.random() * o.workers);
-      while (!finished && !(await booted(env.workers[i]!))) await sleep(100);
+      let up: number[] = [];
+      while (!finished && up.length === 0) {
+        up = (await Promise.all(env.workers.map(async (w, i) => ((await booted(w)) ? [i] : [])))).flat();
+        if (up.length === 0) await sleep(100);
+      }
       if (finished) break;
+      const i = up[Math.floor(Math.random() * up.length)]!;
       await env.killWorker(i);
       kills++;
       event(`SIGKILL worker-${i} (kill ${kills}); restarted`);
