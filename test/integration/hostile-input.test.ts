@@ -393,6 +393,18 @@ describe('hostile input on every endpoint', () => {
     expect(await snapshot()).toEqual(before);
   });
 
+  it("an amount finer than its currency's minor unit is 422 naming the field, and nothing is persisted (50,000.004 SAR would have classed as 50,000)", async () => {
+    const before = await snapshot();
+    const economics = { ...(SAMPLE_SUBMISSION as { economics: Record<string, number> }).economics, onboarding_cost: 50_000.004 };
+    const res = await send({ method: 'POST', path: '/api/v1/golden-path/run', headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json', 'idempotency-key': randomUUID() }, body: Buffer.from(JSON.stringify({ ...SAMPLE_SUBMISSION, currency: 'SAR', economics })) });
+    expect(res.status).toBe(422);
+    expect(res.headers['content-type']).toMatch(/^application\/problem\+json/);
+    const problem = JSON.parse(res.text) as { code: string; errors: { path: string; message: string }[] };
+    expect(problem.code).toBe('validation_failed');
+    expect(problem.errors).toEqual([{ path: 'economics.onboarding_cost', message: 'at most 2 decimals in SAR (its ISO 4217 minor unit)' }]);
+    expect(await snapshot()).toEqual(before);
+  });
+
   it('a body over BODY_LIMIT is 413 problem+json, on every mutating API route', async () => {
     // (A caller without a route's role is refused before the body is read: 403 there, as on the
     // operator dashboard. This caller holds every role a route asks for.)

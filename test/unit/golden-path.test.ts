@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { buildEconomics, paybackMonths } from '../../src/modules/golden-path/economics-model.step.ts';
 import { buildDossier } from '../../src/modules/golden-path/partner-dossier.step.ts';
-import { economicsSchema, submissionSchema, type Submission } from '../../src/modules/golden-path/golden-path.schemas.ts';
+import { economicsSchema, submissionRequestSchema, submissionSchema, type Submission } from '../../src/modules/golden-path/golden-path.schemas.ts';
 import { approvalPolicyBody, classify, DEFAULT_POLICY, type ApprovalPolicy } from '../../src/modules/approvals/approval.policy.ts';
 import { evidenceHash } from '../../src/modules/evidence/evidence.service.ts';
 import { canonicalJson, sha256Hex } from '../../src/platform/idempotency/canonical-json.ts';
@@ -17,6 +17,27 @@ const ECONOMICS = {
 };
 const PARTNER = { name: 'Acme  Trading', country: 'SA', sector: 'Logistics', website: 'https://acme.example', registration_number: '1010101010' };
 const submission = (partner: Partial<Submission['partner']> = {}): Submission => ({ partner: { ...PARTNER, ...partner } as Submission['partner'], economics: ECONOMICS, currency: 'SAR' });
+
+describe("a submission's amounts (POST /api/v1/golden-path/run)", () => {
+  const body = (currency: string, patch: Partial<typeof ECONOMICS>) => ({ ...submission(), currency, economics: { ...ECONOMICS, ...patch } });
+  it("are refused finer than the currency's minor unit, each named by its path", () => {
+    const sar = submissionRequestSchema.safeParse(body('SAR', { onboarding_cost: 50_000.004, average_deal_value: 0.001 }));
+    expect(sar.success).toBe(false);
+    expect(sar.error!.issues.map((i) => [i.path.join('.'), i.message])).toEqual([
+      ['economics.average_deal_value', 'at most 2 decimals in SAR (its ISO 4217 minor unit)'],
+      ['economics.onboarding_cost', 'at most 2 decimals in SAR (its ISO 4217 minor unit)'],
+    ]);
+    expect(submissionRequestSchema.safeParse(body('JPY', { annual_support_cost: 0.5 })).error!.issues[0]!.message).toBe('at most 0 decimals in JPY (its ISO 4217 minor unit)');
+  });
+  it('are accepted to the minor unit, binary fractions included', () => {
+    expect(submissionRequestSchema.safeParse(body('KWD', { onboarding_cost: 50_000.004 })).success).toBe(true);
+    expect(submissionRequestSchema.safeParse(body('SAR', { onboarding_cost: 0.1, enablement_cost: 0.29, annual_support_cost: 1e12 })).success).toBe(true);
+    expect(submissionRequestSchema.safeParse(body('JPY', { onboarding_cost: 40_000 })).success).toBe(true);
+  });
+  it('of a run accepted before the check still parse as its input (the step schema has no such check)', () => {
+    expect(submissionSchema.safeParse(body('SAR', { onboarding_cost: 50_000.004 })).success).toBe(true);
+  });
+});
 
 describe('buildEconomics', () => {
   it('computes upside, gross profit, cost and payback from the submission', () => {
@@ -61,6 +82,16 @@ describe('buildEconomics', () => {
     expect(m.payback_months).toBeNull();
     expect(economicsSchema.safeParse(m).success).toBe(true);
     expect(classify(m, { ...DEFAULT_POLICY, slaBSeconds: 1, slaCSeconds: 1 }).cls).toBe('C');
+  });
+
+  it("rounds money to the currency's minor unit, not to 2 decimals: 50,000.004 KWD is over a 50,000 KWD bound (class B, not A)", () => {
+    const small = { ...ECONOMICS, onboarding_cost: 40_000.004, enablement_cost: 5_000, annual_support_cost: 5_000 };
+    const kwd = buildEconomics(small, 'KWD');
+    expect(kwd.cost).toBe(50_000.004);
+    const policy: ApprovalPolicy = { ...DEFAULT_POLICY, currency: 'KWD', slaBSeconds: 1, slaCSeconds: 1 };
+    expect(classify(kwd, policy).cls).toBe('B');
+    expect(buildEconomics({ ...ECONOMICS, onboarding_cost: 40_000.5 }, 'JPY').cost).toBe(65_001); // half away from zero
+    expect(buildEconomics({ ...ECONOMICS, onboarding_cost: 40_000.005 }, 'SAR').cost).toBe(65_000.01); // as written, not 65,000.00499…
   });
 
   it('has a zero payback when there is profit and no cost', () => {

@@ -5,6 +5,7 @@ import { economicsInput, economicsSchema, submissionSchema, type Economics } fro
 import { EconomicsModelRow } from './golden-path.entities.ts';
 import { provenance } from './provenance.ts';
 import { insertRow } from '../../platform/db/insert-row.ts';
+import { minorDigits, roundMinor } from '../../platform/money/minor-units.ts';
 
 type EconomicsInput = z.infer<typeof economicsInput>;
 
@@ -21,17 +22,19 @@ export function paybackMonths(e: EconomicsInput): number | null {
   return Number.isFinite(months) ? months : null;
 }
 
-/** Pure: upside, cost, payback and the ±20 % sensitivity on win rate and deal value. */
+/** Pure: upside, profit and cost (to the currency's minor unit), payback and the ±20 % sensitivity on win rate and deal value. */
 export function buildEconomics(e: EconomicsInput, currency: string): Economics {
   const upside = e.expected_deals_per_year * e.average_deal_value * e.win_rate;
   const profit = upside * e.gross_margin;
   const cost = e.onboarding_cost + e.enablement_cost + e.annual_support_cost;
+  // Money to the currency's minor unit (3 decimals for KWD: 50,000.004 stays above a 50,000 bound).
+  const digits = minorDigits(currency);
   const scenario = (label: string, patch: Partial<EconomicsInput>) => ({ label, payback_months: paybackMonths({ ...e, ...patch }) });
   return {
     currency,
-    revenue_upside: round2(upside),
-    gross_profit: round2(profit),
-    cost: round2(cost),
+    revenue_upside: roundMinor(upside, digits),
+    gross_profit: roundMinor(profit, digits),
+    cost: roundMinor(cost, digits),
     payback_months: paybackMonths(e),
     sensitivity: [
       scenario('win_rate_-20%', { win_rate: e.win_rate * 0.8 }),

@@ -2,7 +2,7 @@ import { defineRoute, type AdmissionControl, type RouteDef } from '../../platfor
 import type { DurableRuntime } from '../../platform/durable/runtime.ts';
 import { acceptRun } from '../../platform/durable/run-views.ts';
 import { runRoutes, type OnRunCancelled } from '../../platform/durable/run-routes.ts';
-import { submissionSchema } from './golden-path.schemas.ts';
+import { submissionRequestSchema } from './golden-path.schemas.ts';
 import { GOLDEN_PATH } from './golden-path.workflow.ts';
 import { BASE, runAccepted, runPage, runPath, runView, toRunView } from './golden-path.views.ts';
 
@@ -24,7 +24,7 @@ export function goldenPathRoutes(deps: {
       idempotency: 'required',
       // The tenant's submission rate and runs-in-flight cap: the router admits the request first (429).
       ...(deps.admission ? { admission: deps.admission } : {}),
-      body: submissionSchema,
+      body: submissionRequestSchema,
       responses: { 202: { description: 'Accepted: the run is queued', schema: runAccepted } },
       handler: (ctx) => acceptRun(deps.runtime, GOLDEN_PATH, ctx, runPath),
     }),

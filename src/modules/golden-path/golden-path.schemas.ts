@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import { isoTime } from '../../platform/http/iso-time.ts';
+import { finerThanMinorUnit, minorDigits } from '../../platform/money/minor-units.ts';
 
 const ISO_COUNTRIES = new Set(
   ('AD AE AF AG AI AL AM AO AQ AR AS AT AU AW AX AZ BA BB BD BE BF BG BH BI BJ BL BM BN BO BQ BR BS BT BV BW BY BZ CA CC CD CF CG CH CI CK CL CM CN CO CR CU CV CW CX CY CZ ' +
@@ -50,6 +51,23 @@ export const submissionSchema = z.strictObject({
   currency: currencyCode,
 });
 export type Submission = z.infer<typeof submissionSchema>;
+
+/** The submission's amounts of money: at most the currency's minor unit (2 decimals for SAR, 3 for KWD, 0 for JPY). */
+const MONEY_FIELDS = ['average_deal_value', 'onboarding_cost', 'enablement_cost', 'annual_support_cost'] as const;
+
+/**
+ * The body of POST /api/v1/golden-path/run: a submission whose amounts the currency can pay. Finer
+ * ones are 422: the economics model rounds its sums to the minor unit, so 50,000.004 SAR would have
+ * been class A at a 50,000 bound. Only the API's check: a run submitted before it keeps its input.
+ */
+export const submissionRequestSchema = submissionSchema.superRefine((s, ctx) => {
+  const digits = minorDigits(s.currency);
+  for (const field of MONEY_FIELDS) {
+    if (finerThanMinorUnit(s.economics[field], digits)) {
+      ctx.addIssue({ code: 'custom', path: ['economics', field], message: `at most ${digits} decimal${digits === 1 ? '' : 's'} in ${s.currency} (its ISO 4217 minor unit)` });
+    }
+  }
+});
 
 /** A SHA-256 in lower-case hex. */
 export const sha256Schema = z.string().regex(/^[0-9a-f]{64}$/);

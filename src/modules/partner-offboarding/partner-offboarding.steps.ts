@@ -3,21 +3,9 @@ import { z } from 'zod';
 import type { EntityManager } from '@mikro-orm/postgresql';
 import { defineStep, type StepContext } from '../../platform/durable/workflow.ts';
 import { PermanentError } from '../../platform/errors/app-error.ts';
+import { minorDigits, roundMinor } from '../../platform/money/minor-units.ts';
 import { archivedSchema, frozenSchema, offboardingSubmission, settlementSchema, type OffboardingSubmission, type Settlement } from './partner-offboarding.schemas.ts';
 
-/** The currency's minor unit, as ISO 4217 has it (2 for SAR, 3 for KWD, 0 for JPY; 2 for a code it does not know). */
-const minorDigits = (currency: string) => new Intl.NumberFormat('en', { style: 'currency', currency }).resolvedOptions().maximumFractionDigits ?? 2;
-
-/**
- * `n` to `digits` decimals, a half away from zero (so the same whichever side owes it), read at 15
- * significant digits first so that a binary fraction (1.005 × 100 = 100.49999…) rounds as written.
- * Never -0.
- */
-function roundMinor(n: number, digits: number): number {
-  const f = 10 ** digits;
-  const r = Math.round(Number((Math.abs(n) * f).toPrecision(15))) / f;
-  return n < 0 && r !== 0 ? -r : r;
-}
 
 /** Pure: the balances netted per currency, to its minor unit, sorted by currency. */
 export function settle(balances: OffboardingSubmission['balances']): Settlement['lines'] {

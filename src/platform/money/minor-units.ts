@@ -1,0 +1,30 @@
+/**
+ * Amounts of money to their currency's ISO 4217 minor unit: 2 decimals for SAR, 3 for KWD, BHD and
+ * OMR, 0 for JPY. A submission's amounts are refused finer than that (finerThanMinorUnit), so a
+ * threshold is never crossed by a fraction the currency cannot pay; derived sums are rounded to it.
+ */
+
+/** The currency's minor unit as ISO 4217 (through Intl) has it; 2 for a code it does not know. */
+export function minorDigits(currency: string): number {
+  try {
+    return new Intl.NumberFormat('en', { style: 'currency', currency }).resolvedOptions().maximumFractionDigits ?? 2;
+  } catch {
+    return 2;
+  }
+}
+
+/**
+ * `n` to `digits` decimals, a half away from zero (so the same whichever side owes it), read at 15
+ * significant digits first so that a binary fraction (1.005 × 100 = 100.49999…) rounds as written.
+ * Never -0.
+ */
+export function roundMinor(n: number, digits: number): number {
+  const f = 10 ** digits;
+  const r = Math.round(Number((Math.abs(n) * f).toPrecision(15))) / f;
+  return n < 0 && r !== 0 ? -r : r;
+}
+
+/** Whether `n` as written has more decimals than `digits` (0.1 has one: 0.1 × 100 is 10.000000000000002, read at 15 digits). */
+export function finerThanMinorUnit(n: number, digits: number): boolean {
+  return !Number.isInteger(Number((Math.abs(n) * 10 ** digits).toPrecision(15)));
+}
