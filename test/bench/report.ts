@@ -228,7 +228,17 @@ export function buildReport(r: Results): Report {
     figure: `A/A control: ${perStep ? "a run's step time" : 'step p50'} ms of a second RLS-on side, its difference from the first, % (the method's resolution)`,
     ours: rlsControl !== undefined && rlsOn !== undefined ? `${round(rlsControl, 2)}, ${round((rlsOn / rlsControl - 1) * 100, 1)} %` : undefined,
   });
-  add({ section: s5, figure: 'TARGET RLS overhead per step, %', ours: rlsPct, target: '<= 10 %', status: target('RLS overhead per step (%)', '<= 10 %', rlsPct, (v) => v <= 10) });
+  // The method's resolution: two identical RLS-on sides differing by more than the target's 10 % cannot
+  // tell 10 % apart from noise, so the target is not judged (n/a: the budget counts it not measured).
+  const aaPct = rlsControl !== undefined && rlsOn !== undefined ? (rlsOn / rlsControl - 1) * 100 : undefined;
+  const rlsResolved = aaPct === undefined || Math.abs(aaPct) <= 10;
+  add({
+    section: s5,
+    figure: rlsResolved ? 'TARGET RLS overhead per step, %' : `TARGET RLS overhead per step, % (not judged: the A/A control differs by ${round(aaPct!, 1)} %, more than the 10 % it would tell)`,
+    ours: rlsPct,
+    target: '<= 10 %',
+    status: target('RLS overhead per step (%)', '<= 10 %', rlsResolved ? rlsPct : undefined, (v) => v <= 10),
+  });
   const idem = r.idempotency;
   add({ section: s5, figure: 'POST p50 ms, with key / without (sequential pairs)', ours: idem ? `${round(idem.withKey.p50, 2)} / ${round(idem.withoutKey.p50, 2)}` : undefined });
   add({ section: s5, figure: 'TARGET idempotency overhead per POST at p50, ms', ours: idem?.deltaP50, target: '<= 1 ms', status: target('idempotency overhead per POST at p50 (ms)', '<= 1 ms', idem?.deltaP50, (v) => v <= 1) });

@@ -59,6 +59,18 @@ describe('benchmark report: the RLS figure', () => {
     expect(pooled.ours).toBe('4.1 / 1');
   });
 
+  it('does not judge the target when the A/A control differs by more than 10 % (noise the method cannot tell from RLS)', () => {
+    const noisy = { 1: [4.1 * 1.17], 2: [1.1 * 1.17], 3: [1.1 * 1.17], 4: [1.1 * 1.17] };
+    const report = buildReport(results({ on: [round(on)], off: [round(off)], control: [round(noisy)] }));
+    const target = report.targets.find((t) => t.figure === 'RLS overhead per step (%)')!;
+    expect(target.status).toBe('n/a');
+    expect(target.value).toBeUndefined();
+    expect(report.rows.find((r) => r.figure.startsWith('TARGET RLS overhead'))!.figure).toContain('not judged: the A/A control differs by -14.5 %');
+    // Within 10 %: judged as before.
+    const quiet = { 1: [4.1 * 1.05], 2: [1.1 * 1.05], 3: [1.1 * 1.05], 4: [1.1 * 1.05] };
+    expect(rlsTarget(results({ on: [round(on)], off: [round(off)], control: [round(quiet)] })).status).toBe('PASS');
+  });
+
   it('misses the target when the policies cost more than 10 %', () => {
     const slow = { 1: [4.5], 2: [1.2], 3: [1.2], 4: [1.2] };
     expect(rlsTarget(results({ on: [round(slow)], off: [round(off)] })).status).toBe('MISS');
