@@ -1,4 +1,5 @@
 import { describe, expect, it } from 'vitest';
+import { randomUUID } from 'node:crypto';
 import { connect, type AddressInfo } from 'node:net';
 import type { Server } from 'node:http';
 import express from 'express';
@@ -7,13 +8,20 @@ import { httpLogger } from '../../src/platform/telemetry/http-logger.ts';
 import { correlationMiddleware } from '../../src/platform/http/correlation.ts';
 import { waitFor } from '../helpers/poll.ts';
 import { capturedLog } from '../helpers/log-capture.ts';
+import { parseConfig } from '../../src/platform/config/config.ts';
+import { createTokenVerifier, signDevToken } from '../../src/platform/tenancy/jwt.ts';
+import { adminAuth, OPERATOR_ROLE } from '../../src/platform/http/admin-auth.middleware.ts';
+import { TEST_JWT_SECRET } from '../helpers/env.ts';
 
-/** An app with the request log (its lines captured) answering GET `path` with `status`, listening. */
-async function loggedApp(path: string, status: number) {
+/** An app with the request log (its lines captured) answering GET `path` with `status` (behind the dashboard's guard: `guarded`), listening. */
+async function loggedApp(path: string, status: number, guarded = false) {
   const { lines, destination } = capturedLog();
+  const logger = createLogger({ level: 'info', name: 'test', destination });
   const app = express();
+  app.set('query parser', 'simple');
   app.use(correlationMiddleware);
-  app.use(httpLogger(createLogger({ level: 'info', name: 'test', destination })));
+  app.use(httpLogger(logger));
+  if (guarded) app.use(path, adminAuth({ verifier: createTokenVerifier(parseConfig({ JWT_SECRET: TEST_JWT_SECRET })), logger, basePath: path }));
   app.get(path, (_req, res) => void res.status(status).end());
   const server = await new Promise<Server>((r) => {
     const s = app.listen(0, '127.0.0.1', () => r(s));
@@ -50,6 +58,28 @@ describe('request log lines', () => {
       expect(JSON.stringify(line)).not.toMatch(/eyJ\.(query|frag)/);
       expect(line.req).toMatchObject({ url: '/api/v1/things?Token=[redacted]&limit=5#access_token=[redacted]&state=s', query: { Token: '[redacted]', limit: '5' } });
       expect(line.res.statusCode).toBe(200);
+    } finally {
+      await new Promise<void>((r) => server.close(() => r()));
+    }
+  });
+
+  it("the dashboard's token exchange redirects without any credential its query held, so its Location header (logged) has none", async () => {
+    const { lines, server } = await loggedApp('/admin/queues', 200, true);
+    try {
+      const token = await signDevToken(parseConfig({ JWT_SECRET: TEST_JWT_SECRET }), { sub: 'operator-1', tenantId: randomUUID(), roles: [OPERATOR_ROLE] });
+      const second = 'eyJ.second.sig';
+      const res = await fetch(`http://127.0.0.1:${(server.address() as AddressInfo).port}/admin/queues?status=failed&token=${token}&Access_Token=${second}&%70assword=pw-secret`, {
+        redirect: 'manual',
+        headers: { 'x-correlation-id': 'log-exchange' },
+      });
+      expect(res.status).toBe(303);
+      // The exchange still works: the cookie, and the dashboard's own parameters kept.
+      expect(res.headers.get('set-cookie')).toContain(`dealix_admin_token=${token}`);
+      expect(res.headers.get('location')).toBe('/admin/queues?status=failed');
+      const line = await waitFor(() => lines.find((l) => l.correlation_id === 'log-exchange'), { what: 'the request line' });
+      expect(JSON.stringify(line)).not.toContain(token);
+      expect(JSON.stringify(line)).not.toContain(second);
+      expect(JSON.stringify(line)).not.toContain('pw-secret');
     } finally {
       await new Promise<void>((r) => server.close(() => r()));
     }
