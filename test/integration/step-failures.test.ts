@@ -110,7 +110,7 @@ describe('a step that fails by itself', () => {
     expect(job.attemptsMade).toBe(RETRY.attempts);
     // A step's own error reaches BullMQ (Bull Board) as it was thrown: its message, its stack.
     expect(job.failedReason).toBe('step economics-model failed on attempt 3 (GP_SLOW_FAIL)');
-    expect(job.stacktrace.join('\n')).toContain('failed on attempt 1 (GP_SLOW_FAIL)');
+    expect((job.stacktrace ?? []).join('\n')).toContain('failed on attempt 1 (GP_SLOW_FAIL)');
     await failedLog(w, run.id);
     expect(attemptsAt(w, run.id, 2)).toEqual([1, 2, 3]);
     expect(attemptsAt(w, run.id, 1)).toEqual([1]);
