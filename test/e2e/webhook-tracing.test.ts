@@ -162,7 +162,7 @@ describe('webhook deliveries in the run trace', () => {
   });
 
   it("a request's jobs carry its correlation id into the worker, never what the caller's baggage says", async () => {
-    const { admin, created } = await tenantWithEndpoint('admin-baggage', '/baggage');
+    const { tenantId, admin, created } = await tenantWithEndpoint('admin-baggage', '/baggage');
     const cid = `test-event-${randomUUID()}`;
     const victim = `victim-${randomUUID()}`;
     const junk = `junk${randomUUID().replace(/-/g, '')}`;
@@ -191,6 +191,12 @@ describe('webhook deliveries in the run trace', () => {
     } finally {
       await webhooks.close();
     }
+    // A test event is of no run: its attempt's line names no run (nor another's id) and its attempt's span.
+    const attempt = spans.find((s) => s.name === 'webhook attempt')!;
+    const line = await waitFor(() => jsonLines(worker.output()).find((l) => l.webhook_delivery_id === attempt.attributes['dealix.webhook.delivery_id'] && l.msg === 'webhook delivered'), { what: "the test event's attempt line" });
+    expect(line).toMatchObject({ trace_id: request.traceId, span_id: attempt.spanId, tenant_id: tenantId });
+    expect(line).not.toHaveProperty('run_id');
+    expect(JSON.stringify(line)).not.toContain(victim);
   });
 
   it("the redelivery pass's re-enqueue: the attempt stays in the run's trace, with its correlation id, linked to the pass's trace (where its job was enqueued)", async () => {

@@ -1,22 +1,37 @@
 import { describe, expect, it } from 'vitest';
-import type { AddressInfo } from 'node:net';
+import { randomUUID } from 'node:crypto';
+import { connect, type AddressInfo } from 'node:net';
+import type { Server } from 'node:http';
 import express from 'express';
 import { createLogger } from '../../src/platform/telemetry/logger.ts';
 import { httpLogger } from '../../src/platform/telemetry/http-logger.ts';
 import { correlationMiddleware } from '../../src/platform/http/correlation.ts';
 import { waitFor } from '../helpers/poll.ts';
 import { capturedLog } from '../helpers/log-capture.ts';
+import { parseConfig } from '../../src/platform/config/config.ts';
+import { createTokenVerifier, signDevToken } from '../../src/platform/tenancy/jwt.ts';
+import { adminAuth, OPERATOR_ROLE } from '../../src/platform/http/admin-auth.middleware.ts';
+import { TEST_JWT_SECRET } from '../helpers/env.ts';
+
+/** An app with the request log (its lines captured) answering GET `path` with `status` (behind the dashboard's guard: `guarded`), listening. */
+async function loggedApp(path: string, status: number, guarded = false) {
+  const { lines, destination } = capturedLog();
+  const logger = createLogger({ level: 'info', name: 'test', destination });
+  const app = express();
+  app.set('query parser', 'simple');
+  app.use(correlationMiddleware);
+  app.use(httpLogger(logger));
+  if (guarded) app.use(path, adminAuth({ verifier: createTokenVerifier(parseConfig({ JWT_SECRET: TEST_JWT_SECRET })), logger, basePath: path }));
+  app.get(path, (_req, res) => void res.status(status).end());
+  const server = await new Promise<Server>((r) => {
+    const s = app.listen(0, '127.0.0.1', () => r(s));
+  });
+  return { lines, server };
+}
 
 describe('request log lines', () => {
   it('carry the correlation id and status, and never the bearer token, cookies or a ?token= value', async () => {
-    const { lines, destination } = capturedLog();
-    const app = express();
-    app.use(correlationMiddleware);
-    app.use(httpLogger(createLogger({ level: 'info', name: 'test', destination })));
-    app.get('/admin/queues', (_req, res) => void res.status(303).end());
-    const server = await new Promise<import('node:http').Server>((r) => {
-      const s = app.listen(0, '127.0.0.1', () => r(s));
-    });
+    const { lines, server } = await loggedApp('/admin/queues', 303);
     try {
       const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}/admin/queues?token=eyJ.secret.sig`;
       await fetch(url, { redirect: 'manual', headers: { authorization: 'Bearer eyJ.header.sig', cookie: 'dealix_admin_token=eyJ.cookie.sig', 'x-correlation-id': 'log-1' } });
@@ -24,6 +39,47 @@ describe('request log lines', () => {
       expect(JSON.stringify(line)).not.toMatch(/eyJ\.(secret|header|cookie)/);
       expect(line.req).toMatchObject({ method: 'GET', url: '/admin/queues?token=[redacted]', headers: { authorization: '[redacted]', cookie: '[redacted]' } });
       expect(line.res.statusCode).toBe(303);
+    } finally {
+      await new Promise<void>((r) => server.close(() => r()));
+    }
+  });
+
+  it("never carry a secret a raw request target puts in its query (any case, encoded) or its fragment, which Node keeps in req.url", async () => {
+    const { lines, server } = await loggedApp('/api/v1/things', 200);
+    try {
+      // A client that sends the URL it was given as is, `#access_token=…` (an OAuth redirect's) included: fetch would drop the fragment.
+      const target = '/api/v1/things?Token=eyJ.query.sig&limit=5#access_token=eyJ.frag.sig&state=s';
+      const port = (server.address() as AddressInfo).port;
+      await new Promise<void>((resolve, reject) => {
+        const socket = connect(port, '127.0.0.1', () => socket.end(`GET ${target} HTTP/1.1\r\nHost: api\r\nX-Correlation-Id: log-fragment\r\nConnection: close\r\n\r\n`));
+        socket.on('error', reject).on('close', () => resolve()).resume();
+      });
+      const line = await waitFor(() => lines.find((l) => l.correlation_id === 'log-fragment'), { what: 'the request line' });
+      expect(JSON.stringify(line)).not.toMatch(/eyJ\.(query|frag)/);
+      expect(line.req).toMatchObject({ url: '/api/v1/things?Token=[redacted]&limit=5#access_token=[redacted]&state=s', query: { Token: '[redacted]', limit: '5' } });
+      expect(line.res.statusCode).toBe(200);
+    } finally {
+      await new Promise<void>((r) => server.close(() => r()));
+    }
+  });
+
+  it("the dashboard's token exchange redirects without any credential its query held, so its Location header (logged) has none", async () => {
+    const { lines, server } = await loggedApp('/admin/queues', 200, true);
+    try {
+      const token = await signDevToken(parseConfig({ JWT_SECRET: TEST_JWT_SECRET }), { sub: 'operator-1', tenantId: randomUUID(), roles: [OPERATOR_ROLE] });
+      const second = 'eyJ.second.sig';
+      const res = await fetch(`http://127.0.0.1:${(server.address() as AddressInfo).port}/admin/queues?status=failed&token=${token}&Access_Token=${second}&%70assword=pw-secret`, {
+        redirect: 'manual',
+        headers: { 'x-correlation-id': 'log-exchange' },
+      });
+      expect(res.status).toBe(303);
+      // The exchange still works: the cookie, and the dashboard's own parameters kept.
+      expect(res.headers.get('set-cookie')).toContain(`dealix_admin_token=${token}`);
+      expect(res.headers.get('location')).toBe('/admin/queues?status=failed');
+      const line = await waitFor(() => lines.find((l) => l.correlation_id === 'log-exchange'), { what: 'the request line' });
+      expect(JSON.stringify(line)).not.toContain(token);
+      expect(JSON.stringify(line)).not.toContain(second);
+      expect(JSON.stringify(line)).not.toContain('pw-secret');
     } finally {
       await new Promise<void>((r) => server.close(() => r()));
     }

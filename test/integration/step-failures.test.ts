@@ -108,6 +108,9 @@ describe('a step that fails by itself', () => {
     // The job had attempts left for the later steps: the step's own budget ended it.
     expect(job.opts.attempts).toBe(RETRY.attempts * SLOW_STEPS.length);
     expect(job.attemptsMade).toBe(RETRY.attempts);
+    // A step's own error reaches BullMQ (Bull Board) as it was thrown: its message, its stack.
+    expect(job.failedReason).toBe('step economics-model failed on attempt 3 (GP_SLOW_FAIL)');
+    expect((job.stacktrace ?? []).join('\n')).toContain('failed on attempt 1 (GP_SLOW_FAIL)');
     await failedLog(w, run.id);
     expect(attemptsAt(w, run.id, 2)).toEqual([1, 2, 3]);
     expect(attemptsAt(w, run.id, 1)).toEqual([1]);
@@ -139,6 +142,11 @@ describe('a step that fails by itself', () => {
     await failedLog(w, run.id);
     const [line] = logged(w, run.id, FAILED_FOR_GOOD);
     expect(JSON.stringify(line)).toContain('division by zero');
+    // Bull Board shows the job's failedReason and each attempt's stack: the SQLSTATE, as the run records it.
+    const job = await failedJob(run);
+    expect(job.failedReason).toBe(recorded.message);
+    expect(job.stacktrace).toHaveLength(RETRY.attempts);
+    expect(JSON.stringify(job.stacktrace)).not.toContain('division by zero');
     // Every span of the job's attempts — the step's, PostgreSQL's, and BullMQ's `process` span with its
     // `job failed` event — goes to the collector, which keeps no values: the SQLSTATE, not the message.
     const spans = await waitFor(() => {

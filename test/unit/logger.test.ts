@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { Writable } from 'node:stream';
 import { createLogger, redactUrl } from '../../src/platform/telemetry/logger.ts';
+import { redactedQueryAttribute } from '../../src/platform/telemetry/attributes.ts';
 import { requestContext } from '../../src/platform/tenancy/request-context.ts';
 
 function capture() {
@@ -34,6 +35,26 @@ describe('logger', () => {
     expect(redactUrl('/admin/queues?token=eyJ.a.b&x=1')).toBe('/admin/queues?token=[redacted]&x=1');
     expect(redactUrl('/x?a=1&access_token=abc')).toBe('/x?a=1&access_token=[redacted]');
     expect(redactUrl('/x?tokens=keep')).toBe('/x?tokens=keep');
+  });
+
+  it('redacts a secret by its decoded name in any case, each time it is repeated, also without a value, and keeps the other parameters', () => {
+    expect(redactUrl('/x?Token=a&%74oken=b&token=c&ACCESS%5Ftoken=d&password')).toBe('/x?Token=[redacted]&%74oken=[redacted]&token=[redacted]&ACCESS%5Ftoken=[redacted]&password=[redacted]');
+    expect(redactUrl('/x?cursor=abc&status=failed&status=pending&limit=5')).toBe('/x?cursor=abc&status=failed&status=pending&limit=5');
+  });
+
+  it("redacts secrets in a URL's fragment too: Node passes a raw request target's `#…` on to the request log", () => {
+    // An OAuth-style `#access_token=…` pasted into a request: no parser reads it, but req.url keeps it.
+    expect(redactUrl('/x?a=1#access_token=abc&state=s')).toBe('/x?a=1#access_token=[redacted]&state=s');
+    expect(redactUrl('/x#access_token=abc')).toBe('/x#access_token=[redacted]');
+    expect(redactUrl('/x?a=1#&token=abc')).toBe('/x?a=1#&token=[redacted]');
+    expect(redactUrl('/x#?token=abc')).toBe('/x#?token=[redacted]');
+  });
+
+  it("names a request's url.query by its query alone, redacted: never its fragment, none without a query", () => {
+    expect(redactedQueryAttribute('/x?token=abc&limit=5#frag')).toEqual({ 'url.query': 'token=[redacted]&limit=5' });
+    expect(redactedQueryAttribute('/x#?token=abc')).toEqual({});
+    expect(redactedQueryAttribute('/x?')).toEqual({});
+    expect(redactedQueryAttribute('/x')).toEqual({});
   });
 
   it('adds correlation, tenant and run ids inside a request or job context, without repeating bound fields', () => {

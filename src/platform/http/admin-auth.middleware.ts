@@ -5,6 +5,7 @@ import { AppError, ForbiddenError } from '../errors/app-error.ts';
 import type { TokenVerifier } from '../tenancy/jwt.ts';
 import { tagMiddleware } from '../tenancy/auth.middleware.ts';
 import { sendProblem } from './problem.middleware.ts';
+import { isSecretQueryParam } from '../telemetry/attributes.ts';
 import type { RateWindow } from './rate-window.ts';
 
 /**
@@ -155,13 +156,15 @@ function expiryOf(jwt: string): number | undefined {
 }
 
 /**
- * Where the token exchange redirects: the same dashboard URL without `token`. Only a path under the
+ * Where the token exchange redirects: the same dashboard URL without `token` (nor `access_token`, `password`, in any case). Only a path under the
  * dashboard: a raw request path such as `/admin/queues/../..//evil.example/` resolves to
  * `//evil.example/`, which a browser would follow to another host (an open redirect).
  */
 function withoutToken(originalUrl: string, basePath: string): string {
   const url = new URL(originalUrl, 'http://local');
-  url.searchParams.delete('token');
+  // Every credential the query held (a second one, any case: `&Access_Token=`), not only the token taken:
+  // the Location header is written to the request log, and the browser would keep it in its history.
+  for (const name of new Set(url.searchParams.keys())) if (isSecretQueryParam(name)) url.searchParams.delete(name);
   const underBoard = url.pathname === basePath || url.pathname.startsWith(`${basePath}/`);
   return `${underBoard ? url.pathname : basePath}${url.search}`;
 }

@@ -53,36 +53,49 @@ const decodedName = (raw: string): string => {
   }
 };
 
-/**
- * A URL with secret query values replaced: `/admin/queues?token=eyJ…` → `/admin/queues?token=[redacted]`.
- * A parameter is read by its decoded name, as the query parser reads it (`%74oken` is `token`).
- */
-export function redactUrl(url: string): string {
-  const q = url.indexOf('?');
-  if (q < 0) return url;
-  const hash = url.indexOf('#', q);
-  const query = url.slice(q + 1, hash < 0 ? undefined : hash);
-  const redacted = query
-    .split('&')
-    .map((pair) => {
+/** `name=value` pairs split at `separators` (kept), each secret one's value replaced. */
+const redactPairs = (pairs: string, separators: RegExp): string =>
+  pairs
+    .split(separators)
+    .map((pair, i) => {
+      if (i % 2) return pair; // a separator
       const eq = pair.indexOf('=');
       const name = eq < 0 ? pair : pair.slice(0, eq);
       return isSecretQueryParam(decodedName(name)) ? `${name}=[redacted]` : pair;
     })
-    .join('&');
-  return `${url.slice(0, q + 1)}${redacted}${hash < 0 ? '' : url.slice(hash)}`;
+    .join('');
+
+/** A URL's parts: before its query, its query (after the first `?` before any `#`), its fragment (after the first `#`). */
+const partsOf = (url: string): { head: string; query?: string; fragment?: string } => {
+  const hash = url.indexOf('#');
+  const beforeHash = hash < 0 ? url : url.slice(0, hash);
+  const q = beforeHash.indexOf('?');
+  return {
+    head: q < 0 ? beforeHash : beforeHash.slice(0, q),
+    ...(q < 0 ? {} : { query: beforeHash.slice(q + 1) }),
+    ...(hash < 0 ? {} : { fragment: url.slice(hash + 1) }),
+  };
+};
+
+/**
+ * A URL with secret query values replaced: `/admin/queues?token=eyJ…` → `/admin/queues?token=[redacted]`.
+ * A parameter is read by its decoded name, as the query parser reads it (`%74oken` is `token`). The
+ * fragment too (`#access_token=…`, split at `&`, `?` and `#`): no parser reads it, but Node keeps a raw
+ * request target's fragment in `req.url`, which the request log writes.
+ */
+export function redactUrl(url: string): string {
+  const { head, query, fragment } = partsOf(url);
+  return `${head}${query === undefined ? '' : `?${redactPairs(query, /(&)/)}`}${fragment === undefined ? '' : `#${redactPairs(fragment, /([&?#])/)}`}`;
 }
 
 /**
  * The `url.query` of an inbound request's server span with secret values redacted as in its log line
  * (redactUrl): the HTTP instrumentation redacts only a few cloud signature names, and by exact spelling.
- * None when the URL has no query (the instrumentation then sets none either).
+ * None when the URL has no query (the instrumentation then sets none either); never the fragment.
  */
 export function redactedQueryAttribute(url: string | undefined): Record<string, string> {
-  const redacted = redactUrl(url ?? '');
-  const q = redacted.indexOf('?');
-  const query = q < 0 ? '' : redacted.slice(q + 1).split('#')[0]!;
-  return query ? { 'url.query': query } : {};
+  const { query } = partsOf(url ?? '');
+  return query ? { 'url.query': redactPairs(query, /(&)/) } : {};
 }
 
 /**
