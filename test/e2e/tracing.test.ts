@@ -243,6 +243,19 @@ describe('tracing across the API and worker processes', () => {
     expect(JSON.stringify(line)).not.toContain(secret);
   });
 
+  it("a worker's metrics endpoint starts no trace, whatever the path (a scrape or a port scan)", async () => {
+    const probe = await stack.spawnWorker(otelEnv(receiver.url, { WORKER_METRICS_PORT: '0' }));
+    const port = Number(/"metrics_port":(\d+)/.exec(probe.output())![1]);
+    const marker = `scan-${randomUUID()}`;
+    for (const path of ['/metrics', `/${marker}`, `/metrics/${marker}`, `/?${marker}`]) await (await fetch(`http://127.0.0.1:${port}${path}`)).arrayBuffer();
+    // The stop flushes what the worker buffered: anything it traced is at the receiver once it has exited.
+    probe.kill('SIGTERM');
+    expect(await probe.exited).toBe(0);
+    const served = receiver.spans.filter((s) => s.kind === SERVER && s.service === 'dealix-worker');
+    expect(served).toEqual([]);
+    expect(JSON.stringify(receiver.spans)).not.toContain(marker);
+  });
+
   it('shutdown flushes buffered spans', async () => {
     worker.kill('SIGTERM');
     await worker.exited;

@@ -2,6 +2,7 @@ import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Logger } from 'pino';
 import type { Registry } from 'prom-client';
+import { untraceIncomingOnPort } from './otel-hooks.ts';
 
 /**
  * A tiny Prometheus endpoint for processes without an HTTP API (workers): GET /metrics serves the
@@ -22,6 +23,9 @@ export async function startMetricsServer(registry: Registry, port: number, logge
     server.once('error', reject);
     server.listen(port, () => resolve());
   });
-  logger.info({ metrics_port: (server.address() as AddressInfo).port }, 'worker metrics listening');
+  const { port: bound } = server.address() as AddressInfo;
+  // No request here starts a trace: before, every path but /metrics did (a port scan filled the collector with root spans).
+  untraceIncomingOnPort(bound);
+  logger.info({ metrics_port: bound }, 'worker metrics listening');
   return server;
 }

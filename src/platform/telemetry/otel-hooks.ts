@@ -9,6 +9,18 @@ export function setTelemetryShutdown(fn: () => Promise<void>): void {
   shutdown = fn;
 }
 
+/** Local ports whose incoming requests are never traced: a worker's metrics endpoint (metrics-server.ts). */
+const untracedPorts = new Set<number>();
+
+/** Incoming requests on this local port start no span (register.ts's ignoreIncomingRequestHook asks). */
+export function untraceIncomingOnPort(port: number): void {
+  untracedPorts.add(port);
+}
+
+export function untracedIncoming(localPort: number | undefined): boolean {
+  return localPort !== undefined && untracedPorts.has(localPort);
+}
+
 /** True when register.ts started the SDK in this process. */
 export function telemetryStarted(): boolean {
   return shutdown !== undefined;

@@ -16,7 +16,7 @@ import { installEarlySignals, installsShutdownHandlers, serviceNameOf } from '..
 // success, however long it had run. Such a script keeps Node's default (killed by the signal).
 if (installsShutdownHandlers(serviceNameOf(process.argv[1]))) installEarlySignals();
 const { telemetryEnv } = await import('../config/config.ts');
-const { setTelemetryShutdown } = await import('./otel-hooks.ts');
+const { setTelemetryShutdown, untracedIncoming } = await import('./otel-hooks.ts');
 
 const env = telemetryEnv();
 if (!env.disabled) {
@@ -52,7 +52,8 @@ if (!env.disabled) {
         // Outgoing requests (webhook POSTs, ADR 0013) are recorded with their URL's query dropped: a tenant's URL may carry a credential there.
         // Incoming ones keep their query with a client's misplaced credential (`?access_token=…`) redacted, as in the request log.
         '@opentelemetry/instrumentation-http': {
-          ignoreIncomingRequestHook: (req) => ignored(req.url),
+          // A worker's metrics endpoint is never traced, whatever the path: a scrape or a port scan is no trace.
+          ignoreIncomingRequestHook: (req) => ignored(req.url) || untracedIncoming(req.socket.localPort),
           startIncomingSpanHook: (req) => redactedQueryAttribute(req.url),
           startOutgoingSpanHook: (options) => ({ 'url.full': urlWithoutQuery(options) }),
         },
