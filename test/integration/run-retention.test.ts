@@ -405,22 +405,30 @@ describe('run retention', () => {
     expect(await verify()).toEqual({ valid: true, sha256, recomputed_sha256: sha256, recorded_sha256: sha256 });
   });
 
-  it("a job of a run that retention deleted (a failed job retried from Bull Board, a job left in a queue no worker served) fails as gone, not as a security event; one naming another tenant's run still is one", { timeout: LONG }, async () => {
-    const [tenant, intruder] = [newTenant(), newTenant()];
+  /**
+   * The first job of a golden-path run of `tenant` that was cancelled long ago and deleted by a
+   * retention pass, as delivered again (no first-delivery shortcut: it reads its run), and an
+   * executor whose log lines the test reads.
+   */
+  async function jobOfDeletedRun(tenant: string) {
     const { runtime, orm } = stack.container;
     const wf = runtime.workflow(GOLDEN_PATH);
     const hash = randomUUID().replaceAll('-', '') + randomUUID().replaceAll('-', '');
     const { run } = await runtime.start(tenantEm(orm, tenant), GOLDEN_PATH, { tenantId: tenant, principal: 'producer', idempotencyHash: hash, input: CLASS_A_SUBMISSION, correlationId: randomUUID() });
     const job = (await runtime.queues.get(wf.queue)!.getJob(stepJobId(wf.tag, hash, 1, wf.steps[0]!.name))) as Job<StepJobData>;
     await job.remove();
-    // Cancelled long ago, and deleted by a pass.
     await admin.query(`update durable_runs set status = 'cancelled', completed_at = now(), updated_at = now() - interval '31 days' where id = $1`, [run.id]);
     expect(await retentionJob(RETENTION).run()).toMatchObject({ complete: true });
-    // A job delivered again (no first-delivery shortcut: it reads its run).
     job.attemptsStarted = 2;
     const lines: Array<Record<string, any>> = [];
     const logger = createLogger({ level: 'info', name: 'dealix-worker', destination: new Writable({ write: (c, _e, cb) => (lines.push(...String(c).split('\n').filter(Boolean).map((l) => JSON.parse(l))), cb()) }) });
     const executor = new StepExecutor({ orm, runtime, logger, workerId: 'test', leaseMs: 2_000 });
+    return { wf, run, job, lines, executor };
+  }
+
+  it("a job of a run that retention deleted (a failed job retried from Bull Board, a job left in a queue no worker served) fails as gone, not as a security event; one naming another tenant's run still is one", { timeout: LONG }, async () => {
+    const [tenant, intruder] = [newTenant(), newTenant()];
+    const { run, job, lines, executor } = await jobOfDeletedRun(tenant);
 
     const gone = await executor.process(job).then(() => undefined, (e: Error) => e);
     expect(gone?.name).toBe('UnrecoverableError');
@@ -432,6 +440,32 @@ describe('run retention', () => {
     const other = await seedRun(tenant, 'completed', 0, GOLDEN_PATH, false);
     job.data = { ...job.data, run_id: other, tenant_id: intruder };
     const hidden = await executor.process(job).then(() => undefined, (e: Error) => e);
+    expect(hidden?.message).toMatch(/not visible to the job's tenant/);
+    expect(lines.filter((l) => l.security_event === 'run_not_visible').map((l) => l.run_id)).toEqual([other]);
+  });
+
+  it("a job of a run that retention deleted, of a workflow version this worker no longer registers, fails as gone instead of being put off for ever; one naming another tenant's run is a security event", { timeout: LONG }, async () => {
+    // Retention deletes runs long after they ended, by when their version is usually no longer
+    // registered: a job of such a run (a failed job retried from Bull Board) used to be put off every
+    // 10 s for a worker that registers the version, which none ever would (ADR 0008).
+    const [tenant, intruder] = [newTenant(), newTenant()];
+    const { wf, job, lines, executor } = await jobOfDeletedRun(tenant);
+    job.data = { ...job.data, workflow_version: wf.version + 1_000 };
+    const deferred: number[] = [];
+    const control = { defer: async (_ms: number, deferrals: number) => void deferred.push(deferrals) };
+
+    const gone = await executor.process(job, control).then(() => undefined, (e: Error) => e);
+    expect(deferred).toEqual([]);
+    expect(gone?.name).toBe('UnrecoverableError');
+    expect(gone?.message).toMatch(/does not exist/);
+    expect(lines.filter((l) => l.security_event)).toEqual([]);
+
+    // Another tenant's run, still there: a security event, never put off either.
+    const other = await seedRun(tenant, 'completed', 0, GOLDEN_PATH, false);
+    job.data = { ...job.data, run_id: other, tenant_id: intruder };
+    const hidden = await executor.process(job, control).then(() => undefined, (e: Error) => e);
+    expect(deferred).toEqual([]);
+    expect(hidden?.name).toBe('UnrecoverableError');
     expect(hidden?.message).toMatch(/not visible to the job's tenant/);
     expect(lines.filter((l) => l.security_event === 'run_not_visible').map((l) => l.run_id)).toEqual([other]);
   });

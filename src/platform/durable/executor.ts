@@ -132,7 +132,11 @@ export class StepExecutor {
       // Off the hot path (a version this process lacks): a run that ended meanwhile — cancelled while
       // no worker could carry it on — has nothing left for any worker, so its job ends here.
       const status = await this.storedStatus(em, d);
-      if (status !== undefined && !isActive(status)) {
+      // No run the job's tenant can see (deleted by run retention long after it ended — by when its
+      // version is seldom registered anywhere — or another tenant's): no worker could ever carry it on,
+      // so it fails as a job of a registered version does instead of being put off for ever.
+      if (status === undefined) return this.notVisible(d, logger, `run ${d.run_id} is not visible to the job's tenant`);
+      if (!isActive(status)) {
         logger.info({ workflow: versionLabel(d.workflow, version), run_status: status }, 'run ended while its workflow version was not registered here: job ends');
         return outcome;
       }
@@ -283,6 +287,20 @@ export class StepExecutor {
   }
 
   /**
+   * Fails a job whose run its tenant cannot see, for good. A run deleted by run retention after it
+   * ended (ADR 0011) is no security event: its job — a failed one retried from Bull Board, one left in
+   * a queue no worker served — names a run of no tenant. A run of another tenant is one.
+   */
+  private async notVisible(d: StepJobData, log: Logger, reason: string): Promise<never> {
+    if (!(await this.runExists(d.run_id))) {
+      log.warn({ run_id: d.run_id }, 'job names a run that does not exist (deleted by run retention after it ended, or never created): the job fails');
+      throw new UnrecoverableError(`run ${d.run_id} does not exist (deleted by run retention after it ended, or never created)`);
+    }
+    log.error({ security_event: 'run_not_visible', tenant_id: d.tenant_id, run_id: d.run_id }, 'job names a run its tenant cannot see');
+    throw new UnrecoverableError(reason);
+  }
+
+  /**
    * Puts the job off: this process does not register the run's workflow version, another may (a
    * rolling deploy, workers kept to drain an old version). The run is never failed for it; the job
    * goes to `delayed` with a growing delay (no attempt spent) and any worker may take it then (ADR 0008).
@@ -419,16 +437,7 @@ export class StepExecutor {
     const reason = sqlStateOf(err) ? recordedError(err).message : err.message;
     const step = wf.steps[seq - 1];
     const log = logger.child({ sequence_num: seq, step: step?.name ?? d.step });
-    if (e instanceof RunNotVisibleError) {
-      // A run deleted by run retention after it ended (ADR 0011) is no security event: its job — a failed
-      // one retried from Bull Board, one left in a queue no worker served — names a run of no tenant.
-      if (!(await this.runExists(d.run_id))) {
-        log.warn({ run_id: d.run_id }, 'job names a run that does not exist (deleted by run retention after it ended, or never created): the job fails');
-        throw new UnrecoverableError(`run ${d.run_id} does not exist (deleted by run retention after it ended, or never created)`);
-      }
-      log.error({ security_event: 'run_not_visible', tenant_id: d.tenant_id, run_id: d.run_id }, 'job names a run its tenant cannot see');
-      throw new UnrecoverableError(reason);
-    }
+    if (e instanceof RunNotVisibleError) return this.notVisible(d, log, reason);
     const attempt = this.attempt(d, seq);
     const permanent = e instanceof ZodError || (e instanceof AppError && !e.retryable) || e instanceof UnrecoverableError;
     const lastAttempt = attempt >= (step ? retryOf(step).attempts : 1);
