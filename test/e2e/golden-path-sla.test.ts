@@ -268,13 +268,15 @@ describe('approval SLA', () => {
       await requests.query('lock table approval_requests in exclusive mode');
       const decided = api(stack, 'POST', `/api/v1/approvals/${approvalId}/decision`, { token: slowApprover, body: { decision: 'approve' }, headers: { 'Idempotency-Key': randomUUID() } });
       await waitFor(() => waitingOn(requests, 'approval_requests'), { ...DEADLINE, what: 'the decision to begin and wait' });
-      // 2. Its deadline is set to pass just after the decision's transaction began, and passes.
-      const [{ deadline }] = (await requests.query(`update approval_requests set sla_deadline = clock_timestamp() + interval '200 milliseconds' where run_id = $1 returning sla_deadline as deadline`, [runId])).rows;
-      await waitFor(async () => (await requests.query(`select clock_timestamp() > $1::timestamptz as past`, [deadline])).rows[0].past, { ...DEADLINE, what: 'the deadline to pass' });
+      // 2. Its deadline is set to pass a few seconds after the decision's transaction began.
+      const [{ deadline }] = (await requests.query(`update approval_requests set sla_deadline = clock_timestamp() + interval '5 seconds' where run_id = $1 returning sla_deadline as deadline`, [runId])).rows;
       await requests.query('commit');
       held = false;
-      // 3. The decision locks the run and the request, and waits inside its insert (its webhook outbox).
+      // 3. The decision locks the run and the request, checks the deadline (by its statement's clock: a
+      // decision that waited for the run past the deadline is refused) well before it passes, and waits
+      // inside its insert (its webhook outbox), still in its transaction, while the deadline passes.
       await outbox.waiting('the decision to wait inside its transaction');
+      await waitFor(async () => (await stack.db.admin(`select clock_timestamp() > $1::timestamptz as past`, [deadline])).rows[0].past, { ...DEADLINE, what: 'the deadline to pass' });
       // 4. The timer fires: its expiry waits for the run the decision holds.
       await timer.promote();
       await waitFor(
