@@ -2,6 +2,7 @@ import { Job, Worker, type MinimalJob, type Processor, type WorkerOptions } from
 import type { Redis } from 'ioredis';
 import type { Logger } from 'pino';
 import { untilAborted, type StepExecutor } from './executor.ts';
+import { sqlStateOf } from './errors.ts';
 import type { DurableRuntime, StepJobData } from './runtime.ts';
 import { DEFAULT_RETRY, STEP_BACKOFF, retryOf, stepBackoffMs, type WorkflowDef } from './workflow.ts';
 import { ConfigError } from '../config/config.ts';
@@ -146,10 +147,20 @@ export function startWorkers(args: {
   };
   // Timers, maintenance, webhooks: the job's handler by its name. (A timer an older release added to a
   // workflow's queue is found there by the run queue's worker and comes here too, ADR 0015.)
-  const handle = (job: Job) => {
+  // What BullMQ keeps of their errors (failedReason in Bull Board, the `job failed` event of the job's
+  // span, which goes to the collector): a database error by its SQLSTATE, as a run's step does
+  // (executor.ts), never PostgreSQL's message, which quotes values; the worker's log keeps it.
+  const handle = async (job: Job) => {
     const handler = args.handlers[job.name];
     if (!handler) throw new Error(`no handler for job ${job.name}`);
-    return handler(job);
+    try {
+      return await handler(job);
+    } catch (e) {
+      const state = sqlStateOf(e);
+      if (!state) throw e;
+      args.logger.warn({ err: e, job_id: job.id, job_name: job.name, queue: job.queueName, ...runIdsOf(job.data) }, 'job failed on a database error');
+      throw new Error(`database error (SQLSTATE ${state}); the worker's log has its message under this job's id`);
+    }
   };
   const timerQueues = (args.timers?.queues ?? []).filter((q) => !queueNames.has(q));
   const served = [

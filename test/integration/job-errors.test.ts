@@ -1,0 +1,51 @@
+/**
+ * What BullMQ keeps of a job's error (its failedReason in Bull Board, the `job failed` event of its
+ * span, which goes to the collector) for the jobs that are not a run's steps — timers, maintenance,
+ * webhook deliveries: a database error by its SQLSTATE, never PostgreSQL's message, which quotes
+ * values (a run's steps do the same: step-failures.test.ts).
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Queue } from 'bullmq';
+import { randomUUID } from 'node:crypto';
+import { startStack, type TestStack } from '../helpers/stack.ts';
+import { startRunHost } from '../helpers/run-host.ts';
+import { waitFor } from '../helpers/poll.ts';
+import { GOLDEN_PATH } from '../../src/modules/golden-path/golden-path.workflow.ts';
+import { TIMER_QUEUE } from '../../src/platform/queue/timers.ts';
+import { UnrecoverableError } from 'bullmq';
+
+let stack: TestStack;
+beforeAll(async () => {
+  stack = await startStack({ api: false });
+}, 120_000);
+afterAll(() => stack?.stop());
+
+describe("a timer, maintenance or webhook job's error as BullMQ keeps it", () => {
+  it("is a database error's SQLSTATE, not PostgreSQL's message; the job's own errors stay as they are", async () => {
+    const secret = `secret-${randomUUID()}`;
+    const handlers = {
+      'probe-db-error': async () => {
+        await stack.container.orm.em.getConnection().execute(`select '${secret}'::int`);
+      },
+      'probe-own-error': async () => {
+        throw new UnrecoverableError(`its own words ${secret}`);
+      },
+    };
+    const host = startRunHost(stack, stack.container.runtime.workflow(GOLDEN_PATH), 'job-errors', handlers);
+    const queue = new Queue(TIMER_QUEUE, { connection: stack.redis, prefix: stack.prefix });
+    try {
+      const db = await queue.add('probe-db-error', {}, { attempts: 1 });
+      const own = await queue.add('probe-own-error', {}, { attempts: 1 });
+      // The state first, then the job: a job read before it failed would have no failedReason yet.
+      const failed = async (id: string) => ((await queue.getJobState(id)) === 'failed' ? queue.getJob(id) : undefined);
+      const dbJob = await waitFor(() => failed(db.id!), { timeoutMs: 30_000, what: 'the database-error job to fail' });
+      expect(dbJob.failedReason).toContain('SQLSTATE 22P02');
+      expect(JSON.stringify([dbJob.failedReason, dbJob.stacktrace])).not.toContain(secret);
+      const ownJob = await waitFor(() => failed(own.id!), { timeoutMs: 30_000, what: 'the own-error job to fail' });
+      expect(ownJob.failedReason).toBe(`its own words ${secret}`);
+    } finally {
+      await queue.close();
+      await host.stop();
+    }
+  });
+});
