@@ -5,9 +5,11 @@ import { Migration } from '@mikro-orm/migrations';
  * (a partial unique index), and the status `abandoned` — a record whose run was cancelled (or deleted by
  * run retention) before it was archived, given up by the next offboarding of its partner.
  *
- * A partner offboarded more than once before this release keeps its first record (by `frozen_at`); the
- * later ones are marked `abandoned`, their settlement and timestamps kept (`archived_at` not null: it was
- * archived, a duplicate settlement to look at — docs/api.md). partner_offboardings forces row-level
+ * A partner offboarded more than once before this release keeps its first archived record (by
+ * `frozen_at`, then id), or its first record when none archived; the others are marked `abandoned`, their
+ * settlement and timestamps kept (`archived_at` not null: it was archived, a duplicate settlement to look
+ * at — docs/api.md). Archived first: a partner cancelled, then offboarded again, keeping its cancelled
+ * record would be taken over by its next offboarding (and a failed run's, retried), settled once more. partner_offboardings forces row-level
  * security on the owner too, and the tenant setting is unset in a migration: the fix lifts it for this
  * table alone, under the ACCESS EXCLUSIVE lock the constraint change takes anyway, and forces it again
  * before the migration commits.
@@ -27,8 +29,9 @@ export class Migration20261205002019_partner_offboardings_one_per_partner extend
     this.addSql(`alter table "partner_offboardings" add constraint "partner_offboardings_status_check" check ("status" in ('frozen', 'settled', 'archived', 'abandoned'));`);
     this.addSql(`alter table "partner_offboardings" no force row level security;`);
     this.addSql(`update partner_offboardings o set status = 'abandoned'
-  where exists (select 1 from partner_offboardings e
-                 where e.tenant_id = o.tenant_id and e.partner_reference = o.partner_reference and (e.frozen_at, e.id) < (o.frozen_at, o.id));`);
+  from (select id, row_number() over (partition by tenant_id, partner_reference order by status = 'archived' desc, frozen_at, id) as n
+          from partner_offboardings) k
+  where k.id = o.id and k.n > 1;`);
     this.addSql(`alter table "partner_offboardings" force row level security;`);
     this.addSql(`create unique index "partner_offboardings_tenant_partner_unique" on "partner_offboardings" ("tenant_id", "partner_reference") where status <> 'abandoned';`);
   }

@@ -57,6 +57,15 @@ describe('cancelling, retrying and listing partner offboardings through the API'
       { timeoutMs: 60_000, intervalMs: 50, what: `offboarding ${id} to reach ${statuses.join('|')}` },
     );
   }
+  /** An offboarding of a partner of its own, failed for good in settle-balances (its record frozen); `ctl` fails step 2 until cleared. */
+  async function failedInSettle() {
+    const ctl = stepControl([2]);
+    host(ctl);
+    const body = ofPartner();
+    const failed = await submit(tok.submitter!, body);
+    await waitStatus(failed, ['failed']);
+    return { ctl, body, failed };
+  }
   const runRow = async (id: string) => (await stack.db.admin(`select status, error, retry_count, correlation_id, idempotency_hash, updated_at from durable_runs where id = $1`, [id])).rows[0];
   const checkpointsOf = async (id: string) => (await stack.db.admin(`select sequence_num, status, attempt, created_at from durable_checkpoints where run_id = $1 order by sequence_num`, [id])).rows;
   const ofPartner = () => ({ ...OFFBOARDING_SUBMISSION, partner: { reference: `P-${randomUUID().slice(0, 8)}`, name: 'Acme' } });
@@ -278,11 +287,7 @@ describe('cancelling, retrying and listing partner offboardings through the API'
   });
 
   it('a failed offboarding holds its partner until it is retried, or deleted by run retention: then the next offboarding of the partner completes', { timeout: LONG }, async () => {
-    const ctl = stepControl([2]);
-    host(ctl);
-    const body = ofPartner();
-    const failed = await submit(tok.submitter!, body);
-    await waitStatus(failed, ['failed']);
+    const { ctl, body, failed } = await failedInSettle();
     const refused = await submit(tok.submitter!, body);
     const why = await waitStatus(refused, ['completed', 'failed']);
     expect(why).toMatchObject({ status: 'failed', error: { code: 'partner_already_offboarded' } });
@@ -298,6 +303,26 @@ describe('cancelling, retrying and listing partner offboardings through the API'
       { run_id: failed, status: 'abandoned' },
       { run_id: next, status: 'archived' },
     ]);
+  });
+
+  it("a failed offboarding whose record was abandoned (the migration's: its partner offboarded by another run), retried: fails at once partner_already_offboarded, settles nothing", { timeout: LONG }, async () => {
+    const { ctl, body, failed } = await failedInSettle();
+    // What the migration leaves of a partner offboarded twice before the rule: the other run's archived record kept, this one abandoned.
+    const other = randomUUID();
+    await stack.db.admin(`update partner_offboardings set status = 'abandoned' where run_id = $1`, [failed]);
+    await stack.db.admin(
+      `insert into partner_offboardings (id, tenant_id, run_id, partner_reference, partner_name, reason, status, settlement, frozen_at, settled_at, archived_at)
+       values ($1, $2, $3, $4, 'Acme', 'inactive', 'archived', '{"lines": []}', now(), now(), now())`,
+      [randomUUID(), tenant, other, body.partner.reference],
+    );
+    ctl.failing.clear();
+    expect((await act('retry', failed)).status).toBe(200);
+    const why = await waitStatus(failed, ['completed', 'failed']);
+    // Before: "offboarding of run … is not frozen", a plain error retried with backoff until its attempts were spent.
+    expect(why).toMatchObject({ status: 'failed', error: { code: 'partner_already_offboarded', step: STEPS[1], sequence_num: 2 } });
+    expect(why.error.message).toContain(other);
+    expect((await checkpointsOf(failed)).map((c) => [c.sequence_num, c.status, c.attempt])).toEqual([[1, 'completed', 1], [2, 'failed', 1]]);
+    expect(await offboardingOf(failed)).toEqual([{ status: 'abandoned', settled_at: null, archived_at: null }]);
   });
 
   it("sends each offboarding's end to its own tenant's endpoints once: completed, refused as a second offboarding, cancelled; another tenant's offboarding of the same reference is its own", { timeout: LONG }, async () => {

@@ -16,6 +16,17 @@ describe('settle', () => {
     expect(one('JPY', 1000.4, 0.2)).toMatchObject({ net: 1001 });
   });
 
+  it("takes the minor unit from ISO 4217, not from the locale data (CLDR) Intl formats with", () => {
+    // CLDR shows these with fewer decimals than ISO 4217 gives them (Intl's maximumFractionDigits: 0).
+    expect(one('IQD', 1000.25)).toMatchObject({ net: 1000.25, direction: 'pay_partner' });
+    expect(one('IQD', -0.0005)).toMatchObject({ net: -0.001 });
+    for (const c of ['YER', 'LBP', 'SYP', 'IRR', 'HUF', 'IDR', 'PKR', 'COP']) expect(one(c, 0.4)).toMatchObject({ net: 0.4, direction: 'pay_partner' });
+    for (const c of ['CLP', 'KRW', 'VND', 'XOF', 'UGX']) expect(one(c, -2.5)).toMatchObject({ net: -3 });
+    expect(one('CLF', 1.23456)).toMatchObject({ net: 1.2346 });
+    // A code ISO 4217 does not know (or gives no minor unit, as gold's): 2.
+    for (const c of ['XYZ', 'XAU']) expect(one(c, 0.125)).toMatchObject({ net: 0.13 });
+  });
+
   it('is not thrown off by binary fractions, and nets to a plain zero', () => {
     expect(one('SAR', 1.005)).toMatchObject({ net: 1.01 });
     expect(one('SAR', 0.1, 0.2)).toMatchObject({ net: 0.3 });

@@ -23,13 +23,21 @@ export function settle(balances: OffboardingSubmission['balances']): Settlement[
  * Moves the run's offboarding record from `from` to the next status, in the step's transaction (so it
  * commits with the step's checkpoint). A record not in `from` means another execution of the step got
  * there first: a plain (retryable) error, whose retry reads the run and replays that execution's checkpoint.
+ * An `abandoned` record (the migration's, its partner offboarded by another run) fails the run for good.
  */
 async function advance(em: EntityManager, ctx: StepContext, from: string, set: string, params: unknown[]): Promise<string> {
   const rows = await em.execute<{ id: string }[]>(
     `update partner_offboardings set ${set} where tenant_id = ? and run_id = ? and status = ? returning id`,
     [...params, ctx.run.tenantId, ctx.run.id, from],
   );
-  if (!rows[0]) throw new Error(`offboarding of run ${ctx.run.id} is not ${from}`);
+  if (!rows[0]) {
+    const [own] = await em.execute<{ partner_reference: string; status: string }[]>(`select partner_reference, status from partner_offboardings where tenant_id = ? and run_id = ?`, [ctx.run.tenantId, ctx.run.id]);
+    if (own?.status === 'abandoned') {
+      const [holder] = await em.execute<Holder[]>(HOLDER, [ctx.run.tenantId, own.partner_reference]);
+      throw holder ? new PartnerAlreadyOffboardedError(own.partner_reference, holder) : new PermanentError('partner_already_offboarded', `Run ${ctx.run.id}'s offboarding of partner ${own.partner_reference} was abandoned.`);
+    }
+    throw new Error(`offboarding of run ${ctx.run.id} is not ${from}`);
+  }
   return rows[0].id;
 }
 
@@ -48,9 +56,11 @@ const HOLDER = `select o.id, o.run_id, o.status, r.status as run_status from par
   left join durable_runs r on r.tenant_id = o.tenant_id and r.id = o.run_id
   where o.tenant_id = ? and o.partner_reference = ? and o.status <> 'abandoned' for update of o`;
 
-/** The partner is another offboarding's: this run fails for good at step 1, having frozen and settled nothing. */
+type Holder = { id: string; run_id: string; status: string; run_status: string | null };
+
+/** The partner is another offboarding's: this run fails for good (at step 1), having frozen and settled nothing. */
 class PartnerAlreadyOffboardedError extends PermanentError {
-  constructor(reference: string, holder: { run_id: string; status: string; run_status: string | null }) {
+  constructor(reference: string, holder: Holder) {
     const what = holder.status === 'archived' ? 'was offboarded' : `is being offboarded (its run is ${holder.run_status}${holder.run_status === 'failed' ? ': retry that run' : ''})`;
     super('partner_already_offboarded', `Partner ${reference} ${what} by run ${holder.run_id}.`);
   }
@@ -73,7 +83,7 @@ export const freezePartnerStep = defineStep({
     const { reference, name } = submission.partner;
     const claim = () => ctx.em.execute<{ id: string }[]>(CLAIM, [id, ctx.run.tenantId, ctx.run.id, reference, name, submission.reason, frozenAt]);
     if (!(await claim())[0]) {
-      const [holder] = await ctx.em.execute<{ id: string; run_id: string; status: string; run_status: string | null }[]>(HOLDER, [ctx.run.tenantId, reference]);
+      const [holder] = await ctx.em.execute<Holder[]>(HOLDER, [ctx.run.tenantId, reference]);
       // Gone since the claim, or this run's own (another execution of the step got there first): a
       // plain (retryable) error, whose retry reads the run and goes on from what is stored.
       if (!holder || holder.run_id === ctx.run.id) throw new Error(`partner ${reference}: its offboarding record changed under run ${ctx.run.id}'s freeze`);

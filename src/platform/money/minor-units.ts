@@ -4,13 +4,21 @@
  * threshold is never crossed by a fraction the currency cannot pay; derived sums are rounded to it.
  */
 
-/** The currency's minor unit as ISO 4217 (through Intl) has it; 2 for a code it does not know. */
+/**
+ * ISO 4217's minor units other than 2 (its list A.1; the codes it gives none, such as gold's XAU, and
+ * codes it does not know count as 2). Not Intl's `maximumFractionDigits`: V8 takes it from CLDR, which
+ * shows IQD with 0 decimals (ISO: 3) and YER, LBP, IRR, HUF, IDR, PKR, COP, … with 0 (ISO: 2).
+ */
+const MINOR_UNITS: Readonly<Record<string, number>> = {
+  ...Object.fromEntries(['BIF', 'CLP', 'DJF', 'GNF', 'ISK', 'JPY', 'KMF', 'KRW', 'PYG', 'RWF', 'UGX', 'UYI', 'VND', 'VUV', 'XAF', 'XOF', 'XPF'].map((c) => [c, 0])),
+  ...Object.fromEntries(['BHD', 'IQD', 'JOD', 'KWD', 'LYD', 'OMR', 'TND'].map((c) => [c, 3])),
+  CLF: 4,
+  UYW: 4,
+};
+
+/** The currency's minor unit, as ISO 4217 has it (2 for SAR, 3 for KWD, 0 for JPY; 2 for a code it does not know). */
 export function minorDigits(currency: string): number {
-  try {
-    return new Intl.NumberFormat('en', { style: 'currency', currency }).resolvedOptions().maximumFractionDigits ?? 2;
-  } catch {
-    return 2;
-  }
+  return MINOR_UNITS[currency] ?? 2;
 }
 
 /**

@@ -1,0 +1,145 @@
+/**
+ * Executions meeting in freeze-partner, the step that claims the partner (`insert … on conflict do
+ * nothing` on the per-partner key): two runs of one partner at once, two executions of one run's job
+ * at once (a stalled job re-delivered while its first worker is still inside the step), and two runs
+ * taking over a cancelled offboarding's record at once. Each execution enters the step and waits there
+ * until all have, then runs the real step body, so their claims meet in PostgreSQL. Real PostgreSQL as
+ * the application role, the production executor in this process (as approval-step-races.test.ts); a
+ * job whose step failed but may be retried is run again as BullMQ would (its data counting the attempt).
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createHash, randomUUID } from 'node:crypto';
+import { Job, Queue, UnrecoverableError } from 'bullmq';
+import { pino } from 'pino';
+import { DurableRuntime, type StepJobData } from '../../src/platform/durable/runtime.ts';
+import { StepExecutor } from '../../src/platform/durable/executor.ts';
+import { tenantEm } from '../../src/platform/db/tenant-em.ts';
+import { PARTNER_OFFBOARDING } from '../../src/modules/partner-offboarding/partner-offboarding.workflow.ts';
+import { newTenant, OFFBOARDING_SUBMISSION, startStack, type TestStack } from '../helpers/stack.ts';
+import { wrappedWorkflow } from '../helpers/run-host.ts';
+
+const LONG = 120_000;
+
+interface Execution {
+  run: { id: string; tenant_id: string; correlation_id: string };
+  /** A stalled job's re-delivery: it reads the run before its first step (not the first delivery's path, ADR 0004). */
+  redelivery?: boolean;
+}
+
+describe('executions meeting in freeze-partner', () => {
+  let stack: TestStack;
+  beforeAll(async () => {
+    stack = await startStack({ api: false }); // no worker: the executions below are the runs' only ones
+  }, LONG);
+  afterAll(async () => stack?.stop());
+
+  /** A partner offboarding run of `reference`, created without a job. */
+  async function offboarding(tenant: string, reference: string) {
+    const { run } = await tenantEm(stack.container.orm, tenant).transactional((tx) =>
+      stack.container.runtime.start_run(tx, PARTNER_OFFBOARDING, {
+        tenantId: tenant,
+        principal: 'submitter-1',
+        idempotencyHash: createHash('sha256').update(randomUUID()).digest('hex'),
+        input: { ...OFFBOARDING_SUBMISSION, partner: { reference, name: 'Acme' } },
+        correlationId: randomUUID(),
+      }),
+    );
+    return run;
+  }
+
+  /**
+   * Runs each execution's job from step 1, all at once; each waits inside freeze-partner until all are
+   * there. A job that fails retryably is run again (up to its attempts); what each ends with: `ended`,
+   * or the message it failed the run for good with.
+   */
+  async function meetInFreeze(executions: Execution[]): Promise<string[]> {
+    let entered = 0;
+    let allIn!: () => void;
+    const all = new Promise<void>((r) => (allIn = r));
+    const wf = wrappedWorkflow(stack, PARTNER_OFFBOARDING, (step, seq) => async (input, ctx) => {
+      if (seq === 1 && entered < executions.length) {
+        if (++entered === executions.length) allIn();
+        await all;
+      }
+      return step.run(input, ctx);
+    });
+    const logger = pino({ level: 'silent' });
+    const runtime = new DurableRuntime({ workflows: [wf], queues: stack.container.runtime.queues, logger });
+    const queue = new Queue(`${PARTNER_OFFBOARDING}-direct`, { connection: stack.container.redis, prefix: stack.prefix });
+    try {
+      const jobs = await Promise.all(
+        executions.map(async ({ run, redelivery }, i) => {
+          const data: StepJobData = { run_id: run.id, tenant_id: run.tenant_id, workflow: PARTNER_OFFBOARDING, workflow_version: 1, step: 'freeze-partner', sequence_num: 1, _correlation_id: run.correlation_id };
+          const jobId = `po-race-${run.id}`;
+          const job = (await Job.fromId<StepJobData>(queue, jobId)) ?? (await Job.create(queue, 'freeze-partner', data, { jobId, attempts: 5 }));
+          if (redelivery) job.stalledCounter = 1;
+          return { job, executor: new StepExecutor({ orm: stack.container.orm, runtime, logger, workerId: `worker-${i}`, leaseMs: 5000 }) };
+        }),
+      );
+      return await Promise.all(
+        jobs.map(async ({ job, executor }) => {
+          for (let attempt = 1; ; attempt++) {
+            try {
+              return (await executor.process(job)).status;
+            } catch (e) {
+              if (e instanceof UnrecoverableError || attempt >= 5) return (e as Error).message;
+              job.attemptsMade = attempt; // BullMQ's retry of the job: its data keeps the failed attempts
+            }
+          }
+        }),
+      );
+    } finally {
+      await queue.close();
+    }
+  }
+
+  const runOf = async (id: string) => (await stack.db.admin(`select status, error from durable_runs where id = $1`, [id])).rows[0];
+  const recordsOf = async (tenant: string, reference: string) =>
+    (await stack.db.admin(`select run_id, status from partner_offboardings where tenant_id = $1 and partner_reference = $2 order by frozen_at, status`, [tenant, reference])).rows;
+
+  it('two runs of one partner at once: one offboards it, the other fails partner_already_offboarded, nothing settled twice', { timeout: LONG }, async () => {
+    const tenant = newTenant();
+    const [a, b] = [await offboarding(tenant, 'P-RACE'), await offboarding(tenant, 'P-RACE')];
+    const ends = await meetInFreeze([{ run: a }, { run: b }]);
+    const winner = ends[0] === 'ended' ? a : b;
+    const loser = winner === a ? b : a;
+    expect(ends.filter((e) => e === 'ended')).toHaveLength(1);
+    expect(await runOf(winner.id)).toMatchObject({ status: 'completed', error: null });
+    expect(await runOf(loser.id)).toMatchObject({ status: 'failed', error: { code: 'partner_already_offboarded', sequence_num: 1 } });
+    expect((await runOf(loser.id)).error.message).toContain(winner.id);
+    expect(await recordsOf(tenant, 'P-RACE')).toEqual([{ run_id: winner.id, status: 'archived' }]);
+  });
+
+  it("two executions of one run's job at once (a stalled re-delivery): the run finds its own claim, completes, and is never refused", { timeout: LONG }, async () => {
+    const tenant = newTenant();
+    const run = await offboarding(tenant, 'P-TWICE');
+    const ends = await meetInFreeze([{ run }, { run, redelivery: true }]);
+    expect(ends).toEqual(['ended', 'ended']);
+    expect(await runOf(run.id)).toMatchObject({ status: 'completed', error: null });
+    expect(await recordsOf(tenant, 'P-TWICE')).toEqual([{ run_id: run.id, status: 'archived' }]);
+    const checkpoints = (await stack.db.admin(`select sequence_num, status from durable_checkpoints where run_id = $1 order by sequence_num`, [run.id])).rows;
+    expect(checkpoints).toEqual([1, 2, 3].map((sequence_num) => ({ sequence_num, status: 'completed' })));
+  });
+
+  it("two runs taking over a cancelled offboarding's record at once: one abandons it and offboards the partner, the other is refused", { timeout: LONG }, async () => {
+    const tenant = newTenant();
+    const cancelled = await offboarding(tenant, 'P-TAKEN');
+    // What a run cancelled in settle-balances leaves: its record frozen.
+    await stack.db.admin(
+      `insert into partner_offboardings (id, tenant_id, run_id, partner_reference, partner_name, reason, status, frozen_at) values ($1, $2, $3, 'P-TAKEN', 'Acme', 'inactive', 'frozen', now())`,
+      [randomUUID(), tenant, cancelled.id],
+    );
+    await tenantEm(stack.container.orm, tenant).transactional((tx) => stack.container.runtime.complete(tx, cancelled.id, 'cancelled'));
+    const [b, c] = [await offboarding(tenant, 'P-TAKEN'), await offboarding(tenant, 'P-TAKEN')];
+    const ends = await meetInFreeze([{ run: b }, { run: c }]);
+    expect(ends.filter((e) => e === 'ended')).toHaveLength(1);
+    const winner = ends[0] === 'ended' ? b : c;
+    const loser = winner === b ? c : b;
+    expect(await runOf(winner.id)).toMatchObject({ status: 'completed', error: null });
+    expect(await runOf(loser.id)).toMatchObject({ status: 'failed', error: { code: 'partner_already_offboarded', sequence_num: 1 } });
+    expect(await recordsOf(tenant, 'P-TAKEN')).toEqual([
+      { run_id: cancelled.id, status: 'abandoned' },
+      { run_id: winner.id, status: 'archived' },
+    ]);
+  });
+});
