@@ -192,6 +192,13 @@ describe('migrations', () => {
     }
   });
 
+  it('a trigger disabled outside the migrations is drift: evidence packs would be written without their seal', async () => {
+    const m = await matrixFor({ tamper: (db) => db.owner('ALTER TABLE evidence_packs DISABLE TRIGGER seal').then(() => {}) });
+    expect(m.row('schema-drift').status).toBe('FAIL');
+    expect(m.row('schema-drift').reason).toMatch(/enable trigger "seal"/);
+    expect(m.row('migrations').status).toBe('PASS');
+  });
+
   it('a schema changed outside the migrations is drift', async () => {
     const m = await matrixFor({ tamper: (db) => db.owner('ALTER TABLE durable_runs ADD COLUMN hand_made integer').then(() => {}) });
     expect(m.row('schema-drift').status).toBe('FAIL');
