@@ -21,6 +21,8 @@ interface Layer {
 
 const pathText = (p: Layer['rawPath']): string => (p === undefined ? '/' : Array.isArray(p) ? p.map(pathText).join('|') : String(p));
 const join = (prefix: string, path: string) => (path === '/' ? prefix || '/' : `${prefix.replace(/\/$/, '')}${path}`);
+/** Handlers that answer requests for paths of their own: Express's wrapper of a mounted sub-application (`app.use(express())`) and serve-static. */
+const ANSWERS_ANY_PATH = new Set(['mounted_app', 'serveStatic']);
 /** Whether use-level middleware mounted at `at` runs for requests to `path`. */
 export const covers = (at: string, path: string) => at === '/' || path === at || path.startsWith(`${at.replace(/\/$/, '')}/`);
 
@@ -49,8 +51,9 @@ function walk(stack: Layer[], prefix: string, inherited: Array<{ at: string; kin
       walk(layer.handle.stack, at === '/' ? prefix : at, guards, out);
     } else if (middlewareKind(layer.handle)) {
       guards.push({ at, kind: middlewareKind(layer.handle)! });
-    } else if (at !== '/' && layer.handle.length < 4) {
-      // Middleware on a path of its own (a sub-application, static files) answers requests itself.
+    } else if ((at !== '/' || ANSWERS_ANY_PATH.has(layer.handle.name)) && layer.handle.length < 4) {
+      // Middleware on a path of its own (a sub-application, static files) answers requests itself; a
+      // sub-application or static directory at the root answers paths this table cannot list: a mount at /.
       out.push({ kind: 'mount', path: at, methods: [], guards: applying(at) });
     }
   }

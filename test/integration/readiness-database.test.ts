@@ -1,10 +1,11 @@
 import { describe, expect, it } from 'vitest';
-import { randomBytes } from 'node:crypto';
+import { randomBytes, randomUUID } from 'node:crypto';
 import pg from 'pg';
 import { createTestDatabase, type TestDatabase } from '../helpers/db.ts';
 import { TEST_ADMIN_URL, TEST_APP, TEST_OWNER, pgUrl } from '../helpers/env.ts';
 import { matrixFor } from './readiness.fixtures.ts';
 import { autovacuumRow } from '../../src/readiness/database.checks.ts';
+import { CURRENT_TENANT_SQL } from '../../src/platform/db/tenant-owned.ts';
 
 /**
  * Database rows of the readiness matrix, each broken in a throwaway database (a clone of the migrated
@@ -65,6 +66,31 @@ describe('row-level security rows', () => {
       },
     });
     expect(m.row('rls idempotency_keys').status).toBe('FAIL');
+  });
+
+  it('an isolation policy that names tenant_id and app.tenant_id but admits other tenants fails its table', async () => {
+    const tenant = (id: string) => `(tenant_id = ${CURRENT_TENANT_SQL} OR tenant_id <> '${id}')`;
+    const [mine, theirs] = [randomUUID(), randomUUID()];
+    const m = await matrixFor({
+      tamper: async (db) => {
+        await db.admin(`ALTER POLICY evidence_packs_tenant_isolation ON evidence_packs USING ${tenant(mine)} WITH CHECK ${tenant(mine)}`);
+        await db.admin(`INSERT INTO evidence_packs (id, tenant_id, run_id, content, sha256, created_at) VALUES ($1, $2, $3, '{}', 'x', now())`, [randomUUID(), theirs, randomUUID()]);
+        // The bad state is real: the application role, in a transaction of tenant `mine`, reads `theirs`'s pack.
+        const app = new pg.Client({ connectionString: db.appUrl });
+        await app.connect();
+        try {
+          await app.query('BEGIN');
+          await app.query(`SELECT set_config('app.tenant_id', $1, true)`, [mine]);
+          expect((await app.query('SELECT tenant_id FROM evidence_packs')).rows).toEqual([{ tenant_id: theirs }]);
+          await app.query('ROLLBACK');
+        } finally {
+          await app.end();
+        }
+      },
+    });
+    expect(m.row('rls evidence_packs').status).toBe('FAIL');
+    expect(m.row('rls evidence_packs').reason).toMatch(/evidence_packs_tenant_isolation/);
+    expect(m.row('rls partner_dossiers').status).toBe('PASS');
   });
 
   it('a permissive policy that ignores the tenant fails the table it widens', async () => {
@@ -164,6 +190,13 @@ describe('migrations', () => {
     } finally {
       await admin(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
     }
+  });
+
+  it('a trigger disabled outside the migrations is drift: evidence packs would be written without their seal', async () => {
+    const m = await matrixFor({ tamper: (db) => db.owner('ALTER TABLE evidence_packs DISABLE TRIGGER seal').then(() => {}) });
+    expect(m.row('schema-drift').status).toBe('FAIL');
+    expect(m.row('schema-drift').reason).toMatch(/enable trigger "seal"/);
+    expect(m.row('migrations').status).toBe('PASS');
   });
 
   it('a schema changed outside the migrations is drift', async () => {

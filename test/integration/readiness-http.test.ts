@@ -66,6 +66,15 @@ describe('authentication on every route', () => {
     expect(m.row('routes-authentication').reason).toMatch(/mount \/internal has no authentication middleware/);
   });
 
+  it('an unguarded sub-application or static directory mounted at the root fails the row: it answers paths the router stack does not list', async () => {
+    const subApp = await matrixFor({ adjust: onApp((app) => void addBeforeFallbacks(app, (a) => a.use(express().get('/internal/open', okHandler)))) });
+    expect(subApp.row('routes-authentication').status).toBe('FAIL');
+    expect(subApp.row('routes-authentication').reason).toMatch(/mount \/ has no authentication middleware/);
+    const files = await matrixFor({ adjust: onApp((app) => void addBeforeFallbacks(app, (a) => a.use(express.static(import.meta.dirname)))) });
+    expect(files.row('routes-authentication').status).toBe('FAIL');
+    expect(files.row('routes-authentication').reason).toMatch(/mount \/ has no authentication middleware/);
+  });
+
   it('health, metrics and the API documents stay public without failing the row', async () => {
     const m = await matrixFor({
       adjust: onApp((app) => {

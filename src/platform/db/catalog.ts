@@ -6,7 +6,7 @@ import { CATALOG_SQL } from './catalog.queries.ts';
 /**
  * A read-only inspection of the live database against the tenancy invariants (ADR 0001): every
  * tenant-owned table has RLS enabled and forced, one isolation policy for ALL commands whose USING
- * and WITH CHECK both read `app.tenant_id`, no other policy that widens what the application sees,
+ * and WITH CHECK are both exactly the canonical predicate on `tenant_id` and `app.tenant_id`, no other policy that widens what the application sees,
  * `tenant_id` indexed and part of every unique key; the application role is no superuser, has no
  * BYPASSRLS, owns nothing and holds no privilege that RLS does not govern (TRUNCATE, REFERENCES,
  * TRIGGER, and any row privilege on a table without tenant_id beyond APP_UNTENANTED_GRANTS); nothing runs
@@ -281,8 +281,10 @@ function checkTable(t: TableReport, appRole: string, systemRole: string, operato
   } else {
     const iso = t.policies.find((p) => p.name === t.isolationPolicy)!;
     if (!appliesTo(iso, appRole)) fail('tenant-policy', `the isolation policy ${iso.name} on ${t.table} does not apply to ${appRole} (roles: ${iso.roles.join(', ')})`);
+    // Anything but the predicate the migrations write (tenantIsolationPolicy) may admit other tenants'
+    // rows while naming tenant_id and app.tenant_id (`… OR tenant_id <> x`): an error, not a style note.
     if (iso.using !== TENANT_PREDICATE_SQL || iso.check !== TENANT_PREDICATE_SQL) {
-      fail('policy-canonical', `the isolation policy ${iso.name} on ${t.table} is not the canonical nullif/InitPlan predicate ${TENANT_PREDICATE_SQL}`, 'warning');
+      fail('policy-canonical', `the isolation policy ${iso.name} on ${t.table} is not the canonical predicate ${TENANT_PREDICATE_SQL} (USING ${iso.using ?? '-'}, WITH CHECK ${iso.check ?? '-'}): anything else may admit other tenants' rows; recreate it as tenantIsolationPolicy() writes it`);
     }
   }
   for (const p of t.policies) {

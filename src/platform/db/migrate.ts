@@ -57,6 +57,20 @@ export interface SchemaStatus {
 /** Pending migrations and entity/schema drift, read through the given ORM (any role that can read the catalog). */
 export async function schemaStatus(orm: MikroORM): Promise<SchemaStatus> {
   const pending = (await orm.migrator.getPending()).map((m) => m.name);
-  const drift = (await orm.schema.getUpdateSchemaSQL({ wrap: false, safe: false, dropTables: true })).trim();
+  const diff = (await orm.schema.getUpdateSchemaSQL({ wrap: false, safe: false, dropTables: true })).trim();
+  const drift = [diff, ...(await disabledTriggers(orm))].filter(Boolean).join('\n');
   return { pending, drift };
+}
+
+/**
+ * The schema generator compares a trigger's definition, not whether it fires: `ALTER TABLE … DISABLE
+ * TRIGGER` (or ENABLE REPLICA, which fires only during replication) leaves no diff, and the evidence
+ * seal, or with `DISABLE TRIGGER ALL` a foreign key, silently stops. Each such trigger, as the SQL that re-enables it.
+ */
+async function disabledTriggers(orm: MikroORM): Promise<string[]> {
+  const rows = await orm.em.getConnection().execute<{ tbl: string; name: string }[]>(
+    `select c.relname as tbl, t.tgname as name from pg_trigger t join pg_class c on c.oid = t.tgrelid join pg_namespace n on n.oid = c.relnamespace
+      where n.nspname = current_schema() and t.tgenabled in ('D', 'R') order by 1, 2`,
+  );
+  return rows.map((r) => `alter table "${r.tbl}" enable trigger "${r.name}";`);
 }
