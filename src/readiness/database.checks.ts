@@ -2,7 +2,7 @@ import type { MikroORM } from '../platform/db/orm.ts';
 import { tenantTables } from '../platform/db/migrate.ts';
 import { inspectCatalog, isSurrogateKey, ormCatalogQuery, type CatalogFinding, type CatalogReport } from '../platform/db/catalog.ts';
 import { OPERATOR_DB_ROLE, OPERATOR_GRANTS } from '../platform/db/tenant-owned.ts';
-import { fail, pass, type ReadinessRow } from './readiness.types.ts';
+import { fail, notRequired, pass, type ReadinessRow } from './readiness.types.ts';
 
 /**
  * autovacuum as PostgreSQL ships it: on. Without it no table ever gets statistics and dead rows are
@@ -13,7 +13,7 @@ import { fail, pass, type ReadinessRow } from './readiness.types.ts';
 export function autovacuumRow(setting: string | undefined, opts: { production: boolean }): ReadinessRow {
   if (setting === 'on') return pass('postgres-autovacuum', 'autovacuum on');
   const why = `autovacuum ${setting ?? 'unknown'}: tables get no statistics and keep their dead rows, and plans made before statistics last until their connection prepares them again`;
-  return opts.production ? fail('postgres-autovacuum', `${why}; turn it on (postgresql.conf or the provider's parameter group)`) : pass('postgres-autovacuum', `not required outside production (${why})`);
+  return opts.production ? fail('postgres-autovacuum', `${why}; turn it on (postgresql.conf or the provider's parameter group)`) : notRequired('postgres-autovacuum', why);
 }
 
 /** The server's autovacuum setting, as the application role reads it. */

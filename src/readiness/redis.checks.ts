@@ -1,5 +1,5 @@
 import type { Redis } from 'ioredis';
-import { fail, pass, type ReadinessRow } from './readiness.types.ts';
+import { fail, notRequired, pass, type ReadinessRow } from './readiness.types.ts';
 
 const field = (info: string, name: string) => new RegExp(`^${name}:(.*)$`, 'm').exec(info)?.[1]?.trim();
 
@@ -50,10 +50,10 @@ export async function redisRows(redis: Redis, opts: { production: boolean }): Pr
   return [
     pass('redis', `reachable (${redis.options.host}:${redis.options.port})`),
     policy === 'noeviction' ? pass('redis-eviction', 'maxmemory-policy noeviction') : fail('redis-eviction', `maxmemory-policy is ${policy ?? 'unknown'}; BullMQ requires noeviction`),
-    !opts.production
-      ? pass('redis-persistence', `not required outside production (${state})`)
-      : aof || save.trim() !== ''
-        ? pass('redis-persistence', state)
+    aof || save.trim() !== ''
+      ? pass('redis-persistence', state)
+      : !opts.production
+        ? notRequired('redis-persistence', `${state}: a restart loses queued jobs`)
         : fail('redis-persistence', `production Redis without persistence (${state}): a restart loses queued jobs`),
   ];
 }

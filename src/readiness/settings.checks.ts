@@ -2,7 +2,7 @@ import { existsSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { settingsWithPublishedDatabasePassword, usesPublishedJwtSecret, type Config } from '../platform/config/config.ts';
 import { retryOf, type WorkflowDef } from '../platform/durable/workflow.ts';
-import { fail, pass, type ReadinessRow } from './readiness.types.ts';
+import { fail, notRequired, pass, type ReadinessRow } from './readiness.types.ts';
 
 /** Telemetry is exporting somewhere, or was switched off on purpose; never silently half-configured. */
 export function telemetryRow(config: Config): ReadinessRow {
@@ -32,7 +32,7 @@ export function webhookSsrfGuardRow(config: Config): ReadinessRow {
   if (!config.WEBHOOK_ALLOW_PRIVATE_NETWORKS) return pass('webhook-ssrf-guard', 'webhook endpoints must resolve to public addresses only');
   const why = 'WEBHOOK_ALLOW_PRIVATE_NETWORKS=true: any tenant admin may point a webhook endpoint at loopback, private and link-local addresses (cloud metadata, internal services)';
   if (config.NODE_ENV === 'production') return fail('webhook-ssrf-guard', `${why}; unset it (false) in every API and worker`);
-  return pass('webhook-ssrf-guard', `not required outside production (${why})`);
+  return notRequired('webhook-ssrf-guard', why);
 }
 
 /**
@@ -45,7 +45,7 @@ export function databaseCredentialsRow(config: Config): ReadinessRow {
   if (!published.length) return pass('database-credentials', 'no database URL uses a published password');
   const why = `${published.join(', ')} use${published.length === 1 ? 's' : ''} a password published in migrations/bootstrap/roles.sql (.env.example, docker-compose.yml)`;
   if (config.NODE_ENV === 'production') return fail('database-credentials', `${why}: anyone who has read this repository can log in as that role; set passwords of your own (ALTER ROLE … PASSWORD) and in the URLs`);
-  return pass('database-credentials', `not required outside production (${why})`);
+  return notRequired('database-credentials', why);
 }
 
 /** Bounds that keep recovery fast and safe; see docs/governance/release-gates.md. */
