@@ -139,6 +139,10 @@ describe('Bull Board at /admin/queues', () => {
     const cookie = (await context.cookies()).find((c) => c.name === ADMIN_COOKIE);
     expect(cookie).toMatchObject({ httpOnly: true, sameSite: 'Strict', path: '/admin/queues' });
     await page.getByText('golden-path', { exact: false }).first().waitFor({ timeout: 30_000 });
+    // The board's own actions, as the browser sends them (Sec-Fetch-Site, Origin), pass the guard's
+    // cross-origin check: read-only refuses them with 405, where another site's would get 403.
+    const action = await page.evaluate(async () => (await fetch('/admin/queues/api/queues/golden-path/pause', { method: 'PUT' })).status);
+    expect(action).toBe(405);
 
     await page.goto(`${stack.baseUrl}/admin/queues/queue/golden-path?status=completed`);
     // One run job per run (ADR 0005), named by the step it starts at, its data naming the run.
