@@ -86,26 +86,31 @@ describe('the dashboard in a frame (clickjacking)', () => {
   });
 });
 
+/** The dashboard's guard itself, called as Express would, against the real Redis. */
+function directGuard(prefix: string) {
+  const window = new RateWindow(stack.redis, `${stack.prefix}:${prefix}`, OPERATOR_LOGIN_WINDOW_MS);
+  const guard = adminAuth({ verifier: stack.container.verifier, logger: stack.container.logger, operator: OPERATOR, basePath: '/admin/queues', loginThrottle: { window, maxFailures: MAX_FAILURES } });
+  return (password: string, ip = '203.0.113.9') =>
+    new Promise<number>((resolve, reject) => {
+      const headers: Record<string, string> = basic(OPERATOR.user, password);
+      const req = { method: 'GET', query: {}, path: '/', originalUrl: '/admin/queues', ip, secure: false, get: (h: string) => headers[h.toLowerCase()] };
+      const res = {
+        locals: {},
+        statusCode: 200,
+        setHeader: () => res,
+        status: (s: number) => ((res.statusCode = s), res),
+        type: () => res,
+        send: () => resolve(res.statusCode),
+      };
+      Promise.resolve(guard(req as never, res as never, () => resolve(200))).catch(reject);
+    });
+}
+
 describe('operator login throttling under concurrent guesses', () => {
   it('guesses sent at once are counted as they arrive: no more than the allowed failures are checked', async () => {
-    // The guard itself, called for many requests in one tick (as many connections arriving together
-    // would): each reads the count before any has counted its failure, unless reading and counting are one step.
-    const window = new RateWindow(stack.redis, `${stack.prefix}:operator-login-race`, OPERATOR_LOGIN_WINDOW_MS);
-    const guard = adminAuth({ verifier: stack.container.verifier, logger: stack.container.logger, operator: OPERATOR, basePath: '/admin/queues', loginThrottle: { window, maxFailures: MAX_FAILURES } });
-    const call = (password: string) =>
-      new Promise<number>((resolve, reject) => {
-        const headers: Record<string, string> = basic(OPERATOR.user, password);
-        const req = { method: 'GET', query: {}, path: '/', originalUrl: '/admin/queues', ip: '203.0.113.9', secure: false, get: (h: string) => headers[h.toLowerCase()] };
-        const res = {
-          locals: {},
-          statusCode: 200,
-          setHeader: () => res,
-          status: (s: number) => ((res.statusCode = s), res),
-          type: () => res,
-          send: () => resolve(res.statusCode),
-        };
-        Promise.resolve(guard(req as never, res as never, () => resolve(200))).catch(reject);
-      });
+    // Many requests in one tick (as many connections arriving together would): each reads the count
+    // before any has counted its failure, unless reading and counting are one step.
+    const call = directGuard('operator-login-race');
     const statuses = await Promise.all(Array.from({ length: 5 * MAX_FAILURES }, (_, i) => call(`parallel-guess-${i}`)));
     expect(statuses.every((s) => s === 401 || s === 429), statuses.join()).toBe(true);
     expect(statuses.filter((s) => s === 401).length, statuses.join()).toBeLessThanOrEqual(MAX_FAILURES);
@@ -113,6 +118,15 @@ describe('operator login throttling under concurrent guesses', () => {
     expect(await call(OPERATOR.password)).toBe(429);
   });
 
+  it('an IPv6 client is one /64 (what one host or customer holds): new addresses in it are no new allowance', async () => {
+    const call = directGuard('operator-login-v6');
+    for (let i = 0; i < MAX_FAILURES; i++) expect(await call(`v6-guess-${i}`, `2001:db8:1:2::${i + 1}`)).toBe(401);
+    expect(await call('v6-guess-x', '2001:db8:1:2:ffff:ffff:ffff:fffe')).toBe(429);
+    expect(await call('v6-guess-y', '2001:0db8:0001:0002:0:0:0:abcd')).toBe(429);
+    // Another /64, and IPv4 (also IPv4-mapped), count apart.
+    expect(await call(OPERATOR.password, '2001:db8:1:3::1')).toBe(200);
+    expect(await call(OPERATOR.password, '::ffff:198.51.100.7')).toBe(200);
+  });
   it('a right password does not use up the allowance', async () => {
     for (let i = 0; i < 3 * MAX_FAILURES; i++) {
       expect((await api(stack, 'GET', '/admin/queues', { headers: basic(OPERATOR.user, OPERATOR.password) })).status).toBe(200);

@@ -1,4 +1,5 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
+import { isIPv6 } from 'node:net';
 import type { NextFunction, Request, Response } from 'express';
 import type { Logger } from 'pino';
 import { AppError, ForbiddenError } from '../errors/app-error.ts';
@@ -63,7 +64,7 @@ export function adminAuth(opts: AdminAuthOptions) {
       }
       if (header && /^Basic\s+/i.test(header)) {
         const throttle = opts.loginThrottle && opts.loginThrottle.maxFailures > 0 ? opts.loginThrottle : undefined;
-        const client = req.ip ?? 'unknown';
+        const client = throttleSubject(req.ip);
         // Counted as a failure before the check and taken back when right: guesses arriving together
         // each get their own count (a read then a later count would let them all through at once).
         const attempt = throttle ? await throttle.window.hit(client) : undefined;
@@ -143,6 +144,23 @@ async function verifyAdmin(opts: AdminAuthOptions, req: Request, token: string):
     throw new ForbiddenError(`The dashboard spans tenants and needs the platform role: ${OPERATOR_ROLE}.`);
   }
   return { exp: expiryOf(token) };
+}
+
+/**
+ * Whose failures a login counts: an IPv4 address (also one IPv4-mapped), or an IPv6 address's /64 —
+ * the least a host or a customer is given, so counting by the full address would give a guesser 2^64
+ * allowances. `2001:db8:1:2::5` → `2001:db8:1:2::/64`.
+ */
+function throttleSubject(ip: string | undefined): string {
+  if (!ip) return 'unknown';
+  const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(ip);
+  if (mapped) return mapped[1]!;
+  if (!isIPv6(ip)) return ip;
+  const [head = '', tail = ''] = ip.toLowerCase().split('%')[0]!.split('::');
+  const left = head ? head.split(':') : [];
+  const right = ip.includes('::') && tail ? tail.split(':') : [];
+  const groups = [...left, ...Array<string>(8 - left.length - right.length).fill('0'), ...right];
+  return `${groups.slice(0, 4).map((g) => g.replace(/^0+(?=.)/, '')).join(':')}::/64`;
 }
 
 function unauthorized(opts: AdminAuthOptions, detail: string): AppError {
