@@ -13,15 +13,16 @@ export interface BullBoardInfo {
 export const NOT_MOUNTED = 'Bull Board not mounted';
 
 /**
- * Bull Board has no authentication of its own: an admin-auth (or authenticate) middleware must sit in
+ * Bull Board has no authentication of its own: the operator guard (admin-auth: role platform-operator) must sit in
  * front of its mount, and an unauthenticated request to its UI and its JSON API must be refused.
  */
 export async function bullBoardAuthRow(info: BullBoardInfo | undefined, endpoints: Endpoint[], probe: Probe): Promise<ReadinessRow> {
   if (!info) return fail('bull-board-auth', NOT_MOUNTED);
   const mounts = endpoints.filter((e) => covers(info.basePath, e.path));
   if (!mounts.length) return fail('bull-board-auth', `${NOT_MOUNTED} at ${info.basePath} in the app's router`);
-  const unguarded = mounts.filter((e) => !e.guards.includes('admin-auth') && !e.guards.includes('authenticate'));
-  if (unguarded.length) return fail('bull-board-auth', `no authentication middleware in front of ${unguarded.map((e) => e.path).join(', ')}`);
+  // The operator guard, not the tenants' `authenticate`: that lets any tenant's user in, and the board spans tenants.
+  const unguarded = mounts.filter((e) => !e.guards.includes('admin-auth'));
+  if (unguarded.length) return fail('bull-board-auth', `no operator authentication (admin-auth) in front of ${unguarded.map((e) => e.path).join(', ')}`);
   const base = info.basePath.replace(/\/$/, '');
   for (const path of [base || '/', `${base}/api/queues`]) {
     const status = await probe('get', path);

@@ -139,6 +139,10 @@ describe('Bull Board at /admin/queues', () => {
     const cookie = (await context.cookies()).find((c) => c.name === ADMIN_COOKIE);
     expect(cookie).toMatchObject({ httpOnly: true, sameSite: 'Strict', path: '/admin/queues' });
     await page.getByText('golden-path', { exact: false }).first().waitFor({ timeout: 30_000 });
+    // The board's own actions, as the browser sends them (Sec-Fetch-Site, Origin), pass the guard's
+    // cross-origin check: read-only refuses them with 405, where another site's would get 403.
+    const action = await page.evaluate(async () => (await fetch('/admin/queues/api/queues/golden-path/pause', { method: 'PUT' })).status);
+    expect(action).toBe(405);
 
     await page.goto(`${stack.baseUrl}/admin/queues/queue/golden-path?status=completed`);
     // One run job per run (ADR 0005), named by the step it starts at, its data naming the run.
@@ -149,6 +153,33 @@ describe('Bull Board at /admin/queues', () => {
     mkdirSync(join(ROOT, 'artifacts'), { recursive: true });
     await page.screenshot({ path: join(ROOT, 'artifacts/bull-board.png') });
     await page.close();
+  });
+
+  it("a page on another origin cannot make a signed-in operator's browser act on the board (CSRF)", async () => {
+    // Same site, another origin (another port of 127.0.0.1: a sibling subdomain in production): the
+    // browser sends the SameSite=Strict cookie with its form. Bull Board's POST …/add needs no preflight.
+    await browser.clearCookies();
+    const page = await browser.newPage();
+    await page.goto(`${stack.baseUrl}/admin/queues?token=${adminToken}`);
+    const target = `${stack.baseUrl}/admin/queues/api/queues/golden-path/add`;
+    const evil = http.createServer((_req, res) => {
+      res.setHeader('content-type', 'text/html');
+      res.end(`<form method="post" enctype="text/plain" action="${target}"><input name='{"name":"forged","x":"' value='"}'></form><script>document.forms[0].submit()</script>`);
+    });
+    await new Promise<void>((resolve) => evil.listen(0, '127.0.0.1', resolve));
+    try {
+      const answered = page.waitForResponse((r) => r.url() === target, { timeout: 15_000 });
+      await page.goto(`http://127.0.0.1:${(evil.address() as import('node:net').AddressInfo).port}/`, { waitUntil: 'commit' });
+      const res = await answered;
+      // Reaching the board would be 405 (read-only) or 200 (writes on); the guard refuses it first.
+      expect(res.status()).toBe(403);
+      // Refused as coming from another origin, with the operator's cookie (not for a missing credential).
+      expect(await res.text()).toContain('must come from the dashboard itself');
+    } finally {
+      await page.close();
+      evil.closeAllConnections();
+      await new Promise((r) => evil.close(r));
+    }
   });
 
   it('records its queues for the readiness matrix', async () => {

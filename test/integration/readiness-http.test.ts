@@ -98,7 +98,14 @@ describe('Bull Board', () => {
   it('mounted without authentication fails bull-board-auth', async () => {
     const m = await matrixFor({ adjust: onApp((app, c) => ({ bullBoard: mountBoard(app, c.queues) })) });
     expect(m.row('bull-board-auth').status).toBe('FAIL');
-    expect(m.row('bull-board-auth').reason).toMatch(/no authentication middleware in front of \/test-board/);
+    expect(m.row('bull-board-auth').reason).toMatch(/no operator authentication \(admin-auth\) in front of \/test-board/);
+  });
+
+  it("behind the tenants' authenticate only, bull-board-auth fails: any tenant's user would see every tenant's jobs", async () => {
+    const tenantAuth = tagMiddleware((_req: Request, res: Response) => void res.status(401).json({ title: 'Unauthorized' }), 'authenticate');
+    const m = await matrixFor({ adjust: onApp((app, c) => ({ bullBoard: mountBoard(app, c.queues, tenantAuth) })) });
+    expect(m.row('bull-board-auth').status).toBe('FAIL');
+    expect(m.row('bull-board-auth').reason).toMatch(/no operator authentication \(admin-auth\) in front of \/test-board/);
   });
 
   it('behind an admin-auth that does not refuse, the unauthenticated probe fails bull-board-auth', async () => {

@@ -1,4 +1,5 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
+import { isIPv6 } from 'node:net';
 import type { NextFunction, Request, Response } from 'express';
 import type { Logger } from 'pino';
 import { AppError, ForbiddenError } from '../errors/app-error.ts';
@@ -45,6 +46,7 @@ export interface AdminAuthOptions {
 export function adminAuth(opts: AdminAuthOptions) {
   return tagMiddleware(async function adminAuthMiddleware(req: Request, res: Response, next: NextFunction) {
     try {
+      guardBrowser(opts, req, res);
       const queryToken = typeof req.query.token === 'string' ? req.query.token : undefined;
       if (queryToken !== undefined) {
         const { exp } = await verifyAdmin(opts, req, queryToken);
@@ -63,24 +65,24 @@ export function adminAuth(opts: AdminAuthOptions) {
       }
       if (header && /^Basic\s+/i.test(header)) {
         const throttle = opts.loginThrottle && opts.loginThrottle.maxFailures > 0 ? opts.loginThrottle : undefined;
-        const client = req.ip ?? 'unknown';
-        if (throttle) {
-          const { count, retryAfter } = await throttle.window.count(client);
-          if (count >= throttle.maxFailures) {
-            opts.logger.warn({ security_event: 'operator_login_throttled', path: req.path, ip: req.ip, failures: count }, 'operator login throttled');
-            throw new AppError('rate_limited', 'Too Many Requests', {
-              status: 429,
-              retryable: true,
-              detail: `${count} failed operator logins from this address; try again in ${retryAfter} s.`,
-              headers: { 'Retry-After': String(retryAfter) },
-            });
-          }
+        const client = throttleSubject(req.ip);
+        // Counted as a failure before the check and taken back when right: guesses arriving together
+        // each get their own count (a read then a later count would let them all through at once).
+        const attempt = throttle ? await throttle.window.hit(client) : undefined;
+        if (throttle && attempt && attempt.count > throttle.maxFailures) {
+          opts.logger.warn({ security_event: 'operator_login_throttled', path: req.path, ip: req.ip, failures: attempt.count - 1 }, 'operator login throttled');
+          throw new AppError('rate_limited', 'Too Many Requests', {
+            status: 429,
+            retryable: true,
+            detail: `${throttle.maxFailures} failed operator logins from this address; try again in ${attempt.retryAfter} s.`,
+            headers: { 'Retry-After': String(attempt.retryAfter) },
+          });
         }
         if (!opts.operator || !basicMatches(header, opts.operator)) {
-          const failures = throttle ? (await throttle.window.hit(client)).count : undefined;
-          opts.logger.warn({ security_event: 'operator_login_failed', path: req.path, ip: req.ip, failures }, 'rejected operator credentials');
+          opts.logger.warn({ security_event: 'operator_login_failed', path: req.path, ip: req.ip, failures: attempt?.count }, 'rejected operator credentials');
           throw unauthorized(opts, 'The operator credentials are not valid.');
         }
+        if (throttle && attempt) await throttle.window.unhit(attempt);
         return next();
       }
       const cookie = readCookie(req.get('cookie'), ADMIN_COOKIE);
@@ -96,6 +98,40 @@ export function adminAuth(opts: AdminAuthOptions) {
   }, 'admin-auth');
 }
 
+const SAFE_METHODS = new Set(['GET', 'HEAD', 'OPTIONS']);
+
+/**
+ * What protects an operator's browser from other sites. Every dashboard response may not be framed
+ * (clickjacking: a page overlaying the board's buttons), sniffed, or name its URL in a Referer. And a
+ * state-changing request (Bull Board's retry, promote, clean, pause, empty, add) must come from the
+ * dashboard's own origin: a browser attaches cached HTTP Basic credentials to a form another site
+ * submits, and the SameSite=Strict cookie to one a sibling subdomain (same site) submits. The check
+ * is Go's CrossOriginProtection: `Sec-Fetch-Site` when the browser sends it, else `Origin` against the
+ * request's host; neither (a tool, curl) is not a browser and passes.
+ */
+function guardBrowser(opts: AdminAuthOptions, req: Request, res: Response): void {
+  res.setHeader('X-Frame-Options', 'DENY');
+  res.setHeader('Content-Security-Policy', "frame-ancestors 'none'");
+  res.setHeader('X-Content-Type-Options', 'nosniff');
+  res.setHeader('Referrer-Policy', 'no-referrer');
+  if (SAFE_METHODS.has(req.method)) return;
+  const site = req.get('sec-fetch-site');
+  const origin = req.get('origin');
+  const crossOrigin = site !== undefined ? site !== 'same-origin' && site !== 'none' : origin !== undefined && originHost(origin) !== req.host;
+  if (crossOrigin) {
+    opts.logger.warn({ security_event: 'admin_cross_origin', method: req.method, path: req.path, ip: req.ip, sec_fetch_site: site, origin }, 'refused a cross-origin dashboard action');
+    throw new ForbiddenError(`A ${req.method} to the dashboard must come from the dashboard itself, not from another site (Sec-Fetch-Site: ${site ?? '-'}, Origin: ${origin ?? '-'}).`);
+  }
+}
+
+function originHost(origin: string): string | undefined {
+  try {
+    return new URL(origin).host;
+  } catch {
+    return undefined; // `null` (a sandboxed frame, a file) or garbage: no origin of ours
+  }
+}
+
 async function verifyAdmin(opts: AdminAuthOptions, req: Request, token: string): Promise<{ exp?: number }> {
   let principal;
   try {
@@ -109,6 +145,23 @@ async function verifyAdmin(opts: AdminAuthOptions, req: Request, token: string):
     throw new ForbiddenError(`The dashboard spans tenants and needs the platform role: ${OPERATOR_ROLE}.`);
   }
   return { exp: expiryOf(token) };
+}
+
+/**
+ * Whose failures a login counts: an IPv4 address (also one IPv4-mapped), or an IPv6 address's /64 —
+ * the least a host or a customer is given, so counting by the full address would give a guesser 2^64
+ * allowances. `2001:db8:1:2::5` → `2001:db8:1:2::/64`.
+ */
+function throttleSubject(ip: string | undefined): string {
+  if (!ip) return 'unknown';
+  const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(ip);
+  if (mapped) return mapped[1]!;
+  if (!isIPv6(ip)) return ip;
+  const [head = '', tail = ''] = ip.toLowerCase().split('%')[0]!.split('::');
+  const left = head ? head.split(':') : [];
+  const right = ip.includes('::') && tail ? tail.split(':') : [];
+  const groups = [...left, ...Array<string>(8 - left.length - right.length).fill('0'), ...right];
+  return `${groups.slice(0, 4).map((g) => g.replace(/^0+(?=.)/, '')).join(':')}::/64`;
 }
 
 function unauthorized(opts: AdminAuthOptions, detail: string): AppError {

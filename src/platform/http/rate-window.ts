@@ -5,11 +5,22 @@ const RATE_HIT = `local n = redis.call('INCR', KEYS[1])
 if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
 return n`;
 
-type RateRedis = Redis & { dealixRateHit(key: string, ttlMs: number): Promise<number> };
+/** Takes one hit back from a window counter, if the window still exists (never creates a key without expiry). */
+const RATE_UNHIT = `if redis.call('EXISTS', KEYS[1]) == 1 then return redis.call('DECR', KEYS[1]) end
+return 0`;
+
+type RateRedis = Redis & { dealixRateHit(key: string, ttlMs: number): Promise<number>; dealixRateUnhit(key: string): Promise<number> };
+
+/** One counted hit, for `unhit`: the window it was counted in. */
+export interface RateHit {
+  count: number;
+  retryAfter: number;
+  key: string;
+}
 
 /**
  * Fixed-window counters in Redis, shared by every API process: `hit` counts one event in the current
- * window of `windowMs` and returns the window's count; `count` reads it without counting. A script
+ * window of `windowMs` and returns the window's count; `unhit` takes one back. A script
  * (EVALSHA, loaded once) instead of MULTI/INCR/PEXPIRE/EXEC: one command per hit.
  */
 export class RateWindow {
@@ -20,6 +31,7 @@ export class RateWindow {
     this.keyPrefix = keyPrefix;
     this.windowMs = windowMs;
     if (!('dealixRateHit' in redis)) redis.defineCommand('dealixRateHit', { numberOfKeys: 1, lua: RATE_HIT });
+    if (!('dealixRateUnhit' in redis)) redis.defineCommand('dealixRateUnhit', { numberOfKeys: 1, lua: RATE_UNHIT });
     this.redis = redis as RateRedis;
   }
 
@@ -32,14 +44,16 @@ export class RateWindow {
   }
 
   /** Counts one event for `subject`; its window's count so far and the seconds until the window ends. */
-  async hit(subject: string): Promise<{ count: number; retryAfter: number }> {
+  async hit(subject: string): Promise<RateHit> {
     const { key, retryAfter } = this.current(subject);
-    return { count: Number(await this.redis.dealixRateHit(key, this.windowMs + 1_000)), retryAfter };
+    return { count: Number(await this.redis.dealixRateHit(key, this.windowMs + 1_000)), retryAfter, key };
   }
 
-  /** The events counted for `subject` in the current window, and the seconds until it ends. */
-  async count(subject: string): Promise<{ count: number; retryAfter: number }> {
-    const { key, retryAfter } = this.current(subject);
-    return { count: Number((await this.redis.get(key)) ?? 0), retryAfter };
+  /**
+   * Takes back a hit that turned out not to count (counted first, so that concurrent events each see
+   * their own count): in the window it was counted in, even if the next one has begun since.
+   */
+  async unhit(hit: RateHit): Promise<void> {
+    await this.redis.dealixRateUnhit(hit.key);
   }
 }

@@ -1,0 +1,139 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { api, newTenant, startStack, type TestStack } from '../helpers/stack.ts';
+import { adminAuth, OPERATOR_ROLE } from '../../src/platform/http/admin-auth.middleware.ts';
+import { OPERATOR_LOGIN_WINDOW_MS } from '../../src/platform/http/admin-board.ts';
+import { RateWindow } from '../../src/platform/http/rate-window.ts';
+
+/**
+ * The operator dashboard against a hostile web page and a hostile client: Bull Board with its actions
+ * on (BULL_BOARD_READ_ONLY=false), an operator whose browser holds the credentials.
+ */
+const OPERATOR = { user: 'operator', password: 'operator-password-1' };
+const MAX_FAILURES = 3;
+const basic = (user: string, password: string) => ({ authorization: `Basic ${Buffer.from(`${user}:${password}`).toString('base64')}` });
+
+let stack: TestStack;
+let token: string;
+
+beforeAll(async () => {
+  stack = await startStack({
+    env: { OPERATOR_USER: OPERATOR.user, OPERATOR_PASSWORD: OPERATOR.password, OPERATOR_LOGIN_MAX_FAILURES: String(MAX_FAILURES), BULL_BOARD_READ_ONLY: 'false' },
+  });
+  token = await stack.token({ tenantId: newTenant(), sub: 'operator-1', roles: [OPERATOR_ROLE] });
+});
+afterAll(async () => {
+  await stack?.stop();
+});
+
+describe("the dashboard's actions from another site (CSRF)", () => {
+  // A browser sends an operator's cached HTTP Basic credentials (and, from a sibling subdomain, the
+  // SameSite=Strict cookie) with a form another page submits; a form may POST text/plain cross-site
+  // without a preflight.
+  const queue = 'maintenance';
+  const addPath = `/admin/queues/api/queues/${queue}/add`;
+  const jobs = () => stack.container.queues.get(queue)!.getJobCountByTypes('waiting', 'delayed', 'active', 'completed', 'failed', 'prioritized');
+
+  it('refuses a state-changing request a page on another origin makes the browser send: 403, nothing changed', async () => {
+    const before = await jobs();
+    const forged: Array<Record<string, string>> = [
+      { 'sec-fetch-site': 'cross-site', origin: 'https://evil.example' },
+      { 'sec-fetch-site': 'same-site', origin: 'https://tenant-content.example' },
+      // An older browser sends no Sec-Fetch-Site: the Origin it sends decides.
+      { origin: 'https://evil.example' },
+      { origin: 'null' },
+    ];
+    for (const headers of forged) {
+      for (const auth of [basic(OPERATOR.user, OPERATOR.password), { cookie: `dealix_admin_token=${token}` }]) {
+        const res = await api(stack, 'POST', addPath, { headers: { ...auth, ...headers, 'content-type': 'text/plain' }, rawBody: '{"name":"forged","data":{}}' });
+        expect(res.status, `${JSON.stringify(headers)}: ${res.text}`).toBe(403);
+        expect(res.headers.get('content-type')).toContain('application/problem+json');
+        const pause = await api(stack, 'PUT', `/admin/queues/api/queues/${queue}/pause`, { headers: { ...auth, ...headers } });
+        expect(pause.status).toBe(403);
+      }
+    }
+    expect(await jobs()).toBe(before);
+    expect(await stack.container.queues.get(queue)!.isPaused()).toBe(false);
+  });
+
+  it("still serves the dashboard's own requests (same origin) and tools (no Origin), and cross-site reads", async () => {
+    const host = new URL(stack.baseUrl).host;
+    const own = { 'sec-fetch-site': 'same-origin', origin: stack.baseUrl };
+    expect((await api(stack, 'PUT', `/admin/queues/api/queues/${queue}/pause`, { headers: { ...basic(OPERATOR.user, OPERATOR.password), ...own } })).status).toBe(200);
+    expect(await stack.container.queues.get(queue)!.isPaused()).toBe(true);
+    // No Sec-Fetch-Site, an Origin of this host: allowed.
+    expect((await api(stack, 'PUT', `/admin/queues/api/queues/${queue}/resume`, { headers: { cookie: `dealix_admin_token=${token}`, origin: `http://${host}` } })).status).toBe(200);
+    expect(await stack.container.queues.get(queue)!.isPaused()).toBe(false);
+    // A tool: neither header.
+    expect((await api(stack, 'PUT', `/admin/queues/api/queues/${queue}/pause`, { token })).status).toBe(200);
+    expect((await api(stack, 'PUT', `/admin/queues/api/queues/${queue}/resume`, { token })).status).toBe(200);
+    // A link followed from elsewhere (a GET) still opens the board.
+    expect((await api(stack, 'GET', '/admin/queues', { headers: { ...basic(OPERATOR.user, OPERATOR.password), 'sec-fetch-site': 'cross-site' } })).status).toBe(200);
+  });
+});
+
+describe('the dashboard in a frame (clickjacking)', () => {
+  it('every dashboard response forbids framing, sniffing and referrers, signed in or not', async () => {
+    for (const res of [
+      await api(stack, 'GET', '/admin/queues', { token }),
+      await api(stack, 'GET', '/admin/queues/api/queues', { token }),
+      await api(stack, 'GET', '/admin/queues'),
+    ]) {
+      expect(res.headers.get('x-frame-options')).toBe('DENY');
+      expect(res.headers.get('content-security-policy')).toContain("frame-ancestors 'none'");
+      expect(res.headers.get('x-content-type-options')).toBe('nosniff');
+      expect(res.headers.get('referrer-policy')).toBe('no-referrer');
+    }
+  });
+});
+
+/** The dashboard's guard itself, called as Express would, against the real Redis. */
+function directGuard(prefix: string) {
+  const window = new RateWindow(stack.redis, `${stack.prefix}:${prefix}`, OPERATOR_LOGIN_WINDOW_MS);
+  const guard = adminAuth({ verifier: stack.container.verifier, logger: stack.container.logger, operator: OPERATOR, basePath: '/admin/queues', loginThrottle: { window, maxFailures: MAX_FAILURES } });
+  return (password: string, ip = '203.0.113.9') =>
+    new Promise<number>((resolve, reject) => {
+      const headers: Record<string, string> = basic(OPERATOR.user, password);
+      const req = { method: 'GET', query: {}, path: '/', originalUrl: '/admin/queues', ip, secure: false, get: (h: string) => headers[h.toLowerCase()] };
+      const res = {
+        locals: {},
+        statusCode: 200,
+        setHeader: () => res,
+        status: (s: number) => ((res.statusCode = s), res),
+        type: () => res,
+        send: () => resolve(res.statusCode),
+      };
+      Promise.resolve(guard(req as never, res as never, () => resolve(200))).catch(reject);
+    });
+}
+
+describe('operator login throttling under concurrent guesses', () => {
+  it('guesses sent at once are counted as they arrive: no more than the allowed failures are checked', async () => {
+    // Many requests in one tick (as many connections arriving together would): each reads the count
+    // before any has counted its failure, unless reading and counting are one step.
+    const call = directGuard('operator-login-race');
+    const statuses = await Promise.all(Array.from({ length: 5 * MAX_FAILURES }, (_, i) => call(`parallel-guess-${i}`)));
+    expect(statuses.every((s) => s === 401 || s === 429), statuses.join()).toBe(true);
+    expect(statuses.filter((s) => s === 401).length, statuses.join()).toBeLessThanOrEqual(MAX_FAILURES);
+    // And the right password is refused too for the rest of the window.
+    expect(await call(OPERATOR.password)).toBe(429);
+  });
+
+  it('an IPv6 client is one /64 (what one host or customer holds): new addresses in it are no new allowance', async () => {
+    const call = directGuard('operator-login-v6');
+    for (let i = 0; i < MAX_FAILURES; i++) expect(await call(`v6-guess-${i}`, `2001:db8:1:2::${i + 1}`)).toBe(401);
+    expect(await call('v6-guess-x', '2001:db8:1:2:ffff:ffff:ffff:fffe')).toBe(429);
+    expect(await call('v6-guess-y', '2001:0db8:0001:0002:0:0:0:abcd')).toBe(429);
+    // Another /64, and IPv4 (also IPv4-mapped), count apart.
+    expect(await call(OPERATOR.password, '2001:db8:1:3::1')).toBe(200);
+    expect(await call(OPERATOR.password, '::ffff:198.51.100.7')).toBe(200);
+  });
+  it('a right password does not use up the allowance', async () => {
+    for (let i = 0; i < 3 * MAX_FAILURES; i++) {
+      expect((await api(stack, 'GET', '/admin/queues', { headers: basic(OPERATOR.user, OPERATOR.password) })).status).toBe(200);
+    }
+    for (let i = 0; i < MAX_FAILURES; i++) {
+      expect((await api(stack, 'GET', '/admin/queues', { headers: basic(OPERATOR.user, `guess-${i}-password`) })).status).toBe(401);
+    }
+    expect((await api(stack, 'GET', '/admin/queues', { headers: basic(OPERATOR.user, OPERATOR.password) })).status).toBe(429);
+  });
+});
