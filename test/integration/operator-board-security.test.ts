@@ -127,6 +127,18 @@ describe('operator login throttling under concurrent guesses', () => {
     expect(await call(OPERATOR.password, '2001:db8:1:3::1')).toBe(200);
     expect(await call(OPERATOR.password, '::ffff:198.51.100.7')).toBe(200);
   });
+  it('a request refused while others were still being checked is no failure: it does not lock the operator out', async () => {
+    // The operator's browser loads the board's assets in parallel with the right credentials: each
+    // counts before its check, so a burst beyond the allowance gets 429s. Those were never checked;
+    // if they stayed counted, each burst would leave more behind until the right password is refused.
+    const ip = '198.51.100.20';
+    const call = directGuard('operator-login-inflight');
+    const window = new RateWindow(stack.redis, `${stack.prefix}:operator-login-inflight`, OPERATOR_LOGIN_WINDOW_MS);
+    const inFlight = await Promise.all(Array.from({ length: MAX_FAILURES }, () => window.hit(ip)));
+    for (let i = 0; i < 3; i++) expect(await call(OPERATOR.password, ip)).toBe(429);
+    for (const hit of inFlight) await window.unhit(hit); // they were right
+    expect(await call(OPERATOR.password, ip)).toBe(200);
+  });
   it('a right password does not use up the allowance', async () => {
     for (let i = 0; i < 3 * MAX_FAILURES; i++) {
       expect((await api(stack, 'GET', '/admin/queues', { headers: basic(OPERATOR.user, OPERATOR.password) })).status).toBe(200);

@@ -70,6 +70,9 @@ export function adminAuth(opts: AdminAuthOptions) {
         // each get their own count (a read then a later count would let them all through at once).
         const attempt = throttle ? await throttle.window.hit(client) : undefined;
         if (throttle && attempt && attempt.count > throttle.maxFailures) {
+          // Not checked, so no failure: kept counted, the right credentials of a burst (a browser loading
+          // the board's assets in parallel) would pile up behind the allowance and lock the operator out.
+          await throttle.window.unhit(attempt);
           opts.logger.warn({ security_event: 'operator_login_throttled', path: req.path, ip: req.ip, failures: attempt.count - 1 }, 'operator login throttled');
           throw new AppError('rate_limited', 'Too Many Requests', {
             status: 429,
