@@ -69,6 +69,16 @@ describe("the dashboard's actions from another site (CSRF)", () => {
     // A link followed from elsewhere (a GET) still opens the board.
     expect((await api(stack, 'GET', '/admin/queues', { headers: { ...basic(OPERATOR.user, OPERATOR.password), 'sec-fetch-site': 'cross-site' } })).status).toBe(200);
   });
+
+  it("behind a proxy that rewrites Host, an older browser's own action passes by X-Forwarded-Host (TRUST_PROXY), another site's does not", async () => {
+    // The stack trusts loopback (the default TRUST_PROXY), as a proxy on the same host would be.
+    const viaProxy = { ...basic(OPERATOR.user, OPERATOR.password), host: 'api.internal:3000', 'x-forwarded-host': 'ops.example.com' };
+    const own = await api(stack, 'PUT', `/admin/queues/api/queues/${queue}/pause`, { headers: { ...viaProxy, origin: 'https://ops.example.com' } });
+    expect(own.status, own.text).toBe(200);
+    expect((await api(stack, 'PUT', `/admin/queues/api/queues/${queue}/resume`, { headers: { ...viaProxy, origin: 'https://api.internal:3000' } })).status).toBe(403);
+    expect((await api(stack, 'PUT', `/admin/queues/api/queues/${queue}/resume`, { headers: { ...viaProxy, origin: 'https://ops.example.com' } })).status).toBe(200);
+    expect(await stack.container.queues.get(queue)!.isPaused()).toBe(false);
+  });
 });
 
 describe('the dashboard in a frame (clickjacking)', () => {
