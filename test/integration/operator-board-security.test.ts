@@ -137,6 +137,15 @@ describe('operator login throttling under concurrent guesses', () => {
     expect(await call(OPERATOR.password, '2001:db8:1:3::1')).toBe(200);
     expect(await call(OPERATOR.password, '::ffff:198.51.100.7')).toBe(200);
   });
+  it("an address with a port (Azure Application Gateway's X-Forwarded-For: ip:port) is the address: a new port is no new allowance", async () => {
+    const call = directGuard('operator-login-port');
+    for (let i = 0; i < MAX_FAILURES; i++) expect(await call(`port-guess-${i}`, `203.0.113.77:${40000 + i}`)).toBe(401);
+    expect(await call('port-guess-x', '203.0.113.77:50000')).toBe(429);
+    expect(await call('port-guess-y', '203.0.113.77')).toBe(429);
+    for (let i = 0; i < MAX_FAILURES; i++) expect(await call(`port6-guess-${i}`, `[2001:db8:7:7::${i + 1}]:${40000 + i}`)).toBe(401);
+    expect(await call('port6-guess-x', '2001:db8:7:7::99')).toBe(429);
+  });
+
   it('a request refused while others were still being checked is no failure: it does not lock the operator out', async () => {
     // The operator's browser loads the board's assets in parallel with the right credentials: each
     // counts before its check, so a burst beyond the allowance gets 429s. Those were never checked;

@@ -151,12 +151,15 @@ async function verifyAdmin(opts: AdminAuthOptions, req: Request, token: string):
 }
 
 /**
- * Whose failures a login counts: an IPv4 address (also one IPv4-mapped), or an IPv6 address's /64 —
+ * Whose failures a login counts: an IPv4 address (also one IPv4-mapped; without a port), or an IPv6 address's /64 —
  * the least a host or a customer is given, so counting by the full address would give a guesser 2^64
  * allowances. `2001:db8:1:2::5` → `2001:db8:1:2::/64`.
  */
-function throttleSubject(ip: string | undefined): string {
-  if (!ip) return 'unknown';
+function throttleSubject(address: string | undefined): string {
+  if (!address) return 'unknown';
+  // A proxy may append the client's port (Azure Application Gateway's `X-Forwarded-For: ip:port`,
+  // which Express passes on as is): each connection would otherwise be a new allowance.
+  const ip = (/^(\d+\.\d+\.\d+\.\d+):\d+$/.exec(address) ?? /^\[([^\]]+)\](?::\d+)?$/.exec(address))?.[1] ?? address;
   const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(ip);
   if (mapped) return mapped[1]!;
   if (!isIPv6(ip)) return ip;
