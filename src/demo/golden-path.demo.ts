@@ -166,6 +166,8 @@ export async function runGoldenPathDemo(o: GoldenPathDemoOptions): Promise<void>
   say(`      sha256  ${evidence.sha256}  (SHA-256 of the RFC 8785 canonical JSON)`);
   say(`      verify  ${verify.valid ? 'valid' : 'INVALID'}: recomputed ${verify.recomputed_sha256 ?? verify.sha256}`);
   if (!verify.valid) throw new DemoError('the evidence pack did not verify');
+  // The run.completed webhook's signed hash is the one a receiver keeps to verify the pack later without the platform.
+  if (completed.data.evidence_sha256 !== evidence.sha256) throw new DemoError(`the run.completed webhook carries evidence hash ${completed.data.evidence_sha256}, the pack ${evidence.sha256}`);
 
   say('[8/8] Operators');
   // The dashboard spans tenants: it takes the platform's operator role, never a tenant's admin.

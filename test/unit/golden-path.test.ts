@@ -28,6 +28,9 @@ describe("a submission's amounts (POST /api/v1/golden-path/run)", () => {
       ['economics.onboarding_cost', 'at most 2 decimals in SAR (its ISO 4217 minor unit)'],
     ]);
     expect(submissionRequestSchema.safeParse(body('JPY', { annual_support_cost: 0.5 })).error!.issues[0]!.message).toBe('at most 0 decimals in JPY (its ISO 4217 minor unit)');
+    // Past 15 significant digits too (10¹¹ KWD and more: 123,456,789,012.3456 was read as 3 decimals).
+    expect(submissionRequestSchema.safeParse(body('KWD', { average_deal_value: 123_456_789_012.3456 })).error!.issues.map((i) => i.path.join('.'))).toEqual(['economics.average_deal_value']);
+    expect(submissionRequestSchema.safeParse(body('KWD', { average_deal_value: 999_999_999_999.999 })).success).toBe(true);
   });
   it('are accepted to the minor unit, binary fractions included', () => {
     expect(submissionRequestSchema.safeParse(body('KWD', { onboarding_cost: 50_000.004 })).success).toBe(true);

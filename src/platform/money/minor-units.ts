@@ -23,16 +23,26 @@ export function minorDigits(currency: string): number {
 
 /**
  * `n` to `digits` decimals, a half away from zero (so the same whichever side owes it), read at 15
- * significant digits first so that a binary fraction (1.005 × 100 = 100.49999…) rounds as written.
- * Never -0.
+ * significant digits first so that a binary fraction (1.005 × 100 = 100.49999…) rounds as written —
+ * below 10¹⁵ minor units only: above it a double has no fraction left to round, and reading it at 15
+ * digits would drop integer digits (10⁶ deals × 10¹² is 10¹⁸). Never -0.
  */
 export function roundMinor(n: number, digits: number): number {
+  if (Number.isInteger(n)) return n + 0; // nothing to round (and × 10^digits ÷ 10^digits could move a 10¹⁸); -0 + 0 is 0
   const f = 10 ** digits;
-  const r = Math.round(Number((Math.abs(n) * f).toPrecision(15))) / f;
+  const scaled = Math.abs(n) * f;
+  const r = Math.round(scaled < 1e15 ? Number(scaled.toPrecision(15)) : scaled) / f;
   return n < 0 && r !== 0 ? -r : r;
 }
 
-/** Whether `n` as written has more decimals than `digits` (0.1 has one: 0.1 × 100 is 10.000000000000002, read at 15 digits). */
+/**
+ * Whether `n` as written has more decimals than `digits`: its shortest decimal form (what JSON.parse
+ * read, and what a client's JSON.stringify wrote) — 0.1 has one, though 0.1 × 100 is 10.000000000000002.
+ * Not `n × 10^digits` read at 15 significant digits: 123,456,789,012.3456 KWD needs 16 and read so
+ * passed as 3 decimals.
+ */
 export function finerThanMinorUnit(n: number, digits: number): boolean {
-  return !Number.isInteger(Number((Math.abs(n) * 10 ** digits).toPrecision(15)));
+  const [mantissa = '', exponent = '0'] = String(Math.abs(n)).split('e');
+  const decimals = (mantissa.split('.')[1] ?? '').length - Number(exponent);
+  return decimals > digits;
 }
