@@ -200,7 +200,7 @@ const EXEMPT = [
   {
     name: 'a decision: the approval request by id',
     walk: /^approval_requests_\w+ on approval_requests: cond \(tenant_id = \$\d+\), filter \(id = /,
-    sql: /^select a\.id, .* from \(select tenant_id, id, idempotency_hash, status, workflow, /,
+    sql: /^select a\.id, .* as expired_now, .* from \(select tenant_id, id,/,
   },
 ];
 

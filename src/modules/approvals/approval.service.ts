@@ -66,9 +66,9 @@ export class ApprovalService {
     // The run row is locked first (the subquery's own `for update`, done before the join can return
     // the request to the outer lock), then the request: the lock order of a cancel (class comment). A
     // cancel still in progress is waited for and then seen, run and request as it left them.
-    const [req] = await em.execute<(ApprovalRow & { workflow: string; correlation_id: string })[]>(
+    const [req] = await em.execute<(ApprovalRow & { workflow: string; correlation_id: string; sla_deadline_text: string | null })[]>(
       `select a.id, a.tenant_id, a.run_id, a.required_approvals, a.status, a.submitted_by, a.sla_deadline,
-              coalesce(a.sla_deadline <= now(), false) as expired_now, r.idempotency_hash, r.status as run_status, r.workflow, r.correlation_id
+              coalesce(a.sla_deadline <= now(), false) as expired_now, a.sla_deadline::text as sla_deadline_text, r.idempotency_hash, r.status as run_status, r.workflow, r.correlation_id
          from (select tenant_id, id, idempotency_hash, status, workflow, correlation_id from durable_runs where id = (select run_id from approval_requests where id = ?) for update) r
          join approval_requests a on a.tenant_id = r.tenant_id and a.run_id = r.id where a.id = ? for update of a`,
       [approvalId, approvalId],
@@ -88,7 +88,7 @@ export class ApprovalService {
     // (step_rows_natural_keys) waits for the decision, instead of holding the checkpoints it next reads
     // while waiting for the decisions it has read (a deadlock: PostgreSQL failed one of the two).
     // (Parsed only by the decision that ends the wait: a class C first approval never needed it.)
-    const stored = await this.packetRow(em, req.tenant_id, req.run_id);
+    const stored = await this.packetRow(em, req.tenant_id, req.run_id, req.sla_deadline_text);
     // The deadline again, by this statement's clock: the locking read above may have waited for the run
     // row (another decision, a cancel, an expiry) while the deadline passed, and its now() — the
     // transaction's start — is before that wait. The request has read expired since; so is the answer.
@@ -213,12 +213,14 @@ export class ApprovalService {
    * The approval step's checkpoint as stored: its sequence_num and its output, not yet parsed; and
    * whether the run's request is past its SLA deadline by this statement's clock (`overdue`).
    */
-  private async packetRow(em: EntityManager, tenantId: string, runId: string): Promise<{ seq: number; output: unknown; overdue: boolean }> {
+  private async packetRow(em: EntityManager, tenantId: string, runId: string, deadline: string | null = null): Promise<{ seq: number; output: unknown; overdue: boolean }> {
+    // The deadline as the caller read it under the request's row lock (it cannot change meanwhile), as
+    // text (microseconds kept): no second read of approval_requests, whose generic plan on a table
+    // without statistics walked a tenant's requests filtering run_id (tenant-scoped-queries.test.ts).
     const [cp] = await em.execute<{ output: unknown; sequence_num: number; overdue: boolean | null }[]>(
-      `select c.output, c.sequence_num,
-              (select a.sla_deadline <= statement_timestamp() from approval_requests a where a.tenant_id = c.tenant_id and a.run_id = c.run_id) as overdue
+      `select c.output, c.sequence_num, ?::timestamptz <= statement_timestamp() as overdue
          from durable_checkpoints c where c.tenant_id = ? and c.run_id = ? and c.step_name = ?`,
-      [tenantId, runId, APPROVAL_PACKET_STEP],
+      [deadline, tenantId, runId, APPROVAL_PACKET_STEP],
     );
     if (!cp) throw new NotFoundError('approval checkpoint');
     return { seq: cp.sequence_num, output: cp.output, overdue: cp.overdue === true };
