@@ -208,7 +208,7 @@ describe('migrations', () => {
 });
 
 describe('autovacuum', () => {
-  it('the row reports the server\'s real setting: off fails in production and passes elsewhere with the reason; on passes', async () => {
+  it('the row reports the server\'s real setting: off fails in production and is N/A elsewhere with the reason; on passes', async () => {
     const c = new pg.Client({ connectionString: TEST_ADMIN_URL });
     await c.connect();
     const setting = (await c.query<{ autovacuum: string }>('show autovacuum').finally(() => c.end())).rows[0]!.autovacuum;
