@@ -27,20 +27,28 @@ async function submit(stack: TestStack, token: string, body: unknown = CLASS_A_S
 }
 
 /**
- * The golden path with one run held inside its first step: the run `holdFirst` names (its id, as
- * submitted) enters `hold` and stays until `hold.release()`; every other run goes through.
+ * The golden path with the first run to enter its first step held there until `hold.release()`; every
+ * other run goes through. The held run is the first to *arrive*, not an id the test learns from the
+ * POST's answer: under load a worker can take the job and enter the step before that answer reaches the
+ * test (keying the hold on it let the run through unheld, and the test waited on `inside` forever).
+ * `held(id)` waits, with a deadline, until the step is held and checks that it holds run `id`.
  */
 function holdingFirstRun(stack: TestStack) {
   const hold = barrier();
   let first: string | undefined;
   const wf = wrappedGoldenPath(stack, (step, seq) => async (input, ctx) => {
-    if (seq === 1 && ctx.run.id === first) {
+    if (seq === 1 && (first ??= ctx.run.id) === ctx.run.id) {
       hold.enter();
       await hold.released;
     }
     return step.run(input, ctx);
   });
-  return { hold, wf, holdFirst: (id: string) => (first = id) };
+  const held = async (id: string) => {
+    await waitFor(() => first, { what: `run ${id} to enter its first step` });
+    expect(first, 'the run held in its first step').toBe(id);
+    return id;
+  };
+  return { hold, wf, held };
 }
 
 const waitCompleted = (stack: TestStack, token: string, id: string, timeoutMs = 20_000) =>
@@ -112,13 +120,12 @@ describe('a per-tenant cap on concurrently executing run jobs', () => {
   it('cap 1: a parked job that no longer exists does not swallow the wake-up of a slot given back: the next parked job is promoted', { timeout: LONG }, async () => {
     const tenant = newTenant();
     const tok = await stack.token({ tenantId: tenant, sub: 'stale-parked-submitter' });
-    const { hold, wf, holdFirst } = holdingFirstRun(stack);
+    const { hold, wf, held } = holdingFirstRun(stack);
     // Fallback delays far beyond the test's deadlines: a parked job completes only if a freed slot promotes it.
     const one = startRunHost(stack, wf, 'stale-parked-host', {}, { concurrency: 3, maxActiveRunsPerTenant: 1, parkDelayMs: () => 600_000 });
     try {
       const parkedKey = `${stack.prefix}:tenant-parked:${tenant}`;
-      const first = holdFirst(await submit(stack, tok));
-      await hold.inside;
+      const first = await held(await submit(stack, tok));
       const gone = await submit(stack, tok);
       await waitFor(async () => (await stack.redis.zcard(parkedKey)) === 1, { what: 'the second run\'s job to be parked' });
       const next = await submit(stack, tok);
@@ -143,12 +150,11 @@ describe('a per-tenant cap on concurrently executing run jobs', () => {
   it('cap 1: parked jobs of runs cancelled in bulk are promoted in turn and end at once; the parked run behind them completes', { timeout: LONG }, async () => {
     const tenant = newTenant();
     const tok = await runUsers(stack, tenant);
-    const { hold, wf, holdFirst } = holdingFirstRun(stack);
+    const { hold, wf, held } = holdingFirstRun(stack);
     const one = startRunHost(stack, wf, 'cancel-parked-host', {}, { concurrency: 3, maxActiveRunsPerTenant: 1, parkDelayMs: () => 600_000 });
     try {
       const parkedKey = `${stack.prefix}:tenant-parked:${tenant}`;
-      const first = holdFirst(await submit(stack, tok.submitter));
-      await hold.inside;
+      const first = await held(await submit(stack, tok.submitter));
       const parked: string[] = [];
       for (let i = 1; i <= 3; i++) {
         parked.push(await submit(stack, tok.submitter));
@@ -179,12 +185,12 @@ describe('a per-tenant cap on concurrently executing run jobs', () => {
     const tenant = newTenant();
     const tok = await stack.token({ tenantId: tenant, sub: 'hand-back-submitter' });
     const hold = barrier();
-    let held: string | undefined;
-    let holding = true;
+    let holding: string | undefined;
     const wf = wrappedGoldenPath(stack, (step, seq) => async (input, ctx) => {
-      // The first execution of the run's second step hangs (past the abort of the hand-back).
-      if (seq === 2 && ctx.run.id === held && holding) {
-        holding = false;
+      // The first execution of a second step hangs (past the abort of the hand-back). Held by arrival,
+      // not by the POST's answer: under load the worker can get there before that answer reaches the test.
+      if (seq === 2 && holding === undefined) {
+        holding = ctx.run.id;
         hold.enter();
         await hold.released;
       }
@@ -196,8 +202,9 @@ describe('a per-tenant cap on concurrently executing run jobs', () => {
     const first = startRunHost(stack, wf, 'hand-back-first', {}, { concurrency: 2, maxActiveRunsPerTenant: 1, parkDelayMs: () => 600_000 });
     let second: ReturnType<typeof startRunHost> | undefined;
     try {
-      held = await submit(stack, tok);
-      await hold.inside;
+      const held = await submit(stack, tok);
+      await waitFor(() => holding, { what: `run ${held} to enter its second step` });
+      expect(holding, 'the run held in its second step').toBe(held);
       const heldJob = (await queue.getActive()).find((j) => j.data?.run_id === held)!;
       const member = slotMember(wf.queue, heldJob.id!);
       const parked = await submit(stack, tok);
