@@ -26,6 +26,9 @@ export async function setupDatabase({ adminUrl, ownerUrl, appUrl }: SetupUrls): 
   const admin = new pg.Client({ connectionString: adminUrl });
   await admin.connect();
   try {
+    // Two setups at once (two test runs, two deploy hooks) would race on the same role rows: PostgreSQL
+    // fails the loser's ALTER ROLE with "tuple concurrently updated". One at a time; the lock goes with the session.
+    await admin.query('SELECT pg_advisory_lock(hashtext($1))', ['dealix:db-setup']);
     await ensureRole(admin, owner.user, owner.password, 'LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE INHERIT', log);
     // NOINHERIT: the app may SET ROLE to the system role for narrow maintenance, but never holds its rights implicitly.
     await ensureRole(admin, app.user, app.password, 'LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE NOINHERIT', log);
