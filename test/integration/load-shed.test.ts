@@ -1,4 +1,7 @@
 import type net from 'node:net';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { exportJWK, generateKeyPair, SignJWT } from 'jose';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { randomUUID } from 'node:crypto';
 import { api, newTenant, SAMPLE_SUBMISSION, startStack, type TestStack } from '../helpers/stack.ts';
@@ -149,6 +152,58 @@ describe('a client that hangs up while its handler works', () => {
     } finally {
       await runs.close();
       await api1.stop();
+    }
+  });
+});
+
+describe('a client that hangs up while its token is still being verified', () => {
+  it("takes no tenant slot for good: its tenant is served once the verification ends, not refused 429 from then on", async () => {
+    // JWT_JWKS_URL (production's verification): the first token's check waits for the key set, which
+    // this server holds until told, so the client can hang up before the tenant's share is taken.
+    const keys = await generateKeyPair('RS256', { extractable: true });
+    const jwk = { ...(await exportJWK(keys.publicKey)), kid: 'k1', alg: 'RS256', use: 'sig' };
+    let fetches = 0;
+    let release!: () => void;
+    const released = new Promise<void>((r) => (release = r));
+    const jwksServer = createServer((_req, res) => {
+      fetches++;
+      void released.then(() => res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ keys: [jwk] })));
+    });
+    await new Promise<void>((r) => jwksServer.listen(0, '127.0.0.1', r));
+    const closeJwks = () => {
+      release();
+      jwksServer.closeAllConnections();
+      return new Promise<void>((r) => jwksServer.close(() => r()));
+    };
+    const url = `http://127.0.0.1:${(jwksServer.address() as AddressInfo).port}/jwks.json`;
+    const api1 = await spawnApi({ ...stack.env, JWT_JWKS_URL: url, API_MAX_INFLIGHT: '8', API_MAX_INFLIGHT_PER_TENANT: '1' }).catch(async (e: unknown) => {
+      await closeJwks();
+      throw e;
+    });
+    try {
+      const token = await new SignJWT({ tenant_id: newTenant(), roles: [] })
+        .setProtectedHeader({ alg: 'RS256', kid: 'k1' })
+        .setSubject('hangs-up-early')
+        .setIssuer('dealix-dev')
+        .setAudience('dealix-api')
+        .setIssuedAt()
+        .setExpirationTime('10m')
+        .sign(keys.privateKey);
+      const early = await openSocket(api1.baseUrl);
+      early.socket.write(`GET /api/v1/golden-path/runs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${token}\r\n\r\n`);
+      await waitFor(() => fetches > 0, { timeoutMs: 10_000, what: 'the token check to wait for the key set' });
+      // The client hangs up while its token is checked; the server sees it (its request log says so).
+      early.socket.destroy();
+      await waitFor(() => api1.lines().some((l) => l.msg === 'request aborted' && l.req?.method === 'GET'), { timeoutMs: 10_000, what: 'the API to see the hang-up' });
+      release();
+      // The tenant's one slot is free: the hung-up request never ran, and holds nothing.
+      for (let i = 0; i < 3; i++) {
+        const r = await fetch(`${api1.baseUrl}/api/v1/golden-path/runs`, { headers: { authorization: `Bearer ${token}` } });
+        expect(r.status, await r.text()).toBe(200);
+      }
+    } finally {
+      await api1.stop();
+      await closeJwks();
     }
   });
 });

@@ -43,7 +43,10 @@ export function startHandlerWork(res: Response, work: () => Promise<void>): Prom
 /**
  * Calls `release` once the request is done with: when its response is sent, or when its connection
  * closes — then after the handler's work, if it started, has ended (a client that hangs up does not
- * end the database work it caused, so it must not free the slot that bounds that work).
+ * end the database work it caused, so it must not free the slot that bounds that work). A slot taken
+ * after the connection already closed (the client hung up while an earlier step awaited, e.g. its
+ * token's check) is released at once: 'close' has been emitted and comes no more, and the handler
+ * will not run (startHandlerWork).
  */
 export function releaseWhenDone(res: Response, release: () => void): void {
   let done = false;
@@ -53,10 +56,12 @@ export function releaseWhenDone(res: Response, release: () => void): void {
       release();
     }
   };
-  res.once('finish', once);
-  res.once('close', () => {
+  const closed = () => {
     const work = (res.locals as Record<symbol, Promise<void> | undefined>)[HANDLER_WORK];
     if (work && !res.writableFinished) void work.then(once, once);
     else once();
-  });
+  };
+  if (res.closed) return closed();
+  res.once('finish', once);
+  res.once('close', closed);
 }
