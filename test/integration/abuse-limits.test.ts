@@ -138,3 +138,18 @@ describe('runs in flight cap (MAX_RUNS_IN_FLIGHT_PER_TENANT)', () => {
     expect(rows[0].n).toBe(CAP);
   });
 });
+
+describe('a runs-in-flight cap past PostgreSQL integer range', () => {
+  let stack: TestStack;
+  afterAll(async () => stack?.stop());
+
+  it.each(['2147483647', '3000000000'])('MAX_RUNS_IN_FLIGHT_PER_TENANT=%s (a large value meaning "practically none") admits submissions, not a 500 for each', async (cap) => {
+    await stack?.stop();
+    stack = await startStack({ env: { RATE_LIMIT_PER_MINUTE: '0', MAX_RUNS_IN_FLIGHT_PER_TENANT: cap } });
+    const token = await stack.token({ tenantId: newTenant(), sub: 'big-cap' });
+    for (let i = 0; i < 2; i++) {
+      const res = await submit(stack, token);
+      expect(res.status, res.text).toBe(202);
+    }
+  });
+});

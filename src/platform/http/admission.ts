@@ -32,9 +32,11 @@ export class AdmissionController implements AdmissionControl {
       await em.execute(`${DEFER_UNTIL_NEXT}select pg_advisory_xact_lock(hashtextextended('dealix:admission:' || ?, 0))`, [tenantId]);
       // The tenant's own cap (tenant_limits, set by an operator: ADR 0014) is read in the statement that
       // counts, under the same lock: no round trip more, and a PUT that commits meanwhile applies to the
-      // next submission. No row, or a null column: MAX_RUNS_IN_FLIGHT_PER_TENANT.
-      const [row] = await em.execute<{ cap: number; n: string }[]>(
-        `with cap as (select coalesce((select max_runs_in_flight from tenant_limits where tenant_id = ?), ?::int) as cap)
+      // next submission. No row, or a null column: MAX_RUNS_IN_FLIGHT_PER_TENANT — as a bigint: a setting
+      // at or past 2^31 - 1 (a large value meaning "practically none") overflowed int in the cast or the
+      // `+ 1` and failed every submission of every tenant with a 500.
+      const [row] = await em.execute<{ cap: number | string; n: string }[]>(
+        `with cap as (select coalesce((select max_runs_in_flight from tenant_limits where tenant_id = ?), ?::bigint) as cap)
          select cap.cap, (select count(*) from (select 1 from durable_runs where tenant_id = ? and status in ('pending', 'running') limit (select cap from cap) + 1) t) as n from cap`,
         [tenantId, this.o.maxInFlight, tenantId],
       );
