@@ -26,3 +26,22 @@ export async function waitFor<T>(fn: () => Promise<T | undefined | null | false>
     await new Promise((r) => setTimeout(r, opts.intervalMs ?? 50));
   }
 }
+
+/**
+ * `promise`, or a rejection naming `what` once `timeoutMs` has passed without it settling: a promise
+ * no poll can stand in for (a step at a barrier, a process's exit, a socket's close) awaited with a
+ * deadline, so a test whose premise failed (the run went elsewhere, the process did not stop) fails
+ * with that message — and its `finally` stops what it started — instead of hanging to the test's
+ * timeout, its host or process still running into the file's next tests.
+ */
+export async function within<T>(promise: Promise<T>, what: string, timeoutMs = 30_000): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`timed out after ${timeoutMs} ms waiting for ${what}`)), timeoutMs);
+  });
+  try {
+    return await Promise.race([promise, late]);
+  } finally {
+    clearTimeout(timer);
+  }
+}

@@ -10,6 +10,7 @@ import { PermanentError } from '../../src/platform/errors/app-error.ts';
 import { TEST_REDIS_URL } from './env.ts';
 import { TIMER_QUEUE } from '../../src/platform/queue/timers.ts';
 import type { TestStack } from './stack.ts';
+import { within } from './poll.ts';
 
 export interface RunHostOptions {
   /** Jobs the host runs at once (default 1). */
@@ -60,13 +61,26 @@ export function startRunHost(stack: TestStack, wf: WorkflowDef, workerId = 'run-
   };
 }
 
-/** A barrier a step waits at: `inside` resolves once the step is there, `release()` lets it go on. */
-export function barrier() {
+/**
+ * A barrier a step waits at: `inside` resolves once the step is there, `release()` lets it go on.
+ * Each read of `inside` is a wait with a deadline (`timeoutMs` from that read, within()): a run that
+ * never gets there (it went through unheld, or failed) fails the test with a message, and the test's
+ * `finally` still stops its host — awaited bare, the test hung to its timeout and the host it started
+ * kept taking the file's next tests' jobs.
+ */
+export function barrier(timeoutMs = 30_000) {
   let enter!: () => void;
   let release!: () => void;
-  const inside = new Promise<void>((r) => (enter = r));
+  const entered = new Promise<void>((r) => (enter = r));
   const released = new Promise<void>((r) => (release = r));
-  return { inside, released, enter: () => enter(), release: () => release() };
+  return {
+    get inside(): Promise<void> {
+      return within(entered, 'a step to reach the barrier', timeoutMs);
+    },
+    released,
+    enter: () => enter(),
+    release: () => release(),
+  };
 }
 
 /** The stack's definition of `workflow` with each step's body wrapped by `wrap` (its sequence_num, its own body). */

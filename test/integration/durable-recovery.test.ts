@@ -75,7 +75,9 @@ describe('a killed or stopped worker: the run still completes, each step exactly
     expect(done.checkpoints.slice(0, 2)).toEqual(before.checkpoints);
     expect(await enteredThroughLast(second, run.id)).toEqual([3, 4]);
     // The run job returns its outcome (what Bull Board shows): steps 1-2 replayed from their checkpoints, 3-4 executed.
-    const job = await jobOf(stack, run, 1);
+    // Read once the job has completed: the run reads completed at its last commit, the job only when the
+    // worker's execution has returned (a loaded machine read it still active, its returnvalue null).
+    const job = await waitFor(async () => ((await (await jobOf(stack, run, 1))?.getState()) === 'completed' ? jobOf(stack, run, 1) : undefined), { what: 'the run job to complete in Redis' });
     expect(job?.returnvalue).toMatchObject({ run_id: run.id, from_sequence_num: 1, status: 'ended' });
     expect(job?.returnvalue.steps.map((s: { sequence_num: number; replayed: boolean; status: string }) => [s.sequence_num, s.status, s.replayed])).toEqual([
       [1, 'completed', true],

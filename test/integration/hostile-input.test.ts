@@ -359,7 +359,8 @@ beforeAll(async () => {
   // No worker from here on: a run a lucky request creates stays put and cannot change the snapshot.
   worker.kill();
   await worker.exited;
-});
+  // A stack, a worker's start (up to 90 s) and two runs (up to 60 s each): more than the default hook timeout (60 s) on a loaded machine.
+}, 180_000);
 afterAll(async () => {
   agent.destroy();
   await db?.end();

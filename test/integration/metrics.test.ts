@@ -6,6 +6,7 @@ import { api, CLASS_A_SUBMISSION, newTenant, SAMPLE_SUBMISSION, startStack, type
 import { waitFor } from '../helpers/poll.ts';
 import { METRICS_REFRESH_MS } from '../../src/platform/http/metrics.route.ts';
 import { jsonLines } from '../helpers/api-process.ts';
+import { GOLDEN_PATH_QUEUE } from '../../src/modules/golden-path/golden-path.workflow.ts';
 
 let stack: TestStack;
 let worker: WorkerHandle;
@@ -44,6 +45,11 @@ describe('Prometheus metrics', () => {
       timeoutMs: 60_000,
       what: 'the run to complete',
     });
+    // The run reads completed once its last step commits; its job moves to completed in Redis only after
+    // that, when the worker's execution returns (having recorded the last step's duration). On a loaded
+    // machine the first scrape, which is also the reading the next 5 s of scrapes get, saw it still active.
+    const runQueue = stack.container.queues.get(GOLDEN_PATH_QUEUE)!;
+    await waitFor(async () => (await runQueue.getJobCounts('completed')).completed === 1, { what: 'the run job to complete in Redis' });
 
     const res = await api(stack, 'GET', '/metrics');
     expect(res.status).toBe(200);
