@@ -60,13 +60,37 @@ export function startRunHost(stack: TestStack, wf: WorkflowDef, workerId = 'run-
   };
 }
 
-/** A barrier a step waits at: `inside` resolves once the step is there, `release()` lets it go on. */
-export function barrier() {
+/** How long a test waits for a step to reach its barrier: well past a loaded CI machine's pick-up of a job, short of a test's timeout. */
+export const BARRIER_DEADLINE_MS = 30_000;
+
+/**
+ * A barrier a step waits at: `inside` resolves once the step is there, `release()` lets it go on.
+ * Each read of `inside` waits with a deadline (`timeoutMs`): a step that never arrives (its run went
+ * past the hold, the job was taken by another host) fails the test there, saying so, instead of
+ * hanging it to its timeout with its host still running into the file's next tests.
+ */
+export function barrier(timeoutMs = BARRIER_DEADLINE_MS) {
   let enter!: () => void;
   let release!: () => void;
-  const inside = new Promise<void>((r) => (enter = r));
+  let arrived = false;
+  const entered = new Promise<void>((r) => (enter = r));
   const released = new Promise<void>((r) => (release = r));
-  return { inside, released, enter: () => enter(), release: () => release() };
+  return {
+    get inside(): Promise<void> {
+      if (arrived) return entered;
+      let timer: NodeJS.Timeout | undefined;
+      const late = new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new Error(`timed out after ${timeoutMs} ms waiting for a step to reach the barrier (did the run go past the hold?)`)), timeoutMs);
+      });
+      return Promise.race([entered, late]).finally(() => clearTimeout(timer));
+    },
+    released,
+    enter: () => {
+      arrived = true;
+      enter();
+    },
+    release: () => release(),
+  };
 }
 
 /** The stack's definition of `workflow` with each step's body wrapped by `wrap` (its sequence_num, its own body). */
