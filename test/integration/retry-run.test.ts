@@ -354,6 +354,8 @@ describe('retrying a failed run through the API', () => {
     const stale = (await queue().getJob(await jobIdOf(id, 2)))!;
     await waitFor(async () => (await stale.getState()) === 'completed', { what: 'the leftover job to end' });
     expect((await queue().getJob(stale.id!))!.returnvalue).toEqual({ run_id: id, from_sequence_num: 2, status: 'ended', steps: [] });
+    // The retry's job completes after the run's end commits: read once completed (before, its returnvalue is null).
+    await waitFor(async () => (await jobState(id, 1, 1)) === 'completed', { what: "the retry's job to complete" });
     const carried = (await queue().getJob(await jobIdOf(id, 1, 1)))!;
     expect(carried.returnvalue.steps.map((s: { sequence_num: number; replayed: boolean }) => [s.sequence_num, s.replayed])).toEqual([[1, true], [2, false], [3, false], [4, false]]);
     expect(enteredBy(ctl, id)).toEqual([1, 2, 2, 3, 4]);
