@@ -49,7 +49,8 @@ describe('npm run demo', () => {
     });
     proc.stdout.on('data', (d) => (out += d));
     proc.stderr.on('data', (d) => (out += d));
-    code = await new Promise<number | null>((resolve) => proc.once('exit', (c) => resolve(c)));
+    // 'close': its output read to the end ('exit' can come before the last of it: its verdict).
+    code = await new Promise<number | null>((resolve) => proc.once('close', (c) => resolve(c)));
   }, 180_000);
 
   afterAll(async () => {

@@ -169,7 +169,13 @@ describe('approval SLA', () => {
       { ...DEADLINE, what: 'the sweeper to re-create the timer and the run to expire' },
     );
     expect(expired.status).toBe('approval_expired');
-    expect(stack.workers.some((w) => w.output().includes('sweeper repaired a waiting run whose timer was gone'))).toBe(true);
+    // Waited for, not read at once: a worker writes its log in batches (every 100 ms), and a repair that
+    // came after the deadline (a loaded machine's late sweep) has its timer fire, and the run expire,
+    // before the sweep writes its line.
+    await waitFor(() => stack.workers.some((w) => jsonLines(w.output()).some((l) => l.msg === 'sweeper repaired a waiting run whose timer was gone' && l.run_id === runId)), {
+      ...DEADLINE,
+      what: "the sweeper's repair line",
+    });
   });
 
   it('a decision before the deadline wins over the timer, and a timer left behind fires later as a no-op', async () => {

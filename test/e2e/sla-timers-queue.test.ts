@@ -101,9 +101,13 @@ describe('SLA timers in their own queue', () => {
       expect(await runQueue.getWaitingCount()).toBeGreaterThanOrEqual(BACKLOG);
       expect((await runOf(stuck)).status).toBe('pending');
       for (const id of backlog) expect((await runOf(id)).status).toBe('pending');
-      // It was the timers queue's worker that ran it.
-      const fired = await timerQueue.getJob(w.timerId);
-      expect(fired?.returnvalue).toEqual({ outcome: 'expired' });
+      // It was the timers queue's worker that ran it (read once finished: the run's expiry commits before
+      // the timer's job completes, and a job read before that has no returnvalue).
+      const fired = await waitFor(async () => {
+        const job = await timerQueue.getJob(w.timerId);
+        return job?.finishedOn ? job : undefined;
+      }, { ...DEADLINE, what: 'the timer to finish' });
+      expect(fired.returnvalue).toEqual({ outcome: 'expired' });
 
       await dossiers.release();
       // The backlog drains once the lock is gone (its runs reach their own approvals).

@@ -156,9 +156,13 @@ describe('tracing across the API and worker processes', () => {
     // As the application role under the tenant's RLS.
     const rows = await tenantEm(stack.container.orm, tenant).execute('select correlation_id, trace_id from durable_runs where id = ?', [run.run_id]);
     expect(rows).toEqual([{ correlation_id: cid, trace_id: run.trace_id }]);
-    const jobs = (await stack.container.queues.get('golden-path')!.getJobs(['completed'])) as Job[];
-    // A class A run is carried by one run job (ADR 0005); its data holds the run's correlation id.
-    const mine = jobs.filter((j) => j.data.run_id === run.run_id);
+    // A class A run is carried by one run job (ADR 0005); its data holds the run's correlation id. Read
+    // once completed: the run's end commits before its job's processor returns and BullMQ completes it.
+    const mine = await waitFor(async () => {
+      const jobs = (await stack.container.queues.get('golden-path')!.getJobs(['completed'])) as Job[];
+      const found = jobs.filter((j) => j.data.run_id === run.run_id);
+      return found.length ? found : undefined;
+    }, { what: "the run's job to complete" });
     expect(mine.map((j) => j.data._correlation_id)).toEqual([cid]);
   });
 

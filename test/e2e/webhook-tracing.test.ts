@@ -9,6 +9,7 @@ import { Queue } from 'bullmq';
 import { ATTR } from '../../src/platform/telemetry/attributes.ts';
 import { MAINTENANCE_QUEUE } from '../../src/platform/queue/maintenance.ts';
 import { WEBHOOK_QUEUE, WEBHOOK_REDELIVERY_JOB } from '../../src/platform/webhooks/delivery.ts';
+import { deliveryJobId } from '../../src/platform/queue/job-ids.ts';
 
 /**
  * A run's webhook deliveries are part of what its submission caused (ADR 0013): each attempt is a span
@@ -207,6 +208,10 @@ describe('webhook deliveries in the run trace', () => {
       async () => ((await stack.db.admin(`select id from webhook_deliveries where endpoint_id = $1 and status = 'delivered'`, [created.json.id])).rows as { id: string }[])[0],
       { timeoutMs: 30_000, what: 'the first delivery' },
     );
+    // Its job finished (the row reads delivered before the job's processor returns and BullMQ completes it:
+    // a job still active is alive, and the pass would rightly leave the delivery to it).
+    const webhooks = stack.container.queues.get(WEBHOOK_QUEUE)!;
+    await waitFor(async () => (await webhooks.getJobState(deliveryJobId(delivery.id))) === 'completed', { what: "the first delivery's job to complete" });
     // Owed again and overdue, its job finished: as a delivery whose job Redis lost. The pass replaces the job.
     await stack.db.admin(`update webhook_deliveries set status = 'pending', delivered_at = null, next_attempt_at = now() - interval '1 hour' where id = $1`, [delivery.id]);
     // The pass now rather than at its next minute: a job of the maintenance queue, as its scheduler adds them.

@@ -39,7 +39,8 @@ export async function spawnApi(env: Record<string, string>, execArgv: string[] =
   let out = '';
   proc.stdout!.on('data', (d) => (out += d));
   proc.stderr!.on('data', (d) => (out += d));
-  const exited = new Promise<number | null>((r) => proc.once('exit', (code) => r(code)));
+  // 'close', not 'exit': at 'exit' the last of its output can still be in the pipe.
+  const exited = new Promise<number | null>((r) => proc.once('close', (code) => r(code)));
   let listening: Record<string, any>;
   try {
     listening = await waitFor(() => jsonLines(out).find((l) => l.msg === 'api listening') ?? (proc.exitCode !== null ? { exited: true } : undefined), {

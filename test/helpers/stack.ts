@@ -112,7 +112,9 @@ export async function startStack(opts: StackOptions = {}): Promise<TestStack> {
     let out = '';
     proc.stdout!.on('data', (d) => (out += d));
     proc.stderr!.on('data', (d) => (out += d));
-    const exited = new Promise<number | null>((r) => proc.once('exit', (code) => r(code)));
+    // 'close', not 'exit': at 'exit' the last of its output can still be in the pipe (node's docs), and a
+    // test reads the lines of a worker that has exited (its last one, its shutdown's).
+    const exited = new Promise<number | null>((r) => proc.once('close', (code) => r(code)));
     const handle: WorkerHandle = { proc, output: () => out, exited, kill: (s = 'SIGKILL') => void proc.kill(s) };
     workers.push(handle);
     await waitFor(() => out.includes('worker started') || proc.exitCode !== null, { timeoutMs: 90_000, what: 'worker start' });

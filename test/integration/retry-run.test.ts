@@ -125,6 +125,15 @@ describe('retrying a failed run through the API', () => {
     }
     return out;
   }
+  /**
+   * jobsOf once none of the run's jobs is waiting or active: the run's end commits before its job's
+   * processor returns, and BullMQ completes the job after that (under load a test read it 'active').
+   */
+  const endedJobsOf = (id: string) =>
+    waitFor(async () => {
+      const jobs = await jobsOf(id);
+      return Object.values(jobs).every((state) => state === 'completed' || state === 'failed') ? jobs : undefined;
+    }, { what: `the jobs of run ${id} to end` });
   const metric = async (series: string) => {
     const line = (await api(stack, 'GET', '/metrics')).text.split('\n').find((l) => l.startsWith(`${series} `));
     return line === undefined ? 0 : Number(line.slice(series.length + 1));
@@ -262,7 +271,7 @@ describe('retrying a failed run through the API', () => {
     expect(run.retry_history).toHaveLength(1);
     expect(enteredBy(ctl, id)).toEqual([1, 2, 2, 3, 4]);
     const hash = run.idempotency_hash.slice(0, 40);
-    expect(await jobsOf(id)).toEqual({ [`gp-${hash}-1-${STEPS[0]}`]: 'failed', [`gp-${hash}-1-${STEPS[0]}-retry1`]: 'completed' });
+    expect(await endedJobsOf(id)).toEqual({ [`gp-${hash}-1-${STEPS[0]}`]: 'failed', [`gp-${hash}-1-${STEPS[0]}-retry1`]: 'completed' });
   });
 
   it('a run that fails again after its retry can be retried again: each retry a job of its own generation, each failure kept', { timeout: LONG }, async () => {
@@ -281,7 +290,7 @@ describe('retrying a failed run through the API', () => {
     expect((await waitStatus(id, ['completed', 'failed'])).status).toBe('completed');
     expect(enteredBy(ctl, id)).toEqual([1, 2, 2, 2, 3, 4]);
     const hash = (await runRow(id)).idempotency_hash.slice(0, 40);
-    expect(await jobsOf(id)).toEqual({
+    expect(await endedJobsOf(id)).toEqual({
       [`gp-${hash}-1-${STEPS[0]}`]: 'failed',
       [`gp-${hash}-1-${STEPS[0]}-retry1`]: 'failed',
       [`gp-${hash}-1-${STEPS[0]}-retry2`]: 'completed',
@@ -305,7 +314,8 @@ describe('retrying a failed run through the API', () => {
     expect((await sweeper('retry-test-sweep').sweep()).reenqueued).toBeGreaterThanOrEqual(1);
     expect((await waitStatus(id, ['completed', 'failed'])).status).toBe('completed');
     // From its first step without a completed checkpoint, as a job of the retry's generation.
-    expect(await jobState(id, 2, 1)).toBe('completed');
+    // (Completed once its processor returns, after the run's end committed.)
+    await waitFor(async () => (await jobState(id, 2, 1)) === 'completed', { what: "the sweeper's job to complete" });
     expect(enteredBy(ctl, id)).toEqual([1, 2, 2, 3, 4]);
   });
 
@@ -354,6 +364,8 @@ describe('retrying a failed run through the API', () => {
     const stale = (await queue().getJob(await jobIdOf(id, 2)))!;
     await waitFor(async () => (await stale.getState()) === 'completed', { what: 'the leftover job to end' });
     expect((await queue().getJob(stale.id!))!.returnvalue).toEqual({ run_id: id, from_sequence_num: 2, status: 'ended', steps: [] });
+    // The retry's job completes after the run's end commits: read once completed (before, its returnvalue is null).
+    await waitFor(async () => (await jobState(id, 1, 1)) === 'completed', { what: "the retry's job to complete" });
     const carried = (await queue().getJob(await jobIdOf(id, 1, 1)))!;
     expect(carried.returnvalue.steps.map((s: { sequence_num: number; replayed: boolean }) => [s.sequence_num, s.replayed])).toEqual([[1, true], [2, false], [3, false], [4, false]]);
     expect(enteredBy(ctl, id)).toEqual([1, 2, 2, 3, 4]);

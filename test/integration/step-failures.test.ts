@@ -43,14 +43,18 @@ async function failedLog(w: WorkerHandle, runId: string): Promise<void> {
   await waitFor(() => logged(w, runId, FAILED_FOR_GOOD).length > 0, { timeoutMs: 10_000, what: "the worker's log line for the failed run" });
 }
 
-/** The run's job once BullMQ has failed it for good. */
-async function failedJob(run: RunRow) {
+/**
+ * The run's job once BullMQ has ended it (`failed` for good, or `completed`): the run's end commits
+ * before the job's processor returns, so a job read when the run reads ended can still be active.
+ */
+async function endedJob(run: RunRow, state: 'failed' | 'completed' = 'failed') {
   return waitFor(async () => {
     const j = await jobOf(stack, run, 1);
-    // Read again once failed: a job read before it failed keeps failedReason and finishedOn unset.
-    return j && (await j.getState()) === 'failed' ? jobOf(stack, run, 1) : undefined;
-  }, { timeoutMs: 30_000, what: 'the job to fail' });
+    // Read again once ended: a job read before it ended keeps failedReason, finishedOn and attemptsMade as they were.
+    return j && (await j.getState()) === state ? jobOf(stack, run, 1) : undefined;
+  }, { timeoutMs: 30_000, what: `the job to be ${state}` });
 }
+const failedJob = (run: RunRow) => endedJob(run, 'failed');
 
 describe('a step that fails by itself', () => {
   it('a permanent error fails the run at once, with its error recorded: the step ran once and the job is not retried', async () => {
@@ -85,8 +89,8 @@ describe('a step that fails by itself', () => {
     // The step's checkpoint says which attempt succeeded; the failed ones left nothing.
     expect(done.checkpoints.map((c) => c.attempt)).toEqual([1, 3, 1, 1]);
 
-    const job = (await jobOf(stack, run, 1))!;
-    expect(await job.getState()).toBe('completed');
+    // Completed once its processor returns, after the run's end committed (BullMQ counts the attempt then).
+    const job = (await endedJob(run, 'completed'))!;
     expect(job.attemptsMade).toBe(3);
     expect(job.data.failures).toEqual({ 2: 2 });
     expect(job.opts.backoff).toMatchObject({ type: STEP_BACKOFF });

@@ -181,6 +181,9 @@ describe('webhook deliveries: a per-endpoint in-flight cap', () => {
     expect([...slow.ids].sort()).toEqual(done.map((r) => r.id).sort());
     expect(slow.maxOpen()).toBe(CAP);
     // The parks spent no BullMQ attempt: each job completed on its first.
+    // (Read once each job has completed: a delivery is recorded before its job's processor returns, and
+    // BullMQ counts the attempt only when it completes the job.)
+    await waitFor(async () => (await Promise.all(done.map((r) => queue.getJobState(deliveryJobId(r.id))))).every((s) => s === 'completed'), { timeoutMs: 25_000, what: "tenant A's delivery jobs to complete" });
     for (const r of done) expect((await queue.getJob(deliveryJobId(r.id)))?.attemptsMade).toBe(1);
     // The endpoint's slots were all given back.
     await waitFor(async () => (await stack.redis.keys(`${stack.prefix}:endpoint-slots:*`)).length === 0, { what: "the endpoint's slots given back" });

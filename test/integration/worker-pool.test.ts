@@ -153,7 +153,8 @@ it.each([
   let stderr = '';
   proc.stdout.on('data', (d) => (stdout += d));
   proc.stderr.on('data', (d) => (stderr += d));
-  const code = await new Promise<number | null>((r) => proc.once('exit', (c) => r(c)));
+  // 'close': its output read to the end ('exit' can come before the last of it).
+  const code = await new Promise<number | null>((r) => proc.once('close', (c) => r(c)));
   expect(code, stderr).toBe(1);
   expect(stderr).toBe(`invalid configuration:\n  - WORKER_QUEUES: ${names}\n`);
   expect(stdout).toBe('');

@@ -215,7 +215,7 @@ describe('npm run token', () => {
       let err = '';
       p.stdout.on('data', (d) => (out += d));
       p.stderr.on('data', (d) => (err += d));
-      p.on('exit', (code) => resolve({ code, out, err }));
+      p.on('close', (code) => resolve({ code, out, err })); // not 'exit': the output read to the end
     });
 
   it('refuses to sign when no JWT_SECRET is configured', async () => {
