@@ -3,6 +3,7 @@
  * runs, newest first, a page at a time, and the plans those pages run on a tenant with a long history.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import http from 'node:http';
 import { api, newTenant, runUsers, startStack, type TestStack } from '../helpers/stack.ts';
 import { CoalescingClient } from '../../src/platform/db/coalescing-client.ts';
 import { inlineStatement } from '../../src/platform/db/statement-batch.ts';
@@ -34,6 +35,22 @@ async function allPages(stack: TestStack, token: string, path: string, limit: nu
     if (!cursor) return ids;
   }
   throw new Error('too many pages');
+}
+
+/**
+ * A GET by node:http, not fetch: fetch adds `Cache-Control: no-cache` to a request with If-None-Match
+ * (the Fetch standard's cache mode), which makes any server answer it in full.
+ */
+function conditionalGet(url: string, headers: Record<string, string>): Promise<{ status: number; etag: string | undefined; body: string }> {
+  return new Promise((resolve, reject) => {
+    const req = http.get(url, { headers, timeout: 30_000 }, (res) => {
+      let body = '';
+      res.on('data', (d) => (body += d));
+      res.on('end', () => resolve({ status: res.statusCode!, etag: res.headers.etag, body }));
+    });
+    req.on('timeout', () => req.destroy(new Error('no answer in 30 s')));
+    req.on('error', reject);
+  });
 }
 
 /** Plan nodes of a JSON plan, depth first. */
@@ -76,6 +93,24 @@ describe('runs list', () => {
     const rest = await api(stack, 'GET', `/api/v1/golden-path/runs?status=failed&limit=100&cursor=${encodeURIComponent(first.json.next_cursor)}`, { token: tok.submitter });
     const failed = await expected(GOLDEN_PATH, 'failed');
     expect(rest.json.items.map((r: { run_id: string }) => r.run_id)).toEqual(failed.filter((id) => all.indexOf(id) >= 3));
+  });
+
+  it('a page carries an ETag of its body: If-None-Match with it is a 304 without a body until the page changes', { timeout: LONG }, async () => {
+    const tenant = newTenant();
+    const tok = await runUsers(stack, tenant);
+    await seed(stack, tenant, GOLDEN_PATH, 2, `'pending'`, `now()`);
+    const url = `${stack.baseUrl}/api/v1/golden-path/runs?limit=10`;
+    const auth = { authorization: `Bearer ${tok.submitter}` };
+    const first = await conditionalGet(url, auth);
+    expect(first.status, first.body).toBe(200);
+    expect(first.etag).toMatch(/^W\/"/);
+    expect(await conditionalGet(url, { ...auth, 'if-none-match': first.etag! })).toEqual({ status: 304, etag: first.etag, body: '' });
+    // A run's status moved: the page is another, and so is its tag.
+    await stack.db.admin(`update durable_runs set status = 'cancelled' where id = (select id from durable_runs where tenant_id = $1 limit 1)`, [tenant]);
+    const changed = await conditionalGet(url, { ...auth, 'if-none-match': first.etag! });
+    expect(changed.status).toBe(200);
+    expect(changed.etag).not.toBe(first.etag);
+    expect(JSON.parse(changed.body).items.map((r: { status: string }) => r.status).sort()).toEqual(['cancelled', 'pending']);
   });
 
   // A tenant of 30,000 golden-path runs, nearly all completed. Its few partner offboardings, and its
