@@ -121,6 +121,8 @@ describe('runs list', () => {
     const tok = await runUsers(stack, tenant);
     await seed(stack, tenant, PARTNER_OFFBOARDING, 3, `'completed'`, `now() - interval '40 days' + g * interval '1 second'`);
     await seed(stack, tenant, GOLDEN_PATH, 30_000, `case when g % 10000 = 0 then 'failed' else 'completed' end`, `now() - interval '30 days' + g * interval '1 second'`);
+    // Other tenants' runs of every status (so that no status is rare platform-wide, as in production).
+    for (const s of ['pending', 'running', 'completed', 'failed', 'cancelled']) await seed(stack, newTenant(), GOLDEN_PATH, 3_000, `'${s}'`, `now() - g * interval '1 second'`);
     await stack.db.admin('analyze durable_runs');
     const originalQuery = CoalescingClient.prototype.query;
     const sent: { text: string; values: unknown[] }[] = [];
@@ -140,7 +142,7 @@ describe('runs list', () => {
       const page = await get('/api/v1/golden-path/runs?status=failed&limit=2');
       await get(`/api/v1/golden-path/runs?status=failed&limit=2&cursor=${encodeURIComponent(page.next_cursor)}`);
       await get('/api/v1/golden-path/runs?limit=10');
-      await get('/api/v1/golden-path/runs?status=pending&limit=10');
+      await get('/api/v1/golden-path/runs?status=cancelled&limit=10');
     } finally {
       CoalescingClient.prototype.query = originalQuery;
     }
