@@ -8,7 +8,7 @@ import { ADMIN_ROLE } from '../tenancy/roles.ts';
 import { RunNotActiveError } from './errors.ts';
 import { ACTIVE_RUN_STATUSES, RUN_STATUSES, type RunStatus } from './durable-run.entity.ts';
 import { COMPLETED_STEPS_SQL, RUN_COLUMNS, type DurableRuntime, type RunRow } from './runtime.ts';
-import { readCheckpoints, toRunSummary, type CheckpointRow, type RunSummary } from './run-views.ts';
+import { readCheckpoints, toRunSummary, type CheckpointRow, type RunSummary, type RunSummaryRow } from './run-views.ts';
 import { bulkCancel, bulkCancelFilter, bulkCancelResult, cancelLockedRun, type OnRunCancelled } from './run-cancel.ts';
 
 export type { OnRunCancelled } from './run-cancel.ts';
@@ -67,6 +67,8 @@ const SUMMARIES = {
  * such), merged newest first and cut at the page size; only then are the page's rows and progress read.
  * The cursor is the same (created_at, id) position under any filter.
  */
+const SUMMARY_COLUMNS = 'tenant_id, id, status, correlation_id, step_count, created_at';
+
 function listStatement(tenantId: string, workflow: string, query: { status?: RunStatus | undefined; cursor?: string | undefined; limit: number }): { sql: string; params: unknown[] } {
   const params: unknown[] = [];
   const branches = (query.status ? [query.status] : RUN_STATUSES).map((status) => {
@@ -79,8 +81,9 @@ function listStatement(tenantId: string, workflow: string, query: { status?: Run
   return {
     // Each key's row by (tenant_id, id), in the keys' order: a lateral that is not flattened into a join
     // (its limit), so no plan reads the tenant's runs to match them to the page's keys.
-    sql: `select ${RUN_COLUMNS}, ${COMPLETED_STEPS_SQL} as completed from (${keys}) k
-          cross join lateral (select ${RUN_COLUMNS} from durable_runs where tenant_id = ? and id = k.k_id limit 1) r order by k_at desc, k_id desc`,
+    // Only what a summary shows: never the runs' input and output documents, which a page does not show.
+    sql: `select r.*, ${COMPLETED_STEPS_SQL} as completed from (${keys}) k
+          cross join lateral (select ${SUMMARY_COLUMNS} from durable_runs where tenant_id = ? and id = k.k_id limit 1) r order by k_at desc, k_id desc`,
     params,
   };
 }
@@ -215,7 +218,7 @@ export function runRoutes<V, R extends RunViewRow, O>(opts: RunRoutesOptions<V, 
       responses: { 200: { description: 'A page of runs', schema: opts.page } },
       async handler({ em, query, principal }) {
         const { sql, params } = listStatement(principal.tenantId, workflow, query);
-        const rows = await em.execute<(RunRow & { completed: number })[]>(sql, params);
+        const rows = await em.execute<RunSummaryRow[]>(sql, params);
         const page = rows.slice(0, query.limit);
         const body: RunPage = { items: page.map((r) => toRunSummary(r, opts.runPath)), next_cursor: nextCursor(page[page.length - 1], rows.length > query.limit) };
         return { status: 200, body };
