@@ -540,4 +540,25 @@ describe('hostile input on every endpoint', () => {
       expect(res.status, raw).toBe(400);
     }
   });
+
+  // The decoder skips what is not base64url and the split read the first two fields: a cursor with a
+  // field more, or with characters slipped in, read as the cursor it contained (200), not the 400 that
+  // docs/api.md promises for anything this API did not issue.
+  it('a list cursor altered in any way is a 400: a field more, padding, characters outside base64url', async () => {
+    const fields = `2026-01-01T00:00:00.000Z|${randomUUID()}`;
+    const issued = Buffer.from(fields).toString('base64url');
+    const list = (cursor: string) =>
+      send({ method: 'GET', path: `/api/v1/golden-path/runs?cursor=${encodeURIComponent(cursor)}`, headers: { authorization: `Bearer ${token}` }, body: undefined });
+    expect((await list(issued)).status).toBe(200);
+    const altered = {
+      'a field more': Buffer.from(`${fields}|x`).toString('base64url'),
+      'an empty field more': Buffer.from(`${fields}|`).toString('base64url'),
+      padding: `${issued}==`,
+      'a dot inside': `${issued.slice(0, 10)}.${issued.slice(10)}`,
+      'a tilde at the end': `${issued}~`,
+      'a space': `${issued.slice(0, 10)} ${issued.slice(10)}`,
+    };
+    const statuses = Object.fromEntries(await Promise.all(Object.entries(altered).map(async ([what, cursor]) => [what, (await list(cursor)).status])));
+    expect(statuses).toEqual(Object.fromEntries(Object.keys(altered).map((what) => [what, 400])));
+  });
 });

@@ -59,7 +59,10 @@ export const DurableRun = defineEntity({
     { name: 'durable_runs_tenant_id_id_unique', properties: ['tenantId', 'id'] },
   ],
   indexes: [
-    { name: 'durable_runs_tenant_created_index', properties: ['tenantId', 'createdAt', 'id'] },
+    // A workflow's runs list (GET …/runs), newest first, one range per status merged in order (run-routes.ts):
+    // in (tenant_id, created_at, id) a page of one workflow, or of one status, walked and filtered out
+    // every run of the others (a tenant's few failed runs under its whole history).
+    { name: 'durable_runs_tenant_workflow_status_created_index', properties: ['tenantId', 'workflow', 'status', 'createdAt', 'id'] },
     // Active runs only (admission's count, lists of active runs). Partial, so that statements naming one
     // run by (tenant_id, id) can never be planned onto it: on a table without statistics every
     // tenant-leading index costs the same, and a cached plan that scans a tenant's runs by status grows

@@ -6,9 +6,9 @@ import { nextCursor, pageLimit, pageWhere } from '../http/cursor.ts';
 import type { Principal } from '../tenancy/jwt.ts';
 import { ADMIN_ROLE } from '../tenancy/roles.ts';
 import { RunNotActiveError } from './errors.ts';
-import { ACTIVE_RUN_STATUSES, RUN_STATUSES } from './durable-run.entity.ts';
+import { ACTIVE_RUN_STATUSES, RUN_STATUSES, type RunStatus } from './durable-run.entity.ts';
 import { COMPLETED_STEPS_SQL, RUN_COLUMNS, type DurableRuntime, type RunRow } from './runtime.ts';
-import { readCheckpoints, toRunSummary, type CheckpointRow, type RunSummary } from './run-views.ts';
+import { readCheckpoints, toRunSummary, type CheckpointRow, type RunSummary, type RunSummaryRow } from './run-views.ts';
 import { bulkCancel, bulkCancelFilter, bulkCancelResult, cancelLockedRun, type OnRunCancelled } from './run-cancel.ts';
 
 export type { OnRunCancelled } from './run-cancel.ts';
@@ -59,6 +59,35 @@ const SUMMARIES = {
  * cancel it, retry it after it failed, and list the tenant's runs of the workflow. Only the submission
  * (`acceptRun`) and the run's body are the module's own.
  */
+/**
+ * The statement of a page of a workflow's runs, newest first: one branch per status (the one filtered
+ * on, or each), each a page of keys read in order from (tenant_id, workflow, status, created_at, id)
+ * (an index-only range: never another workflow's runs, nor another status's, read and filtered out —
+ * a tenant's few failed runs, or its few offboardings among a million golden-path runs, are read as
+ * such), merged newest first and cut at the page size; only then are the page's rows and progress read.
+ * The cursor is the same (created_at, id) position under any filter.
+ */
+const SUMMARY_COLUMNS = 'tenant_id, id, status, correlation_id, step_count, created_at';
+
+function listStatement(tenantId: string, workflow: string, query: { status?: RunStatus | undefined; cursor?: string | undefined; limit: number }): { sql: string; params: unknown[] } {
+  const params: unknown[] = [];
+  const branches = (query.status ? [query.status] : RUN_STATUSES).map((status) => {
+    params.push(tenantId, workflow);
+    const where = pageWhere('tenant_id = ? and workflow = ?', params, { status, cursor: query.cursor, limit: query.limit });
+    return `(select created_at as k_at, id as k_id from durable_runs where ${where} order by created_at desc, id desc limit ?)`;
+  });
+  params.push(query.limit + 1, tenantId);
+  const keys = `select k_at, k_id from (${branches.join(' union all ')}) u order by k_at desc, k_id desc limit ?`;
+  return {
+    // Each key's row by (tenant_id, id), in the keys' order: a lateral that is not flattened into a join
+    // (its limit), so no plan reads the tenant's runs to match them to the page's keys.
+    // Only what a summary shows: never the runs' input and output documents, which a page does not show.
+    sql: `select r.*, ${COMPLETED_STEPS_SQL} as completed from (${keys}) k
+          cross join lateral (select ${SUMMARY_COLUMNS} from durable_runs where tenant_id = ? and id = k.k_id limit 1) r order by k_at desc, k_id desc`,
+    params,
+  };
+}
+
 export function runRoutes<V, R extends RunViewRow, O>(opts: RunRoutesOptions<V, R, O>): RouteDef[] {
   const { runtime, workflow } = opts;
   const tags = [workflow];
@@ -188,12 +217,8 @@ export function runRoutes<V, R extends RunViewRow, O>(opts: RunRoutesOptions<V, 
       }),
       responses: { 200: { description: 'A page of runs', schema: opts.page } },
       async handler({ em, query, principal }) {
-        const params: unknown[] = [principal.tenantId, workflow];
-        const where = pageWhere('tenant_id = ? and workflow = ?', params, query);
-        const rows = await em.execute<(RunRow & { completed: number })[]>(
-          `select ${RUN_COLUMNS}, ${COMPLETED_STEPS_SQL} as completed from durable_runs r where ${where} order by created_at desc, id desc limit ?`,
-          params,
-        );
+        const { sql, params } = listStatement(principal.tenantId, workflow, query);
+        const rows = await em.execute<RunSummaryRow[]>(sql, params);
         const page = rows.slice(0, query.limit);
         const body: RunPage = { items: page.map((r) => toRunSummary(r, opts.runPath)), next_cursor: nextCursor(page[page.length - 1], rows.length > query.limit) };
         return { status: 200, body };

@@ -70,7 +70,10 @@ export const runSummary = z.strictObject({
 });
 export type RunSummary = z.infer<typeof runSummary>;
 
-export function toRunSummary(r: RunRow & { completed: number }, runPath: (id: string) => string): RunSummary {
+/** What a run's summary is built from: its row's few columns, and its completed steps. */
+export type RunSummaryRow = Pick<RunRow, 'id' | 'status' | 'correlation_id' | 'step_count' | 'created_at'> & { completed: number };
+
+export function toRunSummary(r: RunSummaryRow, runPath: (id: string) => string): RunSummary {
   return {
     run_id: r.id,
     status: r.status,

@@ -39,13 +39,25 @@ export function nextCursor(last: { created_at: Date | string; id: string } | und
   return more && last ? Buffer.from(`${new Date(last.created_at).toISOString()}|${last.id}`).toString('base64url') : null;
 }
 
-/** Reads a cursor this API issued; anything else is a 400 (Date.parse accepts much PostgreSQL refuses: "1", year 275760). */
+const notIssued = () => new ValidationError('Invalid cursor', [{ path: 'cursor', message: 'not a cursor returned by this API' }]);
+
+/**
+ * The fields of a cursor as this API encodes them (base64url, no padding, `|` between fields), or a
+ * 400. Node's base64url decoder skips what is not in its alphabet (`.`, `~`, `=`) and ignores a
+ * truncated last character, so text that only decodes to a cursor is not one: it must be exactly the
+ * encoding of what it decodes to.
+ */
+function cursorFields(raw: string): string[] {
+  const text = Buffer.from(raw, 'base64url').toString('utf8');
+  if (Buffer.from(text, 'utf8').toString('base64url') !== raw) throw notIssued();
+  return text.split('|');
+}
+
+/** Reads a cursor this API issued; anything else is a 400 (Date.parse accepts much PostgreSQL refuses: "1", year 275760; a field more). */
 export function readCursor(raw: string | undefined): Cursor | undefined {
   if (raw === undefined) return undefined;
-  const [at, id] = Buffer.from(raw, 'base64url').toString('utf8').split('|');
-  if (!at || !id || !isIssuedTime(at) || !z.string().uuid().safeParse(id).success) {
-    throw new ValidationError('Invalid cursor', [{ path: 'cursor', message: 'not a cursor returned by this API' }]);
-  }
+  const [at, id, ...rest] = cursorFields(raw);
+  if (!at || !id || rest.length || !isIssuedTime(at) || !z.string().uuid().safeParse(id).success) throw notIssued();
   return { at, id };
 }
 
@@ -81,9 +93,7 @@ export function nextKeyCursor(lastKey: string | undefined, more: boolean): strin
 /** Reads a key cursor this API issued; anything else (a time cursor of another list included) is a 400. */
 export function readKeyCursor(raw: string | undefined): string | undefined {
   if (raw === undefined) return undefined;
-  const [tag, key, ...rest] = Buffer.from(raw, 'base64url').toString('utf8').split('|');
-  if (tag !== 'k' || !key || rest.length || !z.string().uuid().safeParse(key).success) {
-    throw new ValidationError('Invalid cursor', [{ path: 'cursor', message: 'not a cursor returned by this API' }]);
-  }
+  const [tag, key, ...rest] = cursorFields(raw);
+  if (tag !== 'k' || !key || rest.length || !z.string().uuid().safeParse(key).success) throw notIssued();
   return key.toLowerCase();
 }
