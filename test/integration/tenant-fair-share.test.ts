@@ -16,6 +16,7 @@ import { tenantEm } from '../../src/platform/db/tenant-em.ts';
 import { GOLDEN_PATH, GOLDEN_PATH_QUEUE } from '../../src/modules/golden-path/golden-path.workflow.ts';
 import { slotMember } from '../../src/platform/durable/tenant-slots.ts';
 import { retryOf } from '../../src/platform/durable/workflow.ts';
+import { laterVersion } from '../helpers/versioned-workflows.ts';
 
 const LONG = 120_000;
 const CAP = 2;
@@ -300,6 +301,39 @@ describe('a per-tenant cap on concurrently executing run jobs', () => {
     } finally {
       for (const hold of holds) hold.release();
       await one.stop();
+    }
+  });
+
+  it('cap 1: a run job put off for a workflow version this worker does not register drops its park record: its next park is a new arrival', { timeout: LONG }, async () => {
+    const tenant = newTenant();
+    const tok = await stack.token({ tenantId: tenant, sub: 'deferred-parked-submitter' });
+    const base = wrappedGoldenPath(stack, (step) => step.run);
+    const queue = stack.container.runtime.queues.get(base.queue)!;
+    // No worker serves the queue yet: the run's job waits, and gets the record of an earlier park (as a job parked, then promoted, carries).
+    const run = await submit(stack, tok);
+    const job = await waitFor(async () => (await queue.getWaiting()).find((j) => j.data?.run_id === run), { what: `the job of run ${run} to wait` });
+    await job.updateData({ ...job.data, parks: 2, parked_at: 1 });
+    // A worker of version 2 only (a rolling deploy): the job takes the tenant's free slot, then is put off for a worker of version 1.
+    const v2 = startRunHost(stack, laterVersion(base, 2), 'deferred-parked-v2', {}, { concurrency: 1, maxActiveRunsPerTenant: 1, parkDelayMs: () => 600_000 });
+    try {
+      // Put off once or more (each time about a second later, ADR 0008): every deferral wrote the job's data.
+      const data = await waitFor(
+        async () => {
+          const d = (await queue.getJob(job.id!))?.data;
+          return (d?.deferrals ?? 0) >= 1 ? d : undefined;
+        },
+        { what: 'the job to be put off' },
+      );
+      expect(data).not.toHaveProperty('parks');
+      expect(data).not.toHaveProperty('parked_at');
+    } finally {
+      await v2.stop();
+    }
+    const v1 = startRunHost(stack, base, 'deferred-parked-v1', {}, { concurrency: 1, maxActiveRunsPerTenant: 1, parkDelayMs: () => 600_000 });
+    try {
+      await waitCompleted(stack, tok, run);
+    } finally {
+      await v1.stop();
     }
   });
 
