@@ -15,6 +15,8 @@ import { createSlowRun, jobOf, readRun, waitEntered, waitRun } from '../helpers/
 import { tenantEm } from '../../src/platform/db/tenant-em.ts';
 import { GOLDEN_PATH, GOLDEN_PATH_QUEUE } from '../../src/modules/golden-path/golden-path.workflow.ts';
 import { slotMember } from '../../src/platform/durable/tenant-slots.ts';
+import { retryOf } from '../../src/platform/durable/workflow.ts';
+import { laterVersion } from '../helpers/versioned-workflows.ts';
 
 const LONG = 120_000;
 const CAP = 2;
@@ -230,6 +232,108 @@ describe('a per-tenant cap on concurrently executing run jobs', () => {
     } finally {
       hold.release();
       await second?.stop();
+    }
+  });
+
+  it("cap 1: a parked run job whose step then failed parks again on its retry as a new arrival: behind the jobs parked since, with the first fallback delay", { timeout: LONG }, async () => {
+    const tenant = newTenant();
+    const tok = await stack.token({ tenantId: tenant, sub: 'retry-parked-submitter' });
+    // Step 1 holds the first three runs to arrive, by arrival (not by the POST's answer): the holder H,
+    // then A (parked behind H, promoted at its end), whose first attempt then fails, then C (promoted by
+    // A's failure). Every later entry (A's retry, D) goes through. Step 1's retry backoff is far beyond
+    // the test's deadlines: the test brings A's retry forward itself, once C holds the tenant's slot.
+    const holds = [barrier(), barrier(), barrier()];
+    const arrived: string[] = [];
+    const entered: string[] = [];
+    const base = wrappedGoldenPath(stack, (step, seq) => async (input, ctx) => {
+      if (seq === 1) {
+        const again = entered.includes(ctx.run.id);
+        entered.push(ctx.run.id);
+        if (!again && arrived.push(ctx.run.id) <= holds.length) {
+          const i = arrived.length - 1;
+          holds[i]!.enter();
+          await holds[i]!.released;
+          if (i === 1) throw new Error('transient failure of the first attempt (test)');
+        }
+      }
+      return step.run(input, ctx);
+    });
+    const wf = { ...base, steps: base.steps.map((s, i) => (i === 0 ? { ...s, retry: { ...retryOf(s), backoffMs: 600_000, jitter: 0 } } : s)) };
+    const parkDelays: number[] = [];
+    const one = startRunHost(stack, wf, 'retry-parked-host', {}, { concurrency: 3, maxActiveRunsPerTenant: 1, parkDelayMs: (parks) => (parkDelays.push(parks), 600_000) });
+    const parkedKey = `${stack.prefix}:tenant-parked:${tenant}`;
+    const queue = stack.container.runtime.queues.get(wf.queue)!;
+    const delayedJobOf = (run: string) => waitFor(async () => (await queue.getDelayed()).find((j) => j.data?.run_id === run), { what: `the delayed job of run ${run}` });
+    const parkedCount = (n: number, what: string) => waitFor(async () => (await stack.redis.zcard(parkedKey)) === n, { what });
+    try {
+      const h = await submit(stack, tok);
+      await waitFor(() => arrived.length >= 1, { what: 'the first run to enter its first step' });
+      expect(arrived[0], 'the holder').toBe(h);
+      const a = await submit(stack, tok);
+      await parkedCount(1, "A's job to be parked behind the holder");
+      holds[0]!.release();
+      await waitFor(() => arrived.length >= 2, { what: 'A to be promoted into the slot and enter its first step' });
+      expect(arrived[1], 'the run promoted after the holder').toBe(a);
+      const c = await submit(stack, tok);
+      await parkedCount(1, "C's job to be parked behind A");
+      const d = await submit(stack, tok);
+      await parkedCount(2, "D's job to be parked behind C");
+      const dJob = await delayedJobOf(d);
+
+      // A's first attempt fails: its slot goes to C, the earliest parked. A's retry, brought forward, finds C holding the slot.
+      holds[1]!.release();
+      await waitFor(() => arrived.length >= 3, { what: 'C to be promoted into the slot A gave back' });
+      expect(arrived[2], 'the run promoted after A failed').toBe(c);
+      const aJob = await delayedJobOf(a);
+      await aJob.promote();
+      await parkedCount(2, "A's retry to be parked behind C");
+
+      // A's retry is a new arrival: it queues behind D (parked while A ran), not ahead of it by A's first park,
+      // and counts as a first park (the 30–60 s fallback delay), as a retried webhook delivery does.
+      expect(await stack.redis.zrange(parkedKey, '0', '-1')).toEqual([slotMember(wf.queue, dJob.id!), slotMember(wf.queue, aJob.id!)]);
+      expect(parkDelays).toEqual([1, 1, 1, 1]);
+      expect((await queue.getJob(aJob.id!))?.data).toMatchObject({ parks: 1 });
+
+      // C's end promotes D, then D's end promotes A: every run completes, D's first step before A's retry.
+      holds[2]!.release();
+      for (const run of [h, a, c, d]) await waitCompleted(stack, tok, run);
+      expect(entered).toEqual([h, a, c, d, a]);
+    } finally {
+      for (const hold of holds) hold.release();
+      await one.stop();
+    }
+  });
+
+  it('cap 1: a run job put off for a workflow version this worker does not register drops its park record: its next park is a new arrival', { timeout: LONG }, async () => {
+    const tenant = newTenant();
+    const tok = await stack.token({ tenantId: tenant, sub: 'deferred-parked-submitter' });
+    const base = wrappedGoldenPath(stack, (step) => step.run);
+    const queue = stack.container.runtime.queues.get(base.queue)!;
+    // No worker serves the queue yet: the run's job waits, and gets the record of an earlier park (as a job parked, then promoted, carries).
+    const run = await submit(stack, tok);
+    const job = await waitFor(async () => (await queue.getWaiting()).find((j) => j.data?.run_id === run), { what: `the job of run ${run} to wait` });
+    await job.updateData({ ...job.data, parks: 2, parked_at: 1 });
+    // A worker of version 2 only (a rolling deploy): the job takes the tenant's free slot, then is put off for a worker of version 1.
+    const v2 = startRunHost(stack, laterVersion(base, 2), 'deferred-parked-v2', {}, { concurrency: 1, maxActiveRunsPerTenant: 1, parkDelayMs: () => 600_000 });
+    try {
+      // Put off once or more (each time about a second later, ADR 0008): every deferral wrote the job's data.
+      const data = await waitFor(
+        async () => {
+          const d = (await queue.getJob(job.id!))?.data;
+          return (d?.deferrals ?? 0) >= 1 ? d : undefined;
+        },
+        { what: 'the job to be put off' },
+      );
+      expect(data).not.toHaveProperty('parks');
+      expect(data).not.toHaveProperty('parked_at');
+    } finally {
+      await v2.stop();
+    }
+    const v1 = startRunHost(stack, base, 'deferred-parked-v1', {}, { concurrency: 1, maxActiveRunsPerTenant: 1, parkDelayMs: () => 600_000 });
+    try {
+      await waitCompleted(stack, tok, run);
+    } finally {
+      await v1.stop();
     }
   });
 

@@ -15,6 +15,7 @@ import type { DurableRuntime, RunRow, StepJobData } from './runtime.ts';
 import { loadRunState, startingRunState, type RunState } from './run-state.ts';
 import { WAITING, deferDelayMs, isWaiting, retryOf, type StepContext, type StepDef, type Waiting, type WorkflowDef } from './workflow.ts';
 import { versionLabel } from './registry.ts';
+import { unparked } from './tenant-slots.ts';
 import type { OutboxEvent } from '../webhooks/outbox.ts';
 
 export interface StepOutcome {
@@ -474,7 +475,8 @@ export class StepExecutor {
       throw new UnrecoverableError(reason);
     }
     // BullMQ retries the job with backoff; the next attempt replays the completed steps and retries this one.
-    await job.updateData({ ...d, failures: { ...d.failures, [String(seq)]: attempt }, reached: seq }).catch((ue) => log.warn({ err: ue }, 'could not count the failed attempt'));
+    // Its park record goes (unparked): parked again on its retry, it queues behind the jobs parked since (ADR 0012).
+    await job.updateData({ ...unparked(d), failures: { ...d.failures, [String(seq)]: attempt }, reached: seq }).catch((ue) => log.warn({ err: ue }, 'could not count the failed attempt'));
     failed('retrying');
     log.warn({ err: err.message, attempt }, 'step failed; BullMQ retries it with backoff');
     throw reason === err.message ? err : new Error(reason);

@@ -255,6 +255,17 @@ export interface ParkedJobData {
   parked_at?: number;
 }
 
+/**
+ * A run job's `data` without its park record, for a job that goes on to a new attempt (its step retried
+ * after BullMQ's backoff, or put off for a workflow version: ADR 0008): parked again, it is a new arrival,
+ * behind the jobs parked since and with the first fallback delay, as a retried webhook delivery is
+ * (delivery.ts). Kept, its first park's time put it ahead of them all in its tenant's parked set.
+ */
+export function unparked<T extends ParkedJobData>(data: T): Omit<T, keyof ParkedJobData> {
+  const { parks: _parks, parked_at: _parkedAt, ...rest } = data;
+  return rest;
+}
+
 /** A popped parked job in one of these states cannot use the slot freed for it. */
 const ENDED_STATES = new Set(['completed', 'failed', 'unknown']);
 

@@ -7,7 +7,7 @@ import type { DurableRuntime, StepJobData } from './runtime.ts';
 import { DEFAULT_RETRY, STEP_BACKOFF, retryOf, stepBackoffMs, type WorkflowDef } from './workflow.ts';
 import { ConfigError } from '../config/config.ts';
 import { MAINTENANCE_QUEUE } from '../queue/maintenance.ts';
-import { slotMember, slotParking, type TenantSlots } from './tenant-slots.ts';
+import { slotMember, slotParking, unparked, type TenantSlots } from './tenant-slots.ts';
 import { WEBHOOK_QUEUE } from '../webhooks/delivery.ts';
 import { TIMER_QUEUE } from '../queue/timers.ts';
 
@@ -129,7 +129,8 @@ export function startWorkers(args: {
             step.handedBack = true;
           },
           defer: async (delayMs, deferrals) => {
-            await job.updateData({ ...(job.data as StepJobData), deferrals });
+            // A new attempt later: its park record goes (unparked), as on a step's retry (executor.ts).
+            await job.updateData({ ...unparked(job.data as StepJobData), deferrals });
             await job.moveToDelayed(Date.now() + delayMs, token);
           },
         });
