@@ -1,0 +1,74 @@
+/**
+ * A sweep examines at most `maxPerSweep` runs of each kind (20,000 by default). Waiting runs do not move
+ * while they wait for a human (their rows keep their `updated_at`), so a sweep that started again from
+ * the oldest every time would look at the same oldest ones for ever: after a Redis loss with more runs
+ * waiting than that, the newer ones would never get their SLA timer back. The bound is shrunk here so a
+ * handful of runs stand for that many. Real worker process for the runs' steps; the sweeps in-process.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { randomUUID } from 'node:crypto';
+import { pino } from 'pino';
+import { Sweeper } from '../../src/platform/durable/sweeper.ts';
+import { namedJobId } from '../../src/platform/queue/job-ids.ts';
+import { TIMER_QUEUE } from '../../src/platform/queue/timers.ts';
+import { api, newTenant, SAMPLE_SUBMISSION, startStack, type TestStack } from '../helpers/stack.ts';
+import { waitFor } from '../helpers/poll.ts';
+
+const LONG = 180_000;
+const RUNS = 5;
+
+describe('a sweep bounded by maxPerSweep', () => {
+  let stack: TestStack;
+  beforeAll(async () => {
+    // The default class B SLA (24 h): no timer fires during the test.
+    stack = await startStack();
+  });
+  afterAll(async () => stack?.stop());
+
+  it('after a Redis loss with more waiting runs than one sweep examines, later sweeps go on past them: every waiting run gets its SLA timer back', { timeout: LONG }, async () => {
+    const tenant = newTenant();
+    const submitter = await stack.token({ tenantId: tenant, sub: 'submitter-1' });
+    const worker = await stack.spawnWorker();
+    const ids: string[] = [];
+    try {
+      for (let i = 0; i < RUNS; i++) {
+        const res = await api(stack, 'POST', '/api/v1/golden-path/run', { token: submitter, body: SAMPLE_SUBMISSION, headers: { 'Idempotency-Key': randomUUID() } });
+        expect(res.status).toBe(202);
+        ids.push(res.json.run_id as string);
+      }
+      for (const id of ids) {
+        await waitFor(async () => (await api(stack, 'GET', `/api/v1/golden-path/runs/${id}`, { token: submitter })).json?.status === 'waiting', { timeoutMs: 60_000, intervalMs: 100, what: `run ${id} to wait` });
+      }
+    } finally {
+      // No worker left to sweep (its own sweeper would repair everything at once) or to take a timer.
+      worker.kill('SIGKILL');
+      await worker.exited;
+    }
+    const { rows } = await stack.db.admin(`select id, idempotency_hash from durable_runs where id = any($1::uuid[])`, [ids]);
+    const timerOf = new Map(rows.map((r) => [r.id as string, namedJobId('gp', r.idempotency_hash as string, 'sla')]));
+    const timers = stack.container.queues.get(TIMER_QUEUE)!;
+    // Every run's timer is there, then lost as in a flush (the sweeper's marker lives under a key of its own here: gone too).
+    for (const id of ids) expect(await timers.getJobState(timerOf.get(id)!), id).toBe('delayed');
+    for (const id of ids) await timers.remove(timerOf.get(id)!);
+
+    const sweeper = new Sweeper({
+      orm: stack.container.orm,
+      runtime: stack.container.runtime,
+      redis: stack.container.redis,
+      logger: pino({ level: 'silent' }),
+      lockKey: `${stack.prefix}:window-sweeper-lock`,
+      intervalMs: 1000,
+      minAgeMs: 0,
+      batch: 1,
+      maxPerSweep: 2,
+    });
+    const reports = [];
+    // Enough sweeps to go over every waiting run twice at two a sweep.
+    for (let i = 0; i < RUNS; i++) reports.push(await sweeper.sweep());
+    expect(reports[0]!.redisLost).toBe(true);
+    const states = await Promise.all(ids.map((id) => timers.getJobState(timerOf.get(id)!)));
+    expect(states).toEqual(ids.map(() => 'delayed'));
+    // Once each: a sweep never re-created a timer that was there.
+    expect(reports.reduce((n, r) => n + r.repairedWaiting, 0)).toBe(RUNS);
+  });
+});
