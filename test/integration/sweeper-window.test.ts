@@ -13,6 +13,8 @@ import { namedJobId } from '../../src/platform/queue/job-ids.ts';
 import { TIMER_QUEUE } from '../../src/platform/queue/timers.ts';
 import { api, newTenant, SAMPLE_SUBMISSION, startStack, type TestStack } from '../helpers/stack.ts';
 import { waitFor } from '../helpers/poll.ts';
+import { slowWorkflow } from '../helpers/slow-workflow.ts';
+import { createSlowRun, expectEveryStepOnce, killLiveWorkers, waitEntered, waitRun } from '../helpers/recovery.ts';
 
 const LONG = 180_000;
 const RUNS = 5;
@@ -70,5 +72,56 @@ describe('a sweep bounded by maxPerSweep', () => {
     expect(states).toEqual(ids.map(() => 'delayed'));
     // Once each: a sweep never re-created a timer that was there.
     expect(reports.reduce((n, r) => n + r.repairedWaiting, 0)).toBe(RUNS);
+  });
+});
+
+describe("Redis flushed while a run waits for a human and a tenant's run jobs are parked at its cap (own redis-server)", () => {
+  let stack: TestStack;
+  beforeAll(async () => {
+    // Thirty seconds of class B SLA: the flush lands long before it; one run job at a time per tenant.
+    stack = await startStack({ ownRedis: true, workerEntry: 'test/helpers/test-worker.ts', extraWorkflows: [slowWorkflow()], env: { APPROVAL_SLA_B: '30s', WORKER_MAX_ACTIVE_RUNS_PER_TENANT: '1' } });
+  });
+  afterAll(async () => {
+    await killLiveWorkers(stack);
+    await stack?.stop();
+  });
+
+  it('the waiting run still expires at its deadline, and the parked runs and the one whose worker was SIGKILLed complete, each step once', { timeout: LONG }, async () => {
+    const waiter = newTenant();
+    const capped = newTenant();
+    const submitter = await stack.token({ tenantId: waiter, sub: 'submitter-1' });
+    // Every gp-slow step hangs in this worker: the capped tenant's first run holds its one slot.
+    const first = await stack.spawnWorker({ GP_SLOW_STEP_MS: 'hang' });
+    const res = await api(stack, 'POST', '/api/v1/golden-path/run', { token: submitter, body: SAMPLE_SUBMISSION, headers: { 'Idempotency-Key': randomUUID() } });
+    expect(res.status).toBe(202);
+    const waitingId = res.json.run_id as string;
+    await waitFor(async () => (await api(stack, 'GET', `/api/v1/golden-path/runs/${waitingId}`, { token: submitter })).json?.status === 'waiting', { timeoutMs: 60_000, intervalMs: 100, what: 'the class B run to wait' });
+    const holder = await createSlowRun(stack, capped, { enqueue: true });
+    await waitEntered(first, holder.id, 1);
+    const parked = [await createSlowRun(stack, capped, { enqueue: true }), await createSlowRun(stack, capped, { enqueue: true })];
+    const parkedKey = `${stack.prefix}:tenant-parked:${capped}`;
+    await waitFor(async () => (await stack.ownRedis!.client.zcard(parkedKey)) === 2, { timeoutMs: 60_000, what: "the capped tenant's two other run jobs to be parked" });
+
+    // Every job, lock, slot, parked set, timer and scheduler gone; the worker holding the slot killed mid-step.
+    await stack.ownRedis!.client.flushall();
+    first.kill('SIGKILL');
+    await first.exited;
+    // Still waiting after the flush: its timer had not fired, and is gone now.
+    expect((await api(stack, 'GET', `/api/v1/golden-path/runs/${waitingId}`, { token: submitter })).json.status).toBe('waiting');
+
+    await stack.spawnWorker({ GP_SLOW_STEP_MS: '0' });
+    for (const run of [holder, ...parked]) {
+      const done = await waitRun(stack, capped, run.id, ['completed', 'failed'], 120_000);
+      expect(done.status, run.id).toBe('completed');
+      expectEveryStepOnce(done);
+    }
+    const expired = await waitFor(
+      async () => {
+        const r = (await api(stack, 'GET', `/api/v1/golden-path/runs/${waitingId}`, { token: submitter })).json;
+        return r?.status !== 'waiting' ? r : undefined;
+      },
+      { timeoutMs: 120_000, intervalMs: 200, what: 'the waiting run to expire at its deadline' },
+    );
+    expect(expired.status).toBe('approval_expired');
   });
 });
