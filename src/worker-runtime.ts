@@ -9,7 +9,7 @@ import { TenantSlots } from './platform/durable/tenant-slots.ts';
 import { seedActiveRunOverrides } from './platform/limits/tenant-limits.ts';
 import type { Config } from './platform/config/config.ts';
 import type { Redis } from 'ioredis';
-import { scheduleMaintenance, MAINTENANCE_QUEUE, maintenanceHandlers, repairRunRetentionSchedule, restoreMaintenanceSchedulers } from './platform/queue/maintenance.ts';
+import { scheduleMaintenance, MAINTENANCE_QUEUE, maintenanceHandlers, repairRunRetentionSchedule, repairStandingSchedulers, restoreMaintenanceSchedulers } from './platform/queue/maintenance.ts';
 import { TIMER_QUEUE } from './platform/queue/timers.ts';
 import { startMetricsServer } from './platform/telemetry/metrics-server.ts';
 import { onShutdown } from './platform/process/shutdown.ts';
@@ -225,8 +225,12 @@ export async function startWorkerProcess(c: Container, opts: { signal?: AbortSig
       await restoreMaintenanceSchedulers(maintenance, { runRetentionMs: cfg.RUN_RETENTION, webhookRedeliveryMs: cfg.WEBHOOK_REDELIVERY_INTERVAL, logger: c.logger, scheduledBy: c.instanceId, orm: c.orm });
     },
     // And at every sweep: a run-retention scheduler lost alone (keys lost one by one, a snapshot restored,
-    // the marker kept) or holding an older decision is made the recorded decision's copy again.
+    // the marker kept) or holding an older decision is made the recorded decision's copy again; the
+    // standing schedulers are put back when gone (the worker that noticed the loss may have died before
+    // its repair, the marker set).
     eachSweep: async () => {
+      const gone = await repairStandingSchedulers(maintenance, { webhookRedeliveryMs: cfg.WEBHOOK_REDELIVERY_INTERVAL });
+      if (gone.length) c.logger.warn({ schedulers: gone }, 'maintenance schedulers put back: Redis had lost them, and the repair after its loss did not run');
       await repairRunRetentionSchedule(maintenance, c.orm, { logger: c.logger });
     },
   });

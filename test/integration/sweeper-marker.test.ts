@@ -295,3 +295,36 @@ describe('the run-retention schedule, a copy of the decision PostgreSQL holds', 
     }
   });
 });
+
+describe('a worker that noticed the loss and died before its repair (own redis-server)', () => {
+  let own: TestStack;
+  beforeAll(async () => {
+    own = await startStack({ api: false, ownRedis: true });
+  });
+  afterAll(async () => {
+    await own?.stop();
+  });
+
+  it("the standing maintenance schedulers come back at another worker's sweep, though the marker says the loss was seen", { timeout: 120_000 }, async () => {
+    const worker = await own.spawnWorker();
+    const maintenance = own.container.queues.get(MAINTENANCE_QUEUE)!;
+    const marker = `${own.prefix}:sweeper-lock:marker`;
+    const client = own.ownRedis!.client;
+    const standing = async () => (await maintenance.getJobSchedulers()).map((s) => s.key).filter((k) => k !== RUN_RETENTION_JOB).sort();
+    const both = [IDEMPOTENCY_EXPIRY_JOB, WEBHOOK_REDELIVERY_JOB].sort();
+    await waitFor(async () => (await client.exists(marker)) === 1 && JSON.stringify(await standing()) === JSON.stringify(both), { timeoutMs: 30_000, what: "the worker's first sweep" });
+    // Redis loses its data, and the worker that noticed it sets the marker and is SIGKILLed before it put
+    // the schedulers back (its repair of waiting runs can take minutes): one transaction, so this
+    // worker's sweeps never see the marker gone.
+    await client.multi().flushall().set(marker, new Date().toISOString()).exec();
+    expect(await standing()).toEqual([]);
+    try {
+      await waitFor(async () => JSON.stringify(await standing()) === JSON.stringify(both), { timeoutMs: 20_000, what: 'the standing schedulers to come back' });
+      // Log lines are written in batches: polled for before the worker is killed.
+      await waitFor(() => worker.output().includes('maintenance schedulers put back'), { timeoutMs: 10_000, what: "the sweeper's warning" });
+    } finally {
+      worker.kill('SIGKILL');
+      await worker.exited;
+    }
+  });
+});

@@ -23,7 +23,11 @@ export interface SweeperOptions {
   minAgeMs: number;
   /** Rows per cross-tenant read. */
   batch?: number;
-  /** Upper bound of runs examined in one sweep; the next sweep starts again from the oldest. */
+  /**
+   * Upper bound of runs of each kind (waiting; pending or running) examined in one sweep; a sweep that
+   * stops at it leaves the rest to the next, which goes on after the last run examined, and starts
+   * again from the oldest once it has reached the newest.
+   */
   maxPerSweep?: number;
   /** Above this many live jobs in a queue, a sweep looks its pending runs' jobs up one by one instead of listing them (default LIVE_SNAPSHOT_MAX). */
   liveSnapshotMax?: number;
@@ -72,6 +76,13 @@ export class Sweeper {
   private timer: NodeJS.Timeout | undefined;
   private running: Promise<unknown> | undefined;
   private readonly o: SweeperOptions;
+  /**
+   * Where the next sweep goes on, per kind of run, when the last stopped at `maxPerSweep`. Waiting runs
+   * keep their `updated_at` while a human takes days to decide: started from the oldest every time, a
+   * sweep would look at the same oldest ones for ever and never find a newer one whose timer is gone.
+   * In this process's memory: each worker that wins the lock goes on from where its own last sweep stopped.
+   */
+  private readonly resumeAfter = new Map<string, { updatedAt: string; id: string }>();
   constructor(opts: SweeperOptions) {
     this.o = opts;
   }
@@ -123,7 +134,7 @@ export class Sweeper {
       // repairs again; a repair that fails removes it for the same reason.
       await this.o.redis.set(marker, new Date().toISOString());
       try {
-        await this.eachIncomplete(['waiting'], 0, async (page) => {
+        await this.eachIncomplete(['waiting'], 0, undefined, async (page) => {
           for (const ref of page) {
             if (await this.guarded(ref, () => this.repairWaiting(ref))) report.repairedWaiting++;
           }
@@ -140,7 +151,7 @@ export class Sweeper {
     // A waiting run's timer can also be gone while Redis kept its data: removed, failed for good
     // (its attempts spent while the database was down), or ended early. Without it the run would wait
     // forever: past its deadline nobody may decide it, and nothing would expire it.
-    await this.eachIncomplete(['waiting'], this.o.minAgeMs, async (page) => {
+    await this.eachIncomplete(['waiting'], this.o.minAgeMs, 'waiting', async (page) => {
       // Its timer lives in the timers queue; one an older release added to the workflow's own queue
       // (a rolling deploy, ADR 0015) is alive there and fires there, so it is not duplicated.
       const alive = await this.withLiveJob(page, snapshots, (wf, ref) => wf.waitingJobId?.(ref.idempotency_hash), (wf) => [TIMER_QUEUE, wf.queue]);
@@ -152,7 +163,7 @@ export class Sweeper {
         }
       }
     });
-    await this.eachIncomplete(['pending', 'running'], this.o.minAgeMs, async (page) => {
+    await this.eachIncomplete(['pending', 'running'], this.o.minAgeMs, 'active', async (page) => {
       // A pending run has no completed step (its first step's commit moves it to running), so its one job is the one from step 1.
       // (Of its first generation: the system role does not read retry_count, so a retried pending run
       // is never found here and goes to reenqueue, which reads the run and looks for its retry's job.)
@@ -221,11 +232,17 @@ export class Sweeper {
     return alive;
   }
 
-  /** Pages through incomplete runs, oldest first, with a keyset cursor so alive runs never hide the ones behind them. */
-  private async eachIncomplete(statuses: RunStatus[], olderThanMs: number, fn: (page: IncompleteRun[]) => Promise<void>): Promise<void> {
+  /**
+   * Pages through incomplete runs, oldest first, with a keyset cursor so alive runs never hide the ones
+   * behind them. With `resume` (the kind of runs), a pass that stops at `maxPerSweep` is gone on with
+   * by the next one from where it stopped; one that reaches the newest run has the next start from the oldest.
+   */
+  private async eachIncomplete(statuses: RunStatus[], olderThanMs: number, resume: string | undefined, fn: (page: IncompleteRun[]) => Promise<void>): Promise<void> {
     const batch = this.o.batch ?? 500;
     const max = this.o.maxPerSweep ?? 20_000;
-    let after: { updatedAt: string; id: string } | undefined;
+    let after = resume ? this.resumeAfter.get(resume) : undefined;
+    // Forgotten first: a pass that fails half way starts the next from the oldest again.
+    if (resume) this.resumeAfter.delete(resume);
     for (let seen = 0; seen < max; ) {
       const page = await this.o.runtime.list_incomplete(systemEm(this.o.orm), { olderThanMs, limit: batch, statuses, ...(after ? { after } : {}) });
       await fn(page);
@@ -234,6 +251,7 @@ export class Sweeper {
       if (page.length < batch || !last) return;
       after = { updatedAt: last.updated_at_exact, id: last.id };
     }
+    if (resume && after) this.resumeAfter.set(resume, after);
   }
 
   private async repairWaiting(ref: IncompleteRun): Promise<boolean> {

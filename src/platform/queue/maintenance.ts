@@ -308,6 +308,23 @@ async function upsertStandingSchedulers(queue: Queue, schedule: MaintenanceSched
 }
 
 /**
+ * The sweeper's repair at every sweep of the schedulers no worker removes: upserted when either is gone.
+ * The repair after a loss (restoreMaintenanceSchedulers) runs once per loss, by the worker whose sweep
+ * found the marker gone, which sets the marker first: a worker killed before it got to the schedulers
+ * (its repair of waiting runs can take minutes) left the marker set and the schedulers gone, and no
+ * other worker's sweep would put them back — pending webhook deliveries whose jobs the loss took were
+ * never redelivered, expired idempotency keys never deleted, until a worker started. Resolves the
+ * names of the schedulers that were gone.
+ */
+export async function repairStandingSchedulers(queue: Queue, schedule: MaintenanceSchedule = {}): Promise<string[]> {
+  const names = [IDEMPOTENCY_EXPIRY_JOB, WEBHOOK_REDELIVERY_JOB];
+  const found = await Promise.all(names.map((name) => queue.getJobScheduler(name)));
+  const gone = names.filter((_, i) => !found[i]);
+  if (gone.length) await upsertStandingSchedulers(queue, schedule);
+  return gone;
+}
+
+/**
  * The sweeper's repair of the schedulers once its marker is gone (Redis flushed or replaced, or its
  * first sweep on a fresh Redis). The schedulers no worker removes are upserted always: Redis may have
  * kept some keys and lost others (a snapshot older than a scheduler, keys lost one by one), or a
