@@ -70,6 +70,11 @@ export class DemoProcesses {
     return codes.every((c) => c === 0 || c === null);
   }
 
+  /** Sends `signal` to every child still running, synchronously (for the demo's 'exit' handler). */
+  signalAll(signal: NodeJS.Signals): void {
+    for (const c of this.children) if (c.alive) c.proc.kill(signal);
+  }
+
   printLogs(lines = 80): void {
     for (const c of this.children) {
       console.error(`\n--- last lines of the ${c.name} log (pid ${c.proc.pid}) ---`);

@@ -8,7 +8,8 @@
  * webhook-id is kept once.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { spawn } from 'node:child_process';
+import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
+import { existsSync, readFileSync } from 'node:fs';
 import { randomBytes, randomUUID } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
 import { Redis } from 'ioredis';
@@ -17,9 +18,26 @@ import { TEST_ADMIN_URL, TEST_JWT_SECRET, TEST_REDIS_URL } from '../helpers/env.
 import { DemoWebhookReceiver } from '../../src/demo/webhook-receiver.ts';
 import { DemoError, until } from '../../src/demo/demo-support.ts';
 import { signedHeaders } from '../../src/platform/webhooks/send.ts';
+import { waitFor } from '../helpers/poll.ts';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 const UUID = '[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}';
+
+/** The demo's environment on a database and a queue prefix of its own (no .env: the demo reads only this). */
+const demoEnv = (db: TestDatabase, prefix: string): Record<string, string> => ({
+  PATH: process.env.PATH ?? '',
+  NODE_ENV: 'development',
+  DATABASE_URL: db.appUrl,
+  MIGRATION_DATABASE_URL: db.ownerUrl,
+  DATABASE_ADMIN_URL: TEST_ADMIN_URL,
+  REDIS_URL: TEST_REDIS_URL,
+  QUEUE_PREFIX: prefix,
+  JWT_SECRET: TEST_JWT_SECRET,
+  PORT: '0',
+  OTEL_SDK_DISABLED: 'true',
+  // As .env.example: the guard on. The demo turns it off for its own children only.
+  WEBHOOK_ALLOW_PRIVATE_NETWORKS: 'false',
+});
 
 describe('npm run demo', () => {
   let db: TestDatabase;
@@ -31,20 +49,7 @@ describe('npm run demo', () => {
     db = await createTestDatabase();
     const proc = spawn(process.execPath, ['src/cli/demo.ts'], {
       cwd: ROOT,
-      env: {
-        PATH: process.env.PATH ?? '',
-        NODE_ENV: 'development',
-        DATABASE_URL: db.appUrl,
-        MIGRATION_DATABASE_URL: db.ownerUrl,
-        DATABASE_ADMIN_URL: TEST_ADMIN_URL,
-        REDIS_URL: TEST_REDIS_URL,
-        QUEUE_PREFIX: prefix,
-        JWT_SECRET: TEST_JWT_SECRET,
-        PORT: '0',
-        OTEL_SDK_DISABLED: 'true',
-        // As .env.example: the guard on. The demo turns it off for its own children only.
-        WEBHOOK_ALLOW_PRIVATE_NETWORKS: 'false',
-      },
+      env: demoEnv(db, prefix),
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     proc.stdout.on('data', (d) => (out += d));
@@ -72,6 +77,64 @@ describe('npm run demo', () => {
     const rows = (await db.admin(`select d.id, d.event_type, d.status, e.url from webhook_deliveries d join webhook_endpoints e on e.id = d.endpoint_id order by d.created_at`)).rows;
     expect(rows.map((r) => ({ type: r.event_type, id: r.id }))).toEqual(printed);
     expect(rows.every((r) => r.status === 'delivered' && /^http:\/\/127\.0\.0\.1:\d+\/dealix-webhooks$/.test(r.url))).toBe(true);
+  });
+});
+
+/** A process that has not exited (a zombie, exited but not yet reaped by its new parent, counts as exited). */
+const running = (pid: number) => existsSync(`/proc/${pid}`) && !/^\d+ \(.*\) Z/.test(readFileSync(`/proc/${pid}/stat`, 'utf8'));
+
+describe('npm run demo ended from outside: its API and worker end with it', () => {
+  let db: TestDatabase;
+  const prefix = `tdemoend${randomBytes(4).toString('hex')}`;
+  const pids: number[] = [];
+
+  beforeAll(async () => {
+    db = await createTestDatabase();
+  }, 60_000);
+  afterAll(async () => {
+    for (const pid of pids) if (running(pid)) process.kill(pid, 'SIGKILL');
+    const redis = new Redis(TEST_REDIS_URL, { maxRetriesPerRequest: 1 });
+    const keys = await redis.keys(`${prefix}:*`);
+    for (let i = 0; i < keys.length; i += 500) await redis.del(...keys.slice(i, i + 500));
+    redis.disconnect();
+    await db?.drop();
+  });
+
+  /** The demo as a child process, its output collected until `until` appears; the children's pids it printed. */
+  async function startDemo(args: string[], until: string): Promise<{ proc: ChildProcessWithoutNullStreams; exited: Promise<number | null>; children: number[] }> {
+    const proc = spawn(process.execPath, ['src/cli/demo.ts', ...args], {
+      cwd: ROOT,
+      env: demoEnv(db, prefix),
+    });
+    const exited = new Promise<number | null>((resolve) => proc.once('exit', (c) => resolve(c)));
+    let out = '';
+    proc.stdout.on('data', (d) => (out += d));
+    proc.stderr.on('data', (d) => (out += d));
+    try {
+      await waitFor(() => out.includes(until) || proc.exitCode !== null, { timeoutMs: 90_000, what: until });
+      const children = [/API ready at \S+ \(pid (\d+)\)/, /worker started \(pid (\d+)\)/].map((re) => Number(re.exec(out)?.[1]));
+      pids.push(...children.filter((p) => p > 0));
+      expect(children.every((p) => p > 0), out).toBe(true);
+      return { proc, exited, children };
+    } catch (e) {
+      proc.kill('SIGKILL');
+      throw e;
+    }
+  }
+
+  it('SIGHUP (the terminal closed) with --keep-running: the demo stops both children and exits', { timeout: 180_000 }, async () => {
+    const demo = await startDemo(['--keep-running'], 'press Ctrl-C to stop them');
+    demo.proc.kill('SIGHUP');
+    await waitFor(() => demo.proc.exitCode !== null || demo.proc.signalCode !== null, { timeoutMs: 60_000, what: 'the demo to exit' });
+    await waitFor(() => demo.children.every((pid) => !running(pid)), { timeoutMs: 60_000, what: "the demo's API and worker to exit" });
+  });
+
+  it('its output closed (`npm run demo | head`): the demo dies of EPIPE, and its children are stopped all the same', { timeout: 180_000 }, async () => {
+    const demo = await startDemo([], 'worker started');
+    demo.proc.stdout.destroy();
+    demo.proc.stderr.destroy();
+    await waitFor(() => demo.proc.exitCode !== null || demo.proc.signalCode !== null, { timeoutMs: 60_000, what: 'the demo to exit' });
+    await waitFor(() => demo.children.every((pid) => !running(pid)), { timeoutMs: 60_000, what: "the demo's API and worker to exit" });
   });
 });
 
