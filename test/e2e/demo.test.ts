@@ -10,6 +10,8 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
+import { createServer } from 'node:net';
+import type { AddressInfo } from 'node:net';
 import { randomBytes, randomUUID } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
 import { Redis } from 'ioredis';
@@ -17,6 +19,7 @@ import { createTestDatabase, type TestDatabase } from '../helpers/db.ts';
 import { TEST_ADMIN_URL, TEST_JWT_SECRET, TEST_REDIS_URL } from '../helpers/env.ts';
 import { DemoWebhookReceiver } from '../../src/demo/webhook-receiver.ts';
 import { DemoError, until } from '../../src/demo/demo-support.ts';
+import { DemoProcesses } from '../../src/demo/demo-processes.ts';
 import { signedHeaders } from '../../src/platform/webhooks/send.ts';
 import { waitFor } from '../helpers/poll.ts';
 
@@ -45,11 +48,17 @@ describe('npm run demo', () => {
   let out = '';
   let code: number | null = null;
 
+  // .env's WORKER_METRICS_PORT held by another process (the lead's worker, say): the demo moves it, as it moves PORT.
+  const taken = createServer();
+  let takenPort = 0;
+
   beforeAll(async () => {
     db = await createTestDatabase();
+    await new Promise<void>((r) => taken.listen(0, () => r()));
+    takenPort = (taken.address() as AddressInfo).port;
     const proc = spawn(process.execPath, ['src/cli/demo.ts'], {
       cwd: ROOT,
-      env: demoEnv(db, prefix),
+      env: { ...demoEnv(db, prefix), WORKER_METRICS_PORT: String(takenPort) },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     proc.stdout.on('data', (d) => (out += d));
@@ -58,6 +67,7 @@ describe('npm run demo', () => {
   }, 180_000);
 
   afterAll(async () => {
+    taken.close();
     const redis = new Redis(TEST_REDIS_URL, { maxRetriesPerRequest: 1 });
     const keys = await redis.keys(`${prefix}:*`);
     for (let i = 0; i < keys.length; i += 500) await redis.del(...keys.slice(i, i + 500));
@@ -68,6 +78,7 @@ describe('npm run demo', () => {
   it('succeeds, and prints the class B run approval.requested, approval.decided and run.completed webhooks, each verified with the secret from the create', async () => {
     expect(code, out).toBe(0);
     expect(out).toContain('The demo succeeded');
+    expect(out).toMatch(new RegExp(`port ${takenPort} \\(the worker metrics\\) is in use; using \\d+ instead`));
     expect(out).toContain('WEBHOOK_ALLOW_PRIVATE_NETWORKS=true for these two only');
     expect(out).toMatch(new RegExp(`201 Created: endpoint ${UUID} for approval\\.requested, approval\\.decided, run\\.completed`));
     const printed = [...out.matchAll(new RegExp(`webhook  (\\S+)\\s+signature verified  webhook-id (${UUID})`, 'g'))].map((m) => ({ type: m[1], id: m[2] }));
@@ -77,6 +88,21 @@ describe('npm run demo', () => {
     const rows = (await db.admin(`select d.id, d.event_type, d.status, e.url from webhook_deliveries d join webhook_endpoints e on e.id = d.endpoint_id order by d.created_at`)).rows;
     expect(rows.map((r) => ({ type: r.event_type, id: r.id }))).toEqual(printed);
     expect(rows.every((r) => r.status === 'delivered' && /^http:\/\/127\.0\.0\.1:\d+\/dealix-webhooks$/.test(r.url))).toBe(true);
+  });
+});
+
+describe("the demo's children", () => {
+  it('one that exits while the demo waits: the demo fails naming it and the reason its last error line gives', { timeout: 60_000 }, async () => {
+    const procs = new DemoProcesses();
+    const fatal = JSON.stringify({ level: 60, msg: 'worker could not start', err: { message: 'listen EADDRINUSE: address already in use :::9464' } });
+    procs.start('worker', ['-e', `console.log(${JSON.stringify(fatal)}); process.exit(1)`], { PATH: process.env.PATH ?? '' });
+    try {
+      await expect(until('the worker to start', 30_000, async () => undefined, procs.assertAlive)).rejects.toThrow(
+        'the worker exited (code 1): worker could not start: listen EADDRINUSE: address already in use :::9464 while waiting for the worker to start',
+      );
+    } finally {
+      await procs.stopAll(5_000);
+    }
   });
 });
 
