@@ -31,7 +31,18 @@ const server = createServer(
 // What Node's HTTP parser refuses (431, 400, 408) is answered problem+json too, not with a bare status line.
 server.on('clientError', answerClientError(container.logger));
 const drain = drainOnClose(server, config.WORKER_SHUTDOWN_GRACE);
+// The port taken (or not ours to bind): one log line and exit 1, as a worker's start failure. Unhandled,
+// the listen error was Node's bare stack trace after the connections had been opened, never closed.
+const listenFailed = (err: Error) => {
+  container.logger.fatal({ err, port: config.PORT }, 'api could not start');
+  void container.close().finally(() => {
+    container.logger.flush?.();
+    process.exit(1);
+  });
+};
+server.once('error', listenFailed);
 server.listen(config.PORT, () => {
+  server.off('error', listenFailed);
   const addr = server.address();
   container.logger.info({ port: typeof addr === 'object' && addr ? addr.port : config.PORT }, 'api listening');
   if (usesPublishedJwtSecret(config)) {

@@ -15,7 +15,9 @@ const stopRequested = new Promise<void>((resolve) => (requestStop = resolve));
 let keptRunning = false;
 let aborting = false;
 
-for (const signal of ['SIGINT', 'SIGTERM'] as const) {
+// SIGHUP: the terminal closed. Its default action ended the demo at once, and the children, in process
+// groups of their own, kept running (holding the API port, taking the prefix's jobs) with no one to stop them.
+for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
   process.on(signal, () => {
     if (keptRunning) return requestStop?.(); // --keep-running: a signal is the normal way to finish
     if (aborting) return;
@@ -24,6 +26,10 @@ for (const signal of ['SIGINT', 'SIGTERM'] as const) {
     void procs.stopAll(5_000).finally(() => process.exit(130));
   });
 }
+
+// The demo ending any other way (an uncaught error: stdout closed under `npm run demo | head` is EPIPE)
+// must not leave them behind either: 'exit' runs synchronously, so each child still running gets its SIGTERM.
+process.on('exit', () => procs.signalAll('SIGTERM'));
 
 try {
   const { graceMs } = await runDemo(procs, {

@@ -8,9 +8,18 @@ const { values } = parseArgs({
   options: { tenant: { type: 'string' }, sub: { type: 'string' }, roles: { type: 'string', default: '' }, ttl: { type: 'string', default: '1h' } },
 });
 const uuid = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
-if (!values.tenant || !uuid.test(values.tenant) || !values.sub) {
+const usage: (problem?: string) => never = (problem) => {
+  if (problem) console.error(problem);
   console.error('usage: npm run token -- --tenant <uuid> --sub <id> [--roles a,b] [--ttl 1h]');
   process.exit(2);
+};
+if (!values.tenant || !uuid.test(values.tenant) || !values.sub) usage();
+// A bad --ttl was parseDurationMs's stack trace, thrown past the entry.
+let ttlMs = 0;
+try {
+  ttlMs = parseDurationMs(values.ttl);
+} catch (e) {
+  usage(`--ttl: ${(e as Error).message}`);
 }
 const config = loadConfig();
 if (!config.JWT_SECRET) {
@@ -21,6 +30,6 @@ const token = await signDevToken(config, {
   tenantId: values.tenant,
   sub: values.sub,
   roles: values.roles.split(',').map((r) => r.trim()).filter(Boolean),
-  ttlSeconds: Math.round(parseDurationMs(values.ttl) / 1000),
+  ttlSeconds: Math.round(ttlMs / 1000),
 });
 console.log(token);

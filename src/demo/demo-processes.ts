@@ -34,6 +34,22 @@ export class DemoChild {
     return this.lines.some((l) => l.includes(text));
   }
 
+  /** Its last error or fatal log line, as `msg: err.message` (a start that failed says why in it). */
+  lastError(): string | undefined {
+    for (const line of [...this.lines].reverse()) {
+      if (!line.startsWith('{')) continue;
+      try {
+        const l = JSON.parse(line) as { level?: number; msg?: string; err?: { message?: string } | string };
+        if ((l.level ?? 0) < 50) continue;
+        const err = typeof l.err === 'string' ? l.err : l.err?.message;
+        return [l.msg, err].filter(Boolean).join(': ');
+      } catch {
+        // a line cut at 600 characters: not JSON any more
+      }
+    }
+    return undefined;
+  }
+
   tail(n: number): string[] {
     return this.lines.slice(-n);
   }
@@ -61,13 +77,22 @@ export class DemoProcesses {
 
   /** A guard for `until`: a child that died ends the wait at once, naming it. */
   readonly assertAlive = (): void => {
-    for (const c of this.children) if (!c.alive) throw new DemoError(`the ${c.name} exited (code ${c.proc.exitCode ?? c.proc.signalCode})`);
+    for (const c of this.children) {
+      if (c.alive) continue;
+      const why = c.lastError();
+      throw new DemoError(`the ${c.name} exited (code ${c.proc.exitCode ?? c.proc.signalCode})${why ? `: ${why}` : ''}`);
+    }
   };
 
   /** Stops every child; true when all exited cleanly (code 0). */
   async stopAll(graceMs: number): Promise<boolean> {
     const codes = await Promise.all(this.children.map((c) => c.stop(graceMs)));
     return codes.every((c) => c === 0 || c === null);
+  }
+
+  /** Sends `signal` to every child still running, synchronously (for the demo's 'exit' handler). */
+  signalAll(signal: NodeJS.Signals): void {
+    for (const c of this.children) if (c.alive) c.proc.kill(signal);
   }
 
   printLogs(lines = 80): void {
@@ -78,8 +103,8 @@ export class DemoProcesses {
   }
 }
 
-/** The configured port when it is free, else one the OS picks. */
-export async function choosePort(preferred: number): Promise<number> {
+/** The configured port when it is free, else one the OS picks (`what` names it when it says so). */
+export async function choosePort(preferred: number, what = 'the API'): Promise<number> {
   const tryListen = (port: number) =>
     new Promise<number | undefined>((resolve) => {
       const s = createServer();
@@ -91,7 +116,7 @@ export async function choosePort(preferred: number): Promise<number> {
     });
   if (preferred > 0 && (await tryListen(preferred)) !== undefined) return preferred;
   const free = await tryListen(0);
-  if (!free) throw new DemoError('could not find a free TCP port for the API');
-  if (preferred > 0) say(`      port ${preferred} is in use; using ${free} instead`);
+  if (!free) throw new DemoError(`could not find a free TCP port for ${what}`);
+  if (preferred > 0) say(`      port ${preferred} (${what}) is in use; using ${free} instead`);
   return free;
 }

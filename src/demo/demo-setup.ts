@@ -1,6 +1,7 @@
 import pg from 'pg';
 import { Redis } from 'ioredis';
-import { describePgUrl, type Config } from '../platform/config/config.ts';
+import type { Config } from '../platform/config/config.ts';
+import { databaseProblem } from '../platform/db/connection-problem.ts';
 import { setupDatabase } from '../platform/db/roles.ts';
 import { migrate } from '../platform/db/migrate.ts';
 import { entities } from '../entities.ts';
@@ -10,8 +11,8 @@ const DEFAULT_ADMIN_URL = 'postgres://postgres@127.0.0.1:5432/postgres';
 /** Role or database missing (or a wrong password): setup can fix these; anything else is an outage. */
 const FIXABLE = new Set(['28000', '28P01', '3D000']);
 
-/** Connects and disconnects; false when the role or database is missing, a DemoError when PostgreSQL is unreachable. */
-async function canConnect(url: string): Promise<boolean> {
+/** Connects and disconnects; false when the role or database is missing, a DemoError naming `setting` when PostgreSQL is unreachable. */
+async function canConnect(url: string, setting: string): Promise<boolean> {
   const client = new pg.Client({ connectionString: url, connectionTimeoutMillis: 5000 });
   try {
     await client.connect();
@@ -19,8 +20,7 @@ async function canConnect(url: string): Promise<boolean> {
     return true;
   } catch (e) {
     if (FIXABLE.has((e as { code?: string }).code ?? '')) return false;
-    const { host, port } = describePgUrl(url);
-    throw new DemoError(`PostgreSQL is not reachable at ${host}:${port} (${(e as Error).message}). Start it, or point DATABASE_URL at it.`);
+    throw new DemoError(databaseProblem(e, setting, url) ?? `could not connect through ${setting} (${(e as Error).message})`);
   } finally {
     await client.end().catch(() => {});
   }
@@ -29,7 +29,7 @@ async function canConnect(url: string): Promise<boolean> {
 /** Roles and database through the superuser URL when the app or owner cannot connect; then pending migrations as the owner. */
 export async function prepareDatabase(config: Config): Promise<void> {
   say(`[1/8] Database    ${safeUrl(config.DATABASE_URL)}`);
-  const ready = (await canConnect(config.DATABASE_URL)) && (await canConnect(config.MIGRATION_DATABASE_URL));
+  const ready = (await canConnect(config.DATABASE_URL, 'DATABASE_URL')) && (await canConnect(config.MIGRATION_DATABASE_URL, 'MIGRATION_DATABASE_URL'));
   if (!ready) {
     const adminUrl = config.DATABASE_ADMIN_URL ?? DEFAULT_ADMIN_URL;
     say(`      creating roles and database through ${safeUrl(adminUrl)}`);

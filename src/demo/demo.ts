@@ -44,7 +44,9 @@ async function startChildren(procs: DemoProcesses, config: Config, env: Record<s
   const port = await choosePort(config.PORT);
   // The demo's webhook receiver listens on 127.0.0.1, which the SSRF guard refuses (ADR 0013): the
   // guard is off for these two children only, whatever .env says; .env.example keeps it on.
-  const childEnv = { ...env, PORT: String(port), WEBHOOK_ALLOW_PRIVATE_NETWORKS: 'true' };
+  const childEnv: Record<string, string> = { ...env, PORT: String(port), WEBHOOK_ALLOW_PRIVATE_NETWORKS: 'true' };
+  // A worker metrics port from .env that another process holds would stop the worker at start: moved, as PORT is.
+  if (config.WORKER_METRICS_PORT) childEnv.WORKER_METRICS_PORT = String(await choosePort(config.WORKER_METRICS_PORT, 'the worker metrics'));
   const register = ['--import', './src/platform/telemetry/register.ts'];
   const api = procs.start('API', [...register, 'src/server.ts'], childEnv);
   const worker = procs.start('worker', [...register, 'workers/golden-path.worker.ts'], childEnv);

@@ -8,7 +8,10 @@
  * webhook-id is kept once.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { spawn } from 'node:child_process';
+import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
+import { existsSync, readFileSync } from 'node:fs';
+import { createServer } from 'node:net';
+import type { AddressInfo } from 'node:net';
 import { randomBytes, randomUUID } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
 import { Redis } from 'ioredis';
@@ -16,10 +19,28 @@ import { createTestDatabase, type TestDatabase } from '../helpers/db.ts';
 import { TEST_ADMIN_URL, TEST_JWT_SECRET, TEST_REDIS_URL } from '../helpers/env.ts';
 import { DemoWebhookReceiver } from '../../src/demo/webhook-receiver.ts';
 import { DemoError, until } from '../../src/demo/demo-support.ts';
+import { DemoProcesses } from '../../src/demo/demo-processes.ts';
 import { signedHeaders } from '../../src/platform/webhooks/send.ts';
+import { waitFor } from '../helpers/poll.ts';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 const UUID = '[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}';
+
+/** The demo's environment on a database and a queue prefix of its own (no .env: the demo reads only this). */
+const demoEnv = (db: TestDatabase, prefix: string): Record<string, string> => ({
+  PATH: process.env.PATH ?? '',
+  NODE_ENV: 'development',
+  DATABASE_URL: db.appUrl,
+  MIGRATION_DATABASE_URL: db.ownerUrl,
+  DATABASE_ADMIN_URL: TEST_ADMIN_URL,
+  REDIS_URL: TEST_REDIS_URL,
+  QUEUE_PREFIX: prefix,
+  JWT_SECRET: TEST_JWT_SECRET,
+  PORT: '0',
+  OTEL_SDK_DISABLED: 'true',
+  // As .env.example: the guard on. The demo turns it off for its own children only.
+  WEBHOOK_ALLOW_PRIVATE_NETWORKS: 'false',
+});
 
 describe('npm run demo', () => {
   let db: TestDatabase;
@@ -27,24 +48,17 @@ describe('npm run demo', () => {
   let out = '';
   let code: number | null = null;
 
+  // .env's WORKER_METRICS_PORT held by another process (the lead's worker, say): the demo moves it, as it moves PORT.
+  const taken = createServer();
+  let takenPort = 0;
+
   beforeAll(async () => {
     db = await createTestDatabase();
+    await new Promise<void>((r) => taken.listen(0, () => r()));
+    takenPort = (taken.address() as AddressInfo).port;
     const proc = spawn(process.execPath, ['src/cli/demo.ts'], {
       cwd: ROOT,
-      env: {
-        PATH: process.env.PATH ?? '',
-        NODE_ENV: 'development',
-        DATABASE_URL: db.appUrl,
-        MIGRATION_DATABASE_URL: db.ownerUrl,
-        DATABASE_ADMIN_URL: TEST_ADMIN_URL,
-        REDIS_URL: TEST_REDIS_URL,
-        QUEUE_PREFIX: prefix,
-        JWT_SECRET: TEST_JWT_SECRET,
-        PORT: '0',
-        OTEL_SDK_DISABLED: 'true',
-        // As .env.example: the guard on. The demo turns it off for its own children only.
-        WEBHOOK_ALLOW_PRIVATE_NETWORKS: 'false',
-      },
+      env: { ...demoEnv(db, prefix), WORKER_METRICS_PORT: String(takenPort) },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     proc.stdout.on('data', (d) => (out += d));
@@ -54,6 +68,7 @@ describe('npm run demo', () => {
   }, 180_000);
 
   afterAll(async () => {
+    taken.close();
     const redis = new Redis(TEST_REDIS_URL, { maxRetriesPerRequest: 1 });
     const keys = await redis.keys(`${prefix}:*`);
     for (let i = 0; i < keys.length; i += 500) await redis.del(...keys.slice(i, i + 500));
@@ -64,6 +79,7 @@ describe('npm run demo', () => {
   it('succeeds, and prints the class B run approval.requested, approval.decided and run.completed webhooks, each verified with the secret from the create', async () => {
     expect(code, out).toBe(0);
     expect(out).toContain('The demo succeeded');
+    expect(out).toMatch(new RegExp(`port ${takenPort} \\(the worker metrics\\) is in use; using \\d+ instead`));
     expect(out).toContain('WEBHOOK_ALLOW_PRIVATE_NETWORKS=true for these two only');
     expect(out).toMatch(new RegExp(`201 Created: endpoint ${UUID} for approval\\.requested, approval\\.decided, run\\.completed`));
     const printed = [...out.matchAll(new RegExp(`webhook  (\\S+)\\s+signature verified  webhook-id (${UUID})`, 'g'))].map((m) => ({ type: m[1], id: m[2] }));
@@ -73,6 +89,79 @@ describe('npm run demo', () => {
     const rows = (await db.admin(`select d.id, d.event_type, d.status, e.url from webhook_deliveries d join webhook_endpoints e on e.id = d.endpoint_id order by d.created_at`)).rows;
     expect(rows.map((r) => ({ type: r.event_type, id: r.id }))).toEqual(printed);
     expect(rows.every((r) => r.status === 'delivered' && /^http:\/\/127\.0\.0\.1:\d+\/dealix-webhooks$/.test(r.url))).toBe(true);
+  });
+});
+
+describe("the demo's children", () => {
+  it('one that exits while the demo waits: the demo fails naming it and the reason its last error line gives', { timeout: 60_000 }, async () => {
+    const procs = new DemoProcesses();
+    const fatal = JSON.stringify({ level: 60, msg: 'worker could not start', err: { message: 'listen EADDRINUSE: address already in use :::9464' } });
+    procs.start('worker', ['-e', `console.log(${JSON.stringify(fatal)}); process.exit(1)`], { PATH: process.env.PATH ?? '' });
+    try {
+      await expect(until('the worker to start', 30_000, async () => undefined, procs.assertAlive)).rejects.toThrow(
+        'the worker exited (code 1): worker could not start: listen EADDRINUSE: address already in use :::9464 while waiting for the worker to start',
+      );
+    } finally {
+      await procs.stopAll(5_000);
+    }
+  });
+});
+
+/** A process that has not exited (a zombie, exited but not yet reaped by its new parent, counts as exited). */
+const running = (pid: number) => existsSync(`/proc/${pid}`) && !/^\d+ \(.*\) Z/.test(readFileSync(`/proc/${pid}/stat`, 'utf8'));
+
+describe('npm run demo ended from outside: its API and worker end with it', () => {
+  let db: TestDatabase;
+  const prefix = `tdemoend${randomBytes(4).toString('hex')}`;
+  const pids: number[] = [];
+
+  beforeAll(async () => {
+    db = await createTestDatabase();
+  }, 60_000);
+  afterAll(async () => {
+    for (const pid of pids) if (running(pid)) process.kill(pid, 'SIGKILL');
+    const redis = new Redis(TEST_REDIS_URL, { maxRetriesPerRequest: 1 });
+    const keys = await redis.keys(`${prefix}:*`);
+    for (let i = 0; i < keys.length; i += 500) await redis.del(...keys.slice(i, i + 500));
+    redis.disconnect();
+    await db?.drop();
+  });
+
+  /** The demo as a child process, its output collected until `until` appears; the children's pids it printed. */
+  async function startDemo(args: string[], until: string): Promise<{ proc: ChildProcessWithoutNullStreams; exited: Promise<number | null>; children: number[] }> {
+    const proc = spawn(process.execPath, ['src/cli/demo.ts', ...args], {
+      cwd: ROOT,
+      env: demoEnv(db, prefix),
+    });
+    const exited = new Promise<number | null>((resolve) => proc.once('exit', (c) => resolve(c)));
+    let out = '';
+    proc.stdout.on('data', (d) => (out += d));
+    proc.stderr.on('data', (d) => (out += d));
+    try {
+      await waitFor(() => out.includes(until) || proc.exitCode !== null, { timeoutMs: 90_000, what: until });
+      const children = [/API ready at \S+ \(pid (\d+)\)/, /worker started \(pid (\d+)\)/].map((re) => Number(re.exec(out)?.[1]));
+      pids.push(...children.filter((p) => p > 0));
+      expect(children.every((p) => p > 0), out).toBe(true);
+      return { proc, exited, children };
+    } catch (e) {
+      proc.kill('SIGKILL');
+      throw e;
+    }
+  }
+
+  it('SIGHUP (the terminal closed) with --keep-running: the demo stops both children and exits', { timeout: 180_000 }, async () => {
+    const demo = await startDemo(['--keep-running'], 'press Ctrl-C to stop them');
+    demo.proc.kill('SIGHUP');
+    await waitFor(() => demo.proc.exitCode !== null || demo.proc.signalCode !== null, { timeoutMs: 60_000, what: 'the demo to exit' });
+    await waitFor(() => demo.children.every((pid) => !running(pid)), { timeoutMs: 60_000, what: "the demo's API and worker to exit" });
+  });
+
+  it('its output closed (`npm run demo | head`): the demo dies of EPIPE, and its children are stopped all the same', { timeout: 180_000 }, async () => {
+    const demo = await startDemo([], 'worker started');
+    demo.proc.stdout.destroy();
+    demo.proc.stderr.destroy();
+    await waitFor(() => demo.proc.exitCode !== null || demo.proc.signalCode !== null, { timeoutMs: 60_000, what: 'the demo to exit' });
+    await waitFor(() => demo.children.every((pid) => !running(pid)), { timeoutMs: 60_000, what: "the demo's API and worker to exit" });
   });
 });
 

@@ -208,9 +208,9 @@ describe('JWT verification against a JWKS (RS256)', () => {
 
 describe('npm run token', () => {
   const root = fileURLToPath(new URL('../..', import.meta.url));
-  const run = (env: Record<string, string>) =>
+  const run = (env: Record<string, string>, extra: string[] = []) =>
     new Promise<{ code: number | null; out: string; err: string }>((resolve) => {
-      const p = spawn(process.execPath, ['src/cli/token.ts', '--tenant', tenant, '--sub', 'cli-user', '--roles', 'approver'], { cwd: root, env: { PATH: process.env.PATH ?? '', ...env } });
+      const p = spawn(process.execPath, ['src/cli/token.ts', '--tenant', tenant, '--sub', 'cli-user', '--roles', 'approver', ...extra], { cwd: root, env: { PATH: process.env.PATH ?? '', ...env } });
       let out = '';
       let err = '';
       p.stdout.on('data', (d) => (out += d));
@@ -227,6 +227,13 @@ describe('npm run token', () => {
     expect(jwksOnly.code).not.toBe(0);
     expect(jwksOnly.err).toMatch(/JWT_SECRET is not configured/);
     expect(jwksOnly.out).toBe('');
+  });
+
+  it('a --ttl that is no duration: the usage and what is wrong with it, exit 2, no stack trace', async () => {
+    const bad = await run({ JWT_SECRET: TEST_JWT_SECRET }, ['--ttl', 'abc']);
+    expect(bad.code, bad.err).toBe(2);
+    expect(bad.out).toBe('');
+    expect(bad.err.trim()).toBe('--ttl: not a duration: "abc" (use e.g. 30s, 15m, 24h, 7d)\nusage: npm run token -- --tenant <uuid> --sub <id> [--roles a,b] [--ttl 1h]');
   });
 
   it('prints a token the verifier accepts when JWT_SECRET is set', async () => {

@@ -1,0 +1,115 @@
+/**
+ * The first hour of a new user or a deployer: a command started against a PostgreSQL that is not
+ * there, a database not yet created, a port already taken. Each must end with status 1 and say, in
+ * one line, what is wrong and which setting to fix — not a stack trace of pg-pool, kysely or
+ * `node:net` frames (the release phase of a deploy shows nothing else).
+ */
+import { spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { createServer } from 'node:net';
+import { fileURLToPath } from 'node:url';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createTestDatabase, type TestDatabase } from '../helpers/db.ts';
+import { TEST_ADMIN_URL, TEST_APP, TEST_JWT_SECRET, TEST_OWNER, TEST_REDIS_URL, pgUrl } from '../helpers/env.ts';
+import { freePort } from '../helpers/own-infra.ts';
+import { jsonLines } from '../helpers/api-process.ts';
+
+const ROOT = fileURLToPath(new URL('../..', import.meta.url));
+const LONG = 120_000;
+/** A frame of a stack trace, as Node prints one. */
+const STACK_FRAME = /^\s+at /m;
+
+/** Runs a command-line entry to its end (killed after 90 s), with only the given environment. */
+function runEntry(args: string[], env: Record<string, string>): Promise<{ code: number | null; out: string }> {
+  const proc = spawn(process.execPath, args, {
+    cwd: ROOT,
+    env: { PATH: process.env.PATH ?? '', NODE_ENV: 'development', JWT_SECRET: TEST_JWT_SECRET, OTEL_SDK_DISABLED: 'true', REDIS_URL: TEST_REDIS_URL, ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let out = '';
+  proc.stdout.on('data', (d) => (out += d));
+  proc.stderr.on('data', (d) => (out += d));
+  const killer = setTimeout(() => proc.kill('SIGKILL'), 90_000);
+  return new Promise((resolve) =>
+    proc.once('exit', (code) => {
+      clearTimeout(killer);
+      resolve({ code, out });
+    }),
+  );
+}
+
+let db: TestDatabase;
+let closedPort: number;
+beforeAll(async () => {
+  db = await createTestDatabase();
+  closedPort = await freePort();
+});
+afterAll(async () => db?.drop());
+
+describe('npm run db:*', () => {
+  it('db:migrate with PostgreSQL unreachable: one line naming MIGRATION_DATABASE_URL, exit 1', { timeout: LONG }, async () => {
+    const { code, out } = await runEntry(['src/cli/db.ts', 'migrate'], {
+      DATABASE_URL: db.appUrl,
+      MIGRATION_DATABASE_URL: `postgres://dealix_owner:dealix_owner@127.0.0.1:${closedPort}/${db.name}`,
+    });
+    expect(code, out).toBe(1);
+    expect(out.trim()).toBe(`db migrate failed: PostgreSQL is not reachable at 127.0.0.1:${closedPort} (connect ECONNREFUSED 127.0.0.1:${closedPort}). Start it, or point MIGRATION_DATABASE_URL at it.`);
+  });
+
+  it('db:migrate and db:check before db:setup created the database: say so, naming db:setup, exit 1', { timeout: LONG }, async () => {
+    const missing = `dealix_t_missing_${randomBytes(4).toString('hex')}`;
+    const env = { DATABASE_URL: pgUrl(TEST_APP, missing), MIGRATION_DATABASE_URL: pgUrl(TEST_OWNER, missing) };
+    for (const command of ['migrate', 'check']) {
+      const { code, out } = await runEntry(['src/cli/db.ts', command], env);
+      expect(code, out).toBe(1);
+      expect(out, out).not.toMatch(STACK_FRAME);
+      expect(out.trim()).toMatch(new RegExp(`^db ${command} failed: the database ${missing} \\(MIGRATION_DATABASE_URL\\) does not exist at .+\`npm run db:setup\` creates it`));
+    }
+  });
+
+  it('db:setup with a superuser URL whose role does not exist: one line naming DATABASE_ADMIN_URL, exit 1', { timeout: LONG }, async () => {
+    const admin = new URL(TEST_ADMIN_URL);
+    admin.username = `nobody_${randomBytes(4).toString('hex')}`;
+    const { code, out } = await runEntry(['src/cli/db.ts', 'setup'], { DATABASE_ADMIN_URL: admin.toString(), DATABASE_URL: db.appUrl, MIGRATION_DATABASE_URL: db.ownerUrl });
+    expect(code, out).toBe(1);
+    expect(out, out).not.toMatch(STACK_FRAME);
+    expect(out.trim()).toMatch(new RegExp(`^db setup failed: PostgreSQL refused the login of role ${admin.username} .+Check DATABASE_ADMIN_URL: it must name a superuser\\.$`));
+  });
+});
+
+describe('npm run demo', () => {
+  it('the owner URL unreachable while the application URL works: names MIGRATION_DATABASE_URL, not DATABASE_URL', { timeout: LONG }, async () => {
+    const { code, out } = await runEntry(['src/cli/demo.ts'], {
+      DATABASE_URL: db.appUrl,
+      MIGRATION_DATABASE_URL: `postgres://dealix_owner:dealix_owner@127.0.0.1:${closedPort}/${db.name}`,
+      QUEUE_PREFIX: `tdemofail${randomBytes(4).toString('hex')}`,
+      PORT: '0',
+    });
+    expect(code, out).toBe(1);
+    expect(out).toContain(`demo failed: PostgreSQL is not reachable at 127.0.0.1:${closedPort} (connect ECONNREFUSED 127.0.0.1:${closedPort}). Start it, or point MIGRATION_DATABASE_URL at it.`);
+  });
+});
+
+describe('npm run start:api', () => {
+  it('its port already taken: one fatal JSON line `api could not start` and exit 1, no bare stack trace', { timeout: LONG }, async () => {
+    const taken = createServer();
+    await new Promise<void>((r) => taken.listen(0, () => r()));
+    try {
+      const port = (taken.address() as { port: number }).port;
+      const { code, out } = await runEntry(['src/server.ts'], {
+        DATABASE_URL: db.appUrl,
+        MIGRATION_DATABASE_URL: db.ownerUrl,
+        QUEUE_PREFIX: `tapiport${randomBytes(4).toString('hex')}`,
+        PORT: String(port),
+      });
+      expect(code, out).toBe(1);
+      // Every line is a structured log line.
+      expect(out.split('\n').filter((l) => l !== '' && !l.startsWith('{'))).toEqual([]);
+      const lines = jsonLines(out);
+      expect(lines.at(-1)).toMatchObject({ level: 60, msg: 'api could not start', port, err: { code: 'EADDRINUSE' } });
+      expect(lines.map((l) => l.msg)).not.toContain('api listening');
+    } finally {
+      taken.close();
+    }
+  });
+});
