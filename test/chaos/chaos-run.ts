@@ -84,12 +84,14 @@ export async function runChaos(input: Partial<ChaosOptions>): Promise<ChaosRepor
   }
 }
 
-/** Whether a worker process has booted: its metrics endpoint (WORKER_METRICS_PORT) answers. */
-async function booted(worker: ManagedProcess): Promise<boolean> {
-  if (!worker.metricsUrl) return true;
-  const res = await fetch(worker.metricsUrl, { signal: AbortSignal.timeout(2_000) }).catch(() => undefined);
-  await res?.body?.cancel();
-  return res?.ok === true;
+/**
+ * Whether a worker process has booted: it logged `worker started` (its queues' workers are taking jobs).
+ * Its metrics endpoint answers earlier — before its workflows, Redis connections and workers are up —
+ * so on a loaded machine, read that way, the killer kept killing workers still starting and almost no
+ * step ran (a chaos run's drain timed out with class B runs still waiting).
+ */
+function booted(worker: ManagedProcess): boolean {
+  return worker.logged('"msg":"worker started"');
 }
 
 async function drive(env: Environment, o: ChaosOptions, started: number, events: string[], event: (e: string) => void): Promise<ChaosReport> {
@@ -105,7 +107,7 @@ async function drive(env: Environment, o: ChaosOptions, started: number, events:
   let postgresRestarts = 0;
 
   // SIGKILL a random worker every S seconds while there is work, and start a new one at once. A random
-  // one of those that have booted (metrics endpoint answers): on a loaded machine a start can take longer
+  // one of those that have booted (logged `worker started`): on a loaded machine a start can take longer
   // than S, and killing workers still loading their code kept a whole run from progressing for minutes
   // (no step ran) — the faults this run is for are kills of workers at work.
   const killer = (async () => {
@@ -114,7 +116,7 @@ async function drive(env: Environment, o: ChaosOptions, started: number, events:
       if (finished) break;
       let up: number[] = [];
       while (!finished && up.length === 0) {
-        up = (await Promise.all(env.workers.map(async (w, i) => ((await booted(w)) ? [i] : [])))).flat();
+        up = env.workers.flatMap((w, i) => (booted(w) ? [i] : []));
         if (up.length === 0) await sleep(100);
       }
       if (finished) break;

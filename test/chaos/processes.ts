@@ -1,5 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { closeSync, openSync, readFileSync, writeSync } from 'node:fs';
+import { closeSync, fstatSync, openSync, readFileSync, readSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { stopChild } from './services.ts';
@@ -17,6 +17,8 @@ export interface ManagedProcess {
   rssKb(): number | undefined;
   /** Its Prometheus endpoint, for the V8 heap figures (the API's /metrics, a worker's WORKER_METRICS_PORT). */
   metricsUrl: string | undefined;
+  /** Whether this process (not an earlier one of the same name, whose lines the log file also holds) has written `text`. */
+  logged(text: string): boolean;
   stop(): Promise<void>;
 }
 
@@ -33,7 +35,10 @@ export function rssKbOf(pid: number | undefined): number | undefined {
 export function spawnManaged(name: string, entry: string, env: Record<string, string>, logDir: string, metricsUrl?: string): ManagedProcess {
   // The child writes its log file itself: a busy harness must never back up a child's stdout pipe
   // (the child would buffer its log lines in memory and its RSS would measure the harness).
-  const fd = openSync(join(logDir, `${name}.log`), 'a');
+  const logPath = join(logDir, `${name}.log`);
+  const fd = openSync(logPath, 'a');
+  // A restarted process appends to its predecessor's file: its own lines start here.
+  const from = fstatSync(fd).size;
   const proc = spawn(process.execPath, [entry], { cwd: ROOT, env: { PATH: process.env.PATH ?? '', ...env }, stdio: ['ignore', fd, fd] });
   const exited = new Promise<void>((r) =>
     proc.once('exit', (code, signal) => {
@@ -49,6 +54,21 @@ export function spawnManaged(name: string, entry: string, env: Record<string, st
     killedOnPurpose: false,
     rssKb: () => rssKbOf(proc.pid),
     metricsUrl,
+    logged(text: string) {
+      let read: number | undefined;
+      try {
+        read = openSync(logPath, 'r');
+        const size = fstatSync(read).size - from;
+        if (size <= 0) return false;
+        const buf = Buffer.alloc(size);
+        readSync(read, buf, 0, size, from);
+        return buf.includes(text);
+      } catch {
+        return false;
+      } finally {
+        if (read !== undefined) closeSync(read);
+      }
+    },
     async stop() {
       handle.killedOnPurpose = true;
       await stopChild(proc);
