@@ -4,6 +4,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import http from 'node:http';
+import pg from 'pg';
 import { api, newTenant, runUsers, startStack, type TestStack } from '../helpers/stack.ts';
 import { CoalescingClient } from '../../src/platform/db/coalescing-client.ts';
 import { inlineStatement } from '../../src/platform/db/statement-batch.ts';
@@ -95,6 +96,39 @@ describe('runs list', () => {
     expect(rest.json.items.map((r: { run_id: string }) => r.run_id)).toEqual(failed.filter((id) => all.indexOf(id) >= 3));
   });
 
+  // A page is read from one index range per status, so a run whose status changes between two pages
+  // moves to another range: the cursor, a (created_at, id) position, still places it once.
+  it('a run whose status changes between pages is neither skipped nor read twice: unfiltered, it is read once; filtered, as it is when its page is read', { timeout: LONG }, async () => {
+    const tenant = newTenant();
+    const tok = await runUsers(stack, tenant);
+    await seed(stack, tenant, GOLDEN_PATH, 6, `'pending'`, `'2026-11-01T10:00:00Z'::timestamptz + g * interval '1 minute'`);
+    const newestFirst = (await stack.db.admin(`select id from durable_runs where tenant_id = $1 order by created_at desc, id desc`, [tenant])).rows.map((r: any) => r.id as string);
+    const setStatus = (id: string, status: string) => stack.db.admin(`update durable_runs set status = $2 where id = $1`, [id, status]);
+    const page = async (query: string) => {
+      const res = await api(stack, 'GET', `/api/v1/golden-path/runs?${query}`, { token: tok.submitter });
+      expect(res.status, res.text).toBe(200);
+      return { ids: res.json.items.map((r: { run_id: string }) => r.run_id) as string[], next: res.json.next_cursor as string | null };
+    };
+    const [r6, r5, r4, r3] = newestFirst;
+    // Unfiltered: a run of a page read, and one of the next, change status (another range each).
+    const first = await page('limit=2');
+    expect(first.ids).toEqual([r6, r5]);
+    await setStatus(r5!, 'completed');
+    await setStatus(r3!, 'failed');
+    const second = await page(`limit=2&cursor=${encodeURIComponent(first.next!)}`);
+    const third = await page(`limit=2&cursor=${encodeURIComponent(second.next!)}`);
+    expect([...first.ids, ...second.ids, ...third.ids]).toEqual(newestFirst);
+    expect(third.next).toBeNull();
+    // Filtered: a run of the next page leaves the status, one of the page read comes back to it.
+    const pendingFirst = await page('limit=2&status=pending');
+    expect(pendingFirst.ids).toEqual([r6, r4]);
+    await setStatus(r4!, 'waiting');
+    await setStatus(r5!, 'pending');
+    await setStatus(r3!, 'pending');
+    const pendingRest = await page(`status=pending&limit=100&cursor=${encodeURIComponent(pendingFirst.next!)}`);
+    expect(pendingRest.ids).toEqual(newestFirst.slice(3));
+  });
+
   it('a page carries an ETag of its body: If-None-Match with it is a 304 without a body until the page changes', { timeout: LONG }, async () => {
     const tenant = newTenant();
     const tok = await runUsers(stack, tenant);
@@ -148,13 +182,30 @@ describe('runs list', () => {
     }
     expect(sizes).toEqual([3, 2, 1, 10, 0]);
     expect(sent).toHaveLength(sizes.length);
-    for (const s of sent) {
-      const sql = inlineStatement({ text: s.text, values: s.values });
-      const plan = (await stack.db.admin(`explain (analyze, format json) ${sql}`)).rows[0]['QUERY PLAN'][0].Plan;
-      const nodes = planNodes(plan);
-      const filteredOut = nodes.reduce((n, node) => n + (node['Rows Removed by Filter'] ?? 0) + (node['Rows Removed by Index Recheck'] ?? 0) + (node['Rows Removed by Join Filter'] ?? 0), 0);
-      const seqScan = nodes.some((node) => node['Node Type'] === 'Seq Scan');
-      expect({ statement: sql.slice(-200), filteredOut, seqScan }, JSON.stringify(plan)).toEqual({ statement: sql.slice(-200), filteredOut: 0, seqScan: false });
+    // Planned as the application role, the tenant's row-level security in force, as the API runs them.
+    const app = new pg.Client({ connectionString: stack.db.appUrl });
+    await app.connect();
+    const explain = async (sql: string) => {
+      await app.query(`begin; select set_config('app.tenant_id', '${tenant}', true)`);
+      try {
+        return (await app.query(`explain (analyze, format json) ${sql}`)).rows[0]['QUERY PLAN'][0].Plan;
+      } finally {
+        await app.query('rollback');
+      }
+    };
+    try {
+      for (const [i, s] of sent.entries()) {
+        const sql = inlineStatement({ text: s.text, values: s.values });
+        const plan = await explain(sql);
+        // The tenant's rows are seen (a plan of no rows would filter none out).
+        expect(plan['Actual Rows'], sql).toBeGreaterThanOrEqual(sizes[i]!);
+        const nodes = planNodes(plan);
+        const filteredOut = nodes.reduce((n, node) => n + (node['Rows Removed by Filter'] ?? 0) + (node['Rows Removed by Index Recheck'] ?? 0) + (node['Rows Removed by Join Filter'] ?? 0), 0);
+        const seqScan = nodes.some((node) => node['Node Type'] === 'Seq Scan');
+        expect({ statement: sql.slice(-200), filteredOut, seqScan }, JSON.stringify(plan)).toEqual({ statement: sql.slice(-200), filteredOut: 0, seqScan: false });
+      }
+    } finally {
+      await app.end();
     }
   });
 });

@@ -54,11 +54,9 @@ const SUMMARIES = {
   bulkCancel: "Cancel the tenant's runs that match a filter (tenant admins), each as a single cancel does, oldest first, up to a limit",
 };
 
-/**
- * The run-management routes every workflow gets (docs/runtime.md, *Adding a workflow*): read one run,
- * cancel it, retry it after it failed, and list the tenant's runs of the workflow. Only the submission
- * (`acceptRun`) and the run's body are the module's own.
- */
+/** The columns a run's summary in a page shows (toRunSummary): never the run's input and output documents. */
+const SUMMARY_COLUMNS = 'tenant_id, id, status, correlation_id, step_count, created_at';
+
 /**
  * The statement of a page of a workflow's runs, newest first: one branch per status (the one filtered
  * on, or each), each a page of keys read in order from (tenant_id, workflow, status, created_at, id)
@@ -67,8 +65,6 @@ const SUMMARIES = {
  * such), merged newest first and cut at the page size; only then are the page's rows and progress read.
  * The cursor is the same (created_at, id) position under any filter.
  */
-const SUMMARY_COLUMNS = 'tenant_id, id, status, correlation_id, step_count, created_at';
-
 function listStatement(tenantId: string, workflow: string, query: { status?: RunStatus | undefined; cursor?: string | undefined; limit: number }): { sql: string; params: unknown[] } {
   const params: unknown[] = [];
   const branches = (query.status ? [query.status] : RUN_STATUSES).map((status) => {
@@ -88,6 +84,11 @@ function listStatement(tenantId: string, workflow: string, query: { status?: Run
   };
 }
 
+/**
+ * The run-management routes every workflow gets (docs/runtime.md, *Adding a workflow*): read one run,
+ * cancel it, retry it after it failed, and list the tenant's runs of the workflow. Only the submission
+ * (`acceptRun`) and the run's body are the module's own.
+ */
 export function runRoutes<V, R extends RunViewRow, O>(opts: RunRoutesOptions<V, R, O>): RouteDef[] {
   const { runtime, workflow } = opts;
   const tags = [workflow];
