@@ -76,7 +76,7 @@ describe('npm run db:*', () => {
     expect(out, out).not.toMatch(STACK_FRAME);
     expect(out.trim()).toMatch(new RegExp(`^db setup failed: PostgreSQL refused the login of role ${admin.username} .+Check DATABASE_ADMIN_URL: it must name a superuser\\.$`));
   });
-  it('db:setup with a DATABASE_ADMIN_URL role that may create roles but not databases: names that, not a missing database, exit 1', { timeout: LONG }, async () => {
+  it('db:setup with a DATABASE_ADMIN_URL role that may create roles but not databases: names that, not a missing database, exit 1', { timeout: 180_000 }, async () => {
     // A cluster of our own: the shared one's roles are not ours to add to.
     const own = await startOwnPostgres();
     try {
