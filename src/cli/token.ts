@@ -21,6 +21,8 @@ try {
 } catch (e) {
   usage(`--ttl: ${(e as Error).message}`);
 }
+// Rounded to whole seconds below: 0 would print a token whose exp is its iat, refused (401) at its first use.
+if (ttlMs < 1000) usage(`--ttl: ${values.ttl} is under a second: the token would expire as it is printed`);
 const config = loadConfig();
 if (!config.JWT_SECRET) {
   console.error('JWT_SECRET is not configured: refusing to sign a development token');

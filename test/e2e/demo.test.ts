@@ -8,7 +8,7 @@
  * webhook-id is kept once.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
+import { spawn, type ChildProcess, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import type { AddressInfo } from 'node:net';
@@ -21,7 +21,7 @@ import { DemoWebhookReceiver } from '../../src/demo/webhook-receiver.ts';
 import { DemoError, until } from '../../src/demo/demo-support.ts';
 import { DemoProcesses } from '../../src/demo/demo-processes.ts';
 import { signedHeaders } from '../../src/platform/webhooks/send.ts';
-import { waitFor } from '../helpers/poll.ts';
+import { waitFor, within } from '../helpers/poll.ts';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 const UUID = '[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}';
@@ -42,8 +42,21 @@ const demoEnv = (db: TestDatabase, prefix: string): Record<string, string> => ({
   WEBHOOK_ALLOW_PRIVATE_NETWORKS: 'false',
 });
 
+/**
+ * Ends a demo a test started and has given up on (its wait timed out, an assertion failed): SIGTERM,
+ * which its handler turns into a stop of its API and worker, then SIGKILL if it has not exited 30 s on.
+ * Not SIGKILL first: the children run in process groups of their own and would outlive it.
+ */
+async function endDemo(proc: ChildProcess | undefined): Promise<void> {
+  if (!proc || proc.exitCode !== null || proc.signalCode !== null) return;
+  const exited = new Promise((resolve) => proc.once('exit', resolve));
+  proc.kill('SIGTERM');
+  await within(exited, 'the demo to stop after SIGTERM', 30_000).catch(() => proc.kill('SIGKILL'));
+}
+
 describe('npm run demo', () => {
   let db: TestDatabase;
+  let demo: ChildProcess | undefined;
   const prefix = `tdemo${randomBytes(4).toString('hex')}`;
   let out = '';
   let code: number | null = null;
@@ -61,13 +74,16 @@ describe('npm run demo', () => {
       env: { ...demoEnv(db, prefix), WORKER_METRICS_PORT: String(takenPort) },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
+    demo = proc;
     proc.stdout.on('data', (d) => (out += d));
     proc.stderr.on('data', (d) => (out += d));
-    // 'close': its output read to the end ('exit' can come before the last of it: its verdict).
-    code = await new Promise<number | null>((resolve) => proc.once('close', (c) => resolve(c)));
+    // 'close': its output read to the end ('exit' can come before the last of it: its verdict). With a
+    // deadline under the hook's, so a demo that hangs fails here and afterAll still stops it and its children.
+    code = await within(new Promise<number | null>((resolve) => proc.once('close', (c) => resolve(c))), `the demo to end; its output so far:\n${out}`, 150_000);
   }, 180_000);
 
   afterAll(async () => {
+    await endDemo(demo);
     taken.close();
     const redis = new Redis(TEST_REDIS_URL, { maxRetriesPerRequest: 1 });
     const keys = await redis.keys(`${prefix}:*`);
@@ -109,17 +125,28 @@ describe("the demo's children", () => {
 
 /** A process that has not exited (a zombie, exited but not yet reaped by its new parent, counts as exited). */
 const running = (pid: number) => existsSync(`/proc/${pid}`) && !/^\d+ \(.*\) Z/.test(readFileSync(`/proc/${pid}/stat`, 'utf8'));
+/** Still the demo's API or worker: a pid, once free, can be another process's (never ours to kill). */
+const demoChild = (pid: number) => {
+  try {
+    return running(pid) && /src\/server\.ts|golden-path\.worker\.ts/.test(readFileSync(`/proc/${pid}/cmdline`, 'utf8'));
+  } catch {
+    return false; // gone meanwhile
+  }
+};
 
 describe('npm run demo ended from outside: its API and worker end with it', () => {
   let db: TestDatabase;
   const prefix = `tdemoend${randomBytes(4).toString('hex')}`;
   const pids: number[] = [];
+  const demos: ChildProcess[] = [];
 
   beforeAll(async () => {
     db = await createTestDatabase();
   }, 60_000);
   afterAll(async () => {
-    for (const pid of pids) if (running(pid)) process.kill(pid, 'SIGKILL');
+    // A test that failed may leave its demo running (it did not exit on the signal): stop it, then what it left.
+    for (const d of demos) await endDemo(d);
+    for (const pid of pids) if (demoChild(pid)) process.kill(pid, 'SIGKILL');
     const redis = new Redis(TEST_REDIS_URL, { maxRetriesPerRequest: 1 });
     const keys = await redis.keys(`${prefix}:*`);
     for (let i = 0; i < keys.length; i += 500) await redis.del(...keys.slice(i, i + 500));
@@ -133,6 +160,7 @@ describe('npm run demo ended from outside: its API and worker end with it', () =
       cwd: ROOT,
       env: demoEnv(db, prefix),
     });
+    demos.push(proc);
     const exited = new Promise<number | null>((resolve) => proc.once('exit', (c) => resolve(c)));
     let out = '';
     proc.stdout.on('data', (d) => (out += d));
@@ -144,7 +172,7 @@ describe('npm run demo ended from outside: its API and worker end with it', () =
       expect(children.every((p) => p > 0), out).toBe(true);
       return { proc, exited, children };
     } catch (e) {
-      proc.kill('SIGKILL');
+      await endDemo(proc);
       throw e;
     }
   }

@@ -11,7 +11,8 @@ import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createTestDatabase, type TestDatabase } from '../helpers/db.ts';
 import { TEST_ADMIN_URL, TEST_APP, TEST_JWT_SECRET, TEST_OWNER, TEST_REDIS_URL, pgUrl } from '../helpers/env.ts';
-import { freePort } from '../helpers/own-infra.ts';
+import { freePort, startOwnPostgres } from '../helpers/own-infra.ts';
+import pg from 'pg';
 import { jsonLines } from '../helpers/api-process.ts';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
@@ -74,6 +75,28 @@ describe('npm run db:*', () => {
     expect(code, out).toBe(1);
     expect(out, out).not.toMatch(STACK_FRAME);
     expect(out.trim()).toMatch(new RegExp(`^db setup failed: PostgreSQL refused the login of role ${admin.username} .+Check DATABASE_ADMIN_URL: it must name a superuser\\.$`));
+  });
+  it('db:setup with a DATABASE_ADMIN_URL role that may create roles but not databases: names that, not a missing database, exit 1', { timeout: 180_000 }, async () => {
+    // A cluster of our own: the shared one's roles are not ours to add to.
+    const own = await startOwnPostgres();
+    try {
+      const su = new pg.Client({ connectionString: own.adminUrl });
+      await su.connect();
+      await su.query('CREATE ROLE half_admin LOGIN CREATEROLE NOCREATEDB');
+      await su.end();
+      const url = (user: string, database: string) => `postgres://${user}@127.0.0.1:${own.port}/${database}`;
+      const { code, out } = await runEntry(['src/cli/db.ts', 'setup'], {
+        DATABASE_ADMIN_URL: url('half_admin', 'postgres'),
+        DATABASE_URL: url('dealix_app', 'dealix_half'),
+        MIGRATION_DATABASE_URL: url('dealix_owner', 'dealix_half'),
+      });
+      expect(code, out).toBe(1);
+      expect(out, out).not.toMatch(STACK_FRAME);
+      // Was: 'the database postgres (DATABASE_ADMIN_URL) does not exist … `npm run db:setup` creates it', the command just run.
+      expect(out.trim()).toMatch(/^db setup failed: role half_admin at 127\.0\.0\.1:\d+ lacks a privilege db:setup needs \(permission denied to create database\)\. Check DATABASE_ADMIN_URL: it must name a superuser\.$/);
+    } finally {
+      await own.destroy();
+    }
   });
 });
 

@@ -236,6 +236,15 @@ describe('npm run token', () => {
     expect(bad.err.trim()).toBe('--ttl: not a duration: "abc" (use e.g. 30s, 15m, 24h, 7d)\nusage: npm run token -- --tenant <uuid> --sub <id> [--roles a,b] [--ttl 1h]');
   });
 
+  it('a --ttl under a second (0, 500ms): the usage, exit 2, not a token already expired as it is printed', async () => {
+    for (const ttl of ['0', '500ms']) {
+      const short = await run({ JWT_SECRET: TEST_JWT_SECRET }, ['--ttl', ttl]);
+      expect(short.code, short.err).toBe(2);
+      expect(short.out).toBe('');
+      expect(short.err.trim()).toBe(`--ttl: ${ttl} is under a second: the token would expire as it is printed\nusage: npm run token -- --tenant <uuid> --sub <id> [--roles a,b] [--ttl 1h]`);
+    }
+  });
+
   it('prints a token the verifier accepts when JWT_SECRET is set', async () => {
     const ok = await run({ JWT_SECRET: TEST_JWT_SECRET });
     expect(ok.code, ok.err).toBe(0);

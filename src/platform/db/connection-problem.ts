@@ -21,6 +21,11 @@ export function databaseProblem(e: unknown, setting: string, url: string): strin
     const fix = setting === 'DATABASE_ADMIN_URL' ? 'it must name a superuser' : 'in development `npm run db:setup` creates the roles';
     return `PostgreSQL refused the login of role ${user} at ${host}:${port} (${message}). Check ${setting}: ${fix}.`;
   }
+  // Refused a privilege through the superuser URL (a role with CREATEROLE but not CREATEDB, a managed service's
+  // admin): db:setup's CREATE ROLE / CREATE DATABASE. Not a missing database, though the message says "create database".
+  if (code === '42501' && setting === 'DATABASE_ADMIN_URL') {
+    return `role ${user} at ${host}:${port} lacks a privilege db:setup needs (${message}). Check DATABASE_ADMIN_URL: it must name a superuser.`;
+  }
   // 3D000: the database is missing. MikroORM's migrator first tries to create a missing database itself, which the owner role may not (42501).
   if (code === '3D000' || (code === '42501' && /create database/i.test(message))) {
     return `the database ${database} (${setting}) does not exist at ${host}:${port}. In development \`npm run db:setup\` creates it; in production create it first (docs/runbook.md, "Migrate (outside a deploy)").`;
