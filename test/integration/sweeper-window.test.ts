@@ -92,15 +92,17 @@ describe("Redis flushed while a run waits for a human and a tenant's run jobs ar
     const submitter = await stack.token({ tenantId: waiter, sub: 'submitter-1' });
     // Every gp-slow step hangs in this worker: the capped tenant's first run holds its one slot.
     const first = await stack.spawnWorker({ GP_SLOW_STEP_MS: 'hang' });
-    const res = await api(stack, 'POST', '/api/v1/golden-path/run', { token: submitter, body: SAMPLE_SUBMISSION, headers: { 'Idempotency-Key': randomUUID() } });
-    expect(res.status).toBe(202);
-    const waitingId = res.json.run_id as string;
-    await waitFor(async () => (await api(stack, 'GET', `/api/v1/golden-path/runs/${waitingId}`, { token: submitter })).json?.status === 'waiting', { timeoutMs: 60_000, intervalMs: 100, what: 'the class B run to wait' });
     const holder = await createSlowRun(stack, capped, { enqueue: true });
     await waitEntered(first, holder.id, 1);
     const parked = [await createSlowRun(stack, capped, { enqueue: true }), await createSlowRun(stack, capped, { enqueue: true })];
     const parkedKey = `${stack.prefix}:tenant-parked:${capped}`;
     await waitFor(async () => (await stack.ownRedis!.client.zcard(parkedKey)) === 2, { timeoutMs: 60_000, what: "the capped tenant's two other run jobs to be parked" });
+    // The class B run last, just before the flush: its 30 s SLA runs from its wait, and a setup that took
+    // longer than that under load (the waits above may take 60 s each) would have seen it expire before the flush.
+    const res = await api(stack, 'POST', '/api/v1/golden-path/run', { token: submitter, body: SAMPLE_SUBMISSION, headers: { 'Idempotency-Key': randomUUID() } });
+    expect(res.status).toBe(202);
+    const waitingId = res.json.run_id as string;
+    await waitFor(async () => (await api(stack, 'GET', `/api/v1/golden-path/runs/${waitingId}`, { token: submitter })).json?.status === 'waiting', { timeoutMs: 60_000, intervalMs: 100, what: 'the class B run to wait' });
 
     // Every job, lock, slot, parked set, timer and scheduler gone; the worker holding the slot killed mid-step.
     await stack.ownRedis!.client.flushall();

@@ -72,7 +72,9 @@ export const DurableRun = defineEntity({
     // them in that order and stop at the batch, whatever number of ended runs the tenant keeps; in
     // (tenant_id, created_at, id) they walked every ended run older than the first active one.
     { name: 'durable_runs_tenant_workflow_active_index', properties: ['tenantId', 'workflow', 'createdAt', 'id'], where: "status in ('pending', 'running', 'waiting')" },
-    { name: 'durable_runs_status_updated_index', properties: ['status', 'updatedAt'] },
+    // The sweeper's pages (list_incomplete: one range per status from its cursor, in (updated_at, id)
+    // order) and run retention's ended runs by age. Without `id` a page sorted every run behind the cursor.
+    { name: 'durable_runs_status_updated_id_index', properties: ['status', 'updatedAt', 'id'] },
   ],
   rowLevelSecurity: 'force',
   policies: [

@@ -634,12 +634,17 @@ export class DurableRuntime {
   ): Promise<IncompleteRun[]> {
     const statuses = opts.statuses ?? ['pending', 'running'];
     const after = opts.after ? 'and (updated_at, id) > (?::timestamptz, ?::uuid)' : '';
+    // One range of (status, updated_at, id) per status, each read in order from the cursor and merged:
+    // a page reads about the rows it returns, wherever the cursor is. With `status = any(…)` over
+    // (status, updated_at) every page read every run of its statuses behind the cursor and sorted them
+    // (~1 s a page with 300,000 waiting runs; 40 pages a sweep).
+    const branch = `(select id, tenant_id, workflow, workflow_version, status, sequence_num, step_count, updated_at, updated_at::text as updated_at_exact, idempotency_hash from durable_runs
+          where status = ? and updated_at < now() - ? * interval '1 millisecond' ${after}
+          order by updated_at, id limit ?)`;
     return systemEm.transactional((tx) =>
       tx.execute<IncompleteRun[]>(
-        `select id, tenant_id, workflow, workflow_version, status, sequence_num, step_count, updated_at, updated_at::text as updated_at_exact, idempotency_hash from durable_runs
-          where status = any(?::text[]) and updated_at < now() - ? * interval '1 millisecond' ${after}
-          order by updated_at, id limit ?`,
-        [`{${statuses.join(',')}}`, opts.olderThanMs, ...(opts.after ? [opts.after.updatedAt, opts.after.id] : []), opts.limit],
+        `select * from (${statuses.map(() => branch).join(' union all ')}) r order by updated_at, id limit ?`,
+        [...statuses.flatMap((status) => [status, opts.olderThanMs, ...(opts.after ? [opts.after.updatedAt, opts.after.id] : []), opts.limit]), opts.limit],
       ),
     );
   }
