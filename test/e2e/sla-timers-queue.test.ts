@@ -5,13 +5,12 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { randomUUID } from 'node:crypto';
-import pino from 'pino';
 import { Queue } from 'bullmq';
 import { api, newTenant, SAMPLE_SUBMISSION, startStack, type TestStack } from '../helpers/stack.ts';
 import { waitFor } from '../helpers/poll.ts';
 import { holdTable } from '../helpers/table-lock.ts';
 import { namedJobId } from '../../src/platform/queue/job-ids.ts';
-import { Sweeper } from '../../src/platform/durable/sweeper.ts';
+import { stackSweeper } from '../helpers/recovery.ts';
 
 const DEADLINE = { timeoutMs: 60_000, intervalMs: 100 };
 const LONG = 180_000;
@@ -161,16 +160,7 @@ describe('SLA timers in their own queue', () => {
     await legacyTimer(w, 3_600_000);
     await (await timerQueue.getJob(w.timerId))!.remove();
     // The stack's own marker: not a "Redis lost its data" sweep, which repairs every waiting run regardless.
-    const sweeper = new Sweeper({
-      orm: stack.container.orm,
-      runtime: stack.container.runtime,
-      redis: stack.container.redis,
-      logger: pino({ level: 'silent' }),
-      lockKey: `${stack.prefix}:test-sweeper-lock`,
-      markerKey: `${stack.prefix}:sweeper-lock:marker`,
-      intervalMs: 1000,
-      minAgeMs: 0,
-    });
+    const sweeper = stackSweeper(stack, 'test-sweeper-lock', { markerKey: `${stack.prefix}:sweeper-lock:marker` });
     await waitFor(async () => (await stack.redis.exists(`${stack.prefix}:sweeper-lock:marker`)) === 1, { ...DEADLINE, what: "the worker's first sweep" });
     const kept = await sweeper.sweep();
     expect(kept.redisLost).toBe(false);

@@ -1,10 +1,12 @@
 import { createHash, randomUUID } from 'node:crypto';
 import { Job } from 'bullmq';
+import { pino } from 'pino';
 import { expect } from 'vitest';
 import { tenantEm } from '../../src/platform/db/tenant-em.ts';
 import { verifyEvidence } from '../../src/modules/evidence/evidence.service.ts';
 import { COMPLETED_STEPS_SQL, type RunRow } from '../../src/platform/durable/runtime.ts';
 import { stepJobId } from '../../src/platform/queue/job-ids.ts';
+import { Sweeper, type SweeperOptions } from '../../src/platform/durable/sweeper.ts';
 import { CLASS_A_SUBMISSION, type TestStack, type WorkerHandle } from './stack.ts';
 import { waitFor } from './poll.ts';
 import { SLOW_QUEUE, SLOW_TAG, SLOW_WORKFLOW, STEP_ENTERED } from './slow-workflow.ts';
@@ -143,4 +145,13 @@ export async function killLiveWorkers(stack: TestStack): Promise<void> {
   const live = stack.workers.filter((w) => w.proc.exitCode === null && w.proc.signalCode === null);
   for (const w of live) w.kill('SIGKILL');
   await Promise.all(live.map((w) => w.exited));
+}
+
+/**
+ * The recovery sweeper of a worker process, here: the stack's ORM, runtime and Redis, under lock key
+ * `<prefix>:<lock>` (a key of its own: its first sweep is a "Redis lost its data" one unless `markerKey`
+ * says otherwise), a sweep a second, every incomplete run old enough (minAgeMs 0), silent unless `opts` says.
+ */
+export function stackSweeper(stack: TestStack, lock: string, opts: Partial<SweeperOptions> = {}): Sweeper {
+  return new Sweeper({ orm: stack.container.orm, runtime: stack.container.runtime, redis: stack.container.redis, logger: pino({ level: 'silent' }), lockKey: `${stack.prefix}:${lock}`, intervalMs: 1000, minAgeMs: 0, ...opts });
 }

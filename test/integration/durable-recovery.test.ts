@@ -12,7 +12,6 @@ import { pino } from 'pino';
 import pg from 'pg';
 import { DurableRuntime, type RunRow, type StepJobData } from '../../src/platform/durable/runtime.ts';
 import { StepExecutor } from '../../src/platform/durable/executor.ts';
-import { Sweeper } from '../../src/platform/durable/sweeper.ts';
 import { tenantEm } from '../../src/platform/db/tenant-em.ts';
 import { AppError } from '../../src/platform/errors/app-error.ts';
 import { parseConfig } from '../../src/platform/config/config.ts';
@@ -25,7 +24,7 @@ import { waitFor } from '../helpers/poll.ts';
 import { SLOW_QUEUE, SLOW_TAG, slowWorkflow, type StepGate } from '../helpers/slow-workflow.ts';
 import { startOwnPostgres, startOwnRedis, type OwnPostgres, type OwnRedis } from '../helpers/own-infra.ts';
 import { TEST_APP, TEST_JWT_SECRET, TEST_OWNER } from '../helpers/env.ts';
-import { SLOW_STEPS, createSlowRun, enteredThroughLast, expectEveryStepOnce, expectOneVerifiedPack, jobOf, killLiveWorkers, readRun, waitEntered, waitRun } from '../helpers/recovery.ts';
+import { SLOW_STEPS, createSlowRun, enteredThroughLast, expectEveryStepOnce, expectOneVerifiedPack, jobOf, killLiveWorkers, readRun, waitEntered, waitRun, stackSweeper } from '../helpers/recovery.ts';
 
 const TEST_WORKER = 'test/helpers/test-worker.ts';
 const LONG = 180_000;
@@ -206,7 +205,7 @@ describe('a killed or stopped worker: the run still completes, each step exactly
   function loggedSweeper(lock: string, opts: { batch?: number; liveSnapshotMax?: number } = {}) {
     const lines: string[] = [];
     const logger = pino({ level: 'info' }, { write: (l: string) => void lines.push(l) });
-    const sweeper = new Sweeper({ orm: stack.container.orm, runtime: stack.container.runtime, redis: stack.container.redis, logger, lockKey: `${stack.prefix}:${lock}`, intervalMs: 1000, minAgeMs: 0, ...opts });
+    const sweeper = stackSweeper(stack, lock, { logger, ...opts });
     const reenqueued = (id: string) => lines.filter((l) => l.includes('sweeper re-enqueued run') && l.includes(id)).length;
     return { sweeper, reenqueued, lines };
   }

@@ -7,7 +7,6 @@
  */
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
 import { randomUUID } from 'node:crypto';
-import pino from 'pino';
 import { api, CLASS_A_SUBMISSION, newTenant, runUsers, SAMPLE_SUBMISSION, startStack, type TestStack } from '../helpers/stack.ts';
 import { waitFor } from '../helpers/poll.ts';
 import { setPolicy } from '../helpers/policy.ts';
@@ -16,7 +15,7 @@ import { capturedLog } from '../helpers/log-capture.ts';
 import { TIMER_QUEUE } from '../../src/platform/queue/timers.ts';
 import { namedJobId, stepJobId } from '../../src/platform/queue/job-ids.ts';
 import { jobHandlersFor } from '../../src/modules/index.ts';
-import { Sweeper } from '../../src/platform/durable/sweeper.ts';
+import { stackSweeper } from '../helpers/recovery.ts';
 import { GOLDEN_PATH, GOLDEN_PATH_QUEUE } from '../../src/modules/golden-path/golden-path.workflow.ts';
 import type { WorkflowDef } from '../../src/platform/durable/workflow.ts';
 import { DEFER_UNTIL_NEXT } from '../../src/platform/db/markers.ts';
@@ -140,8 +139,7 @@ describe('retrying a failed run through the API', () => {
   };
   const RETRIED = `dealix_runs_retried_total{workflow="${GOLDEN_PATH}"}`;
   /** The recovery sweeper of a worker process, here; every incomplete run is old enough for it. */
-  const sweeper = (lock: string) =>
-    new Sweeper({ orm: stack.container.orm, runtime: stack.container.runtime, redis: stack.container.redis, logger: pino({ level: 'silent' }), lockKey: `${stack.prefix}:${lock}`, intervalMs: 1000, minAgeMs: 0 });
+  const sweeper = (lock: string) => stackSweeper(stack, lock);
 
   it('a run whose step 2 failed for good, retried once the step is fixed: completes, step 1 and its row untouched, step 2 run again with fresh attempts; counted and logged', { timeout: LONG }, async () => {
     const ctl = control([2]);

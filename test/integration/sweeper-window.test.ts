@@ -7,14 +7,12 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { randomUUID } from 'node:crypto';
-import { pino } from 'pino';
-import { Sweeper } from '../../src/platform/durable/sweeper.ts';
 import { namedJobId } from '../../src/platform/queue/job-ids.ts';
 import { TIMER_QUEUE } from '../../src/platform/queue/timers.ts';
 import { api, newTenant, SAMPLE_SUBMISSION, startStack, type TestStack } from '../helpers/stack.ts';
 import { waitFor } from '../helpers/poll.ts';
 import { slowWorkflow } from '../helpers/slow-workflow.ts';
-import { createSlowRun, expectEveryStepOnce, killLiveWorkers, waitEntered, waitRun } from '../helpers/recovery.ts';
+import { createSlowRun, expectEveryStepOnce, killLiveWorkers, waitEntered, waitRun, stackSweeper } from '../helpers/recovery.ts';
 
 const LONG = 180_000;
 const RUNS = 5;
@@ -53,17 +51,7 @@ describe('a sweep bounded by maxPerSweep', () => {
     for (const id of ids) expect(await timers.getJobState(timerOf.get(id)!), id).toBe('delayed');
     for (const id of ids) await timers.remove(timerOf.get(id)!);
 
-    const sweeper = new Sweeper({
-      orm: stack.container.orm,
-      runtime: stack.container.runtime,
-      redis: stack.container.redis,
-      logger: pino({ level: 'silent' }),
-      lockKey: `${stack.prefix}:window-sweeper-lock`,
-      intervalMs: 1000,
-      minAgeMs: 0,
-      batch: 1,
-      maxPerSweep: 2,
-    });
+    const sweeper = stackSweeper(stack, 'window-sweeper-lock', { batch: 1, maxPerSweep: 2 });
     const reports = [];
     // Enough sweeps to go over every waiting run twice at two a sweep.
     for (let i = 0; i < RUNS; i++) reports.push(await sweeper.sweep());
