@@ -8,7 +8,7 @@ import { capturedLog } from '../helpers/log-capture.ts';
 import { freePort } from '../helpers/own-infra.ts';
 import { waitFor } from '../helpers/poll.ts';
 import { createRedis } from '../../src/platform/queue/connections.ts';
-import { Sweeper } from '../../src/platform/durable/sweeper.ts';
+import { stackSweeper } from '../helpers/recovery.ts';
 import {
   IDEMPOTENCY_EXPIRY_JOB,
   MAINTENANCE_QUEUE,
@@ -37,16 +37,7 @@ afterAll(async () => {
 });
 
 function sweeperWith(name: string, afterRedisLoss: () => Promise<void>) {
-  return new Sweeper({
-    orm: stack.container.orm,
-    runtime: stack.container.runtime,
-    redis: stack.container.redis,
-    logger: pino({ level: 'silent' }),
-    lockKey: `${stack.prefix}:${name}`,
-    intervalMs: 1000,
-    minAgeMs: 0,
-    afterRedisLoss,
-  });
+  return stackSweeper(stack, name, { afterRedisLoss });
 }
 
 describe('the sweeper\'s Redis-loss marker', () => {
@@ -312,7 +303,12 @@ describe('a worker that noticed the loss and died before its repair (own redis-s
     const client = own.ownRedis!.client;
     const standing = async () => (await maintenance.getJobSchedulers()).map((s) => s.key).filter((k) => k !== RUN_RETENTION_JOB).sort();
     const both = [IDEMPOTENCY_EXPIRY_JOB, WEBHOOK_REDELIVERY_JOB].sort();
-    await waitFor(async () => (await client.exists(marker)) === 1 && JSON.stringify(await standing()) === JSON.stringify(both), { timeoutMs: 30_000, what: "the worker's first sweep" });
+    // The first sweep sets the marker before its repair, which upserts the schedulers again: waited for
+    // to its end (its log line), or that repair, still running, puts back what the flush below takes.
+    await waitFor(
+      async () => worker.output().includes('waiting runs repaired') && (await client.exists(marker)) === 1 && JSON.stringify(await standing()) === JSON.stringify(both),
+      { timeoutMs: 30_000, what: "the worker's first sweep to end" },
+    );
     // Redis loses its data, and the worker that noticed it sets the marker and is SIGKILLed before it put
     // the schedulers back (its repair of waiting runs can take minutes): one transaction, so this
     // worker's sweeps never see the marker gone.
