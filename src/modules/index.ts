@@ -67,15 +67,20 @@ export function slaScheduler(queues: SlaQueues, keep: { completed: KeepJobs; fai
     async schedule({ tenantId, runId, idempotencyHash, deadline }) {
       const data: SlaJobData = { tenant_id: tenantId, run_id: runId, hash: idempotencyHash, deadline: deadline.toISOString() };
       const jobId = slaJobId(idempotencyHash);
-      const add = () =>
-        queue().add(SLA_JOB_NAME, data, {
+      const add = () => {
+        // One clock reading for both: BullMQ files a delayed job at timestamp + delay, and a timestamp
+        // it read itself a millisecond after `delay` was worked out put the timer a millisecond late.
+        const now = Date.now();
+        return queue().add(SLA_JOB_NAME, data, {
           jobId,
-          delay: Math.max(0, deadline.getTime() - Date.now()),
+          timestamp: now,
+          delay: Math.max(0, deadline.getTime() - now),
           attempts: 10,
           backoff: { type: 'exponential', delay: 1000, jitter: 0.5 },
           removeOnComplete: keep.completed,
           removeOnFail: keep.failed,
         });
+      };
       await add();
       const state = await queue().getJobState(jobId);
       if (state === 'completed' || state === 'failed') {

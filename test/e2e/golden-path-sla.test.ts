@@ -7,6 +7,7 @@ import { api, newTenant, SAMPLE_SUBMISSION, startStack, type TestStack } from '.
 import { waitFor } from '../helpers/poll.ts';
 import { setPolicy } from '../helpers/policy.ts';
 import { slaScheduler } from '../../src/modules/index.ts';
+import { namedJobId } from '../../src/platform/queue/job-ids.ts';
 import { jsonLines } from '../helpers/api-process.ts';
 import { holdTable } from '../helpers/table-lock.ts';
 
@@ -153,6 +154,27 @@ describe('approval SLA', () => {
     await stack.db.admin(`update approval_requests set sla_deadline = now() + interval '60 seconds' where run_id = $1`, [runId]);
     await waitFor(async () => (await dueAt()) > Date.now() + 30_000, { ...DEADLINE, what: 'the early timer to wait for the stored deadline' });
     expect((await api(stack, 'GET', `/api/v1/golden-path/runs/${runId}`, { token: own })).json.status).toBe('waiting');
+  });
+
+  it('a scheduled timer is due at its deadline to the millisecond, not a clock tick after it', async () => {
+    // BullMQ files a delayed job at its timestamp + delay; a timestamp read apart from the delay's
+    // clock reading put some timers a millisecond late (a CI failure: due 1 ms after the deadline).
+    const queue = stack.container.queues.get('timers')!;
+    const scheduler = slaScheduler({ timers: () => queue }, stack.container.runtime.keep);
+    const hashes = Array.from({ length: 300 }, () => `due-${randomUUID()}`);
+    const base = Date.now() + 3_600_000;
+    try {
+      const late: string[] = [];
+      for (const [i, hash] of hashes.entries()) {
+        const deadline = new Date(base + i);
+        await scheduler.schedule({ tenantId: tenant, runId: randomUUID(), approvalRequestId: '', idempotencyHash: hash, deadline });
+        const due = Math.floor(Number(await stack.redis.zscore(queue.keys.delayed!, namedJobId('gp', hash, 'sla'))) / 0x1000);
+        if (due !== deadline.getTime()) late.push(`${hash}: due ${due - deadline.getTime()} ms after its deadline`);
+      }
+      expect(late).toEqual([]);
+    } finally {
+      for (const hash of hashes) await scheduler.cancel({ idempotencyHash: hash });
+    }
   });
 
   it('a waiting run whose timer alone is gone (Redis kept the rest) is found by the sweeper and still expires at its deadline', async () => {
