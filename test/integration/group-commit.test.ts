@@ -46,7 +46,21 @@ describe('group commit', () => {
   it('transactions of several tenants started together share one commit; each row is its tenant\'s, each gets its own result', async () => {
     const runs = Array.from({ length: 8 }, (_, i) => ({ tenant: randomUUID(), id: randomUUID(), i }));
     const before = { ...group().stats };
-    const { result, texts } = await sent(() => Promise.all(runs.map((r) => insertRun(r.tenant, r.id))));
+    // The first is held on its way (it waits for the table) until the seven others are queued behind
+    // it: started together is not enough under load, where each could be sent before the next arrives.
+    const lock = await holdTable(stack.db.ownerUrl, 'durable_runs');
+    const { result, texts } = await sent(async () => {
+      try {
+        const first = insertRun(runs[0]!.tenant, runs[0]!.id);
+        await lock.waiting('the first transaction to wait for the table');
+        const rest = runs.slice(1).map((r) => insertRun(r.tenant, r.id));
+        await waitFor(() => group().queued === rest.length, { timeoutMs: 30_000, what: 'the seven others to queue behind the first' });
+        await lock.release();
+        return await Promise.all([first, ...rest]);
+      } finally {
+        await lock.close();
+      }
+    });
     expect(result).toEqual(runs.map((r) => [{ id: r.id, t: r.tenant }]));
     // The first went alone; the seven that arrived while it was on its way went as one transaction.
     expect(group().stats.grouped - before.grouped).toBeGreaterThanOrEqual(1);

@@ -110,6 +110,11 @@ export class GroupCommit {
     this.options = { ...DEFAULT_GROUP_COMMIT, ...options };
   }
 
+  /** Transactions queued behind the messages on their way (not sent yet). */
+  get queued(): number {
+    return this.#queue.length;
+  }
+
   /** Sends the member's transaction, grouped with others when they are waiting; resolves with its own statements' results. */
   submit(member: GroupMember): Promise<pg.QueryResult[]> {
     const key = groupKey(member.statements);
