@@ -1,3 +1,4 @@
+import { randomUUID } from 'node:crypto';
 import { createLocalJWKSet, createRemoteJWKSet, errors, jwtVerify, SignJWT, type JWTVerifyGetKey, type JSONWebKeySet } from 'jose';
 import { z } from 'zod';
 import type { Config } from '../config/config.ts';
@@ -97,7 +98,11 @@ function describeJoseError(e: unknown): string {
   return 'The token is not valid.';
 }
 
-/** Signs a development token with JWT_SECRET (npm run token, the demo and tests). */
+/**
+ * Signs a development token with JWT_SECRET (npm run token, the demo and tests). Each carries a random
+ * `jti`, as an identity provider's do: two tokens signed in the same second for the same claims are
+ * still two tokens (the dashboard's sign-out and one-time `?token=` link tell them apart).
+ */
 export async function signDevToken(
   config: Pick<Config, 'JWT_SECRET' | 'JWT_ISSUER' | 'JWT_AUDIENCE'>,
   claims: { sub: string; tenantId: string; roles?: string[]; ttlSeconds?: number },
@@ -109,6 +114,7 @@ export async function signDevToken(
     .setIssuer(config.JWT_ISSUER)
     .setAudience(config.JWT_AUDIENCE)
     .setIssuedAt()
+    .setJti(randomUUID())
     .setExpirationTime(Math.floor(Date.now() / 1000) + (claims.ttlSeconds ?? 3600))
     .sign(new TextEncoder().encode(config.JWT_SECRET));
 }
