@@ -23,6 +23,8 @@ let browser: BrowserContext;
 let profile: string;
 let adminToken: string;
 const tenant = newTenant();
+/** A new operator token for a `?token=` link, which works once. */
+const signInToken = () => stack.token({ tenantId: newTenant(), sub: 'operator-1', roles: [OPERATOR_ROLE] });
 const runIds: string[] = [];
 
 beforeAll(async () => {
@@ -110,10 +112,11 @@ describe('Bull Board at /admin/queues', () => {
           resolve({ status: res.statusCode ?? 0, location: res.headers.location });
         }).on('error', reject);
       });
-    const hostile = await raw(`/admin/queues/../..//evil.example/x?token=${adminToken}`);
+    // A new token for each visit: a `?token=` link works once.
+    const hostile = await raw(`/admin/queues/../..//evil.example/x?token=${await signInToken()}`);
     expect(hostile.status).toBe(303);
     expect(hostile.location).toBe('/admin/queues');
-    const plain = await raw(`/admin/queues/queue/golden-path?status=completed&token=${adminToken}`);
+    const plain = await raw(`/admin/queues/queue/golden-path?status=completed&token=${await signInToken()}`);
     expect(plain).toEqual({ status: 303, location: '/admin/queues/queue/golden-path?status=completed' });
   });
 
@@ -133,7 +136,7 @@ describe('Bull Board at /admin/queues', () => {
     const context = browser;
     await context.clearCookies();
     const page = await context.newPage();
-    await page.goto(`${stack.baseUrl}/admin/queues?token=${adminToken}`);
+    await page.goto(`${stack.baseUrl}/admin/queues?token=${await signInToken()}`);
     // The token left the URL at once; an HttpOnly, SameSite=Strict cookie carries it from now on.
     expect(new URL(page.url()).search).toBe('');
     const cookie = (await context.cookies()).find((c) => c.name === ADMIN_COOKIE);
@@ -160,7 +163,7 @@ describe('Bull Board at /admin/queues', () => {
     // browser sends the SameSite=Strict cookie with its form. Bull Board's POST …/add needs no preflight.
     await browser.clearCookies();
     const page = await browser.newPage();
-    await page.goto(`${stack.baseUrl}/admin/queues?token=${adminToken}`);
+    await page.goto(`${stack.baseUrl}/admin/queues?token=${await signInToken()}`);
     const target = `${stack.baseUrl}/admin/queues/api/queues/golden-path/add`;
     const evil = http.createServer((_req, res) => {
       res.setHeader('content-type', 'text/html');
@@ -179,6 +182,30 @@ describe('Bull Board at /admin/queues', () => {
       await page.close();
       evil.closeAllConnections();
       await new Promise((r) => evil.close(r));
+    }
+  });
+
+  it("a browser signs out from the board's menu: the cookie is gone and its token refused, a new link signs in again", async () => {
+    await browser.clearCookies();
+    const token = await signInToken();
+    const page = await browser.newPage();
+    try {
+      await page.goto(`${stack.baseUrl}/admin/queues?token=${token}`);
+      await page.getByText('golden-path', { exact: false }).first().waitFor({ timeout: 30_000 });
+      // Bull Board's header menu (uiConfig.miscLinks) → the guard's confirmation form → POST.
+      await page.locator('header ul li').last().locator('button').click({ timeout: 30_000 });
+      await page.getByText('Sign out', { exact: true }).click({ timeout: 30_000 });
+      await page.waitForURL(`${stack.baseUrl}/admin/queues/logout`, { timeout: 30_000 });
+      const posted = page.waitForResponse((r) => r.url() === `${stack.baseUrl}/admin/queues/logout` && r.request().method() === 'POST', { timeout: 30_000 });
+      await page.getByRole('button', { name: 'Sign out' }).click();
+      expect((await posted).status()).toBe(200);
+      await page.getByText('Signed out of the operator dashboard', { exact: false }).waitFor({ timeout: 30_000 });
+      expect((await browser.cookies()).find((c) => c.name === ADMIN_COOKIE)).toBeUndefined();
+      expect((await api(stack, 'GET', '/admin/queues', { token })).status).toBe(401);
+      expect((await page.goto(`${stack.baseUrl}/admin/queues?token=${token}`))?.status()).toBe(401);
+      expect((await page.goto(`${stack.baseUrl}/admin/queues?token=${await signInToken()}`))?.status()).toBe(200);
+    } finally {
+      await page.close();
     }
   });
 

@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { api, newTenant, startStack, type TestStack } from '../helpers/stack.ts';
 import { adminAuth, OPERATOR_ROLE } from '../../src/platform/http/admin-auth.middleware.ts';
-import { OPERATOR_LOGIN_WINDOW_MS } from '../../src/platform/http/admin-board.ts';
+import { OPERATOR_LOGIN_WINDOW_MS, operatorSessions } from '../../src/platform/http/admin-board.ts';
 import { RateWindow } from '../../src/platform/http/rate-window.ts';
 
 /**
@@ -99,7 +99,7 @@ describe('the dashboard in a frame (clickjacking)', () => {
 /** The dashboard's guard itself, called as Express would, against the real Redis. */
 function directGuard(prefix: string) {
   const window = new RateWindow(stack.redis, `${stack.prefix}:${prefix}`, OPERATOR_LOGIN_WINDOW_MS);
-  const guard = adminAuth({ verifier: stack.container.verifier, logger: stack.container.logger, operator: OPERATOR, basePath: '/admin/queues', loginThrottle: { window, maxFailures: MAX_FAILURES } });
+  const guard = adminAuth({ verifier: stack.container.verifier, logger: stack.container.logger, operator: OPERATOR, basePath: '/admin/queues', loginThrottle: { window, maxFailures: MAX_FAILURES }, sessions: operatorSessions(stack.redis, stack.config) });
   return (password: string, ip = '203.0.113.9') =>
     new Promise<number>((resolve, reject) => {
       const headers: Record<string, string> = basic(OPERATOR.user, password);

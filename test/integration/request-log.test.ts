@@ -1,8 +1,9 @@
-import { describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
 import { randomUUID } from 'node:crypto';
 import { connect, type AddressInfo } from 'node:net';
 import type { Server } from 'node:http';
 import express from 'express';
+import { Redis } from 'ioredis';
 import { createLogger } from '../../src/platform/telemetry/logger.ts';
 import { httpLogger } from '../../src/platform/telemetry/http-logger.ts';
 import { correlationMiddleware } from '../../src/platform/http/correlation.ts';
@@ -11,7 +12,17 @@ import { capturedLog } from '../helpers/log-capture.ts';
 import { parseConfig } from '../../src/platform/config/config.ts';
 import { createTokenVerifier, signDevToken } from '../../src/platform/tenancy/jwt.ts';
 import { adminAuth, OPERATOR_ROLE } from '../../src/platform/http/admin-auth.middleware.ts';
-import { TEST_JWT_SECRET } from '../helpers/env.ts';
+import { operatorSessions } from '../../src/platform/http/admin-board.ts';
+import { TEST_JWT_SECRET, TEST_REDIS_URL } from '../helpers/env.ts';
+
+/** Where the guard keeps used `?token=` links: the shared Redis, under a prefix of this file's own. */
+const redis = new Redis(TEST_REDIS_URL, { maxRetriesPerRequest: 1 });
+const prefix = `t${randomUUID().slice(0, 8)}`;
+afterAll(async () => {
+  const keys = await redis.keys(`${prefix}:*`);
+  if (keys.length > 0) await redis.del(...keys);
+  redis.disconnect();
+});
 
 /** An app with the request log (its lines captured) answering GET `path` with `status` (behind the dashboard's guard: `guarded`), listening. */
 async function loggedApp(path: string, status: number, guarded = false) {
@@ -21,7 +32,10 @@ async function loggedApp(path: string, status: number, guarded = false) {
   app.set('query parser', 'simple');
   app.use(correlationMiddleware);
   app.use(httpLogger(logger));
-  if (guarded) app.use(path, adminAuth({ verifier: createTokenVerifier(parseConfig({ JWT_SECRET: TEST_JWT_SECRET })), logger, basePath: path }));
+  if (guarded) {
+    const config = parseConfig({ JWT_SECRET: TEST_JWT_SECRET, QUEUE_PREFIX: prefix });
+    app.use(path, adminAuth({ verifier: createTokenVerifier(config), logger, basePath: path, sessions: operatorSessions(redis, config) }));
+  }
   app.get(path, (_req, res) => void res.status(status).end());
   const server = await new Promise<Server>((r) => {
     const s = app.listen(0, '127.0.0.1', () => r(s));

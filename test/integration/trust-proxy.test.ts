@@ -19,12 +19,10 @@ const external = Object.values(networkInterfaces())
   .find((i) => i && i.family === 'IPv4' && !i.internal)?.address;
 
 let stack: TestStack;
-let token: string;
 const servers: Server[] = [];
 
 beforeAll(async () => {
   stack = await startStack();
-  token = await stack.token({ tenantId: newTenant(), sub: 'operator-1', roles: [OPERATOR_ROLE] });
 });
 afterAll(async () => {
   for (const s of servers) await new Promise((r) => s.close(r));
@@ -41,8 +39,9 @@ async function apiWith(trustProxy: string | undefined, host: string): Promise<st
   return `http://${host}:${(server.address() as AddressInfo).port}`;
 }
 
-/** The Set-Cookie of a one-time `?token=` visit to the dashboard through a TLS-terminating proxy. */
+/** The Set-Cookie of a one-time `?token=` visit (a new token each: a link works once) to the dashboard through a TLS-terminating proxy. */
 async function cookieVia(base: string): Promise<string> {
+  const token = await stack.token({ tenantId: newTenant(), sub: 'operator-1', roles: [OPERATOR_ROLE] });
   const res = await fetch(`${base}/admin/queues?token=${token}`, { redirect: 'manual', headers: { 'x-forwarded-proto': 'https' } });
   expect(res.status).toBe(303);
   const cookie = res.headers.get('set-cookie') ?? '';

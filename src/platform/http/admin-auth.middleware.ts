@@ -3,11 +3,12 @@ import { isIPv6 } from 'node:net';
 import type { NextFunction, Request, Response } from 'express';
 import type { Logger } from 'pino';
 import { AppError, ForbiddenError } from '../errors/app-error.ts';
-import type { TokenVerifier } from '../tenancy/jwt.ts';
+import type { Principal, TokenVerifier } from '../tenancy/jwt.ts';
 import { tagMiddleware } from '../tenancy/auth.middleware.ts';
 import { sendProblem } from './problem.middleware.ts';
 import { isSecretQueryParam } from '../telemetry/attributes.ts';
 import type { RateWindow } from './rate-window.ts';
+import { claimsOf, type OperatorSessions } from './operator-sessions.ts';
 
 /**
  * The role that opens the operator dashboard. Not a tenant role: the dashboard spans tenants (every
@@ -20,6 +21,8 @@ const BEARER = /^Bearer\s+([A-Za-z0-9\-_=]+\.[A-Za-z0-9\-_=]*\.[A-Za-z0-9\-_=+/]
 const JWT = /^[A-Za-z0-9\-_=]+\.[A-Za-z0-9\-_=]*\.[A-Za-z0-9\-_=+/]*$/;
 /** The cookie never outlives the token, and never a working day. */
 const MAX_COOKIE_SECONDS = 8 * 3600;
+/** Under the mount: GET shows a sign-out form, POST signs out. Any case, as Express routes the mount. */
+const LOGOUT = /^\/logout\/?$/i;
 
 export interface AdminAuthOptions {
   verifier: TokenVerifier;
@@ -34,6 +37,11 @@ export interface AdminAuthOptions {
    * so the password cannot be guessed at the speed of the network. Absent or 0: not throttled.
    */
   loginThrottle?: { window: RateWindow; maxFailures: number } | undefined;
+  /**
+   * Signed-out tokens and exchanged `?token=` links, shared by every API process through Redis. Not
+   * optional: without it a signed-out token and a replayed link would be accepted.
+   */
+  sessions: OperatorSessions;
 }
 
 /**
@@ -41,18 +49,28 @@ export interface AdminAuthOptions {
  * header, for tools); the same JWT from the HttpOnly cookie set by a one-time `?token=<jwt>` visit (for
  * browsers: the token is moved out of the URL at once by a 303 redirect); or HTTP Basic with the operator
  * credentials from the environment. The role is checked on every request, so an expired token or a
- * revoked role stops working. The dashboard spans tenants: a tenant's roles (`admin`, `approver`) do not open it.
+ * revoked role stops working, and so is the server-side revocation a sign-out (`POST <mount>/logout`)
+ * records. A `?token=` link works once: a second visit with it (a browser's history, a proxy's log) is
+ * refused, while the cookie it set keeps working. The dashboard spans tenants: a tenant's roles
+ * (`admin`, `approver`) do not open it.
  */
 export function adminAuth(opts: AdminAuthOptions) {
   return tagMiddleware(async function adminAuthMiddleware(req: Request, res: Response, next: NextFunction) {
     try {
       guardBrowser(opts, req, res);
+      if (LOGOUT.test(req.path)) {
+        await signOut(opts, req, res);
+        return;
+      }
       const queryToken = typeof req.query.token === 'string' ? req.query.token : undefined;
       if (queryToken !== undefined) {
         const { exp } = await verifyAdmin(opts, req, queryToken);
+        if (!(await opts.sessions.claimExchange(queryToken))) {
+          opts.logger.warn({ security_event: 'token_link_reused', path: req.path, ip: req.ip }, 'refused a ?token= link used before');
+          throw unauthorized(opts, 'This sign-in link (?token=) has been used already: it works once. Sign in with a new token.');
+        }
         const maxAge = Math.max(0, Math.min(MAX_COOKIE_SECONDS, (exp ?? 0) - Math.floor(Date.now() / 1000)));
-        const secure = req.secure ? '; Secure' : '';
-        res.setHeader('Set-Cookie', `${ADMIN_COOKIE}=${queryToken}; Path=${opts.basePath}; HttpOnly; SameSite=Strict; Max-Age=${maxAge}${secure}`);
+        res.setHeader('Set-Cookie', adminCookie(opts, req, queryToken, maxAge));
         res.setHeader('Cache-Control', 'no-store');
         res.redirect(303, withoutToken(req.originalUrl, opts.basePath));
         return;
@@ -135,7 +153,23 @@ function originHost(origin: string): string | undefined {
   }
 }
 
+function adminCookie(opts: AdminAuthOptions, req: Request, value: string, maxAge: number): string {
+  const secure = req.secure ? '; Secure' : '';
+  return `${ADMIN_COOKIE}=${value}; Path=${opts.basePath}; HttpOnly; SameSite=Strict; Max-Age=${maxAge}${secure}`;
+}
+
+/** A verified operator token that has not been signed out. */
 async function verifyAdmin(opts: AdminAuthOptions, req: Request, token: string): Promise<{ exp?: number }> {
+  const principal = await verifyOperator(opts, req, token);
+  if (await opts.sessions.isRevoked(token)) {
+    opts.logger.warn({ security_event: 'token_revoked', sub: principal.sub, path: req.path, ip: req.ip }, 'refused a signed-out operator token');
+    throw unauthorized(opts, 'This token has been signed out. Sign in with a new token.');
+  }
+  return { exp: claimsOf(token).exp };
+}
+
+/** A token that verifies and carries the operator role (signed out or not). */
+async function verifyOperator(opts: AdminAuthOptions, req: Request, token: string): Promise<Principal> {
   let principal;
   try {
     principal = await opts.verifier.verify(token);
@@ -147,7 +181,45 @@ async function verifyAdmin(opts: AdminAuthOptions, req: Request, token: string):
     opts.logger.warn({ security_event: 'admin_forbidden', sub: principal.sub, tenant_id: principal.tenantId, path: req.path, ip: req.ip }, 'token without the operator role');
     throw new ForbiddenError(`The dashboard spans tenants and needs the platform role: ${OPERATOR_ROLE}.`);
   }
-  return { exp: expiryOf(token) };
+  return principal;
+}
+
+/**
+ * `GET <mount>/logout` shows a form whose button posts to `POST <mount>/logout`, which revokes the
+ * operator token the request carries (the cookie's, a bearer header's) until its `exp`, in Redis for
+ * every API process, and deletes the cookie. A POST, not a link: a page cannot sign an operator out
+ * with an `<img>`, and a form another site submits is refused by guardBrowser (the SameSite=Strict
+ * cookie is not even sent cross-site). A token that does not verify is not written (nothing to
+ * revoke, and Redis keeps nothing a stranger chose); the cookie is deleted all the same. HTTP Basic
+ * has nothing to revoke: a browser forgets Basic credentials when it is closed.
+ */
+async function signOut(opts: AdminAuthOptions, req: Request, res: Response): Promise<void> {
+  res.setHeader('Cache-Control', 'no-store');
+  const action = `${opts.basePath}/logout`;
+  if (req.method === 'GET' || req.method === 'HEAD') {
+    res.status(200).type('html').send(page('Sign out', `<form method="post" action="${action}"><p>Sign out of the operator dashboard? The token this browser signed in with stops working on every API process.</p><button type="submit">Sign out</button></form>`));
+    return;
+  }
+  if (req.method !== 'POST') {
+    throw new AppError('method_not_allowed', 'Method Not Allowed', { status: 405, retryable: false, detail: 'Sign out with POST; GET shows the form.', headers: { Allow: 'GET, HEAD, POST' } });
+  }
+  const bearer = BEARER.exec(req.get('authorization') ?? '')?.[1];
+  const cookie = readCookie(req.get('cookie'), ADMIN_COOKIE);
+  const revoked: string[] = [];
+  for (const token of new Set([bearer, cookie].filter((t): t is string => t !== undefined && JWT.test(t)))) {
+    const principal = await verifyOperator(opts, req, token).catch(() => undefined);
+    if (!principal) continue;
+    await opts.sessions.revoke(token);
+    revoked.push(principal.sub);
+  }
+  opts.logger.info({ security_event: 'operator_signed_out', subs: revoked, path: req.path, ip: req.ip }, 'operator signed out');
+  res.setHeader('Set-Cookie', adminCookie(opts, req, '', 0));
+  const what = revoked.length > 0 ? 'The token is revoked until it expires.' : 'No valid operator token came with the request: nothing to revoke.';
+  res.status(200).type('html').send(page('Signed out', `<p>Signed out of the operator dashboard. ${what} A browser keeps HTTP Basic credentials until it is closed.</p>`));
+}
+
+function page(title: string, body: string): string {
+  return `<!doctype html><html lang="en"><head><meta charset="utf-8"><title>${title} · Dealix queues</title></head><body><h1>${title}</h1>${body}</body></html>`;
 }
 
 /**
@@ -203,15 +275,6 @@ function readCookie(header: string | undefined, name: string): string | undefine
     }
   }
   return undefined;
-}
-
-function expiryOf(jwt: string): number | undefined {
-  try {
-    const payload = JSON.parse(Buffer.from(jwt.split('.')[1] ?? '', 'base64url').toString('utf8')) as { exp?: unknown };
-    return typeof payload.exp === 'number' ? payload.exp : undefined;
-  } catch {
-    return undefined;
-  }
 }
 
 /**

@@ -6,6 +6,7 @@ import type { Config } from '../config/config.ts';
 import type { TokenVerifier } from '../tenancy/jwt.ts';
 import { adminAuth } from './admin-auth.middleware.ts';
 import { RateWindow } from './rate-window.ts';
+import { OperatorSessions } from './operator-sessions.ts';
 import { createBullBoard } from '@bull-board/api';
 import { BullMQAdapter } from '@bull-board/api/bullMQAdapter';
 import { ExpressAdapter } from '@bull-board/express';
@@ -26,7 +27,8 @@ export function bullBoardRouter(queues: Iterable<Queue>, opts: { readOnly: boole
   createBullBoard({
     queues: list.map((q) => new BullMQAdapter(q, { readOnlyMode: opts.readOnly, allowRetries: !opts.readOnly })),
     serverAdapter,
-    options: { uiConfig: { boardTitle: 'Dealix queues', hideDocsLink: true } },
+    // The guard answers `<mount>/logout` (a sign-out form) before Bull Board sees it.
+    options: { uiConfig: { boardTitle: 'Dealix queues', hideDocsLink: true, miscLinks: [{ text: 'Sign out', url: `${opts.basePath ?? BULL_BOARD_PATH}/logout` }] } },
   });
   // The adapter's router is an Express app of its own: it does not inherit the API's settings.
   const router = serverAdapter.getRouter() as Router & Partial<Pick<Express, 'disable'>>;
@@ -42,15 +44,22 @@ export function operatorDashboard(deps: {
   queues: Iterable<Queue>;
   verifier: TokenVerifier;
   logger: Logger;
-  /** Where failed operator logins are counted (every API process shares the count). */
+  /** Where failed operator logins, signed-out tokens and used `?token=` links are kept (every API process shares them). */
   redis: Redis;
-  config: Pick<Config, 'BULL_BOARD_READ_ONLY' | 'OPERATOR_USER' | 'OPERATOR_PASSWORD' | 'OPERATOR_LOGIN_MAX_FAILURES' | 'QUEUE_PREFIX'>;
+  config: Pick<Config, 'BULL_BOARD_READ_ONLY' | 'OPERATOR_USER' | 'OPERATOR_PASSWORD' | 'OPERATOR_LOGIN_MAX_FAILURES' | 'QUEUE_PREFIX' | 'JWT_CLOCK_TOLERANCE'>;
 }): { path: string; handlers: [RequestHandler, Router]; queueNames: string[] } {
   const { router, queueNames } = bullBoardRouter(deps.queues, { readOnly: deps.config.BULL_BOARD_READ_ONLY, basePath: BULL_BOARD_PATH });
   const { OPERATOR_USER: user, OPERATOR_PASSWORD: password } = deps.config;
   const loginThrottle = { window: new RateWindow(deps.redis, `${deps.config.QUEUE_PREFIX}:operator-login`, OPERATOR_LOGIN_WINDOW_MS), maxFailures: deps.config.OPERATOR_LOGIN_MAX_FAILURES };
-  const guard = adminAuth({ verifier: deps.verifier, logger: deps.logger, operator: user && password ? { user, password } : undefined, basePath: BULL_BOARD_PATH, loginThrottle });
+  const sessions = operatorSessions(deps.redis, deps.config);
+  const guard = adminAuth({ verifier: deps.verifier, logger: deps.logger, operator: user && password ? { user, password } : undefined, basePath: BULL_BOARD_PATH, loginThrottle, sessions });
   return { path: BULL_BOARD_PATH, handlers: [guard as RequestHandler, router], queueNames };
+}
+
+/** The dashboard's signed-out tokens and used `?token=` links, under the deployment's prefix. */
+export function operatorSessions(redis: Redis, config: Pick<Config, 'QUEUE_PREFIX' | 'JWT_CLOCK_TOLERANCE'>): OperatorSessions {
+  // The verifier accepts a token this long past its exp: its revocation must last as long.
+  return new OperatorSessions(redis, `${config.QUEUE_PREFIX}:operator-session`, config.JWT_CLOCK_TOLERANCE / 1000);
 }
 
 /** Records which queues the app's dashboard shows (the readiness matrix compares them with the workflows). */

@@ -1,0 +1,70 @@
+import { createHash } from 'node:crypto';
+import type { Redis } from 'ioredis';
+
+/**
+ * The dashboard's server-side record of operator tokens, in Redis so that every API process shares it:
+ * tokens signed out (revoked) and `?token=` links already exchanged for a cookie. A JWT cannot be
+ * recalled once issued; these lists refuse one at the dashboard before its `exp`.
+ *
+ * Each entry expires when its token would stop verifying anyway (`exp`, plus the verifier's clock
+ * tolerance, which still accepts a token that far past its `exp`), so nothing accumulates. Only tokens
+ * that verified are ever written: an unverified text must not let a client choose what Redis keeps.
+ * A Redis error is thrown to the caller (the dashboard answers 503): the check is never skipped.
+ */
+export class OperatorSessions {
+  private readonly redis: Redis;
+  private readonly keyPrefix: string;
+  private readonly graceSeconds: number;
+  /** `graceSeconds`: the verifier's clock tolerance (JWT_CLOCK_TOLERANCE), for which a token outlives its `exp`. */
+  constructor(redis: Redis, keyPrefix: string, graceSeconds: number) {
+    this.redis = redis;
+    this.keyPrefix = keyPrefix;
+    this.graceSeconds = Math.max(0, Math.ceil(graceSeconds));
+  }
+
+  /** Refuses `token` from now until it expires (keyed by its `jti` when it has one: every copy of it). */
+  async revoke(token: string): Promise<void> {
+    await this.redis.set(this.revokedKey(token), '1', 'EXAT', this.until(token));
+  }
+
+  async isRevoked(token: string): Promise<boolean> {
+    return (await this.redis.exists(this.revokedKey(token))) === 1;
+  }
+
+  /**
+   * Records that a `?token=` link was exchanged for a cookie: true the first time, false ever after
+   * (until the token expires). One SET NX: two visits at once cannot both be first.
+   */
+  async claimExchange(token: string): Promise<boolean> {
+    return (await this.redis.set(`${this.keyPrefix}:exchanged:${digest(token)}`, '1', 'EXAT', this.until(token), 'NX')) === 'OK';
+  }
+
+  private revokedKey(token: string): string {
+    const { jti } = claimsOf(token);
+    return `${this.keyPrefix}:revoked:${jti ? `jti:${digest(jti)}` : `token:${digest(token)}`}`;
+  }
+
+  /** The Unix second the entry may go: when the token stops verifying, never in the past (EXAT must be > 0). */
+  private until(token: string): number {
+    const now = Math.floor(Date.now() / 1000);
+    return Math.max(now + 1, (claimsOf(token).exp ?? now) + this.graceSeconds + 1);
+  }
+}
+
+const digest = (text: string) => createHash('sha256').update(text).digest('base64url');
+
+/**
+ * The token's `exp` and `jti`, read without verifying: call it only for a token that verified (the
+ * text is the same, so are its claims).
+ */
+export function claimsOf(jwt: string): { exp?: number; jti?: string } {
+  try {
+    const payload = JSON.parse(Buffer.from(jwt.split('.')[1] ?? '', 'base64url').toString('utf8')) as { exp?: unknown; jti?: unknown };
+    return {
+      ...(typeof payload.exp === 'number' ? { exp: payload.exp } : {}),
+      ...(typeof payload.jti === 'string' && payload.jti !== '' ? { jti: payload.jti } : {}),
+    };
+  } catch {
+    return {};
+  }
+}
