@@ -433,7 +433,7 @@ describe('the published schemas hold for real responses of every route', () => {
     expect(expectPublished('POST', '/api/v1/golden-path/runs/:id/retry', await retry(runs.a), 409).json).toMatchObject({ code: 'run_not_failed', run_status: 'completed' });
   });
 
-  it('a partner offboarding answers 202 as published, and its run reads as published, pending and completed', async () => {
+  it('a partner offboarding answers 202 as published, its run reads as published, pending and completed, and a second one of the partner answers 409 as published', async () => {
     // A tenant of its own: the runs-in-flight cap above counts every workflow's runs.
     const token = await stack.token({ tenantId: newTenant(), sub: 'ops-1' });
     const body = { partner: { reference: 'P-1', name: 'Acme' }, reason: 'inactive', balances: [{ currency: 'SAR', amount: 10 }] };
@@ -447,6 +447,13 @@ describe('the published schemas hold for real responses of every route', () => {
       { timeoutMs: 60_000, intervalMs: 100, what: `offboarding ${id} to end` },
     );
     expect(expectPublished('GET', '/api/v1/partner-offboarding/runs/:id', done, 200).json).toMatchObject({ status: 'completed', error: null });
+    // The partner is offboarded: a second submission of it is refused, and the route's 409 names the code.
+    const again = await api(stack, 'POST', '/api/v1/partner-offboarding/run', { token, body, headers: { 'Idempotency-Key': randomUUID() } });
+    expect(expectPublished('POST', '/api/v1/partner-offboarding/run', again, 409).json).toMatchObject({ code: 'partner_already_offboarded', run_id: id, run_status: 'completed' });
+    const published = (await api(stack, 'GET', '/openapi.json')).json.paths['/api/v1/partner-offboarding/run'].post.responses['409'];
+    expect(published.description).toContain('partner_already_offboarded');
+    expect(published.description).toContain('idempotency_key_in_use');
+    expect(Object.keys(published.headers)).toContain('Retry-After');
   });
 
   it('a failed offboarding retried answers 200 as published, and pages of offboardings read as published', async () => {

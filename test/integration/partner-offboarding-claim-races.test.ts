@@ -6,6 +6,8 @@
  * until all have, then runs the real step body, so their claims meet in PostgreSQL. Real PostgreSQL as
  * the application role, the production executor in this process (as approval-step-races.test.ts); a
  * job whose step failed but may be retried is run again as BullMQ would (its data counting the attempt).
+ * Also the submission guard ahead of them (admitSubmission) on a producer's `start`, which sends its
+ * insert with its commit unless a guard follows it.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createHash, randomUUID } from 'node:crypto';
@@ -33,19 +35,27 @@ describe('executions meeting in freeze-partner', () => {
   }, LONG);
   afterAll(async () => stack?.stop());
 
+  /** A submission of its own (its own idempotency hash) of an offboarding of `reference`. */
+  const submissionOf = (tenant: string, reference: string) => ({
+    tenantId: tenant,
+    principal: 'submitter-1',
+    idempotencyHash: createHash('sha256').update(randomUUID()).digest('hex'),
+    input: { ...OFFBOARDING_SUBMISSION, partner: { reference, name: 'Acme' } },
+    correlationId: randomUUID(),
+  });
+
   /** A partner offboarding run of `reference`, created without a job. */
   async function offboarding(tenant: string, reference: string) {
-    const { run } = await tenantEm(stack.container.orm, tenant).transactional((tx) =>
-      stack.container.runtime.start_run(tx, PARTNER_OFFBOARDING, {
-        tenantId: tenant,
-        principal: 'submitter-1',
-        idempotencyHash: createHash('sha256').update(randomUUID()).digest('hex'),
-        input: { ...OFFBOARDING_SUBMISSION, partner: { reference, name: 'Acme' } },
-        correlationId: randomUUID(),
-      }),
-    );
+    const { run } = await tenantEm(stack.container.orm, tenant).transactional((tx) => stack.container.runtime.start_run(tx, PARTNER_OFFBOARDING, submissionOf(tenant, reference)));
     return run;
   }
+
+  /** What step 1 leaves for `runId` (as the superuser): its record of `reference`, frozen. */
+  const frozenRecord = (tenant: string, runId: string, reference: string) =>
+    stack.db.admin(
+      `insert into partner_offboardings (id, tenant_id, run_id, partner_reference, partner_name, reason, status, frozen_at) values ($1, $2, $3, $4, 'Acme', 'inactive', 'frozen', now())`,
+      [randomUUID(), tenant, runId, reference],
+    );
 
   /**
    * Runs each execution's job from step 1, all at once; each waits inside freeze-partner until all are
@@ -121,14 +131,23 @@ describe('executions meeting in freeze-partner', () => {
     expect(checkpoints).toEqual([1, 2, 3].map((sequence_num) => ({ sequence_num, status: 'completed' })));
   });
 
+  it("a producer's start (outside a request) passes the same submission guard: a held partner is refused and leaves no run; a free one starts", { timeout: LONG }, async () => {
+    const tenant = newTenant();
+    const holder = await offboarding(tenant, 'P-HELD');
+    await frozenRecord(tenant, holder.id, 'P-HELD');
+    const start = (reference: string) => stack.container.runtime.start(tenantEm(stack.container.orm, tenant), PARTNER_OFFBOARDING, submissionOf(tenant, reference));
+    await expect(start('P-HELD')).rejects.toMatchObject({ status: 409, code: 'partner_already_offboarded', extensions: { run_id: holder.id, run_status: 'pending', offboarding_status: 'frozen' } });
+    const free = await start('P-FREE');
+    expect(free.created).toBe(true);
+    const runs = (await stack.db.admin(`select id from durable_runs where tenant_id = $1 order by created_at, id`, [tenant])).rows.map((r) => r.id);
+    expect(runs.sort()).toEqual([holder.id, free.run.id].sort());
+  });
+
   it("two runs taking over a cancelled offboarding's record at once: one abandons it and offboards the partner, the other is refused", { timeout: LONG }, async () => {
     const tenant = newTenant();
     const cancelled = await offboarding(tenant, 'P-TAKEN');
     // What a run cancelled in settle-balances leaves: its record frozen.
-    await stack.db.admin(
-      `insert into partner_offboardings (id, tenant_id, run_id, partner_reference, partner_name, reason, status, frozen_at) values ($1, $2, $3, 'P-TAKEN', 'Acme', 'inactive', 'frozen', now())`,
-      [randomUUID(), tenant, cancelled.id],
-    );
+    await frozenRecord(tenant, cancelled.id, 'P-TAKEN');
     await tenantEm(stack.container.orm, tenant).transactional((tx) => stack.container.runtime.complete(tx, cancelled.id, 'cancelled'));
     const [b, c] = [await offboarding(tenant, 'P-TAKEN'), await offboarding(tenant, 'P-TAKEN')];
     const ends = await meetInFreeze([{ run: b }, { run: c }]);

@@ -41,17 +41,24 @@ describe('cancelling, retrying and listing partner offboardings through the API'
     hosts.push(startRunHost(stack, wrappedWorkflow(stack, PARTNER_OFFBOARDING, controlledStep(ctl)), `offboarding-runs-${randomUUID().slice(0, 8)}`, {}, { concurrency }));
   }
 
+  const post = (token: string, body: unknown, key = randomUUID()) => api(stack, 'POST', `${BASE}/run`, { token, body, headers: { 'Idempotency-Key': key } });
   async function submit(token = tok.submitter!, body: unknown = OFFBOARDING_SUBMISSION): Promise<string> {
-    const res = await api(stack, 'POST', `${BASE}/run`, { token, body, headers: { 'Idempotency-Key': randomUUID() } });
+    const res = await post(token, body);
     expect(res.status, res.text).toBe(202);
     return res.json.run_id as string;
   }
+  /** A submission refused for its partner, another run of the tenant holding it (`holder`: that run and its statuses). */
+  function expectRefused(res: Awaited<ReturnType<typeof post>>, holder: { run_id: string; run_status?: string; offboarding_status?: string }) {
+    expect(res.status, res.text).toBe(409);
+    expect(res.headers.get('content-type')).toMatch(/^application\/problem\+json/);
+    expect(res.json).toMatchObject({ status: 409, code: 'partner_already_offboarded', ...holder });
+  }
   const act = (action: 'cancel' | 'retry', id: string, token = tok.submitter!, key: string | null = randomUUID()) =>
     api(stack, 'POST', `${BASE}/runs/${id}/${action}`, { token, headers: key ? { 'Idempotency-Key': key } : {} });
-  async function waitStatus(id: string, statuses: string[]) {
+  async function waitStatus(id: string, statuses: string[], token = tok.submitter!) {
     return waitFor(
       async () => {
-        const res = await api(stack, 'GET', `${BASE}/runs/${id}`, { token: tok.submitter! });
+        const res = await api(stack, 'GET', `${BASE}/runs/${id}`, { token });
         return statuses.includes(res.json?.status) ? res.json : undefined;
       },
       { timeoutMs: 60_000, intervalMs: 50, what: `offboarding ${id} to reach ${statuses.join('|')}` },
@@ -70,6 +77,9 @@ describe('cancelling, retrying and listing partner offboardings through the API'
   const checkpointsOf = async (id: string) => (await stack.db.admin(`select sequence_num, status, attempt, created_at from durable_checkpoints where run_id = $1 order by sequence_num`, [id])).rows;
   const ofPartner = () => ({ ...OFFBOARDING_SUBMISSION, partner: { reference: `P-${randomUUID().slice(0, 8)}`, name: 'Acme' } });
   const recordsOf = async (reference: string) => (await stack.db.admin(`select run_id, status from partner_offboardings where tenant_id = $1 and partner_reference = $2 order by frozen_at`, [tenant, reference])).rows;
+  /** The tenant's offboarding runs of the partner, whatever their status. */
+  const runsOf = async (reference: string) =>
+    (await stack.db.admin(`select id from durable_runs where tenant_id = $1 and workflow = $2 and input->'partner'->>'reference' = $3 order by created_at, id`, [tenant, PARTNER_OFFBOARDING, reference])).rows.map((r) => r.id as string);
   const offboardingOf = async (id: string) => (await stack.db.admin(`select status, settled_at, archived_at from partner_offboardings where run_id = $1`, [id])).rows;
   const metric = async (series: string) => {
     const line = (await api(stack, 'GET', '/metrics')).text.split('\n').find((l) => l.startsWith(`${series} `));
@@ -228,50 +238,92 @@ describe('cancelling, retrying and listing partner offboardings through the API'
     expect(gpList.json.items.map((r: { run_id: string }) => r.run_id)).toEqual([gp.json.run_id]);
   });
 
-  it('one offboarding per partner: a second one, after the first completed or while it runs, fails at freeze-partner and settles nothing', { timeout: LONG }, async () => {
+  it('one offboarding per partner: a second submission, after the first completed or while it runs, is refused 409 naming that run, and leaves no run; its key replays the 409', { timeout: LONG }, async () => {
     const ctl = stepControl();
     host(ctl, 2);
     const body = ofPartner();
     const first = await submit(tok.submitter!, body);
     expect(await waitStatus(first, ['completed', 'failed'])).toMatchObject({ status: 'completed' });
 
-    const again = await submit(tok.submitter!, body);
-    const refused = await waitStatus(again, ['completed', 'failed']);
-    expect(refused).toMatchObject({ status: 'failed', error: { code: 'partner_already_offboarded', step: STEPS[0], sequence_num: 1 } });
-    expect(refused.error.message).toContain(first);
-    // Step 1 only (run twice: its first try ran on what the new run's job carried, ADR 0004).
-    expect(new Set(enteredBy(ctl, again))).toEqual(new Set([1]));
+    const key = randomUUID();
+    const again = await post(tok.submitter!, body, key);
+    expectRefused(again, { run_id: first, run_status: 'completed', offboarding_status: 'archived' });
+    expect(again.json.detail).toContain(first);
+    // Nothing of it persisted: no run (so no job, no step), the partner's one record as it was.
+    expect(await runsOf(body.partner.reference)).toEqual([first]);
     expect(await recordsOf(body.partner.reference)).toEqual([{ run_id: first, status: 'archived' }]);
+    // A 4xx the handler decided is the request's answer (docs/api.md, Idempotency-Key): the same key replays it.
+    const replay = await post(tok.submitter!, body, key);
+    expect(replay.status, replay.text).toBe(409);
+    expect(replay.headers.get('idempotent-replayed')).toBe('true');
+    const { request_id: _first, ...stored } = again.json;
+    expect(replay.json).toEqual(stored);
 
-    // While the first is still in flight (held in settle-balances): the second is refused the same way.
+    // The same reference in another tenant is another partner (the check reads under the tenant's RLS):
+    // accepted and offboarded there, and this tenant's refusal still names its own run.
+    const theirs = await submit(tok.otherTenantAdmin!, body);
+    expect((await waitStatus(theirs, ['completed', 'failed'], tok.otherTenantAdmin!)).status).toBe('completed');
+    expectRefused(await post(tok.submitter!, body), { run_id: first });
+
+    // While the first is still in flight (held in settle-balances): refused the same way, naming its status.
     const held = barrier();
     ctl.hold = { seq: 2, at: held };
     const other = ofPartner();
     const running = await submit(tok.submitter!, other);
     await held.inside;
-    let during: { status: string; error: { code: string } };
+    let during: Awaited<ReturnType<typeof post>>;
     try {
-      during = await waitStatus(await submit(tok.submitter!, other), ['completed', 'failed']);
+      during = await post(tok.submitter!, other);
     } finally {
+      ctl.hold = undefined;
       held.release();
     }
-    expect(during).toMatchObject({ status: 'failed', error: { code: 'partner_already_offboarded' } });
+    expectRefused(during, { run_id: running, run_status: 'running', offboarding_status: 'frozen' });
     expect(await waitStatus(running, ['completed', 'failed'])).toMatchObject({ status: 'completed' });
+    expect(await runsOf(other.partner.reference)).toEqual([running]);
     expect(await recordsOf(other.partner.reference)).toEqual([{ run_id: running, status: 'archived' }]);
   });
 
-  it('a cancelled offboarding does not hold its partner: the offboarding refused while it ran, retried, completes, and the cancelled one is marked abandoned', { timeout: LONG }, async () => {
+  it('submissions of one partner at once: exactly one offboarding is archived; each other one is refused 409 at submission, or its run fails at freeze-partner', { timeout: LONG }, async () => {
+    const ctl = stepControl();
+    host(ctl, 2);
+    const body = ofPartner();
+    const answers = await Promise.all([0, 1, 2, 3].map(() => post(tok.submitter!, body)));
+    expect(answers.map((a) => a.status).filter((s) => s !== 202 && s !== 409), answers.map((a) => a.text).join('\n')).toEqual([]);
+    for (const refused of answers.filter((a) => a.status === 409)) expect(refused.json.code).toBe('partner_already_offboarded');
+    const accepted = answers.filter((a) => a.status === 202).map((a) => a.json.run_id as string);
+    const ends = await Promise.all(accepted.map((id) => waitStatus(id, ['completed', 'failed'])));
+    const completed = ends.filter((e) => e.status === 'completed');
+    expect(completed).toHaveLength(1);
+    for (const e of ends.filter((x) => x.status !== 'completed')) expect(e).toMatchObject({ status: 'failed', error: { code: 'partner_already_offboarded', step: STEPS[0], sequence_num: 1 } });
+    // The partner's one live record is the completed run's, archived; a refused submission left no run.
+    expect(await recordsOf(body.partner.reference)).toEqual([{ run_id: completed[0].run_id, status: 'archived' }]);
+    expect((await runsOf(body.partner.reference)).sort()).toEqual([...accepted].sort());
+  });
+
+  it('a cancelled offboarding does not hold its partner: refused while it ran, then the run that lost it at freeze-partner, retried, completes, and the cancelled one is marked abandoned', { timeout: LONG }, async () => {
+    const body = ofPartner();
+    // Both accepted before either froze the partner (no host yet): the submission finds no holder, so
+    // freeze-partner decides between them (the race backstop).
+    const [a, b] = [await submit(tok.submitter!, body), await submit(tok.submitter!, body)];
     const ctl = stepControl();
     const held = barrier();
     ctl.hold = { seq: 2, at: held };
     host(ctl, 2);
-    const body = ofPartner();
-    const cancelled = await submit(tok.submitter!, body);
-    await held.inside;
+    let cancelled: string;
     let refused: string;
     try {
-      refused = await submit(tok.submitter!, body);
-      expect(await waitStatus(refused, ['completed', 'failed'])).toMatchObject({ status: 'failed', error: { code: 'partner_already_offboarded' } });
+      await held.inside;
+      refused = await waitFor(
+        async () => {
+          for (const id of [a, b]) if ((await runRow(id)).status === 'failed') return id;
+          return undefined;
+        },
+        { timeoutMs: 60_000, what: 'the offboarding that lost the partner to fail' },
+      );
+      cancelled = refused === a ? b : a;
+      expect(await waitStatus(refused, ['failed'])).toMatchObject({ status: 'failed', error: { code: 'partner_already_offboarded', step: STEPS[0], sequence_num: 1 } });
+      expectRefused(await post(tok.submitter!, body), { run_id: cancelled, run_status: 'running', offboarding_status: 'frozen' });
       expect((await act('cancel', cancelled)).status).toBe(200);
     } finally {
       ctl.hold = undefined;
@@ -284,19 +336,25 @@ describe('cancelling, retrying and listing partner offboardings through the API'
       { run_id: cancelled, status: 'abandoned' },
       { run_id: refused, status: 'archived' },
     ]);
+    expectRefused(await post(tok.submitter!, body), { run_id: refused, run_status: 'completed', offboarding_status: 'archived' });
   });
 
   it('a failed offboarding holds its partner until it is retried, or deleted by run retention: then the next offboarding of the partner completes', { timeout: LONG }, async () => {
     const { ctl, body, failed } = await failedInSettle();
-    const refused = await submit(tok.submitter!, body);
-    const why = await waitStatus(refused, ['completed', 'failed']);
-    expect(why).toMatchObject({ status: 'failed', error: { code: 'partner_already_offboarded' } });
-    expect(why.error.message).toContain(`${failed}`);
-    expect(why.error.message).toContain('retry that run');
+    const key = randomUUID();
+    const refused = await post(tok.submitter!, body, key);
+    expectRefused(refused, { run_id: failed, run_status: 'failed', offboarding_status: 'frozen' });
+    expect(refused.json.detail).toContain(failed);
+    expect(refused.json.detail).toContain('retry that run');
+    expect(await runsOf(body.partner.reference)).toEqual([failed]);
 
     ctl.failing.clear();
     // What run retention does to a run that ended long ago (its checkpoints go with it): the record stays, naming no run.
     await stack.db.admin(`delete from durable_runs where id = $1`, [failed]);
+    // The refused request's key keeps its answer (a new key is a new request): its replay is the 409.
+    const replay = await post(tok.submitter!, body, key);
+    expect(replay.status, replay.text).toBe(409);
+    expect(replay.headers.get('idempotent-replayed')).toBe('true');
     const next = await submit(tok.submitter!, body);
     expect(await waitStatus(next, ['completed', 'failed'])).toMatchObject({ status: 'completed', error: null });
     expect(await recordsOf(body.partner.reference)).toEqual([
@@ -325,7 +383,7 @@ describe('cancelling, retrying and listing partner offboardings through the API'
     expect(await offboardingOf(failed)).toEqual([{ status: 'abandoned', settled_at: null, archived_at: null }]);
   });
 
-  it("sends each offboarding's end to its own tenant's endpoints once: completed, refused as a second offboarding, cancelled; another tenant's offboarding of the same reference is its own", { timeout: LONG }, async () => {
+  it("sends each offboarding's end to its own tenant's endpoints once: completed, cancelled, none for a second offboarding refused at submission; another tenant's offboarding of the same reference is its own", { timeout: LONG }, async () => {
     const EVENTS = ['run.completed', 'run.failed', 'run.cancelled'];
     const endpoint = async (token: string) => {
       const res = await api(stack, 'POST', '/api/v1/webhook-endpoints', { token, body: { url: 'https://93.184.215.14/hook', events: EVENTS }, headers: { 'Idempotency-Key': randomUUID() } });
@@ -342,8 +400,8 @@ describe('cancelling, retrying and listing partner offboardings through the API'
     const body = ofPartner();
     const completed = await submit(tok.submitter!, body);
     await waitStatus(completed, ['completed']);
-    const refused = await submit(tok.submitter!, body);
-    await waitStatus(refused, ['failed']);
+    // Refused at submission (409): no run, so no run.failed event.
+    expectRefused(await post(tok.submitter!, body), { run_id: completed });
     const held = barrier();
     ctl.hold = { seq: 2, at: held };
     const cancelled = await submit(tok.submitter!, ofPartner());
@@ -371,9 +429,8 @@ describe('cancelling, retrying and listing partner offboardings through the API'
     );
     const of = (run: string) => rows.filter((r) => r.run_id === run).map((r) => [r.tenant_id, r.endpoint_id, r.event_type, r.workflow]);
     expect(of(completed)).toEqual([[tenant, own, 'run.completed', PARTNER_OFFBOARDING]]);
-    expect(of(refused)).toEqual([[tenant, own, 'run.failed', PARTNER_OFFBOARDING]]);
     expect(of(cancelled)).toEqual([[tenant, own, 'run.cancelled', PARTNER_OFFBOARDING]]);
     expect(of(theirs)).toEqual([[otherTenant, elsewhere, 'run.completed', PARTNER_OFFBOARDING]]);
-    expect(rows).toHaveLength(4);
+    expect(rows).toHaveLength(3);
   });
 });

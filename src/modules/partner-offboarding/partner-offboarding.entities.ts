@@ -9,7 +9,8 @@ export const OFFBOARDING_STATUSES = ['frozen', 'settled', 'archived', 'abandoned
  * One per partner too: at most one record of a tenant's `partner_reference` is not `abandoned` (the
  * partial unique key), so a partner is frozen, settled and archived once. A record whose run was
  * cancelled (or deleted by run retention) before it was archived is marked `abandoned` by the next
- * offboarding of that partner (step 1), which then takes its place.
+ * offboarding of that partner (step 1), which then takes its place. A submission of a partner that a
+ * record holds is refused before its run starts (409, refuseHeldPartner); step 1's claim is the backstop.
  */
 export const PartnerOffboardingRow = defineEntity({
   name: 'PartnerOffboarding',

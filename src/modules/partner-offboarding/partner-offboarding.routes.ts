@@ -21,7 +21,11 @@ export function partnerOffboardingRoutes(deps: { runtime: DurableRuntime; admiss
       // The tenant's submission rate and runs-in-flight cap, as for every submission (429).
       ...(deps.admission ? { admission: deps.admission } : {}),
       body: offboardingSubmission,
-      responses: { 202: { description: 'Accepted: the run is queued', schema: runAccepted } },
+      responses: {
+        202: { description: 'Accepted: the run is queued', schema: runAccepted },
+        // The workflow's submission guard (refuseHeldPartner): nothing is started, and the key stores the answer.
+        409: { description: 'Another offboarding of the tenant holds the partner: archived, or its run not cancelled — retry that run if it failed (code: partner_already_offboarded, with run_id, run_status and offboarding_status)' },
+      },
       handler: (ctx) => acceptRun(deps.runtime, PARTNER_OFFBOARDING, ctx, offboardingRunPath),
     }),
     // The workflow is part of every run route's filter: a golden-path run's id is not an offboarding (404).

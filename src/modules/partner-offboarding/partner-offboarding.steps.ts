@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { z } from 'zod';
 import type { EntityManager } from '@mikro-orm/postgresql';
 import { defineStep, type StepContext } from '../../platform/durable/workflow.ts';
-import { PermanentError } from '../../platform/errors/app-error.ts';
+import { ConflictError, PermanentError } from '../../platform/errors/app-error.ts';
 import { minorDigits, roundMinor } from '../../platform/money/minor-units.ts';
 import { archivedSchema, frozenSchema, offboardingSubmission, settlementSchema, type OffboardingSubmission, type Settlement } from './partner-offboarding.schemas.ts';
 
@@ -51,19 +51,44 @@ const CLAIM = `insert into partner_offboardings (id, tenant_id, run_id, partner_
   values (?, ?, ?, ?, ?, ?, 'frozen', ?)
   on conflict (tenant_id, partner_reference) where status <> 'abandoned' do nothing returning id`;
 
-/** The record that holds the partner, locked, with its run's status (null: deleted by run retention). */
-const HOLDER = `select o.id, o.run_id, o.status, r.status as run_status from partner_offboardings o
+/** The record of the partner that is not abandoned, with its run's status (null: deleted by run retention). */
+const LIVE_RECORD = `select o.id, o.run_id, o.status, r.status as run_status from partner_offboardings o
   left join durable_runs r on r.tenant_id = o.tenant_id and r.id = o.run_id
-  where o.tenant_id = ? and o.partner_reference = ? and o.status <> 'abandoned' for update of o`;
+  where o.tenant_id = ? and o.partner_reference = ? and o.status <> 'abandoned'`;
+/** That record, locked: step 1 may give it up (abandoned) and claim the partner in its place. */
+const HOLDER = `${LIVE_RECORD} for update of o`;
 
 type Holder = { id: string; run_id: string; status: string; run_status: string | null };
+
+/** Whether the record holds its partner: archived, or its run neither cancelled nor deleted (such a record is given up). */
+const holdsPartner = (h: Holder) => h.status === 'archived' || (h.run_status !== null && h.run_status !== 'cancelled');
+
+function heldBy(reference: string, holder: Holder): string {
+  const what = holder.status === 'archived' ? 'was offboarded' : `is being offboarded (its run is ${holder.run_status}${holder.run_status === 'failed' ? ': retry that run' : ''})`;
+  return `Partner ${reference} ${what} by run ${holder.run_id}.`;
+}
 
 /** The partner is another offboarding's: this run fails for good (at step 1), having frozen and settled nothing. */
 class PartnerAlreadyOffboardedError extends PermanentError {
   constructor(reference: string, holder: Holder) {
-    const what = holder.status === 'archived' ? 'was offboarded' : `is being offboarded (its run is ${holder.run_status}${holder.run_status === 'failed' ? ': retry that run' : ''})`;
-    super('partner_already_offboarded', `Partner ${reference} ${what} by run ${holder.run_id}.`);
+    super('partner_already_offboarded', heldBy(reference, holder));
   }
+}
+
+/**
+ * The workflow's submission guard (`admitSubmission`): a submission of a partner that another
+ * offboarding of the tenant holds is refused, 409 naming that run and its status, and starts no run
+ * (rather than one that fails at freeze-partner). A plain read in the submission's transaction, under
+ * the tenant's RLS: it locks nothing, so it never holds up the holder's own steps; two submissions at
+ * once both pass it, and freeze-partner's claim decides between their runs.
+ */
+export async function refuseHeldPartner(em: EntityManager, submission: OffboardingSubmission, run: { tenantId: string }): Promise<void> {
+  const { reference } = submission.partner;
+  const [holder] = await em.execute<Holder[]>(LIVE_RECORD, [run.tenantId, reference]);
+  if (!holder || !holdsPartner(holder)) return;
+  throw new ConflictError('partner_already_offboarded', heldBy(reference, holder), {
+    extensions: { run_id: holder.run_id, run_status: holder.run_status, offboarding_status: holder.status },
+  });
 }
 
 /**
@@ -88,7 +113,7 @@ export const freezePartnerStep = defineStep({
       // plain (retryable) error, whose retry reads the run and goes on from what is stored.
       if (!holder || holder.run_id === ctx.run.id) throw new Error(`partner ${reference}: its offboarding record changed under run ${ctx.run.id}'s freeze`);
       // A run cancelled before it archived (or deleted by retention) holds nothing: its record is given up.
-      if (holder.status === 'archived' || (holder.run_status !== null && holder.run_status !== 'cancelled')) throw new PartnerAlreadyOffboardedError(reference, holder);
+      if (holdsPartner(holder)) throw new PartnerAlreadyOffboardedError(reference, holder);
       await ctx.em.execute(`update partner_offboardings set status = 'abandoned' where tenant_id = ? and id = ?`, [ctx.run.tenantId, holder.id], 'run');
       if (!(await claim())[0]) throw new Error(`partner ${reference}: claimed by another offboarding during run ${ctx.run.id}'s freeze`);
     }

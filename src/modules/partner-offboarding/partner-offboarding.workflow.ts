@@ -1,6 +1,6 @@
 import { defineWorkflow, type WorkflowDef } from '../../platform/durable/workflow.ts';
 import { offboardingSubmission } from './partner-offboarding.schemas.ts';
-import { archiveRecordStep, freezePartnerStep, settleBalancesStep } from './partner-offboarding.steps.ts';
+import { archiveRecordStep, freezePartnerStep, refuseHeldPartner, settleBalancesStep } from './partner-offboarding.steps.ts';
 
 export const PARTNER_OFFBOARDING = 'partner-offboarding';
 /** Its own queue: a burst of offboardings does not hold up verifications, and Bull Board and /metrics show it apart. */
@@ -9,7 +9,8 @@ export const PARTNER_OFFBOARDING_QUEUE = 'partner-offboarding';
 /**
  * Partner offboarding, the worked example of a second workflow (docs/runtime.md, "Adding a workflow"):
  *   1 freeze-partner → 2 settle-balances → 3 archive-record.
- * No step waits; the run ends `completed` with the archive step's output (the default `finish`).
+ * No step waits; the run ends `completed` with the archive step's output (the default `finish`). A
+ * submission of a partner the tenant already offboards is refused before its run starts (409).
  */
 export function partnerOffboardingWorkflow(): WorkflowDef {
   return defineWorkflow({
@@ -19,5 +20,7 @@ export function partnerOffboardingWorkflow(): WorkflowDef {
     queue: PARTNER_OFFBOARDING_QUEUE,
     input: offboardingSubmission,
     steps: [freezePartnerStep, settleBalancesStep, archiveRecordStep],
+    // A partner another offboarding holds: 409 at submission; freeze-partner's claim is the race's backstop.
+    admitSubmission: refuseHeldPartner,
   });
 }

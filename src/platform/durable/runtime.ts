@@ -244,12 +244,13 @@ export class DurableRuntime {
   /**
    * Creates the run, or finds the one this submission already created (unique per tenant and
    * idempotency hash): a retried submission can never start a second run. In the caller's
-   * transaction (the POST handler's, with its admission check and stored response).
+   * transaction (the POST handler's, with its admission check and stored response), where the
+   * workflow's submission guard may refuse a run it creates (admitSubmission: the error it throws).
    */
   async start_run(em: EntityManager, workflowName: string, input: StartRunInput): Promise<{ run: RunRow; created: boolean }> {
     const wf = this.workflow(workflowName);
     for (let attempt = 0; attempt < 5; attempt++) {
-      const found = await this.insertRun(em, wf, input, '');
+      const found = await this.createRun(em, wf, input, '');
       if (found) return found;
     }
     throw new Error('start_run found neither a new nor an existing run');
@@ -264,14 +265,25 @@ export class DurableRuntime {
   async start(em: EntityManager, workflowName: string, input: StartRunInput): Promise<{ run: RunRow; created: boolean }> {
     const wf = this.workflow(workflowName);
     for (let attempt = 0; attempt < 5; attempt++) {
-      // Each attempt is a transaction of its own: nothing follows the insert in it.
-      const found = await em.transactional((tx) => this.insertRun(tx, wf, input, LAST_IN_TRANSACTION));
+      // Each attempt is a transaction of its own: nothing follows the insert in it (but the workflow's guard).
+      const found = await em.transactional((tx) => this.createRun(tx, wf, input, LAST_IN_TRANSACTION));
       if (!found) continue;
       if (found.created) await this.enqueue(found.run, 1, { carryFirst: true });
       else await this.ensureEnqueued(found.run);
       return found;
     }
     throw new Error('start found neither a new nor an existing run');
+  }
+
+  /**
+   * insertRun, and the workflow's submission guard on a run it created (`admitSubmission`): a refusal
+   * it throws rolls the insert back with the caller's transaction. The guard's statements follow the
+   * insert, which is then not the transaction's last (`marker` dropped).
+   */
+  private async createRun(em: EntityManager, wf: WorkflowDef, input: StartRunInput, marker: string): Promise<{ run: RunRow; created: boolean } | undefined> {
+    const found = await this.insertRun(em, wf, input, wf.admitSubmission ? '' : marker);
+    if (found?.created && wf.admitSubmission) await wf.admitSubmission(em, input.input, { tenantId: input.tenantId });
+    return found;
   }
 
   /**

@@ -130,6 +130,17 @@ export interface WorkflowDef<In = any> {
   input: ZodType<In>;
   steps: StepDef[];
   /**
+   * The submission's guard: refuses a submission whose run must not start (partner offboarding's, a
+   * partner another offboarding of the tenant holds: 409). `start_run` (and `start`) call it in the
+   * submission's own transaction, under the tenant's RLS, right after the insert that created the run,
+   * and only then: a retried submission that finds its run is never refused. It throws the refusal
+   * (an AppError 4xx, which the route answers and stores under the Idempotency-Key like any 4xx of its
+   * handler, router.ts), and the transaction rolls back with the run's row: nothing of the submission
+   * is left. It reads and changes nothing, so two submissions at once may both pass it: a business key
+   * it checks must still be enforced by a step (freeze-partner's claim), the race's backstop.
+   */
+  admitSubmission?(em: EntityManager, input: In, run: { tenantId: string }): Promise<void>;
+  /**
    * What the run's `run.<status>` webhook event carries besides the run's own fields, from its output
    * when its last step completed (e.g. the golden path's evidence pack id; docs/api.md, *Webhooks*).
    */
