@@ -84,10 +84,19 @@ export class Migrator extends MikroOrmMigrator {
   }
 
   private async isTransactional(m: Runnable): Promise<boolean> {
-    if (!m.path) return true;
-    // How MikroORM's resolve() finds the class; an instance only to ask it (the constructor stores its arguments).
-    const mod = (await fs.dynamicImport(m.path)) as Record<string, unknown>;
-    const Class = Object.values(mod).find((c) => typeof c === 'function') as (new (...args: unknown[]) => Migration) | undefined;
-    return Class ? new Class(this.driver, this.config).isTransactional() : true;
+    const instance = (Class: unknown) => new (Class as new (...args: unknown[]) => Migration)(this.driver, this.config);
+    if (m.path) {
+      // How MikroORM's resolve() finds the class; an instance only to ask it (the constructor stores its arguments).
+      const mod = (await fs.dynamicImport(m.path)) as Record<string, unknown>;
+      const Class = Object.values(mod).find((c) => typeof c === 'function');
+      return Class ? instance(Class).isTransactional() : true;
+    }
+    // `migrationsList` (classes, or { name, class }): named as MikroORM's initialize() names them.
+    for (const entry of this.options.migrationsList ?? []) {
+      const [Class, listed] = typeof entry === 'function' ? [entry, undefined] : [entry.class, entry.name];
+      const migration = instance(Class);
+      if (this.storage.getMigrationName(listed ?? migration.name ?? Class.name) === m.name) return migration.isTransactional();
+    }
+    return true;
   }
 }
