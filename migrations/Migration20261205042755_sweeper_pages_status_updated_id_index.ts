@@ -1,18 +1,15 @@
-import { Migration } from '@mikro-orm/migrations';
+import { IndexReplacementMigration } from '../src/platform/db/concurrent-index.ts';
 
-export class Migration20261205042755_sweeper_pages_status_updated_id_index extends Migration {
+/**
+ * Concurrently, outside a transaction, as Migration20261205032101_run_list_workflow_status_index. The
+ * new index first: run retention's read of ended runs by age is never left without one.
+ */
+export class Migration20261205042755_sweeper_pages_status_updated_id_index extends IndexReplacementMigration {
 
   override name = 'Migration20261205042755_sweeper_pages_status_updated_id_index';
 
-  override up(): void | Promise<void> {
-    // The new index first: run retention's read of ended runs by age is never left without one.
-    this.addSql(`create index if not exists "durable_runs_status_updated_id_index" on "durable_runs" ("status", "updated_at", "id");`);
-    this.addSql(`drop index if exists "durable_runs_status_updated_index";`);
-  }
+  protected override readonly build = { name: 'durable_runs_status_updated_id_index', table: 'durable_runs', columns: 'status, updated_at, id' };
 
-  override down(): void | Promise<void> {
-    this.addSql(`create index if not exists "durable_runs_status_updated_index" on "durable_runs" ("status", "updated_at");`);
-    this.addSql(`drop index if exists "durable_runs_status_updated_id_index";`);
-  }
+  protected override readonly replaces = { name: 'durable_runs_status_updated_index', table: 'durable_runs', columns: 'status, updated_at' };
 
 }

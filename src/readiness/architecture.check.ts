@@ -11,14 +11,24 @@ import { scanSource, type ScannedFile } from './import-scan.ts';
  * - entrypoints (src/server.ts, workers/*.ts, src/cli/*.ts) stay thin: at most ENTRYPOINT_MAX_LINES lines of
  *   code (comments and blank lines do not count), no class, and no import of src/modules: business logic
  *   lives in modules and reaches an entrypoint only through the composition root (src/container.ts).
+ * - index-migration: a migration from CONCURRENT_INDEXES_SINCE on builds no index on a table of
+ *   LARGE_TABLES with a plain CREATE INDEX, which holds off every write of the table while it reads it,
+ *   inside the migrations' transaction; it builds it concurrently (src/platform/db/concurrent-index.ts;
+ *   docs/runbook.md, *Migrate (outside a deploy)*). The earlier migrations have run as they are.
  */
 export const ENTRYPOINT_MAX_LINES = 60;
 export const ENV_ALLOWED = ['src/platform/config/config.ts', 'vitest.config.ts'];
 const SCANNED_DIRS = ['src', 'workers', 'migrations', 'test'];
+/** The tables that grow with runs and submissions. */
+export const LARGE_TABLES = ['approval_decisions', 'approval_requests', 'durable_checkpoints', 'durable_runs', 'economics_models', 'evidence_packs', 'evidence_seals', 'idempotency_keys', 'partner_dossiers', 'webhook_deliveries'];
+/** The first migration held to the index-migration rule (file names sort by their timestamp). */
+export const CONCURRENT_INDEXES_SINCE = 'Migration20261205032101';
+/** `create [unique] index [if not exists] <name> on [only] <table>`, not concurrently; group 1 the table. */
+const PLAIN_CREATE_INDEX = /\bcreate\s+(?:unique\s+)?index\s+(?!concurrently\b)(?:if\s+not\s+exists\s+)?"?\w+"?\s+on\s+(?:only\s+)?"?(?:public"?\."?)?(\w+)"?/gi;
 const IGNORED_DIRS = new Set(['node_modules', 'dist', '.git', 'artifacts', 'coverage']);
 
 export interface Violation {
-  rule: 'layering' | 'cycle' | 'process-env' | 'thin-entrypoint';
+  rule: 'layering' | 'cycle' | 'process-env' | 'thin-entrypoint' | 'index-migration';
   /** Repository-relative path with forward slashes. */
   file: string;
   line?: number;
@@ -60,8 +70,10 @@ const envAllowed = (f: string) => ENV_ALLOWED.includes(f) || f.startsWith('test/
 export function checkArchitecture(root: string): ArchitectureResult {
   const files = listTs(root);
   const known = new Set(files);
-  const scanned = new Map<string, ScannedFile>(files.map((f) => [f, scanSource(f, readFileSync(join(root, f), 'utf8'))]));
+  const texts = new Map(files.map((f) => [f, readFileSync(join(root, f), 'utf8')]));
+  const scanned = new Map<string, ScannedFile>(files.map((f) => [f, scanSource(f, texts.get(f)!)]));
   const violations: Violation[] = [];
+  for (const [file, text] of texts) if (isHeldMigration(file)) violations.push(...plainIndexBuilds(file, text));
   const graph = new Map<string, Array<{ to: string; line: number }>>();
   for (const [file, s] of scanned) {
     const edges: Array<{ to: string; line: number }> = [];
@@ -87,6 +99,19 @@ export function checkArchitecture(root: string): ArchitectureResult {
   }
   violations.push(...findCycles(graph));
   return { files: files.length, violations };
+}
+
+const isHeldMigration = (f: string) => /^migrations\/Migration\d{14}[^/]*\.ts$/.test(f) && f.slice('migrations/'.length) >= CONCURRENT_INDEXES_SINCE;
+
+function plainIndexBuilds(file: string, text: string): Violation[] {
+  return [...text.matchAll(PLAIN_CREATE_INDEX)]
+    .filter((m) => LARGE_TABLES.includes(m[1]!.toLowerCase()))
+    .map((m) => ({
+      rule: 'index-migration' as const,
+      file,
+      line: text.slice(0, m.index).split('\n').length,
+      detail: `builds an index on ${m[1]} with a plain CREATE INDEX, holding off its writes: build it concurrently, in a migration of its own (replaceIndexConcurrently, src/platform/db/concurrent-index.ts)`,
+    }));
 }
 
 /** Tarjan's strongly connected components; each component larger than one file (or a self-import) is reported once, as a concrete cycle. */
@@ -155,7 +180,7 @@ function describeCycle(graph: Map<string, Array<{ to: string; line: number }>>, 
 }
 
 export function formatViolations(result: ArchitectureResult): string {
-  if (!result.violations.length) return `architecture: ${result.files} files conform (layering, no cycles, config-only process.env, thin entrypoints)`;
+  if (!result.violations.length) return `architecture: ${result.files} files conform (layering, no cycles, config-only process.env, thin entrypoints, concurrent index migrations)`;
   const lines = result.violations.map((v) => `${v.file}${v.line ? `:${v.line}` : ''}  [${v.rule}]  ${v.detail}`);
   return [...lines, '', `architecture: ${result.violations.length} violation(s) in ${result.files} files`].join('\n');
 }

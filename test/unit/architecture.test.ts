@@ -2,7 +2,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { mkdtempSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
-import { checkArchitecture, ENTRYPOINT_MAX_LINES, formatViolations } from '../../src/readiness/architecture.check.ts';
+import { checkArchitecture, CONCURRENT_INDEXES_SINCE, ENTRYPOINT_MAX_LINES, formatViolations } from '../../src/readiness/architecture.check.ts';
 
 /** The architecture check on small fixture trees written to a temporary directory (npm run lint runs it on the repository). */
 const roots: string[] = [];
@@ -106,6 +106,28 @@ describe('architecture check', () => {
     });
     const details = checkArchitecture(root).violations.map((v) => `${v.rule} ${v.file}${v.line ? `:${v.line}` : ''}`);
     expect(details.sort()).toEqual(['thin-entrypoint workers/orders.worker.ts', 'thin-entrypoint workers/orders.worker.ts:1']);
+  });
+
+  it('fails a migration from CONCURRENT_INDEXES_SINCE on that builds an index on a large table with a plain CREATE INDEX, naming the line', () => {
+    // The first held migration's statements as they were first written, in the migrations' transaction.
+    const plain = [
+      "import { Migration } from '@mikro-orm/migrations';",
+      'this.addSql(`create index if not exists "durable_runs_tenant_workflow_status_created_index" on "durable_runs" ("tenant_id", "workflow", "status", "created_at", "id");`);',
+      'this.addSql(`drop index if exists "durable_runs_tenant_created_index";`);',
+      'this.addSql(`CREATE INDEX durable_runs_tenant_created_index\n  ON durable_runs (tenant_id, created_at, id);`);',
+    ].join('\n');
+    const held = `migrations/${CONCURRENT_INDEXES_SINCE}_run_list_workflow_status_index.ts`;
+    const later = 'migrations/Migration20270101000000_later.ts';
+    const root = tree({
+      ...CLEAN,
+      [held]: plain,
+      // Concurrently, a new table's index, and an earlier migration: all allowed.
+      [later]: 'this.addSql(`create index concurrently if not exists "a" on "durable_runs" ("id");`);\nthis.addSql(`create index "b" on "new_things" ("id");`);\nthis.addSql(`create unique index "c" on public.webhook_deliveries (id);`);\n',
+      'migrations/Migration20261202062557_approvals_newest_first_index.ts': 'this.addSql(`create index "approval_requests_tenant_created_index" on "approval_requests" ("tenant_id", "created_at");`);\n',
+    });
+    const found = checkArchitecture(root).violations.filter((v) => v.rule === 'index-migration');
+    expect(found.map((v) => `${v.file}:${v.line}`)).toEqual([`${held}:2`, `${held}:4`, `${later}:3`]);
+    expect(found[0]!.detail).toMatch(/^builds an index on durable_runs with a plain CREATE INDEX/);
   });
 
   it('formats each violation with file, line, rule and the offending import', () => {

@@ -12,7 +12,11 @@ export function tenantTables(orm: MikroORM): string[] {
     .sort();
 }
 
-/** Applies pending migrations as the owner role, then (re)grants the runtime privileges. Idempotent. */
+/**
+ * Applies pending migrations as the owner role, then (re)grants the runtime privileges. Idempotent.
+ * All in one transaction, except a migration that opts out of it (a concurrent index build), which
+ * runs alone between the others (migrator.ts).
+ */
 export async function migrate(config: Config, entities: EntitySchema<any, any>[], clientUrl?: string): Promise<string[]> {
   const orm = await createOrm(config, { entities, role: 'owner', poolMax: 2, ...(clientUrl ? { clientUrl } : {}) });
   try {

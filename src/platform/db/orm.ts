@@ -1,5 +1,4 @@
 import { MikroORM, defineConfig, type Options } from '@mikro-orm/postgresql';
-import { Migrator } from '@mikro-orm/migrations';
 import type { EntitySchema } from '@mikro-orm/core';
 import { randomUUID } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
@@ -7,6 +6,7 @@ import type { Config } from '../config/config.ts';
 import { CoalescingClient, markHeldInsert } from './coalescing-client.ts';
 import { BindingPostgreSqlDriver } from './binding-driver.ts';
 import { routines } from './routines.ts';
+import { Migrator } from './migrator.ts';
 
 export const MIGRATIONS_PATH = fileURLToPath(new URL('../../../migrations', import.meta.url));
 
@@ -35,6 +35,7 @@ export function ormConfig(config: Config, opts: OrmOptions): Options {
     driver: BindingPostgreSqlDriver,
     entities: opts.entities,
     routines: opts.routines === false ? [] : routines,
+    // A migration that opts out of the transaction runs alone, outside the others' (migrator.ts).
     extensions: [Migrator],
     debug: opts.debug ?? false,
     // Tenant session variables apply per transaction (set_config(..., true)): safe with pooling and PgBouncer.

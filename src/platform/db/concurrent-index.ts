@@ -1,0 +1,76 @@
+import pg from 'pg';
+import { Migration } from '@mikro-orm/migrations';
+
+/** A plain b-tree index: `columns` as pg_get_indexdef prints them (`tenant_id, created_at, id`). */
+export interface IndexSpec {
+  name: string;
+  table: string;
+  columns: string;
+}
+
+/**
+ * For a migration that opts out of the transaction (`isTransactional()` false; migrator.ts runs it
+ * alone): builds `build` with `CREATE INDEX CONCURRENTLY`, then drops `drop`, if given, with `DROP INDEX
+ * CONCURRENTLY`. Neither blocks reads or writes of the table (a plain `CREATE INDEX` holds off every
+ * write for the build, a plain `DROP INDEX` every read and write until the transaction commits);
+ * each waits instead for the transactions already open on it.
+ *
+ * A concurrent build that failed halfway (cancelled, the connection lost, the migration's process
+ * killed) leaves an INVALID index of that name, which `IF NOT EXISTS` would keep and the planner
+ * never uses: that one, or one of another definition built under the name by hand, is dropped and
+ * built again; a valid one of this definition (built beforehand by hand) is kept. Re-running after
+ * any failure therefore finishes the job (`test/integration/concurrent-index-migrations.test.ts`).
+ *
+ * One connection of its own, without `DATABASE_STATEMENT_TIMEOUT` (30 s, set on the ORM's pooled
+ * connections): a build on a large table takes longer, and a cancelled build is only the INVALID
+ * leftover above. Its waits hold up nobody.
+ */
+export async function replaceIndexConcurrently(url: string, build: IndexSpec, drop?: string): Promise<void> {
+  const db = new pg.Client({ connectionString: url });
+  await db.connect();
+  try {
+    await db.query(`set statement_timeout = 0`);
+    const { rows } = await db.query<{ valid: boolean; def: string; wanted: string }>(
+      `select i.indisvalid as valid, pg_get_indexdef(i.indexrelid) as def,
+              format('CREATE INDEX %s ON %s.%s USING btree (%s)', $1::text, current_schema(), $2::text, $3::text) as wanted
+         from pg_index i where i.indexrelid = to_regclass($1)`,
+      [build.name, build.table, build.columns],
+    );
+    const found = rows[0];
+    if (found && (!found.valid || found.def !== found.wanted)) await db.query(`drop index concurrently if exists "${build.name}"`);
+    await db.query(`create index concurrently if not exists "${build.name}" on "${build.table}" (${quoted(build.columns)})`);
+    if (drop) await db.query(`drop index concurrently if exists "${drop}"`);
+  } finally {
+    await db.end();
+  }
+}
+
+const quoted = (columns: string) =>
+  columns
+    .split(',')
+    .map((c) => `"${c.trim()}"`)
+    .join(', ');
+
+/**
+ * A migration that replaces one index of a large table by another, concurrently (replaceIndexConcurrently):
+ * the new one built before the old one is dropped, so queries are never left without either; `down`
+ * the other way round. Outside any transaction (migrator.ts runs it alone), so nothing else goes in it.
+ */
+export abstract class IndexReplacementMigration extends Migration {
+  /** The index `up` builds. */
+  protected abstract readonly build: IndexSpec;
+  /** The index it replaces: `up` drops it, `down` builds it again. */
+  protected abstract readonly replaces: IndexSpec;
+
+  override isTransactional(): boolean {
+    return false;
+  }
+
+  override async up(): Promise<void> {
+    await replaceIndexConcurrently(this.config.get('clientUrl')!, this.build, this.replaces.name);
+  }
+
+  override async down(): Promise<void> {
+    await replaceIndexConcurrently(this.config.get('clientUrl')!, this.replaces, this.build.name);
+  }
+}
