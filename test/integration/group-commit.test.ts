@@ -69,10 +69,13 @@ describe('group commit', () => {
     const before = { ...group().stats };
     const { result, texts } = await sent(async () => Promise.all(await behindOne(() => insertRun(runs[0]!.tenant, runs[0]!.id), runs.slice(1).map((r) => () => insertRun(r.tenant, r.id)))));
     expect(result).toEqual(runs.map((r) => [{ id: r.id, t: r.tenant }]));
-    // The first went alone; the seven that arrived while it was on its way went as one transaction.
+    // The first went alone; the seven that arrived while it was on its way went as one transaction. Counted among
+    // the messages that carry a run's insert: the hold's own (its polls of pg_locks, more of them the slower the
+    // machine, and its commit) are sent meanwhile too (seen: 8 messages in all under load).
     expect(group().stats.grouped - before.grouped).toBeGreaterThanOrEqual(1);
-    expect(texts.length).toBeLessThan(runs.length);
-    const merged = texts.find((t) => (t.match(/set_config/g) ?? []).length > 1)!;
+    const carrying = texts.filter((t) => t.includes('insert into durable_runs'));
+    expect(carrying).toHaveLength(2);
+    const merged = carrying.find((t) => (t.match(/set_config/g) ?? []).length > 1)!;
     expect(merged).toMatch(/^begin;\n/);
     expect(merged).toMatch(/;\ncommit$/);
     expect((merged.match(/\bcommit\b/g) ?? []).length).toBe(1);
