@@ -15,14 +15,15 @@ export function monitorArgs(line: string): string[] {
  * Watches the shared Redis with MONITOR for commands naming a key that starts with `keyPrefix` (a
  * feature's keys, to show it sends none when off). `settle` sends a marker on `redis` and waits for
  * MONITOR to report it: every command sent before (by a process since stopped) is in `seen` by then.
+ * `redisUrl`: another Redis than the shared one (a stack's own, test/helpers/own-infra.ts).
  *
  * A plain socket, not ioredis's `monitor()`: ioredis marks the connection as monitoring only in a
  * promise continuation after MONITOR's `OK`, so on a busy Redis the monitor lines that arrive in the
  * same chunk as that `OK` are taken for replies to commands never sent — "Command queue state error",
  * the helper's promise rejected and uncaught errors after it (seen in CI under load).
  */
-export async function monitorKeys(keyPrefix: string) {
-  const url = new URL(TEST_REDIS_URL);
+export async function monitorKeys(keyPrefix: string, redisUrl = TEST_REDIS_URL) {
+  const url = new URL(redisUrl);
   const socket = connect(Number(url.port || 6379), url.hostname);
   socket.setEncoding('utf8');
   await once(socket, 'connect');

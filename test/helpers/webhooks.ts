@@ -9,6 +9,8 @@ import type { AddressInfo } from 'node:net';
 import { Webhook } from 'standardwebhooks';
 import { api, newTenant, startStack, type TestStack, type WorkerHandle } from './stack.ts';
 import { waitFor } from './poll.ts';
+import type { Redis } from 'ioredis';
+import type { monitorKeys } from './redis-monitor.ts';
 
 interface Received {
   path: string;
@@ -119,4 +121,26 @@ export function webhookStackForTests(maxAttempts: number): { stack: TestStack; r
   }, 120_000);
   afterAll(() => stopWebhookStack(ctx.stack, ctx.receiver));
   return ctx;
+}
+
+/**
+ * When an endpoint's limiter let each of its POSTs go, oldest first (µs, Redis's clock): the take script
+ * records it as the endpoint's `last` (an HSET on its state key, `<prefix>:endpoint-rate:<id>`), which
+ * `monitor` (monitorKeys on the rate keys) reports as the script runs; read once MONITOR has reported
+ * every command sent so far. The spacing a limit promises is checked here, not on a receiver's arrival
+ * stamps: an arrival is later than its let-go by the worker's work before the POST and the request's
+ * way, unbounded on a loaded machine (seen: 570 ms past a 97 ms attempt, where 250 ms were allowed).
+ */
+export async function rateLetGos(monitor: Awaited<ReturnType<typeof monitorKeys>>, redis: Redis, stateKey: string): Promise<number[]> {
+  await monitor.settle(redis, `let-gos-${randomUUID()}`);
+  return monitor.seen
+    .map((c) => c.split(' '))
+    .filter(([cmd, key, field]) => cmd!.toLowerCase() === 'hset' && key === stateKey && field === 'last')
+    .map((a) => Number(a[3]));
+}
+
+/** Consecutive let-gos (rateLetGos) at least a turn (1/perSecond s) apart, and one at least for each of the `posts` the receiver got. */
+export function expectSpaced(letGos: number[], perSecond: number, posts: number): void {
+  expect(letGos.length, 'a let-go for every POST').toBeGreaterThanOrEqual(posts);
+  for (let i = 1; i < letGos.length; i++) expect(letGos[i]! - letGos[i - 1]!, `let-gos ${i - 1} and ${i}`).toBeGreaterThanOrEqual(1_000_000 / perSecond);
 }

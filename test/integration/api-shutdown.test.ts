@@ -9,7 +9,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { newTenant, SAMPLE_SUBMISSION, startStack, type TestStack } from '../helpers/stack.ts';
 import { spawnApi } from '../helpers/api-process.ts';
 import { holdTable } from '../helpers/table-lock.ts';
-import { waitFor } from '../helpers/poll.ts';
+import { waitFor, within } from '../helpers/poll.ts';
 import { openSocket as connect } from '../helpers/raw-http.ts';
 
 let stack: TestStack;
@@ -46,15 +46,16 @@ describe('SIGTERM to the API', () => {
       await waitFor(() => apiProc.lines().some((l) => l.msg === 'shutting down'), { what: 'the API to start shutting down' });
       // New connections are refused; the idle one is closed.
       await expect(connect(apiProc.baseUrl)).rejects.toMatchObject({ code: 'ECONNREFUSED' });
-      await idle.closed;
+      await within(idle.closed, 'the idle connection to be closed');
 
       // The request in flight completes, and its connection is closed after its answer.
       await runs.release();
-      await busy.closed;
+      await within(busy.closed, 'the connection of the request in flight to be closed after its answer');
       expect(busy.answer()).toMatch(/^HTTP\/1\.1 202/);
       expect(busy.answer()).toMatch(/connection: close/i);
 
-      expect(await apiProc.exited).toBe(0);
+      // Past the hard deadline (30 s), so a process that did not stop by itself is seen exiting 1, not a timeout here.
+      expect(await within(apiProc.exited, 'the API to exit', 60_000)).toBe(0);
       expect(apiProc.lines().map((l) => l.msg)).toContain('shut down cleanly');
     } finally {
       await runs.close();
@@ -77,8 +78,8 @@ describe('SIGTERM to the API', () => {
         what: 'the trickled request to take the slot',
       });
       apiProc.proc.kill('SIGTERM');
-      await slow.closed;
-      expect(await apiProc.exited).toBe(0);
+      await within(slow.closed, 'the trickled request to be cut off');
+      expect(await within(apiProc.exited, 'the API to exit')).toBe(0);
       expect(apiProc.lines().map((l) => l.msg)).toContain('shut down cleanly');
     } finally {
       await apiProc.stop('SIGKILL');

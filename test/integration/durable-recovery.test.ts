@@ -20,7 +20,7 @@ import { migrate } from '../../src/platform/db/migrate.ts';
 import { entities } from '../../src/entities.ts';
 import { IDEMPOTENCY_EXPIRY_JOB, MAINTENANCE_QUEUE } from '../../src/platform/queue/maintenance.ts';
 import { api, CLASS_A_SUBMISSION, newTenant, startStack, type TestStack } from '../helpers/stack.ts';
-import { waitFor } from '../helpers/poll.ts';
+import { waitFor, within } from '../helpers/poll.ts';
 import { SLOW_QUEUE, SLOW_TAG, slowWorkflow, type StepGate } from '../helpers/slow-workflow.ts';
 import { startOwnPostgres, startOwnRedis, type OwnPostgres, type OwnRedis } from '../helpers/own-infra.ts';
 import { TEST_APP, TEST_JWT_SECRET, TEST_OWNER } from '../helpers/env.ts';
@@ -319,7 +319,7 @@ describe('a killed or stopped worker: the run still completes, each step exactly
     const run = await createSlowRun(stack, tenant, { enqueue: true });
     await waitEntered(first, run.id, 2);
     first.kill('SIGTERM');
-    expect(await first.exited).toBe(0);
+    expect(await within(first.exited, 'the worker to exit after its step', 60_000)).toBe(0);
     const stopped = await readRun(stack, tenant, run.id);
     expect(stopped.sequence_num).toBe(2); // step 2 finished; no new job was taken after the signal
 
@@ -336,7 +336,7 @@ describe('a killed or stopped worker: the run still completes, each step exactly
     const run = await createSlowRun(stack, tenant, { enqueue: true });
     await waitEntered(first, run.id, 2);
     first.kill('SIGTERM');
-    expect(await first.exited).toBe(0);
+    expect(await within(first.exited, 'the worker to exit at its grace')).toBe(0);
     expect(first.output()).toContain('handing them back');
     expect((await readRun(stack, tenant, run.id)).sequence_num).toBe(1);
 

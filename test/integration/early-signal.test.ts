@@ -9,6 +9,7 @@
 import { spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
+import { within } from '../helpers/poll.ts';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 
@@ -24,10 +25,18 @@ async function heldAtStart(entry: string, opts: { preload?: string[]; at?: strin
   child.stdout!.on('data', (d) => (out += String(d)));
   child.stderr!.on('data', (d) => (err += String(d)));
   const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => child.on('exit', (code, signal) => resolve({ code, signal })));
-  await new Promise<void>((resolve, reject) => {
-    child.on('message', (m) => m === 'held' && resolve());
-    void exited.then((e) => reject(new Error(`exited before it was held: ${JSON.stringify(e)} ${out} ${err}`)));
-  });
+  try {
+    await within(
+      new Promise<void>((resolve, reject) => {
+        child.on('message', (m) => m === 'held' && resolve());
+        void exited.then((e) => reject(new Error(`exited before it was held: ${JSON.stringify(e)} ${out} ${err}`)));
+      }),
+      `${entry} to be held at its start`,
+    );
+  } catch (e) {
+    child.kill('SIGKILL');
+    throw e;
+  }
   return { child, exited, output: () => ({ out, err }) };
 }
 
@@ -39,8 +48,14 @@ describe('a SIGTERM while the process is still loading its modules', () => {
     ['workers/golden-path.worker.ts (--import register.ts)', 'dealix-worker', { preload: ['./src/platform/telemetry/register.ts'], at: '/src/platform/config/config.ts' }],
   ])('%s: exits 0 by itself with one JSON line saying it stopped while starting, not killed by the signal', { timeout: 60_000 }, async (label, service, opts) => {
     const p = await heldAtStart(label.split(' ')[0]!, opts);
-    p.child.kill('SIGTERM');
-    const exit = await p.exited;
+    let exit: Awaited<typeof p.exited>;
+    try {
+      p.child.kill('SIGTERM');
+      exit = await within(p.exited, `${label} to exit after the SIGTERM`);
+    } finally {
+      // Still running (it did not stop by itself): it is not left behind, held at its start.
+      if (p.child.exitCode === null && p.child.signalCode === null) p.child.kill('SIGKILL');
+    }
     const { out, err } = p.output();
     expect(exit, `${out}\n${err}`).toEqual({ code: 0, signal: null });
     expect(err).toBe('');
@@ -63,12 +78,19 @@ describe('a signal to a script loaded with the telemetry bootstrap (register.ts)
     let out = '';
     child.stdout!.on('data', (d) => (out += String(d)));
     const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => child.on('exit', (code, sig) => resolve({ code, signal: sig })));
-    await new Promise<void>((resolve, reject) => {
-      child.on('message', (m) => m === 'ready' && resolve());
-      void exited.then((e) => reject(new Error(`exited before it was ready: ${JSON.stringify(e)} ${out}`)));
-    });
-    child.kill(signal);
-    expect(await exited, out).toEqual({ code: null, signal });
+    try {
+      await within(
+        new Promise<void>((resolve, reject) => {
+          child.on('message', (m) => m === 'ready' && resolve());
+          void exited.then((e) => reject(new Error(`exited before it was ready: ${JSON.stringify(e)} ${out}`)));
+        }),
+        'the script to be ready',
+      );
+      child.kill(signal);
+      expect(await within(exited, `the script to end on ${signal}`), out).toEqual({ code: null, signal });
+    } finally {
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+    }
     expect(out).not.toContain('stopped while starting');
   });
 });
