@@ -106,6 +106,7 @@ export async function startWorkerProcess(c: Container, opts: { signal?: AbortSig
     logger: c.logger,
     workerId: c.instanceId,
     leaseMs: cfg.WORKER_LOCK_DURATION,
+    maxCrashes: cfg.STEP_MAX_CRASHES,
     onStepDone: ({ workflow, step, seconds, replayed }) => c.metrics.stepDuration.observe({ workflow, step, replayed: String(replayed) }, seconds),
     onStepFailed: (f) => c.metrics.stepFailures.inc(f),
     onDeferred: ({ workflow, version }) => c.metrics.deferredJobs.inc({ workflow, version: String(version ?? 'unknown') }),

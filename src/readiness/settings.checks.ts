@@ -49,12 +49,13 @@ export function databaseCredentialsRow(config: Config): ReadinessRow {
 }
 
 /** Bounds that keep recovery fast and safe; see docs/governance/release-gates.md. */
-export const WORKER_BOUNDS = { lockMinMs: 1_000, lockMaxMs: 60_000, minStalledCount: 2, attemptsMin: 1, attemptsMax: 25 } as const;
+export const WORKER_BOUNDS = { lockMinMs: 1_000, lockMaxMs: 60_000, minStalledCount: 2, minStepCrashes: 3, attemptsMin: 1, attemptsMax: 25 } as const;
 
 /**
  * Lock, stall and retry settings within sane bounds: a lock of 1–60 s (shorter renews too often,
  * longer delays recovery of a killed worker), a stalled check at least once per lock period, at least
- * two stalls before a job fails for good (a deploy may interrupt it once), and 1–25 attempts per step.
+ * two stalls before a job fails for good (a deploy may interrupt it once), at least three crashes of one
+ * step before its run fails and no more than BullMQ's stalls (ADR 0016), and 1–25 attempts per step.
  */
 export function workerSettingsRow(config: Config, workflows: WorkflowDef[]): ReadinessRow {
   const b = WORKER_BOUNDS;
@@ -63,6 +64,10 @@ export function workerSettingsRow(config: Config, workflows: WorkflowDef[]): Rea
   if (lock < b.lockMinMs || lock > b.lockMaxMs) problems.push(`WORKER_LOCK_DURATION ${lock} ms is outside ${b.lockMinMs}–${b.lockMaxMs} ms`);
   if (config.WORKER_STALLED_INTERVAL > lock) problems.push(`WORKER_STALLED_INTERVAL ${config.WORKER_STALLED_INTERVAL} ms exceeds the lock duration ${lock} ms`);
   if (config.WORKER_MAX_STALLED_COUNT < b.minStalledCount) problems.push(`WORKER_MAX_STALLED_COUNT ${config.WORKER_MAX_STALLED_COUNT} < ${b.minStalledCount}: one interrupted deploy fails the job`);
+  if (config.STEP_MAX_CRASHES < b.minStepCrashes) problems.push(`STEP_MAX_CRASHES ${config.STEP_MAX_CRASHES} < ${b.minStepCrashes}: a run fails when a couple of worker crashes or SIGKILLs land on one step`);
+  // Above it BullMQ fails the job for its stalls first, and the sweeper re-enqueues the run after SWEEPER_MIN_AGE:
+  // still bounded, but slower, and the stall that failed the job is not counted (ADR 0016).
+  if (config.STEP_MAX_CRASHES > config.WORKER_MAX_STALLED_COUNT) problems.push(`STEP_MAX_CRASHES ${config.STEP_MAX_CRASHES} > WORKER_MAX_STALLED_COUNT ${config.WORKER_MAX_STALLED_COUNT}: BullMQ fails a crash-looping job before the run is failed`);
   for (const wf of workflows) {
     for (const step of wf.steps) {
       const { attempts } = retryOf(step);
@@ -73,7 +78,7 @@ export function workerSettingsRow(config: Config, workflows: WorkflowDef[]): Rea
   }
   if (problems.length) return fail('worker-settings', problems.join('; '));
   const steps = workflows.reduce((n, wf) => n + wf.steps.length, 0);
-  return pass('worker-settings', `lock ${lock} ms, stalled check ${config.WORKER_STALLED_INTERVAL} ms, max stalls ${config.WORKER_MAX_STALLED_COUNT}, ${steps} steps with 1–25 attempts`);
+  return pass('worker-settings', `lock ${lock} ms, stalled check ${config.WORKER_STALLED_INTERVAL} ms, max stalls ${config.WORKER_MAX_STALLED_COUNT}, max crashes per step ${config.STEP_MAX_CRASHES}, ${steps} steps with 1–25 attempts`);
 }
 
 /** Configuration parsed against the schema; `problems` are the schema's messages when it did not. */

@@ -46,6 +46,11 @@ export function slowWorkflow(opts: { gate?: StepGate; variant?: SlowVariant; ret
   return defineWorkflow({ ...base, name: SLOW_WORKFLOW, tag: SLOW_TAG, queue: SLOW_QUEUE, steps: steps.map((s) => gated(s, gate)) });
 }
 
+/** `wf` with each step behind `gate` (a worker process's golden path whose steps a test crashes: test-worker.ts GP_GATE_GOLDEN_PATH). */
+export function gatedWorkflow(wf: WorkflowDef, gate: StepGate): WorkflowDef {
+  return { ...wf, steps: wf.steps.map((s) => gated(s, gate)) };
+}
+
 function gated(step: StepDef, gate: StepGate): StepDef {
   return {
     ...step,

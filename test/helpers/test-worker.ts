@@ -3,30 +3,45 @@
  * whose steps wait before doing their real work so a signal can land in the middle of one.
  *
  * GP_SLOW_STEP_MS: per sequence_num, comma-separated, the last entry repeating. Each entry is a
- * delay in ms, `hang` (never finishes on its own), or `sigterm` (finishes once the process is told
- * to stop). GP_SLOW_VARIANT: original | reordered | renamed (see slow-workflow.ts).
+ * delay in ms, `hang` (never finishes on its own), `sigterm` (finishes once the process is told
+ * to stop), `kill` (SIGKILLs its own process: a step that crashes its worker every time) or
+ * `kill-once` (the same the first time any worker enters it, as the file GP_SLOW_KILL_ONCE says:
+ * created then, it lets later executions through). GP_SLOW_VARIANT: original | reordered | renamed (see slow-workflow.ts).
  * GP_SLOW_FAIL: `<seq>:permanent` (the step throws a non-retryable error) or `<seq>:retryable[:<n>]`
  * (it throws a plain error on its first n attempts, on every attempt without n) or `<seq>:database`
  * (a statement of the step fails in PostgreSQL, on every attempt). GP_SLOW_RETRY: JSON,
  * the retry policy of every step (the test's own slowWorkflow({ retry }) must say the same).
- * GP_VERSIONS: which versions of golden-path and gp-slow the process registers, comma-separated
+ * GP_GATE_GOLDEN_PATH=1: the golden path's own steps go through the same gate (the API's run routes,
+ * GET, retry, serve golden-path runs only). GP_VERSIONS: which versions of golden-path and gp-slow the process registers, comma-separated
  * (default 1; 2 is version 1 plus a closing step, versioned-workflows.ts): a worker of an older or a
  * newer release.
  */
+import { writeFileSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { loadConfig } from '../../src/platform/config/config.ts';
 import { createContainer } from '../../src/container.ts';
 import { runWorkerProcess } from '../../src/worker-runtime.ts';
 import { PermanentError } from '../../src/platform/errors/app-error.ts';
 import type { RetryPolicy } from '../../src/platform/durable/workflow.ts';
-import { STEP_ENTERED, slowWorkflow, type SlowVariant, type StepGate } from './slow-workflow.ts';
+import { STEP_ENTERED, gatedWorkflow, slowWorkflow, type SlowVariant, type StepGate } from './slow-workflow.ts';
 import { versionsFromEnv, withVersions } from './versioned-workflows.ts';
+import { GOLDEN_PATH } from '../../src/modules/golden-path/golden-path.workflow.ts';
 
 const delays = (process.env.GP_SLOW_STEP_MS ?? '0').split(',').map((s) => s.trim());
 const variant = (process.env.GP_SLOW_VARIANT ?? 'original') as SlowVariant;
 const [failSeq, failKind, failTimes] = (process.env.GP_SLOW_FAIL ?? '').split(':');
 const retry = process.env.GP_SLOW_RETRY ? (JSON.parse(process.env.GP_SLOW_RETRY) as Partial<RetryPolicy>) : undefined;
 const terminated = new Promise<void>((resolve) => process.once('SIGTERM', () => resolve()));
+
+/** True for the first worker process to get here (GP_SLOW_KILL_ONCE: a file it creates, exclusively). */
+const firstToEnter = () => {
+  try {
+    writeFileSync(process.env.GP_SLOW_KILL_ONCE!, String(process.pid), { flag: 'wx' });
+    return true;
+  } catch {
+    return false;
+  }
+};
 
 const gate: StepGate = async ({ seq, step, ctx }) => {
   const spec = delays[Math.min(seq, delays.length) - 1] ?? '0';
@@ -36,6 +51,8 @@ const gate: StepGate = async ({ seq, step, ctx }) => {
     if (failKind === 'retryable' && (failTimes === undefined || ctx.attempt <= Number(failTimes))) throw new Error(`step ${step} failed on attempt ${ctx.attempt} (GP_SLOW_FAIL)`);
     if (failKind === 'database') await ctx.em.execute(`select 'internal detail of ' || ? || ': ' || (1 / 0)`, [step]);
   }
+  if (spec === 'kill') process.kill(process.pid, 'SIGKILL');
+  if (spec === 'kill-once' && firstToEnter()) process.kill(process.pid, 'SIGKILL');
   if (spec === 'hang') return new Promise<void>(() => {});
   if (spec === 'sigterm') return terminated;
   await sleep(Number(spec));
@@ -45,7 +62,7 @@ const config = loadConfig();
 const versions = versionsFromEnv(process.env.GP_VERSIONS);
 const container = await createContainer(config, {
   service: 'worker',
-  workflows: (fromModules) => withVersions(fromModules, versions),
+  workflows: (fromModules) => withVersions(process.env.GP_GATE_GOLDEN_PATH ? fromModules.map((wf) => (wf.name === GOLDEN_PATH ? gatedWorkflow(wf, gate) : wf)) : fromModules, versions),
   extraWorkflows: withVersions([slowWorkflow({ gate, variant, ...(retry ? { retry } : {}) })], versions),
 });
 await runWorkerProcess(container);

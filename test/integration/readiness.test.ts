@@ -167,6 +167,15 @@ describe('worker settings', () => {
     expect(row.reason).toMatch(/WORKER_MAX_STALLED_COUNT 1 < 2/);
   });
 
+  it('a step failed after fewer than 3 crashes, or allowed more crashes than BullMQ allows stalls, fails (ADR 0016); the defaults pass and say the limit', async () => {
+    const few = await matrixFor({ env: { STEP_MAX_CRASHES: '2' } });
+    expect(few.row('worker-settings')).toMatchObject({ status: 'FAIL', reason: expect.stringMatching(/STEP_MAX_CRASHES 2 < 3/) });
+    const many = await matrixFor({ env: { STEP_MAX_CRASHES: '12', WORKER_MAX_STALLED_COUNT: '10' } });
+    expect(many.row('worker-settings')).toMatchObject({ status: 'FAIL', reason: expect.stringMatching(/STEP_MAX_CRASHES 12 > WORKER_MAX_STALLED_COUNT 10/) });
+    const defaults = await matrixFor({});
+    expect(defaults.row('worker-settings')).toMatchObject({ status: 'PASS', reason: expect.stringMatching(/max crashes per step 5/) });
+  });
+
   it('a lock shorter than a second fails', async () => {
     const m = await matrixFor({ env: { WORKER_LOCK_DURATION: '500ms', WORKER_STALLED_INTERVAL: '200ms' } });
     expect(m.row('worker-settings').reason).toMatch(/WORKER_LOCK_DURATION 500 ms is outside/);

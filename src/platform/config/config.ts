@@ -125,6 +125,11 @@ export const configSchema = z
     WORKER_LOCK_DURATION: duration('2s'),
     WORKER_STALLED_INTERVAL: duration('500ms'),
     WORKER_MAX_STALLED_COUNT: z.coerce.number().int().min(1).max(100).default(10),
+    // Times one step of a run may lose its worker mid-execution (a stalled run job: SIGKILL, OOM, a crash in
+    // native code) before the run fails with step_crashed_worker instead of crash-looping the fleet (ADR 0016).
+    // Counted in PostgreSQL, so a sweeper's re-enqueue does not reset it. Well above what deploys cause (a
+    // graceful stop hands its jobs back: no stall); at most WORKER_MAX_STALLED_COUNT (readiness checks it).
+    STEP_MAX_CRASHES: z.coerce.number().int().min(1).max(100).default(5),
     WORKER_SHUTDOWN_GRACE: duration('10s'),
     // Run jobs one tenant may execute at once, over every workflow queue and worker process (ADR 0012):
     // past it the tenant's further run jobs are parked until one of its runs gives a slot back. 0 = off

@@ -52,6 +52,15 @@ export const DurableRun = defineEntity({
      * (the run's error, its failed step's last attempt, when it failed). Null until the first retry.
      */
     retryHistory: p.json<unknown>().nullable(),
+    /**
+     * The step (sequence_num) whose executions were cut off by the loss of their worker (a stalled run
+     * job delivered again: SIGKILL, OOM, a crash in native code), and how many times in a row
+     * (`crashCount`): bumped in a statement of its own, committed before the step runs again, only by a
+     * delivery that follows a stall. At STEP_MAX_CRASHES the step is not run again and the run fails
+     * (`step_crashed_worker`, ADR 0016); a retry clears both.
+     */
+    crashSeq: p.integer().nullable(),
+    crashCount: p.integer().default(0),
   },
   uniques: [
     { name: 'durable_runs_tenant_hash_unique', properties: ['tenantId', 'idempotencyHash'] },

@@ -10,6 +10,24 @@ export class NonDeterminismError extends AppError {
   }
 }
 
+/**
+ * A step whose executions were cut off by the loss of their worker `crashes` times in a row (its run
+ * job stalled: the process was SIGKILLed, ran out of memory, crashed in native code) and that reached
+ * STEP_MAX_CRASHES: it is not run again, and its run fails for good, so that a step that kills its
+ * worker every time ends instead of crash-looping the fleet (ADR 0016). A retry runs it again.
+ */
+export class StepCrashedWorkerError extends AppError {
+  readonly crashes: number;
+  constructor(step: string, seq: number, crashes: number, limit: number) {
+    super(
+      'step_crashed_worker',
+      `Step ${step} (sequence_num ${seq}) lost its worker process ${crashes} times in a row while it ran (a crash, an out-of-memory kill or SIGKILL; STEP_MAX_CRASHES is ${limit}): it is not run again. Retry the run once the cause is removed.`,
+      { status: 500, retryable: false },
+    );
+    this.crashes = crashes;
+  }
+}
+
 /** The job names a run that row-level security does not let its tenant see: a security event. */
 export class RunNotVisibleError extends AppError {
   constructor(runId: string) {

@@ -5,11 +5,11 @@ import type { Logger } from 'pino';
 import { ZodError } from 'zod';
 import { AppError, coerceError, isConnectivityError } from '../errors/app-error.ts';
 import { systemEm, tenantEm } from '../db/tenant-em.ts';
-import { holdingInserts } from '../db/coalescing-client.ts';
+import { LAST_IN_TRANSACTION, holdingInserts } from '../db/coalescing-client.ts';
 import { stepTransaction } from '../db/step-transaction.ts';
 import { requestContext } from '../tenancy/request-context.ts';
 import { ATTR } from '../telemetry/attributes.ts';
-import { NonDeterminismError, RunNotVisibleError, WorkflowVersionUnavailableError, isRunNoLongerActive, isStaleStart, isUniqueViolation, recordedError, sqlStateOf } from './errors.ts';
+import { NonDeterminismError, RunNotVisibleError, StepCrashedWorkerError, WorkflowVersionUnavailableError, isRunNoLongerActive, isStaleStart, isUniqueViolation, recordedError, sqlStateOf } from './errors.ts';
 import { ACTIVE_RUN_STATUSES } from './durable-run.entity.ts';
 import type { DurableRuntime, RunRow, StepJobData } from './runtime.ts';
 import { loadRunState, startingRunState, type RunState } from './run-state.ts';
@@ -43,6 +43,11 @@ export interface ExecutorOptions {
   logger: Logger;
   workerId: string;
   leaseMs: number;
+  /**
+   * Times a step of a run may lose its worker mid-execution before the run fails with
+   * `step_crashed_worker` instead of running it again (STEP_MAX_CRASHES, ADR 0016; default 5).
+   */
+  maxCrashes?: number;
   onStepDone?(info: { workflow: string; step: string; seconds: number; replayed: boolean; status: string }): void;
   /**
    * A step attempt failed: `retrying` (BullMQ retries it with backoff), `failed` (for good: the run
@@ -90,6 +95,9 @@ export async function untilAborted<T>(running: Promise<T>, signal: AbortSignal |
     signal.removeEventListener('abort', onAbort);
   }
 }
+
+/** STEP_MAX_CRASHES's default: crashes of one step before its run fails (ADR 0016). */
+export const DEFAULT_MAX_CRASHES = 5;
 
 const isActive = (status: string) => (ACTIVE_RUN_STATUSES as readonly string[]).includes(status);
 
@@ -146,6 +154,7 @@ export class StepExecutor {
     // BullMQ counts each time the job became active (1 on its first delivery; 0 when run outside a
     // worker), its stalls, and its finished attempts.
     const firstDelivery = (job.attemptsStarted ?? 0) <= 1 && !job.stalledCounter && !job.attemptsMade;
+    if (!firstDelivery) await this.countCrash(job, wf, logger);
     let state: RunState | undefined = startingRunState(wf, d, firstDelivery);
     // True while the run has not been read: the next checkpoint checks it (DurableRuntime.checkpoint's `expect`).
     let unread = state !== undefined;
@@ -418,6 +427,57 @@ export class StepExecutor {
     throw new WaitingError();
   }
 
+  /**
+   * A delivery that follows a stall (BullMQ's stalled check found the job's lock lapsed: its worker
+   * died — SIGKILL, OOM, a crash in native code — or, rarely, blocked its event loop past the lock)
+   * counts a crash of the step the run is at, its first without a completed checkpoint, in PostgreSQL:
+   * `crash_count` goes up while `crash_seq` stays that step, and starts again at 1 on another step. The
+   * statement commits on its own before the step runs again (its transaction would die with the next
+   * crash): one round trip, on re-deliveries after a stall only — a first delivery, a retry after a
+   * failed attempt, a job handed back at shutdown, parked or put off costs nothing (`stalledCounter`
+   * moves only on a stall; the job records the stalls it has counted). At `maxCrashes` the step is
+   * not run again: the run fails as for any permanent step error (`step_crashed_worker`, the
+   * `run.failed` webhook, `dealix_step_failures_total{outcome="failed"}`) and may be retried (ADR 0009,
+   * 0016): this throws, and the job fails for good. Otherwise the job goes on as usual.
+   */
+  private async countCrash(job: Job<StepJobData>, wf: WorkflowDef, logger: Logger): Promise<void> {
+    const d = job.data;
+    const stalls = job.stalledCounter ?? 0;
+    if (stalls <= (d.stalls ?? 0)) return;
+    const counted = tenantEm(this.o.orm, d.tenant_id).transactional((tx) =>
+      tx.execute<{ seq: number; crashes: number }[]>(
+        // `status || ''` keeps the row found by its key (ADR 0004); a waiting or ended run has no step running to count.
+        `${LAST_IN_TRANSACTION}with n as (select count(*)::int + 1 as seq from durable_checkpoints where tenant_id = ? and run_id = ? and status = 'completed')
+         update durable_runs set crash_count = case when crash_seq = n.seq then crash_count + 1 else 1 end, crash_seq = n.seq
+           from n where tenant_id = ? and id = ? and (status || '') in ('pending', 'running') and retry_count = ?
+         returning n.seq, crash_count as crashes`,
+        [d.tenant_id, d.run_id, d.tenant_id, d.run_id, d.retry ?? 0],
+      ),
+    );
+    // Not counted (the database unreachable, say): the job goes on, and its step meets the same database
+    // on the usual path; the stall stays uncounted in the job, so its next delivery counts it.
+    const rows = await counted.catch((ce: unknown) => {
+      logger.warn({ err: ce }, 'could not count the crash of the run\'s step; the job goes on');
+      return undefined;
+    });
+    if (!rows) return;
+    // Counted: a crash of this job's re-delivery is counted by the next one (its stalledCounter is higher again).
+    await job.updateData({ ...job.data, stalls }).catch((ue) => logger.warn({ err: ue }, 'could not record the stall counted; a later delivery may count it again'));
+    const row = rows[0];
+    if (!row || row.seq > wf.steps.length) return;
+    const step = wf.steps[row.seq - 1]!;
+    const limit = this.o.maxCrashes ?? DEFAULT_MAX_CRASHES;
+    const log = logger.child({ sequence_num: row.seq, step: step.name });
+    if (row.crashes < limit) {
+      log.warn({ crashes: row.crashes, max_crashes: limit, stalls }, 'run job delivered again after its worker was lost mid-step; the step runs again from the last checkpoint');
+      return;
+    }
+    log.error({ crashes: row.crashes, max_crashes: limit }, 'step lost its worker too often: it is not run again, the run fails');
+    // Returns only when the step completed elsewhere (a stalled execution that was in fact alive committed
+    // it) or the run ended meanwhile: the job then goes on as usual, reading the run.
+    await this.fail(job, wf, new StepCrashedWorkerError(step.name, row.seq, row.crashes, limit), row.seq, logger, true);
+  }
+
   /** The attempt of step `seq` within this job: each step keeps its own retry budget. */
   private attempt(d: StepJobData, seq: number): number {
     return (d.failures?.[String(seq)] ?? 0) + 1;
@@ -516,7 +576,8 @@ export class StepExecutor {
         [d.tenant_id, d.run_id, seq, stepName, JSON.stringify(error), attempt],
       );
       if (written.length === 0 && stepRan) return 'completed-elsewhere';
-      const failed = await this.o.runtime.complete(tx, d.run_id, 'failed', { error: { ...error, step: stepName, sequence_num: seq } }, deliveries);
+      const crashes = err instanceof StepCrashedWorkerError ? { crashes: err.crashes } : {};
+      const failed = await this.o.runtime.complete(tx, d.run_id, 'failed', { error: { ...error, step: stepName, sequence_num: seq, ...crashes } }, deliveries);
       // What the run left open while it waited (a pending approval request) closes with it.
       if (failed) release = await wf.onFailed?.(tx, { tenantId: d.tenant_id, runId: d.run_id });
       // Only a step's own failure: a failure to read the run (non-determinism, say) would recur on the re-read.

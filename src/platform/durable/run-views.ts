@@ -29,7 +29,11 @@ export type RunAccepted = z.infer<typeof runAccepted>;
 /** Why a step failed for good (the executor's record of the error). */
 export const stepFailure = z.strictObject({ code: z.string(), message: z.string() });
 /** Why a run failed: its failed step's error, with that step. */
-export const runFailure = stepFailure.extend({ step: z.string(), sequence_num: z.number().int().min(1) });
+export const runFailure = stepFailure.extend({
+  step: z.string(),
+  sequence_num: z.number().int().min(1),
+  crashes: z.number().int().min(1).optional().describe('step_crashed_worker only: how many times in a row the step lost its worker process while it ran'),
+});
 
 export const runProgress = z.strictObject({ completed_steps: count, total_steps: count });
 

@@ -47,6 +47,11 @@ export interface StepJobData {
   failures?: Record<string, number>;
   /** The sequence_num the job had reached when it last failed (its retry's backoff and attempt count follow it). */
   reached?: number;
+  /**
+   * The job's BullMQ stalledCounter whose stalls the executor has counted as crashes of its run's step
+   * (ADR 0016): a delivery with a higher stalledCounter follows a new stall, and counts it.
+   */
+  stalls?: number;
   /** How often workers that do not register the run's workflow version put the job off (ADR 0008). */
   deferrals?: number;
   /** How often the job was parked because its tenant had WORKER_MAX_ACTIVE_RUNS_PER_TENANT run jobs executing (ADR 0012). */
@@ -585,7 +590,9 @@ export class DurableRuntime {
    * the run becomes `running` (`pending` when no step has completed), its error moves to
    * `retry_history` with who retried it, `retry_count` (the generation of its job ids) goes up, and
    * the checkpoints of its steps that did not complete — the failed step's `failed` one — are
-   * deleted, so that step's next attempt can insert its own (unique per run and sequence_num).
+   * deleted, so that step's next attempt can insert its own (unique per run and sequence_num), and
+   * the count of its step's crashes is cleared (a run failed with `step_crashed_worker` gets
+   * STEP_MAX_CRASHES afresh, ADR 0016).
    * Completed checkpoints, and the domain rows committed with them, stay as they are: the run's next
    * job replays them. Returns the run as updated; the caller enqueues its job after the commit
    * (`ensureEnqueued`), and a job lost between the commit and the enqueue is the sweeper's (the run
@@ -626,7 +633,7 @@ export class DurableRuntime {
       // The delete runs whatever the update reads of it (a data-modifying CTE always runs to completion).
       `with dropped as (delete from durable_checkpoints where tenant_id = ? and run_id = ? and status <> 'completed')
        update durable_runs set status = ?, sequence_num = ?, error = null, completed_at = null, updated_at = now(), lease_owner = null, lease_expires_at = null,
-              retry_count = ?, retry_history = coalesce(retry_history, '[]'::jsonb) || jsonb_build_array(?::jsonb)
+              crash_seq = null, crash_count = 0, retry_count = ?, retry_history = coalesce(retry_history, '[]'::jsonb) || jsonb_build_array(?::jsonb)
         where tenant_id = ? and id = ? and status = 'failed' and retry_count = ?
        returning ${RUN_COLUMNS}`,
       [run.tenant_id, run.id, completed.size === 0 ? 'pending' : 'running', next - 1, entry.retry, JSON.stringify(entry), run.tenant_id, run.id, run.retry_count],

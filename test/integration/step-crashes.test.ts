@@ -1,0 +1,134 @@
+/**
+ * A step that kills its worker process (ADR 0016), with real worker processes (test/helpers/test-worker.ts,
+ * the golden path's own steps behind a gate that SIGKILLs the process) and the API in this process:
+ * every time → after STEP_MAX_CRASHES crashes the run ends `failed` with `step_crashed_worker`, the
+ * sweeper leaves it so, and a retry once the cause is removed completes it; once → the run resumes from
+ * its checkpoint and completes.
+ */
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { randomUUID } from 'node:crypto';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Job } from 'bullmq';
+import { api, CLASS_A_SUBMISSION, newTenant, startStack, type TestStack, type WorkerHandle } from '../helpers/stack.ts';
+import { waitFor } from '../helpers/poll.ts';
+import { killLiveWorkers, logged, stackSweeper } from '../helpers/recovery.ts';
+import { stepJobId } from '../../src/platform/queue/job-ids.ts';
+import { GOLDEN_PATH_QUEUE } from '../../src/modules/golden-path/golden-path.workflow.ts';
+
+const TEST_WORKER = 'test/helpers/test-worker.ts';
+const LONG = 300_000;
+const STEPS = ['partner-dossier', 'economics-model', 'approval-packet', 'evidence-pack'];
+const MAX_CRASHES = 3;
+
+describe('a step that kills its worker process', () => {
+  let stack: TestStack;
+  let token: string;
+  const tenant = newTenant();
+  const dir = mkdtempSync(join(tmpdir(), 'dealix-step-crashes-'));
+  beforeAll(async () => {
+    stack = await startStack({ workerEntry: TEST_WORKER });
+    token = await stack.token({ tenantId: tenant, sub: 'submitter-1' });
+  }, LONG);
+  afterEach(async () => killLiveWorkers(stack));
+  afterAll(async () => {
+    await stack?.stop();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  /** A golden-path worker process whose steps go through test-worker.ts's gate (GP_SLOW_STEP_MS per step). */
+  const worker = (steps: string, env: Record<string, string> = {}) => stack.spawnWorker({ GP_GATE_GOLDEN_PATH: '1', GP_SLOW_STEP_MS: steps, STEP_MAX_CRASHES: String(MAX_CRASHES), ...env });
+  const dead = (w: WorkerHandle) => w.proc.exitCode !== null || w.proc.signalCode !== null;
+  const getRun = async (id: string) => (await api(stack, 'GET', `/api/v1/golden-path/runs/${id}`, { token })).json;
+  const ended = async (id: string) => !['pending', 'running'].includes((await getRun(id))?.status);
+  const runRow = async (id: string) =>
+    (await stack.db.admin(`select status, crash_seq, crash_count, retry_count from durable_runs where id = $1`, [id])).rows[0] as { status: string; crash_seq: number | null; crash_count: number; retry_count: number };
+  async function submit(): Promise<{ id: string; hash: string }> {
+    const res = await api(stack, 'POST', '/api/v1/golden-path/run', { token, body: CLASS_A_SUBMISSION, headers: { 'Idempotency-Key': randomUUID() } });
+    expect(res.status, res.text).toBe(202);
+    const id = res.json.run_id as string;
+    const hash = (await stack.db.admin(`select idempotency_hash from durable_runs where id = $1`, [id])).rows[0].idempotency_hash as string;
+    return { id, hash };
+  }
+
+  /**
+   * Keeps one worker process (`spawn`) alive, a new one as soon as the last has died, until the run has
+   * ended or `max` have died (a crash loop the code does not stop). Returns how many died, and the one
+   * alive at the end, if any. A process may die before its start line (it takes the job at once).
+   */
+  async function keepAWorker(id: string, spawn: () => Promise<WorkerHandle>, max: number): Promise<{ died: number; alive?: WorkerHandle }> {
+    let died = 0;
+    while (died < max) {
+      const before = stack.workers.length;
+      let w: WorkerHandle;
+      try {
+        w = await spawn();
+      } catch (e) {
+        const spawned = stack.workers[before];
+        if (!spawned || !dead(spawned)) throw e;
+        died++;
+        continue;
+      }
+      const outcome = await waitFor(async () => (dead(w) ? 'died' : (await ended(id)) ? 'ended' : undefined), { timeoutMs: 60_000, intervalMs: 100, what: `run ${id} to end or its worker to die` });
+      if (outcome === 'ended') return { died, alive: w };
+      await w.exited;
+      died++;
+    }
+    return { died };
+  }
+
+  it(`every time: after ${MAX_CRASHES} crashes the run fails with step_crashed_worker, the sweeper leaves it failed, and a retry once the cause is removed completes it`, { timeout: LONG }, async () => {
+    const { id, hash } = await submit();
+    // Step 2 SIGKILLs its worker on every execution; the processes replaced at once, as an orchestrator would.
+    const loop = await keepAWorker(id, () => worker('0,kill'), MAX_CRASHES + 3);
+    expect(loop.died).toBe(MAX_CRASHES);
+    const failed = await getRun(id);
+    expect(failed).toMatchObject({ status: 'failed', error: { code: 'step_crashed_worker', step: STEPS[1], sequence_num: 2, crashes: MAX_CRASHES } });
+    expect(failed.error.message).toContain(`${MAX_CRASHES} times`);
+    expect(failed.steps.map((s: { status: string }) => s.status)).toEqual(['completed', 'failed', 'pending', 'pending']);
+    expect(failed.steps[1].error).toMatchObject({ code: 'step_crashed_worker' });
+    // The job ended for good (not left to BullMQ's stall limit), failed by the worker that refused to run the step again.
+    const job = await waitFor(async () => {
+      const j = await Job.fromId(stack.container.queues.get(GOLDEN_PATH_QUEUE)!, stepJobId('gp', hash, 1, STEPS[0]!));
+      return (await j?.getState()) === 'failed' ? j : undefined;
+    }, { what: 'the run job to fail' });
+    expect(job?.failedReason).toContain('lost its worker process');
+    expect(job?.stalledCounter).toBe(MAX_CRASHES);
+    // Workers write logs in batches: the line may trail the commit.
+    await waitFor(() => logged(loop.alive!, id, 'step lost its worker too often: it is not run again, the run fails').length === 1, { what: "the worker's log line" });
+
+    // The recovery sweeper has nothing to re-enqueue: the run is no longer active.
+    const sweep = await stackSweeper(stack, 'step-crashes-sweep').sweep();
+    expect(sweep.reenqueued).toBe(0);
+    expect((await runRow(id)).status).toBe('failed');
+
+    // The cause removed (a worker whose step 2 no longer crashes), the run retried through the API.
+    loop.alive!.kill('SIGKILL');
+    await loop.alive!.exited;
+    await worker('0');
+    const res = await api(stack, 'POST', `/api/v1/golden-path/runs/${id}/retry`, { token, headers: { 'Idempotency-Key': randomUUID() } });
+    expect(res.status, res.text).toBe(200);
+    expect(res.json).toMatchObject({ status: 'running', error: null, retries: [{ retry: 1, error: { code: 'step_crashed_worker', step: STEPS[1], sequence_num: 2, crashes: MAX_CRASHES } }] });
+    // The retry cleared the count: the step gets its STEP_MAX_CRASHES afresh.
+    expect(await runRow(id)).toMatchObject({ crash_seq: null, crash_count: 0, retry_count: 1 });
+    const done = await waitFor(async () => ((await ended(id)) ? getRun(id) : undefined), { timeoutMs: 60_000, what: 'the retried run to end' });
+    expect(done.status).toBe('completed');
+    expect(done.steps.map((s: { status: string }) => s.status)).toEqual(['completed', 'completed', 'completed', 'completed']);
+  });
+
+  it('once: the run resumes from its checkpoint and completes; the crash is counted, no more', { timeout: LONG }, async () => {
+    const { id } = await submit();
+    const loop = await keepAWorker(id, () => worker('0,kill-once', { GP_SLOW_KILL_ONCE: join(dir, `${id}.killed`) }), MAX_CRASHES + 3);
+    expect(loop.died).toBe(1);
+    const done = await getRun(id);
+    expect(done.status).toBe('completed');
+    expect(done.steps.map((s: { status: string; attempt: number }) => [s.status, s.attempt])).toEqual(STEPS.map(() => ['completed', 1]));
+    expect(await runRow(id)).toMatchObject({ crash_seq: 2, crash_count: 1 });
+    const counted = await waitFor(() => {
+      const lines = logged(loop.alive!, id, 'run job delivered again after its worker was lost mid-step; the step runs again from the last checkpoint');
+      return lines.length ? lines : undefined;
+    }, { what: "the worker's log line" });
+    expect(counted).toMatchObject([{ sequence_num: 2, crashes: 1, max_crashes: MAX_CRASHES }]);
+  });
+});
