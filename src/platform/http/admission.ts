@@ -1,9 +1,9 @@
 import type { EntityManager } from '@mikro-orm/postgresql';
 import type { Redis } from 'ioredis';
-import { AppError } from '../errors/app-error.ts';
 import { DEFER_UNTIL_NEXT } from '../db/coalescing-client.ts';
 import type { AdmissionControl } from './route.ts';
 import { RateWindow } from './rate-window.ts';
+import { TooManyRequestsError } from './refusals.ts';
 
 /**
  * Abuse limits per tenant: a submission rate (fixed one-minute window in Redis) and a cap on runs
@@ -41,20 +41,16 @@ export class AdmissionController implements AdmissionControl {
         [tenantId, this.o.maxInFlight, tenantId],
       );
       const cap = Number(row?.cap ?? this.o.maxInFlight);
-      if (Number(row?.n ?? 0) >= cap) throw tooMany(`The tenant already has ${cap} runs in flight.`, 5);
+      if (Number(row?.n ?? 0) >= cap) throw new TooManyRequestsError('runs_in_flight', `The tenant already has ${cap} runs in flight.`, 5);
     }
     if (this.o.perMinute > 0) {
       // Without the in-flight cap no statement has carried the claim yet: send it (with a statement of
       // nothing) before the counter, so that a replay stops here too and never spends the budget.
       if (this.o.maxInFlight <= 0) await em.execute('select 1');
-      const { count, retryAfter } = await this.rate.hit(tenantId);
-      if (count > this.o.perMinute) {
-        throw tooMany(`The tenant's submission rate limit (${this.o.perMinute}/min) is exceeded.`, retryAfter);
+      const hit = await this.rate.hit(tenantId);
+      if (hit.count > this.o.perMinute) {
+        throw new TooManyRequestsError('rate_limit', `The tenant's submission rate limit (${this.o.perMinute}/min) is exceeded.`, hit.retryAfter);
       }
     }
   }
-}
-
-function tooMany(detail: string, retryAfter: number): AppError {
-  return new AppError('rate_limited', 'Too Many Requests', { status: 429, retryable: true, detail, headers: { 'Retry-After': String(retryAfter) } });
 }

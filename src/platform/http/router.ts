@@ -16,6 +16,7 @@ import { rejectUnstorableText } from './json-text.ts';
 import { tenantInFlightLimit } from './tenant-inflight.ts';
 import { startHandlerWork } from './load-shed.ts';
 import { decodes, literalSegmentGuards, routeTemplate } from './method-not-allowed.ts';
+import { routeLabel, TooManyRequestsError, type OnRefused } from './refusals.ts';
 
 export interface RouterDeps {
   orm: MikroORM;
@@ -27,6 +28,8 @@ export interface RouterDeps {
   bodyLimit?: string;
   /** A tenant's share of this process's in-flight requests (API_MAX_INFLIGHT_PER_TENANT); 0 or unset = no cap. */
   maxInFlightPerTenant?: number;
+  /** Counts requests a tenant limit refused (dealix_requests_refused_total). */
+  onRefused?: OnRefused;
 }
 
 /**
@@ -41,7 +44,7 @@ export interface RouterDeps {
  */
 export function buildRouter(routes: RouteDef[], deps: RouterDeps): Router {
   const router = express.Router();
-  const tenantCap = tenantInFlightLimit(deps.maxInFlightPerTenant ?? 0);
+  const tenantCap = tenantInFlightLimit(deps.maxInFlightPerTenant ?? 0, deps.onRefused);
   const literalSegmentGuard = literalSegmentGuards(routes);
   const readBody = [express.json({ limit: deps.bodyLimit ?? '64kb', strict: true, type: ['application/json', 'application/*+json'] }), rejectUnstorableText];
   for (const def of routes) {
@@ -50,7 +53,7 @@ export function buildRouter(routes: RouteDef[], deps: RouterDeps): Router {
       // A path id that is another route's literal segment (`GET …/runs/cancel`): 405, before the token.
       ...(def.params ? [literalSegmentGuard(def)] : []),
       authenticate(deps.verifier, deps.orm, deps.logger, def.roles),
-      tenantCap,
+      tenantCap(routeLabel(def)),
       ...(mutating ? readBody : []),
       validate(def),
     ];
@@ -198,6 +201,7 @@ async function execute(def: RouteDef, deps: RouterDeps, req: Request, res: Respo
       });
     result = claim.pending ? await withPrelude(claim.pending.prelude, run) : await run();
   } catch (err) {
+    if (err instanceof TooManyRequestsError) deps.onRefused?.(err.reason, routeLabel(def));
     if (claim.pending && !claim.pending.prelude.sent && claim.input) {
       // The handler failed before its first statement, so before the claim: claim now, so that a
       // definitive answer is stored (and a key another request holds answers as it always does).
