@@ -57,9 +57,11 @@ describe('submission rate limit (RATE_LIMIT_PER_MINUTE)', () => {
     expect(await storedKeys(stack, key)).toEqual([]);
     // Counted for the operators, by reason and route (no tenant label: the access log names the tenant).
     expect(await refused(stack, 'rate_limit')).toBe(1);
-    // The window's counter in Redis counted every attempt and expires on its own shortly after its minute.
+    // The window's counter in Redis counts the accepted submissions: the refused one took its hit back
+    // (else refused attempts would pile up past the limit, and a rolled-back submission's refund would
+    // leave the counter still over it). It expires on its own shortly after its minute.
     const [counter] = await stack.redis.keys(`${stack.prefix}:ratelimit:${tenant}:*`);
-    expect(await stack.redis.get(counter!)).toBe(String(LIMIT + 1));
+    expect(await stack.redis.get(counter!)).toBe(String(LIMIT));
     const ttl = await stack.redis.pttl(counter!);
     expect(ttl).toBeGreaterThan(0);
     expect(ttl).toBeLessThanOrEqual(61_000);
@@ -98,6 +100,24 @@ describe('submission rate limit (RATE_LIMIT_PER_MINUTE)', () => {
     expect(await stack.redis.get(counter!)).toBe('1');
     // The budget the replays did not spend is there for new submissions.
     for (let i = 1; i < LIMIT; i++) expect((await submit(stack, token)).status).toBe(202);
+  });
+
+  it('a submission whose transaction rolls back after admission gives its budget back; its replays spend none', async () => {
+    // A retry of a run the tenant does not have is admitted (it spends the budget), then its handler
+    // answers 404 and the transaction rolls back: nothing was accepted, so nothing stays spent.
+    const tenant = newTenant();
+    const token = await stack.token({ tenantId: tenant, sub: 'wrong-id' });
+    await waitFor(() => Date.now() % 60_000 < 45_000, { timeoutMs: 20_000, intervalMs: 200, what: 'the start of a rate window' });
+    const retries = Array.from({ length: LIMIT + 2 }, () => ({ key: randomUUID(), run: randomUUID() }));
+    const retry = (r: { key: string; run: string }) => api(stack, 'POST', `/api/v1/golden-path/runs/${r.run}/retry`, { token, headers: { 'Idempotency-Key': r.key } });
+    for (const r of retries) expect((await retry(r)).status).toBe(404);
+    // The stored 404s replay without spending anything either.
+    for (const r of retries) expect((await retry(r)).headers.get('idempotent-replayed')).toBe('true');
+    const [counter] = await stack.redis.keys(`${stack.prefix}:ratelimit:${tenant}:*`);
+    expect(await stack.redis.get(counter!)).toBe('0');
+    // The whole budget is there for submissions that are accepted.
+    for (let i = 0; i < LIMIT; i++) expect((await submit(stack, token)).status).toBe(202);
+    expect((await submit(stack, token)).status).toBe(429);
   });
 });
 

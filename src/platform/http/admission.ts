@@ -20,7 +20,7 @@ export class AdmissionController implements AdmissionControl {
     this.rate = new RateWindow(opts.redis, `${opts.prefix}:ratelimit`, 60_000);
   }
 
-  async admit(em: EntityManager, tenantId: string): Promise<void> {
+  async admit(em: EntityManager, tenantId: string, onRollback: (fn: () => Promise<void>) => void): Promise<void> {
     // The in-flight cap first: its statements are the handler's first, so an idempotency claim sent
     // with them (a prelude) that finds its key taken stops the request before it counts against the
     // rate limit — a replay never spends the tenant's budget.
@@ -48,6 +48,12 @@ export class AdmissionController implements AdmissionControl {
       // nothing) before the counter, so that a replay stops here too and never spends the budget.
       if (this.o.maxInFlight <= 0) await em.execute('select 1');
       const hit = await this.rate.hit(tenantId);
+      // The budget is spent only by a submission that is accepted: if this transaction does not commit
+      // (this 429, a later statement failing, a 4xx or 5xx of the handler), the hit is taken back. A
+      // refused hit must be taken back too, or refused attempts would keep the counter past the limit
+      // and a later refund would free nothing. The refund goes to the window the hit was counted in
+      // (RateWindow.unhit): once that window is over it changes nothing, never the next window's budget.
+      onRollback(() => this.rate.unhit(hit));
       if (hit.count > this.o.perMinute) {
         throw new TooManyRequestsError('rate_limit', `The tenant's submission rate limit (${this.o.perMinute}/min) is exceeded.`, hit.retryAfter);
       }
