@@ -9,6 +9,7 @@ import { httpLogger } from './platform/telemetry/http-logger.ts';
 import { operatorDashboard, setBoardQueues } from './platform/http/admin-board.ts';
 import { openApiHandlers } from './platform/http/openapi.route.ts';
 import { loadShedding } from './platform/http/load-shed.ts';
+import { routeLabelOf, type RefusalReason } from './platform/http/refusals.ts';
 import { methodNotAllowed, optionsAllow } from './platform/http/method-not-allowed.ts';
 import { weakETag } from './platform/http/etag.ts';
 
@@ -22,7 +23,9 @@ export function createApp(c: Container): Express {
   app.set('etag', weakETag);
   app.use(correlationMiddleware);
   app.use(httpLogger(c.logger));
-  app.use(loadShedding(c.config.API_MAX_INFLIGHT));
+  const refused = (reason: RefusalReason, route: string) => c.metrics.requestsRefused.inc({ reason, route });
+  const shedRoute = routeLabelOf(c.routes);
+  app.use(loadShedding(c.config.API_MAX_INFLIGHT, (req) => refused('load_shed', shedRoute(req.method, req.path))));
   // Operator dashboard (it parses its own requests); admin-auth guards all of it. The API's routes read
   // their JSON bodies after authentication (router.ts).
   const dashboard = operatorDashboard({ queues: c.queues.values(), verifier: c.verifier, logger: c.logger, redis: c.redis, config: c.config });
@@ -43,6 +46,7 @@ export function createApp(c: Container): Express {
       logger: c.logger,
       bodyLimit: c.config.BODY_LIMIT,
       maxInFlightPerTenant: c.config.API_MAX_INFLIGHT_PER_TENANT,
+      onRefused: refused,
       idempotencyMetrics: { replays: c.metrics.idempotencyReplays, conflicts: c.metrics.idempotencyConflicts },
     }),
   );

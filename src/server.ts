@@ -7,7 +7,7 @@ installEarlySignals();
 const { loadConfig, usesPublishedJwtSecret } = await import('./platform/config/config.ts');
 const { createContainer } = await import('./container.ts');
 const { createApp } = await import('./app.ts');
-const { drainOnClose, onShutdown } = await import('./platform/process/shutdown.ts');
+const { drainOnClose, exitAfterFailedStart, onShutdown } = await import('./platform/process/shutdown.ts');
 const { untilReady } = await import('./platform/queue/connections.ts');
 const { warnWhenGuardOff } = await import('./platform/webhooks/ssrf.ts');
 const { answerClientError } = await import('./platform/http/client-error.ts');
@@ -35,10 +35,7 @@ const drain = drainOnClose(server, config.WORKER_SHUTDOWN_GRACE);
 // the listen error was Node's bare stack trace after the connections had been opened, never closed.
 const listenFailed = (err: Error) => {
   container.logger.fatal({ err, port: config.PORT }, 'api could not start');
-  void container.close().finally(() => {
-    container.logger.flush?.();
-    process.exit(1);
-  });
+  exitAfterFailedStart(container.logger, () => container.close());
 };
 server.once('error', listenFailed);
 server.listen(config.PORT, () => {

@@ -12,7 +12,7 @@ import type { Redis } from 'ioredis';
 import { scheduleMaintenance, MAINTENANCE_QUEUE, maintenanceHandlers, repairRunRetentionSchedule, repairStandingSchedulers, restoreMaintenanceSchedulers } from './platform/queue/maintenance.ts';
 import { TIMER_QUEUE } from './platform/queue/timers.ts';
 import { startMetricsServer } from './platform/telemetry/metrics-server.ts';
-import { onShutdown } from './platform/process/shutdown.ts';
+import { exitAfterFailedStart, onShutdown } from './platform/process/shutdown.ts';
 import { WEBHOOK_QUEUE, webhookHandlers, type WebhookSlotsUse } from './platform/webhooks/delivery.ts';
 import { warnWhenGuardOff } from './platform/webhooks/ssrf.ts';
 import { EndpointRates } from './platform/webhooks/rate-limit.ts';
@@ -47,18 +47,17 @@ const STOPPED_BEFORE_START: Record<StartStage, string> = {
  * of the start is left to fail after the last line. Still waiting for Redis with Redis down, it stops
  * waiting at once (its workers are stopped as at any stop: none has a job while Redis is down). A
  * start that fails otherwise (the metrics port taken) is one log line, `worker could not start`, and
- * exit 1. Resolves once the worker has started (undefined when it was stopped first).
+ * exit 1 (after closing the container, for FAILED_START_CLOSE_MS at most: shutdown.ts). Resolves once the worker has started (undefined when it was stopped first).
  */
 export async function runWorkerProcess(c: Container): Promise<WorkerProcess | undefined> {
   const stopping = new AbortController();
   let stage: StartStage | undefined;
-  const started = startWorkerProcess(c, { signal: stopping.signal, onStage: (s) => (stage = s) }).catch(async (err: unknown) => {
+  const started = startWorkerProcess(c, { signal: stopping.signal, onStage: (s) => (stage = s) }).catch((err: unknown) => {
     if (stopping.signal.aborted) return undefined;
     // Thrown past the entry, it was a bare stack trace: a log drain splits it into unrelated lines.
     c.logger.fatal({ err }, 'worker could not start');
-    await c.close();
-    c.logger.flush?.();
-    process.exit(1);
+    exitAfterFailedStart(c.logger, () => c.close());
+    return undefined;
   });
   onShutdown(c.logger, c.config.WORKER_SHUTDOWN_GRACE, async () => {
     // Where the start was when told to stop, not where its stop took it.

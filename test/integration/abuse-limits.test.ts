@@ -2,6 +2,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { randomUUID } from 'node:crypto';
 import { api, CLASS_A_SUBMISSION, newTenant, startStack, type TestStack } from '../helpers/stack.ts';
 import { waitFor } from '../helpers/poll.ts';
+import { refusedOf } from '../helpers/metrics.ts';
 
 /**
  * Per-tenant abuse limits on submissions: a rate per minute and a cap on runs in flight. Both answer
@@ -13,6 +14,11 @@ const RUN = '/api/v1/golden-path/run';
 
 async function submit(stack: TestStack, token: string, key = randomUUID()) {
   return api(stack, 'POST', RUN, { token, body: CLASS_A_SUBMISSION, headers: { 'Idempotency-Key': key } });
+}
+
+/** How many submissions /metrics counts as refused for `reason` (dealix_requests_refused_total). */
+async function refused(stack: TestStack, reason: string, route = `POST ${RUN}`) {
+  return refusedOf((await api(stack, 'GET', '/metrics')).text, reason, route);
 }
 
 async function storedKeys(stack: TestStack, key: string) {
@@ -46,12 +52,16 @@ describe('submission rate limit (RATE_LIMIT_PER_MINUTE)', () => {
     await waitFor(() => Date.now() % 60_000 < 45_000, { timeoutMs: 20_000, intervalMs: 200, what: 'the start of a rate window' });
     for (let i = 0; i < LIMIT; i++) expect((await submit(stack, token)).status).toBe(202);
     const key = randomUUID();
-    const refused = await submit(stack, token, key);
-    expect429(refused, 60);
+    const refusal = await submit(stack, token, key);
+    expect429(refusal, 60);
     expect(await storedKeys(stack, key)).toEqual([]);
-    // The window's counter in Redis counted every attempt and expires on its own shortly after its minute.
+    // Counted for the operators, by reason and route (no tenant label: the access log names the tenant).
+    expect(await refused(stack, 'rate_limit')).toBe(1);
+    // The window's counter in Redis counts the accepted submissions: the refused one took its hit back
+    // (else refused attempts would pile up past the limit, and a rolled-back submission's refund would
+    // leave the counter still over it). It expires on its own shortly after its minute.
     const [counter] = await stack.redis.keys(`${stack.prefix}:ratelimit:${tenant}:*`);
-    expect(await stack.redis.get(counter!)).toBe(String(LIMIT + 1));
+    expect(await stack.redis.get(counter!)).toBe(String(LIMIT));
     const ttl = await stack.redis.pttl(counter!);
     expect(ttl).toBeGreaterThan(0);
     expect(ttl).toBeLessThanOrEqual(61_000);
@@ -91,6 +101,24 @@ describe('submission rate limit (RATE_LIMIT_PER_MINUTE)', () => {
     // The budget the replays did not spend is there for new submissions.
     for (let i = 1; i < LIMIT; i++) expect((await submit(stack, token)).status).toBe(202);
   });
+
+  it('a submission whose transaction rolls back after admission gives its budget back; its replays spend none', async () => {
+    // A retry of a run the tenant does not have is admitted (it spends the budget), then its handler
+    // answers 404 and the transaction rolls back: nothing was accepted, so nothing stays spent.
+    const tenant = newTenant();
+    const token = await stack.token({ tenantId: tenant, sub: 'wrong-id' });
+    await waitFor(() => Date.now() % 60_000 < 45_000, { timeoutMs: 20_000, intervalMs: 200, what: 'the start of a rate window' });
+    const retries = Array.from({ length: LIMIT + 2 }, () => ({ key: randomUUID(), run: randomUUID() }));
+    const retry = (r: { key: string; run: string }) => api(stack, 'POST', `/api/v1/golden-path/runs/${r.run}/retry`, { token, headers: { 'Idempotency-Key': r.key } });
+    for (const r of retries) expect((await retry(r)).status).toBe(404);
+    // The stored 404s replay without spending anything either.
+    for (const r of retries) expect((await retry(r)).headers.get('idempotent-replayed')).toBe('true');
+    const [counter] = await stack.redis.keys(`${stack.prefix}:ratelimit:${tenant}:*`);
+    expect(await stack.redis.get(counter!)).toBe('0');
+    // The whole budget is there for submissions that are accepted.
+    for (let i = 0; i < LIMIT; i++) expect((await submit(stack, token)).status).toBe(202);
+    expect((await submit(stack, token)).status).toBe(429);
+  });
 });
 
 describe('runs in flight cap (MAX_RUNS_IN_FLIGHT_PER_TENANT)', () => {
@@ -108,9 +136,10 @@ describe('runs in flight cap (MAX_RUNS_IN_FLIGHT_PER_TENANT)', () => {
     const token = await stack.token({ tenantId: tenant, sub: 'busy' });
     for (let i = 0; i < CAP; i++) expect((await submit(stack, token)).status).toBe(202);
     const key = randomUUID();
-    const refused = await submit(stack, token, key);
-    expect429(refused, 60);
+    const refusal = await submit(stack, token, key);
+    expect429(refusal, 60);
     expect(await storedKeys(stack, key)).toEqual([]);
+    expect(await refused(stack, 'runs_in_flight')).toBe(1);
     const other = await stack.token({ tenantId: newTenant(), sub: 'idle' });
     expect((await submit(stack, other)).status).toBe(202);
 

@@ -9,6 +9,7 @@ import { waitFor } from '../helpers/poll.ts';
 import { spawnApi } from '../helpers/api-process.ts';
 import { holdTable } from '../helpers/table-lock.ts';
 import { openSocket, type RawConnection } from '../helpers/raw-http.ts';
+import { refusedOf } from '../helpers/metrics.ts';
 
 let stack: TestStack;
 beforeAll(async () => {
@@ -31,6 +32,8 @@ describe('front-door load shedding', () => {
       expect(shed.status).toBe(503);
       expect(shed.headers.get('content-type')).toContain('application/problem+json');
       expect(Number(shed.headers.get('retry-after'))).toBeGreaterThanOrEqual(1);
+      // Counted by reason and route template; /metrics itself is never shed.
+      expect(refusedOf((await api(stack, 'GET', '/metrics')).text, 'load_shed', 'POST /api/v1/golden-path/run')).toBe(1);
       // Every spelling Express routes to a probe is exempt (a probe configured with a trailing slash too).
       for (const probe of ['/healthz', '/healthz/', '/HEALTHZ', '/Metrics/']) expect((await api(stack, 'GET', probe)).status, probe).toBe(200);
       await runs.release();
@@ -99,6 +102,8 @@ describe("a tenant's share of the in-flight slots (API_MAX_INFLIGHT_PER_TENANT)"
       expect(refused.headers.get('content-type')).toContain('application/problem+json');
       expect(refused.headers.get('retry-after')).toBe('1');
       expect(((await refused.json()) as { code: string }).code).toBe('rate_limited');
+      const metrics = await (await fetch(`${api1.baseUrl}/metrics`)).text();
+      expect(refusedOf(metrics, 'tenant_in_flight', 'GET /api/v1/golden-path/runs')).toBeGreaterThanOrEqual(1);
       // A third upload of the noisy tenant is refused before its body arrives: the answer comes while
       // the body is still owed, and its slot is freed.
       const third = await trickle(api1.baseUrl, noisy);

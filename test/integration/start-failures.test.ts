@@ -20,8 +20,8 @@ const LONG = 120_000;
 /** A frame of a stack trace, as Node prints one. */
 const STACK_FRAME = /^\s+at /m;
 
-/** Runs a command-line entry to its end (killed after 90 s), with only the given environment. */
-function runEntry(args: string[], env: Record<string, string>): Promise<{ code: number | null; out: string }> {
+/** Runs a command-line entry to its end (killed after `killAfterMs`, 90 s), with only the given environment. */
+function runEntry(args: string[], env: Record<string, string>, killAfterMs = 90_000): Promise<{ code: number | null; out: string }> {
   const proc = spawn(process.execPath, args, {
     cwd: ROOT,
     env: { PATH: process.env.PATH ?? '', NODE_ENV: 'development', JWT_SECRET: TEST_JWT_SECRET, OTEL_SDK_DISABLED: 'true', REDIS_URL: TEST_REDIS_URL, ...env },
@@ -30,7 +30,7 @@ function runEntry(args: string[], env: Record<string, string>): Promise<{ code: 
   let out = '';
   proc.stdout.on('data', (d) => (out += d));
   proc.stderr.on('data', (d) => (out += d));
-  const killer = setTimeout(() => proc.kill('SIGKILL'), 90_000);
+  const killer = setTimeout(() => proc.kill('SIGKILL'), killAfterMs);
   return new Promise((resolve) =>
     proc.once('exit', (code) => {
       clearTimeout(killer);
@@ -134,5 +134,28 @@ describe('npm run start:api', () => {
     } finally {
       taken.close();
     }
+  });
+});
+
+describe('a failed start whose close hangs', () => {
+  it('exits 1 once the close deadline passes, with a line saying so, instead of living on', { timeout: LONG }, async () => {
+    // What server.ts and worker-runtime.ts do after `api/worker could not start`, with a close that never
+    // settles while a connection keeps the event loop alive (a dependency that stopped answering). No
+    // real dependency was found to hang the container's close (Redis refusing or silent, PostgreSQL
+    // silent: each closes within seconds), so the hang is made here, in a real process.
+    const script = [
+      "import { createLogger } from './src/platform/telemetry/logger.ts';",
+      "import { exitAfterFailedStart } from './src/platform/process/shutdown.ts';",
+      "const logger = createLogger({ level: 'info', name: 'dealix-api' });",
+      'setInterval(() => {}, 1000);',
+      "logger.fatal('api could not start');",
+      'exitAfterFailedStart(logger, () => new Promise(() => {}), 200);',
+    ].join('\n');
+    // Killed after 30 s: the unbounded close it replaced never exited at all.
+    const { code, out } = await runEntry(['--input-type=module', '-e', script], {}, 30_000);
+    expect(code, out).toBe(1);
+    const lines = jsonLines(out);
+    expect(lines.map((l) => l.msg)).toEqual(['api could not start', 'closing after the failed start took too long; exiting without waiting for it']);
+    expect(lines[1]).toMatchObject({ level: 50, close_ms: 200 });
   });
 });

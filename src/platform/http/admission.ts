@@ -1,9 +1,9 @@
 import type { EntityManager } from '@mikro-orm/postgresql';
 import type { Redis } from 'ioredis';
-import { AppError } from '../errors/app-error.ts';
 import { DEFER_UNTIL_NEXT } from '../db/coalescing-client.ts';
 import type { AdmissionControl } from './route.ts';
 import { RateWindow } from './rate-window.ts';
+import { TooManyRequestsError } from './refusals.ts';
 
 /**
  * Abuse limits per tenant: a submission rate (fixed one-minute window in Redis) and a cap on runs
@@ -20,7 +20,7 @@ export class AdmissionController implements AdmissionControl {
     this.rate = new RateWindow(opts.redis, `${opts.prefix}:ratelimit`, 60_000);
   }
 
-  async admit(em: EntityManager, tenantId: string): Promise<void> {
+  async admit(em: EntityManager, tenantId: string, onRollback: (fn: () => Promise<void>) => void): Promise<void> {
     // The in-flight cap first: its statements are the handler's first, so an idempotency claim sent
     // with them (a prelude) that finds its key taken stops the request before it counts against the
     // rate limit — a replay never spends the tenant's budget.
@@ -41,20 +41,22 @@ export class AdmissionController implements AdmissionControl {
         [tenantId, this.o.maxInFlight, tenantId],
       );
       const cap = Number(row?.cap ?? this.o.maxInFlight);
-      if (Number(row?.n ?? 0) >= cap) throw tooMany(`The tenant already has ${cap} runs in flight.`, 5);
+      if (Number(row?.n ?? 0) >= cap) throw new TooManyRequestsError('runs_in_flight', `The tenant already has ${cap} runs in flight.`, 5);
     }
     if (this.o.perMinute > 0) {
       // Without the in-flight cap no statement has carried the claim yet: send it (with a statement of
       // nothing) before the counter, so that a replay stops here too and never spends the budget.
       if (this.o.maxInFlight <= 0) await em.execute('select 1');
-      const { count, retryAfter } = await this.rate.hit(tenantId);
-      if (count > this.o.perMinute) {
-        throw tooMany(`The tenant's submission rate limit (${this.o.perMinute}/min) is exceeded.`, retryAfter);
+      const hit = await this.rate.hit(tenantId);
+      // The budget is spent only by a submission that is accepted: if this transaction does not commit
+      // (this 429, a later statement failing, a 4xx or 5xx of the handler), the hit is taken back. A
+      // refused hit must be taken back too, or refused attempts would keep the counter past the limit
+      // and a later refund would free nothing. The refund goes to the window the hit was counted in
+      // (RateWindow.unhit): once that window is over it changes nothing, never the next window's budget.
+      onRollback(() => this.rate.unhit(hit));
+      if (hit.count > this.o.perMinute) {
+        throw new TooManyRequestsError('rate_limit', `The tenant's submission rate limit (${this.o.perMinute}/min) is exceeded.`, hit.retryAfter);
       }
     }
   }
-}
-
-function tooMany(detail: string, retryAfter: number): AppError {
-  return new AppError('rate_limited', 'Too Many Requests', { status: 429, retryable: true, detail, headers: { 'Retry-After': String(retryAfter) } });
 }

@@ -9,13 +9,14 @@ const EXEMPT = new Set(['/healthz', '/readyz', '/metrics']);
  * Front-door load shedding: past `maxInFlight` concurrent requests, answer 503 with Retry-After before
  * any database work. Under overload this keeps the requests that are admitted fast (they get pool
  * connections) instead of letting every request wait out the pool timeout after its idempotency key
- * was already claimed. 0 disables it. Probes and metrics are never shed.
+ * was already claimed. 0 disables it. Probes and metrics are never shed. `onShed` counts each request shed.
  */
-export function loadShedding(maxInFlight: number) {
+export function loadShedding(maxInFlight: number, onShed?: (req: Request) => void) {
   let inFlight = 0;
   return function shed(req: Request, res: Response, next: NextFunction): void {
     if (maxInFlight <= 0 || EXEMPT.has(routedPath(req.path))) return next();
     if (inFlight >= maxInFlight) {
+      onShed?.(req);
       sendProblem(res, new ServiceUnavailableError('The API is at capacity. Retry after the indicated delay.', undefined, 1));
       return;
     }

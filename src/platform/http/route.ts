@@ -27,6 +27,8 @@ export interface RouteContext<B = unknown, P = unknown, Q = unknown> {
   idempotencyHash: string;
   /** Work to run after the route's transaction commits (e.g. enqueueing): Postgres first, Redis second. */
   afterCommit(fn: () => Promise<void>): void;
+  /** Work that undoes, outside PostgreSQL, what the transaction did there if it does not commit (admission's refund of the rate budget). */
+  onRollback(fn: () => Promise<void>): void;
   /** What the route's `prepare` returned (undefined without one). */
   prepared: unknown;
 }
@@ -39,8 +41,11 @@ export interface RouteResponseDoc<R = unknown> {
 
 /** Abuse limits a route submits to (admission.ts): a rate and a cap, both answered with 429. */
 export interface AdmissionControl {
-  /** Throws 429 when the tenant exceeds its submission rate or runs in flight. */
-  admit(em: EntityManager, tenantId: string): Promise<void>;
+  /**
+   * Throws 429 when the tenant exceeds its submission rate or runs in flight. What it spends outside the
+   * transaction (the rate budget in Redis) it gives back through `onRollback` if the transaction does not commit.
+   */
+  admit(em: EntityManager, tenantId: string, onRollback: (fn: () => Promise<void>) => void): Promise<void>;
 }
 
 /**

@@ -16,6 +16,7 @@ import { rejectUnstorableText } from './json-text.ts';
 import { tenantInFlightLimit } from './tenant-inflight.ts';
 import { startHandlerWork } from './load-shed.ts';
 import { decodes, literalSegmentGuards, routeTemplate } from './method-not-allowed.ts';
+import { routeLabel, TooManyRequestsError, type OnRefused } from './refusals.ts';
 
 export interface RouterDeps {
   orm: MikroORM;
@@ -27,6 +28,8 @@ export interface RouterDeps {
   bodyLimit?: string;
   /** A tenant's share of this process's in-flight requests (API_MAX_INFLIGHT_PER_TENANT); 0 or unset = no cap. */
   maxInFlightPerTenant?: number;
+  /** Counts requests a tenant limit refused (dealix_requests_refused_total). */
+  onRefused?: OnRefused;
 }
 
 /**
@@ -41,7 +44,7 @@ export interface RouterDeps {
  */
 export function buildRouter(routes: RouteDef[], deps: RouterDeps): Router {
   const router = express.Router();
-  const tenantCap = tenantInFlightLimit(deps.maxInFlightPerTenant ?? 0);
+  const tenantCap = tenantInFlightLimit(deps.maxInFlightPerTenant ?? 0, deps.onRefused);
   const literalSegmentGuard = literalSegmentGuards(routes);
   const readBody = [express.json({ limit: deps.bodyLimit ?? '64kb', strict: true, type: ['application/json', 'application/*+json'] }), rejectUnstorableText];
   for (const def of routes) {
@@ -50,7 +53,7 @@ export function buildRouter(routes: RouteDef[], deps: RouterDeps): Router {
       // A path id that is another route's literal segment (`GET …/runs/cancel`): 405, before the token.
       ...(def.params ? [literalSegmentGuard(def)] : []),
       authenticate(deps.verifier, deps.orm, deps.logger, def.roles),
-      tenantCap,
+      tenantCap(routeLabel(def)),
       ...(mutating ? readBody : []),
       validate(def),
     ];
@@ -158,6 +161,7 @@ type Claim = { hash: string; record?: IdempotencyRecord; pending?: PendingClaim;
 async function execute(def: RouteDef, deps: RouterDeps, req: Request, res: Response, next: NextFunction, claim: Claim): Promise<'done' | 'key-taken'> {
   const em = res.locals.em as EntityManager;
   const afterCommit: Array<() => Promise<void>> = [];
+  const onRollback: Array<() => Promise<void>> = [];
   let record = claim.record;
   let result: RouteResult;
   try {
@@ -168,7 +172,7 @@ async function execute(def: RouteDef, deps: RouterDeps, req: Request, res: Respo
         const principal = res.locals.principal as Principal;
         // Admission's statements are the transaction's first: a claim sent with them (a prelude) that
         // finds its key taken stops the request before it counts against the tenant's limits.
-        if (def.admission) await def.admission.admit(tx, principal.tenantId);
+        if (def.admission) await def.admission.admit(tx, principal.tenantId, (fn) => onRollback.push(fn));
         const out = await def.handler({
           req,
           res,
@@ -181,6 +185,7 @@ async function execute(def: RouteDef, deps: RouterDeps, req: Request, res: Respo
           requestId: res.locals.requestId as string,
           idempotencyHash: claim.hash,
           afterCommit: (fn) => afterCommit.push(fn),
+          onRollback: (fn) => onRollback.push(fn),
           prepared,
         });
         if (claim.pending) {
@@ -198,6 +203,9 @@ async function execute(def: RouteDef, deps: RouterDeps, req: Request, res: Respo
       });
     result = claim.pending ? await withPrelude(claim.pending.prelude, run) : await run();
   } catch (err) {
+    // The transaction did not commit: first undo what it spent outside PostgreSQL, whatever answer follows.
+    await runAll(onRollback, (e) => deps.logger.warn({ err: e }, 'could not undo, after a rollback, what the transaction did outside PostgreSQL'));
+    if (err instanceof TooManyRequestsError) deps.onRefused?.(err.reason, routeLabel(def));
     if (claim.pending && !claim.pending.prelude.sent && claim.input) {
       // The handler failed before its first statement, so before the claim: claim now, so that a
       // definitive answer is stored (and a key another request holds answers as it always does).
@@ -244,19 +252,24 @@ async function execute(def: RouteDef, deps: RouterDeps, req: Request, res: Respo
     next(err);
     return 'done';
   }
-  for (const fn of afterCommit) {
-    try {
-      await fn();
-    } catch (e) {
-      // Postgres already holds the truth; the recovery sweeper finishes what Redis missed.
-      deps.logger.error({ err: e }, 'after-commit action failed; the sweeper will repair it');
-    }
-  }
+  // Postgres already holds the truth; the recovery sweeper finishes what Redis missed.
+  await runAll(afterCommit, (e) => deps.logger.error({ err: e }, 'after-commit action failed; the sweeper will repair it'));
   for (const [k, v] of Object.entries(result.headers ?? {})) res.setHeader(k, v);
   res.status(result.status);
   if (result.body === undefined) res.end();
   else res.json(result.body);
   return 'done';
+}
+
+/** Runs each action in order; one that fails is reported and the others still run. */
+async function runAll(actions: Array<() => Promise<void>>, failed: (err: unknown) => void): Promise<void> {
+  for (const fn of actions) {
+    try {
+      await fn();
+    } catch (e) {
+      failed(e);
+    }
+  }
 }
 
 /**

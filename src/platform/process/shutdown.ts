@@ -43,6 +43,30 @@ export function onShutdown(logger: Logger, graceMs: number, close: () => Promise
   releaseEarlySignals();
 }
 
+/** How long a failed start waits for what it opened to close before it exits anyway. */
+export const FAILED_START_CLOSE_MS = 5_000;
+
+/**
+ * After a failed start (`api could not start`, `worker could not start`): closes what the start
+ * opened, then exits 1 once the log is flushed — after `closeMs` at most. The close was awaited with
+ * no deadline: one that never settles (a connection whose peer stopped answering) kept the failed
+ * process alive, doing nothing, instead of exiting 1 for its supervisor to restart or report. The
+ * timer is not unref'd on purpose: with the close's promise pending and nothing else holding the event
+ * loop, an unref'd one would let the process end with status 0.
+ */
+export function exitAfterFailedStart(logger: Logger, close: () => Promise<void>, closeMs = FAILED_START_CLOSE_MS): void {
+  const deadline = setTimeout(() => {
+    logger.error({ close_ms: closeMs }, 'closing after the failed start took too long; exiting without waiting for it');
+    exitAfterFlush(logger, 1);
+  }, closeMs);
+  close()
+    .catch((err: unknown) => logger.warn({ err }, 'closing after the failed start failed'))
+    .finally(() => {
+      clearTimeout(deadline);
+      exitAfterFlush(logger, 1);
+    });
+}
+
 /** How long an exit waits for the log's buffered lines to be written (a stdout nobody reads must not hold it). */
 const FLUSH_BEFORE_EXIT_MS = 1_000;
 

@@ -8,6 +8,8 @@ export interface Metrics {
   stepFailures: Counter<'workflow' | 'step' | 'outcome'>;
   idempotencyReplays: Counter;
   idempotencyConflicts: Counter<'reason'>;
+  /** Requests a limit refused (429 by a tenant limit, 503 by load shedding), by reason and route template; no tenant label. */
+  requestsRefused: Counter<'reason' | 'route'>;
   queueDepth: Gauge<'queue' | 'state'>;
   runsByStatus: Gauge<'workflow' | 'status'>;
   /** Active runs (pending, running, waiting) by workflow version, and whether this process registers it (ADR 0008). */
@@ -62,6 +64,12 @@ export function createMetrics(): Metrics {
       name: 'dealix_idempotency_conflicts_total',
       help: 'Idempotency-Key conflicts: in_progress (409) and mismatch (422)',
       labelNames: ['reason'],
+      registers: [registry],
+    }),
+    requestsRefused: new Counter({
+      name: 'dealix_requests_refused_total',
+      help: 'Requests the API refused before doing their work, by reason (rate_limit, runs_in_flight, tenant_in_flight: 429; load_shed: 503) and route (method and template, or other); counted by the API process that refused them',
+      labelNames: ['reason', 'route'],
       registers: [registry],
     }),
     queueDepth: new Gauge({ name: 'dealix_queue_jobs', help: 'Jobs per queue and state', labelNames: ['queue', 'state'], registers: [registry] }),
