@@ -41,6 +41,29 @@ const cookieOf = (token: string) => ({ cookie: `${ADMIN_COOKIE}=${token}` });
 /** What the dashboard's own page sends with a form it submits. */
 const ownPage = () => ({ 'sec-fetch-site': 'same-origin', origin: stack.baseUrl });
 
+/** An operator token as an identity provider that issues no `jti` signs it. */
+const noJtiToken = (sub: string) =>
+  new SignJWT({ tenant_id: randomUUID(), roles: [OPERATOR_ROLE] })
+    .setProtectedHeader({ alg: 'HS256', typ: 'JWT' })
+    .setSubject(sub)
+    .setIssuer(stack.config.JWT_ISSUER)
+    .setAudience(stack.config.JWT_AUDIENCE)
+    .setIssuedAt()
+    .setExpirationTime(Math.floor(Date.now() / 1000) + 600)
+    .sign(new TextEncoder().encode(stack.config.JWT_SECRET!));
+
+/**
+ * Other spellings of `token` that verify as it: its signature padded, in the standard base64
+ * alphabet, or with the spare low bits of its last character set (HS256's 32 bytes take 42⅔ characters).
+ */
+function spellings(token: string): string[] {
+  const [head, payload, sig] = token.split('.') as [string, string, string];
+  const alphabet = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_';
+  const spare = `${sig.slice(0, -1)}${alphabet[alphabet.indexOf(sig.at(-1)!) ^ 1]}`;
+  const standard = sig.replace(/-/g, '+').replace(/_/g, '/');
+  return [`${sig}=`, spare, ...(standard !== sig ? [standard] : [])].map((s) => `${head}.${payload}.${s}`);
+}
+
 /** A one-time `?token=` visit, as a browser makes it (not following the redirect). */
 async function visit(base: string, token: string) {
   const res = await fetch(`${base}/admin/queues?token=${token}`, { redirect: 'manual' });
@@ -105,19 +128,23 @@ describe('signing out of the dashboard', () => {
   });
 
   it('a tool signs out its bearer token the same way; a token without a jti is revoked by its hash', async () => {
-    // An identity provider that issues no jti: the token's own text identifies it.
-    const token = await new SignJWT({ tenant_id: randomUUID(), roles: [OPERATOR_ROLE] })
-      .setProtectedHeader({ alg: 'HS256', typ: 'JWT' })
-      .setSubject('ops-tool')
-      .setIssuer(stack.config.JWT_ISSUER)
-      .setAudience(stack.config.JWT_AUDIENCE)
-      .setIssuedAt()
-      .setExpirationTime(Math.floor(Date.now() / 1000) + 600)
-      .sign(new TextEncoder().encode(stack.config.JWT_SECRET!));
+    // An identity provider that issues no jti: the token's signed content identifies it.
+    const token = await noJtiToken('ops-tool');
     expect((await api(stack, 'GET', '/admin/queues/api/queues', { token })).status).toBe(200);
     expect((await api(stack, 'POST', '/admin/queues/logout', { token })).status).toBe(200);
     expect((await api(stack, 'GET', '/admin/queues/api/queues', { token })).status).toBe(401);
     expect(await stack.redis.keys(`${stack.prefix}:operator-session:revoked:token:*`)).toHaveLength(1);
+  });
+
+  it('a revoked token without a jti stays refused however its signature is spelled (padding, alphabet, spare bits)', async () => {
+    // jose decodes the signature leniently: each of these verifies as the same token. An ES256
+    // signature (r, n − s) verifies as well, so anyone can also re-sign a copy: the key is the signed content.
+    const token = await noJtiToken('ops-spelling');
+    expect((await api(stack, 'POST', '/admin/queues/logout', { token })).status).toBe(200);
+    for (const copy of spellings(token)) {
+      expect((await api(stack, 'GET', '/admin/queues/api/queues', { token: copy })).status, copy.slice(-6)).toBe(401);
+      expect((await get(stack.baseUrl, cookieOf(copy))).status, copy.slice(-6)).toBe(401);
+    }
   });
 
   it('a sign-out another site submits is refused (403) and revokes nothing', async () => {
@@ -157,6 +184,16 @@ describe('the ?token= link works once', () => {
     expect((await get(other!.baseUrl, { authorization: `Bearer ${token}` })).status).toBe(200);
     // A new token makes a new link.
     expect((await visit(stack.baseUrl, await operatorToken('ops-link'))).status).toBe(303);
+  });
+
+  it('a used link is refused however its signature is spelled', async () => {
+    const token = await operatorToken('ops-link-spelling');
+    expect((await visit(stack.baseUrl, token)).status).toBe(303);
+    for (const copy of spellings(token)) {
+      const replay = await visit(stack.baseUrl, encodeURIComponent(copy));
+      expect(replay.status, copy.slice(-6)).toBe(401);
+      expect(replay.setCookie).toBeNull();
+    }
   });
 
   it('of visits arriving together, exactly one exchanges the link', async () => {

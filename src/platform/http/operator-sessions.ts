@@ -36,12 +36,12 @@ export class OperatorSessions {
    * (until the token expires). One SET NX: two visits at once cannot both be first.
    */
   async claimExchange(token: string): Promise<boolean> {
-    return (await this.redis.set(`${this.keyPrefix}:exchanged:${digest(token)}`, '1', 'EXAT', this.until(token), 'NX')) === 'OK';
+    return (await this.redis.set(`${this.keyPrefix}:exchanged:${digest(signedPart(token))}`, '1', 'EXAT', this.until(token), 'NX')) === 'OK';
   }
 
   private revokedKey(token: string): string {
     const { jti } = claimsOf(token);
-    return `${this.keyPrefix}:revoked:${jti ? `jti:${digest(jti)}` : `token:${digest(token)}`}`;
+    return `${this.keyPrefix}:revoked:${jti ? `jti:${digest(jti)}` : `token:${digest(signedPart(token))}`}`;
   }
 
   /** The Unix second the entry may go: when the token stops verifying, never in the past (EXAT must be > 0). */
@@ -52,6 +52,15 @@ export class OperatorSessions {
 }
 
 const digest = (text: string) => createHash('sha256').update(text).digest('base64url');
+
+/**
+ * What identifies a token that verified: its header and claims as sent (`header.payload`), which the
+ * signature covers, so no one without the key can change them. Not the whole text: its signature has
+ * many spellings that verify alike (jose decodes it with `=` padding, the `+/` alphabet, whitespace
+ * or other spare low bits in its last character; and an ECDSA signature (r, s) verifies as (r, n − s)),
+ * any of which would be a fresh key for a revoked token or a used link.
+ */
+const signedPart = (jwt: string) => jwt.slice(0, jwt.lastIndexOf('.'));
 
 /**
  * The token's `exp` and `jti`, read without verifying: call it only for a token that verified (the
