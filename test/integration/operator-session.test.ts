@@ -41,15 +41,15 @@ const cookieOf = (token: string) => ({ cookie: `${ADMIN_COOKIE}=${token}` });
 /** What the dashboard's own page sends with a form it submits. */
 const ownPage = () => ({ 'sec-fetch-site': 'same-origin', origin: stack.baseUrl });
 
-/** An operator token as an identity provider that issues no `jti` signs it. */
-const noJtiToken = (sub: string) =>
+/** An operator token as an identity provider that issues no `jti` signs it (expiring in 10 minutes, or at `exp`). */
+const noJtiToken = (sub: string, exp = Math.floor(Date.now() / 1000) + 600) =>
   new SignJWT({ tenant_id: randomUUID(), roles: [OPERATOR_ROLE] })
     .setProtectedHeader({ alg: 'HS256', typ: 'JWT' })
     .setSubject(sub)
     .setIssuer(stack.config.JWT_ISSUER)
     .setAudience(stack.config.JWT_AUDIENCE)
     .setIssuedAt()
-    .setExpirationTime(Math.floor(Date.now() / 1000) + 600)
+    .setExpirationTime(exp)
     .sign(new TextEncoder().encode(stack.config.JWT_SECRET!));
 
 /**
@@ -194,6 +194,18 @@ describe('the ?token= link works once', () => {
       expect(replay.status, copy.slice(-6)).toBe(401);
       expect(replay.setCookie).toBeNull();
     }
+  });
+
+  it('a token whose exp has a fraction of a second (a NumericDate may) signs in once by link and signs out', async () => {
+    const token = await noJtiToken('ops-fraction', Math.floor(Date.now() / 1000) + 600.5);
+    const first = await visit(stack.baseUrl, token);
+    expect(first.status, first.text).toBe(303);
+    // Max-Age takes whole seconds only: a browser ignores any other, and the cookie would outlive the token.
+    expect(first.setCookie).toMatch(/; Max-Age=\d+(;|$)/);
+    expect((await visit(stack.baseUrl, token)).status).toBe(401);
+    const out = await api(stack, 'POST', '/admin/queues/logout', { token });
+    expect(out.status, out.text).toBe(200);
+    expect((await get(stack.baseUrl, cookieOf(token))).status).toBe(401);
   });
 
   it('of visits arriving together, exactly one exchanges the link', async () => {

@@ -69,7 +69,8 @@ export function adminAuth(opts: AdminAuthOptions) {
           opts.logger.warn({ security_event: 'token_link_reused', path: req.path, ip: req.ip }, 'refused a ?token= link used before');
           throw unauthorized(opts, 'This sign-in link (?token=) has been used already: it works once. Sign in with a new token.');
         }
-        const maxAge = Math.max(0, Math.min(MAX_COOKIE_SECONDS, (exp ?? 0) - Math.floor(Date.now() / 1000)));
+        // Whole seconds: a browser ignores any other Max-Age (the cookie would outlive the token), and `exp` may have a fraction.
+        const maxAge = Math.max(0, Math.min(MAX_COOKIE_SECONDS, Math.floor((exp ?? 0) - Date.now() / 1000)));
         res.setHeader('Set-Cookie', adminCookie(opts, req, queryToken, maxAge));
         res.setHeader('Cache-Control', 'no-store');
         res.redirect(303, withoutToken(req.originalUrl, opts.basePath));

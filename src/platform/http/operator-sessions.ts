@@ -44,10 +44,13 @@ export class OperatorSessions {
     return `${this.keyPrefix}:revoked:${jti ? `jti:${digest(jti)}` : `token:${digest(signedPart(token))}`}`;
   }
 
-  /** The Unix second the entry may go: when the token stops verifying, never in the past (EXAT must be > 0). */
+  /**
+   * The Unix second the entry may go: when the token stops verifying, never in the past (EXAT must be
+   * > 0), and a whole second (EXAT refuses any other, and a NumericDate `exp` may have a fraction).
+   */
   private until(token: string): number {
     const now = Math.floor(Date.now() / 1000);
-    return Math.max(now + 1, (claimsOf(token).exp ?? now) + this.graceSeconds + 1);
+    return Math.max(now + 1, Math.ceil(claimsOf(token).exp ?? now) + this.graceSeconds + 1);
   }
 }
 
