@@ -64,6 +64,9 @@ export function adminAuth(opts: AdminAuthOptions) {
       }
       const queryToken = typeof req.query.token === 'string' ? req.query.token : undefined;
       if (queryToken !== undefined) {
+        // Only a token the cookie can carry back: jose also decodes a signature with whitespace around
+        // it, which a Set-Cookie header cannot hold (a line break) or would keep (a tab).
+        if (!JWT.test(queryToken)) throw unauthorized(opts, 'The ?token= value is not a JWT.');
         const { exp } = await verifyAdmin(opts, req, queryToken);
         if (!(await opts.sessions.claimExchange(queryToken))) {
           opts.logger.warn({ security_event: 'token_link_reused', path: req.path, ip: req.ip }, 'refused a ?token= link used before');
