@@ -1,4 +1,4 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import type { AddressInfo } from 'node:net';
 import type { Server } from 'node:http';
 import { randomUUID } from 'node:crypto';
@@ -7,6 +7,8 @@ import { createApp } from '../../src/app.ts';
 import { createContainer, type Container } from '../../src/container.ts';
 import { ADMIN_COOKIE, OPERATOR_ROLE } from '../../src/platform/http/admin-auth.middleware.ts';
 import { untilReady } from '../../src/platform/queue/connections.ts';
+import { operatorSessions } from '../../src/platform/http/admin-board.ts';
+import { signDevToken } from '../../src/platform/tenancy/jwt.ts';
 import { api, newTenant, startStack, type TestStack } from '../helpers/stack.ts';
 import { waitFor } from '../helpers/poll.ts';
 
@@ -231,6 +233,26 @@ describe('the ?token= link works once', () => {
     const token = await stack.token({ tenantId: newTenant(), sub: 'tenant-admin', roles: ['admin'] });
     expect((await visit(stack.baseUrl, token)).status).toBe(403);
     expect((await visit(stack.baseUrl, token)).status).toBe(403);
+  });
+});
+
+describe("records last by the API's clock, not Redis's", () => {
+  it('an API whose clock is behind Redis\'s still keeps a sign-out and a used link until the token expires for it', async () => {
+    // The API decides when a token stops verifying, by its own clock: an absolute expiry (EXAT) read by
+    // Redis's clock, ahead here by 2 h, had already passed, and Redis dropped both records at once.
+    const skew = 2 * 3600_000;
+    const apiNow = Date.now() - skew;
+    const clock = vi.spyOn(Date, 'now').mockImplementation(() => apiNow);
+    try {
+      const token = await signDevToken(stack.config, { tenantId: newTenant(), sub: 'ops-skew', roles: [OPERATOR_ROLE], ttlSeconds: 600 });
+      const sessions = operatorSessions(stack.redis, stack.config);
+      await sessions.revoke(token);
+      expect(await sessions.isRevoked(token)).toBe(true);
+      expect(await sessions.claimExchange(token)).toBe(true);
+      expect(await sessions.claimExchange(token)).toBe(false);
+    } finally {
+      clock.mockRestore();
+    }
   });
 });
 

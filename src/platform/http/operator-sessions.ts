@@ -24,7 +24,7 @@ export class OperatorSessions {
 
   /** Refuses `token` from now until it expires (keyed by its `jti` when it has one: every copy of it). */
   async revoke(token: string): Promise<void> {
-    await this.redis.set(this.revokedKey(token), '1', 'EXAT', this.until(token));
+    await this.redis.set(this.revokedKey(token), '1', 'EX', this.ttl(token));
   }
 
   async isRevoked(token: string): Promise<boolean> {
@@ -36,7 +36,7 @@ export class OperatorSessions {
    * (until the token expires). One SET NX: two visits at once cannot both be first.
    */
   async claimExchange(token: string): Promise<boolean> {
-    return (await this.redis.set(`${this.keyPrefix}:exchanged:${digest(signedPart(token))}`, '1', 'EXAT', this.until(token), 'NX')) === 'OK';
+    return (await this.redis.set(`${this.keyPrefix}:exchanged:${digest(signedPart(token))}`, '1', 'EX', this.ttl(token), 'NX')) === 'OK';
   }
 
   private revokedKey(token: string): string {
@@ -45,12 +45,13 @@ export class OperatorSessions {
   }
 
   /**
-   * The Unix second the entry may go: when the token stops verifying, never in the past (EXAT must be
-   * > 0), and a whole second (EXAT refuses any other, and a NumericDate `exp` may have a fraction).
+   * How long the entry must last: until the token stops verifying, by this process's clock (the one
+   * the verifier reads), so a duration, not a Unix time Redis would read by its own clock. At least a
+   * second (EX must be > 0), and whole seconds (EX refuses any other; a NumericDate `exp` may have a fraction).
    */
-  private until(token: string): number {
+  private ttl(token: string): number {
     const now = Math.floor(Date.now() / 1000);
-    return Math.max(now + 1, Math.ceil(claimsOf(token).exp ?? now) + this.graceSeconds + 1);
+    return Math.max(1, Math.ceil(claimsOf(token).exp ?? now) + this.graceSeconds + 1 - now);
   }
 }
 
