@@ -1,4 +1,4 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import type { AddressInfo } from 'node:net';
 import type { Server } from 'node:http';
 import { randomUUID } from 'node:crypto';
@@ -7,6 +7,8 @@ import { createApp } from '../../src/app.ts';
 import { createContainer, type Container } from '../../src/container.ts';
 import { ADMIN_COOKIE, OPERATOR_ROLE } from '../../src/platform/http/admin-auth.middleware.ts';
 import { untilReady } from '../../src/platform/queue/connections.ts';
+import { operatorSessions } from '../../src/platform/http/admin-board.ts';
+import { signDevToken } from '../../src/platform/tenancy/jwt.ts';
 import { api, newTenant, startStack, type TestStack } from '../helpers/stack.ts';
 import { waitFor } from '../helpers/poll.ts';
 
@@ -40,6 +42,29 @@ const operatorToken = (sub: string) => stack.token({ tenantId: newTenant(), sub,
 const cookieOf = (token: string) => ({ cookie: `${ADMIN_COOKIE}=${token}` });
 /** What the dashboard's own page sends with a form it submits. */
 const ownPage = () => ({ 'sec-fetch-site': 'same-origin', origin: stack.baseUrl });
+
+/** An operator token as an identity provider that issues no `jti` signs it (expiring in 10 minutes, or at `exp`). */
+const noJtiToken = (sub: string, exp = Math.floor(Date.now() / 1000) + 600) =>
+  new SignJWT({ tenant_id: randomUUID(), roles: [OPERATOR_ROLE] })
+    .setProtectedHeader({ alg: 'HS256', typ: 'JWT' })
+    .setSubject(sub)
+    .setIssuer(stack.config.JWT_ISSUER)
+    .setAudience(stack.config.JWT_AUDIENCE)
+    .setIssuedAt()
+    .setExpirationTime(exp)
+    .sign(new TextEncoder().encode(stack.config.JWT_SECRET!));
+
+/**
+ * Other spellings of `token` that verify as it: its signature padded, in the standard base64
+ * alphabet, or with the spare low bits of its last character set (HS256's 32 bytes take 42⅔ characters).
+ */
+function spellings(token: string): string[] {
+  const [head, payload, sig] = token.split('.') as [string, string, string];
+  const alphabet = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_';
+  const spare = `${sig.slice(0, -1)}${alphabet[alphabet.indexOf(sig.at(-1)!) ^ 1]}`;
+  const standard = sig.replace(/-/g, '+').replace(/_/g, '/');
+  return [`${sig}=`, spare, ...(standard !== sig ? [standard] : [])].map((s) => `${head}.${payload}.${s}`);
+}
 
 /** A one-time `?token=` visit, as a browser makes it (not following the redirect). */
 async function visit(base: string, token: string) {
@@ -105,19 +130,23 @@ describe('signing out of the dashboard', () => {
   });
 
   it('a tool signs out its bearer token the same way; a token without a jti is revoked by its hash', async () => {
-    // An identity provider that issues no jti: the token's own text identifies it.
-    const token = await new SignJWT({ tenant_id: randomUUID(), roles: [OPERATOR_ROLE] })
-      .setProtectedHeader({ alg: 'HS256', typ: 'JWT' })
-      .setSubject('ops-tool')
-      .setIssuer(stack.config.JWT_ISSUER)
-      .setAudience(stack.config.JWT_AUDIENCE)
-      .setIssuedAt()
-      .setExpirationTime(Math.floor(Date.now() / 1000) + 600)
-      .sign(new TextEncoder().encode(stack.config.JWT_SECRET!));
+    // An identity provider that issues no jti: the token's signed content identifies it.
+    const token = await noJtiToken('ops-tool');
     expect((await api(stack, 'GET', '/admin/queues/api/queues', { token })).status).toBe(200);
     expect((await api(stack, 'POST', '/admin/queues/logout', { token })).status).toBe(200);
     expect((await api(stack, 'GET', '/admin/queues/api/queues', { token })).status).toBe(401);
     expect(await stack.redis.keys(`${stack.prefix}:operator-session:revoked:token:*`)).toHaveLength(1);
+  });
+
+  it('a revoked token without a jti stays refused however its signature is spelled (padding, alphabet, spare bits)', async () => {
+    // jose decodes the signature leniently: each of these verifies as the same token. An ES256
+    // signature (r, n − s) verifies as well, so anyone can also re-sign a copy: the key is the signed content.
+    const token = await noJtiToken('ops-spelling');
+    expect((await api(stack, 'POST', '/admin/queues/logout', { token })).status).toBe(200);
+    for (const copy of spellings(token)) {
+      expect((await api(stack, 'GET', '/admin/queues/api/queues', { token: copy })).status, copy.slice(-6)).toBe(401);
+      expect((await get(stack.baseUrl, cookieOf(copy))).status, copy.slice(-6)).toBe(401);
+    }
   });
 
   it('a sign-out another site submits is refused (403) and revokes nothing', async () => {
@@ -159,6 +188,40 @@ describe('the ?token= link works once', () => {
     expect((await visit(stack.baseUrl, await operatorToken('ops-link'))).status).toBe(303);
   });
 
+  it('a used link is refused however its signature is spelled', async () => {
+    const token = await operatorToken('ops-link-spelling');
+    expect((await visit(stack.baseUrl, token)).status).toBe(303);
+    for (const copy of spellings(token)) {
+      const replay = await visit(stack.baseUrl, encodeURIComponent(copy));
+      expect(replay.status, copy.slice(-6)).toBe(401);
+      expect(replay.setCookie).toBeNull();
+    }
+  });
+
+  it('a token whose exp has a fraction of a second (a NumericDate may) signs in once by link and signs out', async () => {
+    const token = await noJtiToken('ops-fraction', Math.floor(Date.now() / 1000) + 600.5);
+    const first = await visit(stack.baseUrl, token);
+    expect(first.status, first.text).toBe(303);
+    // Max-Age takes whole seconds only: a browser ignores any other, and the cookie would outlive the token.
+    expect(first.setCookie).toMatch(/; Max-Age=\d+(;|$)/);
+    expect((await visit(stack.baseUrl, token)).status).toBe(401);
+    const out = await api(stack, 'POST', '/admin/queues/logout', { token });
+    expect(out.status, out.text).toBe(200);
+    expect((await get(stack.baseUrl, cookieOf(token))).status).toBe(401);
+  });
+
+  it('a link whose token has whitespace around it is refused (401) and not used up', async () => {
+    // jose decodes a signature with a trailing newline, but the cookie could not carry it (a header
+    // holds no line break): it was a 500 after the link was claimed.
+    const token = await operatorToken('ops-link-space');
+    for (const odd of [`${token}\n`, `${token}\t`, ` ${token}`]) {
+      const res = await visit(stack.baseUrl, encodeURIComponent(odd));
+      expect(res.status, JSON.stringify(odd.slice(-2))).toBe(401);
+      expect(res.setCookie).toBeNull();
+    }
+    expect((await visit(stack.baseUrl, token)).status).toBe(303);
+  });
+
   it('of visits arriving together, exactly one exchanges the link', async () => {
     const token = await operatorToken('ops-race');
     const statuses = await Promise.all(Array.from({ length: 8 }, (_, i) => visit(i % 2 ? other!.baseUrl : stack.baseUrl, token).then((r) => r.status)));
@@ -170,6 +233,26 @@ describe('the ?token= link works once', () => {
     const token = await stack.token({ tenantId: newTenant(), sub: 'tenant-admin', roles: ['admin'] });
     expect((await visit(stack.baseUrl, token)).status).toBe(403);
     expect((await visit(stack.baseUrl, token)).status).toBe(403);
+  });
+});
+
+describe("records last by the API's clock, not Redis's", () => {
+  it('an API whose clock is behind Redis\'s still keeps a sign-out and a used link until the token expires for it', async () => {
+    // The API decides when a token stops verifying, by its own clock: an absolute expiry (EXAT) read by
+    // Redis's clock, ahead here by 2 h, had already passed, and Redis dropped both records at once.
+    const skew = 2 * 3600_000;
+    const apiNow = Date.now() - skew;
+    const clock = vi.spyOn(Date, 'now').mockImplementation(() => apiNow);
+    try {
+      const token = await signDevToken(stack.config, { tenantId: newTenant(), sub: 'ops-skew', roles: [OPERATOR_ROLE], ttlSeconds: 600 });
+      const sessions = operatorSessions(stack.redis, stack.config);
+      await sessions.revoke(token);
+      expect(await sessions.isRevoked(token)).toBe(true);
+      expect(await sessions.claimExchange(token)).toBe(true);
+      expect(await sessions.claimExchange(token)).toBe(false);
+    } finally {
+      clock.mockRestore();
+    }
   });
 });
 

@@ -64,12 +64,16 @@ export function adminAuth(opts: AdminAuthOptions) {
       }
       const queryToken = typeof req.query.token === 'string' ? req.query.token : undefined;
       if (queryToken !== undefined) {
+        // Only a token the cookie can carry back: jose also decodes a signature with whitespace around
+        // it, which a Set-Cookie header cannot hold (a line break) or would keep (a tab).
+        if (!JWT.test(queryToken)) throw unauthorized(opts, 'The ?token= value is not a JWT.');
         const { exp } = await verifyAdmin(opts, req, queryToken);
         if (!(await opts.sessions.claimExchange(queryToken))) {
           opts.logger.warn({ security_event: 'token_link_reused', path: req.path, ip: req.ip }, 'refused a ?token= link used before');
           throw unauthorized(opts, 'This sign-in link (?token=) has been used already: it works once. Sign in with a new token.');
         }
-        const maxAge = Math.max(0, Math.min(MAX_COOKIE_SECONDS, (exp ?? 0) - Math.floor(Date.now() / 1000)));
+        // Whole seconds: a browser ignores any other Max-Age (the cookie would outlive the token), and `exp` may have a fraction.
+        const maxAge = Math.max(0, Math.min(MAX_COOKIE_SECONDS, Math.floor((exp ?? 0) - Date.now() / 1000)));
         res.setHeader('Set-Cookie', adminCookie(opts, req, queryToken, maxAge));
         res.setHeader('Cache-Control', 'no-store');
         res.redirect(303, withoutToken(req.originalUrl, opts.basePath));

@@ -24,7 +24,7 @@ export class OperatorSessions {
 
   /** Refuses `token` from now until it expires (keyed by its `jti` when it has one: every copy of it). */
   async revoke(token: string): Promise<void> {
-    await this.redis.set(this.revokedKey(token), '1', 'EXAT', this.until(token));
+    await this.redis.set(this.revokedKey(token), '1', 'EX', this.ttl(token));
   }
 
   async isRevoked(token: string): Promise<boolean> {
@@ -36,22 +36,35 @@ export class OperatorSessions {
    * (until the token expires). One SET NX: two visits at once cannot both be first.
    */
   async claimExchange(token: string): Promise<boolean> {
-    return (await this.redis.set(`${this.keyPrefix}:exchanged:${digest(token)}`, '1', 'EXAT', this.until(token), 'NX')) === 'OK';
+    return (await this.redis.set(`${this.keyPrefix}:exchanged:${digest(signedPart(token))}`, '1', 'EX', this.ttl(token), 'NX')) === 'OK';
   }
 
   private revokedKey(token: string): string {
     const { jti } = claimsOf(token);
-    return `${this.keyPrefix}:revoked:${jti ? `jti:${digest(jti)}` : `token:${digest(token)}`}`;
+    return `${this.keyPrefix}:revoked:${jti ? `jti:${digest(jti)}` : `token:${digest(signedPart(token))}`}`;
   }
 
-  /** The Unix second the entry may go: when the token stops verifying, never in the past (EXAT must be > 0). */
-  private until(token: string): number {
+  /**
+   * How long the entry must last: until the token stops verifying, by this process's clock (the one
+   * the verifier reads), so a duration, not a Unix time Redis would read by its own clock. At least a
+   * second (EX must be > 0), and whole seconds (EX refuses any other; a NumericDate `exp` may have a fraction).
+   */
+  private ttl(token: string): number {
     const now = Math.floor(Date.now() / 1000);
-    return Math.max(now + 1, (claimsOf(token).exp ?? now) + this.graceSeconds + 1);
+    return Math.max(1, Math.ceil(claimsOf(token).exp ?? now) + this.graceSeconds + 1 - now);
   }
 }
 
 const digest = (text: string) => createHash('sha256').update(text).digest('base64url');
+
+/**
+ * What identifies a token that verified: its header and claims as sent (`header.payload`), which the
+ * signature covers, so no one without the key can change them. Not the whole text: its signature has
+ * many spellings that verify alike (jose decodes it with `=` padding, the `+/` alphabet, whitespace
+ * or other spare low bits in its last character; and an ECDSA signature (r, s) verifies as (r, n − s)),
+ * any of which would be a fresh key for a revoked token or a used link.
+ */
+const signedPart = (jwt: string) => jwt.slice(0, jwt.lastIndexOf('.'));
 
 /**
  * The token's `exp` and `jti`, read without verifying: call it only for a token that verified (the
