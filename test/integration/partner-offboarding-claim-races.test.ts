@@ -143,6 +143,22 @@ describe('executions meeting in freeze-partner', () => {
     expect(runs.sort()).toEqual([holder.id, free.run.id].sort());
   });
 
+  it("a producer's start is judged on its input as the steps read it (parsed by the workflow's schema): a held partner's reference with spaces around it is refused; an input the schema refuses is left to freeze-partner", { timeout: LONG }, async () => {
+    const tenant = newTenant();
+    const holder = await offboarding(tenant, 'P-SPACED');
+    await frozenRecord(tenant, holder.id, 'P-SPACED');
+    // A producer's input reaches the runtime as it was given (no route parsed it): the steps trim the reference.
+    const start = (input: unknown) => stack.container.runtime.start(tenantEm(stack.container.orm, tenant), PARTNER_OFFBOARDING, { ...submissionOf(tenant, 'unused'), input });
+    await expect(start({ ...OFFBOARDING_SUBMISSION, partner: { reference: '  P-SPACED ', name: 'Acme' } })).rejects.toMatchObject({ status: 409, code: 'partner_already_offboarded', extensions: { run_id: holder.id } });
+    // Not a TypeError from the guard: the run starts, and its first step refuses the input, as any workflow's does.
+    const malformed = await start({ reason: 'inactive' });
+    expect(malformed.created).toBe(true);
+    await meetInFreeze([{ run: malformed.run }]);
+    expect(await runOf(malformed.run.id)).toMatchObject({ status: 'failed', error: { sequence_num: 1 } });
+    const runs = (await stack.db.admin(`select id from durable_runs where tenant_id = $1`, [tenant])).rows.map((r) => r.id);
+    expect(runs.sort()).toEqual([holder.id, malformed.run.id].sort());
+  });
+
   it("two runs taking over a cancelled offboarding's record at once: one abandons it and offboards the partner, the other is refused", { timeout: LONG }, async () => {
     const tenant = newTenant();
     const cancelled = await offboarding(tenant, 'P-TAKEN');
