@@ -9,6 +9,7 @@ import { IdempotencyService, requestFingerprint, submissionHash } from '../../sr
 import { IDEMPOTENCY_EXPIRY_JOB, MAINTENANCE_QUEUE, maintenanceHandlers } from '../../src/platform/queue/maintenance.ts';
 import { submissionSchema } from '../../src/modules/golden-path/golden-path.schemas.ts';
 import { GOLDEN_PATH } from '../../src/modules/golden-path/golden-path.workflow.ts';
+import { PARTNER_OFFBOARDING } from '../../src/modules/partner-offboarding/partner-offboarding.workflow.ts';
 import { api, newTenant, OFFBOARDING_SUBMISSION, SAMPLE_SUBMISSION, startStack, type TestStack } from '../helpers/stack.ts';
 import { sent } from '../helpers/pg-messages.ts';
 import { TEST_REDIS_URL } from '../helpers/env.ts';
@@ -230,6 +231,28 @@ describe('the first request and its replays', () => {
     expect(await counted()).toBe(2);
     expect((await post(key)).headers.get('idempotent-replayed')).toBe('true');
     expect(await counted()).toBe(2);
+  });
+
+  it('a submission guard that fails with something other than an AppError: 500, the run it followed rolled back, the key released for a retry', async () => {
+    const who = await actor();
+    const key = randomUUID();
+    const post = () => api(stack, 'POST', '/api/v1/partner-offboarding/run', { token: who.token, body: OFFBOARDING_SUBMISSION, headers: { 'Idempotency-Key': key } });
+    // This process's API only (the worker is another process); restored before anything else runs here.
+    const wf = stack.container.runtime.workflow(PARTNER_OFFBOARDING);
+    const guard = wf.admitSubmission;
+    wf.admitSubmission = () => Promise.reject(new Error('the guard broke'));
+    let broken: Awaited<ReturnType<typeof post>>;
+    try {
+      broken = await post();
+    } finally {
+      wf.admitSubmission = guard;
+    }
+    expectProblem(broken, 500, 'internal');
+    expect(await counts(who.tenant)).toEqual({ keys: 0, runs: 0 });
+    const retried = await post();
+    expect(retried.status, retried.text).toBe(202);
+    expect(retried.headers.get('idempotent-replayed')).toBeNull();
+    expect(await counts(who.tenant)).toEqual({ keys: 1, runs: 1 });
   });
 
   it('replays the stored status, body and headers with Idempotent-Replayed: true, and starts no second run', async () => {
