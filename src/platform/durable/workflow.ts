@@ -140,8 +140,9 @@ export interface WorkflowDef<In = any> {
    * refusal (an AppError 4xx, which the route answers and, but for a 429 or a `validation_failed`,
    * stores under the Idempotency-Key like any 4xx of its handler, router.ts), and the transaction
    * rolls back with the run's row: nothing of the submission is left. It only reads (it locks and
-   * changes nothing), so two submissions at once may both pass it: a business key it checks must still
-   * be enforced by a step (freeze-partner's claim), the race's backstop.
+   * changes nothing), and what it reads is what earlier runs' steps wrote: two submissions at once, or
+   * a second before the first's run has started, may both pass it, so a business key it checks must
+   * still be enforced by a step (freeze-partner's claim), the race's backstop.
    */
   admitSubmission?(em: EntityManager, input: In, run: { tenantId: string }): Promise<void>;
   /**
