@@ -9,7 +9,9 @@ import { IdempotencyService, requestFingerprint, submissionHash } from '../../sr
 import { IDEMPOTENCY_EXPIRY_JOB, MAINTENANCE_QUEUE, maintenanceHandlers } from '../../src/platform/queue/maintenance.ts';
 import { submissionSchema } from '../../src/modules/golden-path/golden-path.schemas.ts';
 import { GOLDEN_PATH } from '../../src/modules/golden-path/golden-path.workflow.ts';
-import { api, newTenant, SAMPLE_SUBMISSION, startStack, type TestStack } from '../helpers/stack.ts';
+import { PARTNER_OFFBOARDING } from '../../src/modules/partner-offboarding/partner-offboarding.workflow.ts';
+import { api, newTenant, OFFBOARDING_SUBMISSION, SAMPLE_SUBMISSION, startStack, type TestStack } from '../helpers/stack.ts';
+import { sent } from '../helpers/pg-messages.ts';
 import { TEST_REDIS_URL } from '../helpers/env.ts';
 import { holdTable } from '../helpers/table-lock.ts';
 import { waitFor } from '../helpers/poll.ts';
@@ -197,6 +199,60 @@ describe('the first request and its replays', () => {
     // Three messages in all: claim + admission, the run's insert, the stored response with the commit.
     expect(messages).toHaveLength(3);
     expect(messages[2]).toMatch(/update idempotency_keys set status = 'completed'[\s\S]*;\ncommit$/);
+  });
+
+  it("a partner offboarding's submission sends one message more, its guard's read after the insert; a refused one rolls back, stores its 409 apart, and counts against the tenant's rate as any submission does (its replay does not)", async () => {
+    const who = await actor();
+    const body = { ...OFFBOARDING_SUBMISSION, partner: { reference: 'P-RT', name: 'Acme' } };
+    const post = (key = randomUUID()) => api(stack, 'POST', '/api/v1/partner-offboarding/run', { token: who.token, body, headers: { 'Idempotency-Key': key } });
+    const accepted = await sent(() => post());
+    expect(accepted.result.status, accepted.result.text).toBe(202);
+    // The golden path's three (above), and the guard's read between the run's insert and the stored response.
+    expect(accepted.texts).toHaveLength(4);
+    expect(accepted.texts[1]).toMatch(/^with ins as \(\s*insert into durable_runs/);
+    expect(accepted.texts[2]).toMatch(/from partner_offboardings o/);
+    expect(accepted.texts[3]).toMatch(/update idempotency_keys set status = 'completed'[\s\S]*;\ncommit$/);
+    await waitFor(async () => (await stack.db.admin(`select 1 from partner_offboardings where run_id = $1 and status = 'archived'`, [accepted.result.json.run_id])).rowCount, {
+      timeoutMs: 60_000,
+      intervalMs: 100,
+      what: 'the worker to offboard the partner',
+    });
+    const key = randomUUID();
+    const refused = await sent(() => post(key));
+    expect(refused.result.status, refused.result.text).toBe(409);
+    expect(refused.texts).toHaveLength(5);
+    expect(refused.texts.slice(2)).toEqual([expect.stringMatching(/from partner_offboardings o/), 'rollback', expect.stringMatching(/^begin;[\s\S]*response_status = 409[\s\S]*;\ncommit$/)]);
+    // The tenant's submission counters (every window: a minute may have begun meanwhile).
+    const counted = async () => {
+      let n = 0;
+      for (const k of await stack.redis.keys(`${stack.prefix}:ratelimit:${who.tenant}:*`)) n += Number(await stack.redis.get(k));
+      return n;
+    };
+    expect(await counted()).toBe(2);
+    expect((await post(key)).headers.get('idempotent-replayed')).toBe('true');
+    expect(await counted()).toBe(2);
+  });
+
+  it('a submission guard that fails with something other than an AppError: 500, the run it followed rolled back, the key released for a retry', async () => {
+    const who = await actor();
+    const key = randomUUID();
+    const post = () => api(stack, 'POST', '/api/v1/partner-offboarding/run', { token: who.token, body: OFFBOARDING_SUBMISSION, headers: { 'Idempotency-Key': key } });
+    // This process's API only (the worker is another process); restored before anything else runs here.
+    const wf = stack.container.runtime.workflow(PARTNER_OFFBOARDING);
+    const guard = wf.admitSubmission;
+    wf.admitSubmission = () => Promise.reject(new Error('the guard broke'));
+    let broken: Awaited<ReturnType<typeof post>>;
+    try {
+      broken = await post();
+    } finally {
+      wf.admitSubmission = guard;
+    }
+    expectProblem(broken, 500, 'internal');
+    expect(await counts(who.tenant)).toEqual({ keys: 0, runs: 0 });
+    const retried = await post();
+    expect(retried.status, retried.text).toBe(202);
+    expect(retried.headers.get('idempotent-replayed')).toBeNull();
+    expect(await counts(who.tenant)).toEqual({ keys: 1, runs: 1 });
   });
 
   it('replays the stored status, body and headers with Idempotent-Replayed: true, and starts no second run', async () => {

@@ -15,6 +15,7 @@ import { Job, Queue, UnrecoverableError } from 'bullmq';
 import { pino } from 'pino';
 import { DurableRuntime, type StepJobData } from '../../src/platform/durable/runtime.ts';
 import { StepExecutor } from '../../src/platform/durable/executor.ts';
+import { sent } from '../helpers/pg-messages.ts';
 import { tenantEm } from '../../src/platform/db/tenant-em.ts';
 import { PARTNER_OFFBOARDING } from '../../src/modules/partner-offboarding/partner-offboarding.workflow.ts';
 import { newTenant, OFFBOARDING_SUBMISSION, startStack, type TestStack } from '../helpers/stack.ts';
@@ -136,11 +137,36 @@ describe('executions meeting in freeze-partner', () => {
     const holder = await offboarding(tenant, 'P-HELD');
     await frozenRecord(tenant, holder.id, 'P-HELD');
     const start = (reference: string) => stack.container.runtime.start(tenantEm(stack.container.orm, tenant), PARTNER_OFFBOARDING, submissionOf(tenant, reference));
-    await expect(start('P-HELD')).rejects.toMatchObject({ status: 409, code: 'partner_already_offboarded', extensions: { run_id: holder.id, run_status: 'pending', offboarding_status: 'frozen' } });
-    const free = await start('P-FREE');
+    const refused = await sent(() => start('P-HELD').then(() => undefined, (e: unknown) => e));
+    expect(refused.result).toMatchObject({ status: 409, code: 'partner_already_offboarded', extensions: { run_id: holder.id, run_status: 'pending', offboarding_status: 'frozen' } });
+    const { result: free, texts } = await sent(() => start('P-FREE'));
     expect(free.created).toBe(true);
+    // The guard's read follows the insert, so the insert is not marked to travel with the commit (nor
+    // grouped, ADR 0007): begin with the insert, the read, the commit — or the rollback of a refusal.
+    for (const messages of [refused.texts, texts]) {
+      expect(messages).toHaveLength(3);
+      expect(messages[0]).toMatch(/^begin;\nselect set_config\('app\.tenant_id'[^\n]*\nwith ins as \(\s*insert into durable_runs/);
+      expect(messages[1]).toMatch(/^select o\.id, o\.run_id/);
+    }
+    expect([refused.texts[2], texts[2]]).toEqual(['rollback', 'commit']);
     const runs = (await stack.db.admin(`select id from durable_runs where tenant_id = $1 order by created_at, id`, [tenant])).rows.map((r) => r.id);
     expect(runs.sort()).toEqual([holder.id, free.run.id].sort());
+  });
+
+  it("a producer's start is judged on its input as the steps read it (parsed by the workflow's schema): a held partner's reference with spaces around it is refused; an input the schema refuses is left to freeze-partner", { timeout: LONG }, async () => {
+    const tenant = newTenant();
+    const holder = await offboarding(tenant, 'P-SPACED');
+    await frozenRecord(tenant, holder.id, 'P-SPACED');
+    // A producer's input reaches the runtime as it was given (no route parsed it): the steps trim the reference.
+    const start = (input: unknown) => stack.container.runtime.start(tenantEm(stack.container.orm, tenant), PARTNER_OFFBOARDING, { ...submissionOf(tenant, 'unused'), input });
+    await expect(start({ ...OFFBOARDING_SUBMISSION, partner: { reference: '  P-SPACED ', name: 'Acme' } })).rejects.toMatchObject({ status: 409, code: 'partner_already_offboarded', extensions: { run_id: holder.id } });
+    // Not a TypeError from the guard: the run starts, and its first step refuses the input, as any workflow's does.
+    const malformed = await start({ reason: 'inactive' });
+    expect(malformed.created).toBe(true);
+    await meetInFreeze([{ run: malformed.run }]);
+    expect(await runOf(malformed.run.id)).toMatchObject({ status: 'failed', error: { sequence_num: 1 } });
+    const runs = (await stack.db.admin(`select id from durable_runs where tenant_id = $1`, [tenant])).rows.map((r) => r.id);
+    expect(runs.sort()).toEqual([holder.id, malformed.run.id].sort());
   });
 
   it("two runs taking over a cancelled offboarding's record at once: one abandons it and offboards the partner, the other is refused", { timeout: LONG }, async () => {

@@ -79,8 +79,9 @@ class PartnerAlreadyOffboardedError extends PermanentError {
  * The workflow's submission guard (`admitSubmission`): a submission of a partner that another
  * offboarding of the tenant holds is refused, 409 naming that run and its status, and starts no run
  * (rather than one that fails at freeze-partner). A plain read in the submission's transaction, under
- * the tenant's RLS: it locks nothing, so it never holds up the holder's own steps; two submissions at
- * once both pass it, and freeze-partner's claim decides between their runs.
+ * the tenant's RLS: it locks nothing, so it never holds up the holder's own steps. It sees records,
+ * which step 1 writes: two submissions at once, or a second one while the first's run is still pending
+ * in the queue, both pass it, and freeze-partner's claim decides between their runs.
  */
 export async function refuseHeldPartner(em: EntityManager, submission: OffboardingSubmission, run: { tenantId: string }): Promise<void> {
   const { reference } = submission.partner;

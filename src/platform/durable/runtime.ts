@@ -283,11 +283,18 @@ export class DurableRuntime {
   /**
    * insertRun, and the workflow's submission guard on a run it created (`admitSubmission`): a refusal
    * it throws rolls the insert back with the caller's transaction. The guard's statements follow the
-   * insert, which is then not the transaction's last (`marker` dropped).
+   * insert, which is then not the transaction's last (`marker` dropped). The guard judges the input as
+   * the run's steps will read it, parsed by the workflow's schema: a producer's `start` passes it as
+   * given (` P-1 ` is the partner `P-1` to freeze-partner, which trims it, and a guard reading it raw
+   * let it through), and one the schema refuses is the run's first step's to fail, as for a workflow
+   * without a guard (a guard reading its fields crashed on it). A route's body is already parsed.
    */
   private async createRun(em: EntityManager, wf: WorkflowDef, input: StartRunInput, marker: string): Promise<{ run: RunRow; created: boolean } | undefined> {
     const found = await this.insertRun(em, wf, input, wf.admitSubmission ? '' : marker);
-    if (found?.created && wf.admitSubmission) await wf.admitSubmission(em, input.input, { tenantId: input.tenantId });
+    if (found?.created && wf.admitSubmission) {
+      const parsed = wf.input.safeParse(input.input);
+      if (parsed.success) await wf.admitSubmission(em, parsed.data, { tenantId: input.tenantId });
+    }
     return found;
   }
 

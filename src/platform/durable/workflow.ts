@@ -133,11 +133,16 @@ export interface WorkflowDef<In = any> {
    * The submission's guard: refuses a submission whose run must not start (partner offboarding's, a
    * partner another offboarding of the tenant holds: 409). `start_run` (and `start`) call it in the
    * submission's own transaction, under the tenant's RLS, right after the insert that created the run,
-   * and only then: a retried submission that finds its run is never refused. It throws the refusal
-   * (an AppError 4xx, which the route answers and stores under the Idempotency-Key like any 4xx of its
-   * handler, router.ts), and the transaction rolls back with the run's row: nothing of the submission
-   * is left. It reads and changes nothing, so two submissions at once may both pass it: a business key
-   * it checks must still be enforced by a step (freeze-partner's claim), the race's backstop.
+   * and only then: a retried submission that finds its run is never refused, nor is a failed run
+   * retried (POST …/retry, ADR 0009: its steps check again; the run that holds the key must be let
+   * through). `input` is the submission parsed by `input` (the schema above); one the schema refuses
+   * is not judged, and the run's first step fails it as for a workflow without a guard. It throws the
+   * refusal (an AppError 4xx, which the route answers and, but for a 429 or a `validation_failed`,
+   * stores under the Idempotency-Key like any 4xx of its handler, router.ts), and the transaction
+   * rolls back with the run's row: nothing of the submission is left. It only reads (it locks and
+   * changes nothing), and what it reads is what earlier runs' steps wrote: two submissions at once, or
+   * a second before the first's run has started, may both pass it, so a business key it checks must
+   * still be enforced by a step (freeze-partner's claim), the race's backstop.
    */
   admitSubmission?(em: EntityManager, input: In, run: { tenantId: string }): Promise<void>;
   /**
