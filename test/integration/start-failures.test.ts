@@ -14,14 +14,15 @@ import { TEST_ADMIN_URL, TEST_APP, TEST_JWT_SECRET, TEST_OWNER, TEST_REDIS_URL, 
 import { freePort, startOwnPostgres } from '../helpers/own-infra.ts';
 import pg from 'pg';
 import { jsonLines } from '../helpers/api-process.ts';
+import { waitFor, within } from '../helpers/poll.ts';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 const LONG = 120_000;
 /** A frame of a stack trace, as Node prints one. */
 const STACK_FRAME = /^\s+at /m;
 
-/** Runs a command-line entry to its end (killed after `killAfterMs`, 90 s), with only the given environment. */
-function runEntry(args: string[], env: Record<string, string>, killAfterMs = 90_000): Promise<{ code: number | null; out: string }> {
+/** A command-line entry started with only the given environment (killed after `killAfterMs`, 90 s): its output so far, and its end. */
+function startEntry(args: string[], env: Record<string, string>, killAfterMs = 90_000) {
   const proc = spawn(process.execPath, args, {
     cwd: ROOT,
     env: { PATH: process.env.PATH ?? '', NODE_ENV: 'development', JWT_SECRET: TEST_JWT_SECRET, OTEL_SDK_DISABLED: 'true', REDIS_URL: TEST_REDIS_URL, ...env },
@@ -31,12 +32,18 @@ function runEntry(args: string[], env: Record<string, string>, killAfterMs = 90_
   proc.stdout.on('data', (d) => (out += d));
   proc.stderr.on('data', (d) => (out += d));
   const killer = setTimeout(() => proc.kill('SIGKILL'), killAfterMs);
-  return new Promise((resolve) =>
+  const exited = new Promise<{ code: number | null; out: string }>((resolve) =>
     proc.once('exit', (code) => {
       clearTimeout(killer);
       resolve({ code, out });
     }),
   );
+  return { proc, output: () => out, exited };
+}
+
+/** Runs a command-line entry to its end (killed after `killAfterMs`, 90 s), with only the given environment. */
+function runEntry(args: string[], env: Record<string, string>, killAfterMs = 90_000): Promise<{ code: number | null; out: string }> {
+  return startEntry(args, env, killAfterMs).exited;
 }
 
 let db: TestDatabase;
@@ -157,5 +164,43 @@ describe('a failed start whose close hangs', () => {
     const lines = jsonLines(out);
     expect(lines.map((l) => l.msg)).toEqual(['api could not start', 'closing after the failed start took too long; exiting without waiting for it']);
     expect(lines[1]).toMatchObject({ level: 50, close_ms: 200 });
+  });
+
+  // What both entries install beside it: the signal handlers (onShutdown), with the API's quick close,
+  // and a telemetry shutdown that says when it ran. `close` is the failed start's close.
+  const failedStart = (close: string, closeMs: number) =>
+    [
+      "import { createLogger } from './src/platform/telemetry/logger.ts';",
+      "import { exitAfterFailedStart, onShutdown } from './src/platform/process/shutdown.ts';",
+      "import { setTelemetryShutdown } from './src/platform/telemetry/otel-hooks.ts';",
+      "const logger = createLogger({ level: 'info', name: 'dealix-api' });",
+      "setTelemetryShutdown(async () => logger.info('telemetry flushed'));",
+      'onShutdown(logger, 1000, async () => {});',
+      'setInterval(() => {}, 1000);',
+      "logger.fatal('api could not start');",
+      `exitAfterFailedStart(logger, ${close}, ${closeMs});`,
+    ].join('\n');
+
+  it('a signal while it closes ends it with 1 at once, not with the graceful stop\'s "shut down cleanly" and 0', { timeout: LONG }, async () => {
+    // A supervisor stopping the process meanwhile (a deploy rolling back, a pod deleted). The signal
+    // handlers ran their own close beside the failed start's and exited 0 after "shut down cleanly":
+    // the failure was reported as a clean stop.
+    const entry = startEntry(['--input-type=module', '-e', failedStart('() => new Promise(() => {})', 60_000)], {}, 30_000);
+    try {
+      await waitFor(() => jsonLines(entry.output()).some((l) => l.msg === 'api could not start'), { timeoutMs: 20_000, what: 'the failed start' });
+      entry.proc.kill('SIGTERM');
+      // Long before the 60 s close deadline: the signal ended it.
+      const { code, out } = await within(entry.exited, 'the exit after the signal', 25_000);
+      expect(code, out).toBe(1);
+      expect(jsonLines(out).map((l) => l.msg)).toEqual(['api could not start', 'signal while closing after the failed start: exiting at once']);
+    } finally {
+      entry.proc.kill('SIGKILL');
+    }
+  });
+
+  it("once closed, the failed start's spans are flushed before the exit, as at any stop", { timeout: LONG }, async () => {
+    const { code, out } = await runEntry(['--input-type=module', '-e', failedStart('async () => {}', 20_000)], {}, 30_000);
+    expect(code, out).toBe(1);
+    expect(jsonLines(out).map((l) => l.msg)).toEqual(['api could not start', 'telemetry flushed']);
   });
 });

@@ -13,6 +13,14 @@ import { releaseEarlySignals } from './early-signals.ts';
 export function onShutdown(logger: Logger, graceMs: number, close: () => Promise<void>): void {
   let closing = false;
   const handler = (signal: string) => {
+    if (failedStartExiting) {
+      // The start failed and the process is already on its way to exit 1 (exitAfterFailedStart). The
+      // graceful stop beside it closed again and exited 0 after `shut down cleanly`: a supervisor
+      // stopping it meanwhile saw the failure as a clean stop. It was stopping anyway: at once, with 1.
+      logger.warn({ signal }, 'signal while closing after the failed start: exiting at once');
+      exitAfterFlush(logger, 1);
+      return;
+    }
     if (closing) {
       // What the close had not finished is carried on elsewhere: a worker's jobs once their locks lapse.
       logger.error({ signal }, 'second signal while shutting down: exiting at once, without finishing the shutdown');
@@ -46,21 +54,27 @@ export function onShutdown(logger: Logger, graceMs: number, close: () => Promise
 /** How long a failed start waits for what it opened to close before it exits anyway. */
 export const FAILED_START_CLOSE_MS = 5_000;
 
+/** Set once a failed start is exiting: a signal then exits at once with 1 (onShutdown), never with 0. */
+let failedStartExiting = false;
+
 /**
  * After a failed start (`api could not start`, `worker could not start`): closes what the start
  * opened, then exits 1 once the log is flushed — after `closeMs` at most. The close was awaited with
  * no deadline: one that never settles (a connection whose peer stopped answering) kept the failed
  * process alive, doing nothing, instead of exiting 1 for its supervisor to restart or report. The
  * timer is not unref'd on purpose: with the close's promise pending and nothing else holding the event
- * loop, an unref'd one would let the process end with status 0.
+ * loop, an unref'd one would let the process end with status 0. Once closed, the telemetry is flushed
+ * as at any stop (the failed start's spans), within the same deadline.
  */
 export function exitAfterFailedStart(logger: Logger, close: () => Promise<void>, closeMs = FAILED_START_CLOSE_MS): void {
+  failedStartExiting = true;
   const deadline = setTimeout(() => {
     logger.error({ close_ms: closeMs }, 'closing after the failed start took too long; exiting without waiting for it');
     exitAfterFlush(logger, 1);
   }, closeMs);
-  close()
+  void close()
     .catch((err: unknown) => logger.warn({ err }, 'closing after the failed start failed'))
+    .then(() => shutdownTelemetry())
     .finally(() => {
       clearTimeout(deadline);
       exitAfterFlush(logger, 1);
