@@ -96,7 +96,7 @@ export interface SchemaStatus {
 export async function schemaStatus(orm: MikroORM): Promise<SchemaStatus> {
   const pending = (await orm.migrator.getPending()).map((m) => m.name);
   const diff = (await orm.schema.getUpdateSchemaSQL({ wrap: false, safe: false, dropTables: true })).trim();
-  const drift = [diff, ...(await disabledTriggers(orm))].filter(Boolean).join('\n');
+  const drift = [diff, ...(await disabledTriggers(orm)), ...(await invalidIndexes(orm))].filter(Boolean).join('\n');
   return { pending, drift };
 }
 
@@ -111,4 +111,18 @@ async function disabledTriggers(orm: MikroORM): Promise<string[]> {
       where n.nspname = current_schema() and t.tgenabled in ('D', 'R') order by 1, 2`,
   );
   return rows.map((r) => `alter table "${r.tbl}" enable trigger "${r.name}";`);
+}
+
+/**
+ * The schema generator compares an index's definition, not whether the planner may use it: a
+ * concurrent build that failed (concurrent-index.ts; one by hand, or of a migration recorded despite
+ * it) leaves the index INVALID — never read, still written — and no diff. Each such index, as the SQL
+ * that builds it again without blocking writes.
+ */
+async function invalidIndexes(orm: MikroORM): Promise<string[]> {
+  const rows = await orm.em.getConnection().execute<{ name: string }[]>(
+    `select c.relname as name from pg_index i join pg_class c on c.oid = i.indexrelid join pg_namespace n on n.oid = c.relnamespace
+      where n.nspname = current_schema() and not i.indisvalid order by 1`,
+  );
+  return rows.map((r) => `reindex index concurrently "${r.name}";`);
 }
