@@ -23,8 +23,8 @@ const SCANNED_DIRS = ['src', 'workers', 'migrations', 'test'];
 export const LARGE_TABLES = ['approval_decisions', 'approval_requests', 'durable_checkpoints', 'durable_runs', 'economics_models', 'evidence_packs', 'evidence_seals', 'idempotency_keys', 'partner_dossiers', 'webhook_deliveries'];
 /** The first migration held to the index-migration rule (file names sort by their timestamp). */
 export const CONCURRENT_INDEXES_SINCE = 'Migration20261205032101';
-/** `create [unique] index [if not exists] <name> on [only] <table>`, not concurrently; group 1 the table. */
-const PLAIN_CREATE_INDEX = /\bcreate\s+(?:unique\s+)?index\s+(?!concurrently\b)(?:if\s+not\s+exists\s+)?"?\w+"?\s+on\s+(?:only\s+)?"?(?:public"?\."?)?(\w+)"?/gi;
+/** `create [unique] index [[if not exists] <name>] on [only] <table>`, not concurrently; group 1 the table. The name is optional in PostgreSQL. */
+const PLAIN_CREATE_INDEX = /\bcreate\s+(?:unique\s+)?index\s+(?!concurrently\b)(?:(?:if\s+not\s+exists\s+)?"?\w+"?\s+)?on\s+(?:only\s+)?"?(?:public"?\."?)?(\w+)"?/gi;
 const IGNORED_DIRS = new Set(['node_modules', 'dist', '.git', 'artifacts', 'coverage']);
 
 export interface Violation {

@@ -139,4 +139,36 @@ describe('migrations run_list_workflow_status_index and sweeper_pages_status_upd
       await check.close(true);
     }
   });
+
+  it('a build that fails halfway (its connection ended: a failover, an operator\'s pg_terminate_backend) fails migrate() and is not recorded; migrate() again finishes it', async () => {
+    await within(migrate(database.config, entities), 'migrate()', 120_000);
+    const check = await createOrm(database.config, { entities, role: 'owner', poolMax: 1 });
+    const holder = await client(database.config.MIGRATION_DATABASE_URL!);
+    try {
+      await within(check.migrator.down({ to: PREVIOUS }), 'down to the previous migration');
+      const tenant = randomUUID();
+      await holder.db.query('begin');
+      await holder.db.query(`select set_config('app.tenant_id', $1, true)`, [tenant]);
+      await holder.db.query(insertRun, runParams(tenant));
+      const migrated = migrate(database.config, entities);
+      let failure: string | undefined;
+      void migrated.catch((e: Error) => (failure = e.message));
+      const build = await waitFor(
+        async () => (await admin(`select pid from pg_stat_activity where datname = current_database() and $1 = any(pg_blocking_pids(pid))`, [holder.pid]))[0]?.pid as number | undefined,
+        { what: 'the index build to wait for the open transaction' },
+      );
+      await admin(`select pg_terminate_backend($1)`, [build]);
+      await waitFor(() => failure, { what: 'migrate() to fail' });
+      expect(failure).toMatch(/terminat/);
+      expect((await schemaStatus(check)).pending).toEqual(THIS);
+      expect((await indexes()).durable_runs_tenant_workflow_status_created_index).toBe('btree (tenant_id, workflow, status, created_at, id) INVALID');
+
+      await holder.db.query('commit');
+      expect(await within(migrate(database.config, entities), 'migrate() over the leftover', 60_000)).toEqual(THIS);
+      expect(await indexes()).toEqual(NEW);
+    } finally {
+      await holder.db.end();
+      await check.close(true);
+    }
+  });
 });

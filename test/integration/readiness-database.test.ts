@@ -199,6 +199,14 @@ describe('migrations', () => {
     expect(m.row('migrations').status).toBe('PASS');
   });
 
+  it('an index left INVALID (a concurrent build that failed, recorded or by hand) is drift: the planner never uses it, and the schema diff sees only its definition', async () => {
+    const invalid = (db: TestDatabase) => db.admin(`update pg_index set indisvalid = false where indexrelid = 'durable_runs_status_updated_id_index'::regclass`).then(() => {});
+    const m = await matrixFor({ tamper: invalid });
+    expect(m.row('schema-drift').status).toBe('FAIL');
+    expect(m.row('schema-drift').reason).toMatch(/reindex index concurrently "durable_runs_status_updated_id_index"/);
+    expect(m.row('migrations').status).toBe('PASS');
+  });
+
   it('a schema changed outside the migrations is drift', async () => {
     const m = await matrixFor({ tamper: (db) => db.owner('ALTER TABLE durable_runs ADD COLUMN hand_made integer').then(() => {}) });
     expect(m.row('schema-drift').status).toBe('FAIL');

@@ -121,12 +121,12 @@ describe('architecture check', () => {
     const root = tree({
       ...CLEAN,
       [held]: plain,
-      // Concurrently, a new table's index, and an earlier migration: all allowed.
-      [later]: 'this.addSql(`create index concurrently if not exists "a" on "durable_runs" ("id");`);\nthis.addSql(`create index "b" on "new_things" ("id");`);\nthis.addSql(`create unique index "c" on public.webhook_deliveries (id);`);\n',
+      // Concurrently, a new table's index, and an earlier migration: all allowed. Without a name (PostgreSQL names it) too.
+      [later]: 'this.addSql(`create index concurrently if not exists "a" on "durable_runs" ("id");`);\nthis.addSql(`create index "b" on "new_things" ("id");`);\nthis.addSql(`create unique index "c" on public.webhook_deliveries (id);`);\nthis.addSql(`create index on durable_checkpoints (run_id);`);\n',
       'migrations/Migration20261202062557_approvals_newest_first_index.ts': 'this.addSql(`create index "approval_requests_tenant_created_index" on "approval_requests" ("tenant_id", "created_at");`);\n',
     });
     const found = checkArchitecture(root).violations.filter((v) => v.rule === 'index-migration');
-    expect(found.map((v) => `${v.file}:${v.line}`)).toEqual([`${held}:2`, `${held}:4`, `${later}:3`]);
+    expect(found.map((v) => `${v.file}:${v.line}`)).toEqual([`${held}:2`, `${held}:4`, `${later}:3`, `${later}:4`]);
     expect(found[0]!.detail).toMatch(/^builds an index on durable_runs with a plain CREATE INDEX/);
   });
 

@@ -1,4 +1,6 @@
 import type { EntitySchema } from '@mikro-orm/core';
+import pg from 'pg';
+import { setTimeout as sleep } from 'node:timers/promises';
 import type { Config } from '../config/config.ts';
 import { describePgUrl } from '../config/config.ts';
 import { createOrm, type MikroORM } from './orm.ts';
@@ -15,9 +17,11 @@ export function tenantTables(orm: MikroORM): string[] {
 /**
  * Applies pending migrations as the owner role, then (re)grants the runtime privileges. Idempotent.
  * All in one transaction, except a migration that opts out of it (a concurrent index build), which
- * runs alone between the others (migrator.ts).
+ * runs alone between the others (migrator.ts). One at a time per database (lockMigrations): a second
+ * waits for the first, then finds nothing pending.
  */
 export async function migrate(config: Config, entities: EntitySchema<any, any>[], clientUrl?: string): Promise<string[]> {
+  const lock = await lockMigrations(clientUrl ?? config.MIGRATION_DATABASE_URL);
   const orm = await createOrm(config, { entities, role: 'owner', poolMax: 2, ...(clientUrl ? { clientUrl } : {}) });
   try {
     const applied = await orm.migrator.up();
@@ -28,6 +32,36 @@ export async function migrate(config: Config, entities: EntitySchema<any, any>[]
     return applied.map((m) => m.name);
   } finally {
     await orm.close(true);
+    await lock.end();
+  }
+}
+
+const MIGRATE_LOCK = 'dealix:db-migrate';
+
+/**
+ * A session of its own holding the database's migrate lock until it ends. Two `db:migrate` at once
+ * (two release phases) otherwise ran the same migrations side by side: the second failed on the
+ * first's tables, or took the first's concurrent index build, still INVALID while it runs, for a
+ * failed one's leftover (concurrent-index.ts), dropped it once built and built it again, and recorded
+ * the migration twice (test/integration/migrate-concurrently.test.ts).
+ *
+ * Tried every half second, not waited for in `pg_advisory_lock`: a statement waiting holds a snapshot,
+ * and the other's concurrent build waits for every older snapshot of the database — for ever, as
+ * the waiting statement waits for it. Between tries this session holds none.
+ */
+async function lockMigrations(url: string): Promise<pg.Client> {
+  const lock = new pg.Client({ connectionString: url });
+  // The connection lost while the migrations run: the lock goes with it, the migrations go on. Without
+  // a listener pg's 'error' event would end the process.
+  lock.on('error', () => {});
+  await lock.connect();
+  try {
+    const tryLock = async () => (await lock.query<{ held: boolean }>('select pg_try_advisory_lock(hashtext($1)) as held', [MIGRATE_LOCK])).rows[0]!.held;
+    while (!(await tryLock())) await sleep(500);
+    return lock;
+  } catch (e) {
+    await lock.end();
+    throw e;
   }
 }
 
@@ -62,7 +96,7 @@ export interface SchemaStatus {
 export async function schemaStatus(orm: MikroORM): Promise<SchemaStatus> {
   const pending = (await orm.migrator.getPending()).map((m) => m.name);
   const diff = (await orm.schema.getUpdateSchemaSQL({ wrap: false, safe: false, dropTables: true })).trim();
-  const drift = [diff, ...(await disabledTriggers(orm))].filter(Boolean).join('\n');
+  const drift = [diff, ...(await disabledTriggers(orm)), ...(await invalidIndexes(orm))].filter(Boolean).join('\n');
   return { pending, drift };
 }
 
@@ -77,4 +111,18 @@ async function disabledTriggers(orm: MikroORM): Promise<string[]> {
       where n.nspname = current_schema() and t.tgenabled in ('D', 'R') order by 1, 2`,
   );
   return rows.map((r) => `alter table "${r.tbl}" enable trigger "${r.name}";`);
+}
+
+/**
+ * The schema generator compares an index's definition, not whether the planner may use it: a
+ * concurrent build that failed (concurrent-index.ts; one by hand, or of a migration recorded despite
+ * it) leaves the index INVALID — never read, still written — and no diff. Each such index, as the SQL
+ * that builds it again without blocking writes.
+ */
+async function invalidIndexes(orm: MikroORM): Promise<string[]> {
+  const rows = await orm.em.getConnection().execute<{ name: string }[]>(
+    `select c.relname as name from pg_index i join pg_class c on c.oid = i.indexrelid join pg_namespace n on n.oid = c.relnamespace
+      where n.nspname = current_schema() and not i.indisvalid order by 1`,
+  );
+  return rows.map((r) => `reindex index concurrently "${r.name}";`);
 }
