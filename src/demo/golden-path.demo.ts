@@ -176,6 +176,6 @@ export async function runGoldenPathDemo(o: GoldenPathDemoOptions): Promise<void>
   if (o.keepRunning) say(`      open now     http://localhost:${o.port}/admin/queues?token=${admin}   (the link works once; sign out at /admin/queues/logout)`);
   else say('      to browse it, run `npm run demo -- --keep-running`, or `npm run start:api` with a JWT_SECRET in .env');
   say(`      token        npm run token -- --tenant <any uuid> --sub <you> --roles ${OPERATOR_ROLE}`);
-  say('                   then open /admin/queues?token=<token> once (it becomes a cookie; the link is refused after), or send it as a Bearer header');
+  say('                   then open /admin/queues?token=<token> once (it becomes a session cookie; the link and its token are refused after), or send another as a Bearer header');
   if (o.secretGenerated) say('      note         this demo generated its JWT_SECRET; set one in .env (see .env.example) so npm run token matches the API');
 }

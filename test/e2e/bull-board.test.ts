@@ -136,11 +136,15 @@ describe('Bull Board at /admin/queues', () => {
     const context = browser;
     await context.clearCookies();
     const page = await context.newPage();
-    await page.goto(`${stack.baseUrl}/admin/queues?token=${await signInToken()}`);
-    // The token left the URL at once; an HttpOnly, SameSite=Strict cookie carries it from now on.
+    const token = await signInToken();
+    await page.goto(`${stack.baseUrl}/admin/queues?token=${token}`);
+    // The token left the URL at once; an HttpOnly, SameSite=Strict cookie carries a session id (never the token) from now on.
     expect(new URL(page.url()).search).toBe('');
     const cookie = (await context.cookies()).find((c) => c.name === ADMIN_COOKIE);
     expect(cookie).toMatchObject({ httpOnly: true, sameSite: 'Strict', path: '/admin/queues' });
+    expect(cookie!.value).toMatch(/^[A-Za-z0-9_-]{43}$/);
+    // The token was the link's: a tool that read it from the history gets nothing.
+    expect((await api(stack, 'GET', '/admin/queues', { token })).status).toBe(401);
     await page.getByText('golden-path', { exact: false }).first().waitFor({ timeout: 30_000 });
     // The board's own actions, as the browser sends them (Sec-Fetch-Site, Origin), pass the guard's
     // cross-origin check: read-only refuses them with 405, where another site's would get 403.
@@ -185,13 +189,15 @@ describe('Bull Board at /admin/queues', () => {
     }
   });
 
-  it("a browser signs out from the board's menu: the cookie is gone and its token refused, a new link signs in again", async () => {
+  it("a browser signs out from the board's menu: the cookie is gone and its session ended, a new link signs in again", async () => {
     await browser.clearCookies();
     const token = await signInToken();
     const page = await browser.newPage();
     try {
       await page.goto(`${stack.baseUrl}/admin/queues?token=${token}`);
       await page.getByText('golden-path', { exact: false }).first().waitFor({ timeout: 30_000 });
+      const session = (await browser.cookies()).find((c) => c.name === ADMIN_COOKIE)!.value;
+      expect((await api(stack, 'GET', '/admin/queues', { headers: { cookie: `${ADMIN_COOKIE}=${session}` } })).status).toBe(200);
       // Bull Board's header menu (uiConfig.miscLinks) → the guard's confirmation form → POST.
       await page.locator('header ul li').last().locator('button').click({ timeout: 30_000 });
       await page.getByText('Sign out', { exact: true }).click({ timeout: 30_000 });
@@ -201,6 +207,8 @@ describe('Bull Board at /admin/queues', () => {
       expect((await posted).status()).toBe(200);
       await page.getByText('Signed out of the operator dashboard', { exact: false }).waitFor({ timeout: 30_000 });
       expect((await browser.cookies()).find((c) => c.name === ADMIN_COOKIE)).toBeUndefined();
+      // A copy of the cookie (another browser's) is refused as well: the session is over, not only forgotten here.
+      expect((await api(stack, 'GET', '/admin/queues', { headers: { cookie: `${ADMIN_COOKIE}=${session}` } })).status).toBe(401);
       expect((await api(stack, 'GET', '/admin/queues', { token })).status).toBe(401);
       expect((await page.goto(`${stack.baseUrl}/admin/queues?token=${token}`))?.status()).toBe(401);
       expect((await page.goto(`${stack.baseUrl}/admin/queues?token=${await signInToken()}`))?.status()).toBe(200);

@@ -14,12 +14,16 @@ const basic = (user: string, password: string) => ({ authorization: `Basic ${Buf
 
 let stack: TestStack;
 let token: string;
+/** The cookie of an operator's browser: the session a `?token=` link started (with a token of its own: a link's token signs nothing in afterwards). */
+let session: { cookie: string };
 
 beforeAll(async () => {
   stack = await startStack({
     env: { OPERATOR_USER: OPERATOR.user, OPERATOR_PASSWORD: OPERATOR.password, OPERATOR_LOGIN_MAX_FAILURES: String(MAX_FAILURES), BULL_BOARD_READ_ONLY: 'false' },
   });
   token = await stack.token({ tenantId: newTenant(), sub: 'operator-1', roles: [OPERATOR_ROLE] });
+  const link = await fetch(`${stack.baseUrl}/admin/queues?token=${await stack.token({ tenantId: newTenant(), sub: 'operator-1', roles: [OPERATOR_ROLE] })}`, { redirect: 'manual' });
+  session = { cookie: /^(dealix_admin_token=[^;]*);/.exec(link.headers.get('set-cookie') ?? '')?.[1] ?? '' };
 });
 afterAll(async () => {
   await stack?.stop();
@@ -43,7 +47,7 @@ describe("the dashboard's actions from another site (CSRF)", () => {
       { origin: 'null' },
     ];
     for (const headers of forged) {
-      for (const auth of [basic(OPERATOR.user, OPERATOR.password), { cookie: `dealix_admin_token=${token}` }]) {
+      for (const auth of [basic(OPERATOR.user, OPERATOR.password), session]) {
         const res = await api(stack, 'POST', addPath, { headers: { ...auth, ...headers, 'content-type': 'text/plain' }, rawBody: '{"name":"forged","data":{}}' });
         expect(res.status, `${JSON.stringify(headers)}: ${res.text}`).toBe(403);
         expect(res.headers.get('content-type')).toContain('application/problem+json');
@@ -61,7 +65,7 @@ describe("the dashboard's actions from another site (CSRF)", () => {
     expect((await api(stack, 'PUT', `/admin/queues/api/queues/${queue}/pause`, { headers: { ...basic(OPERATOR.user, OPERATOR.password), ...own } })).status).toBe(200);
     expect(await stack.container.queues.get(queue)!.isPaused()).toBe(true);
     // No Sec-Fetch-Site, an Origin of this host: allowed.
-    expect((await api(stack, 'PUT', `/admin/queues/api/queues/${queue}/resume`, { headers: { cookie: `dealix_admin_token=${token}`, origin: `http://${host}` } })).status).toBe(200);
+    expect((await api(stack, 'PUT', `/admin/queues/api/queues/${queue}/resume`, { headers: { ...session, origin: `http://${host}` } })).status).toBe(200);
     expect(await stack.container.queues.get(queue)!.isPaused()).toBe(false);
     // A tool: neither header.
     expect((await api(stack, 'PUT', `/admin/queues/api/queues/${queue}/pause`, { token })).status).toBe(200);

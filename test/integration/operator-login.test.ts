@@ -71,8 +71,11 @@ describe("the dashboard's token cookie", () => {
       expect(res.headers.get('content-type')).toContain('application/problem+json');
       expect(res.headers.get('www-authenticate')).toMatch(/^Bearer/);
     }
-    // The same cookie holding a valid operator token still signs in.
+    // The cookie a `?token=` link set still signs in, among other cookies.
     const token = await stack.token({ tenantId: '00000000-0000-4000-8000-000000000001', sub: 'operator-3', roles: ['platform-operator'] });
-    expect((await api(stack, 'GET', '/admin/queues', { headers: { cookie: `other=1; dealix_admin_token=${token}` } })).status).toBe(200);
+    const link = await fetch(`${stack.baseUrl}/admin/queues?token=${token}`, { redirect: 'manual' });
+    expect(link.status).toBe(303);
+    const session = /^(dealix_admin_token=[^;]*);/.exec(link.headers.get('set-cookie') ?? '')?.[1];
+    expect((await api(stack, 'GET', '/admin/queues', { headers: { cookie: `other=1; ${session}` } })).status).toBe(200);
   });
 });

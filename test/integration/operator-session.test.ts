@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import type { AddressInfo } from 'node:net';
 import type { Server } from 'node:http';
-import { randomUUID } from 'node:crypto';
+import { createHash, randomBytes, randomUUID } from 'node:crypto';
 import { SignJWT } from 'jose';
 import { createApp } from '../../src/app.ts';
 import { createContainer, type Container } from '../../src/container.ts';
@@ -13,9 +13,10 @@ import { api, newTenant, startStack, type TestStack } from '../helpers/stack.ts'
 import { waitFor } from '../helpers/poll.ts';
 
 /**
- * Ending an operator's dashboard session: `POST /admin/queues/logout` deletes the cookie and revokes
- * its token in Redis until the token's exp, for every API process; and a `?token=` link works once,
- * so the URL a browser's history or a proxy's log keeps cannot sign anyone in again.
+ * The operator's dashboard session: a `?token=` link works once and trades its token for a server-side
+ * session (the cookie holds an opaque id, never the JWT), after which the token signs nothing in on any
+ * channel, so the URL a browser's history or a proxy's log keeps cannot sign anyone in again; and
+ * `POST /admin/queues/logout` ends the session and revokes its token in Redis, for every API process.
  */
 let stack: TestStack;
 /** A second API process: its own container (Redis connection, verifier with its own memo of tokens, ADR 0006). */
@@ -66,6 +67,23 @@ function spellings(token: string): string[] {
   return [`${sig}=`, spare, ...(standard !== sig ? [standard] : [])].map((s) => `${head}.${payload}.${s}`);
 }
 
+/** The session cookie a `?token=` visit set, as the browser sends it back. */
+function sessionCookie(setCookie: string | null): { cookie: string } {
+  const value = new RegExp(`^${ADMIN_COOKIE}=([^;]*);`).exec(setCookie ?? '')?.[1];
+  expect(value, setCookie ?? 'no Set-Cookie').toBeTruthy();
+  return { cookie: `${ADMIN_COOKIE}=${value}` };
+}
+
+/** Exchanges `token` by a `?token=` visit: the browser's session cookie. */
+async function signIn(base: string, token: string): Promise<{ cookie: string }> {
+  const link = await visit(base, token);
+  expect(link.status, link.text).toBe(303);
+  return sessionCookie(link.setCookie);
+}
+
+/** The Redis key of a session, by the cookie's id (its hash: Redis never holds the id itself). */
+const sessionKey = (cookie: { cookie: string }) => `${stack.prefix}:operator-session:sid:${createHash('sha256').update(cookie.cookie.slice(ADMIN_COOKIE.length + 1)).digest('base64url')}`;
+
 /** A one-time `?token=` visit, as a browser makes it (not following the redirect). */
 async function visit(base: string, token: string) {
   const res = await fetch(`${base}/admin/queues?token=${token}`, { redirect: 'manual' });
@@ -81,36 +99,36 @@ async function get(base: string, headers: Record<string, string>) {
 
 describe('signing out of the dashboard', () => {
   it('GET /admin/queues/logout shows a form that posts the sign-out; it signs nobody out by itself', async () => {
-    const token = await operatorToken('ops-form');
-    const form = await api(stack, 'GET', '/admin/queues/logout', { headers: cookieOf(token) });
+    const session = await signIn(stack.baseUrl, await operatorToken('ops-form'));
+    const form = await api(stack, 'GET', '/admin/queues/logout', { headers: session });
     expect(form.status).toBe(200);
     expect(form.headers.get('content-type')).toContain('text/html');
     expect(form.text).toMatch(/<form method="post" action="\/admin\/queues\/logout">/);
     expect(form.headers.get('set-cookie')).toBeNull();
     expect(form.headers.get('x-frame-options')).toBe('DENY');
-    expect((await get(stack.baseUrl, cookieOf(token))).status).toBe(200);
+    expect((await get(stack.baseUrl, session)).status).toBe(200);
   });
 
-  it('deletes the cookie and revokes its token until exp: refused afterwards by cookie, header and ?token=, on another API process too', async () => {
+  it('ends the session and deletes the cookie on every API process, and revokes its token until exp', async () => {
     const token = await operatorToken('ops-logout');
-    const link = await visit(stack.baseUrl, token);
-    expect(link.status).toBe(303);
-    // The other process has seen (and remembered, ADR 0006) the token before the sign-out.
-    expect((await get(other!.baseUrl, cookieOf(token))).status).toBe(200);
-    expect((await get(other!.baseUrl, { authorization: `Bearer ${token}` })).status).toBe(200);
+    const session = await signIn(stack.baseUrl, token);
+    // The other process has served (and its verifier remembered, ADR 0006) the session before the sign-out.
+    expect((await get(other!.baseUrl, session)).status).toBe(200);
 
-    const out = await api(stack, 'POST', '/admin/queues/logout', { headers: { ...cookieOf(token), ...ownPage() } });
+    const out = await api(stack, 'POST', '/admin/queues/logout', { headers: { ...session, ...ownPage() } });
     expect(out.status, out.text).toBe(200);
     expect(out.headers.get('set-cookie')).toMatch(new RegExp(`^${ADMIN_COOKIE}=; Path=/admin/queues; HttpOnly; SameSite=Strict; Max-Age=0`));
     expect(out.headers.get('cache-control')).toBe('no-store');
 
+    expect(await stack.redis.exists(sessionKey(session))).toBe(0);
     for (const base of [stack.baseUrl, other!.baseUrl]) {
-      for (const headers of [cookieOf(token), { authorization: `Bearer ${token}` }]) {
-        const refused = await get(base, headers);
-        expect(refused.status, `${base} ${Object.keys(headers)[0]}`).toBe(401);
-        expect(refused.contentType).toContain('application/problem+json');
-        expect(refused.text).toContain('signed out');
-      }
+      const ended = await get(base, session);
+      expect(ended.status, base).toBe(401);
+      expect(ended.contentType).toContain('application/problem+json');
+      expect(ended.text).toContain('session');
+      const refused = await get(base, { authorization: `Bearer ${token}` });
+      expect(refused.status, base).toBe(401);
+      expect(refused.text).toContain('signed out');
       const again = await visit(base, token);
       expect(again.status).toBe(401);
       expect(again.setCookie).toBeNull();
@@ -124,9 +142,9 @@ describe('signing out of the dashboard', () => {
       expect(ttl).toBeGreaterThan(0);
       expect(ttl).toBeLessThanOrEqual(exp - Math.floor(Date.now() / 1000) + stack.config.JWT_CLOCK_TOLERANCE / 1000 + 2);
     }
-    // Another operator's token, and a new one for the same operator, still work.
-    expect((await get(stack.baseUrl, cookieOf(await operatorToken('ops-logout')))).status).toBe(200);
-    expect((await visit(other!.baseUrl, await operatorToken('ops-logout'))).status).toBe(303);
+    // A new token for the same operator still works, as a tool's header and as a link.
+    expect((await get(stack.baseUrl, { authorization: `Bearer ${await operatorToken('ops-logout')}` })).status).toBe(200);
+    expect((await get(other!.baseUrl, await signIn(other!.baseUrl, await operatorToken('ops-logout')))).status).toBe(200);
   });
 
   it('a tool signs out its bearer token the same way; a token without a jti is revoked by its hash', async () => {
@@ -150,14 +168,14 @@ describe('signing out of the dashboard', () => {
   });
 
   it('a sign-out another site submits is refused (403) and revokes nothing', async () => {
-    const token = await operatorToken('ops-csrf');
+    const session = await signIn(stack.baseUrl, await operatorToken('ops-csrf'));
     const forged: Array<Record<string, string>> = [{ 'sec-fetch-site': 'same-site', origin: 'https://tenant-content.example' }, { origin: 'https://evil.example' }];
     for (const headers of forged) {
-      const res = await api(stack, 'POST', '/admin/queues/logout', { headers: { ...cookieOf(token), ...headers } });
+      const res = await api(stack, 'POST', '/admin/queues/logout', { headers: { ...session, ...headers } });
       expect(res.status).toBe(403);
       expect(res.headers.get('set-cookie')).toBeNull();
     }
-    expect((await get(stack.baseUrl, cookieOf(token))).status).toBe(200);
+    expect((await get(stack.baseUrl, session)).status).toBe(200);
   });
 
   it('a token that does not verify is not written to Redis; the cookie is deleted all the same', async () => {
@@ -170,11 +188,10 @@ describe('signing out of the dashboard', () => {
 });
 
 describe('the ?token= link works once', () => {
-  it('a second visit with the same link is refused, while the cookie it set and the token as a bearer header keep working', async () => {
+  it('a second visit with the same link is refused, while the session it started keeps working', async () => {
     const token = await operatorToken('ops-link');
     const first = await visit(stack.baseUrl, token);
     expect(first.status).toBe(303);
-    expect(first.setCookie).toContain(`${ADMIN_COOKIE}=${token}`);
     for (const base of [stack.baseUrl, other!.baseUrl]) {
       const replay = await visit(base, token);
       expect(replay.status, base).toBe(401);
@@ -182,8 +199,7 @@ describe('the ?token= link works once', () => {
       expect(replay.text).toContain('used already');
       expect(replay.setCookie).toBeNull();
     }
-    expect((await get(stack.baseUrl, cookieOf(token))).status).toBe(200);
-    expect((await get(other!.baseUrl, { authorization: `Bearer ${token}` })).status).toBe(200);
+    expect((await get(other!.baseUrl, sessionCookie(first.setCookie))).status).toBe(200);
     // A new token makes a new link.
     expect((await visit(stack.baseUrl, await operatorToken('ops-link'))).status).toBe(303);
   });
@@ -205,9 +221,11 @@ describe('the ?token= link works once', () => {
     // Max-Age takes whole seconds only: a browser ignores any other, and the cookie would outlive the token.
     expect(first.setCookie).toMatch(/; Max-Age=\d+(;|$)/);
     expect((await visit(stack.baseUrl, token)).status).toBe(401);
-    const out = await api(stack, 'POST', '/admin/queues/logout', { token });
+    const session = sessionCookie(first.setCookie);
+    const out = await api(stack, 'POST', '/admin/queues/logout', { headers: { ...session, ...ownPage() } });
     expect(out.status, out.text).toBe(200);
-    expect((await get(stack.baseUrl, cookieOf(token))).status).toBe(401);
+    expect(out.text).toContain('The token is revoked');
+    expect((await get(stack.baseUrl, session)).status).toBe(401);
   });
 
   it('a link whose token has whitespace around it is refused (401) and not used up', async () => {
@@ -236,6 +254,102 @@ describe('the ?token= link works once', () => {
   });
 });
 
+describe('a ?token= link trades its token for a server-side session', () => {
+  it('the cookie holds an opaque session id, never the JWT; the session works on every API process', async () => {
+    const token = await operatorToken('ops-session');
+    const first = await visit(stack.baseUrl, token);
+    expect(first.status, first.text).toBe(303);
+    expect(first.setCookie).toMatch(new RegExp(`^${ADMIN_COOKIE}=[A-Za-z0-9_-]{43}; Path=/admin/queues; HttpOnly; SameSite=Strict; Max-Age=\\d+$`));
+    const session = sessionCookie(first.setCookie);
+    const id = session.cookie.slice(ADMIN_COOKIE.length + 1);
+    expect(id).not.toBe(token);
+    expect(token).not.toContain(id);
+    for (const base of [stack.baseUrl, other!.baseUrl]) {
+      expect((await get(base, session)).status, base).toBe(200);
+      const json = await fetch(`${base}/admin/queues/api/queues`, { headers: session });
+      expect(json.status, base).toBe(200);
+    }
+    // Redis keeps the id's hash, not the id: reading Redis gives no cookie to present.
+    expect(await stack.redis.exists(sessionKey(session))).toBe(1);
+    expect(await stack.redis.keys(`*${id}*`)).toEqual([]);
+  });
+
+  it('the exchanged token is refused from then on as a bearer header, a cookie and a link, on every API process', async () => {
+    const token = await operatorToken('ops-exchanged');
+    // Before the exchange, a tool may use the token (and the other process remembers it, ADR 0006).
+    expect((await get(other!.baseUrl, { authorization: `Bearer ${token}` })).status).toBe(200);
+    const session = await signIn(stack.baseUrl, token);
+    for (const base of [stack.baseUrl, other!.baseUrl]) {
+      const bearer = await get(base, { authorization: `Bearer ${token}` });
+      expect(bearer.status, `${base} bearer`).toBe(401);
+      expect(bearer.contentType).toContain('application/problem+json');
+      expect(bearer.text).toContain('?token=');
+      expect((await fetch(`${base}/admin/queues/api/queues`, { headers: { authorization: `Bearer ${token}` } })).status, `${base} api`).toBe(401);
+      expect((await get(base, cookieOf(token))).status, `${base} cookie`).toBe(401);
+      // However its signature is spelled.
+      for (const copy of spellings(token)) expect((await get(base, { authorization: `Bearer ${copy}` })).status, copy.slice(-6)).toBe(401);
+      expect((await visit(base, token)).status, `${base} link`).toBe(401);
+      expect((await get(base, session)).status, `${base} session`).toBe(200);
+    }
+  });
+
+  it("a tool's bearer token that was never exchanged keeps working, request after request", async () => {
+    const token = await operatorToken('ops-tool-only');
+    for (const base of [stack.baseUrl, other!.baseUrl, stack.baseUrl]) expect((await get(base, { authorization: `Bearer ${token}` })).status, base).toBe(200);
+  });
+
+  it("signing out a link's token (a tool's bearer header) ends the session that link started, on every API process", async () => {
+    // The link leaked and someone else exchanged it first; the operator, refused with 401, signs its token out.
+    const token = await operatorToken('ops-leaked');
+    const theirs = await signIn(other!.baseUrl, token);
+    expect((await visit(stack.baseUrl, token)).status).toBe(401);
+    const out = await api(stack, 'POST', '/admin/queues/logout', { token });
+    expect(out.status, out.text).toBe(200);
+    expect(out.text).toContain('The token is revoked');
+    for (const base of [stack.baseUrl, other!.baseUrl]) expect((await get(base, theirs)).status, base).toBe(401);
+    expect(await stack.redis.exists(sessionKey(theirs))).toBe(0);
+  });
+
+  it('a forged or guessed session id, or a JWT in the cookie, is refused (401) and written nowhere', async () => {
+    const session = await signIn(stack.baseUrl, await operatorToken('ops-guess'));
+    const id = session.cookie.slice(ADMIN_COOKIE.length + 1);
+    const before = (await stack.redis.keys(`${stack.prefix}:operator-session:*`)).sort();
+    const flipped = `${id.slice(0, -1)}${id.endsWith('A') ? 'B' : 'A'}`;
+    // The key Redis holds the session under is no id for it.
+    const keyHash = sessionKey(session).split(':').at(-1)!;
+    const forged = [randomBytes(32).toString('base64url'), flipped, keyHash, `${id}A`, id.slice(0, -1), await operatorToken('ops-guess-jwt')];
+    for (const value of forged) {
+      const res = await get(stack.baseUrl, { cookie: `${ADMIN_COOKIE}=${value}` });
+      expect(res.status, value).toBe(401);
+      expect(res.contentType).toContain('application/problem+json');
+    }
+    expect((await stack.redis.keys(`${stack.prefix}:operator-session:*`)).sort()).toEqual(before);
+    expect((await get(stack.baseUrl, session)).status).toBe(200);
+  });
+
+  it('the session lasts as long as the token, at most 8 h (the Redis TTL and the cookie Max-Age alike)', async () => {
+    for (const [ttlSeconds, most] of [[600, 600], [24 * 3600, 8 * 3600]] as const) {
+      const token = await signDevToken(stack.config, { tenantId: newTenant(), sub: 'ops-ttl', roles: [OPERATOR_ROLE], ttlSeconds });
+      const link = await visit(stack.baseUrl, token);
+      expect(link.status).toBe(303);
+      const maxAge = Number(/; Max-Age=(\d+)/.exec(link.setCookie ?? '')?.[1]);
+      expect(maxAge).toBeLessThanOrEqual(most);
+      expect(maxAge).toBeGreaterThan(most - 60);
+      const ttl = await stack.redis.ttl(sessionKey(sessionCookie(link.setCookie)));
+      expect(ttl).toBeGreaterThan(0);
+      expect(ttl).toBeLessThanOrEqual(maxAge);
+    }
+  });
+
+  it('a session ends when its token expires: refused, and gone from Redis', async () => {
+    const token = await signDevToken(stack.config, { tenantId: newTenant(), sub: 'ops-short', roles: [OPERATOR_ROLE], ttlSeconds: 10 });
+    const session = await signIn(stack.baseUrl, token);
+    expect((await get(other!.baseUrl, session)).status).toBe(200);
+    await waitFor(async () => (await get(other!.baseUrl, session)).status === 401, { timeoutMs: 30_000, intervalMs: 250, what: 'the session to end with its token' });
+    expect(await stack.redis.exists(sessionKey(session))).toBe(0);
+  });
+});
+
 describe("records last by the API's clock, not Redis's", () => {
   it('an API whose clock is behind Redis\'s still keeps a sign-out and a used link until the token expires for it', async () => {
     // The API decides when a token stops verifying, by its own clock: an absolute expiry (EXAT) read by
@@ -246,10 +360,15 @@ describe("records last by the API's clock, not Redis's", () => {
     try {
       const token = await signDevToken(stack.config, { tenantId: newTenant(), sub: 'ops-skew', roles: [OPERATOR_ROLE], ttlSeconds: 600 });
       const sessions = operatorSessions(stack.redis, stack.config);
+      const link = await signDevToken(stack.config, { tenantId: newTenant(), sub: 'ops-skew-link', roles: [OPERATOR_ROLE], ttlSeconds: 600 });
       await sessions.revoke(token);
-      expect(await sessions.isRevoked(token)).toBe(true);
-      expect(await sessions.claimExchange(token)).toBe(true);
-      expect(await sessions.claimExchange(token)).toBe(false);
+      expect(await sessions.refusal(token)).toBe('revoked');
+      expect(await sessions.exchange(token, 600)).toBe('revoked');
+      const session = await sessions.exchange(link, 600);
+      expect(session).toMatchObject({ id: expect.stringMatching(/^[A-Za-z0-9_-]{43}$/) });
+      expect(await sessions.exchange(link, 600)).toBe('used');
+      expect(await sessions.refusal(link)).toBe('exchanged');
+      expect(await sessions.tokenOf((session as { id: string }).id)).toBe(link);
     } finally {
       clock.mockRestore();
     }
@@ -267,11 +386,12 @@ describe('while Redis is down the dashboard fails closed', () => {
   it('answers 503 to a valid token (header, cookie, link) and to a sign-out, and sets no cookie; works again once Redis is back', async () => {
     const token = await down.token({ tenantId: newTenant(), sub: 'ops-down', roles: [OPERATOR_ROLE] });
     const link = await down.token({ tenantId: newTenant(), sub: 'ops-down-link', roles: [OPERATOR_ROLE] });
+    const session = await signIn(down.baseUrl, await down.token({ tenantId: newTenant(), sub: 'ops-down-session', roles: [OPERATOR_ROLE] }));
     expect((await get(down.baseUrl, { authorization: `Bearer ${token}` })).status).toBe(200);
     await down.ownRedis!.stopServer();
     try {
       await waitFor(async () => (await api(down, 'GET', '/readyz')).status === 503, { timeoutMs: 30_000, what: 'the API to see Redis down' });
-      for (const headers of [{ authorization: `Bearer ${token}` }, cookieOf(token)]) {
+      for (const headers of [{ authorization: `Bearer ${token}` }, session]) {
         const res = await get(down.baseUrl, headers);
         expect(res.status, res.text).toBe(503);
         expect(res.contentType).toContain('application/problem+json');
@@ -279,13 +399,15 @@ describe('while Redis is down the dashboard fails closed', () => {
       const viaLink = await visit(down.baseUrl, link);
       expect(viaLink.status).toBe(503);
       expect(viaLink.setCookie).toBeNull();
-      const out = await fetch(`${down.baseUrl}/admin/queues/logout`, { method: 'POST', headers: cookieOf(token) });
+      const out = await fetch(`${down.baseUrl}/admin/queues/logout`, { method: 'POST', headers: session });
       expect(out.status).toBe(503);
       expect(out.headers.get('set-cookie')).toBeNull();
     } finally {
       await down.ownRedis!.startServer();
     }
     await waitFor(async () => (await get(down.baseUrl, { authorization: `Bearer ${token}` })).status === 200, { timeoutMs: 30_000, what: 'the dashboard back with Redis' });
+    // The server came back empty (no persistence): the session went with its data, as every Redis flush ends them.
+    expect((await get(down.baseUrl, session)).status).toBe(401);
     expect((await visit(down.baseUrl, link)).status).toBe(303);
   });
 });

@@ -8,7 +8,7 @@ import { tagMiddleware } from '../tenancy/auth.middleware.ts';
 import { sendProblem } from './problem.middleware.ts';
 import { isSecretQueryParam } from '../telemetry/attributes.ts';
 import type { RateWindow } from './rate-window.ts';
-import { claimsOf, type OperatorSessions } from './operator-sessions.ts';
+import { claimsOf, SESSION_ID, type OperatorSessions } from './operator-sessions.ts';
 
 /**
  * The role that opens the operator dashboard. Not a tenant role: the dashboard spans tenants (every
@@ -16,10 +16,11 @@ import { claimsOf, type OperatorSessions } from './operator-sessions.ts';
  * approval policy) must never open it. The identity provider issues this role to platform staff only.
  */
 export const OPERATOR_ROLE = 'platform-operator';
+/** Holds a session id (ADR 0017), never a JWT. The name is the one the cookie had when it held the token: a browser's old cookie is replaced, not left beside it. */
 export const ADMIN_COOKIE = 'dealix_admin_token';
 const BEARER = /^Bearer\s+([A-Za-z0-9\-_=]+\.[A-Za-z0-9\-_=]*\.[A-Za-z0-9\-_=+/]*)\s*$/i;
 const JWT = /^[A-Za-z0-9\-_=]+\.[A-Za-z0-9\-_=]*\.[A-Za-z0-9\-_=+/]*$/;
-/** The cookie never outlives the token, and never a working day. */
+/** The session (and its cookie) never outlives the token, and never a working day. */
 const MAX_COOKIE_SECONDS = 8 * 3600;
 /** Under the mount: GET shows a sign-out form, POST signs out. Any case, as Express routes the mount. */
 const LOGOUT = /^\/logout\/?$/i;
@@ -38,21 +39,23 @@ export interface AdminAuthOptions {
    */
   loginThrottle?: { window: RateWindow; maxFailures: number } | undefined;
   /**
-   * Signed-out tokens and exchanged `?token=` links, shared by every API process through Redis. Not
-   * optional: without it a signed-out token and a replayed link would be accepted.
+   * Signed-out tokens, exchanged `?token=` links and the sessions they started, shared by every API
+   * process through Redis. Not optional: without it a signed-out token and a replayed link would be accepted.
    */
   sessions: OperatorSessions;
 }
 
 /**
  * Guards the operator dashboard. Accepted, in order: a bearer JWT with role `platform-operator` (Authorization
- * header, for tools); the same JWT from the HttpOnly cookie set by a one-time `?token=<jwt>` visit (for
- * browsers: the token is moved out of the URL at once by a 303 redirect); or HTTP Basic with the operator
- * credentials from the environment. The role is checked on every request, so an expired token or a
- * revoked role stops working, and so is the server-side revocation a sign-out (`POST <mount>/logout`)
- * records. A `?token=` link works once: a second visit with it (a browser's history, a proxy's log) is
- * refused, while the cookie it set keeps working. The dashboard spans tenants: a tenant's roles
- * (`admin`, `approver`) do not open it.
+ * header, for tools); HTTP Basic with the operator credentials from the environment; or the HttpOnly
+ * cookie of a session that a one-time `?token=<jwt>` visit started (for browsers: a 303 redirect moves
+ * the token out of the URL at once). A `?token=` link works once, and trades its token for the session:
+ * the cookie holds an opaque random id whose record in Redis holds the token (ADR 0017), and the token
+ * itself is refused from then on, as a link, a bearer header or a cookie alike — the link's copies in a
+ * browser's history or a proxy's log sign no one in. The token behind a session or a header is verified
+ * on every request (signature, `exp`, role: a rotated key ends it), and a sign-out (`POST <mount>/logout`)
+ * ends the session and revokes the token on every API process. The dashboard spans tenants: a tenant's
+ * roles (`admin`, `approver`) do not open it.
  */
 export function adminAuth(opts: AdminAuthOptions) {
   return tagMiddleware(async function adminAuthMiddleware(req: Request, res: Response, next: NextFunction) {
@@ -67,14 +70,17 @@ export function adminAuth(opts: AdminAuthOptions) {
         // Only a token the cookie can carry back: jose also decodes a signature with whitespace around
         // it, which a Set-Cookie header cannot hold (a line break) or would keep (a tab).
         if (!JWT.test(queryToken)) throw unauthorized(opts, 'The ?token= value is not a JWT.');
-        const { exp } = await verifyAdmin(opts, req, queryToken);
-        if (!(await opts.sessions.claimExchange(queryToken))) {
-          opts.logger.warn({ security_event: 'token_link_reused', path: req.path, ip: req.ip }, 'refused a ?token= link used before');
-          throw unauthorized(opts, 'This sign-in link (?token=) has been used already: it works once. Sign in with a new token.');
-        }
+        const { exp } = await verifyAdmin(opts, req, queryToken, 'link');
         // Whole seconds: a browser ignores any other Max-Age (the cookie would outlive the token), and `exp` may have a fraction.
-        const maxAge = Math.max(0, Math.min(MAX_COOKIE_SECONDS, Math.floor((exp ?? 0) - Date.now() / 1000)));
-        res.setHeader('Set-Cookie', adminCookie(opts, req, queryToken, maxAge));
+        const maxAge = Math.min(MAX_COOKIE_SECONDS, Math.floor((exp ?? 0) - Date.now() / 1000));
+        // A token in its last second (the verifier's clock tolerance accepts it a little past `exp`) would
+        // start a session that ends at once: refused before the link is used up.
+        if (maxAge < 1) throw unauthorized(opts, 'This token expires now: sign in with a new token.');
+        // Checked again with the exchange, in one step: a sign-out or another visit since the check above.
+        const session = await opts.sessions.exchange(queryToken, maxAge);
+        if (session === 'used') throw linkUsed(opts, req, 'link');
+        if (session === 'revoked') throw unauthorized(opts, 'This token has been signed out. Sign in with a new token.');
+        res.setHeader('Set-Cookie', adminCookie(opts, req, session.id, maxAge));
         res.setHeader('Cache-Control', 'no-store');
         res.redirect(303, withoutToken(req.originalUrl, opts.basePath));
         return;
@@ -82,7 +88,7 @@ export function adminAuth(opts: AdminAuthOptions) {
       const header = req.get('authorization');
       const bearer = header ? BEARER.exec(header)?.[1] : undefined;
       if (bearer) {
-        await verifyAdmin(opts, req, bearer);
+        await verifyAdmin(opts, req, bearer, 'bearer');
         return next();
       }
       if (header && /^Basic\s+/i.test(header)) {
@@ -111,8 +117,17 @@ export function adminAuth(opts: AdminAuthOptions) {
         return next();
       }
       const cookie = readCookie(req.get('cookie'), ADMIN_COOKIE);
-      if (cookie && JWT.test(cookie)) {
-        await verifyAdmin(opts, req, cookie);
+      if (cookie) {
+        // Only an id of the right shape costs a Redis GET; a JWT here (the cookie held one before
+        // ADR 0017, and anyone can put one there) is no session.
+        const token = SESSION_ID.test(cookie) ? await opts.sessions.tokenOf(cookie) : undefined;
+        if (token === undefined) {
+          opts.logger.warn({ security_event: 'operator_session_unknown', path: req.path, ip: req.ip }, 'refused a dashboard cookie that names no session');
+          throw unauthorized(opts, 'This dashboard session has ended (signed out or expired) or never existed: sign in again with a new ?token= link.');
+        }
+        // The token was verified at the exchange; verified again (the memo of ADR 0006 makes it cheap)
+        // so that a rotated signing key ends the session as it ends the token.
+        await verifyOperator(opts, req, token);
         return next();
       }
       throw unauthorized(opts, `Sign in with a bearer token with the role ${OPERATOR_ROLE}, ?token=<jwt> once, or the operator credentials.`);
@@ -162,14 +177,30 @@ function adminCookie(opts: AdminAuthOptions, req: Request, value: string, maxAge
   return `${ADMIN_COOKIE}=${value}; Path=${opts.basePath}; HttpOnly; SameSite=Strict; Max-Age=${maxAge}${secure}`;
 }
 
-/** A verified operator token that has not been signed out. */
-async function verifyAdmin(opts: AdminAuthOptions, req: Request, token: string): Promise<{ exp?: number }> {
+/** A verified operator token, presented as itself (a link, a bearer header), that has been neither signed out nor exchanged by a link. */
+async function verifyAdmin(opts: AdminAuthOptions, req: Request, token: string, channel: 'link' | 'bearer'): Promise<{ exp?: number }> {
   const principal = await verifyOperator(opts, req, token);
-  if (await opts.sessions.isRevoked(token)) {
+  const refusal = await opts.sessions.refusal(token);
+  if (refusal === 'revoked') {
     opts.logger.warn({ security_event: 'token_revoked', sub: principal.sub, path: req.path, ip: req.ip }, 'refused a signed-out operator token');
     throw unauthorized(opts, 'This token has been signed out. Sign in with a new token.');
   }
+  if (refusal === 'exchanged') throw linkUsed(opts, req, channel, principal.sub);
   return { exp: claimsOf(token).exp };
+}
+
+/**
+ * A token whose `?token=` link was exchanged, presented again: as the link (a browser's history, a
+ * proxy's log) or as a bearer header (anyone who read the link). Its one use was the exchange.
+ */
+function linkUsed(opts: AdminAuthOptions, req: Request, channel: 'link' | 'bearer', sub?: string): AppError {
+  opts.logger.warn({ security_event: 'token_link_reused', channel, sub, path: req.path, ip: req.ip }, 'refused the token of a ?token= link used before');
+  return unauthorized(
+    opts,
+    channel === 'link'
+      ? 'This sign-in link (?token=) has been used already: it works once. Sign in with a new token.'
+      : 'This token was handed out as a sign-in link (?token=) and used: it signs nothing in any more. Use a new token.',
+  );
 }
 
 /** A token that verifies and carries the operator role (signed out or not). */
@@ -189,9 +220,9 @@ async function verifyOperator(opts: AdminAuthOptions, req: Request, token: strin
 }
 
 /**
- * `GET <mount>/logout` shows a form whose button posts to `POST <mount>/logout`, which revokes the
- * operator token the request carries (the cookie's, a bearer header's) until its `exp`, in Redis for
- * every API process, and deletes the cookie. A POST, not a link: a page cannot sign an operator out
+ * `GET <mount>/logout` shows a form whose button posts to `POST <mount>/logout`, which ends the
+ * cookie's session and revokes the operator token the request carries (the session's, a bearer
+ * header's) until its `exp`, in Redis for every API process, and deletes the cookie. A POST, not a link: a page cannot sign an operator out
  * with an `<img>`, and a form another site submits is refused by guardBrowser (the SameSite=Strict
  * cookie is not even sent cross-site). A token that does not verify is not written (nothing to
  * revoke, and Redis keeps nothing a stranger chose); the cookie is deleted all the same. HTTP Basic
@@ -201,7 +232,7 @@ async function signOut(opts: AdminAuthOptions, req: Request, res: Response): Pro
   res.setHeader('Cache-Control', 'no-store');
   const action = `${opts.basePath}/logout`;
   if (req.method === 'GET' || req.method === 'HEAD') {
-    res.status(200).type('html').send(page('Sign out', `<form method="post" action="${action}"><p>Sign out of the operator dashboard? The token this browser signed in with stops working on every API process.</p><button type="submit">Sign out</button></form>`));
+    res.status(200).type('html').send(page('Sign out', `<form method="post" action="${action}"><p>Sign out of the operator dashboard? This browser's session ends on every API process.</p><button type="submit">Sign out</button></form>`));
     return;
   }
   if (req.method !== 'POST') {
@@ -209,14 +240,15 @@ async function signOut(opts: AdminAuthOptions, req: Request, res: Response): Pro
   }
   const bearer = BEARER.exec(req.get('authorization') ?? '')?.[1];
   const cookie = readCookie(req.get('cookie'), ADMIN_COOKIE);
+  const session = cookie !== undefined && SESSION_ID.test(cookie) ? await opts.sessions.close(cookie) : undefined;
   const revoked: string[] = [];
-  for (const token of new Set([bearer, cookie].filter((t): t is string => t !== undefined && JWT.test(t)))) {
+  for (const token of new Set([bearer, session].filter((t): t is string => t !== undefined && JWT.test(t)))) {
     const principal = await verifyOperator(opts, req, token).catch(() => undefined);
     if (!principal) continue;
     await opts.sessions.revoke(token);
     revoked.push(principal.sub);
   }
-  opts.logger.info({ security_event: 'operator_signed_out', subs: revoked, path: req.path, ip: req.ip }, 'operator signed out');
+  opts.logger.info({ security_event: 'operator_signed_out', subs: revoked, session_ended: session !== undefined, path: req.path, ip: req.ip }, 'operator signed out');
   res.setHeader('Set-Cookie', adminCookie(opts, req, '', 0));
   const what = revoked.length > 0 ? 'The token is revoked until it expires.' : 'No valid operator token came with the request: nothing to revoke.';
   res.status(200).type('html').send(page('Signed out', `<p>Signed out of the operator dashboard. ${what} A browser keeps HTTP Basic credentials until it is closed.</p>`));

@@ -1,42 +1,108 @@
-import { createHash } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import type { Redis } from 'ioredis';
+
+/** What a session id looks like: 32 random bytes, base64url (256 bits, no padding). */
+export const SESSION_ID = /^[A-Za-z0-9_-]{43}$/;
+
+/**
+ * A `?token=` exchange, in one step: refused if the token was signed out meanwhile, or if its link was
+ * exchanged before (SET NX: of two visits at once, one wins); else records the exchange (its value:
+ * the session's key suffix, so a later sign-out of the token finds the session) and opens the session.
+ * KEYS: revoked, exchanged, session; ARGV: session key suffix, exchange TTL, session TTL, token.
+ */
+const EXCHANGE = `if redis.call('EXISTS', KEYS[1]) == 1 then return 'revoked' end
+if not redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[2], 'NX') then return 'used' end
+redis.call('SET', KEYS[3], ARGV[4], 'EX', ARGV[3])
+return 'ok'`;
+
+/**
+ * Revokes a token and ends the session its link started, if any, in one step: an exchange of the
+ * same token is either before it (its session is ended here) or after it (refused as revoked).
+ * KEYS: revoked, exchanged; ARGV: TTL, the sessions' key prefix (the session's key is known only from
+ * the exchange record; the deployment's Redis is one server, not a cluster, as BullMQ's scripts assume too).
+ */
+const REVOKE = `redis.call('SET', KEYS[1], '1', 'EX', ARGV[1])
+local session = redis.call('GET', KEYS[2])
+if session then redis.call('DEL', ARGV[2] .. session) end
+return 1`;
+
+type SessionRedis = Redis & {
+  dealixOperatorExchange(revoked: string, exchanged: string, session: string, suffix: string, exchangeTtl: number, sessionTtl: number, token: string): Promise<'revoked' | 'used' | 'ok'>;
+  dealixOperatorRevoke(revoked: string, exchanged: string, ttl: number, sessionPrefix: string): Promise<number>;
+};
 
 /**
  * The dashboard's server-side record of operator tokens, in Redis so that every API process shares it:
- * tokens signed out (revoked) and `?token=` links already exchanged for a cookie. A JWT cannot be
- * recalled once issued; these lists refuse one at the dashboard before its `exp`.
+ * tokens signed out (revoked), tokens whose `?token=` link was exchanged, and the browser sessions those
+ * exchanges started (ADR 0017). A JWT cannot be recalled once issued; these lists refuse one at the
+ * dashboard before its `exp`.
  *
- * Each entry expires when its token would stop verifying anyway (`exp`, plus the verifier's clock
- * tolerance, which still accepts a token that far past its `exp`), so nothing accumulates. Only tokens
+ * Each revocation and exchange expires when its token would stop verifying anyway (`exp`, plus the
+ * verifier's clock tolerance, which still accepts a token that far past its `exp`), so nothing
+ * accumulates; a session lasts the token's remaining life, at most what its caller gives. Only tokens
  * that verified are ever written: an unverified text must not let a client choose what Redis keeps.
  * A Redis error is thrown to the caller (the dashboard answers 503): the check is never skipped.
  */
 export class OperatorSessions {
-  private readonly redis: Redis;
+  private readonly redis: SessionRedis;
   private readonly keyPrefix: string;
   private readonly graceSeconds: number;
   /** `graceSeconds`: the verifier's clock tolerance (JWT_CLOCK_TOLERANCE), for which a token outlives its `exp`. */
   constructor(redis: Redis, keyPrefix: string, graceSeconds: number) {
-    this.redis = redis;
+    if (!('dealixOperatorExchange' in redis)) redis.defineCommand('dealixOperatorExchange', { numberOfKeys: 3, lua: EXCHANGE });
+    if (!('dealixOperatorRevoke' in redis)) redis.defineCommand('dealixOperatorRevoke', { numberOfKeys: 2, lua: REVOKE });
+    this.redis = redis as SessionRedis;
     this.keyPrefix = keyPrefix;
     this.graceSeconds = Math.max(0, Math.ceil(graceSeconds));
   }
 
-  /** Refuses `token` from now until it expires (keyed by its `jti` when it has one: every copy of it). */
+  /**
+   * Refuses `token` from now until it expires (keyed by its `jti` when it has one: every copy of it),
+   * and ends the session its `?token=` link started, if any: signing out a leaked link's token ends
+   * the session of whoever exchanged it.
+   */
   async revoke(token: string): Promise<void> {
-    await this.redis.set(this.revokedKey(token), '1', 'EX', this.ttl(token));
-  }
-
-  async isRevoked(token: string): Promise<boolean> {
-    return (await this.redis.exists(this.revokedKey(token))) === 1;
+    await this.redis.dealixOperatorRevoke(this.revokedKey(token), this.exchangedKey(token), this.ttl(token), `${this.keyPrefix}:sid:`);
   }
 
   /**
-   * Records that a `?token=` link was exchanged for a cookie: true the first time, false ever after
-   * (until the token expires). One SET NX: two visits at once cannot both be first.
+   * Why a token presented as itself (a bearer header, a `?token=` link) is refused, if it is: signed
+   * out, or exchanged by a link (its only use then: a link is read from histories and logs). One MGET.
    */
-  async claimExchange(token: string): Promise<boolean> {
-    return (await this.redis.set(`${this.keyPrefix}:exchanged:${digest(signedPart(token))}`, '1', 'EX', this.ttl(token), 'NX')) === 'OK';
+  async refusal(token: string): Promise<'revoked' | 'exchanged' | undefined> {
+    const [revoked, exchanged] = await this.redis.mget(this.revokedKey(token), this.exchangedKey(token));
+    return revoked !== null ? 'revoked' : exchanged !== null ? 'exchanged' : undefined;
+  }
+
+  /**
+   * Exchanges a `?token=` link's token (verified) for a session lasting `seconds`: the new session's id,
+   * for the cookie; or why not — `revoked` (signed out), `used` (exchanged before: a link works once,
+   * until the token expires). One script: the exchange and the session are written together or not at all.
+   * Redis keeps the token under the id's hash, never the id: reading Redis (a dump, MONITOR, a replica)
+   * yields no cookie to present, and the token it yields is refused, being exchanged.
+   */
+  async exchange(token: string, seconds: number): Promise<{ id: string } | 'revoked' | 'used'> {
+    const id = randomBytes(32).toString('base64url');
+    const answer = await this.redis.dealixOperatorExchange(this.revokedKey(token), this.exchangedKey(token), this.sessionKey(id), digest(id), this.ttl(token), Math.max(1, Math.floor(seconds)), token);
+    return answer === 'ok' ? { id } : answer;
+  }
+
+  /** The token the session `id` was opened with; undefined for an id never issued, ended or expired. One GET. */
+  async tokenOf(id: string): Promise<string | undefined> {
+    return (await this.redis.get(this.sessionKey(id))) ?? undefined;
+  }
+
+  /** Ends the session `id` on every API process: the token it held, if it was open. */
+  async close(id: string): Promise<string | undefined> {
+    return (await this.redis.getdel(this.sessionKey(id))) ?? undefined;
+  }
+
+  private sessionKey(id: string): string {
+    return `${this.keyPrefix}:sid:${digest(id)}`;
+  }
+
+  private exchangedKey(token: string): string {
+    return `${this.keyPrefix}:exchanged:${digest(signedPart(token))}`;
   }
 
   private revokedKey(token: string): string {
