@@ -48,14 +48,18 @@ export function databaseCredentialsRow(config: Config): ReadinessRow {
   return notRequired('database-credentials', why);
 }
 
-/** Bounds that keep recovery fast and safe; see docs/governance/release-gates.md. */
-export const WORKER_BOUNDS = { lockMinMs: 1_000, lockMaxMs: 60_000, minStalledCount: 2, minStepCrashes: 3, attemptsMin: 1, attemptsMax: 25 } as const;
+/**
+ * Bounds that keep recovery fast and safe; see docs/governance/release-gates.md. `minStalledCount` is
+ * `minStepCrashes`: STEP_MAX_CRASHES must lie between the two, and fewer stalls would leave it no value that passes.
+ */
+export const WORKER_BOUNDS = { lockMinMs: 1_000, lockMaxMs: 60_000, minStalledCount: 3, minStepCrashes: 3, attemptsMin: 1, attemptsMax: 25 } as const;
 
 /**
  * Lock, stall and retry settings within sane bounds: a lock of 1–60 s (shorter renews too often,
  * longer delays recovery of a killed worker), a stalled check at least once per lock period, at least
- * two stalls before a job fails for good (a deploy may interrupt it once), at least three crashes of one
- * step before its run fails and no more than BullMQ's stalls (ADR 0016), and 1–25 attempts per step.
+ * three stalls before a job fails for good (a deploy may interrupt it once, and the crashes below must fit
+ * under it), at least three crashes of one step before its run fails and no more than BullMQ's stalls
+ * (ADR 0016), and 1–25 attempts per step.
  */
 export function workerSettingsRow(config: Config, workflows: WorkflowDef[]): ReadinessRow {
   const b = WORKER_BOUNDS;
@@ -63,7 +67,7 @@ export function workerSettingsRow(config: Config, workflows: WorkflowDef[]): Rea
   const problems: string[] = [];
   if (lock < b.lockMinMs || lock > b.lockMaxMs) problems.push(`WORKER_LOCK_DURATION ${lock} ms is outside ${b.lockMinMs}–${b.lockMaxMs} ms`);
   if (config.WORKER_STALLED_INTERVAL > lock) problems.push(`WORKER_STALLED_INTERVAL ${config.WORKER_STALLED_INTERVAL} ms exceeds the lock duration ${lock} ms`);
-  if (config.WORKER_MAX_STALLED_COUNT < b.minStalledCount) problems.push(`WORKER_MAX_STALLED_COUNT ${config.WORKER_MAX_STALLED_COUNT} < ${b.minStalledCount}: one interrupted deploy fails the job`);
+  if (config.WORKER_MAX_STALLED_COUNT < b.minStalledCount) problems.push(`WORKER_MAX_STALLED_COUNT ${config.WORKER_MAX_STALLED_COUNT} < ${b.minStalledCount}: an interrupted deploy or two fail the job, and no STEP_MAX_CRASHES fits (${b.minStepCrashes} at least, at most the stalls)`);
   if (config.STEP_MAX_CRASHES < b.minStepCrashes) problems.push(`STEP_MAX_CRASHES ${config.STEP_MAX_CRASHES} < ${b.minStepCrashes}: a run fails when a couple of worker crashes or SIGKILLs land on one step`);
   // Above it BullMQ fails the job for its stalls first, and the sweeper re-enqueues the run after SWEEPER_MIN_AGE:
   // still bounded, but slower, and the stall that failed the job is not counted (ADR 0016).

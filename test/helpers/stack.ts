@@ -117,8 +117,11 @@ export async function startStack(opts: StackOptions = {}): Promise<TestStack> {
     const exited = new Promise<number | null>((r) => proc.once('close', (code) => r(code)));
     const handle: WorkerHandle = { proc, output: () => out, exited, kill: (s = 'SIGKILL') => void proc.kill(s) };
     workers.push(handle);
-    await waitFor(() => out.includes('worker started') || proc.exitCode !== null, { timeoutMs: 90_000, what: 'worker start' });
-    if (proc.exitCode !== null) throw new Error(`worker exited at start:\n${out}`);
+    // Ended by a signal, a process has no exit code (null) but a signal code: a worker SIGKILLed before its
+    // start line (a step that kills its worker, taken at once) is told at once, not after the 90 s.
+    const ended = () => proc.exitCode !== null || proc.signalCode !== null;
+    await waitFor(() => out.includes('worker started') || ended(), { timeoutMs: 90_000, what: 'worker start' });
+    if (ended()) throw new Error(`worker exited at start (${proc.signalCode ?? `exit code ${proc.exitCode}`}):\n${out}`);
     return handle;
   };
   return {

@@ -164,7 +164,7 @@ describe('worker settings', () => {
     expect(row.status).toBe('FAIL');
     expect(row.reason).toMatch(/WORKER_LOCK_DURATION 90000 ms is outside/);
     expect(row.reason).toMatch(/WORKER_STALLED_INTERVAL 120000 ms exceeds/);
-    expect(row.reason).toMatch(/WORKER_MAX_STALLED_COUNT 1 < 2/);
+    expect(row.reason).toMatch(/WORKER_MAX_STALLED_COUNT 1 < 3/);
   });
 
   it('a step failed after fewer than 3 crashes, or allowed more crashes than BullMQ allows stalls, fails (ADR 0016); the defaults pass and say the limit', async () => {
@@ -174,6 +174,15 @@ describe('worker settings', () => {
     expect(many.row('worker-settings')).toMatchObject({ status: 'FAIL', reason: expect.stringMatching(/STEP_MAX_CRASHES 12 > WORKER_MAX_STALLED_COUNT 10/) });
     const defaults = await matrixFor({});
     expect(defaults.row('worker-settings')).toMatchObject({ status: 'PASS', reason: expect.stringMatching(/max crashes per step 5/) });
+  });
+
+  it('two allowed stalls fail as too few: no STEP_MAX_CRASHES would pass (3 at least, at most the stalls), so the row names the stalls to raise; three stalls and three crashes pass', async () => {
+    for (const crashes of ['2', '3']) {
+      const two = await matrixFor({ env: { WORKER_MAX_STALLED_COUNT: '2', STEP_MAX_CRASHES: crashes } });
+      expect(two.row('worker-settings')).toMatchObject({ status: 'FAIL', reason: expect.stringMatching(/WORKER_MAX_STALLED_COUNT 2 < 3: /) });
+    }
+    const three = await matrixFor({ env: { WORKER_MAX_STALLED_COUNT: '3', STEP_MAX_CRASHES: '3' } });
+    expect(three.row('worker-settings')).toMatchObject({ status: 'PASS', reason: expect.stringMatching(/max stalls 3, max crashes per step 3/) });
   });
 
   it('a lock shorter than a second fails', async () => {
