@@ -11,6 +11,9 @@ export function monitorArgs(line: string): string[] {
   );
 }
 
+/** A MONITOR line reporting an ECHO (`+<time> [<db> <client>] "echo" ...`): a settle marker. */
+const ECHO_LINE = /^\+[\d.]+ \[[^\]]*\] "echo"/i;
+
 /**
  * Watches the shared Redis with MONITOR for commands naming a key that starts with `keyPrefix` (a
  * feature's keys, to show it sends none when off). `settle` sends a marker on `redis` and waits for
@@ -32,17 +35,24 @@ export async function monitorKeys(keyPrefix: string, redisUrl = TEST_REDIS_URL) 
   // AUTH's OK first when the URL has a password, then MONITOR's: the lines after that are monitor output.
   let oks = url.password ? -1 : 0;
   let monitoring = false;
+  let stopped = false;
   let failure: Error | undefined;
   let buffered = '';
+  // MONITOR reports every command of the shared Redis, every test file's (thousands a second in CI): a line is parsed only if
+  // it may name the prefix (written as is: MONITOR escapes only quotes, backslashes and unprintables) or be a marker's ECHO.
+  const plain = !/["\\]|[^\x20-\x7e]/.test(keyPrefix);
+  const mayMatter = (line: string) => !plain || line.includes(keyPrefix) || ECHO_LINE.test(line);
   socket.on('error', (err) => (failure ??= err));
+  // Closed by Redis (killed, a restart): `settle` fails naming it rather than waiting for a marker that cannot come.
+  socket.on('close', () => stopped || (failure ??= new Error('MONITOR connection closed by Redis')));
   socket.on('data', (chunk: string) => {
-    buffered += chunk;
-    for (let end = buffered.indexOf('\r\n'); end >= 0; end = buffered.indexOf('\r\n')) {
-      const line = buffered.slice(0, end);
-      buffered = buffered.slice(end + 2);
+    // Split once per chunk (a chunk holds hundreds of lines: cutting the buffer after each line copied it again each time).
+    const lines = (buffered + chunk).split('\r\n');
+    buffered = lines.pop()!;
+    for (const line of lines) {
       if (line.startsWith('-')) failure ??= new Error(`MONITOR refused: ${line.slice(1)}`);
       else if (!monitoring && line === '+OK') monitoring = ++oks === 1;
-      else if (monitoring && line.startsWith('+')) {
+      else if (monitoring && line.startsWith('+') && mayMatter(line)) {
         const args = monitorArgs(line);
         if (args.some((a) => a.startsWith(keyPrefix))) seen.push(args.join(' '));
         if (args[0]?.toLowerCase() === 'echo') markers.push(args[1] ?? '');
@@ -51,19 +61,19 @@ export async function monitorKeys(keyPrefix: string, redisUrl = TEST_REDIS_URL) 
   });
   if (url.password) socket.write(`AUTH ${decodeURIComponent(url.username) || 'default'} ${decodeURIComponent(url.password)}\r\n`);
   socket.write('MONITOR\r\n');
-  await waitFor(() => {
-    if (failure) throw failure;
-    return monitoring;
-  }, { what: 'MONITOR to start' });
+  // A failure ends the wait at once (thrown inside, waitFor would take it for "not yet" until its deadline).
+  await waitFor(() => failure ?? monitoring, { what: 'MONITOR to start' });
+  if (failure) throw failure;
   return {
     seen,
     async settle(redis: Redis, marker: string) {
       await redis.echo(marker);
-      await waitFor(() => {
-        if (failure) throw failure;
-        return markers.includes(marker);
-      }, { what: 'MONITOR to report the marker' });
+      await waitFor(() => failure ?? markers.includes(marker), { what: 'MONITOR to report the marker' });
+      if (failure) throw failure;
     },
-    stop: () => socket.destroy(),
+    stop: () => {
+      stopped = true;
+      socket.destroy();
+    },
   };
 }
