@@ -3,6 +3,7 @@ import { randomUUID } from 'node:crypto';
 import { api, CLASS_A_SUBMISSION, newTenant, startStack, type TestStack } from '../helpers/stack.ts';
 import { waitFor } from '../helpers/poll.ts';
 import { refusedOf } from '../helpers/metrics.ts';
+import { holdTable } from '../helpers/table-lock.ts';
 
 /**
  * Per-tenant abuse limits on submissions: a rate per minute and a cap on runs in flight. Both answer
@@ -58,8 +59,8 @@ describe('submission rate limit (RATE_LIMIT_PER_MINUTE)', () => {
     // Counted for the operators, by reason and route (no tenant label: the access log names the tenant).
     expect(await refused(stack, 'rate_limit')).toBe(1);
     // The window's counter in Redis counts the accepted submissions: the refused one took its hit back
-    // (else refused attempts would pile up past the limit, and a rolled-back submission's refund would
-    // leave the counter still over it). It expires on its own shortly after its minute.
+    // (else refused attempts would pile up past the limit, and the refund of a submission the server
+    // failed would leave the counter still over it). It expires on its own shortly after its minute.
     const [counter] = await stack.redis.keys(`${stack.prefix}:ratelimit:${tenant}:*`);
     expect(await stack.redis.get(counter!)).toBe(String(LIMIT));
     const ttl = await stack.redis.pttl(counter!);
@@ -102,22 +103,60 @@ describe('submission rate limit (RATE_LIMIT_PER_MINUTE)', () => {
     for (let i = 1; i < LIMIT; i++) expect((await submit(stack, token)).status).toBe(202);
   });
 
-  it('a submission whose transaction rolls back after admission gives its budget back; its replays spend none', async () => {
-    // A retry of a run the tenant does not have is admitted (it spends the budget), then its handler
-    // answers 404 and the transaction rolls back: nothing was accepted, so nothing stays spent.
+  it('a retry its handler answers with a 4xx spends the budget; its replays spend none', async () => {
+    // A retry of a run the tenant does not have is admitted, then its handler answers 404 (stored under
+    // the key) and the transaction rolls back. The API processed it to a definitive answer: it counts,
+    // or a storm of failing requests (each a transaction and a stored key) would go unbounded.
     const tenant = newTenant();
     const token = await stack.token({ tenantId: tenant, sub: 'wrong-id' });
     await waitFor(() => Date.now() % 60_000 < 45_000, { timeoutMs: 20_000, intervalMs: 200, what: 'the start of a rate window' });
-    const retries = Array.from({ length: LIMIT + 2 }, () => ({ key: randomUUID(), run: randomUUID() }));
+    const retries = Array.from({ length: LIMIT }, () => ({ key: randomUUID(), run: randomUUID() }));
     const retry = (r: { key: string; run: string }) => api(stack, 'POST', `/api/v1/golden-path/runs/${r.run}/retry`, { token, headers: { 'Idempotency-Key': r.key } });
     for (const r of retries) expect((await retry(r)).status).toBe(404);
-    // The stored 404s replay without spending anything either.
-    for (const r of retries) expect((await retry(r)).headers.get('idempotent-replayed')).toBe('true');
+    // The stored 404s replay without spending anything more.
+    for (const r of retries) {
+      const replay = await retry(r);
+      expect(replay.status).toBe(404);
+      expect(replay.headers.get('idempotent-replayed')).toBe('true');
+    }
     const [counter] = await stack.redis.keys(`${stack.prefix}:ratelimit:${tenant}:*`);
-    expect(await stack.redis.get(counter!)).toBe('0');
-    // The whole budget is there for submissions that are accepted.
-    for (let i = 0; i < LIMIT; i++) expect((await submit(stack, token)).status).toBe(202);
-    expect((await submit(stack, token)).status).toBe(429);
+    expect(await stack.redis.get(counter!)).toBe(String(LIMIT));
+    // The budget is spent: the next submission is refused.
+    expect429(await submit(stack, token), 60);
+  });
+
+  it('a submission that fails server-side after admission gives its budget back; the same key then succeeds', async () => {
+    const tenant = newTenant();
+    const token = await stack.token({ tenantId: tenant, sub: 'unlucky' });
+    await waitFor(() => Date.now() % 60_000 < 45_000, { timeoutMs: 20_000, intervalMs: 200, what: 'the start of a rate window' });
+    expect((await submit(stack, token)).status).toBe(202);
+    const [counter] = await stack.redis.keys(`${stack.prefix}:ratelimit:${tenant}:*`);
+    expect(await stack.redis.get(counter!)).toBe('1');
+    // The next submission is admitted (its hit counted), then its insert of the run waits on the held
+    // table, and its backend is terminated there: a failure of the server, not an answer to the client.
+    const runs = await holdTable(stack.db.ownerUrl, 'durable_runs');
+    const key = randomUUID();
+    try {
+      const failing = submit(stack, token, key);
+      await runs.waiting('the submission to wait on the run table');
+      const { rows } = await stack.db.admin(
+        `select pg_terminate_backend(l.pid) as terminated from pg_locks l join pg_class c on c.oid = l.relation
+          where l.database = (select oid from pg_database where datname = current_database()) and c.relname = 'durable_runs' and not l.granted`,
+      );
+      expect(rows).toEqual([{ terminated: true }]);
+      await runs.release();
+      const res = await failing;
+      expect(res.status, res.text).toBe(503);
+      expect(res.headers.get('content-type')).toMatch(/^application\/problem\+json/);
+    } finally {
+      await runs.close();
+    }
+    expect(await stack.redis.get(counter!)).toBe('1');
+    expect(await storedKeys(stack, key)).toEqual([]);
+    // The budget given back is there for the same key's retry: LIMIT - 1 more are accepted, then 429.
+    expect((await submit(stack, token, key)).status).toBe(202);
+    for (let i = 2; i < LIMIT; i++) expect((await submit(stack, token)).status).toBe(202);
+    expect429(await submit(stack, token), 60);
   });
 });
 

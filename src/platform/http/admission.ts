@@ -1,6 +1,7 @@
 import type { EntityManager } from '@mikro-orm/postgresql';
 import type { Redis } from 'ioredis';
 import { DEFER_UNTIL_NEXT } from '../db/coalescing-client.ts';
+import { AppError } from '../errors/app-error.ts';
 import type { AdmissionControl } from './route.ts';
 import { RateWindow } from './rate-window.ts';
 import { TooManyRequestsError } from './refusals.ts';
@@ -20,7 +21,7 @@ export class AdmissionController implements AdmissionControl {
     this.rate = new RateWindow(opts.redis, `${opts.prefix}:ratelimit`, 60_000);
   }
 
-  async admit(em: EntityManager, tenantId: string, onRollback: (fn: () => Promise<void>) => void): Promise<void> {
+  async admit(em: EntityManager, tenantId: string, onRollback: (fn: (err: unknown) => Promise<void>) => void): Promise<void> {
     // The in-flight cap first: its statements are the handler's first, so an idempotency claim sent
     // with them (a prelude) that finds its key taken stops the request before it counts against the
     // rate limit — a replay never spends the tenant's budget.
@@ -48,15 +49,30 @@ export class AdmissionController implements AdmissionControl {
       // nothing) before the counter, so that a replay stops here too and never spends the budget.
       if (this.o.maxInFlight <= 0) await em.execute('select 1');
       const hit = await this.rate.hit(tenantId);
-      // The budget is spent only by a submission that is accepted: if this transaction does not commit
-      // (this 429, a later statement failing, a 4xx or 5xx of the handler), the hit is taken back. A
-      // refused hit must be taken back too, or refused attempts would keep the counter past the limit
-      // and a later refund would free nothing. The refund goes to the window the hit was counted in
-      // (RateWindow.unhit): once that window is over it changes nothing, never the next window's budget.
-      onRollback(() => this.rate.unhit(hit));
+      // The budget is spent by every submission the API processed to a definitive answer: one accepted,
+      // and one its handler answered with a 4xx (an unknown run's 404, a 409 run_not_failed: the client
+      // has its answer, stored under its key) — else a storm of failing requests, each a transaction and
+      // a stored key, would go unbounded. It is given back when the server failed to process it: the
+      // transaction did not commit with a 5xx, an error that is not an AppError (a statement or the
+      // commit failing, a lost idempotency lease). The rate limit's own 429 gives its hit back too, or
+      // refused attempts would keep the counter past the limit and a later refund would free nothing.
+      // The refund goes to the window the hit was counted in (RateWindow.unhit): once that window is
+      // over it changes nothing, never the next window's budget.
+      onRollback(async (err) => {
+        if (!answeredByHandler(err)) await this.rate.unhit(hit);
+      });
       if (hit.count > this.o.perMinute) {
         throw new TooManyRequestsError('rate_limit', `The tenant's submission rate limit (${this.o.perMinute}/min) is exceeded.`, hit.retryAfter);
       }
     }
   }
+}
+
+/**
+ * Whether a submission that did not commit was still processed to a definitive answer, and so keeps
+ * its rate hit: a 4xx the handler threw. Not the rate limit's own 429 (a refusal, before the handler).
+ */
+function answeredByHandler(err: unknown): boolean {
+  if (err instanceof TooManyRequestsError && err.reason === 'rate_limit') return false;
+  return err instanceof AppError && err.status >= 400 && err.status < 500;
 }

@@ -27,8 +27,12 @@ export interface RouteContext<B = unknown, P = unknown, Q = unknown> {
   idempotencyHash: string;
   /** Work to run after the route's transaction commits (e.g. enqueueing): Postgres first, Redis second. */
   afterCommit(fn: () => Promise<void>): void;
-  /** Work that undoes, outside PostgreSQL, what the transaction did there if it does not commit (admission's refund of the rate budget). */
-  onRollback(fn: () => Promise<void>): void;
+  /**
+   * Work that undoes, outside PostgreSQL, what the transaction did there if it does not commit: given
+   * the error that ended it, so that it can tell a failure of the server from the handler's 4xx
+   * (admission's refund of the rate budget, which a 4xx keeps spent).
+   */
+  onRollback(fn: (err: unknown) => Promise<void>): void;
   /** What the route's `prepare` returned (undefined without one). */
   prepared: unknown;
 }
@@ -43,9 +47,10 @@ export interface RouteResponseDoc<R = unknown> {
 export interface AdmissionControl {
   /**
    * Throws 429 when the tenant exceeds its submission rate or runs in flight. What it spends outside the
-   * transaction (the rate budget in Redis) it gives back through `onRollback` if the transaction does not commit.
+   * transaction (the rate budget in Redis) it may give back through `onRollback` if the transaction does
+   * not commit, by the error that ended it (admission.ts: not after the handler's 4xx).
    */
-  admit(em: EntityManager, tenantId: string, onRollback: (fn: () => Promise<void>) => void): Promise<void>;
+  admit(em: EntityManager, tenantId: string, onRollback: (fn: (err: unknown) => Promise<void>) => void): Promise<void>;
 }
 
 /**

@@ -161,7 +161,7 @@ type Claim = { hash: string; record?: IdempotencyRecord; pending?: PendingClaim;
 async function execute(def: RouteDef, deps: RouterDeps, req: Request, res: Response, next: NextFunction, claim: Claim): Promise<'done' | 'key-taken'> {
   const em = res.locals.em as EntityManager;
   const afterCommit: Array<() => Promise<void>> = [];
-  const onRollback: Array<() => Promise<void>> = [];
+  const onRollback: Array<(err: unknown) => Promise<void>> = [];
   let record = claim.record;
   let result: RouteResult;
   try {
@@ -203,8 +203,9 @@ async function execute(def: RouteDef, deps: RouterDeps, req: Request, res: Respo
       });
     result = claim.pending ? await withPrelude(claim.pending.prelude, run) : await run();
   } catch (err) {
-    // The transaction did not commit: first undo what it spent outside PostgreSQL, whatever answer follows.
-    await runAll(onRollback, (e) => deps.logger.warn({ err: e }, 'could not undo, after a rollback, what the transaction did outside PostgreSQL'));
+    // The transaction did not commit: first undo what it spent outside PostgreSQL, whatever answer
+    // follows; each hook is told why (admission keeps the rate budget spent by a handler's 4xx).
+    await runAll(onRollback.map((fn) => () => fn(err)), (e) => deps.logger.warn({ err: e }, 'could not undo, after a rollback, what the transaction did outside PostgreSQL'));
     if (err instanceof TooManyRequestsError) deps.onRefused?.(err.reason, routeLabel(def));
     if (claim.pending && !claim.pending.prelude.sent && claim.input) {
       // The handler failed before its first statement, so before the claim: claim now, so that a
