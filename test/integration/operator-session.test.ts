@@ -361,11 +361,13 @@ describe('a ?token= link trades its token for a server-side session', () => {
     }
   });
 
-  it('a session ends when its token expires: refused, and gone from Redis', async () => {
-    const token = await signDevToken(stack.config, { tenantId: newTenant(), sub: 'ops-short', roles: [OPERATOR_ROLE], ttlSeconds: 10 });
+  it('a session ends when its token expires: refused, and gone from Redis', { timeout: 90_000 }, async () => {
+    // 20 s: the sign-in and the first request must fall inside the token's life on a loaded CI machine
+    // (at least 10 s to spare), and the wait for its end stays well inside the deadline below.
+    const token = await signDevToken(stack.config, { tenantId: newTenant(), sub: 'ops-short', roles: [OPERATOR_ROLE], ttlSeconds: 20 });
     const session = await signIn(stack.baseUrl, token);
     expect((await get(other!.baseUrl, session)).status).toBe(200);
-    await waitFor(async () => (await get(other!.baseUrl, session)).status === 401, { timeoutMs: 30_000, intervalMs: 250, what: 'the session to end with its token' });
+    await waitFor(async () => (await get(other!.baseUrl, session)).status === 401, { timeoutMs: 60_000, intervalMs: 250, what: 'the session to end with its token' });
     expect(await stack.redis.exists(sessionKey(session))).toBe(0);
   });
 });
