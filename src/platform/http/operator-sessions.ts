@@ -22,7 +22,8 @@ return 'ok'`;
  * Revokes a token and ends the session its link started, if any, in one step: an exchange of the
  * same token is either before it (its session is ended here) or after it (refused as revoked).
  * KEYS: revoked, exchanged; ARGV: TTL, the sessions' key prefix (the session's key is known only from
- * the exchange record; the deployment's Redis is one server, not a cluster, as BullMQ's scripts assume too).
+ * the exchange record, so the script names it undeclared: fine on one Redis server, and on Redis Cluster
+ * only because every key here shares QUEUE_PREFIX, whose hash tag docs/architecture.md requires there).
  */
 const REVOKE = `redis.call('SET', KEYS[1], '1', 'EX', ARGV[1])
 local session = redis.call('GET', KEYS[2])
