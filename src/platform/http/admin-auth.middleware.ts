@@ -77,7 +77,9 @@ export function adminAuth(opts: AdminAuthOptions) {
         // start a session that ends at once: refused before the link is used up.
         if (maxAge < 1) throw unauthorized(opts, 'This token expires now: sign in with a new token.');
         // Checked again with the exchange, in one step: a sign-out or another visit since the check above.
-        const session = await opts.sessions.exchange(queryToken, maxAge);
+        // The browser's session from an earlier link ends with it (its cookie is about to be replaced).
+        const previous = readCookie(req.get('cookie'), ADMIN_COOKIE);
+        const session = await opts.sessions.exchange(queryToken, maxAge, previous !== undefined && SESSION_ID.test(previous) ? previous : undefined);
         if (session === 'used') throw linkUsed(opts, req, 'link');
         if (session === 'revoked') throw unauthorized(opts, 'This token has been signed out. Sign in with a new token.');
         res.setHeader('Set-Cookie', adminCookie(opts, req, session.id, maxAge));
