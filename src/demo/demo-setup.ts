@@ -2,6 +2,7 @@ import pg from 'pg';
 import { Redis } from 'ioredis';
 import type { Config } from '../platform/config/config.ts';
 import { databaseProblem } from '../platform/db/connection-problem.ts';
+import { pgClientConfig } from '../platform/db/pg-ssl.ts';
 import { setupDatabase } from '../platform/db/roles.ts';
 import { migrate } from '../platform/db/migrate.ts';
 import { entities } from '../entities.ts';
@@ -13,7 +14,7 @@ const FIXABLE = new Set(['28000', '28P01', '3D000']);
 
 /** Connects and disconnects; false when the role or database is missing, a DemoError naming `setting` when PostgreSQL is unreachable. */
 async function canConnect(url: string, setting: string): Promise<boolean> {
-  const client = new pg.Client({ connectionString: url, connectionTimeoutMillis: 5000 });
+  const client = new pg.Client({ ...pgClientConfig(url), connectionTimeoutMillis: 5000 });
   try {
     await client.connect();
     await client.query('select 1');

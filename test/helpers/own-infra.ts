@@ -66,6 +66,8 @@ export async function startOwnRedis(): Promise<OwnRedis> {
 export interface OwnPostgres {
   port: number;
   adminUrl: string;
+  /** With `ssl`: the server's self-signed certificate (PEM file, for `sslrootcert`), issued to `localhost`. */
+  certFile?: string;
   stop(): Promise<void>;
   start(): Promise<void>;
   destroy(): Promise<void>;
@@ -102,9 +104,10 @@ async function asPostgres(bin: string, args: string[]): Promise<void> {
 
 /**
  * A throwaway PostgreSQL cluster under /tmp on a free port, trust auth on 127.0.0.1, so a test can
- * stop and start the database without touching the shared server.
+ * stop and start the database without touching the shared server. `ssl`: TLS on, with a self-signed
+ * certificate for `localhost` (plain connections are accepted too, as with ssl=on in general).
  */
-export async function startOwnPostgres(): Promise<OwnPostgres> {
+export async function startOwnPostgres(opts: { ssl?: boolean } = {}): Promise<OwnPostgres> {
   const port = await freePort();
   const dir = await mkdtemp(join(tmpdir(), 'dealix-pg-'));
   await chmod(dir, 0o700);
@@ -112,11 +115,21 @@ export async function startOwnPostgres(): Promise<OwnPostgres> {
   const data = join(dir, 'data');
   await asPostgres('initdb', ['-D', data, '-A', 'trust', '-U', 'postgres', '--no-sync', '-E', 'UTF8']);
   const pgctl = (...args: string[]) => asPostgres('pg_ctl', ['-D', data, '-l', join(dir, 'server.log'), ...args]);
-  const opts = `-p ${port} -k ${dir} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=60`;
+  let serverOpts = `-p ${port} -k ${dir} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=60`;
+  const certFile = join(dir, 'server.crt');
+  if (opts.ssl) {
+    const keyFile = join(dir, 'server.key');
+    await run('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '1', '-subj', '/CN=localhost', '-addext', 'subjectAltName=DNS:localhost', '-keyout', keyFile, '-out', certFile]);
+    // The server refuses a key file others may read, or (run as root) one it does not own.
+    await chmod(keyFile, 0o600);
+    if (AS_ROOT) await run('chown', ['postgres:postgres', keyFile, certFile]);
+    serverOpts += ` -c ssl=on -c ssl_cert_file=${certFile} -c ssl_key_file=${keyFile}`;
+  }
   const self: OwnPostgres = {
     port,
     adminUrl: `postgres://postgres@127.0.0.1:${port}/postgres`,
-    start: () => pgctl('-o', opts, '-w', 'start'),
+    ...(opts.ssl ? { certFile } : {}),
+    start: () => pgctl('-o', serverOpts, '-w', 'start'),
     stop: () => pgctl('-m', 'fast', '-w', 'stop'),
     async destroy() {
       await pgctl('-m', 'immediate', '-w', 'stop').catch(() => {});

@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import { parseDurationMs } from './duration.ts';
+import { sslParameters } from '../db/pg-ssl.ts';
 
 /**
  * The one schema over the environment. Parsed once at start-up, frozen and passed down;
@@ -30,7 +31,15 @@ const duration = (fallback: string, opts: { offOrAtLeastMs?: number; off?: strin
 const postgresUrl = z
   .string()
   .url()
-  .refine((u) => /^postgres(ql)?:\/\//.test(u), 'must be a postgres:// URL');
+  .refine((u) => /^postgres(ql)?:\/\//.test(u), 'must be a postgres:// URL')
+  // Its TLS parameters as every connection reads them (pg-ssl.ts): a fault stops the start, not the first connection.
+  .superRefine((u, ctx) => {
+    try {
+      sslParameters(u);
+    } catch (e) {
+      ctx.addIssue({ code: 'custom', message: (e as Error).message });
+    }
+  });
 
 /** What a boolean variable accepts as true; the telemetry bootstrap (telemetryEnv) reads the same. */
 const isTrueText = (v: string | undefined) => v === 'true' || v === '1' || v === 'yes';

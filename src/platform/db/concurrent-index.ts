@@ -1,5 +1,6 @@
 import pg from 'pg';
 import { Migration } from '@mikro-orm/migrations';
+import { pgClientConfig } from './pg-ssl.ts';
 
 /** A plain b-tree index: `columns` as pg_get_indexdef prints them (`tenant_id, created_at, id`). */
 export interface IndexSpec {
@@ -26,7 +27,7 @@ export interface IndexSpec {
  * leftover above. Its waits hold up nobody.
  */
 export async function replaceIndexConcurrently(url: string, build: IndexSpec, drop?: string): Promise<void> {
-  const db = new pg.Client({ connectionString: url });
+  const db = new pg.Client(pgClientConfig(url));
   await db.connect();
   try {
     await db.query(`set statement_timeout = 0`);

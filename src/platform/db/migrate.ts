@@ -4,6 +4,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import type { Config } from '../config/config.ts';
 import { describePgUrl } from '../config/config.ts';
 import { createOrm, type MikroORM } from './orm.ts';
+import { pgClientConfig } from './pg-ssl.ts';
 import { grantRuntimePrivileges } from './roles.ts';
 import { isTenantOwned } from './tenant-owned.ts';
 
@@ -50,7 +51,7 @@ const MIGRATE_LOCK = 'dealix:db-migrate';
  * the waiting statement waits for it. Between tries this session holds none.
  */
 async function lockMigrations(url: string): Promise<pg.Client> {
-  const lock = new pg.Client({ connectionString: url });
+  const lock = new pg.Client(pgClientConfig(url));
   // The connection lost while the migrations run: the lock goes with it, the migrations go on. Without
   // a listener pg's 'error' event would end the process.
   lock.on('error', () => {});

@@ -7,6 +7,7 @@ import { CoalescingClient, markHeldInsert } from './coalescing-client.ts';
 import { BindingPostgreSqlDriver } from './binding-driver.ts';
 import { routines } from './routines.ts';
 import { Migrator } from './migrator.ts';
+import { pgSsl } from './pg-ssl.ts';
 
 export const MIGRATIONS_PATH = fileURLToPath(new URL('../../../migrations', import.meta.url));
 
@@ -29,6 +30,10 @@ export interface OrmOptions {
 
 export function ormConfig(config: Config, opts: OrmOptions): Options {
   const clientUrl = opts.clientUrl ?? (opts.role === 'owner' ? config.MIGRATION_DATABASE_URL : config.DATABASE_URL);
+  // MikroORM reads host, port, user, password and database from the URL, nothing else: its TLS is given
+  // as the driver's `ssl`, from the same rule as every other connection's (pg-ssl.ts). The URL stays
+  // whole: a concurrent index build connects through it on its own (concurrent-index.ts).
+  const { ssl, sslnegotiation } = pgSsl(clientUrl);
   return defineConfig({
     clientUrl,
     // Parameters bound, not written in: statements run as prepared statements (binding-driver.ts).
@@ -55,6 +60,8 @@ export function ormConfig(config: Config, opts: OrmOptions): Options {
       groupCommit: config.DATABASE_GROUP_COMMIT_IN_FLIGHT > 0 ? { id: randomUUID(), maxInFlight: config.DATABASE_GROUP_COMMIT_IN_FLIGHT } : undefined,
       statement_timeout: config.DATABASE_STATEMENT_TIMEOUT,
       connectionTimeoutMillis: 5_000,
+      ssl,
+      ...(sslnegotiation ? { sslnegotiation } : {}),
     },
     migrations: {
       path: MIGRATIONS_PATH,

@@ -1,5 +1,6 @@
 import pg from 'pg';
 import { describePgUrl } from '../config/config.ts';
+import { pgClientConfig } from './pg-ssl.ts';
 import { APP_UNTENANTED_GRANTS, OPERATOR_DB_ROLE, OPERATOR_GRANTS, SYSTEM_READS, SYSTEM_ROLE } from './tenant-owned.ts';
 
 const ident = (s: string) => `"${s.replace(/"/g, '""')}"`;
@@ -23,7 +24,7 @@ export async function setupDatabase({ adminUrl, ownerUrl, appUrl }: SetupUrls): 
   if (owner.database !== app.database) throw new Error('DATABASE_URL and MIGRATION_DATABASE_URL must name the same database');
   if (owner.user === app.user) throw new Error('the application role must differ from the owner role');
   const log: string[] = [];
-  const admin = new pg.Client({ connectionString: adminUrl });
+  const admin = new pg.Client(pgClientConfig(adminUrl));
   await admin.connect();
   try {
     // Two setups at once (two test runs, two deploy hooks) would race on the same role rows: PostgreSQL
@@ -54,7 +55,7 @@ export async function setupDatabase({ adminUrl, ownerUrl, appUrl }: SetupUrls): 
   }
   const adminDbUrl = new URL(adminUrl);
   adminDbUrl.pathname = `/${owner.database}`;
-  const db = new pg.Client({ connectionString: adminDbUrl.toString() });
+  const db = new pg.Client(pgClientConfig(adminDbUrl.toString()));
   await db.connect();
   try {
     await db.query(`ALTER SCHEMA public OWNER TO ${ident(owner.user)}`);
