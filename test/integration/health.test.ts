@@ -1,6 +1,8 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { api, newTenant, startStack, type TestStack } from '../helpers/stack.ts';
-import { waitFor } from '../helpers/poll.ts';
+import { randomUUID } from 'node:crypto';
+import { Redis } from 'ioredis';
+import { api, CLASS_A_SUBMISSION, newTenant, startStack, type TestStack } from '../helpers/stack.ts';
+import { waitFor, within } from '../helpers/poll.ts';
 import { freePort } from '../helpers/own-infra.ts';
 import { holdTable } from '../helpers/table-lock.ts';
 
@@ -77,6 +79,60 @@ describe('health and readiness', () => {
       await lock.close();
     }
     await waitFor(async () => (await api(stack, 'GET', '/readyz')).status === 200, { timeoutMs: 30_000, what: 'readiness once the table is free' });
+  });
+});
+
+describe('Redis up but unable to serve', () => {
+  /** Puts the private Redis into a state where it answers error replies; the function returned takes it out again. */
+  type Fault = () => Promise<() => Promise<void>>;
+  // Redis answers other clients BUSY while a script runs past busy-reply-threshold.
+  const busy: Fault = async () => {
+    const own = stack.ownRedis!;
+    await own.client.config('SET', 'busy-reply-threshold', '10');
+    const blocker = new Redis(own.url, { maxRetriesPerRequest: 1 });
+    blocker.on('error', () => {});
+    // Ends (rejected: "Script killed by user") once SCRIPT KILL stops it.
+    const script = blocker.eval('while true do end', 0).then(() => undefined, () => undefined);
+    await waitFor(async () => own.client.ping().then(() => false, (e: Error) => /^BUSY /.test(e.message)), { timeoutMs: 15_000, what: 'Redis to answer BUSY' });
+    return async () => {
+      await waitFor(async () => (await own.client.call('SCRIPT', 'KILL').catch((e: Error) => (/NOTBUSY/.test(e.message) ? 'OK' : undefined))) === 'OK', { timeoutMs: 15_000, what: 'SCRIPT KILL' });
+      await within(script, 'the killed script to end', 15_000);
+      blocker.disconnect();
+      await own.client.config('SET', 'busy-reply-threshold', '5000');
+    };
+  };
+  // Full under noeviction (BullMQ's policy): every write is refused with OOM.
+  const full: Fault = async () => {
+    const own = stack.ownRedis!;
+    await own.client.config('SET', 'maxmemory', '1');
+    return async () => void (await own.client.config('SET', 'maxmemory', '0'));
+  };
+
+  // As Redis answers LOADING after a restart and READONLY after a failover: it cannot serve now, the
+  // request is fine. The submission's rate-limit counter is its first Redis command.
+  it.each([
+    ['BUSY (a script running)', busy],
+    ['OOM (maxmemory reached)', full],
+  ] as const)('while Redis answers %s a submission is answered 503 with Retry-After, not 500, and accepted afterwards', { timeout: 60_000 }, async (_, fault) => {
+    const token = await stack.token({ tenantId: newTenant(), sub: 'unable-submitter' });
+    const submit = () => api(stack, 'POST', '/api/v1/golden-path/run', { token, body: CLASS_A_SUBMISSION, headers: { 'Idempotency-Key': randomUUID() } });
+    const leave = await fault();
+    try {
+      const res = await submit();
+      expect(res.status, res.text).toBe(503);
+      expect(res.headers.get('content-type')).toContain('application/problem+json');
+      expect(res.json).toMatchObject({ status: 503, code: 'service_unavailable' });
+      expect(res.headers.get('retry-after')).toBeTruthy();
+      // Public: Redis's own reply stays in the log.
+      expect(res.text).not.toMatch(/BUSY|OOM|script|maxmemory/i);
+    } finally {
+      await leave();
+    }
+    const accepted = await waitFor(async () => {
+      const r = await submit();
+      return r.status === 202 ? r : undefined;
+    }, { timeoutMs: 30_000, what: 'the API to accept the submission again' });
+    expect(accepted.json.run_id).toBeTruthy();
   });
 });
 

@@ -109,12 +109,30 @@ export function isDatabaseTimeout(e: unknown): boolean {
   return false;
 }
 
-/** True when an error says the database (or network to it) is unavailable rather than the request being wrong. */
+/**
+ * Redis error replies (ioredis's ReplyError, its message led by the code) that say Redis cannot serve
+ * now, not that the command was wrong: LOADING (loading its dataset after a restart), READONLY (a
+ * replica, as the old primary becomes after a failover), BUSY (a script or function past
+ * busy-reply-threshold), MASTERDOWN (a replica cut off from its primary), TRYAGAIN and CLUSTERDOWN
+ * (Cluster resharding or without a quorum), NOREPLICAS (too few replicas for min-replicas-to-write),
+ * and OOM: maxmemory reached under noeviction (which BullMQ requires). OOM can last until an operator
+ * acts, but it is still no fault of the request: it succeeds once memory is freed (jobs end and are
+ * removed, maxmemory raised), so the client is told to retry (503) and a step is not failed for it.
+ * The code is followed by a space: BUSYKEY and BUSYGROUP are the command's own fault.
+ */
+const TRANSIENT_REDIS_REPLY = /^(LOADING|READONLY|BUSY|MASTERDOWN|TRYAGAIN|CLUSTERDOWN|NOREPLICAS|OOM) /;
+
+/** True when an error says the database, Redis (or the network to them) is unavailable rather than the request being wrong. */
 export function isConnectivityError(e: unknown): boolean {
   for (let cur: unknown = e, depth = 0; cur && depth < 6; depth++) {
-    const c = cur as { code?: unknown; message?: unknown; cause?: unknown; name?: unknown };
+    const c = cur as { code?: unknown; message?: unknown; cause?: unknown; name?: unknown; previousErrors?: unknown };
     if (typeof c.code === 'string' && (TRANSIENT_PG_CODES.has(c.code) || TRANSIENT_NET_CODES.has(c.code))) return true;
     if (c.name === 'ConnectionException' || c.name === 'MaxRetriesPerRequestError') return true;
+    if (c.name === 'ReplyError' && typeof c.message === 'string') {
+      if (TRANSIENT_REDIS_REPLY.test(c.message)) return true;
+      // A MULTI refused as a whole (EXECABORT): ioredis keeps the replies that made Redis discard it.
+      if (Array.isArray(c.previousErrors) && c.previousErrors.some((p) => TRANSIENT_REDIS_REPLY.test(String((p as { message?: unknown })?.message)))) return true;
+    }
     // ioredis, when Redis is down and the offline queue is off (producers fail fast).
     if (typeof c.message === 'string' && /Stream isn't writeable|Connection is closed|enableOfflineQueue options is false|Command timed out/i.test(c.message)) return true;
     if (typeof c.message === 'string' && /Connection terminated|connect ECONNREFUSED|terminating connection|the database system is (starting up|shutting down)|Client has encountered a connection error|timeout exceeded when trying to connect/i.test(c.message)) return true;
