@@ -9,7 +9,7 @@ import { LAST_IN_TRANSACTION, holdingInserts } from '../db/coalescing-client.ts'
 import { stepTransaction } from '../db/step-transaction.ts';
 import { requestContext } from '../tenancy/request-context.ts';
 import { ATTR } from '../telemetry/attributes.ts';
-import { NonDeterminismError, RunNotVisibleError, StepCrashedWorkerError, WorkflowVersionUnavailableError, isRunNoLongerActive, isStaleStart, isUniqueViolation, recordedError, sqlStateOf } from './errors.ts';
+import { NonDeterminismError, RunNotVisibleError, StepCrashedWorkerError, WorkflowVersionRetiredError, WorkflowVersionUnavailableError, isRunNoLongerActive, isStaleStart, isUniqueViolation, recordedError, sqlStateOf } from './errors.ts';
 import { ACTIVE_RUN_STATUSES } from './durable-run.entity.ts';
 import type { DurableRuntime, RunRow, StepJobData } from './runtime.ts';
 import { loadRunState, startingRunState, type RunState } from './run-state.ts';
@@ -149,6 +149,9 @@ export class StepExecutor {
         logger.info({ workflow: versionLabel(d.workflow, version), run_status: status }, 'run ended while its workflow version was not registered here: job ends');
         return outcome;
       }
+      // Retired for good (WORKFLOW_VERSIONS_RETIRED): no worker will ever register it, so putting the job
+      // off would cycle it for ever and leave the run active, counted against its tenant's cap.
+      if (this.o.runtime.workflows.retired(d.workflow, version)) return this.failRetired(job, logger, version!);
       return this.defer(job, control, logger, version);
     }
     // BullMQ counts each time the job became active (1 on its first delivery; 0 when run outside a
@@ -327,6 +330,25 @@ export class StepExecutor {
     if (!control.defer) throw new WorkflowVersionUnavailableError(d.workflow, version);
     await control.defer(delayMs, deferrals);
     throw new DelayedError();
+  }
+
+  /**
+   * Fails the run of a job whose workflow version is retired for good, and the job with it: no worker
+   * registers the version or will (ADR 0008, *Retiring a version*). Nothing of its steps runs; the run
+   * records `workflow_version_retired` at the step its job was to run (its `run.failed` webhook with
+   * it), and a retry of it is refused
+   * with the same code, so its client submits it again. A run that ended meanwhile stays as it ended.
+   */
+  private async failRetired(job: Job<StepJobData>, logger: Logger, version: number): Promise<never> {
+    const d = job.data;
+    const err = new WorkflowVersionRetiredError(d.workflow, version, { id: d.run_id, status: 'failed' }, this.o.runtime.workflows.current(d.workflow)?.version);
+    const deliveries: string[] = [];
+    const failed = await tenantEm(this.o.orm, d.tenant_id).transactional((tx) =>
+      this.o.runtime.complete(tx, d.run_id, 'failed', { error: { code: err.code, message: err.detail ?? err.message, step: d.step, sequence_num: d.sequence_num } }, deliveries),
+    );
+    await this.o.runtime.dispatchDeliveries(d.tenant_id, deliveries);
+    logger.error({ workflow: versionLabel(d.workflow, version), registered: this.o.runtime.workflows.labels(), run_failed: failed }, 'run of a retired workflow version (WORKFLOW_VERSIONS_RETIRED): the run fails, its job with it');
+    throw new UnrecoverableError(`workflow ${versionLabel(d.workflow, version)} is retired: the run cannot be carried on`);
   }
 
   /** Steps from `seq` on whose checkpoint is completed are replayed (their stored outputs are in the state). */
