@@ -505,6 +505,11 @@ describe('retrying a failed run through the API', () => {
     expect((await runRow(id)).status).toBe('pending');
     const retiring = await retiringApi();
     try {
+      // A leftover job of a waiting run (its decision or timer carries it on) ends; the run still waits.
+      await stack.db.admin(`update durable_runs set status = 'waiting' where id = $1`, [id]);
+      expect(await executorOf(retiring.container.runtime).process(job, control)).toMatchObject({ status: 'ended', steps: [] });
+      expect((await runRow(id)).status).toBe('waiting');
+      await stack.db.admin(`update durable_runs set status = 'pending' where id = $1`, [id]);
       const failed = await executorOf(retiring.container.runtime).process(job, control).then(() => undefined, (e: Error) => e);
       expect(failed?.name).toBe('UnrecoverableError');
       expect(failed?.message).toMatch(/golden-path@v7 is retired/);

@@ -151,7 +151,15 @@ export class StepExecutor {
       }
       // Retired for good (WORKFLOW_VERSIONS_RETIRED): no worker will ever register it, so putting the job
       // off would cycle it for ever and leave the run active, counted against its tenant's cap.
-      if (this.o.runtime.workflows.retired(d.workflow, version)) return this.failRetired(job, logger, version!);
+      if (this.o.runtime.workflows.retired(d.workflow, version)) {
+        // A waiting run is carried on by a decision or its timer, not by a job (this one is a leftover):
+        // it is not this job's to fail, which would leave its approval request open.
+        if (status === 'waiting') {
+          logger.warn({ workflow: versionLabel(d.workflow, version), run_status: status }, 'job of a waiting run of a retired workflow version: job ends, the run waits');
+          return outcome;
+        }
+        return this.failRetired(job, logger, version!);
+      }
       return this.defer(job, control, logger, version);
     }
     // BullMQ counts each time the job became active (1 on its first delivery; 0 when run outside a
