@@ -96,6 +96,26 @@ export async function untilAborted<T>(running: Promise<T>, signal: AbortSignal |
   }
 }
 
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+const positiveInt = (v: unknown) => typeof v === 'number' && Number.isInteger(v) && v >= 1;
+
+/**
+ * Why a run job's data is not as `runtime.enqueue` writes it (ids that are UUIDs, a workflow name, a
+ * step position), or undefined. A few checks of fields every job has, on the hot path: what the job
+ * names is then checked where it is read (the tenant's row-level security binds the run to the job's
+ * tenant; each step's schema validates its input).
+ */
+export function malformedJobData(d: Partial<StepJobData> | null | undefined): string | undefined {
+  if (!d || typeof d !== 'object') return 'no data';
+  if (typeof d.run_id !== 'string' || !UUID.test(d.run_id)) return 'run_id is not a UUID';
+  if (typeof d.tenant_id !== 'string' || !UUID.test(d.tenant_id)) return 'tenant_id is not a UUID';
+  if (typeof d.workflow !== 'string' || !d.workflow) return 'no workflow';
+  if (!positiveInt(d.sequence_num)) return 'sequence_num is not a positive integer';
+  if (d.workflow_version !== undefined && !positiveInt(d.workflow_version)) return 'workflow_version is not a positive integer';
+  if (d.retry !== undefined && !(Number.isInteger(d.retry) && d.retry >= 0)) return 'retry is not a generation';
+  return undefined;
+}
+
 /** STEP_MAX_CRASHES's default: crashes of one step before its run fails (ADR 0016). */
 export const DEFAULT_MAX_CRASHES = 5;
 
@@ -132,6 +152,13 @@ export class StepExecutor {
 
   private async execute(job: Job<StepJobData>, logger: Logger, control: JobControl): Promise<JobOutcome> {
     const d = job.data;
+    const malformed = malformedJobData(d);
+    if (malformed) {
+      // Not written by the runtime (Bull Board no longer adds or edits jobs; Redis reached another
+      // way, a bug): nothing is read or written on its word, and no attempt is retried on it.
+      logger.error({ security_event: 'run_job_malformed', reason: malformed, job_name: job.name }, 'run job data not as the runtime writes it: the job fails for good');
+      throw new UnrecoverableError(`run job data malformed: ${malformed}`);
+    }
     const em = tenantEm(this.o.orm, d.tenant_id);
     // Exactly the version the run started with (the job carries it: two map lookups, no read).
     const version = d.workflow_version ?? (await this.storedVersion(em, d));
