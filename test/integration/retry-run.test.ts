@@ -489,6 +489,30 @@ describe('retrying a failed run through the API', () => {
     }
   });
 
+  it('a decision on a waiting run of a retired version: 409 workflow_version_retired, nothing recorded; where the version is merely not registered, 503', { timeout: LONG }, async () => {
+    host(control());
+    const id = await submit(SAMPLE_SUBMISSION); // class B: waits for a human at step 3
+    expect((await waitStatus(id, ['waiting', 'failed'])).status).toBe('waiting');
+    await stack.db.admin(`update durable_runs set workflow_version = 7 where id = $1`, [id]);
+    const [request] = (await stack.db.admin(`select id from approval_requests where run_id = $1`, [id])).rows;
+    const before = { run: await runRow(id), request: (await stack.db.admin(`select * from approval_requests where run_id = $1`, [id])).rows };
+    const decide = (target: TestStack) =>
+      api(target, 'POST', `/api/v1/approvals/${request.id}/decision`, { token: tok.approver!, body: { decision: 'approve' }, headers: { 'Idempotency-Key': randomUUID() } });
+    const retiring = await retiringApi();
+    try {
+      const res = await decide(retiring);
+      expect(res.status, res.text).toBe(409);
+      expect(res.json).toMatchObject({ code: 'workflow_version_retired', workflow: 'golden-path', workflow_version: 7, run_status: 'waiting' });
+      expect((await decide(stack)).status).toBe(503);
+      expect(await runRow(id)).toEqual(before.run);
+      expect((await stack.db.admin(`select * from approval_requests where run_id = $1`, [id])).rows).toEqual(before.request);
+      expect((await stack.db.admin(`select count(*)::int as n from approval_decisions where approval_request_id = $1`, [request.id])).rows[0].n).toBe(0);
+    } finally {
+      await retiring.stop();
+      await cancel(id);
+    }
+  });
+
   it('a run job of a retired version fails its run (workflow_version_retired) instead of being put off for ever; of a version merely not registered here it is still put off', { timeout: LONG }, async () => {
     // No host: the new run's job waits in the queue, and the test runs it through executors of its own.
     const id = await submit();
