@@ -92,7 +92,7 @@ export async function createContainer(
   // Webhook deliveries are enqueued by whichever process committed them (API: a cancel; worker: a run's end).
   queue(WEBHOOK_QUEUE);
   const webhooks = { dispatch: (tenantId: string, ids: readonly string[]) => enqueueDeliveries(queue(WEBHOOK_QUEUE), tenantId, ids) };
-  const runtime = new DurableRuntime({ workflows, queues, logger, keep: keepFromConfig(config), webhooks });
+  const runtime = new DurableRuntime({ workflows, queues, logger, keep: keepFromConfig(config), webhooks, retired: config.WORKFLOW_VERSIONS_RETIRED });
   const idempotency = new IdempotencyService({ ttlMs: config.IDEMPOTENCY_TTL, leaseMs: config.IDEMPOTENCY_LEASE });
   const verifier = createTokenVerifier(config);
   const metrics = createMetrics();

@@ -49,3 +49,30 @@ describe("a timer, maintenance or webhook job's error as BullMQ keeps it", () =>
     }
   });
 });
+
+describe('a run job whose data the platform did not write', () => {
+  // Bull Board no longer adds or edits jobs, but a job's data is still what a worker trusts in place of
+  // the run (Redis reached another way, a bug): one not shaped as the runtime writes it fails for good
+  // at once, before any statement, as a security event, instead of retrying its first step on it.
+  it('fails for good on its first attempt, with a reason that says why', async () => {
+    const wf = stack.container.runtime.workflow(GOLDEN_PATH);
+    const host = startRunHost(stack, wf, 'job-errors-malformed', {});
+    const queue = new Queue(wf.queue, { connection: stack.redis, prefix: stack.prefix });
+    try {
+      const forged = [
+        { run_id: "x' or true --", tenant_id: randomUUID(), workflow: wf.name, workflow_version: wf.version, step: wf.steps[0]!.name, sequence_num: 1, _correlation_id: 'c' },
+        { run_id: randomUUID(), tenant_id: 'every-tenant', workflow: wf.name, workflow_version: wf.version, step: wf.steps[0]!.name, sequence_num: 1, _correlation_id: 'c' },
+        { run_id: randomUUID(), tenant_id: randomUUID(), workflow: wf.name, workflow_version: wf.version, step: wf.steps[0]!.name, sequence_num: 0, _correlation_id: 'c' },
+      ];
+      for (const data of forged) {
+        const job = await queue.add('run', data, { attempts: 5, backoff: { type: 'fixed', delay: 50 } });
+        const failed = await waitFor(async () => ((await queue.getJobState(job.id!)) === 'failed' ? queue.getJob(job.id!) : undefined), { timeoutMs: 30_000, what: 'the forged job to fail' });
+        expect(failed.failedReason, JSON.stringify(data)).toMatch(/^run job data malformed/);
+        expect(failed.attemptsMade).toBe(1);
+      }
+    } finally {
+      await queue.close();
+      await host.stop();
+    }
+  });
+});

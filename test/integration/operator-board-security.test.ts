@@ -85,6 +85,46 @@ describe("the dashboard's actions from another site (CSRF)", () => {
   });
 });
 
+describe("the dashboard's job writes (Add job, Edit job data)", () => {
+  // A run job's data is what a worker reads in place of the run (tenant, run, first step's input):
+  // written by hand, it would bypass the API's validation, idempotency and tenant binding. Refused on
+  // every queue even with writes on; the actions that work on jobs the platform made stay.
+  const own = { ...basic(OPERATOR.user, OPERATOR.password), 'sec-fetch-site': 'same-origin', origin: '' };
+  const queue = 'golden-path';
+  const forgedRun = { run_id: '00000000-0000-4000-8000-000000000001', tenant_id: newTenant(), workflow: 'golden-path', workflow_version: 1, sequence_num: 1, step: 'forged' };
+
+  it('refuses adding a job to any queue: 405 problem+json, nothing added', async () => {
+    own.origin = stack.baseUrl;
+    for (const name of [queue, 'maintenance']) {
+      const q = stack.container.queues.get(name)!;
+      const before = await q.getJobCountByTypes('waiting', 'delayed', 'active', 'completed', 'failed', 'prioritized');
+      const res = await api(stack, 'POST', `/admin/queues/api/queues/${name}/add`, { headers: own, body: { name: 'run', data: forgedRun, options: { delay: 3_600_000 } } });
+      expect(res.status, res.text).toBe(405);
+      expect(res.headers.get('content-type')).toContain('application/problem+json');
+      expect(res.json.code).toBe('board_job_write_refused');
+      expect(await q.getJobCountByTypes('waiting', 'delayed', 'active', 'completed', 'failed', 'prioritized')).toBe(before);
+    }
+  });
+
+  it("refuses editing a job's data: 405, the data as the platform wrote it; promoting the job still works", async () => {
+    own.origin = stack.baseUrl;
+    const q = stack.container.queues.get(queue)!;
+    const data = { ...forgedRun, tenant_id: newTenant() };
+    const job = await q.add('board-edit-probe', data, { jobId: `board-edit-probe-${Date.now()}`, delay: 3_600_000 });
+    try {
+      const res = await api(stack, 'PATCH', `/admin/queues/api/queues/${queue}/${encodeURIComponent(job.id!)}/update-data`, { headers: own, body: { jobData: { ...data, tenant_id: newTenant() } } });
+      expect(res.status, res.text).toBe(405);
+      expect(res.json.code).toBe('board_job_write_refused');
+      expect((await q.getJob(job.id!))!.data).toEqual(data);
+      const promote = await api(stack, 'PUT', `/admin/queues/api/queues/${queue}/${encodeURIComponent(job.id!)}/promote`, { headers: own });
+      expect(promote.status, promote.text).toBe(204);
+      expect(await (await q.getJob(job.id!))!.getState()).toBe('waiting');
+    } finally {
+      await q.remove(job.id!);
+    }
+  });
+});
+
 describe('the dashboard in a frame (clickjacking)', () => {
   it('every dashboard response forbids framing, sniffing and referrers, signed in or not', async () => {
     for (const res of [

@@ -19,6 +19,12 @@ import { stackSweeper } from '../helpers/recovery.ts';
 import { GOLDEN_PATH, GOLDEN_PATH_QUEUE } from '../../src/modules/golden-path/golden-path.workflow.ts';
 import type { WorkflowDef } from '../../src/platform/durable/workflow.ts';
 import { DEFER_UNTIL_NEXT } from '../../src/platform/db/markers.ts';
+import type { Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { createContainer } from '../../src/container.ts';
+import { createApp } from '../../src/app.ts';
+import { parseConfig } from '../../src/platform/config/config.ts';
+import { StepExecutor } from '../../src/platform/durable/executor.ts';
 
 const LONG = 120_000;
 const STEPS = ['partner-dossier', 'economics-model', 'approval-packet', 'evidence-pack'];
@@ -68,6 +74,23 @@ describe('retrying a failed run through the API', () => {
     };
   }
   const control: (failing?: number[]) => Control = stepControl;
+
+  /** An API instance (and its runtime) of a deployment that declares golden-path v7 retired, on this stack's database and Redis. */
+  async function retiringApi() {
+    const container = await createContainer(parseConfig({ ...stack.env, WORKFLOW_VERSIONS_RETIRED: 'golden-path@v7' }), { service: 'api' });
+    const server = await new Promise<Server>((resolve) => {
+      const srv = createApp(container).listen(0, '127.0.0.1', () => resolve(srv));
+    });
+    return {
+      ...stack,
+      container,
+      baseUrl: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
+      async stop() {
+        await new Promise((resolve) => server.close(resolve));
+        await container.close();
+      },
+    };
+  }
 
   async function submit(body: unknown = CLASS_A_SUBMISSION, token = tok.submitter!): Promise<string> {
     const res = await api(stack, 'POST', '/api/v1/golden-path/run', { token, body, headers: { 'Idempotency-Key': randomUUID() } });
@@ -434,6 +457,100 @@ describe('retrying a failed run through the API', () => {
     expect(later.status, later.text).toBe(200);
     expect(later.headers.get('idempotent-replayed')).toBeNull();
     expect((await waitStatus(id, ['completed', 'failed'])).status).toBe('completed');
+  });
+
+  it('a run of a workflow version declared retired (WORKFLOW_VERSIONS_RETIRED): 409 workflow_version_retired for good, naming the version and what to do instead; nothing changes', { timeout: LONG }, async () => {
+    const ctl = control([2]);
+    host(ctl);
+    const id = await failedRun(2);
+    // A run of a version no release runs any more (v7 stands for it: this stack's API registers v1 only).
+    await stack.db.admin(`update durable_runs set workflow_version = 7 where id = $1`, [id]);
+    const retiring = await retiringApi();
+    try {
+      const before = { run: await runRow(id), checkpoints: await checkpointsOf(id) };
+      const key = randomUUID();
+      const res = await api(retiring, 'POST', retryPath(id), { token: tok.submitter!, headers: { 'Idempotency-Key': key } });
+      expect(res.status, res.text).toBe(409);
+      expect(res.json).toMatchObject({ code: 'workflow_version_retired', workflow: 'golden-path', workflow_version: 7, current_version: 1, run_status: 'failed' });
+      expect(res.json.detail).toMatch(/submit it again/i);
+      expect(res.headers.get('retry-after')).toBeNull();
+      expect(await runRow(id)).toEqual(before.run);
+      expect(await checkpointsOf(id)).toEqual(before.checkpoints);
+      // Definitive: the same key answers the same.
+      const again = await api(retiring, 'POST', retryPath(id), { token: tok.submitter!, headers: { 'Idempotency-Key': key } });
+      expect(again.status).toBe(409);
+      expect(again.json.code).toBe('workflow_version_retired');
+      // Where the version is merely not registered (not declared retired), it stays 503: a deploy window.
+      const unknown = await retry(id);
+      expect(unknown.status, unknown.text).toBe(503);
+      expect(unknown.json.code).toBe('workflow_version_unavailable');
+    } finally {
+      await retiring.stop();
+    }
+  });
+
+  it('a decision on a waiting run of a retired version: 409 workflow_version_retired, nothing recorded; where the version is merely not registered, 503', { timeout: LONG }, async () => {
+    host(control());
+    const id = await submit(SAMPLE_SUBMISSION); // class B: waits for a human at step 3
+    expect((await waitStatus(id, ['waiting', 'failed'])).status).toBe('waiting');
+    await stack.db.admin(`update durable_runs set workflow_version = 7 where id = $1`, [id]);
+    const [request] = (await stack.db.admin(`select id from approval_requests where run_id = $1`, [id])).rows;
+    const before = { run: await runRow(id), request: (await stack.db.admin(`select * from approval_requests where run_id = $1`, [id])).rows };
+    const decide = (target: TestStack) =>
+      api(target, 'POST', `/api/v1/approvals/${request.id}/decision`, { token: tok.approver!, body: { decision: 'approve' }, headers: { 'Idempotency-Key': randomUUID() } });
+    const retiring = await retiringApi();
+    try {
+      const res = await decide(retiring);
+      expect(res.status, res.text).toBe(409);
+      expect(res.json).toMatchObject({ code: 'workflow_version_retired', workflow: 'golden-path', workflow_version: 7, run_status: 'waiting' });
+      expect((await decide(stack)).status).toBe(503);
+      expect(await runRow(id)).toEqual(before.run);
+      expect((await stack.db.admin(`select * from approval_requests where run_id = $1`, [id])).rows).toEqual(before.request);
+      expect((await stack.db.admin(`select count(*)::int as n from approval_decisions where approval_request_id = $1`, [request.id])).rows[0].n).toBe(0);
+    } finally {
+      await retiring.stop();
+      await cancel(id);
+    }
+  });
+
+  it('a run job of a retired version fails its run (workflow_version_retired) instead of being put off for ever; of a version merely not registered here it is still put off', { timeout: LONG }, async () => {
+    // No host: the new run's job waits in the queue, and the test runs it through executors of its own.
+    const id = await submit();
+    await stack.db.admin(`update durable_runs set workflow_version = 7 where id = $1`, [id]);
+    const job = (await queue().getJob(await jobIdOf(id, 1)))!;
+    job.data = { ...job.data, workflow_version: 7 };
+    const deferred: number[] = [];
+    const control = { defer: async (_ms: number, deferrals: number) => void deferred.push(deferrals) };
+    const executorOf = (runtime: typeof stack.container.runtime) => new StepExecutor({ orm: stack.container.orm, runtime, logger: stack.container.logger, workerId: 'retired-test', leaseMs: 2_000 });
+    // This stack's worker code registers v1 only and declares nothing retired: a deploy window, put off.
+    const put = await executorOf(stack.container.runtime).process(job, control).then(() => undefined, (e: Error) => e);
+    expect(put?.name).toBe('DelayedError');
+    expect(deferred).toEqual([1]);
+    expect((await runRow(id)).status).toBe('pending');
+    const retiring = await retiringApi();
+    try {
+      // A leftover job of a waiting run (its decision or timer carries it on) ends; the run still waits.
+      await stack.db.admin(`update durable_runs set status = 'waiting' where id = $1`, [id]);
+      expect(await executorOf(retiring.container.runtime).process(job, control)).toMatchObject({ status: 'ended', steps: [] });
+      expect((await runRow(id)).status).toBe('waiting');
+      await stack.db.admin(`update durable_runs set status = 'pending' where id = $1`, [id]);
+      const failed = await executorOf(retiring.container.runtime).process(job, control).then(() => undefined, (e: Error) => e);
+      expect(failed?.name).toBe('UnrecoverableError');
+      expect(failed?.message).toMatch(/golden-path@v7 is retired/);
+      expect(deferred).toEqual([1]);
+      const row = await runRow(id);
+      expect(row.status).toBe('failed');
+      expect(row.error).toMatchObject({ code: 'workflow_version_retired', step: STEPS[0], sequence_num: 1 });
+      expect(await checkpointsOf(id)).toEqual([]);
+      // Its client sees why, and a retry says what to do.
+      expect((await api(stack, 'GET', `/api/v1/golden-path/runs/${id}`, { token: tok.submitter! })).json).toMatchObject({ status: 'failed', error: { code: 'workflow_version_retired' } });
+      const res = await api(retiring, 'POST', retryPath(id), { token: tok.submitter!, headers: { 'Idempotency-Key': randomUUID() } });
+      expect(res.status, res.text).toBe(409);
+      expect(res.json.code).toBe('workflow_version_retired');
+    } finally {
+      await retiring.stop();
+      await job.remove(); // no later test's host is to meet it
+    }
   });
 
   it('a run failed for non-determinism: retried under the same code it fails the same way and writes nothing; retried once the code agrees, it completes', { timeout: LONG }, async () => {

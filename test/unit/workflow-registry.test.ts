@@ -68,4 +68,20 @@ describe('a registry of workflow versions', () => {
   it('two versions of one name both marked current are refused', () => {
     expect(() => new WorkflowRegistry([flow(1, [a], { current: true }), flow(2, [a, b], { current: true }), flow(3, [a, c])])).toThrow('workflow flow: versions 1 and 2 are both marked current');
   });
+
+  it('versions declared retired (WORKFLOW_VERSIONS_RETIRED) are told apart from versions merely not registered here', () => {
+    const registry = new WorkflowRegistry([flow(3, [a, c])], ['flow@v1', 'flow@v2']);
+    expect(registry.retired('flow', 1)).toBe(true);
+    expect(registry.retired('flow', 2)).toBe(true);
+    // Not registered here, not declared retired: another instance may have it (a rolling deploy).
+    expect(registry.retired('flow', 4)).toBe(false);
+    expect(registry.retired('flow', 3)).toBe(false);
+    expect(registry.get('flow', 1)).toBeUndefined();
+  });
+
+  it('a version declared retired that the process registers, a workflow it does not know, or a malformed label is refused at start', () => {
+    expect(() => new WorkflowRegistry([flow(1, [a]), flow(2, [a, b])], ['flow@v1'])).toThrow('workflow flow@v1 is declared retired (WORKFLOW_VERSIONS_RETIRED) but registered');
+    expect(() => new WorkflowRegistry([flow(2, [a])], ['flwo@v1'])).toThrow('WORKFLOW_VERSIONS_RETIRED names flwo@v1, but no version of flwo is registered');
+    expect(() => new WorkflowRegistry([flow(2, [a])], ['flow-v1'])).toThrow('WORKFLOW_VERSIONS_RETIRED: "flow-v1" is not name@vN');
+  });
 });

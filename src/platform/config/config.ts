@@ -130,6 +130,12 @@ export const configSchema = z
     // serve one queue (WORKER_QUEUES=partner-offboarding) and be scaled apart; the timers, maintenance and
     // webhooks queues are always served (worker-runtime.ts).
     WORKER_QUEUES: csv('').pipe(z.array(z.string().regex(/^[A-Za-z0-9_-]{1,64}$/, 'queue names: letters, digits, _ - only'))),
+    // Workflow versions retired for good, as `name@vN`, comma-separated (ADR 0008, *Retiring a version*):
+    // no instance of this deployment registers them any more, nor will. A failed run of one is then
+    // refused a retry with 409 workflow_version_retired (submit it again) instead of 503 for ever, and
+    // a run job of one fails its run instead of being put off for ever. Set once the last process that
+    // registered the version is gone; a process that registers a version listed here does not start.
+    WORKFLOW_VERSIONS_RETIRED: csv(''),
     // A SIGKILLed worker's step resumes elsewhere after about lock + half the stalled interval (ADR 0002).
     WORKER_LOCK_DURATION: duration('2s'),
     WORKER_STALLED_INTERVAL: duration('500ms'),

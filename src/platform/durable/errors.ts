@@ -126,6 +126,27 @@ export class WorkflowVersionUnavailableError extends AppError {
 }
 
 /**
+ * The run was started by a version of its workflow that is retired for good (WORKFLOW_VERSIONS_RETIRED,
+ * ADR 0008): no process runs it any more, so the run can never be carried on, here or elsewhere. 409
+ * to an API client, not retryable (unlike WorkflowVersionUnavailableError's 503): the run stays as it
+ * is, and the way on is a new submission, which runs on `currentVersion`.
+ */
+export class WorkflowVersionRetiredError extends AppError {
+  readonly workflow: string;
+  readonly version: number;
+  constructor(workflow: string, version: number, run: { id: string; status: string }, currentVersion: number | undefined) {
+    super('workflow_version_retired', 'Conflict', {
+      status: 409,
+      retryable: false,
+      detail: `The run ${run.id} was started by ${workflow}@v${version}, a workflow version that is retired: no instance runs it any more, so the run cannot be carried on. Submit it again (a new request with a new Idempotency-Key) to run it on the current version${currentVersion === undefined ? '' : ` (v${currentVersion})`}.`,
+      extensions: { workflow, workflow_version: version, ...(currentVersion === undefined ? {} : { current_version: currentVersion }), run_status: run.status },
+    });
+    this.workflow = workflow;
+    this.version = version;
+  }
+}
+
+/**
  * The SQLSTATE of an error PostgreSQL answered (node-postgres' DatabaseError, also wrapped by
  * MikroORM as a `cause`), else undefined. Not a socket's error code (ECONNRESET, EPIPE): those carry
  * no `severity`.

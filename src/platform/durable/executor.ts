@@ -9,7 +9,7 @@ import { LAST_IN_TRANSACTION, holdingInserts } from '../db/coalescing-client.ts'
 import { stepTransaction } from '../db/step-transaction.ts';
 import { requestContext } from '../tenancy/request-context.ts';
 import { ATTR } from '../telemetry/attributes.ts';
-import { NonDeterminismError, RunNotVisibleError, StepCrashedWorkerError, WorkflowVersionUnavailableError, isRunNoLongerActive, isStaleStart, isUniqueViolation, recordedError, sqlStateOf } from './errors.ts';
+import { NonDeterminismError, RunNotVisibleError, StepCrashedWorkerError, WorkflowVersionRetiredError, WorkflowVersionUnavailableError, isRunNoLongerActive, isStaleStart, isUniqueViolation, recordedError, sqlStateOf } from './errors.ts';
 import { ACTIVE_RUN_STATUSES } from './durable-run.entity.ts';
 import type { DurableRuntime, RunRow, StepJobData } from './runtime.ts';
 import { loadRunState, startingRunState, type RunState } from './run-state.ts';
@@ -96,6 +96,26 @@ export async function untilAborted<T>(running: Promise<T>, signal: AbortSignal |
   }
 }
 
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+const positiveInt = (v: unknown) => typeof v === 'number' && Number.isInteger(v) && v >= 1;
+
+/**
+ * Why a run job's data is not as `runtime.enqueue` writes it (ids that are UUIDs, a workflow name, a
+ * step position), or undefined. A few checks of fields every job has, on the hot path: what the job
+ * names is then checked where it is read (the tenant's row-level security binds the run to the job's
+ * tenant; each step's schema validates its input).
+ */
+export function malformedJobData(d: Partial<StepJobData> | null | undefined): string | undefined {
+  if (!d || typeof d !== 'object') return 'no data';
+  if (typeof d.run_id !== 'string' || !UUID.test(d.run_id)) return 'run_id is not a UUID';
+  if (typeof d.tenant_id !== 'string' || !UUID.test(d.tenant_id)) return 'tenant_id is not a UUID';
+  if (typeof d.workflow !== 'string' || !d.workflow) return 'no workflow';
+  if (!positiveInt(d.sequence_num)) return 'sequence_num is not a positive integer';
+  if (d.workflow_version !== undefined && !positiveInt(d.workflow_version)) return 'workflow_version is not a positive integer';
+  if (d.retry !== undefined && !(Number.isInteger(d.retry) && d.retry >= 0)) return 'retry is not a generation';
+  return undefined;
+}
+
 /** STEP_MAX_CRASHES's default: crashes of one step before its run fails (ADR 0016). */
 export const DEFAULT_MAX_CRASHES = 5;
 
@@ -132,6 +152,13 @@ export class StepExecutor {
 
   private async execute(job: Job<StepJobData>, logger: Logger, control: JobControl): Promise<JobOutcome> {
     const d = job.data;
+    const malformed = malformedJobData(d);
+    if (malformed) {
+      // Not written by the runtime (Bull Board no longer adds or edits jobs; Redis reached another
+      // way, a bug): nothing is read or written on its word, and no attempt is retried on it.
+      logger.error({ security_event: 'run_job_malformed', reason: malformed, job_name: job.name }, 'run job data not as the runtime writes it: the job fails for good');
+      throw new UnrecoverableError(`run job data malformed: ${malformed}`);
+    }
     const em = tenantEm(this.o.orm, d.tenant_id);
     // Exactly the version the run started with (the job carries it: two map lookups, no read).
     const version = d.workflow_version ?? (await this.storedVersion(em, d));
@@ -148,6 +175,17 @@ export class StepExecutor {
       if (!isActive(status)) {
         logger.info({ workflow: versionLabel(d.workflow, version), run_status: status }, 'run ended while its workflow version was not registered here: job ends');
         return outcome;
+      }
+      // Retired for good (WORKFLOW_VERSIONS_RETIRED): no worker will ever register it, so putting the job
+      // off would cycle it for ever and leave the run active, counted against its tenant's cap.
+      if (this.o.runtime.workflows.retired(d.workflow, version)) {
+        // A waiting run is carried on by a decision or its timer, not by a job (this one is a leftover):
+        // it is not this job's to fail, which would leave its approval request open.
+        if (status === 'waiting') {
+          logger.warn({ workflow: versionLabel(d.workflow, version), run_status: status }, 'job of a waiting run of a retired workflow version: job ends, the run waits');
+          return outcome;
+        }
+        return this.failRetired(job, logger, version!);
       }
       return this.defer(job, control, logger, version);
     }
@@ -327,6 +365,25 @@ export class StepExecutor {
     if (!control.defer) throw new WorkflowVersionUnavailableError(d.workflow, version);
     await control.defer(delayMs, deferrals);
     throw new DelayedError();
+  }
+
+  /**
+   * Fails the run of a job whose workflow version is retired for good, and the job with it: no worker
+   * registers the version or will (ADR 0008, *Retiring a version*). Nothing of its steps runs; the run
+   * records `workflow_version_retired` at the step its job was to run (its `run.failed` webhook with
+   * it), and a retry of it is refused
+   * with the same code, so its client submits it again. A run that ended meanwhile stays as it ended.
+   */
+  private async failRetired(job: Job<StepJobData>, logger: Logger, version: number): Promise<never> {
+    const d = job.data;
+    const err = new WorkflowVersionRetiredError(d.workflow, version, { id: d.run_id, status: 'failed' }, this.o.runtime.workflows.current(d.workflow)?.version);
+    const deliveries: string[] = [];
+    const failed = await tenantEm(this.o.orm, d.tenant_id).transactional((tx) =>
+      this.o.runtime.complete(tx, d.run_id, 'failed', { error: { code: err.code, message: err.detail ?? err.message, step: d.step, sequence_num: d.sequence_num } }, deliveries),
+    );
+    await this.o.runtime.dispatchDeliveries(d.tenant_id, deliveries);
+    logger.error({ workflow: versionLabel(d.workflow, version), registered: this.o.runtime.workflows.labels(), run_failed: failed }, 'run of a retired workflow version (WORKFLOW_VERSIONS_RETIRED): the run fails, its job with it');
+    throw new UnrecoverableError(`workflow ${versionLabel(d.workflow, version)} is retired: the run cannot be carried on`);
   }
 
   /** Steps from `seq` on whose checkpoint is completed are replayed (their stored outputs are in the state). */

@@ -17,8 +17,15 @@ export const versionLabel = (name: string, version: number | undefined): string 
 export class WorkflowRegistry {
   private readonly versions = new Map<string, Map<number, WorkflowDef>>();
   private readonly currents = new Map<string, WorkflowDef>();
+  /** `name@vN` of the versions declared retired for good (WORKFLOW_VERSIONS_RETIRED). */
+  private readonly retiredLabels = new Set<string>();
 
-  constructor(defs: Iterable<WorkflowDef>) {
+  /**
+   * `retired`: versions declared retired for good (WORKFLOW_VERSIONS_RETIRED), as `name@vN`: no
+   * process of the deployment registers them any more. Each must name a workflow this process
+   * registers and a version it does not (else the declaration is a typo, or wrong: refused at start).
+   */
+  constructor(defs: Iterable<WorkflowDef>, retired: Iterable<string> = []) {
     for (const def of defs) {
       checkWorkflow(def);
       let byVersion = this.versions.get(def.name);
@@ -35,6 +42,23 @@ export class WorkflowRegistry {
       if (marked.length > 1) throw new Error(`workflow ${name}: versions ${marked.map((d) => d.version).join(' and ')} are both marked current`);
       this.currents.set(name, marked[0] ?? byVersion.get(Math.max(...byVersion.keys()))!);
     }
+    for (const label of retired) {
+      const m = /^([a-z][a-z0-9-]*)@v([1-9][0-9]*)$/.exec(label);
+      if (!m) throw new Error(`WORKFLOW_VERSIONS_RETIRED: "${label}" is not name@vN (e.g. golden-path@v1)`);
+      const [name, version] = [m[1]!, Number(m[2])];
+      if (!this.versions.has(name)) throw new Error(`WORKFLOW_VERSIONS_RETIRED names ${label}, but no version of ${name} is registered`);
+      if (this.get(name, version)) throw new Error(`workflow ${label} is declared retired (WORKFLOW_VERSIONS_RETIRED) but registered: remove it from one or the other`);
+      this.retiredLabels.add(label);
+    }
+  }
+
+  /**
+   * True when exactly this version of `name` is declared retired for good: no process runs it, and a
+   * run of it can never be carried on. Not merely unregistered here: a version this process lacks and
+   * nobody declared retired may be another process's (a rolling deploy), and is waited for (ADR 0008).
+   */
+  retired(name: string, version: number | undefined): boolean {
+    return version !== undefined && this.retiredLabels.has(versionLabel(name, version));
   }
 
   /** The version new runs of `name` start on; undefined when the name is not registered. */

@@ -182,9 +182,12 @@ export function runRoutes<V, R extends RunViewRow, O>(opts: RunRoutesOptions<V, 
       responses: {
         200: { description: 'The run, active again (pending or running), its failure recorded in `retries`', schema: opts.view.schema },
         ...refusals,
-        409: { description: 'The run has not failed (run_not_failed, with its status), or none of its steps may run again (run_not_retryable)' },
+        409: {
+          description:
+            'The run has not failed (run_not_failed, with its status), none of its steps may run again (run_not_retryable), or its workflow version is retired for good (workflow_version_retired, with workflow, workflow_version, current_version): submit it again',
+        },
         503: {
-          description: "The run's workflow version is not registered on this instance: nothing changed; retry after Retry-After (code: workflow_version_unavailable)",
+          description: "The run's workflow version is not registered on this instance, nor declared retired (a deploy in progress): nothing changed; retry after Retry-After (code: workflow_version_unavailable)",
         },
       },
       async handler({ req, res, em, params, principal, afterCommit }) {

@@ -11,7 +11,7 @@ import { ACTIVE_RUN_STATUSES, type RunStatus } from './durable-run.entity.ts';
 import type { CheckpointStatus } from './durable-checkpoint.entity.ts';
 import { STEP_BACKOFF, jobAttempts, retryOf, segmentStart, type WorkflowDef } from './workflow.ts';
 import { WorkflowRegistry, versionLabel } from './registry.ts';
-import { RunNotActiveError, RunNotFailedError, RunNotRetryableError, WorkflowVersionUnavailableError } from './errors.ts';
+import { RunNotActiveError, RunNotFailedError, RunNotRetryableError, WorkflowVersionRetiredError, WorkflowVersionUnavailableError } from './errors.ts';
 import { EMITTED_EVENTS, OUTBOX_IDS, RUN_ENDED_COLUMNS, RUN_ENDED_EVENTS, outboxCte, type OutboxEvent } from '../webhooks/outbox.ts';
 
 /**
@@ -173,6 +173,8 @@ export interface RuntimeOptions {
    * after its commit. Without it nothing is enqueued here and the redelivery pass finds them.
    */
   webhooks?: WebhookDispatcher;
+  /** Workflow versions retired for good, `name@vN` (WORKFLOW_VERSIONS_RETIRED; registry.ts checks them). */
+  retired?: Iterable<string>;
 }
 
 /** After a commit: one delivery job per outbox row it inserted (their ids). */
@@ -213,7 +215,7 @@ export class DurableRuntime {
   private readonly webhooks: WebhookDispatcher | undefined;
 
   constructor(opts: RuntimeOptions) {
-    this.workflows = new WorkflowRegistry(opts.workflows);
+    this.workflows = new WorkflowRegistry(opts.workflows, opts.retired);
     this.queues = opts.queues;
     this.logger = opts.logger;
     this.keep = opts.keep ?? DEFAULT_KEEP;
@@ -239,11 +241,16 @@ export class DurableRuntime {
     return wf;
   }
 
-  /** The definition of exactly this version, which a run started on it is carried on by; refused (503, retryable) when this process does not register it. */
-  definition(name: string, version: number): WorkflowDef {
+  /**
+   * The definition of exactly this version, which a run started on it is carried on by; refused when
+   * this process does not register it: 409 for good when the version is declared retired
+   * (WorkflowVersionRetiredError: no process runs it), else 503, retryable (another process may).
+   */
+  definition(name: string, version: number, run?: { id: string; status: string }): WorkflowDef {
     const wf = this.workflows.get(name, version);
-    if (!wf) throw new WorkflowVersionUnavailableError(name, version);
-    return wf;
+    if (wf) return wf;
+    if (run && this.workflows.retired(name, version)) throw new WorkflowVersionRetiredError(name, version, run, this.workflows.current(name)?.version);
+    throw new WorkflowVersionUnavailableError(name, version);
   }
 
   /**
@@ -561,7 +568,7 @@ export class DurableRuntime {
     if (!run) throw new Error(`run ${runId} not found`);
     // Locked above: a cancel that committed first is seen here, and the run is never moved on from it.
     if (run.status !== 'waiting') throw new RunNotActiveError(run.id, run.status);
-    const wf = this.definition(run.workflow, run.workflow_version);
+    const wf = this.definition(run.workflow, run.workflow_version, run);
     const step = wf.steps[sequenceNum - 1];
     if (!step) throw new Error(`workflow ${wf.name} has no step ${sequenceNum}`);
     const parsed = step.output.parse(output);
@@ -612,7 +619,7 @@ export class DurableRuntime {
    */
   async retry(em: EntityManager, run: RunRow, args: { retriedBy: string }): Promise<RunRow> {
     if (run.status !== 'failed') throw new RunNotFailedError(run.id, run.status);
-    const wf = this.definition(run.workflow, run.workflow_version);
+    const wf = this.definition(run.workflow, run.workflow_version, run);
     // Stable while the run row is locked: a checkpoint's insert takes the row `for key share` (its foreign key).
     const checkpoints = await em.execute<{ sequence_num: number; step_name: string; status: CheckpointStatus; attempt: number; has_output: boolean }[]>(
       `select sequence_num, step_name, status, attempt, output is not null as has_output from durable_checkpoints where tenant_id = ? and run_id = ? order by sequence_num`,

@@ -1,4 +1,4 @@
-import type { Express, RequestHandler, Router } from 'express';
+import type { Express, Request, RequestHandler, Router } from 'express';
 import type { Queue } from 'bullmq';
 import type { Redis } from 'ioredis';
 import type { Logger } from 'pino';
@@ -7,6 +7,8 @@ import type { TokenVerifier } from '../tenancy/jwt.ts';
 import { adminAuth } from './admin-auth.middleware.ts';
 import { RateWindow } from './rate-window.ts';
 import { OperatorSessions } from './operator-sessions.ts';
+import { sendProblem } from './problem.middleware.ts';
+import { AppError } from '../errors/app-error.ts';
 import { createBullBoard } from '@bull-board/api';
 import { BullMQAdapter } from '@bull-board/api/bullMQAdapter';
 import { ExpressAdapter } from '@bull-board/express';
@@ -17,11 +19,37 @@ const BOARD_QUEUES = 'dealixBullBoardQueues';
 export const OPERATOR_LOGIN_WINDOW_MS = 15 * 60_000;
 
 /**
- * Bull Board for operators: every queue it is given (every workflow queue and the maintenance queue),
- * read-only unless BULL_BOARD_READ_ONLY=false. It has no authentication of its own: mount it behind
- * adminAuth. `basePath` must equal the mount path or its assets and API calls miss.
+ * Bull Board's two actions that write a job's data: *Add job* (`POST …/api/queues/:queue/add`) and
+ * *Edit job data* (`PATCH …/api/queues/:queue/:job/update-data`). A job's data is what a worker acts on
+ * in place of an API request — a run job names its tenant and run and may carry a new run's first step
+ * input (ADR 0004), a maintenance job its task — so JSON typed there would skip the API's validation,
+ * its Idempotency-Key and its binding of a tenant to the caller's token. Every job is made by the
+ * platform from PostgreSQL (a submission, a retry, the sweeper); none needs writing by hand. Bull Board
+ * 9 has no option to turn these two off while keeping retry, promote and clean (`readOnlyMode` turns
+ * off all), so they are refused here, on every queue, whatever BULL_BOARD_READ_ONLY says.
  */
-export function bullBoardRouter(queues: Iterable<Queue>, opts: { readOnly: boolean; basePath?: string }): { router: Router; queueNames: string[] } {
+function isJobWrite(req: Request): boolean {
+  const path = req.path;
+  if (req.method === 'POST') return /^\/api\/queues\/[^/]+\/add\/?$/.test(path);
+  if (req.method === 'PATCH') return /^\/api\/queues\/[^/]+\/[^/]+\/update-data\/?$/.test(path);
+  return false;
+}
+
+const jobWriteRefused = () =>
+  new AppError('board_job_write_refused', 'Method Not Allowed', {
+    status: 405,
+    retryable: false,
+    detail:
+      "Bull Board does not add jobs or edit a job's data here: they would bypass the API's validation, idempotency and tenant binding. Submit or retry the run through the API; retry, promote and clean work on the jobs the platform made.",
+  });
+
+/**
+ * Bull Board for operators: every queue it is given (every workflow queue and the maintenance queue),
+ * read-only unless BULL_BOARD_READ_ONLY=false, and never adding a job or editing a job's data
+ * (isJobWrite). It has no authentication of its own: mount it behind adminAuth. `basePath` must equal
+ * the mount path or its assets and API calls miss.
+ */
+export function bullBoardRouter(queues: Iterable<Queue>, opts: { readOnly: boolean; basePath?: string; logger?: Logger }): { router: RequestHandler; queueNames: string[] } {
   const serverAdapter = new ExpressAdapter().setBasePath(opts.basePath ?? BULL_BOARD_PATH);
   const list = [...queues];
   createBullBoard({
@@ -31,8 +59,13 @@ export function bullBoardRouter(queues: Iterable<Queue>, opts: { readOnly: boole
     options: { uiConfig: { boardTitle: 'Dealix queues', hideDocsLink: true, miscLinks: [{ text: 'Sign out', url: `${opts.basePath ?? BULL_BOARD_PATH}/logout` }] } },
   });
   // The adapter's router is an Express app of its own: it does not inherit the API's settings.
-  const router = serverAdapter.getRouter() as Router & Partial<Pick<Express, 'disable'>>;
-  router.disable?.('x-powered-by');
+  const board = serverAdapter.getRouter() as Router & Partial<Pick<Express, 'disable'>>;
+  board.disable?.('x-powered-by');
+  const router: RequestHandler = (req, res, next) => {
+    if (!isJobWrite(req)) return board(req, res, next);
+    opts.logger?.warn({ security_event: 'board_job_write_refused', method: req.method, path: req.originalUrl, ip: req.ip }, 'Bull Board job write refused (add job / edit job data)');
+    sendProblem(res, jobWriteRefused());
+  };
   return { router, queueNames: list.map((q) => q.name) };
 }
 
@@ -47,8 +80,8 @@ export function operatorDashboard(deps: {
   /** Where failed operator logins, signed-out tokens and used `?token=` links are kept (every API process shares them). */
   redis: Redis;
   config: Pick<Config, 'BULL_BOARD_READ_ONLY' | 'OPERATOR_USER' | 'OPERATOR_PASSWORD' | 'OPERATOR_LOGIN_MAX_FAILURES' | 'QUEUE_PREFIX' | 'JWT_CLOCK_TOLERANCE'>;
-}): { path: string; handlers: [RequestHandler, Router]; queueNames: string[] } {
-  const { router, queueNames } = bullBoardRouter(deps.queues, { readOnly: deps.config.BULL_BOARD_READ_ONLY, basePath: BULL_BOARD_PATH });
+}): { path: string; handlers: [RequestHandler, RequestHandler]; queueNames: string[] } {
+  const { router, queueNames } = bullBoardRouter(deps.queues, { readOnly: deps.config.BULL_BOARD_READ_ONLY, basePath: BULL_BOARD_PATH, logger: deps.logger });
   const { OPERATOR_USER: user, OPERATOR_PASSWORD: password } = deps.config;
   const loginThrottle = { window: new RateWindow(deps.redis, `${deps.config.QUEUE_PREFIX}:operator-login`, OPERATOR_LOGIN_WINDOW_MS), maxFailures: deps.config.OPERATOR_LOGIN_MAX_FAILURES };
   const sessions = operatorSessions(deps.redis, deps.config);
