@@ -106,6 +106,31 @@ describe("the dashboard's job writes (Add job, Edit job data)", () => {
     }
   });
 
+  it('refuses them however the path is spelled that Bull Board would still route (letter case, trailing slash)', async () => {
+    // Bull Board's router matches its paths case-insensitively and with or without a trailing slash
+    // (Express's defaults): a spelling the refusal does not match would reach the action.
+    own.origin = stack.baseUrl;
+    const q = stack.container.queues.get(queue)!;
+    const counts = () => q.getJobCountByTypes('waiting', 'delayed', 'active', 'completed', 'failed', 'prioritized');
+    const before = await counts();
+    for (const path of [`/admin/queues/API/Queues/${queue}/ADD`, `/admin/queues/api/queues/${queue}/Add/`, `/ADMIN/QUEUES/api/queues/${queue}/add`]) {
+      const res = await api(stack, 'POST', path, { headers: own, body: { name: 'run', data: forgedRun, options: { delay: 3_600_000 } } });
+      expect(res.status, `${path}: ${res.text}`).toBe(405);
+    }
+    expect(await counts()).toBe(before);
+    const data = { ...forgedRun, tenant_id: newTenant() };
+    const job = await q.add('board-edit-case-probe', data, { jobId: `board-edit-case-probe-${Date.now()}`, delay: 3_600_000 });
+    try {
+      for (const path of [`/admin/queues/api/queues/${queue}/${encodeURIComponent(job.id!)}/UPDATE-DATA`, `/admin/queues/Api/queues/${queue}/${encodeURIComponent(job.id!)}/update-data/`]) {
+        const res = await api(stack, 'PATCH', path, { headers: own, body: { jobData: { ...data, tenant_id: newTenant() } } });
+        expect(res.status, `${path}: ${res.text}`).toBe(405);
+      }
+      expect((await q.getJob(job.id!))!.data).toEqual(data);
+    } finally {
+      await q.remove(job.id!);
+    }
+  });
+
   it("refuses editing a job's data: 405, the data as the platform wrote it; promoting the job still works", async () => {
     own.origin = stack.baseUrl;
     const q = stack.container.queues.get(queue)!;

@@ -1,4 +1,4 @@
-import type { Express, Request, RequestHandler, Router } from 'express';
+import express, { type Express, type RequestHandler, type Router } from 'express';
 import type { Queue } from 'bullmq';
 import type { Redis } from 'ioredis';
 import type { Logger } from 'pino';
@@ -26,14 +26,12 @@ export const OPERATOR_LOGIN_WINDOW_MS = 15 * 60_000;
  * its Idempotency-Key and its binding of a tenant to the caller's token. Every job is made by the
  * platform from PostgreSQL (a submission, a retry, the sweeper); none needs writing by hand. Bull Board
  * 9 has no option to turn these two off while keeping retry, promote and clean (`readOnlyMode` turns
- * off all), so they are refused here, on every queue, whatever BULL_BOARD_READ_ONLY says.
+ * off all), so they are refused here, on every queue, whatever BULL_BOARD_READ_ONLY says. Matched by an
+ * Express router with Bull Board's own paths and Express's default matching, as Bull Board's router
+ * matches them: a hand-written pattern missed spellings Bull Board still routes (`…/API/queues/q/ADD`,
+ * letter case being ignored there) and let them through.
  */
-function isJobWrite(req: Request): boolean {
-  const path = req.path;
-  if (req.method === 'POST') return /^\/api\/queues\/[^/]+\/add\/?$/.test(path);
-  if (req.method === 'PATCH') return /^\/api\/queues\/[^/]+\/[^/]+\/update-data\/?$/.test(path);
-  return false;
-}
+const JOB_WRITES = { post: '/api/queues/:queueName/add', patch: '/api/queues/:queueName/:jobId/update-data' } as const;
 
 const jobWriteRefused = () =>
   new AppError('board_job_write_refused', 'Method Not Allowed', {
@@ -46,7 +44,7 @@ const jobWriteRefused = () =>
 /**
  * Bull Board for operators: every queue it is given (every workflow queue and the maintenance queue),
  * read-only unless BULL_BOARD_READ_ONLY=false, and never adding a job or editing a job's data
- * (isJobWrite). It has no authentication of its own: mount it behind adminAuth. `basePath` must equal
+ * (JOB_WRITES). It has no authentication of its own: mount it behind adminAuth. `basePath` must equal
  * the mount path or its assets and API calls miss.
  */
 export function bullBoardRouter(queues: Iterable<Queue>, opts: { readOnly: boolean; basePath?: string; logger?: Logger }): { router: RequestHandler; queueNames: string[] } {
@@ -61,11 +59,13 @@ export function bullBoardRouter(queues: Iterable<Queue>, opts: { readOnly: boole
   // The adapter's router is an Express app of its own: it does not inherit the API's settings.
   const board = serverAdapter.getRouter() as Router & Partial<Pick<Express, 'disable'>>;
   board.disable?.('x-powered-by');
-  const router: RequestHandler = (req, res, next) => {
-    if (!isJobWrite(req)) return board(req, res, next);
+  const refuse: RequestHandler = (req, res) => {
     opts.logger?.warn({ security_event: 'board_job_write_refused', method: req.method, path: req.originalUrl, ip: req.ip }, 'Bull Board job write refused (add job / edit job data)');
     sendProblem(res, jobWriteRefused());
   };
+  const jobWrites = express.Router().post(JOB_WRITES.post, refuse).patch(JOB_WRITES.patch, refuse);
+  // Whatever the refusals do not answer goes on to Bull Board (an error to the app's handler).
+  const router: RequestHandler = (req, res, next) => jobWrites(req, res, (err?: unknown) => (err ? next(err) : board(req, res, next)));
   return { router, queueNames: list.map((q) => q.name) };
 }
 
