@@ -513,6 +513,41 @@ describe('retrying a failed run through the API', () => {
     }
   });
 
+  it("an SLA timer of a waiting run of a retired version is put off, not spent (ADR 0008): its expiry needs the version's definition, and cancelling ends both", { timeout: LONG }, async () => {
+    host(control());
+    const id = await submit(SAMPLE_SUBMISSION); // class B: waits for a human at step 3
+    expect((await waitStatus(id, ['waiting', 'failed'])).status).toBe('waiting');
+    await stack.db.admin(`update durable_runs set workflow_version = 7 where id = $1`, [id]);
+    await stack.db.admin(`update approval_requests set sla_deadline = now() - interval '1 second' where run_id = $1`, [id]);
+    const before = { run: await runRow(id), request: (await stack.db.admin(`select * from approval_requests where run_id = $1`, [id])).rows };
+    // The timer, due, in a queue of its own that no host serves, taken as a worker takes it (locked, with a token).
+    const { Queue, Worker } = await import('bullmq');
+    const name = `retired-sla-${randomUUID().slice(0, 8)}`;
+    const timers = new Queue(name, { connection: stack.redis, prefix: stack.prefix });
+    const taker = new Worker(name, null, { connection: stack.redis.duplicate({ maxRetriesPerRequest: null }), prefix: stack.prefix });
+    const retiring = await retiringApi();
+    try {
+      const [{ tenant_id: tenant }] = (await stack.db.admin(`select tenant_id from durable_runs where id = $1`, [id])).rows;
+      await timers.add('approval-sla', { tenant_id: tenant, run_id: id, hash: 'f'.repeat(64), deadline: new Date().toISOString() }, { attempts: 10 });
+      const token = randomUUID();
+      const timer = await waitFor(() => taker.getNextJob(token), { timeoutMs: 10_000, what: 'the timer to be taken' });
+      timer.token = token;
+      const handlers = jobHandlersFor({ orm: stack.container.orm, runtime: retiring.container.runtime });
+      const outcome = await handlers['approval-sla']!(timer).then(() => undefined, (e: Error) => e);
+      expect(outcome?.name, String(outcome)).toBe('DelayedError');
+      expect(await timers.getJobState(timer.id!)).toBe('delayed');
+      expect((await timers.getJob(timer.id!))!.attemptsMade).toBe(0);
+      expect(await runRow(id)).toEqual(before.run);
+      expect((await stack.db.admin(`select * from approval_requests where run_id = $1`, [id])).rows).toEqual(before.request);
+    } finally {
+      await retiring.stop();
+      await taker.close();
+      await timers.obliterate({ force: true });
+      await timers.close();
+      await cancel(id);
+    }
+  });
+
   it('a run job of a retired version fails its run (workflow_version_retired) instead of being put off for ever; of a version merely not registered here it is still put off', { timeout: LONG }, async () => {
     // No host: the new run's job waits in the queue, and the test runs it through executors of its own.
     const id = await submit();
