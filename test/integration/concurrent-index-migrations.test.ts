@@ -1,6 +1,6 @@
 /**
- * Migrations run_list_workflow_status_index and sweeper_pages_status_updated_id_index build their
- * `durable_runs` index with CREATE INDEX CONCURRENTLY and drop the one it replaces with DROP INDEX
+ * Migrations run_list_workflow_status_index, sweeper_pages_status_updated_id_index and
+ * run_list_partial_status_indexes build their `durable_runs` indexes with CREATE INDEX CONCURRENTLY and drop the one it replaces with DROP INDEX
  * CONCURRENTLY, outside any transaction (concurrent-index.ts; the migrator runs them alone: migrator.ts):
  * while one waits for a long transaction writing runs, the application still writes runs (a plain
  * CREATE INDEX would queue them all behind it). From an empty database `migrate()` applies every
@@ -21,6 +21,8 @@ import { waitFor, within } from '../helpers/poll.ts';
 
 const PREVIOUS = 'Migration20261205002019_partner_offboardings_one_per_partner';
 const THIS = ['Migration20261205032101_run_list_workflow_status_index', 'Migration20261205042755_sweeper_pages_status_updated_id_index'];
+/** The third: the first one's index replaced by two partial ones. */
+const PARTIAL = 'Migration20261205093738_run_list_partial_status_indexes';
 /**
  * What going down to PREVIOUS reverts and migrating again applies: these two and every later migration
  * (the migrations folder, in name order, as the migrator runs them), so a new migration keeps this test true.
@@ -33,11 +35,14 @@ const FROM_PREVIOUS = [
     .sort()
     .filter((n) => n > THIS[1]!),
 ];
-/** Each migration's index and the one it replaces. */
+/** The indexes these migrations leave, and (OLD) the ones they replace; the first one's own index is replaced by the third's. */
+const ENDED_INDEX = "btree (tenant_id, workflow, status, created_at, id) WHERE (status = ANY (ARRAY['completed'::text, 'failed'::text, 'rejected'::text, 'approval_expired'::text, 'cancelled'::text]))";
 const NEW = {
-  durable_runs_tenant_workflow_status_created_index: 'btree (tenant_id, workflow, status, created_at, id)',
+  durable_runs_tenant_workflow_ended_index: ENDED_INDEX,
+  durable_runs_tenant_workflow_active_status_index: "btree (tenant_id, workflow, status, created_at, id) WHERE (status = ANY (ARRAY['pending'::text, 'running'::text, 'waiting'::text]))",
   durable_runs_status_updated_id_index: 'btree (status, updated_at, id)',
 };
+const REPLACED = 'durable_runs_tenant_workflow_status_created_index';
 const OLD = {
   durable_runs_tenant_created_index: 'btree (tenant_id, created_at, id)',
   durable_runs_status_updated_index: 'btree (status, updated_at)',
@@ -51,7 +56,7 @@ async function indexes(): Promise<Record<string, string>> {
   const rows = await admin(
     `select c.relname as name, i.indisvalid as valid, pg_get_indexdef(i.indexrelid) as def from pg_index i join pg_class c on c.oid = i.indexrelid
       where i.indrelid = 'durable_runs'::regclass and c.relname = any($1) order by 1`,
-    [[...Object.keys(NEW), ...Object.keys(OLD)]],
+    [[...Object.keys(NEW), ...Object.keys(OLD), REPLACED]],
   );
   return Object.fromEntries(rows.map((r) => [r.name as string, `${(r.def as string).replace(/^.* USING /, '')}${r.valid ? '' : ' INVALID'}`]));
 }
@@ -72,11 +77,12 @@ async function client(url: string): Promise<{ db: pg.Client; pid: number }> {
 const blockedBy = async (pid: number) =>
   (await admin(`select count(*)::int as n from pg_stat_activity where datname = current_database() and $1 = any(pg_blocking_pids(pid))`, [pid]))[0]!.n as number;
 
-describe('migrations run_list_workflow_status_index and sweeper_pages_status_updated_id_index', () => {
+describe('migrations run_list_workflow_status_index, sweeper_pages_status_updated_id_index and run_list_partial_status_indexes', () => {
   it('build and drop concurrently: while the build waits for a long transaction writing runs, the application role still inserts a run; down and up again, db:check clean', async () => {
     // Every migration from an empty database: the transactional ones first (one transaction), then each of these alone.
     const applied = await within(migrate(database.config, entities), 'migrate() from an empty database', 120_000);
     expect(applied.slice(applied.indexOf(PREVIOUS))).toEqual([PREVIOUS, ...FROM_PREVIOUS]);
+    expect(FROM_PREVIOUS).toContain(PARTIAL);
     expect(await indexes()).toEqual(NEW);
     const check = await createOrm(database.config, { entities, role: 'owner', poolMax: 1 });
     const holder = await client(database.config.MIGRATION_DATABASE_URL!);
@@ -141,8 +147,15 @@ describe('migrations run_list_workflow_status_index and sweeper_pages_status_upd
       await expect(admin(`create unique index concurrently durable_runs_tenant_workflow_status_created_index on durable_runs (tenant_id)`)).rejects.toThrow(/could not create unique index/);
       expect((await indexes()).durable_runs_tenant_workflow_status_created_index).toBe('btree (tenant_id) INVALID');
 
+      // And a valid partial index of the third migration's definition, built beforehand by hand: kept,
+      // not built again (its predicate read back as pg_get_indexdef prints it).
+      await admin(`create index durable_runs_tenant_workflow_ended_index on durable_runs (tenant_id, workflow, status, created_at, id) where status in ('completed', 'failed', 'rejected', 'approval_expired', 'cancelled')`);
+      const oid = async () => (await admin(`select to_regclass('durable_runs_tenant_workflow_ended_index')::oid::int as oid`))[0]!.oid as number;
+      const byHand = await oid();
+
       expect(await within(migrate(database.config, entities), 'migrate() over the leftover', 60_000)).toEqual(FROM_PREVIOUS);
       expect(await indexes()).toEqual(NEW);
+      expect(await oid()).toBe(byHand);
       expect(await schemaStatus(check)).toEqual({ pending: [], drift: '' });
 
       // Down over a leftover too: the old index's build by hand failed halfway; down builds it again.

@@ -181,18 +181,28 @@ describe('queries name their tenant', () => {
 
 /**
  * A scan that walks the tenant's rows to find one it could have reached by a unique key: its index
- * condition bounds the tenant only, and the key's column (`id = …`, `run_id = …`) is applied as a filter.
+ * condition bounds the tenant only, and the key's column (`id = …`, `run_id = …`) is applied as a filter;
+ * or the key's column is in the index condition but behind a column of the index it does not bound
+ * (`tenant_id = … and id = …` on (tenant_id, workflow, status, created_at, id)): PostgreSQL shows it as
+ * an index condition, yet walks every entry of the bounded prefix (the tenant's runs) to test it.
  */
-function tenantWalks(plan: any, uniqueColumns: Map<string, Set<string>>, out: string[] = []): string[] {
+function tenantWalks(plan: any, uniqueColumns: Map<string, Set<string>>, indexColumns: Map<string, string[]>, out: string[] = []): string[] {
   const keys = uniqueColumns.get(plan['Relation Name'] as string);
   if (keys && (plan['Index Name'] || plan['Node Type'] === 'Seq Scan')) {
     const cond = String(plan['Index Cond'] ?? '');
     const filter = String(plan.Filter ?? '');
-    const names = (text: string) => [...keys].filter((col) => new RegExp(`\\b${col}\\)?(::[a-z ]+)? = `).test(text));
+    const equal = (col: string, text: string) => new RegExp(`\\b${col}\\)?(::[a-z ]+)? = `).test(text);
+    const names = (text: string) => [...keys].filter((col) => equal(col, text));
+    const where = `${plan['Index Name'] ?? 'Seq Scan'} on ${plan['Relation Name']}: cond ${cond || 'none'}`;
     // The scan's own condition names no key column (only the tenant, or nothing), its filter does.
-    if (names(cond).length === 0 && names(filter).length > 0) out.push(`${plan['Index Name'] ?? 'Seq Scan'} on ${plan['Relation Name']}: cond ${cond || 'none'}, filter ${filter}`);
+    if (names(cond).length === 0 && names(filter).length > 0) out.push(`${where}, filter ${filter}`);
+    // The key's column is bounded only if every column before it in the index is.
+    const columns = indexColumns.get(plan['Index Name'] as string) ?? [];
+    const prefix = columns.findIndex((col) => !equal(col, cond));
+    const unbounded = prefix < 0 ? [] : names(cond).filter((col) => columns.indexOf(col) > prefix);
+    if (unbounded.length) out.push(`${where}, ${unbounded.join(', ')} behind unbounded ${columns[prefix]}`);
   }
-  for (const child of plan.Plans ?? []) tenantWalks(child, uniqueColumns, out);
+  for (const child of plan.Plans ?? []) tenantWalks(child, uniqueColumns, indexColumns, out);
   return out;
 }
 
@@ -207,6 +217,11 @@ const EXEMPT = [
     name: 'a decision: the approval request by id',
     walk: /^approval_requests_\w+ on approval_requests: cond \(tenant_id = \$\d+\), filter \(id = /,
     sql: /^select a\.id, .* as expired_now, .* from \(select tenant_id, id,/,
+  },
+  {
+    name: 'an approval request by id (a decision, its view, an SLA expiry): its id tested behind created_at in the newest-first list index',
+    walk: /^approval_requests_tenant_created_id_index on approval_requests: cond \(\(tenant_id = \$\d+\) AND \(id = \$\d+\)\), id behind unbounded created_at/,
+    sql: /^(select|update) /,
   },
 ];
 
@@ -230,6 +245,16 @@ describe('plans that cannot grow with data', () => {
       const uniqueColumns = new Map<string, Set<string>>();
       for (const r of unique.rows as { table: string; column: string }[]) uniqueColumns.set(r.table, (uniqueColumns.get(r.table) ?? new Set()).add(r.column));
       expect(uniqueColumns.get('durable_runs')?.has('id')).toBe(true);
+      // Every index of those tables, its key columns in order (INCLUDE columns left out).
+      const columnsOf = await db.admin(
+        `select i.relname as index, array_agg(a.attname::text order by k.n) as columns
+           from pg_index x join pg_class i on i.oid = x.indexrelid join pg_class t on t.oid = x.indrelid
+           cross join lateral unnest(x.indkey[0:x.indnkeyatts - 1]) with ordinality k(attnum, n)
+           join pg_attribute a on a.attrelid = t.oid and a.attnum = k.attnum
+          where t.relrowsecurity group by i.relname`,
+      );
+      const indexColumns = new Map((columnsOf.rows as { index: string; columns: string[] }[]).map((r) => [r.index, r.columns]));
+      expect(indexColumns.get('durable_runs_tenant_id_id_unique')).toEqual(['tenant_id', 'id']);
       const never = await db.admin(`select count(*)::int as n from pg_class where relname = 'durable_runs' and reltuples < 0`);
       expect(never.rows[0].n).toBe(1);
       const found: string[] = [];
@@ -243,7 +268,7 @@ describe('plans that cannot grow with data', () => {
           const args = inlineStatement({ text: values.map((_, i) => `$${i + 1}`).join(', '), values });
           const { rows } = await app.query(`explain (format json) execute generic_plan(${args})`);
           planned++;
-          for (const walk of tenantWalks(rows[0]['QUERY PLAN'][0].Plan, uniqueColumns)) found.push(`${walk}:\n  ${sql.replace(/\s+/g, ' ').slice(0, 300)}`);
+          for (const walk of tenantWalks(rows[0]['QUERY PLAN'][0].Plan, uniqueColumns, indexColumns)) found.push(`${walk}:\n  ${sql.replace(/\s+/g, ' ').slice(0, 300)}`);
         } finally {
           await app.query('rollback');
           await app.query('deallocate all');
@@ -257,9 +282,12 @@ describe('plans that cannot grow with data', () => {
       // not a run's steps; the SLA timer now reaches its request from the run row it locks first, by
       // (tenant_id, run_id)), start_run's fallback read of an existing run by its idempotency hash
       // (run only when the submission already has its run), and the runtime's end of a run by id (a
-      // cancel, a failed run).
+      // cancel, a failed run). The approval requests' lists are not split like the runs' (partial
+      // indexes: durable-run.entity.ts), so their lookups by id are named here, one entry for them all;
+      // none of them is a step's. Every run statement is planned by key: the runs list's index over every
+      // run, walked this way, cost each step a walk of its tenant's runs (PostgreSQL CPU per run up two thirds).
       const exempt = (f: string) => EXEMPT.find((e) => e.walk.test(f) && e.sql.test(f.slice(f.indexOf(':\n') + 2).trim()))?.name ?? f;
-      expect(found.map(exempt).sort()).toEqual(EXEMPT.map((e) => e.name).sort());
+      expect([...new Set(found.map(exempt))].sort()).toEqual(EXEMPT.map((e) => e.name).sort());
     } finally {
       await app.end();
       await db.drop();

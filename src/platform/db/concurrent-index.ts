@@ -2,11 +2,17 @@ import pg from 'pg';
 import { Migration } from '@mikro-orm/migrations';
 import { pgClientConfig } from './pg-ssl.ts';
 
-/** A plain b-tree index: `columns` as pg_get_indexdef prints them (`tenant_id, created_at, id`). */
+/** A b-tree index: `columns` as pg_get_indexdef prints them (`tenant_id, created_at, id`). */
 export interface IndexSpec {
   name: string;
   table: string;
   columns: string;
+  /**
+   * A partial index's predicate, as pg_get_indexdef prints it after `WHERE` (parenthesized:
+   * `(status = ANY (ARRAY['pending'::text, 'running'::text]))`), which is also SQL PostgreSQL reads back:
+   * a valid index of this definition is recognized and kept.
+   */
+  where?: string;
 }
 
 /**
@@ -26,21 +32,25 @@ export interface IndexSpec {
  * connections): a build on a large table takes longer, and a cancelled build is only the INVALID
  * leftover above. Its waits hold up nobody.
  */
-export async function replaceIndexConcurrently(url: string, build: IndexSpec, drop?: string): Promise<void> {
+export async function replaceIndexConcurrently(url: string, build: IndexSpec | readonly IndexSpec[], drop?: string | readonly string[]): Promise<void> {
   const db = new pg.Client(pgClientConfig(url));
   await db.connect();
   try {
     await db.query(`set statement_timeout = 0`);
-    const { rows } = await db.query<{ valid: boolean; def: string; wanted: string }>(
-      `select i.indisvalid as valid, pg_get_indexdef(i.indexrelid) as def,
-              format('CREATE INDEX %s ON %s.%s USING btree (%s)', $1::text, current_schema(), $2::text, $3::text) as wanted
-         from pg_index i where i.indexrelid = to_regclass($1)`,
-      [build.name, build.table, build.columns],
-    );
-    const found = rows[0];
-    if (found && (!found.valid || found.def !== found.wanted)) await db.query(`drop index concurrently if exists "${build.name}"`);
-    await db.query(`create index concurrently if not exists "${build.name}" on "${build.table}" (${quoted(build.columns)})`);
-    if (drop) await db.query(`drop index concurrently if exists "${drop}"`);
+    // Every new index before any old one goes: queries are never left without one they can use.
+    for (const b of [build].flat()) {
+      const where = b.where ? ` WHERE ${b.where}` : '';
+      const { rows } = await db.query<{ valid: boolean; def: string; wanted: string }>(
+        `select i.indisvalid as valid, pg_get_indexdef(i.indexrelid) as def,
+                format('CREATE INDEX %s ON %s.%s USING btree (%s)%s', $1::text, current_schema(), $2::text, $3::text, $4::text) as wanted
+           from pg_index i where i.indexrelid = to_regclass($1)`,
+        [b.name, b.table, b.columns, where],
+      );
+      const found = rows[0];
+      if (found && (!found.valid || found.def !== found.wanted)) await db.query(`drop index concurrently if exists "${b.name}"`);
+      await db.query(`create index concurrently if not exists "${b.name}" on "${b.table}" (${quoted(b.columns)})${where}`);
+    }
+    for (const name of [drop ?? []].flat()) await db.query(`drop index concurrently if exists "${name}"`);
   } finally {
     await db.end();
   }
@@ -53,13 +63,14 @@ const quoted = (columns: string) =>
     .join(', ');
 
 /**
- * A migration that replaces one index of a large table by another, concurrently (replaceIndexConcurrently):
- * the new one built before the old one is dropped, so queries are never left without either; `down`
- * the other way round. Outside any transaction (migrator.ts runs it alone), so nothing else goes in it.
+ * A migration that replaces one index of a large table by another, or by several, concurrently
+ * (replaceIndexConcurrently): the new ones built before the old one is dropped, so queries are never
+ * left without either; `down` the other way round. Outside any transaction (migrator.ts runs it alone),
+ * so nothing else goes in it.
  */
 export abstract class IndexReplacementMigration extends Migration {
-  /** The index `up` builds. */
-  protected abstract readonly build: IndexSpec;
+  /** The index (or indexes) `up` builds. */
+  protected abstract readonly build: IndexSpec | readonly IndexSpec[];
   /** The index it replaces: `up` drops it, `down` builds it again. */
   protected abstract readonly replaces: IndexSpec;
 
@@ -72,6 +83,6 @@ export abstract class IndexReplacementMigration extends Migration {
   }
 
   override async down(): Promise<void> {
-    await replaceIndexConcurrently(this.config.get('clientUrl')!, this.replaces, this.build.name);
+    await replaceIndexConcurrently(this.config.get('clientUrl')!, this.replaces, [this.build].flat().map((b) => b.name));
   }
 }

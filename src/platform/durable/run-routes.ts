@@ -63,13 +63,17 @@ const SUMMARY_COLUMNS = 'tenant_id, id, status, correlation_id, step_count, crea
  * (an index-only range: never another workflow's runs, nor another status's, read and filtered out —
  * a tenant's few failed runs, or its few offboardings among a million golden-path runs, are read as
  * such), merged newest first and cut at the page size; only then are the page's rows and progress read.
- * The cursor is the same (created_at, id) position under any filter.
+ * The cursor is the same (created_at, id) position under any filter. That index is two partial ones
+ * (ended runs, active runs: durable-run.entity.ts), so each branch names its status as a literal, one
+ * of RUN_STATUSES: a plan cached for the statement, made without its parameters' values, proves its
+ * index's predicate all the same.
  */
 function listStatement(tenantId: string, workflow: string, query: { status?: RunStatus | undefined; cursor?: string | undefined; limit: number }): { sql: string; params: unknown[] } {
   const params: unknown[] = [];
   const branches = (query.status ? [query.status] : RUN_STATUSES).map((status) => {
+    if (!RUN_STATUSES.includes(status)) throw new Error(`not a run status: ${status}`);
     params.push(tenantId, workflow);
-    const where = pageWhere('tenant_id = ? and workflow = ?', params, { status, cursor: query.cursor, limit: query.limit });
+    const where = pageWhere(`tenant_id = ? and workflow = ? and status = '${status}'`, params, { cursor: query.cursor, limit: query.limit });
     return `(select created_at as k_at, id as k_id from durable_runs where ${where} order by created_at desc, id desc limit ?)`;
   });
   params.push(query.limit + 1, tenantId);
