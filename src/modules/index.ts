@@ -6,7 +6,7 @@ import type { Config } from '../platform/config/config.ts';
 import { inRunTrace, keepFromConfig, type DurableRuntime, type KeepJobs } from '../platform/durable/runtime.ts';
 import type { AdmissionControl, RouteDef } from '../platform/http/route.ts';
 import { deferDelayMs, type WorkflowDef } from '../platform/durable/workflow.ts';
-import { WorkflowVersionRetiredError, WorkflowVersionUnavailableError } from '../platform/durable/errors.ts';
+import { WorkflowVersionUnavailableError } from '../platform/durable/errors.ts';
 import { versionLabel } from '../platform/durable/registry.ts';
 import type { JobHandler } from '../platform/durable/worker-host.ts';
 import { tenantEm } from '../platform/db/tenant-em.ts';
@@ -182,17 +182,17 @@ export function jobHandlersFor(deps: {
       try {
         found = await tenantEm(deps.orm, data.tenant_id).transactional((tx) => approvals.expire(tx, data.tenant_id, data.run_id));
       } catch (e) {
-        // Retired (WORKFLOW_VERSIONS_RETIRED) is put off too, as ADR 0008 says: the expiry needs the
-        // version's definition, and the 409 a decision gets would otherwise spend the timer's attempts
-        // and fail it; cancelling the run ends both.
-        if (!(e instanceof WorkflowVersionUnavailableError || e instanceof WorkflowVersionRetiredError)) throw e;
+        // Not a retired version (WORKFLOW_VERSIONS_RETIRED): its run is expired without the definition
+        // (approvals.expire), since no worker will ever have it and putting the timer off would leave
+        // the run waiting for good (ADR 0008).
+        if (!(e instanceof WorkflowVersionUnavailableError)) throw e;
         // The run's workflow version is not registered here (a rolling deploy): nothing was written;
         // put the timer off for a worker that has it instead of spending its attempts (ADR 0008),
         // logged and counted as the executor does for run jobs.
         const delayMs = deferDelayMs(job.attemptsStarted);
         deps.onDeferred?.({ workflow: e.workflow, version: e.version });
         deps.logger?.warn(
-          { job_id: job.id, run_id: data.run_id, tenant_id: data.tenant_id, workflow: versionLabel(e.workflow, e.version), registered: deps.runtime.workflows.labels(), retired: e instanceof WorkflowVersionRetiredError, delay_ms: delayMs },
+          { job_id: job.id, run_id: data.run_id, tenant_id: data.tenant_id, workflow: versionLabel(e.workflow, e.version), registered: deps.runtime.workflows.labels(), delay_ms: delayMs },
           'SLA timer of a workflow version this worker does not register: put off for a worker that does',
         );
         await job.moveToDelayed(Date.now() + delayMs, job.token);

@@ -513,38 +513,53 @@ describe('retrying a failed run through the API', () => {
     }
   });
 
-  it("an SLA timer of a waiting run of a retired version is put off, not spent (ADR 0008): its expiry needs the version's definition, and cancelling ends both", { timeout: LONG }, async () => {
+  it("an SLA timer of a waiting run of a retired version expires it (ADR 0008): an expiry runs no step code, so the run ends approval_expired with one run.approval_expired event, its request expired at its deadline, and the timer completes", { timeout: LONG }, async () => {
+    // The tenant's endpoint for every terminal event of a run: the run's end inserts exactly one delivery (the outbox).
+    const events = ['run.completed', 'run.failed', 'run.cancelled', 'run.rejected', 'run.approval_expired'];
+    const hook = await api(stack, 'POST', '/api/v1/webhook-endpoints', { token: tok.admin!, body: { url: 'https://93.184.215.14/hook', events }, headers: { 'Idempotency-Key': randomUUID() } });
+    expect(hook.status, hook.text).toBe(201);
     host(control());
     const id = await submit(SAMPLE_SUBMISSION); // class B: waits for a human at step 3
     expect((await waitStatus(id, ['waiting', 'failed'])).status).toBe('waiting');
     await stack.db.admin(`update durable_runs set workflow_version = 7 where id = $1`, [id]);
-    await stack.db.admin(`update approval_requests set sla_deadline = now() - interval '1 second' where run_id = $1`, [id]);
-    const before = { run: await runRow(id), request: (await stack.db.admin(`select * from approval_requests where run_id = $1`, [id])).rows };
-    // The timer, due, in a queue of its own that no host serves, taken as a worker takes it (locked, with a token).
+    await stack.db.admin(`update approval_requests set sla_deadline = date_trunc('milliseconds', now()) - interval '1 second' where run_id = $1`, [id]);
+    const [{ tenant_id: runTenant }] = (await stack.db.admin(`select tenant_id from durable_runs where id = $1`, [id])).rows;
+    // The timer, due, in a queue of its own served by a worker of a deployment that declares v7 retired.
+    const retiring = await retiringApi();
+    const handlers = jobHandlersFor({ orm: stack.container.orm, runtime: retiring.container.runtime });
     const { Queue, Worker } = await import('bullmq');
     const name = `retired-sla-${randomUUID().slice(0, 8)}`;
     const timers = new Queue(name, { connection: stack.redis, prefix: stack.prefix });
-    const taker = new Worker(name, null, { connection: stack.redis.duplicate({ maxRetriesPerRequest: null }), prefix: stack.prefix });
-    const retiring = await retiringApi();
+    const worker = new Worker(name, (job) => handlers['approval-sla']!(job), { connection: stack.redis.duplicate({ maxRetriesPerRequest: null }), prefix: stack.prefix });
     try {
-      const [{ tenant_id: tenant }] = (await stack.db.admin(`select tenant_id from durable_runs where id = $1`, [id])).rows;
-      await timers.add('approval-sla', { tenant_id: tenant, run_id: id, hash: 'f'.repeat(64), deadline: new Date().toISOString() }, { attempts: 10 });
-      const token = randomUUID();
-      const timer = await waitFor(() => taker.getNextJob(token), { timeoutMs: 10_000, what: 'the timer to be taken' });
-      timer.token = token;
-      const handlers = jobHandlersFor({ orm: stack.container.orm, runtime: retiring.container.runtime });
-      const outcome = await handlers['approval-sla']!(timer).then(() => undefined, (e: Error) => e);
-      expect(outcome?.name, String(outcome)).toBe('DelayedError');
-      expect(await timers.getJobState(timer.id!)).toBe('delayed');
-      expect((await timers.getJob(timer.id!))!.attemptsMade).toBe(0);
-      expect(await runRow(id)).toEqual(before.run);
-      expect((await stack.db.admin(`select * from approval_requests where run_id = $1`, [id])).rows).toEqual(before.request);
+      const timer = await timers.add('approval-sla', { tenant_id: runTenant, run_id: id, hash: 'f'.repeat(64), deadline: new Date().toISOString() }, { attempts: 10 });
+      // Ended, or put off (moved to delayed): either is what the worker did with it.
+      const state = await waitFor(
+        async () => {
+          const s = await timers.getJobState(timer.id!);
+          return ['completed', 'failed', 'delayed'].includes(s) ? s : undefined;
+        },
+        { what: 'the timer to be completed, failed or put off' },
+      );
+      expect(state).toBe('completed');
+      expect((await timers.getJob(timer.id!))!.returnvalue).toEqual({ outcome: 'expired' });
+      const run = await runRow(id);
+      expect(run).toMatchObject({ status: 'approval_expired', error: null, workflow_version: 7 });
+      expect(run.completed_at).not.toBeNull();
+      const [request] = (await stack.db.admin(`select status, decided_at = sla_deadline as at_deadline from approval_requests where run_id = $1`, [id])).rows;
+      expect(request).toEqual({ status: 'expired', at_deadline: true });
+      const [packet] = (await stack.db.admin(`select status, output->>'outcome' as outcome from durable_checkpoints where run_id = $1 and step_name = $2`, [id, STEPS[2]])).rows;
+      expect(packet).toEqual({ status: 'completed', outcome: 'expired' });
+      const deliveries = (await stack.db.admin(`select event_type from webhook_deliveries where endpoint_id = $1 and payload->'data'->>'run_id' = $2`, [hook.json.id, id])).rows;
+      expect(deliveries).toEqual([{ event_type: 'run.approval_expired' }]);
+      expect((await api(stack, 'GET', `/api/v1/golden-path/runs/${id}`, { token: tok.submitter! })).json).toMatchObject({ status: 'approval_expired' });
     } finally {
-      await retiring.stop();
-      await taker.close();
+      await worker.close();
       await timers.obliterate({ force: true });
       await timers.close();
-      await cancel(id);
+      await retiring.stop();
+      await api(stack, 'DELETE', `/api/v1/webhook-endpoints/${hook.json.id}`, { token: tok.admin!, headers: { 'Idempotency-Key': randomUUID() } });
+      await cancel(id); // left waiting, were the expiry refused
     }
   });
 

@@ -22,6 +22,9 @@ const DECIDED_EVENT = `select d.tenant_id, ?::text as type, ?::jsonb || jsonb_bu
 
 const SUBMITTER_CANNOT_DECIDE = 'The submitter of a run cannot approve or reject it.';
 
+/** The approval step as this module defines it in every version (approval-packet.step.ts): what an expiry needs of it. */
+const APPROVAL_PACKET = { name: APPROVAL_PACKET_STEP, output: approvalPacketSchema };
+
 interface ApprovalRow {
   id: string;
   tenant_id: string;
@@ -189,7 +192,10 @@ export class ApprovalService {
       // With the decisions made before the deadline (a class C request's first approval): what the request shows.
       const decisions = (await decisionsOf(em, tenantId, req.id)).map(decisionRecord);
       // After the commit: the run's `run.approval_expired` webhook deliveries are sent (ADR 0013).
-      afterCommit = await this.runtime.resume(em, runId, seq, { ...packet, outcome: 'expired', decisions }, { finalStatus: 'approval_expired' });
+      // The run ends here and no step code runs, so a run of a retired version (WORKFLOW_VERSIONS_RETIRED,
+      // whose definition no process will ever have) is expired too, its packet checked by this step's own
+      // output schema (ADR 0008): putting its timer off could never succeed, and left the run waiting.
+      afterCommit = await this.runtime.resume(em, runId, seq, { ...packet, outcome: 'expired', decisions }, { finalStatus: 'approval_expired', step: APPROVAL_PACKET });
     } catch (e) {
       if (e instanceof RunNotActiveError) return { outcome: 'not_pending' };
       throw e;

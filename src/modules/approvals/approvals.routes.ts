@@ -97,7 +97,7 @@ export function approvalRoutes(deps: { approvals: ApprovalService }): RouteDef[]
         200: { description: 'Decision recorded', schema: decisionResult },
         403: { description: 'Not an approver, or the submitter' },
         404: { description: 'No such approval request for this tenant' },
-        409: { description: 'Already decided (approval_decided), expired (approval_expired), this approver already decided (approver_already_decided), withdrawn: its run was cancelled (run_not_active), its run was removed by run retention (run_deleted), or the workflow version of its run is retired for good (workflow_version_retired: the run cannot move on; cancel it)' },
+        409: { description: 'Already decided (approval_decided), expired (approval_expired), this approver already decided (approver_already_decided), withdrawn: its run was cancelled (run_not_active), its run was removed by run retention (run_deleted), or the workflow version of its run is retired for good (workflow_version_retired: the run cannot move on; cancel it, or its SLA deadline expires it)' },
         503: {
           description: "The run's workflow version is not registered on this instance, nor declared retired (a deploy in progress): the decision is not recorded; retry after Retry-After (code: workflow_version_unavailable)",
         },

@@ -9,7 +9,7 @@ import { DEFER_UNTIL_NEXT, LAST_IN_TRANSACTION } from '../db/coalescing-client.t
 import { withRunCorrelation } from '../telemetry/correlation-span-processor.ts';
 import { ACTIVE_RUN_STATUSES, type RunStatus } from './durable-run.entity.ts';
 import type { CheckpointStatus } from './durable-checkpoint.entity.ts';
-import { STEP_BACKOFF, jobAttempts, retryOf, segmentStart, type WorkflowDef } from './workflow.ts';
+import { STEP_BACKOFF, jobAttempts, retryOf, segmentStart, type StepDef, type WorkflowDef } from './workflow.ts';
 import { WorkflowRegistry, versionLabel } from './registry.ts';
 import { RunNotActiveError, RunNotFailedError, RunNotRetryableError, WorkflowVersionRetiredError, WorkflowVersionUnavailableError } from './errors.ts';
 import { EMITTED_EVENTS, OUTBOX_IDS, RUN_ENDED_COLUMNS, RUN_ENDED_EVENTS, outboxCte, type OutboxEvent } from '../webhooks/outbox.ts';
@@ -561,16 +561,31 @@ export class DurableRuntime {
    * (validated by the step's schema), moves the run on, and returns a function that enqueues the
    * remaining steps; call it after the transaction commits. A run that does not wait there is refused,
    * and so is a run of a version this process does not register (WorkflowVersionUnavailableError, 503:
-   * the transaction rolls back and the caller retries, on an instance that has it).
+   * the transaction rolls back and the caller retries, on an instance that has it), or one declared
+   * retired (WorkflowVersionRetiredError, 409) — except for an ending that runs no step code: a
+   * terminal `finalStatus` with `opts.step`, the waiting step as the caller knows it (its name and
+   * output schema), ends a run of a retired version there without its definition (ADR 0008: an SLA
+   * expiry; no process will ever have the definition, so waiting for one would leave the run waiting).
    */
-  async resume(em: EntityManager, runId: string, sequenceNum: number, output: unknown, opts: { finalStatus?: RunStatus } = {}): Promise<() => Promise<void>> {
+  async resume(
+    em: EntityManager,
+    runId: string,
+    sequenceNum: number,
+    output: unknown,
+    opts: { finalStatus?: RunStatus; step?: Pick<StepDef, 'name' | 'output'> } = {},
+  ): Promise<() => Promise<void>> {
     const [run] = await em.execute<RunRow[]>(`select ${RUN_COLUMNS} from durable_runs where id = ? for update`, [runId]);
     if (!run) throw new Error(`run ${runId} not found`);
     // Locked above: a cancel that committed first is seen here, and the run is never moved on from it.
     if (run.status !== 'waiting') throw new RunNotActiveError(run.id, run.status);
-    const wf = this.definition(run.workflow, run.workflow_version, run);
-    const step = wf.steps[sequenceNum - 1];
-    if (!step) throw new Error(`workflow ${wf.name} has no step ${sequenceNum}`);
+    const isTerminal = (s: RunStatus) => !(ACTIVE_RUN_STATUSES as readonly string[]).includes(s);
+    // A version merely not registered here still needs its definition: another process has it (a
+    // deploy), and checks the step is where that version places it. A retired one's ending does with
+    // the caller's step: no process will ever have the definition.
+    const endsRetired = opts.finalStatus !== undefined && isTerminal(opts.finalStatus) && opts.step !== undefined && this.workflows.retired(run.workflow, run.workflow_version);
+    const wf = endsRetired ? undefined : this.definition(run.workflow, run.workflow_version, run);
+    const step = wf ? wf.steps[sequenceNum - 1] : opts.step;
+    if (!step) throw new Error(`workflow ${run.workflow} has no step ${sequenceNum}`);
     const parsed = step.output.parse(output);
     const res = (await em.execute(
       `update durable_checkpoints set status = 'completed', output = ?::jsonb, completed_at = now(), updated_at = now()
@@ -579,9 +594,9 @@ export class DurableRuntime {
       'run',
     )) as { affectedRows?: number };
     if (!res.affectedRows) throw new Error(`run ${runId} is not waiting at step ${sequenceNum}`);
-    const last = sequenceNum === wf.steps.length;
+    const last = sequenceNum === wf?.steps.length;
     const status: RunStatus = opts.finalStatus ?? (last ? 'completed' : 'running');
-    const terminal = !(ACTIVE_RUN_STATUSES as readonly string[]).includes(status);
+    const terminal = isTerminal(status);
     const update = `update durable_runs set sequence_num = greatest(sequence_num, ?), status = ?, updated_at = now() ${terminal ? ', completed_at = now()' : ''} where id = ?`;
     if (!terminal) {
       await em.execute(update, [sequenceNum, status, runId], 'run');
