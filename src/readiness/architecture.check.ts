@@ -13,8 +13,24 @@ import { scanSource, type ScannedFile } from './import-scan.ts';
  *   lives in modules and reaches an entrypoint only through the composition root (src/container.ts).
  * - index-migration: a migration from CONCURRENT_INDEXES_SINCE on builds no index on a table of
  *   LARGE_TABLES with a plain CREATE INDEX, which holds off every write of the table while it reads it,
- *   inside the migrations' transaction; it builds it concurrently (src/platform/db/concurrent-index.ts;
- *   docs/runbook.md, *Migrate (outside a deploy)*). The earlier migrations have run as they are.
+ *   inside the migrations' transaction; nor with ALTER TABLE … ADD UNIQUE / PRIMARY KEY / EXCLUDE (an
+ *   ACCESS EXCLUSIVE lock, reads too, for the whole build; `… USING INDEX` of an index built
+ *   concurrently is allowed); and drops none of their indexes with a plain DROP INDEX, whose ACCESS
+ *   EXCLUSIVE lock holds off every read and write of the table until the migrations commit. It builds
+ *   and drops them concurrently (src/platform/db/concurrent-index.ts; docs/runbook.md, *Migrate
+ *   (outside a deploy)*). The earlier migrations have run as they are; a table created in the same
+ *   migration is empty, and its indexes are built (and dropped) with it.
+ *   A DROP INDEX names only the index: its table is the one the migrations (any of them, `up` or
+ *   `down`) last built an index of that name on (CREATE INDEX, a named UNIQUE / PRIMARY KEY / EXCLUDE
+ *   constraint, an IndexSpec `{ name, table }`), else the longest known table (LARGE_TABLES and the
+ *   migrations' CREATE TABLEs) its name starts with followed by `_` — the `<table>_…` names of the
+ *   entities, of MikroORM's generated ones and of PostgreSQL's own (`<table>_<column>_idx`). Not seen:
+ *   an index built outside the migrations under another name, one renamed (ALTER INDEX … RENAME), a name
+ *   only known at run time (`drop index "${name}"`). The snapshot is not read: it holds the schema
+ *   after the newest migration, without the very index that migration drops.
+ *   ALTER TABLE … DROP CONSTRAINT (a unique constraint's index with it) is not reported: it has no
+ *   concurrent form, and its lock is that of every other ALTER TABLE (ADD COLUMN) of a migration.
+ *   A text check, as the others: it reads comments as statements.
  */
 export const ENTRYPOINT_MAX_LINES = 60;
 export const ENV_ALLOWED = ['src/platform/config/config.ts', 'vitest.config.ts'];
@@ -25,6 +41,18 @@ export const LARGE_TABLES = ['approval_decisions', 'approval_requests', 'durable
 export const CONCURRENT_INDEXES_SINCE = 'Migration20261205032101';
 /** `create [unique] index [[if not exists] <name>] on [only] <table>`, not concurrently; group 1 the table. The name is optional in PostgreSQL. */
 const PLAIN_CREATE_INDEX = /\bcreate\s+(?:unique\s+)?index\s+(?!concurrently\b)(?:(?:if\s+not\s+exists\s+)?"?\w+"?\s+)?on\s+(?:only\s+)?"?(?:public"?\."?)?(\w+)"?/gi;
+/** `drop index [if exists] <name>[, <name>…]`, not concurrently; group 1 the (possibly schema-qualified, quoted) names. */
+const PLAIN_DROP_INDEX = /\bdrop\s+index\s+(?!concurrently\b)(?:if\s+exists\s+)?((?:"?\w+"?\.)?"?\w+"?(?:\s*,\s*(?:"?\w+"?\.)?"?\w+"?)*)/gi;
+/** Any `create [unique] index [concurrently] [if not exists] <name> on <table>`: group 1 the index, group 2 the table. */
+const NAMED_INDEX = /\bcreate\s+(?:unique\s+)?index\s+(?:concurrently\s+)?(?:if\s+not\s+exists\s+)?"?(\w+)"?\s+on\s+(?:only\s+)?"?(?:public"?\."?)?(\w+)"?/gi;
+/** `create table` or `alter table` up to the statement's end: group 1 the verb, group 2 the table, group 3 the rest. */
+const TABLE_STATEMENT = /\b(create|alter)\s+table\s+(?:if\s+(?:not\s+)?exists\s+)?(?:only\s+)?"?(?:public"?\."?)?(\w+)"?([^;]*)/gi;
+/** A constraint that builds an index, named: group 1 the name (the index's too). */
+const NAMED_KEY = /\bconstraint\s+"?(\w+)"?\s+(?:unique|primary\s+key|exclude)\b/gi;
+/** In an ALTER TABLE, a constraint that builds its index under the table's ACCESS EXCLUSIVE lock (not `… using index <one built concurrently>`). */
+const LOCKING_KEY = /(?<!["\w])(unique|primary\s+key|exclude)\b(?!\s+using\s+index\b)/gi;
+/** IndexReplacementMigration's specs: `name: '…', table: '…'`. */
+const INDEX_SPEC = /\bname:\s*['"`](\w+)['"`],\s*table:\s*['"`](\w+)['"`]/g;
 const IGNORED_DIRS = new Set(['node_modules', 'dist', '.git', 'artifacts', 'coverage']);
 
 export interface Violation {
@@ -73,7 +101,8 @@ export function checkArchitecture(root: string): ArchitectureResult {
   const texts = new Map(files.map((f) => [f, readFileSync(join(root, f), 'utf8')]));
   const scanned = new Map<string, ScannedFile>(files.map((f) => [f, scanSource(f, texts.get(f)!)]));
   const violations: Violation[] = [];
-  for (const [file, text] of texts) if (isHeldMigration(file)) violations.push(...plainIndexBuilds(file, text));
+  const indexes = knownIndexes(texts);
+  for (const [file, text] of texts) if (isHeldMigration(file)) violations.push(...lockingIndexStatements(file, text, indexes));
   const graph = new Map<string, Array<{ to: string; line: number }>>();
   for (const [file, s] of scanned) {
     const edges: Array<{ to: string; line: number }> = [];
@@ -101,17 +130,63 @@ export function checkArchitecture(root: string): ArchitectureResult {
   return { files: files.length, violations };
 }
 
-const isHeldMigration = (f: string) => /^migrations\/Migration\d{14}[^/]*\.ts$/.test(f) && f.slice('migrations/'.length) >= CONCURRENT_INDEXES_SINCE;
+const isMigration = (f: string) => /^migrations\/Migration\d{14}[^/]*\.ts$/.test(f);
+const isHeldMigration = (f: string) => isMigration(f) && f.slice('migrations/'.length) >= CONCURRENT_INDEXES_SINCE;
+const lineAt = (text: string, index: number) => text.slice(0, index).split('\n').length;
 
-function plainIndexBuilds(file: string, text: string): Violation[] {
-  return [...text.matchAll(PLAIN_CREATE_INDEX)]
-    .filter((m) => LARGE_TABLES.includes(m[1]!.toLowerCase()))
-    .map((m) => ({
-      rule: 'index-migration' as const,
-      file,
-      line: text.slice(0, m.index).split('\n').length,
-      detail: `builds an index on ${m[1]} with a plain CREATE INDEX, holding off its writes: build it concurrently, in a migration of its own (replaceIndexConcurrently, src/platform/db/concurrent-index.ts)`,
-    }));
+interface KnownIndexes {
+  /** Index name → the table the migrations last built it on, and the migration's file name. */
+  built: Map<string, { table: string; by: string }>;
+  /** LARGE_TABLES and every table a migration creates, longest first (the longest prefix wins). */
+  tables: string[];
+}
+
+/** Which table each index belongs to, from every migration's text (a DROP INDEX names only the index). */
+function knownIndexes(texts: Map<string, string>): KnownIndexes {
+  const built = new Map<string, { table: string; by: string }>();
+  const tables = new Set(LARGE_TABLES);
+  for (const [file, text] of texts) {
+    if (!isMigration(file)) continue;
+    const by = file.slice('migrations/'.length);
+    for (const m of text.matchAll(NAMED_INDEX)) built.set(m[1]!.toLowerCase(), { table: m[2]!.toLowerCase(), by });
+    for (const m of text.matchAll(INDEX_SPEC)) built.set(m[1]!.toLowerCase(), { table: m[2]!.toLowerCase(), by });
+    for (const m of text.matchAll(TABLE_STATEMENT)) {
+      if (m[1]!.toLowerCase() === 'create') tables.add(m[2]!.toLowerCase());
+      for (const k of m[3]!.matchAll(NAMED_KEY)) built.set(k[1]!.toLowerCase(), { table: m[2]!.toLowerCase(), by });
+    }
+  }
+  return { built, tables: [...tables].sort((a, b) => b.length - a.length) };
+}
+
+function indexTable(name: string, { built, tables }: KnownIndexes): { table: string; by: string } | undefined {
+  const table = tables.find((t) => name.startsWith(`${t}_`));
+  return built.get(name) ?? (table ? { table, by: 'by its name' } : undefined);
+}
+
+function lockingIndexStatements(file: string, text: string, indexes: KnownIndexes): Violation[] {
+  const found: Array<{ index: number; detail: string }> = [];
+  // A table this migration creates is empty while it runs: its indexes go with it, as generated.
+  const createdHere = new Set([...text.matchAll(TABLE_STATEMENT)].filter((m) => m[1]!.toLowerCase() === 'create').map((m) => m[2]!.toLowerCase()));
+  const large = (table: string) => LARGE_TABLES.includes(table.toLowerCase()) && !createdHere.has(table.toLowerCase());
+  const own = 'in a migration of its own (replaceIndexConcurrently, src/platform/db/concurrent-index.ts)';
+  for (const m of text.matchAll(PLAIN_CREATE_INDEX)) {
+    if (large(m[1]!)) found.push({ index: m.index, detail: `builds an index on ${m[1]} with a plain CREATE INDEX, holding off its writes: build it concurrently, ${own}` });
+  }
+  for (const m of text.matchAll(TABLE_STATEMENT)) {
+    if (m[1]!.toLowerCase() !== 'alter' || !large(m[2]!)) continue;
+    const rest = m.index + m[0].length - m[3]!.length;
+    for (const k of m[3]!.matchAll(LOCKING_KEY)) {
+      found.push({ index: rest + k.index, detail: `builds a unique index on ${m[2]} with ALTER TABLE … ADD, locking out its reads and writes: build the index concurrently, ${own}, then ADD CONSTRAINT … USING INDEX` });
+    }
+  }
+  for (const m of text.matchAll(PLAIN_DROP_INDEX)) {
+    for (const name of m[1]!.split(',').map((n) => n.replace(/"/g, '').trim().split('.').pop()!.toLowerCase())) {
+      const owner = indexTable(name, indexes);
+      if (!owner || !large(owner.table)) continue;
+      found.push({ index: m.index, detail: `drops ${name}, an index of ${owner.table} (${owner.by}), with a plain DROP INDEX, locking out its reads and writes until the migrations commit: drop it concurrently, ${own}` });
+    }
+  }
+  return found.sort((a, b) => a.index - b.index).map(({ index, detail }) => ({ rule: 'index-migration' as const, file, line: lineAt(text, index), detail }));
 }
 
 /** Tarjan's strongly connected components; each component larger than one file (or a self-import) is reported once, as a concrete cycle. */

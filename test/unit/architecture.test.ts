@@ -126,8 +126,68 @@ describe('architecture check', () => {
       'migrations/Migration20261202062557_approvals_newest_first_index.ts': 'this.addSql(`create index "approval_requests_tenant_created_index" on "approval_requests" ("tenant_id", "created_at");`);\n',
     });
     const found = checkArchitecture(root).violations.filter((v) => v.rule === 'index-migration');
-    expect(found.map((v) => `${v.file}:${v.line}`)).toEqual([`${held}:2`, `${held}:4`, `${later}:3`, `${later}:4`]);
+    // Line 3 drops a runs index with a plain DROP INDEX (the next test).
+    expect(found.map((v) => `${v.file}:${v.line}`)).toEqual([`${held}:2`, `${held}:3`, `${held}:4`, `${later}:3`, `${later}:4`]);
     expect(found[0]!.detail).toMatch(/^builds an index on durable_runs with a plain CREATE INDEX/);
+  });
+
+  it("fails a held migration that drops a large table's index with a plain DROP INDEX, telling the table by the migrations that built the index or else by its name", () => {
+    const held = `migrations/${CONCURRENT_INDEXES_SINCE}_run_list_workflow_status_index.ts`;
+    const later = 'migrations/Migration20270101000000_later.ts';
+    const root = tree({
+      ...CLEAN,
+      // As MikroORM generates it, and the other forms PostgreSQL reads.
+      [held]: [
+        "import { Migration } from '@mikro-orm/migrations';",
+        'this.addSql(\'drop index "durable_runs_tenant_created_index";\');',
+        'this.addSql(`DROP INDEX IF EXISTS public.approval_requests_tenant_status_index, "webhook_endpoints_tenant_created_index";`);',
+        'this.addSql(`drop index "runs_by_tenant";`);',
+      ].join('\n'),
+      // Concurrently, a small table's index, one of a small table whose name starts with a large one's, a name the rule cannot place.
+      [later]: [
+        'this.addSql(`drop index concurrently if exists "durable_runs_tenant_created_index";`);',
+        'this.addSql(`drop index "webhook_endpoints_tenant_created_index";`);',
+        'this.addSql(`drop index "durable_runs_archive_created_index";`);',
+        'this.addSql(`drop index "idx_something";`);',
+      ].join('\n'),
+      // Earlier migrations are not held, but tell which table an index belongs to.
+      'migrations/Migration20261124000457_initial.ts': [
+        'this.addSql(`create index "runs_by_tenant" on "durable_runs" ("tenant_id");`);',
+        'this.addSql(`create table "durable_runs_archive" ("id" uuid not null, "created_at" timestamptz not null, constraint "durable_runs_archive_pkey" primary key ("id"));`);',
+        'this.addSql(`drop index "durable_checkpoints_tenant_id_index";`);',
+      ].join('\n'),
+    });
+    const found = checkArchitecture(root).violations.filter((v) => v.rule === 'index-migration');
+    expect(found.map((v) => `${v.file}:${v.line}`)).toEqual([`${held}:2`, `${held}:3`, `${held}:4`]);
+    expect(found[0]!.detail).toMatch(/^drops durable_runs_tenant_created_index, an index of durable_runs \(by its name\), with a plain DROP INDEX/);
+    expect(found[1]!.detail).toMatch(/^drops approval_requests_tenant_status_index, an index of approval_requests/);
+    expect(found[2]!.detail).toMatch(/^drops runs_by_tenant, an index of durable_runs \(Migration20261124000457_initial\.ts\), with a plain DROP INDEX/);
+  });
+
+  it('fails a held migration that builds a unique index or primary key on a large table with ALTER TABLE … ADD, but not one that adopts an index built concurrently, nor a new table', () => {
+    const held = `migrations/${CONCURRENT_INDEXES_SINCE}_natural_keys.ts`;
+    const created = 'migrations/Migration20270101000000_webhook_deliveries.ts';
+    const root = tree({
+      ...CLEAN,
+      [held]: [
+        'this.addSql(`alter table "durable_runs" add constraint "durable_runs_tenant_key_unique" unique ("tenant_id", "key");`);',
+        'this.addSql(`alter table only public.durable_checkpoints add primary key ("tenant_id", "run_id", "sequence_num");`);',
+        'this.addSql(`alter table "durable_runs" add constraint "durable_runs_natural_pkey" primary key using index "durable_runs_natural_key";`);',
+        'this.addSql(`alter table "durable_runs" drop constraint "durable_runs_tenant_id_id_unique";`);',
+        'this.addSql(`alter table "webhook_endpoints" add constraint "webhook_endpoints_url_unique" unique ("url");`);',
+        'this.addSql(`alter table "durable_runs" add "crash_seq" int null;`);',
+      ].join('\n'),
+      // A table created in the same migration is empty: its indexes and keys go with it, as generated.
+      [created]: [
+        'this.addSql(`create table "webhook_deliveries" ("id" uuid not null, "tenant_id" uuid not null, constraint "webhook_deliveries_pkey" primary key ("id"));`);',
+        'this.addSql(`create index "webhook_deliveries_tenant_id_index" on "webhook_deliveries" ("tenant_id");`);',
+        'this.addSql(`alter table "webhook_deliveries" add constraint "webhook_deliveries_tenant_id_id_unique" unique ("tenant_id", "id");`);',
+        'this.addSql(`drop index "webhook_deliveries_tenant_id_index";`);',
+      ].join('\n'),
+    });
+    const found = checkArchitecture(root).violations.filter((v) => v.rule === 'index-migration');
+    expect(found.map((v) => `${v.file}:${v.line}`)).toEqual([`${held}:1`, `${held}:2`]);
+    expect(found[0]!.detail).toMatch(/^builds a unique index on durable_runs with ALTER TABLE … ADD, locking out/);
   });
 
   it('formats each violation with file, line, rule and the offending import', () => {
