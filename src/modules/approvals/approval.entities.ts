@@ -3,6 +3,8 @@ import { tenantIdProperty, tenantIsolationPolicy } from '../../platform/db/tenan
 
 export const APPROVAL_STATUSES = ['pending', 'approved', 'rejected', 'expired', 'withdrawn'] as const;
 export type ApprovalStatus = (typeof APPROVAL_STATUSES)[number];
+/** Every status but `pending`: a request that is no longer open work. */
+export const DECIDED_STATUSES = APPROVAL_STATUSES.filter((s) => s !== 'pending');
 
 /** Step 3's durable wait: one approval request per run, with its class and SLA deadline. */
 export const ApprovalRequest = defineEntity({
@@ -24,10 +26,21 @@ export const ApprovalRequest = defineEntity({
   },
   uniques: [{ name: 'approval_requests_tenant_run_unique', properties: ['tenantId', 'runId'] }],
   indexes: [
-    // The approvals list, newest first within the tenant, a page at a time by (created_at, id) keyset:
-    // the id completes each index's order, so a page is read in index order without a sort.
-    { name: 'approval_requests_tenant_status_created_index', properties: ['tenantId', 'status', 'createdAt', 'id'] },
-    { name: 'approval_requests_tenant_created_id_index', properties: ['tenantId', 'createdAt', 'id'] },
+    // The approvals list, newest first within the tenant, a page at a time by (created_at, id) keyset,
+    // one range per status merged in order (approvals.routes.ts): the id completes each index's order,
+    // so a page is read in index order without a sort. Partial, pending requests (the open work) and
+    // decided ones, never one over every request: a tenant-leading index that holds every row is one a
+    // statement naming a request by id can be planned onto on a table without statistics (`id` tested
+    // behind `created_at`, the tenant's requests walked), as the durable_runs list's was
+    // (durable-run.entity.ts). Statements naming one request test no status, or `status || ''`.
+    { name: 'approval_requests_tenant_pending_index', properties: ['tenantId', 'createdAt', 'id'], where: "status = 'pending'" },
+    { name: 'approval_requests_tenant_decided_index', properties: ['tenantId', 'status', 'createdAt', 'id'], where: `status in (${DECIDED_STATUSES.map((s) => `'${s}'`).join(', ')})` },
+    // A request by id (a decision, its view, an SLA expiry), within its tenant. Partial on a predicate
+    // every such statement proves (`id = …` is strict) and a statement naming the request by its run
+    // does not: on a table without statistics an equality on tenant_id costs what a key costs, and the
+    // newest index the planner can use wins the tie — this one for the lookups by id (over
+    // approval_requests_tenant_run_unique, which they could walk by tenant alone), never for those by run.
+    { name: 'approval_requests_tenant_id_id_index', properties: ['tenantId', 'id'], where: 'id is not null' },
   ],
   rowLevelSecurity: 'force',
   policies: [tenantIsolationPolicy('approval_requests')],

@@ -23,31 +23,39 @@ const approvalColumns = `id, run_id, approval_class, required_approvals,
 
 type ListQuery = { status?: ApprovalStatus | undefined; cursor?: string | undefined; limit: number };
 
-/** A page of the tenant's requests newest first, `cond` (and a stored `status`, if given) on top; the values appended to `params`. */
-function pageOf(params: unknown[], tenantId: string, query: ListQuery, cond = '', status?: ApprovalStatus): string {
+/**
+ * A page of the tenant's requests of one stored status, newest first, `cond` on top; the values
+ * appended to `params`. The status is a literal, one of APPROVAL_STATUSES: the list's indexes are
+ * partial (pending, decided: approval.entities.ts), and a plan cached for the statement, made without
+ * its parameters' values, proves its index's predicate all the same.
+ */
+function pageOf(params: unknown[], tenantId: string, query: ListQuery, status: ApprovalStatus, cond = ''): string {
+  if (!APPROVAL_STATUSES.includes(status)) throw new Error(`not an approval status: ${status}`);
   params.push(tenantId);
-  const where = pageWhere(`tenant_id = ?${cond}`, params, { cursor: query.cursor, limit: query.limit, status });
+  const where = pageWhere(`tenant_id = ? and status = '${status}'${cond}`, params, { cursor: query.cursor, limit: query.limit });
   return `select ${approvalColumns} from approval_requests where ${where} order by created_at desc, id desc limit ?`;
 }
 
 /**
- * The list statement, filtered by the status a request reads. Every filter bounds the stored status,
- * so a page is read from (tenant_id, status, created_at, id) in index order and the cursor is the same
- * (created_at, id) keyset: `pending` leaves the overdue out by a filter on the deadline; `expired` is
- * two ranges, the stored `expired` (a page in index order) and the overdue `pending` (the tenant's
- * pending requests, filtered: its open work, never its history), merged newest first, each cut at the
- * page size (docs/api.md).
+ * The list statement, filtered by the status a request reads. Every branch bounds the stored status,
+ * so each is a page read from its status's range of a partial index in index order, and the cursor is
+ * the same (created_at, id) keyset: `pending` leaves the overdue out by a filter on the deadline;
+ * `expired` is two ranges, the stored `expired` and the overdue `pending` (the tenant's pending
+ * requests, filtered: its open work, never its history); no filter, one range per status. Ranges are
+ * merged newest first (a merge of ordered branches, which reads each only as far as the page needs),
+ * each cut at the page size (docs/api.md).
  */
 function listStatement(tenantId: string, query: ListQuery): { sql: string; params: unknown[] } {
   const params: unknown[] = [];
-  if (query.status === 'expired') {
-    const stored = pageOf(params, tenantId, query, '', 'expired');
-    const overdue = pageOf(params, tenantId, query, ` and sla_deadline <= now()`, 'pending');
-    params.push(query.limit + 1);
-    return { sql: `select * from ((${stored}) union all (${overdue})) page order by created_at desc, id desc limit ?`, params };
-  }
-  if (query.status === 'pending') return { sql: pageOf(params, tenantId, query, ` and (sla_deadline is null or sla_deadline > now())`, 'pending'), params };
-  return { sql: pageOf(params, tenantId, query, '', query.status), params };
+  const pages =
+    query.status === 'expired'
+      ? [pageOf(params, tenantId, query, 'expired'), pageOf(params, tenantId, query, 'pending', ` and sla_deadline <= now()`)]
+      : query.status === 'pending'
+        ? [pageOf(params, tenantId, query, 'pending', ` and (sla_deadline is null or sla_deadline > now())`)]
+        : (query.status ? [query.status] : APPROVAL_STATUSES).map((status) => pageOf(params, tenantId, query, status));
+  if (pages.length === 1) return { sql: pages[0]!, params };
+  params.push(query.limit + 1);
+  return { sql: `select * from (${pages.map((p) => `(${p})`).join(' union all ')}) page order by created_at desc, id desc limit ?`, params };
 }
 
 export function approvalRoutes(deps: { approvals: ApprovalService }): RouteDef[] {

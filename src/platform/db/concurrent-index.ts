@@ -63,23 +63,23 @@ const quoted = (columns: string) =>
     .join(', ');
 
 /**
- * A migration that replaces one index of a large table by another, or by several, concurrently
- * (replaceIndexConcurrently): the new ones built before the old one is dropped, so queries are never
- * left without either; `down` the other way round. Outside any transaction (migrator.ts runs it alone),
+ * A migration that replaces one index of a large table (or several) by another, or by several,
+ * concurrently (replaceIndexConcurrently): the new ones built before the old ones are dropped, so
+ * queries are never left without either; `down` the other way round. Outside any transaction (migrator.ts runs it alone),
  * so nothing else goes in it.
  */
 export abstract class IndexReplacementMigration extends Migration {
   /** The index (or indexes) `up` builds. */
   protected abstract readonly build: IndexSpec | readonly IndexSpec[];
-  /** The index it replaces: `up` drops it, `down` builds it again. */
-  protected abstract readonly replaces: IndexSpec;
+  /** The index (or indexes) it replaces: `up` drops them, `down` builds them again. */
+  protected abstract readonly replaces: IndexSpec | readonly IndexSpec[];
 
   override isTransactional(): boolean {
     return false;
   }
 
   override async up(): Promise<void> {
-    await replaceIndexConcurrently(this.config.get('clientUrl')!, this.build, this.replaces.name);
+    await replaceIndexConcurrently(this.config.get('clientUrl')!, this.build, [this.replaces].flat().map((r) => r.name));
   }
 
   override async down(): Promise<void> {
