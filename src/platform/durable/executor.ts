@@ -468,7 +468,9 @@ export class StepExecutor {
       attempt,
       runStatus,
       runOutput,
-      leaseOwner: this.o.workerId,
+      // A waiting run has no holder: the job that carries it on names its own holder only by a commit, and
+      // a crash before it is then counted rather than taken for a lapse of this worker's (ADR 0016, amendment).
+      leaseOwner: waiting ? undefined : this.o.workerId,
       leaseMs: this.o.leaseMs,
       // The last statement before commit: it travels with the commit (one round trip for both).
       beforeCommit: true,
@@ -496,8 +498,9 @@ export class StepExecutor {
    * of the step the run is at, its first without a completed checkpoint, in PostgreSQL, if the worker
    * that held the job died (SIGKILL, OOM, a crash in native code): `crash_count` goes up while
    * `crash_seq` stays that step, and starts again at 1 on another step. The holder is the run's
-   * `lease_owner` (written by every step's commit, and by this statement: the delivery that takes the
-   * job over after a stall is its holder from then on); it is alive when it still has a connection open
+   * `lease_owner` (written by the commit that moves the run's status — its first step; a wait clears
+   * it — and by this statement: the delivery that takes the job over after a stall is its holder from
+   * then on); it is alive when it still has a connection open
    * to Redis (`connectedWorkers`). A holder alive is a lock that lapsed — its event loop blocked past
    * the lock, a GC pause, a starved CPU, Redis out of its reach — and is not counted (ADR 0016,
    * amendment); a holder unknown (no step committed yet, the worker list out of reach) counts. The
