@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import type { Worker } from 'bullmq';
 import type { Container } from './container.ts';
-import { createRedis } from './platform/queue/connections.ts';
+import { connectedWorkers, createRedis, workerConnectionName } from './platform/queue/connections.ts';
 import { StepExecutor } from './platform/durable/executor.ts';
 import { Sweeper } from './platform/durable/sweeper.ts';
 import { startWorkers } from './platform/durable/worker-host.ts';
@@ -98,7 +98,7 @@ export async function startWorkerProcess(c: Container, opts: { signal?: AbortSig
     await closeMetrics();
     signal.throwIfAborted();
   }
-  const connection = createRedis(cfg.REDIS_URL, 'worker', `dealix-worker-${c.instanceId}`);
+  const connection = createRedis(cfg.REDIS_URL, 'worker', workerConnectionName(c.instanceId));
   const executor = new StepExecutor({
     orm: c.orm,
     runtime: c.runtime,
@@ -106,6 +106,7 @@ export async function startWorkerProcess(c: Container, opts: { signal?: AbortSig
     workerId: c.instanceId,
     leaseMs: cfg.WORKER_LOCK_DURATION,
     maxCrashes: cfg.STEP_MAX_CRASHES,
+    connectedWorkers: () => connectedWorkers(connection),
     onStepDone: ({ workflow, step, seconds, replayed }) => c.metrics.stepDuration.observe({ workflow, step, replayed: String(replayed) }, seconds),
     onStepFailed: (f) => c.metrics.stepFailures.inc(f),
     onDeferred: ({ workflow, version }) => c.metrics.deferredJobs.inc({ workflow, version: String(version ?? 'unknown') }),

@@ -6,7 +6,9 @@
  * delay in ms, `hang` (never finishes on its own), `sigterm` (finishes once the process is told
  * to stop), `kill` (SIGKILLs its own process: a step that crashes its worker every time) or
  * `kill-once` (the same the first time any worker enters it, as the file GP_SLOW_KILL_ONCE says:
- * created then, it lets later executions through). GP_SLOW_VARIANT: original | reordered | renamed (see slow-workflow.ts).
+ * created then, it lets later executions through) or `block` (blocks the process's event loop for
+ * GP_SLOW_BLOCK_MS, 4000 by default, then never finishes: a worker that stays alive while its job's lock
+ * lapses — past WORKER_LOCK_DURATION nothing renews it — every time). GP_SLOW_VARIANT: original | reordered | renamed (see slow-workflow.ts).
  * GP_SLOW_FAIL: `<seq>:permanent` (the step throws a non-retryable error) or `<seq>:retryable[:<n>]`
  * (it throws a plain error on its first n attempts, on every attempt without n) or `<seq>:database`
  * (a statement of the step fails in PostgreSQL, on every attempt). GP_SLOW_RETRY: JSON,
@@ -53,7 +55,12 @@ const gate: StepGate = async ({ seq, step, ctx }) => {
   }
   if (spec === 'kill') process.kill(process.pid, 'SIGKILL');
   if (spec === 'kill-once' && firstToEnter()) process.kill(process.pid, 'SIGKILL');
-  if (spec === 'hang') return new Promise<void>(() => {});
+  if (spec === 'block') {
+    // Synchronous on purpose: no timer, no lock renewal, no I/O runs until it ends (a CPU-bound step, a GC pause).
+    const until = Date.now() + Number(process.env.GP_SLOW_BLOCK_MS ?? 4000);
+    while (Date.now() < until);
+  }
+  if (spec === 'hang' || spec === 'block') return new Promise<void>(() => {});
   if (spec === 'sigterm') return terminated;
   await sleep(Number(spec));
 };

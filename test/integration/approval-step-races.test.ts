@@ -91,7 +91,7 @@ describe('two executions of a run job meeting in the approval step', () => {
   }
 
   const stored = async (runId: string) => ({
-    run: (await stack.db.admin(`select status, error, idempotency_hash from durable_runs where id = $1`, [runId])).rows[0],
+    run: (await stack.db.admin(`select status, error, idempotency_hash, lease_owner from durable_runs where id = $1`, [runId])).rows[0],
     checkpoints: (await stack.db.admin(`select sequence_num, status from durable_checkpoints where run_id = $1 order by sequence_num`, [runId])).rows,
     requests: (await stack.db.admin(`select status, sla_deadline from approval_requests where run_id = $1`, [runId])).rows,
   });
@@ -105,7 +105,8 @@ describe('two executions of a run job meeting in the approval step', () => {
       // the run (run.failed sent), withdrew its request and removed its timer: a run waiting for a human, lost.
       expect(outcomes.map((o) => (o.status === 'fulfilled' ? o.value.status : `rejected: ${(o.reason as Error).message}`))).toEqual(['waiting', 'waiting']);
       const after = await stored(run.id);
-      expect(after.run).toMatchObject({ status: 'waiting', error: null });
+      // A waiting run has no holder: a crash of the job that carries it on is counted, not taken for a lapse of this one's (ADR 0016).
+      expect(after.run).toMatchObject({ status: 'waiting', error: null, lease_owner: null });
       expect(after.checkpoints).toEqual([
         { sequence_num: 1, status: 'completed' },
         { sequence_num: 2, status: 'completed' },

@@ -3,7 +3,9 @@
  * the golden path's own steps behind a gate that SIGKILLs the process) and the API in this process:
  * every time → after STEP_MAX_CRASHES crashes the run ends `failed` with `step_crashed_worker`, the
  * sweeper leaves it so, and a retry once the cause is removed completes it; once → the run resumes from
- * its checkpoint and completes.
+ * its checkpoint and completes; a worker that stays alive while its job's lock lapses (its event loop
+ * blocked past WORKER_LOCK_DURATION) → not a crash, however often: the run does not fail, and completes
+ * once a worker carries the step through.
  */
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { randomUUID } from 'node:crypto';
@@ -131,5 +133,35 @@ describe('a step that kills its worker process', () => {
       return lines.length ? lines : undefined;
     }, { what: "the worker's log line" });
     expect(counted).toMatchObject([{ sequence_num: 2, crashes: 1, max_crashes: MAX_CRASHES }]);
+  });
+
+  it(`alive but its lock lapsed, ${MAX_CRASHES + 2} times: not counted as crashes, the run does not fail, and completes once the step goes through`, { timeout: LONG }, async () => {
+    const { id, hash } = await submit();
+    // Step 2 blocks its worker's event loop past the lock (2 s) on every execution, then never finishes:
+    // each delivery's lock lapses while its worker is alive. Two of them, each re-delivered what the other lost.
+    const blocking = [await worker('0,block'), await worker('0,block')];
+    const job = () => Job.fromId(stack.container.queues.get(GOLDEN_PATH_QUEUE)!, stepJobId('gp', hash, 1, STEPS[0]!));
+    const lapses = MAX_CRASHES + 2;
+    await waitFor(async () => ((await ended(id)) || ((await job())?.stalledCounter ?? 0) >= lapses + 1 ? true : undefined), {
+      timeoutMs: 120_000,
+      what: `the run job to stall ${lapses + 1} times`,
+    });
+    expect(blocking.filter(dead)).toEqual([]);
+    // Before: step_crashed_worker at the third lapse. The stall after the last one is delivered, or about to be: the lapses are what is checked.
+    const row = await runRow(id);
+    expect(row.status).toBe('running');
+    expect(row.crash_count).toBe(0);
+    const lapsed = await waitFor(() => {
+      const lines = blocking.flatMap((w) => logged(w, id, 'run job delivered again after its lock lapsed while its worker was alive: not counted as a crash'));
+      return lines.length >= lapses ? lines : undefined;
+    }, { what: "the workers' log lines" });
+    expect(lapsed[0]).toMatchObject({ sequence_num: 2, crashes: 0 });
+
+    // Its workers gone (SIGKILL: a death, counted once), a worker whose step 2 goes through completes the run.
+    await killLiveWorkers(stack);
+    await worker('0');
+    const done = await waitFor(async () => ((await ended(id)) ? getRun(id) : undefined), { timeoutMs: 60_000, what: 'the run to end' });
+    expect(done.status).toBe('completed');
+    expect(await runRow(id)).toMatchObject({ crash_seq: 2, crash_count: 1 });
   });
 });

@@ -36,7 +36,11 @@ export const DurableRun = defineEntity({
      */
     sequenceNum: p.integer().default(0),
     stepCount: p.integer(),
-    /** The worker that last moved the run's status, and until when its claim stood (informational). */
+    /**
+     * The worker (instance id) that last moved the run's status (null once it waits or ends) or took its
+     * job over after a stall, and until when its claim stood: after the next stall, the holder whose
+     * liveness tells a crash from a lock that lapsed (ADR 0016, amendment).
+     */
     leaseOwner: p.string().length(128).nullable(),
     leaseExpiresAt: p.datetime().nullable(),
     createdAt: p.datetime(),
@@ -56,7 +60,8 @@ export const DurableRun = defineEntity({
      * The step (sequence_num) whose executions were cut off by the loss of their worker (a stalled run
      * job delivered again: SIGKILL, OOM, a crash in native code), and how many times in a row
      * (`crashCount`): bumped in a statement of its own, committed before the step runs again, only by a
-     * delivery that follows a stall. At STEP_MAX_CRASHES the step is not run again and the run fails
+     * delivery that follows a stall of a worker no longer connected to Redis (a live one's lock lapsed:
+     * not a crash). At STEP_MAX_CRASHES the step is not run again and the run fails
      * (`step_crashed_worker`, ADR 0016); a retry clears both.
      */
     crashSeq: p.integer().nullable(),

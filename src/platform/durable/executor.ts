@@ -48,6 +48,13 @@ export interface ExecutorOptions {
    * `step_crashed_worker` instead of running it again (STEP_MAX_CRASHES, ADR 0016; default 5).
    */
   maxCrashes?: number;
+  /**
+   * The instance ids (`workerId`) of the worker processes alive now — a connection of theirs open to
+   * Redis — asked only after a stall: a stall whose job was held by one of them is a lock that lapsed
+   * (its event loop blocked, a GC pause, a starved CPU, Redis out of reach), not a crash, and is not
+   * counted (ADR 0016, amendment). Without it, or when it fails, every stall counts.
+   */
+  connectedWorkers?(): Promise<ReadonlySet<string>>;
   onStepDone?(info: { workflow: string; step: string; seconds: number; replayed: boolean; status: string }): void;
   /**
    * A step attempt failed: `retrying` (BullMQ retries it with backoff), `failed` (for good: the run
@@ -461,7 +468,9 @@ export class StepExecutor {
       attempt,
       runStatus,
       runOutput,
-      leaseOwner: this.o.workerId,
+      // A waiting run has no holder: the job that carries it on names its own holder only by a commit, and
+      // a crash before it is then counted rather than taken for a lapse of this worker's (ADR 0016, amendment).
+      leaseOwner: waiting ? undefined : this.o.workerId,
       leaseMs: this.o.leaseMs,
       // The last statement before commit: it travels with the commit (one round trip for both).
       beforeCommit: true,
@@ -485,30 +494,47 @@ export class StepExecutor {
   }
 
   /**
-   * A delivery that follows a stall (BullMQ's stalled check found the job's lock lapsed: its worker
-   * died — SIGKILL, OOM, a crash in native code — or, rarely, blocked its event loop past the lock)
-   * counts a crash of the step the run is at, its first without a completed checkpoint, in PostgreSQL:
-   * `crash_count` goes up while `crash_seq` stays that step, and starts again at 1 on another step. The
+   * A delivery that follows a stall (BullMQ's stalled check found the job's lock lapsed) counts a crash
+   * of the step the run is at, its first without a completed checkpoint, in PostgreSQL, if the worker
+   * that held the job died (SIGKILL, OOM, a crash in native code): `crash_count` goes up while
+   * `crash_seq` stays that step, and starts again at 1 on another step. The holder is the run's
+   * `lease_owner` (written by the commit that moves the run's status — its first step; a wait clears
+   * it — and by this statement: the delivery that takes the job over after a stall is its holder from
+   * then on); it is alive when it still has a connection open
+   * to Redis (`connectedWorkers`). A holder alive is a lock that lapsed — its event loop blocked past
+   * the lock, a GC pause, a starved CPU, Redis out of its reach — and is not counted (ADR 0016,
+   * amendment); a holder unknown (no step committed yet, the worker list out of reach) counts. The
    * statement commits on its own before the step runs again (its transaction would die with the next
-   * crash): one round trip, on re-deliveries after a stall only — a first delivery, a retry after a
-   * failed attempt, a job handed back at shutdown, parked or put off costs nothing (`stalledCounter`
-   * moves only on a stall; the job records the stalls it has counted). At `maxCrashes` the step is
-   * not run again: the run fails as for any permanent step error (`step_crashed_worker`, the
-   * `run.failed` webhook, `dealix_step_failures_total{outcome="failed"}`) and may be retried (ADR 0009,
-   * 0016): this throws, and the job fails for good. Otherwise the job goes on as usual.
+   * crash): one round trip, and one CLIENT LIST, on re-deliveries after a stall only — a first
+   * delivery, a retry after a failed attempt, a job handed back at shutdown, parked or put off costs
+   * nothing (`stalledCounter` moves only on a stall; the job records the stalls it has counted). At
+   * `maxCrashes` the step is not run again: the run fails as for any permanent step error
+   * (`step_crashed_worker`, the `run.failed` webhook, `dealix_step_failures_total{outcome="failed"}`)
+   * and may be retried (ADR 0009, 0016): this throws, and the job fails for good. Otherwise the job goes
+   * on as usual.
    */
   private async countCrash(job: Job<StepJobData>, wf: WorkflowDef, logger: Logger): Promise<void> {
     const d = job.data;
     const stalls = job.stalledCounter ?? 0;
     if (stalls <= (d.stalls ?? 0)) return;
+    const alive = this.o.connectedWorkers
+      ? await this.o.connectedWorkers().catch((le: unknown) => {
+          logger.warn({ err: le }, 'could not list the live workers: the stall counts as a crash');
+          return undefined;
+        })
+      : undefined;
     const counted = tenantEm(this.o.orm, d.tenant_id).transactional((tx) =>
-      tx.execute<{ seq: number; crashes: number }[]>(
+      tx.execute<{ seq: number; crashes: number; holder: string | null; lapsed: boolean }[]>(
         // `status || ''` keeps the row found by its key (ADR 0004); a waiting or ended run has no step running to count.
-        `${LAST_IN_TRANSACTION}with n as (select count(*)::int + 1 as seq from durable_checkpoints where tenant_id = ? and run_id = ? and status = 'completed')
-         update durable_runs set crash_count = case when crash_seq = n.seq then crash_count + 1 else 1 end, crash_seq = n.seq
-           from n where tenant_id = ? and id = ? and (status || '') in ('pending', 'running') and retry_count = ?
-         returning n.seq, crash_count as crashes`,
-        [d.tenant_id, d.run_id, d.tenant_id, d.run_id, d.retry ?? 0],
+        `${LAST_IN_TRANSACTION}with n as (select count(*)::int + 1 as seq from durable_checkpoints where tenant_id = ? and run_id = ? and status = 'completed'),
+              h as (select lease_owner as holder, coalesce(lease_owner in (select jsonb_array_elements_text(?::jsonb)), false) as lapsed from durable_runs where tenant_id = ? and id = ?)
+         update durable_runs set
+             crash_count = case when h.lapsed then crash_count when crash_seq = n.seq then crash_count + 1 else 1 end,
+             crash_seq = case when h.lapsed then crash_seq else n.seq end,
+             lease_owner = ?, lease_expires_at = now() + ? * interval '1 millisecond'
+           from n, h where tenant_id = ? and id = ? and (status || '') in ('pending', 'running') and retry_count = ?
+         returning n.seq, crash_count as crashes, h.holder, h.lapsed`,
+        [d.tenant_id, d.run_id, JSON.stringify([...(alive ?? [])]), d.tenant_id, d.run_id, this.o.workerId, this.o.leaseMs, d.tenant_id, d.run_id, d.retry ?? 0],
       ),
     );
     // Not counted (the database unreachable, say): the job goes on, and its step meets the same database
@@ -525,11 +551,15 @@ export class StepExecutor {
     const step = wf.steps[row.seq - 1]!;
     const limit = this.o.maxCrashes ?? DEFAULT_MAX_CRASHES;
     const log = logger.child({ sequence_num: row.seq, step: step.name });
-    if (row.crashes < limit) {
-      log.warn({ crashes: row.crashes, max_crashes: limit, stalls }, 'run job delivered again after its worker was lost mid-step; the step runs again from the last checkpoint');
+    if (row.lapsed) {
+      log.warn({ holder: row.holder, crashes: row.crashes, max_crashes: limit, stalls }, 'run job delivered again after its lock lapsed while its worker was alive: not counted as a crash');
       return;
     }
-    log.error({ crashes: row.crashes, max_crashes: limit }, 'step lost its worker too often: it is not run again, the run fails');
+    if (row.crashes < limit) {
+      log.warn({ holder: row.holder, crashes: row.crashes, max_crashes: limit, stalls }, 'run job delivered again after its worker was lost mid-step; the step runs again from the last checkpoint');
+      return;
+    }
+    log.error({ holder: row.holder, crashes: row.crashes, max_crashes: limit }, 'step lost its worker too often: it is not run again, the run fails');
     // Returns only when the step completed elsewhere (a stalled execution that was in fact alive committed
     // it) or the run ended meanwhile: the job then goes on as usual, reading the run.
     await this.fail(job, wf, new StepCrashedWorkerError(step.name, row.seq, row.crashes, limit), row.seq, logger, true);

@@ -23,6 +23,27 @@ export function createRedis(url: string, role: 'worker' | 'producer', name: stri
 }
 
 /**
+ * The name a worker process's Redis connection carries (CLIENT SETNAME, re-sent on every reconnect):
+ * its instance id, which is also what it records as a run's `lease_owner` (ADR 0016).
+ */
+export const workerConnectionName = (instanceId: string): string => `dealix-worker-${instanceId}`;
+
+/**
+ * The instance ids of the worker processes that have a connection open to Redis now (CLIENT LIST).
+ * A process that died — SIGKILL, an OOM kill, a crash in native code — has none: the kernel closes
+ * its sockets at once, and Redis drops them. A process that is alive keeps its connection however long
+ * its event loop is blocked (the kernel, not the process, holds the socket open and answers keepalives).
+ */
+export async function connectedWorkers(redis: Redis): Promise<Set<string>> {
+  const list = String(await redis.client('LIST'));
+  const prefix = workerConnectionName('');
+  const ids = new Set<string>();
+  // One client a line, `key=value` fields separated by spaces; a client name cannot contain a space.
+  for (const m of list.matchAll(/(?:^| )name=(\S+)/gm)) if (m[1]!.startsWith(prefix)) ids.add(m[1]!.slice(prefix.length));
+  return ids;
+}
+
+/**
  * Resolves once `redis` is connected and ready, or after `timeoutMs` (whatever its state then): the API
  * waits for it before it listens, so a process that has just started does not answer its first
  * requests 503 while its producer connection (no offline queue) is still connecting. A Redis that is
