@@ -173,9 +173,9 @@ export async function runGoldenPathDemo(o: GoldenPathDemoOptions): Promise<void>
   // The dashboard spans tenants: it takes the platform's operator role, never a tenant's admin.
   const admin = await signDevToken(o.config, { tenantId: tenant, sub: 'demo-operator', roles: [OPERATOR_ROLE], ttlSeconds: 8 * 3600 });
   say(`      Bull Board   http://localhost:${o.port}/admin/queues   (queues under the prefix "${o.config.QUEUE_PREFIX}"; needs role ${OPERATOR_ROLE})`);
-  if (o.keepRunning) say(`      open now     http://localhost:${o.port}/admin/queues?token=${admin}   (the link works once; sign out at /admin/queues/logout)`);
+  if (o.keepRunning) say(`      open now     http://localhost:${o.port}/admin/queues?token=${admin}   (press Sign in on its page: that uses the link up; sign out at /admin/queues/logout)`);
   else say('      to browse it, run `npm run demo -- --keep-running`, or `npm run start:api` with a JWT_SECRET in .env');
   say(`      token        npm run token -- --tenant <any uuid> --sub <you> --roles ${OPERATOR_ROLE}`);
-  say('                   then open /admin/queues?token=<token> once (it becomes a session cookie; the link and its token are refused after), or send another as a Bearer header');
+  say('                   then open /admin/queues?token=<token> and press Sign in (once: it becomes a session cookie; the link and its token are refused after), or send another as a Bearer header');
   if (o.secretGenerated) say('      note         this demo generated its JWT_SECRET; set one in .env (see .env.example) so npm run token matches the API');
 }

@@ -5,7 +5,7 @@ import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { chromium, type BrowserContext } from 'playwright-core';
+import { chromium, type BrowserContext, type Page } from 'playwright-core';
 import { api, CLASS_A_SUBMISSION, newTenant, SAMPLE_SUBMISSION, startStack, type TestStack } from '../helpers/stack.ts';
 import { waitFor } from '../helpers/poll.ts';
 import { boardQueues } from '../../src/platform/http/admin-board.ts';
@@ -26,6 +26,42 @@ const tenant = newTenant();
 /** A new operator token for a `?token=` link, which works once. */
 const signInToken = () => stack.token({ tenantId: newTenant(), sub: 'operator-1', roles: [OPERATOR_ROLE] });
 const runIds: string[] = [];
+
+/**
+ * What the dashboard answers when `page` opens a page on another origin (same site: another port of
+ * 127.0.0.1, as a sibling subdomain would be in production) that submits `form` to `target` at once.
+ */
+async function postedFromAnotherOrigin(page: Page, target: string, form: string): Promise<{ status: number; text: string }> {
+  const evil = http.createServer((_req, res) => {
+    res.setHeader('content-type', 'text/html');
+    res.end(`${form}<script>document.forms[0].submit()</script>`);
+  });
+  await new Promise<void>((resolve) => evil.listen(0, '127.0.0.1', resolve));
+  try {
+    const answered = page.waitForResponse((r) => r.url() === target, { timeout: 15_000 });
+    await page.goto(`http://127.0.0.1:${(evil.address() as import('node:net').AddressInfo).port}/`, { waitUntil: 'commit' });
+    const res = await answered;
+    return { status: res.status(), text: await res.text() };
+  } finally {
+    evil.closeAllConnections();
+    await new Promise((r) => evil.close(r));
+  }
+}
+
+/**
+ * Signs `page` in as an operator does: opens the `?token=` link (a page that uses nothing up, which a
+ * chat's link preview may have opened before), presses its *Sign in* button (a POST of the token from
+ * the page's own origin), and lands on the dashboard URL the link named, without the token.
+ */
+async function signInWith(page: Page, token: string, path = '/admin/queues?'): Promise<void> {
+  const link = await page.goto(`${stack.baseUrl}${path}token=${token}`);
+  expect(link?.status()).toBe(200);
+  expect(link?.headers()['cache-control']).toBe('no-store');
+  expect(await browser.cookies()).not.toContainEqual(expect.objectContaining({ name: ADMIN_COOKIE }));
+  const landed = page.waitForURL((url) => url.pathname !== '/admin/queues/sign-in' && !url.search.includes('token'), { timeout: 30_000 });
+  await page.getByRole('button', { name: 'Sign in' }).click();
+  await landed;
+}
 
 beforeAll(async () => {
   stack = await startStack({ env: { OPERATOR_USER: OPERATOR.user, OPERATOR_PASSWORD: OPERATOR.password } });
@@ -101,23 +137,22 @@ describe('Bull Board at /admin/queues', () => {
     expect(board.headers.get('x-powered-by')).toBeNull();
   });
 
-  it('the ?token= exchange redirects only within the dashboard, whatever the raw path says', async () => {
+  it('the ?token= sign-in page sends the browser on only within the dashboard, whatever the raw path says', async () => {
     // Sent raw: fetch would resolve the dot segments itself. The path reaches the dashboard's mount,
-    // and resolving it naively would redirect to //evil.example/x, another host.
+    // and resolving it naively would send the browser to //evil.example/x, another host.
     const raw = (path: string) =>
-      new Promise<{ status: number; location: string | undefined }>((resolve, reject) => {
+      new Promise<{ status: number; next: string | undefined }>((resolve, reject) => {
         const url = new URL(stack.baseUrl);
         http.get({ host: url.hostname, port: url.port, path }, (res) => {
-          res.resume();
-          resolve({ status: res.statusCode ?? 0, location: res.headers.location });
+          let body = '';
+          res.setEncoding('utf8').on('data', (chunk: string) => (body += chunk));
+          res.on('end', () => resolve({ status: res.statusCode ?? 0, next: /name="next" value="([^"]*)"/.exec(body)?.[1] }));
         }).on('error', reject);
       });
-    // A new token for each visit: a `?token=` link works once.
     const hostile = await raw(`/admin/queues/../..//evil.example/x?token=${await signInToken()}`);
-    expect(hostile.status).toBe(303);
-    expect(hostile.location).toBe('/admin/queues');
+    expect(hostile).toEqual({ status: 200, next: '/admin/queues' });
     const plain = await raw(`/admin/queues/queue/golden-path?status=completed&token=${await signInToken()}`);
-    expect(plain).toEqual({ status: 303, location: '/admin/queues/queue/golden-path?status=completed' });
+    expect(plain).toEqual({ status: 200, next: '/admin/queues/queue/golden-path?status=completed' });
   });
 
   it('registers every workflow queue, the timers queue, the maintenance queue and the webhooks queue, read-only by default', async () => {
@@ -132,13 +167,16 @@ describe('Bull Board at /admin/queues', () => {
     expect(await stack.container.queues.get('golden-path')!.isPaused()).toBe(false);
   });
 
-  it('a browser signs in once with ?token=, sees the golden-path queue and its jobs (screenshot in artifacts/)', async () => {
+  it('a browser signs in once with ?token= and its button, sees the golden-path queue and its jobs (screenshot in artifacts/)', async () => {
     const context = browser;
     await context.clearCookies();
     const page = await context.newPage();
     const token = await signInToken();
-    await page.goto(`${stack.baseUrl}/admin/queues?token=${token}`);
-    // The token left the URL at once; an HttpOnly, SameSite=Strict cookie carries a session id (never the token) from now on.
+    // A chat's link preview fetched the link first: it used nothing up.
+    for (let i = 0; i < 3; i++) expect((await fetch(`${stack.baseUrl}/admin/queues?token=${token}`, { redirect: 'manual' })).status).toBe(200);
+    await signInWith(page, token);
+    // The token left the URL; an HttpOnly, SameSite=Strict cookie carries a session id (never the token) from now on.
+    expect(new URL(page.url()).pathname).toBe('/admin/queues');
     expect(new URL(page.url()).search).toBe('');
     const cookie = (await context.cookies()).find((c) => c.name === ADMIN_COOKIE);
     expect(cookie).toMatchObject({ httpOnly: true, sameSite: 'Strict', path: '/admin/queues' });
@@ -167,25 +205,36 @@ describe('Bull Board at /admin/queues', () => {
     // browser sends the SameSite=Strict cookie with its form. Bull Board's POST …/add needs no preflight.
     await browser.clearCookies();
     const page = await browser.newPage();
-    await page.goto(`${stack.baseUrl}/admin/queues?token=${await signInToken()}`);
-    const target = `${stack.baseUrl}/admin/queues/api/queues/golden-path/add`;
-    const evil = http.createServer((_req, res) => {
-      res.setHeader('content-type', 'text/html');
-      res.end(`<form method="post" enctype="text/plain" action="${target}"><input name='{"name":"forged","x":"' value='"}'></form><script>document.forms[0].submit()</script>`);
-    });
-    await new Promise<void>((resolve) => evil.listen(0, '127.0.0.1', resolve));
     try {
-      const answered = page.waitForResponse((r) => r.url() === target, { timeout: 15_000 });
-      await page.goto(`http://127.0.0.1:${(evil.address() as import('node:net').AddressInfo).port}/`, { waitUntil: 'commit' });
-      const res = await answered;
+      await signInWith(page, await signInToken());
+      const target = `${stack.baseUrl}/admin/queues/api/queues/golden-path/add`;
+      const res = await postedFromAnotherOrigin(page, target, `<form method="post" enctype="text/plain" action="${target}"><input name='{"name":"forged","x":"' value='"}'></form>`);
       // Reaching the board would be 405 (read-only) or 200 (writes on); the guard refuses it first.
-      expect(res.status()).toBe(403);
+      expect(res.status).toBe(403);
       // Refused as coming from another origin, with the operator's cookie (not for a missing credential).
-      expect(await res.text()).toContain('must come from the dashboard itself');
+      expect(res.text).toContain('must come from the dashboard itself');
     } finally {
       await page.close();
-      evil.closeAllConnections();
-      await new Promise((r) => evil.close(r));
+    }
+  });
+
+  it("a page on another origin cannot sign the operator's browser in with its own token (login CSRF)", async () => {
+    // Same site, another origin: the attacker's page posts the sign-in form with the attacker's token,
+    // which would sign the operator in as the attacker (what they then do on the board, the attacker sees).
+    await browser.clearCookies();
+    const page = await browser.newPage();
+    const attackers = await signInToken();
+    const target = `${stack.baseUrl}/admin/queues/sign-in`;
+    try {
+      const res = await postedFromAnotherOrigin(page, target, `<form method="post" action="${target}"><input type="hidden" name="token" value="${attackers}"></form>`);
+      expect(res.status).toBe(403);
+      expect(res.text).toContain('must come from the dashboard itself');
+      expect((await browser.cookies()).find((c) => c.name === ADMIN_COOKIE)).toBeUndefined();
+      // Nothing used up: the token's own page still signs in.
+      await signInWith(page, attackers);
+      expect((await browser.cookies()).find((c) => c.name === ADMIN_COOKIE)).toBeDefined();
+    } finally {
+      await page.close();
     }
   });
 
@@ -194,7 +243,7 @@ describe('Bull Board at /admin/queues', () => {
     const token = await signInToken();
     const page = await browser.newPage();
     try {
-      await page.goto(`${stack.baseUrl}/admin/queues?token=${token}`);
+      await signInWith(page, token);
       await page.getByText('golden-path', { exact: false }).first().waitFor({ timeout: 30_000 });
       const session = (await browser.cookies()).find((c) => c.name === ADMIN_COOKIE)!.value;
       expect((await api(stack, 'GET', '/admin/queues', { headers: { cookie: `${ADMIN_COOKIE}=${session}` } })).status).toBe(200);
@@ -211,7 +260,8 @@ describe('Bull Board at /admin/queues', () => {
       expect((await api(stack, 'GET', '/admin/queues', { headers: { cookie: `${ADMIN_COOKIE}=${session}` } })).status).toBe(401);
       expect((await api(stack, 'GET', '/admin/queues', { token })).status).toBe(401);
       expect((await page.goto(`${stack.baseUrl}/admin/queues?token=${token}`))?.status()).toBe(401);
-      expect((await page.goto(`${stack.baseUrl}/admin/queues?token=${await signInToken()}`))?.status()).toBe(200);
+      await signInWith(page, await signInToken());
+      expect((await browser.cookies()).find((c) => c.name === ADMIN_COOKIE)).toBeDefined();
     } finally {
       await page.close();
     }

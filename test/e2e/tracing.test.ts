@@ -7,6 +7,7 @@ import { jsonLines, spawnApi, TELEMETRY_REGISTER, type ApiProcess } from '../hel
 import { startOtlpReceiver, type OtlpReceiver, type ReceivedSpan } from '../helpers/otlp-receiver.ts';
 import { ATTR } from '../../src/platform/telemetry/attributes.ts';
 import { tenantEm } from '../../src/platform/db/tenant-em.ts';
+import { postSignIn } from '../helpers/dashboard-sign-in.ts';
 
 /**
  * One submission is one trace: the real API and worker processes, started with the OTel bootstrap
@@ -201,11 +202,14 @@ describe('tracing across the API and worker processes', () => {
     // Sampled all the same: the run's trace exists, whole (before, a "00" parent left it with no span).
     const spans = await waitTrace(cid);
     expect(spans.some((s) => s.traceId === run.trace_id)).toBe(true);
-    // The dashboard's token exchange, spelled as Express still routes it: neither traced nor logged.
+    // The dashboard's sign-in link (its page) and token exchange, spelled as Express still routes them: neither traced nor logged.
     // A token each: a `?token=` link works once.
     const operators = [await stack.token({ tenantId: tenant, sub: 'ops-1', roles: ['platform-operator'] }), await stack.token({ tenantId: tenant, sub: 'ops-1', roles: ['platform-operator'] })];
     for (const path of [`/ADMIN/QUEUES?token=${operators[0]}`, `/admin/queues?%74oken=${operators[1]}`]) {
-      expect((await fetch(`${http.baseUrl}${path}`, { redirect: 'manual' })).status, path.slice(0, 20)).toBe(303);
+      expect((await fetch(`${http.baseUrl}${path}`, { redirect: 'manual' })).status, path.slice(0, 20)).toBe(200);
+    }
+    for (const [i, path] of ['/ADMIN/QUEUES/SIGN-IN', '/admin/queues/sign-in'].entries()) {
+      expect((await postSignIn(http.baseUrl, operators[i]!, { path })).status, path).toBe(303);
     }
     // A later run's whole trace has arrived: so has everything exported before it.
     const later = `trace-guard-later-${randomUUID()}`;

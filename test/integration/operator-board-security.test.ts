@@ -3,6 +3,7 @@ import { api, newTenant, startStack, type TestStack } from '../helpers/stack.ts'
 import { adminAuth, OPERATOR_ROLE } from '../../src/platform/http/admin-auth.middleware.ts';
 import { OPERATOR_LOGIN_WINDOW_MS, operatorSessions } from '../../src/platform/http/admin-board.ts';
 import { RateWindow } from '../../src/platform/http/rate-window.ts';
+import { OTHER_ORIGINS, postSignIn, sessionCookieOf } from '../helpers/dashboard-sign-in.ts';
 
 /**
  * The operator dashboard against a hostile web page and a hostile client: Bull Board with its actions
@@ -22,8 +23,8 @@ beforeAll(async () => {
     env: { OPERATOR_USER: OPERATOR.user, OPERATOR_PASSWORD: OPERATOR.password, OPERATOR_LOGIN_MAX_FAILURES: String(MAX_FAILURES), BULL_BOARD_READ_ONLY: 'false' },
   });
   token = await stack.token({ tenantId: newTenant(), sub: 'operator-1', roles: [OPERATOR_ROLE] });
-  const link = await fetch(`${stack.baseUrl}/admin/queues?token=${await stack.token({ tenantId: newTenant(), sub: 'operator-1', roles: [OPERATOR_ROLE] })}`, { redirect: 'manual' });
-  session = { cookie: /^(dealix_admin_token=[^;]*);/.exec(link.headers.get('set-cookie') ?? '')?.[1] ?? '' };
+  const link = await postSignIn(stack.baseUrl, await stack.token({ tenantId: newTenant(), sub: 'operator-1', roles: [OPERATOR_ROLE] }));
+  session = { cookie: sessionCookieOf(link.setCookie) };
 });
 afterAll(async () => {
   await stack?.stop();
@@ -39,14 +40,7 @@ describe("the dashboard's actions from another site (CSRF)", () => {
 
   it('refuses a state-changing request a page on another origin makes the browser send: 403, nothing changed', async () => {
     const before = await jobs();
-    const forged: Array<Record<string, string>> = [
-      { 'sec-fetch-site': 'cross-site', origin: 'https://evil.example' },
-      { 'sec-fetch-site': 'same-site', origin: 'https://tenant-content.example' },
-      // An older browser sends no Sec-Fetch-Site: the Origin it sends decides.
-      { origin: 'https://evil.example' },
-      { origin: 'null' },
-    ];
-    for (const headers of forged) {
+    for (const headers of OTHER_ORIGINS) {
       for (const auth of [basic(OPERATOR.user, OPERATOR.password), session]) {
         const res = await api(stack, 'POST', addPath, { headers: { ...auth, ...headers, 'content-type': 'text/plain' }, rawBody: '{"name":"forged","data":{}}' });
         expect(res.status, `${JSON.stringify(headers)}: ${res.text}`).toBe(403);

@@ -4,6 +4,7 @@ import type { Server } from 'node:http';
 import { networkInterfaces } from 'node:os';
 import { createApp } from '../../src/app.ts';
 import { api, startStack, type TestStack } from '../helpers/stack.ts';
+import { postSignIn, sessionCookieOf } from '../helpers/dashboard-sign-in.ts';
 
 /**
  * The operator's HTTP Basic login to the dashboard (which spans tenants) is throttled per client
@@ -73,9 +74,9 @@ describe("the dashboard's token cookie", () => {
     }
     // The cookie a `?token=` link set still signs in, among other cookies.
     const token = await stack.token({ tenantId: '00000000-0000-4000-8000-000000000001', sub: 'operator-3', roles: ['platform-operator'] });
-    const link = await fetch(`${stack.baseUrl}/admin/queues?token=${token}`, { redirect: 'manual' });
+    const link = await postSignIn(stack.baseUrl, token);
     expect(link.status).toBe(303);
-    const session = /^(dealix_admin_token=[^;]*);/.exec(link.headers.get('set-cookie') ?? '')?.[1];
+    const session = sessionCookieOf(link.setCookie);
     expect((await api(stack, 'GET', '/admin/queues', { headers: { cookie: `other=1; ${session}` } })).status).toBe(200);
   });
 });

@@ -14,6 +14,7 @@ import { createTokenVerifier, signDevToken } from '../../src/platform/tenancy/jw
 import { adminAuth, OPERATOR_ROLE } from '../../src/platform/http/admin-auth.middleware.ts';
 import { operatorSessions } from '../../src/platform/http/admin-board.ts';
 import { TEST_JWT_SECRET, TEST_REDIS_URL } from '../helpers/env.ts';
+import { postSignIn } from '../helpers/dashboard-sign-in.ts';
 
 /** Where the guard keeps used `?token=` links: the shared Redis, under a prefix of this file's own. */
 const redis = new Redis(TEST_REDIS_URL, { maxRetriesPerRequest: 1 });
@@ -77,25 +78,30 @@ describe('request log lines', () => {
     }
   });
 
-  it("the dashboard's token exchange redirects without any credential its query held, so its Location header (logged) has none", async () => {
+  it("the dashboard's sign-in page and token exchange redirect without any credential the link's query held, so the Location header (logged) has none", async () => {
     const { lines, server } = await loggedApp('/admin/queues', 200, true);
     try {
+      const base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
       const token = await signDevToken(parseConfig({ JWT_SECRET: TEST_JWT_SECRET }), { sub: 'operator-1', tenantId: randomUUID(), roles: [OPERATOR_ROLE] });
       const second = 'eyJ.second.sig';
-      const res = await fetch(`http://127.0.0.1:${(server.address() as AddressInfo).port}/admin/queues?status=failed&token=${token}&Access_Token=${second}&%70assword=pw-secret`, {
-        redirect: 'manual',
-        headers: { 'x-correlation-id': 'log-exchange' },
-      });
+      const page = await fetch(`${base}/admin/queues?status=failed&token=${token}&Access_Token=${second}&%70assword=pw-secret`, { headers: { 'x-correlation-id': 'log-page' } });
+      expect(page.status).toBe(200);
+      // The page sends the browser on with the dashboard's own parameters, and no other credential.
+      const next = /name="next" value="([^"]*)"/.exec(await page.text())?.[1];
+      expect(next).toBe('/admin/queues?status=failed');
+      const pageLine = await waitFor(() => lines.find((l) => l.correlation_id === 'log-page'), { what: "the page's request line" });
+      for (const secret of [token, second, 'pw-secret']) expect(JSON.stringify(pageLine)).not.toContain(secret);
+      const res = await postSignIn(base, token, { next, headers: { 'x-correlation-id': 'log-exchange', 'sec-fetch-site': 'same-origin' } });
       expect(res.status).toBe(303);
-      // The exchange still works: the session cookie (an id, never the token), and the dashboard's own parameters kept.
-      expect(res.headers.get('set-cookie')).toMatch(/^dealix_admin_token=[A-Za-z0-9_-]{43};/);
-      expect(res.headers.get('location')).toBe('/admin/queues?status=failed');
+      // The exchange works: the session cookie (an id, never the token), and the dashboard's own parameters kept.
+      expect(res.setCookie).toMatch(/^dealix_admin_token=[A-Za-z0-9_-]{43};/);
+      expect(res.location).toBe('/admin/queues?status=failed');
       const line = await waitFor(() => lines.find((l) => l.correlation_id === 'log-exchange'), { what: 'the request line' });
       expect(JSON.stringify(line)).not.toContain(token);
       expect(JSON.stringify(line)).not.toContain(second);
       expect(JSON.stringify(line)).not.toContain('pw-secret');
       // Nor the session id the cookie carries (Set-Cookie is redacted): it is a credential too.
-      expect(JSON.stringify(line)).not.toContain(/^dealix_admin_token=([^;]*);/.exec(res.headers.get('set-cookie') ?? '')![1]);
+      expect(JSON.stringify(line)).not.toContain(/^dealix_admin_token=([^;]*);/.exec(res.setCookie ?? '')![1]);
     } finally {
       await new Promise<void>((r) => server.close(() => r()));
     }

@@ -6,6 +6,7 @@ import { createApp } from '../../src/app.ts';
 import { parseConfig, type Config } from '../../src/platform/config/config.ts';
 import { ADMIN_COOKIE, OPERATOR_ROLE } from '../../src/platform/http/admin-auth.middleware.ts';
 import { newTenant, startStack, type TestStack } from '../helpers/stack.ts';
+import { postSignIn } from '../helpers/dashboard-sign-in.ts';
 
 /**
  * Behind a load balancer that terminates TLS (Heroku's router, an ALB), the API sees plain HTTP from
@@ -39,12 +40,12 @@ async function apiWith(trustProxy: string | undefined, host: string): Promise<st
   return `http://${host}:${(server.address() as AddressInfo).port}`;
 }
 
-/** The Set-Cookie of a one-time `?token=` visit (a new token each: a link works once) to the dashboard through a TLS-terminating proxy. */
+/** The Set-Cookie of a one-time `?token=` link's sign-in (a new token each: a link works once) to the dashboard through a TLS-terminating proxy. */
 async function cookieVia(base: string): Promise<string> {
   const token = await stack.token({ tenantId: newTenant(), sub: 'operator-1', roles: [OPERATOR_ROLE] });
-  const res = await fetch(`${base}/admin/queues?token=${token}`, { redirect: 'manual', headers: { 'x-forwarded-proto': 'https' } });
+  const res = await postSignIn(base, token, { headers: { 'x-forwarded-proto': 'https', 'sec-fetch-site': 'same-origin' } });
   expect(res.status).toBe(303);
-  const cookie = res.headers.get('set-cookie') ?? '';
+  const cookie = res.setCookie ?? '';
   expect(cookie).toContain(`${ADMIN_COOKIE}=`);
   return cookie;
 }

@@ -1,6 +1,6 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { isIPv6 } from 'node:net';
-import type { NextFunction, Request, Response } from 'express';
+import express, { type NextFunction, type Request, type Response } from 'express';
 import type { Logger } from 'pino';
 import { AppError, ForbiddenError } from '../errors/app-error.ts';
 import type { Principal, TokenVerifier } from '../tenancy/jwt.ts';
@@ -24,6 +24,16 @@ const JWT = /^[A-Za-z0-9\-_=]+\.[A-Za-z0-9\-_=]*\.[A-Za-z0-9\-_=+/]*$/;
 const MAX_COOKIE_SECONDS = 8 * 3600;
 /** Under the mount: GET shows a sign-out form, POST signs out. Any case, as Express routes the mount. */
 const LOGOUT = /^\/logout\/?$/i;
+/** Under the mount: the sign-in page's form posts a `?token=` link's token here, the only request that exchanges it. */
+const SIGN_IN = /^\/sign-in\/?$/i;
+/**
+ * The sign-in page: nothing but its form may load or run — no script (the token is in the page, so no
+ * script may read it), no style, image or font from anywhere, no `<base>`, no frame around it — and its
+ * form posts only to this origin.
+ */
+const SIGN_IN_PAGE_CSP = "default-src 'none'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+/** The sign-in form's body: a token (a few KiB at most) and the page to go on to. */
+const parseSignInForm = express.urlencoded({ extended: false, limit: '16kb', parameterLimit: 4 });
 
 export interface AdminAuthOptions {
   verifier: TokenVerifier;
@@ -48,9 +58,11 @@ export interface AdminAuthOptions {
 /**
  * Guards the operator dashboard. Accepted, in order: a bearer JWT with role `platform-operator` (Authorization
  * header, for tools); HTTP Basic with the operator credentials from the environment; or the HttpOnly
- * cookie of a session that a one-time `?token=<jwt>` visit started (for browsers: a 303 redirect moves
- * the token out of the URL at once). A `?token=` link works once, and trades its token for the session:
- * the cookie holds an opaque random id whose record in Redis holds the token (ADR 0017), and the token
+ * cookie of a session that a `?token=<jwt>` link started. A GET of the link only shows a sign-in page:
+ * chat apps' link previews, mail scanners and browser prefetches GET the links they see, and would use
+ * the link up before the operator clicks it (ADR 0017, amendment). The page's button posts the token
+ * (in the body) to `<mount>/sign-in`, which exchanges it and redirects (303) to the dashboard. The
+ * exchange works once, and trades its token for the session: the cookie holds an opaque random id whose record in Redis holds the token (ADR 0017), and the token
  * itself is refused from then on, as a link, a bearer header or a cookie alike — the link's copies in a
  * browser's history or a proxy's log sign no one in. The token behind a session or a header is verified
  * on every request (signature, `exp`, role: a rotated key ends it), and a sign-out (`POST <mount>/logout`)
@@ -60,31 +72,19 @@ export interface AdminAuthOptions {
 export function adminAuth(opts: AdminAuthOptions) {
   return tagMiddleware(async function adminAuthMiddleware(req: Request, res: Response, next: NextFunction) {
     try {
-      guardBrowser(opts, req, res);
+      const signingIn = SIGN_IN.test(req.path);
+      guardBrowser(opts, req, res, signingIn);
+      if (signingIn) {
+        await exchangeLink(opts, req, res);
+        return;
+      }
       if (LOGOUT.test(req.path)) {
         await signOut(opts, req, res);
         return;
       }
       const queryToken = typeof req.query.token === 'string' ? req.query.token : undefined;
       if (queryToken !== undefined) {
-        // Only a token the cookie can carry back: jose also decodes a signature with whitespace around
-        // it, which a Set-Cookie header cannot hold (a line break) or would keep (a tab).
-        if (!JWT.test(queryToken)) throw unauthorized(opts, 'The ?token= value is not a JWT.');
-        const { exp } = await verifyAdmin(opts, req, queryToken, 'link');
-        // Whole seconds: a browser ignores any other Max-Age (the cookie would outlive the token), and `exp` may have a fraction.
-        const maxAge = Math.min(MAX_COOKIE_SECONDS, Math.floor((exp ?? 0) - Date.now() / 1000));
-        // A token in its last second (the verifier's clock tolerance accepts it a little past `exp`) would
-        // start a session that ends at once: refused before the link is used up.
-        if (maxAge < 1) throw unauthorized(opts, 'This token expires now: sign in with a new token.');
-        // Checked again with the exchange, in one step: a sign-out or another visit since the check above.
-        // The browser's session from an earlier link ends with it (its cookie is about to be replaced).
-        const previous = readCookie(req.get('cookie'), ADMIN_COOKIE);
-        const session = await opts.sessions.exchange(queryToken, maxAge, previous !== undefined && SESSION_ID.test(previous) ? previous : undefined);
-        if (session === 'used') throw linkUsed(opts, req, 'link');
-        if (session === 'revoked') throw unauthorized(opts, 'This token has been signed out. Sign in with a new token.');
-        res.setHeader('Set-Cookie', adminCookie(opts, req, session.id, maxAge));
-        res.setHeader('Cache-Control', 'no-store');
-        res.redirect(303, withoutToken(req.originalUrl, opts.basePath));
+        await signInPage(opts, req, res, queryToken);
         return;
       }
       const header = req.get('authorization');
@@ -150,8 +150,14 @@ const SAFE_METHODS = new Set(['GET', 'HEAD', 'OPTIONS']);
  * submits, and the SameSite=Strict cookie to one a sibling subdomain (same site) submits. The check
  * is Go's CrossOriginProtection: `Sec-Fetch-Site` when the browser sends it, else `Origin` against the
  * request's host; neither (a tool, curl) is not a browser and passes.
+ *
+ * `ownPageOnly` (the sign-in exchange) wants proof instead: `Sec-Fetch-Site: same-origin`, or else an
+ * `Origin` of this host. The attack there is login CSRF — another site posting *its* token from the
+ * operator's browser, which would sign the operator in as the attacker, and carries no cookie for
+ * SameSite to withhold — and a browser too old to send `Sec-Fetch-Site` may send no `Origin` either.
+ * Only a browser needs the exchange (its answer is a cookie); a tool has the bearer header.
  */
-function guardBrowser(opts: AdminAuthOptions, req: Request, res: Response): void {
+function guardBrowser(opts: AdminAuthOptions, req: Request, res: Response, ownPageOnly = false): void {
   res.setHeader('X-Frame-Options', 'DENY');
   res.setHeader('Content-Security-Policy', "frame-ancestors 'none'");
   res.setHeader('X-Content-Type-Options', 'nosniff');
@@ -159,8 +165,9 @@ function guardBrowser(opts: AdminAuthOptions, req: Request, res: Response): void
   if (SAFE_METHODS.has(req.method)) return;
   const site = req.get('sec-fetch-site');
   const origin = req.get('origin');
-  const crossOrigin = site !== undefined ? site !== 'same-origin' && site !== 'none' : origin !== undefined && originHost(origin) !== req.host;
-  if (crossOrigin) {
+  const ownOrigin =
+    site !== undefined ? site === 'same-origin' || (site === 'none' && !ownPageOnly) : origin !== undefined ? originHost(origin) === req.host : !ownPageOnly;
+  if (!ownOrigin) {
     opts.logger.warn({ security_event: 'admin_cross_origin', method: req.method, path: req.path, ip: req.ip, sec_fetch_site: site, origin }, 'refused a cross-origin dashboard action');
     throw new ForbiddenError(`A ${req.method} to the dashboard must come from the dashboard itself, not from another site (Sec-Fetch-Site: ${site ?? '-'}, Origin: ${origin ?? '-'}).`);
   }
@@ -179,8 +186,78 @@ function adminCookie(opts: AdminAuthOptions, req: Request, value: string, maxAge
   return `${ADMIN_COOKIE}=${value}; Path=${opts.basePath}; HttpOnly; SameSite=Strict; Max-Age=${maxAge}${secure}`;
 }
 
+/**
+ * `GET <mount>…?token=<jwt>`: checks the link's token, as the exchange will (so a used, signed-out,
+ * expiring or role-less link says so at once), and answers a page whose button posts the token to the
+ * exchange — using nothing up and setting no cookie, however many times a link preview, a scanner or
+ * a prefetch GETs it. The page shows whom the token signs in, so that an operator sent someone else's
+ * link (login CSRF by link) can see it is not theirs. Not cached or stored (`no-store`), no Referer
+ * (the URL holds the token), and a CSP under which no script runs and nothing loads.
+ */
+async function signInPage(opts: AdminAuthOptions, req: Request, res: Response, token: string): Promise<void> {
+  if (req.method !== 'GET' && req.method !== 'HEAD') {
+    throw new AppError('method_not_allowed', 'Method Not Allowed', { status: 405, retryable: false, detail: "A ?token= link is opened (GET): its page's button signs in.", headers: { Allow: 'GET, HEAD' } });
+  }
+  const { sub } = await checkLink(opts, req, token);
+  res.setHeader('Cache-Control', 'no-store');
+  res.setHeader('Content-Security-Policy', SIGN_IN_PAGE_CSP);
+  const form =
+    `<form method="post" action="${html(`${opts.basePath}/sign-in`)}">` +
+    `<p>Sign in to the operator dashboard as <strong>${html(sub)}</strong>?</p>` +
+    `<input type="hidden" name="token" value="${html(token)}">` +
+    `<input type="hidden" name="next" value="${html(withoutToken(req.originalUrl, opts.basePath))}">` +
+    '<button type="submit">Sign in</button></form>' +
+    '<p>The link works once: this button uses it up and opens this browser\'s session. Opening the page used nothing up (a chat\'s link preview or a mail scanner opens it too). ' +
+    'If you did not ask for this link, or it is not your name above, do not sign in.</p>';
+  res.status(200).type('html').send(page('Sign in', form));
+}
+
+/**
+ * `POST <mount>/sign-in`, the sign-in page's button: exchanges the token of the form's body (never the
+ * URL's: a URL is logged and kept in histories) for a session, once (ADR 0017), sets its cookie and
+ * redirects (303) to the page the link named. guardBrowser has required the dashboard's own page as
+ * the sender (login CSRF).
+ */
+async function exchangeLink(opts: AdminAuthOptions, req: Request, res: Response): Promise<void> {
+  if (req.method !== 'POST') {
+    throw new AppError('method_not_allowed', 'Method Not Allowed', { status: 405, retryable: false, detail: 'The sign-in page posts here: open the ?token= link.', headers: { Allow: 'POST' } });
+  }
+  res.setHeader('Cache-Control', 'no-store');
+  const form = await new Promise<Record<string, unknown>>((resolve, reject) => {
+    parseSignInForm(req, res, (err?: unknown) => (err ? reject(err) : resolve((req.body ?? {}) as Record<string, unknown>)));
+  });
+  const { token, next } = form;
+  if (typeof token !== 'string') {
+    throw new AppError('bad_request', 'Bad Request', { status: 400, retryable: false, detail: 'Post the form of the ?token= link\'s page: one token, in an application/x-www-form-urlencoded body.' });
+  }
+  const { maxAge } = await checkLink(opts, req, token);
+  // Checked again with the exchange, in one step: a sign-out or another exchange since the check above.
+  // The browser's session from an earlier link ends with it (its cookie is about to be replaced).
+  const previous = readCookie(req.get('cookie'), ADMIN_COOKIE);
+  const session = await opts.sessions.exchange(token, maxAge, previous !== undefined && SESSION_ID.test(previous) ? previous : undefined);
+  if (session === 'used') throw linkUsed(opts, req, 'link');
+  if (session === 'revoked') throw unauthorized(opts, 'This token has been signed out. Sign in with a new token.');
+  res.setHeader('Set-Cookie', adminCookie(opts, req, session.id, maxAge));
+  // `next` is what the form says, so anything anyone posts: withoutToken keeps it under the dashboard.
+  res.redirect(303, withoutToken(typeof next === 'string' ? next : opts.basePath, opts.basePath));
+}
+
+/** A link's token that may be exchanged: an operator's, neither signed out nor exchanged, with a second of life left; the session's length. */
+async function checkLink(opts: AdminAuthOptions, req: Request, token: string): Promise<{ sub: string; maxAge: number }> {
+  // Only a token the cookie can carry back: jose also decodes a signature with whitespace around
+  // it, which a Set-Cookie header cannot hold (a line break) or would keep (a tab).
+  if (!JWT.test(token)) throw unauthorized(opts, 'The ?token= value is not a JWT.');
+  const { exp, sub } = await verifyAdmin(opts, req, token, 'link');
+  // Whole seconds: a browser ignores any other Max-Age (the cookie would outlive the token), and `exp` may have a fraction.
+  const maxAge = Math.min(MAX_COOKIE_SECONDS, Math.floor((exp ?? 0) - Date.now() / 1000));
+  // A token in its last second (the verifier's clock tolerance accepts it a little past `exp`) would
+  // start a session that ends at once: refused before the link is used up.
+  if (maxAge < 1) throw unauthorized(opts, 'This token expires now: sign in with a new token.');
+  return { sub, maxAge };
+}
+
 /** A verified operator token, presented as itself (a link, a bearer header), that has been neither signed out nor exchanged by a link. */
-async function verifyAdmin(opts: AdminAuthOptions, req: Request, token: string, channel: 'link' | 'bearer'): Promise<{ exp?: number }> {
+async function verifyAdmin(opts: AdminAuthOptions, req: Request, token: string, channel: 'link' | 'bearer'): Promise<{ exp?: number; sub: string }> {
   const principal = await verifyOperator(opts, req, token);
   const refusal = await opts.sessions.refusal(token);
   if (refusal === 'revoked') {
@@ -188,7 +265,7 @@ async function verifyAdmin(opts: AdminAuthOptions, req: Request, token: string, 
     throw unauthorized(opts, 'This token has been signed out. Sign in with a new token.');
   }
   if (refusal === 'exchanged') throw linkUsed(opts, req, channel, principal.sub);
-  return { exp: claimsOf(token).exp };
+  return { ...claimsOf(token), sub: principal.sub };
 }
 
 /**
@@ -256,6 +333,11 @@ async function signOut(opts: AdminAuthOptions, req: Request, res: Response): Pro
   res.status(200).type('html').send(page('Signed out', `<p>Signed out of the operator dashboard. ${what} A browser keeps HTTP Basic credentials until it is closed.</p>`));
 }
 
+/** Text for HTML, in an element or a quoted attribute. */
+function html(text: string): string {
+  return text.replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
+}
+
 function page(title: string, body: string): string {
   return `<!doctype html><html lang="en"><head><meta charset="utf-8"><title>${title} · Dealix queues</title></head><body><h1>${title}</h1>${body}</body></html>`;
 }
@@ -316,7 +398,7 @@ function readCookie(header: string | undefined, name: string): string | undefine
 }
 
 /**
- * Where the token exchange redirects: the same dashboard URL without `token` (nor `access_token`, `password`, in any case). Only a path under the
+ * Where the token exchange redirects (the sign-in page's `next`, or whatever a form posts as it): the same dashboard URL without `token` (nor `access_token`, `password`, in any case). Only a path under the
  * dashboard: a raw request path such as `/admin/queues/../..//evil.example/` resolves to
  * `//evil.example/`, which a browser would follow to another host (an open redirect).
  */

@@ -6,7 +6,7 @@ export const SESSION_ID = /^[A-Za-z0-9_-]{43}$/;
 
 /**
  * A `?token=` exchange, in one step: refused if the token was signed out meanwhile, or if its link was
- * exchanged before (SET NX: of two visits at once, one wins); else records the exchange (its value:
+ * exchanged before (SET NX: of two sign-ins at once, one wins); else records the exchange (its value:
  * the session's key suffix, so a later sign-out of the token finds the session), ends the session the
  * browser had before (its cookie is replaced: no sign-out could reach that session any more) and opens the new one.
  * KEYS: revoked, exchanged, session, previous session (the new one's key when the browser had none);
