@@ -8,6 +8,7 @@ import { CoalescingClient, DEFER_UNTIL_NEXT, LAST_IN_TRANSACTION } from '../../s
 import { createContainer, type Container } from '../../src/container.ts';
 import { createTestDatabase } from '../helpers/db.ts';
 import { startWorkerProcess, type WorkerProcess } from '../../src/worker-runtime.ts';
+import { stackSweeper } from '../helpers/recovery.ts';
 
 /**
  * Every statement the platform sends for the golden path (API and worker, both in this process so
@@ -122,6 +123,29 @@ describe('queries name their tenant', () => {
     const page = await get('/api/v1/golden-path/runs?limit=1');
     expect(page.status).toBe(200);
     expect((await get(`/api/v1/golden-path/runs?limit=1&status=completed&cursor=${encodeURIComponent(page.json.next_cursor)}`)).status).toBe(200);
+    // A failed run retried, and a pending run whose job is gone re-enqueued by a sweep: statements
+    // that name one run by its key and an ended or active status (copies of run A, seeded as such).
+    const copyOfA = async (status: string) => {
+      const id = randomUUID();
+      await stack.db.admin(
+        `insert into durable_runs (id, tenant_id, workflow, workflow_version, idempotency_hash, status, principal, input, correlation_id, sequence_num, step_count, error, created_at, updated_at, completed_at)
+         select $1, tenant_id, workflow, workflow_version, md5(random()::text) || md5(random()::text), $3, principal, input, correlation_id, 0, step_count,
+                case when $3 = 'failed' then '{"code":"seeded"}'::jsonb end, now(), now() - interval '1 hour', case when $3 = 'failed' then now() end
+           from durable_runs where id = $2`,
+        [id, a.json.run_id, status],
+      );
+      return id;
+    };
+    const failed = await copyOfA('failed');
+    expect((await api(stack, 'POST', `/api/v1/golden-path/runs/${failed}/retry`, { token: tok.submitter!, headers: { 'Idempotency-Key': randomUUID() } })).status).toBe(200);
+    expect((await waitStatus(failed, ['completed', 'failed'])).status).toBe('completed');
+    // A sweep (this one, or the worker's own first) re-enqueues the pending one and looks for the
+    // waiting one's approval to put its SLA timer back (it has none: it is then ended by hand).
+    const jobless = await copyOfA('pending');
+    const timerless = await copyOfA('waiting');
+    await stackSweeper(stack, 'tenant-scoped-queries-sweep').sweep();
+    expect((await waitStatus(jobless, ['completed', 'failed'])).status).toBe('completed');
+    await stack.db.admin(`update durable_runs set status = 'cancelled', completed_at = now() where id = $1`, [timerless]);
 
     const admin = new pg.Client({ connectionString: stack.db.adminUrl });
     await admin.connect();
@@ -223,6 +247,11 @@ const EXEMPT = [
     walk: /^approval_requests_tenant_created_id_index on approval_requests: cond \(\(tenant_id = \$\d+\) AND \(id = \$\d+\)\), id behind unbounded created_at/,
     sql: /^(select|update) /,
   },
+  {
+    name: "the sweeper's repair of a waiting run's lost SLA timer: the run's pending approval request by run_id",
+    walk: /^approval_requests_\w+ on approval_requests: cond \(tenant_id = \$\d+\), filter \(\(run_id = \$\d+\) AND \(status = 'pending'::text\)\)/,
+    sql: /^select a\.sla_deadline, r\.idempotency_hash, .* from approval_requests a join durable_runs r /,
+  },
 ];
 
 describe('plans that cannot grow with data', () => {
@@ -284,8 +313,12 @@ describe('plans that cannot grow with data', () => {
       // (run only when the submission already has its run), and the runtime's end of a run by id (a
       // cancel, a failed run). The approval requests' lists are not split like the runs' (partial
       // indexes: durable-run.entity.ts), so their lookups by id are named here, one entry for them all;
-      // none of them is a step's. Every run statement is planned by key: the runs list's index over every
-      // run, walked this way, cost each step a walk of its tenant's runs (PostgreSQL CPU per run up two thirds).
+      // none of them is a step's; the sweeper's repair of a lost SLA timer reads its request by run_id the
+      // same way (rare: a timer Redis lost). Every run statement is planned by key: the runs list's index
+      // over every run, walked this way, cost each step a walk of its tenant's runs (PostgreSQL CPU per
+      // run up two thirds); and a run statement that names one run and a status (a retry's `failed`, the
+      // sweeper's `pending`/`running`, the timer repair's `waiting`) proves the predicate of a partial
+      // list index, so it tests `status || ''`: the retried and swept runs above are here for that.
       const exempt = (f: string) => EXEMPT.find((e) => e.walk.test(f) && e.sql.test(f.slice(f.indexOf(':\n') + 2).trim()))?.name ?? f;
       expect([...new Set(found.map(exempt))].sort()).toEqual(EXEMPT.map((e) => e.name).sort());
     } finally {
