@@ -209,12 +209,14 @@ describe('queries name their tenant', () => {
  * or the key's column is in the index condition but behind a column of the index it does not bound
  * (`tenant_id = … and id = …` on (tenant_id, workflow, status, created_at, id)): PostgreSQL shows it as
  * an index condition, yet walks every entry of the bounded prefix (the tenant's runs) to test it.
+ * A nested loop's join filter counts as its inner scan's filter: a key tested there (`r.id = a.run_id`
+ * above a scan bounded by the tenant only) is the same walk.
  */
-function tenantWalks(plan: any, uniqueColumns: Map<string, Set<string>>, indexColumns: Map<string, string[]>, out: string[] = []): string[] {
+function tenantWalks(plan: any, uniqueColumns: Map<string, Set<string>>, indexColumns: Map<string, string[]>, out: string[] = [], joinFilter = ''): string[] {
   const keys = uniqueColumns.get(plan['Relation Name'] as string);
   if (keys && (plan['Index Name'] || plan['Node Type'] === 'Seq Scan')) {
     const cond = String(plan['Index Cond'] ?? '');
-    const filter = String(plan.Filter ?? '');
+    const filter = [plan.Filter, joinFilter].filter(Boolean).join(' AND ');
     const equal = (col: string, text: string) => new RegExp(`\\b${col}\\)?(::[a-z ]+)? = `).test(text);
     const names = (text: string) => [...keys].filter((col) => equal(col, text));
     const where = `${plan['Index Name'] ?? 'Seq Scan'} on ${plan['Relation Name']}: cond ${cond || 'none'}`;
@@ -226,7 +228,7 @@ function tenantWalks(plan: any, uniqueColumns: Map<string, Set<string>>, indexCo
     const unbounded = prefix < 0 ? [] : names(cond).filter((col) => columns.indexOf(col) > prefix);
     if (unbounded.length) out.push(`${where}, ${unbounded.join(', ')} behind unbounded ${columns[prefix]}`);
   }
-  for (const child of plan.Plans ?? []) tenantWalks(child, uniqueColumns, indexColumns, out);
+  for (const child of plan.Plans ?? []) tenantWalks(child, uniqueColumns, indexColumns, out, String(plan['Join Filter'] ?? ''));
   return out;
 }
 
@@ -251,6 +253,16 @@ const EXEMPT = [
     name: "the sweeper's repair of a waiting run's lost SLA timer: the run's pending approval request by run_id",
     walk: /^approval_requests_\w+ on approval_requests: cond \(tenant_id = \$\d+\), filter \(\(run_id = \$\d+\) AND \(status = 'pending'::text\)\)/,
     sql: /^select a\.sla_deadline, r\.idempotency_hash, .* from approval_requests a join durable_runs r /,
+  },
+  {
+    name: 'an SLA expiry or a cancel: the run\'s approval request joined to the locked run row, its run_id tested as the join filter',
+    walk: /^approval_requests_tenant_run_unique on approval_requests: cond \(tenant_id = \$\d+\), filter (\(status = 'pending'::text\) AND )?\(\(?(r\.id = a\.run_id|a\.run_id = r\.id)\)?\)/,
+    sql: /^(select a\.id, .* from \(select tenant_id, id, correlation_id from durable_runs where tenant_id = \$1 and id = \$2 for update\) r |update approval_requests a set status = case )/,
+  },
+  {
+    name: 'idempotency key expiry (the system role\'s, here planned under a tenant): keys by id from its own batch',
+    walk: /^idempotency_keys_\w+ on idempotency_keys: cond \(tenant_id = \$\d+\), filter \(idempotency_keys\.id = "ANY_subquery"\.id\)/,
+    sql: /^delete from idempotency_keys where id in \(select id from idempotency_keys where expires_at < now\(\)/,
   },
 ];
 
