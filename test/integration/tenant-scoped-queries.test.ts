@@ -210,7 +210,8 @@ describe('queries name their tenant', () => {
  * (`tenant_id = … and id = …` on (tenant_id, workflow, status, created_at, id)): PostgreSQL shows it as
  * an index condition, yet walks every entry of the bounded prefix (the tenant's runs) to test it.
  * A nested loop's join filter counts as its inner scan's filter: a key tested there (`r.id = a.run_id`
- * above a scan bounded by the tenant only) is the same walk.
+ * above a scan bounded by the tenant only) is the same walk; so does a bitmap heap scan's filter for
+ * its bitmap index scan (which names no table).
  */
 function tenantWalks(plan: any, uniqueColumns: Map<string, Set<string>>, indexColumns: Map<string, string[]>, out: string[] = [], joinFilter = ''): string[] {
   const keys = uniqueColumns.get(plan['Relation Name'] as string);
@@ -228,7 +229,12 @@ function tenantWalks(plan: any, uniqueColumns: Map<string, Set<string>>, indexCo
     const unbounded = prefix < 0 ? [] : names(cond).filter((col) => columns.indexOf(col) > prefix);
     if (unbounded.length) out.push(`${where}, ${unbounded.join(', ')} behind unbounded ${columns[prefix]}`);
   }
-  for (const child of plan.Plans ?? []) tenantWalks(child, uniqueColumns, indexColumns, out, String(plan['Join Filter'] ?? ''));
+  // A bitmap scan's index condition is its Bitmap Index Scan's, which names no table: it is given the heap scan's table and filter.
+  const heap = plan['Node Type'] === 'Bitmap Heap Scan';
+  for (const child of plan.Plans ?? []) {
+    const scan = heap && child['Node Type'] === 'Bitmap Index Scan' ? { ...child, 'Relation Name': plan['Relation Name'], Filter: plan.Filter } : child;
+    tenantWalks(scan, uniqueColumns, indexColumns, out, heap ? joinFilter : String(plan['Join Filter'] ?? ''));
+  }
   return out;
 }
 
