@@ -660,10 +660,12 @@ export class DurableRuntime {
     };
     const [retried] = await em.execute<RunRow[]>(
       // The delete runs whatever the update reads of it (a data-modifying CTE always runs to completion).
+      // `status || ''`: `status = 'failed'` proves the ended runs' list index's predicate, and a generic plan
+      // walked the tenant's ended runs in it to test `id` (durable-run.entity.ts); this finds the row by its key.
       `with dropped as (delete from durable_checkpoints where tenant_id = ? and run_id = ? and status <> 'completed')
        update durable_runs set status = ?, sequence_num = ?, error = null, completed_at = null, updated_at = now(), lease_owner = null, lease_expires_at = null,
               crash_seq = null, crash_count = 0, retry_count = ?, retry_history = coalesce(retry_history, '[]'::jsonb) || jsonb_build_array(?::jsonb)
-        where tenant_id = ? and id = ? and status = 'failed' and retry_count = ?
+        where tenant_id = ? and id = ? and status || '' = 'failed' and retry_count = ?
        returning ${RUN_COLUMNS}`,
       [run.tenant_id, run.id, completed.size === 0 ? 'pending' : 'running', next - 1, entry.retry, JSON.stringify(entry), run.tenant_id, run.id, run.retry_count],
     );
