@@ -7,7 +7,7 @@
  */
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
 import { randomUUID } from 'node:crypto';
-import { api, CLASS_A_SUBMISSION, newTenant, runUsers, SAMPLE_SUBMISSION, startStack, type TestStack } from '../helpers/stack.ts';
+import { api, CLASS_A_SUBMISSION, CLASS_C_SUBMISSION, newTenant, runUsers, SAMPLE_SUBMISSION, startStack, type TestStack } from '../helpers/stack.ts';
 import { waitFor } from '../helpers/poll.ts';
 import { setPolicy } from '../helpers/policy.ts';
 import { barrier, controlledStep, enteredBy, startRunHost, stepControl, wrappedGoldenPath, type StepControl } from '../helpers/run-host.ts';
@@ -489,12 +489,17 @@ describe('retrying a failed run through the API', () => {
     }
   });
 
-  it('a decision on a waiting run of a retired version: 409 workflow_version_retired, nothing recorded; where the version is merely not registered, 503', { timeout: LONG }, async () => {
+  /**
+   * A waiting run of `submission`, made a run of golden-path v7: its approver's decision is refused by an
+   * API that declares v7 retired (409) and by one that merely lacks it (503), and nothing is recorded.
+   */
+  async function decisionRefusedOnRetired(submission: unknown, requiredApprovals: number) {
     host(control());
-    const id = await submit(SAMPLE_SUBMISSION); // class B: waits for a human at step 3
+    const id = await submit(submission);
     expect((await waitStatus(id, ['waiting', 'failed'])).status).toBe('waiting');
     await stack.db.admin(`update durable_runs set workflow_version = 7 where id = $1`, [id]);
-    const [request] = (await stack.db.admin(`select id from approval_requests where run_id = $1`, [id])).rows;
+    const [request] = (await stack.db.admin(`select id, required_approvals from approval_requests where run_id = $1`, [id])).rows;
+    expect(request.required_approvals).toBe(requiredApprovals);
     const before = { run: await runRow(id), request: (await stack.db.admin(`select * from approval_requests where run_id = $1`, [id])).rows };
     const decide = (target: TestStack) =>
       api(target, 'POST', `/api/v1/approvals/${request.id}/decision`, { token: tok.approver!, body: { decision: 'approve' }, headers: { 'Idempotency-Key': randomUUID() } });
@@ -503,7 +508,8 @@ describe('retrying a failed run through the API', () => {
       const res = await decide(retiring);
       expect(res.status, res.text).toBe(409);
       expect(res.json).toMatchObject({ code: 'workflow_version_retired', workflow: 'golden-path', workflow_version: 7, run_status: 'waiting' });
-      expect((await decide(stack)).status).toBe(503);
+      const unregistered = await decide(stack);
+      expect(unregistered.status, unregistered.text).toBe(503);
       expect(await runRow(id)).toEqual(before.run);
       expect((await stack.db.admin(`select * from approval_requests where run_id = $1`, [id])).rows).toEqual(before.request);
       expect((await stack.db.admin(`select count(*)::int as n from approval_decisions where approval_request_id = $1`, [request.id])).rows[0].n).toBe(0);
@@ -511,6 +517,14 @@ describe('retrying a failed run through the API', () => {
       await retiring.stop();
       await cancel(id);
     }
+  }
+
+  it('a decision on a waiting run of a retired version: 409 workflow_version_retired, nothing recorded; where the version is merely not registered, 503', { timeout: LONG }, async () => {
+    await decisionRefusedOnRetired(SAMPLE_SUBMISSION, 1); // class B: waits for a human at step 3
+  });
+
+  it("a class C request's first approval on a waiting run of a retired version: 409 workflow_version_retired, nothing recorded (the second could never follow it); where merely not registered, 503", { timeout: LONG }, async () => {
+    await decisionRefusedOnRetired(CLASS_C_SUBMISSION, 2); // two distinct approvers: the first decision does not resume the run
   });
 
   it("an SLA timer of a waiting run of a retired version expires it (ADR 0008): an expiry runs no step code, so the run ends approval_expired with one run.approval_expired event, its request expired at its deadline, and the timer completes", { timeout: LONG }, async () => {

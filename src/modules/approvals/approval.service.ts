@@ -69,10 +69,10 @@ export class ApprovalService {
     // The run row is locked first (the subquery's own `for update`, done before the join can return
     // the request to the outer lock), then the request: the lock order of a cancel (class comment). A
     // cancel still in progress is waited for and then seen, run and request as it left them.
-    const [req] = await em.execute<(ApprovalRow & { workflow: string; correlation_id: string; sla_deadline_text: string | null })[]>(
+    const [req] = await em.execute<(ApprovalRow & { workflow: string; workflow_version: number; correlation_id: string; sla_deadline_text: string | null })[]>(
       `select a.id, a.tenant_id, a.run_id, a.required_approvals, a.status, a.submitted_by, a.sla_deadline,
-              coalesce(a.sla_deadline <= now(), false) as expired_now, a.sla_deadline::text as sla_deadline_text, r.idempotency_hash, r.status as run_status, r.workflow, r.correlation_id
-         from (select tenant_id, id, idempotency_hash, status, workflow, correlation_id from durable_runs where id = (select run_id from approval_requests where id = ?) for update) r
+              coalesce(a.sla_deadline <= now(), false) as expired_now, a.sla_deadline::text as sla_deadline_text, r.idempotency_hash, r.status as run_status, r.workflow, r.workflow_version, r.correlation_id
+         from (select tenant_id, id, idempotency_hash, status, workflow, workflow_version, correlation_id from durable_runs where id = (select run_id from approval_requests where id = ?) for update) r
          join approval_requests a on a.tenant_id = r.tenant_id and a.run_id = r.id where a.id = ? for update of a`,
       [approvalId, approvalId],
     );
@@ -96,6 +96,10 @@ export class ApprovalService {
     // row (another decision, a cancel, an expiry) while the deadline passed, and its now() — the
     // transaction's start — is before that wait. The request has read expired since; so is the answer.
     if (stored.overdue) throw new ConflictError('approval_expired', 'The approval request passed its SLA deadline; it can no longer be decided.');
+    // The run's own version, before anything is recorded, whatever this decision's outcome: a class C
+    // first approval does not resume the run, but a version retired for good (409) can never take the
+    // second, and one this instance does not register (503) is decided where it is (ADR 0008).
+    this.runtime.definition(req.workflow, req.workflow_version, { id: req.run_id, status: req.run_status ?? 'waiting' });
     // The request's decisions so far, read under the locks above: no other decision can commit before ours.
     const earlier = await decisionsOf(em, req.tenant_id, req.id);
     const approvals = earlier.filter((d) => d.decision === 'approve').length + (decision === 'approve' ? 1 : 0);
