@@ -117,6 +117,10 @@ describe('queries name their tenant', () => {
     // re-created from the request, read by the run's key.
     const golden = workerContainer.workflows.find((w) => w.name === 'golden-path')!;
     await tenantEm(workerContainer.orm, tenant).transactional((tx) => golden.repairWaiting!(tx, { tenantId: tenant, runId: cancelled.json.run_id }));
+    // The sweeper's re-enqueue of a run it found stale reads the run by key (a waiting one: nothing to
+    // re-enqueue). Its private method, called directly: a run left stale on purpose would race the worker.
+    const sweeper = worker.sweeper as unknown as { reenqueue(ref: { id: string; tenant_id: string; workflow: string; workflow_version: number }): Promise<boolean> };
+    expect(await sweeper.reenqueue({ id: cancelled.json.run_id, tenant_id: tenant, workflow: 'golden-path', workflow_version: 1 })).toBe(false);
     expect((await api(stack, 'POST', `/api/v1/golden-path/runs/${cancelled.json.run_id}/cancel`, { token: tok.submitter!, headers: { 'Idempotency-Key': randomUUID() } })).status).toBe(200);
     const cursor = Buffer.from(`${new Date().toISOString()}|${randomUUID()}`).toString('base64url');
     for (const status of ['pending', 'expired', 'withdrawn']) {
