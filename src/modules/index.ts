@@ -127,12 +127,15 @@ export function workflowsFor(config: Config, deps: { queue: (name: string) => Qu
   const approvalStep = approvalPacketStep({ ...slaDefaults(config), sla });
   return [
     goldenPathWorkflow(approvalStep, evidencePackStep, async (em, { tenantId, runId }) => {
-      // Redis may have lost the SLA timer: re-create it from the approval row (idempotent job id).
-      // `status || ''` on both: the run and its request by their keys, never through a partial index
-      // whose predicate a status literal would prove (active runs, pending requests: a walk of the tenant's).
+      // Redis may have lost the SLA timer: re-create it from the approval row (idempotent job id). The
+      // statuses tested as `status || ''`, which proves no partial index's predicate: `a.status =
+      // 'pending'` proves the pending requests' list index's, and `r.status = 'waiting'` the active runs'
+      // lists', and a plan made on tables without statistics walked the tenant's pending requests (the
+      // run matched as a filter) and its active runs (`id` behind `workflow`), per waiting run repaired
+      // (tenant-scoped-queries.test.ts).
       const [req] = await em.execute<{ sla_deadline: Date | null; idempotency_hash: string; tenant_id: string; traceparent: string | null; correlation_id: string }[]>(
         `select a.sla_deadline, r.idempotency_hash, r.tenant_id, r.traceparent, r.correlation_id from approval_requests a join durable_runs r on r.tenant_id = a.tenant_id and r.id = a.run_id
-          where a.tenant_id = ? and a.run_id = ? and a.status || '' = 'pending' and r.status || '' = 'waiting'`,
+          where a.tenant_id = ? and a.run_id = ? and (a.status || '') = 'pending' and (r.status || '') = 'waiting'`,
         [tenantId, runId],
       );
       // A run cancelled since the sweeper listed it as waiting gets no timer back.

@@ -7,6 +7,7 @@ import { inlineStatement } from '../../src/platform/db/statement-batch.ts';
 import { CoalescingClient, DEFER_UNTIL_NEXT, LAST_IN_TRANSACTION } from '../../src/platform/db/coalescing-client.ts';
 import { createContainer, type Container } from '../../src/container.ts';
 import { createTestDatabase } from '../helpers/db.ts';
+import { tenantEm } from '../../src/platform/db/tenant-em.ts';
 import { startWorkerProcess, type WorkerProcess } from '../../src/worker-runtime.ts';
 import { stackSweeper } from '../helpers/recovery.ts';
 
@@ -113,6 +114,14 @@ describe('queries name their tenant', () => {
     // Class C cancelled while it waits: its request withdrawn. The lists by the status a request reads.
     const cancelled = await submit(CLASS_C_SUBMISSION);
     expect((await waitStatus(cancelled.json.run_id, ['waiting', 'failed'])).status).toBe('waiting');
+    // The sweeper's repair of a waiting run (after a Redis loss, or its timer gone): its SLA timer
+    // re-created from the request, read by the run's key.
+    const golden = workerContainer.workflows.find((w) => w.name === 'golden-path')!;
+    await tenantEm(workerContainer.orm, tenant).transactional((tx) => golden.repairWaiting!(tx, { tenantId: tenant, runId: cancelled.json.run_id }));
+    // The sweeper's re-enqueue of a run it found stale reads the run by key (a waiting one: nothing to
+    // re-enqueue). Its private method, called directly: a run left stale on purpose would race the worker.
+    const sweeper = worker.sweeper as unknown as { reenqueue(ref: { id: string; tenant_id: string; workflow: string; workflow_version: number }): Promise<boolean> };
+    expect(await sweeper.reenqueue({ id: cancelled.json.run_id, tenant_id: tenant, workflow: 'golden-path', workflow_version: 1 })).toBe(false);
     expect((await api(stack, 'POST', `/api/v1/golden-path/runs/${cancelled.json.run_id}/cancel`, { token: tok.submitter!, headers: { 'Idempotency-Key': randomUUID() } })).status).toBe(200);
     const cursor = Buffer.from(`${new Date().toISOString()}|${randomUUID()}`).toString('base64url');
     for (const status of ['pending', 'expired', 'withdrawn']) {

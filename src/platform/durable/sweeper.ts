@@ -273,9 +273,10 @@ export class Sweeper {
     const wf = this.o.runtime.workflows.get(ref.workflow, ref.workflow_version);
     const queue = wf && this.o.runtime.queues.get(wf.queue);
     if (!wf || !queue) return false; // another deployment's workflow or version: leave it to the workers that know it
-    // The run row moves only with its status; its checkpoints are the live progress. `status || ''`: a
-    // status literal would prove the partial active-run indexes' predicate (a generic plan walked the
-    // tenant's active runs in one to test `id`); this finds the row by its key.
+    // The run row moves only with its status; its checkpoints are the live progress. `status || ''`:
+    // the same test, proving no partial index's predicate — `status in ('pending', 'running')` proves
+    // the active runs' list indexes', and a generic plan made on a table without statistics read the
+    // run there, `id` behind `workflow`, walking the tenant's active runs (tenant-scoped-queries.test.ts).
     const [run] = await tenantEm(this.o.orm, ref.tenant_id).transactional((tx) =>
       tx.execute<(RunRow & { completed: number })[]>(
         `select ${RUN_COLUMNS}, ${COMPLETED_STEPS_SQL} as completed from durable_runs r where tenant_id = ? and id = ? and (status || '') in ('pending', 'running')`,
