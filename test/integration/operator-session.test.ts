@@ -262,6 +262,18 @@ describe('a GET of the link uses nothing up: only the sign-in button (a POST) ex
     expect((await exchange(stack.baseUrl, token)).status).toBe(303);
   });
 
+  it("from a browser without Sec-Fetch-Site, the Origin must be the dashboard's own origin, scheme included, not only its host", async () => {
+    const token = await operatorToken('ops-login-csrf-scheme');
+    // The same host and port over the other scheme is another origin (a page a network attacker
+    // serves on the plain-HTTP side of an HTTPS dashboard, say): its form posting the attacker's token is login CSRF.
+    const otherScheme = stack.baseUrl.replace(/^http:/, 'https:');
+    const res = await exchange(stack.baseUrl, token, { headers: { origin: otherScheme } });
+    expect(res.status, res.text).toBe(403);
+    expect(res.setCookie).toBeNull();
+    expect(await operatorSessions(stack.redis, stack.config).refusal(token)).toBeUndefined();
+    expect((await exchange(stack.baseUrl, token, { headers: { origin: stack.baseUrl } })).status).toBe(303);
+  });
+
   it('the exchange takes the token from the body only, and a link is exchanged by no other method', async () => {
     const token = await operatorToken('ops-body');
     const inUrl = await fetch(`${stack.baseUrl}/admin/queues/sign-in?token=${token}`, { method: 'POST', redirect: 'manual', headers: ownPage() });

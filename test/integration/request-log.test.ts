@@ -15,6 +15,7 @@ import { adminAuth, OPERATOR_ROLE } from '../../src/platform/http/admin-auth.mid
 import { operatorSessions } from '../../src/platform/http/admin-board.ts';
 import { TEST_JWT_SECRET, TEST_REDIS_URL } from '../helpers/env.ts';
 import { postSignIn } from '../helpers/dashboard-sign-in.ts';
+import { startOwnRedis } from '../helpers/own-infra.ts';
 
 /** Where the guard keeps used `?token=` links: the shared Redis, under a prefix of this file's own. */
 const redis = new Redis(TEST_REDIS_URL, { maxRetriesPerRequest: 1 });
@@ -104,6 +105,41 @@ describe('request log lines', () => {
       expect(JSON.stringify(line)).not.toContain(/^dealix_admin_token=([^;]*);/.exec(res.setCookie ?? '')![1]);
     } finally {
       await new Promise<void>((r) => server.close(() => r()));
+    }
+  });
+});
+
+describe('error log lines', () => {
+  it("never carry the operator's token when Redis refuses the sign-in exchange (ioredis puts a failed command's arguments on its error)", async () => {
+    // A private redis-server that refuses every write (maxmemory reached, noeviction: as BullMQ
+    // requires), so the exchange script fails with OOM while its reads still answer.
+    const own = await startOwnRedis(); // started, and stopped in finally
+    const client = new Redis(own.url, { maxRetriesPerRequest: 1 });
+    const { lines, destination } = capturedLog();
+    const logger = createLogger({ level: 'info', name: 'test', destination });
+    const app = express();
+    const config = parseConfig({ JWT_SECRET: TEST_JWT_SECRET, QUEUE_PREFIX: prefix });
+    app.use(correlationMiddleware);
+    app.use(httpLogger(logger));
+    app.use('/admin/queues', adminAuth({ verifier: createTokenVerifier(config), logger, basePath: '/admin/queues', sessions: operatorSessions(client, config) }));
+    let server: Server | undefined;
+    try {
+      await own.client.config('SET', 'maxmemory-policy', 'noeviction');
+      await own.client.config('SET', 'maxmemory', '1');
+      server = await new Promise<Server>((r) => {
+        const s = app.listen(0, '127.0.0.1', () => r(s));
+      });
+      const token = await signDevToken(config, { sub: 'operator-oom', tenantId: randomUUID(), roles: [OPERATOR_ROLE] });
+      const res = await postSignIn(`http://127.0.0.1:${(server.address() as AddressInfo).port}`, token, { headers: { 'x-correlation-id': 'log-oom', 'sec-fetch-site': 'same-origin' } });
+      expect(res.status, res.text).toBe(503);
+      const failed = await waitFor(() => lines.find((l) => l.msg === 'request failed' && l.correlation_id === 'log-oom'), { what: "the failure's error line" });
+      expect(JSON.stringify(failed)).toContain('OOM');
+      await waitFor(() => lines.find((l) => l.correlation_id === 'log-oom' && l.res), { what: 'the request line' });
+      for (const line of lines) expect(JSON.stringify(line)).not.toContain(token.split('.')[2]);
+    } finally {
+      if (server) await new Promise<void>((r) => server!.close(() => r()));
+      client.disconnect();
+      await own.stop();
     }
   });
 });

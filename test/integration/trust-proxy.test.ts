@@ -62,6 +62,18 @@ describe('TRUST_PROXY decides whose X-Forwarded-Proto the API believes', () => {
     expect(await cookieVia(await apiWith('false', '127.0.0.1'))).not.toMatch(/Secure/);
   });
 
+  it("the sign-in's Origin check (a browser without Sec-Fetch-Site) takes the scheme and host a believed proxy forwards", async () => {
+    const signIn = async (base: string, headers: Record<string, string>) =>
+      (await postSignIn(base, await stack.token({ tenantId: newTenant(), sub: 'operator-1', roles: [OPERATOR_ROLE] }), { headers })).status;
+    const behind = { 'x-forwarded-proto': 'https', 'x-forwarded-host': 'ops.example' };
+    const trusting = await apiWith(undefined, '127.0.0.1');
+    // The page the browser saw was https://ops.example's; the proxy says so, and is believed.
+    expect(await signIn(trusting, { ...behind, origin: 'https://ops.example' })).toBe(303);
+    expect(await signIn(trusting, { ...behind, origin: 'http://ops.example' })).toBe(403);
+    // Not believed: the request is plain HTTP to 127.0.0.1, which https://ops.example is not.
+    expect(await signIn(await apiWith('false', '127.0.0.1'), { ...behind, origin: 'https://ops.example' })).toBe(403);
+  });
+
   it.skipIf(!external)('a load balancer on another host is believed with TRUST_PROXY=1, not by default', async () => {
     // The connection arrives from this machine's external address, as a balancer's would from its own.
     expect(await cookieVia(await apiWith(undefined, external!))).not.toMatch(/Secure/);

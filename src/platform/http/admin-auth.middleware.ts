@@ -152,7 +152,7 @@ const SAFE_METHODS = new Set(['GET', 'HEAD', 'OPTIONS']);
  * request's host; neither (a tool, curl) is not a browser and passes.
  *
  * `ownPageOnly` (the sign-in exchange) wants proof instead: `Sec-Fetch-Site: same-origin`, or else an
- * `Origin` of this host. The attack there is login CSRF — another site posting *its* token from the
+ * `Origin` of this scheme and host. The attack there is login CSRF — another site posting *its* token from the
  * operator's browser, which would sign the operator in as the attacker, and carries no cookie for
  * SameSite to withhold — and a browser too old to send `Sec-Fetch-Site` may send no `Origin` either.
  * Only a browser needs the exchange (its answer is a cookie); a tool has the bearer header.
@@ -166,19 +166,28 @@ function guardBrowser(opts: AdminAuthOptions, req: Request, res: Response, ownPa
   const site = req.get('sec-fetch-site');
   const origin = req.get('origin');
   const ownOrigin =
-    site !== undefined ? site === 'same-origin' || (site === 'none' && !ownPageOnly) : origin !== undefined ? originHost(origin) === req.host : !ownPageOnly;
+    site !== undefined ? site === 'same-origin' || (site === 'none' && !ownPageOnly) : origin !== undefined ? sameHost(origin, req, ownPageOnly) : !ownPageOnly;
   if (!ownOrigin) {
     opts.logger.warn({ security_event: 'admin_cross_origin', method: req.method, path: req.path, ip: req.ip, sec_fetch_site: site, origin }, 'refused a cross-origin dashboard action');
     throw new ForbiddenError(`A ${req.method} to the dashboard must come from the dashboard itself, not from another site (Sec-Fetch-Site: ${site ?? '-'}, Origin: ${origin ?? '-'}).`);
   }
 }
 
-function originHost(origin: string): string | undefined {
+/**
+ * Whether `origin` names the request's host (`trust proxy` decides whether X-Forwarded-Host and
+ * -Proto stand for the Host and the scheme). `withScheme` (the sign-in exchange) compares the scheme too:
+ * `http://dashboard` is another origin than `https://dashboard`, and a network attacker can serve a
+ * page on the plain-HTTP side that posts its own token (login CSRF). The board's other writes keep Go's
+ * host-only comparison: a TLS-terminating proxy without TRUST_PROXY would otherwise refuse them all.
+ */
+function sameHost(origin: string, req: Request, withScheme: boolean): boolean {
+  let url: URL;
   try {
-    return new URL(origin).host;
+    url = new URL(origin);
   } catch {
-    return undefined; // `null` (a sandboxed frame, a file) or garbage: no origin of ours
+    return false; // `null` (a sandboxed frame, a file, a no-referrer page's form) or garbage: no origin of ours
   }
+  return url.host === req.host && (!withScheme || url.protocol === `${req.protocol}:`);
 }
 
 function adminCookie(opts: AdminAuthOptions, req: Request, value: string, maxAge: number): string {

@@ -8,6 +8,10 @@ export const REDACT_PATHS = [
   'req.headers.cookie',
   'req.headers["proxy-authorization"]',
   'res.headers["set-cookie"]',
+  // ioredis puts a failed command's arguments on its error (`err.command.args`), and pino's error
+  // serializer copies them: the dashboard's sign-in script carries the operator's JWT (a Redis OOM or
+  // READONLY logged it whole), and other commands carry job data and stored responses. The name stays.
+  'err.command.args',
   'req.query.token',
   'req.query.access_token',
   'req.query.password',
