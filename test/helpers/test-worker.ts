@@ -8,7 +8,8 @@
  * `kill-once` (the same the first time any worker enters it, as the file GP_SLOW_KILL_ONCE says:
  * created then, it lets later executions through) or `block` (blocks the process's event loop for
  * GP_SLOW_BLOCK_MS, 4000 by default, then never finishes: a worker that stays alive while its job's lock
- * lapses — past WORKER_LOCK_DURATION nothing renews it — every time). GP_SLOW_VARIANT: original | reordered | renamed (see slow-workflow.ts).
+ * lapses — past WORKER_LOCK_DURATION nothing renews it — every time) or `block-kill` (the same, then
+ * SIGKILLs its own process: a step whose worker thrashes in GC before its OOM kill). GP_SLOW_VARIANT: original | reordered | renamed (see slow-workflow.ts).
  * GP_SLOW_FAIL: `<seq>:permanent` (the step throws a non-retryable error) or `<seq>:retryable[:<n>]`
  * (it throws a plain error on its first n attempts, on every attempt without n) or `<seq>:database`
  * (a statement of the step fails in PostgreSQL, on every attempt). GP_SLOW_RETRY: JSON,
@@ -55,6 +56,11 @@ const gate: StepGate = async ({ seq, step, ctx }) => {
   }
   if (spec === 'kill') process.kill(process.pid, 'SIGKILL');
   if (spec === 'kill-once' && firstToEnter()) process.kill(process.pid, 'SIGKILL');
+  if (spec === 'block-kill') {
+    // Blocks the loop without spinning a CPU (many such workers run at once): no timer, no lock renewal, no I/O.
+    Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, Number(process.env.GP_SLOW_BLOCK_MS ?? 4000));
+    process.kill(process.pid, 'SIGKILL');
+  }
   if (spec === 'block') {
     // Synchronous on purpose: no timer, no lock renewal, no I/O runs until it ends (a CPU-bound step, a GC pause).
     const until = Date.now() + Number(process.env.GP_SLOW_BLOCK_MS ?? 4000);

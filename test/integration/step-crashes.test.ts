@@ -164,4 +164,34 @@ describe('a step that kills its worker process', () => {
     expect(done.status).toBe('completed');
     expect(await runRow(id)).toMatchObject({ crash_seq: 2, crash_count: 1 });
   });
+
+  it('alive when its lock lapsed, dead before the step went through (GC thrash, then the OOM kill), every time: counted, the run fails with step_crashed_worker', { timeout: LONG }, async () => {
+    const { id } = await submit();
+    // Step 2 blocks its worker's loop for 6 s, past the lock (2 s), then SIGKILLs it, on every execution.
+    // Five such workers kept alive (replaced together), so one is idle at each lapse: each re-delivery finds
+    // the holder it takes over from still alive (blocked), and holders die afterwards. Before: no crash
+    // counted, the loop went on past BullMQ's stall limit, and the sweeper's re-enqueue started it again.
+    const max = 4 * MAX_CRASHES;
+    const live: WorkerHandle[] = [];
+    let died = 0;
+    while (died < max && !(await ended(id))) {
+      const spawning = Math.min(5 - live.length, max - died);
+      const before = stack.workers.length;
+      const spawned = await Promise.allSettled(Array.from({ length: spawning }, () => worker('0,block-kill', { GP_SLOW_BLOCK_MS: '6000' })));
+      for (const [i, s] of spawned.entries()) {
+        if (s.status === 'fulfilled') live.push(s.value);
+        // Died before its start line (it took the job at once): a death all the same.
+        else if (dead(stack.workers[before + i]!) && /worker exited at start/.test((s.reason as Error).message)) died++;
+        else throw s.reason;
+      }
+      await waitFor(async () => (live.some(dead) || (await ended(id)) ? true : undefined), { timeoutMs: 60_000, intervalMs: 100, what: `run ${id} to end or a worker to die` });
+      for (const w of live.filter(dead)) {
+        await w.exited;
+        live.splice(live.indexOf(w), 1);
+        died++;
+      }
+    }
+    const failed = await waitFor(async () => ((await ended(id)) ? getRun(id) : undefined), { timeoutMs: 15_000, what: `run ${id} to end (${died} workers died)` });
+    expect(failed).toMatchObject({ status: 'failed', error: { code: 'step_crashed_worker', step: STEPS[1], sequence_num: 2, crashes: MAX_CRASHES } });
+  });
 });

@@ -37,9 +37,10 @@ export const DurableRun = defineEntity({
     sequenceNum: p.integer().default(0),
     stepCount: p.integer(),
     /**
-     * The worker (instance id) that last moved the run's status (null once it waits or ends) or took its
-     * job over after a stall, and until when its claim stood: after the next stall, the holder whose
-     * liveness tells a crash from a lock that lapsed (ADR 0016, amendment).
+     * The worker (instance id) that last moved the run's status (null once it waits, or ends other than by
+     * its last step's commit, which names its worker) or took its job over after a stall, and until when
+     * its claim stood: after the next stall, the holder whose liveness tells a crash from a lock that
+     * lapsed (ADR 0016, amendment).
      */
     leaseOwner: p.string().length(128).nullable(),
     leaseExpiresAt: p.datetime().nullable(),

@@ -125,6 +125,8 @@ export function malformedJobData(d: Partial<StepJobData> | null | undefined): st
 
 /** STEP_MAX_CRASHES's default: crashes of one step before its run fails (ADR 0016). */
 export const DEFAULT_MAX_CRASHES = 5;
+/** At most this many holders found alive at a step's stalls are looked for again (StepJobData.lapsed): a bound on the job's data. */
+const MAX_LAPSED_HOLDERS = 20;
 
 const isActive = (status: string) => (ACTIVE_RUN_STATUSES as readonly string[]).includes(status);
 
@@ -523,18 +525,26 @@ export class StepExecutor {
           return undefined;
         })
       : undefined;
+    // Holders found alive at earlier stalls (their lock lapsed), gone since: if the run is still at the
+    // step they lapsed in (their execution never committed it), they died in it — a GC thrash before an
+    // OOM kill, a block then a crash in native code. Each re-delivery of such a step finds the holder it
+    // takes over from still alive, so without them no death would ever be counted. A stall counts one
+    // crash however many deaths it learns of (as many as STEP_MAX_CRASHES stalls fail the run, as before).
+    const gone = d.lapsed && alive ? d.lapsed.holders.filter((w) => !alive.has(w)) : [];
     const counted = tenantEm(this.o.orm, d.tenant_id).transactional((tx) =>
-      tx.execute<{ seq: number; crashes: number; holder: string | null; lapsed: boolean }[]>(
+      tx.execute<{ seq: number; crashes: number; holder: string | null; alive: boolean; counts: boolean }[]>(
         // `status || ''` keeps the row found by its key (ADR 0004); a waiting or ended run has no step running to count.
         `${LAST_IN_TRANSACTION}with n as (select count(*)::int + 1 as seq from durable_checkpoints where tenant_id = ? and run_id = ? and status = 'completed'),
-              h as (select lease_owner as holder, coalesce(lease_owner in (select jsonb_array_elements_text(?::jsonb)), false) as lapsed from durable_runs where tenant_id = ? and id = ?)
+              h as (select lease_owner as holder, coalesce(lease_owner in (select jsonb_array_elements_text(?::jsonb)), false) as alive from durable_runs where tenant_id = ? and id = ?),
+              c as (select h.holder, h.alive, not h.alive or coalesce(n.seq = ?::int and ?::int > 0, false) as counts from h, n)
          update durable_runs set
-             crash_count = case when h.lapsed then crash_count when crash_seq = n.seq then crash_count + 1 else 1 end,
-             crash_seq = case when h.lapsed then crash_seq else n.seq end,
+             crash_count = case when not c.counts then crash_count when crash_seq = n.seq then crash_count + 1 else 1 end,
+             crash_seq = case when c.counts then n.seq else crash_seq end,
              lease_owner = ?, lease_expires_at = now() + ? * interval '1 millisecond'
-           from n, h where tenant_id = ? and id = ? and (status || '') in ('pending', 'running') and retry_count = ?
-         returning n.seq, crash_count as crashes, h.holder, h.lapsed`,
-        [d.tenant_id, d.run_id, JSON.stringify([...(alive ?? [])]), d.tenant_id, d.run_id, this.o.workerId, this.o.leaseMs, d.tenant_id, d.run_id, d.retry ?? 0],
+           from n, c where tenant_id = ? and id = ? and (status || '') in ('pending', 'running') and retry_count = ?
+         returning n.seq, crash_count as crashes, c.holder, c.alive, c.counts`,
+        [d.tenant_id, d.run_id, JSON.stringify([...(alive ?? [])]), d.tenant_id, d.run_id, d.lapsed?.seq ?? null, gone.length,
+          this.o.workerId, this.o.leaseMs, d.tenant_id, d.run_id, d.retry ?? 0],
       ),
     );
     // Not counted (the database unreachable, say): the job goes on, and its step meets the same database
@@ -545,18 +555,22 @@ export class StepExecutor {
     });
     if (!rows) return;
     // Counted: a crash of this job's re-delivery is counted by the next one (its stalledCounter is higher again).
-    await job.updateData({ ...job.data, stalls }).catch((ue) => logger.warn({ err: ue }, 'could not record the stall counted; a later delivery may count it again'));
     const row = rows[0];
+    // The holders still alive at the run's step, this stall's if alive: the next stalls look for them again.
+    const holders = row && d.lapsed?.seq === row.seq ? d.lapsed.holders.filter((w) => !gone.includes(w)) : [];
+    if (row?.alive && row.holder && !holders.includes(row.holder)) holders.push(row.holder);
+    const lapsed = row && holders.length ? { seq: row.seq, holders: holders.slice(-MAX_LAPSED_HOLDERS) } : undefined;
+    await job.updateData({ ...job.data, stalls, lapsed }).catch((ue) => logger.warn({ err: ue }, 'could not record the stall counted; a later delivery may count it again'));
     if (!row || row.seq > wf.steps.length) return;
     const step = wf.steps[row.seq - 1]!;
     const limit = this.o.maxCrashes ?? DEFAULT_MAX_CRASHES;
     const log = logger.child({ sequence_num: row.seq, step: step.name });
-    if (row.lapsed) {
+    if (!row.counts) {
       log.warn({ holder: row.holder, crashes: row.crashes, max_crashes: limit, stalls }, 'run job delivered again after its lock lapsed while its worker was alive: not counted as a crash');
       return;
     }
     if (row.crashes < limit) {
-      log.warn({ holder: row.holder, crashes: row.crashes, max_crashes: limit, stalls }, 'run job delivered again after its worker was lost mid-step; the step runs again from the last checkpoint');
+      log.warn({ holder: row.holder, ...(gone.length && d.lapsed?.seq === row.seq ? { lapsed_gone: gone } : {}), crashes: row.crashes, max_crashes: limit, stalls }, 'run job delivered again after its worker was lost mid-step; the step runs again from the last checkpoint');
       return;
     }
     log.error({ holder: row.holder, crashes: row.crashes, max_crashes: limit }, 'step lost its worker too often: it is not run again, the run fails');

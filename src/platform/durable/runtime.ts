@@ -52,6 +52,12 @@ export interface StepJobData {
    * (ADR 0016): a delivery with a higher stalledCounter follows a new stall, and counts it.
    */
   stalls?: number;
+  /**
+   * The holders of the job found alive at its stalls (their lock lapsed: not a crash, ADR 0016
+   * amendment) while the run was at step `seq`: one gone at a later stall with the run still at that
+   * step died in it (a GC thrash before an OOM kill), and that stall counts a crash.
+   */
+  lapsed?: { seq: number; holders: string[] };
   /** How often workers that do not register the run's workflow version put the job off (ADR 0008). */
   deferrals?: number;
   /** How often the job was parked because its tenant had WORKER_MAX_ACTIVE_RUNS_PER_TENANT run jobs executing (ADR 0012). */
