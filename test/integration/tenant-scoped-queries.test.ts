@@ -59,6 +59,7 @@ beforeAll(async () => {
   tok.submitter = await t('submitter-1');
   tok.approver1 = await t('approver-1', ['approver']);
   tok.approver2 = await t('approver-2', ['approver']);
+  tok.admin = await t('admin-1', ['admin']);
 });
 afterAll(async () => {
   CoalescingClient.prototype.query = originalQuery;
@@ -132,6 +133,11 @@ describe('queries name their tenant', () => {
     const page = await get('/api/v1/golden-path/runs?limit=1');
     expect(page.status).toBe(200);
     expect((await get(`/api/v1/golden-path/runs?limit=1&status=completed&cursor=${encodeURIComponent(page.json.next_cursor)}`)).status).toBe(200);
+    // Bulk cancels that match nothing (runs created before 2000; an id of no run): their batches and
+    // their look for runs left, by a list of statuses (planned below on a tenant with many waiting runs).
+    const bulkCancel = (body: unknown) => api(stack, 'POST', '/api/v1/golden-path/runs/cancel', { token: tok.admin!, body, headers: { 'Idempotency-Key': randomUUID() } });
+    expect((await bulkCancel({ status: ['pending', 'running'], created_before: '2000-01-01T00:00:00Z' })).json.cancelled).toBe(0);
+    expect((await bulkCancel({ status: ['waiting'], ids: [randomUUID()] })).json.cancelled).toBe(0);
     // A failed run retried, and a pending run whose job is gone re-enqueued by a sweep: statements
     // that name one run by its key and an ended or active status (copies of run A, seeded as such).
     const copyOfA = async (status: string) => {

@@ -92,8 +92,9 @@ export type BulkCancelResult = z.infer<typeof bulkCancelResult>;
 /**
  * The bulk cancel: the tenant's runs of `workflow` that match `filter`, oldest first, up to its limit,
  * each locked `for update` (in batches of BULK_CANCEL_BATCH, in one order: created_at, id) and then
- * cancelled by cancelLockedRun, in the caller's transaction. Each statement reads the partial index of
- * the tenant's active runs of the workflow in that order (durable_runs_tenant_workflow_active_index), so
+ * cancelled by cancelLockedRun, in the caller's transaction. Each statement reads a partial index of
+ * the tenant's active runs of the workflow (durable_runs_tenant_workflow_active_index in that order; for
+ * pending and running runs only, the index of the runs in flight), or with ids the runs by their key, so
  * its cost follows the runs it returns, not the ended runs the tenant keeps. The tenant is the principal's, in the
  * statement's filter and in the row-level security of the tenant-bound entity manager.
  */
@@ -103,18 +104,29 @@ export async function bulkCancel(
   filter: BulkCancelFilter,
 ): Promise<BulkCancelResult> {
   const ids = filter.ids ? [...new Set(filter.ids.map((id) => id.toLowerCase()))] : undefined;
-  // Arrays as PostgreSQL array literals (the driver would spread a JS array into a list): the values
-  // are the schema's enum members and UUIDs, so no element needs quoting.
-  const params: unknown[] = [ctx.principal.tenantId, deps.workflow, `{${[...new Set(filter.status)].join(',')}}`];
-  let where = 'tenant_id = ? and workflow = ? and status = any(?::text[])';
+  // The statuses as literals, never a parameter: a prepared statement's generic plan (after five
+  // executions) cannot prove a partial index's predicate from `status = any($3)`, and read the tenant's
+  // runs through its unique key, or every tenant's runs of those statuses (`status, updated_at`),
+  // filtering; named, they prove the index of the runs in flight (pending, running) or of the active
+  // ones (ADR 0004, "Plans cached before statistics").
+  for (const status of filter.status) if (!(ACTIVE_RUN_STATUSES as readonly string[]).includes(status)) throw new Error(`not an active run status: ${status}`);
+  const statuses = [...new Set(filter.status)].map((s) => `'${s}'`).join(', ');
+  // What a run must match besides its tenant. With ids, `status || ''`, which proves no partial index's
+  // predicate: the runs are reached by their key alone (below).
+  let match = `workflow = ? and ${ids ? "(status || '')" : 'status'} in (${statuses})`;
+  const matchParams: unknown[] = [deps.workflow];
   if (filter.created_before) {
-    where += ' and created_at < ?::timestamptz';
-    params.push(filter.created_before);
+    match += ' and created_at < ?::timestamptz';
+    matchParams.push(filter.created_before);
   }
-  if (ids) {
-    where += ' and id = any(?::uuid[])';
-    params.push(`{${ids.join(',')}}`);
-  }
+  const tenantId = ctx.principal.tenantId;
+  // Arrays as PostgreSQL array literals (the driver would spread a JS array into a list): the values are UUIDs.
+  const array = (values: readonly string[]) => `{${values.join(',')}}`;
+  // With ids, each run is read by its key, (tenant_id, id), one id after another (a lateral subquery
+  // the planner cannot flatten: `offset 0`, or its lock): `id = any($n)` beside the tenant was planned,
+  // as a generic plan, as a walk of the tenant's runs testing each against the ids.
+  const byKey = (columns: string, lock = '') =>
+    `cross join lateral (select ${columns} from durable_runs where tenant_id = ? and id = k.id and ${match} ${lock || 'offset 0'}) r`;
   const cancelled: string[] = [];
   // What each cancel leaves for after the commit (its webhook jobs, its log line, its SLA timer's
   // removal: a Redis command each) runs concurrently, not one run after another: with Redis slow or
@@ -126,21 +138,49 @@ export async function bulkCancel(
     // A run cancelled by an earlier batch no longer matches `status`; it is named too, so that no batch
     // can take a run again whatever happened to it.
     const batch = Math.min(BULK_CANCEL_BATCH, filter.limit - cancelled.length);
-    const runs = await ctx.em.execute<RunRow[]>(`select ${RUN_COLUMNS} from durable_runs where ${where} and id <> all(?::uuid[]) order by created_at, id limit ? for update`, [
-      ...params,
-      `{${cancelled.join(',')}}`,
-      batch,
-    ]);
+    let runs: RunRow[];
+    let more: boolean;
+    if (ids) {
+      // The batch's runs found by key, oldest first, then locked in that order (the order every batch
+      // locks in); one changed meanwhile no longer matches and is left out.
+      const found = await ctx.em.execute<{ id: string }[]>(
+        `select r.id from unnest(?::uuid[]) as k(id) ${byKey('created_at, id')} where r.id <> all(?::uuid[]) order by r.created_at, r.id limit ?`,
+        [array(ids), tenantId, ...matchParams, array(cancelled), batch],
+      );
+      runs = found.length
+        ? await ctx.em.execute<RunRow[]>(`select r.* from unnest(?::uuid[]) with ordinality as k(id, n) ${byKey(RUN_COLUMNS, 'for update')} order by k.n`, [
+            array(found.map((r) => r.id)),
+            tenantId,
+            ...matchParams,
+          ])
+        : [];
+      more = found.length === batch;
+    } else {
+      runs = await ctx.em.execute<RunRow[]>(`select ${RUN_COLUMNS} from durable_runs where tenant_id = ? and ${match} and id <> all(?::uuid[]) order by created_at, id limit ? for update`, [
+        tenantId,
+        ...matchParams,
+        array(cancelled),
+        batch,
+      ]);
+      more = runs.length === batch;
+    }
     for (const run of runs) {
       await cancelLockedRun(deps, runCtx, run);
       cancelled.push(run.id);
     }
-    if (runs.length < batch) break;
+    if (!more) break;
   }
   // What still matches: the runs past the limit (has_more), and with ids, which of them were not unmatched.
   // In the batches' order, so that it reads the tenant's active runs of the workflow alone (their partial
-  // index), never its ended ones.
-  const left = await ctx.em.execute<{ id: string }[]>(`select id from durable_runs where ${where} order by created_at, id limit ?`, [...params, ids ? ids.length : 1]);
+  // index), never its ended ones; with ids, by key.
+  const left = ids
+    ? await ctx.em.execute<{ id: string }[]>(`select r.id from unnest(?::uuid[]) as k(id) ${byKey('created_at, id')} order by r.created_at, r.id limit ?`, [
+        array(ids),
+        tenantId,
+        ...matchParams,
+        ids.length,
+      ])
+    : await ctx.em.execute<{ id: string }[]>(`select id from durable_runs where tenant_id = ? and ${match} order by created_at, id limit 1`, [tenantId, ...matchParams]);
   const matched = new Set([...cancelled, ...left.map((r) => r.id)]);
   return { cancelled: cancelled.length, cancelled_ids: cancelled, has_more: left.length > 0, unmatched_ids: (ids ?? []).filter((id) => !matched.has(id)) };
 }
