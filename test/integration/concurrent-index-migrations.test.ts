@@ -1,6 +1,6 @@
 /**
- * Migrations run_list_workflow_status_index, sweeper_pages_status_updated_id_index and
- * run_list_partial_status_indexes build their `durable_runs` indexes with CREATE INDEX CONCURRENTLY and drop the one it replaces with DROP INDEX
+ * Migrations run_list_workflow_status_index, sweeper_pages_status_updated_id_index,
+ * run_list_partial_status_indexes (and every later one: run_in_flight_index's index is checked too) build their `durable_runs` indexes with CREATE INDEX CONCURRENTLY and drop the one it replaces with DROP INDEX
  * CONCURRENTLY, outside any transaction (concurrent-index.ts; the migrator runs them alone: migrator.ts):
  * while one waits for a long transaction writing runs, the application still writes runs (a plain
  * CREATE INDEX would queue them all behind it). From an empty database `migrate()` applies every
@@ -41,11 +41,14 @@ const NEW = {
   durable_runs_tenant_workflow_ended_index: ENDED_INDEX,
   durable_runs_tenant_workflow_active_status_index: "btree (tenant_id, workflow, status, created_at, id) WHERE (status = ANY (ARRAY['pending'::text, 'running'::text, 'waiting'::text]))",
   durable_runs_status_updated_id_index: 'btree (status, updated_at, id)',
+  // run_in_flight_index's, in place of durable_runs_tenant_active_index (OLD: it was there before them all).
+  durable_runs_tenant_workflow_in_flight_index: "btree (tenant_id, workflow, status, created_at, id) WHERE (status = ANY (ARRAY['pending'::text, 'running'::text]))",
 };
 const REPLACED = 'durable_runs_tenant_workflow_status_created_index';
 const OLD = {
   durable_runs_tenant_created_index: 'btree (tenant_id, created_at, id)',
   durable_runs_status_updated_index: 'btree (status, updated_at)',
+  durable_runs_tenant_active_index: "btree (tenant_id, status) WHERE (status = ANY (ARRAY['pending'::text, 'running'::text, 'waiting'::text]))",
 };
 
 const database = migrationTestDatabase();

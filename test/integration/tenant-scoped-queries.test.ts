@@ -345,3 +345,72 @@ describe('plans that cannot grow with data', () => {
     }
   });
 });
+
+/**
+ * The scans of `table` in a plan run with EXPLAIN (ANALYZE, BUFFERS), each with the shared blocks it
+ * touched over all its loops (a bitmap heap scan's count includes its bitmap index scans').
+ */
+function scansOf(plan: any, table: string, out: { scan: string; blocks: number }[] = []): { scan: string; blocks: number }[] {
+  if (plan['Relation Name'] === table) {
+    const index = plan['Index Name'] ?? plan.Plans?.map((p: any) => p['Index Name']).join(' & ');
+    out.push({ scan: `${plan['Node Type']}${index ? ` on ${index}` : ''} (cond ${plan['Index Cond'] ?? plan['Recheck Cond'] ?? 'none'}, filter ${plan.Filter ?? 'none'})`, blocks: (plan['Shared Hit Blocks'] ?? 0) + (plan['Shared Read Blocks'] ?? 0) });
+    return out;
+  }
+  for (const child of plan.Plans ?? []) scansOf(child, table, out);
+  return out;
+}
+
+describe('reads by status that cannot grow with the runs of other statuses', () => {
+  it("the tenant's runs read by their status — admission's count of runs in flight, a bulk cancel's batches, the runs list's branches — read those runs only, custom or cached generic plan, beside many waiting and ended runs", async () => {
+    // Admission counts the runs pending or running (a run waiting for a human is not in flight:
+    // reliability.md), on every submission; a tenant can have many runs waiting on approvals and its
+    // whole history ended. A plan that reaches the runs it counts through an index of every active run
+    // (`status` a filter, or a condition behind an unbounded `workflow`) reads every waiting run on each
+    // submission. A bulk cancel's statuses were a parameter (`status = any($3)`): a generic plan (a
+    // prepared statement's, after five executions) cannot prove a partial index's predicate from it,
+    // and read the tenant's runs through its unique key, or every tenant's runs of those statuses.
+    const byStatus = [...bound].filter(([text]) => /\bfrom durable_runs where tenant_id = \$\d+ (and workflow = \$\d+ )?and status (in \(|= any\(|= ')/.test(text));
+    expect(byStatus.some(([text]) => /select count\(\*\) from \(select 1 from durable_runs/.test(text))).toBe(true);
+    expect(byStatus.filter(([text]) => /for update/.test(text)).length).toBeGreaterThanOrEqual(1);
+    const db = await createTestDatabase();
+    const other = randomUUID();
+    // Ten runs in flight of the tenant's (pending and running), 3,000 waiting and 3,000 ended; another
+    // tenant's 3,000 pending runs (a statement reading runs by status across tenants reads those).
+    await db.admin(
+      `insert into durable_runs (id, tenant_id, workflow, workflow_version, idempotency_hash, status, principal, input, correlation_id, step_count, created_at, updated_at, completed_at)
+       select gen_random_uuid(), s.tenant_id, 'golden-path', 1, md5(random()::text), s.status, 'seeded', '{}', 'seeded', 4,
+              now() - g * interval '1 second', now() - g * interval '1 second', case when s.status in ('completed', 'failed', 'cancelled') then now() end
+         from (values ($1::uuid, 'pending', 5), ($1, 'running', 5), ($1, 'waiting', 3000), ($1, 'completed', 2000), ($1, 'failed', 500), ($1, 'cancelled', 500), ($2::uuid, 'pending', 3000)) s(tenant_id, status, n),
+              generate_series(1, s.n) g`,
+      [tenant, other],
+    );
+    const app = new pg.Client({ connectionString: db.appUrl });
+    await app.connect();
+    try {
+      const found: string[] = [];
+      for (const [text, values] of bound) {
+        if (!byStatus.some(([t]) => t === text)) continue;
+        const sql = text.replace(DEFER_UNTIL_NEXT, '').replace(LAST_IN_TRANSACTION, '').trim();
+        for (const mode of ['force_custom_plan', 'force_generic_plan']) {
+          await app.query(`begin; set local plan_cache_mode = ${mode}; select set_config('app.tenant_id', '${tenant}', true)`);
+          try {
+            await app.query(`prepare by_status as ${sql}`);
+            const args = inlineStatement({ text: values.map((_, i) => `$${i + 1}`).join(', '), values });
+            const { rows } = await app.query(`explain (analyze, buffers, timing off, format json) execute by_status(${args})`);
+            // An index descent and a heap page or two; walking the 3,000 waiting runs reads tens of pages.
+            for (const { scan, blocks } of scansOf(rows[0]['QUERY PLAN'][0].Plan, 'durable_runs')) {
+              if (blocks > 10) found.push(`${mode}: ${scan} read ${blocks} blocks:\n  ${sql.replace(/\s+/g, ' ').slice(0, 400)}`);
+            }
+          } finally {
+            await app.query('rollback');
+            await app.query('deallocate all');
+          }
+        }
+      }
+      expect(found).toEqual([]);
+    } finally {
+      await app.end();
+      await db.drop();
+    }
+  });
+});

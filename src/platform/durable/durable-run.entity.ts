@@ -85,11 +85,16 @@ export const DurableRun = defineEntity({
     // predicate. An active run's step updates skip the ended runs' index; a run enters it once, as it ends.
     { name: 'durable_runs_tenant_workflow_ended_index', properties: ['tenantId', 'workflow', 'status', 'createdAt', 'id'], where: `status in (${TERMINAL_RUN_STATUSES.map((s) => `'${s}'`).join(', ')})` },
     { name: 'durable_runs_tenant_workflow_active_status_index', properties: ['tenantId', 'workflow', 'status', 'createdAt', 'id'], where: "status in ('pending', 'running', 'waiting')" },
-    // Active runs only (admission's count, lists of active runs). Partial, so that statements naming one
-    // run by (tenant_id, id) can never be planned onto it: on a table without statistics every
-    // tenant-leading index costs the same, and a cached plan that scans a tenant's runs by status grows
-    // with the tenant (ADR 0004, "Plans cached before statistics").
-    { name: 'durable_runs_tenant_active_index', properties: ['tenantId', 'status'], where: "status in ('pending', 'running', 'waiting')" },
+    // Runs in flight only, pending or running: admission's count (admission.ts: `status in ('pending',
+    // 'running')`, its predicate exactly, so it reads the runs it counts and nothing else), a list's
+    // pending and running branches, a bulk cancel of those statuses. Over every active run, (tenant_id,
+    // status) where pending, running or waiting, the count was planned onto indexes of active runs with
+    // `status` a filter or behind `workflow`, walking the tenant's waiting runs (those parked on a human
+    // approval: many) on every submission. Partial, so that statements naming one run by (tenant_id, id)
+    // can never be planned onto it: on a table without statistics every tenant-leading index costs the
+    // same, and a cached plan that scans a tenant's runs by status grows with the tenant (ADR 0004,
+    // "Plans cached before statistics"). It replaced that index: a step's update enters as many indexes.
+    { name: 'durable_runs_tenant_workflow_in_flight_index', properties: ['tenantId', 'workflow', 'status', 'createdAt', 'id'], where: "status in ('pending', 'running')" },
     // A tenant's active runs of one workflow, oldest first: a bulk cancel's batches (run-cancel.ts) read
     // them in that order and stop at the batch, whatever number of ended runs the tenant keeps; in
     // (tenant_id, created_at, id) they walked every ended run older than the first active one.
