@@ -2,8 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { CLASS_A_SUBMISSION, SAMPLE_SUBMISSION } from '../helpers/stack.ts';
 import { checkInvariants, countActive, type InvariantReport } from './checks.ts';
 import { ChaosClient, newSubmission, type ClientStats, type Submission } from './client.ts';
-import { pollDb, startEnvironment, type Environment } from './environment.ts';
-import type { ManagedProcess } from './processes.ts';
+import { pollDb, startEnvironment, workerBooted, type Environment } from './environment.ts';
 
 /**
  * The chaos run: N submissions over HTTP while random worker processes are SIGKILLed and restarted
@@ -65,7 +64,7 @@ export async function runChaos(input: Partial<ChaosOptions>): Promise<ChaosRepor
   const o: ChaosOptions = { ...CHAOS_DEFAULTS, ...input };
   const log = o.log ?? ((l: string) => console.log(l));
   const setupStart = Date.now();
-  const env = await startEnvironment({ workers: o.workers, ownRedis: o.flushRedis, ownPostgres: o.restartPostgres, log, ...(o.env ? { env: o.env } : {}) });
+  const env = await startEnvironment({ workers: o.workers, ownRedis: o.flushRedis, ownPostgres: o.restartPostgres, watchBoot: true, log, ...(o.env ? { env: o.env } : {}) });
   // The clock of the run (pacing, events, duration) starts once the deployment is up.
   const started = Date.now();
   log(`deployment up in ${((started - setupStart) / 1000).toFixed(1)}s`);
@@ -82,16 +81,6 @@ export async function runChaos(input: Partial<ChaosOptions>): Promise<ChaosRepor
   } finally {
     await env.stop({ keepDir: o.keepDir === true || !report?.ok });
   }
-}
-
-/**
- * Whether a worker process has booted: it logged `worker started` (its queues' workers are taking jobs).
- * Its metrics endpoint answers earlier — before its workflows, Redis connections and workers are up —
- * so on a loaded machine, read that way, the killer kept killing workers still starting and almost no
- * step ran (a chaos run's drain timed out with class B runs still waiting).
- */
-function booted(worker: ManagedProcess): boolean {
-  return worker.logged('"msg":"worker started"');
 }
 
 async function drive(env: Environment, o: ChaosOptions, started: number, events: string[], event: (e: string) => void): Promise<ChaosReport> {
@@ -116,7 +105,7 @@ async function drive(env: Environment, o: ChaosOptions, started: number, events:
       if (finished) break;
       let up: number[] = [];
       while (!finished && up.length === 0) {
-        up = env.workers.flatMap((w, i) => (booted(w) ? [i] : []));
+        up = env.workers.flatMap((w, i) => (workerBooted(w) ? [i] : []));
         if (up.length === 0) await sleep(100);
       }
       if (finished) break;

@@ -25,10 +25,18 @@ export interface EnvironmentOptions {
   ownRedis: boolean;
   ownPostgres: boolean;
   logLevel?: string;
+  /**
+   * The harness tells booted workers by their `worker started` line (workerBooted), at info: the workers
+   * log at info or finer (debug, trace as asked) whatever `logLevel` or `env.LOG_LEVEL` asks; the API as asked.
+   */
+  watchBoot?: boolean;
   /** Extra environment for the API and workers (e.g. MAX_RUNS_IN_FLIGHT_PER_TENANT=0 to compare). */
   env?: Record<string, string>;
   log(line: string): void;
 }
+
+/** The levels that write info lines too (pino): a worker watched for its boot line may log at these as asked. */
+const FINER_THAN_INFO = new Set(['info', 'debug', 'trace']);
 
 /** Environments still running: the CLI stops them on SIGINT/SIGTERM so nothing is left behind. */
 export const liveEnvironments = new Set<Environment>();
@@ -84,6 +92,9 @@ export async function startEnvironment(opts: EnvironmentOptions): Promise<Enviro
     API_MAX_INFLIGHT_PER_TENANT: '0',
     ...opts.env,
   };
+  // Watched for their boot line (info): the workers log at info or finer, whatever level the run asked for.
+  const workerLogLevel = opts.watchBoot && !FINER_THAN_INFO.has(common.LOG_LEVEL!) ? 'info' : common.LOG_LEVEL!;
+  if (workerLogLevel !== common.LOG_LEVEL) opts.log(`workers log at info, not ${common.LOG_LEVEL}: the harness tells booted workers by their 'worker started' line`);
   const crashes = { api: 0, workers: 0 };
   let stopping = false;
 
@@ -104,7 +115,7 @@ export async function startEnvironment(opts: EnvironmentOptions): Promise<Enviro
   const metricsPorts = await Promise.all(Array.from({ length: opts.workers }, () => freePort()));
   const startWorker = (i: number) => {
     const metrics = String(metricsPorts[i]);
-    const w = spawnManaged(`worker-${i}`, WORKER_ENTRY, { ...common, DATABASE_POOL_MAX: String(WORKER_POOL_MAX), WORKER_METRICS_PORT: metrics }, dir, `http://127.0.0.1:${metrics}/metrics`);
+    const w = spawnManaged(`worker-${i}`, WORKER_ENTRY, { ...common, LOG_LEVEL: workerLogLevel, DATABASE_POOL_MAX: String(WORKER_POOL_MAX), WORKER_METRICS_PORT: metrics }, dir, `http://127.0.0.1:${metrics}/metrics`);
     workers[i] = w;
     void w.exited.then(() => {
       if (stopping || w.killedOnPurpose) return;
@@ -183,6 +194,17 @@ export async function startEnvironment(opts: EnvironmentOptions): Promise<Enviro
   };
   liveEnvironments.add(environment);
   return environment;
+}
+
+/**
+ * Whether a worker process has booted: it logged `worker started` (its queues' workers are taking jobs).
+ * Its metrics endpoint answers earlier — before its workflows, Redis connections and workers are up —
+ * so on a loaded machine, read that way, the killer kept killing workers still starting and almost no
+ * step ran (a chaos run's drain timed out with class B runs still waiting). The line is at info: an
+ * environment started with `watchBoot` has its workers log at info or finer whatever LOG_LEVEL asks.
+ */
+export function workerBooted(worker: ManagedProcess): boolean {
+  return worker.logged('"msg":"worker started"');
 }
 
 /** Polls a query on the monitor pool, treating errors (PostgreSQL restarting) as "not yet". */

@@ -4,7 +4,7 @@
  * while another tenant's run waits behind it, and the backlog's jobs, parked, are promoted one per
  * freed slot and all complete (ADR 0012).
  */
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { randomUUID } from 'node:crypto';
 import { api, CLASS_A_SUBMISSION, newTenant, runUsers, SAMPLE_SUBMISSION, startStack, type TestStack } from '../helpers/stack.ts';
 import { waitFor } from '../helpers/poll.ts';
@@ -300,6 +300,50 @@ describe('a per-tenant cap on concurrently executing run jobs', () => {
       expect(entered).toEqual([h, a, c, d, a]);
     } finally {
       for (const hold of holds) hold.release();
+      await one.stop();
+    }
+  });
+
+  it("cap 1: parked jobs are promoted in the order they were parked on Redis's clock, not by the clocks of the worker hosts that parked them", { timeout: LONG }, async () => {
+    const tenant = newTenant();
+    const tok = await stack.token({ tenantId: tenant, sub: 'skewed-parked-submitter' });
+    // The first run to arrive is held in its first step; every run's entry into it is recorded, in order.
+    const hold = barrier();
+    const entered: string[] = [];
+    const wf = wrappedGoldenPath(stack, (step, seq) => async (input, ctx) => {
+      if (seq === 1 && entered.push(ctx.run.id) === 1) {
+        hold.enter();
+        await hold.released;
+      }
+      return step.run(input, ctx);
+    });
+    const one = startRunHost(stack, wf, 'skewed-parked-host', {}, { concurrency: 3, maxActiveRunsPerTenant: 1, parkDelayMs: () => 600_000 });
+    const parkedKey = `${stack.prefix}:tenant-parked:${tenant}`;
+    const parkedCount = (n: number, what: string) => waitFor(async () => (await stack.redis.zcard(parkedKey)) === n, { what });
+    try {
+      const first = await submit(stack, tok);
+      await waitFor(() => entered.length >= 1, { what: 'the first run to enter its first step' });
+      expect(entered[0], 'the holder').toBe(first);
+      // A is parked by a worker host whose clock runs a minute ahead (clock skew between dynos): this process's clock, skewed while A parks.
+      const realNow = Date.now.bind(Date);
+      const fastHost = vi.spyOn(Date, 'now').mockImplementation(() => realNow() + 60_000);
+      let a: string;
+      try {
+        a = await submit(stack, tok);
+        await parkedCount(1, "A's job to be parked by the fast-clocked host");
+      } finally {
+        fastHost.mockRestore();
+      }
+      // B is parked after A, by a host with the right time.
+      const b = await submit(stack, tok);
+      await parkedCount(2, "B's job to be parked after A");
+
+      // The holder's end promotes A, parked first; A's end promotes B.
+      hold.release();
+      for (const run of [first, a, b]) await waitCompleted(stack, tok, run);
+      expect(entered, 'the order the runs entered their first step').toEqual([first, a, b]);
+    } finally {
+      hold.release();
       await one.stop();
     }
   });

@@ -116,6 +116,18 @@ describe('tenant slots (Redis scripts)', () => {
     expect(await slots.release(tenant, 'q:p2')).toBeNull();
   });
 
+  it("a refused take answers Redis's clock at the refusal: the time a first park is recorded at, whatever the worker host's clock says", async () => {
+    const slots = new TenantSlots(redis, { prefix, cap: 1, leaseMs: LONG_LEASE });
+    const tenant = randomUUID();
+    expect(await slots.take(tenant, 'q:holder')).toMatchObject({ acquired: true });
+    const before = await redisNow();
+    const refused = await slots.take(tenant, 'q:late');
+    const after = await redisNow();
+    if (refused.acquired) throw new Error('q:late took a slot past the cap');
+    expect(refused.refusedAt).toBeGreaterThanOrEqual(before);
+    expect(refused.refusedAt).toBeLessThanOrEqual(after);
+  });
+
   it('a park that finds a slot freed since its acquire pops the earliest parked job at once (no wake-up lost)', async () => {
     const slots = new TenantSlots(redis, { prefix, cap: 1, leaseMs: LONG_LEASE });
     const tenant = randomUUID();

@@ -62,7 +62,7 @@ export interface StepJobData {
   deferrals?: number;
   /** How often the job was parked because its tenant had WORKER_MAX_ACTIVE_RUNS_PER_TENANT run jobs executing (ADR 0012). */
   parks?: number;
-  /** When the job was first parked (ms since the epoch): its place among its tenant's parked jobs. Both cleared for a new attempt (a step's retry, a deferral: tenant-slots.ts unparked). */
+  /** When the job was first parked (ms since the epoch, Redis's clock: ADR 0012 amendment): its place among its tenant's parked jobs. Both cleared for a new attempt (a step's retry, a deferral: tenant-slots.ts unparked). */
   parked_at?: number;
   /**
    * The run's retry_count when the job was added (absent: 0). A job of an earlier generation than

@@ -9,9 +9,9 @@ import type { Logger } from 'pino';
  * (WEBHOOK_MAX_IN_FLIGHT_PER_TENANT, ADR 0013: keys of their own, apart from its run jobs'); `per` names it in the keys:
  *   <prefix>:<per>-slots:<owner>   the jobs executing now, scored by lease expiry (Redis time, ms);
  *   <prefix>:<per>-parked:<owner>  the jobs parked (delayed) for want of a slot, scored by when
- *                                  each was first parked: the earliest is promoted first.
+ *                                  each was first parked (Redis time, ms): the earliest is promoted first.
  * A member is `<queue>:<job id>` (BullMQ job ids have no ':'). Each script reads Redis's own clock,
- * so leases do not depend on the worker hosts' clocks agreeing.
+ * so neither leases nor the order of parked jobs depend on the worker hosts' clocks agreeing.
  */
 
 /*
@@ -44,7 +44,8 @@ if override and override >= 1 and override <= 1000000000 and override == math.fl
  * KEYS: slots, parked, limits. ARGV: member, cap, lease ms, owner. Drops lapsed leases; a member that holds a slot
  * renews it, another takes one when fewer than `cap` are held: {1, room, cap} when the member holds a slot after
  * it (`cap`: the one applied; `room` 1 when a slot is still free while jobs are parked — the cap was raised,
- * or a lease lapsed — for the caller to wake the next, else 0). Else {0, ms, cap}: `ms` is how long until the earliest live lease lapses (Redis's clock, relative, so the
+ * or a lease lapsed — for the caller to wake the next, else 0). Else {0, ms, cap, now}: `now` is Redis's clock,
+ * the parked-set score of a job parked for the first time (its `parked_at`); `ms` is how long until the earliest live lease lapses (Redis's clock, relative, so the
  * caller's clock need not agree) when the member is — or, parking now, would be — among the owner's
  * `cap` earliest parked, else 0. A lease that lapses (its holder died) frees a slot nobody releases:
  * those few come back when it does, and take it; the others wait for promotions as before, so a long
@@ -59,9 +60,9 @@ if redis.call('ZSCORE', KEYS[1], ARGV[1]) or redis.call('ZCARD', KEYS[1]) < cap 
   return {1, 0, cap}
 end
 local rank = redis.call('ZRANK', KEYS[2], ARGV[1]) or redis.call('ZCARD', KEYS[2])
-if rank >= cap then return {0, 0, cap} end
+if rank >= cap then return {0, 0, cap, now} end
 local earliest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-return {0, tonumber(earliest[2]) - now, cap}`;
+return {0, tonumber(earliest[2]) - now, cap, now}`;
 
 /** KEYS: slots. ARGV: member, lease ms. Extends the member's lease (re-adds it if it lapsed: the job is still running). */
 const RENEW = `${NOW}
@@ -107,7 +108,7 @@ end
 return false`;
 
 type SlotRedis = Redis & {
-  dealixSlotAcquire(slots: string, parked: string, limits: string, member: string, cap: number, leaseMs: number, owner: string): Promise<[number, number, number]>;
+  dealixSlotAcquire(slots: string, parked: string, limits: string, member: string, cap: number, leaseMs: number, owner: string): Promise<[number, number, number, number?]>;
   dealixSlotRenew(slots: string, member: string, leaseMs: number): Promise<number>;
   dealixSlotPark(slots: string, parked: string, limits: string, member: string, cap: number, parkedAt: number, ttlMs: number, owner: string): Promise<string | null>;
   dealixSlotRelease(slots: string, parked: string, limits: string, member: string, cap: number, owner: string): Promise<string | null>;
@@ -120,7 +121,7 @@ export function parkDelayMs(parks: number): number {
   return Math.round(base * (1 + Math.random()));
 }
 
-/** The parked-set score of a job parked `first`: ahead of every `parked_at` (a time), so the earliest promoted. */
+/** The parked-set score of a job parked `first`: ahead of every `parked_at` (a time on Redis's clock), so the earliest promoted. */
 const PARKED_FIRST = 0;
 
 /** How long an emptied parked set is kept: longer than any fallback delay, so a live parked job's entry outlives it. */
@@ -212,14 +213,17 @@ export class TenantSlots {
    * `acquire`, telling a member that found no slot when to come back if it is to watch the leases held:
    * `wakeBy`, this host's clock at the latest moment the earliest live lease lapses (the clock read before
    * the request, plus Redis's remaining time: never after the lapse, whatever the clocks' offset), for
-   * one of the owner's `cap` earliest parked; undefined for the rest. One round trip, as `acquire`.
+   * one of the owner's `cap` earliest parked; undefined for the rest. A member that found no slot is also
+   * told `refusedAt`, Redis's clock then: the time it is parked at, if this is its first park (`slotParking`).
+   * One round trip, as `acquire`.
    */
-  async take(tenant: string, member: string): Promise<{ acquired: boolean; wakeBy?: number; cap: number; wakeParked?: boolean }> {
+  async take(tenant: string, member: string): Promise<SlotTake> {
     const askedAt = Date.now();
-    const [acquired, lapsesInMs, cap] = await this.redis.dealixSlotAcquire(this.slotsKey(tenant), this.parkedKey(tenant), this.limitsKey(), member, this.cap, this.leaseMs, tenant);
+    const [acquired, lapsesInMs, cap, refusedAt] = await this.redis.dealixSlotAcquire(this.slotsKey(tenant), this.parkedKey(tenant), this.limitsKey(), member, this.cap, this.leaseMs, tenant);
     // A slot still free with jobs parked (a raised override, a lapsed lease): `wakeParked` asks the caller to promote the next.
     if (acquired === 1) return { acquired: true, cap, wakeParked: lapsesInMs === 1 };
-    return lapsesInMs > 0 ? { acquired: false, wakeBy: askedAt + lapsesInMs, cap } : { acquired: false, cap };
+    const refused = { acquired: false as const, cap, refusedAt: Number(refusedAt) };
+    return lapsesInMs > 0 ? { ...refused, wakeBy: askedAt + lapsesInMs } : refused;
   }
 
   /** Extends the leases of the slots held, in one round trip. */
@@ -233,7 +237,7 @@ export class TenantSlots {
     if (n > 0) await pipeline.exec();
   }
 
-  /** Records `member` (already delayed) as parked since `parkedAt`; the member to promote when a slot is free now, else null. */
+  /** Records `member` (already delayed) as parked since `parkedAt` (Redis time, or PARKED_FIRST); the member to promote when a slot is free now, else null. */
   async park(tenant: string, member: string, parkedAt: number): Promise<string | null> {
     return this.redis.dealixSlotPark(this.slotsKey(tenant), this.parkedKey(tenant), this.limitsKey(), member, this.cap, parkedAt, PARKED_TTL_MS, tenant);
   }
@@ -249,7 +253,10 @@ export class TenantSlots {
   }
 }
 
-/** What a parked job carries in its data: how often it was parked, and when first (its place in the parked set). */
+/** What `TenantSlots.take` answers: a slot held, or refused (with Redis's clock at the refusal, `refusedAt`, the time a first park is recorded at). */
+export type SlotTake = { acquired: true; cap: number; wakeParked: boolean } | { acquired: false; cap: number; refusedAt: number; wakeBy?: number };
+
+/** What a parked job carries in its data: how often it was parked, and when first (its place in the parked set, on Redis's clock). */
 export interface ParkedJobData {
   parks?: number;
   parked_at?: number;
@@ -311,17 +318,20 @@ export function slotParking(slots: TenantSlots, opts: { queueOf: (name: string) 
   };
   return {
     /**
-     * Parks `job` (which found `owner` at its cap) and throws DelayedError. `parked` is told how often
-     * the job has been parked and its delay, once it is delayed (for the caller's metric and log): the
-     * fallback delay, or less up to `wakeBy` (TenantSlots.take) for a job watching the leases held.
+     * Parks `job` (which found `owner` at its cap: `refused`, the answer of its TenantSlots.take) and
+     * throws DelayedError. `parked` is told how often the job has been parked and its delay, once it is
+     * delayed (for the caller's metric and log): the fallback delay, or less up to `refused.wakeBy` for a
+     * job watching the leases held (undefined for one that does not). Its place in the parked set is its
+     * first park's `refusedAt`, Redis's clock, kept in its data (`parked_at`) for its later parks: the
+     * worker hosts' clocks, which may disagree by seconds, play no part in the order.
      * `first` (a webhook test event, ADR 0013) parks it ahead of the jobs parked before it: promoted at
      * the owner's next release rather than after them.
      */
-    async park(job: Job, token: string | undefined, owner: string, member: string, parked: (info: { parks: number; delayMs: number }) => void, at: { wakeBy?: number | undefined; first?: boolean } = {}): Promise<never> {
-      const { wakeBy, first = false } = at;
+    async park(job: Job, token: string | undefined, owner: string, member: string, parked: (info: { parks: number; delayMs: number }) => void, refused: { refusedAt: number; wakeBy?: number | undefined }, first = false): Promise<never> {
+      const { wakeBy, refusedAt } = refused;
       const d = job.data as ParkedJobData;
       const parks = (d.parks ?? 0) + 1;
-      const parkedAt = first ? PARKED_FIRST : (d.parked_at ?? Date.now());
+      const parkedAt = first ? PARKED_FIRST : (d.parked_at ?? refusedAt);
       const now = Date.now();
       // No later than `wakeBy` (TenantSlots.take: when the earliest lease held lapses), if it watches the leases.
       const until = Math.min(now + (opts.parkDelayMs ?? parkDelayMs)(parks), wakeBy ?? Infinity);

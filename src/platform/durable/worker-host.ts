@@ -242,12 +242,13 @@ function tenantSlotHolder(use: TenantSlotsUse, runtime: DurableRuntime, logger: 
       // Its wakeBy is not used (ADR 0012, 0013): run jobs' leases are renewed while they run, so the earliest lease's
       // expiry is always a lease ahead and would bring parked jobs back every lease for nothing; a dead worker's
       // job is re-delivered by stall detection and takes its own slot back. `cap`: the tenant's override or the setting (ADR 0014).
-      const { acquired, cap, wakeParked } = await slots.take(slot.tenant, slot.member);
-      if (acquired) {
+      const took = await slots.take(slot.tenant, slot.member);
+      const { cap } = took;
+      if (took.acquired) {
         held.add(slot);
         // Slots left free while jobs are parked (the tenant's override was raised, ADR 0014): the next parked
         // job is promoted now, and its own acquire wakes the one after, until the cap is reached; not their fallback delay.
-        if (wakeParked) parking.wake(slot.tenant);
+        if (took.wakeParked) parking.wake(slot.tenant);
         return slot;
       }
       return parking.park(job, token, slot.tenant, slot.member, ({ parks, delayMs }) => {
@@ -256,7 +257,7 @@ function tenantSlotHolder(use: TenantSlotsUse, runtime: DurableRuntime, logger: 
           { tenant_id: d.tenant_id, run_id: d.run_id, job_id: job.id, cap, parks, fallback_delay_ms: delayMs },
           'tenant at its cap of active run jobs: job parked until one of its runs gives a slot back',
         );
-      });
+      }, { refusedAt: took.refusedAt });
     },
     give(slot: HeldSlot): void {
       held.delete(slot);

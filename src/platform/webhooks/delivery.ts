@@ -291,7 +291,7 @@ export function webhookHandlers(deps: {
         return await cap.parking.park(job, job.token, owner, member, ({ parks, delayMs }) => {
           use?.onParked?.();
           log[parks === 1 ? 'info' : 'debug']({ webhook_endpoint_id: row.endpoint_id, cap: cap.slots.cap, cap_per: cap.slots.per, parks, fallback_delay_ms: delayMs }, cap.what);
-        }, { wakeBy: slot.wakeBy, first: row.event_type === WEBHOOK_TEST_EVENT });
+        }, slot, row.event_type === WEBHOOK_TEST_EVENT);
       }
       return await send();
     } finally {
