@@ -26,6 +26,21 @@ const tenantTokens = () => policyTenant(stack);
 
 const put = (token: string, body: unknown, key?: string) => putPolicy(stack, token, body, key);
 
+/** Submits `body` as the tenant's submitter and waits until the run is classified: its approval packet. */
+async function classifiedPacket(t: Awaited<ReturnType<typeof tenantTokens>>, body: typeof CLASS_A_SUBMISSION) {
+  const res = await api(stack, 'POST', '/api/v1/golden-path/run', { token: t.submitter, body, headers: { 'Idempotency-Key': randomUUID() } });
+  expect(res.status, res.text).toBe(202);
+  const run = await waitFor(
+    async () => {
+      const r = (await api(stack, 'GET', `/api/v1/golden-path/runs/${res.json.run_id}`, { token: t.submitter })).json;
+      return ['waiting', 'completed', 'failed'].includes(r?.status) ? r : undefined;
+    },
+    { timeoutMs: 60_000, intervalMs: 100, what: `the ${body.currency} run to be classified` },
+  );
+  expect(run.status).not.toBe('failed');
+  return run.steps[2].output;
+}
+
 describe('PUT approval-policy with an optional Idempotency-Key', () => {
   it('the same key and body replay the stored answer without writing again; another body under the key is 422 and changes nothing', async () => {
     const t = await tenantTokens();
@@ -201,23 +216,7 @@ describe('the policy records who set it', () => {
 });
 
 describe("a run in another currency than the policy's", () => {
-  const submitIn = async (t: Awaited<ReturnType<typeof tenantTokens>>, currency: string) => {
-    const res = await api(stack, 'POST', '/api/v1/golden-path/run', {
-      token: t.submitter,
-      body: { ...CLASS_A_SUBMISSION, currency },
-      headers: { 'Idempotency-Key': randomUUID() },
-    });
-    expect(res.status, res.text).toBe(202);
-    const run = await waitFor(
-      async () => {
-        const r = (await api(stack, 'GET', `/api/v1/golden-path/runs/${res.json.run_id}`, { token: t.submitter })).json;
-        return ['waiting', 'completed', 'failed'].includes(r?.status) ? r : undefined;
-      },
-      { timeoutMs: 60_000, intervalMs: 100, what: `the ${currency} run to be classified` },
-    );
-    expect(run.status).not.toBe('failed');
-    return run.steps[2].output;
-  };
+  const submitIn = (t: Awaited<ReturnType<typeof tenantTokens>>, currency: string) => classifiedPacket(t, { ...CLASS_A_SUBMISSION, currency });
 
   it('is class C (two approvers, the C SLA) with the reason recorded; a run in the policy\'s currency classifies as before; a PUT sets the currency', async () => {
     const t = await tenantTokens();
@@ -256,5 +255,108 @@ describe("a run in another currency than the policy's", () => {
     const plain = await put(t.admin, { ...DEFAULTS, sla_b_seconds: 600, sla_c_seconds: 1_200 });
     expect(plain.status, plain.text).toBe(202);
     expect(plain.json).toMatchObject({ policy: { currency: 'SAR' }, loosens: ['currency'] });
+  });
+});
+
+describe("cost thresholds and the policy's currency's minor unit", () => {
+  const BASE = { ...DEFAULTS, sla_b_seconds: 600, sla_c_seconds: 1_200 };
+  const expectRefused = (res: { status: number; json: any; headers: Headers; text: string }, errors: Array<{ path: string; message: string }>) => {
+    expect(res.status, res.text).toBe(422);
+    expect(res.headers.get('content-type')).toMatch(/^application\/problem\+json/);
+    expect(res.json).toMatchObject({ status: 422, code: 'validation_failed' });
+    expect(res.json.errors).toEqual(errors);
+  };
+  const changesOf = async (t: Awaited<ReturnType<typeof tenantTokens>>) => (await api(stack, 'GET', `${PATH}/changes`, { token: t.submitter })).json.items;
+  /** The class A sample in `currency` with these costs (no annual support), classified: its approval packet. */
+  const classified = (t: Awaited<ReturnType<typeof tenantTokens>>, currency: string, costs: { onboarding_cost: number; enablement_cost: number }) =>
+    classifiedPacket(t, { ...CLASS_A_SUBMISSION, currency, economics: { ...CLASS_A_SUBMISSION.economics, ...costs, annual_support_cost: 0 } });
+
+  it('a PUT finer than it is 422 naming each field, in the currency it sets (SAR when absent), tightening or loosening: nothing stored, nothing proposed', async () => {
+    const t = await tenantTokens();
+    const initial = (await api(stack, 'GET', PATH, { token: t.submitter })).json;
+    const key = randomUUID();
+    // A loosening (another currency) would be proposed; a tightening (lower bounds, SAR) would apply at once.
+    expectRefused(await put(t.admin, { ...BASE, currency: 'JPY', class_a_max_cost: 1_000.5 }, key), [
+      { path: 'class_a_max_cost', message: 'at most 0 decimals in JPY (its ISO 4217 minor unit)' },
+    ]);
+    expectRefused(await put(t.admin, { ...BASE, currency: 'KWD', class_a_max_cost: 40_000.0001, class_c_min_cost: 200_000.1234 }), [
+      { path: 'class_a_max_cost', message: 'at most 3 decimals in KWD (its ISO 4217 minor unit)' },
+      { path: 'class_c_min_cost', message: 'at most 3 decimals in KWD (its ISO 4217 minor unit)' },
+    ]);
+    expectRefused(await put(t.admin, { ...BASE, class_c_min_cost: 249_999.999 }), [{ path: 'class_c_min_cost', message: 'at most 2 decimals in SAR (its ISO 4217 minor unit)' }]);
+    expect((await api(stack, 'GET', PATH, { token: t.submitter })).json).toEqual(initial);
+    expect(await changesOf(t)).toEqual([]);
+    // A refused body holds no Idempotency-Key: the same key with a valid body runs.
+    const ok = await put(t.admin, { ...BASE, currency: 'JPY', class_a_max_cost: 1_000 }, key);
+    expect(ok.status, ok.text).toBe(202);
+  });
+
+  it('a change of currency is checked against the new one: thresholds valid in KWD are refused for SAR or JPY; the policy stays in KWD', async () => {
+    const t = await tenantTokens();
+    const kwd = { ...BASE, currency: 'KWD', class_a_max_cost: 30_000.125, class_c_min_cost: 200_000.5 };
+    const saved = await setPolicy(stack, t.tenant, kwd);
+    expect(saved.status, saved.text).toBe(200);
+    expect(saved.json.policy).toEqual(kwd);
+    expectRefused(await put(t.admin, { ...kwd, currency: 'SAR' }), [{ path: 'class_a_max_cost', message: 'at most 2 decimals in SAR (its ISO 4217 minor unit)' }]);
+    const { currency: _absent, ...sar } = kwd;
+    expectRefused(await put(t.admin, sar), [{ path: 'class_a_max_cost', message: 'at most 2 decimals in SAR (its ISO 4217 minor unit)' }]);
+    expectRefused(await put(t.admin, { ...kwd, currency: 'JPY' }), [
+      { path: 'class_a_max_cost', message: 'at most 0 decimals in JPY (its ISO 4217 minor unit)' },
+      { path: 'class_c_min_cost', message: 'at most 0 decimals in JPY (its ISO 4217 minor unit)' },
+    ]);
+    expect((await api(stack, 'GET', PATH, { token: t.submitter })).json).toEqual(saved.json);
+    expect((await changesOf(t)).filter((c: { status: string }) => c.status === 'pending')).toEqual([]);
+  });
+
+  it('a run whose cost is exactly a threshold is at it, in JPY, KWD and SAR; one minor unit more is over it', async () => {
+    const bounds = [
+      { currency: 'JPY', bound: 30_001, at: { onboarding_cost: 20_000, enablement_cost: 10_001 }, over: { onboarding_cost: 20_000, enablement_cost: 10_002 } },
+      { currency: 'KWD', bound: 30_000.125, at: { onboarding_cost: 20_000.1, enablement_cost: 10_000.025 }, over: { onboarding_cost: 20_000.1, enablement_cost: 10_000.026 } },
+      { currency: 'SAR', bound: 30_000.3, at: { onboarding_cost: 30_000.1, enablement_cost: 0.2 }, over: { onboarding_cost: 30_000.1, enablement_cost: 0.21 } },
+    ];
+    await Promise.all(
+      bounds.map(async ({ currency, bound, at, over }) => {
+        const t = await tenantTokens();
+        const saved = await setPolicy(stack, t.tenant, { ...BASE, currency, class_a_max_cost: bound });
+        expect(saved.status, saved.text).toBe(200);
+        const [atBound, overBound] = await Promise.all([classified(t, currency, at), classified(t, currency, over)]);
+        expect(atBound, currency).toMatchObject({ approval_class: 'A', required_approvals: 0 });
+        expect(atBound.reasons[0], currency).toMatch(new RegExp(`^cost ${bound} <= ${bound} and payback`));
+        expect(overBound, currency).toMatchObject({ approval_class: 'B', required_approvals: 1 });
+      }),
+    );
+  });
+
+  it('a policy or a pending change stored before the check still reads and classifies as written; such a change cannot be approved (422), only rejected', async () => {
+    const t = await tenantTokens();
+    const jpy = { ...BASE, currency: 'JPY', class_a_max_cost: 30_000 };
+    expect((await setPolicy(stack, t.tenant, jpy)).status).toBe(200);
+    // As a PUT before the check could store it: 30,000.5 JPY.
+    const em = tenantEm(stack.container.orm, t.tenant);
+    await em.execute('update approval_policies set class_amax_cost = 30000.5');
+    const stored = await api(stack, 'GET', PATH, { token: t.submitter });
+    expect(stored.status, stored.text).toBe(200);
+    expect(stored.json.policy).toEqual({ ...jpy, class_a_max_cost: 30_000.5 });
+    // No amount is at it: 30,000 is under it (A), 30,001 over it (B).
+    const [under, over] = await Promise.all([
+      classified(t, 'JPY', { onboarding_cost: 20_000, enablement_cost: 10_000 }),
+      classified(t, 'JPY', { onboarding_cost: 20_000, enablement_cost: 10_001 }),
+    ]);
+    expect(under).toMatchObject({ approval_class: 'A', policy: { policy: { class_a_max_cost: 30_000.5 } } });
+    expect(over).toMatchObject({ approval_class: 'B' });
+
+    // A change proposed before the check (a loosening, pending), its threshold finer than its currency's unit.
+    const proposed = await put(t.admin, { ...jpy, class_a_max_cost: 40_000 });
+    expect(proposed.status, proposed.text).toBe(202);
+    await em.execute(`update approval_policy_changes set policy = jsonb_set(policy, '{class_a_max_cost}', '40000.5') where id = ?`, [proposed.json.id]);
+    const change = (await api(stack, 'GET', `${PATH}/changes/${proposed.json.id}`, { token: t.submitter })).json;
+    expect(change).toMatchObject({ status: 'pending', policy: { class_a_max_cost: 40_000.5 } });
+    const approve = await api(stack, 'POST', `${PATH}/changes/${proposed.json.id}/approve`, { token: t.admin2 });
+    expectRefused(approve, [{ path: 'policy.class_a_max_cost', message: 'at most 0 decimals in JPY (its ISO 4217 minor unit)' }]);
+    expect((await api(stack, 'GET', PATH, { token: t.submitter })).json).toEqual(stored.json);
+    expect((await api(stack, 'GET', `${PATH}/changes/${proposed.json.id}`, { token: t.submitter })).json).toEqual(change);
+    const rejected = await api(stack, 'POST', `${PATH}/changes/${proposed.json.id}/reject`, { token: t.admin });
+    expect(rejected.status, rejected.text).toBe(200);
+    expect(rejected.json).toMatchObject({ status: 'rejected', decided_by: 'admin-1' });
   });
 });

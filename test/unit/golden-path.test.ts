@@ -150,6 +150,38 @@ describe('classify', () => {
     expect(classify({ cost: 1_000, payback_months: 1, currency: 'SAR' }, kwd).cls).toBe('C');
   });
 
+  it('compares the cost with the cost thresholds in minor units, not as doubles: a cost of 0.1 + 0.2 is at a bound of 0.3, not over it', () => {
+    const tiny: ApprovalPolicy = { ...policy, classAMaxCost: 0.3, classCMinCost: 0.3 };
+    const at = classify({ cost: 0.1 + 0.2, payback_months: 1, currency: 'SAR' }, tiny);
+    expect(at).toMatchObject({ cls: 'A', reasons: ['cost 0.3 <= 0.3 and payback 1 <= 6 months'] });
+    expect(classify({ cost: 0.31, payback_months: 1, currency: 'SAR' }, tiny)).toMatchObject({ cls: 'C', reasons: ['cost 0.31 > 0.3'] });
+    // At the bound in each currency's unit, and one unit over it.
+    for (const [currency, bound, over] of [['JPY', 30_001, 30_002], ['KWD', 30_000.125, 30_000.126], ['SAR', 30_000.3, 30_000.31]] as const) {
+      const p: ApprovalPolicy = { ...policy, currency, classAMaxCost: bound, classCMinCost: bound };
+      expect(classify({ cost: bound, payback_months: 1, currency }, p).cls, currency).toBe('A');
+      expect(classify({ cost: over, payback_months: 1, currency }, p).cls, currency).toBe('C');
+    }
+  });
+
+  it("refuses cost thresholds finer than the policy's currency's minor unit, each named by its path, as a submission's amounts", () => {
+    const body = { class_a_max_cost: 50_000, class_a_max_payback_months: 6, class_c_min_cost: 250_000, class_c_min_payback_months: 24, sla_b_seconds: 60, sla_c_seconds: 60 };
+    const issues = (b: unknown) => approvalPolicyBody.safeParse(b).error?.issues.map((i) => [i.path.join('.'), i.message]);
+    expect(issues({ ...body, currency: 'JPY', class_a_max_cost: 1_000.5 })).toEqual([['class_a_max_cost', 'at most 0 decimals in JPY (its ISO 4217 minor unit)']]);
+    expect(issues({ ...body, currency: 'KWD', class_a_max_cost: 50_000.0001, class_c_min_cost: 250_000.1234 })).toEqual([
+      ['class_a_max_cost', 'at most 3 decimals in KWD (its ISO 4217 minor unit)'],
+      ['class_c_min_cost', 'at most 3 decimals in KWD (its ISO 4217 minor unit)'],
+    ]);
+    // Checked against the body's currency: SAR when absent, the new one when it changes.
+    expect(issues({ ...body, class_c_min_cost: 250_000.001 })).toEqual([['class_c_min_cost', 'at most 2 decimals in SAR (its ISO 4217 minor unit)']]);
+    expect(issues({ ...body, currency: 'JPY', class_a_max_cost: 50_000.25 })).toEqual([['class_a_max_cost', 'at most 0 decimals in JPY (its ISO 4217 minor unit)']]);
+    expect(approvalPolicyBody.safeParse({ ...body, currency: 'KWD', class_a_max_cost: 50_000.25 }).success).toBe(true);
+    // To the unit, binary fractions and the largest amounts included; months are no money.
+    for (const [currency, cost] of [['SAR', 0.3], ['SAR', 0.29], ['KWD', 999_999_999_999.999], ['JPY', 1e12], ['OMR', 12_345.123]] as const) {
+      expect(approvalPolicyBody.safeParse({ ...body, currency, class_a_max_cost: 0, class_c_min_cost: cost }).success, `${cost} ${currency}`).toBe(true);
+    }
+    expect(approvalPolicyBody.safeParse({ ...body, currency: 'JPY', class_a_max_payback_months: 5.5 }).success).toBe(true);
+  });
+
   it('refuses a tenant policy whose A bounds exceed its C bounds', () => {
     const body = { class_a_max_cost: 300_000, class_a_max_payback_months: 6, class_c_min_cost: 250_000, class_c_min_payback_months: 24, sla_b_seconds: 60, sla_c_seconds: 60 };
     expect(approvalPolicyBody.safeParse(body).success).toBe(false);

@@ -5,6 +5,7 @@ import { ConflictError, ForbiddenError, NotFoundError } from '../../platform/err
 import { DEFER_UNTIL_NEXT } from '../../platform/db/markers.ts';
 import { nextCursor, pageSchema, pageWhere } from '../../platform/http/cursor.ts';
 import { isoTime, toIsoTime, toIsoTimeOrNull } from '../../platform/http/iso-time.ts';
+import { parseOrThrow } from '../../platform/http/validation.ts';
 import type { Principal } from '../../platform/tenancy/jwt.ts';
 import { POLICY_CHANGE_STATUSES, type PolicyChangeStatus } from './approval.entities.ts';
 import {
@@ -316,7 +317,10 @@ export async function approveChange(
   const row = await changeRow(em, principal.tenantId, id, defaults);
   if (row.proposed_by === principal.sub) throw new ForbiddenError('The proposer of a policy change cannot approve it: a second admin of the tenant must.');
   ensurePending(row);
-  const policy = approvalPolicyBody.parse(row.policy);
+  // As a PUT would be checked now: a change proposed before its cost thresholds were held to the
+  // currency's minor unit may be finer (422 naming `policy.<field>`; nothing applies, it stays pending
+  // to be rejected or expire, and the same policy to the unit can be proposed again).
+  const { policy } = parseOrThrow(z.object({ policy: approvalPolicyBody }), { policy: row.policy }, 'proposed policy', 422);
   const applied = await applyPolicy(em, principal.tenantId, policy, { baseVersion: Number(row.base_version), updatedBy: row.proposed_by, approvedBy: principal.sub });
   // Between the read and the write another change applied (its transaction committed first): this one
   // reads superseded now, or approved if that was this very change.

@@ -78,7 +78,10 @@ export function approvalPolicyRoutes(deps: { slaBSeconds: number; slaCSeconds: n
         409: {
           description: `It loosens the policy, and the tenant already has ${MAX_PENDING_CHANGES} pending changes, the most it may have (too_many_pending_changes; pending, limit): nothing is stored`,
         },
-        422: { description: 'Invalid policy (bounds, A thresholds above C thresholds, or a currency that is no ISO 4217 code)' },
+        422: {
+          description:
+            "Invalid policy (bounds, A thresholds above C thresholds, a cost threshold finer than the ISO 4217 minor unit of the policy's currency — the one it sets — or a currency that is no ISO 4217 code): nothing is stored or proposed",
+        },
       },
       async handler({ em, principal, body }) {
         const out = await replacePolicy(em, principal, body, { defaults, changeTtlMs: deps.changeTtlMs });
@@ -124,6 +127,10 @@ export function approvalPolicyRoutes(deps: { slaBSeconds: number; slaCSeconds: n
         200: { description: 'The policy now in force: the change, approved_by this admin', schema: policyView },
         403: { description: 'Not an admin of the tenant, or the proposer of the change' },
         ...decisionErrors,
+        422: {
+          description:
+            "The change was proposed before cost thresholds were held to the minor unit of the policy's currency, and one is finer (validation_failed naming policy.<field>): nothing applies, the change stays pending (reject it, propose the policy to the unit)",
+        },
       },
       async handler({ em, principal, params }) {
         const applied = await approveChange(em, principal, params.id, defaults);

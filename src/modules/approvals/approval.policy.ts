@@ -3,6 +3,7 @@ import type { EntityManager } from '@mikro-orm/postgresql';
 import { z } from 'zod';
 import { currencyCode, type AppliedPolicy, type CurrencyMismatch, type Economics } from '../golden-path/golden-path.schemas.ts';
 import { toIsoTimeOrNull } from '../../platform/http/iso-time.ts';
+import { compareMinor, finerThanMinorUnit, minorDigits, minorUnitMessage, roundMinor } from '../../platform/money/minor-units.ts';
 
 export interface ApprovalPolicy {
   classAMaxCost: number;
@@ -39,17 +40,20 @@ export interface Classification {
  * C: cost > 250,000, payback > 24 months, or no profit. B: everything else.
  * The cost thresholds are in the policy's currency, and no exchange rate is assumed: economics in
  * another currency are C (the strictest), whatever their cost. Payback, a ratio, still gives its reasons.
+ * Cost and cost thresholds compare in the currency's minor units (compareMinor), never as doubles.
  */
 export function classify(econ: Pick<Economics, 'cost' | 'payback_months' | 'currency'>, policy: ApprovalPolicy): Classification {
   const reasons: string[] = [];
+  const digits = minorDigits(policy.currency);
+  const cost = roundMinor(econ.cost, digits);
   const currencyMismatch = econ.currency === policy.currency ? null : { submission_currency: econ.currency, policy_currency: policy.currency };
   if (currencyMismatch) reasons.push(`currency ${econ.currency} is not the policy's currency ${policy.currency}: its cost thresholds do not apply`);
   if (econ.payback_months === null) reasons.push('no gross profit: payback never reached');
   else if (econ.payback_months > policy.classCMinPaybackMonths) reasons.push(`payback ${econ.payback_months} > ${policy.classCMinPaybackMonths} months`);
-  if (!currencyMismatch && econ.cost > policy.classCMinCost) reasons.push(`cost ${econ.cost} > ${policy.classCMinCost}`);
+  if (!currencyMismatch && compareMinor(cost, policy.classCMinCost, digits) > 0) reasons.push(`cost ${cost} > ${policy.classCMinCost}`);
   if (reasons.length) return { cls: 'C', reasons, required: 2, slaSeconds: policy.slaCSeconds, currencyMismatch };
-  if (econ.cost <= policy.classAMaxCost && econ.payback_months !== null && econ.payback_months <= policy.classAMaxPaybackMonths) {
-    const reason = `cost ${econ.cost} <= ${policy.classAMaxCost} and payback ${econ.payback_months} <= ${policy.classAMaxPaybackMonths} months`;
+  if (compareMinor(cost, policy.classAMaxCost, digits) <= 0 && econ.payback_months !== null && econ.payback_months <= policy.classAMaxPaybackMonths) {
+    const reason = `cost ${cost} <= ${policy.classAMaxCost} and payback ${econ.payback_months} <= ${policy.classAMaxPaybackMonths} months`;
     return { cls: 'A', reasons: [reason], required: 0, slaSeconds: null, currencyMismatch };
   }
   return { cls: 'B', reasons: ['between the automatic and the escalated thresholds'], required: 1, slaSeconds: policy.slaBSeconds, currencyMismatch };
@@ -82,13 +86,29 @@ export const approvalPolicySettings = z.strictObject({ ...thresholds, currency: 
 const configuredSla = z.number().int().min(1).describe(`Seconds; at most ${MAX_SLA_SECONDS} when a PUT set it, any configured value for the defaults (APPROVAL_SLA_B / APPROVAL_SLA_C)`);
 export const policyInForceSettings = approvalPolicySettings.extend({ sla_b_seconds: configuredSla, sla_c_seconds: configuredSla });
 
-/** PUT /api/v1/approval-policy: every threshold explicit (the currency SAR unless given); A's bounds may not exceed C's. */
+/** The cost thresholds: amounts of money in the policy's currency. */
+const COST_FIELDS = ['class_a_max_cost', 'class_c_min_cost'] as const;
+
+/**
+ * PUT /api/v1/approval-policy: every threshold explicit (the currency SAR unless given); A's bounds may
+ * not exceed C's; the cost thresholds at most the minor unit of the currency it sets (the new one, when
+ * it changes it), as a submission's amounts: no cost is ever finer, so a finer bound would only hide
+ * the one that applies (30,000.5 JPY is 30,000). Only the API's check, as the submission's: a policy or
+ * change stored before it still reads (policyInForceSettings, approvalPolicySettings) and classifies
+ * as written; a change approved is parsed by it (approveChange).
+ */
 export const approvalPolicyBody = z
   .strictObject({ ...thresholds, currency: currencyCode.default(DEFAULT_POLICY.currency).describe(`${CURRENCY_DESCRIPTION}; ${DEFAULT_POLICY.currency} when absent`) })
   .refine((b) => b.class_a_max_cost <= b.class_c_min_cost, { path: ['class_a_max_cost'], message: 'must not exceed class_c_min_cost' })
   .refine((b) => b.class_a_max_payback_months <= b.class_c_min_payback_months, {
     path: ['class_a_max_payback_months'],
     message: 'must not exceed class_c_min_payback_months',
+  })
+  .superRefine((b, ctx) => {
+    const digits = minorDigits(b.currency);
+    for (const field of COST_FIELDS) {
+      if (finerThanMinorUnit(b[field], digits)) ctx.addIssue({ code: 'custom', path: [field], message: minorUnitMessage(b.currency) });
+    }
   });
 export type ApprovalPolicyBody = z.infer<typeof approvalPolicyBody>;
 

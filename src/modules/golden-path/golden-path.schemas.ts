@@ -1,6 +1,6 @@
 import { z } from 'zod';
 import { isoTime } from '../../platform/http/iso-time.ts';
-import { finerThanMinorUnit, minorDigits } from '../../platform/money/minor-units.ts';
+import { finerThanMinorUnit, minorDigits, minorUnitMessage } from '../../platform/money/minor-units.ts';
 
 const ISO_COUNTRIES = new Set(
   ('AD AE AF AG AI AL AM AO AQ AR AS AT AU AW AX AZ BA BB BD BE BF BG BH BI BJ BL BM BN BO BQ BR BS BT BV BW BY BZ CA CC CD CF CG CH CI CK CL CM CN CO CR CU CV CW CX CY CZ ' +
@@ -64,7 +64,7 @@ export const submissionRequestSchema = submissionSchema.superRefine((s, ctx) => 
   const digits = minorDigits(s.currency);
   for (const field of MONEY_FIELDS) {
     if (finerThanMinorUnit(s.economics[field], digits)) {
-      ctx.addIssue({ code: 'custom', path: ['economics', field], message: `at most ${digits} decimal${digits === 1 ? '' : 's'} in ${s.currency} (its ISO 4217 minor unit)` });
+      ctx.addIssue({ code: 'custom', path: ['economics', field], message: minorUnitMessage(s.currency) });
     }
   }
 });

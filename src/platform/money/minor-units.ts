@@ -46,3 +46,35 @@ export function finerThanMinorUnit(n: number, digits: number): boolean {
   const decimals = (mantissa.split('.')[1] ?? '').length - Number(exponent);
   return decimals > digits;
 }
+
+/** What a field finer than the currency's minor unit is told (422 validation_failed): a submission's amounts, a policy's cost thresholds. */
+export function minorUnitMessage(currency: string): string {
+  const digits = minorDigits(currency);
+  return `at most ${digits} decimal${digits === 1 ? '' : 's'} in ${currency} (its ISO 4217 minor unit)`;
+}
+
+/** `n` as written (its shortest decimal form, as finerThanMinorUnit reads it), exactly: `units` / 10^`scale`. */
+function asWritten(n: number): { units: bigint; scale: number } {
+  const [mantissa = '', exponent = '0'] = String(n).split('e');
+  const [whole = '', fraction = ''] = mantissa.split('.');
+  const scale = fraction.length - Number(exponent);
+  const units = BigInt(whole + fraction);
+  return scale >= 0 ? { units, scale } : { units: units * 10n ** BigInt(-scale), scale: 0 };
+}
+
+/**
+ * An amount against a threshold of its currency (`digits`: its minor unit), exactly: -1 below it, 0 at
+ * it, 1 above it. The amount counts as the minor units it rounds to (roundMinor: 0.1 + 0.2 is 0.30,
+ * at a 0.30 bound, not over it by a binary fraction), the threshold as written — a whole number of
+ * minor units for any policy set since thresholds are held to the unit; one stored before, finer than
+ * it (30,000.5 JPY), compares as written: no amount is at it, and the amounts on each side are those
+ * that were on each side of it before. Integers (bigint), never doubles, so no drift at any magnitude.
+ */
+export function compareMinor(amount: number, threshold: number, digits: number): -1 | 0 | 1 {
+  const a = asWritten(roundMinor(amount, digits));
+  const t = asWritten(threshold);
+  const scale = Math.max(a.scale, t.scale);
+  const left = a.units * 10n ** BigInt(scale - a.scale);
+  const right = t.units * 10n ** BigInt(scale - t.scale);
+  return left < right ? -1 : left > right ? 1 : 0;
+}
