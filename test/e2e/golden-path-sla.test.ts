@@ -309,7 +309,7 @@ describe('approval SLA', () => {
       await timer.promote();
       await waitFor(
         async () =>
-          (await stack.db.admin(`select count(*)::int as n from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock' and query like '%a.sla_deadline is not null and a.sla_deadline <= now()%'`)).rows[0].n > 0,
+          (await stack.db.admin(`select count(*)::int as n from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock' and query like '%a.sla_deadline::text as sla_deadline_text, r.correlation_id%'`)).rows[0].n > 0,
         { ...DEADLINE, what: "the timer's expiry to wait for the decision" },
       );
       await outbox.release();

@@ -189,11 +189,19 @@ describe('a pending request past its SLA deadline reads expired before a worker 
   });
 
   /**
-   * A waiting class B request (shortSlaTenant) whose run row another transaction holds while `contend` sends what waits for it; the deadline is then set
-   * just after that waiting transaction began (its now()) and the clock passes it before the row is
-   * released: the request reads expired meanwhile. Resolves with the contender's answer and the deadline.
+   * A waiting class B request (shortSlaTenant) whose run row another transaction holds (or what
+   * `opts.hold` locks: a table, as a migration would) while `contend` sends what waits for it; the
+   * deadline is then set just after that waiting transaction began (its now()) — or, `from:
+   * 'query_start'`, just after the waiting statement itself began (its statement_timestamp()) — and the
+   * clock passes it before the lock is released: the request reads expired meanwhile. With
+   * `opts.viaGate` (the hold keeps the requests table from being written) the deadline is set by the
+   * holding transaction, committed with its release. Resolves with the contender's answer and the deadline.
    */
-  async function waitedPastDeadline<T>(waitingQuery: string, contend: (w: { runId: string; approvalId: string; submitter: string; approver: string }) => Promise<T>) {
+  async function waitedPastDeadline<T>(
+    waitingQuery: string,
+    contend: (w: { runId: string; approvalId: string; submitter: string; approver: string }) => Promise<T>,
+    opts: { hold?: (gate: pg.Client, runId: string) => Promise<unknown>; from?: 'xact_start' | 'query_start'; viaGate?: boolean } = {},
+  ) {
     const { submitter, approver } = await shortSlaTenant();
     const { runId, approvalId } = await submitWaiting(SAMPLE_SUBMISSION, submitter);
     // Another transaction holds the run row (as a concurrent decision, cancel or expiry would).
@@ -201,12 +209,12 @@ describe('a pending request past its SLA deadline reads expired before a worker 
     await gate.connect();
     try {
       await gate.query('begin');
-      await gate.query('select 1 from durable_runs where id = $1 for update', [runId]);
+      await (opts.hold ?? ((g: pg.Client, id: string) => g.query('select 1 from durable_runs where id = $1 for update', [id])))(gate, runId);
       const answered = contend({ runId, approvalId, submitter, approver });
-      await waitsForLock(waitingQuery, 'the contender to wait for the run row');
+      await waitsForLock(waitingQuery, 'the contender to wait for the lock held');
       const [row] = (
-        await stack.db.admin(
-          `update approval_requests set sla_deadline = (select xact_start + interval '1 millisecond' from pg_stat_activity
+        await (opts.viaGate ? (q: string, p: unknown[]) => gate.query(q, p) : (q: string, p: unknown[]) => stack.db.admin(q, p))(
+          `update approval_requests set sla_deadline = (select ${opts.from ?? 'xact_start'} + interval '1 millisecond' from pg_stat_activity
                    where datname = current_database() and wait_event_type = 'Lock' and query like $2)
             where id = $1 returning sla_deadline as deadline`,
           [approvalId, waitingQuery],
@@ -214,14 +222,23 @@ describe('a pending request past its SLA deadline reads expired before a worker 
       ).rows as Array<{ deadline: Date }>;
       const deadline = row!.deadline;
       expect(deadline).toBeInstanceOf(Date);
-      await waitFor(async () => (await stack.db.admin(`select clock_timestamp() > $1::timestamptz as past`, [deadline])).rows[0].past, { what: 'the deadline to pass' });
-      expect((await approval(approvalId, submitter)).status).toBe('expired');
+      await waitFor(async () => (await gate.query(`select clock_timestamp() > $1::timestamptz as past`, [deadline])).rows[0].past, { what: 'the deadline to pass' });
+      if (!opts.viaGate) expect((await approval(approvalId, submitter)).status).toBe('expired');
       await gate.query('commit');
       return { answer: await answered, deadline, runId, approvalId, submitter };
     } finally {
       await gate.query('rollback').catch(() => {});
       await gate.end();
     }
+  }
+
+  /** A cancel (waitedPastDeadline's) answered 200 and recorded the request expired at its deadline, as it read. */
+  async function cancelledExpired(w: { answer: Awaited<ReturnType<typeof cancel>>; deadline: Date; runId: string; approvalId: string; submitter: string }) {
+    expect(w.answer.status, w.answer.text).toBe(200);
+    expect(w.answer.json.status).toBe('cancelled');
+    expect(await runRow(w.runId)).toMatchObject({ status: 'cancelled' });
+    expect(await requestRow(w.approvalId)).toMatchObject({ status: 'expired', decided_at: w.deadline, decisions: 0 });
+    expect(await approval(w.approvalId, w.submitter)).toMatchObject({ status: 'expired', decided_at: w.deadline.toISOString() });
   }
 
   it('a decision that began before the deadline but waited for the run row past it is 409 approval_expired, as the request read meanwhile; nothing is recorded', { timeout: LONG }, async () => {
@@ -233,11 +250,85 @@ describe('a pending request past its SLA deadline reads expired before a worker 
   });
 
   it('a cancel that began before the deadline but waited for the run row past it records the request expired at its deadline, as it read meanwhile, not withdrawn', { timeout: LONG }, async () => {
-    const { answer, deadline, runId, approvalId, submitter } = await waitedPastDeadline('%from durable_runs where tenant_id = % and workflow = % for update%', (w) => cancel(w.runId, w.submitter));
-    expect(answer.status, answer.text).toBe(200);
-    expect(answer.json.status).toBe('cancelled');
-    expect(await runRow(runId)).toMatchObject({ status: 'cancelled' });
+    await cancelledExpired(await waitedPastDeadline('%from durable_runs where tenant_id = % and workflow = % for update%', (w) => cancel(w.runId, w.submitter)));
+  });
+
+  it('a decision that waited, inside the statement that tests its deadline again, for a table a migration holds (ACCESS EXCLUSIVE on durable_checkpoints) past the deadline is 409 approval_expired; nothing is recorded', { timeout: LONG }, async () => {
+    // The decision has the run and the request; its next statement, which tests the deadline again,
+    // was sent before the deadline and waits for the checkpoints table while the deadline passes: its
+    // statement_timestamp() is after that wait (a guard: were it the statement's arrival, as its
+    // query_start is, the decision would be accepted after its deadline). The request is locked by
+    // then, so its deadline is set beforehand, a few seconds ahead: the decision reaches that statement well before it.
+    const { submitter, approver } = await shortSlaTenant();
+    const { approvalId } = await submitWaiting(SAMPLE_SUBMISSION, submitter);
+    const checkpoints = await holdTable(stack.db.adminUrl, 'durable_checkpoints', 'access exclusive');
+    try {
+      const { deadline } = (await stack.db.admin(`update approval_requests set sla_deadline = clock_timestamp() + interval '5 seconds' where id = $1 returning sla_deadline as deadline`, [approvalId]))
+        .rows[0] as { deadline: Date };
+      const answered = decide(approvalId, approver);
+      const waiting = '%from durable_checkpoints c where c.tenant_id = %';
+      await waitsForLock(waiting, 'the decision to wait for the checkpoints table, holding the run and the request');
+      // The premise: the waiting statement began before the deadline (by its arrival it is not yet due).
+      const [{ early }] = (
+        await stack.db.admin(`select bool_and(query_start < $2::timestamptz) as early from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock' and query like $1`, [waiting, deadline])
+      ).rows;
+      expect(early).toBe(true);
+      await waitFor(async () => (await stack.db.admin(`select clock_timestamp() > $1::timestamptz as past`, [deadline])).rows[0].past, { what: 'the deadline to pass' });
+      expect((await approval(approvalId, submitter)).status).toBe('expired');
+      await checkpoints.release();
+      const answer = await answered;
+      expect(answer.status, answer.text).toBe(409);
+      expect(answer.json.code).toBe('approval_expired');
+      expect(await requestRow(approvalId)).toMatchObject({ status: 'pending', decided_at: null, decisions: 0 });
+      expect(await approval(approvalId, submitter)).toMatchObject({ status: 'expired', decided_at: deadline.toISOString(), decisions: [] });
+    } finally {
+      await checkpoints.close();
+    }
+  });
+
+  it('a decision that waited for the requests table (a lock a migration holds) past the deadline is 409 approval_expired; nothing is recorded', { timeout: LONG }, async () => {
+    const { answer, approvalId } = await waitedPastDeadline('%from durable_runs where id = (select run_id from approval_requests%', (w) => decide(w.approvalId, w.approver), {
+      hold: (gate) => gate.query('lock table approval_requests in exclusive mode'),
+      viaGate: true,
+    });
+    expect(answer.status, answer.text).toBe(409);
+    expect(answer.json.code).toBe('approval_expired');
+    expect(await requestRow(approvalId)).toMatchObject({ status: 'pending', decided_at: null, decisions: 0 });
+  });
+
+  it('a cancel whose withdrawal waited for the requests table (a lock a migration holds) past the deadline records the request expired at its deadline, not withdrawn', { timeout: LONG }, async () => {
+    // The cancel has the run; its update of the request, sent before the deadline, waits for the table
+    // while the deadline passes: tested by that statement's clock, after the wait (a guard: by its
+    // arrival it would be recorded withdrawn after the request had read expired).
+    await cancelledExpired(
+      await waitedPastDeadline('%update approval_requests a set status = case%', (w) => cancel(w.runId, w.submitter), {
+        hold: (gate) => gate.query('lock table approval_requests in exclusive mode'),
+        from: 'query_start',
+        viaGate: true,
+      }),
+    );
+  });
+
+  // It decided by its transaction's start (now()) and answered not_due: its timer was put off though the request read expired.
+  it("the SLA timer's expiry that began before the deadline but waited for the run row past it expires the request at its deadline (not put off as not yet due); a decision then is 409", { timeout: LONG }, async () => {
+    const tenantOf = async (runId: string) => (await stack.db.admin(`select tenant_id from durable_runs where id = $1`, [runId])).rows[0].tenant_id as string;
+    const { answer, deadline, runId, approvalId, submitter } = await waitedPastDeadline(
+      '%for update) r%join approval_requests a on a.tenant_id = r.tenant_id and a.run_id = r.id where a.tenant_id = %',
+      async (w) => {
+        const own = await tenantOf(w.runId);
+        // The timer's handler, as a worker runs it; settled here, so a failure is this check's.
+        return tenantEm(stack.container.orm, own)
+          .transactional((tx) => new ApprovalService(stack.container.runtime).expire(tx, own, w.runId))
+          .then((outcome) => ({ outcome }), (error: unknown) => ({ error }));
+      },
+      { from: 'query_start' },
+    );
+    expect(answer).toMatchObject({ outcome: { outcome: 'expired', approvalRequestId: approvalId } });
     expect(await requestRow(approvalId)).toMatchObject({ status: 'expired', decided_at: deadline, decisions: 0 });
+    expect(await runRow(runId)).toMatchObject({ status: 'approval_expired' });
+    const late = await decide(approvalId, (await stack.token({ tenantId: await tenantOf(runId), sub: 'approver-3', roles: ['approver'] })));
+    expect(late.status, late.text).toBe(409);
+    expect(late.json.code).toBe('approval_expired');
     expect(await approval(approvalId, submitter)).toMatchObject({ status: 'expired', decided_at: deadline.toISOString() });
   });
 

@@ -92,9 +92,12 @@ export class ApprovalService {
     // while waiting for the decisions it has read (a deadlock: PostgreSQL failed one of the two).
     // (Parsed only by the decision that ends the wait: a class C first approval never needed it.)
     const stored = await this.packetRow(em, req.tenant_id, req.run_id, req.sla_deadline_text);
-    // The deadline again, by this statement's clock: the locking read above may have waited for the run
-    // row (another decision, a cancel, an expiry) while the deadline passed, and its now() — the
-    // transaction's start — is before that wait. The request has read expired since; so is the answer.
+    // The deadline again, by this statement's clock (packetRow): the locking read above may have waited
+    // for the run row (another decision, a cancel, an expiry) or a table (a migration's lock) while the
+    // deadline passed, and its now() — the transaction's start — is before that wait. The request has
+    // read expired since; so is the answer. The expiry decides by the same clock under the same run
+    // lock, so the two never both win; and a decision accepted is recorded at now(), before this
+    // check, so its decided_at is before the deadline (and before the expiry's, which is the deadline).
     if (stored.overdue) throw new ConflictError('approval_expired', 'The approval request passed its SLA deadline; it can no longer be decided.');
     // The run's own version, before anything is recorded, whatever this decision's outcome: a class C
     // first approval does not resume the run, but a version retired for good (409) can never take the
@@ -182,16 +185,22 @@ export class ApprovalService {
     // request by its key's values, `a.tenant_id = ? and a.run_id = ?`: joined on `r.id` alone, a plan
     // made on a table without statistics read the tenant's requests by tenant_id and matched the run as
     // a join filter (tenant-scoped-queries.test.ts).
-    const [req] = await em.execute<(ApprovalRow & { correlation_id: string })[]>(
+    const [req] = await em.execute<(Omit<ApprovalRow, 'expired_now'> & { correlation_id: string; sla_deadline_text: string | null })[]>(
       `select a.id, a.tenant_id, a.run_id, a.required_approvals, a.status, a.submitted_by, a.sla_deadline,
-              (a.sla_deadline is not null and a.sla_deadline <= now()) as expired_now, r.correlation_id
+              a.sla_deadline::text as sla_deadline_text, r.correlation_id
          from (select tenant_id, id, correlation_id from durable_runs where tenant_id = ? and id = ? for update) r
          join approval_requests a on a.tenant_id = r.tenant_id and a.run_id = r.id where a.tenant_id = ? and a.run_id = ? for update of a`,
       [tenantId, runId, tenantId, runId],
     );
     if (!req || req.status !== 'pending') return { outcome: 'not_pending' };
-    if (!req.expired_now) return { outcome: 'not_due', deadline: req.sla_deadline ? new Date(req.sla_deadline) : null };
-    const { seq, packet } = await this.packet(em, tenantId, runId);
+    // Due or not by the next statement's clock (packetRow), as a decision decides: the locking read
+    // above may have waited for the run row (a decision, a cancel) or a table (a migration's lock)
+    // while the deadline passed, and by its now(), the transaction's start, before that wait, the
+    // timer was put off as early though the request had read expired since.
+    const stored = await this.packetRow(em, tenantId, runId, req.sla_deadline_text);
+    if (!stored.overdue) return { outcome: 'not_due', deadline: req.sla_deadline ? new Date(req.sla_deadline) : null };
+    const seq = stored.seq;
+    const packet = approvalPacketSchema.parse(stored.output);
     let afterCommit: () => Promise<void>;
     try {
       // A run that no longer waits (a cancel withdrew its request, or — cancelled before `withdrawn`
@@ -213,20 +222,14 @@ export class ApprovalService {
   }
 
   /**
-   * The run's approval step checkpoint: the packet it stored and its sequence_num, found by the step's
-   * name (each version of a workflow may place the step elsewhere; the runtime's resume checks the name
-   * against the run's own version).
+   * The run's approval step checkpoint as stored, found by the step's name (each version of a workflow
+   * may place the step elsewhere; the runtime's resume checks the name against the run's own version):
+   * its sequence_num and its output, not yet parsed; and whether the run's request is past its SLA
+   * deadline by this statement's clock (`overdue`): the caller (decide, expire) holds the run and the
+   * request by then, and statement_timestamp() is after the wait for those locks, which now() — the
+   * transaction's start — is not.
    */
-  private async packet(em: EntityManager, tenantId: string, runId: string): Promise<{ seq: number; packet: ApprovalPacket }> {
-    const { seq, output } = await this.packetRow(em, tenantId, runId);
-    return { seq, packet: approvalPacketSchema.parse(output) };
-  }
-
-  /**
-   * The approval step's checkpoint as stored: its sequence_num and its output, not yet parsed; and
-   * whether the run's request is past its SLA deadline by this statement's clock (`overdue`).
-   */
-  private async packetRow(em: EntityManager, tenantId: string, runId: string, deadline: string | null = null): Promise<{ seq: number; output: unknown; overdue: boolean }> {
+  private async packetRow(em: EntityManager, tenantId: string, runId: string, deadline: string | null): Promise<{ seq: number; output: unknown; overdue: boolean }> {
     // The deadline as the caller read it under the request's row lock (it cannot change meanwhile), as
     // text (microseconds kept): no second read of approval_requests, whose generic plan on a table
     // without statistics walked a tenant's requests filtering run_id (tenant-scoped-queries.test.ts).

@@ -9,7 +9,7 @@ import { approvalPage, approvalRequestView, BASE, DECISIONS, decisionResult, toA
 
 /**
  * A pending request whose SLA deadline has passed can no longer be decided (the decision's own check,
- * `sla_deadline <= now()`, approval.service.ts): it reads `expired`, from the database's clock, before
+ * `sla_deadline <= now()`, and again by a statement's clock after its lock waits, approval.service.ts): it reads `expired`, from the database's clock, before
  * a worker's SLA timer records the expiry (which sets the same status and the same `decided_at`, the
  * deadline). The stored status is what the indexes hold; the filters below select by the status read.
  */
