@@ -1,7 +1,10 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createHash, randomBytes } from 'node:crypto';
 import { ADMIN_COOKIE, ADMIN_HOST_COOKIE, OPERATOR_ROLE } from '../../src/platform/http/admin-auth.middleware.ts';
+import { signDevToken } from '../../src/platform/tenancy/jwt.ts';
+import { operatorSessions } from '../../src/platform/http/admin-board.ts';
 import { newTenant, startStack, type TestStack } from '../helpers/stack.ts';
+import { waitFor } from '../helpers/poll.ts';
 import { postSignIn } from '../helpers/dashboard-sign-in.ts';
 
 /**
@@ -10,7 +13,7 @@ import { postSignIn } from '../helpers/dashboard-sign-in.ts';
  * from this very host, so a sibling subdomain cannot set or shadow it), and the plain name is not read
  * there; over plain HTTP the plain name works on a loopback host only (local development). A request
  * carrying several cookies of the name (a sibling's for the parent domain beside the host's own) is
- * let in when exactly one of them names an open session.
+ * let in when exactly one of them names an open session. And a session ends at its token's `exp`.
  *
  * HTTPS here is a TLS-terminating proxy on the same host: the stack believes loopback's
  * X-Forwarded-Proto (the default TRUST_PROXY), as it would a real proxy's.
@@ -149,5 +152,43 @@ describe('plain HTTP to a host other than loopback opens no session', () => {
       expect(res.status, host).toBe(303);
       expect(res.setCookie, host).toMatch(new RegExp(`^${ADMIN_COOKIE}=`));
     }
+  });
+});
+
+describe("a session ends no later than its token's exp", () => {
+  it("its cookie's Max-Age and Redis expiry stop at exp, and it is refused as soon as exp has passed — not after the clock tolerance", { timeout: 90_000 }, async () => {
+    // 15 s: enough for the sign-in on a loaded CI machine (the exchange needs a second of life left).
+    // The verifier accepts the token up to JWT_CLOCK_TOLERANCE past its exp; the session must not.
+    const mint = () => signDevToken(stack.config, { tenantId: newTenant(), sub: 'ops-exp', roles: [OPERATOR_ROLE], ttlSeconds: 15 });
+    const expOf = (token: string) => JSON.parse(Buffer.from(token.split('.')[1]!, 'base64url').toString()).exp as number;
+    const token = await mint();
+    const exp = expOf(token);
+    const before = Math.floor(Date.now() / 1000);
+    const { lines, id } = await signIn(token, true);
+    const after = Date.now();
+    const maxAge = Number(/; Max-Age=(\d+)/.exec(lines[0]!)?.[1]);
+    expect(maxAge).toBeGreaterThan(0);
+    expect(before + maxAge).toBeLessThanOrEqual(exp);
+    // Redis drops the key Max-Age seconds after it wrote it: within the sign-in's own duration of exp.
+    const expiresAt = Number(await stack.redis.call('PEXPIRETIME', sessionKey(id)));
+    expect(expiresAt).toBeGreaterThan(0);
+    expect(expiresAt).toBeLessThanOrEqual(after + maxAge * 1000);
+    // A session key that outlives its token (an hour: a Redis clock behind the API's, a key an older
+    // version wrote) ends at the token's exp all the same.
+    const long = await mint();
+    const outliving = await operatorSessions(stack.redis, stack.config).exchange(long, 3600);
+    if (typeof outliving === 'string') throw new Error(`exchange refused: ${outliving}`);
+    expect(await stack.redis.ttl(sessionKey(outliving.id))).toBeGreaterThan(3000);
+    for (const session of [id, outliving.id]) expect((await board(`${ADMIN_HOST_COOKIE}=${session}`, true)).status).toBe(200);
+    // Until both tokens' exp has passed by this machine's clock (the API's: it runs in this process)…
+    const end = Math.max(exp, expOf(long)) * 1000;
+    await waitFor(() => Date.now() >= end, { timeoutMs: 60_000, intervalMs: 200, what: "the tokens' exp" });
+    // …then refused at once, though the verifier would still accept the tokens for its tolerance.
+    for (const session of [id, outliving.id]) {
+      const res = await board(`${ADMIN_HOST_COOKIE}=${session}`, true);
+      expect(res.status, res.text).toBe(401);
+    }
+    // And the key goes, Redis's expiry being at most the sign-in's duration past exp.
+    await waitFor(async () => (await stack.redis.exists(sessionKey(id))) === 0, { timeoutMs: 30_000, what: 'the session key to expire' });
   });
 });

@@ -241,7 +241,7 @@ function sessionIdsOf(req: Request, names: readonly string[]): string[] {
  * for a parent domain, for each path — in an order the server cannot rely on, so each is tried (one
  * MGET for all; only an id of the right shape is looked up: a JWT there, or anything a client makes
  * up, is no session): a cookie naming nothing does not hide a valid one, and the request is let in
- * only when exactly one names an open session whose token verifies. Two of them (one planted: session
+ * only when exactly one names an open session whose token verifies and has not reached its `exp`. Two of them (one planted: session
  * fixation) sign nothing in; signing out ends both.
  */
 async function resumeSession(opts: AdminAuthOptions, req: Request, values: readonly string[]): Promise<void> {
@@ -255,6 +255,13 @@ async function resumeSession(opts: AdminAuthOptions, req: Request, values: reado
       // Verified at the exchange; again (the memo of ADR 0006 makes it cheap) so that a rotated signing
       // key ends the session as it ends the token.
       await verifyOperator(opts, req, token);
+      // The verifier accepts a token up to JWT_CLOCK_TOLERANCE past its `exp`; a session, whose roles
+      // are the token's as they were at the exchange, ends at `exp` itself by this process's clock,
+      // whatever its Redis key's TTL (counted from a moment before Redis wrote it) still says.
+      if (Date.now() >= (claimsOf(token).exp ?? 0) * 1000) {
+        refusal ??= unauthorized(opts, 'This dashboard session has ended: its token expired. Sign in again with a new ?token= link.');
+        continue;
+      }
       open.push(token);
     } catch (e) {
       refusal ??= e;
