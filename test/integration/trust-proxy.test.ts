@@ -4,14 +4,15 @@ import type { Server } from 'node:http';
 import { networkInterfaces } from 'node:os';
 import { createApp } from '../../src/app.ts';
 import { parseConfig, type Config } from '../../src/platform/config/config.ts';
-import { ADMIN_COOKIE, OPERATOR_ROLE } from '../../src/platform/http/admin-auth.middleware.ts';
+import { ADMIN_COOKIE, ADMIN_HOST_COOKIE, OPERATOR_ROLE } from '../../src/platform/http/admin-auth.middleware.ts';
 import { newTenant, startStack, type TestStack } from '../helpers/stack.ts';
 import { postSignIn } from '../helpers/dashboard-sign-in.ts';
 
 /**
  * Behind a load balancer that terminates TLS (Heroku's router, an ALB), the API sees plain HTTP from
  * the balancer's address: only TRUST_PROXY makes it believe X-Forwarded-Proto, so that the operator
- * cookie — a cross-tenant token — is set `Secure`.
+ * cookie — a cross-tenant session — is the `Secure` `__Host-` one; not believed, a browser on another
+ * host gets no session over what is plain HTTP to the API.
  */
 
 /** An address of this machine that is not loopback: a peer connecting to it is not `loopback` to Express. */
@@ -40,10 +41,13 @@ async function apiWith(trustProxy: string | undefined, host: string): Promise<st
   return `http://${host}:${(server.address() as AddressInfo).port}`;
 }
 
-/** The Set-Cookie of a one-time `?token=` link's sign-in (a new token each: a link works once) to the dashboard through a TLS-terminating proxy. */
+/** A one-time `?token=` link's sign-in (a new token each: a link works once) to the dashboard through a TLS-terminating proxy. */
+const signInVia = async (base: string) =>
+  postSignIn(base, await stack.token({ tenantId: newTenant(), sub: 'operator-1', roles: [OPERATOR_ROLE] }), { headers: { 'x-forwarded-proto': 'https', 'sec-fetch-site': 'same-origin' } });
+
+/** The session cookie such a sign-in sets. */
 async function cookieVia(base: string): Promise<string> {
-  const token = await stack.token({ tenantId: newTenant(), sub: 'operator-1', roles: [OPERATOR_ROLE] });
-  const res = await postSignIn(base, token, { headers: { 'x-forwarded-proto': 'https', 'sec-fetch-site': 'same-origin' } });
+  const res = await signInVia(base);
   expect(res.status).toBe(303);
   const cookie = res.setCookie ?? '';
   expect(cookie).toContain(`${ADMIN_COOKIE}=`);
@@ -58,8 +62,10 @@ describe('TRUST_PROXY decides whose X-Forwarded-Proto the API believes', () => {
   });
 
   it('by default only a proxy on the same host is believed', async () => {
-    expect(await cookieVia(await apiWith(undefined, '127.0.0.1'))).toMatch(/; Secure$/);
-    expect(await cookieVia(await apiWith('false', '127.0.0.1'))).not.toMatch(/Secure/);
+    // Believed: HTTPS, so the `__Host-` cookie (ADR 0017, amendment *one cookie per host*).
+    expect(await cookieVia(await apiWith(undefined, '127.0.0.1'))).toMatch(new RegExp(`^${ADMIN_HOST_COOKIE}=[^;]+; Path=/; .*; Secure(,|$)`));
+    // Not believed: plain HTTP to 127.0.0.1 (local development), the plain cookie without Secure.
+    expect(await cookieVia(await apiWith('false', '127.0.0.1'))).not.toMatch(/Secure|__Host-/);
   });
 
   it("the sign-in's Origin check (a browser without Sec-Fetch-Site) takes the scheme and host a believed proxy forwards", async () => {
@@ -76,7 +82,12 @@ describe('TRUST_PROXY decides whose X-Forwarded-Proto the API believes', () => {
 
   it.skipIf(!external)('a load balancer on another host is believed with TRUST_PROXY=1, not by default', async () => {
     // The connection arrives from this machine's external address, as a balancer's would from its own.
-    expect(await cookieVia(await apiWith(undefined, external!))).not.toMatch(/Secure/);
-    expect(await cookieVia(await apiWith('1', external!))).toMatch(/; Secure$/);
+    // Not believed, the request is plain HTTP to a host that is not loopback: no session is opened
+    // (a cookie without Secure, which a sibling subdomain could shadow), rather than a weaker one.
+    const refused = await signInVia(await apiWith(undefined, external!));
+    expect(refused.status).toBe(403);
+    expect(refused.setCookie).toBeNull();
+    expect(refused.text).toContain('TRUST_PROXY');
+    expect(await cookieVia(await apiWith('1', external!))).toMatch(new RegExp(`^${ADMIN_HOST_COOKIE}=[^;]+; Path=/; .*; Secure(,|$)`));
   });
 });

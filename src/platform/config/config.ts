@@ -69,7 +69,7 @@ export const configSchema = z
      * Which peers' X-Forwarded-For / -Proto the API believes (Express's `trust proxy`): `loopback`
      * (default), `false`, `true` (any peer: only behind a proxy that overwrites the headers), a hop
      * count (`1` behind one load balancer, e.g. Heroku's router), or addresses/subnets, comma-separated.
-     * It decides `req.secure` (the operator cookie's `Secure`) and the `ip` of security log lines.
+     * It decides `req.secure` (the dashboard's `__Host-` session cookie; plain HTTP gets one on a loopback host only) and the `ip` of security log lines.
      */
     TRUST_PROXY: z
       .string()

@@ -16,8 +16,18 @@ import { claimsOf, SESSION_ID, type OperatorSessions } from './operator-sessions
  * approval policy) must never open it. The identity provider issues this role to platform staff only.
  */
 export const OPERATOR_ROLE = 'platform-operator';
-/** Holds a session id (ADR 0017), never a JWT. The name is the one the cookie had when it held the token: a browser's old cookie is replaced, not left beside it. */
+/**
+ * Holds a session id (ADR 0017), never a JWT: over plain HTTP to a loopback host only (local
+ * development, a port-forward), where a `__Host-` cookie cannot be set (it needs `Secure`). Never read
+ * over HTTPS, where a sibling subdomain could set a cookie of this name for the parent domain.
+ */
 export const ADMIN_COOKIE = 'dealix_admin_token';
+/**
+ * The session cookie over HTTPS (ADR 0017, amendment *one cookie per host*): a browser accepts a
+ * `__Host-` cookie only from this very host, with `Secure`, `Path=/` and no `Domain`, so no sibling
+ * subdomain (and no plain-HTTP page) can set or shadow it.
+ */
+export const ADMIN_HOST_COOKIE = `__Host-${ADMIN_COOKIE}`;
 const BEARER = /^Bearer\s+([A-Za-z0-9\-_=]+\.[A-Za-z0-9\-_=]*\.[A-Za-z0-9\-_=+/]*)\s*$/i;
 const JWT = /^[A-Za-z0-9\-_=]+\.[A-Za-z0-9\-_=]*\.[A-Za-z0-9\-_=+/]*$/;
 /** The session (and its cookie) never outlives the token, and never a working day. */
@@ -118,20 +128,13 @@ export function adminAuth(opts: AdminAuthOptions) {
         if (throttle && attempt) await throttle.window.unhit(attempt);
         return next();
       }
-      const cookie = readCookie(req.get('cookie'), ADMIN_COOKIE);
-      if (cookie) {
-        // Only an id of the right shape costs a Redis GET; a JWT here (the cookie held one before
-        // ADR 0017, and anyone can put one there) is no session.
-        const token = SESSION_ID.test(cookie) ? await opts.sessions.tokenOf(cookie) : undefined;
-        if (token === undefined) {
-          opts.logger.warn({ security_event: 'operator_session_unknown', path: req.path, ip: req.ip }, 'refused a dashboard cookie that names no session');
-          throw unauthorized(opts, 'This dashboard session has ended (signed out or expired) or never existed: sign in again with a new ?token= link.');
-        }
-        // The token was verified at the exchange; verified again (the memo of ADR 0006 makes it cheap)
-        // so that a rotated signing key ends the session as it ends the token.
-        await verifyOperator(opts, req, token);
+      const cookieName = sessionCookieName(req);
+      const cookies = cookieName === undefined ? [] : readCookies(req.get('cookie'), cookieName);
+      if (cookies.length > 0) {
+        await resumeSession(opts, req, cookies);
         return next();
       }
+      if (cookieName === undefined && sessionIdsOf(req, [ADMIN_COOKIE, ADMIN_HOST_COOKIE]).length > 0) throw unauthorized(opts, PLAIN_HTTP);
       throw unauthorized(opts, `Sign in with a bearer token with the role ${OPERATOR_ROLE}, ?token=<jwt> once, or the operator credentials.`);
     } catch (e) {
       // Answer here: the dashboard is mounted before the API's error handler would see it.
@@ -190,9 +193,88 @@ function sameHost(origin: string, req: Request, withScheme: boolean): boolean {
   return url.host === req.host && (!withScheme || url.protocol === `${req.protocol}:`);
 }
 
-function adminCookie(opts: AdminAuthOptions, req: Request, value: string, maxAge: number): string {
-  const secure = req.secure ? '; Secure' : '';
-  return `${ADMIN_COOKIE}=${value}; Path=${opts.basePath}; HttpOnly; SameSite=Strict; Max-Age=${maxAge}${secure}`;
+/** Why a plain-HTTP request to a host other than loopback gets no dashboard session. */
+const PLAIN_HTTP =
+  'The dashboard is served over plain HTTP here: its session cookie works only over HTTPS (behind a TLS-terminating proxy, set TRUST_PROXY so that its X-Forwarded-Proto is believed) or on localhost. A bearer header or the operator credentials work meanwhile.';
+
+/**
+ * The session cookie's name for this request (ADR 0017, amendment *one cookie per host*): `__Host-…`
+ * over HTTPS (`req.secure`, believing a proxy's X-Forwarded-Proto as `trust proxy` says); the plain
+ * name over HTTP to a loopback host (local development: a browser sets no `__Host-` cookie without
+ * `Secure`); none over plain HTTP to any other host, where no session is opened or resumed.
+ */
+function sessionCookieName(req: Request): string | undefined {
+  if (req.secure) return ADMIN_HOST_COOKIE;
+  return isLoopback(req.hostname) ? ADMIN_COOKIE : undefined;
+}
+
+/** `localhost`, a `*.localhost` name, 127.0.0.0/8 or `::1`: names a browser resolves to this machine only. */
+function isLoopback(hostname: string | undefined): boolean {
+  const host = (hostname ?? '').toLowerCase().replace(/^\[(.*)\]$/, '$1');
+  return host === 'localhost' || host.endsWith('.localhost') || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(host) || host === '::1';
+}
+
+/** The session cookie a sign-in sets (`maxAge` 0 and no value: deletes it). Over HTTPS it also deletes the plain-named cookie an earlier version set there, which is never read over HTTPS. */
+function sessionCookies(opts: AdminAuthOptions, req: Request, value: string, maxAge: number): string[] {
+  const plain = (v: string, age: number) => `${ADMIN_COOKIE}=${v}; Path=${opts.basePath}; HttpOnly; SameSite=Strict; Max-Age=${age}${req.secure ? '; Secure' : ''}`;
+  if (!req.secure) return [plain(value, maxAge)];
+  return [`${ADMIN_HOST_COOKIE}=${value}; Path=/; HttpOnly; SameSite=Strict; Max-Age=${maxAge}; Secure`, plain('', 0)];
+}
+
+/** The session cookie's name for a sign-in, or a 403 over plain HTTP to a host other than loopback (nothing used up). */
+function sessionCookieFor(opts: AdminAuthOptions, req: Request): string {
+  const name = sessionCookieName(req);
+  if (name !== undefined) return name;
+  opts.logger.warn({ security_event: 'operator_session_insecure', path: req.path, ip: req.ip, host: req.hostname }, 'refused a dashboard sign-in over plain HTTP');
+  throw new ForbiddenError(PLAIN_HTTP);
+}
+
+/** The session ids the request's cookies of these names hold: each value of the right shape, once. */
+function sessionIdsOf(req: Request, names: readonly string[]): string[] {
+  const header = req.get('cookie');
+  return [...new Set(names.flatMap((name) => readCookies(header, name)).filter((value) => SESSION_ID.test(value)))];
+}
+
+/**
+ * Lets the request in on the session one of its cookies names (`values`: every cookie of the
+ * session's name it carries). A browser sends every cookie of a name it holds — for this host and
+ * for a parent domain, for each path — in an order the server cannot rely on, so each is tried (one
+ * MGET for all; only an id of the right shape is looked up: a JWT there, or anything a client makes
+ * up, is no session): a cookie naming nothing does not hide a valid one, and the request is let in
+ * only when exactly one names an open session whose token verifies and has not reached its `exp`. Two of them (one planted: session
+ * fixation) sign nothing in; signing out ends both.
+ */
+async function resumeSession(opts: AdminAuthOptions, req: Request, values: readonly string[]): Promise<void> {
+  const ids = [...new Set(values.filter((value) => SESSION_ID.test(value)))];
+  const tokens = ids.length > 0 ? await opts.sessions.tokensOf(ids) : [];
+  const open: string[] = [];
+  let refusal: unknown;
+  for (const token of tokens) {
+    if (token === undefined) continue;
+    try {
+      // Verified at the exchange; again (the memo of ADR 0006 makes it cheap) so that a rotated signing
+      // key ends the session as it ends the token.
+      await verifyOperator(opts, req, token);
+      // The verifier accepts a token up to JWT_CLOCK_TOLERANCE past its `exp`; a session, whose roles
+      // are the token's as they were at the exchange, ends at `exp` itself by this process's clock,
+      // whatever its Redis key's TTL (counted from a moment before Redis wrote it) still says.
+      if (Date.now() >= (claimsOf(token).exp ?? 0) * 1000) {
+        refusal ??= unauthorized(opts, 'This dashboard session has ended: its token expired. Sign in again with a new ?token= link.');
+        continue;
+      }
+      open.push(token);
+    } catch (e) {
+      refusal ??= e;
+    }
+  }
+  if (open.length === 1) return;
+  if (open.length > 1) {
+    opts.logger.warn({ security_event: 'operator_session_ambiguous', sessions: open.length, path: req.path, ip: req.ip }, 'refused a request naming more than one dashboard session');
+    throw unauthorized(opts, 'This request carries cookies of more than one dashboard session: sign out (POST /logout ends them all) and sign in again with a new ?token= link.');
+  }
+  if (refusal !== undefined) throw refusal;
+  opts.logger.warn({ security_event: 'operator_session_unknown', path: req.path, ip: req.ip, cookies: values.length }, 'refused a dashboard cookie that names no session');
+  throw unauthorized(opts, 'This dashboard session has ended (signed out or expired) or never existed: sign in again with a new ?token= link.');
 }
 
 /**
@@ -207,6 +289,7 @@ async function signInPage(opts: AdminAuthOptions, req: Request, res: Response, t
   if (req.method !== 'GET' && req.method !== 'HEAD') {
     throw new AppError('method_not_allowed', 'Method Not Allowed', { status: 405, retryable: false, detail: "A ?token= link is opened (GET): its page's button signs in.", headers: { Allow: 'GET, HEAD' } });
   }
+  sessionCookieFor(opts, req);
   const { sub } = await checkLink(opts, req, token);
   res.setHeader('Cache-Control', 'no-store');
   res.setHeader('Content-Security-Policy', SIGN_IN_PAGE_CSP);
@@ -239,14 +322,16 @@ async function exchangeLink(opts: AdminAuthOptions, req: Request, res: Response)
   if (typeof token !== 'string') {
     throw new AppError('bad_request', 'Bad Request', { status: 400, retryable: false, detail: 'Post the form of the ?token= link\'s page: one token, in an application/x-www-form-urlencoded body.' });
   }
+  const cookieName = sessionCookieFor(opts, req);
   const { maxAge } = await checkLink(opts, req, token);
   // Checked again with the exchange, in one step: a sign-out or another exchange since the check above.
-  // The browser's session from an earlier link ends with it (its cookie is about to be replaced).
-  const previous = readCookie(req.get('cookie'), ADMIN_COOKIE);
-  const session = await opts.sessions.exchange(token, maxAge, previous !== undefined && SESSION_ID.test(previous) ? previous : undefined);
+  // The browser's sessions from earlier links end with it (every cookie of the name is about to be
+  // replaced; over HTTPS, the plain-named one an earlier version set is deleted too).
+  const previous = sessionIdsOf(req, cookieName === ADMIN_HOST_COOKIE ? [ADMIN_HOST_COOKIE, ADMIN_COOKIE] : [ADMIN_COOKIE]);
+  const session = await opts.sessions.exchange(token, maxAge, previous);
   if (session === 'used') throw linkUsed(opts, req, 'link');
   if (session === 'revoked') throw unauthorized(opts, 'This token has been signed out. Sign in with a new token.');
-  res.setHeader('Set-Cookie', adminCookie(opts, req, session.id, maxAge));
+  res.setHeader('Set-Cookie', sessionCookies(opts, req, session.id, maxAge));
   // `next` is what the form says, so anything anyone posts: withoutToken keeps it under the dashboard.
   res.redirect(303, withoutToken(typeof next === 'string' ? next : opts.basePath, opts.basePath));
 }
@@ -327,17 +412,17 @@ async function signOut(opts: AdminAuthOptions, req: Request, res: Response): Pro
     throw new AppError('method_not_allowed', 'Method Not Allowed', { status: 405, retryable: false, detail: 'Sign out with POST; GET shows the form.', headers: { Allow: 'GET, HEAD, POST' } });
   }
   const bearer = BEARER.exec(req.get('authorization') ?? '')?.[1];
-  const cookie = readCookie(req.get('cookie'), ADMIN_COOKIE);
-  const session = cookie !== undefined && SESSION_ID.test(cookie) ? await opts.sessions.close(cookie) : undefined;
+  // Every session the request's cookies name, of either name: ending one takes its id, its credential.
+  const ended = await Promise.all(sessionIdsOf(req, [ADMIN_HOST_COOKIE, ADMIN_COOKIE]).map((id) => opts.sessions.close(id)));
   const revoked: string[] = [];
-  for (const token of new Set([bearer, session].filter((t): t is string => t !== undefined && JWT.test(t)))) {
+  for (const token of new Set([bearer, ...ended].filter((t): t is string => t !== undefined && JWT.test(t)))) {
     const principal = await verifyOperator(opts, req, token).catch(() => undefined);
     if (!principal) continue;
     await opts.sessions.revoke(token);
     revoked.push(principal.sub);
   }
-  opts.logger.info({ security_event: 'operator_signed_out', subs: revoked, session_ended: session !== undefined, path: req.path, ip: req.ip }, 'operator signed out');
-  res.setHeader('Set-Cookie', adminCookie(opts, req, '', 0));
+  opts.logger.info({ security_event: 'operator_signed_out', subs: revoked, sessions_ended: ended.filter((t) => t !== undefined).length, path: req.path, ip: req.ip }, 'operator signed out');
+  res.setHeader('Set-Cookie', sessionCookies(opts, req, '', 0));
   const what = revoked.length > 0 ? 'The token is revoked until it expires.' : 'No valid operator token came with the request: nothing to revoke.';
   res.status(200).type('html').send(page('Signed out', `<p>Signed out of the operator dashboard. ${what} A browser keeps HTTP Basic credentials until it is closed.</p>`));
 }
@@ -388,22 +473,23 @@ function basicMatches(header: string, operator: { user: string; password: string
 }
 
 /**
- * The cookie's value, percent-decoded; undefined when absent or not valid percent-encoding. Any
- * client sends any Cookie header: a value that does not decode is no credential (401), not a URIError
- * that would answer 500.
+ * The values of every cookie named `name`, percent-decoded, in the header's order (a browser sends one
+ * per domain and path that set it). Any client sends any Cookie header: a value that does not decode
+ * is no credential (skipped), not a URIError that would answer 500.
  */
-function readCookie(header: string | undefined, name: string): string | undefined {
+function readCookies(header: string | undefined, name: string): string[] {
+  const values: string[] = [];
   for (const part of header?.split(';') ?? []) {
     const eq = part.indexOf('=');
     if (eq > 0 && part.slice(0, eq).trim() === name) {
       try {
-        return decodeURIComponent(part.slice(eq + 1).trim());
+        values.push(decodeURIComponent(part.slice(eq + 1).trim()));
       } catch {
-        return undefined;
+        // not a credential
       }
     }
   }
-  return undefined;
+  return values;
 }
 
 /**

@@ -8,13 +8,13 @@ export const SESSION_ID = /^[A-Za-z0-9_-]{43}$/;
  * A `?token=` exchange, in one step: refused if the token was signed out meanwhile, or if its link was
  * exchanged before (SET NX: of two sign-ins at once, one wins); else records the exchange (its value:
  * the session's key suffix, so a later sign-out of the token finds the session), ends the session the
- * browser had before (its cookie is replaced: no sign-out could reach that session any more) and opens the new one.
- * KEYS: revoked, exchanged, session, previous session (the new one's key when the browser had none);
- * ARGV: session key suffix, exchange TTL, session TTL, token.
+ * browser had before (its cookies are replaced: no sign-out could reach those sessions any more) and opens the new one.
+ * KEYS: revoked, exchanged, session, then the previous sessions (none, one, or several: a browser may
+ * send several cookies of the name); ARGV: session key suffix, exchange TTL, session TTL, token.
  */
 const EXCHANGE = `if redis.call('EXISTS', KEYS[1]) == 1 then return 'revoked' end
 if not redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[2], 'NX') then return 'used' end
-redis.call('DEL', KEYS[4])
+for i = 4, #KEYS do redis.call('DEL', KEYS[i]) end
 redis.call('SET', KEYS[3], ARGV[4], 'EX', ARGV[3])
 return 'ok'`;
 
@@ -31,7 +31,7 @@ if session then redis.call('DEL', ARGV[2] .. session) end
 return 1`;
 
 type SessionRedis = Redis & {
-  dealixOperatorExchange(revoked: string, exchanged: string, session: string, previous: string, suffix: string, exchangeTtl: number, sessionTtl: number, token: string): Promise<'revoked' | 'used' | 'ok'>;
+  dealixOperatorExchange(numberOfKeys: number, ...keysThenArgs: Array<string | number>): Promise<'revoked' | 'used' | 'ok'>;
   dealixOperatorRevoke(revoked: string, exchanged: string, ttl: number, sessionPrefix: string): Promise<number>;
 };
 
@@ -53,7 +53,7 @@ export class OperatorSessions {
   private readonly graceSeconds: number;
   /** `graceSeconds`: the verifier's clock tolerance (JWT_CLOCK_TOLERANCE), for which a token outlives its `exp`. */
   constructor(redis: Redis, keyPrefix: string, graceSeconds: number) {
-    if (!('dealixOperatorExchange' in redis)) redis.defineCommand('dealixOperatorExchange', { numberOfKeys: 4, lua: EXCHANGE });
+    if (!('dealixOperatorExchange' in redis)) redis.defineCommand('dealixOperatorExchange', { lua: EXCHANGE });
     if (!('dealixOperatorRevoke' in redis)) redis.defineCommand('dealixOperatorRevoke', { numberOfKeys: 2, lua: REVOKE });
     this.redis = redis as SessionRedis;
     this.keyPrefix = keyPrefix;
@@ -82,21 +82,26 @@ export class OperatorSessions {
    * Exchanges a `?token=` link's token (verified) for a session lasting `seconds`: the new session's id,
    * for the cookie; or why not — `revoked` (signed out), `used` (exchanged before: a link works once,
    * until the token expires). One script: the exchange and the session are written together or not at all,
-   * and the session `previous` (the id the browser's cookie held, if any) ends with it: the browser keeps
+   * and the sessions `previous` (the ids the browser's cookies held, if any) end with it: the browser keeps
    * one session, the one its sign-out ends. Ending it takes only its id, which is the session's credential.
    * Redis keeps the token under the id's hash, never the id: reading Redis (a dump, MONITOR, a replica)
    * yields no cookie to present, and the token it yields is refused, being exchanged.
    */
-  async exchange(token: string, seconds: number, previous?: string): Promise<{ id: string } | 'revoked' | 'used'> {
+  async exchange(token: string, seconds: number, previous: readonly string[] = []): Promise<{ id: string } | 'revoked' | 'used'> {
     const id = randomBytes(32).toString('base64url');
-    const session = this.sessionKey(id);
-    const answer = await this.redis.dealixOperatorExchange(this.revokedKey(token), this.exchangedKey(token), session, previous === undefined ? session : this.sessionKey(previous), digest(id), this.ttl(token), Math.max(1, Math.floor(seconds)), token);
+    const keys = [this.revokedKey(token), this.exchangedKey(token), this.sessionKey(id), ...previous.map((p) => this.sessionKey(p))];
+    const answer = await this.redis.dealixOperatorExchange(keys.length, ...keys, digest(id), this.ttl(token), Math.max(1, Math.floor(seconds)), token);
     return answer === 'ok' ? { id } : answer;
   }
 
   /** The token the session `id` was opened with; undefined for an id never issued, ended or expired. One GET. */
   async tokenOf(id: string): Promise<string | undefined> {
     return (await this.redis.get(this.sessionKey(id))) ?? undefined;
+  }
+
+  /** `tokenOf` for each of `ids` (a request may carry several cookies of the session's name), in one MGET. */
+  async tokensOf(ids: readonly string[]): Promise<Array<string | undefined>> {
+    return (await this.redis.mget(ids.map((id) => this.sessionKey(id)))).map((token) => token ?? undefined);
   }
 
   /** Ends the session `id` on every API process: the token it held, if it was open. */
