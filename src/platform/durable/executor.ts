@@ -533,7 +533,8 @@ export class StepExecutor {
    * that held the job died (SIGKILL, OOM, a crash in native code): `crash_count` goes up while
    * `crash_seq` stays that step, and starts again at 1 on another step. The holder is the run's
    * `lease_owner` (written by the commit that moves the run's status — its first step; a wait clears
-   * it — and by this statement: the delivery that takes the job over after a stall is its holder from
+   * it —, by the job that picks a run up again past step 1, after a wait or a retry (holderPrelude),
+   * and by this statement: the delivery that takes the job over after a stall is its holder from
    * then on); it is alive when it still has a connection open
    * to Redis (`connectedWorkers`). A holder alive is a lock that lapsed — its event loop blocked past
    * the lock, a GC pause, a starved CPU, Redis out of its reach — and is not counted (ADR 0016,
