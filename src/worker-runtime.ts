@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import type { Worker } from 'bullmq';
 import type { Container } from './container.ts';
-import { connectedWorkers, createRedis, workerConnectionName } from './platform/queue/connections.ts';
+import { connectedWorkers, createRedis, warnWhenIdleTimeout, workerConnectionName } from './platform/queue/connections.ts';
 import { StepExecutor } from './platform/durable/executor.ts';
 import { Sweeper } from './platform/durable/sweeper.ts';
 import { startWorkers } from './platform/durable/worker-host.ts';
@@ -237,6 +237,8 @@ export async function startWorkerProcess(c: Container, opts: { signal?: AbortSig
   });
   sweeper.start();
   warnWhenGuardOff(c.logger, cfg.WEBHOOK_ALLOW_PRIVATE_NETWORKS);
+  // Redis is reachable by now (the maintenance schedulers are in it): one CONFIG GET, on the producer connection.
+  await warnWhenIdleTimeout(c.redis, c.logger);
   c.logger.info({ queues: workers.map((w) => w.name), ...settings, timer_concurrency: cfg.WORKER_TIMER_CONCURRENCY, max_active_runs_per_tenant: cfg.WORKER_MAX_ACTIVE_RUNS_PER_TENANT, webhook_max_in_flight_per_endpoint: cfg.WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT, webhook_max_in_flight_per_tenant: cfg.WEBHOOK_MAX_IN_FLIGHT_PER_TENANT, instance: c.instanceId }, 'worker started');
   return {
     workers,

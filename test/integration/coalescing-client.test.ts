@@ -2,7 +2,8 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { WEBHOOK_QUEUE } from '../../src/platform/webhooks/delivery.ts';
 import { randomBytes, randomUUID } from 'node:crypto';
 import pg from 'pg';
-import { CLASS_A_SUBMISSION, startStack } from '../helpers/stack.ts';
+import { CLASS_A_SUBMISSION, SAMPLE_SUBMISSION, startStack } from '../helpers/stack.ts';
+import { ApprovalService } from '../../src/modules/approvals/approval.service.ts';
 import { createOrm } from '../../src/platform/db/orm.ts';
 import { tenantEm } from '../../src/platform/db/tenant-em.ts';
 import { CoalescingClient, DEFER_UNTIL_NEXT, LAST_IN_TRANSACTION, Prelude, holdingInserts, isDeferrable, withPrelude } from '../../src/platform/db/coalescing-client.ts';
@@ -452,6 +453,36 @@ describe('coalescing client', () => {
     // The policy the step used is the one the prefetch found: none, so the defaults (class A).
     const [row] = await tenantEm(orm, tenant).transactional((tx) => tx.execute<{ output: { approval_class: string } }[]>(`select output from durable_checkpoints where run_id = ? and sequence_num = 3`, [run.id]));
     expect(row!.output.approval_class).toBe('A');
+  });
+
+  it("a run resumed after its approval: its job's first message names the worker the run's holder ahead of its read (ADR 0016), no message more", async () => {
+    const { runtime, orm } = stack.container;
+    const tenant = randomUUID();
+    const wf = runtime.workflow(GOLDEN_PATH);
+    const hash = randomBytes(32).toString('hex');
+    const { run } = await runtime.start(tenantEm(orm, tenant), GOLDEN_PATH, { tenantId: tenant, principal: 'producer', idempotencyHash: hash, input: SAMPLE_SUBMISSION, correlationId: randomUUID() });
+    const executor = new StepExecutor({ orm, runtime, logger: pino({ level: 'silent' }), workerId: 'test-resumed', leaseMs: 2_000 });
+    const queue = runtime.queues.get(wf.queue)!;
+    const first = (await queue.getJob(stepJobId(wf.tag, hash, 1, wf.steps[0]!.name)))!;
+    expect((await executor.process(first)).status).toBe('waiting');
+    await first.remove();
+    const holder = async () => (await stack.db.admin(`select status, lease_owner from durable_runs where id = $1`, [run.id])).rows[0];
+    expect(await holder()).toEqual({ status: 'waiting', lease_owner: null });
+    const [request] = (await stack.db.admin(`select id from approval_requests where run_id = $1`, [run.id])).rows;
+    const { afterCommit } = await tenantEm(orm, tenant).transactional((tx) =>
+      new ApprovalService(runtime).decide(tx, { sub: 'approver-1', tenantId: tenant, roles: ['approver'] }, request.id, 'approve', null),
+    );
+    await afterCommit();
+    expect(await holder()).toEqual({ status: 'running', lease_owner: null });
+    const resumed = (await queue.getJob(stepJobId(wf.tag, hash, 4, wf.steps[3]!.name)))!;
+    const { result: outcome, texts } = await sent(() => executor.process(resumed));
+    await resumed.remove();
+    expect(outcome.steps.map((st) => [st.step, st.status, st.replayed])).toEqual([[wf.steps[3]!.name, 'completed', false]]);
+    // Its read of the run, then its step's checkpoint with the commit: the holder's write travels with the read.
+    expect(texts).toHaveLength(2);
+    expect(texts[0]).toMatch(/update durable_runs set lease_owner = [\s\S]*commit[\s\S]*json_agg/);
+    expect(texts[1]).toMatch(/commit$/);
+    expect(await holder()).toEqual({ status: 'completed', lease_owner: 'test-resumed' });
   });
 
   it('with DATABASE_PREPARED_STATEMENTS=false (a pooler that cannot keep them) nothing stays prepared, and the batch is still one message', async () => {

@@ -10,7 +10,7 @@ import { matrixFor } from './readiness.fixtures.ts';
 
 /**
  * Redis rows of the readiness matrix against a redis-server of this file's own on a free port: its
- * eviction policy and persistence are changed with CONFIG SET there, never on the shared Redis.
+ * eviction policy, persistence and idle timeout are changed with CONFIG SET there, never on the shared Redis.
  */
 let own: { url: string; client: Redis; proc: ChildProcess; dir: string };
 
@@ -64,10 +64,23 @@ describe('Redis', () => {
     }
   });
 
+  it('a timeout other than 0 fails redis-timeout with the reason; 0 passes', async () => {
+    expect((await matrixFor({ env: { REDIS_URL: own.url } })).row('redis-timeout')).toMatchObject({ status: 'PASS', reason: 'timeout 0: idle clients are never closed' });
+    await own.client.config('SET', 'timeout', '300');
+    try {
+      const m = await matrixFor({ env: { REDIS_URL: own.url } });
+      expect(m.row('redis-timeout')).toMatchObject({ status: 'FAIL', reason: expect.stringMatching(/^timeout is 300 s: a worker whose event loop is blocked that long .* looks gone, and its lapsed lock counts as a crash of its step \(ADR 0016\); set timeout 0$/) });
+      expect(m.report.ok).toBe(false);
+    } finally {
+      await own.client.config('SET', 'timeout', '0');
+    }
+  });
+
   it('an unreachable Redis fails the redis rows with the reason', async () => {
     const m = await matrixFor({ env: { REDIS_URL: `redis://127.0.0.1:${await freePort()}` } });
     expect(m.row('redis').status).toBe('FAIL');
     expect(m.row('redis').reason).toMatch(/unreachable/);
     expect(m.row('redis-eviction').status).toBe('FAIL');
+    expect(m.row('redis-timeout').reason).toMatch(/unreachable/);
   });
 });

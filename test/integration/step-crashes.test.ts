@@ -13,7 +13,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Job } from 'bullmq';
-import { api, CLASS_A_SUBMISSION, newTenant, startStack, type TestStack, type WorkerHandle } from '../helpers/stack.ts';
+import { api, CLASS_A_SUBMISSION, newTenant, SAMPLE_SUBMISSION, startStack, type TestStack, type WorkerHandle } from '../helpers/stack.ts';
 import { waitFor } from '../helpers/poll.ts';
 import { killLiveWorkers, logged, stackSweeper } from '../helpers/recovery.ts';
 import { stepJobId } from '../../src/platform/queue/job-ids.ts';
@@ -27,11 +27,13 @@ const MAX_CRASHES = 3;
 describe('a step that kills its worker process', () => {
   let stack: TestStack;
   let token: string;
+  let approver: string;
   const tenant = newTenant();
   const dir = mkdtempSync(join(tmpdir(), 'dealix-step-crashes-'));
   beforeAll(async () => {
     stack = await startStack({ workerEntry: TEST_WORKER });
     token = await stack.token({ tenantId: tenant, sub: 'submitter-1' });
+    approver = await stack.token({ tenantId: tenant, sub: 'approver-1', roles: ['approver'] });
   }, LONG);
   afterEach(async () => killLiveWorkers(stack));
   afterAll(async () => {
@@ -46,12 +48,24 @@ describe('a step that kills its worker process', () => {
   const ended = async (id: string) => !['pending', 'running'].includes((await getRun(id))?.status);
   const runRow = async (id: string) =>
     (await stack.db.admin(`select status, crash_seq, crash_count, retry_count from durable_runs where id = $1`, [id])).rows[0] as { status: string; crash_seq: number | null; crash_count: number; retry_count: number };
-  async function submit(): Promise<{ id: string; hash: string }> {
-    const res = await api(stack, 'POST', '/api/v1/golden-path/run', { token, body: CLASS_A_SUBMISSION, headers: { 'Idempotency-Key': randomUUID() } });
+  async function submit(body: unknown = CLASS_A_SUBMISSION): Promise<{ id: string; hash: string }> {
+    const res = await api(stack, 'POST', '/api/v1/golden-path/run', { token, body, headers: { 'Idempotency-Key': randomUUID() } });
     expect(res.status, res.text).toBe(202);
     const id = res.json.run_id as string;
     const hash = (await stack.db.admin(`select idempotency_hash from durable_runs where id = $1`, [id])).rows[0].idempotency_hash as string;
     return { id, hash };
+  }
+
+  /** A class B run (SAMPLE_SUBMISSION) at its approval wait, approved: its run job from step 4 carries it on (a resume). */
+  async function approveWaiting(id: string): Promise<void> {
+    const waiting = await waitFor(async () => {
+      const run = await getRun(id);
+      return ['waiting', 'failed', 'completed'].includes(run?.status) ? run : undefined;
+    }, { timeoutMs: 60_000, what: `run ${id} to wait for its approval` });
+    expect(waiting.status).toBe('waiting');
+    const approvalId = waiting.steps[2].output.approval_request_id as string;
+    const res = await api(stack, 'POST', `/api/v1/approvals/${approvalId}/decision`, { token: approver, body: { decision: 'approve' }, headers: { 'Idempotency-Key': randomUUID() } });
+    expect(res.status, res.text).toBe(200);
   }
 
   /**
@@ -193,5 +207,50 @@ describe('a step that kills its worker process', () => {
     }
     const failed = await waitFor(async () => ((await ended(id)) ? getRun(id) : undefined), { timeoutMs: 15_000, what: `run ${id} to end (${died} workers died)` });
     expect(failed).toMatchObject({ status: 'failed', error: { code: 'step_crashed_worker', step: STEPS[1], sequence_num: 2, crashes: MAX_CRASHES } });
+  });
+
+  it('resumed after its approval, alive but its lock lapsed: not counted; its workers SIGKILLed: counted, and the run completes', { timeout: LONG }, async () => {
+    const { id, hash } = await submit(SAMPLE_SUBMISSION);
+    // Steps 1-3 go through; step 4, the first after the wait, blocks its worker's loop past the lock on
+    // every execution, then never finishes. Two such workers, each re-delivered what the other lost.
+    const blocking = [await worker('0,0,0,block'), await worker('0,0,0,block')];
+    await approveWaiting(id);
+    const job = () => Job.fromId(stack.container.queues.get(GOLDEN_PATH_QUEUE)!, stepJobId('gp', hash, 4, STEPS[3]!));
+    await waitFor(async () => ((await ended(id)) || ((await job())?.stalledCounter ?? 0) >= 2 ? true : undefined), {
+      timeoutMs: 120_000,
+      what: 'the resumed run job to stall twice',
+    });
+    expect(blocking.filter(dead)).toEqual([]);
+    // Before: the resumed run had no holder on record (the wait cleared it), so its first lapse counted.
+    expect(await runRow(id)).toMatchObject({ status: 'running', crash_count: 0 });
+    const lapsed = await waitFor(() => {
+      const lines = blocking.flatMap((w) => logged(w, id, 'run job delivered again after its lock lapsed while its worker was alive: not counted as a crash'));
+      return lines.length ? lines : undefined;
+    }, { what: "the workers' log lines" });
+    expect(lapsed[0]).toMatchObject({ sequence_num: 4, crashes: 0, holder: expect.any(String) });
+
+    // Its workers gone (SIGKILL: a death, counted once), a worker whose step 4 goes through completes the run.
+    await killLiveWorkers(stack);
+    await worker('0');
+    const done = await waitFor(async () => ((await ended(id)) ? getRun(id) : undefined), { timeoutMs: 60_000, what: 'the run to end' });
+    expect(done.status).toBe('completed');
+    expect(await runRow(id)).toMatchObject({ crash_seq: 4, crash_count: 1 });
+  });
+
+  it('resumed after its approval, its worker SIGKILLed in the next step: counted against the holder the resume named, and the run completes', { timeout: LONG }, async () => {
+    const { id } = await submit(SAMPLE_SUBMISSION);
+    const first = await worker('0,0,0,kill-once', { GP_SLOW_KILL_ONCE: join(dir, `${id}.killed`) });
+    await approveWaiting(id);
+    await waitFor(() => dead(first), { timeoutMs: 60_000, what: 'the worker that took the resumed job to die in its step' });
+    const next = await worker('0');
+    const done = await waitFor(async () => ((await ended(id)) ? getRun(id) : undefined), { timeoutMs: 60_000, what: 'the run to end' });
+    expect(done.status).toBe('completed');
+    expect(await runRow(id)).toMatchObject({ crash_seq: 4, crash_count: 1 });
+    const counted = await waitFor(() => {
+      const lines = logged(next, id, 'run job delivered again after its worker was lost mid-step; the step runs again from the last checkpoint');
+      return lines.length ? lines : undefined;
+    }, { what: "the worker's log line" });
+    // The holder is the worker that took the resumed job (before: none on record, counted all the same).
+    expect(counted).toMatchObject([{ sequence_num: 4, crashes: 1, holder: expect.stringMatching(/./) }]);
   });
 });

@@ -38,7 +38,8 @@ export const DurableRun = defineEntity({
     stepCount: p.integer(),
     /**
      * The worker (instance id) that last moved the run's status (null once it waits, or ends other than by
-     * its last step's commit, which names its worker) or took its job over after a stall, and until when
+     * its last step's commit, which names its worker), picked it up again past step 1 (after a wait or a
+     * retry: the job's first message, ADR 0016's second amendment) or took its job over after a stall, and until when
      * its claim stood: after the next stall, the holder whose liveness tells a crash from a lock that
      * lapsed (ADR 0016, amendment).
      */

@@ -5,7 +5,9 @@ import type { Logger } from 'pino';
 import { ZodError } from 'zod';
 import { AppError, coerceError, isConnectivityError } from '../errors/app-error.ts';
 import { systemEm, tenantEm } from '../db/tenant-em.ts';
-import { LAST_IN_TRANSACTION, holdingInserts } from '../db/coalescing-client.ts';
+import { LAST_IN_TRANSACTION, Prelude, holdingInserts, withPrelude } from '../db/coalescing-client.ts';
+import { bindParameters } from '../db/binding-driver.ts';
+import { TENANT_SETTING } from '../db/tenant-owned.ts';
 import { stepTransaction } from '../db/step-transaction.ts';
 import { requestContext } from '../tenancy/request-context.ts';
 import { ATTR } from '../telemetry/attributes.ts';
@@ -206,13 +208,19 @@ export class StepExecutor {
     // True while the run has not been read: the next checkpoint checks it (DurableRuntime.checkpoint's `expect`).
     let unread = state !== undefined;
     let seq = d.sequence_num;
+    // A job that carries its run on past step 1 (after a wait: a decision, an SLA timer; a retried run)
+    // names its worker the run's holder where the run has none, ahead of its first read (holderPrelude).
+    let claim = !state && d.sequence_num > 1 ? this.holderPrelude(em, d) : undefined;
     // Each lost race (another execution committed the step first) re-reads the run; more losses than
     // steps means something else is wrong.
     for (let races = 0; races <= wf.steps.length; ) {
       let span: Span | undefined;
       const started = performance.now();
+      const prelude = claim;
+      claim = undefined;
       try {
-        const done = await stepTransaction(em, async (tx) => {
+        const inTransaction = <T>(fn: (tx: EntityManager) => Promise<T>) => (prelude ? withPrelude(prelude, () => stepTransaction(em, fn)) : stepTransaction(em, fn));
+        const done = await inTransaction(async (tx) => {
           if (!state) state = await loadRunState(tx, wf, d);
           // A job of an earlier generation of a run retried since (ADR 0009): the retry's job carries it.
           if ((d.retry ?? 0) !== state.run.retry_count) return { kind: 'superseded' as const };
@@ -488,6 +496,30 @@ export class StepExecutor {
     return { waiting, output, runStatus, prefetched, deliveries };
   }
 
+  /**
+   * The holder of a run carried on past step 1 by a job that reads it — after a wait (an approval
+   * decision, an SLA timer: a wait clears `lease_owner`), or a retry (ADR 0009 clears it too) — as
+   * a first delivery's is: this worker, from the moment it picks the run up. Without it such a run had
+   * no holder on record until its next status-moving commit (for the golden path, its end), and a stall
+   * of a live worker's delivery counted as a crash (ADR 0016, amendment). A prelude (coalescing-client.ts):
+   * its own short transaction, committed asynchronously, sent in the same message as the job's first read
+   * of the run, so it costs no round trip; it writes only a `running` run of the job's generation that has
+   * no holder (a run taken over after a stall already names its holder: countCrash). Never sent for a
+   * job from step 1 (a class A run's, whose first step's commit names its holder).
+   */
+  private holderPrelude(em: EntityManager, d: StepJobData): Prelude {
+    const platform = em.getPlatform();
+    const settingsSql = 'select set_config(?, ?, true), set_config(?, ?, true)';
+    const settings = [TENANT_SETTING, d.tenant_id.toLowerCase(), 'synchronous_commit', 'off'];
+    // `status || ''` keeps the row found by its key, never through the partial index of active runs (ADR 0004).
+    const claimSql = `update durable_runs set lease_owner = ?, lease_expires_at = now() + ? * interval '1 millisecond'
+        where tenant_id = ? and id = ? and lease_owner is null and (status || '') = 'running' and retry_count = ?`;
+    const claimParams = [this.o.workerId, this.o.leaseMs, d.tenant_id, d.run_id, d.retry ?? 0];
+    const bound = [bindParameters(settingsSql, settings, platform), bindParameters(claimSql, claimParams, platform)];
+    const sql = bound.every((b) => b !== undefined) ? bound : `${platform.formatQuery(settingsSql, settings)};\n${platform.formatQuery(claimSql, claimParams)}`;
+    return new Prelude(sql, 2);
+  }
+
   /** Ends the job between steps at shutdown: back to `wait`, so another worker goes on from the last checkpoint. */
   private async handBack(control: JobControl, logger: Logger, seq: number): Promise<never> {
     await control.handBack!();
@@ -501,7 +533,8 @@ export class StepExecutor {
    * that held the job died (SIGKILL, OOM, a crash in native code): `crash_count` goes up while
    * `crash_seq` stays that step, and starts again at 1 on another step. The holder is the run's
    * `lease_owner` (written by the commit that moves the run's status — its first step; a wait clears
-   * it — and by this statement: the delivery that takes the job over after a stall is its holder from
+   * it —, by the job that picks a run up again past step 1, after a wait or a retry (holderPrelude),
+   * and by this statement: the delivery that takes the job over after a stall is its holder from
    * then on); it is alive when it still has a connection open
    * to Redis (`connectedWorkers`). A holder alive is a lock that lapsed — its event loop blocked past
    * the lock, a GC pause, a starved CPU, Redis out of its reach — and is not counted (ADR 0016,

@@ -1,4 +1,5 @@
 import { Redis, type RedisOptions } from 'ioredis';
+import type { Logger } from 'pino';
 
 /**
  * Redis connections. Workers (blocking commands) need maxRetriesPerRequest: null and reconnect forever;
@@ -41,6 +42,21 @@ export async function connectedWorkers(redis: Redis): Promise<Set<string>> {
   // One client a line, `key=value` fields separated by spaces; a client name cannot contain a space.
   for (const m of list.matchAll(/(?:^| )name=(\S+)/gm)) if (m[1]!.startsWith(prefix)) ids.add(m[1]!.slice(prefix.length));
   return ids;
+}
+
+/** What a worker says at start when Redis closes idle clients (a literal, for searching the logs). */
+export const REDIS_IDLE_TIMEOUT_WARNING = "Redis closes idle clients (its timeout is not 0): a worker whose event loop is blocked that long looks gone, and its lapsed lock counts as a crash of its step (ADR 0016); set timeout 0";
+
+/**
+ * Warns when Redis's `timeout` is not 0: it closes a client idle that many seconds, and a worker whose
+ * event loop is blocked (a long synchronous step, a GC pause) sends nothing meanwhile, so its connection
+ * goes, it is missing from CLIENT LIST (connectedWorkers) and a stall of its job counts as a crash
+ * (ADR 0016, amendment). Where CONFIG is refused (managed Redis) nothing is said here: the readiness
+ * row `redis-timeout` fails and says so. Never throws.
+ */
+export async function warnWhenIdleTimeout(redis: Redis, logger: Logger): Promise<void> {
+  const timeout = await redis.call('CONFIG', 'GET', 'timeout').then((r) => (r as string[])[1], () => undefined);
+  if (timeout !== undefined && Number(timeout) !== 0) logger.warn({ redis_timeout_seconds: Number(timeout) }, REDIS_IDLE_TIMEOUT_WARNING);
 }
 
 /**
