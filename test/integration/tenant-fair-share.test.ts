@@ -6,6 +6,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { randomUUID } from 'node:crypto';
+import { fileURLToPath } from 'node:url';
 import { api, CLASS_A_SUBMISSION, newTenant, runUsers, SAMPLE_SUBMISSION, startStack, type TestStack } from '../helpers/stack.ts';
 import { waitFor } from '../helpers/poll.ts';
 import { monitorKeys } from '../helpers/redis-monitor.ts';
@@ -51,6 +52,20 @@ function holdingFirstRun(stack: TestStack) {
     return id;
   };
   return { hold, wf, held };
+}
+
+const PLATFORM_SRC = fileURLToPath(new URL('../../src/', import.meta.url));
+
+/**
+ * `Date.now` a host whose clock runs `skewMs` ahead would read, for the platform's own code (a call with
+ * a frame under src/ on its stack: the worker host parking a job, the API). BullMQ and this test keep the
+ * real clock: BullMQ's lock extender, seeing the clock a minute ahead once, would not renew a held job's
+ * lock for a minute after the skew (its last renewal looks a minute away), the lock lapsed, and the
+ * job ran again beside itself. Restore it (`mockRestore`) in a `finally`.
+ */
+function skewPlatformClock(skewMs: number) {
+  const realNow = Date.now.bind(Date);
+  return vi.spyOn(Date, 'now').mockImplementation(() => (new Error().stack?.includes(PLATFORM_SRC) ? realNow() + skewMs : realNow()));
 }
 
 const waitCompleted = (stack: TestStack, token: string, id: string, timeoutMs = 20_000) =>
@@ -324,9 +339,8 @@ describe('a per-tenant cap on concurrently executing run jobs', () => {
       const first = await submit(stack, tok);
       await waitFor(() => entered.length >= 1, { what: 'the first run to enter its first step' });
       expect(entered[0], 'the holder').toBe(first);
-      // A is parked by a worker host whose clock runs a minute ahead (clock skew between dynos): this process's clock, skewed while A parks.
-      const realNow = Date.now.bind(Date);
-      const fastHost = vi.spyOn(Date, 'now').mockImplementation(() => realNow() + 60_000);
+      // A is parked by a worker host whose clock runs a minute ahead (clock skew between dynos): the platform's clock, skewed while A parks.
+      const fastHost = skewPlatformClock(60_000);
       let a: string;
       try {
         a = await submit(stack, tok);
