@@ -4,6 +4,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { randomUUID } from 'node:crypto';
+import pg from 'pg';
 import { api, CLASS_A_SUBMISSION, newTenant, runUsers, SAMPLE_SUBMISSION, startStack, type TestStack } from '../helpers/stack.ts';
 import { waitFor } from '../helpers/poll.ts';
 import { barrier, controlledStep, enteredBy, startRunHost, stepControl, wrappedGoldenPath } from '../helpers/run-host.ts';
@@ -107,6 +108,36 @@ describe('bulk cancel, no worker (the runs stay pending)', () => {
     const own = await bulk(stack, otherTok.admin, { status: ['pending'] });
     expect(own.json).toMatchObject({ cancelled: 1, cancelled_ids: [foreign] });
     expect(await statusesOf(stack, [b, c, foreign])).toEqual(['pending', 'pending', 'cancelled']);
+  });
+
+  it("a run found by a batch that ends before the batch locks it is left as it ended; the next matching run takes its place, with ids or without", { timeout: LONG }, async () => {
+    for (const byIds of [false, true]) {
+      const tenant = newTenant();
+      const tok = await runUsers(stack, tenant);
+      const ids = [await submit(stack, tok.submitter), await submit(stack, tok.submitter), await submit(stack, tok.submitter)];
+      // The oldest run locked by another transaction (a step committing it), which the batch's lock waits for.
+      const holder = new pg.Client({ connectionString: stack.db.adminUrl });
+      await holder.connect();
+      try {
+        await holder.query('begin');
+        await holder.query(`select 1 from durable_runs where id = $1 for update`, [ids[0]]);
+        const holderPid = (await holder.query<{ pid: number }>('select pg_backend_pid() as pid')).rows[0]!.pid;
+        const pending = bulk(stack, tok.admin, { status: ['pending', 'running'], limit: 2, ...(byIds ? { ids } : {}) });
+        await waitFor(async () => (await stack.db.admin(`select 1 from pg_stat_activity where $1 = any(pg_blocking_pids(pid))`, [holderPid])).rows.length > 0 || undefined, {
+          timeoutMs: 30_000,
+          what: "the bulk cancel's lock to wait for the holder's",
+        });
+        // It ends meanwhile (completed), and the bulk cancel's lock then finds it no longer matching.
+        await holder.query(`update durable_runs set status = 'completed', completed_at = now() where id = $1`, [ids[0]]);
+        await holder.query('commit');
+        const res = await pending;
+        expect(res.status, res.text).toBe(200);
+        expect(res.json).toEqual({ cancelled: 2, cancelled_ids: ids.slice(1), has_more: false, unmatched_ids: byIds ? [ids[0]] : [] });
+        expect(await statusesOf(stack, ids)).toEqual(['completed', 'cancelled', 'cancelled']);
+      } finally {
+        await holder.end();
+      }
+    }
   });
 
   it('the same key replays the first answer and cancels nothing new; the same key with another filter is 422', { timeout: LONG }, async () => {

@@ -133,10 +133,13 @@ describe('queries name their tenant', () => {
     const page = await get('/api/v1/golden-path/runs?limit=1');
     expect(page.status).toBe(200);
     expect((await get(`/api/v1/golden-path/runs?limit=1&status=completed&cursor=${encodeURIComponent(page.json.next_cursor)}`)).status).toBe(200);
-    // Bulk cancels that match nothing (runs created before 2000; an id of no run): their batches and
-    // their look for runs left, by a list of statuses (planned below on a tenant with many waiting runs).
+    // Bulk cancels that match nothing (every run of the tenant's has ended; an id of no run): their
+    // batches and their look for runs left, by a list of statuses (planned below on a tenant with many
+    // waiting runs older than its runs in flight: a bulk cancel of those must not walk them).
     const bulkCancel = (body: unknown) => api(stack, 'POST', '/api/v1/golden-path/runs/cancel', { token: tok.admin!, body, headers: { 'Idempotency-Key': randomUUID() } });
-    expect((await bulkCancel({ status: ['pending', 'running'], created_before: '2000-01-01T00:00:00Z' })).json.cancelled).toBe(0);
+    expect((await bulkCancel({ status: ['pending', 'running'] })).json.cancelled).toBe(0);
+    expect((await bulkCancel({ status: ['pending', 'running'], created_before: new Date().toISOString() })).json.cancelled).toBe(0);
+    expect((await bulkCancel({ status: ['running', 'waiting', 'pending'] })).json.cancelled).toBe(0);
     expect((await bulkCancel({ status: ['waiting'], ids: [randomUUID()] })).json.cancelled).toBe(0);
     // A failed run retried, and a pending run whose job is gone re-enqueued by a sweep: statements
     // that name one run by its key and an ended or active status (copies of run A, seeded as such).
@@ -155,12 +158,13 @@ describe('queries name their tenant', () => {
     expect((await api(stack, 'POST', `/api/v1/golden-path/runs/${failed}/retry`, { token: tok.submitter!, headers: { 'Idempotency-Key': randomUUID() } })).status).toBe(200);
     expect((await waitStatus(failed, ['completed', 'failed'])).status).toBe('completed');
     // A sweep (this one, or the worker's own first) re-enqueues the pending one and looks for the
-    // waiting one's approval to put its SLA timer back (it has none: it is then ended by hand).
+    // waiting one's approval to put its SLA timer back (it has none: it is then cancelled).
     const jobless = await copyOfA('pending');
     const timerless = await copyOfA('waiting');
     await stackSweeper(stack, 'tenant-scoped-queries-sweep').sweep();
     expect((await waitStatus(jobless, ['completed', 'failed'])).status).toBe('completed');
-    await stack.db.admin(`update durable_runs set status = 'cancelled', completed_at = now() where id = $1`, [timerless]);
+    // Ended by a bulk cancel of its id: the runs found are locked by their key.
+    expect((await bulkCancel({ status: ['waiting'], ids: [timerless] })).json.cancelled_ids).toEqual([timerless]);
 
     const admin = new pg.Client({ connectionString: stack.db.adminUrl });
     await admin.connect();
@@ -371,7 +375,9 @@ describe('reads by status that cannot grow with the runs of other statuses', () 
     // and read the tenant's runs through its unique key, or every tenant's runs of those statuses.
     const byStatus = [...bound].filter(([text]) => /\bfrom durable_runs where tenant_id = \$\d+ (and workflow = \$\d+ )?and status (in \(|= any\(|= ')/.test(text));
     expect(byStatus.some(([text]) => /select count\(\*\) from \(select 1 from durable_runs/.test(text))).toBe(true);
-    expect(byStatus.filter(([text]) => /for update/.test(text)).length).toBeGreaterThanOrEqual(1);
+    // A bulk cancel's batches and its look for runs left: one range per status, merged oldest first.
+    expect(byStatus.filter(([text]) => /^select id from \(\(select created_at, id from durable_runs where .* union all /.test(text)).length).toBeGreaterThanOrEqual(2);
+    expect(byStatus.some(([text]) => /^select id from \(\(select created_at, id from durable_runs where .* status in \('running', 'waiting', 'pending'\)/.test(text))).toBe(true);
     const db = await createTestDatabase();
     const other = randomUUID();
     // Ten runs in flight of the tenant's (pending and running), 3,000 waiting and 3,000 ended; another

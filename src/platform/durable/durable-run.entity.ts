@@ -96,8 +96,8 @@ export const DurableRun = defineEntity({
     // same, and a cached plan that scans a tenant's runs by status grows with the tenant (ADR 0004,
     // "Plans cached before statistics"). It replaced that index: a step's update enters as many indexes.
     { name: 'durable_runs_tenant_workflow_in_flight_index', properties: ['tenantId', 'workflow', 'status', 'createdAt', 'id'], where: "status in ('pending', 'running')" },
-    // A tenant's active runs of one workflow, oldest first: a bulk cancel's batches (run-cancel.ts) read
-    // them in that order and stop at the batch, whatever number of ended runs the tenant keeps; in
+    // A tenant's active runs of one workflow, oldest first: a bulk cancel's batches of every active status
+    // (run-cancel.ts; of fewer, one range per status, merged) read them in that order and stop at the batch, whatever number of ended runs the tenant keeps; in
     // (tenant_id, created_at, id) they walked every ended run older than the first active one.
     { name: 'durable_runs_tenant_workflow_active_index', properties: ['tenantId', 'workflow', 'createdAt', 'id'], where: "status in ('pending', 'running', 'waiting')" },
     // The sweeper's pages (list_incomplete: one range per status from its cursor, in (updated_at, id)

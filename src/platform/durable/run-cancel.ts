@@ -92,10 +92,10 @@ export type BulkCancelResult = z.infer<typeof bulkCancelResult>;
 /**
  * The bulk cancel: the tenant's runs of `workflow` that match `filter`, oldest first, up to its limit,
  * each locked `for update` (in batches of BULK_CANCEL_BATCH, in one order: created_at, id) and then
- * cancelled by cancelLockedRun, in the caller's transaction. Each statement reads a partial index of
- * the tenant's active runs of the workflow (durable_runs_tenant_workflow_active_index in that order; for
- * pending and running runs only, the index of the runs in flight), or with ids the runs by their key, so
- * its cost follows the runs it returns, not the ended runs the tenant keeps. The tenant is the principal's, in the
+ * cancelled by cancelLockedRun, in the caller's transaction. A batch's runs are found (each status's
+ * runs of the workflow read in order from a partial index of its own status group, merged; with ids,
+ * the runs by their key), then locked by their key, so its cost follows the runs it returns, neither
+ * the ended runs the tenant keeps nor its runs of the other active statuses. The tenant is the principal's, in the
  * statement's filter and in the row-level security of the tenant-bound entity manager.
  */
 export async function bulkCancel(
@@ -109,24 +109,45 @@ export async function bulkCancel(
   // runs through its unique key, or every tenant's runs of those statuses (`status, updated_at`),
   // filtering; named, they prove the index of the runs in flight (pending, running) or of the active
   // ones (ADR 0004, "Plans cached before statistics").
-  for (const status of filter.status) if (!(ACTIVE_RUN_STATUSES as readonly string[]).includes(status)) throw new Error(`not an active run status: ${status}`);
-  const statuses = [...new Set(filter.status)].map((s) => `'${s}'`).join(', ');
-  // What a run must match besides its tenant. With ids, `status || ''`, which proves no partial index's
-  // predicate: the runs are reached by their key alone (below).
-  let match = `workflow = ? and ${ids ? "(status || '')" : 'status'} in (${statuses})`;
-  const matchParams: unknown[] = [deps.workflow];
-  if (filter.created_before) {
-    match += ' and created_at < ?::timestamptz';
-    matchParams.push(filter.created_before);
-  }
+  const statuses = [...new Set(filter.status)];
+  for (const status of statuses) if (!(ACTIVE_RUN_STATUSES as readonly string[]).includes(status)) throw new Error(`not an active run status: ${status}`);
+  const before = filter.created_before ? ' and created_at < ?::timestamptz' : '';
+  const beforeParams: unknown[] = filter.created_before ? [filter.created_before] : [];
   const tenantId = ctx.principal.tenantId;
   // Arrays as PostgreSQL array literals (the driver would spread a JS array into a list): the values are UUIDs.
   const array = (values: readonly string[]) => `{${values.join(',')}}`;
-  // With ids, each run is read by its key, (tenant_id, id), one id after another (a lateral subquery
-  // the planner cannot flatten: `offset 0`, or its lock): `id = any($n)` beside the tenant was planned,
-  // as a generic plan, as a walk of the tenant's runs testing each against the ids.
+  // A run read by its key, (tenant_id, id), that still matches (a lateral subquery the planner cannot
+  // flatten: `offset 0`, or its lock). Its statuses as `status || ''`, which proves no partial index's
+  // predicate: `id = k.id` behind an unbounded `workflow`, `status` or `created_at` would walk the
+  // tenant's runs.
   const byKey = (columns: string, lock = '') =>
-    `cross join lateral (select ${columns} from durable_runs where tenant_id = ? and id = k.id and ${match} ${lock || 'offset 0'}) r`;
+    `cross join lateral (select ${columns} from durable_runs where tenant_id = ? and id = k.id and workflow = ? and (status || '') in (${statuses.map((s) => `'${s}'`).join(', ')})${before} ${lock || 'offset 0'}) r`;
+  const keyParams = [tenantId, deps.workflow, ...beforeParams];
+  // The keys of the `limit` oldest matching runs but `skip`: with ids, each id read by its key
+  // (`id = any($n)` beside the tenant was planned, as a generic plan, as a walk of the tenant's runs
+  // testing each against the ids); without, one range per status, each read in order from
+  // (tenant_id, workflow, status, created_at, id) and merged oldest first, or for every active status
+  // one range of durable_runs_tenant_workflow_active_index (tenant_id, workflow, created_at, id). A
+  // subset of the statuses in one scan (`status in ('pending', 'running')`) was planned onto that index
+  // of every active run with `status` a filter: it walked the tenant's waiting runs (many: runs parked
+  // on approvals) older than its first run in flight, custom plan or generic.
+  const ranges = statuses.length === ACTIVE_RUN_STATUSES.length ? [`in (${statuses.map((s) => `'${s}'`).join(', ')})`] : statuses.map((s) => `= '${s}'`);
+  const oldest = (limit: number, skip: readonly string[]): Promise<{ id: string }[]> => {
+    if (ids) {
+      return ctx.em.execute(`select r.id from unnest(?::uuid[]) as k(id) ${byKey('created_at, id')} where r.id <> all(?::uuid[]) order by r.created_at, r.id limit ?`, [
+        array(ids),
+        ...keyParams,
+        array(skip),
+        limit,
+      ]);
+    }
+    const params: unknown[] = [];
+    const branches = ranges.map((range) => {
+      params.push(tenantId, deps.workflow, ...beforeParams, array(skip), limit);
+      return `(select created_at, id from durable_runs where tenant_id = ? and workflow = ? and status ${range}${before} and id <> all(?::uuid[]) order by created_at, id limit ?)`;
+    });
+    return ctx.em.execute(`select id from (${branches.join(' union all ')}) u order by created_at, id limit ?`, [...params, limit]);
+  };
   const cancelled: string[] = [];
   // What each cancel leaves for after the commit (its webhook jobs, its log line, its SLA timer's
   // removal: a Redis command each) runs concurrently, not one run after another: with Redis slow or
@@ -138,49 +159,24 @@ export async function bulkCancel(
     // A run cancelled by an earlier batch no longer matches `status`; it is named too, so that no batch
     // can take a run again whatever happened to it.
     const batch = Math.min(BULK_CANCEL_BATCH, filter.limit - cancelled.length);
-    let runs: RunRow[];
-    let more: boolean;
-    if (ids) {
-      // The batch's runs found by key, oldest first, then locked in that order (the order every batch
-      // locks in); one changed meanwhile no longer matches and is left out.
-      const found = await ctx.em.execute<{ id: string }[]>(
-        `select r.id from unnest(?::uuid[]) as k(id) ${byKey('created_at, id')} where r.id <> all(?::uuid[]) order by r.created_at, r.id limit ?`,
-        [array(ids), tenantId, ...matchParams, array(cancelled), batch],
-      );
-      runs = found.length
-        ? await ctx.em.execute<RunRow[]>(`select r.* from unnest(?::uuid[]) with ordinality as k(id, n) ${byKey(RUN_COLUMNS, 'for update')} order by k.n`, [
-            array(found.map((r) => r.id)),
-            tenantId,
-            ...matchParams,
-          ])
-        : [];
-      more = found.length === batch;
-    } else {
-      runs = await ctx.em.execute<RunRow[]>(`select ${RUN_COLUMNS} from durable_runs where tenant_id = ? and ${match} and id <> all(?::uuid[]) order by created_at, id limit ? for update`, [
-        tenantId,
-        ...matchParams,
-        array(cancelled),
-        batch,
-      ]);
-      more = runs.length === batch;
-    }
+    // The batch's runs found, oldest first, then locked in that order (the order every batch locks
+    // in), each by its key; one changed meanwhile no longer matches and is left out (the next batch
+    // looks again).
+    const found = await oldest(batch, cancelled);
+    const runs = found.length
+      ? await ctx.em.execute<RunRow[]>(`select r.* from unnest(?::uuid[]) with ordinality as k(id, n) ${byKey(RUN_COLUMNS, 'for update')} order by k.n`, [
+          array(found.map((r) => r.id)),
+          ...keyParams,
+        ])
+      : [];
     for (const run of runs) {
       await cancelLockedRun(deps, runCtx, run);
       cancelled.push(run.id);
     }
-    if (!more) break;
+    if (found.length < batch) break;
   }
   // What still matches: the runs past the limit (has_more), and with ids, which of them were not unmatched.
-  // In the batches' order, so that it reads the tenant's active runs of the workflow alone (their partial
-  // index), never its ended ones; with ids, by key.
-  const left = ids
-    ? await ctx.em.execute<{ id: string }[]>(`select r.id from unnest(?::uuid[]) as k(id) ${byKey('created_at, id')} order by r.created_at, r.id limit ?`, [
-        array(ids),
-        tenantId,
-        ...matchParams,
-        ids.length,
-      ])
-    : await ctx.em.execute<{ id: string }[]>(`select id from durable_runs where tenant_id = ? and ${match} order by created_at, id limit 1`, [tenantId, ...matchParams]);
+  const left = await oldest(ids ? ids.length : 1, []);
   const matched = new Set([...cancelled, ...left.map((r) => r.id)]);
   return { cancelled: cancelled.length, cancelled_ids: cancelled, has_more: left.length > 0, unmatched_ids: (ids ?? []).filter((id) => !matched.has(id)) };
 }
