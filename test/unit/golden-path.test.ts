@@ -37,6 +37,10 @@ describe("a submission's amounts (POST /api/v1/golden-path/run)", () => {
     expect(submissionRequestSchema.safeParse(body('SAR', { onboarding_cost: 0.1, enablement_cost: 0.29, annual_support_cost: 1e12 })).success).toBe(true);
     expect(submissionRequestSchema.safeParse(body('JPY', { onboarding_cost: 40_000 })).success).toBe(true);
   });
+  it('are not held to a minor unit when the currency is refused: its own issue is the only one (no "2 decimals in kwd")', () => {
+    const issues = (currency: string) => submissionRequestSchema.safeParse(body(currency, { onboarding_cost: 50_000.004 })).error?.issues.map((i) => i.path.join('.'));
+    for (const currency of ['kwd', 'XXX', 'Sar']) expect(issues(currency), currency).toEqual(['currency']);
+  });
   it('of a run accepted before the check still parse as its input (the step schema has no such check)', () => {
     expect(submissionSchema.safeParse(body('SAR', { onboarding_cost: 50_000.004 })).success).toBe(true);
   });
@@ -180,6 +184,13 @@ describe('classify', () => {
       expect(approvalPolicyBody.safeParse({ ...body, currency, class_a_max_cost: 0, class_c_min_cost: cost }).success, `${cost} ${currency}`).toBe(true);
     }
     expect(approvalPolicyBody.safeParse({ ...body, currency: 'JPY', class_a_max_payback_months: 5.5 }).success).toBe(true);
+  });
+
+  it('does not hold cost thresholds to a minor unit when the currency is refused: its own issue is the only one', () => {
+    const body = { class_a_max_cost: 50_000.125, class_a_max_payback_months: 6, class_c_min_cost: 250_000.5, class_c_min_payback_months: 24, sla_b_seconds: 60, sla_c_seconds: 60 };
+    for (const currency of ['kwd', 'XXX', 'jpy']) {
+      expect(approvalPolicyBody.safeParse({ ...body, currency }).error?.issues.map((i) => i.path.join('.')), currency).toEqual(['currency']);
+    }
   });
 
   it('refuses a tenant policy whose A bounds exceed its C bounds', () => {

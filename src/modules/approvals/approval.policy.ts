@@ -1,9 +1,9 @@
 import { randomUUID } from 'node:crypto';
 import type { EntityManager } from '@mikro-orm/postgresql';
 import { z } from 'zod';
-import { currencyCode, type AppliedPolicy, type CurrencyMismatch, type Economics } from '../golden-path/golden-path.schemas.ts';
+import { addMinorUnitIssues, currencyCode, type AppliedPolicy, type CurrencyMismatch, type Economics } from '../golden-path/golden-path.schemas.ts';
 import { toIsoTimeOrNull } from '../../platform/http/iso-time.ts';
-import { compareMinor, finerThanMinorUnit, minorDigits, minorUnitMessage, roundMinor } from '../../platform/money/minor-units.ts';
+import { compareMinor, minorDigits, roundMinor } from '../../platform/money/minor-units.ts';
 
 export interface ApprovalPolicy {
   classAMaxCost: number;
@@ -104,12 +104,7 @@ export const approvalPolicyBody = z
     path: ['class_a_max_payback_months'],
     message: 'must not exceed class_c_min_payback_months',
   })
-  .superRefine((b, ctx) => {
-    const digits = minorDigits(b.currency);
-    for (const field of COST_FIELDS) {
-      if (finerThanMinorUnit(b[field], digits)) ctx.addIssue({ code: 'custom', path: [field], message: minorUnitMessage(b.currency) });
-    }
-  });
+  .superRefine((b, ctx) => addMinorUnitIssues(ctx, b.currency, b, COST_FIELDS));
 export type ApprovalPolicyBody = z.infer<typeof approvalPolicyBody>;
 
 export function policyToBody(p: ApprovalPolicy): ApprovalPolicyBody {

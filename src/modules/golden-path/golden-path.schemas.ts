@@ -60,14 +60,21 @@ const MONEY_FIELDS = ['average_deal_value', 'onboarding_cost', 'enablement_cost'
  * ones are 422: the economics model rounds its sums to the minor unit, so 50,000.004 SAR would have
  * been class A at a 50,000 bound. Only the API's check: a run submitted before it keeps its input.
  */
-export const submissionRequestSchema = submissionSchema.superRefine((s, ctx) => {
-  const digits = minorDigits(s.currency);
-  for (const field of MONEY_FIELDS) {
-    if (finerThanMinorUnit(s.economics[field], digits)) {
-      ctx.addIssue({ code: 'custom', path: ['economics', field], message: minorUnitMessage(s.currency) });
-    }
+export const submissionRequestSchema = submissionSchema.superRefine((s, ctx) => addMinorUnitIssues(ctx, s.currency, s.economics, MONEY_FIELDS, ['economics']));
+
+/**
+ * An issue (at `path`, the field) for each of `fields` finer than the minor unit of `currency`: a
+ * submission's amounts, a policy's cost thresholds. None when the currency is itself refused (its own
+ * issue names it): it has no minor unit to hold them to, and "at most 2 decimals in kwd" would be told
+ * of an amount KWD accepts with 3.
+ */
+export function addMinorUnitIssues<F extends string>(ctx: z.RefinementCtx, currency: string, amounts: Record<F, number>, fields: readonly F[], path: string[] = []): void {
+  if (!ISO_CURRENCIES.has(currency)) return;
+  const digits = minorDigits(currency);
+  for (const field of fields) {
+    if (finerThanMinorUnit(amounts[field], digits)) ctx.addIssue({ code: 'custom', path: [...path, field], message: minorUnitMessage(currency) });
   }
-});
+}
 
 /** A SHA-256 in lower-case hex. */
 export const sha256Schema = z.string().regex(/^[0-9a-f]{64}$/);
