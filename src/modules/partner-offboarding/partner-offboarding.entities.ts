@@ -35,3 +35,26 @@ export const PartnerOffboardingRow = defineEntity({
   rowLevelSecurity: 'force',
   policies: [tenantIsolationPolicy('partner_offboardings')],
 });
+
+/**
+ * Which run of the tenant a partner's offboarding belongs to from its submission on — before its run
+ * reaches freeze-partner and writes its record. One row per (tenant, partner reference), taken in the
+ * submission's transaction (refuseHeldPartner): its primary key makes two submissions of one partner at
+ * once queue on it, so only one of them is accepted. A claim whose run no longer holds the partner
+ * (cancelled, deleted by run retention, or its record abandoned) is taken over by the next submission;
+ * claims are never deleted (as records are not), and a run's steps never read or write them.
+ */
+export const PartnerOffboardingClaimRow = defineEntity({
+  name: 'PartnerOffboardingClaim',
+  tableName: 'partner_offboarding_claims',
+  properties: {
+    // Written, never looked up, and not indexed (as partner_dossiers'): the claim's key is (tenant, partner).
+    id: p.uuid(),
+    tenantId: tenantIdProperty().primary(),
+    partnerReference: p.string().length(100).primary(),
+    runId: p.uuid(),
+    claimedAt: p.datetime(),
+  },
+  rowLevelSecurity: 'force',
+  policies: [tenantIsolationPolicy('partner_offboarding_claims')],
+});
