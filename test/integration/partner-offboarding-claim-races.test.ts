@@ -6,6 +6,8 @@
  * until all have, then runs the real step body, so their claims meet in PostgreSQL. Real PostgreSQL as
  * the application role, the production executor in this process (as approval-step-races.test.ts); a
  * job whose step failed but may be retried is run again as BullMQ would (its data counting the attempt).
+ * The runs meeting here are created without the submission guard (runs from before the submissions
+ * claimed their partner): a guarded second submission of a partner is refused (partner-offboarding-runs.test.ts).
  * Also the submission guard ahead of them (admitSubmission) on a producer's `start`, which sends its
  * insert with its commit unless a guard follows it.
  */

@@ -10,7 +10,8 @@ export const OFFBOARDING_STATUSES = ['frozen', 'settled', 'archived', 'abandoned
  * partial unique key), so a partner is frozen, settled and archived once. A record whose run was
  * cancelled (or deleted by run retention) before it was archived is marked `abandoned` by the next
  * offboarding of that partner (step 1), which then takes its place. A submission of a partner that a
- * record holds is refused before its run starts (409, refuseHeldPartner); step 1's claim is the backstop.
+ * record, or another run's claim (PartnerOffboardingClaimRow), holds is refused before its run starts
+ * (409, refuseHeldPartner); step 1's claim of the record is the backstop for runs from before the claims.
  */
 export const PartnerOffboardingRow = defineEntity({
   name: 'PartnerOffboarding',
