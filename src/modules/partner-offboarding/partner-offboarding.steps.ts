@@ -33,7 +33,7 @@ async function advance(em: EntityManager, ctx: StepContext, from: string, set: s
   if (!rows[0]) {
     const [own] = await em.execute<{ partner_reference: string; status: string }[]>(`select partner_reference, status from partner_offboardings where tenant_id = ? and run_id = ?`, [ctx.run.tenantId, ctx.run.id]);
     if (own?.status === 'abandoned') {
-      const [holder] = await em.execute<Holder[]>(HOLDER, [ctx.run.tenantId, own.partner_reference]);
+      const [holder] = await em.execute<Holder[]>(HOLDER, [ctx.run.tenantId, ctx.run.tenantId, own.partner_reference]);
       throw holder ? new PartnerAlreadyOffboardedError(own.partner_reference, holder) : new PermanentError('partner_already_offboarded', `Run ${ctx.run.id}'s offboarding of partner ${own.partner_reference} was abandoned.`);
     }
     throw new Error(`offboarding of run ${ctx.run.id} is not ${from}`);
@@ -51,10 +51,15 @@ const CLAIM = `insert into partner_offboardings (id, tenant_id, run_id, partner_
   values (?, ?, ?, ?, ?, ?, 'frozen', ?)
   on conflict (tenant_id, partner_reference) where status <> 'abandoned' do nothing returning id`;
 
-/** The record of the partner that is not abandoned, with its run's status (null: deleted by run retention). */
-const LIVE_RECORD = `select o.id, o.run_id, o.status, r.status as run_status from partner_offboardings o
-  left join durable_runs r on r.tenant_id = o.tenant_id and r.id = o.run_id
-  where o.tenant_id = ? and o.partner_reference = ? and o.status <> 'abandoned'`;
+/**
+ * The record of the partner that is not abandoned, with its run's status (null: deleted by run
+ * retention). Parameters: the tenant twice, the reference. The run is read by a sub-select naming the
+ * tenant as a value: a join on `r.tenant_id = o.tenant_id` was planned, generic, as a walk of the
+ * tenant's runs (tenant-scoped-queries.test.ts).
+ */
+const LIVE_RECORD = `select o.id, o.run_id, o.status,
+    (select r.status from durable_runs r where r.tenant_id = ? and r.id = o.run_id) as run_status
+  from partner_offboardings o where o.tenant_id = ? and o.partner_reference = ? and o.status <> 'abandoned'`;
 /** That record, locked: step 1 may give it up (abandoned) and claim the partner in its place. */
 const HOLDER = `${LIVE_RECORD} for update of o`;
 
@@ -129,7 +134,7 @@ const CLAIM_PARTNER = `insert into partner_offboarding_claims (id, tenant_id, pa
 export async function refuseHeldPartner(em: EntityManager, submission: OffboardingSubmission, run: { tenantId: string; runId: string }): Promise<void> {
   const { reference } = submission.partner;
   const { tenantId, runId } = run;
-  const rows = await em.execute<Array<Held & { kind: 'record' | 'claimed' }>>(RECORD_AND_CLAIM, [tenantId, reference, randomUUID(), tenantId, reference, runId]);
+  const rows = await em.execute<Array<Held & { kind: 'record' | 'claimed' }>>(RECORD_AND_CLAIM, [tenantId, tenantId, reference, randomUUID(), tenantId, reference, runId]);
   const record = rows.find((r) => r.kind === 'record');
   if (record && holdsPartner(record)) throw refusal(reference, record);
   if (rows.some((r) => r.kind === 'claimed')) return;
@@ -161,7 +166,7 @@ export const freezePartnerStep = defineStep({
     const { reference, name } = submission.partner;
     const claim = () => ctx.em.execute<{ id: string }[]>(CLAIM, [id, ctx.run.tenantId, ctx.run.id, reference, name, submission.reason, frozenAt]);
     if (!(await claim())[0]) {
-      const [holder] = await ctx.em.execute<Holder[]>(HOLDER, [ctx.run.tenantId, reference]);
+      const [holder] = await ctx.em.execute<Holder[]>(HOLDER, [ctx.run.tenantId, ctx.run.tenantId, reference]);
       // Gone since the claim, or this run's own (another execution of the step got there first): a
       // plain (retryable) error, whose retry reads the run and goes on from what is stored.
       if (!holder || holder.run_id === ctx.run.id) throw new Error(`partner ${reference}: its offboarding record changed under run ${ctx.run.id}'s freeze`);
