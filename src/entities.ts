@@ -8,7 +8,7 @@ import { EvidenceSealRow } from './modules/evidence/evidence-seal.entity.ts';
 import { WebhookDelivery, WebhookEndpoint } from './platform/webhooks/webhook.entities.ts';
 import { TenantLimitsRow } from './platform/limits/tenant-limits.entity.ts';
 import { RunRetentionDecisionRow } from './platform/queue/run-retention-decision.entity.ts';
-import { PartnerOffboardingRow } from './modules/partner-offboarding/partner-offboarding.entities.ts';
+import { PartnerOffboardingClaimRow, PartnerOffboardingRow } from './modules/partner-offboarding/partner-offboarding.entities.ts';
 
 /** Every entity of the application, platform and modules; the ORM, migrations and RLS suite read this list. */
 export const entities = [
@@ -24,6 +24,7 @@ export const entities = [
   EvidencePackRow,
   EvidenceSealRow,
   PartnerOffboardingRow,
+  PartnerOffboardingClaimRow,
   WebhookEndpoint,
   WebhookDelivery,
   TenantLimitsRow,

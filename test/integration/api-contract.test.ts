@@ -19,7 +19,8 @@ beforeAll(async () => {
 afterAll(async () => stack?.stop());
 
 async function pendingRun(workflow: 'golden-path' | 'partner-offboarding' = 'golden-path'): Promise<string> {
-  const body = workflow === 'golden-path' ? SAMPLE_SUBMISSION : OFFBOARDING_SUBMISSION;
+  // An offboarding of a partner of its own: a second one of a partner is refused (409) while the first is pending.
+  const body = workflow === 'golden-path' ? SAMPLE_SUBMISSION : { ...OFFBOARDING_SUBMISSION, partner: { reference: `P-${randomUUID().slice(0, 8)}`, name: 'Acme' } };
   const res = await api(stack, 'POST', `/api/v1/${workflow}/run`, { token, body, headers: { 'Idempotency-Key': randomUUID() } });
   expect(res.status, res.text).toBe(202);
   return res.json.run_id as string;

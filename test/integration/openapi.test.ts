@@ -317,12 +317,12 @@ describe('the published schemas hold for real responses of every route', () => {
 
   it('an offboarding cancelled while pending answers 200 as published, and a second cancel 409 as published', async () => {
     offboarding.token = await stack.token({ tenantId: newTenant(), sub: 'ops-1' });
-    const submitOffboarding = async () =>
-      expectPublished('POST', '/api/v1/partner-offboarding/run', await api(stack, 'POST', '/api/v1/partner-offboarding/run', { token: offboarding.token, body: OFFBOARDING_SUBMISSION, headers: { 'Idempotency-Key': randomUUID() } }), 202).json
+    const submitOffboarding = async (reference: string) =>
+      expectPublished('POST', '/api/v1/partner-offboarding/run', await api(stack, 'POST', '/api/v1/partner-offboarding/run', { token: offboarding.token, body: { ...OFFBOARDING_SUBMISSION, partner: { reference, name: 'Acme' } }, headers: { 'Idempotency-Key': randomUUID() } }), 202).json
         .run_id as string;
-    // No worker yet: both stay pending until the next test starts one.
-    offboarding.cancelled = await submitOffboarding();
-    offboarding.failed = await submitOffboarding();
+    // No worker yet: both stay pending until the next test starts one. Two partners: a second offboarding of one is refused while the first is pending.
+    offboarding.cancelled = await submitOffboarding('P-CANCELLED');
+    offboarding.failed = await submitOffboarding('P-FAILED');
     // As the golden path's failed run: its stored input no longer parses, so its first step fails for good.
     await stack.db.admin(`update durable_runs set input = '{"partner":"tampered"}'::jsonb where id = $1`, [offboarding.failed]);
     const cancel = () => api(stack, 'POST', `/api/v1/partner-offboarding/runs/${offboarding.cancelled}/cancel`, { token: offboarding.token, headers: { 'Idempotency-Key': randomUUID() } });

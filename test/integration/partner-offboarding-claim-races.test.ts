@@ -6,6 +6,8 @@
  * until all have, then runs the real step body, so their claims meet in PostgreSQL. Real PostgreSQL as
  * the application role, the production executor in this process (as approval-step-races.test.ts); a
  * job whose step failed but may be retried is run again as BullMQ would (its data counting the attempt).
+ * The runs meeting here are created without the submission guard (runs from before the submissions
+ * claimed their partner): a guarded second submission of a partner is refused (partner-offboarding-runs.test.ts).
  * Also the submission guard ahead of them (admitSubmission) on a producer's `start`, which sends its
  * insert with its commit unless a guard follows it.
  */
@@ -45,9 +47,16 @@ describe('executions meeting in freeze-partner', () => {
     correlationId: randomUUID(),
   });
 
-  /** A partner offboarding run of `reference`, created without a job. */
+  /**
+   * A partner offboarding run of `reference`, created without a job, and without the submission guard:
+   * as a run from before the submissions claimed their partner was, which holds no claim. Only such
+   * runs meet in freeze-partner (a submission's claim refuses a second run of the partner: the runs
+   * test), so its claim of the record is their backstop.
+   */
   async function offboarding(tenant: string, reference: string) {
-    const { run } = await tenantEm(stack.container.orm, tenant).transactional((tx) => stack.container.runtime.start_run(tx, PARTNER_OFFBOARDING, submissionOf(tenant, reference)));
+    const { admitSubmission: _guard, ...unguarded } = stack.container.runtime.workflow(PARTNER_OFFBOARDING);
+    const runtime = new DurableRuntime({ workflows: [unguarded], queues: stack.container.runtime.queues, logger: pino({ level: 'silent' }) });
+    const { run } = await tenantEm(stack.container.orm, tenant).transactional((tx) => runtime.start_run(tx, PARTNER_OFFBOARDING, submissionOf(tenant, reference)));
     return run;
   }
 
@@ -146,9 +155,11 @@ describe('executions meeting in freeze-partner', () => {
     for (const messages of [refused.texts, texts]) {
       expect(messages).toHaveLength(3);
       expect(messages[0]).toMatch(/^begin;\nselect set_config\('app\.tenant_id'[^\n]*\nwith ins as \(\s*insert into durable_runs/);
-      expect(messages[1]).toMatch(/^select o\.id, o\.run_id/);
+      expect(messages[1]).toMatch(/^with rec as \(select o\.id, o\.run_id[\s\S]*insert into partner_offboarding_claims/);
     }
     expect([refused.texts[2], texts[2]]).toEqual(['rollback', 'commit']);
+    // The free partner is the started run's from here on, before its first step: a second start is refused naming it.
+    await expect(start('P-FREE')).rejects.toMatchObject({ status: 409, code: 'partner_already_offboarded', extensions: { run_id: free.run.id, run_status: 'pending', offboarding_status: null } });
     const runs = (await stack.db.admin(`select id from durable_runs where tenant_id = $1 order by created_at, id`, [tenant])).rows.map((r) => r.id);
     expect(runs.sort()).toEqual([holder.id, free.run.id].sort());
   });

@@ -48,7 +48,7 @@ describe('cancelling, retrying and listing partner offboardings through the API'
     return res.json.run_id as string;
   }
   /** A submission refused for its partner, another run of the tenant holding it (`holder`: that run and its statuses). */
-  function expectRefused(res: Awaited<ReturnType<typeof post>>, holder: { run_id: string; run_status?: string; offboarding_status?: string }) {
+  function expectRefused(res: Awaited<ReturnType<typeof post>>, holder: { run_id: string; run_status?: string; offboarding_status?: string | null }) {
     expect(res.status, res.text).toBe(409);
     expect(res.headers.get('content-type')).toMatch(/^application\/problem\+json/);
     expect(res.json).toMatchObject({ status: 409, code: 'partner_already_offboarded', ...holder });
@@ -214,7 +214,8 @@ describe('cancelling, retrying and listing partner offboardings through the API'
       return res.json as { items: Array<{ run_id: string; status: string; progress: unknown; links: { self: string } }>; next_cursor: string | null };
     };
     const ids: string[] = [];
-    for (let i = 0; i < 3; i++) ids.push(await submit(token));
+    // Each of its own partner: a second submission of one partner is refused while the first is pending.
+    for (let i = 0; i < 3; i++) ids.push(await submit(token, ofPartner()));
     const gp = await api(stack, 'POST', '/api/v1/golden-path/run', { token, body: SAMPLE_SUBMISSION, headers: { 'Idempotency-Key': randomUUID() } });
     expect(gp.status, gp.text).toBe(202);
     const newestFirst = [...ids].reverse();
@@ -284,45 +285,78 @@ describe('cancelling, retrying and listing partner offboardings through the API'
     expect(await recordsOf(other.partner.reference)).toEqual([{ run_id: running, status: 'archived' }]);
   });
 
-  it('submissions of one partner at once: exactly one offboarding is archived; each other one is refused 409 at submission, or its run fails at freeze-partner', { timeout: LONG }, async () => {
+  it('the guard window: a second submission while the first is still queued (no worker: it cannot reach freeze-partner) is refused 409 naming it, with no record yet; once it is cancelled, a new submission is accepted', { timeout: LONG }, async () => {
+    // No host: the first run stays pending, its partner not frozen (no record).
+    const body = ofPartner();
+    const first = await submit(tok.submitter!, body);
+    const key = randomUUID();
+    const again = await post(tok.submitter!, body, key);
+    expectRefused(again, { run_id: first, run_status: 'pending', offboarding_status: null });
+    expect(again.json.detail).toContain(first);
+    // Nothing of it persisted but its stored answer: no run, no record; the same key replays the 409.
+    expect(await runsOf(body.partner.reference)).toEqual([first]);
+    expect(await recordsOf(body.partner.reference)).toEqual([]);
+    const replay = await post(tok.submitter!, body, key);
+    expect(replay.status, replay.text).toBe(409);
+    expect(replay.headers.get('idempotent-replayed')).toBe('true');
+    // Another user of the tenant is refused the same way: the partner is the tenant's, not the submitter's.
+    expectRefused(await post(tok.other!, body), { run_id: first, run_status: 'pending', offboarding_status: null });
+
+    // Cancelled before it froze the partner, it holds nothing: the next submission is accepted, runs and archives.
+    expect((await act('cancel', first)).status).toBe(200);
+    const next = await submit(tok.submitter!, body);
+    expectRefused(await post(tok.submitter!, body), { run_id: next, run_status: 'pending', offboarding_status: null });
+    host(stepControl());
+    expect(await waitStatus(next, ['completed', 'failed'])).toMatchObject({ status: 'completed', error: null });
+    expect(await runsOf(body.partner.reference)).toEqual([first, next]);
+    expect(await recordsOf(body.partner.reference)).toEqual([{ run_id: next, status: 'archived' }]);
+    expectRefused(await post(tok.submitter!, body), { run_id: next, run_status: 'completed', offboarding_status: 'archived' });
+  });
+
+  it('submissions of one partner at once, before any run starts: exactly one is accepted (202), every other one refused 409 naming it; the same once that run is cancelled', { timeout: LONG }, async () => {
+    // No host: the accepted run stays pending, so only the submissions' own claim decides.
+    const body = ofPartner();
+    const atOnce = async () => {
+      const answers = await Promise.all([0, 1, 2, 3].map(() => post(tok.submitter!, body)));
+      const accepted = answers.filter((a) => a.status === 202);
+      expect(accepted, answers.map((a) => `${a.status} ${a.text}`).join('\n')).toHaveLength(1);
+      const winner = accepted[0]!.json.run_id as string;
+      for (const refused of answers.filter((a) => a.status !== 202)) expectRefused(refused, { run_id: winner, run_status: 'pending', offboarding_status: null });
+      return winner;
+    };
+    const first = await atOnce();
+    expect(await runsOf(body.partner.reference)).toEqual([first]);
+    // Once it is cancelled, submissions at once take its claim over: again exactly one of them.
+    expect((await act('cancel', first)).status).toBe(200);
+    const second = await atOnce();
+    expect(await runsOf(body.partner.reference)).toEqual([first, second]);
+    expect(await recordsOf(body.partner.reference)).toEqual([]);
+    expect((await act('cancel', second)).status).toBe(200);
+  });
+
+  it('submissions of one partner at once, with a worker: exactly one is accepted and archived; each other one is refused 409 at submission, none fails at freeze-partner', { timeout: LONG }, async () => {
     const ctl = stepControl();
     host(ctl, 2);
     const body = ofPartner();
     const answers = await Promise.all([0, 1, 2, 3].map(() => post(tok.submitter!, body)));
-    expect(answers.map((a) => a.status).filter((s) => s !== 202 && s !== 409), answers.map((a) => a.text).join('\n')).toEqual([]);
-    for (const refused of answers.filter((a) => a.status === 409)) expect(refused.json.code).toBe('partner_already_offboarded');
     const accepted = answers.filter((a) => a.status === 202).map((a) => a.json.run_id as string);
-    const ends = await Promise.all(accepted.map((id) => waitStatus(id, ['completed', 'failed'])));
-    const completed = ends.filter((e) => e.status === 'completed');
-    expect(completed).toHaveLength(1);
-    for (const e of ends.filter((x) => x.status !== 'completed')) expect(e).toMatchObject({ status: 'failed', error: { code: 'partner_already_offboarded', step: STEPS[0], sequence_num: 1 } });
-    // The partner's one live record is the completed run's, archived; a refused submission left no run.
-    expect(await recordsOf(body.partner.reference)).toEqual([{ run_id: completed[0].run_id, status: 'archived' }]);
-    expect((await runsOf(body.partner.reference)).sort()).toEqual([...accepted].sort());
+    expect(accepted, answers.map((a) => `${a.status} ${a.text}`).join('\n')).toHaveLength(1);
+    for (const refused of answers.filter((a) => a.status !== 202)) expectRefused(refused, { run_id: accepted[0]! });
+    expect(await waitStatus(accepted[0]!, ['completed', 'failed'])).toMatchObject({ status: 'completed', error: null });
+    // The partner's one live record is the accepted run's, archived; a refused submission left no run.
+    expect(await recordsOf(body.partner.reference)).toEqual([{ run_id: accepted[0], status: 'archived' }]);
+    expect(await runsOf(body.partner.reference)).toEqual(accepted);
   });
 
-  it('a cancelled offboarding does not hold its partner: refused while it ran, then the run that lost it at freeze-partner, retried, completes, and the cancelled one is marked abandoned', { timeout: LONG }, async () => {
+  it('a cancelled offboarding does not hold its partner: refused while it ran, then accepted once it was cancelled, whose run marks the cancelled record abandoned', { timeout: LONG }, async () => {
     const body = ofPartner();
-    // Both accepted before either froze the partner (no host yet): the submission finds no holder, so
-    // freeze-partner decides between them (the race backstop).
-    const [a, b] = [await submit(tok.submitter!, body), await submit(tok.submitter!, body)];
     const ctl = stepControl();
     const held = barrier();
     ctl.hold = { seq: 2, at: held };
     host(ctl, 2);
-    let cancelled: string;
-    let refused: string;
+    const cancelled = await submit(tok.submitter!, body);
     try {
       await held.inside;
-      refused = await waitFor(
-        async () => {
-          for (const id of [a, b]) if ((await runRow(id)).status === 'failed') return id;
-          return undefined;
-        },
-        { timeoutMs: 60_000, what: 'the offboarding that lost the partner to fail' },
-      );
-      cancelled = refused === a ? b : a;
-      expect(await waitStatus(refused, ['failed'])).toMatchObject({ status: 'failed', error: { code: 'partner_already_offboarded', step: STEPS[0], sequence_num: 1 } });
       expectRefused(await post(tok.submitter!, body), { run_id: cancelled, run_status: 'running', offboarding_status: 'frozen' });
       expect((await act('cancel', cancelled)).status).toBe(200);
     } finally {
@@ -330,13 +364,13 @@ describe('cancelling, retrying and listing partner offboardings through the API'
       held.release();
     }
     expect(await recordsOf(body.partner.reference)).toEqual([{ run_id: cancelled, status: 'frozen' }]);
-    expect((await act('retry', refused)).status).toBe(200);
-    expect(await waitStatus(refused, ['completed', 'failed'])).toMatchObject({ status: 'completed', error: null });
+    const next = await submit(tok.submitter!, body);
+    expect(await waitStatus(next, ['completed', 'failed'])).toMatchObject({ status: 'completed', error: null });
     expect(await recordsOf(body.partner.reference)).toEqual([
       { run_id: cancelled, status: 'abandoned' },
-      { run_id: refused, status: 'archived' },
+      { run_id: next, status: 'archived' },
     ]);
-    expectRefused(await post(tok.submitter!, body), { run_id: refused, run_status: 'completed', offboarding_status: 'archived' });
+    expectRefused(await post(tok.submitter!, body), { run_id: next, run_status: 'completed', offboarding_status: 'archived' });
   });
 
   it('a failed offboarding holds its partner until it is retried, or deleted by run retention: then the next offboarding of the partner completes', { timeout: LONG }, async () => {

@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { randomUUID } from 'node:crypto';
 import pg from 'pg';
-import { api, CLASS_A_SUBMISSION, CLASS_C_SUBMISSION, newTenant, SAMPLE_SUBMISSION, startStack, type TestStack } from '../helpers/stack.ts';
+import { api, CLASS_A_SUBMISSION, CLASS_C_SUBMISSION, newTenant, OFFBOARDING_SUBMISSION, SAMPLE_SUBMISSION, startStack, type TestStack } from '../helpers/stack.ts';
 import { waitFor } from '../helpers/poll.ts';
 import { inlineStatement } from '../../src/platform/db/statement-batch.ts';
 import { CoalescingClient, DEFER_UNTIL_NEXT, LAST_IN_TRANSACTION } from '../../src/platform/db/coalescing-client.ts';
@@ -12,7 +12,8 @@ import { startWorkerProcess, type WorkerProcess } from '../../src/worker-runtime
 import { stackSweeper } from '../helpers/recovery.ts';
 
 /**
- * Every statement the platform sends for the golden path (API and worker, both in this process so
+ * Every statement the platform sends for the golden path (and a few partner offboardings: its submission
+ * guard) (API and worker, both in this process so
  * their statements can be recorded) names its tenant in predicates an index can use: planned without
  * the RLS policies (as the superuser, sequential scans disabled), no tenant-owned table is read by a
  * sequential scan or a whole-index scan. RLS adds `tenant_id = <the tenant>` to every query the
@@ -165,6 +166,26 @@ describe('queries name their tenant', () => {
     expect((await waitStatus(jobless, ['completed', 'failed'])).status).toBe('completed');
     // Ended by a bulk cancel of its id: the runs found are locked by their key.
     expect((await bulkCancel({ status: ['waiting'], ids: [timerless] })).json.cancelled_ids).toEqual([timerless]);
+    // Partner offboarding's submission guard and steps: one offboarding accepted and run, a second of its
+    // partner refused, and one taking over the claim of a run that is gone (deleted by run retention).
+    const offboard = (reference: string) =>
+      api(stack, 'POST', '/api/v1/partner-offboarding/run', { token: tok.submitter!, body: { ...OFFBOARDING_SUBMISSION, partner: { reference, name: 'Acme' } }, headers: { 'Idempotency-Key': randomUUID() } });
+    const offboarded = await offboard('P-PLANNED');
+    expect(offboarded.status, offboarded.text).toBe(202);
+    expect((await offboard('P-PLANNED')).status).toBe(409);
+    await stack.db.admin(`insert into partner_offboarding_claims (id, tenant_id, partner_reference, run_id, claimed_at) values ($1, $2, 'P-RETAINED', $3, now())`, [randomUUID(), tenant, randomUUID()]);
+    const takenOver = await offboard('P-RETAINED');
+    expect(takenOver.status, takenOver.text).toBe(202);
+    for (const id of [offboarded.json.run_id, takenOver.json.run_id]) {
+      const ended = await waitFor(
+        async () => {
+          const r = (await get(`/api/v1/partner-offboarding/runs/${id}`)).json;
+          return ['completed', 'failed'].includes(r?.status) ? r : undefined;
+        },
+        { timeoutMs: 60_000, intervalMs: 100, what: `offboarding ${id} to end` },
+      );
+      expect(ended.status).toBe('completed');
+    }
 
     const admin = new pg.Client({ connectionString: stack.db.adminUrl });
     await admin.connect();
@@ -201,6 +222,8 @@ describe('queries name their tenant', () => {
       // The recording saw the whole path: the run's state read, the approvals, the lists.
       expect(planned).toBeGreaterThan(15);
       expect(parts.some((s) => /from durable_checkpoints c where/.test(s))).toBe(true);
+      // And partner offboarding's submission guard: the record read with the claim, the claim's holder, its take-over.
+      for (const guard of [/^with rec as \(select o\.id/, /^select c\.run_id/, /^update partner_offboarding_claims /]) expect(parts.some((s) => guard.test(s)), String(guard)).toBe(true);
       expect(found).toEqual([]);
       // Lists read a page in index order, not every row of the tenant sorted: the approvals list
       // without a status filter (newest first) included, each status's page merged in order.

@@ -10,7 +10,8 @@ export const OFFBOARDING_STATUSES = ['frozen', 'settled', 'archived', 'abandoned
  * partial unique key), so a partner is frozen, settled and archived once. A record whose run was
  * cancelled (or deleted by run retention) before it was archived is marked `abandoned` by the next
  * offboarding of that partner (step 1), which then takes its place. A submission of a partner that a
- * record holds is refused before its run starts (409, refuseHeldPartner); step 1's claim is the backstop.
+ * record, or another run's claim (PartnerOffboardingClaimRow), holds is refused before its run starts
+ * (409, refuseHeldPartner); step 1's claim of the record is the backstop for runs from before the claims.
  */
 export const PartnerOffboardingRow = defineEntity({
   name: 'PartnerOffboarding',
@@ -34,4 +35,27 @@ export const PartnerOffboardingRow = defineEntity({
   ],
   rowLevelSecurity: 'force',
   policies: [tenantIsolationPolicy('partner_offboardings')],
+});
+
+/**
+ * Which run of the tenant a partner's offboarding belongs to from its submission on — before its run
+ * reaches freeze-partner and writes its record. One row per (tenant, partner reference), taken in the
+ * submission's transaction (refuseHeldPartner): its primary key makes two submissions of one partner at
+ * once queue on it, so only one of them is accepted. A claim whose run no longer holds the partner
+ * (cancelled, deleted by run retention, or its record abandoned) is taken over by the next submission;
+ * claims are never deleted (as records are not), and a run's steps never read or write them.
+ */
+export const PartnerOffboardingClaimRow = defineEntity({
+  name: 'PartnerOffboardingClaim',
+  tableName: 'partner_offboarding_claims',
+  properties: {
+    // Written, never looked up, and not indexed (as partner_dossiers'): the claim's key is (tenant, partner).
+    id: p.uuid(),
+    tenantId: tenantIdProperty().primary(),
+    partnerReference: p.string().length(100).primary(),
+    runId: p.uuid(),
+    claimedAt: p.datetime(),
+  },
+  rowLevelSecurity: 'force',
+  policies: [tenantIsolationPolicy('partner_offboarding_claims')],
 });

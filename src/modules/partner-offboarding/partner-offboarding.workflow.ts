@@ -20,7 +20,8 @@ export function partnerOffboardingWorkflow(): WorkflowDef {
     queue: PARTNER_OFFBOARDING_QUEUE,
     input: offboardingSubmission,
     steps: [freezePartnerStep, settleBalancesStep, archiveRecordStep],
-    // A partner another offboarding holds: 409 at submission; freeze-partner's claim is the race's backstop.
+    // A partner another offboarding holds (its record, or its run's claim from submission on): 409 at
+    // submission; freeze-partner's claim of the record is the backstop for runs from before the claims.
     admitSubmission: refuseHeldPartner,
   });
 }

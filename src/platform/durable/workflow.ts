@@ -139,12 +139,16 @@ export interface WorkflowDef<In = any> {
    * is not judged, and the run's first step fails it as for a workflow without a guard. It throws the
    * refusal (an AppError 4xx, which the route answers and, but for a 429 or a `validation_failed`,
    * stores under the Idempotency-Key like any 4xx of its handler, router.ts), and the transaction
-   * rolls back with the run's row: nothing of the submission is left. It only reads (it locks and
-   * changes nothing), and what it reads is what earlier runs' steps wrote: two submissions at once, or
-   * a second before the first's run has started, may both pass it, so a business key it checks must
-   * still be enforced by a step (freeze-partner's claim), the race's backstop.
+   * rolls back with the run's row — and with whatever the guard wrote: nothing of the submission is
+   * left. `run.runId` is the run just created: a guard may claim a business key for it in this
+   * transaction (partner offboarding's claim of the partner, a row keyed by the partner, so two
+   * submissions at once meet on it: the second waits for the first's commit and is refused), which
+   * holds the key from the submission on, before the run's first step. A guard that only read what
+   * earlier runs' steps wrote would let two submissions at once, or a second before the first's run
+   * has started, both pass. A step must still enforce the key for runs the guard never judged (runs
+   * from before it; freeze-partner's claim of the record).
    */
-  admitSubmission?(em: EntityManager, input: In, run: { tenantId: string }): Promise<void>;
+  admitSubmission?(em: EntityManager, input: In, run: { tenantId: string; runId: string }): Promise<void>;
   /**
    * What the run's `run.<status>` webhook event carries besides the run's own fields, from its output
    * when its last step completed (e.g. the golden path's evidence pack id; docs/api.md, *Webhooks*).
