@@ -291,25 +291,50 @@ describe('approval SLA', () => {
     const outbox = await holdTable(stack.env.MIGRATION_DATABASE_URL!, 'webhook_deliveries');
     let held = false;
     try {
-      await requests.query('begin');
-      held = true;
-      await requests.query('lock table approval_requests in exclusive mode');
-      const decided = api(stack, 'POST', `/api/v1/approvals/${approvalId}/decision`, { token: slowApprover, body: { decision: 'approve' }, headers: { 'Idempotency-Key': randomUUID() } });
-      await waitFor(() => waitingOn(requests, 'approval_requests'), { ...DEADLINE, what: 'the decision to begin and wait' });
-      // 2. Its deadline is set to pass a few seconds after the decision's transaction began.
-      const [{ deadline }] = (await requests.query(`update approval_requests set sla_deadline = clock_timestamp() + interval '5 seconds' where run_id = $1 returning sla_deadline as deadline`, [runId])).rows;
-      await requests.query('commit');
-      held = false;
-      // 3. The decision locks the run and the request, checks the deadline (by its statement's clock: a
-      // decision that waited for the run past the deadline is refused) well before it passes, and waits
-      // inside its insert (its webhook outbox), still in its transaction, while the deadline passes.
-      await outbox.waiting('the decision to wait inside its transaction');
+      // Steps 1 to 3 again, with a wider margin, if load delayed the decision's check past the deadline:
+      // it was refused then (409 approval_expired, nothing recorded), and the premise did not hold. The
+      // widest margin stays well inside the API's statement timeout (30 s), which its waiting insert counts against.
+      let decided: ReturnType<typeof api> | undefined;
+      let deadline: Date | undefined;
+      for (const margin of [3, 10]) {
+        await requests.query('begin');
+        held = true;
+        await requests.query('lock table approval_requests in exclusive mode');
+        const attempt = api(stack, 'POST', `/api/v1/approvals/${approvalId}/decision`, { token: slowApprover, body: { decision: 'approve' }, headers: { 'Idempotency-Key': randomUUID() } });
+        let answered = false;
+        void attempt.then(
+          () => (answered = true),
+          () => (answered = true),
+        );
+        await waitFor(() => waitingOn(requests, 'approval_requests'), { ...DEADLINE, what: 'the decision to begin and wait' });
+        // 2. Its deadline is set to pass a few seconds after the decision's transaction began.
+        [{ deadline }] = (await requests.query(`update approval_requests set sla_deadline = clock_timestamp() + $2 * interval '1 second' where run_id = $1 returning sla_deadline as deadline`, [runId, margin])).rows;
+        await requests.query('commit');
+        held = false;
+        // 3. The decision locks the run and the request, checks the deadline (by its statement's clock: a
+        // decision that waited for the run past the deadline is refused) before it passes, and waits
+        // inside its insert (its webhook outbox), still in its transaction, while the deadline passes.
+        const inside = await waitFor(
+          async () =>
+            (await stack.db.admin(`select count(*)::int as n from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock' and query like $1`, ['%insert into approval_decisions%'])).rows[0].n > 0 ||
+            (answered && 'answered'),
+          { ...DEADLINE, what: 'the decision to wait inside its transaction' },
+        );
+        if (inside === true) {
+          decided = attempt;
+          break;
+        }
+        const refused = await attempt;
+        expect(refused.status, refused.text).toBe(409);
+        expect(refused.json.code).toBe('approval_expired');
+      }
+      if (!decided || !deadline) throw new Error("the decision never checked its deadline before it, even 10 s ahead: this test's premise did not hold");
       await waitFor(async () => (await stack.db.admin(`select clock_timestamp() > $1::timestamptz as past`, [deadline])).rows[0].past, { ...DEADLINE, what: 'the deadline to pass' });
       // 4. The timer fires: its expiry waits for the run the decision holds.
       await timer.promote();
       await waitFor(
         async () =>
-          (await stack.db.admin(`select count(*)::int as n from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock' and query like '%a.sla_deadline::text as sla_deadline_text, r.correlation_id%'`)).rows[0].n > 0,
+          (await stack.db.admin(`select count(*)::int as n from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock' and query like $1`, ['%a.sla_deadline::text as sla_deadline_text, r.correlation_id%'])).rows[0].n > 0,
         { ...DEADLINE, what: "the timer's expiry to wait for the decision" },
       );
       await outbox.release();

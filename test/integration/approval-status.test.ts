@@ -95,7 +95,7 @@ const waitsForLock = (like: string, what: string, event?: string) =>
           [like, event ?? null],
         )
       ).rows[0].n > 0,
-    { timeoutMs: 20_000, what },
+    { timeoutMs: 60_000, what },
   );
 
 describe('a cancelled run withdraws its pending approval request', () => {
@@ -141,18 +141,22 @@ describe('a cancelled run withdraws its pending approval request', () => {
   });
 });
 
-/** A tenant of its own whose class B SLA is 60 s (its timers stay delayed while a test runs): a submitter's and an approver's tokens. */
+/**
+ * A tenant of its own whose class B SLA is an hour (its timers stay delayed while a test runs, however
+ * slow a loaded machine makes it: a worker's expiry of a run a test holds would race the test's own
+ * contender, and its statement match the same pg_stat_activity filters): a submitter's and an approver's tokens.
+ */
 async function shortSlaTenant(): Promise<{ submitter: string; approver: string }> {
   const own = newTenant();
   const admin = await stack.token({ tenantId: own, sub: 'admin-1', roles: ['admin'] });
-  const policy = { class_a_max_cost: 50000, class_a_max_payback_months: 6, class_c_min_cost: 250000, class_c_min_payback_months: 24, sla_b_seconds: 60, sla_c_seconds: 120 };
+  const policy = { class_a_max_cost: 50000, class_a_max_payback_months: 6, class_c_min_cost: 250000, class_c_min_payback_months: 24, sla_b_seconds: 3600, sla_c_seconds: 7200 };
   expect((await api(stack, 'PUT', '/api/v1/approval-policy', { token: admin, body: policy })).status).toBe(200);
   return { submitter: await stack.token({ tenantId: own, sub: 'submitter-2' }), approver: await stack.token({ tenantId: own, sub: 'approver-2', roles: ['approver'] }) };
 }
 
 describe('a pending request past its SLA deadline reads expired before a worker records it', () => {
   it('detail and list read expired (decided_at the deadline), ?status=pending leaves it out and ?status=expired takes it in, a decision is 409 approval_expired; the timer then records the same', { timeout: LONG }, async () => {
-    // A tenant whose class B SLA is 60 s: its timer waits for that; the deadline is then moved into
+    // A tenant whose class B SLA is an hour: its timer waits for that; the deadline is then moved into
     // the past by hand, so the timer cannot have fired while the reads are checked (it is still delayed).
     const { submitter, approver } = await shortSlaTenant();
     const { runId, approvalId } = await submitWaiting(SAMPLE_SUBMISSION, submitter);
@@ -257,33 +261,63 @@ describe('a pending request past its SLA deadline reads expired before a worker 
     // The decision has the run and the request; its next statement, which tests the deadline again,
     // was sent before the deadline and waits for the checkpoints table while the deadline passes: its
     // statement_timestamp() is after that wait (a guard: were it the statement's arrival, as its
-    // query_start is, the decision would be accepted after its deadline). The request is locked by
-    // then, so its deadline is set beforehand, a few seconds ahead: the decision reaches that statement well before it.
+    // query_start is, the decision would be accepted after its deadline).
+    // The check compares the deadline the decision read with the request's row lock, so it cannot be
+    // moved once the check waits, only before the decision reads it: the decision is stopped first,
+    // waiting for its run row (held here; confirmed), only then is the deadline set `margin` ahead of
+    // the database's clock, and the run released; what remains before the check's arrival is one
+    // statement of the decision's transaction, no HTTP. That it arrived before the deadline is read
+    // (its backend's query_start), not assumed: had load delayed it past the margin, the premise did
+    // not hold (the answer is 409 all the same, nothing recorded), and it is tried again on the same
+    // request with a wider margin (the widest well within the API's statement timeout, 30 s, which the
+    // waiting check counts against).
     const { submitter, approver } = await shortSlaTenant();
-    const { approvalId } = await submitWaiting(SAMPLE_SUBMISSION, submitter);
-    const checkpoints = await holdTable(stack.db.adminUrl, 'durable_checkpoints', 'access exclusive');
-    try {
-      const { deadline } = (await stack.db.admin(`update approval_requests set sla_deadline = clock_timestamp() + interval '5 seconds' where id = $1 returning sla_deadline as deadline`, [approvalId]))
-        .rows[0] as { deadline: Date };
-      const answered = decide(approvalId, approver);
-      const waiting = '%from durable_checkpoints c where c.tenant_id = %';
-      await waitsForLock(waiting, 'the decision to wait for the checkpoints table, holding the run and the request');
-      // The premise: the waiting statement began before the deadline (by its arrival it is not yet due).
-      const [{ early }] = (
-        await stack.db.admin(`select bool_and(query_start < $2::timestamptz) as early from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock' and query like $1`, [waiting, deadline])
-      ).rows;
-      expect(early).toBe(true);
-      await waitFor(async () => (await stack.db.admin(`select clock_timestamp() > $1::timestamptz as past`, [deadline])).rows[0].past, { what: 'the deadline to pass' });
-      expect((await approval(approvalId, submitter)).status).toBe('expired');
-      await checkpoints.release();
-      const answer = await answered;
-      expect(answer.status, answer.text).toBe(409);
-      expect(answer.json.code).toBe('approval_expired');
-      expect(await requestRow(approvalId)).toMatchObject({ status: 'pending', decided_at: null, decisions: 0 });
-      expect(await approval(approvalId, submitter)).toMatchObject({ status: 'expired', decided_at: deadline.toISOString(), decisions: [] });
-    } finally {
-      await checkpoints.close();
+    const { runId, approvalId } = await submitWaiting(SAMPLE_SUBMISSION, submitter);
+    const lockingRead = '%from durable_runs where id = (select run_id from approval_requests%';
+    const check = '%from durable_checkpoints c where c.tenant_id = %';
+    for (const margin of [2, 8, 20]) {
+      const checkpoints = await holdTable(stack.db.adminUrl, 'durable_checkpoints', 'access exclusive');
+      const gate = new pg.Client({ connectionString: stack.db.adminUrl });
+      await gate.connect();
+      try {
+        await gate.query('begin');
+        await gate.query('select 1 from durable_runs where id = $1 for update', [runId]);
+        const answered = decide(approvalId, approver);
+        // Its backend, waiting for the run: its transaction has begun (its now() is before the deadline set next).
+        const pid = await waitFor(
+          async () => (await stack.db.admin(`select pid from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock' and query like $1`, [lockingRead])).rows[0]?.pid as number | undefined,
+          { timeoutMs: 60_000, what: 'the decision to wait for the run row' },
+        );
+        const { deadline } = (
+          await stack.db.admin(`update approval_requests set sla_deadline = clock_timestamp() + $2 * interval '1 second' where id = $1 returning sla_deadline as deadline`, [approvalId, margin])
+        ).rows[0] as { deadline: Date };
+        await gate.query('commit');
+        // Not due by its transaction's start, it locks the run and the request (the deadline as set), and its check waits for the table.
+        const { early } = await waitFor(
+          async () =>
+            (await stack.db.admin(`select query_start < $3::timestamptz as early from pg_stat_activity where pid = $1 and wait_event_type = 'Lock' and query like $2`, [pid, check, deadline])).rows[0] as
+              | { early: boolean }
+              | undefined,
+          { timeoutMs: 60_000, what: 'the decision to wait for the checkpoints table, holding the run and the request' },
+        );
+        await waitFor(async () => (await stack.db.admin(`select clock_timestamp() > $1::timestamptz as past`, [deadline])).rows[0].past, { timeoutMs: 120_000, what: 'the deadline to pass' });
+        expect((await approval(approvalId, submitter)).status).toBe('expired');
+        await checkpoints.release();
+        const answer = await answered;
+        expect(answer.status, answer.text).toBe(409);
+        expect(answer.json.code).toBe('approval_expired');
+        expect(await requestRow(approvalId)).toMatchObject({ status: 'pending', decided_at: null, decisions: 0 });
+        if (early) {
+          expect(await approval(approvalId, submitter)).toMatchObject({ status: 'expired', decided_at: deadline.toISOString(), decisions: [] });
+          return;
+        }
+      } finally {
+        await gate.query('rollback').catch(() => {});
+        await gate.end();
+        await checkpoints.close();
+      }
     }
+    throw new Error('the decision never sent its deadline check before the deadline, even 20 s ahead: the premise of this test did not hold');
   });
 
   it('a decision that waited for the requests table (a lock a migration holds) past the deadline is 409 approval_expired; nothing is recorded', { timeout: LONG }, async () => {
