@@ -169,6 +169,10 @@ describe('plain HTTP to a host other than loopback opens no session', () => {
     const page = await fetch(`${stack.baseUrl}/admin/queues?token=${token}`, { headers: publicHost });
     expect(page.status).toBe(403);
     expect(await page.text()).toContain('HTTPS');
+    // Its URL holds the token: no answer to it is stored, a refusal no more than the page.
+    expect(page.headers.get('cache-control')).toBe('no-store');
+    expect(page.headers.get('content-security-policy')).toContain("frame-ancestors 'none'");
+    expect(page.headers.get('referrer-policy')).toBe('no-referrer');
     const posted = await postSignIn(stack.baseUrl, token, { headers: { ...publicHost, ...ownPage, origin: 'http://ops.example' } });
     expect(posted.status, posted.text).toBe(403);
     expect(posted.setCookie).toBeNull();

@@ -306,9 +306,10 @@ async function signInPage(opts: AdminAuthOptions, req: Request, res: Response, t
   if (req.method !== 'GET' && req.method !== 'HEAD') {
     throw new AppError('method_not_allowed', 'Method Not Allowed', { status: 405, retryable: false, detail: "A ?token= link is opened (GET): its page's button signs in.", headers: { Allow: 'GET, HEAD' } });
   }
+  // Every answer to a URL holding a token, a refusal (403 over plain HTTP, 401) as much as the page.
+  res.setHeader('Cache-Control', 'no-store');
   sessionCookieFor(opts, req);
   const { sub } = await checkLink(opts, req, token);
-  res.setHeader('Cache-Control', 'no-store');
   res.setHeader('Content-Security-Policy', SIGN_IN_PAGE_CSP);
   const form =
     `<form method="post" action="${html(`${opts.basePath}/sign-in`)}">` +
