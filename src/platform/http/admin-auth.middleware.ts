@@ -261,7 +261,7 @@ async function resumeSession(opts: AdminAuthOptions, req: Request, values: reado
   // could be a second one (one planted), and choosing among them is what the rule below refuses.
   if (ids.length > MAX_SESSION_COOKIES) {
     opts.logger.warn({ security_event: 'operator_session_ambiguous', cookies: ids.length, path: req.path, ip: req.ip }, 'refused a request carrying too many dashboard session cookies');
-    throw unauthorized(opts, `This request carries ${ids.length} dashboard session cookies, more than a browser holds (${MAX_SESSION_COOKIES}): sign out (POST /logout) and sign in again with a new ?token= link.`);
+    throw unauthorized(opts, `This request carries ${ids.length} dashboard session cookies, more than a browser holds (${MAX_SESSION_COOKIES}): clear this site's cookies in the browser (a sign-out deletes only this host's own) and sign in again with a new ?token= link.`);
   }
   const tokens = ids.length > 0 ? await opts.sessions.tokensOf(ids) : [];
   const open: string[] = [];
