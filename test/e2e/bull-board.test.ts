@@ -9,7 +9,7 @@ import { chromium, type BrowserContext, type Page } from 'playwright-core';
 import { api, CLASS_A_SUBMISSION, newTenant, SAMPLE_SUBMISSION, startStack, type TestStack } from '../helpers/stack.ts';
 import { waitFor } from '../helpers/poll.ts';
 import { boardQueues } from '../../src/platform/http/admin-board.ts';
-import { ADMIN_COOKIE, OPERATOR_ROLE } from '../../src/platform/http/admin-auth.middleware.ts';
+import { ADMIN_COOKIE, ADMIN_HOST_COOKIE, OPERATOR_ROLE } from '../../src/platform/http/admin-auth.middleware.ts';
 
 /**
  * The operator dashboard in a real browser: headless Chromium (Debian's package) driven by
@@ -262,6 +262,35 @@ describe('Bull Board at /admin/queues', () => {
       expect((await page.goto(`${stack.baseUrl}/admin/queues?token=${token}`))?.status()).toBe(401);
       await signInWith(page, await signInToken());
       expect((await browser.cookies()).find((c) => c.name === ADMIN_COOKIE)).toBeDefined();
+    } finally {
+      await page.close();
+    }
+  });
+
+  it('over HTTPS (a believed proxy\'s X-Forwarded-Proto) the browser holds the __Host- cookie, sends it with the board\'s own requests, and signs out of it', async () => {
+    // The default TRUST_PROXY believes a proxy on this host; the browser, on 127.0.0.1 (a potentially
+    // trustworthy origin, where Chromium keeps Secure and __Host- cookies), sends the header itself.
+    await browser.clearCookies();
+    const page = await browser.newPage();
+    await page.setExtraHTTPHeaders({ 'x-forwarded-proto': 'https' });
+    try {
+      await signInWith(page, await signInToken());
+      const cookies = await browser.cookies();
+      expect(cookies.find((c) => c.name === ADMIN_HOST_COOKIE)).toMatchObject({ httpOnly: true, secure: true, sameSite: 'Strict', path: '/', domain: '127.0.0.1' });
+      expect(cookies.find((c) => c.name === ADMIN_COOKIE)).toBeUndefined();
+      // The board's page and its API calls (Path=/ covers them) carry it.
+      await page.getByText('golden-path', { exact: false }).first().waitFor({ timeout: 30_000 });
+      // A plain-named cookie beside it (what a sibling subdomain can plant) is not read over HTTPS, and hides nothing.
+      await browser.addCookies([{ name: ADMIN_COOKIE, value: 'A'.repeat(43), domain: '127.0.0.1', path: '/admin/queues', sameSite: 'Strict' }]);
+      expect((await page.goto(`${stack.baseUrl}/admin/queues/api/queues`))?.status()).toBe(200);
+      await page.goto(`${stack.baseUrl}/admin/queues/logout`);
+      const posted = page.waitForResponse((r) => r.url() === `${stack.baseUrl}/admin/queues/logout` && r.request().method() === 'POST', { timeout: 30_000 });
+      await page.getByRole('button', { name: 'Sign out' }).click();
+      expect((await posted).status()).toBe(200);
+      await page.getByText('Signed out of the operator dashboard', { exact: false }).waitFor({ timeout: 30_000 });
+      // Both names deleted: the host's own and the plain one at the dashboard's path.
+      expect((await browser.cookies()).filter((c) => c.name === ADMIN_HOST_COOKIE || c.name === ADMIN_COOKIE)).toEqual([]);
+      expect((await page.goto(`${stack.baseUrl}/admin/queues/api/queues`))?.status()).toBe(401);
     } finally {
       await page.close();
     }

@@ -5,6 +5,7 @@ import { signDevToken } from '../../src/platform/tenancy/jwt.ts';
 import { operatorSessions } from '../../src/platform/http/admin-board.ts';
 import { newTenant, startStack, type TestStack } from '../helpers/stack.ts';
 import { waitFor } from '../helpers/poll.ts';
+import { monitorKeys } from '../helpers/redis-monitor.ts';
 import { postSignIn } from '../helpers/dashboard-sign-in.ts';
 
 /**
@@ -121,6 +122,43 @@ describe('several cookies of the name in one request', () => {
   });
 });
 
+describe('a request with more cookies of the name than a browser holds looks up a bounded number', () => {
+  // A browser holds one per host, parent domain and path that set one (over HTTPS, one: `__Host-`).
+  // A client sends what it likes, up to Node's header limit (or more, under --max-http-header-size):
+  // hundreds of session ids, each a Redis key to read or delete for an unauthenticated request.
+  const many = (name: string, n: number) => Array.from({ length: n }, () => `${name}=${randomBytes(32).toString('base64url')}`);
+  const keysPerCommand = (seen: readonly string[], command: string) => seen.filter((c) => c.toLowerCase().startsWith(`${command} `)).map((c) => c.split(' ').length - 1);
+
+  it('more than 8 session ids of the name: refused (401) without reading Redis; 8, one of them open, still let in', async () => {
+    const { id } = await signIn(await operatorToken('ops-many'), true);
+    const monitor = await monitorKeys(`${stack.prefix}:operator-session:sid:`);
+    try {
+      const crowded = await board([...many(ADMIN_HOST_COOKIE, 100), `${ADMIN_HOST_COOKIE}=${id}`].join('; '), true);
+      expect(crowded.status, crowded.text).toBe(401);
+      expect((await board([...many(ADMIN_HOST_COOKIE, 7), `${ADMIN_HOST_COOKIE}=${id}`].join('; '), true)).status).toBe(200);
+      await monitor.settle(stack.redis, `many-cookies-${randomBytes(4).toString('hex')}`);
+      expect(keysPerCommand(monitor.seen, 'mget')).toEqual([8]);
+    } finally {
+      monitor.stop();
+    }
+  });
+
+  it("sign-out ends at most 8 sessions, the host's own cookie's first, however many plain-named ones come before it", async () => {
+    const { id } = await signIn(await operatorToken('ops-many-out'), true);
+    const monitor = await monitorKeys(`${stack.prefix}:operator-session:sid:`);
+    try {
+      const cookie = [...many(ADMIN_COOKIE, 100), `${ADMIN_HOST_COOKIE}=${id}`].join('; ');
+      const out = await fetch(`${stack.baseUrl}/admin/queues/logout`, { method: 'POST', headers: { cookie, ...HTTPS, ...ownPage } });
+      expect(out.status).toBe(200);
+      await monitor.settle(stack.redis, `many-out-${randomBytes(4).toString('hex')}`);
+      expect(keysPerCommand(monitor.seen, 'getdel').length).toBe(8);
+    } finally {
+      monitor.stop();
+    }
+    expect(await stack.redis.exists(sessionKey(id))).toBe(0);
+  });
+});
+
 describe('plain HTTP to a host other than loopback opens no session', () => {
   // A proxy that forwards the public Host but not the scheme (or a dashboard served without TLS):
   // the browser would hold a cookie that any sibling subdomain can shadow and the network can read.
@@ -131,6 +169,10 @@ describe('plain HTTP to a host other than loopback opens no session', () => {
     const page = await fetch(`${stack.baseUrl}/admin/queues?token=${token}`, { headers: publicHost });
     expect(page.status).toBe(403);
     expect(await page.text()).toContain('HTTPS');
+    // Its URL holds the token: no answer to it is stored, a refusal no more than the page.
+    expect(page.headers.get('cache-control')).toBe('no-store');
+    expect(page.headers.get('content-security-policy')).toContain("frame-ancestors 'none'");
+    expect(page.headers.get('referrer-policy')).toBe('no-referrer');
     const posted = await postSignIn(stack.baseUrl, token, { headers: { ...publicHost, ...ownPage, origin: 'http://ops.example' } });
     expect(posted.status, posted.text).toBe(403);
     expect(posted.setCookie).toBeNull();

@@ -32,6 +32,13 @@ const BEARER = /^Bearer\s+([A-Za-z0-9\-_=]+\.[A-Za-z0-9\-_=]*\.[A-Za-z0-9\-_=+/]
 const JWT = /^[A-Za-z0-9\-_=]+\.[A-Za-z0-9\-_=]*\.[A-Za-z0-9\-_=+/]*$/;
 /** The session (and its cookie) never outlives the token, and never a working day. */
 const MAX_COOKIE_SECONDS = 8 * 3600;
+/**
+ * At most this many session ids of the cookie's name are looked up or ended per request. A browser
+ * holds one per host, parent domain and path that set one (over HTTPS only the host's `__Host-` one
+ * is read); a client sends what it likes, hundreds up to Node's header limit (more under
+ * --max-http-header-size), each a Redis key an unauthenticated request would have read or deleted.
+ */
+const MAX_SESSION_COOKIES = 8;
 /** Under the mount: GET shows a sign-out form, POST signs out. Any case, as Express routes the mount. */
 const LOGOUT = /^\/logout\/?$/i;
 /** Under the mount: the sign-in page's form posts a `?token=` link's token here, the only request that exchanges it. */
@@ -229,10 +236,14 @@ function sessionCookieFor(opts: AdminAuthOptions, req: Request): string {
   throw new ForbiddenError(PLAIN_HTTP);
 }
 
-/** The session ids the request's cookies of these names hold: each value of the right shape, once. */
+/**
+ * The session ids the request's cookies of these names hold: each value of the right shape, once, in
+ * the order of `names` (the host's own name first: a flood of plain-named ones, which a sibling can
+ * plant, cannot push it out), at most MAX_SESSION_COOKIES.
+ */
 function sessionIdsOf(req: Request, names: readonly string[]): string[] {
   const header = req.get('cookie');
-  return [...new Set(names.flatMap((name) => readCookies(header, name)).filter((value) => SESSION_ID.test(value)))];
+  return [...new Set(names.flatMap((name) => readCookies(header, name)).filter((value) => SESSION_ID.test(value)))].slice(0, MAX_SESSION_COOKIES);
 }
 
 /**
@@ -242,10 +253,16 @@ function sessionIdsOf(req: Request, names: readonly string[]): string[] {
  * MGET for all; only an id of the right shape is looked up: a JWT there, or anything a client makes
  * up, is no session): a cookie naming nothing does not hide a valid one, and the request is let in
  * only when exactly one names an open session whose token verifies and has not reached its `exp`. Two of them (one planted: session
- * fixation) sign nothing in; signing out ends both.
+ * fixation) sign nothing in; signing out ends both. More than MAX_SESSION_COOKIES ids: refused unread.
  */
 async function resumeSession(opts: AdminAuthOptions, req: Request, values: readonly string[]): Promise<void> {
   const ids = [...new Set(values.filter((value) => SESSION_ID.test(value)))];
+  // More than a browser holds: none is looked up. Not the first few only: the open session beyond them
+  // could be a second one (one planted), and choosing among them is what the rule below refuses.
+  if (ids.length > MAX_SESSION_COOKIES) {
+    opts.logger.warn({ security_event: 'operator_session_ambiguous', cookies: ids.length, path: req.path, ip: req.ip }, 'refused a request carrying too many dashboard session cookies');
+    throw unauthorized(opts, `This request carries ${ids.length} dashboard session cookies, more than a browser holds (${MAX_SESSION_COOKIES}): clear this site's cookies in the browser (a sign-out deletes only this host's own) and sign in again with a new ?token= link.`);
+  }
   const tokens = ids.length > 0 ? await opts.sessions.tokensOf(ids) : [];
   const open: string[] = [];
   let refusal: unknown;
@@ -289,9 +306,10 @@ async function signInPage(opts: AdminAuthOptions, req: Request, res: Response, t
   if (req.method !== 'GET' && req.method !== 'HEAD') {
     throw new AppError('method_not_allowed', 'Method Not Allowed', { status: 405, retryable: false, detail: "A ?token= link is opened (GET): its page's button signs in.", headers: { Allow: 'GET, HEAD' } });
   }
+  // Every answer to a URL holding a token, a refusal (403 over plain HTTP, 401) as much as the page.
+  res.setHeader('Cache-Control', 'no-store');
   sessionCookieFor(opts, req);
   const { sub } = await checkLink(opts, req, token);
-  res.setHeader('Cache-Control', 'no-store');
   res.setHeader('Content-Security-Policy', SIGN_IN_PAGE_CSP);
   const form =
     `<form method="post" action="${html(`${opts.basePath}/sign-in`)}">` +
