@@ -309,6 +309,18 @@ describe('a pending request past its SLA deadline reads expired before a worker 
     );
   });
 
+  // It read the status by its transaction's start (now()), before the wait: approval_status pending.
+  it('a decision that waited for the run row while run retention deleted the run, past the deadline, is 409 run_deleted naming the request expired, as it read meanwhile', { timeout: LONG }, async () => {
+    const { answer, approvalId, submitter } = await waitedPastDeadline('%from durable_runs where id = (select run_id from approval_requests%', (w) => decide(w.approvalId, w.approver), {
+      // Run retention's delete (its checkpoints with it, on cascade; the request is kept, ADR 0011).
+      hold: (gate, runId) => gate.query('delete from durable_runs where id = $1', [runId]),
+    });
+    expect(answer.status, answer.text).toBe(409);
+    expect(answer.json).toMatchObject({ code: 'run_deleted', approval_status: 'expired' });
+    expect(await requestRow(approvalId)).toMatchObject({ status: 'pending', decided_at: null, decisions: 0 });
+    expect((await approval(approvalId, submitter)).status).toBe('expired');
+  });
+
   // It decided by its transaction's start (now()) and answered not_due: its timer was put off though the request read expired.
   it("the SLA timer's expiry that began before the deadline but waited for the run row past it expires the request at its deadline (not put off as not yet due); a decision then is 409", { timeout: LONG }, async () => {
     const tenantOf = async (runId: string) => (await stack.db.admin(`select tenant_id from durable_runs where id = $1`, [runId])).rows[0].tenant_id as string;

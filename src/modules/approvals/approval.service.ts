@@ -259,8 +259,10 @@ export class ApprovalService {
  */
 async function missingRun(em: EntityManager, principal: Principal, approvalId: string): Promise<Error> {
   const [req] = await em.execute<{ run_id: string; status: ApprovalStatus; submitted_by: string }[]>(
-    // Its status as it reads (GET, approvals.routes.ts): one still stored pending past its deadline reads expired.
-    `select run_id, case when status = 'pending' and sla_deadline <= now() then 'expired' else status end as status, submitted_by from approval_requests where id = ?`,
+    // Its status as it reads (GET, approvals.routes.ts): one still stored pending past its deadline reads
+    // expired. By this statement's clock: decide's locking read may have waited for the run row (its
+    // deletion by run retention) while the deadline passed, after now(), the transaction's start.
+    `select run_id, case when status = 'pending' and sla_deadline <= statement_timestamp() then 'expired' else status end as status, submitted_by from approval_requests where id = ?`,
     [approvalId],
   );
   if (!req) return new NotFoundError('approval request');
