@@ -451,9 +451,11 @@ describe("a class C request's decisions are recorded in the order they were appl
       const second = tenantEm(stack.container.orm, tenant)
         .transactional(async (tx) => {
           await tx.execute('select pg_advisory_xact_lock(7318)');
-          return (await service.decide(tx, { sub: 'approver-2', tenantId: tenant, roles: ['approver'] }, approvalId, 'approve', null)).result;
+          return service.decide(tx, { sub: 'approver-2', tenantId: tenant, roles: ['approver'] }, approvalId, 'approve', null);
         })
-        .then((result) => ({ result }), (error: unknown) => ({ error }));
+        // After the commit, as the route does: the run job is enqueued (step 4). Settled here, so a failure is this check's.
+        .then(async ({ result, afterCommit }) => (await afterCommit(), { result }))
+        .then((ok) => ok, (error: unknown) => ({ error }));
       const advisoryWaits = `select count(*)::int as n from pg_locks
                               where locktype = 'advisory' and objid = 7318 and not granted and database = (select oid from pg_database where datname = current_database())`;
       await waitFor(async () => (await gate.query(advisoryWaits)).rows[0].n > 0, { timeoutMs: 20_000, what: 'the second approval to begin and wait for the advisory lock' });
