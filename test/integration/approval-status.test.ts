@@ -343,6 +343,18 @@ describe('a pending request past its SLA deadline reads expired before a worker 
     );
   });
 
+  // It read the status by its transaction's start (now()), before the wait: approval_status pending.
+  it('a decision that waited for the run row while run retention deleted the run, past the deadline, is 409 run_deleted naming the request expired, as it read meanwhile', { timeout: LONG }, async () => {
+    const { answer, approvalId, submitter } = await waitedPastDeadline('%from durable_runs where id = (select run_id from approval_requests%', (w) => decide(w.approvalId, w.approver), {
+      // Run retention's delete (its checkpoints with it, on cascade; the request is kept, ADR 0011).
+      hold: (gate, runId) => gate.query('delete from durable_runs where id = $1', [runId]),
+    });
+    expect(answer.status, answer.text).toBe(409);
+    expect(answer.json).toMatchObject({ code: 'run_deleted', approval_status: 'expired' });
+    expect(await requestRow(approvalId)).toMatchObject({ status: 'pending', decided_at: null, decisions: 0 });
+    expect((await approval(approvalId, submitter)).status).toBe('expired');
+  });
+
   // It decided by its transaction's start (now()) and answered not_due: its timer was put off though the request read expired.
   it("the SLA timer's expiry that began before the deadline but waited for the run row past it expires the request at its deadline (not put off as not yet due); a decision then is 409", { timeout: LONG }, async () => {
     const tenantOf = async (runId: string) => (await stack.db.admin(`select tenant_id from durable_runs where id = $1`, [runId])).rows[0].tenant_id as string;
@@ -454,6 +466,95 @@ describe('a decision is a record the application cannot rewrite', () => {
     expect(await sqlState(em.execute(`delete from approval_requests where id = ?`, [approvalId]))).toBe('42501');
     expect(await sqlState(em.execute(`delete from approval_requests`))).toBe('42501');
     expect(await approval(approvalId)).toMatchObject({ status: 'pending', approval_class: 'C', decisions: [{ approver: 'approver-1', decision: 'approve' }] });
+  });
+});
+
+describe("a class C request's decisions are recorded in the order they were applied", () => {
+  it("a second approval whose transaction began before the first's, and which waited for the run behind the first's locks, is recorded after it: in the request, its decided_at, the run's step 3 and the evidence pack", { timeout: LONG }, async () => {
+    const { runId, approvalId } = await submitWaiting(CLASS_C_SUBMISSION);
+    const service = new ApprovalService(stack.container.runtime);
+    // The second approval (approver-2) begins first: its transaction's first statement waits for an
+    // advisory lock another connection holds, so its now() is fixed before the first approval's.
+    const gate = new pg.Client({ connectionString: stack.db.adminUrl });
+    await gate.connect();
+    // The first approval (approver-1, over HTTP) is held at its insert into approval_decisions, after its locks.
+    const decisionsTable = await holdTable(stack.db.ownerUrl, 'approval_decisions');
+    try {
+      await gate.query('begin');
+      await gate.query('select pg_advisory_xact_lock(7318)');
+      const second = tenantEm(stack.container.orm, tenant)
+        .transactional(async (tx) => {
+          await tx.execute('select pg_advisory_xact_lock(7318)');
+          return service.decide(tx, { sub: 'approver-2', tenantId: tenant, roles: ['approver'] }, approvalId, 'approve', null);
+        })
+        // After the commit, as the route does: the run job is enqueued (step 4). Settled here, so a failure is this check's.
+        .then(async ({ result, afterCommit }) => (await afterCommit(), { result }))
+        .then((ok) => ok, (error: unknown) => ({ error }));
+      const advisoryWaits = `select count(*)::int as n from pg_locks
+                              where locktype = 'advisory' and objid = 7318 and not granted and database = (select oid from pg_database where datname = current_database())`;
+      await waitFor(async () => (await gate.query(advisoryWaits)).rows[0].n > 0, { timeoutMs: 20_000, what: 'the second approval to begin and wait for the advisory lock' });
+      const first = decide(approvalId, tok.approver1!);
+      await decisionsTable.waiting('the first approval to hold the run and the request and wait to record');
+      // The second goes on and waits for the run row the first holds.
+      await gate.query('commit');
+      await waitsForLock('%from durable_runs where id = (select run_id from approval_requests%', 'the second approval to wait for the run row behind the first');
+      // The premise: the second's transaction began before the first's.
+      const [{ inverted }] = (
+        await stack.db.admin(
+          `select (select xact_start from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock' and query like '%from durable_runs where id = (select run_id from approval_requests%')
+                < (select xact_start from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock' and query like '%insert into approval_decisions%') as inverted`,
+        )
+      ).rows;
+      expect(inverted).toBe(true);
+      await decisionsTable.release();
+      const one = await first;
+      expect(one.status, one.text).toBe(200);
+      expect(one.json).toMatchObject({ status: 'pending', approvals: 1, required_approvals: 2 });
+      expect(await second).toEqual({ result: expect.objectContaining({ status: 'approved', approvals: 2, required_approvals: 2 }) });
+    } finally {
+      await gate.query('rollback').catch(() => {});
+      await gate.end();
+      await decisionsTable.close();
+    }
+
+    // Stored in the order applied: approver-1, then approver-2, whose time is the request's decided_at.
+    const stored = (
+      await stack.db.admin(`select approver, created_at from approval_decisions where approval_request_id = $1 order by created_at`, [approvalId])
+    ).rows as Array<{ approver: string; created_at: Date }>;
+    expect(stored.map((d) => d.approver)).toEqual(['approver-1', 'approver-2']);
+    const [{ ordered, final }] = (
+      await stack.db.admin(
+        `select bool_and(d2.created_at > d1.created_at) as ordered, bool_and(a.decided_at = d2.created_at and a.decided_at < a.sla_deadline) as final
+           from approval_requests a join approval_decisions d1 on d1.approval_request_id = a.id and d1.approver = 'approver-1'
+           join approval_decisions d2 on d2.approval_request_id = a.id and d2.approver = 'approver-2' where a.id = $1`,
+        [approvalId],
+      )
+    ).rows;
+    expect({ ordered, final }).toEqual({ ordered: true, final: true });
+    const read = await approval(approvalId);
+    expect(read).toMatchObject({ status: 'approved', decided_at: read.decisions[1].decided_at });
+    expect(read.decisions.map((d: { approver: string }) => d.approver)).toEqual(['approver-1', 'approver-2']);
+    // The run's step 3 and the evidence pack record the decisions as the request shows them.
+    const recorded = read.decisions.map((d: { approver: string; decision: string; comment: string | null; kind: string; decided_at: string }) => ({
+      decided_by: d.approver,
+      decision: d.decision,
+      comment: d.comment,
+      decided_at: d.decided_at,
+      kind: d.kind,
+    }));
+    const done = await waitFor(
+      async () => {
+        const r = (await get(`/api/v1/golden-path/runs/${runId}`)).json;
+        return ['completed', 'failed'].includes(r?.status) ? r : undefined;
+      },
+      { timeoutMs: 60_000, intervalMs: 100, what: 'the run to complete' },
+    );
+    expect(done.status).toBe('completed');
+    expect(done.steps[2].output).toMatchObject({ outcome: 'approved', decisions: recorded });
+    const pack = await get(`/api/v1/evidence/${done.steps[3].output.evidence_pack_id}`);
+    expect(pack.status, pack.text).toBe(200);
+    expect(pack.json.content.approval_packet.decisions).toEqual(recorded);
+    expect((await get(`/api/v1/evidence/${done.steps[3].output.evidence_pack_id}/verify`)).json.valid).toBe(true);
   });
 });
 

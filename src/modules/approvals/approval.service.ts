@@ -96,8 +96,12 @@ export class ApprovalService {
     // for the run row (another decision, a cancel, an expiry) or a table (a migration's lock) while the
     // deadline passed, and its now() — the transaction's start — is before that wait. The request has
     // read expired since; so is the answer. The expiry decides by the same clock under the same run
-    // lock, so the two never both win; and a decision accepted is recorded at now(), before this
-    // check, so its decided_at is before the deadline (and before the expiry's, which is the deadline).
+    // lock, so the two never both win. A decision accepted is recorded at the time of this check
+    // (stored.checkedAt), not at now(): before the deadline (and before the expiry's, which is the
+    // deadline), and after every decision it reads below — each was checked before it committed, and
+    // this check came after that commit (the locks above) — so a request's decisions are recorded in
+    // the order they were applied. By now(), a decision whose transaction began before another's but
+    // locked the run after it (a class C second approval) was recorded before the approval it read.
     if (stored.overdue) throw new ConflictError('approval_expired', 'The approval request passed its SLA deadline; it can no longer be decided.');
     // The run's own version, before anything is recorded, whatever this decision's outcome: a class C
     // first approval does not resume the run, but a version retired for good (409) can never take the
@@ -123,21 +127,23 @@ export class ApprovalService {
     // transaction rolls back, and none on an idempotent replay, which does not run this.
     const [inserted] = await em.execute<(DecisionRow & { webhook_deliveries: string[] })[]>(
       `with d as (insert into approval_decisions (id, tenant_id, approval_request_id, approver, decision, kind, comment, created_at)
-                  values (?, ?, ?, ?, ?, 'human', ?, now())
+                  values (?, ?, ?, ?, ?, 'human', ?, ?::timestamptz)
                   on conflict (tenant_id, approval_request_id, approver) do nothing
                   returning tenant_id, approver, decision, comment, created_at, kind),
        ${outboxCte(DECIDED_EVENT)}
        select d.approver, d.decision, d.comment, d.created_at, d.kind, ${OUTBOX_IDS} from d`,
-      [randomUUID(), req.tenant_id, req.id, principal.sub, decision, comment, APPROVAL_DECIDED, JSON.stringify(event)],
+      [randomUUID(), req.tenant_id, req.id, principal.sub, decision, comment, stored.checkedAt, APPROVAL_DECIDED, JSON.stringify(event)],
     );
     if (!inserted) throw new ConflictError('approver_already_decided', 'This approver has already decided on this request; a second, distinct approver is needed.');
     const deliveries = inserted.webhook_deliveries;
     const runtime = this.runtime;
     let afterCommit = () => runtime.dispatchDeliveries(req.tenant_id, deliveries);
     if (outcome !== 'pending') {
-      // In decisionsOf's order (created_at, the transaction's start): stable, so this one stays last unless its transaction began before an earlier one's.
+      // In decisionsOf's order (created_at, each decision's check after its locks): this one is the
+      // latest, and stays last in a tie of the milliseconds a Date keeps (a stable sort).
       const decisions = [...earlier, inserted].sort((x, y) => new Date(x.created_at).getTime() - new Date(y.created_at).getTime());
-      await em.execute(`update approval_requests set status = ?, decided_at = now(), updated_at = now() where id = ?`, [outcome, req.id], 'run');
+      // Decided when its final decision was: the same time, the check's, as that decision's created_at.
+      await em.execute(`update approval_requests set status = ?, decided_at = ?::timestamptz, updated_at = now() where id = ?`, [outcome, stored.checkedAt, req.id], 'run');
       const resumed: ApprovalPacket = { ...approvalPacketSchema.parse(stored.output), outcome, decisions: decisions.map(decisionRecord) };
       const enqueue = await this.runtime.resume(em, req.run_id, stored.seq, resumed);
       const sla = this.sla;
@@ -227,19 +233,20 @@ export class ApprovalService {
    * its sequence_num and its output, not yet parsed; and whether the run's request is past its SLA
    * deadline by this statement's clock (`overdue`): the caller (decide, expire) holds the run and the
    * request by then, and statement_timestamp() is after the wait for those locks, which now() — the
-   * transaction's start — is not.
+   * transaction's start — is not. `checkedAt` is that clock, as text (microseconds kept): the time a
+   * decision accepted by this check is recorded at (decide).
    */
-  private async packetRow(em: EntityManager, tenantId: string, runId: string, deadline: string | null): Promise<{ seq: number; output: unknown; overdue: boolean }> {
+  private async packetRow(em: EntityManager, tenantId: string, runId: string, deadline: string | null): Promise<{ seq: number; output: unknown; overdue: boolean; checkedAt: string }> {
     // The deadline as the caller read it under the request's row lock (it cannot change meanwhile), as
     // text (microseconds kept): no second read of approval_requests, whose generic plan on a table
     // without statistics walked a tenant's requests filtering run_id (tenant-scoped-queries.test.ts).
-    const [cp] = await em.execute<{ output: unknown; sequence_num: number; overdue: boolean | null }[]>(
-      `select c.output, c.sequence_num, ?::timestamptz <= statement_timestamp() as overdue
+    const [cp] = await em.execute<{ output: unknown; sequence_num: number; overdue: boolean | null; checked_at: string }[]>(
+      `select c.output, c.sequence_num, ?::timestamptz <= statement_timestamp() as overdue, statement_timestamp()::text as checked_at
          from durable_checkpoints c where c.tenant_id = ? and c.run_id = ? and c.step_name = ?`,
       [deadline, tenantId, runId, APPROVAL_PACKET_STEP],
     );
     if (!cp) throw new NotFoundError('approval checkpoint');
-    return { seq: cp.sequence_num, output: cp.output, overdue: cp.overdue === true };
+    return { seq: cp.sequence_num, output: cp.output, overdue: cp.overdue === true, checkedAt: cp.checked_at };
   }
 }
 
@@ -252,8 +259,10 @@ export class ApprovalService {
  */
 async function missingRun(em: EntityManager, principal: Principal, approvalId: string): Promise<Error> {
   const [req] = await em.execute<{ run_id: string; status: ApprovalStatus; submitted_by: string }[]>(
-    // Its status as it reads (GET, approvals.routes.ts): one still stored pending past its deadline reads expired.
-    `select run_id, case when status = 'pending' and sla_deadline <= now() then 'expired' else status end as status, submitted_by from approval_requests where id = ?`,
+    // Its status as it reads (GET, approvals.routes.ts): one still stored pending past its deadline reads
+    // expired. By this statement's clock: decide's locking read may have waited for the run row (its
+    // deletion by run retention) while the deadline passed, after now(), the transaction's start.
+    `select run_id, case when status = 'pending' and sla_deadline <= statement_timestamp() then 'expired' else status end as status, submitted_by from approval_requests where id = ?`,
     [approvalId],
   );
   if (!req) return new NotFoundError('approval request');
