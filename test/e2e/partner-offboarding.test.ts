@@ -29,6 +29,10 @@ const SUBMISSION = {
     { currency: 'USD', amount: -75 },
     { currency: 'EUR', amount: 10 },
     { currency: 'EUR', amount: -10 },
+    // 2,678,818,162,215.360 exactly: summed as doubles, it rounded to .361.
+    { currency: 'KWD', amount: 863_212_823_867.817 },
+    { currency: 'KWD', amount: 835_851_907_730.742 },
+    { currency: 'KWD', amount: 979_753_430_616.801 },
   ],
 };
 
@@ -64,6 +68,7 @@ describe('partner offboarding over HTTP', () => {
     const [frozen, settled, archived] = run.steps.map((s: { output: unknown }) => s.output);
     expect(settled.lines).toEqual([
       { currency: 'EUR', net: 0, direction: 'none' },
+      { currency: 'KWD', net: 2_678_818_162_215.36, direction: 'pay_partner' },
       { currency: 'SAR', net: 1000.25, direction: 'pay_partner' },
       { currency: 'USD', net: -75, direction: 'collect_from_partner' },
     ]);

@@ -28,6 +28,11 @@ const put = (token: string, body: unknown, key?: string) => putPolicy(stack, tok
 
 /** Submits `body` as the tenant's submitter and waits until the run is classified: its approval packet. */
 async function classifiedPacket(t: Awaited<ReturnType<typeof tenantTokens>>, body: typeof CLASS_A_SUBMISSION) {
+  return (await classifiedRun(t, body)).steps[2].output;
+}
+
+/** Submits `body` as the tenant's submitter and waits until the run is classified: the run, as GET /runs/:id answers. */
+async function classifiedRun(t: Awaited<ReturnType<typeof tenantTokens>>, body: typeof CLASS_A_SUBMISSION) {
   const res = await api(stack, 'POST', '/api/v1/golden-path/run', { token: t.submitter, body, headers: { 'Idempotency-Key': randomUUID() } });
   expect(res.status, res.text).toBe(202);
   const run = await waitFor(
@@ -38,7 +43,7 @@ async function classifiedPacket(t: Awaited<ReturnType<typeof tenantTokens>>, bod
     { timeoutMs: 60_000, intervalMs: 100, what: `the ${body.currency} run to be classified` },
   );
   expect(run.status).not.toBe('failed');
-  return run.steps[2].output;
+  return run;
 }
 
 describe('PUT approval-policy with an optional Idempotency-Key', () => {
@@ -325,6 +330,16 @@ describe("cost thresholds and the policy's currency's minor unit", () => {
         expect(overBound, currency).toMatchObject({ approval_class: 'B', required_approvals: 1 });
       }),
     );
+  });
+
+  it("a run's cost above 2.25 × 10¹² KWD is recorded exactly, not a minor unit off (its step output, its economics_models row)", async () => {
+    const t = await tenantTokens();
+    // 2,678,818,162,215.360 exactly; the sum as doubles, rounded, was .361.
+    const economics = { ...CLASS_A_SUBMISSION.economics, onboarding_cost: 863_212_823_867.817, enablement_cost: 835_851_907_730.742, annual_support_cost: 979_753_430_616.801 };
+    const run = await classifiedRun(t, { ...CLASS_A_SUBMISSION, currency: 'KWD', economics });
+    expect(run.steps[1].output).toMatchObject({ currency: 'KWD', cost: 2_678_818_162_215.36 });
+    const [row] = await tenantEm(stack.container.orm, t.tenant).execute<{ cost: number }[]>('select cost from economics_models where run_id = ?', [run.run_id]);
+    expect(row).toEqual({ cost: 2_678_818_162_215.36 });
   });
 
   it('a policy or a pending change stored before the check still reads and classifies as written; such a change cannot be approved (422), only rejected', async () => {

@@ -5,42 +5,72 @@ import { economicsInput, economicsSchema, submissionSchema, type Economics } fro
 import { EconomicsModelRow } from './golden-path.entities.ts';
 import { provenance } from './provenance.ts';
 import { insertRow } from '../../platform/db/insert-row.ts';
-import { minorDigits, roundMinor } from '../../platform/money/minor-units.ts';
+import { asWritten, minorDigits, productExact, ratioRounded, roundExact, sumExact, unitsToNumber, type Exact } from '../../platform/money/minor-units.ts';
 
 type EconomicsInput = z.infer<typeof economicsInput>;
 
-const round2 = (n: number) => Math.round(n * 100) / 100;
+/**
+ * The inputs the model computes from, each exactly as written (asWritten: 0.3 is 3/10, not the double
+ * nearest it). Every sum and product of them is exact (bigint, no binary fraction, no bound to
+ * overflow): money is rounded once, at the end, and the months are a ratio of exact values.
+ */
+type ExactInputs = { deals: Exact; dealValue: Exact; winRate: Exact; margin: Exact; cost: Exact };
+
+function exactInputs(e: EconomicsInput): ExactInputs {
+  return {
+    deals: asWritten(e.expected_deals_per_year),
+    dealValue: asWritten(e.average_deal_value),
+    winRate: asWritten(e.win_rate),
+    margin: asWritten(e.gross_margin),
+    cost: sumExact([e.onboarding_cost, e.enablement_cost, e.annual_support_cost].map(asWritten)),
+  };
+}
+
+const upsideOf = (x: ExactInputs) => productExact([x.deals, x.dealValue, x.winRate]);
+const profitOf = (x: ExactInputs) => productExact([upsideOf(x), x.margin]);
+const TWELVE = asWritten(12);
+const ONE = asWritten(1);
+const [MINUS_20, PLUS_20] = [asWritten(0.8), asWritten(1.2)];
+const atMostOne = (r: Exact): Exact => (r.units > ONE.units * 10n ** BigInt(r.scale) ? ONE : r);
 
 /**
- * Months to recover the cost from gross profit; null when there is no profit, or one so small (rates
- * near 10⁻¹⁵⁰ pass validation) that the months are no finite number: never paid back either way.
+ * Months to recover the cost from gross profit, cost × 12 ÷ profit to 2 decimals (a half up), from
+ * the exact values; null when there is no profit, or one so small (rates near 10⁻¹⁵⁰ pass validation)
+ * that the months are no finite number: never paid back either way.
  */
-export function paybackMonths(e: EconomicsInput): number | null {
-  const profit = e.expected_deals_per_year * e.average_deal_value * e.win_rate * e.gross_margin;
-  if (profit <= 0) return null;
-  const months = round2((e.onboarding_cost + e.enablement_cost + e.annual_support_cost) / (profit / 12));
+function exactPayback(x: ExactInputs): number | null {
+  const profit = profitOf(x);
+  if (profit.units === 0n) return null;
+  const months = ratioRounded(productExact([x.cost, TWELVE]), profit, 2);
   return Number.isFinite(months) ? months : null;
 }
 
-/** Pure: upside, profit and cost (to the currency's minor unit), payback and the ±20 % sensitivity on win rate and deal value. */
+/** The payback months of a submission's economics (exactPayback). */
+export function paybackMonths(e: EconomicsInput): number | null {
+  return exactPayback(exactInputs(e));
+}
+
+/**
+ * Pure: upside, profit and cost (to the currency's minor unit), payback and the ±20 % sensitivity on
+ * win rate and deal value. Computed exactly from the inputs as written, each amount rounded once.
+ */
 export function buildEconomics(e: EconomicsInput, currency: string): Economics {
-  const upside = e.expected_deals_per_year * e.average_deal_value * e.win_rate;
-  const profit = upside * e.gross_margin;
-  const cost = e.onboarding_cost + e.enablement_cost + e.annual_support_cost;
+  const x = exactInputs(e);
   // Money to the currency's minor unit (3 decimals for KWD: 50,000.004 stays above a 50,000 bound).
   const digits = minorDigits(currency);
-  const scenario = (label: string, patch: Partial<EconomicsInput>) => ({ label, payback_months: paybackMonths({ ...e, ...patch }) });
+  const money = (v: Exact) => unitsToNumber(roundExact(v, digits), digits);
+  const scenario = (label: string, patch: Partial<ExactInputs>) => ({ label, payback_months: exactPayback({ ...x, ...patch }) });
   return {
     currency,
-    revenue_upside: roundMinor(upside, digits),
-    gross_profit: roundMinor(profit, digits),
-    cost: roundMinor(cost, digits),
-    payback_months: paybackMonths(e),
+    revenue_upside: money(upsideOf(x)),
+    gross_profit: money(profitOf(x)),
+    cost: money(x.cost),
+    payback_months: exactPayback(x),
     sensitivity: [
-      scenario('win_rate_-20%', { win_rate: e.win_rate * 0.8 }),
-      scenario('win_rate_+20%', { win_rate: Math.min(1, e.win_rate * 1.2) }),
-      scenario('deal_value_-20%', { average_deal_value: e.average_deal_value * 0.8 }),
-      scenario('deal_value_+20%', { average_deal_value: e.average_deal_value * 1.2 }),
+      scenario('win_rate_-20%', { winRate: productExact([x.winRate, MINUS_20]) }),
+      scenario('win_rate_+20%', { winRate: atMostOne(productExact([x.winRate, PLUS_20])) }),
+      scenario('deal_value_-20%', { dealValue: productExact([x.dealValue, MINUS_20]) }),
+      scenario('deal_value_+20%', { dealValue: productExact([x.dealValue, PLUS_20]) }),
     ],
     provenance: provenance('derived', 'economics-model@1', { economics: e, currency }),
   };

@@ -3,18 +3,18 @@ import { z } from 'zod';
 import type { EntityManager } from '@mikro-orm/postgresql';
 import { defineStep, type StepContext } from '../../platform/durable/workflow.ts';
 import { ConflictError, PermanentError } from '../../platform/errors/app-error.ts';
-import { minorDigits, roundMinor } from '../../platform/money/minor-units.ts';
+import { minorDigits, sumMinor } from '../../platform/money/minor-units.ts';
 import { archivedSchema, frozenSchema, offboardingSubmission, settlementSchema, type OffboardingSubmission, type Settlement } from './partner-offboarding.schemas.ts';
 
 
-/** Pure: the balances netted per currency, to its minor unit, sorted by currency. */
+/** Pure: the balances netted per currency, to its minor unit, sorted by currency: each sum exact (the amounts as written), rounded once. */
 export function settle(balances: OffboardingSubmission['balances']): Settlement['lines'] {
-  const net = new Map<string, number>();
-  for (const b of balances) net.set(b.currency, (net.get(b.currency) ?? 0) + b.amount);
-  return [...net]
+  const amounts = new Map<string, number[]>();
+  for (const b of balances) amounts.set(b.currency, (amounts.get(b.currency) ?? []).concat(b.amount));
+  return [...amounts]
     .sort(([a], [b]) => a.localeCompare(b))
-    .map(([currency, sum]) => {
-      const n = roundMinor(sum, minorDigits(currency));
+    .map(([currency, of]) => {
+      const n = sumMinor(of, minorDigits(currency));
       return { currency, net: n, direction: n > 0 ? 'pay_partner' : n < 0 ? 'collect_from_partner' : 'none' };
     });
 }

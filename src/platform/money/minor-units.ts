@@ -53,8 +53,11 @@ export function minorUnitMessage(currency: string): string {
   return `at most ${digits} decimal${digits === 1 ? '' : 's'} in ${currency} (its ISO 4217 minor unit)`;
 }
 
+/** A decimal number exactly: `units` / 10^`scale` (`scale` ≥ 0). Money and rates as written, and their sums and products. */
+export type Exact = { units: bigint; scale: number };
+
 /** `n` as written (its shortest decimal form, as finerThanMinorUnit reads it), exactly: `units` / 10^`scale`. */
-function asWritten(n: number): { units: bigint; scale: number } {
+export function asWritten(n: number): Exact {
   const [mantissa = '', exponent = '0'] = String(n).split('e');
   const [whole = '', fraction = ''] = mantissa.split('.');
   const scale = fraction.length - Number(exponent);
@@ -77,4 +80,53 @@ export function compareMinor(amount: number, threshold: number, digits: number):
   const left = a.units * 10n ** BigInt(scale - a.scale);
   const right = t.units * 10n ** BigInt(scale - t.scale);
   return left < right ? -1 : left > right ? 1 : 0;
+}
+
+const atScale = (x: Exact, scale: number): bigint => x.units * 10n ** BigInt(scale - x.scale);
+
+/** The exact sum (at the finest scale of its terms: no digit is lost, none is made up). */
+export function sumExact(terms: readonly Exact[]): Exact {
+  const scale = Math.max(0, ...terms.map((t) => t.scale));
+  return { units: terms.reduce((sum, t) => sum + atScale(t, scale), 0n), scale };
+}
+
+/** The exact product. */
+export function productExact(factors: readonly Exact[]): Exact {
+  return factors.reduce((p, f) => ({ units: p.units * f.units, scale: p.scale + f.scale }), { units: 1n, scale: 0 });
+}
+
+/** `n` ÷ `d` (`d` ≠ 0) to a whole number, a half away from zero — integers, exactly. */
+function divideRounded(n: bigint, d: bigint): bigint {
+  const negative = n < 0n !== d < 0n;
+  const [an, ad] = [n < 0n ? -n : n, d < 0n ? -d : d];
+  const q = an / ad + (2n * (an % ad) >= ad ? 1n : 0n);
+  return negative ? -q : q;
+}
+
+/** `x` in units of 10^-`digits` (the minor units, for a currency's `digits`), rounded once, a half away from zero, exactly. */
+export function roundExact(x: Exact, digits: number): bigint {
+  return x.scale <= digits ? atScale(x, digits) : divideRounded(x.units, 10n ** BigInt(x.scale - digits));
+}
+
+/**
+ * `units` × 10^-`digits` as a number: the double nearest to it, read from its decimal form (rounded
+ * once; for |`units`| < 2^53 the same double as `units` ÷ 10^`digits`, which JSON writes with those
+ * digits). Never -0; beyond a double's range, ±Infinity.
+ */
+export function unitsToNumber(units: bigint, digits: number): number {
+  if (units === 0n) return 0;
+  const digitsOf = (units < 0n ? -units : units).toString().padStart(digits + 1, '0');
+  const cut = digitsOf.length - digits;
+  return Number(`${units < 0n ? '-' : ''}${digitsOf.slice(0, cut)}${digits > 0 ? `.${digitsOf.slice(cut)}` : ''}`);
+}
+
+/** The sum of `amounts` as written, rounded once to `digits` decimals (a half away from zero): exact at any magnitude and count. */
+export function sumMinor(amounts: readonly number[], digits: number): number {
+  return unitsToNumber(roundExact(sumExact(amounts.map(asWritten)), digits), digits);
+}
+
+/** `n` ÷ `d` (`d` ≠ 0) to `digits` decimals, a half away from zero, computed exactly and then read as the nearest double (a ratio: months, not money). */
+export function ratioRounded(n: Exact, d: Exact, digits: number): number {
+  // n/d × 10^digits = n.units × 10^(d.scale + digits) ÷ (d.units × 10^n.scale)
+  return unitsToNumber(divideRounded(n.units * 10n ** BigInt(d.scale + digits), d.units * 10n ** BigInt(n.scale)), digits);
 }
