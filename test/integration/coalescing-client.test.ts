@@ -14,6 +14,8 @@ import { ApprovalRequest } from '../../src/modules/approvals/approval.entities.t
 import { insertRow } from '../../src/platform/db/insert-row.ts';
 import { entities } from '../../src/entities.ts';
 import { StepExecutor } from '../../src/platform/durable/executor.ts';
+import { DurableRuntime } from '../../src/platform/durable/runtime.ts';
+import { gatedWorkflow } from '../helpers/slow-workflow.ts';
 import { pino } from 'pino';
 
 /**
@@ -455,13 +457,16 @@ describe('coalescing client', () => {
     expect(row!.output.approval_class).toBe('A');
   });
 
-  it("a run resumed after its approval: its job's first message names the worker the run's holder ahead of its read (ADR 0016), no message more", async () => {
+  /**
+   * A class B golden-path run taken to its approval wait by `executor` (its holder cleared by the wait),
+   * approved: its job from step 4, the resume's, is returned (still to be processed, then removed).
+   */
+  async function approvedClassB(executor: StepExecutor) {
     const { runtime, orm } = stack.container;
     const tenant = randomUUID();
     const wf = runtime.workflow(GOLDEN_PATH);
     const hash = randomBytes(32).toString('hex');
     const { run } = await runtime.start(tenantEm(orm, tenant), GOLDEN_PATH, { tenantId: tenant, principal: 'producer', idempotencyHash: hash, input: SAMPLE_SUBMISSION, correlationId: randomUUID() });
-    const executor = new StepExecutor({ orm, runtime, logger: pino({ level: 'silent' }), workerId: 'test-resumed', leaseMs: 2_000 });
     const queue = runtime.queues.get(wf.queue)!;
     const first = (await queue.getJob(stepJobId(wf.tag, hash, 1, wf.steps[0]!.name)))!;
     expect((await executor.process(first)).status).toBe('waiting');
@@ -475,6 +480,13 @@ describe('coalescing client', () => {
     await afterCommit();
     expect(await holder()).toEqual({ status: 'running', lease_owner: null });
     const resumed = (await queue.getJob(stepJobId(wf.tag, hash, 4, wf.steps[3]!.name)))!;
+    return { run, wf, resumed, holder };
+  }
+
+  it("a run resumed after its approval: its job's first message names the worker the run's holder ahead of its read (ADR 0016), no message more", async () => {
+    const { runtime, orm } = stack.container;
+    const executor = new StepExecutor({ orm, runtime, logger: pino({ level: 'silent' }), workerId: 'test-resumed', leaseMs: 2_000 });
+    const { wf, resumed, holder } = await approvedClassB(executor);
     const { result: outcome, texts } = await sent(() => executor.process(resumed));
     await resumed.remove();
     expect(outcome.steps.map((st) => [st.step, st.status, st.replayed])).toEqual([[wf.steps[3]!.name, 'completed', false]]);
@@ -483,6 +495,30 @@ describe('coalescing client', () => {
     expect(texts[0]).toMatch(/update durable_runs set lease_owner = [\s\S]*commit[\s\S]*json_agg/);
     expect(texts[1]).toMatch(/commit$/);
     expect(await holder()).toEqual({ status: 'completed', lease_owner: 'test-resumed' });
+  });
+
+  it('a run carried on by a job of a worker other than the holder on record (a job Redis lost, re-enqueued by the sweeper): the pick-up names this worker', async () => {
+    const { runtime, orm } = stack.container;
+    const logger = pino({ level: 'silent' });
+    const { run, wf, resumed } = await approvedClassB(new StepExecutor({ orm, runtime, logger, workerId: 'test-first', leaseMs: 2_000 }));
+    // The worker that picked the resumed run up first named itself, then its job was lost (Redis flushed,
+    // failed over) and that worker went away: the sweeper's job for the run is carried by another.
+    await stack.db.admin(`update durable_runs set lease_owner = 'test-gone', lease_expires_at = now() where id = $1`, [run.id]);
+    // The holder on record while step 4 runs (before its commit, which names its worker anyway).
+    let during: unknown;
+    const gated = new DurableRuntime({
+      workflows: [gatedWorkflow(wf, async ({ seq }) => {
+        if (seq === 4) during = (await stack.db.admin(`select lease_owner from durable_runs where id = $1`, [run.id])).rows[0]?.lease_owner;
+      })],
+      queues: runtime.queues,
+      logger,
+    });
+    const outcome = await new StepExecutor({ orm, runtime: gated, logger, workerId: 'test-carrier', leaseMs: 2_000 }).process(resumed);
+    await resumed.remove();
+    expect(outcome.steps.map((st) => [st.sequence_num, st.status])).toEqual([[4, 'completed']]);
+    // Before: 'test-gone' — a stall of this live worker's delivery counted as a crash (its holder gone),
+    // and a death of it did not (were 'test-gone' alive).
+    expect(during).toBe('test-carrier');
   });
 
   it('with DATABASE_PREPARED_STATEMENTS=false (a pooler that cannot keep them) nothing stays prepared, and the batch is still one message', async () => {
