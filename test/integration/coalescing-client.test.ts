@@ -9,6 +9,7 @@ import { tenantEm } from '../../src/platform/db/tenant-em.ts';
 import { CoalescingClient, DEFER_UNTIL_NEXT, LAST_IN_TRANSACTION, Prelude, holdingInserts, isDeferrable, withPrelude } from '../../src/platform/db/coalescing-client.ts';
 import { GOLDEN_PATH } from '../../src/modules/golden-path/golden-path.workflow.ts';
 import { stepJobId } from '../../src/platform/queue/job-ids.ts';
+import { waitFor } from '../helpers/poll.ts';
 import { PartnerDossierRow } from '../../src/modules/golden-path/golden-path.entities.ts';
 import { ApprovalRequest } from '../../src/modules/approvals/approval.entities.ts';
 import { insertRow } from '../../src/platform/db/insert-row.ts';
@@ -519,6 +520,36 @@ describe('coalescing client', () => {
     // Before: 'test-gone' — a stall of this live worker's delivery counted as a crash (its holder gone),
     // and a death of it did not (were 'test-gone' alive).
     expect(during).toBe('test-carrier');
+  });
+
+  it("a resumed run cancelled while its job's pick-up waits for the run row: the pick-up writes nothing, no step runs, the job ends", async () => {
+    const { runtime, orm } = stack.container;
+    const executor = new StepExecutor({ orm, runtime, logger: pino({ level: 'silent' }), workerId: 'test-late', leaseMs: 2_000 });
+    const { run, resumed, holder } = await approvedClassB(executor);
+    // A cancel in progress: the run row locked and moved, not committed yet.
+    const cancel = new pg.Client({ connectionString: stack.db.adminUrl });
+    await cancel.connect();
+    try {
+      await cancel.query('begin');
+      await cancel.query(`select 1 from durable_runs where id = $1 for update`, [run.id]);
+      await cancel.query(`update durable_runs set status = 'cancelled', completed_at = now(), lease_owner = null where id = $1`, [run.id]);
+      const processing = executor.process(resumed);
+      // The holder's update waits for the row (its read, in the same message, after it).
+      await waitFor(
+        async () => ((await cancel.query(`select count(*)::int as n from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock' and query like 'update durable_runs set lease_owner%'`)).rows[0].n > 0 ? true : undefined),
+        { timeoutMs: 15_000, what: "the pick-up's update to wait for the run row" },
+      );
+      await cancel.query('commit');
+      const outcome = await processing;
+      expect(outcome.steps).toEqual([]);
+    } finally {
+      await cancel.query('rollback').catch(() => {});
+      await cancel.end();
+      await resumed.remove();
+    }
+    // Re-checked on the row as the cancel left it: not `running`, so not written.
+    expect(await holder()).toEqual({ status: 'cancelled', lease_owner: null });
+    expect((await stack.db.admin(`select count(*)::int as n from durable_checkpoints where run_id = $1 and sequence_num = 4`, [run.id])).rows[0].n).toBe(0);
   });
 
   it('with DATABASE_PREPARED_STATEMENTS=false (a pooler that cannot keep them) nothing stays prepared, and the batch is still one message', async () => {
