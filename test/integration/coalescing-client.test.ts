@@ -9,11 +9,14 @@ import { tenantEm } from '../../src/platform/db/tenant-em.ts';
 import { CoalescingClient, DEFER_UNTIL_NEXT, LAST_IN_TRANSACTION, Prelude, holdingInserts, isDeferrable, withPrelude } from '../../src/platform/db/coalescing-client.ts';
 import { GOLDEN_PATH } from '../../src/modules/golden-path/golden-path.workflow.ts';
 import { stepJobId } from '../../src/platform/queue/job-ids.ts';
+import { waitFor } from '../helpers/poll.ts';
 import { PartnerDossierRow } from '../../src/modules/golden-path/golden-path.entities.ts';
 import { ApprovalRequest } from '../../src/modules/approvals/approval.entities.ts';
 import { insertRow } from '../../src/platform/db/insert-row.ts';
 import { entities } from '../../src/entities.ts';
 import { StepExecutor } from '../../src/platform/durable/executor.ts';
+import { DurableRuntime } from '../../src/platform/durable/runtime.ts';
+import { gatedWorkflow } from '../helpers/slow-workflow.ts';
 import { pino } from 'pino';
 
 /**
@@ -455,13 +458,16 @@ describe('coalescing client', () => {
     expect(row!.output.approval_class).toBe('A');
   });
 
-  it("a run resumed after its approval: its job's first message names the worker the run's holder ahead of its read (ADR 0016), no message more", async () => {
+  /**
+   * A class B golden-path run taken to its approval wait by `executor` (its holder cleared by the wait),
+   * approved: its job from step 4, the resume's, is returned (still to be processed, then removed).
+   */
+  async function approvedClassB(executor: StepExecutor) {
     const { runtime, orm } = stack.container;
     const tenant = randomUUID();
     const wf = runtime.workflow(GOLDEN_PATH);
     const hash = randomBytes(32).toString('hex');
     const { run } = await runtime.start(tenantEm(orm, tenant), GOLDEN_PATH, { tenantId: tenant, principal: 'producer', idempotencyHash: hash, input: SAMPLE_SUBMISSION, correlationId: randomUUID() });
-    const executor = new StepExecutor({ orm, runtime, logger: pino({ level: 'silent' }), workerId: 'test-resumed', leaseMs: 2_000 });
     const queue = runtime.queues.get(wf.queue)!;
     const first = (await queue.getJob(stepJobId(wf.tag, hash, 1, wf.steps[0]!.name)))!;
     expect((await executor.process(first)).status).toBe('waiting');
@@ -475,6 +481,13 @@ describe('coalescing client', () => {
     await afterCommit();
     expect(await holder()).toEqual({ status: 'running', lease_owner: null });
     const resumed = (await queue.getJob(stepJobId(wf.tag, hash, 4, wf.steps[3]!.name)))!;
+    return { run, wf, resumed, holder };
+  }
+
+  it("a run resumed after its approval: its job's first message names the worker the run's holder ahead of its read (ADR 0016), no message more", async () => {
+    const { runtime, orm } = stack.container;
+    const executor = new StepExecutor({ orm, runtime, logger: pino({ level: 'silent' }), workerId: 'test-resumed', leaseMs: 2_000 });
+    const { wf, resumed, holder } = await approvedClassB(executor);
     const { result: outcome, texts } = await sent(() => executor.process(resumed));
     await resumed.remove();
     expect(outcome.steps.map((st) => [st.step, st.status, st.replayed])).toEqual([[wf.steps[3]!.name, 'completed', false]]);
@@ -483,6 +496,60 @@ describe('coalescing client', () => {
     expect(texts[0]).toMatch(/update durable_runs set lease_owner = [\s\S]*commit[\s\S]*json_agg/);
     expect(texts[1]).toMatch(/commit$/);
     expect(await holder()).toEqual({ status: 'completed', lease_owner: 'test-resumed' });
+  });
+
+  it('a run carried on by a job of a worker other than the holder on record (a job Redis lost, re-enqueued by the sweeper): the pick-up names this worker', async () => {
+    const { runtime, orm } = stack.container;
+    const logger = pino({ level: 'silent' });
+    const { run, wf, resumed } = await approvedClassB(new StepExecutor({ orm, runtime, logger, workerId: 'test-first', leaseMs: 2_000 }));
+    // The worker that picked the resumed run up first named itself, then its job was lost (Redis flushed,
+    // failed over) and that worker went away: the sweeper's job for the run is carried by another.
+    await stack.db.admin(`update durable_runs set lease_owner = 'test-gone', lease_expires_at = now() where id = $1`, [run.id]);
+    // The holder on record while step 4 runs (before its commit, which names its worker anyway).
+    let during: unknown;
+    const gated = new DurableRuntime({
+      workflows: [gatedWorkflow(wf, async ({ seq }) => {
+        if (seq === 4) during = (await stack.db.admin(`select lease_owner from durable_runs where id = $1`, [run.id])).rows[0]?.lease_owner;
+      })],
+      queues: runtime.queues,
+      logger,
+    });
+    const outcome = await new StepExecutor({ orm, runtime: gated, logger, workerId: 'test-carrier', leaseMs: 2_000 }).process(resumed);
+    await resumed.remove();
+    expect(outcome.steps.map((st) => [st.sequence_num, st.status])).toEqual([[4, 'completed']]);
+    // Before: 'test-gone' — a stall of this live worker's delivery counted as a crash (its holder gone),
+    // and a death of it did not (were 'test-gone' alive).
+    expect(during).toBe('test-carrier');
+  });
+
+  it("a resumed run cancelled while its job's pick-up waits for the run row: the pick-up writes nothing, no step runs, the job ends", async () => {
+    const { runtime, orm } = stack.container;
+    const executor = new StepExecutor({ orm, runtime, logger: pino({ level: 'silent' }), workerId: 'test-late', leaseMs: 2_000 });
+    const { run, resumed, holder } = await approvedClassB(executor);
+    // A cancel in progress: the run row locked and moved, not committed yet.
+    const cancel = new pg.Client({ connectionString: stack.db.adminUrl });
+    await cancel.connect();
+    try {
+      await cancel.query('begin');
+      await cancel.query(`select 1 from durable_runs where id = $1 for update`, [run.id]);
+      await cancel.query(`update durable_runs set status = 'cancelled', completed_at = now(), lease_owner = null where id = $1`, [run.id]);
+      const processing = executor.process(resumed);
+      // The holder's update waits for the row (its read, in the same message, after it).
+      await waitFor(
+        async () => ((await cancel.query(`select count(*)::int as n from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock' and query like 'update durable_runs set lease_owner%'`)).rows[0].n > 0 ? true : undefined),
+        { timeoutMs: 15_000, what: "the pick-up's update to wait for the run row" },
+      );
+      await cancel.query('commit');
+      const outcome = await processing;
+      expect(outcome.steps).toEqual([]);
+    } finally {
+      await cancel.query('rollback').catch(() => {});
+      await cancel.end();
+      await resumed.remove();
+    }
+    // Re-checked on the row as the cancel left it: not `running`, so not written.
+    expect(await holder()).toEqual({ status: 'cancelled', lease_owner: null });
+    expect((await stack.db.admin(`select count(*)::int as n from durable_checkpoints where run_id = $1 and sequence_num = 4`, [run.id])).rows[0].n).toBe(0);
   });
 
   it('with DATABASE_PREPARED_STATEMENTS=false (a pooler that cannot keep them) nothing stays prepared, and the batch is still one message', async () => {

@@ -76,6 +76,21 @@ describe('Redis', () => {
     }
   });
 
+  it('a Redis that refuses CONFIG (managed Redis): redis-timeout fails as unknown, the rows INFO answers are read from it', async () => {
+    // An ACL user that may do everything but CONFIG, as several managed Redis services give.
+    await own.client.call('ACL', 'SETUSER', 'noconfig', 'on', '>noconfig-secret', '~*', '&*', '+@all', '-config');
+    try {
+      const url = own.url.replace('redis://', 'redis://noconfig:noconfig-secret@');
+      const m = await matrixFor({ env: { REDIS_URL: url } });
+      expect(m.row('redis').status).toBe('PASS');
+      expect(m.row('redis-eviction')).toMatchObject({ status: 'PASS', reason: 'maxmemory-policy noeviction' });
+      expect(m.row('redis-timeout')).toMatchObject({ status: 'FAIL', reason: expect.stringMatching(/^timeout unknown \(CONFIG GET refused\): it must be 0, or a worker whose event loop is blocked/) });
+      expect(m.report.ok).toBe(false);
+    } finally {
+      await own.client.call('ACL', 'DELUSER', 'noconfig');
+    }
+  });
+
   it('an unreachable Redis fails the redis rows with the reason', async () => {
     const m = await matrixFor({ env: { REDIS_URL: `redis://127.0.0.1:${await freePort()}` } });
     expect(m.row('redis').status).toBe('FAIL');

@@ -4,7 +4,7 @@ import pg from 'pg';
 import { api, CLASS_A_SUBMISSION, CLASS_C_SUBMISSION, newTenant, OFFBOARDING_SUBMISSION, SAMPLE_SUBMISSION, startStack, type TestStack } from '../helpers/stack.ts';
 import { waitFor } from '../helpers/poll.ts';
 import { inlineStatement } from '../../src/platform/db/statement-batch.ts';
-import { CoalescingClient, DEFER_UNTIL_NEXT, LAST_IN_TRANSACTION } from '../../src/platform/db/coalescing-client.ts';
+import { CoalescingClient, DEFER_UNTIL_NEXT, LAST_IN_TRANSACTION, type Prelude } from '../../src/platform/db/coalescing-client.ts';
 import { createContainer, type Container } from '../../src/container.ts';
 import { createTestDatabase } from '../helpers/db.ts';
 import { tenantEm } from '../../src/platform/db/tenant-em.ts';
@@ -29,6 +29,9 @@ const statements = new Set<string>();
 /** The same statements as sent, `$n` placeholders and their values, by text. */
 const bound = new Map<string, unknown[]>();
 const originalQuery = CoalescingClient.prototype.query;
+/** A prelude's statements go out with the next transaction's first message, never through query(): recorded here. */
+type PreludeSender = { sendWithPrelude(prelude: Prelude, statement: unknown): Promise<unknown> };
+const originalSendWithPrelude = (CoalescingClient.prototype as unknown as PreludeSender).sendWithPrelude;
 const tok: Record<string, string> = {};
 
 const submit = (body: unknown, key: string = randomUUID()) =>
@@ -53,6 +56,13 @@ beforeAll(async () => {
     if (typeof config === 'string' && Array.isArray(values) && values.length > 0) bound.set(config, values);
     return originalQuery.call(this, config, values, callback);
   };
+  (CoalescingClient.prototype as unknown as PreludeSender).sendWithPrelude = function (this: CoalescingClient, prelude: Prelude, statement: unknown) {
+    for (const s of typeof prelude.sql === 'string' ? [{ text: prelude.sql }] : prelude.sql) {
+      statements.add(inlineStatement(s));
+      if (s.values?.length) bound.set(s.text, [...s.values]);
+    }
+    return originalSendWithPrelude.call(this, prelude, statement);
+  };
   stack = await startStack({ env: { APPROVAL_SLA_B: '1s' } });
   workerContainer = await createContainer(stack.config, { service: 'worker' });
   worker = await startWorkerProcess(workerContainer);
@@ -64,6 +74,7 @@ beforeAll(async () => {
 });
 afterAll(async () => {
   CoalescingClient.prototype.query = originalQuery;
+  (CoalescingClient.prototype as unknown as PreludeSender).sendWithPrelude = originalSendWithPrelude;
   await worker?.stop();
   await workerContainer?.close();
   await stack?.stop();
@@ -224,6 +235,10 @@ describe('queries name their tenant', () => {
       expect(parts.some((s) => /from durable_checkpoints c where/.test(s))).toBe(true);
       // And partner offboarding's submission guard: the record read with the claim, the claim's holder, its take-over.
       for (const guard of [/^with rec as \(select o\.id/, /^select c\.run_id/, /^update partner_offboarding_claims /]) expect(parts.some((s) => guard.test(s)), String(guard)).toBe(true);
+      // And what travels as a prelude (its own short transaction ahead of the next one's first message,
+      // never a query() call): the resumed run's holder (ADR 0016), the idempotency claim (ADR 0004).
+      expect(parts.some((s) => /^update durable_runs set lease_owner = /.test(s))).toBe(true);
+      expect(parts.some((s) => /insert into idempotency_keys/.test(s))).toBe(true);
       expect(found).toEqual([]);
       // Lists read a page in index order, not every row of the tenant sorted: the approvals list
       // without a status filter (newest first) included, each status's page merged in order.
@@ -362,7 +377,7 @@ describe('plans that cannot grow with data', () => {
       // approvals list's indexes are partial like the runs' (approval.entities.ts), a lookup by id has
       // its own index, and one by run names the run's id as a value (approval.service.ts).
       // A run statement that names one run and a status (a retry's `failed`, the sweeper's
-      // `pending`/`running`, the timer repair's `waiting`) proves the predicate of a partial list index,
+      // `pending`/`running`, the timer repair's `waiting`, the resumed job's holder prelude's `running`) proves the predicate of a partial list index,
       // so it tests `status || ''`: the retried and swept runs above are here for that.
       const exempt = (f: string) => EXEMPT.find((e) => e.walk.test(f) && e.sql.test(f.slice(f.indexOf(':\n') + 2).trim()))?.name ?? f;
       expect([...new Set(found.map(exempt))].sort()).toEqual(EXEMPT.map((e) => e.name).sort());

@@ -503,9 +503,13 @@ export class StepExecutor {
    * no holder on record until its next status-moving commit (for the golden path, its end), and a stall
    * of a live worker's delivery counted as a crash (ADR 0016, amendment). A prelude (coalescing-client.ts):
    * its own short transaction, committed asynchronously, sent in the same message as the job's first read
-   * of the run, so it costs no round trip; it writes only a `running` run of the job's generation that has
-   * no holder (a run taken over after a stall already names its holder: countCrash). Never sent for a
-   * job from step 1 (a class A run's, whose first step's commit names its holder).
+   * of the run, so it costs no round trip; it writes only a `running` run of the job's generation whose
+   * holder is not this worker already (a run taken over after a stall is: countCrash named it). A holder
+   * left by another worker is replaced, not kept: the worker whose job Redis lost (the sweeper's job then
+   * carries the run), that handed its job back at shutdown, or whose attempt failed before this retry, is
+   * not the one executing the step now — kept, a stall of this live worker counted as a crash when that
+   * one was gone, and a death of this one was not counted while that one lived. Never sent for a job from
+   * step 1 (a class A run's, whose first step's commit names its holder).
    */
   private holderPrelude(em: EntityManager, d: StepJobData): Prelude {
     const platform = em.getPlatform();
@@ -513,8 +517,8 @@ export class StepExecutor {
     const settings = [TENANT_SETTING, d.tenant_id.toLowerCase(), 'synchronous_commit', 'off'];
     // `status || ''` keeps the row found by its key, never through the partial index of active runs (ADR 0004).
     const claimSql = `update durable_runs set lease_owner = ?, lease_expires_at = now() + ? * interval '1 millisecond'
-        where tenant_id = ? and id = ? and lease_owner is null and (status || '') = 'running' and retry_count = ?`;
-    const claimParams = [this.o.workerId, this.o.leaseMs, d.tenant_id, d.run_id, d.retry ?? 0];
+        where tenant_id = ? and id = ? and lease_owner is distinct from ? and (status || '') = 'running' and retry_count = ?`;
+    const claimParams = [this.o.workerId, this.o.leaseMs, d.tenant_id, d.run_id, this.o.workerId, d.retry ?? 0];
     const bound = [bindParameters(settingsSql, settings, platform), bindParameters(claimSql, claimParams, platform)];
     const sql = bound.every((b) => b !== undefined) ? bound : `${platform.formatQuery(settingsSql, settings)};\n${platform.formatQuery(claimSql, claimParams)}`;
     return new Prelude(sql, 2);
