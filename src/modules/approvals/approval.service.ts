@@ -149,7 +149,8 @@ export class ApprovalService {
       // Decided when its final decision was: the same time, the check's, as that decision's created_at.
       await em.execute(`update approval_requests set status = ?, decided_at = ?::timestamptz, updated_at = now() where id = ?`, [outcome, stored.checkedAt, req.id], 'run');
       const resumed: ApprovalPacket = { ...approvalPacketSchema.parse(stored.output), outcome, decisions: decisions.map(decisionRecord) };
-      const enqueue = await this.runtime.resume(em, req.run_id, stored.seq, resumed);
+      // The step completed when its final decision was recorded (so never before the decisions its output lists).
+      const enqueue = await this.runtime.resume(em, req.run_id, stored.seq, resumed, { at: stored.checkedAt });
       const sla = this.sla;
       const dispatch = afterCommit;
       // After the commit: the decision's webhook deliveries are sent, the run goes on, and its SLA timer has nothing left to time.
