@@ -551,6 +551,8 @@ describe("a class C request's decisions are recorded in the order they were appl
     );
     expect(done.status).toBe('completed');
     expect(done.steps[2].output).toMatchObject({ outcome: 'approved', decisions: recorded });
+    // Step 3 completed when its final decision was recorded, not at that transaction's start (before both decisions).
+    expect(done.steps[2].completed_at).toBe(read.decided_at);
     const pack = await get(`/api/v1/evidence/${done.steps[3].output.evidence_pack_id}`);
     expect(pack.status, pack.text).toBe(200);
     expect(pack.json.content.approval_packet.decisions).toEqual(recorded);

@@ -7,6 +7,7 @@
  */
 import { describe, expect, it } from 'vitest';
 import { randomUUID } from 'node:crypto';
+import pg from 'pg';
 import { api, CLASS_C_SUBMISSION, type TestStack } from '../helpers/stack.ts';
 import { waitFor } from '../helpers/poll.ts';
 import { createEndpoint, submit, tenantWithEndpoint, waitRun, webhookStackForTests, type Receiver } from '../helpers/webhooks.ts';
@@ -155,6 +156,63 @@ describe('approval.decided', () => {
     expect(after.status, after.text).toBe(409);
     expect(await decidedRows(stack, approvalId)).toHaveLength(1);
     await waitRun(stack, t.submitter, runId, ['rejected']);
+  });
+
+  // It carried now(), its transaction's start: a class C second approval whose transaction began before
+  // the first's said it happened before the first, and a receiver ordering by `timestamp` (as the docs
+  // say to) applied "approved 2/2" and then "pending 1/2".
+  it("each event's timestamp is its decision's decided_at: a second approval whose transaction began before the first's is after it", async () => {
+    const { stack, receiver } = ctx;
+    const t = await tenant(stack, receiver, 'decided-order');
+    const { runId, approvalId } = await waitingClassC(stack, t);
+    const approvals = new ApprovalService(stack.container.runtime);
+    // The second approval (approver-2) begins first and waits for an advisory lock another connection holds.
+    const gate = new pg.Client({ connectionString: stack.db.adminUrl });
+    await gate.connect();
+    try {
+      await gate.query('begin');
+      await gate.query('select pg_advisory_xact_lock(7319)');
+      const second = tenantEm(stack.container.orm, t.tenantId)
+        .transactional(async (tx) => {
+          await tx.execute('select pg_advisory_xact_lock(7319)');
+          return approvals.decide(tx, { sub: 'approver-2', tenantId: t.tenantId, roles: ['approver'] }, approvalId, 'approve', null);
+        })
+        // After the commit, as the route does: its deliveries dispatched, the run job enqueued.
+        .then(async ({ result, afterCommit }) => (await afterCommit(), { result }))
+        .then((ok) => ok, (error: unknown) => ({ error }));
+      // Waiting, its transaction begun a few milliseconds ago at least (read outside the gate's
+      // transaction, which would keep one snapshot of pg_stat_activity).
+      await waitFor(
+        async () =>
+          (
+            await stack.db.admin(
+              `select count(*)::int as n from pg_locks l join pg_stat_activity a on a.pid = l.pid
+                where l.locktype = 'advisory' and l.objid = 7319 and not l.granted and a.datname = current_database()
+                  and clock_timestamp() - a.xact_start > interval '5 milliseconds'`,
+            )
+          ).rows[0].n > 0,
+        { timeoutMs: 20_000, what: 'the second approval to begin and wait for the advisory lock' },
+      );
+      // The first approval (approver-1) is decided meanwhile, start to end.
+      const first = await decide(stack, approvalId, t.approvers[0]!, 'approve');
+      expect(first.status, first.text).toBe(200);
+      expect(first.json).toMatchObject({ status: 'pending', approvals: 1 });
+      await gate.query('commit');
+      expect(await second).toEqual({ result: expect.objectContaining({ status: 'approved', approvals: 2 }) });
+    } finally {
+      await gate.query('rollback').catch(() => {});
+      await gate.end();
+    }
+    const decisions = (await api(stack, 'GET', `/api/v1/approvals/${approvalId}`, { token: t.submitter })).json.decisions as Array<{ approver: string; decided_at: string }>;
+    expect(decisions.map((d) => d.approver)).toEqual(['approver-1', 'approver-2']);
+    const events = (await decidedRows(stack, approvalId)).map((r) => r.payload as { timestamp: string; data: { approver: string; decided_at: string } });
+    // Each event happened when its decision was recorded: ordered by timestamp, as they were applied.
+    const byTime = events.map((e) => ({ approver: e.data.approver, timestamp: e.timestamp, decided_at: e.data.decided_at }))
+      // (a tie of the milliseconds kept: either order is right, take the request's)
+      .sort((x, y) => x.timestamp.localeCompare(y.timestamp) || decisions.findIndex((d) => d.approver === x.approver) - decisions.findIndex((d) => d.approver === y.approver));
+    expect(byTime).toEqual(decisions.map((d) => ({ approver: d.approver, timestamp: d.decided_at, decided_at: d.decided_at })));
+    await receivedDecided(receiver, '/decided-order', t.endpoint.secret, approvalId, 2);
+    await waitRun(stack, t.submitter, runId, ['completed']);
   });
 
   it('a decision whose transaction rolls back leaves no delivery; the same decision committed leaves exactly one', async () => {

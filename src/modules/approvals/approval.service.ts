@@ -16,9 +16,13 @@ import type { WebhookEventType } from '../../platform/webhooks/webhook.entities.
 const APPROVAL_DECIDED: WebhookEventType = 'approval.decided';
 /**
  * The `approval.decided` event of the decision the CTE `d` inserted (none when it inserted none):
- * parameters, the type and the event's data but its time, which is the decision's `created_at`.
+ * parameters, the type and the event's data but its time, which is the decision's `created_at` — its
+ * `decided_at`, and the envelope's `timestamp` too (DECIDED_AT), not now(): the second approval of a
+ * class C request whose transaction began before the first's said it happened before the first.
  */
-const DECIDED_EVENT = `select d.tenant_id, ?::text as type, ?::jsonb || jsonb_build_object('decided_at', ${isoTimeSql('d.created_at')}) as data from d`;
+const DECIDED_EVENT = `select d.tenant_id, ?::text as type, ?::jsonb || jsonb_build_object('decided_at', ${isoTimeSql('d.created_at')}) as data, d.created_at as at from d`;
+/** The event's time, for outboxCte's `at`: its decision's. */
+const DECIDED_AT = 'ev.at';
 
 const SUBMITTER_CANNOT_DECIDE = 'The submitter of a run cannot approve or reject it.';
 
@@ -130,7 +134,7 @@ export class ApprovalService {
                   values (?, ?, ?, ?, ?, 'human', ?, ?::timestamptz)
                   on conflict (tenant_id, approval_request_id, approver) do nothing
                   returning tenant_id, approver, decision, comment, created_at, kind),
-       ${outboxCte(DECIDED_EVENT)}
+       ${outboxCte(DECIDED_EVENT, { at: DECIDED_AT })}
        select d.approver, d.decision, d.comment, d.created_at, d.kind, ${OUTBOX_IDS} from d`,
       [randomUUID(), req.tenant_id, req.id, principal.sub, decision, comment, stored.checkedAt, APPROVAL_DECIDED, JSON.stringify(event)],
     );
@@ -145,7 +149,8 @@ export class ApprovalService {
       // Decided when its final decision was: the same time, the check's, as that decision's created_at.
       await em.execute(`update approval_requests set status = ?, decided_at = ?::timestamptz, updated_at = now() where id = ?`, [outcome, stored.checkedAt, req.id], 'run');
       const resumed: ApprovalPacket = { ...approvalPacketSchema.parse(stored.output), outcome, decisions: decisions.map(decisionRecord) };
-      const enqueue = await this.runtime.resume(em, req.run_id, stored.seq, resumed);
+      // The step completed when its final decision was recorded (so never before the decisions its output lists).
+      const enqueue = await this.runtime.resume(em, req.run_id, stored.seq, resumed, { at: stored.checkedAt });
       const sla = this.sla;
       const dispatch = afterCommit;
       // After the commit: the decision's webhook deliveries are sent, the run goes on, and its SLA timer has nothing left to time.

@@ -572,13 +572,15 @@ export class DurableRuntime {
    * terminal `finalStatus` with `opts.step`, the waiting step as the caller knows it (its name and
    * output schema), ends a run of a retired version there without its definition (ADR 0008: an SLA
    * expiry; no process will ever have the definition, so waiting for one would leave the run waiting).
+   * `opts.at` (timestamptz text) is when the waiting step completed, if not at now(), the transaction's
+   * start: a decision's time, taken after its locks (approval.service.ts), which the step's output records.
    */
   async resume(
     em: EntityManager,
     runId: string,
     sequenceNum: number,
     output: unknown,
-    opts: { finalStatus?: RunStatus; step?: Pick<StepDef, 'name' | 'output'> } = {},
+    opts: { finalStatus?: RunStatus; step?: Pick<StepDef, 'name' | 'output'>; at?: string } = {},
   ): Promise<() => Promise<void>> {
     const [run] = await em.execute<RunRow[]>(`select ${RUN_COLUMNS} from durable_runs where id = ? for update`, [runId]);
     if (!run) throw new Error(`run ${runId} not found`);
@@ -594,9 +596,9 @@ export class DurableRuntime {
     if (!step) throw new Error(`workflow ${run.workflow} has no step ${sequenceNum}`);
     const parsed = step.output.parse(output);
     const res = (await em.execute(
-      `update durable_checkpoints set status = 'completed', output = ?::jsonb, completed_at = now(), updated_at = now()
+      `update durable_checkpoints set status = 'completed', output = ?::jsonb, completed_at = coalesce(?::timestamptz, now()), updated_at = now()
         where tenant_id = ? and run_id = ? and sequence_num = ? and status = 'waiting' and step_name = ?`,
-      [JSON.stringify(parsed), run.tenant_id, runId, sequenceNum, step.name],
+      [JSON.stringify(parsed), opts.at ?? null, run.tenant_id, runId, sequenceNum, step.name],
       'run',
     )) as { affectedRows?: number };
     if (!res.affectedRows) throw new Error(`run ${runId} is not waiting at step ${sequenceNum}`);

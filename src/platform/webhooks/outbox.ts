@@ -21,7 +21,10 @@ export interface OutboxEvent {
  * The CTE `wh`, inserting the deliveries of `events` — a query yielding (tenant_id uuid, type text,
  * data jsonb) — and returning their ids. The envelope is Standard Webhooks': `{type, timestamp, data}`.
  * `exceptEndpoint`, an expression over the event `ev`, names an endpoint that gets none of them (one
- * the same statement disables, which its snapshot still sees enabled).
+ * the same statement disables, which its snapshot still sees enabled). `at`, a timestamptz expression
+ * over `ev`, is when the event happened (the envelope's `timestamp`) when that is not now(), the
+ * transaction's start: a decision recorded at its check after its locks (approval.service.ts), whose
+ * transaction may have begun before a decision it then read and followed.
  *
  * The endpoints are read `FOR KEY SHARE`, the lock the deliveries' foreign key takes anyway (no wait
  * added: rotate, disable, enable, update and a recorded attempt lock `FOR NO KEY UPDATE`, which it does
@@ -29,11 +32,12 @@ export interface OutboxEvent {
  * locking read skips the deleted row: without it, the snapshot still saw the endpoint, the insert
  * followed, and its foreign-key check failed the run's end (webhook-endpoint-update-delete.test.ts).
  */
-export function outboxCte(events: string, opts: { exceptEndpoint?: string } = {}): string {
+export function outboxCte(events: string, opts: { exceptEndpoint?: string; at?: string } = {}): string {
   const except = opts.exceptEndpoint ? ` and e.id <> ${opts.exceptEndpoint}` : '';
+  const timestamp = opts.at ? isoTimeSql(opts.at) : ISO_NOW;
   return `wh as (
          insert into webhook_deliveries (id, tenant_id, endpoint_id, event_type, payload, status, attempts, next_attempt_at, created_at, updated_at)
-         select gen_random_uuid(), ev.tenant_id, e.id, ev.type, jsonb_build_object('type', ev.type, 'timestamp', ${ISO_NOW}, 'data', ev.data),
+         select gen_random_uuid(), ev.tenant_id, e.id, ev.type, jsonb_build_object('type', ev.type, 'timestamp', ${timestamp}, 'data', ev.data),
                 'pending', 0, now(), date_trunc('milliseconds', now()), now()
            from (${events}) ev join webhook_endpoints e on e.tenant_id = ev.tenant_id and e.enabled and ev.type = any(e.events)${except}
             for key share of e

@@ -74,7 +74,7 @@ export const testEventData = z
 export const webhookPayload = z
   .strictObject({
     type: z.enum(DELIVERY_EVENT_TYPES),
-    timestamp: isoTime.describe('When the event happened (the transaction that caused it)'),
+    timestamp: isoTime.describe("When the event happened (the transaction that caused it; approval.decided: the decision's decided_at)"),
     data: z.union([runEventData, approvalRequestedData, approvalDecidedData, endpointDisabledData, testEventData]),
   })
   .meta({ id: 'WebhookPayload' });
