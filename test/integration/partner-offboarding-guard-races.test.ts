@@ -22,6 +22,7 @@ import { api, newTenant, OFFBOARDING_SUBMISSION, offboardingStart, startStack, t
 import { requestFingerprint, submissionHash } from '../../src/platform/idempotency/idempotency.service.ts';
 import { offboardingSubmission } from '../../src/modules/partner-offboarding/partner-offboarding.schemas.ts';
 import { waitFor, within } from '../helpers/poll.ts';
+import { sent } from '../helpers/pg-messages.ts';
 
 const LONG = 120_000;
 
@@ -304,9 +305,29 @@ describe("the submission guard's claim against what runs beside it", () => {
     expect(replay.status, replay.text).toBe(202);
     expect(replay.headers.get('idempotent-replayed')).toBe('true');
     expect(replay.json.run_id).toBe(first.json.run_id);
-    const other = await post(randomUUID());
+    // Refused by the claim (no record yet): the claim's holder read after the record-and-claim statement,
+    // one message more than a refusal by a record (idempotency.test.ts; docs/performance.md).
+    const { result: other, texts: refusedTexts } = await sent(() => post(randomUUID()));
     expect(other.status, other.text).toBe(409);
     expect(other.json).toMatchObject({ code: 'partner_already_offboarded', run_id: first.json.run_id, run_status: 'pending', offboarding_status: null });
+    expect(refusedTexts.slice(1)).toEqual([
+      expect.stringMatching(/^with ins as \(\s*insert into durable_runs/),
+      expect.stringMatching(/^with rec as \(select o\.id/),
+      expect.stringMatching(/^select c\.run_id/),
+      'rollback',
+      expect.stringMatching(/^begin;[\s\S]*response_status = 409[\s\S]*;\ncommit$/),
+    ]);
+    // A take-over of a cancelled run's claim: the holder's read and the take-over, two messages more than an accepted submission.
+    expect((await api(stack, 'POST', `/api/v1/partner-offboarding/runs/${first.json.run_id}/cancel`, { token, headers: { 'Idempotency-Key': randomUUID() } })).status).toBe(200);
+    const { result: takenOver, texts: takeOverTexts } = await sent(() => post(randomUUID()));
+    expect(takenOver.status, takenOver.text).toBe(202);
+    expect(takeOverTexts.slice(1)).toEqual([
+      expect.stringMatching(/^with ins as \(\s*insert into durable_runs/),
+      expect.stringMatching(/^with rec as \(select o\.id/),
+      expect.stringMatching(/^select c\.run_id/),
+      expect.stringMatching(/^update partner_offboarding_claims /),
+      expect.stringMatching(/update idempotency_keys set status = 'completed'[\s\S]*;\ncommit$/),
+    ]);
 
     // The crash window (idempotency.test.ts): a first attempt's run (and so its claim) committed, its key
     // left in progress with its lease run out. The retry of the key takes the key over and finds the run.
@@ -327,6 +348,6 @@ describe("the submission guard's claim against what runs beside it", () => {
     const retried = await api(stack, 'POST', RUN, { token, body: crashed, headers: { 'Idempotency-Key': crashKey } });
     expect(retried.status, retried.text).toBe(202);
     expect(retried.json.run_id).toBe(run.id);
-    expect(await runsOf(tenant)).toEqual([first.json.run_id, run.id].sort());
+    expect(await runsOf(tenant)).toEqual([first.json.run_id, takenOver.json.run_id, run.id].sort());
   });
 });
