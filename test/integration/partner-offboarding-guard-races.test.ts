@@ -292,7 +292,7 @@ describe("the submission guard's claim against what runs beside it", () => {
     }
   });
 
-  it("the accepted submission's own key is never refused by its run's claim: replayed (202) while the run holds the partner, and a retry of a key whose first attempt committed its run but not its answer finds that run (202); another key of the partner is refused naming it", { timeout: LONG }, async () => {
+  it("the accepted submission's own key is never refused by its run's claim: replayed (202) while the run holds the partner, and a retry of a key whose first attempt committed its run but not its answer finds that run (202); another key of the partner (spaces around its reference too, not another case: freeze-partner's key) is refused naming it", { timeout: LONG }, async () => {
     const tenant = newTenant();
     const token = await stack.token({ tenantId: tenant, sub: 'submitter-1' });
     const RUN = '/api/v1/partner-offboarding/run';
@@ -305,6 +305,15 @@ describe("the submission guard's claim against what runs beside it", () => {
     expect(replay.status, replay.text).toBe(202);
     expect(replay.headers.get('idempotent-replayed')).toBe('true');
     expect(replay.json.run_id).toBe(first.json.run_id);
+    // The claim's reference is the one freeze-partner keys its record by: trimmed by the input schema,
+    // compared exactly. Spaces around it are the same partner; another case is another reference.
+    const spelled = (reference: string) => api(stack, 'POST', RUN, { token, body: { ...body, partner: { reference, name: 'Acme' } }, headers: { 'Idempotency-Key': randomUUID() } });
+    const spaced = await spelled('  P-OWN-KEY\t');
+    expect(spaced.status, spaced.text).toBe(409);
+    expect(spaced.json).toMatchObject({ run_id: first.json.run_id, offboarding_status: null });
+    const otherCase = await spelled('p-own-key');
+    expect(otherCase.status, otherCase.text).toBe(202);
+    expect(await claimOf(tenant, 'p-own-key')).toEqual([otherCase.json.run_id]);
     // Refused by the claim (no record yet): the claim's holder read after the record-and-claim statement,
     // one message more than a refusal by a record (idempotency.test.ts; docs/performance.md).
     const { result: other, texts: refusedTexts } = await sent(() => post(randomUUID()));
@@ -348,6 +357,6 @@ describe("the submission guard's claim against what runs beside it", () => {
     const retried = await api(stack, 'POST', RUN, { token, body: crashed, headers: { 'Idempotency-Key': crashKey } });
     expect(retried.status, retried.text).toBe(202);
     expect(retried.json.run_id).toBe(run.id);
-    expect(await runsOf(tenant)).toEqual([first.json.run_id, takenOver.json.run_id, run.id].sort());
+    expect(await runsOf(tenant)).toEqual([first.json.run_id, otherCase.json.run_id, takenOver.json.run_id, run.id].sort());
   });
 });
