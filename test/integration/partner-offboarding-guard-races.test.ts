@@ -7,6 +7,9 @@
  * the other side's outcome is the one the claim promises. No admission here (its per-tenant lock would
  * queue two submissions of a tenant one behind the other, and they would never meet on the claim): a
  * producer's start, or a tenant whose in-flight cap is off (MAX_RUNS_IN_FLIGHT_PER_TENANT=0), has none.
+ * The other way round, a submission held open with its claim holds up nothing of the runs' (a cancel,
+ * freeze-partner): the claim row is the submission's only lock besides its own new run, so no lock
+ * order with the runs' rows can deadlock.
  * Real PostgreSQL, as the application role under RLS; no worker (the runs stay as the test leaves them).
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -17,7 +20,8 @@ import { pino } from 'pino';
 import { DurableRuntime, type RunRow } from '../../src/platform/durable/runtime.ts';
 import { tenantEm } from '../../src/platform/db/tenant-em.ts';
 import { PARTNER_OFFBOARDING } from '../../src/modules/partner-offboarding/partner-offboarding.workflow.ts';
-import { refuseHeldPartner } from '../../src/modules/partner-offboarding/partner-offboarding.steps.ts';
+import { freezePartnerStep, refuseHeldPartner } from '../../src/modules/partner-offboarding/partner-offboarding.steps.ts';
+import type { StepContext } from '../../src/platform/durable/workflow.ts';
 import { api, newTenant, OFFBOARDING_SUBMISSION, offboardingStart, startStack, type TestStack } from '../helpers/stack.ts';
 import { requestFingerprint, submissionHash } from '../../src/platform/idempotency/idempotency.service.ts';
 import { offboardingSubmission } from '../../src/modules/partner-offboarding/partner-offboarding.schemas.ts';
@@ -271,6 +275,44 @@ describe("the submission guard's claim against what runs beside it", () => {
     } finally {
       await admin.query('rollback').catch(() => undefined);
       await admin.end();
+    }
+  });
+
+  it("a submission holding the partner's claim in its open transaction holds up nothing of the runs': a cancel of a run of the partner, and freeze-partner (its record claimed, a cancelled one's abandoned) of a run from before the claims", { timeout: LONG }, async () => {
+    const tenant = newTenant();
+    const reference = 'P-LOCKS';
+    // Runs from before the claims (no guard): one to freeze, one to cancel.
+    const { admitSubmission: _guard, ...unguarded } = stack.container.runtime.workflow(PARTNER_OFFBOARDING);
+    const legacyRuntime = new DurableRuntime({ workflows: [unguarded], queues: stack.container.runtime.queues, logger: pino({ level: 'silent' }) });
+    const legacy = async () => (await tenantEm(stack.container.orm, tenant).transactional((tx) => legacyRuntime.start_run(tx, PARTNER_OFFBOARDING, submissionOf(tenant, reference)))).run;
+    try {
+      // A cancelled offboarding whose record is frozen: its claim and its record are both given up.
+      const cancelled = await accepted(tenant, reference);
+      await stack.db.admin(
+        `insert into partner_offboardings (id, tenant_id, run_id, partner_reference, partner_name, reason, status, frozen_at) values ($1, $2, $3, $4, 'Acme', 'inactive', 'frozen', now())`,
+        [randomUUID(), tenant, cancelled.id, reference],
+      );
+      await tenantEm(stack.container.orm, tenant).transactional((tx) => stack.container.runtime.complete(tx, cancelled.id, 'cancelled'));
+      const [toFreeze, toCancel] = [await legacy(), await legacy()];
+      const first = hold(tenant, (tx) => startRun(tx, tenant, reference));
+      const { run: firstRun } = await first.ready;
+      const frozen = tenantEm(stack.container.orm, tenant).transactional((tx) =>
+        freezePartnerStep.run({ submission: offboardingSubmission.parse(submissionOf(tenant, reference).input) }, { em: tx, run: { id: toFreeze.id, tenantId: tenant } } as unknown as StepContext),
+      );
+      expect(await within(frozen, 'freeze-partner beside the held submission')).toMatchObject({ offboarding_id: expect.any(String) });
+      await within(
+        tenantEm(stack.container.orm, tenant).transactional((tx) => stack.container.runtime.complete(tx, toCancel.id, 'cancelled')),
+        'a cancel beside the held submission',
+      );
+      await first.commit();
+      expect(await claimOf(tenant, reference)).toEqual([firstRun.id]);
+      const records = (await stack.db.admin(`select run_id, status from partner_offboardings where tenant_id = $1 order by status`, [tenant])).rows;
+      expect(records).toEqual([
+        { run_id: cancelled.id, status: 'abandoned' },
+        { run_id: toFreeze.id, status: 'frozen' },
+      ]);
+    } finally {
+      await releaseAll();
     }
   });
 
