@@ -1,5 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { randomBytes, randomUUID } from 'node:crypto';
+import { createHash, randomBytes, randomUUID } from 'node:crypto';
 import type { AddressInfo } from 'node:net';
 import type { Server } from 'node:http';
 import { fileURLToPath } from 'node:url';
@@ -187,6 +187,15 @@ export async function runUsers(stack: TestStack, tenantId: string) {
 
 /** A partner offboarding (the second workflow): three steps, no waits. */
 export const OFFBOARDING_SUBMISSION = { partner: { reference: 'P-1', name: 'Acme' }, reason: 'inactive', balances: [{ currency: 'SAR', amount: 10 }] };
+
+/** What a submission of its own (its own idempotency hash) of an offboarding of `reference` hands the runtime's `start_run`/`start`. */
+export const offboardingStart = (tenant: string, reference: string) => ({
+  tenantId: tenant,
+  principal: 'submitter-1',
+  idempotencyHash: createHash('sha256').update(randomUUID()).digest('hex'),
+  input: { ...OFFBOARDING_SUBMISSION, partner: { reference, name: 'Acme' } },
+  correlationId: randomUUID(),
+});
 
 export async function api(stack: TestStack, method: string, path: string, opts: { token?: string; body?: unknown; headers?: Record<string, string>; rawBody?: string } = {}) {
   const headers: Record<string, string> = { ...(opts.headers ?? {}) };

@@ -12,7 +12,7 @@
  * insert with its commit unless a guard follows it.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createHash, randomUUID } from 'node:crypto';
+import { randomUUID } from 'node:crypto';
 import { Job, Queue, UnrecoverableError } from 'bullmq';
 import { pino } from 'pino';
 import { DurableRuntime, type StepJobData } from '../../src/platform/durable/runtime.ts';
@@ -20,7 +20,7 @@ import { StepExecutor } from '../../src/platform/durable/executor.ts';
 import { sent } from '../helpers/pg-messages.ts';
 import { tenantEm } from '../../src/platform/db/tenant-em.ts';
 import { PARTNER_OFFBOARDING } from '../../src/modules/partner-offboarding/partner-offboarding.workflow.ts';
-import { newTenant, OFFBOARDING_SUBMISSION, startStack, type TestStack } from '../helpers/stack.ts';
+import { newTenant, OFFBOARDING_SUBMISSION, offboardingStart, startStack, type TestStack } from '../helpers/stack.ts';
 import { wrappedWorkflow } from '../helpers/run-host.ts';
 
 const LONG = 120_000;
@@ -38,14 +38,7 @@ describe('executions meeting in freeze-partner', () => {
   }, LONG);
   afterAll(async () => stack?.stop());
 
-  /** A submission of its own (its own idempotency hash) of an offboarding of `reference`. */
-  const submissionOf = (tenant: string, reference: string) => ({
-    tenantId: tenant,
-    principal: 'submitter-1',
-    idempotencyHash: createHash('sha256').update(randomUUID()).digest('hex'),
-    input: { ...OFFBOARDING_SUBMISSION, partner: { reference, name: 'Acme' } },
-    correlationId: randomUUID(),
-  });
+  const submissionOf = offboardingStart;
 
   /**
    * A partner offboarding run of `reference`, created without a job, and without the submission guard:
