@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { buildEconomics, paybackMonths } from '../../src/modules/golden-path/economics-model.step.ts';
 import { settle } from '../../src/modules/partner-offboarding/partner-offboarding.steps.ts';
-import { roundMinor } from '../../src/platform/money/minor-units.ts';
+import { ratioRounded, roundMinor } from '../../src/platform/money/minor-units.ts';
 import { canonicalJson } from '../../src/platform/idempotency/canonical-json.ts';
 
 /**
@@ -164,6 +164,26 @@ describe('the economics model, exactly', () => {
       const e = { expected_deals_per_year: Math.floor(rnd() * 200), average_deal_value: money(), win_rate: percent(), gross_margin: percent(), onboarding_cost: money(), enablement_cost: money(), annual_support_cost: money() };
       const { provenance: _, ...m } = buildEconomics(e, currency);
       expect(canonicalJson(m), `${currency} ${JSON.stringify(e)}`).toBe(canonicalJson(legacyEconomics(e, currency)));
+    }
+  });
+
+  it('answers a ratio beyond a double as ±Infinity, and the months of rates near 10⁻³⁰⁸ (valid input) as null, as the exact quotient does', () => {
+    // The reference divides in full: the quotient to 2 decimals, a half away from zero, read as a number.
+    const full = (n: Dec, d: Dec) => Number(decString({ u: halfAway(n.u * pow10(d.s + 2) * (d.u < 0n ? -1n : 1n), (d.u < 0n ? -d.u : d.u) * pow10(n.s)), s: 2 }));
+    const rnd = prng(308);
+    for (let i = 0; i < 2000; i++) {
+      // Ratios from about 10³⁰⁰ to 10³¹⁸, around the largest double (1.8 × 10³⁰⁸) and the 10³⁰⁹ the step tells apart by digits.
+      const n = { u: BigInt(Math.floor(rnd() * 10 ** Math.floor(rnd() * 16))) * (rnd() < 0.5 ? -1n : 1n) + 1n, s: Math.floor(rnd() * 20) };
+      const d = { u: BigInt(1 + Math.floor(rnd() * 10 ** Math.floor(rnd() * 16))), s: n.s + 300 + Math.floor(rnd() * 20) - Math.floor(rnd() * 15) };
+      expect(ratioRounded({ units: n.u, scale: n.s }, { units: d.u, scale: d.s }, 2), `${decString(n)} / ${decString(d)}`).toBe(full(n, d));
+    }
+    expect(ratioRounded({ units: 17976931348623157n, scale: 0 }, { units: 1n, scale: 292 }, 2)).toBe(1.7976931348623157e308);
+    expect(ratioRounded({ units: 1n, scale: 0 }, { units: 1n, scale: 310 }, 2)).toBe(Infinity);
+    expect(ratioRounded({ units: -1n, scale: 0 }, { units: 1n, scale: 310 }, 2)).toBe(-Infinity);
+    for (const r of [5e-324, 2.2250738585072014e-308, 1.2345678901234567e-200]) {
+      const e = { ...ECONOMICS, expected_deals_per_year: 1_000_000, average_deal_value: 999_999_999_999.999, win_rate: r, gross_margin: r };
+      const m = buildEconomics(e, 'KWD');
+      expect([m.payback_months, ...m.sensitivity.map((s) => s.payback_months)], `${r}`).toEqual([null, null, null, null, null]);
     }
   });
 });
