@@ -11,7 +11,7 @@ import { bullBoardAuthRow, bullBoardQueuesRow, type BullBoardInfo } from './bull
 import { redisRows } from './redis.checks.ts';
 import { configRow, databaseCredentialsRow, docsRows, jwtKeysRow, telemetryRow, webhookSsrfGuardRow, workerSettingsRow } from './settings.checks.ts';
 import { workflowVersionsRow } from './workflow-versions.checks.ts';
-import { fail, toReport, type ReadinessReport, type ReadinessRow } from './readiness.types.ts';
+import { acceptanceOf, fail, toReport, type ReadinessReport, type ReadinessRow } from './readiness.types.ts';
 
 /** Everything the matrix inspects. Production wiring: readiness.target.ts; tests point pieces at throwaway things. */
 export interface ReadinessDeps {
@@ -40,7 +40,10 @@ async function guarded(component: string, fn: () => Promise<ReadinessRow[]>): Pr
   }
 }
 
-/** The release readiness matrix: one row per component of the live system, PASS or FAIL with the reason. */
+/**
+ * The release readiness matrix: one row per component of the live system, PASS or FAIL with the reason
+ * (N/A: a production requirement outside production; ACCEPTED: a value it cannot read, verified by the operator).
+ */
 export async function runReadiness(deps: ReadinessDeps): Promise<ReadinessReport> {
   const { config, app, workflows, bullBoard } = deps;
   const rows: ReadinessRow[] = [configRow(undefined, config), ...docsRows(deps.docsRoot)];
@@ -62,7 +65,7 @@ export async function runReadiness(deps: ReadinessDeps): Promise<ReadinessReport
   rows.push(jwtKeysRow(config));
   rows.push(webhookSsrfGuardRow(config));
   rows.push(databaseCredentialsRow(config));
-  rows.push(...(await guarded('redis', () => redisRows(deps.redis, { production: config.NODE_ENV === 'production' }))));
+  rows.push(...(await guarded('redis', () => redisRows(deps.redis, { production: config.NODE_ENV === 'production', acceptance: acceptanceOf(config) }))));
   rows.push(workerSettingsRow(config, workflows));
   rows.push(...(await guarded('workflow-versions', async () => [await workflowVersionsRow(deps.orm, workflows)])));
   return toReport(rows);

@@ -119,6 +119,17 @@ describe('configuration', () => {
     }
   });
 
+  it('READINESS_ACCEPT_UNKNOWN: none unless set; only the rows whose value can be unknown, each other id named (a typo accepts nothing silently)', () => {
+    const none = parseConfig({ JWT_SECRET: SECRET });
+    expect([none.READINESS_ACCEPT_UNKNOWN, none.READINESS_ACCEPT_NOTE]).toEqual([[], undefined]);
+    const c = parseConfig({ JWT_SECRET: SECRET, READINESS_ACCEPT_UNKNOWN: ' redis-timeout, redis-eviction,redis-persistence ', READINESS_ACCEPT_NOTE: ' checked in the parameter group ' });
+    expect(c).toMatchObject({ READINESS_ACCEPT_UNKNOWN: ['redis-timeout', 'redis-eviction', 'redis-persistence'], READINESS_ACCEPT_NOTE: 'checked in the parameter group' });
+    expect(configError({ JWT_SECRET: SECRET, READINESS_ACCEPT_UNKNOWN: 'redis-timeout,redis-timout,redis' }).problems).toEqual([
+      'READINESS_ACCEPT_UNKNOWN.1: "redis-timout" is no readiness row whose value can be unknown (redis-eviction, redis-persistence, redis-timeout)',
+      'READINESS_ACCEPT_UNKNOWN.2: "redis" is no readiness row whose value can be unknown (redis-eviction, redis-persistence, redis-timeout)',
+    ]);
+  });
+
   it('refuses a shared secret in production, and an operator user without a password', () => {
     expect(configError({ NODE_ENV: 'production', JWT_SECRET: SECRET }).problems[0]).toMatch(/^JWT_JWKS_URL:/);
     expect(configError({ JWT_SECRET: SECRET, OPERATOR_USER: 'ops' }).problems[0]).toMatch(/^OPERATOR_PASSWORD:/);

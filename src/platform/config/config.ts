@@ -61,6 +61,14 @@ const csv = (fallback: string) =>
         .filter(Boolean),
     );
 
+/**
+ * The readiness rows whose value the matrix may be unable to read (managed Redis refuses CONFIG, some
+ * INFO too): only these may be listed in READINESS_ACCEPT_UNKNOWN. src/readiness/redis.checks.ts
+ * produces an unknown value for exactly these.
+ */
+export const READINESS_UNKNOWABLE_ROWS = ['redis-eviction', 'redis-persistence', 'redis-timeout'] as const;
+export type ReadinessUnknowableRow = (typeof READINESS_UNKNOWABLE_ROWS)[number];
+
 export const configSchema = z
   .object({
     NODE_ENV: z.enum(['development', 'test', 'production']).default('development'),
@@ -228,6 +236,18 @@ export const configSchema = z
     OTEL_SERVICE_NAME: z.string().optional(),
     OTEL_EXPORTER_OTLP_PROTOCOL: z.enum(['http/json', 'http/protobuf', 'grpc']).optional(),
     OTEL_EXPORTER_OTLP_TRACES_PROTOCOL: z.enum(['http/json', 'http/protobuf', 'grpc']).optional(),
+    /**
+     * Readiness rows (comma-separated, READINESS_UNKNOWABLE_ROWS only) whose value the matrix cannot read
+     * here — a managed Redis refuses CONFIG — and that the operator verified where it is set (the
+     * provider's parameter group): such a row is ACCEPTED, not FAIL, and names READINESS_ACCEPT_NOTE. A
+     * value read and found wrong still fails. Read by `npm run readiness` only; any other id stops every
+     * process, as a typo would otherwise accept nothing without a word.
+     */
+    READINESS_ACCEPT_UNKNOWN: csv('').pipe(
+      z.array(z.enum(READINESS_UNKNOWABLE_ROWS, { error: (issue) => `"${String(issue.input)}" is no readiness row whose value can be unknown (${READINESS_UNKNOWABLE_ROWS.join(', ')})` })),
+    ),
+    /** Who verified the accepted rows, where and when: shown in every ACCEPTED row's reason (the audit trail of the acceptance). */
+    READINESS_ACCEPT_NOTE: z.string().trim().min(1).max(500).optional(),
     /** Workers serve their Prometheus metrics (step durations) on this port; unset = off, 0 = an ephemeral port. */
     WORKER_METRICS_PORT: z.coerce.number().int().min(0).max(65535).optional(),
   })
