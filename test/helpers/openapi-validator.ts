@@ -41,7 +41,36 @@ export function publishedSchemas(doc: any) {
     return v(body) ? [] : [...(v.errors ?? [])];
   }
 
-  return { validator, errors };
+  /**
+   * The headers the document publishes for `method path` answering `status` (names in lower case, with
+   * whether each is required), or undefined when it publishes no such response.
+   */
+  function headers(method: string, path: string, status: number): Map<string, boolean> | undefined {
+    const response = doc.paths?.[openApiPath(path)]?.[method.toLowerCase()]?.responses?.[String(status)];
+    if (!response) return undefined;
+    return new Map(Object.entries((response.headers ?? {}) as Record<string, { required?: boolean }>).map(([name, h]) => [name.toLowerCase(), h.required === true]));
+  }
+
+  return { validator, errors, headers };
+}
+
+/**
+ * The response headers a client acts on (follows, waits for, branches on, caches by): each one a
+ * response carries must be published for its route and status. ETag only on reads: Express computes
+ * one for every body, which means nothing on a write's answer (docs/api.md: "A GET answer carries a
+ * weak ETag").
+ */
+export function actionableHeaders(method: string): string[] {
+  return ['location', 'retry-after', 'idempotent-replayed', 'www-authenticate', 'cache-control', 'allow', ...(method === 'GET' ? ['etag'] : [])];
+}
+
+/** Why the response's headers differ from those published (each a sentence), or [] when they agree. */
+export function headerMismatches(published: Map<string, boolean> | undefined, method: string, res: { status: number; headers: Headers }): string[] {
+  if (!published) return [`no ${res.status} response is published`];
+  const out: string[] = [];
+  for (const name of actionableHeaders(method)) if (res.headers.has(name) && !published.has(name)) out.push(`sends ${name}, which is not published`);
+  for (const [name, required] of published) if (required && !res.headers.has(name)) out.push(`publishes ${name} as required, but does not send it`);
+  return out;
 }
 
 /** Every object inside `value` (itself included), each with the path that reaches it. */

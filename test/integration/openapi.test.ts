@@ -3,7 +3,8 @@ import { readFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { api, CLASS_A_SUBMISSION, CLASS_C_SUBMISSION, newTenant, OFFBOARDING_SUBMISSION, SAMPLE_SUBMISSION, startStack, type TestStack } from '../helpers/stack.ts';
 import { waitFor } from '../helpers/poll.ts';
-import { objectsIn, publishedSchemas, withFieldAt } from '../helpers/openapi-validator.ts';
+import { rawGet } from '../helpers/raw-http.ts';
+import { headerMismatches, objectsIn, publishedSchemas, withFieldAt } from '../helpers/openapi-validator.ts';
 import { buildOpenApi } from '../../src/platform/http/openapi.ts';
 import { defineRoute, MUTATING_METHODS } from '../../src/platform/http/route.ts';
 import { WEBHOOK_QUEUE } from '../../src/platform/webhooks/delivery.ts';
@@ -246,8 +247,10 @@ describe('the published schemas hold for real responses of every route', () => {
   function expectPublished(method: string, template: string, res: Res, expectedStatus: number): Res {
     expect(res.status, res.text).toBe(expectedStatus);
     const label = `${method} ${template} ${res.status}`;
-    // 204 No Content: published without content, and sent without a body or a content type.
-    if (res.status === 204) {
+    // The headers a client acts on are published for this status, and those published as required are sent.
+    expect(headerMismatches(schemas.headers(method, template, res.status), method, res), `${label}: headers`).toEqual([]);
+    // 204 No Content and 304 Not Modified: published without content, and sent without a body or a content type.
+    if (res.status === 204 || res.status === 304) {
       expect(res.text, label).toBe('');
       expect(res.headers.get('content-type'), label).toBeNull();
       checked.add(label);
@@ -596,6 +599,25 @@ describe('the published schemas hold for real responses of every route', () => {
     expect(list.json.items.map((i: { tenant_id: string }) => i.tenant_id)).toContain(tenant);
     const del = await api(stack, 'DELETE', path, { token: operator, headers: { 'Idempotency-Key': randomUUID() } });
     expect(expectPublished('DELETE', template, del, 200).json.updated_at).toBeNull();
+  });
+
+  it("a read whose ETag is sent back answers 304 as published, and a handler's 4xx replayed under its key answers as published", async () => {
+    // A tenant of its own: nothing changes its policy or its runs meanwhile, so the body stays the same.
+    const reader = await stack.token({ tenantId: newTenant(), sub: 'conditional-reader' });
+    for (const template of ['/api/v1/approval-policy', '/api/v1/golden-path/runs']) {
+      const first = await get(template, template, reader);
+      const etag = first.headers.get('etag');
+      expect(etag, template).toMatch(/^W\/"/);
+      // By node:http: fetch would add Cache-Control: no-cache, and get the full 200 (docs/api.md, Conventions).
+      const again = await rawGet(`${stack.baseUrl}${template}`, { authorization: `Bearer ${reader}`, 'if-none-match': etag! });
+      expect(expectPublished('GET', template, again, 304).headers.get('etag'), template).toBe(etag);
+    }
+    // A cancel of a run the tenant does not have: the handler's 404 is the key's answer, and replays.
+    const path = `/api/v1/golden-path/runs/${randomUUID()}/cancel`;
+    const key = { 'Idempotency-Key': randomUUID() };
+    expectPublished('POST', '/api/v1/golden-path/runs/:id/cancel', await api(stack, 'POST', path, { token: tok.submitter!, headers: key }), 404);
+    const replay = expectPublished('POST', '/api/v1/golden-path/runs/:id/cancel', await api(stack, 'POST', path, { token: tok.submitter!, headers: key }), 404);
+    expect(replay.headers.get('idempotent-replayed')).toBe('true');
   });
 
   it('checked a real response against every success response that a route publishes', () => {

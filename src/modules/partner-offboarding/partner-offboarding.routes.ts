@@ -22,7 +22,7 @@ export function partnerOffboardingRoutes(deps: { runtime: DurableRuntime; admiss
       ...(deps.admission ? { admission: deps.admission } : {}),
       body: offboardingSubmission,
       responses: {
-        202: { description: 'Accepted: the run is queued', schema: runAccepted },
+        202: { description: 'Accepted: the run is queued', schema: runAccepted, location: true },
         // The workflow's submission guard (refuseHeldPartner): nothing is started, and the key stores the answer.
         409: { description: 'Another offboarding of the tenant holds the partner: archived, or its run not cancelled — retry that run if it failed (code: partner_already_offboarded, with run_id, run_status and offboarding_status)' },
       },

@@ -25,6 +25,13 @@ const responseHeaders = z.object({
 
 const retryAfter = { 'Retry-After': z.string().describe('Seconds to wait before retrying') };
 const replayed = { 'Idempotent-Replayed': z.literal('true').optional().describe('Present on a replay of the stored response of an earlier request with the same Idempotency-Key') };
+/** A read's answer (docs/api.md, Conventions): a weak ETag of its body, which `If-None-Match` turns into a 304 while it holds. */
+const etag = { ETag: z.string().describe('A weak validator of the body (W/"…"); send it back in If-None-Match for a 304 while the body would be the same') };
+/**
+ * The error statuses a handler's answer may have and its key then replays (router.ts, isStoredOutcome):
+ * a 4xx other than 429; never 401, 413 or 415, which are answered before the key is claimed.
+ */
+const REPLAYABLE_ERRORS = new Set([400, 403, 404, 409, 410, 422]);
 
 function problem(description: string, codes: string[], headers: Record<string, ZodType> = {}): ResponseConfig {
   return {
@@ -51,7 +58,8 @@ function errorResponses(def: RouteDef): Record<number, ResponseConfig> {
   out[401] = problem('Missing, expired or invalid bearer token', ['unauthorized'], { 'WWW-Authenticate': z.literal('Bearer') });
   if (def.roles?.length) out[403] = problem(`Needs one of the roles: ${def.roles.join(', ')}`, ['forbidden']);
   if (def.params) out[404] = problem('Not found for this tenant (or a malformed id)', ['not_found', 'validation_failed']);
-  if (mutating) out[409] = problem('A request with this Idempotency-Key is still being processed', ['idempotency_key_in_use'], retryAfter);
+  // Retry-After comes with idempotency_key_in_use only: a route's own 409s (run_not_active, …) have none.
+  if (mutating) out[409] = problem('A request with this Idempotency-Key is still being processed', ['idempotency_key_in_use'], { 'Retry-After': retryAfter['Retry-After'].optional() });
   if (mutating) {
     out[413] = problem('The body is larger than the limit', ['payload_too_large']);
     out[415] = problem(
@@ -89,7 +97,12 @@ function routeConfig(def: RouteDef, withSchemas: boolean): RouteConfig {
   for (const [code, r] of Object.entries(def.responses)) {
     const status = Number(code);
     const isError = status >= 400;
-    const success = { ...(status === 201 || status === 202 ? { Location: z.string().describe('The created or accepted resource') } : {}), ...(MUTATING_METHODS.has(def.method) ? replayed : {}) };
+    const success = {
+      ...(r.location ? { Location: z.string().describe('The created or accepted resource') } : {}),
+      ...(MUTATING_METHODS.has(def.method) ? replayed : {}),
+      ...(def.method === 'get' && status !== 204 ? etag : {}),
+      ...Object.fromEntries(Object.entries(r.headers ?? {}).map(([name, value]) => [name, z.literal(value)])),
+    };
     responses[code] = {
       // A route's own description of an error adds to what the router answers with that status.
       description: isError && errors[status] ? `${r.description}; or: ${errors[status].description}` : r.description,
@@ -104,10 +117,21 @@ function routeConfig(def: RouteDef, withSchemas: boolean): RouteConfig {
           }),
     };
   }
+  if (def.method === 'get') {
+    // A conditional read (If-None-Match) whose body would be the same: no body, the same ETag.
+    responses[304] = { description: 'Not Modified: If-None-Match names the ETag of the body this request would get; no body', headers: responseHeaders.extend(etag) };
+  }
+  // A handler's 4xx is stored under the Idempotency-Key, and its replays say so.
+  if (MUTATING_METHODS.has(def.method)) {
+    for (const [code, r] of Object.entries(responses)) {
+      if (REPLAYABLE_ERRORS.has(Number(code))) r.headers = (r.headers as typeof responseHeaders).extend(replayed);
+    }
+  }
   const key = z.string().min(1).max(255).describe('Unique per intended operation; a retry with the same key and body replays the first response');
   const headers = z.object({
     [CORRELATION_HEADER]: z.string().optional().describe('Your correlation id ([A-Za-z0-9._:-], up to 128); one is generated when absent or invalid'),
     ...(MUTATING_METHODS.has(def.method) ? { 'Idempotency-Key': def.idempotency === 'required' ? key : key.optional() } : {}),
+    ...(def.method === 'get' ? { 'If-None-Match': z.string().optional().describe('The ETag of a body read before: 304 without a body while it would be the same') } : {}),
   });
   return {
     method: def.method,

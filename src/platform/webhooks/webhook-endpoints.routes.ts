@@ -245,7 +245,7 @@ export function webhookEndpointRoutes(deps: {
       idempotency: 'required',
       body: endpointBody,
       responses: {
-        201: { description: 'The endpoint, with its signing secret (Cache-Control: no-store)', schema: createdView },
+        201: { description: 'The endpoint, with its signing secret (Cache-Control: no-store)', schema: createdView, headers: SECRET_ANSWER_HEADERS, location: true },
         ...adminOnly,
         409: { description: 'The tenant already has WEBHOOK_MAX_ENDPOINTS enabled endpoints (`webhook_endpoint_limit`): disable or delete one first' },
         422: { description: 'Invalid body: not an http(s) URL (https:// in production), a host that does not resolve, resolves to a loopback, private, link-local or multicast address, or an unknown or no event type' },
@@ -418,7 +418,7 @@ export function webhookEndpointRoutes(deps: {
       params: idParam,
       body: rotateBody,
       responses: {
-        200: { description: 'The endpoint, with its new signing secret (Cache-Control: no-store); `previous_secret_expires_at` says until when the replaced one still signs', schema: rotatedView },
+        200: { description: 'The endpoint, with its new signing secret (Cache-Control: no-store); `previous_secret_expires_at` says until when the replaced one still signs', schema: rotatedView, headers: SECRET_ANSWER_HEADERS },
         ...adminOnly,
         404: { description: 'No such endpoint for this tenant' },
         422: { description: 'Invalid body: `previous_secret_expires_in_seconds` not an integer from 0 to 604800 (7 days), or an unknown field' },
