@@ -15,6 +15,16 @@ const problemSchema = z
     detail: z.string().optional(),
     request_id: z.string().optional().describe('Quote it when reporting a problem'),
     errors: z.array(z.object({ path: z.string(), message: z.string() })).optional().describe('validation_failed: each bad field'),
+    // Extension members (RFC 9457) some codes carry (docs/api.md, "Status codes"); a client ignores those it does not know.
+    run_id: z.string().optional().describe('partner_already_offboarded: the run that holds the partner; run_deleted: the removed run'),
+    run_status: z.string().nullable().optional().describe('run_not_active, run_not_failed, run_not_retryable, workflow_version_retired, partner_already_offboarded: the run\'s status (null: that run was removed by run retention)'),
+    offboarding_status: z.string().optional().describe('partner_already_offboarded: the holding offboarding record\'s status'),
+    approval_status: z.string().optional().describe('run_deleted: the approval request\'s status, as GET reads it'),
+    workflow: z.string().optional().describe('workflow_version_retired: the run\'s workflow'),
+    workflow_version: z.number().int().optional().describe('workflow_version_retired: the retired version'),
+    current_version: z.number().int().optional().describe('workflow_version_retired: the version a new submission runs on'),
+    pending: z.number().int().optional().describe('too_many_pending_changes: the policy changes pending'),
+    limit: z.number().int().optional().describe('too_many_pending_changes: the most a tenant may have pending'),
   })
   .meta({ id: 'Problem' });
 
