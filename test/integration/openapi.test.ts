@@ -78,6 +78,18 @@ describe('OpenAPI 3.1 from the route declarations', () => {
     expect(Object.keys(decision['409'].headers)).toContain('Retry-After');
   });
 
+  it('publishes the webhook message as WebhookPayload (docs/api.md, Webhooks), as an OpenAPI 3.1 webhook with its signature headers, and a delivery\'s payload as it', async () => {
+    const doc = (await api(stack, 'GET', '/openapi.json')).json;
+    expect(Object.keys(doc.components.schemas)).toContain('WebhookPayload');
+    expect(JSON.stringify(doc.components.schemas.WebhookDelivery.properties.payload)).toContain('#/components/schemas/WebhookPayload');
+    const hook = Object.values(doc.webhooks ?? {}).map((w: any) => w.post)[0];
+    expect(hook, 'a webhook in the document').toBeDefined();
+    expect(JSON.stringify(hook.requestBody.content['application/json'].schema)).toContain('#/components/schemas/WebhookPayload');
+    expect(hook.parameters.filter((p: { in: string }) => p.in === 'header').map((p: { name: string }) => p.name)).toEqual(
+      expect.arrayContaining(['webhook-id', 'webhook-timestamp', 'webhook-signature']),
+    );
+  });
+
   it("names database_timeout among every route's 503s: any request's statement may wait out DATABASE_STATEMENT_TIMEOUT (to-problem.ts)", async () => {
     const doc = (await api(stack, 'GET', '/openapi.json')).json;
     const without = stack.container.routes

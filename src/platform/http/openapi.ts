@@ -4,6 +4,7 @@ import { MUTATING_METHODS, type RouteDef } from './route.ts';
 import { CORRELATION_HEADER } from './correlation.ts';
 import { PROBLEM_CONTENT_TYPE } from './problem.middleware.ts';
 import { PROBLEM_TYPE_BASE } from '../errors/to-problem.ts';
+import { webhookPayload } from '../webhooks/webhook-events.ts';
 
 /** RFC 9457 problem details, as every error response is shaped (errors/to-problem.ts). */
 const problemSchema = z
@@ -181,6 +182,28 @@ function operationalRoutes(): RouteConfig[] {
   ];
 }
 
+/**
+ * What the platform POSTs to a tenant's webhook endpoint (docs/api.md, Webhooks): an OpenAPI 3.1
+ * webhook, its body `WebhookPayload`, signed per Standard Webhooks.
+ */
+function webhookMessage(): RouteConfig {
+  return {
+    method: 'post',
+    path: 'event',
+    summary: 'An event, POSTed to each enabled endpoint subscribed to its type (at least once: deduplicate by webhook-id)',
+    tags: ['webhooks'],
+    request: {
+      headers: z.object({
+        'webhook-id': z.string().describe('The delivery id: the same on every attempt and resend of the message'),
+        'webhook-timestamp': z.string().describe('Unix seconds of this attempt, signed (Standard Webhooks: refuse one older than 5 minutes)'),
+        'webhook-signature': z.string().describe('v1,<base64 HMAC-SHA256> with the endpoint secret; during a rotation\'s overlap two, space-separated (the new secret\'s first)'),
+      }),
+      body: { required: true, content: { 'application/json': { schema: webhookPayload } } },
+    },
+    responses: { 200: { description: 'Any 2xx within WEBHOOK_TIMEOUT: delivered (the body is ignored); anything else, a redirect included, is a failed attempt, retried' } },
+  };
+}
+
 export interface OpenApiResult {
   document: Record<string, unknown>;
   /** Routes whose zod schemas could not be converted (documented without them). Empty when all is well. */
@@ -210,6 +233,7 @@ export function buildOpenApi(routes: RouteDef[], info: { title?: string; version
     }
   }
   for (const r of operationalRoutes()) registry.registerPath(r);
+  registry.registerWebhook(webhookMessage());
   const document = new OpenApiGeneratorV31(registry.definitions).generateDocument({
     openapi: '3.1.0',
     info: {

@@ -114,7 +114,8 @@ export const deliveryView = z
     next_attempt_at: isoTime.nullable().describe('When the next attempt is due (pending); null once delivered or failed'),
     delivered_at: isoTime.nullable(),
     created_at: isoTime,
-    payload: webhookPayload.describe('The message POSTed'),
+    // The component itself (a .describe() would be a copy of it, inlined without its name).
+    payload: webhookPayload,
     resent_at: isoTime.nullable().describe("An admin's last resend of it (POST …/resend): the same event, the same `webhook-id`; null if never resent"),
     resends: z.number().int().min(0).describe('How often an admin resent it'),
   })
