@@ -179,6 +179,7 @@ function operationalRoutes(): RouteConfig[] {
     },
     { method: 'get', path: '/metrics', summary: 'Prometheus metrics (text exposition format)', tags: ['operations'], responses: { 200: plain('Metrics', z.string(), 'text/plain') } },
     { method: 'get', path: '/openapi.json', summary: 'This document', tags: ['operations'], responses: { 200: plain('OpenAPI 3.1', z.looseObject({})) } },
+    { method: 'get', path: '/docs', summary: 'This document rendered as one self-contained HTML page', tags: ['operations'], responses: { 200: plain('HTML', z.string(), 'text/html') } },
   ];
 }
 
