@@ -24,16 +24,25 @@ export function publishedSchemas(doc: any) {
   const compiled = new Map<unknown, ValidateFunction>();
   const openApiPath = (p: string) => p.replace(/:([A-Za-z0-9_]+)/g, '{$1}');
 
-  /** The published schema of `method path` answering `status` with `contentType`; undefined if the document has none. */
-  function validator(method: string, path: string, status: number, contentType: string): ValidateFunction | undefined {
-    const schema = doc.paths?.[openApiPath(path)]?.[method.toLowerCase()]?.responses?.[String(status)]?.content?.[contentType]?.schema;
+  /** `schema` compiled once, with the document's components (undefined for none). */
+  function compile(schema: unknown): ValidateFunction | undefined {
     if (!schema) return undefined;
     let v = compiled.get(schema);
     if (!v) {
-      v = ajv.compile({ ...schema, components: doc.components });
+      v = ajv.compile({ ...(schema as object), components: doc.components });
       compiled.set(schema, v);
     }
     return v;
+  }
+
+  /** The published schema of `method path` answering `status` with `contentType`; undefined if the document has none. */
+  function validator(method: string, path: string, status: number, contentType: string): ValidateFunction | undefined {
+    return compile(doc.paths?.[openApiPath(path)]?.[method.toLowerCase()]?.responses?.[String(status)]?.content?.[contentType]?.schema);
+  }
+
+  /** The published schema of `method path`'s JSON request body; undefined if the document has none. */
+  function requestValidator(method: string, path: string): ValidateFunction | undefined {
+    return compile(doc.paths?.[openApiPath(path)]?.[method.toLowerCase()]?.requestBody?.content?.['application/json']?.schema);
   }
 
   /** Why `body` does not match (Ajv's errors), or [] when it does. */
@@ -51,7 +60,7 @@ export function publishedSchemas(doc: any) {
     return new Map(Object.entries((response.headers ?? {}) as Record<string, { required?: boolean }>).map(([name, h]) => [name.toLowerCase(), h.required === true]));
   }
 
-  return { validator, errors, headers };
+  return { validator, requestValidator, errors, headers };
 }
 
 /**

@@ -111,6 +111,20 @@ describe('OpenAPI 3.1 from the route declarations', () => {
     expect(unnamed).toEqual([]);
   });
 
+  it('publishes each request body as the route validates it: an empty object is valid in the document exactly when the route accepts it', async () => {
+    // A client validating before it sends (or a generated one) must not send what is refused: the
+    // PATCH of a webhook endpoint takes "at least one" field (docs/api.md), which its schema must say.
+    const schemas = publishedSchemas((await api(stack, 'GET', '/openapi.json')).json);
+    const differ: string[] = [];
+    for (const def of stack.container.routes.filter((r) => r.body)) {
+      const v = schemas.requestValidator(def.method, def.path);
+      expect(v, `${def.method} ${def.path}: a published body`).toBeDefined();
+      const published = v!({});
+      if (published !== def.body!.safeParse({}).success) differ.push(`${def.method.toUpperCase()} ${def.path}: {} is ${published ? 'valid' : 'invalid'} in the document only`);
+    }
+    expect(differ).toEqual([]);
+  });
+
   it('converts every route schema (no route falls back to an untyped body)', () => {
     expect(buildOpenApi(stack.container.routes).problems).toEqual([]);
   });

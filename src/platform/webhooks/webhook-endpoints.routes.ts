@@ -52,7 +52,9 @@ export function patchOf<S extends Record<string, z.ZodType>>(shape: S): PatchSha
  */
 export const endpointPatch = z
   .strictObject({ ...patchOf(endpointFields), description: endpointFields.description.unwrap().nullable().optional() })
-  .refine((b) => Object.values(b).some((v) => v !== undefined), { message: 'Send at least one field to change' });
+  .refine((b) => Object.values(b).some((v) => v !== undefined), { message: 'Send at least one field to change' })
+  // The refinement, as the OpenAPI document can say it (a refine is not converted).
+  .meta({ minProperties: 1 });
 
 const endpointView = z
   .strictObject({
