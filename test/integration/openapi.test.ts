@@ -123,6 +123,17 @@ describe('OpenAPI 3.1 from the route declarations', () => {
       if (published !== def.body!.safeParse({}).success) differ.push(`${def.method.toUpperCase()} ${def.path}: {} is ${published ? 'valid' : 'invalid'} in the document only`);
     }
     expect(differ).toEqual([]);
+    // Codes the route checks against ISO's lists are published as their shape at least: a lower-case
+    // or empty country or currency is invalid in the document too, not only at the API.
+    const submission = schemas.requestValidator('post', '/api/v1/golden-path/run')!;
+    const policy = schemas.requestValidator('put', '/api/v1/approval-policy')!;
+    const thresholds = { class_a_max_cost: 1, class_a_max_payback_months: 1, class_c_min_cost: 2, class_c_min_payback_months: 2, sla_b_seconds: 60, sla_c_seconds: 60 };
+    expect(submission(SAMPLE_SUBMISSION) && policy({ ...thresholds, currency: 'SAR' })).toBe(true);
+    for (const code of ['', 'sa', 's']) expect(submission({ ...SAMPLE_SUBMISSION, partner: { ...SAMPLE_SUBMISSION.partner, country: code } }), `country ${JSON.stringify(code)}`).toBe(false);
+    for (const code of ['', 'sar', 'SA']) {
+      expect(submission({ ...SAMPLE_SUBMISSION, currency: code }), `currency ${JSON.stringify(code)}`).toBe(false);
+      expect(policy({ ...thresholds, currency: code }), `policy currency ${JSON.stringify(code)}`).toBe(false);
+    }
   });
 
   it('converts every route schema (no route falls back to an untyped body)', () => {
