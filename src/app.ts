@@ -13,6 +13,12 @@ import { routeLabelOf, type RefusalReason } from './platform/http/refusals.ts';
 import { methodNotAllowed, optionsAllow } from './platform/http/method-not-allowed.ts';
 import { weakETag } from './platform/http/etag.ts';
 
+/**
+ * The operational endpoints outside the route declarations (GET only): another method on one of them
+ * is a 405 with `Allow`, and `OPTIONS` a 204, as for the API's own routes (docs/api.md, "Status codes").
+ */
+const OPERATIONAL_PATHS = ['/healthz', '/readyz', '/metrics', '/openapi.json', '/docs'] as const;
+
 /** Middleware order and routers, nothing else. */
 export function createApp(c: Container): Express {
   const app = express();
@@ -37,7 +43,8 @@ export function createApp(c: Container): Express {
   const openapi = openApiHandlers(c.routes, c.logger);
   app.get('/openapi.json', openapi.json);
   app.get('/docs', openapi.docs);
-  app.use(optionsAllow(c.routes));
+  const answered = [...c.routes, ...OPERATIONAL_PATHS.map((path) => ({ method: 'get', path }))];
+  app.use(optionsAllow(answered));
   app.use(
     buildRouter(c.routes, {
       orm: c.orm,
@@ -50,7 +57,7 @@ export function createApp(c: Container): Express {
       idempotencyMetrics: { replays: c.metrics.idempotencyReplays, conflicts: c.metrics.idempotencyConflicts },
     }),
   );
-  app.use(methodNotAllowed(c.routes));
+  app.use(methodNotAllowed(answered));
   app.use(notFoundHandler);
   app.use(problemHandler(c.logger));
   return app;

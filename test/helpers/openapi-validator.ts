@@ -24,16 +24,25 @@ export function publishedSchemas(doc: any) {
   const compiled = new Map<unknown, ValidateFunction>();
   const openApiPath = (p: string) => p.replace(/:([A-Za-z0-9_]+)/g, '{$1}');
 
-  /** The published schema of `method path` answering `status` with `contentType`; undefined if the document has none. */
-  function validator(method: string, path: string, status: number, contentType: string): ValidateFunction | undefined {
-    const schema = doc.paths?.[openApiPath(path)]?.[method.toLowerCase()]?.responses?.[String(status)]?.content?.[contentType]?.schema;
+  /** `schema` compiled once, with the document's components (undefined for none). */
+  function compile(schema: unknown): ValidateFunction | undefined {
     if (!schema) return undefined;
     let v = compiled.get(schema);
     if (!v) {
-      v = ajv.compile({ ...schema, components: doc.components });
+      v = ajv.compile({ ...(schema as object), components: doc.components });
       compiled.set(schema, v);
     }
     return v;
+  }
+
+  /** The published schema of `method path` answering `status` with `contentType`; undefined if the document has none. */
+  function validator(method: string, path: string, status: number, contentType: string): ValidateFunction | undefined {
+    return compile(doc.paths?.[openApiPath(path)]?.[method.toLowerCase()]?.responses?.[String(status)]?.content?.[contentType]?.schema);
+  }
+
+  /** The published schema of `method path`'s JSON request body; undefined if the document has none. */
+  function requestValidator(method: string, path: string): ValidateFunction | undefined {
+    return compile(doc.paths?.[openApiPath(path)]?.[method.toLowerCase()]?.requestBody?.content?.['application/json']?.schema);
   }
 
   /** Why `body` does not match (Ajv's errors), or [] when it does. */
@@ -41,7 +50,36 @@ export function publishedSchemas(doc: any) {
     return v(body) ? [] : [...(v.errors ?? [])];
   }
 
-  return { validator, errors };
+  /**
+   * The headers the document publishes for `method path` answering `status` (names in lower case, with
+   * whether each is required), or undefined when it publishes no such response.
+   */
+  function headers(method: string, path: string, status: number): Map<string, boolean> | undefined {
+    const response = doc.paths?.[openApiPath(path)]?.[method.toLowerCase()]?.responses?.[String(status)];
+    if (!response) return undefined;
+    return new Map(Object.entries((response.headers ?? {}) as Record<string, { required?: boolean }>).map(([name, h]) => [name.toLowerCase(), h.required === true]));
+  }
+
+  return { validator, requestValidator, errors, headers };
+}
+
+/**
+ * The response headers a client acts on (follows, waits for, branches on, caches by): each one a
+ * response carries must be published for its route and status. ETag only on reads: Express computes
+ * one for every body, which means nothing on a write's answer (docs/api.md: "A GET answer carries a
+ * weak ETag").
+ */
+export function actionableHeaders(method: string): string[] {
+  return ['location', 'retry-after', 'idempotent-replayed', 'www-authenticate', 'cache-control', 'allow', ...(method === 'GET' ? ['etag'] : [])];
+}
+
+/** Why the response's headers differ from those published (each a sentence), or [] when they agree. */
+export function headerMismatches(published: Map<string, boolean> | undefined, method: string, res: { status: number; headers: Headers }): string[] {
+  if (!published) return [`no ${res.status} response is published`];
+  const out: string[] = [];
+  for (const name of actionableHeaders(method)) if (res.headers.has(name) && !published.has(name)) out.push(`sends ${name}, which is not published`);
+  for (const [name, required] of published) if (required && !res.headers.has(name)) out.push(`publishes ${name} as required, but does not send it`);
+  return out;
 }
 
 /** Every object inside `value` (itself included), each with the path that reaches it. */

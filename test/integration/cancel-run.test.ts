@@ -108,6 +108,10 @@ describe('cancelling a run through the API, with a worker running', () => {
     expect(res.status, res.text).toBe(200);
     expect(res.json).toMatchObject({ run_id: id, status: 'cancelled', progress: { current_sequence_num: null }, error: { code: 'cancelled', cancelled_by: 'submitter-1' } });
     expect(res.json.completed_at).toEqual(expect.any(String));
+    // One time of the cancel (docs/api.md): the run's completed_at, its error's cancelled_at, and the
+    // withdrawn request's decided_at — all by the database's clock, not one of them the API's.
+    expect(res.json.error.cancelled_at).toBe(res.json.completed_at);
+    expect((await api(stack, 'GET', `/api/v1/approvals/${approvalId}`, { token: tok.submitter! })).json).toMatchObject({ status: 'withdrawn', decided_at: res.json.completed_at });
     // Logged among the run's lines (its run id and correlation id); the request's own line names the run too.
     const cancelled = await waitFor(() => logLines.find((l) => l.msg === 'run cancelled' && l.run_id === id), { what: "the cancel's log line" });
     expect(cancelled).toMatchObject({ level: 30, tenant_id: tenant, correlation_id: waiting.correlation_id, cancelled_by: 'submitter-1', previous_status: 'waiting' });

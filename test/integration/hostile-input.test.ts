@@ -462,6 +462,18 @@ describe('hostile input on every endpoint', () => {
     expect(await snapshot()).toEqual(before);
   });
 
+  it('the operational endpoints too: another method is 405 Allow: GET, HEAD, and OPTIONS 204 with it, not a 404 saying the route does not exist', async () => {
+    // docs/api.md, "Status codes": 405 with Allow when the path exists under other methods — any path
+    // the API serves, not only those under /api/v1 (a POST /healthz from a misconfigured probe).
+    for (const path of ['/healthz', '/readyz', '/metrics', '/openapi.json', '/docs']) {
+      for (const method of ['POST', 'PUT', 'DELETE']) await expectMethodNotAllowed(method, path, {}, 'GET, HEAD');
+      const options = await send({ method: 'OPTIONS', path, headers: {}, body: undefined });
+      expect(options.status, `OPTIONS ${path}`).toBe(204);
+      expect(options.headers.allow, `OPTIONS ${path}`).toBe('GET, HEAD');
+      expect((await send({ method: 'GET', path, headers: {}, body: undefined })).status, `GET ${path}`).toBe(200);
+    }
+  });
+
   it("a literal path segment is not a path id: GET …/runs/cancel is 405 Allow: POST, not a 404 for an invalid run id", async () => {
     // `…/runs/cancel` (POST) and `…/runs/:id` (GET) share a shape: the literal `cancel` is no run id,
     // so the path exists under POST only, with or without a token (the route is checked first).

@@ -3,7 +3,8 @@ import { readFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { api, CLASS_A_SUBMISSION, CLASS_C_SUBMISSION, newTenant, OFFBOARDING_SUBMISSION, SAMPLE_SUBMISSION, startStack, type TestStack } from '../helpers/stack.ts';
 import { waitFor } from '../helpers/poll.ts';
-import { objectsIn, publishedSchemas, withFieldAt } from '../helpers/openapi-validator.ts';
+import { rawGet } from '../helpers/raw-http.ts';
+import { headerMismatches, objectsIn, publishedSchemas, withFieldAt } from '../helpers/openapi-validator.ts';
 import { buildOpenApi } from '../../src/platform/http/openapi.ts';
 import { defineRoute, MUTATING_METHODS } from '../../src/platform/http/route.ts';
 import { WEBHOOK_QUEUE } from '../../src/platform/webhooks/delivery.ts';
@@ -54,7 +55,8 @@ describe('OpenAPI 3.1 from the route declarations', () => {
       Object.entries(ops as Record<string, { requestBody?: { required?: boolean } }>).filter(([, op]) => op.requestBody && !op.requestBody.required).map(([method]) => `${method} ${path}`),
     );
     expect(optionalBodies).toEqual(['post /api/v1/webhook-endpoints/{id}/rotate-secret']);
-    expect(Object.keys(doc.paths)).toEqual(expect.arrayContaining(['/healthz', '/readyz', '/metrics']));
+    // Every operational endpoint of docs/api.md's table, the HTML rendering of this document included.
+    expect(Object.keys(doc.paths)).toEqual(expect.arrayContaining(['/healthz', '/readyz', '/metrics', '/openapi.json', '/docs']));
   });
 
   it('documents the headers a client acts on: Location, Idempotent-Replayed, Retry-After, WWW-Authenticate', async () => {
@@ -77,6 +79,18 @@ describe('OpenAPI 3.1 from the route declarations', () => {
     expect(Object.keys(decision['409'].headers)).toContain('Retry-After');
   });
 
+  it('publishes the webhook message as WebhookPayload (docs/api.md, Webhooks), as an OpenAPI 3.1 webhook with its signature headers, and a delivery\'s payload as it', async () => {
+    const doc = (await api(stack, 'GET', '/openapi.json')).json;
+    expect(Object.keys(doc.components.schemas)).toContain('WebhookPayload');
+    expect(JSON.stringify(doc.components.schemas.WebhookDelivery.properties.payload)).toContain('#/components/schemas/WebhookPayload');
+    const hook = Object.values(doc.webhooks ?? {}).map((w: any) => w.post)[0];
+    expect(hook, 'a webhook in the document').toBeDefined();
+    expect(JSON.stringify(hook.requestBody.content['application/json'].schema)).toContain('#/components/schemas/WebhookPayload');
+    expect(hook.parameters.filter((p: { in: string }) => p.in === 'header').map((p: { name: string }) => p.name)).toEqual(
+      expect.arrayContaining(['webhook-id', 'webhook-timestamp', 'webhook-signature']),
+    );
+  });
+
   it("names database_timeout among every route's 503s: any request's statement may wait out DATABASE_STATEMENT_TIMEOUT (to-problem.ts)", async () => {
     const doc = (await api(stack, 'GET', '/openapi.json')).json;
     const without = stack.container.routes
@@ -95,6 +109,31 @@ describe('OpenAPI 3.1 from the route declarations', () => {
       }
     }
     expect(unnamed).toEqual([]);
+  });
+
+  it('publishes each request body as the route validates it: an empty object is valid in the document exactly when the route accepts it', async () => {
+    // A client validating before it sends (or a generated one) must not send what is refused: the
+    // PATCH of a webhook endpoint takes "at least one" field (docs/api.md), which its schema must say.
+    const schemas = publishedSchemas((await api(stack, 'GET', '/openapi.json')).json);
+    const differ: string[] = [];
+    for (const def of stack.container.routes.filter((r) => r.body)) {
+      const v = schemas.requestValidator(def.method, def.path);
+      expect(v, `${def.method} ${def.path}: a published body`).toBeDefined();
+      const published = v!({});
+      if (published !== def.body!.safeParse({}).success) differ.push(`${def.method.toUpperCase()} ${def.path}: {} is ${published ? 'valid' : 'invalid'} in the document only`);
+    }
+    expect(differ).toEqual([]);
+    // Codes the route checks against ISO's lists are published as their shape at least: a lower-case
+    // or empty country or currency is invalid in the document too, not only at the API.
+    const submission = schemas.requestValidator('post', '/api/v1/golden-path/run')!;
+    const policy = schemas.requestValidator('put', '/api/v1/approval-policy')!;
+    const thresholds = { class_a_max_cost: 1, class_a_max_payback_months: 1, class_c_min_cost: 2, class_c_min_payback_months: 2, sla_b_seconds: 60, sla_c_seconds: 60 };
+    expect(submission(SAMPLE_SUBMISSION) && policy({ ...thresholds, currency: 'SAR' })).toBe(true);
+    for (const code of ['', 'sa', 's']) expect(submission({ ...SAMPLE_SUBMISSION, partner: { ...SAMPLE_SUBMISSION.partner, country: code } }), `country ${JSON.stringify(code)}`).toBe(false);
+    for (const code of ['', 'sar', 'SA']) {
+      expect(submission({ ...SAMPLE_SUBMISSION, currency: code }), `currency ${JSON.stringify(code)}`).toBe(false);
+      expect(policy({ ...thresholds, currency: code }), `policy currency ${JSON.stringify(code)}`).toBe(false);
+    }
   });
 
   it('converts every route schema (no route falls back to an untyped body)', () => {
@@ -229,11 +268,13 @@ describe('the published schemas hold for real responses of every route', () => {
   const tok: Record<string, string> = {};
   const runs: Record<'a' | 'b' | 'c' | 'failed', string> = { a: '', b: '', c: '', failed: '' };
   let schemas: ReturnType<typeof publishedSchemas>;
+  let publishedDoc: any;
   /** `METHOD template status` of every response checked. */
   const checked = new Set<string>();
 
   beforeAll(async () => {
-    schemas = publishedSchemas((await api(stack, 'GET', '/openapi.json')).json);
+    publishedDoc = (await api(stack, 'GET', '/openapi.json')).json;
+    schemas = publishedSchemas(publishedDoc);
     const t = (sub: string, roles: string[] = []) => stack.token({ tenantId: tenant, sub, roles });
     tok.submitter = await t('submitter-1');
     tok.approver1 = await t('approver-1', ['approver']);
@@ -246,14 +287,21 @@ describe('the published schemas hold for real responses of every route', () => {
   function expectPublished(method: string, template: string, res: Res, expectedStatus: number): Res {
     expect(res.status, res.text).toBe(expectedStatus);
     const label = `${method} ${template} ${res.status}`;
-    // 204 No Content: published without content, and sent without a body or a content type.
-    if (res.status === 204) {
+    // The headers a client acts on are published for this status, and those published as required are sent.
+    expect(headerMismatches(schemas.headers(method, template, res.status), method, res), `${label}: headers`).toEqual([]);
+    // 204 No Content and 304 Not Modified: published without content, and sent without a body or a content type.
+    if (res.status === 204 || res.status === 304) {
       expect(res.text, label).toBe('');
       expect(res.headers.get('content-type'), label).toBeNull();
       checked.add(label);
       return res;
     }
     const contentType = (res.headers.get('content-type') ?? '').split(';')[0]!.trim();
+    if (contentType === 'application/problem+json') {
+      // Extension members (RFC 9457) a client branches on — run_status, run_id, … — are published, each one.
+      const members = Object.keys(publishedDoc.components.schemas.Problem.properties);
+      expect(Object.keys(res.json).filter((k) => !members.includes(k)), `${label}: problem members not published`).toEqual([]);
+    }
     const v = schemas.validator(method, template, res.status, contentType);
     expect(v, `${label}: no published schema for ${contentType}`).toBeDefined();
     expect(schemas.errors(v!, res.json), label).toEqual([]);
@@ -596,6 +644,25 @@ describe('the published schemas hold for real responses of every route', () => {
     expect(list.json.items.map((i: { tenant_id: string }) => i.tenant_id)).toContain(tenant);
     const del = await api(stack, 'DELETE', path, { token: operator, headers: { 'Idempotency-Key': randomUUID() } });
     expect(expectPublished('DELETE', template, del, 200).json.updated_at).toBeNull();
+  });
+
+  it("a read whose ETag is sent back answers 304 as published, and a handler's 4xx replayed under its key answers as published", async () => {
+    // A tenant of its own: nothing changes its policy or its runs meanwhile, so the body stays the same.
+    const reader = await stack.token({ tenantId: newTenant(), sub: 'conditional-reader' });
+    for (const template of ['/api/v1/approval-policy', '/api/v1/golden-path/runs']) {
+      const first = await get(template, template, reader);
+      const etag = first.headers.get('etag');
+      expect(etag, template).toMatch(/^W\/"/);
+      // By node:http: fetch would add Cache-Control: no-cache, and get the full 200 (docs/api.md, Conventions).
+      const again = await rawGet(`${stack.baseUrl}${template}`, { authorization: `Bearer ${reader}`, 'if-none-match': etag! });
+      expect(expectPublished('GET', template, again, 304).headers.get('etag'), template).toBe(etag);
+    }
+    // A cancel of a run the tenant does not have: the handler's 404 is the key's answer, and replays.
+    const path = `/api/v1/golden-path/runs/${randomUUID()}/cancel`;
+    const key = { 'Idempotency-Key': randomUUID() };
+    expectPublished('POST', '/api/v1/golden-path/runs/:id/cancel', await api(stack, 'POST', path, { token: tok.submitter!, headers: key }), 404);
+    const replay = expectPublished('POST', '/api/v1/golden-path/runs/:id/cancel', await api(stack, 'POST', path, { token: tok.submitter!, headers: key }), 404);
+    expect(replay.headers.get('idempotent-replayed')).toBe('true');
   });
 
   it('checked a real response against every success response that a route publishes', () => {

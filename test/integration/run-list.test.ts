@@ -3,9 +3,9 @@
  * runs, newest first, a page at a time, and the plans those pages run on a tenant with a long history.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import http from 'node:http';
 import pg from 'pg';
 import { api, newTenant, runUsers, startStack, type TestStack } from '../helpers/stack.ts';
+import { rawGet } from '../helpers/raw-http.ts';
 import { CoalescingClient } from '../../src/platform/db/coalescing-client.ts';
 import { inlineStatement } from '../../src/platform/db/statement-batch.ts';
 import { GOLDEN_PATH } from '../../src/modules/golden-path/golden-path.workflow.ts';
@@ -38,20 +38,10 @@ async function allPages(stack: TestStack, token: string, path: string, limit: nu
   throw new Error('too many pages');
 }
 
-/**
- * A GET by node:http, not fetch: fetch adds `Cache-Control: no-cache` to a request with If-None-Match
- * (the Fetch standard's cache mode), which makes any server answer it in full.
- */
-function conditionalGet(url: string, headers: Record<string, string>): Promise<{ status: number; etag: string | undefined; body: string }> {
-  return new Promise((resolve, reject) => {
-    const req = http.get(url, { headers, timeout: 30_000 }, (res) => {
-      let body = '';
-      res.on('data', (d) => (body += d));
-      res.on('end', () => resolve({ status: res.statusCode!, etag: res.headers.etag, body }));
-    });
-    req.on('timeout', () => req.destroy(new Error('no answer in 30 s')));
-    req.on('error', reject);
-  });
+/** A conditional read (rawGet: by node:http, as fetch would add Cache-Control: no-cache): its status, ETag and body. */
+async function conditionalGet(url: string, headers: Record<string, string>): Promise<{ status: number; etag: string | undefined; body: string }> {
+  const res = await rawGet(url, headers);
+  return { status: res.status, etag: res.headers.get('etag') ?? undefined, body: res.text };
 }
 
 /** Plan nodes of a JSON plan, depth first. */

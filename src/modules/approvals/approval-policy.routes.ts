@@ -73,7 +73,7 @@ export function approvalPolicyRoutes(deps: { slaBSeconds: number; slaCSeconds: n
       body: approvalPolicyBody,
       responses: {
         200: { description: 'It only tightens (or keeps) the policy: the policy now in force', schema: policyView },
-        202: { description: 'It loosens the policy: a pending change, which applies once a second admin approves it', schema: policyChangeView },
+        202: { description: 'It loosens the policy: a pending change, which applies once a second admin approves it', schema: policyChangeView, location: true },
         403: { description: 'Not an admin of the tenant' },
         409: {
           description: `It loosens the policy, and the tenant already has ${MAX_PENDING_CHANGES} pending changes, the most it may have (too_many_pending_changes; pending, limit): nothing is stored`,

@@ -25,7 +25,7 @@ export function goldenPathRoutes(deps: {
       // The tenant's submission rate and runs-in-flight cap: the router admits the request first (429).
       ...(deps.admission ? { admission: deps.admission } : {}),
       body: submissionRequestSchema,
-      responses: { 202: { description: 'Accepted: the run is queued', schema: runAccepted } },
+      responses: { 202: { description: 'Accepted: the run is queued', schema: runAccepted, location: true } },
       handler: (ctx) => acceptRun(deps.runtime, GOLDEN_PATH, ctx, runPath),
     }),
     ...runRoutes({

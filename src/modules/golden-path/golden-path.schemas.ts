@@ -25,7 +25,8 @@ const rate = z.number().finite().min(0).max(1);
 
 export const partnerInput = z.strictObject({
   name: text(200),
-  country: z.string().max(2).refine((c) => ISO_COUNTRIES.has(c), 'must be an ISO 3166-1 alpha-2 code (upper case)'),
+  // The pattern is what the OpenAPI document can say of the list (a refine is not converted).
+  country: z.string().max(2).refine((c) => ISO_COUNTRIES.has(c), 'must be an ISO 3166-1 alpha-2 code (upper case)').meta({ pattern: '^[A-Z]{2}$' }),
   sector: text(100),
   website: z.string().max(2048).refine(noControl, 'must not contain control characters').url().refine((u) => /^https?:\/\//i.test(u), 'must be an http(s) URL').optional(),
   registration_number: z.string().trim().min(1).max(64).regex(/^[A-Za-z0-9\-\/ ]+$/, 'letters, digits, - / and spaces only').optional(),
@@ -42,7 +43,8 @@ export const economicsInput = z.strictObject({
 });
 
 /** An ISO 4217 currency code, upper case: a submission's, and an approval policy's. */
-export const currencyCode = z.string().max(3).refine((c) => ISO_CURRENCIES.has(c), 'must be an ISO 4217 currency code (upper case)');
+// The pattern is what the OpenAPI document can say of the list (a refine is not converted).
+export const currencyCode = z.string().max(3).refine((c) => ISO_CURRENCIES.has(c), 'must be an ISO 4217 currency code (upper case)').meta({ pattern: '^[A-Z]{3}$' });
 
 /** POST /api/v1/golden-path/run: strict, bounded; unknown fields are rejected. */
 export const submissionSchema = z.strictObject({

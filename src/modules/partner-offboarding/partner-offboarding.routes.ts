@@ -22,7 +22,7 @@ export function partnerOffboardingRoutes(deps: { runtime: DurableRuntime; admiss
       ...(deps.admission ? { admission: deps.admission } : {}),
       body: offboardingSubmission,
       responses: {
-        202: { description: 'Accepted: the run is queued', schema: runAccepted },
+        202: { description: 'Accepted: the run is queued', schema: runAccepted, location: true },
         // The workflow's submission guard (refuseHeldPartner, which claims the partner): nothing is started or claimed, and the key stores the answer.
         409: { description: 'Another offboarding of the tenant holds the partner: archived, or its run not cancelled — even one still pending, before it froze the partner (offboarding_status null); of submissions of one partner at once, one is accepted. Retry that run if it failed (code: partner_already_offboarded, with run_id, run_status and offboarding_status)' },
       },

@@ -26,10 +26,11 @@ export async function cancelLockedRun(
   ctx: { em: EntityManager; principal: Principal; log: Logger; afterCommit(fn: () => Promise<void>): void },
   run: RunRow,
 ): Promise<void> {
-  const cancellation: RunCancellation = { code: 'cancelled', message: `Cancelled by ${ctx.principal.sub}.`, cancelled_by: ctx.principal.sub, cancelled_at: new Date().toISOString() };
+  // `cancelled_at` is the run's `completed_at`, set by the same statement (the database's clock).
+  const cancellation: Omit<RunCancellation, 'cancelled_at'> = { code: 'cancelled', message: `Cancelled by ${ctx.principal.sub}.`, cancelled_by: ctx.principal.sub };
   // The run's `run.cancelled` webhook deliveries commit with the cancel (ADR 0013) and are sent after it.
   const deliveries: string[] = [];
-  await deps.runtime.complete(ctx.em, run.id, 'cancelled', { error: cancellation }, deliveries);
+  await deps.runtime.complete(ctx.em, run.id, 'cancelled', { error: cancellation, errorEndedAt: 'cancelled_at' }, deliveries);
   ctx.afterCommit(() => deps.runtime.dispatchDeliveries(run.tenant_id, deliveries));
   const release = await deps.onCancelled?.(ctx.em, run.tenant_id, run.id);
   ctx.afterCommit(async () =>

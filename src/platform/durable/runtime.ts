@@ -12,7 +12,7 @@ import type { CheckpointStatus } from './durable-checkpoint.entity.ts';
 import { STEP_BACKOFF, jobAttempts, retryOf, segmentStart, type StepDef, type WorkflowDef } from './workflow.ts';
 import { WorkflowRegistry, versionLabel } from './registry.ts';
 import { RunNotActiveError, RunNotFailedError, RunNotRetryableError, WorkflowVersionRetiredError, WorkflowVersionUnavailableError } from './errors.ts';
-import { EMITTED_EVENTS, OUTBOX_IDS, RUN_ENDED_COLUMNS, RUN_ENDED_EVENTS, outboxCte, type OutboxEvent } from '../webhooks/outbox.ts';
+import { EMITTED_EVENTS, OUTBOX_IDS, RUN_ENDED_COLUMNS, RUN_ENDED_EVENTS, isoTimeSql, outboxCte, type OutboxEvent } from '../webhooks/outbox.ts';
 
 /**
  * Runs `fn` (work that adds a run's jobs to Redis: its run job, a re-created timer) in the run's
@@ -543,20 +543,34 @@ export class DurableRuntime {
     em: EntityManager,
     runId: string,
     status: Exclude<RunStatus, 'pending' | 'running' | 'waiting'>,
-    result: { output?: unknown; error?: unknown } = {},
+    /**
+     * `errorEndedAt` names a field of `error` to set to the run's end, `completed_at` as the API shows it
+     * (a cancel's `cancelled_at`): one time, the database's, not a second one read from this process's clock.
+     */
+    result: { output?: unknown; error?: unknown; errorEndedAt?: string } = {},
     /** Receives the ids of the webhook deliveries of the run's `run.<status>` event (the outbox, ADR 0013): dispatch them after the commit. */
     deliveries?: string[],
   ): Promise<boolean> {
     // The run's event is inserted by the same statement (a CTE), so it exists exactly when the run ended.
     const [row] = await em.execute<{ moved: boolean; webhook_deliveries: string[] }[]>(
       `with r as (
-         update durable_runs set status = ?, output = coalesce(?::jsonb, output), error = ?::jsonb, completed_at = now(), updated_at = now(),
+         update durable_runs set status = ?, output = coalesce(?::jsonb, output),
+                error = ?::jsonb || case when ?::text is null then '{}'::jsonb else jsonb_build_object(?::text, ${isoTimeSql('now()')}) end,
+                completed_at = now(), updated_at = now(),
                 lease_owner = null, lease_expires_at = null
           where id = ? and (status || '') in ('pending', 'running', 'waiting')
           returning ${RUN_ENDED_COLUMNS}),
        ${outboxCte(RUN_ENDED_EVENTS)}
        select exists (select 1 from r) as moved, ${OUTBOX_IDS}`,
-      [status, result.output === undefined ? null : JSON.stringify(result.output), result.error === undefined ? null : JSON.stringify(result.error), runId, '{}'],
+      [
+        status,
+        result.output === undefined ? null : JSON.stringify(result.output),
+        result.error === undefined ? null : JSON.stringify(result.error),
+        result.errorEndedAt ?? null,
+        result.errorEndedAt ?? null,
+        runId,
+        '{}',
+      ],
     );
     deliveries?.push(...(row?.webhook_deliveries ?? []));
     return row?.moved === true;

@@ -4,6 +4,7 @@ import { MUTATING_METHODS, type RouteDef } from './route.ts';
 import { CORRELATION_HEADER } from './correlation.ts';
 import { PROBLEM_CONTENT_TYPE } from './problem.middleware.ts';
 import { PROBLEM_TYPE_BASE } from '../errors/to-problem.ts';
+import { webhookPayload } from '../webhooks/webhook-events.ts';
 
 /** RFC 9457 problem details, as every error response is shaped (errors/to-problem.ts). */
 const problemSchema = z
@@ -15,6 +16,16 @@ const problemSchema = z
     detail: z.string().optional(),
     request_id: z.string().optional().describe('Quote it when reporting a problem'),
     errors: z.array(z.object({ path: z.string(), message: z.string() })).optional().describe('validation_failed: each bad field'),
+    // Extension members (RFC 9457) some codes carry (docs/api.md, "Status codes"); a client ignores those it does not know.
+    run_id: z.string().optional().describe('partner_already_offboarded: the run that holds the partner; run_deleted: the removed run'),
+    run_status: z.string().nullable().optional().describe('run_not_active, run_not_failed, run_not_retryable, workflow_version_retired, partner_already_offboarded: the run\'s status (null: that run was removed by run retention)'),
+    offboarding_status: z.string().optional().describe('partner_already_offboarded: the holding offboarding record\'s status'),
+    approval_status: z.string().optional().describe('run_deleted: the approval request\'s status, as GET reads it'),
+    workflow: z.string().optional().describe('workflow_version_retired: the run\'s workflow'),
+    workflow_version: z.number().int().optional().describe('workflow_version_retired: the retired version'),
+    current_version: z.number().int().optional().describe('workflow_version_retired: the version a new submission runs on'),
+    pending: z.number().int().optional().describe('too_many_pending_changes: the policy changes pending'),
+    limit: z.number().int().optional().describe('too_many_pending_changes: the most a tenant may have pending'),
   })
   .meta({ id: 'Problem' });
 
@@ -25,6 +36,13 @@ const responseHeaders = z.object({
 
 const retryAfter = { 'Retry-After': z.string().describe('Seconds to wait before retrying') };
 const replayed = { 'Idempotent-Replayed': z.literal('true').optional().describe('Present on a replay of the stored response of an earlier request with the same Idempotency-Key') };
+/** A read's answer (docs/api.md, Conventions): a weak ETag of its body, which `If-None-Match` turns into a 304 while it holds. */
+const etag = { ETag: z.string().describe('A weak validator of the body (W/"…"); send it back in If-None-Match for a 304 while the body would be the same') };
+/**
+ * The error statuses a handler's answer may have and its key then replays (router.ts, isStoredOutcome):
+ * a 4xx other than 429; never 401, 413 or 415, which are answered before the key is claimed.
+ */
+const REPLAYABLE_ERRORS = new Set([400, 403, 404, 409, 410, 422]);
 
 function problem(description: string, codes: string[], headers: Record<string, ZodType> = {}): ResponseConfig {
   return {
@@ -51,7 +69,8 @@ function errorResponses(def: RouteDef): Record<number, ResponseConfig> {
   out[401] = problem('Missing, expired or invalid bearer token', ['unauthorized'], { 'WWW-Authenticate': z.literal('Bearer') });
   if (def.roles?.length) out[403] = problem(`Needs one of the roles: ${def.roles.join(', ')}`, ['forbidden']);
   if (def.params) out[404] = problem('Not found for this tenant (or a malformed id)', ['not_found', 'validation_failed']);
-  if (mutating) out[409] = problem('A request with this Idempotency-Key is still being processed', ['idempotency_key_in_use'], retryAfter);
+  // Retry-After comes with idempotency_key_in_use only: a route's own 409s (run_not_active, …) have none.
+  if (mutating) out[409] = problem('A request with this Idempotency-Key is still being processed', ['idempotency_key_in_use'], { 'Retry-After': retryAfter['Retry-After'].optional() });
   if (mutating) {
     out[413] = problem('The body is larger than the limit', ['payload_too_large']);
     out[415] = problem(
@@ -89,7 +108,12 @@ function routeConfig(def: RouteDef, withSchemas: boolean): RouteConfig {
   for (const [code, r] of Object.entries(def.responses)) {
     const status = Number(code);
     const isError = status >= 400;
-    const success = { ...(status === 201 || status === 202 ? { Location: z.string().describe('The created or accepted resource') } : {}), ...(MUTATING_METHODS.has(def.method) ? replayed : {}) };
+    const success = {
+      ...(r.location ? { Location: z.string().describe('The created or accepted resource') } : {}),
+      ...(MUTATING_METHODS.has(def.method) ? replayed : {}),
+      ...(def.method === 'get' && status !== 204 ? etag : {}),
+      ...Object.fromEntries(Object.entries(r.headers ?? {}).map(([name, value]) => [name, z.literal(value)])),
+    };
     responses[code] = {
       // A route's own description of an error adds to what the router answers with that status.
       description: isError && errors[status] ? `${r.description}; or: ${errors[status].description}` : r.description,
@@ -104,10 +128,21 @@ function routeConfig(def: RouteDef, withSchemas: boolean): RouteConfig {
           }),
     };
   }
+  if (def.method === 'get') {
+    // A conditional read (If-None-Match) whose body would be the same: no body, the same ETag.
+    responses[304] = { description: 'Not Modified: If-None-Match names the ETag of the body this request would get; no body', headers: responseHeaders.extend(etag) };
+  }
+  // A handler's 4xx is stored under the Idempotency-Key, and its replays say so.
+  if (MUTATING_METHODS.has(def.method)) {
+    for (const [code, r] of Object.entries(responses)) {
+      if (REPLAYABLE_ERRORS.has(Number(code))) r.headers = (r.headers as typeof responseHeaders).extend(replayed);
+    }
+  }
   const key = z.string().min(1).max(255).describe('Unique per intended operation; a retry with the same key and body replays the first response');
   const headers = z.object({
     [CORRELATION_HEADER]: z.string().optional().describe('Your correlation id ([A-Za-z0-9._:-], up to 128); one is generated when absent or invalid'),
     ...(MUTATING_METHODS.has(def.method) ? { 'Idempotency-Key': def.idempotency === 'required' ? key : key.optional() } : {}),
+    ...(def.method === 'get' ? { 'If-None-Match': z.string().optional().describe('The ETag of a body read before: 304 without a body while it would be the same') } : {}),
   });
   return {
     method: def.method,
@@ -144,7 +179,30 @@ function operationalRoutes(): RouteConfig[] {
     },
     { method: 'get', path: '/metrics', summary: 'Prometheus metrics (text exposition format)', tags: ['operations'], responses: { 200: plain('Metrics', z.string(), 'text/plain') } },
     { method: 'get', path: '/openapi.json', summary: 'This document', tags: ['operations'], responses: { 200: plain('OpenAPI 3.1', z.looseObject({})) } },
+    { method: 'get', path: '/docs', summary: 'This document rendered as one self-contained HTML page', tags: ['operations'], responses: { 200: plain('HTML', z.string(), 'text/html') } },
   ];
+}
+
+/**
+ * What the platform POSTs to a tenant's webhook endpoint (docs/api.md, Webhooks): an OpenAPI 3.1
+ * webhook, its body `WebhookPayload`, signed per Standard Webhooks.
+ */
+function webhookMessage(): RouteConfig {
+  return {
+    method: 'post',
+    path: 'event',
+    summary: 'An event, POSTed to each enabled endpoint subscribed to its type (at least once: deduplicate by webhook-id)',
+    tags: ['webhooks'],
+    request: {
+      headers: z.object({
+        'webhook-id': z.string().describe('The delivery id: the same on every attempt and resend of the message'),
+        'webhook-timestamp': z.string().describe('Unix seconds of this attempt, signed (Standard Webhooks: refuse one older than 5 minutes)'),
+        'webhook-signature': z.string().describe('v1,<base64 HMAC-SHA256> with the endpoint secret; during a rotation\'s overlap two, space-separated (the new secret\'s first)'),
+      }),
+      body: { required: true, content: { 'application/json': { schema: webhookPayload } } },
+    },
+    responses: { 200: { description: 'Any 2xx within WEBHOOK_TIMEOUT: delivered (the body is ignored); anything else, a redirect included, is a failed attempt, retried' } },
+  };
 }
 
 export interface OpenApiResult {
@@ -176,6 +234,7 @@ export function buildOpenApi(routes: RouteDef[], info: { title?: string; version
     }
   }
   for (const r of operationalRoutes()) registry.registerPath(r);
+  registry.registerWebhook(webhookMessage());
   const document = new OpenApiGeneratorV31(registry.definitions).generateDocument({
     openapi: '3.1.0',
     info: {

@@ -41,6 +41,10 @@ export interface RouteResponseDoc<R = unknown> {
   description: string;
   /** Required for a success (2xx): the body the handler returns, as the OpenAPI document publishes it. */
   schema?: ZodType<R>;
+  /** Headers the handler always sends with this response, by their fixed value (e.g. `Cache-Control: no-store`): published as such. */
+  headers?: Readonly<Record<string, string>>;
+  /** The handler sends `Location` with this response: the resource created or accepted (published as required). */
+  location?: boolean;
 }
 
 /** Abuse limits a route submits to (admission.ts): a rate and a cap, both answered with 429. */

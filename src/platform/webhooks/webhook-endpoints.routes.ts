@@ -52,7 +52,9 @@ export function patchOf<S extends Record<string, z.ZodType>>(shape: S): PatchSha
  */
 export const endpointPatch = z
   .strictObject({ ...patchOf(endpointFields), description: endpointFields.description.unwrap().nullable().optional() })
-  .refine((b) => Object.values(b).some((v) => v !== undefined), { message: 'Send at least one field to change' });
+  .refine((b) => Object.values(b).some((v) => v !== undefined), { message: 'Send at least one field to change' })
+  // The refinement, as the OpenAPI document can say it (a refine is not converted).
+  .meta({ minProperties: 1 });
 
 const endpointView = z
   .strictObject({
@@ -114,7 +116,8 @@ export const deliveryView = z
     next_attempt_at: isoTime.nullable().describe('When the next attempt is due (pending); null once delivered or failed'),
     delivered_at: isoTime.nullable(),
     created_at: isoTime,
-    payload: webhookPayload.describe('The message POSTed'),
+    // The component itself (a .describe() would be a copy of it, inlined without its name).
+    payload: webhookPayload,
     resent_at: isoTime.nullable().describe("An admin's last resend of it (POST …/resend): the same event, the same `webhook-id`; null if never resent"),
     resends: z.number().int().min(0).describe('How often an admin resent it'),
   })
@@ -245,7 +248,7 @@ export function webhookEndpointRoutes(deps: {
       idempotency: 'required',
       body: endpointBody,
       responses: {
-        201: { description: 'The endpoint, with its signing secret (Cache-Control: no-store)', schema: createdView },
+        201: { description: 'The endpoint, with its signing secret (Cache-Control: no-store)', schema: createdView, headers: SECRET_ANSWER_HEADERS, location: true },
         ...adminOnly,
         409: { description: 'The tenant already has WEBHOOK_MAX_ENDPOINTS enabled endpoints (`webhook_endpoint_limit`): disable or delete one first' },
         422: { description: 'Invalid body: not an http(s) URL (https:// in production), a host that does not resolve, resolves to a loopback, private, link-local or multicast address, or an unknown or no event type' },
@@ -418,7 +421,7 @@ export function webhookEndpointRoutes(deps: {
       params: idParam,
       body: rotateBody,
       responses: {
-        200: { description: 'The endpoint, with its new signing secret (Cache-Control: no-store); `previous_secret_expires_at` says until when the replaced one still signs', schema: rotatedView },
+        200: { description: 'The endpoint, with its new signing secret (Cache-Control: no-store); `previous_secret_expires_at` says until when the replaced one still signs', schema: rotatedView, headers: SECRET_ANSWER_HEADERS },
         ...adminOnly,
         404: { description: 'No such endpoint for this tenant' },
         422: { description: 'Invalid body: `previous_secret_expires_in_seconds` not an integer from 0 to 604800 (7 days), or an unknown field' },
