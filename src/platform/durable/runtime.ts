@@ -1,12 +1,13 @@
 import { randomUUID } from 'node:crypto';
 import type { EntityManager } from '@mikro-orm/postgresql';
 import type { Queue } from 'bullmq';
-import { context as otelContext, propagation, trace } from '@opentelemetry/api';
+import { context as otelContext, trace } from '@opentelemetry/api';
 import type { Logger } from 'pino';
 import type { Config } from '../config/config.ts';
 import { stepJobId } from '../queue/job-ids.ts';
 import { DEFER_UNTIL_NEXT, LAST_IN_TRANSACTION } from '../db/coalescing-client.ts';
 import { withRunCorrelation } from '../telemetry/correlation-span-processor.ts';
+import { extractInternal } from '../telemetry/internal-propagation.ts';
 import { ACTIVE_RUN_STATUSES, type RunStatus } from './durable-run.entity.ts';
 import type { CheckpointStatus } from './durable-checkpoint.entity.ts';
 import { STEP_BACKOFF, jobAttempts, retryOf, segmentStart, type StepDef, type WorkflowDef } from './workflow.ts';
@@ -23,7 +24,7 @@ import { EMITTED_EVENTS, OUTBOX_IDS, RUN_ENDED_COLUMNS, RUN_ENDED_EVENTS, outbox
 export function inRunTrace<T>(run: Pick<RunRow, 'traceparent' | 'correlation_id'>, fn: () => Promise<T>): Promise<T> {
   let ctx = otelContext.active();
   if (run.traceparent) {
-    const parent = propagation.extract(ctx, { traceparent: run.traceparent });
+    const parent = extractInternal(ctx, { traceparent: run.traceparent });
     if (trace.getSpanContext(parent)) ctx = parent;
   }
   return otelContext.with(withRunCorrelation(ctx, run.correlation_id), fn);

@@ -1,0 +1,96 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { randomUUID } from 'node:crypto';
+import { api, newTenant, SAMPLE_SUBMISSION, startStack, type TestStack } from '../helpers/stack.ts';
+import { waitFor } from '../helpers/poll.ts';
+import { spawnApi, TELEMETRY_REGISTER, type ApiProcess } from '../helpers/api-process.ts';
+import { startOtlpReceiver, type OtlpReceiver, type ReceivedSpan } from '../helpers/otlp-receiver.ts';
+import { ATTR } from '../../src/platform/telemetry/attributes.ts';
+
+/**
+ * OTEL_PROPAGATORS chooses what the API reads from and writes into HTTP headers (here B3, as a Zipkin
+ * or Istio shop sets it). It must not decide whether a run is one trace: the trace context and the
+ * correlation id a job carries through Redis, and the run's stored traceparent that a resume continues,
+ * are the platform's own records, in W3C form whatever the wire format.
+ */
+const SERVER = 2;
+let receiver: OtlpReceiver;
+let stack: TestStack;
+let apiProc: ApiProcess;
+let http: TestStack;
+const tenant = newTenant();
+let submitter: string;
+let approver: string;
+let stepNames: string[];
+
+beforeAll(async () => {
+  receiver = await startOtlpReceiver();
+  const env = {
+    OTEL_SDK_DISABLED: 'false',
+    OTEL_EXPORTER_OTLP_ENDPOINT: receiver.url,
+    OTEL_EXPORTER_OTLP_PROTOCOL: 'http/json',
+    OTEL_BSP_SCHEDULE_DELAY: '100',
+    OTEL_METRICS_EXPORTER: 'none',
+    OTEL_PROPAGATORS: 'b3',
+  };
+  stack = await startStack({ api: false, workerExecArgv: ['--import', TELEMETRY_REGISTER], env });
+  apiProc = await spawnApi(stack.env, ['--import', TELEMETRY_REGISTER]);
+  http = { ...stack, baseUrl: apiProc.baseUrl };
+  await stack.spawnWorker();
+  submitter = await stack.token({ tenantId: tenant, sub: 'submitter-1' });
+  approver = await stack.token({ tenantId: tenant, sub: 'approver-1', roles: ['approver'] });
+  stepNames = stack.container.runtime.workflow('golden-path').steps.map((s) => s.name);
+}, 120_000);
+
+afterAll(async () => {
+  await apiProc?.stop('SIGKILL');
+  await stack?.stop();
+  await receiver?.close();
+});
+
+async function waitStatus(id: string, statuses: string[]) {
+  return waitFor(
+    async () => {
+      const r = (await api(http, 'GET', `/api/v1/golden-path/runs/${id}`, { token: submitter })).json;
+      return statuses.includes(r?.status) ? r : undefined;
+    },
+    { timeoutMs: 60_000, what: `run ${id} to reach ${statuses.join('|')}` },
+  );
+}
+
+describe('OTEL_PROPAGATORS=b3', () => {
+  it("a caller's B3 context is followed, and a run resumed by an approver is still one trace, every span with the run's correlation id", async () => {
+    const cid = `b3-${randomUUID()}`;
+    const callerTrace = randomUUID().replace(/-/g, '');
+    const res = await api(http, 'POST', '/api/v1/golden-path/run', {
+      token: submitter,
+      body: SAMPLE_SUBMISSION,
+      headers: { 'Idempotency-Key': randomUUID(), 'X-Correlation-Id': cid, b3: `${callerTrace}-${randomUUID().replace(/-/g, '').slice(0, 16)}-1` },
+    });
+    expect(res.status).toBe(202);
+    const waiting = await waitStatus(res.json.run_id, ['waiting']);
+    // The operator's propagator reads the caller's header: the run is in the caller's trace.
+    expect(waiting.trace_id).toBe(callerTrace);
+    const d = await api(http, 'POST', `/api/v1/approvals/${waiting.steps[2].output.approval_request_id}/decision`, {
+      token: approver,
+      body: { decision: 'approve' },
+      headers: { 'Idempotency-Key': randomUUID(), 'X-Correlation-Id': `b3-decision-${randomUUID()}` },
+    });
+    expect(d.status).toBe(200);
+    await waitStatus(res.json.run_id, ['completed']);
+
+    const spans = await waitFor(
+      () => {
+        const mine = receiver.spans.filter((s) => s.traceId === callerTrace);
+        const steps = new Set(mine.filter((s) => s.name.startsWith('step ')).map((s) => s.name));
+        const jobs = mine.filter((s) => s.service === 'dealix-worker' && s.name.startsWith('process golden-path')).length;
+        return stepNames.every((n) => steps.has(`step ${n}`)) && jobs >= 2 ? mine : undefined;
+      },
+      { timeoutMs: 30_000, what: "every step of the run in the caller's trace, before and after the decision" },
+    ).catch(() => receiver.spans.filter((s: ReceivedSpan) => s.attributes[ATTR.CORRELATION] === cid || s.name.startsWith('step ')));
+    const steps = spans.filter((s) => s.name.startsWith('step ') && s.attributes[ATTR.RUN] === res.json.run_id);
+    expect(steps.map((s) => [s.name, s.traceId])).toEqual(stepNames.map((n) => [`step ${n}`, callerTrace]));
+    expect(spans.some((s) => s.kind === SERVER && s.name.startsWith('POST'))).toBe(true);
+    const untagged = spans.filter((s) => s.attributes[ATTR.CORRELATION] !== cid);
+    expect(untagged.map((s) => `${s.service} ${s.name}`)).toEqual([]);
+  });
+});
