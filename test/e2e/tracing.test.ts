@@ -8,6 +8,7 @@ import { startOtlpReceiver, type OtlpReceiver, type ReceivedSpan } from '../help
 import { ATTR } from '../../src/platform/telemetry/attributes.ts';
 import { tenantEm } from '../../src/platform/db/tenant-em.ts';
 import { postSignIn } from '../helpers/dashboard-sign-in.ts';
+import { holdTable } from '../helpers/table-lock.ts';
 
 /**
  * One submission is one trace: the real API and worker processes, started with the OTel bootstrap
@@ -250,6 +251,31 @@ describe('tracing across the API and worker processes', () => {
     expect(JSON.stringify(server)).not.toContain(secret);
     const line = await waitFor(() => apiProc.lines().find((l) => l.correlation_id === cid), { what: 'the request log line' });
     expect(JSON.stringify(line)).not.toContain(secret);
+  });
+
+  it("a request that fails on the database: its spans name the error by its SQLSTATE, never PostgreSQL's message", async () => {
+    // Its own API, whose statements give up after a second, and a lock that makes the submission's wait.
+    const impatient = await spawnApi({ ...stack.env, DATABASE_STATEMENT_TIMEOUT: '1s' }, ['--import', TELEMETRY_REGISTER]);
+    const lock = await holdTable(stack.env.MIGRATION_DATABASE_URL!, 'durable_runs', 'access exclusive');
+    try {
+      const cid = `trace-db-error-${randomUUID()}`;
+      const res = await api({ ...stack, baseUrl: impatient.baseUrl }, 'POST', '/api/v1/golden-path/run', { token: submitter, body: CLASS_A_SUBMISSION, headers: { 'Idempotency-Key': randomUUID(), 'X-Correlation-Id': cid } });
+      expect([res.status, res.json.code]).toEqual([503, 'database_timeout']);
+      const spans = await waitFor(() => {
+        const mine = correlated(cid);
+        return mine.some((s) => s.kind === SERVER) ? mine : undefined;
+      }, { what: 'the failed request\'s spans' });
+      // The request handler's span records the error Express was handed (@opentelemetry/instrumentation-express).
+      const failed = spans.filter((s) => s.events.some((e) => e.name === 'exception'));
+      expect(failed.map((s) => s.name)).toContain('request handler');
+      for (const s of failed) expect(s.status, s.name).toEqual({ code: 2, message: 'PostgreSQL error (code: 57014)' });
+      const handler = failed.find((s) => s.name === 'request handler')!;
+      expect(handler.events.map((e) => [e.attributes['exception.type'], e.attributes['exception.message']])).toEqual([['57014', 'PostgreSQL error (code: 57014)']]);
+      expect(JSON.stringify(spans)).not.toContain('canceling statement');
+    } finally {
+      await lock.close();
+      await impatient.stop('SIGKILL');
+    }
   });
 
   it("a worker's metrics endpoint starts no trace, whatever the path (a scrape or a port scan)", async () => {
