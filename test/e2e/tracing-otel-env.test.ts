@@ -7,7 +7,7 @@ import { startOtlpReceiver, type OtlpReceiver, type ReceivedSpan } from '../help
 import { ATTR } from '../../src/platform/telemetry/attributes.ts';
 
 /**
- * OTEL_PROPAGATORS chooses what the API reads from and writes into HTTP headers (here B3, as a Zipkin
+ * The standard OTEL_* settings an operator changes. OTEL_PROPAGATORS chooses what the API reads from and writes into HTTP headers (here B3, as a Zipkin
  * or Istio shop sets it). It must not decide whether a run is one trace: the trace context and the
  * correlation id a job carries through Redis, and the run's stored traceparent that a resume continues,
  * are the platform's own records, in W3C form whatever the wire format.
@@ -57,7 +57,7 @@ async function waitStatus(id: string, statuses: string[]) {
   );
 }
 
-describe('OTEL_PROPAGATORS=b3', () => {
+describe("an operator's OTEL_* settings (OTEL_PROPAGATORS=b3 throughout)", () => {
   it("a caller's B3 context is followed, and a run resumed by an approver is still one trace, every span with the run's correlation id", async () => {
     const cid = `b3-${randomUUID()}`;
     const callerTrace = randomUUID().replace(/-/g, '');
@@ -92,5 +92,21 @@ describe('OTEL_PROPAGATORS=b3', () => {
     expect(spans.some((s) => s.kind === SERVER && s.name.startsWith('POST'))).toBe(true);
     const untagged = spans.filter((s) => s.attributes[ATTR.CORRELATION] !== cid);
     expect(untagged.map((s) => `${s.service} ${s.name}`)).toEqual([]);
+  });
+
+  it("a run its sampler does not sample (OTEL_TRACES_SAMPLER) has no trace_id: none leads to a trace, though its jobs carry the unsampled context", async () => {
+    const unsampled = await spawnApi({ ...stack.env, OTEL_TRACES_SAMPLER: 'always_off' }, ['--import', TELEMETRY_REGISTER]);
+    try {
+      const cid = `unsampled-${randomUUID()}`;
+      const res = await api({ ...stack, baseUrl: unsampled.baseUrl }, 'POST', '/api/v1/golden-path/run', { token: submitter, body: SAMPLE_SUBMISSION, headers: { 'Idempotency-Key': randomUUID(), 'X-Correlation-Id': cid } });
+      expect(res.status).toBe(202);
+      const run = await waitStatus(res.json.run_id, ['waiting']);
+      expect(run.trace_id).toBeNull();
+      // Its context is still stored: a resume continues the run's (unsampled) trace rather than start one of its own.
+      const [row] = (await stack.db.admin('select traceparent from durable_runs where id = $1', [run.run_id])).rows;
+      expect(row.traceparent).toMatch(/^00-[0-9a-f]{32}-[0-9a-f]{16}-00$/);
+    } finally {
+      await unsampled.stop('SIGKILL');
+    }
   });
 });
