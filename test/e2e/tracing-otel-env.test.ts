@@ -1,9 +1,10 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { randomUUID } from 'node:crypto';
-import { api, newTenant, SAMPLE_SUBMISSION, startStack, type TestStack } from '../helpers/stack.ts';
+import { api, newTenant, SAMPLE_SUBMISSION, type TestStack } from '../helpers/stack.ts';
 import { waitFor } from '../helpers/poll.ts';
-import { spawnApi, TELEMETRY_REGISTER, type ApiProcess } from '../helpers/api-process.ts';
-import { startOtlpReceiver, type OtlpReceiver, type ReceivedSpan } from '../helpers/otlp-receiver.ts';
+import { spawnApi, TELEMETRY_REGISTER } from '../helpers/api-process.ts';
+import type { ReceivedSpan } from '../helpers/otlp-receiver.ts';
+import { startTracedStack, waitRunStatus, type TracedStack } from '../helpers/traced-stack.ts';
 import { ATTR } from '../../src/platform/telemetry/attributes.ts';
 
 /**
@@ -13,9 +14,8 @@ import { ATTR } from '../../src/platform/telemetry/attributes.ts';
  * are the platform's own records, in W3C form whatever the wire format.
  */
 const SERVER = 2;
-let receiver: OtlpReceiver;
+let traced: TracedStack;
 let stack: TestStack;
-let apiProc: ApiProcess;
 let http: TestStack;
 const tenant = newTenant();
 let submitter: string;
@@ -23,39 +23,16 @@ let approver: string;
 let stepNames: string[];
 
 beforeAll(async () => {
-  receiver = await startOtlpReceiver();
-  const env = {
-    OTEL_SDK_DISABLED: 'false',
-    OTEL_EXPORTER_OTLP_ENDPOINT: receiver.url,
-    OTEL_EXPORTER_OTLP_PROTOCOL: 'http/json',
-    OTEL_BSP_SCHEDULE_DELAY: '100',
-    OTEL_METRICS_EXPORTER: 'none',
-    OTEL_PROPAGATORS: 'b3',
-  };
-  stack = await startStack({ api: false, workerExecArgv: ['--import', TELEMETRY_REGISTER], env });
-  apiProc = await spawnApi(stack.env, ['--import', TELEMETRY_REGISTER]);
-  http = { ...stack, baseUrl: apiProc.baseUrl };
-  await stack.spawnWorker();
+  traced = await startTracedStack({ OTEL_PROPAGATORS: 'b3' });
+  ({ stack, http } = traced);
   submitter = await stack.token({ tenantId: tenant, sub: 'submitter-1' });
   approver = await stack.token({ tenantId: tenant, sub: 'approver-1', roles: ['approver'] });
   stepNames = stack.container.runtime.workflow('golden-path').steps.map((s) => s.name);
 }, 120_000);
 
-afterAll(async () => {
-  await apiProc?.stop('SIGKILL');
-  await stack?.stop();
-  await receiver?.close();
-});
+afterAll(async () => traced?.stop());
 
-async function waitStatus(id: string, statuses: string[]) {
-  return waitFor(
-    async () => {
-      const r = (await api(http, 'GET', `/api/v1/golden-path/runs/${id}`, { token: submitter })).json;
-      return statuses.includes(r?.status) ? r : undefined;
-    },
-    { timeoutMs: 60_000, what: `run ${id} to reach ${statuses.join('|')}` },
-  );
-}
+const waitStatus = (id: string, statuses: string[]) => waitRunStatus(http, submitter, id, statuses);
 
 describe("an operator's OTEL_* settings (OTEL_PROPAGATORS=b3 throughout)", () => {
   it("a caller's B3 context is followed, and a run resumed by an approver is still one trace, every span with the run's correlation id", async () => {
@@ -80,13 +57,13 @@ describe("an operator's OTEL_* settings (OTEL_PROPAGATORS=b3 throughout)", () =>
 
     const spans = await waitFor(
       () => {
-        const mine = receiver.spans.filter((s) => s.traceId === callerTrace);
+        const mine = traced.receiver.spans.filter((s) => s.traceId === callerTrace);
         const steps = new Set(mine.filter((s) => s.name.startsWith('step ')).map((s) => s.name));
         const jobs = mine.filter((s) => s.service === 'dealix-worker' && s.name.startsWith('process golden-path')).length;
         return stepNames.every((n) => steps.has(`step ${n}`)) && jobs >= 2 ? mine : undefined;
       },
       { timeoutMs: 30_000, what: "every step of the run in the caller's trace, before and after the decision" },
-    ).catch(() => receiver.spans.filter((s: ReceivedSpan) => s.attributes[ATTR.CORRELATION] === cid || s.name.startsWith('step ')));
+    ).catch(() => traced.receiver.spans.filter((s: ReceivedSpan) => s.attributes[ATTR.CORRELATION] === cid || s.name.startsWith('step ')));
     const steps = spans.filter((s) => s.name.startsWith('step ') && s.attributes[ATTR.RUN] === res.json.run_id);
     expect(steps.map((s) => [s.name, s.traceId])).toEqual(stepNames.map((n) => [`step ${n}`, callerTrace]));
     expect(spans.some((s) => s.kind === SERVER && s.name.startsWith('POST'))).toBe(true);

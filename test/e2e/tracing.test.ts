@@ -1,10 +1,11 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { randomUUID } from 'node:crypto';
 import type { Job } from 'bullmq';
-import { api, CLASS_A_SUBMISSION, newTenant, SAMPLE_SUBMISSION, startStack, type TestStack, type WorkerHandle } from '../helpers/stack.ts';
+import { api, CLASS_A_SUBMISSION, newTenant, SAMPLE_SUBMISSION, type TestStack, type WorkerHandle } from '../helpers/stack.ts';
 import { waitFor } from '../helpers/poll.ts';
 import { jsonLines, spawnApi, TELEMETRY_REGISTER, type ApiProcess } from '../helpers/api-process.ts';
-import { startOtlpReceiver, type OtlpReceiver, type ReceivedSpan } from '../helpers/otlp-receiver.ts';
+import type { OtlpReceiver, ReceivedSpan } from '../helpers/otlp-receiver.ts';
+import { otelEnv, startTracedStack, waitRunStatus, type TracedStack } from '../helpers/traced-stack.ts';
 import { ATTR } from '../../src/platform/telemetry/attributes.ts';
 import { tenantEm } from '../../src/platform/db/tenant-em.ts';
 import { postSignIn } from '../helpers/dashboard-sign-in.ts';
@@ -25,29 +26,12 @@ let submitter: string;
 let approver: string;
 let stepNames: string[];
 
-const otelEnv = (receiverUrl: string, extra: Record<string, string> = {}) => ({
-  OTEL_SDK_DISABLED: 'false',
-  OTEL_EXPORTER_OTLP_ENDPOINT: receiverUrl,
-  OTEL_EXPORTER_OTLP_PROTOCOL: 'http/json',
-  OTEL_BSP_SCHEDULE_DELAY: '100',
-  OTEL_METRICS_EXPORTER: 'none',
-  ...extra,
-});
-
 const correlated = (id: string) => receiver.spans.filter((s) => s.attributes[ATTR.CORRELATION] === id);
 
 async function submit(body: unknown, correlationId: string) {
   return api(http, 'POST', '/api/v1/golden-path/run', { token: submitter, body, headers: { 'Idempotency-Key': randomUUID(), 'X-Correlation-Id': correlationId } });
 }
-async function waitStatus(id: string, statuses: string[]) {
-  return waitFor(
-    async () => {
-      const r = (await api(http, 'GET', `/api/v1/golden-path/runs/${id}`, { token: submitter })).json;
-      return statuses.includes(r?.status) ? r : undefined;
-    },
-    { timeoutMs: 60_000, what: `run ${id} to reach ${statuses.join('|')}` },
-  );
-}
+const waitStatus = (id: string, statuses: string[]) => waitRunStatus(http, submitter, id, statuses);
 /** Waits until the receiver holds the POST's server span and every step span of the run. */
 async function waitTrace(correlationId: string): Promise<ReceivedSpan[]> {
   return waitFor(
@@ -63,23 +47,17 @@ async function waitTrace(correlationId: string): Promise<ReceivedSpan[]> {
   );
 }
 
+let traced: TracedStack;
 beforeAll(async () => {
-  receiver = await startOtlpReceiver();
   // The sweeper runs every second, for runs untouched for a second: a repair happens within a test's deadline.
-  stack = await startStack({ api: false, workerExecArgv: ['--import', TELEMETRY_REGISTER], env: { ...otelEnv(receiver.url), SWEEPER_INTERVAL: '1s', SWEEPER_MIN_AGE: '1s' } });
-  apiProc = await spawnApi(stack.env, ['--import', TELEMETRY_REGISTER]);
-  http = { ...stack, baseUrl: apiProc.baseUrl };
-  worker = await stack.spawnWorker();
+  traced = await startTracedStack({ SWEEPER_INTERVAL: '1s', SWEEPER_MIN_AGE: '1s' });
+  ({ receiver, stack, apiProc, http, worker } = traced);
   submitter = await stack.token({ tenantId: tenant, sub: 'submitter-1' });
   approver = await stack.token({ tenantId: tenant, sub: 'approver-1', roles: ['approver'] });
   stepNames = stack.container.runtime.workflow('golden-path').steps.map((s) => s.name);
 }, 120_000);
 
-afterAll(async () => {
-  await apiProc?.stop('SIGKILL');
-  await stack?.stop();
-  await receiver?.close();
-});
+afterAll(async () => traced?.stop());
 
 describe('tracing across the API and worker processes', () => {
   it('one submission is one trace: the HTTP span and all four step spans, each with the correlation id', async () => {
