@@ -197,6 +197,9 @@ describe('tracing across the API and worker processes', () => {
     const exported = JSON.stringify(receiver.spans);
     expect(exported).not.toContain(marker);
     expect(exported).not.toContain(victim);
+    // Nor the client's Idempotency-Key (a statement's parameter, or a literal of its text), nor the bearer token.
+    expect(exported).not.toContain(headers['Idempotency-Key']);
+    expect(exported).not.toContain(submitter.split('.')[2]!);
     for (const operator of operators) expect(exported).not.toContain(operator.split('.')[2]!);
     await waitFor(() => apiProc.lines().some((l) => l.correlation_id === later), { what: 'the later request log line' });
     for (const operator of operators) expect(apiProc.output()).not.toContain(operator.split('.')[2]!);
