@@ -108,6 +108,11 @@ describe('tracing across the API and worker processes', () => {
     const decision = await waitFor(() => correlated(decisionCid).find((s) => s.kind === SERVER), { what: 'the decision span' });
     expect(decision.traceId).not.toBe(run.trace_id);
     expect(correlated(decisionCid).filter((s) => s.name.startsWith('step '))).toEqual([]);
+    // The run's trace links to the request that resumed it: who approved is one click away from the run.
+    const resume = await waitFor(() => receiver.spans.find((s) => s.traceId === run.trace_id && s.name === 'resume run'), { what: "the resume's span in the run's trace" });
+    expect(resume.links).toEqual([{ traceId: decision.traceId, spanId: expect.stringMatching(/^[0-9a-f]{16}$/) }]);
+    expect(resume.attributes).toMatchObject({ [ATTR.RUN]: run.run_id, [ATTR.TENANT]: tenant, [ATTR.CORRELATION]: cid });
+    expect(receiver.spans.find((s) => s.name === `add golden-path.${stepNames[3]}` && s.traceId === run.trace_id)?.parentSpanId).toBe(resume.spanId);
     // Every span of the run's trace has the run's correlation id: also the resume's enqueue, which the
     // decision request made in the API process that had served the submission.
     await waitFor(() => correlated(cid).find((s) => s.service === 'dealix-api' && s.name === `add golden-path.${stepNames[3]}`), { what: "the resume's enqueue span with the run's correlation id" });
