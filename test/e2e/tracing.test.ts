@@ -112,10 +112,10 @@ describe('tracing across the API and worker processes', () => {
     const resume = await waitFor(() => receiver.spans.find((s) => s.traceId === run.trace_id && s.name === 'resume run'), { what: "the resume's span in the run's trace" });
     expect(resume.links).toEqual([{ traceId: decision.traceId, spanId: expect.stringMatching(/^[0-9a-f]{16}$/) }]);
     expect(resume.attributes).toMatchObject({ [ATTR.RUN]: run.run_id, [ATTR.TENANT]: tenant, [ATTR.CORRELATION]: cid });
-    expect(receiver.spans.find((s) => s.name === `add golden-path.${stepNames[3]}` && s.traceId === run.trace_id)?.parentSpanId).toBe(resume.spanId);
     // Every span of the run's trace has the run's correlation id: also the resume's enqueue, which the
     // decision request made in the API process that had served the submission.
-    await waitFor(() => correlated(cid).find((s) => s.service === 'dealix-api' && s.name === `add golden-path.${stepNames[3]}`), { what: "the resume's enqueue span with the run's correlation id" });
+    const add = await waitFor(() => correlated(cid).find((s) => s.service === 'dealix-api' && s.name === `add golden-path.${stepNames[3]}`), { what: "the resume's enqueue span with the run's correlation id" });
+    expect(add.parentSpanId).toBe(resume.spanId);
     const untagged = receiver.spans.filter((s) => s.traceId === run.trace_id && s.attributes[ATTR.CORRELATION] !== cid);
     expect(untagged.map((s) => `${s.service} ${s.name} ${s.attributes[ATTR.CORRELATION]}`)).toEqual([]);
   });
