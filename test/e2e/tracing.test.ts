@@ -83,7 +83,9 @@ describe('tracing across the API and worker processes', () => {
     }
     // Enqueue and processing spans of BullMQ, and Postgres client spans, join the same trace.
     expect(spans.some((s) => s.service === 'dealix-api' && s.name.startsWith('add golden-path'))).toBe(true);
-    expect(spans.some((s) => s.service === 'dealix-worker' && s.name.startsWith('process'))).toBe(true);
+    // The run job's own span names its run and tenant, as its step spans do.
+    const jobSpan = spans.find((s) => s.service === 'dealix-worker' && s.name === 'process golden-path')!;
+    expect(jobSpan.attributes).toMatchObject({ [ATTR.RUN]: run.run_id, [ATTR.TENANT]: tenant });
     expect(spans.some((s) => s.service === 'dealix-worker' && (s.attributes['db.system.name'] ?? s.attributes['db.system']) === 'postgresql')).toBe(true);
     // Every span of the run's trace carries the correlation id, not only the ones we open ourselves.
     const untagged = receiver.spans.filter((s) => s.traceId === run.trace_id && s.attributes[ATTR.CORRELATION] !== cid);
