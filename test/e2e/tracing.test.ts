@@ -1,13 +1,15 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { randomUUID } from 'node:crypto';
 import type { Job } from 'bullmq';
-import { api, CLASS_A_SUBMISSION, newTenant, SAMPLE_SUBMISSION, startStack, type TestStack, type WorkerHandle } from '../helpers/stack.ts';
+import { api, CLASS_A_SUBMISSION, newTenant, SAMPLE_SUBMISSION, type TestStack, type WorkerHandle } from '../helpers/stack.ts';
 import { waitFor } from '../helpers/poll.ts';
 import { jsonLines, spawnApi, TELEMETRY_REGISTER, type ApiProcess } from '../helpers/api-process.ts';
-import { startOtlpReceiver, type OtlpReceiver, type ReceivedSpan } from '../helpers/otlp-receiver.ts';
+import type { OtlpReceiver, ReceivedSpan } from '../helpers/otlp-receiver.ts';
+import { otelEnv, startTracedStack, waitRunStatus, type TracedStack } from '../helpers/traced-stack.ts';
 import { ATTR } from '../../src/platform/telemetry/attributes.ts';
 import { tenantEm } from '../../src/platform/db/tenant-em.ts';
 import { postSignIn } from '../helpers/dashboard-sign-in.ts';
+import { holdTable } from '../helpers/table-lock.ts';
 
 /**
  * One submission is one trace: the real API and worker processes, started with the OTel bootstrap
@@ -24,29 +26,12 @@ let submitter: string;
 let approver: string;
 let stepNames: string[];
 
-const otelEnv = (receiverUrl: string, extra: Record<string, string> = {}) => ({
-  OTEL_SDK_DISABLED: 'false',
-  OTEL_EXPORTER_OTLP_ENDPOINT: receiverUrl,
-  OTEL_EXPORTER_OTLP_PROTOCOL: 'http/json',
-  OTEL_BSP_SCHEDULE_DELAY: '100',
-  OTEL_METRICS_EXPORTER: 'none',
-  ...extra,
-});
-
 const correlated = (id: string) => receiver.spans.filter((s) => s.attributes[ATTR.CORRELATION] === id);
 
 async function submit(body: unknown, correlationId: string) {
   return api(http, 'POST', '/api/v1/golden-path/run', { token: submitter, body, headers: { 'Idempotency-Key': randomUUID(), 'X-Correlation-Id': correlationId } });
 }
-async function waitStatus(id: string, statuses: string[]) {
-  return waitFor(
-    async () => {
-      const r = (await api(http, 'GET', `/api/v1/golden-path/runs/${id}`, { token: submitter })).json;
-      return statuses.includes(r?.status) ? r : undefined;
-    },
-    { timeoutMs: 60_000, what: `run ${id} to reach ${statuses.join('|')}` },
-  );
-}
+const waitStatus = (id: string, statuses: string[]) => waitRunStatus(http, submitter, id, statuses);
 /** Waits until the receiver holds the POST's server span and every step span of the run. */
 async function waitTrace(correlationId: string): Promise<ReceivedSpan[]> {
   return waitFor(
@@ -62,23 +47,17 @@ async function waitTrace(correlationId: string): Promise<ReceivedSpan[]> {
   );
 }
 
+let traced: TracedStack;
 beforeAll(async () => {
-  receiver = await startOtlpReceiver();
   // The sweeper runs every second, for runs untouched for a second: a repair happens within a test's deadline.
-  stack = await startStack({ api: false, workerExecArgv: ['--import', TELEMETRY_REGISTER], env: { ...otelEnv(receiver.url), SWEEPER_INTERVAL: '1s', SWEEPER_MIN_AGE: '1s' } });
-  apiProc = await spawnApi(stack.env, ['--import', TELEMETRY_REGISTER]);
-  http = { ...stack, baseUrl: apiProc.baseUrl };
-  worker = await stack.spawnWorker();
+  traced = await startTracedStack({ SWEEPER_INTERVAL: '1s', SWEEPER_MIN_AGE: '1s' });
+  ({ receiver, stack, apiProc, http, worker } = traced);
   submitter = await stack.token({ tenantId: tenant, sub: 'submitter-1' });
   approver = await stack.token({ tenantId: tenant, sub: 'approver-1', roles: ['approver'] });
   stepNames = stack.container.runtime.workflow('golden-path').steps.map((s) => s.name);
 }, 120_000);
 
-afterAll(async () => {
-  await apiProc?.stop('SIGKILL');
-  await stack?.stop();
-  await receiver?.close();
-});
+afterAll(async () => traced?.stop());
 
 describe('tracing across the API and worker processes', () => {
   it('one submission is one trace: the HTTP span and all four step spans, each with the correlation id', async () => {
@@ -104,7 +83,9 @@ describe('tracing across the API and worker processes', () => {
     }
     // Enqueue and processing spans of BullMQ, and Postgres client spans, join the same trace.
     expect(spans.some((s) => s.service === 'dealix-api' && s.name.startsWith('add golden-path'))).toBe(true);
-    expect(spans.some((s) => s.service === 'dealix-worker' && s.name.startsWith('process'))).toBe(true);
+    // The run job's own span names its run and tenant, as its step spans do.
+    const jobSpan = spans.find((s) => s.service === 'dealix-worker' && s.name === 'process golden-path')!;
+    expect(jobSpan.attributes).toMatchObject({ [ATTR.RUN]: run.run_id, [ATTR.TENANT]: tenant });
     expect(spans.some((s) => s.service === 'dealix-worker' && (s.attributes['db.system.name'] ?? s.attributes['db.system']) === 'postgresql')).toBe(true);
     // Every span of the run's trace carries the correlation id, not only the ones we open ourselves.
     const untagged = receiver.spans.filter((s) => s.traceId === run.trace_id && s.attributes[ATTR.CORRELATION] !== cid);
@@ -129,9 +110,14 @@ describe('tracing across the API and worker processes', () => {
     const decision = await waitFor(() => correlated(decisionCid).find((s) => s.kind === SERVER), { what: 'the decision span' });
     expect(decision.traceId).not.toBe(run.trace_id);
     expect(correlated(decisionCid).filter((s) => s.name.startsWith('step '))).toEqual([]);
+    // The run's trace links to the request that resumed it: who approved is one click away from the run.
+    const resume = await waitFor(() => receiver.spans.find((s) => s.traceId === run.trace_id && s.name === 'resume run'), { what: "the resume's span in the run's trace" });
+    expect(resume.links).toEqual([{ traceId: decision.traceId, spanId: expect.stringMatching(/^[0-9a-f]{16}$/) }]);
+    expect(resume.attributes).toMatchObject({ [ATTR.RUN]: run.run_id, [ATTR.TENANT]: tenant, [ATTR.CORRELATION]: cid });
     // Every span of the run's trace has the run's correlation id: also the resume's enqueue, which the
     // decision request made in the API process that had served the submission.
-    await waitFor(() => correlated(cid).find((s) => s.service === 'dealix-api' && s.name === `add golden-path.${stepNames[3]}`), { what: "the resume's enqueue span with the run's correlation id" });
+    const add = await waitFor(() => correlated(cid).find((s) => s.service === 'dealix-api' && s.name === `add golden-path.${stepNames[3]}`), { what: "the resume's enqueue span with the run's correlation id" });
+    expect(add.parentSpanId).toBe(resume.spanId);
     const untagged = receiver.spans.filter((s) => s.traceId === run.trace_id && s.attributes[ATTR.CORRELATION] !== cid);
     expect(untagged.map((s) => `${s.service} ${s.name} ${s.attributes[ATTR.CORRELATION]}`)).toEqual([]);
   });
@@ -218,6 +204,9 @@ describe('tracing across the API and worker processes', () => {
     const exported = JSON.stringify(receiver.spans);
     expect(exported).not.toContain(marker);
     expect(exported).not.toContain(victim);
+    // Nor the client's Idempotency-Key (a statement's parameter, or a literal of its text), nor the bearer token.
+    expect(exported).not.toContain(headers['Idempotency-Key']);
+    expect(exported).not.toContain(submitter.split('.')[2]!);
     for (const operator of operators) expect(exported).not.toContain(operator.split('.')[2]!);
     await waitFor(() => apiProc.lines().some((l) => l.correlation_id === later), { what: 'the later request log line' });
     for (const operator of operators) expect(apiProc.output()).not.toContain(operator.split('.')[2]!);
@@ -250,6 +239,31 @@ describe('tracing across the API and worker processes', () => {
     expect(JSON.stringify(server)).not.toContain(secret);
     const line = await waitFor(() => apiProc.lines().find((l) => l.correlation_id === cid), { what: 'the request log line' });
     expect(JSON.stringify(line)).not.toContain(secret);
+  });
+
+  it("a request that fails on the database: its spans name the error by its SQLSTATE, never PostgreSQL's message", async () => {
+    // Its own API, whose statements give up after a second, and a lock that makes the submission's wait.
+    const impatient = await spawnApi({ ...stack.env, DATABASE_STATEMENT_TIMEOUT: '1s' }, ['--import', TELEMETRY_REGISTER]);
+    const lock = await holdTable(stack.env.MIGRATION_DATABASE_URL!, 'durable_runs', 'access exclusive');
+    try {
+      const cid = `trace-db-error-${randomUUID()}`;
+      const res = await api({ ...stack, baseUrl: impatient.baseUrl }, 'POST', '/api/v1/golden-path/run', { token: submitter, body: CLASS_A_SUBMISSION, headers: { 'Idempotency-Key': randomUUID(), 'X-Correlation-Id': cid } });
+      expect([res.status, res.json.code]).toEqual([503, 'database_timeout']);
+      const spans = await waitFor(() => {
+        const mine = correlated(cid);
+        return mine.some((s) => s.kind === SERVER) ? mine : undefined;
+      }, { what: 'the failed request\'s spans' });
+      // The request handler's span records the error Express was handed (@opentelemetry/instrumentation-express).
+      const failed = spans.filter((s) => s.events.some((e) => e.name === 'exception'));
+      expect(failed.map((s) => s.name)).toContain('request handler');
+      for (const s of failed) expect(s.status, s.name).toEqual({ code: 2, message: 'PostgreSQL error (code: 57014)' });
+      const handler = failed.find((s) => s.name === 'request handler')!;
+      expect(handler.events.map((e) => [e.attributes['exception.type'], e.attributes['exception.message']])).toEqual([['57014', 'PostgreSQL error (code: 57014)']]);
+      expect(JSON.stringify(spans)).not.toContain('canceling statement');
+    } finally {
+      await lock.close();
+      await impatient.stop('SIGKILL');
+    }
   });
 
   it("a worker's metrics endpoint starts no trace, whatever the path (a scrape or a port scan)", async () => {

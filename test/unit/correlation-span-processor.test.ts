@@ -99,4 +99,30 @@ describe('CorrelationSpanProcessor', () => {
     expect(status('pg.query:SELECT')).toEqual({ code: SpanStatusCode.ERROR, message: 'PostgreSQL error (code: 22P02)' });
     expect(status('handler')).toEqual({ code: SpanStatusCode.ERROR, message: 'step refused' });
   });
+  it("names a database error another instrumentation recorded (Express's request handler) by its SQLSTATE: message, stack and status; other errors stay", () => {
+    const processor = new CorrelationSpanProcessor();
+    const exporter = new InMemorySpanExporter();
+    const provider = new TracerProvider({ spanProcessors: [processor, new SimpleSpanProcessor({ exporter })] });
+    const tracer = provider.getTracer('@opentelemetry/instrumentation-express');
+    const pgMessage = 'invalid input syntax for type uuid: "acme-secret-partner"';
+    const failed = (name: string, err: { name: string; message: string; code?: string; stack: string }) => {
+      const span = tracer.startSpan(name);
+      span.recordException(err);
+      span.setStatus({ code: SpanStatusCode.ERROR, message: err.message });
+      span.end();
+    };
+    failed('db', { name: 'DriverException', code: '22P02', message: pgMessage, stack: `DriverException: ${pgMessage}\n    at convertException (x.js:1:1)` });
+    failed('errno', { name: 'Error', code: 'EPIPE', message: 'write EPIPE', stack: 'Error: write EPIPE' });
+    failed('app', { name: 'ValidationError', code: 'validation_failed', message: 'Invalid path parameters', stack: 'ValidationError: Invalid path parameters' });
+    const span = (name: string) => exporter.getFinishedSpans().find((s) => s.name === name)!;
+    expect(span('db').status).toEqual({ code: SpanStatusCode.ERROR, message: 'PostgreSQL error (code: 22P02)' });
+    expect(span('db').events[0]!.attributes).toEqual({
+      'exception.type': '22P02',
+      'exception.message': 'PostgreSQL error (code: 22P02)',
+      'exception.stacktrace': 'DriverException: PostgreSQL error (code: 22P02)\n    at convertException (x.js:1:1)',
+    });
+    expect(JSON.stringify(exporter.getFinishedSpans().map((s) => [s.status, s.events]))).not.toContain('acme-secret-partner');
+    expect(span('errno').status.message).toBe('write EPIPE');
+    expect(span('app').events[0]!.attributes?.['exception.message']).toBe('Invalid path parameters');
+  });
 });

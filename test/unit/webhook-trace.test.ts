@@ -1,6 +1,8 @@
 import { describe, expect, it } from 'vitest';
+import { ROOT_CONTEXT, propagation, type TextMapPropagator } from '@opentelemetry/api';
 import { urlWithoutQuery } from '../../src/platform/telemetry/attributes.ts';
-import { attemptErrorType } from '../../src/platform/webhooks/delivery-trace.ts';
+import { attemptErrorType, startAttemptSpan } from '../../src/platform/webhooks/delivery-trace.ts';
+import { extractInternal, injectInternal } from '../../src/platform/telemetry/internal-propagation.ts';
 
 const outcome = (statusCode: number | null, error: string | null) => ({ ok: statusCode !== null && statusCode < 300 && error === null, statusCode, error, durationMs: 1 });
 
@@ -19,5 +21,27 @@ describe('webhook attempt spans', () => {
     expect(attemptErrorType(outcome(null, 'refused: resolves to a non-public address'))).toBe('refused');
     expect(attemptErrorType(outcome(null, 'ECONNREFUSED: connect ECONNREFUSED 10.0.0.7:443'))).toBe('ECONNREFUSED');
     expect(attemptErrorType(outcome(null, 'endpoint disabled'))).toBe('_OTHER');
+  });
+
+  it("a run's stored traceparent is continued whatever OTEL_PROPAGATORS says (b3, none): by an attempt span and by what a resume enqueues", () => {
+    // OTEL_PROPAGATORS=none: the global propagator reads and writes nothing.
+    const none: TextMapPropagator = { inject: () => {}, extract: (ctx) => ctx, fields: () => [] };
+    propagation.setGlobalPropagator(none);
+    try {
+      const traceId = '0af7651916cd43dd8448eb211c80319c';
+      const traceparent = `00-${traceId}-b7ad6b7169203331-01`;
+      const { span } = startAttemptSpan({
+        tenantId: 't', deliveryId: 'd', endpointId: 'e', eventType: 'run.completed', attempt: 1, url: 'https://hooks.example.com/in',
+        runId: 'r', runTraceparent: traceparent, runCorrelationId: 'c-run',
+      });
+      expect(span.spanContext().traceId).toBe(traceId);
+      span.end();
+      // What a resume, a retry or the sweeper enqueues (inRunTrace) reads it, and a new run's is written (currentTraceContext), in W3C form.
+      const carrier: Record<string, string> = {};
+      injectInternal(extractInternal(ROOT_CONTEXT, { traceparent }), carrier);
+      expect(carrier).toEqual({ traceparent });
+    } finally {
+      propagation.disable();
+    }
   });
 });

@@ -170,6 +170,8 @@ export class StepExecutor {
       logger.error({ security_event: 'run_job_malformed', reason: malformed, job_name: job.name }, 'run job data not as the runtime writes it: the job fails for good');
       throw new UnrecoverableError(`run job data malformed: ${malformed}`);
     }
+    // BullMQ's `process` span (the active one) started before the job's data was read: it names the run too.
+    trace.getActiveSpan()?.setAttributes({ [ATTR.RUN]: d.run_id, [ATTR.TENANT]: d.tenant_id });
     const em = tenantEm(this.o.orm, d.tenant_id);
     // Exactly the version the run started with (the job carries it: two map lookups, no read).
     const version = d.workflow_version ?? (await this.storedVersion(em, d));

@@ -1,12 +1,14 @@
 import { randomUUID } from 'node:crypto';
 import type { EntityManager } from '@mikro-orm/postgresql';
 import type { Queue } from 'bullmq';
-import { context as otelContext, propagation, trace } from '@opentelemetry/api';
+import { context as otelContext, trace } from '@opentelemetry/api';
 import type { Logger } from 'pino';
 import type { Config } from '../config/config.ts';
 import { stepJobId } from '../queue/job-ids.ts';
 import { DEFER_UNTIL_NEXT, LAST_IN_TRANSACTION } from '../db/coalescing-client.ts';
 import { withRunCorrelation } from '../telemetry/correlation-span-processor.ts';
+import { extractInternal } from '../telemetry/internal-propagation.ts';
+import { ATTR, INSTRUMENTATION_VERSION } from '../telemetry/attributes.ts';
 import { ACTIVE_RUN_STATUSES, type RunStatus } from './durable-run.entity.ts';
 import type { CheckpointStatus } from './durable-checkpoint.entity.ts';
 import { STEP_BACKOFF, jobAttempts, retryOf, segmentStart, type StepDef, type WorkflowDef } from './workflow.ts';
@@ -14,17 +16,33 @@ import { WorkflowRegistry, versionLabel } from './registry.ts';
 import { RunNotActiveError, RunNotFailedError, RunNotRetryableError, WorkflowVersionRetiredError, WorkflowVersionUnavailableError } from './errors.ts';
 import { EMITTED_EVENTS, OUTBOX_IDS, RUN_ENDED_COLUMNS, RUN_ENDED_EVENTS, isoTimeSql, outboxCte, type OutboxEvent } from '../webhooks/outbox.ts';
 
+const tracer = trace.getTracer('dealix-durable', INSTRUMENTATION_VERSION);
+
 /**
  * Runs `fn` (work that adds a run's jobs to Redis: its run job, a re-created timer) in the run's
  * stored trace, so what it adds continues the submission's trace also when a resume, a retry or the
  * sweeper adds it from another process or request, with the run's correlation id as the only baggage,
- * so the workers' spans are tagged with it.
+ * so the workers' spans are tagged with it. Added from another trace (an approver's decision, a
+ * client's retry), it is a span `resume run` of the run's trace that links to that request's span:
+ * the run's trace tells who carried it on.
  */
-export function inRunTrace<T>(run: Pick<RunRow, 'traceparent' | 'correlation_id'>, fn: () => Promise<T>): Promise<T> {
-  let ctx = otelContext.active();
+export async function inRunTrace<T>(run: Pick<RunRow, 'traceparent' | 'correlation_id'> & Partial<Pick<RunRow, 'id' | 'tenant_id'>>, fn: () => Promise<T>): Promise<T> {
+  const active = otelContext.active();
+  let ctx = active;
+  const here = trace.getSpanContext(active);
   if (run.traceparent) {
-    const parent = propagation.extract(ctx, { traceparent: run.traceparent });
-    if (trace.getSpanContext(parent)) ctx = parent;
+    const parent = extractInternal(active, { traceparent: run.traceparent });
+    const runTrace = trace.getSpanContext(parent)?.traceId;
+    if (runTrace) ctx = parent;
+    if (runTrace && here && here.traceId !== runTrace) {
+      const inRun = withRunCorrelation(parent, run.correlation_id);
+      const span = tracer.startSpan('resume run', { links: [{ context: here }], attributes: { ...(run.id ? { [ATTR.RUN]: run.id } : {}), ...(run.tenant_id ? { [ATTR.TENANT]: run.tenant_id } : {}) } }, inRun);
+      try {
+        return await otelContext.with(trace.setSpan(inRun, span), fn);
+      } finally {
+        span.end();
+      }
+    }
   }
   return otelContext.with(withRunCorrelation(ctx, run.correlation_id), fn);
 }

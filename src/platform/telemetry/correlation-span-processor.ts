@@ -15,6 +15,14 @@ const RUN_CORRELATION = createContextKey('dealix.run_correlation_id');
 /** The pg instrumentation's scope, and the attribute it puts an error's SQLSTATE in. */
 const PG_INSTRUMENTATION = '@opentelemetry/instrumentation-pg';
 const ATTR_ERROR_TYPE = 'error.type';
+const EXCEPTION_TYPE = 'exception.type';
+const EXCEPTION_MESSAGE = 'exception.message';
+const EXCEPTION_STACKTRACE = 'exception.stacktrace';
+/** A SQLSTATE, as recordException writes a database error's `code` in `exception.type` (never an errno name: those have no digit). */
+const SQLSTATE = /^(?=.*\d)[0-9A-Z]{5}$/;
+/** The code in the pg instrumentation's exception event: `PostgreSQL error of type 'error' occurred (code: 57014)`. */
+const PG_EVENT_CODE = /\(code: ([0-9A-Z]{5})\)/;
+const databaseError = (code: string) => `PostgreSQL error (code: ${code})`;
 
 /** Caps the spans held while they wait for a correlation id, so a span that never ends cannot leak memory. */
 const MAX_PENDING_TRACES = 10_000;
@@ -64,13 +72,32 @@ export class CorrelationSpanProcessor implements SpanProcessor {
 
   /**
    * PostgreSQL's error messages name tables, constraints and values (`invalid input syntax for type
-   * uuid: "…"`), and the pg instrumentation copies them into its span's status (its exception event
-   * it already reduces to the SQLSTATE): the status keeps the SQLSTATE only, as spans carry no values.
+   * uuid: "…"`): a span names a database error by its SQLSTATE only. The pg instrumentation copies the
+   * message into its span's status (its exception event it already reduces to the SQLSTATE, which is
+   * where the code is read when it set no `error.type`); Express's instrumentation records the error a
+   * route hands to `next()` — a request that failed on the database — as an exception event with
+   * PostgreSQL's message and a stack that starts with it, and that message as the status.
    */
   onEnding(span: Span): void {
-    if (span.status.code !== SpanStatusCode.ERROR || span.instrumentationScope.name !== PG_INSTRUMENTATION) return;
-    const code = span.attributes[ATTR_ERROR_TYPE];
-    span.setStatus({ code: SpanStatusCode.ERROR, message: `PostgreSQL error (code: ${typeof code === 'string' ? code : 'UNKNOWN'})` });
+    if (span.status.code !== SpanStatusCode.ERROR) return;
+    if (span.instrumentationScope.name === PG_INSTRUMENTATION) {
+      const code = span.attributes[ATTR_ERROR_TYPE];
+      const fromEvent = span.events.map((e) => PG_EVENT_CODE.exec(String(e.attributes?.[EXCEPTION_MESSAGE] ?? ''))?.[1]).find(Boolean);
+      span.setStatus({ code: SpanStatusCode.ERROR, message: databaseError(typeof code === 'string' ? code : (fromEvent ?? 'UNKNOWN')) });
+      return;
+    }
+    let recorded: string | undefined;
+    for (const event of span.events) {
+      const attrs = event.attributes;
+      const type = attrs?.[EXCEPTION_TYPE];
+      if (event.name !== 'exception' || !attrs || typeof type !== 'string' || !SQLSTATE.test(type)) continue;
+      const text = (recorded = databaseError(type));
+      const message = attrs[EXCEPTION_MESSAGE];
+      const stack = attrs[EXCEPTION_STACKTRACE];
+      if (typeof stack === 'string') attrs[EXCEPTION_STACKTRACE] = typeof message === 'string' && message ? stack.split(message).join(text) : stack;
+      attrs[EXCEPTION_MESSAGE] = text;
+    }
+    if (recorded) span.setStatus({ code: SpanStatusCode.ERROR, message: recorded });
   }
 
   onEnd(span: ReadableSpan): void {

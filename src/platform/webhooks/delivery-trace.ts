@@ -1,6 +1,7 @@
-import { context, propagation, SpanKind, SpanStatusCode, trace, type Context, type Link, type Span } from '@opentelemetry/api';
+import { context, SpanKind, SpanStatusCode, trace, type Context, type Link, type Span } from '@opentelemetry/api';
 import { ATTR, INSTRUMENTATION_VERSION } from '../telemetry/attributes.ts';
 import { withRunCorrelation } from '../telemetry/correlation-span-processor.ts';
+import { extractInternal } from '../telemetry/internal-propagation.ts';
 import type { AttemptOutcome } from './send.ts';
 import { hostOf } from './ssrf.ts';
 
@@ -40,7 +41,7 @@ export function startAttemptSpan(info: AttemptTraceInfo): { span: Span; ctx: Con
   let parent = active;
   const links: Link[] = [];
   if (info.runTraceparent) {
-    const run = propagation.extract(active, { traceparent: info.runTraceparent });
+    const run = extractInternal(active, { traceparent: info.runTraceparent });
     const runSc = trace.getSpanContext(run);
     if (runSc) {
       const here = trace.getSpanContext(active);
