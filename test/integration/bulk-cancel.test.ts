@@ -55,6 +55,11 @@ describe('bulk cancel, no worker (the runs stay pending)', () => {
     expect(await statusesOf(stack, ids)).toEqual(['cancelled', 'cancelled', 'cancelled']);
     const read = await api(stack, 'GET', `/api/v1/golden-path/runs/${ids[0]}`, { token: tok.submitter });
     expect(read.json).toMatchObject({ status: 'cancelled', error: { code: 'cancelled', cancelled_by: 'admin-1' } });
+    // Each run of a batch: one time of its cancel, its completed_at (docs/api.md), as a single cancel sets it.
+    for (const id of ids) {
+      const run = (await api(stack, 'GET', `/api/v1/golden-path/runs/${id}`, { token: tok.submitter })).json;
+      expect(run.error.cancelled_at, id).toBe(run.completed_at);
+    }
     // Nothing left: an empty answer, not an error.
     const none = await bulk(stack, tok.admin, { status: ['pending'] });
     expect(none.status, none.text).toBe(200);

@@ -371,6 +371,10 @@ describe('the published schemas hold for real responses of every route', () => {
     // No worker yet: both stay pending until the next test starts one. Two partners: a second offboarding of one is refused while the first is pending.
     offboarding.cancelled = await submitOffboarding('P-CANCELLED');
     offboarding.failed = await submitOffboarding('P-FAILED');
+    // Refused by the claim of a run that has not frozen the partner yet: the 409 names it with
+    // offboarding_status null (docs/api.md), as the published Problem must allow.
+    const held = await api(stack, 'POST', '/api/v1/partner-offboarding/run', { token: offboarding.token, body: { ...OFFBOARDING_SUBMISSION, partner: { reference: 'P-FAILED', name: 'Acme' } }, headers: { 'Idempotency-Key': randomUUID() } });
+    expect(expectPublished('POST', '/api/v1/partner-offboarding/run', held, 409).json).toMatchObject({ code: 'partner_already_offboarded', run_id: offboarding.failed, run_status: 'pending', offboarding_status: null });
     // As the golden path's failed run: its stored input no longer parses, so its first step fails for good.
     await stack.db.admin(`update durable_runs set input = '{"partner":"tampered"}'::jsonb where id = $1`, [offboarding.failed]);
     const cancel = () => api(stack, 'POST', `/api/v1/partner-offboarding/runs/${offboarding.cancelled}/cancel`, { token: offboarding.token, headers: { 'Idempotency-Key': randomUUID() } });

@@ -19,7 +19,7 @@ const problemSchema = z
     // Extension members (RFC 9457) some codes carry (docs/api.md, "Status codes"); a client ignores those it does not know.
     run_id: z.string().optional().describe('partner_already_offboarded: the run that holds the partner; run_deleted: the removed run'),
     run_status: z.string().nullable().optional().describe('run_not_active, run_not_failed, run_not_retryable, workflow_version_retired, partner_already_offboarded: the run\'s status (null: that run was removed by run retention)'),
-    offboarding_status: z.string().optional().describe('partner_already_offboarded: the holding offboarding record\'s status'),
+    offboarding_status: z.string().nullable().optional().describe('partner_already_offboarded: the holding offboarding record\'s status (null: its run has not frozen the partner yet)'),
     approval_status: z.string().optional().describe('run_deleted: the approval request\'s status, as GET reads it'),
     workflow: z.string().optional().describe('workflow_version_retired: the run\'s workflow'),
     workflow_version: z.number().int().optional().describe('workflow_version_retired: the retired version'),
