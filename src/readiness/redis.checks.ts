@@ -1,14 +1,25 @@
-import type { Redis } from 'ioredis';
+import { ReplyError, type Redis } from 'ioredis';
 import { fail, knownFail, notRequired, pass, unknownRow, type Acceptance, type ReadinessRow } from './readiness.types.ts';
 
 const field = (info: string, name: string) => new RegExp(`^${name}:(.*)$`, 'm').exec(info)?.[1]?.trim();
+
+/**
+ * Redis answered the command with an error (NOPERM from an ACL, CONFIG renamed or disabled by a managed
+ * Redis): the value is refused, so unknown. Any other error (the connection closed or timed out after
+ * PING) is no answer at all and is rethrown: it must read as unreachable, never as an unknown value
+ * READINESS_ACCEPT_UNKNOWN would accept.
+ */
+function refused(e: unknown): undefined {
+  if (e instanceof ReplyError) return undefined;
+  throw e;
+}
 
 async function configGet(redis: Redis, key: string): Promise<string | undefined> {
   try {
     const res = (await redis.call('CONFIG', 'GET', key)) as string[];
     return res[1];
-  } catch {
-    return undefined; // managed Redis may disable CONFIG; INFO is then the only source
+  } catch (e) {
+    return refused(e); // managed Redis may disable CONFIG; INFO is then the only source
   }
 }
 
@@ -35,8 +46,8 @@ const NO_ACCEPTANCE: Acceptance = { rows: [], note: undefined };
 async function infoSection(redis: Redis, section: string): Promise<string> {
   try {
     return await redis.info(section);
-  } catch {
-    return '';
+  } catch (e) {
+    return refused(e) ?? '';
   }
 }
 
@@ -63,18 +74,16 @@ export function idleTimeoutRow(timeout: string | undefined, acceptance: Acceptan
  */
 export async function redisRows(redis: Redis, opts: { production: boolean; acceptance?: Acceptance }): Promise<ReadinessRow[]> {
   const acceptance = opts.acceptance ?? NO_ACCEPTANCE;
+  let values: RedisValues;
   try {
     await ready(redis);
     await redis.ping();
+    values = await readValues(redis);
   } catch (e) {
     const reason = `Redis unreachable: ${(e as Error).message}`;
     return [fail('redis', reason), knownFail('redis-eviction', reason, acceptance), knownFail('redis-persistence', reason, acceptance), knownFail('redis-timeout', reason, acceptance)];
   }
-  const [memory, persistence] = await Promise.all([infoSection(redis, 'memory'), infoSection(redis, 'persistence')]);
-  const policy = field(memory, 'maxmemory_policy') ?? (await configGet(redis, 'maxmemory-policy'));
-  const aofField = field(persistence, 'aof_enabled');
-  const [appendonly, save, timeout] = await Promise.all([aofField === undefined ? configGet(redis, 'appendonly') : undefined, configGet(redis, 'save'), configGet(redis, 'timeout')]);
-  const aof = aofField !== undefined ? aofField === '1' : appendonly === undefined ? undefined : appendonly === 'yes';
+  const { policy, aof, save, timeout } = values;
   const state = `appendonly ${aof === undefined ? 'unknown' : aof ? 'yes' : 'no'}, ${save === undefined ? 'save rules unknown' : `save "${save}"`}`;
   return [
     pass('redis', `reachable (${redis.options.host}:${redis.options.port})`),
@@ -86,6 +95,24 @@ export async function redisRows(redis: Redis, opts: { production: boolean; accep
     persistenceRow(aof, save, state, opts.production, acceptance),
     idleTimeoutRow(timeout, acceptance),
   ];
+}
+
+/** The values the rows judge; undefined where Redis refused every command that tells it. */
+interface RedisValues {
+  policy: string | undefined;
+  aof: boolean | undefined;
+  save: string | undefined;
+  timeout: string | undefined;
+}
+
+/** INFO first, CONFIG GET for the rest (and for what INFO refused); throws when Redis stops answering at all. */
+async function readValues(redis: Redis): Promise<RedisValues> {
+  const [memory, persistence] = await Promise.all([infoSection(redis, 'memory'), infoSection(redis, 'persistence')]);
+  const policy = field(memory, 'maxmemory_policy') ?? (await configGet(redis, 'maxmemory-policy'));
+  const aofField = field(persistence, 'aof_enabled');
+  const [appendonly, save, timeout] = await Promise.all([aofField === undefined ? configGet(redis, 'appendonly') : undefined, configGet(redis, 'save'), configGet(redis, 'timeout')]);
+  const aof = aofField !== undefined ? aofField === '1' : appendonly === undefined ? undefined : appendonly === 'yes';
+  return { policy, aof, save, timeout };
 }
 
 /** AOF on or RDB save rules set passes; both known off is a FAIL in production; anything unread that could be on is unknown there. */

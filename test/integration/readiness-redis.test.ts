@@ -10,6 +10,7 @@ import { promisify } from 'node:util';
 import { Redis } from 'ioredis';
 import { ConfigError, parseConfig } from '../../src/platform/config/config.ts';
 import { assessReadiness } from '../../src/readiness/readiness.target.ts';
+import { redisRows } from '../../src/readiness/redis.checks.ts';
 import { createTestDatabase } from '../helpers/db.ts';
 import { freePort } from '../helpers/own-infra.ts';
 import { waitFor } from '../helpers/poll.ts';
@@ -184,6 +185,35 @@ describe('values the matrix cannot read, accepted by the operator', () => {
       const m = matrixOf(await assessReadiness(() => parseConfig({ JWT_SECRET: 'x'.repeat(32), READINESS_ACCEPT_UNKNOWN: id })));
       expect(m.row('config')).toMatchObject({ status: 'FAIL', reason: expect.stringContaining(`READINESS_ACCEPT_UNKNOWN.0: "${id}" is no readiness row whose value can be unknown (redis-eviction, redis-persistence, redis-timeout)`) });
       expect(m.report.ok).toBe(false);
+    }
+  });
+
+  it('a connection lost after PING is no refused CONFIG: the listed rows fail as unreachable, never ACCEPTED', async () => {
+    // The server closes the connection right after it answers PING (a restart, a failover): INFO and
+    // CONFIG GET then fail on a closed connection, which is no answer from Redis and accepts nothing.
+    const client = new Redis(own.url, { lazyConnect: true, enableOfflineQueue: false, maxRetriesPerRequest: 0, retryStrategy: () => null });
+    client.on('error', () => {});
+    await client.connect();
+    const id = String(await client.client('ID'));
+    const ping = client.ping.bind(client) as () => Promise<string>;
+    client.ping = (async () => {
+      const pong = await ping();
+      await own.client.client('KILL', 'ID', id);
+      await waitFor(() => client.status === 'end', { what: 'the killed connection to close' });
+      return pong;
+    }) as never;
+    try {
+      const rows = await redisRows(client, { production: true, acceptance: { rows: ['redis-eviction', 'redis-persistence', 'redis-timeout'], note: NOTE } });
+      expect(rows.map((r) => [r.component, r.status])).toEqual([
+        ['redis', 'FAIL'],
+        ['redis-eviction', 'FAIL'],
+        ['redis-persistence', 'FAIL'],
+        ['redis-timeout', 'FAIL'],
+      ]);
+      expect(rows[0]!.reason).toMatch(/^Redis unreachable: /);
+      expect(rows[3]!.reason).toMatch(/^Redis unreachable: .*; READINESS_ACCEPT_UNKNOWN lists it, but accepts only a value the matrix cannot read$/);
+    } finally {
+      client.disconnect();
     }
   });
 

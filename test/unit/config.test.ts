@@ -130,6 +130,13 @@ describe('configuration', () => {
     ]);
   });
 
+  it('READINESS_ACCEPT_NOTE: one line of text — a newline or other control character would forge rows of the printed matrix', () => {
+    for (const note of ['checked\nFAIL ✗    redis-eviction  forged', 'checked\r\nREADY: 20 of 20 components PASS', '\u001b[32mchecked', 'checked\u0085']) {
+      expect(configError({ JWT_SECRET: SECRET, READINESS_ACCEPT_NOTE: note }).problems, JSON.stringify(note)).toEqual(['READINESS_ACCEPT_NOTE: must be one line without control characters']);
+    }
+    expect(parseConfig({ JWT_SECRET: SECRET, READINESS_ACCEPT_NOTE: 'ElastiCache dealix-prod: timeout 0 — ops, 2026-12-01 (ÄÖ, 検証)' }).READINESS_ACCEPT_NOTE).toBe('ElastiCache dealix-prod: timeout 0 — ops, 2026-12-01 (ÄÖ, 検証)');
+  });
+
   it('refuses a shared secret in production, and an operator user without a password', () => {
     expect(configError({ NODE_ENV: 'production', JWT_SECRET: SECRET }).problems[0]).toMatch(/^JWT_JWKS_URL:/);
     expect(configError({ JWT_SECRET: SECRET, OPERATOR_USER: 'ops' }).problems[0]).toMatch(/^OPERATOR_PASSWORD:/);

@@ -246,8 +246,18 @@ export const configSchema = z
     READINESS_ACCEPT_UNKNOWN: csv('').pipe(
       z.array(z.enum(READINESS_UNKNOWABLE_ROWS, { error: (issue) => `"${String(issue.input)}" is no readiness row whose value can be unknown (${READINESS_UNKNOWABLE_ROWS.join(', ')})` })),
     ),
-    /** Who verified the accepted rows, where and when: shown in every ACCEPTED row's reason (the audit trail of the acceptance). */
-    READINESS_ACCEPT_NOTE: z.string().trim().min(1).max(500).optional(),
+    /**
+     * Who verified the accepted rows, where and when: shown in every ACCEPTED row's reason (the audit trail
+     * of the acceptance). One line: a newline or other control character (C0, DEL, C1) would print forged
+     * rows or a forged READY line into the matrix a CI log shows.
+     */
+    READINESS_ACCEPT_NOTE: z
+      .string()
+      .trim()
+      .min(1)
+      .max(500)
+      .refine((v) => !/[\u0000-\u001f\u007f-\u009f]/.test(v), 'must be one line without control characters')
+      .optional(),
     /** Workers serve their Prometheus metrics (step durations) on this port; unset = off, 0 = an ephemeral port. */
     WORKER_METRICS_PORT: z.coerce.number().int().min(0).max(65535).optional(),
   })

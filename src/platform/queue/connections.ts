@@ -52,7 +52,8 @@ export const REDIS_IDLE_TIMEOUT_WARNING = "Redis closes idle clients (its timeou
  * event loop is blocked (a long synchronous step, a GC pause) sends nothing meanwhile, so its connection
  * goes, it is missing from CLIENT LIST (connectedWorkers) and a stall of its job counts as a crash
  * (ADR 0016, amendment). Where CONFIG is refused (managed Redis) nothing is said here: the readiness
- * row `redis-timeout` fails and says so. Never throws.
+ * row `redis-timeout` fails and says so, or reads ACCEPTED once the operator verified the value where it
+ * is set (READINESS_ACCEPT_UNKNOWN); a value read here and not 0 is warned of, accepted or not. Never throws.
  */
 export async function warnWhenIdleTimeout(redis: Redis, logger: Logger): Promise<void> {
   const timeout = await redis.call('CONFIG', 'GET', 'timeout').then((r) => (r as string[])[1], () => undefined);
