@@ -100,7 +100,7 @@ describe('Redis', () => {
   });
 
   it('an unreachable Redis fails the redis rows with the reason, listed in READINESS_ACCEPT_UNKNOWN or not', async () => {
-    const m = await matrixFor({ env: { REDIS_URL: `redis://127.0.0.1:${await freePort()}`, READINESS_ACCEPT_UNKNOWN: 'redis-eviction,redis-timeout' } });
+    const m = await matrixFor({ env: { REDIS_URL: `redis://127.0.0.1:${await freePort()}`, READINESS_ACCEPT_UNKNOWN: 'redis-eviction,redis-timeout', READINESS_ACCEPT_NOTE: 'checked by ops' } });
     expect(m.row('redis').status).toBe('FAIL');
     expect(m.row('redis').reason).toMatch(/unreachable/);
     expect(m.row('redis-eviction').status).toBe('FAIL');
@@ -135,10 +135,10 @@ describe('values the matrix cannot read, accepted by the operator', () => {
       expect(accepted.failing()).toEqual([]);
       expect(accepted.report.ok).toBe(true);
       expect(accepted.row('redis-timeout')).toEqual({ component: 'redis-timeout', status: 'ACCEPTED', reason: `verified by the operator: ${NOTE} (READINESS_ACCEPT_UNKNOWN; unread here: timeout unknown (CONFIG GET refused))` });
-      // Without a note, the row says what was not read.
-      const bare = await matrixFor({ env: { REDIS_URL: url, READINESS_ACCEPT_UNKNOWN: 'redis-timeout' } });
-      expect(bare.row('redis-timeout')).toMatchObject({ status: 'ACCEPTED', reason: 'verified by the operator: timeout unknown (CONFIG GET refused) (READINESS_ACCEPT_UNKNOWN; READINESS_ACCEPT_NOTE unset)' });
-      expect(bare.report.ok).toBe(true);
+      // Without a note there is no acceptance: a configuration error (the config row fails; processes refuse to start).
+      const bare = matrixOf(await assessReadiness(() => parseConfig({ JWT_SECRET: 'x'.repeat(32), READINESS_ACCEPT_UNKNOWN: 'redis-timeout' })));
+      expect(bare.row('config')).toMatchObject({ status: 'FAIL', reason: expect.stringContaining('READINESS_ACCEPT_NOTE: required when READINESS_ACCEPT_UNKNOWN lists rows') });
+      expect(bare.report.ok).toBe(false);
     });
   });
 

@@ -60,9 +60,14 @@ describe('configuration documents', () => {
     const example = parseConfig(Object.fromEntries(entries.filter((e) => e.set).map((e) => [e.name, e.value]))) as Record<string, unknown>;
     const defaults = parseConfig({ JWT_SECRET: PUBLISHED_JWT_SECRETS[0]! }) as Record<string, unknown>;
     expect(variables.filter((v) => !onPurpose.includes(v) && JSON.stringify(example[v]) !== JSON.stringify(defaults[v]))).toEqual([]);
-    const operator = { OPERATOR_USER: 'ops', OPERATOR_PASSWORD: 'a-long-operator-password' };
+    // Settings that take a companion: the operator login's pair; an acceptance's note (shown commented out beside it).
+    const companions: Record<string, Record<string, string>> = {
+      OPERATOR_: { OPERATOR_USER: 'ops', OPERATOR_PASSWORD: 'a-long-operator-password' },
+      READINESS_ACCEPT_UNKNOWN: { READINESS_ACCEPT_NOTE: 'verified by ops' },
+    };
+    const companionOf = (name: string) => Object.entries(companions).find(([prefix]) => name.startsWith(prefix))?.[1] ?? {};
     for (const e of entries.filter((x) => !x.set && variables.includes(x.name))) {
-      expect(() => parseConfig({ JWT_SECRET: PUBLISHED_JWT_SECRETS[0]!, ...(e.name.startsWith('OPERATOR_') ? operator : {}), [e.name]: e.value }), e.name).not.toThrow();
+      expect(() => parseConfig({ JWT_SECRET: PUBLISHED_JWT_SECRETS[0]!, ...companionOf(e.name), [e.name]: e.value }), e.name).not.toThrow();
     }
   });
 

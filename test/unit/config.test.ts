@@ -130,6 +130,13 @@ describe('configuration', () => {
     ]);
   });
 
+  it('READINESS_ACCEPT_NOTE: required once READINESS_ACCEPT_UNKNOWN lists a row — an acceptance without its audit trail is refused', () => {
+    expect(configError({ JWT_SECRET: SECRET, READINESS_ACCEPT_UNKNOWN: 'redis-timeout' }).problems).toEqual([
+      "READINESS_ACCEPT_NOTE: required when READINESS_ACCEPT_UNKNOWN lists rows: who verified which values, where and when (the acceptance's audit trail, shown in each ACCEPTED row)",
+    ]);
+    expect(parseConfig({ JWT_SECRET: SECRET, READINESS_ACCEPT_NOTE: 'kept for later' }).READINESS_ACCEPT_UNKNOWN).toEqual([]);
+  });
+
   it('READINESS_ACCEPT_NOTE: one line of text — a newline or other control character would forge rows of the printed matrix', () => {
     for (const note of ['checked\nFAIL ✗    redis-eviction  forged', 'checked\r\nREADY: 20 of 20 components PASS', '\u001b[32mchecked', 'checked\u0085']) {
       expect(configError({ JWT_SECRET: SECRET, READINESS_ACCEPT_NOTE: note }).problems, JSON.stringify(note)).toEqual(['READINESS_ACCEPT_NOTE: must be one line without control characters']);

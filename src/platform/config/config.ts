@@ -248,7 +248,7 @@ export const configSchema = z
     ),
     /**
      * Who verified the accepted rows, where and when: shown in every ACCEPTED row's reason (the audit trail
-     * of the acceptance). One line: a newline or other control character (C0, DEL, C1) would print forged
+     * of the acceptance); required when READINESS_ACCEPT_UNKNOWN lists rows. One line: a newline or other control character (C0, DEL, C1) would print forged
      * rows or a forged READY line into the matrix a CI log shows.
      */
     READINESS_ACCEPT_NOTE: z
@@ -262,6 +262,10 @@ export const configSchema = z
     WORKER_METRICS_PORT: z.coerce.number().int().min(0).max(65535).optional(),
   })
   .superRefine((c, ctx) => {
+    if (c.READINESS_ACCEPT_UNKNOWN.length > 0 && !c.READINESS_ACCEPT_NOTE) {
+      // An acceptance is the operator's word in place of a value read: it names who verified what, where and when.
+      ctx.addIssue({ code: 'custom', path: ['READINESS_ACCEPT_NOTE'], message: 'required when READINESS_ACCEPT_UNKNOWN lists rows: who verified which values, where and when (the acceptance\'s audit trail, shown in each ACCEPTED row)' });
+    }
     if (!c.JWT_SECRET && !c.JWT_JWKS_URL) {
       ctx.addIssue({ code: 'custom', path: ['JWT_SECRET'], message: 'set JWT_SECRET (HS256, development) or JWT_JWKS_URL (RS256/ES256)' });
     }
