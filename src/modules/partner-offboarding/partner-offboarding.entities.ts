@@ -45,7 +45,8 @@ export const PartnerOffboardingRow = defineEntity({
  * once queue on it, so only one of them is accepted. A claim whose run no longer holds the partner
  * (cancelled, deleted by run retention, failed on a retired workflow version, or its record abandoned)
  * is taken over by the next submission;
- * claims are never deleted (as records are not), and a run's steps never read or write them.
+ * claims are never deleted (as records are not; the application role has no DELETE on them:
+ * NO_DELETE_TABLES), and a run's steps never read or write them.
  */
 export const PartnerOffboardingClaimRow = defineEntity({
   name: 'PartnerOffboardingClaim',
