@@ -19,6 +19,8 @@ export interface RunHostOptions {
   maxActiveRunsPerTenant?: number;
   /** The fallback delay of a parked job (default the platform's, 30–60 s): a test that must see parked jobs promoted sets it far beyond its deadline. */
   parkDelayMs?: (parks: number) => number;
+  /** WORKFLOW_VERSIONS_RETIRED for this host (`name@vN`; default none). */
+  retired?: string[];
 }
 
 /**
@@ -30,7 +32,7 @@ export interface RunHostOptions {
  */
 export function startRunHost(stack: TestStack, wf: WorkflowDef, workerId = 'run-host', handlers: Record<string, JobHandler> = {}, opts: RunHostOptions = {}) {
   const logger = pino({ level: 'silent' });
-  const runtime = new DurableRuntime({ workflows: [wf], queues: stack.container.runtime.queues, logger });
+  const runtime = new DurableRuntime({ workflows: [wf], queues: stack.container.runtime.queues, logger, retired: opts.retired ?? [] });
   const executor = new StepExecutor({ orm: stack.container.orm, runtime, logger, workerId, leaseMs: 5000 });
   const connection = createRedis(TEST_REDIS_URL, 'worker', workerId);
   const host = startWorkers({

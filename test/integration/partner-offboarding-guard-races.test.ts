@@ -27,6 +27,7 @@ import { requestFingerprint, submissionHash } from '../../src/platform/idempoten
 import { offboardingSubmission } from '../../src/modules/partner-offboarding/partner-offboarding.schemas.ts';
 import { waitFor, within } from '../helpers/poll.ts';
 import { sent } from '../helpers/pg-messages.ts';
+import { sqlState } from '../helpers/sql-state.ts';
 
 const LONG = 120_000;
 
@@ -297,7 +298,7 @@ describe("the submission guard's claim against what runs beside it", () => {
       const first = hold(tenant, (tx) => startRun(tx, tenant, reference));
       const { run: firstRun } = await first.ready;
       const frozen = tenantEm(stack.container.orm, tenant).transactional((tx) =>
-        freezePartnerStep.run({ submission: offboardingSubmission.parse(submissionOf(tenant, reference).input) }, { em: tx, run: { id: toFreeze.id, tenantId: tenant } } as unknown as StepContext),
+        freezePartnerStep.run({ submission: offboardingSubmission.parse(submissionOf(tenant, reference).input) }, { em: tx, run: { id: toFreeze.id, tenantId: tenant }, retired: () => false } as unknown as StepContext),
       );
       expect(await within(frozen, 'freeze-partner beside the held submission')).toMatchObject({ offboarding_id: expect.any(String) });
       await within(
@@ -314,6 +315,17 @@ describe("the submission guard's claim against what runs beside it", () => {
     } finally {
       await releaseAll();
     }
+  });
+
+  it("a claim cannot be erased by the application role (42501), even under its own tenant: the partner stays held by its run", { timeout: LONG }, async () => {
+    const tenant = newTenant();
+    const reference = `P-${randomUUID().slice(0, 8)}`;
+    const holder = await accepted(tenant, reference);
+    const em = tenantEm(stack.container.orm, tenant);
+    expect(await sqlState(em.execute(`delete from partner_offboarding_claims where tenant_id = ? and partner_reference = ?`, [tenant, reference]))).toBe('42501');
+    expect(await sqlState(em.execute(`delete from partner_offboarding_claims`))).toBe('42501');
+    expect(await claimOf(tenant, reference)).toEqual([holder.id]);
+    expect(await submit(tenant, reference)).toEqual(refusedNaming(holder.id, 'pending'));
   });
 
   it("another tenant's submission of the same reference never waits on this tenant's claim in flight, and is accepted", { timeout: LONG }, async () => {

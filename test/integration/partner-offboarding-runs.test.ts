@@ -10,6 +10,7 @@ import { randomUUID } from 'node:crypto';
 import { api, newTenant, OFFBOARDING_SUBMISSION, runUsers, SAMPLE_SUBMISSION, startStack, type TestStack } from '../helpers/stack.ts';
 import { waitFor } from '../helpers/poll.ts';
 import { capturedLog } from '../helpers/log-capture.ts';
+import { retiringApi } from '../helpers/retiring-api.ts';
 import { barrier, controlledStep, enteredBy, startRunHost, stepControl, wrappedWorkflow, type StepControl } from '../helpers/run-host.ts';
 import { stepJobId } from '../../src/platform/queue/job-ids.ts';
 import { PARTNER_OFFBOARDING, PARTNER_OFFBOARDING_QUEUE } from '../../src/modules/partner-offboarding/partner-offboarding.workflow.ts';
@@ -395,6 +396,40 @@ describe('cancelling, retrying and listing partner offboardings through the API'
       { run_id: failed, status: 'abandoned' },
       { run_id: next, status: 'archived' },
     ]);
+  });
+
+  it('a failed offboarding of a workflow version declared retired, whose retry is refused, does not hold its partner: of submissions at once one is accepted, completes, and marks the failed record abandoned', { timeout: LONG }, async () => {
+    const { body, failed } = await failedInSettle();
+    // A run of a version no release runs any more (v7 stands for it: this stack registers v1 only).
+    await stack.db.admin(`update durable_runs set workflow_version = 7 where id = $1`, [failed]);
+    // Where v7 is merely not registered (a deploy in progress, not declared retired), its retry is put
+    // off (503, Retry-After), not refused: the failed run still holds its partner, "retry that run".
+    expect((await act('retry', failed)).status).toBe(503);
+    expectRefused(await post(tok.submitter!, body), { run_id: failed, run_status: 'failed', offboarding_status: 'frozen' });
+    // A deployment that declares v7 retired: its API, and a worker (the failed run's host, failing step 2, stopped).
+    while (hosts.length) await hosts.pop()!.stop();
+    hosts.push(startRunHost(stack, stack.container.runtime.workflow(PARTNER_OFFBOARDING), `offboarding-retired-${randomUUID().slice(0, 8)}`, {}, { retired: ['partner-offboarding@v7'] }));
+    const retiring = await retiringApi(stack, 'partner-offboarding@v7');
+    try {
+      const retry = await api(retiring, 'POST', `${BASE}/runs/${failed}/retry`, { token: tok.submitter!, headers: { 'Idempotency-Key': randomUUID() } });
+      expect(retry.status, retry.text).toBe(409);
+      expect(retry.json.code).toBe('workflow_version_retired');
+      // Before: 409 partner_already_offboarded, "retry that run" — the retry just refused — until run retention deleted the failed run.
+      const answers = await Promise.all([0, 1, 2, 3].map(() => api(retiring, 'POST', `${BASE}/run`, { token: tok.submitter!, body, headers: { 'Idempotency-Key': randomUUID() } })));
+      const accepted = answers.filter((a) => a.status === 202).map((a) => a.json.run_id as string);
+      expect(accepted, answers.map((a) => `${a.status} ${a.text}`).join('\n')).toHaveLength(1);
+      for (const refused of answers.filter((a) => a.status !== 202)) expectRefused(refused, { run_id: accepted[0]! });
+      const next = accepted[0]!;
+      expect(await waitStatus(next, ['completed', 'failed'])).toMatchObject({ status: 'completed', error: null });
+      expect(await recordsOf(body.partner.reference)).toEqual([
+        { run_id: failed, status: 'abandoned' },
+        { run_id: next, status: 'archived' },
+      ]);
+      expect(await runsOf(body.partner.reference)).toEqual([failed, next]);
+      expectRefused(await api(retiring, 'POST', `${BASE}/run`, { token: tok.submitter!, body, headers: { 'Idempotency-Key': randomUUID() } }), { run_id: next, run_status: 'completed', offboarding_status: 'archived' });
+    } finally {
+      await retiring.stop();
+    }
   });
 
   it("a failed offboarding whose record was abandoned (the migration's: its partner offboarded by another run), retried: fails at once partner_already_offboarded, settles nothing", { timeout: LONG }, async () => {

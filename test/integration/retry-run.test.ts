@@ -19,11 +19,7 @@ import { stackSweeper } from '../helpers/recovery.ts';
 import { GOLDEN_PATH, GOLDEN_PATH_QUEUE } from '../../src/modules/golden-path/golden-path.workflow.ts';
 import type { WorkflowDef } from '../../src/platform/durable/workflow.ts';
 import { DEFER_UNTIL_NEXT } from '../../src/platform/db/markers.ts';
-import type { Server } from 'node:http';
-import type { AddressInfo } from 'node:net';
-import { createContainer } from '../../src/container.ts';
-import { createApp } from '../../src/app.ts';
-import { parseConfig } from '../../src/platform/config/config.ts';
+import { retiringApi as retiringApiOf } from '../helpers/retiring-api.ts';
 import { StepExecutor } from '../../src/platform/durable/executor.ts';
 
 const LONG = 120_000;
@@ -76,21 +72,7 @@ describe('retrying a failed run through the API', () => {
   const control: (failing?: number[]) => Control = stepControl;
 
   /** An API instance (and its runtime) of a deployment that declares golden-path v7 retired, on this stack's database and Redis. */
-  async function retiringApi() {
-    const container = await createContainer(parseConfig({ ...stack.env, WORKFLOW_VERSIONS_RETIRED: 'golden-path@v7' }), { service: 'api' });
-    const server = await new Promise<Server>((resolve) => {
-      const srv = createApp(container).listen(0, '127.0.0.1', () => resolve(srv));
-    });
-    return {
-      ...stack,
-      container,
-      baseUrl: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
-      async stop() {
-        await new Promise((resolve) => server.close(resolve));
-        await container.close();
-      },
-    };
-  }
+  const retiringApi = () => retiringApiOf(stack, 'golden-path@v7');
 
   async function submit(body: unknown = CLASS_A_SUBMISSION, token = tok.submitter!): Promise<string> {
     const res = await api(stack, 'POST', '/api/v1/golden-path/run', { token, body, headers: { 'Idempotency-Key': randomUUID() } });

@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { z } from 'zod';
 import type { EntityManager } from '@mikro-orm/postgresql';
-import { defineStep, type StepContext } from '../../platform/durable/workflow.ts';
+import { defineStep, type StepContext, type SubmissionRun } from '../../platform/durable/workflow.ts';
 import { ConflictError, PermanentError } from '../../platform/errors/app-error.ts';
 import { minorDigits, sumMinor } from '../../platform/money/minor-units.ts';
 import { archivedSchema, frozenSchema, offboardingSubmission, settlementSchema, type OffboardingSubmission, type Settlement } from './partner-offboarding.schemas.ts';
@@ -33,7 +33,7 @@ async function advance(em: EntityManager, ctx: StepContext, from: string, set: s
   if (!rows[0]) {
     const [own] = await em.execute<{ partner_reference: string; status: string }[]>(`select partner_reference, status from partner_offboardings where tenant_id = ? and run_id = ?`, [ctx.run.tenantId, ctx.run.id]);
     if (own?.status === 'abandoned') {
-      const [holder] = await em.execute<Holder[]>(HOLDER, [ctx.run.tenantId, ctx.run.tenantId, own.partner_reference]);
+      const [holder] = await em.execute<Holder[]>(HOLDER, liveRecordParams(ctx.run.tenantId, own.partner_reference));
       throw holder ? new PartnerAlreadyOffboardedError(own.partner_reference, holder) : new PermanentError('partner_already_offboarded', `Run ${ctx.run.id}'s offboarding of partner ${own.partner_reference} was abandoned.`);
     }
     throw new Error(`offboarding of run ${ctx.run.id} is not ${from}`);
@@ -52,28 +52,42 @@ const CLAIM = `insert into partner_offboardings (id, tenant_id, run_id, partner_
   on conflict (tenant_id, partner_reference) where status <> 'abandoned' do nothing returning id`;
 
 /**
- * The record of the partner that is not abandoned, with its run's status (null: deleted by run
- * retention). Parameters: the tenant twice, the reference. The run is read by a sub-select naming the
- * tenant as a value: a join on `r.tenant_id = o.tenant_id` was planned, generic, as a walk of the
- * tenant's runs (tenant-scoped-queries.test.ts).
+ * `run_status` and `run_version`: the status and workflow version of the run `o.run_id` names (both
+ * null: deleted by run retention). Two sub-selects by (tenant, id), each naming the tenant as a value
+ * (one parameter each): a join on `r.tenant_id = o.tenant_id`, or a lateral one, was planned, generic,
+ * as a walk of the tenant's runs (tenant-scoped-queries.test.ts).
  */
-const LIVE_RECORD = `select o.id, o.run_id, o.status,
-    (select r.status from durable_runs r where r.tenant_id = ? and r.id = o.run_id) as run_status
+const RUN_OF = (o: string) => `(select r.status from durable_runs r where r.tenant_id = ? and r.id = ${o}.run_id) as run_status,
+    (select r.workflow_version from durable_runs r where r.tenant_id = ? and r.id = ${o}.run_id) as run_version`;
+
+/**
+ * The record of the partner that is not abandoned, with its run's status and version (null: deleted
+ * by run retention). Parameters: liveRecordParams.
+ */
+const LIVE_RECORD = `select o.id, o.run_id, o.status, ${RUN_OF('o')}
   from partner_offboardings o where o.tenant_id = ? and o.partner_reference = ? and o.status <> 'abandoned'`;
+const liveRecordParams = (tenantId: string, reference: string) => [tenantId, tenantId, tenantId, reference];
 /** That record, locked: step 1 may give it up (abandoned) and claim the partner in its place. */
 const HOLDER = `${LIVE_RECORD} for update of o`;
 
-type Holder = { id: string; run_id: string; status: string; run_status: string | null };
-/** Who holds a partner, as a 409 names it: the run, its status, its record's (null: not frozen yet). */
-type Held = { run_id: string; run_status: string | null; offboarding_status: string | null };
-const heldOf = (h: Holder): Held => ({ run_id: h.run_id, run_status: h.run_status, offboarding_status: h.status });
+type Holder = { id: string; run_id: string; status: string; run_status: string | null; run_version: number | null };
+/** Who holds a partner, as a 409 names it: the run, its status, its record's (null: not frozen yet); and the run's workflow version. */
+type Held = { run_id: string; run_status: string | null; offboarding_status: string | null; run_version: number | null };
+const heldOf = (h: Holder): Held => ({ run_id: h.run_id, run_status: h.run_status, offboarding_status: h.status, run_version: h.run_version });
 
 /**
  * Whether a run holds its partner: its record archived, or the run neither cancelled nor deleted (by
- * run retention), nor its record abandoned — a failed run holds it (retry that run), and so does one
- * still `pending` or `running` whose record is not written yet. Such a record or claim is given up.
+ * run retention), nor its record abandoned, nor failed on a workflow version declared retired (its
+ * retry is refused for good: 409 workflow_version_retired, ADR 0008). A failed run holds it (retry
+ * that run: accepted, or put off with 503 where its version is merely not registered), and so does
+ * one still `pending` or `running` whose record is not written yet. A record or claim of a run that
+ * holds nothing is given up. `retired`: the process's WORKFLOW_VERSIONS_RETIRED, for this workflow.
  */
-const holdsPartner = (h: Held) => h.offboarding_status === 'archived' || (h.run_status !== null && h.run_status !== 'cancelled' && h.offboarding_status !== 'abandoned');
+function holdsPartner(h: Held, retired: (version: number) => boolean): boolean {
+  if (h.offboarding_status === 'archived') return true;
+  if (h.run_status === null || h.run_status === 'cancelled' || h.offboarding_status === 'abandoned') return false;
+  return !(h.run_status === 'failed' && h.run_version !== null && retired(h.run_version));
+}
 
 function heldBy(reference: string, holder: Held): string {
   const what = holder.offboarding_status === 'archived' ? 'was offboarded' : `is being offboarded (its run is ${holder.run_status}${holder.run_status === 'failed' ? ': retry that run' : ''})`;
@@ -102,13 +116,12 @@ function refusal(reference: string, holder: Held): ConflictError {
 const RECORD_AND_CLAIM = `with rec as (${LIVE_RECORD}),
   claim as (insert into partner_offboarding_claims (id, tenant_id, partner_reference, run_id, claimed_at) values (?, ?, ?, ?, now())
     on conflict (tenant_id, partner_reference) do nothing returning run_id)
-  select 'record' as kind, rec.run_id, rec.run_status, rec.status as offboarding_status from rec
+  select 'record' as kind, rec.run_id, rec.run_status, rec.status as offboarding_status, rec.run_version from rec
   union all
-  select 'claimed' as kind, claim.run_id, null, null from claim`;
+  select 'claimed' as kind, claim.run_id, null, null, null from claim`;
 
-/** The partner's claim, its run's status (null: deleted by run retention) and its run's record's (null: none yet). */
-const CLAIM_HOLDER = `select c.run_id,
-    (select r.status from durable_runs r where r.tenant_id = ? and r.id = c.run_id) as run_status,
+/** The partner's claim, its run's status and version (null: deleted by run retention) and its run's record's status (null: none yet). */
+const CLAIM_HOLDER = `select c.run_id, ${RUN_OF('c')},
     (select o.status from partner_offboardings o where o.tenant_id = ? and o.run_id = c.run_id) as offboarding_status
   from partner_offboarding_claims c where c.tenant_id = ? and c.partner_reference = ?`;
 /** A claim whose run no longer holds the partner, taken over: only while it is still that run's. */
@@ -126,22 +139,24 @@ const CLAIM_PARTNER = `insert into partner_offboarding_claims (id, tenant_id, pa
  * not yet past freeze-partner, is refused as well, naming a run whose `offboarding_status` is null. Two
  * submissions at once meet on the claim's key: the second waits for the first's transaction, and is
  * refused once it commits (or takes the claim if it rolls back). A claim whose run holds nothing any
- * more (cancelled, deleted by run retention, its record abandoned) is taken over, guarded by the run it
+ * more (cancelled, deleted by run retention, its record abandoned, or failed on a workflow version
+ * declared retired, whose retry is refused for good) is taken over, guarded by the run it
  * named, so two taking it over at once are one accepted and one refused. It locks the claim only (no
  * record, no run): the holder's own steps never wait for it. Runs from before the claims hold none:
  * their records are checked as before, and freeze-partner's claim of the record is the backstop.
  */
-export async function refuseHeldPartner(em: EntityManager, submission: OffboardingSubmission, run: { tenantId: string; runId: string }): Promise<void> {
+export async function refuseHeldPartner(em: EntityManager, submission: OffboardingSubmission, run: SubmissionRun): Promise<void> {
   const { reference } = submission.partner;
   const { tenantId, runId } = run;
-  const rows = await em.execute<Array<Held & { kind: 'record' | 'claimed' }>>(RECORD_AND_CLAIM, [tenantId, tenantId, reference, randomUUID(), tenantId, reference, runId]);
+  const holds = (h: Held) => holdsPartner(h, run.retired);
+  const rows = await em.execute<Array<Held & { kind: 'record' | 'claimed' }>>(RECORD_AND_CLAIM, [...liveRecordParams(tenantId, reference), randomUUID(), tenantId, reference, runId]);
   const record = rows.find((r) => r.kind === 'record');
-  if (record && holdsPartner(record)) throw refusal(reference, record);
+  if (record && holds(record)) throw refusal(reference, record);
   if (rows.some((r) => r.kind === 'claimed')) return;
   // Another run of the tenant claimed the partner: refused while that run holds it, else taken over.
   for (let attempt = 0; attempt < 5; attempt++) {
-    const [claim] = await em.execute<Held[]>(CLAIM_HOLDER, [tenantId, tenantId, tenantId, reference]);
-    if (claim && holdsPartner(claim)) throw refusal(reference, claim);
+    const [claim] = await em.execute<Held[]>(CLAIM_HOLDER, [tenantId, tenantId, tenantId, tenantId, reference]);
+    if (claim && holds(claim)) throw refusal(reference, claim);
     const taken = claim ? await em.execute(TAKE_OVER, [randomUUID(), runId, tenantId, reference, claim.run_id]) : await em.execute(CLAIM_PARTNER, [randomUUID(), tenantId, reference, runId]);
     if (taken[0]) return;
     // Another submission changed the claim since it was read (and committed): read it again.
@@ -166,12 +181,12 @@ export const freezePartnerStep = defineStep({
     const { reference, name } = submission.partner;
     const claim = () => ctx.em.execute<{ id: string }[]>(CLAIM, [id, ctx.run.tenantId, ctx.run.id, reference, name, submission.reason, frozenAt]);
     if (!(await claim())[0]) {
-      const [holder] = await ctx.em.execute<Holder[]>(HOLDER, [ctx.run.tenantId, ctx.run.tenantId, reference]);
+      const [holder] = await ctx.em.execute<Holder[]>(HOLDER, liveRecordParams(ctx.run.tenantId, reference));
       // Gone since the claim, or this run's own (another execution of the step got there first): a
       // plain (retryable) error, whose retry reads the run and goes on from what is stored.
       if (!holder || holder.run_id === ctx.run.id) throw new Error(`partner ${reference}: its offboarding record changed under run ${ctx.run.id}'s freeze`);
-      // A run cancelled before it archived (or deleted by retention) holds nothing: its record is given up.
-      if (holdsPartner(heldOf(holder))) throw new PartnerAlreadyOffboardedError(reference, holder);
+      // A run cancelled before it archived (or deleted by retention, or failed on a retired version) holds nothing: its record is given up.
+      if (holdsPartner(heldOf(holder), ctx.retired)) throw new PartnerAlreadyOffboardedError(reference, holder);
       await ctx.em.execute(`update partner_offboardings set status = 'abandoned' where tenant_id = ? and id = ?`, [ctx.run.tenantId, holder.id], 'run');
       if (!(await claim())[0]) throw new Error(`partner ${reference}: claimed by another offboarding during run ${ctx.run.id}'s freeze`);
     }

@@ -95,9 +95,12 @@ export const APPEND_ONLY_TABLES = ['approval_decisions', 'evidence_packs', 'evid
  * tenant's approval policy (ADR 0010); `approval_requests` holds each run's class, the approvals it
  * needed and how its wait ended (run retention keeps it: ADR 0011); `approval_policies` is the policy
  * in force, with who set and who approved it (a deleted row is the defaults again, at version 0, with
- * nobody's name on them). With DELETE, any statement run as the application role could erase them.
+ * nobody's name on them). `partner_offboarding_claims` says which run holds a partner from its
+ * offboarding's submission on (a claim is taken over, never removed): a deleted claim let a second
+ * offboarding of a partner whose first run is still queued be accepted. With DELETE, any statement
+ * run as the application role could erase them.
  */
-export const NO_DELETE_TABLES = ['approval_policies', 'approval_policy_changes', 'approval_requests'];
+export const NO_DELETE_TABLES = ['approval_policies', 'approval_policy_changes', 'approval_requests', 'partner_offboarding_claims'];
 
 /**
  * Tables the application only reads: a tenant's limit overrides (ADR 0014), which the admission

@@ -454,6 +454,7 @@ export class StepExecutor {
       wait: <O>(output: O): Waiting<O> => ({ [WAITING]: true, output }),
       emit: (type, data) => void events.push({ type, data }),
       prefetched: state.prefetched.has(seq) ? state.prefetched.get(seq) : undefined,
+      retired: (version) => this.o.runtime.workflows.retired(wf.name, version),
     };
     // The step's inserts are held and travel with its next statement: at the latest with the
     // checkpoint and the commit (ADR 0004).

@@ -324,7 +324,7 @@ export class DurableRuntime {
     const found = await this.insertRun(em, wf, input, wf.admitSubmission ? '' : marker);
     if (found?.created && wf.admitSubmission) {
       const parsed = wf.input.safeParse(input.input);
-      if (parsed.success) await wf.admitSubmission(em, parsed.data, { tenantId: input.tenantId, runId: found.run.id });
+      if (parsed.success) await wf.admitSubmission(em, parsed.data, { tenantId: input.tenantId, runId: found.run.id, retired: (version) => this.workflows.retired(wf.name, version) });
     }
     return found;
   }

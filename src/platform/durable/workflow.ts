@@ -40,6 +40,14 @@ export interface RunInfo {
   createdAt: Date;
 }
 
+/** The run a workflow's submission guard (`admitSubmission`) judges: just created, in the submission's transaction. */
+export interface SubmissionRun {
+  tenantId: string;
+  runId: string;
+  /** Whether `version` of the workflow is declared retired for good (WORKFLOW_VERSIONS_RETIRED). */
+  retired(version: number): boolean;
+}
+
 export interface StepContext {
   /**
    * Tenant-bound entity manager inside the step's transaction: domain writes commit with the checkpoint.
@@ -69,6 +77,12 @@ export interface StepContext {
    * when it found nothing); undefined when the step declares no prefetch.
    */
   prefetched: unknown;
+  /**
+   * Whether `version` of this run's workflow is declared retired for good (WORKFLOW_VERSIONS_RETIRED,
+   * ADR 0008): a run of it can never be carried on, nor retried. For a step that judges other runs of
+   * its workflow (partner offboarding's freeze-partner: a failed run of such a version holds nothing).
+   */
+  retired(version: number): boolean;
 }
 
 export const WAITING = Symbol('dealix.waiting');
@@ -147,8 +161,10 @@ export interface WorkflowDef<In = any> {
    * earlier runs' steps wrote would let two submissions at once, or a second before the first's run
    * has started, both pass. A step must still enforce the key for runs the guard never judged (runs
    * from before it; freeze-partner's claim of the record).
+   * `run.retired(version)`: whether a version of the workflow is declared retired for good
+   * (WORKFLOW_VERSIONS_RETIRED, ADR 0008), so a failed run of it can never be retried.
    */
-  admitSubmission?(em: EntityManager, input: In, run: { tenantId: string; runId: string }): Promise<void>;
+  admitSubmission?(em: EntityManager, input: In, run: SubmissionRun): Promise<void>;
   /**
    * What the run's `run.<status>` webhook event carries besides the run's own fields, from its output
    * when its last step completed (e.g. the golden path's evidence pack id; docs/api.md, *Webhooks*).
