@@ -1,6 +1,7 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { ROOT_CONTEXT, TraceFlags, createTraceState, propagation, trace } from '@opentelemetry/api';
 import { extractInternal, injectInternal } from '../../src/platform/telemetry/internal-propagation.ts';
+import { isValidCorrelationId } from '../../src/platform/telemetry/attributes.ts';
 import { bullmqTelemetry } from '../../src/platform/telemetry/bullmq-telemetry.ts';
 import { setTelemetryShutdown } from '../../src/platform/telemetry/otel-hooks.ts';
 
@@ -21,6 +22,17 @@ describe("the platform's own trace records (job metadata, a run's stored tracepa
     expect(trace.getSpanContext(read)).toMatchObject({ traceId, spanId, traceFlags: TraceFlags.SAMPLED, isRemote: true });
     expect(trace.getSpanContext(read)?.traceState?.get('vendor')).toBe('a1');
     expect(propagation.getBaggage(read)?.getEntry('dealix.correlation_id')?.value).toBe('order-4711');
+  });
+
+  it('carry every correlation id X-Correlation-Id admits exactly: 128 characters, with the `:` baggage must percent-encode', () => {
+    const ids = [`a${'Z9._:-'.repeat(21)}b`, 'order:4711', '0', `x${':'.repeat(127)}`];
+    for (const id of ids) {
+      expect(isValidCorrelationId(id), id).toBe(true);
+      const carrier: Record<string, string> = {};
+      injectInternal(propagation.setBaggage(ROOT_CONTEXT, propagation.createBaggage({ 'dealix.correlation_id': { value: id } })), carrier);
+      expect(carrier.baggage).not.toContain(':');
+      expect(propagation.getBaggage(extractInternal(ROOT_CONTEXT, carrier))?.getEntry('dealix.correlation_id')?.value, id).toBe(id);
+    }
   });
 
   it('read what the SDK\'s default propagator wrote (jobs added before), keep "not sampled", and ignore what is not W3C', () => {
