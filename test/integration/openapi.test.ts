@@ -91,6 +91,23 @@ describe('OpenAPI 3.1 from the route declarations', () => {
     );
   });
 
+  it("publishes a run's trace_id as nullable and says when it is null (tracing off, or a trace its sampler did not sample)", async () => {
+    const doc = (await api(stack, 'GET', '/openapi.json')).json;
+    const found: any[] = [];
+    const visit = (v: unknown): void => {
+      if (!v || typeof v !== 'object') return;
+      const props = (v as { properties?: Record<string, unknown> }).properties;
+      if (props?.trace_id) found.push(props.trace_id);
+      for (const x of Object.values(v)) visit(x);
+    };
+    visit(doc);
+    expect(found.length).toBeGreaterThan(0);
+    for (const t of found) {
+      expect(JSON.stringify(t)).toContain('"null"');
+      expect(t.description ?? '', JSON.stringify(t)).toMatch(/null.*sampl/s);
+    }
+  });
+
   it("names database_timeout among every route's 503s: any request's statement may wait out DATABASE_STATEMENT_TIMEOUT (to-problem.ts)", async () => {
     const doc = (await api(stack, 'GET', '/openapi.json')).json;
     const without = stack.container.routes

@@ -195,7 +195,12 @@ export function runViewShape<O extends ZodType>(stepOutput: O) {
       current_sequence_num: z.number().int().min(1).nullable().describe('The step the run is at; null once it has ended'),
     }),
     correlation_id: z.string(),
-    trace_id: z.string().nullable(),
+    trace_id: z
+      .string()
+      .nullable()
+      .describe(
+        "The run's OpenTelemetry trace id, which leads to its trace in the tracing backend; null when the submission was not traced: tracing off, or a trace its sampler did not sample (OTEL_TRACES_SAMPLER). The correlation id is always there",
+      ),
     submitted_by: z.string(),
     created_at: isoTime,
     updated_at: isoTime.describe("The run's last change of status"),

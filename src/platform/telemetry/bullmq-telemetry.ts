@@ -1,5 +1,5 @@
 import { BullMQOtel } from 'bullmq-otel';
-import type { Context } from '@opentelemetry/api';
+import { propagation, type Context } from '@opentelemetry/api';
 import { INSTRUMENTATION_VERSION } from './attributes.ts';
 import { extractInternal, injectInternal } from './internal-propagation.ts';
 import { telemetryStarted } from './otel-hooks.ts';
@@ -20,6 +20,13 @@ export function bullmqTelemetry(): BullMQOtel | undefined {
     injectInternal(ctx, carrier);
     return JSON.stringify(carrier);
   };
-  telemetry.contextManager.fromMetadata = (active: Context, metadata: string) => extractInternal(active, JSON.parse(metadata) as Record<string, string>);
+  telemetry.contextManager.fromMetadata = (active: Context, metadata: string) => {
+    const carrier = JSON.parse(metadata) as Record<string, string>;
+    const ctx = extractInternal(active, carrier);
+    // A job added by a release that wrote the global propagator's form (OTEL_PROPAGATORS=b3, jaeger, …:
+    // no W3C traceparent) — queued across the upgrade, or by an old web process of a rolling deploy —
+    // is read as it was written, so its steps stay in its submission's trace.
+    return carrier.traceparent === undefined && Object.keys(carrier).length ? propagation.extract(ctx, carrier) : ctx;
+  };
   return telemetry;
 }
