@@ -120,7 +120,7 @@ export function startWorkers(args: {
       active.set(key, step);
       try {
         // The executor names a step's database errors by their SQLSTATE itself (executor.ts); one raised
-        // before its step loop (reading the run's version or status, counting a crash) is named so here.
+        // outside its steps (reading the run's version or status before them, failing a retired version's run) is named so here.
         return await redacted(job, () => args.executor.process(job as Job<StepJobData>, {
           abort: abort.signal,
           draining: () => draining,
