@@ -2,17 +2,20 @@
  * What BullMQ keeps of a job's error (its failedReason in Bull Board, the `job failed` event of its
  * span, which goes to the collector) for the jobs that are not a run's steps — timers, maintenance,
  * webhook deliveries: a database error by its SQLSTATE, never PostgreSQL's message, which quotes
- * values (a run's steps do the same: step-failures.test.ts).
+ * values (a run's steps do the same: step-failures.test.ts); and a run job's database error raised
+ * outside its steps, before them.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Queue } from 'bullmq';
 import { randomUUID } from 'node:crypto';
-import { startStack, type TestStack } from '../helpers/stack.ts';
+import { api, CLASS_A_SUBMISSION, newTenant, runUsers, startStack, type TestStack } from '../helpers/stack.ts';
+import { holdTable } from '../helpers/table-lock.ts';
 import { startRunHost } from '../helpers/run-host.ts';
 import { waitFor } from '../helpers/poll.ts';
 import { GOLDEN_PATH } from '../../src/modules/golden-path/golden-path.workflow.ts';
 import { TIMER_QUEUE } from '../../src/platform/queue/timers.ts';
 import { UnrecoverableError } from 'bullmq';
+import type { StepJobData } from '../../src/platform/durable/runtime.ts';
 
 let stack: TestStack;
 beforeAll(async () => {
@@ -73,6 +76,52 @@ describe('a run job whose data the platform did not write', () => {
     } finally {
       await queue.close();
       await host.stop();
+    }
+  });
+});
+
+describe("a run job's database error raised before its step loop, as BullMQ keeps it", () => {
+  // The executor names a step's database errors by their SQLSTATE itself; this one comes before any
+  // step: the read of the run's workflow version that a job added before jobs carried it (no
+  // `workflow_version`) makes first. The read waits for a lock an operator session holds on the runs
+  // table, past DATABASE_STATEMENT_TIMEOUT: a real PostgreSQL error (57014), whose message BullMQ
+  // must not keep. Once the lock is gone the job's retry carries the run to its end: nothing is lost.
+  let slow: TestStack;
+  beforeAll(async () => {
+    slow = await startStack({ env: { DATABASE_STATEMENT_TIMEOUT: '1s' } });
+  }, 120_000);
+  afterAll(() => slow?.stop());
+
+  it("is the SQLSTATE, not PostgreSQL's message, and the run still completes", { timeout: 120_000 }, async () => {
+    const wf = slow.container.runtime.workflow(GOLDEN_PATH);
+    const queue = new Queue<StepJobData>(wf.queue, { connection: slow.redis, prefix: slow.prefix });
+    const tok = await runUsers(slow, newTenant());
+    const submitted = await api(slow, 'POST', '/api/v1/golden-path/run', { token: tok.submitter, body: CLASS_A_SUBMISSION, headers: { 'Idempotency-Key': randomUUID() } });
+    expect(submitted.status, submitted.text).toBe(202);
+    const runId = submitted.json.run_id as string;
+    // No worker serves the queue yet: the run's job waits, and becomes one of an older release.
+    const job = await waitFor(async () => (await queue.getJobs(['wait', 'prioritized'])).find((j) => j.data.run_id === runId), { timeoutMs: 30_000, what: "the run's job" });
+    const { workflow_version: _version, ...older } = job.data;
+    await job.updateData(older as StepJobData);
+    const lock = await holdTable(slow.db.adminUrl, 'durable_runs', 'access exclusive');
+    let host: ReturnType<typeof startRunHost> | undefined;
+    try {
+      host = startRunHost(slow, wf, 'job-errors-run-db');
+      const failed = await waitFor(async () => {
+        const j = await queue.getJob(job.id!);
+        return j && j.attemptsMade >= 1 && j.failedReason ? j : undefined;
+      }, { timeoutMs: 30_000, what: "the run job's first attempt to fail" });
+      expect(failed.failedReason).toContain('database error (SQLSTATE 57014)');
+      expect(JSON.stringify([failed.failedReason, failed.stacktrace])).not.toContain('canceling statement');
+      expect(JSON.stringify(failed.stacktrace)).not.toContain('durable_runs');
+      await lock.release();
+      const done = await waitFor(async () => ((await queue.getJobState(job.id!)) === 'completed' ? true : undefined), { timeoutMs: 60_000, what: "the run's job to complete once the lock is gone" });
+      expect(done).toBe(true);
+      expect((await slow.db.admin('select status from durable_runs where id = $1', [runId])).rows[0].status).toBe('completed');
+    } finally {
+      await lock.close();
+      await host?.stop();
+      await queue.close();
     }
   });
 });

@@ -119,7 +119,9 @@ export function startWorkers(args: {
       const step: ActiveStep = { job, token, abort };
       active.set(key, step);
       try {
-        return await args.executor.process(job as Job<StepJobData>, {
+        // The executor names a step's database errors by their SQLSTATE itself (executor.ts); one raised
+        // outside its steps (reading the run's version or status before them, failing a retired version's run) is named so here.
+        return await redacted(job, () => args.executor.process(job as Job<StepJobData>, {
           abort: abort.signal,
           draining: () => draining,
           // With Redis down the hand-back waits for it: the stop's abort (after HAND_BACK_MS) ends the wait, and the job's lock lapses.
@@ -133,7 +135,7 @@ export function startWorkers(args: {
             await job.updateData({ ...unparked(job.data as StepJobData), deferrals });
             await job.moveToDelayed(Date.now() + delayMs, token);
           },
-        });
+        }));
       } finally {
         active.delete(key);
         // Whatever ended the job (its run ended or waits, it failed, was put off): the slot is given back.
@@ -146,22 +148,27 @@ export function startWorkers(args: {
     }
     return handle(job);
   };
-  // Timers, maintenance, webhooks: the job's handler by its name. (A timer an older release added to a
-  // workflow's queue is found there by the run queue's worker and comes here too, ADR 0015.)
-  // What BullMQ keeps of their errors (failedReason in Bull Board, the `job failed` event of the job's
+  // What BullMQ keeps of a job's error (failedReason in Bull Board, the `job failed` event of the job's
   // span, which goes to the collector): a database error by its SQLSTATE, as a run's step does
-  // (executor.ts), never PostgreSQL's message, which quotes values; the worker's log keeps it.
-  const handle = async (job: Job) => {
-    const handler = args.handlers[job.name];
-    if (!handler) throw new Error(`no handler for job ${job.name}`);
+  // (executor.ts), never PostgreSQL's message, which quotes values; the worker's log keeps it. Any other
+  // error passes as it is: a job's own, and BullMQ's control errors (DelayedError, UnrecoverableError,
+  // WaitingChildrenError), which carry no SQLSTATE.
+  const redacted = async <T>(job: Job, fn: () => Promise<T>): Promise<T> => {
     try {
-      return await handler(job);
+      return await fn();
     } catch (e) {
       const state = sqlStateOf(e);
       if (!state) throw e;
       args.logger.warn({ err: e, job_id: job.id, job_name: job.name, queue: job.queueName, ...runIdsOf(job.data) }, 'job failed on a database error');
       throw new Error(`database error (SQLSTATE ${state}); the worker's log has its message under this job's id`);
     }
+  };
+  // Timers, maintenance, webhooks: the job's handler by its name. (A timer an older release added to a
+  // workflow's queue is found there by the run queue's worker and comes here too, ADR 0015.)
+  const handle = async (job: Job) => {
+    const handler = args.handlers[job.name];
+    if (!handler) throw new Error(`no handler for job ${job.name}`);
+    return redacted(job, () => handler(job));
   };
   const timerQueues = (args.timers?.queues ?? []).filter((q) => !queueNames.has(q));
   const served = [
