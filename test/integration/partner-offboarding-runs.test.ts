@@ -11,9 +11,13 @@ import { api, newTenant, OFFBOARDING_SUBMISSION, runUsers, SAMPLE_SUBMISSION, st
 import { waitFor } from '../helpers/poll.ts';
 import { capturedLog } from '../helpers/log-capture.ts';
 import { retiringApi } from '../helpers/retiring-api.ts';
+import type { WorkflowDef } from '../../src/platform/durable/workflow.ts';
 import { barrier, controlledStep, enteredBy, startRunHost, stepControl, wrappedWorkflow, type StepControl } from '../helpers/run-host.ts';
 import { stepJobId } from '../../src/platform/queue/job-ids.ts';
 import { PARTNER_OFFBOARDING, PARTNER_OFFBOARDING_QUEUE } from '../../src/modules/partner-offboarding/partner-offboarding.workflow.ts';
+import { pino } from 'pino';
+import { DurableRuntime, RUN_COLUMNS, type RunRow } from '../../src/platform/durable/runtime.ts';
+import { tenantEm } from '../../src/platform/db/tenant-em.ts';
 
 const LONG = 120_000;
 const BASE = '/api/v1/partner-offboarding';
@@ -428,6 +432,116 @@ describe('cancelling, retrying and listing partner offboardings through the API'
       expect(await runsOf(body.partner.reference)).toEqual([failed, next]);
       expectRefused(await api(retiring, 'POST', `${BASE}/run`, { token: tok.submitter!, body, headers: { 'Idempotency-Key': randomUUID() } }), { run_id: next, run_status: 'completed', offboarding_status: 'archived' });
     } finally {
+      await retiring.stop();
+    }
+  });
+
+  /**
+   * v7 brought back by an operator: a worker registering it (`wf` relabelled v7, not declared retired)
+   * and the failed run `id` retried as the retry route does (its row locked), its job enqueued.
+   */
+  async function bringBackAndRetry(wf: WorkflowDef, id: string) {
+    const v7 = { ...wf, version: 7 };
+    hosts.push(startRunHost(stack, v7, `offboarding-v7-${randomUUID().slice(0, 8)}`));
+    const operator = new DurableRuntime({ workflows: [v7], queues: stack.container.runtime.queues, logger: pino({ level: 'silent' }) });
+    const retried = await tenantEm(stack.container.orm, tenant).transactional(async (tx) => {
+      const [row] = await tx.execute<RunRow[]>(`select ${RUN_COLUMNS} from durable_runs where tenant_id = ? and id = ? for update`, [tenant, id]);
+      return operator.retry(tx, row!, { retriedBy: 'operator' });
+    });
+    expect(retried.status).toBe('running');
+    await operator.ensureEnqueued(retried);
+  }
+  /** Waits until a backend of the stack's database waits on a lock in a statement that contains `text`. */
+  const blockedIn = (text: string) =>
+    waitFor(async () => (await stack.db.admin(`select 1 from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock' and position($1 in query) > 0`, [text])).rowCount, {
+      timeoutMs: 30_000,
+      intervalMs: 20,
+      what: `a statement (${text}) to wait on a lock`,
+    });
+  /** The partner offboarding with the steps of runs `which` picks held at barriers: each `[seq, before or after its body, barrier]`. */
+  const holdingAt = (which: (run: string) => boolean, ...holds: Array<[number, 'before' | 'after', ReturnType<typeof barrier>]>) =>
+    wrappedWorkflow(stack, PARTNER_OFFBOARDING, (step, seq) => async (input, ctx) => {
+      const hold = async (when: 'before' | 'after') => {
+        for (const [n, w, at] of holds) {
+          if (n !== seq || w !== when || !which(ctx.run.id)) continue;
+          at.enter();
+          await at.released;
+        }
+      };
+      await hold('before');
+      const out = await step.run(input, ctx);
+      await hold('after');
+      return out;
+    });
+
+  /**
+   * An offboarding failed in settle-balances on v7, then v7 declared retired (an API and the new run's
+   * worker, whose steps are held at `holds`) and the partner submitted again: accepted, taking it over.
+   * Stop `retiring` in a `finally`.
+   */
+  async function takenOverOnRetired(...holds: Array<[number, 'before' | 'after', ReturnType<typeof barrier>]>) {
+    const { body, failed } = await failedInSettle();
+    await stack.db.admin(`update durable_runs set workflow_version = 7 where id = $1`, [failed]);
+    while (hosts.length) await hosts.pop()!.stop();
+    hosts.push(startRunHost(stack, holdingAt((run) => run !== failed, ...holds), `offboarding-takeover-${randomUUID().slice(0, 8)}`, {}, { retired: ['partner-offboarding@v7'] }));
+    const retiring = await retiringApi(stack, 'partner-offboarding@v7');
+    const accepted = await api(retiring, 'POST', `${BASE}/run`, { token: tok.submitter!, body, headers: { 'Idempotency-Key': randomUUID() } }).catch(async (err) => {
+      await retiring.stop();
+      throw err;
+    });
+    return { body, failed, retiring, accepted };
+  }
+
+  it('a failed offboarding of a retired version taken over, then its version brought back and the run retried while the new run holds its record in freeze-partner: the retried run waits, then fails partner_already_offboarded — exactly one offboarding archived', { timeout: LONG }, async () => {
+    // The new run's freeze-partner gives the failed run's record up and is held after its body, that
+    // record locked and marked abandoned, its transaction open.
+    const held = barrier();
+    const { body, failed, retiring, accepted } = await takenOverOnRetired([1, 'after', held]);
+    try {
+      expect(accepted.status, accepted.text).toBe(202);
+      const next = accepted.json.run_id as string;
+      await held.inside;
+      // Meanwhile v7 is brought back and the failed run retried: its settle-balances waits on the record the new run holds.
+      await bringBackAndRetry(stack.container.runtime.workflow(PARTNER_OFFBOARDING), failed);
+      await blockedIn(`set status = 'settled'`);
+      held.release();
+      const old = await waitStatus(failed, ['completed', 'failed']);
+      expect(old.error).toMatchObject({ code: 'partner_already_offboarded', message: expect.stringContaining(next) });
+      expect(await waitStatus(next, ['completed', 'failed'])).toMatchObject({ status: 'completed', error: null });
+      expect(await recordsOf(body.partner.reference)).toEqual([
+        { run_id: failed, status: 'abandoned' },
+        { run_id: next, status: 'archived' },
+      ]);
+    } finally {
+      held.release();
+      await retiring.stop();
+    }
+  });
+
+  it('a failed offboarding of a retired version taken over, then its version brought back and the run retried, settling before the new run reaches freeze-partner: the new run waits, then fails partner_already_offboarded having frozen nothing — exactly one offboarding archived', { timeout: LONG }, async () => {
+    // The new run's freeze-partner is held before its body.
+    const fresh = barrier();
+    const settling = barrier();
+    const archiving = barrier();
+    const { body, failed, retiring, accepted } = await takenOverOnRetired([1, 'before', fresh]);
+    try {
+      expect(accepted.status, accepted.text).toBe(202);
+      const next = accepted.json.run_id as string;
+      await fresh.inside;
+      // v7 brought back, the failed run retried: its settle-balances held after its body (its record
+      // settled, locked, not committed), then before archive-record (settled, committed, the run running).
+      await bringBackAndRetry(holdingAt((run) => run === failed, [2, 'after', settling], [3, 'before', archiving]), failed);
+      await settling.inside;
+      fresh.release();
+      await blockedIn('insert into partner_offboardings');
+      settling.release();
+      const lost = await waitStatus(next, ['completed', 'failed']);
+      archiving.release();
+      expect(lost.error).toMatchObject({ code: 'partner_already_offboarded', message: expect.stringContaining(failed) });
+      expect(await waitStatus(failed, ['completed', 'failed'])).toMatchObject({ status: 'completed', error: null });
+      expect(await recordsOf(body.partner.reference)).toEqual([{ run_id: failed, status: 'archived' }]);
+    } finally {
+      for (const b of [fresh, settling, archiving]) b.release();
       await retiring.stop();
     }
   });

@@ -184,7 +184,13 @@ describe('queries name their tenant', () => {
     const offboarded = await offboard('P-PLANNED');
     expect(offboarded.status, offboarded.text).toBe(202);
     expect((await offboard('P-PLANNED')).status).toBe(409);
-    await stack.db.admin(`insert into partner_offboarding_claims (id, tenant_id, partner_reference, run_id, claimed_at) values ($1, $2, 'P-RETAINED', $3, now())`, [randomUUID(), tenant, randomUUID()]);
+    const gone = randomUUID();
+    await stack.db.admin(`insert into partner_offboarding_claims (id, tenant_id, partner_reference, run_id, claimed_at) values ($1, $2, 'P-RETAINED', $3, now())`, [randomUUID(), tenant, gone]);
+    // Its frozen record too: the new run's freeze-partner reads the partner's holder (locked) and abandons it.
+    await stack.db.admin(
+      `insert into partner_offboardings (id, tenant_id, run_id, partner_reference, partner_name, reason, status, frozen_at) values ($1, $2, $3, 'P-RETAINED', 'Acme', 'inactive', 'frozen', now())`,
+      [randomUUID(), tenant, gone],
+    );
     const takenOver = await offboard('P-RETAINED');
     expect(takenOver.status, takenOver.text).toBe(202);
     for (const id of [offboarded.json.run_id, takenOver.json.run_id]) {
@@ -234,7 +240,8 @@ describe('queries name their tenant', () => {
       expect(planned).toBeGreaterThan(15);
       expect(parts.some((s) => /from durable_checkpoints c where/.test(s))).toBe(true);
       // And partner offboarding's submission guard: the record read with the claim, the claim's holder, its take-over.
-      for (const guard of [/^with rec as \(select o\.id/, /^select c\.run_id/, /^update partner_offboarding_claims /]) expect(parts.some((s) => guard.test(s)), String(guard)).toBe(true);
+      // And freeze-partner's holder of the partner (locked) and its abandon, for a record whose run holds nothing.
+      for (const guard of [/^with rec as \(select o\.id/, /^select c\.run_id/, /^update partner_offboarding_claims /, /^select o\.id[\s\S]*for update of o$/, /^update partner_offboardings set status = 'abandoned' where tenant_id = \S+ and run_id = /]) expect(parts.some((s) => guard.test(s)), String(guard)).toBe(true);
       // And what travels as a prelude (its own short transaction ahead of the next one's first message,
       // never a query() call): the resumed run's holder (ADR 0016), the idempotency claim (ADR 0004).
       expect(parts.some((s) => /^update durable_runs set lease_owner = /.test(s))).toBe(true);

@@ -187,7 +187,9 @@ export const freezePartnerStep = defineStep({
       if (!holder || holder.run_id === ctx.run.id) throw new Error(`partner ${reference}: its offboarding record changed under run ${ctx.run.id}'s freeze`);
       // A run cancelled before it archived (or deleted by retention, or failed on a retired version) holds nothing: its record is given up.
       if (holdsPartner(heldOf(holder), ctx.retired)) throw new PartnerAlreadyOffboardedError(reference, holder);
-      await ctx.em.execute(`update partner_offboardings set status = 'abandoned' where tenant_id = ? and id = ?`, [ctx.run.tenantId, holder.id], 'run');
+      // By its run (unique per tenant, and locked above): the key is `id` alone, and `tenant_id = ? and id = ?`
+      // was planned, generic, as a walk of the tenant's records by (tenant_id, run_id) (tenant-scoped-queries.test.ts).
+      await ctx.em.execute(`update partner_offboardings set status = 'abandoned' where tenant_id = ? and run_id = ?`, [ctx.run.tenantId, holder.run_id], 'run');
       if (!(await claim())[0]) throw new Error(`partner ${reference}: claimed by another offboarding during run ${ctx.run.id}'s freeze`);
     }
     return { offboarding_id: id, frozen_at: frozenAt.toISOString() };
