@@ -82,6 +82,22 @@ describe('Prometheus metrics', () => {
     expect(sample(text, 'dealix_db_group_commit_failed_groups_total')).toBe(0);
     expect(text).toContain('# TYPE dealix_db_group_commit_groups_total counter');
   });
+  it("the worker's metrics port answers methods as the API's operational endpoints: HEAD 200 without a body, OPTIONS 204, another method 405, each with Allow; another path 404", async () => {
+    const line = await waitFor(() => jsonLines(worker.output()).find((l) => l.msg === 'worker metrics listening'), { what: 'the worker metrics port' });
+    const url = `http://127.0.0.1:${line.metrics_port}`;
+    const call = async (method: string, path = '/metrics') => {
+      const res = await fetch(`${url}${path}`, { method, signal: AbortSignal.timeout(30_000) });
+      return { status: res.status, allow: res.headers.get('allow'), type: res.headers.get('content-type'), body: await res.text() };
+    };
+    const head = await call('HEAD');
+    expect(head).toMatchObject({ status: 200, body: '' });
+    expect(head.type).toContain('text/plain');
+    expect(await call('OPTIONS')).toMatchObject({ status: 204, allow: 'GET, HEAD', body: '' });
+    for (const method of ['POST', 'PUT', 'DELETE', 'PATCH']) expect(await call(method), method).toMatchObject({ status: 405, allow: 'GET, HEAD' });
+    expect((await call('GET', '/metrics?x=1')).status).toBe(200);
+    expect(await call('GET', '/nope')).toMatchObject({ status: 404, allow: null });
+    expect((await call('POST', '/nope')).status).toBe(404);
+  });
   it('many scrapes at once share one reading of the runs: the public endpoint costs the database one query per interval', async () => {
     // The last reading (the scrapes before made it, or this one does), then no scrape until it is
     // older than the refresh interval: the next scrape must read again, and only one of them may.
