@@ -533,11 +533,14 @@ describe('coalescing client', () => {
       await cancel.query('begin');
       await cancel.query(`select 1 from durable_runs where id = $1 for update`, [run.id]);
       await cancel.query(`update durable_runs set status = 'cancelled', completed_at = now(), lease_owner = null where id = $1`, [run.id]);
+      const cancelPid = (await cancel.query<{ pid: number }>('select pg_backend_pid() as pid')).rows[0]!.pid;
       const processing = executor.process(resumed);
-      // The holder's update waits for the row (its read, in the same message, after it).
+      // The holder's update waits for the row (its read, in the same message, after it). Told by the lock
+      // graph, not by pg_stat_activity's query text: a backend waiting inside a pipelined message may show
+      // another statement of that message there (seen: `commit`, idle, waiting on the cancel's transaction).
       await waitFor(
-        async () => ((await cancel.query(`select count(*)::int as n from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock' and query like 'update durable_runs set lease_owner%'`)).rows[0].n > 0 ? true : undefined),
-        { timeoutMs: 15_000, what: "the pick-up's update to wait for the run row" },
+        async () => ((await cancel.query(`select count(*)::int as n from pg_stat_activity where datname = current_database() and $1 = any(pg_blocking_pids(pid))`, [cancelPid])).rows[0].n > 0 ? true : undefined),
+        { timeoutMs: 30_000, what: "the pick-up's update to wait for the run row" },
       );
       await cancel.query('commit');
       const outcome = await processing;
