@@ -14,13 +14,32 @@ export interface TestDatabase {
   drop(): Promise<void>;
 }
 
+/**
+ * At most this many of a test process's one-off connections (admin(), owner(), database setup) are
+ * open at once; the rest wait their turn. Each opens its own connection, so a test that mapped 120
+ * ids to admin() reads opened 120 at once — with the other test file running beside it, past the
+ * server's max_connections (100): "sorry, too many clients already" failed a CI run.
+ */
+const ONE_OFF_CONNECTIONS = 8;
+let openOneOffs = 0;
+const waitingOneOffs: Array<() => void> = [];
+
 async function once(url: string, sql: string, params?: unknown[]) {
-  const c = new pg.Client({ connectionString: url });
-  await c.connect();
+  if (openOneOffs >= ONE_OFF_CONNECTIONS) await new Promise<void>((r) => waitingOneOffs.push(r));
+  else openOneOffs++;
   try {
-    return await c.query(sql, params as any[]);
+    const c = new pg.Client({ connectionString: url });
+    await c.connect();
+    try {
+      return await c.query(sql, params as any[]);
+    } finally {
+      await c.end();
+    }
   } finally {
-    await c.end();
+    // The slot passes straight to the next waiter, if any (the count stays), else it is freed.
+    const next = waitingOneOffs.shift();
+    if (next) next();
+    else openOneOffs--;
   }
 }
 
