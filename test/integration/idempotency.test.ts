@@ -62,7 +62,7 @@ function submit(who: Actor, key: string | undefined, opts: { s?: TestStack; body
   return api(opts.s ?? stack, 'POST', RUN, { token: who.token, headers, ...payload });
 }
 
-/** A request written byte by byte, for what fetch refuses to send (repeated header fields). */
+/** A request written byte by byte, for what fetch refuses to send (repeated header fields, a header's obs-text byte). */
 function rawPost(s: TestStack, path: string, headerLines: string[], body: string): Promise<{ status: number; head: string; json: any }> {
   const url = new URL(s.baseUrl);
   return new Promise((resolve, reject) => {
@@ -76,7 +76,9 @@ function rawPost(s: TestStack, path: string, headerLines: string[], body: string
       resolve({ status: Number(head.split(' ')[1]), head, json: text ? JSON.parse(text) : undefined });
     });
     const lines = [`POST ${path} HTTP/1.1`, `Host: ${url.host}`, 'Connection: close', 'Content-Type: application/json', `Content-Length: ${Buffer.byteLength(body)}`, ...headerLines];
-    sock.write(`${lines.join('\r\n')}\r\n\r\n${body}`);
+    // Header bytes as written (latin1: one byte a character, as a header's obs-text arrives), the body in UTF-8.
+    sock.write(`${lines.join('\r\n')}\r\n\r\n`, 'latin1');
+    sock.write(body);
   });
 }
 
@@ -145,6 +147,16 @@ describe('a required key that is absent or malformed', () => {
     expect(res.head).toMatch(/content-type: application\/problem\+json/i);
     expect(res.json).toMatchObject({ code: 'validation_failed', errors: [expect.objectContaining({ path: 'Idempotency-Key' })] });
     expect(await counts(who.tenant)).toEqual({ keys: 0, runs: 0 });
+  });
+
+  it('carries a no-break space (obs-text 0xA0) before or after it: 400, not read as the key without it', async () => {
+    for (const key of [`${randomUUID()}\xa0`, `\xa0${randomUUID()}`]) {
+      const who = await actor();
+      const res = await rawPost(stack, RUN, [`Authorization: Bearer ${who.token}`, `Idempotency-Key: ${key}`], JSON.stringify(SAMPLE_SUBMISSION));
+      expect(res.status).toBe(400);
+      expect(res.json).toMatchObject({ code: 'validation_failed', errors: [expect.objectContaining({ path: 'Idempotency-Key' })] });
+      expect(await counts(who.tenant)).toEqual({ keys: 0, runs: 0 });
+    }
   });
 
   it('of exactly 255 characters is accepted', async () => {

@@ -45,6 +45,12 @@ describe('parseIdempotencyKey', () => {
 
   it('ignores surrounding optional whitespace', () => {
     expect(parseIdempotencyKey('  abc  ')).toBe('abc');
+    expect(parseIdempotencyKey('\t"abc"\t')).toBe('abc');
+  });
+
+  it('strips only HTTP whitespace (space, tab) around the key: a no-break space there is a byte of the key, not printable ASCII', () => {
+    // Node hands a header's obs-text byte 0xA0 over as U+00A0, which String.prototype.trim would strip.
+    for (const raw of ['abc\u00a0', '\u00a0abc', '"abc"\u00a0', '\u00a0"abc"', '\ufeffabc']) expect(rejection(raw).status).toBe(400);
   });
 
   it('accepts exactly 255 characters, bare or quoted', () => {

@@ -67,12 +67,24 @@ export interface ClaimInput {
  */
 export function parseIdempotencyKey(raw: string | undefined): string | undefined {
   if (raw === undefined) return undefined;
-  const trimmed = raw.trim();
+  // HTTP's optional whitespace only (space, tab; RFC 9110 section 5.5), not String.prototype.trim's: that
+  // would strip a no-break space too (a header's obs-text byte 0xA0), reading `abc<0xA0>` as the key `abc`.
+  const trimmed = trimOws(raw);
   const value = trimmed.startsWith('"') ? parseSfString(trimmed) : trimmed;
   if (value.length === 0) throw badKey('is empty');
   if (value.length > 255) throw badKey('is longer than 255 characters');
   if (!/^[\x20-\x7e]+$/.test(value)) throw badKey('must be printable ASCII');
   return value;
+}
+
+/** `s` without leading and trailing spaces and tabs (a loop: a regex for the trailing run is quadratic on a long run of them). */
+function trimOws(s: string): string {
+  const ows = (c: string | undefined) => c === ' ' || c === '\t';
+  let start = 0;
+  let end = s.length;
+  while (start < end && ows(s[start])) start++;
+  while (end > start && ows(s[end - 1])) end--;
+  return s.slice(start, end);
 }
 
 /**
