@@ -14,7 +14,7 @@ import type { CheckpointStatus } from './durable-checkpoint.entity.ts';
 import { STEP_BACKOFF, jobAttempts, retryOf, segmentStart, type StepDef, type WorkflowDef } from './workflow.ts';
 import { WorkflowRegistry, versionLabel } from './registry.ts';
 import { RunNotActiveError, RunNotFailedError, RunNotRetryableError, WorkflowVersionRetiredError, WorkflowVersionUnavailableError } from './errors.ts';
-import { EMITTED_EVENTS, OUTBOX_IDS, RUN_ENDED_COLUMNS, RUN_ENDED_EVENTS, isoTimeSql, outboxCte, type OutboxEvent } from '../webhooks/outbox.ts';
+import { EMITTED_EVENTS, OUTBOX_IDS, RUN_ENDED_COLUMNS, RUN_ENDED_EVENTS, ISO_STATEMENT_TIME, outboxCte, STATEMENT_TIME, type OutboxEvent } from '../webhooks/outbox.ts';
 
 const tracer = trace.getTracer('dealix-durable', INSTRUMENTATION_VERSION);
 
@@ -570,11 +570,14 @@ export class DurableRuntime {
     deliveries?: string[],
   ): Promise<boolean> {
     // The run's event is inserted by the same statement (a CTE), so it exists exactly when the run ended.
+    // Ended at this statement's time, not now(): the caller's transaction may have waited for the run's
+    // lock (a cancel behind a decision or a step) since it began, and the end follows what it waited for
+    // (its delivery's created_at and timestamp are this statement's too: outbox.ts).
     const [row] = await em.execute<{ moved: boolean; webhook_deliveries: string[] }[]>(
       `with r as (
          update durable_runs set status = ?, output = coalesce(?::jsonb, output),
-                error = ?::jsonb || case when ?::text is null then '{}'::jsonb else jsonb_build_object(?::text, ${isoTimeSql('now()')}) end,
-                completed_at = now(), updated_at = now(),
+                error = ?::jsonb || case when ?::text is null then '{}'::jsonb else jsonb_build_object(?::text, ${ISO_STATEMENT_TIME}) end,
+                completed_at = ${STATEMENT_TIME}, updated_at = now(),
                 lease_owner = null, lease_expires_at = null
           where id = ? and (status || '') in ('pending', 'running', 'waiting')
           returning ${RUN_ENDED_COLUMNS}),
