@@ -270,11 +270,14 @@ export class DurableRuntime {
    * this process does not register it: 409 for good when the version is declared retired
    * (WorkflowVersionRetiredError: no process runs it), else 503, retryable (another process may).
    */
-  definition(name: string, version: number, run?: { id: string; status: string }): WorkflowDef {
+  definition(name: string, version: number, run?: { id: string; status: string; error?: unknown }): WorkflowDef {
     const wf = this.workflows.get(name, version);
     if (wf) return wf;
     if (run && this.workflows.retired(name, version)) throw new WorkflowVersionRetiredError(name, version, run, this.workflows.current(name)?.version);
-    throw new WorkflowVersionUnavailableError(name, version);
+    // A run a worker failed as retired (its WORKFLOW_VERSIONS_RETIRED names the version, this process's
+    // does not): still 503, as this process cannot tell which list is right, but named as the disagreement it is.
+    const retiredByWorker = (run?.error as { code?: unknown } | null | undefined)?.code === 'workflow_version_retired';
+    throw new WorkflowVersionUnavailableError(name, version, { retiredByWorker });
   }
 
   /**
