@@ -239,6 +239,13 @@ export async function startWorkerProcess(c: Container, opts: { signal?: AbortSig
   warnWhenGuardOff(c.logger, cfg.WEBHOOK_ALLOW_PRIVATE_NETWORKS);
   // Redis is reachable by now (the maintenance schedulers are in it): one CONFIG GET, on the producer connection.
   await warnWhenIdleTimeout(c.redis, c.logger);
+  // The worker cannot see the API's list: said once at start, where a mismatch is looked for first (ADR 0008).
+  if (cfg.WORKFLOW_VERSIONS_RETIRED.length) {
+    c.logger.warn(
+      { workflow_versions_retired: cfg.WORKFLOW_VERSIONS_RETIRED, registered: c.runtime.workflows.labels() },
+      'this worker fails every run of the workflow versions it declares retired (WORKFLOW_VERSIONS_RETIRED): the API must declare the same list, or it still starts or retries runs of them that fail here',
+    );
+  }
   c.logger.info({ queues: workers.map((w) => w.name), ...settings, timer_concurrency: cfg.WORKER_TIMER_CONCURRENCY, max_active_runs_per_tenant: cfg.WORKER_MAX_ACTIVE_RUNS_PER_TENANT, webhook_max_in_flight_per_endpoint: cfg.WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT, webhook_max_in_flight_per_tenant: cfg.WEBHOOK_MAX_IN_FLIGHT_PER_TENANT, instance: c.instanceId }, 'worker started');
   return {
     workers,

@@ -4,14 +4,15 @@ import { createContainer } from '../../src/container.ts';
 import { createApp } from '../../src/app.ts';
 import { parseConfig } from '../../src/platform/config/config.ts';
 import type { TestStack } from './stack.ts';
+import type { WorkflowDef } from '../../src/platform/durable/workflow.ts';
 
 /**
  * An API instance (and its runtime) of a deployment that declares `retired` (WORKFLOW_VERSIONS_RETIRED,
- * `name@vN,…`) retired for good, on `stack`'s database and Redis (its log silent); call it as the stack (`api(it, …)`),
- * and stop it in a `finally`.
+ * `name@vN,…`; empty: none) retired for good, on `stack`'s database and Redis (its log silent); call it as the stack (`api(it, …)`),
+ * and stop it in a `finally`. `workflows` replaces the modules' definitions (createContainer's option: an instance of another release).
  */
-export async function retiringApi(stack: TestStack, retired: string) {
-  const container = await createContainer(parseConfig({ ...stack.env, WORKFLOW_VERSIONS_RETIRED: retired, LOG_LEVEL: 'silent' }), { service: 'api' });
+export async function retiringApi(stack: TestStack, retired: string, workflows?: (fromModules: WorkflowDef[]) => WorkflowDef[]) {
+  const container = await createContainer(parseConfig({ ...stack.env, WORKFLOW_VERSIONS_RETIRED: retired, LOG_LEVEL: 'silent' }), { service: 'api', ...(workflows ? { workflows } : {}) });
   const server = await new Promise<Server>((resolve) => {
     const srv = createApp(container).listen(0, '127.0.0.1', () => resolve(srv));
   });

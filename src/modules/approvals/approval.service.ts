@@ -304,7 +304,10 @@ function decisionRecord(d: DecisionRow): ApprovalPacket['decisions'][number] {
  * waited), in the caller's transaction, which has already locked the run row (the cancel `for update`,
  * a failure by moving it: `for no key update`, which this statement takes again — no stronger lock,
  * which a step's key-share lock would make it wait for while that step waits for the run), so the
- * run is locked before the request (the lock order of the class comment): `withdrawn` at now(); one already past its SLA deadline, which has read `expired` since
+ * run is locked before the request (the lock order of the class comment): `withdrawn` at the run's
+ * end (its `completed_at`, which the caller has set: one time of the cancel, docs/api.md; this
+ * statement's time if it has none), never at now(), the transaction's start, which is before the wait
+ * for the run's lock and so before a decision the cancel waited for and followed; one already past its SLA deadline, which has read `expired` since
  * then though its timer has not recorded it, is recorded `expired` at its deadline, as it read —
  * never rewritten as withdrawn. Past it by this statement's clock: the caller's lock of the run may
  * have waited (behind a decision, say) while the deadline passed, after now(), the transaction's start. A request already decided stays as it was. Returns the closed
@@ -316,8 +319,8 @@ function decisionRecord(d: DecisionRow): ApprovalPacket['decisions'][number] {
 async function closePendingRequest(em: EntityManager, tenantId: string, runId: string): Promise<{ sla_deadline: Date | null; idempotency_hash: string } | undefined> {
   const [req] = await em.execute<{ sla_deadline: Date | null; idempotency_hash: string }[]>(
     `update approval_requests a set status = case when a.sla_deadline <= statement_timestamp() then 'expired' else 'withdrawn' end,
-            decided_at = case when a.sla_deadline <= statement_timestamp() then a.sla_deadline else now() end, updated_at = now()
-       from (select tenant_id, id, idempotency_hash from durable_runs where tenant_id = ? and id = ? for no key update) r
+            decided_at = case when a.sla_deadline <= statement_timestamp() then a.sla_deadline else coalesce(r.completed_at, statement_timestamp()) end, updated_at = now()
+       from (select tenant_id, id, idempotency_hash, completed_at from durable_runs where tenant_id = ? and id = ? for no key update) r
       where a.tenant_id = r.tenant_id and a.run_id = r.id and a.tenant_id = ? and a.run_id = ? and (a.status || '') = 'pending'
       returning a.sla_deadline, r.idempotency_hash`,
     [tenantId, runId, tenantId, runId],

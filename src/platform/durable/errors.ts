@@ -113,11 +113,18 @@ export function isRunNoLongerActive(e: unknown): boolean {
 export class WorkflowVersionUnavailableError extends AppError {
   readonly workflow: string;
   readonly version: number | undefined;
-  constructor(workflow: string, version: number | undefined) {
+  /**
+   * `retiredByWorker`: the run's recorded failure is a worker's `workflow_version_retired` (its
+   * WORKFLOW_VERSIONS_RETIRED names the version, this instance's does not): the detail says the
+   * processes disagree, not that a deploy is in progress — retrying shortly changes nothing.
+   */
+  constructor(workflow: string, version: number | undefined, opts: { retiredByWorker?: boolean } = {}) {
     super('workflow_version_unavailable', `workflow ${workflow}@v${version ?? '?'} is not registered in this process`, {
       status: 503,
       retryable: true,
-      detail: 'The run was started by a workflow version this instance does not run; retry shortly.',
+      detail: opts.retiredByWorker
+        ? `The run was started by ${workflow}@v${version ?? '?'}, which this instance does not run, nor declares retired. A worker failed the run because its configuration declares that version retired (WORKFLOW_VERSIONS_RETIRED): the API's and the workers' lists disagree, and retrying changes nothing until an operator sets the same WORKFLOW_VERSIONS_RETIRED on every process (then this answers 409 workflow_version_retired) or brings the version back.`
+        : 'The run was started by a workflow version this instance does not run; retry shortly.',
       headers: { 'Retry-After': '5' },
     });
     this.workflow = workflow;
@@ -138,12 +145,29 @@ export class WorkflowVersionRetiredError extends AppError {
     super('workflow_version_retired', 'Conflict', {
       status: 409,
       retryable: false,
-      detail: `The run ${run.id} was started by ${workflow}@v${version}, a workflow version that is retired: no instance runs it any more, so the run cannot be carried on. Submit it again (a new request with a new Idempotency-Key) to run it on the current version${currentVersion === undefined ? '' : ` (v${currentVersion})`}.`,
+      detail: `The run ${run.id} was started by ${workflow}@v${version}, a workflow version this instance's configuration declares retired for good (WORKFLOW_VERSIONS_RETIRED), so the run cannot be carried on. Submit it again (a new request with a new Idempotency-Key) to run it on the current version${currentVersion === undefined ? '' : ` (v${currentVersion})`}.`,
       extensions: { workflow, workflow_version: version, ...(currentVersion === undefined ? {} : { current_version: currentVersion }), run_status: run.status },
     });
     this.workflow = workflow;
     this.version = version;
   }
+}
+
+/**
+ * The error a worker records on a run it fails because its own WORKFLOW_VERSIONS_RETIRED names the
+ * run's version (executor.ts, failRetired). It names the version and says whose configuration retires
+ * it, and not which version a new submission runs on: the API decides that, and the worker cannot tell
+ * whether the API's list says the same. When it does not — the API still starts or retries runs of the
+ * version — every such run fails here, and submitting it again does not help.
+ */
+export function retiredByWorkerError(workflow: string, version: number, step: string, sequenceNum: number) {
+  const label = `${workflow}@v${version}`;
+  return {
+    code: 'workflow_version_retired',
+    message: `The run was started by ${label}, which this worker's configuration declares retired for good (WORKFLOW_VERSIONS_RETIRED): the worker failed the run without running its step ${step}. Submit it again (a new request with a new Idempotency-Key) to run it on the current version. If a new run of ${label} fails the same way, the API still starts runs of it: the API's WORKFLOW_VERSIONS_RETIRED and the workers' disagree, and an operator must set the same list on every process.`,
+    step,
+    sequence_num: sequenceNum,
+  };
 }
 
 /**

@@ -11,7 +11,7 @@ import { TENANT_SETTING } from '../db/tenant-owned.ts';
 import { stepTransaction } from '../db/step-transaction.ts';
 import { requestContext } from '../tenancy/request-context.ts';
 import { ATTR } from '../telemetry/attributes.ts';
-import { NonDeterminismError, RunNotVisibleError, StepCrashedWorkerError, WorkflowVersionRetiredError, WorkflowVersionUnavailableError, isRunNoLongerActive, isStaleStart, isUniqueViolation, recordedError, sqlStateOf } from './errors.ts';
+import { NonDeterminismError, RunNotVisibleError, StepCrashedWorkerError, WorkflowVersionUnavailableError, isRunNoLongerActive, isStaleStart, isUniqueViolation, recordedError, retiredByWorkerError, sqlStateOf } from './errors.ts';
 import { ACTIVE_RUN_STATUSES } from './durable-run.entity.ts';
 import type { DurableRuntime, RunRow, StepJobData } from './runtime.ts';
 import { loadRunState, startingRunState, type RunState } from './run-state.ts';
@@ -395,13 +395,12 @@ export class StepExecutor {
    */
   private async failRetired(job: Job<StepJobData>, logger: Logger, version: number): Promise<never> {
     const d = job.data;
-    const err = new WorkflowVersionRetiredError(d.workflow, version, { id: d.run_id, status: 'failed' }, this.o.runtime.workflows.current(d.workflow)?.version);
+    // Named as this worker's doing: the API may not declare the version retired (it may even start runs of it).
+    const error = retiredByWorkerError(d.workflow, version, d.step, d.sequence_num);
     const deliveries: string[] = [];
-    const failed = await tenantEm(this.o.orm, d.tenant_id).transactional((tx) =>
-      this.o.runtime.complete(tx, d.run_id, 'failed', { error: { code: err.code, message: err.detail ?? err.message, step: d.step, sequence_num: d.sequence_num } }, deliveries),
-    );
+    const failed = await tenantEm(this.o.orm, d.tenant_id).transactional((tx) => this.o.runtime.complete(tx, d.run_id, 'failed', { error }, deliveries));
     await this.o.runtime.dispatchDeliveries(d.tenant_id, deliveries);
-    logger.error({ workflow: versionLabel(d.workflow, version), registered: this.o.runtime.workflows.labels(), run_failed: failed }, 'run of a retired workflow version (WORKFLOW_VERSIONS_RETIRED): the run fails, its job with it');
+    logger.error({ workflow: versionLabel(d.workflow, version), registered: this.o.runtime.workflows.labels(), run_failed: failed }, 'run of a workflow version this worker declares retired (WORKFLOW_VERSIONS_RETIRED): the run fails, its job with it; if the API still starts or retries runs of it, set the same WORKFLOW_VERSIONS_RETIRED on every process');
     throw new UnrecoverableError(`workflow ${versionLabel(d.workflow, version)} is retired: the run cannot be carried on`);
   }
 

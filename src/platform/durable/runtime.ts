@@ -14,7 +14,7 @@ import type { CheckpointStatus } from './durable-checkpoint.entity.ts';
 import { STEP_BACKOFF, jobAttempts, retryOf, segmentStart, type StepDef, type WorkflowDef } from './workflow.ts';
 import { WorkflowRegistry, versionLabel } from './registry.ts';
 import { RunNotActiveError, RunNotFailedError, RunNotRetryableError, WorkflowVersionRetiredError, WorkflowVersionUnavailableError } from './errors.ts';
-import { EMITTED_EVENTS, OUTBOX_IDS, RUN_ENDED_COLUMNS, RUN_ENDED_EVENTS, isoTimeSql, outboxCte, type OutboxEvent } from '../webhooks/outbox.ts';
+import { EMITTED_EVENTS, OUTBOX_IDS, RUN_ENDED_COLUMNS, RUN_ENDED_EVENTS, ISO_STATEMENT_TIME, outboxCte, STATEMENT_TIME, type OutboxEvent } from '../webhooks/outbox.ts';
 
 const tracer = trace.getTracer('dealix-durable', INSTRUMENTATION_VERSION);
 
@@ -270,11 +270,14 @@ export class DurableRuntime {
    * this process does not register it: 409 for good when the version is declared retired
    * (WorkflowVersionRetiredError: no process runs it), else 503, retryable (another process may).
    */
-  definition(name: string, version: number, run?: { id: string; status: string }): WorkflowDef {
+  definition(name: string, version: number, run?: { id: string; status: string; error?: unknown }): WorkflowDef {
     const wf = this.workflows.get(name, version);
     if (wf) return wf;
     if (run && this.workflows.retired(name, version)) throw new WorkflowVersionRetiredError(name, version, run, this.workflows.current(name)?.version);
-    throw new WorkflowVersionUnavailableError(name, version);
+    // A run a worker failed as retired (its WORKFLOW_VERSIONS_RETIRED names the version, this process's
+    // does not): still 503, as this process cannot tell which list is right, but named as the disagreement it is.
+    const retiredByWorker = (run?.error as { code?: unknown } | null | undefined)?.code === 'workflow_version_retired';
+    throw new WorkflowVersionUnavailableError(name, version, { retiredByWorker });
   }
 
   /**
@@ -570,11 +573,14 @@ export class DurableRuntime {
     deliveries?: string[],
   ): Promise<boolean> {
     // The run's event is inserted by the same statement (a CTE), so it exists exactly when the run ended.
+    // Ended at this statement's time, not now(): the caller's transaction may have waited for the run's
+    // lock (a cancel behind a decision or a step) since it began, and the end follows what it waited for
+    // (its delivery's created_at and timestamp are this statement's too: outbox.ts).
     const [row] = await em.execute<{ moved: boolean; webhook_deliveries: string[] }[]>(
       `with r as (
          update durable_runs set status = ?, output = coalesce(?::jsonb, output),
-                error = ?::jsonb || case when ?::text is null then '{}'::jsonb else jsonb_build_object(?::text, ${isoTimeSql('now()')}) end,
-                completed_at = now(), updated_at = now(),
+                error = ?::jsonb || case when ?::text is null then '{}'::jsonb else jsonb_build_object(?::text, ${ISO_STATEMENT_TIME}) end,
+                completed_at = ${STATEMENT_TIME}, updated_at = now(),
                 lease_owner = null, lease_expires_at = null
           where id = ? and (status || '') in ('pending', 'running', 'waiting')
           returning ${RUN_ENDED_COLUMNS}),

@@ -10,6 +10,14 @@
 export const isoTimeSql = (expr: string) => `to_char(${expr} at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')`;
 /** `now()`, the transaction's time, so. */
 export const ISO_NOW = isoTimeSql('now()');
+/**
+ * `statement_timestamp()`, the time of the statement that writes an event, so: after every lock the
+ * transaction waited for before it, which now() — the transaction's start — is not. A delivery's
+ * `created_at` and its envelope's default `timestamp` are this: a cancel (or a test event) that waited
+ * for its row's lock was stamped before the decision it waited for and followed.
+ */
+export const STATEMENT_TIME = 'statement_timestamp()';
+export const ISO_STATEMENT_TIME = isoTimeSql(STATEMENT_TIME);
 
 /** An event a step emits (StepContext.emit): inserted with the step's checkpoint, for each endpoint subscribed. */
 export interface OutboxEvent {
@@ -22,9 +30,10 @@ export interface OutboxEvent {
  * data jsonb) — and returning their ids. The envelope is Standard Webhooks': `{type, timestamp, data}`.
  * `exceptEndpoint`, an expression over the event `ev`, names an endpoint that gets none of them (one
  * the same statement disables, which its snapshot still sees enabled). `at`, a timestamptz expression
- * over `ev`, is when the event happened (the envelope's `timestamp`) when that is not now(), the
- * transaction's start: a decision recorded at its check after its locks (approval.service.ts), whose
- * transaction may have begun before a decision it then read and followed.
+ * over `ev`, is when the event happened (the envelope's `timestamp`) when that is not this statement's
+ * time (STATEMENT_TIME): a decision recorded at its check after its locks (approval.service.ts). The
+ * delivery's `created_at` is this statement's time, never now(), the transaction's start, which may be
+ * before a lock wait and so before an event the transaction waited for and followed.
  *
  * The endpoints are read `FOR KEY SHARE`, the lock the deliveries' foreign key takes anyway (no wait
  * added: rotate, disable, enable, update and a recorded attempt lock `FOR NO KEY UPDATE`, which it does
@@ -34,11 +43,11 @@ export interface OutboxEvent {
  */
 export function outboxCte(events: string, opts: { exceptEndpoint?: string; at?: string } = {}): string {
   const except = opts.exceptEndpoint ? ` and e.id <> ${opts.exceptEndpoint}` : '';
-  const timestamp = opts.at ? isoTimeSql(opts.at) : ISO_NOW;
+  const timestamp = opts.at ? isoTimeSql(opts.at) : ISO_STATEMENT_TIME;
   return `wh as (
          insert into webhook_deliveries (id, tenant_id, endpoint_id, event_type, payload, status, attempts, next_attempt_at, created_at, updated_at)
          select gen_random_uuid(), ev.tenant_id, e.id, ev.type, jsonb_build_object('type', ev.type, 'timestamp', ${timestamp}, 'data', ev.data),
-                'pending', 0, now(), date_trunc('milliseconds', now()), now()
+                'pending', 0, now(), date_trunc('milliseconds', ${STATEMENT_TIME}), now()
            from (${events}) ev join webhook_endpoints e on e.tenant_id = ev.tenant_id and e.enabled and ev.type = any(e.events)${except}
             for key share of e
          returning id)`;

@@ -4,7 +4,7 @@ import { defineRoute, type RouteDef } from '../http/route.ts';
 import { ConflictError } from '../errors/app-error.ts';
 import { ADMIN_ROLE } from '../tenancy/roles.ts';
 import { enqueueDeliveries } from './delivery.ts';
-import { ISO_NOW } from './outbox.ts';
+import { ISO_STATEMENT_TIME, STATEMENT_TIME } from './outbox.ts';
 import { WEBHOOK_TEST_EVENT } from './webhook.entities.ts';
 import { adminOnly, DELIVERY_COLUMNS, deliveryView, endpointById, idParam, LOCK_ROW, toDeliveryView, WEBHOOK_ENDPOINTS_PATH, type DeliveryRowView } from './webhook-endpoints.routes.ts';
 
@@ -47,12 +47,13 @@ export const testPending = () => new ConflictError('webhook_test_pending', 'A te
  * Inserts the test delivery, unless WEBHOOK_TEST_MAX_PENDING of the endpoint's are pending (no row
  * then). The count and the insert are one statement, and the endpoint's row lock, taken before it,
  * makes concurrent tests of an endpoint take turns, so two cannot both see room under the bound.
- * The envelope is the outbox's (`{type, timestamp, data}`, the transaction's time), never a secret.
+ * The envelope is the outbox's (`{type, timestamp, data}`), never a secret; its time and `created_at` are
+ * this statement's, after the endpoint's lock, as the outbox's (outbox.ts, STATEMENT_TIME).
  */
 export const INSERT_TEST = `insert into webhook_deliveries (id, tenant_id, endpoint_id, event_type, payload, status, attempts, next_attempt_at, created_at, updated_at)
   select gen_random_uuid(), ?, e.id, '${WEBHOOK_TEST_EVENT}',
-         jsonb_build_object('type', '${WEBHOOK_TEST_EVENT}', 'timestamp', ${ISO_NOW}, 'data', jsonb_build_object('endpoint_id', e.id, 'message', ?::text)),
-         'pending', 0, now(), date_trunc('milliseconds', now()), now()
+         jsonb_build_object('type', '${WEBHOOK_TEST_EVENT}', 'timestamp', ${ISO_STATEMENT_TIME}, 'data', jsonb_build_object('endpoint_id', e.id, 'message', ?::text)),
+         'pending', 0, now(), date_trunc('milliseconds', ${STATEMENT_TIME}), now()
     from webhook_endpoints e
    where e.tenant_id = ? and e.id = ?
      and ${testsPendingBelow('e.tenant_id', 'e.id')}
