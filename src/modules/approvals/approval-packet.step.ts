@@ -4,7 +4,7 @@ import { defineStep } from '../../platform/durable/workflow.ts';
 import { approvalPacketSchema, economicsSchema, type ApprovalPacket } from '../golden-path/golden-path.schemas.ts';
 import { provenance } from '../golden-path/provenance.ts';
 import { ApprovalDecision, ApprovalRequest } from './approval.entities.ts';
-import { appliedPolicy, classify, loadPolicyWithSource, packetBasis, policyFromPrefetch, POLICY_PREFETCH } from './approval.policy.ts';
+import { appliedPolicy, classify, packetBasis, policyFromPrefetch, POLICY_PREFETCH, readPolicyPrefetch } from './approval.policy.ts';
 import { insertRow } from '../../platform/db/insert-row.ts';
 
 export interface SlaScheduler {
@@ -35,12 +35,18 @@ export function approvalPacketStep(deps: { slaBSeconds: number; slaCSeconds: num
     async run({ outputs }, ctx) {
       const econ = outputs['economics-model'];
       const defaults = { slaBSeconds: deps.slaBSeconds, slaCSeconds: deps.slaCSeconds };
-      const loaded = ctx.prefetched === undefined ? await loadPolicyWithSource(ctx.em, ctx.run.tenantId, defaults) : policyFromPrefetch(ctx.prefetched, defaults);
+      const { loaded, readAt } = policyFromPrefetch(ctx.prefetched === undefined ? await readPolicyPrefetch(ctx.em, ctx.run.tenantId) : ctx.prefetched, defaults);
       const { policy } = loaded;
       // Recorded in the packet (and so in the evidence pack): the tenant may replace its policy later.
       const applied = appliedPolicy(loaded);
       const { cls, reasons, required, slaSeconds, currencyMismatch } = classify(econ, policy);
-      const now = new Date();
+      // Class A is approved by the policy as the database read it, at the time of that read by the
+      // database's clock (POLICY_PREFETCH's read_at: its transaction's now()), as every other decision
+      // is stamped by the database (a human's check, an expiry, a cancel): never by this worker's clock,
+      // which may be off (a decision before its run was created, or after rows written later). The
+      // request, its system decision and the packet (so the evidence pack) carry that one time, read
+      // with the policy: no round trip more.
+      const now = cls === 'A' ? new Date(readAt) : new Date();
       const id = randomUUID();
       const deadline = slaSeconds === null ? null : new Date(now.getTime() + slaSeconds * 1000);
       await insertRow(ctx.em, ApprovalRequest, {

@@ -4,6 +4,7 @@ import { z } from 'zod';
 import { addMinorUnitIssues, currencyCode, type AppliedPolicy, type CurrencyMismatch, type Economics } from '../golden-path/golden-path.schemas.ts';
 import { toIsoTimeOrNull } from '../../platform/http/iso-time.ts';
 import { compareMinor, minorDigits, roundMinor } from '../../platform/money/minor-units.ts';
+import { ISO_NOW } from '../../platform/webhooks/outbox.ts';
 
 export interface ApprovalPolicy {
   classAMaxCost: number;
@@ -196,18 +197,35 @@ interface PolicyColumns {
 
 /**
  * The approval step's read of the tenant's policy as a prefetch (StepDef.prefetch): fetched with the
- * run's state when the run job starts, under the same tenant and RLS; JSON of PolicyColumns, or null.
+ * run's state when the run job starts, under the same tenant and RLS. JSON: `policy`, the tenant's
+ * PolicyColumns or null (none: the defaults), and `read_at`, the database's time of the transaction
+ * that read it (`now()`, to the millisecond as an ISO string): the time a class A run is approved by
+ * the policy it read (approval-packet.step.ts), never a worker's clock. After the run was created, and
+ * never after the approval step's checkpoint: that transaction is the approval step's own or an
+ * earlier one of the job (a new run's step 1, whose checkpoint statement carries the prefetch). An
+ * aggregate (of the one row the tenant may have), so one row whether or not it has a policy.
  */
-export const POLICY_PREFETCH = `select json_build_object('a_cost', p.class_amax_cost, 'a_payback', p.class_amax_payback_months, 'c_cost', p.class_cmin_cost,
-            'c_payback', p.class_cmin_payback_months, 'sla_b', p.sla_bseconds, 'sla_c', p.sla_cseconds,
-            'currency', p.currency, 'updated_at', p.updated_at, 'updated_by', p.updated_by, 'approved_by', p.approved_by, 'version', p.version)
+export const POLICY_PREFETCH = `select json_build_object('read_at', ${ISO_NOW}, 'policy', (array_agg(json_build_object('a_cost', p.class_amax_cost,
+            'a_payback', p.class_amax_payback_months, 'c_cost', p.class_cmin_cost, 'c_payback', p.class_cmin_payback_months, 'sla_b', p.sla_bseconds,
+            'sla_c', p.sla_cseconds, 'currency', p.currency, 'updated_at', p.updated_at, 'updated_by', p.updated_by, 'approved_by', p.approved_by, 'version', p.version)))[1])
        from approval_policies p where p.tenant_id = r.tenant_id`;
 
-/** The policy a POLICY_PREFETCH read found (null: none, so the defaults with the configured SLAs). */
-export function policyFromPrefetch(row: unknown, defaults: { slaBSeconds: number; slaCSeconds: number }): LoadedPolicy {
-  if (!row) return defaultPolicy(defaults);
-  const columns = row as PolicyColumns;
-  return { ...loadedFromColumns(columns), updatedAt: columns.updated_at };
+/**
+ * The policy a POLICY_PREFETCH read found (none: the defaults with the configured SLAs), and when the
+ * database read it (`readAt`, ISO).
+ */
+export function policyFromPrefetch(prefetched: unknown, defaults: { slaBSeconds: number; slaCSeconds: number }): { loaded: LoadedPolicy; readAt: string } {
+  const { policy, read_at: readAt } = prefetched as { policy: PolicyColumns | null; read_at: string };
+  return { loaded: policy ? { ...loadedFromColumns(policy), updatedAt: policy.updated_at } : defaultPolicy(defaults), readAt };
+}
+
+/**
+ * POLICY_PREFETCH read by the step itself, in its transaction: for an approval step that ran without
+ * what was prefetched. One statement, as a read of the policy alone would be.
+ */
+export async function readPolicyPrefetch(em: EntityManager, tenantId: string): Promise<unknown> {
+  const [row] = await em.execute<{ prefetched: unknown }[]>(`select (${POLICY_PREFETCH}) as prefetched from (select ?::uuid as tenant_id) r`, [tenantId]);
+  return row!.prefetched;
 }
 
 /** The configured SLAs of the defaults (APPROVAL_SLA_B / APPROVAL_SLA_C), in seconds. */
