@@ -116,6 +116,15 @@ async function insertInProgress(s: TestStack, who: Actor, key: string, lockedAgo
   return id;
 }
 
+/** The key claimed through the service (of the default stack), as a first request in progress holds it. */
+async function claimThroughService(who: Actor, key: string) {
+  const claim = await stack.container.idempotency.claim(asTenant(stack, who.tenant), {
+    tenantId: who.tenant, principal: who.sub, key, method: 'POST', route: RUN_ROUTE, fingerprint: submissionFingerprint(),
+  });
+  if (claim.outcome !== 'claimed') throw new Error(`expected the key to be free, got ${claim.outcome}`);
+  return claim;
+}
+
 function expectProblem(res: Awaited<ReturnType<typeof api>>, status: number, code: string) {
   expect(res.status, res.text).toBe(status);
   expect(res.headers.get('content-type')).toMatch(PROBLEM);
@@ -476,14 +485,34 @@ describe('a key whose first request is still running', () => {
     const who = await actor();
     const key = randomUUID();
     const svc = stack.container.idempotency;
-    const claim = await svc.claim(asTenant(stack, who.tenant), { tenantId: who.tenant, principal: who.sub, key, method: 'POST', route: RUN_ROUTE, fingerprint: submissionFingerprint() });
-    if (claim.outcome !== 'claimed') throw new Error(`expected the key to be free, got ${claim.outcome}`);
+    const claim = await claimThroughService(who, key);
     expectProblem(await submit(who, key), 409, 'idempotency_key_in_use');
     await svc.release(asTenant(stack, who.tenant), claim.record);
     const res = await submit(who, key);
     expect(res.status, res.text).toBe(202);
     expect(res.headers.get('idempotent-replayed')).toBeNull();
     expect(await counts(who.tenant)).toEqual({ keys: 1, runs: 1 });
+  });
+
+  it("counts Retry-After on the database's clock and never past the lease, even with locked_at ahead of the API's clock", async () => {
+    const who = await actor();
+    const key = randomUUID();
+    const svc = stack.container.idempotency;
+    const claim = await claimThroughService(who, key);
+    // The claim as a database clock an hour ahead of the API's stamps it: read against the API's own clock,
+    // the lease would have an hour and a minute left.
+    const tampered = await asTenant(stack, who.tenant).execute(
+      `update idempotency_keys set locked_at = now() + interval '1 hour' where principal = ? and idempotency_key = ?`,
+      [who.sub, key],
+      'run',
+    );
+    expect(tampered).toMatchObject({ affectedRows: 1 });
+    const lease = Math.ceil(svc.leaseMs / 1000);
+    const res = await submit(who, key);
+    expectProblem(res, 409, 'idempotency_key_in_use');
+    expect(res.headers.get('retry-after')).toBe(String(lease));
+    // The same answer for an attempt that lost its lease (what the key holds, read again).
+    expect(await svc.afterLeaseLost(asTenant(stack, who.tenant), claim.record)).toMatchObject({ outcome: 'in_progress', retryAfterSeconds: lease });
   });
 });
 

@@ -28,6 +28,12 @@ export interface IdempotencyRecord {
   responseHeaders: Record<string, string> | null;
   lockedAt: Date | null;
   /**
+   * How long before the read the claim was taken, by the database's clock (the one that stamped
+   * locked_at; negative if it stamped it ahead of the read), or null with no claim. What a 409's
+   * Retry-After is counted from, never the API's clock, which may run apart from the database's.
+   */
+  lockedForMs: number | null;
+  /**
    * The claim's lease token: locked_at in epoch microseconds. Only the holder of the current lease may
    * complete or release the record, so a slow first attempt cannot overwrite or free a retry's takeover.
    */
@@ -134,7 +140,8 @@ export function submissionHash(tenantId: string, recordId: string): string {
 }
 
 const COLUMNS = `id, tenant_id, principal, idempotency_key, method, route, fingerprint, status, response_status, response_body,
-  response_headers, locked_at, (extract(epoch from locked_at) * 1000000)::bigint::text as lease, created_at, expires_at`;
+  response_headers, locked_at, (extract(epoch from locked_at) * 1000000)::bigint::text as lease,
+  (extract(epoch from now() - locked_at) * 1000)::float8 as locked_for_ms, created_at, expires_at`;
 /** Matches a record only while the given lease is still the current one. */
 const LEASE_IS = `(extract(epoch from locked_at) * 1000000)::bigint = ?::bigint`;
 const LOCK_NOT_AVAILABLE = '55P03';
@@ -160,6 +167,7 @@ interface Row {
   response_headers: Record<string, string> | null;
   locked_at: Date | string | null;
   lease: string | null;
+  locked_for_ms: number | null;
   created_at: Date | string;
   expires_at: Date | string;
   inserted?: boolean;
@@ -183,6 +191,7 @@ function toRecord(r: Row): IdempotencyRecord {
     responseHeaders: r.response_headers,
     lockedAt: r.locked_at === null ? null : toDate(r.locked_at),
     lease: r.lease,
+    lockedForMs: r.locked_for_ms,
     createdAt: toDate(r.created_at),
     expiresAt: toDate(r.expires_at),
   };
@@ -273,8 +282,11 @@ export class IdempotencyService {
   private heldBy(record: IdempotencyRecord, fingerprint: string): Exclude<ClaimResult, { outcome: 'claimed' }> {
     if (record.fingerprint !== fingerprint) return { outcome: 'mismatch', record };
     if (record.status === 'completed') return { outcome: 'replay', record };
-    const lockedFor = record.lockedAt ? Date.now() - record.lockedAt.getTime() : 0;
-    return { outcome: 'in_progress', record, retryAfterSeconds: Math.max(1, Math.ceil((this.leaseMs - lockedFor) / 1000)) };
+    // The lease's time left by the database's clock, at least 1 s and at most the lease: a locked_at
+    // stamped ahead of the read (a database clock stepped back since) never asks for more than a lease.
+    const lease = Math.max(1, Math.ceil(this.leaseMs / 1000));
+    const left = Math.ceil((this.leaseMs - (record.lockedForMs ?? 0)) / 1000);
+    return { outcome: 'in_progress', record, retryAfterSeconds: Math.min(lease, Math.max(1, left)) };
   }
 
   /**
