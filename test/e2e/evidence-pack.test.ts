@@ -46,13 +46,13 @@ async function getJson(path: string, token = tok.submitter!) {
   return api(stack, 'GET', path, { token });
 }
 
-/** Runs SQL as the table owner under the tenant's setting (RLS is forced on the owner too). */
-async function asOwner<T = any>(sql: string, params: unknown[] = []): Promise<T[]> {
-  const c = new pg.Client({ connectionString: stack.db.ownerUrl });
+/** Runs SQL in one transaction as the role of `url`, under `tenantId`'s setting (RLS is forced on the owner too). */
+async function asRole<T = any>(url: string, tenantId: string, sql: string, params: unknown[] = []): Promise<T[]> {
+  const c = new pg.Client({ connectionString: url });
   await c.connect();
   try {
     await c.query('begin');
-    await c.query(`select set_config('app.tenant_id', $1, true)`, [tenant]);
+    await c.query(`select set_config('app.tenant_id', $1, true)`, [tenantId]);
     const res = await c.query(sql, params);
     await c.query('commit');
     return res.rows as T[];
@@ -60,6 +60,10 @@ async function asOwner<T = any>(sql: string, params: unknown[] = []): Promise<T[
     await c.end();
   }
 }
+/** As the table owner, under the test's tenant. */
+const asOwner = <T = any>(sql: string, params: unknown[] = []) => asRole<T>(stack.db.ownerUrl, tenant, sql, params);
+/** As the application role (what the API and workers connect as), under `tenantId`. */
+const asApp = <T = any>(tenantId: string, sql: string, params: unknown[] = []) => asRole<T>(stack.db.appUrl, tenantId, sql, params);
 
 let packId: string;
 let packSha: string;
@@ -121,6 +125,27 @@ describe('evidence pack', () => {
     }
   });
 
+  // The application role may insert packs (each sealed by its trigger), never change one: a copy of this
+  // pack — its content and hash — inserted under another run, or into another tenant, is sealed as written.
+  // It claims this run (content.run), and /verify must not call it valid: else a run could have a second
+  // valid pack, saying what its inserter liked (the unique (tenant, run) key holds one pack per run id,
+  // not per run the content names).
+  it.each([
+    ['another run of the same tenant', () => tenant],
+    ['another tenant', () => newTenant()],
+  ])("verify reports a copy of the pack inserted under %s (content.run is not the pack's run and tenant)", async (_where, tenantOf) => {
+    const into = tenantOf();
+    const [{ content }] = (await asOwner<{ content: string }>(`select content::text as content from evidence_packs where id = $1`, [packId])) as [{ content: string }];
+    const copy = randomUUID();
+    await asApp(into, `insert into evidence_packs (id, tenant_id, run_id, content, sha256, created_at) values ($1, $2, gen_random_uuid(), $3::jsonb, $4, now())`, [copy, into, content, packSha]);
+    const token = into === tenant ? tok.submitter! : await stack.token({ tenantId: into, sub: 'other-2', roles: [] });
+    const verify = await getJson(`/api/v1/evidence/${copy}/verify`, token);
+    expect(verify.status).toBe(200);
+    expect(verify.json).toMatchObject({ valid: false, sha256: packSha });
+    // The pack itself still verifies.
+    expect((await getJson(`/api/v1/evidence/${packId}/verify`)).json.valid).toBe(true);
+  });
+
   // Each change the owner could make to the stored content: every one must read valid: false, then the content is restored.
   const changes: Array<[string, string, string]> = [
     ['the tenant', '{run,tenant_id}', JSON.stringify(randomUUID())],
@@ -158,23 +183,31 @@ describe('evidence pack', () => {
     expect((await getJson(`/api/v1/evidence/${packId}/verify`)).json.valid).toBe(true);
   });
 
-  it('verify reports the stored hash, its seal, or the time the pack was sealed changed', async () => {
+  it("verify reports the stored hash, the pack's run or time, or its seal's hash, run or time changed, or the seal removed", async () => {
     const forged = 'f'.repeat(64);
-    const cases: Array<[string, string]> = [
-      ['evidence_packs', `update evidence_packs set sha256 = '${forged}' where id = $1`],
-      ['evidence_seals', `update evidence_seals set sha256 = '${forged}' where id = $1`],
-      ['evidence_packs', `update evidence_packs set created_at = created_at - interval '1 day' where id = $1`],
+    const cases = [
+      `update evidence_packs set sha256 = '${forged}' where id = $1`,
+      `update evidence_packs set created_at = created_at - interval '1 day' where id = $1`,
+      `update evidence_packs set run_id = gen_random_uuid() where id = $1`,
+      `update evidence_seals set sha256 = '${forged}' where id = $1`,
+      `update evidence_seals set created_at = created_at + interval '1 millisecond' where id = $1`,
+      `update evidence_seals set run_id = gen_random_uuid() where id = $1`,
+      `delete from evidence_seals where id = $1`,
     ];
-    for (const [table, sql] of cases) {
-      const original = (await asOwner<{ original: string }>(`select row_to_json(t)::text as original from ${table} t where id = $1`, [packId]))[0]!.original;
+    const [pack] = await asOwner<{ r: string }>(`select row_to_json(t)::text as r from evidence_packs t where id = $1`, [packId]);
+    const [seal] = await asOwner<{ r: string }>(`select row_to_json(t)::text as r from evidence_seals t where id = $1`, [packId]);
+    for (const sql of cases) {
       try {
         await asOwner(sql, [packId]);
         const res = await getJson(`/api/v1/evidence/${packId}/verify`);
         expect(res.json.valid, sql).toBe(false);
       } finally {
-        await asOwner(`update ${table} t set (sha256, created_at) = (select r.sha256, r.created_at from json_populate_record(null::${table}, $2::json) r) where id = $1`, [packId, original]);
+        // Both rows back as they were: the pack by update (an insert would fire its seal trigger), the seal re-inserted.
+        await asOwner(`update evidence_packs t set (run_id, sha256, created_at) = (select r.run_id, r.sha256, r.created_at from json_populate_record(null::evidence_packs, $2::json) r) where id = $1`, [packId, pack!.r]);
+        await asOwner(`delete from evidence_seals where id = $1`, [packId]);
+        await asOwner(`insert into evidence_seals select * from json_populate_record(null::evidence_seals, $1::json)`, [seal!.r]);
       }
-      expect((await getJson(`/api/v1/evidence/${packId}/verify`)).json.valid, `restored after: ${sql}`).toBe(true);
+      expect((await getJson(`/api/v1/evidence/${packId}/verify`)).json, `restored after: ${sql}`).toEqual({ valid: true, sha256: packSha, recomputed_sha256: packSha, recorded_sha256: packSha });
     }
   });
 });

@@ -27,8 +27,7 @@ const hex = (c: string) => c.repeat(64);
  * A completed golden-path run with its evidence pack (`packSha`) and, unless `recorded` is null, its
  * evidence step's checkpoint recording `recorded` — as the release before this one stored them.
  */
-async function runWithPack(tenant: string, packSha: string, recorded: string | null, content: unknown = {}): Promise<{ runId: string; packId: string }> {
-  const runId = randomUUID();
+async function runWithPack(tenant: string, packSha: string, recorded: string | null, content: unknown = {}, runId = randomUUID()): Promise<{ runId: string; packId: string }> {
   const packId = randomUUID();
   await admin(
     `insert into durable_runs (id, tenant_id, workflow, workflow_version, idempotency_hash, status, principal, input, correlation_id, step_count, created_at, updated_at, completed_at)
@@ -60,8 +59,15 @@ describe('migration evidence_seals_run_retention', () => {
     // A genuine pack as the release before wrote it (its time with microseconds, numbers jsonb keeps as
     // exact decimals): once sealed from its checkpoint, /verify — content and seal compared in PostgreSQL,
     // the seal matched on the pack's created_at — must read it valid after every later migration too.
-    const content = { schema: 'dealix.evidence-pack/v1', outcome: 'approved', economics_model: { revenue_upside: 3e16, cost: 65000, payback_months: 1e-7, ratio: 0.1 + 0.2 }, note: 'e\u0301 \u2028 \u{1F600}' };
-    const genuine = await runWithPack(t1, evidenceHash(content), evidenceHash(content), content);
+    const genuineRun = randomUUID();
+    const content = {
+      schema: 'dealix.evidence-pack/v1',
+      run: { id: genuineRun, tenant_id: t1 },
+      outcome: 'approved',
+      economics_model: { revenue_upside: 3e16, cost: 65000, payback_months: 1e-7, ratio: 0.1 + 0.2 },
+      note: 'e\u0301 \u2028 \u{1F600}',
+    };
+    const genuine = await runWithPack(t1, evidenceHash(content), evidenceHash(content), content, genuineRun);
 
     expect(await migrate(database.config, entities)).toEqual(pending);
     const after = await seals();

@@ -34,20 +34,23 @@ const CONTENTS: Record<string, unknown> = {
 };
 
 describe('/verify on genuine packs', () => {
-  it.each(Object.entries(CONTENTS))('%s: valid, written by the evidence step or by SQL with created_at = clock_timestamp() in another time zone', async (_what, content) => {
+  it.each(Object.entries(CONTENTS))('%s: valid, written by the evidence step or by SQL with created_at = clock_timestamp() in another time zone', async (_what, values) => {
     const tenant = newTenant();
     const orm = stack.container.orm;
-    const sha256 = evidenceHash(content);
-    const written = { id: randomUUID(), tenantId: tenant, runId: randomUUID(), content: content as never, sha256, createdAt: new Date() };
-    await tenantEm(orm, tenant).transactional((tx) => insertRow(tx, EvidencePackRow, written));
-    const bySql = randomUUID();
+    // Each pack names its own run and tenant, as the evidence step's do (/verify requires it).
+    const packOf = (runId: string) => ({ ...(values as object), run: { id: runId, tenant_id: tenant } });
+    const written = { id: randomUUID(), tenantId: tenant, runId: randomUUID(), createdAt: new Date() };
+    const content = packOf(written.runId);
+    await tenantEm(orm, tenant).transactional((tx) => insertRow(tx, EvidencePackRow, { ...written, content: content as never, sha256: evidenceHash(content) }));
+    const bySql = { id: randomUUID(), content: packOf(randomUUID()) };
     await tenantEm(orm, tenant).transactional(async (tx) => {
       await tx.execute(`select set_config('TimeZone', 'Pacific/Chatham', true)`);
-      await tx.execute(`insert into evidence_packs (id, tenant_id, run_id, content, sha256, created_at) values (?, ?, ?, ?::jsonb, ?, clock_timestamp())`, [bySql, tenant, randomUUID(), JSON.stringify(content), sha256], 'run');
+      await tx.execute(`insert into evidence_packs (id, tenant_id, run_id, content, sha256, created_at) values (?, ?, ?, ?::jsonb, ?, clock_timestamp())`, [bySql.id, tenant, bySql.content.run.id, JSON.stringify(bySql.content), evidenceHash(bySql.content)], 'run');
     });
-    for (const id of [written.id, bySql]) {
+    for (const [id, c] of [[written.id, content], [bySql.id, bySql.content]] as const) {
+      const sha256 = evidenceHash(c);
       const verified = await tenantEm(orm, tenant).transactional((tx) => verifyEvidence(tx, id));
-      expect(verified, id === bySql ? 'written by SQL' : 'written by insertRow').toEqual({ valid: true, sha256, recomputed_sha256: sha256, recorded_sha256: sha256 });
+      expect(verified, id === bySql.id ? 'written by SQL' : 'written by insertRow').toEqual({ valid: true, sha256, recomputed_sha256: sha256, recorded_sha256: sha256 });
     }
   });
 });

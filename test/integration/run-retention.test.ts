@@ -385,7 +385,7 @@ describe('run retention', () => {
     const runId = await seedRun(tenant, 'completed', RETENTION + DAY, GOLDEN_PATH, false);
     // The previous release's evidence step, as the application role under the run's tenant: the pack
     // and the checkpoint recording its hash, in one transaction; it knows nothing of evidence_seals.
-    const content = { schema: 'dealix.evidence-pack/v1', outcome: 'approved', run: { id: runId } };
+    const content = { schema: 'dealix.evidence-pack/v1', outcome: 'approved', run: { id: runId, tenant_id: tenant } };
     const sha256 = evidenceHash(content);
     const packId = randomUUID();
     await tenantEm(stack.container.orm, tenant).transactional(async (tx) => {

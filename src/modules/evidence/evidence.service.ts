@@ -21,7 +21,7 @@ export async function getEvidence(em: EntityManager, id: string) {
 
 export const evidenceVerification = z
   .strictObject({
-    valid: z.boolean().describe('recomputed_sha256 and recorded_sha256 both equal sha256'),
+    valid: z.boolean().describe("recomputed_sha256 and recorded_sha256 both equal sha256, and the content's run (content.run.id, content.run.tenant_id) is the pack's own"),
     sha256: sha256Schema.describe("The pack's stored hash"),
     recomputed_sha256: sha256Schema
       .nullable()
@@ -59,7 +59,25 @@ export async function verifyEvidence(em: EntityManager, id: string): Promise<Evi
   );
   const recomputed = canonical !== null && seal?.exact === true ? sha256Hex(canonical) : null;
   const recordedSha = seal?.recorded ?? null;
-  return { valid: recomputed === row.sha256 && recordedSha === row.sha256, sha256: row.sha256, recomputed_sha256: recomputed, recorded_sha256: recordedSha };
+  return {
+    valid: recomputed === row.sha256 && recordedSha === row.sha256 && namesItsOwnRun(row.content, row.runId, row.tenantId),
+    sha256: row.sha256,
+    recomputed_sha256: recomputed,
+    recorded_sha256: recordedSha,
+  };
+}
+
+/**
+ * Whether the content's `run` is the pack's own run and tenant. The application role may insert packs,
+ * each sealed as written: a copy of a pack (its content and hash) under another run id, or into another
+ * tenant, hashes and seals as the original does, while naming the original's run. The unique (tenant,
+ * run) key allows one pack per run id, not per run its content names; this check makes it one valid
+ * pack per run. Every pack the evidence step wrote names its run (lower-case UUIDs, as PostgreSQL
+ * writes the row's).
+ */
+function namesItsOwnRun(content: unknown, runId: string, tenantId: string): boolean {
+  const run = (content as { run?: { id?: unknown; tenant_id?: unknown } } | null)?.run;
+  return typeof run?.id === 'string' && typeof run.tenant_id === 'string' && run.id.toLowerCase() === runId && run.tenant_id.toLowerCase() === tenantId;
 }
 
 /**
