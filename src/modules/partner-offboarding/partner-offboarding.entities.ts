@@ -12,7 +12,8 @@ export const OFFBOARDING_STATUSES = ['frozen', 'settled', 'archived', 'abandoned
  * never be retried) before it was archived is marked `abandoned` by the next
  * offboarding of that partner (step 1), which then takes its place. A submission of a partner that a
  * record, or another run's claim (PartnerOffboardingClaimRow), holds is refused before its run starts
- * (409, refuseHeldPartner); step 1's claim of the record is the backstop for runs from before the claims.
+ * (409, refuseHeldPartner); step 1's claim of the record is the backstop for a run that holds no claim
+ * (one an old web process accepted during the claims' deploy; those queued before it a migration claimed for).
  */
 export const PartnerOffboardingRow = defineEntity({
   name: 'PartnerOffboarding',

@@ -142,8 +142,9 @@ const CLAIM_PARTNER = `insert into partner_offboarding_claims (id, tenant_id, pa
  * more (cancelled, deleted by run retention, its record abandoned, or failed on a workflow version
  * declared retired, whose retry is refused for good) is taken over, guarded by the run it
  * named, so two taking it over at once are one accepted and one refused. It locks the claim only (no
- * record, no run): the holder's own steps never wait for it. Runs from before the claims hold none:
- * their records are checked as before, and freeze-partner's claim of the record is the backstop.
+ * record, no run): the holder's own steps never wait for it. Runs from before the claims were claimed
+ * for by a migration (partner_offboarding_claims_backfill); one an old web process accepted during the
+ * deploy holds none: its record is checked as before, and freeze-partner's claim of the record is the backstop.
  */
 export async function refuseHeldPartner(em: EntityManager, submission: OffboardingSubmission, run: SubmissionRun): Promise<void> {
   const { reference } = submission.partner;
