@@ -436,6 +436,27 @@ describe('cancelling, retrying and listing partner offboardings through the API'
     }
   });
 
+  it('a failed offboarding whose retry is refused run_not_retryable (a step of it had committed its effects) does not hold its partner: a new submission takes its claim over, completes, and marks the failed record abandoned', { timeout: LONG }, async () => {
+    const { ctl, body, failed } = await failedInSettle();
+    ctl.failing.clear();
+    // What the executor leaves of a step that had committed its effects (its output kept) when the run
+    // failed there afterwards (a version with a waiting step failed at it by a changed deploy:
+    // retry-run.test.ts). v1 has no such step; a failed run so is the runtime's to refuse, whatever its workflow.
+    await stack.db.admin(`update durable_checkpoints set output = '{}' where run_id = $1 and sequence_num = 2`, [failed]);
+    const retry = await act('retry', failed);
+    expect(retry.status, retry.text).toBe(409);
+    expect(retry.json).toMatchObject({ code: 'run_not_retryable', run_status: 'failed' });
+    // Before: 409 partner_already_offboarded, "retry that run" — the retry just refused — for as long as the failed run was kept.
+    const next = await submit(tok.submitter!, body);
+    expect(await waitStatus(next, ['completed', 'failed'])).toMatchObject({ status: 'completed', error: null });
+    expect(await recordsOf(body.partner.reference)).toEqual([
+      { run_id: failed, status: 'abandoned' },
+      { run_id: next, status: 'archived' },
+    ]);
+    expect((await runRow(failed)).status).toBe('failed');
+    expectRefused(await post(tok.submitter!, body), { run_id: next, run_status: 'completed', offboarding_status: 'archived' });
+  });
+
   /**
    * v7 brought back by an operator: a worker registering it (`wf` relabelled v7, not declared retired)
    * and the failed run `id` retried as the retry route does (its row locked), its job enqueued.

@@ -184,16 +184,33 @@ describe('queries name their tenant', () => {
     const offboarded = await offboard('P-PLANNED');
     expect(offboarded.status, offboarded.text).toBe(202);
     expect((await offboard('P-PLANNED')).status).toBe(409);
-    const gone = randomUUID();
-    await stack.db.admin(`insert into partner_offboarding_claims (id, tenant_id, partner_reference, run_id, claimed_at) values ($1, $2, 'P-RETAINED', $3, now())`, [randomUUID(), tenant, gone]);
-    // Its frozen record too: the new run's freeze-partner reads the partner's holder (locked) and abandons it.
-    await stack.db.admin(
-      `insert into partner_offboardings (id, tenant_id, run_id, partner_reference, partner_name, reason, status, frozen_at) values ($1, $2, $3, 'P-RETAINED', 'Acme', 'inactive', 'frozen', now())`,
-      [randomUUID(), tenant, gone],
-    );
+    /** `reference` claimed by `run`, with its frozen record too: the new run's freeze-partner reads the partner's holder (locked) and abandons it. */
+    const heldBy = async (reference: string, run: string) => {
+      await stack.db.admin(`insert into partner_offboarding_claims (id, tenant_id, partner_reference, run_id, claimed_at) values ($1, $2, $3, $4, now())`, [randomUUID(), tenant, reference, run]);
+      await stack.db.admin(
+        `insert into partner_offboardings (id, tenant_id, run_id, partner_reference, partner_name, reason, status, frozen_at) values ($1, $2, $3, $4, 'Acme', 'inactive', 'frozen', now())`,
+        [randomUUID(), tenant, run, reference],
+      );
+    };
+    await heldBy('P-RETAINED', randomUUID());
     const takenOver = await offboard('P-RETAINED');
     expect(takenOver.status, takenOver.text).toBe(202);
-    for (const id of [offboarded.json.run_id, takenOver.json.run_id]) {
+    // And a failed holder: its checkpoints read (whether its retry would be refused), by the guard and by
+    // freeze-partner. It failed at a step that had committed its effects (its output kept): not retryable, so the partner is taken over.
+    const stuck = randomUUID();
+    await stack.db.admin(
+      `insert into durable_runs (id, tenant_id, workflow, workflow_version, idempotency_hash, status, principal, input, correlation_id, sequence_num, step_count, created_at, updated_at, completed_at)
+       select $1::uuid, tenant_id, workflow, workflow_version, md5($1::text), 'failed', principal, input, correlation_id, 0, step_count, now(), now(), now() from durable_runs where id = $2`,
+      [stuck, offboarded.json.run_id],
+    );
+    await stack.db.admin(
+      `insert into durable_checkpoints (id, tenant_id, run_id, sequence_num, step_name, status, output, attempt, created_at, updated_at) values ($1, $2, $3, 1, 'freeze-partner', 'failed', '{}', 1, now(), now())`,
+      [randomUUID(), tenant, stuck],
+    );
+    await heldBy('P-STUCK', stuck);
+    const afterStuck = await offboard('P-STUCK');
+    expect(afterStuck.status, afterStuck.text).toBe(202);
+    for (const id of [offboarded.json.run_id, takenOver.json.run_id, afterStuck.json.run_id]) {
       const ended = await waitFor(
         async () => {
           const r = (await get(`/api/v1/partner-offboarding/runs/${id}`)).json;
@@ -241,7 +258,7 @@ describe('queries name their tenant', () => {
       expect(parts.some((s) => /from durable_checkpoints c where/.test(s))).toBe(true);
       // And partner offboarding's submission guard: the record read with the claim, the claim's holder, its take-over.
       // And freeze-partner's holder of the partner (locked) and its abandon, for a record whose run holds nothing.
-      for (const guard of [/^with rec as \(select o\.id/, /^select c\.run_id/, /^update partner_offboarding_claims /, /^select o\.id[\s\S]*for update of o$/, /^update partner_offboardings set status = 'abandoned' where tenant_id = \S+ and run_id = /]) expect(parts.some((s) => guard.test(s)), String(guard)).toBe(true);
+      for (const guard of [/^with rec as \(select o\.id/, /^select c\.run_id/, /^update partner_offboarding_claims /, /^select o\.id[\s\S]*for update of o$/, /^update partner_offboardings set status = 'abandoned' where tenant_id = \S+ and run_id = /, /^select r\.step_count, /]) expect(parts.some((s) => guard.test(s)), String(guard)).toBe(true);
       // And what travels as a prelude (its own short transaction ahead of the next one's first message,
       // never a query() call): the resumed run's holder (ADR 0016), the idempotency claim (ADR 0004).
       expect(parts.some((s) => /^update durable_runs set lease_owner = /.test(s))).toBe(true);

@@ -24,7 +24,7 @@ export function partnerOffboardingRoutes(deps: { runtime: DurableRuntime; admiss
       responses: {
         202: { description: 'Accepted: the run is queued', schema: runAccepted, location: true },
         // The workflow's submission guard (refuseHeldPartner, which claims the partner): nothing is started or claimed, and the key stores the answer.
-        409: { description: 'Another offboarding of the tenant holds the partner: archived, or its run not cancelled — even one still pending, before it froze the partner (offboarding_status null); of submissions of one partner at once, one is accepted. Retry that run if it failed (a failed run of a workflow version declared retired, whose retry is refused, holds nothing) (code: partner_already_offboarded, with run_id, run_status and offboarding_status)' },
+        409: { description: 'Another offboarding of the tenant holds the partner: archived, or its run not cancelled — even one still pending, before it froze the partner (offboarding_status null); of submissions of one partner at once, one is accepted. Retry that run if it failed (a failed run whose retry is refused for good — workflow_version_retired, run_not_retryable — holds nothing) (code: partner_already_offboarded, with run_id, run_status and offboarding_status)' },
       },
       handler: (ctx) => acceptRun(deps.runtime, PARTNER_OFFBOARDING, ctx, offboardingRunPath),
     }),

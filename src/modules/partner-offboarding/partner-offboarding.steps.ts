@@ -2,6 +2,8 @@ import { randomUUID } from 'node:crypto';
 import { z } from 'zod';
 import type { EntityManager } from '@mikro-orm/postgresql';
 import { defineStep, type StepContext, type SubmissionRun } from '../../platform/durable/workflow.ts';
+import { notRetryableBecause } from '../../platform/durable/retryable.ts';
+import type { CheckpointStatus } from '../../platform/durable/durable-checkpoint.entity.ts';
 import { ConflictError, PermanentError } from '../../platform/errors/app-error.ts';
 import { minorDigits, sumMinor } from '../../platform/money/minor-units.ts';
 import { archivedSchema, frozenSchema, offboardingSubmission, settlementSchema, type OffboardingSubmission, type Settlement } from './partner-offboarding.schemas.ts';
@@ -76,17 +78,33 @@ type Held = { run_id: string; run_status: string | null; offboarding_status: str
 const heldOf = (h: Holder): Held => ({ run_id: h.run_id, run_status: h.run_status, offboarding_status: h.status, run_version: h.run_version });
 
 /**
- * Whether a run holds its partner: its record archived, or the run neither cancelled nor deleted (by
- * run retention), nor its record abandoned, nor failed on a workflow version declared retired (its
- * retry is refused for good: 409 workflow_version_retired, ADR 0008). A failed run holds it (retry
- * that run: accepted, or put off with 503 where its version is merely not registered), and so does
- * one still `pending` or `running` whose record is not written yet. A record or claim of a run that
- * holds nothing is given up. `retired`: the process's WORKFLOW_VERSIONS_RETIRED, for this workflow.
+ * A failed run's step count and checkpoints, as DurableRuntime.retry judges them (no row: deleted by
+ * run retention since it was read). By the run's key and the checkpoints' (tenant, run), the tenant
+ * and the run named as values.
  */
-function holdsPartner(h: Held, retired: (version: number) => boolean): boolean {
+const RETRY_STATE = `select r.step_count, coalesce((select json_agg(json_build_object('sequence_num', c.sequence_num, 'step_name', c.step_name, 'status', c.status, 'has_output', c.output is not null))
+    from durable_checkpoints c where c.tenant_id = ? and c.run_id = ?), '[]'::json) as checkpoints
+  from durable_runs r where r.tenant_id = ? and r.id = ?`;
+type RetryState = { step_count: number; checkpoints: Array<{ sequence_num: number; step_name: string; status: CheckpointStatus; has_output: boolean }> };
+
+/**
+ * Whether a run holds its partner: its record archived, or the run neither cancelled nor deleted (by
+ * run retention), nor its record abandoned, nor failed for good — a failed run whose retry is refused
+ * for ever: on a workflow version declared retired (409 workflow_version_retired, ADR 0008), or none
+ * of whose steps may run again (409 run_not_retryable, ADR 0009: read here, one statement more, only
+ * for a failed run whose version is not retired; its checkpoints do not change while it stays failed).
+ * A failed run that may be retried holds it (retry that run: accepted, or put off with 503 where its
+ * version is merely not registered), and so does one still `pending` or `running` whose record is not
+ * written yet. A record or claim of a run that holds nothing is given up. `retired`: the process's
+ * WORKFLOW_VERSIONS_RETIRED, for this workflow.
+ */
+async function holdsPartner(em: EntityManager, tenantId: string, h: Held, retired: (version: number) => boolean): Promise<boolean> {
   if (h.offboarding_status === 'archived') return true;
   if (h.run_status === null || h.run_status === 'cancelled' || h.offboarding_status === 'abandoned') return false;
-  return !(h.run_status === 'failed' && h.run_version !== null && retired(h.run_version));
+  if (h.run_status !== 'failed') return true;
+  if (h.run_version !== null && retired(h.run_version)) return false;
+  const [state] = await em.execute<RetryState[]>(RETRY_STATE, [tenantId, h.run_id, tenantId, h.run_id]);
+  return state !== undefined && notRetryableBecause(state.checkpoints, state.step_count) === undefined;
 }
 
 function heldBy(reference: string, holder: Held): string {
@@ -139,24 +157,25 @@ const CLAIM_PARTNER = `insert into partner_offboarding_claims (id, tenant_id, pa
  * not yet past freeze-partner, is refused as well, naming a run whose `offboarding_status` is null. Two
  * submissions at once meet on the claim's key: the second waits for the first's transaction, and is
  * refused once it commits (or takes the claim if it rolls back). A claim whose run holds nothing any
- * more (cancelled, deleted by run retention, its record abandoned, or failed on a workflow version
- * declared retired, whose retry is refused for good) is taken over, guarded by the run it
+ * more (cancelled, deleted by run retention, its record abandoned, or failed with its retry refused
+ * for good: on a workflow version declared retired, or not retryable) is taken over, guarded by the run it
  * named, so two taking it over at once are one accepted and one refused. It locks the claim only (no
- * record, no run): the holder's own steps never wait for it. Runs from before the claims hold none:
- * their records are checked as before, and freeze-partner's claim of the record is the backstop.
+ * record, no run): the holder's own steps never wait for it. Runs from before the claims were claimed
+ * for by a migration (partner_offboarding_claims_backfill); one an old web process accepted during the
+ * deploy holds none: its record is checked as before, and freeze-partner's claim of the record is the backstop.
  */
 export async function refuseHeldPartner(em: EntityManager, submission: OffboardingSubmission, run: SubmissionRun): Promise<void> {
   const { reference } = submission.partner;
   const { tenantId, runId } = run;
-  const holds = (h: Held) => holdsPartner(h, run.retired);
+  const holds = (h: Held) => holdsPartner(em, tenantId, h, run.retired);
   const rows = await em.execute<Array<Held & { kind: 'record' | 'claimed' }>>(RECORD_AND_CLAIM, [...liveRecordParams(tenantId, reference), randomUUID(), tenantId, reference, runId]);
   const record = rows.find((r) => r.kind === 'record');
-  if (record && holds(record)) throw refusal(reference, record);
+  if (record && (await holds(record))) throw refusal(reference, record);
   if (rows.some((r) => r.kind === 'claimed')) return;
   // Another run of the tenant claimed the partner: refused while that run holds it, else taken over.
   for (let attempt = 0; attempt < 5; attempt++) {
     const [claim] = await em.execute<Held[]>(CLAIM_HOLDER, [tenantId, tenantId, tenantId, tenantId, reference]);
-    if (claim && holds(claim)) throw refusal(reference, claim);
+    if (claim && (await holds(claim))) throw refusal(reference, claim);
     const taken = claim ? await em.execute(TAKE_OVER, [randomUUID(), runId, tenantId, reference, claim.run_id]) : await em.execute(CLAIM_PARTNER, [randomUUID(), tenantId, reference, runId]);
     if (taken[0]) return;
     // Another submission changed the claim since it was read (and committed): read it again.
@@ -185,8 +204,8 @@ export const freezePartnerStep = defineStep({
       // Gone since the claim, or this run's own (another execution of the step got there first): a
       // plain (retryable) error, whose retry reads the run and goes on from what is stored.
       if (!holder || holder.run_id === ctx.run.id) throw new Error(`partner ${reference}: its offboarding record changed under run ${ctx.run.id}'s freeze`);
-      // A run cancelled before it archived (or deleted by retention, or failed on a retired version) holds nothing: its record is given up.
-      if (holdsPartner(heldOf(holder), ctx.retired)) throw new PartnerAlreadyOffboardedError(reference, holder);
+      // A run cancelled before it archived (or deleted by retention, or failed for good: its retry refused) holds nothing: its record is given up.
+      if (await holdsPartner(ctx.em, ctx.run.tenantId, heldOf(holder), ctx.retired)) throw new PartnerAlreadyOffboardedError(reference, holder);
       // By its run (unique per tenant, and locked above): the key is `id` alone, and `tenant_id = ? and id = ?`
       // was planned, generic, as a walk of the tenant's records by (tenant_id, run_id) (tenant-scoped-queries.test.ts).
       await ctx.em.execute(`update partner_offboardings set status = 'abandoned' where tenant_id = ? and run_id = ?`, [ctx.run.tenantId, holder.run_id], 'run');

@@ -21,7 +21,8 @@ export function partnerOffboardingWorkflow(): WorkflowDef {
     input: offboardingSubmission,
     steps: [freezePartnerStep, settleBalancesStep, archiveRecordStep],
     // A partner another offboarding holds (its record, or its run's claim from submission on): 409 at
-    // submission; freeze-partner's claim of the record is the backstop for runs from before the claims.
+    // submission; freeze-partner's claim of the record is the backstop for a run that holds no claim
+    // (one an old web process accepted during the claims' deploy: those queued before it were claimed by a migration).
     admitSubmission: refuseHeldPartner,
   });
 }

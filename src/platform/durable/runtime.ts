@@ -11,6 +11,7 @@ import { extractInternal } from '../telemetry/internal-propagation.ts';
 import { ATTR, INSTRUMENTATION_VERSION } from '../telemetry/attributes.ts';
 import { ACTIVE_RUN_STATUSES, type RunStatus } from './durable-run.entity.ts';
 import type { CheckpointStatus } from './durable-checkpoint.entity.ts';
+import { firstIncompleteStep, notRetryableBecause } from './retryable.ts';
 import { STEP_BACKOFF, jobAttempts, retryOf, segmentStart, type StepDef, type WorkflowDef } from './workflow.ts';
 import { WorkflowRegistry, versionLabel } from './registry.ts';
 import { RunNotActiveError, RunNotFailedError, RunNotRetryableError, WorkflowVersionRetiredError, WorkflowVersionUnavailableError } from './errors.ts';
@@ -687,14 +688,9 @@ export class DurableRuntime {
       [run.tenant_id, run.id],
     );
     const completed = new Set(checkpoints.filter((c) => c.status === 'completed').map((c) => c.sequence_num));
-    let next = 1;
-    while (completed.has(next)) next++;
-    if (next > wf.steps.length) throw new RunNotRetryableError(run.id, 'every step of it has a completed checkpoint');
-    // A `waiting` checkpoint (or one the failure overwrote, keeping its output) says its step's effects committed.
-    const committed = checkpoints.find((c) => c.status !== 'completed' && (c.status === 'waiting' || c.has_output));
-    if (committed) {
-      throw new RunNotRetryableError(run.id, `its step ${committed.sequence_num} (${committed.step_name}) had committed its effects before the run failed; running it again would repeat them`);
-    }
+    const next = firstIncompleteStep(completed);
+    const refused = notRetryableBecause(checkpoints, wf.steps.length);
+    if (refused) throw new RunNotRetryableError(run.id, refused);
     const failedStep = checkpoints.filter((c) => c.status === 'failed');
     const entry: RunRetry = {
       retry: run.retry_count + 1,
@@ -798,3 +794,4 @@ function outboxOf(terminal: boolean, args: { events?: OutboxEvent[]; eventData?:
   }
   return parts.length ? { sql: parts.join(' union all '), params } : undefined;
 }
+
