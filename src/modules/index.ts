@@ -206,8 +206,15 @@ export function jobHandlersFor(deps: {
       if (found.outcome === 'not_due') {
         // Fired early (clock skew, a re-created timer, or a timer whose step attempt rolled back and
         // whose retry stored another deadline): wait for the stored deadline, not this job's own.
-        if (!found.deadline) return { outcome: 'no_deadline' };
-        await job.moveToDelayed(Math.max(found.deadline.getTime(), Date.now() + 500), job.token);
+        if (!found.deadline || found.remainingMs === null) return { outcome: 'no_deadline' };
+        // BullMQ fires a delayed job by the clock of the worker that takes it; the database's decides.
+        // A deadline still ahead on this worker's clock is waited for as stored (due at it to the
+        // millisecond). One this worker's clock says has come, though the database's does not, is this
+        // clock running ahead: re-delayed to it, the timer came back every 500 ms until the clocks
+        // agreed. It waits out what is left by the database's clock instead.
+        const deadline = found.deadline.getTime();
+        const now = Date.now();
+        await job.moveToDelayed(deadline > now + 500 ? deadline : now + Math.max(found.remainingMs, 500), job.token);
         throw new DelayedError();
       }
       if (found.outcome === 'expired') {

@@ -24,17 +24,7 @@ export async function heldProxy(target: string): Promise<HeldProxy> {
   const held: Socket[] = [];
   const sockets = new Set<Socket>();
   const pass = (client: Socket) => {
-    const upstream = connect(Number(port), hostname);
-    sockets.add(upstream);
-    upstream.on('close', () => sockets.delete(upstream));
-    const end = () => {
-      client.destroy();
-      upstream.destroy();
-    };
-    client.on('error', end).on('close', end);
-    upstream.on('error', end).on('close', end);
-    client.pipe(upstream);
-    upstream.pipe(client);
+    joinUpstream(client, hostname, Number(port), sockets);
     client.resume();
   };
   const server = createServer({ pauseOnConnect: true }, (client) => {
@@ -56,6 +46,62 @@ export async function heldProxy(target: string): Promise<HeldProxy> {
     async close() {
       for (const s of sockets) s.destroy();
       await new Promise<void>((resolve) => server.close(() => resolve()));
+    },
+  };
+}
+
+/** Connects `client` to host:port and pipes both ways; either end closing closes both. Returns the upstream socket. */
+function joinUpstream(client: Socket, hostname: string, port: number, sockets: Set<Socket>): Socket {
+  const upstream = connect(port, hostname);
+  sockets.add(upstream);
+  upstream.on('close', () => sockets.delete(upstream));
+  const end = () => {
+    client.destroy();
+    upstream.destroy();
+  };
+  client.on('error', end).on('close', end);
+  upstream.on('error', end).on('close', end);
+  client.pipe(upstream);
+  upstream.pipe(client);
+  return upstream;
+}
+
+export interface PausableProxy {
+  /** The proxy's URL, with `target`'s scheme. */
+  url: string;
+  /** Stops forwarding, both ways, on every connection, now and later: as a network that stops delivering while the process keeps running. */
+  pause(): void;
+  /** Closes every connection (as the kernel closes a dead process's sockets) and the proxy. */
+  close(): Promise<void>;
+}
+
+/** A TCP proxy in front of `target` (a redis:// or postgres:// URL) that forwards until `pause()`. */
+export async function pausableProxy(target: string): Promise<PausableProxy> {
+  const { hostname, port, protocol } = new URL(target);
+  const sockets = new Set<Socket>();
+  const pairs: Array<[Socket, Socket]> = [];
+  let paused = false;
+  const server = createServer((client) => {
+    sockets.add(client);
+    client.on('close', () => sockets.delete(client));
+    const upstream = joinUpstream(client, hostname, Number(port), sockets);
+    pairs.push([client, upstream]);
+    if (paused) for (const s of [client, upstream]) s.pause();
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  let closed: Promise<void> | undefined;
+  return {
+    url: `${protocol}//127.0.0.1:${(server.address() as { port: number }).port}`,
+    pause() {
+      paused = true;
+      for (const pair of pairs) for (const s of pair) s.pause();
+    },
+    close() {
+      closed ??= new Promise<void>((resolve) => {
+        for (const s of sockets) s.destroy();
+        server.close(() => resolve());
+      });
+      return closed;
     },
   };
 }

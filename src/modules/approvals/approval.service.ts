@@ -180,8 +180,9 @@ export class ApprovalService {
 
   /**
    * Expires the run's pending request once its SLA deadline has passed. `not_due` carries the stored
-   * deadline: a timer that fired early (clock skew, a re-created timer, or one scheduled by an attempt
-   * of the approval step whose transaction rolled back) waits for it, not for its own.
+   * deadline, and how long it is from now by the database's clock (`remainingMs`, the clock that
+   * decides it): a timer that fired early (clock skew, a re-created timer, or one scheduled by an attempt
+   * of the approval step whose transaction rolled back) waits that long, not for its own deadline.
    */
   async expire(
     em: EntityManager,
@@ -190,7 +191,7 @@ export class ApprovalService {
   ): Promise<
     | { outcome: 'not_pending' }
     | { outcome: 'expired'; approvalRequestId: string; correlationId: string; afterCommit: () => Promise<void> }
-    | { outcome: 'not_due'; deadline: Date | null }
+    | { outcome: 'not_due'; deadline: Date | null; remainingMs: number | null }
   > {
     // The run row first, then the request: the lock order of decide and a cancel (class comment). The
     // request by its key's values, `a.tenant_id = ? and a.run_id = ?`: joined on `r.id` alone, a plan
@@ -209,7 +210,7 @@ export class ApprovalService {
     // while the deadline passed, and by its now(), the transaction's start, before that wait, the
     // timer was put off as early though the request had read expired since.
     const stored = await this.packetRow(em, tenantId, runId, req.sla_deadline_text);
-    if (!stored.overdue) return { outcome: 'not_due', deadline: req.sla_deadline ? new Date(req.sla_deadline) : null };
+    if (!stored.overdue) return { outcome: 'not_due', deadline: req.sla_deadline ? new Date(req.sla_deadline) : null, remainingMs: stored.remainingMs };
     const seq = stored.seq;
     const packet = approvalPacketSchema.parse(stored.output);
     let afterCommit: () => Promise<void>;
@@ -239,19 +240,22 @@ export class ApprovalService {
    * deadline by this statement's clock (`overdue`): the caller (decide, expire) holds the run and the
    * request by then, and statement_timestamp() is after the wait for those locks, which now() — the
    * transaction's start — is not. `checkedAt` is that clock, as text (microseconds kept): the time a
-   * decision accepted by this check is recorded at (decide).
+   * decision accepted by this check is recorded at (decide). `remainingMs`: how long until the deadline
+   * by the same clock (null without one), for a timer that fired before it (expire's `not_due`).
    */
-  private async packetRow(em: EntityManager, tenantId: string, runId: string, deadline: string | null): Promise<{ seq: number; output: unknown; overdue: boolean; checkedAt: string }> {
+  private async packetRow(em: EntityManager, tenantId: string, runId: string, deadline: string | null): Promise<{ seq: number; output: unknown; overdue: boolean; checkedAt: string; remainingMs: number | null }> {
     // The deadline as the caller read it under the request's row lock (it cannot change meanwhile), as
     // text (microseconds kept): no second read of approval_requests, whose generic plan on a table
     // without statistics walked a tenant's requests filtering run_id (tenant-scoped-queries.test.ts).
-    const [cp] = await em.execute<{ output: unknown; sequence_num: number; overdue: boolean | null; checked_at: string }[]>(
-      `select c.output, c.sequence_num, ?::timestamptz <= statement_timestamp() as overdue, statement_timestamp()::text as checked_at
+    const [cp] = await em.execute<{ output: unknown; sequence_num: number; overdue: boolean | null; checked_at: string; remaining_ms: string | number | null }[]>(
+      `select c.output, c.sequence_num, ?::timestamptz <= statement_timestamp() as overdue, statement_timestamp()::text as checked_at,
+              ceil(extract(epoch from (?::timestamptz - statement_timestamp())) * 1000) as remaining_ms
          from durable_checkpoints c where c.tenant_id = ? and c.run_id = ? and c.step_name = ?`,
-      [deadline, tenantId, runId, APPROVAL_PACKET_STEP],
+      [deadline, deadline, tenantId, runId, APPROVAL_PACKET_STEP],
     );
     if (!cp) throw new NotFoundError('approval checkpoint');
-    return { seq: cp.sequence_num, output: cp.output, overdue: cp.overdue === true, checkedAt: cp.checked_at };
+    const remainingMs = cp.remaining_ms === null ? null : Number(cp.remaining_ms);
+    return { seq: cp.sequence_num, output: cp.output, overdue: cp.overdue === true, checkedAt: cp.checked_at, remainingMs };
   }
 }
 
