@@ -10,6 +10,7 @@ import { slaScheduler } from '../../src/modules/index.ts';
 import { namedJobId } from '../../src/platform/queue/job-ids.ts';
 import { jsonLines } from '../helpers/api-process.ts';
 import { holdTable } from '../helpers/table-lock.ts';
+import { backendPid, blockedBy } from '../helpers/lock-graph.ts';
 
 const EXPIRED_LINE = 'approval request expired undecided at its SLA deadline: the run ended approval_expired';
 
@@ -283,11 +284,14 @@ describe('approval SLA', () => {
     const approvalId = (await runNow()).steps[2].output.approval_request_id as string;
     // The timer fires when this test promotes it, not on its own.
     await timer.changeDelay(3_600_000);
-    const waitingOn = async (client: pg.Client, table: string) =>
-      (await client.query(`select count(*)::int as n from pg_locks l join pg_class c on c.oid = l.relation where c.relname = $1 and not l.granted`, [table])).rows[0].n > 0;
+    // Who waits for whom is read from the lock graph of this test's database (pg_blocking_pids), not from
+    // pg_locks by a table's name (another test file's database, a clone of the same template, has the
+    // same table oids) nor from pg_stat_activity's query text (a backend running a message of several
+    // statements may show another of them while it waits).
     // 1. The decision's transaction begins and waits for the requests table (held here), before it locks anything.
     const requests = new pg.Client({ connectionString: stack.db.adminUrl });
     await requests.connect();
+    const requestsPid = await backendPid((sql, params) => requests.query(sql, params));
     const outbox = await holdTable(stack.env.MIGRATION_DATABASE_URL!, 'webhook_deliveries');
     let held = false;
     try {
@@ -296,6 +300,7 @@ describe('approval SLA', () => {
       // widest margin stays well inside the API's statement timeout (30 s), which its waiting insert counts against.
       let decided: ReturnType<typeof api> | undefined;
       let deadline: Date | undefined;
+      let decisionPid: number | undefined;
       for (const margin of [3, 10]) {
         await requests.query('begin');
         held = true;
@@ -306,7 +311,7 @@ describe('approval SLA', () => {
           () => (answered = true),
           () => (answered = true),
         );
-        await waitFor(() => waitingOn(requests, 'approval_requests'), { ...DEADLINE, what: 'the decision to begin and wait' });
+        await blockedBy((sql, params) => requests.query(sql, params), requestsPid, 'the decision to begin and wait', DEADLINE);
         // 2. Its deadline is set to pass a few seconds after the decision's transaction began.
         [{ deadline }] = (await requests.query(`update approval_requests set sla_deadline = clock_timestamp() + $2 * interval '1 second' where run_id = $1 returning sla_deadline as deadline`, [runId, margin])).rows;
         await requests.query('commit');
@@ -314,13 +319,15 @@ describe('approval SLA', () => {
         // 3. The decision locks the run and the request, checks the deadline (by its statement's clock: a
         // decision that waited for the run past the deadline is refused) before it passes, and waits
         // inside its insert (its webhook outbox), still in its transaction, while the deadline passes.
+        // Its insert (the decision's, with its outbox rows) is the one statement that waits for the held outbox.
         const inside = await waitFor(
           async () =>
-            (await stack.db.admin(`select count(*)::int as n from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock' and query like $1`, ['%insert into approval_decisions%'])).rows[0].n > 0 ||
+            ((await stack.db.admin(`select pid from pg_stat_activity where datname = current_database() and $1 = any(pg_blocking_pids(pid))`, [outbox.pid])).rows[0]?.pid as number | undefined) ||
             (answered && 'answered'),
           { ...DEADLINE, what: 'the decision to wait inside its transaction' },
         );
-        if (inside === true) {
+        if (typeof inside === 'number') {
+          decisionPid = inside;
           decided = attempt;
           break;
         }
@@ -328,15 +335,11 @@ describe('approval SLA', () => {
         expect(refused.status, refused.text).toBe(409);
         expect(refused.json.code).toBe('approval_expired');
       }
-      if (!decided || !deadline) throw new Error("the decision never checked its deadline before it, even 10 s ahead: this test's premise did not hold");
+      if (!decided || !deadline || !decisionPid) throw new Error("the decision never checked its deadline before it, even 10 s ahead: this test's premise did not hold");
       await waitFor(async () => (await stack.db.admin(`select clock_timestamp() > $1::timestamptz as past`, [deadline])).rows[0].past, { ...DEADLINE, what: 'the deadline to pass' });
       // 4. The timer fires: its expiry waits for the run the decision holds.
       await timer.promote();
-      await waitFor(
-        async () =>
-          (await stack.db.admin(`select count(*)::int as n from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock' and query like $1`, ['%a.sla_deadline::text as sla_deadline_text, r.correlation_id%'])).rows[0].n > 0,
-        { ...DEADLINE, what: "the timer's expiry to wait for the decision" },
-      );
+      await blockedBy(stack.db.admin, decisionPid, "the timer's expiry to wait for the decision", DEADLINE);
       await outbox.release();
       const d = await decided;
       expect(d.status, d.text).toBe(200);

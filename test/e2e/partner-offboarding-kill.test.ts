@@ -12,6 +12,7 @@ import { randomUUID } from 'node:crypto';
 import { api, newTenant, OFFBOARDING_SUBMISSION, startStack, type TestStack } from '../helpers/stack.ts';
 import { waitFor } from '../helpers/poll.ts';
 import { holdTable } from '../helpers/table-lock.ts';
+import { countBlockedBy } from '../helpers/lock-graph.ts';
 
 const LONG = 180_000;
 const BASE = '/api/v1/partner-offboarding';
@@ -36,7 +37,9 @@ describe('a worker killed in the middle of an offboarding', () => {
       await beforeStep1.waiting("step 1's insert to wait for the lock");
       // Queued behind step 1's insert: granted when step 1 commits, before step 2's update asks.
       const next = holdTable(stack.db.ownerUrl, 'partner_offboardings');
-      await waitFor(async () => (await stack.db.admin(`select count(*)::int as n from pg_locks l join pg_class c on c.oid = l.relation where c.relname = 'partner_offboardings' and not l.granted`)).rows[0].n >= 2, {
+      // Both blocked by the first hold, in this database (by the table's name, pg_locks also counted another
+      // test file's waiters: its database a clone of the same template, the table the same oid).
+      await waitFor(async () => (await countBlockedBy(stack.db.admin, beforeStep1.pid)) >= 2, {
         timeoutMs: 30_000,
         what: 'the second hold to queue behind step 1',
       });

@@ -1,9 +1,11 @@
 import pg from 'pg';
-import { waitFor } from './poll.ts';
+import { backendPid, blockedBy } from './lock-graph.ts';
 
 export interface TableLock {
-  /** Polls until some statement waits for the lock. */
-  waiting(what: string): Promise<void>;
+  /** The holding connection's backend pid (the lock graph's holder: lock-graph.ts). */
+  pid: number;
+  /** Polls until some backend of the test's database waits for the lock (the lock graph: blocked by the holder); its pid. */
+  waiting(what: string): Promise<number>;
   /** Commits the holding transaction: the waiting statements go on. */
   release(): Promise<void>;
   /** Rolls back if still held, and disconnects. */
@@ -19,14 +21,14 @@ export async function holdTable(url: string, table: string, mode: 'exclusive' | 
   await client.connect();
   await client.query('begin');
   await client.query(`lock table ${table} in ${mode} mode`);
+  const holder = await backendPid((sql, params) => client.query(sql, params));
   let held = true;
   return {
+    pid: holder,
     async waiting(what) {
-      await waitFor(
-        async () =>
-          (await client.query(`select count(*)::int as n from pg_locks l join pg_class c on c.oid = l.relation where c.relname = $1 and not l.granted`, [table])).rows[0].n > 0,
-        { timeoutMs: 30_000, what },
-      );
+      // Not pg_locks by the table's name: every test database is a clone of one template, so its tables
+      // have the same oids in another test file's database, whose waiters that join counted too.
+      return blockedBy((sql, params) => client.query(sql, params), holder, what);
     },
     async release() {
       if (!held) return;

@@ -6,6 +6,7 @@ import { waitFor } from '../helpers/poll.ts';
 import { policyTenant, putPolicy, type PolicyTenant } from '../helpers/policy.ts';
 import { sqlState } from '../helpers/sql-state.ts';
 import { holdTable } from '../helpers/table-lock.ts';
+import { backendPid, blockedByAtLeast } from '../helpers/lock-graph.ts';
 import { spawnApi } from '../helpers/api-process.ts';
 import { tenantEm } from '../../src/platform/db/tenant-em.ts';
 import { TENANT_SETTING } from '../../src/platform/db/tenant-owned.ts';
@@ -345,6 +346,7 @@ async function holdRow(tenant: string, table: 'approval_policies' | 'approval_po
   const held = await client.query(`select 1 from ${table} where tenant_id = $1${id ? ' and id = $2' : ''} for update`, id ? [tenant, id] : [tenant]);
   expect(held.rowCount).toBe(1);
   return {
+    pid: await backendPid((sql, params) => client.query(sql, params)),
     async release() {
       await client.query('commit');
       await client.end();
@@ -361,17 +363,13 @@ async function expireNow(changeId: string): Promise<void> {
   });
 }
 
-/** Polls until `n` statements on the policy tables wait for a lock. */
-const lockWaiters = (n: number, what: string) =>
-  waitFor(
-    async () =>
-      (
-        await stack.db.admin(
-          `select count(*)::int as n from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock' and query ~ 'approval_polic(y_changes|ies)'`,
-        )
-      ).rows[0].n >= n,
-    { timeoutMs: 20_000, what },
-  );
+/**
+ * Polls until `n` statements wait for the lock `held` has (or behind one that does), by the lock graph.
+ * Not by pg_stat_activity's query text on the policy tables: the API sends a request's statements in
+ * messages of several (its idempotency claim, a tenant's setting, its read), and a backend waiting inside
+ * one may show another statement of it there, so a poll on the text could miss it until the deadline.
+ */
+const lockWaiters = (held: { pid: number }, n: number, what: string) => blockedByAtLeast(stack.db.admin, held.pid, n, what, { timeoutMs: 20_000 });
 
 describe('a change based on the defaults (a tenant without a policy row)', () => {
   it('cannot be approved once an operator changed the configured SLAs it was compared with (409 policy_changed, it reads superseded): it would loosen more than its loosens, and than its approver saw', { timeout: 120_000 }, async () => {
@@ -492,7 +490,7 @@ describe('pending changes per tenant are capped', () => {
     const oldest = (await api(stack, 'GET', `${CHANGES}?status=pending&limit=100`, { token: t.submitter })).json.items.at(-1);
     const held = await holdRow(t.tenant, 'approval_policies');
     const proposal = put(t.admin, LOOSER);
-    await lockWaiters(1, 'the proposal to wait for the policy');
+    await lockWaiters(held, 1, 'the proposal to wait for the policy');
     // Pending when the proposal's transaction began; it expires while the proposal waits (by the database's clock).
     await expireNow(oldest.id);
     await held.release();
@@ -509,7 +507,7 @@ describe('pending changes per tenant are capped', () => {
     const held = await holdTable(stack.db.adminUrl, 'approval_policy_changes');
     try {
       const proposals = [1, 2, 3, 4, 5].map((i) => put(t.admin, { ...DEFAULTS, class_a_max_cost: 60_000 + i }));
-      await lockWaiters(5, 'the five proposals to wait');
+      await lockWaiters(held, 5, 'the five proposals to wait');
       await held.release();
       const answers = await Promise.all(proposals);
       expect(answers.map((a) => a.status).sort()).toEqual([202, 202, 409, 409, 409]);
@@ -528,7 +526,7 @@ describe('pending changes per tenant are capped', () => {
       const held = await holdTable(stack.db.adminUrl, 'approval_policy_changes');
       try {
         const same = [1, 2, 3].map(() => put(t.admin, LOOSER));
-        await lockWaiters(3, 'the three proposals to wait');
+        await lockWaiters(held, 3, 'the three proposals to wait');
         await held.release();
         const answers = await Promise.all(same);
         expect(answers.map((a) => a.status)).toEqual([202, 202, 202]);
@@ -550,9 +548,9 @@ describe('decisions at once (lock order: the policy row first, then changes)', (
     const y = await propose(t, { ...DEFAULTS, sla_b_seconds: 172_800 });
     const held = await holdRow(t.tenant, 'approval_policies');
     const first = decide(t.admin2, x.id, 'approve');
-    await lockWaiters(1, 'the approval of x to wait for the policy');
+    await lockWaiters(held, 1, 'the approval of x to wait for the policy');
     const second = decide(admin3, y.id, 'approve');
-    await lockWaiters(2, 'the approval of y to wait too');
+    await lockWaiters(held, 2, 'the approval of y to wait too');
     await held.release();
     const [a, b] = await Promise.all([first, second]);
     expect(a.status, a.text).toBe(200);
@@ -569,9 +567,9 @@ describe('decisions at once (lock order: the policy row first, then changes)', (
     const tighter = { ...DEFAULTS, sla_b_seconds: 3_600 };
     const held = await holdRow(t.tenant, 'approval_policies');
     const tightening = put(t.admin, tighter);
-    await lockWaiters(1, 'the PUT to wait for the policy');
+    await lockWaiters(held, 1, 'the PUT to wait for the policy');
     const approval = decide(t.admin2, x.id, 'approve');
-    await lockWaiters(2, 'the approval to wait too');
+    await lockWaiters(held, 2, 'the approval to wait too');
     await held.release();
     const [p, a] = await Promise.all([tightening, approval]);
     expect(p.status, p.text).toBe(200);
@@ -590,9 +588,9 @@ describe('decisions at once (lock order: the policy row first, then changes)', (
     const key = randomUUID();
     const held = await holdRow(t.tenant, 'approval_policies');
     const approval = decide(t.admin2, x.id, 'approve');
-    await lockWaiters(1, 'the approval to wait for the policy');
+    await lockWaiters(held, 1, 'the approval to wait for the policy');
     const tightening = put(t.admin, tighter, key);
-    await lockWaiters(2, 'the PUT to wait too');
+    await lockWaiters(held, 2, 'the PUT to wait too');
     await held.release();
     const [a, p] = await Promise.all([approval, tightening]);
     expect(a.json).toMatchObject({ version: 2, approved_by: 'admin-2' });
@@ -611,10 +609,10 @@ describe('decisions at once (lock order: the policy row first, then changes)', (
     // The approval inserts the tenant's first policy, then waits for its change, held here.
     const held = await holdRow(t.tenant, 'approval_policy_changes', x.id);
     const approval = decide(t.admin2, x.id, 'approve');
-    await lockWaiters(1, 'the approval to wait for its change');
+    await lockWaiters(held, 1, 'the approval to wait for its change');
     // The PUT finds no row to lock, decides on the defaults, and its insert waits for the approval's.
     const tightening = put(t.admin, tighter);
-    await lockWaiters(2, 'the PUT to wait for the first policy');
+    await lockWaiters(held, 2, 'the PUT to wait for the first policy');
     await held.release();
     const [a, p] = await Promise.all([approval, tightening]);
     expect(a.status, a.text).toBe(200);
@@ -630,7 +628,7 @@ describe('decisions at once (lock order: the policy row first, then changes)', (
     const x = await propose(t);
     const held = await holdRow(t.tenant, 'approval_policies');
     const approval = decide(t.admin2, x.id, 'approve');
-    await lockWaiters(1, 'the approval to wait for the policy');
+    await lockWaiters(held, 1, 'the approval to wait for the policy');
     // Pending when the approval read it; it expires while the approval waits (by the database's clock).
     await expireNow(x.id);
     await held.release();
@@ -645,7 +643,7 @@ describe('decisions at once (lock order: the policy row first, then changes)', (
     const x = await propose(t);
     const held = await holdRow(t.tenant, 'approval_policies');
     const tightening = put(t.admin, { ...DEFAULTS, sla_b_seconds: 3_600 });
-    await lockWaiters(1, 'the PUT to wait for the policy');
+    await lockWaiters(held, 1, 'the PUT to wait for the policy');
     await expireNow(x.id);
     const expired = await changeOf(t, x.id);
     expect(expired).toMatchObject({ status: 'expired', decided_at: expired.expires_at });
@@ -660,9 +658,9 @@ describe('decisions at once (lock order: the policy row first, then changes)', (
     const x = await propose(t);
     const held = await holdRow(t.tenant, 'approval_policy_changes', x.id);
     const rejection = decide(t.admin, x.id, 'reject');
-    await lockWaiters(1, 'the rejection to wait for the change');
+    await lockWaiters(held, 1, 'the rejection to wait for the change');
     const approval = decide(t.admin2, x.id, 'approve');
-    await lockWaiters(2, 'the approval to wait for the change');
+    await lockWaiters(held, 2, 'the approval to wait for the change');
     await held.release();
     const [r, a] = await Promise.all([rejection, approval]);
     expect(r.json).toMatchObject({ status: 'rejected', decided_by: 'admin-1' });

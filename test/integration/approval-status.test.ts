@@ -11,6 +11,7 @@ import pg from 'pg';
 import { api, CLASS_C_SUBMISSION, newTenant, SAMPLE_SUBMISSION, startStack, type TestStack } from '../helpers/stack.ts';
 import { waitFor } from '../helpers/poll.ts';
 import { holdTable } from '../helpers/table-lock.ts';
+import { backendPid, blockedBy } from '../helpers/lock-graph.ts';
 import { namedJobId } from '../../src/platform/queue/job-ids.ts';
 import { TIMER_QUEUE } from '../../src/platform/queue/timers.ts';
 import { ApprovalService } from '../../src/modules/approvals/approval.service.ts';
@@ -85,18 +86,15 @@ const requestRow = async (approvalId: string) =>
   (await stack.db.admin(`select status, decided_at, sla_deadline, (select count(*)::int from approval_decisions d where d.approval_request_id = a.id) as decisions from approval_requests a where id = $1`, [approvalId]))
     .rows[0] as { status: string; decided_at: Date | null; sla_deadline: Date | null; decisions: number };
 
-/** Polls until a statement of this test's database whose text matches `like` waits for a lock (a row, a transaction, an advisory lock). */
-const waitsForLock = (like: string, what: string, event?: string) =>
-  waitFor(
-    async () =>
-      (
-        await stack.db.admin(
-          `select count(*)::int as n from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock' and query like $1 and ($2::text is null or wait_event = $2)`,
-          [like, event ?? null],
-        )
-      ).rows[0].n > 0,
-    { timeoutMs: 60_000, what },
-  );
+/**
+ * Polls until a backend of this test's database waits for a lock (a row, a transaction, an advisory lock)
+ * that backend `holder` holds, by the lock graph (pg_blocking_pids); the waiter's pid. Not by
+ * pg_stat_activity's query text: the API and the services send a transaction's statements in messages
+ * of several, and a backend waiting inside one may show another statement of it there, so a poll on the
+ * text could miss it until the deadline. A waiter's transaction start (xact_start) is then read by its
+ * pid; only where a statement's own clock (query_start) is read is its text still checked, by pid.
+ */
+const waitsFor = (holder: number, what: string) => blockedBy(stack.db.admin, holder, what, { timeoutMs: 60_000 });
 
 describe('a cancelled run withdraws its pending approval request', () => {
   it('class B waiting, cancelled: its request reads withdrawn in detail and list, leaves ?status=pending for ?status=withdrawn, and a decision answers 409 run_not_active', { timeout: LONG }, async () => {
@@ -211,17 +209,24 @@ describe('a pending request past its SLA deadline reads expired before a worker 
     // Another transaction holds the run row (as a concurrent decision, cancel or expiry would).
     const gate = new pg.Client({ connectionString: stack.db.adminUrl });
     await gate.connect();
+    const gatePid = await backendPid((sql, params) => gate.query(sql, params));
     try {
       await gate.query('begin');
       await (opts.hold ?? ((g: pg.Client, id: string) => g.query('select 1 from durable_runs where id = $1 for update', [id])))(gate, runId);
       const answered = contend({ runId, approvalId, submitter, approver });
-      await waitsForLock(waitingQuery, 'the contender to wait for the lock held');
+      const waiter = await waitsFor(gatePid, 'the contender to wait for the lock held');
+      // The deadline is set from that statement's own clock: it must be the one shown (the waiter, blocked, shows no other after it).
+      if (opts.from === 'query_start') {
+        await waitFor(async () => (await stack.db.admin(`select 1 from pg_stat_activity where pid = $1 and query like $2`, [waiter, waitingQuery])).rowCount, {
+          timeoutMs: 60_000,
+          what: `the contender's waiting statement (${waitingQuery}) to be shown`,
+        });
+      }
       const [row] = (
         await (opts.viaGate ? (q: string, p: unknown[]) => gate.query(q, p) : (q: string, p: unknown[]) => stack.db.admin(q, p))(
-          `update approval_requests set sla_deadline = (select ${opts.from ?? 'xact_start'} + interval '1 millisecond' from pg_stat_activity
-                   where datname = current_database() and wait_event_type = 'Lock' and query like $2)
+          `update approval_requests set sla_deadline = (select ${opts.from ?? 'xact_start'} + interval '1 millisecond' from pg_stat_activity where pid = $2)
             where id = $1 returning sla_deadline as deadline`,
-          [approvalId, waitingQuery],
+          [approvalId, waiter],
         )
       ).rows as Array<{ deadline: Date }>;
       const deadline = row!.deadline;
@@ -273,33 +278,34 @@ describe('a pending request past its SLA deadline reads expired before a worker 
     // waiting check counts against).
     const { submitter, approver } = await shortSlaTenant();
     const { runId, approvalId } = await submitWaiting(SAMPLE_SUBMISSION, submitter);
-    const lockingRead = '%from durable_runs where id = (select run_id from approval_requests%';
     const check = '%from durable_checkpoints c where c.tenant_id = %';
     for (const margin of [2, 8, 20]) {
       const checkpoints = await holdTable(stack.db.adminUrl, 'durable_checkpoints', 'access exclusive');
       const gate = new pg.Client({ connectionString: stack.db.adminUrl });
       await gate.connect();
       try {
+        const gatePid = await backendPid((sql, params) => gate.query(sql, params));
         await gate.query('begin');
         await gate.query('select 1 from durable_runs where id = $1 for update', [runId]);
         const answered = decide(approvalId, approver);
         // Its backend, waiting for the run: its transaction has begun (its now() is before the deadline set next).
-        const pid = await waitFor(
-          async () => (await stack.db.admin(`select pid from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock' and query like $1`, [lockingRead])).rows[0]?.pid as number | undefined,
-          { timeoutMs: 60_000, what: 'the decision to wait for the run row' },
-        );
+        const pid = await waitsFor(gatePid, 'the decision to wait for the run row');
         const { deadline } = (
           await stack.db.admin(`update approval_requests set sla_deadline = clock_timestamp() + $2 * interval '1 second' where id = $1 returning sla_deadline as deadline`, [approvalId, margin])
         ).rows[0] as { deadline: Date };
         await gate.query('commit');
-        // Not due by its transaction's start, it locks the run and the request (the deadline as set), and its check waits for the table.
-        const { early } = await waitFor(
-          async () =>
-            (await stack.db.admin(`select query_start < $3::timestamptz as early from pg_stat_activity where pid = $1 and wait_event_type = 'Lock' and query like $2`, [pid, check, deadline])).rows[0] as
-              | { early: boolean }
-              | undefined,
-          { timeoutMs: 60_000, what: 'the decision to wait for the checkpoints table, holding the run and the request' },
-        );
+        // Not due by its transaction's start, it locks the run and the request (the deadline as set), and its check waits for the table
+        // (told by the lock graph). Its arrival is that statement's query_start, read only when it is the statement shown: were
+        // another of its message shown, the premise is unconfirmed (not early), and it is tried again with a wider margin.
+        await waitFor(async () => (await stack.db.admin(`select 1 from pg_stat_activity where pid = $1 and $2 = any(pg_blocking_pids(pid))`, [pid, checkpoints.pid])).rowCount, {
+          timeoutMs: 60_000,
+          what: 'the decision to wait for the checkpoints table, holding the run and the request',
+        });
+        const early = (
+          (await stack.db.admin(`select query_start < $3::timestamptz as early from pg_stat_activity where pid = $1 and $4 = any(pg_blocking_pids(pid)) and query like $2`, [pid, check, deadline, checkpoints.pid])).rows[0] as
+            | { early: boolean }
+            | undefined
+        )?.early === true;
         await waitFor(async () => (await stack.db.admin(`select clock_timestamp() > $1::timestamptz as past`, [deadline])).rows[0].past, { timeoutMs: 120_000, what: 'the deadline to pass' });
         expect((await approval(approvalId, submitter)).status).toBe('expired');
         await checkpoints.release();
@@ -494,16 +500,13 @@ describe("a class C request's decisions are recorded in the order they were appl
                               where locktype = 'advisory' and objid = 7318 and not granted and database = (select oid from pg_database where datname = current_database())`;
       await waitFor(async () => (await gate.query(advisoryWaits)).rows[0].n > 0, { timeoutMs: 20_000, what: 'the second approval to begin and wait for the advisory lock' });
       const first = decide(approvalId, tok.approver1!);
-      await decisionsTable.waiting('the first approval to hold the run and the request and wait to record');
+      const firstPid = await decisionsTable.waiting('the first approval to hold the run and the request and wait to record');
       // The second goes on and waits for the run row the first holds.
       await gate.query('commit');
-      await waitsForLock('%from durable_runs where id = (select run_id from approval_requests%', 'the second approval to wait for the run row behind the first');
-      // The premise: the second's transaction began before the first's.
+      const secondPid = await waitsFor(firstPid, 'the second approval to wait for the run row behind the first');
+      // The premise: the second's transaction began before the first's (each read by its backend's pid).
       const [{ inverted }] = (
-        await stack.db.admin(
-          `select (select xact_start from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock' and query like '%from durable_runs where id = (select run_id from approval_requests%')
-                < (select xact_start from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock' and query like '%insert into approval_decisions%') as inverted`,
-        )
+        await stack.db.admin(`select (select xact_start from pg_stat_activity where pid = $1) < (select xact_start from pg_stat_activity where pid = $2) as inverted`, [secondPid, firstPid])
       ).rows;
       expect(inverted).toBe(true);
       await decisionsTable.release();
@@ -618,16 +621,17 @@ describe('a cancel racing a decision: both orders forced, no deadlock, a consist
       const gate = new pg.Client({ connectionString: stack.db.ownerUrl });
       await gate.connect();
       try {
+        const gatePid = await backendPid((sql, params) => gate.query(sql, params));
         await contenders[contender].before({ approvalId });
         await gate.query('begin');
         await gate.query('select pg_advisory_xact_lock(7317)');
         await stack.db.admin(`create trigger test_hold_withdrawal before update on approval_requests for each statement execute function test_hold_withdrawal()`);
         const cancelled = cancel(runId);
-        await waitsForLock('%withdrawn%', 'the cancel to hold the run and wait before the request', 'advisory');
+        const cancelPid = await waitsFor(gatePid, 'the cancel to hold the run and wait before the request');
         const check = contenders[contender].start({ runId, approvalId });
         // It waits for the run row the cancel holds, before it locks the request: were it to lock the
         // request first, the cancel's update would wait for it in turn — a deadlock.
-        await waitsForLock('%for update%', `${what} to wait for the run row`);
+        await waitsFor(cancelPid, `${what} to wait for the run row`);
         await gate.query('commit');
         const c = await cancelled;
         expect(c.status, c.text).toBe(200);
@@ -662,9 +666,9 @@ describe('a cancel racing a decision: both orders forced, no deadlock, a consist
       const decisions = await holdTable(stack.db.ownerUrl, 'approval_decisions');
       try {
         const decided = decide(approvalId, tok.approver1!);
-        await decisions.waiting('the decision to hold the run and the request and wait to record');
+        const decisionPid = await decisions.waiting('the decision to hold the run and the request and wait to record');
         const cancelled = cancel(runId);
-        await waitsForLock('%from durable_runs where tenant_id = % and workflow = % for update%', 'the cancel to wait for the run row');
+        await waitsFor(decisionPid, 'the cancel to wait for the run row');
         await decisions.release();
         const [d, c] = await Promise.all([decided, cancelled]);
         expect(d.status, d.text).toBe(200);

@@ -10,6 +10,7 @@ import { CoalescingClient, DEFER_UNTIL_NEXT, LAST_IN_TRANSACTION, Prelude, holdi
 import { GOLDEN_PATH } from '../../src/modules/golden-path/golden-path.workflow.ts';
 import { stepJobId } from '../../src/platform/queue/job-ids.ts';
 import { waitFor } from '../helpers/poll.ts';
+import { blockedBy } from '../helpers/lock-graph.ts';
 import { PartnerDossierRow } from '../../src/modules/golden-path/golden-path.entities.ts';
 import { ApprovalRequest } from '../../src/modules/approvals/approval.entities.ts';
 import { insertRow } from '../../src/platform/db/insert-row.ts';
@@ -538,10 +539,9 @@ describe('coalescing client', () => {
       // The holder's update waits for the row (its read, in the same message, after it). Told by the lock
       // graph, not by pg_stat_activity's query text: a backend waiting inside a pipelined message may show
       // another statement of that message there (seen: `commit`, idle, waiting on the cancel's transaction).
-      await waitFor(
-        async () => ((await cancel.query(`select count(*)::int as n from pg_stat_activity where datname = current_database() and $1 = any(pg_blocking_pids(pid))`, [cancelPid])).rows[0].n > 0 ? true : undefined),
-        { timeoutMs: 30_000, what: "the pick-up's update to wait for the run row" },
-      );
+      // The waiters read from pg_locks (lock-graph.ts): this poll runs inside the cancel's open transaction,
+      // where pg_stat_activity keeps its first reading to the end.
+      await blockedBy((sql, params) => cancel.query(sql, params), cancelPid, "the pick-up's update to wait for the run row");
       await cancel.query('commit');
       const outcome = await processing;
       expect(outcome.steps).toEqual([]);

@@ -190,7 +190,7 @@ describe('a key that changes between the claim reading it and taking it over', (
       const input = { tenantId: who.tenant, principal: who.sub, key, method: 'POST', route, fingerprint: newBody };
       const slowP = svc.claim(em(), input);
       await waitFor(
-        async () => (await holder.query(`select 1 from pg_locks where locktype = 'advisory' and objid = $1 and not granted`, [lockId])).rowCount,
+        async () => (await holder.query(`select 1 from pg_locks where locktype = 'advisory' and objid = $1 and not granted and database = (select oid from pg_database where datname = current_database())`, [lockId])).rowCount,
         { what: 'the claim to wait in its takeover' },
       );
       // Meanwhile a duplicate of the same new request takes the expired key over, and commits.

@@ -3,7 +3,7 @@
  * held open by a real transaction: a submission (the runtime's `start_run`, as the route calls it in
  * its transaction) stopped after its guard, and a cancel, retry or run-retention delete of the holder
  * stopped before its commit. The other side runs meanwhile, and waits on the held one's lock where it
- * must (seen in pg_stat_activity, never a sleep); then the held transaction commits or rolls back, and
+ * must (seen in the lock graph, pg_blocking_pids, never a sleep); then the held transaction commits or rolls back, and
  * the other side's outcome is the one the claim promises. No admission here (its per-tenant lock would
  * queue two submissions of a tenant one behind the other, and they would never meet on the claim): a
  * producer's start, or a tenant whose in-flight cap is off (MAX_RUNS_IN_FLIGHT_PER_TENANT=0), has none.
@@ -25,7 +25,8 @@ import type { StepContext } from '../../src/platform/durable/workflow.ts';
 import { api, newTenant, OFFBOARDING_SUBMISSION, offboardingStart, startStack, type TestStack } from '../helpers/stack.ts';
 import { requestFingerprint, submissionHash } from '../../src/platform/idempotency/idempotency.service.ts';
 import { offboardingSubmission } from '../../src/modules/partner-offboarding/partner-offboarding.schemas.ts';
-import { waitFor, within } from '../helpers/poll.ts';
+import { within } from '../helpers/poll.ts';
+import { blockedBy } from '../helpers/lock-graph.ts';
 import { sent } from '../helpers/pg-messages.ts';
 import { sqlState } from '../helpers/sql-state.ts';
 
@@ -36,6 +37,8 @@ class RolledBack extends Error {}
 /** A transaction held open after `body` until `commit()` or `rollback()`; `ready` is what body returned. */
 interface Held<T> {
   ready: Promise<T>;
+  /** The held transaction's backend pid (read first in it): the holder in the lock graph. */
+  pid: Promise<number>;
   commit(): Promise<void>;
   rollback(): Promise<void>;
 }
@@ -68,10 +71,13 @@ describe("the submission guard's claim against what runs beside it", () => {
     let ready!: (v: T) => void;
     let failed!: (e: unknown) => void;
     const readyP = new Promise<T>((res, rej) => ((ready = res), (failed = rej)));
+    let begun!: (pid: number) => void;
+    const pidP = new Promise<number>((r) => (begun = r));
     const done = tenantEm(stack.container.orm, tenant)
       .transactional(async (tx) => {
         let v: T;
         try {
+          begun((await tx.execute<Array<{ pid: number }>>('select pg_backend_pid() as pid'))[0]!.pid);
           v = await body(tx);
         } catch (e) {
           failed(e);
@@ -86,6 +92,7 @@ describe("the submission guard's claim against what runs beside it", () => {
       });
     const h: Held<T> = {
       ready: within(readyP, 'the held transaction to reach its hold'),
+      pid: within(pidP, 'the held transaction to begin'),
       commit: async () => {
         decide(true);
         await within(done, 'the held transaction to commit');
@@ -103,13 +110,14 @@ describe("the submission guard's claim against what runs beside it", () => {
     for (const h of openHolds.splice(0)) await h.rollback().catch(() => undefined);
   };
 
-  /** Waits until a backend of this database waits on a lock in a statement that matches `pattern`. */
-  const blockedIn = (pattern: string) =>
-    waitFor(
-      async () =>
-        (await stack.db.admin(`select 1 from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock' and query ilike $1`, [`%${pattern}%`])).rowCount,
-      { timeoutMs: 30_000, intervalMs: 20, what: `a statement (${pattern}) to wait on a lock` },
-    );
+  /**
+   * Waits until a backend of this database waits for a lock the held transaction `holder` has (`what`
+   * names the statement meant). By the lock graph, not by pg_stat_activity's query text: a submission's
+   * statements go in messages of several (the coalescing client), and a backend waiting inside one may
+   * show another statement of it there, so a poll on the text could miss it until the deadline.
+   */
+  const blockedOn = async (holder: Held<unknown>, what: string) =>
+    blockedBy(stack.db.admin, await holder.pid, `a statement (${what}) to wait on the held transaction's lock`, { intervalMs: 20 });
   const claimOf = async (tenant: string, reference: string) =>
     (await stack.db.admin(`select run_id from partner_offboarding_claims where tenant_id = $1 and partner_reference = $2`, [tenant, reference])).rows.map((r) => r.run_id as string);
   const runsOf = async (tenant: string) => (await stack.db.admin(`select id from durable_runs where tenant_id = $1 order by id`, [tenant])).rows.map((r) => r.id as string).sort();
@@ -141,7 +149,7 @@ describe("the submission guard's claim against what runs beside it", () => {
         const first = hold(tenant, (tx) => startRun(tx, tenant, reference));
         const { run: firstRun } = await first.ready;
         const second = submit(tenant, reference);
-        await blockedIn('insert into partner_offboarding_claims');
+        await blockedOn(first, 'insert into partner_offboarding_claims');
         await settle(first, firstRun, second, outcome, tenant, reference);
       }
     } finally {
@@ -160,7 +168,7 @@ describe("the submission guard's claim against what runs beside it", () => {
         const { run: firstRun } = await first.ready;
         const second = submit(tenant, reference);
         // Its record-and-claim statement meets the first's take-over of the row (or its read, then its own take-over does).
-        await blockedIn('partner_offboarding_claims');
+        await blockedOn(first, 'partner_offboarding_claims');
         await settle(first, firstRun, second, outcome, tenant, reference);
       }
     } finally {
@@ -208,7 +216,7 @@ describe("the submission guard's claim against what runs beside it", () => {
           const { run: firstRun } = await first.ready;
           expect(await claimOf(tenant, reference)).toEqual([cancelled.id]); // the first's take-over is not committed
           open();
-          await blockedIn('update partner_offboarding_claims');
+          await blockedOn(first, 'update partner_offboarding_claims');
           await settle(first, firstRun, late, outcome, tenant, reference);
         } finally {
           open();

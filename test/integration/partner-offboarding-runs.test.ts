@@ -9,6 +9,7 @@ import { afterEach, afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { randomUUID } from 'node:crypto';
 import { api, newTenant, OFFBOARDING_SUBMISSION, runUsers, SAMPLE_SUBMISSION, startStack, type TestStack } from '../helpers/stack.ts';
 import { waitFor } from '../helpers/poll.ts';
+import { blockedByIdleTransaction } from '../helpers/lock-graph.ts';
 import { capturedLog } from '../helpers/log-capture.ts';
 import { retiringApi } from '../helpers/retiring-api.ts';
 import type { WorkflowDef } from '../../src/platform/durable/workflow.ts';
@@ -472,13 +473,13 @@ describe('cancelling, retrying and listing partner offboardings through the API'
     expect(retried.status).toBe('running');
     await operator.ensureEnqueued(retried);
   }
-  /** Waits until a backend of the stack's database waits on a lock in a statement that contains `text`. */
-  const blockedIn = (text: string) =>
-    waitFor(async () => (await stack.db.admin(`select 1 from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock' and position($1 in query) > 0`, [text])).rowCount, {
-      timeoutMs: 30_000,
-      intervalMs: 20,
-      what: `a statement (${text}) to wait on a lock`,
-    });
+  /**
+   * Waits until a backend of the stack's database waits for a lock the step held at a barrier has (its
+   * transaction idle meanwhile): `text` names the statement meant. By the lock graph, not by
+   * pg_stat_activity's query text: a step's statements go in messages of several (the coalescing
+   * client), and a backend waiting inside one may show another statement of it there.
+   */
+  const blockedIn = (text: string) => blockedByIdleTransaction(stack.db.admin, `a statement (${text}) to wait on the held step's lock`, { intervalMs: 20 });
   /** The partner offboarding with the steps of runs `which` picks held at barriers: each `[seq, before or after its body, barrier]`. */
   const holdingAt = (which: (run: string) => boolean, ...holds: Array<[number, 'before' | 'after', ReturnType<typeof barrier>]>) =>
     wrappedWorkflow(stack, PARTNER_OFFBOARDING, (step, seq) => async (input, ctx) => {

@@ -9,6 +9,7 @@ import { randomUUID } from 'node:crypto';
 import pg from 'pg';
 import { api, CLASS_A_SUBMISSION, newTenant, type TestStack, type WorkerHandle } from '../helpers/stack.ts';
 import { waitFor } from '../helpers/poll.ts';
+import { backendPid, countBlockedBy } from '../helpers/lock-graph.ts';
 import { holdTable } from '../helpers/table-lock.ts';
 import { enqueueDeliveries, WEBHOOK_QUEUE } from '../../src/platform/webhooks/delivery.ts';
 import { enabledEndpointsLockKey } from '../../src/platform/webhooks/webhook-endpoints.routes.ts';
@@ -126,15 +127,16 @@ describe('webhook endpoints that keep failing are disabled; the tenant re-enable
     // … but another attempt's 2xx is being recorded: it cleared failing_since and holds the row until its commit.
     const success = new pg.Client({ connectionString: stack.db.adminUrl });
     await success.connect();
+    const successPid = await backendPid((sql, params) => success.query(sql, params));
     try {
       await success.query('begin');
       await success.query(`update webhook_endpoints set failing_since = null where id = $1`, [t.endpoint.id]);
       const runId = await submit(stack, t.admin, CLASS_A_SUBMISSION);
       await waitRun(stack, t.admin, runId, ['completed']);
+      // By the lock graph (blocked by this transaction), read from pg_locks: pg_stat_activity, read inside this
+      // open transaction, would keep its first reading to the end (a snapshot per transaction).
       await waitFor(
-        async () =>
-          receiver.received.some((r) => r.path === '/late') &&
-          (await success.query(`select count(*)::int as n from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock'`)).rows[0].n > 0,
+        async () => receiver.received.some((r) => r.path === '/late') && (await countBlockedBy((sql, params) => success.query(sql, params), successPid)) > 0,
         { what: 'the failed attempt to wait for the endpoint row' },
       );
       await success.query('commit');

@@ -10,6 +10,7 @@ import { createServer, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { api, newTenant, SAMPLE_SUBMISSION, startStack, type TestStack } from '../helpers/stack.ts';
 import { waitFor } from '../helpers/poll.ts';
+import { backendPid, blockedBy, countBlockedBy } from '../helpers/lock-graph.ts';
 import { capturedLog } from '../helpers/log-capture.ts';
 import { WEBHOOK_QUEUE } from '../../src/platform/webhooks/delivery.ts';
 import { deliveryJobId } from '../../src/platform/queue/job-ids.ts';
@@ -24,9 +25,16 @@ const del = (stack: TestStack, token: string, id: string, headers: Record<string
 const rowOf = async (stack: TestStack, id: string) => (await stack.db.admin(`select url, events, description, enabled, secret, failing_since, updated_at from webhook_endpoints where id = $1`, [id])).rows[0];
 const deliveriesOf = async (stack: TestStack, endpointId: string) => (await stack.db.admin(`select id, status, attempts from webhook_deliveries where endpoint_id = $1 order by created_at`, [endpointId])).rows;
 
-/** The queries of other sessions of the test's database waiting for a lock (on `table`). */
-const lockWaiters = async (stack: TestStack, table: string) =>
-  (await stack.db.admin(`select count(*)::int as n from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock' and query ilike $1`, [`%${table}%`])).rows[0].n as number;
+/**
+ * A connection of the test's own, as the admin role, and its backend pid: the holder whose waiters the
+ * lock graph names (lock-graph.ts). Not pg_stat_activity's query text: the API's statements go in
+ * messages of several, and a backend waiting inside one may show another statement of it there.
+ */
+const holderClient = async (stack: TestStack) => {
+  const client = new pg.Client({ connectionString: stack.db.adminUrl });
+  await client.connect();
+  return { client, pid: await backendPid((sql, params) => client.query(sql, params)) };
+};
 
 describe('webhook endpoint update and delete: the API', () => {
   let stack: TestStack;
@@ -103,15 +111,14 @@ describe('webhook endpoint update and delete: the API', () => {
   it('a PATCH sending the URL the endpoint had, which another update changed before its lock, is not applied unchecked: 503 with the key released, and its retry is checked and applied', async () => {
     const { admin, id } = await adminWithEndpoint();
     const first = 'https://93.184.215.43/hook?token=abc';
-    const other = new pg.Client({ connectionString: stack.db.adminUrl });
-    await other.connect();
+    const { client: other, pid: otherPid } = await holderClient(stack);
     const k = key();
     try {
       await other.query('begin');
       await other.query(`update webhook_endpoints set url = 'https://93.184.215.50/moved' where id = $1`, [id]);
       // Read before the move commits: the URL sent is the endpoint's, so it is not resolved; the update then waits for the row.
       const answer = patch(stack, admin, id, { url: first, description: 'back' }, k);
-      await waitFor(async () => (await lockWaiters(stack, 'webhook_endpoints')) > 0, { what: 'the PATCH to wait for the row' });
+      await blockedBy(stack.db.admin, otherPid, 'the PATCH to wait for the row');
       await other.query('commit');
       const res = await answer;
       expect(res.status, res.text).toBe(503);
@@ -298,8 +305,7 @@ describe('webhook endpoint update and delete: the API', () => {
 
   it('PATCH locks the endpoint row as NO KEY UPDATE: it does not wait for a transaction that inserted a delivery for the endpoint (a run ending)', async () => {
     const { tenantId, admin, id } = await adminWithEndpoint();
-    const runEnd = new pg.Client({ connectionString: stack.db.adminUrl });
-    await runEnd.connect();
+    const { client: runEnd, pid: runEndPid } = await holderClient(stack);
     try {
       await runEnd.query('begin');
       await runEnd.query(
@@ -309,7 +315,7 @@ describe('webhook endpoint update and delete: the API', () => {
       );
       let answered = false;
       const answer = patch(stack, admin, id, { url: 'https://93.184.215.48/hook', events: ['run.failed'] }).finally(() => (answered = true));
-      const first = await waitFor(async () => (answered ? 'answered' : (await lockWaiters(stack, 'webhook_endpoints')) > 0 ? 'waiting for the lock' : false), { timeoutMs: 60_000, what: 'the PATCH to answer or wait' });
+      const first = await waitFor(async () => (answered ? 'answered' : (await countBlockedBy(stack.db.admin, runEndPid)) > 0 ? 'waiting for the lock' : false), { timeoutMs: 60_000, what: 'the PATCH to answer or wait' });
       expect(first).toBe('answered');
       expect((await answer).status).toBe(200);
     } finally {
@@ -472,10 +478,11 @@ describe('webhook endpoint update and delete: deliveries, with a worker and a re
     let ids: string[] = [];
     let deleted: Promise<Awaited<ReturnType<typeof api>>> | undefined;
     await runEnd.transactional(async (tx) => {
+      const [own] = await tx.execute<Array<{ pid: number }>>('select pg_backend_pid() as pid');
       await stack.container.runtime.complete(tx, t.runId, 'failed', { error: { code: 'test' } }, ids);
       expect(ids).toHaveLength(1);
       deleted = del(stack, t.admin, t.endpoint.id);
-      await waitFor(async () => (await lockWaiters(stack, 'webhook_endpoints')) > 0, { what: 'the DELETE to wait for the run end' });
+      await blockedBy(stack.db.admin, own!.pid, 'the DELETE to wait for the run end');
     });
     expect((await deleted!).status).toBe(204);
     await stack.container.runtime.dispatchDeliveries(t.tenantId, ids);
@@ -486,13 +493,12 @@ describe('webhook endpoint update and delete: deliveries, with a worker and a re
 
   it('a run end during an uncommitted DELETE of the endpoint waits for it, then inserts no delivery and ends the run without error (no foreign-key violation)', async () => {
     const t = await withWaitingRun('/raced-before');
-    const deleting = new pg.Client({ connectionString: stack.db.adminUrl });
-    await deleting.connect();
+    const { client: deleting, pid: deletingPid } = await holderClient(stack);
     try {
       await deleting.query('begin');
       await deleting.query('delete from webhook_endpoints where id = $1', [t.endpoint.id]);
       const ended = failRun(t.tenantId, t.runId);
-      await waitFor(async () => (await lockWaiters(stack, 'webhook_endpoints')) > 0 || (await lockWaiters(stack, 'durable_runs')) > 0, { what: 'the run end to wait for the DELETE' });
+      await blockedBy(stack.db.admin, deletingPid, 'the run end to wait for the DELETE');
       await deleting.query('commit');
       expect(await ended).toEqual([]);
     } finally {

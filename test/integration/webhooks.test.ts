@@ -10,6 +10,7 @@ import pino from 'pino';
 import pg from 'pg';
 import { api, CLASS_A_SUBMISSION, newTenant, SAMPLE_SUBMISSION, startStack, type TestStack } from '../helpers/stack.ts';
 import { waitFor } from '../helpers/poll.ts';
+import { backendPid, countBlockedBy } from '../helpers/lock-graph.ts';
 import { tenantEm } from '../../src/platform/db/tenant-em.ts';
 import { WEBHOOK_QUEUE, WEBHOOK_REDELIVERY_JOB, webhookHandlers } from '../../src/platform/webhooks/delivery.ts';
 import { barrier, wrappedGoldenPath, startRunHost } from '../helpers/run-host.ts';
@@ -527,6 +528,7 @@ describe('webhook endpoint API: refusals', () => {
     // A run's end, still open: its delivery insert holds KEY SHARE on the endpoint row (the foreign key).
     const runEnd = new pg.Client({ connectionString: stack.db.adminUrl });
     await runEnd.connect();
+    const runEndPid = await backendPid((sql, params) => runEnd.query(sql, params));
     try {
       await runEnd.query('begin');
       await runEnd.query(
@@ -535,8 +537,10 @@ describe('webhook endpoint API: refusals', () => {
         [tenantId, id],
       );
       /**
-       * The request's answer; it fails if the request's statement is seen waiting for a lock on the endpoint (behind runEnd).
-       * pg_stat_activity is read outside runEnd's transaction, which would keep its first reading (a snapshot per transaction).
+       * The request's answer; it fails if the request's statement is seen waiting for a lock runEnd holds, by the lock graph
+       * (pg_blocking_pids) — not by pg_stat_activity's query text, which for a backend waiting inside a message of several
+       * statements may show another of them, so that a wait went unseen. Read outside runEnd's transaction, which would keep
+       * its first reading of pg_stat_activity (a snapshot per transaction).
        */
       const unblocked = async (request: Promise<Awaited<ReturnType<typeof api>>>, what: string) => {
         let answered = false;
@@ -544,7 +548,7 @@ describe('webhook endpoint API: refusals', () => {
         const first = await waitFor(
           async () =>
             answered ? 'answered'
-            : (await stack.db.admin(`select count(*)::int as n from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock' and query ilike '%webhook_endpoints%'`)).rows[0].n > 0 ? 'waiting for the lock'
+            : (await countBlockedBy(stack.db.admin, runEndPid)) > 0 ? 'waiting for the lock'
             : false,
           { timeoutMs: 60_000, what: `${what} to answer or wait` },
         );
