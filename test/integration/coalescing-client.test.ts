@@ -9,7 +9,6 @@ import { tenantEm } from '../../src/platform/db/tenant-em.ts';
 import { CoalescingClient, DEFER_UNTIL_NEXT, LAST_IN_TRANSACTION, Prelude, holdingInserts, isDeferrable, withPrelude } from '../../src/platform/db/coalescing-client.ts';
 import { GOLDEN_PATH } from '../../src/modules/golden-path/golden-path.workflow.ts';
 import { stepJobId } from '../../src/platform/queue/job-ids.ts';
-import { waitFor } from '../helpers/poll.ts';
 import { blockedBy } from '../helpers/lock-graph.ts';
 import { PartnerDossierRow } from '../../src/modules/golden-path/golden-path.entities.ts';
 import { ApprovalRequest } from '../../src/modules/approvals/approval.entities.ts';
