@@ -3,6 +3,7 @@ import { createHash, randomUUID } from 'node:crypto';
 import pg from 'pg';
 import canonicalizeImport from 'canonicalize';
 import { api, newTenant, SAMPLE_SUBMISSION, startStack, type TestStack } from '../helpers/stack.ts';
+import { seedRun } from '../helpers/db.ts';
 import { waitFor } from '../helpers/poll.ts';
 
 /**
@@ -67,6 +68,7 @@ const asApp = <T = any>(tenantId: string, sql: string, params: unknown[] = []) =
 
 let packId: string;
 let packSha: string;
+let packRunId: string;
 
 beforeAll(async () => {
   stack = await startStack();
@@ -95,6 +97,7 @@ beforeAll(async () => {
   }, { timeoutMs: 60_000, what: 'the run to complete' });
   packId = done.steps[3].output.evidence_pack_id;
   packSha = done.steps[3].output.sha256;
+  packRunId = runId;
 });
 afterAll(async () => stack?.stop());
 
@@ -125,25 +128,35 @@ describe('evidence pack', () => {
     }
   });
 
-  // The application role may insert packs (each sealed by its trigger), never change one: a copy of this
-  // pack — its content and hash — inserted under another run, or into another tenant, is sealed as written.
-  // It claims this run (content.run), and /verify must not call it valid: else a run could have a second
-  // valid pack, saying what its inserter liked (the unique (tenant, run) key holds one pack per run id,
-  // not per run the content names).
-  it.each([
-    ['another run of the same tenant', () => tenant],
-    ['another tenant', () => newTenant()],
-  ])("verify reports a copy of the pack inserted under %s (content.run is not the pack's run and tenant)", async (_where, tenantOf) => {
-    const into = tenantOf();
+  // The application role may insert packs (each sealed by its trigger), never change one. A copy of this
+  // pack — its content and hash — inserted under another run of the tenant (one with no pack yet) is
+  // sealed as written and claims this run (content.run): /verify must not call it valid, else a run could
+  // have a second valid pack saying what its inserter liked (the unique (tenant, run) key holds one pack
+  // per run id, not per run the content names). Under a run id that is no run of the tenant — a made-up
+  // one, or this very run from another tenant — the insert's trigger refuses it (23503).
+  it("verify reports a copy of the pack inserted under another run of the tenant (content.run is not the pack's run)", async () => {
     const [{ content }] = (await asOwner<{ content: string }>(`select content::text as content from evidence_packs where id = $1`, [packId])) as [{ content: string }];
     const copy = randomUUID();
-    await asApp(into, `insert into evidence_packs (id, tenant_id, run_id, content, sha256, created_at) values ($1, $2, gen_random_uuid(), $3::jsonb, $4, now())`, [copy, into, content, packSha]);
-    const token = into === tenant ? tok.submitter! : await stack.token({ tenantId: into, sub: 'other-2', roles: [] });
-    const verify = await getJson(`/api/v1/evidence/${copy}/verify`, token);
+    const otherRun = await seedRun(stack.db, tenant);
+    await asApp(tenant, `insert into evidence_packs (id, tenant_id, run_id, content, sha256, created_at) values ($1, $2, $3, $4::jsonb, $5, now())`, [copy, tenant, otherRun, content, packSha]);
+    const verify = await getJson(`/api/v1/evidence/${copy}/verify`);
     expect(verify.status).toBe(200);
-    expect(verify.json).toMatchObject({ valid: false, sha256: packSha });
+    // Both hashes are the pack's: only the run named tells it apart.
+    expect(verify.json).toEqual({ valid: false, sha256: packSha, recomputed_sha256: packSha, recorded_sha256: packSha });
     // The pack itself still verifies.
     expect((await getJson(`/api/v1/evidence/${packId}/verify`)).json.valid).toBe(true);
+  });
+
+  it.each([
+    ['a made-up run of the same tenant', () => [tenant, randomUUID()]],
+    ['this run, into another tenant', () => [newTenant(), packRunId]],
+  ])('the application role cannot insert a copy of the pack under %s', async (_where, target) => {
+    const [into, runId] = target() as [string, string];
+    const [{ content }] = (await asOwner<{ content: string }>(`select content::text as content from evidence_packs where id = $1`, [packId])) as [{ content: string }];
+    const copy = randomUUID();
+    const insert = asApp(into, `insert into evidence_packs (id, tenant_id, run_id, content, sha256, created_at) values ($1, $2, $3, $4::jsonb, $5, now())`, [copy, into, runId, content, packSha]);
+    await expect(insert).rejects.toMatchObject({ code: '23503' });
+    expect((await stack.db.admin(`select count(*)::int as n from evidence_packs where id = $1`, [copy])).rows[0].n).toBe(0);
   });
 
   // Each change the owner could make to the stored content: every one must read valid: false, then the content is restored.

@@ -1,4 +1,4 @@
-import { randomBytes } from 'node:crypto';
+import { randomBytes, randomUUID } from 'node:crypto';
 import pg from 'pg';
 import { TEST_ADMIN_URL, TEST_APP, TEST_OWNER, TEST_TEMPLATE_DB, pgUrl } from './env.ts';
 
@@ -69,4 +69,17 @@ export async function createTestDatabase(opts: { empty?: boolean } = {}): Promis
       await once(TEST_ADMIN_URL, `DROP DATABASE IF EXISTS ${name} WITH (FORCE)`).catch(() => {});
     },
   };
+}
+
+/**
+ * A running golden-path run of `tenant`, written by the superuser (setup only), for a test's evidence pack
+ * to name: the pack insert's trigger refuses a pack of no run of its tenant (evidence-pack.entity.ts).
+ */
+export async function seedRun(db: Pick<TestDatabase, 'admin'>, tenant: string, runId: string = randomUUID()): Promise<string> {
+  await db.admin(
+    `insert into durable_runs (id, tenant_id, workflow, workflow_version, idempotency_hash, status, principal, input, correlation_id, step_count, created_at, updated_at)
+     values ($1, $2, 'golden-path', 1, $3, 'running', 'submitter-1', '{}', 'c', 4, now(), now())`,
+    [runId, tenant, randomUUID().replaceAll('-', '')],
+  );
+  return runId;
 }

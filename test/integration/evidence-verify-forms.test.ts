@@ -9,6 +9,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { randomUUID } from 'node:crypto';
 import { newTenant, startStack, type TestStack } from '../helpers/stack.ts';
+import { seedRun } from '../helpers/db.ts';
 import { tenantEm } from '../../src/platform/db/tenant-em.ts';
 import { insertRow } from '../../src/platform/db/insert-row.ts';
 import { EvidencePackRow } from '../../src/modules/evidence/evidence-pack.entity.ts';
@@ -19,6 +20,7 @@ beforeAll(async () => {
   stack = await startStack({ api: false });
 });
 afterAll(async () => stack?.stop());
+
 
 const CONTENTS: Record<string, unknown> = {
   'numbers jsonb writes out in full or by value': {
@@ -39,10 +41,10 @@ describe('/verify on genuine packs', () => {
     const orm = stack.container.orm;
     // Each pack names its own run and tenant, as the evidence step's do (/verify requires it).
     const packOf = (runId: string) => ({ ...(values as object), run: { id: runId, tenant_id: tenant } });
-    const written = { id: randomUUID(), tenantId: tenant, runId: randomUUID(), createdAt: new Date() };
+    const written = { id: randomUUID(), tenantId: tenant, runId: await seedRun(stack.db, tenant), createdAt: new Date() };
     const content = packOf(written.runId);
     await tenantEm(orm, tenant).transactional((tx) => insertRow(tx, EvidencePackRow, { ...written, content: content as never, sha256: evidenceHash(content) }));
-    const bySql = { id: randomUUID(), content: packOf(randomUUID()) };
+    const bySql = { id: randomUUID(), content: packOf(await seedRun(stack.db, tenant)) };
     await tenantEm(orm, tenant).transactional(async (tx) => {
       await tx.execute(`select set_config('TimeZone', 'Pacific/Chatham', true)`);
       await tx.execute(`insert into evidence_packs (id, tenant_id, run_id, content, sha256, created_at) values (?, ?, ?, ?::jsonb, ?, clock_timestamp())`, [bySql.id, tenant, bySql.content.run.id, JSON.stringify(bySql.content), evidenceHash(bySql.content)], 'run');

@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { randomBytes, randomUUID } from 'node:crypto';
 import pg from 'pg';
-import { createTestDatabase, type TestDatabase } from '../helpers/db.ts';
+import { createTestDatabase, seedRun, type TestDatabase } from '../helpers/db.ts';
 import { TEST_ADMIN_URL, TEST_APP, TEST_OWNER, pgUrl } from '../helpers/env.ts';
 import { matrixFor } from './readiness.fixtures.ts';
 import { autovacuumRow } from '../../src/readiness/database.checks.ts';
@@ -74,7 +74,7 @@ describe('row-level security rows', () => {
     const m = await matrixFor({
       tamper: async (db) => {
         await db.admin(`ALTER POLICY evidence_packs_tenant_isolation ON evidence_packs USING ${tenant(mine)} WITH CHECK ${tenant(mine)}`);
-        await db.admin(`INSERT INTO evidence_packs (id, tenant_id, run_id, content, sha256, created_at) VALUES ($1, $2, $3, '{}', 'x', now())`, [randomUUID(), theirs, randomUUID()]);
+        await db.admin(`INSERT INTO evidence_packs (id, tenant_id, run_id, content, sha256, created_at) VALUES ($1, $2, $3, '{}', 'x', now())`, [randomUUID(), theirs, await seedRun(db, theirs)]);
         // The bad state is real: the application role, in a transaction of tenant `mine`, reads `theirs`'s pack.
         const app = new pg.Client({ connectionString: db.appUrl });
         await app.connect();

@@ -6,7 +6,7 @@ import { createOrm, type MikroORM } from '../../src/platform/db/orm.ts';
 import { migrate, tenantTables } from '../../src/platform/db/migrate.ts';
 import { parseConfig } from '../../src/platform/config/config.ts';
 import { entities } from '../../src/entities.ts';
-import { createTestDatabase, type TestDatabase } from '../helpers/db.ts';
+import { createTestDatabase, seedRun, type TestDatabase } from '../helpers/db.ts';
 import { TEST_ADMIN_URL, TEST_APP, TEST_JWT_SECRET, pgUrl } from '../helpers/env.ts';
 
 /**
@@ -286,7 +286,7 @@ describe('the catalog check fails when tenancy is broken', () => {
     const tenant = randomUUID();
     await db.admin(
       `INSERT INTO evidence_packs (id, tenant_id, run_id, content, sha256, created_at) VALUES ($1, $2, $3, '{}', 'x', now())`,
-      [randomUUID(), tenant, randomUUID()],
+      [randomUUID(), tenant, await seedRun(db, tenant)],
     );
     const count = () => countAs(db, clone, 'evidence_packs');
     expect(await count()).toBe(0); // the clone behaves like the app role: no context, no rows

@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { FlowProducer, type FlowJob } from 'bullmq';
 import { Redis } from 'ioredis';
-import { REDIS_URL, type BenchDb } from '../lib/bench-db.ts';
+import { REDIS_URL, adminQuery, type BenchDb } from '../lib/bench-db.ts';
 import { spawnChild, type Child } from '../lib/children.ts';
 import { Completions, closedLoop, type LoopResult } from '../lib/closed-loop.ts';
 import { measure, type Measured } from '../lib/measure.ts';
@@ -13,6 +13,14 @@ export type PeerRunOpts = LoopOpts & { warmup: number };
 
 /** DBOS Transact in one child process (see peers/dbos-peer.ts). */
 export async function openDbos(db: BenchDb) {
+  // DBOS keeps its runs in its own system tables, not durable_runs, so the pack insert's check that the
+  // pack names a run of its tenant (evidence-pack.entity.ts) would refuse every pack of the peer: in the
+  // peer's own database the trigger seals only (the same writes as ours; one index read fewer).
+  await adminQuery(
+    `create or replace function evidence_packs_seal_fn() returns trigger as $$ begin insert into evidence_seals (id, tenant_id, run_id, sha256, created_at) values (new.id, new.tenant_id, new.run_id, new.sha256, new.created_at); return null; end; $$ language plpgsql`,
+    [],
+    db.name,
+  );
   const child = spawnChild('test/bench/peers/dbos-peer.ts', {
     name: 'dbos',
     env: { BENCH_APP_URL: db.appUrl, BENCH_DBOS_SYSTEM_URL: db.adminUrl, LOG_LEVEL: 'info' },

@@ -1,0 +1,102 @@
+/**
+ * An evidence pack names a run of its tenant. The application role may insert packs (each sealed by the
+ * insert's trigger); the trigger also refuses a pack whose (tenant, run) is no run of the database — a
+ * made-up run id, or another tenant's run — so a self-consistent pack cannot be invented for a run that
+ * never was. Not a foreign key: run retention deletes runs and keeps their packs (ADR 0011), so the run is
+ * checked when the pack is written, and `/verify` still reads a pack valid after its run is gone. A pack
+ * written before the check (or by the owner with triggers off) whose content names another tenant than
+ * its own still reads valid: false.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { randomUUID } from 'node:crypto';
+import pg from 'pg';
+import { newTenant, startStack, type TestStack } from '../helpers/stack.ts';
+import { seedRun } from '../helpers/db.ts';
+import { tenantEm } from '../../src/platform/db/tenant-em.ts';
+import { evidenceHash, verifyEvidence } from '../../src/modules/evidence/evidence.service.ts';
+
+let stack: TestStack;
+beforeAll(async () => {
+  stack = await startStack({ api: false });
+});
+afterAll(async () => stack?.stop());
+
+
+const packFor = (runId: string, tenant: string) => {
+  const content = { schema: 'dealix.evidence-pack/v1', run: { id: runId, tenant_id: tenant }, outcome: 'approved' };
+  return { id: randomUUID(), content, sha256: evidenceHash(content) };
+};
+
+/** Inserts a pack as the application role under `tenant`, as the evidence step does (one transaction). */
+async function insertAsApp(tenant: string, runId: string, pack: ReturnType<typeof packFor>): Promise<void> {
+  const c = new pg.Client({ connectionString: stack.db.appUrl });
+  await c.connect();
+  try {
+    await c.query('begin');
+    await c.query(`select set_config('app.tenant_id', $1, true)`, [tenant]);
+    await c.query(`insert into evidence_packs (id, tenant_id, run_id, content, sha256, created_at) values ($1, $2, $3, $4::jsonb, $5, now())`, [pack.id, tenant, runId, JSON.stringify(pack.content), pack.sha256]);
+    await c.query('commit');
+  } finally {
+    await c.end();
+  }
+}
+
+const verify = (tenant: string, id: string) => tenantEm(stack.container.orm, tenant).transactional((tx) => verifyEvidence(tx, id));
+const packCount = async (id: string) => Number((await stack.db.admin(`select (select count(*) from evidence_packs where id = $1) + (select count(*) from evidence_seals where id = $1) as n`, [id])).rows[0].n);
+
+describe('an evidence pack names a run of its tenant', () => {
+  it('the application role cannot insert a pack for a run that does not exist', async () => {
+    const tenant = newTenant();
+    const madeUp = randomUUID();
+    const pack = packFor(madeUp, tenant);
+    await expect(insertAsApp(tenant, madeUp, pack)).rejects.toMatchObject({ code: '23503' });
+    expect(await packCount(pack.id)).toBe(0);
+  });
+
+  it("nor one under another tenant for that tenant's run", async () => {
+    const owner = newTenant();
+    const other = newTenant();
+    const runId = await seedRun(stack.db, owner);
+    const pack = packFor(runId, other);
+    await expect(insertAsApp(other, runId, pack)).rejects.toMatchObject({ code: '23503' });
+    expect(await packCount(pack.id)).toBe(0);
+  });
+
+  it('a pack for a run of its tenant is written and sealed, and verifies valid after run retention deleted the run', async () => {
+    const tenant = newTenant();
+    const runId = await seedRun(stack.db, tenant);
+    const pack = packFor(runId, tenant);
+    await insertAsApp(tenant, runId, pack);
+    const valid = { valid: true, sha256: pack.sha256, recomputed_sha256: pack.sha256, recorded_sha256: pack.sha256 };
+    expect(await verify(tenant, pack.id)).toEqual(valid);
+    // Run retention deletes the run (and its checkpoints), never its pack: the pack still verifies.
+    await stack.db.admin(`delete from durable_runs where id = $1`, [runId]);
+    expect(await verify(tenant, pack.id)).toEqual(valid);
+  });
+
+  it('a pack written without the check whose content names another tenant reads valid: false', async () => {
+    // Such a pack could be inserted before this check existed: a copy of tenant A's pack (content and hash)
+    // under tenant B with A's run id — only the tenant differs. The superuser writes it as that release's
+    // insert did: the pack and, by its trigger then, its seal (triggers off, so the check does not run).
+    const owner = newTenant();
+    const other = newTenant();
+    const runId = await seedRun(stack.db, owner);
+    const original = packFor(runId, owner);
+    await insertAsApp(owner, runId, original);
+    const copy = randomUUID();
+    const c = new pg.Client({ connectionString: stack.db.adminUrl });
+    await c.connect();
+    try {
+      await c.query('begin');
+      await c.query(`set local session_replication_role = replica`);
+      await c.query(`insert into evidence_packs (id, tenant_id, run_id, content, sha256, created_at) values ($1, $2, $3, $4::jsonb, $5, now())`, [copy, other, runId, JSON.stringify(original.content), original.sha256]);
+      await c.query(`insert into evidence_seals (id, tenant_id, run_id, sha256, created_at) select id, tenant_id, run_id, sha256, created_at from evidence_packs where id = $1`, [copy]);
+      await c.query('commit');
+    } finally {
+      await c.end();
+    }
+    const sha = original.sha256;
+    expect(await verify(other, copy)).toEqual({ valid: false, sha256: sha, recomputed_sha256: sha, recorded_sha256: sha });
+    expect((await verify(owner, original.id)).valid).toBe(true);
+  });
+});
