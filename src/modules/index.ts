@@ -64,13 +64,16 @@ export interface SlaQueues {
 export function slaScheduler(queues: SlaQueues, keep: { completed: KeepJobs; failed: KeepJobs }): SlaScheduler {
   const queue = queues.timers;
   return {
-    async schedule({ tenantId, runId, idempotencyHash, deadline }) {
+    async schedule({ tenantId, runId, idempotencyHash, deadline, from }) {
       const data: SlaJobData = { tenant_id: tenantId, run_id: runId, hash: idempotencyHash, deadline: deadline.toISOString() };
       const jobId = slaJobId(idempotencyHash);
       const add = () => {
         // One clock reading for both: BullMQ files a delayed job at timestamp + delay, and a timestamp
         // it read itself a millisecond after `delay` was worked out put the timer a millisecond late.
-        const now = Date.now();
+        // The database's (`from`) where the caller has it: the delay is then deadline less the clock
+        // that stamped the deadline, never this host's, which may be off by more than the time left (a
+        // timer due at once, firing early until the deadline) or behind (a delay longer than the SLA).
+        const now = from?.getTime() ?? Date.now();
         return queue().add(SLA_JOB_NAME, data, {
           jobId,
           timestamp: now,
@@ -133,8 +136,9 @@ export function workflowsFor(config: Config, deps: { queue: (name: string) => Qu
       // lists', and a plan made on tables without statistics walked the tenant's pending requests (the
       // run matched as a filter) and its active runs (`id` behind `workflow`), per waiting run repaired
       // (tenant-scoped-queries.test.ts).
-      const [req] = await em.execute<{ sla_deadline: Date | null; idempotency_hash: string; tenant_id: string; traceparent: string | null; correlation_id: string }[]>(
-        `select a.sla_deadline, r.idempotency_hash, r.tenant_id, r.traceparent, r.correlation_id from approval_requests a join durable_runs r on r.tenant_id = a.tenant_id and r.id = a.run_id
+      // `db_now`: the database's clock, which stamped the deadline and judges it, that the timer's delay is reckoned from.
+      const [req] = await em.execute<{ sla_deadline: Date | null; db_now: Date; idempotency_hash: string; tenant_id: string; traceparent: string | null; correlation_id: string }[]>(
+        `select a.sla_deadline, statement_timestamp() as db_now, r.idempotency_hash, r.tenant_id, r.traceparent, r.correlation_id from approval_requests a join durable_runs r on r.tenant_id = a.tenant_id and r.id = a.run_id
           where a.tenant_id = ? and a.run_id = ? and (a.status || '') = 'pending' and (r.status || '') = 'waiting'`,
         [tenantId, runId],
       );
@@ -143,7 +147,7 @@ export function workflowsFor(config: Config, deps: { queue: (name: string) => Qu
       // A timer that ended (failed for good, or completed early) while the request is still pending is spent: schedule replaces it.
       // In the run's trace, with its correlation id: the timer, and the expiry it brings, stay the run's.
       const deadline = new Date(req.sla_deadline);
-      await inRunTrace(req, () => sla.schedule({ tenantId: req.tenant_id, runId, approvalRequestId: '', idempotencyHash: req.idempotency_hash, deadline }));
+      await inRunTrace(req, () => sla.schedule({ tenantId: req.tenant_id, runId, approvalRequestId: '', idempotencyHash: req.idempotency_hash, deadline, from: new Date(req.db_now) }));
     }, slaJobId,
     // A run that fails for good while it waits leaves no request open that no one may decide, and,
     // once the failure has committed, no SLA timer to fire (from both queues, as a cancel).

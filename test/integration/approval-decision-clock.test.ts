@@ -15,7 +15,9 @@ import { DurableRuntime } from '../../src/platform/durable/runtime.ts';
 import { tenantEm } from '../../src/platform/db/tenant-em.ts';
 import { stepJobId } from '../../src/platform/queue/job-ids.ts';
 import { GOLDEN_PATH } from '../../src/modules/golden-path/golden-path.workflow.ts';
-import { CLASS_A_SUBMISSION, newTenant, startStack, type TestStack } from '../helpers/stack.ts';
+import { namedJobId } from '../../src/platform/queue/job-ids.ts';
+import { TIMER_QUEUE } from '../../src/platform/queue/timers.ts';
+import { CLASS_A_SUBMISSION, CLASS_C_SUBMISSION, newTenant, SAMPLE_SUBMISSION, startStack, type TestStack } from '../helpers/stack.ts';
 import { wrappedGoldenPath } from '../helpers/run-host.ts';
 
 const LONG = 120_000;
@@ -35,6 +37,11 @@ describe("a class A run's approval by policy, on a worker whose clock is a day o
    * prefetched, so it reads the policy itself.
    */
   async function classARun(skewMs: number, opts: { rereads?: boolean; noPrefetch?: boolean } = {}) {
+    return (await skewedRun(CLASS_A_SUBMISSION, ['completed', 'completed', 'completed', 'completed'], skewMs, opts)).runId;
+  }
+
+  /** classARun for any submission: its job's steps end as `statuses` (a class B or C run waits in step 3). */
+  async function skewedRun(submission: unknown, statuses: string[], skewMs: number, opts: { rereads?: boolean; noPrefetch?: boolean } = {}) {
     const tenant = newTenant();
     const { orm } = stack.container;
     const wf = opts.noPrefetch
@@ -42,7 +49,7 @@ describe("a class A run's approval by policy, on a worker whose clock is a day o
       : stack.container.runtime.workflow(GOLDEN_PATH);
     const runtime = opts.noPrefetch ? new DurableRuntime({ workflows: [wf], queues: stack.container.runtime.queues, logger: pino({ level: 'silent' }) }) : stack.container.runtime;
     const hash = randomBytes(32).toString('hex');
-    const { run } = await stack.container.runtime.start(tenantEm(orm, tenant), GOLDEN_PATH, { tenantId: tenant, principal: 'producer', idempotencyHash: hash, input: CLASS_A_SUBMISSION, correlationId: randomUUID() });
+    const { run } = await stack.container.runtime.start(tenantEm(orm, tenant), GOLDEN_PATH, { tenantId: tenant, principal: 'producer', idempotencyHash: hash, input: submission, correlationId: randomUUID() });
     const job = (await stack.container.runtime.queues.get(wf.queue)!.getJob(stepJobId(wf.tag, hash, 1, wf.steps[0]!.name)))!;
     if (opts.rereads) job.attemptsMade = 1; // as an attempt had failed before: this delivery reads the run first
     const executor = new StepExecutor({ orm, runtime, logger: pino({ level: 'silent' }), workerId: 'skewed-worker', leaseMs: 5_000 });
@@ -50,12 +57,18 @@ describe("a class A run's approval by policy, on a worker whose clock is a day o
     vi.useFakeTimers({ toFake: ['Date'], now: Date.now() + skewMs, shouldAdvanceTime: true });
     try {
       const outcome = await executor.process(job);
-      expect(outcome.steps.map((s) => s.status)).toEqual(['completed', 'completed', 'completed', 'completed']);
+      expect(outcome.steps.map((s) => s.status)).toEqual(statuses);
     } finally {
       vi.useRealTimers();
       await job.remove();
     }
-    return run.id;
+    return { runId: run.id, hash };
+  }
+
+  /** When BullMQ has a delayed timer due (its delayed set's score, milliseconds times 0x1000 plus a counter). */
+  async function dueAt(jobId: string): Promise<number> {
+    const timers = stack.container.queues.get(TIMER_QUEUE)!;
+    return Math.floor(Number(await stack.redis.zscore(timers.toKey('delayed'), jobId)) / 0x1000);
   }
 
   /** Every record of the run's system decision, compared by the database. */
@@ -99,5 +112,93 @@ describe("a class A run's approval by policy, on a worker whose clock is a day o
     });
     // One time: the request's, the decision row's, step 3's output's and the evidence pack's.
     expect([t.request_created_at, t.request_updated_at, t.decision_created_at, t.step_output_decided_at, t.evidence_decided_at]).toEqual(Array(5).fill(t.decided_at));
+  });
+  /**
+   * A class B or C request opened by a worker whose clock is off: its `created_at` is the database's time
+   * of the policy read, and its SLA deadline that time plus the class's SLA, by the clock that judges
+   * the deadline (statement_timestamp(), a decision's and an expiry's check). The SLA timer is filed at
+   * that deadline (its timestamp the request's created_at, its delay the SLA), whatever the worker's clock reads.
+   */
+  it.each([
+    ['B', 'a day behind', SAMPLE_SUBMISSION, -DAY, {}],
+    ['B', 'two days ahead (more than its SLA)', SAMPLE_SUBMISSION, 2 * DAY, {}],
+    ['C', 'a day ahead, the job reading its run first (a re-delivery)', CLASS_C_SUBMISSION, DAY, { rereads: true }],
+    ['C', 'a day behind, the step reading the policy itself (nothing prefetched)', CLASS_C_SUBMISSION, -DAY, { noPrefetch: true }],
+  ] as const)('class %s, clock %s: the request is opened at the database\'s time, its deadline the SLA after it', { timeout: LONG }, async (cls, _label, submission, skew, opts) => {
+    const { runId, hash } = await skewedRun(submission, ['completed', 'completed', 'waiting'], skew, opts);
+    const timers = stack.container.queues.get(TIMER_QUEUE)!;
+    const timer = await timers.getJob(namedJobId('gp', hash, 'sla'));
+    try {
+      const slaSeconds = (cls === 'B' ? stack.config.APPROVAL_SLA_B : stack.config.APPROVAL_SLA_C) / 1000;
+      const { rows } = await stack.db.admin(
+        `select a.approval_class, a.status, a.created_at = a.updated_at as updated_with_it,
+                extract(epoch from a.sla_deadline - a.created_at)::float8 as sla_seconds,
+                to_char(a.created_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') as created_at,
+                to_char(a.sla_deadline at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') as sla_deadline,
+                c.output->>'sla_deadline' as step_output_sla_deadline,
+                r.created_at <= a.created_at as after_run_created,
+                a.created_at <= c.created_at as before_step_checkpoint,
+                a.created_at <= now() as before_db_now
+           from durable_runs r
+           join approval_requests a on a.run_id = r.id
+           join durable_checkpoints c on c.run_id = r.id and c.sequence_num = 3
+          where r.id = $1`,
+        [runId],
+      );
+      expect(rows).toHaveLength(1);
+      const t = rows[0];
+      expect(t).toMatchObject({ approval_class: cls, status: 'pending', updated_with_it: true });
+      // Opened between the run's creation and the database's now() after it, before step 3's checkpoint: the database's clock.
+      expect({ after_run_created: t.after_run_created, before_step_checkpoint: t.before_step_checkpoint, before_db_now: t.before_db_now }).toEqual({
+        after_run_created: true,
+        before_step_checkpoint: true,
+        before_db_now: true,
+      });
+      // The SLA after it, and the same deadline in the step's output and the timer.
+      expect(t.sla_seconds).toBe(slaSeconds);
+      expect(t.step_output_sla_deadline).toBe(t.sla_deadline);
+      expect(timer?.data.deadline).toBe(t.sla_deadline);
+      // Filed at the deadline by the database's clock: the SLA from the request's created_at, not from
+      // this worker's clock (a delay a day longer, or none: due at once).
+      expect({ timestamp: timer?.timestamp, delay: timer?.opts.delay }).toEqual({ timestamp: Date.parse(t.created_at), delay: slaSeconds * 1000 });
+      expect(await dueAt(timer!.id!)).toBe(Date.parse(t.sla_deadline));
+    } finally {
+      await timer?.remove();
+    }
+  });
+  /**
+   * The sweeper re-creates a lost SLA timer from the stored deadline (repairWaiting): due at that deadline
+   * by the database's clock, from which the deadline was stamped and by which it is judged, not by the
+   * clock of the host that sweeps: its timestamp, which its delay is reckoned from, is the time of the
+   * repair's statement, to the millisecond (between the database's times before and after it).
+   */
+  it.each([
+    ['a day behind', -DAY],
+    ['a day ahead', DAY],
+  ] as const)('a lost SLA timer re-created by a sweeper whose clock is %s is due at the deadline by the database\'s clock', { timeout: LONG }, async (_label, skew) => {
+    const { runId, hash } = await skewedRun(SAMPLE_SUBMISSION, ['completed', 'completed', 'waiting'], 0);
+    const timers = stack.container.queues.get(TIMER_QUEUE)!;
+    const jobId = namedJobId('gp', hash, 'sla');
+    await (await timers.getJob(jobId))!.remove(); // Redis lost it
+    const { rows: [run] } = await stack.db.admin(`select tenant_id from durable_runs where id = $1`, [runId]);
+    const dbMs = async () => Number((await stack.db.admin(`select floor(extract(epoch from clock_timestamp()) * 1000)::float8 as ms`)).rows[0].ms);
+    const wf = stack.container.runtime.workflow(GOLDEN_PATH);
+    const before = await dbMs();
+    vi.useFakeTimers({ toFake: ['Date'], now: Date.now() + skew, shouldAdvanceTime: true });
+    try {
+      await tenantEm(stack.container.orm, run.tenant_id).transactional((em) => wf.repairWaiting!(em, { tenantId: run.tenant_id, runId }));
+    } finally {
+      vi.useRealTimers();
+    }
+    const after = await dbMs();
+    const timer = (await timers.getJob(jobId))!;
+    try {
+      // Its delay reckoned from the database's time of the repair, so due at the deadline.
+      expect({ afterBefore: timer.timestamp >= before, beforeAfter: timer.timestamp <= after }).toEqual({ afterBefore: true, beforeAfter: true });
+      expect(timer.timestamp + timer.opts.delay!).toBe(Date.parse(timer.data.deadline));
+      expect(await dueAt(jobId)).toBe(Date.parse(timer.data.deadline));
+    } finally {
+      await timer.remove();
+    }
   });
 });

@@ -8,8 +8,13 @@ import { appliedPolicy, classify, packetBasis, policyFromPrefetch, POLICY_PREFET
 import { insertRow } from '../../platform/db/insert-row.ts';
 
 export interface SlaScheduler {
-  /** Schedules the SLA timer (a delayed job with a deterministic id); harmless if the step's transaction rolls back. */
-  schedule(args: { tenantId: string; runId: string; approvalRequestId: string; idempotencyHash: string; deadline: Date }): Promise<void>;
+  /**
+   * Schedules the SLA timer (a delayed job with a deterministic id); harmless if the step's transaction
+   * rolls back. Filed at `deadline` (BullMQ: its timestamp plus its delay), its delay reckoned from
+   * `from`, the database's time the deadline was reckoned from, when the caller has it; else from this
+   * host's clock (a deadline this host's clock reads past is due at once).
+   */
+  schedule(args: { tenantId: string; runId: string; approvalRequestId: string; idempotencyHash: string; deadline: Date; from?: Date }): Promise<void>;
   /**
    * Removes the run's SLA timer once its request is decided, so no stale delayed job waits in the queue
    * (and in Bull Board) until the deadline. Best effort: a timer that still fires finds the request
@@ -40,13 +45,15 @@ export function approvalPacketStep(deps: { slaBSeconds: number; slaCSeconds: num
       // Recorded in the packet (and so in the evidence pack): the tenant may replace its policy later.
       const applied = appliedPolicy(loaded);
       const { cls, reasons, required, slaSeconds, currencyMismatch } = classify(econ, policy);
-      // Class A is approved by the policy as the database read it, at the time of that read by the
-      // database's clock (POLICY_PREFETCH's read_at: its transaction's now()), as every other decision
-      // is stamped by the database (a human's check, an expiry, a cancel): never by this worker's clock,
-      // which may be off (a decision before its run was created, or after rows written later). The
-      // request, its system decision and the packet (so the evidence pack) carry that one time, read
-      // with the policy: no round trip more.
-      const now = cls === 'A' ? new Date(readAt) : new Date();
+      // The database's time of the policy read (POLICY_PREFETCH's read_at: its transaction's now()), never
+      // this worker's clock, which may be off: a class A request is approved by the policy as the database
+      // read it, at that time, as every other decision is stamped by the database (a human's check, an
+      // expiry, a cancel); a class B or C request is opened then, and its SLA deadline is that time plus
+      // the class's SLA, by the clock that judges it (a decision's and an expiry's statement_timestamp()),
+      // so a worker's clock off by minutes neither shortens nor lengthens the SLA. The request, its system
+      // decision and the packet (so the evidence pack) carry that one time, read with the policy: no
+      // round trip more.
+      const now = new Date(readAt);
       const id = randomUUID();
       const deadline = slaSeconds === null ? null : new Date(now.getTime() + slaSeconds * 1000);
       await insertRow(ctx.em, ApprovalRequest, {
@@ -99,7 +106,8 @@ export function approvalPacketStep(deps: { slaBSeconds: number; slaCSeconds: num
         required_approvals: required,
         sla_deadline: deadline!.toISOString(),
       });
-      await deps.sla.schedule({ tenantId: ctx.run.tenantId, runId: ctx.run.id, approvalRequestId: id, idempotencyHash: ctx.run.idempotencyHash, deadline: deadline! });
+      // Filed at the deadline by the database's clock: the SLA after the policy read, whatever this worker's clock reads.
+      await deps.sla.schedule({ tenantId: ctx.run.tenantId, runId: ctx.run.id, approvalRequestId: id, idempotencyHash: ctx.run.idempotencyHash, deadline: deadline!, from: now });
       return ctx.wait(packet);
     },
   });
