@@ -69,7 +69,11 @@ describe('two executions of a run job meeting in the approval step', () => {
       secondIn();
       await waitFor(waitCommitted, { timeoutMs: 30_000, intervalMs: 20, what: 'the other execution to commit the wait' });
       if (loser === 'fails for good') throw new PermanentError('test_permanent', 'the approval step refused for good in the losing execution (test)');
-      const out = await step.run(input, ctx);
+      // The loser reads its policy in its own step transaction, after the winner's commit (no prefetch):
+      // the time it dates its request by (read_at, the database's) is then strictly later than the
+      // winner's, read when both jobs started — the later deadline this test needs. With the prefetch,
+      // both read at the same moment and under load the loser's could come out no later.
+      const out = await step.run(input, { ...ctx, prefetched: undefined });
       if (isWaiting(out)) loserDeadline = (out.output as { sla_deadline: string }).sla_deadline;
       return out;
     });
