@@ -258,15 +258,15 @@ async function proposeChange(
 /**
  * A policy applied: every change still pending was based on the version it replaced, so none of them
  * can apply any more. They are recorded `superseded` at the policy's update (its updated_at, as the row
- * now reads: taken after the writer's wait for it, applyPolicy, approveChange), or `expired` at their
- * deadline if past it by then: a change that expired while the writer waited has read expired since — it stays
- * so. Not now(), the transaction's start, before that wait: a change proposed by the PUT the writer
- * waited for was superseded before it was proposed.
+ * now reads: taken after the writer's wait for it, applyPolicy, approveChange — not now(), the
+ * transaction's start, before that wait: a change proposed by the PUT the writer waited for was
+ * superseded before it was proposed), or `expired` at their deadline if past it by this statement's
+ * clock: a change that expired while the writer waited has read expired since — it stays so.
  */
 async function supersedePending(em: EntityManager, tenantId: string): Promise<void> {
   await em.execute(
-    `update approval_policy_changes c set status = case when c.expires_at <= p.updated_at then 'expired' else 'superseded' end,
-            decided_at = case when c.expires_at <= p.updated_at then c.expires_at else p.updated_at end
+    `update approval_policy_changes c set status = case when c.expires_at <= statement_timestamp() then 'expired' else 'superseded' end,
+            decided_at = case when c.expires_at <= statement_timestamp() then c.expires_at else p.updated_at end
        from approval_policies p
       where p.tenant_id = c.tenant_id and c.tenant_id = ? and c.status = 'pending'`,
     [tenantId],
