@@ -9,7 +9,9 @@
  * created then, it lets later executions through) or `block` (blocks the process's event loop for
  * GP_SLOW_BLOCK_MS, 4000 by default, then never finishes: a worker that stays alive while its job's lock
  * lapses — past WORKER_LOCK_DURATION nothing renews it — every time) or `block-kill` (the same, then
- * SIGKILLs its own process: a step whose worker thrashes in GC before its OOM kill). GP_SLOW_VARIANT: original | reordered | renamed (see slow-workflow.ts).
+ * SIGKILLs its own process: a step whose worker thrashes in GC before its OOM kill) or `tx-<ms>` (a
+ * statement of the step's transaction sleeps ms in PostgreSQL: the transaction has begun, by the
+ * database's clock, at least that long before the step's later statements, its checkpoint's). GP_SLOW_VARIANT: original | reordered | renamed (see slow-workflow.ts).
  * GP_SLOW_FAIL: `<seq>:permanent` (the step throws a non-retryable error) or `<seq>:retryable[:<n>]`
  * (it throws a plain error on its first n attempts, on every attempt without n) or `<seq>:database`
  * (a statement of the step fails in PostgreSQL, on every attempt). GP_SLOW_RETRY: JSON,
@@ -68,6 +70,10 @@ const gate: StepGate = async ({ seq, step, ctx }) => {
   }
   if (spec === 'hang' || spec === 'block') return new Promise<void>(() => {});
   if (spec === 'sigterm') return terminated;
+  if (spec.startsWith('tx-')) {
+    await ctx.em.execute('select pg_sleep(?)', [Number(spec.slice(3)) / 1000]);
+    return;
+  }
   await sleep(Number(spec));
 };
 

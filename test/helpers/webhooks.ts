@@ -7,7 +7,7 @@ import { randomUUID } from 'node:crypto';
 import { createServer, type IncomingHttpHeaders, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { Webhook } from 'standardwebhooks';
-import { api, newTenant, startStack, type TestStack, type WorkerHandle } from './stack.ts';
+import { api, newTenant, runUsers, SAMPLE_SUBMISSION, startStack, type TestStack, type WorkerHandle } from './stack.ts';
 import { waitFor } from './poll.ts';
 import type { Redis } from 'ioredis';
 import type { monitorKeys } from './redis-monitor.ts';
@@ -91,6 +91,18 @@ export async function tenantWithEndpoint(stack: TestStack, receiver: Receiver, p
   return { tenantId, admin, endpoint: created.json as { id: string; secret: string } };
 }
 
+/**
+ * A new tenant with an endpoint subscribed to `events` (tenantWithEndpoint) and one golden-path run
+ * (class B) waiting for its approval at step 3: the run's id, its request's, the tenant's users.
+ */
+export async function waitingRunWithEndpoint(stack: TestStack, receiver: Receiver, path: string, events: string[]) {
+  const { tenantId } = await tenantWithEndpoint(stack, receiver, path, events);
+  const tok = await runUsers(stack, tenantId);
+  const id = await submit(stack, tok.submitter, SAMPLE_SUBMISSION);
+  const waiting = await waitRun(stack, tok.submitter, id, ['waiting', 'failed', 'completed']);
+  expect(waiting.status).toBe('waiting');
+  return { tenantId, tok, id, approvalId: waiting.steps[2].output.approval_request_id as string };
+}
 
 /**
  * A stack that admits private receivers (`env` over that), a receiver, and a spawned worker process

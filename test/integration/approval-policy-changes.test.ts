@@ -7,6 +7,7 @@ import { policyTenant, putPolicy, type PolicyTenant } from '../helpers/policy.ts
 import { sqlState } from '../helpers/sql-state.ts';
 import { holdTable } from '../helpers/table-lock.ts';
 import { backendPid, blockedByAtLeast } from '../helpers/lock-graph.ts';
+import { holdRows } from '../helpers/row-lock.ts';
 import { spawnApi } from '../helpers/api-process.ts';
 import { tenantEm } from '../../src/platform/db/tenant-em.ts';
 import { TENANT_SETTING } from '../../src/platform/db/tenant-owned.ts';
@@ -666,5 +667,62 @@ describe('decisions at once (lock order: the policy row first, then changes)', (
     expect(r.json).toMatchObject({ status: 'rejected', decided_by: 'admin-1' });
     expectProblem(a, 409, 'policy_change_decided');
     expect(await policyOf(t)).toMatchObject({ policy: DEFAULTS, version: 1, approved_by: null });
+  });
+});
+
+describe('decision times after a lock wait (docs/api.md: decided_at is when it stopped being pending)', () => {
+  /** The stored times of the tenant's policy and of changes `ids`, each compared with `released` (the holder's release). */
+  const stored = async (tenant: string, ids: string[], released: string) =>
+    (
+      await stack.db.admin(
+        `select c.id, c.status, c.decided_at::text as decided_at, c.decided_at >= $3::timestamptz as after_release, p.updated_at::text as policy_updated_at
+           from approval_policy_changes c join approval_policies p on p.tenant_id = c.tenant_id
+          where c.tenant_id = $1 and c.id = any($2::uuid[]) order by array_position($2::uuid[], c.id)`,
+        [tenant, ids, released],
+      )
+    ).rows as { id: string; status: string; decided_at: string; after_release: boolean; policy_updated_at: string }[];
+
+  it('an approval that waited for the policy row: the change approved, the policy updated and the changes it supersedes at one time, after the wait', async () => {
+    const t = await tenantTokens();
+    expect((await put(t.admin, DEFAULTS)).json).toMatchObject({ version: 1 });
+    const x = await propose(t);
+    const y = await propose(t, { ...DEFAULTS, sla_b_seconds: 172_800 });
+    // Another transaction holds the policy row (as a PUT would): the approval's upsert waits for it.
+    const holder = await holdRows(stack, 'select 1 from approval_policies where tenant_id = $1 for update', [t.tenant]);
+    try {
+      const approval = decide(t.admin2, x.id, 'approve');
+      await holder.waitedFor("the approval's upsert to wait for the holder's lock");
+      const released = await holder.release();
+      const a = await approval;
+      expect(a.status, a.text).toBe(200);
+      const [approved, superseded] = await stored(t.tenant, [x.id, y.id], released);
+      expect(approved).toMatchObject({ status: 'approved', after_release: true });
+      expect(superseded).toMatchObject({ status: 'superseded', after_release: true });
+      // One time: the policy's update, the approval, what it superseded (the superseded read as p.updated_at).
+      expect(approved!.policy_updated_at).toBe(approved!.decided_at);
+      expect(superseded!.decided_at).toBe(approved!.decided_at);
+      expect(a.json.updated_at).toBe((await changeOf(t, x.id)).decided_at);
+      expect((await changeOf(t, y.id)).decided_at).toBe(a.json.updated_at);
+    } finally {
+      await holder.close();
+    }
+  });
+
+  it('a rejection that waited for its change row: decided after the wait', async () => {
+    const t = await tenantTokens();
+    expect((await put(t.admin, DEFAULTS)).json).toMatchObject({ version: 1 });
+    const x = await propose(t);
+    // Another transaction holds the change (as an approval marking it would): the rejection's lock waits for it.
+    const holder = await holdRows(stack, 'select 1 from approval_policy_changes where tenant_id = $1 and id = $2 for update', [t.tenant, x.id]);
+    try {
+      const rejection = decide(t.admin2, x.id, 'reject');
+      await holder.waitedFor("the rejection's lock to wait for the holder's");
+      const released = await holder.release();
+      const r = await rejection;
+      expect(r.status, r.text).toBe(200);
+      expect((await stored(t.tenant, [x.id], released))[0]).toMatchObject({ status: 'rejected', after_release: true });
+    } finally {
+      await holder.close();
+    }
   });
 });

@@ -257,15 +257,18 @@ async function proposeChange(
 
 /**
  * A policy applied: every change still pending was based on the version it replaced, so none of them
- * can apply any more. They are recorded `superseded` at the policy's update (now(), its updated_at), or
- * `expired` at their deadline if past it by this statement's clock: the writer may have waited for the
- * policy row since now(), and a change that expired meanwhile has read expired since — it stays so.
+ * can apply any more. They are recorded `superseded` at the policy's update (its updated_at, as the row
+ * now reads: taken after the writer's wait for it, applyPolicy, approveChange — not now(), the
+ * transaction's start, before that wait: a change proposed by the PUT the writer waited for was
+ * superseded before it was proposed), or `expired` at their deadline if past it by this statement's
+ * clock: a change that expired while the writer waited has read expired since — it stays so.
  */
 async function supersedePending(em: EntityManager, tenantId: string): Promise<void> {
   await em.execute(
-    `update approval_policy_changes set status = case when expires_at <= statement_timestamp() then 'expired' else 'superseded' end,
-            decided_at = case when expires_at <= statement_timestamp() then expires_at else now() end
-      where tenant_id = ? and status = 'pending'`,
+    `update approval_policy_changes c set status = case when c.expires_at <= statement_timestamp() then 'expired' else 'superseded' end,
+            decided_at = case when c.expires_at <= statement_timestamp() then c.expires_at else p.updated_at end
+       from approval_policies p
+      where p.tenant_id = c.tenant_id and c.tenant_id = ? and c.status = 'pending'`,
     [tenantId],
   );
 }
@@ -325,17 +328,23 @@ export async function approveChange(
   // Between the read and the write another change applied (its transaction committed first): this one
   // reads superseded now, or approved if that was this very change.
   if (!applied) throw decidedMeanwhile(await changeRow(em, principal.tenantId, id, defaults));
-  const marked = await em.execute<{ id: string }[]>(
-    `update approval_policy_changes set status = 'approved', decided_by = ?, decided_at = now()
-      where tenant_id = ? and id = ? and status = 'pending' and expires_at > statement_timestamp() returning id`,
-    [principal.sub, principal.tenantId, id],
+  // Approved at this statement's time, after the upsert's wait for the policy row, and the policy
+  // updated at that time too (its updated_at, which the upsert set before its wait): one time for the
+  // approval, the policy's version and the changes it supersedes (docs/api.md).
+  const [marked] = await em.execute<{ decided_at: Date }[]>(
+    `with c as (
+       update approval_policy_changes set status = 'approved', decided_by = ?, decided_at = statement_timestamp()
+        where tenant_id = ? and id = ? and status = 'pending' and expires_at > statement_timestamp() returning decided_at),
+     p as (update approval_policies set updated_at = c.decided_at from c where approval_policies.tenant_id = ? returning 1)
+     select decided_at from c`,
+    [principal.sub, principal.tenantId, id, principal.tenantId],
   );
   // Rejected, or expired, meanwhile (read by a later statement's clock still): the policy just written
   // rolls back with this error. The status column comes first, then expiry, so the policy this
   // transaction wrote (a version past the change's base) does not make it read superseded.
-  if (marked.length === 0) throw decidedMeanwhile(await changeRow(em, principal.tenantId, id, defaults, { clock: 'statement_timestamp()' }));
+  if (!marked) throw decidedMeanwhile(await changeRow(em, principal.tenantId, id, defaults, { clock: 'statement_timestamp()' }));
   await supersedePending(em, principal.tenantId);
-  return { ...applied, policy, proposedBy: row.proposed_by };
+  return { ...applied, updatedAt: marked.decided_at, policy, proposedBy: row.proposed_by };
 }
 
 /**
@@ -347,6 +356,7 @@ export async function approveChange(
 export async function rejectChange(em: EntityManager, principal: Principal, id: string, defaults: SlaDefaults): Promise<PolicyChangeView> {
   const row = await changeRow(em, principal.tenantId, id, defaults, { forUpdate: true });
   if (!row.superseded_by_config) ensurePending(row);
-  await em.execute(`update approval_policy_changes set status = 'rejected', decided_by = ?, decided_at = now() where tenant_id = ? and id = ?`, [principal.sub, principal.tenantId, id]);
+  // At this statement's time, after the wait for the change's lock above (now(), the transaction's start, is before it).
+  await em.execute(`update approval_policy_changes set status = 'rejected', decided_by = ?, decided_at = statement_timestamp() where tenant_id = ? and id = ?`, [principal.sub, principal.tenantId, id]);
   return getChange(em, principal.tenantId, id, defaults);
 }

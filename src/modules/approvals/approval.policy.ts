@@ -144,6 +144,8 @@ export function loosenedFields(current: ApprovalPolicy, proposed: ApprovalPolicy
  * Writes the tenant's policy (insert or replace) under RLS, as version `baseVersion + 1`, if the policy
  * in force is still version `baseVersion` (0: none, the defaults) — one statement, so of two changes
  * based on one version only the first applies. Null when the policy changed since (the caller's 409).
+ * Updated at this statement's time: after a PUT's wait for the row it locked reading it, which now(),
+ * the transaction's start, is not (an approval, whose wait is this statement's own, restamps it after).
  */
 export async function applyPolicy(
   em: EntityManager,
@@ -154,7 +156,7 @@ export async function applyPolicy(
   const [row] = await em.execute<{ version: number; updated_at: Date }[]>(
     `insert into approval_policies as p (id, tenant_id, class_amax_cost, class_amax_payback_months, class_cmin_cost, class_cmin_payback_months,
             sla_bseconds, sla_cseconds, currency, updated_at, updated_by, approved_by, version)
-     values (?, ?, ?, ?, ?, ?, ?, ?, ?, now(), ?, ?, ? + 1)
+     values (?, ?, ?, ?, ?, ?, ?, ?, ?, statement_timestamp(), ?, ?, ? + 1)
      on conflict (tenant_id) do update set class_amax_cost = excluded.class_amax_cost, class_amax_payback_months = excluded.class_amax_payback_months,
             class_cmin_cost = excluded.class_cmin_cost, class_cmin_payback_months = excluded.class_cmin_payback_months, sla_bseconds = excluded.sla_bseconds,
             sla_cseconds = excluded.sla_cseconds, currency = excluded.currency, updated_at = excluded.updated_at, updated_by = excluded.updated_by,

@@ -15,7 +15,7 @@ import { firstIncompleteStep, notRetryableBecause } from './retryable.ts';
 import { STEP_BACKOFF, jobAttempts, retryOf, segmentStart, type StepDef, type WorkflowDef } from './workflow.ts';
 import { WorkflowRegistry, versionLabel } from './registry.ts';
 import { RunNotActiveError, RunNotFailedError, RunNotRetryableError, WorkflowVersionRetiredError, WorkflowVersionUnavailableError } from './errors.ts';
-import { EMITTED_EVENTS, OUTBOX_IDS, RUN_ENDED_COLUMNS, RUN_ENDED_EVENTS, ISO_STATEMENT_TIME, outboxCte, STATEMENT_TIME, type OutboxEvent } from '../webhooks/outbox.ts';
+import { EMITTED_EVENTS, EVENT_AT, OUTBOX_IDS, RUN_ENDED_COLUMNS, RUN_ENDED_EVENTS, ISO_STATEMENT_TIME, outboxCte, STATEMENT_TIME, type OutboxEvent } from '../webhooks/outbox.ts';
 
 const tracer = trace.getTracer('dealix-durable', INSTRUMENTATION_VERSION);
 
@@ -512,7 +512,7 @@ export class DurableRuntime {
     // instead of held for it (DEFER_UNTIL_NEXT) — the same one round trip (ADR 0013).
     const rows = await em.execute<{ webhook_deliveries: string[] }[]>(
       `${args.beforeCommit ? LAST_IN_TRANSACTION : ''}${checkpointAndRunCtes(completed, terminal, `(status || '') in ('pending', 'running', 'waiting')`, RUN_ENDED_COLUMNS)},
-       ${outboxCte(outbox.sql)}
+       ${outboxCte(outbox.sql, { at: EVENT_AT })}
        select durable_expect((select count(*) from r) = 1, ?) as expected, ${OUTBOX_IDS}`,
       [...params, ...outbox.params, notActive],
     );
@@ -540,7 +540,7 @@ export class DurableRuntime {
            and principal = ? and idempotency_hash = ? and correlation_id = ? and created_at = ?::timestamptz`,
         outbox ? RUN_ENDED_COLUMNS : 'id, tenant_id',
       )}${outbox ? `,
-       ${outboxCte(outbox.sql)}` : ''}
+       ${outboxCte(outbox.sql, { at: EVENT_AT })}` : ''}
        select durable_expect((select count(*) from r) = 1, ?) as expected${outbox ? `, ${OUTBOX_IDS}` : ''}${expect.prefetch.map((p) => `,
          (select (${p.sql}) from r) as prefetch_${p.seq}`).join('')}`,
       [randomUUID(), args.run.tenant_id, args.run.id, args.sequenceNum, args.stepName, args.status,
@@ -576,16 +576,17 @@ export class DurableRuntime {
     // The run's event is inserted by the same statement (a CTE), so it exists exactly when the run ended.
     // Ended at this statement's time, not now(): the caller's transaction may have waited for the run's
     // lock (a cancel behind a decision or a step) since it began, and the end follows what it waited for
-    // (its delivery's created_at and timestamp are this statement's too: outbox.ts).
+    // (its delivery's created_at and timestamp are this statement's too: outbox.ts), and so is its
+    // updated_at, the run's last change of status (docs/api.md): now() put it before its own end.
     const [row] = await em.execute<{ moved: boolean; webhook_deliveries: string[] }[]>(
       `with r as (
          update durable_runs set status = ?, output = coalesce(?::jsonb, output),
                 error = ?::jsonb || case when ?::text is null then '{}'::jsonb else jsonb_build_object(?::text, ${ISO_STATEMENT_TIME}) end,
-                completed_at = ${STATEMENT_TIME}, updated_at = now(),
+                completed_at = ${STATEMENT_TIME}, updated_at = ${STATEMENT_TIME},
                 lease_owner = null, lease_expires_at = null
           where id = ? and (status || '') in ('pending', 'running', 'waiting')
           returning ${RUN_ENDED_COLUMNS}),
-       ${outboxCte(RUN_ENDED_EVENTS)}
+       ${outboxCte(RUN_ENDED_EVENTS, { at: EVENT_AT })}
        select exists (select 1 from r) as moved, ${OUTBOX_IDS}`,
       [
         status,
@@ -611,8 +612,12 @@ export class DurableRuntime {
    * terminal `finalStatus` with `opts.step`, the waiting step as the caller knows it (its name and
    * output schema), ends a run of a retired version there without its definition (ADR 0008: an SLA
    * expiry; no process will ever have the definition, so waiting for one would leave the run waiting).
-   * `opts.at` (timestamptz text) is when the waiting step completed, if not at now(), the transaction's
-   * start: a decision's time, taken after its locks (approval.service.ts), which the step's output records.
+   * `opts.at` (timestamptz text) is when the waiting step completed, and the run moved on (its
+   * `updated_at`, and its `completed_at` if it ends here): a decision's time, taken after its locks
+   * (approval.service.ts), which the step's output records. Without it (an expiry), the time of the
+   * statement that writes it — after the wait for the run's lock above, which now(), the transaction's
+   * start, is not: an expiry that waited behind a decision or a cancel past the SLA deadline ended the
+   * run before its request expired (at the deadline), and a decision's run before its decided_at.
    */
   async resume(
     em: EntityManager,
@@ -635,7 +640,7 @@ export class DurableRuntime {
     if (!step) throw new Error(`workflow ${run.workflow} has no step ${sequenceNum}`);
     const parsed = step.output.parse(output);
     const res = (await em.execute(
-      `update durable_checkpoints set status = 'completed', output = ?::jsonb, completed_at = coalesce(?::timestamptz, now()), updated_at = now()
+      `update durable_checkpoints set status = 'completed', output = ?::jsonb, completed_at = coalesce(?::timestamptz, ${STATEMENT_TIME}), updated_at = now()
         where tenant_id = ? and run_id = ? and sequence_num = ? and status = 'waiting' and step_name = ?`,
       [JSON.stringify(parsed), opts.at ?? null, run.tenant_id, runId, sequenceNum, step.name],
       'run',
@@ -644,17 +649,20 @@ export class DurableRuntime {
     const last = sequenceNum === wf?.steps.length;
     const status: RunStatus = opts.finalStatus ?? (last ? 'completed' : 'running');
     const terminal = isTerminal(status);
-    const update = `update durable_runs set sequence_num = greatest(sequence_num, ?), status = ?, updated_at = now() ${terminal ? ', completed_at = now()' : ''} where id = ?`;
+    // One time for the run's move, and for its end: ended at its `updated_at` (as complete()).
+    const movedAt = `coalesce(?::timestamptz, ${STATEMENT_TIME})`;
+    const update = `update durable_runs set sequence_num = greatest(sequence_num, ?), status = ?, updated_at = ${movedAt} ${terminal ? `, completed_at = ${movedAt}` : ''} where id = ?`;
+    const at = opts.at ?? null;
     if (!terminal) {
-      await em.execute(update, [sequenceNum, status, runId], 'run');
+      await em.execute(update, [sequenceNum, status, at, runId], 'run');
       return async () => {
         if (!last) await this.enqueue(run, sequenceNum + 1);
       };
     }
     // The run ends here (e.g. its approval expired): its event's deliveries in the same statement (ADR 0013).
     const [row] = await em.execute<{ webhook_deliveries: string[] }[]>(
-      `with r as (${update} returning ${RUN_ENDED_COLUMNS}), ${outboxCte(RUN_ENDED_EVENTS)} select ${OUTBOX_IDS}`,
-      [sequenceNum, status, runId, '{}'],
+      `with r as (${update} returning ${RUN_ENDED_COLUMNS}), ${outboxCte(RUN_ENDED_EVENTS, { at: EVENT_AT })} select ${OUTBOX_IDS}`,
+      [sequenceNum, status, at, at, runId, '{}'],
     );
     const deliveries = row?.webhook_deliveries ?? [];
     return () => this.dispatchDeliveries(run.tenant_id, deliveries);

@@ -56,11 +56,11 @@ export function outboxCte(events: string, opts: { exceptEndpoint?: string; at?: 
 /**
  * The events of a run that ended, from the CTE `r` (the run as its update returned it: tenant_id, id,
  * workflow, status, correlation_id, completed_at): `run.<status>`, with the workflow's extra data
- * (one `?::jsonb` parameter, e.g. the golden path's evidence pack id).
+ * (one `?::jsonb` parameter, e.g. the golden path's evidence pack id), at the run's end (EVENT_AT).
  */
 export const RUN_ENDED_EVENTS = `select r.tenant_id, 'run.' || r.status as type,
          jsonb_build_object('workflow', r.workflow, 'run_id', r.id, 'status', r.status, 'correlation_id', r.correlation_id,
-                            'ended_at', ${isoTimeSql('r.completed_at')}) || ?::jsonb as data
+                            'ended_at', ${isoTimeSql('r.completed_at')}) || ?::jsonb as data, r.completed_at as at
          from r`;
 
 /** What `r` must return for RUN_ENDED_EVENTS. */
@@ -70,7 +70,16 @@ export const RUN_ENDED_COLUMNS = 'tenant_id, id, workflow, status, correlation_i
  * Events a step emitted, for the tenant of the run `r` updated (none when the update found no run):
  * parameters, the events as a JSON array of {type, data}.
  */
-export const EMITTED_EVENTS = `select r.tenant_id, ev.type, ev.data from r, jsonb_to_recordset(?::jsonb) as ev(type text, data jsonb)`;
+export const EMITTED_EVENTS = `select r.tenant_id, ev.type, ev.data, now() as at from r, jsonb_to_recordset(?::jsonb) as ev(type text, data jsonb)`;
+
+/**
+ * outboxCte's `at` for RUN_ENDED_EVENTS and EMITTED_EVENTS (alone or in a union): each event's own
+ * time. A run's end is its `completed_at` — the envelope's `timestamp` is the `ended_at` in its data,
+ * whichever statement ended it (a cancel's, after its lock wait; a step's checkpoint, at its
+ * transaction's time, as its checkpoint) — and a step's event is its transaction's time, as the rows
+ * it committed with it: not the checkpoint statement's, which comes after the step's work.
+ */
+export const EVENT_AT = 'ev.at';
 
 /** The select-list item returning the inserted deliveries' ids (a uuid[]; empty when none). */
 export const OUTBOX_IDS = `coalesce((select array_agg(id) from wh), '{}'::uuid[]) as webhook_deliveries`;
