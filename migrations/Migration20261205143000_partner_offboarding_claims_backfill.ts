@@ -15,8 +15,9 @@ import { Migration } from '@mikro-orm/migrations';
  *
  * Data only (no schema change). Tenant-owned tables force row-level security on the owner too and the
  * tenant setting is unset in a migration, so RLS is never lifted: the tenants come from durable_runs
- * through the system role's sweep policy (the owner is a member of dealix_system: ADR 0003, docs/runbook.md),
- * and each tenant's claims are written under its own tenant setting. `on conflict do nothing`: a claim a
+ * through the system role's sweep policy (the owner is a member of dealix_system: ADR 0003, docs/runbook.md;
+ * a role that does not hold its privileges would see no run and claim nothing, so the migration fails
+ * instead, naming the grant), and each tenant's claims are written under its own tenant setting. `on conflict do nothing`: a claim a
  * submission takes meanwhile (this release's web processes run during the migration) is that
  * submission's, and the backfill waits for one in flight. Down leaves the claims: they are what the
  * claims release writes itself.
@@ -31,6 +32,11 @@ export class Migration20261205143000_partner_offboarding_claims_backfill extends
     this.addSql(`do $$
 declare t uuid;
 begin
+  -- Without the sweep policy every tenant's runs are hidden (RLS, no tenant set): the loop would claim
+  -- nothing and the migration be recorded as applied, never to run again. Stop instead.
+  if not pg_has_role(current_user, 'dealix_system', 'USAGE') then
+    raise exception 'partner_offboarding_claims_backfill: role % does not hold dealix_system''s privileges, so it reads no tenant''s runs and would claim nothing: GRANT dealix_system TO %, then migrate again (docs/runbook.md)', current_user, current_user;
+  end if;
   for t in select distinct tenant_id from durable_runs where workflow = 'partner-offboarding' and status in ('pending', 'running', 'waiting', 'failed') loop
     perform set_config('app.tenant_id', t::text, true);
     insert into partner_offboarding_claims (id, tenant_id, partner_reference, run_id, claimed_at)

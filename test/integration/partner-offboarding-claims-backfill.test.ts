@@ -11,6 +11,9 @@ import { randomUUID } from 'node:crypto';
 import { api, newTenant, OFFBOARDING_SUBMISSION, startStack, type TestStack } from '../helpers/stack.ts';
 import { migrate } from '../../src/platform/db/migrate.ts';
 import { entities } from '../../src/entities.ts';
+import { Migration20261205143000_partner_offboarding_claims_backfill as Backfill } from '../../migrations/Migration20261205143000_partner_offboarding_claims_backfill.ts';
+import type { AbstractSqlDriver } from '@mikro-orm/postgresql';
+import pg from 'pg';
 
 const LONG = 120_000;
 const BASE = '/api/v1/partner-offboarding';
@@ -49,6 +52,30 @@ describe('claims backfilled for offboardings queued before the claims', () => {
     Object.fromEntries(
       (await stack.db.admin(`select tenant_id, partner_reference, run_id, id from partner_offboarding_claims order by tenant_id, partner_reference`)).rows.map((r) => [`${r.tenant_id === tenant ? 'own' : 'other'}:${r.partner_reference}`, r]),
     );
+
+  it("run by a role that reads no other tenant's runs (not a member of dealix_system, inherited): fails, naming the grant, rather than claim nothing and be recorded as applied", { timeout: LONG }, async () => {
+    const queued = await queuedBeforeClaims(tenant, 'P-UNSEEN');
+    const orm = stack.container.orm;
+    const migration = new Backfill(orm.em.getDriver() as unknown as AbstractSqlDriver, orm.config);
+    await migration.up();
+    const [sql, ...more] = migration.getQueries();
+    expect(typeof sql === 'string' && more.length === 0).toBe(true);
+    // The application role: a member of dealix_system NOINHERIT (SET ROLE only), so its sweep policy is not its own.
+    const app = new pg.Client({ connectionString: stack.db.appUrl });
+    await app.connect();
+    try {
+      expect((await app.query(`select pg_has_role(current_user, 'dealix_system', 'USAGE') as reads`)).rows).toEqual([{ reads: false }]);
+      await app.query('begin');
+      // Before: it finished without a word, having claimed nothing (the runs of every tenant hidden by RLS).
+      await expect(app.query(sql as string)).rejects.toThrow(/GRANT dealix_system TO/);
+    } finally {
+      await app.query('rollback').catch(() => undefined);
+      await app.end();
+    }
+    expect(Object.keys(await claims()).filter((k) => k.endsWith(':P-UNSEEN'))).toEqual([]);
+    // Out of the next test's way (it claims what is in flight): an ended run holds nothing.
+    await stack.db.admin(`update durable_runs set status = 'cancelled', completed_at = now() where id = $1`, [queued]);
+  });
 
   it("claims each partner of runs in flight without a claim — its active run first, else its failed one — and leaves claims already taken, and ended runs' partners, alone; a new submission of such a partner is then refused naming its run", { timeout: LONG }, async () => {
     const queued = await queuedBeforeClaims(tenant, 'P-QUEUED');

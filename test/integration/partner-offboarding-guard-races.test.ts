@@ -268,6 +268,40 @@ describe("the submission guard's claim against what runs beside it", () => {
     }
   });
 
+  it("a failed holder that may be retried, retried and run to the end between the guard's read of it and its read of the run's checkpoints: still holds the partner (refused), not taken over as a run whose steps all completed", { timeout: LONG }, async () => {
+    const tenant = newTenant();
+    const admin = new pg.Client({ connectionString: stack.db.adminUrl });
+    await admin.connect();
+    try {
+      const holder = await accepted(tenant, 'P-RERUN');
+      // Failed at settle-balances, freeze-partner completed: a retry would run it again (retryable).
+      await stack.db.admin(`update durable_runs set status = 'failed', completed_at = now() where id = $1`, [holder.id]);
+      const checkpoint = (seq: number, step: string, status: string, output: string | null) =>
+        admin.query(
+          `insert into durable_checkpoints (id, tenant_id, run_id, sequence_num, step_name, status, output, attempt, created_at, updated_at) values ($1, $2, $3, $4, $5, $6, $7::jsonb, 1, now(), now())`,
+          [randomUUID(), tenant, holder.id, seq, step, status, output],
+        );
+      await checkpoint(1, 'freeze-partner', 'completed', '{}');
+      await checkpoint(2, 'settle-balances', 'failed', null);
+      // The guard's read of the holder's checkpoints waits here (a plain read waits on no row lock: on the table's).
+      await admin.query('begin');
+      await admin.query('lock table durable_checkpoints in access exclusive mode');
+      const pending = submit(tenant, 'P-RERUN');
+      await blockedBy((sql, params) => admin.query(sql, params), (await admin.query('select pg_backend_pid() as pid')).rows[0].pid, "the guard's read of the failed holder's checkpoints", { intervalMs: 20 });
+      // Meanwhile the holder is retried and completes (its record archived once a worker ran it).
+      await admin.query(`update durable_runs set status = 'completed' where id = $1`, [holder.id]);
+      await admin.query(`update durable_checkpoints set status = 'completed', output = '{}' where run_id = $1 and sequence_num = 2`, [holder.id]);
+      await checkpoint(3, 'archive-record', 'completed', '{}');
+      await admin.query('commit');
+      // Before: every step completed read as "never retryable", so the claim was taken over (202).
+      expect(await within(pending, 'the submission')).toEqual(refusedNaming(holder.id, 'failed'));
+      expect(await claimOf(tenant, 'P-RERUN')).toEqual([holder.id]);
+    } finally {
+      await admin.query('rollback').catch(() => undefined);
+      await admin.end();
+    }
+  });
+
   it('a submission while run retention deletes the failed holder: refused while the delete is in flight (no wait), the claim taken over once it commits', { timeout: LONG }, async () => {
     const tenant = newTenant();
     const admin = new pg.Client({ connectionString: stack.db.adminUrl });

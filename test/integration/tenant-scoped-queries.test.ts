@@ -258,7 +258,7 @@ describe('queries name their tenant', () => {
       expect(parts.some((s) => /from durable_checkpoints c where/.test(s))).toBe(true);
       // And partner offboarding's submission guard: the record read with the claim, the claim's holder, its take-over.
       // And freeze-partner's holder of the partner (locked) and its abandon, for a record whose run holds nothing.
-      for (const guard of [/^with rec as \(select o\.id/, /^select c\.run_id/, /^update partner_offboarding_claims /, /^select o\.id[\s\S]*for update of o$/, /^update partner_offboardings set status = 'abandoned' where tenant_id = \S+ and run_id = /, /^select r\.step_count, /]) expect(parts.some((s) => guard.test(s)), String(guard)).toBe(true);
+      for (const guard of [/^with rec as \(select o\.id/, /^select c\.run_id/, /^update partner_offboarding_claims /, /^select o\.id[\s\S]*for update of o$/, /^update partner_offboardings set status = 'abandoned' where tenant_id = \S+ and run_id = /, /^select r\.status, r\.step_count, /]) expect(parts.some((s) => guard.test(s)), String(guard)).toBe(true);
       // And what travels as a prelude (its own short transaction ahead of the next one's first message,
       // never a query() call): the resumed run's holder (ADR 0016), the idempotency claim (ADR 0004).
       expect(parts.some((s) => /^update durable_runs set lease_owner = /.test(s))).toBe(true);

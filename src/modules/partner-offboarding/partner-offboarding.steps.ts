@@ -78,14 +78,15 @@ type Held = { run_id: string; run_status: string | null; offboarding_status: str
 const heldOf = (h: Holder): Held => ({ run_id: h.run_id, run_status: h.run_status, offboarding_status: h.status, run_version: h.run_version });
 
 /**
- * A failed run's step count and checkpoints, as DurableRuntime.retry judges them (no row: deleted by
+ * A failed run's status, step count and checkpoints, as DurableRuntime.retry judges them (no row: deleted by
  * run retention since it was read). By the run's key and the checkpoints' (tenant, run), the tenant
- * and the run named as values.
+ * and the run named as values. The status read again in the same statement: a run no longer failed was
+ * retried since it was read, and its checkpoints say nothing of a retry (all completed: it ran to the end).
  */
-const RETRY_STATE = `select r.step_count, coalesce((select json_agg(json_build_object('sequence_num', c.sequence_num, 'step_name', c.step_name, 'status', c.status, 'has_output', c.output is not null))
+const RETRY_STATE = `select r.status, r.step_count, coalesce((select json_agg(json_build_object('sequence_num', c.sequence_num, 'step_name', c.step_name, 'status', c.status, 'has_output', c.output is not null))
     from durable_checkpoints c where c.tenant_id = ? and c.run_id = ?), '[]'::json) as checkpoints
   from durable_runs r where r.tenant_id = ? and r.id = ?`;
-type RetryState = { step_count: number; checkpoints: Array<{ sequence_num: number; step_name: string; status: CheckpointStatus; has_output: boolean }> };
+type RetryState = { status: string; step_count: number; checkpoints: Array<{ sequence_num: number; step_name: string; status: CheckpointStatus; has_output: boolean }> };
 
 /**
  * Whether a run holds its partner: its record archived, or the run neither cancelled nor deleted (by
@@ -104,7 +105,11 @@ async function holdsPartner(em: EntityManager, tenantId: string, h: Held, retire
   if (h.run_status !== 'failed') return true;
   if (h.run_version !== null && retired(h.run_version)) return false;
   const [state] = await em.execute<RetryState[]>(RETRY_STATE, [tenantId, h.run_id, tenantId, h.run_id]);
-  return state !== undefined && notRetryableBecause(state.checkpoints, state.step_count) === undefined;
+  if (state === undefined) return false;
+  // Retried since the holder was read (its status and checkpoints are not locked here): it holds the
+  // partner again, whatever its checkpoints now say — a run retried and run to the end has every step completed.
+  if (state.status !== 'failed') return true;
+  return notRetryableBecause(state.checkpoints, state.step_count) === undefined;
 }
 
 function heldBy(reference: string, holder: Held): string {
