@@ -11,7 +11,12 @@ import { api, newTenant, SAMPLE_SUBMISSION, startStack, type TestStack } from '.
 import { waitFor } from '../helpers/poll.ts';
 import { namedJobId } from '../../src/platform/queue/job-ids.ts';
 
-const SKEW_MS = 8_000;
+// The SLA outlasts the skew, with room for the approval step to commit: a worker ahead by more than the
+// time left takes the timer before the request it expires is visible (it completes `not_pending`, and the
+// sweeper re-creates it), which is not the early firing tested here — with an 8 s skew and a 3 s SLA, the
+// request dated by the database (f342f86) made this test pass with the early-firing fix reverted.
+const SKEW_MS = 4_000;
+const SLA = '8s';
 const DEADLINE = { timeoutMs: 90_000, intervalMs: 200 };
 
 describe('SLA timers on a worker whose clock runs ahead of the database', () => {
@@ -19,7 +24,7 @@ describe('SLA timers on a worker whose clock runs ahead of the database', () => 
   const tenant = newTenant();
   let submitter: string;
   beforeAll(async () => {
-    stack = await startStack({ env: { APPROVAL_SLA_B: '3s' }, workerExecArgv: ['--import', './test/helpers/skewed-clock.ts'] });
+    stack = await startStack({ env: { APPROVAL_SLA_B: SLA }, workerExecArgv: ['--import', './test/helpers/skewed-clock.ts'] });
     await stack.spawnWorker({ TEST_CLOCK_SKEW_MS: String(SKEW_MS) });
     submitter = await stack.token({ tenantId: tenant, sub: 'submitter-1' });
   });
@@ -37,10 +42,13 @@ describe('SLA timers on a worker whose clock runs ahead of the database', () => 
       { ...DEADLINE, what: 'the run to end' },
     );
     expect(run.status).toBe('approval_expired');
-    const { rows } = await stack.db.admin(`select r.idempotency_hash, a.status, a.decided_at = a.sla_deadline as at_deadline from durable_runs r join approval_requests a on a.run_id = r.id where r.id = $1`, [runId]);
+    const { rows } = await stack.db.admin(`select r.idempotency_hash, a.status, a.decided_at = a.sla_deadline as at_deadline,
+              (extract(epoch from a.created_at) * 1000)::float8 as created_ms from durable_runs r join approval_requests a on a.run_id = r.id where r.id = $1`, [runId]);
     expect(rows[0]).toMatchObject({ status: 'expired', at_deadline: true });
     const timer = await Job.fromId(stack.container.queues.get('timers')!, namedJobId('gp', rows[0].idempotency_hash, 'sla'));
     expect(await timer?.getState()).toBe('completed');
+    // The approval step's own timer (filed from the request's database time), not one the sweeper re-created.
+    expect(timer?.timestamp).toBe(rows[0].created_ms);
     // Taken early once (the worker's clock is ahead), then at the deadline by the database's clock.
     // Before: put off to the stored deadline read on the worker's own clock — the moment it had just
     // fired at — so it came back every 500 ms until the clocks agreed (about SKEW_MS / 500 times).
