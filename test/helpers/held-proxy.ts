@@ -71,11 +71,13 @@ export interface PausableProxy {
   url: string;
   /** Stops forwarding, both ways, on every connection, now and later: as a network that stops delivering while the process keeps running. */
   pause(): void;
+  /** Forwards again, both ways, on every connection still open: what was sent meanwhile arrives then (as a network that delivers again). */
+  resume(): void;
   /** Closes every connection (as the kernel closes a dead process's sockets) and the proxy. */
   close(): Promise<void>;
 }
 
-/** A TCP proxy in front of `target` (a redis:// or postgres:// URL) that forwards until `pause()`. */
+/** A TCP proxy in front of `target` (a redis:// or postgres:// URL) that forwards until `pause()`, and again after `resume()`. */
 export async function pausableProxy(target: string): Promise<PausableProxy> {
   const { hostname, port, protocol } = new URL(target);
   const sockets = new Set<Socket>();
@@ -95,6 +97,10 @@ export async function pausableProxy(target: string): Promise<PausableProxy> {
     pause() {
       paused = true;
       for (const pair of pairs) for (const s of pair) s.pause();
+    },
+    resume() {
+      paused = false;
+      for (const pair of pairs) for (const s of pair) if (!s.destroyed) s.resume();
     },
     close() {
       closed ??= new Promise<void>((resolve) => {

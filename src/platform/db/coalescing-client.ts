@@ -102,6 +102,29 @@ export function isDeferrable(text: string, values?: readonly unknown[]): boolean
   return !values?.length || values.every((v, i) => i % 2 === 1 || (typeof v === 'string' && /^[a-z0-9_.]+$/.test(v)));
 }
 
+/**
+ * How long this client waits for PostgreSQL's answer to a message before it drops the connection
+ * (plain data in the pool's driver options: orm.ts). PostgreSQL ends each statement itself within
+ * `statementMs` (statement_timeout, DATABASE_STATEMENT_TIMEOUT), but only if it hears it: a server
+ * that stops answering without closing the connection (a host gone, a partition, a failover that
+ * leaves the old address silent) leaves a statement waiting on the client for ever.
+ */
+export interface AnswerBound {
+  /** DATABASE_STATEMENT_TIMEOUT: the server cancels any one statement after this long. */
+  statementMs: number;
+  /** DATABASE_ANSWER_MARGIN: what the client waits beyond the server's own bound. */
+  marginMs: number;
+}
+
+/** The error a statement fails with when its answer did not come within its {@link AnswerBound} (a network timeout: transient). */
+export class NoAnswerError extends Error {
+  readonly code = 'ETIMEDOUT';
+  constructor(ms: number) {
+    super(`PostgreSQL did not answer within ${ms} ms (DATABASE_STATEMENT_TIMEOUT per statement that may wait, plus DATABASE_ANSWER_MARGIN): the connection is dropped`);
+    this.name = 'NoAnswerError';
+  }
+}
+
 /** A statement that can be one of an extended-protocol batch: bound values make it one statement; without, no `;` in it. */
 const batchable = (s: Statement): boolean => s.values !== undefined || !s.text.includes(';');
 
@@ -120,11 +143,17 @@ export class CoalescingClient extends pg.Client {
   readonly #group: GroupCommit | undefined;
   /** The connection is gone (the server terminated it, restarted, the network dropped): no transaction is open on it any more. */
   #lost = false;
+  /** Set when the pool bounds the wait for an answer (both parts above 0). */
+  readonly #answer: AnswerBound | undefined;
+  /** When the last message sent must have been answered by (epoch ms): a message queued behind it gets its own bound after that. */
+  #answerDue = 0;
 
-  constructor(config?: string | (pg.ClientConfig & { preparedStatements?: boolean; groupCommit?: GroupCommitRef })) {
+  constructor(config?: string | (pg.ClientConfig & { preparedStatements?: boolean; groupCommit?: GroupCommitRef; answerBound?: AnswerBound })) {
     super(config);
     this.#prepared = new PreparedNames(typeof config !== 'object' || config.preparedStatements !== false);
     this.#group = typeof config === 'object' && config.groupCommit ? groupCommitFor(config.groupCommit) : undefined;
+    const bound = typeof config === 'object' ? config.answerBound : undefined;
+    this.#answer = bound && bound.statementMs > 0 && bound.marginMs > 0 ? bound : undefined;
     // pg reports a dropped connection as `error` (then `end`); whoever holds the client handles the error itself.
     this.on('error', () => (this.#lost = true));
     this.on('end', () => (this.#lost = true));
@@ -242,6 +271,10 @@ export class CoalescingClient extends pg.Client {
    * statement (statement-batch.ts), else a simple-protocol message with the values written in.
    */
   private send(statements: Statement[]): Promise<pg.QueryResult | pg.QueryResult[]> {
+    return this.bounded(this.sendNow(statements), statements);
+  }
+
+  private sendNow(statements: Statement[]): Promise<pg.QueryResult | pg.QueryResult[]> {
     if (statements.length === 1 && statements[0]!.values === undefined) return super.query(statements[0]!.text) as unknown as Promise<pg.QueryResult>;
     if (statements.every(batchable)) {
       const batch = new StatementBatch(statements, (this as unknown as { _types: unknown })._types, this.#prepared);
@@ -252,6 +285,35 @@ export class CoalescingClient extends pg.Client {
       return done;
     }
     return super.query(statements.map(inlineStatement).join(';\n')) as unknown as Promise<pg.QueryResult | pg.QueryResult[]>;
+  }
+
+  /**
+   * `sent` (the answer to `statements`), failed with {@link NoAnswerError} if PostgreSQL has not
+   * answered within the bound: each statement that may wait (not `begin` nor a session setting: a lock,
+   * a deferred constraint at commit) is given the server's statement_timeout, plus the margin once,
+   * counted from when the message before it on this connection was due. Past it the socket is
+   * destroyed: pg fails every query on the client with the error, the transaction's rollback is
+   * answered here (the connection is gone), and the pool drops the client, which is no longer
+   * queryable. A message that did reach the server meanwhile may still run there, as with any
+   * connection lost after a statement was sent: its outcome is unknown to the caller, whose step
+   * retry finds its checkpoint if it committed (ADR 0004).
+   */
+  private bounded<T>(sent: Promise<T>, statements: readonly Statement[]): Promise<T> {
+    const bound = this.#answer;
+    if (!bound) return sent;
+    const mayWait = statements.filter((s) => !SESSION_STATEMENT.test(s.text)).length;
+    const ms = Math.max(1, mayWait) * bound.statementMs + bound.marginMs;
+    const now = Date.now();
+    this.#answerDue = Math.max(now, this.#answerDue) + ms;
+    const timer = setTimeout(() => this.dropSilent(ms), this.#answerDue - now);
+    timer.unref();
+    return sent.finally(() => clearTimeout(timer));
+  }
+
+  /** Destroys the connection of a message PostgreSQL did not answer in time (see bounded). */
+  private dropSilent(ms: number): void {
+    this.#lost = true;
+    (this as unknown as { connection: { stream: { destroy(err?: Error): void } } }).connection.stream.destroy(new NoAnswerError(ms));
   }
 
   /** The transaction's last statement with what is held before it and the commit after it: its own result is returned. */
