@@ -9,7 +9,8 @@
  */
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { newTenant, startStack, type TestStack } from '../helpers/stack.ts';
-import { waitFor } from '../helpers/poll.ts';
+import { waitFor, within } from '../helpers/poll.ts';
+import { CoalescingClient, NoAnswerError } from '../../src/platform/db/coalescing-client.ts';
 import { pausableProxy } from '../helpers/held-proxy.ts';
 import { slowWorkflow } from '../helpers/slow-workflow.ts';
 import { SLOW_STEPS, createSlowRun, entered, expectEveryStepOnce, logged, killLiveWorkers, readRun, waitEntered, waitRun } from '../helpers/recovery.ts';
@@ -68,6 +69,36 @@ describe('a PostgreSQL that stops answering without closing the connection', () 
       expect(worker.proc.exitCode).toBeNull();
       expect(worker.proc.signalCode).toBeNull();
     } finally {
+      await proxy.close();
+    }
+  });
+
+  it('the bound is per message, counted from now when nothing is unanswered: a busy connection that went silent is dropped after one bound, not one per message it sent before', { timeout: LONG }, async () => {
+    const proxy = await pausableProxy(stack.env.DATABASE_URL!);
+    const throughProxy = new URL(stack.env.DATABASE_URL!);
+    throughProxy.host = new URL(proxy.url).host;
+    // 1 s the server's, 1 s more the client's: a bound of 2 s per message of one statement.
+    const client = new CoalescingClient({ connectionString: throughProxy.toString(), answerBound: { statementMs: 1_000, marginMs: 1_000 } });
+    client.on('error', () => {});
+    await client.connect();
+    try {
+      // 40 messages, each answered long before its bound.
+      for (let i = 0; i < 40; i++) expect((await client.query('select $1::int as n', [i])).rows[0].n).toBe(i);
+      proxy.pause();
+      // Counted from the previous bound even once answered, the 41st message's bound lay 40 bounds
+      // (80 s) out, past this deadline; counted from now it fails after 2 s.
+      const failed = await within(
+        client.query('select 1').then(
+          () => undefined,
+          (e: unknown) => e,
+        ),
+        "the silent connection's message to fail with its bound",
+        20_000,
+      );
+      expect(failed).toBeInstanceOf(NoAnswerError);
+    } finally {
+      proxy.resume();
+      await client.end().catch(() => {});
       await proxy.close();
     }
   });

@@ -147,6 +147,8 @@ export class CoalescingClient extends pg.Client {
   readonly #answer: AnswerBound | undefined;
   /** When the last message sent must have been answered by (epoch ms): a message queued behind it gets its own bound after that. */
   #answerDue = 0;
+  /** Messages sent and not yet answered: only behind one of them does a message's bound start later than now. */
+  #unanswered = 0;
 
   constructor(config?: string | (pg.ClientConfig & { preparedStatements?: boolean; groupCommit?: GroupCommitRef; answerBound?: AnswerBound })) {
     super(config);
@@ -304,10 +306,17 @@ export class CoalescingClient extends pg.Client {
     const mayWait = statements.filter((s) => !SESSION_STATEMENT.test(s.text)).length;
     const ms = Math.max(1, mayWait) * bound.statementMs + bound.marginMs;
     const now = Date.now();
-    this.#answerDue = Math.max(now, this.#answerDue) + ms;
+    // Behind an unanswered message its bound starts at that one's; with none, now. (Counted from the
+    // last bound even once answered, every message sent within a bound of the one before — a busy
+    // connection's — pushed it further: after 30 quick answers the next waited 30 bounds, not one.)
+    this.#answerDue = (this.#unanswered > 0 ? Math.max(now, this.#answerDue) : now) + ms;
+    this.#unanswered++;
     const timer = setTimeout(() => this.dropSilent(ms), this.#answerDue - now);
     timer.unref();
-    return sent.finally(() => clearTimeout(timer));
+    return sent.finally(() => {
+      clearTimeout(timer);
+      this.#unanswered--;
+    });
   }
 
   /** Destroys the connection of a message PostgreSQL did not answer in time (see bounded). */
