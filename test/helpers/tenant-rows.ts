@@ -93,6 +93,8 @@ export class TenantRows {
   async build(table: string, tenant: string): Promise<Row> {
     const spec = this.spec(table);
     const row: Row = {};
+    // References a trigger checks rather than a foreign key: a parent of its own per row (each may be unique per parent).
+    for (const ref of CHECKED_REFERENCES[table] ?? []) row[ref.column] = (await this.seed(ref.refTable, tenant))[ref.refColumn];
     for (const fk of spec.foreignKeys) {
       const needed = fk.columns.some((c) => spec.columns.find((col) => col.name === c)?.required);
       if (!needed) continue;
@@ -144,6 +146,15 @@ export class TenantRows {
     return p;
   }
 }
+
+/**
+ * Columns that name a row of another table without a foreign key, checked by a trigger at insert:
+ * an evidence pack's run (the seal trigger refuses a pack naming no run of its tenant; not a foreign
+ * key, since run retention deletes runs and keeps their packs — ADR 0011).
+ */
+const CHECKED_REFERENCES: Record<string, Array<{ column: string; refTable: string; refColumn: string }>> = {
+  evidence_packs: [{ column: 'run_id', refTable: 'durable_runs', refColumn: 'id' }],
+};
 
 export function insertSql(table: string, row: Row): { text: string; values: unknown[] } {
   const cols = Object.keys(row);
