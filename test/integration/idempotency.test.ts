@@ -494,25 +494,26 @@ describe('a key whose first request is still running', () => {
     expect(await counts(who.tenant)).toEqual({ keys: 1, runs: 1 });
   });
 
-  it("counts Retry-After on the database's clock and never past the lease, even with locked_at ahead of the API's clock", async () => {
+  it("counts Retry-After on the database's clock and never past the lease, even with locked_at ahead of the database's read", async () => {
     const who = await actor();
     const key = randomUUID();
-    const svc = stack.container.idempotency;
-    const claim = await claimThroughService(who, key);
-    // The claim as a database clock an hour ahead of the API's stamps it: read against the API's own clock,
-    // the lease would have an hour and a minute left.
-    const tampered = await asTenant(stack, who.tenant).execute(
+    // A tolerance of two hours for a claim stamped ahead of the clock that reads it (the default is a
+    // second), so the claim below, stamped an hour ahead, still holds the key: read against any clock,
+    // its lease would have an hour and a minute left; Retry-After asks for no more than the lease.
+    const svc = new IdempotencyService({ ttlMs: 86_400_000, leaseMs: 60_000, clockStepToleranceMs: 7_200_000 });
+    const em = () => asTenant(stack, who.tenant);
+    const input = { tenantId: who.tenant, principal: who.sub, key, method: 'POST', route: RUN_ROUTE, fingerprint: submissionFingerprint() };
+    const claim = await svc.claim(em(), input);
+    if (claim.outcome !== 'claimed') throw new Error(`expected the key to be free, got ${claim.outcome}`);
+    const tampered = await em().execute(
       `update idempotency_keys set locked_at = now() + interval '1 hour' where principal = ? and idempotency_key = ?`,
       [who.sub, key],
       'run',
     );
     expect(tampered).toMatchObject({ affectedRows: 1 });
-    const lease = Math.ceil(svc.leaseMs / 1000);
-    const res = await submit(who, key);
-    expectProblem(res, 409, 'idempotency_key_in_use');
-    expect(res.headers.get('retry-after')).toBe(String(lease));
+    expect(await svc.claim(em(), input)).toMatchObject({ outcome: 'in_progress', retryAfterSeconds: 60 });
     // The same answer for an attempt that lost its lease (what the key holds, read again).
-    expect(await svc.afterLeaseLost(asTenant(stack, who.tenant), claim.record)).toMatchObject({ outcome: 'in_progress', retryAfterSeconds: lease });
+    expect(await svc.afterLeaseLost(em(), claim.record)).toMatchObject({ outcome: 'in_progress', retryAfterSeconds: 60 });
   });
 });
 
@@ -559,6 +560,35 @@ describe('a first attempt that failed or died', () => {
     const [run] = await asTenant(leased, who.tenant).execute<any[]>('select id, idempotency_hash from durable_runs');
     expect(run).toEqual({ id: retry.json.run_id, idempotency_hash: submissionHash(who.tenant, recordId) });
     expect(await counts(who.tenant, leased)).toEqual({ keys: 1, runs: 1 });
+  });
+
+  it("takes over a dead attempt's claim stamped ahead of the database's clock, while a claim stamped just now still holds its key", async () => {
+    // IDEMPOTENCY_LEASE=60s. A claim an hour ahead of the clock that reads it was not taken an hour from
+    // now: an older release stamped it with an API process's clock that ran ahead, or the database's
+    // clock stepped back since (a failover to a server whose clock is behind, which also ended the
+    // connection of the attempt that held it). It holds nothing: a retry takes the submission over.
+    const who = await actor();
+    const [ahead, fresh] = [randomUUID(), randomUUID()];
+    const recordId = await insertInProgress(stack, who, ahead, '0 seconds');
+    const stamped = await asTenant(stack, who.tenant).execute(
+      `update idempotency_keys set locked_at = now() + interval '1 hour' where principal = ? and idempotency_key = ?`,
+      [who.sub, ahead],
+      'run',
+    );
+    expect(stamped).toMatchObject({ affectedRows: 1 });
+    const retry = await submit(who, ahead);
+    expect(retry.status, retry.text).toBe(202);
+    expect(retry.headers.get('idempotent-replayed')).toBeNull();
+    expect(await keyRecord(who, ahead)).toMatchObject({ id: recordId, status: 'completed', locked_at: null });
+    const [run] = await asTenant(stack, who.tenant).execute<any[]>('select id, idempotency_hash from durable_runs');
+    expect(run).toEqual({ id: retry.json.run_id, idempotency_hash: submissionHash(who.tenant, recordId) });
+    // A claim the database stamped just now is an attempt in flight: its key is held for the lease.
+    await insertInProgress(stack, who, fresh, '0 seconds');
+    const dup = await submit(who, fresh);
+    expectProblem(dup, 409, 'idempotency_key_in_use');
+    expect(Number(dup.headers.get('retry-after'))).toBeGreaterThanOrEqual(1);
+    expect(Number(dup.headers.get('retry-after'))).toBeLessThanOrEqual(60);
+    expect(await counts(who.tenant)).toEqual({ keys: 2, runs: 1 });
   });
 
   it('fences a slow first attempt: once a retry took its lease over, it can neither complete nor free the key', async () => {

@@ -204,7 +204,30 @@ export interface IdempotencyServiceOptions {
   leaseMs: number;
   /** Lock timeout of the claim, so a concurrent duplicate gets 409 at once. */
   lockTimeoutMs?: number;
+  /**
+   * How far ahead of the database's clock a claim's locked_at may be and still hold its key (default
+   * 1 s); one further ahead was never taken at that time, and a retry takes it over at once (see
+   * LEASE_EXPIRED).
+   */
+  clockStepToleranceMs?: number;
 }
+
+/**
+ * Whether a claim no longer holds its key (parameters: the lease, then the clock-step tolerance, in ms):
+ * it has none, its lease ran out by the database's clock, or it is stamped further ahead of that clock
+ * than the tolerance. The database stamps every claim with its own now() (a transaction's start), which
+ * is never ahead of its clock_timestamp() later on, so a locked_at past that was not stamped when it
+ * says: an older release stamped it with an API process's clock running ahead, or the database's clock
+ * stepped back since (a failover to a server whose clock is behind; its connections, the claim holder's
+ * with them, ended). Counted from such a time, the lease would hold the key for the lease plus however
+ * far ahead it is (an hour, for a clock an hour off) while nothing works on it. The tolerance keeps a
+ * claim of an attempt in flight across a small step back (an NTP step). Taking over a claim that was in
+ * fact alive is safe, only wasted: its holder's completion finds the lease gone and rolls back (store).
+ * clock_timestamp(), not now(): a takeover transaction's now() may predate a claim a concurrent request
+ * stamped and committed since, which is not ahead of anything.
+ */
+const LEASE_EXPIRED = `(locked_at is null or locked_at < now() - ? * interval '1 millisecond'
+                        or locked_at > clock_timestamp() + ? * interval '1 millisecond')`;
 
 /** The claim: insert the key, or return the record that holds it (with whether it expired or its lease ran out). */
 const INSERT_OR_FIND = `with ins as (
@@ -215,7 +238,7 @@ const INSERT_OR_FIND = `with ins as (
          select ins.*, true as inserted, false as expired, false as lease_expired from ins
          union all
          select ${COLUMNS}, false as inserted, expires_at <= now() as expired,
-                (locked_at is null or locked_at < now() - ? * interval '1 millisecond') as lease_expired
+                ${LEASE_EXPIRED} as lease_expired
            from idempotency_keys
           where tenant_id = ? and principal = ? and idempotency_key = ? and not exists (select 1 from ins)`;
 
@@ -235,10 +258,12 @@ export class IdempotencyService {
   readonly ttlMs: number;
   readonly leaseMs: number;
   readonly lockTimeoutMs: number;
+  readonly clockStepToleranceMs: number;
   constructor(opts: IdempotencyServiceOptions) {
     this.ttlMs = opts.ttlMs;
     this.leaseMs = opts.leaseMs;
     this.lockTimeoutMs = opts.lockTimeoutMs ?? 250;
+    this.clockStepToleranceMs = opts.clockStepToleranceMs ?? 1000;
   }
 
   /**
@@ -378,8 +403,8 @@ export class IdempotencyService {
         // own idempotency (run unique per submission hash) repairs rather than duplicates.
         taken = await tx.execute<Row[]>(
           `update idempotency_keys set locked_at = now() where id = ? and status = 'in_progress'
-              and (locked_at is null or locked_at < now() - ? * interval '1 millisecond') returning ${COLUMNS}, true as inserted`,
-          [found.id, this.leaseMs],
+              and ${LEASE_EXPIRED} returning ${COLUMNS}, true as inserted`,
+          [found.id, this.leaseMs, this.clockStepToleranceMs],
         );
       } else return found;
       if (taken[0]) return taken[0];
@@ -402,7 +427,7 @@ export class IdempotencyService {
 
   private insertOrFindParams(input: ClaimInput): unknown[] {
     return [randomUUID(), input.tenantId, input.principal, input.key, input.method, input.route, input.fingerprint, this.ttlMs,
-      this.leaseMs, input.tenantId, input.principal, input.key];
+      this.leaseMs, this.clockStepToleranceMs, input.tenantId, input.principal, input.key];
   }
 
   /** The stored record for (tenant, principal, key), or null. RLS also scopes it to the em's tenant. */
