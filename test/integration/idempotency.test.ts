@@ -787,8 +787,9 @@ describe('expiry maintenance', () => {
         );
       }
     }
-    const deleted = await stack.container.idempotency.deleteExpired(systemEm(stack.container.orm), 2);
+    const { deleted, complete } = await stack.container.idempotency.deleteExpired(systemEm(stack.container.orm), 2);
     expect(deleted).toBeGreaterThanOrEqual(6);
+    expect(complete).toBe(true);
     for (const t of tenants) {
       const rows = await asTenant(stack, t).execute<{ idempotency_key: string }[]>('select idempotency_key from idempotency_keys order by 1');
       expect(rows.map((r) => r.idempotency_key)).toEqual(['live-3', 'live-4']);
@@ -811,6 +812,46 @@ describe('expiry maintenance', () => {
     const out = await handlers[IDEMPOTENCY_EXPIRY_JOB]();
     expect(out.deleted).toBeGreaterThanOrEqual(1);
     expect((await counts(t)).keys).toBe(0);
+  });
+
+  it('a pass that stops at its limit queues the next at once (one waiting at most), so a backlog drains pass after pass, not one pass per 10 minutes', async () => {
+    // A pass deletes at most batchSize × maxBatches keys (1,000 × 100 by default, every 10 minutes:
+    // 100,000, fewer than 200 keyed POSTs a second make in that time). Here 2 × 1 against 5 expired keys.
+    const t = newTenant();
+    for (let i = 0; i < 6; i++) {
+      await asTenant(stack, t).execute(
+        `insert into idempotency_keys (id, tenant_id, principal, idempotency_key, method, route, fingerprint, status, response_status, created_at, expires_at)
+         values (?, ?, 'maint', ?, 'POST', ?, ?, 'completed', 202, now() - interval '2 days', now() + ?::interval)`,
+        [randomUUID(), t, `k-${i}`, RUN_ROUTE, submissionFingerprint(), i < 5 ? '-1 minute' : '1 hour'],
+        'run',
+      );
+    }
+    const connection = new Redis(TEST_REDIS_URL, { maxRetriesPerRequest: 1 });
+    // A queue of this test's own, which no worker serves: what a pass queues stays there to be seen.
+    const queue = new Queue(MAINTENANCE_QUEUE, { connection, prefix: `${stack.prefix}-expiry-follow-up` });
+    const handlers = maintenanceHandlers({
+      orm: stack.container.orm,
+      idempotency: stack.container.idempotency,
+      logger: stack.container.logger,
+      maintenanceQueue: () => queue,
+      idempotencyBatch: { batchSize: 2, maxBatches: 1 },
+    });
+    const queued = async () => (await queue.getJobs(['waiting', 'prioritized', 'delayed'])).filter((j) => j.name === IDEMPOTENCY_EXPIRY_JOB).length;
+    try {
+      expect(await handlers[IDEMPOTENCY_EXPIRY_JOB]()).toEqual({ deleted: 2, complete: false });
+      expect(await queued()).toBe(1);
+      expect(await handlers[IDEMPOTENCY_EXPIRY_JOB]()).toEqual({ deleted: 2, complete: false });
+      expect(await queued()).toBe(1);
+      // The rest of the backlog (this file's other tests leave expired keys too), pass after pass.
+      let passes = 0;
+      while (!(await handlers[IDEMPOTENCY_EXPIRY_JOB]()).complete) expect(++passes).toBeLessThan(10_000);
+      const left = await asTenant(stack, t).execute<{ idempotency_key: string }[]>('select idempotency_key from idempotency_keys');
+      expect(left.map((r) => r.idempotency_key)).toEqual(['k-5']);
+    } finally {
+      await queue.obliterate({ force: true });
+      await queue.close();
+      connection.disconnect();
+    }
   });
 
   it('is registered as the idempotency-expiry Job Scheduler of the maintenance queue when a worker starts', async () => {

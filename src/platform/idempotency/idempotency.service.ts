@@ -471,8 +471,12 @@ export class IdempotencyService {
     );
   }
 
-  /** Deletes expired keys of every tenant in batches (maintenance job, as the system role). */
-  async deleteExpired(systemEm: EntityManager, batchSize = 1000, maxBatches = 100): Promise<number> {
+  /**
+   * Deletes expired keys of every tenant in batches (maintenance job, as the system role): at most
+   * `maxBatches` of them, so one pass is bounded; `complete` is false when it stopped there with more,
+   * perhaps, to delete (the maintenance job then queues the next pass at once).
+   */
+  async deleteExpired(systemEm: EntityManager, batchSize = 1000, maxBatches = 100): Promise<{ deleted: number; complete: boolean }> {
     let total = 0;
     for (let i = 0; i < maxBatches; i++) {
       const res = (await systemEm.transactional((tx) =>
@@ -484,9 +488,9 @@ export class IdempotencyService {
       )) as { affectedRows?: number };
       const n = res.affectedRows ?? 0;
       total += n;
-      if (n < batchSize) break;
+      if (n < batchSize) return { deleted: total, complete: true };
     }
-    return total;
+    return { deleted: total, complete: false };
   }
 }
 

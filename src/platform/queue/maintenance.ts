@@ -19,6 +19,8 @@ export const RUN_RETENTION_JOB = 'run-retention';
  * `keepLastIfActive` keeps at most one waiting beside the one running, whoever asks.
  */
 export const RUN_RETENTION_FOLLOW_UP = 'run-retention-follow-up';
+/** The deduplication id of the idempotency-expiry pass queued by one that stopped at its limit (as RUN_RETENTION_FOLLOW_UP). */
+export const IDEMPOTENCY_EXPIRY_FOLLOW_UP = 'idempotency-expiry-follow-up';
 
 const JOB_OPTS = { removeOnComplete: { count: 20 }, removeOnFail: { count: 50 } };
 
@@ -367,12 +369,25 @@ export function maintenanceHandlers(deps: {
   maintenanceQueue?: () => Queue | undefined;
   /** The pass limits (deleteEndedRuns' defaults unless set; tests shrink them). */
   retentionBatch?: { batchSize?: number; maxBatches?: number };
+  /** The idempotency-expiry pass limits (deleteExpired's defaults unless set; tests shrink them). */
+  idempotencyBatch?: { batchSize?: number; maxBatches?: number };
 }) {
   return {
+    /**
+     * Deletes expired idempotency keys. A pass is bounded (100 batches of 1,000), and one every 10
+     * minutes is 100,000 keys: fewer than a sustained 170 keyed POSTs a second make, so a pass that
+     * stopped at its limit queues the next at once (at most one waits, as for run retention), or the
+     * table would grow without end at such a rate, and a backlog (workers down for a day) drain at
+     * 100,000 keys per 10 minutes.
+     */
     async [IDEMPOTENCY_EXPIRY_JOB]() {
-      const deleted = await deps.idempotency.deleteExpired(systemEm(deps.orm));
-      if (deleted) deps.logger.info({ deleted }, 'expired idempotency keys deleted');
-      return { deleted };
+      const pass = await deps.idempotency.deleteExpired(systemEm(deps.orm), deps.idempotencyBatch?.batchSize, deps.idempotencyBatch?.maxBatches);
+      const queue = deps.maintenanceQueue?.();
+      if (queue && !pass.complete) {
+        await queue.add(IDEMPOTENCY_EXPIRY_JOB, {}, { ...JOB_OPTS, deduplication: { id: IDEMPOTENCY_EXPIRY_FOLLOW_UP, keepLastIfActive: true } });
+      }
+      if (pass.deleted) deps.logger.info({ deleted: pass.deleted, complete: pass.complete }, 'expired idempotency keys deleted');
+      return pass;
     },
     /**
      * Deletes ended runs past the retention of the schedule in force — the scheduler's data as Redis
