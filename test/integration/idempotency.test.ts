@@ -14,7 +14,8 @@ import { api, newTenant, OFFBOARDING_SUBMISSION, SAMPLE_SUBMISSION, startStack, 
 import { sent } from '../helpers/pg-messages.ts';
 import { TEST_REDIS_URL } from '../helpers/env.ts';
 import { holdTable } from '../helpers/table-lock.ts';
-import { waitFor } from '../helpers/poll.ts';
+import { waitFor, within } from '../helpers/poll.ts';
+import { holdRows } from '../helpers/row-lock.ts';
 
 const RUN = '/api/v1/golden-path/run';
 const RUN_ROUTE = `POST ${RUN}`;
@@ -852,6 +853,54 @@ describe('expiry maintenance', () => {
       await queue.close();
       connection.disconnect();
     }
+  });
+
+  it('judges a batch short by the keys it picked, not those it deleted: a key re-claimed under the pass does not end it with expired keys left', async () => {
+    // A batch that picks a full batch but deletes fewer (a key taken over as new by a request reusing it
+    // after its TTL while the batch waited for its row, or one a concurrent pass deleted) has not found
+    // the end of the backlog. Counted by deleted keys, it ended the pass as complete, queueing no
+    // follow-up: the rest waited for the next scheduled pass, 10 minutes on (ADR 0013's lesson).
+    const svc = stack.container.idempotency;
+    // What this file's other tests left expired, deleted first: the first batch below picks this test's keys.
+    for (let passes = 0; !(await svc.deleteExpired(systemEm(stack.container.orm))).complete; ) expect(++passes).toBeLessThan(1000);
+    const t = newTenant();
+    const insert = (key: string, expiresIn: string) =>
+      asTenant(stack, t).execute(
+        `insert into idempotency_keys (id, tenant_id, principal, idempotency_key, method, route, fingerprint, status, response_status, created_at, expires_at)
+         values (?, ?, 'maint', ?, 'POST', ?, ?, 'completed', 202, now() - interval '2 days', now() + ?::interval)`,
+        [randomUUID(), t, key, RUN_ROUTE, submissionFingerprint(), expiresIn],
+        'run',
+      );
+    await insert('reclaimed', '-2 minutes');
+    await insert('expired', '-1 minute');
+    // Not expired yet for the first batch (2 keys: the two above, whatever its plan's order), expired
+    // for the next one, which starts once the re-claim below has committed.
+    await insert('expiring', '1 second');
+    // A request reusing `reclaimed` after its TTL takes it over as new (claimRow: a new record id, a new
+    // TTL), its transaction open while the pass's first batch waits for the row.
+    const lock = await holdRows(
+      stack,
+      `update idempotency_keys set id = $1, status = 'in_progress', response_status = null, locked_at = now(), created_at = now(),
+              expires_at = now() + interval '1 hour' where tenant_id = $2 and idempotency_key = 'reclaimed'`,
+      [randomUUID(), t],
+    );
+    try {
+      const pass = svc.deleteExpired(systemEm(stack.container.orm), 2);
+      await lock.waitedFor("the pass's first batch waiting for the re-claimed key");
+      await waitFor(
+        async () =>
+          (await stack.db.admin(`select expires_at < clock_timestamp() as past from idempotency_keys where tenant_id = $1 and idempotency_key = 'expiring'`, [t])).rows[0]
+            ?.past,
+        { timeoutMs: 30_000, what: 'the third key to expire' },
+      );
+      await lock.release();
+      // The first batch picked 2 and deleted 1 (`expired`): not the end; the next one deletes `expiring`.
+      expect(await within(pass, 'the expiry pass')).toMatchObject({ complete: true });
+    } finally {
+      await lock.close();
+    }
+    const left = await asTenant(stack, t).execute<{ idempotency_key: string }[]>('select idempotency_key from idempotency_keys order by 1');
+    expect(left.map((r) => r.idempotency_key)).toEqual(['reclaimed']);
   });
 
   it('is registered as the idempotency-expiry Job Scheduler of the maintenance queue when a worker starts', async () => {

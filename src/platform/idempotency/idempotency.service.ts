@@ -475,20 +475,29 @@ export class IdempotencyService {
    * Deletes expired keys of every tenant in batches (maintenance job, as the system role): at most
    * `maxBatches` of them, so one pass is bounded; `complete` is false when it stopped there with more,
    * perhaps, to delete (the maintenance job then queues the next pass at once).
+   *
+   * A batch is judged short by the keys it picked, not those it deleted (as run and webhook-delivery
+   * retention, ADR 0013): a picked key can change before the batch gets its row — taken over as new by a
+   * request reusing it after its TTL (a new record id and TTL), or deleted by a pass running beside this
+   * one — and is then passed over. Counted by deleted keys, such a batch ended the pass as complete with
+   * expired keys left and no follow-up queued: they waited for the next scheduled pass, 10 minutes on.
+   * A batch that deleted none of its picks (another pass took them all) ends the pass, as complete,
+   * rather than go on beside the pass that is deleting them.
    */
   async deleteExpired(systemEm: EntityManager, batchSize = 1000, maxBatches = 100): Promise<{ deleted: number; complete: boolean }> {
     let total = 0;
     for (let i = 0; i < maxBatches; i++) {
-      const res = (await systemEm.transactional((tx) =>
-        tx.execute(
-          `delete from idempotency_keys where id in (select id from idempotency_keys where expires_at < now() limit ?)`,
+      const [batch] = await systemEm.transactional((tx) =>
+        tx.execute<{ picked: number; deleted: number }[]>(
+          `with picked as materialized (select id from idempotency_keys where expires_at < now() limit ?),
+                gone as (delete from idempotency_keys where id in (select id from picked) returning 1)
+           select (select count(*) from picked)::int as picked, (select count(*) from gone)::int as deleted`,
           [batchSize],
-          'run',
         ),
-      )) as { affectedRows?: number };
-      const n = res.affectedRows ?? 0;
-      total += n;
-      if (n < batchSize) return { deleted: total, complete: true };
+      );
+      const { picked, deleted } = batch ?? { picked: 0, deleted: 0 };
+      total += deleted;
+      if (picked < batchSize || deleted === 0) return { deleted: total, complete: true };
     }
     return { deleted: total, complete: false };
   }
