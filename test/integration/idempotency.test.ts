@@ -87,6 +87,15 @@ function rawPost(s: TestStack, path: string, headerLines: string[], body: string
 function asTenant(s: TestStack, tenant: string) {
   return tenantEm(s.container.orm, tenant);
 }
+/** Stamps the key's claim an hour ahead of the database's clock (as an older release or a clock stepped back since did). */
+async function stampAnHourAhead(who: Actor, key: string): Promise<void> {
+  const stamped = await asTenant(stack, who.tenant).execute(
+    `update idempotency_keys set locked_at = now() + interval '1 hour' where principal = ? and idempotency_key = ?`,
+    [who.sub, key],
+    'run',
+  );
+  expect(stamped).toMatchObject({ affectedRows: 1 });
+}
 async function counts(tenant: string, s: TestStack = stack): Promise<{ keys: number; runs: number }> {
   const [row] = await asTenant(s, tenant).execute<{ keys: number; runs: number }[]>(
     `select (select count(*) from idempotency_keys)::int as keys, (select count(*) from durable_runs)::int as runs`,
@@ -506,12 +515,7 @@ describe('a key whose first request is still running', () => {
     const input = { tenantId: who.tenant, principal: who.sub, key, method: 'POST', route: RUN_ROUTE, fingerprint: submissionFingerprint() };
     const claim = await svc.claim(em(), input);
     if (claim.outcome !== 'claimed') throw new Error(`expected the key to be free, got ${claim.outcome}`);
-    const tampered = await em().execute(
-      `update idempotency_keys set locked_at = now() + interval '1 hour' where principal = ? and idempotency_key = ?`,
-      [who.sub, key],
-      'run',
-    );
-    expect(tampered).toMatchObject({ affectedRows: 1 });
+    await stampAnHourAhead(who, key);
     expect(await svc.claim(em(), input)).toMatchObject({ outcome: 'in_progress', retryAfterSeconds: 60 });
     // The same answer for an attempt that lost its lease (what the key holds, read again).
     expect(await svc.afterLeaseLost(em(), claim.record)).toMatchObject({ outcome: 'in_progress', retryAfterSeconds: 60 });
@@ -571,12 +575,7 @@ describe('a first attempt that failed or died', () => {
     const who = await actor();
     const [ahead, fresh] = [randomUUID(), randomUUID()];
     const recordId = await insertInProgress(stack, who, ahead, '0 seconds');
-    const stamped = await asTenant(stack, who.tenant).execute(
-      `update idempotency_keys set locked_at = now() + interval '1 hour' where principal = ? and idempotency_key = ?`,
-      [who.sub, ahead],
-      'run',
-    );
-    expect(stamped).toMatchObject({ affectedRows: 1 });
+    await stampAnHourAhead(who, ahead);
     const retry = await submit(who, ahead);
     expect(retry.status, retry.text).toBe(202);
     expect(retry.headers.get('idempotent-replayed')).toBeNull();
@@ -613,6 +612,33 @@ describe('a first attempt that failed or died', () => {
     await expect(em().transactional((tx) => svc.store(tx, first.record, { status: 202, body: { from: 'first' }, headers: {} }))).rejects.toThrow(/lease/);
     await em().transactional((tx) => svc.store(tx, second.record, { status: 202, body: { from: 'second' }, headers: {} }));
     expect(await keyRecord(who, key, short)).toMatchObject({ status: 'completed', response_body: '{"from":"second"}' });
+  });
+
+  it("fences an attempt whose claim is stamped ahead of the database's clock: a retry takes it over at once, and the attempt can neither complete nor free the key", async () => {
+    // The claim of an attempt in flight when the database's clock stepped back an hour (or one an older
+    // release stamped with an API clock an hour ahead): what the attempt holds is that stamp, its lease.
+    const who = await actor();
+    const key = randomUUID();
+    const svc = stack.container.idempotency;
+    const em = () => asTenant(stack, who.tenant);
+    const input = { tenantId: who.tenant, principal: who.sub, key, method: 'POST', route: RUN_ROUTE, fingerprint: submissionFingerprint() };
+    const claimed = await svc.claim(em(), input);
+    if (claimed.outcome !== 'claimed') throw new Error(`expected the key to be free, got ${claimed.outcome}`);
+    await stampAnHourAhead(who, key);
+    const first = (await svc.get_existing(em(), who.tenant, who.sub, key))!;
+    expect(first.lease).not.toBe(claimed.record.lease);
+    // Within the 60 s lease, yet taken over at once: the stamp is more than 1 s ahead of the database's clock.
+    const second = await svc.claim(em(), input);
+    if (second.outcome !== 'claimed') throw new Error(`expected a takeover, got ${second.outcome}`);
+    expect(second.record.id).toBe(first.id);
+    expect(second.record.lease).not.toBe(first.lease);
+    // The takeover stamps the database's own clock: its claim holds the key (a duplicate now gets 409).
+    expect(await svc.claim(em(), input)).toMatchObject({ outcome: 'in_progress' });
+    await svc.release(em(), first);
+    expect((await keyRecord(who, key)).status).toBe('in_progress');
+    await expect(em().transactional((tx) => svc.store(tx, first, { status: 202, body: { from: 'first' }, headers: {} }))).rejects.toThrow(/lease/);
+    await em().transactional((tx) => svc.store(tx, second.record, { status: 202, body: { from: 'second' }, headers: {} }));
+    expect(await keyRecord(who, key)).toMatchObject({ status: 'completed', response_body: '{"from":"second"}' });
   });
 
   it('repairs the crash window: a run created but its key never completed is found, not duplicated', async () => {
