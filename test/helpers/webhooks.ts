@@ -20,7 +20,7 @@ interface Received {
   body: string;
 }
 
-/** A receiver: records every POST; answers each path's planned statuses in turn, then 200 ('hold': no answer until `release()`, which answers 200 or the status it is given). */
+/** A receiver: records every POST; answers each path's planned statuses in turn, then 200 ('hold': no answer until `release()`, which answers 200 or the status it is given; 101: switches protocols and holds the connection). */
 export async function startReceiver() {
   const received: Received[] = [];
   const plans = new Map<string, (number | 'hold')[]>();
@@ -34,6 +34,8 @@ export async function startReceiver() {
       received.push({ path, at, headers: req.headers, body });
       const status = plans.get(path)?.shift() ?? 200;
       if (status === 'hold') return void held.push(res);
+      // 101 Switching Protocols, then the connection held open and nothing more (a WebSocket server, a hostile receiver).
+      if (status === 101) return void req.socket.write('HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n');
       res.writeHead(status, { 'content-type': 'text/plain' }).end(status === 200 ? 'ok' : 'no');
     });
   });

@@ -98,6 +98,23 @@ describe('webhook endpoints that keep failing are disabled; the tenant re-enable
     expect((await deliveries(t.admin, t.endpoint.id)).find((d) => d.id === given!.id)).toMatchObject({ status: 'failed' });
   });
 
+  it("webhook_endpoint.disabled names the disabled endpoint's URL without its query: a token in it is not handed to the tenant's other receivers", async () => {
+    // Receivers put their credential in the URL (`?token=…`, as Zapier-, Pipedream- and Slack-style hooks do), and the
+    // tenant's other endpoints are other parties. The event carried the URL whole: the watching receiver got the token.
+    const token = `tok-${randomUUID()}`;
+    receiver.plan(`/leaky?token=${token}`, [...ALWAYS_500]);
+    const t = await tenantWithEndpoint(stack, receiver, `/leaky?token=${token}`, ['run.completed']);
+    const watch = await createEndpoint(stack, t.admin, { url: `${receiver.base}/watch-leaky`, events: ['webhook_endpoint.disabled'] });
+    expect(watch.status, watch.text).toBe(201);
+    const runId = await submit(stack, t.admin, CLASS_A_SUBMISSION);
+    await waitRun(stack, t.admin, runId, ['completed']);
+    const told = await waitFor(() => receiver.verified('/watch-leaky', watch.json.secret).find((m) => m.type === 'webhook_endpoint.disabled'), { timeoutMs: 30_000, what: 'webhook_endpoint.disabled at /watch-leaky' });
+    expect(told.data).toMatchObject({ endpoint_id: t.endpoint.id, url: `${receiver.base}/leaky` });
+    expect(receiver.received.filter((r) => r.path === '/watch-leaky').map((r) => r.body).join('')).not.toContain(token);
+    // The tenant's admin still reads the whole URL on the endpoint itself.
+    expect((await endpoint(t.admin, t.endpoint.id)).url).toBe(`${receiver.base}/leaky?token=${token}`);
+  });
+
   it('a 2xx in between starts the count again: failures more than WEBHOOK_DISABLE_AFTER apart, with a success between them, do not disable', async () => {
     receiver.plan('/flaps', [500, 200]);
     const t = await tenantWithEndpoint(stack, receiver, '/flaps', ['run.completed']);

@@ -25,6 +25,8 @@ beforeAll(async () => {
       hits.push({ path: req.url ?? '', headers: req.headers, body });
       if (req.url === '/redirect') return void res.writeHead(302, { location: '/elsewhere' }).end();
       if (req.url === '/silent') return; // never answers
+      // Switches protocols (as a WebSocket server, or a hostile receiver, may): 101, then the connection held open, nothing more.
+      if (req.url === '/switch') return void req.socket.write('HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n');
       // Answers 200 and streams its body as fast as the connection takes it, for ever (a hostile or broken receiver).
       if (req.url === '/flood') {
         res.writeHead(200, { 'content-type': 'application/octet-stream' });
@@ -92,6 +94,14 @@ describe('a delivery attempt', () => {
     await waitFor(() => flooded.closed, { timeoutMs: 10_000, what: 'the flooding connection to close' });
     // The socket's buffers on both sides hold a few MB at most; a reader that kept reading would have taken GBs in 60 s.
     expect(flooded.bytes).toBeLessThan(32 * 1024 * 1024);
+  });
+
+  it('a 101 Switching Protocols is a failed attempt, answered at once: the attempt never waits on a connection it has no use for', async () => {
+    // It hung for ever: node:http hands a 101 to the request's 'upgrade' listeners (there were none), emits no
+    // 'response' and no 'error', and the deadline's abort finds the request already destroyed (this test timed out, its 5 s deadline long past). The delivery job
+    // stayed active (its lock renewed by a live worker) and took one of the worker's webhook slots for good.
+    const out = await send(`http://127.0.0.1:${port}/switch`, true, 5_000);
+    expect(out).toMatchObject({ ok: false, statusCode: 101, error: 'HTTP 101' });
   });
 
   it('gives up on a receiver that does not answer within the timeout', async () => {

@@ -135,6 +135,23 @@ describe('webhooks', () => {
     expect(receiver.verified('/flaky', t.endpoint.secret).map((m) => m.data.run_id)).toEqual([runId, runId]);
   });
 
+  it('a receiver that answers 101 Switching Protocols has a failed attempt, retried: the delivery job does not hang on the connection', async () => {
+    // The worker's attempt waited for ever on a 101 (webhook-send.test.ts): the job stayed active, the delivery
+    // pending with no attempt recorded, and the redelivery pass left it (its job exists).
+    receiver.plan('/switching', [101]);
+    const t = await tenantWithEndpoint(stack, receiver, '/switching', ['run.completed']);
+    const runId = await submit(stack, t.admin, CLASS_A_SUBMISSION);
+    await waitRun(stack, t.admin, runId, ['completed']);
+    const row = await waitFor(
+      async () => {
+        const [r] = await deliveriesOfRun(stack, runId);
+        return r?.status === 'delivered' ? r : undefined;
+      },
+      { timeoutMs: 45_000, what: 'the delivery to be retried after its 101 and delivered' },
+    );
+    expect((row.attempt_log as { status_code: number; error: string | null }[]).map((a) => [a.status_code, a.error])).toEqual([[101, 'HTTP 101'], [200, null]]);
+  });
+
   it('a receiver that keeps failing gets WEBHOOK_MAX_ATTEMPTS attempts, then the delivery is failed with its last answer', async () => {
     receiver.plan('/down', [503, 503, 503, 503]);
     const t = await tenantWithEndpoint(stack, receiver, '/down', ['run.completed']);

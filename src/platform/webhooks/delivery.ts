@@ -131,9 +131,15 @@ export async function enqueueDeliveries(queue: Queue, tenantId: string, refs: re
  */
 const DISABLES = `(not c.ok and coalesce(e.failing_since <= c.cutoff, false))`;
 
-/** The event a disabling emits (from `ep`, the endpoint as the record's update returned it), for the tenant's other endpoints. */
+/**
+ * The event a disabling emits (from `ep`, the endpoint as the record's update returned it), for the tenant's other endpoints.
+ * Its `url` stops before the query (and fragment): receivers carry their credential there (`?token=…`), and the tenant's
+ * other endpoints are other parties — the event handed it to each of them. Scheme, host, port and path name the
+ * endpoint, as the attempt span's url.full does (delivery-trace.ts); the admin reads the whole URL on the endpoint.
+ * chr(63) is '?': a literal one in this statement would be taken for a parameter's placeholder.
+ */
 const ENDPOINT_DISABLED_EVENTS = `select ep.tenant_id, 'webhook_endpoint.disabled' as type,
-         jsonb_build_object('endpoint_id', ep.id, 'url', ep.url, 'reason', ep.disabled_reason,
+         jsonb_build_object('endpoint_id', ep.id, 'url', split_part(split_part(ep.url, '#', 1), chr(63), 1), 'reason', ep.disabled_reason,
                             'failing_since', ${isoTimeSql('ep.failing_since')}, 'disabled_at', ${isoTimeSql('ep.disabled_at')}) as data
          from ep where not ep.enabled`;
 

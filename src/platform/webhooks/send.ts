@@ -79,6 +79,18 @@ export async function postWebhook(args: { url: string; secrets: readonly string[
     // sampling decision and baggage are not its to read, and an instrumented receiver would otherwise
     // continue our trace in its own — as Stripe and Svix send none. The client span itself stays.
     for (const field of propagation.fields()) req.removeHeader(field);
+    // A 101 Switching Protocols (or a CONNECT-style upgrade) is no answer to a webhook: node:http hands it to
+    // 'upgrade' listeners only — no 'response', no 'error' — and, with none, destroys the socket silently, so
+    // the deadline's abort found the request already destroyed and the attempt never settled: its job stayed
+    // active for ever (a live worker renews its lock) and held one of the worker's webhook slots. Not 2xx: a failed attempt.
+    req.on('upgrade', (res, socket) => {
+      socket.destroy();
+      answered((status = res.statusCode ?? 0));
+    });
+    // The backstop of every path above: a request that closed without settling (a way node:http ends one that
+    // none of these events report) is its status if one came, else a failed attempt — never a pending promise.
+    // A settled one ignores it ('error' comes before 'close', with its reason).
+    req.on('close', () => (status !== undefined ? answered(status) : resolve(done(false, null, 'connection closed without an answer'))));
     req.on('error', (err: NodeJS.ErrnoException) => {
       // The deadline (or a reset) in the middle of the body: the status already arrived and stands.
       if (status !== undefined) return answered(status);
