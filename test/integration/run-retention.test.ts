@@ -27,6 +27,7 @@ import { IDEMPOTENCY_EXPIRY_JOB, MAINTENANCE_QUEUE, RUN_RETENTION_JOB, maintenan
 import { createMetrics } from '../../src/platform/telemetry/metrics.ts';
 import { createLogger } from '../../src/platform/telemetry/logger.ts';
 import { evidenceHash } from '../../src/modules/evidence/evidence.service.ts';
+import { RECORDS_MATCH, sealedButUnrecorded } from '../helpers/evidence.ts';
 import { GOLDEN_PATH } from '../../src/modules/golden-path/golden-path.workflow.ts';
 import { StepExecutor } from '../../src/platform/durable/executor.ts';
 import { stepJobId } from '../../src/platform/queue/job-ids.ts';
@@ -368,7 +369,8 @@ describe('run retention', () => {
     const pack = await api(stack, 'GET', `/api/v1/evidence/${evidenceId}`, { token });
     expect(pack.status).toBe(200);
     expect(pack.json).toMatchObject({ run_id: run.run_id, sha256 });
-    expect((await api(stack, 'GET', `/api/v1/evidence/${evidenceId}/verify`, { token })).json).toEqual({ valid: true, sha256, recomputed_sha256: sha256, recorded_sha256: sha256 });
+    // Compared with the records retention keeps (dossier, economics, approval request and decisions); the run row is gone.
+    expect((await api(stack, 'GET', `/api/v1/evidence/${evidenceId}/verify`, { token })).json).toEqual({ valid: true, sha256, recomputed_sha256: sha256, recorded_sha256: sha256, records: { ...RECORDS_MATCH, run: 'absent' } });
 
     // The owner forges content and a matching hash: the seal, which outlived the run, still disagrees.
     const forged = { ...pack.json.content, outcome: 'rejected' };
@@ -376,10 +378,11 @@ describe('run retention', () => {
       `select set_config('app.tenant_id', '${tenant}', false);
        update evidence_packs set content = '${JSON.stringify(forged).replace(/'/g, "''")}'::jsonb, sha256 = '${evidenceHash(forged)}' where id = '${evidenceId}'`,
     );
-    expect((await api(stack, 'GET', `/api/v1/evidence/${evidenceId}/verify`, { token })).json).toMatchObject({ valid: false, recorded_sha256: sha256 });
+    // ...and so does the approval request retention kept (approved, not rejected).
+    expect((await api(stack, 'GET', `/api/v1/evidence/${evidenceId}/verify`, { token })).json).toMatchObject({ valid: false, recorded_sha256: sha256, records: { run: 'absent', approval: 'mismatch' } });
   });
 
-  it('a pack written as the release before seals wrote it — an old worker during the roll, or after a rollback: the pack and its checkpoint, no seal — is sealed all the same, and verifies after its run was deleted', { timeout: LONG }, async () => {
+  it('a pack written as the release before seals wrote it — an old worker during the roll, or after a rollback: the pack and its checkpoint, no seal — is sealed all the same, its seal found after its run was deleted', { timeout: LONG }, async () => {
     const tenant = newTenant();
     const token = await stack.token({ tenantId: tenant, sub: 'submitter-1' });
     const runId = await seedRun(tenant, 'completed', RETENTION + DAY, GOLDEN_PATH, false);
@@ -398,11 +401,12 @@ describe('run retention', () => {
       );
     });
     const verify = async () => (await api(stack, 'GET', `/api/v1/evidence/${packId}/verify`, { token })).json;
-    expect(await verify()).toEqual({ valid: true, sha256, recomputed_sha256: sha256, recorded_sha256: sha256 });
+    // Its hash and seal agree (its content is made up for the test: no records of its run's steps agree with it).
+    expect(await verify()).toEqual(sealedButUnrecorded(sha256));
 
     expect(await retentionJob(RETENTION).run()).toMatchObject({ complete: true });
     expect((await leftOf([runId]))[runId]).toMatchObject({ run: 0, checkpoints: 0, domain: { evidence_packs: 1, evidence_seals: 1 } });
-    expect(await verify()).toEqual({ valid: true, sha256, recomputed_sha256: sha256, recorded_sha256: sha256 });
+    expect(await verify()).toEqual(sealedButUnrecorded(sha256, 'absent'));
   });
 
   /**

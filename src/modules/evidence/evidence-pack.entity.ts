@@ -14,7 +14,9 @@ import type { EvidencePackContent } from '../golden-path/golden-path.schemas.ts'
  * database — a made-up run id, or another tenant's run (read under the inserting role's RLS): the
  * application role may insert packs, and without it could write a self-consistent pack for a run that
  * never was. A check when the pack is written, not a foreign key: run retention deletes ended runs and
- * keeps their packs (ADR 0011), which a foreign key would cascade to or block.
+ * keeps their packs (ADR 0011), which a foreign key would cascade to or block. It checks the run a pack
+ * names, not what the pack says of it: `/verify` compares that with the records the run's steps wrote
+ * (evidence-records.ts), since the application role may insert a pack for a real run that has none yet.
  */
 export const EVIDENCE_SEAL_TRIGGER = 'seal';
 
