@@ -13,8 +13,8 @@ import { submissionSchema } from '../golden-path/golden-path.schemas.ts';
  * also agree with what the run's steps recorded, each on its own row:
  *
  * - `run`: the run row (durable_runs) — `content.run`'s workflow@version, correlation id, submitter and
- *   submission time, and `content.submission` as the run's input (parsed as the evidence step's input
- *   is). Run retention deletes the row (ADR 0011): `absent` then, which alone does not make a pack
+ *   submission time, and `content.submission` as the run's input (as stored, or parsed as the evidence
+ *   step's input is). Run retention deletes the row (ADR 0011): `absent` then, which alone does not make a pack
  *   invalid — the seal trigger refused any pack whose run did not exist when it was written, so a run
  *   absent now was deleted since, and what else it recorded is checked on the rows below, which
  *   retention keeps. What only the run row held (correlation id, submission time, workflow version) is
@@ -143,16 +143,27 @@ function decisionSet(decisions: unknown): string[] | null {
   return out.every((d) => d !== null) ? (out as string[]).sort() : null;
 }
 
+/**
+ * The run's input as the evidence step read it: parsed by the submission schema (which trims text, say).
+ * The API stores the parsed submission, so the input as stored is what the step read; the parse covers
+ * an input stored before a transform was added. Null when today's schema refuses the input — a run
+ * submitted before a check was added — which is then compared as stored only.
+ */
+function parsedInput(input: unknown): string | null {
+  const parsed = submissionSchema.safeParse(input);
+  return parsed.success ? canonicalOrNull(parsed.data) : null;
+}
+
 function runMatches(content: unknown, r: RecordColumns): boolean {
   const run = at(content, 'run');
-  const parsed = submissionSchema.safeParse(r.run_input);
+  const submission = canonicalOrNull(at(content, 'submission'));
   return (
     at(run, 'workflow') === r.run_workflow &&
     at(run, 'correlation_id') === r.run_correlation_id &&
     at(run, 'submitted_by') === r.run_principal &&
     at(run, 'submitted_at') === r.run_submitted_at &&
-    parsed.success &&
-    canonicalOrNull(parsed.data) === canonicalOrNull(at(content, 'submission'))
+    submission !== null &&
+    (submission === canonicalOrNull(r.run_input) || submission === parsedInput(r.run_input))
   );
 }
 
