@@ -65,6 +65,19 @@ describe('an evidence pack names a run of its tenant', () => {
     expect(await packCount(pack.id)).toBe(0);
   });
 
+  // A pack is written by its run's evidence step, in the step's transaction: the run is then pending (a
+  // failed run retried at that step) or running, never waiting for its approvers nor ended. A pack the
+  // application role writes by hand for a run waiting days for an approver, or for one that ended without
+  // one (failed, expired, cancelled), is refused when inserted, not only reported by /verify.
+  it.each(['waiting', 'completed', 'rejected', 'failed', 'approval_expired', 'cancelled'])('nor one for a run of its tenant that is %s (not at its evidence step)', async (status) => {
+    const tenant = newTenant();
+    const runId = await seedRun(stack.db, tenant);
+    await stack.db.admin(`update durable_runs set status = $2 where id = $1`, [runId, status]);
+    const pack = packFor(runId, tenant);
+    await expect(insertAsApp(tenant, runId, pack)).rejects.toMatchObject({ code: '55000', message: expect.stringContaining(`which is ${status}`) });
+    expect(await packCount(pack.id)).toBe(0);
+  });
+
   it('a pack for a run of its tenant is written and sealed, and its seal still found after run retention deleted the run', async () => {
     const tenant = newTenant();
     const runId = await seedRun(stack.db, tenant);

@@ -1,8 +1,9 @@
 /**
  * `/verify` compares an evidence pack with the records of its run, not only with its seal. The
- * application role may insert packs (the evidence step does), and the seal trigger only refuses a pack
- * naming no run of its tenant: a pack the application role writes itself for a real run of its tenant
- * that has none yet (a run waiting for its approvers, one whose evidence step has not run) is hashed and
+ * application role may insert packs (the evidence step does), and the seal trigger refuses only a pack
+ * naming no run of its tenant, or a run that is not pending or running: a pack the application role
+ * writes itself for a real run of its tenant that has none yet (one running, between its final decision
+ * and its evidence step; before the trigger refused them, one waiting for its approvers) is hashed and
  * sealed as a genuine one is. Its content must then agree with what the run's steps recorded — the
  * partner dossier and economics model rows, the approval request and its decisions, and the run row
  * while run retention keeps it — or the pack reads `valid: false`, naming the record that disagrees.
@@ -82,10 +83,18 @@ async function contentFromRecords(runId: string): Promise<any> {
   };
 }
 
-/** Inserts `content` as a pack of `runId`, as the application role under `tenant` (sealed by the trigger): its id. */
+/**
+ * Inserts `content` as a pack of `runId`, as the application role under `tenant` (sealed by the trigger):
+ * its id and hash. The trigger refuses a pack for a run that is not pending or running (a waiting run's,
+ * here): the run is made `running` for the insert (the superuser, setup only) and given back its status,
+ * as a pack written while its run is running — between its final decision and its evidence step (a
+ * worker down), or before the trigger refused other statuses — is.
+ */
 async function insertAsApp(tenant: string, runId: string, content: unknown): Promise<{ id: string; sha256: string }> {
   const id = randomUUID();
   const sha256 = evidenceHash(content);
+  const { status } = (await stack.db.admin(`select status from durable_runs where id = $1`, [runId])).rows[0];
+  await stack.db.admin(`update durable_runs set status = 'running' where id = $1`, [runId]);
   const c = new pg.Client({ connectionString: stack.db.appUrl });
   await c.connect();
   try {
@@ -95,6 +104,7 @@ async function insertAsApp(tenant: string, runId: string, content: unknown): Pro
     await c.query('commit');
   } finally {
     await c.end();
+    await stack.db.admin(`update durable_runs set status = $2 where id = $1`, [runId, status]);
   }
   return { id, sha256 };
 }

@@ -6,11 +6,13 @@ import { submissionSchema } from '../golden-path/golden-path.schemas.ts';
 /**
  * What `/verify` compares an evidence pack's content with besides its seal: the records its run's steps
  * wrote. The seal proves the pack is the one inserted; it cannot prove the inserter told the truth. The
- * application role may insert packs (the evidence step does), and the seal trigger only refuses a pack
- * naming no run of its tenant, so a pack written by hand for a real run of the tenant that has none yet
- * (a run waiting for its approvers, or one whose evidence step never ran) hashed and sealed as a genuine
- * one does — with an invented approval, a lower cost, a dossier without its risk flags. Its content must
- * also agree with what the run's steps recorded, each on its own row:
+ * application role may insert packs (the evidence step does), and the seal trigger refuses only a pack
+ * naming no run of its tenant or a run that is not pending or running, so a pack written by hand for a
+ * real run of the tenant that has none yet — one running, between its final decision and its evidence
+ * step, say; one waiting for its approvers or ended without a pack before the trigger refused those, or
+ * inserted by a role without the trigger — hashes and seals as a genuine one does, with an invented
+ * approval, a lower cost, another dossier. Its content must also agree with what the run's steps
+ * recorded, each on its own row:
  *
  * - `run`: the run row (durable_runs) — `content.run`'s workflow@version, correlation id, submitter and
  *   submission time, and `content.submission` as the run's input (as stored, or parsed as the evidence
