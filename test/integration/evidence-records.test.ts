@@ -161,6 +161,31 @@ describe('an evidence pack forged by the application role for a real run of its 
   });
 });
 
+describe("a run's dossier and economics model", () => {
+  // What /verify compares a pack with must not be what the forger can rewrite: the application role may
+  // insert a run's dossier and economics model (its steps do), never change or delete them, so a pack
+  // forged for a run past its second step cannot be made to agree with them.
+  it.each([
+    [`update partner_dossiers set content = jsonb_set(content, '{facts,completeness_score}', '0.99') where run_id = $1`],
+    [`update economics_models set content = jsonb_set(content, '{cost}', '20000') where run_id = $1`],
+    [`delete from partner_dossiers where run_id = $1`],
+    [`delete from economics_models where run_id = $1`],
+  ])('the application role cannot: %s', { timeout: LONG }, async (sql) => {
+    const tenant = newTenant();
+    const run = await runUntil(tenant, SAMPLE_SUBMISSION, ['waiting']);
+    const c = new pg.Client({ connectionString: stack.db.appUrl });
+    await c.connect();
+    try {
+      await c.query('begin');
+      await c.query(`select set_config('app.tenant_id', $1, true)`, [tenant]);
+      await expect(c.query(sql, [run.run_id])).rejects.toMatchObject({ code: '42501' });
+    } finally {
+      await c.query('rollback').catch(() => {});
+      await c.end();
+    }
+  });
+});
+
 describe('a genuine evidence pack', () => {
   it('of a class A run (approved by policy): valid, every record matching; after run retention, valid with the run absent', { timeout: LONG }, async () => {
     const tenant = newTenant();

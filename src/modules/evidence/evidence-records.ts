@@ -39,11 +39,12 @@ import { submissionSchema } from '../golden-path/golden-path.schemas.ts';
  * genuine pack's run wrote all three before its evidence step, and none of them is ever deleted).
  * `valid` needs the three domain records to match and the run row to match or be absent.
  *
- * What this does not prove: the application role may still insert these rows, and update the dossier,
- * economics and request rows (roles.ts): a forger with its rights who also rewrites the run's records
- * makes them agree. That takes writes to four tables, each read elsewhere (the run's view, the
- * approvals list, the decision rows, append-only, whose approvers and times are the database's), instead
- * of one insert that nothing else reads; the pack's hash still cannot change once sealed.
+ * What this does not prove: the dossier and economics model are append-only for the application role
+ * (roles.ts: a run past its second step keeps its own), but it may update the approval request (that is
+ * how a decision is recorded) and add decision rows: a forger with its rights who also approves the
+ * request and adds decisions in the database makes the approval agree — writes to two more tables, each
+ * read elsewhere (the approvals list, the run's view), instead of one insert nothing else reads. The
+ * pack's hash still cannot change once sealed.
  *
  * One statement with the seal's read (no round trip more): each record by its (tenant, run) key, under
  * the tenant's RLS, in the verification's transaction.
