@@ -95,6 +95,10 @@ export interface RecordColumns {
  * The select list and joins that read a pack's run records, for a statement over `evidence_packs e`.
  * Each by its (tenant, run) key: durable_runs_tenant_id_id_unique, the dossier's and model's primary
  * keys, approval_requests_tenant_run_unique, and the decisions by their request (their primary key).
+ * The keys are bound as parameters (RECORD_JOIN_PARAMS: the pack's tenant and run, which the caller has
+ * read), not matched to the pack's columns: as a cached generic plan on tables without statistics the
+ * join's condition was a join filter, each table's scan bounded by the tenant alone — every dossier of
+ * the tenant read per verification (tenant-scoped-queries.test.ts).
  */
 export const RECORD_COLUMNS = `
   r.id is not null as run_kept, r.workflow || '@v' || r.workflow_version as run_workflow, r.correlation_id as run_correlation_id,
@@ -106,14 +110,17 @@ export const RECORD_COLUMNS = `
   ${isoTimeSql('a.sla_deadline')} as approval_sla_deadline, x.decisions as approval_decisions`;
 
 export const RECORD_JOINS = `
-  left join durable_runs r on (r.tenant_id, r.id) = (e.tenant_id, e.run_id)
-  left join partner_dossiers d on (d.tenant_id, d.run_id) = (e.tenant_id, e.run_id)
-  left join economics_models m on (m.tenant_id, m.run_id) = (e.tenant_id, e.run_id)
-  left join approval_requests a on (a.tenant_id, a.run_id) = (e.tenant_id, e.run_id)
+  left join durable_runs r on r.tenant_id = ? and r.id = ?
+  left join partner_dossiers d on d.tenant_id = ? and d.run_id = ?
+  left join economics_models m on m.tenant_id = ? and m.run_id = ?
+  left join approval_requests a on a.tenant_id = ? and a.run_id = ?
   left join lateral (
     select jsonb_agg(jsonb_build_object('decided_by', ad.approver, 'decision', ad.decision, 'comment', ad.comment,
              'decided_at', ${isoTimeSql('ad.created_at')}, 'kind', ad.kind)) as decisions
-      from approval_decisions ad where ad.tenant_id = a.tenant_id and ad.approval_request_id = a.id) x on true`;
+      from approval_decisions ad where ad.tenant_id = ? and ad.approval_request_id = a.id) x on true`;
+
+/** RECORD_JOINS' parameters, in order: the pack's tenant and run for each record, the tenant for its decisions. */
+export const recordJoinParams = (tenantId: string, runId: string): string[] => [tenantId, runId, tenantId, runId, tenantId, runId, tenantId, runId, tenantId];
 
 /** A field of unknown content, or undefined (a forged or older pack may have any shape). */
 function at(value: unknown, ...path: string[]): unknown {

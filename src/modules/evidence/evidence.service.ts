@@ -4,7 +4,7 @@ import { canonicalJson, sha256Hex } from '../../platform/idempotency/canonical-j
 import { NotFoundError } from '../../platform/errors/app-error.ts';
 import { EvidencePackRow } from './evidence-pack.entity.ts';
 import { sha256Schema } from '../golden-path/golden-path.schemas.ts';
-import { compareRecords, evidenceRecords, recordsAgree, RECORD_COLUMNS, RECORD_JOINS, type RecordColumns } from './evidence-records.ts';
+import { compareRecords, evidenceRecords, recordJoinParams, recordsAgree, RECORD_COLUMNS, RECORD_JOINS, type RecordColumns } from './evidence-records.ts';
 
 /** The golden path's evidence step (its name is persisted in checkpoints: never renamed). */
 export const EVIDENCE_PACK_STEP = 'evidence-pack';
@@ -68,7 +68,7 @@ export async function verifyEvidence(em: EntityManager, id: string): Promise<Evi
        left join evidence_seals s on (s.tenant_id, s.id, s.run_id, s.created_at) = (e.tenant_id, e.id, e.run_id, e.created_at)
        ${RECORD_JOINS}
       where e.tenant_id = ? and e.id = ?`,
-    [canonical, row.tenantId, row.id],
+    [canonical, ...recordJoinParams(row.tenantId, row.runId), row.tenantId, row.id],
   );
   if (!seal) throw new NotFoundError('evidence pack');
   const recomputed = canonical !== null && seal.exact === true ? sha256Hex(canonical) : null;
