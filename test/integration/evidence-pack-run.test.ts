@@ -74,7 +74,7 @@ describe('an evidence pack names a run of its tenant', () => {
     const runId = await seedRun(stack.db, tenant);
     await stack.db.admin(`update durable_runs set status = $2 where id = $1`, [runId, status]);
     const pack = packFor(runId, tenant);
-    await expect(insertAsApp(tenant, runId, pack)).rejects.toMatchObject({ code: '55000', message: expect.stringContaining(`which is ${status}`) });
+    await expect(insertAsApp(tenant, runId, pack)).rejects.toMatchObject({ code: 'DX001', message: expect.stringContaining(`which is ${status}`) });
     expect(await packCount(pack.id)).toBe(0);
   });
 
