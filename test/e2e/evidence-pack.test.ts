@@ -5,6 +5,7 @@ import canonicalizeImport from 'canonicalize';
 import { api, newTenant, SAMPLE_SUBMISSION, startStack, type TestStack } from '../helpers/stack.ts';
 import { seedRun } from '../helpers/db.ts';
 import { waitFor } from '../helpers/poll.ts';
+import { RECORDS_MATCH, sealedButUnrecorded } from '../helpers/evidence.ts';
 
 /**
  * The evidence pack as an outsider sees it: verified from GET /evidence/:id alone with the recipe
@@ -117,7 +118,7 @@ describe('evidence pack', () => {
     expect(pack.content.economics_model).toMatchObject({ revenue_upside: 3e16, gross_profit: 1.05e16 });
     expect(res.text).toContain('"revenue_upside":30000000000000000');
     expect(Number.isSafeInteger(pack.content.economics_model.gross_profit)).toBe(false);
-    expect((await getJson(`/api/v1/evidence/${packId}/verify`)).json).toEqual({ valid: true, sha256: packSha, recomputed_sha256: packSha, recorded_sha256: packSha });
+    expect((await getJson(`/api/v1/evidence/${packId}/verify`)).json).toEqual({ valid: true, sha256: packSha, recomputed_sha256: packSha, recorded_sha256: packSha, records: RECORDS_MATCH });
   });
 
   it('another tenant can neither read nor verify the pack: 404, as if it did not exist', async () => {
@@ -141,8 +142,9 @@ describe('evidence pack', () => {
     await asApp(tenant, `insert into evidence_packs (id, tenant_id, run_id, content, sha256, created_at) values ($1, $2, $3, $4::jsonb, $5, now())`, [copy, tenant, otherRun, content, packSha]);
     const verify = await getJson(`/api/v1/evidence/${copy}/verify`);
     expect(verify.status).toBe(200);
-    // Both hashes are the pack's: only the run named tells it apart.
-    expect(verify.json).toEqual({ valid: false, sha256: packSha, recomputed_sha256: packSha, recorded_sha256: packSha });
+    // Both hashes are the pack's: the run named tells it apart, and so do the records of the run it was
+    // inserted under (a seeded run whose steps wrote nothing).
+    expect(verify.json).toEqual(sealedButUnrecorded(packSha));
     // The pack itself still verifies.
     expect((await getJson(`/api/v1/evidence/${packId}/verify`)).json.valid).toBe(true);
   });
@@ -220,7 +222,7 @@ describe('evidence pack', () => {
         await asOwner(`delete from evidence_seals where id = $1`, [packId]);
         await asOwner(`insert into evidence_seals select * from json_populate_record(null::evidence_seals, $1::json)`, [seal!.r]);
       }
-      expect((await getJson(`/api/v1/evidence/${packId}/verify`)).json, `restored after: ${sql}`).toEqual({ valid: true, sha256: packSha, recomputed_sha256: packSha, recorded_sha256: packSha });
+      expect((await getJson(`/api/v1/evidence/${packId}/verify`)).json, `restored after: ${sql}`).toEqual({ valid: true, sha256: packSha, recomputed_sha256: packSha, recorded_sha256: packSha, records: RECORDS_MATCH });
     }
   });
 });

@@ -6,6 +6,7 @@ import { waitFor } from '../helpers/poll.ts';
 import { namedJobId } from '../../src/platform/queue/job-ids.ts';
 import { TIMER_QUEUE } from '../../src/platform/queue/timers.ts';
 import { evidenceHash } from '../../src/modules/evidence/evidence.service.ts';
+import { RECORDS_MATCH } from '../helpers/evidence.ts';
 
 /**
  * The golden path over HTTP against real worker processes: classes A/B/C, rejection, the approval
@@ -266,7 +267,14 @@ describe('golden path over HTTP', () => {
     );
     const verify = await getJson(`/api/v1/evidence/${id}/verify`);
     expect(verify.status, verify.text).toBe(200);
-    expect(verify.json).toEqual({ valid: false, sha256: run.steps[3].output.sha256, recomputed_sha256: null, recorded_sha256: run.steps[3].output.sha256 });
+    expect(verify.json).toEqual({
+      valid: false,
+      sha256: run.steps[3].output.sha256,
+      recomputed_sha256: null,
+      recorded_sha256: run.steps[3].output.sha256,
+      // The stored model's cost is 65,000, not 1e400 (compared as jsonb, exactly).
+      records: { ...RECORDS_MATCH, economics_model: 'mismatch' },
+    });
   });
 
   it('verify also detects content rewritten together with its hash, and the application role cannot rewrite a pack at all', async () => {
@@ -300,6 +308,8 @@ describe('golden path over HTTP', () => {
     const after = (await getJson(`/api/v1/evidence/${id}/verify`)).json;
     expect(after.sha256).toBe(after.recomputed_sha256);
     expect(after).toMatchObject({ valid: false, recorded_sha256: run.steps[3].output.sha256 });
+    // Nor with the run's approval request, which was approved.
+    expect(after.records).toEqual({ ...RECORDS_MATCH, approval: 'mismatch' });
   });
 
   it("another tenant gets 404, never 403, for a run, its approval, its evidence and the decision endpoint", async () => {

@@ -8,6 +8,7 @@ import { COMPLETED_STEPS_SQL, type RunRow } from '../../src/platform/durable/run
 import { stepJobId } from '../../src/platform/queue/job-ids.ts';
 import { Sweeper, type SweeperOptions } from '../../src/platform/durable/sweeper.ts';
 import { CLASS_A_SUBMISSION, type TestStack, type WorkerHandle } from './stack.ts';
+import { RECORDS_MATCH } from './evidence.ts';
 import { waitFor } from './poll.ts';
 import { SLOW_QUEUE, SLOW_TAG, SLOW_WORKFLOW, STEP_ENTERED } from './slow-workflow.ts';
 
@@ -95,7 +96,7 @@ export async function expectOneVerifiedPack(stack: TestStack, tenant: string, ru
     expect(packs).toHaveLength(1);
     const [pack] = packs;
     expect(pack).toMatchObject({ sealed: pack!.sha256, checkpointed: pack!.sha256, checkpointed_id: pack!.id });
-    expect(await verifyEvidence(tx, pack!.id)).toEqual({ valid: true, sha256: pack!.sha256, recomputed_sha256: pack!.sha256, recorded_sha256: pack!.sha256 });
+    expect(await verifyEvidence(tx, pack!.id)).toEqual({ valid: true, sha256: pack!.sha256, recomputed_sha256: pack!.sha256, recorded_sha256: pack!.sha256, records: RECORDS_MATCH });
   });
 }
 

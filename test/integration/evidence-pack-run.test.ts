@@ -3,9 +3,11 @@
  * insert's trigger); the trigger also refuses a pack whose (tenant, run) is no run of the database — a
  * made-up run id, or another tenant's run — so a self-consistent pack cannot be invented for a run that
  * never was. Not a foreign key: run retention deletes runs and keeps their packs (ADR 0011), so the run is
- * checked when the pack is written, and `/verify` still reads a pack valid after its run is gone. A pack
+ * checked when the pack is written, and `/verify` still finds a pack's seal after its run is gone. A pack
  * written before the check (or by the owner with triggers off) whose content names another tenant than
- * its own still reads valid: false.
+ * its own still reads valid: false. (These packs' content is made up: the check here is on the run they
+ * name, not on what they say of it — that `/verify` compares with the run's records, and finds none here:
+ * evidence-records.test.ts.)
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { randomUUID } from 'node:crypto';
@@ -14,6 +16,7 @@ import { newTenant, startStack, type TestStack } from '../helpers/stack.ts';
 import { seedRun } from '../helpers/db.ts';
 import { tenantEm } from '../../src/platform/db/tenant-em.ts';
 import { evidenceHash, verifyEvidence } from '../../src/modules/evidence/evidence.service.ts';
+import { sealedButUnrecorded } from '../helpers/evidence.ts';
 
 let stack: TestStack;
 beforeAll(async () => {
@@ -62,16 +65,28 @@ describe('an evidence pack names a run of its tenant', () => {
     expect(await packCount(pack.id)).toBe(0);
   });
 
-  it('a pack for a run of its tenant is written and sealed, and verifies valid after run retention deleted the run', async () => {
+  // A pack is written by its run's evidence step, in the step's transaction: the run is then pending (a
+  // failed run retried at that step) or running, never waiting for its approvers nor ended. A pack the
+  // application role writes by hand for a run waiting days for an approver, or for one that ended without
+  // one (failed, expired, cancelled), is refused when inserted, not only reported by /verify.
+  it.each(['waiting', 'completed', 'rejected', 'failed', 'approval_expired', 'cancelled'])('nor one for a run of its tenant that is %s (not at its evidence step)', async (status) => {
+    const tenant = newTenant();
+    const runId = await seedRun(stack.db, tenant);
+    await stack.db.admin(`update durable_runs set status = $2 where id = $1`, [runId, status]);
+    const pack = packFor(runId, tenant);
+    await expect(insertAsApp(tenant, runId, pack)).rejects.toMatchObject({ code: 'DX001', message: expect.stringContaining(`which is ${status}`) });
+    expect(await packCount(pack.id)).toBe(0);
+  });
+
+  it('a pack for a run of its tenant is written and sealed, and its seal still found after run retention deleted the run', async () => {
     const tenant = newTenant();
     const runId = await seedRun(stack.db, tenant);
     const pack = packFor(runId, tenant);
     await insertAsApp(tenant, runId, pack);
-    const valid = { valid: true, sha256: pack.sha256, recomputed_sha256: pack.sha256, recorded_sha256: pack.sha256 };
-    expect(await verify(tenant, pack.id)).toEqual(valid);
-    // Run retention deletes the run (and its checkpoints), never its pack: the pack still verifies.
+    expect(await verify(tenant, pack.id)).toEqual(sealedButUnrecorded(pack.sha256));
+    // Run retention deletes the run (and its checkpoints), never its pack: its hash and seal still agree.
     await stack.db.admin(`delete from durable_runs where id = $1`, [runId]);
-    expect(await verify(tenant, pack.id)).toEqual(valid);
+    expect(await verify(tenant, pack.id)).toEqual(sealedButUnrecorded(pack.sha256, 'absent'));
   });
 
   it('a pack written without the check whose content names another tenant reads valid: false', async () => {
@@ -96,7 +111,8 @@ describe('an evidence pack names a run of its tenant', () => {
       await c.end();
     }
     const sha = original.sha256;
-    expect(await verify(other, copy)).toEqual({ valid: false, sha256: sha, recomputed_sha256: sha, recorded_sha256: sha });
-    expect((await verify(owner, original.id)).valid).toBe(true);
+    // Not valid for naming another tenant, as before records were compared (the copy's tenant has no records of that run either).
+    expect(await verify(other, copy)).toMatchObject({ valid: false, sha256: sha, recomputed_sha256: sha, recorded_sha256: sha, records: { run: 'absent', approval: 'absent' } });
+    expect(await verify(owner, original.id)).toEqual(sealedButUnrecorded(sha));
   });
 });

@@ -27,6 +27,7 @@ import { IDEMPOTENCY_EXPIRY_JOB, MAINTENANCE_QUEUE, RUN_RETENTION_JOB, maintenan
 import { createMetrics } from '../../src/platform/telemetry/metrics.ts';
 import { createLogger } from '../../src/platform/telemetry/logger.ts';
 import { evidenceHash } from '../../src/modules/evidence/evidence.service.ts';
+import { RECORDS_MATCH, sealedButUnrecorded } from '../helpers/evidence.ts';
 import { GOLDEN_PATH } from '../../src/modules/golden-path/golden-path.workflow.ts';
 import { StepExecutor } from '../../src/platform/durable/executor.ts';
 import { stepJobId } from '../../src/platform/queue/job-ids.ts';
@@ -75,17 +76,19 @@ describe('run retention', () => {
    * checkpoints and (unless `domainRows` is false) one row of every domain table naming it; seeded as the superuser.
    */
   async function seedRun(tenant: string, status: string, endedAgoMs: number, workflow = GOLDEN_PATH, domainRows = true): Promise<string> {
-    const run: Record<string, unknown> = { ...(await rows.build('durable_runs', tenant)), status, workflow };
+    // Running while its rows are written, as a run's steps write them: the pack insert's trigger refuses a
+    // pack for a run that is not pending or running (evidence-pack.entity.ts). Then given its status.
+    const run: Record<string, unknown> = { ...(await rows.build('durable_runs', tenant)), status: 'running', workflow };
     await insert('durable_runs', run);
-    const ended = (TERMINAL_RUN_STATUSES as readonly string[]).includes(status);
-    await admin.query(
-      `update durable_runs set created_at = now() - ($2::float8 + ${DAY}) * interval '1 millisecond', updated_at = now() - $2::float8 * interval '1 millisecond',
-              completed_at = case when $3 then now() - $2::float8 * interval '1 millisecond' end where id = $1`,
-      [run.id, endedAgoMs, ended],
-    );
     for (const seq of [1, 2]) await insert('durable_checkpoints', { ...(await rows.build('durable_checkpoints', tenant)), run_id: run.id, sequence_num: seq });
     // The pack's seal is its insert's (the trigger's): seeding one more would be a second seal of the run.
     if (domainRows) for (const table of domainTables.filter((t) => t !== 'evidence_seals')) await insert(table, { ...(await rows.build(table, tenant)), run_id: run.id });
+    const ended = (TERMINAL_RUN_STATUSES as readonly string[]).includes(status);
+    await admin.query(
+      `update durable_runs set status = $4, created_at = now() - ($2::float8 + ${DAY}) * interval '1 millisecond', updated_at = now() - $2::float8 * interval '1 millisecond',
+              completed_at = case when $3 then now() - $2::float8 * interval '1 millisecond' end where id = $1`,
+      [run.id, endedAgoMs, ended, status],
+    );
     return run.id as string;
   }
   const insert = async (table: string, row: Record<string, unknown>) => {
@@ -368,7 +371,8 @@ describe('run retention', () => {
     const pack = await api(stack, 'GET', `/api/v1/evidence/${evidenceId}`, { token });
     expect(pack.status).toBe(200);
     expect(pack.json).toMatchObject({ run_id: run.run_id, sha256 });
-    expect((await api(stack, 'GET', `/api/v1/evidence/${evidenceId}/verify`, { token })).json).toEqual({ valid: true, sha256, recomputed_sha256: sha256, recorded_sha256: sha256 });
+    // Compared with the records retention keeps (dossier, economics, approval request and decisions); the run row is gone.
+    expect((await api(stack, 'GET', `/api/v1/evidence/${evidenceId}/verify`, { token })).json).toEqual({ valid: true, sha256, recomputed_sha256: sha256, recorded_sha256: sha256, records: { ...RECORDS_MATCH, run: 'absent' } });
 
     // The owner forges content and a matching hash: the seal, which outlived the run, still disagrees.
     const forged = { ...pack.json.content, outcome: 'rejected' };
@@ -376,13 +380,15 @@ describe('run retention', () => {
       `select set_config('app.tenant_id', '${tenant}', false);
        update evidence_packs set content = '${JSON.stringify(forged).replace(/'/g, "''")}'::jsonb, sha256 = '${evidenceHash(forged)}' where id = '${evidenceId}'`,
     );
-    expect((await api(stack, 'GET', `/api/v1/evidence/${evidenceId}/verify`, { token })).json).toMatchObject({ valid: false, recorded_sha256: sha256 });
+    // ...and so does the approval request retention kept (approved, not rejected).
+    expect((await api(stack, 'GET', `/api/v1/evidence/${evidenceId}/verify`, { token })).json).toMatchObject({ valid: false, recorded_sha256: sha256, records: { run: 'absent', approval: 'mismatch' } });
   });
 
-  it('a pack written as the release before seals wrote it — an old worker during the roll, or after a rollback: the pack and its checkpoint, no seal — is sealed all the same, and verifies after its run was deleted', { timeout: LONG }, async () => {
+  it('a pack written as the release before seals wrote it — an old worker during the roll, or after a rollback: the pack and its checkpoint, no seal — is sealed all the same, its seal found after its run was deleted', { timeout: LONG }, async () => {
     const tenant = newTenant();
     const token = await stack.token({ tenantId: tenant, sub: 'submitter-1' });
-    const runId = await seedRun(tenant, 'completed', RETENTION + DAY, GOLDEN_PATH, false);
+    // Running while its evidence step writes the pack (the trigger refuses one for an ended run), then completed.
+    const runId = await seedRun(tenant, 'running', RETENTION + DAY, GOLDEN_PATH, false);
     // The previous release's evidence step, as the application role under the run's tenant: the pack
     // and the checkpoint recording its hash, in one transaction; it knows nothing of evidence_seals.
     const content = { schema: 'dealix.evidence-pack/v1', outcome: 'approved', run: { id: runId, tenant_id: tenant } };
@@ -397,12 +403,14 @@ describe('run retention', () => {
         'run',
       );
     });
+    await admin.query(`update durable_runs set status = 'completed', completed_at = updated_at where id = $1`, [runId]);
     const verify = async () => (await api(stack, 'GET', `/api/v1/evidence/${packId}/verify`, { token })).json;
-    expect(await verify()).toEqual({ valid: true, sha256, recomputed_sha256: sha256, recorded_sha256: sha256 });
+    // Its hash and seal agree (its content is made up for the test: no records of its run's steps agree with it).
+    expect(await verify()).toEqual(sealedButUnrecorded(sha256));
 
     expect(await retentionJob(RETENTION).run()).toMatchObject({ complete: true });
     expect((await leftOf([runId]))[runId]).toMatchObject({ run: 0, checkpoints: 0, domain: { evidence_packs: 1, evidence_seals: 1 } });
-    expect(await verify()).toEqual({ valid: true, sha256, recomputed_sha256: sha256, recorded_sha256: sha256 });
+    expect(await verify()).toEqual(sealedButUnrecorded(sha256, 'absent'));
   });
 
   /**

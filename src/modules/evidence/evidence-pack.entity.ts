@@ -14,7 +14,18 @@ import type { EvidencePackContent } from '../golden-path/golden-path.schemas.ts'
  * database — a made-up run id, or another tenant's run (read under the inserting role's RLS): the
  * application role may insert packs, and without it could write a self-consistent pack for a run that
  * never was. A check when the pack is written, not a foreign key: run retention deletes ended runs and
- * keeps their packs (ADR 0011), which a foreign key would cascade to or block.
+ * keeps their packs (ADR 0011), which a foreign key would cascade to or block. And it refuses (DX001,
+ * the run no longer active, as a checkpoint's write does) a pack for a run that is not pending or
+ * running: the evidence step
+ * writes its pack in its own transaction, while its run is running (or pending, a failed run retried at
+ * that step), never while the run waits for its approvers or after it ended — a run waiting days for an
+ * approver, or one that failed, expired or was cancelled without a pack, was a run the application role
+ * could write a pack for. DX001, not a code of its own: a run cancelled after its evidence step read it
+ * and before the pack's insert is refused here rather than by the checkpoint's write after it, and the
+ * executor must take it as it takes that — the run no longer active, read it again, end quietly — not
+ * as the step failing. Packs already written are left as they are. It checks the run a pack
+ * names, not what the pack says of it: `/verify` compares that with the records the run's steps wrote
+ * (evidence-records.ts), since the application role may insert a pack for a real run that has none yet.
  */
 export const EVIDENCE_SEAL_TRIGGER = 'seal';
 
@@ -38,8 +49,12 @@ export const EvidencePackRow = defineEntity({
       name: EVIDENCE_SEAL_TRIGGER,
       timing: 'after',
       events: ['insert'],
+      // One read of the run by its key on the step's path (`status || ''`: no partial status index, as
+      // the executor's statements naming a run); the second and third only when the pack is refused.
       body:
-        "if not exists (select from durable_runs where tenant_id = new.tenant_id and id = new.run_id) then raise exception 'evidence pack % names run %, which is no run of tenant %', new.id, new.run_id, new.tenant_id using errcode = 'foreign_key_violation'; end if; " +
+        "if not exists (select from durable_runs where tenant_id = new.tenant_id and id = new.run_id and (status || '') in ('pending', 'running')) then " +
+        "if exists (select from durable_runs where tenant_id = new.tenant_id and id = new.run_id) then raise exception 'evidence pack % names run %, which is %: a pack is written by its run''s evidence step, while the run is pending or running', new.id, new.run_id, (select status from durable_runs where tenant_id = new.tenant_id and id = new.run_id) using errcode = 'DX001'; end if; " +
+        "raise exception 'evidence pack % names run %, which is no run of tenant %', new.id, new.run_id, new.tenant_id using errcode = 'foreign_key_violation'; end if; " +
         'insert into evidence_seals (id, tenant_id, run_id, sha256, created_at) values (new.id, new.tenant_id, new.run_id, new.sha256, new.created_at); return null;',
     },
   ],

@@ -4,6 +4,7 @@ import { canonicalJson, sha256Hex } from '../../platform/idempotency/canonical-j
 import { NotFoundError } from '../../platform/errors/app-error.ts';
 import { EvidencePackRow } from './evidence-pack.entity.ts';
 import { sha256Schema } from '../golden-path/golden-path.schemas.ts';
+import { compareRecords, evidenceRecords, recordJoinParams, recordsAgree, RECORD_COLUMNS, RECORD_JOINS, type RecordColumns } from './evidence-records.ts';
 
 /** The golden path's evidence step (its name is persisted in checkpoints: never renamed). */
 export const EVIDENCE_PACK_STEP = 'evidence-pack';
@@ -21,12 +22,17 @@ export async function getEvidence(em: EntityManager, id: string) {
 
 export const evidenceVerification = z
   .strictObject({
-    valid: z.boolean().describe("recomputed_sha256 and recorded_sha256 both equal sha256, and the content's run (content.run.id, content.run.tenant_id) is the pack's own"),
+    valid: z
+      .boolean()
+      .describe(
+        "recomputed_sha256 and recorded_sha256 both equal sha256, the content's run (content.run.id, content.run.tenant_id) is the pack's own, and its content agrees with its run's records: records.partner_dossier, records.economics_model and records.approval match, and records.run matches or is absent (deleted by run retention)",
+      ),
     sha256: sha256Schema.describe("The pack's stored hash"),
     recomputed_sha256: sha256Schema
       .nullable()
       .describe('Recomputed now from the stored content; null when that content has no RFC 8785 form (a number beyond a double\'s range or precision): it was changed'),
     recorded_sha256: sha256Schema.nullable().describe('Recorded apart from the pack (its seal) when the pack was written; null when no seal records this pack (its id, run and creation time) as written'),
+    records: evidenceRecords,
   })
   .meta({ id: 'EvidenceVerification' });
 export type EvidenceVerification = z.infer<typeof evidenceVerification>;
@@ -46,24 +52,34 @@ export type EvidenceVerification = z.infer<typeof evidenceVerification>;
  * hash is recomputed over (jsonb equality: numbers by value, text by its bytes): content that differs
  * from it has no RFC 8785 form, and is reported so (`recomputed_sha256` null), as a number beyond a
  * double's range is.
+ *
+ * A seal proves the pack is the one written, not that what it says is what its run recorded: the
+ * application role may insert a pack for a run of its tenant that has none yet. The same statement
+ * therefore reads the run's records — its row while retention keeps it, its dossier, economics model,
+ * approval request and decisions, which retention keeps — and the content is compared with them
+ * (evidence-records.ts): `records` says what agreed, and a pack whose content disagrees is not valid.
  */
 export async function verifyEvidence(em: EntityManager, id: string): Promise<EvidenceVerification> {
   const row = await getEvidence(em, id);
   const canonical = canonicalOrNull(row.content);
-  const [seal] = await em.execute<{ recorded: string | null; exact: boolean | null }[]>(
-    `select s.sha256 as recorded, e.content = ?::jsonb as exact
+  const [seal] = await em.execute<({ recorded: string | null; exact: boolean | null } & RecordColumns)[]>(
+    `select s.sha256 as recorded, e.content = ?::jsonb as exact, ${RECORD_COLUMNS}
        from evidence_packs e
        left join evidence_seals s on (s.tenant_id, s.id, s.run_id, s.created_at) = (e.tenant_id, e.id, e.run_id, e.created_at)
+       ${RECORD_JOINS}
       where e.tenant_id = ? and e.id = ?`,
-    [canonical, row.tenantId, row.id],
+    [canonical, ...recordJoinParams(row.tenantId, row.runId), row.tenantId, row.id],
   );
-  const recomputed = canonical !== null && seal?.exact === true ? sha256Hex(canonical) : null;
-  const recordedSha = seal?.recorded ?? null;
+  if (!seal) throw new NotFoundError('evidence pack');
+  const recomputed = canonical !== null && seal.exact === true ? sha256Hex(canonical) : null;
+  const recordedSha = seal.recorded;
+  const records = compareRecords(row.content, seal);
   return {
-    valid: recomputed === row.sha256 && recordedSha === row.sha256 && namesItsOwnRun(row.content, row.runId, row.tenantId),
+    valid: recomputed === row.sha256 && recordedSha === row.sha256 && namesItsOwnRun(row.content, row.runId, row.tenantId) && recordsAgree(records),
     sha256: row.sha256,
     recomputed_sha256: recomputed,
     recorded_sha256: recordedSha,
+    records,
   };
 }
 

@@ -84,9 +84,12 @@ async function ensureRole(client: pg.Client, name: string, password: string | un
  * Tables the application only ever appends to: it may insert and read their rows, never change or
  * delete them (an evidence pack is the record of a decision; `/verify` compares it with its seal, the
  * hash recorded beside it as the pack was written). An approval decision is who decided a request:
- * with UPDATE one approver's decision could be renamed to pass off as a second approver's.
+ * with UPDATE one approver's decision could be renamed to pass off as a second approver's. A run's
+ * partner dossier and economics model are what `/verify` compares its evidence pack with
+ * (evidence-records.ts): with UPDATE or DELETE a pack forged for a run past its second step could be
+ * made to agree with them. Their steps only insert them (one row per run, in the step's transaction).
  */
-export const APPEND_ONLY_TABLES = ['approval_decisions', 'evidence_packs', 'evidence_seals'];
+export const APPEND_ONLY_TABLES = ['approval_decisions', 'economics_models', 'evidence_packs', 'evidence_seals', 'partner_dossiers'];
 
 /**
  * Tables the application updates but never deletes from: it may insert, read and update their rows

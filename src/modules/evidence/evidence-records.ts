@@ -1,0 +1,217 @@
+import { z } from 'zod';
+import { canonicalJson, sha256Hex } from '../../platform/idempotency/canonical-json.ts';
+import { isoTimeSql } from '../../platform/webhooks/outbox.ts';
+import { submissionSchema } from '../golden-path/golden-path.schemas.ts';
+
+/**
+ * What `/verify` compares an evidence pack's content with besides its seal: the records its run's steps
+ * wrote. The seal proves the pack is the one inserted; it cannot prove the inserter told the truth. The
+ * application role may insert packs (the evidence step does), and the seal trigger refuses only a pack
+ * naming no run of its tenant or a run that is not pending or running, so a pack written by hand for a
+ * real run of the tenant that has none yet — one running, between its final decision and its evidence
+ * step, say; one waiting for its approvers or ended without a pack before the trigger refused those, or
+ * inserted by a role without the trigger — hashes and seals as a genuine one does, with an invented
+ * approval, a lower cost, another dossier. Its content must also agree with what the run's steps
+ * recorded, each on its own row:
+ *
+ * - `run`: the run row (durable_runs) — `content.run`'s workflow@version, correlation id, submitter and
+ *   submission time, and `content.submission` as the run's input (as stored, or parsed as the evidence
+ *   step's input is). Run retention deletes the row (ADR 0011): `absent` then, which alone does not make a pack
+ *   invalid — the seal trigger refused any pack whose run did not exist when it was written, so a run
+ *   absent now was deleted since, and what else it recorded is checked on the rows below, which
+ *   retention keeps. What only the run row held (correlation id, submission time, workflow version) is
+ *   then no longer compared.
+ * - `partner_dossier`: the step's row (partner_dossiers.content) equals `content.partner_dossier`
+ *   (jsonb equality, in PostgreSQL: numbers by value, exactly), and `content.submission.partner` hashes
+ *   to the inputs_sha256 of its profile's provenance (what step 1 normalised: the submission is so
+ *   checked after retention too).
+ * - `economics_model`: the same with economics_models.content, and `{economics, currency}` of the
+ *   submission with the model's provenance.
+ * - `approval`: the run's approval request and its decisions — the packet's request id, class,
+ *   required approvals, reasons and SLA deadline are the request's; the request, the packet and the
+ *   pack are all decided the same way (approved or rejected); `content.run.submitted_by` is the
+ *   request's submitter; the packet's decisions are the request's decision rows, each (approver,
+ *   decision, comment, time to the millisecond, kind) once. The packet's `policy` and the provenance of
+ *   the packet are not compared: a tenant's policy is replaced in place, its earlier versions are not
+ *   kept as rows.
+ *
+ * Each is `match`, `mismatch`, or `absent` (no such row: before retention only a forgery's case — every
+ * genuine pack's run wrote all three before its evidence step, and none of them is ever deleted).
+ * `valid` needs the three domain records to match and the run row to match or be absent.
+ *
+ * What this does not prove: the dossier and economics model are append-only for the application role
+ * (roles.ts: a run past its second step keeps its own), but it may update the approval request (that is
+ * how a decision is recorded) and add decision rows: a forger with its rights who also approves the
+ * request and adds decisions in the database makes the approval agree — writes to two more tables, each
+ * read elsewhere (the approvals list, the run's view), instead of one insert nothing else reads. The
+ * pack's hash still cannot change once sealed.
+ *
+ * One statement with the seal's read (no round trip more): each record by its (tenant, run) key, under
+ * the tenant's RLS, in the verification's transaction.
+ */
+
+export const RECORD_STATUSES = ['match', 'mismatch', 'absent'] as const;
+export type RecordStatus = (typeof RECORD_STATUSES)[number];
+
+const recordStatus = z.enum(RECORD_STATUSES);
+export const evidenceRecords = z
+  .strictObject({
+    run: recordStatus.describe(
+      "The run row: content.run's workflow, correlation_id, submitted_by and submitted_at, and content.submission as the run's input. absent once run retention deleted the run (ADR 0011), which does not make the pack invalid",
+    ),
+    partner_dossier: recordStatus.describe("The run's stored partner dossier equals content.partner_dossier, and content.submission.partner is what it was derived from (its provenance hash)"),
+    economics_model: recordStatus.describe("The run's stored economics model equals content.economics_model, and content.submission's economics and currency are what it was computed from"),
+    approval: recordStatus.describe(
+      "The run's approval request and its decisions: the packet's request id, class, required approvals, reasons, SLA deadline, outcome and decisions, and content.run.submitted_by, are the request's; the request is decided as content.outcome says",
+    ),
+  })
+  .describe("The pack's content compared with the records its run's steps wrote (each match, mismatch or absent): a pack sealed as written may still say what its run did not record")
+  .meta({ id: 'EvidenceRecords' });
+export type EvidenceRecords = z.infer<typeof evidenceRecords>;
+
+/** The columns the verification's statement reads of the run's records (RECORD_JOINS), by these names. */
+export interface RecordColumns {
+  run_kept: boolean;
+  run_workflow: string | null;
+  run_correlation_id: string | null;
+  run_principal: string | null;
+  run_submitted_at: string | null;
+  run_input: unknown;
+  dossier_kept: boolean;
+  dossier_equal: boolean | null;
+  economics_kept: boolean;
+  economics_equal: boolean | null;
+  approval_id: string | null;
+  approval_class: string | null;
+  approval_required: number | null;
+  approval_status: string | null;
+  approval_submitted_by: string | null;
+  approval_reasons_equal: boolean | null;
+  approval_sla_deadline: string | null;
+  approval_decisions: unknown[] | null;
+}
+
+/**
+ * The select list and joins that read a pack's run records, for a statement over `evidence_packs e`.
+ * Each by its (tenant, run) key: durable_runs_tenant_id_id_unique, the dossier's and model's primary
+ * keys, approval_requests_tenant_run_unique, and the decisions by their request (their primary key).
+ * The keys are bound as parameters (RECORD_JOIN_PARAMS: the pack's tenant and run, which the caller has
+ * read), not matched to the pack's columns: as a cached generic plan on tables without statistics the
+ * join's condition was a join filter, each table's scan bounded by the tenant alone — every dossier of
+ * the tenant read per verification (tenant-scoped-queries.test.ts).
+ */
+export const RECORD_COLUMNS = `
+  r.id is not null as run_kept, r.workflow || '@v' || r.workflow_version as run_workflow, r.correlation_id as run_correlation_id,
+  r.principal as run_principal, ${isoTimeSql('r.created_at')} as run_submitted_at, r.input as run_input,
+  d.run_id is not null as dossier_kept, d.content = e.content -> 'partner_dossier' as dossier_equal,
+  m.run_id is not null as economics_kept, m.content = e.content -> 'economics_model' as economics_equal,
+  a.id as approval_id, a.approval_class, a.required_approvals as approval_required, a.status as approval_status,
+  a.submitted_by as approval_submitted_by, a.reasons = e.content -> 'approval_packet' -> 'reasons' as approval_reasons_equal,
+  ${isoTimeSql('a.sla_deadline')} as approval_sla_deadline, x.decisions as approval_decisions`;
+
+export const RECORD_JOINS = `
+  left join durable_runs r on r.tenant_id = ? and r.id = ?
+  left join partner_dossiers d on d.tenant_id = ? and d.run_id = ?
+  left join economics_models m on m.tenant_id = ? and m.run_id = ?
+  left join approval_requests a on a.tenant_id = ? and a.run_id = ?
+  left join lateral (
+    select jsonb_agg(jsonb_build_object('decided_by', ad.approver, 'decision', ad.decision, 'comment', ad.comment,
+             'decided_at', ${isoTimeSql('ad.created_at')}, 'kind', ad.kind)) as decisions
+      from approval_decisions ad where ad.tenant_id = ? and ad.approval_request_id = a.id) x on true`;
+
+/** RECORD_JOINS' parameters, in order: the pack's tenant and run for each record, the tenant for its decisions. */
+export const recordJoinParams = (tenantId: string, runId: string): string[] => [tenantId, runId, tenantId, runId, tenantId, runId, tenantId, runId, tenantId];
+
+/** A field of unknown content, or undefined (a forged or older pack may have any shape). */
+function at(value: unknown, ...path: string[]): unknown {
+  let v = value;
+  for (const key of path) v = v !== null && typeof v === 'object' && !Array.isArray(v) ? (v as Record<string, unknown>)[key] : undefined;
+  return v;
+}
+
+const status = (kept: boolean, equal: boolean): RecordStatus => (!kept ? 'absent' : equal ? 'match' : 'mismatch');
+
+/** Canonical JSON of `value`, or null when it has none (a pack changed by the owner may hold anything). */
+function canonicalOrNull(value: unknown): string | null {
+  try {
+    return value === undefined ? null : canonicalJson(value);
+  } catch {
+    return null;
+  }
+}
+
+/** Whether `inputs` hashes (RFC 8785, SHA-256) to the inputs_sha256 of `provenance`. */
+const derivedFrom = (provenance: unknown, inputs: unknown) => {
+  const canonical = canonicalOrNull(inputs);
+  return canonical !== null && sha256Hex(canonical) === at(provenance, 'inputs_sha256');
+};
+
+/** The decisions as a sorted list of canonical records: the same decisions in any order compare equal. */
+function decisionSet(decisions: unknown): string[] | null {
+  if (!Array.isArray(decisions)) return null;
+  const out = decisions.map(canonicalOrNull);
+  return out.every((d) => d !== null) ? (out as string[]).sort() : null;
+}
+
+/**
+ * The run's input as the evidence step read it: parsed by the submission schema (which trims text, say).
+ * The API stores the parsed submission, so the input as stored is what the step read; the parse covers
+ * an input stored before a transform was added. Null when today's schema refuses the input — a run
+ * submitted before a check was added — which is then compared as stored only.
+ */
+function parsedInput(input: unknown): string | null {
+  const parsed = submissionSchema.safeParse(input);
+  return parsed.success ? canonicalOrNull(parsed.data) : null;
+}
+
+function runMatches(content: unknown, r: RecordColumns): boolean {
+  const run = at(content, 'run');
+  const submission = canonicalOrNull(at(content, 'submission'));
+  return (
+    at(run, 'workflow') === r.run_workflow &&
+    at(run, 'correlation_id') === r.run_correlation_id &&
+    at(run, 'submitted_by') === r.run_principal &&
+    at(run, 'submitted_at') === r.run_submitted_at &&
+    submission !== null &&
+    (submission === canonicalOrNull(r.run_input) || submission === parsedInput(r.run_input))
+  );
+}
+
+function approvalMatches(content: unknown, r: RecordColumns): boolean {
+  const packet = at(content, 'approval_packet');
+  const outcome = at(content, 'outcome');
+  const recorded = decisionSet(r.approval_decisions ?? []);
+  return (
+    at(packet, 'approval_request_id') === r.approval_id &&
+    at(packet, 'approval_class') === r.approval_class &&
+    at(packet, 'required_approvals') === r.approval_required &&
+    r.approval_reasons_equal === true &&
+    (at(packet, 'sla_deadline') ?? null) === r.approval_sla_deadline &&
+    (outcome === 'approved' || outcome === 'rejected') &&
+    at(packet, 'outcome') === outcome &&
+    r.approval_status === outcome &&
+    at(content, 'run', 'submitted_by') === r.approval_submitted_by &&
+    recorded !== null &&
+    canonicalOrNull(decisionSet(at(packet, 'decisions'))) === canonicalOrNull(recorded)
+  );
+}
+
+/** The pack's content compared with its run's records, read by RECORD_COLUMNS. */
+export function compareRecords(content: unknown, r: RecordColumns): EvidenceRecords {
+  const submission = at(content, 'submission');
+  const dossier = at(content, 'partner_dossier');
+  const economics = at(content, 'economics_model');
+  return {
+    run: status(r.run_kept, runMatches(content, r)),
+    partner_dossier: status(r.dossier_kept, r.dossier_equal === true && derivedFrom(at(dossier, 'profile', 'provenance'), at(submission, 'partner'))),
+    economics_model: status(
+      r.economics_kept,
+      r.economics_equal === true && derivedFrom(at(economics, 'provenance'), { economics: at(submission, 'economics'), currency: at(submission, 'currency') }),
+    ),
+    approval: status(r.approval_id !== null, approvalMatches(content, r)),
+  };
+}
+
+/** Whether the records allow the pack to be valid: the three domain records match, the run row matches or was deleted by retention. */
+export const recordsAgree = (records: EvidenceRecords): boolean =>
+  records.partner_dossier === 'match' && records.economics_model === 'match' && records.approval === 'match' && records.run !== 'mismatch';

@@ -1,0 +1,226 @@
+/**
+ * `/verify` compares an evidence pack with the records of its run, not only with its seal. The
+ * application role may insert packs (the evidence step does), and the seal trigger refuses only a pack
+ * naming no run of its tenant, or a run that is not pending or running: a pack the application role
+ * writes itself for a real run of its tenant that has none yet (one running, between its final decision
+ * and its evidence step; before the trigger refused them, one waiting for its approvers) is hashed and
+ * sealed as a genuine one is. Its content must then agree with what the run's steps recorded — the
+ * partner dossier and economics model rows, the approval request and its decisions, and the run row
+ * while run retention keeps it — or the pack reads `valid: false`, naming the record that disagrees.
+ * Retention deletes the run row (and checkpoints) and keeps the domain records (ADR 0011): a genuine
+ * pack still verifies, `records.run` reading `absent`.
+ *
+ * Real PostgreSQL as the application role (RLS on); runs executed by the production executor in this
+ * process (startRunHost); the forgeries are inserted as the application role under the run's tenant.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { randomUUID } from 'node:crypto';
+import pg from 'pg';
+import { api, CLASS_A_SUBMISSION, CLASS_C_SUBMISSION, newTenant, SAMPLE_SUBMISSION, startStack, type TestStack } from '../helpers/stack.ts';
+import { waitFor } from '../helpers/poll.ts';
+import { startRunHost } from '../helpers/run-host.ts';
+import { evidenceHash } from '../../src/modules/evidence/evidence.service.ts';
+import { GOLDEN_PATH } from '../../src/modules/golden-path/golden-path.workflow.ts';
+
+const LONG = 120_000;
+let stack: TestStack;
+let host: ReturnType<typeof startRunHost>;
+beforeAll(async () => {
+  stack = await startStack();
+  host = startRunHost(stack, stack.container.runtime.workflow(GOLDEN_PATH));
+}, LONG);
+afterAll(async () => {
+  await host?.stop();
+  await stack?.stop();
+});
+
+/** Submits `body` as `submitter-1` of `tenant` and waits for the run to reach one of `statuses`: its view. */
+async function runUntil(tenant: string, body: unknown, statuses: string[]): Promise<any> {
+  const token = await stack.token({ tenantId: tenant, sub: 'submitter-1' });
+  const res = await api(stack, 'POST', '/api/v1/golden-path/run', { token, body, headers: { 'Idempotency-Key': randomUUID() } });
+  expect(res.status, res.text).toBe(202);
+  return waitFor(
+    async () => {
+      const r = await api(stack, 'GET', `/api/v1/golden-path/runs/${res.json.run_id}`, { token });
+      return statuses.includes(r.json?.status) ? r.json : undefined;
+    },
+    { timeoutMs: 60_000, intervalMs: 50, what: `the run to reach ${statuses.join(' or ')}` },
+  );
+}
+
+async function verify(tenant: string, id: string): Promise<any> {
+  const token = await stack.token({ tenantId: tenant, sub: 'auditor-1' });
+  const res = await api(stack, 'GET', `/api/v1/evidence/${id}/verify`, { token });
+  expect(res.status, res.text).toBe(200);
+  return res.json;
+}
+
+/**
+ * The content the evidence step would write for `runId`, built as a forger with the application role's
+ * rights can: from the run row and its steps' checkpoints (all readable under the tenant), with the
+ * approval step's packet as it stands (pending, for a waiting run) unless `packet` replaces it.
+ */
+async function contentFromRecords(runId: string): Promise<any> {
+  const run = (await stack.db.admin(`select * from durable_runs where id = $1`, [runId])).rows[0];
+  const outputs = Object.fromEntries(
+    (await stack.db.admin(`select step_name, output from durable_checkpoints where run_id = $1 and output is not null`, [runId])).rows.map((r: any) => [r.step_name, r.output]),
+  );
+  return {
+    schema: 'dealix.evidence-pack/v1',
+    run: {
+      id: run.id,
+      tenant_id: run.tenant_id,
+      workflow: `${run.workflow}@v${run.workflow_version}`,
+      correlation_id: run.correlation_id,
+      submitted_by: run.principal,
+      submitted_at: (run.created_at as Date).toISOString(),
+    },
+    submission: run.input,
+    partner_dossier: outputs['partner-dossier'],
+    economics_model: outputs['economics-model'],
+    approval_packet: outputs['approval-packet'],
+    outcome: 'approved',
+  };
+}
+
+/**
+ * Inserts `content` as a pack of `runId`, as the application role under `tenant` (sealed by the trigger):
+ * its id and hash. The trigger refuses a pack for a run that is not pending or running (a waiting run's,
+ * here): the run is made `running` for the insert (the superuser, setup only) and given back its status,
+ * as a pack written while its run is running — between its final decision and its evidence step (a
+ * worker down), or before the trigger refused other statuses — is.
+ */
+async function insertAsApp(tenant: string, runId: string, content: unknown): Promise<{ id: string; sha256: string }> {
+  const id = randomUUID();
+  const sha256 = evidenceHash(content);
+  const { status } = (await stack.db.admin(`select status from durable_runs where id = $1`, [runId])).rows[0];
+  await stack.db.admin(`update durable_runs set status = 'running' where id = $1`, [runId]);
+  const c = new pg.Client({ connectionString: stack.db.appUrl });
+  await c.connect();
+  try {
+    await c.query('begin');
+    await c.query(`select set_config('app.tenant_id', $1, true)`, [tenant]);
+    await c.query(`insert into evidence_packs (id, tenant_id, run_id, content, sha256, created_at) values ($1, $2, $3, $4::jsonb, $5, now())`, [id, tenant, runId, JSON.stringify(content), sha256]);
+    await c.query('commit');
+  } finally {
+    await c.end();
+    await stack.db.admin(`update durable_runs set status = $2 where id = $1`, [runId, status]);
+  }
+  return { id, sha256 };
+}
+
+const ALL_MATCH = { run: 'match', partner_dossier: 'match', economics_model: 'match', approval: 'match' };
+
+describe('an evidence pack forged by the application role for a real run of its tenant', () => {
+  // A run waiting for its approvers (class B): no pack yet. The forger approves it in the pack.
+  const approvedInThePack = (c: any) => ({
+    ...c,
+    approval_packet: { ...c.approval_packet, outcome: 'approved', decisions: [{ decided_by: 'approver-9', decision: 'approve', comment: null, decided_at: new Date().toISOString(), kind: 'human' }] },
+  });
+  const forgeries: [what: string, forge: (c: any) => any, records: Record<string, string>][] = [
+    ['an approval no approver gave', approvedInThePack, { ...ALL_MATCH, approval: 'mismatch' }],
+    ['a lower cost in the economics model', (c) => approvedInThePack({ ...c, economics_model: { ...c.economics_model, cost: 20000 } }), { ...ALL_MATCH, economics_model: 'mismatch', approval: 'mismatch' }],
+    ['a partner dossier with a higher completeness score', (c) => approvedInThePack({ ...c, partner_dossier: { ...c.partner_dossier, facts: { ...c.partner_dossier.facts, completeness_score: 0.99 } } }), { ...ALL_MATCH, partner_dossier: 'mismatch', approval: 'mismatch' }],
+    [
+      'another submission, the stored dossier and economics kept',
+      (c) => approvedInThePack({ ...c, submission: { ...c.submission, economics: { ...c.submission.economics, onboarding_cost: 1 } } }),
+      { ...ALL_MATCH, run: 'mismatch', economics_model: 'mismatch', approval: 'mismatch' },
+    ],
+  ];
+
+  for (const [what, forge, records] of forgeries) {
+    it(`with ${what}: valid false, naming the records that disagree — before and after run retention deleted the run`, { timeout: LONG }, async () => {
+      const tenant = newTenant();
+      const run = await runUntil(tenant, SAMPLE_SUBMISSION, ['waiting']);
+      const forged = await insertAsApp(tenant, run.run_id, forge(await contentFromRecords(run.run_id)));
+      const before = await verify(tenant, forged.id);
+      // The seal agrees (the trigger sealed what was inserted): only the records tell.
+      expect(before).toEqual({ valid: false, sha256: forged.sha256, recomputed_sha256: forged.sha256, recorded_sha256: forged.sha256, records });
+      // As retention deletes it (ended runs only; here the superuser, the run row and, by cascade, its checkpoints).
+      await stack.db.admin(`delete from durable_runs where id = $1`, [run.run_id]);
+      const after = await verify(tenant, forged.id);
+      expect(after.valid).toBe(false);
+      expect(after.records).toEqual({ ...records, run: 'absent' });
+    });
+  }
+
+  it('a pack for a run whose steps wrote nothing yet (its dossier, economics and approval request absent): valid false', { timeout: LONG }, async () => {
+    const tenant = newTenant();
+    const done = await runUntil(tenant, CLASS_A_SUBMISSION, ['completed']);
+    const content = await contentFromRecords(done.run_id);
+    // A pending run of the same tenant, written as the API writes one (the superuser here: setup only).
+    const pendingId = randomUUID();
+    await stack.db.admin(
+      `insert into durable_runs (id, tenant_id, workflow, workflow_version, idempotency_hash, status, principal, input, correlation_id, step_count, created_at, updated_at)
+       values ($1, $2, 'golden-path', 1, $3, 'pending', 'submitter-1', $4::jsonb, 'c-pending', 4, date_trunc('milliseconds', now()), now())`,
+      [pendingId, tenant, randomUUID().replaceAll('-', ''), JSON.stringify(content.submission)],
+    );
+    const created = (await stack.db.admin(`select created_at from durable_runs where id = $1`, [pendingId])).rows[0].created_at as Date;
+    const forged = await insertAsApp(tenant, pendingId, { ...content, run: { ...content.run, id: pendingId, correlation_id: 'c-pending', submitted_at: created.toISOString() } });
+    expect(await verify(tenant, forged.id)).toMatchObject({ valid: false, records: { run: 'match', partner_dossier: 'absent', economics_model: 'absent', approval: 'absent' } });
+  });
+});
+
+describe("a run's dossier and economics model", () => {
+  // What /verify compares a pack with must not be what the forger can rewrite: the application role may
+  // insert a run's dossier and economics model (its steps do), never change or delete them, so a pack
+  // forged for a run past its second step cannot be made to agree with them.
+  it.each([
+    [`update partner_dossiers set content = jsonb_set(content, '{facts,completeness_score}', '0.99') where run_id = $1`],
+    [`update economics_models set content = jsonb_set(content, '{cost}', '20000') where run_id = $1`],
+    [`delete from partner_dossiers where run_id = $1`],
+    [`delete from economics_models where run_id = $1`],
+  ])('the application role cannot: %s', { timeout: LONG }, async (sql) => {
+    const tenant = newTenant();
+    const run = await runUntil(tenant, SAMPLE_SUBMISSION, ['waiting']);
+    const c = new pg.Client({ connectionString: stack.db.appUrl });
+    await c.connect();
+    try {
+      await c.query('begin');
+      await c.query(`select set_config('app.tenant_id', $1, true)`, [tenant]);
+      await expect(c.query(sql, [run.run_id])).rejects.toMatchObject({ code: '42501' });
+    } finally {
+      await c.query('rollback').catch(() => {});
+      await c.end();
+    }
+  });
+});
+
+describe('a genuine evidence pack', () => {
+  it('of a class A run (approved by policy): valid, every record matching; after run retention, valid with the run absent', { timeout: LONG }, async () => {
+    const tenant = newTenant();
+    const done = await runUntil(tenant, CLASS_A_SUBMISSION, ['completed']);
+    const { evidence_pack_id: id, sha256 } = done.steps[3].output;
+    expect(await verify(tenant, id)).toEqual({ valid: true, sha256, recomputed_sha256: sha256, recorded_sha256: sha256, records: ALL_MATCH });
+    await stack.db.admin(`delete from durable_runs where id = $1`, [done.run_id]);
+    expect(await verify(tenant, id)).toEqual({ valid: true, sha256, recomputed_sha256: sha256, recorded_sha256: sha256, records: { ...ALL_MATCH, run: 'absent' } });
+  });
+
+  it('of a class B run approved by a human, of one rejected, and of a class C run approved by two: valid, every record matching (decisions stamped by the database)', { timeout: LONG }, async () => {
+    const tenant = newTenant();
+    const approvers = [await stack.token({ tenantId: tenant, sub: 'approver-1', roles: ['approver'] }), await stack.token({ tenantId: tenant, sub: 'approver-2', roles: ['approver'] })];
+    const cases = [
+      [SAMPLE_SUBMISSION, 'approve', 1],
+      [SAMPLE_SUBMISSION, 'reject', 1],
+      [CLASS_C_SUBMISSION, 'approve', 2],
+    ] as const;
+    for (const [submission, decision, deciders] of cases) {
+      const waiting = await runUntil(tenant, submission, ['waiting']);
+      const approvalId = waiting.steps[2].output.approval_request_id as string;
+      for (const approver of approvers.slice(0, deciders)) {
+        const res = await api(stack, 'POST', `/api/v1/approvals/${approvalId}/decision`, { token: approver, body: { decision, comment: `${decision}d "as seen"` }, headers: { 'Idempotency-Key': randomUUID() } });
+        expect(res.status, res.text).toBe(200);
+      }
+      const token = await stack.token({ tenantId: tenant, sub: 'submitter-1' });
+      const done = await waitFor(
+        async () => {
+          const r = await api(stack, 'GET', `/api/v1/golden-path/runs/${waiting.run_id}`, { token });
+          return ['completed', 'rejected'].includes(r.json?.status) ? r.json : undefined;
+        },
+        { timeoutMs: 60_000, intervalMs: 50, what: 'the run to end' },
+      );
+      const { evidence_pack_id: id, sha256 } = done.steps[3].output;
+      expect(await verify(tenant, id), decision).toEqual({ valid: true, sha256, recomputed_sha256: sha256, recorded_sha256: sha256, records: ALL_MATCH });
+    }
+  });
+});
