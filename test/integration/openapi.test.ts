@@ -610,7 +610,7 @@ describe('the published schemas hold for real responses of every route', () => {
         timestamp: '2026-12-03T11:00:00.000Z',
         data: { approval_request_id: randomUUID(), run_id: randomUUID(), workflow: 'golden-path', correlation_id: 'c-2', decision: 'approve', approver: 'approver-1', status: 'pending', approvals: 1, required_approvals: 2, decided_at: '2026-12-03T11:00:00.000Z' },
       },
-      { type: 'webhook_endpoint.disabled', timestamp: '2026-12-03T10:00:00.000Z', data: { endpoint_id: randomUUID(), url: 'https://93.184.215.16/hook', reason: 'failing', failing_since: '2026-11-28T10:00:00.000Z', disabled_at: '2026-12-03T10:00:00.000Z' } },
+      { type: 'webhook_endpoint.disabled', timestamp: '2026-12-03T10:00:00.000Z', data: { endpoint_id: randomUUID(), url: 'https://93.184.215.16', reason: 'failing', failing_since: '2026-11-28T10:00:00.000Z', disabled_at: '2026-12-03T10:00:00.000Z' } },
     ];
     for (const p of payloads) {
       await stack.db.admin(

@@ -79,7 +79,7 @@ describe('webhook endpoints that keep failing are disabled; the tenant re-enable
 
     // The other endpoint is told, signed with its own secret; the dead one gets nothing of it.
     const told = await waitFor(() => receiver.verified('/watch', watch.json.secret).find((m) => m.type === 'webhook_endpoint.disabled'), { timeoutMs: 30_000, what: 'webhook_endpoint.disabled at /watch' });
-    expect(told.data).toEqual({ endpoint_id: t.endpoint.id, url: `${receiver.base}/dead`, reason: 'failing', failing_since: disabled.failing_since, disabled_at: disabled.disabled_at });
+    expect(told.data).toEqual({ endpoint_id: t.endpoint.id, url: new URL(receiver.base).origin, reason: 'failing', failing_since: disabled.failing_since, disabled_at: disabled.disabled_at });
     expect(receiver.received.filter((r) => r.path === '/dead' && r.body.includes('webhook_endpoint.disabled'))).toHaveLength(0);
     expect((await deliveries(t.admin, t.endpoint.id)).map((d) => d.event_type)).toEqual(['run.completed']);
 
@@ -98,21 +98,27 @@ describe('webhook endpoints that keep failing are disabled; the tenant re-enable
     expect((await deliveries(t.admin, t.endpoint.id)).find((d) => d.id === given!.id)).toMatchObject({ status: 'failed' });
   });
 
-  it("webhook_endpoint.disabled names the disabled endpoint's URL without its query: a token in it is not handed to the tenant's other receivers", async () => {
-    // Receivers put their credential in the URL (`?token=…`, as Zapier-, Pipedream- and Slack-style hooks do), and the
-    // tenant's other endpoints are other parties. The event carried the URL whole: the watching receiver got the token.
-    const token = `tok-${randomUUID()}`;
-    receiver.plan(`/leaky?token=${token}`, [...ALWAYS_500]);
-    const t = await tenantWithEndpoint(stack, receiver, `/leaky?token=${token}`, ['run.completed']);
+  it("webhook_endpoint.disabled names the disabled endpoint by its origin only: a token in its path or query is not handed to the tenant's other receivers", async () => {
+    // Receivers put their credential in the URL: in the query (`?token=…`, Zapier- and Pipedream-style hooks) or in
+    // the path (Slack's /services/T…/B…/<secret>, Discord's /api/webhooks/<id>/<token>); the tenant's other endpoints
+    // are other parties. The event carried the URL whole, then without its query only: the watching receiver still got
+    // the path's token. Now the origin, as the log lines name an endpoint (webhook_endpoint_url_changed, _deleted).
+    const pathToken = `ptok-${randomUUID()}`;
+    const queryToken = `qtok-${randomUUID()}`;
+    const path = `/leaky/services/T0/B0/${pathToken}?token=${queryToken}#frag`;
+    receiver.plan(path.split('#')[0]!, [...ALWAYS_500]);
+    const t = await tenantWithEndpoint(stack, receiver, path, ['run.completed']);
     const watch = await createEndpoint(stack, t.admin, { url: `${receiver.base}/watch-leaky`, events: ['webhook_endpoint.disabled'] });
     expect(watch.status, watch.text).toBe(201);
     const runId = await submit(stack, t.admin, CLASS_A_SUBMISSION);
     await waitRun(stack, t.admin, runId, ['completed']);
     const told = await waitFor(() => receiver.verified('/watch-leaky', watch.json.secret).find((m) => m.type === 'webhook_endpoint.disabled'), { timeoutMs: 30_000, what: 'webhook_endpoint.disabled at /watch-leaky' });
-    expect(told.data).toMatchObject({ endpoint_id: t.endpoint.id, url: `${receiver.base}/leaky` });
-    expect(receiver.received.filter((r) => r.path === '/watch-leaky').map((r) => r.body).join('')).not.toContain(token);
+    expect(told.data).toMatchObject({ endpoint_id: t.endpoint.id, url: new URL(receiver.base).origin });
+    const toWatcher = receiver.received.filter((r) => r.path === '/watch-leaky').map((r) => r.body).join('');
+    expect(toWatcher).not.toContain(queryToken);
+    expect(toWatcher).not.toContain(pathToken);
     // The tenant's admin still reads the whole URL on the endpoint itself.
-    expect((await endpoint(t.admin, t.endpoint.id)).url).toBe(`${receiver.base}/leaky?token=${token}`);
+    expect((await endpoint(t.admin, t.endpoint.id)).url).toBe(`${receiver.base}${path}`);
   });
 
   it('a 2xx in between starts the count again: failures more than WEBHOOK_DISABLE_AFTER apart, with a success between them, do not disable', async () => {

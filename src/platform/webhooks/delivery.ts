@@ -9,7 +9,7 @@ import { deliveryJobId } from '../queue/job-ids.ts';
 import { ISO_NOW, isoTimeSql, OUTBOX_IDS, outboxCte } from './outbox.ts';
 import { postWebhook, type AttemptOutcome } from './send.ts';
 import { endAttemptSpan, startAttemptSpan } from './delivery-trace.ts';
-import type { UrlPolicy } from './ssrf.ts';
+import { urlOrigin, type UrlPolicy } from './ssrf.ts';
 import { WEBHOOK_TEST_EVENT } from './webhook.entities.ts';
 import { parseSlotMember, slotMember, slotParking, type ParkedJobData, type TenantSlots } from '../durable/tenant-slots.ts';
 import { recallWaiting, type EndpointRates } from './rate-limit.ts';
@@ -133,15 +133,16 @@ const DISABLES = `(not c.ok and coalesce(e.failing_since <= c.cutoff, false))`;
 
 /**
  * The event a disabling emits (from `ep`, the endpoint as the record's update returned it), for the tenant's other endpoints.
- * Its `url` stops before the query (and fragment): receivers carry their credential there (`?token=…`), and the tenant's
- * other endpoints are other parties — the event handed it to each of them. Scheme, host, port and path name the
- * endpoint, as the attempt span's url.full does (delivery-trace.ts); the admin reads the whole URL on the endpoint.
- * chr(63) is '?': a literal one in this statement would be taken for a parameter's placeholder.
+ * Its `url` is the endpoint's origin (`c.origin`: scheme, host and port, from urlOrigin), never its path or query:
+ * receivers carry their credential there (`?token=…`, Slack's `/services/T…/B…/<secret>`, Discord's
+ * `/api/webhooks/<id>/<token>`), and the tenant's other endpoints are other parties — the event handed it to each
+ * of them, the path's after the query was cut. The log lines name an endpoint so too; `endpoint_id` says which
+ * one, and the admin reads the whole URL on the endpoint.
  */
 const ENDPOINT_DISABLED_EVENTS = `select ep.tenant_id, 'webhook_endpoint.disabled' as type,
-         jsonb_build_object('endpoint_id', ep.id, 'url', split_part(split_part(ep.url, '#', 1), chr(63), 1), 'reason', ep.disabled_reason,
+         jsonb_build_object('endpoint_id', ep.id, 'url', c.origin, 'reason', ep.disabled_reason,
                             'failing_since', ${isoTimeSql('ep.failing_since')}, 'disabled_at', ${isoTimeSql('ep.disabled_at')}) as data
-         from ep where not ep.enabled`;
+         from ep, c where not ep.enabled`;
 
 /**
  * Records one attempt (the conditional update of the delivery: a duplicate execution finds it moved
@@ -165,7 +166,7 @@ const ENDPOINT_DISABLED_EVENTS = `select ep.tenant_id, 'webhook_endpoint.disable
  * delivery records it all the same (the row's URL is compared as locked, so a move committed meanwhile is seen).
  */
 const RECORD_ATTEMPT = `with c as (
-    select ?::boolean as posted, ?::boolean as ok, now() - ?::float8 * interval '1 millisecond' as cutoff
+    select ?::boolean as posted, ?::boolean as ok, now() - ?::float8 * interval '1 millisecond' as cutoff, ?::text as origin
   ), x as (
     select e.tenant_id, e.id, ${DISABLES} as disables
       from webhook_endpoints e, c
@@ -412,7 +413,7 @@ export function webhookHandlers(deps: {
       const recorded = await em
         .transactional((tx) =>
           tx.execute<RecordedAttempt[]>(RECORD_ATTEMPT, [
-            row.enabled, outcome.ok, disableAfterMs > 0 ? disableAfterMs : null, data.tenant_id, row.endpoint_id, row.url, planned,
+            row.enabled, outcome.ok, disableAfterMs > 0 ? disableAfterMs : null, urlOrigin(row.url), data.tenant_id, row.endpoint_id, row.url, planned,
             attempt, outcome.statusCode, outcome.error, outcome.statusCode, outcome.error, outcome.durationMs, delayMs, data.tenant_id, row.id, row.attempts,
           ]),
         )

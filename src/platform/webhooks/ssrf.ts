@@ -65,6 +65,19 @@ export function urlRefusal(raw: string, policy: UrlPolicy): string | undefined {
   return undefined;
 }
 
+/**
+ * A URL's scheme, host and port (`https://hooks.example.com`, `http://[::1]:8080`), where it names an endpoint to
+ * someone who may not hold it — a log line, the `webhook_endpoint.disabled` event the tenant's other receivers get:
+ * never its path or query, which may carry a receiver's token (`?token=…`, Slack's `/services/T…/B…/<secret>`).
+ */
+export const urlOrigin = (url: string): string | null => {
+  try {
+    return new URL(url).origin;
+  } catch {
+    return null;
+  }
+};
+
 /** The URL's host as `lookup` and `isIP` take it (IPv6 literals without brackets). */
 export const hostOf = (url: URL): string => url.hostname.replace(/^\[(.*)\]$/, '$1');
 

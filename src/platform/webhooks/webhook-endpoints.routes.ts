@@ -10,7 +10,7 @@ import { ADMIN_ROLE } from '../tenancy/roles.ts';
 import type { Queue } from 'bullmq';
 import { DELIVERY_EVENT_TYPES, DELIVERY_STATUSES, DISABLED_REASONS, WEBHOOK_EVENT_TYPES, WEBHOOK_RATE_LIMIT_MAX, WEBHOOK_RATE_LIMIT_MIN } from './webhook.entities.ts';
 import { recallWaiting, type EndpointRates } from './rate-limit.ts';
-import { resolvedRefusal, type UrlPolicy } from './ssrf.ts';
+import { resolvedRefusal, urlOrigin, type UrlPolicy } from './ssrf.ts';
 import { webhookPayload } from './webhook-events.ts';
 import { deliveriesLockKey } from './retention.ts';
 
@@ -199,15 +199,6 @@ interface UrlCheck {
   checked: boolean;
   refusal?: string | undefined;
 }
-
-/** A URL's scheme, host and port, for a log line: never its path or query, which may carry a receiver's token. */
-const urlOrigin = (url: string) => {
-  try {
-    return new URL(url).origin;
-  } catch {
-    return null;
-  }
-};
 
 /** The key of the per-tenant advisory lock below (`pg_advisory_xact_lock(hashtextextended(key, 0))`); exported for the test that holds it. */
 export const enabledEndpointsLockKey = (tenantId: string) => `dealix:webhook_endpoints:${tenantId}`;

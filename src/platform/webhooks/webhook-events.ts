@@ -55,7 +55,7 @@ export const approvalDecidedData = z
 export const endpointDisabledData = z
   .strictObject({
     endpoint_id: z.string().uuid(),
-    url: z.string().describe("The disabled endpoint's URL without its query or fragment (where a receiver's token often is): GET …/webhook-endpoints/:endpoint_id has it whole"),
+    url: z.string().describe("The disabled endpoint's origin (scheme, host, port), never its path or query, where a receiver's token often is: GET …/webhook-endpoints/:endpoint_id has it whole"),
     reason: z.enum(['failing']).describe('Why: its deliveries failed for WEBHOOK_DISABLE_AFTER with no 2xx'),
     failing_since: isoTime.describe('Its first failed attempt since its last 2xx'),
     disabled_at: isoTime,
