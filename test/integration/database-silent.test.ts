@@ -9,7 +9,7 @@
  */
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { newTenant, startStack, type TestStack } from '../helpers/stack.ts';
-import { waitFor, within } from '../helpers/poll.ts';
+import { failureWithin, waitFor, within } from '../helpers/poll.ts';
 import pg from 'pg';
 import { CoalescingClient, DEFER_UNTIL_NEXT, NoAnswerError } from '../../src/platform/db/coalescing-client.ts';
 import { pausableProxy } from '../helpers/held-proxy.ts';
@@ -44,15 +44,7 @@ async function silenceable(url: string) {
 }
 
 /** What `query` fails with (undefined if it succeeds), within 20 s: a bound of a few seconds is expected, one summed over many statements or messages is not. */
-const failureWithin20s = (query: Promise<unknown>, what: string): Promise<unknown> =>
-  within(
-    query.then(
-      () => undefined,
-      (e: unknown) => e,
-    ),
-    what,
-    20_000,
-  );
+const failureWithin20s = (query: Promise<unknown>, what: string): Promise<unknown> => failureWithin(query, what, 20_000);
 
 describe('a PostgreSQL that stops answering without closing the connection', () => {
   let stack: TestStack;

@@ -8,6 +8,7 @@ import { BindingPostgreSqlDriver } from './binding-driver.ts';
 import { routines } from './routines.ts';
 import { Migrator } from './migrator.ts';
 import { pgSsl } from './pg-ssl.ts';
+import { CONNECTION_BOUNDS } from './connection-bounds.ts';
 
 export const MIGRATIONS_PATH = fileURLToPath(new URL('../../../migrations', import.meta.url));
 
@@ -63,10 +64,8 @@ export function ormConfig(config: Config, opts: OrmOptions): Options {
       // while a statement awaits its answer drops the connection (a server gone silent, whose own
       // statement_timeout never fires; docs/reliability.md). Off when either is 0.
       answerBound: { statementMs: config.DATABASE_STATEMENT_TIMEOUT, marginMs: config.DATABASE_ANSWER_MARGIN },
-      // TCP keepalive: an idle pooled connection to a peer that is gone is found by the kernel and closed.
-      keepAlive: true,
-      keepAliveInitialDelayMillis: 10_000,
-      connectionTimeoutMillis: 5_000,
+      // Connecting bounded; TCP keepalive: an idle pooled connection to a peer that is gone is found by the kernel and closed.
+      ...CONNECTION_BOUNDS,
       ssl,
       ...(sslnegotiation ? { sslnegotiation } : {}),
     },

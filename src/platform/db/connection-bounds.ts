@@ -1,0 +1,22 @@
+/**
+ * How long any PostgreSQL connection of the platform waits for the server before it gives up, where
+ * the wait has a bound at all (docs/reliability.md, "A PostgreSQL that stops answering"). A server
+ * can stop answering without closing the connection (a host gone, a partition, a failover that
+ * leaves the old address silent): nothing then ends a wait but the client's own bound or the kernel.
+ *
+ * - Connecting: 5 s for the TCP connection, TLS and the startup exchange (pg's
+ *   `connectionTimeoutMillis`, which destroys the socket): a server that accepts and never answers
+ *   otherwise leaves `connect()` waiting for ever.
+ * - TCP keepalive, first probe after 10 s idle: the kernel closes a connection whose peer is gone
+ *   (probes unacknowledged; after about 11 minutes with Linux's default interval and count), even one
+ *   waiting for an answer no client-side bound can limit (a concurrent index build). It cannot tell a
+ *   server that is there but silent (its kernel acknowledges the probes).
+ *
+ * The pool's statements have their own answer bound (coalescing-client.ts); a plain pg.Client of its
+ * own states what bounds its statements where it is made.
+ */
+export const CONNECTION_BOUNDS = {
+  connectionTimeoutMillis: 5_000,
+  keepAlive: true,
+  keepAliveInitialDelayMillis: 10_000,
+} as const;
