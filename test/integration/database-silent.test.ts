@@ -175,4 +175,15 @@ describe('a PostgreSQL that stops answering without closing the connection', () 
       await client.end().catch(() => {});
     }
   });
+
+  it("ending a connection whose server went silent is done after the margin: pg's end waited for the server to close it, for ever (a pool's close at shutdown, db:migrate's at its end)", { timeout: LONG }, async () => {
+    const { proxy, client, close } = await silenceable(stack.env.DATABASE_URL!);
+    try {
+      expect((await client.query('select 1 as n')).rows).toEqual([{ n: 1 }]);
+      proxy.pause();
+      expect(await failureWithin20s(client.end(), 'the end of the silent connection')).toBeUndefined();
+    } finally {
+      await close();
+    }
+  });
 });

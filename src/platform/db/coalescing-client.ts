@@ -3,6 +3,7 @@ import pg from 'pg';
 import { PreparedNames, StatementBatch, completedBefore, inlineStatement, type Statement } from './statement-batch.ts';
 import { groupCommitFor, type GroupCommit, type GroupCommitRef } from './group-commit.ts';
 import { DEFER_UNTIL_NEXT, LAST_IN_TRANSACTION } from './markers.ts';
+import { endWithin } from './connection-bounds.ts';
 
 /**
  * A `pg` client that sends fewer round trips without changing what a transaction does.
@@ -178,6 +179,17 @@ export class CoalescingClient extends pg.Client {
     });
   }
 
+  /**
+   * pg's end, done within the margin when the pool bounds answers (endWithin): a pool's close — a
+   * process's shutdown, `db:migrate`'s and `db:check`'s end — otherwise waited for ever for each idle
+   * connection to a server gone silent.
+   */
+  // pg's two forms (a promise, or a callback) are kept; only the promise form is bounded.
+  override end(callback?: any): any {
+    if (callback !== undefined || !this.#answer) return super.end(callback);
+    return endWithin(this, () => super.end(), this.#answer.marginMs);
+  }
+
   /** Statements held back on this connection, with their values written in (for tests). */
   get pendingStatements(): readonly string[] {
     return this.#pending.map(inlineStatement);
@@ -300,8 +312,10 @@ export class CoalescingClient extends pg.Client {
   }
 
   /**
-   * `sent` (the answer to `statements`), failed with {@link NoAnswerError} once PostgreSQL has sent
-   * this connection nothing for longer than it may while the message is unanswered. PostgreSQL runs a
+   * `sent` (the answer to a message), failed with {@link NoAnswerError} once PostgreSQL has sent
+   * this connection nothing for longer than it may while the message is unanswered: statement_timeout
+   * for each of `silentStatements` (the statements that may wait between two answers it sends) plus
+   * the margin. PostgreSQL runs a
    * message's statements one after the other and ends each within its statement_timeout (per
    * statement, in both protocols, since PostgreSQL 13), so a server that is there answers a statement
    * that may wait (not `begin` nor a session setting: a lock, a deferred constraint at commit) within

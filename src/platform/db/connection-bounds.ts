@@ -1,3 +1,5 @@
+import type pg from 'pg';
+
 /**
  * How long any PostgreSQL connection of the platform waits for the server before it gives up, where
  * the wait has a bound at all (docs/reliability.md, "A PostgreSQL that stops answering"). A server
@@ -20,3 +22,20 @@ export const CONNECTION_BOUNDS = {
   keepAlive: true,
   keepAliveInitialDelayMillis: 10_000,
 } as const;
+
+/**
+ * `end()` (pg's, passed in: a subclass's own calls its super's), bounded: pg sends Terminate and waits
+ * for the server to close the connection — for ever on a server gone silent (seen: a pooled
+ * connection's end, through a proxy that stopped forwarding, not done after 20 s). Past `ms` the
+ * socket is destroyed, which ends the client at once; the server, if it is still there, ends the
+ * session when it sees the connection gone, as after any client that vanished.
+ */
+export async function endWithin(client: pg.Client, end: () => Promise<void>, ms: number): Promise<void> {
+  const timer = setTimeout(() => (client as unknown as { connection: { stream: { destroy(): void } } }).connection.stream.destroy(), ms);
+  timer.unref();
+  try {
+    await end();
+  } finally {
+    clearTimeout(timer);
+  }
+}

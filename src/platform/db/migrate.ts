@@ -5,7 +5,7 @@ import type { Config } from '../config/config.ts';
 import { describePgUrl } from '../config/config.ts';
 import { createOrm, type MikroORM } from './orm.ts';
 import { pgClientConfig } from './pg-ssl.ts';
-import { CONNECTION_BOUNDS } from './connection-bounds.ts';
+import { CONNECTION_BOUNDS, endWithin } from './connection-bounds.ts';
 import { grantRuntimePrivileges } from './roles.ts';
 import { isTenantOwned } from './tenant-owned.ts';
 
@@ -34,7 +34,7 @@ export async function migrate(config: Config, entities: EntitySchema<any, any>[]
     return applied.map((m) => m.name);
   } finally {
     await orm.close(true);
-    await lock.end();
+    await endLock(lock, config);
   }
 }
 
@@ -55,10 +55,11 @@ const MIGRATE_LOCK = 'dealix:db-migrate';
  * DATABASE_STATEMENT_TIMEOUT + DATABASE_ANSWER_MARGIN, the pool's answer bound for one statement
  * (coalescing-client.ts; off when either is 0). A server gone silent while this one waits for another's
  * migrations otherwise left the release phase polling for ever (test/integration/migrate-silent.test.ts);
- * it fails now, and the release can be retried. Once the lock is held the session only sends its end.
+ * it fails now, and the release can be retried. Once the lock is held the session only sends its end,
+ * which is bounded too (endLock).
  */
-async function lockMigrations(url: string, config: Pick<Config, 'DATABASE_STATEMENT_TIMEOUT' | 'DATABASE_ANSWER_MARGIN'>): Promise<pg.Client> {
-  const answerMs = config.DATABASE_STATEMENT_TIMEOUT > 0 && config.DATABASE_ANSWER_MARGIN > 0 ? config.DATABASE_STATEMENT_TIMEOUT + config.DATABASE_ANSWER_MARGIN : 0;
+async function lockMigrations(url: string, config: AnswerConfig): Promise<pg.Client> {
+  const answerMs = lockAnswerMs(config);
   const lock = new pg.Client({ ...pgClientConfig(url), ...CONNECTION_BOUNDS, ...(answerMs > 0 ? { query_timeout: answerMs } : {}) });
   // The connection lost while the migrations run: the lock goes with it, the migrations go on. Without
   // a listener pg's 'error' event would end the process.
@@ -69,9 +70,21 @@ async function lockMigrations(url: string, config: Pick<Config, 'DATABASE_STATEM
     while (!(await tryLock())) await sleep(500);
     return lock;
   } catch (e) {
-    await lock.end();
+    await endLock(lock, config);
     throw e;
   }
+}
+
+type AnswerConfig = Pick<Config, 'DATABASE_STATEMENT_TIMEOUT' | 'DATABASE_ANSWER_MARGIN'>;
+
+/** The lock session's bound on each answer: the pool's for one statement (0: none, as the pool's). */
+const lockAnswerMs = (config: AnswerConfig): number =>
+  config.DATABASE_STATEMENT_TIMEOUT > 0 && config.DATABASE_ANSWER_MARGIN > 0 ? config.DATABASE_STATEMENT_TIMEOUT + config.DATABASE_ANSWER_MARGIN : 0;
+
+/** Ends the lock session (releasing the lock), within its answer bound: pg's end waits for ever on a server gone silent (connection-bounds.ts). */
+async function endLock(lock: pg.Client, config: AnswerConfig): Promise<void> {
+  const ms = lockAnswerMs(config);
+  await (ms > 0 ? endWithin(lock, () => lock.end(), ms) : lock.end());
 }
 
 /**
