@@ -186,4 +186,27 @@ describe('a PostgreSQL that stops answering without closing the connection', () 
       await close();
     }
   });
+
+  it("a pool's close ends its idle connections to a silent server after the margin too: pg-pool ends each with pg's callback form of end, and a socket left waiting for the server's close kept the process (db:migrate, db:check) from exiting", { timeout: LONG }, async () => {
+    const proxy = await pausableProxy(stack.env.DATABASE_URL!);
+    const throughProxy = new URL(stack.env.DATABASE_URL!);
+    throughProxy.host = new URL(proxy.url).host;
+    // The ORM's pool (orm.ts): pg's Pool with the CoalescingClient, 1 s the server's, 1 s more the client's.
+    const pool = new pg.Pool({ Client: CoalescingClient, connectionString: throughProxy.toString(), answerBound: { statementMs: 1_000, marginMs: 1_000 } } as pg.PoolConfig);
+    pool.on('error', () => {});
+    try {
+      const client = await pool.connect();
+      client.on('error', () => {});
+      const ended = new Promise<void>((resolve) => client.once('end', () => resolve()));
+      expect((await client.query('select 1 as n')).rows).toEqual([{ n: 1 }]);
+      client.release();
+      proxy.pause();
+      await pool.end();
+      // pg-pool's end does not wait for its clients' ends; the connection's socket is what is left open.
+      expect(await failureWithin20s(ended, "the pooled connection's end")).toBeUndefined();
+    } finally {
+      proxy.resume();
+      await proxy.close();
+    }
+  });
 });

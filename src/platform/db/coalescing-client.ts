@@ -181,13 +181,17 @@ export class CoalescingClient extends pg.Client {
 
   /**
    * pg's end, done within the margin when the pool bounds answers (endWithin): a pool's close — a
-   * process's shutdown, `db:migrate`'s and `db:check`'s end — otherwise waited for ever for each idle
-   * connection to a server gone silent.
+   * process's shutdown, `db:migrate`'s and `db:check`'s end — otherwise left each idle connection to
+   * a server gone silent waiting for ever for the server to close it. Both of pg's forms are bounded:
+   * pg-pool ends its clients with the callback form (its own end does not wait for them, but each
+   * socket left open kept a process that ends by running out of work, `db:migrate`, from exiting).
    */
-  // pg's two forms (a promise, or a callback) are kept; only the promise form is bounded.
+  // pg's two forms (a promise, or a callback) are kept.
   override end(callback?: any): any {
-    if (callback !== undefined || !this.#answer) return super.end(callback);
-    return endWithin(this, () => super.end(), this.#answer.marginMs);
+    if (!this.#answer) return super.end(callback);
+    const ended = endWithin(this, () => super.end(), this.#answer.marginMs);
+    if (callback === undefined) return ended;
+    void ended.then(() => callback(), (e: unknown) => callback(e));
   }
 
   /** Statements held back on this connection, with their values written in (for tests). */
