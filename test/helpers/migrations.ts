@@ -27,15 +27,22 @@ export async function migrateUpTo(config: ReturnType<typeof parseConfig>, previo
 export function migrationTestDatabase() {
   let db: TestDatabase | undefined;
   let config: ReturnType<typeof parseConfig> | undefined;
+  let env: Record<string, string> | undefined;
   beforeAll(async () => {
     db = await createTestDatabase({ empty: true });
-    config = parseConfig({ JWT_SECRET: TEST_JWT_SECRET, DATABASE_URL: db.appUrl, MIGRATION_DATABASE_URL: db.ownerUrl });
+    env = { JWT_SECRET: TEST_JWT_SECRET, DATABASE_URL: db.appUrl, MIGRATION_DATABASE_URL: db.ownerUrl };
+    config = parseConfig(env);
   });
   afterAll(async () => db?.drop());
   return {
     get config() {
       if (!config) throw new Error('the migration test database is created in beforeAll');
       return config;
+    },
+    /** The variables `config` was parsed from, for a test's own variant of it. */
+    get env() {
+      if (!env) throw new Error('the migration test database is created in beforeAll');
+      return env;
     },
     admin: async (text: string, params: unknown[] = []) => (await db!.admin(text, params)).rows,
   };

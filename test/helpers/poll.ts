@@ -45,3 +45,18 @@ export async function within<T>(promise: Promise<T>, what: string, timeoutMs = 3
     clearTimeout(timer);
   }
 }
+
+/**
+ * What `promise` fails with, or undefined if it succeeds, awaited with a deadline (within): for a
+ * test that expects a wait to end in an error (a bound of a few seconds) rather than last for ever.
+ */
+export function failureWithin(promise: Promise<unknown>, what: string, timeoutMs: number): Promise<unknown> {
+  return within(
+    promise.then(
+      () => undefined,
+      (e: unknown) => e,
+    ),
+    what,
+    timeoutMs,
+  );
+}

@@ -9,8 +9,9 @@
  */
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { newTenant, startStack, type TestStack } from '../helpers/stack.ts';
-import { waitFor, within } from '../helpers/poll.ts';
-import { CoalescingClient, NoAnswerError } from '../../src/platform/db/coalescing-client.ts';
+import { failureWithin, waitFor, within } from '../helpers/poll.ts';
+import pg from 'pg';
+import { CoalescingClient, DEFER_UNTIL_NEXT, NoAnswerError } from '../../src/platform/db/coalescing-client.ts';
 import { pausableProxy } from '../helpers/held-proxy.ts';
 import { slowWorkflow } from '../helpers/slow-workflow.ts';
 import { SLOW_STEPS, createSlowRun, entered, expectEveryStepOnce, logged, killLiveWorkers, readRun, waitEntered, waitRun } from '../helpers/recovery.ts';
@@ -19,6 +20,31 @@ const TEST_WORKER = 'test/helpers/test-worker.ts';
 const LONG = 180_000;
 /** What the worker logs when a statement's answer did not come in time (coalescing-client.ts). */
 const NO_ANSWER = 'PostgreSQL did not answer';
+
+/**
+ * A CoalescingClient to `url` through a pausable proxy: PostgreSQL's statement_timeout 1 s, the
+ * client's margin 1 s more. `close` forwards again and ends both.
+ */
+async function silenceable(url: string) {
+  const proxy = await pausableProxy(url);
+  const throughProxy = new URL(url);
+  throughProxy.host = new URL(proxy.url).host;
+  const client = new CoalescingClient({ connectionString: throughProxy.toString(), statement_timeout: 1_000, answerBound: { statementMs: 1_000, marginMs: 1_000 } });
+  client.on('error', () => {});
+  const close = async () => {
+    proxy.resume();
+    await client.end().catch(() => {});
+    await proxy.close();
+  };
+  await client.connect().catch(async (e: unknown) => {
+    await close();
+    throw e;
+  });
+  return { proxy, client, close };
+}
+
+/** What `query` fails with (undefined if it succeeds), within 20 s: a bound of a few seconds is expected, one summed over many statements or messages is not. */
+const failureWithin20s = (query: Promise<unknown>, what: string): Promise<unknown> => failureWithin(query, what, 20_000);
 
 describe('a PostgreSQL that stops answering without closing the connection', () => {
   let stack: TestStack;
@@ -74,31 +100,112 @@ describe('a PostgreSQL that stops answering without closing the connection', () 
   });
 
   it('the bound is per message, counted from now when nothing is unanswered: a busy connection that went silent is dropped after one bound, not one per message it sent before', { timeout: LONG }, async () => {
-    const proxy = await pausableProxy(stack.env.DATABASE_URL!);
-    const throughProxy = new URL(stack.env.DATABASE_URL!);
-    throughProxy.host = new URL(proxy.url).host;
     // 1 s the server's, 1 s more the client's: a bound of 2 s per message of one statement.
-    const client = new CoalescingClient({ connectionString: throughProxy.toString(), answerBound: { statementMs: 1_000, marginMs: 1_000 } });
-    client.on('error', () => {});
-    await client.connect();
+    const { proxy, client, close } = await silenceable(stack.env.DATABASE_URL!);
     try {
       // 40 messages, each answered long before its bound.
       for (let i = 0; i < 40; i++) expect((await client.query('select $1::int as n', [i])).rows[0].n).toBe(i);
       proxy.pause();
       // Counted from the previous bound even once answered, the 41st message's bound lay 40 bounds
       // (80 s) out, past this deadline; counted from now it fails after 2 s.
-      const failed = await within(
-        client.query('select 1').then(
-          () => undefined,
-          (e: unknown) => e,
-        ),
-        "the silent connection's message to fail with its bound",
-        20_000,
-      );
+      const failed = await failureWithin20s(client.query('select 1'), "the silent connection's message to fail with its bound");
       expect(failed).toBeInstanceOf(NoAnswerError);
     } finally {
-      proxy.resume();
+      await close();
+    }
+  });
+  it("a long message that went silent is dropped one statement's bound after its last answer, not one bound per statement in it (a group commit's message carries dozens)", { timeout: LONG }, async () => {
+    // 1 s the server's per statement, 1 s more the client's.
+    const { proxy, client, close } = await silenceable(stack.env.DATABASE_URL!);
+    try {
+      // One message of 40 statements that may wait (what a grouped commit of a dozen steps sends:
+      // group-commit.ts), held back and sent with the last: `begin`, 39 held ones, the last.
+      await client.query('begin');
+      for (let i = 0; i < 39; i++) await client.query(`${DEFER_UNTIL_NEXT}select $1::int as n`, [i]);
+      expect(client.pendingStatements).toHaveLength(40);
+      proxy.pause();
+      // Summed per statement, the bound was 40 s + 1 s, past this deadline; PostgreSQL runs a
+      // message's statements one after the other, each within its statement_timeout of the one
+      // before, so silence for one statement's bound (2 s) is enough to know it is gone.
+      const failed = await failureWithin20s(client.query('select 39 as n'), "the silent connection's long message to fail with its bound");
+      expect(failed).toBeInstanceOf(NoAnswerError);
+      expect((failed as Error).message).toContain('within 2000 ms');
+    } finally {
+      await close();
+    }
+  });
+
+  it('a long message whose statements each wait, but each within its statement_timeout, is never cut: the bound restarts at each answer', { timeout: LONG }, async () => {
+    // The server's statement_timeout 4 s, the client's margin 1 s: silent for 5 s is too long. The message
+    // below waits in 5 statements, each on an advisory lock the test holds for 1.5 s of that statement's
+    // wait (pg_locks.waitstart, read by the server's clock): 7.5 s or more in all, each far within 4 s.
+    const LOCKS = [1, 2, 3, 4, 5].map((k) => 7_700_000 + k);
+    const holder = new pg.Client({ connectionString: stack.env.DATABASE_URL! });
+    const client = new CoalescingClient({ connectionString: stack.env.DATABASE_URL!, statement_timeout: 4_000, answerBound: { statementMs: 4_000, marginMs: 1_000 } });
+    client.on('error', () => {});
+    await holder.connect();
+    await client.connect();
+    try {
+      for (const k of LOCKS) await holder.query('select pg_advisory_lock($1)', [k]);
+      await client.query('begin');
+      for (const k of LOCKS.slice(0, -1)) await client.query(`${DEFER_UNTIL_NEXT}select pg_advisory_xact_lock($1)`, [k]);
+      const sent = client.query('select pg_advisory_xact_lock($1) as last', [LOCKS.at(-1)]).then(
+        (r: pg.QueryResult) => r,
+        (e: unknown) => e,
+      );
+      for (const k of LOCKS) {
+        await waitFor(
+          async () =>
+            (
+              await holder.query(
+                `select 1 from pg_locks where locktype = 'advisory' and not granted and objid = $1 and clock_timestamp() - waitstart >= interval '1500 ms'`,
+                [k],
+              )
+            ).rowCount === 1,
+          { timeoutMs: 30_000, what: `the message to have waited 1.5 s for lock ${k}` },
+        );
+        await holder.query('select pg_advisory_unlock($1)', [k]);
+      }
+      const answer = await within(sent, 'the long message to be answered', 60_000);
+      expect(answer).not.toBeInstanceOf(Error);
+      expect((answer as pg.QueryResult).rows).toEqual([{ last: '' }]);
+      await client.query('commit');
+    } finally {
+      await holder.end().catch(() => {});
       await client.end().catch(() => {});
+    }
+  });
+
+  it("ending a connection whose server went silent is done after the margin: pg's end waited for the server to close it, for ever (a pool's close at shutdown, db:migrate's at its end)", { timeout: LONG }, async () => {
+    const { proxy, client, close } = await silenceable(stack.env.DATABASE_URL!);
+    try {
+      expect((await client.query('select 1 as n')).rows).toEqual([{ n: 1 }]);
+      proxy.pause();
+      expect(await failureWithin20s(client.end(), 'the end of the silent connection')).toBeUndefined();
+    } finally {
+      await close();
+    }
+  });
+
+  it("a pool's close ends its idle connections to a silent server after the margin too: pg-pool ends each with pg's callback form of end, and a socket left waiting for the server's close kept the process (db:migrate, db:check) from exiting", { timeout: LONG }, async () => {
+    const proxy = await pausableProxy(stack.env.DATABASE_URL!);
+    const throughProxy = new URL(stack.env.DATABASE_URL!);
+    throughProxy.host = new URL(proxy.url).host;
+    // The ORM's pool (orm.ts): pg's Pool with the CoalescingClient, 1 s the server's, 1 s more the client's.
+    const pool = new pg.Pool({ Client: CoalescingClient, connectionString: throughProxy.toString(), answerBound: { statementMs: 1_000, marginMs: 1_000 } } as pg.PoolConfig);
+    pool.on('error', () => {});
+    try {
+      const client = await pool.connect();
+      client.on('error', () => {});
+      const ended = new Promise<void>((resolve) => client.once('end', () => resolve()));
+      expect((await client.query('select 1 as n')).rows).toEqual([{ n: 1 }]);
+      client.release();
+      proxy.pause();
+      await pool.end();
+      // pg-pool's end does not wait for its clients' ends; the connection's socket is what is left open.
+      expect(await failureWithin20s(ended, "the pooled connection's end")).toBeUndefined();
+    } finally {
+      proxy.resume();
       await proxy.close();
     }
   });

@@ -51,3 +51,31 @@ describe('StatementBatch.text: what a hook on pg.Client#query records (OpenTelem
     expect(serialised).toBe(1);
   });
 });
+
+describe('StatementBatch: a Flush after each statement that may wait but the last', () => {
+  it("asks PostgreSQL for each such statement's answer at once, so a client bounding the server's silence hears of each (coalescing-client.ts)", () => {
+    const wire: string[] = [];
+    const record =
+      (kind: string) =>
+      (msg?: { text?: string }) =>
+        wire.push(msg?.text ? `${kind} ${msg.text}` : kind);
+    const connection = {
+      stream: {},
+      parse: record('parse'),
+      bind: () => {},
+      describe: () => {},
+      execute: () => wire.push('execute'),
+      close: () => {},
+      flush: record('flush'),
+      sync: record('sync'),
+      sendCopyFail: () => {},
+    };
+    const statements = [{ text: 'begin' }, { text: 'select set_config($1, $2, true)', values: ['app.tenant_id', 't'] }, { text: 'select 1 as a', values: [] }, { text: 'select 2 as b', values: [] }, { text: 'commit' }];
+    new StatementBatch(statements, undefined, new PreparedNames(false), (s) => !/^(begin|select set_config)/.test(s.text)).submit(connection as never);
+    expect(wire.filter((w) => !w.startsWith('parse'))).toEqual(['execute', 'execute', 'execute', 'flush', 'execute', 'flush', 'execute', 'sync']);
+    wire.length = 0;
+    // Without the predicate (no answer bound): one answer at the Sync, as before.
+    new StatementBatch(statements, undefined, new PreparedNames(false)).submit(connection as never);
+    expect(wire.filter((w) => w === 'flush')).toEqual([]);
+  });
+});

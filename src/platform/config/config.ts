@@ -99,7 +99,7 @@ export const configSchema = z
     // Unset: the API pools 10 connections, a worker WORKER_CONCURRENCY x its workflow queues + WORKER_TIMER_CONCURRENCY + 2 (poolMaxFor).
     DATABASE_POOL_MAX: z.coerce.number().int().min(1).max(200).optional(),
     DATABASE_STATEMENT_TIMEOUT: duration('30s'),
-    // How long past DATABASE_STATEMENT_TIMEOUT (per statement of a message) a client waits for PostgreSQL's answer before it drops the connection; 0 waits for ever.
+    // How long past DATABASE_STATEMENT_TIMEOUT a client lets PostgreSQL stay silent while a statement awaits its answer before it drops the connection (coalescing-client.ts); 0 waits for ever.
     DATABASE_ANSWER_MARGIN: duration('10s', { offOrAtLeastMs: 1000, off: 'wait for ever' }),
     // Named prepared statements per connection (ADR 0004); off for a pooler that cannot keep them (PgBouncer < 1.21 in transaction mode).
     DATABASE_PREPARED_STATEMENTS: bool(true),

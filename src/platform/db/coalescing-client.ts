@@ -3,6 +3,7 @@ import pg from 'pg';
 import { PreparedNames, StatementBatch, completedBefore, inlineStatement, type Statement } from './statement-batch.ts';
 import { groupCommitFor, type GroupCommit, type GroupCommitRef } from './group-commit.ts';
 import { DEFER_UNTIL_NEXT, LAST_IN_TRANSACTION } from './markers.ts';
+import { endWithin } from './connection-bounds.ts';
 
 /**
  * A `pg` client that sends fewer round trips without changing what a transaction does.
@@ -107,7 +108,8 @@ export function isDeferrable(text: string, values?: readonly unknown[]): boolean
  * (plain data in the pool's driver options: orm.ts). PostgreSQL ends each statement itself within
  * `statementMs` (statement_timeout, DATABASE_STATEMENT_TIMEOUT), but only if it hears it: a server
  * that stops answering without closing the connection (a host gone, a partition, a failover that
- * leaves the old address silent) leaves a statement waiting on the client for ever.
+ * leaves the old address silent) leaves a statement waiting on the client for ever. The client
+ * allows the server `statementMs + marginMs` of silence between two answers (`bounded`).
  */
 export interface AnswerBound {
   /** DATABASE_STATEMENT_TIMEOUT: the server cancels any one statement after this long. */
@@ -116,14 +118,17 @@ export interface AnswerBound {
   marginMs: number;
 }
 
-/** The error a statement fails with when its answer did not come within its {@link AnswerBound} (a network timeout: transient). */
+/** The error a statement fails with when the server was silent past its {@link AnswerBound} (a network timeout: transient). */
 export class NoAnswerError extends Error {
   readonly code = 'ETIMEDOUT';
   constructor(ms: number) {
-    super(`PostgreSQL did not answer within ${ms} ms (DATABASE_STATEMENT_TIMEOUT per statement that may wait, plus DATABASE_ANSWER_MARGIN): the connection is dropped`);
+    super(`PostgreSQL did not answer within ${ms} ms (DATABASE_STATEMENT_TIMEOUT plus DATABASE_ANSWER_MARGIN, since it last sent anything while a statement awaited its answer): the connection is dropped`);
     this.name = 'NoAnswerError';
   }
 }
+
+/** A statement that may take a while to answer (a lock, a deferred constraint at commit): anything but `begin` and the session settings. */
+const mayWait = (s: Statement): boolean => !SESSION_STATEMENT.test(s.text);
 
 /** A statement that can be one of an extended-protocol batch: bound values make it one statement; without, no `;` in it. */
 const batchable = (s: Statement): boolean => s.values !== undefined || !s.text.includes(';');
@@ -145,10 +150,18 @@ export class CoalescingClient extends pg.Client {
   #lost = false;
   /** Set when the pool bounds the wait for an answer (both parts above 0). */
   readonly #answer: AnswerBound | undefined;
-  /** When the last message sent must have been answered by (epoch ms): a message queued behind it gets its own bound after that. */
-  #answerDue = 0;
-  /** Messages sent and not yet answered: only behind one of them does a message's bound start later than now. */
-  #unanswered = 0;
+  /**
+   * What each message sent and not yet answered may go without a byte from the server (ms): one
+   * statement's bound for a batch, which has the server deliver each answer as it is made; the sum
+   * over its statements for a simple-protocol message of several, answered only at its end.
+   */
+  #silences: number[] = [];
+  /** When the server last sent this connection anything (epoch ms), or a message went out on a quiet one. */
+  #heardAt = 0;
+  /** The socket whose bytes count as hearing from the server (pg replaces its socket by a TLS one after connecting). */
+  #heardOn: NodeJS.EventEmitter | undefined;
+  readonly #heard = () => (this.#heardAt = Date.now());
+  #watchdog: NodeJS.Timeout | undefined;
 
   constructor(config?: string | (pg.ClientConfig & { preparedStatements?: boolean; groupCommit?: GroupCommitRef; answerBound?: AnswerBound })) {
     super(config);
@@ -164,6 +177,21 @@ export class CoalescingClient extends pg.Client {
       const active = (this as unknown as { _activeQuery?: unknown })._activeQuery;
       if (active instanceof StatementBatch) active.parseComplete();
     });
+  }
+
+  /**
+   * pg's end, done within the margin when the pool bounds answers (endWithin): a pool's close — a
+   * process's shutdown, `db:migrate`'s and `db:check`'s end — otherwise left each idle connection to
+   * a server gone silent waiting for ever for the server to close it. Both of pg's forms are bounded:
+   * pg-pool ends its clients with the callback form (its own end does not wait for them, but each
+   * socket left open kept a process that ends by running out of work, `db:migrate`, from exiting).
+   */
+  // pg's two forms (a promise, or a callback) are kept.
+  override end(callback?: any): any {
+    if (!this.#answer) return super.end(callback);
+    const ended = endWithin(this, () => super.end(), this.#answer.marginMs);
+    if (callback === undefined) return ended;
+    void ended.then(() => callback(), (e: unknown) => callback(e));
   }
 
   /** Statements held back on this connection, with their values written in (for tests). */
@@ -273,50 +301,78 @@ export class CoalescingClient extends pg.Client {
    * statement (statement-batch.ts), else a simple-protocol message with the values written in.
    */
   private send(statements: Statement[]): Promise<pg.QueryResult | pg.QueryResult[]> {
-    return this.bounded(this.sendNow(statements), statements);
-  }
-
-  private sendNow(statements: Statement[]): Promise<pg.QueryResult | pg.QueryResult[]> {
-    if (statements.length === 1 && statements[0]!.values === undefined) return super.query(statements[0]!.text) as unknown as Promise<pg.QueryResult>;
+    if (statements.length === 1 && statements[0]!.values === undefined) return this.bounded(super.query(statements[0]!.text) as unknown as Promise<pg.QueryResult>, 1);
     if (statements.every(batchable)) {
-      const batch = new StatementBatch(statements, (this as unknown as { _types: unknown })._types, this.#prepared);
+      // With the answer bound, the server sends each answer as it is made (a Flush after each statement
+      // that may wait: statement-batch.ts), so the silence to allow is one statement's (bounded).
+      const batch = new StatementBatch(statements, (this as unknown as { _types: unknown })._types, this.#prepared, this.#answer && mayWait);
       const done = new Promise<pg.QueryResult[]>((resolve, reject) => {
         batch.callback = (err, results) => (err ? reject(err) : resolve(results!));
       });
       super.query(batch as never);
-      return done;
+      return this.bounded(done, 1);
     }
-    return super.query(statements.map(inlineStatement).join(';\n')) as unknown as Promise<pg.QueryResult | pg.QueryResult[]>;
+    return this.bounded(super.query(statements.map(inlineStatement).join(';\n')) as unknown as Promise<pg.QueryResult | pg.QueryResult[]>, statements.filter(mayWait).length);
   }
 
   /**
-   * `sent` (the answer to `statements`), failed with {@link NoAnswerError} if PostgreSQL has not
-   * answered within the bound: each statement that may wait (not `begin` nor a session setting: a lock,
-   * a deferred constraint at commit) is given the server's statement_timeout, plus the margin once,
-   * counted from when the message before it on this connection was due. Past it the socket is
-   * destroyed: pg fails every query on the client with the error, the transaction's rollback is
-   * answered here (the connection is gone), and the pool drops the client, which is no longer
-   * queryable. A message that did reach the server meanwhile may still run there, as with any
-   * connection lost after a statement was sent: its outcome is unknown to the caller, whose step
-   * retry finds its checkpoint if it committed (ADR 0004).
+   * `sent` (the answer to a message), failed with {@link NoAnswerError} once PostgreSQL has sent
+   * this connection nothing for longer than it may while the message is unanswered: statement_timeout
+   * for each of `silentStatements` (the statements that may wait between two answers it sends) plus
+   * the margin. PostgreSQL runs a
+   * message's statements one after the other and ends each within its statement_timeout (per
+   * statement, in both protocols, since PostgreSQL 13), so a server that is there answers a statement
+   * that may wait (not `begin` nor a session setting: a lock, a deferred constraint at commit) within
+   * statement_timeout of the answer before it — if it sends each answer when it is made, which a batch
+   * asks for (a Flush after each such statement but the last: statement-batch.ts; PostgreSQL otherwise
+   * keeps a message's answers until its end). So the bound is the silence allowed between two answers —
+   * the server's statement_timeout plus the margin — counted from the last bytes heard, not a sum over
+   * the message: a group commit of a dozen steps sends forty statements, and a server gone silent
+   * under it was waited for forty bounds (minutes), while one that answers each statement in turn is
+   * never cut however long the whole takes. A simple-protocol message of several statements (values
+   * written in, no Flush possible) is answered only whole: it is allowed the sum.
+   *
+   * Past the bound the socket is destroyed: pg fails every query on the client with the error, the
+   * transaction's rollback is answered here (the connection is gone), and the pool drops the client,
+   * which is no longer queryable. A message that did reach the server meanwhile may still run there,
+   * as with any connection lost after a statement was sent: its outcome is unknown to the caller,
+   * whose step retry finds its checkpoint if it committed (ADR 0004).
    */
-  private bounded<T>(sent: Promise<T>, statements: readonly Statement[]): Promise<T> {
+  private bounded<T>(sent: Promise<T>, silentStatements: number): Promise<T> {
     const bound = this.#answer;
     if (!bound) return sent;
-    const mayWait = statements.filter((s) => !SESSION_STATEMENT.test(s.text)).length;
-    const ms = Math.max(1, mayWait) * bound.statementMs + bound.marginMs;
-    const now = Date.now();
-    // Behind an unanswered message its bound starts at that one's; with none, now. (Counted from the
-    // last bound even once answered, every message sent within a bound of the one before — a busy
-    // connection's — pushed it further: after 30 quick answers the next waited 30 bounds, not one.)
-    this.#answerDue = (this.#unanswered > 0 ? Math.max(now, this.#answerDue) : now) + ms;
-    this.#unanswered++;
-    const timer = setTimeout(() => this.dropSilent(ms), this.#answerDue - now);
-    timer.unref();
+    const ms = Math.max(1, silentStatements) * bound.statementMs + bound.marginMs;
+    const stream = (this as unknown as { connection: { stream: NodeJS.EventEmitter } }).connection.stream;
+    if (this.#heardOn !== stream) {
+      this.#heardOn?.off('data', this.#heard);
+      stream.on('data', this.#heard);
+      this.#heardOn = stream;
+    }
+    // Behind an unanswered message the silence counts from what was last heard (pg sends a message
+    // once the one before it is answered, which is hearing from the server); on a quiet connection, from
+    // now. (Counted from the previous message's deadline instead, every message sent within a bound of
+    // the one before — a busy connection's — pushed it further: after 30 quick answers the next waited
+    // 30 bounds, not one.)
+    if (this.#silences.length === 0) this.#heardAt = Date.now();
+    this.#silences.push(ms);
+    this.#watchdog ??= setTimeout(() => this.watch(), ms).unref();
     return sent.finally(() => {
-      clearTimeout(timer);
-      this.#unanswered--;
+      this.#silences.splice(this.#silences.indexOf(ms), 1);
+      if (this.#silences.length === 0) {
+        clearTimeout(this.#watchdog);
+        this.#watchdog = undefined;
+      }
     });
+  }
+
+  /** The watchdog's round: drops the connection if it has been silent too long, else looks again when it would be. */
+  private watch(): void {
+    this.#watchdog = undefined;
+    if (this.#silences.length === 0) return;
+    const ms = Math.max(...this.#silences);
+    const left = this.#heardAt + ms - Date.now();
+    if (left <= 0) this.dropSilent(ms);
+    else this.#watchdog = setTimeout(() => this.watch(), left).unref();
   }
 
   /** Destroys the connection of a message PostgreSQL did not answer in time (see bounded). */

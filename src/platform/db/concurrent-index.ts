@@ -1,6 +1,7 @@
 import pg from 'pg';
 import { Migration } from '@mikro-orm/migrations';
 import { pgClientConfig } from './pg-ssl.ts';
+import { CONNECTION_BOUNDS } from './connection-bounds.ts';
 
 /** A b-tree index: `columns` as pg_get_indexdef prints them (`tenant_id, created_at, id`). */
 export interface IndexSpec {
@@ -31,9 +32,15 @@ export interface IndexSpec {
  * One connection of its own, without `DATABASE_STATEMENT_TIMEOUT` (30 s, set on the ORM's pooled
  * connections): a build on a large table takes longer, and a cancelled build is only the INVALID
  * leftover above. Its waits hold up nobody.
+ *
+ * Its connecting is bounded (connection-bounds.ts), its statements are not: a build sends nothing
+ * until it is done, hours on a large table, so no bound on the server's silence could tell it from a
+ * server gone silent. TCP keepalive (connection-bounds.ts) ends the wait when the server's host is
+ * gone (its probes unanswered); a server there but silent holds the migration until an operator
+ * stops it, and re-running it finishes the job (above).
  */
 export async function replaceIndexConcurrently(url: string, build: IndexSpec | readonly IndexSpec[], drop?: string | readonly string[]): Promise<void> {
-  const db = new pg.Client(pgClientConfig(url));
+  const db = new pg.Client({ ...pgClientConfig(url), ...CONNECTION_BOUNDS });
   await db.connect();
   try {
     await db.query(`set statement_timeout = 0`);

@@ -5,6 +5,7 @@ import type { Config } from '../config/config.ts';
 import { describePgUrl } from '../config/config.ts';
 import { createOrm, type MikroORM } from './orm.ts';
 import { pgClientConfig } from './pg-ssl.ts';
+import { CONNECTION_BOUNDS, endWithin } from './connection-bounds.ts';
 import { grantRuntimePrivileges } from './roles.ts';
 import { isTenantOwned } from './tenant-owned.ts';
 
@@ -22,7 +23,7 @@ export function tenantTables(orm: MikroORM): string[] {
  * waits for the first, then finds nothing pending.
  */
 export async function migrate(config: Config, entities: EntitySchema<any, any>[], clientUrl?: string): Promise<string[]> {
-  const lock = await lockMigrations(clientUrl ?? config.MIGRATION_DATABASE_URL);
+  const lock = await lockMigrations(clientUrl ?? config.MIGRATION_DATABASE_URL, config);
   const orm = await createOrm(config, { entities, role: 'owner', poolMax: 2, ...(clientUrl ? { clientUrl } : {}) });
   try {
     const applied = await orm.migrator.up();
@@ -33,7 +34,7 @@ export async function migrate(config: Config, entities: EntitySchema<any, any>[]
     return applied.map((m) => m.name);
   } finally {
     await orm.close(true);
-    await lock.end();
+    await endLock(lock, config);
   }
 }
 
@@ -49,9 +50,17 @@ const MIGRATE_LOCK = 'dealix:db-migrate';
  * Tried every half second, not waited for in `pg_advisory_lock`: a statement waiting holds a snapshot,
  * and the other's concurrent build waits for every older snapshot of the database — for ever, as
  * the waiting statement waits for it. Between tries this session holds none.
+ *
+ * Bounded like the pool's connections (connection-bounds.ts), and each try by pg's `query_timeout`:
+ * DATABASE_STATEMENT_TIMEOUT + DATABASE_ANSWER_MARGIN, the pool's answer bound for one statement
+ * (coalescing-client.ts; off when either is 0). A server gone silent while this one waits for another's
+ * migrations otherwise left the release phase polling for ever (test/integration/migrate-silent.test.ts);
+ * it fails now, and the release can be retried. Once the lock is held the session only sends its end,
+ * which is bounded too (endLock).
  */
-async function lockMigrations(url: string): Promise<pg.Client> {
-  const lock = new pg.Client(pgClientConfig(url));
+async function lockMigrations(url: string, config: AnswerConfig): Promise<pg.Client> {
+  const answerMs = lockAnswerMs(config);
+  const lock = new pg.Client({ ...pgClientConfig(url), ...CONNECTION_BOUNDS, ...(answerMs > 0 ? { query_timeout: answerMs } : {}) });
   // The connection lost while the migrations run: the lock goes with it, the migrations go on. Without
   // a listener pg's 'error' event would end the process.
   lock.on('error', () => {});
@@ -61,9 +70,21 @@ async function lockMigrations(url: string): Promise<pg.Client> {
     while (!(await tryLock())) await sleep(500);
     return lock;
   } catch (e) {
-    await lock.end();
+    await endLock(lock, config);
     throw e;
   }
+}
+
+type AnswerConfig = Pick<Config, 'DATABASE_STATEMENT_TIMEOUT' | 'DATABASE_ANSWER_MARGIN'>;
+
+/** The lock session's bound on each answer: the pool's for one statement (0: none, as the pool's). */
+const lockAnswerMs = (config: AnswerConfig): number =>
+  config.DATABASE_STATEMENT_TIMEOUT > 0 && config.DATABASE_ANSWER_MARGIN > 0 ? config.DATABASE_STATEMENT_TIMEOUT + config.DATABASE_ANSWER_MARGIN : 0;
+
+/** Ends the lock session (releasing the lock), within its answer bound: pg's end waits for ever on a server gone silent (connection-bounds.ts). */
+async function endLock(lock: pg.Client, config: AnswerConfig): Promise<void> {
+  const ms = lockAnswerMs(config);
+  await (ms > 0 ? endWithin(lock, () => lock.end(), ms) : lock.end());
 }
 
 /**

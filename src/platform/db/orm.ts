@@ -8,6 +8,7 @@ import { BindingPostgreSqlDriver } from './binding-driver.ts';
 import { routines } from './routines.ts';
 import { Migrator } from './migrator.ts';
 import { pgSsl } from './pg-ssl.ts';
+import { CONNECTION_BOUNDS } from './connection-bounds.ts';
 
 export const MIGRATIONS_PATH = fileURLToPath(new URL('../../../migrations', import.meta.url));
 
@@ -59,14 +60,12 @@ export function ormConfig(config: Config, opts: OrmOptions): Options {
       // Read by CoalescingClient: one group commit per pool (group-commit.ts, ADR 0007).
       groupCommit: config.DATABASE_GROUP_COMMIT_IN_FLIGHT > 0 ? { id: randomUUID(), maxInFlight: config.DATABASE_GROUP_COMMIT_IN_FLIGHT } : undefined,
       statement_timeout: config.DATABASE_STATEMENT_TIMEOUT,
-      // Read by CoalescingClient: a message PostgreSQL has not answered within DATABASE_STATEMENT_TIMEOUT
-      // per statement plus DATABASE_ANSWER_MARGIN drops its connection (a server gone silent, whose own
+      // Read by CoalescingClient: PostgreSQL silent for DATABASE_STATEMENT_TIMEOUT plus DATABASE_ANSWER_MARGIN
+      // while a statement awaits its answer drops the connection (a server gone silent, whose own
       // statement_timeout never fires; docs/reliability.md). Off when either is 0.
       answerBound: { statementMs: config.DATABASE_STATEMENT_TIMEOUT, marginMs: config.DATABASE_ANSWER_MARGIN },
-      // TCP keepalive: an idle pooled connection to a peer that is gone is found by the kernel and closed.
-      keepAlive: true,
-      keepAliveInitialDelayMillis: 10_000,
-      connectionTimeoutMillis: 5_000,
+      // Connecting bounded; TCP keepalive: an idle pooled connection to a peer that is gone is found by the kernel and closed.
+      ...CONNECTION_BOUNDS,
       ssl,
       ...(sslnegotiation ? { sslnegotiation } : {}),
     },
