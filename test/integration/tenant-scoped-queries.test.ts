@@ -334,10 +334,12 @@ const EXEMPT = [
   {
     // Run by the maintenance job as the system role, across tenants: planned here as the application
     // role, the tenant's policy is the only condition its scan can bound, and the keys to delete are
-    // matched by a join filter. Not a tenant's walk where it runs.
+    // matched by a join filter. Not a tenant's walk where it runs. The batch picks its keys in a
+    // materialized CTE since d932a0d (a batch is judged short by the keys it picked), which the delete
+    // matches by `picked.id`.
     name: 'the expired idempotency keys deleted in batches (system role)',
-    walk: /^idempotency_keys_\w+ on idempotency_keys: cond \(tenant_id = \$\d+\), join filter \(idempotency_keys\.id = "ANY_subquery"\.id\)/,
-    sql: /^delete from idempotency_keys where id in \(select id from idempotency_keys where expires_at < now\(\) limit /,
+    walk: /^idempotency_keys_\w+ on idempotency_keys: cond \(tenant_id = \$\d+\), join filter \(idempotency_keys_\d+\.id = picked\.id\)/,
+    sql: /^with picked as materialized \(select id from idempotency_keys where expires_at < now\(\) limit \$1(::int4)?\), gone as \(delete from idempotency_keys where id in \(select id from picked\) /,
   },
 ];
 
