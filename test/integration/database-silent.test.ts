@@ -25,11 +25,11 @@ const NO_ANSWER = 'PostgreSQL did not answer';
  * A CoalescingClient to `url` through a pausable proxy: PostgreSQL's statement_timeout 1 s, the
  * client's margin 1 s more. `close` forwards again and ends both.
  */
-async function silenceable(url: string) {
+async function silenceable(url: string, perStatement = false) {
   const proxy = await pausableProxy(url);
   const throughProxy = new URL(url);
   throughProxy.host = new URL(proxy.url).host;
-  const client = new CoalescingClient({ connectionString: throughProxy.toString(), statement_timeout: 1_000, answerBound: { statementMs: 1_000, marginMs: 1_000 } });
+  const client = new CoalescingClient({ connectionString: throughProxy.toString(), statement_timeout: 1_000, answerBound: { statementMs: 1_000, marginMs: 1_000, perStatement } });
   client.on('error', () => {});
   const close = async () => {
     proxy.resume();
@@ -114,9 +114,9 @@ describe('a PostgreSQL that stops answering without closing the connection', () 
       await close();
     }
   });
-  it("a long message that went silent is dropped one statement's bound after its last answer, not one bound per statement in it (a group commit's message carries dozens)", { timeout: LONG }, async () => {
+  it("with the bound per statement (DATABASE_ANSWER_PER_STATEMENT), a long message that went silent is dropped one statement's bound after its last answer, not one bound per statement in it (a group commit's message carries dozens)", { timeout: LONG }, async () => {
     // 1 s the server's per statement, 1 s more the client's.
-    const { proxy, client, close } = await silenceable(stack.env.DATABASE_URL!);
+    const { proxy, client, close } = await silenceable(stack.env.DATABASE_URL!, true);
     try {
       // One message of 40 statements that may wait (what a grouped commit of a dozen steps sends:
       // group-commit.ts), held back and sent with the last: `begin`, 39 held ones, the last.
@@ -135,13 +135,13 @@ describe('a PostgreSQL that stops answering without closing the connection', () 
     }
   });
 
-  it('a long message whose statements each wait, but each within its statement_timeout, is never cut: the bound restarts at each answer', { timeout: LONG }, async () => {
+  it('with the bound per statement, a long message whose statements each wait, but each within its statement_timeout, is never cut: the bound restarts at each answer', { timeout: LONG }, async () => {
     // The server's statement_timeout 4 s, the client's margin 1 s: silent for 5 s is too long. The message
     // below waits in 5 statements, each on an advisory lock the test holds for 1.5 s of that statement's
     // wait (pg_locks.waitstart, read by the server's clock): 7.5 s or more in all, each far within 4 s.
     const LOCKS = [1, 2, 3, 4, 5].map((k) => 7_700_000 + k);
     const holder = new pg.Client({ connectionString: stack.env.DATABASE_URL! });
-    const client = new CoalescingClient({ connectionString: stack.env.DATABASE_URL!, statement_timeout: 4_000, answerBound: { statementMs: 4_000, marginMs: 1_000 } });
+    const client = new CoalescingClient({ connectionString: stack.env.DATABASE_URL!, statement_timeout: 4_000, answerBound: { statementMs: 4_000, marginMs: 1_000, perStatement: true } });
     client.on('error', () => {});
     await holder.connect();
     await client.connect();

@@ -101,6 +101,8 @@ export const configSchema = z
     DATABASE_STATEMENT_TIMEOUT: duration('30s'),
     // How long past DATABASE_STATEMENT_TIMEOUT a client lets PostgreSQL stay silent while a statement awaits its answer before it drops the connection (coalescing-client.ts); 0 waits for ever.
     DATABASE_ANSWER_MARGIN: duration('10s', { offOrAtLeastMs: 1000, off: 'wait for ever' }),
+    // A batch (a group commit's dozens of statements) bounded per statement (a Flush after each that may wait) instead of by the sum; off: ~15 % more CPU per run (docs/performance.md, session 32).
+    DATABASE_ANSWER_PER_STATEMENT: bool(false),
     // Named prepared statements per connection (ADR 0004); off for a pooler that cannot keep them (PgBouncer < 1.21 in transaction mode).
     DATABASE_PREPARED_STATEMENTS: bool(true),
     // Whole-transaction messages that arrive while others are in flight share one commit (ADR 0007); 0 sends each alone.

@@ -116,6 +116,13 @@ export interface AnswerBound {
   statementMs: number;
   /** DATABASE_ANSWER_MARGIN: what the client waits beyond the server's own bound. */
   marginMs: number;
+  /**
+   * DATABASE_ANSWER_PER_STATEMENT: a batch asks for each answer as it is made (a Flush after each
+   * statement that may wait but the last: statement-batch.ts), so its bound is one statement's, not the
+   * sum over its statements. Off by default: the Flushes cost the engine about 15 % more CPU per run in
+   * session 32's compare-only runs (docs/performance.md), so a batch is allowed the sum.
+   */
+  perStatement?: boolean;
 }
 
 /** The error a statement fails with when the server was silent past its {@link AnswerBound} (a network timeout: transient). */
@@ -303,14 +310,16 @@ export class CoalescingClient extends pg.Client {
   private send(statements: Statement[]): Promise<pg.QueryResult | pg.QueryResult[]> {
     if (statements.length === 1 && statements[0]!.values === undefined) return this.bounded(super.query(statements[0]!.text) as unknown as Promise<pg.QueryResult>, 1);
     if (statements.every(batchable)) {
-      // With the answer bound, the server sends each answer as it is made (a Flush after each statement
-      // that may wait: statement-batch.ts), so the silence to allow is one statement's (bounded).
-      const batch = new StatementBatch(statements, (this as unknown as { _types: unknown })._types, this.#prepared, this.#answer && mayWait);
+      // With the answer bound per statement, the server sends each answer as it is made (a Flush after
+      // each statement that may wait: statement-batch.ts), so the silence to allow is one statement's;
+      // else PostgreSQL keeps the batch's answers until its end, and the batch is allowed the sum (bounded).
+      const perStatement = this.#answer?.perStatement === true;
+      const batch = new StatementBatch(statements, (this as unknown as { _types: unknown })._types, this.#prepared, perStatement ? mayWait : undefined);
       const done = new Promise<pg.QueryResult[]>((resolve, reject) => {
         batch.callback = (err, results) => (err ? reject(err) : resolve(results!));
       });
       super.query(batch as never);
-      return this.bounded(done, 1);
+      return this.bounded(done, perStatement ? 1 : statements.filter(mayWait).length);
     }
     return this.bounded(super.query(statements.map(inlineStatement).join(';\n')) as unknown as Promise<pg.QueryResult | pg.QueryResult[]>, statements.filter(mayWait).length);
   }
@@ -324,13 +333,15 @@ export class CoalescingClient extends pg.Client {
    * statement, in both protocols, since PostgreSQL 13), so a server that is there answers a statement
    * that may wait (not `begin` nor a session setting: a lock, a deferred constraint at commit) within
    * statement_timeout of the answer before it — if it sends each answer when it is made, which a batch
-   * asks for (a Flush after each such statement but the last: statement-batch.ts; PostgreSQL otherwise
-   * keeps a message's answers until its end). So the bound is the silence allowed between two answers —
-   * the server's statement_timeout plus the margin — counted from the last bytes heard, not a sum over
-   * the message: a group commit of a dozen steps sends forty statements, and a server gone silent
-   * under it was waited for forty bounds (minutes), while one that answers each statement in turn is
-   * never cut however long the whole takes. A simple-protocol message of several statements (values
-   * written in, no Flush possible) is answered only whole: it is allowed the sum.
+   * asks for with `perStatement` (a Flush after each such statement but the last: statement-batch.ts;
+   * PostgreSQL otherwise keeps a message's answers until its end). So the bound is the silence allowed
+   * between two answers — the server's statement_timeout plus the margin — counted from the last bytes
+   * heard: with `perStatement`, not a sum over the message (a group commit of a dozen steps sends forty
+   * statements, and a server gone silent under it is waited for forty bounds, minutes, without it),
+   * while one that answers each statement in turn is never cut however long the whole takes. Without
+   * it (the default: the Flushes cost the engine ~15 % more CPU per run, docs/performance.md session
+   * 32), and for a simple-protocol message of several statements (values written in, no Flush
+   * possible), a message is answered only whole: it is allowed the sum.
    *
    * Past the bound the socket is destroyed: pg fails every query on the client with the error, the
    * transaction's rollback is answered here (the connection is gone), and the pool drops the client,

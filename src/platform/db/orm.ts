@@ -63,7 +63,7 @@ export function ormConfig(config: Config, opts: OrmOptions): Options {
       // Read by CoalescingClient: PostgreSQL silent for DATABASE_STATEMENT_TIMEOUT plus DATABASE_ANSWER_MARGIN
       // while a statement awaits its answer drops the connection (a server gone silent, whose own
       // statement_timeout never fires; docs/reliability.md). Off when either is 0.
-      answerBound: { statementMs: config.DATABASE_STATEMENT_TIMEOUT, marginMs: config.DATABASE_ANSWER_MARGIN },
+      answerBound: { statementMs: config.DATABASE_STATEMENT_TIMEOUT, marginMs: config.DATABASE_ANSWER_MARGIN, perStatement: config.DATABASE_ANSWER_PER_STATEMENT },
       // Connecting bounded; TCP keepalive: an idle pooled connection to a peer that is gone is found by the kernel and closed.
       ...CONNECTION_BOUNDS,
       ssl,
