@@ -3,7 +3,7 @@ import { isIPv6 } from 'node:net';
 import express, { type NextFunction, type Request, type Response } from 'express';
 import type { Logger } from 'pino';
 import { AppError, ForbiddenError } from '../errors/app-error.ts';
-import type { Principal, TokenVerifier } from '../tenancy/jwt.ts';
+import { KeysUnavailableError, type Principal, type TokenVerifier } from '../tenancy/jwt.ts';
 import { tagMiddleware } from '../tenancy/auth.middleware.ts';
 import { sendProblem } from './problem.middleware.ts';
 import { isSecretQueryParam } from '../telemetry/attributes.ts';
@@ -400,6 +400,10 @@ async function verifyOperator(opts: AdminAuthOptions, req: Request, token: strin
   try {
     principal = await opts.verifier.verify(token);
   } catch (e) {
+    if (e instanceof KeysUnavailableError) {
+      opts.logger.error({ err: e.cause, path: req.path }, "the identity provider's keys could not be fetched: operator token not checked (503)");
+      throw e;
+    }
     opts.logger.warn({ security_event: 'token_rejected', reason: (e as Error).message, path: req.path, ip: req.ip }, 'rejected admin token');
     throw unauthorized(opts, (e as AppError).detail ?? 'The token is not valid.');
   }
@@ -434,7 +438,11 @@ async function signOut(opts: AdminAuthOptions, req: Request, res: Response): Pro
   const ended = await Promise.all(sessionIdsOf(req, [ADMIN_HOST_COOKIE, ADMIN_COOKIE]).map((id) => opts.sessions.close(id)));
   const revoked: string[] = [];
   for (const token of new Set([bearer, ...ended].filter((t): t is string => t !== undefined && JWT.test(t)))) {
-    const principal = await verifyOperator(opts, req, token).catch(() => undefined);
+    // A token not checked for want of the keys (503) is not "nothing to revoke": the operator retries.
+    const principal = await verifyOperator(opts, req, token).catch((e: unknown) => {
+      if (e instanceof KeysUnavailableError) throw e;
+      return undefined;
+    });
     if (!principal) continue;
     await opts.sessions.revoke(token);
     revoked.push(principal.sub);

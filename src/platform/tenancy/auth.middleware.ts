@@ -3,7 +3,7 @@ import type { MikroORM } from '@mikro-orm/postgresql';
 import type { Logger } from 'pino';
 import { ForbiddenError, UnauthorizedError } from '../errors/app-error.ts';
 import { tenantEm } from '../db/tenant-em.ts';
-import type { TokenVerifier } from './jwt.ts';
+import { KeysUnavailableError, type TokenVerifier } from './jwt.ts';
 import { currentContext } from './request-context.ts';
 
 export const MIDDLEWARE_KIND = Symbol.for('dealix.middleware.kind');
@@ -32,7 +32,8 @@ export function authenticate(verifier: TokenVerifier, orm: MikroORM, logger: Log
       try {
         principal = await verifier.verify(match[1]!);
       } catch (e) {
-        logger.warn({ security_event: 'token_rejected', reason: (e as Error).message, path: req.path, ip: req.ip }, 'rejected bearer token');
+        if (e instanceof KeysUnavailableError) logger.error({ err: e.cause, path: req.path }, "the identity provider's keys could not be fetched: token not checked (503)");
+        else logger.warn({ security_event: 'token_rejected', reason: (e as Error).message, path: req.path, ip: req.ip }, 'rejected bearer token');
         throw e;
       }
       if (requiredRoles?.length && !requiredRoles.some((r) => principal.roles.includes(r))) {
