@@ -54,6 +54,7 @@ export function createApp(c: Container): Express {
       bodyLimit: c.config.BODY_LIMIT,
       maxInFlightPerTenant: c.config.API_MAX_INFLIGHT_PER_TENANT,
       onRefused: refused,
+      refuseToken: dashboard.refuseToken,
       idempotencyMetrics: { replays: c.metrics.idempotencyReplays, conflicts: c.metrics.idempotencyConflicts },
     }),
   );

@@ -284,6 +284,17 @@ describe('a GET of the link uses nothing up: only the sign-in button (a POST) ex
     expect(onLink.headers.get('set-cookie')).toBeNull();
     expect((await fetch(`${stack.baseUrl}/admin/queues/sign-in`, { redirect: 'manual' })).status).toBe(405);
     expect((await exchange(stack.baseUrl, 'not-a-jwt')).status).toBe(401);
+    // A forged form with more fields than the page's two: 413 problem+json whose code says so (not bad_request), nothing used up.
+    const crowded = await fetch(`${stack.baseUrl}/admin/queues/sign-in`, {
+      method: 'POST',
+      redirect: 'manual',
+      headers: { 'content-type': 'application/x-www-form-urlencoded', ...ownPage() },
+      body: `a=1&b=2&c=3&d=4&token=${token}`,
+    });
+    expect(crowded.status).toBe(413);
+    expect(crowded.headers.get('content-type')).toMatch(/^application\/problem\+json/);
+    expect(await crowded.json()).toMatchObject({ status: 413, title: 'Content Too Large', code: 'payload_too_large' });
+    expect(crowded.headers.get('set-cookie')).toBeNull();
     expect(await operatorSessions(stack.redis, stack.config).refusal(token)).toBeUndefined();
     expect((await exchange(stack.baseUrl, token)).status).toBe(303);
   });

@@ -36,7 +36,8 @@ export function toProblem(err: unknown, requestId?: string): { problem: Problem;
   // body-parser / http-errors style errors raised before our handlers run.
   if (status >= 400 && status < 500) {
     const code =
-      httpish.type === 'entity.too.large'
+      // Too many form fields (the dashboard's sign-in form: urlencoded's parameterLimit) is body-parser's 413 too.
+      httpish.type === 'entity.too.large' || httpish.type === 'parameters.too.many'
         ? 'payload_too_large'
         : httpish.type === 'entity.parse.failed'
           ? 'malformed_json'
@@ -45,7 +46,9 @@ export function toProblem(err: unknown, requestId?: string): { problem: Problem;
             : 'bad_request';
     const detail =
       code === 'payload_too_large'
-        ? 'The request body is larger than the limit.'
+        ? httpish.type === 'parameters.too.many'
+          ? 'The request body has more fields than this form takes.'
+          : 'The request body is larger than the limit.'
         : code === 'malformed_json'
           ? isBareJsonValue((err as { body?: unknown }).body)
             ? 'The request body must be a JSON object: a bare JSON value (null, a number, a string) is not accepted.'

@@ -2,9 +2,9 @@ import { createHash, timingSafeEqual } from 'node:crypto';
 import { isIPv6 } from 'node:net';
 import express, { type NextFunction, type Request, type Response } from 'express';
 import type { Logger } from 'pino';
-import { AppError, ForbiddenError } from '../errors/app-error.ts';
-import type { Principal, TokenVerifier } from '../tenancy/jwt.ts';
-import { tagMiddleware } from '../tenancy/auth.middleware.ts';
+import { AppError, ForbiddenError, UnauthorizedError } from '../errors/app-error.ts';
+import { KeysUnavailableError, type Principal, type TokenVerifier } from '../tenancy/jwt.ts';
+import { tagMiddleware, type TokenRefusal } from '../tenancy/auth.middleware.ts';
 import { sendProblem } from './problem.middleware.ts';
 import { isSecretQueryParam } from '../telemetry/attributes.ts';
 import type { RateWindow } from './rate-window.ts';
@@ -371,13 +371,37 @@ async function checkLink(opts: AdminAuthOptions, req: Request, token: string): P
 /** A verified operator token, presented as itself (a link, a bearer header), that has been neither signed out nor exchanged by a link. */
 async function verifyAdmin(opts: AdminAuthOptions, req: Request, token: string, channel: 'link' | 'bearer'): Promise<{ exp?: number; sub: string }> {
   const principal = await verifyOperator(opts, req, token);
-  const refusal = await opts.sessions.refusal(token);
-  if (refusal === 'revoked') {
-    opts.logger.warn({ security_event: 'token_revoked', sub: principal.sub, path: req.path, ip: req.ip }, 'refused a signed-out operator token');
-    throw unauthorized(opts, 'This token has been signed out. Sign in with a new token.');
-  }
-  if (refusal === 'exchanged') throw linkUsed(opts, req, channel, principal.sub);
+  const refused = await withdrawn(opts.sessions, opts.logger, req, token, principal.sub, channel);
+  if (refused !== undefined) throw unauthorized(opts, refused);
   return { ...claimsOf(token), sub: principal.sub };
+}
+
+/**
+ * Why a verified operator token presented as itself is refused (logged), if it is: signed out, or
+ * exchanged by a `?token=` link. One MGET; a Redis error is thrown (503: never skipped).
+ */
+async function withdrawn(sessions: OperatorSessions, logger: Logger, req: Request, token: string, sub: string, channel: 'link' | 'bearer'): Promise<string | undefined> {
+  const refusal = await sessions.refusal(token);
+  if (refusal === 'revoked') {
+    logger.warn({ security_event: 'token_revoked', sub, path: req.path, ip: req.ip }, 'refused a signed-out operator token');
+    return 'This token has been signed out. Sign in with a new token.';
+  }
+  if (refusal === 'exchanged') return linkUsedDetail(logger, req, channel, sub);
+  return undefined;
+}
+
+/**
+ * The API's refusal of an operator token the dashboard has withdrawn (router.ts, every route): signed
+ * out, or a `?token=` link's, exchanged — refused "by header" everywhere, not only on the dashboard, or
+ * the leaked link or signed-out token would still write any tenant's limits (`/api/v1/operator/…`) until
+ * its `exp`. Only tokens with the operator role are looked up: a tenant's request costs nothing more.
+ */
+export function operatorTokenRefusal(sessions: OperatorSessions, logger: Logger): TokenRefusal {
+  return async (token, principal, req) => {
+    if (!principal.roles.includes(OPERATOR_ROLE)) return;
+    const refused = await withdrawn(sessions, logger, req, token, principal.sub, 'bearer');
+    if (refused !== undefined) throw new UnauthorizedError(refused);
+  };
 }
 
 /**
@@ -385,13 +409,14 @@ async function verifyAdmin(opts: AdminAuthOptions, req: Request, token: string, 
  * proxy's log) or as a bearer header (anyone who read the link). Its one use was the exchange.
  */
 function linkUsed(opts: AdminAuthOptions, req: Request, channel: 'link' | 'bearer', sub?: string): AppError {
-  opts.logger.warn({ security_event: 'token_link_reused', channel, sub, path: req.path, ip: req.ip }, 'refused the token of a ?token= link used before');
-  return unauthorized(
-    opts,
-    channel === 'link'
-      ? 'This sign-in link (?token=) has been used already: it works once. Sign in with a new token.'
-      : 'This token was handed out as a sign-in link (?token=) and used: it signs nothing in any more. Use a new token.',
-  );
+  return unauthorized(opts, linkUsedDetail(opts.logger, req, channel, sub));
+}
+
+function linkUsedDetail(logger: Logger, req: Request, channel: 'link' | 'bearer', sub?: string): string {
+  logger.warn({ security_event: 'token_link_reused', channel, sub, path: req.path, ip: req.ip }, 'refused the token of a ?token= link used before');
+  return channel === 'link'
+    ? 'This sign-in link (?token=) has been used already: it works once. Sign in with a new token.'
+    : 'This token was handed out as a sign-in link (?token=) and used: it signs nothing in any more. Use a new token.';
 }
 
 /** A token that verifies and carries the operator role (signed out or not). */
@@ -400,6 +425,10 @@ async function verifyOperator(opts: AdminAuthOptions, req: Request, token: strin
   try {
     principal = await opts.verifier.verify(token);
   } catch (e) {
+    if (e instanceof KeysUnavailableError) {
+      opts.logger.error({ err: e.cause, path: req.path }, "the identity provider's keys could not be fetched: operator token not checked (503)");
+      throw e;
+    }
     opts.logger.warn({ security_event: 'token_rejected', reason: (e as Error).message, path: req.path, ip: req.ip }, 'rejected admin token');
     throw unauthorized(opts, (e as AppError).detail ?? 'The token is not valid.');
   }
@@ -434,7 +463,11 @@ async function signOut(opts: AdminAuthOptions, req: Request, res: Response): Pro
   const ended = await Promise.all(sessionIdsOf(req, [ADMIN_HOST_COOKIE, ADMIN_COOKIE]).map((id) => opts.sessions.close(id)));
   const revoked: string[] = [];
   for (const token of new Set([bearer, ...ended].filter((t): t is string => t !== undefined && JWT.test(t)))) {
-    const principal = await verifyOperator(opts, req, token).catch(() => undefined);
+    // A token not checked for want of the keys (503) is not "nothing to revoke": the operator retries.
+    const principal = await verifyOperator(opts, req, token).catch((e: unknown) => {
+      if (e instanceof KeysUnavailableError) throw e;
+      return undefined;
+    });
     if (!principal) continue;
     await opts.sessions.revoke(token);
     revoked.push(principal.sub);

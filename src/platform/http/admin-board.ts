@@ -4,7 +4,8 @@ import type { Redis } from 'ioredis';
 import type { Logger } from 'pino';
 import type { Config } from '../config/config.ts';
 import type { TokenVerifier } from '../tenancy/jwt.ts';
-import { adminAuth } from './admin-auth.middleware.ts';
+import { adminAuth, operatorTokenRefusal } from './admin-auth.middleware.ts';
+import type { TokenRefusal } from '../tenancy/auth.middleware.ts';
 import { RateWindow } from './rate-window.ts';
 import { OperatorSessions } from './operator-sessions.ts';
 import { sendProblem } from './problem.middleware.ts';
@@ -80,13 +81,14 @@ export function operatorDashboard(deps: {
   /** Where failed operator logins, signed-out tokens and used `?token=` links are kept (every API process shares them). */
   redis: Redis;
   config: Pick<Config, 'BULL_BOARD_READ_ONLY' | 'OPERATOR_USER' | 'OPERATOR_PASSWORD' | 'OPERATOR_LOGIN_MAX_FAILURES' | 'QUEUE_PREFIX' | 'JWT_CLOCK_TOLERANCE'>;
-}): { path: string; handlers: [RequestHandler, RequestHandler]; queueNames: string[] } {
+}): { path: string; handlers: [RequestHandler, RequestHandler]; queueNames: string[]; refuseToken: TokenRefusal } {
   const { router, queueNames } = bullBoardRouter(deps.queues, { readOnly: deps.config.BULL_BOARD_READ_ONLY, basePath: BULL_BOARD_PATH, logger: deps.logger });
   const { OPERATOR_USER: user, OPERATOR_PASSWORD: password } = deps.config;
   const loginThrottle = { window: new RateWindow(deps.redis, `${deps.config.QUEUE_PREFIX}:operator-login`, OPERATOR_LOGIN_WINDOW_MS), maxFailures: deps.config.OPERATOR_LOGIN_MAX_FAILURES };
   const sessions = operatorSessions(deps.redis, deps.config);
   const guard = adminAuth({ verifier: deps.verifier, logger: deps.logger, operator: user && password ? { user, password } : undefined, basePath: BULL_BOARD_PATH, loginThrottle, sessions });
-  return { path: BULL_BOARD_PATH, handlers: [guard as RequestHandler, router], queueNames };
+  // The API's routes refuse the operator tokens the dashboard withdrew (signed out, a used link's) too.
+  return { path: BULL_BOARD_PATH, handlers: [guard as RequestHandler, router], queueNames, refuseToken: operatorTokenRefusal(sessions, deps.logger) };
 }
 
 /** The dashboard's signed-out tokens and used `?token=` links, under the deployment's prefix. */

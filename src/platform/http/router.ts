@@ -4,7 +4,7 @@ import type { EntityManager, MikroORM } from '@mikro-orm/postgresql';
 import type { Logger } from 'pino';
 import { AppError, ValidationError } from '../errors/app-error.ts';
 import { toProblem } from '../errors/to-problem.ts';
-import { authenticate } from '../tenancy/auth.middleware.ts';
+import { authenticate, type TokenRefusal } from '../tenancy/auth.middleware.ts';
 import type { Principal, TokenVerifier } from '../tenancy/jwt.ts';
 import { answerClaim, idempotencyMiddleware, type IdempotencyMetrics, type IdempotencyState } from '../idempotency/idempotency.middleware.ts';
 import { REPLAYABLE_HEADERS, isLeaseLost, type ClaimInput, type IdempotencyRecord, type IdempotencyService, type PendingClaim } from '../idempotency/idempotency.service.ts';
@@ -30,6 +30,8 @@ export interface RouterDeps {
   maxInFlightPerTenant?: number;
   /** Counts requests a tenant limit refused (dealix_requests_refused_total). */
   onRefused?: OnRefused;
+  /** Refuses a verified token the server has withdrawn: an operator token signed out or exchanged by a dashboard link (ADR 0017). */
+  refuseToken?: TokenRefusal;
 }
 
 /**
@@ -52,7 +54,7 @@ export function buildRouter(routes: RouteDef[], deps: RouterDeps): Router {
     const chain: Array<(req: Request, res: Response, next: NextFunction) => unknown> = [
       // A path id that is another route's literal segment (`GET …/runs/cancel`): 405, before the token.
       ...(def.params ? [literalSegmentGuard(def)] : []),
-      authenticate(deps.verifier, deps.orm, deps.logger, def.roles),
+      authenticate(deps.verifier, deps.orm, deps.logger, def.roles, deps.refuseToken),
       tenantCap(routeLabel(def)),
       ...(mutating ? readBody : []),
       validate(def),

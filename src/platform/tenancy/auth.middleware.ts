@@ -3,7 +3,7 @@ import type { MikroORM } from '@mikro-orm/postgresql';
 import type { Logger } from 'pino';
 import { ForbiddenError, UnauthorizedError } from '../errors/app-error.ts';
 import { tenantEm } from '../db/tenant-em.ts';
-import type { TokenVerifier } from './jwt.ts';
+import { KeysUnavailableError, type Principal, type TokenVerifier } from './jwt.ts';
 import { currentContext } from './request-context.ts';
 
 export const MIDDLEWARE_KIND = Symbol.for('dealix.middleware.kind');
@@ -18,11 +18,17 @@ export function middlewareKind(fn: unknown): MiddlewareKind | undefined {
 }
 
 /**
+ * A server-side refusal of a token that verified (a signed-out operator token, a used dashboard link's:
+ * admin-auth.middleware.ts): throws to refuse, resolves to let it through.
+ */
+export type TokenRefusal = (token: string, principal: Principal, req: Request) => Promise<void>;
+
+/**
  * Verifies the bearer token and binds the request to its tenant: the principal and a tenant-bound
  * entity manager go into res.locals and the AsyncLocalStorage context. The tenant comes from the
  * verified token and nowhere else.
  */
-export function authenticate(verifier: TokenVerifier, orm: MikroORM, logger: Logger, requiredRoles?: string[]) {
+export function authenticate(verifier: TokenVerifier, orm: MikroORM, logger: Logger, requiredRoles?: string[], refuse?: TokenRefusal) {
   return tagMiddleware(async function authenticateMiddleware(req: Request, res: Response, next: NextFunction) {
     try {
       const header = req.get('authorization');
@@ -32,9 +38,11 @@ export function authenticate(verifier: TokenVerifier, orm: MikroORM, logger: Log
       try {
         principal = await verifier.verify(match[1]!);
       } catch (e) {
-        logger.warn({ security_event: 'token_rejected', reason: (e as Error).message, path: req.path, ip: req.ip }, 'rejected bearer token');
+        if (e instanceof KeysUnavailableError) logger.error({ err: e.cause, path: req.path }, "the identity provider's keys could not be fetched: token not checked (503)");
+        else logger.warn({ security_event: 'token_rejected', reason: (e as Error).message, path: req.path, ip: req.ip }, 'rejected bearer token');
         throw e;
       }
+      if (refuse) await refuse(match[1]!, principal, req);
       if (requiredRoles?.length && !requiredRoles.some((r) => principal.roles.includes(r))) {
         throw new ForbiddenError(`This operation needs one of the roles: ${requiredRoles.join(', ')}.`);
       }

@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { createLocalJWKSet, createRemoteJWKSet, errors, jwtVerify, SignJWT, type JWTVerifyGetKey, type JSONWebKeySet } from 'jose';
 import { z } from 'zod';
 import type { Config } from '../config/config.ts';
-import { UnauthorizedError } from '../errors/app-error.ts';
+import { ServiceUnavailableError, UnauthorizedError } from '../errors/app-error.ts';
 import { isUnstorableText } from '../http/json-text.ts';
 
 /**
@@ -56,7 +56,7 @@ export function createTokenVerifier(config: Config, jwks?: JSONWebKeySet): Token
   const algorithms = [...config.JWT_ALGORITHMS];
   let key: Uint8Array | JWTVerifyGetKey;
   if (jwks) key = createLocalJWKSet(jwks);
-  else if (config.JWT_JWKS_URL) key = createRemoteJWKSet(new URL(config.JWT_JWKS_URL), { cooldownDuration: 30_000, cacheMaxAge: config.JWT_JWKS_CACHE_MAX_AGE });
+  else if (config.JWT_JWKS_URL) key = keysFromIdentityProvider(createRemoteJWKSet(new URL(config.JWT_JWKS_URL), { cooldownDuration: 30_000, cacheMaxAge: config.JWT_JWKS_CACHE_MAX_AGE }));
   else if (config.JWT_SECRET) key = new TextEncoder().encode(config.JWT_SECRET);
   else throw new Error('no JWT key configured');
   const options = {
@@ -77,6 +77,7 @@ export function createTokenVerifier(config: Config, jwks?: JSONWebKeySet): Token
       try {
         payload = (typeof key === 'function' ? await jwtVerify(token, key, options) : await jwtVerify(token, key, options)).payload;
       } catch (e) {
+        if (e instanceof KeysUnavailableError) throw e;
         throw new UnauthorizedError(describeJoseError(e), e);
       }
       const claims = principalClaims.safeParse(payload);
@@ -87,6 +88,36 @@ export function createTokenVerifier(config: Config, jwks?: JSONWebKeySet): Token
       verified.set(token, { principal, untilMs: Math.min(exp, Date.now() + config.JWT_VERIFIED_TOKEN_TTL) });
       return principal;
     },
+  };
+}
+
+/**
+ * The identity provider's keys could not be fetched (JWT_JWKS_URL down, answering other than 200, no
+ * key set, too slow) while no fresh copy is held: the token was not checked at all, so it is the API's
+ * trouble, not the client's. 503 with Retry-After (retryable, same Idempotency-Key), never a 401 that
+ * tells every client its token is bad. Never remembered: the next request fetches the keys again.
+ */
+export class KeysUnavailableError extends ServiceUnavailableError {
+  constructor(cause: unknown) {
+    super("The identity provider's signing keys (JWT_JWKS_URL) could not be fetched, so the token could not be checked. Retry after the indicated delay.", cause, 5);
+  }
+}
+
+/**
+ * The remote key set, with its fetch failures told apart from the token's faults. jose's remote set
+ * throws, besides a token's own faults (a `kid` the set lacks, several keys matching), what fetching
+ * the set threw: a timeout, a network error (not a JOSEError), a generic JOSEError (a status other
+ * than 200, a body that is not JSON) or an invalid set (its members).
+ */
+function keysFromIdentityProvider(remote: JWTVerifyGetKey): JWTVerifyGetKey {
+  const fetchFailed = (e: unknown) =>
+    !(e instanceof errors.JOSEError) || e.code === errors.JOSEError.code || e instanceof errors.JWKSTimeout || e instanceof errors.JWKSInvalid;
+  return async (header, token) => {
+    try {
+      return await remote(header, token);
+    } catch (e) {
+      throw fetchFailed(e) ? new KeysUnavailableError(e) : e;
+    }
   };
 }
 
