@@ -23,13 +23,13 @@ const NO_ANSWER = 'PostgreSQL did not answer';
 
 /**
  * A CoalescingClient to `url` through a pausable proxy: PostgreSQL's statement_timeout 1 s, the
- * client's margin 1 s more. `close` forwards again and ends both.
+ * client's margin `marginMs` (1 s) more. `close` forwards again and ends both.
  */
-async function silenceable(url: string, perStatement = false) {
+async function silenceable(url: string, perStatement = false, marginMs = 1_000) {
   const proxy = await pausableProxy(url);
   const throughProxy = new URL(url);
   throughProxy.host = new URL(proxy.url).host;
-  const client = new CoalescingClient({ connectionString: throughProxy.toString(), statement_timeout: 1_000, answerBound: { statementMs: 1_000, marginMs: 1_000, perStatement } });
+  const client = new CoalescingClient({ connectionString: throughProxy.toString(), statement_timeout: 1_000, answerBound: { statementMs: 1_000, marginMs, perStatement } });
   client.on('error', () => {});
   const close = async () => {
     proxy.resume();
@@ -190,9 +190,10 @@ describe('a PostgreSQL that stops answering without closing the connection', () 
 
   it("by default, a long message whose connection went silent while the server takes new connections is dropped after one statement's bound and a liveness check that finds its backend idle, not after one bound per statement in it", { timeout: LONG }, async () => {
     // This connection only: the liveness check's own connection, made afterwards, is forwarded. After one
-    // statement's bound (2 s) of silence the client asks PostgreSQL on a fresh connection about this
-    // connection's backend: idle, the message never reached it.
-    await longMessageDroppedAfterCheck((proxy) => proxy.pauseOpen(), /liveness check.*idle/);
+    // statement's bound of silence (1 s + a margin of 3 s here, which the check has to connect and read,
+    // however loaded the machine) the client asks PostgreSQL on a fresh connection about this
+    // connection's backend: idle for longer than the margin, the message never reached it.
+    await longMessageDroppedAfterCheck((proxy) => proxy.pauseOpen(), /liveness check.*idle/, 3_000);
   });
 
   it("by default, a long message to a server gone silent altogether is dropped after one statement's bound and a liveness check that gets no answer within that bound", { timeout: LONG }, async () => {
@@ -202,10 +203,11 @@ describe('a PostgreSQL that stops answering without closing the connection', () 
 
   /**
    * The 40 statements of heldForty in one message, sent once `silence` stopped the proxy: dropped well
-   * before the summed bound (40 s + 1 s, past the deadline) after one liveness check that found it dead (`seen`).
+   * before the summed bound (40 s + the margin, past the deadline) after one liveness check that found
+   * it dead (`seen`).
    */
-  async function longMessageDroppedAfterCheck(silence: (proxy: PausableProxy) => void, seen: RegExp): Promise<void> {
-    const { proxy, client, close } = await silenceable(stack.env.DATABASE_URL!);
+  async function longMessageDroppedAfterCheck(silence: (proxy: PausableProxy) => void, seen: RegExp, marginMs?: number): Promise<void> {
+    const { proxy, client, close } = await silenceable(stack.env.DATABASE_URL!, false, marginMs);
     try {
       await heldForty(client);
       silence(proxy);
