@@ -71,6 +71,11 @@ export interface PausableProxy {
   url: string;
   /** Stops forwarding, both ways, on every connection, now and later: as a network that stops delivering while the process keeps running. */
   pause(): void;
+  /**
+   * Stops forwarding, both ways, on the connections open now only; later ones are forwarded: as a
+   * network that lost those connections (a NAT or firewall entry gone) while the server still takes new ones.
+   */
+  pauseOpen(): void;
   /** Forwards again, both ways, on every connection still open: what was sent meanwhile arrives then (as a network that delivers again). */
   resume(): void;
   /** Closes every connection (as the kernel closes a dead process's sockets) and the proxy. */
@@ -96,6 +101,9 @@ export async function pausableProxy(target: string): Promise<PausableProxy> {
     url: `${protocol}//127.0.0.1:${(server.address() as { port: number }).port}`,
     pause() {
       paused = true;
+      for (const pair of pairs) for (const s of pair) s.pause();
+    },
+    pauseOpen() {
       for (const pair of pairs) for (const s of pair) s.pause();
     },
     resume() {

@@ -12,7 +12,7 @@ import { newTenant, startStack, type TestStack } from '../helpers/stack.ts';
 import { failureWithin, waitFor, within } from '../helpers/poll.ts';
 import pg from 'pg';
 import { CoalescingClient, DEFER_UNTIL_NEXT, NoAnswerError } from '../../src/platform/db/coalescing-client.ts';
-import { pausableProxy } from '../helpers/held-proxy.ts';
+import { pausableProxy, type PausableProxy } from '../helpers/held-proxy.ts';
 import { slowWorkflow } from '../helpers/slow-workflow.ts';
 import { SLOW_STEPS, createSlowRun, enteredThroughLast, expectEveryStepOnce, logged, killLiveWorkers, readRun, waitEntered, waitRun } from '../helpers/recovery.ts';
 
@@ -23,13 +23,13 @@ const NO_ANSWER = 'PostgreSQL did not answer';
 
 /**
  * A CoalescingClient to `url` through a pausable proxy: PostgreSQL's statement_timeout 1 s, the
- * client's margin 1 s more. `close` forwards again and ends both.
+ * client's margin `marginMs` (1 s) more. `close` forwards again and ends both.
  */
-async function silenceable(url: string, perStatement = false) {
+async function silenceable(url: string, perStatement = false, marginMs = 1_000) {
   const proxy = await pausableProxy(url);
   const throughProxy = new URL(url);
   throughProxy.host = new URL(proxy.url).host;
-  const client = new CoalescingClient({ connectionString: throughProxy.toString(), statement_timeout: 1_000, answerBound: { statementMs: 1_000, marginMs: 1_000, perStatement } });
+  const client = new CoalescingClient({ connectionString: throughProxy.toString(), statement_timeout: 1_000, answerBound: { statementMs: 1_000, marginMs, perStatement } });
   client.on('error', () => {});
   const close = async () => {
     proxy.resume();
@@ -45,6 +45,56 @@ async function silenceable(url: string, perStatement = false) {
 
 /** What `query` fails with (undefined if it succeeds), within 20 s: a bound of a few seconds is expected, one summed over many statements or messages is not. */
 const failureWithin20s = (query: Promise<unknown>, what: string): Promise<unknown> => failureWithin(query, what, 20_000);
+
+/**
+ * Holds 40 statements that may wait on `client` (what a grouped commit of a dozen steps sends:
+ * group-commit.ts), to go in one message with the next: `begin`, 39 held ones, then the caller's.
+ */
+async function heldForty(client: CoalescingClient): Promise<void> {
+  await client.query('begin');
+  for (let i = 0; i < 39; i++) await client.query(`${DEFER_UNTIL_NEXT}select $1::int as n`, [i]);
+  expect(client.pendingStatements).toHaveLength(40);
+}
+
+/**
+ * One message of `count` statements, each waiting on an advisory lock the test holds for 1.5 s of that
+ * statement's wait (pg_locks.waitstart, read by the server's clock), sent by a CoalescingClient whose
+ * bounds are the server's statement_timeout 4 s and a margin of 1 s: it must be answered. Returns the
+ * client, ended.
+ */
+async function answeredWhileEachWaits(url: string, count: number, perStatement: boolean): Promise<CoalescingClient> {
+  const LOCKS = Array.from({ length: count }, (_, i) => 7_700_001 + i);
+  const holder = new pg.Client({ connectionString: url });
+  const client = new CoalescingClient({ connectionString: url, statement_timeout: 4_000, answerBound: { statementMs: 4_000, marginMs: 1_000, perStatement } });
+  client.on('error', () => {});
+  await holder.connect();
+  await client.connect();
+  try {
+    for (const k of LOCKS) await holder.query('select pg_advisory_lock($1)', [k]);
+    await client.query('begin');
+    for (const k of LOCKS.slice(0, -1)) await client.query(`${DEFER_UNTIL_NEXT}select pg_advisory_xact_lock($1)`, [k]);
+    const sent = client.query('select pg_advisory_xact_lock($1) as last', [LOCKS.at(-1)]).then(
+      (r: pg.QueryResult) => r,
+      (e: unknown) => e,
+    );
+    for (const k of LOCKS) {
+      await waitFor(
+        async () =>
+          (await holder.query(`select 1 from pg_locks where locktype = 'advisory' and not granted and objid = $1 and clock_timestamp() - waitstart >= interval '1500 ms'`, [k])).rowCount === 1,
+        { timeoutMs: 30_000, what: `the message to have waited 1.5 s for lock ${k}` },
+      );
+      await holder.query('select pg_advisory_unlock($1)', [k]);
+    }
+    const answer = await within(sent, 'the long message to be answered', 60_000);
+    expect(answer).not.toBeInstanceOf(Error);
+    expect((answer as pg.QueryResult).rows).toEqual([{ last: '' }]);
+    await client.query('commit');
+    return client;
+  } finally {
+    await holder.end().catch(() => {});
+    await client.end().catch(() => {});
+  }
+}
 
 describe('a PostgreSQL that stops answering without closing the connection', () => {
   let stack: TestStack;
@@ -119,11 +169,7 @@ describe('a PostgreSQL that stops answering without closing the connection', () 
     // 1 s the server's per statement, 1 s more the client's.
     const { proxy, client, close } = await silenceable(stack.env.DATABASE_URL!, true);
     try {
-      // One message of 40 statements that may wait (what a grouped commit of a dozen steps sends:
-      // group-commit.ts), held back and sent with the last: `begin`, 39 held ones, the last.
-      await client.query('begin');
-      for (let i = 0; i < 39; i++) await client.query(`${DEFER_UNTIL_NEXT}select $1::int as n`, [i]);
-      expect(client.pendingStatements).toHaveLength(40);
+      await heldForty(client);
       proxy.pause();
       // Summed per statement, the bound was 40 s + 1 s, past this deadline; PostgreSQL runs a
       // message's statements one after the other, each within its statement_timeout of the one
@@ -138,43 +184,48 @@ describe('a PostgreSQL that stops answering without closing the connection', () 
 
   it('with the bound per statement, a long message whose statements each wait, but each within its statement_timeout, is never cut: the bound restarts at each answer', { timeout: LONG }, async () => {
     // The server's statement_timeout 4 s, the client's margin 1 s: silent for 5 s is too long. The message
-    // below waits in 5 statements, each on an advisory lock the test holds for 1.5 s of that statement's
-    // wait (pg_locks.waitstart, read by the server's clock): 7.5 s or more in all, each far within 4 s.
-    const LOCKS = [1, 2, 3, 4, 5].map((k) => 7_700_000 + k);
-    const holder = new pg.Client({ connectionString: stack.env.DATABASE_URL! });
-    const client = new CoalescingClient({ connectionString: stack.env.DATABASE_URL!, statement_timeout: 4_000, answerBound: { statementMs: 4_000, marginMs: 1_000, perStatement: true } });
-    client.on('error', () => {});
-    await holder.connect();
-    await client.connect();
+    // waits in 5 statements, each 1.5 s or more: 7.5 s or more in all, each far within 4 s.
+    await answeredWhileEachWaits(stack.env.DATABASE_URL!, 5, true);
+  });
+
+  it("by default, a long message whose connection went silent while the server takes new connections is dropped after one statement's bound and a liveness check that finds its backend idle, not after one bound per statement in it", { timeout: LONG }, async () => {
+    // This connection only: the liveness check's own connection, made afterwards, is forwarded. After one
+    // statement's bound of silence (1 s + a margin of 3 s here, which the check has to connect and read,
+    // however loaded the machine) the client asks PostgreSQL on a fresh connection about this
+    // connection's backend: idle for longer than the margin, the message never reached it.
+    await longMessageDroppedAfterCheck((proxy) => proxy.pauseOpen(), /liveness check.*idle/, 3_000);
+  });
+
+  it("by default, a long message to a server gone silent altogether is dropped after one statement's bound and a liveness check that gets no answer within that bound", { timeout: LONG }, async () => {
+    // Every connection, this one and the check's, made through the same address.
+    await longMessageDroppedAfterCheck((proxy) => proxy.pause(), /liveness check.*no answer/);
+  });
+
+  /**
+   * The 40 statements of heldForty in one message, sent once `silence` stopped the proxy: dropped well
+   * before the summed bound (40 s + the margin, past the deadline) after one liveness check that found
+   * it dead (`seen`).
+   */
+  async function longMessageDroppedAfterCheck(silence: (proxy: PausableProxy) => void, seen: RegExp, marginMs?: number): Promise<void> {
+    const { proxy, client, close } = await silenceable(stack.env.DATABASE_URL!, false, marginMs);
     try {
-      for (const k of LOCKS) await holder.query('select pg_advisory_lock($1)', [k]);
-      await client.query('begin');
-      for (const k of LOCKS.slice(0, -1)) await client.query(`${DEFER_UNTIL_NEXT}select pg_advisory_xact_lock($1)`, [k]);
-      const sent = client.query('select pg_advisory_xact_lock($1) as last', [LOCKS.at(-1)]).then(
-        (r: pg.QueryResult) => r,
-        (e: unknown) => e,
-      );
-      for (const k of LOCKS) {
-        await waitFor(
-          async () =>
-            (
-              await holder.query(
-                `select 1 from pg_locks where locktype = 'advisory' and not granted and objid = $1 and clock_timestamp() - waitstart >= interval '1500 ms'`,
-                [k],
-              )
-            ).rowCount === 1,
-          { timeoutMs: 30_000, what: `the message to have waited 1.5 s for lock ${k}` },
-        );
-        await holder.query('select pg_advisory_unlock($1)', [k]);
-      }
-      const answer = await within(sent, 'the long message to be answered', 60_000);
-      expect(answer).not.toBeInstanceOf(Error);
-      expect((answer as pg.QueryResult).rows).toEqual([{ last: '' }]);
-      await client.query('commit');
+      await heldForty(client);
+      silence(proxy);
+      const failed = await failureWithin20s(client.query('select 39 as n'), "the silent connection's long message to fail after a liveness check");
+      expect(failed).toBeInstanceOf(NoAnswerError);
+      expect((failed as Error).message).toMatch(seen);
+      expect(client.livenessChecks).toEqual({ working: 0, unsure: 0, dead: 1, unknown: 0 });
     } finally {
-      await holder.end().catch(() => {});
-      await client.end().catch(() => {});
+      await close();
     }
+  }
+
+  it('by default, a long message whose statements each wait, in all past one statement\'s bound, is never cut: the liveness check finds its backend at work', { timeout: LONG }, async () => {
+    // The same bounds (5 s), 8 statements waiting 1.5 s or more each: 12 s or more of silence, so at least
+    // one check finds the backend waiting on a lock; the sum (8 × 4 s + 1 s) is never reached.
+    const client = await answeredWhileEachWaits(stack.env.DATABASE_URL!, 8, false);
+    expect(client.livenessChecks.working).toBeGreaterThan(0);
+    expect(client.livenessChecks).toMatchObject({ unsure: 0, dead: 0, unknown: 0 });
   });
 
   it("ending a connection whose server went silent is done after the margin: pg's end waited for the server to close it, for ever (a pool's close at shutdown, db:migrate's at its end)", { timeout: LONG }, async () => {

@@ -4,6 +4,7 @@ import { PreparedNames, StatementBatch, completedBefore, inlineStatement, type S
 import { groupCommitFor, type GroupCommit, type GroupCommitRef } from './group-commit.ts';
 import { DEFER_UNTIL_NEXT, LAST_IN_TRANSACTION } from './markers.ts';
 import { endWithin } from './connection-bounds.ts';
+import { backendLiveness, type Liveness } from './backend-liveness.ts';
 
 /**
  * A `pg` client that sends fewer round trips without changing what a transaction does.
@@ -120,16 +121,26 @@ export interface AnswerBound {
    * DATABASE_ANSWER_PER_STATEMENT: a batch asks for each answer as it is made (a Flush after each
    * statement that may wait but the last: statement-batch.ts), so its bound is one statement's, not the
    * sum over its statements. Off by default: the Flushes cost the engine about 15 % more CPU per run in
-   * session 32's compare-only runs (docs/performance.md), so a batch is allowed the sum.
+   * session 32's compare-only runs (docs/performance.md), so a batch is allowed the sum, with a
+   * liveness check after each statement's bound of silence that gives up a server gone silent after
+   * about one (watch).
    */
   perStatement?: boolean;
 }
 
-/** The error a statement fails with when the server was silent past its {@link AnswerBound} (a network timeout: transient). */
+/**
+ * The error a statement fails with when the server was silent past its {@link AnswerBound} (a network
+ * timeout: transient), or past one statement's bound with a liveness check that found its backend not
+ * at work on it (`seen`: what the check found).
+ */
 export class NoAnswerError extends Error {
   readonly code = 'ETIMEDOUT';
-  constructor(ms: number) {
-    super(`PostgreSQL did not answer within ${ms} ms (DATABASE_STATEMENT_TIMEOUT plus DATABASE_ANSWER_MARGIN, since it last sent anything while a statement awaited its answer): the connection is dropped`);
+  constructor(ms: number, seen?: string) {
+    super(
+      seen === undefined
+        ? `PostgreSQL did not answer within ${ms} ms (DATABASE_STATEMENT_TIMEOUT plus DATABASE_ANSWER_MARGIN, since it last sent anything while a statement awaited its answer): the connection is dropped`
+        : `PostgreSQL did not answer within ${ms} ms (at least DATABASE_STATEMENT_TIMEOUT plus DATABASE_ANSWER_MARGIN, since it last sent anything while a statement awaited its answer), and ${seen}: the connection is dropped`,
+    );
     this.name = 'NoAnswerError';
   }
 }
@@ -169,6 +180,16 @@ export class CoalescingClient extends pg.Client {
   #heardOn: NodeJS.EventEmitter | undefined;
   readonly #heard = () => (this.#heardAt = Date.now());
   #watchdog: NodeJS.Timeout | undefined;
+  /** What the client was made with: a liveness check connects with the same (see watch). */
+  readonly #config: string | pg.ClientConfig | undefined;
+  /**
+   * The last liveness check's outcome for the silence that began at `heardAt` (stale once anything is
+   * heard): the silence is let run until `until`; `unsure`, it found the backend just done or waiting
+   * on its socket.
+   */
+  #checked: { heardAt: number; until: number; unsure: boolean } | undefined;
+  #checking = false;
+  readonly #livenessChecks: Record<Liveness, number> = { working: 0, unsure: 0, dead: 0, unknown: 0 };
 
   constructor(config?: string | (pg.ClientConfig & { preparedStatements?: boolean; groupCommit?: GroupCommitRef; answerBound?: AnswerBound })) {
     super(config);
@@ -176,6 +197,7 @@ export class CoalescingClient extends pg.Client {
     this.#group = typeof config === 'object' && config.groupCommit ? groupCommitFor(config.groupCommit) : undefined;
     const bound = typeof config === 'object' ? config.answerBound : undefined;
     this.#answer = bound && bound.statementMs > 0 && bound.marginMs > 0 ? bound : undefined;
+    this.#config = config;
     // pg reports a dropped connection as `error` (then `end`); whoever holds the client handles the error itself.
     this.on('error', () => (this.#lost = true));
     this.on('end', () => (this.#lost = true));
@@ -199,6 +221,11 @@ export class CoalescingClient extends pg.Client {
     const ended = endWithin(this, () => super.end(), this.#answer.marginMs);
     if (callback === undefined) return ended;
     void ended.then(() => callback(), (e: unknown) => callback(e));
+  }
+
+  /** The liveness checks this connection made, counted by what they found (for tests). */
+  get livenessChecks(): Readonly<Record<Liveness, number>> {
+    return this.#livenessChecks;
   }
 
   /** Statements held back on this connection, with their values written in (for tests). */
@@ -341,7 +368,9 @@ export class CoalescingClient extends pg.Client {
    * while one that answers each statement in turn is never cut however long the whole takes. Without
    * it (the default: the Flushes cost the engine ~15 % more CPU per run, docs/performance.md session
    * 32), and for a simple-protocol message of several statements (values written in, no Flush
-   * possible), a message is answered only whole: it is allowed the sum.
+   * possible), a message is answered only whole: it is allowed the sum, but once silent for one
+   * statement's bound it is kept only while a liveness check finds its backend at work (watch): nothing
+   * in the path of a message answered within one statement's bound, which clears the timer.
    *
    * Past the bound the socket is destroyed: pg fails every query on the client with the error, the
    * transaction's rollback is answered here (the connection is gone), and the pool drops the client,
@@ -366,7 +395,8 @@ export class CoalescingClient extends pg.Client {
     // 30 bounds, not one.)
     if (this.#silences.length === 0) this.#heardAt = Date.now();
     this.#silences.push(ms);
-    this.#watchdog ??= setTimeout(() => this.watch(), ms).unref();
+    // A message allowed more than one statement's bound is looked at after one (watch).
+    this.#watchdog ??= setTimeout(() => this.watch(), Math.min(ms, bound.statementMs + bound.marginMs)).unref();
     return sent.finally(() => {
       this.#silences.splice(this.#silences.indexOf(ms), 1);
       if (this.#silences.length === 0) {
@@ -376,20 +406,63 @@ export class CoalescingClient extends pg.Client {
     });
   }
 
-  /** The watchdog's round: drops the connection if it has been silent too long, else looks again when it would be. */
+  /**
+   * The watchdog's round: drops the connection if it has been silent too long, else looks again when it
+   * would be. Runs only when a message has gone unanswered for a statement's bound (never while the
+   * server answers in time: bounded clears the timer at each answer).
+   *
+   * A message allowed the sum over its statements (several that may wait, answered only at its end) is
+   * not left to that sum: once it has been silent for one statement's bound, the server is asked, on a
+   * connection of its own, whether this connection's backend is still at work on it (backend-liveness.ts;
+   * at most one check in flight per connection, and one connection per process and server for all of
+   * them). Working (a lock, a long statement), or the check cannot tell (a pooler's pids, the server
+   * refusing the check): the silence is let run another statement's bound, then asked again; just done
+   * or waiting on its socket: asked again after the margin, and dropped if so again; gone, idle, or the
+   * server giving the check no answer within one statement's bound: dropped now. A server that is there
+   * thus never has a message cut that the sum allowed, and one gone silent is given up after about one
+   * statement's bound and the check's, not the sum; the sum stays the upper bound either way.
+   */
   private watch(): void {
+    clearTimeout(this.#watchdog);
     this.#watchdog = undefined;
-    if (this.#silences.length === 0) return;
+    const bound = this.#answer;
+    if (this.#silences.length === 0 || this.#lost || !bound) return;
     const ms = Math.max(...this.#silences);
-    const left = this.#heardAt + ms - Date.now();
-    if (left <= 0) this.dropSilent(ms);
-    else this.#watchdog = setTimeout(() => this.watch(), left).unref();
+    const now = Date.now();
+    let next = this.#heardAt + ms;
+    if (next <= now) return this.dropSilent(ms);
+    const one = bound.statementMs + bound.marginMs;
+    const pid = (this as unknown as { processID: number | null }).processID;
+    if (ms > one && typeof pid === 'number') {
+      const checked = this.#checked?.heardAt === this.#heardAt ? this.#checked : undefined;
+      const quietUntil = Math.max(this.#heardAt + one, checked?.until ?? 0);
+      if (quietUntil > now) next = Math.min(next, quietUntil);
+      else if (!this.#checking) this.checkLiveness(pid, one, bound.marginMs, checked?.unsure === true);
+    }
+    this.#watchdog = setTimeout(() => this.watch(), next - now).unref();
+  }
+
+  /** Asks whether backend `pid` is at work on the unanswered message (see watch); its answer decides, unless the server was heard meanwhile. */
+  private checkLiveness(pid: number, one: number, marginMs: number, unsureBefore: boolean): void {
+    const heardAt = this.#heardAt;
+    this.#checking = true;
+    const { host, port, database, user } = (this as unknown as { connectionParameters: { host: string; port: number; database: string; user: string } }).connectionParameters;
+    const own = typeof this.#config === 'string' ? { connectionString: this.#config } : this.#config;
+    const config: pg.ClientConfig = { ...own, application_name: 'dealix liveness check' };
+    void backendLiveness(JSON.stringify([host, port, database, user]), config, pid, one, marginMs).then(({ liveness, seen }) => {
+      this.#checking = false;
+      this.#livenessChecks[liveness]++;
+      if (this.#lost || this.#silences.length === 0 || this.#heardAt !== heardAt) return this.watch();
+      if (liveness === 'dead' || (liveness === 'unsure' && unsureBefore)) return this.dropSilent(Date.now() - heardAt, seen);
+      this.#checked = { heardAt, until: Date.now() + (liveness === 'unsure' ? marginMs : one), unsure: liveness === 'unsure' };
+      this.watch();
+    });
   }
 
   /** Destroys the connection of a message PostgreSQL did not answer in time (see bounded). */
-  private dropSilent(ms: number): void {
+  private dropSilent(ms: number, seen?: string): void {
     this.#lost = true;
-    (this as unknown as { connection: { stream: { destroy(err?: Error): void } } }).connection.stream.destroy(new NoAnswerError(ms));
+    (this as unknown as { connection: { stream: { destroy(err?: Error): void } } }).connection.stream.destroy(new NoAnswerError(ms, seen));
   }
 
   /** The transaction's last statement with what is held before it and the commit after it: its own result is returned. */

@@ -39,3 +39,15 @@ export async function endWithin(client: pg.Client, end: () => Promise<void>, ms:
     clearTimeout(timer);
   }
 }
+
+/** Errors of a connection that never reached PostgreSQL (node's socket codes, pg's own timeout and hang-up messages). */
+const UNREACHABLE_CODES = new Set(['ECONNREFUSED', 'ENOTFOUND', 'EAI_AGAIN', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENETUNREACH', 'ECONNRESET']);
+const UNREACHABLE_MESSAGE = /timeout expired|Connection terminated unexpectedly/;
+
+/** True for an error of a connection that never reached PostgreSQL, or lost it: no answer from the server. */
+export function isUnreachable(e: unknown): boolean {
+  const err = e as { code?: unknown; message?: unknown } | null | undefined;
+  const code = typeof err?.code === 'string' ? err.code : '';
+  const message = typeof err?.message === 'string' ? err.message : String(e);
+  return UNREACHABLE_CODES.has(code) || UNREACHABLE_MESSAGE.test(message);
+}

@@ -1,8 +1,5 @@
 import { describePgUrl } from '../config/config.ts';
-
-/** Errors of a connection that never reached PostgreSQL (node's socket codes, pg's own timeout and hang-up messages). */
-const UNREACHABLE_CODES = new Set(['ECONNREFUSED', 'ENOTFOUND', 'EAI_AGAIN', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENETUNREACH', 'ECONNRESET']);
-const UNREACHABLE_MESSAGE = /timeout expired|Connection terminated unexpectedly/;
+import { isUnreachable } from './connection-bounds.ts';
 
 /**
  * A failure to reach or enter PostgreSQL as one sentence that names the setting to fix, for the command-line
@@ -14,7 +11,7 @@ export function databaseProblem(e: unknown, setting: string, url: string): strin
   const code = typeof err?.code === 'string' ? err.code : '';
   const message = typeof err?.message === 'string' ? err.message : String(e);
   const { host, port, user, database } = describePgUrl(url);
-  if (UNREACHABLE_CODES.has(code) || UNREACHABLE_MESSAGE.test(message)) {
+  if (isUnreachable(e)) {
     return `PostgreSQL is not reachable at ${host}:${port} (${message}). Start it, or point ${setting} at it.`;
   }
   if (code === '28P01' || code === '28000') {
