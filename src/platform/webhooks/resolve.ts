@@ -82,7 +82,7 @@ export class HostResolver {
    * no address, no answer within `timeoutMs`, or a temporary failure.
    */
   async resolve(host: string, family?: number): Promise<ResolvedAddress[]> {
-    const wanted = (a: ResolvedAddress) => family !== 4 && family !== 6 ? true : a.family === family;
+    const wanted = (a: ResolvedAddress) => (family !== 4 && family !== 6) || a.family === family;
     const literal = isIP(host);
     if (literal) return [{ address: host, family: literal as 4 | 6 }].filter(wanted);
     const name = host.toLowerCase().replace(/\.$/, '');
