@@ -28,9 +28,12 @@ import { publishActiveRunsOverride } from './platform/limits/tenant-limits.ts';
 import { webhookResendRoutes } from './platform/webhooks/resend.ts';
 import { webhookTestEventRoutes } from './platform/webhooks/test-event.ts';
 import type { UrlPolicy } from './platform/webhooks/ssrf.ts';
+import { HostResolver } from './platform/webhooks/resolve.ts';
 
 /** Which webhook receivers the configuration admits (the SSRF guard, ADR 0013). */
 export const webhookUrlPolicy = (config: Config): UrlPolicy => ({ allowPrivate: config.WEBHOOK_ALLOW_PRIVATE_NETWORKS, httpsOnly: config.NODE_ENV === 'production' });
+/** How a process resolves webhook receivers' hosts (resolve.ts): WEBHOOK_DNS_SERVERS, bounded by WEBHOOK_DNS_TIMEOUT and WEBHOOK_TIMEOUT. */
+export const webhookResolver = (config: Config): HostResolver => new HostResolver({ servers: config.WEBHOOK_DNS_SERVERS, timeoutMs: Math.min(config.WEBHOOK_DNS_TIMEOUT, config.WEBHOOK_TIMEOUT) });
 
 export interface Container {
   config: Config;
@@ -102,7 +105,7 @@ export async function createContainer(
     ...webhookEndpointRoutes({
       policy: webhookUrlPolicy(config),
       maxEndpoints: config.WEBHOOK_MAX_ENDPOINTS,
-      dnsTimeoutMs: config.WEBHOOK_TIMEOUT,
+      resolver: webhookResolver(config),
       rates: { limits: new EndpointRates(redis, config.QUEUE_PREFIX), queue: () => queue(WEBHOOK_QUEUE) },
     }),
     ...webhookDeliveryRoutes(),

@@ -16,7 +16,7 @@ import { exitAfterFailedStart, onShutdown } from './platform/process/shutdown.ts
 import { WEBHOOK_QUEUE, webhookHandlers, type WebhookSlotsUse } from './platform/webhooks/delivery.ts';
 import { warnWhenGuardOff } from './platform/webhooks/ssrf.ts';
 import { EndpointRates } from './platform/webhooks/rate-limit.ts';
-import { webhookUrlPolicy } from './container.ts';
+import { webhookResolver, webhookUrlPolicy } from './container.ts';
 
 export interface WorkerProcess {
   workers: Worker[];
@@ -126,7 +126,7 @@ export async function startWorkerProcess(c: Container, opts: { signal?: AbortSig
       ...webhookHandlers({
         orm: c.orm,
         logger: c.logger,
-        settings: { timeoutMs: cfg.WEBHOOK_TIMEOUT, maxAttempts: cfg.WEBHOOK_MAX_ATTEMPTS, retryBaseMs: cfg.WEBHOOK_RETRY_BASE, policy: webhookUrlPolicy(cfg), disableAfterMs: cfg.WEBHOOK_DISABLE_AFTER },
+        settings: { timeoutMs: cfg.WEBHOOK_TIMEOUT, maxAttempts: cfg.WEBHOOK_MAX_ATTEMPTS, retryBaseMs: cfg.WEBHOOK_RETRY_BASE, policy: webhookUrlPolicy(cfg), resolver: webhookResolver(cfg), disableAfterMs: cfg.WEBHOOK_DISABLE_AFTER },
         queue: () => c.queues.get(WEBHOOK_QUEUE)!,
         redis: c.redis,
         outcomes: c.metrics.webhookDeliveries,

@@ -4,75 +4,52 @@
  * never answers would otherwise hold one of the API's pooled connections per create, for the
  * resolver's whole timeout, and a tenant's share of in-flight requests exceeds the pool.
  *
- * DNS is made to wait here, in this process (the API runs in it), by a gate in node:dns's `lookup`;
- * PostgreSQL and Redis are the real ones, and the API's pool has a single connection.
+ * DNS is a real server here (test/helpers/dns-server.ts, the API's WEBHOOK_DNS_SERVERS): it holds one
+ * name's queries until the test releases them and never answers another; PostgreSQL and Redis are the
+ * real ones, and the API's pool has a single connection.
  *
- * The wait is bounded (WEBHOOK_TIMEOUT, one delivery attempt's budget): a host whose DNS never answers
- * gets a 503 once it has passed, and nothing is stored. The bound is made small through the config,
- * and that host's gate is never opened.
+ * The wait is bounded (WEBHOOK_DNS_TIMEOUT, at most WEBHOOK_TIMEOUT): a host whose DNS never answers
+ * gets a 503 once it has passed, and nothing is stored. The bound is made small through the config.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import dns from 'node:dns';
-import { syncBuiltinESMExports } from 'node:module';
 import { randomUUID } from 'node:crypto';
 import { api, newTenant, startStack, type TestStack } from '../helpers/stack.ts';
+import { startDnsServer, type TestDns } from '../helpers/dns-server.ts';
+import { waitFor } from '../helpers/poll.ts';
 
 const ENDPOINTS = '/api/v1/webhook-endpoints';
 const GATED_HOST = 'receiver.gated.test';
 const SILENT_HOST = 'receiver.silent.test';
-const realLookup = dns.lookup;
-
-/** GATED_HOST resolves to a public address once `opened` settles; SILENT_HOST never resolves; other names as usual. */
-function installGate(opened: Promise<void>, entered: () => void): void {
-  const gated = ((hostname: string, options: unknown, callback: unknown) => {
-    if (hostname === SILENT_HOST) return;
-    if (hostname !== GATED_HOST) return (realLookup as (...a: unknown[]) => void)(hostname, options, callback);
-    const cb = (typeof options === 'function' ? options : callback) as (err: null, a: unknown, f?: number) => void;
-    const all = typeof options === 'object' && options !== null && (options as { all?: boolean }).all;
-    entered();
-    void opened.then(() => (all ? cb(null, [{ address: '93.184.215.14', family: 4 }]) : cb(null, '93.184.215.14', 4)));
-  }) as typeof dns.lookup;
-  dns.lookup = gated;
-  syncBuiltinESMExports();
-}
-
-function removeGate(): void {
-  dns.lookup = realLookup;
-  syncBuiltinESMExports();
-}
 
 describe('webhook endpoint create: DNS outside the transaction', () => {
   let stack: TestStack;
-  let release!: () => void;
-  const opened = new Promise<void>((r) => (release = r));
-  let entered!: () => void;
-  const resolving = new Promise<void>((r) => (entered = r));
+  let dns: TestDns;
 
   beforeAll(async () => {
-    stack = await startStack({ env: { DATABASE_POOL_MAX: '1' } });
-    installGate(opened, entered);
+    dns = await startDnsServer();
+    dns.hold(GATED_HOST, { a: ['93.184.215.14'] });
+    stack = await startStack({ env: { DATABASE_POOL_MAX: '1', WEBHOOK_DNS_SERVERS: dns.server, WEBHOOK_DNS_TIMEOUT: '60s', WEBHOOK_TIMEOUT: '60s' } });
   }, 120_000);
 
   afterAll(async () => {
-    release();
-    removeGate();
+    dns?.release(GATED_HOST);
     await stack?.stop();
+    await dns?.close();
   });
 
   it("another request is served while a create waits for its host's DNS; the create then answers 201", async () => {
     const admin = await stack.token({ tenantId: newTenant(), sub: 'admin-1', roles: ['admin'] });
     const other = await stack.token({ tenantId: newTenant(), sub: 'admin-1', roles: ['admin'] });
     const create = api(stack, 'POST', ENDPOINTS, { token: admin, body: { url: `https://${GATED_HOST}/hook`, events: ['run.completed'] }, headers: { 'Idempotency-Key': randomUUID() } });
-    await resolving;
-    // With the pool's only connection held by the create's transaction, this would wait for the gate.
+    await waitFor(() => dns.asked(GATED_HOST), { what: "the create's DNS query" });
+    // With the pool's only connection held by the create's transaction, this would wait for the DNS answer.
     const listed = await Promise.race([
       api(stack, 'GET', ENDPOINTS, { token: other }),
-      opened.then(() => 'the gate opened first' as const),
       new Promise<'blocked'>((r) => setTimeout(() => r('blocked'), 15_000).unref()),
     ]);
     expect(listed === 'blocked' ? 'the list waited for the create’s DNS (a connection held through it)' : 'served').toBe('served');
     expect(typeof listed === 'object' && listed.status).toBe(200);
-    release();
+    dns.release(GATED_HOST);
     const created = await create;
     expect(created.status, created.text).toBe(201);
   });
@@ -80,16 +57,18 @@ describe('webhook endpoint create: DNS outside the transaction', () => {
 
 describe('webhook endpoint create: a bounded wait for DNS', () => {
   let stack: TestStack;
+  let dns: TestDns;
 
   beforeAll(async () => {
-    // WEBHOOK_TIMEOUT bounds the create's DNS wait; its smallest value keeps the test short.
-    stack = await startStack({ env: { WEBHOOK_TIMEOUT: '100ms' } });
-    installGate(new Promise<void>(() => {}), () => {});
+    dns = await startDnsServer();
+    dns.silence(SILENT_HOST);
+    // WEBHOOK_DNS_TIMEOUT bounds the create's DNS wait: short, yet long for the names that answer on a loaded machine.
+    stack = await startStack({ env: { WEBHOOK_DNS_SERVERS: dns.server, WEBHOOK_DNS_TIMEOUT: '2s' } });
   }, 120_000);
 
   afterAll(async () => {
-    removeGate();
     await stack?.stop();
+    await dns?.close();
   });
 
   it('a host whose DNS never answers: 503 problem+json naming the host once the wait is over, nothing stored, the key free for a retry', async () => {
@@ -105,13 +84,41 @@ describe('webhook endpoint create: a bounded wait for DNS', () => {
     expect(res.status, res.text).toBe(503);
     expect(res.headers.get('content-type')).toMatch(/^application\/problem\+json/);
     expect(res.headers.get('retry-after')).toBeTruthy();
-    expect(res.json.detail).toBe(`The host ${SILENT_HOST} could not be resolved within 100 ms; try again.`);
+    expect(res.json.detail).toBe(`The host ${SILENT_HOST} could not be resolved within 2000 ms; try again.`);
     const listed = await api(stack, 'GET', ENDPOINTS, { token: admin });
     expect(listed.status).toBe(200);
     expect(listed.json.items).toEqual([]);
     // The key was released, not stored: no idempotency record of the tenant's remains.
     expect((await stack.db.admin(`select 1 from idempotency_keys where tenant_id = $1`, [tenant])).rows).toEqual([]);
   });
+  it('private networks refused: a host the DNS server resolves to a private address (either family) is 422 without naming it, an unknown one 422 ENOTFOUND, a public one 201', async () => {
+    dns.answer('private.create.test', { a: ['10.0.0.7'] });
+    dns.answer('private6.create.test', { a: ['93.184.215.14'], aaaa: ['fd00::7'] });
+    dns.answer('public.create.test', { a: ['93.184.215.14'] });
+    const admin = await stack.token({ tenantId: newTenant(), sub: 'admin-1', roles: ['admin'] });
+    const create = (host: string) => api(stack, 'POST', ENDPOINTS, { token: admin, body: { url: `https://${host}/hook`, events: ['run.completed'] }, headers: { 'Idempotency-Key': randomUUID() } });
+    for (const host of ['private.create.test', 'private6.create.test']) {
+      const res = await create(host);
+      expect(res.status, res.text).toBe(422);
+      expect(res.json.errors).toEqual([{ path: 'url', message: `its host ${host} resolves to a non-public address` }]);
+    }
+    const unknown = await create('unknown.create.test');
+    expect(unknown.status, unknown.text).toBe(422);
+    expect(unknown.json.errors).toEqual([{ path: 'url', message: 'its host unknown.create.test does not resolve (ENOTFOUND)' }]);
+    const created = await create('public.create.test');
+    expect(created.status, created.text).toBe(201);
+  });
+
+  it('a host whose name server fails (SERVFAIL): 503 "for now", nothing stored — it says nothing of the URL', async () => {
+    dns.servfail('failing.create.test');
+    const admin = await stack.token({ tenantId: newTenant(), sub: 'admin-1', roles: ['admin'] });
+    const res = await api(stack, 'POST', ENDPOINTS, { token: admin, body: { url: 'https://failing.create.test/hook', events: ['run.completed'] }, headers: { 'Idempotency-Key': randomUUID() } });
+    expect(res.status, res.text).toBe(503);
+    expect(res.headers.get('retry-after')).toBeTruthy();
+    expect(res.json.detail).toBe('The host failing.create.test could not be resolved for now (ESERVFAIL); try again.');
+    expect((await api(stack, 'GET', ENDPOINTS, { token: admin })).json.items).toEqual([]);
+  });
+
   it("an update (PATCH) to a host whose DNS never answers: 503 once the wait is over, the endpoint unchanged, the key free for a retry", async () => {
     const tenant = newTenant();
     const admin = await stack.token({ tenantId: tenant, sub: 'admin-1', roles: ['admin'] });

@@ -16,6 +16,7 @@ import { createEndpoint, ENDPOINTS, expectSpaced, rateLetGos, startReceiver, sta
 import { monitorKeys } from '../helpers/redis-monitor.ts';
 import { startEnvironment, pollDb, type Environment } from '../chaos/environment.ts';
 import { CLASS_A_SUBMISSION } from '../helpers/stack.ts';
+import { webhookResolver } from '../../src/container.ts';
 
 const PAYLOAD = { type: 'run.completed', timestamp: '2026-12-04T00:00:00.000Z', data: { workflow: 'golden-path', run_id: 'r', status: 'completed', correlation_id: 'c-1', ended_at: '2026-12-04T00:00:00.000Z' } };
 
@@ -38,7 +39,7 @@ const passOf = (stack: TestStack, redis: Redis = stack.container.redis) =>
   webhookHandlers({
     orm: stack.container.orm,
     logger: pino({ level: 'silent' }),
-    settings: { timeoutMs: 5000, maxAttempts: 3, retryBaseMs: 50, policy: { allowPrivate: true, httpsOnly: false } },
+    settings: { timeoutMs: 5000, maxAttempts: 3, retryBaseMs: 50, policy: { allowPrivate: true, httpsOnly: false }, resolver: webhookResolver(stack.config) },
     queue: () => stack.container.queues.get(WEBHOOK_QUEUE)!,
     redis,
     redeliverAfterMs: 0,

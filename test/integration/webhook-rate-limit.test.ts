@@ -15,6 +15,7 @@ import { enqueueDeliveries, WEBHOOK_QUEUE, WEBHOOK_REDELIVERY_JOB, webhookHandle
 import { deliveryJobId } from '../../src/platform/queue/job-ids.ts';
 import { parseSlotMember, slotMember } from '../../src/platform/durable/tenant-slots.ts';
 import { createEndpoint, ENDPOINTS, expectSpaced, rateLetGos, startWebhookStack, stopWebhookStack, tenantWithEndpoint, type Receiver } from '../helpers/webhooks.ts';
+import { webhookResolver } from '../../src/container.ts';
 
 describe('webhook endpoint rate limits (rate_limit_per_second)', () => {
   let stack: TestStack;
@@ -365,7 +366,7 @@ describe('webhook endpoint rate limits (rate_limit_per_second)', () => {
     const pass = webhookHandlers({
       orm: stack.container.orm,
       logger: pino({ level: 'silent' }),
-      settings: { timeoutMs: 5000, maxAttempts: 3, retryBaseMs: 50, policy: { allowPrivate: true, httpsOnly: false } },
+      settings: { timeoutMs: 5000, maxAttempts: 3, retryBaseMs: 50, policy: { allowPrivate: true, httpsOnly: false }, resolver: webhookResolver(stack.config) },
       queue: () => queue,
       redis: stack.container.redis,
       redeliverAfterMs: 0,

@@ -18,6 +18,7 @@ import { deliveryJobId } from '../../src/platform/queue/job-ids.ts';
 import { WEBHOOK_DELIVERY_JOB, WEBHOOK_QUEUE, WEBHOOK_REDELIVERY_JOB, webhookHandlers } from '../../src/platform/webhooks/delivery.ts';
 import pino from 'pino';
 import pg from 'pg';
+import { webhookResolver } from '../../src/container.ts';
 
 /** Three: a delivered delivery (one attempt) resent has attempts left under it, so its one attempt is the resend's rule, not the cap. */
 const MAX_ATTEMPTS = 3;
@@ -330,7 +331,7 @@ describe('webhook resend', () => {
     const pass = webhookHandlers({
       orm: stack.container.orm,
       logger: pino({ level: 'silent' }),
-      settings: { timeoutMs: 5000, maxAttempts: MAX_ATTEMPTS, retryBaseMs: 50, policy: { allowPrivate: true, httpsOnly: false } },
+      settings: { timeoutMs: 5000, maxAttempts: MAX_ATTEMPTS, retryBaseMs: 50, policy: { allowPrivate: true, httpsOnly: false }, resolver: webhookResolver(stack.config) },
       queue: () => queue,
       redis: stack.container.redis,
       redeliverAfterMs: 0,

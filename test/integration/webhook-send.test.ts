@@ -8,6 +8,7 @@ import { createServer, type IncomingHttpHeaders, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { Webhook } from 'standardwebhooks';
 import { postWebhook } from '../../src/platform/webhooks/send.ts';
+import { HostResolver } from '../../src/platform/webhooks/resolve.ts';
 import { waitFor } from '../helpers/poll.ts';
 import { newSigningSecret } from '../../src/platform/webhooks/webhook-endpoints.routes.ts';
 
@@ -52,8 +53,10 @@ afterAll(async () => {
 });
 
 const secret = newSigningSecret();
+// The system's name servers; `localhost` is answered from the hosts file.
+const resolver = new HostResolver({ servers: [], timeoutMs: 5000 });
 const body = JSON.stringify({ type: 'run.completed', timestamp: new Date().toISOString(), data: { run_id: 'r-1' } });
-const send = (url: string, allowPrivate: boolean, timeoutMs = 5000) => postWebhook({ url, secrets: [secret], msgId: `msg-${hits.length}`, body, timeoutMs, policy: { allowPrivate, httpsOnly: false } });
+const send = (url: string, allowPrivate: boolean, timeoutMs = 5000) => postWebhook({ url, secrets: [secret], msgId: `msg-${hits.length}`, body, timeoutMs, policy: { allowPrivate, httpsOnly: false }, resolver });
 
 describe('a delivery attempt', () => {
   it('POSTs the body signed per Standard Webhooks: the library verifies it with the secret', async () => {

@@ -17,6 +17,7 @@ import { barrier, wrappedGoldenPath, startRunHost } from '../helpers/run-host.ts
 import { capturedLog } from '../helpers/log-capture.ts';
 import { Webhook } from 'standardwebhooks';
 import { createEndpoint, ENDPOINTS, startReceiver, startWebhookStack, stopWebhookStack, submit, tenantWithEndpoint, waitRun, type Receiver } from '../helpers/webhooks.ts';
+import { webhookResolver } from '../../src/container.ts';
 
 const deliveriesOfRun = async (stack: TestStack, runId: string) =>
   (await stack.db.admin(`select id, event_type, status, attempts, attempt_log, endpoint_id, tenant_id from webhook_deliveries where payload->'data'->>'run_id' = $1 order by created_at`, [runId])).rows;
@@ -44,7 +45,7 @@ const testHandlers = (stack: TestStack, redeliverAfterMs: number) =>
   webhookHandlers({
     orm: stack.container.orm,
     logger: pino({ level: 'silent' }),
-    settings: { timeoutMs: 5000, maxAttempts: 3, retryBaseMs: 50, policy: { allowPrivate: true, httpsOnly: false } },
+    settings: { timeoutMs: 5000, maxAttempts: 3, retryBaseMs: 50, policy: { allowPrivate: true, httpsOnly: false }, resolver: webhookResolver(stack.config) },
     queue: () => stack.container.queues.get(WEBHOOK_QUEUE)!,
     redis: stack.container.redis,
     redeliverAfterMs,

@@ -49,6 +49,12 @@ describe('configuration', () => {
     expect(parseConfig({ JWT_JWKS_URL: 'https://issuer.example/jwks.json' }).JWT_ALGORITHMS).toEqual(['RS256', 'ES256']);
   });
 
+  it('takes WEBHOOK_DNS_SERVERS as the resolver takes them (ip, ip:port, [ipv6]:port) and refuses anything else at start; unset: none (the system\'s)', () => {
+    expect(parseConfig({ JWT_SECRET: SECRET }).WEBHOOK_DNS_SERVERS).toEqual([]);
+    expect(parseConfig({ JWT_SECRET: SECRET, WEBHOOK_DNS_SERVERS: '10.0.0.2, 127.0.0.1:5353,[::1]:53' }).WEBHOOK_DNS_SERVERS).toEqual(['10.0.0.2', '127.0.0.1:5353', '[::1]:53']);
+    for (const bad of ['dns.example.com', '127.0.0.1:port', '300.1.1.1']) expect(() => parseConfig({ JWT_SECRET: SECRET, WEBHOOK_DNS_SERVERS: bad }), bad).toThrow(/WEBHOOK_DNS_SERVERS/);
+  });
+
   it('treats empty strings as unset', () => {
     expect(parseConfig({ JWT_SECRET: SECRET, PORT: '', LOG_LEVEL: '' })).toMatchObject({ PORT: 3000, LOG_LEVEL: 'info' });
   });

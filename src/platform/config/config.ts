@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { Resolver } from 'node:dns';
 import { parseDurationMs } from './duration.ts';
 import { sslParameters } from '../db/pg-ssl.ts';
 
@@ -184,6 +185,23 @@ export const configSchema = z
     WEBHOOK_ALLOW_PRIVATE_NETWORKS: bool(false),
     /** How long one delivery attempt (connect, send, answer) may take before it counts as failed. */
     WEBHOOK_TIMEOUT: duration('10s').refine((ms) => ms >= 100 && ms <= 60_000, 'between 100ms and 60s'),
+    /**
+     * The bound of resolving a webhook receiver's host name (A and AAAA, every server and try), at an endpoint's
+     * create or update (then 503) and at each delivery attempt (then a failed attempt, retried); at most
+     * WEBHOOK_TIMEOUT (the smaller applies). Resolved by c-ares, on no threadpool thread (ADR 0013).
+     */
+    WEBHOOK_DNS_TIMEOUT: duration('5s').refine((ms) => ms >= 100 && ms <= 60_000, 'between 100ms and 60s'),
+    /**
+     * The name servers webhook receivers' host names are resolved with (`ip`, `ip:port`, `[ipv6]:port`, comma-separated);
+     * unset: the system's (/etc/resolv.conf, as dns.getServers()). The hosts file is read first either way.
+     */
+    WEBHOOK_DNS_SERVERS: csv('').superRefine((servers, ctx) => {
+      try {
+        if (servers.length > 0) new Resolver().setServers(servers);
+      } catch (e) {
+        ctx.addIssue({ code: 'custom', message: `name servers as ip or ip:port ([ipv6]:port), comma-separated: ${(e as Error).message}` });
+      }
+    }),
     /** Delivery attempts per webhook before it is given up (`failed`). */
     WEBHOOK_MAX_ATTEMPTS: z.coerce.number().int().min(1).max(50).default(15),
     /** First retry delay; each next one doubles, up to 4h, with jitter (15 attempts span about 24 h). */

@@ -10,6 +10,7 @@ import { ISO_NOW, isoTimeSql, OUTBOX_IDS, outboxCte } from './outbox.ts';
 import { postWebhook, type AttemptOutcome } from './send.ts';
 import { endAttemptSpan, startAttemptSpan } from './delivery-trace.ts';
 import { urlOrigin, type UrlPolicy } from './ssrf.ts';
+import type { HostResolver } from './resolve.ts';
 import { WEBHOOK_TEST_EVENT } from './webhook.entities.ts';
 import { parseSlotMember, slotMember, slotParking, type ParkedJobData, type TenantSlots } from '../durable/tenant-slots.ts';
 import { recallWaiting, type EndpointRates } from './rate-limit.ts';
@@ -56,6 +57,8 @@ export interface DeliverySettings {
   maxAttempts: number;
   retryBaseMs: number;
   policy: UrlPolicy;
+  /** Resolves receivers' hosts (resolve.ts): c-ares, no threadpool thread, bounded. */
+  resolver: HostResolver;
   /** WEBHOOK_DISABLE_AFTER: failing this long with no 2xx disables an endpoint at its next failed attempt; 0 never. */
   disableAfterMs?: number;
 }
@@ -403,7 +406,7 @@ export function webhookHandlers(deps: {
         });
         span = traced.span;
         const secrets = row.previous_secret ? [row.secret, row.previous_secret] : [row.secret];
-        return otelContext.with(traced.ctx, () => postWebhook({ url: row.url, secrets, msgId: row.id, body: JSON.stringify(row.payload), timeoutMs: settings.timeoutMs, policy: settings.policy }));
+        return otelContext.with(traced.ctx, () => postWebhook({ url: row.url, secrets, msgId: row.id, body: JSON.stringify(row.payload), timeoutMs: settings.timeoutMs, policy: settings.policy, resolver: settings.resolver }));
       };
       const outcome: AttemptOutcome = row.enabled ? await post(job, row, data.tenant_id, log, send) : { ok: false, statusCode: null, error: 'endpoint disabled', durationMs: 0 };
       // A resent delivery (or a test event) is owed one attempt, not a new retry cycle (ADR 0013): it fails again at once.

@@ -4,6 +4,7 @@ import { Webhook } from 'standardwebhooks';
 import { propagation } from '@opentelemetry/api';
 import { addressRefusal, guardedLookup, hostOf, urlRefusal, type UrlPolicy } from './ssrf.ts';
 import { isIP } from 'node:net';
+import type { HostResolver } from './resolve.ts';
 
 /** One delivery attempt's outcome, as the delivery row records it. */
 export interface AttemptOutcome {
@@ -31,11 +32,12 @@ const MAX_ANSWER_BYTES = 64 * 1024;
 
 /**
  * POSTs one message signed with each of `secrets` (see signedHeaders): no redirect followed (a 3xx is a failed attempt), bounded by `timeoutMs`
- * from connect to the end of the answer, the receiver's addresses checked as they are connected to.
+ * from connect to the end of the answer, the receiver's host resolved by `resolver` (no threadpool thread,
+ * its own bound: a DNS that never answers fails the attempt, retried, naming it) and its addresses checked as they are connected to.
  * 2xx is delivered; anything else, or no status within `timeoutMs`, is a failed attempt. The status
  * is the answer: a body that does not end by the deadline is cut off, and does not undo the status.
  */
-export async function postWebhook(args: { url: string; secrets: readonly string[]; msgId: string; body: string; timeoutMs: number; policy: UrlPolicy }): Promise<AttemptOutcome> {
+export async function postWebhook(args: { url: string; secrets: readonly string[]; msgId: string; body: string; timeoutMs: number; policy: UrlPolicy; resolver: HostResolver }): Promise<AttemptOutcome> {
   const started = performance.now();
   const done = (ok: boolean, statusCode: number | null, error: string | null): AttemptOutcome => ({ ok, statusCode, error, durationMs: Math.round(performance.now() - started) });
   const refused = urlRefusal(args.url, args.policy);
@@ -59,7 +61,7 @@ export async function postWebhook(args: { url: string; secrets: readonly string[
     const answered = (code: number) => resolve(done(code >= 200 && code < 300, code, code >= 200 && code < 300 ? null : `HTTP ${code}`));
     const req = client.request(
       url,
-      { method: 'POST', headers, lookup: guardedLookup(args.policy.allowPrivate) as never, signal: AbortSignal.timeout(args.timeoutMs), agent: false },
+      { method: 'POST', headers, lookup: guardedLookup(args.policy.allowPrivate, args.resolver) as never, signal: AbortSignal.timeout(args.timeoutMs), agent: false },
       (res) => {
         let read = 0;
         res.on('data', (chunk: Buffer) => {

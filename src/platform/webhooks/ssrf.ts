@@ -1,8 +1,8 @@
-import { lookup as dnsLookup, type LookupAddress } from 'node:dns';
 import { isIP } from 'node:net';
 import ipaddr from 'ipaddr.js';
 import type { Logger } from 'pino';
 import { ServiceUnavailableError } from '../errors/app-error.ts';
+import { DnsError, type HostResolver, type ResolvedAddress } from './resolve.ts';
 
 /**
  * The SSRF guard of webhook endpoints: a receiver must be a public unicast address. Loopback,
@@ -89,55 +89,51 @@ export const hostOf = (url: URL): string => url.hostname.replace(/^\[(.*)\]$/, '
 const NON_PUBLIC = 'resolves to a non-public address';
 
 /**
- * Resolves the URL's host and refuses it when any address it resolves to may not receive webhooks, or
- * when it has not resolved within `dnsTimeoutMs` (the create answers then instead of waiting for the
- * system resolver, which may take far longer; the lookup itself runs on in libuv's pool, its answer ignored).
+ * Resolves the URL's host (resolve.ts: c-ares, no threadpool thread) and refuses it when any address it
+ * resolves to may not receive webhooks. A name with no address is refused (422); one not resolved within
+ * the resolver's bound, or whose servers failed for now, is "not now" (503), not an answer about the URL.
  */
-export async function resolvedRefusal(raw: string, policy: UrlPolicy, dnsTimeoutMs: number): Promise<string | undefined> {
+export async function resolvedRefusal(raw: string, policy: UrlPolicy, resolver: HostResolver): Promise<string | undefined> {
   const early = urlRefusal(raw, policy);
   if (early) return early;
   const host = hostOf(new URL(raw));
   if (isIP(host)) return undefined;
-  let addresses: LookupAddress[] | 'timeout';
-  let timer: NodeJS.Timeout | undefined;
+  let addresses: ResolvedAddress[];
   try {
-    addresses = await Promise.race([
-      new Promise<LookupAddress[]>((resolve, reject) => dnsLookup(host, { all: true }, (err, found) => (err ? reject(err) : resolve(found)))),
-      new Promise<'timeout'>((resolve) => (timer = setTimeout(() => resolve('timeout'), dnsTimeoutMs))),
-    ]);
+    addresses = await resolver.resolve(host);
   } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code ?? 'error';
-    // A resolver that failed for now (EAI_AGAIN) says nothing about the URL: "not now", not an answer stored under the key.
-    if (code === 'EAI_AGAIN') throw new ServiceUnavailableError(`The host ${host} could not be resolved for now (EAI_AGAIN); try again.`);
-    return `its host ${host} does not resolve (${code})`;
-  } finally {
-    clearTimeout(timer);
+    if (!(e instanceof DnsError)) throw e;
+    // A resolver that has not answered in time, or failed for now: 503 ("not now", Retry-After), not a 422 that says the URL is wrong.
+    if (e.failure === 'timeout') throw new ServiceUnavailableError(`The host ${host} could not be resolved within ${resolver.timeoutMs} ms; try again.`);
+    if (e.failure === 'temporary') throw new ServiceUnavailableError(`The host ${host} could not be resolved for now (${e.code}); try again.`);
+    return `its host ${host} does not resolve (${e.code})`;
   }
-  // Likewise a resolver that has not answered in time: 503 ("not now", Retry-After), not a 422 that says the URL is wrong.
-  if (addresses === 'timeout') throw new ServiceUnavailableError(`The host ${host} could not be resolved within ${dnsTimeoutMs} ms; try again.`);
   for (const a of addresses) {
     if (addressRefusal(a.address, policy.allowPrivate)) return `its host ${host} ${NON_PUBLIC}`;
   }
   return undefined;
 }
 
-type LookupCallback = (err: NodeJS.ErrnoException | null, address: string | LookupAddress[], family?: number) => void;
+type LookupCallback = (err: NodeJS.ErrnoException | null, address: string | ResolvedAddress[], family?: number) => void;
 
 /**
- * A `lookup` for http(s).request that resolves as usual and fails the connection when an address it
- * would connect to may not receive webhooks: the check and the connection use the same addresses.
+ * A `lookup` for http(s).request that resolves with `resolver` and fails the connection when an address it
+ * would connect to may not receive webhooks: the check and the connection use the same addresses (the
+ * connection is made to those returned here, and nothing resolves the name again), so a name rebound to
+ * an internal address after its endpoint was created is refused at the attempt.
  */
-export function guardedLookup(allowPrivate: boolean) {
+export function guardedLookup(allowPrivate: boolean, resolver: HostResolver) {
   return (hostname: string, options: { all?: boolean; family?: number }, callback: LookupCallback): void => {
-    dnsLookup(hostname, { ...options, all: true }, (err, addresses) => {
-      if (err) return callback(err, []);
-      for (const a of addresses) {
-        if (addressRefusal(a.address, allowPrivate)) return callback(Object.assign(new Error(`webhook receiver refused: ${hostname} ${NON_PUBLIC}`), { code: 'EWEBHOOKADDR' }), []);
-      }
-      if (options.all) return callback(null, addresses);
-      const first = addresses[0];
-      if (!first) return callback(Object.assign(new Error(`${hostname} has no address`), { code: 'ENOTFOUND' }), []);
-      callback(null, first.address, first.family);
-    });
+    resolver.resolve(hostname, options.family).then(
+      (addresses) => {
+        for (const a of addresses) {
+          if (addressRefusal(a.address, allowPrivate)) return callback(Object.assign(new Error(`webhook receiver refused: ${hostname} ${NON_PUBLIC}`), { code: 'EWEBHOOKADDR' }), []);
+        }
+        if (options.all) return callback(null, addresses);
+        const first = addresses[0]!;
+        callback(null, first.address, first.family);
+      },
+      (err: Error) => callback(Object.assign(err, { code: (err as NodeJS.ErrnoException).code ?? 'EAI_AGAIN' }), []),
+    );
   };
 }

@@ -11,6 +11,7 @@ import type { Queue } from 'bullmq';
 import { DELIVERY_EVENT_TYPES, DELIVERY_STATUSES, DISABLED_REASONS, WEBHOOK_EVENT_TYPES, WEBHOOK_RATE_LIMIT_MAX, WEBHOOK_RATE_LIMIT_MIN } from './webhook.entities.ts';
 import { recallWaiting, type EndpointRates } from './rate-limit.ts';
 import { resolvedRefusal, urlOrigin, type UrlPolicy } from './ssrf.ts';
+import type { HostResolver } from './resolve.ts';
 import { webhookPayload } from './webhook-events.ts';
 import { deliveriesLockKey } from './retention.ts';
 
@@ -224,8 +225,8 @@ export function webhookEndpointRoutes(deps: {
   policy: UrlPolicy;
   /** Enabled endpoints a tenant may have (WEBHOOK_MAX_ENDPOINTS): every run end fans out to each subscribed one. */
   maxEndpoints: number;
-  /** How long the create waits for its host's DNS (WEBHOOK_TIMEOUT) before it answers 503 (Retry-After, the key released). */
-  dnsTimeoutMs: number;
+  /** Resolves a new URL's host, within its bound (WEBHOOK_DNS_TIMEOUT, at most WEBHOOK_TIMEOUT); past it the create answers 503 (Retry-After, the key released). */
+  resolver: HostResolver;
   /** The endpoints' rate limits: an update of one recalls the deliveries waiting for a turn under the old one; a delete or a disable recalls them and drops its keys. */
   rates?: { limits: EndpointRates; queue: () => Queue };
 }): RouteDef[] {
@@ -243,12 +244,12 @@ export function webhookEndpointRoutes(deps: {
         ...adminOnly,
         409: { description: 'The tenant already has WEBHOOK_MAX_ENDPOINTS enabled endpoints (`webhook_endpoint_limit`): disable or delete one first' },
         422: { description: 'Invalid body: not an http(s) URL (https:// in production), a host that does not resolve, resolves to a loopback, private, link-local or multicast address, or an unknown or no event type' },
-        503: { description: 'The host could not be resolved within WEBHOOK_TIMEOUT, or the resolver failed for now (EAI_AGAIN): nothing stored, the Idempotency-Key is free for a retry (Retry-After)' },
+        503: { description: 'The host could not be resolved within WEBHOOK_DNS_TIMEOUT (at most WEBHOOK_TIMEOUT), or its name servers failed for now (e.g. ESERVFAIL): nothing stored, the Idempotency-Key is free for a retry (Retry-After)' },
       },
       // The host is resolved before the transaction: its DNS is the tenant's, and may take the resolver's
       // whole timeout; a pooled connection held meanwhile would be the whole API's (webhook-create-dns.test.ts).
-      // Bounded too: past WEBHOOK_TIMEOUT the create answers 503 (retryable, its key released) instead of holding a request slot of the tenant's.
-      prepare: ({ body }) => resolvedRefusal(body.url, deps.policy, deps.dnsTimeoutMs),
+      // Bounded too (resolve.ts: c-ares, no threadpool thread): past WEBHOOK_DNS_TIMEOUT the create answers 503 (retryable, its key released) instead of holding a request slot of the tenant's.
+      prepare: ({ body }) => resolvedRefusal(body.url, deps.policy, deps.resolver),
       async handler({ em, principal, body, prepared }) {
         const refusal = prepared as string | undefined;
         if (refusal) throw new ValidationError('Invalid request body', [{ path: 'url', message: refusal }], 422);
@@ -310,7 +311,7 @@ export function webhookEndpointRoutes(deps: {
         ...adminOnly,
         404: { description: 'No such endpoint for this tenant' },
         422: { description: 'Invalid body: no field, an unknown field, a new URL refused as by the create (not http(s), https:// in production, a host that does not resolve or resolves to a non-public address; the URL the endpoint already has is not resolved again), no or an unknown event type, a `rate_limit_per_second` that is not an integer from 1 to 1000 (or null)' },
-        503: { description: 'The new URL\'s host could not be resolved within WEBHOOK_TIMEOUT, or the resolver failed for now (EAI_AGAIN), or another update moved the endpoint meanwhile: nothing changed, the Idempotency-Key is free for a retry (Retry-After)' },
+        503: { description: 'The new URL\'s host could not be resolved within WEBHOOK_DNS_TIMEOUT (at most WEBHOOK_TIMEOUT), or its name servers failed for now (e.g. ESERVFAIL), or another update moved the endpoint meanwhile: nothing changed, the Idempotency-Key is free for a retry (Retry-After)' },
       },
       // A new URL is checked as the create checks it, before the transaction and bounded (see the create).
       // Only a new one: the URL the endpoint already has (a client sending back the whole endpoint) is not
@@ -321,7 +322,7 @@ export function webhookEndpointRoutes(deps: {
         const [row] = await em.transactional((tx) => tx.execute<{ url: string }[]>(`select url from webhook_endpoints where tenant_id = ? and id = ?`, [principal.tenantId, params.id]));
         // No such endpoint: nothing to resolve for, the handler answers 404.
         if (!row || row.url === body.url) return { checked: false };
-        return { checked: true, refusal: await resolvedRefusal(body.url, deps.policy, deps.dnsTimeoutMs) };
+        return { checked: true, refusal: await resolvedRefusal(body.url, deps.policy, deps.resolver) };
       },
       async handler({ req, em, principal, params, body, prepared, afterCommit }) {
         const check = prepared as UrlCheck;
