@@ -260,6 +260,11 @@ describe('the JWKS cannot be fetched: a token refused on its face or by the keys
       await rejection(await sign({ sub: 'user-1', roles: [] }, o), rs); // no tenant_id
       const [header, , signature] = (await sign(undefined, o)).split('.');
       await rejection(`${header}.${Buffer.from('not json').toString('base64url')}.${signature}`, rs);
+      await rejection(`e30.${(await sign(undefined, o)).split('.').slice(1).join('.')}`, rs); // a header naming no algorithm
+      await rejection(await sign(undefined, { ...o, alg: 'HS256', key: secret }), rs); // HS256 is not among JWT_ALGORITHMS
+      // Nor when JWT_ALGORITHMS lists it beside a JWKS: a key set holds no shared secret, so no HS token verifies against it.
+      const listed = createTokenVerifier(parseConfig({ JWT_JWKS_URL: url, JWT_ALGORITHMS: 'RS256,HS256' }));
+      await rejection(await sign(undefined, { ...o, alg: 'HS256', key: secret }), listed);
       // The control: a token nothing refuses before its signature is not checked, and says so.
       const fetched = idp.fetches;
       await expect(rs.verify(await sign(undefined, o))).rejects.toBeInstanceOf(KeysUnavailableError);

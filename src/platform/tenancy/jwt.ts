@@ -110,7 +110,7 @@ export class KeysUnavailableError extends ServiceUnavailableError {
  * the set threw: a timeout, a network error (not a JOSEError), a generic JOSEError (a status other
  * than 200, a body that is not JSON) or an invalid set (its members).
  *
- * A fetch failure is a 503 only while no fresh set is held. With a fresh one, jose fetches only for a
+ * A fetch failure is a 503 only while no fresh set is held, and for a token a key of a set could verify. With a fresh one, jose fetches only for a
  * token whose `kid` (or algorithm) no key held matches, once its 30 s cooldown is past: that token is
  * refused by the keys held (401, as with the IdP up), or any made-up `kid` would turn a bad token
  * into a retryable 503 and tell its sender whether the identity provider is down.
@@ -119,6 +119,8 @@ function keysFromIdentityProvider(remote: ReturnType<typeof createRemoteJWKSet>)
   const fetchFailed = (e: unknown) =>
     !(e instanceof errors.JOSEError) || e.code === errors.JOSEError.code || e instanceof errors.JWKSTimeout || e instanceof errors.JWKSInvalid;
   return async (header, token) => {
+    // No key of a set is a shared secret: an HS token (JWT_ALGORITHMS may list HS256 beside a JWKS) never verifies, keys or not.
+    if (/^HS/i.test(header.alg ?? '')) throw new errors.JOSENotSupported('Unsupported "alg" value for a JSON Web Key Set');
     const held = remote.fresh;
     try {
       return await remote(header, token);
