@@ -79,6 +79,7 @@ describe('the JWKS cannot be fetched', () => {
       expectKeysUnavailable(await api(stack, 'POST', RUN, { token, body: SAMPLE_SUBMISSION, headers: { 'Idempotency-Key': key } }));
       const operator = await sign({ roles: ['platform-operator'] });
       expectKeysUnavailable(await api(stack, 'GET', '/admin/queues/api/queues', { token: operator }));
+      expectKeysUnavailable(await api(stack, 'GET', '/api/v1/operator/tenant-limits', { token: operator }));
       // The keys were asked for each time (no failure is remembered), so the API recovers with the IdP.
       expect(fetches).toBeGreaterThan(before);
       expect(await persisted()).toEqual({ runs: 0, keys: 0 });
