@@ -110,10 +110,11 @@ export class KeysUnavailableError extends ServiceUnavailableError {
  * the set threw: a timeout, a network error (not a JOSEError), a generic JOSEError (a status other
  * than 200, a body that is not JSON) or an invalid set (its members).
  *
- * A fetch failure is a 503 only while no fresh set is held, and for a token a key of a set could verify. With a fresh one, jose fetches only for a
- * token whose `kid` (or algorithm) no key held matches, once its 30 s cooldown is past: that token is
- * refused by the keys held (401, as with the IdP up), or any made-up `kid` would turn a bad token
- * into a retryable 503 and tell its sender whether the identity provider is down.
+ * A fetch failure is a 503 only while no fresh set is held, and for a token a key of a set could
+ * verify. With a fresh one, jose fetches only for a token whose `kid` (or algorithm) no key held
+ * matches, once its 30 s cooldown is past: that token is refused by the keys held (401, as with the
+ * IdP up), or any made-up `kid` would turn a bad token into a retryable 503 and tell its sender
+ * whether the identity provider is down.
  */
 function keysFromIdentityProvider(remote: ReturnType<typeof createRemoteJWKSet>): JWTVerifyGetKey {
   const fetchFailed = (e: unknown) =>
