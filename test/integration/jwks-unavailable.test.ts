@@ -43,15 +43,10 @@ afterAll(async () => {
   await new Promise<void>((r) => (idp ? idp.close(() => r()) : r()));
 });
 
+// Any claim can be bent by `claims` (exp, aud included).
 const sign = (claims: Record<string, unknown>, kid = 'k1') =>
-  new SignJWT({ tenant_id: tenant, roles: ['approver'], ...claims })
+  new SignJWT({ tenant_id: tenant, roles: ['approver'], sub: 'alice', iss: stack.config.JWT_ISSUER, aud: stack.config.JWT_AUDIENCE, iat: now(), jti: randomUUID(), exp: now() + 600, ...claims })
     .setProtectedHeader({ alg: 'RS256', kid })
-    .setSubject('alice')
-    .setIssuer(stack.config.JWT_ISSUER)
-    .setAudience(stack.config.JWT_AUDIENCE)
-    .setIssuedAt()
-    .setJti(randomUUID())
-    .setExpirationTime(now() + 600)
     .sign(keys.privateKey);
 
 async function persisted() {
@@ -84,11 +79,30 @@ describe('the JWKS cannot be fetched', () => {
       expectKeysUnavailable(await api(stack, 'POST', RUN, { token, body: SAMPLE_SUBMISSION, headers: { 'Idempotency-Key': key } }));
       const operator = await sign({ roles: ['platform-operator'] });
       expectKeysUnavailable(await api(stack, 'GET', '/admin/queues/api/queues', { token: operator }));
+      expectKeysUnavailable(await api(stack, 'GET', '/api/v1/operator/tenant-limits', { token: operator }));
       // The keys were asked for each time (no failure is remembered), so the API recovers with the IdP.
       expect(fetches).toBeGreaterThan(before);
       expect(await persisted()).toEqual({ runs: 0, keys: 0 });
     });
   }
+
+  it('a token its claims refuse whatever its signature (expired, another audience) stays 401 on the API and the dashboard', async () => {
+    mode = 'status-500';
+    const expired = await sign({ exp: now() - 3600 });
+    const elsewhere = await sign({ aud: 'another-api' });
+    for (const [path, token] of [
+      ['/api/v1/golden-path/runs', expired],
+      ['/api/v1/golden-path/runs', elsewhere],
+      ['/admin/queues/api/queues', await sign({ exp: now() - 3600, roles: ['platform-operator'] })],
+    ] as const) {
+      const res = await api(stack, 'GET', path, { token });
+      expect(res.status, `${path}: ${res.text}`).toBe(401);
+      expect(res.json).toMatchObject({ code: 'unauthorized' });
+    }
+    const res = await api(stack, 'POST', RUN, { token: expired, body: SAMPLE_SUBMISSION, headers: { 'Idempotency-Key': randomUUID() } });
+    expect(res.status, res.text).toBe(401);
+    expect(await persisted()).toEqual({ runs: 0, keys: 0 });
+  });
 
   it('once the keys can be fetched, the same token and the same Idempotency-Key are accepted', async () => {
     mode = 'up';

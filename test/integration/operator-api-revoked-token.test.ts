@@ -3,6 +3,8 @@ import { randomUUID } from 'node:crypto';
 import { OPERATOR_ROLE } from '../../src/platform/http/admin-auth.middleware.ts';
 import { api, newTenant, startStack, type TestStack } from '../helpers/stack.ts';
 import { postSignIn } from '../helpers/dashboard-sign-in.ts';
+import { capturedLog } from '../helpers/log-capture.ts';
+import { waitFor } from '../helpers/poll.ts';
 
 /**
  * An operator token the dashboard refuses — signed out (`POST /admin/queues/logout`), or handed out as
@@ -13,9 +15,10 @@ import { postSignIn } from '../helpers/dashboard-sign-in.ts';
  * tenant's `max_runs_in_flight` to 1 until its `exp`. The refusal is a 401 problem+json, nothing stored.
  */
 let stack: TestStack;
+const log = capturedLog();
 
 beforeAll(async () => {
-  stack = await startStack({ env: { MAX_RUNS_IN_FLIGHT_PER_TENANT: '10' } });
+  stack = await startStack({ env: { MAX_RUNS_IN_FLIGHT_PER_TENANT: '10', LOG_LEVEL: 'warn' }, logDestination: log.destination });
 });
 afterAll(async () => stack?.stop());
 
@@ -58,6 +61,7 @@ describe('operator API with a token the dashboard refuses', () => {
     expectRefused(await putLimits(token, victim));
     expectRefused(await api(stack, 'GET', '/api/v1/operator/tenant-limits', { token }));
     expect(await storedRow(victim)).toBeUndefined();
+    await securityEvent('token_revoked', 'ops-signed-out', limitsPath(victim));
   });
 
   it("a ?token= link's token, once exchanged for a dashboard session: 401 on the operator API, nothing stored", async () => {
@@ -69,5 +73,11 @@ describe('operator API with a token the dashboard refuses', () => {
     const victim = newTenant();
     expectRefused(await putLimits(token, victim));
     expect(await storedRow(victim)).toBeUndefined();
+    expect(await securityEvent('token_link_reused', 'ops-link', limitsPath(victim))).toMatchObject({ channel: 'bearer' });
   });
 });
+
+/** The refusal's log line: a security event as the dashboard's, naming the subject and the API path (it may trail the answer). */
+function securityEvent(event: string, sub: string, path: string) {
+  return waitFor(() => log.lines.find((l) => l.security_event === event && l.sub === sub && l.path === path), { what: `the ${event} log line of ${sub}` });
+}

@@ -541,6 +541,15 @@ describe('while Redis is down the dashboard fails closed', () => {
         expect(viaLink.status).toBe(503);
         expect(viaLink.setCookie).toBeNull();
       }
+      // The operator API asks the same records (ADR 0017, amendment): fails closed too, a retryable 503.
+      for (const [method, path] of [['GET', '/api/v1/operator/tenant-limits'], ['PUT', `/api/v1/operator/tenants/${newTenant()}/limits`]] as const) {
+        const res = await api(down, method, path, { token, body: method === 'PUT' ? { max_active_runs: null, max_runs_in_flight: 1 } : undefined, headers: method === 'PUT' ? { 'Idempotency-Key': randomUUID() } : {} });
+        expect(res.status, `${method} ${path}: ${res.text}`).toBe(503);
+        expect(res.headers.get('content-type')).toMatch(/^application\/problem\+json/);
+        expect(Number(res.headers.get('retry-after'))).toBeGreaterThan(0);
+      }
+      // A tenant's token is not looked up: its read needs no Redis.
+      expect((await api(down, 'GET', '/api/v1/golden-path/runs', { token: await down.token({ tenantId: newTenant(), sub: 'tenant-user', roles: ['approver'] }) })).status).toBe(200);
       const out = await fetch(`${down.baseUrl}/admin/queues/logout`, { method: 'POST', headers: session });
       expect(out.status).toBe(503);
       expect(out.headers.get('set-cookie')).toBeNull();

@@ -1,4 +1,4 @@
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { randomUUID } from 'node:crypto';
 import { spawn } from 'node:child_process';
 import { createServer } from 'node:http';
@@ -6,7 +6,7 @@ import type { AddressInfo } from 'node:net';
 import { fileURLToPath } from 'node:url';
 import { exportJWK, exportSPKI, generateKeyPair, SignJWT, UnsecuredJWT, type JWTPayload } from 'jose';
 import { parseConfig } from '../../src/platform/config/config.ts';
-import { createTokenVerifier, signDevToken } from '../../src/platform/tenancy/jwt.ts';
+import { createTokenVerifier, KeysUnavailableError, signDevToken } from '../../src/platform/tenancy/jwt.ts';
 import { UnauthorizedError } from '../../src/platform/errors/app-error.ts';
 import { TEST_JWT_SECRET } from '../helpers/env.ts';
 import { waitFor } from '../helpers/poll.ts';
@@ -203,6 +203,73 @@ describe('JWT verification against a JWKS (RS256)', () => {
       idp.closeAllConnections();
       await new Promise((resolve) => idp.close(resolve));
     }
+  });
+});
+
+describe('the JWKS cannot be fetched: a token refused on its face or by the keys held stays 401', () => {
+  /** An identity provider whose JWKS answers 500 while `down`. */
+  async function withIdp(fn: (url: string, idp: { down: boolean; fetches: number }, privateKey: Awaited<ReturnType<typeof generateKeyPair>>['privateKey']) => Promise<void>) {
+    const { publicKey, privateKey } = await generateKeyPair('RS256', { extractable: true });
+    const keys = [{ ...(await exportJWK(publicKey)), kid: 'k1', alg: 'RS256', use: 'sig' }];
+    const state = { down: false, fetches: 0 };
+    const idp = createServer((_req, res) => {
+      state.fetches++;
+      if (state.down) return void res.writeHead(500).end('down');
+      res.setHeader('content-type', 'application/json');
+      res.end(JSON.stringify({ keys }));
+    });
+    await new Promise<void>((resolve) => idp.listen(0, '127.0.0.1', resolve));
+    try {
+      await fn(`http://127.0.0.1:${(idp.address() as AddressInfo).port}/.well-known/jwks.json`, state, privateKey);
+    } finally {
+      vi.restoreAllMocks();
+      idp.closeAllConnections();
+      await new Promise((resolve) => idp.close(resolve));
+    }
+  }
+
+  it('with fresh keys held, a token naming a key they lack is 401, not 503, even once the refetch it prompts fails', async () => {
+    await withIdp(async (url, idp, privateKey) => {
+      const cfg = parseConfig({ JWT_JWKS_URL: url });
+      const rs = createTokenVerifier(cfg);
+      const rsSign = (kid: string) => sign(undefined, { alg: 'RS256', key: privateKey, kid, iss: cfg.JWT_ISSUER, aud: cfg.JWT_AUDIENCE });
+      expect((await rs.verify(await rsSign('k1'))).tenantId).toBe(tenant);
+      idp.down = true;
+      // Past jose's 30 s cooldown (the keys, 10 min, still fresh): a key not found prompts a refetch, which fails.
+      const at = Date.now() + 31_000;
+      vi.spyOn(Date, 'now').mockImplementation(() => at);
+      const fetched = idp.fetches;
+      await rejection(await rsSign('unknown-kid'), rs);
+      expect(idp.fetches).toBeGreaterThan(fetched); // the refetch was tried, and failed
+      // The control: a token of a key held still verifies with the IdP down.
+      expect((await rs.verify(await rsSign('k1'))).tenantId).toBe(tenant);
+    });
+  });
+
+  it('with no keys held, a token whose claims refuse it whatever its signature is 401; one that could be valid is 503', async () => {
+    await withIdp(async (url, idp, privateKey) => {
+      idp.down = true;
+      const cfg = parseConfig({ JWT_JWKS_URL: url });
+      const rs = createTokenVerifier(cfg);
+      const o = { alg: 'RS256', key: privateKey, kid: 'k1', iss: cfg.JWT_ISSUER, aud: cfg.JWT_AUDIENCE };
+      expect((await rejection(await sign(undefined, { ...o, exp: now() - 3600 }), rs)).detail).toBe('The token has expired.');
+      await rejection(await sign(undefined, { ...o, aud: 'someone-else' }), rs);
+      await rejection(await sign(undefined, { ...o, iss: 'https://evil.example' }), rs);
+      await rejection(await sign(undefined, { ...o, nbf: now() + 3600 }), rs);
+      await rejection(await sign(undefined, { ...o, exp: null }), rs);
+      await rejection(await sign({ sub: 'user-1', roles: [] }, o), rs); // no tenant_id
+      const [header, , signature] = (await sign(undefined, o)).split('.');
+      await rejection(`${header}.${Buffer.from('not json').toString('base64url')}.${signature}`, rs);
+      await rejection(`e30.${(await sign(undefined, o)).split('.').slice(1).join('.')}`, rs); // a header naming no algorithm
+      await rejection(await sign(undefined, { ...o, alg: 'HS256', key: secret }), rs); // HS256 is not among JWT_ALGORITHMS
+      // Nor when JWT_ALGORITHMS lists it beside a JWKS: a key set holds no shared secret, so no HS token verifies against it.
+      const listed = createTokenVerifier(parseConfig({ JWT_JWKS_URL: url, JWT_ALGORITHMS: 'RS256,HS256' }));
+      await rejection(await sign(undefined, { ...o, alg: 'HS256', key: secret }), listed);
+      // The control: a token nothing refuses before its signature is not checked, and says so.
+      const fetched = idp.fetches;
+      await expect(rs.verify(await sign(undefined, o))).rejects.toBeInstanceOf(KeysUnavailableError);
+      expect(idp.fetches).toBeGreaterThan(fetched);
+    });
   });
 });
 

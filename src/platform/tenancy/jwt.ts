@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import { createLocalJWKSet, createRemoteJWKSet, errors, jwtVerify, SignJWT, type JWTVerifyGetKey, type JSONWebKeySet } from 'jose';
+import { createLocalJWKSet, createRemoteJWKSet, errors, jwtVerify, SignJWT, UnsecuredJWT, type JWTClaimVerificationOptions, type JWTVerifyGetKey, type JSONWebKeySet } from 'jose';
 import { z } from 'zod';
 import type { Config } from '../config/config.ts';
 import { ServiceUnavailableError, UnauthorizedError } from '../errors/app-error.ts';
@@ -77,11 +77,12 @@ export function createTokenVerifier(config: Config, jwks?: JSONWebKeySet): Token
       try {
         payload = (typeof key === 'function' ? await jwtVerify(token, key, options) : await jwtVerify(token, key, options)).payload;
       } catch (e) {
-        if (e instanceof KeysUnavailableError) throw e;
+        // Keys unavailable: a token its claims refuse whatever its signature (expired, another audience…) is still 401.
+        if (e instanceof KeysUnavailableError) throw refusedUnsigned(token, options) ?? e;
         throw new UnauthorizedError(describeJoseError(e), e);
       }
       const claims = principalClaims.safeParse(payload);
-      if (!claims.success) throw new UnauthorizedError(`The token lacks a valid ${String(claims.error.issues[0]?.path[0] ?? 'sub')} claim (sub, tenant_id as a UUID, roles).`);
+      if (!claims.success) throw lacksClaim(claims.error);
       const principal: Principal = Object.freeze({ sub: claims.data.sub, tenantId: claims.data.tenant_id.toLowerCase(), roles: Object.freeze([...claims.data.roles]) });
       const exp = (payload as { exp: number }).exp * 1000;
       if (verified.size >= VERIFIED_TOKEN_MAX) verified.delete(verified.keys().next().value!);
@@ -108,17 +109,51 @@ export class KeysUnavailableError extends ServiceUnavailableError {
  * throws, besides a token's own faults (a `kid` the set lacks, several keys matching), what fetching
  * the set threw: a timeout, a network error (not a JOSEError), a generic JOSEError (a status other
  * than 200, a body that is not JSON) or an invalid set (its members).
+ *
+ * A fetch failure is a 503 only while no fresh set is held, and for a token a key of a set could
+ * verify. With a fresh one, jose fetches only for a token whose `kid` (or algorithm) no key held
+ * matches, once its 30 s cooldown is past: that token is refused by the keys held (401, as with the
+ * IdP up), or any made-up `kid` would turn a bad token into a retryable 503 and tell its sender
+ * whether the identity provider is down.
  */
-function keysFromIdentityProvider(remote: JWTVerifyGetKey): JWTVerifyGetKey {
+function keysFromIdentityProvider(remote: ReturnType<typeof createRemoteJWKSet>): JWTVerifyGetKey {
   const fetchFailed = (e: unknown) =>
     !(e instanceof errors.JOSEError) || e.code === errors.JOSEError.code || e instanceof errors.JWKSTimeout || e instanceof errors.JWKSInvalid;
   return async (header, token) => {
+    // No key of a set is a shared secret: an HS token (JWT_ALGORITHMS may list HS256 beside a JWKS) never verifies, keys or not.
+    if (/^HS/i.test(header.alg ?? '')) throw new errors.JOSENotSupported('Unsupported "alg" value for a JSON Web Key Set');
+    const held = remote.fresh;
     try {
       return await remote(header, token);
     } catch (e) {
-      throw fetchFailed(e) ? new KeysUnavailableError(e) : e;
+      if (!fetchFailed(e)) throw e;
+      throw held ? new errors.JWKSNoMatchingKey(undefined, { cause: e }) : new KeysUnavailableError(e);
     }
   };
+}
+
+/** A header for jose's UnsecuredJWT.decode: the claims checks of jwtVerify, without a signature. */
+const UNSIGNED_HEADER = Buffer.from('{"alg":"none"}').toString('base64url');
+
+/**
+ * The 401 a token gets whatever its signature, read without the keys: its payload is no claims set, it
+ * has expired or is not yet valid, names another issuer or audience, or lacks a claim the platform
+ * needs — exactly jwtVerify's checks (jose's own, same options) and principalClaims. Undefined when
+ * only the signature could refuse it. Refuses only: an unverified token is never accepted from here.
+ */
+function refusedUnsigned(token: string, options: JWTClaimVerificationOptions): UnauthorizedError | undefined {
+  let payload: unknown;
+  try {
+    payload = UnsecuredJWT.decode(`${UNSIGNED_HEADER}.${token.split('.')[1] ?? ''}.`, options).payload;
+  } catch (e) {
+    return new UnauthorizedError(describeJoseError(e), e);
+  }
+  const claims = principalClaims.safeParse(payload);
+  return claims.success ? undefined : lacksClaim(claims.error);
+}
+
+function lacksClaim(error: z.ZodError): UnauthorizedError {
+  return new UnauthorizedError(`The token lacks a valid ${String(error.issues[0]?.path[0] ?? 'sub')} claim (sub, tenant_id as a UUID, roles).`);
 }
 
 function describeJoseError(e: unknown): string {
