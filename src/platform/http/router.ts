@@ -30,8 +30,8 @@ export interface RouterDeps {
   maxInFlightPerTenant?: number;
   /** Counts requests a tenant limit refused (dealix_requests_refused_total). */
   onRefused?: OnRefused;
-  /** Refuses a verified token the server has withdrawn: an operator token signed out or exchanged by a dashboard link (ADR 0017). */
-  refuseToken?: TokenRefusal;
+  /** Refuses a verified token the server has withdrawn: an operator token signed out or exchanged by a dashboard link (ADR 0017). Required: a router built without it would accept them. */
+  refuseToken: TokenRefusal;
 }
 
 /**
