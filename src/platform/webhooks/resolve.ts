@@ -157,17 +157,18 @@ class HostsFile {
     const now = performance.now();
     if (now - this.checkedAt < 1000) return;
     this.checkedAt = now;
-    let mtimeMs: number;
+    // A file missing or unreadable (EACCES for a non-root process, a directory) is no hosts file, as nss `files`
+    // unavailable is, and is tried again at the next check. Its read failing once threw out of resolve() (a 500 at
+    // create), then, its mtime already taken, the names it lists went silently to DNS until it next changed.
     try {
-      mtimeMs = statSync(this.path).mtimeMs;
+      const mtimeMs = statSync(this.path).mtimeMs;
+      if (mtimeMs === this.mtimeMs) return;
+      this.table = parseHosts(readFileSync(this.path, 'utf8'));
+      this.mtimeMs = mtimeMs;
     } catch {
       this.table = new Map();
       this.mtimeMs = -1;
-      return;
     }
-    if (mtimeMs === this.mtimeMs) return;
-    this.mtimeMs = mtimeMs;
-    this.table = parseHosts(readFileSync(this.path, 'utf8'));
   }
 }
 
