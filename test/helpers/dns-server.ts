@@ -19,7 +19,7 @@ interface Records {
   aaaa?: string[];
 }
 
-type Mode = { kind: 'answer'; records: Records } | { kind: 'silent' } | { kind: 'servfail' } | { kind: 'held'; records: Records; waiting: { msg: Buffer; peer: RemoteInfo }[] };
+type Mode = { kind: 'answer'; records: Records; silent?: 'A' | 'AAAA' } | { kind: 'silent' } | { kind: 'servfail' } | { kind: 'held'; records: Records; waiting: { msg: Buffer; peer: RemoteInfo }[] };
 
 /** The name and type of a query (its question's end offset), or undefined for a message that is not one. */
 function question(msg: Buffer): { name: string; type: number; end: number } | undefined {
@@ -70,6 +70,7 @@ export async function startDnsServer() {
     queries.push({ name: q.name, type: q.type === A ? 'A' : q.type === AAAA ? 'AAAA' : q.type });
     const mode = names.get(q.name);
     if (mode?.kind === 'silent') return;
+    if (mode?.kind === 'answer' && mode.silent && (mode.silent === 'A' ? A : AAAA) === q.type) return;
     if (mode?.kind === 'held') return void mode.waiting.push({ msg, peer });
     if (mode?.kind === 'servfail') return void socket.send(answer(msg, q, {}, SERVFAIL), peer.port, peer.address);
     socket.send(answer(msg, q, mode?.records), peer.port, peer.address);
@@ -83,6 +84,8 @@ export async function startDnsServer() {
     queries,
     /** `name` answers these addresses (an empty family: no records of that type). */
     answer: (name: string, records: Records) => void names.set(name.toLowerCase(), { kind: 'answer', records }),
+    /** `name`'s queries of type `silent` are never answered, the other type's are with `records` (a server that drops AAAA queries). */
+    answerOnly: (name: string, records: Records, silent: 'A' | 'AAAA') => void names.set(name.toLowerCase(), { kind: 'answer', records, silent }),
     /** `name`'s queries are never answered. */
     silence: (name: string) => void names.set(name.toLowerCase(), { kind: 'silent' }),
     /** `name`'s queries are answered SERVFAIL (the server failed: says nothing of the name). */

@@ -93,6 +93,22 @@ describe('a delivery attempt resolves its host without the threadpool', () => {
     expect((await Promise.all(waiting)).map((o) => o.statusCode)).toEqual(held.map(() => 204));
   });
 
+  it("a name whose server never answers one family's query is delivered to the other family's addresses at the DNS bound, and those are checked", async () => {
+    // Servers (and middleboxes) that drop AAAA queries are a known breakage: the A answer must not be thrown away
+    // because the AAAA query is still unanswered when the bound passes — every attempt to such a name failed with ETIMEOUT.
+    // The bound is generous here: the A answer must arrive within it on a loaded machine.
+    const bound = 2_000;
+    dns.answerOnly('v4only.dns.test', { a: ['127.0.0.1'] }, 'AAAA');
+    dns.answerOnly('v6only.dns.test', { aaaa: ['::1'] }, 'A');
+    const delivered = await send(`http://v4only.dns.test:${port}/v4only`, true, resolver(bound));
+    expect(delivered).toMatchObject({ ok: true, statusCode: 204, error: null });
+    expect(hits).toContain(`v4only.dns.test:${port} /v4only`);
+    // The family that answered is what the connection would use: checked as any answer is.
+    const refused = await send(`http://v6only.dns.test:${port}/v6only`, false, resolver(bound));
+    expect(refused).toMatchObject({ ok: false, statusCode: null });
+    expect(refused.error).toMatch(/refused: v6only\.dns\.test resolves to a non-public address/);
+  });
+
   it('the SSRF guard checks every address of both families the DNS server gives; a name with none is ENOTFOUND', async () => {
     dns.answer('private.dns.test', { a: ['127.0.0.1'] });
     // A public A record and a loopback AAAA: one non-public address refuses the name.

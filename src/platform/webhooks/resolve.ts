@@ -92,32 +92,37 @@ export class HostResolver {
     return found;
   }
 
-  /** A and AAAA (or the one `family` asks for) from the name servers, within the bound. */
+  /**
+   * A and AAAA (or the one `family` asks for) from the name servers, within the bound. A family that has answered
+   * addresses by the bound is used though the other has not answered (a server or middlebox that drops AAAA
+   * queries): waiting for both made every attempt to such a name fail, when getaddrinfo gave the A records.
+   */
   private async query(host: string, family?: number): Promise<ResolvedAddress[]> {
+    type Answer = string[] | NodeJS.ErrnoException;
+    const answered: { 4?: Answer; 6?: Answer } = {};
     const ask = (f: 4 | 6) =>
       (family === 4 || family === 6) && family !== f
-        ? Promise.resolve<string[] | NodeJS.ErrnoException>([])
-        : new Promise<string[] | NodeJS.ErrnoException>((resolve) => {
-            const done = (err: NodeJS.ErrnoException | null, found: string[]) => resolve(err ?? found);
+        ? void (answered[f] = [])
+        : new Promise<void>((resolve) => {
+            const done = (err: NodeJS.ErrnoException | null, found: string[]) => resolve(void (answered[f] = err ?? found));
             if (f === 4) this.resolver.resolve4(host, done);
             else this.resolver.resolve6(host, done);
           });
     let timer: NodeJS.Timeout | undefined;
     const deadline = new Promise<'timeout'>((resolve) => (timer = setTimeout(() => resolve('timeout'), this.timeoutMs)));
-    const answers = Promise.all([ask(4), ask(6)]);
-    let settled: [string[] | NodeJS.ErrnoException, string[] | NodeJS.ErrnoException] | 'timeout';
+    let settled: 'answered' | 'timeout';
     try {
-      settled = await Promise.race([answers, deadline]);
+      settled = await Promise.race([Promise.all([ask(4), ask(6)]).then(() => 'answered' as const), deadline]);
     } finally {
       clearTimeout(timer);
     }
-    if (settled === 'timeout') throw timedOut(host, this.timeoutMs);
-    const [v4, v6] = settled;
+    const { 4: v4, 6: v6 } = answered;
     const found = [...(Array.isArray(v4) ? v4.map((address) => ({ address, family: 4 as const })) : []), ...(Array.isArray(v6) ? v6.map((address) => ({ address, family: 6 as const })) : [])];
-    // What one family answered is used though the other failed: every address used is checked (ssrf.ts), and
-    // the connection goes only to those.
+    // What one family answered is used though the other failed or is still unanswered: every address used is
+    // checked (ssrf.ts), and the connection goes only to those.
     if (found.length > 0) return found;
-    const failures = [v4, v6].filter((r): r is NodeJS.ErrnoException => !Array.isArray(r));
+    if (settled === 'timeout') throw timedOut(host, this.timeoutMs);
+    const failures = [v4, v6].filter((r): r is NodeJS.ErrnoException => r !== undefined && !Array.isArray(r));
     const hard = failures.find((e) => e.code === 'ETIMEOUT') ?? failures.find((e) => !NO_ADDRESS_CODES.has(e.code ?? ''));
     if (hard?.code === 'ETIMEOUT') throw timedOut(host, this.timeoutMs);
     if (hard) throw new DnsError(hard.code ?? 'EAI_AGAIN', 'temporary', `DNS lookup of ${host} failed for now (${hard.code ?? hard.message})`);
@@ -152,17 +157,18 @@ class HostsFile {
     const now = performance.now();
     if (now - this.checkedAt < 1000) return;
     this.checkedAt = now;
-    let mtimeMs: number;
+    // A file missing or unreadable (EACCES for a non-root process, a directory) is no hosts file, as nss `files`
+    // unavailable is, and is tried again at the next check. Its read failing once threw out of resolve() (a 500 at
+    // create), then, its mtime already taken, the names it lists went silently to DNS until it next changed.
     try {
-      mtimeMs = statSync(this.path).mtimeMs;
+      const mtimeMs = statSync(this.path).mtimeMs;
+      if (mtimeMs === this.mtimeMs) return;
+      this.table = parseHosts(readFileSync(this.path, 'utf8'));
+      this.mtimeMs = mtimeMs;
     } catch {
       this.table = new Map();
       this.mtimeMs = -1;
-      return;
     }
-    if (mtimeMs === this.mtimeMs) return;
-    this.mtimeMs = mtimeMs;
-    this.table = parseHosts(readFileSync(this.path, 'utf8'));
   }
 }
 
