@@ -12,6 +12,9 @@ import { loadShedding } from './platform/http/load-shed.ts';
 import { routeLabelOf, type RefusalReason } from './platform/http/refusals.ts';
 import { methodNotAllowed, optionsAllow } from './platform/http/method-not-allowed.ts';
 import { weakETag } from './platform/http/etag.ts';
+import { connectionShareOf, TenantConnectionShare } from './platform/http/tenant-db-share.ts';
+import { poolMaxFor } from './platform/config/config.ts';
+import { CONNECTION_BOUNDS } from './platform/db/connection-bounds.ts';
 
 /**
  * The operational endpoints outside the route declarations (GET only): another method on one of them
@@ -45,6 +48,9 @@ export function createApp(c: Container): Express {
   app.get('/docs', openapi.docs);
   const answered = [...c.routes, ...OPERATIONAL_PATHS.map((path) => ({ method: 'get', path }))];
   app.use(optionsAllow(answered));
+  // A tenant's share of this process's pool (ADR 0012, amendment): a request past it waits for a place
+  // no longer than one waits for a pooled connection.
+  const share = connectionShareOf(c.config.API_MAX_DB_CONNECTIONS_PER_TENANT, poolMaxFor(c.config, 'api', 0));
   app.use(
     buildRouter(c.routes, {
       orm: c.orm,
@@ -54,6 +60,7 @@ export function createApp(c: Container): Express {
       bodyLimit: c.config.BODY_LIMIT,
       maxInFlightPerTenant: c.config.API_MAX_INFLIGHT_PER_TENANT,
       onRefused: refused,
+      ...(share ? { connectionShare: new TenantConnectionShare(share, CONNECTION_BOUNDS.connectionTimeoutMillis) } : {}),
       refuseToken: dashboard.refuseToken,
       idempotencyMetrics: { replays: c.metrics.idempotencyReplays, conflicts: c.metrics.idempotencyConflicts },
     }),

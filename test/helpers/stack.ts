@@ -87,6 +87,10 @@ export async function startStack(opts: StackOptions = {}): Promise<TestStack> {
     ...(ownRedis ? { REDIS_URL: ownRedis.url } : {}),
     ...opts.env,
   };
+  // A tenant may use the whole of the API's small test pool (ADR 0012, amendment: half of it by default),
+  // so tests that pile one tenant's requests on a lock see them all wait there; the share's bookkeeping
+  // still runs on every request. tenant-db-share.test.ts sets '' (unset: the default share).
+  env.API_MAX_DB_CONNECTIONS_PER_TENANT ??= env.DATABASE_POOL_MAX!;
   const config = parseConfig(env);
   const container = await createContainer(config, { service: 'api', ...(opts.extraWorkflows ? { extraWorkflows: opts.extraWorkflows } : {}) });
   // As src/server.ts: the API listens once its Redis connection is ready.

@@ -242,6 +242,12 @@ export const configSchema = z
     API_MAX_INFLIGHT: z.coerce.number().int().min(0).max(100_000).default(64),
     /** A tenant's share of them: past it that tenant gets 429, so it cannot shed the others (0 disables). */
     API_MAX_INFLIGHT_PER_TENANT: z.coerce.number().int().min(0).max(100_000).default(16),
+    /**
+     * A tenant's share of the API process's database connections: at most this many of its requests do
+     * database work at once; more wait (holding none) and are answered 503 when none frees in time (ADR
+     * 0012). Unset: half the API's pool (DATABASE_POOL_MAX, 10 by default: 5), at least 1; 0 = no share.
+     */
+    API_MAX_DB_CONNECTIONS_PER_TENANT: z.coerce.number().int().min(0).max(200).optional(),
     /** How long a request may take to arrive whole (headers and body): a slow upload frees its in-flight slot then (408). */
     API_REQUEST_TIMEOUT: duration('30s'),
 

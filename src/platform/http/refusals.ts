@@ -6,9 +6,10 @@ import { routeTemplate } from './method-not-allowed.ts';
  * Why the front door or admission refused a request (dealix_requests_refused_total): the tenant's
  * submission rate (RATE_LIMIT_PER_MINUTE, 429) or runs in flight (MAX_RUNS_IN_FLIGHT_PER_TENANT or its
  * override, 429), the tenant's share of this process's in-flight requests (API_MAX_INFLIGHT_PER_TENANT,
- * 429), or this process at capacity (API_MAX_INFLIGHT, 503).
+ * 429), this process at capacity (API_MAX_INFLIGHT, 503), or the tenant's share of this process's database
+ * connections busy for as long as a request waits for one (API_MAX_DB_CONNECTIONS_PER_TENANT, 503).
  */
-export type RefusalReason = 'rate_limit' | 'runs_in_flight' | 'tenant_in_flight' | 'load_shed';
+export type RefusalReason = 'rate_limit' | 'runs_in_flight' | 'tenant_in_flight' | 'load_shed' | 'tenant_db_connections';
 
 /**
  * Counts one refused request. `route` is the route's method and template (`POST /api/v1/golden-path/run`),

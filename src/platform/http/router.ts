@@ -2,7 +2,7 @@ import express, { type NextFunction, type Request, type Response, type Router } 
 import { z } from 'zod';
 import type { EntityManager, MikroORM } from '@mikro-orm/postgresql';
 import type { Logger } from 'pino';
-import { AppError, ValidationError } from '../errors/app-error.ts';
+import { AppError, ServiceUnavailableError, ValidationError } from '../errors/app-error.ts';
 import { toProblem } from '../errors/to-problem.ts';
 import { authenticate, type TokenRefusal } from '../tenancy/auth.middleware.ts';
 import type { Principal, TokenVerifier } from '../tenancy/jwt.ts';
@@ -15,6 +15,7 @@ import { PROBLEM_CONTENT_TYPE } from './problem.middleware.ts';
 import { rejectUnstorableText } from './json-text.ts';
 import { tenantInFlightLimit } from './tenant-inflight.ts';
 import { startHandlerWork } from './load-shed.ts';
+import type { TenantConnectionShare } from './tenant-db-share.ts';
 import { decodes, literalSegmentGuards, routeTemplate } from './method-not-allowed.ts';
 import { routeLabel, TooManyRequestsError, type OnRefused } from './refusals.ts';
 
@@ -32,6 +33,8 @@ export interface RouterDeps {
   onRefused?: OnRefused;
   /** Refuses a verified token the server has withdrawn: an operator token signed out or exchanged by a dashboard link (ADR 0017). Required: a router built without it would accept them. */
   refuseToken: TokenRefusal;
+  /** A tenant's share of this process's database connections (API_MAX_DB_CONNECTIONS_PER_TENANT); unset = no share. */
+  connectionShare?: TenantConnectionShare;
 }
 
 /**
@@ -43,6 +46,9 @@ export interface RouterDeps {
  * an idempotent request its final response is stored in that same transaction. A route that declares
  * `admission` is admitted (the tenant's limits, 429) first in that transaction, before its handler.
  * A route's `prepare` (slow work on tenant input, e.g. DNS, and at most a short read of its own) runs just before that transaction.
+ * The handler's work (prepare, transaction, the key's settlement) holds one of the tenant's share of the
+ * process's database connections (tenant-db-share.ts): past its share a tenant's request waits for one
+ * without a connection, and is answered 503 if none comes in time.
  */
 export function buildRouter(routes: RouteDef[], deps: RouterDeps): Router {
   const router = express.Router();
@@ -126,10 +132,40 @@ function validate(def: RouteDef) {
 }
 
 function runHandler(def: RouteDef, deps: RouterDeps) {
+  const share = deps.connectionShare;
+  const route = routeLabel(def);
   return async function handle(req: Request, res: Response, next: NextFunction): Promise<void> {
     // The in-flight slots are held until this work ends, even if the client hangs up meanwhile.
-    await startHandlerWork(res, () => handleRequest(def, deps, req, res, next));
+    await startHandlerWork(res, share ? () => withConnectionShare(share, route, def, deps, req, res, next) : () => handleRequest(def, deps, req, res, next));
   };
+}
+
+/**
+ * The handler's work within the tenant's share of the process's database connections (ADR 0012,
+ * amendment). Under its share, taken and given back in process: no await more than the handler's own.
+ * Past it, the request waits here holding no connection; a request still without one after the wait
+ * (CONNECTION_BOUNDS, as long as the pool's own wait) is refused as load shedding is (503, Retry-After)
+ * before anything of it reached the database — its idempotency key is not claimed, its tenant's limits
+ * not counted — and one whose client hung up meanwhile is not run (startHandlerWork: no answer can reach
+ * it, a keyed retry runs it).
+ */
+function withConnectionShare(share: TenantConnectionShare, route: string, def: RouteDef, deps: RouterDeps, req: Request, res: Response, next: NextFunction): Promise<void> {
+  const tenantId = (res.locals.principal as Principal).tenantId;
+  const held = () => handleRequest(def, deps, req, res, next).finally(() => share.give(tenantId));
+  const waiting = share.take(tenantId);
+  if (!waiting) return held();
+  return waiting.then((granted) => {
+    if (!granted) {
+      deps.onRefused?.('tenant_db_connections', route);
+      next(new ServiceUnavailableError(`The tenant already has ${share.share} requests using the database on this API instance. Retry after the indicated delay.`, undefined, 1));
+      return;
+    }
+    if (res.closed && !res.writableFinished) {
+      share.give(tenantId);
+      return;
+    }
+    return held();
+  });
 }
 
 async function handleRequest(def: RouteDef, deps: RouterDeps, req: Request, res: Response, next: NextFunction): Promise<void> {
