@@ -60,12 +60,18 @@ async function heldForty(client: CoalescingClient): Promise<void> {
  * One message of `count` statements, each waiting on an advisory lock the test holds for 1.5 s of that
  * statement's wait (pg_locks.waitstart, read by the server's clock), sent by a CoalescingClient whose
  * bounds are the server's statement_timeout 4 s and a margin of 1 s: it must be answered. Returns the
- * client, ended.
+ * client, ended. `around`: the client connects to `url` (a proxy's) with `config` added, and `meanwhile`
+ * runs from when the message is sent (awaited before its answer is read).
  */
-async function answeredWhileEachWaits(url: string, count: number, perStatement: boolean): Promise<CoalescingClient> {
+async function answeredWhileEachWaits(
+  url: string,
+  count: number,
+  perStatement: boolean,
+  around: { url?: string; config?: pg.ClientConfig; meanwhile?: () => Promise<void> } = {},
+): Promise<CoalescingClient> {
   const LOCKS = Array.from({ length: count }, (_, i) => 7_700_001 + i);
   const holder = new pg.Client({ connectionString: url });
-  const client = new CoalescingClient({ connectionString: url, statement_timeout: 4_000, answerBound: { statementMs: 4_000, marginMs: 1_000, perStatement } });
+  const client = new CoalescingClient({ connectionString: around.url ?? url, ...around.config, statement_timeout: 4_000, answerBound: { statementMs: 4_000, marginMs: 1_000, perStatement } });
   client.on('error', () => {});
   await holder.connect();
   await client.connect();
@@ -77,6 +83,7 @@ async function answeredWhileEachWaits(url: string, count: number, perStatement: 
       (r: pg.QueryResult) => r,
       (e: unknown) => e,
     );
+    const meanwhile = around.meanwhile?.();
     for (const k of LOCKS) {
       await waitFor(
         async () =>
@@ -85,6 +92,7 @@ async function answeredWhileEachWaits(url: string, count: number, perStatement: 
       );
       await holder.query('select pg_advisory_unlock($1)', [k]);
     }
+    await meanwhile;
     const answer = await within(sent, 'the long message to be answered', 60_000);
     expect(answer).not.toBeInstanceOf(Error);
     expect((answer as pg.QueryResult).rows).toEqual([{ last: '' }]);
@@ -226,6 +234,31 @@ describe('a PostgreSQL that stops answering without closing the connection', () 
     const client = await answeredWhileEachWaits(stack.env.DATABASE_URL!, 8, false);
     expect(client.livenessChecks.working).toBeGreaterThan(0);
     expect(client.livenessChecks).toMatchObject({ unsure: 0, dead: 0, unknown: 0 });
+  });
+
+  it("by default, a long message whose backend is at work is not cut when the server is slow to take the liveness check's connection: the check has one statement's bound to connect and read, not the pool's connect bound", { timeout: LONG }, async () => {
+    // The client's connect bound 500 ms (the pool's is CONNECTION_BOUNDS' 5 s). The check made after one
+    // statement's bound of silence (5 s) gets a connection the server takes only after 1.5 s (held by
+    // the proxy: a fork or an authentication under load), then finds the backend waiting on a lock.
+    const proxy = await pausableProxy(stack.env.DATABASE_URL!);
+    const url = new URL(stack.env.DATABASE_URL!);
+    url.host = new URL(proxy.url).host;
+    try {
+      const client = await answeredWhileEachWaits(stack.env.DATABASE_URL!, 8, false, {
+        url: url.toString(),
+        config: { connectionTimeoutMillis: 500 },
+        meanwhile: async () => {
+          proxy.holdNew();
+          await waitFor(() => proxy.heldSince !== undefined && Date.now() - proxy.heldSince >= 1_500, { timeoutMs: 60_000, what: "the liveness check's connection to have been held 1.5 s" });
+          proxy.resume();
+        },
+      });
+      expect(client.livenessChecks.working).toBeGreaterThan(0);
+      expect(client.livenessChecks.dead).toBe(0);
+    } finally {
+      proxy.resume();
+      await proxy.close();
+    }
   });
 
   it("ending a connection whose server went silent is done after the margin: pg's end waited for the server to close it, for ever (a pool's close at shutdown, db:migrate's at its end)", { timeout: LONG }, async () => {

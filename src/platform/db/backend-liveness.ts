@@ -74,7 +74,10 @@ export function judge(reading: Reading, pid: number, marginMs: number): Liveness
  * and answer; past it the socket is destroyed): a server that does not answer is `unreachable`.
  */
 async function readActivity(config: pg.ClientConfig, withinMs: number, marginMs: number): Promise<Reading> {
-  const client = new pg.Client(config);
+  // Not the pool's connect bound (connectionTimeoutMillis, 5 s): a server slow to take a connection
+  // (a fork, an authentication under load) whose backend is at work would have its connection dropped
+  // as one that gave no answer; the check's own timer bounds connecting and reading together.
+  const client = new pg.Client({ ...config, connectionTimeoutMillis: 0 });
   client.on('error', () => {});
   let late = false;
   const timer = setTimeout(() => {
