@@ -222,7 +222,7 @@ describe('a PostgreSQL that stops answering without closing the connection', () 
       const failed = await failureWithin20s(client.query('select 39 as n'), "the silent connection's long message to fail after a liveness check");
       expect(failed).toBeInstanceOf(NoAnswerError);
       expect((failed as Error).message).toMatch(seen);
-      expect(client.livenessChecks).toEqual({ working: 0, unsure: 0, dead: 1, unknown: 0 });
+      expect(client.livenessChecks).toEqual({ working: 0, unsure: 0, dead: 1, unknown: 0, ignored: 0 });
     } finally {
       await close();
     }
@@ -257,6 +257,45 @@ describe('a PostgreSQL that stops answering without closing the connection', () 
       expect(client.livenessChecks.dead).toBe(0);
     } finally {
       proxy.resume();
+      await proxy.close();
+    }
+  });
+
+  it("a liveness check whose reading comes after the message was answered is ignored, and counted as such (not as what it found): the connection stays usable and the check's connection ends", { timeout: LONG }, async () => {
+    const LOCK = 7_700_100;
+    const proxy = await pausableProxy(stack.env.DATABASE_URL!);
+    const url = new URL(stack.env.DATABASE_URL!);
+    url.host = new URL(proxy.url).host;
+    const holder = new pg.Client({ connectionString: stack.env.DATABASE_URL! });
+    // The client's bound 3 s + 1 s (the server's statement_timeout longer, so that the lock wait outlasts
+    // it): after 4 s of silence a check, whose connection the proxy holds while the message is answered.
+    const client = new CoalescingClient({ connectionString: url.toString(), statement_timeout: 60_000, answerBound: { statementMs: 3_000, marginMs: 1_000, perStatement: false } });
+    client.on('error', () => {});
+    await holder.connect();
+    await client.connect();
+    try {
+      await holder.query('select pg_advisory_lock($1)', [LOCK]);
+      await client.query('begin');
+      await client.query(`${DEFER_UNTIL_NEXT}select pg_advisory_xact_lock($1)`, [LOCK]);
+      // 40 statements that may wait: the sum (2 min) is never what ends the wait here.
+      for (let i = 0; i < 38; i++) await client.query(`${DEFER_UNTIL_NEXT}select $1::int as n`, [i]);
+      proxy.holdNew();
+      const sent = client.query('select 1 as last') as Promise<pg.QueryResult>;
+      await waitFor(() => proxy.heldSince !== undefined, { timeoutMs: 30_000, what: "the liveness check's connection" });
+      await holder.query('select pg_advisory_unlock($1)', [LOCK]);
+      expect((await within(sent, 'the message to be answered', 30_000)).rows).toEqual([{ last: 1 }]);
+      proxy.resume();
+      await waitFor(() => Object.values(client.livenessChecks).some((n) => n > 0), { timeoutMs: 30_000, what: 'the check to end' });
+      expect(client.livenessChecks).toEqual({ working: 0, unsure: 0, dead: 0, unknown: 0, ignored: 1 });
+      await client.query('commit');
+      await waitFor(
+        async () => (await holder.query(`select 1 from pg_stat_activity where application_name = 'dealix liveness check' and datname = current_database()`)).rowCount === 0,
+        { timeoutMs: 30_000, what: "the check's connection to end" },
+      );
+    } finally {
+      proxy.resume();
+      await holder.end().catch(() => {});
+      await client.end().catch(() => {});
       await proxy.close();
     }
   });
