@@ -233,7 +233,10 @@ describe('a PostgreSQL that stops answering without closing the connection', () 
     // one check finds the backend waiting on a lock; the sum (8 × 4 s + 1 s) is never reached.
     const client = await answeredWhileEachWaits(stack.env.DATABASE_URL!, 8, false);
     expect(client.livenessChecks.working).toBeGreaterThan(0);
-    expect(client.livenessChecks).toMatchObject({ unsure: 0, dead: 0, unknown: 0 });
+    // Not `unsure: 0`: a check that reads the backend just done, its reading processed before the answer
+    // that left first (two sockets, either read first), finds it idle for less than the margin — harmless
+    // (asked again after the margin, by when the answer is in); what must not be is a drop (above) or dead.
+    expect(client.livenessChecks).toMatchObject({ dead: 0, unknown: 0 });
   });
 
   it("by default, a long message whose backend is at work is not cut when the server is slow to take the liveness check's connection: the check has one statement's bound to connect and read, not the pool's connect bound", { timeout: LONG }, async () => {
