@@ -76,6 +76,14 @@ export interface PausableProxy {
    * network that lost those connections (a NAT or firewall entry gone) while the server still takes new ones.
    */
   pauseOpen(): void;
+  /**
+   * Holds the connections opened from now on (accepted, nothing forwarded) until `resume()`; the open
+   * ones keep forwarding: as a server that is there but slow to take a new connection (a fork or an
+   * authentication under load).
+   */
+  holdNew(): void;
+  /** When the first connection `holdNew` held was opened (epoch ms), if one was. */
+  readonly heldSince: number | undefined;
   /** Forwards again, both ways, on every connection still open: what was sent meanwhile arrives then (as a network that delivers again). */
   resume(): void;
   /** Closes every connection (as the kernel closes a dead process's sockets) and the proxy. */
@@ -88,12 +96,15 @@ export async function pausableProxy(target: string): Promise<PausableProxy> {
   const sockets = new Set<Socket>();
   const pairs: Array<[Socket, Socket]> = [];
   let paused = false;
+  let holdingNew = false;
+  let heldSince: number | undefined;
   const server = createServer((client) => {
     sockets.add(client);
     client.on('close', () => sockets.delete(client));
     const upstream = joinUpstream(client, hostname, Number(port), sockets);
     pairs.push([client, upstream]);
-    if (paused) for (const s of [client, upstream]) s.pause();
+    if (holdingNew) heldSince ??= Date.now();
+    if (paused || holdingNew) for (const s of [client, upstream]) s.pause();
   });
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   let closed: Promise<void> | undefined;
@@ -106,8 +117,15 @@ export async function pausableProxy(target: string): Promise<PausableProxy> {
     pauseOpen() {
       for (const pair of pairs) for (const s of pair) s.pause();
     },
+    holdNew() {
+      holdingNew = true;
+    },
+    get heldSince() {
+      return heldSince;
+    },
     resume() {
       paused = false;
+      holdingNew = false;
       for (const pair of pairs) for (const s of pair) if (!s.destroyed) s.resume();
     },
     close() {

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { judge, type Activity } from '../../src/platform/db/backend-liveness.ts';
+import { backendLiveness, judge, type Activity } from '../../src/platform/db/backend-liveness.ts';
 
 const CHECK = 4_242;
 const PID = 1_234;
@@ -39,5 +39,14 @@ describe('judge (what a liveness check makes of a backend row, coalescing-client
     expect(judge(reading({ state: null }), PID, MARGIN).liveness).toBe('unknown');
     expect(judge(reading({ state: 'disabled' }), PID, MARGIN).liveness).toBe('unknown');
     expect(judge({ refused: 'sorry, too many clients already' }, PID, MARGIN).liveness).toBe('unknown');
+  });
+});
+
+describe('backendLiveness (the check as made)', () => {
+  it("a server name that does not resolve for the check's connection leaves the wait as it was: the resolver's failure (EAI_AGAIN, a DNS hiccup) says nothing of the server the checked connection is on", async () => {
+    // `.invalid` never resolves (RFC 2606): ENOTFOUND, or EAI_AGAIN where no resolver answers.
+    const verdict = await backendLiveness('unresolved', { host: 'dealix-liveness-check.invalid', port: 5432, user: 'nobody', database: 'none' }, PID, 10_000, 1_000);
+    expect(verdict.liveness).toBe('unknown');
+    expect(verdict.seen).toMatch(/resolve/);
   });
 });

@@ -21,8 +21,9 @@ import { endWithin, isUnreachable } from './connection-bounds.ts';
  *   the check within `withinMs` (a connection refused or reset, nothing heard).
  * - `unknown`: the check cannot tell — the pids the server sends are not its backends' (a pooler such
  *   as PgBouncer in front: BackendKeyData is the pooler's), the row's state is not visible (activity
- *   tracking off), or the server refused the check with an error of its own (max_connections reached,
- *   starting up). Keep waiting, as before the check existed (the caller still bounds the whole wait).
+ *   tracking off), the server refused the check with an error of its own (max_connections reached,
+ *   starting up), or the server's name did not resolve for the check (a DNS failure says nothing of the
+ *   server the connection is on). Keep waiting, as before the check existed (the caller still bounds the whole wait).
  */
 export type Liveness = 'working' | 'unsure' | 'dead' | 'unknown';
 
@@ -45,7 +46,10 @@ export interface Activity {
 }
 
 /** What the check's connection got: every client backend's row and its own pid as BackendKeyData gave it, or no answer. */
-export type Reading = { rows: Activity[]; ownPid: number | null } | { unreachable: string } | { refused: string };
+export type Reading = { rows: Activity[]; ownPid: number | null } | { unreachable: string } | { refused: string } | { unresolved: string };
+
+/** The resolver's failures: the check's connection never tried the server (the checked connection has its address already). */
+const UNRESOLVED_CODES = new Set(['ENOTFOUND', 'EAI_AGAIN']);
 
 // Every client backend, so that one reading serves every connection of the process that asks meanwhile.
 const ACTIVITY = `select pid, state, wait_event_type, (extract(epoch from clock_timestamp() - state_change) * 1000)::float8 as since_ms, pid = pg_backend_pid() as me
@@ -55,6 +59,7 @@ const ACTIVITY = `select pid, state, wait_event_type, (extract(epoch from clock_
 export function judge(reading: Reading, pid: number, marginMs: number): LivenessVerdict {
   if ('unreachable' in reading) return { liveness: 'dead', seen: `the server gave the liveness check no answer (${reading.unreachable})` };
   if ('refused' in reading) return { liveness: 'unknown', seen: `the server refused the liveness check (${reading.refused})` };
+  if ('unresolved' in reading) return { liveness: 'unknown', seen: `the liveness check could not resolve the server's name (${reading.unresolved})` };
   const me = reading.rows.find((r) => r.me);
   if (!me || me.pid !== reading.ownPid) return { liveness: 'unknown', seen: "pids are not the server's own (a pooler in front)" };
   const row = reading.rows.find((r) => r.pid === pid);
@@ -74,7 +79,10 @@ export function judge(reading: Reading, pid: number, marginMs: number): Liveness
  * and answer; past it the socket is destroyed): a server that does not answer is `unreachable`.
  */
 async function readActivity(config: pg.ClientConfig, withinMs: number, marginMs: number): Promise<Reading> {
-  const client = new pg.Client(config);
+  // Not the pool's connect bound (connectionTimeoutMillis, 5 s): a server slow to take a connection
+  // (a fork, an authentication under load) whose backend is at work would have its connection dropped
+  // as one that gave no answer; the check's own timer bounds connecting and reading together.
+  const client = new pg.Client({ ...config, connectionTimeoutMillis: 0 });
   client.on('error', () => {});
   let late = false;
   const timer = setTimeout(() => {
@@ -88,6 +96,7 @@ async function readActivity(config: pg.ClientConfig, withinMs: number, marginMs:
   } catch (e) {
     const message = e instanceof Error ? e.message : String(e);
     if (late) return { unreachable: `nothing within ${withinMs} ms` };
+    if (UNRESOLVED_CODES.has((e as { code?: unknown } | null)?.code as string)) return { unresolved: message };
     return isUnreachable(e) ? { unreachable: message } : { refused: message };
   } finally {
     clearTimeout(timer);

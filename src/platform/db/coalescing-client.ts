@@ -189,7 +189,7 @@ export class CoalescingClient extends pg.Client {
    */
   #checked: { heardAt: number; until: number; unsure: boolean } | undefined;
   #checking = false;
-  readonly #livenessChecks: Record<Liveness, number> = { working: 0, unsure: 0, dead: 0, unknown: 0 };
+  readonly #livenessChecks: Record<Liveness | 'ignored', number> = { working: 0, unsure: 0, dead: 0, unknown: 0, ignored: 0 };
 
   constructor(config?: string | (pg.ClientConfig & { preparedStatements?: boolean; groupCommit?: GroupCommitRef; answerBound?: AnswerBound })) {
     super(config);
@@ -223,8 +223,11 @@ export class CoalescingClient extends pg.Client {
     void ended.then(() => callback(), (e: unknown) => callback(e));
   }
 
-  /** The liveness checks this connection made, counted by what they found (for tests). */
-  get livenessChecks(): Readonly<Record<Liveness, number>> {
+  /**
+   * The liveness checks this connection made, counted by what they found, or `ignored`: their reading
+   * came after the silence they were made for had ended (an answer, the connection lost) (for tests).
+   */
+  get livenessChecks(): Readonly<Record<Liveness | 'ignored', number>> {
     return this.#livenessChecks;
   }
 
@@ -451,8 +454,11 @@ export class CoalescingClient extends pg.Client {
     const config: pg.ClientConfig = { ...own, application_name: 'dealix liveness check' };
     void backendLiveness(JSON.stringify([host, port, database, user]), config, pid, one, marginMs).then(({ liveness, seen }) => {
       this.#checking = false;
+      if (this.#lost || this.#silences.length === 0 || this.#heardAt !== heardAt) {
+        this.#livenessChecks.ignored++;
+        return this.watch();
+      }
       this.#livenessChecks[liveness]++;
-      if (this.#lost || this.#silences.length === 0 || this.#heardAt !== heardAt) return this.watch();
       if (liveness === 'dead' || (liveness === 'unsure' && unsureBefore)) return this.dropSilent(Date.now() - heardAt, seen);
       this.#checked = { heardAt, until: Date.now() + (liveness === 'unsure' ? marginMs : one), unsure: liveness === 'unsure' };
       this.watch();
