@@ -24,7 +24,8 @@ async function heldAtStart(entry: string, opts: { preload?: string[]; at?: strin
   let err = '';
   child.stdout!.on('data', (d) => (out += String(d)));
   child.stderr!.on('data', (d) => (err += String(d)));
-  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => child.on('exit', (code, signal) => resolve({ code, signal })));
+  // 'close', not 'exit': at 'exit' its one line can still be in the pipe (node's docs), and the test reads it.
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => child.on('close', (code, signal) => resolve({ code, signal })));
   try {
     await within(
       new Promise<void>((resolve, reject) => {
@@ -77,7 +78,8 @@ describe('a signal to a script loaded with the telemetry bootstrap (register.ts)
     });
     let out = '';
     child.stdout!.on('data', (d) => (out += String(d)));
-    const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => child.on('exit', (code, sig) => resolve({ code, signal: sig })));
+    // 'close': its output read to the end, so the check below that it never said "stopped while starting" reads all of it.
+    const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => child.on('close', (code, sig) => resolve({ code, signal: sig })));
     try {
       await within(
         new Promise<void>((resolve, reject) => {
