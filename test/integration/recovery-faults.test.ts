@@ -12,7 +12,7 @@ import { newTenant, startStack, type TestStack } from '../helpers/stack.ts';
 import { waitFor } from '../helpers/poll.ts';
 import { pausableProxy } from '../helpers/held-proxy.ts';
 import { SLOW_QUEUE, slowWorkflow } from '../helpers/slow-workflow.ts';
-import { SLOW_STEPS, createSlowRun, entered, enteredThroughLast, expectEveryStepOnce, jobOf, killLiveWorkers, readRun, waitEntered, waitRun, stackSweeper } from '../helpers/recovery.ts';
+import { SLOW_STEPS, createSlowRun, entered, enteredThroughLast, expectEveryStepOnce, jobOf, killLiveWorkers, readRun, stopForWholeLog, waitEntered, waitRun, stackSweeper } from '../helpers/recovery.ts';
 import type { RunRow } from '../../src/platform/durable/runtime.ts';
 
 const TEST_WORKER = 'test/helpers/test-worker.ts';
@@ -94,6 +94,9 @@ describe('recovery under overlapping sweeps and a kill after a commit', () => {
       expect(job?.stalledCounter).toBe(1);
       expect(job?.returnvalue).toMatchObject({ run_id: run.id, status: 'ended' });
       expect(job?.returnvalue.steps.map((s: { replayed: boolean }) => s.replayed)).toEqual(SLOW_STEPS.map(() => true));
+      // No step ran again in the second worker: read once it has stopped, its whole log written (a line
+      // written while it ran could still trail the job's completion in Redis, and its absence prove nothing).
+      await stopForWholeLog(second);
       expect(entered(second, run.id)).toEqual([]);
       const done = await readRun(stack, tenant, run.id);
       expect(done.status).toBe('completed');
