@@ -77,7 +77,9 @@ describe('recovery under overlapping sweeps and a kill after a commit', () => {
     const proxy = await pausableProxy(stack.env.REDIS_URL!);
     try {
       // The last step takes a moment, so the worker's Redis is cut off while it runs; its commit goes to PostgreSQL.
-      const first = await stack.spawnWorker({ REDIS_URL: proxy.url, GP_SLOW_STEP_MS: '0,0,0,1500' });
+      // The moment is long enough for the step's entry to be seen through the worker's log (written in batches,
+      // read through a pipe by a loaded machine) and the cut to be made before the step ends.
+      const first = await stack.spawnWorker({ REDIS_URL: proxy.url, GP_SLOW_STEP_MS: '0,0,0,5000' });
       const run = await createSlowRun(stack, tenant, { enqueue: true });
       await waitEntered(first, run.id, SLOW_STEPS.length);
       proxy.pause();
