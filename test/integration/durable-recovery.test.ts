@@ -413,7 +413,9 @@ describe('PostgreSQL restarted (own throwaway cluster)', () => {
   it('while the database is down the API answers 503 problem+json, and afterwards the same worker finishes the work', { timeout: LONG }, async () => {
     const tenant = newTenant();
     const token = await stack.token({ tenantId: tenant, sub: 'submitter' });
-    const worker = await stack.spawnWorker({ GP_SLOW_STEP_MS: '0,1500' });
+    // Step 2 waits 5 s before its statements: long enough for the test to see it entered (through the worker's
+    // log, written in batches) and stop PostgreSQL before the step, and the quick steps after it, commit the run.
+    const worker = await stack.spawnWorker({ GP_SLOW_STEP_MS: '0,5000' });
     const run = await createSlowRun(stack, tenant, { enqueue: true });
     await waitEntered(worker, run.id, 2);
     await pg.stop();
