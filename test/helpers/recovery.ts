@@ -130,7 +130,7 @@ export async function waitEntered(worker: WorkerHandle, runId: string, seq: numb
  * write logs in batches (at least every 100 ms), so a line can trail the commit it describes.
  */
 export async function enteredThroughLast(worker: WorkerHandle, runId: string): Promise<number[]> {
-  await waitFor(() => entered(worker, runId).includes(SLOW_STEPS.length), { timeoutMs: 10_000, what: `the worker's log line for step ${SLOW_STEPS.length}` });
+  await waitFor(() => entered(worker, runId).includes(SLOW_STEPS.length), { timeoutMs: 60_000, what: `the worker's log line for step ${SLOW_STEPS.length}` });
   return entered(worker, runId);
 }
 

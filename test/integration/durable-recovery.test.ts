@@ -388,7 +388,7 @@ describe('Redis flushed with runs in flight (own redis-server)', () => {
       expectEveryStepOnce(done);
     }
     // Log lines are written in batches: poll for the sweeper's, which it wrote before the runs completed.
-    await waitFor(() => workers.some((w) => w.output().includes('sweeper re-enqueued run')), { timeoutMs: 10_000, what: "the sweeper's log line" });
+    await waitFor(() => workers.some((w) => w.output().includes('sweeper re-enqueued run')), { timeoutMs: 30_000, what: "the sweeper's log line" });
     // The sweeper put every Job Scheduler back, each with its next run due.
     await waitFor(async () => JSON.stringify(await schedulers()) === JSON.stringify(before), { timeoutMs: 30_000, what: 'the Job Schedulers to be re-created' });
     expect(await maintenance.getJobScheduler(IDEMPOTENCY_EXPIRY_JOB)).toMatchObject({ every: 10 * 60_000 });

@@ -33,6 +33,9 @@ async function heldAtStart(entry: string, opts: { preload?: string[]; at?: strin
         void exited.then((e) => reject(new Error(`exited before it was held: ${JSON.stringify(e)} ${out} ${err}`)));
       }),
       `${entry} to be held at its start`,
+      // As long as a worker's or the API's whole start is given (stack.ts, api-process.ts): loading the modules up to
+      // the hold is most of that start, and a loaded machine takes tens of seconds over it.
+      90_000,
     );
   } catch (e) {
     child.kill('SIGKILL');
@@ -87,6 +90,7 @@ describe('a signal to a script loaded with the telemetry bootstrap (register.ts)
           void exited.then((e) => reject(new Error(`exited before it was ready: ${JSON.stringify(e)} ${out}`)));
         }),
         'the script to be ready',
+        90_000, // the telemetry bootstrap loaded first: a process start, as above
       );
       child.kill(signal);
       expect(await within(exited, `the script to end on ${signal}`), out).toEqual({ code: null, signal });

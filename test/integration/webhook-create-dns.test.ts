@@ -68,7 +68,8 @@ describe('webhook endpoint create: DNS outside the transaction', () => {
     const listed = await Promise.race([
       api(stack, 'GET', ENDPOINTS, { token: other }),
       opened.then(() => 'the gate opened first' as const),
-      new Promise<'blocked'>((r) => setTimeout(() => r('blocked'), 15_000).unref()),
+      // Long enough for a GET that is not blocked to be answered on a loaded machine (then it wins the race at once).
+      new Promise<'blocked'>((r) => setTimeout(() => r('blocked'), 30_000).unref()),
     ]);
     expect(listed === 'blocked' ? 'the list waited for the create’s DNS (a connection held through it)' : 'served').toBe('served');
     expect(typeof listed === 'object' && listed.status).toBe(200);
