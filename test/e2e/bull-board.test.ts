@@ -38,7 +38,7 @@ async function postedFromAnotherOrigin(page: Page, target: string, form: string)
   });
   await new Promise<void>((resolve) => evil.listen(0, '127.0.0.1', resolve));
   try {
-    const answered = page.waitForResponse((r) => r.url() === target, { timeout: 15_000 });
+    const answered = page.waitForResponse((r) => r.url() === target, { timeout: 30_000 });
     await page.goto(`http://127.0.0.1:${(evil.address() as import('node:net').AddressInfo).port}/`, { waitUntil: 'commit' });
     const res = await answered;
     return { status: res.status(), text: await res.text() };

@@ -45,8 +45,16 @@ describe('SLA timers on a worker whose clock runs ahead of the database', () => 
     const { rows } = await stack.db.admin(`select r.idempotency_hash, a.status, a.decided_at = a.sla_deadline as at_deadline,
               (extract(epoch from a.created_at) * 1000)::float8 as created_ms from durable_runs r join approval_requests a on a.run_id = r.id where r.id = $1`, [runId]);
     expect(rows[0]).toMatchObject({ status: 'expired', at_deadline: true });
-    const timer = await Job.fromId(stack.container.queues.get('timers')!, namedJobId('gp', rows[0].idempotency_hash, 'sla'));
-    expect(await timer?.getState()).toBe('completed');
+    // The timer's job completes once its handler returns, after the expiry it committed: read once finished
+    // (read when the run reads expired, it can still be active, its attemptsStarted not yet final).
+    const timers = stack.container.queues.get('timers')!;
+    const timerId = namedJobId('gp', rows[0].idempotency_hash, 'sla');
+    const state = await waitFor(async () => {
+      const st = await timers.getJobState(timerId);
+      return st === 'completed' || st === 'failed' ? st : undefined;
+    }, { ...DEADLINE, what: 'the timer job to finish' });
+    expect(state).toBe('completed');
+    const timer = await Job.fromId(timers, timerId);
     // The approval step's own timer (filed from the request's database time), not one the sweeper re-created.
     expect(timer?.timestamp).toBe(rows[0].created_ms);
     // Taken early once (the worker's clock is ahead), then at the deadline by the database's clock.

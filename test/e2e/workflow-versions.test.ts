@@ -17,7 +17,7 @@ import { api, CLASS_A_SUBMISSION, newTenant, SAMPLE_SUBMISSION, startStack, type
 import { waitFor } from '../helpers/poll.ts';
 import { jsonLines } from '../helpers/api-process.ts';
 import { slowWorkflow } from '../helpers/slow-workflow.ts';
-import { createSlowRun, enteredThroughLast, expectEveryStepOnce, killLiveWorkers, waitEntered, waitRun } from '../helpers/recovery.ts';
+import { createSlowRun, enteredThroughLast, expectEveryStepOnce, killLiveWorkers, stopForWholeLog, waitEntered, waitRun } from '../helpers/recovery.ts';
 import { CLOSING_STEP, withVersions } from '../helpers/versioned-workflows.ts';
 
 const TEST_WORKER = 'test/helpers/test-worker.ts';
@@ -183,6 +183,8 @@ describe('several versions of one workflow', () => {
     // whichever worker; the v2-only one puts it off again, the v1 one finishes it on v1.
     await stack.spawnWorker({ GP_VERSIONS: '1' });
     await expectFinishedOnV1(await waitStatus(runId, ['completed', 'failed']));
+    // The v2-only worker ran no step of it: read once that worker has stopped, its whole log written.
+    await stopForWholeLog(newOnly);
     expect(linesOf(newOnly, 'step checkpointed', runId)).toEqual([]);
   });
 
@@ -218,6 +220,10 @@ describe('several versions of one workflow', () => {
 
     const old = await stack.spawnWorker({ GP_VERSIONS: '1' });
     await expectFinishedOnV1(await waitStatus(runId, ['completed', 'failed']));
+    // Its lines are read once the workers have stopped, their whole logs written: a worker writes its log
+    // in batches, and the sweeper's line can still be in the v1 worker's buffer when the run reads completed.
+    await stopForWholeLog(old);
+    await stopForWholeLog(newOnly);
     expect(linesOf(old, 'sweeper re-enqueued run', runId)).toHaveLength(1);
     expect(linesOf(newOnly, 'step checkpointed', runId)).toEqual([]);
   });
@@ -240,8 +246,10 @@ describe('several versions of one workflow', () => {
     expect(await runOf(runId)).toMatchObject({ status: 'waiting' });
     const { rows } = await stack.db.admin(`select status from approval_requests where run_id = $1`, [runId]);
     expect(rows).toEqual([{ status: 'pending' }]);
-    // Said as for a run job: a warning naming the version, and the deferral counter.
-    expect(linesOf(newOnly, TIMER_DEFERRED, runId)[0]).toMatchObject({ workflow: 'golden-path@v1', registered: expect.arrayContaining(['golden-path@v2']) });
+    // Said as for a run job: a warning naming the version (waited for: written before the timer went back to
+    // delayed, it can still be in the worker's buffer when Redis shows it there), and the deferral counter.
+    const warned = await waitFor(() => linesOf(newOnly, TIMER_DEFERRED, runId)[0], { what: "the v2-only worker's line putting the timer off" });
+    expect(warned).toMatchObject({ workflow: 'golden-path@v1', registered: expect.arrayContaining(['golden-path@v2']) });
     const port = await waitFor(() => jsonLines(newOnly.output()).find((l) => l.msg === 'worker metrics listening')?.metrics_port, { what: 'the worker metrics port' });
     expect(sample(await (await fetch(`http://127.0.0.1:${port}/metrics`)).text(), 'dealix_run_jobs_deferred_total{workflow="golden-path",version="1"}')).toBeGreaterThanOrEqual(2);
 
@@ -255,6 +263,7 @@ describe('several versions of one workflow', () => {
       ['evidence-pack', 'pending'],
     ]);
     expect(expired.steps[2].output.outcome).toBe('expired');
+    await stopForWholeLog(newOnly);
     expect(linesOf(newOnly, 'step checkpointed', runId)).toEqual([]);
   });
 });

@@ -9,7 +9,7 @@ import { stepJobId } from '../../src/platform/queue/job-ids.ts';
 import { Sweeper, type SweeperOptions } from '../../src/platform/durable/sweeper.ts';
 import { CLASS_A_SUBMISSION, type TestStack, type WorkerHandle } from './stack.ts';
 import { RECORDS_MATCH } from './evidence.ts';
-import { waitFor } from './poll.ts';
+import { waitFor, within } from './poll.ts';
 import { SLOW_QUEUE, SLOW_TAG, SLOW_WORKFLOW, STEP_ENTERED } from './slow-workflow.ts';
 
 export const SLOW_STEPS = ['partner-dossier', 'economics-model', 'approval-packet', 'evidence-pack'];
@@ -130,8 +130,20 @@ export async function waitEntered(worker: WorkerHandle, runId: string, seq: numb
  * write logs in batches (at least every 100 ms), so a line can trail the commit it describes.
  */
 export async function enteredThroughLast(worker: WorkerHandle, runId: string): Promise<number[]> {
-  await waitFor(() => entered(worker, runId).includes(SLOW_STEPS.length), { timeoutMs: 10_000, what: `the worker's log line for step ${SLOW_STEPS.length}` });
+  await waitFor(() => entered(worker, runId).includes(SLOW_STEPS.length), { timeoutMs: 60_000, what: `the worker's log line for step ${SLOW_STEPS.length}` });
   return entered(worker, runId);
+}
+
+/**
+ * Stops `worker` (SIGTERM) and resolves once it has exited and its output has been read to the end
+ * (WorkerHandle.exited is the 'close' of its pipes): for a check that the worker never wrote a line.
+ * A live worker writes its log in batches (at least every 100 ms), so a line can trail the commit or
+ * Redis state it describes, and "not in its output yet" proves nothing; at a stop pino writes what
+ * it holds. An idle worker stops at once, a busy one within its grace (WORKER_SHUTDOWN_GRACE).
+ */
+export async function stopForWholeLog(worker: WorkerHandle): Promise<void> {
+  if (worker.proc.exitCode === null && worker.proc.signalCode === null) worker.kill('SIGTERM');
+  await within(worker.exited, 'the worker to stop, its whole log read', 60_000);
 }
 
 /** The BullMQ job of one step of a gp-slow run (deterministic id). */

@@ -153,6 +153,31 @@ export async function rateLetGos(monitor: Awaited<ReturnType<typeof monitorKeys>
     .map((a) => Number(a[3]));
 }
 
+/**
+ * Whom an endpoint's limiter let go, in the order it let them go: the member (a job's slotMember) of each take
+ * script that recorded a let-go. Its EVAL or EVALSHA names the state key, the waiting key, then the member, and
+ * MONITOR reports a script's own commands right after it, its HSET of `last` among them (only a let-go writes
+ * `last`). The order a limit promises is checked on this, not on a receiver's arrivals: a POST arrives later
+ * than its let-go by its worker's pace (rateLetGos), so two workers' POSTs a turn apart can arrive swapped.
+ */
+export async function rateLetGoMembers(monitor: Awaited<ReturnType<typeof monitorKeys>>, redis: Redis, stateKey: string): Promise<string[]> {
+  await monitor.settle(redis, `let-go-members-${randomUUID()}`);
+  const members: string[] = [];
+  let taking: string | undefined;
+  for (const parts of monitor.seen.map((c) => c.split(' '))) {
+    const cmd = parts[0]!.toLowerCase();
+    if (cmd === 'eval' || cmd === 'evalsha') {
+      // EVAL's script text has spaces: the member is found from the state key, not by its position.
+      const at = parts.indexOf(stateKey);
+      taking = at >= 0 ? parts[at + 2] : undefined;
+    } else if (cmd === 'hset' && parts[1] === stateKey && parts[2] === 'last' && taking !== undefined) {
+      members.push(taking);
+      taking = undefined;
+    }
+  }
+  return members;
+}
+
 /** Consecutive let-gos (rateLetGos) at least a turn (1/perSecond s) apart, and one at least for each of the `posts` the receiver got. */
 export function expectSpaced(letGos: number[], perSecond: number, posts: number): void {
   expect(letGos.length, 'a let-go for every POST').toBeGreaterThanOrEqual(posts);

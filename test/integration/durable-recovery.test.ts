@@ -388,7 +388,7 @@ describe('Redis flushed with runs in flight (own redis-server)', () => {
       expectEveryStepOnce(done);
     }
     // Log lines are written in batches: poll for the sweeper's, which it wrote before the runs completed.
-    await waitFor(() => workers.some((w) => w.output().includes('sweeper re-enqueued run')), { timeoutMs: 10_000, what: "the sweeper's log line" });
+    await waitFor(() => workers.some((w) => w.output().includes('sweeper re-enqueued run')), { timeoutMs: 30_000, what: "the sweeper's log line" });
     // The sweeper put every Job Scheduler back, each with its next run due.
     await waitFor(async () => JSON.stringify(await schedulers()) === JSON.stringify(before), { timeoutMs: 30_000, what: 'the Job Schedulers to be re-created' });
     expect(await maintenance.getJobScheduler(IDEMPOTENCY_EXPIRY_JOB)).toMatchObject({ every: 10 * 60_000 });
@@ -413,7 +413,9 @@ describe('PostgreSQL restarted (own throwaway cluster)', () => {
   it('while the database is down the API answers 503 problem+json, and afterwards the same worker finishes the work', { timeout: LONG }, async () => {
     const tenant = newTenant();
     const token = await stack.token({ tenantId: tenant, sub: 'submitter' });
-    const worker = await stack.spawnWorker({ GP_SLOW_STEP_MS: '0,1500' });
+    // Step 2 waits 5 s before its statements: long enough for the test to see it entered (through the worker's
+    // log, written in batches) and stop PostgreSQL before the step, and the quick steps after it, commit the run.
+    const worker = await stack.spawnWorker({ GP_SLOW_STEP_MS: '0,5000' });
     const run = await createSlowRun(stack, tenant, { enqueue: true });
     await waitEntered(worker, run.id, 2);
     await pg.stop();

@@ -24,7 +24,8 @@ async function heldAtStart(entry: string, opts: { preload?: string[]; at?: strin
   let err = '';
   child.stdout!.on('data', (d) => (out += String(d)));
   child.stderr!.on('data', (d) => (err += String(d)));
-  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => child.on('exit', (code, signal) => resolve({ code, signal })));
+  // 'close', not 'exit': at 'exit' its one line can still be in the pipe (node's docs), and the test reads it.
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => child.on('close', (code, signal) => resolve({ code, signal })));
   try {
     await within(
       new Promise<void>((resolve, reject) => {
@@ -32,6 +33,9 @@ async function heldAtStart(entry: string, opts: { preload?: string[]; at?: strin
         void exited.then((e) => reject(new Error(`exited before it was held: ${JSON.stringify(e)} ${out} ${err}`)));
       }),
       `${entry} to be held at its start`,
+      // As long as a worker's or the API's whole start is given (stack.ts, api-process.ts): loading the modules up to
+      // the hold is most of that start, and a loaded machine takes tens of seconds over it.
+      90_000,
     );
   } catch (e) {
     child.kill('SIGKILL');
@@ -77,7 +81,8 @@ describe('a signal to a script loaded with the telemetry bootstrap (register.ts)
     });
     let out = '';
     child.stdout!.on('data', (d) => (out += String(d)));
-    const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => child.on('exit', (code, sig) => resolve({ code, signal: sig })));
+    // 'close': its output read to the end, so the check below that it never said "stopped while starting" reads all of it.
+    const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => child.on('close', (code, sig) => resolve({ code, signal: sig })));
     try {
       await within(
         new Promise<void>((resolve, reject) => {
@@ -85,6 +90,7 @@ describe('a signal to a script loaded with the telemetry bootstrap (register.ts)
           void exited.then((e) => reject(new Error(`exited before it was ready: ${JSON.stringify(e)} ${out}`)));
         }),
         'the script to be ready',
+        90_000, // the telemetry bootstrap loaded first: a process start, as above
       );
       child.kill(signal);
       expect(await within(exited, `the script to end on ${signal}`), out).toEqual({ code: null, signal });

@@ -146,7 +146,7 @@ describe('a client that hangs up while its handler works', () => {
       // The client hangs up; the server sees it (its request log says so) while the handler still waits.
       abort.abort();
       await post;
-      await waitFor(() => api1.lines().some((l) => l.msg === 'request aborted' && l.req?.method === 'POST'), { timeoutMs: 10_000, what: 'the API to see the hang-up' });
+      await waitFor(() => api1.lines().some((l) => l.msg === 'request aborted' && l.req?.method === 'POST'), { timeoutMs: 30_000, what: 'the API to see the hang-up' });
       const busy = await list();
       expect(busy.status, 'the slot is still the handler\'s').toBe(429);
       await runs.release();
@@ -199,7 +199,7 @@ describe('a client that hangs up while its token is still being verified', () =>
       await waitFor(() => fetches > 0, { timeoutMs: 10_000, what: 'the token check to wait for the key set' });
       // The client hangs up while its token is checked; the server sees it (its request log says so).
       early.socket.destroy();
-      await waitFor(() => api1.lines().some((l) => l.msg === 'request aborted' && l.req?.method === 'GET'), { timeoutMs: 10_000, what: 'the API to see the hang-up' });
+      await waitFor(() => api1.lines().some((l) => l.msg === 'request aborted' && l.req?.method === 'GET'), { timeoutMs: 30_000, what: 'the API to see the hang-up' });
       release();
       // The tenant's one slot is free: the hung-up request never ran, and holds nothing.
       for (let i = 0; i < 3; i++) {

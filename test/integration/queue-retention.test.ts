@@ -46,7 +46,7 @@ describe('finished run jobs in Redis', () => {
     const queue = stack.container.queues.get(GOLDEN_PATH_QUEUE)!;
     const jobOf = (hash: string) => stepJobId('gp', hash, 1, 'partner-dossier');
     // BullMQ trims the completed set as each job completes; the last completion may still be on its way.
-    await waitFor(async () => (await queue.getJobState(jobOf(hashes.at(-1)!))) === 'completed', { timeoutMs: 10_000, intervalMs: 50, what: 'the last run job to be completed' });
+    await waitFor(async () => (await queue.getJobState(jobOf(hashes.at(-1)!))) === 'completed', { timeoutMs: 30_000, intervalMs: 50, what: 'the last run job to be completed' });
     expect((await queue.getJobCounts('completed')).completed).toBe(KEEP);
     const states = await Promise.all(hashes.map((h) => queue.getJobState(jobOf(h))));
     expect(states).toEqual([...Array(RUNS - KEEP).fill('unknown'), ...Array(KEEP).fill('completed')]);

@@ -12,7 +12,7 @@ import { newTenant, startStack, type TestStack } from '../helpers/stack.ts';
 import { waitFor } from '../helpers/poll.ts';
 import { pausableProxy } from '../helpers/held-proxy.ts';
 import { SLOW_QUEUE, slowWorkflow } from '../helpers/slow-workflow.ts';
-import { SLOW_STEPS, createSlowRun, entered, enteredThroughLast, expectEveryStepOnce, jobOf, killLiveWorkers, readRun, waitEntered, waitRun, stackSweeper } from '../helpers/recovery.ts';
+import { SLOW_STEPS, createSlowRun, entered, enteredThroughLast, expectEveryStepOnce, jobOf, killLiveWorkers, readRun, stopForWholeLog, waitEntered, waitRun, stackSweeper } from '../helpers/recovery.ts';
 import type { RunRow } from '../../src/platform/durable/runtime.ts';
 
 const TEST_WORKER = 'test/helpers/test-worker.ts';
@@ -77,7 +77,9 @@ describe('recovery under overlapping sweeps and a kill after a commit', () => {
     const proxy = await pausableProxy(stack.env.REDIS_URL!);
     try {
       // The last step takes a moment, so the worker's Redis is cut off while it runs; its commit goes to PostgreSQL.
-      const first = await stack.spawnWorker({ REDIS_URL: proxy.url, GP_SLOW_STEP_MS: '0,0,0,1500' });
+      // The moment is long enough for the step's entry to be seen through the worker's log (written in batches,
+      // read through a pipe by a loaded machine) and the cut to be made before the step ends.
+      const first = await stack.spawnWorker({ REDIS_URL: proxy.url, GP_SLOW_STEP_MS: '0,0,0,5000' });
       const run = await createSlowRun(stack, tenant, { enqueue: true });
       await waitEntered(first, run.id, SLOW_STEPS.length);
       proxy.pause();
@@ -94,6 +96,9 @@ describe('recovery under overlapping sweeps and a kill after a commit', () => {
       expect(job?.stalledCounter).toBe(1);
       expect(job?.returnvalue).toMatchObject({ run_id: run.id, status: 'ended' });
       expect(job?.returnvalue.steps.map((s: { replayed: boolean }) => s.replayed)).toEqual(SLOW_STEPS.map(() => true));
+      // No step ran again in the second worker: read once it has stopped, its whole log written (a line
+      // written while it ran could still trail the job's completion in Redis, and its absence prove nothing).
+      await stopForWholeLog(second);
       expect(entered(second, run.id)).toEqual([]);
       const done = await readRun(stack, tenant, run.id);
       expect(done.status).toBe('completed');

@@ -95,7 +95,7 @@ describe("a run's end and its event's time", () => {
     const id = await submit(stack, tok.submitter, CLASS_A_SUBMISSION);
     const done = await waitRun(stack, tok.submitter, id, ['completed', 'failed']);
     expect(done.status).toBe('completed');
-    const run = await waitFor(async () => (await ended(id).catch(() => undefined)) ?? undefined, { timeoutMs: 10_000, what: 'the run.completed delivery' });
+    const run = await waitFor(async () => (await ended(id).catch(() => undefined)) ?? undefined, { timeoutMs: 30_000, what: 'the run.completed delivery' });
     expect(run.ended_at).toBe(run.completed_iso);
     expect(run.timestamp).toBe(run.ended_at);
   });

@@ -32,8 +32,10 @@ function startEntry(args: string[], env: Record<string, string>, killAfterMs = 9
   proc.stdout.on('data', (d) => (out += d));
   proc.stderr.on('data', (d) => (out += d));
   const killer = setTimeout(() => proc.kill('SIGKILL'), killAfterMs);
+  // 'close', not 'exit': at 'exit' the last of its output can still be in the pipe (node's docs), and
+  // each test reads the entry's last line (its one-line error, `api could not start`, `telemetry flushed`).
   const exited = new Promise<{ code: number | null; out: string }>((resolve) =>
-    proc.once('exit', (code) => {
+    proc.once('close', (code) => {
       clearTimeout(killer);
       resolve({ code, out });
     }),

@@ -205,7 +205,7 @@ describe('a step that kills its worker process', () => {
         died++;
       }
     }
-    const failed = await waitFor(async () => ((await ended(id)) ? getRun(id) : undefined), { timeoutMs: 15_000, what: `run ${id} to end (${died} workers died)` });
+    const failed = await waitFor(async () => ((await ended(id)) ? getRun(id) : undefined), { timeoutMs: 60_000, what: `run ${id} to end (${died} workers died)` });
     expect(failed).toMatchObject({ status: 'failed', error: { code: 'step_crashed_worker', step: STEPS[1], sequence_num: 2, crashes: MAX_CRASHES } });
   });
 

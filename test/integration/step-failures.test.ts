@@ -40,7 +40,7 @@ const attemptsAt = (w: WorkerHandle, runId: string, seq: number) => logged(w, ru
 
 /** The worker's log once it says the run failed: every line it wrote before is in it too. */
 async function failedLog(w: WorkerHandle, runId: string): Promise<void> {
-  await waitFor(() => logged(w, runId, FAILED_FOR_GOOD).length > 0, { timeoutMs: 10_000, what: "the worker's log line for the failed run" });
+  await waitFor(() => logged(w, runId, FAILED_FOR_GOOD).length > 0, { timeoutMs: 30_000, what: "the worker's log line for the failed run" });
 }
 
 /**
@@ -78,7 +78,7 @@ describe('a step that fails by itself', () => {
     const [gaveUp] = await waitFor(() => {
       const l = logged(w, run.id, 'job failed for good');
       return l.length ? l : undefined;
-    }, { timeoutMs: 10_000, what: "the worker's 'job failed for good' line of the run" });
+    }, { timeoutMs: 30_000, what: "the worker's 'job failed for good' line of the run" });
     expect(gaveUp).toMatchObject({ job_id: job.id, tenant_id: run.tenant_id, correlation_id: run.correlation_id });
   });
 

@@ -317,7 +317,7 @@ describe('a worker that noticed the loss and died before its repair (own redis-s
     try {
       await waitFor(async () => JSON.stringify(await standing()) === JSON.stringify(both), { timeoutMs: 20_000, what: 'the standing schedulers to come back' });
       // Log lines are written in batches: polled for before the worker is killed.
-      await waitFor(() => worker.output().includes('maintenance schedulers put back'), { timeoutMs: 10_000, what: "the sweeper's warning" });
+      await waitFor(() => worker.output().includes('maintenance schedulers put back'), { timeoutMs: 30_000, what: "the sweeper's warning" });
     } finally {
       worker.kill('SIGKILL');
       await worker.exited;

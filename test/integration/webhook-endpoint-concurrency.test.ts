@@ -160,13 +160,14 @@ describe('webhook deliveries: a per-endpoint in-flight cap', () => {
     expect(leases).toHaveLength(CAP);
     for (const ms of leases) expect(ms).toBeLessThanOrEqual(60_000 + 3 * 2_000 + 1_000);
     expect(await stack.redis.pttl(slotsKey!)).toBeGreaterThan(0);
-    // A's deliveries beyond the cap are parked: delayed without an attempt, of the row or of BullMQ.
-    const parked = (await Promise.all(aRows.map((r) => queue.getJob(deliveryJobId(r.id))))).filter((j): j is Job => j !== undefined && (j.data as { parks?: number }).parks !== undefined);
-    expect(parked).toHaveLength(A_RUNS - CAP);
-    for (const j of parked) {
-      expect(await j.getState()).toBe('delayed');
-      expect(j.attemptsMade).toBe(0);
-    }
+    // A's deliveries beyond the cap are parked: delayed without an attempt, of the row or of BullMQ. Polled: a worker
+    // records a park in the job's data, then moves the job to delayed, and the wait above may end between the two
+    // (the job still active), or before the last job got that far.
+    const parked = await waitFor(async () => {
+      const jobs = await parkedJobsOf(stack, aRows);
+      return jobs.length === A_RUNS - CAP ? (jobs as Job[]) : undefined;
+    }, { timeoutMs: 30_000, what: `${A_RUNS - CAP} of tenant A's deliveries parked (delayed)` });
+    for (const j of parked) expect(j.attemptsMade).toBe(0);
     const parkedIds = new Set(parked.map((j) => (j.data as { delivery_id: string }).delivery_id));
     expect((await deliveriesOf(stack, a.tenantId)).filter((r) => parkedIds.has(r.id)).map((r) => r.attempts)).toEqual(Array(A_RUNS - CAP).fill(0));
 
