@@ -94,8 +94,9 @@ describe("a tenant's share of the API's database connections (ADR 0012, amendmen
 describe('a request whose client hangs up while it waits for a place', () => {
   it('leaves the wait at once: it frees its in-flight slots, and is neither answered nor counted as refused', async () => {
     // The real server, a share of one place and two in-flight slots per tenant: the submission holding
-    // the place and one request waiting for it fill the tenant's slots.
-    const api1 = await spawnApi({ ...stack.env, API_MAX_DB_CONNECTIONS_PER_TENANT: '1', API_MAX_INFLIGHT_PER_TENANT: '2' });
+    // the place and one request waiting for it fill the tenant's slots. The submission's wait for the
+    // lock must outlast a slow CI run: a long statement timeout.
+    const api1 = await spawnApi({ ...stack.env, API_MAX_DB_CONNECTIONS_PER_TENANT: '1', API_MAX_INFLIGHT_PER_TENANT: '2', DATABASE_STATEMENT_TIMEOUT: '120s' });
     const tenant = newTenant();
     const token = await stack.token({ tenantId: tenant, sub: 'hangs-up-waiting' });
     const runs = (query = '') => fetch(`${api1.baseUrl}/api/v1/golden-path/runs${query}`, { headers: { authorization: `Bearer ${token}` } });
@@ -141,7 +142,7 @@ describe('a request whose client hangs up while it waits for a place', () => {
       );
       abort.abort();
       await waiting;
-      await waitFor(() => api1.lines().some((l) => l.msg === 'request aborted' && l.req?.method === 'GET'), { timeoutMs: 10_000, what: 'the API to see the hang-up' });
+      await waitFor(() => api1.lines().some((l) => l.msg === 'request aborted' && l.req?.method === 'GET'), { timeoutMs: 30_000, what: 'the API to see the hang-up' });
 
       // Its slot is free: another read is let in (not 429) and waits for the place in turn; the place
       // still held, it is answered 503 — and it alone is counted as refused, not the read that left.
