@@ -15,8 +15,9 @@ const NOISY = 6;
 
 let stack: TestStack;
 beforeAll(async () => {
-  // '': unset, the default share (the test stack otherwise lets a tenant use its whole pool).
-  stack = await startStack({ env: { DATABASE_POOL_MAX: String(POOL), API_MAX_DB_CONNECTIONS_PER_TENANT: '', API_MAX_INFLIGHT_PER_TENANT: '16' } });
+  // '': unset, the default share (the test stack otherwise lets a tenant use its whole pool). The
+  // submissions' waits for the held lock must outlast a slow CI run: a long statement timeout.
+  stack = await startStack({ env: { DATABASE_POOL_MAX: String(POOL), API_MAX_DB_CONNECTIONS_PER_TENANT: '', API_MAX_INFLIGHT_PER_TENANT: '16', DATABASE_STATEMENT_TIMEOUT: '120s' } });
 });
 afterAll(async () => stack?.stop());
 
