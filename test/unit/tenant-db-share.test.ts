@@ -38,6 +38,20 @@ describe("a tenant's share of the API's connections (TenantConnectionShare)", ()
     expect(share.take(A)).toBeUndefined();
     expect(share.take(B)).toBeUndefined();
   });
+
+  it('a waiter that leaves (its client hung up) is out of the queue at once, with false: the next place given back goes to the one after it', async () => {
+    const share = new TenantConnectionShare(1, LONG);
+    expect(share.take(A)).toBeUndefined();
+    const gone = share.take(A)!;
+    const next = share.take(A)!;
+    share.leave(A, gone);
+    expect(await gone).toBe(false);
+    share.give(A);
+    expect(await next).toBe(true);
+    // Leaving after the wait ended changes nothing: the place stays with its holder.
+    share.leave(A, next);
+    expect(share.take(A)).toBeDefined();
+  });
 });
 
 describe('connectionShareOf (API_MAX_DB_CONNECTIONS_PER_TENANT)', () => {

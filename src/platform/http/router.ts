@@ -146,22 +146,30 @@ function runHandler(def: RouteDef, deps: RouterDeps) {
  * Past it, the request waits here holding no connection; a request still without one after the wait
  * (CONNECTION_BOUNDS, as long as the pool's own wait) is refused as load shedding is (503, Retry-After)
  * before anything of it reached the database — its idempotency key is not claimed, its tenant's limits
- * not counted — and one whose client hung up meanwhile is not run (startHandlerWork: no answer can reach
- * it, a keyed retry runs it).
+ * not counted — and one whose client hangs up meanwhile leaves the wait at once, freeing its slots, and
+ * is not run (startHandlerWork: no answer can reach it, a keyed retry runs it).
  */
 function withConnectionShare(share: TenantConnectionShare, route: string, def: RouteDef, deps: RouterDeps, req: Request, res: Response, next: NextFunction): Promise<void> {
   const tenantId = (res.locals.principal as Principal).tenantId;
   const held = () => handleRequest(def, deps, req, res, next).finally(() => share.give(tenantId));
   const waiting = share.take(tenantId);
   if (!waiting) return held();
+  // A client that hangs up while its request waits: the request leaves the wait then, not when a place
+  // or the 5 s come, so it holds its in-flight slots no longer (releaseWhenDone: the work ends now).
+  const left = () => {
+    if (!res.writableFinished) share.leave(tenantId, waiting);
+  };
+  res.once('close', left);
   return waiting.then((granted) => {
+    res.off('close', left);
+    if (res.closed && !res.writableFinished) {
+      // Gone: not run, not answered, not counted as refused; a place handed to it goes on to the next.
+      if (granted) share.give(tenantId);
+      return;
+    }
     if (!granted) {
       deps.onRefused?.('tenant_db_connections', route);
       next(new ServiceUnavailableError(`The tenant already has ${share.share} requests using the database on this API instance. Retry after the indicated delay.`, undefined, 1));
-      return;
-    }
-    if (res.closed && !res.writableFinished) {
-      share.give(tenantId);
       return;
     }
     return held();

@@ -1,6 +1,8 @@
 interface Waiter {
   resolve(granted: boolean): void;
   timer: NodeJS.Timeout;
+  /** The promise `take` returned for it (what `leave` names it by). */
+  granted?: Promise<boolean>;
 }
 
 /**
@@ -36,21 +38,34 @@ export class TenantConnectionShare {
       this.held.set(tenantId, n + 1);
       return undefined;
     }
-    return new Promise<boolean>((resolve) => {
-      let queue = this.queues.get(tenantId);
-      if (!queue) this.queues.set(tenantId, (queue = []));
-      const waiter: Waiter = {
-        resolve,
-        timer: setTimeout(() => {
-          const q = this.queues.get(tenantId);
-          const i = q?.indexOf(waiter) ?? -1;
-          if (i >= 0) q!.splice(i, 1);
-          if (q?.length === 0) this.queues.delete(tenantId);
-          resolve(false);
-        }, this.waitMs),
-      };
-      queue.push(waiter);
+    let queue = this.queues.get(tenantId);
+    if (!queue) this.queues.set(tenantId, (queue = []));
+    let waiter!: Waiter;
+    const granted = new Promise<boolean>((resolve) => {
+      waiter = { resolve, timer: setTimeout(() => this.drop(tenantId, waiter), this.waitMs) };
     });
+    waiter.granted = granted;
+    queue.push(waiter);
+    return granted;
+  }
+
+  /**
+   * A waiting request whose client went away leaves the queue at once: its wait ends with false
+   * (nothing taken), so it holds no slot for the rest of the wait. A wait already ended is left alone.
+   */
+  leave(tenantId: string, granted: Promise<boolean>): void {
+    const waiter = this.queues.get(tenantId)?.find((w) => w.granted === granted);
+    if (waiter) this.drop(tenantId, waiter);
+  }
+
+  /** Ends a wait without a place: out of the queue, its timer cleared, false. */
+  private drop(tenantId: string, waiter: Waiter): void {
+    const q = this.queues.get(tenantId);
+    const i = q?.indexOf(waiter) ?? -1;
+    if (i >= 0) q!.splice(i, 1);
+    if (q?.length === 0) this.queues.delete(tenantId);
+    clearTimeout(waiter.timer);
+    waiter.resolve(false);
   }
 
   /** Gives a place back: to the tenant's longest waiter (the count unchanged), else it is free. */
