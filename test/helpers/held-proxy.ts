@@ -5,43 +5,84 @@ export interface HeldProxy {
   url: string;
   /** Connections accepted so far. */
   accepted(): number;
+  /**
+   * Resolves with the name the first connection whose CLIENT SETNAME starts with `prefix` gives itself
+   * (ioredis sends it, with HELLO, as soon as its connection is made: before any answer): who has
+   * connected, seen as it arrives here — not in the client's own log, which may come out later.
+   */
+  named(prefix: string): Promise<string>;
   /** Lets every held connection through to the target, and every later one at once. */
   release(): void;
   close(): Promise<void>;
 }
 
+/** A CLIENT SETNAME as a RESP client sends it (ioredis: lower case; any case matched). */
+const SETNAME = /\*3\r\n\$6\r\nclient\r\n\$7\r\nsetname\r\n\$\d+\r\n([^\r]*)\r\n/gi;
+/** How much of a connection's first bytes are searched for its name (its HELLO and CLIENT SETNAME come first). */
+const NAME_WITHIN = 4096;
+
 /**
- * A TCP proxy in front of `target` (a redis:// URL) that accepts connections but holds them — reads
- * nothing from the client and opens nothing to the target — until `release()`: a client sees its
- * connection made (ioredis: `connect`, its ready check unanswered), as against a Redis that is up but
- * has not answered yet, not one that is down (refused). A test holds a process's start at its wait
- * for Redis, signals it there, then lets Redis answer.
+ * A TCP proxy in front of `target` (a redis:// URL) that accepts connections but holds them — answers
+ * nothing and opens nothing to the target — until `release()`: a client sees its connection made
+ * (ioredis: `connect`, its HELLO and ready check unanswered), as against a Redis that is up but has not
+ * answered yet, not one that is down (refused). What a held client sends is kept (and read, to tell
+ * who connected: `named`), then sent on to the target, in order, when it is released. A test holds a
+ * process's start at its wait for Redis, signals it there, then lets Redis answer.
  */
 export async function heldProxy(target: string): Promise<HeldProxy> {
   const { hostname, port, protocol } = new URL(target);
   let released = false;
   let count = 0;
-  const held: Socket[] = [];
+  const held: Array<() => void> = [];
   const sockets = new Set<Socket>();
-  const pass = (client: Socket) => {
-    joinUpstream(client, hostname, Number(port), sockets);
-    client.resume();
+  const names: string[] = [];
+  const waiting = new Set<{ prefix: string; resolve: (name: string) => void }>();
+  const named = (name: string) => {
+    names.push(name);
+    for (const w of waiting) {
+      if (!name.startsWith(w.prefix)) continue;
+      waiting.delete(w);
+      w.resolve(name);
+    }
   };
-  const server = createServer({ pauseOnConnect: true }, (client) => {
+  const server = createServer((client) => {
     count++;
     sockets.add(client);
     client.on('close', () => sockets.delete(client));
-    if (released) pass(client);
-    else held.push(client);
+    // A client that resets its connection while held: gone, as it would be from Redis.
+    client.on('error', () => client.destroy());
+    // Its first bytes read for its name, whether held or not.
+    let head = '';
+    const readName = (chunk: Buffer) => {
+      const before = head.length;
+      head += chunk.toString('latin1');
+      for (const m of head.matchAll(SETNAME)) if (m.index + m[0].length > before) named(m[1]!);
+      if (head.length >= NAME_WITHIN) client.off('data', readName);
+    };
+    client.on('data', readName);
+    // Read, not paused; what it sends while held is kept, and sent on first.
+    const kept: Buffer[] = [];
+    const keep = (chunk: Buffer) => kept.push(chunk);
+    client.on('data', keep);
+    const pass = () => {
+      client.off('data', keep);
+      joinUpstream(client, hostname, Number(port), sockets, Buffer.concat(kept.splice(0)));
+    };
+    if (released) pass();
+    else held.push(() => (client.destroyed ? undefined : pass()));
   });
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   const address = server.address() as { port: number };
   return {
     url: `${protocol}//127.0.0.1:${address.port}`,
     accepted: () => count,
+    named: (prefix) => {
+      const seen = names.find((n) => n.startsWith(prefix));
+      return seen !== undefined ? Promise.resolve(seen) : new Promise((resolve) => waiting.add({ prefix, resolve }));
+    },
     release() {
       released = true;
-      for (const client of held.splice(0)) if (!client.destroyed) pass(client);
+      for (const pass of held.splice(0)) pass();
     },
     async close() {
       for (const s of sockets) s.destroy();
@@ -50,10 +91,14 @@ export async function heldProxy(target: string): Promise<HeldProxy> {
   };
 }
 
-/** Connects `client` to host:port and pipes both ways; either end closing closes both. Returns the upstream socket. */
-function joinUpstream(client: Socket, hostname: string, port: number, sockets: Set<Socket>): Socket {
+/**
+ * Connects `client` to host:port and pipes both ways, `first` (what the client sent before) ahead of the
+ * rest; either end closing closes both. Returns the upstream socket.
+ */
+function joinUpstream(client: Socket, hostname: string, port: number, sockets: Set<Socket>, first?: Buffer): Socket {
   const upstream = connect(port, hostname);
   sockets.add(upstream);
+  if (first?.length) upstream.write(first);
   upstream.on('close', () => sockets.delete(upstream));
   const end = () => {
     client.destroy();

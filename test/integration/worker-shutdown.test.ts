@@ -10,13 +10,14 @@ import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { newTenant, startStack, type TestStack, type WorkerHandle } from '../helpers/stack.ts';
-import { waitFor } from '../helpers/poll.ts';
+import { waitFor, within } from '../helpers/poll.ts';
 import { freePort } from '../helpers/own-infra.ts';
 import { heldProxy } from '../helpers/held-proxy.ts';
 import { holdTable, type TableLock } from '../helpers/table-lock.ts';
 import { slowWorkflow } from '../helpers/slow-workflow.ts';
 import { createSlowRun, entered, enteredThroughLast, expectEveryStepOnce, jobOf, killLiveWorkers, logged, readRun, waitEntered, waitRun } from '../helpers/recovery.ts';
 import type { RunRow } from '../../src/platform/durable/runtime.ts';
+import { workerConnectionName } from '../../src/platform/queue/connections.ts';
 
 /** The worker's JSON log lines (its output is nothing else: the first test checks). */
 const logLines = (w: WorkerHandle): Array<Record<string, unknown>> =>
@@ -209,11 +210,22 @@ describe('a worker stopped while it starts, Redis up (a roll that catches a work
     try {
       void stack.spawnWorker({ REDIS_URL: proxy.url, LOG_LEVEL: 'debug' }, { entry: 'workers/golden-path.worker.ts' }).catch(() => {});
       const worker = stack.workers.at(-1)!;
-      await waitFor(() => startStages(worker).includes('redis'), { what: "the worker's start to wait for Redis" });
+      // Redis must answer within 5 s of the worker's first held command (its producer connection's
+      // command timeout; later, `queue error: Command timed out`): the worker's log, written in batches
+      // through a pipe, may come too late to time the signal and the release by. The proxy sees the
+      // worker's own connection (CLIENT SETNAME dealix-worker-<instance>) arrive: it is opened after the
+      // start has reached its wait for Redis and the shutdown handlers are installed (in one synchronous
+      // run of startWorkerProcess and runWorkerProcess; ioredis connects on the next tick).
+      await within(proxy.named(workerConnectionName('')), "the worker's own Redis connection");
+      // Signalled before Redis can answer anything: the signal is pending before the proxy sends Redis a
+      // byte, a process takes a pending signal before it reads what arrives after, and its handler stops
+      // the start at once (runWorkerProcess) — while readiness needs more than Redis's first answer.
       worker.kill('SIGTERM');
-      await waitFor(() => logLines(worker).some((l) => l.msg === 'shutting down'), { what: "the worker's shutdown to begin" });
       proxy.release();
       await expectStoppedWhileStarting(worker, 'waiting for Redis');
+      // Stopped at its wait for Redis, not after it (the signal did land first): a start that had found
+      // Redis ready would have gone on to record its run-retention decision in PostgreSQL.
+      expect(startStages(worker)).toEqual(['redis']);
     } finally {
       await proxy.close();
     }
