@@ -14,7 +14,8 @@
  * database's clock, at least that long before the step's later statements, its checkpoint's). GP_SLOW_VARIANT: original | reordered | renamed (see slow-workflow.ts).
  * GP_SLOW_FAIL: `<seq>:permanent` (the step throws a non-retryable error) or `<seq>:retryable[:<n>]`
  * (it throws a plain error on its first n attempts, on every attempt without n) or `<seq>:database`
- * (a statement of the step fails in PostgreSQL, on every attempt). GP_SLOW_RETRY: JSON,
+ * (a statement of the step fails in PostgreSQL, on every attempt) or `<seq>:unique` (a statement of the step
+ * violates a domain table's unique key, on every attempt). GP_SLOW_RETRY: JSON,
  * the retry policy of every step (the test's own slowWorkflow({ retry }) must say the same).
  * GP_GATE_GOLDEN_PATH=1: the golden path's own steps go through the same gate (the API's run routes,
  * GET, retry, serve golden-path runs only). GP_VERSIONS: which versions of golden-path and gp-slow the process registers, comma-separated
@@ -55,6 +56,8 @@ const gate: StepGate = async ({ seq, step, ctx }) => {
     if (failKind === 'permanent') throw new PermanentError('test_permanent', `step ${step} refused for good (GP_SLOW_FAIL)`);
     if (failKind === 'retryable' && (failTimes === undefined || ctx.attempt <= Number(failTimes))) throw new Error(`step ${step} failed on attempt ${ctx.attempt} (GP_SLOW_FAIL)`);
     if (failKind === 'database') await ctx.em.execute(`select 'internal detail of ' || ? || ': ' || (1 / 0)`, [step]);
+    // A domain row's unique key violated by the step's own statement (a duplicate natural key), as PostgreSQL raises it: SQLSTATE 23505.
+    if (failKind === 'unique') await ctx.em.execute(`do $$ begin raise unique_violation using message = 'duplicate key value violates unique constraint "evidence_packs_tenant_run_unique"', constraint = 'evidence_packs_tenant_run_unique'; end $$`);
   }
   if (spec === 'kill') process.kill(process.pid, 'SIGKILL');
   if (spec === 'kill-once' && firstToEnter()) process.kill(process.pid, 'SIGKILL');

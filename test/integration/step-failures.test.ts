@@ -130,6 +130,20 @@ describe('a step that fails by itself', () => {
     ]);
   });
 
+  it('a step whose own statement violates a domain unique key fails like any error (retried, then the run fails): it is not taken for a race lost to another execution', async () => {
+    const { w, run, ended: failed } = await runToTheEnd('2:unique');
+    expect(failed.status).toBe('failed');
+    expect(failed.error).toMatchObject({ code: 'database_error', step: SLOW_STEPS[1], sequence_num: 2 });
+    expect(failed.checkpoints.map((c) => [c.sequence_num, c.status, c.attempt])).toEqual([
+      [1, 'completed', 1],
+      [2, 'failed', RETRY.attempts],
+    ]);
+    expect(failed.counts).toEqual({ partner_dossiers: 1, economics_models: 0, approval_requests: 0, evidence_packs: 0 });
+    await failedLog(w, run.id);
+    // Each attempt ran the step once: the run read again after the violation showed no other execution had committed it.
+    expect(attemptsAt(w, run.id, 2)).toEqual([1, 2, 3]);
+  });
+
   it('a step that fails in PostgreSQL records the SQLSTATE, not the database\'s message: clients read the run and the job\'s spans, the worker\'s log keeps the details', async () => {
     const otlp = await startOtlpReceiver();
     onTestFinished(() => otlp.close());

@@ -85,6 +85,14 @@ export interface JobControl {
 
 const tracer = trace.getTracer('dealix-durable');
 
+/** A step's unique violation that the run, read again, shows was no race lost: no other execution committed the step. */
+class OwnViolation {
+  readonly error: unknown;
+  constructor(error: unknown) {
+    this.error = error;
+  }
+}
+
 /**
  * Settles with `running` (a step, a hand-back), or rejects as soon as `signal` aborts; a step left
  * running then can no longer commit.
@@ -213,6 +221,9 @@ export class StepExecutor {
     // A job that carries its run on past step 1 (after a wait: a decision, an SLA timer; a retried run)
     // names its worker the run's holder where the run has none, ahead of its first read (holderPrelude).
     let claim = !state && d.sequence_num > 1 ? this.holderPrelude(em, d) : undefined;
+    // A unique violation at step `seq`: a lost race only if the re-read finds the step committed by
+    // another execution (its rows and its checkpoint commit together); else it was the step's own.
+    let violated: { seq: number; error: unknown } | undefined;
     // Each lost race (another execution committed the step first) re-reads the run; more losses than
     // steps means something else is wrong.
     for (let races = 0; races <= wf.steps.length; ) {
@@ -229,6 +240,7 @@ export class StepExecutor {
           seq = this.replayCompleted(state, seq, outcome, wf);
           const next = this.next(state, seq, wf, control);
           if (next.kind !== 'step') return next;
+          if (violated?.seq === seq) throw new OwnViolation(violated.error);
           span = this.stepSpan(d, wf.steps[seq - 1]!, seq, this.attempt(d, seq));
           const runStep = () => this.runStep(tx, state!, wf, seq, this.attempt(d, seq), logger, control.abort, unread);
           return { kind: 'step' as const, ...(await otelContext.with(trace.setSpan(otelContext.active(), span), runStep)) };
@@ -291,6 +303,16 @@ export class StepExecutor {
           unread = false;
           continue;
         }
+        if (e instanceof OwnViolation) {
+          // No other execution committed the step: its own statement violated a unique key (a domain
+          // row's). It fails as any error does (its retry policy, then the run), instead of running
+          // again and again as a lost race until the job gave up with the run left running.
+          violated = undefined;
+          await this.fail(job, wf, e.error, seq, logger, true);
+          state = undefined;
+          races++;
+          continue;
+        }
         if (isRunNoLongerActive(e)) {
           // The run was read, but its checkpoint found it no longer active (DX001: cancelled, or ended
           // elsewhere, since the job read it): nothing of the step committed. Read it again; an ended
@@ -311,6 +333,7 @@ export class StepExecutor {
           }
         }
         logger.warn({ sequence_num: seq }, 'another execution checkpointed this step first; going on from what it stored');
+        if (state) violated = { seq, error: e };
         state = undefined;
         unread = false;
         races++;

@@ -1,0 +1,69 @@
+/**
+ * Steps that throw what is not an Error, or return what JSON cannot hold (docs/runtime.md, "Failures"):
+ * each fails its run clearly, with its error recorded, and leaves no step behind — never a run left
+ * running. Executed in this process by the real executor against the real PostgreSQL (RLS in force).
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createHash, randomUUID } from 'node:crypto';
+import { Job, Queue } from 'bullmq';
+import { pino } from 'pino';
+import { z } from 'zod';
+import { DurableRuntime, type StepJobData } from '../../src/platform/durable/runtime.ts';
+import { StepExecutor } from '../../src/platform/durable/executor.ts';
+import { defineStep, defineWorkflow } from '../../src/platform/durable/workflow.ts';
+import { tenantEm } from '../../src/platform/db/tenant-em.ts';
+import { newTenant, startStack, type TestStack } from '../helpers/stack.ts';
+import { readRun } from '../helpers/recovery.ts';
+
+let stack: TestStack;
+beforeAll(async () => {
+  stack = await startStack({ api: false });
+});
+afterAll(async () => stack?.stop());
+
+const ODD = 'odd-values';
+
+/** A one-step workflow whose step does `body`, on its one attempt (so its first failure is for good). */
+function oddWorkflow(body: () => unknown) {
+  const step = defineStep({ name: 'odd', input: z.any(), output: z.any(), retry: { attempts: 1 }, run: async () => body() as never });
+  return defineWorkflow({ name: ODD, version: 1, tag: 'odd', queue: 'odd-direct', input: z.any(), steps: [step] });
+}
+
+async function runOnce(body: () => unknown) {
+  const tenant = newTenant();
+  const logger = pino({ level: 'silent' });
+  const runtime = new DurableRuntime({ workflows: [oddWorkflow(body)], queues: new Map(), logger });
+  const { run } = await tenantEm(stack.container.orm, tenant).transactional((tx) =>
+    runtime.start_run(tx, ODD, { tenantId: tenant, principal: 'odd-test', idempotencyHash: createHash('sha256').update(randomUUID()).digest('hex'), input: {}, correlationId: randomUUID() }),
+  );
+  // A queue no worker listens on: this execution is the only one.
+  const queue = new Queue(`odd-direct-${randomUUID()}`, { connection: stack.container.redis, prefix: stack.prefix });
+  try {
+    const data: StepJobData = { run_id: run.id, tenant_id: tenant, workflow: ODD, workflow_version: 1, step: 'odd', sequence_num: 1, _correlation_id: run.correlation_id };
+    const job = await Job.create(queue, 'odd', data, { jobId: `odd-${run.id}`, attempts: 1 });
+    const executor = new StepExecutor({ orm: stack.container.orm, runtime, logger, workerId: 'odd-worker', leaseMs: 5000 });
+    const outcome = await executor.process(job).then(() => 'returned', (e: unknown) => (e as Error).name);
+    return { outcome, after: await readRun(stack, tenant, run.id) };
+  } finally {
+    await queue.obliterate({ force: true }).catch(() => {});
+    await queue.close();
+  }
+}
+
+describe('a step that throws a non-Error, or returns what JSON cannot hold', () => {
+  it.each([
+    ['undefined', () => Promise.reject(undefined), 'non-error thrown'],
+    ['null', () => Promise.reject(null), 'non-error thrown: null'],
+    ['a string', () => Promise.reject('partner API said no'), 'partner API said no'],
+    ['a plain object', () => Promise.reject({ why: 'nope' }), 'non-error thrown: {"why":"nope"}'],
+    ['a BigInt in its output', () => ({ n: 10n }), 'BigInt'],
+    ['a circular output', () => { const o: Record<string, unknown> = {}; o.self = o; return o; }, 'circular'],
+  ])('%s: the run fails for good with the error recorded, and nothing of the step is stored', async (_what, body, message) => {
+    const { outcome, after } = await runOnce(body);
+    expect(outcome).toBe('UnrecoverableError');
+    expect(after.status).toBe('failed');
+    expect(after.error).toMatchObject({ step: 'odd', sequence_num: 1 });
+    expect(String(after.error.message)).toContain(message);
+    expect(after.checkpoints.map((c) => [c.sequence_num, c.status])).toEqual([[1, 'failed']]);
+  });
+});
