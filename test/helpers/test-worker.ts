@@ -15,7 +15,8 @@
  * GP_SLOW_FAIL: `<seq>:permanent` (the step throws a non-retryable error) or `<seq>:retryable[:<n>]`
  * (it throws a plain error on its first n attempts, on every attempt without n) or `<seq>:database`
  * (a statement of the step fails in PostgreSQL, on every attempt) or `<seq>:unique` (a statement of the step
- * violates a domain table's unique key, on every attempt). GP_SLOW_RETRY: JSON,
+ * violates a domain table's unique key, on every attempt; `<seq>:unique-held`: an insert the step holds
+ * until its commit does). GP_SLOW_RETRY: JSON,
  * the retry policy of every step (the test's own slowWorkflow({ retry }) must say the same).
  * GP_GATE_GOLDEN_PATH=1: the golden path's own steps go through the same gate (the API's run routes,
  * GET, retry, serve golden-path runs only). GP_VERSIONS: which versions of golden-path and gp-slow the process registers, comma-separated
@@ -58,6 +59,15 @@ const gate: StepGate = async ({ seq, step, ctx }) => {
     if (failKind === 'database') await ctx.em.execute(`select 'internal detail of ' || ? || ': ' || (1 / 0)`, [step]);
     // A domain row's unique key violated by the step's own statement (a duplicate natural key), as PostgreSQL raises it: SQLSTATE 23505.
     if (failKind === 'unique') await ctx.em.execute(`do $$ begin raise unique_violation using message = 'duplicate key value violates unique constraint "evidence_packs_tenant_run_unique"', constraint = 'evidence_packs_tenant_run_unique'; end $$`);
+    // The same, raised by an insert the step's transaction holds (ADR 0004): it travels with the checkpoint
+    // and the commit, as one message that group commit may take (ADR 0007) — a second dossier of the run.
+    if (failKind === 'unique-held') {
+      await ctx.em.execute(
+        `insert into "partner_dossiers" (id, tenant_id, run_id, partner_name, country, completeness_score, content, created_at)
+         select gen_random_uuid(), tenant_id, run_id, partner_name, country, completeness_score, content, created_at from partner_dossiers where tenant_id = ? and run_id = ?`,
+        [ctx.run.tenantId, ctx.run.id],
+      );
+    }
   }
   if (spec === 'kill') process.kill(process.pid, 'SIGKILL');
   if (spec === 'kill-once' && firstToEnter()) process.kill(process.pid, 'SIGKILL');

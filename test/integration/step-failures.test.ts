@@ -19,6 +19,9 @@ const TEST_WORKER = 'test/helpers/test-worker.ts';
 /** Every step's policy: three attempts, short backoff (the API's definition and the worker's agree). */
 const RETRY = { attempts: 3, backoffMs: 100, jitter: 0.5 };
 const FAILED_FOR_GOOD = 'step failed for good; the run fails';
+const LOST_RACE = 'another execution checkpointed this step first; going on from what it stored';
+const UNIQUE_VIOLATED = "the step's transaction violated a unique key; reading the run to tell a race lost to another execution from the step's own violation";
+const OWN_VIOLATION = "no other execution committed the step: the unique violation was the step's own, and it fails as any error does";
 
 let stack: TestStack;
 beforeAll(async () => {
@@ -130,10 +133,15 @@ describe('a step that fails by itself', () => {
     ]);
   });
 
-  it('a step whose own statement violates a domain unique key fails like any error (retried, then the run fails): it is not taken for a race lost to another execution', async () => {
-    const { w, run, ended: failed } = await runToTheEnd('2:unique');
+  it.each([
+    ['sent at once', 'unique'],
+    ['held until its commit (one message, which group commit may take)', 'unique-held'],
+  ])('a step whose own statement (%s) violates a domain unique key fails like any error (retried, then the run fails): it is not taken for a race lost to another execution', async (_how, kind) => {
+    const { w, run, ended: failed } = await runToTheEnd(`2:${kind}`);
     expect(failed.status).toBe('failed');
+    // The step's own violation is what failed the run (not a failure of the run's read after it).
     expect(failed.error).toMatchObject({ code: 'database_error', step: SLOW_STEPS[1], sequence_num: 2 });
+    expect(failed.error.message).toContain('SQLSTATE 23505');
     expect(failed.checkpoints.map((c) => [c.sequence_num, c.status, c.attempt])).toEqual([
       [1, 'completed', 1],
       [2, 'failed', RETRY.attempts],
@@ -142,6 +150,11 @@ describe('a step that fails by itself', () => {
     await failedLog(w, run.id);
     // Each attempt ran the step once: the run read again after the violation showed no other execution had committed it.
     expect(attemptsAt(w, run.id, 2)).toEqual([1, 2, 3]);
+    // The worker's log tells an operator what happened on each attempt: a violation checked against the
+    // stored run and found the step's own, never a race lost to another execution (there was none).
+    expect(logged(w, run.id, LOST_RACE)).toEqual([]);
+    expect(logged(w, run.id, UNIQUE_VIOLATED).map((j) => j.sequence_num)).toEqual([2, 2, 2]);
+    expect(logged(w, run.id, OWN_VIOLATION).map((j) => j.sequence_num)).toEqual([2, 2, 2]);
   });
 
   it('a step that fails in PostgreSQL records the SQLSTATE, not the database\'s message: clients read the run and the job\'s spans, the worker\'s log keeps the details', async () => {

@@ -84,6 +84,7 @@ export interface JobControl {
 }
 
 const tracer = trace.getTracer('dealix-durable');
+const LOST_RACE = 'another execution checkpointed this step first; going on from what it stored';
 
 /** A step's unique violation that the run, read again, shows was no race lost: no other execution committed the step. */
 class OwnViolation {
@@ -239,8 +240,15 @@ export class StepExecutor {
           if ((d.retry ?? 0) !== state.run.retry_count) return { kind: 'superseded' as const };
           seq = this.replayCompleted(state, seq, outcome, wf);
           const next = this.next(state, seq, wf, control);
+          if (violated) {
+            // The run read again after a unique violation: the step still to run means no other
+            // execution committed it (the violation was its own); its checkpoint stored means it did.
+            const v = violated;
+            violated = undefined;
+            if (v.seq === seq && next.kind === 'step') throw new OwnViolation(v.error);
+            if (state.checkpoints.has(v.seq)) logger.warn({ sequence_num: v.seq }, LOST_RACE);
+          }
           if (next.kind !== 'step') return next;
-          if (violated?.seq === seq) throw new OwnViolation(violated.error);
           span = this.stepSpan(d, wf.steps[seq - 1]!, seq, this.attempt(d, seq));
           const runStep = () => this.runStep(tx, state!, wf, seq, this.attempt(d, seq), logger, control.abort, unread);
           return { kind: 'step' as const, ...(await otelContext.with(trace.setSpan(otelContext.active(), span), runStep)) };
@@ -307,7 +315,7 @@ export class StepExecutor {
           // No other execution committed the step: its own statement violated a unique key (a domain
           // row's). It fails as any error does (its retry policy, then the run), instead of running
           // again and again as a lost race until the job gave up with the run left running.
-          violated = undefined;
+          logger.warn({ sequence_num: seq }, "no other execution committed the step: the unique violation was the step's own, and it fails as any error does");
           await this.fail(job, wf, e.error, seq, logger, true);
           state = undefined;
           races++;
@@ -332,8 +340,11 @@ export class StepExecutor {
             continue;
           }
         }
-        logger.warn({ sequence_num: seq }, 'another execution checkpointed this step first; going on from what it stored');
-        if (state) violated = { seq, error: e };
+        if (state && isUniqueViolation(e)) {
+          // Not known yet whose the violation is: the run's next read tells (above), and the log says so then.
+          logger.warn({ sequence_num: seq }, "the step's transaction violated a unique key; reading the run to tell a race lost to another execution from the step's own violation");
+          violated = { seq, error: e };
+        } else logger.warn({ sequence_num: seq }, LOST_RACE);
         state = undefined;
         unread = false;
         races++;
