@@ -298,7 +298,8 @@ export class StepExecutor {
         if (control.abort?.aborted) {
           // Handed back at shutdown: the transaction rolled back and the job is already back in the queue.
           logger.info({ sequence_num: seq }, 'step aborted and handed back; another worker re-runs it from the last checkpoint');
-          throw e;
+          // An OwnViolation is not an Error: hand BullMQ the step's own error it carries.
+          throw e instanceof OwnViolation ? e.error : e;
         }
         if (unread) {
           // Nothing of the step committed. The run moved since its job was added (ended, say), is not
