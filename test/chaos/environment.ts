@@ -90,6 +90,12 @@ export async function startEnvironment(opts: EnvironmentOptions): Promise<Enviro
     // tenant's share of in-flight requests (load-shed.test.ts) are other tests' subjects.
     RATE_LIMIT_PER_MINUTE: '0',
     API_MAX_INFLIGHT_PER_TENANT: '0',
+    // A step that kills its worker fails its run after STEP_MAX_CRASHES deaths in a row (ADR 0016;
+    // step-crashes.test.ts is its test). Here every death is the harness's: on a machine loaded enough that
+    // a worker takes seconds to boot, often one worker is up, holds every re-delivered job and is the one
+    // killed next — five kills in a row on one step of one run failed it (`step_crashed_worker`) in a CI
+    // run. The highest value readiness accepts (WORKER_MAX_STALLED_COUNT, 10) keeps the guard on.
+    STEP_MAX_CRASHES: '10',
     ...opts.env,
   };
   // Watched for their boot line (info): the workers log at info or finer, whatever level the run asked for.
