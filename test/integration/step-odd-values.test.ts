@@ -5,7 +5,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createHash, randomUUID } from 'node:crypto';
-import { Job, Queue } from 'bullmq';
+import { Job } from 'bullmq';
 import { pino } from 'pino';
 import { z } from 'zod';
 import { DurableRuntime, type StepJobData } from '../../src/platform/durable/runtime.ts';
@@ -14,6 +14,7 @@ import { defineStep, defineWorkflow } from '../../src/platform/durable/workflow.
 import { tenantEm } from '../../src/platform/db/tenant-em.ts';
 import { newTenant, startStack, type TestStack } from '../helpers/stack.ts';
 import { readRun } from '../helpers/recovery.ts';
+import { withDirectQueue } from '../helpers/direct-queue.ts';
 
 let stack: TestStack;
 beforeAll(async () => {
@@ -37,17 +38,13 @@ async function runOnce(body: () => unknown) {
     runtime.start_run(tx, ODD, { tenantId: tenant, principal: 'odd-test', idempotencyHash: createHash('sha256').update(randomUUID()).digest('hex'), input: {}, correlationId: randomUUID() }),
   );
   // A queue no worker listens on: this execution is the only one.
-  const queue = new Queue(`odd-direct-${randomUUID()}`, { connection: stack.container.redis, prefix: stack.prefix });
-  try {
+  return withDirectQueue(stack, 'odd-direct', async (queue) => {
     const data: StepJobData = { run_id: run.id, tenant_id: tenant, workflow: ODD, workflow_version: 1, step: 'odd', sequence_num: 1, _correlation_id: run.correlation_id };
     const job = await Job.create(queue, 'odd', data, { jobId: `odd-${run.id}`, attempts: 1 });
     const executor = new StepExecutor({ orm: stack.container.orm, runtime, logger, workerId: 'odd-worker', leaseMs: 5000 });
     const outcome = await executor.process(job).then(() => 'returned', (e: unknown) => (e as Error).name);
     return { outcome, after: await readRun(stack, tenant, run.id) };
-  } finally {
-    await queue.obliterate({ force: true }).catch(() => {});
-    await queue.close();
-  }
+  });
 }
 
 describe('a step that throws a non-Error, or returns what JSON cannot hold', () => {

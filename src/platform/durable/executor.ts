@@ -3,7 +3,7 @@ import { DelayedError, UnrecoverableError, WaitingError, type Job } from 'bullmq
 import { context as otelContext, SpanStatusCode, trace, type Span } from '@opentelemetry/api';
 import type { Logger } from 'pino';
 import { ZodError } from 'zod';
-import { AppError, coerceError, isConnectivityError } from '../errors/app-error.ts';
+import { AppError, coerceError, isBackendUnavailable, isConnectivityError } from '../errors/app-error.ts';
 import { systemEm, tenantEm } from '../db/tenant-em.ts';
 import { LAST_IN_TRANSACTION, Prelude, holdingInserts, withPrelude } from '../db/coalescing-client.ts';
 import { bindParameters } from '../db/binding-driver.ts';
@@ -60,8 +60,9 @@ export interface ExecutorOptions {
   onStepDone?(info: { workflow: string; step: string; seconds: number; replayed: boolean; status: string }): void;
   /**
    * A step attempt failed: `retrying` (BullMQ retries it with backoff), `failed` (for good: the run
-   * failed), `infrastructure` (its last attempt failed on an unreachable database: the run stays
-   * incomplete for the sweeper).
+   * failed), `infrastructure` (its last attempt failed on the platform's unreachable database or Redis,
+   * not on a call out of the step's own, or its failure could not be recorded for the database was
+   * unreachable: the run stays incomplete for the sweeper).
    */
   onStepFailed?(info: { workflow: string; step: string; outcome: 'retrying' | 'failed' | 'infrastructure' }): void;
   /** A job put off because this process does not register its run's workflow version (ADR 0008). */
@@ -84,6 +85,18 @@ export interface JobControl {
 }
 
 const tracer = trace.getTracer('dealix-durable');
+
+/**
+ * Errors the step's own code threw (its `run`), as opposed to the executor's reads and writes of the
+ * run (its transaction, the checkpoint, the commit). A network error among them may be the step's own
+ * call out (a partner's API down): it leaves the run to the sweeper only when the platform's database
+ * or Redis raised it (isBackendUnavailable). Marked here, not wrapped: the step's error goes on as it was thrown.
+ */
+const thrownByStep = new WeakSet<object>();
+const markThrownByStep = (e: unknown): never => {
+  if (e !== null && (typeof e === 'object' || typeof e === 'function')) thrownByStep.add(e);
+  throw e;
+};
 const LOST_RACE = 'another execution checkpointed this step first; going on from what it stored';
 
 /** A step's unique violation that the run, read again, shows was no race lost: no other execution committed the step. */
@@ -493,7 +506,7 @@ export class StepExecutor {
     // The step's inserts are held and travel with its next statement: at the latest with the
     // checkpoint and the commit (ADR 0004).
     const produced = await untilAborted(
-      holdingInserts(() => step.run(input, ctx)),
+      holdingInserts(() => step.run(input, ctx)).catch(markThrownByStep),
       signal,
     );
     const waiting = isWaiting(produced);
@@ -678,7 +691,11 @@ export class StepExecutor {
     const permanent = e instanceof ZodError || (e instanceof AppError && !e.retryable) || e instanceof UnrecoverableError;
     const lastAttempt = attempt >= (step ? retryOf(step).attempts : 1);
     const failed = (outcome: 'retrying' | 'failed' | 'infrastructure') => this.o.onStepFailed?.({ workflow: wf.name, step: step?.name ?? d.step, outcome });
-    if (!permanent && lastAttempt && isConnectivityError(e)) {
+    // The platform's database or Redis unreachable: the executor's own reads and writes of the run, or
+    // the step's, by who raised the error. A step's own call out that cannot connect (a partner's API,
+    // a dead host) is the step's failure like any other: left to the sweeper, its run would loop for ever.
+    const unreachable = isConnectivityError(e) && (!(e !== null && typeof e === 'object' && thrownByStep.has(e)) || isBackendUnavailable(e));
+    if (!permanent && lastAttempt && unreachable) {
       // Not the step's fault (the database was unreachable): the run stays incomplete in Postgres and
       // the sweeper re-enqueues it once the job has failed here.
       failed('infrastructure');
@@ -686,10 +703,17 @@ export class StepExecutor {
       throw new UnrecoverableError(reason);
     }
     if (permanent || lastAttempt) {
-      const recorded = await this.markFailed(d, wf, seq, step?.name ?? d.step, err, attempt, stepRan, log).catch((me) => {
+      const recorded = await this.markFailed(d, wf, seq, step?.name ?? d.step, err, attempt, stepRan, log).catch((me: unknown) => {
         log.error({ err: me }, 'could not record the failure');
-        return 'failed' as const;
+        // The database unreachable now (a step's call out failed while it was down too): nothing of the
+        // failure committed, the run stays incomplete, and the sweeper re-enqueues it once PostgreSQL is back.
+        return isConnectivityError(me) ? ('unrecorded' as const) : ('failed' as const);
       });
+      if (recorded === 'unrecorded') {
+        failed('infrastructure');
+        log.error({ err, permanent }, 'step failed for good, but the database was unreachable to record it; the run stays incomplete for the sweeper');
+        throw new UnrecoverableError(reason);
+      }
       if (recorded === 'superseded') {
         // The run was retried after this job read it (ADR 0009): its failure is not the retried run's.
         log.info({ err: err.message, permanent, job_retry: d.retry ?? 0 }, 'step failed for good, but its run was retried since this job read it: the retry\'s job carries the run');

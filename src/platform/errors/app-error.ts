@@ -1,3 +1,5 @@
+import { DriverException } from '@mikro-orm/core';
+
 /**
  * One error base for the platform. Routes and steps throw; exactly two mappers turn errors into
  * outcomes: `toProblem` (HTTP, RFC 9457) and `toJobOutcome` (BullMQ retry or UnrecoverableError).
@@ -122,21 +124,57 @@ export function isDatabaseTimeout(e: unknown): boolean {
  */
 const TRANSIENT_REDIS_REPLY = /^(LOADING|READONLY|BUSY|MASTERDOWN|TRYAGAIN|CLUSTERDOWN|NOREPLICAS|OOM) /;
 
+/** Messages of node-postgres (and of PostgreSQL itself) when the database or the connection to it is lost. */
+const PG_CONNECTION_MESSAGE = /Connection terminated|terminating connection|the database system is (starting up|shutting down)|Client has encountered a connection error|timeout exceeded when trying to connect/i;
+/** ioredis's, when Redis is down and the offline queue is off (producers fail fast), or a command timed out. */
+const REDIS_CONNECTION_MESSAGE = /Stream isn't writeable|Connection is closed|enableOfflineQueue options is false|Command timed out/i;
+
+type Link = { code?: unknown; message?: unknown; cause?: unknown; name?: unknown; previousErrors?: unknown };
+
+/**
+ * What one error of a chain says is unavailable: `backend` when only the database's or Redis's client
+ * raises it (a PostgreSQL SQLSTATE, a MikroORM ConnectionException, node-postgres's and ioredis's own
+ * messages and errors, the coalescing client's NoAnswerError), `network` when any network call may (a
+ * socket's ECONNREFUSED, ENOTFOUND, ETIMEDOUT: a step's fetch to a partner raises them as our database
+ * client does), undefined when neither.
+ */
+function unavailability(c: Link): 'backend' | 'network' | undefined {
+  if (typeof c.code === 'string' && TRANSIENT_PG_CODES.has(c.code)) return 'backend';
+  if (c.name === 'ConnectionException' || c.name === 'MaxRetriesPerRequestError' || c.name === 'NoAnswerError') return 'backend';
+  if (c.name === 'ReplyError' && typeof c.message === 'string') {
+    if (TRANSIENT_REDIS_REPLY.test(c.message)) return 'backend';
+    // A MULTI refused as a whole (EXECABORT): ioredis keeps the replies that made Redis discard it.
+    if (Array.isArray(c.previousErrors) && c.previousErrors.some((p) => TRANSIENT_REDIS_REPLY.test(String((p as { message?: unknown })?.message)))) return 'backend';
+  }
+  if (typeof c.message === 'string' && (REDIS_CONNECTION_MESSAGE.test(c.message) || PG_CONNECTION_MESSAGE.test(c.message))) return 'backend';
+  if (typeof c.code === 'string' && TRANSIENT_NET_CODES.has(c.code)) return 'network';
+  if (typeof c.message === 'string' && /connect ECONNREFUSED/i.test(c.message)) return 'network';
+  return undefined;
+}
+
 /** True when an error says the database, Redis (or the network to them) is unavailable rather than the request being wrong. */
 export function isConnectivityError(e: unknown): boolean {
   for (let cur: unknown = e, depth = 0; cur && depth < 6; depth++) {
-    const c = cur as { code?: unknown; message?: unknown; cause?: unknown; name?: unknown; previousErrors?: unknown };
-    if (typeof c.code === 'string' && (TRANSIENT_PG_CODES.has(c.code) || TRANSIENT_NET_CODES.has(c.code))) return true;
-    if (c.name === 'ConnectionException' || c.name === 'MaxRetriesPerRequestError') return true;
-    if (c.name === 'ReplyError' && typeof c.message === 'string') {
-      if (TRANSIENT_REDIS_REPLY.test(c.message)) return true;
-      // A MULTI refused as a whole (EXECABORT): ioredis keeps the replies that made Redis discard it.
-      if (Array.isArray(c.previousErrors) && c.previousErrors.some((p) => TRANSIENT_REDIS_REPLY.test(String((p as { message?: unknown })?.message)))) return true;
-    }
-    // ioredis, when Redis is down and the offline queue is off (producers fail fast).
-    if (typeof c.message === 'string' && /Stream isn't writeable|Connection is closed|enableOfflineQueue options is false|Command timed out/i.test(c.message)) return true;
-    if (typeof c.message === 'string' && /Connection terminated|connect ECONNREFUSED|terminating connection|the database system is (starting up|shutting down)|Client has encountered a connection error|timeout exceeded when trying to connect/i.test(c.message)) return true;
-    cur = c.cause;
+    if (unavailability(cur as Link)) return true;
+    cur = (cur as Link).cause;
+  }
+  return false;
+}
+
+/**
+ * True when an error says the platform's own database or Redis is unavailable, told by who raised it:
+ * their clients' errors (isConnectivityError's, less the bare network errors any socket raises), or a
+ * network error the database layer raised (MikroORM's DriverException: it copies the driver's `code`
+ * and message, and may carry the driver's error as its cause). A step's own call out (a partner's API
+ * that refuses connections, a dead host) raises bare network errors, however the step wraps them: not this.
+ */
+export function isBackendUnavailable(e: unknown): boolean {
+  let fromDatabase = false;
+  for (let cur: unknown = e, depth = 0; cur && depth < 6; depth++) {
+    fromDatabase ||= cur instanceof DriverException;
+    const kind = unavailability(cur as Link);
+    if (kind === 'backend' || (kind === 'network' && fromDatabase)) return true;
+    cur = (cur as Link).cause;
   }
   return false;
 }

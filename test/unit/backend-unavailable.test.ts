@@ -1,0 +1,41 @@
+import { describe, expect, it } from 'vitest';
+import { ConnectionException, DriverException } from '@mikro-orm/core';
+import { ReplyError } from 'ioredis';
+import { isBackendUnavailable, isConnectivityError } from '../../src/platform/errors/app-error.ts';
+import { NoAnswerError } from '../../src/platform/db/coalescing-client.ts';
+
+/** A socket's refusal as node raises it (net.connect, and under fetch's TypeError as its cause). */
+const refused = () => Object.assign(new Error('connect ECONNREFUSED 127.0.0.1:9'), { code: 'ECONNREFUSED', errno: -111, syscall: 'connect', address: '127.0.0.1', port: 9 });
+
+describe("the platform's database or Redis unavailable, told by who raised the error", () => {
+  // A step's own call out: a connectivity error (BullMQ may retry it), but none of the platform's backing services.
+  it.each([
+    ['a bare socket refusal', refused()],
+    ["fetch's TypeError over it", new TypeError('fetch failed', { cause: refused() })],
+    ['a DNS failure', Object.assign(new Error('getaddrinfo ENOTFOUND partner.example'), { code: 'ENOTFOUND' })],
+    ["a step's error wrapping a refusal", new Error('partner API down', { cause: new TypeError('fetch failed', { cause: refused() }) })],
+  ])('%s is not', (_what, e) => {
+    expect(isConnectivityError(e)).toBe(true);
+    expect(isBackendUnavailable(e)).toBe(false);
+  });
+
+  it.each([
+    ["MikroORM's DriverException over the driver's refusal (its code copied)", new DriverException(refused())],
+    ['a DriverException whose cause is the refusal', new DriverException(Object.assign(new Error('query failed'), { cause: refused() }))],
+    ["a step's error wrapping the DriverException", new Error('could not save', { cause: new DriverException(refused()) })],
+    ["MikroORM's ConnectionException", new ConnectionException(new Error('no connection'))],
+    ['a PostgreSQL admin shutdown (57P01)', Object.assign(new Error('terminating connection due to administrator command'), { code: '57P01' })],
+    ["node-postgres's connection loss", new Error('Connection terminated unexpectedly')],
+    ["the coalescing client's NoAnswerError", new NoAnswerError(2000)],
+    ['Redis loading its dataset', new ReplyError('LOADING Redis is loading the dataset in memory') as Error],
+    ["ioredis's offline queue refusal", new Error("Stream isn't writeable and enableOfflineQueue options is false")],
+  ])('%s is', (_what, e) => {
+    expect(isConnectivityError(e)).toBe(true);
+    expect(isBackendUnavailable(e)).toBe(true);
+  });
+
+  it('an error of neither kind is neither', () => {
+    expect(isConnectivityError(new Error('boom'))).toBe(false);
+    expect(isBackendUnavailable(new Error('boom'))).toBe(false);
+  });
+});
