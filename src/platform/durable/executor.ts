@@ -3,7 +3,7 @@ import { DelayedError, UnrecoverableError, WaitingError, type Job } from 'bullmq
 import { context as otelContext, SpanStatusCode, trace, type Span } from '@opentelemetry/api';
 import type { Logger } from 'pino';
 import { ZodError } from 'zod';
-import { AppError, coerceError, isBackendUnavailable, isConnectivityError } from '../errors/app-error.ts';
+import { AppError, PermanentError, coerceError, isBackendUnavailable, isConnectivityError } from '../errors/app-error.ts';
 import { systemEm, tenantEm } from '../db/tenant-em.ts';
 import { LAST_IN_TRANSACTION, Prelude, holdingInserts, withPrelude } from '../db/coalescing-client.ts';
 import { bindParameters } from '../db/binding-driver.ts';
@@ -125,6 +125,26 @@ export async function untilAborted<T>(running: Promise<T>, signal: AbortSignal |
   } finally {
     signal.removeEventListener('abort', onAbort);
   }
+}
+
+/**
+ * A step's output as its checkpoint stores it, and as the next steps see it: the parse of its JSON, on
+ * the first execution as on a replay, which reads it back from the checkpoint (a Date is its ISO string,
+ * an undefined field is gone, NaN is null, a Map is {}, a class instance its own fields; undefined is
+ * null). Serialised once, here: the checkpoint writes this text. An output JSON cannot hold (a BigInt, a
+ * circular reference, a toJSON that throws) fails the step for good: a retry would produce it again.
+ */
+function stored(stepName: string, value: unknown): { output: unknown; json: string | null } {
+  let json: string | undefined;
+  try {
+    json = JSON.stringify(value);
+  } catch (e) {
+    throw new PermanentError('step_output_not_json', `step ${stepName}: its output cannot be stored as JSON: ${coerceError(e).message}`, e);
+  }
+  if (json === undefined) return { output: null, json: null };
+  // Strings, booleans, null and finite numbers other than -0 read back as they are: no parse for them.
+  const plain = typeof value === 'string' || typeof value === 'boolean' || value === null || (typeof value === 'number' && Number.isFinite(value) && !Object.is(value, -0));
+  return { output: plain ? value : JSON.parse(json), json };
 }
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
@@ -510,7 +530,7 @@ export class StepExecutor {
       signal,
     );
     const waiting = isWaiting(produced);
-    const output: unknown = step.output.parse(waiting ? produced.output : produced);
+    const { output, json } = stored(step.name, step.output.parse(waiting ? produced.output : produced));
     await holdingInserts(() => tx.flush());
     let runStatus: RunRow['status'] = waiting ? 'waiting' : 'running';
     let runOutput: unknown;
@@ -525,6 +545,7 @@ export class StepExecutor {
       stepName: step.name,
       status: waiting ? 'waiting' : 'completed',
       output,
+      outputJson: json,
       attempt,
       runStatus,
       runOutput,

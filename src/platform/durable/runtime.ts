@@ -435,6 +435,11 @@ export class DurableRuntime {
       stepName: string;
       status: CheckpointStatus;
       output?: unknown;
+      /**
+       * `output` already serialised (JSON text; null for none), written instead of serialising it again:
+       * the executor serialises a step's output once, and hands the next steps that text's parse.
+       */
+      outputJson?: string | null;
       error?: unknown;
       attempt: number;
       runStatus: RunStatus;
@@ -488,14 +493,14 @@ export class DurableRuntime {
            returning run_id)
          select durable_expect((select count(*) from cp) = 1, ?) as expected`,
         [randomUUID(), args.run.tenant_id, args.run.id, args.sequenceNum, args.stepName, args.status,
-          args.output === undefined ? null : JSON.stringify(args.output), args.error === undefined ? null : JSON.stringify(args.error), args.attempt,
+          outputParam(args), args.error === undefined ? null : JSON.stringify(args.error), args.attempt,
           args.run.id, notActive],
         'run',
       );
       return { deliveries: [] };
     }
     const params = [randomUUID(), args.run.tenant_id, args.run.id, args.sequenceNum, args.stepName, args.status,
-      args.output === undefined ? null : JSON.stringify(args.output), args.error === undefined ? null : JSON.stringify(args.error), args.attempt,
+      outputParam(args), args.error === undefined ? null : JSON.stringify(args.error), args.attempt,
       args.sequenceNum, args.runStatus, args.leaseOwner ?? null, args.leaseMs ?? 0,
       ...(terminal ? [JSON.stringify(args.runOutput ?? null)] : [])];
     if (!outbox) {
@@ -544,7 +549,7 @@ export class DurableRuntime {
        select durable_expect((select count(*) from r) = 1, ?) as expected${outbox ? `, ${OUTBOX_IDS}` : ''}${expect.prefetch.map((p) => `,
          (select (${p.sql}) from r) as prefetch_${p.seq}`).join('')}`,
       [randomUUID(), args.run.tenant_id, args.run.id, args.sequenceNum, args.stepName, args.status,
-        args.output === undefined ? null : JSON.stringify(args.output), args.error === undefined ? null : JSON.stringify(args.error), args.attempt,
+        outputParam(args), args.error === undefined ? null : JSON.stringify(args.error), args.attempt,
         args.sequenceNum, args.runStatus, args.leaseOwner ?? null, args.leaseMs ?? 0,
         ...(terminal ? [JSON.stringify(args.runOutput ?? null)] : []),
         expect.run.workflow, expect.run.workflow_version, JSON.stringify(expect.run.input), expect.run.principal, expect.run.idempotency_hash, expect.run.correlation_id,
@@ -756,6 +761,12 @@ export class DurableRuntime {
  * Parameters, in order: the checkpoint's id, tenant, run, sequence_num, step, status, output, error,
  * attempt; the run's sequence_num, status, lease owner, lease ms, (terminal) output; then `guard`'s.
  */
+/** A checkpoint's output as its statement binds it: the caller's serialisation if it made one, else `output`'s (null for none). */
+function outputParam(args: { output?: unknown; outputJson?: string | null }): string | null {
+  if (args.outputJson !== undefined) return args.outputJson;
+  return args.output === undefined ? null : JSON.stringify(args.output);
+}
+
 function checkpointAndRunCtes(completed: boolean, terminal: boolean, guard: string, returning: string): string {
   return `with cp as (
          insert into durable_checkpoints (id, tenant_id, run_id, sequence_num, step_name, status, output, error, attempt, created_at, updated_at, completed_at)
