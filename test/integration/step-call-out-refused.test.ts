@@ -46,10 +46,10 @@ const rawSocket = () =>
     socket.once('error', reject);
   });
 
-async function attempts(body: (ctx: StepContext) => Promise<unknown>, orm: MikroORM = stack.container.orm) {
+async function attempts(body: (ctx: StepContext) => Promise<unknown>, orm: MikroORM = stack.container.orm, sync = false) {
   const tenant = newTenant();
   const logger = pino({ level: 'silent' });
-  const step = defineStep({ name: 'call-partner', input: z.any(), output: z.any(), retry: { attempts: ATTEMPTS, backoffMs: 1 }, run: async (_input, ctx) => body(ctx) as never });
+  const step = defineStep({ name: 'call-partner', input: z.any(), output: z.any(), retry: { attempts: ATTEMPTS, backoffMs: 1 }, run: sync ? (_input, ctx) => body(ctx) as never : async (_input, ctx) => body(ctx) as never });
   const wf = defineWorkflow({ name: WF, version: 1, tag: 'call-out', queue: 'call-out-direct', input: z.any(), steps: [step] });
   const runtime = new DurableRuntime({ workflows: [wf], queues: new Map(), logger });
   const { run } = await tenantEm(stack.container.orm, tenant).transactional((tx) =>
@@ -89,6 +89,17 @@ describe('a step whose own call out cannot connect', () => {
     expect(after.status).toBe('failed');
     expect(after.error).toMatchObject({ step: 'call-partner', sequence_num: 1 });
     expect(String(after.error.message)).toContain(message);
+    expect(after.checkpoints.map((c) => [c.sequence_num, c.status, c.attempt])).toEqual([[1, 'failed', ATTEMPTS]]);
+  });
+
+  it('a step whose run throws the refusal synchronously (not an async function): the run fails for good after its attempts all the same', async () => {
+    // A client that throws at once when it knows its connection dead: the throw escapes before any promise exists.
+    const refusal = Object.assign(new Error(`connect ECONNREFUSED 127.0.0.1:${closedPort}`), { code: 'ECONNREFUSED', syscall: 'connect' });
+    const { outcomes, after } = await attempts(((): Promise<unknown> => {
+      throw refusal;
+    }) as (ctx: StepContext) => Promise<unknown>, stack.container.orm, true);
+    expect(outcomes).toEqual(['retrying', 'failed']);
+    expect(after.status).toBe('failed');
     expect(after.checkpoints.map((c) => [c.sequence_num, c.status, c.attempt])).toEqual([[1, 'failed', ATTEMPTS]]);
   });
 

@@ -526,7 +526,8 @@ export class StepExecutor {
     // The step's inserts are held and travel with its next statement: at the latest with the
     // checkpoint and the commit (ADR 0004).
     const produced = await untilAborted(
-      holdingInserts(() => step.run(input, ctx)).catch(markThrownByStep),
+      // `async`: a step whose run throws before it returns a promise (not an async function) is marked too.
+      holdingInserts(async () => step.run(input, ctx)).catch(markThrownByStep),
       signal,
     );
     const waiting = isWaiting(produced);
@@ -715,7 +716,7 @@ export class StepExecutor {
     // The platform's database or Redis unreachable: the executor's own reads and writes of the run, or
     // the step's, by who raised the error. A step's own call out that cannot connect (a partner's API,
     // a dead host) is the step's failure like any other: left to the sweeper, its run would loop for ever.
-    const unreachable = isConnectivityError(e) && (!(e !== null && typeof e === 'object' && thrownByStep.has(e)) || isBackendUnavailable(e));
+    const unreachable = isConnectivityError(e) && (!thrownByStep.has(e as object) || isBackendUnavailable(e));
     if (!permanent && lastAttempt && unreachable) {
       // Not the step's fault (the database was unreachable): the run stays incomplete in Postgres and
       // the sweeper re-enqueues it once the job has failed here.
