@@ -15,11 +15,14 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { randomUUID } from 'node:crypto';
 import { api, newTenant, startStack, type TestStack } from '../helpers/stack.ts';
 import { startDnsServer, type TestDns } from '../helpers/dns-server.ts';
-import { waitFor } from '../helpers/poll.ts';
+import { waitFor, within } from '../helpers/poll.ts';
+import { refusedOf } from '../helpers/metrics.ts';
 
 const ENDPOINTS = '/api/v1/webhook-endpoints';
 const GATED_HOST = 'receiver.gated.test';
 const SILENT_HOST = 'receiver.silent.test';
+const CREATE_HELD = 'create.share.test';
+const UPDATE_HELD = 'update.share.test';
 
 describe('webhook endpoint create: DNS outside the transaction', () => {
   let stack: TestStack;
@@ -53,6 +56,38 @@ describe('webhook endpoint create: DNS outside the transaction', () => {
     dns.release(GATED_HOST);
     const created = await create;
     expect(created.status, created.text).toBe(201);
+  });
+
+  // The tenant's share of the API's connections (API_MAX_DB_CONNECTIONS_PER_TENANT, here the pool's 1) is taken
+  // after the DNS wait: a create or an update waiting for its host's DNS holds none of it, and the tenant's other
+  // requests are served meanwhile. Held through the wait, the read below waited for the place, then was 503.
+  it("the same tenant's other requests are served while its create, then its update, waits for DNS: no place of its connection share is held", async () => {
+    const tenant = newTenant();
+    const admin = await stack.token({ tenantId: tenant, sub: 'admin-1', roles: ['admin'] });
+    // `send` waits for `host`'s DNS, held meanwhile: the tenant reads its endpoints, then the answer is released.
+    const readWhileHeld = async (host: string, what: string, send: () => ReturnType<typeof api>) => {
+      dns.hold(host, { a: ['93.184.215.14'] });
+      const sent = send();
+      try {
+        await waitFor(() => dns.asked(host), { what: `${what}'s DNS query` });
+        const listed = await within(api(stack, 'GET', ENDPOINTS, { token: admin }), `the tenant's read while ${what} waits for DNS`, 60_000);
+        expect(listed.status, `${what}: ${listed.text}`).toBe(200);
+      } finally {
+        dns.release(host);
+      }
+      return within(sent, what, 60_000);
+    };
+    const created = await readWhileHeld(CREATE_HELD, 'a create', () =>
+      api(stack, 'POST', ENDPOINTS, { token: admin, body: { url: `https://${CREATE_HELD}/hook`, events: ['run.completed'] }, headers: { 'Idempotency-Key': randomUUID() } }),
+    );
+    expect(created.status, created.text).toBe(201);
+    const updated = await readWhileHeld(UPDATE_HELD, 'an update', () =>
+      api(stack, 'PATCH', `${ENDPOINTS}/${created.json.id}`, { token: admin, body: { url: `https://${UPDATE_HELD}/hook` }, headers: { 'Idempotency-Key': randomUUID() } }),
+    );
+    expect(updated.status, updated.text).toBe(200);
+    expect(updated.json.url).toBe(`https://${UPDATE_HELD}/hook`);
+    // No read of the tenant was refused for its share meanwhile.
+    expect(refusedOf((await api(stack, 'GET', '/metrics')).text, 'tenant_db_connections', `GET ${ENDPOINTS}`) ?? 0).toBe(0);
   });
 });
 
@@ -108,6 +143,27 @@ describe('webhook endpoint create: a bounded wait for DNS', () => {
     expect(unknown.json.errors).toEqual([{ path: 'url', message: 'its host unknown.create.test does not resolve (ENOTFOUND)' }]);
     const created = await create('public.create.test');
     expect(created.status, created.text).toBe(201);
+  });
+
+  it('the Idempotency-Key standard with the DNS before the share: a refused URL stores nothing (its key runs again, fixed); a created one replays its stored 201 though its host now fails', async () => {
+    const tenant = newTenant();
+    const admin = await stack.token({ tenantId: tenant, sub: 'admin-1', roles: ['admin'] });
+    dns.answer('flaky.create.test', { a: ['10.0.0.9'] });
+    const key = randomUUID();
+    const create = () => api(stack, 'POST', ENDPOINTS, { token: admin, body: { url: 'https://flaky.create.test/hook', events: ['run.completed'] }, headers: { 'Idempotency-Key': key } });
+    const refused = await create();
+    expect(refused.status, refused.text).toBe(422);
+    expect((await stack.db.admin(`select 1 from idempotency_keys where tenant_id = $1`, [tenant])).rows).toEqual([]);
+    dns.answer('flaky.create.test', { a: ['93.184.215.16'] });
+    const created = await create();
+    expect(created.status, created.text).toBe(201);
+    // Its name servers fail now: the replay answers what the key holds, not the 503 of a resolution it does not need.
+    dns.servfail('flaky.create.test');
+    const replay = await create();
+    expect(replay.status, replay.text).toBe(201);
+    expect(replay.headers.get('idempotent-replayed')).toBe('true');
+    expect(replay.json.secret).toBe(created.json.secret);
+    expect((await api(stack, 'GET', ENDPOINTS, { token: admin })).json.items).toHaveLength(1);
   });
 
   it('a host whose name server fails (SERVFAIL): 503 "for now", nothing stored — it says nothing of the URL', async () => {
