@@ -129,7 +129,8 @@ describe('webhook endpoint create: a bounded wait for DNS', () => {
   });
   it('private networks refused: a host the DNS server resolves to a private address (either family) is 422 without naming it, an unknown one 422 ENOTFOUND, a public one 201', async () => {
     dns.answer('private.create.test', { a: ['10.0.0.7'] });
-    dns.answer('private6.create.test', { a: ['93.184.215.14'], aaaa: ['fd00::7'] });
+    // The private AAAA answer is sent before the public A one: the resolver has it however late it reads the A one.
+    dns.answerFirst('private6.create.test', { a: ['93.184.215.14'], aaaa: ['fd00::7'] }, 'AAAA');
     dns.answer('public.create.test', { a: ['93.184.215.14'] });
     const admin = await stack.token({ tenantId: newTenant(), sub: 'admin-1', roles: ['admin'] });
     const create = (host: string) => api(stack, 'POST', ENDPOINTS, { token: admin, body: { url: `https://${host}/hook`, events: ['run.completed'] }, headers: { 'Idempotency-Key': randomUUID() } });

@@ -116,8 +116,9 @@ describe('a delivery attempt resolves its host without the threadpool', () => {
 
   it('the SSRF guard checks every address of both families the DNS server gives; a name with none is ENOTFOUND', async () => {
     dns.answer('private.dns.test', { a: ['127.0.0.1'] });
-    // A public A record and a loopback AAAA: one non-public address refuses the name.
-    dns.answer('mixed.dns.test', { a: ['93.184.215.14'], aaaa: ['::1'] });
+    // A public A record and a loopback AAAA: one non-public address refuses the name. The AAAA answer is sent first, so
+    // that the resolver has it however late it reads the A one (it waits only its resolution delay for a late AAAA).
+    dns.answerFirst('mixed.dns.test', { a: ['93.184.215.14'], aaaa: ['::1'] }, 'AAAA');
     dns.answer('nothing.dns.test', {});
     const before = hits.length;
     const priv = await send(`http://private.dns.test:${port}/private`, false);
