@@ -17,6 +17,7 @@ import { api, newTenant, startStack, type TestStack } from '../helpers/stack.ts'
 import { startDnsServer, type TestDns } from '../helpers/dns-server.ts';
 import { waitFor, within } from '../helpers/poll.ts';
 import { refusedOf } from '../helpers/metrics.ts';
+import { capturedLog } from '../helpers/log-capture.ts';
 
 const ENDPOINTS = '/api/v1/webhook-endpoints';
 const GATED_HOST = 'receiver.gated.test';
@@ -27,11 +28,12 @@ const UPDATE_HELD = 'update.share.test';
 describe('webhook endpoint create: DNS outside the transaction', () => {
   let stack: TestStack;
   let dns: TestDns;
+  const log = capturedLog();
 
   beforeAll(async () => {
     dns = await startDnsServer();
     dns.hold(GATED_HOST, { a: ['93.184.215.14'] });
-    stack = await startStack({ env: { DATABASE_POOL_MAX: '1', WEBHOOK_DNS_SERVERS: dns.server, WEBHOOK_DNS_TIMEOUT: '60s', WEBHOOK_TIMEOUT: '60s' } });
+    stack = await startStack({ env: { DATABASE_POOL_MAX: '1', WEBHOOK_DNS_SERVERS: dns.server, WEBHOOK_DNS_TIMEOUT: '60s', WEBHOOK_TIMEOUT: '60s', LOG_LEVEL: 'info' }, logDestination: log.destination });
   }, 120_000);
 
   afterAll(async () => {
@@ -88,6 +90,33 @@ describe('webhook endpoint create: DNS outside the transaction', () => {
     expect(updated.json.url).toBe(`https://${UPDATE_HELD}/hook`);
     // No read of the tenant was refused for its share meanwhile.
     expect(refusedOf((await api(stack, 'GET', '/metrics')).text, 'tenant_db_connections', `GET ${ENDPOINTS}`) ?? 0).toBe(0);
+  });
+
+  // prepare runs before the share's place: a client that hangs up during its DNS is not run once the answer comes
+  // (as one that hangs up waiting for a place), and holds nothing — the tenant's one place is free, its key unclaimed.
+  it('a create whose client hangs up while its DNS is held is not run and holds no place of the share; its retry under the same key creates (201, not a replay)', async () => {
+    const tenant = newTenant();
+    const admin = await stack.token({ tenantId: tenant, sub: 'admin-1', roles: ['admin'] });
+    const host = 'hangup.share.test';
+    const key = randomUUID();
+    const body = JSON.stringify({ url: `https://${host}/hook`, events: ['run.completed'] });
+    dns.hold(host, { a: ['93.184.215.14'] });
+    const abort = new AbortController();
+    const sent = fetch(`${stack.baseUrl}${ENDPOINTS}`, { method: 'POST', body, signal: abort.signal, headers: { authorization: `Bearer ${admin}`, 'content-type': 'application/json', 'Idempotency-Key': key } }).catch(() => undefined);
+    try {
+      await waitFor(() => dns.asked(host), { what: "the create's DNS query" });
+      abort.abort();
+      await sent;
+      await waitFor(() => log.lines.some((l) => l.msg === 'request aborted' && l.req?.method === 'POST'), { timeoutMs: 30_000, what: 'the API to see the hang-up' });
+    } finally {
+      dns.release(host);
+    }
+    const retried = await within(api(stack, 'POST', ENDPOINTS, { token: admin, body: JSON.parse(body), headers: { 'Idempotency-Key': key } }), 'the retry', 60_000);
+    expect(retried.status, retried.text).toBe(201);
+    expect(retried.headers.get('idempotent-replayed')).toBeNull();
+    const listed = await within(api(stack, 'GET', ENDPOINTS, { token: admin }), "the tenant's read after the hang-up", 60_000);
+    expect(listed.status, listed.text).toBe(200);
+    expect(listed.json.items.map((e: { url: string }) => e.url)).toEqual([`https://${host}/hook`]);
   });
 });
 
