@@ -19,7 +19,8 @@ interface Records {
   aaaa?: string[];
 }
 
-type Mode = { kind: 'answer'; records: Records; silent?: 'A' | 'AAAA' } | { kind: 'silent' } | { kind: 'servfail' } | { kind: 'held'; records: Records; waiting: { msg: Buffer; peer: RemoteInfo }[] };
+type Mode =
+  | { kind: 'answer'; records: Records; silent?: 'A' | 'AAAA'; first?: { type: 'A' | 'AAAA'; answered: boolean; later: { msg: Buffer; peer: RemoteInfo }[] } } | { kind: 'silent' } | { kind: 'servfail' } | { kind: 'held'; records: Records; waiting: { msg: Buffer; peer: RemoteInfo }[] };
 
 /** The name and type of a query (its question's end offset), or undefined for a message that is not one. */
 function question(msg: Buffer): { name: string; type: number; end: number } | undefined {
@@ -72,6 +73,18 @@ export async function startDnsServer() {
     if (mode?.kind === 'silent') return;
     if (mode?.kind === 'answer' && mode.silent && (mode.silent === 'A' ? A : AAAA) === q.type) return;
     if (mode?.kind === 'held') return void mode.waiting.push({ msg, peer });
+    if (mode?.kind === 'answer' && mode.first) {
+      const { first } = mode;
+      // The other type's query waits until the first type's has been answered, then is answered after it.
+      if ((first.type === 'A' ? A : AAAA) !== q.type) {
+        if (!first.answered) return void first.later.push({ msg, peer });
+      } else {
+        socket.send(answer(msg, q, mode.records), peer.port, peer.address);
+        first.answered = true;
+        for (const { msg: m, peer: p } of first.later.splice(0)) socket.send(answer(m, question(m)!, mode.records), p.port, p.address);
+        return;
+      }
+    }
     if (mode?.kind === 'servfail') return void socket.send(answer(msg, q, {}, SERVFAIL), peer.port, peer.address);
     socket.send(answer(msg, q, mode?.records), peer.port, peer.address);
   });
@@ -84,6 +97,13 @@ export async function startDnsServer() {
     queries,
     /** `name` answers these addresses (an empty family: no records of that type). */
     answer: (name: string, records: Records) => void names.set(name.toLowerCase(), { kind: 'answer', records }),
+    /**
+     * `name` answers these addresses, its `first` type's query always before the other's: the other's answer is sent
+     * only after the first's (held until that query comes). A resolver then has the first family's answer when, or
+     * before, it has the other's however late it reads them — e.g. a private AAAA record that must be seen with the
+     * public A one, which the resolver would not wait for longer than its resolution delay (resolve.ts).
+     */
+    answerFirst: (name: string, records: Records, first: 'A' | 'AAAA') => void names.set(name.toLowerCase(), { kind: 'answer', records, first: { type: first, answered: false, later: [] } }),
     /** `name`'s queries of type `silent` are never answered, the other type's are with `records` (a server that drops AAAA queries). */
     answerOnly: (name: string, records: Records, silent: 'A' | 'AAAA') => void names.set(name.toLowerCase(), { kind: 'answer', records, silent }),
     /** `name`'s queries are never answered. */

@@ -15,20 +15,25 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { randomUUID } from 'node:crypto';
 import { api, newTenant, startStack, type TestStack } from '../helpers/stack.ts';
 import { startDnsServer, type TestDns } from '../helpers/dns-server.ts';
-import { waitFor } from '../helpers/poll.ts';
+import { waitFor, within } from '../helpers/poll.ts';
+import { refusedOf } from '../helpers/metrics.ts';
+import { capturedLog } from '../helpers/log-capture.ts';
 
 const ENDPOINTS = '/api/v1/webhook-endpoints';
 const GATED_HOST = 'receiver.gated.test';
 const SILENT_HOST = 'receiver.silent.test';
+const CREATE_HELD = 'create.share.test';
+const UPDATE_HELD = 'update.share.test';
 
 describe('webhook endpoint create: DNS outside the transaction', () => {
   let stack: TestStack;
   let dns: TestDns;
+  const log = capturedLog();
 
   beforeAll(async () => {
     dns = await startDnsServer();
     dns.hold(GATED_HOST, { a: ['93.184.215.14'] });
-    stack = await startStack({ env: { DATABASE_POOL_MAX: '1', WEBHOOK_DNS_SERVERS: dns.server, WEBHOOK_DNS_TIMEOUT: '60s', WEBHOOK_TIMEOUT: '60s' } });
+    stack = await startStack({ env: { DATABASE_POOL_MAX: '1', WEBHOOK_DNS_SERVERS: dns.server, WEBHOOK_DNS_TIMEOUT: '60s', WEBHOOK_TIMEOUT: '60s', LOG_LEVEL: 'info' }, logDestination: log.destination });
   }, 120_000);
 
   afterAll(async () => {
@@ -53,6 +58,65 @@ describe('webhook endpoint create: DNS outside the transaction', () => {
     dns.release(GATED_HOST);
     const created = await create;
     expect(created.status, created.text).toBe(201);
+  });
+
+  // The tenant's share of the API's connections (API_MAX_DB_CONNECTIONS_PER_TENANT, here the pool's 1) is taken
+  // after the DNS wait: a create or an update waiting for its host's DNS holds none of it, and the tenant's other
+  // requests are served meanwhile. Held through the wait, the read below waited for the place, then was 503.
+  it("the same tenant's other requests are served while its create, then its update, waits for DNS: no place of its connection share is held", async () => {
+    const tenant = newTenant();
+    const admin = await stack.token({ tenantId: tenant, sub: 'admin-1', roles: ['admin'] });
+    // `send` waits for `host`'s DNS, held meanwhile: the tenant reads its endpoints, then the answer is released.
+    const readWhileHeld = async (host: string, what: string, send: () => ReturnType<typeof api>) => {
+      dns.hold(host, { a: ['93.184.215.14'] });
+      const sent = send();
+      try {
+        await waitFor(() => dns.asked(host), { what: `${what}'s DNS query` });
+        const listed = await within(api(stack, 'GET', ENDPOINTS, { token: admin }), `the tenant's read while ${what} waits for DNS`, 60_000);
+        expect(listed.status, `${what}: ${listed.text}`).toBe(200);
+      } finally {
+        dns.release(host);
+      }
+      return within(sent, what, 60_000);
+    };
+    const created = await readWhileHeld(CREATE_HELD, 'a create', () =>
+      api(stack, 'POST', ENDPOINTS, { token: admin, body: { url: `https://${CREATE_HELD}/hook`, events: ['run.completed'] }, headers: { 'Idempotency-Key': randomUUID() } }),
+    );
+    expect(created.status, created.text).toBe(201);
+    const updated = await readWhileHeld(UPDATE_HELD, 'an update', () =>
+      api(stack, 'PATCH', `${ENDPOINTS}/${created.json.id}`, { token: admin, body: { url: `https://${UPDATE_HELD}/hook` }, headers: { 'Idempotency-Key': randomUUID() } }),
+    );
+    expect(updated.status, updated.text).toBe(200);
+    expect(updated.json.url).toBe(`https://${UPDATE_HELD}/hook`);
+    // No read of the tenant was refused for its share meanwhile.
+    expect(refusedOf((await api(stack, 'GET', '/metrics')).text, 'tenant_db_connections', `GET ${ENDPOINTS}`) ?? 0).toBe(0);
+  });
+
+  // prepare runs before the share's place: a client that hangs up during its DNS is not run once the answer comes
+  // (as one that hangs up waiting for a place), and holds nothing — the tenant's one place is free, its key unclaimed.
+  it('a create whose client hangs up while its DNS is held is not run and holds no place of the share; its retry under the same key creates (201, not a replay)', async () => {
+    const tenant = newTenant();
+    const admin = await stack.token({ tenantId: tenant, sub: 'admin-1', roles: ['admin'] });
+    const host = 'hangup.share.test';
+    const key = randomUUID();
+    const body = JSON.stringify({ url: `https://${host}/hook`, events: ['run.completed'] });
+    dns.hold(host, { a: ['93.184.215.14'] });
+    const abort = new AbortController();
+    const sent = fetch(`${stack.baseUrl}${ENDPOINTS}`, { method: 'POST', body, signal: abort.signal, headers: { authorization: `Bearer ${admin}`, 'content-type': 'application/json', 'Idempotency-Key': key } }).catch(() => undefined);
+    try {
+      await waitFor(() => dns.asked(host), { what: "the create's DNS query" });
+      abort.abort();
+      await sent;
+      await waitFor(() => log.lines.some((l) => l.msg === 'request aborted' && l.req?.method === 'POST'), { timeoutMs: 30_000, what: 'the API to see the hang-up' });
+    } finally {
+      dns.release(host);
+    }
+    const retried = await within(api(stack, 'POST', ENDPOINTS, { token: admin, body: JSON.parse(body), headers: { 'Idempotency-Key': key } }), 'the retry', 60_000);
+    expect(retried.status, retried.text).toBe(201);
+    expect(retried.headers.get('idempotent-replayed')).toBeNull();
+    const listed = await within(api(stack, 'GET', ENDPOINTS, { token: admin }), "the tenant's read after the hang-up", 60_000);
+    expect(listed.status, listed.text).toBe(200);
+    expect(listed.json.items.map((e: { url: string }) => e.url)).toEqual([`https://${host}/hook`]);
   });
 });
 
@@ -94,7 +158,8 @@ describe('webhook endpoint create: a bounded wait for DNS', () => {
   });
   it('private networks refused: a host the DNS server resolves to a private address (either family) is 422 without naming it, an unknown one 422 ENOTFOUND, a public one 201', async () => {
     dns.answer('private.create.test', { a: ['10.0.0.7'] });
-    dns.answer('private6.create.test', { a: ['93.184.215.14'], aaaa: ['fd00::7'] });
+    // The private AAAA answer is sent before the public A one: the resolver has it however late it reads the A one.
+    dns.answerFirst('private6.create.test', { a: ['93.184.215.14'], aaaa: ['fd00::7'] }, 'AAAA');
     dns.answer('public.create.test', { a: ['93.184.215.14'] });
     const admin = await stack.token({ tenantId: newTenant(), sub: 'admin-1', roles: ['admin'] });
     const create = (host: string) => api(stack, 'POST', ENDPOINTS, { token: admin, body: { url: `https://${host}/hook`, events: ['run.completed'] }, headers: { 'Idempotency-Key': randomUUID() } });
@@ -108,6 +173,27 @@ describe('webhook endpoint create: a bounded wait for DNS', () => {
     expect(unknown.json.errors).toEqual([{ path: 'url', message: 'its host unknown.create.test does not resolve (ENOTFOUND)' }]);
     const created = await create('public.create.test');
     expect(created.status, created.text).toBe(201);
+  });
+
+  it('the Idempotency-Key standard with the DNS before the share: a refused URL stores nothing (its key runs again, fixed); a created one replays its stored 201 though its host now fails', async () => {
+    const tenant = newTenant();
+    const admin = await stack.token({ tenantId: tenant, sub: 'admin-1', roles: ['admin'] });
+    dns.answer('flaky.create.test', { a: ['10.0.0.9'] });
+    const key = randomUUID();
+    const create = () => api(stack, 'POST', ENDPOINTS, { token: admin, body: { url: 'https://flaky.create.test/hook', events: ['run.completed'] }, headers: { 'Idempotency-Key': key } });
+    const refused = await create();
+    expect(refused.status, refused.text).toBe(422);
+    expect((await stack.db.admin(`select 1 from idempotency_keys where tenant_id = $1`, [tenant])).rows).toEqual([]);
+    dns.answer('flaky.create.test', { a: ['93.184.215.16'] });
+    const created = await create();
+    expect(created.status, created.text).toBe(201);
+    // Its name servers fail now: the replay answers what the key holds, not the 503 of a resolution it does not need.
+    dns.servfail('flaky.create.test');
+    const replay = await create();
+    expect(replay.status, replay.text).toBe(201);
+    expect(replay.headers.get('idempotent-replayed')).toBe('true');
+    expect(replay.json.secret).toBe(created.json.secret);
+    expect((await api(stack, 'GET', ENDPOINTS, { token: admin })).json.items).toHaveLength(1);
   });
 
   it('a host whose name server fails (SERVFAIL): 503 "for now", nothing stored — it says nothing of the URL', async () => {

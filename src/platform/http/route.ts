@@ -83,14 +83,16 @@ export interface RouteDef<B = any, P = any, Q = any, R = any> {
    */
   admission?: AdmissionControl;
   /**
-   * Slow work on tenant input (a DNS lookup), run before the route's
-   * transaction so that it holds no pooled connection meanwhile; its result reaches the handler as
-   * `prepared`. It may run for a request that then replays its key (the handler does not run): it
-   * must change nothing, and the handler, not it, decides what its result means (e.g. a 422). `em` (the
-   * request's tenant-bound manager) is for a short read of its own, in a transaction of its own, that
-   * says whether the slow work is needed at all; never hold a transaction across the slow work.
+   * Slow work on tenant input (a DNS lookup), run before the request takes one of its tenant's
+   * connection places (API_MAX_DB_CONNECTIONS_PER_TENANT, tenant-db-share.ts) and before its
+   * transaction, so that it holds neither meanwhile; its result reaches the handler as `prepared`. It
+   * may run for a request that then replays its key (the handler does not run): it must change
+   * nothing, and the handler, not it, decides what its result means (e.g. a 422). `read` is for a short
+   * read of its own that says whether the slow work is needed at all: it runs `fn` in a transaction of
+   * its own (the request's tenant-bound manager) within one of the tenant's places, given back when it
+   * ends; never hold it across the slow work.
    */
-  prepare?(ctx: { body: B; params: P; principal: Principal; em: EntityManager }): Promise<unknown>;
+  prepare?(ctx: { body: B; params: P; principal: Principal; read<T>(fn: (em: EntityManager) => Promise<T>): Promise<T> }): Promise<unknown>;
   responses: Record<number, RouteResponseDoc<R>>;
   /**
    * Runs in the route's transaction; an error it throws rolls that back. A 4xx it throws (a 429 aside)

@@ -45,10 +45,11 @@ export interface RouterDeps {
  * and an unknown path 404, whatever the body. The handler runs in one tenant-bound transaction; for
  * an idempotent request its final response is stored in that same transaction. A route that declares
  * `admission` is admitted (the tenant's limits, 429) first in that transaction, before its handler.
- * A route's `prepare` (slow work on tenant input, e.g. DNS, and at most a short read of its own) runs just before that transaction.
- * The handler's work (prepare, transaction, the key's settlement) holds one of the tenant's share of the
+ * A route's `prepare` (slow work on tenant input, e.g. DNS, and at most a short read of its own) runs before that.
+ * The handler's work (transaction, the key's settlement) holds one of the tenant's share of the
  * process's database connections (tenant-db-share.ts): past its share a tenant's request waits for one
- * without a connection, and is answered 503 if none comes in time.
+ * without a connection, and is answered 503 if none comes in time. `prepare` holds none while it waits
+ * (its short read takes one for the read only): a tenant's slow DNS does not keep its other requests waiting.
  */
 export function buildRouter(routes: RouteDef[], deps: RouterDeps): Router {
   const router = express.Router();
@@ -131,13 +132,93 @@ function validate(def: RouteDef) {
   };
 }
 
+/** What a route's `prepare` gave: its result, or what it threw (thrown again where the handler would run, so that a keyed request settles its key as for any handler error). */
+type Prepared = { value: unknown } | { error: unknown };
+
+/** A prepare's read refused a place of the tenant's share (or its client left while it waited): answered as the share refuses, nothing claimed. */
+class ShareRefusedError extends ServiceUnavailableError {}
+
+const shareRefusal = (share: TenantConnectionShare) => new ShareRefusedError(`The tenant already has ${share.share} requests using the database on this API instance. Retry after the indicated delay.`, undefined, 1);
+
 function runHandler(def: RouteDef, deps: RouterDeps) {
   const share = deps.connectionShare;
   const route = routeLabel(def);
-  return async function handle(req: Request, res: Response, next: NextFunction): Promise<void> {
+  if (!def.prepare) {
+    // A route without `prepare` (nearly all): straight to the share's place, no step more per request than before.
+    return async function handle(req: Request, res: Response, next: NextFunction): Promise<void> {
+      // The in-flight slots are held until this work ends, even if the client hangs up meanwhile.
+      const work = () => handleRequest(def, deps, req, res, next);
+      await startHandlerWork(res, share ? () => withConnectionShare(share, route, deps, res, next, work) : work);
+    };
+  }
+  return async function handlePrepared(req: Request, res: Response, next: NextFunction): Promise<void> {
     // The in-flight slots are held until this work ends, even if the client hangs up meanwhile.
-    await startHandlerWork(res, share ? () => withConnectionShare(share, route, def, deps, req, res, next) : () => handleRequest(def, deps, req, res, next));
+    await startHandlerWork(res, async () => {
+      // First, before any place of the share is taken: slow work on tenant input (DNS) holds none (route.ts).
+      const prepared = await prepare(def, deps, route, res);
+      // Gone meanwhile: not run, not answered (as a request whose client left while waiting for a place).
+      if (res.closed && !res.writableFinished) return;
+      if ('error' in prepared && prepared.error instanceof ShareRefusedError) return next(prepared.error);
+      const work = () => handleRequest(def, deps, req, res, next, prepared);
+      return share ? withConnectionShare(share, route, deps, res, next, work) : work();
+    });
   };
+}
+
+/**
+ * Runs the route's `prepare` outside the tenant's share; its short read (`read`) takes a place of the
+ * share for the read only, waiting for one as the handler's work does.
+ */
+async function prepare(def: RouteDef, deps: RouterDeps, route: string, res: Response): Promise<Prepared> {
+  const share = deps.connectionShare;
+  const em = res.locals.em as EntityManager;
+  const principal = res.locals.principal as Principal;
+  const read = async <T>(fn: (tx: EntityManager) => Promise<T>): Promise<T> => {
+    if (!share) return em.transactional(fn);
+    const entered = await enterShare(share, principal.tenantId, res);
+    if (entered === 'refused') deps.onRefused?.('tenant_db_connections', route);
+    if (entered !== 'held') throw shareRefusal(share);
+    try {
+      return await em.transactional(fn);
+    } finally {
+      share.give(principal.tenantId);
+    }
+  };
+  try {
+    return { value: await def.prepare!({ body: res.locals.body, params: res.locals.params, principal, read }) };
+  } catch (error) {
+    return { error };
+  }
+}
+
+type Entered = 'held' | 'refused' | 'gone';
+
+/**
+ * Takes one of the tenant's places of `share`: 'held' (give it back when done), 'refused' (none came in
+ * the wait), or 'gone' (the client hung up meanwhile: the request left the wait at once, and holds nothing).
+ * Under the share, 'held' at once, not a promise: no await more on the hot path.
+ */
+function enterShare(share: TenantConnectionShare, tenantId: string, res: Response): Entered | Promise<Entered> {
+  const waiting = share.take(tenantId);
+  if (!waiting) return 'held';
+  return waitForPlace(share, tenantId, res, waiting);
+}
+
+async function waitForPlace(share: TenantConnectionShare, tenantId: string, res: Response, waiting: Promise<boolean>): Promise<Entered> {
+  // A client that hangs up while its request waits: the request leaves the wait then, not when a place
+  // or the 5 s come, so it holds its in-flight slots no longer (releaseWhenDone: the work ends now).
+  const left = () => {
+    if (!res.writableFinished) share.leave(tenantId, waiting);
+  };
+  res.once('close', left);
+  const granted = await waiting;
+  res.off('close', left);
+  if (res.closed && !res.writableFinished) {
+    // Gone: a place handed to it goes on to the next.
+    if (granted) share.give(tenantId);
+    return 'gone';
+  }
+  return granted ? 'held' : 'refused';
 }
 
 /**
@@ -149,48 +230,36 @@ function runHandler(def: RouteDef, deps: RouterDeps) {
  * not counted — and one whose client hangs up meanwhile leaves the wait at once, freeing its slots, and
  * is not run (startHandlerWork: no answer can reach it, a keyed retry runs it).
  */
-function withConnectionShare(share: TenantConnectionShare, route: string, def: RouteDef, deps: RouterDeps, req: Request, res: Response, next: NextFunction): Promise<void> {
+function withConnectionShare(share: TenantConnectionShare, route: string, deps: RouterDeps, res: Response, next: NextFunction, work: () => Promise<void>): Promise<void> {
   const tenantId = (res.locals.principal as Principal).tenantId;
-  const held = () => handleRequest(def, deps, req, res, next).finally(() => share.give(tenantId));
-  const waiting = share.take(tenantId);
-  if (!waiting) return held();
-  // A client that hangs up while its request waits: the request leaves the wait then, not when a place
-  // or the 5 s come, so it holds its in-flight slots no longer (releaseWhenDone: the work ends now).
-  const left = () => {
-    if (!res.writableFinished) share.leave(tenantId, waiting);
-  };
-  res.once('close', left);
-  return waiting.then((granted) => {
-    res.off('close', left);
-    if (res.closed && !res.writableFinished) {
-      // Gone: not run, not answered, not counted as refused; a place handed to it goes on to the next.
-      if (granted) share.give(tenantId);
-      return;
-    }
-    if (!granted) {
+  const entered = (how: Entered): Promise<void> | undefined => {
+    // Gone: not run, not answered, not counted as refused.
+    if (how === 'gone') return;
+    if (how === 'refused') {
       deps.onRefused?.('tenant_db_connections', route);
-      next(new ServiceUnavailableError(`The tenant already has ${share.share} requests using the database on this API instance. Retry after the indicated delay.`, undefined, 1));
-      return;
+      return void next(shareRefusal(share));
     }
-    return held();
-  });
+    return work().finally(() => share.give(tenantId));
+  };
+  const how = enterShare(share, tenantId, res);
+  return typeof how === 'string' ? Promise.resolve(entered(how)) : how.then(entered);
 }
 
-async function handleRequest(def: RouteDef, deps: RouterDeps, req: Request, res: Response, next: NextFunction): Promise<void> {
+async function handleRequest(def: RouteDef, deps: RouterDeps, req: Request, res: Response, next: NextFunction, prepared?: Prepared): Promise<void> {
   const idem = res.locals.idempotency as IdempotencyState | undefined;
   try {
     if (!idem?.pending) {
-      await execute(def, deps, req, res, next, { hash: idem?.hash ?? '' });
+      await execute(def, deps, req, res, next, { hash: idem?.hash ?? '' }, prepared);
       return;
     }
     // A keyed request: the claim travels with the handler's first statements.
-    if ((await execute(def, deps, req, res, next, { pending: idem.pending, hash: idem.pending.hash, ...(idem.input ? { input: idem.input } : {}) })) !== 'key-taken') return;
+    if ((await execute(def, deps, req, res, next, { pending: idem.pending, hash: idem.pending.hash, ...(idem.input ? { input: idem.input } : {}) }, prepared)) !== 'key-taken') return;
     // The key was there: what it holds decides (replay, 422, 409), or this request takes it over
     // (a dead attempt's lease ran out, the key passed its TTL, or it was released meanwhile).
     const claim = await deps.idempotency.claim(res.locals.em as EntityManager, idem.input!);
     if (answerClaim(res, claim, deps.idempotencyMetrics) || claim.outcome !== 'claimed') return;
     res.locals.idempotency = { record: claim.record, hash: claim.hash } satisfies IdempotencyState;
-    await execute(def, deps, req, res, next, { record: claim.record, hash: claim.hash });
+    await execute(def, deps, req, res, next, { record: claim.record, hash: claim.hash }, prepared);
   } catch (e) {
     next(e);
   }
@@ -204,15 +273,16 @@ type Claim = { hash: string; record?: IdempotencyRecord; pending?: PendingClaim;
  * transaction's first statements; 'key-taken' means it found the key already there and nothing of
  * the handler ran.
  */
-async function execute(def: RouteDef, deps: RouterDeps, req: Request, res: Response, next: NextFunction, claim: Claim): Promise<'done' | 'key-taken'> {
+async function execute(def: RouteDef, deps: RouterDeps, req: Request, res: Response, next: NextFunction, claim: Claim, prep?: Prepared): Promise<'done' | 'key-taken'> {
   const em = res.locals.em as EntityManager;
   const afterCommit: Array<() => Promise<void>> = [];
   const onRollback: Array<(err: unknown) => Promise<void>> = [];
   let record = claim.record;
   let result: RouteResult;
   try {
-    // Before the transaction takes a connection: slow work on tenant input (DNS) holds none (route.ts).
-    const prepared = def.prepare ? await def.prepare({ body: res.locals.body, params: res.locals.params, principal: res.locals.principal as Principal, em }) : undefined;
+    // What the route's `prepare` gave, before the share's place (runHandler): what it threw settles the key as a handler's error does.
+    if (prep && 'error' in prep) throw prep.error;
+    const prepared = prep?.value;
     const run = () =>
       em.transactional(async (tx) => {
         const principal = res.locals.principal as Principal;

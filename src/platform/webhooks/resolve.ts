@@ -52,6 +52,13 @@ const NO_ADDRESS_CODES = new Set(['ENOTFOUND', 'ENODATA', 'EBADNAME']);
 /** Tries of each server per query: one lost UDP datagram does not fail a resolution. */
 const TRIES = 2;
 
+/**
+ * How long, once one family has answered addresses, the other family's query is waited for before the answer in
+ * hand is used: RFC 8305's Resolution Delay (Happy Eyeballs v2, section 3: 50 ms). A server or middlebox that drops
+ * AAAA queries (or A ones) then costs every resolution of the name this, not the whole bound.
+ */
+export const RESOLUTION_DELAY_MS = 50;
+
 export interface HostResolverOptions {
   /** WEBHOOK_DNS_SERVERS (`ip` or `ip:port`, `[ipv6]:port`); empty: the system's (dns.getServers()). */
   servers: readonly string[];
@@ -93,33 +100,50 @@ export class HostResolver {
   }
 
   /**
-   * A and AAAA (or the one `family` asks for) from the name servers, within the bound. A family that has answered
-   * addresses by the bound is used though the other has not answered (a server or middlebox that drops AAAA
-   * queries): waiting for both made every attempt to such a name fail, when getaddrinfo gave the A records.
+   * A and AAAA (or the one `family` asks for) from the name servers, within the bound. Once one family has answered
+   * addresses, the other is waited for RESOLUTION_DELAY_MS more at most (RFC 8305, section 3), then the answer in
+   * hand is used: a server or middlebox that drops AAAA queries made every resolution of the name wait out the whole
+   * bound before its A records were used (every delivery attempt, WEBHOOK_DNS_TIMEOUT each). A family that failed
+   * (NXDOMAIN, SERVFAIL, no records) is no answer in hand: the other is waited for to the bound.
    */
   private async query(host: string, family?: number): Promise<ResolvedAddress[]> {
     type Answer = string[] | NodeJS.ErrnoException;
     const answered: { 4?: Answer; 6?: Answer } = {};
-    const ask = (f: 4 | 6) =>
-      (family === 4 || family === 6) && family !== f
-        ? void (answered[f] = [])
-        : new Promise<void>((resolve) => {
-            const done = (err: NodeJS.ErrnoException | null, found: string[]) => resolve(void (answered[f] = err ?? found));
-            if (f === 4) this.resolver.resolve4(host, done);
-            else this.resolver.resolve6(host, done);
-          });
-    let timer: NodeJS.Timeout | undefined;
-    const deadline = new Promise<'timeout'>((resolve) => (timer = setTimeout(() => resolve('timeout'), this.timeoutMs)));
+    const timers: NodeJS.Timeout[] = [];
     let settled: 'answered' | 'timeout';
     try {
-      settled = await Promise.race([Promise.all([ask(4), ask(6)]).then(() => 'answered' as const), deadline]);
+      settled = await new Promise<'answered' | 'timeout'>((resolve) => {
+        // Settled once: an answer arriving after it (the family given up on) is not taken.
+        let open = true;
+        const settle = (how: 'answered' | 'timeout') => {
+          open = false;
+          resolve(how);
+        };
+        timers.push(setTimeout(() => settle('timeout'), this.timeoutMs));
+        const asked = ([4, 6] as const).filter((f) => family !== (f === 4 ? 6 : 4));
+        for (const f of [4, 6] as const) if (!asked.includes(f)) answered[f] = [];
+        let waiting = asked.length;
+        const done = (f: 4 | 6) => (err: NodeJS.ErrnoException | null, found: string[]) => {
+          if (!open) return;
+          answered[f] = err ?? found;
+          waiting -= 1;
+          if (waiting === 0) settle('answered');
+          // The first family with addresses: the other gets the resolution delay, not the rest of the bound.
+          else if (!err && found.length > 0) timers.push(setTimeout(() => settle('answered'), RESOLUTION_DELAY_MS));
+        };
+        for (const f of asked) {
+          if (f === 4) this.resolver.resolve4(host, done(4));
+          else this.resolver.resolve6(host, done(6));
+        }
+      });
     } finally {
-      clearTimeout(timer);
+      for (const t of timers) clearTimeout(t);
     }
     const { 4: v4, 6: v6 } = answered;
     const found = [...(Array.isArray(v4) ? v4.map((address) => ({ address, family: 4 as const })) : []), ...(Array.isArray(v6) ? v6.map((address) => ({ address, family: 6 as const })) : [])];
-    // What one family answered is used though the other failed or is still unanswered: every address used is
-    // checked (ssrf.ts), and the connection goes only to those.
+    // What one family answered is used though the other failed or is still unanswered (past the resolution delay or
+    // the bound): every address used is checked (ssrf.ts), and the connection goes only to those; a family that
+    // answers later is not used.
     if (found.length > 0) return found;
     if (settled === 'timeout') throw timedOut(host, this.timeoutMs);
     const failures = [v4, v6].filter((r): r is NodeJS.ErrnoException => r !== undefined && !Array.isArray(r));

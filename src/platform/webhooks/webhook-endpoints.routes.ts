@@ -246,8 +246,9 @@ export function webhookEndpointRoutes(deps: {
         422: { description: 'Invalid body: not an http(s) URL (https:// in production), a host that does not resolve, resolves to a loopback, private, link-local or multicast address, or an unknown or no event type' },
         503: { description: 'The host could not be resolved within WEBHOOK_DNS_TIMEOUT (at most WEBHOOK_TIMEOUT), or its name servers failed for now (e.g. ESERVFAIL): nothing stored, the Idempotency-Key is free for a retry (Retry-After)' },
       },
-      // The host is resolved before the transaction: its DNS is the tenant's, and may take the resolver's
-      // whole timeout; a pooled connection held meanwhile would be the whole API's (webhook-create-dns.test.ts).
+      // The host is resolved before the request takes a place of its tenant's connection share and before the
+      // transaction: its DNS is the tenant's, and may take the resolver's whole timeout; a pooled connection held
+      // meanwhile would be the whole API's, a place the tenant's other requests' (webhook-create-dns.test.ts).
       // Bounded too (resolve.ts: c-ares, no threadpool thread): past WEBHOOK_DNS_TIMEOUT the create answers 503 (retryable, its key released) instead of holding a request slot of the tenant's.
       prepare: ({ body }) => resolvedRefusal(body.url, deps.policy, deps.resolver),
       async handler({ em, principal, body, prepared }) {
@@ -313,13 +314,13 @@ export function webhookEndpointRoutes(deps: {
         422: { description: 'Invalid body: no field, an unknown field, a new URL refused as by the create (not http(s), https:// in production, a host that does not resolve or resolves to a non-public address; the URL the endpoint already has is not resolved again), no or an unknown event type, a `rate_limit_per_second` that is not an integer from 1 to 1000 (or null)' },
         503: { description: 'The new URL\'s host could not be resolved within WEBHOOK_DNS_TIMEOUT (at most WEBHOOK_TIMEOUT), or its name servers failed for now (e.g. ESERVFAIL), or another update moved the endpoint meanwhile: nothing changed, the Idempotency-Key is free for a retry (Retry-After)' },
       },
-      // A new URL is checked as the create checks it, before the transaction and bounded (see the create).
+      // A new URL is checked as the create checks it, before the share's place and the transaction, bounded (see the create).
       // Only a new one: the URL the endpoint already has (a client sending back the whole endpoint) is not
       // resolved again, so a host whose DNS fails now does not keep its admin from changing anything else
-      // (each delivery checks the addresses it connects to anyway, ssrf.ts). A short read says which.
-      prepare: async ({ body, params, principal, em }): Promise<UrlCheck> => {
+      // (each delivery checks the addresses it connects to anyway, ssrf.ts). A short read says which (a place of its own, given back before the DNS).
+      prepare: async ({ body, params, principal, read }): Promise<UrlCheck> => {
         if (body.url === undefined) return { checked: false };
-        const [row] = await em.transactional((tx) => tx.execute<{ url: string }[]>(`select url from webhook_endpoints where tenant_id = ? and id = ?`, [principal.tenantId, params.id]));
+        const [row] = await read((tx) => tx.execute<{ url: string }[]>(`select url from webhook_endpoints where tenant_id = ? and id = ?`, [principal.tenantId, params.id]));
         // No such endpoint: nothing to resolve for, the handler answers 404.
         if (!row || row.url === body.url) return { checked: false };
         return { checked: true, refusal: await resolvedRefusal(body.url, deps.policy, deps.resolver) };
