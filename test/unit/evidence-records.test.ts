@@ -45,8 +45,21 @@ const records: RecordColumns = {
   approval_reasons_equal: true,
   approval_sla_deadline: '2026-12-08T09:00:00.001Z',
   approval_decisions: [...decisions].reverse(),
+  approval_created_at: '2026-12-05T09:00:00.001Z',
+  policy_version: null,
+  policy_a_cost: null,
+  policy_a_payback: null,
+  policy_c_cost: null,
+  policy_c_payback: null,
+  policy_sla_b: null,
+  policy_sla_c: null,
+  policy_currency: null,
+  policy_updated_at: null,
+  policy_updated_by: null,
+  policy_approved_by: null,
 };
-const ALL_MATCH = { run: 'match', partner_dossier: 'match', economics_model: 'match', approval: 'match' };
+// The packet records no policy (as packets written before it did): approval_policy absent, which agrees.
+const ALL_MATCH = { run: 'match', partner_dossier: 'match', economics_model: 'match', approval: 'match', approval_policy: 'absent' };
 
 describe('compareRecords', () => {
   it('a genuine pack: every record matches (decisions in any order), and the run absent still agrees', () => {

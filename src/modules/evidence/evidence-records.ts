@@ -1,7 +1,8 @@
 import { z } from 'zod';
 import { canonicalJson, sha256Hex } from '../../platform/idempotency/canonical-json.ts';
 import { isoTimeSql } from '../../platform/webhooks/outbox.ts';
-import { submissionSchema } from '../golden-path/golden-path.schemas.ts';
+import { appliedPolicySchema, submissionSchema } from '../golden-path/golden-path.schemas.ts';
+import { classify, DEFAULT_POLICY, policyToBody, type ApprovalPolicy } from '../approvals/approval.policy.ts';
 
 /**
  * What `/verify` compares an evidence pack's content with besides its seal: the records its run's steps
@@ -31,13 +32,17 @@ import { submissionSchema } from '../golden-path/golden-path.schemas.ts';
  *   required approvals, reasons and SLA deadline are the request's; the request, the packet and the
  *   pack are all decided the same way (approved or rejected); `content.run.submitted_by` is the
  *   request's submitter; the packet's decisions are the request's decision rows, each (approver,
- *   decision, comment, time to the millisecond, kind) once. The packet's `policy` and the provenance of
- *   the packet are not compared: a tenant's policy is replaced in place, its earlier versions are not
- *   kept as rows.
+ *   decision, comment, time to the millisecond, kind) once. The provenance of the packet is not compared.
+ * - `approval_policy`: the packet's `policy` (approvalPolicyStatus) — the class, approvals needed, SLA
+ *   deadline and currency mismatch it gives the pack's economics model are the packet's and the
+ *   request's, and it is the tenant's policy row of its version (or the defaults, version 0). `absent`
+ *   once a later version replaced it (a tenant's policy is replaced in place, its earlier versions are
+ *   not kept as rows), or for a packet that records no policy or version; neither makes a pack invalid.
  *
  * Each is `match`, `mismatch`, or `absent` (no such row: before retention only a forgery's case — every
  * genuine pack's run wrote all three before its evidence step, and none of them is ever deleted).
- * `valid` needs the three domain records to match and the run row to match or be absent.
+ * `valid` needs the three domain records to match, the run row to match or be absent, and the
+ * approval policy not to mismatch.
  *
  * What this does not prove: the dossier and economics model are append-only for the application role
  * (roles.ts: a run past its second step keeps its own), but it may update the approval request (that is
@@ -64,6 +69,9 @@ export const evidenceRecords = z
     approval: recordStatus.describe(
       "The run's approval request and its decisions: the packet's request id, class, required approvals, reasons, SLA deadline, outcome and decisions, and content.run.submitted_by, are the request's; the request is decided as content.outcome says",
     ),
+    approval_policy: recordStatus.describe(
+      "The approval packet's policy: the request's class, required approvals, SLA deadline (from the request's creation) and currency mismatch follow from it and content.economics_model; and it is the tenant's policy row of its version (thresholds, currency, SLAs, updated_at, updated_by, approved_by), or the platform defaults' thresholds for version 0. absent when the packet records no policy (written before it did), or its version has been replaced since (only the version in force is kept as a row) and what it implies agrees: which does not make the pack invalid. mismatch too when the tenant's policy never reached the packet's version",
+    ),
   })
   .describe("The pack's content compared with the records its run's steps wrote (each match, mismatch or absent): a pack sealed as written may still say what its run did not record")
   .meta({ id: 'EvidenceRecords' });
@@ -89,6 +97,18 @@ export interface RecordColumns {
   approval_reasons_equal: boolean | null;
   approval_sla_deadline: string | null;
   approval_decisions: unknown[] | null;
+  approval_created_at: string | null;
+  policy_version: number | null;
+  policy_a_cost: number | null;
+  policy_a_payback: number | null;
+  policy_c_cost: number | null;
+  policy_c_payback: number | null;
+  policy_sla_b: number | null;
+  policy_sla_c: number | null;
+  policy_currency: string | null;
+  policy_updated_at: string | null;
+  policy_updated_by: string | null;
+  policy_approved_by: string | null;
 }
 
 /**
@@ -107,7 +127,10 @@ export const RECORD_COLUMNS = `
   m.run_id is not null as economics_kept, m.content = e.content -> 'economics_model' as economics_equal,
   a.id as approval_id, a.approval_class, a.required_approvals as approval_required, a.status as approval_status,
   a.submitted_by as approval_submitted_by, a.reasons = e.content -> 'approval_packet' -> 'reasons' as approval_reasons_equal,
-  ${isoTimeSql('a.sla_deadline')} as approval_sla_deadline, x.decisions as approval_decisions`;
+  ${isoTimeSql('a.sla_deadline')} as approval_sla_deadline, x.decisions as approval_decisions, ${isoTimeSql('a.created_at')} as approval_created_at,
+  pol.version as policy_version, pol.class_amax_cost as policy_a_cost, pol.class_amax_payback_months as policy_a_payback,
+  pol.class_cmin_cost as policy_c_cost, pol.class_cmin_payback_months as policy_c_payback, pol.sla_bseconds as policy_sla_b, pol.sla_cseconds as policy_sla_c,
+  pol.currency as policy_currency, ${isoTimeSql('pol.updated_at')} as policy_updated_at, pol.updated_by as policy_updated_by, pol.approved_by as policy_approved_by`;
 
 export const RECORD_JOINS = `
   left join durable_runs r on r.tenant_id = ? and r.id = ?
@@ -117,10 +140,11 @@ export const RECORD_JOINS = `
   left join lateral (
     select jsonb_agg(jsonb_build_object('decided_by', ad.approver, 'decision', ad.decision, 'comment', ad.comment,
              'decided_at', ${isoTimeSql('ad.created_at')}, 'kind', ad.kind)) as decisions
-      from approval_decisions ad where ad.tenant_id = ? and ad.approval_request_id = a.id) x on true`;
+      from approval_decisions ad where ad.tenant_id = ? and ad.approval_request_id = a.id) x on true
+  left join approval_policies pol on pol.tenant_id = ?`;
 
-/** RECORD_JOINS' parameters, in order: the pack's tenant and run for each record, the tenant for its decisions. */
-export const recordJoinParams = (tenantId: string, runId: string): string[] => [tenantId, runId, tenantId, runId, tenantId, runId, tenantId, runId, tenantId];
+/** RECORD_JOINS' parameters, in order: the pack's tenant and run for each record, the tenant for its decisions and for its policy. */
+export const recordJoinParams = (tenantId: string, runId: string): string[] => [tenantId, runId, tenantId, runId, tenantId, runId, tenantId, runId, tenantId, tenantId];
 
 /** A field of unknown content, or undefined (a forged or older pack may have any shape). */
 function at(value: unknown, ...path: string[]): unknown {
@@ -196,6 +220,79 @@ function approvalMatches(content: unknown, r: RecordColumns): boolean {
   );
 }
 
+/**
+ * What the packet's policy implies, compared with what the packet and its request say: the class
+ * (so the approvals needed: the four-eyes of class C) and the currency mismatch `classify` gives for
+ * the pack's economics model under that policy, and the SLA deadline, the request's creation plus the
+ * class's SLA (the approval step reckons both from one time). The request's values when it is kept
+ * (the packet's were compared with them: `approval`), the packet's alone when not.
+ */
+function policyImplies(content: unknown, policy: ApprovalPolicy, r: RecordColumns): boolean {
+  const packet = at(content, 'approval_packet');
+  const econ = at(content, 'economics_model');
+  const [cost, payback, currency] = [at(econ, 'cost'), at(econ, 'payback_months'), at(econ, 'currency')];
+  if (typeof cost !== 'number' || (payback !== null && typeof payback !== 'number') || typeof currency !== 'string') return false;
+  let c: ReturnType<typeof classify>;
+  try {
+    c = classify({ cost, payback_months: payback, currency }, policy);
+  } catch {
+    return false;
+  }
+  const mismatch = at(packet, 'currency_mismatch');
+  const same = c.cls === at(packet, 'approval_class') && c.required === at(packet, 'required_approvals') && (mismatch === undefined || canonicalOrNull(mismatch) === canonicalOrNull(c.currencyMismatch));
+  if (!same || r.approval_id === null) return same;
+  const deadline = c.slaSeconds === null ? null : r.approval_created_at === null ? undefined : new Date(Date.parse(r.approval_created_at) + c.slaSeconds * 1000).toISOString();
+  return c.cls === r.approval_class && c.required === r.approval_required && deadline === r.approval_sla_deadline;
+}
+
+/**
+ * The approval packet's policy, compared with what it decided (policyImplies) and with the policy it
+ * names: the tenant's row while that version is still in force (replaced in place, earlier versions
+ * are not kept: `absent`, unless the row's version is below the packet's, a version never reached),
+ * or the platform defaults' thresholds for version 0 (their SLAs are configuration, not recorded).
+ */
+function approvalPolicyStatus(content: unknown, r: RecordColumns): RecordStatus {
+  const recorded = at(content, 'approval_packet', 'policy');
+  if (recorded === undefined) return 'absent';
+  const parsed = appliedPolicySchema.safeParse(recorded);
+  if (!parsed.success) return 'mismatch';
+  const applied = parsed.data;
+  const body = applied.policy;
+  const policy: ApprovalPolicy = {
+    classAMaxCost: body.class_a_max_cost,
+    classAMaxPaybackMonths: body.class_a_max_payback_months,
+    classCMinCost: body.class_c_min_cost,
+    classCMinPaybackMonths: body.class_c_min_payback_months,
+    slaBSeconds: body.sla_b_seconds,
+    slaCSeconds: body.sla_c_seconds,
+    // Packets written before policies had a currency: their thresholds applied to any.
+    currency: body.currency ?? (at(content, 'economics_model', 'currency') as string),
+  };
+  if (!policyImplies(content, policy, r)) return 'mismatch';
+  // Packets written before the policy's version was recorded: which row they name cannot be told.
+  if (applied.version === undefined) return 'absent';
+  const by = [applied.updated_by ?? null, applied.approved_by ?? null];
+  if (applied.version === 0) {
+    const defaults = policyToBody({ ...DEFAULT_POLICY, slaBSeconds: body.sla_b_seconds, slaCSeconds: body.sla_c_seconds });
+    const same = applied.source === 'default' && applied.updated_at === null && by[0] === null && by[1] === null && canonicalOrNull(defaults) === canonicalOrNull({ ...body, currency: policy.currency });
+    return same ? 'match' : 'mismatch';
+  }
+  if (applied.source !== 'tenant' || r.policy_version === null || Number(r.policy_version) < applied.version) return 'mismatch';
+  if (Number(r.policy_version) > applied.version) return 'absent';
+  const row = {
+    class_a_max_cost: Number(r.policy_a_cost),
+    class_a_max_payback_months: Number(r.policy_a_payback),
+    class_c_min_cost: Number(r.policy_c_cost),
+    class_c_min_payback_months: Number(r.policy_c_payback),
+    sla_b_seconds: Number(r.policy_sla_b),
+    sla_c_seconds: Number(r.policy_sla_c),
+    currency: r.policy_currency,
+  };
+  const same =
+    canonicalOrNull(row) === canonicalOrNull(body) && applied.updated_at === r.policy_updated_at && by[0] === r.policy_updated_by && by[1] === r.policy_approved_by;
+  return same ? 'match' : 'mismatch';
+}
+
 /** The pack's content compared with its run's records, read by RECORD_COLUMNS. */
 export function compareRecords(content: unknown, r: RecordColumns): EvidenceRecords {
   const submission = at(content, 'submission');
@@ -209,9 +306,14 @@ export function compareRecords(content: unknown, r: RecordColumns): EvidenceReco
       r.economics_equal === true && derivedFrom(at(economics, 'provenance'), { economics: at(submission, 'economics'), currency: at(submission, 'currency') }),
     ),
     approval: status(r.approval_id !== null, approvalMatches(content, r)),
+    approval_policy: approvalPolicyStatus(content, r),
   };
 }
 
-/** Whether the records allow the pack to be valid: the three domain records match, the run row matches or was deleted by retention. */
+/**
+ * Whether the records allow the pack to be valid: the three domain records match, the run row matches
+ * or was deleted by retention, and the approval policy does not disagree (absent: a version replaced
+ * since, or a packet from before the policy was recorded).
+ */
 export const recordsAgree = (records: EvidenceRecords): boolean =>
-  records.partner_dossier === 'match' && records.economics_model === 'match' && records.approval === 'match' && records.run !== 'mismatch';
+  records.partner_dossier === 'match' && records.economics_model === 'match' && records.approval === 'match' && records.run !== 'mismatch' && records.approval_policy !== 'mismatch';
