@@ -70,7 +70,7 @@ export const evidenceRecords = z
       "The run's approval request and its decisions: the packet's request id, class, required approvals, reasons, SLA deadline, outcome and decisions, and content.run.submitted_by, are the request's; the request is decided as content.outcome says",
     ),
     approval_policy: recordStatus.describe(
-      "The approval packet's policy: the request's class, required approvals, SLA deadline (from the request's creation) and currency mismatch follow from it and content.economics_model; and it is the tenant's policy row of its version (thresholds, currency, SLAs, updated_at, updated_by, approved_by), or the platform defaults' thresholds for version 0. absent when the packet records no policy (written before it did), or its version has been replaced since (only the version in force is kept as a row) and what it implies agrees: which does not make the pack invalid. mismatch too when the tenant's policy never reached the packet's version",
+      "The approval packet's policy: the request's class, required approvals, SLA deadline (from the request's creation) and currency mismatch follow from it and content.economics_model; and it is the tenant's policy row of its version (thresholds, currency, SLAs, updated_at, updated_by, approved_by), or the platform defaults' thresholds for version 0. absent when the run has no approval request (records.approval absent), when the packet records no policy (written before it did), or its version has been replaced since (only the version in force is kept as a row) and what it implies agrees: which does not make the pack invalid. mismatch too when the tenant's policy never reached the packet's version",
     ),
   })
   .describe("The pack's content compared with the records its run's steps wrote (each match, mismatch or absent): a pack sealed as written may still say what its run did not record")
@@ -224,8 +224,7 @@ function approvalMatches(content: unknown, r: RecordColumns): boolean {
  * What the packet's policy implies, compared with what the packet and its request say: the class
  * (so the approvals needed: the four-eyes of class C) and the currency mismatch `classify` gives for
  * the pack's economics model under that policy, and the SLA deadline, the request's creation plus the
- * class's SLA (the approval step reckons both from one time). The request's values when it is kept
- * (the packet's were compared with them: `approval`), the packet's alone when not.
+ * class's SLA (the approval step reckons both from one time).
  */
 function policyImplies(content: unknown, policy: ApprovalPolicy, r: RecordColumns): boolean {
   const packet = at(content, 'approval_packet');
@@ -240,7 +239,7 @@ function policyImplies(content: unknown, policy: ApprovalPolicy, r: RecordColumn
   }
   const mismatch = at(packet, 'currency_mismatch');
   const same = c.cls === at(packet, 'approval_class') && c.required === at(packet, 'required_approvals') && (mismatch === undefined || canonicalOrNull(mismatch) === canonicalOrNull(c.currencyMismatch));
-  if (!same || r.approval_id === null) return same;
+  if (!same) return false;
   const deadline = c.slaSeconds === null ? null : r.approval_created_at === null ? undefined : new Date(Date.parse(r.approval_created_at) + c.slaSeconds * 1000).toISOString();
   return c.cls === r.approval_class && c.required === r.approval_required && deadline === r.approval_sla_deadline;
 }
@@ -253,7 +252,8 @@ function policyImplies(content: unknown, policy: ApprovalPolicy, r: RecordColumn
  */
 function approvalPolicyStatus(content: unknown, r: RecordColumns): RecordStatus {
   const recorded = at(content, 'approval_packet', 'policy');
-  if (recorded === undefined) return 'absent';
+  // No request to hold it to (`approval` absent: the pack is not valid), or a packet from before the policy was recorded.
+  if (r.approval_id === null || recorded === undefined) return 'absent';
   const parsed = appliedPolicySchema.safeParse(recorded);
   if (!parsed.success) return 'mismatch';
   const applied = parsed.data;
