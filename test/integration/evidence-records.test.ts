@@ -151,6 +151,43 @@ describe('an evidence pack forged by the application role for a real run of its 
     });
   }
 
+  /**
+   * The request and its decision rows made to agree with the forgery — the application role may update
+   * a request's status and insert decisions — but the decisions themselves do not allow the outcome: a
+   * class C request approved by one approver (four-eyes: it needs two), or approved by its own
+   * submitter. Every record agrees with the pack; the pack's own decisions say it was not approved.
+   */
+  it.each([
+    ['a class C request approved by a single approver', CLASS_C_SUBMISSION, 'approver-1'],
+    ["a class B request approved by its run's submitter", SAMPLE_SUBMISSION, 'submitter-1'],
+  ])('%s, the request and decisions written to agree: valid false, approval mismatch', { timeout: LONG }, async (_what, submission, approver) => {
+    const tenant = newTenant();
+    const run = await runUntil(tenant, submission, ['waiting']);
+    const content = await contentFromRecords(run.run_id);
+    const packet = content.approval_packet;
+    const c = new pg.Client({ connectionString: stack.db.appUrl });
+    await c.connect();
+    let decidedAt: Date;
+    try {
+      await c.query('begin');
+      await c.query(`select set_config('app.tenant_id', $1, true)`, [tenant]);
+      decidedAt = (
+        await c.query(
+          `insert into approval_decisions (id, tenant_id, approval_request_id, approver, decision, kind, comment, created_at)
+           values ($1, $2, $3, $4, 'approve', 'human', null, date_trunc('milliseconds', now())) returning created_at`,
+          [randomUUID(), tenant, packet.approval_request_id, approver],
+        )
+      ).rows[0].created_at;
+      await c.query(`update approval_requests set status = 'approved', decided_at = now() where id = $1`, [packet.approval_request_id]);
+      await c.query('commit');
+    } finally {
+      await c.end();
+    }
+    const decisions = [{ decided_by: approver, decision: 'approve', comment: null, decided_at: decidedAt.toISOString(), kind: 'human' }];
+    const forged = await insertAsApp(tenant, run.run_id, { ...content, approval_packet: { ...packet, outcome: 'approved', decisions } });
+    expect(await verify(tenant, forged.id)).toEqual({ valid: false, sha256: forged.sha256, recomputed_sha256: forged.sha256, recorded_sha256: forged.sha256, records: { ...ALL_MATCH, approval: 'mismatch' } });
+  });
+
   it('a pack for a run whose steps wrote nothing yet (its dossier, economics and approval request absent): valid false', { timeout: LONG }, async () => {
     const tenant = newTenant();
     const done = await runUntil(tenant, CLASS_A_SUBMISSION, ['completed']);

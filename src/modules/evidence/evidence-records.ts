@@ -32,7 +32,9 @@ import { classify, DEFAULT_POLICY, policyToBody, type ApprovalPolicy } from '../
  *   required approvals, reasons and SLA deadline are the request's; the request, the packet and the
  *   pack are all decided the same way (approved or rejected); `content.run.submitted_by` is the
  *   request's submitter; the packet's decisions are the request's decision rows, each (approver,
- *   decision, comment, time to the millisecond, kind) once. The provenance of the packet is not compared.
+ *   decision, comment, time to the millisecond, kind) once; and those decisions allow the outcome
+ *   (decisionsAllow: four-eyes, never the submitter), which rows the application role may write cannot
+ *   make true. The provenance of the packet is not compared.
  * - `approval_policy`: the packet's `policy` (approvalPolicyStatus) — the class, approvals needed, SLA
  *   deadline and currency mismatch it gives the pack's economics model are the packet's and the
  *   request's, and it is the tenant's policy row of its version (or the defaults, version 0). `absent`
@@ -67,7 +69,7 @@ export const evidenceRecords = z
     partner_dossier: recordStatus.describe("The run's stored partner dossier equals content.partner_dossier, and content.submission.partner is what it was derived from (its provenance hash)"),
     economics_model: recordStatus.describe("The run's stored economics model equals content.economics_model, and content.submission's economics and currency are what it was computed from"),
     approval: recordStatus.describe(
-      "The run's approval request and its decisions: the packet's request id, class, required approvals, reasons, SLA deadline, outcome and decisions, and content.run.submitted_by, are the request's; the request is decided as content.outcome says",
+      "The run's approval request and its decisions: the packet's request id, class, required approvals, reasons, SLA deadline, outcome and decisions, and content.run.submitted_by, are the request's; the request is decided as content.outcome says; and the decisions allow that outcome (rejected: a rejection; approved: no rejection and at least required_approvals approvals by distinct approvers, none of them the submitter)",
     ),
     approval_policy: recordStatus.describe(
       "The approval packet's policy: the request's class, required approvals, SLA deadline (from the request's creation) and currency mismatch follow from it and content.economics_model; and it is the tenant's policy row of its version (thresholds, currency, SLAs, updated_at, updated_by, approved_by), or the platform defaults' thresholds for version 0. absent when the run has no approval request (records.approval absent), when the packet records no policy (written before it did), or its version has been replaced since (only the version in force is kept as a row) and what it implies agrees: which does not make the pack invalid. mismatch too when the tenant's policy never reached the packet's version",
@@ -201,6 +203,26 @@ function runMatches(content: unknown, r: RecordColumns): boolean {
   );
 }
 
+/**
+ * Whether the packet's own decisions allow its outcome: `rejected`, a rejection; `approved`, no
+ * rejection and at least `required_approvals` approvals (distinct approvers: the decisions' key), none
+ * of them a human decision by the run's submitter. The request's decision rows are compared with the
+ * packet's, but the application role may insert decisions and set the request's status, so rows and
+ * packet can be made to agree on an approval that was never given: one approver of a class C request
+ * (four-eyes), or the submitter approving their own run — decisions the API refuses.
+ */
+function decisionsAllow(packet: unknown, outcome: unknown, submitter: unknown): boolean {
+  const decisions = at(packet, 'decisions');
+  const required = at(packet, 'required_approvals');
+  if (!Array.isArray(decisions) || typeof required !== 'number') return false;
+  const by = (d: unknown) => at(d, 'decided_by');
+  if (new Set(decisions.map(by)).size !== decisions.length) return false;
+  if (decisions.some((d) => at(d, 'kind') !== 'system' && by(d) === submitter)) return false;
+  const approvals = decisions.filter((d) => at(d, 'decision') === 'approve').length;
+  const rejections = decisions.filter((d) => at(d, 'decision') === 'reject').length;
+  return outcome === 'rejected' ? rejections > 0 : rejections === 0 && approvals >= required;
+}
+
 function approvalMatches(content: unknown, r: RecordColumns): boolean {
   const packet = at(content, 'approval_packet');
   const outcome = at(content, 'outcome');
@@ -216,7 +238,8 @@ function approvalMatches(content: unknown, r: RecordColumns): boolean {
     r.approval_status === outcome &&
     at(content, 'run', 'submitted_by') === r.approval_submitted_by &&
     recorded !== null &&
-    canonicalOrNull(decisionSet(at(packet, 'decisions'))) === canonicalOrNull(recorded)
+    canonicalOrNull(decisionSet(at(packet, 'decisions'))) === canonicalOrNull(recorded) &&
+    decisionsAllow(packet, outcome, at(content, 'run', 'submitted_by'))
   );
 }
 
