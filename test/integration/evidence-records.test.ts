@@ -269,7 +269,8 @@ async function approve(tenant: string, approvalId: string, sub: string) {
   return res.json;
 }
 
-const POLICY = { class_a_max_cost: 50000, class_a_max_payback_months: 6, class_c_min_cost: 250000, class_c_min_payback_months: 24, sla_b_seconds: 7200, sla_c_seconds: 14400, currency: 'SAR' };
+// It raises class C's cost bound, so it loosens the defaults: proposed by admin-1, approved by admin-2 (ADR 0010).
+const POLICY = { class_a_max_cost: 50000, class_a_max_payback_months: 6, class_c_min_cost: 300000, class_c_min_payback_months: 24, sla_b_seconds: 7200, sla_c_seconds: 14400, currency: 'SAR' };
 
 /**
  * An evidence pack's approval packet records the approval policy its run was classified under. The class,
@@ -285,7 +286,7 @@ describe("an evidence pack's approval policy", () => {
     const tenant = newTenant();
     expect((await setPolicy(stack, tenant, POLICY)).status).toBe(200);
     const waiting = await runUntil(tenant, SAMPLE_SUBMISSION, ['waiting']);
-    expect(waiting.steps[2].output.policy).toMatchObject({ source: 'tenant', version: 1, policy: POLICY });
+    expect(waiting.steps[2].output.policy).toMatchObject({ source: 'tenant', version: 1, policy: POLICY, updated_by: 'admin-1', approved_by: 'admin-2' });
     await approve(tenant, waiting.steps[2].output.approval_request_id, 'approver-1');
     const done = await runReaches(tenant, waiting.run_id, ['completed']);
     const { evidence_pack_id: id, sha256 } = done.steps[3].output;
