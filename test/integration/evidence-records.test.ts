@@ -154,13 +154,15 @@ describe('an evidence pack forged by the application role for a real run of its 
   /**
    * The request and its decision rows made to agree with the forgery — the application role may update
    * a request's status and insert decisions — but the decisions themselves do not allow the outcome: a
-   * class C request approved by one approver (four-eyes: it needs two), or approved by its own
-   * submitter. Every record agrees with the pack; the pack's own decisions say it was not approved.
+   * class C request approved by one approver (four-eyes: it needs two), approved by its own submitter,
+   * or approved once its SLA deadline had passed. Every record agrees with the pack; the pack's own
+   * decisions say it was not approved.
    */
   it.each([
-    ['a class C request approved by a single approver', CLASS_C_SUBMISSION, 'approver-1'],
-    ["a class B request approved by its run's submitter", SAMPLE_SUBMISSION, 'submitter-1'],
-  ])('%s, the request and decisions written to agree: valid false, approval mismatch', { timeout: LONG }, async (_what, submission, approver) => {
+    ['a class C request approved by a single approver', CLASS_C_SUBMISSION, 'approver-1', 'now()'],
+    ["a class B request approved by its run's submitter", SAMPLE_SUBMISSION, 'submitter-1', 'now()'],
+    ['a class B request approved after its SLA deadline', SAMPLE_SUBMISSION, 'approver-1', "(select sla_deadline + interval '1 second' from approval_requests where id = $3)"],
+  ])('%s, the request and decisions written to agree: valid false, approval mismatch', { timeout: LONG }, async (_what, submission, approver, at) => {
     const tenant = newTenant();
     const run = await runUntil(tenant, submission, ['waiting']);
     const content = await contentFromRecords(run.run_id);
@@ -174,7 +176,7 @@ describe('an evidence pack forged by the application role for a real run of its 
       decidedAt = (
         await c.query(
           `insert into approval_decisions (id, tenant_id, approval_request_id, approver, decision, kind, comment, created_at)
-           values ($1, $2, $3, $4, 'approve', 'human', null, date_trunc('milliseconds', now())) returning created_at`,
+           values ($1, $2, $3, $4, 'approve', 'human', null, date_trunc('milliseconds', ${at})) returning created_at`,
           [randomUUID(), tenant, packet.approval_request_id, approver],
         )
       ).rows[0].created_at;

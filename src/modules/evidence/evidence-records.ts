@@ -69,7 +69,7 @@ export const evidenceRecords = z
     partner_dossier: recordStatus.describe("The run's stored partner dossier equals content.partner_dossier, and content.submission.partner is what it was derived from (its provenance hash)"),
     economics_model: recordStatus.describe("The run's stored economics model equals content.economics_model, and content.submission's economics and currency are what it was computed from"),
     approval: recordStatus.describe(
-      "The run's approval request and its decisions: the packet's request id, class, required approvals, reasons, SLA deadline, outcome and decisions, and content.run.submitted_by, are the request's; the request is decided as content.outcome says; and the decisions allow that outcome (rejected: a rejection; approved: no rejection and at least required_approvals approvals by distinct approvers, none of them the submitter)",
+      "The run's approval request and its decisions: the packet's request id, class, required approvals, reasons, SLA deadline, outcome and decisions, and content.run.submitted_by, are the request's; the request is decided as content.outcome says; and the decisions allow that outcome (rejected: a rejection; approved: no rejection and at least required_approvals approvals by distinct approvers, none of them the submitter; each before the SLA deadline)",
     ),
     approval_policy: recordStatus.describe(
       "The approval packet's policy: the request's class, required approvals, SLA deadline (from the request's creation) and currency mismatch follow from it and content.economics_model; and it is the tenant's policy row of its version (thresholds, currency, SLAs, updated_at, updated_by, approved_by), or the platform defaults' thresholds for version 0. absent when the run has no approval request (records.approval absent), when the packet records no policy (written before it did), or its version has been replaced since (only the version in force is kept as a row) and what it implies agrees: which does not make the pack invalid. mismatch too when the tenant's policy never reached the packet's version",
@@ -206,10 +206,11 @@ function runMatches(content: unknown, r: RecordColumns): boolean {
 /**
  * Whether the packet's own decisions allow its outcome: `rejected`, a rejection; `approved`, no
  * rejection and at least `required_approvals` approvals (distinct approvers: the decisions' key), none
- * of them a human decision by the run's submitter. The request's decision rows are compared with the
+ * of them a human decision by the run's submitter; each decision before the SLA deadline. The request's decision rows are compared with the
  * packet's, but the application role may insert decisions and set the request's status, so rows and
  * packet can be made to agree on an approval that was never given: one approver of a class C request
- * (four-eyes), or the submitter approving their own run — decisions the API refuses.
+ * (four-eyes), the submitter approving their own run, an approval after the deadline — decisions the
+ * API refuses.
  */
 function decisionsAllow(packet: unknown, outcome: unknown, submitter: unknown): boolean {
   const decisions = at(packet, 'decisions');
@@ -218,6 +219,9 @@ function decisionsAllow(packet: unknown, outcome: unknown, submitter: unknown): 
   const by = (d: unknown) => at(d, 'decided_by');
   if (new Set(decisions.map(by)).size !== decisions.length) return false;
   if (decisions.some((d) => at(d, 'kind') !== 'system' && by(d) === submitter)) return false;
+  // Each before the SLA deadline: the API refuses a decision from the deadline on (the request reads expired).
+  const deadline = at(packet, 'sla_deadline');
+  if (deadline !== null && (typeof deadline !== 'string' || !decisions.every((d) => Date.parse(String(at(d, 'decided_at'))) < Date.parse(deadline)))) return false;
   const approvals = decisions.filter((d) => at(d, 'decision') === 'approve').length;
   const rejections = decisions.filter((d) => at(d, 'decision') === 'reject').length;
   return outcome === 'rejected' ? rejections > 0 : rejections === 0 && approvals >= required;
