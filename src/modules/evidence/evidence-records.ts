@@ -3,6 +3,7 @@ import { canonicalJson, sha256Hex } from '../../platform/idempotency/canonical-j
 import { isoTimeSql } from '../../platform/webhooks/outbox.ts';
 import { appliedPolicySchema, submissionSchema } from '../golden-path/golden-path.schemas.ts';
 import { classify, DEFAULT_POLICY, policyToBody, type ApprovalPolicy } from '../approvals/approval.policy.ts';
+import { asWritten, minorDigits } from '../../platform/money/minor-units.ts';
 
 /**
  * What `/verify` compares an evidence pack's content with besides its seal: the records its run's steps
@@ -260,7 +261,12 @@ function policyImplies(content: unknown, policy: ApprovalPolicy, r: RecordColumn
   if (typeof cost !== 'number' || (payback !== null && typeof payback !== 'number') || typeof currency !== 'string') return false;
   let c: ReturnType<typeof classify>;
   try {
-    c = classify({ cost, payback_months: payback, currency }, policy);
+    // A cost finer than the policy currency's minor unit was recorded before costs were held to it
+    // (every currency was rounded to 2 decimals) and classified as written, compared as doubles: a JPY
+    // cost of 50,000.4 was above a 50,000 bound. Today's classify would round it to 50,000 and read a
+    // genuine class B pack as a mismatch. Compared at its own decimals, it is classified as it was; a
+    // cost recorded since is a whole number of minor units, so its class is today's.
+    c = classify({ cost, payback_months: payback, currency }, policy, Math.max(minorDigits(policy.currency), asWritten(cost).scale));
   } catch {
     return false;
   }
