@@ -273,7 +273,8 @@ describe('golden path over HTTP', () => {
       recomputed_sha256: null,
       recorded_sha256: run.steps[3].output.sha256,
       // The stored model's cost is 65,000, not 1e400 (compared as jsonb, exactly).
-      records: { ...RECORDS_MATCH, economics_model: 'mismatch' },
+      // Nor is its class what the policy gives a cost of 1e400 (class C): approval_policy disagrees too.
+      records: { ...RECORDS_MATCH, economics_model: 'mismatch', approval_policy: 'mismatch' },
     });
   });
 

@@ -8,8 +8,8 @@ import type { EvidenceVerification } from '../../src/modules/evidence/evidence.s
  * once deleted (run retention).
  */
 export function sealedButUnrecorded(sha256: string, run: 'mismatch' | 'absent' = 'mismatch'): EvidenceVerification {
-  return { valid: false, sha256, recomputed_sha256: sha256, recorded_sha256: sha256, records: { run, partner_dossier: 'absent', economics_model: 'absent', approval: 'absent' } };
+  return { valid: false, sha256, recomputed_sha256: sha256, recorded_sha256: sha256, records: { run, partner_dossier: 'absent', economics_model: 'absent', approval: 'absent', approval_policy: 'absent' } };
 }
 
 /** A genuine pack's records, each compared and agreeing (`run` absent once run retention deleted the run). */
-export const RECORDS_MATCH = { run: 'match', partner_dossier: 'match', economics_model: 'match', approval: 'match' } as const;
+export const RECORDS_MATCH = { run: 'match', partner_dossier: 'match', economics_model: 'match', approval: 'match', approval_policy: 'match' } as const;

@@ -21,6 +21,7 @@ import { waitFor } from '../helpers/poll.ts';
 import { startRunHost } from '../helpers/run-host.ts';
 import { evidenceHash } from '../../src/modules/evidence/evidence.service.ts';
 import { GOLDEN_PATH } from '../../src/modules/golden-path/golden-path.workflow.ts';
+import { setPolicy } from '../helpers/policy.ts';
 
 const LONG = 120_000;
 let stack: TestStack;
@@ -39,9 +40,15 @@ async function runUntil(tenant: string, body: unknown, statuses: string[]): Prom
   const token = await stack.token({ tenantId: tenant, sub: 'submitter-1' });
   const res = await api(stack, 'POST', '/api/v1/golden-path/run', { token, body, headers: { 'Idempotency-Key': randomUUID() } });
   expect(res.status, res.text).toBe(202);
+  return runReaches(tenant, res.json.run_id, statuses);
+}
+
+/** Waits for run `runId` of `tenant` to reach one of `statuses`: its view. */
+async function runReaches(tenant: string, runId: string, statuses: string[]): Promise<any> {
+  const token = await stack.token({ tenantId: tenant, sub: 'submitter-1' });
   return waitFor(
     async () => {
-      const r = await api(stack, 'GET', `/api/v1/golden-path/runs/${res.json.run_id}`, { token });
+      const r = await api(stack, 'GET', `/api/v1/golden-path/runs/${runId}`, { token });
       return statuses.includes(r.json?.status) ? r.json : undefined;
     },
     { timeoutMs: 60_000, intervalMs: 50, what: `the run to reach ${statuses.join(' or ')}` },
@@ -109,7 +116,7 @@ async function insertAsApp(tenant: string, runId: string, content: unknown): Pro
   return { id, sha256 };
 }
 
-const ALL_MATCH = { run: 'match', partner_dossier: 'match', economics_model: 'match', approval: 'match' };
+const ALL_MATCH = { run: 'match', partner_dossier: 'match', economics_model: 'match', approval: 'match', approval_policy: 'match' };
 
 describe('an evidence pack forged by the application role for a real run of its tenant', () => {
   // A run waiting for its approvers (class B): no pack yet. The forger approves it in the pack.
@@ -119,7 +126,7 @@ describe('an evidence pack forged by the application role for a real run of its 
   });
   const forgeries: [what: string, forge: (c: any) => any, records: Record<string, string>][] = [
     ['an approval no approver gave', approvedInThePack, { ...ALL_MATCH, approval: 'mismatch' }],
-    ['a lower cost in the economics model', (c) => approvedInThePack({ ...c, economics_model: { ...c.economics_model, cost: 20000 } }), { ...ALL_MATCH, economics_model: 'mismatch', approval: 'mismatch' }],
+    ['a lower cost in the economics model', (c) => approvedInThePack({ ...c, economics_model: { ...c.economics_model, cost: 20000 } }), { ...ALL_MATCH, economics_model: 'mismatch', approval: 'mismatch', approval_policy: 'mismatch' }],
     ['a partner dossier with a higher completeness score', (c) => approvedInThePack({ ...c, partner_dossier: { ...c.partner_dossier, facts: { ...c.partner_dossier.facts, completeness_score: 0.99 } } }), { ...ALL_MATCH, partner_dossier: 'mismatch', approval: 'mismatch' }],
     [
       'another submission, the stored dossier and economics kept',
@@ -143,6 +150,45 @@ describe('an evidence pack forged by the application role for a real run of its 
       expect(after.records).toEqual({ ...records, run: 'absent' });
     });
   }
+
+  /**
+   * The request and its decision rows made to agree with the forgery — the application role may update
+   * a request's status and insert decisions — but the decisions themselves do not allow the outcome: a
+   * class C request approved by one approver (four-eyes: it needs two), approved by its own submitter,
+   * or approved once its SLA deadline had passed. Every record agrees with the pack; the pack's own
+   * decisions say it was not approved.
+   */
+  it.each([
+    ['a class C request approved by a single approver', CLASS_C_SUBMISSION, 'approver-1', 'now()'],
+    ["a class B request approved by its run's submitter", SAMPLE_SUBMISSION, 'submitter-1', 'now()'],
+    ['a class B request approved after its SLA deadline', SAMPLE_SUBMISSION, 'approver-1', "(select sla_deadline + interval '1 second' from approval_requests where id = $3)"],
+  ])('%s, the request and decisions written to agree: valid false, approval mismatch', { timeout: LONG }, async (_what, submission, approver, at) => {
+    const tenant = newTenant();
+    const run = await runUntil(tenant, submission, ['waiting']);
+    const content = await contentFromRecords(run.run_id);
+    const packet = content.approval_packet;
+    const c = new pg.Client({ connectionString: stack.db.appUrl });
+    await c.connect();
+    let decidedAt: Date;
+    try {
+      await c.query('begin');
+      await c.query(`select set_config('app.tenant_id', $1, true)`, [tenant]);
+      decidedAt = (
+        await c.query(
+          `insert into approval_decisions (id, tenant_id, approval_request_id, approver, decision, kind, comment, created_at)
+           values ($1, $2, $3, $4, 'approve', 'human', null, date_trunc('milliseconds', ${at})) returning created_at`,
+          [randomUUID(), tenant, packet.approval_request_id, approver],
+        )
+      ).rows[0].created_at;
+      await c.query(`update approval_requests set status = 'approved', decided_at = now() where id = $1`, [packet.approval_request_id]);
+      await c.query('commit');
+    } finally {
+      await c.end();
+    }
+    const decisions = [{ decided_by: approver, decision: 'approve', comment: null, decided_at: decidedAt.toISOString(), kind: 'human' }];
+    const forged = await insertAsApp(tenant, run.run_id, { ...content, approval_packet: { ...packet, outcome: 'approved', decisions } });
+    expect(await verify(tenant, forged.id)).toEqual({ valid: false, sha256: forged.sha256, recomputed_sha256: forged.sha256, recorded_sha256: forged.sha256, records: { ...ALL_MATCH, approval: 'mismatch' } });
+  });
 
   it('a pack for a run whose steps wrote nothing yet (its dossier, economics and approval request absent): valid false', { timeout: LONG }, async () => {
     const tenant = newTenant();
@@ -211,16 +257,82 @@ describe('a genuine evidence pack', () => {
         const res = await api(stack, 'POST', `/api/v1/approvals/${approvalId}/decision`, { token: approver, body: { decision, comment: `${decision}d "as seen"` }, headers: { 'Idempotency-Key': randomUUID() } });
         expect(res.status, res.text).toBe(200);
       }
-      const token = await stack.token({ tenantId: tenant, sub: 'submitter-1' });
-      const done = await waitFor(
-        async () => {
-          const r = await api(stack, 'GET', `/api/v1/golden-path/runs/${waiting.run_id}`, { token });
-          return ['completed', 'rejected'].includes(r.json?.status) ? r.json : undefined;
-        },
-        { timeoutMs: 60_000, intervalMs: 50, what: 'the run to end' },
-      );
+      const done = await runReaches(tenant, waiting.run_id, ['completed', 'rejected']);
       const { evidence_pack_id: id, sha256 } = done.steps[3].output;
       expect(await verify(tenant, id), decision).toEqual({ valid: true, sha256, recomputed_sha256: sha256, recorded_sha256: sha256, records: ALL_MATCH });
     }
+  });
+});
+
+async function approve(tenant: string, approvalId: string, sub: string) {
+  const token = await stack.token({ tenantId: tenant, sub, roles: ['approver'] });
+  const res = await api(stack, 'POST', `/api/v1/approvals/${approvalId}/decision`, { token, body: { decision: 'approve' }, headers: { 'Idempotency-Key': randomUUID() } });
+  expect(res.status, res.text).toBe(200);
+  return res.json;
+}
+
+// It raises class C's cost bound, so it loosens the defaults: proposed by admin-1, approved by admin-2 (ADR 0010).
+const POLICY = { class_a_max_cost: 50000, class_a_max_payback_months: 6, class_c_min_cost: 300000, class_c_min_payback_months: 24, sla_b_seconds: 7200, sla_c_seconds: 14400, currency: 'SAR' };
+
+/**
+ * An evidence pack's approval packet records the approval policy its run was classified under. The class,
+ * approvals needed and SLA of the run's approval request must follow from that policy and the run's
+ * stored economics model, and the tenant's policy row of that version (while it is still the one in
+ * force), or the platform defaults (version 0), must be that policy. Before, neither was compared: a pack
+ * verified while the policy row it names said otherwise, and while its request had a class its policy
+ * never gives (one approver where four-eyes was needed). The tampering is done as the owner (the
+ * superuser: someone with write access to the rows), never through the API.
+ */
+describe("an evidence pack's approval policy", () => {
+  it('a genuine pack under the tenant policy verifies; the policy row of its version changed by the owner makes it read approval_policy mismatch', { timeout: LONG }, async () => {
+    const tenant = newTenant();
+    expect((await setPolicy(stack, tenant, POLICY)).status).toBe(200);
+    const waiting = await runUntil(tenant, SAMPLE_SUBMISSION, ['waiting']);
+    expect(waiting.steps[2].output.policy).toMatchObject({ source: 'tenant', version: 1, policy: POLICY, updated_by: 'admin-1', approved_by: 'admin-2' });
+    await approve(tenant, waiting.steps[2].output.approval_request_id, 'approver-1');
+    const done = await runReaches(tenant, waiting.run_id, ['completed']);
+    const { evidence_pack_id: id, sha256 } = done.steps[3].output;
+    const sealed = { valid: true, sha256, recomputed_sha256: sha256, recorded_sha256: sha256, records: ALL_MATCH };
+    expect(await verify(tenant, id)).toEqual(sealed);
+    // Each column of the version the pack names, rewritten in place (its version kept), then restored.
+    const tampers: [string, string][] = [
+      ['class_cmin_cost', '900000'],
+      ['class_amax_payback_months', '12'],
+      ['sla_bseconds', '86400'],
+      ['currency', "'USD'"],
+      ['approved_by', "'admin-9'"],
+      ['updated_by', "'admin-9'"],
+      ['updated_at', "updated_at - interval '1 day'"],
+    ];
+    for (const [column, value] of tampers) {
+      const [before] = (await stack.db.admin(`select ${column} as v from approval_policies where tenant_id = $1`, [tenant])).rows;
+      await stack.db.admin(`update approval_policies set ${column} = ${value} where tenant_id = $1`, [tenant]);
+      expect(await verify(tenant, id), column).toEqual({ ...sealed, valid: false, records: { ...ALL_MATCH, approval_policy: 'mismatch' } });
+      await stack.db.admin(`update approval_policies set ${column} = $2 where tenant_id = $1`, [tenant, before.v]);
+      expect(await verify(tenant, id), `${column} restored`).toEqual(sealed);
+    }
+    // A policy replaced since (a later version) is no longer kept as a row: not compared, still valid.
+    expect((await setPolicy(stack, tenant, { ...POLICY, sla_b_seconds: 3600 })).status).toBe(200);
+    expect(await verify(tenant, id)).toEqual({ ...sealed, records: { ...ALL_MATCH, approval_policy: 'absent' } });
+    // A version the tenant's policy never reached: the pack names a policy that was never in force.
+    await stack.db.admin(`update approval_policies set version = 0 where tenant_id = $1`, [tenant]);
+    expect(await verify(tenant, id)).toEqual({ ...sealed, valid: false, records: { ...ALL_MATCH, approval_policy: 'mismatch' } });
+  });
+
+  it('a class C request rewritten by the owner to class B (one approver): the pack its run then writes agrees with the request, not with its policy', { timeout: LONG }, async () => {
+    const tenant = newTenant();
+    const waiting = await runUntil(tenant, CLASS_C_SUBMISSION, ['waiting']);
+    const packet = waiting.steps[2].output;
+    expect(packet).toMatchObject({ approval_class: 'C', required_approvals: 2, policy: { source: 'default', version: 0 } });
+    // The request and the approval step's checkpoint rewritten alike: class B, one approver.
+    const b = { approval_class: 'B', required_approvals: 1, reasons: ['between the automatic and the escalated thresholds'] };
+    await stack.db.admin(`update approval_requests set approval_class = 'B', required_approvals = 1, reasons = $2::jsonb where id = $1`, [packet.approval_request_id, JSON.stringify(b.reasons)]);
+    await stack.db.admin(`update durable_checkpoints set output = output || $2::jsonb where run_id = $1 and step_name = 'approval-packet'`, [waiting.run_id, JSON.stringify(b)]);
+    // One approval now ends the wait.
+    expect(await approve(tenant, packet.approval_request_id, 'approver-1')).toMatchObject({ status: 'approved', approvals: 1, required_approvals: 1 });
+    const done = await runReaches(tenant, waiting.run_id, ['completed']);
+    const { evidence_pack_id: id, sha256 } = done.steps[3].output;
+    expect(done.steps[2].output).toMatchObject(b);
+    expect(await verify(tenant, id)).toEqual({ valid: false, sha256, recomputed_sha256: sha256, recorded_sha256: sha256, records: { ...ALL_MATCH, approval_policy: 'mismatch' } });
   });
 });

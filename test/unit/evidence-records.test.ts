@@ -45,8 +45,21 @@ const records: RecordColumns = {
   approval_reasons_equal: true,
   approval_sla_deadline: '2026-12-08T09:00:00.001Z',
   approval_decisions: [...decisions].reverse(),
+  approval_created_at: '2026-12-05T09:00:00.001Z',
+  policy_version: null,
+  policy_a_cost: null,
+  policy_a_payback: null,
+  policy_c_cost: null,
+  policy_c_payback: null,
+  policy_sla_b: null,
+  policy_sla_c: null,
+  policy_currency: null,
+  policy_updated_at: null,
+  policy_updated_by: null,
+  policy_approved_by: null,
 };
-const ALL_MATCH = { run: 'match', partner_dossier: 'match', economics_model: 'match', approval: 'match' };
+// The packet records no policy (as packets written before it did): approval_policy absent, which agrees.
+const ALL_MATCH = { run: 'match', partner_dossier: 'match', economics_model: 'match', approval: 'match', approval_policy: 'absent' };
 
 describe('compareRecords', () => {
   it('a genuine pack: every record matches (decisions in any order), and the run absent still agrees', () => {
@@ -80,5 +93,58 @@ describe('compareRecords', () => {
     const compared = compareRecords(c, r);
     expect(compared).toEqual({ ...ALL_MATCH, ...expected });
     expect(recordsAgree(compared)).toBe(false);
+  });
+
+  // Before costs were held to their currency's minor unit (15b598d), the economics model rounded every
+  // currency to 2 decimals, and classify compared cost and thresholds as doubles (until d891280): a JPY
+  // cost of 50,000.4 was above a 50,000 class A bound, class B. Today's classify rounds it to 50,000
+  // first (class A), which no run since can tell apart — its cost is a whole number of yen.
+  describe('a pack written before costs were held to the minor unit', () => {
+    const economics_model = { ...content.economics_model, currency: 'JPY', cost: 50000.4, payback_months: 3 };
+    const thresholds = { class_a_max_cost: 50000, class_a_max_payback_months: 6, class_c_min_cost: 250000, class_c_min_payback_months: 24, sla_b_seconds: 86400, sla_c_seconds: 259200 };
+    const packet = (cls: 'A' | 'B', policy: unknown) => ({
+      ...content.approval_packet,
+      approval_class: cls,
+      required_approvals: cls === 'A' ? 0 : 1,
+      sla_deadline: cls === 'A' ? null : '2026-12-06T09:00:00.001Z',
+      decisions: cls === 'A' ? [] : [decisions[0]],
+      policy,
+    });
+    const rows = (cls: 'A' | 'B'): RecordColumns => ({
+      ...records,
+      approval_class: cls,
+      approval_required: cls === 'A' ? 0 : 1,
+      approval_sla_deadline: cls === 'A' ? null : '2026-12-06T09:00:00.001Z',
+      approval_created_at: '2026-12-05T09:00:00.001Z',
+      approval_decisions: cls === 'A' ? [] : [decisions[0]],
+      policy_version: 1,
+      policy_a_cost: 50000,
+      policy_a_payback: 6,
+      policy_c_cost: 250000,
+      policy_c_payback: 24,
+      policy_sla_b: 86400,
+      policy_sla_c: 259200,
+      policy_currency: 'JPY',
+      policy_updated_at: '2026-12-03T08:00:00.000Z',
+      policy_updated_by: 'admin-1',
+      policy_approved_by: null,
+    });
+    const tenantPolicy = { source: 'tenant', policy: { ...thresholds, currency: 'JPY' }, updated_at: '2026-12-03T08:00:00.000Z', updated_by: 'admin-1', version: 1, approved_by: null };
+    const noCurrency = { source: 'default', policy: thresholds, updated_at: null };
+
+    it.each([
+      ['under a tenant policy in yen (its version recorded)', 'match', tenantPolicy],
+      ['under the defaults, recorded before policies had a currency (applied to any)', 'absent', noCurrency],
+    ])('class B as it was classified then, %s: approval_policy %s, the pack valid', (_, expected, policy) => {
+      const genuine = { ...content, economics_model, approval_packet: packet('B', policy) };
+      const result = compareRecords(genuine, rows('B'));
+      expect(result.approval_policy).toBe(expected);
+      expect(recordsAgree(result)).toBe(true);
+    });
+
+    it('the class today\'s rounding would give (A) is not what its policy gave it: mismatch', () => {
+      const forged = { ...content, economics_model, approval_packet: packet('A', tenantPolicy) };
+      expect(compareRecords(forged, rows('A')).approval_policy).toBe('mismatch');
+    });
   });
 });

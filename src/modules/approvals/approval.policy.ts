@@ -41,11 +41,12 @@ export interface Classification {
  * C: cost > 250,000, payback > 24 months, or no profit. B: everything else.
  * The cost thresholds are in the policy's currency, and no exchange rate is assumed: economics in
  * another currency are C (the strictest), whatever their cost. Payback, a ratio, still gives its reasons.
- * Cost and cost thresholds compare in the currency's minor units (compareMinor), never as doubles.
+ * Cost and cost thresholds compare in the currency's minor units (compareMinor), never as doubles;
+ * `digits` is that unit, the policy currency's — other only to re-derive the class of a cost recorded
+ * finer than it, before costs were held to it (evidence-records.ts).
  */
-export function classify(econ: Pick<Economics, 'cost' | 'payback_months' | 'currency'>, policy: ApprovalPolicy): Classification {
+export function classify(econ: Pick<Economics, 'cost' | 'payback_months' | 'currency'>, policy: ApprovalPolicy, digits = minorDigits(policy.currency)): Classification {
   const reasons: string[] = [];
-  const digits = minorDigits(policy.currency);
   const cost = roundMinor(econ.cost, digits);
   const currencyMismatch = econ.currency === policy.currency ? null : { submission_currency: econ.currency, policy_currency: policy.currency };
   if (currencyMismatch) reasons.push(`currency ${econ.currency} is not the policy's currency ${policy.currency}: its cost thresholds do not apply`);

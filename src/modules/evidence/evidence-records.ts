@@ -1,7 +1,9 @@
 import { z } from 'zod';
 import { canonicalJson, sha256Hex } from '../../platform/idempotency/canonical-json.ts';
 import { isoTimeSql } from '../../platform/webhooks/outbox.ts';
-import { submissionSchema } from '../golden-path/golden-path.schemas.ts';
+import { appliedPolicySchema, submissionSchema } from '../golden-path/golden-path.schemas.ts';
+import { classify, DEFAULT_POLICY, policyToBody, type ApprovalPolicy } from '../approvals/approval.policy.ts';
+import { asWritten, minorDigits } from '../../platform/money/minor-units.ts';
 
 /**
  * What `/verify` compares an evidence pack's content with besides its seal: the records its run's steps
@@ -31,13 +33,19 @@ import { submissionSchema } from '../golden-path/golden-path.schemas.ts';
  *   required approvals, reasons and SLA deadline are the request's; the request, the packet and the
  *   pack are all decided the same way (approved or rejected); `content.run.submitted_by` is the
  *   request's submitter; the packet's decisions are the request's decision rows, each (approver,
- *   decision, comment, time to the millisecond, kind) once. The packet's `policy` and the provenance of
- *   the packet are not compared: a tenant's policy is replaced in place, its earlier versions are not
- *   kept as rows.
+ *   decision, comment, time to the millisecond, kind) once; and those decisions allow the outcome
+ *   (decisionsAllow: four-eyes, never the submitter), which rows the application role may write cannot
+ *   make true. The provenance of the packet is not compared.
+ * - `approval_policy`: the packet's `policy` (approvalPolicyStatus) — the class, approvals needed, SLA
+ *   deadline and currency mismatch it gives the pack's economics model are the packet's and the
+ *   request's, and it is the tenant's policy row of its version (or the defaults, version 0). `absent`
+ *   once a later version replaced it (a tenant's policy is replaced in place, its earlier versions are
+ *   not kept as rows), or for a packet that records no policy or version; neither makes a pack invalid.
  *
  * Each is `match`, `mismatch`, or `absent` (no such row: before retention only a forgery's case — every
  * genuine pack's run wrote all three before its evidence step, and none of them is ever deleted).
- * `valid` needs the three domain records to match and the run row to match or be absent.
+ * `valid` needs the three domain records to match, the run row to match or be absent, and the
+ * approval policy not to mismatch.
  *
  * What this does not prove: the dossier and economics model are append-only for the application role
  * (roles.ts: a run past its second step keeps its own), but it may update the approval request (that is
@@ -62,7 +70,10 @@ export const evidenceRecords = z
     partner_dossier: recordStatus.describe("The run's stored partner dossier equals content.partner_dossier, and content.submission.partner is what it was derived from (its provenance hash)"),
     economics_model: recordStatus.describe("The run's stored economics model equals content.economics_model, and content.submission's economics and currency are what it was computed from"),
     approval: recordStatus.describe(
-      "The run's approval request and its decisions: the packet's request id, class, required approvals, reasons, SLA deadline, outcome and decisions, and content.run.submitted_by, are the request's; the request is decided as content.outcome says",
+      "The run's approval request and its decisions: the packet's request id, class, required approvals, reasons, SLA deadline, outcome and decisions, and content.run.submitted_by, are the request's; the request is decided as content.outcome says; and the decisions allow that outcome (rejected: a rejection; approved: no rejection and at least required_approvals approvals by distinct approvers, none of them the submitter; each before the SLA deadline)",
+    ),
+    approval_policy: recordStatus.describe(
+      "The approval packet's policy: the request's class, required approvals, SLA deadline (from the request's creation) and currency mismatch follow from it and content.economics_model; and it is the tenant's policy row of its version (thresholds, currency, SLAs, updated_at, updated_by, approved_by), or the platform defaults' thresholds for version 0. absent when the run has no approval request (records.approval absent), when the packet records no policy (written before it did), or its version has been replaced since (only the version in force is kept as a row) and what it implies agrees: which does not make the pack invalid. mismatch too when the tenant's policy never reached the packet's version",
     ),
   })
   .describe("The pack's content compared with the records its run's steps wrote (each match, mismatch or absent): a pack sealed as written may still say what its run did not record")
@@ -89,6 +100,18 @@ export interface RecordColumns {
   approval_reasons_equal: boolean | null;
   approval_sla_deadline: string | null;
   approval_decisions: unknown[] | null;
+  approval_created_at: string | null;
+  policy_version: number | null;
+  policy_a_cost: number | null;
+  policy_a_payback: number | null;
+  policy_c_cost: number | null;
+  policy_c_payback: number | null;
+  policy_sla_b: number | null;
+  policy_sla_c: number | null;
+  policy_currency: string | null;
+  policy_updated_at: string | null;
+  policy_updated_by: string | null;
+  policy_approved_by: string | null;
 }
 
 /**
@@ -107,7 +130,10 @@ export const RECORD_COLUMNS = `
   m.run_id is not null as economics_kept, m.content = e.content -> 'economics_model' as economics_equal,
   a.id as approval_id, a.approval_class, a.required_approvals as approval_required, a.status as approval_status,
   a.submitted_by as approval_submitted_by, a.reasons = e.content -> 'approval_packet' -> 'reasons' as approval_reasons_equal,
-  ${isoTimeSql('a.sla_deadline')} as approval_sla_deadline, x.decisions as approval_decisions`;
+  ${isoTimeSql('a.sla_deadline')} as approval_sla_deadline, x.decisions as approval_decisions, ${isoTimeSql('a.created_at')} as approval_created_at,
+  pol.version as policy_version, pol.class_amax_cost as policy_a_cost, pol.class_amax_payback_months as policy_a_payback,
+  pol.class_cmin_cost as policy_c_cost, pol.class_cmin_payback_months as policy_c_payback, pol.sla_bseconds as policy_sla_b, pol.sla_cseconds as policy_sla_c,
+  pol.currency as policy_currency, ${isoTimeSql('pol.updated_at')} as policy_updated_at, pol.updated_by as policy_updated_by, pol.approved_by as policy_approved_by`;
 
 export const RECORD_JOINS = `
   left join durable_runs r on r.tenant_id = ? and r.id = ?
@@ -117,10 +143,11 @@ export const RECORD_JOINS = `
   left join lateral (
     select jsonb_agg(jsonb_build_object('decided_by', ad.approver, 'decision', ad.decision, 'comment', ad.comment,
              'decided_at', ${isoTimeSql('ad.created_at')}, 'kind', ad.kind)) as decisions
-      from approval_decisions ad where ad.tenant_id = ? and ad.approval_request_id = a.id) x on true`;
+      from approval_decisions ad where ad.tenant_id = ? and ad.approval_request_id = a.id) x on true
+  left join approval_policies pol on pol.tenant_id = ?`;
 
-/** RECORD_JOINS' parameters, in order: the pack's tenant and run for each record, the tenant for its decisions. */
-export const recordJoinParams = (tenantId: string, runId: string): string[] => [tenantId, runId, tenantId, runId, tenantId, runId, tenantId, runId, tenantId];
+/** RECORD_JOINS' parameters, in order: the pack's tenant and run for each record, the tenant for its decisions and for its policy. */
+export const recordJoinParams = (tenantId: string, runId: string): string[] => [tenantId, runId, tenantId, runId, tenantId, runId, tenantId, runId, tenantId, tenantId];
 
 /** A field of unknown content, or undefined (a forged or older pack may have any shape). */
 function at(value: unknown, ...path: string[]): unknown {
@@ -177,6 +204,30 @@ function runMatches(content: unknown, r: RecordColumns): boolean {
   );
 }
 
+/**
+ * Whether the packet's own decisions allow its outcome: `rejected`, a rejection; `approved`, no
+ * rejection and at least `required_approvals` approvals (distinct approvers: the decisions' key), none
+ * of them a human decision by the run's submitter; each decision before the SLA deadline. The request's decision rows are compared with the
+ * packet's, but the application role may insert decisions and set the request's status, so rows and
+ * packet can be made to agree on an approval that was never given: one approver of a class C request
+ * (four-eyes), the submitter approving their own run, an approval after the deadline — decisions the
+ * API refuses.
+ */
+function decisionsAllow(packet: unknown, outcome: unknown, submitter: unknown): boolean {
+  const decisions = at(packet, 'decisions');
+  const required = at(packet, 'required_approvals');
+  if (!Array.isArray(decisions) || typeof required !== 'number') return false;
+  const by = (d: unknown) => at(d, 'decided_by');
+  if (new Set(decisions.map(by)).size !== decisions.length) return false;
+  if (decisions.some((d) => at(d, 'kind') !== 'system' && by(d) === submitter)) return false;
+  // Each before the SLA deadline: the API refuses a decision from the deadline on (the request reads expired).
+  const deadline = at(packet, 'sla_deadline');
+  if (deadline !== null && (typeof deadline !== 'string' || !decisions.every((d) => Date.parse(String(at(d, 'decided_at'))) < Date.parse(deadline)))) return false;
+  const approvals = decisions.filter((d) => at(d, 'decision') === 'approve').length;
+  const rejections = decisions.filter((d) => at(d, 'decision') === 'reject').length;
+  return outcome === 'rejected' ? rejections > 0 : rejections === 0 && approvals >= required;
+}
+
 function approvalMatches(content: unknown, r: RecordColumns): boolean {
   const packet = at(content, 'approval_packet');
   const outcome = at(content, 'outcome');
@@ -192,8 +243,87 @@ function approvalMatches(content: unknown, r: RecordColumns): boolean {
     r.approval_status === outcome &&
     at(content, 'run', 'submitted_by') === r.approval_submitted_by &&
     recorded !== null &&
-    canonicalOrNull(decisionSet(at(packet, 'decisions'))) === canonicalOrNull(recorded)
+    canonicalOrNull(decisionSet(at(packet, 'decisions'))) === canonicalOrNull(recorded) &&
+    decisionsAllow(packet, outcome, at(content, 'run', 'submitted_by'))
   );
+}
+
+/**
+ * What the packet's policy implies, compared with what the packet and its request say: the class
+ * (so the approvals needed: the four-eyes of class C) and the currency mismatch `classify` gives for
+ * the pack's economics model under that policy, and the SLA deadline, the request's creation plus the
+ * class's SLA (the approval step reckons both from one time).
+ */
+function policyImplies(content: unknown, policy: ApprovalPolicy, r: RecordColumns): boolean {
+  const packet = at(content, 'approval_packet');
+  const econ = at(content, 'economics_model');
+  const [cost, payback, currency] = [at(econ, 'cost'), at(econ, 'payback_months'), at(econ, 'currency')];
+  if (typeof cost !== 'number' || (payback !== null && typeof payback !== 'number') || typeof currency !== 'string') return false;
+  let c: ReturnType<typeof classify>;
+  try {
+    // A cost finer than the policy currency's minor unit was recorded before costs were held to it
+    // (every currency was rounded to 2 decimals) and classified as written, compared as doubles: a JPY
+    // cost of 50,000.4 was above a 50,000 bound. Today's classify would round it to 50,000 and read a
+    // genuine class B pack as a mismatch. Compared at its own decimals, it is classified as it was; a
+    // cost recorded since is a whole number of minor units, so its class is today's.
+    c = classify({ cost, payback_months: payback, currency }, policy, Math.max(minorDigits(policy.currency), asWritten(cost).scale));
+  } catch {
+    return false;
+  }
+  const mismatch = at(packet, 'currency_mismatch');
+  const same = c.cls === at(packet, 'approval_class') && c.required === at(packet, 'required_approvals') && (mismatch === undefined || canonicalOrNull(mismatch) === canonicalOrNull(c.currencyMismatch));
+  if (!same) return false;
+  const deadline = c.slaSeconds === null ? null : r.approval_created_at === null ? undefined : new Date(Date.parse(r.approval_created_at) + c.slaSeconds * 1000).toISOString();
+  return c.cls === r.approval_class && c.required === r.approval_required && deadline === r.approval_sla_deadline;
+}
+
+/**
+ * The approval packet's policy, compared with what it decided (policyImplies) and with the policy it
+ * names: the tenant's row while that version is still in force (replaced in place, earlier versions
+ * are not kept: `absent`, unless the row's version is below the packet's, a version never reached),
+ * or the platform defaults' thresholds for version 0 (their SLAs are configuration, not recorded).
+ */
+function approvalPolicyStatus(content: unknown, r: RecordColumns): RecordStatus {
+  const recorded = at(content, 'approval_packet', 'policy');
+  // No request to hold it to (`approval` absent: the pack is not valid), or a packet from before the policy was recorded.
+  if (r.approval_id === null || recorded === undefined) return 'absent';
+  const parsed = appliedPolicySchema.safeParse(recorded);
+  if (!parsed.success) return 'mismatch';
+  const applied = parsed.data;
+  const body = applied.policy;
+  const policy: ApprovalPolicy = {
+    classAMaxCost: body.class_a_max_cost,
+    classAMaxPaybackMonths: body.class_a_max_payback_months,
+    classCMinCost: body.class_c_min_cost,
+    classCMinPaybackMonths: body.class_c_min_payback_months,
+    slaBSeconds: body.sla_b_seconds,
+    slaCSeconds: body.sla_c_seconds,
+    // Packets written before policies had a currency: their thresholds applied to any.
+    currency: body.currency ?? (at(content, 'economics_model', 'currency') as string),
+  };
+  if (!policyImplies(content, policy, r)) return 'mismatch';
+  // Packets written before the policy's version was recorded: which row they name cannot be told.
+  if (applied.version === undefined) return 'absent';
+  const by = [applied.updated_by ?? null, applied.approved_by ?? null];
+  if (applied.version === 0) {
+    const defaults = policyToBody({ ...DEFAULT_POLICY, slaBSeconds: body.sla_b_seconds, slaCSeconds: body.sla_c_seconds });
+    const same = applied.source === 'default' && applied.updated_at === null && by[0] === null && by[1] === null && canonicalOrNull(defaults) === canonicalOrNull({ ...body, currency: policy.currency });
+    return same ? 'match' : 'mismatch';
+  }
+  if (applied.source !== 'tenant' || r.policy_version === null || Number(r.policy_version) < applied.version) return 'mismatch';
+  if (Number(r.policy_version) > applied.version) return 'absent';
+  const row = {
+    class_a_max_cost: Number(r.policy_a_cost),
+    class_a_max_payback_months: Number(r.policy_a_payback),
+    class_c_min_cost: Number(r.policy_c_cost),
+    class_c_min_payback_months: Number(r.policy_c_payback),
+    sla_b_seconds: Number(r.policy_sla_b),
+    sla_c_seconds: Number(r.policy_sla_c),
+    currency: r.policy_currency,
+  };
+  const same =
+    canonicalOrNull(row) === canonicalOrNull(body) && applied.updated_at === r.policy_updated_at && by[0] === r.policy_updated_by && by[1] === r.policy_approved_by;
+  return same ? 'match' : 'mismatch';
 }
 
 /** The pack's content compared with its run's records, read by RECORD_COLUMNS. */
@@ -209,9 +339,14 @@ export function compareRecords(content: unknown, r: RecordColumns): EvidenceReco
       r.economics_equal === true && derivedFrom(at(economics, 'provenance'), { economics: at(submission, 'economics'), currency: at(submission, 'currency') }),
     ),
     approval: status(r.approval_id !== null, approvalMatches(content, r)),
+    approval_policy: approvalPolicyStatus(content, r),
   };
 }
 
-/** Whether the records allow the pack to be valid: the three domain records match, the run row matches or was deleted by retention. */
+/**
+ * Whether the records allow the pack to be valid: the three domain records match, the run row matches
+ * or was deleted by retention, and the approval policy does not disagree (absent: a version replaced
+ * since, or a packet from before the policy was recorded).
+ */
 export const recordsAgree = (records: EvidenceRecords): boolean =>
-  records.partner_dossier === 'match' && records.economics_model === 'match' && records.approval === 'match' && records.run !== 'mismatch';
+  records.partner_dossier === 'match' && records.economics_model === 'match' && records.approval === 'match' && records.run !== 'mismatch' && records.approval_policy !== 'mismatch';

@@ -25,7 +25,7 @@ export const evidenceVerification = z
     valid: z
       .boolean()
       .describe(
-        "recomputed_sha256 and recorded_sha256 both equal sha256, the content's run (content.run.id, content.run.tenant_id) is the pack's own, and its content agrees with its run's records: records.partner_dossier, records.economics_model and records.approval match, and records.run matches or is absent (deleted by run retention)",
+        "recomputed_sha256 and recorded_sha256 both equal sha256, the content's run (content.run.id, content.run.tenant_id) is the pack's own, and its content agrees with its run's records: records.partner_dossier, records.economics_model and records.approval match, records.run matches or is absent (deleted by run retention), and records.approval_policy matches or is absent (a policy version replaced since)",
       ),
     sha256: sha256Schema.describe("The pack's stored hash"),
     recomputed_sha256: sha256Schema
