@@ -16,6 +16,7 @@ import { ApprovalService } from '../../src/modules/approvals/approval.service.ts
 import { BULK_CANCEL_BATCH } from '../../src/platform/durable/run-cancel.ts';
 import { CoalescingClient } from '../../src/platform/db/coalescing-client.ts';
 import { inlineStatement } from '../../src/platform/db/statement-batch.ts';
+import { backendPid, blockedBy } from '../helpers/lock-graph.ts';
 
 const LONG = 120_000;
 const BULK = '/api/v1/golden-path/runs/cancel';
@@ -168,6 +169,57 @@ describe('bulk cancel, no worker (the runs stay pending)', () => {
     expect(reused.status, reused.text).toBe(422);
     expect(reused.json.code).toBe('idempotency_key_reused');
     expect(await statusOf(stack, later)).toBe('pending');
+  });
+
+  it("a bulk cancel that deadlocks with a transaction locking its runs newest first (a worker's group commit, ADR 0007) and is PostgreSQL's victim: it starts again in its request, 200 with every run cancelled, the answer stored once", { timeout: LONG }, async () => {
+    const tenant = newTenant();
+    const tok = await runUsers(stack, tenant);
+    // The cycle needs the cancel to be the transaction PostgreSQL aborts: the one whose deadlock check
+    // (deadlock_timeout after it began to wait) finds it. It began to wait first, so it is, unless the
+    // holder's second lock came later than that check (a loaded machine): the holder is then the
+    // victim, the cancel goes through untouched, and the scenario is built again.
+    for (let attempt = 1; ; attempt++) {
+      const older = await submit(stack, tok.submitter);
+      const newer = await submit(stack, tok.submitter);
+      const holder = new pg.Client({ connectionString: stack.db.adminUrl });
+      await holder.connect();
+      const query = (sql: string, params?: unknown[]) => holder.query(sql, params);
+      try {
+        await query('begin');
+        // A group's first member moves the newer run (a step's checkpoint updates its run row: FOR NO KEY UPDATE).
+        await query(`update durable_runs set updated_at = now() where id = $1`, [newer]);
+        const pid = await backendPid(query);
+        const key = randomUUID();
+        const answer = bulk(stack, tok.admin, { status: ['pending'] }, key);
+        // The cancel locked the older run, oldest first, and waits for the newer one.
+        await blockedBy(query, pid, 'the bulk cancel to wait for the newer run', { intervalMs: 5 });
+        // The group's next member moves the older run, which the cancel holds: a cycle.
+        const second = await query(`update durable_runs set updated_at = now() where id = $1`, [older]).then(
+          () => 'granted',
+          (e: { code?: string }) => e.code,
+        );
+        if (second === '40P01') {
+          // The holder was the victim (its check came first): nothing of what this test is for happened.
+          await query('rollback');
+          expect((await answer).status).toBe(200);
+          expect(attempt, 'the cancel was never the deadlock victim').toBeLessThan(5);
+          continue;
+        }
+        expect(second).toBe('granted'); // the cancel gave the older run up: it was the victim
+        await query('commit');
+        const res = await answer;
+        expect(res.status, res.text).toBe(200);
+        expect(res.json).toEqual({ cancelled: 2, cancelled_ids: [older, newer], has_more: false, unmatched_ids: [] });
+        expect(await statusesOf(stack, [older, newer])).toEqual(['cancelled', 'cancelled']);
+        const replay = await bulk(stack, tok.admin, { status: ['pending'] }, key);
+        expect(replay.headers.get('idempotent-replayed')).toBe('true');
+        expect(replay.text).toBe(res.text);
+        return;
+      } finally {
+        await query('rollback').catch(() => {});
+        await holder.end();
+      }
+    }
   });
 
   it('bad input is 422 and nothing changes; no key is 400; a user without the admin role is 403', { timeout: LONG }, async () => {

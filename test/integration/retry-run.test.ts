@@ -21,6 +21,7 @@ import type { WorkflowDef } from '../../src/platform/durable/workflow.ts';
 import { DEFER_UNTIL_NEXT } from '../../src/platform/db/markers.ts';
 import { retiringApi as retiringApiOf } from '../helpers/retiring-api.ts';
 import { StepExecutor } from '../../src/platform/durable/executor.ts';
+import { RUN_RETRY_HISTORY_MAX } from '../../src/platform/durable/runtime.ts';
 
 const LONG = 120_000;
 const STEPS = ['partner-dossier', 'economics-model', 'approval-packet', 'evidence-pack'];
@@ -299,6 +300,37 @@ describe('retrying a failed run through the API', () => {
       [`gp-${hash}-1-${STEPS[0]}-retry2`]: 'completed',
     });
     expect((await domainRows(id)).partner_dossiers).toHaveLength(1);
+  });
+
+  it('a run retried again and again after a failure that does not go away: its history keeps the last RUN_RETRY_HISTORY_MAX retries, its retry_count counts them all, and each answer stays that size', { timeout: 4 * LONG }, async () => {
+    const K = RUN_RETRY_HISTORY_MAX;
+    const times = K + 3;
+    const ctl = control([2]); // never fixed: a deterministic failure, as a script that retries on every `failed` would meet
+    host(ctl);
+    const id = await failedRun(2);
+    const keys: string[] = [];
+    for (let i = 1; i <= times; i++) {
+      keys.push(randomUUID());
+      const res = await retry(id, tok.submitter!, keys[i - 1]!);
+      expect(res.status, res.text).toBe(200);
+      // The newest K retries, oldest first; the count of all of them.
+      expect(res.json.retry_count).toBe(i);
+      expect(res.json.retries.map((r: { retry: number }) => r.retry)).toEqual(Array.from({ length: Math.min(i, K) }, (_, j) => Math.max(i - K, 0) + j + 1));
+      expect((await waitStatus(id, ['failed', 'completed'])).status).toBe('failed');
+    }
+    const row = await runRow(id);
+    expect(row.retry_count).toBe(times);
+    expect(row.retry_history).toHaveLength(K);
+    expect(row.retry_history!.map((r) => r.retry)).toEqual(Array.from({ length: K }, (_, j) => times - K + j + 1));
+    expect(row.retry_history!.at(-1)).toMatchObject({ retry: times, retried_by: 'submitter-1', error: { code: 'test_permanent', sequence_num: 2 }, attempts: 1 });
+    const view = (await api(stack, 'GET', `/api/v1/golden-path/runs/${id}`, { token: tok.submitter! })).json;
+    expect(view).toMatchObject({ status: 'failed', retry_count: times });
+    expect(view.retries).toEqual(row.retry_history!.map((r) => expect.objectContaining({ retry: r.retry })));
+    // The last retry's answer, as its key stored it: the same bounded body.
+    const replay = await retry(id, tok.submitter!, keys.at(-1)!);
+    expect(replay.headers.get('idempotent-replayed')).toBe('true');
+    expect(replay.json.retries).toHaveLength(K);
+    expect(replay.json.retry_count).toBe(times);
   });
 
   it('a retry whose enqueue failed after its commit: 200, the run is active without a job, and the sweeper re-enqueues it in its generation', { timeout: LONG }, async () => {

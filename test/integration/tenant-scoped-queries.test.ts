@@ -97,7 +97,7 @@ function fullScans(plan: any, firstColumn: Map<string, { table: string; column: 
   return out;
 }
 
-const SKIP = /^(begin|commit|rollback|set local role|select set_config\(|select 1$|select pg_advisory_xact_lock)/i;
+const SKIP = /^(begin|commit|rollback|savepoint\s|release\s|set local role|select set_config\(|select 1$|select pg_advisory_xact_lock)/i;
 
 describe('queries name their tenant', () => {
   it('the golden path, approvals, SLA expiry, lists and replays read tenant-owned tables only through tenant-leading index conditions', async () => {

@@ -1,6 +1,6 @@
 import { z } from 'zod';
 import type { RunRow } from '../../platform/durable/runtime.ts';
-import { runCancellation, runFailure, runRetries, runSummary, runViewFields, runViewShape, type CheckpointRow, type RunRetryView } from '../../platform/durable/run-views.ts';
+import { runCancellation, runFailure, runRetryFields, runSummary, runViewFields, runViewShape, toRunRetryFields, type CheckpointRow, type RunRetryView } from '../../platform/durable/run-views.ts';
 import { pageSchema } from '../../platform/http/cursor.ts';
 import { archivedSchema, frozenSchema, settlementSchema } from './partner-offboarding.schemas.ts';
 
@@ -18,7 +18,7 @@ export const offboardingRunView = z
     ...runViewShape(stepOutput),
     output: archivedSchema.nullable().describe("The archive step's output once the run is completed"),
     error: z.union([runFailure, runCancellation]).nullable().describe('Why a failed run failed (its step), or who cancelled a cancelled one'),
-    retries: runRetries,
+    ...runRetryFields,
     links: z.strictObject({ self: z.string() }),
   })
   .meta({ id: 'PartnerOffboardingRun' });
@@ -35,7 +35,7 @@ export function toOffboardingRunView(run: OffboardingRunRow, steps: OffboardingC
     ...runViewFields(run, steps, stepNames),
     output: run.output,
     error: run.error,
-    retries: run.retry_history ?? [],
+    ...toRunRetryFields(run),
     links: { self: offboardingRunPath(run.id) },
   };
 }

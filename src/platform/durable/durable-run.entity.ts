@@ -56,6 +56,7 @@ export const DurableRun = defineEntity({
     /**
      * One entry per retry, oldest first: who retried it and when, and the failure it was retried from
      * (the run's error, its failed step's last attempt, when it failed). Null until the first retry.
+     * The newest RUN_RETRY_HISTORY_MAX (runtime.ts) only: `retryCount` counts every retry.
      */
     retryHistory: p.json<unknown>().nullable(),
     /**

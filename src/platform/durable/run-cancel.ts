@@ -6,6 +6,7 @@ import { ACTIVE_RUN_STATUSES } from './durable-run.entity.ts';
 import { RUN_COLUMNS, type DurableRuntime, type RunRow } from './runtime.ts';
 import type { RunCancellation } from './run-views.ts';
 import { instantInput } from '../http/iso-time.ts';
+import { sqlStateOf } from './errors.ts';
 
 /**
  * Called in a cancel's transaction, once the run is cancelled: what else the run held is released
@@ -62,6 +63,11 @@ async function settleConcurrently(actions: ReadonlyArray<() => Promise<void>>, c
   };
   await Promise.all(Array.from({ length: Math.min(concurrency, actions.length) }, lane));
 }
+
+/** PostgreSQL's deadlock_detected: it aborted the statement to break a cycle of lock waits. */
+const DEADLOCK_DETECTED = '40P01';
+/** Attempts of a bulk cancel's batches in one request when PostgreSQL aborts them to break a deadlock; the last one's 40P01 is the request's (503). */
+export const BULK_CANCEL_ATTEMPTS = 3;
 
 /** At most this many runs per bulk cancel request (its `limit`, and its `ids`). */
 export const BULK_CANCEL_MAX = 500;
@@ -133,9 +139,9 @@ export async function bulkCancel(
   // of every active run with `status` a filter: it walked the tenant's waiting runs (many: runs parked
   // on approvals) older than its first run in flight, custom plan or generic.
   const ranges = statuses.length === ACTIVE_RUN_STATUSES.length ? [`in (${statuses.map((s) => `'${s}'`).join(', ')})`] : statuses.map((s) => `= '${s}'`);
-  const oldest = (limit: number, skip: readonly string[]): Promise<{ id: string }[]> => {
+  const oldest = (em: EntityManager, limit: number, skip: readonly string[]): Promise<{ id: string }[]> => {
     if (ids) {
-      return ctx.em.execute(`select r.id from unnest(?::uuid[]) as k(id) ${byKey('created_at, id')} where r.id <> all(?::uuid[]) order by r.created_at, r.id limit ?`, [
+      return em.execute(`select r.id from unnest(?::uuid[]) as k(id) ${byKey('created_at, id')} where r.id <> all(?::uuid[]) order by r.created_at, r.id limit ?`, [
         array(ids),
         ...keyParams,
         array(skip),
@@ -147,37 +153,60 @@ export async function bulkCancel(
       params.push(tenantId, deps.workflow, ...beforeParams, array(skip), limit);
       return `(select created_at, id from durable_runs where tenant_id = ? and workflow = ? and status ${range}${before} and id <> all(?::uuid[]) order by created_at, id limit ?)`;
     });
-    return ctx.em.execute(`select id from (${branches.join(' union all ')}) u order by created_at, id limit ?`, [...params, limit]);
+    return em.execute(`select id from (${branches.join(' union all ')}) u order by created_at, id limit ?`, [...params, limit]);
   };
-  const cancelled: string[] = [];
+  let cancelled: string[] = [];
   // What each cancel leaves for after the commit (its webhook jobs, its log line, its SLA timer's
   // removal: a Redis command each) runs concurrently, not one run after another: with Redis slow or
   // hanging, 500 removals in a row would hold the answer for 500 command timeouts.
   const after: Array<() => Promise<void>> = [];
-  const runCtx = { ...ctx, afterCommit: (fn: () => Promise<void>) => void after.push(fn) };
   ctx.afterCommit(() => settleConcurrently(after, AFTER_COMMIT_CONCURRENCY, ctx.log));
-  while (cancelled.length < filter.limit) {
-    // A run cancelled by an earlier batch no longer matches `status`; it is named too, so that no batch
-    // can take a run again whatever happened to it.
-    const batch = Math.min(BULK_CANCEL_BATCH, filter.limit - cancelled.length);
-    // The batch's runs found, oldest first, then locked in that order (the order every batch locks
-    // in), each by its key; one changed meanwhile no longer matches and is left out (the next batch
-    // looks again).
-    const found = await oldest(batch, cancelled);
-    const runs = found.length
-      ? await ctx.em.execute<RunRow[]>(`select r.* from unnest(?::uuid[]) with ordinality as k(id, n) ${byKey(RUN_COLUMNS, 'for update')} order by k.n`, [
-          array(found.map((r) => r.id)),
-          ...keyParams,
-        ])
-      : [];
-    for (const run of runs) {
-      await cancelLockedRun(deps, runCtx, run);
-      cancelled.push(run.id);
+  /** The batches, in `em`: the runs they cancelled, what each left for after the commit pushed to `after`. */
+  const cancelBatches = async (em: EntityManager): Promise<string[]> => {
+    const done: string[] = [];
+    const runCtx = { ...ctx, em, afterCommit: (fn: () => Promise<void>) => void after.push(fn) };
+    while (done.length < filter.limit) {
+      // A run cancelled by an earlier batch no longer matches `status`; it is named too, so that no batch
+      // can take a run again whatever happened to it.
+      const batch = Math.min(BULK_CANCEL_BATCH, filter.limit - done.length);
+      // The batch's runs found, oldest first, then locked in that order (the order every batch locks
+      // in), each by its key; one changed meanwhile no longer matches and is left out (the next batch
+      // looks again).
+      const found = await oldest(em, batch, done);
+      const runs = found.length
+        ? await em.execute<RunRow[]>(`select r.* from unnest(?::uuid[]) with ordinality as k(id, n) ${byKey(RUN_COLUMNS, 'for update')} order by k.n`, [
+            array(found.map((r) => r.id)),
+            ...keyParams,
+          ])
+        : [];
+      for (const run of runs) {
+        await cancelLockedRun(deps, runCtx, run);
+        done.push(run.id);
+      }
+      if (found.length < batch) break;
     }
-    if (found.length < batch) break;
+    return done;
+  };
+  // The batches in a savepoint (a nested transaction), started again from it when PostgreSQL aborts
+  // one of their statements to break a deadlock (40P01). Another transaction may lock several of these
+  // runs in another order than oldest first — a worker's group commit (ADR 0007) updates the runs of
+  // the steps it carries in their arrival order — and of the two, the one whose deadlock check finds
+  // the cycle is aborted: most often this one, which began to wait first. The rollback to the
+  // savepoint frees the runs locked since (the other transaction goes on), and what the attempt left
+  // for after the commit is dropped with it; the Idempotency-Key's claim is committed ahead of this
+  // transaction and its answer stored at its end, so the request stays one operation under its key.
+  for (let attempt = 1; ; attempt++) {
+    try {
+      cancelled = await ctx.em.transactional((sub) => cancelBatches(sub));
+      break;
+    } catch (err) {
+      if (sqlStateOf(err) !== DEADLOCK_DETECTED || attempt >= BULK_CANCEL_ATTEMPTS) throw err;
+      after.length = 0;
+      ctx.log.warn({ err, workflow: deps.workflow, tenant_id: ctx.principal.tenantId, attempt }, 'bulk cancel deadlocked with another transaction and was aborted; starting it again from its savepoint');
+    }
   }
   // What still matches: the runs past the limit (has_more), and with ids, which of them were not unmatched.
-  const left = await oldest(ids ? ids.length : 1, []);
+  const left = await oldest(ctx.em, ids ? ids.length : 1, []);
   const matched = new Set([...cancelled, ...left.map((r) => r.id)]);
   return { cancelled: cancelled.length, cancelled_ids: cancelled, has_more: left.length > 0, unmatched_ids: (ids ?? []).filter((id) => !matched.has(id)) };
 }

@@ -5,7 +5,7 @@ import { CHECKPOINT_STATUSES, type CheckpointStatus } from './durable-checkpoint
 import { isoTime, toIsoTime, toIsoTimeOrNull } from '../http/iso-time.ts';
 import type { RouteContext, RouteResult } from '../http/route.ts';
 import { currentTraceContext } from '../telemetry/trace-context.ts';
-import type { DurableRuntime, RunRow } from './runtime.ts';
+import { RUN_RETRY_HISTORY_MAX, type DurableRuntime, type RunRow } from './runtime.ts';
 
 /**
  * The pieces of a run's API body that every workflow's routes share (the golden path's and the
@@ -57,8 +57,22 @@ export const runRetry = z.strictObject({
 });
 export type RunRetryView = z.infer<typeof runRetry>;
 
-/** The `retries` of a run view: each retry after it failed, oldest first. */
-export const runRetries = z.array(runRetry).describe('Each retry of the run after it failed, oldest first: the failure it was retried from; empty for a run never retried');
+/**
+ * The retry fields of a run view: `retries`, its newest retries after it failed (RUN_RETRY_HISTORY_MAX,
+ * oldest first), and `retry_count`, how often it was retried in all.
+ */
+export const runRetryFields = {
+  retries: z
+    .array(runRetry)
+    .max(RUN_RETRY_HISTORY_MAX)
+    .describe(`The newest retries of the run after it failed, up to ${RUN_RETRY_HISTORY_MAX}, oldest first: the failure each was retried from; empty for a run never retried. retry_count counts them all`),
+  retry_count: count.describe(`How often the run was retried after it failed, in all (retries lists the newest ${RUN_RETRY_HISTORY_MAX})`),
+};
+
+/** The values of runRetryFields for a run (a history written before it was capped is cut here). */
+export function toRunRetryFields(run: { retry_history: RunRetryView[] | null; retry_count: number }) {
+  return { retries: (run.retry_history ?? []).slice(-RUN_RETRY_HISTORY_MAX), retry_count: run.retry_count };
+}
 
 /**
  * One run in a page of a workflow's runs (GET …/runs). A workflow's module gives it, and the page

@@ -137,7 +137,15 @@ export interface RunRow {
 export const RUN_COLUMNS = `id, tenant_id, workflow, workflow_version, idempotency_hash, status, principal, input, output, error,
   correlation_id, trace_id, traceparent, sequence_num, step_count, created_at, updated_at, completed_at, retry_count`;
 
-/** One retry of a failed run, as `durable_runs.retry_history` keeps it (oldest first). */
+/**
+ * The retries a run's `retry_history` keeps: the newest this many, oldest first; its `retry_count`
+ * counts them all. Trimmed by the retry's own update (ADR 0009, *Where the failure goes*): a failure
+ * that does not go away, retried by a client on every `failed`, grew the row, every view of the run
+ * and every retry's answer stored under its Idempotency-Key by one entry a retry, without end.
+ */
+export const RUN_RETRY_HISTORY_MAX = 20;
+
+/** One retry of a failed run, as `durable_runs.retry_history` keeps it (oldest first, the newest RUN_RETRY_HISTORY_MAX). */
 export interface RunRetry {
   /** 1 for the run's first retry: its retry_count after it. */
   retry: number;
@@ -677,7 +685,7 @@ export class DurableRuntime {
    * Brings a failed run back, in the caller's transaction, the run row locked by the caller (`for
    * update`, as a cancel does: a concurrent retry or cancel waits and then sees what this one did):
    * the run becomes `running` (`pending` when no step has completed), its error moves to
-   * `retry_history` with who retried it, `retry_count` (the generation of its job ids) goes up, and
+   * `retry_history` with who retried it (the newest RUN_RETRY_HISTORY_MAX kept), `retry_count` (the generation of its job ids) goes up, and
    * the checkpoints of its steps that did not complete — the failed step's `failed` one — are
    * deleted, so that step's next attempt can insert its own (unique per run and sequence_num), and
    * the count of its step's crashes is cleared (a run failed with `step_crashed_worker` gets
@@ -717,9 +725,11 @@ export class DurableRuntime {
       // The delete runs whatever the update reads of it (a data-modifying CTE always runs to completion).
       // `status || ''`: `status = 'failed'` proves the ended runs' list index's predicate, and a generic plan
       // walked the tenant's ended runs in it to test `id` (durable-run.entity.ts); this finds the row by its key.
+      // The history keeps its newest RUN_RETRY_HISTORY_MAX entries (lax jsonpath: a shorter array is kept whole).
       `with dropped as (delete from durable_checkpoints where tenant_id = ? and run_id = ? and status <> 'completed')
        update durable_runs set status = ?, sequence_num = ?, error = null, completed_at = null, updated_at = now(), lease_owner = null, lease_expires_at = null,
-              crash_seq = null, crash_count = 0, retry_count = ?, retry_history = coalesce(retry_history, '[]'::jsonb) || jsonb_build_array(?::jsonb)
+              crash_seq = null, crash_count = 0, retry_count = ?,
+              retry_history = jsonb_path_query_array(coalesce(retry_history, '[]'::jsonb) || jsonb_build_array(?::jsonb), '$[last - ${RUN_RETRY_HISTORY_MAX - 1} to last]')
         where tenant_id = ? and id = ? and status || '' = 'failed' and retry_count = ?
        returning ${RUN_COLUMNS}`,
       [run.tenant_id, run.id, completed.size === 0 ? 'pending' : 'running', next - 1, entry.retry, JSON.stringify(entry), run.tenant_id, run.id, run.retry_count],
