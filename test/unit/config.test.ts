@@ -79,6 +79,25 @@ describe('configuration', () => {
     expect(configError({}).problems).toEqual([expect.stringMatching(/^JWT_SECRET: set JWT_SECRET .* or JWT_JWKS_URL/)]);
   });
 
+  // The allow-list is checked against the key source the verifier uses (jwt.ts): a JWKS holds public keys
+  // (RS256, ES256, PS256, EdDSA), never a shared secret, and wins over JWT_SECRET; a secret verifies HS256
+  // only. A list of none of them used to start and then answer every token 401.
+  it('refuses a JWT_ALGORITHMS list none of whose algorithms the key source can verify, naming the list and the key source', () => {
+    const JWKS = 'https://issuer.example/jwks.json';
+    for (const algs of ['RS256', 'ES256', 'PS256', 'EdDSA', 'RS256,ES256']) {
+      expect(configError({ JWT_SECRET: SECRET, JWT_ALGORITHMS: algs }).problems, algs).toEqual([expect.stringMatching(/^JWT_ALGORITHMS: .*JWT_SECRET.*HS256/)]);
+    }
+    expect(configError({ JWT_JWKS_URL: JWKS, JWT_ALGORITHMS: 'HS256' }).problems).toEqual([expect.stringMatching(/^JWT_ALGORITHMS: .*JWT_JWKS_URL/)]);
+    // Both set: the JWKS wins, so HS256 alone can verify nothing there either.
+    expect(configError({ JWT_JWKS_URL: JWKS, JWT_SECRET: SECRET, JWT_ALGORITHMS: 'HS256' }).problems).toEqual([expect.stringMatching(/^JWT_ALGORITHMS: .*JWT_JWKS_URL.*wins over JWT_SECRET/)]);
+    // A list with at least one algorithm its key source verifies is kept (the others verify nothing: jwt.test.ts).
+    expect(parseConfig({ JWT_SECRET: SECRET, JWT_ALGORITHMS: 'HS256,RS256' }).JWT_ALGORITHMS).toEqual(['HS256', 'RS256']);
+    expect(parseConfig({ JWT_JWKS_URL: JWKS, JWT_ALGORITHMS: 'PS256,HS256' }).JWT_ALGORITHMS).toEqual(['PS256', 'HS256']);
+    expect(parseConfig({ JWT_JWKS_URL: JWKS, JWT_SECRET: SECRET, JWT_ALGORITHMS: 'EdDSA' }).JWT_ALGORITHMS).toEqual(['EdDSA']);
+    // Names that are no algorithm (or not in the exact case jose uses) are refused as before, each named.
+    for (const bad of ['none', 'rs256', 'HS512', 'RS256;ES256']) expect(configError({ JWT_SECRET: SECRET, JWT_ALGORITHMS: bad }).problems.join('\n'), bad).toMatch(/^JWT_ALGORITHMS\.0: /);
+  });
+
   it('refuses an idempotency TTL shorter than the lease: the key would be forgotten while its request holds it', () => {
     expect(configError({ JWT_SECRET: SECRET, IDEMPOTENCY_TTL: '59s', IDEMPOTENCY_LEASE: '60s' }).problems).toEqual([expect.stringMatching(/^IDEMPOTENCY_TTL: must be at least IDEMPOTENCY_LEASE/)]);
     expect(parseConfig({ JWT_SECRET: SECRET, IDEMPOTENCY_TTL: '60s', IDEMPOTENCY_LEASE: '60s' }).IDEMPOTENCY_TTL).toBe(60_000);
@@ -182,6 +201,21 @@ describe('configuration', () => {
     expect(r.status).toBe(1);
     expect(r.stderr).toMatch(/PORT/);
     expect(r.stdout).not.toMatch(/started/);
+  });
+
+  // The API's own entry, as the Procfile starts it: it used to start and listen, then answer every token 401.
+  // Nothing to connect to (port 1): on a start past the configuration it fails later, and differently.
+  it('stops the API at start-up, exit code 1, naming JWT_ALGORITHMS and the key source, when no listed algorithm can be verified', () => {
+    const root = fileURLToPath(new URL('../..', import.meta.url));
+    const r = spawnSync(process.execPath, ['src/server.ts'], {
+      cwd: root,
+      env: { PATH: process.env.PATH ?? '', JWT_SECRET: SECRET, JWT_ALGORITHMS: 'RS256', PORT: '0', DATABASE_URL: 'postgres://nobody@127.0.0.1:1/none', REDIS_URL: 'redis://127.0.0.1:1', OTEL_SDK_DISABLED: 'true' },
+      encoding: 'utf8',
+      timeout: 45_000,
+    });
+    expect(r.status, r.stderr).toBe(1);
+    expect(r.stderr).toMatch(/^invalid configuration:\n {2}- JWT_ALGORITHMS: RS256 lists no algorithm the key source verifies: tokens are checked against JWT_SECRET \(no JWT_JWKS_URL\)/);
+    expect(r.stdout).toBe('');
   });
 
   // A worker's SLA timers (WORKER_TIMER_CONCURRENCY, ADR 0015) each hold a connection for their

@@ -70,6 +70,10 @@ const csv = (fallback: string) =>
 export const READINESS_UNKNOWABLE_ROWS = ['redis-eviction', 'redis-persistence', 'redis-timeout'] as const;
 export type ReadinessUnknowableRow = (typeof READINESS_UNKNOWABLE_ROWS)[number];
 
+/** The algorithms JWT_ALGORITHMS may list: a shared secret (JWT_SECRET) verifies the first, a key set (JWT_JWKS_URL) the others. */
+const SECRET_ALGORITHMS = ['HS256'] as const;
+const JWKS_ALGORITHMS = ['RS256', 'ES256', 'PS256', 'EdDSA'] as const;
+
 export const configSchema = z
   .object({
     NODE_ENV: z.enum(['development', 'test', 'production']).default('development'),
@@ -119,7 +123,8 @@ export const configSchema = z
     JWT_JWKS_URL: z.string().url().optional(),
     JWT_ISSUER: z.string().min(1).default('dealix-dev'),
     JWT_AUDIENCE: z.string().min(1).default('dealix-api'),
-    JWT_ALGORITHMS: csv('').pipe(z.array(z.enum(['HS256', 'RS256', 'ES256', 'PS256', 'EdDSA']))),
+    // At least one the key source verifies (JWKS_ALGORITHMS with JWT_JWKS_URL, else SECRET_ALGORITHMS), or start-up stops.
+    JWT_ALGORITHMS: csv('').pipe(z.array(z.enum([...SECRET_ALGORITHMS, ...JWKS_ALGORITHMS]))),
     JWT_CLOCK_TOLERANCE: duration('5s'),
     // How long a verified token is answered from memory (ADR 0006): at most 60 s, so a key removed
     // from the JWKS stops a token already seen within this much after the JWKS cache's own refresh.
@@ -296,6 +301,15 @@ export const configSchema = z
     }
     if (!c.JWT_SECRET && !c.JWT_JWKS_URL) {
       ctx.addIssue({ code: 'custom', path: ['JWT_SECRET'], message: 'set JWT_SECRET (HS256, development) or JWT_JWKS_URL (RS256/ES256)' });
+    }
+    // What the verifier's key source can check (jwt.ts): a JWKS, which wins over JWT_SECRET, holds public keys
+    // only; a shared secret verifies HS256 only. A list of none of these started, then answered every token 401.
+    const usable: readonly string[] = c.JWT_JWKS_URL ? JWKS_ALGORITHMS : SECRET_ALGORITHMS;
+    if (c.JWT_ALGORITHMS.length > 0 && !c.JWT_ALGORITHMS.some((a) => usable.includes(a))) {
+      const source = c.JWT_JWKS_URL
+        ? `JWT_JWKS_URL${c.JWT_SECRET ? ' (it wins over JWT_SECRET)' : ''}, whose keys verify ${JWKS_ALGORITHMS.join(', ')}`
+        : `JWT_SECRET (no JWT_JWKS_URL), which verifies ${SECRET_ALGORITHMS.join(', ')} only`;
+      ctx.addIssue({ code: 'custom', path: ['JWT_ALGORITHMS'], message: `${c.JWT_ALGORITHMS.join(',')} lists no algorithm the key source verifies: tokens are checked against ${source}; every token would be refused` });
     }
     if (c.NODE_ENV === 'production' && c.JWT_SECRET && !c.JWT_JWKS_URL) {
       ctx.addIssue({ code: 'custom', path: ['JWT_JWKS_URL'], message: 'production verifies tokens through JWT_JWKS_URL, not a shared secret' });
