@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { hostname } from 'node:os';
 import { Queue, type Telemetry } from 'bullmq';
 import type { Redis } from 'ioredis';
-import { poolMaxFor, type Config } from './platform/config/config.ts';
+import { apiConfigProblems, ConfigError, poolMaxFor, type Config } from './platform/config/config.ts';
 import { createOrm, type MikroORM } from './platform/db/orm.ts';
 import { createLogger, type Logger } from './platform/telemetry/logger.ts';
 import { createRedis } from './platform/queue/connections.ts';
@@ -66,6 +66,9 @@ export async function createContainer(
     workflows?: (fromModules: WorkflowDef[]) => WorkflowDef[];
   },
 ): Promise<Container> {
+  // Settings only the API reads, checked against its pool before anything connects (exitOnConfigError prints them).
+  const apiProblems = opts.service === 'api' ? apiConfigProblems(config) : [];
+  if (apiProblems.length) throw new ConfigError(apiProblems);
   const logger = createLogger({ level: config.LOG_LEVEL, name: `dealix-${opts.service}` });
   // The SLA scheduler's queues (timers, and the golden-path queue of older releases' timers) are created lazily (below), once Redis is connected.
   const fromModules = workflowsFor(config, { queue: (name) => queue(name) });

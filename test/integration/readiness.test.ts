@@ -99,6 +99,13 @@ describe('configuration and documents', () => {
     expect(m.report.ok).toBe(false);
   });
 
+  // The API refuses to start on it (createContainer); the matrix, which judges that API, says so in the same words.
+  it("a tenant's database share larger than the API's pool fails the config row with the API's start-up message", async () => {
+    const m = await matrixFor({ env: { API_MAX_DB_CONNECTIONS_PER_TENANT: '4' } });
+    expect(m.row('config')).toMatchObject({ status: 'FAIL', reason: expect.stringMatching(/^invalid: API_MAX_DB_CONNECTIONS_PER_TENANT: 4 is more than the API's pool of 3 connections \(DATABASE_POOL_MAX=3\)/) });
+    expect(m.report.ok).toBe(false);
+  });
+
   it('missing release-gate and runbook documents fail their rows', async () => {
     const m = await matrixFor({ adjust: () => ({ docsRoot: docsless }) });
     expect(m.row('docs docs/governance/release-gates.md').status).toBe('FAIL');

@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
-import { ConfigError, parseConfig, poolMaxFor } from '../../src/platform/config/config.ts';
+import { ConfigError, apiConfigProblems, parseConfig, poolMaxFor } from '../../src/platform/config/config.ts';
 
 const SECRET = 'a-development-secret-of-32-chars!';
 
@@ -13,6 +13,19 @@ function configError(env: Record<string, string | undefined>): ConfigError {
     return e as ConfigError;
   }
   throw new Error('parseConfig accepted the environment');
+}
+
+/**
+ * The API's own entry (src/server.ts, as the Procfile starts it) in an environment of `env` alone. Nothing to
+ * connect to (port 1): a start past the configuration fails later and differently, or runs until the timeout.
+ */
+function startApi(env: Record<string, string>) {
+  return spawnSync(process.execPath, ['src/server.ts'], {
+    cwd: fileURLToPath(new URL('../..', import.meta.url)),
+    env: { PATH: process.env.PATH ?? '', PORT: '0', DATABASE_URL: 'postgres://nobody@127.0.0.1:1/none', REDIS_URL: 'redis://127.0.0.1:1', OTEL_SDK_DISABLED: 'true', ...env },
+    encoding: 'utf8',
+    timeout: 45_000,
+  });
 }
 
 describe('configuration', () => {
@@ -203,18 +216,36 @@ describe('configuration', () => {
     expect(r.stdout).not.toMatch(/started/);
   });
 
-  // The API's own entry, as the Procfile starts it: it used to start and listen, then answer every token 401.
-  // Nothing to connect to (port 1): on a start past the configuration it fails later, and differently.
+  // It used to start and listen, then answer every token 401.
   it('stops the API at start-up, exit code 1, naming JWT_ALGORITHMS and the key source, when no listed algorithm can be verified', () => {
-    const root = fileURLToPath(new URL('../..', import.meta.url));
-    const r = spawnSync(process.execPath, ['src/server.ts'], {
-      cwd: root,
-      env: { PATH: process.env.PATH ?? '', JWT_SECRET: SECRET, JWT_ALGORITHMS: 'RS256', PORT: '0', DATABASE_URL: 'postgres://nobody@127.0.0.1:1/none', REDIS_URL: 'redis://127.0.0.1:1', OTEL_SDK_DISABLED: 'true' },
-      encoding: 'utf8',
-      timeout: 45_000,
-    });
+    const r = startApi({ JWT_SECRET: SECRET, JWT_ALGORITHMS: 'RS256' });
     expect(r.status, r.stderr).toBe(1);
     expect(r.stderr).toMatch(/^invalid configuration:\n {2}- JWT_ALGORITHMS: RS256 lists no algorithm the key source verifies: tokens are checked against JWT_SECRET \(no JWT_JWKS_URL\)/);
+    expect(r.stdout).toBe('');
+  });
+
+  // The share (ADR 0012, amendment) bounds a tenant's requests doing database work at once in an API process: above
+  // the API's pool, one tenant may hold every connection, as with the share off, yet it looks set. The API checks it,
+  // not the schema: a worker reads the same variables with a pool of its own, which may be smaller.
+  it("refuses, for the API, a tenant's database share larger than the API's pool (DATABASE_POOL_MAX, 10 unset), naming both", () => {
+    expect(apiConfigProblems(parseConfig({ JWT_SECRET: SECRET, API_MAX_DB_CONNECTIONS_PER_TENANT: '11' }))).toEqual([
+      expect.stringMatching(/^API_MAX_DB_CONNECTIONS_PER_TENANT: 11 is more than the API's pool of 10 connections \(DATABASE_POOL_MAX unset\)/),
+    ]);
+    expect(apiConfigProblems(parseConfig({ JWT_SECRET: SECRET, DATABASE_POOL_MAX: '4', API_MAX_DB_CONNECTIONS_PER_TENANT: '5' }))).toEqual([
+      expect.stringMatching(/^API_MAX_DB_CONNECTIONS_PER_TENANT: 5 is more than the API's pool of 4 connections \(DATABASE_POOL_MAX=4\)/),
+    ]);
+    // Unset (half the pool), 0 (off), and up to the whole pool are kept; a worker's larger default pool does not count.
+    for (const env of [{}, { API_MAX_DB_CONNECTIONS_PER_TENANT: '0' }, { API_MAX_DB_CONNECTIONS_PER_TENANT: '10' }, { DATABASE_POOL_MAX: '40', API_MAX_DB_CONNECTIONS_PER_TENANT: '40' }, { DATABASE_POOL_MAX: '1' }]) {
+      expect(apiConfigProblems(parseConfig({ JWT_SECRET: SECRET, WORKER_CONCURRENCY: '50', ...env })), JSON.stringify(env)).toEqual([]);
+    }
+    // Parsing alone does not refuse it: a worker's DATABASE_POOL_MAX may be below the API's share.
+    expect(parseConfig({ JWT_SECRET: SECRET, DATABASE_POOL_MAX: '3', API_MAX_DB_CONNECTIONS_PER_TENANT: '5' }).API_MAX_DB_CONNECTIONS_PER_TENANT).toBe(5);
+  });
+
+  it('stops the API at start-up, exit code 1, when API_MAX_DB_CONNECTIONS_PER_TENANT is larger than its pool', () => {
+    const r = startApi({ JWT_SECRET: SECRET, API_MAX_DB_CONNECTIONS_PER_TENANT: '20' });
+    expect(r.status, r.stderr).toBe(1);
+    expect(r.stderr).toMatch(/^invalid configuration:\n {2}- API_MAX_DB_CONNECTIONS_PER_TENANT: 20 is more than the API's pool of 10 connections/);
     expect(r.stdout).toBe('');
   });
 

@@ -251,6 +251,7 @@ export const configSchema = z
      * A tenant's share of the API process's database connections: at most this many of its requests do
      * database work at once; more wait (holding none) and are answered 503 when none frees in time (ADR
      * 0012). Unset: half the API's pool (DATABASE_POOL_MAX, 10 by default: 5), at least 1; 0 = no share.
+   * More than the API's pool stops the API at start (apiConfigProblems: the API's pool, not a worker's).
      */
     API_MAX_DB_CONNECTIONS_PER_TENANT: z.coerce.number().int().min(0).max(200).optional(),
     /** How long a request may take to arrive whole (headers and body): a slow upload frees its in-flight slot then (408). */
@@ -349,6 +350,22 @@ export function poolMaxFor(
 ): number {
   if (config.DATABASE_POOL_MAX !== undefined) return config.DATABASE_POOL_MAX;
   return service === 'worker' ? config.WORKER_CONCURRENCY * Math.max(1, runQueues) + config.WORKER_TIMER_CONCURRENCY + 2 : 10;
+}
+
+/**
+ * The problems of the settings only the API reads, against the API's pool (poolMaxFor): the API refuses
+ * to start on them (createContainer, as the worker on WORKER_QUEUES), `npm run readiness` fails its
+ * config row. Not in the schema: a worker reads the same variables with a DATABASE_POOL_MAX of its own,
+ * which may be below the API's share (a share means nothing to a worker).
+ */
+export function apiConfigProblems(config: Pick<Config, 'API_MAX_DB_CONNECTIONS_PER_TENANT' | 'DATABASE_POOL_MAX' | 'WORKER_CONCURRENCY' | 'WORKER_TIMER_CONCURRENCY'>): string[] {
+  const pool = poolMaxFor(config, 'api', 0);
+  const share = config.API_MAX_DB_CONNECTIONS_PER_TENANT;
+  // Above the pool one tenant's requests may hold every connection, as with the share off (ADR 0012,
+  // amendment), while the setting reads as a bound: refused rather than clamped, so it says what it does.
+  if (share === undefined || share <= pool) return [];
+  const poolSetting = config.DATABASE_POOL_MAX === undefined ? 'DATABASE_POOL_MAX unset' : `DATABASE_POOL_MAX=${pool}`;
+  return [`API_MAX_DB_CONNECTIONS_PER_TENANT: ${share} is more than the API's pool of ${pool} connections (${poolSetting}): one tenant could hold all of them, so the share would bound nothing; set it to at most ${pool} (or raise DATABASE_POOL_MAX), or 0 to turn the share off`];
 }
 
 /**
