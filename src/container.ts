@@ -19,6 +19,7 @@ import { bullmqTelemetry } from './platform/telemetry/bullmq-telemetry.ts';
 import { MAINTENANCE_QUEUE } from './platform/queue/maintenance.ts';
 import { TIMER_QUEUE } from './platform/queue/timers.ts';
 import { servedRunQueues } from './platform/durable/worker-host.ts';
+import { WorkflowRegistry } from './platform/durable/registry.ts';
 import { WEBHOOK_QUEUE, enqueueDeliveries } from './platform/webhooks/delivery.ts';
 import { webhookEndpointRoutes } from './platform/webhooks/webhook-endpoints.routes.ts';
 import { EndpointRates } from './platform/webhooks/rate-limit.ts';
@@ -75,6 +76,9 @@ export async function createContainer(
   const workflows = [...(opts.workflows ? opts.workflows(fromModules) : fromModules), ...(opts.extraWorkflows ?? [])];
   // A worker's default pool counts the workflow queues it serves (WORKER_QUEUES, else all) and its timers (poolMaxFor).
   const servedQueues = opts.service === 'worker' ? servedRunQueues(workflows, config.WORKER_QUEUES) : [];
+  // WORKFLOW_VERSIONS_RETIRED against the workflows (the runtime's registry checks it again below): here, before
+  // anything connects, so a refusal leaves no connection open behind it (npm run readiness reports it and goes on).
+  new WorkflowRegistry(workflows, config.WORKFLOW_VERSIONS_RETIRED);
   const poolMax = poolMaxFor(config, opts.service, servedQueues.length);
   const orm = await createOrm(config, { entities, poolMax });
   const redis = createRedis(config.REDIS_URL, 'producer', `dealix-${opts.service}`);

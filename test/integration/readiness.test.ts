@@ -243,6 +243,19 @@ describe('a stack that cannot be built', () => {
     await db.drop();
   });
 
+  // Checked once the workflows are known, as the processes check it at start: it was `config` PASS and
+  // `live-system` FAIL "could not build the container" with the error's text.
+  it('a WORKFLOW_VERSIONS_RETIRED the workflows refuse fails the config row with the message the processes stop with', async () => {
+    const env = envFor(db, { WORKFLOW_VERSIONS_RETIRED: 'golden-path-v1' });
+    try {
+      const m = matrixOf(await assessReadiness(() => parseConfig(env)));
+      expect(m.row('config')).toMatchObject({ status: 'FAIL', reason: 'invalid: WORKFLOW_VERSIONS_RETIRED: "golden-path-v1" is not name@vN (e.g. golden-path@v1)' });
+      expect(m.row('live-system')).toMatchObject({ status: 'FAIL', reason: 'not inspected: the configuration is invalid' });
+    } finally {
+      await dropKeys(env.REDIS_URL!, env.QUEUE_PREFIX!);
+    }
+  });
+
   it('an unreachable database is a FAIL row with the reason, not a crash', async () => {
     const env = envFor(db, { DATABASE_URL: db.appUrl.replace(/:\d+\//, ':1/') });
     try {
