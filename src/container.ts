@@ -20,6 +20,7 @@ import { MAINTENANCE_QUEUE } from './platform/queue/maintenance.ts';
 import { TIMER_QUEUE } from './platform/queue/timers.ts';
 import { servedRunQueues } from './platform/durable/worker-host.ts';
 import { WorkflowRegistry } from './platform/durable/registry.ts';
+import { trustProxyProblems } from './platform/http/trust-proxy.ts';
 import { WEBHOOK_QUEUE, enqueueDeliveries } from './platform/webhooks/delivery.ts';
 import { webhookEndpointRoutes } from './platform/webhooks/webhook-endpoints.routes.ts';
 import { EndpointRates } from './platform/webhooks/rate-limit.ts';
@@ -67,9 +68,9 @@ export async function createContainer(
     workflows?: (fromModules: WorkflowDef[]) => WorkflowDef[];
   },
 ): Promise<Container> {
-  // Settings only the API reads, checked against its pool before anything connects (exitOnConfigError prints them).
-  const apiProblems = opts.service === 'api' ? apiConfigProblems(config) : [];
-  if (apiProblems.length) throw new ConfigError(apiProblems);
+  // Settings only the API (and the readiness tool's app) reads, checked before anything connects (exitOnConfigError prints them).
+  const appProblems = opts.service === 'worker' ? [] : [...trustProxyProblems(config.TRUST_PROXY), ...(opts.service === 'api' ? apiConfigProblems(config) : [])];
+  if (appProblems.length) throw new ConfigError(appProblems);
   const logger = createLogger({ level: config.LOG_LEVEL, name: `dealix-${opts.service}` });
   // The SLA scheduler's queues (timers, and the golden-path queue of older releases' timers) are created lazily (below), once Redis is connected.
   const fromModules = workflowsFor(config, { queue: (name) => queue(name) });

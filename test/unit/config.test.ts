@@ -249,6 +249,15 @@ describe('configuration', () => {
     expect(r.stdout).toBe('');
   });
 
+  // The schema takes any address-like text (its characters); Express compiles the list only when the app is built,
+  // after the connections were opened, and threw a TypeError there: a stack trace, not the setting named.
+  it('stops the API at start-up, exit code 1, naming TRUST_PROXY, when the list holds what is no address, subnet or name', () => {
+    const r = startApi({ JWT_SECRET: SECRET, TRUST_PROXY: 'loopbak, 10.0.0.0/33' });
+    expect(r.status, r.stderr).toBe(1);
+    expect(r.stderr).toBe('invalid configuration:\n  - TRUST_PROXY: "loopbak, 10.0.0.0/33" is not true, false, a hop count, or addresses/subnets/loopback|linklocal|uniquelocal, comma-separated (invalid IP address: loopbak)\n');
+    expect(r.stdout).toBe('');
+  });
+
   // A worker's SLA timers (WORKER_TIMER_CONCURRENCY, ADR 0015) each hold a connection for their
   // transaction: left out of the default, a timer that came due waited for one behind the run jobs.
   it("pools, when DATABASE_POOL_MAX is unset, a worker's run jobs on every queue it serves, its timers, and two; the API 10; a set DATABASE_POOL_MAX wins", () => {

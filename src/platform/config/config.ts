@@ -83,6 +83,7 @@ export const configSchema = z
      * (default), `false`, `true` (any peer: only behind a proxy that overwrites the headers), a hop
      * count (`1` behind one load balancer, e.g. Heroku's router), or addresses/subnets, comma-separated.
      * It decides `req.secure` (the dashboard's `__Host-` session cookie; plain HTTP gets one on a loopback host only) and the `ip` of security log lines.
+     * Here only its characters are checked; the list as Express compiles it, by the API at start (trust-proxy.ts).
      */
     TRUST_PROXY: z
       .string()
