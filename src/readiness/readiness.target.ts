@@ -53,6 +53,8 @@ export async function assessReadiness(loadConfig: () => Config, opts: TargetOpti
   try {
     target = await openReadinessTarget(config, { docsRoot });
   } catch (e) {
+    // A setting checked once the workflows are known (WORKFLOW_VERSIONS_RETIRED): the config row, in the words the processes print.
+    if (e instanceof ConfigError) return toReport([configRow(e.problems), ...docsRows(docsRoot), fail('live-system', 'not inspected: the configuration is invalid')]);
     return toReport([configRow(undefined, config), ...docsRows(docsRoot), fail('live-system', `could not build the container: ${(e as Error).message}`)]);
   }
   try {
