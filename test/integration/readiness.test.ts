@@ -259,6 +259,17 @@ describe('a stack that cannot be built', () => {
     }
   });
 
+  // The API's own settings (apiConfigProblems) too, as the API names them all at start: the row named the workflows' problem alone.
+  it('a refused WORKFLOW_VERSIONS_RETIRED and a share larger than the pool are both in the config row', async () => {
+    const env = envFor(db, { WORKFLOW_VERSIONS_RETIRED: 'golden-path-v1', API_MAX_DB_CONNECTIONS_PER_TENANT: '4' });
+    try {
+      const m = matrixOf(await assessReadiness(() => parseConfig(env)));
+      expect(m.row('config')).toMatchObject({ status: 'FAIL', reason: expect.stringMatching(/^invalid: WORKFLOW_VERSIONS_RETIRED: .*; API_MAX_DB_CONNECTIONS_PER_TENANT: 4 is more than the API's pool of 3/) });
+    } finally {
+      await dropKeys(env.REDIS_URL!, env.QUEUE_PREFIX!);
+    }
+  });
+
   it('an unreachable database is a FAIL row with the reason, not a crash', async () => {
     const env = envFor(db, { DATABASE_URL: db.appUrl.replace(/:\d+\//, ':1/') });
     try {

@@ -19,8 +19,8 @@ function configError(env: Record<string, string | undefined>): ConfigError {
  * The API's own entry (src/server.ts, as the Procfile starts it) in an environment of `env` alone. Nothing to
  * connect to (port 1): a start past the configuration fails later and differently, or runs until the timeout.
  */
-function startApi(env: Record<string, string>) {
-  return spawnSync(process.execPath, ['src/server.ts'], {
+function startApi(env: Record<string, string>, entry = 'src/server.ts') {
+  return spawnSync(process.execPath, [entry], {
     cwd: fileURLToPath(new URL('../..', import.meta.url)),
     env: { PATH: process.env.PATH ?? '', PORT: '0', DATABASE_URL: 'postgres://nobody@127.0.0.1:1/none', REDIS_URL: 'redis://127.0.0.1:1', OTEL_SDK_DISABLED: 'true', ...env },
     encoding: 'utf8',
@@ -255,6 +255,25 @@ describe('configuration', () => {
     const r = startApi({ JWT_SECRET: SECRET, TRUST_PROXY: 'loopbak, 10.0.0.0/33' });
     expect(r.status, r.stderr).toBe(1);
     expect(r.stderr).toBe('invalid configuration:\n  - TRUST_PROXY: "loopbak, 10.0.0.0/33" is not true, false, a hop count, or addresses/subnets/loopback|linklocal|uniquelocal, comma-separated (invalid IP address: loopbak)\n');
+    expect(r.stdout).toBe('');
+  });
+
+  // The settings checked once the modules are known (TRUST_PROXY, the share, WORKER_QUEUES, WORKFLOW_VERSIONS_RETIRED)
+  // are reported together, as the schema's are: each used to stop the start alone, the next one found only
+  // at the next start (three restarts to find three typos).
+  it('stops the API at start-up naming every setting checked against the modules at once, not the first alone', () => {
+    const r = startApi({ JWT_SECRET: SECRET, TRUST_PROXY: 'loopbak', API_MAX_DB_CONNECTIONS_PER_TENANT: '20', WORKFLOW_VERSIONS_RETIRED: 'golden-path-v1' });
+    expect(r.status, r.stderr).toBe(1);
+    expect(r.stderr.split('\n').filter((l) => l.startsWith('  - ')).map((l) => l.replace(/:.*/, ''))).toEqual(['  - TRUST_PROXY', '  - API_MAX_DB_CONNECTIONS_PER_TENANT', '  - WORKFLOW_VERSIONS_RETIRED']);
+    expect(r.stdout).toBe('');
+  });
+
+  it('stops a worker at start-up naming both WORKER_QUEUES and WORKFLOW_VERSIONS_RETIRED when both are wrong', () => {
+    const r = startApi({ JWT_SECRET: SECRET, WORKER_QUEUES: 'golden-path,partner-offbording', WORKFLOW_VERSIONS_RETIRED: 'golden-path-v1' }, 'workers/golden-path.worker.ts');
+    expect(r.status, r.stderr).toBe(1);
+    expect(r.stderr).toBe(
+      'invalid configuration:\n  - WORKER_QUEUES: partner-offbording is no workflow queue; there are golden-path, partner-offboarding\n  - WORKFLOW_VERSIONS_RETIRED: "golden-path-v1" is not name@vN (e.g. golden-path@v1)\n',
+    );
     expect(r.stdout).toBe('');
   });
 
