@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { hostname } from 'node:os';
 import { Queue, type Telemetry } from 'bullmq';
 import type { Redis } from 'ioredis';
-import { poolMaxFor, type Config } from './platform/config/config.ts';
+import { apiConfigProblems, ConfigError, poolMaxFor, type Config } from './platform/config/config.ts';
 import { createOrm, type MikroORM } from './platform/db/orm.ts';
 import { createLogger, type Logger } from './platform/telemetry/logger.ts';
 import { createRedis } from './platform/queue/connections.ts';
@@ -19,6 +19,8 @@ import { bullmqTelemetry } from './platform/telemetry/bullmq-telemetry.ts';
 import { MAINTENANCE_QUEUE } from './platform/queue/maintenance.ts';
 import { TIMER_QUEUE } from './platform/queue/timers.ts';
 import { servedRunQueues } from './platform/durable/worker-host.ts';
+import { WorkflowRegistry } from './platform/durable/registry.ts';
+import { trustProxyProblems } from './platform/http/trust-proxy.ts';
 import { WEBHOOK_QUEUE, enqueueDeliveries } from './platform/webhooks/delivery.ts';
 import { webhookEndpointRoutes } from './platform/webhooks/webhook-endpoints.routes.ts';
 import { EndpointRates } from './platform/webhooks/rate-limit.ts';
@@ -66,12 +68,20 @@ export async function createContainer(
     workflows?: (fromModules: WorkflowDef[]) => WorkflowDef[];
   },
 ): Promise<Container> {
+  // The settings checked here, not by the schema, before anything connects: all of them reported at once in one
+  // ConfigError (exitOnConfigError prints them), as the schema's are, not the first alone one start at a time.
+  // Settings only the API (and the readiness tool's app) reads: TRUST_PROXY, and the API's share against its pool.
+  const problems = opts.service === 'worker' ? [] : [...trustProxyProblems(config.TRUST_PROXY), ...(opts.service === 'api' ? apiConfigProblems(config) : [])];
   const logger = createLogger({ level: config.LOG_LEVEL, name: `dealix-${opts.service}` });
   // The SLA scheduler's queues (timers, and the golden-path queue of older releases' timers) are created lazily (below), once Redis is connected.
   const fromModules = workflowsFor(config, { queue: (name) => queue(name) });
   const workflows = [...(opts.workflows ? opts.workflows(fromModules) : fromModules), ...(opts.extraWorkflows ?? [])];
   // A worker's default pool counts the workflow queues it serves (WORKER_QUEUES, else all) and its timers (poolMaxFor).
-  const servedQueues = opts.service === 'worker' ? servedRunQueues(workflows, config.WORKER_QUEUES) : [];
+  const servedQueues = opts.service === 'worker' ? collectProblems(problems, () => servedRunQueues(workflows, config.WORKER_QUEUES), []) : [];
+  // WORKFLOW_VERSIONS_RETIRED against the workflows (the runtime's registry checks it again below): here, before
+  // anything connects, so a refusal leaves no connection open behind it (npm run readiness reports it and goes on).
+  collectProblems(problems, () => new WorkflowRegistry(workflows, config.WORKFLOW_VERSIONS_RETIRED), undefined);
+  if (problems.length) throw new ConfigError(problems);
   const poolMax = poolMaxFor(config, opts.service, servedQueues.length);
   const orm = await createOrm(config, { entities, poolMax });
   const redis = createRedis(config.REDIS_URL, 'producer', `dealix-${opts.service}`);
@@ -140,4 +150,15 @@ export async function createContainer(
       redis.disconnect();
     },
   };
+}
+
+/** `check()`'s value, or, when it throws a ConfigError, `fallback` with its problems added to `problems` (any other error is thrown). */
+function collectProblems<T>(problems: string[], check: () => T, fallback: T): T {
+  try {
+    return check();
+  } catch (e) {
+    if (!(e instanceof ConfigError)) throw e;
+    problems.push(...e.problems);
+    return fallback;
+  }
 }

@@ -4,7 +4,7 @@ import { installEarlySignals } from './platform/process/early-signals.ts';
 // First, before the heavy imports: a SIGTERM while the API is still starting (loading, connecting,
 // waiting for Redis) ends the start with exit 0 and one log line, not a kill by the signal (early-signals.ts).
 installEarlySignals();
-const { loadConfig, usesPublishedJwtSecret } = await import('./platform/config/config.ts');
+const { exitOnConfigError, loadConfig, usesPublishedJwtSecret } = await import('./platform/config/config.ts');
 const { createContainer } = await import('./container.ts');
 const { createApp } = await import('./app.ts');
 const { drainOnClose, exitAfterFailedStart, onShutdown } = await import('./platform/process/shutdown.ts');
@@ -13,7 +13,7 @@ const { warnWhenGuardOff } = await import('./platform/webhooks/ssrf.ts');
 const { answerClientError } = await import('./platform/http/client-error.ts');
 
 const config = loadConfig();
-const container = await createContainer(config, { service: 'api' });
+const container = await createContainer(config, { service: 'api' }).catch(exitOnConfigError);
 await untilReady(container.redis, 5_000);
 // Before 'api listening' (a start's lines are read up to it): readiness row webhook-ssrf-guard.
 warnWhenGuardOff(container.logger, config.WEBHOOK_ALLOW_PRIVATE_NETWORKS);

@@ -1,5 +1,5 @@
 import { fileURLToPath } from 'node:url';
-import { ConfigError, type Config } from '../platform/config/config.ts';
+import { apiConfigProblems, ConfigError, type Config } from '../platform/config/config.ts';
 import { createOrm } from '../platform/db/orm.ts';
 import { createContainer, type Container } from '../container.ts';
 import { createApp } from '../app.ts';
@@ -53,6 +53,9 @@ export async function assessReadiness(loadConfig: () => Config, opts: TargetOpti
   try {
     target = await openReadinessTarget(config, { docsRoot });
   } catch (e) {
+    // A setting checked once the workflows are known (WORKFLOW_VERSIONS_RETIRED): the config row, in the words the processes print,
+    // with the API's own (apiConfigProblems, which runReadiness adds otherwise), as the API names them all at start.
+    if (e instanceof ConfigError) return toReport([configRow([...e.problems, ...apiConfigProblems(config)]), ...docsRows(docsRoot), fail('live-system', 'not inspected: the configuration is invalid')]);
     return toReport([configRow(undefined, config), ...docsRows(docsRoot), fail('live-system', `could not build the container: ${(e as Error).message}`)]);
   }
   try {

@@ -1,6 +1,6 @@
 import type { Express } from 'express';
 import type { Redis } from 'ioredis';
-import type { Config } from '../platform/config/config.ts';
+import { apiConfigProblems, type Config } from '../platform/config/config.ts';
 import type { MikroORM } from '../platform/db/orm.ts';
 import type { WorkflowDef } from '../platform/durable/workflow.ts';
 import { autovacuumRow, autovacuumSetting, databaseRows } from './database.checks.ts';
@@ -46,7 +46,8 @@ async function guarded(component: string, fn: () => Promise<ReadinessRow[]>): Pr
  */
 export async function runReadiness(deps: ReadinessDeps): Promise<ReadinessReport> {
   const { config, app, workflows, bullBoard } = deps;
-  const rows: ReadinessRow[] = [configRow(undefined, config), ...docsRows(deps.docsRoot)];
+  // The API's own settings too (apiConfigProblems): the matrix judges the API as production builds it, which refuses to start on them.
+  const rows: ReadinessRow[] = [configRow(apiConfigProblems(config), config), ...docsRows(deps.docsRoot)];
   rows.push(...(await guarded('database', () => databaseRows(deps.orm, { systemRole: deps.systemRole }))));
   rows.push(...(await guarded('postgres-autovacuum', async () => [autovacuumRow(await autovacuumSetting(deps.orm), { production: config.NODE_ENV === 'production' })])));
   rows.push(...(await guarded('migrations', () => migrationRows(deps.openOwnerOrm))));

@@ -17,7 +17,8 @@ export function telemetryRow(config: Config): ReadinessRow {
 
 /** Tokens are verified with keys only the identity provider holds: JWKS, or a secret nobody else has seen. */
 export function jwtKeysRow(config: Config): ReadinessRow {
-  if (config.JWT_JWKS_URL) return pass('jwt-keys', `RS256/ES256 keys from ${config.JWT_JWKS_URL}`);
+  // The algorithms the list allows (the schema refuses a list of none the key source verifies; HS256 beside a JWKS verifies nothing).
+  if (config.JWT_JWKS_URL) return pass('jwt-keys', `${config.JWT_ALGORITHMS.filter((a) => a !== 'HS256').join('/')} keys from ${config.JWT_JWKS_URL}`);
   if (usesPublishedJwtSecret(config)) {
     return fail('jwt-keys', 'JWT_SECRET is the example published in .env.example / docker-compose.yml: anyone can sign a token for any tenant; set a secret of your own (e.g. openssl rand -hex 32) or JWT_JWKS_URL');
   }

@@ -99,6 +99,13 @@ describe('configuration and documents', () => {
     expect(m.report.ok).toBe(false);
   });
 
+  // The API refuses to start on it (createContainer); the matrix, which judges that API, says so in the same words.
+  it("a tenant's database share larger than the API's pool fails the config row with the API's start-up message", async () => {
+    const m = await matrixFor({ env: { API_MAX_DB_CONNECTIONS_PER_TENANT: '4' } });
+    expect(m.row('config')).toMatchObject({ status: 'FAIL', reason: expect.stringMatching(/^invalid: API_MAX_DB_CONNECTIONS_PER_TENANT: 4 is more than the API's pool of 3 connections \(DATABASE_POOL_MAX=3\)/) });
+    expect(m.report.ok).toBe(false);
+  });
+
   it('missing release-gate and runbook documents fail their rows', async () => {
     const m = await matrixFor({ adjust: () => ({ docsRoot: docsless }) });
     expect(m.row('docs docs/governance/release-gates.md').status).toBe('FAIL');
@@ -128,6 +135,9 @@ describe('configuration and documents', () => {
     expect((await matrixFor()).row('jwt-keys').reason).toMatch(/HS256 with a JWT_SECRET of its own/);
     const jwks = await matrixFor({ env: { JWT_SECRET: PUBLISHED_JWT_SECRETS[0]!, JWT_JWKS_URL: 'https://idp.example/.well-known/jwks.json' } });
     expect(jwks.row('jwt-keys')).toMatchObject({ status: 'PASS', reason: 'RS256/ES256 keys from https://idp.example/.well-known/jwks.json' });
+    // The algorithms JWT_ALGORITHMS allows, not the default's: the row said RS256/ES256 of a PS256-only list.
+    const ps = await matrixFor({ env: { JWT_JWKS_URL: 'https://idp.example/.well-known/jwks.json', JWT_ALGORITHMS: 'PS256' } });
+    expect(ps.row('jwt-keys')).toMatchObject({ status: 'PASS', reason: 'PS256 keys from https://idp.example/.well-known/jwks.json' });
   });
 });
 
@@ -234,6 +244,30 @@ describe('a stack that cannot be built', () => {
   });
   afterAll(async () => {
     await db.drop();
+  });
+
+  // Checked once the workflows are known, as the processes check it at start: it was `config` PASS and
+  // `live-system` FAIL "could not build the container" with the error's text.
+  it('a WORKFLOW_VERSIONS_RETIRED the workflows refuse fails the config row with the message the processes stop with', async () => {
+    const env = envFor(db, { WORKFLOW_VERSIONS_RETIRED: 'golden-path-v1' });
+    try {
+      const m = matrixOf(await assessReadiness(() => parseConfig(env)));
+      expect(m.row('config')).toMatchObject({ status: 'FAIL', reason: 'invalid: WORKFLOW_VERSIONS_RETIRED: "golden-path-v1" is not name@vN (e.g. golden-path@v1)' });
+      expect(m.row('live-system')).toMatchObject({ status: 'FAIL', reason: 'not inspected: the configuration is invalid' });
+    } finally {
+      await dropKeys(env.REDIS_URL!, env.QUEUE_PREFIX!);
+    }
+  });
+
+  // The API's own settings (apiConfigProblems) too, as the API names them all at start: the row named the workflows' problem alone.
+  it('a refused WORKFLOW_VERSIONS_RETIRED and a share larger than the pool are both in the config row', async () => {
+    const env = envFor(db, { WORKFLOW_VERSIONS_RETIRED: 'golden-path-v1', API_MAX_DB_CONNECTIONS_PER_TENANT: '4' });
+    try {
+      const m = matrixOf(await assessReadiness(() => parseConfig(env)));
+      expect(m.row('config')).toMatchObject({ status: 'FAIL', reason: expect.stringMatching(/^invalid: WORKFLOW_VERSIONS_RETIRED: .*; API_MAX_DB_CONNECTIONS_PER_TENANT: 4 is more than the API's pool of 3/) });
+    } finally {
+      await dropKeys(env.REDIS_URL!, env.QUEUE_PREFIX!);
+    }
   });
 
   it('an unreachable database is a FAIL row with the reason, not a crash', async () => {

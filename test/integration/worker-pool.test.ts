@@ -141,12 +141,14 @@ it('a WORKER_QUEUES naming no workflow queue stops the worker at start, naming t
  * stack trace with the source line, which a log drain splits into a dozen unrelated lines.
  */
 it.each([
-  { queues: 'golden-path,partner-offbording', names: 'partner-offbording is no workflow queue; there are golden-path, partner-offboarding' },
-  { queues: 'maintenance', names: 'maintenance is no workflow queue; there are golden-path, partner-offboarding (maintenance is served by every worker and is not named here)' },
-])('the production worker started with WORKER_QUEUES=$queues exits 1 with the configuration problem only, no stack trace', async ({ queues, names }) => {
+  { name: 'WORKER_QUEUES', value: 'golden-path,partner-offbording', problem: 'partner-offbording is no workflow queue; there are golden-path, partner-offboarding' },
+  { name: 'WORKER_QUEUES', value: 'maintenance', problem: 'maintenance is no workflow queue; there are golden-path, partner-offboarding (maintenance is served by every worker and is not named here)' },
+  // Checked by the workflow registry once the workflows are known, as WORKER_QUEUES: it was a plain Error, a stack trace.
+  { name: 'WORKFLOW_VERSIONS_RETIRED', value: 'golden-path-v1', problem: '"golden-path-v1" is not name@vN (e.g. golden-path@v1)' },
+])('the production worker started with $name=$value exits 1 with the configuration problem only, no stack trace', async ({ name, value, problem }) => {
   const proc = spawn(process.execPath, ['workers/golden-path.worker.ts'], {
     cwd: fileURLToPath(new URL('../..', import.meta.url)),
-    env: { PATH: process.env.PATH ?? '', ...baseEnv(), LOG_LEVEL: 'info', WORKER_QUEUES: queues },
+    env: { PATH: process.env.PATH ?? '', ...baseEnv(), LOG_LEVEL: 'info', [name]: value },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   let stdout = '';
@@ -156,6 +158,6 @@ it.each([
   // 'close': its output read to the end ('exit' can come before the last of it).
   const code = await new Promise<number | null>((r) => proc.once('close', (c) => r(c)));
   expect(code, stderr).toBe(1);
-  expect(stderr).toBe(`invalid configuration:\n  - WORKER_QUEUES: ${names}\n`);
+  expect(stderr).toBe(`invalid configuration:\n  - ${name}: ${problem}\n`);
   expect(stdout).toBe('');
 });

@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
-import { ConfigError, parseConfig, poolMaxFor } from '../../src/platform/config/config.ts';
+import { ConfigError, apiConfigProblems, parseConfig, poolMaxFor } from '../../src/platform/config/config.ts';
 
 const SECRET = 'a-development-secret-of-32-chars!';
 
@@ -13,6 +13,19 @@ function configError(env: Record<string, string | undefined>): ConfigError {
     return e as ConfigError;
   }
   throw new Error('parseConfig accepted the environment');
+}
+
+/**
+ * The API's own entry (src/server.ts, as the Procfile starts it) in an environment of `env` alone. Nothing to
+ * connect to (port 1): a start past the configuration fails later and differently, or runs until the timeout.
+ */
+function startApi(env: Record<string, string>, entry = 'src/server.ts') {
+  return spawnSync(process.execPath, [entry], {
+    cwd: fileURLToPath(new URL('../..', import.meta.url)),
+    env: { PATH: process.env.PATH ?? '', PORT: '0', DATABASE_URL: 'postgres://nobody@127.0.0.1:1/none', REDIS_URL: 'redis://127.0.0.1:1', OTEL_SDK_DISABLED: 'true', ...env },
+    encoding: 'utf8',
+    timeout: 45_000,
+  });
 }
 
 describe('configuration', () => {
@@ -77,6 +90,25 @@ describe('configuration', () => {
 
   it('names the missing key material when neither JWT_SECRET nor JWT_JWKS_URL is set', () => {
     expect(configError({}).problems).toEqual([expect.stringMatching(/^JWT_SECRET: set JWT_SECRET .* or JWT_JWKS_URL/)]);
+  });
+
+  // The allow-list is checked against the key source the verifier uses (jwt.ts): a JWKS holds public keys
+  // (RS256, ES256, PS256, EdDSA), never a shared secret, and wins over JWT_SECRET; a secret verifies HS256
+  // only. A list of none of them used to start and then answer every token 401.
+  it('refuses a JWT_ALGORITHMS list none of whose algorithms the key source can verify, naming the list and the key source', () => {
+    const JWKS = 'https://issuer.example/jwks.json';
+    for (const algs of ['RS256', 'ES256', 'PS256', 'EdDSA', 'RS256,ES256']) {
+      expect(configError({ JWT_SECRET: SECRET, JWT_ALGORITHMS: algs }).problems, algs).toEqual([expect.stringMatching(/^JWT_ALGORITHMS: .*JWT_SECRET.*HS256/)]);
+    }
+    expect(configError({ JWT_JWKS_URL: JWKS, JWT_ALGORITHMS: 'HS256' }).problems).toEqual([expect.stringMatching(/^JWT_ALGORITHMS: .*JWT_JWKS_URL/)]);
+    // Both set: the JWKS wins, so HS256 alone can verify nothing there either.
+    expect(configError({ JWT_JWKS_URL: JWKS, JWT_SECRET: SECRET, JWT_ALGORITHMS: 'HS256' }).problems).toEqual([expect.stringMatching(/^JWT_ALGORITHMS: .*JWT_JWKS_URL.*wins over JWT_SECRET/)]);
+    // A list with at least one algorithm its key source verifies is kept (the others verify nothing: jwt.test.ts).
+    expect(parseConfig({ JWT_SECRET: SECRET, JWT_ALGORITHMS: 'HS256,RS256' }).JWT_ALGORITHMS).toEqual(['HS256', 'RS256']);
+    expect(parseConfig({ JWT_JWKS_URL: JWKS, JWT_ALGORITHMS: 'PS256,HS256' }).JWT_ALGORITHMS).toEqual(['PS256', 'HS256']);
+    expect(parseConfig({ JWT_JWKS_URL: JWKS, JWT_SECRET: SECRET, JWT_ALGORITHMS: 'EdDSA' }).JWT_ALGORITHMS).toEqual(['EdDSA']);
+    // Names that are no algorithm (or not in the exact case jose uses) are refused as before, each named.
+    for (const bad of ['none', 'rs256', 'HS512', 'RS256;ES256']) expect(configError({ JWT_SECRET: SECRET, JWT_ALGORITHMS: bad }).problems.join('\n'), bad).toMatch(/^JWT_ALGORITHMS\.0: /);
   });
 
   it('refuses an idempotency TTL shorter than the lease: the key would be forgotten while its request holds it', () => {
@@ -182,6 +214,67 @@ describe('configuration', () => {
     expect(r.status).toBe(1);
     expect(r.stderr).toMatch(/PORT/);
     expect(r.stdout).not.toMatch(/started/);
+  });
+
+  // It used to start and listen, then answer every token 401.
+  it('stops the API at start-up, exit code 1, naming JWT_ALGORITHMS and the key source, when no listed algorithm can be verified', () => {
+    const r = startApi({ JWT_SECRET: SECRET, JWT_ALGORITHMS: 'RS256' });
+    expect(r.status, r.stderr).toBe(1);
+    expect(r.stderr).toMatch(/^invalid configuration:\n {2}- JWT_ALGORITHMS: RS256 lists no algorithm the key source verifies: tokens are checked against JWT_SECRET \(no JWT_JWKS_URL\)/);
+    expect(r.stdout).toBe('');
+  });
+
+  // The share (ADR 0012, amendment) bounds a tenant's requests doing database work at once in an API process: above
+  // the API's pool, one tenant may hold every connection, as with the share off, yet it looks set. The API checks it,
+  // not the schema: a worker reads the same variables with a pool of its own, which may be smaller.
+  it("refuses, for the API, a tenant's database share larger than the API's pool (DATABASE_POOL_MAX, 10 unset), naming both", () => {
+    expect(apiConfigProblems(parseConfig({ JWT_SECRET: SECRET, API_MAX_DB_CONNECTIONS_PER_TENANT: '11' }))).toEqual([
+      expect.stringMatching(/^API_MAX_DB_CONNECTIONS_PER_TENANT: 11 is more than the API's pool of 10 connections \(DATABASE_POOL_MAX unset\)/),
+    ]);
+    expect(apiConfigProblems(parseConfig({ JWT_SECRET: SECRET, DATABASE_POOL_MAX: '4', API_MAX_DB_CONNECTIONS_PER_TENANT: '5' }))).toEqual([
+      expect.stringMatching(/^API_MAX_DB_CONNECTIONS_PER_TENANT: 5 is more than the API's pool of 4 connections \(DATABASE_POOL_MAX=4\)/),
+    ]);
+    // Unset (half the pool), 0 (off), and up to the whole pool are kept; a worker's larger default pool does not count.
+    for (const env of [{}, { API_MAX_DB_CONNECTIONS_PER_TENANT: '0' }, { API_MAX_DB_CONNECTIONS_PER_TENANT: '10' }, { DATABASE_POOL_MAX: '40', API_MAX_DB_CONNECTIONS_PER_TENANT: '40' }, { DATABASE_POOL_MAX: '1' }]) {
+      expect(apiConfigProblems(parseConfig({ JWT_SECRET: SECRET, WORKER_CONCURRENCY: '50', ...env })), JSON.stringify(env)).toEqual([]);
+    }
+    // Parsing alone does not refuse it: a worker's DATABASE_POOL_MAX may be below the API's share.
+    expect(parseConfig({ JWT_SECRET: SECRET, DATABASE_POOL_MAX: '3', API_MAX_DB_CONNECTIONS_PER_TENANT: '5' }).API_MAX_DB_CONNECTIONS_PER_TENANT).toBe(5);
+  });
+
+  it('stops the API at start-up, exit code 1, when API_MAX_DB_CONNECTIONS_PER_TENANT is larger than its pool', () => {
+    const r = startApi({ JWT_SECRET: SECRET, API_MAX_DB_CONNECTIONS_PER_TENANT: '20' });
+    expect(r.status, r.stderr).toBe(1);
+    expect(r.stderr).toMatch(/^invalid configuration:\n {2}- API_MAX_DB_CONNECTIONS_PER_TENANT: 20 is more than the API's pool of 10 connections/);
+    expect(r.stdout).toBe('');
+  });
+
+  // The schema takes any address-like text (its characters); Express compiles the list only when the app is built,
+  // after the connections were opened, and threw a TypeError there: a stack trace, not the setting named.
+  it('stops the API at start-up, exit code 1, naming TRUST_PROXY, when the list holds what is no address, subnet or name', () => {
+    const r = startApi({ JWT_SECRET: SECRET, TRUST_PROXY: 'loopbak, 10.0.0.0/33' });
+    expect(r.status, r.stderr).toBe(1);
+    expect(r.stderr).toBe('invalid configuration:\n  - TRUST_PROXY: "loopbak, 10.0.0.0/33" is not true, false, a hop count, or addresses/subnets/loopback|linklocal|uniquelocal, comma-separated (invalid IP address: loopbak)\n');
+    expect(r.stdout).toBe('');
+  });
+
+  // The settings checked once the modules are known (TRUST_PROXY, the share, WORKER_QUEUES, WORKFLOW_VERSIONS_RETIRED)
+  // are reported together, as the schema's are: each used to stop the start alone, the next one found only
+  // at the next start (three restarts to find three typos).
+  it('stops the API at start-up naming every setting checked against the modules at once, not the first alone', () => {
+    const r = startApi({ JWT_SECRET: SECRET, TRUST_PROXY: 'loopbak', API_MAX_DB_CONNECTIONS_PER_TENANT: '20', WORKFLOW_VERSIONS_RETIRED: 'golden-path-v1' });
+    expect(r.status, r.stderr).toBe(1);
+    expect(r.stderr.split('\n').filter((l) => l.startsWith('  - ')).map((l) => l.replace(/:.*/, ''))).toEqual(['  - TRUST_PROXY', '  - API_MAX_DB_CONNECTIONS_PER_TENANT', '  - WORKFLOW_VERSIONS_RETIRED']);
+    expect(r.stdout).toBe('');
+  });
+
+  it('stops a worker at start-up naming both WORKER_QUEUES and WORKFLOW_VERSIONS_RETIRED when both are wrong', () => {
+    const r = startApi({ JWT_SECRET: SECRET, WORKER_QUEUES: 'golden-path,partner-offbording', WORKFLOW_VERSIONS_RETIRED: 'golden-path-v1' }, 'workers/golden-path.worker.ts');
+    expect(r.status, r.stderr).toBe(1);
+    expect(r.stderr).toBe(
+      'invalid configuration:\n  - WORKER_QUEUES: partner-offbording is no workflow queue; there are golden-path, partner-offboarding\n  - WORKFLOW_VERSIONS_RETIRED: "golden-path-v1" is not name@vN (e.g. golden-path@v1)\n',
+    );
+    expect(r.stdout).toBe('');
   });
 
   // A worker's SLA timers (WORKER_TIMER_CONCURRENCY, ADR 0015) each hold a connection for their

@@ -7,6 +7,7 @@ import { z } from 'zod';
 import { pino } from 'pino';
 import { defineStep, defineWorkflow, type StepDef, type WorkflowDef } from '../../src/platform/durable/workflow.ts';
 import { WorkflowRegistry } from '../../src/platform/durable/registry.ts';
+import { ConfigError } from '../../src/platform/config/config.ts';
 import { DurableRuntime } from '../../src/platform/durable/runtime.ts';
 
 const step = (name: string): StepDef => defineStep({ name, input: z.unknown(), output: z.unknown(), run: async () => null });
@@ -79,9 +80,20 @@ describe('a registry of workflow versions', () => {
     expect(registry.get('flow', 1)).toBeUndefined();
   });
 
-  it('a version declared retired that the process registers, a workflow it does not know, or a malformed label is refused at start', () => {
-    expect(() => new WorkflowRegistry([flow(1, [a]), flow(2, [a, b])], ['flow@v1'])).toThrow('workflow flow@v1 is declared retired (WORKFLOW_VERSIONS_RETIRED) but registered');
-    expect(() => new WorkflowRegistry([flow(2, [a])], ['flwo@v1'])).toThrow('WORKFLOW_VERSIONS_RETIRED names flwo@v1, but no version of flwo is registered');
-    expect(() => new WorkflowRegistry([flow(2, [a])], ['flow-v1'])).toThrow('WORKFLOW_VERSIONS_RETIRED: "flow-v1" is not name@vN');
+  // As configuration problems (ConfigError): the entries print them as every bad setting, the message alone and
+  // exit 1 (exitOnConfigError); a plain Error was thrown past them, a stack trace a log drain splits into lines.
+  it('a version declared retired that the process registers, a workflow it does not know, or a malformed label is refused at start, as a configuration problem naming the variable', () => {
+    const problems = (retired: string[], defs: WorkflowDef[]) => {
+      try {
+        new WorkflowRegistry(defs, retired);
+      } catch (e) {
+        expect(e).toBeInstanceOf(ConfigError);
+        return (e as ConfigError).problems;
+      }
+      throw new Error('the registry accepted the list');
+    };
+    expect(problems(['flow@v1'], [flow(1, [a]), flow(2, [a, b])])).toEqual(['WORKFLOW_VERSIONS_RETIRED: flow@v1 is declared retired but registered by this process: remove it from one or the other']);
+    expect(problems(['flwo@v1'], [flow(2, [a])])).toEqual(['WORKFLOW_VERSIONS_RETIRED: names flwo@v1, but no version of flwo is registered']);
+    expect(problems(['flow-v1'], [flow(2, [a])])).toEqual(['WORKFLOW_VERSIONS_RETIRED: "flow-v1" is not name@vN (e.g. golden-path@v1)']);
   });
 });

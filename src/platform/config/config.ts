@@ -70,6 +70,10 @@ const csv = (fallback: string) =>
 export const READINESS_UNKNOWABLE_ROWS = ['redis-eviction', 'redis-persistence', 'redis-timeout'] as const;
 export type ReadinessUnknowableRow = (typeof READINESS_UNKNOWABLE_ROWS)[number];
 
+/** The algorithms JWT_ALGORITHMS may list: a shared secret (JWT_SECRET) verifies the first, a key set (JWT_JWKS_URL) the others. */
+const SECRET_ALGORITHMS = ['HS256'] as const;
+const JWKS_ALGORITHMS = ['RS256', 'ES256', 'PS256', 'EdDSA'] as const;
+
 export const configSchema = z
   .object({
     NODE_ENV: z.enum(['development', 'test', 'production']).default('development'),
@@ -79,6 +83,7 @@ export const configSchema = z
      * (default), `false`, `true` (any peer: only behind a proxy that overwrites the headers), a hop
      * count (`1` behind one load balancer, e.g. Heroku's router), or addresses/subnets, comma-separated.
      * It decides `req.secure` (the dashboard's `__Host-` session cookie; plain HTTP gets one on a loopback host only) and the `ip` of security log lines.
+     * Here only its characters are checked; the list as Express compiles it, by the API at start (trust-proxy.ts).
      */
     TRUST_PROXY: z
       .string()
@@ -119,7 +124,8 @@ export const configSchema = z
     JWT_JWKS_URL: z.string().url().optional(),
     JWT_ISSUER: z.string().min(1).default('dealix-dev'),
     JWT_AUDIENCE: z.string().min(1).default('dealix-api'),
-    JWT_ALGORITHMS: csv('').pipe(z.array(z.enum(['HS256', 'RS256', 'ES256', 'PS256', 'EdDSA']))),
+    // At least one the key source verifies (JWKS_ALGORITHMS with JWT_JWKS_URL, else SECRET_ALGORITHMS), or start-up stops.
+    JWT_ALGORITHMS: csv('').pipe(z.array(z.enum([...SECRET_ALGORITHMS, ...JWKS_ALGORITHMS]))),
     JWT_CLOCK_TOLERANCE: duration('5s'),
     // How long a verified token is answered from memory (ADR 0006): at most 60 s, so a key removed
     // from the JWKS stops a token already seen within this much after the JWKS cache's own refresh.
@@ -246,6 +252,7 @@ export const configSchema = z
      * A tenant's share of the API process's database connections: at most this many of its requests do
      * database work at once; more wait (holding none) and are answered 503 when none frees in time (ADR
      * 0012). Unset: half the API's pool (DATABASE_POOL_MAX, 10 by default: 5), at least 1; 0 = no share.
+   * More than the API's pool stops the API at start (apiConfigProblems: the API's pool, not a worker's).
      */
     API_MAX_DB_CONNECTIONS_PER_TENANT: z.coerce.number().int().min(0).max(200).optional(),
     /** How long a request may take to arrive whole (headers and body): a slow upload frees its in-flight slot then (408). */
@@ -297,6 +304,15 @@ export const configSchema = z
     if (!c.JWT_SECRET && !c.JWT_JWKS_URL) {
       ctx.addIssue({ code: 'custom', path: ['JWT_SECRET'], message: 'set JWT_SECRET (HS256, development) or JWT_JWKS_URL (RS256/ES256)' });
     }
+    // What the verifier's key source can check (jwt.ts): a JWKS, which wins over JWT_SECRET, holds public keys
+    // only; a shared secret verifies HS256 only. A list of none of these started, then answered every token 401.
+    const usable: readonly string[] = c.JWT_JWKS_URL ? JWKS_ALGORITHMS : SECRET_ALGORITHMS;
+    if (c.JWT_ALGORITHMS.length > 0 && !c.JWT_ALGORITHMS.some((a) => usable.includes(a))) {
+      const source = c.JWT_JWKS_URL
+        ? `JWT_JWKS_URL${c.JWT_SECRET ? ' (it wins over JWT_SECRET)' : ''}, whose keys verify ${JWKS_ALGORITHMS.join(', ')}`
+        : `JWT_SECRET (no JWT_JWKS_URL), which verifies ${SECRET_ALGORITHMS.join(', ')} only`;
+      ctx.addIssue({ code: 'custom', path: ['JWT_ALGORITHMS'], message: `${c.JWT_ALGORITHMS.join(',')} lists no algorithm the key source verifies: tokens are checked against ${source}; every token would be refused` });
+    }
     if (c.NODE_ENV === 'production' && c.JWT_SECRET && !c.JWT_JWKS_URL) {
       ctx.addIssue({ code: 'custom', path: ['JWT_JWKS_URL'], message: 'production verifies tokens through JWT_JWKS_URL, not a shared secret' });
     }
@@ -335,6 +351,22 @@ export function poolMaxFor(
 ): number {
   if (config.DATABASE_POOL_MAX !== undefined) return config.DATABASE_POOL_MAX;
   return service === 'worker' ? config.WORKER_CONCURRENCY * Math.max(1, runQueues) + config.WORKER_TIMER_CONCURRENCY + 2 : 10;
+}
+
+/**
+ * The problems of the settings only the API reads, against the API's pool (poolMaxFor): the API refuses
+ * to start on them (createContainer, as the worker on WORKER_QUEUES), `npm run readiness` fails its
+ * config row. Not in the schema: a worker reads the same variables with a DATABASE_POOL_MAX of its own,
+ * which may be below the API's share (a share means nothing to a worker).
+ */
+export function apiConfigProblems(config: Pick<Config, 'API_MAX_DB_CONNECTIONS_PER_TENANT' | 'DATABASE_POOL_MAX' | 'WORKER_CONCURRENCY' | 'WORKER_TIMER_CONCURRENCY'>): string[] {
+  const pool = poolMaxFor(config, 'api', 0);
+  const share = config.API_MAX_DB_CONNECTIONS_PER_TENANT;
+  // Above the pool one tenant's requests may hold every connection, as with the share off (ADR 0012,
+  // amendment), while the setting reads as a bound: refused rather than clamped, so it says what it does.
+  if (share === undefined || share <= pool) return [];
+  const poolSetting = config.DATABASE_POOL_MAX === undefined ? 'DATABASE_POOL_MAX unset' : `DATABASE_POOL_MAX=${pool}`;
+  return [`API_MAX_DB_CONNECTIONS_PER_TENANT: ${share} is more than the API's pool of ${pool} connections (${poolSetting}): one tenant could hold all of them, so the share would bound nothing; set it to at most ${pool} (or raise DATABASE_POOL_MAX), or 0 to turn the share off`];
 }
 
 /**

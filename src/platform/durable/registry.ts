@@ -1,3 +1,4 @@
+import { ConfigError } from '../config/config.ts';
 import { checkWorkflow, type WorkflowDef } from './workflow.ts';
 
 /** `name@vN`, how logs, metrics and errors name one version of a workflow. */
@@ -42,14 +43,16 @@ export class WorkflowRegistry {
       if (marked.length > 1) throw new Error(`workflow ${name}: versions ${marked.map((d) => d.version).join(' and ')} are both marked current`);
       this.currents.set(name, marked[0] ?? byVersion.get(Math.max(...byVersion.keys()))!);
     }
+    // Configuration problems (ConfigError), as WORKER_QUEUES's: the entries print them as every bad setting, no stack trace.
+    const problems: string[] = [];
     for (const label of retired) {
       const m = /^([a-z][a-z0-9-]*)@v([1-9][0-9]*)$/.exec(label);
-      if (!m) throw new Error(`WORKFLOW_VERSIONS_RETIRED: "${label}" is not name@vN (e.g. golden-path@v1)`);
-      const [name, version] = [m[1]!, Number(m[2])];
-      if (!this.versions.has(name)) throw new Error(`WORKFLOW_VERSIONS_RETIRED names ${label}, but no version of ${name} is registered`);
-      if (this.get(name, version)) throw new Error(`workflow ${label} is declared retired (WORKFLOW_VERSIONS_RETIRED) but registered: remove it from one or the other`);
-      this.retiredLabels.add(label);
+      if (!m) problems.push(`WORKFLOW_VERSIONS_RETIRED: "${label}" is not name@vN (e.g. golden-path@v1)`);
+      else if (!this.versions.has(m[1]!)) problems.push(`WORKFLOW_VERSIONS_RETIRED: names ${label}, but no version of ${m[1]} is registered`);
+      else if (this.get(m[1]!, Number(m[2]))) problems.push(`WORKFLOW_VERSIONS_RETIRED: ${label} is declared retired but registered by this process: remove it from one or the other`);
+      else this.retiredLabels.add(label);
     }
+    if (problems.length) throw new ConfigError(problems);
   }
 
   /**
