@@ -156,6 +156,10 @@ export async function scheduleMaintenance(
     // default — would be put in force by every other worker's next sweep (ADR 0011).
     deps.onStage?.('redis');
     await untilAborted(queue.waitUntilReady(), deps.signal);
+    // The schedule this worker replaces, read before its decision is committed: from that commit on,
+    // any worker's sweep may make the scheduler the new decision's copy (repairRunRetentionSchedule)
+    // before the upsert below reads it, and the `RUN_RETENTION differs` warning was lost (ADR 0011).
+    const replaced = await untilAborted(queue.getJobScheduler(RUN_RETENTION_JOB), deps.signal);
     // The decision, then its copy in Redis: a sweep that reads the decision after this commit and finds
     // the copy missing or older puts back this one (repairRunRetentionSchedule, ADR 0011).
     let decision: RetentionDecision | undefined;
@@ -173,7 +177,7 @@ export async function scheduleMaintenance(
     // however long Redis is down), and the queue closed before the caller closes the connection. Left
     // open, its connection's failure once closed came out as `queue error` warnings after the process's
     // last line.
-    await untilAborted(upsertMaintenanceSchedulers(queue, { ...deps, ...(decision ? { decision } : {}) }), deps.signal);
+    await untilAborted(upsertMaintenanceSchedulers(queue, { ...deps, ...(decision ? { decision } : {}), replaced: replaced ?? null }), deps.signal);
   } catch (err) {
     await queue.close().catch(() => {});
     throw err;
@@ -216,14 +220,23 @@ async function recordUntilDone(orm: MikroORM, deps: { logger: Logger; signal?: A
  * different RUN_RETENTION values, the one started last decides (ADR 0011), and says so: a warning
  * naming its value and the one it replaces.
  */
-export async function upsertMaintenanceSchedulers(queue: Queue, schedule: MaintenanceSchedule & { orm?: MikroORM; signal?: AbortSignal } = {}): Promise<void> {
+export async function upsertMaintenanceSchedulers(
+  queue: Queue,
+  schedule: MaintenanceSchedule & {
+    orm?: MikroORM;
+    signal?: AbortSignal;
+    /** The run-retention scheduler as read before this worker's decision was committed (null: none), which the warning names; absent: as read now. */
+    replaced?: { template?: { data?: unknown } } | null;
+  } = {},
+): Promise<void> {
   const every = await upsertStandingSchedulers(queue, schedule);
   const own = schedule.runRetentionMs ?? 0;
   const existing = await queue.getJobScheduler(RUN_RETENTION_JOB);
-  const scheduled = existing ? scheduledRetention(existing.template?.data) : undefined;
+  const replaced = schedule.replaced === undefined ? existing : schedule.replaced;
+  const scheduled = replaced ? scheduledRetention(replaced.template?.data) : undefined;
   if (scheduled !== undefined && scheduled !== own) {
     schedule.logger?.warn(
-      { run_retention_ms: own, scheduled_run_retention_ms: scheduled, scheduled_by: (existing?.template?.data as Partial<RetentionJobData> | undefined)?.scheduled_by },
+      { run_retention_ms: own, scheduled_run_retention_ms: scheduled, scheduled_by: (replaced?.template?.data as Partial<RetentionJobData> | undefined)?.scheduled_by },
       `RUN_RETENTION differs from the scheduled run retention: this worker's ${formatRetention(own)} replaces the scheduled ${formatRetention(scheduled)} (the worker started last decides, ADR 0011)`,
     );
   }
