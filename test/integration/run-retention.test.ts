@@ -50,6 +50,16 @@ const RETENTION = 30 * DAY;
 const firstSweep = (worker: WorkerHandle) =>
   waitFor(() => worker.output().includes('Redis had lost its data (or this is its first sweep)') || undefined, { timeoutMs: 60_000, what: "the worker's first sweep" });
 
+/**
+ * Resolves once the run-retention scheduler is gone, after a worker started with RUN_RETENTION off
+ * removed it. Not read once: a sweep of a worker still running that read the decision before that
+ * worker's commit can put the scheduler back with the older decision after the removal, and takes it
+ * away again when it reads the decision a second time (repairRunRetentionSchedule, ADR 0011: the copy
+ * ends as the later decision's) — on a loaded machine, after the new worker's 'worker started' line.
+ */
+const retentionUnscheduled = (queue: Queue) =>
+  waitFor(async () => (await queue.getJobScheduler(RUN_RETENTION_JOB)) === undefined || undefined, { timeoutMs: 30_000, what: 'the run-retention scheduler removed' });
+
 describe('run retention', () => {
   let stack: TestStack;
   let admin: pg.Client;
@@ -689,7 +699,7 @@ describe('run retention across workers with different RUN_RETENTION', () => {
       // A worker with retention off: it says so too, and the schedule goes.
       const third = await stack.spawnWorker({ RUN_RETENTION: '0' });
       expect(differs(third.output())).toMatchObject([{ level: 40, run_retention_ms: 0, scheduled_run_retention_ms: 60 * DAY }]);
-      expect(await queue.getJobScheduler(RUN_RETENTION_JOB)).toBeUndefined();
+      await retentionUnscheduled(queue);
     } finally {
       await queue.close();
       connection.disconnect();
@@ -763,7 +773,7 @@ describe("the sweeper's repair after a Redis loss and the run-retention schedule
       const off = await stack.spawnWorker({ RUN_RETENTION: '0' });
       off.kill();
       await off.exited;
-      expect(await queue.getJobScheduler(RUN_RETENTION_JOB)).toBeUndefined();
+      await retentionUnscheduled(queue);
 
       // What the first worker's first sweep finds on a fresh Redis when it ends after the later worker's start.
       await stack.redis.del(marker);
