@@ -344,25 +344,46 @@ describe('db:migrate converges privileges', () => {
     expect(input.rows[0]).toEqual({ input: false, status: true });
   });
 
-  it('revokes DELETE on approval_policy_changes that the previous release granted the app (ADR 0010: its record is kept), and keeps UPDATE', async () => {
+  it('revokes DELETE on approval_policy_changes that the previous release granted the app (ADR 0010: its record is kept), and keeps UPDATE (of its decision\'s columns)', async () => {
     const db = await freshDatabase();
     await db.admin(`GRANT DELETE ON approval_policy_changes TO ${TEST_APP.user}`);
     const config = parseConfig({ JWT_SECRET: TEST_JWT_SECRET, DATABASE_URL: db.appUrl, MIGRATION_DATABASE_URL: db.ownerUrl });
     expect(await migrate(config, entities)).toEqual([]); // nothing pending: only the grants are re-applied
     const privs = await db.admin(`SELECT has_table_privilege($1, 'approval_policy_changes', 'DELETE') AS delete,
-                                         has_table_privilege($1, 'approval_policy_changes', 'UPDATE') AS update`, [TEST_APP.user]);
+                                         has_column_privilege($1, 'approval_policy_changes', 'status', 'UPDATE') AS update`, [TEST_APP.user]);
     expect(privs.rows[0]).toEqual({ delete: false, update: true });
   });
 
-  it('revokes DELETE on approval_requests and approval_policies that earlier releases granted the app (retention deletes nothing of them; the app never does), and keeps UPDATE', async () => {
+  it('revokes DELETE on approval_requests and approval_policies that earlier releases granted the app (retention deletes nothing of them; the app never does), and keeps UPDATE (of the columns the code writes, on approval_requests)', async () => {
     const db = await freshDatabase();
     await db.admin(`GRANT DELETE ON approval_requests, approval_policies TO ${TEST_APP.user}`);
     const config = parseConfig({ JWT_SECRET: TEST_JWT_SECRET, DATABASE_URL: db.appUrl, MIGRATION_DATABASE_URL: db.ownerUrl });
     expect(await migrate(config, entities)).toEqual([]); // nothing pending: only the grants are re-applied
     for (const table of ['approval_requests', 'approval_policies']) {
-      const privs = await db.admin(`SELECT has_table_privilege($1, $2::regclass, 'DELETE') AS delete, has_table_privilege($1, $2::regclass, 'UPDATE') AS update`, [TEST_APP.user, table]);
+      const privs = await db.admin(`SELECT has_table_privilege($1, $2::regclass, 'DELETE') AS delete, has_any_column_privilege($1, $2::regclass, 'UPDATE') AS update`, [TEST_APP.user, table]);
       expect(privs.rows[0], table).toEqual({ delete: false, update: true });
     }
+  });
+
+  it('narrows a table-wide UPDATE on approval_requests (the grant before column grants) to the columns the code writes: the catalog names the others until migrate runs', async () => {
+    const db = await freshDatabase();
+    await db.admin(`GRANT UPDATE ON approval_requests, approval_policy_changes, partner_offboarding_claims TO ${TEST_APP.user}`);
+    const broken = await inspect(db);
+    expect(broken.failures.map((f) => `${f.check} ${f.subject}`)).toEqual([`role-privilege role ${TEST_APP.user}`]);
+    expect(broken.failures[0]!.reason).toMatch(/approval_requests\.required_approvals/);
+    expect(broken.failures[0]!.reason).toMatch(/approval_policy_changes\.policy/);
+    expect(broken.failures[0]!.reason).toMatch(/partner_offboarding_claims\.partner_reference/);
+
+    const config = parseConfig({ JWT_SECRET: TEST_JWT_SECRET, DATABASE_URL: db.appUrl, MIGRATION_DATABASE_URL: db.ownerUrl });
+    expect(await migrate(config, entities)).toEqual([]); // nothing pending: only the grants are re-applied
+    const repaired = await inspect(db);
+    expect(repaired.failures, formatFindings(repaired.failures)).toEqual([]);
+    const cols = await db.admin(
+      `SELECT column_name FROM information_schema.columns c WHERE table_schema = 'public' AND table_name = 'approval_requests'
+          AND has_column_privilege($1, 'approval_requests', column_name, 'UPDATE') ORDER BY 1`,
+      [TEST_APP.user],
+    );
+    expect(cols.rows.map((r) => r.column_name)).toEqual(['decided_at', 'status', 'updated_at']);
   });
 });
 
