@@ -385,6 +385,44 @@ describe('db:migrate converges privileges', () => {
     );
     expect(cols.rows.map((r) => r.column_name)).toEqual(['decided_at', 'status', 'updated_at']);
   });
+
+  it('names a further UPDATE column the application role reaches by SET ROLE (a NOINHERIT membership), or holds through PUBLIC', async () => {
+    const db = await freshDatabase();
+    const clone = await cloneAppRole(db);
+    const wide = `dealix_wide_${randomBytes(4).toString('hex')}`;
+    tempRoles.push(wide);
+    await db.admin(`CREATE ROLE ${wide} NOLOGIN NOSUPERUSER NOBYPASSRLS NOINHERIT`);
+    await db.admin(`GRANT USAGE ON SCHEMA public TO ${wide}; GRANT UPDATE (required_approvals) ON approval_requests TO ${wide}`);
+    await db.admin(`GRANT ${wide} TO ${clone}`);
+    // Not the clone's own privilege (NOINHERIT) — but one SET ROLE away, and the tenant's isolation policy is everyone's:
+    // a class C request's four-eyes wait lowered to one approval, as the column grants exist to prevent.
+    const tenant = randomUUID();
+    const request = randomUUID();
+    await db.admin(
+      `INSERT INTO approval_requests (id, tenant_id, run_id, approval_class, required_approvals, status, submitted_by, reasons, created_at, updated_at)
+       VALUES ($1, $2, $3, 'C', 2, 'pending', 'alice', '[]', now(), now())`,
+      [request, tenant, randomUUID()],
+    );
+    const c = new pg.Client({ connectionString: pgUrl({ user: clone, password: clone }, db.name) });
+    await c.connect();
+    try {
+      await c.query('BEGIN');
+      await c.query(`SELECT set_config('app.tenant_id', $1, true)`, [tenant]);
+      await c.query(`SET LOCAL ROLE ${wide}`);
+      expect((await c.query('UPDATE approval_requests SET required_approvals = 1')).rowCount).toBe(1);
+      await c.query('ROLLBACK');
+    } finally {
+      await c.end();
+    }
+    const viaRole = (await inspect(db, clone)).failures.filter((f) => f.subject === `role ${clone}` && f.check === 'role-privilege');
+    expect(viaRole.map((f) => f.reason), formatFindings(viaRole)).toEqual([expect.stringMatching(new RegExp(`^${clone} can SET ROLE ${wide}, which .*approval_requests\\.required_approvals`))]);
+
+    await db.admin(`GRANT UPDATE (reasons) ON approval_requests TO PUBLIC`);
+    // PUBLIC's grant is every role's: the system and operator roles are named as well (they may update nothing there).
+    const viaPublic = (await inspect(db)).failures.filter((f) => f.subject === `role ${TEST_APP.user}`);
+    expect(viaPublic.map((f) => f.check)).toEqual(['role-privilege']);
+    expect(viaPublic[0]!.reason).toMatch(/: approval_requests\.reasons;/);
+  });
 });
 
 /** The rows of `table` that `role` sees in a session of its own, with no tenant set. */
@@ -410,5 +448,15 @@ async function cloneAppRole(db: TestDatabase): Promise<string> {
     [TEST_APP.user],
   );
   for (const g of grants.rows) await db.admin(`GRANT ${g.privs} ON ${g.table_name} TO ${name}`);
+  // And its column grants (APP_UPDATE_COLUMNS' UPDATE), which role_table_grants does not list.
+  const columns = await db.admin(
+    `SELECT table_name, privilege_type, string_agg(quote_ident(column_name), ', ') AS cols FROM information_schema.column_privileges p
+      WHERE grantee = $1 AND table_schema = 'public'
+        AND NOT EXISTS (SELECT 1 FROM information_schema.role_table_grants t
+                         WHERE t.grantee = p.grantee AND t.table_schema = p.table_schema AND t.table_name = p.table_name AND t.privilege_type = p.privilege_type)
+      GROUP BY table_name, privilege_type`,
+    [TEST_APP.user],
+  );
+  for (const g of columns.rows) await db.admin(`GRANT ${g.privilege_type} (${g.cols}) ON ${g.table_name} TO ${name}`);
   return name;
 }

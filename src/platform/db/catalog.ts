@@ -167,7 +167,8 @@ export async function inspectCatalog(query: CatalogQuery, opts: CatalogOptions):
       if ((reachable === systemRole || reachable === operatorRole) && kind === 'app') continue; // checked in its own right
       const r = await inspectRole(query, schema, reachable, UNSAFE_PRIVILEGES);
       roles.push(r);
-      findings.push(...checkRole(r, 'reachable', role).map((f) => ({ ...f, reason: `${role} can SET ROLE ${reachable}, which ${f.reason}` })));
+      const via = [...checkRole(r, 'reachable', role), ...(kind === 'app' && r.exists ? await checkUpdateColumns(query, schema, reachable, role) : [])];
+      findings.push(...via.map((f) => ({ ...f, reason: `${role} can SET ROLE ${reachable}, which ${f.reason}` })));
     }
   }
   if (roles[0]!.exists) {
@@ -405,9 +406,12 @@ async function inspectRole(query: CatalogQuery, schema: string, role: string, un
 /**
  * The application role may update, on a table it updates in a few columns only (APP_UPDATE_COLUMNS),
  * those columns and no other: a table-wide UPDATE, as before those grants, let one approver lower a
- * class C request's required approvals and then decide it alone. Each further column is named.
+ * class C request's required approvals and then decide it alone. Each further column is named. Also
+ * asked of each role the application role can SET ROLE (`via`, the application role): has_column_privilege
+ * counts PUBLIC's grants and inherited ones, not a NOINHERIT membership's, yet one SET ROLE away such a
+ * column is as writable, under the tenant's isolation policy, which applies to every role.
  */
-async function checkUpdateColumns(query: CatalogQuery, schema: string, role: string): Promise<CatalogFinding[]> {
+async function checkUpdateColumns(query: CatalogQuery, schema: string, role: string, via?: string): Promise<CatalogFinding[]> {
   const rows = await query(CATALOG_SQL.widerUpdates, [schema, role, JSON.stringify(APP_UPDATE_COLUMNS)]);
   if (!rows.length) return [];
   const columns = rows.map((r) => `${r.table}.${r.column}`).join(', ');
@@ -415,8 +419,10 @@ async function checkUpdateColumns(query: CatalogQuery, schema: string, role: str
     {
       check: 'role-privilege',
       severity: 'error',
-      subject: `role ${role}`,
-      reason: `${role} may UPDATE columns its code never writes, which say what was asked and by whom (roles.ts, APP_UPDATE_COLUMNS): ${columns}; run \`npm run db:migrate\` (it applies the grants on every run)`,
+      subject: `role ${via ?? role}`,
+      reason: via
+        ? `may UPDATE columns the application never writes, which say what was asked and by whom (roles.ts, APP_UPDATE_COLUMNS): ${columns}; revoke them from ${role}, or revoke ${role} from ${via}`
+        : `${role} may UPDATE columns its code never writes, which say what was asked and by whom (roles.ts, APP_UPDATE_COLUMNS): ${columns}; run \`npm run db:migrate\` (it applies the grants on every run)`,
     },
   ];
 }
