@@ -218,8 +218,8 @@ describe('a policy change that loosens', () => {
   it('expires undecided at expires_at: it reads expired and can no longer be approved (409 policy_change_expired)', async () => {
     const t = await tenantTokens();
     const change = await propose(t);
-    // Its deadline moved into the past, as the application role under the tenant's RLS.
-    await tenantEm(stack.container.orm, t.tenant).execute(`update approval_policy_changes set expires_at = now() - interval '1 second' where id = ?`, [change.id]);
+    // Its deadline moved into the past, as the superuser: the application role may update only a change's decision (roles.ts, APP_UPDATE_COLUMNS).
+    await stack.db.admin(`update approval_policy_changes set expires_at = now() - interval '1 second' where id = $1`, [change.id]);
     const expired = await changeOf(t, change.id);
     expect(expired).toMatchObject({ status: 'expired', decided_by: null });
     expect(expired.decided_at).toBe(expired.expires_at);
@@ -227,7 +227,7 @@ describe('a policy change that loosens', () => {
     expect(await policyOf(t)).toMatchObject({ version: 0 });
   });
 
-  it('cannot be erased by the application role (42501), even under its own tenant: the record of who proposed and who decided stays', async () => {
+  it('cannot be erased or rewritten by the application role (42501), even under its own tenant: the record of what was proposed, by whom and who decided stays', async () => {
     const t = await tenantTokens();
     const pending = await propose(t);
     const decided = await propose(t, { ...DEFAULTS, sla_b_seconds: 172_800 });
@@ -235,6 +235,9 @@ describe('a policy change that loosens', () => {
     const em = tenantEm(stack.container.orm, t.tenant);
     expect(await sqlState(em.execute(`delete from approval_policy_changes where id = ?`, [decided.id]))).toBe('42501');
     expect(await sqlState(em.execute(`delete from approval_policy_changes where tenant_id = ?`, [t.tenant]))).toBe('42501');
+    // Nor rewritten: what was proposed and by whom (only a change's decision is updated: roles.ts, APP_UPDATE_COLUMNS).
+    expect(await sqlState(em.execute(`update approval_policy_changes set proposed_by = 'admin-2' where id = ?`, [pending.id]))).toBe('42501');
+    expect(await sqlState(em.execute(`update approval_policy_changes set policy = policy || '{"class_a_max_cost": 1e9}'::jsonb where id = ?`, [pending.id]))).toBe('42501');
     expect(await changeOf(t, decided.id)).toMatchObject({ status: 'rejected', proposed_by: 'admin-1', decided_by: 'admin-2' });
     expect(await changeOf(t, pending.id)).toMatchObject({ status: 'pending', proposed_by: 'admin-1' });
   });

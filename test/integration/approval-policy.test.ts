@@ -363,7 +363,8 @@ describe("cost thresholds and the policy's currency's minor unit", () => {
     // A change proposed before the check (a loosening, pending), its threshold finer than its currency's unit.
     const proposed = await put(t.admin, { ...jpy, class_a_max_cost: 40_000 });
     expect(proposed.status, proposed.text).toBe(202);
-    await em.execute(`update approval_policy_changes set policy = jsonb_set(policy, '{class_a_max_cost}', '40000.5') where id = ?`, [proposed.json.id]);
+    // As the superuser: the application role may update only a change's decision (roles.ts, APP_UPDATE_COLUMNS).
+    await stack.db.admin(`update approval_policy_changes set policy = jsonb_set(policy, '{class_a_max_cost}', '40000.5') where id = $1`, [proposed.json.id]);
     const change = (await api(stack, 'GET', `${PATH}/changes/${proposed.json.id}`, { token: t.submitter })).json;
     expect(change).toMatchObject({ status: 'pending', policy: { class_a_max_cost: 40_000.5 } });
     const approve = await api(stack, 'POST', `${PATH}/changes/${proposed.json.id}/approve`, { token: t.admin2 });

@@ -135,6 +135,15 @@ describe('the application role, read from the live connection', () => {
     });
   });
 
+  it('a table-wide UPDATE on approval_requests fails the app-role row, naming the columns the code never writes', async () => {
+    // As before the column grants: one approver could lower a class C request's required approvals, then decide it alone.
+    const m = await matrixFor({ tamper: (db) => db.admin(`GRANT UPDATE ON approval_requests TO ${TEST_APP.user}`).then(() => {}) });
+    expect(m.row('app-role').status).toBe('FAIL');
+    expect(m.row('app-role').reason).toMatch(/approval_requests\.approval_class/);
+    expect(m.row('app-role').reason).toMatch(/approval_requests\.required_approvals/);
+    expect(m.row('app-role').reason).not.toMatch(/approval_requests\.status/);
+  });
+
   it('the unprivileged application role passes', async () => {
     await withTempRole('NOBYPASSRLS', async (role, db) => {
       const m = await matrixFor({ db, env: { DATABASE_URL: pgUrl(role, db.name) } });

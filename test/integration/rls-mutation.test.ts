@@ -344,25 +344,84 @@ describe('db:migrate converges privileges', () => {
     expect(input.rows[0]).toEqual({ input: false, status: true });
   });
 
-  it('revokes DELETE on approval_policy_changes that the previous release granted the app (ADR 0010: its record is kept), and keeps UPDATE', async () => {
+  it('revokes DELETE on approval_policy_changes that the previous release granted the app (ADR 0010: its record is kept), and keeps UPDATE (of its decision\'s columns)', async () => {
     const db = await freshDatabase();
     await db.admin(`GRANT DELETE ON approval_policy_changes TO ${TEST_APP.user}`);
     const config = parseConfig({ JWT_SECRET: TEST_JWT_SECRET, DATABASE_URL: db.appUrl, MIGRATION_DATABASE_URL: db.ownerUrl });
     expect(await migrate(config, entities)).toEqual([]); // nothing pending: only the grants are re-applied
     const privs = await db.admin(`SELECT has_table_privilege($1, 'approval_policy_changes', 'DELETE') AS delete,
-                                         has_table_privilege($1, 'approval_policy_changes', 'UPDATE') AS update`, [TEST_APP.user]);
+                                         has_column_privilege($1, 'approval_policy_changes', 'status', 'UPDATE') AS update`, [TEST_APP.user]);
     expect(privs.rows[0]).toEqual({ delete: false, update: true });
   });
 
-  it('revokes DELETE on approval_requests and approval_policies that earlier releases granted the app (retention deletes nothing of them; the app never does), and keeps UPDATE', async () => {
+  it('revokes DELETE on approval_requests and approval_policies that earlier releases granted the app (retention deletes nothing of them; the app never does), and keeps UPDATE (of the columns the code writes, on approval_requests)', async () => {
     const db = await freshDatabase();
     await db.admin(`GRANT DELETE ON approval_requests, approval_policies TO ${TEST_APP.user}`);
     const config = parseConfig({ JWT_SECRET: TEST_JWT_SECRET, DATABASE_URL: db.appUrl, MIGRATION_DATABASE_URL: db.ownerUrl });
     expect(await migrate(config, entities)).toEqual([]); // nothing pending: only the grants are re-applied
     for (const table of ['approval_requests', 'approval_policies']) {
-      const privs = await db.admin(`SELECT has_table_privilege($1, $2::regclass, 'DELETE') AS delete, has_table_privilege($1, $2::regclass, 'UPDATE') AS update`, [TEST_APP.user, table]);
+      const privs = await db.admin(`SELECT has_table_privilege($1, $2::regclass, 'DELETE') AS delete, has_any_column_privilege($1, $2::regclass, 'UPDATE') AS update`, [TEST_APP.user, table]);
       expect(privs.rows[0], table).toEqual({ delete: false, update: true });
     }
+  });
+
+  it('narrows a table-wide UPDATE on approval_requests (the grant before column grants) to the columns the code writes: the catalog names the others until migrate runs', async () => {
+    const db = await freshDatabase();
+    await db.admin(`GRANT UPDATE ON approval_requests, approval_policy_changes, partner_offboarding_claims TO ${TEST_APP.user}`);
+    const broken = await inspect(db);
+    expect(broken.failures.map((f) => `${f.check} ${f.subject}`)).toEqual([`role-privilege role ${TEST_APP.user}`]);
+    expect(broken.failures[0]!.reason).toMatch(/approval_requests\.required_approvals/);
+    expect(broken.failures[0]!.reason).toMatch(/approval_policy_changes\.policy/);
+    expect(broken.failures[0]!.reason).toMatch(/partner_offboarding_claims\.partner_reference/);
+
+    const config = parseConfig({ JWT_SECRET: TEST_JWT_SECRET, DATABASE_URL: db.appUrl, MIGRATION_DATABASE_URL: db.ownerUrl });
+    expect(await migrate(config, entities)).toEqual([]); // nothing pending: only the grants are re-applied
+    const repaired = await inspect(db);
+    expect(repaired.failures, formatFindings(repaired.failures)).toEqual([]);
+    const cols = await db.admin(
+      `SELECT column_name FROM information_schema.columns c WHERE table_schema = 'public' AND table_name = 'approval_requests'
+          AND has_column_privilege($1, 'approval_requests', column_name, 'UPDATE') ORDER BY 1`,
+      [TEST_APP.user],
+    );
+    expect(cols.rows.map((r) => r.column_name)).toEqual(['decided_at', 'status', 'updated_at']);
+  });
+
+  it('names a further UPDATE column the application role reaches by SET ROLE (a NOINHERIT membership), or holds through PUBLIC', async () => {
+    const db = await freshDatabase();
+    const clone = await cloneAppRole(db);
+    const wide = `dealix_wide_${randomBytes(4).toString('hex')}`;
+    tempRoles.push(wide);
+    await db.admin(`CREATE ROLE ${wide} NOLOGIN NOSUPERUSER NOBYPASSRLS NOINHERIT`);
+    await db.admin(`GRANT USAGE ON SCHEMA public TO ${wide}; GRANT UPDATE (required_approvals) ON approval_requests TO ${wide}`);
+    await db.admin(`GRANT ${wide} TO ${clone}`);
+    // Not the clone's own privilege (NOINHERIT) — but one SET ROLE away, and the tenant's isolation policy is everyone's:
+    // a class C request's four-eyes wait lowered to one approval, as the column grants exist to prevent.
+    const tenant = randomUUID();
+    const request = randomUUID();
+    await db.admin(
+      `INSERT INTO approval_requests (id, tenant_id, run_id, approval_class, required_approvals, status, submitted_by, reasons, created_at, updated_at)
+       VALUES ($1, $2, $3, 'C', 2, 'pending', 'alice', '[]', now(), now())`,
+      [request, tenant, randomUUID()],
+    );
+    const c = new pg.Client({ connectionString: pgUrl({ user: clone, password: clone }, db.name) });
+    await c.connect();
+    try {
+      await c.query('BEGIN');
+      await c.query(`SELECT set_config('app.tenant_id', $1, true)`, [tenant]);
+      await c.query(`SET LOCAL ROLE ${wide}`);
+      expect((await c.query('UPDATE approval_requests SET required_approvals = 1')).rowCount).toBe(1);
+      await c.query('ROLLBACK');
+    } finally {
+      await c.end();
+    }
+    const viaRole = (await inspect(db, clone)).failures.filter((f) => f.subject === `role ${clone}` && f.check === 'role-privilege');
+    expect(viaRole.map((f) => f.reason), formatFindings(viaRole)).toEqual([expect.stringMatching(new RegExp(`^${clone} can SET ROLE ${wide}, which .*approval_requests\\.required_approvals`))]);
+
+    await db.admin(`GRANT UPDATE (reasons) ON approval_requests TO PUBLIC`);
+    // PUBLIC's grant is every role's: the system and operator roles are named as well (they may update nothing there).
+    const viaPublic = (await inspect(db)).failures.filter((f) => f.subject === `role ${TEST_APP.user}`);
+    expect(viaPublic.map((f) => f.check)).toEqual(['role-privilege']);
+    expect(viaPublic[0]!.reason).toMatch(/: approval_requests\.reasons;/);
   });
 });
 
@@ -389,5 +448,15 @@ async function cloneAppRole(db: TestDatabase): Promise<string> {
     [TEST_APP.user],
   );
   for (const g of grants.rows) await db.admin(`GRANT ${g.privs} ON ${g.table_name} TO ${name}`);
+  // And its column grants (APP_UPDATE_COLUMNS' UPDATE), which role_table_grants does not list.
+  const columns = await db.admin(
+    `SELECT table_name, privilege_type, string_agg(quote_ident(column_name), ', ') AS cols FROM information_schema.column_privileges p
+      WHERE grantee = $1 AND table_schema = 'public'
+        AND NOT EXISTS (SELECT 1 FROM information_schema.role_table_grants t
+                         WHERE t.grantee = p.grantee AND t.table_schema = p.table_schema AND t.table_name = p.table_name AND t.privilege_type = p.privilege_type)
+      GROUP BY table_name, privilege_type`,
+    [TEST_APP.user],
+  );
+  for (const g of columns.rows) await db.admin(`GRANT ${g.privilege_type} (${g.cols}) ON ${g.table_name} TO ${name}`);
   return name;
 }

@@ -11,7 +11,7 @@ import { systemEm, tenantEm } from '../../src/platform/db/tenant-em.ts';
 import { createOrm, type MikroORM } from '../../src/platform/db/orm.ts';
 import { formatFindings, inspectOrmCatalog } from '../../src/platform/db/catalog.ts';
 import { entities } from '../../src/entities.ts';
-import { APPEND_ONLY_TABLES, NO_DELETE_TABLES, READ_ONLY_TABLES } from '../../src/platform/db/roles.ts';
+import { APP_UPDATE_COLUMNS, APPEND_ONLY_TABLES, NO_DELETE_TABLES, READ_ONLY_TABLES } from '../../src/platform/db/roles.ts';
 
 /**
  * Row-level security, proven as the application role on every tenant-owned table the ORM knows, so
@@ -79,6 +79,13 @@ async function asApp<T>(setting: string | undefined, fn: (c: pg.Client) => Promi
     await c.end();
   }
 }
+
+/**
+ * A no-op update of a column the application role may update: tenant_id, or on a table it updates in a
+ * few columns only (roles.ts, APP_UPDATE_COLUMNS) the first of them, since any other is refused outright.
+ */
+const touchColumn = (table: string): string => APP_UPDATE_COLUMNS[table]?.[0] ?? 'tenant_id';
+const touchSql = (table: string): string => `"${touchColumn(table)}" = "${touchColumn(table)}"`;
 
 async function adminRows(table: string, ids: unknown[]): Promise<Row[]> {
   const pk = rows.spec(table).pk;
@@ -154,9 +161,9 @@ describe.each(tables)('%s over pg as the application role', (table) => {
   (appendOnly ? it.skip : it).each(CONTEXTS)("update under %s context touches no other tenant's row and cannot move a row to another tenant", async (ctx) => {
     const t = tenantsFor(ctx);
     const { mine, theirs } = await seedAll(t);
-    const touch = (id: unknown) => asApp(t.setting, (c) => c.query(`update "${table}" set tenant_id = tenant_id where "${pk()}" = $1`, [id]), writer);
+    const touch = (id: unknown) => asApp(t.setting, (c) => c.query(`update "${table}" set ${touchSql(table)} where "${pk()}" = $1`, [id]), writer);
     for (const r of theirs) expect((await touch(r[pk()])).rowCount).toBe(0);
-    expect((await asApp(t.setting, (c) => c.query(`update "${table}" set tenant_id = tenant_id`), writer)).rowCount).toBe(mine ? 1 : 0);
+    expect((await asApp(t.setting, (c) => c.query(`update "${table}" set ${touchSql(table)}`), writer)).rowCount).toBe(mine ? 1 : 0);
     if (mine) {
       expect((await touch(mine[pk()])).rowCount).toBe(1);
       const move = asApp(t.setting, (c) => c.query(`update "${table}" set tenant_id = $2 where "${pk()}" = $1`, [mine[pk()], t.others[0]]), writer);
@@ -197,6 +204,12 @@ describe.each(tables)('%s through tenantEm', (table) => {
   const meta = () => rows.spec(table).meta;
   const pkProp = () => rows.spec(table).pkProp;
   const data = (row: Row) => rows.toEntityData(table, row);
+  /** An update of `row` to `tenant`, or on a table updated in a few columns only (touchColumn) of one of them to its own value. */
+  const retarget = (row: Row, tenant: string): Record<string, unknown> => {
+    if (!APP_UPDATE_COLUMNS[table]) return { tenantId: tenant };
+    const prop = meta().props.find((p) => p.fieldNames?.[0] === touchColumn(table))!.name as string;
+    return { [prop]: data(row)[prop] };
+  };
 
   it.each(['tenant A', 'tenant B'] as const)('under %s: reads, updates, deletes and inserts only its own rows', async (ctx) => {
     const t = tenantsFor(ctx);
@@ -226,7 +239,7 @@ describe.each(tables)('%s through tenantEm', (table) => {
       return;
     }
     const noDelete = NO_DELETE_TABLES.includes(table);
-    expect(await em.fork().nativeUpdate(meta().class, { [pkProp()]: idOf(theirs) }, { tenantId: other })).toBe(0);
+    expect(await em.fork().nativeUpdate(meta().class, { [pkProp()]: idOf(theirs) }, retarget(theirs, other))).toBe(0);
     if (noDelete) expect(await sqlState(em.fork().nativeDelete(meta().class, { [pkProp()]: idOf(theirs) }))).toBe('42501');
     else expect(await em.fork().nativeDelete(meta().class, { [pkProp()]: idOf(theirs) })).toBe(0);
     expect(await sqlState(em.fork().nativeUpdate(meta().class, { [pkProp()]: idOf(mine) }, { tenantId: other }))).toBe('42501');
@@ -254,7 +267,7 @@ describe.each(tables)('%s through tenantEm', (table) => {
       expect(await sqlState(bare.nativeUpdate(meta().class, { [pkProp()]: idOf(theirs) }, { tenantId: t.others[1] }))).toBe('42501');
       expect(await sqlState(orm.em.fork().nativeDelete(meta().class, {}))).toBe('42501');
     } else {
-      expect(await bare.nativeUpdate(meta().class, { [pkProp()]: idOf(theirs) }, { tenantId: t.others[1] })).toBe(0);
+      expect(await bare.nativeUpdate(meta().class, { [pkProp()]: idOf(theirs) }, retarget(theirs, t.others[1]!))).toBe(0);
       if (NO_DELETE_TABLES.includes(table)) expect(await sqlState(orm.em.fork().nativeDelete(meta().class, {}))).toBe('42501');
       else expect(await bare.nativeDelete(meta().class, {})).toBe(0);
     }
@@ -303,6 +316,34 @@ describe('catalog invariants of the migrated schema', () => {
     const [me] = await orm.em.fork().execute(`select current_user as role, rolsuper, rolbypassrls from pg_roles where rolname = current_user`);
     expect(me).toEqual({ role: TEST_APP.user, rolsuper: false, rolbypassrls: false });
     expect(await sqlState(asApp(undefined, (c) => c.query(`truncate "${tables[0]}"`)))).toBe('42501');
+  });
+});
+
+describe('column-level UPDATE grants of the application role', () => {
+  // decide() trusts the request's class and required_approvals as the row holds them: with UPDATE on
+  // them one approver could end a class C (four-eyes) wait by lowering them before deciding.
+  it("refuses (42501) an update of a waiting approval request's class or required approvals, its own row included, and allows what decide/expire/cancel write", async () => {
+    const tenant = randomUUID();
+    const req = await rows.seed('approval_requests', tenant);
+    const update = (set: string) => sqlState(asApp(tenant, (c) => c.query(`update approval_requests set ${set} where id = $1`, [req.id])));
+    expect(await update('required_approvals = 1')).toBe('42501');
+    expect(await update(`approval_class = 'A'`)).toBe('42501');
+    expect(await update('required_approvals = 1, status = status')).toBe('42501');
+    expect(await update('status = status, decided_at = decided_at, updated_at = now()')).toBe('succeeded');
+    expect((await adminRows('approval_requests', [req.id]))[0]).toMatchObject({ approval_class: req.approval_class, required_approvals: req.required_approvals });
+  });
+
+  it.each(Object.keys(APP_UPDATE_COLUMNS))('%s: every column but those the code writes is refused (42501) under the row\'s own tenant; those are allowed', async (table) => {
+    const tenant = randomUUID();
+    const row = await rows.seed(table, tenant);
+    const pk = rows.spec(table).pk;
+    const allowed = APP_UPDATE_COLUMNS[table]!;
+    const columns = (await admin.query(`select column_name from information_schema.columns where table_schema = 'public' and table_name = $1 order by ordinal_position`, [table])).rows.map((r) => r.column_name as string);
+    expect(columns).toEqual(expect.arrayContaining([...allowed]));
+    for (const col of columns) {
+      const outcome = await sqlState(asApp(tenant, (c) => c.query(`update "${table}" set "${col}" = "${col}" where "${pk}" = $1`, [row[pk]])));
+      expect(outcome, `${table}.${col}`).toBe(allowed.includes(col) ? 'succeeded' : '42501');
+    }
   });
 });
 

@@ -134,6 +134,21 @@ export const CATALOG_SQL = {
                 else has_any_column_privilege($2, c.oid, p.privilege) end
      order by 1, 2`,
 
+  /**
+   * $2 = role, $3 = JSON {table: [columns]}: the columns of those tables, other than the listed ones,
+   * that the role may UPDATE (a table-wide grant counts for every column; PUBLIC's grants are the role's).
+   * Not jsonb's `?` operator: ormCatalogQuery's connection binds every question mark as a placeholder.
+   */
+  widerUpdates: `
+    select c.relname as table, a.attname as column
+      from jsonb_each($3::jsonb) as x(tbl, cols)
+      join pg_class c on c.relname = x.tbl
+      join pg_namespace n on n.oid = c.relnamespace and n.nspname = $1
+      join pg_attribute a on a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped
+     where not exists (select 1 from jsonb_array_elements_text(x.cols) as k(col) where k.col = a.attname::text)
+       and has_column_privilege($2, c.oid, a.attnum, 'UPDATE')
+     order by 1, a.attnum`,
+
   /** $2 = role. */
   create: `
     select 'schema ' || $1::text as target where has_schema_privilege($2, $1, 'CREATE')

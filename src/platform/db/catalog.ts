@@ -2,6 +2,7 @@ import type { MikroORM } from './orm.ts';
 import { tenantTables } from './migrate.ts';
 import { APP_UNTENANTED_GRANTS, OPERATOR_DB_ROLE, OPERATOR_GRANTS, SYSTEM_READS, SYSTEM_ROLE, TENANT_PREDICATE_SQL, TENANT_SETTING } from './tenant-owned.ts';
 import { CATALOG_SQL } from './catalog.queries.ts';
+import { APP_UPDATE_COLUMNS } from './roles.ts';
 
 /**
  * A read-only inspection of the live database against the tenancy invariants (ADR 0001): every
@@ -160,12 +161,14 @@ export async function inspectCatalog(query: CatalogQuery, opts: CatalogOptions):
     if (kind === 'operator') report.unsafePrivileges = report.unsafePrivileges.filter((p) => !isOperatorGrant(p));
     roles.push(report);
     findings.push(...checkRole(report, kind));
+    if (kind === 'app' && report.exists) findings.push(...(await checkUpdateColumns(query, schema, role)));
     if (kind === 'system' && report.exists) findings.push(...(await checkSystemReads(query, schema, role)));
     for (const reachable of report.memberOf) {
       if ((reachable === systemRole || reachable === operatorRole) && kind === 'app') continue; // checked in its own right
       const r = await inspectRole(query, schema, reachable, UNSAFE_PRIVILEGES);
       roles.push(r);
-      findings.push(...checkRole(r, 'reachable', role).map((f) => ({ ...f, reason: `${role} can SET ROLE ${reachable}, which ${f.reason}` })));
+      const via = [...checkRole(r, 'reachable', role), ...(kind === 'app' && r.exists ? await checkUpdateColumns(query, schema, reachable, role) : [])];
+      findings.push(...via.map((f) => ({ ...f, reason: `${role} can SET ROLE ${reachable}, which ${f.reason}` })));
     }
   }
   if (roles[0]!.exists) {
@@ -398,6 +401,30 @@ async function inspectRole(query: CatalogQuery, schema: string, role: string, un
     memberOf: members.map((m) => m.rolname as string),
     inheritsFrom: inherited.map((m) => m.rolname as string),
   };
+}
+
+/**
+ * The application role may update, on a table it updates in a few columns only (APP_UPDATE_COLUMNS),
+ * those columns and no other: a table-wide UPDATE, as before those grants, let one approver lower a
+ * class C request's required approvals and then decide it alone. Each further column is named. Also
+ * asked of each role the application role can SET ROLE (`via`, the application role): has_column_privilege
+ * counts PUBLIC's grants and inherited ones, not a NOINHERIT membership's, yet one SET ROLE away such a
+ * column is as writable, under the tenant's isolation policy, which applies to every role.
+ */
+async function checkUpdateColumns(query: CatalogQuery, schema: string, role: string, via?: string): Promise<CatalogFinding[]> {
+  const rows = await query(CATALOG_SQL.widerUpdates, [schema, role, JSON.stringify(APP_UPDATE_COLUMNS)]);
+  if (!rows.length) return [];
+  const columns = rows.map((r) => `${r.table}.${r.column}`).join(', ');
+  return [
+    {
+      check: 'role-privilege',
+      severity: 'error',
+      subject: `role ${via ?? role}`,
+      reason: via
+        ? `may UPDATE columns the application never writes, which say what was asked and by whom (roles.ts, APP_UPDATE_COLUMNS): ${columns}; revoke them from ${role}, or revoke ${role} from ${via}`
+        : `${role} may UPDATE columns its code never writes, which say what was asked and by whom (roles.ts, APP_UPDATE_COLUMNS): ${columns}; run \`npm run db:migrate\` (it applies the grants on every run)`,
+    },
+  ];
 }
 
 /**

@@ -106,6 +106,26 @@ export const APPEND_ONLY_TABLES = ['approval_decisions', 'economics_models', 'ev
 export const NO_DELETE_TABLES = ['approval_policies', 'approval_policy_changes', 'approval_requests', 'partner_offboarding_claims'];
 
 /**
+ * Tables whose rows the application updates in a few columns only: it may UPDATE exactly these (a
+ * column-level grant), never the columns that say what was asked and by whom. Every update the code
+ * makes is raw SQL naming its columns (no entity of these tables is ever flushed): `approval_requests`
+ * by a decision, an SLA expiry and a cancel or failure closing the request (approval.service.ts) —
+ * with UPDATE on `approval_class` or `required_approvals` one approver could lower a class C request's
+ * four-eyes wait to one approval, which `decide` reads from the row, before deciding it alone;
+ * `approval_policy_changes` by its approval, rejection, supersession or expiry
+ * (approval-policy.changes.ts) — with UPDATE on `policy` or `proposed_by` a pending change could be
+ * made to loosen more than its approver confirms, or to name its approver as its proposer;
+ * `partner_offboarding_claims` by a takeover (partner-offboarding.steps.ts) — with UPDATE on
+ * `partner_reference` a claim could be moved off its partner, as a deleted one would be. The catalog
+ * inspection (catalog.ts) names any UPDATE on another column of these tables.
+ */
+export const APP_UPDATE_COLUMNS: Readonly<Record<string, readonly string[]>> = {
+  approval_policy_changes: ['status', 'decided_by', 'decided_at'],
+  approval_requests: ['status', 'decided_at', 'updated_at'],
+  partner_offboarding_claims: ['id', 'run_id', 'claimed_at'],
+};
+
+/**
  * Tables the application only reads: a tenant's limit overrides (ADR 0014), which the admission
  * statement reads under the tenant's context and only a platform operator may set. The operator routes
  * write them as the operator role (OPERATOR_GRANTS); with INSERT, UPDATE or DELETE here any code bound to
@@ -117,8 +137,9 @@ export const READ_ONLY_TABLES = ['tenant_limits'];
 function appTablePrivileges(table: string): string {
   if (READ_ONLY_TABLES.includes(table)) return 'SELECT';
   if (APPEND_ONLY_TABLES.includes(table)) return 'SELECT, INSERT';
-  if (NO_DELETE_TABLES.includes(table)) return 'SELECT, INSERT, UPDATE';
-  return 'SELECT, INSERT, UPDATE, DELETE';
+  const update = APP_UPDATE_COLUMNS[table] ? `UPDATE (${APP_UPDATE_COLUMNS[table].map(ident).join(', ')})` : 'UPDATE';
+  if (NO_DELETE_TABLES.includes(table)) return `SELECT, INSERT, ${update}`;
+  return `SELECT, INSERT, ${update}, DELETE`;
 }
 
 /**
