@@ -4,6 +4,7 @@ import type { Redis } from 'ioredis';
 import type { Logger } from 'pino';
 import { systemEm, tenantEm } from '../db/tenant-em.ts';
 import { stepJobId } from '../queue/job-ids.ts';
+import { jobPresence } from '../queue/job-presence.ts';
 import { TIMER_QUEUE } from '../queue/timers.ts';
 import { COMPLETED_STEPS_SQL, RUN_COLUMNS, type DurableRuntime, type IncompleteRun, type RunRow } from './runtime.ts';
 import type { RunStatus } from './durable-run.entity.ts';
@@ -52,8 +53,7 @@ export interface SweepReport {
   unregistered: Record<string, number>;
 }
 
-const ALIVE = new Set(['waiting', 'active', 'delayed', 'prioritized', 'waiting-children']);
-/** The states `getJobState` calls alive, as `getRanges` names their lists and sets (a paused queue's jobs wait in `paused`). */
+/** The states a live job may be in, as `getRanges` names their lists and sets (a paused queue's jobs wait in `paused`). */
 const LIVE_TYPES = ['wait', 'paused', 'active', 'delayed', 'prioritized', 'waiting-children'] as JobType[];
 /** Above this many live jobs in a queue (their ids take about 12 MB of the sweeping worker's heap), a sweep looks its runs up one by one instead of listing them. */
 export const LIVE_SNAPSHOT_MAX = 100_000;
@@ -199,7 +199,9 @@ export class Sweeper {
    * queue holds alive are read once per sweep in one atomic script (`getRanges`), so a deep backlog
    * costs a sweep one read of its queue instead of a tenant transaction and a `getJobState` per run
    * (`getJobState` finds a waiting job by scanning the wait list: quadratic over a backlog; session
-   * 13). Above `liveSnapshotMax` live jobs the sweep looks each run up with `getJobState` instead.
+   * 13). Above `liveSnapshotMax` live jobs the sweep looks each run's job up instead, in O(1)
+   * (`jobPresence`: its hash exists and it is in neither the completed nor the failed set), never with
+   * `getJobState`, whose LPOS over the wait list costs the backlog for every id it does not hold.
    * A job missing from the snapshot (added since, or a failed look) only sends the run to
    * `reenqueue`, which decides from the run read under its tenant and the job's state then; a job
    * that ended since the snapshot is the next sweep's.
@@ -225,7 +227,7 @@ export class Sweeper {
           let snapshot = snapshots.get(queue.name);
           if (!snapshot) snapshots.set(queue.name, (snapshot = liveJobIds(queue, this.o.liveSnapshotMax ?? LIVE_SNAPSHOT_MAX)));
           const ids = await snapshot;
-          if (ids ? ids.has(jobId) : ALIVE.has(await queue.getJobState(jobId))) return void alive.add(ref.id);
+          if (ids ? ids.has(jobId) : (await jobPresence(this.o.redis, queue, [jobId]))[0] === 'exists') return void alive.add(ref.id);
         }
       }),
     );
@@ -289,8 +291,9 @@ export class Sweeper {
     // Of the run's current generation: a retried run's jobs carry its retry count (ADR 0009).
     const jobId = (seq: number) => stepJobId(wf.tag, run.idempotency_hash, seq, wf.steps[seq - 1]!.name, run.retry_count);
     const ids = Array.from({ length: next }, (_, i) => jobId(i + 1));
-    const states = await Promise.all(ids.map((id) => queue.getJobState(id)));
-    if (states.some((st) => ALIVE.has(st))) return false;
+    // O(1) a job, one round trip: not getJobState, which scans the wait list for every id it does not hold (jobPresence).
+    const states = await jobPresence(this.o.redis, queue, ids);
+    if (states.includes('exists')) return false;
     const state = states[states.length - 1];
     if (state !== 'unknown') await queue.remove(jobId(next)).catch(() => 0);
     await this.o.runtime.enqueue(run, next);
