@@ -105,9 +105,51 @@ describe('a sweep over running runs behind a deep backlog', () => {
     return sent.filter((s) => s.name === 'evalsha' && shas.has(s.args[0]!));
   }
 
+  const prefixOf = (run: RunRow) => `${SLOW_TAG}-${run.idempotency_hash.slice(0, 40)}-`;
   const jobState = (run: RunRow, seq: number, retry = run.retry_count) => queue.getJobState(stepJobId(SLOW_TAG, run.idempotency_hash, seq, SLOW_STEPS[seq - 1]!, retry));
   /** Runs of earlier tests out of the way: every sweep lists every tenant's incomplete runs. */
   const endRuns = (runs: RunRow[]) => stack.db.admin(`update durable_runs set status = 'completed', completed_at = now() where id = any($1::uuid[])`, [runs.map((r) => r.id)]);
+
+  it("decides running runs from its one listing of the queue's live jobs: none re-enqueued while a job of its generation lives, none looked up one by one, and a run whose only live job is of an older generation recovered", { timeout: LONG }, async () => {
+    const tenant = newTenant();
+    await addBacklog(BACKLOG);
+    const alive = [
+      // A job handed back (SIGTERM) or started by a sweep at step 1, going on from its checkpoints.
+      await runningRun(tenant, { jobFrom: 1 }),
+      // A decided approval's job, queued behind the backlog.
+      await runningRun(tenant, { jobFrom: 4 }),
+      // Put off (a parked job, a step's backoff).
+      await runningRun(tenant, { jobFrom: 2, delayed: true }),
+      // A retried run's job, of its generation.
+      await runningRun(tenant, { retry: 1, jobFrom: 4 }),
+    ];
+    // Retried since its job was added: that job ends without a step (executor: superseded), and nothing carries the run.
+    const staleGeneration = await runningRun(tenant, { retry: 1, jobFrom: 4, jobRetry: 0 });
+    // No job at all (a crash between a commit and its enqueue).
+    const jobless = await runningRun(tenant);
+    const markerKey = `${stack.prefix}:backlog-marker`;
+    await stack.redis.set(markerKey, 'kept');
+    const sweeper = stackSweeper(stack, 'backlog-sweeper-lock', { markerKey });
+
+    const first = await sentBy(() => sweeper.sweep());
+    expect(first.result.reenqueued).toBe(2);
+    expect(await jobState(staleGeneration, 4)).toBe('waiting');
+    expect(await jobState(jobless, 4)).toBe('waiting');
+    // The live runs: no job added, nothing of theirs asked for.
+    expect(await queue.getJobCountByTypes('wait', 'delayed')).toBe(BACKLOG + alive.length + 1 + 2);
+    expect(first.sent.filter((s) => s.args.some((a) => alive.some((r) => a.includes(prefixOf(r)))))).toEqual([]);
+    expect(lposScripts(first.sent)).toEqual([]);
+
+    // Nothing left to do: a sweep costs Redis the same commands with twice the backlog.
+    const before = await sentBy(() => sweeper.sweep());
+    await addBacklog(BACKLOG);
+    const after = await sentBy(() => sweeper.sweep());
+    expect(before.result.reenqueued).toBe(0);
+    expect(after.result.reenqueued).toBe(0);
+    expect(after.sent.map((s) => s.name)).toEqual(before.sent.map((s) => s.name));
+    expect(lposScripts(after.sent)).toEqual([]);
+    await endRuns([...alive, staleGeneration, jobless]);
+  });
 
   it('above liveSnapshotMax it looks each run\'s jobs up without scanning the backlog: a job that exists unfinished (waiting, delayed) is alive, one gone is not', { timeout: LONG }, async () => {
     const tenant = newTenant();

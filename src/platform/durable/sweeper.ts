@@ -64,11 +64,16 @@ async function liveJobIds(queue: Queue, max: number): Promise<Set<string> | unde
   return new Set(await queue.getRanges(LIVE_TYPES, 0, -1));
 }
 
+/** The ids of a run's run jobs of its current generation (ADR 0009), one per step it may start at. */
+function runJobIds(wf: WorkflowDef, ref: IncompleteRun): string[] {
+  return wf.steps.map((step, i) => stepJobId(wf.tag, ref.idempotency_hash, i + 1, step.name, ref.retry_count));
+}
+
 /**
  * The recovery sweeper: finds runs that are incomplete in Postgres but have no live job in Redis
  * (Redis flushed or replaced, a job that failed on infrastructure, a crash between commit and
  * enqueue) and re-enqueues their remaining steps from the last completed sequence_num. Its
- * cross-tenant read is ids, progress and the idempotency hash (what job ids derive from) only, as the system role; everything else happens under
+ * cross-tenant read is ids, progress, the idempotency hash and the retry count (what job ids derive from) only, as the system role; everything else happens under
  * each run's own tenant (ADR 0003). One worker sweeps at a time (a Redis lock); re-enqueueing is
  * idempotent through deterministic job ids, and re-execution is harmless through checkpoints.
  */
@@ -154,7 +159,7 @@ export class Sweeper {
     await this.eachIncomplete(['waiting'], this.o.minAgeMs, 'waiting', async (page) => {
       // Its timer lives in the timers queue; one an older release added to the workflow's own queue
       // (a rolling deploy, ADR 0015) is alive there and fires there, so it is not duplicated.
-      const alive = await this.withLiveJob(page, snapshots, (wf, ref) => wf.waitingJobId?.(ref.idempotency_hash), (wf) => [TIMER_QUEUE, wf.queue]);
+      const alive = await this.withLiveJob(page, snapshots, (wf, ref) => (wf.waitingJobId ? [wf.waitingJobId(ref.idempotency_hash)] : []), (wf) => [TIMER_QUEUE, wf.queue]);
       for (const ref of page) {
         if (!registered(ref) || alive.has(ref.id)) continue;
         if (await this.guarded(ref, () => this.repairWaiting(ref))) {
@@ -164,10 +169,13 @@ export class Sweeper {
       }
     });
     await this.eachIncomplete(['pending', 'running'], this.o.minAgeMs, 'active', async (page) => {
-      // A pending run has no completed step (its first step's commit moves it to running), so its one job is the one from step 1.
-      // (Of its first generation: the system role does not read retry_count, so a retried pending run
-      // is never found here and goes to reenqueue, which reads the run and looks for its retry's job.)
-      const alive = await this.withLiveJob(page, snapshots, (wf, ref) => (ref.status === 'pending' ? stepJobId(wf.tag, ref.idempotency_hash, 1, wf.steps[0]!.name) : undefined), (wf) => [wf.queue]);
+      // Alive while a run job of its current generation lives, from any step: the one carrying it may
+      // have started well before its next step (a job goes on through steps that did not wait, a sweep
+      // or a decision started one at its step), and none of them can be ahead of it (a job starts at
+      // the step after the run's last completed one, or earlier). A job of an earlier generation (the
+      // run retried since it was added) ends without a step when it reads the run (executor:
+      // superseded): it does not count, and such a run goes to reenqueue, which adds its generation's.
+      const alive = await this.withLiveJob(page, snapshots, (wf, ref) => runJobIds(wf, ref), (wf) => [wf.queue]);
       for (const ref of page) {
         report.examined++;
         if (!registered(ref) || alive.has(ref.id)) continue;
@@ -191,15 +199,16 @@ export class Sweeper {
   }
 
   /**
-   * The page's runs whose job (`jobIdOf`: a pending run's job from step 1, a waiting run's timer)
-   * BullMQ holds alive in any of `queuesOf` (a waiting run's timer: the timers queue, or its workflow's
-   * queue where older releases put it), found without PostgreSQL: the job's id derives from the run's idempotency hash
-   * (ADR 0003). A run for which `jobIdOf` names no job counts as alive for a waiting run (nothing to
-   * check) and is left to `reenqueue` otherwise. The ids of every job a
+   * The page's runs one of whose jobs (`jobIdsOf`: a pending or running run's run jobs of its current
+   * generation, a waiting run's timer) BullMQ holds alive in any of `queuesOf` (a waiting run's timer:
+   * the timers queue, or its workflow's queue where older releases put it), found without PostgreSQL:
+   * the jobs' ids derive from the run's idempotency hash and retry count (ADR 0003). A run for which
+   * `jobIdsOf` names no job counts as alive for a waiting run (nothing to check) and is left to
+   * `reenqueue` otherwise. The ids of every job a
    * queue holds alive are read once per sweep in one atomic script (`getRanges`), so a deep backlog
    * costs a sweep one read of its queue instead of a tenant transaction and a `getJobState` per run
    * (`getJobState` finds a waiting job by scanning the wait list: quadratic over a backlog; session
-   * 13). Above `liveSnapshotMax` live jobs the sweep looks each run's job up instead, in O(1)
+   * 13). Above `liveSnapshotMax` live jobs the sweep looks each run's jobs up instead, in O(1)
    * (`jobPresence`: its hash exists and it is in neither the completed nor the failed set), never with
    * `getJobState`, whose LPOS over the wait list costs the backlog for every id it does not hold.
    * A job missing from the snapshot (added since, or a failed look) only sends the run to
@@ -209,7 +218,7 @@ export class Sweeper {
   private async withLiveJob(
     page: IncompleteRun[],
     snapshots: Map<string, Promise<Set<string> | undefined>>,
-    jobIdOf: (wf: WorkflowDef, ref: IncompleteRun) => string | undefined,
+    jobIdsOf: (wf: WorkflowDef, ref: IncompleteRun) => string[],
     queuesOf: (wf: WorkflowDef) => string[],
   ): Promise<Set<string>> {
     const alive = new Set<string>();
@@ -217,8 +226,8 @@ export class Sweeper {
       page.map(async (ref) => {
         const wf = this.o.runtime.workflows.get(ref.workflow, ref.workflow_version);
         const queues = wf ? queuesOf(wf).flatMap((name) => this.o.runtime.queues.get(name) ?? []) : [];
-        const jobId = wf && ref.idempotency_hash ? jobIdOf(wf, ref) : undefined;
-        if (!queues.length || !jobId) {
+        const jobIds = wf && ref.idempotency_hash ? jobIdsOf(wf, ref) : [];
+        if (!queues.length || !jobIds.length) {
           // Nothing to look for: a waiting run of a workflow without a timer (or of another deployment's workflow) is left alone.
           if (ref.status === 'waiting') alive.add(ref.id);
           return;
@@ -227,7 +236,7 @@ export class Sweeper {
           let snapshot = snapshots.get(queue.name);
           if (!snapshot) snapshots.set(queue.name, (snapshot = liveJobIds(queue, this.o.liveSnapshotMax ?? LIVE_SNAPSHOT_MAX)));
           const ids = await snapshot;
-          if (ids ? ids.has(jobId) : (await jobPresence(this.o.redis, queue, [jobId]))[0] === 'exists') return void alive.add(ref.id);
+          if (ids ? jobIds.some((id) => ids.has(id)) : (await jobPresence(this.o.redis, queue, jobIds)).includes('exists')) return void alive.add(ref.id);
         }
       }),
     );
