@@ -17,6 +17,7 @@ import { randomUUID } from 'node:crypto';
 import type { Queue } from 'bullmq';
 import type { Redis } from 'ioredis';
 import { startStack, newTenant, type TestStack } from '../helpers/stack.ts';
+import { waitFor, within } from '../helpers/poll.ts';
 import { slowWorkflow, SLOW_QUEUE, SLOW_TAG } from '../helpers/slow-workflow.ts';
 import { createSlowRun, SLOW_STEPS, stackSweeper } from '../helpers/recovery.ts';
 import { stepJobId } from '../../src/platform/queue/job-ids.ts';
@@ -175,5 +176,45 @@ describe('a sweep over running runs behind a deep backlog', () => {
     expect(after.sent.map((s) => s.name)).toEqual(before.sent.map((s) => s.name));
     expect(lposScripts(after.sent)).toEqual([]);
     await endRuns([...alive, staleGeneration, jobless]);
+  });
+
+  it('a sweep that outlasts its lock\'s time keeps the lock: no second worker starts a sweep beside it', { timeout: LONG }, async () => {
+    const markerKey = `${stack.prefix}:lock-marker`;
+    await stack.redis.set(markerKey, 'kept');
+    const lockKey = `${stack.prefix}:long-sweep-lock`;
+    let entered!: () => void;
+    const inside = new Promise<void>((r) => (entered = r));
+    let release!: () => void;
+    const released = new Promise<void>((r) => (release = r));
+    // intervalMs 3000: the lock is taken for 2.9 s; this sweep holds in the middle until the test lets it go.
+    const long = stackSweeper(stack, 'long-sweep-lock', { markerKey, intervalMs: 3000, eachSweep: async () => (entered(), released) });
+    const other = stackSweeper(stack, 'long-sweep-lock', { markerKey, intervalMs: 3000 });
+    const sweeping = long.sweepWithLock();
+    try {
+      await within(inside, 'the long sweep to start');
+      // Longer than the lock's first 2.9 s: its time raised again three times (renewed), or the lock gone.
+      let renewals = 0;
+      let last = await stack.redis.pttl(lockKey);
+      await waitFor(
+        async () => {
+          const ttl = await stack.redis.pttl(lockKey);
+          if (ttl < 0) return true;
+          if (ttl > last) renewals++;
+          last = ttl;
+          return renewals >= 3;
+        },
+        { timeoutMs: 60_000, intervalMs: 50, what: 'the lock to be renewed three times, or to lapse' },
+      );
+      expect(await stack.redis.pttl(lockKey)).toBeGreaterThan(0);
+      expect(await other.sweepWithLock()).toBeUndefined();
+    } finally {
+      release();
+    }
+    expect(await within(sweeping, 'the long sweep to end')).toBeDefined();
+    // Ended: the lock is left to lapse within one interval (the next sweep of any worker after it), no longer renewed.
+    const ttl = await stack.redis.pttl(lockKey);
+    expect(ttl).toBeLessThanOrEqual(2900);
+    await waitFor(async () => (await stack.redis.pttl(lockKey)) < 0, { timeoutMs: 60_000, what: 'the ended sweep\'s lock to lapse' });
+    expect(await other.sweepWithLock()).toBeDefined();
   });
 });

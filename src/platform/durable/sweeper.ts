@@ -2,6 +2,7 @@ import type { MikroORM } from '@mikro-orm/postgresql';
 import type { JobType, Queue } from 'bullmq';
 import type { Redis } from 'ioredis';
 import type { Logger } from 'pino';
+import { randomUUID } from 'node:crypto';
 import { systemEm, tenantEm } from '../db/tenant-em.ts';
 import { stepJobId } from '../queue/job-ids.ts';
 import { jobPresence } from '../queue/job-presence.ts';
@@ -30,7 +31,7 @@ export interface SweeperOptions {
    * again from the oldest once it has reached the newest.
    */
   maxPerSweep?: number;
-  /** Above this many live jobs in a queue, a sweep looks its pending runs' jobs up one by one instead of listing them (default LIVE_SNAPSHOT_MAX). */
+  /** Above this many live jobs in a queue, a sweep looks its runs' jobs up one by one (O(1) each) instead of listing them (default LIVE_SNAPSHOT_MAX). */
   liveSnapshotMax?: number;
   /** Called when Redis lost its data, after waiting runs were repaired (e.g. re-create Job Schedulers). */
   afterRedisLoss?(): Promise<void>;
@@ -55,6 +56,8 @@ export interface SweepReport {
 
 /** The states a live job may be in, as `getRanges` names their lists and sets (a paused queue's jobs wait in `paused`). */
 const LIVE_TYPES = ['wait', 'paused', 'active', 'delayed', 'prioritized', 'waiting-children'] as JobType[];
+/** Raises the lock's time to ARGV[2] ms while it is still ARGV[1]'s (a sweep's token); 1 if it was. */
+const RENEW_LOCK = `if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 0`;
 /** Above this many live jobs in a queue (their ids take about 12 MB of the sweeping worker's heap), a sweep looks its runs up one by one instead of listing them. */
 export const LIVE_SNAPSHOT_MAX = 100_000;
 
@@ -116,10 +119,37 @@ export class Sweeper {
     await this.running;
   }
 
+  /**
+   * A sweep if this worker wins the lock. The lock lapses on its own (one interval, less 100 ms), so
+   * the next sweep of any worker comes about one interval after this one started — but while this
+   * sweep goes on its time is raised again every third of it: a sweep longer than the interval (a
+   * deep table of incomplete runs, a slow database) would otherwise have a second worker start one
+   * beside it, both re-enqueueing the same runs. Renewed only while its value is still this sweep's
+   * token: a lock that lapsed anyway (the event loop stalled past it) and another worker took is
+   * left to that worker, and this sweep is told so in the log.
+   */
   async sweepWithLock(): Promise<SweepReport | undefined> {
-    const got = await this.o.redis.set(this.o.lockKey, String(process.pid), 'PX', Math.max(1000, this.o.intervalMs - 100), 'NX');
+    const ttl = Math.max(1000, this.o.intervalMs - 100);
+    const token = `${process.pid}:${randomUUID()}`;
+    const got = await this.o.redis.set(this.o.lockKey, token, 'PX', ttl, 'NX');
     if (got !== 'OK') return undefined;
-    return this.sweep();
+    let warned = false;
+    const renew = setInterval(() => {
+      this.o.redis
+        .eval(RENEW_LOCK, 1, this.o.lockKey, token, ttl)
+        .then((held) => {
+          if (held === 1 || warned) return;
+          warned = true;
+          this.o.logger.warn({ lock_key: this.o.lockKey }, 'sweep outlived its lock, which another worker may hold now: their sweeps may overlap (re-enqueueing is idempotent)');
+        })
+        .catch(() => {});
+    }, Math.floor(ttl / 3));
+    renew.unref();
+    try {
+      return await this.sweep();
+    } finally {
+      clearInterval(renew);
+    }
   }
 
   async sweep(): Promise<SweepReport> {
