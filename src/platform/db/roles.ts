@@ -146,7 +146,8 @@ function appTablePrivileges(table: string): string {
  * Grants the application role exactly the DML it needs, and the system role its narrow columns
  * (ADR 0003; `idempotency_hash` since session 13: an opaque id that every run job's id in Redis
  * already carries, so the sweeper can find a pending run's job without a tenant transaction;
- * `workflow_version` since ADR 0008: which definition a run's jobs need). Run by
+ * `workflow_version` since ADR 0008: which definition a run's jobs need; `retry_count`: the
+ * generation of a run's job ids, so a running run's live job is found without a tenant transaction). Run by
  * the owner, in one transaction (see migrate): everything is revoked first, so privileges converge on
  * this list even when an earlier release granted more (a wider column list, TRUNCATE), and running
  * sessions never see a moment without their grants.

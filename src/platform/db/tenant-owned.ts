@@ -28,7 +28,7 @@ export const OPERATOR_GRANTS: Readonly<Record<string, readonly string[]>> = {
  * 0003, 0008): granted by every `migrate` (roles.ts), checked by the catalog inspection (catalog.ts).
  */
 export const SYSTEM_READS: Readonly<Record<string, readonly string[]>> = {
-  durable_runs: ['id', 'tenant_id', 'workflow', 'workflow_version', 'status', 'sequence_num', 'step_count', 'updated_at', 'idempotency_hash'],
+  durable_runs: ['id', 'tenant_id', 'workflow', 'workflow_version', 'status', 'sequence_num', 'step_count', 'updated_at', 'idempotency_hash', 'retry_count'],
   idempotency_keys: ['id', 'tenant_id', 'expires_at'],
   webhook_deliveries: ['id', 'tenant_id', 'status', 'next_attempt_at', 'updated_at', 'resends'],
   // The workers' re-seed of the Redis copy of the active-run overrides (ADR 0014).

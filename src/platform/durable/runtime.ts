@@ -189,6 +189,8 @@ export interface IncompleteRun {
   updated_at_exact: string;
   /** What the run's job ids derive from (an opaque SHA-256; ADR 0003). */
   idempotency_hash: string;
+  /** The generation of the run's job ids (stepJobId, ADR 0009): which of its jobs carry it now. */
+  retry_count: number;
 }
 
 export interface RuntimeOptions {
@@ -753,7 +755,7 @@ export class DurableRuntime {
     // a page reads about the rows it returns, wherever the cursor is. With `status = any(…)` over
     // (status, updated_at) every page read every run of its statuses behind the cursor and sorted them
     // (~1 s a page with 300,000 waiting runs; 40 pages a sweep).
-    const branch = `(select id, tenant_id, workflow, workflow_version, status, sequence_num, step_count, updated_at, updated_at::text as updated_at_exact, idempotency_hash from durable_runs
+    const branch = `(select id, tenant_id, workflow, workflow_version, status, sequence_num, step_count, updated_at, updated_at::text as updated_at_exact, idempotency_hash, retry_count from durable_runs
           where status = ? and updated_at < now() - ? * interval '1 millisecond' ${after}
           order by updated_at, id limit ?)`;
     return systemEm.transactional((tx) =>

@@ -2,8 +2,10 @@ import type { MikroORM } from '@mikro-orm/postgresql';
 import type { JobType, Queue } from 'bullmq';
 import type { Redis } from 'ioredis';
 import type { Logger } from 'pino';
+import { randomUUID } from 'node:crypto';
 import { systemEm, tenantEm } from '../db/tenant-em.ts';
 import { stepJobId } from '../queue/job-ids.ts';
+import { jobPresence } from '../queue/job-presence.ts';
 import { TIMER_QUEUE } from '../queue/timers.ts';
 import { COMPLETED_STEPS_SQL, RUN_COLUMNS, type DurableRuntime, type IncompleteRun, type RunRow } from './runtime.ts';
 import type { RunStatus } from './durable-run.entity.ts';
@@ -29,7 +31,7 @@ export interface SweeperOptions {
    * again from the oldest once it has reached the newest.
    */
   maxPerSweep?: number;
-  /** Above this many live jobs in a queue, a sweep looks its pending runs' jobs up one by one instead of listing them (default LIVE_SNAPSHOT_MAX). */
+  /** Above this many live jobs in a queue, a sweep looks its runs' jobs up one by one (O(1) each) instead of listing them (default LIVE_SNAPSHOT_MAX). */
   liveSnapshotMax?: number;
   /** Called when Redis lost its data, after waiting runs were repaired (e.g. re-create Job Schedulers). */
   afterRedisLoss?(): Promise<void>;
@@ -52,9 +54,10 @@ export interface SweepReport {
   unregistered: Record<string, number>;
 }
 
-const ALIVE = new Set(['waiting', 'active', 'delayed', 'prioritized', 'waiting-children']);
-/** The states `getJobState` calls alive, as `getRanges` names their lists and sets (a paused queue's jobs wait in `paused`). */
+/** The states a live job may be in, as `getRanges` names their lists and sets (a paused queue's jobs wait in `paused`). */
 const LIVE_TYPES = ['wait', 'paused', 'active', 'delayed', 'prioritized', 'waiting-children'] as JobType[];
+/** Raises the lock's time to ARGV[2] ms while it is still ARGV[1]'s (a sweep's token); 1 if it was. */
+const RENEW_LOCK = `if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 0`;
 /** Above this many live jobs in a queue (their ids take about 12 MB of the sweeping worker's heap), a sweep looks its runs up one by one instead of listing them. */
 export const LIVE_SNAPSHOT_MAX = 100_000;
 
@@ -64,11 +67,16 @@ async function liveJobIds(queue: Queue, max: number): Promise<Set<string> | unde
   return new Set(await queue.getRanges(LIVE_TYPES, 0, -1));
 }
 
+/** The ids of a run's run jobs of its current generation (ADR 0009), one per step it may start at. */
+function runJobIds(wf: WorkflowDef, ref: IncompleteRun): string[] {
+  return wf.steps.map((step, i) => stepJobId(wf.tag, ref.idempotency_hash, i + 1, step.name, ref.retry_count));
+}
+
 /**
  * The recovery sweeper: finds runs that are incomplete in Postgres but have no live job in Redis
  * (Redis flushed or replaced, a job that failed on infrastructure, a crash between commit and
  * enqueue) and re-enqueues their remaining steps from the last completed sequence_num. Its
- * cross-tenant read is ids, progress and the idempotency hash (what job ids derive from) only, as the system role; everything else happens under
+ * cross-tenant read is ids, progress, the idempotency hash and the retry count (what job ids derive from) only, as the system role; everything else happens under
  * each run's own tenant (ADR 0003). One worker sweeps at a time (a Redis lock); re-enqueueing is
  * idempotent through deterministic job ids, and re-execution is harmless through checkpoints.
  */
@@ -111,10 +119,37 @@ export class Sweeper {
     await this.running;
   }
 
+  /**
+   * A sweep if this worker wins the lock. The lock lapses on its own (one interval, less 100 ms), so
+   * the next sweep of any worker comes about one interval after this one started — but while this
+   * sweep goes on its time is raised again every third of it: a sweep longer than the interval (a
+   * deep table of incomplete runs, a slow database) would otherwise have a second worker start one
+   * beside it, both re-enqueueing the same runs. Renewed only while its value is still this sweep's
+   * token: a lock that lapsed anyway (the event loop stalled past it) and another worker took is
+   * left to that worker, and this sweep is told so in the log.
+   */
   async sweepWithLock(): Promise<SweepReport | undefined> {
-    const got = await this.o.redis.set(this.o.lockKey, String(process.pid), 'PX', Math.max(1000, this.o.intervalMs - 100), 'NX');
+    const ttl = Math.max(1000, this.o.intervalMs - 100);
+    const token = `${process.pid}:${randomUUID()}`;
+    const got = await this.o.redis.set(this.o.lockKey, token, 'PX', ttl, 'NX');
     if (got !== 'OK') return undefined;
-    return this.sweep();
+    let warned = false;
+    const renew = setInterval(() => {
+      this.o.redis
+        .eval(RENEW_LOCK, 1, this.o.lockKey, token, ttl)
+        .then((held) => {
+          if (held === 1 || warned) return;
+          warned = true;
+          this.o.logger.warn({ lock_key: this.o.lockKey }, 'sweep outlived its lock, which another worker may hold now: their sweeps may overlap (re-enqueueing is idempotent)');
+        })
+        .catch(() => {});
+    }, Math.floor(ttl / 3));
+    renew.unref();
+    try {
+      return await this.sweep();
+    } finally {
+      clearInterval(renew);
+    }
   }
 
   async sweep(): Promise<SweepReport> {
@@ -154,7 +189,7 @@ export class Sweeper {
     await this.eachIncomplete(['waiting'], this.o.minAgeMs, 'waiting', async (page) => {
       // Its timer lives in the timers queue; one an older release added to the workflow's own queue
       // (a rolling deploy, ADR 0015) is alive there and fires there, so it is not duplicated.
-      const alive = await this.withLiveJob(page, snapshots, (wf, ref) => wf.waitingJobId?.(ref.idempotency_hash), (wf) => [TIMER_QUEUE, wf.queue]);
+      const alive = await this.withLiveJob(page, snapshots, (wf, ref) => (wf.waitingJobId ? [wf.waitingJobId(ref.idempotency_hash)] : []), (wf) => [TIMER_QUEUE, wf.queue]);
       for (const ref of page) {
         if (!registered(ref) || alive.has(ref.id)) continue;
         if (await this.guarded(ref, () => this.repairWaiting(ref))) {
@@ -164,10 +199,13 @@ export class Sweeper {
       }
     });
     await this.eachIncomplete(['pending', 'running'], this.o.minAgeMs, 'active', async (page) => {
-      // A pending run has no completed step (its first step's commit moves it to running), so its one job is the one from step 1.
-      // (Of its first generation: the system role does not read retry_count, so a retried pending run
-      // is never found here and goes to reenqueue, which reads the run and looks for its retry's job.)
-      const alive = await this.withLiveJob(page, snapshots, (wf, ref) => (ref.status === 'pending' ? stepJobId(wf.tag, ref.idempotency_hash, 1, wf.steps[0]!.name) : undefined), (wf) => [wf.queue]);
+      // Alive while a run job of its current generation lives, from any step: the one carrying it may
+      // have started well before its next step (a job goes on through steps that did not wait, a sweep
+      // or a decision started one at its step), and none of them can be ahead of it (a job starts at
+      // the step after the run's last completed one, or earlier). A job of an earlier generation (the
+      // run retried since it was added) ends without a step when it reads the run (executor:
+      // superseded): it does not count, and such a run goes to reenqueue, which adds its generation's.
+      const alive = await this.withLiveJob(page, snapshots, (wf, ref) => runJobIds(wf, ref), (wf) => [wf.queue]);
       for (const ref of page) {
         report.examined++;
         if (!registered(ref) || alive.has(ref.id)) continue;
@@ -191,15 +229,18 @@ export class Sweeper {
   }
 
   /**
-   * The page's runs whose job (`jobIdOf`: a pending run's job from step 1, a waiting run's timer)
-   * BullMQ holds alive in any of `queuesOf` (a waiting run's timer: the timers queue, or its workflow's
-   * queue where older releases put it), found without PostgreSQL: the job's id derives from the run's idempotency hash
-   * (ADR 0003). A run for which `jobIdOf` names no job counts as alive for a waiting run (nothing to
-   * check) and is left to `reenqueue` otherwise. The ids of every job a
+   * The page's runs one of whose jobs (`jobIdsOf`: a pending or running run's run jobs of its current
+   * generation, a waiting run's timer) BullMQ holds alive in any of `queuesOf` (a waiting run's timer:
+   * the timers queue, or its workflow's queue where older releases put it), found without PostgreSQL:
+   * the jobs' ids derive from the run's idempotency hash and retry count (ADR 0003). A run for which
+   * `jobIdsOf` names no job counts as alive for a waiting run (nothing to check) and is left to
+   * `reenqueue` otherwise. The ids of every job a
    * queue holds alive are read once per sweep in one atomic script (`getRanges`), so a deep backlog
    * costs a sweep one read of its queue instead of a tenant transaction and a `getJobState` per run
    * (`getJobState` finds a waiting job by scanning the wait list: quadratic over a backlog; session
-   * 13). Above `liveSnapshotMax` live jobs the sweep looks each run up with `getJobState` instead.
+   * 13). Above `liveSnapshotMax` live jobs the sweep looks each run's jobs up instead, in O(1)
+   * (`jobPresence`: its hash exists and it is in neither the completed nor the failed set), never with
+   * `getJobState`, whose LPOS over the wait list costs the backlog for every id it does not hold.
    * A job missing from the snapshot (added since, or a failed look) only sends the run to
    * `reenqueue`, which decides from the run read under its tenant and the job's state then; a job
    * that ended since the snapshot is the next sweep's.
@@ -207,7 +248,7 @@ export class Sweeper {
   private async withLiveJob(
     page: IncompleteRun[],
     snapshots: Map<string, Promise<Set<string> | undefined>>,
-    jobIdOf: (wf: WorkflowDef, ref: IncompleteRun) => string | undefined,
+    jobIdsOf: (wf: WorkflowDef, ref: IncompleteRun) => string[],
     queuesOf: (wf: WorkflowDef) => string[],
   ): Promise<Set<string>> {
     const alive = new Set<string>();
@@ -215,8 +256,8 @@ export class Sweeper {
       page.map(async (ref) => {
         const wf = this.o.runtime.workflows.get(ref.workflow, ref.workflow_version);
         const queues = wf ? queuesOf(wf).flatMap((name) => this.o.runtime.queues.get(name) ?? []) : [];
-        const jobId = wf && ref.idempotency_hash ? jobIdOf(wf, ref) : undefined;
-        if (!queues.length || !jobId) {
+        const jobIds = wf && ref.idempotency_hash ? jobIdsOf(wf, ref) : [];
+        if (!queues.length || !jobIds.length) {
           // Nothing to look for: a waiting run of a workflow without a timer (or of another deployment's workflow) is left alone.
           if (ref.status === 'waiting') alive.add(ref.id);
           return;
@@ -225,7 +266,7 @@ export class Sweeper {
           let snapshot = snapshots.get(queue.name);
           if (!snapshot) snapshots.set(queue.name, (snapshot = liveJobIds(queue, this.o.liveSnapshotMax ?? LIVE_SNAPSHOT_MAX)));
           const ids = await snapshot;
-          if (ids ? ids.has(jobId) : ALIVE.has(await queue.getJobState(jobId))) return void alive.add(ref.id);
+          if (ids ? jobIds.some((id) => ids.has(id)) : (await jobPresence(this.o.redis, queue, jobIds)).includes('exists')) return void alive.add(ref.id);
         }
       }),
     );
@@ -289,8 +330,9 @@ export class Sweeper {
     // Of the run's current generation: a retried run's jobs carry its retry count (ADR 0009).
     const jobId = (seq: number) => stepJobId(wf.tag, run.idempotency_hash, seq, wf.steps[seq - 1]!.name, run.retry_count);
     const ids = Array.from({ length: next }, (_, i) => jobId(i + 1));
-    const states = await Promise.all(ids.map((id) => queue.getJobState(id)));
-    if (states.some((st) => ALIVE.has(st))) return false;
+    // O(1) a job, one round trip: not getJobState, which scans the wait list for every id it does not hold (jobPresence).
+    const states = await jobPresence(this.o.redis, queue, ids);
+    if (states.includes('exists')) return false;
     const state = states[states.length - 1];
     if (state !== 'unknown') await queue.remove(jobId(next)).catch(() => 0);
     await this.o.runtime.enqueue(run, next);

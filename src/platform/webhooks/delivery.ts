@@ -6,6 +6,7 @@ import type { Logger } from 'pino';
 import type { Redis } from 'ioredis';
 import { systemEm, tenantEm } from '../db/tenant-em.ts';
 import { deliveryJobId } from '../queue/job-ids.ts';
+import { jobPresence } from '../queue/job-presence.ts';
 import { ISO_NOW, isoTimeSql, OUTBOX_IDS, outboxCte } from './outbox.ts';
 import { postWebhook, type AttemptOutcome } from './send.ts';
 import { endAttemptSpan, startAttemptSpan } from './delivery-trace.ts';
@@ -65,34 +66,6 @@ export interface DeliverySettings {
 
 /** The redelivery pass's page of overdue rows (ADR 0013). */
 const REDELIVERY_PAGE = 1000;
-
-/** Where the redelivery pass finds a delivery's job: ended (completed or failed), still there (any other state), or gone. */
-type JobPresence = 'ended' | 'exists' | 'unknown';
-
-/**
- * The presence of each of `jobIds` in `queue`, in one pipeline of O(1) commands per job: in the
- * `completed` or `failed` set, else its hash exists (waiting, delayed, active, prioritized…), else
- * gone. Not Queue.getJobState: for a job that is not in a sorted set it walks the `active` and
- * `wait` lists (LPOS), so a page of rows whose jobs wait, or are gone, cost the length of the list
- * each — a pass over a backlog of N waiting or lost jobs cost O(N²) of Redis's single thread
- * (50,000 waiting jobs: some 30 s of Redis time a pass, every minute). A hash in no state answers
- * `exists`: the add would not replace it either (BullMQ keeps a job whose id exists).
- */
-async function jobPresence(redis: Redis, queue: Queue, jobIds: readonly string[]): Promise<JobPresence[]> {
-  if (jobIds.length === 0) return [];
-  const completed = queue.toKey('completed');
-  const failed = queue.toKey('failed');
-  const pipeline = redis.pipeline();
-  for (const id of jobIds) pipeline.zscore(completed, id).zscore(failed, id).exists(queue.toKey(id));
-  const replies = (await pipeline.exec()) ?? [];
-  return jobIds.map((_, i) => {
-    const [c, f, e] = replies.slice(3 * i, 3 * i + 3).map(([err, value]) => {
-      if (err) throw err;
-      return value;
-    });
-    return c !== null || f !== null ? 'ended' : e === 1 ? 'exists' : 'unknown';
-  });
-}
 
 /** The longest wait between two attempts. */
 export const WEBHOOK_RETRY_MAX_MS = 4 * 3600_000;
