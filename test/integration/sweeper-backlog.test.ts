@@ -178,14 +178,20 @@ describe('a sweep over running runs behind a deep backlog', () => {
     await endRuns([...alive, staleGeneration, jobless]);
   });
 
-  it('a sweep that outlasts its lock\'s time keeps the lock: no second worker starts a sweep beside it', { timeout: LONG }, async () => {
-    const markerKey = `${stack.prefix}:lock-marker`;
-    await stack.redis.set(markerKey, 'kept');
-    const lockKey = `${stack.prefix}:long-sweep-lock`;
+  /** A sweep held in its middle (eachSweep) until the test releases it. */
+  function sweepGate() {
     let entered!: () => void;
     const inside = new Promise<void>((r) => (entered = r));
     let release!: () => void;
     const released = new Promise<void>((r) => (release = r));
+    return { inside, entered, released, release };
+  }
+
+  it('a sweep that outlasts its lock\'s time keeps the lock: no second worker starts a sweep beside it', { timeout: LONG }, async () => {
+    const markerKey = `${stack.prefix}:lock-marker`;
+    await stack.redis.set(markerKey, 'kept');
+    const lockKey = `${stack.prefix}:long-sweep-lock`;
+    const { inside, entered, released, release } = sweepGate();
     // intervalMs 3000: the lock is taken for 2.9 s; this sweep holds in the middle until the test lets it go.
     const long = stackSweeper(stack, 'long-sweep-lock', { markerKey, intervalMs: 3000, eachSweep: async () => (entered(), released) });
     const other = stackSweeper(stack, 'long-sweep-lock', { markerKey, intervalMs: 3000 });
@@ -216,5 +222,25 @@ describe('a sweep over running runs behind a deep backlog', () => {
     expect(ttl).toBeLessThanOrEqual(2900);
     await waitFor(async () => (await stack.redis.pttl(lockKey)) < 0, { timeoutMs: 60_000, what: 'the ended sweep\'s lock to lapse' });
     expect(await other.sweepWithLock()).toBeDefined();
+  });
+
+  it('a sweep that hangs past lockMaxMs stops renewing its lock: another worker sweeps again', { timeout: LONG }, async () => {
+    // A sweep stuck on a wedged connection must not hold the lock for ever (renewed on a healthy
+    // one): no worker would sweep again, and every run lost meanwhile would stay stuck.
+    const markerKey = `${stack.prefix}:hang-marker`;
+    await stack.redis.set(markerKey, 'kept');
+    const lockKey = `${stack.prefix}:hung-sweep-lock`;
+    const { inside, entered, released, release } = sweepGate();
+    const hung = stackSweeper(stack, 'hung-sweep-lock', { markerKey, intervalMs: 3000, lockMaxMs: 4000, eachSweep: async () => (entered(), released) });
+    const other = stackSweeper(stack, 'hung-sweep-lock', { markerKey, intervalMs: 3000 });
+    const sweeping = hung.sweepWithLock();
+    try {
+      await within(inside, 'the hung sweep to start');
+      await waitFor(async () => (await stack.redis.pttl(lockKey)) < 0, { timeoutMs: 60_000, intervalMs: 100, what: 'the hung sweep\'s lock to lapse' });
+      expect(await other.sweepWithLock()).toBeDefined();
+    } finally {
+      release();
+    }
+    expect(await within(sweeping, 'the hung sweep to end')).toBeDefined();
   });
 });

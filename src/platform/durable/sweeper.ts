@@ -33,6 +33,12 @@ export interface SweeperOptions {
   maxPerSweep?: number;
   /** Above this many live jobs in a queue, a sweep looks its runs' jobs up one by one (O(1) each) instead of listing them (default LIVE_SNAPSHOT_MAX). */
   liveSnapshotMax?: number;
+  /**
+   * How long a sweep keeps renewing its lock (default SWEEP_LOCK_MAX_MS, or 20 intervals if longer):
+   * past it the lock is left to lapse, so a sweep hung on a wedged connection cannot stop every worker
+   * from sweeping for as long as its process lives.
+   */
+  lockMaxMs?: number;
   /** Called when Redis lost its data, after waiting runs were repaired (e.g. re-create Job Schedulers). */
   afterRedisLoss?(): Promise<void>;
   /**
@@ -60,6 +66,8 @@ const LIVE_TYPES = ['wait', 'paused', 'active', 'delayed', 'prioritized', 'waiti
 const RENEW_LOCK = `if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 0`;
 /** Above this many live jobs in a queue (their ids take about 12 MB of the sweeping worker's heap), a sweep looks its runs up one by one instead of listing them. */
 export const LIVE_SNAPSHOT_MAX = 100_000;
+/** How long a sweep renews its lock at least (lockMaxMs): far beyond a sweep of maxPerSweep runs of each kind. */
+export const SWEEP_LOCK_MAX_MS = 10 * 60_000;
 
 /** The ids of every job the queue holds alive, read in one script; undefined when there are more than `max`. */
 async function liveJobIds(queue: Queue, max: number): Promise<Set<string> | undefined> {
@@ -126,7 +134,8 @@ export class Sweeper {
    * deep table of incomplete runs, a slow database) would otherwise have a second worker start one
    * beside it, both re-enqueueing the same runs. Renewed only while its value is still this sweep's
    * token: a lock that lapsed anyway (the event loop stalled past it) and another worker took is
-   * left to that worker, and this sweep is told so in the log.
+   * left to that worker, and this sweep is told so in the log. Renewed for `lockMaxMs` at most: a
+   * sweep hung on a wedged connection must not keep every worker from sweeping for ever.
    */
   async sweepWithLock(): Promise<SweepReport | undefined> {
     const ttl = Math.max(1000, this.o.intervalMs - 100);
@@ -134,7 +143,14 @@ export class Sweeper {
     const got = await this.o.redis.set(this.o.lockKey, token, 'PX', ttl, 'NX');
     if (got !== 'OK') return undefined;
     let warned = false;
+    const renewUntil = Date.now() + (this.o.lockMaxMs ?? Math.max(SWEEP_LOCK_MAX_MS, 20 * this.o.intervalMs));
     const renew = setInterval(() => {
+      if (Date.now() > renewUntil) {
+        // Hung, most likely (a wedged connection): the lock lapses so another worker sweeps; overlapping sweeps are harmless.
+        clearInterval(renew);
+        this.o.logger.warn({ lock_key: this.o.lockKey, lock_max_ms: this.o.lockMaxMs }, 'sweep still running past its longest lock time: its lock is left to lapse, so another worker may sweep');
+        return;
+      }
       this.o.redis
         .eval(RENEW_LOCK, 1, this.o.lockKey, token, ttl)
         .then((held) => {
