@@ -138,6 +138,19 @@ describe('configuration', () => {
     expect(parseConfig({ JWT_SECRET: SECRET, RUN_RETENTION: '1s', IDEMPOTENCY_TTL: '1s', IDEMPOTENCY_LEASE: '1s' }).RUN_RETENTION).toBe(1000);
   });
 
+  // PostgreSQL's statement_timeout and Node's requestTimeout take whole milliseconds, and 0 is "no timeout": a value that is
+  // not 0 yet rounds to 0 ms (0.0001 = 0.1 ms) turned the bound off without a word. 0 itself stays the explicit off.
+  it.each([
+    ['DATABASE_STATEMENT_TIMEOUT', 'no statement timeout'],
+    ['API_REQUEST_TIMEOUT', 'no request timeout'],
+  ] as const)('refuses a %s that is not 0 but under 1 ms (it would mean %s); 0 is kept as the explicit off', (name, off) => {
+    for (const value of ['0.0001', '0.4ms', '0.000000001d']) {
+      expect(configError({ JWT_SECRET: SECRET, [name]: value }).problems, value).toEqual([new RegExp(`^${name}: must be 0 \\(${off}\\) or at least 1ms, not "${value}" \\(0 ms\\)`)].map((r) => expect.stringMatching(r)));
+    }
+    for (const zero of ['0', '0s', '00ms', 0]) expect(parseConfig({ JWT_SECRET: SECRET, [name]: zero as string })[name], String(zero)).toBe(0);
+    for (const [v, ms] of [['1ms', 1], ['0.5ms', 1], ['0.001', 1], ['250ms', 250]] as const) expect(parseConfig({ JWT_SECRET: SECRET, [name]: v })[name], v).toBe(ms);
+  });
+
   it.each([
     ['WORKER_MAX_ACTIVE_RUNS_PER_TENANT', 0, 100_000, 'ADR 0012'],
     ['WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT', 4, 1_000, 'ADR 0013'],

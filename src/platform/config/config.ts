@@ -23,7 +23,8 @@ const duration = (fallback: string, opts: { offOrAtLeastMs?: number; off?: strin
       // 0 turns the setting off: a value that is not 0 (any digit but 0 in it) yet below the minimum
       // would turn it off, or close to it, without a word (0.0001 rounds to 0 ms).
       if (opts.offOrAtLeastMs !== undefined && /[1-9]/.test(String(v)) && ms < opts.offOrAtLeastMs) {
-        ctx.addIssue({ code: 'custom', message: `must be 0 (${opts.off ?? 'off'}) or at least ${opts.offOrAtLeastMs / 1000}s, not "${v}" (${ms} ms)` });
+        const least = opts.offOrAtLeastMs < 1000 ? `${opts.offOrAtLeastMs}ms` : `${opts.offOrAtLeastMs / 1000}s`;
+        ctx.addIssue({ code: 'custom', message: `must be 0 (${opts.off ?? 'off'}) or at least ${least}, not "${v}" (${ms} ms)` });
         return z.NEVER;
       }
       return ms;
@@ -104,7 +105,8 @@ export const configSchema = z
     DATABASE_ADMIN_URL: postgresUrl.optional(),
     // Unset: the API pools 10 connections, a worker WORKER_CONCURRENCY x its workflow queues + WORKER_TIMER_CONCURRENCY + 2 (poolMaxFor).
     DATABASE_POOL_MAX: z.coerce.number().int().min(1).max(200).optional(),
-    DATABASE_STATEMENT_TIMEOUT: duration('30s'),
+    // PostgreSQL's statement_timeout (whole ms); 0 = none. Not 0 yet under 1 ms (0.0001 rounds to 0 ms) is refused rather than read as none.
+    DATABASE_STATEMENT_TIMEOUT: duration('30s', { offOrAtLeastMs: 1, off: 'no statement timeout' }),
     // How long past DATABASE_STATEMENT_TIMEOUT a client lets PostgreSQL stay silent while a statement awaits its answer before it drops the connection (coalescing-client.ts); 0 waits for ever.
     DATABASE_ANSWER_MARGIN: duration('10s', { offOrAtLeastMs: 1000, off: 'wait for ever' }),
     // A batch (a group commit's dozens of statements) bounded per statement (a Flush after each that may wait) instead of by the sum; off: ~15 % more CPU per run (docs/performance.md, session 32).
@@ -256,7 +258,8 @@ export const configSchema = z
      */
     API_MAX_DB_CONNECTIONS_PER_TENANT: z.coerce.number().int().min(0).max(200).optional(),
     /** How long a request may take to arrive whole (headers and body): a slow upload frees its in-flight slot then (408). */
-    API_REQUEST_TIMEOUT: duration('30s'),
+    // Node's requestTimeout (whole ms; 0 = none): not 0 yet under 1 ms is refused rather than read as none.
+    API_REQUEST_TIMEOUT: duration('30s', { offOrAtLeastMs: 1, off: 'no request timeout' }),
 
     BULL_BOARD_READ_ONLY: bool(true),
     OPERATOR_USER: z.string().min(1).optional(),
