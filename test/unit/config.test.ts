@@ -262,6 +262,29 @@ describe('configuration', () => {
     expect(r.stdout).toBe('');
   });
 
+  // The tenant's share of the in-flight requests (API_MAX_INFLIGHT_PER_TENANT) is a part of API_MAX_INFLIGHT: at or above
+  // it one tenant may take every place, and the others are shed with 503, as with the share off, while it reads as set.
+  // 0 is each setting's explicit off: a share with the process cap off (API_MAX_INFLIGHT=0) still bounds each tenant.
+  it("refuses, for the API, a tenant's in-flight share at or above API_MAX_INFLIGHT, unless either is 0 (off)", () => {
+    expect(apiConfigProblems(parseConfig({ JWT_SECRET: SECRET, API_MAX_INFLIGHT: '16' }))).toEqual([
+      expect.stringMatching(/^API_MAX_INFLIGHT_PER_TENANT: 16 is not below API_MAX_INFLIGHT \(16\): one tenant could take every in-flight place/),
+    ]);
+    expect(apiConfigProblems(parseConfig({ JWT_SECRET: SECRET, API_MAX_INFLIGHT: '8', API_MAX_INFLIGHT_PER_TENANT: '100' }))).toEqual([
+      expect.stringMatching(/^API_MAX_INFLIGHT_PER_TENANT: 100 is not below API_MAX_INFLIGHT \(8\)/),
+    ]);
+    for (const env of [{}, { API_MAX_INFLIGHT: '17' }, { API_MAX_INFLIGHT_PER_TENANT: '0', API_MAX_INFLIGHT: '1' }, { API_MAX_INFLIGHT: '0', API_MAX_INFLIGHT_PER_TENANT: '500' }, { API_MAX_INFLIGHT: '0', API_MAX_INFLIGHT_PER_TENANT: '0' }]) {
+      expect(apiConfigProblems(parseConfig({ JWT_SECRET: SECRET, ...env })), JSON.stringify(env)).toEqual([]);
+    }
+  });
+
+  it('stops the API at start-up, exit code 1, naming both in-flight problems and the database share at once', () => {
+    const r = startApi({ JWT_SECRET: SECRET, API_MAX_INFLIGHT: '4', API_MAX_DB_CONNECTIONS_PER_TENANT: '20' });
+    expect(r.status, r.stderr).toBe(1);
+    expect(r.stderr.split('\n').filter((l) => l.startsWith('  - ')).map((l) => l.replace(/:.*/, ''))).toEqual(['  - API_MAX_DB_CONNECTIONS_PER_TENANT', '  - API_MAX_INFLIGHT_PER_TENANT']);
+    expect(r.stderr).toMatch(/\n {2}- API_MAX_INFLIGHT_PER_TENANT: 16 is not below API_MAX_INFLIGHT \(4\)/);
+    expect(r.stdout).toBe('');
+  });
+
   // The schema takes any address-like text (its characters); Express compiles the list only when the app is built,
   // after the connections were opened, and threw a TypeError there: a stack trace, not the setting named.
   it('stops the API at start-up, exit code 1, naming TRUST_PROXY, when the list holds what is no address, subnet or name', () => {

@@ -362,14 +362,27 @@ export function poolMaxFor(
  * config row. Not in the schema: a worker reads the same variables with a DATABASE_POOL_MAX of its own,
  * which may be below the API's share (a share means nothing to a worker).
  */
-export function apiConfigProblems(config: Pick<Config, 'API_MAX_DB_CONNECTIONS_PER_TENANT' | 'DATABASE_POOL_MAX' | 'WORKER_CONCURRENCY' | 'WORKER_TIMER_CONCURRENCY'>): string[] {
+export function apiConfigProblems(
+  config: Pick<Config, 'API_MAX_DB_CONNECTIONS_PER_TENANT' | 'DATABASE_POOL_MAX' | 'WORKER_CONCURRENCY' | 'WORKER_TIMER_CONCURRENCY' | 'API_MAX_INFLIGHT' | 'API_MAX_INFLIGHT_PER_TENANT'>,
+): string[] {
+  const problems: string[] = [];
   const pool = poolMaxFor(config, 'api', 0);
   const share = config.API_MAX_DB_CONNECTIONS_PER_TENANT;
   // Above the pool one tenant's requests may hold every connection, as with the share off (ADR 0012,
   // amendment), while the setting reads as a bound: refused rather than clamped, so it says what it does.
-  if (share === undefined || share <= pool) return [];
-  const poolSetting = config.DATABASE_POOL_MAX === undefined ? 'DATABASE_POOL_MAX unset' : `DATABASE_POOL_MAX=${pool}`;
-  return [`API_MAX_DB_CONNECTIONS_PER_TENANT: ${share} is more than the API's pool of ${pool} connections (${poolSetting}): one tenant could hold all of them, so the share would bound nothing; set it to at most ${pool} (or raise DATABASE_POOL_MAX), or 0 to turn the share off`];
+  if (share !== undefined && share > pool) {
+    const poolSetting = config.DATABASE_POOL_MAX === undefined ? 'DATABASE_POOL_MAX unset' : `DATABASE_POOL_MAX=${pool}`;
+    problems.push(`API_MAX_DB_CONNECTIONS_PER_TENANT: ${share} is more than the API's pool of ${pool} connections (${poolSetting}): one tenant could hold all of them, so the share would bound nothing; set it to at most ${pool} (or raise DATABASE_POOL_MAX), or 0 to turn the share off`);
+  }
+  // A tenant's share of the in-flight places at or above the process's cap: one tenant may take every place and
+  // the others are shed (503), as with the share off, while it reads as a bound. 0 is either setting's explicit
+  // off and is kept: with API_MAX_INFLIGHT=0 there is no process cap to take, and the share still bounds a tenant.
+  const inFlight = config.API_MAX_INFLIGHT;
+  const perTenant = config.API_MAX_INFLIGHT_PER_TENANT;
+  if (inFlight > 0 && perTenant > 0 && perTenant >= inFlight) {
+    problems.push(`API_MAX_INFLIGHT_PER_TENANT: ${perTenant} is not below API_MAX_INFLIGHT (${inFlight}): one tenant could take every in-flight place and the others would be shed with 503, so the share would bound nothing; set it below ${inFlight} (or raise API_MAX_INFLIGHT), or 0 to turn the share off`);
+  }
+  return problems;
 }
 
 /**
