@@ -65,7 +65,7 @@ describe('SIGTERM to the API', () => {
 
   it('cuts off, at the grace, a request still arriving (a client trickling its body) and exits 0', { timeout: 120_000 }, async () => {
     // API_REQUEST_TIMEOUT (60 s here) would let the body trickle in long past the hard deadline (grace + 10 s).
-    const apiProc = await spawnApi({ ...stack.env, WORKER_SHUTDOWN_GRACE: '1s', API_REQUEST_TIMEOUT: '60s', API_MAX_INFLIGHT: '1' });
+    const apiProc = await spawnApi({ ...stack.env, WORKER_SHUTDOWN_GRACE: '1s', API_REQUEST_TIMEOUT: '60s', API_MAX_INFLIGHT: '1', API_MAX_INFLIGHT_PER_TENANT: '0' });
     try {
       const token = await stack.token({ tenantId: newTenant(), sub: 'trickler' });
       const slow = await connect(apiProc.baseUrl);

@@ -13,7 +13,9 @@ import { refusedOf } from '../helpers/metrics.ts';
 
 let stack: TestStack;
 beforeAll(async () => {
-  stack = await startStack({ env: { API_MAX_INFLIGHT: '1' } });
+  // One slot for the whole process; the tenant's share off (0), as a share of 1 slot or more would bound nothing
+  // (the API refuses API_MAX_INFLIGHT_PER_TENANT ≥ API_MAX_INFLIGHT). The share's tests below set their own.
+  stack = await startStack({ env: { API_MAX_INFLIGHT: '1', API_MAX_INFLIGHT_PER_TENANT: '0' } });
 });
 afterAll(async () => stack?.stop());
 

@@ -106,6 +106,16 @@ describe('configuration and documents', () => {
     expect(m.report.ok).toBe(false);
   });
 
+  // As the API at start: a tenant's share of the in-flight places at or above the process's cap bounds nothing, named with the other problems.
+  it("a tenant's in-flight share not below API_MAX_INFLIGHT fails the config row with the API's start-up message, beside the database share's", async () => {
+    const m = await matrixFor({ env: { API_MAX_DB_CONNECTIONS_PER_TENANT: '4', API_MAX_INFLIGHT: '8', API_MAX_INFLIGHT_PER_TENANT: '8' } });
+    expect(m.row('config')).toMatchObject({
+      status: 'FAIL',
+      reason: expect.stringMatching(/^invalid: API_MAX_DB_CONNECTIONS_PER_TENANT: 4 is more than .*; API_MAX_INFLIGHT_PER_TENANT: 8 is not below API_MAX_INFLIGHT \(8\): one tenant could take every in-flight place/),
+    });
+    expect(m.report.ok).toBe(false);
+  });
+
   it('missing release-gate and runbook documents fail their rows', async () => {
     const m = await matrixFor({ adjust: () => ({ docsRoot: docsless }) });
     expect(m.row('docs docs/governance/release-gates.md').status).toBe('FAIL');

@@ -92,6 +92,48 @@ describe('webhook endpoint create: DNS outside the transaction', () => {
     expect(refusedOf((await api(stack, 'GET', '/metrics')).text, 'tenant_db_connections', `GET ${ENDPOINTS}`) ?? 0).toBe(0);
   });
 
+  // A replay needs no resolution: the key's stored outcome is what it answers, whatever the host's DNS does now. The
+  // router looks the key up (one short read, a place of the share for that read only) before the route's `prepare`;
+  // before, a replay waited for the host's DNS (up to WEBHOOK_DNS_TIMEOUT, here 60 s) and only then replayed.
+  it("a replay of a stored create answers at once while the host's DNS hangs, asking no DNS; a first submission under another key still resolves the host", async () => {
+    const tenant = newTenant();
+    const admin = await stack.token({ tenantId: tenant, sub: 'admin-1', roles: ['admin'] });
+    const host = 'replay.create.test';
+    const body = { url: `https://${host}/hook`, events: ['run.completed'] };
+    const key = randomUUID();
+    const create = (k: string) => api(stack, 'POST', ENDPOINTS, { token: admin, body, headers: { 'Idempotency-Key': k } });
+    const queriesOf = () => dns.queries.filter((q) => q.name === host).length;
+    dns.answer(host, { a: ['93.184.215.14'] });
+    const created = await create(key);
+    expect(created.status, created.text).toBe(201);
+    const before = queriesOf();
+    expect(before).toBeGreaterThan(0);
+    // From now on the host's queries are held (never answered until released).
+    dns.hold(host, { a: ['93.184.215.14'] });
+    let replayed: Awaited<ReturnType<typeof api>> | undefined;
+    const replay = create(key).then((r) => (replayed = r));
+    let fresh: ReturnType<typeof api> | undefined;
+    try {
+      // Whichever comes first: the replay's answer, or a query for its host (the SSRF check run again).
+      const first = await waitFor(() => (replayed ? 'answered' : queriesOf() > before ? 'asked DNS first' : undefined), { timeoutMs: 60_000, what: 'the replay to answer, or to ask DNS' });
+      expect(first).toBe('answered');
+      expect(replayed!.status, replayed!.text).toBe(201);
+      expect(replayed!.headers.get('idempotent-replayed')).toBe('true');
+      expect(replayed!.json).toEqual(created.json);
+      expect(queriesOf()).toBe(before);
+      // The SSRF check still guards a first submission: a new key for the same host waits for its (held) DNS.
+      fresh = create(randomUUID());
+      await waitFor(() => queriesOf() > before, { what: "the first submission's DNS query" });
+    } finally {
+      dns.release(host);
+      await replay;
+    }
+    const second = await within(fresh, 'the first submission after its DNS answered', 60_000);
+    expect(second.status, second.text).toBe(201);
+    expect(second.headers.get('idempotent-replayed')).toBeNull();
+    expect((await api(stack, 'GET', ENDPOINTS, { token: admin })).json.items).toHaveLength(2);
+  });
+
   // prepare runs before the share's place: a client that hangs up during its DNS is not run once the answer comes
   // (as one that hangs up waiting for a place), and holds nothing — the tenant's one place is free, its key unclaimed.
   it('a create whose client hangs up while its DNS is held is not run and holds no place of the share; its retry under the same key creates (201, not a replay)', async () => {

@@ -138,6 +138,19 @@ describe('configuration', () => {
     expect(parseConfig({ JWT_SECRET: SECRET, RUN_RETENTION: '1s', IDEMPOTENCY_TTL: '1s', IDEMPOTENCY_LEASE: '1s' }).RUN_RETENTION).toBe(1000);
   });
 
+  // PostgreSQL's statement_timeout and Node's requestTimeout take whole milliseconds, and 0 is "no timeout": a value that is
+  // not 0 yet rounds to 0 ms (0.0001 = 0.1 ms) turned the bound off without a word. 0 itself stays the explicit off.
+  it.each([
+    ['DATABASE_STATEMENT_TIMEOUT', 'no statement timeout'],
+    ['API_REQUEST_TIMEOUT', 'no request timeout'],
+  ] as const)('refuses a %s that is not 0 but under 1 ms (it would mean %s); 0 is kept as the explicit off', (name, off) => {
+    for (const value of ['0.0001', '0.4ms', '0.000000001d']) {
+      expect(configError({ JWT_SECRET: SECRET, [name]: value }).problems, value).toEqual([new RegExp(`^${name}: must be 0 \\(${off}\\) or at least 1ms, not "${value}" \\(0 ms\\)`)].map((r) => expect.stringMatching(r)));
+    }
+    for (const zero of ['0', '0s', '00ms', 0]) expect(parseConfig({ JWT_SECRET: SECRET, [name]: zero as string })[name], String(zero)).toBe(0);
+    for (const [v, ms] of [['1ms', 1], ['0.5ms', 1], ['0.001', 1], ['250ms', 250]] as const) expect(parseConfig({ JWT_SECRET: SECRET, [name]: v })[name], v).toBe(ms);
+  });
+
   it.each([
     ['WORKER_MAX_ACTIVE_RUNS_PER_TENANT', 0, 100_000, 'ADR 0012'],
     ['WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT', 4, 1_000, 'ADR 0013'],
@@ -246,6 +259,29 @@ describe('configuration', () => {
     const r = startApi({ JWT_SECRET: SECRET, API_MAX_DB_CONNECTIONS_PER_TENANT: '20' });
     expect(r.status, r.stderr).toBe(1);
     expect(r.stderr).toMatch(/^invalid configuration:\n {2}- API_MAX_DB_CONNECTIONS_PER_TENANT: 20 is more than the API's pool of 10 connections/);
+    expect(r.stdout).toBe('');
+  });
+
+  // The tenant's share of the in-flight requests (API_MAX_INFLIGHT_PER_TENANT) is a part of API_MAX_INFLIGHT: at or above
+  // it one tenant may take every place, and the others are shed with 503, as with the share off, while it reads as set.
+  // 0 is each setting's explicit off: a share with the process cap off (API_MAX_INFLIGHT=0) still bounds each tenant.
+  it("refuses, for the API, a tenant's in-flight share at or above API_MAX_INFLIGHT, unless either is 0 (off)", () => {
+    expect(apiConfigProblems(parseConfig({ JWT_SECRET: SECRET, API_MAX_INFLIGHT: '16' }))).toEqual([
+      expect.stringMatching(/^API_MAX_INFLIGHT_PER_TENANT: 16 is not below API_MAX_INFLIGHT \(16\): one tenant could take every in-flight place/),
+    ]);
+    expect(apiConfigProblems(parseConfig({ JWT_SECRET: SECRET, API_MAX_INFLIGHT: '8', API_MAX_INFLIGHT_PER_TENANT: '100' }))).toEqual([
+      expect.stringMatching(/^API_MAX_INFLIGHT_PER_TENANT: 100 is not below API_MAX_INFLIGHT \(8\)/),
+    ]);
+    for (const env of [{}, { API_MAX_INFLIGHT: '17' }, { API_MAX_INFLIGHT_PER_TENANT: '0', API_MAX_INFLIGHT: '1' }, { API_MAX_INFLIGHT: '0', API_MAX_INFLIGHT_PER_TENANT: '500' }, { API_MAX_INFLIGHT: '0', API_MAX_INFLIGHT_PER_TENANT: '0' }]) {
+      expect(apiConfigProblems(parseConfig({ JWT_SECRET: SECRET, ...env })), JSON.stringify(env)).toEqual([]);
+    }
+  });
+
+  it('stops the API at start-up, exit code 1, naming both in-flight problems and the database share at once', () => {
+    const r = startApi({ JWT_SECRET: SECRET, API_MAX_INFLIGHT: '4', API_MAX_DB_CONNECTIONS_PER_TENANT: '20' });
+    expect(r.status, r.stderr).toBe(1);
+    expect(r.stderr.split('\n').filter((l) => l.startsWith('  - ')).map((l) => l.replace(/:.*/, ''))).toEqual(['  - API_MAX_DB_CONNECTIONS_PER_TENANT', '  - API_MAX_INFLIGHT_PER_TENANT']);
+    expect(r.stderr).toMatch(/\n {2}- API_MAX_INFLIGHT_PER_TENANT: 16 is not below API_MAX_INFLIGHT \(4\)/);
     expect(r.stdout).toBe('');
   });
 

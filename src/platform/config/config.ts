@@ -23,7 +23,8 @@ const duration = (fallback: string, opts: { offOrAtLeastMs?: number; off?: strin
       // 0 turns the setting off: a value that is not 0 (any digit but 0 in it) yet below the minimum
       // would turn it off, or close to it, without a word (0.0001 rounds to 0 ms).
       if (opts.offOrAtLeastMs !== undefined && /[1-9]/.test(String(v)) && ms < opts.offOrAtLeastMs) {
-        ctx.addIssue({ code: 'custom', message: `must be 0 (${opts.off ?? 'off'}) or at least ${opts.offOrAtLeastMs / 1000}s, not "${v}" (${ms} ms)` });
+        const least = opts.offOrAtLeastMs < 1000 ? `${opts.offOrAtLeastMs}ms` : `${opts.offOrAtLeastMs / 1000}s`;
+        ctx.addIssue({ code: 'custom', message: `must be 0 (${opts.off ?? 'off'}) or at least ${least}, not "${v}" (${ms} ms)` });
         return z.NEVER;
       }
       return ms;
@@ -104,7 +105,8 @@ export const configSchema = z
     DATABASE_ADMIN_URL: postgresUrl.optional(),
     // Unset: the API pools 10 connections, a worker WORKER_CONCURRENCY x its workflow queues + WORKER_TIMER_CONCURRENCY + 2 (poolMaxFor).
     DATABASE_POOL_MAX: z.coerce.number().int().min(1).max(200).optional(),
-    DATABASE_STATEMENT_TIMEOUT: duration('30s'),
+    // PostgreSQL's statement_timeout (whole ms); 0 = none. Not 0 yet under 1 ms (0.0001 rounds to 0 ms) is refused rather than read as none.
+    DATABASE_STATEMENT_TIMEOUT: duration('30s', { offOrAtLeastMs: 1, off: 'no statement timeout' }),
     // How long past DATABASE_STATEMENT_TIMEOUT a client lets PostgreSQL stay silent while a statement awaits its answer before it drops the connection (coalescing-client.ts); 0 waits for ever.
     DATABASE_ANSWER_MARGIN: duration('10s', { offOrAtLeastMs: 1000, off: 'wait for ever' }),
     // A batch (a group commit's dozens of statements) bounded per statement (a Flush after each that may wait) instead of by the sum; off: ~15 % more CPU per run (docs/performance.md, session 32).
@@ -256,7 +258,8 @@ export const configSchema = z
      */
     API_MAX_DB_CONNECTIONS_PER_TENANT: z.coerce.number().int().min(0).max(200).optional(),
     /** How long a request may take to arrive whole (headers and body): a slow upload frees its in-flight slot then (408). */
-    API_REQUEST_TIMEOUT: duration('30s'),
+    // Node's requestTimeout (whole ms; 0 = none): not 0 yet under 1 ms is refused rather than read as none.
+    API_REQUEST_TIMEOUT: duration('30s', { offOrAtLeastMs: 1, off: 'no request timeout' }),
 
     BULL_BOARD_READ_ONLY: bool(true),
     OPERATOR_USER: z.string().min(1).optional(),
@@ -359,14 +362,27 @@ export function poolMaxFor(
  * config row. Not in the schema: a worker reads the same variables with a DATABASE_POOL_MAX of its own,
  * which may be below the API's share (a share means nothing to a worker).
  */
-export function apiConfigProblems(config: Pick<Config, 'API_MAX_DB_CONNECTIONS_PER_TENANT' | 'DATABASE_POOL_MAX' | 'WORKER_CONCURRENCY' | 'WORKER_TIMER_CONCURRENCY'>): string[] {
+export function apiConfigProblems(
+  config: Pick<Config, 'API_MAX_DB_CONNECTIONS_PER_TENANT' | 'DATABASE_POOL_MAX' | 'WORKER_CONCURRENCY' | 'WORKER_TIMER_CONCURRENCY' | 'API_MAX_INFLIGHT' | 'API_MAX_INFLIGHT_PER_TENANT'>,
+): string[] {
+  const problems: string[] = [];
   const pool = poolMaxFor(config, 'api', 0);
   const share = config.API_MAX_DB_CONNECTIONS_PER_TENANT;
   // Above the pool one tenant's requests may hold every connection, as with the share off (ADR 0012,
   // amendment), while the setting reads as a bound: refused rather than clamped, so it says what it does.
-  if (share === undefined || share <= pool) return [];
-  const poolSetting = config.DATABASE_POOL_MAX === undefined ? 'DATABASE_POOL_MAX unset' : `DATABASE_POOL_MAX=${pool}`;
-  return [`API_MAX_DB_CONNECTIONS_PER_TENANT: ${share} is more than the API's pool of ${pool} connections (${poolSetting}): one tenant could hold all of them, so the share would bound nothing; set it to at most ${pool} (or raise DATABASE_POOL_MAX), or 0 to turn the share off`];
+  if (share !== undefined && share > pool) {
+    const poolSetting = config.DATABASE_POOL_MAX === undefined ? 'DATABASE_POOL_MAX unset' : `DATABASE_POOL_MAX=${pool}`;
+    problems.push(`API_MAX_DB_CONNECTIONS_PER_TENANT: ${share} is more than the API's pool of ${pool} connections (${poolSetting}): one tenant could hold all of them, so the share would bound nothing; set it to at most ${pool} (or raise DATABASE_POOL_MAX), or 0 to turn the share off`);
+  }
+  // A tenant's share of the in-flight places at or above the process's cap: one tenant may take every place and
+  // the others are shed (503), as with the share off, while it reads as a bound. 0 is either setting's explicit
+  // off and is kept: with API_MAX_INFLIGHT=0 there is no process cap to take, and the share still bounds a tenant.
+  const inFlight = config.API_MAX_INFLIGHT;
+  const perTenant = config.API_MAX_INFLIGHT_PER_TENANT;
+  if (inFlight > 0 && perTenant > 0 && perTenant >= inFlight) {
+    problems.push(`API_MAX_INFLIGHT_PER_TENANT: ${perTenant} is not below API_MAX_INFLIGHT (${inFlight}): one tenant could take every in-flight place and the others would be shed with 503, so the share would bound nothing; set it below ${inFlight} (or raise API_MAX_INFLIGHT), or 0 to turn the share off`);
+  }
+  return problems;
 }
 
 /**

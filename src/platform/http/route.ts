@@ -85,9 +85,11 @@ export interface RouteDef<B = any, P = any, Q = any, R = any> {
   /**
    * Slow work on tenant input (a DNS lookup), run before the request takes one of its tenant's
    * connection places (API_MAX_DB_CONNECTIONS_PER_TENANT, tenant-db-share.ts) and before its
-   * transaction, so that it holds neither meanwhile; its result reaches the handler as `prepared`. It
-   * may run for a request that then replays its key (the handler does not run): it must change
-   * nothing, and the handler, not it, decides what its result means (e.g. a 422). `read` is for a short
+   * transaction, so that it holds neither meanwhile; its result reaches the handler as `prepared`. A
+   * keyed request whose key is already settled (a replay, or 422) is answered before it (router.ts:
+   * one short read of the key), so it is not run for those; it may still run for a request whose key
+   * another request takes meanwhile (the handler does not run then): it must change nothing, and the
+   * handler, not it, decides what its result means (e.g. a 422). `read` is for a short
    * read of its own that says whether the slow work is needed at all: it runs `fn` in a transaction of
    * its own (the request's tenant-bound manager) within one of the tenant's places, given back when it
    * ends; never hold it across the slow work.

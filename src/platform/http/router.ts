@@ -45,7 +45,8 @@ export interface RouterDeps {
  * and an unknown path 404, whatever the body. The handler runs in one tenant-bound transaction; for
  * an idempotent request its final response is stored in that same transaction. A route that declares
  * `admission` is admitted (the tenant's limits, 429) first in that transaction, before its handler.
- * A route's `prepare` (slow work on tenant input, e.g. DNS, and at most a short read of its own) runs before that.
+ * A route's `prepare` (slow work on tenant input, e.g. DNS, and at most a short read of its own) runs before that;
+ * a keyed request to such a route whose key is already settled is answered from the key (a replay, or 422) before it.
  * The handler's work (transaction, the key's settlement) holds one of the tenant's share of the
  * process's database connections (tenant-db-share.ts): past its share a tenant's request waits for one
  * without a connection, and is answered 503 if none comes in time. `prepare` holds none while it waits
@@ -154,6 +155,10 @@ function runHandler(def: RouteDef, deps: RouterDeps) {
   return async function handlePrepared(req: Request, res: Response, next: NextFunction): Promise<void> {
     // The in-flight slots are held until this work ends, even if the client hangs up meanwhile.
     await startHandlerWork(res, async () => {
+      // A keyed request whose key is settled (a replay, or 422) is answered from it before `prepare`: a replay
+      // needs nothing of what `prepare` finds (a webhook URL's DNS), and must not wait for it. One short read,
+      // a place of the share for the read only; a key free or in progress goes on as before (the claim decides).
+      if (await answeredFromKey(deps, route, res, next)) return;
       // First, before any place of the share is taken: slow work on tenant input (DNS) holds none (route.ts).
       const prepared = await prepare(def, deps, route, res);
       // Gone meanwhile: not run, not answered (as a request whose client left while waiting for a place).
@@ -166,14 +171,30 @@ function runHandler(def: RouteDef, deps: RouterDeps) {
 }
 
 /**
- * Runs the route's `prepare` outside the tenant's share; its short read (`read`) takes a place of the
- * share for the read only, waiting for one as the handler's work does.
+ * Answers a keyed request of a route with `prepare` from its key when the key is settled (answerClaim:
+ * the stored outcome, or 422); true when answered (or the client left meanwhile, or the read failed:
+ * passed on to `next`), false to go on. Nothing is claimed: a refusal still stores nothing.
  */
-async function prepare(def: RouteDef, deps: RouterDeps, route: string, res: Response): Promise<Prepared> {
+async function answeredFromKey(deps: RouterDeps, route: string, res: Response, next: NextFunction): Promise<boolean> {
+  const input = (res.locals.idempotency as IdempotencyState | undefined)?.input;
+  if (!input) return false;
+  try {
+    const settled = await readInShare(deps, route, res)((tx) => deps.idempotency.settled(tx, input));
+    if (res.closed && !res.writableFinished) return true;
+    return settled ? answerClaim(res, settled, deps.idempotencyMetrics) : false;
+  } catch (e) {
+    // Gone meanwhile (it left the share's wait): not answered, as the handler's work is not.
+    if (!(res.closed && !res.writableFinished)) next(e);
+    return true;
+  }
+}
+
+/** A short read for a request outside its handler's work: it takes a place of the tenant's share for the read only, waiting for one as the handler's work does. */
+function readInShare(deps: RouterDeps, route: string, res: Response) {
   const share = deps.connectionShare;
   const em = res.locals.em as EntityManager;
   const principal = res.locals.principal as Principal;
-  const read = async <T>(fn: (tx: EntityManager) => Promise<T>): Promise<T> => {
+  return async <T>(fn: (tx: EntityManager) => Promise<T>): Promise<T> => {
     if (!share) return em.transactional(fn);
     const entered = await enterShare(share, principal.tenantId, res);
     if (entered === 'refused') deps.onRefused?.('tenant_db_connections', route);
@@ -184,6 +205,15 @@ async function prepare(def: RouteDef, deps: RouterDeps, route: string, res: Resp
       share.give(principal.tenantId);
     }
   };
+}
+
+/**
+ * Runs the route's `prepare` outside the tenant's share; its short read (`read`) takes a place of the
+ * share for the read only, waiting for one as the handler's work does.
+ */
+async function prepare(def: RouteDef, deps: RouterDeps, route: string, res: Response): Promise<Prepared> {
+  const principal = res.locals.principal as Principal;
+  const read = readInShare(deps, route, res);
   try {
     return { value: await def.prepare!({ body: res.locals.body, params: res.locals.params, principal, read }) };
   } catch (error) {

@@ -303,6 +303,19 @@ export class IdempotencyService {
     return now ? this.heldBy(now, held.fingerprint) : { outcome: 'in_progress', retryAfterSeconds: 1 };
   }
 
+  /**
+   * What a request under `input`'s key is answered from the key alone, when that is already settled: the
+   * stored outcome (replay), or 422 when another request holds the key (mismatch). Undefined when the key
+   * is free, past its TTL, or still in progress (the claim decides those: a takeover, or 409). One read,
+   * no lock, nothing claimed: for a route whose slow `prepare` (a webhook URL's DNS) a replay must not wait for.
+   */
+  async settled(em: EntityManager, input: ClaimInput): Promise<Extract<ClaimResult, { outcome: 'replay' | 'mismatch' }> | undefined> {
+    const record = await this.get_existing(em, input.tenantId, input.principal, input.key);
+    if (!record) return undefined;
+    const held = this.heldBy(record, input.fingerprint);
+    return held.outcome === 'in_progress' ? undefined : held;
+  }
+
   /** The answer to a request with `fingerprint` whose key `record` holds. */
   private heldBy(record: IdempotencyRecord, fingerprint: string): Exclude<ClaimResult, { outcome: 'claimed' }> {
     if (record.fingerprint !== fingerprint) return { outcome: 'mismatch', record };
