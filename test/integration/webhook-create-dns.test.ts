@@ -42,6 +42,16 @@ describe('webhook endpoint create: DNS outside the transaction', () => {
     await dns?.close();
   });
 
+  /** A new tenant's admin creating an endpoint for `host` under one Idempotency-Key (`k`, another key; `b`, another body), and the queries for `host` so far. */
+  const keyedCreates = async (host: string) => {
+    const tenant = newTenant();
+    const admin = await stack.token({ tenantId: tenant, sub: 'admin-1', roles: ['admin'] });
+    const body = { url: `https://${host}/hook`, events: ['run.completed'] };
+    const key = randomUUID();
+    const create = (k = key, b: object = body) => api(stack, 'POST', ENDPOINTS, { token: admin, body: b, headers: { 'Idempotency-Key': k } });
+    return { tenant, admin, create, queriesOf: (name = host) => dns.queries.filter((q) => q.name === name).length };
+  };
+
   it("another request is served while a create waits for its host's DNS; the create then answers 201", async () => {
     const admin = await stack.token({ tenantId: newTenant(), sub: 'admin-1', roles: ['admin'] });
     const other = await stack.token({ tenantId: newTenant(), sub: 'admin-1', roles: ['admin'] });
@@ -96,22 +106,17 @@ describe('webhook endpoint create: DNS outside the transaction', () => {
   // router looks the key up (one short read, a place of the share for that read only) before the route's `prepare`;
   // before, a replay waited for the host's DNS (up to WEBHOOK_DNS_TIMEOUT, here 60 s) and only then replayed.
   it("a replay of a stored create answers at once while the host's DNS hangs, asking no DNS; a first submission under another key still resolves the host", async () => {
-    const tenant = newTenant();
-    const admin = await stack.token({ tenantId: tenant, sub: 'admin-1', roles: ['admin'] });
     const host = 'replay.create.test';
-    const body = { url: `https://${host}/hook`, events: ['run.completed'] };
-    const key = randomUUID();
-    const create = (k: string) => api(stack, 'POST', ENDPOINTS, { token: admin, body, headers: { 'Idempotency-Key': k } });
-    const queriesOf = () => dns.queries.filter((q) => q.name === host).length;
+    const { admin, create, queriesOf } = await keyedCreates(host);
     dns.answer(host, { a: ['93.184.215.14'] });
-    const created = await create(key);
+    const created = await create();
     expect(created.status, created.text).toBe(201);
     const before = queriesOf();
     expect(before).toBeGreaterThan(0);
     // From now on the host's queries are held (never answered until released).
     dns.hold(host, { a: ['93.184.215.14'] });
     let replayed: Awaited<ReturnType<typeof api>> | undefined;
-    const replay = create(key).then((r) => (replayed = r));
+    const replay = create().then((r) => (replayed = r));
     let fresh: ReturnType<typeof api> | undefined;
     try {
       // Whichever comes first: the replay's answer, or a query for its host (the SSRF check run again).
@@ -132,6 +137,64 @@ describe('webhook endpoint create: DNS outside the transaction', () => {
     expect(second.status, second.text).toBe(201);
     expect(second.headers.get('idempotent-replayed')).toBeNull();
     expect((await api(stack, 'GET', ENDPOINTS, { token: admin })).json.items).toHaveLength(2);
+  });
+
+  // The key read before `prepare` answers only a settled key: one still in progress goes on to the DNS, and the claim
+  // that follows it decides — a replay if the first attempt finished meanwhile, 409 if not; another body under the
+  // key is 422 at once, in progress or stored. None stores anything of its own. The first attempt's claim is made
+  // "in progress" by hand (its stored row set back), so the test holds no connection of the pool's one meanwhile.
+  it('a key in progress when its duplicate reads it: the duplicate resolves, then replays if the first finished meanwhile (409 if not); another body is 422 without DNS', async () => {
+    const host = 'inflight.create.test';
+    const { tenant, admin, create, queriesOf } = await keyedCreates(host);
+    const record = async () => (await stack.db.admin(`select status, fingerprint, response_status, response_body::text as body from idempotency_keys where tenant_id = $1`, [tenant])).rows;
+    const setInProgress = () => stack.db.admin(`update idempotency_keys set status = 'in_progress', locked_at = now() where tenant_id = $1`, [tenant]);
+    const setCompleted = () => stack.db.admin(`update idempotency_keys set status = 'completed', locked_at = null where tenant_id = $1`, [tenant]);
+    dns.answer(host, { a: ['93.184.215.14'] });
+    const created = await create();
+    expect(created.status, created.text).toBe(201);
+    const stored = await record();
+    expect(stored).toEqual([expect.objectContaining({ status: 'completed', response_status: 201 })]);
+    const other = { url: 'https://other.inflight.create.test/hook', events: ['run.completed'] };
+    dns.hold('other.inflight.create.test', { a: ['93.184.215.14'] });
+    try {
+      for (const state of ['in progress', 'stored'] as const) {
+        if (state === 'in progress') await setInProgress();
+        else await setCompleted();
+        const reused = await within(create(undefined, other), `another body under the key ${state}`, 60_000);
+        expect(reused.status, `${state}: ${reused.text}`).toBe(422);
+        expect(reused.json.code, state).toBe('idempotency_key_reused');
+      }
+      expect(queriesOf('other.inflight.create.test')).toBe(0);
+    } finally {
+      dns.release('other.inflight.create.test');
+    }
+    for (const finished of [true, false]) {
+      await setInProgress();
+      const before = queriesOf();
+      dns.hold(host, { a: ['93.184.215.14'] });
+      const duplicate = create();
+      try {
+        // Past the key's read (in progress: not answered from it), in `prepare`, waiting for its DNS.
+        await waitFor(() => queriesOf() > before, { what: "the duplicate's DNS query" });
+        if (finished) await setCompleted();
+      } finally {
+        dns.release(host);
+      }
+      const res = await within(duplicate, `the duplicate (first attempt ${finished ? 'finished' : 'still in progress'})`, 60_000);
+      if (finished) {
+        expect(res.status, res.text).toBe(201);
+        expect(res.headers.get('idempotent-replayed')).toBe('true');
+        expect(res.json).toEqual(created.json);
+      } else {
+        expect(res.status, res.text).toBe(409);
+        expect(res.json.code).toBe('idempotency_key_in_use');
+        expect(res.headers.get('retry-after')).toBeTruthy();
+        await setCompleted();
+      }
+    }
+    // Nothing of the duplicates' or the other bodies' stored: the key holds the first answer, one endpoint exists.
+    expect(await record()).toEqual(stored);
+    expect((await api(stack, 'GET', ENDPOINTS, { token: admin })).json.items).toHaveLength(1);
   });
 
   // prepare runs before the share's place: a client that hangs up during its DNS is not run once the answer comes
