@@ -183,7 +183,8 @@ async function answeredFromKey(deps: RouterDeps, route: string, res: Response, n
     if (res.closed && !res.writableFinished) return true;
     return settled ? answerClaim(res, settled, deps.idempotencyMetrics) : false;
   } catch (e) {
-    // Gone meanwhile (it left the share's wait): not answered, as the handler's work is not.
+    // The 422 (mismatch), the share's 503, or the read's own failure, answered by the problem handler; gone meanwhile
+    // (it left the share's wait): not answered, as the handler's work is not.
     if (!(res.closed && !res.writableFinished)) next(e);
     return true;
   }
