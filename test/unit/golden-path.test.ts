@@ -234,6 +234,31 @@ describe('classify on the exact payback (cost × 12 ÷ gross profit), not its 2-
     expect(classify(buildEconomics(third, 'SAR'), policy, { payback: paybackRatio(third) }).reasons).toEqual(['payback 24.0003… > 24 months']);
   });
 
+  it('is exact in currencies of 0 and 3 decimals, and at the magnitudes and rate scales the API accepts', () => {
+    // Gross profit 1,000 JPY or 1 KWD a month: a cost of 6,001 JPY or 6.001 KWD is 6.001 months, shown as 6.
+    const at = (currency: string, deal: number, onboarding: number) => {
+      const e = { ...econ(onboarding), average_deal_value: deal };
+      return classify(buildEconomics(e, currency), { ...policy, currency }, { payback: paybackRatio(e) });
+    };
+    expect(at('JPY', 40_000, 6_000)).toMatchObject({ cls: 'A', reasons: ['cost 6000 <= 50000 and payback 6 <= 6 months'] });
+    expect(at('JPY', 40_000, 6_001).cls).toBe('B');
+    expect(at('KWD', 40, 6)).toMatchObject({ cls: 'A', reasons: ['cost 6 <= 50000 and payback 6 <= 6 months'] });
+    expect(at('KWD', 40, 6.001).cls).toBe('B');
+    expect(at('KWD', 40, 24.001)).toMatchObject({ cls: 'C', reasons: ['payback 24.001 > 24 months'] });
+    // 10⁶ deals × 10¹² at a win rate of 1.5 × 10⁻¹⁰ and a margin of 0.5: 75,000,000 a year; 37,500,000.01 is 6.0000000016 months.
+    const huge = (onboarding: number) => ({ expected_deals_per_year: 1_000_000, average_deal_value: 1e12, win_rate: 1.5e-10, gross_margin: 0.5, onboarding_cost: onboarding, enablement_cost: 0, annual_support_cost: 0 });
+    const wide: ApprovalPolicy = { ...policy, classAMaxCost: 1e12, classCMinCost: 1e12 };
+    const of = (onboarding: number) => classify(buildEconomics(huge(onboarding), 'SAR'), wide, { payback: paybackRatio(huge(onboarding)) });
+    expect(buildEconomics(huge(37_500_000.01), 'SAR').payback_months).toBe(6);
+    expect(of(37_500_000).cls).toBe('A');
+    expect(of(37_500_000.01).cls).toBe('B');
+    // A profit so small that the payback is no finite number: no gross profit, class C, as before.
+    expect(classify(buildEconomics({ ...econ(1), win_rate: 1e-300, gross_margin: 1e-300 }, 'SAR'), policy, { payback: paybackRatio({ ...econ(1), win_rate: 1e-300, gross_margin: 1e-300 }) })).toMatchObject({
+      cls: 'C',
+      reasons: ['no gross profit: payback never reached'],
+    });
+  });
+
   it('a month bound finer than 2 decimals, stored before a PUT held it to 2, classifies as written', () => {
     const fine: ApprovalPolicy = { ...policy, classAMaxPaybackMonths: 6.001 };
     expect(classOf(6_001, fine)).toMatchObject({ cls: 'A', reasons: ['cost 6001 <= 50000 and payback 6 <= 6.001 months'] });
