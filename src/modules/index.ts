@@ -32,9 +32,9 @@ export interface SlaJobData {
 }
 
 /** The business modules' workflows and routes, handed to the composition root. */
-/** Default SLAs in whole seconds (APPROVAL_SLA_B / APPROVAL_SLA_C); a tenant's policy may override them. */
+/** Default SLAs in seconds (APPROVAL_SLA_B / APPROVAL_SLA_C: whole seconds, 1 s – 365 d, config.ts); a tenant's policy may override them. */
 function slaDefaults(config: Config): { slaBSeconds: number; slaCSeconds: number } {
-  return { slaBSeconds: Math.max(1, Math.round(config.APPROVAL_SLA_B / 1000)), slaCSeconds: Math.max(1, Math.round(config.APPROVAL_SLA_C / 1000)) };
+  return { slaBSeconds: config.APPROVAL_SLA_B / 1000, slaCSeconds: config.APPROVAL_SLA_C / 1000 };
 }
 
 const slaJobId = (idempotencyHash: string) => namedJobId('gp', idempotencyHash, 'sla');

@@ -179,6 +179,22 @@ describe('golden path over HTTP', () => {
     for (const at of [approval.created_at, approval.sla_deadline]) expect(at).toMatch(isoZ);
   });
 
+  it('a payback of 6.004 months, shown as 6, is class B: never approved by the system; approved by one approver, its pack verifies valid', async () => {
+    // 1 deal × 40,000, win rate 1, margin 0.3: gross profit 1,000 a month; a cost of 6,004 is paid back in 6.004 months.
+    const economics = { expected_deals_per_year: 1, average_deal_value: 40_000, win_rate: 1, gross_margin: 0.3, onboarding_cost: 6_004, enablement_cost: 0, annual_support_cost: 0 };
+    const res = await submit({ ...SAMPLE_SUBMISSION, economics });
+    expect(res.status).toBe(202);
+    const run = await waitStatus(res.json.run_id, ['waiting', 'completed', 'failed']);
+    expect(run.status).toBe('waiting');
+    const approvalId = run.steps[2].output.approval_request_id as string;
+    expect(run.steps[1].output.payback_months).toBe(6);
+    expect(run.steps[2]).toMatchObject({ status: 'waiting', output: { approval_class: 'B', required_approvals: 1, outcome: 'pending', decisions: [], provenance: { method: 'approval-policy@2' } } });
+    expect((await decide(approvalId, 'approve', tok.approver1!)).status).toBe(200);
+    const done = await waitStatus(run.run_id, ['completed']);
+    const verified = (await getJson(done.links.verify)).json;
+    expect(verified).toMatchObject({ valid: true, records: RECORDS_MATCH });
+  });
+
   it('class B rejected ends the run rejected, with an evidence pack recording the rejection', async () => {
     const { run, approvalId } = await submitWaiting(SAMPLE_SUBMISSION);
     const d = await decide(approvalId, 'reject', tok.approver1!, randomUUID(), 'margin too thin');

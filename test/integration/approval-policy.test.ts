@@ -375,4 +375,20 @@ describe("cost thresholds and the policy's currency's minor unit", () => {
     expect(rejected.status, rejected.text).toBe(200);
     expect(rejected.json).toMatchObject({ status: 'rejected', decided_by: 'admin-1' });
   });
+  it('month thresholds: a PUT finer than 2 decimals is 422 naming each; one stored before (6.001) classifies the exact payback as written', async () => {
+    const t = await tenantTokens();
+    expectRefused(await put(t.admin, { ...BASE, class_a_max_payback_months: 5.001, class_c_min_payback_months: 23.999 }), [
+      { path: 'class_a_max_payback_months', message: 'at most 2 decimals (the payback months are shown to 2)' },
+      { path: 'class_c_min_payback_months', message: 'at most 2 decimals (the payback months are shown to 2)' },
+    ]);
+    expect(await changesOf(t)).toEqual([]);
+    expect((await setPolicy(stack, t.tenant, BASE)).status).toBe(200);
+    // As a PUT before the check could store it (the application role may update the policy row).
+    await tenantEm(stack.container.orm, t.tenant).execute('update approval_policies set class_amax_payback_months = 6.001');
+    // 1,000 of gross profit a month: a cost of 6,001 is 6.001 months (within), 6,002 is 6.002 (over); both shown as 6.
+    const economics = (onboarding_cost: number) => ({ expected_deals_per_year: 1, average_deal_value: 40_000, win_rate: 1, gross_margin: 0.3, onboarding_cost, enablement_cost: 0, annual_support_cost: 0 });
+    const [within, over] = await Promise.all([6_001, 6_002].map((cost) => classifiedPacket(t, { ...CLASS_A_SUBMISSION, economics: economics(cost) })));
+    expect(within).toMatchObject({ approval_class: 'A', reasons: ['cost 6001 <= 50000 and payback 6 <= 6.001 months'], policy: { policy: { class_a_max_payback_months: 6.001 } } });
+    expect(over).toMatchObject({ approval_class: 'B', required_approvals: 1 });
+  });
 });

@@ -53,6 +53,18 @@ describe('configuration', () => {
     expect(c.DATABASE_ADMIN_URL).toBeUndefined();
   });
 
+  it('refuses at start an approval SLA (APPROVAL_SLA_B / APPROVAL_SLA_C) under 1s, not whole seconds, or over 365d, naming it', () => {
+    // 0 gave every request a 1 s deadline without a word; 300000000d a deadline no Date can write (RangeError at every class C run).
+    for (const name of ['APPROVAL_SLA_B', 'APPROVAL_SLA_C']) {
+      for (const bad of ['0', '500ms', '1500ms', '366d', '300000000d']) {
+        expect(() => parseConfig({ JWT_SECRET: SECRET, [name]: bad }), `${name}=${bad}`).toThrow(new RegExp(`${name}.*whole number of seconds between 1s and 365d`));
+      }
+      for (const [good, ms] of [['1s', 1_000], ['365d', 365 * 86_400_000], ['90m', 5_400_000]] as const) {
+        expect(parseConfig({ JWT_SECRET: SECRET, [name]: good })[name as 'APPROVAL_SLA_B'], `${name}=${good}`).toBe(ms);
+      }
+    }
+  });
+
   it('parses durations, numbers and lists from strings', () => {
     const c = parseConfig({ JWT_SECRET: SECRET, PORT: '8080', WORKER_LOCK_DURATION: '750ms', APPROVAL_SLA_B: '2h', JWT_ALGORITHMS: 'HS256, RS256' });
     expect([c.PORT, c.WORKER_LOCK_DURATION, c.APPROVAL_SLA_B, c.JWT_ALGORITHMS]).toEqual([8080, 750, 7_200_000, ['HS256', 'RS256']]);

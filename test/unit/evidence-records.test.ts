@@ -23,7 +23,17 @@ const content = {
   submission,
   partner_dossier: buildDossier(submission),
   economics_model: buildEconomics(submission.economics, submission.currency),
-  approval_packet: { approval_request_id: 'a-1', approval_class: 'C', reasons: ['x'], required_approvals: 2, sla_deadline: '2026-12-08T09:00:00.001Z', outcome: 'approved', decisions },
+  approval_packet: {
+    approval_request_id: 'a-1',
+    approval_class: 'C',
+    reasons: ['x'],
+    required_approvals: 2,
+    sla_deadline: '2026-12-08T09:00:00.001Z',
+    outcome: 'approved',
+    decisions,
+    // Every packet's method: approval-policy@1 until it was classified on the exact payback (@2).
+    provenance: { source: 'policy', method: 'approval-policy@1', inputs_sha256: '0'.repeat(64), producer_version: 'golden-path@1', produced_at: '2026-12-05T09:00:00.001Z' },
+  },
   outcome: 'approved',
 };
 const records: RecordColumns = {
@@ -145,6 +155,71 @@ describe('compareRecords', () => {
     it('the class today\'s rounding would give (A) is not what its policy gave it: mismatch', () => {
       const forged = { ...content, economics_model, approval_packet: packet('A', tenantPolicy) };
       expect(compareRecords(forged, rows('A')).approval_policy).toBe('mismatch');
+    });
+  });
+  // The reviewer's case: gross profit 1,000 a month and a cost of 6,004, payback 6.004 months, shown as 6.
+  // Until approval-policy@2 the class was decided on the 6 (class A, approved by the system); since, on
+  // the exact ratio (class B). A pack says which by its packet's provenance method, and each is verified
+  // by its own rule, the exact one from the pack's submission.
+  describe('a pack classified on the 2-decimal payback (approval-policy@1), and one on the exact payback (approval-policy@2)', () => {
+    const economics = { expected_deals_per_year: 1, average_deal_value: 40000, win_rate: 1, gross_margin: 0.3, onboarding_cost: 6004, enablement_cost: 0, annual_support_cost: 0 };
+    const sub = { ...submission, economics };
+    const defaults = {
+      source: 'default',
+      policy: { class_a_max_cost: 50000, class_a_max_payback_months: 6, class_c_min_cost: 250000, class_c_min_payback_months: 24, sla_b_seconds: 86400, sla_c_seconds: 259200, currency: 'SAR' },
+      version: 0,
+      updated_at: null,
+      updated_by: null,
+      approved_by: null,
+    };
+    const system = { decided_by: 'system', decision: 'approve', comment: 'class A: approved automatically by policy', decided_at: '2026-12-05T09:00:00.001Z', kind: 'system' };
+    const of = (cls: 'A' | 'B') => ({ required: cls === 'A' ? 0 : 1, deadline: cls === 'A' ? null : '2026-12-06T09:00:00.001Z', decisions: cls === 'A' ? [system] : [decisions[0]!] });
+    const pack = (cls: 'A' | 'B', method: string) => ({
+      ...content,
+      submission: sub,
+      partner_dossier: buildDossier(sub),
+      economics_model: buildEconomics(economics, 'SAR'),
+      approval_packet: {
+        ...content.approval_packet,
+        approval_class: cls,
+        required_approvals: of(cls).required,
+        sla_deadline: of(cls).deadline,
+        decisions: of(cls).decisions,
+        policy: defaults,
+        currency_mismatch: null,
+        provenance: { ...content.approval_packet.provenance, method },
+      },
+    });
+    const rows = (cls: 'A' | 'B'): RecordColumns => ({
+      ...records,
+      run_input: sub,
+      approval_class: cls,
+      approval_required: of(cls).required,
+      approval_sla_deadline: of(cls).deadline,
+      approval_decisions: of(cls).decisions,
+      approval_created_at: '2026-12-05T09:00:00.001Z',
+    });
+
+    it('genuine, either rule: every record matches, the policy included, and the pack is valid', () => {
+      for (const [cls, method] of [['A', 'approval-policy@1'], ['B', 'approval-policy@2']] as const) {
+        const result = compareRecords(pack(cls, method), rows(cls));
+        expect(result, method).toEqual({ ...ALL_MATCH, approval_policy: 'match' });
+        expect(recordsAgree(result)).toBe(true);
+      }
+    });
+
+    it('a class the rule it names does not give is a mismatch: A on the exact payback, B on the rounded one', () => {
+      expect(compareRecords(pack('A', 'approval-policy@2'), rows('A')).approval_policy).toBe('mismatch');
+      expect(compareRecords(pack('B', 'approval-policy@1'), rows('B')).approval_policy).toBe('mismatch');
+    });
+
+    it('on the exact rule, a submission that is no economics to classify is a mismatch, not an error', () => {
+      const broken = { ...pack('B', 'approval-policy@2'), submission: { ...sub, economics: { ...economics, win_rate: 'high' } } };
+      expect(compareRecords(broken, rows('B')).approval_policy).toBe('mismatch');
+    });
+
+    it('a method that is no rule of ours is a mismatch', () => {
+      expect(compareRecords(pack('A', 'approval-policy@0'), rows('A')).approval_policy).toBe('mismatch');
     });
   });
 });

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { buildEconomics, paybackMonths } from '../../src/modules/golden-path/economics-model.step.ts';
+import { buildEconomics, paybackMonths, paybackRatio } from '../../src/modules/golden-path/economics-model.step.ts';
 import { buildDossier } from '../../src/modules/golden-path/partner-dossier.step.ts';
 import { economicsSchema, submissionRequestSchema, submissionSchema, type Submission } from '../../src/modules/golden-path/golden-path.schemas.ts';
 import { approvalPolicyBody, classify, DEFAULT_POLICY, type ApprovalPolicy } from '../../src/modules/approvals/approval.policy.ts';
@@ -205,6 +205,80 @@ describe('classify', () => {
     expect(approvalPolicyBody.parse(body).currency).toBe('SAR');
     expect(approvalPolicyBody.parse({ ...body, currency: 'KWD' }).currency).toBe('KWD');
     for (const currency of ['kwd', 'XYZ', 'SARS', '', 12]) expect(approvalPolicyBody.safeParse({ ...body, currency }).success, String(currency)).toBe(false);
+  });
+});
+
+/**
+ * The reviewer's case: SAR, 1 deal × 40,000, win rate 1, margin 0.3 — gross profit 12,000 a year,
+ * 1,000 a month — and the onboarding cost alone: its payback is cost ÷ 1,000 months exactly.
+ */
+describe('classify on the exact payback (cost × 12 ÷ gross profit), not its 2-decimal figure', () => {
+  const policy: ApprovalPolicy = { ...DEFAULT_POLICY, slaBSeconds: 86_400, slaCSeconds: 259_200 };
+  const econ = (onboarding: number) => ({ expected_deals_per_year: 1, average_deal_value: 40_000, win_rate: 1, gross_margin: 0.3, onboarding_cost: onboarding, enablement_cost: 0, annual_support_cost: 0 });
+  const classOf = (onboarding: number, p: ApprovalPolicy = policy) => classify(buildEconomics(econ(onboarding), 'SAR'), p, { payback: paybackRatio(econ(onboarding)) });
+
+  it('6.004 months, shown as 6, is over a 6-month class A bound: B with one approver, never approved by the system', () => {
+    expect(buildEconomics(econ(6_004), 'SAR').payback_months).toBe(6);
+    expect(classOf(6_004)).toMatchObject({ cls: 'B', required: 1, slaSeconds: 86_400 });
+    expect(classOf(6_005)).toMatchObject({ cls: 'B', required: 1 });
+    expect(classOf(6_000)).toMatchObject({ cls: 'A', reasons: ['cost 6000 <= 50000 and payback 6 <= 6 months'] });
+  });
+
+  it('24.004 months, shown as 24, is over a 24-month class C bound: C with two approvers, its reason showing the payback finely enough to be over it', () => {
+    expect(buildEconomics(econ(24_004), 'SAR').payback_months).toBe(24);
+    expect(classOf(24_004)).toMatchObject({ cls: 'C', required: 2, slaSeconds: 259_200, reasons: ['payback 24.004 > 24 months'] });
+    expect(classOf(24_005)).toMatchObject({ cls: 'C', reasons: ['payback 24.01 > 24 months'] });
+    expect(classOf(24_000).cls).toBe('B');
+    // A payback that is no terminating decimal: cut, not rounded, and marked as cut.
+    const third = { ...econ(72_001), average_deal_value: 120_000 }; // 72,001 ÷ 3,000 = 24.000333…
+    expect(classify(buildEconomics(third, 'SAR'), policy, { payback: paybackRatio(third) }).reasons).toEqual(['payback 24.0003… > 24 months']);
+  });
+
+  it('is exact in currencies of 0 and 3 decimals, and at the magnitudes and rate scales the API accepts', () => {
+    // Gross profit 1,000 JPY or 1 KWD a month: a cost of 6,001 JPY or 6.001 KWD is 6.001 months, shown as 6.
+    const at = (currency: string, deal: number, onboarding: number) => {
+      const e = { ...econ(onboarding), average_deal_value: deal };
+      return classify(buildEconomics(e, currency), { ...policy, currency }, { payback: paybackRatio(e) });
+    };
+    expect(at('JPY', 40_000, 6_000)).toMatchObject({ cls: 'A', reasons: ['cost 6000 <= 50000 and payback 6 <= 6 months'] });
+    expect(at('JPY', 40_000, 6_001).cls).toBe('B');
+    expect(at('KWD', 40, 6)).toMatchObject({ cls: 'A', reasons: ['cost 6 <= 50000 and payback 6 <= 6 months'] });
+    expect(at('KWD', 40, 6.001).cls).toBe('B');
+    expect(at('KWD', 40, 24.001)).toMatchObject({ cls: 'C', reasons: ['payback 24.001 > 24 months'] });
+    // 10⁶ deals × 10¹² at a win rate of 1.5 × 10⁻¹⁰ and a margin of 0.5: 75,000,000 a year; 37,500,000.01 is 6.0000000016 months.
+    const huge = (onboarding: number) => ({ expected_deals_per_year: 1_000_000, average_deal_value: 1e12, win_rate: 1.5e-10, gross_margin: 0.5, onboarding_cost: onboarding, enablement_cost: 0, annual_support_cost: 0 });
+    const wide: ApprovalPolicy = { ...policy, classAMaxCost: 1e12, classCMinCost: 1e12 };
+    const of = (onboarding: number) => classify(buildEconomics(huge(onboarding), 'SAR'), wide, { payback: paybackRatio(huge(onboarding)) });
+    expect(buildEconomics(huge(37_500_000.01), 'SAR').payback_months).toBe(6);
+    expect(of(37_500_000).cls).toBe('A');
+    expect(of(37_500_000.01).cls).toBe('B');
+    // A profit so small that the payback is no finite number: no gross profit, class C, as before.
+    expect(classify(buildEconomics({ ...econ(1), win_rate: 1e-300, gross_margin: 1e-300 }, 'SAR'), policy, { payback: paybackRatio({ ...econ(1), win_rate: 1e-300, gross_margin: 1e-300 }) })).toMatchObject({
+      cls: 'C',
+      reasons: ['no gross profit: payback never reached'],
+    });
+  });
+
+  it('a month bound finer than 2 decimals, stored before a PUT held it to 2, classifies as written', () => {
+    const fine: ApprovalPolicy = { ...policy, classAMaxPaybackMonths: 6.001 };
+    expect(classOf(6_001, fine)).toMatchObject({ cls: 'A', reasons: ['cost 6001 <= 50000 and payback 6 <= 6.001 months'] });
+    expect(classOf(6_002, fine).cls).toBe('B');
+    expect(classOf(6_004, fine).cls).toBe('B');
+  });
+
+  it('without the exact payback (packets classified before it, approval-policy@1): on the 2-decimal figure, as they were', () => {
+    expect(classify(buildEconomics(econ(6_004), 'SAR'), policy).cls).toBe('A');
+    expect(classify(buildEconomics(econ(24_004), 'SAR'), policy).cls).toBe('B');
+  });
+
+  it('refuses, in a PUT, month thresholds finer than the payback shown (2 decimals), each named by its path', () => {
+    const body = { class_a_max_cost: 50_000, class_a_max_payback_months: 6, class_c_min_cost: 250_000, class_c_min_payback_months: 24, sla_b_seconds: 60, sla_c_seconds: 60 };
+    const issues = (b: unknown) => approvalPolicyBody.safeParse(b).error?.issues.map((i) => [i.path.join('.'), i.message]);
+    expect(issues({ ...body, class_a_max_payback_months: 6.001, class_c_min_payback_months: 24.125 })).toEqual([
+      ['class_a_max_payback_months', 'at most 2 decimals (the payback months are shown to 2)'],
+      ['class_c_min_payback_months', 'at most 2 decimals (the payback months are shown to 2)'],
+    ]);
+    expect(approvalPolicyBody.safeParse({ ...body, class_a_max_payback_months: 6.25, class_c_min_payback_months: 23.99 }).success).toBe(true);
   });
 });
 

@@ -1,10 +1,11 @@
 import { randomUUID } from 'node:crypto';
 import { z } from 'zod';
 import { defineStep } from '../../platform/durable/workflow.ts';
-import { approvalPacketSchema, economicsSchema, type ApprovalPacket } from '../golden-path/golden-path.schemas.ts';
+import { approvalPacketSchema, economicsSchema, submissionSchema, type ApprovalPacket } from '../golden-path/golden-path.schemas.ts';
+import { paybackRatio } from '../golden-path/economics-model.step.ts';
 import { provenance } from '../golden-path/provenance.ts';
 import { ApprovalDecision, ApprovalRequest } from './approval.entities.ts';
-import { appliedPolicy, classify, packetBasis, policyFromPrefetch, POLICY_PREFETCH, readPolicyPrefetch } from './approval.policy.ts';
+import { appliedPolicy, classify, CLASSIFIED_EXACTLY, packetBasis, policyFromPrefetch, POLICY_PREFETCH, readPolicyPrefetch } from './approval.policy.ts';
 import { insertRow } from '../../platform/db/insert-row.ts';
 
 export interface SlaScheduler {
@@ -35,16 +36,18 @@ export function approvalPacketStep(deps: { slaBSeconds: number; slaCSeconds: num
     mayWait: true,
     // The tenant's policy is read with the run's state when the run job starts (one round trip less per run).
     prefetch: POLICY_PREFETCH,
-    input: z.object({ outputs: z.object({ 'economics-model': economicsSchema }) }),
+    // The submission for the exact payback the class is decided on (paybackRatio); the model's own is rounded to 2 decimals.
+    input: z.object({ submission: submissionSchema, outputs: z.object({ 'economics-model': economicsSchema }) }),
     output: approvalPacketSchema,
-    async run({ outputs }, ctx) {
+    async run({ submission, outputs }, ctx) {
       const econ = outputs['economics-model'];
       const defaults = { slaBSeconds: deps.slaBSeconds, slaCSeconds: deps.slaCSeconds };
       const { loaded, readAt } = policyFromPrefetch(ctx.prefetched === undefined ? await readPolicyPrefetch(ctx.em, ctx.run.tenantId) : ctx.prefetched, defaults);
       const { policy } = loaded;
       // Recorded in the packet (and so in the evidence pack): the tenant may replace its policy later.
       const applied = appliedPolicy(loaded);
-      const { cls, reasons, required, slaSeconds, currencyMismatch } = classify(econ, policy);
+      // On the exact payback (6.004 months is over a 6-month bound, though shown as 6): CLASSIFIED_EXACTLY, the packet's method.
+      const { cls, reasons, required, slaSeconds, currencyMismatch } = classify(econ, policy, { payback: paybackRatio(submission.economics) });
       // The database's time of the policy read (POLICY_PREFETCH's read_at: its transaction's now()), never
       // this worker's clock, which may be off: a class A request is approved by the policy as the database
       // read it, at that time, as every other decision is stamped by the database (a human's check, an
@@ -80,7 +83,7 @@ export function approvalPacketStep(deps: { slaBSeconds: number; slaCSeconds: num
         decisions: [],
         policy: applied,
         currency_mismatch: currencyMismatch,
-        provenance: provenance('policy', 'approval-policy@1', packetBasis(econ, applied)),
+        provenance: provenance('policy', CLASSIFIED_EXACTLY, packetBasis(econ, applied)),
       };
       if (cls === 'A') {
         await insertRow(ctx.em, ApprovalDecision, {

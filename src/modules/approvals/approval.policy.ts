@@ -3,7 +3,7 @@ import type { EntityManager } from '@mikro-orm/postgresql';
 import { z } from 'zod';
 import { addMinorUnitIssues, currencyCode, type AppliedPolicy, type CurrencyMismatch, type Economics } from '../golden-path/golden-path.schemas.ts';
 import { toIsoTimeOrNull } from '../../platform/http/iso-time.ts';
-import { compareMinor, minorDigits, roundMinor } from '../../platform/money/minor-units.ts';
+import { asWritten, compareMinor, compareRatio, finerThanMinorUnit, minorDigits, ratioCut, roundMinor, type PaybackRatio } from '../../platform/money/minor-units.ts';
 import { ISO_NOW } from '../../platform/webhooks/outbox.ts';
 
 export interface ApprovalPolicy {
@@ -37,6 +37,16 @@ export interface Classification {
 }
 
 /**
+ * How an approval packet was classified, its provenance's `method`: `approval-policy@2` on the exact
+ * payback (cost × 12 ÷ gross profit, from the submission's economics), `approval-policy@1` — every
+ * packet written before it — on the payback rounded to 2 decimals, by which 6.004 months was 6, within
+ * a 6-month class A bound (ADR 0010, amendment "classified on the exact payback"). /verify re-derives
+ * each packet's class by the rule it names (evidence-records.ts).
+ */
+export const CLASSIFIED_EXACTLY = 'approval-policy@2';
+export const CLASSIFIED_ON_ROUNDED_PAYBACK = 'approval-policy@1';
+
+/**
  * A: cost <= 50,000 and payback <= 6 months (approved automatically, a system decision).
  * C: cost > 250,000, payback > 24 months, or no profit. B: everything else.
  * The cost thresholds are in the policy's currency, and no exchange rate is assumed: economics in
@@ -44,21 +54,52 @@ export interface Classification {
  * Cost and cost thresholds compare in the currency's minor units (compareMinor), never as doubles;
  * `digits` is that unit, the policy currency's — other only to re-derive the class of a cost recorded
  * finer than it, before costs were held to it (evidence-records.ts).
+ * The payback compares with the month bounds exactly when `payback` (paybackRatio: cost × 12 ÷ gross
+ * profit, unrounded) is given — the approval step's rule, CLASSIFIED_EXACTLY: 6.004 months is over 6,
+ * though `payback_months` shows 6.00 — and the reasons then show it finely enough to be on its side of
+ * the bound (`payback 24.004 > 24 months`). Without it, `payback_months` (2 decimals) is compared: the
+ * rule of packets classified before (CLASSIFIED_ON_ROUNDED_PAYBACK), which /verify re-derives so.
  */
-export function classify(econ: Pick<Economics, 'cost' | 'payback_months' | 'currency'>, policy: ApprovalPolicy, digits = minorDigits(policy.currency)): Classification {
+export function classify(
+  econ: Pick<Economics, 'cost' | 'payback_months' | 'currency'>,
+  policy: ApprovalPolicy,
+  opts: { digits?: number; payback?: PaybackRatio | null } = {},
+): Classification {
+  const digits = opts.digits ?? minorDigits(policy.currency);
+  const exact = econ.payback_months === null ? null : (opts.payback ?? null);
+  const paybackVs = (t: number): -1 | 0 | 1 => (exact ? compareRatio(exact.numerator, exact.denominator, t) : econ.payback_months! < t ? -1 : econ.payback_months! > t ? 1 : 0);
   const reasons: string[] = [];
   const cost = roundMinor(econ.cost, digits);
   const currencyMismatch = econ.currency === policy.currency ? null : { submission_currency: econ.currency, policy_currency: policy.currency };
   if (currencyMismatch) reasons.push(`currency ${econ.currency} is not the policy's currency ${policy.currency}: its cost thresholds do not apply`);
   if (econ.payback_months === null) reasons.push('no gross profit: payback never reached');
-  else if (econ.payback_months > policy.classCMinPaybackMonths) reasons.push(`payback ${econ.payback_months} > ${policy.classCMinPaybackMonths} months`);
+  else if (paybackVs(policy.classCMinPaybackMonths) > 0) reasons.push(`payback ${paybackShown(econ.payback_months, exact, policy.classCMinPaybackMonths, 'over')} > ${policy.classCMinPaybackMonths} months`);
   if (!currencyMismatch && compareMinor(cost, policy.classCMinCost, digits) > 0) reasons.push(`cost ${cost} > ${policy.classCMinCost}`);
   if (reasons.length) return { cls: 'C', reasons, required: 2, slaSeconds: policy.slaCSeconds, currencyMismatch };
-  if (compareMinor(cost, policy.classAMaxCost, digits) <= 0 && econ.payback_months !== null && econ.payback_months <= policy.classAMaxPaybackMonths) {
-    const reason = `cost ${cost} <= ${policy.classAMaxCost} and payback ${econ.payback_months} <= ${policy.classAMaxPaybackMonths} months`;
+  if (compareMinor(cost, policy.classAMaxCost, digits) <= 0 && econ.payback_months !== null && paybackVs(policy.classAMaxPaybackMonths) <= 0) {
+    const shown = paybackShown(econ.payback_months, exact, policy.classAMaxPaybackMonths, 'within');
+    const reason = `cost ${cost} <= ${policy.classAMaxCost} and payback ${shown} <= ${policy.classAMaxPaybackMonths} months`;
     return { cls: 'A', reasons: [reason], required: 0, slaSeconds: null, currencyMismatch };
   }
   return { cls: 'B', reasons: ['between the automatic and the escalated thresholds'], required: 1, slaSeconds: policy.slaBSeconds, currencyMismatch };
+}
+
+/**
+ * The payback as a reason shows it against bound `t`: its 2-decimal figure when that is on the same
+ * side of `t` as the exact payback, else the exact payback cut to as few decimals (3 or more) as put
+ * it there — 24.004 months is over 24 though shown as 24; one within a bound finer than 2 decimals
+ * (stored before PUTs held them to 2) may show above it (6.005 within 6.005 shows 6.01).
+ */
+function paybackShown(rounded: number, exact: PaybackRatio | null, t: number, side: 'over' | 'within'): string {
+  if (!exact || (side === 'over' ? rounded > t : rounded <= t)) return String(rounded);
+  const bound = asWritten(t);
+  let cut = ratioCut(exact.numerator, exact.denominator, 3);
+  for (let d = Math.max(3, bound.scale); d <= 40; d++) {
+    cut = ratioCut(exact.numerator, exact.denominator, d);
+    // Cut, the figure is at most the payback: within, any figure at the bound's decimals is; over, the first above the bound.
+    if (side === 'within' || cut.units > bound.units * 10n ** BigInt(d - bound.scale)) break;
+  }
+  return cut.text;
 }
 
 const MAX_SLA_SECONDS = 90 * 24 * 3600;
@@ -90,10 +131,17 @@ export const policyInForceSettings = approvalPolicySettings.extend({ sla_b_secon
 
 /** The cost thresholds: amounts of money in the policy's currency. */
 const COST_FIELDS = ['class_a_max_cost', 'class_c_min_cost'] as const;
+/**
+ * The month thresholds, held by a PUT to the decimals a payback is shown with: classified exactly,
+ * a finer bound (6.001) would still be told apart, but not by anyone reading the payback beside it —
+ * 6.00 within 6.001, and a class A reason "payback 6.01 <= 6.005" (ADR 0010).
+ */
+const MONTH_FIELDS = ['class_a_max_payback_months', 'class_c_min_payback_months'] as const;
+const MONTH_DIGITS = 2;
 
 /**
  * PUT /api/v1/approval-policy: every threshold explicit (the currency SAR unless given); A's bounds may
- * not exceed C's; the cost thresholds at most the minor unit of the currency it sets (the new one, when
+ * not exceed C's; the month thresholds at most 2 decimals (MONTH_FIELDS); the cost thresholds at most the minor unit of the currency it sets (the new one, when
  * it changes it), as a submission's amounts: no cost is ever finer, so a finer bound would only hide
  * the one that applies (30,000.5 JPY is 30,000). Only the API's check, as the submission's: a policy or
  * change stored before it still reads (policyInForceSettings, approvalPolicySettings) and classifies
@@ -106,7 +154,10 @@ export const approvalPolicyBody = z
     path: ['class_a_max_payback_months'],
     message: 'must not exceed class_c_min_payback_months',
   })
-  .superRefine((b, ctx) => addMinorUnitIssues(ctx, b.currency, b, COST_FIELDS));
+  .superRefine((b, ctx) => {
+    addMinorUnitIssues(ctx, b.currency, b, COST_FIELDS);
+    for (const f of MONTH_FIELDS) if (finerThanMinorUnit(b[f], MONTH_DIGITS)) ctx.addIssue({ code: 'custom', path: [f], message: `at most ${MONTH_DIGITS} decimals (the payback months are shown to ${MONTH_DIGITS})` });
+  });
 export type ApprovalPolicyBody = z.infer<typeof approvalPolicyBody>;
 
 export function policyToBody(p: ApprovalPolicy): ApprovalPolicyBody {

@@ -1,8 +1,9 @@
 import { z } from 'zod';
 import { canonicalJson, sha256Hex } from '../../platform/idempotency/canonical-json.ts';
 import { isoTimeSql } from '../../platform/webhooks/outbox.ts';
-import { appliedPolicySchema, submissionSchema } from '../golden-path/golden-path.schemas.ts';
-import { classify, DEFAULT_POLICY, policyToBody, type ApprovalPolicy } from '../approvals/approval.policy.ts';
+import { appliedPolicySchema, economicsInput, submissionSchema } from '../golden-path/golden-path.schemas.ts';
+import { paybackRatio } from '../golden-path/economics-model.step.ts';
+import { classify, CLASSIFIED_EXACTLY, CLASSIFIED_ON_ROUNDED_PAYBACK, DEFAULT_POLICY, policyToBody, type ApprovalPolicy } from '../approvals/approval.policy.ts';
 import { asWritten, minorDigits } from '../../platform/money/minor-units.ts';
 
 /**
@@ -38,7 +39,9 @@ import { asWritten, minorDigits } from '../../platform/money/minor-units.ts';
  *   make true. The provenance of the packet is not compared.
  * - `approval_policy`: the packet's `policy` (approvalPolicyStatus) — the class, approvals needed, SLA
  *   deadline and currency mismatch it gives the pack's economics model are the packet's and the
- *   request's, and it is the tenant's policy row of its version (or the defaults, version 0). `absent`
+ *   request's — by the rule the packet's provenance method names (approval-policy@2: the exact
+ *   payback of `content.submission`; @1, every packet before it: `payback_months` to 2 decimals) —
+ *   and it is the tenant's policy row of its version (or the defaults, version 0). `absent`
  *   once a later version replaced it (a tenant's policy is replaced in place, its earlier versions are
  *   not kept as rows), or for a packet that records no policy or version; neither makes a pack invalid.
  *
@@ -73,7 +76,7 @@ export const evidenceRecords = z
       "The run's approval request and its decisions: the packet's request id, class, required approvals, reasons, SLA deadline, outcome and decisions, and content.run.submitted_by, are the request's; the request is decided as content.outcome says; and the decisions allow that outcome (rejected: a rejection; approved: no rejection and at least required_approvals approvals by distinct approvers, none of them the submitter; each before the SLA deadline)",
     ),
     approval_policy: recordStatus.describe(
-      "The approval packet's policy: the request's class, required approvals, SLA deadline (from the request's creation) and currency mismatch follow from it and content.economics_model; and it is the tenant's policy row of its version (thresholds, currency, SLAs, updated_at, updated_by, approved_by), or the platform defaults' thresholds for version 0. absent when the run has no approval request (records.approval absent), when the packet records no policy (written before it did), or its version has been replaced since (only the version in force is kept as a row) and what it implies agrees: which does not make the pack invalid. mismatch too when the tenant's policy never reached the packet's version",
+      "The approval packet's policy: the request's class, required approvals, SLA deadline (from the request's creation) and currency mismatch follow from it and content.economics_model, by the rule the packet's provenance method names (approval-policy@2: the exact payback of content.submission's economics; approval-policy@1, packets classified before: payback_months to 2 decimals; any other: mismatch); and it is the tenant's policy row of its version (thresholds, currency, SLAs, updated_at, updated_by, approved_by), or the platform defaults' thresholds for version 0. absent when the run has no approval request (records.approval absent), when the packet records no policy (written before it did), or its version has been replaced since (only the version in force is kept as a row) and what it implies agrees: which does not make the pack invalid. mismatch too when the tenant's policy never reached the packet's version",
     ),
   })
   .describe("The pack's content compared with the records its run's steps wrote (each match, mismatch or absent): a pack sealed as written may still say what its run did not record")
@@ -266,7 +269,20 @@ function policyImplies(content: unknown, policy: ApprovalPolicy, r: RecordColumn
     // cost of 50,000.4 was above a 50,000 bound. Today's classify would round it to 50,000 and read a
     // genuine class B pack as a mismatch. Compared at its own decimals, it is classified as it was; a
     // cost recorded since is a whole number of minor units, so its class is today's.
-    c = classify({ cost, payback_months: payback, currency }, policy, Math.max(minorDigits(policy.currency), asWritten(cost).scale));
+    const digits = Math.max(minorDigits(policy.currency), asWritten(cost).scale);
+    // The payback by the rule the packet names (its provenance's method): since CLASSIFIED_EXACTLY the
+    // exact ratio of the pack's submission (what content.economics_model was derived from, compared as
+    // records.economics_model), before it the 2-decimal payback_months, on which 6.004 months was 6 and
+    // class A. Any other method is no rule of ours. Only old packets name the old rule; a new one that
+    // does still needs the class its request was written with (records.approval), which the application
+    // role cannot update (roles.ts) — see ADR 0010, "classified on the exact payback".
+    const method = at(packet, 'provenance', 'method');
+    if (method === CLASSIFIED_EXACTLY) {
+      const economics = economicsInput.safeParse(at(content, 'submission', 'economics'));
+      if (!economics.success) return false;
+      c = classify({ cost, payback_months: payback, currency }, policy, { digits, payback: paybackRatio(economics.data) });
+    } else if (method === CLASSIFIED_ON_ROUNDED_PAYBACK) c = classify({ cost, payback_months: payback, currency }, policy, { digits });
+    else return false;
   } catch {
     return false;
   }

@@ -5,7 +5,7 @@ import { economicsInput, economicsSchema, submissionSchema, type Economics } fro
 import { EconomicsModelRow } from './golden-path.entities.ts';
 import { provenance } from './provenance.ts';
 import { insertRow } from '../../platform/db/insert-row.ts';
-import { asWritten, minorDigits, productExact, ratioRounded, roundExact, sumExact, unitsToNumber, type Exact } from '../../platform/money/minor-units.ts';
+import { asWritten, minorDigits, productExact, ratioRounded, roundExact, sumExact, unitsToNumber, type Exact, type PaybackRatio } from '../../platform/money/minor-units.ts';
 
 type EconomicsInput = z.infer<typeof economicsInput>;
 
@@ -43,6 +43,17 @@ function exactPayback(x: ExactInputs): number | null {
   if (profit.units === 0n) return null;
   const months = ratioRounded(productExact([x.cost, TWELVE]), profit, 2);
   return Number.isFinite(months) ? months : null;
+}
+
+/**
+ * The payback months of a submission's economics exactly, as the ratio cost × 12 ÷ gross profit of the
+ * exact values (neither rounded); null when there is no profit. What a run is classified on
+ * (approval.policy.ts): `payback_months`, to 2 decimals, is for people to read.
+ */
+export function paybackRatio(e: EconomicsInput): PaybackRatio | null {
+  const x = exactInputs(e);
+  const profit = profitOf(x);
+  return profit.units === 0n ? null : { numerator: productExact([x.cost, TWELVE]), denominator: profit };
 }
 
 /** The payback months of a submission's economics (exactPayback). */

@@ -30,6 +30,11 @@ const duration = (fallback: string, opts: { offOrAtLeastMs?: number; off?: strin
       return ms;
     });
 
+/** The most an approval SLA may be configured (APPROVAL_SLA_B / APPROVAL_SLA_C): a year. */
+const MAX_APPROVAL_SLA_MS = 365 * 86_400_000;
+const approvalSla = (fallback: string) =>
+  duration(fallback).refine((ms) => ms >= 1_000 && ms <= MAX_APPROVAL_SLA_MS && ms % 1_000 === 0, 'must be a whole number of seconds between 1s and 365d');
+
 const postgresUrl = z
   .string()
   .url()
@@ -184,8 +189,10 @@ export const configSchema = z
     // Not 0 yet under a second (0.0001 rounds to 0 ms) is refused rather than read as off.
     RUN_RETENTION: duration('0', { offOrAtLeastMs: 1000, off: 'keep runs forever' }).refine((ms) => ms <= 36_500 * 86_400_000, 'at most 36500d (100 years; 0 keeps runs forever)'),
 
-    APPROVAL_SLA_B: duration('24h'),
-    APPROVAL_SLA_C: duration('72h'),
+    // Whole seconds (an approval policy keeps its SLAs so), 1s to 365d: 0 gave every request a 1 s
+    // deadline without a word, and 300000000d a deadline past what a Date can write, failing every run of the class.
+    APPROVAL_SLA_B: approvalSla('24h'),
+    APPROVAL_SLA_C: approvalSla('72h'),
     /** How long a proposed policy change that loosens the policy awaits a second admin before it expires (ADR 0010). */
     APPROVAL_POLICY_CHANGE_TTL: duration('72h').refine((ms) => ms >= 1_000 && ms <= 90 * 86_400_000, 'between 1s and 90d'),
 

@@ -141,3 +141,33 @@ export function ratioRounded(n: Exact, d: Exact, digits: number): number {
   // n/d × 10^digits = n.units × 10^(d.scale + digits) ÷ (d.units × 10^n.scale)
   return unitsToNumber(divideRounded(n.units * 10n ** BigInt(d.scale + digits), d.units * 10n ** BigInt(n.scale)), digits);
 }
+
+/**
+ * The ratio `n` ÷ `d` (`d` ≠ 0) against `t` as written, exactly (bigint, no division): -1 below it, 0 at
+ * it, 1 above it. A payback's months against a policy's month bound: 6.004 is over 6 though it is
+ * shown as 6 to 2 decimals.
+ */
+export function compareRatio(n: Exact, d: Exact, t: number): -1 | 0 | 1 {
+  const b = asWritten(t);
+  // n/d ? b ⇔ n·10^(d.scale + b.scale) ? b.units·d.units·10^n.scale, both sides × d² > 0 to keep the sign of d out.
+  const left = n.units * d.units * 10n ** BigInt(d.scale + b.scale);
+  const right = b.units * d.units * d.units * 10n ** BigInt(n.scale);
+  return left < right ? -1 : left > right ? 1 : 0;
+}
+
+/**
+ * `n` ÷ `d` (both ≥ 0, `d` > 0) cut (not rounded) to `digits` decimals, as a decimal string — its
+ * trailing zeros dropped, and `…` after it when digits were cut off: how far a payback is over a bound
+ * its 2-decimal figure is at (24.004, 24.0003…).
+ */
+export function ratioCut(n: Exact, d: Exact, digits: number): { units: bigint; text: string } {
+  const num = n.units * 10n ** BigInt(d.scale + digits);
+  const den = d.units * 10n ** BigInt(n.scale);
+  const units = num / den;
+  const s = units.toString().padStart(digits + 1, '0');
+  const fraction = s.slice(s.length - digits).replace(/0+$/, '');
+  return { units, text: `${s.slice(0, s.length - digits)}${fraction ? `.${fraction}` : ''}${num % den === 0n ? '' : '…'}` };
+}
+
+/** A payback's months exactly: `numerator` ÷ `denominator` (cost × 12 ÷ gross profit, the profit > 0). */
+export type PaybackRatio = { numerator: Exact; denominator: Exact };

@@ -16,8 +16,8 @@ import { childChannel, rssBytes } from '../lib/child-ipc.ts';
 import { Completions, closedLoop } from '../lib/closed-loop.ts';
 import { nowMs } from '../lib/stats.ts';
 import { buildDossier } from '../../../src/modules/golden-path/partner-dossier.step.ts';
-import { buildEconomics } from '../../../src/modules/golden-path/economics-model.step.ts';
-import { appliedPolicy, classify, defaultPolicy, packetBasis } from '../../../src/modules/approvals/approval.policy.ts';
+import { buildEconomics, paybackRatio } from '../../../src/modules/golden-path/economics-model.step.ts';
+import { appliedPolicy, classify, CLASSIFIED_EXACTLY, defaultPolicy, packetBasis } from '../../../src/modules/approvals/approval.policy.ts';
 import { evidenceHash } from '../../../src/modules/evidence/evidence.service.ts';
 import { provenance } from '../../../src/modules/golden-path/provenance.ts';
 import type { Dossier, Economics, Submission } from '../../../src/modules/golden-path/golden-path.schemas.ts';
@@ -83,7 +83,7 @@ const approvalPacket = DBOS.registerStep(
       // The same read as ours (the tenant's policy row); the benchmark's tenants have none, so the defaults apply.
       await c.query(`select * from approval_policies where tenant_id = $1 limit 1`, [input.tenantId]);
       const loaded = defaultPolicy({ slaBSeconds: 86400, slaCSeconds: 259200 });
-      const { cls, reasons, required, currencyMismatch } = classify(econ, loaded.policy);
+      const { cls, reasons, required, currencyMismatch } = classify(econ, loaded.policy, { payback: paybackRatio(input.submission.economics) });
       const applied = appliedPolicy(loaded);
       const now = new Date();
       const id = randomUUID();
@@ -106,7 +106,7 @@ const approvalPacket = DBOS.registerStep(
         decisions: [{ decided_by: 'system', decision: 'approve', comment: 'class A: approved automatically by policy', decided_at: now.toISOString(), kind: 'system' }],
         policy: applied,
         currency_mismatch: currencyMismatch,
-        provenance: provenance('policy', 'approval-policy@1', packetBasis(econ, applied)),
+        provenance: provenance('policy', CLASSIFIED_EXACTLY, packetBasis(econ, applied)),
       };
     });
   },
