@@ -122,10 +122,11 @@ export const NO_DELETE_TABLES = ['approval_policies', 'approval_policy_changes',
  * `partner_reference` a claim could be moved off its partner, as a deleted one would be;
  * `durable_checkpoints` by a failure's upsert (executor.ts `markFailed`) and a decision's resume
  * (runtime.ts `resume`) — never its run, sequence_num or step name, which say which step of which run it
- * records (a completed one is not updated at all: its restrictive policy); `durable_runs` by its steps,
- * its end, a cancel, a retry, a lease or a crash count (runtime.ts, executor.ts) — never its input,
- * principal, workflow (version) or idempotency hash: what was asked, by whom, of which definition. The
- * catalog inspection (catalog.ts) names any UPDATE on another column of these tables.
+ * records (a completed one is not updated at all: the trigger `completed_is_history`,
+ * durable-checkpoint.entity.ts, not a grant); `durable_runs` by its steps, its end, a cancel, a
+ * retry, a lease or a crash count (runtime.ts, executor.ts) — never its input, principal, workflow
+ * (version) or idempotency hash: what was asked, by whom, of which definition. The catalog inspection
+ * (catalog.ts) names any UPDATE on another column of these tables.
  */
 export const APP_UPDATE_COLUMNS: Readonly<Record<string, readonly string[]>> = {
   approval_policy_changes: ['status', 'decided_by', 'decided_at'],
