@@ -386,6 +386,26 @@ describe('db:migrate converges privileges', () => {
     expect(cols.rows.map((r) => r.column_name)).toEqual(['decided_at', 'status', 'updated_at']);
   });
 
+  it("names UPDATE of a run's input or a checkpoint's step (held directly or through PUBLIC) and DELETE of runs, which migrate revokes: only the columns the durable runtime writes stay", async () => {
+    const db = await freshDatabase();
+    await db.admin(`GRANT UPDATE, DELETE ON durable_runs TO ${TEST_APP.user}; GRANT UPDATE ON durable_checkpoints TO ${TEST_APP.user}; GRANT UPDATE (step_name) ON durable_checkpoints TO PUBLIC`);
+    const broken = (await inspect(db)).failures.filter((f) => f.subject === `role ${TEST_APP.user}`);
+    expect(broken.map((f) => f.check)).toEqual(['role-privilege']);
+    for (const column of ['durable_runs.input', 'durable_runs.principal', 'durable_checkpoints.step_name', 'durable_checkpoints.run_id']) expect(broken[0]!.reason).toContain(column);
+
+    const config = parseConfig({ JWT_SECRET: TEST_JWT_SECRET, DATABASE_URL: db.appUrl, MIGRATION_DATABASE_URL: db.ownerUrl });
+    expect(await migrate(config, entities)).toEqual([]); // nothing pending: only the grants are re-applied
+    const repaired = await inspect(db);
+    expect(repaired.failures, formatFindings(repaired.failures)).toEqual([]);
+    const privs = await db.admin(
+      `SELECT has_table_privilege($1, 'durable_runs', 'DELETE') AS delete_runs, has_table_privilege($1, 'durable_checkpoints', 'DELETE') AS delete_checkpoints,
+              has_column_privilege($1, 'durable_runs', 'input', 'UPDATE') AS input, has_column_privilege($1, 'durable_checkpoints', 'step_name', 'UPDATE') AS step_name,
+              has_column_privilege($1, 'durable_checkpoints', 'output', 'UPDATE') AS output`,
+      [TEST_APP.user],
+    );
+    expect(privs.rows[0]).toEqual({ delete_runs: false, delete_checkpoints: true, input: false, step_name: false, output: true });
+  });
+
   it('names a further UPDATE column the application role reaches by SET ROLE (a NOINHERIT membership), or holds through PUBLIC', async () => {
     const db = await freshDatabase();
     const clone = await cloneAppRole(db);

@@ -100,10 +100,13 @@ export const APPEND_ONLY_TABLES = ['approval_decisions', 'economics_models', 'ev
  * in force, with who set and who approved it (a deleted row is the defaults again, at version 0, with
  * nobody's name on them). `partner_offboarding_claims` says which run holds a partner from its
  * offboarding's submission on (a claim is taken over, never removed): a deleted claim let a second
- * offboarding of a partner whose first run is still queued be accepted. With DELETE, any statement
- * run as the application role could erase them.
+ * offboarding of a partner whose first run is still queued be accepted. `durable_runs` is deleted by
+ * run retention alone, as the system role (ADR 0011): a run deleted by the application role would take
+ * its completed checkpoints with it (on delete cascade, which row-level security does not govern), the
+ * history its restrictive policies keep (durable-checkpoint.entity.ts; ADR 0001, amendment "Checkpoints
+ * are history"). With DELETE, any statement run as the application role could erase them.
  */
-export const NO_DELETE_TABLES = ['approval_policies', 'approval_policy_changes', 'approval_requests', 'partner_offboarding_claims'];
+export const NO_DELETE_TABLES = ['approval_policies', 'approval_policy_changes', 'approval_requests', 'durable_runs', 'partner_offboarding_claims'];
 
 /**
  * Tables whose rows the application updates in a few columns only: it may UPDATE exactly these (a
@@ -116,12 +119,20 @@ export const NO_DELETE_TABLES = ['approval_policies', 'approval_policy_changes',
  * (approval-policy.changes.ts) — with UPDATE on `policy` or `proposed_by` a pending change could be
  * made to loosen more than its approver confirms, or to name its approver as its proposer;
  * `partner_offboarding_claims` by a takeover (partner-offboarding.steps.ts) — with UPDATE on
- * `partner_reference` a claim could be moved off its partner, as a deleted one would be. The catalog
- * inspection (catalog.ts) names any UPDATE on another column of these tables.
+ * `partner_reference` a claim could be moved off its partner, as a deleted one would be;
+ * `durable_checkpoints` by a failure's upsert (executor.ts `markFailed`) and a decision's resume
+ * (runtime.ts `resume`) — never its run, sequence_num or step name, which say which step of which run it
+ * records (a completed one is not updated at all: the trigger `completed_is_history`,
+ * durable-checkpoint.entity.ts, not a grant); `durable_runs` by its steps, its end, a cancel, a
+ * retry, a lease or a crash count (runtime.ts, executor.ts) — never its input, principal, workflow
+ * (version) or idempotency hash: what was asked, by whom, of which definition. The catalog inspection
+ * (catalog.ts) names any UPDATE on another column of these tables.
  */
 export const APP_UPDATE_COLUMNS: Readonly<Record<string, readonly string[]>> = {
   approval_policy_changes: ['status', 'decided_by', 'decided_at'],
   approval_requests: ['status', 'decided_at', 'updated_at'],
+  durable_checkpoints: ['status', 'output', 'error', 'attempt', 'updated_at', 'completed_at'],
+  durable_runs: ['status', 'output', 'error', 'sequence_num', 'lease_owner', 'lease_expires_at', 'updated_at', 'completed_at', 'retry_count', 'retry_history', 'crash_seq', 'crash_count'],
   partner_offboarding_claims: ['id', 'run_id', 'claimed_at'],
 };
 

@@ -1,0 +1,126 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { randomUUID } from 'node:crypto';
+import pg from 'pg';
+import { SYSTEM_ROLE } from '../../src/platform/db/tenant-owned.ts';
+import { createTestDatabase, seedRun, type TestDatabase } from '../helpers/db.ts';
+
+/**
+ * A step's completed checkpoint is the record a resumed run replays and evidence relies on (ADR 0001,
+ * amendment "Checkpoints are history"): the application role, even under the run's own tenant, can
+ * neither delete it (directly, or through its run's cascade) nor rewrite it, while what the code does
+ * — a retry dropping its failed step's checkpoint, a waiting checkpoint completed by its decision, a
+ * failure recorded over a started one, retention as the system role — still works.
+ */
+let db: TestDatabase;
+let app: pg.Client;
+
+beforeAll(async () => {
+  db = await createTestDatabase();
+  app = new pg.Client({ connectionString: db.appUrl });
+  await app.connect();
+});
+
+afterAll(async () => {
+  await app?.end();
+  await db?.drop();
+});
+
+/** Runs `sql` as the application role under `tenant`, in a transaction of its own; its row count, or the SQLSTATE it failed with. */
+async function asApp(tenant: string, sql: string, params: unknown[] = [], role?: string): Promise<number | string> {
+  await app.query('BEGIN');
+  try {
+    await app.query(`select set_config('app.tenant_id', $1, true)`, [tenant]);
+    if (role) await app.query(`set local role ${role}`);
+    const res = await app.query(sql, params);
+    await app.query('COMMIT');
+    return res.rowCount ?? 0;
+  } catch (err) {
+    await app.query('ROLLBACK');
+    return (err as { code?: string }).code ?? String(err);
+  }
+}
+
+/** A run of `tenant` with one checkpoint per status given, at sequence_num 1, 2, … (as the superuser: setup only). */
+async function runWith(tenant: string, statuses: string[]): Promise<string> {
+  const run = await seedRun(db, tenant);
+  for (const [i, status] of statuses.entries()) {
+    await db.admin(
+      `insert into durable_checkpoints (id, tenant_id, run_id, sequence_num, step_name, status, output, attempt, created_at, updated_at, completed_at)
+       values (gen_random_uuid(), $1, $2, $3, $4, $5, $6::jsonb, 1, now(), now(), case when $5 = 'completed' then now() end)`,
+      [tenant, run, i + 1, `step-${i + 1}`, status, status === 'completed' ? JSON.stringify({ sha256: 'a'.repeat(64) }) : null],
+    );
+  }
+  return run;
+}
+
+async function checkpoints(run: string): Promise<{ sequence_num: number; status: string; output: unknown; step_name: string }[]> {
+  return (await db.admin(`select sequence_num, status, output, step_name from durable_checkpoints where run_id = $1 order by sequence_num`, [run])).rows;
+}
+
+describe('completed checkpoints as the application role', () => {
+  it("deleting its own tenant's completed checkpoint removes nothing; its failed one (what a retry drops) is deleted", async () => {
+    const tenant = randomUUID();
+    const run = await runWith(tenant, ['completed', 'failed']);
+    expect(await asApp(tenant, `delete from durable_checkpoints where run_id = $1 and sequence_num = 1`, [run])).toBe(0);
+    expect(await asApp(tenant, `delete from durable_checkpoints where run_id = $1`, [run])).toBe(1);
+    expect((await checkpoints(run)).map((c) => [c.sequence_num, c.status])).toEqual([[1, 'completed']]);
+  });
+
+  it('deleting its run is refused (42501): the cascade would take every checkpoint with it, completed ones included', async () => {
+    const tenant = randomUUID();
+    const run = await runWith(tenant, ['completed']);
+    await db.admin(`update durable_runs set status = 'completed', completed_at = now() where id = $1`, [run]);
+    expect(await asApp(tenant, `delete from durable_runs where id = $1`, [run])).toBe('42501');
+    expect(await checkpoints(run)).toHaveLength(1);
+  });
+
+  it("rewriting a completed checkpoint's output or status is refused (42501); completing a waiting one with its output (a decision's resume) is not", async () => {
+    const tenant = randomUUID();
+    const run = await runWith(tenant, ['completed', 'waiting']);
+    const forged = JSON.stringify({ sha256: 'f'.repeat(64) });
+    expect(await asApp(tenant, `update durable_checkpoints set output = $2::jsonb, updated_at = now() where run_id = $1 and sequence_num = 1`, [run, forged])).toBe('42501');
+    expect(await asApp(tenant, `update durable_checkpoints set status = 'failed' where run_id = $1 and sequence_num = 1`, [run])).toBe('42501');
+    expect(await asApp(tenant, `update durable_checkpoints set status = 'completed', output = $2::jsonb, completed_at = now(), updated_at = now() where run_id = $1 and sequence_num = 2 and status = 'waiting'`, [run, '{"approved":true}'])).toBe(1);
+    // Once completed, the resumed step's checkpoint is history too.
+    expect(await asApp(tenant, `update durable_checkpoints set output = $2::jsonb where run_id = $1 and sequence_num = 2`, [run, forged])).toBe('42501');
+    expect((await checkpoints(run)).map((c) => [c.status, c.output])).toEqual([['completed', { sha256: 'a'.repeat(64) }], ['completed', { approved: true }]]);
+  });
+
+  it('recording a failure over a started checkpoint (the executor\'s upsert) works; over a completed one it writes nothing and raises nothing', async () => {
+    const tenant = randomUUID();
+    const run = await runWith(tenant, ['completed', 'started']);
+    const upsert = `insert into durable_checkpoints (id, tenant_id, run_id, sequence_num, step_name, status, error, attempt, created_at, updated_at)
+         values (gen_random_uuid(), $1, $2, $3, $4, 'failed', '{}'::jsonb, 2, now(), now())
+         on conflict (tenant_id, run_id, sequence_num) do update set status = 'failed', error = excluded.error, attempt = excluded.attempt, updated_at = now()
+         where durable_checkpoints.status <> 'completed'`;
+    expect(await asApp(tenant, upsert, [tenant, run, 1, 'step-1'])).toBe(0);
+    expect(await asApp(tenant, upsert, [tenant, run, 2, 'step-2'])).toBe(1);
+    expect((await checkpoints(run)).map((c) => c.status)).toEqual(['completed', 'failed']);
+  });
+
+  it("a checkpoint's identity (its step, sequence_num, run) is never updated: refused (42501)", async () => {
+    const tenant = randomUUID();
+    const run = await runWith(tenant, ['started']);
+    for (const set of [`step_name = 'other'`, 'sequence_num = 7', 'created_at = now()', 'run_id = run_id']) {
+      expect(await asApp(tenant, `update durable_checkpoints set ${set} where run_id = $1`, [run]), set).toBe('42501');
+    }
+    expect(await checkpoints(run)).toMatchObject([{ sequence_num: 1, step_name: 'step-1' }]);
+  });
+
+  it('what a run was asked and by whom (input, principal, workflow) is never updated: refused (42501); its progress is', async () => {
+    const tenant = randomUUID();
+    const run = await runWith(tenant, []);
+    for (const set of [`input = '{"amount":1}'::jsonb`, `principal = 'mallory'`, `workflow = 'other'`, 'workflow_version = 2', `idempotency_hash = 'x'`, 'created_at = now()']) {
+      expect(await asApp(tenant, `update durable_runs set ${set} where id = $1`, [run]), set).toBe('42501');
+    }
+    expect(await asApp(tenant, `update durable_runs set status = 'failed', error = '{}'::jsonb, completed_at = now(), updated_at = now() where id = $1`, [run])).toBe(1);
+  });
+
+  it('run retention (the system role) still deletes an ended run, its completed checkpoints with it (on delete cascade)', async () => {
+    const tenant = randomUUID();
+    const run = await runWith(tenant, ['completed', 'completed']);
+    await db.admin(`update durable_runs set status = 'completed', completed_at = now() where id = $1`, [run]);
+    expect(await asApp('', `delete from durable_runs where id = $1`, [run], SYSTEM_ROLE)).toBe(1);
+    expect(await checkpoints(run)).toEqual([]);
+  });
+});
