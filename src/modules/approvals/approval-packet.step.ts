@@ -67,6 +67,8 @@ export function approvalPacketStep(deps: { slaBSeconds: number; slaCSeconds: num
         submittedBy: ctx.run.principal,
         reasons,
         slaDeadline: deadline,
+        // The version its packet names: /verify holds the evidence pack's policy to it (evidence-records.ts).
+        policyVersion: loaded.version,
         decidedAt: cls === 'A' ? now : null,
         createdAt: now,
         updatedAt: now,
