@@ -3,9 +3,10 @@
  * versions starts with each tenant's policy in force, one row per tenant (its version, thresholds,
  * SLAs, currency, updated_at, updated_by, approved_by as the row reads), under forced row-level security
  * (the application role sees its own tenant's rows, may insert and read them, never update or delete
- * one); approval requests get a null policy_version (their version was not recorded); the schema then
- * matches the entities with nothing pending. Down drops the table and the column; up again backfills
- * the same.
+ * one); approval requests get a null policy_version (their version was not recorded); the history's
+ * trigger on approval_policies is a constraint trigger deferred to the commit; the schema then matches
+ * the entities with nothing pending. Down drops the trigger, its function, the table and the
+ * column; up again backfills the same.
  */
 import { describe, expect, it } from 'vitest';
 import { randomUUID } from 'node:crypto';
@@ -48,6 +49,11 @@ describe('migration approval_policy_versions', () => {
       expect(await admin(`select relrowsecurity, relforcerowsecurity from pg_class where relname = $1`, [table]), table).toEqual([{ relrowsecurity: true, relforcerowsecurity: true }]);
     }
     expect(await admin(`select count(*)::int as n from approval_requests where policy_version is not null`)).toEqual([{ n: 0 }]);
+    // Deferred to the commit, so an approved change's restamp (after its upsert) is the time recorded: the
+    // schema generator would not see a plain trigger in its place (it compares the timing, events and body).
+    const recordTrigger = async () =>
+      admin(`select tgname, tgdeferrable, tginitdeferred from pg_trigger where tgrelid = 'approval_policies'::regclass and not tgisinternal`);
+    expect(await recordTrigger()).toEqual([{ tgname: 'record_version', tgdeferrable: true, tginitdeferred: true }]);
 
     const app = await createOrm(database.config, { entities, role: 'app', poolMax: 1 });
     try {
@@ -66,9 +72,12 @@ describe('migration approval_policy_versions', () => {
       expect(await schemaStatus(check)).toEqual({ pending: [], drift: '' });
       await check.migrator.down({ to: PREVIOUS });
       expect(await admin(`select to_regclass('approval_policy_versions') as t`)).toEqual([{ t: null }]);
+      expect(await recordTrigger()).toEqual([]);
+      expect(await admin(`select proname from pg_proc where proname = 'approval_policies_record_version_fn'`)).toEqual([]);
       expect(await admin(`select ${COLUMNS} from approval_policies order by tenant_id`)).toEqual(current);
       await check.migrator.up();
       expect(await backfilled()).toEqual(current);
+      expect(await recordTrigger()).toEqual([{ tgname: 'record_version', tgdeferrable: true, tginitdeferred: true }]);
       expect(await schemaStatus(check)).toEqual({ pending: [], drift: '' });
     } finally {
       await check.close(true);

@@ -357,6 +357,48 @@ describe("an evidence pack's approval policy", () => {
     expect(history[0].updated_at).toEqual(change.decided_at);
   });
 
+  /** Runs `statements` as the application role under `tenant`, in one transaction (its error, if one fails). */
+  async function asApp(tenant: string, statements: [string, unknown[]][]): Promise<void> {
+    const c = new pg.Client({ connectionString: stack.db.appUrl });
+    await c.connect();
+    try {
+      await c.query('begin');
+      await c.query(`select set_config('app.tenant_id', $1, true)`, [tenant]);
+      for (const [sql, params] of statements) await c.query(sql, params);
+      await c.query('commit');
+    } finally {
+      await c.query('rollback').catch(() => {});
+      await c.end();
+    }
+  }
+  const HISTORY_COLUMNS = `version, class_amax_cost, class_amax_payback_months, class_cmin_cost, class_cmin_payback_months, sla_bseconds, sla_cseconds, currency, updated_at, updated_by, approved_by`;
+  const historyOf = async (tenant: string) => (await stack.db.admin(`select ${HISTORY_COLUMNS} from approval_policy_versions where tenant_id = $1 order by version`, [tenant])).rows;
+  const policyOf = async (tenant: string) => (await stack.db.admin(`select ${HISTORY_COLUMNS} from approval_policies where tenant_id = $1`, [tenant])).rows[0];
+  /** The previous release's upsert of a policy version (applyPolicy before the history existed): it records none. */
+  const OLD_UPSERT = `insert into approval_policies as p (id, tenant_id, class_amax_cost, class_amax_payback_months, class_cmin_cost, class_cmin_payback_months,
+        sla_bseconds, sla_cseconds, currency, updated_at, updated_by, approved_by, version)
+      values ($1, $2, 40000, 6, $3, 24, 7200, 14400, 'SAR', statement_timestamp(), 'admin-1', $4, $5 + 1)
+      on conflict (tenant_id) do update set class_cmin_cost = excluded.class_cmin_cost, updated_at = excluded.updated_at, updated_by = excluded.updated_by,
+        approved_by = excluded.approved_by, version = p.version + 1
+      where p.version = $5`;
+
+  it("a version written by a release that records none (an old web process's PUT, and its approved change: the upsert, then the approval's restamp) is in the history all the same, as the row reads when it commits", { timeout: LONG }, async () => {
+    const tenant = newTenant();
+    await asApp(tenant, [[OLD_UPSERT, [randomUUID(), tenant, 300000, null, 0]]]);
+    expect(await historyOf(tenant)).toEqual([await policyOf(tenant)]);
+    await asApp(tenant, [
+      [OLD_UPSERT, [randomUUID(), tenant, 400000, 'admin-2', 1]],
+      // The approval's restamp, a later statement of its transaction: the history keeps the time the row keeps.
+      [`update approval_policies set updated_at = statement_timestamp() + interval '1 second' where tenant_id = $1`, [tenant]],
+    ]);
+    const history = await historyOf(tenant);
+    expect(history.map((h: any) => [h.version, h.class_cmin_cost, h.approved_by])).toEqual([
+      [1, 300000, null],
+      [2, 400000, 'admin-2'],
+    ]);
+    expect(history[1]).toEqual(await policyOf(tenant));
+  });
+
   /**
    * The approval step records the version it classified by on the request (a column the application role
    * may not update): a pack that names no policy, no version, or another version than its request's —

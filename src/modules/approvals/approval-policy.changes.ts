@@ -18,7 +18,6 @@ import {
   policyFromBody,
   policyInForceSettings,
   policyToBody,
-  recordVersionCte,
   type ApprovalPolicyBody,
   type LoadedPolicy,
   type PolicyField,
@@ -200,7 +199,7 @@ export async function replacePolicy(
       const proposal = { policy: body, baseVersion: current.version, basePolicy: policyToBody(current.policy), loosens };
       return { change: await proposeChange(em, principal, proposal, opts) };
     }
-    const applied = await applyPolicy(em, principal.tenantId, body, { baseVersion: current.version, updatedBy: principal.sub, approvedBy: null, record: true });
+    const applied = await applyPolicy(em, principal.tenantId, body, { baseVersion: current.version, updatedBy: principal.sub, approvedBy: null });
     if (applied) {
       await supersedePending(em, principal.tenantId);
       return { applied: { ...current, policy: policyFromBody(body), source: 'tenant', ...applied, updatedBy: principal.sub, approvedBy: null } };
@@ -325,20 +324,18 @@ export async function approveChange(
   // currency's minor unit may be finer (422 naming `policy.<field>`; nothing applies, it stays pending
   // to be rejected or expire, and the same policy to the unit can be proposed again).
   const { policy } = parseOrThrow(z.object({ policy: approvalPolicyBody }), { policy: row.policy }, 'proposed policy', 422);
-  const applied = await applyPolicy(em, principal.tenantId, policy, { baseVersion: Number(row.base_version), updatedBy: row.proposed_by, approvedBy: principal.sub, record: false });
+  const applied = await applyPolicy(em, principal.tenantId, policy, { baseVersion: Number(row.base_version), updatedBy: row.proposed_by, approvedBy: principal.sub });
   // Between the read and the write another change applied (its transaction committed first): this one
   // reads superseded now, or approved if that was this very change.
   if (!applied) throw decidedMeanwhile(await changeRow(em, principal.tenantId, id, defaults));
   // Approved at this statement's time, after the upsert's wait for the policy row, and the policy
   // updated at that time too (its updated_at, which the upsert set before its wait): one time for the
-  // approval, the policy's version and the changes it supersedes (docs/api.md). The version is recorded
-  // in the history here, as the row then reads (its time the approval's), not by the upsert.
+  // approval, the policy's version and the changes it supersedes (docs/api.md).
   const [marked] = await em.execute<{ decided_at: Date }[]>(
     `with c as (
        update approval_policy_changes set status = 'approved', decided_by = ?, decided_at = statement_timestamp()
         where tenant_id = ? and id = ? and status = 'pending' and expires_at > statement_timestamp() returning decided_at),
-     p as (update approval_policies set updated_at = c.decided_at from c where approval_policies.tenant_id = ? returning approval_policies.*),
-     ${recordVersionCte('p')}
+     p as (update approval_policies set updated_at = c.decided_at from c where approval_policies.tenant_id = ? returning 1)
      select decided_at from c`,
     [principal.sub, principal.tenantId, id, principal.tenantId],
   );

@@ -96,6 +96,24 @@ const policyAuthors = () => ({
   approvedBy: p.string().length(255).nullable(),
 });
 
+/** The columns of a policy version, as approval_policies and approval_policy_versions both name them. */
+const VERSION_COLUMNS = 'tenant_id, version, class_amax_cost, class_amax_payback_months, class_cmin_cost, class_cmin_payback_months, sla_bseconds, sla_cseconds, currency, updated_at, updated_by, approved_by';
+
+/**
+ * Records each version of a tenant's policy in approval_policy_versions, whatever statement wrote it:
+ * a trigger, not the application's writes, so a version applied by a release that knows nothing of the
+ * history (an old web process during the deploy that added it, or a rollback) is recorded too, instead
+ * of reading `approval_policy: mismatch` in every pack naming it once it is replaced. It fires on an
+ * insert, or an update that changes the version, of `approval_policies`, and is deferred to the commit
+ * (a constraint trigger, DEFERRABLE INITIALLY DEFERRED): it then copies the row as the transaction
+ * leaves it, so an approved change's restamp of `updated_at` (a later statement than its upsert,
+ * approveChange) is the time recorded, as the row keeps it. In the writer's transaction, as the writing
+ * role (SECURITY INVOKER, under the history's RLS: the application role may insert history rows, never
+ * change them). `on conflict do nothing`: two version changes in one transaction record the one it
+ * commits, once.
+ */
+export const POLICY_VERSION_TRIGGER = 'record_version';
+
 /** A tenant's approval policy; absent means the platform defaults. */
 export const ApprovalPolicyRow = defineEntity({
   name: 'ApprovalPolicy',
@@ -113,12 +131,26 @@ export const ApprovalPolicyRow = defineEntity({
   uniques: [{ name: 'approval_policies_tenant_unique', properties: ['tenantId'] }],
   rowLevelSecurity: 'force',
   policies: [tenantIsolationPolicy('approval_policies')],
+  triggers: [
+    {
+      // Created by its migration as a CONSTRAINT trigger, DEFERRABLE INITIALLY DEFERRED (the schema
+      // generator reads neither: it compares the timing, events and body declared here). See
+      // POLICY_VERSION_TRIGGER.
+      name: POLICY_VERSION_TRIGGER,
+      timing: 'after',
+      events: ['insert', 'update'],
+      body:
+        "if tg_op = 'UPDATE' and new.version = old.version then return null; end if; " +
+        `insert into approval_policy_versions (id, ${VERSION_COLUMNS}) select gen_random_uuid(), ${VERSION_COLUMNS} from approval_policies where tenant_id = new.tenant_id ` +
+        'on conflict (tenant_id, version) do nothing; return null;',
+    },
+  ],
 });
 
 /**
  * Every version of a tenant's approval policy, as it was applied (ADR 0010): one row per (tenant,
- * version), written in the transaction that made that version the one in force (a PUT that tightens,
- * an approved change), with the policy row's values. `approval_policies` is replaced in place; this is
+ * version), written by POLICY_VERSION_TRIGGER in the transaction that made that version the one in
+ * force, with the policy row's values as it commits. `approval_policies` is replaced in place; this is
  * what `/verify` compares an evidence pack's policy with, whichever version it names. Append-only for the
  * application role (roles.ts). The migration that created it recorded each tenant's version then in
  * force: earlier versions are not kept.

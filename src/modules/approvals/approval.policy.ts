@@ -141,33 +141,21 @@ export function loosenedFields(current: ApprovalPolicy, proposed: ApprovalPolicy
   return proposed.currency === now.currency ? raised : [...raised, 'currency'];
 }
 
-/** The columns of a policy version, as approval_policies and approval_policy_versions both name them. */
-const VERSION_COLUMNS = `tenant_id, version, class_amax_cost, class_amax_payback_months, class_cmin_cost, class_cmin_payback_months, sla_bseconds, sla_cseconds, currency, updated_at, updated_by, approved_by`;
-
-/**
- * A CTE (after a `with` or a comma) that records the policy rows `from` returns (every column of
- * approval_policies) in the history of versions, approval_policy_versions, in the statement that wrote
- * them: a version in force is never without its history row, whichever statement made it so.
- */
-export const recordVersionCte = (from: string) => `recorded as (insert into approval_policy_versions (id, ${VERSION_COLUMNS}) select gen_random_uuid(), ${VERSION_COLUMNS} from ${from})`;
-
 /**
  * Writes the tenant's policy (insert or replace) under RLS, as version `baseVersion + 1`, if the policy
  * in force is still version `baseVersion` (0: none, the defaults) — one statement, so of two changes
  * based on one version only the first applies. Null when the policy changed since (the caller's 409).
  * Updated at this statement's time: after a PUT's wait for the row it locked reading it, which now(),
  * the transaction's start, is not (an approval, whose wait is this statement's own, restamps it after).
- * With `record` the version is recorded in the history in the same statement (recordVersionCte); an
- * approval records it with its restamp instead, as the row then reads (approveChange).
  */
 export async function applyPolicy(
   em: EntityManager,
   tenantId: string,
   body: ApprovalPolicyBody,
-  by: { baseVersion: number; updatedBy: string; approvedBy: string | null; record: boolean },
+  by: { baseVersion: number; updatedBy: string; approvedBy: string | null },
 ): Promise<{ version: number; updatedAt: Date } | null> {
   const [row] = await em.execute<{ version: number; updated_at: Date }[]>(
-    `with applied as (insert into approval_policies as p (id, tenant_id, class_amax_cost, class_amax_payback_months, class_cmin_cost, class_cmin_payback_months,
+    `insert into approval_policies as p (id, tenant_id, class_amax_cost, class_amax_payback_months, class_cmin_cost, class_cmin_payback_months,
             sla_bseconds, sla_cseconds, currency, updated_at, updated_by, approved_by, version)
      values (?, ?, ?, ?, ?, ?, ?, ?, ?, statement_timestamp(), ?, ?, ? + 1)
      on conflict (tenant_id) do update set class_amax_cost = excluded.class_amax_cost, class_amax_payback_months = excluded.class_amax_payback_months,
@@ -175,8 +163,7 @@ export async function applyPolicy(
             sla_cseconds = excluded.sla_cseconds, currency = excluded.currency, updated_at = excluded.updated_at, updated_by = excluded.updated_by,
             approved_by = excluded.approved_by, version = p.version + 1
       where p.version = ?
-     returning *)${by.record ? `, ${recordVersionCte('applied')}` : ''}
-     select version, updated_at from applied`,
+     returning version, updated_at`,
     [
       randomUUID(),
       tenantId,
