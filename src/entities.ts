@@ -2,7 +2,7 @@ import { IdempotencyKey } from './platform/idempotency/idempotency-key.entity.ts
 import { DurableRun } from './platform/durable/durable-run.entity.ts';
 import { DurableCheckpoint } from './platform/durable/durable-checkpoint.entity.ts';
 import { EconomicsModelRow, PartnerDossierRow } from './modules/golden-path/golden-path.entities.ts';
-import { ApprovalDecision, ApprovalPolicyChange, ApprovalPolicyRow, ApprovalRequest } from './modules/approvals/approval.entities.ts';
+import { ApprovalDecision, ApprovalPolicyChange, ApprovalPolicyRow, ApprovalPolicyVersionRow, ApprovalRequest } from './modules/approvals/approval.entities.ts';
 import { EvidencePackRow } from './modules/evidence/evidence-pack.entity.ts';
 import { EvidenceSealRow } from './modules/evidence/evidence-seal.entity.ts';
 import { WebhookDelivery, WebhookEndpoint } from './platform/webhooks/webhook.entities.ts';
@@ -21,6 +21,7 @@ export const entities = [
   ApprovalDecision,
   ApprovalPolicyRow,
   ApprovalPolicyChange,
+  ApprovalPolicyVersionRow,
   EvidencePackRow,
   EvidenceSealRow,
   PartnerOffboardingRow,

@@ -475,6 +475,24 @@ describe('a decision is a record the application cannot rewrite', () => {
   });
 });
 
+describe("a human approver whose subject is the platform's own actor name", () => {
+  // The approval step records a class A approval as decided by "system" (kind system): an identity
+  // provider issuing that subject must not make a human's decision read as the platform's.
+  it('approving or rejecting is 403 problem+json; nothing is recorded, the request stays pending', { timeout: LONG }, async () => {
+    const { approvalId } = await submitWaiting(SAMPLE_SUBMISSION);
+    const system = await stack.token({ tenantId: tenant, sub: 'system', roles: ['approver'] });
+    for (const decision of ['approve', 'reject'] as const) {
+      const res = await decide(approvalId, system, decision);
+      expect(res.status, res.text).toBe(403);
+      expect(res.headers.get('content-type')).toMatch(/^application\/problem\+json/);
+      expect(res.json).toMatchObject({ status: 403, code: 'forbidden' });
+      expect(res.json.detail).toMatch(/"system"/);
+    }
+    expect(await requestRow(approvalId)).toMatchObject({ status: 'pending', decided_at: null, decisions: 0 });
+    expect(await decide(approvalId, tok.approver1!)).toMatchObject({ status: 200 });
+  });
+});
+
 describe("a class C request's decisions are recorded in the order they were applied", () => {
   it("a second approval whose transaction began before the first's, and which waited for the run behind the first's locks, is recorded after it: in the request, its decided_at, the run's step 3 and the evidence pack", { timeout: LONG }, async () => {
     const { runId, approvalId } = await submitWaiting(CLASS_C_SUBMISSION);

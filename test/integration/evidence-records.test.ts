@@ -116,6 +116,12 @@ async function insertAsApp(tenant: string, runId: string, content: unknown): Pro
   return { id, sha256 };
 }
 
+/** Deletes the run's pack and its seal (the superuser, setup only): a run that ended has one, and one pack per run is kept. */
+async function dropPack(runId: string): Promise<void> {
+  await stack.db.admin(`delete from evidence_seals where run_id = $1`, [runId]);
+  await stack.db.admin(`delete from evidence_packs where run_id = $1`, [runId]);
+}
+
 const ALL_MATCH = { run: 'match', partner_dossier: 'match', economics_model: 'match', approval: 'match', approval_policy: 'match' };
 
 describe('an evidence pack forged by the application role for a real run of its tenant', () => {
@@ -216,6 +222,10 @@ describe("a run's dossier and economics model", () => {
     [`update economics_models set content = jsonb_set(content, '{cost}', '20000') where run_id = $1`],
     [`delete from partner_dossiers where run_id = $1`],
     [`delete from economics_models where run_id = $1`],
+    // The version the approval step classified by, and the history of the tenant's policy versions.
+    [`update approval_requests set policy_version = 7 where run_id = $1`],
+    [`update approval_policy_versions set class_cmin_cost = 1 where $1::uuid is not null`],
+    [`delete from approval_policy_versions where $1::uuid is not null`],
   ])('the application role cannot: %s', { timeout: LONG }, async (sql) => {
     const tenant = newTenant();
     const run = await runUntil(tenant, SAMPLE_SUBMISSION, ['waiting']);
@@ -311,12 +321,121 @@ describe("an evidence pack's approval policy", () => {
       await stack.db.admin(`update approval_policies set ${column} = $2 where tenant_id = $1`, [tenant, before.v]);
       expect(await verify(tenant, id), `${column} restored`).toEqual(sealed);
     }
-    // A policy replaced since (a later version) is no longer kept as a row: not compared, still valid.
+    // A policy replaced since (a later version): its version is kept in the history, and still compared.
     expect((await setPolicy(stack, tenant, { ...POLICY, sla_b_seconds: 3600 })).status).toBe(200);
+    expect(await verify(tenant, id)).toEqual(sealed);
+    // The history row of its version rewritten (the owner: the application role cannot), then restored.
+    for (const [column, value] of tampers) {
+      const [before] = (await stack.db.admin(`select ${column} as v from approval_policy_versions where tenant_id = $1 and version = 1`, [tenant])).rows;
+      await stack.db.admin(`update approval_policy_versions set ${column} = ${value} where tenant_id = $1 and version = 1`, [tenant]);
+      expect(await verify(tenant, id), `history ${column}`).toEqual({ ...sealed, valid: false, records: { ...ALL_MATCH, approval_policy: 'mismatch' } });
+      await stack.db.admin(`update approval_policy_versions set ${column} = $2 where tenant_id = $1 and version = 1`, [tenant, before.v]);
+    }
+    expect(await verify(tenant, id)).toEqual(sealed);
+    // A version before the history began (not backfilled: its row is not there, the next one is): not compared, still valid.
+    await stack.db.admin(`delete from approval_policy_versions where tenant_id = $1 and version = 1`, [tenant]);
     expect(await verify(tenant, id)).toEqual({ ...sealed, records: { ...ALL_MATCH, approval_policy: 'absent' } });
-    // A version the tenant's policy never reached: the pack names a policy that was never in force.
+    // A version the tenant's policy never reached (no history row, none in force at or past it): the pack names a policy that was never in force.
+    await stack.db.admin(`delete from approval_policy_versions where tenant_id = $1`, [tenant]);
     await stack.db.admin(`update approval_policies set version = 0 where tenant_id = $1`, [tenant]);
     expect(await verify(tenant, id)).toEqual({ ...sealed, valid: false, records: { ...ALL_MATCH, approval_policy: 'mismatch' } });
+  });
+
+  it('every policy write records its version in the history, as the policy row reads (a tightening PUT, an approved change)', { timeout: LONG }, async () => {
+    const tenant = newTenant();
+    expect((await setPolicy(stack, tenant, POLICY)).status).toBe(200); // a loosening: proposed, then approved
+    expect((await setPolicy(stack, tenant, { ...POLICY, sla_b_seconds: 3600 })).status).toBe(200); // a tightening: applied at once
+    const cols = `version, class_amax_cost, class_amax_payback_months, class_cmin_cost, class_cmin_payback_months, sla_bseconds, sla_cseconds, currency, updated_at, updated_by, approved_by`;
+    const history = (await stack.db.admin(`select ${cols} from approval_policy_versions where tenant_id = $1 order by version`, [tenant])).rows;
+    expect(history.map((h: any) => [h.version, h.sla_bseconds, h.updated_by, h.approved_by])).toEqual([
+      [1, 7200, 'admin-1', 'admin-2'],
+      [2, 3600, 'admin-1', null],
+    ]);
+    expect(history[1]).toEqual((await stack.db.admin(`select ${cols} from approval_policies where tenant_id = $1`, [tenant])).rows[0]);
+    // Version 1's time is the approval's (the row restamped after the upsert's wait), as the change's decided_at.
+    const [change] = (await stack.db.admin(`select decided_at from approval_policy_changes where tenant_id = $1 and status = 'approved'`, [tenant])).rows;
+    expect(history[0].updated_at).toEqual(change.decided_at);
+  });
+
+  /** Runs `statements` as the application role under `tenant`, in one transaction (its error, if one fails). */
+  async function asApp(tenant: string, statements: [string, unknown[]][]): Promise<void> {
+    const c = new pg.Client({ connectionString: stack.db.appUrl });
+    await c.connect();
+    try {
+      await c.query('begin');
+      await c.query(`select set_config('app.tenant_id', $1, true)`, [tenant]);
+      for (const [sql, params] of statements) await c.query(sql, params);
+      await c.query('commit');
+    } finally {
+      await c.query('rollback').catch(() => {});
+      await c.end();
+    }
+  }
+  const HISTORY_COLUMNS = `version, class_amax_cost, class_amax_payback_months, class_cmin_cost, class_cmin_payback_months, sla_bseconds, sla_cseconds, currency, updated_at, updated_by, approved_by`;
+  const historyOf = async (tenant: string) => (await stack.db.admin(`select ${HISTORY_COLUMNS} from approval_policy_versions where tenant_id = $1 order by version`, [tenant])).rows;
+  const policyOf = async (tenant: string) => (await stack.db.admin(`select ${HISTORY_COLUMNS} from approval_policies where tenant_id = $1`, [tenant])).rows[0];
+  /** The previous release's upsert of a policy version (applyPolicy before the history existed): it records none. */
+  const OLD_UPSERT = `insert into approval_policies as p (id, tenant_id, class_amax_cost, class_amax_payback_months, class_cmin_cost, class_cmin_payback_months,
+        sla_bseconds, sla_cseconds, currency, updated_at, updated_by, approved_by, version)
+      values ($1, $2, 40000, 6, $3, 24, 7200, 14400, 'SAR', statement_timestamp(), 'admin-1', $4, $5 + 1)
+      on conflict (tenant_id) do update set class_cmin_cost = excluded.class_cmin_cost, updated_at = excluded.updated_at, updated_by = excluded.updated_by,
+        approved_by = excluded.approved_by, version = p.version + 1
+      where p.version = $5`;
+
+  it("a version written by a release that records none (an old web process's PUT, and its approved change: the upsert, then the approval's restamp) is in the history all the same, as the row reads when it commits", { timeout: LONG }, async () => {
+    const tenant = newTenant();
+    await asApp(tenant, [[OLD_UPSERT, [randomUUID(), tenant, 300000, null, 0]]]);
+    expect(await historyOf(tenant)).toEqual([await policyOf(tenant)]);
+    await asApp(tenant, [
+      [OLD_UPSERT, [randomUUID(), tenant, 400000, 'admin-2', 1]],
+      // The approval's restamp, a later statement of its transaction: the history keeps the time the row keeps.
+      [`update approval_policies set updated_at = statement_timestamp() + interval '1 second' where tenant_id = $1`, [tenant]],
+    ]);
+    const history = await historyOf(tenant);
+    expect(history.map((h: any) => [h.version, h.class_cmin_cost, h.approved_by])).toEqual([
+      [1, 300000, null],
+      [2, 400000, 'admin-2'],
+    ]);
+    expect(history[1]).toEqual(await policyOf(tenant));
+  });
+
+  /**
+   * The approval step records the version it classified by on the request (a column the application role
+   * may not update): a pack that names no policy, no version, or another version than its request's —
+   * a forger's way round the comparison above — reads mismatch. The forgeries are inserted as the
+   * application role for a completed class A run (its genuine content otherwise).
+   */
+  it.each([
+    ['no policy', (p: any) => { const { policy: _, ...rest } = p; return rest; }],
+    ['a policy without its version', (p: any) => { const { version: _, ...policy } = p.policy; return { ...p, policy }; }],
+    ['an earlier version of the policy (replaced since, kept in the history)', (p: any) => ({ ...p, policy: { ...p.policy, version: 1, policy: POLICY, updated_at: null } })],
+  ])('a pack whose packet names %s, forged by the application role: approval_policy mismatch', { timeout: LONG }, async (_what, forge) => {
+    const tenant = newTenant();
+    expect((await setPolicy(stack, tenant, POLICY)).status).toBe(200);
+    expect((await setPolicy(stack, tenant, { ...POLICY, sla_b_seconds: 3600 })).status).toBe(200);
+    const [v1] = (await stack.db.admin(`select updated_at from approval_policy_versions where tenant_id = $1 and version = 1`, [tenant])).rows;
+    const done = await runUntil(tenant, CLASS_A_SUBMISSION, ['completed']);
+    expect(done.steps[2].output.policy).toMatchObject({ version: 2 });
+    expect((await stack.db.admin(`select policy_version from approval_requests where run_id = $1`, [done.run_id])).rows).toEqual([{ policy_version: 2 }]);
+    const content = await contentFromRecords(done.run_id);
+    let packet = forge(content.approval_packet);
+    if (packet.policy?.version === 1) packet = { ...packet, policy: { ...packet.policy, updated_at: (v1.updated_at as Date).toISOString(), updated_by: 'admin-1', approved_by: 'admin-2' } };
+    // Without the request's version, this packet's policy would agree: the history row of version 1 is its policy.
+    expect(await verify(tenant, done.steps[3].output.evidence_pack_id)).toMatchObject({ valid: true, records: ALL_MATCH });
+    await dropPack(done.run_id);
+    const forged = await insertAsApp(tenant, done.run_id, { ...content, approval_packet: packet });
+    expect(await verify(tenant, forged.id)).toEqual({ valid: false, sha256: forged.sha256, recomputed_sha256: forged.sha256, recorded_sha256: forged.sha256, records: { ...ALL_MATCH, approval_policy: 'mismatch' } });
+  });
+
+  it('a request from before its version was recorded (policy_version null) keeps the earlier rule: a packet without a policy reads absent', { timeout: LONG }, async () => {
+    const tenant = newTenant();
+    const done = await runUntil(tenant, CLASS_A_SUBMISSION, ['completed']);
+    await stack.db.admin(`update approval_requests set policy_version = null where run_id = $1`, [done.run_id]);
+    const content = await contentFromRecords(done.run_id);
+    const { policy: _, ...packet } = content.approval_packet;
+    await dropPack(done.run_id);
+    const forged = await insertAsApp(tenant, done.run_id, { ...content, approval_packet: packet });
+    expect(await verify(tenant, forged.id)).toMatchObject({ valid: true, records: { ...ALL_MATCH, approval_policy: 'absent' } });
   });
 
   it('a class C request rewritten by the owner to class B (one approver): the pack its run then writes agrees with the request, not with its policy', { timeout: LONG }, async () => {

@@ -67,6 +67,19 @@ const records: RecordColumns = {
   policy_updated_at: null,
   policy_updated_by: null,
   policy_approved_by: null,
+  approval_policy_version: null,
+  history_version: null,
+  history_a_cost: null,
+  history_a_payback: null,
+  history_c_cost: null,
+  history_c_payback: null,
+  history_sla_b: null,
+  history_sla_c: null,
+  history_currency: null,
+  history_updated_at: null,
+  history_updated_by: null,
+  history_approved_by: null,
+  history_first: null,
 };
 // The packet records no policy (as packets written before it did): approval_policy absent, which agrees.
 const ALL_MATCH = { run: 'match', partner_dossier: 'match', economics_model: 'match', approval: 'match', approval_policy: 'absent' };
@@ -150,6 +163,50 @@ describe('compareRecords', () => {
       const result = compareRecords(genuine, rows('B'));
       expect(result.approval_policy).toBe(expected);
       expect(recordsAgree(result)).toBe(true);
+    });
+
+    it('the request records the version its step classified by: a packet naming none, or another, is a mismatch; a request from before (null) holds it to nothing', () => {
+      const genuine = { ...content, economics_model, approval_packet: packet('B', tenantPolicy) };
+      expect(compareRecords(genuine, { ...rows('B'), approval_policy_version: 1 }).approval_policy).toBe('match');
+      expect(compareRecords(genuine, { ...rows('B'), approval_policy_version: 2 }).approval_policy).toBe('mismatch');
+      const { policy: _, ...bare } = genuine.approval_packet;
+      const { version: __, ...unversioned } = tenantPolicy;
+      for (const forged of [bare, { ...genuine.approval_packet, policy: unversioned }]) {
+        expect(compareRecords({ ...genuine, approval_packet: forged }, { ...rows('B'), approval_policy_version: 1 }).approval_policy).toBe('mismatch');
+        expect(compareRecords({ ...genuine, approval_packet: forged }, rows('B')).approval_policy).toBe('absent');
+      }
+    });
+
+    it('a version replaced since is compared with its history row; absent only when it is older than the history', () => {
+      const genuine = { ...content, economics_model, approval_packet: packet('B', tenantPolicy) };
+      // Version 2 in force (its SLA shortened); version 1 kept in the history.
+      const replaced: RecordColumns = { ...rows('B'), policy_version: 2, policy_sla_b: 3600, policy_updated_at: '2026-12-04T08:00:00.000Z' };
+      const history: RecordColumns = {
+        ...replaced,
+        history_version: 1,
+        history_a_cost: 50000,
+        history_a_payback: 6,
+        history_c_cost: 250000,
+        history_c_payback: 24,
+        history_sla_b: 86400,
+        history_sla_c: 259200,
+        history_currency: 'JPY',
+        history_updated_at: '2026-12-03T08:00:00.000Z',
+        history_updated_by: 'admin-1',
+        history_approved_by: null,
+        history_first: 1,
+      };
+      expect(compareRecords(genuine, history).approval_policy).toBe('match');
+      expect(compareRecords(genuine, { ...history, history_c_cost: 900000 }).approval_policy).toBe('mismatch');
+      expect(compareRecords(genuine, { ...history, history_approved_by: 'admin-9' }).approval_policy).toBe('mismatch');
+      // The history and the row in force both record version 1: both must agree.
+      expect(compareRecords(genuine, { ...history, policy_version: 1, policy_sla_b: 86400, policy_updated_at: '2026-12-03T08:00:00.000Z' }).approval_policy).toBe('match');
+      expect(compareRecords(genuine, { ...history, policy_version: 1, policy_updated_at: '2026-12-03T08:00:00.000Z' }).approval_policy).toBe('mismatch');
+      // No row of version 1: older than the history (it began at 2) reads absent; otherwise never reached.
+      expect(compareRecords(genuine, { ...replaced, history_first: 2 }).approval_policy).toBe('absent');
+      expect(compareRecords(genuine, replaced).approval_policy).toBe('absent');
+      expect(compareRecords(genuine, { ...replaced, history_first: 1 }).approval_policy).toBe('mismatch');
+      expect(compareRecords(genuine, { ...replaced, policy_version: null }).approval_policy).toBe('mismatch');
     });
 
     it('the class today\'s rounding would give (A) is not what its policy gave it: mismatch', () => {

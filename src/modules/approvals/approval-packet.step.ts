@@ -7,6 +7,7 @@ import { provenance } from '../golden-path/provenance.ts';
 import { ApprovalDecision, ApprovalRequest } from './approval.entities.ts';
 import { appliedPolicy, classify, CLASSIFIED_EXACTLY, packetBasis, policyFromPrefetch, POLICY_PREFETCH, readPolicyPrefetch } from './approval.policy.ts';
 import { insertRow } from '../../platform/db/insert-row.ts';
+import { SYSTEM_APPROVER } from './approval.constants.ts';
 
 export interface SlaScheduler {
   /**
@@ -69,6 +70,8 @@ export function approvalPacketStep(deps: { slaBSeconds: number; slaCSeconds: num
         submittedBy: ctx.run.principal,
         reasons,
         slaDeadline: deadline,
+        // The version its packet names: /verify holds the evidence pack's policy to it (evidence-records.ts).
+        policyVersion: loaded.version,
         decidedAt: cls === 'A' ? now : null,
         createdAt: now,
         updatedAt: now,
@@ -90,13 +93,13 @@ export function approvalPacketStep(deps: { slaBSeconds: number; slaCSeconds: num
           id: randomUUID(),
           tenantId: ctx.run.tenantId,
           approvalRequestId: id,
-          approver: 'system',
+          approver: SYSTEM_APPROVER,
           decision: 'approve',
           kind: 'system',
           comment: 'class A: approved automatically by policy',
           createdAt: now,
         });
-        packet.decisions.push({ decided_by: 'system', decision: 'approve', comment: 'class A: approved automatically by policy', decided_at: now.toISOString(), kind: 'system' });
+        packet.decisions.push({ decided_by: SYSTEM_APPROVER, decision: 'approve', comment: 'class A: approved automatically by policy', decided_at: now.toISOString(), kind: 'system' });
         return packet;
       }
       // Committed with the step's checkpoint, so a receiver hears of the request exactly when it exists (ADR 0013).

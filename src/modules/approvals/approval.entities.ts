@@ -20,6 +20,13 @@ export const ApprovalRequest = defineEntity({
     submittedBy: p.string().length(255),
     reasons: p.json<string[]>(),
     slaDeadline: p.datetime().nullable(),
+    /**
+     * The version of the tenant's approval policy the step classified by (0: the defaults), as its
+     * packet names it: `/verify` holds the evidence pack's policy to it (ADR 0010). Written once, by the
+     * step's insert (the application role may not update it: roles.ts); null for requests opened before it
+     * was recorded.
+     */
+    policyVersion: p.integer().nullable(),
     decidedAt: p.datetime().nullable(),
     createdAt: p.datetime(),
     updatedAt: p.datetime(),
@@ -67,6 +74,46 @@ export const ApprovalDecision = defineEntity({
   policies: [tenantIsolationPolicy('approval_decisions')],
 });
 
+/** The thresholds and SLAs of a policy version, as the policy row and its history row (ApprovalPolicyVersionRow) both hold them. */
+const policyThresholds = () => ({
+  classAMaxCost: p.double(),
+  classAMaxPaybackMonths: p.double(),
+  classCMinCost: p.double(),
+  classCMinPaybackMonths: p.double(),
+  slaBSeconds: p.integer(),
+  slaCSeconds: p.integer(),
+});
+
+/** Who set a policy version and when, as the policy row and its history row both record it. */
+const policyAuthors = () => ({
+  updatedAt: p.datetime(),
+  /** The sub of the admin whose PUT wrote the row, or proposed the change a second admin confirmed (null for rows written before it was recorded). */
+  updatedBy: p.string().length(255).nullable(),
+  /**
+   * The sub of the second admin who confirmed the change (a change that loosens the policy: ADR 0010);
+   * null when it applied at once (it only tightened) or was written before confirmations existed.
+   */
+  approvedBy: p.string().length(255).nullable(),
+});
+
+/** The columns of a policy version, as approval_policies and approval_policy_versions both name them. */
+const VERSION_COLUMNS = 'tenant_id, version, class_amax_cost, class_amax_payback_months, class_cmin_cost, class_cmin_payback_months, sla_bseconds, sla_cseconds, currency, updated_at, updated_by, approved_by';
+
+/**
+ * Records each version of a tenant's policy in approval_policy_versions, whatever statement wrote it:
+ * a trigger, not the application's writes, so a version applied by a release that knows nothing of the
+ * history (an old web process during the deploy that added it, or a rollback) is recorded too, instead
+ * of reading `approval_policy: mismatch` in every pack naming it once it is replaced. It fires on an
+ * insert, or an update that changes the version, of `approval_policies`, and is deferred to the commit
+ * (a constraint trigger, DEFERRABLE INITIALLY DEFERRED): it then copies the row as the transaction
+ * leaves it, so an approved change's restamp of `updated_at` (a later statement than its upsert,
+ * approveChange) is the time recorded, as the row keeps it. In the writer's transaction, as the writing
+ * role (SECURITY INVOKER, under the history's RLS: the application role may insert history rows, never
+ * change them). `on conflict do nothing`: two version changes in one transaction record the one it
+ * commits, once.
+ */
+export const POLICY_VERSION_TRIGGER = 'record_version';
+
 /** A tenant's approval policy; absent means the platform defaults. */
 export const ApprovalPolicyRow = defineEntity({
   name: 'ApprovalPolicy',
@@ -74,28 +121,54 @@ export const ApprovalPolicyRow = defineEntity({
   properties: {
     id: p.uuid().primary(),
     tenantId: tenantIdProperty(),
-    classAMaxCost: p.double(),
-    classAMaxPaybackMonths: p.double(),
-    classCMinCost: p.double(),
-    classCMinPaybackMonths: p.double(),
-    slaBSeconds: p.integer(),
-    slaCSeconds: p.integer(),
+    ...policyThresholds(),
     /** ISO 4217: the currency of the cost thresholds (rows written before it had one: SAR, the defaults'). */
     currency: p.string().length(3).default('SAR'),
-    updatedAt: p.datetime(),
-    /** The sub of the admin whose PUT wrote the row, or proposed the change a second admin confirmed (null for rows written before it was recorded). */
-    updatedBy: p.string().length(255).nullable(),
-    /**
-     * The sub of the second admin who confirmed the change (a change that loosens the policy: ADR 0010);
-     * null when it applied at once (it only tightened) or was written before confirmations existed.
-     */
-    approvedBy: p.string().length(255).nullable(),
+    ...policyAuthors(),
     /** 1 for the tenant's first policy, one more for each change applied; a proposed change names the version it was based on. */
     version: p.integer().default(1),
   },
   uniques: [{ name: 'approval_policies_tenant_unique', properties: ['tenantId'] }],
   rowLevelSecurity: 'force',
   policies: [tenantIsolationPolicy('approval_policies')],
+  triggers: [
+    {
+      // Created by its migration as a CONSTRAINT trigger, DEFERRABLE INITIALLY DEFERRED (the schema
+      // generator reads neither: it compares the timing, events and body declared here). See
+      // POLICY_VERSION_TRIGGER.
+      name: POLICY_VERSION_TRIGGER,
+      timing: 'after',
+      events: ['insert', 'update'],
+      body:
+        "if tg_op = 'UPDATE' and new.version = old.version then return null; end if; " +
+        `insert into approval_policy_versions (id, ${VERSION_COLUMNS}) select gen_random_uuid(), ${VERSION_COLUMNS} from approval_policies where tenant_id = new.tenant_id ` +
+        'on conflict (tenant_id, version) do nothing; return null;',
+    },
+  ],
+});
+
+/**
+ * Every version of a tenant's approval policy, as it was applied (ADR 0010): one row per (tenant,
+ * version), written by POLICY_VERSION_TRIGGER in the transaction that made that version the one in
+ * force, with the policy row's values as it commits. `approval_policies` is replaced in place; this is
+ * what `/verify` compares an evidence pack's policy with, whichever version it names. Append-only for the
+ * application role (roles.ts). The migration that created it recorded each tenant's version then in
+ * force: earlier versions are not kept.
+ */
+export const ApprovalPolicyVersionRow = defineEntity({
+  name: 'ApprovalPolicyVersion',
+  tableName: 'approval_policy_versions',
+  properties: {
+    /** Names the row (written, never looked up: the key is (tenant, version)). */
+    id: p.uuid(),
+    tenantId: tenantIdProperty().primary(),
+    version: p.integer().primary(),
+    ...policyThresholds(),
+    currency: p.string().length(3),
+    ...policyAuthors(),
+  },
+  rowLevelSecurity: 'force',
+  policies: [tenantIsolationPolicy('approval_policy_versions')],
 });
 
 export const POLICY_CHANGE_STATUSES = ['pending', 'approved', 'rejected', 'expired', 'superseded'] as const;

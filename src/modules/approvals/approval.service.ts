@@ -5,7 +5,7 @@ import type { Principal } from '../../platform/tenancy/jwt.ts';
 import type { DurableRuntime } from '../../platform/durable/runtime.ts';
 import { RunNotActiveError } from '../../platform/durable/errors.ts';
 import { approvalPacketSchema, type ApprovalPacket } from '../golden-path/golden-path.schemas.ts';
-import { APPROVER_ROLE } from './approval.constants.ts';
+import { APPROVER_ROLE, SYSTEM_APPROVER } from './approval.constants.ts';
 import { APPROVAL_PACKET_STEP, type SlaScheduler } from './approval-packet.step.ts';
 import type { DecisionResult } from './approval.views.ts';
 import type { ApprovalStatus } from './approval.entities.ts';
@@ -70,6 +70,10 @@ export class ApprovalService {
     comment: string | null,
   ): Promise<{ result: DecisionResult; afterCommit: () => Promise<void> }> {
     if (!principal.roles.includes(APPROVER_ROLE)) throw new ForbiddenError(`Deciding needs the "${APPROVER_ROLE}" role.`);
+    // The platform's own name for its automatic decisions: a human's decision under it would read as one.
+    if (principal.sub === SYSTEM_APPROVER) {
+      throw new ForbiddenError(`The subject "${SYSTEM_APPROVER}" is the platform's own approver (its automatic decisions): no token with it may decide; use a personal identity.`);
+    }
     // The run row is locked first (the subquery's own `for update`, done before the join can return
     // the request to the outer lock), then the request: the lock order of a cancel (class comment). A
     // cancel still in progress is waited for and then seen, run and request as it left them.

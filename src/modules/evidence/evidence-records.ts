@@ -39,11 +39,14 @@ import { asWritten, minorDigits } from '../../platform/money/minor-units.ts';
  *   make true. The provenance of the packet is not compared.
  * - `approval_policy`: the packet's `policy` (approvalPolicyStatus) — the class, approvals needed, SLA
  *   deadline and currency mismatch it gives the pack's economics model are the packet's and the
- *   request's — by the rule the packet's provenance method names (approval-policy@2: the exact
- *   payback of `content.submission`; @1, every packet before it: `payback_months` to 2 decimals) —
- *   and it is the tenant's policy row of its version (or the defaults, version 0). `absent`
- *   once a later version replaced it (a tenant's policy is replaced in place, its earlier versions are
- *   not kept as rows), or for a packet that records no policy or version; neither makes a pack invalid.
+ *   request's, by the rule the packet's provenance method names (approval-policy@2: the exact
+ *   payback of `content.submission`; @1, every packet before it: `payback_months` to 2 decimals); its version is the one the request recorded (approval_requests.policy_version, which the
+ *   application role may not update: a packet that drops its policy or names another version is a
+ *   mismatch); and it is that version of the tenant's policy as the history of versions
+ *   (approval_policy_versions, append-only) and, while in force, the policy row record it (or the
+ *   defaults, version 0). `absent` for a version replaced before the history began, or for a packet
+ *   that records no policy or version whose request recorded none either (both written before they
+ *   did); neither makes a pack invalid.
  *
  * Each is `match`, `mismatch`, or `absent` (no such row: before retention only a forgery's case — every
  * genuine pack's run wrote all three before its evidence step, and none of them is ever deleted).
@@ -76,7 +79,7 @@ export const evidenceRecords = z
       "The run's approval request and its decisions: the packet's request id, class, required approvals, reasons, SLA deadline, outcome and decisions, and content.run.submitted_by, are the request's; the request is decided as content.outcome says; and the decisions allow that outcome (rejected: a rejection; approved: no rejection and at least required_approvals approvals by distinct approvers, none of them the submitter; each before the SLA deadline)",
     ),
     approval_policy: recordStatus.describe(
-      "The approval packet's policy: the request's class, required approvals, SLA deadline (from the request's creation) and currency mismatch follow from it and content.economics_model, by the rule the packet's provenance method names (approval-policy@2: the exact payback of content.submission's economics; approval-policy@1, packets classified before: payback_months to 2 decimals; any other: mismatch); and it is the tenant's policy row of its version (thresholds, currency, SLAs, updated_at, updated_by, approved_by), or the platform defaults' thresholds for version 0. absent when the run has no approval request (records.approval absent), when the packet records no policy (written before it did), or its version has been replaced since (only the version in force is kept as a row) and what it implies agrees: which does not make the pack invalid. mismatch too when the tenant's policy never reached the packet's version",
+      "The approval packet's policy: the request's class, required approvals, SLA deadline (from the request's creation) and currency mismatch follow from it and content.economics_model, by the rule the packet's provenance method names (approval-policy@2: the exact payback of content.submission's economics; approval-policy@1, packets classified before: payback_months to 2 decimals; any other: mismatch); it names the policy version the approval step recorded on the request (a packet with no policy, no version or another version is a mismatch); and it is that version of the tenant's policy (thresholds, currency, SLAs, updated_at, updated_by, approved_by) as the history of versions and, while in force, the policy row record it, or the platform defaults' thresholds for version 0. absent when the run has no approval request (records.approval absent), when the packet records no policy or version and its request no version (both written before they did), or its version was replaced before the history of versions began and what it implies agrees: which does not make the pack invalid. mismatch too when the tenant's policy never reached the packet's version",
     ),
   })
   .describe("The pack's content compared with the records its run's steps wrote (each match, mismatch or absent): a pack sealed as written may still say what its run did not record")
@@ -115,6 +118,22 @@ export interface RecordColumns {
   policy_updated_at: string | null;
   policy_updated_by: string | null;
   policy_approved_by: string | null;
+  /** The version the approval step recorded on the request (null: a request opened before it did). */
+  approval_policy_version: number | null;
+  /** The history row (approval_policy_versions) of the version the packet names, if there is one. */
+  history_version: number | null;
+  history_a_cost: number | null;
+  history_a_payback: number | null;
+  history_c_cost: number | null;
+  history_c_payback: number | null;
+  history_sla_b: number | null;
+  history_sla_c: number | null;
+  history_currency: string | null;
+  history_updated_at: string | null;
+  history_updated_by: string | null;
+  history_approved_by: string | null;
+  /** The tenant's first version in the history (the one in force when the history began), null without one. */
+  history_first: number | null;
 }
 
 /**
@@ -136,7 +155,21 @@ export const RECORD_COLUMNS = `
   ${isoTimeSql('a.sla_deadline')} as approval_sla_deadline, x.decisions as approval_decisions, ${isoTimeSql('a.created_at')} as approval_created_at,
   pol.version as policy_version, pol.class_amax_cost as policy_a_cost, pol.class_amax_payback_months as policy_a_payback,
   pol.class_cmin_cost as policy_c_cost, pol.class_cmin_payback_months as policy_c_payback, pol.sla_bseconds as policy_sla_b, pol.sla_cseconds as policy_sla_c,
-  pol.currency as policy_currency, ${isoTimeSql('pol.updated_at')} as policy_updated_at, pol.updated_by as policy_updated_by, pol.approved_by as policy_approved_by`;
+  pol.currency as policy_currency, ${isoTimeSql('pol.updated_at')} as policy_updated_at, pol.updated_by as policy_updated_by, pol.approved_by as policy_approved_by,
+  a.policy_version as approval_policy_version,
+  hv.version as history_version, hv.class_amax_cost as history_a_cost, hv.class_amax_payback_months as history_a_payback,
+  hv.class_cmin_cost as history_c_cost, hv.class_cmin_payback_months as history_c_payback, hv.sla_bseconds as history_sla_b, hv.sla_cseconds as history_sla_c,
+  hv.currency as history_currency, ${isoTimeSql('hv.updated_at')} as history_updated_at, hv.updated_by as history_updated_by, hv.approved_by as history_approved_by,
+  hf.first_version as history_first`;
+
+/**
+ * The version the pack's approval packet names, as an integer when it is a whole JSON number within
+ * int's range (a forged pack may hold anything there: no cast may fail); else null. An integer, so the
+ * history row is read by its key (tenant_id, version), not by the tenant with the version as a filter.
+ * (`{0,1}`, not `?`: a question mark in the statement is a bound parameter.)
+ */
+const PACKET_POLICY_VERSION = `case when jsonb_typeof(e.content #> '{approval_packet,policy,version}') = 'number'
+    and (e.content #>> '{approval_packet,policy,version}') ~ '^[0-9]{1,9}(\\.0+){0,1}$' then (e.content #>> '{approval_packet,policy,version}')::numeric::int end`;
 
 export const RECORD_JOINS = `
   left join durable_runs r on r.tenant_id = ? and r.id = ?
@@ -147,10 +180,12 @@ export const RECORD_JOINS = `
     select jsonb_agg(jsonb_build_object('decided_by', ad.approver, 'decision', ad.decision, 'comment', ad.comment,
              'decided_at', ${isoTimeSql('ad.created_at')}, 'kind', ad.kind)) as decisions
       from approval_decisions ad where ad.tenant_id = ? and ad.approval_request_id = a.id) x on true
-  left join approval_policies pol on pol.tenant_id = ?`;
+  left join approval_policies pol on pol.tenant_id = ?
+  left join approval_policy_versions hv on hv.tenant_id = ? and hv.version = ${PACKET_POLICY_VERSION}
+  left join lateral (select min(version) as first_version from approval_policy_versions where tenant_id = ?) hf on true`;
 
-/** RECORD_JOINS' parameters, in order: the pack's tenant and run for each record, the tenant for its decisions and for its policy. */
-export const recordJoinParams = (tenantId: string, runId: string): string[] => [tenantId, runId, tenantId, runId, tenantId, runId, tenantId, runId, tenantId, tenantId];
+/** RECORD_JOINS' parameters, in order: the pack's tenant and run for each record, the tenant for its decisions, its policy and its policy history (twice). */
+export const recordJoinParams = (tenantId: string, runId: string): string[] => [tenantId, runId, tenantId, runId, tenantId, runId, tenantId, runId, tenantId, tenantId, tenantId, tenantId];
 
 /** A field of unknown content, or undefined (a forged or older pack may have any shape). */
 function at(value: unknown, ...path: string[]): unknown {
@@ -293,16 +328,67 @@ function policyImplies(content: unknown, policy: ApprovalPolicy, r: RecordColumn
   return c.cls === r.approval_class && c.required === r.approval_required && deadline === r.approval_sla_deadline;
 }
 
+/** A policy version as a row records it (the current row, or its history row): the fields a packet's policy is compared with. */
+interface VersionRow {
+  a_cost: number | null;
+  a_payback: number | null;
+  c_cost: number | null;
+  c_payback: number | null;
+  sla_b: number | null;
+  sla_c: number | null;
+  currency: string | null;
+  updated_at: string | null;
+  updated_by: string | null;
+  approved_by: string | null;
+}
+
+const currentRow = (r: RecordColumns): VersionRow => ({
+  a_cost: r.policy_a_cost, a_payback: r.policy_a_payback, c_cost: r.policy_c_cost, c_payback: r.policy_c_payback, sla_b: r.policy_sla_b, sla_c: r.policy_sla_c,
+  currency: r.policy_currency, updated_at: r.policy_updated_at, updated_by: r.policy_updated_by, approved_by: r.policy_approved_by,
+});
+const historyRow = (r: RecordColumns): VersionRow => ({
+  a_cost: r.history_a_cost, a_payback: r.history_a_payback, c_cost: r.history_c_cost, c_payback: r.history_c_payback, sla_b: r.history_sla_b, sla_c: r.history_sla_c,
+  currency: r.history_currency, updated_at: r.history_updated_at, updated_by: r.history_updated_by, approved_by: r.history_approved_by,
+});
+
+/** Whether `row` records the packet's policy: its thresholds, SLAs and currency, when and by whom it was set and approved. */
+function recordsPolicy(row: VersionRow, applied: { policy: unknown; updated_at?: string | null | undefined; updated_by?: string | null | undefined; approved_by?: string | null | undefined }): boolean {
+  const body = {
+    class_a_max_cost: Number(row.a_cost),
+    class_a_max_payback_months: Number(row.a_payback),
+    class_c_min_cost: Number(row.c_cost),
+    class_c_min_payback_months: Number(row.c_payback),
+    sla_b_seconds: Number(row.sla_b),
+    sla_c_seconds: Number(row.sla_c),
+    currency: row.currency,
+  };
+  return (
+    canonicalOrNull(body) === canonicalOrNull(applied.policy) &&
+    applied.updated_at === row.updated_at &&
+    (applied.updated_by ?? null) === row.updated_by &&
+    (applied.approved_by ?? null) === row.approved_by
+  );
+}
+
 /**
  * The approval packet's policy, compared with what it decided (policyImplies) and with the policy it
- * names: the tenant's row while that version is still in force (replaced in place, earlier versions
- * are not kept: `absent`, unless the row's version is below the packet's, a version never reached),
- * or the platform defaults' thresholds for version 0 (their SLAs are configuration, not recorded).
+ * names. The request records the version its step classified by (`approval_requests.policy_version`,
+ * which the application role may not update): the packet must name that version, so one that drops its
+ * policy or version, or names another, is a mismatch. A request opened before it was recorded (null)
+ * holds the packet to nothing more: a packet without a policy or version reads absent, as before. The
+ * version named is the platform defaults' for 0 (their SLAs are configuration, not recorded); else the
+ * tenant's history row of that version (approval_policy_versions) and, while it is still in force, the
+ * policy row — each that records it must agree. Neither: `absent` when the version is older than the
+ * tenant's history (the first version it records, the one in force when the history began, or the
+ * policy row's), a version replaced before it was kept; otherwise a version never reached, `mismatch`.
  */
 function approvalPolicyStatus(content: unknown, r: RecordColumns): RecordStatus {
   const recorded = at(content, 'approval_packet', 'policy');
-  // No request to hold it to (`approval` absent: the pack is not valid), or a packet from before the policy was recorded.
-  if (r.approval_id === null || recorded === undefined) return 'absent';
+  // No request to hold it to (`approval` absent: the pack is not valid).
+  if (r.approval_id === null) return 'absent';
+  if (r.approval_policy_version !== null && at(recorded, 'version') !== Number(r.approval_policy_version)) return 'mismatch';
+  // A packet from before the policy was recorded (its request too: it recorded no version).
+  if (recorded === undefined) return 'absent';
   const parsed = appliedPolicySchema.safeParse(recorded);
   if (!parsed.success) return 'mismatch';
   const applied = parsed.data;
@@ -320,26 +406,26 @@ function approvalPolicyStatus(content: unknown, r: RecordColumns): RecordStatus 
   if (!policyImplies(content, policy, r)) return 'mismatch';
   // Packets written before the policy's version was recorded: which row they name cannot be told.
   if (applied.version === undefined) return 'absent';
-  const by = [applied.updated_by ?? null, applied.approved_by ?? null];
   if (applied.version === 0) {
     const defaults = policyToBody({ ...DEFAULT_POLICY, slaBSeconds: body.sla_b_seconds, slaCSeconds: body.sla_c_seconds });
-    const same = applied.source === 'default' && applied.updated_at === null && by[0] === null && by[1] === null && canonicalOrNull(defaults) === canonicalOrNull({ ...body, currency: policy.currency });
+    const same =
+      applied.source === 'default' &&
+      applied.updated_at === null &&
+      (applied.updated_by ?? null) === null &&
+      (applied.approved_by ?? null) === null &&
+      canonicalOrNull(defaults) === canonicalOrNull({ ...body, currency: policy.currency });
     return same ? 'match' : 'mismatch';
   }
-  if (applied.source !== 'tenant' || r.policy_version === null || Number(r.policy_version) < applied.version) return 'mismatch';
-  if (Number(r.policy_version) > applied.version) return 'absent';
-  const row = {
-    class_a_max_cost: Number(r.policy_a_cost),
-    class_a_max_payback_months: Number(r.policy_a_payback),
-    class_c_min_cost: Number(r.policy_c_cost),
-    class_c_min_payback_months: Number(r.policy_c_payback),
-    sla_b_seconds: Number(r.policy_sla_b),
-    sla_c_seconds: Number(r.policy_sla_c),
-    currency: r.policy_currency,
-  };
-  const same =
-    canonicalOrNull(row) === canonicalOrNull(body) && applied.updated_at === r.policy_updated_at && by[0] === r.policy_updated_by && by[1] === r.policy_approved_by;
-  return same ? 'match' : 'mismatch';
+  if (applied.source !== 'tenant') return 'mismatch';
+  const rows: VersionRow[] = [];
+  if (r.history_version !== null) rows.push(historyRow(r));
+  if (r.policy_version !== null && Number(r.policy_version) === applied.version) rows.push(currentRow(r));
+  if (rows.length === 0) {
+    const known = [r.history_first, r.policy_version].filter((v) => v !== null).map(Number);
+    return known.length > 0 && Math.min(...known) > applied.version ? 'absent' : 'mismatch';
+  }
+  const named = { policy: body, updated_at: applied.updated_at, updated_by: applied.updated_by, approved_by: applied.approved_by };
+  return rows.every((row) => recordsPolicy(row, named)) ? 'match' : 'mismatch';
 }
 
 /** The pack's content compared with its run's records, read by RECORD_COLUMNS. */

@@ -88,8 +88,11 @@ async function ensureRole(client: pg.Client, name: string, password: string | un
  * partner dossier and economics model are what `/verify` compares its evidence pack with
  * (evidence-records.ts): with UPDATE or DELETE a pack forged for a run past its second step could be
  * made to agree with them. Their steps only insert them (one row per run, in the step's transaction).
+ * `approval_policy_versions` is every version of a tenant's approval policy as it applied, what
+ * `/verify` compares a pack's policy with once the policy row was replaced (ADR 0010): with UPDATE or
+ * DELETE a version could be made to say what a forged pack says, or erased so that it is not compared.
  */
-export const APPEND_ONLY_TABLES = ['approval_decisions', 'economics_models', 'evidence_packs', 'evidence_seals', 'partner_dossiers'];
+export const APPEND_ONLY_TABLES = ['approval_decisions', 'approval_policy_versions', 'economics_models', 'evidence_packs', 'evidence_seals', 'partner_dossiers'];
 
 /**
  * Tables the application updates but never deletes from: it may insert, read and update their rows
@@ -114,7 +117,9 @@ export const NO_DELETE_TABLES = ['approval_policies', 'approval_policy_changes',
  * makes is raw SQL naming its columns (no entity of these tables is ever flushed): `approval_requests`
  * by a decision, an SLA expiry and a cancel or failure closing the request (approval.service.ts) —
  * with UPDATE on `approval_class` or `required_approvals` one approver could lower a class C request's
- * four-eyes wait to one approval, which `decide` reads from the row, before deciding it alone;
+ * four-eyes wait to one approval, which `decide` reads from the row, before deciding it alone, and
+ * with UPDATE on `policy_version` the version a forged evidence pack must name could be made its own
+ * (evidence-records.ts);
  * `approval_policy_changes` by its approval, rejection, supersession or expiry
  * (approval-policy.changes.ts) — with UPDATE on `policy` or `proposed_by` a pending change could be
  * made to loosen more than its approver confirms, or to name its approver as its proposer;
