@@ -207,16 +207,22 @@ describe('JWT verification against a JWKS (RS256)', () => {
 });
 
 describe('the JWKS cannot be fetched: a token refused on its face or by the keys held stays 401', () => {
-  /** An identity provider whose JWKS answers 500 while `down`. */
-  async function withIdp(fn: (url: string, idp: { down: boolean; fetches: number }, privateKey: Awaited<ReturnType<typeof generateKeyPair>>['privateKey']) => Promise<void>) {
+  /**
+   * An identity provider whose JWKS answers 500 while `down`; while `hold`, a request is kept waiting in
+   * `held` until the test answers it (with the `keys` of that moment).
+   */
+  async function withIdp(fn: (url: string, idp: IdpState, privateKey: Awaited<ReturnType<typeof generateKeyPair>>['privateKey']) => Promise<void>) {
     const { publicKey, privateKey } = await generateKeyPair('RS256', { extractable: true });
-    const keys = [{ ...(await exportJWK(publicKey)), kid: 'k1', alg: 'RS256', use: 'sig' }];
-    const state = { down: false, fetches: 0 };
+    const state: IdpState = { down: false, fetches: 0, hold: false, held: [], keys: [{ ...(await exportJWK(publicKey)), kid: 'k1', alg: 'RS256', use: 'sig' }] };
     const idp = createServer((_req, res) => {
       state.fetches++;
-      if (state.down) return void res.writeHead(500).end('down');
-      res.setHeader('content-type', 'application/json');
-      res.end(JSON.stringify({ keys }));
+      const answer = () => {
+        if (state.down) return void res.writeHead(500).end('down');
+        res.setHeader('content-type', 'application/json');
+        res.end(JSON.stringify({ keys: state.keys }));
+      };
+      if (state.hold) state.held.push(answer);
+      else answer();
     });
     await new Promise<void>((resolve) => idp.listen(0, '127.0.0.1', resolve));
     try {
@@ -271,7 +277,89 @@ describe('the JWKS cannot be fetched: a token refused on its face or by the keys
       expect(idp.fetches).toBeGreaterThan(fetched);
     });
   });
+
+  /** A verifier of `url` whose warnings are kept, and a signer of RS256 tokens valid for two days. */
+  function staleSetup(url: string, privateKey: Awaited<ReturnType<typeof generateKeyPair>>['privateKey'], env: Record<string, string> = {}) {
+    const cfg = parseConfig({ JWT_JWKS_URL: url, ...env });
+    const warnings: string[] = [];
+    const rs = createTokenVerifier(cfg, undefined, { warn: (_obj: object, msg: string) => void warnings.push(msg) });
+    // A new jti each time: never the remembered token, always a signature check against the keys.
+    const rsSign = (kid = 'k1') => sign({ sub: 'user-1', tenant_id: tenant, jti: randomUUID() }, { alg: 'RS256', key: privateKey, kid, iss: cfg.JWT_ISSUER, aud: cfg.JWT_AUDIENCE, exp: now() + 2 * 86_400 });
+    const at = (ms: number) => vi.spyOn(Date, 'now').mockImplementation(() => ms);
+    return { rs, rsSign, warnings, at };
+  }
+
+  it('past JWT_JWKS_CACHE_MAX_AGE a token of a key held does not wait for the refetch; the keys it brings replace them (a removed key is refused)', async () => {
+    await withIdp(async (url, idp, privateKey) => {
+      const { rs, rsSign, at } = staleSetup(url, privateKey);
+      const start = Date.now();
+      expect((await rs.verify(await rsSign())).tenantId).toBe(tenant);
+      expect(idp.fetches).toBe(1);
+      idp.hold = true;
+      at(start + 11 * 60_000); // past the 10 min
+      // Verified while the refetch it started is still unanswered (jose would wait for it, up to its 5 s timeout).
+      expect((await rs.verify(await rsSign())).tenantId).toBe(tenant);
+      await waitFor(() => idp.held.length === 1, { what: 'the refetch in the background' });
+      // Rotation after a compromise: the refetch brings a set without k1; once it has answered, k1 is refused.
+      idp.keys = [];
+      idp.held.shift()!();
+      const refused = await waitFor(() => rsSign().then((t) => rs.verify(t)).then(() => undefined, (e: unknown) => e), { what: 'k1 to be refused' });
+      expect(refused).toBeInstanceOf(UnauthorizedError);
+      expect(idp.fetches).toBe(2);
+    });
+  });
+
+  it('while JWT_JWKS_URL is down, the keys held stay in use up to JWT_JWKS_MAX_STALE past the max age, with a warning; then 503', async () => {
+    await withIdp(async (url, idp, privateKey) => {
+      const { rs, rsSign, warnings, at } = staleSetup(url, privateKey);
+      const start = Date.now();
+      expect((await rs.verify(await rsSign())).tenantId).toBe(tenant);
+      idp.down = true;
+      at(start + 11 * 60_000);
+      expect((await rs.verify(await rsSign())).tenantId).toBe(tenant);
+      await waitFor(() => warnings.length === 1, { what: 'the failed refetch to be warned about' });
+      expect(warnings[0]).toMatch(/JWT_JWKS_URL could not be fetched: still using the keys fetched/);
+      expect(idp.fetches).toBe(2);
+      // Within 30 s of the failed refetch none is tried again: not for a key held, nor for a kid the set lacks (401, as with the keys fresh).
+      expect((await rs.verify(await rsSign())).tenantId).toBe(tenant);
+      await rejection(await rsSign('unknown-kid'), rs);
+      expect(idp.fetches).toBe(2);
+      // 30 s on, the next token tries again (in the background), and is verified meanwhile.
+      at(start + 11 * 60_000 + 31_000);
+      expect((await rs.verify(await rsSign())).tenantId).toBe(tenant);
+      await waitFor(() => warnings.length === 2, { what: 'the second failed refetch' });
+      expect(idp.fetches).toBe(3);
+      // Past the stale bound (24 h after the 10 min): the keys held are no longer used; the token is not checked.
+      at(start + 10 * 60_000 + 24 * 3_600_000 + 60_000);
+      await expect(rs.verify(await rsSign())).rejects.toBeInstanceOf(KeysUnavailableError);
+      expect(idp.fetches).toBe(4);
+      // And no cool-down then: the next token fetches again, and recovers with the IdP.
+      idp.down = false;
+      expect((await rs.verify(await rsSign())).tenantId).toBe(tenant);
+      expect(idp.fetches).toBe(5);
+    });
+  });
+
+  it('JWT_JWKS_MAX_STALE=0: past the max age a token waits for the refetch, and its failure is 503 (no stale keys)', async () => {
+    await withIdp(async (url, idp, privateKey) => {
+      const { rs, rsSign, at } = staleSetup(url, privateKey, { JWT_JWKS_MAX_STALE: '0' });
+      const start = Date.now();
+      expect((await rs.verify(await rsSign())).tenantId).toBe(tenant);
+      idp.down = true;
+      at(start + 11 * 60_000);
+      await expect(rs.verify(await rsSign())).rejects.toBeInstanceOf(KeysUnavailableError);
+      expect(idp.fetches).toBe(2);
+    });
+  });
 });
+
+interface IdpState {
+  down: boolean;
+  fetches: number;
+  hold: boolean;
+  held: (() => void)[];
+  keys: object[];
+}
 
 describe('npm run token', () => {
   const root = fileURLToPath(new URL('../..', import.meta.url));

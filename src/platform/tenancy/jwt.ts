@@ -1,5 +1,19 @@
 import { randomUUID } from 'node:crypto';
-import { createLocalJWKSet, createRemoteJWKSet, errors, jwtVerify, SignJWT, UnsecuredJWT, type JWTClaimVerificationOptions, type JWTVerifyGetKey, type JSONWebKeySet } from 'jose';
+import {
+  createLocalJWKSet,
+  createRemoteJWKSet,
+  customFetch,
+  errors,
+  jwksCache,
+  jwtVerify,
+  SignJWT,
+  UnsecuredJWT,
+  type ExportedJWKSCache,
+  type JWKSCacheInput,
+  type JWTClaimVerificationOptions,
+  type JWTVerifyGetKey,
+  type JSONWebKeySet,
+} from 'jose';
 import { z } from 'zod';
 import type { Config } from '../config/config.ts';
 import { ServiceUnavailableError, UnauthorizedError } from '../errors/app-error.ts';
@@ -41,6 +55,11 @@ export interface TokenVerifier {
 
 const VERIFIED_TOKEN_MAX = 10_000;
 
+/** Where the verifier tells that it is using keys past JWT_JWKS_CACHE_MAX_AGE (a pino logger fits). */
+export interface KeysLog {
+  warn(obj: object, msg: string): void;
+}
+
 /**
  * Verifies bearer tokens with `jose`: HS256 against JWT_SECRET in development, RS256/ES256 against
  * JWT_JWKS_URL in production; the algorithm allow-list, issuer, audience, exp and nbf are enforced.
@@ -51,12 +70,12 @@ const VERIFIED_TOKEN_MAX = 10_000;
  * most 10,000 tokens, the oldest forgotten first). Only successes are remembered; any other text is
  * verified.
  */
-export function createTokenVerifier(config: Config, jwks?: JSONWebKeySet): TokenVerifier {
+export function createTokenVerifier(config: Config, jwks?: JSONWebKeySet, log?: KeysLog): TokenVerifier {
   const verified = new Map<string, { principal: Principal; untilMs: number }>();
   const algorithms = [...config.JWT_ALGORITHMS];
   let key: Uint8Array | JWTVerifyGetKey;
   if (jwks) key = createLocalJWKSet(jwks);
-  else if (config.JWT_JWKS_URL) key = keysFromIdentityProvider(createRemoteJWKSet(new URL(config.JWT_JWKS_URL), { cooldownDuration: 30_000, cacheMaxAge: config.JWT_JWKS_CACHE_MAX_AGE }));
+  else if (config.JWT_JWKS_URL) key = keysFromIdentityProvider(new URL(config.JWT_JWKS_URL), config, log);
   else if (config.JWT_SECRET) key = new TextEncoder().encode(config.JWT_SECRET);
   else throw new Error('no JWT key configured');
   const options = {
@@ -94,7 +113,8 @@ export function createTokenVerifier(config: Config, jwks?: JSONWebKeySet): Token
 
 /**
  * The identity provider's keys could not be fetched (JWT_JWKS_URL down, answering other than 200, no
- * key set, too slow) while no fresh copy is held: the token was not checked at all, so it is the API's
+ * key set, too slow) while no usable copy is held (none yet, or one past JWT_JWKS_CACHE_MAX_AGE and
+ * JWT_JWKS_MAX_STALE after it): the token was not checked at all, so it is the API's
  * trouble, not the client's. 503 with Retry-After (retryable, same Idempotency-Key), never a 401 that
  * tells every client its token is bad. Never remembered: the next request fetches the keys again.
  */
@@ -104,30 +124,71 @@ export class KeysUnavailableError extends ServiceUnavailableError {
   }
 }
 
+/** jose's cooldown: a token naming a kid the keys lack refetches them at most this often. */
+const KID_COOLDOWN_MS = 30_000;
+
+/** A refetch not tried: the last one failed under KID_COOLDOWN_MS ago (the keys held are used meanwhile). */
+class RefetchPutOff extends Error {}
+
 /**
- * The remote key set, with its fetch failures told apart from the token's faults. jose's remote set
+ * The remote key set (jose's createRemoteJWKSet), with its fetch failures told apart from the token's
+ * faults, and used past JWT_JWKS_CACHE_MAX_AGE while it cannot be fetched again. jose's remote set
  * throws, besides a token's own faults (a `kid` the set lacks, several keys matching), what fetching
  * the set threw: a timeout, a network error (not a JOSEError), a generic JOSEError (a status other
  * than 200, a body that is not JSON) or an invalid set (its members).
  *
- * A fetch failure is a 503 only while no fresh set is held, and for a token a key of a set could
- * verify. With a fresh one, jose fetches only for a token whose `kid` (or algorithm) no key held
- * matches, once its 30 s cooldown is past: that token is refused by the keys held (401, as with the
- * IdP up), or any made-up `kid` would turn a bad token into a retryable 503 and tell its sender
- * whether the identity provider is down.
+ * The age of the keys is judged here, not by jose (which would make every token wait for the refetch
+ * once they are past it, and refuse them all when it fails): jose keeps the set it last fetched, and
+ * when (its jwksCache option), with no expiry of its own.
+ * - Keys within JWT_JWKS_CACHE_MAX_AGE: used.
+ * - Past it by up to JWT_JWKS_MAX_STALE: used, and fetched again in the background (no token waits
+ *   for it); a refetch that answers replaces them at once, so a key removed from the JWKS is refused
+ *   as soon as it has. One that fails is warned about, and tried again no sooner than 30 s later.
+ * - None fetched yet, or past both: the token waits for a fetch, and its failure is a 503.
+ * A token whose `kid` (or algorithm) no key held matches refetches the keys, once jose's 30 s cooldown
+ * since the last fetch is past and not within 30 s of a failed one: if that fails, the token is refused
+ * by the keys held (401, as with the IdP up), or any made-up `kid` would turn a bad token into a
+ * retryable 503 and tell its sender whether the identity provider is down.
  */
-function keysFromIdentityProvider(remote: ReturnType<typeof createRemoteJWKSet>): JWTVerifyGetKey {
+function keysFromIdentityProvider(url: URL, config: Pick<Config, 'JWT_JWKS_CACHE_MAX_AGE' | 'JWT_JWKS_MAX_STALE'>, log?: KeysLog): JWTVerifyGetKey {
   const fetchFailed = (e: unknown) =>
     !(e instanceof errors.JOSEError) || e.code === errors.JOSEError.code || e instanceof errors.JWKSTimeout || e instanceof errors.JWKSInvalid;
+  const held: Partial<ExportedJWKSCache> = {}; // jose writes uat (when) and jwks on each fetch that succeeds
+  const age = () => (held.uat === undefined ? Infinity : Date.now() - held.uat);
+  const usable = () => age() <= config.JWT_JWKS_CACHE_MAX_AGE + config.JWT_JWKS_MAX_STALE;
+  let triedAt = -Infinity; // the last fetch started: failed if no set arrived since (jose never runs two at once)
+  const remote = createRemoteJWKSet(url, {
+    cooldownDuration: KID_COOLDOWN_MS,
+    cacheMaxAge: Infinity,
+    [jwksCache]: held as JWKSCacheInput,
+    [customFetch]: (href, init) => {
+      const now = Date.now();
+      if (usable() && triedAt > (held.uat ?? -Infinity) && now - triedAt < KID_COOLDOWN_MS) return Promise.reject(new RefetchPutOff());
+      triedAt = now;
+      return fetch(href, init);
+    },
+  });
+  const refetchInBackground = () => {
+    if (remote.reloading) return;
+    remote.reload().catch((e: unknown) => {
+      if (e instanceof RefetchPutOff) return;
+      const minutes = (ms: number) => Math.round(ms / 60_000);
+      log?.warn(
+        { ops_event: 'jwks_stale', err: e, keys_age_minutes: minutes(age()), stale_for_minutes: minutes(config.JWT_JWKS_CACHE_MAX_AGE + config.JWT_JWKS_MAX_STALE - age()) },
+        `JWT_JWKS_URL could not be fetched: still using the keys fetched ${minutes(age())} min ago, past JWT_JWKS_CACHE_MAX_AGE, for up to JWT_JWKS_MAX_STALE more (ADR 0006)`,
+      );
+    });
+  };
   return async (header, token) => {
     // No key of a set is a shared secret: an HS token (JWT_ALGORITHMS may list HS256 beside a JWKS) never verifies, keys or not.
     if (/^HS/i.test(header.alg ?? '')) throw new errors.JOSENotSupported('Unsupported "alg" value for a JSON Web Key Set');
-    const held = remote.fresh;
+    if (!usable()) await remote.reload().catch((e: unknown) => Promise.reject(new KeysUnavailableError(e)));
+    else if (age() > config.JWT_JWKS_CACHE_MAX_AGE) refetchInBackground();
     try {
       return await remote(header, token);
     } catch (e) {
       if (!fetchFailed(e)) throw e;
-      throw held ? new errors.JWKSNoMatchingKey(undefined, { cause: e }) : new KeysUnavailableError(e);
+      throw new errors.JWKSNoMatchingKey(undefined, { cause: e });
     }
   };
 }
