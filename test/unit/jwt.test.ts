@@ -156,6 +156,59 @@ describe('JWT verification', () => {
   });
 });
 
+/** A segment's last character with its spare low bits set (the same bytes, decoded loosely); none when it has none. */
+function withSpareBits(segment: string): string[] {
+  const alphabet = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_';
+  const spare = segment.length % 4 === 2 ? 0b1111 : segment.length % 4 === 3 ? 0b11 : 0;
+  return spare ? [segment.slice(0, -1) + alphabet[alphabet.indexOf(segment.at(-1)!) | spare]] : [];
+}
+
+describe('one token, one spelling: the memo of verified tokens cannot be cycled through look-alikes', () => {
+  it('refuses padding and spare bits set in a segment, which jose would decode to the same token, without checking a signature', async () => {
+    const token = await sign();
+    const [h, p, sig] = token.split('.') as [string, string, string];
+    const v = createTokenVerifier(config);
+    expect((await v.verify(token)).tenantId).toBe(tenant);
+    const checks = vi.spyOn(crypto.subtle, 'verify');
+    try {
+      // An HS256 signature (32 bytes) always ends in a character with spare bits; the header and payload may.
+      expect(withSpareBits(sig)).toHaveLength(1);
+      const respelt = [...withSpareBits(h).map((x) => `${x}.${p}.${sig}`), ...withSpareBits(p).map((x) => `${h}.${x}.${sig}`), ...withSpareBits(sig).map((x) => `${h}.${p}.${x}`)];
+      for (const twin of [`${token}=`, `${h}=.${p}.${sig}`, `${h}.${p}==.${sig}`, ...respelt]) {
+        expect((await rejection(twin, v)).detail, twin).toBe('The token is not spelt in unpadded base64url.');
+      }
+      expect(checks).not.toHaveBeenCalled();
+    } finally {
+      checks.mockRestore();
+    }
+  });
+
+  it("an ES256 token and its (r, n−s) twin, which verifies too, are one token to the memo: the twin costs no second check", async () => {
+    const { publicKey, privateKey } = await generateKeyPair('ES256', { extractable: true });
+    const esConfig = parseConfig({ JWT_JWKS_URL: 'https://issuer.example/.well-known/jwks.json' });
+    const jwks = { keys: [{ ...(await exportJWK(publicKey)), kid: 'e1', alg: 'ES256', use: 'sig' }] };
+    const token = await sign(undefined, { alg: 'ES256', key: privateKey, kid: 'e1', iss: esConfig.JWT_ISSUER, aud: esConfig.JWT_AUDIENCE });
+    const [h, p, sig] = token.split('.') as [string, string, string];
+    const rs = Buffer.from(sig, 'base64url');
+    const n = 0xffffffff00000000ffffffffffffffffbce6faada7179e84f3b9cac2fc632551n;
+    const s = BigInt(`0x${rs.subarray(32).toString('hex')}`);
+    const twin = `${h}.${p}.${Buffer.concat([rs.subarray(0, 32), Buffer.from((n - s).toString(16).padStart(64, '0'), 'hex')]).toString('base64url')}`;
+    // The twin is a valid signature of the same token (WebCrypto does not insist on a low s).
+    expect(await createTokenVerifier(esConfig, jwks).verify(twin)).toEqual({ sub: 'user-1', tenantId: tenant, roles: ['approver'] });
+    for (const [first, second] of [[token, twin], [twin, token]] as const) {
+      const v = createTokenVerifier(esConfig, jwks);
+      const principal = await v.verify(first);
+      const checks = vi.spyOn(crypto.subtle, 'verify');
+      try {
+        expect(await v.verify(second)).toBe(principal);
+        expect(checks).not.toHaveBeenCalled();
+      } finally {
+        checks.mockRestore();
+      }
+    }
+  });
+});
+
 describe('JWT verification against a JWKS (RS256)', () => {
   it('accepts an RS256 token, and refuses an HS256 token keyed with the public key (algorithm confusion)', async () => {
     const { publicKey, privateKey } = await generateKeyPair('RS256', { extractable: true });

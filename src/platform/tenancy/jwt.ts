@@ -66,9 +66,10 @@ export interface KeysLog {
  *
  * A client sends the same token with every request until it expires, and a signature check is about
  * 0.2 ms of CPU per request here (docs/performance.md): a token that verified is remembered, by its
- * exact text, until its exp or for JWT_VERIFIED_TOKEN_TTL (60 s at most), whichever comes first (at
+ * spelling, until its exp or for JWT_VERIFIED_TOKEN_TTL (60 s at most), whichever comes first (at
  * most 10,000 tokens, the oldest forgotten first). Only successes are remembered; any other text is
- * verified.
+ * verified. A token has one spelling (canonicalSpelling): else one user could cycle look-alikes of
+ * a token to cost a signature check each and push other tenants' tokens out of the memo.
  */
 export function createTokenVerifier(config: Config, jwks?: JSONWebKeySet, log?: KeysLog): TokenVerifier {
   const verified = new Map<string, { principal: Principal; untilMs: number }>();
@@ -87,10 +88,12 @@ export function createTokenVerifier(config: Config, jwks?: JSONWebKeySet, log?: 
   };
   return {
     async verify(token: string): Promise<Principal> {
-      const known = verified.get(token);
+      // The exact text first: a remembered token was remembered in its one spelling.
+      const spelling = verified.has(token) ? token : canonicalSpelling(token);
+      const known = verified.get(spelling);
       if (known) {
         if (Date.now() < known.untilMs) return known.principal;
-        verified.delete(token);
+        verified.delete(spelling);
       }
       let payload: unknown;
       try {
@@ -105,7 +108,7 @@ export function createTokenVerifier(config: Config, jwks?: JSONWebKeySet, log?: 
       const principal: Principal = Object.freeze({ sub: claims.data.sub, tenantId: claims.data.tenant_id.toLowerCase(), roles: Object.freeze([...claims.data.roles]) });
       const exp = (payload as { exp: number }).exp * 1000;
       if (verified.size >= VERIFIED_TOKEN_MAX) verified.delete(verified.keys().next().value!);
-      verified.set(token, { principal, untilMs: Math.min(exp, Date.now() + config.JWT_VERIFIED_TOKEN_TTL) });
+      verified.set(spelling, { principal, untilMs: Math.min(exp, Date.now() + config.JWT_VERIFIED_TOKEN_TTL) });
       return principal;
     },
   };
@@ -191,6 +194,37 @@ function keysFromIdentityProvider(url: URL, config: Pick<Config, 'JWT_JWKS_CACHE
       throw new errors.JWKSNoMatchingKey(undefined, { cause: e });
     }
   };
+}
+
+/** The order of P-256's group: ECDSA's (r, s) and (r, n − s) verify alike. */
+const P256_ORDER = 0xffffffff00000000ffffffffffffffffbce6faada7179e84f3b9cac2fc632551n;
+
+/**
+ * The one spelling of a token the memo knows it by. jose decodes base64url loosely: a segment with
+ * `=` padding, or with the spare low bits of its last character set, decodes to the same bytes, so is
+ * the same token; such a token is refused (401) before any signature check: RFC 7515 spells a JWS
+ * unpadded, and no encoder sets those bits. An ES256 signature (r, s) has a twin (r, n − s) that
+ * verifies too: both are known by the one with the lower s (and only an ES256 token has it changed:
+ * the twin of a valid signature is valid, so no invalid one can pass for a remembered one).
+ */
+function canonicalSpelling(token: string): string {
+  const segments = token.split('.');
+  if (segments.length !== 3) return token; // jose refuses it
+  if (segments.some((s) => Buffer.from(s, 'base64url').toString('base64url') !== s)) throw new UnauthorizedError('The token is not spelt in unpadded base64url.');
+  const signature = Buffer.from(segments[2]!, 'base64url');
+  if (signature.length !== 64 || algorithmOf(segments[0]!) !== 'ES256') return token;
+  const s = BigInt(`0x${signature.subarray(32).toString('hex')}`);
+  if (s <= P256_ORDER / 2n) return token;
+  const low = Buffer.from((P256_ORDER - s).toString(16).padStart(64, '0'), 'hex');
+  return `${segments[0]}.${segments[1]}.${Buffer.concat([signature.subarray(0, 32), low]).toString('base64url')}`;
+}
+
+function algorithmOf(header: string): unknown {
+  try {
+    return (JSON.parse(Buffer.from(header, 'base64url').toString()) as { alg?: unknown } | null)?.alg;
+  } catch {
+    return undefined; // jose refuses it
+  }
 }
 
 /** A header for jose's UnsecuredJWT.decode: the claims checks of jwtVerify, without a signature. */
