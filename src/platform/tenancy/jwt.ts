@@ -171,8 +171,8 @@ function keysFromIdentityProvider(url: URL, config: Pick<Config, 'JWT_JWKS_CACHE
       return fetch(href, init);
     },
   });
-  const refetchInBackground = () => {
-    if (remote.reloading) return;
+  /** A refetch of keys past their age; never rejects: one that fails leaves the keys held in use, with a warning. */
+  const refetchStale = () =>
     remote.reload().catch((e: unknown) => {
       if (e instanceof RefetchPutOff) return;
       const minutes = (ms: number) => Math.round(ms / 60_000);
@@ -181,12 +181,18 @@ function keysFromIdentityProvider(url: URL, config: Pick<Config, 'JWT_JWKS_CACHE
         `JWT_JWKS_URL could not be fetched: still using the keys fetched ${minutes(age())} min ago, past JWT_JWKS_CACHE_MAX_AGE, for up to JWT_JWKS_MAX_STALE more (ADR 0006)`,
       );
     });
-  };
   return async (header, token) => {
     // No key of a set is a shared secret: an HS token (JWT_ALGORITHMS may list HS256 beside a JWKS) never verifies, keys or not.
     if (/^HS/i.test(header.alg ?? '')) throw new errors.JOSENotSupported('Unsupported "alg" value for a JSON Web Key Set');
     if (!usable()) await remote.reload().catch((e: unknown) => Promise.reject(new KeysUnavailableError(e)));
-    else if (age() > config.JWT_JWKS_CACHE_MAX_AGE) refetchInBackground();
+    else if (age() > config.JWT_JWKS_CACHE_MAX_AGE) {
+      // While the last fetch answered, the token waits for the refetch (tokens arriving meanwhile share it): keys
+      // past their age never verify a token while the IdP answers, however long no request came (a removed key).
+      // Once one failed, no token waits for the next: they are tried in the background (at most every 30 s).
+      if (triedAt > (held.uat ?? -Infinity)) {
+        if (!remote.reloading) void refetchStale();
+      } else await refetchStale();
+    }
     try {
       return await remote(header, token);
     } catch (e) {
