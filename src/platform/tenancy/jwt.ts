@@ -197,7 +197,9 @@ function keysFromIdentityProvider(url: URL, config: Pick<Config, 'JWT_JWKS_CACHE
       return await remote(header, token);
     } catch (e) {
       if (!fetchFailed(e)) throw e;
-      throw new errors.JWKSNoMatchingKey(undefined, { cause: e });
+      // The refetch a kid (or algorithm) the keys lack prompted failed, or was put off. Keys within their age are
+      // the IdP's current set: the token is refused (401). Past it they may predate a rotation: it was not checked (503).
+      throw age() > config.JWT_JWKS_CACHE_MAX_AGE ? new KeysUnavailableError(e) : new errors.JWKSNoMatchingKey(undefined, { cause: e });
     }
   };
 }
