@@ -339,14 +339,19 @@ describe('the JWKS cannot be fetched: a token refused on its face or by the keys
     // A new jti each time: never the remembered token, always a signature check against the keys.
     const rsSign = (kid = 'k1') => sign({ sub: 'user-1', tenant_id: tenant, jti: randomUUID() }, { alg: 'RS256', key: privateKey, kid, iss: cfg.JWT_ISSUER, aud: cfg.JWT_AUDIENCE, exp: now() + 2 * 86_400 });
     const at = (ms: number) => vi.spyOn(Date, 'now').mockImplementation(() => ms);
-    return { rs, rsSign, warnings, at };
+    /** The first token verified, fetching the keys; when. */
+    const keysFetched = async () => {
+      const start = Date.now();
+      expect((await rs.verify(await rsSign())).tenantId).toBe(tenant);
+      return start;
+    };
+    return { rs, rsSign, warnings, at, keysFetched };
   }
 
   it('with JWT_JWKS_URL answering, a token past JWT_JWKS_CACHE_MAX_AGE is checked with the keys it refetches: a removed key is refused, however long the API sat idle', async () => {
     await withIdp(async (url, idp, privateKey) => {
-      const { rs, rsSign, at } = staleSetup(url, privateKey);
-      const start = Date.now();
-      expect((await rs.verify(await rsSign())).tenantId).toBe(tenant);
+      const { rs, rsSign, at, keysFetched } = staleSetup(url, privateKey);
+      const start = await keysFetched();
       expect(idp.fetches).toBe(1);
       // Rotation after a compromise while no request came (no traffic, no refetch): k1 is withdrawn.
       idp.keys = [];
@@ -355,17 +360,19 @@ describe('the JWKS cannot be fetched: a token refused on its face or by the keys
       // The first token after the idle hours waits for the refetch: the keys of two hours ago do not verify it meanwhile.
       const first = rs.verify(await rsSign()).then(() => undefined, (e: unknown) => e);
       await waitFor(() => idp.held.length === 1, { what: 'the refetch' });
+      // Nor a token arriving while the refetch is pending: it waits for the same one.
+      const second = rs.verify(await rsSign()).then(() => undefined, (e: unknown) => e);
       idp.held.shift()!();
       expect(await first).toBeInstanceOf(UnauthorizedError);
+      expect(await second).toBeInstanceOf(UnauthorizedError);
       expect(idp.fetches).toBe(2);
     });
   });
 
   it('while JWT_JWKS_URL is down, the keys held stay in use up to JWT_JWKS_MAX_STALE past the max age, with a warning; then 503', async () => {
     await withIdp(async (url, idp, privateKey) => {
-      const { rs, rsSign, warnings, at } = staleSetup(url, privateKey);
-      const start = Date.now();
-      expect((await rs.verify(await rsSign())).tenantId).toBe(tenant);
+      const { rs, rsSign, warnings, at, keysFetched } = staleSetup(url, privateKey);
+      const start = await keysFetched();
       idp.down = true;
       at(start + 11 * 60_000);
       expect((await rs.verify(await rsSign())).tenantId).toBe(tenant);
@@ -401,11 +408,27 @@ describe('the JWKS cannot be fetched: a token refused on its face or by the keys
     });
   });
 
+  it('tokens that arrive while the refetch past the max age is pending share it: one fetch, and one warning when it fails', async () => {
+    await withIdp(async (url, idp, privateKey) => {
+      const { rs, rsSign, warnings, at, keysFetched } = staleSetup(url, privateKey);
+      const start = await keysFetched();
+      idp.down = true;
+      idp.hold = true;
+      at(start + 11 * 60_000);
+      const tokens = await Promise.all([rsSign(), rsSign(), rsSign(), rsSign()]);
+      const verified = Promise.all(tokens.map((t) => rs.verify(t)));
+      await waitFor(() => idp.held.length === 1, { what: 'the refetch' });
+      idp.held.shift()!();
+      for (const p of await verified) expect(p.tenantId).toBe(tenant);
+      expect(idp.fetches).toBe(2);
+      expect(warnings).toHaveLength(1);
+    });
+  });
+
   it('JWT_JWKS_MAX_STALE=0: past the max age a token waits for the refetch, and its failure is 503 (no stale keys)', async () => {
     await withIdp(async (url, idp, privateKey) => {
-      const { rs, rsSign, at } = staleSetup(url, privateKey, { JWT_JWKS_MAX_STALE: '0' });
-      const start = Date.now();
-      expect((await rs.verify(await rsSign())).tenantId).toBe(tenant);
+      const { rs, rsSign, at, keysFetched } = staleSetup(url, privateKey, { JWT_JWKS_MAX_STALE: '0' });
+      const start = await keysFetched();
       idp.down = true;
       at(start + 11 * 60_000);
       await expect(rs.verify(await rsSign())).rejects.toBeInstanceOf(KeysUnavailableError);

@@ -144,14 +144,16 @@ class RefetchPutOff extends Error {}
  * once they are past it, and refuse them all when it fails): jose keeps the set it last fetched, and
  * when (its jwksCache option), with no expiry of its own.
  * - Keys within JWT_JWKS_CACHE_MAX_AGE: used.
- * - Past it by up to JWT_JWKS_MAX_STALE: used, and fetched again in the background (no token waits
- *   for it); a refetch that answers replaces them at once, so a key removed from the JWKS is refused
- *   as soon as it has. One that fails is warned about, and tried again no sooner than 30 s later.
+ * - Past it by up to JWT_JWKS_MAX_STALE: fetched again. While the last fetch answered, the tokens wait
+ *   for the refetch (one, shared), so a key removed from the JWKS is refused within the age, traffic
+ *   or not. One that fails is warned about and the keys held are used; later refetches run in the
+ *   background (no token waits for them), no sooner than 30 s after a failed one, until one answers.
  * - None fetched yet, or past both: the token waits for a fetch, and its failure is a 503.
  * A token whose `kid` (or algorithm) no key held matches refetches the keys, once jose's 30 s cooldown
- * since the last fetch is past and not within 30 s of a failed one: if that fails, the token is refused
- * by the keys held (401, as with the IdP up), or any made-up `kid` would turn a bad token into a
- * retryable 503 and tell its sender whether the identity provider is down.
+ * since the last fetch is past and not within 30 s of a failed one: if that fails, a token the keys
+ * within their age lack is refused (401, as with the IdP up), or any made-up `kid` would turn a bad
+ * token into a retryable 503 and tell its sender whether the identity provider is down; keys past
+ * their age may predate a rotation: 503.
  */
 function keysFromIdentityProvider(url: URL, config: Pick<Config, 'JWT_JWKS_CACHE_MAX_AGE' | 'JWT_JWKS_MAX_STALE'>, log?: KeysLog): JWTVerifyGetKey {
   const fetchFailed = (e: unknown) =>
@@ -171,32 +173,46 @@ function keysFromIdentityProvider(url: URL, config: Pick<Config, 'JWT_JWKS_CACHE
       return fetch(href, init);
     },
   });
-  /** A refetch of keys past their age; never rejects: one that fails leaves the keys held in use, with a warning. */
+  // The keys held when a fetch last failed (not one merely started: tokens wait for a pending one): the refetches
+  // are failing until a set arrives. -1: none held then.
+  let failedWith: number | null = null;
+  const failed = (e: unknown) => {
+    if (!(e instanceof RefetchPutOff)) failedWith = held.uat ?? -1;
+  };
+  const failing = () => failedWith !== null && failedWith === (held.uat ?? -1);
+  /** The refetch of keys past their age, one at a time; never rejects: one that fails leaves the keys held in use, with a warning. */
+  let stale: Promise<void> | undefined;
   const refetchStale = () =>
-    remote.reload().catch((e: unknown) => {
-      if (e instanceof RefetchPutOff) return;
-      const minutes = (ms: number) => Math.round(ms / 60_000);
-      log?.warn(
-        { ops_event: 'jwks_stale', err: e, keys_age_minutes: minutes(age()), stale_for_minutes: minutes(config.JWT_JWKS_CACHE_MAX_AGE + config.JWT_JWKS_MAX_STALE - age()) },
-        `JWT_JWKS_URL could not be fetched: still using the keys fetched ${minutes(age())} min ago, past JWT_JWKS_CACHE_MAX_AGE, for up to JWT_JWKS_MAX_STALE more (ADR 0006)`,
-      );
-    });
+    (stale ??= remote
+      .reload()
+      .catch((e: unknown) => {
+        failed(e);
+        if (e instanceof RefetchPutOff) return;
+        const minutes = (ms: number) => Math.round(ms / 60_000);
+        log?.warn(
+          { ops_event: 'jwks_stale', err: e, keys_age_minutes: minutes(age()), stale_for_minutes: minutes(config.JWT_JWKS_CACHE_MAX_AGE + config.JWT_JWKS_MAX_STALE - age()) },
+          `JWT_JWKS_URL could not be fetched: still using the keys fetched ${minutes(age())} min ago, past JWT_JWKS_CACHE_MAX_AGE, for up to JWT_JWKS_MAX_STALE more (ADR 0006)`,
+        );
+      })
+      .finally(() => {
+        stale = undefined;
+      }));
   return async (header, token) => {
     // No key of a set is a shared secret: an HS token (JWT_ALGORITHMS may list HS256 beside a JWKS) never verifies, keys or not.
     if (/^HS/i.test(header.alg ?? '')) throw new errors.JOSENotSupported('Unsupported "alg" value for a JSON Web Key Set');
-    if (!usable()) await remote.reload().catch((e: unknown) => Promise.reject(new KeysUnavailableError(e)));
+    if (!usable()) await remote.reload().catch((e: unknown) => Promise.reject((failed(e), new KeysUnavailableError(e))));
     else if (age() > config.JWT_JWKS_CACHE_MAX_AGE) {
       // While the last fetch answered, the token waits for the refetch (tokens arriving meanwhile share it): keys
       // past their age never verify a token while the IdP answers, however long no request came (a removed key).
       // Once one failed, no token waits for the next: they are tried in the background (at most every 30 s).
-      if (triedAt > (held.uat ?? -Infinity)) {
-        if (!remote.reloading) void refetchStale();
-      } else await refetchStale();
+      if (!failing()) await refetchStale();
+      else if (!remote.reloading) void refetchStale();
     }
     try {
       return await remote(header, token);
     } catch (e) {
       if (!fetchFailed(e)) throw e;
+      failed(e);
       // The refetch a kid (or algorithm) the keys lack prompted failed, or was put off. Keys within their age are
       // the IdP's current set: the token is refused (401). Past it they may predate a rotation: it was not checked (503).
       throw age() > config.JWT_JWKS_CACHE_MAX_AGE ? new KeysUnavailableError(e) : new errors.JWKSNoMatchingKey(undefined, { cause: e });
