@@ -107,7 +107,7 @@ export async function createContainer(
   const webhooks = { dispatch: (tenantId: string, ids: readonly string[]) => enqueueDeliveries(queue(WEBHOOK_QUEUE), tenantId, ids) };
   const runtime = new DurableRuntime({ workflows, queues, logger, keep: keepFromConfig(config), webhooks, retired: config.WORKFLOW_VERSIONS_RETIRED });
   const idempotency = new IdempotencyService({ ttlMs: config.IDEMPOTENCY_TTL, leaseMs: config.IDEMPOTENCY_LEASE });
-  const verifier = createTokenVerifier(config);
+  const verifier = createTokenVerifier(config, undefined, logger);
   const metrics = createMetrics();
   const admission = new AdmissionController({ redis, prefix: config.QUEUE_PREFIX, perMinute: config.RATE_LIMIT_PER_MINUTE, maxInFlight: config.MAX_RUNS_IN_FLIGHT_PER_TENANT });
   const routes = [

@@ -144,10 +144,10 @@ describe('configuration and documents', () => {
     }
     expect((await matrixFor()).row('jwt-keys').reason).toMatch(/HS256 with a JWT_SECRET of its own/);
     const jwks = await matrixFor({ env: { JWT_SECRET: PUBLISHED_JWT_SECRETS[0]!, JWT_JWKS_URL: 'https://idp.example/.well-known/jwks.json' } });
-    expect(jwks.row('jwt-keys')).toMatchObject({ status: 'PASS', reason: 'RS256/ES256 keys from https://idp.example/.well-known/jwks.json' });
+    expect(jwks.row('jwt-keys')).toMatchObject({ status: 'PASS', reason: 'RS256/ES256 keys from https://idp.example/.well-known/jwks.json; kept up to 1d past their age while it cannot be fetched' });
     // The algorithms JWT_ALGORITHMS allows, not the default's: the row said RS256/ES256 of a PS256-only list.
-    const ps = await matrixFor({ env: { JWT_JWKS_URL: 'https://idp.example/.well-known/jwks.json', JWT_ALGORITHMS: 'PS256' } });
-    expect(ps.row('jwt-keys')).toMatchObject({ status: 'PASS', reason: 'PS256 keys from https://idp.example/.well-known/jwks.json' });
+    const ps = await matrixFor({ env: { JWT_JWKS_URL: 'https://idp.example/.well-known/jwks.json', JWT_ALGORITHMS: 'PS256', JWT_JWKS_MAX_STALE: '0' } });
+    expect(ps.row('jwt-keys')).toMatchObject({ status: 'PASS', reason: 'PS256 keys from https://idp.example/.well-known/jwks.json; none kept past their age (JWT_JWKS_MAX_STALE=0)' });
   });
 });
 

@@ -49,6 +49,7 @@ describe('configuration', () => {
       BULL_BOARD_READ_ONLY: true,
       JWT_VERIFIED_TOKEN_TTL: 60_000,
       JWT_JWKS_CACHE_MAX_AGE: 600_000,
+      JWT_JWKS_MAX_STALE: 86_400_000,
     });
     expect(c.DATABASE_ADMIN_URL).toBeUndefined();
   });

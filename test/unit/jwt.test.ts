@@ -156,6 +156,59 @@ describe('JWT verification', () => {
   });
 });
 
+/** A segment's last character with its spare low bits set (the same bytes, decoded loosely); none when it has none. */
+function withSpareBits(segment: string): string[] {
+  const alphabet = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_';
+  const spare = segment.length % 4 === 2 ? 0b1111 : segment.length % 4 === 3 ? 0b11 : 0;
+  return spare ? [segment.slice(0, -1) + alphabet[alphabet.indexOf(segment.at(-1)!) | spare]] : [];
+}
+
+describe('one token, one spelling: the memo of verified tokens cannot be cycled through look-alikes', () => {
+  it('refuses padding and spare bits set in a segment, which jose would decode to the same token, without checking a signature', async () => {
+    const token = await sign();
+    const [h, p, sig] = token.split('.') as [string, string, string];
+    const v = createTokenVerifier(config);
+    expect((await v.verify(token)).tenantId).toBe(tenant);
+    const checks = vi.spyOn(crypto.subtle, 'verify');
+    try {
+      // An HS256 signature (32 bytes) always ends in a character with spare bits; the header and payload may.
+      expect(withSpareBits(sig)).toHaveLength(1);
+      const respelt = [...withSpareBits(h).map((x) => `${x}.${p}.${sig}`), ...withSpareBits(p).map((x) => `${h}.${x}.${sig}`), ...withSpareBits(sig).map((x) => `${h}.${p}.${x}`)];
+      for (const twin of [`${token}=`, `${h}=.${p}.${sig}`, `${h}.${p}==.${sig}`, ...respelt]) {
+        expect((await rejection(twin, v)).detail, twin).toBe('The token is not spelt in unpadded base64url.');
+      }
+      expect(checks).not.toHaveBeenCalled();
+    } finally {
+      checks.mockRestore();
+    }
+  });
+
+  it("an ES256 token and its (r, n−s) twin, which verifies too, are one token to the memo: the twin costs no second check", async () => {
+    const { publicKey, privateKey } = await generateKeyPair('ES256', { extractable: true });
+    const esConfig = parseConfig({ JWT_JWKS_URL: 'https://issuer.example/.well-known/jwks.json' });
+    const jwks = { keys: [{ ...(await exportJWK(publicKey)), kid: 'e1', alg: 'ES256', use: 'sig' }] };
+    const token = await sign(undefined, { alg: 'ES256', key: privateKey, kid: 'e1', iss: esConfig.JWT_ISSUER, aud: esConfig.JWT_AUDIENCE });
+    const [h, p, sig] = token.split('.') as [string, string, string];
+    const rs = Buffer.from(sig, 'base64url');
+    const n = 0xffffffff00000000ffffffffffffffffbce6faada7179e84f3b9cac2fc632551n;
+    const s = BigInt(`0x${rs.subarray(32).toString('hex')}`);
+    const twin = `${h}.${p}.${Buffer.concat([rs.subarray(0, 32), Buffer.from((n - s).toString(16).padStart(64, '0'), 'hex')]).toString('base64url')}`;
+    // The twin is a valid signature of the same token (WebCrypto does not insist on a low s).
+    expect(await createTokenVerifier(esConfig, jwks).verify(twin)).toEqual({ sub: 'user-1', tenantId: tenant, roles: ['approver'] });
+    for (const [first, second] of [[token, twin], [twin, token]] as const) {
+      const v = createTokenVerifier(esConfig, jwks);
+      const principal = await v.verify(first);
+      const checks = vi.spyOn(crypto.subtle, 'verify');
+      try {
+        expect(await v.verify(second)).toBe(principal);
+        expect(checks).not.toHaveBeenCalled();
+      } finally {
+        checks.mockRestore();
+      }
+    }
+  });
+});
+
 describe('JWT verification against a JWKS (RS256)', () => {
   it('accepts an RS256 token, and refuses an HS256 token keyed with the public key (algorithm confusion)', async () => {
     const { publicKey, privateKey } = await generateKeyPair('RS256', { extractable: true });
@@ -207,16 +260,22 @@ describe('JWT verification against a JWKS (RS256)', () => {
 });
 
 describe('the JWKS cannot be fetched: a token refused on its face or by the keys held stays 401', () => {
-  /** An identity provider whose JWKS answers 500 while `down`. */
-  async function withIdp(fn: (url: string, idp: { down: boolean; fetches: number }, privateKey: Awaited<ReturnType<typeof generateKeyPair>>['privateKey']) => Promise<void>) {
+  /**
+   * An identity provider whose JWKS answers 500 while `down`; while `hold`, a request is kept waiting in
+   * `held` until the test answers it (with the `keys` of that moment).
+   */
+  async function withIdp(fn: (url: string, idp: IdpState, privateKey: Awaited<ReturnType<typeof generateKeyPair>>['privateKey']) => Promise<void>) {
     const { publicKey, privateKey } = await generateKeyPair('RS256', { extractable: true });
-    const keys = [{ ...(await exportJWK(publicKey)), kid: 'k1', alg: 'RS256', use: 'sig' }];
-    const state = { down: false, fetches: 0 };
+    const state: IdpState = { down: false, fetches: 0, hold: false, held: [], keys: [{ ...(await exportJWK(publicKey)), kid: 'k1', alg: 'RS256', use: 'sig' }] };
     const idp = createServer((_req, res) => {
       state.fetches++;
-      if (state.down) return void res.writeHead(500).end('down');
-      res.setHeader('content-type', 'application/json');
-      res.end(JSON.stringify({ keys }));
+      const answer = () => {
+        if (state.down) return void res.writeHead(500).end('down');
+        res.setHeader('content-type', 'application/json');
+        res.end(JSON.stringify({ keys: state.keys }));
+      };
+      if (state.hold) state.held.push(answer);
+      else answer();
     });
     await new Promise<void>((resolve) => idp.listen(0, '127.0.0.1', resolve));
     try {
@@ -271,7 +330,120 @@ describe('the JWKS cannot be fetched: a token refused on its face or by the keys
       expect(idp.fetches).toBeGreaterThan(fetched);
     });
   });
+
+  /** A verifier of `url` whose warnings are kept, and a signer of RS256 tokens valid for two days. */
+  function staleSetup(url: string, privateKey: Awaited<ReturnType<typeof generateKeyPair>>['privateKey'], env: Record<string, string> = {}) {
+    const cfg = parseConfig({ JWT_JWKS_URL: url, ...env });
+    const warnings: string[] = [];
+    const rs = createTokenVerifier(cfg, undefined, { warn: (_obj: object, msg: string) => void warnings.push(msg) });
+    // A new jti each time: never the remembered token, always a signature check against the keys.
+    const rsSign = (kid = 'k1') => sign({ sub: 'user-1', tenant_id: tenant, jti: randomUUID() }, { alg: 'RS256', key: privateKey, kid, iss: cfg.JWT_ISSUER, aud: cfg.JWT_AUDIENCE, exp: now() + 2 * 86_400 });
+    const at = (ms: number) => vi.spyOn(Date, 'now').mockImplementation(() => ms);
+    /** The first token verified, fetching the keys; when. */
+    const keysFetched = async () => {
+      const start = Date.now();
+      expect((await rs.verify(await rsSign())).tenantId).toBe(tenant);
+      return start;
+    };
+    return { rs, rsSign, warnings, at, keysFetched };
+  }
+
+  it('with JWT_JWKS_URL answering, a token past JWT_JWKS_CACHE_MAX_AGE is checked with the keys it refetches: a removed key is refused, however long the API sat idle', async () => {
+    await withIdp(async (url, idp, privateKey) => {
+      const { rs, rsSign, at, keysFetched } = staleSetup(url, privateKey);
+      const start = await keysFetched();
+      expect(idp.fetches).toBe(1);
+      // Rotation after a compromise while no request came (no traffic, no refetch): k1 is withdrawn.
+      idp.keys = [];
+      idp.hold = true;
+      at(start + 2 * 3_600_000);
+      // The first token after the idle hours waits for the refetch: the keys of two hours ago do not verify it meanwhile.
+      const first = rs.verify(await rsSign()).then(() => undefined, (e: unknown) => e);
+      await waitFor(() => idp.held.length === 1, { what: 'the refetch' });
+      // Nor a token arriving while the refetch is pending: it waits for the same one.
+      const second = rs.verify(await rsSign()).then(() => undefined, (e: unknown) => e);
+      idp.held.shift()!();
+      expect(await first).toBeInstanceOf(UnauthorizedError);
+      expect(await second).toBeInstanceOf(UnauthorizedError);
+      expect(idp.fetches).toBe(2);
+    });
+  });
+
+  it('while JWT_JWKS_URL is down, the keys held stay in use up to JWT_JWKS_MAX_STALE past the max age, with a warning; then 503', async () => {
+    await withIdp(async (url, idp, privateKey) => {
+      const { rs, rsSign, warnings, at, keysFetched } = staleSetup(url, privateKey);
+      const start = await keysFetched();
+      idp.down = true;
+      at(start + 11 * 60_000);
+      expect((await rs.verify(await rsSign())).tenantId).toBe(tenant);
+      await waitFor(() => warnings.length === 1, { what: 'the failed refetch to be warned about' });
+      expect(warnings[0]).toMatch(/JWT_JWKS_URL could not be fetched: still using the keys fetched/);
+      expect(idp.fetches).toBe(2);
+      // Within 30 s of the failed refetch none is tried again: not for a key held, nor for a kid the set lacks. That
+      // token was not checked: keys past their age may predate a rotation, so lacking its kid does not make it bad (503, not 401).
+      expect((await rs.verify(await rsSign())).tenantId).toBe(tenant);
+      await expect(rs.verify(await rsSign('unknown-kid'))).rejects.toBeInstanceOf(KeysUnavailableError);
+      expect(idp.fetches).toBe(2);
+      // Nor once the refetch it prompts is tried and fails.
+      at(start + 11 * 60_000 + 31_000);
+      await expect(rs.verify(await rsSign('unknown-kid'))).rejects.toBeInstanceOf(KeysUnavailableError);
+      expect(idp.fetches).toBe(3);
+      // 30 s on, the next token tries again (in the background: the refetches are failing), and is verified meanwhile.
+      idp.hold = true;
+      at(start + 11 * 60_000 + 62_000);
+      expect((await rs.verify(await rsSign())).tenantId).toBe(tenant);
+      await waitFor(() => idp.held.length === 1, { what: 'the refetch in the background' });
+      idp.hold = false;
+      idp.held.shift()!();
+      await waitFor(() => warnings.length === 2, { what: 'the failed refetch in the background' });
+      expect(idp.fetches).toBe(4);
+      // Past the stale bound (24 h after the 10 min): the keys held are no longer used; the token is not checked.
+      at(start + 10 * 60_000 + 24 * 3_600_000 + 60_000);
+      await expect(rs.verify(await rsSign())).rejects.toBeInstanceOf(KeysUnavailableError);
+      expect(idp.fetches).toBe(5);
+      // And no cool-down then: the next token fetches again, and recovers with the IdP.
+      idp.down = false;
+      expect((await rs.verify(await rsSign())).tenantId).toBe(tenant);
+      expect(idp.fetches).toBe(6);
+    });
+  });
+
+  it('tokens that arrive while the refetch past the max age is pending share it: one fetch, and one warning when it fails', async () => {
+    await withIdp(async (url, idp, privateKey) => {
+      const { rs, rsSign, warnings, at, keysFetched } = staleSetup(url, privateKey);
+      const start = await keysFetched();
+      idp.down = true;
+      idp.hold = true;
+      at(start + 11 * 60_000);
+      const tokens = await Promise.all([rsSign(), rsSign(), rsSign(), rsSign()]);
+      const verified = Promise.all(tokens.map((t) => rs.verify(t)));
+      await waitFor(() => idp.held.length === 1, { what: 'the refetch' });
+      idp.held.shift()!();
+      for (const p of await verified) expect(p.tenantId).toBe(tenant);
+      expect(idp.fetches).toBe(2);
+      expect(warnings).toHaveLength(1);
+    });
+  });
+
+  it('JWT_JWKS_MAX_STALE=0: past the max age a token waits for the refetch, and its failure is 503 (no stale keys)', async () => {
+    await withIdp(async (url, idp, privateKey) => {
+      const { rs, rsSign, at, keysFetched } = staleSetup(url, privateKey, { JWT_JWKS_MAX_STALE: '0' });
+      const start = await keysFetched();
+      idp.down = true;
+      at(start + 11 * 60_000);
+      await expect(rs.verify(await rsSign())).rejects.toBeInstanceOf(KeysUnavailableError);
+      expect(idp.fetches).toBe(2);
+    });
+  });
 });
+
+interface IdpState {
+  down: boolean;
+  fetches: number;
+  hold: boolean;
+  held: (() => void)[];
+  keys: object[];
+}
 
 describe('npm run token', () => {
   const root = fileURLToPath(new URL('../..', import.meta.url));

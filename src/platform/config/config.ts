@@ -140,6 +140,10 @@ export const configSchema = z
     // How long the keys fetched from JWT_JWKS_URL are used before they are fetched again (a token naming
     // an unknown kid also refetches them, at most every 30 s): bounds how soon a removed key is refused.
     JWT_JWKS_CACHE_MAX_AGE: duration('10m').refine((ms) => ms >= 1_000 && ms <= 3_600_000, 'between 1s (the JWKS is then fetched about once a second) and 1h (a removed key is refused up to that much later)'),
+    // How much longer than JWT_JWKS_CACHE_MAX_AGE the keys held are still used while JWT_JWKS_URL cannot be
+    // fetched (ADR 0006): an identity provider's outage up to this long is no API outage. Only while the
+    // refetches fail: one that answers replaces the keys at once. 0: none (503 once the cache is past its age).
+    JWT_JWKS_MAX_STALE: duration('24h').refine((ms) => ms <= 7 * 86_400_000, 'at most 7d (a key removed from a JWKS that cannot be fetched is used up to that much longer)'),
 
     IDEMPOTENCY_TTL: duration('24h'),
     IDEMPOTENCY_LEASE: duration('60s'),

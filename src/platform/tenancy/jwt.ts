@@ -1,5 +1,19 @@
 import { randomUUID } from 'node:crypto';
-import { createLocalJWKSet, createRemoteJWKSet, errors, jwtVerify, SignJWT, UnsecuredJWT, type JWTClaimVerificationOptions, type JWTVerifyGetKey, type JSONWebKeySet } from 'jose';
+import {
+  createLocalJWKSet,
+  createRemoteJWKSet,
+  customFetch,
+  errors,
+  jwksCache,
+  jwtVerify,
+  SignJWT,
+  UnsecuredJWT,
+  type ExportedJWKSCache,
+  type JWKSCacheInput,
+  type JWTClaimVerificationOptions,
+  type JWTVerifyGetKey,
+  type JSONWebKeySet,
+} from 'jose';
 import { z } from 'zod';
 import type { Config } from '../config/config.ts';
 import { ServiceUnavailableError, UnauthorizedError } from '../errors/app-error.ts';
@@ -41,22 +55,28 @@ export interface TokenVerifier {
 
 const VERIFIED_TOKEN_MAX = 10_000;
 
+/** Where the verifier tells that it is using keys past JWT_JWKS_CACHE_MAX_AGE (a pino logger fits). */
+export interface KeysLog {
+  warn(obj: object, msg: string): void;
+}
+
 /**
  * Verifies bearer tokens with `jose`: HS256 against JWT_SECRET in development, RS256/ES256 against
  * JWT_JWKS_URL in production; the algorithm allow-list, issuer, audience, exp and nbf are enforced.
  *
  * A client sends the same token with every request until it expires, and a signature check is about
  * 0.2 ms of CPU per request here (docs/performance.md): a token that verified is remembered, by its
- * exact text, until its exp or for JWT_VERIFIED_TOKEN_TTL (60 s at most), whichever comes first (at
+ * spelling, until its exp or for JWT_VERIFIED_TOKEN_TTL (60 s at most), whichever comes first (at
  * most 10,000 tokens, the oldest forgotten first). Only successes are remembered; any other text is
- * verified.
+ * verified. A token has one spelling (canonicalSpelling): else one user could cycle look-alikes of
+ * a token to cost a signature check each and push other tenants' tokens out of the memo.
  */
-export function createTokenVerifier(config: Config, jwks?: JSONWebKeySet): TokenVerifier {
+export function createTokenVerifier(config: Config, jwks?: JSONWebKeySet, log?: KeysLog): TokenVerifier {
   const verified = new Map<string, { principal: Principal; untilMs: number }>();
   const algorithms = [...config.JWT_ALGORITHMS];
   let key: Uint8Array | JWTVerifyGetKey;
   if (jwks) key = createLocalJWKSet(jwks);
-  else if (config.JWT_JWKS_URL) key = keysFromIdentityProvider(createRemoteJWKSet(new URL(config.JWT_JWKS_URL), { cooldownDuration: 30_000, cacheMaxAge: config.JWT_JWKS_CACHE_MAX_AGE }));
+  else if (config.JWT_JWKS_URL) key = keysFromIdentityProvider(new URL(config.JWT_JWKS_URL), config, log);
   else if (config.JWT_SECRET) key = new TextEncoder().encode(config.JWT_SECRET);
   else throw new Error('no JWT key configured');
   const options = {
@@ -68,10 +88,12 @@ export function createTokenVerifier(config: Config, jwks?: JSONWebKeySet): Token
   };
   return {
     async verify(token: string): Promise<Principal> {
-      const known = verified.get(token);
+      // The exact text first: a remembered token was remembered in its one spelling.
+      const spelling = verified.has(token) ? token : canonicalSpelling(token);
+      const known = verified.get(spelling);
       if (known) {
         if (Date.now() < known.untilMs) return known.principal;
-        verified.delete(token);
+        verified.delete(spelling);
       }
       let payload: unknown;
       try {
@@ -86,7 +108,7 @@ export function createTokenVerifier(config: Config, jwks?: JSONWebKeySet): Token
       const principal: Principal = Object.freeze({ sub: claims.data.sub, tenantId: claims.data.tenant_id.toLowerCase(), roles: Object.freeze([...claims.data.roles]) });
       const exp = (payload as { exp: number }).exp * 1000;
       if (verified.size >= VERIFIED_TOKEN_MAX) verified.delete(verified.keys().next().value!);
-      verified.set(token, { principal, untilMs: Math.min(exp, Date.now() + config.JWT_VERIFIED_TOKEN_TTL) });
+      verified.set(spelling, { principal, untilMs: Math.min(exp, Date.now() + config.JWT_VERIFIED_TOKEN_TTL) });
       return principal;
     },
   };
@@ -94,7 +116,8 @@ export function createTokenVerifier(config: Config, jwks?: JSONWebKeySet): Token
 
 /**
  * The identity provider's keys could not be fetched (JWT_JWKS_URL down, answering other than 200, no
- * key set, too slow) while no fresh copy is held: the token was not checked at all, so it is the API's
+ * key set, too slow) while no usable copy is held (none yet, or one past JWT_JWKS_CACHE_MAX_AGE and
+ * JWT_JWKS_MAX_STALE after it): the token was not checked at all, so it is the API's
  * trouble, not the client's. 503 with Retry-After (retryable, same Idempotency-Key), never a 401 that
  * tells every client its token is bad. Never remembered: the next request fetches the keys again.
  */
@@ -104,32 +127,128 @@ export class KeysUnavailableError extends ServiceUnavailableError {
   }
 }
 
+/** jose's cooldown: a token naming a kid the keys lack refetches them at most this often. */
+const KID_COOLDOWN_MS = 30_000;
+
+/** A refetch not tried: the last one failed under KID_COOLDOWN_MS ago (the keys held are used meanwhile). */
+class RefetchPutOff extends Error {}
+
 /**
- * The remote key set, with its fetch failures told apart from the token's faults. jose's remote set
+ * The remote key set (jose's createRemoteJWKSet), with its fetch failures told apart from the token's
+ * faults, and used past JWT_JWKS_CACHE_MAX_AGE while it cannot be fetched again. jose's remote set
  * throws, besides a token's own faults (a `kid` the set lacks, several keys matching), what fetching
  * the set threw: a timeout, a network error (not a JOSEError), a generic JOSEError (a status other
  * than 200, a body that is not JSON) or an invalid set (its members).
  *
- * A fetch failure is a 503 only while no fresh set is held, and for a token a key of a set could
- * verify. With a fresh one, jose fetches only for a token whose `kid` (or algorithm) no key held
- * matches, once its 30 s cooldown is past: that token is refused by the keys held (401, as with the
- * IdP up), or any made-up `kid` would turn a bad token into a retryable 503 and tell its sender
- * whether the identity provider is down.
+ * The age of the keys is judged here, not by jose (which would make every token wait for the refetch
+ * once they are past it, and refuse them all when it fails): jose keeps the set it last fetched, and
+ * when (its jwksCache option), with no expiry of its own.
+ * - Keys within JWT_JWKS_CACHE_MAX_AGE: used.
+ * - Past it by up to JWT_JWKS_MAX_STALE: fetched again. While the last fetch answered, the tokens wait
+ *   for the refetch (one, shared), so a key removed from the JWKS is refused within the age, traffic
+ *   or not. One that fails is warned about and the keys held are used; later refetches run in the
+ *   background (no token waits for them), no sooner than 30 s after a failed one, until one answers.
+ * - None fetched yet, or past both: the token waits for a fetch, and its failure is a 503.
+ * A token whose `kid` (or algorithm) no key held matches refetches the keys, once jose's 30 s cooldown
+ * since the last fetch is past and not within 30 s of a failed one: if that fails, a token the keys
+ * within their age lack is refused (401, as with the IdP up), or any made-up `kid` would turn a bad
+ * token into a retryable 503 and tell its sender whether the identity provider is down; keys past
+ * their age may predate a rotation: 503.
  */
-function keysFromIdentityProvider(remote: ReturnType<typeof createRemoteJWKSet>): JWTVerifyGetKey {
+function keysFromIdentityProvider(url: URL, config: Pick<Config, 'JWT_JWKS_CACHE_MAX_AGE' | 'JWT_JWKS_MAX_STALE'>, log?: KeysLog): JWTVerifyGetKey {
   const fetchFailed = (e: unknown) =>
     !(e instanceof errors.JOSEError) || e.code === errors.JOSEError.code || e instanceof errors.JWKSTimeout || e instanceof errors.JWKSInvalid;
+  const held: Partial<ExportedJWKSCache> = {}; // jose writes uat (when) and jwks on each fetch that succeeds
+  const age = () => (held.uat === undefined ? Infinity : Date.now() - held.uat);
+  const usable = () => age() <= config.JWT_JWKS_CACHE_MAX_AGE + config.JWT_JWKS_MAX_STALE;
+  let triedAt = -Infinity; // the last fetch started: failed if no set arrived since (jose never runs two at once)
+  const remote = createRemoteJWKSet(url, {
+    cooldownDuration: KID_COOLDOWN_MS,
+    cacheMaxAge: Infinity,
+    [jwksCache]: held as JWKSCacheInput,
+    [customFetch]: (href, init) => {
+      const now = Date.now();
+      if (usable() && triedAt > (held.uat ?? -Infinity) && now - triedAt < KID_COOLDOWN_MS) return Promise.reject(new RefetchPutOff());
+      triedAt = now;
+      return fetch(href, init);
+    },
+  });
+  // The keys held when a fetch last failed (not one merely started: tokens wait for a pending one): the refetches
+  // are failing until a set arrives. -1: none held then.
+  let failedWith: number | null = null;
+  const failed = (e: unknown) => {
+    if (!(e instanceof RefetchPutOff)) failedWith = held.uat ?? -1;
+  };
+  const failing = () => failedWith !== null && failedWith === (held.uat ?? -1);
+  /** The refetch of keys past their age, one at a time; never rejects: one that fails leaves the keys held in use, with a warning. */
+  let stale: Promise<void> | undefined;
+  const refetchStale = () =>
+    (stale ??= remote
+      .reload()
+      .catch((e: unknown) => {
+        failed(e);
+        if (e instanceof RefetchPutOff) return;
+        const minutes = (ms: number) => Math.round(ms / 60_000);
+        log?.warn(
+          { ops_event: 'jwks_stale', err: e, keys_age_minutes: minutes(age()), stale_for_minutes: minutes(config.JWT_JWKS_CACHE_MAX_AGE + config.JWT_JWKS_MAX_STALE - age()) },
+          `JWT_JWKS_URL could not be fetched: still using the keys fetched ${minutes(age())} min ago, past JWT_JWKS_CACHE_MAX_AGE, for up to JWT_JWKS_MAX_STALE more (ADR 0006)`,
+        );
+      })
+      .finally(() => {
+        stale = undefined;
+      }));
   return async (header, token) => {
     // No key of a set is a shared secret: an HS token (JWT_ALGORITHMS may list HS256 beside a JWKS) never verifies, keys or not.
     if (/^HS/i.test(header.alg ?? '')) throw new errors.JOSENotSupported('Unsupported "alg" value for a JSON Web Key Set');
-    const held = remote.fresh;
+    if (!usable()) await remote.reload().catch((e: unknown) => Promise.reject((failed(e), new KeysUnavailableError(e))));
+    else if (age() > config.JWT_JWKS_CACHE_MAX_AGE) {
+      // While the last fetch answered, the token waits for the refetch (tokens arriving meanwhile share it): keys
+      // past their age never verify a token while the IdP answers, however long no request came (a removed key).
+      // Once one failed, no token waits for the next: they are tried in the background (at most every 30 s).
+      if (!failing()) await refetchStale();
+      else if (!remote.reloading) void refetchStale();
+    }
     try {
       return await remote(header, token);
     } catch (e) {
       if (!fetchFailed(e)) throw e;
-      throw held ? new errors.JWKSNoMatchingKey(undefined, { cause: e }) : new KeysUnavailableError(e);
+      failed(e);
+      // The refetch a kid (or algorithm) the keys lack prompted failed, or was put off. Keys within their age are
+      // the IdP's current set: the token is refused (401). Past it they may predate a rotation: it was not checked (503).
+      throw age() > config.JWT_JWKS_CACHE_MAX_AGE ? new KeysUnavailableError(e) : new errors.JWKSNoMatchingKey(undefined, { cause: e });
     }
   };
+}
+
+/** The order of P-256's group: ECDSA's (r, s) and (r, n − s) verify alike. */
+const P256_ORDER = 0xffffffff00000000ffffffffffffffffbce6faada7179e84f3b9cac2fc632551n;
+
+/**
+ * The one spelling of a token the memo knows it by. jose decodes base64url loosely: a segment with
+ * `=` padding, or with the spare low bits of its last character set, decodes to the same bytes, so is
+ * the same token; such a token is refused (401) before any signature check: RFC 7515 spells a JWS
+ * unpadded, and no encoder sets those bits. An ES256 signature (r, s) has a twin (r, n − s) that
+ * verifies too: both are known by the one with the lower s (and only an ES256 token has it changed:
+ * the twin of a valid signature is valid, so no invalid one can pass for a remembered one).
+ */
+function canonicalSpelling(token: string): string {
+  const segments = token.split('.');
+  if (segments.length !== 3) return token; // jose refuses it
+  if (segments.some((s) => Buffer.from(s, 'base64url').toString('base64url') !== s)) throw new UnauthorizedError('The token is not spelt in unpadded base64url.');
+  const signature = Buffer.from(segments[2]!, 'base64url');
+  if (signature.length !== 64 || algorithmOf(segments[0]!) !== 'ES256') return token;
+  const s = BigInt(`0x${signature.subarray(32).toString('hex')}`);
+  if (s <= P256_ORDER / 2n) return token;
+  const low = Buffer.from((P256_ORDER - s).toString(16).padStart(64, '0'), 'hex');
+  return `${segments[0]}.${segments[1]}.${Buffer.concat([signature.subarray(0, 32), low]).toString('base64url')}`;
+}
+
+function algorithmOf(header: string): unknown {
+  try {
+    return (JSON.parse(Buffer.from(header, 'base64url').toString()) as { alg?: unknown } | null)?.alg;
+  } catch {
+    return undefined; // jose refuses it
+  }
 }
 
 /** A header for jose's UnsecuredJWT.decode: the claims checks of jwtVerify, without a signature. */
