@@ -271,6 +271,15 @@ export const configSchema = z
     API_MAX_DB_CONNECTIONS_PER_TENANT: z.coerce.number().int().min(0).max(200).optional(),
     /** How long a request may take to arrive whole (headers and body): a slow upload frees its in-flight slot then (408). */
     API_REQUEST_TIMEOUT: duration('30s'),
+    /**
+     * SIGTERM to the API: this long /readyz answers 503 while the API goes on serving (new connections
+     * too), for a load balancer that routes by readiness (Kubernetes, an ALB) to stop sending requests
+     * before the listener closes; then the drain (WORKER_SHUTDOWN_GRACE). 0 (default): the listener closes
+     * at once, as Heroku's router (which stops routing at the signal) and compose want. At most 5 min.
+     */
+    API_SHUTDOWN_DELAY: duration('0').superRefine((ms, ctx) => {
+      if (ms > 300_000) ctx.addIssue({ code: 'custom', message: `at most 5m, not ${ms} ms: the platform kills the process long before (Kubernetes' terminationGracePeriodSeconds must exceed it plus WORKER_SHUTDOWN_GRACE)` });
+    }),
 
     BULL_BOARD_READ_ONLY: bool(true),
     OPERATOR_USER: z.string().min(1).optional(),
