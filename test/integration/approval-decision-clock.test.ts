@@ -114,6 +114,48 @@ describe("a class A run's approval by policy, on a worker whose clock is a day o
     expect([t.request_created_at, t.request_updated_at, t.decision_created_at, t.step_output_decided_at, t.evidence_decided_at]).toEqual(Array(5).fill(t.decided_at));
   });
   /**
+   * Steps 1, 2 and 4 stamp what they write with the database's time too (docs/runtime.md, *The step
+   * algorithm*: `ctx.now`), at no round trip more: the dossier's and the economics model's rows and the
+   * provenance of every step's output (so of the evidence pack's content), the evidence pack's
+   * `created_at` and its seal's (the insert's trigger copies it). A worker a day behind wrote an evidence
+   * pack created before its run and before the approval it records.
+   */
+  it.each([
+    ['a day behind', -DAY, {}],
+    ['a day ahead', DAY, {}],
+    ['a day behind, the job reading its run first (a re-delivery)', -DAY, { rereads: true }],
+  ] as const)('clock %s: every step\'s rows and provenance carry the database\'s time', { timeout: LONG }, async (_label, skew, opts) => {
+    const runId = await classARun(skew, opts);
+    // Each time against the run's creation, the system decision (the evidence pack's), the step's own
+    // checkpoint (committed with it) and the database's now() after the run; all to the millisecond.
+    const { rows } = await stack.db.admin(
+      `with t(what, at, seq) as (
+         select 'dossier row', d.created_at, 1 from partner_dossiers d where d.run_id = $1
+         union all select 'dossier profile provenance', (c.output->'profile'->'provenance'->>'produced_at')::timestamptz, 1 from durable_checkpoints c where c.run_id = $1 and c.sequence_num = 1
+         union all select 'dossier facts provenance', (c.output->'facts'->'provenance'->>'produced_at')::timestamptz, 1 from durable_checkpoints c where c.run_id = $1 and c.sequence_num = 1
+         union all select 'economics row', m.created_at, 2 from economics_models m where m.run_id = $1
+         union all select 'economics provenance', (c.output->'provenance'->>'produced_at')::timestamptz, 2 from durable_checkpoints c where c.run_id = $1 and c.sequence_num = 2
+         union all select 'approval packet provenance', (c.output->'provenance'->>'produced_at')::timestamptz, 3 from durable_checkpoints c where c.run_id = $1 and c.sequence_num = 3
+         union all select 'evidence pack row', e.created_at, 4 from evidence_packs e where e.run_id = $1
+         union all select 'evidence seal', s.created_at, 4 from evidence_seals s where s.run_id = $1
+         union all select 'evidence provenance', (c.output->'provenance'->>'produced_at')::timestamptz, 4 from durable_checkpoints c where c.run_id = $1 and c.sequence_num = 4
+         union all select 'evidence content: dossier provenance', (e.content->'partner_dossier'->'profile'->'provenance'->>'produced_at')::timestamptz, 1 from evidence_packs e where e.run_id = $1
+       )
+       select t.what, t.at is not null as stamped,
+              t.at >= r.created_at as after_run_created,
+              t.seq < 4 or t.at >= date_trunc('milliseconds', a.decided_at) as after_decision,
+              t.at <= c.completed_at as before_step_completed,
+              t.at <= now() as before_db_now
+         from t join durable_runs r on r.id = $1
+         join approval_requests a on a.run_id = r.id
+         join durable_checkpoints c on c.run_id = r.id and c.sequence_num = t.seq
+        order by t.what`,
+      [runId],
+    );
+    expect(rows).toHaveLength(10);
+    expect(rows).toEqual(rows.map((row) => ({ what: row.what, stamped: true, after_run_created: true, after_decision: true, before_step_completed: true, before_db_now: true })));
+  });
+  /**
    * A class B or C request opened by a worker whose clock is off: its `created_at` is the database's time
    * of the policy read, and its SLA deadline that time plus the class's SLA, by the clock that judges
    * the deadline (statement_timestamp(), a decision's and an expiry's check). The SLA timer is filed at

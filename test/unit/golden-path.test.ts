@@ -6,6 +6,9 @@ import { approvalPolicyBody, classify, DEFAULT_POLICY, type ApprovalPolicy } fro
 import { evidenceHash } from '../../src/modules/evidence/evidence.service.ts';
 import { canonicalJson, sha256Hex } from '../../src/platform/idempotency/canonical-json.ts';
 
+/** The database's time a step would stamp its output with (StepContext.now). */
+const PRODUCED_AT = new Date('2026-12-01T12:00:00.000Z');
+
 const ECONOMICS = {
   expected_deals_per_year: 12,
   average_deal_value: 250000,
@@ -48,7 +51,7 @@ describe("a submission's amounts (POST /api/v1/golden-path/run)", () => {
 
 describe('buildEconomics', () => {
   it('computes upside, gross profit, cost and payback from the submission', () => {
-    const m = buildEconomics(ECONOMICS, 'SAR');
+    const m = buildEconomics(ECONOMICS, 'SAR', PRODUCED_AT);
     expect(m.currency).toBe('SAR');
     expect(m.revenue_upside).toBe(900_000); // 12 × 250,000 × 0.3
     expect(m.gross_profit).toBe(315_000); // × 0.35
@@ -58,7 +61,7 @@ describe('buildEconomics', () => {
   });
 
   it('gives the payback with win rate and deal value each at −20 % and +20 %', () => {
-    const m = buildEconomics(ECONOMICS, 'SAR');
+    const m = buildEconomics(ECONOMICS, 'SAR', PRODUCED_AT);
     expect(m.sensitivity).toEqual([
       { label: 'win_rate_-20%', payback_months: 3.1 }, // 65,000 ÷ (252,000 ÷ 12)
       { label: 'win_rate_+20%', payback_months: 2.06 }, // 65,000 ÷ (378,000 ÷ 12)
@@ -68,13 +71,13 @@ describe('buildEconomics', () => {
   });
 
   it('caps the +20 % win rate at 1', () => {
-    const m = buildEconomics({ ...ECONOMICS, win_rate: 0.9 }, 'SAR');
+    const m = buildEconomics({ ...ECONOMICS, win_rate: 0.9 }, 'SAR', PRODUCED_AT);
     expect(m.sensitivity[1]!.payback_months).toBe(paybackMonths({ ...ECONOMICS, win_rate: 1 }));
   });
 
   it('has no payback when there is no gross profit, in every scenario', () => {
     for (const patch of [{ gross_margin: 0 }, { win_rate: 0 }, { expected_deals_per_year: 0 }, { average_deal_value: 0 }]) {
-      const m = buildEconomics({ ...ECONOMICS, ...patch }, 'SAR');
+      const m = buildEconomics({ ...ECONOMICS, ...patch }, 'SAR', PRODUCED_AT);
       expect(m.gross_profit).toBe(0);
       expect(m.payback_months).toBeNull();
       expect(m.sensitivity.every((s) => s.payback_months === null)).toBe(true);
@@ -85,7 +88,7 @@ describe('buildEconomics', () => {
     // Accepted by the submission schema (rates 0–1, amounts 0–10¹²): the profit is 10⁻³¹², a denormal.
     const e = { ...ECONOMICS, expected_deals_per_year: 1, average_deal_value: 1e-12, win_rate: 1e-150, gross_margin: 1e-150, onboarding_cost: 1e12 };
     expect(submissionSchema.safeParse({ ...submission(), economics: e }).success).toBe(true);
-    const m = buildEconomics(e, 'SAR');
+    const m = buildEconomics(e, 'SAR', PRODUCED_AT);
     expect(m.payback_months).toBeNull();
     expect(economicsSchema.safeParse(m).success).toBe(true);
     expect(classify(m, { ...DEFAULT_POLICY, slaBSeconds: 1, slaCSeconds: 1 }).cls).toBe('C');
@@ -93,16 +96,16 @@ describe('buildEconomics', () => {
 
   it("rounds money to the currency's minor unit, not to 2 decimals: 50,000.004 KWD is over a 50,000 KWD bound (class B, not A)", () => {
     const small = { ...ECONOMICS, onboarding_cost: 40_000.004, enablement_cost: 5_000, annual_support_cost: 5_000 };
-    const kwd = buildEconomics(small, 'KWD');
+    const kwd = buildEconomics(small, 'KWD', PRODUCED_AT);
     expect(kwd.cost).toBe(50_000.004);
     const policy: ApprovalPolicy = { ...DEFAULT_POLICY, currency: 'KWD', slaBSeconds: 1, slaCSeconds: 1 };
     expect(classify(kwd, policy).cls).toBe('B');
-    expect(buildEconomics({ ...ECONOMICS, onboarding_cost: 40_000.5 }, 'JPY').cost).toBe(65_001); // half away from zero
-    expect(buildEconomics({ ...ECONOMICS, onboarding_cost: 40_000.005 }, 'SAR').cost).toBe(65_000.01); // as written, not 65,000.00499…
+    expect(buildEconomics({ ...ECONOMICS, onboarding_cost: 40_000.5 }, 'JPY', PRODUCED_AT).cost).toBe(65_001); // half away from zero
+    expect(buildEconomics({ ...ECONOMICS, onboarding_cost: 40_000.005 }, 'SAR', PRODUCED_AT).cost).toBe(65_000.01); // as written, not 65,000.00499…
   });
 
   it('has a zero payback when there is profit and no cost', () => {
-    expect(buildEconomics({ ...ECONOMICS, onboarding_cost: 0, enablement_cost: 0, annual_support_cost: 0 }, 'SAR').payback_months).toBe(0);
+    expect(buildEconomics({ ...ECONOMICS, onboarding_cost: 0, enablement_cost: 0, annual_support_cost: 0 }, 'SAR', PRODUCED_AT).payback_months).toBe(0);
   });
 });
 
@@ -210,7 +213,7 @@ describe('classify', () => {
 
 describe('buildDossier', () => {
   it('normalises the profile and scores a complete submission 1 with no risk flags', () => {
-    const d = buildDossier(submission());
+    const d = buildDossier(submission(), PRODUCED_AT);
     expect(d.profile).toMatchObject({ name: 'Acme Trading', sector: 'logistics', website: 'https://acme.example', registration_number: '1010101010' });
     expect(d.facts.completeness_score).toBe(1);
     expect(d.facts.risk_flags).toEqual([]);
@@ -218,20 +221,20 @@ describe('buildDossier', () => {
 
   it('flags a missing registration number and website and lowers completeness', () => {
     const { website: _w, registration_number: _r, ...partner } = PARTNER;
-    const d = buildDossier({ partner, economics: ECONOMICS, currency: 'SAR' } as Submission);
+    const d = buildDossier({ partner, economics: ECONOMICS, currency: 'SAR' } as Submission, PRODUCED_AT);
     expect(d.facts.risk_flags).toEqual(['missing_registration_number', 'missing_website']);
     expect(d.facts.completeness_score).toBe(0.6);
     expect(d.profile.website).toBeNull();
   });
 
   it('flags a plain-http website and a high-risk sector', () => {
-    expect(buildDossier(submission({ website: 'http://acme.example' })).facts.risk_flags).toEqual(['non_https_website']);
-    expect(buildDossier(submission({ website: 'HTTPS://acme.example' })).facts.risk_flags).toEqual([]);
-    expect(buildDossier(submission({ sector: 'Gambling' })).facts.risk_flags).toEqual(['high_risk_sector']);
+    expect(buildDossier(submission({ website: 'http://acme.example' }), PRODUCED_AT).facts.risk_flags).toEqual(['non_https_website']);
+    expect(buildDossier(submission({ website: 'HTTPS://acme.example' }), PRODUCED_AT).facts.risk_flags).toEqual([]);
+    expect(buildDossier(submission({ sector: 'Gambling' }), PRODUCED_AT).facts.risk_flags).toEqual(['high_risk_sector']);
   });
 
   it('carries a provenance on every section, hashing the submitted partner', () => {
-    const d = buildDossier(submission());
+    const d = buildDossier(submission(), PRODUCED_AT);
     const expected = sha256Hex(canonicalJson(submission().partner));
     expect(d.profile.provenance).toMatchObject({ source: 'submission', inputs_sha256: expected, producer_version: 'golden-path@1' });
     expect(d.facts.provenance).toMatchObject({ source: 'derived', inputs_sha256: expected });

@@ -80,7 +80,7 @@ export function approvalPacketStep(deps: { slaBSeconds: number; slaCSeconds: num
         decisions: [],
         policy: applied,
         currency_mismatch: currencyMismatch,
-        provenance: provenance('policy', 'approval-policy@1', packetBasis(econ, applied)),
+        provenance: provenance('policy', 'approval-policy@1', packetBasis(econ, applied), now),
       };
       if (cls === 'A') {
         await insertRow(ctx.em, ApprovalDecision, {
