@@ -84,8 +84,12 @@ export interface StepContext {
    * new run's first step's checkpoint for the steps after it; for that first step itself (run from what
    * its job carries, before any read) the run's `created_at`. Never before the run's creation, nor
    * before anything committed before the job read the run (a human decision it carries on from), nor
-   * after the step's own commit; no round trip of its own. Fixed for the step's execution: a step that
-   * runs again (its transaction rolled back) may get a later one.
+   * after the step's own commit; no round trip of its own. To the millisecond, down: a human decision
+   * keeps its microseconds (their order), so one recorded in the same millisecond as the read reads in
+   * SQL up to 1 ms after it (rounding up instead would put every stamp after its own step's
+   * `completed_at`, the same transaction's now()); to the millisecond, as a Date and an ISO string show
+   * both, never after. Fixed for the step's execution: a step that runs again (its transaction rolled
+   * back) may get a later one.
    */
   now: Date;
   /**
