@@ -54,6 +54,8 @@ export interface Container {
   /** BullMQ OpenTelemetry adapter, set only while the OTel SDK runs (pass it to every Queue, FlowProducer and Worker). */
   telemetry: Telemetry | undefined;
   instanceId: string;
+  /** Set at the API's SIGTERM (server.ts): /readyz then answers 503 while the API still serves (API_SHUTDOWN_DELAY). */
+  lifecycle: { stopping: boolean };
   jobHandlers(): ReturnType<typeof jobHandlersFor>;
   close(): Promise<void>;
 }
@@ -130,6 +132,7 @@ export async function createContainer(
   return {
     config,
     logger,
+    lifecycle: { stopping: false },
     orm,
     redis,
     queues,

@@ -7,7 +7,7 @@ installEarlySignals();
 const { exitOnConfigError, loadConfig, usesPublishedJwtSecret } = await import('./platform/config/config.ts');
 const { createContainer } = await import('./container.ts');
 const { createApp } = await import('./app.ts');
-const { drainOnClose, exitAfterFailedStart, onShutdown } = await import('./platform/process/shutdown.ts');
+const { drainOnClose, exitAfterFailedStart, notReadyFor, onShutdown } = await import('./platform/process/shutdown.ts');
 const { untilReady } = await import('./platform/queue/connections.ts');
 const { warnWhenGuardOff } = await import('./platform/webhooks/ssrf.ts');
 const { answerClientError } = await import('./platform/http/client-error.ts');
@@ -46,7 +46,10 @@ server.listen(config.PORT, () => {
     container.logger.warn({ security_event: 'published_jwt_secret' }, 'JWT_SECRET is the example from .env.example / docker-compose.yml: anyone can sign tokens for any tenant; do not expose this API');
   }
 });
-onShutdown(container.logger, config.WORKER_SHUTDOWN_GRACE, async () => {
+// The hard deadline counts the delay: the drain's grace starts after it.
+onShutdown(container.logger, config.API_SHUTDOWN_DELAY + config.WORKER_SHUTDOWN_GRACE, async () => {
+  await notReadyFor(() => (container.lifecycle.stopping = true), config.API_SHUTDOWN_DELAY, container.logger);
+  container.logger.info({ grace_ms: config.WORKER_SHUTDOWN_GRACE }, 'draining: the listener closes, requests in flight are answered');
   await drain();
   await container.close();
 });

@@ -63,6 +63,50 @@ describe('SIGTERM to the API', () => {
     }
   });
 
+  /**
+   * Behind a load balancer that routes by readiness (Kubernetes, an ALB), requests keep arriving until
+   * the instance is deregistered, which follows a failing /readyz: API_SHUTDOWN_DELAY keeps the API
+   * serving — new connections too — with /readyz answering 503, and only then drains as above.
+   */
+  it('with API_SHUTDOWN_DELAY, answers /readyz 503 and keeps serving new connections until the delay ends', { timeout: 120_000 }, async () => {
+    // Long enough that it never ends within this test: what the delay does is watched, not timed.
+    const apiProc = await spawnApi({ ...stack.env, API_SHUTDOWN_DELAY: '5m' });
+    try {
+      const token = await stack.token({ tenantId: newTenant(), sub: 'delayed' });
+      expect((await fetch(`${apiProc.baseUrl}/readyz`)).status).toBe(200);
+      apiProc.proc.kill('SIGTERM');
+      await waitFor(() => apiProc.lines().some((l) => l.msg === 'shutting down'), { what: 'the API to start shutting down' });
+      const notReady = await waitFor(async () => {
+        const res = await fetch(`${apiProc.baseUrl}/readyz`);
+        return res.status === 503 ? res : undefined;
+      }, { what: '/readyz to answer 503' });
+      expect(notReady.headers.get('content-type')).toMatch(/application\/problem\+json/);
+      expect(await notReady.json()).toMatchObject({ code: 'not_ready', checks: { shutdown: { ok: false } } });
+      // Still serving, on new connections: liveness, and a tenant's request.
+      expect((await fetch(`${apiProc.baseUrl}/healthz`, { headers: { connection: 'close' } })).status).toBe(200);
+      const list = await fetch(`${apiProc.baseUrl}/api/v1/golden-path/runs`, { headers: { authorization: `Bearer ${token}`, connection: 'close' } });
+      expect(list.status).toBe(200);
+      expect(apiProc.lines().find((l) => l.msg?.startsWith('not ready'))).toMatchObject({ delay_ms: 300_000 });
+      expect(apiProc.proc.exitCode).toBeNull();
+    } finally {
+      await apiProc.stop('SIGKILL');
+    }
+  });
+
+  it('with API_SHUTDOWN_DELAY, drains and exits 0 once the delay ended', { timeout: 120_000 }, async () => {
+    const apiProc = await spawnApi({ ...stack.env, API_SHUTDOWN_DELAY: '1s', WORKER_SHUTDOWN_GRACE: '1s' });
+    try {
+      apiProc.proc.kill('SIGTERM');
+      expect(await within(apiProc.exited, 'the API to exit', 60_000)).toBe(0);
+      const msgs = apiProc.lines().map((l) => l.msg as string);
+      const at = (prefix: string) => msgs.findIndex((m) => m?.startsWith(prefix));
+      // In that order: the signal, the delay (not ready, serving), the drain, the end.
+      expect([at('shutting down'), at('not ready'), at('draining'), at('shut down cleanly')].every((i, n, all) => i >= 0 && (n === 0 || i > all[n - 1]!))).toBe(true);
+    } finally {
+      await apiProc.stop('SIGKILL');
+    }
+  });
+
   it('cuts off, at the grace, a request still arriving (a client trickling its body) and exits 0', { timeout: 120_000 }, async () => {
     // API_REQUEST_TIMEOUT (60 s here) would let the body trickle in long past the hard deadline (grace + 10 s).
     const apiProc = await spawnApi({ ...stack.env, WORKER_SHUTDOWN_GRACE: '1s', API_REQUEST_TIMEOUT: '60s', API_MAX_INFLIGHT: '1', API_MAX_INFLIGHT_PER_TENANT: '0' });

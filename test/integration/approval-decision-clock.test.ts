@@ -11,13 +11,16 @@ import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { randomBytes, randomUUID } from 'node:crypto';
 import { pino } from 'pino';
 import { StepExecutor } from '../../src/platform/durable/executor.ts';
-import { DurableRuntime } from '../../src/platform/durable/runtime.ts';
+import { DurableRuntime, type StepJobData } from '../../src/platform/durable/runtime.ts';
+import type { Job } from 'bullmq';
 import { tenantEm } from '../../src/platform/db/tenant-em.ts';
 import { stepJobId } from '../../src/platform/queue/job-ids.ts';
 import { GOLDEN_PATH } from '../../src/modules/golden-path/golden-path.workflow.ts';
 import { namedJobId } from '../../src/platform/queue/job-ids.ts';
 import { TIMER_QUEUE } from '../../src/platform/queue/timers.ts';
-import { CLASS_A_SUBMISSION, CLASS_C_SUBMISSION, newTenant, SAMPLE_SUBMISSION, startStack, type TestStack } from '../helpers/stack.ts';
+import { CLASS_A_SUBMISSION, CLASS_C_SUBMISSION, newTenant, offboardingStart, SAMPLE_SUBMISSION, startStack, type TestStack } from '../helpers/stack.ts';
+import { ApprovalService } from '../../src/modules/approvals/approval.service.ts';
+import { PARTNER_OFFBOARDING } from '../../src/modules/partner-offboarding/partner-offboarding.workflow.ts';
 import { wrappedGoldenPath } from '../helpers/run-host.ts';
 
 const LONG = 120_000;
@@ -52,7 +55,13 @@ describe("a class A run's approval by policy, on a worker whose clock is a day o
     const { run } = await stack.container.runtime.start(tenantEm(orm, tenant), GOLDEN_PATH, { tenantId: tenant, principal: 'producer', idempotencyHash: hash, input: submission, correlationId: randomUUID() });
     const job = (await stack.container.runtime.queues.get(wf.queue)!.getJob(stepJobId(wf.tag, hash, 1, wf.steps[0]!.name)))!;
     if (opts.rereads) job.attemptsMade = 1; // as an attempt had failed before: this delivery reads the run first
-    const executor = new StepExecutor({ orm, runtime, logger: pino({ level: 'silent' }), workerId: 'skewed-worker', leaseMs: 5_000 });
+    await processSkewed(runtime, job, statuses, skewMs);
+    return { runId: run.id, hash, tenant };
+  }
+
+  /** Runs `job` here, its steps ending as `statuses`, with this process's clock `skewMs` off; then removes it. */
+  async function processSkewed(runtime: DurableRuntime, job: Job<StepJobData>, statuses: string[], skewMs: number) {
+    const executor = new StepExecutor({ orm: stack.container.orm, runtime, logger: pino({ level: 'silent' }), workerId: 'skewed-worker', leaseMs: 5_000 });
     // The worker's clock only (Date); its timers and I/O run as usual.
     vi.useFakeTimers({ toFake: ['Date'], now: Date.now() + skewMs, shouldAdvanceTime: true });
     try {
@@ -62,7 +71,6 @@ describe("a class A run's approval by policy, on a worker whose clock is a day o
       vi.useRealTimers();
       await job.remove();
     }
-    return { runId: run.id, hash };
   }
 
   /** When BullMQ has a delayed timer due (its delayed set's score, milliseconds times 0x1000 plus a counter). */
@@ -112,6 +120,132 @@ describe("a class A run's approval by policy, on a worker whose clock is a day o
     });
     // One time: the request's, the decision row's, step 3's output's and the evidence pack's.
     expect([t.request_created_at, t.request_updated_at, t.decision_created_at, t.step_output_decided_at, t.evidence_decided_at]).toEqual(Array(5).fill(t.decided_at));
+  });
+  /**
+   * Steps 1, 2 and 4 stamp what they write with the database's time too (docs/runtime.md, *The step
+   * algorithm*: `ctx.now`), at no round trip more: the dossier's and the economics model's rows and the
+   * provenance of every step's output (so of the evidence pack's content), the evidence pack's
+   * `created_at` and its seal's (the insert's trigger copies it). A worker a day behind wrote an evidence
+   * pack created before its run and before the approval it records.
+   */
+  it.each([
+    ['a day behind', -DAY, {}],
+    ['a day ahead', DAY, {}],
+    ['a day behind, the job reading its run first (a re-delivery)', -DAY, { rereads: true }],
+  ] as const)('clock %s: every step\'s rows and provenance carry the database\'s time', { timeout: LONG }, async (_label, skew, opts) => {
+    const runId = await classARun(skew, opts);
+    // Each time against the run's creation, the system decision (the evidence pack's), the step's own
+    // checkpoint (committed with it) and the database's now() after the run; all to the millisecond.
+    const { rows } = await stack.db.admin(
+      `with t(what, at, seq) as (
+         select 'dossier row', d.created_at, 1 from partner_dossiers d where d.run_id = $1
+         union all select 'dossier profile provenance', (c.output->'profile'->'provenance'->>'produced_at')::timestamptz, 1 from durable_checkpoints c where c.run_id = $1 and c.sequence_num = 1
+         union all select 'dossier facts provenance', (c.output->'facts'->'provenance'->>'produced_at')::timestamptz, 1 from durable_checkpoints c where c.run_id = $1 and c.sequence_num = 1
+         union all select 'economics row', m.created_at, 2 from economics_models m where m.run_id = $1
+         union all select 'economics provenance', (c.output->'provenance'->>'produced_at')::timestamptz, 2 from durable_checkpoints c where c.run_id = $1 and c.sequence_num = 2
+         union all select 'approval packet provenance', (c.output->'provenance'->>'produced_at')::timestamptz, 3 from durable_checkpoints c where c.run_id = $1 and c.sequence_num = 3
+         union all select 'evidence pack row', e.created_at, 4 from evidence_packs e where e.run_id = $1
+         union all select 'evidence seal', s.created_at, 4 from evidence_seals s where s.run_id = $1
+         union all select 'evidence provenance', (c.output->'provenance'->>'produced_at')::timestamptz, 4 from durable_checkpoints c where c.run_id = $1 and c.sequence_num = 4
+         union all select 'evidence content: dossier provenance', (e.content->'partner_dossier'->'profile'->'provenance'->>'produced_at')::timestamptz, 1 from evidence_packs e where e.run_id = $1
+       )
+       select t.what, t.at is not null as stamped,
+              t.at >= r.created_at as after_run_created,
+              t.seq < 4 or t.at >= date_trunc('milliseconds', a.decided_at) as after_decision,
+              t.at <= c.completed_at as before_step_completed,
+              t.at <= now() as before_db_now
+         from t join durable_runs r on r.id = $1
+         join approval_requests a on a.run_id = r.id
+         join durable_checkpoints c on c.run_id = r.id and c.sequence_num = t.seq
+        order by t.what`,
+      [runId],
+    );
+    expect(rows).toHaveLength(10);
+    expect(rows).toEqual(rows.map((row) => ({ what: row.what, stamped: true, after_run_created: true, after_decision: true, before_step_completed: true, before_db_now: true })));
+  });
+  /**
+   * A class B run approved by a human, its step 4 then run by a worker whose clock is off the other way:
+   * the evidence pack (its row, its seal) and step 4's provenance are stamped with the database's time
+   * of the resumed job's read, after the decision (to the millisecond: the decision keeps its
+   * microseconds, ctx.now the millisecond that holds them at the latest) and before step 4 committed.
+   */
+  it.each([
+    ['a day behind, then a day ahead', -DAY, DAY],
+    ['a day ahead, then a day behind', DAY, -DAY],
+  ] as const)('class B, clock %s: the evidence pack of an approved run is stamped after the human decision', { timeout: LONG }, async (_label, skewBefore, skewAfter) => {
+    const { runId, hash, tenant } = await skewedRun(SAMPLE_SUBMISSION, ['completed', 'completed', 'waiting'], skewBefore);
+    const { runtime, orm } = stack.container;
+    const wf = runtime.workflow(GOLDEN_PATH);
+    const timers = stack.container.queues.get(TIMER_QUEUE)!;
+    const [request] = (await stack.db.admin(`select id from approval_requests where run_id = $1`, [runId])).rows;
+    const { afterCommit } = await tenantEm(orm, tenant).transactional((tx) =>
+      new ApprovalService(runtime).decide(tx, { sub: 'approver-1', tenantId: tenant, roles: ['approver'] }, request.id, 'approve', null),
+    );
+    await afterCommit();
+    await (await timers.getJob(namedJobId('gp', hash, 'sla')))?.remove();
+    const resumed = (await runtime.queues.get(wf.queue)!.getJob(stepJobId(wf.tag, hash, 4, wf.steps[3]!.name)))!;
+    await processSkewed(runtime, resumed, ['completed'], skewAfter);
+    const { rows } = await stack.db.admin(
+      `with t(what, at) as (
+         select 'evidence pack row', e.created_at from evidence_packs e where e.run_id = $1
+         union all select 'evidence seal', s.created_at from evidence_seals s where s.run_id = $1
+         union all select 'evidence provenance', (c.output->'provenance'->>'produced_at')::timestamptz from durable_checkpoints c where c.run_id = $1 and c.sequence_num = 4
+       )
+       select t.what, t.at is not null as stamped,
+              t.at >= date_trunc('milliseconds', a.decided_at) as after_decision,
+              t.at >= (e.content->'approval_packet'->'decisions'->0->>'decided_at')::timestamptz as after_recorded_decision,
+              t.at <= c.completed_at as before_step_completed,
+              t.at <= now() as before_db_now
+         from t join approval_requests a on a.run_id = $1 and a.status = 'approved'
+         join evidence_packs e on e.run_id = $1
+         join durable_checkpoints c on c.run_id = $1 and c.sequence_num = 4
+        order by t.what`,
+      [runId],
+    );
+    expect(rows).toHaveLength(3);
+    expect(rows).toEqual(rows.map((row) => ({ what: row.what, stamped: true, after_decision: true, after_recorded_decision: true, before_step_completed: true, before_db_now: true })));
+  });
+  /**
+   * A partner offboarding's steps stamp the record and their outputs with the database's time too
+   * (ctx.now): `frozen_at`, `settled_at`, `archived_at`, in that order, after the run's creation and
+   * each before its step's checkpoint completed, whatever the worker's clock reads.
+   */
+  it.each([
+    ['a day behind', -DAY, false],
+    ['a day ahead', DAY, false],
+    ['a day behind, the job reading its run first (a re-delivery)', -DAY, true],
+  ] as const)('partner offboarding, clock %s: the record and the outputs carry the database\'s time', { timeout: LONG }, async (_label, skew, rereads) => {
+    const tenant = newTenant();
+    const { runtime, orm } = stack.container;
+    const wf = runtime.workflow(PARTNER_OFFBOARDING);
+    const start = offboardingStart(tenant, `P-CLOCK-${randomUUID()}`);
+    const { run } = await runtime.start(tenantEm(orm, tenant), PARTNER_OFFBOARDING, start);
+    const job = (await runtime.queues.get(wf.queue)!.getJob(stepJobId(wf.tag, start.idempotencyHash, 1, wf.steps[0]!.name)))!;
+    if (rereads) job.attemptsMade = 1;
+    await processSkewed(runtime, job, ['completed', 'completed', 'completed'], skew);
+    const { rows } = await stack.db.admin(
+      `with t(what, at, seq) as (
+         select 'frozen_at', o.frozen_at, 1 from partner_offboardings o where o.run_id = $1
+         union all select 'frozen_at output', (c.output->>'frozen_at')::timestamptz, 1 from durable_checkpoints c where c.run_id = $1 and c.sequence_num = 1
+         union all select 'settled_at', o.settled_at, 2 from partner_offboardings o where o.run_id = $1
+         union all select 'settled_at output', (c.output->>'settled_at')::timestamptz, 2 from durable_checkpoints c where c.run_id = $1 and c.sequence_num = 2
+         union all select 'archived_at', o.archived_at, 3 from partner_offboardings o where o.run_id = $1
+         union all select 'archived_at output', (c.output->>'archived_at')::timestamptz, 3 from durable_checkpoints c where c.run_id = $1 and c.sequence_num = 3
+       )
+       select t.what, t.at is not null as stamped,
+              t.at >= r.created_at as after_run_created,
+              t.at >= coalesce(o.settled_at, o.frozen_at) or t.seq < 3 as in_order,
+              t.at >= o.frozen_at as after_frozen,
+              t.at <= c.completed_at as before_step_completed,
+              t.at <= now() as before_db_now
+         from t join durable_runs r on r.id = $1
+         join partner_offboardings o on o.run_id = $1
+         join durable_checkpoints c on c.run_id = $1 and c.sequence_num = t.seq
+        order by t.what`,
+      [run.id],
+    );
+    expect(rows).toHaveLength(6);
+    expect(rows).toEqual(rows.map((row) => ({ what: row.what, stamped: true, after_run_created: true, in_order: true, after_frozen: true, before_step_completed: true, before_db_now: true })));
   });
   /**
    * A class B or C request opened by a worker whose clock is off: its `created_at` is the database's time

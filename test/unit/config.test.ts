@@ -129,6 +129,30 @@ describe('configuration', () => {
     expect(parseConfig({ JWT_SECRET: SECRET, IDEMPOTENCY_TTL: '60s', IDEMPOTENCY_LEASE: '60s' }).IDEMPOTENCY_TTL).toBe(60_000);
   });
 
+  // 0, or next to it, made each of these do something no one means: a duplicate request taking over an
+  // idempotency key at once, a sweeper (and the limits reseed) firing back to back, BullMQ renewing a lock
+  // it holds for no time or looking for stalled jobs in a tight loop. Refused at start, each named.
+  it.each([
+    ['IDEMPOTENCY_LEASE', '1s', ['0', '0s', '500ms', '999ms'], /^IDEMPOTENCY_LEASE: must be at least 1s, not \d+ ms: a retry of the request would take its key over while it still runs/],
+    ['SWEEPER_INTERVAL', '1s', ['0', '10ms', '999ms'], /^SWEEPER_INTERVAL: must be at least 1s, not \d+ ms: the sweeper's cross-tenant reads would run back to back/],
+    ['WORKER_LOCK_DURATION', '100ms', ['0', '1ms', '99ms'], /^WORKER_LOCK_DURATION: must be at least 100ms, not \d+ ms: every job's lock would lapse/],
+    ['WORKER_STALLED_INTERVAL', '100ms', ['0', '1ms', '99ms'], /^WORKER_STALLED_INTERVAL: must be at least 100ms, not \d+ ms: BullMQ would look for stalled jobs/],
+  ] as const)('refuses %s below %s at start-up, naming it and why', (name, least, bad, message) => {
+    for (const value of bad) expect(configError({ JWT_SECRET: SECRET, [name]: value }).problems, value).toEqual([expect.stringMatching(message)]);
+    expect(parseConfig({ JWT_SECRET: SECRET, [name]: least })[name]).toBe(name.startsWith('WORKER_') ? 100 : 1000);
+  });
+
+  it('names every nonsensical lower bound at once, with the other problems', () => {
+    const problems = configError({ JWT_SECRET: SECRET, IDEMPOTENCY_LEASE: '0', SWEEPER_INTERVAL: '0', WORKER_LOCK_DURATION: '0', WORKER_STALLED_INTERVAL: '0', PORT: 'eighty' }).problems;
+    expect(problems.map((p) => p.split(':')[0]).sort()).toEqual(['IDEMPOTENCY_LEASE', 'PORT', 'SWEEPER_INTERVAL', 'WORKER_LOCK_DURATION', 'WORKER_STALLED_INTERVAL']);
+  });
+
+  it('stops the API at start-up, exit code 1, when IDEMPOTENCY_LEASE is 0', () => {
+    const r = startApi({ JWT_SECRET: SECRET, IDEMPOTENCY_LEASE: '0' });
+    expect(r.status, r.stderr).toBe(1);
+    expect(r.stderr).toMatch(/^invalid configuration:\n {2}- IDEMPOTENCY_LEASE: must be at least 1s/);
+  });
+
   it('keeps runs forever unless RUN_RETENTION is set, and refuses a retention shorter than IDEMPOTENCY_TTL (a replay would name a deleted run)', () => {
     expect(parseConfig({ JWT_SECRET: SECRET }).RUN_RETENTION).toBe(0);
     expect(parseConfig({ JWT_SECRET: SECRET, RUN_RETENTION: '0' }).RUN_RETENTION).toBe(0);
@@ -146,7 +170,8 @@ describe('configuration', () => {
       expect(configError({ JWT_SECRET: SECRET, RUN_RETENTION: value as string }).problems, String(value)).toEqual([expect.stringMatching(/^RUN_RETENTION: must be 0 \(keep runs forever\) or at least 1s/)]);
     }
     // Below a second but not 0 is refused too, whatever IDEMPOTENCY_TTL allows.
-    expect(configError({ JWT_SECRET: SECRET, RUN_RETENTION: '500ms', IDEMPOTENCY_TTL: '100ms', IDEMPOTENCY_LEASE: '100ms' }).problems).toEqual([expect.stringMatching(/^RUN_RETENTION: must be 0 \(keep runs forever\) or at least 1s/)]);
+    // (An IDEMPOTENCY_LEASE that short is refused as well, on its own line.)
+    expect(configError({ JWT_SECRET: SECRET, RUN_RETENTION: '500ms', IDEMPOTENCY_TTL: '100ms', IDEMPOTENCY_LEASE: '100ms' }).problems).toContainEqual(expect.stringMatching(/^RUN_RETENTION: must be 0 \(keep runs forever\) or at least 1s/));
     for (const zero of ['0', '0s', '0.0d', '00ms', 0]) expect(parseConfig({ JWT_SECRET: SECRET, RUN_RETENTION: zero as string }).RUN_RETENTION, String(zero)).toBe(0);
     expect(parseConfig({ JWT_SECRET: SECRET, RUN_RETENTION: '1s', IDEMPOTENCY_TTL: '1s', IDEMPOTENCY_LEASE: '1s' }).RUN_RETENTION).toBe(1000);
   });

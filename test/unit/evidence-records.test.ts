@@ -3,6 +3,9 @@ import { compareRecords, recordsAgree, type RecordColumns } from '../../src/modu
 import { buildDossier } from '../../src/modules/golden-path/partner-dossier.step.ts';
 import { buildEconomics } from '../../src/modules/golden-path/economics-model.step.ts';
 
+/** The database's time a step would stamp its output with (StepContext.now). */
+const PRODUCED_AT = new Date('2026-12-01T12:00:00.000Z');
+
 /**
  * The comparison of a pack's content with its run's records (evidence-records.ts), on records as the
  * verification's statement reads them: what a genuine pack and its records look like, and what of each
@@ -21,8 +24,8 @@ const content = {
   schema: 'dealix.evidence-pack/v1',
   run: { id: 'r', tenant_id: 't', workflow: 'golden-path@v1', correlation_id: 'c-1', submitted_by: 'submitter-1', submitted_at: '2026-12-05T09:00:00.001Z' },
   submission,
-  partner_dossier: buildDossier(submission),
-  economics_model: buildEconomics(submission.economics, submission.currency),
+  partner_dossier: buildDossier(submission, PRODUCED_AT),
+  economics_model: buildEconomics(submission.economics, submission.currency, PRODUCED_AT),
   approval_packet: {
     approval_request_id: 'a-1',
     approval_class: 'C',
@@ -234,8 +237,8 @@ describe('compareRecords', () => {
     const pack = (cls: 'A' | 'B', method: string) => ({
       ...content,
       submission: sub,
-      partner_dossier: buildDossier(sub),
-      economics_model: buildEconomics(economics, 'SAR'),
+      partner_dossier: buildDossier(sub, PRODUCED_AT),
+      economics_model: buildEconomics(economics, 'SAR', PRODUCED_AT),
       approval_packet: {
         ...content.approval_packet,
         approval_class: cls,

@@ -4,6 +4,9 @@ import { settle } from '../../src/modules/partner-offboarding/partner-offboardin
 import { ratioRounded, roundMinor } from '../../src/platform/money/minor-units.ts';
 import { canonicalJson } from '../../src/platform/idempotency/canonical-json.ts';
 
+/** The database's time a step would stamp its output with (StepContext.now). */
+const PRODUCED_AT = new Date('2026-12-01T12:00:00.000Z');
+
 /**
  * The money of the economics model and of the offboarding's netting is exact: sums and products of
  * the amounts (and rates) as written, in integers, rounded once to the minor unit — not doubles that
@@ -108,12 +111,12 @@ describe('the economics model, exactly', () => {
   it('records the exact total cost above 2.25 × 10¹² KWD (the reported 2,678,818,162,215.360, which doubles made .361)', () => {
     const e = { ...ECONOMICS, onboarding_cost: 863_212_823_867.817, enablement_cost: 835_851_907_730.742, annual_support_cost: 979_753_430_616.801 };
     expect(roundMinor(e.onboarding_cost + e.enablement_cost + e.annual_support_cost, 3)).toBe(2_678_818_162_215.361); // the double sum, rounded
-    expect(buildEconomics(e, 'KWD').cost).toBe(2_678_818_162_215.36);
+    expect(buildEconomics(e, 'KWD', PRODUCED_AT).cost).toBe(2_678_818_162_215.36);
   });
 
   it('rounds the upside and profit once, from the exact product: 10⁶ deals of 999,999,999,999.999 KWD at 0.7 and 0.3', () => {
     const e = { ...ECONOMICS, expected_deals_per_year: 1_000_000, average_deal_value: 999_999_999_999.999, win_rate: 0.7, gross_margin: 0.3 };
-    const m = buildEconomics(e, 'KWD');
+    const m = buildEconomics(e, 'KWD', PRODUCED_AT);
     // 699,999,999,999,999,299.3 and 209,999,999,999,999,789.79 exactly: the doubles nearest them.
     expect(m.revenue_upside).toBe(Number('699999999999999299.3'));
     expect(m.gross_profit).toBe(Number('209999999999999789.79'));
@@ -125,14 +128,14 @@ describe('the economics model, exactly', () => {
     const e = { ...ECONOMICS, expected_deals_per_year: 1, average_deal_value: 1000, win_rate: 0.07, gross_margin: 0.64, onboarding_cost: 497, enablement_cost: 0, annual_support_cost: 0 };
     expect(legacyEconomics(e, 'SAR').payback_months).toBe(133.12);
     expect(paybackMonths(e)).toBe(133.13);
-    expect(buildEconomics(e, 'SAR').payback_months).toBe(133.13);
+    expect(buildEconomics(e, 'SAR', PRODUCED_AT).payback_months).toBe(133.13);
   });
 
   it('matches a bigint reference on seeded random inputs, every magnitude the API accepts (0–10¹², 10⁶ deals)', () => {
     const rnd = prng(20261205);
     for (let i = 0; i < 3000; i++) {
       const { currency, digits, e, ref } = randomCase(rnd);
-      const m = buildEconomics(e, currency);
+      const m = buildEconomics(e, currency, PRODUCED_AT);
       const upside = mul(ref.deals, ref.value, ref.winRate);
       const profitOf = (x: typeof ref) => mul(x.deals, x.value, x.winRate, x.margin);
       const capped = (r: Dec) => (r.u > pow10(r.s) ? { u: 1n, s: 0 } : r);
@@ -162,7 +165,7 @@ describe('the economics model, exactly', () => {
       const money = () => Number((Math.floor(rnd() * 10 ** (1 + Math.floor(rnd() * 7))) + Math.floor(rnd() * 10 ** digits) / 10 ** digits).toFixed(digits));
       const percent = () => Math.floor(rnd() * 101) / 100;
       const e = { expected_deals_per_year: Math.floor(rnd() * 200), average_deal_value: money(), win_rate: percent(), gross_margin: percent(), onboarding_cost: money(), enablement_cost: money(), annual_support_cost: money() };
-      const { provenance: _, ...m } = buildEconomics(e, currency);
+      const { provenance: _, ...m } = buildEconomics(e, currency, PRODUCED_AT);
       expect(canonicalJson(m), `${currency} ${JSON.stringify(e)}`).toBe(canonicalJson(legacyEconomics(e, currency)));
     }
   });
@@ -182,7 +185,7 @@ describe('the economics model, exactly', () => {
     expect(ratioRounded({ units: -1n, scale: 0 }, { units: 1n, scale: 310 }, 2)).toBe(-Infinity);
     for (const r of [5e-324, 2.2250738585072014e-308, 1.2345678901234567e-200]) {
       const e = { ...ECONOMICS, expected_deals_per_year: 1_000_000, average_deal_value: 999_999_999_999.999, win_rate: r, gross_margin: r };
-      const m = buildEconomics(e, 'KWD');
+      const m = buildEconomics(e, 'KWD', PRODUCED_AT);
       expect([m.payback_months, ...m.sensitivity.map((s) => s.payback_months)], `${r}`).toEqual([null, null, null, null, null]);
     }
   });

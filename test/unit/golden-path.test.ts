@@ -6,6 +6,9 @@ import { approvalPolicyBody, classify, DEFAULT_POLICY, type ApprovalPolicy } fro
 import { evidenceHash } from '../../src/modules/evidence/evidence.service.ts';
 import { canonicalJson, sha256Hex } from '../../src/platform/idempotency/canonical-json.ts';
 
+/** The database's time a step would stamp its output with (StepContext.now). */
+const PRODUCED_AT = new Date('2026-12-01T12:00:00.000Z');
+
 const ECONOMICS = {
   expected_deals_per_year: 12,
   average_deal_value: 250000,
@@ -48,7 +51,7 @@ describe("a submission's amounts (POST /api/v1/golden-path/run)", () => {
 
 describe('buildEconomics', () => {
   it('computes upside, gross profit, cost and payback from the submission', () => {
-    const m = buildEconomics(ECONOMICS, 'SAR');
+    const m = buildEconomics(ECONOMICS, 'SAR', PRODUCED_AT);
     expect(m.currency).toBe('SAR');
     expect(m.revenue_upside).toBe(900_000); // 12 × 250,000 × 0.3
     expect(m.gross_profit).toBe(315_000); // × 0.35
@@ -58,7 +61,7 @@ describe('buildEconomics', () => {
   });
 
   it('gives the payback with win rate and deal value each at −20 % and +20 %', () => {
-    const m = buildEconomics(ECONOMICS, 'SAR');
+    const m = buildEconomics(ECONOMICS, 'SAR', PRODUCED_AT);
     expect(m.sensitivity).toEqual([
       { label: 'win_rate_-20%', payback_months: 3.1 }, // 65,000 ÷ (252,000 ÷ 12)
       { label: 'win_rate_+20%', payback_months: 2.06 }, // 65,000 ÷ (378,000 ÷ 12)
@@ -68,13 +71,13 @@ describe('buildEconomics', () => {
   });
 
   it('caps the +20 % win rate at 1', () => {
-    const m = buildEconomics({ ...ECONOMICS, win_rate: 0.9 }, 'SAR');
+    const m = buildEconomics({ ...ECONOMICS, win_rate: 0.9 }, 'SAR', PRODUCED_AT);
     expect(m.sensitivity[1]!.payback_months).toBe(paybackMonths({ ...ECONOMICS, win_rate: 1 }));
   });
 
   it('has no payback when there is no gross profit, in every scenario', () => {
     for (const patch of [{ gross_margin: 0 }, { win_rate: 0 }, { expected_deals_per_year: 0 }, { average_deal_value: 0 }]) {
-      const m = buildEconomics({ ...ECONOMICS, ...patch }, 'SAR');
+      const m = buildEconomics({ ...ECONOMICS, ...patch }, 'SAR', PRODUCED_AT);
       expect(m.gross_profit).toBe(0);
       expect(m.payback_months).toBeNull();
       expect(m.sensitivity.every((s) => s.payback_months === null)).toBe(true);
@@ -85,7 +88,7 @@ describe('buildEconomics', () => {
     // Accepted by the submission schema (rates 0–1, amounts 0–10¹²): the profit is 10⁻³¹², a denormal.
     const e = { ...ECONOMICS, expected_deals_per_year: 1, average_deal_value: 1e-12, win_rate: 1e-150, gross_margin: 1e-150, onboarding_cost: 1e12 };
     expect(submissionSchema.safeParse({ ...submission(), economics: e }).success).toBe(true);
-    const m = buildEconomics(e, 'SAR');
+    const m = buildEconomics(e, 'SAR', PRODUCED_AT);
     expect(m.payback_months).toBeNull();
     expect(economicsSchema.safeParse(m).success).toBe(true);
     expect(classify(m, { ...DEFAULT_POLICY, slaBSeconds: 1, slaCSeconds: 1 }).cls).toBe('C');
@@ -93,16 +96,16 @@ describe('buildEconomics', () => {
 
   it("rounds money to the currency's minor unit, not to 2 decimals: 50,000.004 KWD is over a 50,000 KWD bound (class B, not A)", () => {
     const small = { ...ECONOMICS, onboarding_cost: 40_000.004, enablement_cost: 5_000, annual_support_cost: 5_000 };
-    const kwd = buildEconomics(small, 'KWD');
+    const kwd = buildEconomics(small, 'KWD', PRODUCED_AT);
     expect(kwd.cost).toBe(50_000.004);
     const policy: ApprovalPolicy = { ...DEFAULT_POLICY, currency: 'KWD', slaBSeconds: 1, slaCSeconds: 1 };
     expect(classify(kwd, policy).cls).toBe('B');
-    expect(buildEconomics({ ...ECONOMICS, onboarding_cost: 40_000.5 }, 'JPY').cost).toBe(65_001); // half away from zero
-    expect(buildEconomics({ ...ECONOMICS, onboarding_cost: 40_000.005 }, 'SAR').cost).toBe(65_000.01); // as written, not 65,000.00499…
+    expect(buildEconomics({ ...ECONOMICS, onboarding_cost: 40_000.5 }, 'JPY', PRODUCED_AT).cost).toBe(65_001); // half away from zero
+    expect(buildEconomics({ ...ECONOMICS, onboarding_cost: 40_000.005 }, 'SAR', PRODUCED_AT).cost).toBe(65_000.01); // as written, not 65,000.00499…
   });
 
   it('has a zero payback when there is profit and no cost', () => {
-    expect(buildEconomics({ ...ECONOMICS, onboarding_cost: 0, enablement_cost: 0, annual_support_cost: 0 }, 'SAR').payback_months).toBe(0);
+    expect(buildEconomics({ ...ECONOMICS, onboarding_cost: 0, enablement_cost: 0, annual_support_cost: 0 }, 'SAR', PRODUCED_AT).payback_months).toBe(0);
   });
 });
 
@@ -215,30 +218,30 @@ describe('classify', () => {
 describe('classify on the exact payback (cost × 12 ÷ gross profit), not its 2-decimal figure', () => {
   const policy: ApprovalPolicy = { ...DEFAULT_POLICY, slaBSeconds: 86_400, slaCSeconds: 259_200 };
   const econ = (onboarding: number) => ({ expected_deals_per_year: 1, average_deal_value: 40_000, win_rate: 1, gross_margin: 0.3, onboarding_cost: onboarding, enablement_cost: 0, annual_support_cost: 0 });
-  const classOf = (onboarding: number, p: ApprovalPolicy = policy) => classify(buildEconomics(econ(onboarding), 'SAR'), p, { payback: paybackRatio(econ(onboarding)) });
+  const classOf = (onboarding: number, p: ApprovalPolicy = policy) => classify(buildEconomics(econ(onboarding), 'SAR', PRODUCED_AT), p, { payback: paybackRatio(econ(onboarding)) });
 
   it('6.004 months, shown as 6, is over a 6-month class A bound: B with one approver, never approved by the system', () => {
-    expect(buildEconomics(econ(6_004), 'SAR').payback_months).toBe(6);
+    expect(buildEconomics(econ(6_004), 'SAR', PRODUCED_AT).payback_months).toBe(6);
     expect(classOf(6_004)).toMatchObject({ cls: 'B', required: 1, slaSeconds: 86_400 });
     expect(classOf(6_005)).toMatchObject({ cls: 'B', required: 1 });
     expect(classOf(6_000)).toMatchObject({ cls: 'A', reasons: ['cost 6000 <= 50000 and payback 6 <= 6 months'] });
   });
 
   it('24.004 months, shown as 24, is over a 24-month class C bound: C with two approvers, its reason showing the payback finely enough to be over it', () => {
-    expect(buildEconomics(econ(24_004), 'SAR').payback_months).toBe(24);
+    expect(buildEconomics(econ(24_004), 'SAR', PRODUCED_AT).payback_months).toBe(24);
     expect(classOf(24_004)).toMatchObject({ cls: 'C', required: 2, slaSeconds: 259_200, reasons: ['payback 24.004 > 24 months'] });
     expect(classOf(24_005)).toMatchObject({ cls: 'C', reasons: ['payback 24.01 > 24 months'] });
     expect(classOf(24_000).cls).toBe('B');
     // A payback that is no terminating decimal: cut, not rounded, and marked as cut.
     const third = { ...econ(72_001), average_deal_value: 120_000 }; // 72,001 ÷ 3,000 = 24.000333…
-    expect(classify(buildEconomics(third, 'SAR'), policy, { payback: paybackRatio(third) }).reasons).toEqual(['payback 24.0003… > 24 months']);
+    expect(classify(buildEconomics(third, 'SAR', PRODUCED_AT), policy, { payback: paybackRatio(third) }).reasons).toEqual(['payback 24.0003… > 24 months']);
   });
 
   it('is exact in currencies of 0 and 3 decimals, and at the magnitudes and rate scales the API accepts', () => {
     // Gross profit 1,000 JPY or 1 KWD a month: a cost of 6,001 JPY or 6.001 KWD is 6.001 months, shown as 6.
     const at = (currency: string, deal: number, onboarding: number) => {
       const e = { ...econ(onboarding), average_deal_value: deal };
-      return classify(buildEconomics(e, currency), { ...policy, currency }, { payback: paybackRatio(e) });
+      return classify(buildEconomics(e, currency, PRODUCED_AT), { ...policy, currency }, { payback: paybackRatio(e) });
     };
     expect(at('JPY', 40_000, 6_000)).toMatchObject({ cls: 'A', reasons: ['cost 6000 <= 50000 and payback 6 <= 6 months'] });
     expect(at('JPY', 40_000, 6_001).cls).toBe('B');
@@ -248,12 +251,12 @@ describe('classify on the exact payback (cost × 12 ÷ gross profit), not its 2-
     // 10⁶ deals × 10¹² at a win rate of 1.5 × 10⁻¹⁰ and a margin of 0.5: 75,000,000 a year; 37,500,000.01 is 6.0000000016 months.
     const huge = (onboarding: number) => ({ expected_deals_per_year: 1_000_000, average_deal_value: 1e12, win_rate: 1.5e-10, gross_margin: 0.5, onboarding_cost: onboarding, enablement_cost: 0, annual_support_cost: 0 });
     const wide: ApprovalPolicy = { ...policy, classAMaxCost: 1e12, classCMinCost: 1e12 };
-    const of = (onboarding: number) => classify(buildEconomics(huge(onboarding), 'SAR'), wide, { payback: paybackRatio(huge(onboarding)) });
-    expect(buildEconomics(huge(37_500_000.01), 'SAR').payback_months).toBe(6);
+    const of = (onboarding: number) => classify(buildEconomics(huge(onboarding), 'SAR', PRODUCED_AT), wide, { payback: paybackRatio(huge(onboarding)) });
+    expect(buildEconomics(huge(37_500_000.01), 'SAR', PRODUCED_AT).payback_months).toBe(6);
     expect(of(37_500_000).cls).toBe('A');
     expect(of(37_500_000.01).cls).toBe('B');
     // A profit so small that the payback is no finite number: no gross profit, class C, as before.
-    expect(classify(buildEconomics({ ...econ(1), win_rate: 1e-300, gross_margin: 1e-300 }, 'SAR'), policy, { payback: paybackRatio({ ...econ(1), win_rate: 1e-300, gross_margin: 1e-300 }) })).toMatchObject({
+    expect(classify(buildEconomics({ ...econ(1), win_rate: 1e-300, gross_margin: 1e-300 }, 'SAR', PRODUCED_AT), policy, { payback: paybackRatio({ ...econ(1), win_rate: 1e-300, gross_margin: 1e-300 }) })).toMatchObject({
       cls: 'C',
       reasons: ['no gross profit: payback never reached'],
     });
@@ -267,8 +270,8 @@ describe('classify on the exact payback (cost × 12 ÷ gross profit), not its 2-
   });
 
   it('without the exact payback (packets classified before it, approval-policy@1): on the 2-decimal figure, as they were', () => {
-    expect(classify(buildEconomics(econ(6_004), 'SAR'), policy).cls).toBe('A');
-    expect(classify(buildEconomics(econ(24_004), 'SAR'), policy).cls).toBe('B');
+    expect(classify(buildEconomics(econ(6_004), 'SAR', PRODUCED_AT), policy).cls).toBe('A');
+    expect(classify(buildEconomics(econ(24_004), 'SAR', PRODUCED_AT), policy).cls).toBe('B');
   });
 
   it('refuses, in a PUT, month thresholds finer than the payback shown (2 decimals), each named by its path', () => {
@@ -284,7 +287,7 @@ describe('classify on the exact payback (cost × 12 ÷ gross profit), not its 2-
 
 describe('buildDossier', () => {
   it('normalises the profile and scores a complete submission 1 with no risk flags', () => {
-    const d = buildDossier(submission());
+    const d = buildDossier(submission(), PRODUCED_AT);
     expect(d.profile).toMatchObject({ name: 'Acme Trading', sector: 'logistics', website: 'https://acme.example', registration_number: '1010101010' });
     expect(d.facts.completeness_score).toBe(1);
     expect(d.facts.risk_flags).toEqual([]);
@@ -292,20 +295,20 @@ describe('buildDossier', () => {
 
   it('flags a missing registration number and website and lowers completeness', () => {
     const { website: _w, registration_number: _r, ...partner } = PARTNER;
-    const d = buildDossier({ partner, economics: ECONOMICS, currency: 'SAR' } as Submission);
+    const d = buildDossier({ partner, economics: ECONOMICS, currency: 'SAR' } as Submission, PRODUCED_AT);
     expect(d.facts.risk_flags).toEqual(['missing_registration_number', 'missing_website']);
     expect(d.facts.completeness_score).toBe(0.6);
     expect(d.profile.website).toBeNull();
   });
 
   it('flags a plain-http website and a high-risk sector', () => {
-    expect(buildDossier(submission({ website: 'http://acme.example' })).facts.risk_flags).toEqual(['non_https_website']);
-    expect(buildDossier(submission({ website: 'HTTPS://acme.example' })).facts.risk_flags).toEqual([]);
-    expect(buildDossier(submission({ sector: 'Gambling' })).facts.risk_flags).toEqual(['high_risk_sector']);
+    expect(buildDossier(submission({ website: 'http://acme.example' }), PRODUCED_AT).facts.risk_flags).toEqual(['non_https_website']);
+    expect(buildDossier(submission({ website: 'HTTPS://acme.example' }), PRODUCED_AT).facts.risk_flags).toEqual([]);
+    expect(buildDossier(submission({ sector: 'Gambling' }), PRODUCED_AT).facts.risk_flags).toEqual(['high_risk_sector']);
   });
 
   it('carries a provenance on every section, hashing the submitted partner', () => {
-    const d = buildDossier(submission());
+    const d = buildDossier(submission(), PRODUCED_AT);
     const expected = sha256Hex(canonicalJson(submission().partner));
     expect(d.profile.provenance).toMatchObject({ source: 'submission', inputs_sha256: expected, producer_version: 'golden-path@1' });
     expect(d.facts.provenance).toMatchObject({ source: 'derived', inputs_sha256: expected });

@@ -86,7 +86,7 @@ export function approvalPacketStep(deps: { slaBSeconds: number; slaCSeconds: num
         decisions: [],
         policy: applied,
         currency_mismatch: currencyMismatch,
-        provenance: provenance('policy', CLASSIFIED_EXACTLY, packetBasis(econ, applied)),
+        provenance: provenance('policy', CLASSIFIED_EXACTLY, packetBasis(econ, applied), now),
       };
       if (cls === 'A') {
         await insertRow(ctx.em, ApprovalDecision, {

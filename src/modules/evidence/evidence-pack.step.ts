@@ -40,10 +40,12 @@ export const evidencePackStep = defineStep({
     };
     const sha256 = evidenceHash(content);
     const id = randomUUID();
-    const createdAt = new Date();
+    // The database's time (ctx.now), never this worker's clock: a pack created before its run, or before
+    // the approval it records, is what a worker whose clock is off wrote. Not in the hashed content.
+    const createdAt = ctx.now;
     // Its seal (the hash kept apart, what /verify compares with, outliving the run's checkpoints) is written
     // by the insert's trigger, in the same statement (evidence-pack.entity.ts, ADR 0011).
     await insertRow(ctx.em, EvidencePackRow, { id, tenantId: ctx.run.tenantId, runId: ctx.run.id, content, sha256, createdAt });
-    return { evidence_pack_id: id, sha256, outcome, provenance: provenance('derived', 'rfc8785-sha256', { sha256 }) };
+    return { evidence_pack_id: id, sha256, outcome, provenance: provenance('derived', 'rfc8785-sha256', { sha256 }, createdAt) };
   },
 });

@@ -63,9 +63,10 @@ export function paybackMonths(e: EconomicsInput): number | null {
 
 /**
  * Pure: upside, profit and cost (to the currency's minor unit), payback and the ±20 % sensitivity on
- * win rate and deal value. Computed exactly from the inputs as written, each amount rounded once.
+ * win rate and deal value. Computed exactly from the inputs as written, each amount rounded once;
+ * produced at `producedAt` (the database's time, ctx.now).
  */
-export function buildEconomics(e: EconomicsInput, currency: string): Economics {
+export function buildEconomics(e: EconomicsInput, currency: string, producedAt: Date): Economics {
   const x = exactInputs(e);
   // Money to the currency's minor unit (3 decimals for KWD: 50,000.004 stays above a 50,000 bound).
   const digits = minorDigits(currency);
@@ -83,7 +84,7 @@ export function buildEconomics(e: EconomicsInput, currency: string): Economics {
       scenario('deal_value_-20%', { dealValue: productExact([x.dealValue, MINUS_20]) }),
       scenario('deal_value_+20%', { dealValue: productExact([x.dealValue, PLUS_20]) }),
     ],
-    provenance: provenance('derived', 'economics-model@1', { economics: e, currency }),
+    provenance: provenance('derived', 'economics-model@1', { economics: e, currency }, producedAt),
   };
 }
 
@@ -92,7 +93,8 @@ export const economicsModelStep = defineStep({
   input: z.object({ submission: submissionSchema }),
   output: economicsSchema,
   async run({ submission }, ctx) {
-    const model = buildEconomics(submission.economics, submission.currency);
+    // Stamped with the database's time, never this worker's clock (ctx.now): the row and the provenance alike.
+    const model = buildEconomics(submission.economics, submission.currency, ctx.now);
     await insertRow(ctx.em, EconomicsModelRow, {
       id: randomUUID(),
       tenantId: ctx.run.tenantId,
@@ -101,7 +103,7 @@ export const economicsModelStep = defineStep({
       cost: model.cost,
       paybackMonths: model.payback_months,
       content: model,
-      createdAt: new Date(),
+      createdAt: ctx.now,
     });
     return model;
   },

@@ -8,8 +8,8 @@ import { insertRow } from '../../platform/db/insert-row.ts';
 
 const HIGH_RISK_SECTORS = new Set(['gambling', 'crypto', 'arms', 'weapons', 'tobacco']);
 
-/** Pure: the normalised partner profile and derived facts. */
-export function buildDossier(submission: z.infer<typeof submissionSchema>): Dossier {
+/** Pure: the normalised partner profile and derived facts, produced at `producedAt` (the database's time, ctx.now). */
+export function buildDossier(submission: z.infer<typeof submissionSchema>, producedAt: Date): Dossier {
   const partner = submission.partner;
   const flags: Array<(typeof RISK_FLAGS)[number]> = [];
   if (!partner.registration_number) flags.push('missing_registration_number');
@@ -25,12 +25,12 @@ export function buildDossier(submission: z.infer<typeof submissionSchema>): Doss
       sector: partner.sector.toLowerCase(),
       website: partner.website ?? null,
       registration_number: partner.registration_number ?? null,
-      provenance: provenance('submission', 'normalise-partner-profile', partner),
+      provenance: provenance('submission', 'normalise-partner-profile', partner, producedAt),
     },
     facts: {
       completeness_score: Math.round(completeness * 100) / 100,
       risk_flags: flags,
-      provenance: provenance('derived', 'completeness-and-risk-rules@1', partner),
+      provenance: provenance('derived', 'completeness-and-risk-rules@1', partner, producedAt),
     },
   };
 }
@@ -43,7 +43,8 @@ export const partnerDossierStep = defineStep({
   // Pure, plus one insert in its transaction: it may run from what a new run's job carries (ADR 0004).
   effectsInTransaction: true,
   async run({ submission }, ctx) {
-    const dossier = buildDossier(submission);
+    // Stamped with the database's time, never this worker's clock (ctx.now): the row and the provenance alike.
+    const dossier = buildDossier(submission, ctx.now);
     await insertRow(ctx.em, PartnerDossierRow, {
       id: randomUUID(),
       tenantId: ctx.run.tenantId,
@@ -52,7 +53,7 @@ export const partnerDossierStep = defineStep({
       country: dossier.profile.country,
       completenessScore: dossier.facts.completeness_score,
       content: dossier,
-      createdAt: new Date(),
+      createdAt: ctx.now,
     });
     return dossier;
   },

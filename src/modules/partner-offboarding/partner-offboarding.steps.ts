@@ -201,7 +201,8 @@ export const freezePartnerStep = defineStep({
   effectsInTransaction: true,
   async run({ submission }, ctx) {
     const id = randomUUID();
-    const frozenAt = new Date();
+    // The database's time (ctx.now), never this worker's clock, as every step's: so are settled_at and archived_at.
+    const frozenAt = ctx.now;
     const { reference, name } = submission.partner;
     const claim = () => ctx.em.execute<{ id: string }[]>(CLAIM, [id, ctx.run.tenantId, ctx.run.id, reference, name, submission.reason, frozenAt]);
     if (!(await claim())[0]) {
@@ -226,7 +227,7 @@ export const settleBalancesStep = defineStep({
   input: z.object({ submission: offboardingSubmission }),
   output: settlementSchema,
   async run({ submission }, ctx) {
-    const settlement: Settlement = { lines: settle(submission.balances), settled_at: new Date().toISOString() };
+    const settlement: Settlement = { lines: settle(submission.balances), settled_at: ctx.now.toISOString() };
     await advance(ctx.em, ctx, 'frozen', `status = 'settled', settlement = ?, settled_at = ?`, [JSON.stringify(settlement), settlement.settled_at]);
     return settlement;
   },
@@ -238,7 +239,7 @@ export const archiveRecordStep = defineStep({
   input: z.object({ outputs: z.object({ 'settle-balances': settlementSchema }) }),
   output: archivedSchema,
   async run(_input, ctx) {
-    const archivedAt = new Date().toISOString();
+    const archivedAt = ctx.now.toISOString();
     const id = await advance(ctx.em, ctx, 'settled', `status = 'archived', archived_at = ?`, [archivedAt]);
     return { offboarding_id: id, archived_at: archivedAt };
   },

@@ -34,6 +34,16 @@ const duration = (fallback: string, opts: { offOrAtLeastMs?: number; off?: strin
 const MAX_APPROVAL_SLA_MS = 365 * 86_400_000;
 const approvalSla = (fallback: string) =>
   duration(fallback).refine((ms) => ms >= 1_000 && ms <= MAX_APPROVAL_SLA_MS && ms % 1_000 === 0, 'must be a whole number of seconds between 1s and 365d');
+/**
+ * A duration's floor, checked at start-up: below it the setting does what no one means (`why`), so the
+ * process refuses to start (a config problem, listed with the others) instead of running that way.
+ */
+function atLeastMs(minMs: number, why: string) {
+  const least = minMs % 1000 === 0 ? `${minMs / 1000}s` : `${minMs}ms`;
+  return (ms: number, ctx: z.RefinementCtx) => {
+    if (ms < minMs) ctx.addIssue({ code: 'custom', message: `must be at least ${least}, not ${ms} ms: ${why}` });
+  };
+}
 
 const postgresUrl = z
   .string()
@@ -146,7 +156,9 @@ export const configSchema = z
     JWT_JWKS_MAX_STALE: duration('24h').refine((ms) => ms <= 7 * 86_400_000, 'at most 7d (a key removed from a JWKS that cannot be fetched is used up to that much longer)'),
 
     IDEMPOTENCY_TTL: duration('24h'),
-    IDEMPOTENCY_LEASE: duration('60s'),
+    // Below 1 s a retry takes over a key whose first request is still at work (its claim, handler and
+    // completion take about that long at the tail under load): the handler runs twice, LEASE_LOST rolls one back.
+    IDEMPOTENCY_LEASE: duration('60s').superRefine(atLeastMs(1_000, 'a retry of the request would take its key over while it still runs (docs/api.md, *Idempotency*)')),
 
     // Benchmarked (docs/performance.md, npm run bench:pairs): a run job spends most of its time waiting for
     // PostgreSQL, one step after another; on two cores 8 jobs per process ran as many runs as 16 with less
@@ -167,8 +179,9 @@ export const configSchema = z
     // registered the version is gone; a process that registers a version listed here does not start.
     WORKFLOW_VERSIONS_RETIRED: csv(''),
     // A SIGKILLed worker's step resumes elsewhere after about lock + half the stalled interval (ADR 0002).
-    WORKER_LOCK_DURATION: duration('2s'),
-    WORKER_STALLED_INTERVAL: duration('500ms'),
+    // Floors against 0 and its like only; the readiness row worker-settings wants a lock of 1-60 s.
+    WORKER_LOCK_DURATION: duration('2s').superRefine(atLeastMs(100, "every job's lock would lapse before BullMQ renews it (at half the lock), and its step run again elsewhere")),
+    WORKER_STALLED_INTERVAL: duration('500ms').superRefine(atLeastMs(100, 'BullMQ would look for stalled jobs in Redis in a tight loop')),
     WORKER_MAX_STALLED_COUNT: z.coerce.number().int().min(1).max(100).default(10),
     // Times one step of a run may lose its worker mid-execution (a stalled run job: SIGKILL, OOM, a crash in
     // native code) before the run fails with step_crashed_worker instead of crash-looping the fleet (ADR 0016).
@@ -180,7 +193,7 @@ export const configSchema = z
     // past it the tenant's further run jobs are parked until one of its runs gives a slot back. 0 = off
     // (no Redis command is added to a run job's path).
     WORKER_MAX_ACTIVE_RUNS_PER_TENANT: z.coerce.number().int().min(0).max(100_000).default(0),
-    SWEEPER_INTERVAL: duration('15s'),
+    SWEEPER_INTERVAL: duration('15s').superRefine(atLeastMs(1_000, "the sweeper's cross-tenant reads would run back to back (setInterval), and the tenant limits' reseed with them")),
     SWEEPER_MIN_AGE: duration('10s'),
     // Finished jobs BullMQ keeps in Redis for Bull Board: the newest this many, and none older than an
     // hour (completed) or a week (failed). PostgreSQL keeps every run; a completed run job holds about
@@ -271,6 +284,15 @@ export const configSchema = z
     /** How long a request may take to arrive whole (headers and body): a slow upload frees its in-flight slot then (408). */
     // Node's requestTimeout (whole ms; 0 = none): not 0 yet under 1 ms is refused rather than read as none.
     API_REQUEST_TIMEOUT: duration('30s', { offOrAtLeastMs: 1, off: 'no request timeout' }),
+    /**
+     * SIGTERM to the API: this long /readyz answers 503 while the API goes on serving (new connections
+     * too), for a load balancer that routes by readiness (Kubernetes, an ALB) to stop sending requests
+     * before the listener closes; then the drain (WORKER_SHUTDOWN_GRACE). 0 (default): the listener closes
+     * at once, as Heroku's router (which stops routing at the signal) and compose want. At most 5 min.
+     */
+    API_SHUTDOWN_DELAY: duration('0').superRefine((ms, ctx) => {
+      if (ms > 300_000) ctx.addIssue({ code: 'custom', message: `at most 5m, not ${ms} ms: the platform kills the process long before (Kubernetes' terminationGracePeriodSeconds must exceed it plus WORKER_SHUTDOWN_GRACE)` });
+    }),
 
     BULL_BOARD_READ_ONLY: bool(true),
     OPERATOR_USER: z.string().min(1).optional(),

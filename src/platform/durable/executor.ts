@@ -303,6 +303,8 @@ export class StepExecutor {
         state!.run.status = done.runStatus;
         if (!done.waiting) state!.outputs[step.name] = done.output;
         for (const [at, value] of done.prefetched ?? []) state!.prefetched.set(at, value);
+        // A first step's checkpoint tells the database's time of its transaction: the next steps' ctx.now.
+        if (done.dbTime && done.dbTime > state!.dbTime) state!.dbTime = done.dbTime;
         unread = false;
         outcome.steps.push({ sequence_num: seq, step: step.name, status: done.waiting ? 'waiting' : 'completed', replayed: false, duration_ms: Math.round(ms * 100) / 100 });
         span?.setAttribute(ATTR.REPLAYED, false);
@@ -521,6 +523,7 @@ export class StepExecutor {
       wait: <O>(output: O): Waiting<O> => ({ [WAITING]: true, output }),
       emit: (type, data) => void events.push({ type, data }),
       prefetched: state.prefetched.has(seq) ? state.prefetched.get(seq) : undefined,
+      now: state.dbTime,
       retired: (version) => this.o.runtime.workflows.retired(wf.name, version),
     };
     // The step's inserts are held and travel with its next statement: at the latest with the
@@ -540,7 +543,7 @@ export class StepExecutor {
       runStatus = fin.status;
       runOutput = fin.output;
     }
-    const { prefetched, deliveries } = await this.o.runtime.checkpoint(tx, {
+    const { prefetched, deliveries, dbTime } = await this.o.runtime.checkpoint(tx, {
       run: state.run,
       sequenceNum: seq,
       stepName: step.name,
@@ -565,7 +568,7 @@ export class StepExecutor {
       // Not read in this transaction: the checkpoint checks the run, and brings the later steps' prefetches.
       ...(unread ? { expect: { run: state.run, prefetch: wf.steps.flatMap((s, i) => (s.prefetch && i + 1 > seq ? [{ seq: i + 1, sql: s.prefetch }] : [])) } } : {}),
     });
-    return { waiting, output, runStatus, prefetched, deliveries };
+    return { waiting, output, runStatus, prefetched, deliveries, dbTime };
   }
 
   /**

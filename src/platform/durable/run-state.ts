@@ -1,6 +1,6 @@
 import type { EntityManager } from '@mikro-orm/postgresql';
 import { NonDeterminismError, RunNotVisibleError } from './errors.ts';
-import { RUN_COLUMNS, type RunRow, type StepJobData } from './runtime.ts';
+import { DB_TIME_SQL, RUN_COLUMNS, type RunRow, type StepJobData } from './runtime.ts';
 import type { RunInfo, WorkflowDef } from './workflow.ts';
 
 export interface CheckpointView {
@@ -22,7 +22,13 @@ export interface RunState {
   outputs: Record<string, unknown>;
   /** What the steps' `prefetch` reads found, by sequence_num (steps from the job's on that declare one). */
   prefetched: Map<number, unknown>;
+  /**
+   * The database's time as the job last read it (StepContext.now): the run's read's `now()`, or for a
+   * run not read yet its `created_at`; moved on by a checkpoint that reports its own (a first step's).
+   */
+  dbTime: Date;
 }
+
 
 /**
  * Reads the run and all its checkpoints in one statement, in the caller's transaction (so with the
@@ -35,7 +41,8 @@ export async function loadRunState(tx: EntityManager, wf: WorkflowDef, job: Step
     `select ${RUN_COLUMNS},
        coalesce((select json_agg(json_build_object('seq', c.sequence_num, 'step', c.step_name, 'status', c.status, 'output', c.output)
                                  order by c.sequence_num)
-                   from durable_checkpoints c where c.tenant_id = r.tenant_id and c.run_id = r.id), '[]'::json) as checkpoints${prefetches.map((p) => `,
+                   from durable_checkpoints c where c.tenant_id = r.tenant_id and c.run_id = r.id), '[]'::json) as checkpoints,
+       ${DB_TIME_SQL} as db_time${prefetches.map((p) => `,
        (${p.sql}) as prefetch_${p.seq}`).join('')}
        from durable_runs r where r.tenant_id = ? and r.id = ?`,
     [job.tenant_id, job.run_id],
@@ -65,13 +72,13 @@ export async function loadRunState(tx: EntityManager, wf: WorkflowDef, job: Step
   if (!named || named.name !== job.step) {
     throw new NonDeterminismError(`job names step ${job.sequence_num} "${job.step}", the code has "${named?.name ?? 'nothing'}"`, at);
   }
-  const { checkpoints: _, ...rest } = row;
+  const { checkpoints: _, db_time: dbTime, ...rest } = row;
   const prefetched = new Map<number, unknown>();
   for (const p of prefetches) {
     prefetched.set(p.seq, rest[`prefetch_${p.seq}`] ?? null);
     delete rest[`prefetch_${p.seq}`];
   }
-  return stateOf(rest as RunRow, checkpoints, outputs, prefetched);
+  return stateOf(rest as RunRow, checkpoints, outputs, prefetched, new Date(dbTime as Date | string));
 }
 
 /**
@@ -111,15 +118,17 @@ export function startingRunState(wf: WorkflowDef, job: StepJobData, firstDeliver
     // A new run's first job: a retried run's jobs never carry `first` (enqueue's carryFirst is for a run just created).
     retry_count: 0,
   };
-  return stateOf(run, new Map(), {}, new Map());
+  // No read yet: the run's creation is the latest time of the database's the job knows (its queueing not counted).
+  return stateOf(run, new Map(), {}, new Map(), createdAt);
 }
 
-function stateOf(run: RunRow, checkpoints: Map<number, CheckpointView>, outputs: Record<string, unknown>, prefetched: Map<number, unknown>): RunState {
+function stateOf(run: RunRow, checkpoints: Map<number, CheckpointView>, outputs: Record<string, unknown>, prefetched: Map<number, unknown>, dbTime: Date): RunState {
   return {
     run,
     checkpoints,
     outputs,
     prefetched,
+    dbTime,
     info: {
       id: run.id,
       tenantId: run.tenant_id,

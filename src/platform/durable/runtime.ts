@@ -138,6 +138,13 @@ export const RUN_COLUMNS = `id, tenant_id, workflow, workflow_version, idempoten
   correlation_id, trace_id, traceparent, sequence_num, step_count, created_at, updated_at, completed_at, retry_count`;
 
 /**
+ * The statement's `now()` to the millisecond, down (as a JavaScript Date holds it, and as the run's
+ * `created_at` and the policy prefetch's `read_at` are): what a run job learns of the database's clock
+ * with a statement it sends anyway (StepContext.now).
+ */
+export const DB_TIME_SQL = `date_trunc('milliseconds', now())`;
+
+/**
  * The retries a run's `retry_history` keeps: the newest this many, oldest first; its `retry_count`
  * counts them all. Trimmed by the retry's own update (ADR 0009, *Where the failure goes*): a failure
  * that does not go away, retried by a client on every `failed`, grew the row, every view of the run
@@ -556,7 +563,7 @@ export class DurableRuntime {
         outbox ? RUN_ENDED_COLUMNS : 'id, tenant_id',
       )}${outbox ? `,
        ${outboxCte(outbox.sql, { at: EVENT_AT })}` : ''}
-       select durable_expect((select count(*) from r) = 1, ?) as expected${outbox ? `, ${OUTBOX_IDS}` : ''}${expect.prefetch.map((p) => `,
+       select durable_expect((select count(*) from r) = 1, ?) as expected, ${DB_TIME_SQL} as db_time${outbox ? `, ${OUTBOX_IDS}` : ''}${expect.prefetch.map((p) => `,
          (select (${p.sql}) from r) as prefetch_${p.seq}`).join('')}`,
       [randomUUID(), args.run.tenant_id, args.run.id, args.sequenceNum, args.stepName, args.status,
         outputParam(args), args.error === undefined ? null : JSON.stringify(args.error), args.attempt,
@@ -568,6 +575,7 @@ export class DurableRuntime {
     const row = rows[0] ?? {};
     return {
       prefetched: new Map(expect.prefetch.map((p) => [p.seq, row[`prefetch_${p.seq}`] ?? null])),
+      ...(row.db_time ? { dbTime: new Date(row.db_time as Date | string) } : {}),
       deliveries: (row.webhook_deliveries as string[] | undefined) ?? [],
     };
   }
@@ -804,6 +812,8 @@ function firstStepData(run: Partial<RunRow>): FirstStepData | undefined {
 /** What a checkpoint statement returns: the later steps' prefetches (`expect` only) and the webhook deliveries it inserted. */
 export interface CheckpointResult {
   prefetched?: Map<number, unknown>;
+  /** The statement's DB_TIME_SQL (`expect` only: the one checkpoint whose row is read anyway): the next steps' StepContext.now. */
+  dbTime?: Date;
   /** Ids of the webhook deliveries inserted with the checkpoint: enqueue them after the commit (dispatchDeliveries). */
   deliveries: string[];
 }

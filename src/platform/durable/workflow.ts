@@ -78,6 +78,21 @@ export interface StepContext {
    */
   prefetched: unknown;
   /**
+   * The database's time, as this run job last read it, to the millisecond: what a step stamps its rows
+   * and outputs with, never this worker's clock (which may be off by a day: docs/runtime.md, *The step
+   * algorithm*). The `now()` of the job's read of its run (the first transaction of the job), or of a
+   * new run's first step's checkpoint for the steps after it; for that first step itself (run from what
+   * its job carries, before any read) the run's `created_at`. Never before the run's creation, nor
+   * before anything committed before the job read the run (a human decision it carries on from), nor
+   * after the step's own commit; no round trip of its own. To the millisecond, down: a human decision
+   * keeps its microseconds (their order), so one recorded in the same millisecond as the read reads in
+   * SQL up to 1 ms after it (rounding up instead would put every stamp after its own step's
+   * `completed_at`, the same transaction's now()); to the millisecond, as a Date and an ISO string show
+   * both, never after. Fixed for the step's execution: a step that runs again (its transaction rolled
+   * back) may get a later one.
+   */
+  now: Date;
+  /**
    * Whether `version` of this run's workflow is declared retired for good (WORKFLOW_VERSIONS_RETIRED,
    * ADR 0008): a run of it can never be carried on, nor retried. For a step that judges other runs of
    * its workflow (partner offboarding's freeze-partner: a failed run of such a version holds nothing).

@@ -41,7 +41,7 @@ function oneAtATime<T>(op: () => Promise<T>): () => Promise<T> {
  * anonymous probes of a slow database — each left its statement running when it gave up — held every
  * connection of the pool, and tenants' requests failed with 503.
  */
-export function readiness(deps: { orm: MikroORM; redis: Redis; logger?: Logger }) {
+export function readiness(deps: { orm: MikroORM; redis: Redis; logger?: Logger; stopping?: () => boolean }) {
   const failed = (check: string, detail: string) => (e: Error) => {
     deps.logger?.warn({ check, err: e.message }, 'readiness check failed');
     return { ok: false, detail };
@@ -51,7 +51,10 @@ export function readiness(deps: { orm: MikroORM; redis: Redis; logger?: Logger }
   const pending = oneAtATime(() => deps.orm.migrator.getPending());
   return async (_req: Request, res: Response): Promise<void> => {
     const checks: Record<string, { ok: boolean; detail?: string }> = {};
-    await Promise.all([
+    // Stopping (SIGTERM, API_SHUTDOWN_DELAY): not ready, whatever the backends say, so the load balancer
+    // takes this instance out while it still serves; nothing is checked.
+    if (deps.stopping?.()) checks.shutdown = { ok: false, detail: 'shutting down' };
+    else await Promise.all([
       withTimeout(postgres(), 2000, 'postgres')
         .then(() => (checks.postgres = { ok: true }))
         .catch((e: Error) => (checks.postgres = failed('postgres', 'unreachable or too slow')(e))),

@@ -101,6 +101,20 @@ function exitAfterFlush(logger: Logger, code: number): void {
 }
 
 /**
+ * The API's first move at SIGTERM: marks the process stopping (/readyz answers 503 from then on) and,
+ * for `delayMs` (API_SHUTDOWN_DELAY), goes on serving — new connections too — so a load balancer that
+ * routes by readiness (Kubernetes, an ALB) stops sending requests before the listener closes; requests
+ * sent between the signal and the deregistration were refused a connection. Then the caller drains.
+ * 0 changes nothing but the flag: the drain starts at once. A second signal meanwhile exits at once (onShutdown).
+ */
+export async function notReadyFor(markStopping: () => void, delayMs: number, logger: Logger): Promise<void> {
+  markStopping();
+  if (delayMs <= 0) return;
+  logger.info({ delay_ms: delayMs }, 'not ready (/readyz 503), still serving until the delay ends (API_SHUTDOWN_DELAY)');
+  await new Promise((resolve) => setTimeout(resolve, delayMs));
+}
+
+/**
  * Returns the graceful close of `server` (call this before it serves): the listener closes (new
  * connections are refused), idle keep-alive connections are closed, and each request in flight is
  * answered and then its connection closed (`Connection: close`). Node's `server.close()` alone

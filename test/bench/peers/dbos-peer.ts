@@ -51,7 +51,7 @@ async function tenantTx<T>(tenantId: string, fn: (c: pg.PoolClient) => Promise<T
 
 const partnerDossier = DBOS.registerStep(
   async (input: WfInput, runId: string): Promise<Dossier> => {
-    const dossier = buildDossier(input.submission);
+    const dossier = buildDossier(input.submission, new Date());
     await tenantTx(input.tenantId, (c) =>
       c.query(
         `insert into partner_dossiers (id, tenant_id, run_id, partner_name, country, completeness_score, content, created_at) values ($1, $2, $3, $4, $5, $6, $7, $8)`,
@@ -65,7 +65,7 @@ const partnerDossier = DBOS.registerStep(
 
 const economicsModel = DBOS.registerStep(
   async (input: WfInput, runId: string): Promise<Economics> => {
-    const model = buildEconomics(input.submission.economics, input.submission.currency);
+    const model = buildEconomics(input.submission.economics, input.submission.currency, new Date());
     await tenantTx(input.tenantId, (c) =>
       c.query(
         `insert into economics_models (id, tenant_id, run_id, currency, cost, payback_months, content, created_at) values ($1, $2, $3, $4, $5, $6, $7, $8)`,
@@ -106,7 +106,7 @@ const approvalPacket = DBOS.registerStep(
         decisions: [{ decided_by: 'system', decision: 'approve', comment: 'class A: approved automatically by policy', decided_at: now.toISOString(), kind: 'system' }],
         policy: applied,
         currency_mismatch: currencyMismatch,
-        provenance: provenance('policy', CLASSIFIED_EXACTLY, packetBasis(econ, applied)),
+        provenance: provenance('policy', CLASSIFIED_EXACTLY, packetBasis(econ, applied), now),
       };
     });
   },
@@ -121,7 +121,7 @@ const evidencePack = DBOS.registerStep(
     await tenantTx(input.tenantId, (c) =>
       c.query(`insert into evidence_packs (id, tenant_id, run_id, content, sha256, created_at) values ($1, $2, $3, $4, $5, $6)`, [id, input.tenantId, runId, JSON.stringify(content), sha256, new Date()]),
     );
-    return { evidence_pack_id: id, sha256, outcome: 'approved', provenance: provenance('derived', 'rfc8785-sha256', { sha256 }) };
+    return { evidence_pack_id: id, sha256, outcome: 'approved', provenance: provenance('derived', 'rfc8785-sha256', { sha256 }, new Date()) };
   },
   { name: 'evidence-pack' },
 );
