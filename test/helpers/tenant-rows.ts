@@ -91,6 +91,7 @@ export class TenantRows {
 
   /** A fresh row for `tenant` (not inserted); parents it references are seeded for the same tenant. */
   async build(table: string, tenant: string): Promise<Row> {
+    if (table === 'approval_policy_versions') return this.nextPolicyVersion(tenant);
     const spec = this.spec(table);
     const row: Row = {};
     // References a trigger checks rather than a foreign key: a parent of its own per row (each may be unique per parent).
@@ -134,6 +135,21 @@ export class TenantRows {
       else throw new Error(`column ${table}.${col} has no property in entity ${meta.className}`);
     }
     return data;
+  }
+
+  /**
+   * A history row takes only the tenant's policy as its transaction commits it (POLICY_VERSION_GUARD):
+   * the tenant's policy moves to a version of its own (its row seeded first if it has none), whose copy
+   * is the row, and the copy the policy's trigger recorded is removed, so the row's insert is the one
+   * that records it. Until the tenant's next one is built, the row is its policy as it commits.
+   */
+  private async nextPolicyVersion(tenant: string): Promise<Row> {
+    const bumped = await this.admin.query(`update approval_policies set version = version + 1 where tenant_id = $1 returning version`, [tenant]);
+    if (bumped.rowCount === 0) await this.seed('approval_policies', tenant);
+    const [row] = (await this.admin.query(`delete from approval_policy_versions h using approval_policies p
+       where p.tenant_id = $1 and h.tenant_id = p.tenant_id and h.version = p.version returning h.*`, [tenant])).rows;
+    if (!row) throw new Error(`approval policy of tenant ${tenant}: its version was not recorded`);
+    return { ...row, id: randomUUID() };
   }
 
   private parent(table: string, tenant: string): Promise<Row> {

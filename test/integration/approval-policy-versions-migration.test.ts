@@ -54,6 +54,9 @@ describe('migration approval_policy_versions', () => {
     const recordTrigger = async () =>
       admin(`select tgname, tgdeferrable, tginitdeferred from pg_trigger where tgrelid = 'approval_policies'::regclass and not tgisinternal`);
     expect(await recordTrigger()).toEqual([{ tgname: 'record_version', tgdeferrable: true, tginitdeferred: true }]);
+    // The guard the next migration adds on the history (approval_policy_version_guard), deferred to the commit as well.
+    expect(await admin(`select tgname, tgdeferrable, tginitdeferred from pg_trigger where tgrelid = 'approval_policy_versions'::regclass and not tgisinternal`))
+      .toEqual([{ tgname: 'is_the_policy', tgdeferrable: true, tginitdeferred: true }]);
 
     const app = await createOrm(database.config, { entities, role: 'app', poolMax: 1 });
     try {

@@ -374,6 +374,34 @@ describe("an evidence pack's approval policy", () => {
   const HISTORY_COLUMNS = `version, class_amax_cost, class_amax_payback_months, class_cmin_cost, class_cmin_payback_months, sla_bseconds, sla_cseconds, currency, updated_at, updated_by, approved_by`;
   const historyOf = async (tenant: string) => (await stack.db.admin(`select ${HISTORY_COLUMNS} from approval_policy_versions where tenant_id = $1 order by version`, [tenant])).rows;
   const policyOf = async (tenant: string) => (await stack.db.admin(`select ${HISTORY_COLUMNS} from approval_policies where tenant_id = $1`, [tenant])).rows[0];
+  /** The tenant's policy row copied into the history as `version` (by the application role, as a forger would). */
+  const COPY_AS_VERSION = `insert into approval_policy_versions (id, tenant_id, ${HISTORY_COLUMNS})
+      select gen_random_uuid(), tenant_id, $2::int, ${HISTORY_COLUMNS.replace('version, ', '')} from approval_policies where tenant_id = $1`;
+
+  it("the application role cannot insert a history row that is not its policy as its transaction commits it: a made-up version, lower or higher, is refused (42501); one its own update makes the policy's is kept", { timeout: LONG }, async () => {
+    const tenant = newTenant();
+    expect((await setPolicy(stack, tenant, POLICY)).status).toBe(200);
+    expect((await setPolicy(stack, tenant, { ...POLICY, sla_b_seconds: 3600 })).status).toBe(200);
+    const before = await historyOf(tenant);
+    expect(before.map((h: any) => h.version)).toEqual([1, 2]);
+    // Before the history began (it would turn a pack naming version 0 from mismatch to match), and not yet reached.
+    for (const version of [0, 3]) {
+      await expect(asApp(tenant, [[COPY_AS_VERSION, [tenant, version]]]), `version ${version}`).rejects.toMatchObject({ code: '42501' });
+    }
+    // The next version with other values than the update in the same transaction makes the policy's.
+    await expect(asApp(tenant, [
+      [COPY_AS_VERSION, [tenant, 3]],
+      [`update approval_policies set version = 3, sla_bseconds = 1800 where tenant_id = $1`, [tenant]],
+    ])).rejects.toMatchObject({ code: '42501' });
+    expect(await historyOf(tenant)).toEqual(before);
+    // The policy's own version, as the transaction leaves it: recorded once (the trigger's copy meets the same row).
+    await asApp(tenant, [
+      [`update approval_policies set version = 3, sla_bseconds = 1800 where tenant_id = $1`, [tenant]],
+      [COPY_AS_VERSION, [tenant, 3]],
+    ]);
+    expect(await historyOf(tenant)).toEqual([...before, await policyOf(tenant)]);
+  });
+
   /** The previous release's upsert of a policy version (applyPolicy before the history existed): it records none. */
   const OLD_UPSERT = `insert into approval_policies as p (id, tenant_id, class_amax_cost, class_amax_payback_months, class_cmin_cost, class_cmin_payback_months,
         sla_bseconds, sla_cseconds, currency, updated_at, updated_by, approved_by, version)

@@ -109,7 +109,7 @@ const VERSION_COLUMNS = 'tenant_id, version, class_amax_cost, class_amax_payback
  * leaves it, so an approved change's restamp of `updated_at` (a later statement than its upsert,
  * approveChange) is the time recorded, as the row keeps it. In the writer's transaction, as the writing
  * role (SECURITY INVOKER, under the history's RLS: the application role may insert history rows, never
- * change them). `on conflict do nothing`: two version changes in one transaction record the one it
+ * change them; and only the policy as it commits, POLICY_VERSION_GUARD). `on conflict do nothing`: two version changes in one transaction record the one it
  * commits, once.
  */
 export const POLICY_VERSION_TRIGGER = 'record_version';
@@ -148,6 +148,20 @@ export const ApprovalPolicyRow = defineEntity({
 });
 
 /**
+ * Refuses (42501) a history row that is not the tenant's policy row as the inserting transaction commits
+ * it: the same version and every recorded column (`is not distinct from`: updated_by and approved_by may
+ * be null). POLICY_VERSION_TRIGGER's copies pass by construction; what it stops is the application role
+ * inserting a version of its own making — one before the history began, one not yet reached, or the next
+ * one with other values than the policy then takes — which an evidence pack forged by that role could
+ * name and match in /verify, or which would turn the packs naming a lower version from `absent` to
+ * compared. A constraint trigger deferred to the commit, like POLICY_VERSION_TRIGGER (whose copy fires
+ * it in turn, at the same commit): it compares with the row as the transaction leaves it, and runs after
+ * row-level security has refused another tenant's row at its insert. It reads `approval_policies` as the
+ * inserting role, under that table's RLS: another tenant's policy is no policy.
+ */
+export const POLICY_VERSION_GUARD = 'is_the_policy';
+
+/**
  * Every version of a tenant's approval policy, as it was applied (ADR 0010): one row per (tenant,
  * version), written by POLICY_VERSION_TRIGGER in the transaction that made that version the one in
  * force, with the policy row's values as it commits. `approval_policies` is replaced in place; this is
@@ -169,6 +183,18 @@ export const ApprovalPolicyVersionRow = defineEntity({
   },
   rowLevelSecurity: 'force',
   policies: [tenantIsolationPolicy('approval_policy_versions')],
+  triggers: [
+    {
+      // Created by its migration as a CONSTRAINT trigger, DEFERRABLE INITIALLY DEFERRED (as
+      // POLICY_VERSION_TRIGGER: the schema generator reads neither). See POLICY_VERSION_GUARD.
+      name: POLICY_VERSION_GUARD,
+      timing: 'after',
+      events: ['insert'],
+      body:
+        `if not exists (select from approval_policies p where p.tenant_id = new.tenant_id and (${VERSION_COLUMNS.replace(/\w+/g, 'p.$&')}) is not distinct from (${VERSION_COLUMNS.replace(/\w+/g, 'new.$&')})) then ` +
+        "raise exception 'approval policy version % of tenant % is not the tenant''s policy as this transaction commits it', new.version, new.tenant_id using errcode = 'insufficient_privilege'; end if; return null;",
+    },
+  ],
 });
 
 export const POLICY_CHANGE_STATUSES = ['pending', 'approved', 'rejected', 'expired', 'superseded'] as const;
