@@ -47,7 +47,7 @@ export interface Container {
   runtime: DurableRuntime;
   idempotency: IdempotencyService;
   verifier: TokenVerifier;
-  /** The API's copy of the token revocation list (ADR 0018), loaded before createContainer returns; none elsewhere. */
+  /** The API's copy of the token revocation list (ADR 0018), loading once createContainer returns (503 to every token until loaded); none elsewhere. */
   revocations: TokenRevocations | undefined;
   workflows: WorkflowDef[];
   /** The workflow queues this process's workers take jobs from (a worker: WORKER_QUEUES, else every workflow's; others: none). */
@@ -141,11 +141,8 @@ export async function createContainer(
     await orm.close(true).catch(() => {});
     redis.disconnect();
   };
-  // Fail-closed (ADR 0018): an API that cannot know which tokens are revoked does not serve at all.
-  if (revocations) await revocations.start().catch(async (e: unknown) => {
-    await close();
-    throw e;
-  });
+  // Fail-closed (ADR 0018): until the list is loaded, every token is answered 503 (never let through unchecked).
+  if (revocations) await revocations.start();
   return {
     config,
     logger,

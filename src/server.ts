@@ -12,16 +12,8 @@ const { untilReady } = await import('./platform/queue/connections.ts');
 const { warnWhenGuardOff } = await import('./platform/webhooks/ssrf.ts');
 const { answerClientError } = await import('./platform/http/client-error.ts');
 
-const { RevocationsUnavailableError } = await import('./platform/tenancy/token-revocations.ts');
-const { createLogger } = await import('./platform/telemetry/logger.ts');
-
 const config = loadConfig();
-// The token revocation list unreadable (PostgreSQL or Redis down): no start, fail-closed (ADR 0018).
-const container = await createContainer(config, { service: 'api' }).catch((e: unknown) => {
-  if (!(e instanceof RevocationsUnavailableError)) return exitOnConfigError(e);
-  createLogger({ level: config.LOG_LEVEL, name: 'dealix-api' }).fatal({ err: e }, 'api could not start');
-  process.exit(1);
-});
+const container = await createContainer(config, { service: 'api' }).catch(exitOnConfigError);
 await untilReady(container.redis, 5_000);
 // Before 'api listening' (a start's lines are read up to it): readiness row webhook-ssrf-guard.
 warnWhenGuardOff(container.logger, config.WEBHOOK_ALLOW_PRIVATE_NETWORKS);

@@ -4,7 +4,7 @@ import pg from 'pg';
 import type { Logger } from 'pino';
 import { z } from 'zod';
 import type { MikroORM } from '@mikro-orm/postgresql';
-import { AppError } from '../errors/app-error.ts';
+import { AppError, ServiceUnavailableError } from '../errors/app-error.ts';
 import { systemEm } from '../db/tenant-em.ts';
 import { pgClientConfig } from '../db/pg-ssl.ts';
 import { TENANT_SETTING } from '../db/tenant-owned.ts';
@@ -105,8 +105,15 @@ export interface TokenRevocationsOptions {
   startTimeoutMs?: number;
 }
 
-/** The revocations unavailable at start: the API refuses to serve without them (fail-closed, ADR 0018). */
-export class RevocationsUnavailableError extends Error {}
+/**
+ * The list not loaded yet (PostgreSQL or Redis unreachable since the process started): every token is
+ * answered 503, retryable, never let through unchecked (fail-closed, ADR 0018).
+ */
+export class RevocationsUnavailableError extends ServiceUnavailableError {
+  constructor() {
+    super('The token revocation list is not loaded yet (the database or Redis is unreachable), so no token can be checked. Retry after the indicated delay.', undefined, 1);
+  }
+}
 
 /** An API process's copy of the revocation list (see the module comment). */
 export class TokenRevocations {
@@ -116,6 +123,9 @@ export class TokenRevocations {
   private subscriber: Redis | undefined;
   private timer: NodeJS.Timeout | undefined;
   private started = false;
+  private loaded = false;
+  private markLoaded: () => void = () => {};
+  private readonly firstLoad = new Promise<void>((resolve) => (this.markLoaded = resolve));
   private reconciling = false;
   private readonly opts: TokenRevocationsOptions;
 
@@ -123,11 +133,21 @@ export class TokenRevocations {
     this.opts = opts;
   }
 
+  /** Throws RevocationsUnavailableError (503) until the list has been loaded once. */
   refuses(c: RevocableClaims): boolean {
+    if (!this.loaded) throw new RevocationsUnavailableError();
     return this.current.refuses(c);
   }
 
-  /** Subscribes, then loads the table (in that order: a revocation committed in between is in one or the other). Throws RevocationsUnavailableError. */
+  get isLoaded(): boolean {
+    return this.loaded;
+  }
+
+  /**
+   * Subscribes, then loads the table (in that order: a revocation committed in between is in one or the
+   * other). Never throws: while either is unreachable the process serves 503 to every token, and
+   * retries on each Redis reconnection and every reconcile tick (at most a second apart until loaded).
+   */
   async start(): Promise<void> {
     const { redisUrl, logger, prefix } = this.opts;
     const sub = new Redis(redisUrl, {
@@ -141,19 +161,24 @@ export class TokenRevocations {
     this.subscriber = sub;
     sub.on('error', () => {});
     sub.on('message', (_channel, message) => this.onMessage(message));
-    try {
-      await withTimeout(sub.connect(), this.opts.startTimeoutMs ?? 10_000, 'Redis did not answer');
-      await sub.subscribe(revocationChannel(prefix));
-      await this.reload();
-    } catch (e) {
-      sub.disconnect();
-      throw new RevocationsUnavailableError(`the token revocation list could not be loaded: ${(e as Error).message}`, { cause: e });
-    }
     this.started = true;
-    logger.info({ revocations: this.current.size }, 'token revocations loaded');
     sub.on('ready', () => void this.resubscribe());
-    this.timer = setInterval(() => void this.reconcile(), this.opts.reconcileMs);
-    this.timer.unref();
+    try {
+      await withTimeout(
+        sub.connect().then(() => this.firstLoad),
+        this.opts.startTimeoutMs ?? 5_000,
+        'Redis and PostgreSQL did not both answer',
+      );
+    } catch (err) {
+      // ioredis keeps reconnecting; its 'ready' subscribes and loads.
+      logger.error({ err }, 'token revocations not loaded: every token is answered 503 until they are');
+    }
+    // Until the first load: a retry every second (or every reconcile period, if shorter); then every reconcile period.
+    const tick = () => {
+      this.timer = setTimeout(() => void this.reconcile().finally(() => this.started && tick()), this.loaded ? this.opts.reconcileMs : Math.min(1000, this.opts.reconcileMs));
+      this.timer.unref();
+    };
+    tick();
   }
 
   /** Reads the whole table again and replaces the copy (messages arriving meanwhile are kept). */
@@ -165,13 +190,18 @@ export class TokenRevocations {
       for (const r of await loadRevocations(this.opts.orm)) next.add(r);
       for (const r of arrived) next.add(r);
       this.current = next;
+      if (!this.loaded) {
+        this.loaded = true;
+        this.markLoaded();
+        this.opts.logger.info({ revocations: next.size }, 'token revocations loaded');
+      }
     } finally {
       this.inFlight.delete(arrived);
     }
   }
 
   async close(): Promise<void> {
-    if (this.timer) clearInterval(this.timer);
+    if (this.timer) clearTimeout(this.timer);
     this.started = false;
     this.subscriber?.disconnect();
   }
@@ -192,20 +222,22 @@ export class TokenRevocations {
     for (const arrived of this.inFlight) arrived.push(parsed.data);
   }
 
-  /** After Redis came back: messages sent while the subscriber was away are lost, the table is not. */
+  /** At each (re)connection: messages sent while the subscriber was away are lost, the table is not. */
   private async resubscribe(): Promise<void> {
     if (!this.started) return;
     try {
+      const first = !this.loaded;
       await this.subscriber!.subscribe(revocationChannel(this.opts.prefix));
       await this.reload();
-      this.opts.logger.info({ revocations: this.current.size }, 'token revocations reloaded after Redis reconnected');
+      if (!first) this.opts.logger.info({ revocations: this.current.size }, 'token revocations reloaded after Redis reconnected');
     } catch (err) {
       this.opts.logger.warn({ err }, 'token revocations could not be reloaded; the periodic reconcile retries');
     }
   }
 
   private async reconcile(): Promise<void> {
-    if (!this.started || this.reconciling) return;
+    // Not before the subscription is up: a load then could miss a revocation announced before it.
+    if (!this.started || this.reconciling || this.subscriber?.status !== 'ready') return;
     this.reconciling = true;
     try {
       await this.reload();
