@@ -149,7 +149,7 @@ export class TokenRevocations {
    * retries on each Redis reconnection and every reconcile tick (at most a second apart until loaded).
    */
   async start(): Promise<void> {
-    const { redisUrl, logger, prefix } = this.opts;
+    const { redisUrl, logger } = this.opts;
     const sub = new Redis(redisUrl, {
       // Resubscribed by hand on every 'ready' (below), so the reload follows a confirmed subscription.
       autoResubscribe: false,
