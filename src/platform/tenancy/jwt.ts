@@ -4,6 +4,7 @@ import { z } from 'zod';
 import type { Config } from '../config/config.ts';
 import { ServiceUnavailableError, UnauthorizedError } from '../errors/app-error.ts';
 import { isUnstorableText } from '../http/json-text.ts';
+import { TokenRevokedError, type RevocableClaims } from './token-revocations.ts';
 
 /**
  * Text a claim may hold: no control characters (C0, DEL, C1) and no unpaired UTF-16 surrogate. The
@@ -50,9 +51,16 @@ const VERIFIED_TOKEN_MAX = 10_000;
  * exact text, until its exp or for JWT_VERIFIED_TOKEN_TTL (60 s at most), whichever comes first (at
  * most 10,000 tokens, the oldest forgotten first). Only successes are remembered; any other text is
  * verified.
+ *
+ * `revocations` (ADR 0018): checked on every call, a remembered token included, against the claims kept
+ * with it (tenant, sub, jti, iat): a revoked token is refused (401 token_revoked) however it was verified.
  */
-export function createTokenVerifier(config: Config, jwks?: JSONWebKeySet): TokenVerifier {
-  const verified = new Map<string, { principal: Principal; untilMs: number }>();
+export function createTokenVerifier(config: Config, jwks?: JSONWebKeySet, revocations?: { refuses(c: RevocableClaims): boolean }): TokenVerifier {
+  const verified = new Map<string, { principal: Principal; claims: RevocableClaims; untilMs: number }>();
+  const checked = (principal: Principal, claims: RevocableClaims): Principal => {
+    if (revocations?.refuses(claims)) throw new TokenRevokedError();
+    return principal;
+  };
   const algorithms = [...config.JWT_ALGORITHMS];
   let key: Uint8Array | JWTVerifyGetKey;
   if (jwks) key = createLocalJWKSet(jwks);
@@ -70,7 +78,7 @@ export function createTokenVerifier(config: Config, jwks?: JSONWebKeySet): Token
     async verify(token: string): Promise<Principal> {
       const known = verified.get(token);
       if (known) {
-        if (Date.now() < known.untilMs) return known.principal;
+        if (Date.now() < known.untilMs) return checked(known.principal, known.claims);
         verified.delete(token);
       }
       let payload: unknown;
@@ -84,10 +92,16 @@ export function createTokenVerifier(config: Config, jwks?: JSONWebKeySet): Token
       const claims = principalClaims.safeParse(payload);
       if (!claims.success) throw lacksClaim(claims.error);
       const principal: Principal = Object.freeze({ sub: claims.data.sub, tenantId: claims.data.tenant_id.toLowerCase(), roles: Object.freeze([...claims.data.roles]) });
-      const exp = (payload as { exp: number }).exp * 1000;
+      const { exp, jti, iat } = payload as { exp: number; jti?: unknown; iat?: unknown };
+      const revocable: RevocableClaims = {
+        tenantId: principal.tenantId,
+        sub: principal.sub,
+        ...(typeof jti === 'string' && jti !== '' ? { jti } : {}),
+        ...(typeof iat === 'number' ? { iat } : {}),
+      };
       if (verified.size >= VERIFIED_TOKEN_MAX) verified.delete(verified.keys().next().value!);
-      verified.set(token, { principal, untilMs: Math.min(exp, Date.now() + config.JWT_VERIFIED_TOKEN_TTL) });
-      return principal;
+      verified.set(token, { principal, claims: revocable, untilMs: Math.min(exp * 1000, Date.now() + config.JWT_VERIFIED_TOKEN_TTL) });
+      return checked(principal, revocable);
     },
   };
 }
@@ -171,7 +185,7 @@ function describeJoseError(e: unknown): string {
  */
 export async function signDevToken(
   config: Pick<Config, 'JWT_SECRET' | 'JWT_ISSUER' | 'JWT_AUDIENCE'>,
-  claims: { sub: string; tenantId: string; roles?: string[]; ttlSeconds?: number },
+  claims: { sub: string; tenantId: string; roles?: string[]; ttlSeconds?: number; issuedAt?: number },
 ): Promise<string> {
   if (!config.JWT_SECRET) throw new Error('JWT_SECRET is not configured: refusing to sign a development token');
   return new SignJWT({ tenant_id: claims.tenantId, roles: claims.roles ?? [] })
@@ -179,7 +193,7 @@ export async function signDevToken(
     .setSubject(claims.sub)
     .setIssuer(config.JWT_ISSUER)
     .setAudience(config.JWT_AUDIENCE)
-    .setIssuedAt()
+    .setIssuedAt(claims.issuedAt)
     .setJti(randomUUID())
     .setExpirationTime(Math.floor(Date.now() / 1000) + (claims.ttlSeconds ?? 3600))
     .sign(new TextEncoder().encode(config.JWT_SECRET));
