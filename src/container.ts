@@ -110,7 +110,7 @@ export async function createContainer(
   const webhooks = { dispatch: (tenantId: string, ids: readonly string[]) => enqueueDeliveries(queue(WEBHOOK_QUEUE), tenantId, ids) };
   const runtime = new DurableRuntime({ workflows, queues, logger, keep: keepFromConfig(config), webhooks, retired: config.WORKFLOW_VERSIONS_RETIRED });
   const idempotency = new IdempotencyService({ ttlMs: config.IDEMPOTENCY_TTL, leaseMs: config.IDEMPOTENCY_LEASE });
-  // Only the API checks tokens against the revocation list; its start (below) loads it or the API does not start.
+  // Only the API checks tokens against the revocation list; its start (below) loads it from PostgreSQL (Redis not needed).
   const revocations =
     opts.service === 'api'
       ? new TokenRevocations({ orm, redisUrl: config.REDIS_URL, prefix: config.QUEUE_PREFIX, logger, reconcileMs: config.TOKEN_REVOCATION_RECONCILE })

@@ -9,6 +9,7 @@ import { api, newTenant, startStack, type TestStack } from '../helpers/stack.ts'
 import { spawnApi, type ApiProcess } from '../helpers/api-process.ts';
 import { TEST_JWT_SECRET } from '../helpers/env.ts';
 import { waitFor } from '../helpers/poll.ts';
+import { freePort } from '../helpers/own-infra.ts';
 import { signDevToken } from '../../src/platform/tenancy/jwt.ts';
 import { revokeTokens, type RevocationRequest } from '../../src/platform/tenancy/token-revocations.ts';
 
@@ -178,6 +179,28 @@ describe('token revocation', () => {
     }
   });
 
+  it('Redis unreachable from the start: the list still loads from PostgreSQL, and its reconcile keeps it fresh without Redis', { timeout: 120_000 }, async () => {
+    // Redis only carries the announcements: PostgreSQL holds the list, and TOKEN_REVOCATION_RECONCILE bounds the rest.
+    const tenant = newTenant();
+    const revokedEarlier = await token(tenant, 'hank');
+    await revoke({ tenantId: tenant, jti: jtiOf(revokedEarlier) });
+    let cut: ApiProcess | undefined;
+    try {
+      cut = await spawnApi({ ...stack.env, REDIS_URL: `redis://127.0.0.1:${await freePort()}`, TOKEN_REVOCATION_RECONCILE: '1s' });
+      const jwt = await token(tenant, 'hank');
+      await waitFor(async () => (await statusOn(cut!.baseUrl, jwt)) === 200, { timeoutMs: 30_000, what: 'the list loaded from PostgreSQL with Redis down' });
+      expect(await statusOn(cut.baseUrl, revokedEarlier)).toBe(401);
+      const ready = await fetch(`${cut.baseUrl}/readyz`);
+      expect(await ready.json()).toMatchObject({ checks: { token_revocations: { ok: true }, redis: { ok: false } } });
+
+      const done = await revokeTokens({ ownerUrl: stack.db.ownerUrl, prefix: stack.prefix }, { tenantId: tenant, jti: jtiOf(jwt), revokedBy: 'test-operator' });
+      expect(done.announced).toBe(false); // no message: only the reconcile, reading PostgreSQL, can tell this API
+      await refusedOn(cut.baseUrl, jwt, 'refused by the reconcile while Redis is still down');
+    } finally {
+      await cut?.stop('SIGKILL');
+    }
+  });
+
   it('fail-closed: an API that cannot load the list (PostgreSQL unreachable) answers every token 503, never lets one through unchecked', { timeout: 120_000 }, async () => {
     let blind: ApiProcess | undefined;
     try {
@@ -189,6 +212,10 @@ describe('token revocation', () => {
       expect(await res.json()).toMatchObject({ code: 'service_unavailable', detail: expect.stringContaining('token revocation list is not loaded') });
       expect(blind.lines().some((l) => l.msg === 'token revocations not loaded: every token is answered 503 until they are')).toBe(true);
       expect((await fetch(`${blind.baseUrl}/healthz`)).status).toBe(200);
+      // A load balancer routes nothing to it: /readyz names the list (beside PostgreSQL).
+      const ready = await fetch(`${blind.baseUrl}/readyz`);
+      expect(ready.status).toBe(503);
+      expect(await ready.json()).toMatchObject({ checks: { token_revocations: { ok: false, detail: 'not loaded yet: every token is answered 503' } } });
     } finally {
       await blind?.stop('SIGKILL');
     }

@@ -12,9 +12,10 @@ import { TENANT_SETTING } from '../db/tenant-owned.ts';
 /**
  * Token revocation (ADR 0018). PostgreSQL (`token_revocations`, written by `npm run token -- revoke`)
  * holds the truth; every API process holds all of it in memory and checks each request against that
- * copy, never the database. The copy is loaded before the API serves (fail-closed: no copy, no start),
- * and kept fresh by a Redis message per revocation, a full reload each time its subscription is
- * (re)established, and a full reload every TOKEN_REVOCATION_RECONCILE, which bounds a missed message.
+ * copy, never the database. The copy is loaded from PostgreSQL at start (fail-closed: until it is, every
+ * token is answered 503), and kept fresh by a Redis message per revocation, a full reload each time its
+ * subscription is (re)established, and a full reload every TOKEN_REVOCATION_RECONCILE, which bounds a
+ * missed message — and, Redis down, every revocation.
  */
 
 /** What a request is checked by: the verified token's tenant, subject, and its `jti` and `iat` when it has them. */
@@ -101,17 +102,17 @@ export interface TokenRevocationsOptions {
   logger: Logger;
   /** How often the whole list is read again, whatever the notifications said (TOKEN_REVOCATION_RECONCILE). */
   reconcileMs: number;
-  /** How long start() waits for Redis before it gives up (the API then does not start). */
+  /** How long start() waits for the first load before it lets the API start without it (503 to every token until loaded). */
   startTimeoutMs?: number;
 }
 
 /**
- * The list not loaded yet (PostgreSQL or Redis unreachable since the process started): every token is
+ * The list not loaded yet (PostgreSQL unreachable since the process started): every token is
  * answered 503, retryable, never let through unchecked (fail-closed, ADR 0018).
  */
 export class RevocationsUnavailableError extends ServiceUnavailableError {
   constructor() {
-    super('The token revocation list is not loaded yet (the database or Redis is unreachable), so no token can be checked. Retry after the indicated delay.', undefined, 1);
+    super('The token revocation list is not loaded yet (the database is unreachable), so no token can be checked. Retry after the indicated delay.', undefined, 1);
   }
 }
 
@@ -144,9 +145,11 @@ export class TokenRevocations {
   }
 
   /**
-   * Subscribes, then loads the table (in that order: a revocation committed in between is in one or the
-   * other). Never throws: while either is unreachable the process serves 503 to every token, and
-   * retries on each Redis reconnection and every reconcile tick (at most a second apart until loaded).
+   * Loads the table from PostgreSQL and subscribes, independently: Redis only carries the announcements,
+   * so a Redis that is down delays none of the loads (the reconcile bounds what a missed message costs),
+   * and every (re)established subscription is followed by a reload (a revocation committed before it is
+   * in that load, one after it in a message). Never throws: until the first load the process serves 503
+   * to every token, retried every reconcile tick (at most a second apart until loaded).
    */
   async start(): Promise<void> {
     const { redisUrl, logger } = this.opts;
@@ -163,14 +166,12 @@ export class TokenRevocations {
     sub.on('message', (_channel, message) => this.onMessage(message));
     this.started = true;
     sub.on('ready', () => void this.resubscribe());
+    // ioredis keeps reconnecting after a failed first attempt; each 'ready' subscribes and reloads.
+    sub.connect().catch(() => {});
+    void this.reconcile();
     try {
-      await withTimeout(
-        sub.connect().then(() => this.firstLoad),
-        this.opts.startTimeoutMs ?? 5_000,
-        'Redis and PostgreSQL did not both answer',
-      );
+      await withTimeout(this.firstLoad, this.opts.startTimeoutMs ?? 5_000, 'PostgreSQL did not answer');
     } catch (err) {
-      // ioredis keeps reconnecting; its 'ready' subscribes and loads.
       logger.error({ err }, 'token revocations not loaded: every token is answered 503 until they are');
     }
     // Until the first load: a retry every second (or every reconcile period, if shorter); then every reconcile period.
@@ -236,8 +237,9 @@ export class TokenRevocations {
   }
 
   private async reconcile(): Promise<void> {
-    // Not before the subscription is up: a load then could miss a revocation announced before it.
-    if (!this.started || this.reconciling || this.subscriber?.status !== 'ready') return;
+    // Whatever Redis's state: a load while it is down misses no announcement that a later load (this
+    // tick's next, or the reload after the resubscription) would not find in the table.
+    if (!this.started || this.reconciling) return;
     this.reconciling = true;
     try {
       await this.reload();
