@@ -49,6 +49,18 @@ async function statusOn(baseUrl: string, jwt: string): Promise<number> {
 }
 const refusedOn = (baseUrl: string, jwt: string, what: string) => waitFor(async () => (await statusOn(baseUrl, jwt)) === 401, { timeoutMs: 15_000, what });
 
+/** `npm run token -- …` itself (src/cli/token.ts), with the stack's settings. */
+function tokenCli(args: string[], env: Record<string, string> = {}): Promise<{ code: number | null; out: string; err: string }> {
+  return new Promise((resolve) => {
+    const p = spawn(process.execPath, ['src/cli/token.ts', ...args], { cwd: ROOT, env: { PATH: process.env.PATH ?? '', ...stack.env, ...env } });
+    let out = '';
+    let err = '';
+    p.stdout.on('data', (d) => (out += d));
+    p.stderr.on('data', (d) => (err += d));
+    p.on('close', (code) => resolve({ code, out, err }));
+  });
+}
+
 function expectRevokedProblem(res: Awaited<ReturnType<typeof api>>) {
   expect(res.status, res.text).toBe(401);
   expect(res.headers.get('content-type')).toMatch(/^application\/problem\+json/);
@@ -140,17 +152,7 @@ describe('token revocation', () => {
     const tenant = newTenant();
     const jwt = await token(tenant, 'frank');
     expect(await statusOn(stack.baseUrl, jwt)).toBe(200);
-    const cli = await new Promise<{ code: number | null; out: string; err: string }>((resolve) => {
-      const p = spawn(process.execPath, ['src/cli/token.ts', 'revoke', '--token', jwt, '--by', 'ops-test', '--reason', 'leaked in a ticket'], {
-        cwd: ROOT,
-        env: { PATH: process.env.PATH ?? '', ...stack.env },
-      });
-      let out = '';
-      let err = '';
-      p.stdout.on('data', (d) => (out += d));
-      p.stderr.on('data', (d) => (err += d));
-      p.on('close', (code) => resolve({ code, out, err }));
-    });
+    const cli = await tokenCli(['revoke', '--token', jwt, '--by', 'ops-test', '--reason', 'leaked in a ticket']);
     expect(cli.code, cli.err).toBe(0);
     expect(JSON.parse(cli.out)).toMatchObject({ revoked: { tenantId: tenant, jti: jtiOf(jwt) }, announced: true });
     await refusedOn(stack.baseUrl, jwt, 'refused after the CLI revoked it');
@@ -177,6 +179,16 @@ describe('token revocation', () => {
     } finally {
       await app.end();
     }
+  });
+
+  it('a token-id revocation lasts as long as the verifier accepts the token: its exp plus JWT_CLOCK_TOLERANCE rounded up to whole seconds, as the verifier applies it', { timeout: 60_000 }, async () => {
+    // The verifier gives jose Math.round(1500 ms / 1000) = 2 s: a row kept only 1.5 s past exp would be
+    // dropped by a reload while the token still verified.
+    const tenant = newTenant();
+    const cli = await tokenCli(['revoke', '--tenant', tenant, '--jti', 'j-tolerance', '--expires', '2030-01-01T00:00:00Z'], { JWT_CLOCK_TOLERANCE: '1500ms' });
+    expect(cli.code, cli.err).toBe(0);
+    const { rows } = await stack.db.admin(`select extract(epoch from expires_at)::float8 as expires from token_revocations where tenant_id = $1`, [tenant]);
+    expect(rows).toEqual([{ expires: Date.parse('2030-01-01T00:00:02Z') / 1000 }]);
   });
 
   it('Redis unreachable from the start: the list still loads from PostgreSQL, and its reconcile keeps it fresh without Redis', { timeout: 120_000 }, async () => {

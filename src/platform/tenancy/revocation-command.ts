@@ -82,8 +82,9 @@ function parseRevoke(args: string[]): RevocationRequest {
   const revokedBy = v.by ?? operatorName();
   const reason = v.reason;
   const config = loadConfig();
-  // The verifier accepts a token this long past its exp: its revocation must last as long.
-  const expiry = (expSeconds: number) => new Date(expSeconds * 1000 + config.JWT_CLOCK_TOLERANCE);
+  // The verifier accepts a token this long past its exp: its revocation must last as long. jose takes
+  // the tolerance in whole seconds (jwt.ts rounds it): rounded up here, the row never ends before it.
+  const expiry = (expSeconds: number) => new Date(expSeconds * 1000 + Math.ceil(config.JWT_CLOCK_TOLERANCE / 1000) * 1000);
   if (v.token !== undefined) {
     if (v.tenant || v.jti || v.sub || v['issued-before'] || v.expires) throw new UsageError('--token names the tenant, token id and expiry itself: give none of --tenant, --jti, --sub, --issued-before, --expires with it');
     const { jti, exp } = claimsOf(v.token);
