@@ -31,6 +31,13 @@ describe('RevocationSet', () => {
     expect(set.refuses({ tenantId: U, sub: 'a', iat: 1 })).toBe(false);
   });
 
+  it('a not-before in milliseconds refuses every token whose iat (whole seconds) is in its second: one issued just before it cannot be told from one just after', () => {
+    const set = new RevocationSet();
+    set.add({ tenantId: T, subject: null, notBefore: 1000.25 });
+    expect(set.refuses({ tenantId: T, sub: 'a', iat: 1000 })).toBe(true);
+    expect(set.refuses({ tenantId: T, sub: 'a', iat: 1001 })).toBe(false);
+  });
+
   it("a subject's not-before applies to that subject alone; the later of two not-befores holds", () => {
     const set = new RevocationSet();
     set.add({ tenantId: T, subject: 'leaver', notBefore: 2000 });

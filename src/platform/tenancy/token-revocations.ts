@@ -128,6 +128,9 @@ export class TokenRevocations {
   private markLoaded: () => void = () => {};
   private readonly firstLoad = new Promise<void>((resolve) => (this.markLoaded = resolve));
   private reconciling = false;
+  /** Reloads started, and the newest one whose result is installed: an older read never replaces a newer one. */
+  private reloadsStarted = 0;
+  private installedReload = 0;
   private readonly opts: TokenRevocationsOptions;
 
   constructor(opts: TokenRevocationsOptions) {
@@ -185,12 +188,18 @@ export class TokenRevocations {
   /** Reads the whole table again and replaces the copy (messages arriving meanwhile are kept). */
   async reload(): Promise<void> {
     const arrived: Revocation[] = [];
+    const seq = ++this.reloadsStarted;
     this.inFlight.add(arrived);
     try {
+      const rows = await loadRevocations(this.opts.orm);
+      // A reconcile's read and a resubscription's can overlap: the one started later read the table later
+      // (a row stored between the two, unannounced while Redis was away, is only in its result).
+      if (seq < this.installedReload) return;
       const next = new RevocationSet();
-      for (const r of await loadRevocations(this.opts.orm)) next.add(r);
+      for (const r of rows) next.add(r);
       for (const r of arrived) next.add(r);
       this.current = next;
+      this.installedReload = seq;
       if (!this.loaded) {
         this.loaded = true;
         this.markLoaded();
