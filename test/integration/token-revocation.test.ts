@@ -224,6 +224,10 @@ describe('token revocation', () => {
       expect(await res.json()).toMatchObject({ code: 'service_unavailable', detail: expect.stringContaining('token revocation list is not loaded') });
       expect(blind.lines().some((l) => l.msg === 'token revocations not loaded: every token is answered 503 until they are')).toBe(true);
       expect((await fetch(`${blind.baseUrl}/healthz`)).status).toBe(200);
+      // The dashboard too: an operator token is not checked either, so 503 (retry), not 401 (sign in again).
+      const operator = await signDevToken(stack.config, { tenantId: newTenant(), sub: 'ops', roles: ['platform-operator'] });
+      const dashboard = await fetch(`${blind.baseUrl}/admin/queues`, { headers: { authorization: `Bearer ${operator}` } });
+      expect(dashboard.status).toBe(503);
       // A load balancer routes nothing to it: /readyz names the list (beside PostgreSQL).
       const ready = await fetch(`${blind.baseUrl}/readyz`);
       expect(ready.status).toBe(503);
