@@ -31,6 +31,7 @@ import { webhookResendRoutes } from './platform/webhooks/resend.ts';
 import { webhookTestEventRoutes } from './platform/webhooks/test-event.ts';
 import type { UrlPolicy } from './platform/webhooks/ssrf.ts';
 import { HostResolver } from './platform/webhooks/resolve.ts';
+import { TokenRevocations } from './platform/tenancy/token-revocations.ts';
 
 /** Which webhook receivers the configuration admits (the SSRF guard, ADR 0013). */
 export const webhookUrlPolicy = (config: Config): UrlPolicy => ({ allowPrivate: config.WEBHOOK_ALLOW_PRIVATE_NETWORKS, httpsOnly: config.NODE_ENV === 'production' });
@@ -46,6 +47,8 @@ export interface Container {
   runtime: DurableRuntime;
   idempotency: IdempotencyService;
   verifier: TokenVerifier;
+  /** The API's copy of the token revocation list (ADR 0018), loading once createContainer returns (503 to every token until loaded); none elsewhere. */
+  revocations: TokenRevocations | undefined;
   workflows: WorkflowDef[];
   /** The workflow queues this process's workers take jobs from (a worker: WORKER_QUEUES, else every workflow's; others: none). */
   servedQueues: string[];
@@ -109,7 +112,12 @@ export async function createContainer(
   const webhooks = { dispatch: (tenantId: string, ids: readonly string[]) => enqueueDeliveries(queue(WEBHOOK_QUEUE), tenantId, ids) };
   const runtime = new DurableRuntime({ workflows, queues, logger, keep: keepFromConfig(config), webhooks, retired: config.WORKFLOW_VERSIONS_RETIRED });
   const idempotency = new IdempotencyService({ ttlMs: config.IDEMPOTENCY_TTL, leaseMs: config.IDEMPOTENCY_LEASE });
-  const verifier = createTokenVerifier(config, undefined, logger);
+  // Only the API checks tokens against the revocation list; its start (below) loads it from PostgreSQL (Redis not needed).
+  const revocations =
+    opts.service === 'api'
+      ? new TokenRevocations({ orm, redisUrl: config.REDIS_URL, prefix: config.QUEUE_PREFIX, logger, reconcileMs: config.TOKEN_REVOCATION_RECONCILE })
+      : undefined;
+  const verifier = createTokenVerifier(config, undefined, logger, revocations);
   const metrics = createMetrics();
   const admission = new AdmissionController({ redis, prefix: config.QUEUE_PREFIX, perMinute: config.RATE_LIMIT_PER_MINUTE, maxInFlight: config.MAX_RUNS_IN_FLIGHT_PER_TENANT });
   const routes = [
@@ -129,6 +137,14 @@ export async function createContainer(
     }),
   ];
   const instanceId = `${hostname()}-${process.pid}-${randomUUID().slice(0, 8)}`;
+  const close = async () => {
+    await revocations?.close();
+    await Promise.allSettled([...queues.values()].map((q) => q.close()));
+    await orm.close(true).catch(() => {});
+    redis.disconnect();
+  };
+  // Fail-closed (ADR 0018): until the list is loaded, every token is answered 503 (never let through unchecked).
+  if (revocations) await revocations.start();
   return {
     config,
     logger,
@@ -139,6 +155,7 @@ export async function createContainer(
     runtime,
     idempotency,
     verifier,
+    revocations,
     workflows,
     servedQueues,
     routes,
@@ -147,11 +164,7 @@ export async function createContainer(
     instanceId,
     jobHandlers: () =>
       jobHandlersFor({ orm, runtime, logger, onDeferred: ({ workflow, version }) => metrics.deferredJobs.inc({ workflow, version: String(version ?? 'unknown') }) }),
-    async close() {
-      await Promise.allSettled([...queues.values()].map((q) => q.close()));
-      await orm.close(true).catch(() => {});
-      redis.disconnect();
-    },
+    close,
   };
 }
 

@@ -7,6 +7,7 @@ import { EvidencePackRow } from './modules/evidence/evidence-pack.entity.ts';
 import { EvidenceSealRow } from './modules/evidence/evidence-seal.entity.ts';
 import { WebhookDelivery, WebhookEndpoint } from './platform/webhooks/webhook.entities.ts';
 import { TenantLimitsRow } from './platform/limits/tenant-limits.entity.ts';
+import { TokenRevocationRow } from './platform/tenancy/token-revocation.entity.ts';
 import { RunRetentionDecisionRow } from './platform/queue/run-retention-decision.entity.ts';
 import { PartnerOffboardingClaimRow, PartnerOffboardingRow } from './modules/partner-offboarding/partner-offboarding.entities.ts';
 
@@ -30,4 +31,5 @@ export const entities = [
   WebhookDelivery,
   TenantLimitsRow,
   RunRetentionDecisionRow,
+  TokenRevocationRow,
 ];

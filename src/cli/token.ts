@@ -1,37 +1,49 @@
-/** npm run token -- --tenant <uuid> --sub <id> [--roles a,b] [--ttl 1h]: prints a development token signed with JWT_SECRET. */
+/**
+ * npm run token -- --tenant <uuid> --sub <id> [--roles a,b] [--ttl 1h]: prints a development token signed with JWT_SECRET.
+ * npm run token -- revoke … | prune-revocations: an operator's token revocations (revocation-command.ts, ADR 0018).
+ */
 import { parseArgs } from 'node:util';
 import { loadConfig } from '../platform/config/config.ts';
 import { parseDurationMs } from '../platform/config/duration.ts';
 import { signDevToken } from '../platform/tenancy/jwt.ts';
 
-const { values } = parseArgs({
-  options: { tenant: { type: 'string' }, sub: { type: 'string' }, roles: { type: 'string', default: '' }, ttl: { type: 'string', default: '1h' } },
-});
-const uuid = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
-const usage: (problem?: string) => never = (problem) => {
-  if (problem) console.error(problem);
-  console.error('usage: npm run token -- --tenant <uuid> --sub <id> [--roles a,b] [--ttl 1h]');
-  process.exit(2);
-};
-if (!values.tenant || !uuid.test(values.tenant) || !values.sub) usage();
-// A bad --ttl was parseDurationMs's stack trace, thrown past the entry.
-let ttlMs = 0;
-try {
-  ttlMs = parseDurationMs(values.ttl);
-} catch (e) {
-  usage(`--ttl: ${(e as Error).message}`);
+if (process.argv[2] === 'revoke' || process.argv[2] === 'prune-revocations') {
+  const { revocationCommand } = await import('../platform/tenancy/revocation-command.ts');
+  process.exitCode = await revocationCommand(process.argv.slice(2));
+} else {
+  await sign();
 }
-// Rounded to whole seconds below: 0 would print a token whose exp is its iat, refused (401) at its first use.
-if (ttlMs < 1000) usage(`--ttl: ${values.ttl} is under a second: the token would expire as it is printed`);
-const config = loadConfig();
-if (!config.JWT_SECRET) {
-  console.error('JWT_SECRET is not configured: refusing to sign a development token');
-  process.exit(1);
+
+async function sign(): Promise<void> {
+  const { values } = parseArgs({
+    options: { tenant: { type: 'string' }, sub: { type: 'string' }, roles: { type: 'string', default: '' }, ttl: { type: 'string', default: '1h' } },
+  });
+  const uuid = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+  const usage: (problem?: string) => never = (problem) => {
+    if (problem) console.error(problem);
+    console.error('usage: npm run token -- --tenant <uuid> --sub <id> [--roles a,b] [--ttl 1h]');
+    process.exit(2);
+  };
+  if (!values.tenant || !uuid.test(values.tenant) || !values.sub) usage();
+  // A bad --ttl was parseDurationMs's stack trace, thrown past the entry.
+  let ttlMs = 0;
+  try {
+    ttlMs = parseDurationMs(values.ttl);
+  } catch (e) {
+    usage(`--ttl: ${(e as Error).message}`);
+  }
+  // Rounded to whole seconds below: 0 would print a token whose exp is its iat, refused (401) at its first use.
+  if (ttlMs < 1000) usage(`--ttl: ${values.ttl} is under a second: the token would expire as it is printed`);
+  const config = loadConfig();
+  if (!config.JWT_SECRET) {
+    console.error('JWT_SECRET is not configured: refusing to sign a development token');
+    process.exit(1);
+  }
+  const token = await signDevToken(config, {
+    tenantId: values.tenant!,
+    sub: values.sub!,
+    roles: values.roles.split(',').map((r) => r.trim()).filter(Boolean),
+    ttlSeconds: Math.round(ttlMs / 1000),
+  });
+  console.log(token);
 }
-const token = await signDevToken(config, {
-  tenantId: values.tenant,
-  sub: values.sub,
-  roles: values.roles.split(',').map((r) => r.trim()).filter(Boolean),
-  ttlSeconds: Math.round(ttlMs / 1000),
-});
-console.log(token);

@@ -103,7 +103,7 @@ export class TenantRows {
       fk.columns.forEach((c, i) => (row[c] = parent[fk.refColumns[i]!]));
     }
     for (const col of spec.columns) {
-      if (col.name in row || !(col.required || col.name === 'tenant_id')) continue;
+      if (col.name in row || !(col.required || col.name === 'tenant_id' || CHECK_FILLED[table]?.includes(col.name))) continue;
       row[col.name] = col.name === 'tenant_id' ? tenant : valueFor(spec, col);
     }
     return row;
@@ -170,6 +170,14 @@ export class TenantRows {
  */
 const CHECKED_REFERENCES: Record<string, Array<{ column: string; refTable: string; refColumn: string }>> = {
   evidence_packs: [{ column: 'run_id', refTable: 'durable_runs', refColumn: 'id' }],
+};
+
+/**
+ * Nullable columns a check constraint needs filled in a valid row: a token revocation is a `jti` or a
+ * `not_before`, exactly one (token_revocations_one_kind, ADR 0018).
+ */
+const CHECK_FILLED: Record<string, string[]> = {
+  token_revocations: ['jti'],
 };
 
 export function insertSql(table: string, row: Row): { text: string; values: unknown[] } {

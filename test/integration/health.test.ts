@@ -20,7 +20,7 @@ describe('health and readiness', () => {
     expect((await api(stack, 'GET', '/healthz')).json).toEqual({ status: 'ok' });
     const ready = await api(stack, 'GET', '/readyz');
     expect(ready.status).toBe(200);
-    expect(ready.json).toEqual({ status: 'ready', checks: { postgres: { ok: true }, redis: { ok: true }, migrations: { ok: true } } });
+    expect(ready.json).toEqual({ status: 'ready', checks: { postgres: { ok: true }, redis: { ok: true }, migrations: { ok: true }, token_revocations: { ok: true } } });
   });
 
   it('answers 503 naming Redis while Redis is stopped, stays live, and is ready again once Redis is back', async () => {

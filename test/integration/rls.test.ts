@@ -65,13 +65,16 @@ function tenantsFor(ctx: Ctx): Tenants {
  * One transaction as the application role, the tenant set as tenantEm sets it: set_config(…, true);
  * with `role`, as the role it takes on by SET LOCAL ROLE (the operator routes' role for a table only it writes).
  */
-async function asApp<T>(setting: string | undefined, fn: (c: pg.Client) => Promise<T>, role?: string): Promise<T> {
-  const c = new pg.Client({ connectionString: stack.db.appUrl });
+/** The writer of a table the application only reads that is no role the application reaches, but the owner role itself (a login of its own). */
+const OWNER = Symbol('the owner role');
+
+async function asApp<T>(setting: string | undefined, fn: (c: pg.Client) => Promise<T>, role?: string | typeof OWNER): Promise<T> {
+  const c = new pg.Client({ connectionString: role === OWNER ? stack.db.ownerUrl : stack.db.appUrl });
   await c.connect();
   try {
     await c.query('begin');
     if (setting !== undefined) await c.query(`select set_config('app.tenant_id', $1, true)`, [setting]);
-    if (role) await c.query(`select set_config('role', $1, true)`, [role]);
+    if (typeof role === 'string') await c.query(`select set_config('role', $1, true)`, [role]);
     const result = await fn(c);
     await c.query('commit');
     return result;
@@ -94,10 +97,11 @@ async function adminRows(table: string, ids: unknown[]): Promise<Row[]> {
 
 describe.each(tables)('%s over pg as the application role', (table) => {
   const pk = () => rows.spec(table).pk;
-  // A table the application only reads (roles.ts) is written by the operator role alone, under the same
-  // isolation policy: the write checks below run as that role; the application role's are refused outright.
+  // A table the application only reads (roles.ts) is written by the operator role alone (the token
+  // revocations: by the owner role, through the operator's command, ADR 0018), under the same isolation
+  // policy: the write checks below run as that role; the application role's are refused outright.
   const readOnly = READ_ONLY_TABLES.includes(table);
-  const writer = readOnly ? OPERATOR_DB_ROLE : undefined;
+  const writer = readOnly ? (table === 'token_revocations' ? OWNER : OPERATOR_DB_ROLE) : undefined;
   /** One seeded row for the tenant in context (if any) and one for each other tenant. */
   const seedAll = async (t: Tenants) => ({
     mine: t.own ? await rows.seed(table, t.own) : undefined,
@@ -357,8 +361,11 @@ describe('tenants interleaved on a pool of two connections', () => {
   it('hundreds of interleaved tenantEm operations never see, or write, another tenant', async () => {
     const [A, B] = [randomUUID(), randomUUID()];
     for (const table of tables) for (const tenant of [A, B]) await rows.seed(table, tenant);
-    // Tables whose only unique key is the tenant itself (one row per tenant: a unique key, or the primary key as tenant_limits') take no further inserts.
-    const insertable = tables.filter((t) => rows.spec(t).pk !== 'tenant_id' && !rows.spec(t).meta.uniques.some((u) => [u.properties].flat().join() === 'tenantId'));
+    // Tables whose only unique key is the tenant itself (one row per tenant: a unique key, or the primary key as tenant_limits') take no further inserts;
+    // nor do those the application only reads (roles.ts: refused outright, checked per table above).
+    const insertable = tables.filter(
+      (t) => rows.spec(t).pk !== 'tenant_id' && !rows.spec(t).meta.uniques.some((u) => [u.properties].flat().join() === 'tenantId') && !READ_ONLY_TABLES.includes(t),
+    );
     const pids = new Set<number>();
     const writes: { table: string; id: unknown; tenant: string; stored: boolean }[] = [];
     const next = seededRandom(20261124);

@@ -149,6 +149,9 @@ export const configSchema = z
     JWT_VERIFIED_TOKEN_TTL: duration('60s').refine((ms) => ms <= 60_000, 'at most 60s (ADR 0006)'),
     // How long the keys fetched from JWT_JWKS_URL are used before they are fetched again (a token naming
     // an unknown kid also refetches them, at most every 30 s): bounds how soon a removed key is refused.
+    // How often every API process reads the whole token revocation list again (ADR 0018), whatever Redis
+    // announced: the bound on how late a revocation whose announcement was lost takes effect.
+    TOKEN_REVOCATION_RECONCILE: duration('30s').refine((ms) => ms >= 1_000 && ms <= 3_600_000, 'between 1s and 1h (a revocation whose announcement was lost takes effect up to that much later)'),
     JWT_JWKS_CACHE_MAX_AGE: duration('10m').refine((ms) => ms >= 1_000 && ms <= 3_600_000, 'between 1s (the JWKS is then fetched about once a second) and 1h (a removed key is refused up to that much later)'),
     // How much longer than JWT_JWKS_CACHE_MAX_AGE the keys held are still used while JWT_JWKS_URL cannot be
     // fetched (ADR 0006): an identity provider's outage up to this long is no API outage. Only while the

@@ -145,9 +145,11 @@ export const APP_UPDATE_COLUMNS: Readonly<Record<string, readonly string[]>> = {
  * Tables the application only reads: a tenant's limit overrides (ADR 0014), which the admission
  * statement reads under the tenant's context and only a platform operator may set. The operator routes
  * write them as the operator role (OPERATOR_GRANTS); with INSERT, UPDATE or DELETE here any code bound to
- * a tenant (a workflow step, a tenant route) could raise its own tenant's limits.
+ * a tenant (a workflow step, a tenant route) could raise its own tenant's limits. `token_revocations`
+ * (ADR 0018) is written by the operator's command as the owner role: with DELETE any code of the
+ * application could lift a revocation.
  */
-export const READ_ONLY_TABLES = ['tenant_limits'];
+export const READ_ONLY_TABLES = ['tenant_limits', 'token_revocations'];
 
 /** The application role's privileges on a tenant-owned table. */
 function appTablePrivileges(table: string): string {
@@ -187,6 +189,8 @@ export async function grantRuntimePrivileges(client: { execute(sql: string): Pro
   await client.execute(`GRANT SELECT (${reads('webhook_deliveries')}), DELETE ON TABLE webhook_deliveries TO ${ident(SYSTEM_ROLE)}`);
   // The workers' re-seed of the active-run overrides in Redis (ADR 0014): read only.
   await client.execute(`GRANT SELECT (${reads('tenant_limits')}) ON TABLE tenant_limits TO ${ident(SYSTEM_ROLE)}`);
+  // Every API process's copy of the token revocations (ADR 0018): read only.
+  await client.execute(`GRANT SELECT (${reads('token_revocations')}) ON TABLE token_revocations TO ${ident(SYSTEM_ROLE)}`);
   // The operator routes (ADR 0014): the only writer of tenant_limits, and its cross-tenant listing.
   for (const [table, privileges] of Object.entries(OPERATOR_GRANTS)) {
     await client.execute(`GRANT ${privileges.join(', ')} ON TABLE ${ident(table)} TO ${ident(OPERATOR_DB_ROLE)}`);

@@ -2,7 +2,7 @@ import { createHash, timingSafeEqual } from 'node:crypto';
 import { isIPv6 } from 'node:net';
 import express, { type NextFunction, type Request, type Response } from 'express';
 import type { Logger } from 'pino';
-import { AppError, ForbiddenError, UnauthorizedError } from '../errors/app-error.ts';
+import { AppError, ForbiddenError, ServiceUnavailableError, UnauthorizedError } from '../errors/app-error.ts';
 import { KeysUnavailableError, type Principal, type TokenVerifier } from '../tenancy/jwt.ts';
 import { tagMiddleware, type TokenRefusal } from '../tenancy/auth.middleware.ts';
 import { sendProblem } from './problem.middleware.ts';
@@ -429,6 +429,8 @@ async function verifyOperator(opts: AdminAuthOptions, req: Request, token: strin
       opts.logger.error({ err: e.cause, path: req.path }, "the identity provider's keys could not be fetched: operator token not checked (503)");
       throw e;
     }
+    // Not checked either (the token revocation list not loaded yet, ADR 0018): 503, retry; not 401, sign in again.
+    if (e instanceof ServiceUnavailableError) throw e;
     opts.logger.warn({ security_event: 'token_rejected', reason: (e as Error).message, path: req.path, ip: req.ip }, 'rejected admin token');
     throw unauthorized(opts, (e as AppError).detail ?? 'The token is not valid.');
   }
@@ -463,9 +465,9 @@ async function signOut(opts: AdminAuthOptions, req: Request, res: Response): Pro
   const ended = await Promise.all(sessionIdsOf(req, [ADMIN_HOST_COOKIE, ADMIN_COOKIE]).map((id) => opts.sessions.close(id)));
   const revoked: string[] = [];
   for (const token of new Set([bearer, ...ended].filter((t): t is string => t !== undefined && JWT.test(t)))) {
-    // A token not checked for want of the keys (503) is not "nothing to revoke": the operator retries.
+    // A token not checked for want of the keys or the revocation list (503) is not "nothing to revoke": the operator retries.
     const principal = await verifyOperator(opts, req, token).catch((e: unknown) => {
-      if (e instanceof KeysUnavailableError) throw e;
+      if (e instanceof ServiceUnavailableError) throw e;
       return undefined;
     });
     if (!principal) continue;

@@ -32,7 +32,8 @@ function oneAtATime<T>(op: () => Promise<T>): () => Promise<T> {
 }
 
 /**
- * Readiness: PostgreSQL answers, Redis answers, migrations are current. 503 problem+json naming what
+ * Readiness: PostgreSQL answers, Redis answers, migrations are current, and (the API) this process has
+ * loaded the token revocation list once (ADR 0018). 503 problem+json naming what
  * is not. The endpoint is public (probes), so it says which check failed in fixed words; the
  * driver's own message (host names, addresses, role names) goes to the log only.
  *
@@ -41,7 +42,7 @@ function oneAtATime<T>(op: () => Promise<T>): () => Promise<T> {
  * anonymous probes of a slow database — each left its statement running when it gave up — held every
  * connection of the pool, and tenants' requests failed with 503.
  */
-export function readiness(deps: { orm: MikroORM; redis: Redis; logger?: Logger; stopping?: () => boolean }) {
+export function readiness(deps: { orm: MikroORM; redis: Redis; logger?: Logger; stopping?: () => boolean; revocations?: { readonly isLoaded: boolean } | undefined }) {
   const failed = (check: string, detail: string) => (e: Error) => {
     deps.logger?.warn({ check, err: e.message }, 'readiness check failed');
     return { ok: false, detail };
@@ -65,6 +66,11 @@ export function readiness(deps: { orm: MikroORM; redis: Redis; logger?: Logger; 
         .then((p) => (checks.migrations = p.length ? { ok: false, detail: `${p.length} pending` } : { ok: true }))
         .catch((e: Error) => (checks.migrations = failed('migrations', 'unknown: the migrations table could not be read')(e))),
     ]);
+    // Process-local (ADR 0018): an API that never loaded the token revocation list answers every token
+    // 503, so a load balancer must not route to it even when PostgreSQL and Redis answer this probe.
+    if (deps.revocations && !checks.shutdown) {
+      checks.token_revocations = deps.revocations.isLoaded ? { ok: true } : { ok: false, detail: 'not loaded yet: every token is answered 503' };
+    }
     const failing = Object.entries(checks).filter(([, c]) => !c.ok);
     if (failing.length === 0) {
       res.json({ status: 'ready', checks });

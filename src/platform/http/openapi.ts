@@ -173,7 +173,7 @@ function operationalRoutes(): RouteConfig[] {
     {
       method: 'get',
       path: '/readyz',
-      summary: 'Readiness: PostgreSQL and Redis answer and migrations are current',
+      summary: 'Readiness: PostgreSQL and Redis answer, migrations are current, and this instance has loaded the token revocation list',
       tags: ['operations'],
       responses: { 200: plain('Ready', readySchema), 503: problem('Not ready; `detail` names each failing check', ['not_ready']) },
     },

@@ -18,6 +18,7 @@ import { z } from 'zod';
 import type { Config } from '../config/config.ts';
 import { ServiceUnavailableError, UnauthorizedError } from '../errors/app-error.ts';
 import { isUnstorableText } from '../http/json-text.ts';
+import { TokenRevokedError, type RevocableClaims } from './token-revocations.ts';
 
 /**
  * Text a claim may hold: no control characters (C0, DEL, C1) and no unpaired UTF-16 surrogate. The
@@ -70,9 +71,21 @@ export interface KeysLog {
  * most 10,000 tokens, the oldest forgotten first). Only successes are remembered; any other text is
  * verified. A token has one spelling (canonicalSpelling): else one user could cycle look-alikes of
  * a token to cost a signature check each and push other tenants' tokens out of the memo.
+ *
+ * `revocations` (ADR 0018): checked on every call, a remembered token included, against the claims kept
+ * with it (tenant, sub, jti, iat): a revoked token is refused (401 token_revoked) however it was verified.
  */
-export function createTokenVerifier(config: Config, jwks?: JSONWebKeySet, log?: KeysLog): TokenVerifier {
-  const verified = new Map<string, { principal: Principal; untilMs: number }>();
+export function createTokenVerifier(
+  config: Config,
+  jwks?: JSONWebKeySet,
+  log?: KeysLog,
+  revocations?: { refuses(c: RevocableClaims): boolean },
+): TokenVerifier {
+  const verified = new Map<string, { principal: Principal; claims: RevocableClaims; untilMs: number }>();
+  const checked = (principal: Principal, claims: RevocableClaims): Principal => {
+    if (revocations?.refuses(claims)) throw new TokenRevokedError();
+    return principal;
+  };
   const algorithms = [...config.JWT_ALGORITHMS];
   let key: Uint8Array | JWTVerifyGetKey;
   if (jwks) key = createLocalJWKSet(jwks);
@@ -92,7 +105,7 @@ export function createTokenVerifier(config: Config, jwks?: JSONWebKeySet, log?: 
       const spelling = verified.has(token) ? token : canonicalSpelling(token);
       const known = verified.get(spelling);
       if (known) {
-        if (Date.now() < known.untilMs) return known.principal;
+        if (Date.now() < known.untilMs) return checked(known.principal, known.claims);
         verified.delete(spelling);
       }
       let payload: unknown;
@@ -106,10 +119,16 @@ export function createTokenVerifier(config: Config, jwks?: JSONWebKeySet, log?: 
       const claims = principalClaims.safeParse(payload);
       if (!claims.success) throw lacksClaim(claims.error);
       const principal: Principal = Object.freeze({ sub: claims.data.sub, tenantId: claims.data.tenant_id.toLowerCase(), roles: Object.freeze([...claims.data.roles]) });
-      const exp = (payload as { exp: number }).exp * 1000;
+      const { exp, jti, iat } = payload as { exp: number; jti?: unknown; iat?: unknown };
+      const revocable: RevocableClaims = {
+        tenantId: principal.tenantId,
+        sub: principal.sub,
+        ...(typeof jti === 'string' && jti !== '' ? { jti } : {}),
+        ...(typeof iat === 'number' ? { iat } : {}),
+      };
       if (verified.size >= VERIFIED_TOKEN_MAX) verified.delete(verified.keys().next().value!);
-      verified.set(spelling, { principal, untilMs: Math.min(exp, Date.now() + config.JWT_VERIFIED_TOKEN_TTL) });
-      return principal;
+      verified.set(spelling, { principal, claims: revocable, untilMs: Math.min(exp * 1000, Date.now() + config.JWT_VERIFIED_TOKEN_TTL) });
+      return checked(principal, revocable);
     },
   };
 }
@@ -290,7 +309,7 @@ function describeJoseError(e: unknown): string {
  */
 export async function signDevToken(
   config: Pick<Config, 'JWT_SECRET' | 'JWT_ISSUER' | 'JWT_AUDIENCE'>,
-  claims: { sub: string; tenantId: string; roles?: string[]; ttlSeconds?: number },
+  claims: { sub: string; tenantId: string; roles?: string[]; ttlSeconds?: number; issuedAt?: number },
 ): Promise<string> {
   if (!config.JWT_SECRET) throw new Error('JWT_SECRET is not configured: refusing to sign a development token');
   return new SignJWT({ tenant_id: claims.tenantId, roles: claims.roles ?? [] })
@@ -298,7 +317,7 @@ export async function signDevToken(
     .setSubject(claims.sub)
     .setIssuer(config.JWT_ISSUER)
     .setAudience(config.JWT_AUDIENCE)
-    .setIssuedAt()
+    .setIssuedAt(claims.issuedAt)
     .setJti(randomUUID())
     .setExpirationTime(Math.floor(Date.now() / 1000) + (claims.ttlSeconds ?? 3600))
     .sign(new TextEncoder().encode(config.JWT_SECRET));

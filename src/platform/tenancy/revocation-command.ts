@@ -1,0 +1,130 @@
+/**
+ * The operator's token revocations (ADR 0018), as the owner role (MIGRATION_DATABASE_URL): the
+ * application role may read the table, never write it.
+ *
+ *   npm run token -- revoke --tenant <uuid> --jti <id> [--expires <ISO time>] [--by <name>] [--reason <text>]
+ *   npm run token -- revoke --token <jwt> [--by <name>] [--reason <text>]
+ *   npm run token -- revoke --tenant <uuid> [--sub <id>] --issued-before <ISO time|now> [--by <name>] [--reason <text>]
+ *   npm run token -- prune-revocations
+ */
+import { userInfo } from 'node:os';
+import { parseArgs } from 'node:util';
+import { loadConfig } from '../config/config.ts';
+import { createRedis, untilReady } from '../queue/connections.ts';
+import { databaseProblem } from '../db/connection-problem.ts';
+import { claimsOf } from '../http/operator-sessions.ts';
+import { pruneRevocations, revokeTokens, type RevocationRequest } from './token-revocations.ts';
+
+const USAGE = `usage: npm run token -- revoke --tenant <uuid> --jti <id> [--expires <ISO time>] [--by <name>] [--reason <text>]
+       npm run token -- revoke --token <jwt> [--by <name>] [--reason <text>]
+       npm run token -- revoke --tenant <uuid> [--sub <id>] --issued-before <ISO time|now> [--by <name>] [--reason <text>]
+       npm run token -- prune-revocations`;
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+
+class UsageError extends Error {}
+
+/** Runs `revoke` or `prune-revocations` (argv from the subcommand on); the exit code. */
+export async function revocationCommand(argv: string[]): Promise<number> {
+  const [command, ...rest] = argv;
+  let request: RevocationRequest | undefined;
+  try {
+    request = command === 'revoke' ? parseRevoke(rest) : parseNone(rest);
+  } catch (e) {
+    console.error(`${(e as Error).message}\n${USAGE}`);
+    return 2;
+  }
+  const config = loadConfig();
+  try {
+    if (!request) {
+      const pruned = await pruneRevocations(config.MIGRATION_DATABASE_URL);
+      console.log(`pruned ${pruned} revocation(s) of expired tokens`);
+      return 0;
+    }
+    const redis = createRedis(config.REDIS_URL, 'producer', 'dealix-token-cli');
+    try {
+      await untilReady(redis, 5_000);
+      const done = await revokeTokens({ ownerUrl: config.MIGRATION_DATABASE_URL, redis, prefix: config.QUEUE_PREFIX }, request);
+      console.log(JSON.stringify({ revoked: done.revocation, announced: done.announced }));
+      if (!done.announced) {
+        console.error(`stored, but not announced over Redis (${done.error}): every API process applies it at its next reload, within TOKEN_REVOCATION_RECONCILE`);
+      }
+      return 0;
+    } finally {
+      redis.disconnect();
+    }
+  } catch (e) {
+    const problem = databaseProblem(e, 'MIGRATION_DATABASE_URL', config.MIGRATION_DATABASE_URL);
+    if (!problem) throw e;
+    console.error(`token ${command} failed: ${problem}`);
+    return 1;
+  }
+}
+
+function parseNone(args: string[]): undefined {
+  parseArgs({ args, options: {} });
+  return undefined;
+}
+
+function parseRevoke(args: string[]): RevocationRequest {
+  const { values: v } = parseArgs({
+    args,
+    options: {
+      tenant: { type: 'string' },
+      jti: { type: 'string' },
+      token: { type: 'string' },
+      sub: { type: 'string' },
+      'issued-before': { type: 'string' },
+      expires: { type: 'string' },
+      by: { type: 'string' },
+      reason: { type: 'string' },
+    },
+  });
+  const revokedBy = v.by ?? operatorName();
+  const reason = v.reason;
+  const config = loadConfig();
+  // The verifier accepts a token this long past its exp: its revocation must last as long. jose takes
+  // the tolerance in whole seconds (jwt.ts rounds it): rounded up here, the row never ends before it.
+  const expiry = (expSeconds: number) => new Date(expSeconds * 1000 + Math.ceil(config.JWT_CLOCK_TOLERANCE / 1000) * 1000);
+  if (v.token !== undefined) {
+    if (v.tenant || v.jti || v.sub || v['issued-before'] || v.expires) throw new UsageError('--token names the tenant, token id and expiry itself: give none of --tenant, --jti, --sub, --issued-before, --expires with it');
+    const { jti, exp } = claimsOf(v.token);
+    const tenant = tenantOf(v.token);
+    if (!jti || !tenant) throw new UsageError('--token: not a JWT with a jti and a tenant_id claim (a token without jti is revoked by --issued-before)');
+    return { tenantId: tenant, jti, ...(exp !== undefined ? { expiresAt: expiry(exp) } : {}), revokedBy, reason };
+  }
+  if (!v.tenant || !UUID.test(v.tenant)) throw new UsageError('--tenant <uuid> is required (or --token)');
+  if (v.jti !== undefined) {
+    if (v.sub || v['issued-before']) throw new UsageError('--jti revokes one token: --sub and --issued-before go without it');
+    let expiresAt: Date | undefined;
+    if (v.expires !== undefined) expiresAt = expiry(parseTime('--expires', v.expires).getTime() / 1000);
+    return { tenantId: v.tenant, jti: v.jti, expiresAt, revokedBy, reason };
+  }
+  if (v['issued-before'] === undefined) throw new UsageError('give --jti <id>, or --issued-before <ISO time|now>');
+  if (v.expires !== undefined) throw new UsageError('--expires goes with --jti');
+  return { tenantId: v.tenant, subject: v.sub, issuedBefore: parseTime('--issued-before', v['issued-before']), revokedBy, reason };
+}
+
+function parseTime(option: string, text: string): Date {
+  if (text === 'now') return new Date();
+  // A time zone is required: a bare local time would mean another instant on another operator's machine.
+  const ms = /(?:Z|[+-]\d{2}:?\d{2})$/i.test(text) ? Date.parse(text) : Number.NaN;
+  if (Number.isNaN(ms)) throw new UsageError(`${option}: "${text}" is not an ISO 8601 time with a time zone (e.g. 2026-12-06T09:00:00Z) or "now"`);
+  return new Date(ms);
+}
+
+function tenantOf(jwt: string): string | undefined {
+  try {
+    const t = (JSON.parse(Buffer.from(jwt.split('.')[1] ?? '', 'base64url').toString('utf8')) as { tenant_id?: unknown }).tenant_id;
+    return typeof t === 'string' && UUID.test(t) ? t : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+function operatorName(): string {
+  try {
+    return userInfo().username || 'operator';
+  } catch {
+    return 'operator';
+  }
+}

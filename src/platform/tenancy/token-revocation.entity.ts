@@ -1,0 +1,43 @@
+import { defineEntity, p } from '@mikro-orm/core';
+import { SYSTEM_ROLE, tenantIdProperty, tenantIsolationPolicy } from '../db/tenant-owned.ts';
+
+/**
+ * A revocation of tenant tokens before their `exp` (ADR 0018), written by an operator
+ * (`npm run token -- revoke`, as the owner role) and nothing else: the application role only reads it,
+ * and every API process holds the whole table in memory (token-revocations.ts). Two kinds, exactly one
+ * per row: a token id (`jti`) of the tenant, or a not-before (`not_before`) that refuses every token of
+ * the tenant — or of its subject `subject` alone — issued before it (`iat` < `not_before`).
+ */
+export const TokenRevocationRow = defineEntity({
+  name: 'TokenRevocation',
+  tableName: 'token_revocations',
+  properties: {
+    tenantId: tenantIdProperty().primary(),
+    id: p.uuid().primary(),
+    /** The revoked token's id; null for a not-before. */
+    jti: p.string().length(255).nullable(),
+    /** With a not-before: only this subject's tokens; null: every subject of the tenant. */
+    subject: p.string().length(255).nullable(),
+    /** Tokens issued (`iat`) before this are refused; null for a token id. */
+    notBefore: p.datetime().nullable(),
+    /** When the row stops mattering (the revoked token's exp): prunable after it; null: kept. */
+    expiresAt: p.datetime().nullable(),
+    /** Who revoked (the operator's name as given to the command). */
+    revokedBy: p.string().length(255),
+    reason: p.string().length(500).nullable(),
+    createdAt: p.datetime(),
+  },
+  checks: [
+    { name: 'token_revocations_one_kind', expression: '(jti is null) <> (not_before is null)' },
+    { name: 'token_revocations_subject_with_not_before', expression: 'subject is null or not_before is not null' },
+  ],
+  rowLevelSecurity: 'force',
+  policies: [
+    tenantIsolationPolicy('token_revocations'),
+    // Every API process loads every tenant's revocations, as the NOLOGIN system role (its column grants).
+    { name: 'token_revocations_system_read', command: 'select', roles: [SYSTEM_ROLE], using: 'true' },
+    // Pruning (`npm run token -- prune-revocations`, as the owner, a member of the system role): only rows
+    // past their expiry. The system role is granted no DELETE, so the application cannot remove any row.
+    { name: 'token_revocations_system_prune', command: 'delete', roles: [SYSTEM_ROLE], using: 'expires_at < now()' },
+  ],
+});

@@ -1,0 +1,326 @@
+import { randomUUID } from 'node:crypto';
+import { Redis } from 'ioredis';
+import pg from 'pg';
+import type { Logger } from 'pino';
+import { z } from 'zod';
+import type { MikroORM } from '@mikro-orm/postgresql';
+import { AppError, ServiceUnavailableError } from '../errors/app-error.ts';
+import { systemEm } from '../db/tenant-em.ts';
+import { pgClientConfig } from '../db/pg-ssl.ts';
+import { TENANT_SETTING } from '../db/tenant-owned.ts';
+
+/**
+ * Token revocation (ADR 0018). PostgreSQL (`token_revocations`, written by `npm run token -- revoke`)
+ * holds the truth; every API process holds all of it in memory and checks each request against that
+ * copy, never the database. The copy is loaded from PostgreSQL at start (fail-closed: until it is, every
+ * token is answered 503), and kept fresh by a Redis message per revocation, a full reload each time its
+ * subscription is (re)established, and a full reload every TOKEN_REVOCATION_RECONCILE, which bounds a
+ * missed message — and, Redis down, every revocation.
+ */
+
+/** What a request is checked by: the verified token's tenant, subject, and its `jti` and `iat` when it has them. */
+export interface RevocableClaims {
+  tenantId: string;
+  sub: string;
+  jti?: string | undefined;
+  /** Seconds since the epoch; absent: issued at the beginning of time, refused by any not-before. */
+  iat?: number | undefined;
+}
+
+/** One row, as loaded and as announced: a token id, or a not-before (seconds) for the tenant or one subject. */
+export const revocationSchema = z.union([
+  z.object({ tenantId: z.string().uuid(), jti: z.string().min(1).max(255), expiresAtMs: z.number().nullable() }),
+  z.object({ tenantId: z.string().uuid(), subject: z.string().min(1).max(255).nullable(), notBefore: z.number() }),
+]);
+export type Revocation = z.infer<typeof revocationSchema>;
+
+/** A revoked token presented: 401 `token_revoked`, never retryable with the same token. */
+export class TokenRevokedError extends AppError {
+  constructor() {
+    super('token_revoked', 'Token Revoked', {
+      status: 401,
+      retryable: false,
+      detail: 'This token has been revoked by a platform operator. Obtain a new token from the identity provider.',
+      headers: { 'WWW-Authenticate': 'Bearer error="invalid_token"' },
+    });
+  }
+}
+
+/** The Redis channel every API process of a deployment listens on. */
+export const revocationChannel = (prefix: string) => `${prefix}:token-revocations`;
+
+const key = (tenantId: string, part?: string | null) => (part == null ? tenantId : `${tenantId}\u0000${part}`);
+
+/** An immutable-by-convention set of revocations: a lookup per request, two map reads at most three. */
+export class RevocationSet {
+  private readonly jtis = new Map<string, number>();
+  private readonly notBefore = new Map<string, number>();
+
+  add(r: Revocation): void {
+    if ('jti' in r) {
+      this.jtis.set(key(r.tenantId, r.jti), r.expiresAtMs ?? Number.POSITIVE_INFINITY);
+    } else {
+      const k = key(r.tenantId, r.subject);
+      this.notBefore.set(k, Math.max(this.notBefore.get(k) ?? Number.NEGATIVE_INFINITY, r.notBefore));
+    }
+  }
+
+  get size(): number {
+    return this.jtis.size + this.notBefore.size;
+  }
+
+  /** Whether the token is refused: its id is revoked, or it was issued before its tenant's (or its subject's) not-before. */
+  refuses(c: RevocableClaims): boolean {
+    const tenantId = c.tenantId.toLowerCase();
+    if (c.jti !== undefined && this.jtis.has(key(tenantId, c.jti))) return true;
+    if (this.notBefore.size === 0) return false;
+    const iat = c.iat ?? Number.NEGATIVE_INFINITY;
+    const tenantWide = this.notBefore.get(tenantId);
+    if (tenantWide !== undefined && iat < tenantWide) return true;
+    const ofSubject = this.notBefore.get(key(tenantId, c.sub));
+    return ofSubject !== undefined && iat < ofSubject;
+  }
+}
+
+/** Every revocation still in force, read as the system role (its select policy and column grants). */
+export async function loadRevocations(orm: MikroORM): Promise<Revocation[]> {
+  const rows = await systemEm(orm).transactional((em) =>
+    em.execute<Array<{ tenant_id: string; jti: string | null; subject: string | null; not_before: number | null; expires_at_ms: number | null }>>(
+      `select tenant_id, jti, subject, extract(epoch from not_before)::float8 as not_before, (extract(epoch from expires_at) * 1000)::float8 as expires_at_ms
+         from token_revocations where expires_at is null or expires_at > now()`,
+    ),
+  );
+  return rows.map((r) =>
+    r.jti !== null ? { tenantId: r.tenant_id, jti: r.jti, expiresAtMs: r.expires_at_ms } : { tenantId: r.tenant_id, subject: r.subject, notBefore: r.not_before! },
+  );
+}
+
+export interface TokenRevocationsOptions {
+  orm: MikroORM;
+  redisUrl: string;
+  prefix: string;
+  logger: Logger;
+  /** How often the whole list is read again, whatever the notifications said (TOKEN_REVOCATION_RECONCILE). */
+  reconcileMs: number;
+  /** How long start() waits for the first load before it lets the API start without it (503 to every token until loaded). */
+  startTimeoutMs?: number;
+}
+
+/**
+ * The list not loaded yet (PostgreSQL unreachable since the process started): every token is
+ * answered 503, retryable, never let through unchecked (fail-closed, ADR 0018).
+ */
+export class RevocationsUnavailableError extends ServiceUnavailableError {
+  constructor() {
+    super('The token revocation list is not loaded yet (the database is unreachable), so no token can be checked. Retry after the indicated delay.', undefined, 1);
+  }
+}
+
+/** An API process's copy of the revocation list (see the module comment). */
+export class TokenRevocations {
+  private current = new RevocationSet();
+  /** Messages received while a reload reads the table: applied again to its result, so none is lost to it. */
+  private readonly inFlight = new Set<Revocation[]>();
+  private subscriber: Redis | undefined;
+  private timer: NodeJS.Timeout | undefined;
+  private started = false;
+  private loaded = false;
+  private markLoaded: () => void = () => {};
+  private readonly firstLoad = new Promise<void>((resolve) => (this.markLoaded = resolve));
+  private reconciling = false;
+  /** Reloads started, and the newest one whose result is installed: an older read never replaces a newer one. */
+  private reloadsStarted = 0;
+  private installedReload = 0;
+  private readonly opts: TokenRevocationsOptions;
+
+  constructor(opts: TokenRevocationsOptions) {
+    this.opts = opts;
+  }
+
+  /** Throws RevocationsUnavailableError (503) until the list has been loaded once. */
+  refuses(c: RevocableClaims): boolean {
+    if (!this.loaded) throw new RevocationsUnavailableError();
+    return this.current.refuses(c);
+  }
+
+  get isLoaded(): boolean {
+    return this.loaded;
+  }
+
+  /**
+   * Loads the table from PostgreSQL and subscribes, independently: Redis only carries the announcements,
+   * so a Redis that is down delays none of the loads (the reconcile bounds what a missed message costs),
+   * and every (re)established subscription is followed by a reload (a revocation committed before it is
+   * in that load, one after it in a message). Never throws: until the first load the process serves 503
+   * to every token, retried every reconcile tick (at most a second apart until loaded).
+   */
+  async start(): Promise<void> {
+    const { redisUrl, logger } = this.opts;
+    const sub = new Redis(redisUrl, {
+      // Resubscribed by hand on every 'ready' (below), so the reload follows a confirmed subscription.
+      autoResubscribe: false,
+      maxRetriesPerRequest: null,
+      connectionName: 'dealix-api-revocations',
+      retryStrategy: (n) => Math.min(n * 200, 2000),
+      lazyConnect: true,
+    });
+    this.subscriber = sub;
+    sub.on('error', () => {});
+    sub.on('message', (_channel, message) => this.onMessage(message));
+    this.started = true;
+    sub.on('ready', () => void this.resubscribe());
+    // ioredis keeps reconnecting after a failed first attempt; each 'ready' subscribes and reloads.
+    sub.connect().catch(() => {});
+    void this.reconcile();
+    try {
+      await withTimeout(this.firstLoad, this.opts.startTimeoutMs ?? 5_000, 'PostgreSQL did not answer');
+    } catch (err) {
+      logger.error({ err }, 'token revocations not loaded: every token is answered 503 until they are');
+    }
+    // Until the first load: a retry every second (or every reconcile period, if shorter); then every reconcile period.
+    const tick = () => {
+      this.timer = setTimeout(() => void this.reconcile().finally(() => this.started && tick()), this.loaded ? this.opts.reconcileMs : Math.min(1000, this.opts.reconcileMs));
+      this.timer.unref();
+    };
+    tick();
+  }
+
+  /** Reads the whole table again and replaces the copy (messages arriving meanwhile are kept). */
+  async reload(): Promise<void> {
+    const arrived: Revocation[] = [];
+    const seq = ++this.reloadsStarted;
+    this.inFlight.add(arrived);
+    try {
+      const rows = await loadRevocations(this.opts.orm);
+      // A reconcile's read and a resubscription's can overlap: the one started later read the table later
+      // (a row stored between the two, unannounced while Redis was away, is only in its result).
+      if (seq < this.installedReload) return;
+      const next = new RevocationSet();
+      for (const r of rows) next.add(r);
+      for (const r of arrived) next.add(r);
+      this.current = next;
+      this.installedReload = seq;
+      if (!this.loaded) {
+        this.loaded = true;
+        this.markLoaded();
+        this.opts.logger.info({ revocations: next.size }, 'token revocations loaded');
+      }
+    } finally {
+      this.inFlight.delete(arrived);
+    }
+  }
+
+  async close(): Promise<void> {
+    if (this.timer) clearTimeout(this.timer);
+    this.started = false;
+    this.subscriber?.disconnect();
+  }
+
+  private onMessage(message: string): void {
+    let parsed;
+    try {
+      parsed = revocationSchema.safeParse(JSON.parse(message));
+    } catch {
+      parsed = undefined;
+    }
+    if (!parsed?.success) {
+      this.opts.logger.warn({ message: message.slice(0, 200) }, 'unreadable token revocation message: reloading the list');
+      void this.reconcile();
+      return;
+    }
+    this.current.add(parsed.data);
+    for (const arrived of this.inFlight) arrived.push(parsed.data);
+  }
+
+  /** At each (re)connection: messages sent while the subscriber was away are lost, the table is not. */
+  private async resubscribe(): Promise<void> {
+    if (!this.started) return;
+    try {
+      const first = !this.loaded;
+      await this.subscriber!.subscribe(revocationChannel(this.opts.prefix));
+      await this.reload();
+      if (!first) this.opts.logger.info({ revocations: this.current.size }, 'token revocations reloaded after Redis reconnected');
+    } catch (err) {
+      this.opts.logger.warn({ err }, 'token revocations could not be reloaded; the periodic reconcile retries');
+    }
+  }
+
+  private async reconcile(): Promise<void> {
+    // Whatever Redis's state: a load while it is down misses no announcement that a later load (this
+    // tick's next, or the reload after the resubscription) would not find in the table.
+    if (!this.started || this.reconciling) return;
+    this.reconciling = true;
+    try {
+      await this.reload();
+    } catch (err) {
+      // The copy held stays in force (nothing is ever dropped on a failure); the next tick retries.
+      this.opts.logger.warn({ err }, 'token revocations could not be reloaded; the periodic reconcile retries');
+    } finally {
+      this.reconciling = false;
+    }
+  }
+}
+
+function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout;
+  return Promise.race([p, new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(`${what} within ${ms} ms`)), ms)))]).finally(() => clearTimeout(timer));
+}
+
+/** What an operator revokes: a token id of a tenant, or every token of the tenant (or of one subject) issued before a time. */
+export type RevocationRequest =
+  | { tenantId: string; jti: string; expiresAt?: Date | undefined; revokedBy: string; reason?: string | undefined }
+  | { tenantId: string; subject?: string | undefined; issuedBefore: Date; revokedBy: string; reason?: string | undefined };
+
+/**
+ * Records a revocation (as the owner role: the application role may not write the table) and announces
+ * it to every API process. Stored first, announced after the commit: an announcement that fails
+ * (`announced: false`) still takes effect at each process's next reconcile.
+ */
+export async function revokeTokens(target: { ownerUrl: string; redis?: Redis | undefined; prefix: string }, req: RevocationRequest): Promise<{ revocation: Revocation; announced: boolean; error?: string }> {
+  const tenantId = req.tenantId.toLowerCase();
+  const client = new pg.Client(pgClientConfig(target.ownerUrl));
+  await client.connect();
+  let revocation: Revocation;
+  try {
+    await client.query('begin');
+    // The isolation policy admits the row of the tenant bound here, as for any tenant write.
+    await client.query(`select set_config('${TENANT_SETTING}', $1, true)`, [tenantId]);
+    const jti = 'jti' in req ? req.jti : null;
+    const notBefore = 'issuedBefore' in req ? req.issuedBefore : null;
+    const subject = 'issuedBefore' in req ? (req.subject ?? null) : null;
+    const expiresAt = 'jti' in req ? (req.expiresAt ?? null) : null;
+    const { rows } = await client.query<{ not_before: number | null; expires_at_ms: number | null }>(
+      `insert into token_revocations (tenant_id, id, jti, subject, not_before, expires_at, revoked_by, reason, created_at)
+       values ($1, $2, $3, $4, $5, $6, $7, $8, now())
+       returning extract(epoch from not_before)::float8 as not_before, (extract(epoch from expires_at) * 1000)::float8 as expires_at_ms`,
+      [tenantId, randomUUID(), jti, subject, notBefore, expiresAt, req.revokedBy, req.reason ?? null],
+    );
+    await client.query('commit');
+    revocation = jti !== null ? { tenantId, jti, expiresAtMs: rows[0]!.expires_at_ms } : { tenantId, subject, notBefore: rows[0]!.not_before! };
+  } catch (e) {
+    await client.query('rollback').catch(() => {});
+    throw e;
+  } finally {
+    await client.end();
+  }
+  if (!target.redis) return { revocation, announced: false, error: 'no Redis connection' };
+  try {
+    await target.redis.publish(revocationChannel(target.prefix), JSON.stringify(revocation));
+    return { revocation, announced: true };
+  } catch (e) {
+    return { revocation, announced: false, error: (e as Error).message };
+  }
+}
+
+/** Deletes the token-id revocations whose token has expired (their `expires_at` passed), as the owner role. */
+export async function pruneRevocations(ownerUrl: string): Promise<number> {
+  const client = new pg.Client(pgClientConfig(ownerUrl));
+  await client.connect();
+  try {
+    // The system role's prune policy (the owner is a member of it) admits only rows past their expiry.
+    const { rowCount } = await client.query('delete from token_revocations where expires_at < now()');
+    return rowCount ?? 0;
+  } finally {
+    await client.end();
+  }
+}

@@ -1,0 +1,239 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { spawn } from 'node:child_process';
+import { randomUUID } from 'node:crypto';
+import { fileURLToPath } from 'node:url';
+import { Redis } from 'ioredis';
+import pg from 'pg';
+import { SignJWT } from 'jose';
+import { api, newTenant, startStack, type TestStack } from '../helpers/stack.ts';
+import { spawnApi, type ApiProcess } from '../helpers/api-process.ts';
+import { TEST_JWT_SECRET } from '../helpers/env.ts';
+import { waitFor } from '../helpers/poll.ts';
+import { freePort } from '../helpers/own-infra.ts';
+import { signDevToken } from '../../src/platform/tenancy/jwt.ts';
+import { revokeTokens, type RevocationRequest } from '../../src/platform/tenancy/token-revocations.ts';
+
+/**
+ * Token revocation (ADR 0018): an operator revokes a token by its `jti`, or every token of a tenant (or
+ * of one subject) issued before a time, and every API process refuses it — 401 problem+json
+ * `token_revoked` — within a bounded time, with no database read per request: the in-process copy is
+ * updated by a Redis message, reloaded whole when its subscription comes back, and loaded at start.
+ * TOKEN_REVOCATION_RECONCILE is 1 h here, so only the message or the resubscription's reload can explain
+ * a refusal (each test polls with a deadline, no sleeps).
+ */
+const ROOT = fileURLToPath(new URL('../..', import.meta.url));
+const RUNS = '/api/v1/golden-path/runs';
+let stack: TestStack;
+let announcer: Redis;
+
+beforeAll(async () => {
+  stack = await startStack({ ownRedis: true, env: { TOKEN_REVOCATION_RECONCILE: '1h' } });
+  announcer = new Redis(stack.ownRedis!.url, { maxRetriesPerRequest: 1, enableOfflineQueue: false, retryStrategy: () => 100 });
+  announcer.on('error', () => {});
+  await waitFor(() => announcer.status === 'ready', { what: 'announcer connection' });
+});
+afterAll(async () => {
+  announcer?.disconnect();
+  await stack?.stop();
+});
+
+const token = (tenantId: string, sub: string, issuedAt?: number) => signDevToken(stack.config, { tenantId, sub, ...(issuedAt !== undefined ? { issuedAt } : {}) });
+const nowSeconds = () => Math.floor(Date.now() / 1000);
+/** What the CLI calls: stored as the owner role, announced over the stack's Redis. */
+const revoke = (req: { tenantId: string; jti: string } | { tenantId: string; subject?: string; issuedBefore: Date }) =>
+  revokeTokens({ ownerUrl: stack.db.ownerUrl, redis: announcer, prefix: stack.prefix }, { revokedBy: 'test-operator', ...req } as RevocationRequest);
+const jtiOf = (jwt: string) => (JSON.parse(Buffer.from(jwt.split('.')[1]!, 'base64url').toString()) as { jti: string }).jti;
+
+async function statusOn(baseUrl: string, jwt: string): Promise<number> {
+  return (await fetch(`${baseUrl}${RUNS}`, { headers: { authorization: `Bearer ${jwt}` } })).status;
+}
+const refusedOn = (baseUrl: string, jwt: string, what: string) => waitFor(async () => (await statusOn(baseUrl, jwt)) === 401, { timeoutMs: 15_000, what });
+
+/** `npm run token -- …` itself (src/cli/token.ts), with the stack's settings. */
+function tokenCli(args: string[], env: Record<string, string> = {}): Promise<{ code: number | null; out: string; err: string }> {
+  return new Promise((resolve) => {
+    const p = spawn(process.execPath, ['src/cli/token.ts', ...args], { cwd: ROOT, env: { PATH: process.env.PATH ?? '', ...stack.env, ...env } });
+    let out = '';
+    let err = '';
+    p.stdout.on('data', (d) => (out += d));
+    p.stderr.on('data', (d) => (err += d));
+    p.on('close', (code) => resolve({ code, out, err }));
+  });
+}
+
+function expectRevokedProblem(res: Awaited<ReturnType<typeof api>>) {
+  expect(res.status, res.text).toBe(401);
+  expect(res.headers.get('content-type')).toMatch(/^application\/problem\+json/);
+  expect(res.json).toMatchObject({ type: 'https://docs.dealix.dev/problems/token_revoked', title: 'Token Revoked', status: 401, code: 'token_revoked' });
+}
+
+describe('token revocation', () => {
+  it('a token revoked by its jti: accepted (and remembered), then refused with 401 token_revoked; the tenant\'s other tokens still work', async () => {
+    const tenant = newTenant();
+    const jwt = await token(tenant, 'alice');
+    const other = await token(tenant, 'alice');
+    expect((await api(stack, 'GET', RUNS, { token: jwt })).status).toBe(200);
+    expect((await api(stack, 'GET', RUNS, { token: jwt })).status).toBe(200); // answered from the verified-token memo (ADR 0006)
+
+    const done = await revoke({ tenantId: tenant, jti: jtiOf(jwt) });
+    expect(done.announced).toBe(true);
+    await refusedOn(stack.baseUrl, jwt, 'the revoked token refused');
+    expectRevokedProblem(await api(stack, 'GET', RUNS, { token: jwt }));
+    expect((await api(stack, 'GET', RUNS, { token: other })).status).toBe(200);
+  });
+
+  it('a tenant-wide not-before refuses the tenant\'s tokens issued before it (and one without iat), not newer ones nor other tenants\'', async () => {
+    const tenant = newTenant();
+    const elsewhere = newTenant();
+    const older = await token(tenant, 'bob', nowSeconds() - 120);
+    const newer = await token(tenant, 'bob');
+    const otherTenant = await token(elsewhere, 'bob', nowSeconds() - 120);
+    const withoutIat = await new SignJWT({ tenant_id: tenant, roles: [] })
+      .setProtectedHeader({ alg: 'HS256', typ: 'JWT' })
+      .setSubject('carol')
+      .setIssuer(stack.config.JWT_ISSUER)
+      .setAudience(stack.config.JWT_AUDIENCE)
+      .setExpirationTime(nowSeconds() + 600)
+      .sign(new TextEncoder().encode(TEST_JWT_SECRET));
+    for (const jwt of [older, newer, otherTenant, withoutIat]) expect(await statusOn(stack.baseUrl, jwt)).toBe(200);
+
+    await revoke({ tenantId: tenant, issuedBefore: new Date(Date.now() - 60_000) });
+    await refusedOn(stack.baseUrl, older, 'the older token refused');
+    expectRevokedProblem(await api(stack, 'GET', RUNS, { token: older }));
+    expectRevokedProblem(await api(stack, 'GET', RUNS, { token: withoutIat }));
+    expect(await statusOn(stack.baseUrl, newer)).toBe(200);
+    expect(await statusOn(stack.baseUrl, otherTenant)).toBe(200);
+  });
+
+  it("a subject's not-before refuses that subject's older tokens only", async () => {
+    const tenant = newTenant();
+    const leaver = await token(tenant, 'leaver', nowSeconds() - 120);
+    const stayer = await token(tenant, 'stayer', nowSeconds() - 120);
+    expect(await statusOn(stack.baseUrl, leaver)).toBe(200);
+    await revoke({ tenantId: tenant, subject: 'leaver', issuedBefore: new Date() });
+    await refusedOn(stack.baseUrl, leaver, "the leaver's token refused");
+    expect(await statusOn(stack.baseUrl, stayer)).toBe(200);
+  });
+
+  it('a second API process (src/server.ts) sees a revocation too, and one made before it started', { timeout: 120_000 }, async () => {
+    const tenant = newTenant();
+    const before = await token(tenant, 'dave');
+    await revoke({ tenantId: tenant, jti: jtiOf(before) });
+    let second: ApiProcess | undefined;
+    try {
+      second = await spawnApi(stack.env);
+      expect(await statusOn(second.baseUrl, before)).toBe(401); // loaded at start
+      const jwt = await token(tenant, 'dave');
+      expect(await statusOn(second.baseUrl, jwt)).toBe(200);
+      expect(await statusOn(stack.baseUrl, jwt)).toBe(200);
+      await revoke({ tenantId: tenant, jti: jtiOf(jwt) });
+      await refusedOn(second.baseUrl, jwt, 'refused by the second API process');
+      await refusedOn(stack.baseUrl, jwt, 'refused by the first API process');
+    } finally {
+      await second?.stop();
+    }
+  });
+
+  it('a revocation made while the subscriber was disconnected is picked up by the reload when it resubscribes', { timeout: 120_000 }, async () => {
+    const tenant = newTenant();
+    const jwt = await token(tenant, 'erin');
+    expect(await statusOn(stack.baseUrl, jwt)).toBe(200);
+    await stack.ownRedis!.stopServer();
+    try {
+      const done = await revoke({ tenantId: tenant, jti: jtiOf(jwt) });
+      expect(done.announced).toBe(false); // no message: only the reload can tell the API
+    } finally {
+      await stack.ownRedis!.startServer();
+    }
+    await refusedOn(stack.baseUrl, jwt, 'refused after the subscriber reconnected and reloaded');
+  });
+
+  it('npm run token -- revoke --token <jwt>: stored and announced; the application role can neither remove nor add a revocation', { timeout: 120_000 }, async () => {
+    const tenant = newTenant();
+    const jwt = await token(tenant, 'frank');
+    expect(await statusOn(stack.baseUrl, jwt)).toBe(200);
+    const cli = await tokenCli(['revoke', '--token', jwt, '--by', 'ops-test', '--reason', 'leaked in a ticket']);
+    expect(cli.code, cli.err).toBe(0);
+    expect(JSON.parse(cli.out)).toMatchObject({ revoked: { tenantId: tenant, jti: jtiOf(jwt) }, announced: true });
+    await refusedOn(stack.baseUrl, jwt, 'refused after the CLI revoked it');
+    const { rows } = await stack.db.admin(`select revoked_by, reason, expires_at > now() as live from token_revocations where tenant_id = $1`, [tenant]);
+    expect(rows).toEqual([{ revoked_by: 'ops-test', reason: 'leaked in a ticket', live: true }]);
+
+    const app = new pg.Client({ connectionString: stack.db.appUrl });
+    await app.connect();
+    try {
+      await app.query('begin');
+      await app.query(`select set_config('app.tenant_id', $1, true)`, [tenant]);
+      await expect(app.query('delete from token_revocations')).rejects.toThrow(/permission denied/);
+      await app.query('rollback');
+      await app.query('begin');
+      await app.query('set local role dealix_system');
+      await expect(app.query('delete from token_revocations')).rejects.toThrow(/permission denied/);
+      await app.query('rollback');
+      await app.query('begin');
+      await app.query(`select set_config('app.tenant_id', $1, true)`, [tenant]);
+      await expect(
+        app.query(`insert into token_revocations (tenant_id, id, jti, revoked_by, created_at) values ($1, $2, 'x', 'app', now())`, [tenant, randomUUID()]),
+      ).rejects.toThrow(/permission denied/);
+      await app.query('rollback');
+    } finally {
+      await app.end();
+    }
+  });
+
+  it('a token-id revocation lasts as long as the verifier accepts the token: its exp plus JWT_CLOCK_TOLERANCE rounded up to whole seconds, as the verifier applies it', { timeout: 60_000 }, async () => {
+    // The verifier gives jose Math.round(1500 ms / 1000) = 2 s: a row kept only 1.5 s past exp would be
+    // dropped by a reload while the token still verified.
+    const tenant = newTenant();
+    const cli = await tokenCli(['revoke', '--tenant', tenant, '--jti', 'j-tolerance', '--expires', '2030-01-01T00:00:00Z'], { JWT_CLOCK_TOLERANCE: '1500ms' });
+    expect(cli.code, cli.err).toBe(0);
+    const { rows } = await stack.db.admin(`select extract(epoch from expires_at)::float8 as expires from token_revocations where tenant_id = $1`, [tenant]);
+    expect(rows).toEqual([{ expires: Date.parse('2030-01-01T00:00:02Z') / 1000 }]);
+  });
+
+  it('Redis unreachable from the start: the list still loads from PostgreSQL, and its reconcile keeps it fresh without Redis', { timeout: 120_000 }, async () => {
+    // Redis only carries the announcements: PostgreSQL holds the list, and TOKEN_REVOCATION_RECONCILE bounds the rest.
+    const tenant = newTenant();
+    const revokedEarlier = await token(tenant, 'hank');
+    await revoke({ tenantId: tenant, jti: jtiOf(revokedEarlier) });
+    let cut: ApiProcess | undefined;
+    try {
+      cut = await spawnApi({ ...stack.env, REDIS_URL: `redis://127.0.0.1:${await freePort()}`, TOKEN_REVOCATION_RECONCILE: '1s' });
+      const jwt = await token(tenant, 'hank');
+      await waitFor(async () => (await statusOn(cut!.baseUrl, jwt)) === 200, { timeoutMs: 30_000, what: 'the list loaded from PostgreSQL with Redis down' });
+      expect(await statusOn(cut.baseUrl, revokedEarlier)).toBe(401);
+      const ready = await fetch(`${cut.baseUrl}/readyz`);
+      expect(await ready.json()).toMatchObject({ checks: { token_revocations: { ok: true }, redis: { ok: false } } });
+
+      const done = await revokeTokens({ ownerUrl: stack.db.ownerUrl, prefix: stack.prefix }, { tenantId: tenant, jti: jtiOf(jwt), revokedBy: 'test-operator' });
+      expect(done.announced).toBe(false); // no message: only the reconcile, reading PostgreSQL, can tell this API
+      await refusedOn(cut.baseUrl, jwt, 'refused by the reconcile while Redis is still down');
+    } finally {
+      await cut?.stop('SIGKILL');
+    }
+  });
+
+  it('fail-closed: an API that cannot load the list (PostgreSQL unreachable) answers every token 503, never lets one through unchecked', { timeout: 120_000 }, async () => {
+    let blind: ApiProcess | undefined;
+    try {
+      blind = await spawnApi({ ...stack.env, DATABASE_URL: 'postgres://dealix_app:dealix_app@127.0.0.1:1/none' });
+      const jwt = await token(newTenant(), 'gina');
+      const res = await fetch(`${blind.baseUrl}${RUNS}`, { headers: { authorization: `Bearer ${jwt}` } });
+      expect(res.status).toBe(503);
+      expect(res.headers.get('retry-after')).toBe('1');
+      expect(await res.json()).toMatchObject({ code: 'service_unavailable', detail: expect.stringContaining('token revocation list is not loaded') });
+      expect(blind.lines().some((l) => l.msg === 'token revocations not loaded: every token is answered 503 until they are')).toBe(true);
+      expect((await fetch(`${blind.baseUrl}/healthz`)).status).toBe(200);
+      // The dashboard too: an operator token is not checked either, so 503 (retry), not 401 (sign in again).
+      const operator = await signDevToken(stack.config, { tenantId: newTenant(), sub: 'ops', roles: ['platform-operator'] });
+      const dashboard = await fetch(`${blind.baseUrl}/admin/queues`, { headers: { authorization: `Bearer ${operator}` } });
+      expect(dashboard.status).toBe(503);
+      // A load balancer routes nothing to it: /readyz names the list (beside PostgreSQL).
+      const ready = await fetch(`${blind.baseUrl}/readyz`);
+      expect(ready.status).toBe(503);
+      expect(await ready.json()).toMatchObject({ checks: { token_revocations: { ok: false, detail: 'not loaded yet: every token is answered 503' } } });
+    } finally {
+      await blind?.stop('SIGKILL');
+    }
+  });
+});
