@@ -340,7 +340,7 @@ describe("the submission guard's claim against what runs beside it", () => {
       const first = hold(tenant, (tx) => startRun(tx, tenant, reference));
       const { run: firstRun } = await first.ready;
       const frozen = tenantEm(stack.container.orm, tenant).transactional((tx) =>
-        freezePartnerStep.run({ submission: offboardingSubmission.parse(submissionOf(tenant, reference).input) }, { em: tx, run: { id: toFreeze.id, tenantId: tenant }, retired: () => false } as unknown as StepContext),
+        freezePartnerStep.run({ submission: offboardingSubmission.parse(submissionOf(tenant, reference).input) }, { em: tx, run: { id: toFreeze.id, tenantId: tenant }, retired: () => false, now: new Date() } as unknown as StepContext),
       );
       expect(await within(frozen, 'freeze-partner beside the held submission')).toMatchObject({ offboarding_id: expect.any(String) });
       await within(

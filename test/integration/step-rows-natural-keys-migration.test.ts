@@ -231,6 +231,10 @@ describe('migration step_rows_natural_keys', () => {
     const queue = new Queue('decision-migration', { connection: redis, prefix: `t${randomUUID().slice(0, 8)}` });
     try {
       await check.migrator.down({ to: PREVIOUS });
+      // Today's approval step records the policy version on its request, a column a later migration
+      // (approval_policy_versions) adds: given to the previous schema for this test alone, dropped in
+      // `finally`, and only THIS migration is applied below, so that later one never meets it.
+      await admin(`alter table approval_requests add column policy_version int`);
       // A class B golden-path run taken to its wait by the production executor, as the application role
       // on the previous schema (the SLA timer is not this test's: scheduling it does nothing).
       const noTimer = { async schedule() {}, async cancel() {} };
@@ -256,7 +260,7 @@ describe('migration step_rows_natural_keys', () => {
           .transactional((tx) => approvals.decide(tx, approver, request!.id, 'approve', null))
           .then((d) => d.result.status, (e: Error) => e.message);
         await outbox.waiting('the decision to wait for the webhook outbox');
-        const migrated = check.migrator.up().then(() => 'applied', (e: Error) => e.message);
+        const migrated = check.migrator.up({ to: THIS }).then(() => 'applied', (e: Error) => e.message);
         await waitFor(
           async () =>
             (await admin(
@@ -275,6 +279,7 @@ describe('migration step_rows_natural_keys', () => {
       expect(await indexes()).toEqual(KEYED);
       expect(await admin(`select status from durable_runs where id = $1`, [run.id])).toEqual([{ status: 'running' }]);
     } finally {
+      await admin(`alter table approval_requests drop column if exists policy_version`);
       await queue.close();
       redis.disconnect();
       await app.close(true);
