@@ -116,11 +116,16 @@ export class RevocationsUnavailableError extends ServiceUnavailableError {
   }
 }
 
+/** How long close() waits for a reload in progress. */
+const CLOSE_WAIT_MS = 2_000;
+
 /** An API process's copy of the revocation list (see the module comment). */
 export class TokenRevocations {
   private current = new RevocationSet();
   /** Messages received while a reload reads the table: applied again to its result, so none is lost to it. */
   private readonly inFlight = new Set<Revocation[]>();
+  /** The reloads reading the table now (close waits for them). */
+  private readonly reloads = new Set<Promise<void>>();
   private subscriber: Redis | undefined;
   private timer: NodeJS.Timeout | undefined;
   private started = false;
@@ -187,6 +192,16 @@ export class TokenRevocations {
 
   /** Reads the whole table again and replaces the copy (messages arriving meanwhile are kept). */
   async reload(): Promise<void> {
+    const read = this.readAndInstall();
+    this.reloads.add(read);
+    try {
+      await read;
+    } finally {
+      this.reloads.delete(read);
+    }
+  }
+
+  private async readAndInstall(): Promise<void> {
     const arrived: Revocation[] = [];
     const seq = ++this.reloadsStarted;
     this.inFlight.add(arrived);
@@ -210,10 +225,21 @@ export class TokenRevocations {
     }
   }
 
+  /**
+   * Stops the reloads and the subscription, and waits (up to CLOSE_WAIT_MS) for a reload in progress:
+   * the container closes the ORM next, and a transaction cut off by that close left the pool's end
+   * waiting for ever (an API whose port was taken, closing right after its subscriber's first reload
+   * began, hung its failed start's close past its deadline).
+   */
   async close(): Promise<void> {
     if (this.timer) clearTimeout(this.timer);
     this.started = false;
     this.subscriber?.disconnect();
+    if (this.reloads.size === 0) return;
+    let timer: NodeJS.Timeout | undefined;
+    const waited = new Promise<void>((resolve) => (timer = setTimeout(resolve, CLOSE_WAIT_MS)));
+    await Promise.race([Promise.allSettled([...this.reloads]), waited]);
+    clearTimeout(timer);
   }
 
   private onMessage(message: string): void {
