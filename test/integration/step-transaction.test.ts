@@ -38,7 +38,10 @@ describe('stepTransaction', () => {
     const ours = await sent(() => stepTransaction(tenantEm(orm, tenant), read));
     const orms = await sent(() => tenantEm(orm, tenant).transactional(read));
     expect(ours.result).toEqual([{ t: tenant }]);
-    expect(ours.texts).toEqual(orms.texts);
+    // A commit deferred from an earlier transaction on the connection may ride ahead of the first message
+    // (ADR 0004; seen in CI under load): not this transaction's.
+    const own = (texts: string[]) => (texts[0] === 'commit' ? texts.slice(1) : texts);
+    expect(own(ours.texts)).toEqual(own(orms.texts));
     expect(ours.texts.at(-1)).toBe('commit');
   });
 
