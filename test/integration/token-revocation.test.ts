@@ -115,6 +115,27 @@ describe('token revocation', () => {
     expect(await statusOn(stack.baseUrl, stayer)).toBe(200);
   });
 
+  it("--issued-before now: the database's time plus JWT_CLOCK_TOLERANCE, so a token stamped by an identity provider whose clock runs ahead is refused too", { timeout: 120_000 }, async () => {
+    const tenant = newTenant();
+    const toleranceMs = Math.ceil(stack.config.JWT_CLOCK_TOLERANCE / 1000) * 1000;
+    expect(toleranceMs).toBeGreaterThanOrEqual(2_000); // the tokens below sit 1 s inside and 1 s outside it
+    const cli = await tokenCli(['revoke', '--tenant', tenant, '--sub', 'gina', '--issued-before', 'now']);
+    expect(cli.code, cli.err).toBe(0);
+    // Stamped in one statement: the margin over the database's time is exactly the tolerance, whatever the CLI's clock.
+    const { rows } = await stack.db.admin(
+      `select (extract(epoch from not_before - created_at) * 1000)::float8 as margin_ms, extract(epoch from not_before)::float8 as not_before from token_revocations where tenant_id = $1`,
+      [tenant],
+    );
+    expect(rows).toHaveLength(1);
+    expect(rows[0].margin_ms).toBe(toleranceMs);
+    const notBefore = rows[0].not_before as number;
+    // Issued "just before now" by an identity provider 1 s short of the tolerance ahead: its iat is after the database's now.
+    const aheadOfClock = await token(tenant, 'gina', Math.ceil(notBefore) - 2);
+    const afterward = await token(tenant, 'gina', Math.ceil(notBefore) + 1);
+    await refusedOn(stack.baseUrl, aheadOfClock, 'a token stamped ahead of the clock, issued before the revocation, refused');
+    expect(await statusOn(stack.baseUrl, afterward)).toBe(200);
+  });
+
   it('a second API process (src/server.ts) sees a revocation too, and one made before it started', { timeout: 120_000 }, async () => {
     const tenant = newTenant();
     const before = await token(tenant, 'dave');

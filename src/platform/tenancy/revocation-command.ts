@@ -101,6 +101,11 @@ function parseRevoke(args: string[]): RevocationRequest {
   }
   if (v['issued-before'] === undefined) throw new UsageError('give --jti <id>, or --issued-before <ISO time|now>');
   if (v.expires !== undefined) throw new UsageError('--expires goes with --jti');
+  if (v['issued-before'] === 'now') {
+    // The database's time, plus the clock tolerance (rounded up as the verifier applies it): a token an
+    // identity provider whose clock runs ahead stamped just before now is still refused (ADR 0018).
+    return { tenantId: v.tenant, subject: v.sub, issuedBefore: 'now', clockToleranceMs: Math.ceil(config.JWT_CLOCK_TOLERANCE / 1000) * 1000, revokedBy, reason };
+  }
   return { tenantId: v.tenant, subject: v.sub, issuedBefore: parseTime('--issued-before', v['issued-before']), revokedBy, reason };
 }
 

@@ -295,7 +295,19 @@ function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
 /** What an operator revokes: a token id of a tenant, or every token of the tenant (or of one subject) issued before a time. */
 export type RevocationRequest =
   | { tenantId: string; jti: string; expiresAt?: Date | undefined; revokedBy: string; reason?: string | undefined }
-  | { tenantId: string; subject?: string | undefined; issuedBefore: Date; revokedBy: string; reason?: string | undefined };
+  | {
+      tenantId: string;
+      subject?: string | undefined;
+      /**
+       * `now`: every token issued so far — the database's time (not the operator machine's) plus
+       * `clockToleranceMs`, as an identity provider whose clock runs up to JWT_CLOCK_TOLERANCE ahead
+       * stamps a token issued just before the revocation with an `iat` up to that much later.
+       */
+      issuedBefore: Date | 'now';
+      clockToleranceMs?: number | undefined;
+      revokedBy: string;
+      reason?: string | undefined;
+    };
 
 /**
  * Records a revocation (as the owner role: the application role may not write the table) and announces
@@ -312,14 +324,15 @@ export async function revokeTokens(target: { ownerUrl: string; redis?: Redis | u
     // The isolation policy admits the row of the tenant bound here, as for any tenant write.
     await client.query(`select set_config('${TENANT_SETTING}', $1, true)`, [tenantId]);
     const jti = 'jti' in req ? req.jti : null;
-    const notBefore = 'issuedBefore' in req ? req.issuedBefore : null;
+    const notBefore = 'issuedBefore' in req && req.issuedBefore !== 'now' ? req.issuedBefore : null;
+    const now = 'issuedBefore' in req && req.issuedBefore === 'now';
     const subject = 'issuedBefore' in req ? (req.subject ?? null) : null;
     const expiresAt = 'jti' in req ? (req.expiresAt ?? null) : null;
     const { rows } = await client.query<{ not_before: number | null; expires_at_ms: number | null }>(
       `insert into token_revocations (tenant_id, id, jti, subject, not_before, expires_at, revoked_by, reason, created_at)
-       values ($1, $2, $3, $4, $5, $6, $7, $8, now())
+       values ($1, $2, $3, $4, case when $9::float8 is null then $5::timestamptz else now() + $9::float8 * interval '1 millisecond' end, $6, $7, $8, now())
        returning extract(epoch from not_before)::float8 as not_before, (extract(epoch from expires_at) * 1000)::float8 as expires_at_ms`,
-      [tenantId, randomUUID(), jti, subject, notBefore, expiresAt, req.revokedBy, req.reason ?? null],
+      [tenantId, randomUUID(), jti, subject, notBefore, expiresAt, req.revokedBy, req.reason ?? null, now ? ('clockToleranceMs' in req ? (req.clockToleranceMs ?? 0) : 0) : null],
     );
     await client.query('commit');
     revocation = jti !== null ? { tenantId, jti, expiresAtMs: rows[0]!.expires_at_ms } : { tenantId, subject, notBefore: rows[0]!.not_before! };
