@@ -1,13 +1,13 @@
 /**
  * npm run token -- --tenant <uuid> --sub <id> [--roles a,b] [--ttl 1h]: prints a development token signed with JWT_SECRET.
- * npm run token -- revoke … | prune-revocations: an operator's token revocations (revocation-command.ts, ADR 0018).
+ * npm run token -- revoke … | revocations … | lift … | prune-revocations: an operator's token revocations (revocation-command.ts, ADR 0018).
  */
 import { parseArgs } from 'node:util';
 import { loadConfig } from '../platform/config/config.ts';
 import { parseDurationMs } from '../platform/config/duration.ts';
 import { signDevToken } from '../platform/tenancy/jwt.ts';
 
-if (process.argv[2] === 'revoke' || process.argv[2] === 'prune-revocations') {
+if (['revoke', 'revocations', 'lift', 'prune-revocations'].includes(process.argv[2] ?? '')) {
   const { revocationCommand } = await import('../platform/tenancy/revocation-command.ts');
   process.exitCode = await revocationCommand(process.argv.slice(2));
 } else {

@@ -202,6 +202,50 @@ describe('token revocation', () => {
     }
   });
 
+  it('npm run token -- lift: a revocation made in error stops applying on every API process at once, kept as the record; the application role cannot lift one', { timeout: 120_000 }, async () => {
+    const tenant = newTenant();
+    const jwt = await token(tenant, 'ivy', nowSeconds() - 120);
+    expect(await statusOn(stack.baseUrl, jwt)).toBe(200);
+    const revoked = await tokenCli(['revoke', '--tenant', tenant, '--issued-before', 'now', '--by', 'ops-test', '--reason', 'wrong tenant']);
+    expect(revoked.code, revoked.err).toBe(0);
+    const { id } = JSON.parse(revoked.out) as { id: string };
+    await refusedOn(stack.baseUrl, jwt, 'refused by the tenant-wide revocation');
+    const listed = await tokenCli(['revocations', '--tenant', tenant]);
+    expect(listed.code, listed.err).toBe(0);
+    expect(listed.out.trim().split('\n').map((l) => JSON.parse(l))).toEqual([
+      expect.objectContaining({ id, jti: null, subject: null, revoked_by: 'ops-test', reason: 'wrong tenant', lifted_at: null, lifted_by: null }),
+    ]);
+
+    // No code of the application can lift it: UPDATE is not granted (nor to the system role).
+    const app = new pg.Client({ connectionString: stack.db.appUrl });
+    await app.connect();
+    try {
+      await app.query('begin');
+      await app.query(`select set_config('app.tenant_id', $1, true)`, [tenant]);
+      await expect(app.query(`update token_revocations set lifted_at = now(), lifted_by = 'app'`)).rejects.toThrow(/permission denied/);
+      await app.query('rollback');
+      await app.query('begin');
+      await app.query('set local role dealix_system');
+      await expect(app.query(`update token_revocations set lifted_at = now(), lifted_by = 'app'`)).rejects.toThrow(/permission denied/);
+      await app.query('rollback');
+    } finally {
+      await app.end();
+    }
+    expect(await statusOn(stack.baseUrl, jwt)).toBe(401);
+
+    const lifted = await tokenCli(['lift', '--tenant', tenant, '--id', id, '--by', 'ops-lead']);
+    expect(lifted.code, lifted.err).toBe(0);
+    expect(JSON.parse(lifted.out)).toMatchObject({ lifted: { id, lifted_by: 'ops-lead' }, announced: true });
+    // TOKEN_REVOCATION_RECONCILE is 1 h here: only the lift's message can explain the token working again.
+    await waitFor(async () => (await statusOn(stack.baseUrl, jwt)) === 200, { timeoutMs: 15_000, what: 'the token accepted again after the lift' });
+
+    const again = await tokenCli(['lift', '--tenant', tenant, '--id', id]);
+    expect(again.code).toBe(1);
+    expect(again.err).toMatch(/no revocation .* in force/);
+    const { rows } = await stack.db.admin(`select revoked_by, lifted_by, lifted_at is not null as lifted from token_revocations where tenant_id = $1`, [tenant]);
+    expect(rows).toEqual([{ revoked_by: 'ops-test', lifted_by: 'ops-lead', lifted: true }]);
+  });
+
   it('a token-id revocation lasts as long as the verifier accepts the token: its exp plus JWT_CLOCK_TOLERANCE rounded up to whole seconds, as the verifier applies it', { timeout: 60_000 }, async () => {
     // The verifier gives jose Math.round(1500 ms / 1000) = 2 s: a row kept only 1.5 s past exp would be
     // dropped by a reload while the token still verified.

@@ -34,7 +34,7 @@ export const SYSTEM_READS: Readonly<Record<string, readonly string[]>> = {
   // The workers' re-seed of the Redis copy of the active-run overrides (ADR 0014).
   tenant_limits: ['tenant_id', 'max_active_runs'],
   // Every API process's in-memory copy of the token revocations (ADR 0018).
-  token_revocations: ['tenant_id', 'jti', 'subject', 'not_before', 'expires_at'],
+  token_revocations: ['tenant_id', 'jti', 'subject', 'not_before', 'expires_at', 'lifted_at'],
 };
 /**
  * The tables without tenant_id the application role may reach, and how: the migrations table, read

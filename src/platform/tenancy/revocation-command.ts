@@ -5,6 +5,8 @@
  *   npm run token -- revoke --tenant <uuid> --jti <id> [--expires <ISO time>] [--by <name>] [--reason <text>]
  *   npm run token -- revoke --token <jwt> [--by <name>] [--reason <text>]
  *   npm run token -- revoke --tenant <uuid> [--sub <id>] --issued-before <ISO time|now> [--by <name>] [--reason <text>]
+ *   npm run token -- revocations --tenant <uuid>
+ *   npm run token -- lift --tenant <uuid> --id <revocation id> [--by <name>]
  *   npm run token -- prune-revocations
  */
 import { userInfo } from 'node:os';
@@ -13,40 +15,65 @@ import { loadConfig } from '../config/config.ts';
 import { createRedis, untilReady } from '../queue/connections.ts';
 import { databaseProblem } from '../db/connection-problem.ts';
 import { claimsOf } from '../http/operator-sessions.ts';
-import { pruneRevocations, revokeTokens, type RevocationRequest } from './token-revocations.ts';
+import { liftRevocation, listRevocations, pruneRevocations, revokeTokens, type RevocationRequest } from './token-revocations.ts';
 
 const USAGE = `usage: npm run token -- revoke --tenant <uuid> --jti <id> [--expires <ISO time>] [--by <name>] [--reason <text>]
        npm run token -- revoke --token <jwt> [--by <name>] [--reason <text>]
        npm run token -- revoke --tenant <uuid> [--sub <id>] --issued-before <ISO time|now> [--by <name>] [--reason <text>]
+       npm run token -- revocations --tenant <uuid>
+       npm run token -- lift --tenant <uuid> --id <revocation id> [--by <name>]
        npm run token -- prune-revocations`;
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
 class UsageError extends Error {}
 
-/** Runs `revoke` or `prune-revocations` (argv from the subcommand on); the exit code. */
+type Command =
+  | { kind: 'revoke'; request: RevocationRequest }
+  | { kind: 'list'; tenantId: string }
+  | { kind: 'lift'; tenantId: string; id: string; liftedBy: string }
+  | { kind: 'prune' };
+
+/** Runs `revoke`, `revocations`, `lift` or `prune-revocations` (argv from the subcommand on); the exit code. */
 export async function revocationCommand(argv: string[]): Promise<number> {
-  const [command, ...rest] = argv;
-  let request: RevocationRequest | undefined;
+  const [name, ...rest] = argv;
+  let command: Command;
   try {
-    request = command === 'revoke' ? parseRevoke(rest) : parseNone(rest);
+    command = parse(name, rest);
   } catch (e) {
     console.error(`${(e as Error).message}\n${USAGE}`);
     return 2;
   }
   const config = loadConfig();
   try {
-    if (!request) {
+    if (command.kind === 'prune') {
       const pruned = await pruneRevocations(config.MIGRATION_DATABASE_URL);
       console.log(`pruned ${pruned} revocation(s) of expired tokens`);
+      return 0;
+    }
+    if (command.kind === 'list') {
+      for (const r of await listRevocations(config.MIGRATION_DATABASE_URL, command.tenantId)) console.log(JSON.stringify(r));
       return 0;
     }
     const redis = createRedis(config.REDIS_URL, 'producer', 'dealix-token-cli');
     try {
       await untilReady(redis, 5_000);
-      const done = await revokeTokens({ ownerUrl: config.MIGRATION_DATABASE_URL, redis, prefix: config.QUEUE_PREFIX }, request);
-      console.log(JSON.stringify({ revoked: done.revocation, announced: done.announced }));
-      if (!done.announced) {
-        console.error(`stored, but not announced over Redis (${done.error}): every API process applies it at its next reload, within TOKEN_REVOCATION_RECONCILE`);
+      const target = { ownerUrl: config.MIGRATION_DATABASE_URL, redis, prefix: config.QUEUE_PREFIX };
+      let announced: { announced: boolean; error?: string | undefined };
+      if (command.kind === 'revoke') {
+        const done = await revokeTokens(target, command.request);
+        console.log(JSON.stringify({ id: done.id, revoked: done.revocation, announced: done.announced }));
+        announced = done;
+      } else {
+        const done = await liftRevocation(target, command);
+        if (!done) {
+          console.error(`token lift: tenant ${command.tenantId} has no revocation ${command.id} in force (unknown, or already lifted: npm run token -- revocations --tenant ${command.tenantId})`);
+          return 1;
+        }
+        console.log(JSON.stringify({ lifted: done.revocation, announced: done.announced }));
+        announced = done;
+      }
+      if (!announced.announced) {
+        console.error(`stored, but not announced over Redis (${announced.error}): every API process applies it at its next reload, within TOKEN_REVOCATION_RECONCILE`);
       }
       return 0;
     } finally {
@@ -55,14 +82,25 @@ export async function revocationCommand(argv: string[]): Promise<number> {
   } catch (e) {
     const problem = databaseProblem(e, 'MIGRATION_DATABASE_URL', config.MIGRATION_DATABASE_URL);
     if (!problem) throw e;
-    console.error(`token ${command} failed: ${problem}`);
+    console.error(`token ${name} failed: ${problem}`);
     return 1;
   }
 }
 
-function parseNone(args: string[]): undefined {
-  parseArgs({ args, options: {} });
-  return undefined;
+function parse(name: string | undefined, args: string[]): Command {
+  if (name === 'revoke') return { kind: 'revoke', request: parseRevoke(args) };
+  if (name === 'prune-revocations') {
+    parseArgs({ args, options: {} });
+    return { kind: 'prune' };
+  }
+  const { values: v } = parseArgs({ args, options: { tenant: { type: 'string' }, id: { type: 'string' }, by: { type: 'string' } } });
+  if (!v.tenant || !UUID.test(v.tenant)) throw new UsageError('--tenant <uuid> is required');
+  if (name === 'revocations') {
+    if (v.id !== undefined || v.by !== undefined) throw new UsageError('revocations takes --tenant only');
+    return { kind: 'list', tenantId: v.tenant };
+  }
+  if (!v.id || !UUID.test(v.id)) throw new UsageError('--id <revocation id> is required (the id revoke printed, or: npm run token -- revocations --tenant <uuid>)');
+  return { kind: 'lift', tenantId: v.tenant, id: v.id, liftedBy: v.by ?? operatorName() };
 }
 
 function parseRevoke(args: string[]): RevocationRequest {

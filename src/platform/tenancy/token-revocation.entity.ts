@@ -6,7 +6,8 @@ import { SYSTEM_ROLE, tenantIdProperty, tenantIsolationPolicy } from '../db/tena
  * (`npm run token -- revoke`, as the owner role) and nothing else: the application role only reads it,
  * and every API process holds the whole table in memory (token-revocations.ts). Two kinds, exactly one
  * per row: a token id (`jti`) of the tenant, or a not-before (`not_before`) that refuses every token of
- * the tenant — or of its subject `subject` alone — issued before it (`iat` < `not_before`).
+ * the tenant — or of its subject `subject` alone — issued before it (`iat` < `not_before`). A lifted row
+ * (`lifted_at`, by the operator's `lift`) is out of force and kept.
  */
 export const TokenRevocationRow = defineEntity({
   name: 'TokenRevocation',
@@ -26,10 +27,14 @@ export const TokenRevocationRow = defineEntity({
     revokedBy: p.string().length(255),
     reason: p.string().length(500).nullable(),
     createdAt: p.datetime(),
+    /** Lifted by an operator (`npm run token -- lift`): no longer in force, kept as the record of both acts. */
+    liftedAt: p.datetime().nullable(),
+    liftedBy: p.string().length(255).nullable(),
   },
   checks: [
     { name: 'token_revocations_one_kind', expression: '(jti is null) <> (not_before is null)' },
     { name: 'token_revocations_subject_with_not_before', expression: 'subject is null or not_before is not null' },
+    { name: 'token_revocations_lifted_by_whom', expression: '(lifted_at is null) = (lifted_by is null)' },
   ],
   rowLevelSecurity: 'force',
   policies: [

@@ -34,6 +34,14 @@ export const revocationSchema = z.union([
 ]);
 export type Revocation = z.infer<typeof revocationSchema>;
 
+/**
+ * Announced when an operator lifts a revocation: every process reads the table again (the lifted row
+ * is no longer loaded). A process of an earlier release, which does not know this message, reloads too
+ * (an unreadable message makes it reload), but its loader does not skip lifted rows: it keeps refusing
+ * until it is replaced.
+ */
+const liftSchema = z.object({ lifted: z.object({ tenantId: z.string().uuid(), id: z.string().uuid() }) });
+
 /** A revoked token presented: 401 `token_revoked`, never retryable with the same token. */
 export class TokenRevokedError extends AppError {
   constructor() {
@@ -87,7 +95,7 @@ export async function loadRevocations(orm: MikroORM): Promise<Revocation[]> {
   const rows = await systemEm(orm).transactional((em) =>
     em.execute<Array<{ tenant_id: string; jti: string | null; subject: string | null; not_before: number | null; expires_at_ms: number | null }>>(
       `select tenant_id, jti, subject, extract(epoch from not_before)::float8 as not_before, (extract(epoch from expires_at) * 1000)::float8 as expires_at_ms
-         from token_revocations where expires_at is null or expires_at > now()`,
+         from token_revocations where (expires_at is null or expires_at > now()) and lifted_at is null`,
     ),
   );
   return rows.map((r) =>
@@ -245,7 +253,13 @@ export class TokenRevocations {
   private onMessage(message: string): void {
     let parsed;
     try {
-      parsed = revocationSchema.safeParse(JSON.parse(message));
+      const json: unknown = JSON.parse(message);
+      if (liftSchema.safeParse(json).success) {
+        // Not through reconcile(): one in progress may have read the table before the lift committed.
+        this.reload().catch((err: unknown) => this.opts.logger.warn({ err }, 'token revocations could not be reloaded after a lift; the periodic reconcile retries'));
+        return;
+      }
+      parsed = revocationSchema.safeParse(json);
     } catch {
       parsed = undefined;
     }
@@ -314,41 +328,108 @@ export type RevocationRequest =
  * it to every API process. Stored first, announced after the commit: an announcement that fails
  * (`announced: false`) still takes effect at each process's next reconcile.
  */
-export async function revokeTokens(target: { ownerUrl: string; redis?: Redis | undefined; prefix: string }, req: RevocationRequest): Promise<{ revocation: Revocation; announced: boolean; error?: string }> {
+export async function revokeTokens(
+  target: { ownerUrl: string; redis?: Redis | undefined; prefix: string },
+  req: RevocationRequest,
+): Promise<{ id: string; revocation: Revocation; announced: boolean; error?: string }> {
   const tenantId = req.tenantId.toLowerCase();
-  const client = new pg.Client(pgClientConfig(target.ownerUrl));
-  await client.connect();
-  let revocation: Revocation;
-  try {
-    await client.query('begin');
-    // The isolation policy admits the row of the tenant bound here, as for any tenant write.
-    await client.query(`select set_config('${TENANT_SETTING}', $1, true)`, [tenantId]);
-    const jti = 'jti' in req ? req.jti : null;
-    const notBefore = 'issuedBefore' in req && req.issuedBefore !== 'now' ? req.issuedBefore : null;
-    const now = 'issuedBefore' in req && req.issuedBefore === 'now';
-    const subject = 'issuedBefore' in req ? (req.subject ?? null) : null;
-    const expiresAt = 'jti' in req ? (req.expiresAt ?? null) : null;
+  const id = randomUUID();
+  const jti = 'jti' in req ? req.jti : null;
+  const notBefore = 'issuedBefore' in req && req.issuedBefore !== 'now' ? req.issuedBefore : null;
+  const now = 'issuedBefore' in req && req.issuedBefore === 'now';
+  const subject = 'issuedBefore' in req ? (req.subject ?? null) : null;
+  const expiresAt = 'jti' in req ? (req.expiresAt ?? null) : null;
+  // The isolation policy admits the row of the tenant bound here, as for any tenant write.
+  const row = await asOwnerFor(target.ownerUrl, tenantId, async (client) => {
     const { rows } = await client.query<{ not_before: number | null; expires_at_ms: number | null }>(
       `insert into token_revocations (tenant_id, id, jti, subject, not_before, expires_at, revoked_by, reason, created_at)
        values ($1, $2, $3, $4, case when $9::float8 is null then $5::timestamptz else now() + $9::float8 * interval '1 millisecond' end, $6, $7, $8, now())
        returning extract(epoch from not_before)::float8 as not_before, (extract(epoch from expires_at) * 1000)::float8 as expires_at_ms`,
-      [tenantId, randomUUID(), jti, subject, notBefore, expiresAt, req.revokedBy, req.reason ?? null, now ? ('clockToleranceMs' in req ? (req.clockToleranceMs ?? 0) : 0) : null],
+      [tenantId, id, jti, subject, notBefore, expiresAt, req.revokedBy, req.reason ?? null, now ? ('clockToleranceMs' in req ? (req.clockToleranceMs ?? 0) : 0) : null],
     );
+    return rows[0]!;
+  });
+  const revocation: Revocation = jti !== null ? { tenantId, jti, expiresAtMs: row.expires_at_ms } : { tenantId, subject, notBefore: row.not_before! };
+  return { id, revocation, ...(await announce(target, revocation)) };
+}
+
+/** Publishes a message to every API process; a failure is reported, not thrown (the reconcile bounds it). */
+async function announce(target: { redis?: Redis | undefined; prefix: string }, message: unknown): Promise<{ announced: boolean; error?: string }> {
+  if (!target.redis) return { announced: false, error: 'no Redis connection' };
+  try {
+    await target.redis.publish(revocationChannel(target.prefix), JSON.stringify(message));
+    return { announced: true };
+  } catch (e) {
+    return { announced: false, error: (e as Error).message };
+  }
+}
+
+/** A tenant's revocation as the operator's listing shows it (`npm run token -- revocations`). */
+export interface RevocationRecord {
+  id: string;
+  jti: string | null;
+  subject: string | null;
+  not_before: string | null;
+  expires_at: string | null;
+  revoked_by: string;
+  reason: string | null;
+  created_at: string;
+  lifted_at: string | null;
+  lifted_by: string | null;
+}
+
+/** Runs `fn` on a connection of the owner role bound to `tenantId` (the isolation policy admits its rows), in one transaction. */
+async function asOwnerFor<T>(ownerUrl: string, tenantId: string, fn: (client: pg.Client) => Promise<T>): Promise<T> {
+  const client = new pg.Client(pgClientConfig(ownerUrl));
+  await client.connect();
+  try {
+    await client.query('begin');
+    await client.query(`select set_config('${TENANT_SETTING}', $1, true)`, [tenantId.toLowerCase()]);
+    const result = await fn(client);
     await client.query('commit');
-    revocation = jti !== null ? { tenantId, jti, expiresAtMs: rows[0]!.expires_at_ms } : { tenantId, subject, notBefore: rows[0]!.not_before! };
+    return result;
   } catch (e) {
     await client.query('rollback').catch(() => {});
     throw e;
   } finally {
     await client.end();
   }
-  if (!target.redis) return { revocation, announced: false, error: 'no Redis connection' };
-  try {
-    await target.redis.publish(revocationChannel(target.prefix), JSON.stringify(revocation));
-    return { revocation, announced: true };
-  } catch (e) {
-    return { revocation, announced: false, error: (e as Error).message };
-  }
+}
+
+/** A tenant's revocations, lifted ones included, newest first (as the owner role). */
+export async function listRevocations(ownerUrl: string, tenantId: string): Promise<RevocationRecord[]> {
+  return asOwnerFor(ownerUrl, tenantId, async (client) => {
+    const { rows } = await client.query<RevocationRecord>(
+      `select id, jti, subject, to_json(not_before)#>>'{}' as not_before, to_json(expires_at)#>>'{}' as expires_at, revoked_by, reason,
+              to_json(created_at)#>>'{}' as created_at, to_json(lifted_at)#>>'{}' as lifted_at, lifted_by
+         from token_revocations where tenant_id = $1 order by created_at desc, id`,
+      [tenantId.toLowerCase()],
+    );
+    return rows;
+  });
+}
+
+/**
+ * Lifts a revocation made in error (as the owner role): the row is kept, stamped `lifted_at`/`lifted_by`
+ * (the record of both acts), no longer loaded; every API process is told to reload. Returns null when
+ * the tenant has no such revocation in force (unknown id, or already lifted).
+ */
+export async function liftRevocation(
+  target: { ownerUrl: string; redis?: Redis | undefined; prefix: string },
+  req: { tenantId: string; id: string; liftedBy: string },
+): Promise<{ revocation: RevocationRecord; announced: boolean; error?: string } | null> {
+  const tenantId = req.tenantId.toLowerCase();
+  const lifted = await asOwnerFor(target.ownerUrl, tenantId, async (client) => {
+    const { rows } = await client.query<RevocationRecord>(
+      `update token_revocations set lifted_at = now(), lifted_by = $3 where tenant_id = $1 and id = $2 and lifted_at is null
+       returning id, jti, subject, to_json(not_before)#>>'{}' as not_before, to_json(expires_at)#>>'{}' as expires_at, revoked_by, reason,
+                 to_json(created_at)#>>'{}' as created_at, to_json(lifted_at)#>>'{}' as lifted_at, lifted_by`,
+      [tenantId, req.id.toLowerCase(), req.liftedBy],
+    );
+    return rows[0] ?? null;
+  });
+  if (!lifted) return null;
+  return { revocation: lifted, ...(await announce(target, { lifted: { tenantId, id: lifted.id } })) };
 }
 
 /** Deletes the token-id revocations whose token has expired (their `expires_at` passed), as the owner role. */
