@@ -116,6 +116,28 @@ describe('completed checkpoints as the application role', () => {
     expect(await asApp(tenant, `update durable_runs set status = 'failed', error = '{}'::jsonb, completed_at = now(), updated_at = now() where id = $1`, [run])).toBe(1);
   });
 
+  it('an ended run is history: rewriting its status, output, error or end is refused (42501) for every ended status; retrying a failed one (failed → running or pending) is not', async () => {
+    const tenant = randomUUID();
+    for (const status of ['completed', 'failed', 'rejected', 'approval_expired', 'cancelled']) {
+      const run = await runWith(tenant, ['completed']);
+      await db.admin(`update durable_runs set status = $2, output = '{"pack":"a"}'::jsonb, completed_at = now() where id = $1`, [run, status]);
+      for (const set of [`status = 'completed'`, `output = '{"pack":"forged"}'::jsonb`, `error = '{}'::jsonb`, 'completed_at = now()', 'updated_at = now()', `status = 'waiting'`]) {
+        expect(await asApp(tenant, `update durable_runs set ${set} where id = $1`, [run]), `${status}: ${set}`).toBe('42501');
+      }
+      if (status !== 'failed') {
+        expect(await asApp(tenant, `update durable_runs set status = 'running', completed_at = null where id = $1`, [run]), `${status} → running`).toBe('42501');
+      }
+      const [row] = (await db.admin(`select status, output from durable_runs where id = $1`, [run])).rows;
+      expect(row, status).toEqual({ status, output: { pack: 'a' } });
+    }
+    // What runtime.retry writes: a failed run back to running (or pending, when no step completed).
+    for (const next of ['running', 'pending']) {
+      const run = await runWith(tenant, []);
+      await db.admin(`update durable_runs set status = 'failed', error = '{"code":"x"}'::jsonb, completed_at = now() where id = $1`, [run]);
+      expect(await asApp(tenant, `update durable_runs set status = $2, error = null, completed_at = null, updated_at = now(), retry_count = retry_count + 1 where id = $1`, [run, next]), next).toBe(1);
+    }
+  });
+
   it('run retention (the system role) still deletes an ended run, its completed checkpoints with it (on delete cascade)', async () => {
     const tenant = randomUUID();
     const run = await runWith(tenant, ['completed', 'completed']);

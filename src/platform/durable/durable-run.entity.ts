@@ -9,6 +9,9 @@ export type RunStatus = (typeof RUN_STATUSES)[number];
 /** A run that has ended, as PostgreSQL prints the predicate back from pg_policies (so the schema diff is empty). */
 export const ENDED_RUN_SQL = `(status = ANY (ARRAY[${TERMINAL_RUN_STATUSES.map((s) => `'${s}'::text`).join(', ')}]))`;
 
+/** The trigger that refuses any update of an ended run but a retry of a failed one. */
+export const ENDED_RUN_TRIGGER = 'ended_is_history';
+
 /** One execution of a workflow for one tenant; unique per (tenant, idempotency hash). */
 export const DurableRun = defineEntity({
   name: 'DurableRun',
@@ -114,6 +117,23 @@ export const DurableRun = defineEntity({
     // Run retention (ADR 0011): the same role may delete a run that has ended, never an active one; how
     // long ago it ended is the job's condition (RUN_RETENTION). Its checkpoints go with it (on delete cascade).
     { name: 'durable_runs_system_retention', command: 'delete', roles: [SYSTEM_ROLE], using: ENDED_RUN_SQL },
+  ],
+  triggers: [
+    {
+      // An ended run is history, as its completed checkpoints are (ADR 0001, amendment "Checkpoints are
+      // history"): its status, output, error and end are what /verify, the webhooks and the runs list
+      // report. The code moves an ended run only one way: a retry brings a failed run back (runtime.ts
+      // `retry`: failed → pending or running); every other statement names active statuses in its WHERE,
+      // and a BEFORE UPDATE trigger fires only for rows it lets through. Every role but a superuser.
+      name: ENDED_RUN_TRIGGER,
+      timing: 'before',
+      events: ['update'],
+      when: `(old.status = ANY (ARRAY[${TERMINAL_RUN_STATUSES.map((s) => `'${s}'::text`).join(', ')}]))`,
+      body:
+        'if (select rolsuper from pg_roles where rolname = current_user) then return new; end if; ' +
+        "if old.status = 'failed' and new.status in ('pending', 'running') then return new; end if; " +
+        "raise exception 'run % has ended (%): an ended run is never updated, but a failed one retried', old.id, old.status using errcode = 'insufficient_privilege';",
+    },
   ],
 });
 export type IDurableRun = InferEntity<typeof DurableRun>;
