@@ -144,6 +144,91 @@ describe("the dashboard's job writes (Add job, Edit job data)", () => {
   });
 });
 
+describe("the dashboard's actions beyond the documented ones (BULL_BOARD_READ_ONLY=false)", () => {
+  // Writes on allow pausing and resuming, retrying, promoting and cleaning (removing) jobs — the
+  // actions docs/operations.md names. Bull Board 9 also offers actions that break what the platform
+  // relies on where no repair sees it: a delayed job's delay changed (an SLA timer a year out: the run
+  // waits past its deadline, the sweeper sees the timer there), a maintenance scheduler's interval
+  // changed, a global concurrency or rate limit left in Redis, a queue emptied or obliterated. Each is
+  // refused: 405 problem+json, the queue as it was.
+  const own = { ...basic(OPERATOR.user, OPERATOR.password), 'sec-fetch-site': 'same-origin' };
+  const queue = 'golden-path';
+  const counts = (q: ReturnType<typeof stack.container.queues.get> & object) => q.getJobCountByTypes('waiting', 'delayed', 'active', 'completed', 'failed', 'prioritized', 'paused');
+
+  it('refuses every other write: 405 problem+json, jobs, schedulers and queue settings unchanged', async () => {
+    const q = stack.container.queues.get(queue)!;
+    const maintenance = stack.container.queues.get('maintenance')!;
+    const stamp = Date.now();
+    const timer = await q.add('board-action-probe', { probe: true }, { jobId: `board-action-probe-${stamp}`, delay: 3_600_000, priority: 5 });
+    const scheduler = `board-action-probe-scheduler-${stamp}`;
+    await maintenance.upsertJobScheduler(scheduler, { every: 3_600_000 }, { name: scheduler, data: {} });
+    const job = encodeURIComponent(timer.id!);
+    try {
+      const before = { jobs: await counts(q), maintenance: await counts(maintenance), delay: timer.delay, timestamp: timer.timestamp };
+      const refused: [string, string, unknown?][] = [
+        ['PATCH', `/admin/queues/api/queues/${queue}/${job}/delay`, { runAt: Date.now() + 365 * 86_400_000 }],
+        ['PATCH', `/admin/queues/api/queues/${queue}/${job}/priority`, { priority: 1 }],
+        ['PUT', `/admin/queues/api/queues/${queue}/concurrency`, { concurrency: 1 }],
+        ['PUT', `/admin/queues/api/queues/${queue}/rate-limit`, { max: 1, duration: 3_600_000 }],
+        ['PUT', `/admin/queues/api/queues/${queue}/rate-limit/release`],
+        ['PUT', `/admin/queues/api/queues/${queue}/empty`],
+        ['PUT', `/admin/queues/api/queues/${queue}/obliterate`, {}],
+        ['PUT', `/admin/queues/api/queues/${queue}/${job}/remove-unprocessed-children`],
+        ['PATCH', `/admin/queues/api/queues/maintenance/job-schedulers/${scheduler}`, { every: 30 * 86_400_000 }],
+        ['PUT', `/admin/queues/api/queues/maintenance/job-schedulers/${scheduler}/run`],
+        ['PUT', `/admin/queues/api/queues/maintenance/job-schedulers/${scheduler}/remove`],
+        // However spelled that Bull Board still routes (letter case, a trailing slash).
+        ['PATCH', `/admin/queues/API/queues/${queue}/${job}/DELAY/`, { runAt: Date.now() + 365 * 86_400_000 }],
+        ['PUT', `/admin/queues/api/Queues/${queue}/Concurrency`, { concurrency: 1 }],
+      ];
+      for (const [method, path, body] of refused) {
+        const res = await api(stack, method, path, { headers: own, body: body ?? {} });
+        expect(res.status, `${method} ${path}: ${res.text}`).toBe(405);
+        expect(res.headers.get('content-type')).toContain('application/problem+json');
+        expect(res.json.code).toBe('board_action_refused');
+      }
+      const after = (await q.getJob(timer.id!))!;
+      expect(await after.getState()).toBe('delayed');
+      expect({ delay: after.delay, timestamp: after.timestamp, priority: after.priority }).toEqual({ delay: before.delay, timestamp: before.timestamp, priority: 5 });
+      expect(await counts(q)).toEqual(before.jobs);
+      expect(await counts(maintenance)).toEqual(before.maintenance);
+      expect(await q.getGlobalConcurrency()).toBeNull();
+      expect(await q.getGlobalRateLimit()).toBeNull();
+      expect((await maintenance.getJobScheduler(scheduler))?.every).toBe(3_600_000);
+    } finally {
+      await q.remove(timer.id!);
+      await maintenance.removeJobScheduler(scheduler);
+    }
+  });
+
+  it('still pauses and resumes, retries, promotes and cleans', async () => {
+    const q = stack.container.queues.get(queue)!;
+    const stamp = Date.now();
+    const a = await q.add('board-action-allowed', { probe: true }, { jobId: `board-action-allowed-a-${stamp}`, delay: 3_600_000 });
+    const b = await q.add('board-action-allowed', { probe: true }, { jobId: `board-action-allowed-b-${stamp}`, delay: 3_600_000 });
+    try {
+      for (const path of [`/admin/queues/api/queues/${queue}/pause`, '/admin/queues/api/queues/resume']) {
+        const res = await api(stack, 'PUT', path, { headers: own });
+        expect(res.status, `${path}: ${res.text}`).toBe(200);
+      }
+      expect(await q.isPaused()).toBe(false);
+      // Promote one job, then remove (clean) it; the other by promoting them all, then cleaning the waiting ones.
+      expect((await api(stack, 'PUT', `/admin/queues/api/queues/${queue}/${encodeURIComponent(a.id!)}/promote`, { headers: own })).status).toBe(204);
+      expect(await (await q.getJob(a.id!))!.getState()).toBe('waiting');
+      expect((await api(stack, 'PUT', `/admin/queues/api/queues/${queue}/${encodeURIComponent(a.id!)}/clean`, { headers: own })).status).toBe(204);
+      expect(await q.getJob(a.id!)).toBeUndefined();
+      // Retrying the failed jobs answers (none may be failed here: the route is what is checked).
+      const retry = await api(stack, 'PUT', `/admin/queues/api/queues/${queue}/retry/failed`, { headers: own });
+      expect(retry.status, retry.text).toBe(200);
+      expect((await api(stack, 'PUT', `/admin/queues/api/queues/${queue}/promote`, { headers: own })).status).toBe(200);
+      expect(await (await q.getJob(b.id!))!.getState()).toBe('waiting');
+    } finally {
+      await q.remove(a.id!).catch(() => undefined);
+      await q.remove(b.id!);
+    }
+  });
+});
+
 describe('the dashboard in a frame (clickjacking)', () => {
   it('every dashboard response forbids framing, sniffing and referrers, signed in or not', async () => {
     for (const res of [
