@@ -1,8 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { api, newTenant, startStack, type TestStack } from '../helpers/stack.ts';
 import { adminAuth, OPERATOR_ROLE } from '../../src/platform/http/admin-auth.middleware.ts';
-import { OPERATOR_LOGIN_WINDOW_MS, operatorSessions } from '../../src/platform/http/admin-board.ts';
-import { RateWindow } from '../../src/platform/http/rate-window.ts';
+import { OPERATOR_LOGIN_WINDOW_MS, operatorLoginWindow, operatorSessions } from '../../src/platform/http/admin-board.ts';
 import { OTHER_ORIGINS, postSignIn, sessionCookieOf } from '../helpers/dashboard-sign-in.ts';
 
 /**
@@ -245,8 +244,8 @@ describe('the dashboard in a frame (clickjacking)', () => {
 });
 
 /** The dashboard's guard itself, called as Express would, against the real Redis. */
-function directGuard(prefix: string) {
-  const window = new RateWindow(stack.redis, `${stack.prefix}:${prefix}`, OPERATOR_LOGIN_WINDOW_MS);
+function directGuard(prefix: string, now?: () => number) {
+  const window = operatorLoginWindow(stack.redis, `${stack.prefix}:${prefix}`, now);
   const guard = adminAuth({ verifier: stack.container.verifier, logger: stack.container.logger, operator: OPERATOR, basePath: '/admin/queues', loginThrottle: { window, maxFailures: MAX_FAILURES }, sessions: operatorSessions(stack.redis, stack.config) });
   return (password: string, ip = '203.0.113.9') =>
     new Promise<number>((resolve, reject) => {
@@ -300,12 +299,29 @@ describe('operator login throttling under concurrent guesses', () => {
     // if they stayed counted, each burst would leave more behind until the right password is refused.
     const ip = '198.51.100.20';
     const call = directGuard('operator-login-inflight');
-    const window = new RateWindow(stack.redis, `${stack.prefix}:operator-login-inflight`, OPERATOR_LOGIN_WINDOW_MS);
+    const window = operatorLoginWindow(stack.redis, `${stack.prefix}:operator-login-inflight`);
     const inFlight = await Promise.all(Array.from({ length: MAX_FAILURES }, () => window.hit(ip)));
     for (let i = 0; i < 3; i++) expect(await call(OPERATOR.password, ip)).toBe(429);
     for (const hit of inFlight) await window.unhit(hit); // they were right
     expect(await call(OPERATOR.password, ip)).toBe(200);
   });
+  it('the window slides: failures just before a 15-minute boundary still count just after it, until 15 minutes after each', async () => {
+    // docs/operations.md promises a 429 after OPERATOR_LOGIN_MAX_FAILURES failures "in 15 minutes": a
+    // window fixed to the clock's quarter hours let as many again be checked right after a boundary
+    // (twice the allowance in a few seconds). The clock here is the window's own, moved by the test.
+    const ip = '198.51.100.31';
+    const boundary = Math.ceil(Date.now() / OPERATOR_LOGIN_WINDOW_MS + 1) * OPERATOR_LOGIN_WINDOW_MS;
+    let now = boundary - 1_000;
+    const call = directGuard(`operator-login-sliding-${boundary}`, () => now);
+    for (let i = 0; i < MAX_FAILURES; i++) expect(await call(`sliding-guess-${i}`, ip)).toBe(401);
+    now = boundary + 1_000;
+    expect(await call('sliding-guess-after-boundary', ip)).toBe(429);
+    expect(await call(OPERATOR.password, ip)).toBe(429);
+    // 15 minutes after the failures, they no longer count.
+    now = boundary - 1_000 + OPERATOR_LOGIN_WINDOW_MS + 1;
+    expect(await call(OPERATOR.password, ip)).toBe(200);
+  });
+
   it('a right password does not use up the allowance', async () => {
     for (let i = 0; i < 3 * MAX_FAILURES; i++) {
       expect((await api(stack, 'GET', '/admin/queues', { headers: basic(OPERATOR.user, OPERATOR.password) })).status).toBe(200);

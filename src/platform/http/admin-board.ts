@@ -6,7 +6,7 @@ import type { Config } from '../config/config.ts';
 import type { TokenVerifier } from '../tenancy/jwt.ts';
 import { adminAuth, operatorTokenRefusal } from './admin-auth.middleware.ts';
 import type { TokenRefusal } from '../tenancy/auth.middleware.ts';
-import { RateWindow } from './rate-window.ts';
+import { SlidingRateWindow } from './rate-window.ts';
 import { OperatorSessions } from './operator-sessions.ts';
 import { sendProblem } from './problem.middleware.ts';
 import { AppError } from '../errors/app-error.ts';
@@ -138,11 +138,19 @@ export function operatorDashboard(deps: {
 }): { path: string; handlers: [RequestHandler, RequestHandler]; queueNames: string[]; refuseToken: TokenRefusal } {
   const { router, queueNames } = bullBoardRouter(deps.queues, { readOnly: deps.config.BULL_BOARD_READ_ONLY, basePath: BULL_BOARD_PATH, logger: deps.logger });
   const { OPERATOR_USER: user, OPERATOR_PASSWORD: password } = deps.config;
-  const loginThrottle = { window: new RateWindow(deps.redis, `${deps.config.QUEUE_PREFIX}:operator-login`, OPERATOR_LOGIN_WINDOW_MS), maxFailures: deps.config.OPERATOR_LOGIN_MAX_FAILURES };
+  const loginThrottle = { window: operatorLoginWindow(deps.redis, `${deps.config.QUEUE_PREFIX}:operator-login`), maxFailures: deps.config.OPERATOR_LOGIN_MAX_FAILURES };
   const sessions = operatorSessions(deps.redis, deps.config);
   const guard = adminAuth({ verifier: deps.verifier, logger: deps.logger, operator: user && password ? { user, password } : undefined, basePath: BULL_BOARD_PATH, loginThrottle, sessions });
   // The API's routes refuse the operator tokens the dashboard withdrew (signed out, a used link's) too.
   return { path: BULL_BOARD_PATH, handlers: [guard as RequestHandler, router], queueNames, refuseToken: operatorTokenRefusal(sessions, deps.logger) };
+}
+
+/**
+ * Where the failed operator logins of each address are counted: the last OPERATOR_LOGIN_WINDOW_MS,
+ * sliding (SlidingRateWindow), as docs/operations.md promises; `now` for tests.
+ */
+export function operatorLoginWindow(redis: Redis, keyPrefix: string, now?: () => number): SlidingRateWindow {
+  return new SlidingRateWindow(redis, keyPrefix, OPERATOR_LOGIN_WINDOW_MS, now);
 }
 
 /** The dashboard's signed-out tokens and used `?token=` links, under the deployment's prefix. */
