@@ -155,7 +155,7 @@ const SAFE_METHODS = new Set(['GET', 'HEAD', 'OPTIONS']);
 /**
  * What protects an operator's browser from other sites. Every dashboard response may not be framed
  * (clickjacking: a page overlaying the board's buttons), sniffed, or name its URL in a Referer. And a
- * state-changing request (Bull Board's retry, promote, clean, pause, empty, add) must come from the
+ * state-changing request (Bull Board's retry, promote, clean, pause; the writes admin-board.ts refuses) must come from the
  * dashboard's own origin: a browser attaches cached HTTP Basic credentials to a form another site
  * submits, and the SameSite=Strict cookie to one a sibling subdomain (same site) submits. The check
  * is Go's CrossOriginProtection: `Sec-Fetch-Site` when the browser sends it, else `Origin` against the
