@@ -41,7 +41,7 @@ export function createApp(c: Container): Express {
   setBoardQueues(app, dashboard.queueNames);
   app.use(dashboard.path, ...dashboard.handlers);
   app.get('/healthz', liveness);
-  app.get('/readyz', readiness({ orm: c.orm, redis: c.redis, logger: c.logger, stopping: () => c.lifecycle.stopping, revocations: c.revocations }));
+  app.get('/readyz', readiness({ orm: c.orm, redis: c.redis, logger: c.logger, stopping: () => c.lifecycle.stopping, revocations: c.revocations, queues: c.queues.values() }));
   app.get('/metrics', metricsHandler(c));
   const openapi = openApiHandlers(c.routes, c.logger);
   app.get('/openapi.json', openapi.json);

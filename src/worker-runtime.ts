@@ -228,10 +228,10 @@ export async function startWorkerProcess(c: Container, opts: { signal?: AbortSig
     // And at every sweep: a run-retention scheduler lost alone (keys lost one by one, a snapshot restored,
     // the marker kept) or holding an older decision is made the recorded decision's copy again; the
     // standing schedulers are put back when gone (the worker that noticed the loss may have died before
-    // its repair, the marker set).
+    // its repair, the marker set) or on another schedule (changed in Redis by hand).
     eachSweep: async () => {
       const gone = await repairStandingSchedulers(maintenance, { webhookRedeliveryMs: cfg.WEBHOOK_REDELIVERY_INTERVAL });
-      if (gone.length) c.logger.warn({ schedulers: gone }, 'maintenance schedulers put back: Redis had lost them, and the repair after its loss did not run');
+      if (gone.length) c.logger.warn({ schedulers: gone }, "maintenance schedulers put back: Redis had lost them (and the repair after its loss did not run), or held another schedule than this worker's settings");
       await repairRunRetentionSchedule(maintenance, c.orm, { logger: c.logger });
     },
   });

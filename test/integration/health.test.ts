@@ -20,7 +20,23 @@ describe('health and readiness', () => {
     expect((await api(stack, 'GET', '/healthz')).json).toEqual({ status: 'ok' });
     const ready = await api(stack, 'GET', '/readyz');
     expect(ready.status).toBe(200);
-    expect(ready.json).toEqual({ status: 'ready', checks: { postgres: { ok: true }, redis: { ok: true }, migrations: { ok: true }, token_revocations: { ok: true } } });
+    expect(ready.json).toEqual({ status: 'ready', checks: { postgres: { ok: true }, redis: { ok: true }, migrations: { ok: true }, token_revocations: { ok: true }, queues: { ok: true } } });
+  });
+
+  it('reports a paused queue (its runs wait) without failing readiness: the API still serves', async () => {
+    // A paused queue (Bull Board's pause, queue.pause()) stalls every run on it while every other check
+    // passes; the load balancer must keep routing (submissions, reads and cancels still work), so the
+    // probe names it and stays 200.
+    const queue = stack.container.queues.get('golden-path')!;
+    await queue.pause();
+    try {
+      const ready = await api(stack, 'GET', '/readyz');
+      expect(ready.status).toBe(200);
+      expect(ready.json.checks.queues).toEqual({ ok: true, paused: ['golden-path'], detail: expect.stringContaining('golden-path') });
+    } finally {
+      await queue.resume();
+    }
+    expect((await api(stack, 'GET', '/readyz')).json.checks.queues).toEqual({ ok: true });
   });
 
   it('answers 503 naming Redis while Redis is stopped, stays live, and is ready again once Redis is back', async () => {

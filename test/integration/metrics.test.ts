@@ -154,3 +154,24 @@ describe('Prometheus metrics while Redis is down (own redis-server)', () => {
     expect(moved).toBeGreaterThan(readAt);
   });
 });
+
+describe('a paused queue', () => {
+  it('/metrics shows whether each queue is paused (a paused queue stalls its runs while every check passes)', async () => {
+    // partner-offboarding: no run of this file uses it, so pausing it holds nothing up.
+    const queue = stack.container.queues.get('partner-offboarding')!;
+    const paused = async (want: number) =>
+      waitFor(async () => sample((await api(stack, 'GET', '/metrics')).text, 'dealix_queue_paused{queue="partner-offboarding"}') === want, {
+        timeoutMs: 30_000,
+        what: `dealix_queue_paused to read ${want}`,
+      });
+    await paused(0);
+    expect(sample((await api(stack, 'GET', '/metrics')).text, 'dealix_queue_paused{queue="golden-path"}')).toBe(0);
+    await queue.pause();
+    try {
+      await paused(1);
+    } finally {
+      await queue.resume();
+    }
+    await paused(0);
+  });
+});

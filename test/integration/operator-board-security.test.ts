@@ -1,8 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { api, newTenant, startStack, type TestStack } from '../helpers/stack.ts';
 import { adminAuth, OPERATOR_ROLE } from '../../src/platform/http/admin-auth.middleware.ts';
-import { OPERATOR_LOGIN_WINDOW_MS, operatorSessions } from '../../src/platform/http/admin-board.ts';
-import { RateWindow } from '../../src/platform/http/rate-window.ts';
+import { OPERATOR_LOGIN_WINDOW_MS, operatorLoginWindow, operatorSessions } from '../../src/platform/http/admin-board.ts';
 import { OTHER_ORIGINS, postSignIn, sessionCookieOf } from '../helpers/dashboard-sign-in.ts';
 
 /**
@@ -144,6 +143,91 @@ describe("the dashboard's job writes (Add job, Edit job data)", () => {
   });
 });
 
+describe("the dashboard's actions beyond the documented ones (BULL_BOARD_READ_ONLY=false)", () => {
+  // Writes on allow pausing and resuming, retrying, promoting and cleaning (removing) jobs — the
+  // actions docs/operations.md names. Bull Board 9 also offers actions that break what the platform
+  // relies on where no repair sees it: a delayed job's delay changed (an SLA timer a year out: the run
+  // waits past its deadline, the sweeper sees the timer there), a maintenance scheduler's interval
+  // changed, a global concurrency or rate limit left in Redis, a queue emptied or obliterated. Each is
+  // refused: 405 problem+json, the queue as it was.
+  const own = { ...basic(OPERATOR.user, OPERATOR.password), 'sec-fetch-site': 'same-origin' };
+  const queue = 'golden-path';
+  const counts = (q: ReturnType<typeof stack.container.queues.get> & object) => q.getJobCountByTypes('waiting', 'delayed', 'active', 'completed', 'failed', 'prioritized');
+
+  it('refuses every other write: 405 problem+json, jobs, schedulers and queue settings unchanged', async () => {
+    const q = stack.container.queues.get(queue)!;
+    const maintenance = stack.container.queues.get('maintenance')!;
+    const stamp = Date.now();
+    const timer = await q.add('board-action-probe', { probe: true }, { jobId: `board-action-probe-${stamp}`, delay: 3_600_000, priority: 5 });
+    const scheduler = `board-action-probe-scheduler-${stamp}`;
+    await maintenance.upsertJobScheduler(scheduler, { every: 3_600_000 }, { name: scheduler, data: {} });
+    const job = encodeURIComponent(timer.id!);
+    try {
+      const before = { jobs: await counts(q), maintenance: await counts(maintenance), delay: timer.delay, timestamp: timer.timestamp };
+      const refused: [string, string, unknown?][] = [
+        ['PATCH', `/admin/queues/api/queues/${queue}/${job}/delay`, { runAt: Date.now() + 365 * 86_400_000 }],
+        ['PATCH', `/admin/queues/api/queues/${queue}/${job}/priority`, { priority: 1 }],
+        ['PUT', `/admin/queues/api/queues/${queue}/concurrency`, { concurrency: 1 }],
+        ['PUT', `/admin/queues/api/queues/${queue}/rate-limit`, { max: 1, duration: 3_600_000 }],
+        ['PUT', `/admin/queues/api/queues/${queue}/rate-limit/release`],
+        ['PUT', `/admin/queues/api/queues/${queue}/empty`],
+        ['PUT', `/admin/queues/api/queues/${queue}/obliterate`, {}],
+        ['PUT', `/admin/queues/api/queues/${queue}/${job}/remove-unprocessed-children`],
+        ['PATCH', `/admin/queues/api/queues/maintenance/job-schedulers/${scheduler}`, { every: 30 * 86_400_000 }],
+        ['PUT', `/admin/queues/api/queues/maintenance/job-schedulers/${scheduler}/run`],
+        ['PUT', `/admin/queues/api/queues/maintenance/job-schedulers/${scheduler}/remove`],
+        // However spelled that Bull Board still routes (letter case, a trailing slash).
+        ['PATCH', `/admin/queues/API/queues/${queue}/${job}/DELAY/`, { runAt: Date.now() + 365 * 86_400_000 }],
+        ['PUT', `/admin/queues/api/Queues/${queue}/Concurrency`, { concurrency: 1 }],
+      ];
+      for (const [method, path, body] of refused) {
+        const res = await api(stack, method, path, { headers: own, body: body ?? {} });
+        expect(res.status, `${method} ${path}: ${res.text}`).toBe(405);
+        expect(res.headers.get('content-type')).toContain('application/problem+json');
+        expect(res.json.code).toBe('board_action_refused');
+      }
+      const after = (await q.getJob(timer.id!))!;
+      expect(await after.getState()).toBe('delayed');
+      expect({ delay: after.delay, timestamp: after.timestamp, priority: after.priority }).toEqual({ delay: before.delay, timestamp: before.timestamp, priority: 5 });
+      expect(await counts(q)).toEqual(before.jobs);
+      expect(await counts(maintenance)).toEqual(before.maintenance);
+      expect(await q.getGlobalConcurrency()).toBeNull();
+      expect(await q.getGlobalRateLimit()).toBeNull();
+      expect((await maintenance.getJobScheduler(scheduler))?.every).toBe(3_600_000);
+    } finally {
+      await q.remove(timer.id!);
+      await maintenance.removeJobScheduler(scheduler);
+    }
+  });
+
+  it('still pauses and resumes, retries, promotes and cleans', async () => {
+    const q = stack.container.queues.get(queue)!;
+    const stamp = Date.now();
+    const a = await q.add('board-action-allowed', { probe: true }, { jobId: `board-action-allowed-a-${stamp}`, delay: 3_600_000 });
+    const b = await q.add('board-action-allowed', { probe: true }, { jobId: `board-action-allowed-b-${stamp}`, delay: 3_600_000 });
+    try {
+      for (const path of [`/admin/queues/api/queues/${queue}/pause`, '/admin/queues/api/queues/resume']) {
+        const res = await api(stack, 'PUT', path, { headers: own });
+        expect(res.status, `${path}: ${res.text}`).toBe(200);
+      }
+      expect(await q.isPaused()).toBe(false);
+      // Promote one job, then remove (clean) it; the other by promoting them all, then cleaning the waiting ones.
+      expect((await api(stack, 'PUT', `/admin/queues/api/queues/${queue}/${encodeURIComponent(a.id!)}/promote`, { headers: own })).status).toBe(204);
+      expect(await (await q.getJob(a.id!))!.getState()).toBe('waiting');
+      expect((await api(stack, 'PUT', `/admin/queues/api/queues/${queue}/${encodeURIComponent(a.id!)}/clean`, { headers: own })).status).toBe(204);
+      expect(await q.getJob(a.id!)).toBeUndefined();
+      // Retrying the failed jobs answers (none may be failed here: the route is what is checked).
+      const retry = await api(stack, 'PUT', `/admin/queues/api/queues/${queue}/retry/failed`, { headers: own });
+      expect(retry.status, retry.text).toBe(200);
+      expect((await api(stack, 'PUT', `/admin/queues/api/queues/${queue}/promote`, { headers: own })).status).toBe(200);
+      expect(await (await q.getJob(b.id!))!.getState()).toBe('waiting');
+    } finally {
+      await q.remove(a.id!).catch(() => undefined);
+      await q.remove(b.id!);
+    }
+  });
+});
+
 describe('the dashboard in a frame (clickjacking)', () => {
   it('every dashboard response forbids framing, sniffing and referrers, signed in or not', async () => {
     for (const res of [
@@ -160,8 +244,8 @@ describe('the dashboard in a frame (clickjacking)', () => {
 });
 
 /** The dashboard's guard itself, called as Express would, against the real Redis. */
-function directGuard(prefix: string) {
-  const window = new RateWindow(stack.redis, `${stack.prefix}:${prefix}`, OPERATOR_LOGIN_WINDOW_MS);
+function directGuard(prefix: string, now?: () => number) {
+  const window = operatorLoginWindow(stack.redis, `${stack.prefix}:${prefix}`, now);
   const guard = adminAuth({ verifier: stack.container.verifier, logger: stack.container.logger, operator: OPERATOR, basePath: '/admin/queues', loginThrottle: { window, maxFailures: MAX_FAILURES }, sessions: operatorSessions(stack.redis, stack.config) });
   return (password: string, ip = '203.0.113.9') =>
     new Promise<number>((resolve, reject) => {
@@ -215,12 +299,29 @@ describe('operator login throttling under concurrent guesses', () => {
     // if they stayed counted, each burst would leave more behind until the right password is refused.
     const ip = '198.51.100.20';
     const call = directGuard('operator-login-inflight');
-    const window = new RateWindow(stack.redis, `${stack.prefix}:operator-login-inflight`, OPERATOR_LOGIN_WINDOW_MS);
+    const window = operatorLoginWindow(stack.redis, `${stack.prefix}:operator-login-inflight`);
     const inFlight = await Promise.all(Array.from({ length: MAX_FAILURES }, () => window.hit(ip)));
     for (let i = 0; i < 3; i++) expect(await call(OPERATOR.password, ip)).toBe(429);
     for (const hit of inFlight) await window.unhit(hit); // they were right
     expect(await call(OPERATOR.password, ip)).toBe(200);
   });
+  it('the window slides: failures just before a 15-minute boundary still count just after it, until 15 minutes after each', async () => {
+    // docs/operations.md promises a 429 after OPERATOR_LOGIN_MAX_FAILURES failures "in 15 minutes": a
+    // window fixed to the clock's quarter hours let as many again be checked right after a boundary
+    // (twice the allowance in a few seconds). The clock here is the window's own, moved by the test.
+    const ip = '198.51.100.31';
+    const boundary = Math.ceil(Date.now() / OPERATOR_LOGIN_WINDOW_MS + 1) * OPERATOR_LOGIN_WINDOW_MS;
+    let now = boundary - 1_000;
+    const call = directGuard(`operator-login-sliding-${boundary}`, () => now);
+    for (let i = 0; i < MAX_FAILURES; i++) expect(await call(`sliding-guess-${i}`, ip)).toBe(401);
+    now = boundary + 1_000;
+    expect(await call('sliding-guess-after-boundary', ip)).toBe(429);
+    expect(await call(OPERATOR.password, ip)).toBe(429);
+    // 15 minutes after the failures, they no longer count.
+    now = boundary - 1_000 + OPERATOR_LOGIN_WINDOW_MS + 1;
+    expect(await call(OPERATOR.password, ip)).toBe(200);
+  });
+
   it('a right password does not use up the allowance', async () => {
     for (let i = 0; i < 3 * MAX_FAILURES; i++) {
       expect((await api(stack, 'GET', '/admin/queues', { headers: basic(OPERATOR.user, OPERATOR.password) })).status).toBe(200);

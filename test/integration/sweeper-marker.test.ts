@@ -16,6 +16,7 @@ import {
   readRetentionDecision,
   recordRetentionDecision,
   repairRunRetentionSchedule,
+  repairStandingSchedulers,
   restoreMaintenanceSchedulers,
   scheduleMaintenance,
   upsertMaintenanceSchedulers,
@@ -109,6 +110,35 @@ describe("the webhook redelivery pass's interval (WEBHOOK_REDELIVERY_INTERVAL)",
       await queue.removeJobScheduler(WEBHOOK_REDELIVERY_JOB);
       await restoreMaintenanceSchedulers(queue, { runRetentionMs: 0, webhookRedeliveryMs: 7_000 });
       expect(await every()).toBe(7_000);
+    } finally {
+      await queue.obliterate({ force: true });
+      await queue.close();
+      connection.disconnect();
+    }
+  });
+});
+
+describe("the sweeper's repair of a standing scheduler whose schedule was changed in Redis", () => {
+  // Bull Board (before it refused the edit), redis-cli or a script may change a standing scheduler's
+  // interval: a webhook redelivery pass every 30 days leaves pending deliveries whose job Redis lost
+  // undelivered for a month. The repair at every sweep puts back the worker's settings, not only a
+  // scheduler that is gone.
+  it("re-upserts a standing scheduler whose interval or pattern differs from the worker's settings, and leaves matching ones alone", async () => {
+    const connection = new Redis(TEST_REDIS_URL, { maxRetriesPerRequest: 1 });
+    const queue = new Queue(MAINTENANCE_QUEUE, { connection, prefix: `${stack.prefix}-changed` });
+    const schedule = { webhookRedeliveryMs: 7_000 };
+    const schedulers = async () => Object.fromEntries((await queue.getJobSchedulers()).map((s) => [s.key, { every: s.every, pattern: s.pattern }]));
+    const expected = { [IDEMPOTENCY_EXPIRY_JOB]: { every: 10 * 60_000, pattern: undefined }, [WEBHOOK_REDELIVERY_JOB]: { every: 7_000, pattern: undefined } };
+    try {
+      await upsertMaintenanceSchedulers(queue, { runRetentionMs: 0, ...schedule });
+      expect(await schedulers()).toEqual(expected);
+      expect(await repairStandingSchedulers(queue, schedule)).toEqual([]);
+      await queue.upsertJobScheduler(WEBHOOK_REDELIVERY_JOB, { every: 30 * 86_400_000 }, { name: WEBHOOK_REDELIVERY_JOB, data: {} });
+      expect(await repairStandingSchedulers(queue, schedule)).toEqual([WEBHOOK_REDELIVERY_JOB]);
+      expect(await schedulers()).toEqual(expected);
+      await queue.upsertJobScheduler(IDEMPOTENCY_EXPIRY_JOB, { pattern: '0 0 1 1 *' }, { name: IDEMPOTENCY_EXPIRY_JOB, data: {} });
+      expect(await repairStandingSchedulers(queue, schedule)).toEqual([IDEMPOTENCY_EXPIRY_JOB]);
+      expect(await schedulers()).toEqual(expected);
     } finally {
       await queue.obliterate({ force: true });
       await queue.close();

@@ -12,6 +12,8 @@ import { waitFor } from '../helpers/poll.ts';
 import { freePort } from '../helpers/own-infra.ts';
 import { signDevToken } from '../../src/platform/tenancy/jwt.ts';
 import { revokeTokens, type RevocationRequest } from '../../src/platform/tenancy/token-revocations.ts';
+import { OPERATOR_ROLE } from '../../src/platform/http/admin-auth.middleware.ts';
+import { postSignIn, sessionCookieOf } from '../helpers/dashboard-sign-in.ts';
 
 /**
  * Token revocation (ADR 0018): an operator revokes a token by its `jti`, or every token of a tenant (or
@@ -134,6 +136,34 @@ describe('token revocation', () => {
     const afterward = await token(tenant, 'gina', Math.ceil(notBefore) + 1);
     await refusedOn(stack.baseUrl, aheadOfClock, 'a token stamped ahead of the clock, issued before the revocation, refused');
     expect(await statusOn(stack.baseUrl, afterward)).toBe(200);
+  });
+
+  it("an operator's tokens are revoked the same way: the dashboard refuses them as a bearer and ends the session one started", async () => {
+    // The dashboard's bearer and session paths verify the token with the same verifier (ADR 0018), so
+    // an operator token someone else holds (leaked, an operator who left) ends by a revocation, not only
+    // by rotating the signing key; the list is PostgreSQL's, so a Redis flush (which forgets the
+    // dashboard's sign-outs) does not bring it back.
+    const tenant = newTenant();
+    const operator = (sub: string) => signDevToken(stack.config, { tenantId: tenant, sub, roles: [OPERATOR_ROLE], issuedAt: nowSeconds() - 120 });
+    const bearer = await operator('ops-leaver');
+    const link = await postSignIn(stack.baseUrl, await operator('ops-leaver'));
+    const session = { cookie: sessionCookieOf(link.setCookie) };
+    const other = await operator('ops-stayer');
+    const board = (headers: Record<string, string>) => fetch(`${stack.baseUrl}/admin/queues/api/queues`, { headers });
+    expect((await board({ authorization: `Bearer ${bearer}` })).status).toBe(200);
+    expect((await board(session)).status).toBe(200);
+
+    await revoke({ tenantId: tenant, subject: 'ops-leaver', issuedBefore: new Date() });
+    await waitFor(async () => (await board({ authorization: `Bearer ${bearer}` })).status === 401, { timeoutMs: 15_000, what: "the revoked operator's bearer token refused" });
+    const refused = await api(stack, 'GET', '/admin/queues/api/queues', { token: bearer });
+    expect(refused.status).toBe(401);
+    expect(refused.json).toMatchObject({ code: 'unauthorized' });
+    expect(refused.json.detail).toMatch(/revoked/i);
+    expect((await board(session)).status).toBe(401);
+    expect((await board({ authorization: `Bearer ${other}` })).status).toBe(200);
+    // By its jti alike.
+    await revoke({ tenantId: tenant, jti: jtiOf(other) });
+    await waitFor(async () => (await board({ authorization: `Bearer ${other}` })).status === 401, { timeoutMs: 15_000, what: 'the operator token revoked by its jti refused' });
   });
 
   it('a second API process (src/server.ts) sees a revocation too, and one made before it started', { timeout: 120_000 }, async () => {

@@ -7,7 +7,7 @@ import { KeysUnavailableError, type Principal, type TokenVerifier } from '../ten
 import { tagMiddleware, type TokenRefusal } from '../tenancy/auth.middleware.ts';
 import { sendProblem } from './problem.middleware.ts';
 import { isSecretQueryParam } from '../telemetry/attributes.ts';
-import type { RateWindow } from './rate-window.ts';
+import type { SlidingRateWindow } from './rate-window.ts';
 import { claimsOf, SESSION_ID, type OperatorSessions } from './operator-sessions.ts';
 
 /**
@@ -60,11 +60,11 @@ export interface AdminAuthOptions {
   /** The mount path, for the cookie's Path and the redirect after the token exchange. */
   basePath: string;
   /**
-   * Failed Basic logins per client address and window (shared by every API process through Redis):
-   * at `maxFailures` the address gets 429 for the rest of the window, right or wrong credentials alike,
+   * Failed Basic logins per client address in the last window, sliding (shared by every API process
+   * through Redis): at `maxFailures` the address gets 429 until the oldest of them is a window old, right or wrong credentials alike,
    * so the password cannot be guessed at the speed of the network. Absent or 0: not throttled.
    */
-  loginThrottle?: { window: RateWindow; maxFailures: number } | undefined;
+  loginThrottle?: { window: SlidingRateWindow; maxFailures: number } | undefined;
   /**
    * Signed-out tokens, exchanged `?token=` links and the sessions they started, shared by every API
    * process through Redis. Not optional: without it a signed-out token and a replayed link would be accepted.
@@ -155,7 +155,7 @@ const SAFE_METHODS = new Set(['GET', 'HEAD', 'OPTIONS']);
 /**
  * What protects an operator's browser from other sites. Every dashboard response may not be framed
  * (clickjacking: a page overlaying the board's buttons), sniffed, or name its URL in a Referer. And a
- * state-changing request (Bull Board's retry, promote, clean, pause, empty, add) must come from the
+ * state-changing request (Bull Board's retry, promote, clean, pause; the writes admin-board.ts refuses) must come from the
  * dashboard's own origin: a browser attaches cached HTTP Basic credentials to a form another site
  * submits, and the SameSite=Strict cookie to one a sibling subdomain (same site) submits. The check
  * is Go's CrossOriginProtection: `Sec-Fetch-Site` when the browser sends it, else `Origin` against the

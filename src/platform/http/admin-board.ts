@@ -6,7 +6,7 @@ import type { Config } from '../config/config.ts';
 import type { TokenVerifier } from '../tenancy/jwt.ts';
 import { adminAuth, operatorTokenRefusal } from './admin-auth.middleware.ts';
 import type { TokenRefusal } from '../tenancy/auth.middleware.ts';
-import { RateWindow } from './rate-window.ts';
+import { SlidingRateWindow } from './rate-window.ts';
 import { OperatorSessions } from './operator-sessions.ts';
 import { sendProblem } from './problem.middleware.ts';
 import { AppError } from '../errors/app-error.ts';
@@ -43,9 +43,43 @@ const jobWriteRefused = () =>
   });
 
 /**
+ * The writes BULL_BOARD_READ_ONLY=false allows, as docs/operations.md names them: pausing and resuming
+ * (one queue or all), retrying, promoting and cleaning (removing) jobs — each only on jobs the platform
+ * made, and each repaired or harmless (PostgreSQL holds the truth; the sweeper re-enqueues a run whose
+ * job is gone). Every other write Bull Board 9 offers is refused (boardActionRefused), so that a
+ * release of Bull Board adding one does not add it here: changing a delayed job's delay or a job's
+ * priority (an SLA timer moved a year out leaves its run waiting past its deadline, and the sweeper
+ * sees only that the timer is there), editing, running or removing a Job Scheduler (the maintenance
+ * schedulers are the platform's), a queue's global concurrency or rate limit (left in Redis, shown
+ * nowhere else), emptying or obliterating a queue, removing a job's unprocessed children.
+ */
+const BOARD_ACTIONS = [
+  '/api/queues/pause',
+  '/api/queues/resume',
+  '/api/queues/:queueName/pause',
+  '/api/queues/:queueName/resume',
+  '/api/queues/:queueName/retry/:queueStatus',
+  '/api/queues/:queueName/promote',
+  '/api/queues/:queueName/clean/:queueStatus',
+  '/api/queues/:queueName/:jobId/retry',
+  '/api/queues/:queueName/:jobId/promote',
+  '/api/queues/:queueName/:jobId/clean',
+];
+/** The methods that read (Bull Board's GET routes; HEAD and OPTIONS are answered from them). */
+const READS = new Set(['GET', 'HEAD', 'OPTIONS']);
+
+const boardActionRefused = () =>
+  new AppError('board_action_refused', 'Method Not Allowed', {
+    status: 405,
+    retryable: false,
+    detail:
+      "This dashboard pauses and resumes queues and retries, promotes and cleans jobs, nothing else: changing a job's delay or priority, a Job Scheduler, a queue's concurrency or rate limit, or emptying or obliterating a queue would change what the platform relies on without its knowing.",
+  });
+
+/**
  * Bull Board for operators: every queue it is given (every workflow queue and the maintenance queue),
- * read-only unless BULL_BOARD_READ_ONLY=false, and never adding a job or editing a job's data
- * (JOB_WRITES). It has no authentication of its own: mount it behind adminAuth. `basePath` must equal
+ * read-only unless BULL_BOARD_READ_ONLY=false, then allowing only BOARD_ACTIONS, and never adding a
+ * job or editing a job's data (JOB_WRITES). It has no authentication of its own: mount it behind adminAuth. `basePath` must equal
  * the mount path or its assets and API calls miss.
  */
 export function bullBoardRouter(queues: Iterable<Queue>, opts: { readOnly: boolean; basePath?: string; logger?: Logger }): { router: RequestHandler; queueNames: string[] } {
@@ -64,9 +98,29 @@ export function bullBoardRouter(queues: Iterable<Queue>, opts: { readOnly: boole
     opts.logger?.warn({ security_event: 'board_job_write_refused', method: req.method, path: req.originalUrl, ip: req.ip }, 'Bull Board job write refused (add job / edit job data)');
     sendProblem(res, jobWriteRefused());
   };
-  const jobWrites = express.Router().post(JOB_WRITES.post, refuse).patch(JOB_WRITES.patch, refuse);
+  // A write matching none of BOARD_ACTIONS (with Bull Board's paths and Express's default matching, as
+  // Bull Board's own router matches them) is refused; one matching is let through to Bull Board, whose
+  // router finds an allowed action for it too (no refused route matches a path an allowed one does).
+  const allowed = new WeakSet<object>();
+  const gate = express
+    .Router()
+    .post(JOB_WRITES.post, refuse)
+    .patch(JOB_WRITES.patch, refuse)
+    .put(BOARD_ACTIONS, (req, _res, next) => {
+      allowed.add(req);
+      next('router');
+    });
+  const refuseAction: RequestHandler = (req, res) => {
+    opts.logger?.warn({ security_event: 'board_action_refused', method: req.method, path: req.originalUrl, ip: req.ip }, 'Bull Board action refused (not one the dashboard allows)');
+    sendProblem(res, boardActionRefused());
+  };
   // Whatever the refusals do not answer goes on to Bull Board (an error to the app's handler).
-  const router: RequestHandler = (req, res, next) => jobWrites(req, res, (err?: unknown) => (err ? next(err) : board(req, res, next)));
+  const router: RequestHandler = (req, res, next) =>
+    gate(req, res, (err?: unknown) => {
+      if (err) return next(err);
+      if (READS.has(req.method) || allowed.has(req)) return board(req, res, next);
+      refuseAction(req, res, next);
+    });
   return { router, queueNames: list.map((q) => q.name) };
 }
 
@@ -84,11 +138,19 @@ export function operatorDashboard(deps: {
 }): { path: string; handlers: [RequestHandler, RequestHandler]; queueNames: string[]; refuseToken: TokenRefusal } {
   const { router, queueNames } = bullBoardRouter(deps.queues, { readOnly: deps.config.BULL_BOARD_READ_ONLY, basePath: BULL_BOARD_PATH, logger: deps.logger });
   const { OPERATOR_USER: user, OPERATOR_PASSWORD: password } = deps.config;
-  const loginThrottle = { window: new RateWindow(deps.redis, `${deps.config.QUEUE_PREFIX}:operator-login`, OPERATOR_LOGIN_WINDOW_MS), maxFailures: deps.config.OPERATOR_LOGIN_MAX_FAILURES };
+  const loginThrottle = { window: operatorLoginWindow(deps.redis, `${deps.config.QUEUE_PREFIX}:operator-login`), maxFailures: deps.config.OPERATOR_LOGIN_MAX_FAILURES };
   const sessions = operatorSessions(deps.redis, deps.config);
   const guard = adminAuth({ verifier: deps.verifier, logger: deps.logger, operator: user && password ? { user, password } : undefined, basePath: BULL_BOARD_PATH, loginThrottle, sessions });
   // The API's routes refuse the operator tokens the dashboard withdrew (signed out, a used link's) too.
   return { path: BULL_BOARD_PATH, handlers: [guard as RequestHandler, router], queueNames, refuseToken: operatorTokenRefusal(sessions, deps.logger) };
+}
+
+/**
+ * Where the failed operator logins of each address are counted: the last OPERATOR_LOGIN_WINDOW_MS,
+ * sliding (SlidingRateWindow), as docs/operations.md promises; `now` for tests.
+ */
+export function operatorLoginWindow(redis: Redis, keyPrefix: string, now?: () => number): SlidingRateWindow {
+  return new SlidingRateWindow(redis, keyPrefix, OPERATOR_LOGIN_WINDOW_MS, now);
 }
 
 /** The dashboard's signed-out tokens and used `?token=` links, under the deployment's prefix. */

@@ -1,5 +1,6 @@
 import type { Request, Response } from 'express';
 import type { MikroORM } from '@mikro-orm/postgresql';
+import type { Queue } from 'bullmq';
 import type { Redis } from 'ioredis';
 import type { Logger } from 'pino';
 import { PROBLEM_CONTENT_TYPE } from './problem.middleware.ts';
@@ -42,7 +43,15 @@ function oneAtATime<T>(op: () => Promise<T>): () => Promise<T> {
  * anonymous probes of a slow database — each left its statement running when it gave up — held every
  * connection of the pool, and tenants' requests failed with 503.
  */
-export function readiness(deps: { orm: MikroORM; redis: Redis; logger?: Logger; stopping?: () => boolean; revocations?: { readonly isLoaded: boolean } | undefined }) {
+export function readiness(deps: {
+  orm: MikroORM;
+  redis: Redis;
+  logger?: Logger;
+  stopping?: () => boolean;
+  revocations?: { readonly isLoaded: boolean } | undefined;
+  /** The queues whose pause is reported (never failing readiness: pausedQueues). */
+  queues?: Iterable<Pick<Queue, 'name' | 'isPaused'>>;
+}) {
   const failed = (check: string, detail: string) => (e: Error) => {
     deps.logger?.warn({ check, err: e.message }, 'readiness check failed');
     return { ok: false, detail };
@@ -50,8 +59,10 @@ export function readiness(deps: { orm: MikroORM; redis: Redis; logger?: Logger; 
   const postgres = oneAtATime(() => deps.orm.em.getConnection().execute('select 1'));
   const redis = oneAtATime(() => deps.redis.ping());
   const pending = oneAtATime(() => deps.orm.migrator.getPending());
+  const queues = [...(deps.queues ?? [])];
+  const paused = oneAtATime(async () => (await Promise.all(queues.map(async (q) => ((await q.isPaused()) ? q.name : undefined)))).filter((n) => n !== undefined));
   return async (_req: Request, res: Response): Promise<void> => {
-    const checks: Record<string, { ok: boolean; detail?: string }> = {};
+    const checks: Record<string, { ok: boolean; detail?: string; paused?: string[] }> = {};
     // Stopping (SIGTERM, API_SHUTDOWN_DELAY): not ready, whatever the backends say, so the load balancer
     // takes this instance out while it still serves; nothing is checked.
     if (deps.stopping?.()) checks.shutdown = { ok: false, detail: 'shutting down' };
@@ -65,6 +76,7 @@ export function readiness(deps: { orm: MikroORM; redis: Redis; logger?: Logger; 
       withTimeout(pending(), 3000, 'migrations')
         .then((p) => (checks.migrations = p.length ? { ok: false, detail: `${p.length} pending` } : { ok: true }))
         .catch((e: Error) => (checks.migrations = failed('migrations', 'unknown: the migrations table could not be read')(e))),
+      ...(queues.length ? [pausedQueues(paused, deps.logger).then((c) => (checks.queues = c))] : []),
     ]);
     // Process-local (ADR 0018): an API that never loaded the token revocation list answers every token
     // 503, so a load balancer must not route to it even when PostgreSQL and Redis answer this probe.
@@ -90,4 +102,22 @@ export function readiness(deps: { orm: MikroORM; redis: Redis; logger?: Logger; 
         }),
       );
   };
+}
+
+/**
+ * The `queues` check: the paused queues, reported and never failing readiness. A paused queue (Bull
+ * Board's pause, `queue.pause()`) holds every run on it — the sweeper counts its jobs as there — while
+ * every other check passes; but this instance still serves (submissions, reads, cancels, decisions), so
+ * taking it out of the load balancer would turn one stalled queue into an outage. Unknown (Redis did
+ * not answer: the `redis` check fails then) is said, not failed.
+ */
+async function pausedQueues(read: () => Promise<string[]>, logger: Logger | undefined): Promise<{ ok: true; detail?: string; paused?: string[] }> {
+  try {
+    const paused = await withTimeout(read(), 2000, 'queues');
+    if (!paused.length) return { ok: true };
+    return { ok: true, paused, detail: `paused: ${paused.join(', ')} — runs on them wait until resumed (docs/runbook.md, Stuck runs)` };
+  } catch (e) {
+    logger?.warn({ check: 'queues', err: (e as Error).message }, 'readiness: could not read whether the queues are paused');
+    return { ok: true, detail: 'unknown: whether a queue is paused could not be read' };
+  }
 }

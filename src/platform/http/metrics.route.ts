@@ -15,7 +15,7 @@ const STATES = ['waiting', 'active', 'delayed', 'completed', 'failed', 'waiting-
 export const METRICS_REFRESH_MS = 5000;
 
 /**
- * Prometheus text: queue depth by state, runs by status and active runs by workflow version, read at
+ * Prometheus text: queue depth by state and whether each queue is paused, runs by status and active runs by workflow version, read at
  * most every METRICS_REFRESH_MS and by one scrape at a time (the others wait for its reading). Every
  * run status is reported, 0 when no run has it, so a series never vanishes; so is every registered
  * workflow version, and an unregistered one while it has active runs (`registered="false"`: no
@@ -28,6 +28,8 @@ export function metricsHandler(c: { metrics: Metrics; queues: Map<string, Queue>
     for (const [name, q] of c.queues) {
       const counts = await q.getJobCounts(...STATES);
       for (const s of STATES) c.metrics.queueDepth.set({ queue: name, state: s }, counts[s] ?? 0);
+      // One series per queue the process knows (as dealix_queue_jobs): a paused queue holds every run on it.
+      c.metrics.queuePaused.set({ queue: name }, (await q.isPaused()) ? 1 : 0);
     }
     // One count for both gauges: by status, and the active ones by workflow version.
     const rows = await systemEm(c.orm).transactional((tx) =>

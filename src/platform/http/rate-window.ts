@@ -1,3 +1,4 @@
+import { randomUUID } from 'node:crypto';
 import type { Redis } from 'ioredis';
 
 /** One hit on a window counter: INCR, and the window's expiry set by its first hit. One command. */
@@ -55,5 +56,68 @@ export class RateWindow {
    */
   async unhit(hit: RateHit): Promise<void> {
     await this.redis.dealixRateUnhit(hit.key);
+  }
+}
+
+/**
+ * One attempt in a sliding window: drops the subject's attempts `windowMs` old or older, adds this one
+ * (scored by its time), keeps the set no longer than the window, and answers the count with the oldest
+ * attempt's time. One command (the script), atomic, whatever number of API processes count at once.
+ */
+const SLIDING_HIT = `local now = tonumber(ARGV[1])
+local window = tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+redis.call('ZADD', KEYS[1], now, ARGV[3])
+redis.call('PEXPIRE', KEYS[1], window + 1000)
+local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+return {redis.call('ZCARD', KEYS[1]), oldest[2]}`;
+
+type SlidingRedis = Redis & {
+  dealixSlidingHit(key: string, now: number, windowMs: number, member: string): Promise<[number, string]>;
+};
+
+/** One counted attempt, for `unhit`: its set and its own member in it. */
+export interface SlidingHit {
+  count: number;
+  retryAfter: number;
+  key: string;
+  member: string;
+}
+
+/**
+ * A sliding window of attempts per subject in Redis (a sorted set of their times), shared by every API
+ * process: `hit` counts one attempt and returns how many the last `windowMs` hold, this one included;
+ * `unhit` takes that one attempt back, whenever. Exact where a fixed window is not: a limit of N "in 15
+ * minutes" on fixed quarter hours let N attempts just before a boundary and N more just after it. A
+ * set holds at most the attempts a caller keeps counted (the failures) plus those in flight, and
+ * expires with the window. `now` is the clock the attempts are timed by (tests move it).
+ */
+export class SlidingRateWindow {
+  private readonly redis: SlidingRedis;
+  private readonly keyPrefix: string;
+  readonly windowMs: number;
+  private readonly now: () => number;
+  constructor(redis: Redis, keyPrefix: string, windowMs: number, now: () => number = Date.now) {
+    this.keyPrefix = keyPrefix;
+    this.windowMs = windowMs;
+    this.now = now;
+    if (!('dealixSlidingHit' in redis)) redis.defineCommand('dealixSlidingHit', { numberOfKeys: 1, lua: SLIDING_HIT });
+    this.redis = redis as SlidingRedis;
+  }
+
+  /** Counts one attempt for `subject`: the attempts in the window so far, and the seconds until the oldest of them leaves it. */
+  async hit(subject: string): Promise<SlidingHit> {
+    // Not `<prefix>:<subject>`: the fixed windows of the release before kept strings at
+    // `<prefix>:<subject>:<n>`, and an IPv6 subject holds colons; no key of theirs is one of these.
+    const key = `${this.keyPrefix}:sliding:${subject}`;
+    const now = this.now();
+    const member = `${now}:${randomUUID()}`;
+    const [count, oldest] = await this.redis.dealixSlidingHit(key, now, this.windowMs, member);
+    return { count: Number(count), retryAfter: Math.max(1, Math.ceil((Number(oldest) + this.windowMs - now) / 1000)), key, member };
+  }
+
+  /** Takes back an attempt that turned out not to count (right, or refused unchecked). */
+  async unhit(hit: SlidingHit): Promise<void> {
+    await this.redis.zrem(hit.key, hit.member);
   }
 }

@@ -310,33 +310,51 @@ export async function repairRunRetentionSchedule(queue: Queue, orm: MikroORM, sc
 }
 
 /**
- * The schedulers no worker removes (idempotency expiry; webhook redelivery, ADR 0013): upserted at
- * every start and by every repair, whatever else Redis kept. Resolves the schedule's interval.
+ * The schedulers no worker removes (idempotency expiry; webhook redelivery, ADR 0013) and the interval
+ * of each under these settings.
+ */
+function standingSchedulers(schedule: MaintenanceSchedule): { name: string; every: number }[] {
+  const every = schedule.everyMs ?? 10 * 60_000;
+  return [
+    { name: IDEMPOTENCY_EXPIRY_JOB, every },
+    // Pending webhook deliveries whose job Redis lost get it back within WEBHOOK_REDELIVERY_INTERVAL (ADR 0013).
+    { name: WEBHOOK_REDELIVERY_JOB, every: schedule.webhookRedeliveryMs ?? Math.min(every, 60_000) },
+  ];
+}
+
+const upsertStanding = (queue: Queue, s: { name: string; every: number }) =>
+  queue.upsertJobScheduler(s.name, { every: s.every }, { name: s.name, data: {}, opts: JOB_OPTS });
+
+/**
+ * The schedulers no worker removes: upserted at every start and by every repair, whatever else Redis
+ * kept. Resolves the schedule's interval.
  */
 async function upsertStandingSchedulers(queue: Queue, schedule: MaintenanceSchedule): Promise<number> {
-  const every = schedule.everyMs ?? 10 * 60_000;
-  await queue.upsertJobScheduler(IDEMPOTENCY_EXPIRY_JOB, { every }, { name: IDEMPOTENCY_EXPIRY_JOB, data: {}, opts: JOB_OPTS });
-  // Pending webhook deliveries whose job Redis lost get it back within WEBHOOK_REDELIVERY_INTERVAL (ADR 0013).
-  const redeliveryEvery = schedule.webhookRedeliveryMs ?? Math.min(every, 60_000);
-  await queue.upsertJobScheduler(WEBHOOK_REDELIVERY_JOB, { every: redeliveryEvery }, { name: WEBHOOK_REDELIVERY_JOB, data: {}, opts: JOB_OPTS });
-  return every;
+  for (const standing of standingSchedulers(schedule)) await upsertStanding(queue, standing);
+  return schedule.everyMs ?? 10 * 60_000;
 }
 
 /**
- * The sweeper's repair at every sweep of the schedulers no worker removes: upserted when either is gone.
- * The repair after a loss (restoreMaintenanceSchedulers) runs once per loss, by the worker whose sweep
- * found the marker gone, which sets the marker first: a worker killed before it got to the schedulers
- * (its repair of waiting runs can take minutes) left the marker set and the schedulers gone, and no
- * other worker's sweep would put them back — pending webhook deliveries whose jobs the loss took were
- * never redelivered, expired idempotency keys never deleted, until a worker started. Resolves the
- * names of the schedulers that were gone.
+ * The sweeper's repair at every sweep of the schedulers no worker removes: upserted when one is gone,
+ * or runs on a schedule other than these settings' (an interval or a cron pattern changed in Redis by
+ * hand — redis-cli, a script, or Bull Board's scheduler edit before the dashboard refused it: a webhook
+ * redelivery pass every 30 days would leave pending deliveries whose job Redis lost undelivered for a
+ * month). The repair after a loss (restoreMaintenanceSchedulers) runs once per loss, by the worker whose
+ * sweep found the marker gone, which sets the marker first: a worker killed before it got to the
+ * schedulers (its repair of waiting runs can take minutes) left the marker set and the schedulers gone,
+ * and no other worker's sweep would put them back — pending webhook deliveries whose jobs the loss took
+ * were never redelivered, expired idempotency keys never deleted, until a worker started. Resolves the
+ * names of the schedulers put back (gone, or on another schedule).
  */
 export async function repairStandingSchedulers(queue: Queue, schedule: MaintenanceSchedule = {}): Promise<string[]> {
-  const names = [IDEMPOTENCY_EXPIRY_JOB, WEBHOOK_REDELIVERY_JOB];
-  const found = await Promise.all(names.map((name) => queue.getJobScheduler(name)));
-  const gone = names.filter((_, i) => !found[i]);
-  if (gone.length) await upsertStandingSchedulers(queue, schedule);
-  return gone;
+  const standing = standingSchedulers(schedule);
+  const found = await Promise.all(standing.map((s) => queue.getJobScheduler(s.name)));
+  const off = standing.filter((s, i) => {
+    const existing = found[i];
+    return !existing || existing.every !== s.every || existing.pattern !== undefined;
+  });
+  for (const s of off) await upsertStanding(queue, s);
+  return off.map((s) => s.name);
 }
 
 /**

@@ -11,6 +11,7 @@ export interface Metrics {
   /** Requests a limit refused (429 by a tenant limit, 503 by load shedding), by reason and route template; no tenant label. */
   requestsRefused: Counter<'reason' | 'route'>;
   queueDepth: Gauge<'queue' | 'state'>;
+  queuePaused: Gauge<'queue'>;
   runsByStatus: Gauge<'workflow' | 'status'>;
   /** Active runs (pending, running, waiting) by workflow version, and whether this process registers it (ADR 0008). */
   activeRuns: Gauge<'workflow' | 'version' | 'registered'>;
@@ -73,6 +74,12 @@ export function createMetrics(): Metrics {
       registers: [registry],
     }),
     queueDepth: new Gauge({ name: 'dealix_queue_jobs', help: 'Jobs per queue and state', labelNames: ['queue', 'state'], registers: [registry] }),
+    queuePaused: new Gauge({
+      name: 'dealix_queue_paused',
+      help: 'Whether a queue is paused (1): its waiting jobs wait until it is resumed (Bull Board, queue.resume()), while every other check passes',
+      labelNames: ['queue'],
+      registers: [registry],
+    }),
     runsByStatus: new Gauge({ name: 'dealix_runs', help: 'Durable runs by workflow and status (all tenants)', labelNames: ['workflow', 'status'], registers: [registry] }),
     activeRuns: new Gauge({
       name: 'dealix_active_runs',
