@@ -16,6 +16,7 @@ import { WEBHOOK_QUEUE, WEBHOOK_REDELIVERY_JOB, webhookHandlers } from '../../sr
 import { barrier, wrappedGoldenPath, startRunHost } from '../helpers/run-host.ts';
 import { capturedLog } from '../helpers/log-capture.ts';
 import { Webhook } from 'standardwebhooks';
+import { WEBHOOK_ENDPOINTS_TOTAL_FACTOR } from '../../src/platform/webhooks/webhook-endpoints.routes.ts';
 import { createEndpoint, ENDPOINTS, startReceiver, startWebhookStack, stopWebhookStack, submit, tenantWithEndpoint, waitRun, type Receiver } from '../helpers/webhooks.ts';
 import { webhookResolver } from '../../src/container.ts';
 
@@ -603,5 +604,28 @@ describe('webhook endpoint API: refusals', () => {
     const again = await createEndpoint(stack, admin, { url: 'https://93.184.215.30/hook', events: ['run.completed'] });
     expect(again.status, again.text).toBe(201);
     expect(await enabledOf()).toBe(3);
+  });
+
+  it('a tenant has at most WEBHOOK_ENDPOINTS_TOTAL_FACTOR × WEBHOOK_MAX_ENDPOINTS endpoints, disabled ones included: a create → disable loop ends in 409, nothing stored; a delete frees a place', async () => {
+    const tenantId = newTenant();
+    const admin = await stack.token({ tenantId, sub: 'admin-1', roles: ['admin'] });
+    const total = WEBHOOK_ENDPOINTS_TOTAL_FACTOR * stack.config.WEBHOOK_MAX_ENDPOINTS;
+    const ids: string[] = [];
+    for (let i = 0; i < total; i++) {
+      const created = await createEndpoint(stack, admin, { url: `https://93.184.215.${i + 20}/hook`, events: ['run.completed'] });
+      expect(created.status, created.text).toBe(201);
+      ids.push(created.json.id);
+      expect((await api(stack, 'POST', `${ENDPOINTS}/${created.json.id}/disable`, { token: admin, headers: { 'Idempotency-Key': randomUUID() } })).status).toBe(200);
+    }
+    const refused = await createEndpoint(stack, admin, { url: 'https://93.184.216.1/hook', events: ['run.completed'] });
+    expect(refused.status, refused.text).toBe(409);
+    expect(refused.json).toMatchObject({ code: 'webhook_endpoint_total_limit' });
+    expect(await endpointsOf(tenantId)).toBe(total);
+    // Enabling a disabled one adds no endpoint: still under the enabled cap, it is allowed.
+    expect((await api(stack, 'POST', `${ENDPOINTS}/${ids[0]}/enable`, { token: admin, headers: { 'Idempotency-Key': randomUUID() } })).status).toBe(200);
+    expect((await api(stack, 'DELETE', `${ENDPOINTS}/${ids[1]}`, { token: admin })).status).toBe(204);
+    const again = await createEndpoint(stack, admin, { url: 'https://93.184.216.1/hook', events: ['run.completed'] });
+    expect(again.status, again.text).toBe(201);
+    expect(await endpointsOf(tenantId)).toBe(total);
   });
 });
