@@ -12,7 +12,9 @@ import { api, CLASS_A_SUBMISSION, newTenant, SAMPLE_SUBMISSION, startStack, type
 import { waitFor } from '../helpers/poll.ts';
 import { backendPid, countBlockedBy } from '../helpers/lock-graph.ts';
 import { tenantEm } from '../../src/platform/db/tenant-em.ts';
-import { WEBHOOK_QUEUE, WEBHOOK_REDELIVERY_JOB, webhookHandlers } from '../../src/platform/webhooks/delivery.ts';
+import { WEBHOOK_DELIVERY_JOB, WEBHOOK_QUEUE, WEBHOOK_REDELIVERY_JOB, webhookHandlers } from '../../src/platform/webhooks/delivery.ts';
+import { deliveryJobId } from '../../src/platform/queue/job-ids.ts';
+import { DelayedError, type Job } from 'bullmq';
 import { barrier, wrappedGoldenPath, startRunHost } from '../helpers/run-host.ts';
 import { capturedLog } from '../helpers/log-capture.ts';
 import { Webhook } from 'standardwebhooks';
@@ -302,6 +304,42 @@ describe('webhooks', () => {
     expect(page.items).toHaveLength(1);
     expect(page.items[0]).toMatchObject({ id: ids[0], status: 'failed', attempts: 1, last_error: 'endpoint disabled', last_status_code: null });
     expect(receiver.received.filter((r) => r.path === '/disabled')).toHaveLength(0);
+  });
+
+  it("an execution superseded by another's record of its attempt (a stalled job run twice) delays its job to the row's next attempt, not completes it: the retry is not left to the redelivery pass", { timeout: 60_000 }, async () => {
+    const t = await tenantWithEndpoint(stack, receiver, '/superseded', ['run.completed']);
+    const handler = testHandlers(stack, 60_000)[WEBHOOK_DELIVERY_JOB];
+    /** One execution of a new delivery's job (`jobIdOf` its id; no job in Redis: none of the worker's), until its record; what it moved its job to. */
+    const execution = async (jobIdOf: (id: string) => string) => {
+      const id = randomUUID();
+      await stack.db.admin(
+        `insert into webhook_deliveries (id, tenant_id, endpoint_id, event_type, payload, status, attempts, next_attempt_at, created_at, updated_at)
+         values ($1, $2, $3, 'run.completed', '{}', 'pending', 0, now(), now(), now())`,
+        [id, t.tenantId, t.endpoint.id],
+      );
+      const delayedTo: number[] = [];
+      const job = { id: jobIdOf(id), name: WEBHOOK_DELIVERY_JOB, queueName: WEBHOOK_QUEUE, token: 'tok', data: { tenant_id: t.tenantId, delivery_id: id }, moveToDelayed: async (ts: number) => void delayedTo.push(ts) } as unknown as Job;
+      const held = receiver.received.length;
+      receiver.plan('/superseded', ['hold']);
+      const run = handler(job).then((r) => r, (e: unknown) => e);
+      await waitFor(() => (receiver.received.length > held ? true : undefined), { what: 'its POST at the receiver' });
+      // Meanwhile the other execution recorded this attempt (a failure, the retry due in an hour) and its move to delayed failed (its lock lost).
+      const [due] = (await stack.db.admin(
+        `update webhook_deliveries set attempts = 1, last_status_code = 500, next_attempt_at = date_trunc('milliseconds', now()) + interval '1 hour' where id = $1 returning next_attempt_at`,
+        [id],
+      )).rows as { next_attempt_at: Date }[];
+      receiver.release(500);
+      return { outcome: await run, delayedTo, due: due!.next_attempt_at.getTime(), id };
+    };
+    const current = await execution((id) => deliveryJobId(id));
+    expect(current.outcome).toBeInstanceOf(DelayedError);
+    expect(current.delayedTo).toEqual([current.due]);
+    // Its attempt is recorded once (the other execution's).
+    expect((await stack.db.admin(`select status, attempts from webhook_deliveries where id = $1`, [current.id])).rows[0]).toEqual({ status: 'pending', attempts: 1 });
+    // A job of an earlier cycle of the delivery (before a resend) is not its job now: it completes, superseded, as before.
+    const earlier = await execution((id) => deliveryJobId(id, 3));
+    expect(earlier.outcome).toEqual({ outcome: 'superseded' });
+    expect(earlier.delayedTo).toEqual([]);
   });
 });
 
