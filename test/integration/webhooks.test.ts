@@ -473,6 +473,34 @@ describe('webhook endpoint API: refusals', () => {
     expect(disabled.json.secret).toBeUndefined();
   });
 
+  it("a signing secret never travels in a statement's text (pg_stat_activity, the server's log): the create's insert and the rotation's update bind it as a parameter", async () => {
+    const Connection = (pg as unknown as { Connection: { prototype: Record<string, (...a: any[]) => unknown> } }).Connection.prototype;
+    const texts: string[] = [];
+    const original = { query: Connection.query!, parse: Connection.parse! };
+    // What the API's connections send PostgreSQL as statement text: a simple query's, and an extended-protocol Parse's.
+    Connection.query = function (this: unknown, text: string) {
+      texts.push(String(text));
+      return original.query.apply(this, [text]);
+    };
+    Connection.parse = function (this: unknown, msg: { text: string }) {
+      texts.push(msg.text);
+      return original.parse.apply(this, [msg]);
+    };
+    let created, rotated;
+    try {
+      created = await adminWithEndpoint(stack, 'https://93.184.215.41/hook');
+      rotated = await rotate(stack, created.admin, created.id);
+    } finally {
+      Object.assign(Connection, original);
+    }
+    expect(rotated.status, rotated.text).toBe(200);
+    expect(texts.some((t) => /insert into webhook_endpoints/.test(t))).toBe(true);
+    expect(texts.some((t) => /update webhook_endpoints/.test(t))).toBe(true);
+    for (const secret of [created.secret, rotated.json.secret as string]) {
+      expect(texts.filter((t) => t.includes(secret.slice('whsec_'.length)))).toEqual([]);
+    }
+  });
+
   it('rotate-secret: without a body the previous secret overlaps for 24 h; a replay of its key answers the same secret and rotates nothing; reads show neither secret', async () => {
     const { tenantId, admin, id, secret: createdSecret, created } = await adminWithEndpoint(stack, 'https://93.184.215.40/hook');
     const key = randomUUID();
