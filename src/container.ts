@@ -129,7 +129,7 @@ export async function createContainer(
       rates: { limits: new EndpointRates(redis, config.QUEUE_PREFIX), queue: () => queue(WEBHOOK_QUEUE) },
     }),
     ...webhookDeliveryRoutes(),
-    ...webhookResendRoutes({ queue: () => queue(WEBHOOK_QUEUE), onResent: (mode, count) => metrics.webhookDeliveriesResent.inc({ mode }, count) }),
+    ...webhookResendRoutes({ queue: () => queue(WEBHOOK_QUEUE), maxPendingResent: config.WEBHOOK_RESEND_MAX_PENDING, onResent: (mode, count) => metrics.webhookDeliveriesResent.inc({ mode }, count) }),
     ...webhookTestEventRoutes({ queue: () => queue(WEBHOOK_QUEUE), onSent: () => metrics.webhookTestEvents.inc() }),
     ...operatorLimitsRoutes({
       defaults: { maxActiveRuns: config.WORKER_MAX_ACTIVE_RUNS_PER_TENANT, maxRunsInFlight: config.MAX_RUNS_IN_FLIGHT_PER_TENANT },

@@ -79,13 +79,16 @@ describe('webhook deliveries in the run trace', () => {
   it("each attempt of a run's delivery is a span in the submission's trace, with the correlation id, and no secret in any span", async () => {
     const tenantId = newTenant();
     const admin = await stack.token({ tenantId, sub: 'admin-trace', roles: ['admin'] });
-    // A query that carries the receiver's own credential: a span must not show it.
+    // A query that carries the receiver's own credential, and a path that does too (Slack's
+    // `/services/T…/B…/<secret>`, Discord's `/api/webhooks/<id>/<token>`): a span must show neither.
     const urlSecret = `urlsecret${randomUUID().replace(/-/g, '')}`;
-    const created = await createEndpoint(http, admin, { url: `${receiver.base}/traced?token=${urlSecret}`, events: ['run.completed'] });
+    const pathSecret = `TOPSECRET${randomUUID().replace(/-/g, '')}`;
+    const path = `/services/T1/B1/${pathSecret}?token=${urlSecret}`;
+    const created = await createEndpoint(http, admin, { url: `${receiver.base}${path}`, events: ['run.completed'] });
     expect(created.status, created.text).toBe(201);
     const endpoint = created.json as { id: string; secret: string };
     // The first attempt fails (500), the retry delivers: two attempts, one trace.
-    receiver.plan(`/traced?token=${urlSecret}`, [500]);
+    receiver.plan(path, [500]);
 
     const cid = `trace-webhook-${randomUUID()}`;
     const run = await completedRun(admin, cid);
@@ -117,12 +120,13 @@ describe('webhook deliveries in the run trace', () => {
       });
     }
     expect(attempts[0]!.attributes['error.type']).toBe('500');
-    // The POST itself: the HTTP instrumentation's client span, a child of its attempt, its URL without the query.
+    // The POST itself: the HTTP instrumentation's client span, a child of its attempt, its URL the origin only (no path, no query).
     const posts = otlp.spans.filter((s) => s.kind === CLIENT && attempts.some((a) => a.spanId === s.parentSpanId));
     for (const post of posts) {
       expect(post.traceId).toBe(run.trace_id);
-      expect(post.attributes).toMatchObject({ [ATTR.CORRELATION]: cid, 'http.request.method': 'POST' });
-      expect(post.attributes['url.full']).toBe(`${receiver.base}/traced`);
+      expect(post.attributes).toMatchObject({ [ATTR.CORRELATION]: cid, 'http.request.method': 'POST', 'server.address': '127.0.0.1' });
+      expect(post.attributes['url.full']).toBe(receiver.base);
+      expect(JSON.stringify(post)).not.toContain('/services/');
     }
     // The receiver is a tenant's third party: it gets no trace context (no trace or span id, no sampling
     // decision, no baggage), as Stripe and Svix send none. The POSTs' client spans above stay.
@@ -136,6 +140,7 @@ describe('webhook deliveries in the run trace', () => {
     expect(exported).not.toContain('whsec_');
     expect(exported).not.toContain(endpoint.secret.slice('whsec_'.length));
     expect(exported).not.toContain(urlSecret);
+    expect(exported).not.toContain(pathSecret);
 
     // An admin's resend, days later perhaps: its attempt is still in the run's trace, with the run's
     // correlation id, linked to the resend request's trace (where its job was enqueued), not parented in it.
@@ -160,6 +165,8 @@ describe('webhook deliveries in the run trace', () => {
     expect(logged.map((l) => [l.msg, l.correlation_id, l.run_id, l.trace_id, l.span_id])).toEqual(
       [...attempts, third].map((a, i) => [i === 0 ? 'webhook delivery attempt failed; retrying later' : 'webhook delivered', cid, run.run_id, run.trace_id, a.spanId]),
     );
+    // The resent POST's span shows no path either.
+    expect(JSON.stringify(otlp.spans)).not.toContain(pathSecret);
   });
 
   it("a request's jobs carry its correlation id into the worker, never what the caller's baggage says", async () => {

@@ -183,6 +183,42 @@ describe('webhook resend', () => {
     return id;
   };
 
+  it("a tenant's deliveries pending from resends are bounded (WEBHOOK_RESEND_MAX_PENDING): at the bound a resend is refused (409) and nothing is resent; below it a bulk recover resends only up to it", async () => {
+    const max = stack.config.WEBHOOK_RESEND_MAX_PENDING;
+    const t = await tenantWithEndpoint(stack, receiver, '/backlog', ['run.completed']);
+    const failed = [await insertSettled(t, 1, 'failed'), await insertSettled(t, 2, 'failed'), await insertSettled(t, 3, 'failed')];
+    // The tenant's earlier resends, still owed (due tomorrow: no job, nothing attempts them meanwhile), on another endpoint of it.
+    const other = await api(stack, 'POST', ENDPOINTS, { token: t.admin, body: { url: `${receiver.base}/backlog-other`, events: ['run.completed'] }, headers: { 'Idempotency-Key': randomUUID() } });
+    expect(other.status, other.text).toBe(201);
+    await stack.db.admin(
+      `insert into webhook_deliveries (id, tenant_id, endpoint_id, event_type, payload, status, attempts, resends, resent_at, next_attempt_at, created_at, updated_at)
+       select gen_random_uuid(), $1, $2, 'run.completed', '{}'::jsonb, 'pending', 1, 1, now(), now() + interval '1 day', now(), now() from generate_series(1, $3::int)`,
+      [t.tenantId, other.json.id, max],
+    );
+    const before = await Promise.all(failed.map(row));
+    const single = await resend(t.admin, t.endpoint.id, failed[0]!);
+    const bulk = await recover(t.admin, t.endpoint.id, { since: at(0) });
+    for (const res of [single, bulk]) {
+      expect(res.status, res.text).toBe(409);
+      expect(res.json).toMatchObject({ code: 'webhook_resend_backlog' });
+      expect(res.json.detail).toContain('WEBHOOK_RESEND_MAX_PENDING');
+    }
+    expect(await Promise.all(failed.map(row))).toEqual(before);
+    // Another tenant is not held back by this one's backlog.
+    const elsewhere = await tenantWithEndpoint(stack, receiver, '/backlog-elsewhere', ['run.completed']);
+    const theirs = await insertSettled(elsewhere, 1, 'failed');
+    expect((await resend(elsewhere.admin, elsewhere.endpoint.id, theirs)).status).toBe(202);
+    // Two of the earlier resends settle: room for two. The recover resends the two oldest and says more match.
+    await stack.db.admin(`update webhook_deliveries set status = 'failed', next_attempt_at = null where id in (select id from webhook_deliveries where endpoint_id = $1 limit 2)`, [other.json.id]);
+    const partial = await recover(t.admin, t.endpoint.id, { since: at(0) });
+    expect(partial.status, partial.text).toBe(202);
+    expect(partial.json).toEqual({ resent: 2, has_more: true });
+    expect((await Promise.all(failed.map(row))).map((r) => r.resends)).toEqual([1, 1, 0]);
+    // Settled, the backlog is gone: the rest may be resent.
+    await stack.db.admin(`update webhook_deliveries set status = 'failed', next_attempt_at = null where endpoint_id = $1`, [other.json.id]);
+    expect((await resend(t.admin, t.endpoint.id, failed[2]!)).status).toBe(202);
+  });
+
   it("the bulk recover leaves test events out (it recovers real events): a failed or delivered webhook.test of the window is not resent, nor counted by has_more or the limit", async () => {
     const t = await tenantWithEndpoint(stack, receiver, '/recover-tests', ['run.completed']);
     const tests = [await insertSettled(t, 2, 'failed', 'webhook.test'), await insertSettled(t, 3, 'delivered', 'webhook.test')];
@@ -372,7 +408,7 @@ describe('webhook resend', () => {
       CoalescingClient.prototype.query = originalQuery;
     }
     expect(res.status, res.text).toBe(202);
-    expect(sent.length).toBe(2); // the resend, and the probe for has_more
+    expect(sent.length).toBe(3); // the resend bound's count (WEBHOOK_RESEND_MAX_PENDING), the resend, and the probe for has_more
     const swap = (v: unknown) => (v === probe.tenantId ? t.tenantId : v === probe.endpoint.id ? t.endpoint.id : v);
     for (const s of sent) {
       const sql = inlineStatement({ text: s.text, values: s.values.map(swap) });

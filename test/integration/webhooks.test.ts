@@ -12,10 +12,13 @@ import { api, CLASS_A_SUBMISSION, newTenant, SAMPLE_SUBMISSION, startStack, type
 import { waitFor } from '../helpers/poll.ts';
 import { backendPid, countBlockedBy } from '../helpers/lock-graph.ts';
 import { tenantEm } from '../../src/platform/db/tenant-em.ts';
-import { WEBHOOK_QUEUE, WEBHOOK_REDELIVERY_JOB, webhookHandlers } from '../../src/platform/webhooks/delivery.ts';
+import { WEBHOOK_DELIVERY_JOB, WEBHOOK_QUEUE, WEBHOOK_REDELIVERY_JOB, webhookHandlers } from '../../src/platform/webhooks/delivery.ts';
+import { deliveryJobId } from '../../src/platform/queue/job-ids.ts';
+import { DelayedError, type Job } from 'bullmq';
 import { barrier, wrappedGoldenPath, startRunHost } from '../helpers/run-host.ts';
 import { capturedLog } from '../helpers/log-capture.ts';
 import { Webhook } from 'standardwebhooks';
+import { WEBHOOK_ENDPOINTS_TOTAL_FACTOR } from '../../src/platform/webhooks/webhook-endpoints.routes.ts';
 import { createEndpoint, ENDPOINTS, startReceiver, startWebhookStack, stopWebhookStack, submit, tenantWithEndpoint, waitRun, type Receiver } from '../helpers/webhooks.ts';
 import { webhookResolver } from '../../src/container.ts';
 
@@ -302,6 +305,42 @@ describe('webhooks', () => {
     expect(page.items[0]).toMatchObject({ id: ids[0], status: 'failed', attempts: 1, last_error: 'endpoint disabled', last_status_code: null });
     expect(receiver.received.filter((r) => r.path === '/disabled')).toHaveLength(0);
   });
+
+  it("an execution superseded by another's record of its attempt (a stalled job run twice) delays its job to the row's next attempt, not completes it: the retry is not left to the redelivery pass", { timeout: 60_000 }, async () => {
+    const t = await tenantWithEndpoint(stack, receiver, '/superseded', ['run.completed']);
+    const handler = testHandlers(stack, 60_000)[WEBHOOK_DELIVERY_JOB];
+    /** One execution of a new delivery's job (`jobIdOf` its id; no job in Redis: none of the worker's), until its record; what it moved its job to. */
+    const execution = async (jobIdOf: (id: string) => string) => {
+      const id = randomUUID();
+      await stack.db.admin(
+        `insert into webhook_deliveries (id, tenant_id, endpoint_id, event_type, payload, status, attempts, next_attempt_at, created_at, updated_at)
+         values ($1, $2, $3, 'run.completed', '{}', 'pending', 0, now(), now(), now())`,
+        [id, t.tenantId, t.endpoint.id],
+      );
+      const delayedTo: number[] = [];
+      const job = { id: jobIdOf(id), name: WEBHOOK_DELIVERY_JOB, queueName: WEBHOOK_QUEUE, token: 'tok', data: { tenant_id: t.tenantId, delivery_id: id }, moveToDelayed: async (ts: number) => void delayedTo.push(ts) } as unknown as Job;
+      const held = receiver.received.length;
+      receiver.plan('/superseded', ['hold']);
+      const run = handler(job).then((r) => r, (e: unknown) => e);
+      await waitFor(() => (receiver.received.length > held ? true : undefined), { what: 'its POST at the receiver' });
+      // Meanwhile the other execution recorded this attempt (a failure, the retry due in an hour) and its move to delayed failed (its lock lost).
+      const [due] = (await stack.db.admin(
+        `update webhook_deliveries set attempts = 1, last_status_code = 500, next_attempt_at = date_trunc('milliseconds', now()) + interval '1 hour' where id = $1 returning next_attempt_at`,
+        [id],
+      )).rows as { next_attempt_at: Date }[];
+      receiver.release(500);
+      return { outcome: await run, delayedTo, due: due!.next_attempt_at.getTime(), id };
+    };
+    const current = await execution((id) => deliveryJobId(id));
+    expect(current.outcome).toBeInstanceOf(DelayedError);
+    expect(current.delayedTo).toEqual([current.due]);
+    // Its attempt is recorded once (the other execution's).
+    expect((await stack.db.admin(`select status, attempts from webhook_deliveries where id = $1`, [current.id])).rows[0]).toEqual({ status: 'pending', attempts: 1 });
+    // A job of an earlier cycle of the delivery (before a resend) is not its job now: it completes, superseded, as before.
+    const earlier = await execution((id) => deliveryJobId(id, 3));
+    expect(earlier.outcome).toEqual({ outcome: 'superseded' });
+    expect(earlier.delayedTo).toEqual([]);
+  });
 });
 
 /**
@@ -432,6 +471,34 @@ describe('webhook endpoint API: refusals', () => {
     expect(disabled.status, disabled.text).toBe(200);
     expect(disabled.json).toMatchObject({ id: ids[0], enabled: false });
     expect(disabled.json.secret).toBeUndefined();
+  });
+
+  it("a signing secret never travels in a statement's text (pg_stat_activity, the server's log): the create's insert and the rotation's update bind it as a parameter", async () => {
+    const Connection = (pg as unknown as { Connection: { prototype: Record<string, (...a: any[]) => unknown> } }).Connection.prototype;
+    const texts: string[] = [];
+    const original = { query: Connection.query!, parse: Connection.parse! };
+    // What the API's connections send PostgreSQL as statement text: a simple query's, and an extended-protocol Parse's.
+    Connection.query = function (this: unknown, text: string) {
+      texts.push(String(text));
+      return original.query.apply(this, [text]);
+    };
+    Connection.parse = function (this: unknown, msg: { text: string }) {
+      texts.push(msg.text);
+      return original.parse.apply(this, [msg]);
+    };
+    let created, rotated;
+    try {
+      created = await adminWithEndpoint(stack, 'https://93.184.215.41/hook');
+      rotated = await rotate(stack, created.admin, created.id);
+    } finally {
+      Object.assign(Connection, original);
+    }
+    expect(rotated.status, rotated.text).toBe(200);
+    expect(texts.some((t) => /insert into webhook_endpoints/.test(t))).toBe(true);
+    expect(texts.some((t) => /update webhook_endpoints/.test(t))).toBe(true);
+    for (const secret of [created.secret, rotated.json.secret as string]) {
+      expect(texts.filter((t) => t.includes(secret.slice('whsec_'.length)))).toEqual([]);
+    }
   });
 
   it('rotate-secret: without a body the previous secret overlaps for 24 h; a replay of its key answers the same secret and rotates nothing; reads show neither secret', async () => {
@@ -603,5 +670,28 @@ describe('webhook endpoint API: refusals', () => {
     const again = await createEndpoint(stack, admin, { url: 'https://93.184.215.30/hook', events: ['run.completed'] });
     expect(again.status, again.text).toBe(201);
     expect(await enabledOf()).toBe(3);
+  });
+
+  it('a tenant has at most WEBHOOK_ENDPOINTS_TOTAL_FACTOR × WEBHOOK_MAX_ENDPOINTS endpoints, disabled ones included: a create → disable loop ends in 409, nothing stored; a delete frees a place', async () => {
+    const tenantId = newTenant();
+    const admin = await stack.token({ tenantId, sub: 'admin-1', roles: ['admin'] });
+    const total = WEBHOOK_ENDPOINTS_TOTAL_FACTOR * stack.config.WEBHOOK_MAX_ENDPOINTS;
+    const ids: string[] = [];
+    for (let i = 0; i < total; i++) {
+      const created = await createEndpoint(stack, admin, { url: `https://93.184.215.${i + 20}/hook`, events: ['run.completed'] });
+      expect(created.status, created.text).toBe(201);
+      ids.push(created.json.id);
+      expect((await api(stack, 'POST', `${ENDPOINTS}/${created.json.id}/disable`, { token: admin, headers: { 'Idempotency-Key': randomUUID() } })).status).toBe(200);
+    }
+    const refused = await createEndpoint(stack, admin, { url: 'https://93.184.216.1/hook', events: ['run.completed'] });
+    expect(refused.status, refused.text).toBe(409);
+    expect(refused.json).toMatchObject({ code: 'webhook_endpoint_total_limit' });
+    expect(await endpointsOf(tenantId)).toBe(total);
+    // Enabling a disabled one adds no endpoint: still under the enabled cap, it is allowed.
+    expect((await api(stack, 'POST', `${ENDPOINTS}/${ids[0]}/enable`, { token: admin, headers: { 'Idempotency-Key': randomUUID() } })).status).toBe(200);
+    expect((await api(stack, 'DELETE', `${ENDPOINTS}/${ids[1]}`, { token: admin })).status).toBe(204);
+    const again = await createEndpoint(stack, admin, { url: 'https://93.184.216.1/hook', events: ['run.completed'] });
+    expect(again.status, again.text).toBe(201);
+    expect(await endpointsOf(tenantId)).toBe(total);
   });
 });

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { ROOT_CONTEXT, propagation, type TextMapPropagator } from '@opentelemetry/api';
-import { urlWithoutQuery } from '../../src/platform/telemetry/attributes.ts';
+import { outgoingUrlFull, urlWithoutQuery } from '../../src/platform/telemetry/attributes.ts';
 import { attemptErrorType, startAttemptSpan } from '../../src/platform/webhooks/delivery-trace.ts';
 import { extractInternal, injectInternal } from '../../src/platform/telemetry/internal-propagation.ts';
 
@@ -12,6 +12,16 @@ describe('webhook attempt spans', () => {
     expect(urlWithoutQuery({ protocol: 'http:', hostname: '127.0.0.1', host: '127.0.0.1:8080', port: '8080', path: '/a/b?x=1&y=2' })).toBe('http://127.0.0.1:8080/a/b');
     expect(urlWithoutQuery({ protocol: 'http:', hostname: '::1', port: '9000', path: '/' })).toBe('http://[::1]:9000/');
     expect(urlWithoutQuery({ hostname: 'example.com', path: null })).toBe('http://example.com/');
+  });
+
+  it("a webhook attempt's POST shows its receiver's origin only: no path (where Slack and Discord URLs carry their secret), no query", () => {
+    const slack = { protocol: 'https:', hostname: 'hooks.slack.com', port: 443, path: '/services/T1/B1/TOPSECRET?token=x' };
+    const { span, ctx } = startAttemptSpan({ tenantId: 't', deliveryId: 'd', endpointId: 'e', eventType: 'run.completed', attempt: 1, url: 'https://hooks.slack.com/services/T1/B1/TOPSECRET', runId: null, runTraceparent: null, runCorrelationId: null });
+    span.end();
+    expect(outgoingUrlFull(slack, ctx)).toBe('https://hooks.slack.com');
+    expect(outgoingUrlFull({ protocol: 'http:', hostname: '127.0.0.1', port: '8080', path: '/api/webhooks/1/tok' }, ctx)).toBe('http://127.0.0.1:8080');
+    // Any other outgoing request (the operator's own URLs) keeps its path, without the query.
+    expect(outgoingUrlFull(slack, ROOT_CONTEXT)).toBe('https://hooks.slack.com/services/T1/B1/TOPSECRET');
   });
 
   it("error.type is the status code or a short class, never the error's message (which names addresses)", () => {

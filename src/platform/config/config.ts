@@ -249,6 +249,13 @@ export const configSchema = z
     /** Enabled webhook endpoints a tenant may have: each run end inserts, and POSTs, one delivery per subscribed endpoint. */
     WEBHOOK_MAX_ENDPOINTS: z.coerce.number().int().min(1).max(100).default(10),
     /**
+     * Deliveries a tenant may have pending from resends at once (ADR 0013, *Resending*): a resend at it is
+     * 409 `webhook_resend_backlog`, and a bulk resend below it resends at most what is left under it. Every
+     * worker serves one webhook queue in arrival order: unbounded, one tenant's bulk resends (1,000 each)
+     * queued ahead of every other tenant's fresh deliveries.
+     */
+    WEBHOOK_RESEND_MAX_PENDING: z.coerce.number().int().min(1).max(100_000).default(2000),
+    /**
      * Delivery attempts one endpoint may have in flight at once, over every worker process (ADR 0013):
      * past it the endpoint's further deliveries are parked until one of its attempts ends, so one
      * tenant's slow receiver cannot fill every worker's webhook slots. 0 = off (no Redis command added).

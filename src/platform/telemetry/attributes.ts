@@ -1,3 +1,5 @@
+import { createContextKey, type Context } from '@opentelemetry/api';
+
 /** Span and log attribute names, in one place. */
 export const ATTR = {
   TENANT: 'dealix.tenant_id',
@@ -111,4 +113,25 @@ export function urlWithoutQuery(options: { protocol?: string | null; hostname?: 
   const port = String(options.port ?? '');
   const standard = port === '' || (protocol === 'https:' ? port === '443' : port === '80');
   return `${protocol}//${host}${standard ? '' : `:${port}`}${(options.path || '/').split('?')[0]}`;
+}
+
+/**
+ * Set (true) in the context a webhook attempt POSTs in (delivery-trace.ts): its client span's `url.full`
+ * is the receiver's origin only (outgoingUrlFull). A key of the global symbol registry (createContextKey),
+ * so register.ts and the application read the same key whatever module instance they load.
+ */
+export const ORIGIN_ONLY_URL = createContextKey('dealix.url_origin_only');
+
+/**
+ * The `url.full` of an outgoing HTTP request's client span (register.ts's startOutgoingSpanHook, called in
+ * the caller's context `ctx`). A webhook attempt's POST (ORIGIN_ONLY_URL set): its origin only — scheme,
+ * host and port — never its path, where receivers carry their credential (Slack's `/services/T…/B…/<secret>`,
+ * Discord's `/api/webhooks/<id>/<token>`), as the platform's events and log lines name an endpoint (ADR 0013).
+ * Any other request (none of a tenant's URL: the operator's own): its URL without the query (urlWithoutQuery).
+ * This is the only attribute of the span that names the URL (the instrumentation's stable conventions: no
+ * `url.path`, `http.target` or `http.url`; its name is the method).
+ */
+export function outgoingUrlFull(options: Parameters<typeof urlWithoutQuery>[0], ctx: Context): string {
+  const full = urlWithoutQuery(options);
+  return ctx.getValue(ORIGIN_ONLY_URL) === true ? new URL(full).origin : full;
 }

@@ -30,7 +30,8 @@ if (!env.disabled) {
   const { getNodeAutoInstrumentations } = await import('@opentelemetry/auto-instrumentations-node');
   const { installCorrelationProcessor } = await import('./correlation-span-processor.ts');
   const { exportProcessors } = await import('./span-export.ts');
-  const { IGNORED_HTTP_PATHS, isUnder, redactedQueryAttribute, urlWithoutQuery } = await import('./attributes.ts');
+  const { IGNORED_HTTP_PATHS, isUnder, outgoingUrlFull, redactedQueryAttribute } = await import('./attributes.ts');
+  const { context } = await import('@opentelemetry/api');
   const { defaultSampler } = await import('./housekeeping-sampler.ts');
   const { statementWithoutValues } = await import('./statement-text.ts');
   const ignored = (url: string | undefined) => IGNORED_HTTP_PATHS.some((p) => isUnder(url, p));
@@ -49,13 +50,14 @@ if (!env.disabled) {
         // Express 5 runs on `router`: the express instrumentation already names its layers.
         '@opentelemetry/instrumentation-router': { enabled: false },
         '@opentelemetry/instrumentation-pino': { enabled: false },
-        // Outgoing requests (webhook POSTs, ADR 0013) are recorded with their URL's query dropped: a tenant's URL may carry a credential there.
+        // Outgoing requests are recorded with their URL's query dropped, and a webhook POST's (ADR 0013) with its origin only:
+        // a tenant's URL may carry a credential in its path as in its query (outgoingUrlFull).
         // Incoming ones keep their query with a client's misplaced credential (`?access_token=…`) redacted, as in the request log.
         '@opentelemetry/instrumentation-http': {
           // A worker's metrics endpoint is never traced, whatever the path: a scrape or a port scan is no trace.
           ignoreIncomingRequestHook: (req) => ignored(req.url) || untracedIncoming(req.socket.localPort),
           startIncomingSpanHook: (req) => redactedQueryAttribute(req.url),
-          startOutgoingSpanHook: (options) => ({ 'url.full': urlWithoutQuery(options) }),
+          startOutgoingSpanHook: (options) => ({ 'url.full': outgoingUrlFull(options, context.active()) }),
         },
         // BullMQ polls Redis and the sweeper polls Postgres all the time: record them only inside a trace.
         // Spans name the command, never its values: a job's data and a statement's values are tenants'

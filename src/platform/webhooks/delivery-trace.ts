@@ -1,5 +1,5 @@
 import { context, SpanKind, SpanStatusCode, trace, type Context, type Link, type Span } from '@opentelemetry/api';
-import { ATTR, INSTRUMENTATION_VERSION } from '../telemetry/attributes.ts';
+import { ATTR, INSTRUMENTATION_VERSION, ORIGIN_ONLY_URL } from '../telemetry/attributes.ts';
 import { withRunCorrelation } from '../telemetry/correlation-span-processor.ts';
 import { extractInternal } from '../telemetry/internal-propagation.ts';
 import type { AttemptOutcome } from './send.ts';
@@ -34,7 +34,8 @@ export interface AttemptTraceInfo {
  * run's correlation id, so the POST (the HTTP instrumentation's client span, its child) is in it too.
  * The job's own context is where the delivery was enqueued from: the run's last step usually, but
  * also the redelivery pass, an admin's resend or a cancel request; when that is another trace the
- * span links to it. Attributes name the delivery, never its URL's path or query or a secret.
+ * span links to it. Attributes name the delivery, never its URL's path or query or a secret; nor does
+ * the POST's client span, whose `url.full` is the receiver's origin (ORIGIN_ONLY_URL).
  */
 export function startAttemptSpan(info: AttemptTraceInfo): { span: Span; ctx: Context } {
   const active = context.active();
@@ -69,7 +70,8 @@ export function startAttemptSpan(info: AttemptTraceInfo): { span: Span; ctx: Con
     },
     parent,
   );
-  return { span, ctx: trace.setSpan(parent, span) };
+  // The POST's client span (the HTTP instrumentation's, in `ctx`) shows the receiver's origin only, not its path (outgoingUrlFull).
+  return { span, ctx: trace.setSpan(parent, span).setValue(ORIGIN_ONLY_URL, true) };
 }
 
 /**

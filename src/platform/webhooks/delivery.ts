@@ -400,6 +400,18 @@ export function webhookHandlers(deps: {
       // Another execution recorded this attempt first (a duplicate job): its outcome stands.
       if (recorded.length === 0) {
         if (span) endAttemptSpan(span, outcome, 'superseded');
+        // That execution may have been this very job's, run before a stall (its lock lost): it recorded a retry, but its
+        // move to delayed failed, and this one's completing would leave the retry to the redelivery pass (its delay, plus
+        // the pass's overdue age, plus up to one WEBHOOK_REDELIVERY_INTERVAL). Still pending, and this job still its
+        // current cycle's (a resend's job, or an earlier cycle's, is another job and completes): delayed to its next attempt.
+        const [now] = await em.transactional((tx) =>
+          tx.execute<{ status: string; resends: number; next_attempt_at: Date | null }[]>(`select status, resends, next_attempt_at from webhook_deliveries where tenant_id = ? and id = ?`, [data.tenant_id, row.id]),
+        );
+        if (now?.status === 'pending' && job.id === deliveryJobId(row.id, now.resends)) {
+          if (data.parks !== undefined) await job.updateData({ tenant_id: data.tenant_id, delivery_id: data.delivery_id } satisfies DeliveryJobData);
+          await job.moveToDelayed(Math.max(Date.now(), now.next_attempt_at ? new Date(now.next_attempt_at).getTime() : 0), job.token);
+          throw new DelayedError();
+        }
         return { outcome: 'superseded' };
       }
       if (recorded[0]!.disabled) await endpointDisabled(recorded[0]!, data.tenant_id, job.id);

@@ -6,6 +6,7 @@ import { defineRoute, type RouteDef } from '../http/route.ts';
 import { instantInput } from '../http/iso-time.ts';
 import { ConflictError, NotFoundError } from '../errors/app-error.ts';
 import { ADMIN_ROLE } from '../tenancy/roles.ts';
+import { DEFER_UNTIL_NEXT } from '../db/markers.ts';
 import { enqueueDeliveries } from './delivery.ts';
 import { testPending, testsPendingBelow, WEBHOOK_TEST_MAX_PENDING } from './test-event.ts';
 import { WEBHOOK_TEST_EVENT } from './webhook.entities.ts';
@@ -46,7 +47,7 @@ const bulkResendBody = z
 
 const bulkResendResult = z
   .strictObject({
-    resent: z.number().int().describe('How many deliveries this request made pending again, oldest first (test events are never among them)'),
+    resent: z.number().int().describe('How many deliveries this request made pending again, oldest first (test events are never among them): at most `limit`, and at most what WEBHOOK_RESEND_MAX_PENDING leaves the tenant'),
     has_more: z.boolean().describe('Whether deliveries matching the filter are left (past the limit): send the request again, with a new Idempotency-Key, until it is false'),
   })
   .meta({ id: 'WebhookBulkResendResult' });
@@ -62,6 +63,33 @@ const disabled = () => new ConflictError('webhook_endpoint_disabled', 'The webho
  */
 async function enabledEndpoint(em: EntityManager, tenantId: string, id: string, lock = ''): Promise<void> {
   if (!(await endpointById(em, tenantId, id, lock)).enabled) throw disabled();
+}
+
+const backlog = (max: number) =>
+  new ConflictError(
+    'webhook_resend_backlog',
+    `The tenant already has ${max} resent webhook deliveries pending (WEBHOOK_RESEND_MAX_PENDING): wait for them to be attempted (GET …/deliveries?status=pending), then resend.`,
+  );
+
+/**
+ * How many more deliveries the tenant may resend now: WEBHOOK_RESEND_MAX_PENDING less its deliveries
+ * pending from a resend (`resends > 0`: a row is pending again only by a resend; counted up to the bound,
+ * on the partial index webhook_deliveries_pending_resent_index). Every worker serves one webhook queue in
+ * arrival order: unbounded, one tenant's bulk resends (1,000 jobs each, any number of requests) queued
+ * ahead of every other tenant's fresh deliveries, and parked ones cycled through it. Under a per-tenant
+ * advisory lock held to the commit (it travels with the count, one message), so concurrent resends cannot
+ * each see the same room. Taken before any row lock of the request (an endpoint's, a delivery's); nothing
+ * else takes it, so no lock order the other way round.
+ */
+async function resendRoom(em: EntityManager, tenantId: string, max: number): Promise<number> {
+  await em.execute(`${DEFER_UNTIL_NEXT}select pg_advisory_xact_lock(hashtextextended('dealix:webhook_resend:' || ?, 0))`, [tenantId]);
+  const [row] = await em.execute<{ n: number }[]>(
+    `select count(*)::int as n from (select 1 from webhook_deliveries where tenant_id = ? and status = 'pending' and resends > 0 limit ?) t`,
+    [tenantId, max],
+  );
+  const room = max - row!.n;
+  if (room <= 0) throw backlog(max);
+  return room;
 }
 
 /** The SET of a resend: pending again with one attempt due now; the history (attempts, attempt_log, last answer) is kept. */
@@ -80,6 +108,8 @@ type ResentRow = { id: string; resends: number };
 /** The resend routes (role admin, Idempotency-Key required), spread beside the endpoint routes. */
 export function webhookResendRoutes(deps: {
   queue: () => Queue;
+  /** WEBHOOK_RESEND_MAX_PENDING: deliveries a tenant may have pending from resends (resendRoom). */
+  maxPendingResent: number;
   /** Counts the deliveries a resend made pending (dealix_webhook_deliveries_resent_total), after its commit. */
   onResent?: (mode: 'single' | 'bulk', count: number) => void;
 }): RouteDef[] {
@@ -103,7 +133,7 @@ export function webhookResendRoutes(deps: {
         202: { description: 'The delivery, pending again with its attempt due now; its attempt history kept', schema: deliveryView },
         ...adminOnly,
         404: { description: 'No such endpoint for this tenant, or no such delivery of it' },
-        409: { description: 'The delivery is still pending (`webhook_delivery_pending`: it is already owed an attempt), the endpoint is disabled (`webhook_endpoint_disabled`: enable it first), or it is a test event (`webhook.test`) and another test event of the endpoint is pending (`webhook_test_pending`, as for POST …/:id/test)' },
+        409: { description: 'The delivery is still pending (`webhook_delivery_pending`: it is already owed an attempt), the tenant already has WEBHOOK_RESEND_MAX_PENDING resent deliveries pending (`webhook_resend_backlog`: wait for them), the endpoint is disabled (`webhook_endpoint_disabled`: enable it first), or it is a test event (`webhook.test`) and another test event of the endpoint is pending (`webhook_test_pending`, as for POST …/:id/test)' },
       },
       async handler(ctx) {
         const { em, principal, params, afterCommit } = ctx;
@@ -113,6 +143,7 @@ export function webhookResendRoutes(deps: {
         // (enabledEndpoint). The event type never changes, so it is read unlocked first to choose.
         const [found] = await em.execute<{ event_type: string }[]>(`select event_type from webhook_deliveries where tenant_id = ? and endpoint_id = ? and id = ?`, [principal.tenantId, params.id, params.delivery_id]);
         const isTest = found?.event_type === WEBHOOK_TEST_EVENT;
+        await resendRoom(em, principal.tenantId, deps.maxPendingResent);
         await enabledEndpoint(em, principal.tenantId, params.id, isTest ? LOCK_ROW : '');
         if (!found) throw new NotFoundError('webhook delivery');
         const [row] = await em.execute<DeliveryRowView[]>(
@@ -145,11 +176,13 @@ export function webhookResendRoutes(deps: {
         202: { description: 'How many deliveries were made pending again, and whether more match', schema: bulkResendResult },
         ...adminOnly,
         404: { description: 'No such endpoint for this tenant' },
-        409: { description: 'The endpoint is disabled (`webhook_endpoint_disabled`): enable it first' },
+        409: { description: 'The endpoint is disabled (`webhook_endpoint_disabled`): enable it first; or the tenant already has WEBHOOK_RESEND_MAX_PENDING resent deliveries pending (`webhook_resend_backlog`): wait for them, nothing is resent' },
         422: { description: 'Invalid body: no `since`, a time not ISO 8601 with an offset, `until` not after `since`, a status other than failed or delivered, a limit out of 1–1000, or an unknown field' },
       },
       async handler(ctx) {
         const { em, principal, params, body, afterCommit } = ctx;
+        // At most what is left under the tenant's bound: has_more reports the rest.
+        const room = await resendRoom(em, principal.tenantId, deps.maxPendingResent);
         await enabledEndpoint(em, principal.tenantId, params.id);
         // The statuses as literals, not a parameter (they are the schema's enum members): the planner proves
         // the partial index webhook_deliveries_failed_index's predicate from them (a prepared statement's
@@ -169,7 +202,7 @@ export function webhookResendRoutes(deps: {
         const rows = await em.execute<ResentRow[]>(
           `with picked as (select id from webhook_deliveries where ${filter} order by created_at, id limit ? for update skip locked)
            update webhook_deliveries d set ${RESEND_SET} from picked where d.tenant_id = ? and d.id = picked.id returning d.id, d.resends`,
-          [...filterParams, body.limit, principal.tenantId],
+          [...filterParams, Math.min(body.limit, room), principal.tenantId],
         );
         // Those resent are pending now and match no more: whatever still matches is past the limit.
         const left = await em.execute<unknown[]>(`select 1 from webhook_deliveries where ${filter} limit 1`, filterParams);

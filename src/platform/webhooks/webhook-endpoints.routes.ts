@@ -211,8 +211,22 @@ export const enabledEndpointsLockKey = (tenantId: string) => `dealix:webhook_end
 const lockEnabledEndpoints = (em: EntityManager, tenantId: string) =>
   em.execute(`${DEFER_UNTIL_NEXT}select pg_advisory_xact_lock(hashtextextended(?, 0))`, [enabledEndpointsLockKey(tenantId)]);
 
+/**
+ * Endpoints a tenant may have in all, disabled ones included: this many times WEBHOOK_MAX_ENDPOINTS (50
+ * by default). The enabled cap alone let a create → disable loop grow webhook_endpoints without bound,
+ * each row with a signing secret; disabled ones are kept for their history (their deliveries), so the
+ * total is looser than the enabled cap, not equal to it.
+ */
+export const WEBHOOK_ENDPOINTS_TOTAL_FACTOR = 5;
+
 /** The cap's condition, for an insert or update that adds an enabled endpoint (parameters: tenant id, cap). */
 const UNDER_CAP = '(select count(*) from webhook_endpoints where tenant_id = ? and enabled) < ?';
+
+/** The total cap's condition, for an insert (parameters: tenant id, total): disabled endpoints count too. */
+const UNDER_TOTAL_CAP = '(select count(*) from webhook_endpoints where tenant_id = ?) < ?';
+
+const totalLimitReached = (total: number) =>
+  new ConflictError('webhook_endpoint_total_limit', `The tenant already has ${total} webhook endpoints, disabled ones included (${WEBHOOK_ENDPOINTS_TOTAL_FACTOR} × WEBHOOK_MAX_ENDPOINTS); delete one it no longer needs first.`);
 
 const limitReached = (max: number) => new ConflictError('webhook_endpoint_limit', `The tenant already has ${max} enabled webhook endpoints (WEBHOOK_MAX_ENDPOINTS); disable or delete one first.`);
 
@@ -242,7 +256,7 @@ export function webhookEndpointRoutes(deps: {
       responses: {
         201: { description: 'The endpoint, with its signing secret (Cache-Control: no-store)', schema: createdView, headers: SECRET_ANSWER_HEADERS, location: true },
         ...adminOnly,
-        409: { description: 'The tenant already has WEBHOOK_MAX_ENDPOINTS enabled endpoints (`webhook_endpoint_limit`): disable or delete one first' },
+        409: { description: 'The tenant already has WEBHOOK_MAX_ENDPOINTS enabled endpoints (`webhook_endpoint_limit`): disable or delete one first; or 5 × WEBHOOK_MAX_ENDPOINTS endpoints in all, disabled ones included (`webhook_endpoint_total_limit`): delete one first' },
         422: { description: 'Invalid body: not an http(s) URL (https:// in production), a host that does not resolve, resolves to a loopback, private, link-local or multicast address, or an unknown or no event type' },
         503: { description: 'The host could not be resolved within WEBHOOK_DNS_TIMEOUT (at most WEBHOOK_TIMEOUT), or its name servers failed for now (e.g. ESERVFAIL): nothing stored, the Idempotency-Key is free for a retry (Retry-After)' },
       },
@@ -255,17 +269,23 @@ export function webhookEndpointRoutes(deps: {
         const refusal = prepared as string | undefined;
         if (refusal) throw new ValidationError('Invalid request body', [{ path: 'url', message: refusal }], 422);
         const secret = newSigningSecret();
-        // The cap: count-then-insert races (concurrent creates would each see room under it), so a lock
-        // per tenant, held to the commit, serialises them; it travels with the insert (one message).
+        // The caps: count-then-insert races (concurrent creates would each see room under them), so a lock
+        // per tenant, held to the commit, serialises them; it travels with the insert (one message). The
+        // total cap (disabled endpoints included) is checked in the same insert, under the same lock.
         await lockEnabledEndpoints(em, principal.tenantId);
+        const total = WEBHOOK_ENDPOINTS_TOTAL_FACTOR * deps.maxEndpoints;
         const [row] = await em.execute<EndpointRow[]>(
           `insert into webhook_endpoints (id, tenant_id, url, description, events, secret, rate_limit_per_second, enabled, created_by, created_at, updated_at)
            select ?, ?, ?, ?, ?::text[], ?, ?::int, true, ?, date_trunc('milliseconds', now()), now()
-            where ${UNDER_CAP}
+            where ${UNDER_CAP} and ${UNDER_TOTAL_CAP}
            returning ${ENDPOINT_COLUMNS}`,
-          [randomUUID(), principal.tenantId, body.url, body.description ?? null, eventsArray(body.events), secret, body.rate_limit_per_second ?? null, principal.sub, principal.tenantId, deps.maxEndpoints],
+          [randomUUID(), principal.tenantId, body.url, body.description ?? null, eventsArray(body.events), secret, body.rate_limit_per_second ?? null, principal.sub, principal.tenantId, deps.maxEndpoints, principal.tenantId, total],
         );
-        if (!row) throw limitReached(deps.maxEndpoints);
+        if (!row) {
+          // Which cap, read under the same lock (nothing changed since the insert's count).
+          const [n] = await em.execute<{ enabled: number }[]>(`select count(*)::int as enabled from webhook_endpoints where tenant_id = ? and enabled`, [principal.tenantId]);
+          throw n!.enabled >= deps.maxEndpoints ? limitReached(deps.maxEndpoints) : totalLimitReached(total);
+        }
         const view = toView(row);
         return { status: 201, body: { ...view, secret }, headers: { Location: view.links.self, ...SECRET_ANSWER_HEADERS } };
       },

@@ -128,6 +128,10 @@ export const WebhookDelivery = defineEntity({
     // Without it the count read the endpoint's whole history (the index above) or every pending delivery of
     // the platform (the one below), filtering row by row. Nearly always empty, at most one row per endpoint.
     { name: 'webhook_deliveries_pending_test_index', properties: ['tenantId', 'endpoint'], where: `event_type = '${WEBHOOK_TEST_EVENT}' and status = 'pending'` },
+    // The resend bound (resend.ts, WEBHOOK_RESEND_MAX_PENDING): a tenant's deliveries pending because an admin resent
+    // them, counted on every resend. Without it the count filtered every pending delivery of the tenant row by row (a
+    // receiver down makes a backlog of them). Partial: only deliveries resent and not yet settled again.
+    { name: 'webhook_deliveries_pending_resent_index', properties: ['tenantId'], where: "status = 'pending' and resends > 0" },
     // The redelivery pass's cross-tenant read: pending deliveries overdue (their job lost with Redis).
     { name: 'webhook_deliveries_pending_index', properties: ['nextAttemptAt'], where: "status = 'pending'" },
     // Retention's cross-tenant delete (ADR 0011): settled deliveries by when they settled, oldest first.
