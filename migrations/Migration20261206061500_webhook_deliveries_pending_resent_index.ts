@@ -16,9 +16,9 @@ const INDEX: IndexSpec = {
   where: "((status = 'pending'::text) AND (resends > 0))",
 };
 
-export class Migration20261206054015_webhook_deliveries_pending_resent_index extends Migration {
+export class Migration20261206061500_webhook_deliveries_pending_resent_index extends Migration {
 
-  override name = 'Migration20261206054015_webhook_deliveries_pending_resent_index';
+  override name = 'Migration20261206061500_webhook_deliveries_pending_resent_index';
 
   override isTransactional(): boolean {
     return false;
