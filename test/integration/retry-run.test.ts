@@ -844,6 +844,32 @@ describe('retrying a failed run through the API', () => {
     expect(carried.returnvalue.steps.map((s: { sequence_num: number; replayed: boolean }) => [s.sequence_num, s.replayed])).toEqual([[1, true], [2, false], [3, false], [4, false]]);
   });
 
+  it("a retry's history entry is stamped with the database's time, as the API writes every instant", { timeout: LONG }, async () => {
+    const ctl = control([2]);
+    host(ctl);
+    const id = await failedRun(2);
+    ctl.failing.clear();
+    const dbNow = async () => (await stack.db.admin(`select now() as now`)).rows[0].now as Date;
+    const before = await dbNow();
+    // The API's clock ten minutes behind the database's (this process's Date only; its timers run as ever).
+    vi.useFakeTimers({ toFake: ['Date'], now: Date.now() - 10 * 60_000 });
+    let res: Awaited<ReturnType<typeof retry>>;
+    try {
+      res = await retry(id);
+    } finally {
+      vi.useRealTimers();
+    }
+    expect(res.status, res.text).toBe(200);
+    const after = await dbNow();
+    const stamped = (await runRow(id)).retry_history![0].retried_at as string;
+    expect(stamped).toMatch(/^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$/);
+    expect(res.json.retries[0].retried_at).toBe(stamped);
+    // Milliseconds, down: the stamp may be up to 1 ms before the transaction's exact now().
+    expect(new Date(stamped).getTime()).toBeGreaterThanOrEqual(Math.floor(before.getTime()));
+    expect(new Date(stamped).getTime()).toBeLessThanOrEqual(after.getTime());
+    expect((await waitStatus(id, ['completed', 'failed'])).status).toBe('completed');
+  });
+
   /** A class B policy whose SLA is `slaB` seconds. */
   const slaPolicy = (slaB: number) => ({ class_a_max_cost: 50000, class_a_max_payback_months: 6, class_c_min_cost: 250000, class_c_min_payback_months: 24, sla_b_seconds: slaB, sla_c_seconds: 60 });
 

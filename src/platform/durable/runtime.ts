@@ -15,7 +15,7 @@ import { firstIncompleteStep, notRetryableBecause } from './retryable.ts';
 import { STEP_BACKOFF, jobAttempts, retryOf, segmentStart, type StepDef, type WorkflowDef } from './workflow.ts';
 import { WorkflowRegistry, versionLabel } from './registry.ts';
 import { RunNotActiveError, RunNotFailedError, RunNotRetryableError, WorkflowVersionRetiredError, WorkflowVersionUnavailableError } from './errors.ts';
-import { EMITTED_EVENTS, EVENT_AT, OUTBOX_IDS, RUN_ENDED_COLUMNS, RUN_ENDED_EVENTS, ISO_STATEMENT_TIME, outboxCte, STATEMENT_TIME, type OutboxEvent } from '../webhooks/outbox.ts';
+import { EMITTED_EVENTS, EVENT_AT, ISO_NOW, OUTBOX_IDS, RUN_ENDED_COLUMNS, RUN_ENDED_EVENTS, ISO_STATEMENT_TIME, outboxCte, STATEMENT_TIME, type OutboxEvent } from '../webhooks/outbox.ts';
 
 const tracer = trace.getTracer('dealix-durable', INSTRUMENTATION_VERSION);
 
@@ -731,10 +731,11 @@ export class DurableRuntime {
     const refused = notRetryableBecause(checkpoints, wf.steps.length);
     if (refused) throw new RunNotRetryableError(run.id, refused);
     const failedStep = checkpoints.filter((c) => c.status === 'failed');
-    const entry: RunRetry = {
+    // `retried_at` is the database's: set by the update below to its now() (the run's updated_at), as
+    // every other instant of a run; this process's clock may be off from it.
+    const entry: Omit<RunRetry, 'retried_at'> = {
       retry: run.retry_count + 1,
       retried_by: args.retriedBy,
-      retried_at: new Date().toISOString(),
       error: run.error,
       failed_at: run.completed_at ? new Date(run.completed_at).toISOString() : null,
       attempts: failedStep.length ? Math.max(...failedStep.map((c) => c.attempt)) : null,
@@ -747,7 +748,7 @@ export class DurableRuntime {
       `with dropped as (delete from durable_checkpoints where tenant_id = ? and run_id = ? and status <> 'completed')
        update durable_runs set status = ?, sequence_num = ?, error = null, completed_at = null, updated_at = now(), lease_owner = null, lease_expires_at = null,
               crash_seq = null, crash_count = 0, retry_count = ?,
-              retry_history = jsonb_path_query_array(coalesce(retry_history, '[]'::jsonb) || jsonb_build_array(?::jsonb), '$[last - ${RUN_RETRY_HISTORY_MAX - 1} to last]')
+              retry_history = jsonb_path_query_array(coalesce(retry_history, '[]'::jsonb) || jsonb_build_array(?::jsonb || jsonb_build_object('retried_at', ${ISO_NOW})), '$[last - ${RUN_RETRY_HISTORY_MAX - 1} to last]')
         where tenant_id = ? and id = ? and status || '' = 'failed' and retry_count = ?
        returning ${RUN_COLUMNS}`,
       [run.tenant_id, run.id, completed.size === 0 ? 'pending' : 'running', next - 1, entry.retry, JSON.stringify(entry), run.tenant_id, run.id, run.retry_count],
