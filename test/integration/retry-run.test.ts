@@ -799,6 +799,77 @@ describe('retrying a failed run through the API', () => {
     expect((await waitStatus(id, ['completed', 'failed'])).status).toBe('completed');
   });
 
+  it("a job of the failed generation released inside its step after the run was retried: it commits nothing and ends superseded; the retry's job completes the run, one checkpoint per step", { timeout: LONG }, async () => {
+    // The first job (generation 0) reads the run and enters step 2, where it is held: as a worker whose
+    // event loop blocked past its lock while its re-delivery failed the run, and a client retried it.
+    const ctl = control();
+    const held = barrier();
+    ctl.hold = { seq: 2, at: held };
+    host(ctl);
+    const id = await submit();
+    await held.inside;
+    ctl.hold = undefined;
+    // A re-delivery of the same generation fails step 2 for good: the run fails.
+    ctl.failing.add(2);
+    const row = (await stack.db.admin(`select id, tenant_id, workflow, workflow_version, idempotency_hash, correlation_id, traceparent, retry_count from durable_runs where id = $1`, [id])).rows[0];
+    await stack.container.runtime.enqueue(row, 2);
+    host(ctl);
+    expect(await waitStatus(id, ['failed'])).toMatchObject({ error: { code: 'test_permanent', sequence_num: 2 } });
+    ctl.failing.clear();
+    // Retried: the retry's job (generation 1) reaches step 2 and is held there, so the old job goes first.
+    const retriedHeld = barrier();
+    ctl.hold = { seq: 2, at: retriedHeld };
+    try {
+      expect((await retry(id)).status).toBe(200);
+      await retriedHeld.inside;
+      ctl.hold = undefined;
+      // The old job goes on: its step 2 succeeds now, and its checkpoint must find the run retried since.
+      held.release();
+      await waitFor(async () => ['completed', 'failed'].includes(await jobState(id, 1)), { what: 'the first job to end' });
+      const first = (await queue().getJob(await jobIdOf(id, 1)))!;
+      expect(first.returnvalue?.steps.map((s: { sequence_num: number }) => s.sequence_num)).toEqual([1]);
+      expect(await runRow(id)).toMatchObject({ status: 'running', retry_count: 1, error: null });
+      expect((await checkpointsOf(id)).map((c) => [c.sequence_num, c.status])).toEqual([[1, 'completed']]);
+      expect((await domainRows(id)).economics_models).toHaveLength(0);
+    } finally {
+      held.release();
+      retriedHeld.release();
+    }
+    expect((await waitStatus(id, ['completed', 'failed'])).status).toBe('completed');
+    expect((await checkpointsOf(id)).map((c) => [c.sequence_num, c.status])).toEqual([[1, 'completed'], [2, 'completed'], [3, 'completed'], [4, 'completed']]);
+    const rows = await domainRows(id);
+    for (const table of Object.keys(rows)) expect(rows[table], table).toHaveLength(1);
+    await waitFor(async () => (await jobState(id, 1, 1)) === 'completed', { what: "the retry's job to complete" });
+    const carried = (await queue().getJob(await jobIdOf(id, 1, 1)))!;
+    expect(carried.returnvalue.steps.map((s: { sequence_num: number; replayed: boolean }) => [s.sequence_num, s.replayed])).toEqual([[1, true], [2, false], [3, false], [4, false]]);
+  });
+
+  it("a retry's history entry is stamped with the database's time, as the API writes every instant", { timeout: LONG }, async () => {
+    const ctl = control([2]);
+    host(ctl);
+    const id = await failedRun(2);
+    ctl.failing.clear();
+    const dbNow = async () => (await stack.db.admin(`select now() as now`)).rows[0].now as Date;
+    const before = await dbNow();
+    // The API's clock ten minutes behind the database's (this process's Date only; its timers run as ever).
+    vi.useFakeTimers({ toFake: ['Date'], now: Date.now() - 10 * 60_000 });
+    let res: Awaited<ReturnType<typeof retry>>;
+    try {
+      res = await retry(id);
+    } finally {
+      vi.useRealTimers();
+    }
+    expect(res.status, res.text).toBe(200);
+    const after = await dbNow();
+    const stamped = (await runRow(id)).retry_history![0].retried_at as string;
+    expect(stamped).toMatch(/^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$/);
+    expect(res.json.retries[0].retried_at).toBe(stamped);
+    // Milliseconds, down: the stamp may be up to 1 ms before the transaction's exact now().
+    expect(new Date(stamped).getTime()).toBeGreaterThanOrEqual(Math.floor(before.getTime()));
+    expect(new Date(stamped).getTime()).toBeLessThanOrEqual(after.getTime());
+    expect((await waitStatus(id, ['completed', 'failed'])).status).toBe('completed');
+  });
+
   /** A class B policy whose SLA is `slaB` seconds. */
   const slaPolicy = (slaB: number) => ({ class_a_max_cost: 50000, class_a_max_payback_months: 6, class_c_min_cost: 250000, class_c_min_payback_months: 24, sla_b_seconds: slaB, sla_c_seconds: 60 });
 

@@ -3,7 +3,7 @@ import { DelayedError, UnrecoverableError, WaitingError, type Job } from 'bullmq
 import { context as otelContext, SpanStatusCode, trace, type Span } from '@opentelemetry/api';
 import type { Logger } from 'pino';
 import { ZodError } from 'zod';
-import { AppError, PermanentError, coerceError, isBackendUnavailable, isConnectivityError } from '../errors/app-error.ts';
+import { AppError, PermanentError, coerceError, isBackendUnavailable, isConnectivityError, isDatabaseTimeout } from '../errors/app-error.ts';
 import { systemEm, tenantEm } from '../db/tenant-em.ts';
 import { LAST_IN_TRANSACTION, Prelude, holdingInserts, withPrelude } from '../db/coalescing-client.ts';
 import { bindParameters } from '../db/binding-driver.ts';
@@ -61,8 +61,9 @@ export interface ExecutorOptions {
   /**
    * A step attempt failed: `retrying` (BullMQ retries it with backoff), `failed` (for good: the run
    * failed), `infrastructure` (its last attempt failed on the platform's unreachable database or Redis,
-   * not on a call out of the step's own, or its failure could not be recorded for the database was
-   * unreachable: the run stays incomplete for the sweeper).
+   * not on a call out of the step's own, or on a statement or lock timeout reading the run before any
+   * step ran, or its failure could not be recorded for the database was unreachable: the run stays as
+   * it is, an incomplete one for the sweeper).
    */
   onStepFailed?(info: { workflow: string; step: string; outcome: 'retrying' | 'failed' | 'infrastructure' }): void;
   /** A job put off because this process does not register its run's workflow version (ADR 0008). */
@@ -720,11 +721,17 @@ export class StepExecutor {
     // the step's, by who raised the error. A step's own call out that cannot connect (a partner's API,
     // a dead host) is the step's failure like any other: left to the sweeper, its run would loop for ever.
     const unreachable = isConnectivityError(e) && (!thrownByStep.has(e as object) || isBackendUnavailable(e));
-    if (!permanent && lastAttempt && unreachable) {
-      // Not the step's fault (the database was unreachable): the run stays incomplete in Postgres and
-      // the sweeper re-enqueues it once the job has failed here.
+    // No step ran (the job could not read the run): a statement or lock timeout there (57014, 55P03) is the
+    // database busy — a lock held past DATABASE_STATEMENT_TIMEOUT — not the run's fault. Failing the run
+    // for it would end a run that a leftover job (a replayed submission's ensureEnqueued, a retry from
+    // Bull Board) merely read, a waiting one's approval request withdrawn with it: the run stays as it is.
+    const unreadable = !stepRan && isDatabaseTimeout(e);
+    if (!permanent && lastAttempt && (unreachable || unreadable)) {
+      // Not the step's fault (the database was unreachable, or too busy to read the run): the run stays
+      // as it is in Postgres, and the sweeper re-enqueues an incomplete one once the job has failed here.
       failed('infrastructure');
-      log.error({ err, attempt }, 'step kept failing on infrastructure; the run stays incomplete for the sweeper');
+      if (unreachable) log.error({ err, attempt }, 'step kept failing on infrastructure; the run stays incomplete for the sweeper');
+      else log.error({ err, attempt }, 'the run could not be read: the database kept timing out; the run stays as it is (an active one for the sweeper)');
       throw new UnrecoverableError(reason);
     }
     if (permanent || lastAttempt) {

@@ -15,7 +15,7 @@ import { firstIncompleteStep, notRetryableBecause } from './retryable.ts';
 import { STEP_BACKOFF, jobAttempts, retryOf, segmentStart, type StepDef, type WorkflowDef } from './workflow.ts';
 import { WorkflowRegistry, versionLabel } from './registry.ts';
 import { RunNotActiveError, RunNotFailedError, RunNotRetryableError, WorkflowVersionRetiredError, WorkflowVersionUnavailableError } from './errors.ts';
-import { EMITTED_EVENTS, EVENT_AT, OUTBOX_IDS, RUN_ENDED_COLUMNS, RUN_ENDED_EVENTS, ISO_STATEMENT_TIME, outboxCte, STATEMENT_TIME, type OutboxEvent } from '../webhooks/outbox.ts';
+import { EMITTED_EVENTS, EVENT_AT, ISO_NOW, OUTBOX_IDS, RUN_ENDED_COLUMNS, RUN_ENDED_EVENTS, ISO_STATEMENT_TIME, outboxCte, STATEMENT_TIME, type OutboxEvent } from '../webhooks/outbox.ts';
 
 const tracer = trace.getTracer('dealix-durable', INSTRUMENTATION_VERSION);
 
@@ -447,7 +447,12 @@ export class DurableRuntime {
   async checkpoint(
     em: EntityManager,
     args: {
-      run: Pick<RunRow, 'id' | 'tenant_id'>;
+      /**
+       * The run as the job read it: `retry_count` is the job's generation (ADR 0009). The checkpoint
+       * writes only while the run is still of it: a job of an earlier generation still inside a step
+       * when the run was failed and retried commits nothing (DX001), and ends superseded (executor.ts).
+       */
+      run: Pick<RunRow, 'id' | 'tenant_id' | 'retry_count'>;
       sequenceNum: number;
       stepName: string;
       status: CheckpointStatus;
@@ -493,25 +498,28 @@ export class DurableRuntime {
     const terminal = !(ACTIVE_RUN_STATUSES as readonly string[]).includes(args.runStatus);
     if (args.expect) return this.checkpointExpecting(em, args, args.expect, completed, terminal);
     const outbox = outboxOf(terminal, args);
-    // Both statements write only while the run is active, in the statement the step sends anyway (no
-    // round trip more): a run cancelled (or otherwise ended) since the job read it makes durable_expect
-    // raise DX001, the step's transaction commits nothing, and the job reads the run and ends (executor.ts).
+    // Both statements write only while the run is active and of the job's generation, in the statement
+    // the step sends anyway (no round trip more): a run cancelled (or otherwise ended) since the job read
+    // it, or failed and retried since (ADR 0009: its retry's job carries it, from the checkpoints as they
+    // were), makes durable_expect raise DX001, the step's transaction commits nothing, and the job reads
+    // the run and ends (executor.ts: `superseded` for a retried one).
     // `status || ''` as in checkpointExpecting: the row is found by its key, never through the partial
     // index of active runs. `for key share` (the lock the checkpoint's foreign key takes anyway) waits
     // for a cancel still in progress (it holds the row `for update`) and then re-reads the status, so
     // a step never commits after a cancel that committed first.
-    const notActive = `run ${args.run.id}: no longer active (cancelled or ended); the step's transaction commits nothing`;
+    const notActive = `run ${args.run.id}: no longer active (cancelled or ended) or retried since the job read it; the step's transaction commits nothing`;
+    const generation = args.run.retry_count;
     if (args.moveRun === false && !outbox) {
       await em.execute(
         `${args.beforeCommit ? DEFER_UNTIL_NEXT : ''}with cp as (
            insert into durable_checkpoints (id, tenant_id, run_id, sequence_num, step_name, status, output, error, attempt, created_at, updated_at, completed_at)
            select ?, ?, ?, ?, ?, ?, ?::jsonb, ?::jsonb, ?, now(), now(), ${completed ? 'now()' : 'null'}
-            where exists (select 1 from durable_runs where id = ? and (status || '') in ('pending', 'running', 'waiting') for key share)
+            where exists (select 1 from durable_runs where id = ? and ${ACTIVE_OF_GENERATION} for key share)
            returning run_id)
          select durable_expect((select count(*) from cp) = 1, ?) as expected`,
         [randomUUID(), args.run.tenant_id, args.run.id, args.sequenceNum, args.stepName, args.status,
           outputParam(args), args.error === undefined ? null : JSON.stringify(args.error), args.attempt,
-          args.run.id, notActive],
+          args.run.id, generation, notActive],
         'run',
       );
       return { deliveries: [] };
@@ -522,9 +530,9 @@ export class DurableRuntime {
       ...(terminal ? [JSON.stringify(args.runOutput ?? null)] : [])];
     if (!outbox) {
       await em.execute(
-        `${args.beforeCommit ? DEFER_UNTIL_NEXT : ''}${checkpointAndRunCtes(completed, terminal, `(status || '') in ('pending', 'running', 'waiting')`, 'id')}
+        `${args.beforeCommit ? DEFER_UNTIL_NEXT : ''}${checkpointAndRunCtes(completed, terminal, ACTIVE_OF_GENERATION, 'id')}
          select durable_expect((select count(*) from r) = 1, ?) as expected`,
-        [...params, notActive],
+        [...params, generation, notActive],
         'run',
       );
       return { deliveries: [] };
@@ -533,10 +541,10 @@ export class DurableRuntime {
     // back their ids: sent with the commit as the transaction's last statement (LAST_IN_TRANSACTION)
     // instead of held for it (DEFER_UNTIL_NEXT) — the same one round trip (ADR 0013).
     const rows = await em.execute<{ webhook_deliveries: string[] }[]>(
-      `${args.beforeCommit ? LAST_IN_TRANSACTION : ''}${checkpointAndRunCtes(completed, terminal, `(status || '') in ('pending', 'running', 'waiting')`, RUN_ENDED_COLUMNS)},
+      `${args.beforeCommit ? LAST_IN_TRANSACTION : ''}${checkpointAndRunCtes(completed, terminal, ACTIVE_OF_GENERATION, RUN_ENDED_COLUMNS)},
        ${outboxCte(outbox.sql, { at: EVENT_AT })}
        select durable_expect((select count(*) from r) = 1, ?) as expected, ${OUTBOX_IDS}`,
-      [...params, ...outbox.params, notActive],
+      [...params, generation, ...outbox.params, notActive],
     );
     return { deliveries: rows[0]?.webhook_deliveries ?? [] };
   }
@@ -559,7 +567,7 @@ export class DurableRuntime {
         completed,
         terminal,
         `status || '' = 'pending' and workflow = ? and workflow_version = ? and input = ?::jsonb
-           and principal = ? and idempotency_hash = ? and correlation_id = ? and created_at = ?::timestamptz`,
+           and principal = ? and idempotency_hash = ? and correlation_id = ? and created_at = ?::timestamptz and retry_count = ?`,
         outbox ? RUN_ENDED_COLUMNS : 'id, tenant_id',
       )}${outbox ? `,
        ${outboxCte(outbox.sql, { at: EVENT_AT })}` : ''}
@@ -570,7 +578,7 @@ export class DurableRuntime {
         args.sequenceNum, args.runStatus, args.leaseOwner ?? null, args.leaseMs ?? 0,
         ...(terminal ? [JSON.stringify(args.runOutput ?? null)] : []),
         expect.run.workflow, expect.run.workflow_version, JSON.stringify(expect.run.input), expect.run.principal, expect.run.idempotency_hash, expect.run.correlation_id,
-        new Date(expect.run.created_at).toISOString(), ...(outbox?.params ?? []), `run ${args.run.id}: not pending, not the job's tenant's, or not as its job carried it`],
+        new Date(expect.run.created_at).toISOString(), args.run.retry_count, ...(outbox?.params ?? []), `run ${args.run.id}: not pending, not the job's tenant's, or not as its job carried it`],
     );
     const row = rows[0] ?? {};
     return {
@@ -723,10 +731,11 @@ export class DurableRuntime {
     const refused = notRetryableBecause(checkpoints, wf.steps.length);
     if (refused) throw new RunNotRetryableError(run.id, refused);
     const failedStep = checkpoints.filter((c) => c.status === 'failed');
-    const entry: RunRetry = {
+    // `retried_at` is the database's: set by the update below to its now() (the run's updated_at), as
+    // every other instant of a run; this process's clock may be off from it.
+    const entry: Omit<RunRetry, 'retried_at'> = {
       retry: run.retry_count + 1,
       retried_by: args.retriedBy,
-      retried_at: new Date().toISOString(),
       error: run.error,
       failed_at: run.completed_at ? new Date(run.completed_at).toISOString() : null,
       attempts: failedStep.length ? Math.max(...failedStep.map((c) => c.attempt)) : null,
@@ -739,7 +748,7 @@ export class DurableRuntime {
       `with dropped as (delete from durable_checkpoints where tenant_id = ? and run_id = ? and status <> 'completed')
        update durable_runs set status = ?, sequence_num = ?, error = null, completed_at = null, updated_at = now(), lease_owner = null, lease_expires_at = null,
               crash_seq = null, crash_count = 0, retry_count = ?,
-              retry_history = jsonb_path_query_array(coalesce(retry_history, '[]'::jsonb) || jsonb_build_array(?::jsonb), '$[last - ${RUN_RETRY_HISTORY_MAX - 1} to last]')
+              retry_history = jsonb_path_query_array(coalesce(retry_history, '[]'::jsonb) || jsonb_build_array(?::jsonb || jsonb_build_object('retried_at', ${ISO_NOW})), '$[last - ${RUN_RETRY_HISTORY_MAX - 1} to last]')
         where tenant_id = ? and id = ? and status || '' = 'failed' and retry_count = ?
        returning ${RUN_COLUMNS}`,
       [run.tenant_id, run.id, completed.size === 0 ? 'pending' : 'running', next - 1, entry.retry, JSON.stringify(entry), run.tenant_id, run.id, run.retry_count],
@@ -786,6 +795,13 @@ function outputParam(args: { output?: unknown; outputJson?: string | null }): st
   if (args.outputJson !== undefined) return args.outputJson;
   return args.output === undefined ? null : JSON.stringify(args.output);
 }
+
+/**
+ * A checkpoint's guard on the run row (one parameter: the job's generation): still active, and not
+ * retried since the job read it (ADR 0009). `status || ''` keeps the row found by its key, never
+ * through the partial index of active runs (ADR 0004).
+ */
+const ACTIVE_OF_GENERATION = `(status || '') in ('pending', 'running', 'waiting') and retry_count = ?`;
 
 function checkpointAndRunCtes(completed: boolean, terminal: boolean, guard: string, returning: string): string {
   return `with cp as (
