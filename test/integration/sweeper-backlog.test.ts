@@ -14,10 +14,13 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { randomUUID } from 'node:crypto';
+import { pino } from 'pino';
 import type { Queue } from 'bullmq';
 import type { Redis } from 'ioredis';
 import { startStack, newTenant, type TestStack } from '../helpers/stack.ts';
 import { waitFor, within } from '../helpers/poll.ts';
+import { capturedLog } from '../helpers/log-capture.ts';
+import { failingOnce } from '../helpers/recovery.ts';
 import { slowWorkflow, SLOW_QUEUE, SLOW_TAG } from '../helpers/slow-workflow.ts';
 import { createSlowRun, SLOW_STEPS, stackSweeper } from '../helpers/recovery.ts';
 import { stepJobId } from '../../src/platform/queue/job-ids.ts';
@@ -176,6 +179,39 @@ describe('a sweep over running runs behind a deep backlog', () => {
     expect(after.sent.map((s) => s.name)).toEqual(before.sent.map((s) => s.name));
     expect(lposScripts(after.sent)).toEqual([]);
     await endRuns([...alive, staleGeneration, jobless]);
+  });
+
+  it("a listing of the queue's live jobs that fails once stops the pass at that page: no run taken for jobless, none looked up one by one, and the next sweep goes on from that page", { timeout: LONG }, async () => {
+    const tenant = newTenant();
+    const alive = [await runningRun(tenant, { jobFrom: 1 }), await runningRun(tenant, { jobFrom: 4 }), await runningRun(tenant, { jobFrom: 2, delayed: true })];
+    const jobless = await runningRun(tenant);
+    const markerKey = `${stack.prefix}:listing-marker`;
+    await stack.redis.set(markerKey, 'kept');
+    const log = capturedLog();
+    // A page a run: a rejection kept for the whole sweep would have sent every page's runs down the per-run path.
+    const sweeper = stackSweeper(stack, 'listing-sweeper-lock', { markerKey, batch: 1, logger: pino({ level: 'warn' }, log.destination) });
+    // Redis answers the listing with an error once (a timeout, BUSY): an injected failure on the real queue.
+    const listing = failingOnce(queue, 'getRanges', () => new Error('Command timed out'));
+    try {
+      const first = await sentBy(() => sweeper.sweep());
+      expect(listing.calls()).toBe(1);
+      // Nothing decided from a look that failed: no run re-enqueued, and no run's jobs asked for one by one
+      // (with the rejection reused, each run went to reenqueue: a tenant transaction and a look-up each).
+      expect(first.sent.filter((s) => s.args.some((a) => [...alive, jobless].some((r) => a.includes(prefixOf(r))))).map((s) => s.name)).toEqual([]);
+      expect(first.result.reenqueued).toBe(0);
+      expect(first.result.stopped).toEqual(['active']);
+      expect(log.lines.filter((l) => /could not tell which runs have a live job/.test(l.msg))).toHaveLength(1);
+
+      // The next sweep lists again, from the page where the last stopped: the jobless run is re-enqueued, the live ones left alone.
+      const second = await sentBy(() => sweeper.sweep());
+      expect(second.result.reenqueued).toBe(1);
+      expect(second.result.stopped).toEqual([]);
+      expect(await jobState(jobless, 4)).toBe('waiting');
+      expect(second.sent.filter((s) => s.args.some((a) => alive.some((r) => a.includes(prefixOf(r)))))).toEqual([]);
+    } finally {
+      listing.restore();
+    }
+    await endRuns([...alive, jobless]);
   });
 
   /** A sweep held in its middle (eachSweep) until the test releases it. */
