@@ -90,11 +90,11 @@ describe('a sweep bounded by maxPerSweep', () => {
       const first = await sweeper.sweep();
       // Before, every waiting run (a page each) reused the rejection: a tenant transaction and a timer re-created each, and a warning each.
       expect(first.repairedWaiting).toBe(0);
-      expect(first.stopped).toEqual(['waiting']);
+      expect(first.undecided.waiting).toBe(timerOf.size);
       expect(log.lines.filter((l) => l.msg === 'sweeper repaired a waiting run whose timer was gone')).toEqual([]);
       const second = await sweeper.sweep();
       expect(listing.calls()).toBeGreaterThan(1);
-      expect(second).toMatchObject({ repairedWaiting: 0, stopped: [] });
+      expect(second).toMatchObject({ repairedWaiting: 0, undecided: { waiting: 0 } });
     } finally {
       listing.restore();
     }

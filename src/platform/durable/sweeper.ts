@@ -60,11 +60,11 @@ export interface SweepReport {
   /** This sweep noticed that Redis lost its data (its marker gone) and started the repair of waiting runs. */
   redisLost: boolean;
   /**
-   * The passes (`waiting`, `active`) that stopped at a page because a look in Redis for its runs' jobs
-   * failed (a listing that timed out, BUSY): none of that page's runs was taken for one whose job is
-   * gone, and the next sweep goes on from that page.
+   * Runs of each pass (`waiting`, `active`) left undecided because a look in Redis for their jobs
+   * failed (a listing that timed out, BUSY): none was taken for one whose job is gone; the pass went on
+   * with the runs of the other queues, and these are looked at again when the passes come back to them.
    */
-  stopped: Array<'waiting' | 'active'>;
+  undecided: { waiting: number; active: number };
   /**
    * Incomplete runs of a workflow version this process does not register, by `name@vN`: left alone
    * for the sweepers of workers that do (each set of registered versions sweeps under its own lock, ADR 0008).
@@ -186,7 +186,7 @@ export class Sweeper {
   }
 
   async sweep(): Promise<SweepReport> {
-    const report: SweepReport = { examined: 0, reenqueued: 0, repairedWaiting: 0, redisLost: false, stopped: [], unregistered: {} };
+    const report: SweepReport = { examined: 0, reenqueued: 0, repairedWaiting: 0, redisLost: false, undecided: { waiting: 0, active: 0 }, unregistered: {} };
     // A run of a version this process does not register is another worker's: never failed, never enqueued here.
     const registered = (ref: IncompleteRun) => {
       if (this.o.runtime.workflows.get(ref.workflow, ref.workflow_version)) return true;
@@ -221,23 +221,31 @@ export class Sweeper {
       throw e;
     }
     await this.o.eachSweep?.().catch((err: unknown) => this.o.logger.warn({ err }, 'sweep: repair of what Redis copies from PostgreSQL failed; the next sweep tries again'));
+    // The listing of each queue's live jobs, shared by both passes; one that failed stays for the rest of its pass (not listed again for every page).
     const snapshots = new Map<string, Promise<Set<string> | undefined>>();
+    const failures: { pass: 'waiting' | 'active'; err: unknown }[] = [];
     // A waiting run's timer can also be gone while Redis kept its data: removed, failed for good
     // (its attempts spent while the database was down), or ended early. Without it the run would wait
     // forever: past its deadline nobody may decide it, and nothing would expire it.
     await this.resumable('waiting', ['waiting'], async (page) => {
       // Its timer lives in the timers queue; one an older release added to the workflow's own queue
       // (a rolling deploy, ADR 0015) is alive there and fires there, so it is not duplicated.
-      const { alive, failed } = await this.withLiveJob(page, snapshots, (wf, ref) => (wf.waitingJobId ? [wf.waitingJobId(ref.idempotency_hash)] : []), (wf) => [TIMER_QUEUE, wf.queue]);
-      if (failed) return this.stopPass(report, 'waiting', failed.err);
+      const { alive, undecided } = await this.withLiveJob(page, snapshots, (wf, ref) => (wf.waitingJobId ? [wf.waitingJobId(ref.idempotency_hash)] : []), (wf) => [TIMER_QUEUE, wf.queue]);
+      if (undecided.err !== undefined) failures.push({ pass: 'waiting', err: undecided.err });
       for (const ref of page) {
         if (!registered(ref) || alive.has(ref.id)) continue;
+        if (undecided.ids.has(ref.id)) {
+          report.undecided.waiting++;
+          continue;
+        }
         if (await this.guarded(ref, () => this.repairWaiting(ref))) {
           report.repairedWaiting++;
           this.o.logger.warn({ run_id: ref.id, tenant_id: ref.tenant_id }, 'sweeper repaired a waiting run whose timer was gone');
         }
       }
     });
+    // A listing that failed in the waiting pass is tried again in the active pass.
+    for (const [name, listing] of [...snapshots]) if (await listing.then(() => false, () => true)) snapshots.delete(name);
     await this.resumable('active', ['pending', 'running'], async (page) => {
       // Alive while a run job of its current generation lives, from any step: the one carrying it may
       // have started well before its next step (a job goes on through steps that did not wait, a sweep
@@ -245,14 +253,24 @@ export class Sweeper {
       // the step after the run's last completed one, or earlier). A job of an earlier generation (the
       // run retried since it was added) ends without a step when it reads the run (executor:
       // superseded): it does not count, and such a run goes to reenqueue, which adds its generation's.
-      const { alive, failed } = await this.withLiveJob(page, snapshots, (wf, ref) => runJobIds(wf, ref), (wf) => [wf.queue]);
-      if (failed) return this.stopPass(report, 'active', failed.err);
+      const { alive, undecided } = await this.withLiveJob(page, snapshots, (wf, ref) => runJobIds(wf, ref), (wf) => [wf.queue]);
+      if (undecided.err !== undefined) failures.push({ pass: 'active', err: undecided.err });
       for (const ref of page) {
         report.examined++;
         if (!registered(ref) || alive.has(ref.id)) continue;
+        if (undecided.ids.has(ref.id)) {
+          report.undecided.active++;
+          continue;
+        }
         if (await this.guarded(ref, () => this.reenqueue(ref))) report.reenqueued++;
       }
     });
+    if (failures.length > 0) {
+      this.o.logger.warn(
+        { err: failures[0]!.err, undecided: report.undecided },
+        'sweep could not tell which runs have a live job (a look in Redis failed): those runs were left undecided, the rest swept; the passes look at them again when they come back to them',
+      );
+    }
     if (Object.keys(report.unregistered).length > 0) {
       this.o.logger.warn({ unregistered: report.unregistered, registered: this.o.runtime.workflows.labels() }, 'incomplete runs of workflow versions this worker does not register: left to workers that do');
     }
@@ -283,17 +301,6 @@ export class Sweeper {
     return next ? 'more' : 'done';
   }
 
-  /**
-   * A look in Redis for a page's runs' jobs failed: nothing is decided about them (taken for runs
-   * whose job is gone, each would cost a tenant transaction and Redis commands of its own, exactly
-   * while Redis struggles), and the pass stops there, its next going on from that page.
-   */
-  private stopPass(report: SweepReport, pass: 'waiting' | 'active', err: unknown): false {
-    report.stopped.push(pass);
-    this.o.logger.warn({ err, pass }, 'sweep could not tell which runs have a live job (a look in Redis failed): this pass stops here, and the next sweep goes on from this page');
-    return false;
-  }
-
   /** One run's repair; its failure is logged and the sweep goes on with the next run. */
   private async guarded(ref: IncompleteRun, fn: () => Promise<boolean>): Promise<boolean> {
     try {
@@ -319,17 +326,21 @@ export class Sweeper {
    * `getJobState`, whose LPOS over the wait list costs the backlog for every id it does not hold.
    * A job missing from the snapshot (added since) only sends the run to `reenqueue`, which decides
    * from the run read under its tenant and the job's state then; a job that ended since the snapshot
-   * is the next sweep's. A look that failed (a listing or a look-up: a timeout, BUSY) leaves the page
-   * undecided (`failed`); a listing that failed is not kept, so a later pass lists the queue again.
+   * is the next sweep's. A look that failed (a listing or a look-up: a timeout, BUSY) leaves only the
+   * runs that needed it undecided (`undecided`; a run found alive in another queue is alive): nothing
+   * is decided from it (each run taken for jobless would cost a tenant transaction and Redis commands of
+   * its own, exactly while Redis struggles), and the other runs of the page, of other queues, are
+   * decided as usual, so one queue that cannot be listed never keeps the others' runs from their repair.
+   * The failed listing stays in `snapshots` for the rest of the pass: not listed again for every page.
    */
   private async withLiveJob(
     page: IncompleteRun[],
     snapshots: Map<string, Promise<Set<string> | undefined>>,
     jobIdsOf: (wf: WorkflowDef, ref: IncompleteRun) => string[],
     queuesOf: (wf: WorkflowDef) => string[],
-  ): Promise<{ alive: Set<string>; failed?: { err: unknown } }> {
+  ): Promise<{ alive: Set<string>; undecided: { ids: Set<string>; err?: unknown } }> {
     const alive = new Set<string>();
-    let failed: { err: unknown } | undefined;
+    const undecided: { ids: Set<string>; err?: unknown } = { ids: new Set() };
     await Promise.all(
       page.map(async (ref) => {
         const wf = this.o.runtime.workflows.get(ref.workflow, ref.workflow_version);
@@ -340,31 +351,34 @@ export class Sweeper {
           if (ref.status === 'waiting') alive.add(ref.id);
           return;
         }
-        try {
-          for (const queue of queues) {
+        let err: unknown;
+        for (const queue of queues) {
+          try {
             let snapshot = snapshots.get(queue.name);
             if (!snapshot) {
-              const listing = liveJobIds(queue, this.o.liveSnapshotMax ?? LIVE_SNAPSHOT_MAX);
-              snapshots.set(queue.name, (snapshot = listing));
-              void listing.catch(() => snapshots.get(queue.name) === listing && snapshots.delete(queue.name));
+              snapshots.set(queue.name, (snapshot = liveJobIds(queue, this.o.liveSnapshotMax ?? LIVE_SNAPSHOT_MAX)));
+              snapshot.catch(() => {}); // read below; no unhandled rejection while no run awaits it
             }
             const ids = await snapshot;
             if (ids ? jobIds.some((id) => ids.has(id)) : (await jobPresence(this.o.redis, queue, jobIds)).includes('exists')) return void alive.add(ref.id);
+          } catch (e) {
+            err ??= e; // undecided unless another of its queues holds its job
           }
-        } catch (e) {
-          failed ??= { err: e };
+        }
+        if (err !== undefined) {
+          undecided.ids.add(ref.id);
+          undecided.err ??= err;
         }
       }),
     );
-    return failed ? { alive, failed } : { alive };
+    return { alive, undecided };
   }
 
   /**
-   * A pass of `kind` over incomplete runs: one that stops at `maxPerSweep` (or at a page it could not
-   * decide) is gone on with by the next one from where it stopped; one that reaches the newest run
-   * has the next start from the oldest.
+   * A pass of `kind` over incomplete runs: one that stops at `maxPerSweep` is gone on with by the next
+   * one from where it stopped; one that reaches the newest run has the next start from the oldest.
    */
-  private async resumable(kind: 'waiting' | 'active', statuses: RunStatus[], fn: (page: IncompleteRun[]) => Promise<boolean | void>): Promise<void> {
+  private async resumable(kind: 'waiting' | 'active', statuses: RunStatus[], fn: (page: IncompleteRun[]) => Promise<void>): Promise<void> {
     const from = this.resumeAfter.get(kind);
     // Forgotten first: a pass that fails half way starts the next from the oldest again.
     this.resumeAfter.delete(kind);
@@ -375,17 +389,16 @@ export class Sweeper {
   /**
    * Pages through incomplete runs, oldest first, after `from`, with a keyset cursor so alive runs never
    * hide the ones behind them, for at most `maxPerSweep` runs. Returns where the next pass goes on: after
-   * the last run examined when it stopped at `maxPerSweep`, before the page for which `fn` returned
-   * false (that page is the next pass's), undefined once it reached the newest run (the next starts
-   * from the oldest).
+   * the last run examined when it stopped at `maxPerSweep`, undefined once it reached the newest run
+   * (the next starts from the oldest).
    */
-  private async eachIncomplete(statuses: RunStatus[], olderThanMs: number, from: Cursor | undefined, fn: (page: IncompleteRun[]) => Promise<boolean | void>): Promise<Cursor | undefined> {
+  private async eachIncomplete(statuses: RunStatus[], olderThanMs: number, from: Cursor | undefined, fn: (page: IncompleteRun[]) => Promise<void>): Promise<Cursor | undefined> {
     const batch = this.o.batch ?? 500;
     const max = this.o.maxPerSweep ?? 20_000;
     let after = from;
     for (let seen = 0; seen < max; ) {
       const page = await this.o.runtime.list_incomplete(systemEm(this.o.orm), { olderThanMs, limit: batch, statuses, ...(after ? { after } : {}) });
-      if ((await fn(page)) === false) return after;
+      await fn(page);
       seen += page.length;
       const last = page[page.length - 1];
       if (page.length < batch || !last) return undefined;
