@@ -116,6 +116,12 @@ describe('a sweep bounded by maxPerSweep', () => {
     const states = await Promise.all([...timerOf.values()].map((timer) => timers.getJobState(timer)));
     expect(states).toEqual([...timerOf.keys()].map(() => 'delayed'));
     expect(reports.slice(1).every((r) => !r.redisLost)).toBe(true);
+    // Its place in Redis is deleted once it has reached the newest waiting run (one sweep more at most), never left for every later sweep to go on with.
+    const repairKey = `${stack.prefix}:turns-sweeper-lock:loss-repair`;
+    if (await stack.redis.exists(repairKey)) await workers[sweeps % 2]!.sweep();
+    expect(await stack.redis.exists(repairKey)).toBe(0);
+    const after = await workers[0]!.sweep();
+    expect(after).toMatchObject({ redisLost: false, repairedWaiting: 0 });
   });
 
   it("a stretch of the repair after a loss does not write its progress over a repair started again meanwhile (an overlapping sweep that noticed a second loss)", { timeout: LONG }, async () => {
