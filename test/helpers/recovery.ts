@@ -168,3 +168,18 @@ export async function killLiveWorkers(stack: TestStack): Promise<void> {
 export function stackSweeper(stack: TestStack, lock: string, opts: Partial<SweeperOptions> = {}): Sweeper {
   return new Sweeper({ orm: stack.container.orm, runtime: stack.container.runtime, redis: stack.container.redis, logger: pino({ level: 'silent' }), lockKey: `${stack.prefix}:${lock}`, intervalMs: 1000, minAgeMs: 0, ...opts });
 }
+
+/**
+ * Makes `target[method]` fail its first `times` calls (default once), with `error()`, then call
+ * through (an injected Redis failure on a real object: a queue's listing that timed out, say).
+ * `calls()` counts every call; `restore()` puts the method back.
+ */
+export function failingOnce<T extends object, K extends keyof T & string>(target: T, method: K, error: () => Error, times = 1): { calls(): number; restore(): void } {
+  const original = target[method] as unknown as (...args: unknown[]) => Promise<unknown>;
+  const own = Object.hasOwn(target, method);
+  let calls = 0;
+  (target as Record<string, unknown>)[method] = function (this: unknown, ...args: unknown[]) {
+    return ++calls <= times ? Promise.reject(error()) : original.apply(this, args);
+  };
+  return { calls: () => calls, restore: () => void (own ? ((target as Record<string, unknown>)[method] = original) : delete (target as Record<string, unknown>)[method]) };
+}

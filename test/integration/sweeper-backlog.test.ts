@@ -13,11 +13,16 @@
  * queues'), never from INFO or MONITOR: other test files share this Redis.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { randomUUID } from 'node:crypto';
+import { createHash, randomUUID } from 'node:crypto';
+import { pino } from 'pino';
 import type { Queue } from 'bullmq';
 import type { Redis } from 'ioredis';
-import { startStack, newTenant, type TestStack } from '../helpers/stack.ts';
+import { startStack, newTenant, CLASS_A_SUBMISSION, type TestStack } from '../helpers/stack.ts';
+import { tenantEm } from '../../src/platform/db/tenant-em.ts';
+import { GOLDEN_PATH, GOLDEN_PATH_QUEUE } from '../../src/modules/golden-path/golden-path.workflow.ts';
 import { waitFor, within } from '../helpers/poll.ts';
+import { capturedLog } from '../helpers/log-capture.ts';
+import { failingOnce } from '../helpers/recovery.ts';
 import { slowWorkflow, SLOW_QUEUE, SLOW_TAG } from '../helpers/slow-workflow.ts';
 import { createSlowRun, SLOW_STEPS, stackSweeper } from '../helpers/recovery.ts';
 import { stepJobId } from '../../src/platform/queue/job-ids.ts';
@@ -176,6 +181,72 @@ describe('a sweep over running runs behind a deep backlog', () => {
     expect(after.sent.map((s) => s.name)).toEqual(before.sent.map((s) => s.name));
     expect(lposScripts(after.sent)).toEqual([]);
     await endRuns([...alive, staleGeneration, jobless]);
+  });
+
+  it("a listing of the queue's live jobs that fails once decides nothing about that queue's runs: no run taken for jobless, none looked up one by one, the queue not listed again in that pass, and the next sweep decides them", { timeout: LONG }, async () => {
+    const tenant = newTenant();
+    const alive = [await runningRun(tenant, { jobFrom: 1 }), await runningRun(tenant, { jobFrom: 4 }), await runningRun(tenant, { jobFrom: 2, delayed: true })];
+    const jobless = await runningRun(tenant);
+    const markerKey = `${stack.prefix}:listing-marker`;
+    await stack.redis.set(markerKey, 'kept');
+    const log = capturedLog();
+    // A page a run: a rejection taken for an empty queue would have sent every page's runs down the per-run path.
+    const sweeper = stackSweeper(stack, 'listing-sweeper-lock', { markerKey, batch: 1, logger: pino({ level: 'warn' }, log.destination) });
+    // Redis answers the listing with an error once (a timeout, BUSY): an injected failure on the real queue.
+    const listing = failingOnce(queue, 'getRanges', () => new Error('Command timed out'));
+    try {
+      const first = await sentBy(() => sweeper.sweep());
+      expect(listing.calls()).toBe(1);
+      // Nothing decided from a look that failed: no run re-enqueued, and no run's jobs asked for one by one
+      // (with the rejection reused, each run went to reenqueue: a tenant transaction and a look-up each).
+      expect(first.sent.filter((s) => s.args.some((a) => [...alive, jobless].some((r) => a.includes(prefixOf(r))))).map((s) => s.name)).toEqual([]);
+      expect(first.result.reenqueued).toBe(0);
+      expect(first.result.undecided).toEqual({ waiting: 0, active: [...alive, jobless].length });
+      expect(log.lines.filter((l) => /could not tell which runs have a live job/.test(l.msg))).toHaveLength(1);
+
+      // The next sweep lists again (the last reached the newest run: from the oldest): the jobless run is re-enqueued, the live ones left alone.
+      const second = await sentBy(() => sweeper.sweep());
+      expect(second.result.reenqueued).toBe(1);
+      expect(second.result.undecided).toEqual({ waiting: 0, active: 0 });
+      expect(await jobState(jobless, 4)).toBe('waiting');
+      expect(second.sent.filter((s) => s.args.some((a) => alive.some((r) => a.includes(prefixOf(r)))))).toEqual([]);
+    } finally {
+      listing.restore();
+    }
+    await endRuns([...alive, jobless]);
+  });
+
+  it("a listing that keeps failing on one queue leaves that queue's runs undecided, not the runs of other queues behind them: a jobless run of another workflow is re-enqueued", { timeout: LONG }, async () => {
+    const tenant = newTenant();
+    // The oldest incomplete run is on the queue whose listing fails; a jobless golden-path run comes after it.
+    const stuck = await runningRun(tenant);
+    await stack.db.admin(`update durable_runs set updated_at = now() - interval '2 hours' where id = $1`, [stuck.id]);
+    const runtime = stack.container.runtime;
+    const { run: other } = await tenantEm(stack.container.orm, tenant).transactional((tx) =>
+      runtime.start_run(tx, GOLDEN_PATH, { tenantId: tenant, principal: 'recovery-test', idempotencyHash: createHash('sha256').update(randomUUID()).digest('hex'), input: CLASS_A_SUBMISSION, correlationId: randomUUID() }),
+    );
+    await stack.db.admin(`update durable_runs set status = 'running', updated_at = now() - interval '1 hour' where id = $1`, [other.id]);
+    const gp = runtime.workflows.get(GOLDEN_PATH, other.workflow_version)!;
+    const otherJob = stepJobId(gp.tag, other.idempotency_hash, 1, gp.steps[0]!.name, 0);
+    const gpQueue = stack.container.queues.get(GOLDEN_PATH_QUEUE)!;
+    const markerKey = `${stack.prefix}:listing-marker`;
+    await stack.redis.set(markerKey, 'kept');
+    const sweeper = stackSweeper(stack, 'stuck-listing-sweeper-lock', { markerKey, batch: 1 });
+    // The slow queue's listing fails at every sweep (a queue whose listing always times out); every other queue answers.
+    const listing = failingOnce(queue, 'getRanges', () => new Error('Command timed out'), Number.POSITIVE_INFINITY);
+    try {
+      const reports = [];
+      for (let i = 0; i < 3; i++) reports.push(await sweeper.sweep());
+      expect(await gpQueue.getJobState(otherJob)).toBe('waiting');
+      expect(reports.reduce((n, r) => n + r.reenqueued, 0)).toBe(1);
+      // Nothing decided about the run whose queue could not be listed.
+      expect(await jobState(stuck, 4)).toBe('unknown');
+      expect(reports.every((r) => r.undecided.active >= 1)).toBe(true);
+    } finally {
+      listing.restore();
+      await gpQueue.remove(otherJob);
+    }
+    await endRuns([stuck, other]);
   });
 
   /** A sweep held in its middle (eachSweep) until the test releases it. */

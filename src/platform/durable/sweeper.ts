@@ -28,7 +28,9 @@ export interface SweeperOptions {
   /**
    * Upper bound of runs of each kind (waiting; pending or running) examined in one sweep; a sweep that
    * stops at it leaves the rest to the next, which goes on after the last run examined, and starts
-   * again from the oldest once it has reached the newest.
+   * again from the oldest once it has reached the newest. The repair of waiting runs after a loss has
+   * the same bound, its place kept in Redis (`<lockKey>:loss-repair`): the next sweep goes on with it
+   * whichever worker makes it.
    */
   maxPerSweep?: number;
   /** Above this many live jobs in a queue, a sweep looks its runs' jobs up one by one (O(1) each) instead of listing them (default LIVE_SNAPSHOT_MAX). */
@@ -39,7 +41,10 @@ export interface SweeperOptions {
    * from sweeping for as long as its process lives.
    */
   lockMaxMs?: number;
-  /** Called when Redis lost its data, after waiting runs were repaired (e.g. re-create Job Schedulers). */
+  /**
+   * Called when Redis lost its data, after the first stretch of the repair of waiting runs (at most
+   * `maxPerSweep` of them; later sweeps go on with the rest) (e.g. re-create Job Schedulers).
+   */
   afterRedisLoss?(): Promise<void>;
   /**
    * Called at every sweep, after the repair of a loss (e.g. make Redis's copy of what PostgreSQL holds
@@ -52,7 +57,14 @@ export interface SweepReport {
   examined: number;
   reenqueued: number;
   repairedWaiting: number;
+  /** This sweep noticed that Redis lost its data (its marker gone) and started the repair of waiting runs. */
   redisLost: boolean;
+  /**
+   * Runs of each pass (`waiting`, `active`) left undecided because a look in Redis for their jobs
+   * failed (a listing that timed out, BUSY): none was taken for one whose job is gone; the pass went on
+   * with the runs of the other queues, and these are looked at again when the passes come back to them.
+   */
+  undecided: { waiting: number; active: number };
   /**
    * Incomplete runs of a workflow version this process does not register, by `name@vN`: left alone
    * for the sweepers of workers that do (each set of registered versions sweeps under its own lock, ADR 0008).
@@ -62,12 +74,17 @@ export interface SweepReport {
 
 /** The states a live job may be in, as `getRanges` names their lists and sets (a paused queue's jobs wait in `paused`). */
 const LIVE_TYPES = ['wait', 'paused', 'active', 'delayed', 'prioritized', 'waiting-children'] as JobType[];
+/** Sets KEYS[1] to ARGV[2] (deletes it when ARGV[2] is empty) while it still holds ARGV[1]; 1 if it did. */
+const ADVANCE = `if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end if ARGV[2] == '' then redis.call('DEL', KEYS[1]) else redis.call('SET', KEYS[1], ARGV[2]) end return 1`;
 /** Raises the lock's time to ARGV[2] ms while it is still ARGV[1]'s (a sweep's token); 1 if it was. */
 const RENEW_LOCK = `if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 0`;
 /** Above this many live jobs in a queue (their ids take about 12 MB of the sweeping worker's heap), a sweep looks its runs up one by one instead of listing them. */
 export const LIVE_SNAPSHOT_MAX = 100_000;
 /** How long a sweep renews its lock at least (lockMaxMs): far beyond a sweep of maxPerSweep runs of each kind. */
 export const SWEEP_LOCK_MAX_MS = 10 * 60_000;
+
+/** Where a pass over incomplete runs goes on: after this run, in their order (`updated_at`, `id`). */
+type Cursor = { updatedAt: string; id: string };
 
 /** The ids of every job the queue holds alive, read in one script; undefined when there are more than `max`. */
 async function liveJobIds(queue: Queue, max: number): Promise<Set<string> | undefined> {
@@ -98,7 +115,7 @@ export class Sweeper {
    * sweep would look at the same oldest ones for ever and never find a newer one whose timer is gone.
    * In this process's memory: each worker that wins the lock goes on from where its own last sweep stopped.
    */
-  private readonly resumeAfter = new Map<string, { updatedAt: string; id: string }>();
+  private readonly resumeAfter = new Map<'waiting' | 'active', Cursor>();
   constructor(opts: SweeperOptions) {
     this.o = opts;
   }
@@ -169,7 +186,7 @@ export class Sweeper {
   }
 
   async sweep(): Promise<SweepReport> {
-    const report: SweepReport = { examined: 0, reenqueued: 0, repairedWaiting: 0, redisLost: false, unregistered: {} };
+    const report: SweepReport = { examined: 0, reenqueued: 0, repairedWaiting: 0, redisLost: false, undecided: { waiting: 0, active: 0 }, unregistered: {} };
     // A run of a version this process does not register is another worker's: never failed, never enqueued here.
     const registered = (ref: IncompleteRun) => {
       if (this.o.runtime.workflows.get(ref.workflow, ref.workflow_version)) return true;
@@ -178,60 +195,110 @@ export class Sweeper {
       return false;
     };
     const marker = this.o.markerKey ?? `${this.o.lockKey}:marker`;
-    if ((await this.o.redis.exists(marker)) === 0) {
+    // Where the repair of waiting runs after a loss goes on, while it has not reached the newest run:
+    // in Redis, so the next sweep goes on with it whichever worker makes it; per lock (per set of
+    // registered workflow versions, ADR 0008), as each repairs the runs of its own versions.
+    const repairKey = `${this.o.lockKey}:loss-repair`;
+    const lost = (await this.o.redis.exists(marker)) === 0;
+    if (lost) {
       // Waiting runs have no step job to lose, only timers (e.g. an SLA): repaired once per loss, not every sweep.
       report.redisLost = true;
       // The marker before the repair: a loss while it runs takes the marker again, so the next sweep
-      // repairs again; a repair that fails removes it for the same reason.
-      await this.o.redis.set(marker, new Date().toISOString());
-      try {
-        await this.eachIncomplete(['waiting'], 0, undefined, async (page) => {
-          for (const ref of page) {
-            if (await this.guarded(ref, () => this.repairWaiting(ref))) report.repairedWaiting++;
-          }
-        });
+      // repairs again; a repair that fails removes it for the same reason. In one transaction with the
+      // repair's start, from the oldest waiting run.
+      for (const [err] of (await this.o.redis.multi().set(marker, new Date().toISOString()).set(repairKey, JSON.stringify({ token: randomUUID() })).exec()) ?? []) if (err) throw err;
+    }
+    try {
+      const repair = await this.repairAfterLoss(repairKey, report);
+      if (lost) {
         await this.o.afterRedisLoss?.();
-      } catch (e) {
-        await this.o.redis.del(marker).catch(() => {});
-        throw e;
+        this.o.logger.warn({ repaired_waiting: report.repairedWaiting, repair_done: repair !== 'more' }, 'Redis had lost its data (or this is its first sweep): waiting runs repaired');
+      } else if (repair) {
+        this.o.logger.warn({ repaired_waiting: report.repairedWaiting, repair_done: repair === 'done' }, 'repair of waiting runs after Redis lost its data went on');
       }
-      this.o.logger.warn({ repaired_waiting: report.repairedWaiting }, 'Redis had lost its data (or this is its first sweep): waiting runs repaired');
+    } catch (e) {
+      if (lost) await this.o.redis.del(marker).catch(() => {});
+      throw e;
     }
     await this.o.eachSweep?.().catch((err: unknown) => this.o.logger.warn({ err }, 'sweep: repair of what Redis copies from PostgreSQL failed; the next sweep tries again'));
+    // The listing of each queue's live jobs, shared by both passes; one that failed stays for the rest of its pass (not listed again for every page).
     const snapshots = new Map<string, Promise<Set<string> | undefined>>();
+    const failures: { pass: 'waiting' | 'active'; err: unknown }[] = [];
     // A waiting run's timer can also be gone while Redis kept its data: removed, failed for good
     // (its attempts spent while the database was down), or ended early. Without it the run would wait
     // forever: past its deadline nobody may decide it, and nothing would expire it.
-    await this.eachIncomplete(['waiting'], this.o.minAgeMs, 'waiting', async (page) => {
+    await this.resumable('waiting', ['waiting'], async (page) => {
       // Its timer lives in the timers queue; one an older release added to the workflow's own queue
       // (a rolling deploy, ADR 0015) is alive there and fires there, so it is not duplicated.
-      const alive = await this.withLiveJob(page, snapshots, (wf, ref) => (wf.waitingJobId ? [wf.waitingJobId(ref.idempotency_hash)] : []), (wf) => [TIMER_QUEUE, wf.queue]);
+      const { alive, undecided } = await this.withLiveJob(page, snapshots, (wf, ref) => (wf.waitingJobId ? [wf.waitingJobId(ref.idempotency_hash)] : []), (wf) => [TIMER_QUEUE, wf.queue]);
+      if (undecided.err !== undefined) failures.push({ pass: 'waiting', err: undecided.err });
       for (const ref of page) {
         if (!registered(ref) || alive.has(ref.id)) continue;
+        if (undecided.ids.has(ref.id)) {
+          report.undecided.waiting++;
+          continue;
+        }
         if (await this.guarded(ref, () => this.repairWaiting(ref))) {
           report.repairedWaiting++;
           this.o.logger.warn({ run_id: ref.id, tenant_id: ref.tenant_id }, 'sweeper repaired a waiting run whose timer was gone');
         }
       }
     });
-    await this.eachIncomplete(['pending', 'running'], this.o.minAgeMs, 'active', async (page) => {
+    // A listing that failed in the waiting pass is tried again in the active pass.
+    for (const [name, listing] of [...snapshots]) if (await listing.then(() => false, () => true)) snapshots.delete(name);
+    await this.resumable('active', ['pending', 'running'], async (page) => {
       // Alive while a run job of its current generation lives, from any step: the one carrying it may
       // have started well before its next step (a job goes on through steps that did not wait, a sweep
       // or a decision started one at its step), and none of them can be ahead of it (a job starts at
       // the step after the run's last completed one, or earlier). A job of an earlier generation (the
       // run retried since it was added) ends without a step when it reads the run (executor:
       // superseded): it does not count, and such a run goes to reenqueue, which adds its generation's.
-      const alive = await this.withLiveJob(page, snapshots, (wf, ref) => runJobIds(wf, ref), (wf) => [wf.queue]);
+      const { alive, undecided } = await this.withLiveJob(page, snapshots, (wf, ref) => runJobIds(wf, ref), (wf) => [wf.queue]);
+      if (undecided.err !== undefined) failures.push({ pass: 'active', err: undecided.err });
       for (const ref of page) {
         report.examined++;
         if (!registered(ref) || alive.has(ref.id)) continue;
+        if (undecided.ids.has(ref.id)) {
+          report.undecided.active++;
+          continue;
+        }
         if (await this.guarded(ref, () => this.reenqueue(ref))) report.reenqueued++;
       }
     });
+    if (failures.length > 0) {
+      this.o.logger.warn(
+        { err: failures[0]!.err, undecided: report.undecided },
+        'sweep could not tell which runs have a live job (a look in Redis failed): those runs were left undecided, the rest swept; the passes look at them again when they come back to them',
+      );
+    }
     if (Object.keys(report.unregistered).length > 0) {
       this.o.logger.warn({ unregistered: report.unregistered, registered: this.o.runtime.workflows.labels() }, 'incomplete runs of workflow versions this worker does not register: left to workers that do');
     }
     return report;
+  }
+
+  /**
+   * One stretch (at most `maxPerSweep` runs) of the repair of every waiting run after a loss, from
+   * where the last stopped; its progress is written back only while Redis still holds the state this
+   * stretch started from (a loss meanwhile took it: the next sweep notices that loss and starts again
+   * from the oldest). Undefined when no repair is under way; `done` once it has reached the newest run.
+   */
+  private async repairAfterLoss(key: string, report: SweepReport): Promise<'more' | 'done' | undefined> {
+    const state = await this.o.redis.get(key);
+    if (state === null) return undefined;
+    let after: Cursor | undefined;
+    try {
+      after = (JSON.parse(state) as { after?: Cursor }).after;
+    } catch {
+      after = undefined; // unreadable: from the oldest again
+    }
+    const next = await this.eachIncomplete(['waiting'], 0, after, async (page) => {
+      for (const ref of page) {
+        if (await this.guarded(ref, () => this.repairWaiting(ref))) report.repairedWaiting++;
+      }
+    });
+    await this.o.redis.eval(ADVANCE, 1, key, state, next ? JSON.stringify({ token: randomUUID(), after: next }) : '');
+    return next ? 'more' : 'done';
   }
 
   /** One run's repair; its failure is logged and the sweep goes on with the next run. */
@@ -257,18 +324,24 @@ export class Sweeper {
    * 13). Above `liveSnapshotMax` live jobs the sweep looks each run's jobs up instead, in O(1)
    * (`jobPresence`: its hash exists and it is in neither the completed nor the failed set), never with
    * `getJobState`, whose LPOS over the wait list costs the backlog for every id it does not hold.
-   * A job missing from the snapshot (added since, or a failed look) only sends the run to
-   * `reenqueue`, which decides from the run read under its tenant and the job's state then; a job
-   * that ended since the snapshot is the next sweep's.
+   * A job missing from the snapshot (added since) only sends the run to `reenqueue`, which decides
+   * from the run read under its tenant and the job's state then; a job that ended since the snapshot
+   * is the next sweep's. A look that failed (a listing or a look-up: a timeout, BUSY) leaves only the
+   * runs that needed it undecided (`undecided`; a run found alive in another queue is alive): nothing
+   * is decided from it (each run taken for jobless would cost a tenant transaction and Redis commands of
+   * its own, exactly while Redis struggles), and the other runs of the page, of other queues, are
+   * decided as usual, so one queue that cannot be listed never keeps the others' runs from their repair.
+   * The failed listing stays in `snapshots` for the rest of the pass: not listed again for every page.
    */
   private async withLiveJob(
     page: IncompleteRun[],
     snapshots: Map<string, Promise<Set<string> | undefined>>,
     jobIdsOf: (wf: WorkflowDef, ref: IncompleteRun) => string[],
     queuesOf: (wf: WorkflowDef) => string[],
-  ): Promise<Set<string>> {
+  ): Promise<{ alive: Set<string>; undecided: { ids: Set<string>; err?: unknown } }> {
     const alive = new Set<string>();
-    await Promise.allSettled(
+    const undecided: { ids: Set<string>; err?: unknown } = { ids: new Set() };
+    await Promise.all(
       page.map(async (ref) => {
         const wf = this.o.runtime.workflows.get(ref.workflow, ref.workflow_version);
         const queues = wf ? queuesOf(wf).flatMap((name) => this.o.runtime.queues.get(name) ?? []) : [];
@@ -278,37 +351,60 @@ export class Sweeper {
           if (ref.status === 'waiting') alive.add(ref.id);
           return;
         }
+        let err: unknown;
         for (const queue of queues) {
-          let snapshot = snapshots.get(queue.name);
-          if (!snapshot) snapshots.set(queue.name, (snapshot = liveJobIds(queue, this.o.liveSnapshotMax ?? LIVE_SNAPSHOT_MAX)));
-          const ids = await snapshot;
-          if (ids ? jobIds.some((id) => ids.has(id)) : (await jobPresence(this.o.redis, queue, jobIds)).includes('exists')) return void alive.add(ref.id);
+          try {
+            let snapshot = snapshots.get(queue.name);
+            if (!snapshot) {
+              snapshots.set(queue.name, (snapshot = liveJobIds(queue, this.o.liveSnapshotMax ?? LIVE_SNAPSHOT_MAX)));
+              snapshot.catch(() => {}); // read below; no unhandled rejection while no run awaits it
+            }
+            const ids = await snapshot;
+            if (ids ? jobIds.some((id) => ids.has(id)) : (await jobPresence(this.o.redis, queue, jobIds)).includes('exists')) return void alive.add(ref.id);
+          } catch (e) {
+            err ??= e; // undecided unless another of its queues holds its job
+          }
+        }
+        if (err !== undefined) {
+          undecided.ids.add(ref.id);
+          undecided.err ??= err;
         }
       }),
     );
-    return alive;
+    return { alive, undecided };
   }
 
   /**
-   * Pages through incomplete runs, oldest first, with a keyset cursor so alive runs never hide the ones
-   * behind them. With `resume` (the kind of runs), a pass that stops at `maxPerSweep` is gone on with
-   * by the next one from where it stopped; one that reaches the newest run has the next start from the oldest.
+   * A pass of `kind` over incomplete runs: one that stops at `maxPerSweep` is gone on with by the next
+   * one from where it stopped; one that reaches the newest run has the next start from the oldest.
    */
-  private async eachIncomplete(statuses: RunStatus[], olderThanMs: number, resume: string | undefined, fn: (page: IncompleteRun[]) => Promise<void>): Promise<void> {
+  private async resumable(kind: 'waiting' | 'active', statuses: RunStatus[], fn: (page: IncompleteRun[]) => Promise<void>): Promise<void> {
+    const from = this.resumeAfter.get(kind);
+    // Forgotten first: a pass that fails half way starts the next from the oldest again.
+    this.resumeAfter.delete(kind);
+    const next = await this.eachIncomplete(statuses, this.o.minAgeMs, from, fn);
+    if (next) this.resumeAfter.set(kind, next);
+  }
+
+  /**
+   * Pages through incomplete runs, oldest first, after `from`, with a keyset cursor so alive runs never
+   * hide the ones behind them, for at most `maxPerSweep` runs. Returns where the next pass goes on: after
+   * the last run examined when it stopped at `maxPerSweep`, undefined once it reached the newest run
+   * (the next starts from the oldest).
+   */
+  private async eachIncomplete(statuses: RunStatus[], olderThanMs: number, from: Cursor | undefined, fn: (page: IncompleteRun[]) => Promise<void>): Promise<Cursor | undefined> {
     const batch = this.o.batch ?? 500;
     const max = this.o.maxPerSweep ?? 20_000;
-    let after = resume ? this.resumeAfter.get(resume) : undefined;
-    // Forgotten first: a pass that fails half way starts the next from the oldest again.
-    if (resume) this.resumeAfter.delete(resume);
+    let after = from;
     for (let seen = 0; seen < max; ) {
       const page = await this.o.runtime.list_incomplete(systemEm(this.o.orm), { olderThanMs, limit: batch, statuses, ...(after ? { after } : {}) });
       await fn(page);
       seen += page.length;
       const last = page[page.length - 1];
-      if (page.length < batch || !last) return;
+      if (page.length < batch || !last) return undefined;
       after = { updatedAt: last.updated_at_exact, id: last.id };
     }
-    if (resume && after) this.resumeAfter.set(resume, after);
+    return after;
   }
 
   private async repairWaiting(ref: IncompleteRun): Promise<boolean> {
