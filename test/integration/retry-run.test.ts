@@ -16,6 +16,7 @@ import { TIMER_QUEUE } from '../../src/platform/queue/timers.ts';
 import { namedJobId, stepJobId } from '../../src/platform/queue/job-ids.ts';
 import { jobHandlersFor } from '../../src/modules/index.ts';
 import { stackSweeper } from '../helpers/recovery.ts';
+import { holdRows } from '../helpers/row-lock.ts';
 import { GOLDEN_PATH, GOLDEN_PATH_QUEUE } from '../../src/modules/golden-path/golden-path.workflow.ts';
 import type { WorkflowDef } from '../../src/platform/durable/workflow.ts';
 import { DEFER_UNTIL_NEXT } from '../../src/platform/db/markers.ts';
@@ -867,6 +868,32 @@ describe('retrying a failed run through the API', () => {
     // Milliseconds, down: the stamp may be up to 1 ms before the transaction's exact now().
     expect(new Date(stamped).getTime()).toBeGreaterThanOrEqual(Math.floor(before.getTime()));
     expect(new Date(stamped).getTime()).toBeLessThanOrEqual(after.getTime());
+    expect((await waitStatus(id, ['completed', 'failed'])).status).toBe('completed');
+  });
+
+  it("a retry that waited for the run's lock while its failure committed: retried_at is not before the failure it retries (failed_at), nor the run's updated_at", { timeout: LONG }, async () => {
+    const ctl = control([2]);
+    host(ctl);
+    const id = await failedRun(2);
+    ctl.failing.clear();
+    // The run's row held as a failure's transaction holds it (markFailed, `complete`): the retry's
+    // transaction starts and waits for it; the failure then commits, its end stamped at its statement's time.
+    const lock = await holdRows(stack, 'select 1 from durable_runs where id = $1 for update', [id]);
+    let res: Awaited<ReturnType<typeof retry>>;
+    try {
+      const pending = retry(id);
+      await lock.waitedFor('the retry to wait for the run');
+      await lock.client.query(`update durable_runs set completed_at = clock_timestamp(), updated_at = clock_timestamp() where id = $1`, [id]);
+      await lock.release();
+      res = await pending;
+    } finally {
+      await lock.close();
+    }
+    expect(res.status, res.text).toBe(200);
+    const entry = res.json.retries[0] as { retried_at: string; failed_at: string };
+    // Before the fix, the retry's transaction's start (now()): before the failure it followed.
+    expect(new Date(entry.retried_at).getTime()).toBeGreaterThanOrEqual(new Date(entry.failed_at).getTime());
+    expect(new Date(res.json.updated_at).getTime()).toBeGreaterThanOrEqual(new Date(entry.failed_at).getTime());
     expect((await waitStatus(id, ['completed', 'failed'])).status).toBe('completed');
   });
 

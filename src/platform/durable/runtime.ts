@@ -15,7 +15,7 @@ import { firstIncompleteStep, notRetryableBecause } from './retryable.ts';
 import { STEP_BACKOFF, jobAttempts, retryOf, segmentStart, type StepDef, type WorkflowDef } from './workflow.ts';
 import { WorkflowRegistry, versionLabel } from './registry.ts';
 import { RunNotActiveError, RunNotFailedError, RunNotRetryableError, WorkflowVersionRetiredError, WorkflowVersionUnavailableError } from './errors.ts';
-import { EMITTED_EVENTS, EVENT_AT, ISO_NOW, OUTBOX_IDS, RUN_ENDED_COLUMNS, RUN_ENDED_EVENTS, ISO_STATEMENT_TIME, outboxCte, STATEMENT_TIME, type OutboxEvent } from '../webhooks/outbox.ts';
+import { EMITTED_EVENTS, EVENT_AT, OUTBOX_IDS, RUN_ENDED_COLUMNS, RUN_ENDED_EVENTS, ISO_STATEMENT_TIME, outboxCte, STATEMENT_TIME, type OutboxEvent } from '../webhooks/outbox.ts';
 
 const tracer = trace.getTracer('dealix-durable', INSTRUMENTATION_VERSION);
 
@@ -731,8 +731,10 @@ export class DurableRuntime {
     const refused = notRetryableBecause(checkpoints, wf.steps.length);
     if (refused) throw new RunNotRetryableError(run.id, refused);
     const failedStep = checkpoints.filter((c) => c.status === 'failed');
-    // `retried_at` is the database's: set by the update below to its now() (the run's updated_at), as
-    // every other instant of a run; this process's clock may be off from it.
+    // `retried_at` is the database's: set by the update below to its statement's time (the run's
+    // updated_at), as every other instant of a run; this process's clock may be off from it. Not now(),
+    // the transaction's start: the retry may have waited for the run's lock behind the failure it
+    // retries, and was then stamped before it (as `complete` ends a run at its statement's time).
     const entry: Omit<RunRetry, 'retried_at'> = {
       retry: run.retry_count + 1,
       retried_by: args.retriedBy,
@@ -746,9 +748,9 @@ export class DurableRuntime {
       // walked the tenant's ended runs in it to test `id` (durable-run.entity.ts); this finds the row by its key.
       // The history keeps its newest RUN_RETRY_HISTORY_MAX entries (lax jsonpath: a shorter array is kept whole).
       `with dropped as (delete from durable_checkpoints where tenant_id = ? and run_id = ? and status <> 'completed')
-       update durable_runs set status = ?, sequence_num = ?, error = null, completed_at = null, updated_at = now(), lease_owner = null, lease_expires_at = null,
+       update durable_runs set status = ?, sequence_num = ?, error = null, completed_at = null, updated_at = ${STATEMENT_TIME}, lease_owner = null, lease_expires_at = null,
               crash_seq = null, crash_count = 0, retry_count = ?,
-              retry_history = jsonb_path_query_array(coalesce(retry_history, '[]'::jsonb) || jsonb_build_array(?::jsonb || jsonb_build_object('retried_at', ${ISO_NOW})), '$[last - ${RUN_RETRY_HISTORY_MAX - 1} to last]')
+              retry_history = jsonb_path_query_array(coalesce(retry_history, '[]'::jsonb) || jsonb_build_array(?::jsonb || jsonb_build_object('retried_at', ${ISO_STATEMENT_TIME})), '$[last - ${RUN_RETRY_HISTORY_MAX - 1} to last]')
         where tenant_id = ? and id = ? and status || '' = 'failed' and retry_count = ?
        returning ${RUN_COLUMNS}`,
       [run.tenant_id, run.id, completed.size === 0 ? 'pending' : 'running', next - 1, entry.retry, JSON.stringify(entry), run.tenant_id, run.id, run.retry_count],
