@@ -201,7 +201,7 @@ export function webhookResendRoutes(deps: {
         // is passed over, not waited for; one still matching afterwards is reported by has_more.
         const rows = await em.execute<ResentRow[]>(
           `with picked as (select id from webhook_deliveries where ${filter} order by created_at, id limit ? for update skip locked)
-           update webhook_deliveries d set ${RESEND_SET} from picked where d.tenant_id = ? and d.id = picked.id returning d.id, d.resends`,
+           update webhook_deliveries d set ${RESEND_SET} where d.tenant_id = ? and d.id = any (array(select id from picked)) returning d.id, d.resends`,
           [...filterParams, Math.min(body.limit, room), principal.tenantId],
         );
         // Those resent are pending now and match no more: whatever still matches is past the limit.
