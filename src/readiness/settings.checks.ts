@@ -1,6 +1,6 @@
 import { existsSync, statSync } from 'node:fs';
 import { join } from 'node:path';
-import { settingsWithPublishedDatabasePassword, usesPublishedJwtSecret, type Config } from '../platform/config/config.ts';
+import { settingsWithPublishedDatabasePassword, SUPPORTED_TRACES_EXPORTERS, usesPublishedJwtSecret, type Config } from '../platform/config/config.ts';
 import { retryOf, type WorkflowDef } from '../platform/durable/workflow.ts';
 import { formatRetention } from '../platform/queue/maintenance.ts';
 import { fail, notRequired, pass, type ReadinessRow } from './readiness.types.ts';
@@ -9,6 +9,10 @@ import { fail, notRequired, pass, type ReadinessRow } from './readiness.types.ts
 export function telemetryRow(config: Config): ReadinessRow {
   const exporters = (config.OTEL_TRACES_EXPORTER ?? '').split(',').map((e) => e.trim()).filter(Boolean);
   if (config.OTEL_SDK_DISABLED) return pass('telemetry', 'disabled explicitly (OTEL_SDK_DISABLED=true)');
+  // A name the platform has no exporter for (a typo, `jaeger`, `zipkin`) exports nothing, and the process
+  // can say so only through the SDK's diagnostics, which are off unless OTEL_LOG_LEVEL is set.
+  const unsupported = exporters.find((e) => e !== 'null' && !SUPPORTED_TRACES_EXPORTERS.includes(e));
+  if (unsupported) return fail('telemetry', `unsupported OTEL_TRACES_EXPORTER "${unsupported}" (${SUPPORTED_TRACES_EXPORTERS.join(', ')}): no span would be exported to it`);
   if (exporters.length && exporters.every((e) => e === 'none')) return pass('telemetry', 'traces disabled explicitly (OTEL_TRACES_EXPORTER=none)');
   const endpoint = config.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT ?? config.OTEL_EXPORTER_OTLP_ENDPOINT;
   if (endpoint) return pass('telemetry', `exporting traces over OTLP to ${endpoint}`);

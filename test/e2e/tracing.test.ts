@@ -213,6 +213,58 @@ describe('tracing across the API and worker processes', () => {
     expect(correlated(cid).length).toBe(spans.length);
   });
 
+  it("requests that share a caller's trace each carry their own correlation id, one after the other or at once", async () => {
+    // One client sends several requests under one trace (or a caller names another's trace): each
+    // request's server span and everything under it carry its own X-Correlation-Id, never another's.
+    const traceId = randomUUID().replace(/-/g, '');
+    const hex16 = () => randomUUID().replace(/-/g, '').slice(0, 16);
+    const expected = new Map<string, string>();
+    const send = (method: 'GET' | 'POST', name: string) => {
+      const parent = hex16();
+      const cid = `${name}-${randomUUID()}`;
+      expected.set(parent, cid);
+      const headers = { traceparent: `00-${traceId}-${parent}-01`, 'X-Correlation-Id': cid, 'Idempotency-Key': randomUUID() };
+      return method === 'POST' ? api(http, 'POST', '/api/v1/golden-path/run', { token: submitter, body: CLASS_A_SUBMISSION, headers }) : api(http, 'GET', '/api/v1/golden-path/runs?limit=1', { token: submitter, headers });
+    };
+    // Two submissions one after the other, then two requests at once.
+    expect((await send('POST', 'order-1')).status).toBe(202);
+    expect((await send('POST', 'order-2')).status).toBe(202);
+    expect((await Promise.all([send('GET', 'list-1'), send('GET', 'list-2')])).map((r) => r.status)).toEqual([200, 200]);
+    const servers = await waitFor(() => {
+      const found = receiver.spans.filter((s) => s.traceId === traceId && s.kind === SERVER);
+      return found.length === expected.size ? found : undefined;
+    }, { what: 'the four server spans' });
+    expect(servers.map((s) => [s.name.split(' ')[0], s.attributes[ATTR.CORRELATION]])).toEqual(servers.map((s) => [s.name.split(' ')[0], expected.get(s.parentSpanId!)]));
+    // And every API span under each server span: its own request's id (a server span ends after them, so they have arrived).
+    const byId = new Map(receiver.spans.filter((s) => s.traceId === traceId).map((s) => [s.spanId, s]));
+    const requestOf = (s: ReceivedSpan): ReceivedSpan | undefined => (s.kind === SERVER ? s : s.parentSpanId && byId.get(s.parentSpanId) ? requestOf(byId.get(s.parentSpanId)!) : undefined);
+    const apiSpans = [...byId.values()].filter((s) => s.service === 'dealix-api');
+    expect(apiSpans.length).toBeGreaterThan(servers.length);
+    const wrong = apiSpans.filter((s) => s.attributes[ATTR.CORRELATION] !== expected.get(requestOf(s)?.parentSpanId ?? ''));
+    expect(wrong.map((s) => `${s.name} ${s.attributes[ATTR.CORRELATION]}`)).toEqual([]);
+  });
+
+  it("a malformed JSON body reaches no span: body-parser's error quotes the body, and is recorded without it", async () => {
+    const marker = `tokenSECRET-${randomUUID()}`;
+    const short = `x${randomUUID().slice(0, 6)}`;
+    const cids: string[] = [];
+    for (const rawBody of [`{"a": ${marker}}`, `{"a":${short}}`]) {
+      const cid = `trace-json-${randomUUID()}`;
+      cids.push(cid);
+      const res = await api(http, 'POST', '/api/v1/golden-path/run', { token: submitter, rawBody, headers: { 'content-type': 'application/json', 'X-Correlation-Id': cid, 'Idempotency-Key': randomUUID() } });
+      expect([res.status, res.headers.get('content-type')?.split(';')[0], res.json.code]).toEqual([400, 'application/problem+json', 'malformed_json']);
+    }
+    const spans = await waitFor(() => {
+      const mine = cids.map((cid) => correlated(cid));
+      return mine.every((m) => m.some((s) => s.kind === SERVER)) ? mine.flat() : undefined;
+    }, { what: "the malformed requests' spans" });
+    // The error is still recorded, by its kind.
+    expect(spans.some((s) => s.events.some((e) => e.name === 'exception'))).toBe(true);
+    const exported = JSON.stringify(receiver.spans);
+    expect(exported).not.toContain('tokenSECR');
+    expect(exported).not.toContain(short);
+  });
+
   it("an SLA timer the sweeper re-creates for a waiting run is in the run's trace, with its correlation id", async () => {
     const cid = `trace-sla-${randomUUID()}`;
     const run = await waitStatus((await submit(SAMPLE_SUBMISSION, cid)).json.run_id, ['waiting']);

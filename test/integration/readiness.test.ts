@@ -136,6 +136,16 @@ describe('configuration and documents', () => {
     expect(otlp.row('telemetry').status).toBe('PASS');
   });
 
+  it('an OTEL_TRACES_EXPORTER the platform does not support fails telemetry: its spans would go nowhere, silently', async () => {
+    for (const exporters of ['bogus', 'otlp,jaeger']) {
+      const m = await matrixFor({ env: { OTEL_SDK_DISABLED: 'false', OTEL_EXPORTER_OTLP_ENDPOINT: 'http://127.0.0.1:4318', OTEL_TRACES_EXPORTER: exporters } });
+      expect(m.row('telemetry'), exporters).toMatchObject({ status: 'FAIL' });
+      expect(m.row('telemetry').reason).toMatch(new RegExp(`unsupported OTEL_TRACES_EXPORTER "${exporters.split(',').pop()}"`));
+    }
+    const both = await matrixFor({ env: { OTEL_SDK_DISABLED: 'false', OTEL_EXPORTER_OTLP_ENDPOINT: 'http://127.0.0.1:4318', OTEL_TRACES_EXPORTER: 'otlp, console' } });
+    expect(both.row('telemetry').status).toBe('PASS');
+  });
+
   it('a JWT secret published in .env.example or docker-compose.yml fails jwt-keys; JWKS or a secret of its own passes', async () => {
     for (const secret of PUBLISHED_JWT_SECRETS) {
       const published = await matrixFor({ env: { JWT_SECRET: secret } });

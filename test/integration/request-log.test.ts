@@ -60,6 +60,27 @@ describe('request log lines', () => {
     }
   });
 
+  it("never carry the Idempotency-Key (a client's replay handle) nor an X-Correlation-Id the API refused; a valid one stays", async () => {
+    const { lines, server } = await loggedApp('/keyed', 200);
+    try {
+      const base = `http://127.0.0.1:${(server.address() as AddressInfo).port}/keyed`;
+      const key = `key-${randomUUID()}`;
+      const refused = `not valid! ${randomUUID()}`;
+      await fetch(`${base}?n=1`, { headers: { 'idempotency-key': key, 'x-correlation-id': refused } });
+      await fetch(`${base}?n=2`, { headers: { 'x-correlation-id': 'log-valid-1' } });
+      const first = await waitFor(() => lines.find((l) => l.req?.url === '/keyed?n=1'), { what: 'the first request line' });
+      expect(JSON.stringify(first)).not.toContain(key);
+      expect(JSON.stringify(first)).not.toContain(refused);
+      expect(first.req.headers).toMatchObject({ 'idempotency-key': '[redacted]', 'x-correlation-id': '[invalid]' });
+      // The id the API answered with instead is the line's correlation id.
+      expect(first.correlation_id).toMatch(/^[0-9a-f-]{36}$/);
+      const second = await waitFor(() => lines.find((l) => l.req?.url === '/keyed?n=2'), { what: 'the second request line' });
+      expect(second.req.headers['x-correlation-id']).toBe('log-valid-1');
+    } finally {
+      await new Promise<void>((r) => server.close(() => r()));
+    }
+  });
+
   it("never carry a secret a raw request target puts in its query (any case, encoded) or its fragment, which Node keeps in req.url", async () => {
     const { lines, server } = await loggedApp('/api/v1/things', 200);
     try {

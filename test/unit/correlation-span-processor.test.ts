@@ -1,9 +1,10 @@
 import { describe, expect, it } from 'vitest';
-import { ROOT_CONTEXT, SpanKind, SpanStatusCode, propagation, trace } from '@opentelemetry/api';
+import { ROOT_CONTEXT, SpanKind, SpanStatusCode, propagation, trace, type Context, type Span } from '@opentelemetry/api';
 import { InMemorySpanExporter, SimpleSpanProcessor, TracerProvider } from '@opentelemetry/sdk-trace';
 import { CorrelationSpanProcessor, withRunCorrelation } from '../../src/platform/telemetry/correlation-span-processor.ts';
 import { requestContext } from '../../src/platform/tenancy/request-context.ts';
 import { ATTR } from '../../src/platform/telemetry/attributes.ts';
+import { RPCType, setRPCMetadata } from '@opentelemetry/core';
 
 function setup() {
   const processor = new CorrelationSpanProcessor();
@@ -14,6 +15,10 @@ function setup() {
   return { processor, tracer, attrs };
 }
 const principal = { sub: 'u', tenantId: 'tenant-1', roles: [] };
+/** The context the HTTP instrumentation runs a request in: its server span active, and as the request's RPC metadata. */
+const inRequest = (parent: Context, server: Span) => setRPCMetadata(trace.setSpan(parent, server), { type: RPCType.HTTP, span: server });
+/** A parent context in the trace `traceId` a caller's `traceparent` names. */
+const remoteParent = (traceId: string, spanId: string) => trace.setSpanContext(ROOT_CONTEXT, { traceId, spanId, traceFlags: 1, isRemote: true });
 
 describe('CorrelationSpanProcessor', () => {
   it('tags spans started in a request or job context with the correlation, tenant and run ids', () => {
@@ -49,7 +54,7 @@ describe('CorrelationSpanProcessor', () => {
     const { tracer, attrs } = setup();
     const forged = propagation.setBaggage(ROOT_CONTEXT, propagation.createBaggage({ [ATTR.CORRELATION]: { value: 'victim' } }));
     const server = tracer.startSpan('inbound', { kind: SpanKind.SERVER }, forged);
-    const inTrace = trace.setSpan(forged, server);
+    const inTrace = inRequest(forged, server);
     tracer.startSpan('before-middleware', {}, inTrace).end();
     requestContext.run({ requestId: 'r', correlationId: 'mine', principal }, () => tracer.startSpan('handler', {}, inTrace).end());
     server.end();
@@ -60,6 +65,47 @@ describe('CorrelationSpanProcessor', () => {
     const junk = propagation.setBaggage(ROOT_CONTEXT, propagation.createBaggage({ [ATTR.CORRELATION]: { value: '<script>' } }));
     tracer.startSpan('junk', {}, junk).end();
     expect(attrs('junk')).toEqual({});
+  });
+
+  it("requests that share a caller's trace each keep their own correlation id, one after the other or at once", () => {
+    const { processor, tracer } = setup();
+    const T = 'ab'.repeat(16);
+    /** One inbound request as the HTTP and Express instrumentations and the correlation middleware make it. */
+    const request = (parentSpanId: string, correlationId: string) => {
+      const server = tracer.startSpan(`server ${correlationId}`, { kind: SpanKind.SERVER }, remoteParent(T, parentSpanId));
+      const ctx = inRequest(remoteParent(T, parentSpanId), server);
+      const early = tracer.startSpan(`middleware ${correlationId}`, {}, ctx);
+      return {
+        server,
+        early,
+        bind: () => processor.bindRequest(server, correlationId),
+        handle: () => requestContext.run({ requestId: correlationId, correlationId, principal }, () => tracer.startSpan(`handler ${correlationId}`, {}, ctx).end()),
+        end: () => (early.end(), server.end()),
+      };
+    };
+    const attr = (s: Span) => (s as unknown as { attributes: Record<string, unknown> }).attributes[ATTR.CORRELATION];
+    // One after the other: the second's spans take nothing from the first.
+    const one = request('a'.repeat(16), 'order-1');
+    one.bind();
+    one.handle();
+    one.end();
+    const two = request('b'.repeat(16), 'order-2');
+    expect([attr(two.server), attr(two.early)]).toEqual([undefined, undefined]);
+    two.bind();
+    two.handle();
+    two.end();
+    expect([attr(one.server), attr(one.early), attr(two.server), attr(two.early)]).toEqual(['order-1', 'order-1', 'order-2', 'order-2']);
+    // At once: both held in the trace before either binds; each binds only its own.
+    const three = request('c'.repeat(16), 'order-3');
+    const four = request('d'.repeat(16), 'order-4');
+    three.handle();
+    three.bind();
+    expect([attr(four.server), attr(four.early)]).toEqual([undefined, undefined]);
+    four.bind();
+    four.handle();
+    three.end();
+    four.end();
+    expect([attr(three.server), attr(three.early), attr(four.server), attr(four.early)]).toEqual(['order-3', 'order-3', 'order-4', 'order-4']);
   });
 
   it('tags a live span that started before the id was known, once it is known for its trace', () => {

@@ -536,6 +536,9 @@ export interface TelemetryEnv {
 }
 
 /** Raw OpenTelemetry variables for the SDK bootstrap, which must run before the application is loaded. */
+/** The OTEL_TRACES_EXPORTER names the platform builds an exporter for (span-export.ts); any other exports nothing. */
+export const SUPPORTED_TRACES_EXPORTERS = ['otlp', 'console', 'none'];
+
 export function telemetryEnv(): TelemetryEnv {
   const env = process.env;
   const v = env.OTEL_SDK_DISABLED;

@@ -1,4 +1,6 @@
+import { AsyncLocalStorage } from 'node:async_hooks';
 import type pg from 'pg';
+import { context, ROOT_CONTEXT } from '@opentelemetry/api';
 import { completedBefore, type Statement } from './statement-batch.ts';
 import { DEFER_UNTIL_NEXT, LAST_IN_TRANSACTION } from './markers.ts';
 import { TENANT_SETTING } from './tenant-owned.ts';
@@ -43,6 +45,8 @@ interface Queued extends GroupMember {
   key: string;
   resolve(results: pg.QueryResult[]): void;
   reject(err: unknown): void;
+  /** Runs `fn` in the async context the member submitted from (its trace, its request): what it sends alone is recorded there. */
+  inOwnContext: <R>(fn: () => R) => R;
 }
 
 const SETTINGS = /^select set_config\(\$1, \$2, true\)(?:, set_config\(\$\d+, \$\d+, true\))*$/i;
@@ -120,7 +124,7 @@ export class GroupCommit {
     const key = groupKey(member.statements);
     if (key === undefined) return member.send(member.statements);
     return new Promise((resolve, reject) => {
-      this.#queue.push({ ...member, key, resolve, reject });
+      this.#queue.push({ ...member, key, resolve, reject, inOwnContext: AsyncLocalStorage.snapshot() });
       this.#pump();
     });
   }
@@ -155,7 +159,7 @@ export class GroupCommit {
     const leader = members[0]!;
     let results: pg.QueryResult[];
     try {
-      results = await leader.send(merged);
+      results = await outsideAnyTrace(() => leader.send(merged));
     } catch (err) {
       const done = completedBefore(err);
       if (!isSqlState((err as { code?: unknown })?.code) || (done && done.length >= merged.length)) {
@@ -169,7 +173,7 @@ export class GroupCommit {
       // connection is in the failed transaction. Roll it back, then every member goes alone and ends
       // as it would have. Outside the slot, so a member that waits long on its own again holds no one.
       this.stats.failedGroups++;
-      const rolledBack = leader.send([{ text: 'rollback', discard: true }]).catch(() => {});
+      const rolledBack = outsideAnyTrace(() => leader.send([{ text: 'rollback', discard: true }])).catch(() => {});
       for (const m of members) void (m === leader ? rolledBack.then(() => this.#alone(m)) : this.#alone(m));
       return;
     }
@@ -189,12 +193,24 @@ export class GroupCommit {
 
   async #alone(m: Queued): Promise<void> {
     try {
-      m.resolve(await m.send(m.statements));
+      // In the member's own context: #pump runs in whichever caller's context freed the slot.
+      m.resolve(await m.inOwnContext(() => m.send(m.statements)));
     } catch (e) {
       m.reject(e);
     }
   }
 }
+
+/**
+ * Runs a group's send outside every trace. It would otherwise run in the async context of whichever
+ * member's caller freed the slot (#pump), and the database span the pg instrumentation makes would
+ * land in that member's trace, tagged with its tenant (correlation-span-processor.ts), holding the
+ * other tenants' statements, and a failing member's error shown in another tenant's trace. With no
+ * active span, the pg instrumentation (requireParentSpan) records no span for it: a group's
+ * statements appear in no trace (each member's step span still times its wait). A context switch
+ * only: no round trip, no allocation beyond the call (ADR 0007).
+ */
+const outsideAnyTrace = <R>(fn: () => R): R => context.with(ROOT_CONTEXT, fn);
 
 /** How a pool asks for group commit in its driver options: plain data, which survive MikroORM's copy of its options. */
 export interface GroupCommitRef {

@@ -40,3 +40,27 @@ export function rejectUnstorableText(req: Request, _res: Response, next: NextFun
     ]),
   );
 }
+
+/** What a body-parser parse error says instead of V8's message, which quotes the body it failed on. */
+export const UNPARSEABLE_BODY_MESSAGE = 'The request body is not valid JSON (its text is not repeated here).';
+
+/**
+ * `parse` (express.json()) with its parse error's message and stack no longer quoting the body. V8's
+ * JSON.parse error quotes the input around the failure (a short body whole), and Express's
+ * instrumentation records what a route hands to `next()` as an exception event and status message: a
+ * fragment of a tenant's submission would reach the collector. The error keeps its type, status and
+ * `body` (to-problem.ts answers it 400 malformed_json as before); only its text changes.
+ */
+export function withoutQuotedBody(parse: (req: Request, res: Response, next: NextFunction) => void) {
+  return function parseJsonBody(req: Request, res: Response, next: NextFunction): void {
+    parse(req, res, (err?: unknown) => {
+      const e = err as { type?: unknown; message?: unknown; stack?: unknown } | undefined;
+      if (e && e.type === 'entity.parse.failed' && typeof e.message === 'string') {
+        const quoted = e.message;
+        e.message = UNPARSEABLE_BODY_MESSAGE;
+        if (typeof e.stack === 'string') e.stack = quoted ? e.stack.split(quoted).join(UNPARSEABLE_BODY_MESSAGE) : e.stack;
+      }
+      next(err);
+    });
+  };
+}

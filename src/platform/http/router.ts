@@ -12,7 +12,7 @@ import { withPrelude } from '../db/coalescing-client.ts';
 import { MUTATING_METHODS, type RouteDef, type RouteResult } from './route.ts';
 import { canonicalParams, parseOrThrow } from './validation.ts';
 import { PROBLEM_CONTENT_TYPE } from './problem.middleware.ts';
-import { rejectUnstorableText } from './json-text.ts';
+import { rejectUnstorableText, withoutQuotedBody } from './json-text.ts';
 import { tenantInFlightLimit } from './tenant-inflight.ts';
 import { startHandlerWork } from './load-shed.ts';
 import type { TenantConnectionShare } from './tenant-db-share.ts';
@@ -56,7 +56,8 @@ export function buildRouter(routes: RouteDef[], deps: RouterDeps): Router {
   const router = express.Router();
   const tenantCap = tenantInFlightLimit(deps.maxInFlightPerTenant ?? 0, deps.onRefused);
   const literalSegmentGuard = literalSegmentGuards(routes);
-  const readBody = [express.json({ limit: deps.bodyLimit ?? '64kb', strict: true, type: ['application/json', 'application/*+json'] }), rejectUnstorableText];
+  // A malformed body's parse error no longer quotes it: Express's instrumentation records it on the span (json-text.ts).
+  const readBody = [withoutQuotedBody(express.json({ limit: deps.bodyLimit ?? '64kb', strict: true, type: ['application/json', 'application/*+json'] })), rejectUnstorableText];
   for (const def of routes) {
     const mutating = MUTATING_METHODS.has(def.method);
     const chain: Array<(req: Request, res: Response, next: NextFunction) => unknown> = [

@@ -1,5 +1,6 @@
 import { createContextKey, propagation, SpanKind, SpanStatusCode, type Context } from '@opentelemetry/api';
 import type { ReadableSpan, Span, SpanProcessor } from '@opentelemetry/sdk-trace';
+import { getRPCMetadata } from '@opentelemetry/core';
 import { currentContext } from '../tenancy/request-context.ts';
 import { ATTR, isValidCorrelationId } from './attributes.ts';
 
@@ -31,12 +32,21 @@ const MAX_PENDING_TRACES = 10_000;
  * Puts `dealix.correlation_id` (and tenant and run ids where known) on every span of a run. The id
  * comes from the request/job AsyncLocalStorage context, or else from the parent context's baggage
  * (set where a run is enqueued, so it crosses into workers with the job), if it is a valid id. Spans that start before the
- * id is known (the HTTP server span, the first middleware) are held per trace while they are live
- * and tagged when the id arrives: `bindCorrelation` or the first correlated span of the same trace.
+ * id is known (the HTTP server span, the first middleware) are held while they are live and tagged
+ * when the id arrives: `bindRequestCorrelation` or the first correlated span of the same request, or,
+ * outside an inbound request (a job in a worker), of the same trace.
+ *
+ * A span of an inbound request is held and tagged per REQUEST (its server span, which the HTTP
+ * instrumentation puts in the request's context as RPC metadata), never per trace: requests that
+ * share a trace — a caller's `traceparent`, one client sending several requests under one trace, or
+ * a caller naming another tenant's run trace on purpose — never take each other's id.
  */
 export class CorrelationSpanProcessor implements SpanProcessor {
+  /** Live spans waiting for their id, by request (its server span's id) or, outside a request, by trace id. */
   private readonly pending = new Map<string, Set<Span>>();
-  /** The correlation id each recent trace has in this process. */
+  /** Where each held span is held (its key in `pending`). */
+  private readonly heldAt = new WeakMap<Span, string>();
+  /** The correlation id each recent request (by its server span's id) or trace (by its id) has in this process. */
   private readonly known = new Map<string, string>();
   /** Recent traces an inbound HTTP request started or continued in this process. */
   private readonly inbound = new Map<string, true>();
@@ -56,18 +66,21 @@ export class CorrelationSpanProcessor implements SpanProcessor {
     const own = parentContext.getValue(RUN_CORRELATION);
     const carried = own ?? (this.inbound.has(traceId) ? undefined : propagation.getBaggage(parentContext)?.getEntry(CORRELATION_BAGGAGE_KEY)?.value);
     const fromBaggage = isValidCorrelationId(carried) ? carried : undefined;
-    const correlationId = fromBaggage ?? ctx?.correlationId ?? this.known.get(traceId);
+    // The request the span is part of (a span id: 16 hex digits, never a 32-digit trace id). An inbound
+    // trace's span outside any request takes nothing by trace either: another request may have shared it.
+    const request = span.kind === SpanKind.SERVER ? span.spanContext().spanId : requestOf(parentContext, traceId);
+    const key = request ?? traceId;
+    const correlationId = fromBaggage ?? ctx?.correlationId ?? (request || !this.inbound.has(traceId) ? this.known.get(key) : undefined);
     if (!correlationId) {
-      this.hold(traceId, span);
+      this.hold(key, span);
       return;
     }
     span.setAttribute(ATTR.CORRELATION, correlationId);
-    this.remember(this.known, traceId, correlationId);
     if (ctx && (!fromBaggage || fromBaggage === ctx.correlationId)) {
       if (ctx.principal?.tenantId) span.setAttribute(ATTR.TENANT, ctx.principal.tenantId);
       if (ctx.runId) span.setAttribute(ATTR.RUN, ctx.runId);
     }
-    this.bind(traceId, correlationId);
+    this.bind(key, correlationId);
   }
 
   /**
@@ -101,20 +114,34 @@ export class CorrelationSpanProcessor implements SpanProcessor {
   }
 
   onEnd(span: ReadableSpan): void {
-    const traceId = span.spanContext().traceId;
-    const held = this.pending.get(traceId);
+    const key = this.heldAt.get(span as Span);
+    if (key === undefined) return;
+    this.heldAt.delete(span as Span);
+    const held = this.pending.get(key);
     if (!held) return;
     held.delete(span as Span);
-    if (held.size === 0) this.pending.delete(traceId);
+    if (held.size === 0) this.pending.delete(key);
   }
 
-  /** Tags the still-running spans of `traceId` that started before the correlation id was known. */
-  bind(traceId: string, correlationId: string): void {
-    this.remember(this.known, traceId, correlationId);
-    const held = this.pending.get(traceId);
+  /**
+   * Tags the still-running spans held under `key` (a trace id, outside an inbound request) that
+   * started before the correlation id was known.
+   */
+  bind(key: string, correlationId: string): void {
+    this.remember(this.known, key, correlationId);
+    const held = this.pending.get(key);
     if (!held) return;
-    this.pending.delete(traceId);
-    for (const s of held) s.setAttribute(ATTR.CORRELATION, correlationId);
+    this.pending.delete(key);
+    for (const s of held) {
+      this.heldAt.delete(s);
+      s.setAttribute(ATTR.CORRELATION, correlationId);
+    }
+  }
+
+  /** Tags an inbound request's server span, and its spans that started before the id was known (the first middleware). */
+  bindRequest(server: { spanContext(): { spanId: string }; setAttribute(key: string, value: string): unknown }, correlationId: string): void {
+    server.setAttribute(ATTR.CORRELATION, correlationId);
+    this.bind(server.spanContext().spanId, correlationId);
   }
 
   async forceFlush(): Promise<void> {}
@@ -131,15 +158,22 @@ export class CorrelationSpanProcessor implements SpanProcessor {
     map.set(traceId, value);
   }
 
-  private hold(traceId: string, span: Span): void {
-    let held = this.pending.get(traceId);
+  private hold(key: string, span: Span): void {
+    let held = this.pending.get(key);
     if (!held) {
       if (this.pending.size >= MAX_PENDING_TRACES) this.pending.clear();
       held = new Set();
-      this.pending.set(traceId, held);
+      this.pending.set(key, held);
     }
     held.add(span);
+    this.heldAt.set(span, key);
   }
+}
+
+/** The id of the inbound request's server span that `ctx` runs in (the HTTP instrumentation's RPC metadata), if in trace `traceId`. */
+function requestOf(ctx: Context, traceId: string): string | undefined {
+  const sc = getRPCMetadata(ctx)?.span?.spanContext();
+  return sc && sc.traceId === traceId ? sc.spanId : undefined;
 }
 
 /**
@@ -170,7 +204,13 @@ export function installCorrelationProcessor(): CorrelationSpanProcessor {
   return active;
 }
 
-/** Called where a correlation id is first known for a trace (the HTTP request); a no-op with telemetry off. */
-export function bindCorrelation(traceId: string, correlationId: string): void {
-  active?.bind(traceId, correlationId);
+/**
+ * Called where an inbound request's correlation id is first known (correlationMiddleware), with the
+ * context it runs in: tags the request's server span (the HTTP instrumentation's, not the active span,
+ * which Express's instrumentation makes the middleware's own) and its spans that started before. A
+ * no-op with telemetry off.
+ */
+export function bindRequestCorrelation(ctx: Context, correlationId: string): void {
+  const server = getRPCMetadata(ctx)?.span;
+  if (server && active) active.bindRequest(server, correlationId);
 }

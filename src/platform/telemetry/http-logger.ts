@@ -2,7 +2,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Response } from 'express';
 import { pinoHttp, type HttpLogger } from 'pino-http';
 import { redactUrl, type Logger } from './logger.ts';
-import { isSecretQueryParam, routedPath } from './attributes.ts';
+import { isSecretQueryParam, isValidCorrelationId, routedPath } from './attributes.ts';
 
 const PROBES = ['/healthz', '/readyz', '/metrics'];
 /** Probes, scrapes and the dashboard's assets and polling (GETs under /admin/queues/) would drown the request log. */
@@ -14,7 +14,8 @@ const quiet = (req: IncomingMessage) => {
 /**
  * One JSON line per request (pino-http). The completion line is written when the response finishes,
  * outside the request's async context, so the ids the request learned on its way (correlation, trace,
- * tenant) are added from res.locals. Authorization, cookies and secret query values are redacted.
+ * tenant) are added from res.locals. Authorization, cookies, the Idempotency-Key, secret query values
+ * and a refused X-Correlation-Id are redacted.
  */
 export function httpLogger(logger: Logger): HttpLogger {
   const fields = (_req: IncomingMessage, res: ServerResponse, val: object) => {
@@ -36,8 +37,12 @@ export function httpLogger(logger: Logger): HttpLogger {
     customSuccessObject: fields,
     customErrorObject: (req, res, _err, val) => fields(req, res, val),
     serializers: {
-      req: (req: { url?: string; query?: Record<string, unknown> }) => {
+      req: (req: { url?: string; query?: Record<string, unknown>; headers?: Record<string, unknown> }) => {
         if (req.url) req.url = redactUrl(req.url);
+        // An X-Correlation-Id the API refused (and replaced: the line's correlation_id) is any text a
+        // client sent, not an id: it is not written. A copy: `headers` is the request's own object.
+        const cid = req.headers?.['x-correlation-id'];
+        if (cid !== undefined && !isValidCorrelationId(cid)) req.headers = { ...req.headers, 'x-correlation-id': '[invalid]' };
         // The parsed query too, by the same rule as the URL (any case: `?Token=`), not only REDACT_PATHS' exact names.
         if (req.query) req.query = Object.fromEntries(Object.entries(req.query).map(([k, v]) => [k, isSecretQueryParam(k) ? '[redacted]' : v]));
         return req;

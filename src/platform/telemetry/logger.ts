@@ -7,6 +7,9 @@ export const REDACT_PATHS = [
   'req.headers.authorization',
   'req.headers.cookie',
   'req.headers["proxy-authorization"]',
+  // A client's replay handle: whoever holds it may replay the stored response of the request it keyed
+  // (within the tenant). Spans never carry it either (docs/operations.md); the correlation id names a request.
+  'req.headers["idempotency-key"]',
   'res.headers["set-cookie"]',
   // ioredis puts a failed command's arguments on its error (`err.command.args`), and pino's error
   // serializer copies them: the dashboard's sign-in script carries the operator's JWT (a Redis OOM or

@@ -1,6 +1,6 @@
 import { diag } from '@opentelemetry/api';
 import { BatchSpanProcessor, ConsoleSpanExporter, SimpleSpanProcessor, type SpanExporter, type SpanProcessor } from '@opentelemetry/sdk-trace';
-import type { TelemetryEnv } from '../config/config.ts';
+import { SUPPORTED_TRACES_EXPORTERS, type TelemetryEnv } from '../config/config.ts';
 
 /**
  * The export span processors the standard variables ask for (OTEL_TRACES_EXPORTER otlp|console|none,
@@ -14,7 +14,9 @@ export async function exportProcessors(env: TelemetryEnv): Promise<SpanProcessor
   for (const name of env.tracesExporters) {
     if (name === 'console') processors.push(new SimpleSpanProcessor({ exporter: new ConsoleSpanExporter() }));
     else if (name === 'otlp') processors.push(new BatchSpanProcessor({ exporter: await otlpExporter(env.tracesProtocol), ...env.batch }));
-    else diag.warn(`unsupported OTEL_TRACES_EXPORTER "${name}" (otlp, console, none)`);
+    // Written to stderr: this runs before the SDK sets up its diagnostics, so diag alone would say nothing
+    // (the readiness row `telemetry` fails for it too).
+    else process.stderr.write(`${JSON.stringify({ level: 40, msg: `unsupported OTEL_TRACES_EXPORTER "${name}" (${SUPPORTED_TRACES_EXPORTERS.join(', ')}): no span is exported to it` })}\n`);
   }
   return processors;
 }
