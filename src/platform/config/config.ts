@@ -535,10 +535,10 @@ export interface TelemetryEnv {
   batch: { scheduledDelayMillis?: number; maxQueueSize?: number; maxExportBatchSize?: number; exportTimeoutMillis?: number };
 }
 
-/** Raw OpenTelemetry variables for the SDK bootstrap, which must run before the application is loaded. */
 /** The OTEL_TRACES_EXPORTER names the platform builds an exporter for (span-export.ts); any other exports nothing. */
 export const SUPPORTED_TRACES_EXPORTERS = ['otlp', 'console', 'none'];
 
+/** Raw OpenTelemetry variables for the SDK bootstrap, which must run before the application is loaded. */
 export function telemetryEnv(): TelemetryEnv {
   const env = process.env;
   const v = env.OTEL_SDK_DISABLED;
