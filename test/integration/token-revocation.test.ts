@@ -11,7 +11,9 @@ import { TEST_JWT_SECRET } from '../helpers/env.ts';
 import { waitFor } from '../helpers/poll.ts';
 import { freePort } from '../helpers/own-infra.ts';
 import { signDevToken } from '../../src/platform/tenancy/jwt.ts';
-import { revokeTokens, type RevocationRequest } from '../../src/platform/tenancy/token-revocations.ts';
+import { loadRevocations, revokeTokens, type RevocationRequest } from '../../src/platform/tenancy/token-revocations.ts';
+import { createOrm } from '../../src/platform/db/orm.ts';
+import { entities } from '../../src/entities.ts';
 import { OPERATOR_ROLE } from '../../src/platform/http/admin-auth.middleware.ts';
 import { postSignIn, sessionCookieOf } from '../helpers/dashboard-sign-in.ts';
 
@@ -284,6 +286,49 @@ describe('token revocation', () => {
     expect(cli.code, cli.err).toBe(0);
     const { rows } = await stack.db.admin(`select extract(epoch from expires_at)::float8 as expires from token_revocations where tenant_id = $1`, [tenant]);
     expect(rows).toEqual([{ expires: Date.parse('2030-01-01T00:00:02Z') / 1000 }]);
+  });
+
+  it("a token-id revocation outlives its expiry by REVOKED_ID_KEPT_AFTER_EXPIRY (the database's clock decides the reload, the API host's jose the token): a reload keeps a row expired a moment ago and prune leaves it; one expired longer ago is dropped and pruned", { timeout: 60_000 }, async () => {
+    // An API host whose clock runs behind the database's still accepts the token for that lag after the
+    // database thinks it expired: the row must still be loaded then, or the revoked token is let through.
+    const tenant = newTenant();
+    const stored = (await stack.db.admin(`select now() as now`)).rows[0] as { now: Date };
+    const dbNow = stored.now.getTime();
+    await revokeTokens({ ownerUrl: stack.db.ownerUrl, prefix: stack.prefix }, { tenantId: tenant, jti: 'j-just-expired', expiresAt: new Date(dbNow - 2_000), revokedBy: 'test-operator' });
+    await revokeTokens({ ownerUrl: stack.db.ownerUrl, prefix: stack.prefix }, { tenantId: tenant, jti: 'j-long-expired', expiresAt: new Date(dbNow - 3_600_000), revokedBy: 'test-operator' });
+    const orm = await createOrm(stack.config, { entities, poolMax: 1 });
+    try {
+      const loaded = (await loadRevocations(orm)).filter((r) => r.tenantId === tenant).map((r) => ('jti' in r ? r.jti : null));
+      expect(loaded).toEqual(['j-just-expired']);
+    } finally {
+      await orm.close(true);
+    }
+    const pruned = await tokenCli(['prune-revocations']);
+    expect(pruned.code, pruned.err).toBe(0);
+    const { rows } = await stack.db.admin(`select jti from token_revocations where tenant_id = $1 order by jti`, [tenant]);
+    expect(rows).toEqual([{ jti: 'j-just-expired' }]);
+  });
+
+  it('npm run token -- revoke with an empty --sub or --jti (an unset shell variable) is refused with exit 2 and stores nothing: it would revoke no token while reporting success', { timeout: 60_000 }, async () => {
+    const tenant = newTenant();
+    for (const args of [
+      ['--sub', '', '--issued-before', 'now'],
+      ['--sub', ' ', '--issued-before', 'now'],
+      ['--jti', ''],
+      ['--jti', ' j-1'],
+    ]) {
+      const cli = await tokenCli(['revoke', '--tenant', tenant, ...args]);
+      expect(cli.code, `${args.join(' ')}: ${cli.err}`).toBe(2);
+      expect(cli.err).toMatch(/--(sub|jti)/);
+    }
+    expect((await stack.db.admin(`select count(*)::int as n from token_revocations where tenant_id = $1`, [tenant])).rows).toEqual([{ n: 0 }]);
+    // Nor can an empty one be stored by other means (the owner writes the table): the table refuses it.
+    await expect(
+      stack.db.admin(`insert into token_revocations (tenant_id, id, jti, revoked_by, created_at) values ($1, $2, '', 'x', now())`, [tenant, randomUUID()]),
+    ).rejects.toThrow(/token_revocations_jti_not_empty/);
+    await expect(
+      stack.db.admin(`insert into token_revocations (tenant_id, id, subject, not_before, revoked_by, created_at) values ($1, $2, '', now(), 'x', now())`, [tenant, randomUUID()]),
+    ).rejects.toThrow(/token_revocations_subject_not_empty/);
   });
 
   it('Redis unreachable from the start: the list still loads from PostgreSQL, and its reconcile keeps it fresh without Redis', { timeout: 120_000 }, async () => {

@@ -131,6 +131,12 @@ function parseRevoke(args: string[]): RevocationRequest {
     return { tenantId: tenant, jti, ...(exp !== undefined ? { expiresAt: expiry(exp) } : {}), revokedBy, reason };
   }
   if (!v.tenant || !UUID.test(v.tenant)) throw new UsageError('--tenant <uuid> is required (or --token)');
+  // An unset shell variable gives '' (or a stray space): such a row would revoke no token while the
+  // command reported success.
+  for (const option of ['jti', 'sub'] as const) {
+    const value = v[option];
+    if (value !== undefined && (value === '' || value.trim() !== value)) throw new UsageError(`--${option}: empty or padded with spaces ("${value}"): name the token id or subject exactly`);
+  }
   if (v.jti !== undefined) {
     if (v.sub || v['issued-before']) throw new UsageError('--jti revokes one token: --sub and --issued-before go without it');
     let expiresAt: Date | undefined;

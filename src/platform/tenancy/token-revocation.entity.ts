@@ -35,6 +35,11 @@ export const TokenRevocationRow = defineEntity({
     { name: 'token_revocations_one_kind', expression: '(jti is null) <> (not_before is null)' },
     { name: 'token_revocations_subject_with_not_before', expression: 'subject is null or not_before is not null' },
     { name: 'token_revocations_lifted_by_whom', expression: '(lifted_at is null) = (lifted_by is null)' },
+    // An empty token id or subject revokes no token (the verifier drops an empty jti; sub is required
+    // non-empty) while the command would report success: refused. A lifted row is exempt, so a row
+    // written before this check is kept as the record, lifted by the migration that added it.
+    { name: 'token_revocations_jti_not_empty', expression: "jti <> '' or lifted_at is not null" },
+    { name: 'token_revocations_subject_not_empty', expression: "subject <> '' or lifted_at is not null" },
   ],
   rowLevelSecurity: 'force',
   policies: [

@@ -90,12 +90,20 @@ export class RevocationSet {
   }
 }
 
+/**
+ * How long a token-id revocation is still loaded (and kept by the prune) after its `expires_at` by the
+ * database's clock. The verifier (jose) judges the token's `exp` by the API host's clock: on a host
+ * running behind the database, a row dropped at its expiry would let the revoked token through for
+ * that lag. Rows past it are harmless to keep a little longer; a clock off by more is out of NTP.
+ */
+export const REVOKED_ID_KEPT_AFTER_EXPIRY = '5 minutes';
+
 /** Every revocation still in force, read as the system role (its select policy and column grants). */
 export async function loadRevocations(orm: MikroORM): Promise<Revocation[]> {
   const rows = await systemEm(orm).transactional((em) =>
     em.execute<Array<{ tenant_id: string; jti: string | null; subject: string | null; not_before: number | null; expires_at_ms: number | null }>>(
       `select tenant_id, jti, subject, extract(epoch from not_before)::float8 as not_before, (extract(epoch from expires_at) * 1000)::float8 as expires_at_ms
-         from token_revocations where (expires_at is null or expires_at > now()) and lifted_at is null`,
+         from token_revocations where (expires_at is null or expires_at > now() - interval '${REVOKED_ID_KEPT_AFTER_EXPIRY}') and lifted_at is null`,
     ),
   );
   return rows.map((r) =>
@@ -432,13 +440,14 @@ export async function liftRevocation(
   return { revocation: lifted, ...(await announce(target, { lifted: { tenantId, id: lifted.id } })) };
 }
 
-/** Deletes the token-id revocations whose token has expired (their `expires_at` passed), as the owner role. */
+/** Deletes the token-id revocations whose token has expired (their `expires_at` passed by REVOKED_ID_KEPT_AFTER_EXPIRY), as the owner role. */
 export async function pruneRevocations(ownerUrl: string): Promise<number> {
   const client = new pg.Client(pgClientConfig(ownerUrl));
   await client.connect();
   try {
-    // The system role's prune policy (the owner is a member of it) admits only rows past their expiry.
-    const { rowCount } = await client.query('delete from token_revocations where expires_at < now()');
+    // The system role's prune policy (the owner is a member of it) admits only rows past their expiry;
+    // a row is kept as long as the loader still reads it (REVOKED_ID_KEPT_AFTER_EXPIRY).
+    const { rowCount } = await client.query(`delete from token_revocations where expires_at < now() - interval '${REVOKED_ID_KEPT_AFTER_EXPIRY}'`);
     return rowCount ?? 0;
   } finally {
     await client.end();
