@@ -70,6 +70,9 @@ describe('webhook resend budget (WEBHOOK_RESEND_MAX_PER_HOUR)', () => {
       expect(Number.isInteger(retryAfter) && retryAfter >= 1 && retryAfter <= 3600, `Retry-After ${res.headers.get('retry-after')}`).toBe(true);
     }
     expect(await resends(ids)).toEqual([...Array(BUDGET).fill(1), 0, 0, 0]);
+    // Counted as a refusal by a limit, by route (no tenant label).
+    const metrics = (await api(stack, 'GET', '/metrics')).text;
+    expect(metrics).toContain(`dealix_requests_refused_total{reason="webhook_resend",route="POST ${ENDPOINTS}/:id/deliveries/resend"} 1`);
     // The refusal stored no answer under its key: the same key is processed again (refused again, not replayed as a 202).
     expect((await recover(t.admin, t.endpoint.id, { since: '2026-11-20T00:00:00Z' }, key)).status).toBe(429);
     // Another tenant's budget is its own.
