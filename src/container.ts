@@ -27,7 +27,8 @@ import { EndpointRates } from './platform/webhooks/rate-limit.ts';
 import { webhookDeliveryRoutes } from './platform/webhooks/deliveries.routes.ts';
 import { operatorLimitsRoutes } from './platform/limits/operator-limits.routes.ts';
 import { publishActiveRunsOverride } from './platform/limits/tenant-limits.ts';
-import { webhookResendRoutes } from './platform/webhooks/resend.ts';
+import { RESEND_BUDGET_WINDOW_MS, webhookResendRoutes } from './platform/webhooks/resend.ts';
+import { SlidingBudget } from './platform/http/rate-window.ts';
 import { webhookTestEventRoutes } from './platform/webhooks/test-event.ts';
 import type { UrlPolicy } from './platform/webhooks/ssrf.ts';
 import { HostResolver } from './platform/webhooks/resolve.ts';
@@ -129,7 +130,12 @@ export async function createContainer(
       rates: { limits: new EndpointRates(redis, config.QUEUE_PREFIX), queue: () => queue(WEBHOOK_QUEUE) },
     }),
     ...webhookDeliveryRoutes(),
-    ...webhookResendRoutes({ queue: () => queue(WEBHOOK_QUEUE), maxPendingResent: config.WEBHOOK_RESEND_MAX_PENDING, onResent: (mode, count) => metrics.webhookDeliveriesResent.inc({ mode }, count) }),
+    ...webhookResendRoutes({
+      queue: () => queue(WEBHOOK_QUEUE),
+      maxPendingResent: config.WEBHOOK_RESEND_MAX_PENDING,
+      budget: { window: new SlidingBudget(redis, `${config.QUEUE_PREFIX}:webhook-resend`, RESEND_BUDGET_WINDOW_MS), maxPerHour: config.WEBHOOK_RESEND_MAX_PER_HOUR },
+      onResent: (mode, count) => metrics.webhookDeliveriesResent.inc({ mode }, count),
+    }),
     ...webhookTestEventRoutes({ queue: () => queue(WEBHOOK_QUEUE), onSent: () => metrics.webhookTestEvents.inc() }),
     ...operatorLimitsRoutes({
       defaults: { maxActiveRuns: config.WORKER_MAX_ACTIVE_RUNS_PER_TENANT, maxRunsInFlight: config.MAX_RUNS_IN_FLIGHT_PER_TENANT },

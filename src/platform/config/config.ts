@@ -256,6 +256,14 @@ export const configSchema = z
      */
     WEBHOOK_RESEND_MAX_PENDING: z.coerce.number().int().min(1).max(100_000).default(2000),
     /**
+     * Deliveries a tenant may resend in any sliding hour, single and bulk resends together (ADR 0013,
+     * *Resending*): past it a resend is 429 `webhook_resend_rate_limited` with Retry-After, and a bulk
+     * resend resends at most what is left. The pending bound above drains at the receivers' pace: without
+     * this, an admin could aim 1,000 signed POSTs per request, request after request, at any host set as
+     * an endpoint's URL. 0 = off (no Redis command).
+     */
+    WEBHOOK_RESEND_MAX_PER_HOUR: z.coerce.number().int().min(0).max(1_000_000).default(5000),
+    /**
      * Delivery attempts one endpoint may have in flight at once, over every worker process (ADR 0013):
      * past it the endpoint's further deliveries are parked until one of its attempts ends, so one
      * tenant's slow receiver cannot fill every worker's webhook slots. 0 = off (no Redis command added).

@@ -60,6 +60,24 @@ export class RateWindow {
 }
 
 /**
+ * What the sliding windows share: a sorted set per subject under `keyPrefix`, the window, the clock the
+ * entries are timed by (`now`: tests move it), and their scripts (one key each), defined once per connection.
+ */
+abstract class SlidingSets<R extends Redis> {
+  protected readonly redis: R;
+  protected readonly keyPrefix: string;
+  readonly windowMs: number;
+  protected readonly now: () => number;
+  constructor(redis: Redis, keyPrefix: string, windowMs: number, now: () => number, scripts: Record<string, string>) {
+    this.keyPrefix = keyPrefix;
+    this.windowMs = windowMs;
+    this.now = now;
+    for (const [name, lua] of Object.entries(scripts)) if (!(name in redis)) redis.defineCommand(name, { numberOfKeys: 1, lua });
+    this.redis = redis as R;
+  }
+}
+
+/**
  * One attempt in a sliding window: drops the subject's attempts `windowMs` old or older, adds this one
  * (scored by its time), keeps the set no longer than the window, and answers the count with the oldest
  * attempt's time. One command (the script), atomic, whatever number of API processes count at once.
@@ -92,17 +110,9 @@ export interface SlidingHit {
  * set holds at most the attempts a caller keeps counted (the failures) plus those in flight, and
  * expires with the window. `now` is the clock the attempts are timed by (tests move it).
  */
-export class SlidingRateWindow {
-  private readonly redis: SlidingRedis;
-  private readonly keyPrefix: string;
-  readonly windowMs: number;
-  private readonly now: () => number;
+export class SlidingRateWindow extends SlidingSets<SlidingRedis> {
   constructor(redis: Redis, keyPrefix: string, windowMs: number, now: () => number = Date.now) {
-    this.keyPrefix = keyPrefix;
-    this.windowMs = windowMs;
-    this.now = now;
-    if (!('dealixSlidingHit' in redis)) redis.defineCommand('dealixSlidingHit', { numberOfKeys: 1, lua: SLIDING_HIT });
-    this.redis = redis as SlidingRedis;
+    super(redis, keyPrefix, windowMs, now, { dealixSlidingHit: SLIDING_HIT });
   }
 
   /** Counts one attempt for `subject`: the attempts in the window so far, and the seconds until the oldest of them leaves it. */
@@ -119,5 +129,88 @@ export class SlidingRateWindow {
   /** Takes back an attempt that turned out not to count (right, or refused unchecked). */
   async unhit(hit: SlidingHit): Promise<void> {
     await this.redis.zrem(hit.key, hit.member);
+  }
+}
+
+/**
+ * Takes up to `want` units from a subject's sliding budget of `max` per window: drops the entries a
+ * window old or older, sums what the rest spent (each member is `<time>:<uuid>:<units>`), and adds one
+ * entry for what it grants — `min(want, what is left)`, nothing when nothing is left. Answers the grant
+ * and the oldest entry's time. One command, atomic over every API process. O(entries in the window):
+ * one per request that spent something, bounded by the budget itself.
+ */
+const BUDGET_TAKE = `local now = tonumber(ARGV[1])
+local window = tonumber(ARGV[2])
+local want = tonumber(ARGV[3])
+local max = tonumber(ARGV[4])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+local used = 0
+for _, m in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  used = used + tonumber(string.match(m, ':(%d+)$'))
+end
+local grant = math.max(0, math.min(want, max - used))
+if grant > 0 then
+  redis.call('ZADD', KEYS[1], now, ARGV[5] .. ':' .. grant)
+  redis.call('PEXPIRE', KEYS[1], window + 1000)
+end
+local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+return {grant, oldest[2] or tostring(now)}`;
+
+/**
+ * Keeps `ARGV[3]` units of an entry that granted more (0: drops it), at the entry's own time. Only if the
+ * entry is still there: a window already past is not written again (never a key without expiry either).
+ */
+const BUDGET_KEEP = `local score = redis.call('ZSCORE', KEYS[1], ARGV[1] .. ':' .. ARGV[2])
+if not score then return 0 end
+redis.call('ZREM', KEYS[1], ARGV[1] .. ':' .. ARGV[2])
+if tonumber(ARGV[3]) > 0 then redis.call('ZADD', KEYS[1], score, ARGV[1] .. ':' .. ARGV[3]) end
+return 1`;
+
+type BudgetRedis = Redis & {
+  dealixBudgetTake(key: string, now: number, windowMs: number, want: number, max: number, member: string): Promise<[number, string]>;
+  dealixBudgetKeep(key: string, member: string, granted: number, keep: number): Promise<number>;
+};
+
+/** What a `take` granted, for `keep`: its set and its own entry in it. */
+export interface BudgetTake {
+  granted: number;
+  /** Seconds until the oldest entry of the window leaves it (some budget frees): the Retry-After of a refusal. */
+  retryAfter: number;
+  key: string;
+  member: string;
+  /** The units the entry holds now: `granted`, less what `keep` gave back. */
+  held: number;
+}
+
+/**
+ * A budget of `max` units per subject in any sliding window of `windowMs` (a sorted set of the grants,
+ * each with its units), shared by every API process: SlidingRateWindow weighted, for a request that
+ * spends many units at once (a bulk resend: one per delivery). `take` grants what is left up to what
+ * is asked; `keep` gives back what a grant did not use. Exact over any window, where a token bucket
+ * lets twice its size through in one window (full, then refilled). `now` for tests.
+ */
+export class SlidingBudget extends SlidingSets<BudgetRedis> {
+  constructor(redis: Redis, keyPrefix: string, windowMs: number, now: () => number = Date.now) {
+    super(redis, keyPrefix, windowMs, now, { dealixBudgetTake: BUDGET_TAKE, dealixBudgetKeep: BUDGET_KEEP });
+  }
+
+  /** Takes up to `want` of `subject`'s `max` units in the window: `granted` is 0 when none is left. */
+  async take(subject: string, want: number, max: number): Promise<BudgetTake> {
+    const key = `${this.keyPrefix}:budget:${subject}`;
+    const now = this.now();
+    const member = `${now}:${randomUUID()}`;
+    const [granted, oldest] = await this.redis.dealixBudgetTake(key, now, this.windowMs, want, max, member);
+    return { granted: Number(granted), retryAfter: Math.max(1, Math.ceil((Number(oldest) + this.windowMs - now) / 1000)), key, member, held: Number(granted) };
+  }
+
+  /**
+   * Keeps `units` of a take and gives the rest back (0: all of it); never more than it holds, so a second
+   * call (a partial keep, then a rollback's 0) gives back only what the first kept.
+   */
+  async keep(take: BudgetTake, units: number): Promise<void> {
+    const keep = Math.max(0, units);
+    if (keep >= take.held) return;
+    await this.redis.dealixBudgetKeep(take.key, take.member, take.held, keep);
+    take.held = keep;
   }
 }

@@ -7,9 +7,10 @@ import { routeTemplate } from './method-not-allowed.ts';
  * submission rate (RATE_LIMIT_PER_MINUTE, 429) or runs in flight (MAX_RUNS_IN_FLIGHT_PER_TENANT or its
  * override, 429), the tenant's share of this process's in-flight requests (API_MAX_INFLIGHT_PER_TENANT,
  * 429), this process at capacity (API_MAX_INFLIGHT, 503), or the tenant's share of this process's database
- * connections busy for as long as a request waits for one (API_MAX_DB_CONNECTIONS_PER_TENANT, 503).
+ * connections busy for as long as a request waits for one (API_MAX_DB_CONNECTIONS_PER_TENANT, 503), or the
+ * tenant's hourly budget of resent webhook deliveries spent (WEBHOOK_RESEND_MAX_PER_HOUR, 429, resend.ts).
  */
-export type RefusalReason = 'rate_limit' | 'runs_in_flight' | 'tenant_in_flight' | 'load_shed' | 'tenant_db_connections';
+export type RefusalReason = 'rate_limit' | 'runs_in_flight' | 'tenant_in_flight' | 'load_shed' | 'tenant_db_connections' | 'webhook_resend';
 
 /**
  * Counts one refused request. `route` is the route's method and template (`POST /api/v1/golden-path/run`),
@@ -18,11 +19,11 @@ export type RefusalReason = 'rate_limit' | 'runs_in_flight' | 'tenant_in_flight'
  */
 export type OnRefused = (reason: RefusalReason, route: string) => void;
 
-/** A 429 of a tenant limit, with the limit that refused it. */
+/** A 429 of a tenant limit, with the limit that refused it; `code` is the problem's (`rate_limited` unless a route names its own). */
 export class TooManyRequestsError extends AppError {
   readonly reason: RefusalReason;
-  constructor(reason: RefusalReason, detail: string, retryAfter: number) {
-    super('rate_limited', 'Too Many Requests', { status: 429, retryable: true, detail, headers: { 'Retry-After': String(retryAfter) } });
+  constructor(reason: RefusalReason, detail: string, retryAfter: number, code = 'rate_limited') {
+    super(code, 'Too Many Requests', { status: 429, retryable: true, detail, headers: { 'Retry-After': String(retryAfter) } });
     this.reason = reason;
   }
 }

@@ -69,7 +69,7 @@ export function createMetrics(): Metrics {
     }),
     requestsRefused: new Counter({
       name: 'dealix_requests_refused_total',
-      help: 'Requests the API refused before doing their work, by reason (rate_limit, runs_in_flight, tenant_in_flight: 429; load_shed, tenant_db_connections: 503) and route (method and template, or other); counted by the API process that refused them',
+      help: 'Requests the API refused before doing their work, by reason (rate_limit, runs_in_flight, tenant_in_flight, webhook_resend: 429; load_shed, tenant_db_connections: 503) and route (method and template, or other); counted by the API process that refused them',
       labelNames: ['reason', 'route'],
       registers: [registry],
     }),

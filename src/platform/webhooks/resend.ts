@@ -7,6 +7,8 @@ import { instantInput } from '../http/iso-time.ts';
 import { ConflictError, NotFoundError } from '../errors/app-error.ts';
 import { ADMIN_ROLE } from '../tenancy/roles.ts';
 import { DEFER_UNTIL_NEXT } from '../db/markers.ts';
+import type { SlidingBudget } from '../http/rate-window.ts';
+import { TooManyRequestsError } from '../http/refusals.ts';
 import { enqueueDeliveries } from './delivery.ts';
 import { testPending, testsPendingBelow, WEBHOOK_TEST_MAX_PENDING } from './test-event.ts';
 import { WEBHOOK_TEST_EVENT } from './webhook.entities.ts';
@@ -47,7 +49,7 @@ const bulkResendBody = z
 
 const bulkResendResult = z
   .strictObject({
-    resent: z.number().int().describe('How many deliveries this request made pending again, oldest first (test events are never among them): at most `limit`, and at most what WEBHOOK_RESEND_MAX_PENDING leaves the tenant'),
+    resent: z.number().int().describe('How many deliveries this request made pending again, oldest first (test events are never among them): at most `limit`, at most what WEBHOOK_RESEND_MAX_PENDING leaves the tenant, and at most what is left of its WEBHOOK_RESEND_MAX_PER_HOUR'),
     has_more: z.boolean().describe('Whether deliveries matching the filter are left (past the limit): send the request again, with a new Idempotency-Key, until it is false'),
   })
   .meta({ id: 'WebhookBulkResendResult' });
@@ -92,6 +94,47 @@ async function resendRoom(em: EntityManager, tenantId: string, max: number): Pro
   return room;
 }
 
+/** The window of WEBHOOK_RESEND_MAX_PER_HOUR: an hour, sliding. */
+export const RESEND_BUDGET_WINDOW_MS = 3_600_000;
+
+/** WEBHOOK_RESEND_MAX_PER_HOUR: a tenant's resent deliveries in any sliding hour, in Redis (`window`); 0 = off. */
+export interface ResendBudget {
+  window: SlidingBudget;
+  maxPerHour: number;
+}
+
+/**
+ * Takes up to `want` deliveries from the tenant's hourly budget of resends, or refuses the request (429
+ * `webhook_resend_rate_limited`, Retry-After: until the oldest resend of the hour leaves it) when none is
+ * left. Why a budget besides WEBHOOK_RESEND_MAX_PENDING: that one bounds the queue, not the traffic — its
+ * backlog drains at the receivers' pace, and an admin could then resend 1,000 signed POSTs again, and
+ * again, at any host it set as an endpoint's URL: the platform as an amplifier (the pending bound
+ * refilled as fast as the host answered). Counted in deliveries, not requests, since one request resends
+ * 1 or 1,000. Taken under the tenant's resend lock (resendRoom), after the checks that refuse with a 4xx,
+ * right before the update; what the update did not resend is given back (`keep`), and all of it if the
+ * transaction does not commit (nothing was resent). A commit that fails after its statements ran may
+ * leave the budget spent: the tenant resends less, never more.
+ */
+async function spendBudget(budget: ResendBudget | undefined, ctx: { principal: { tenantId: string }; onRollback(fn: (err: unknown) => Promise<void>): void }, want: number): Promise<{ granted: number; keep(resent: number): Promise<void> } | undefined> {
+  if (!budget || budget.maxPerHour <= 0) return undefined;
+  const take = await budget.window.take(ctx.principal.tenantId, want, budget.maxPerHour);
+  if (take.granted <= 0) {
+    throw new TooManyRequestsError(
+      'webhook_resend',
+      `The tenant has resent ${budget.maxPerHour} webhook deliveries in the last hour (WEBHOOK_RESEND_MAX_PER_HOUR): nothing is resent; try again in ${take.retryAfter} s.`,
+      take.retryAfter,
+      'webhook_resend_rate_limited',
+    );
+  }
+  ctx.onRollback(() => budget.window.keep(take, 0));
+  return { granted: take.granted, keep: (resent) => budget.window.keep(take, resent) };
+}
+
+const rateLimited = {
+  description:
+    'The tenant has resent WEBHOOK_RESEND_MAX_PER_HOUR deliveries in the last hour (`webhook_resend_rate_limited`): nothing is resent; retry after Retry-After (with a new Idempotency-Key or the same: a 429 is not stored)',
+};
+
 /** The SET of a resend: pending again with one attempt due now; the history (attempts, attempt_log, last answer) is kept. */
 const RESEND_SET = `status = 'pending', next_attempt_at = now(), delivered_at = null, resent_at = now(), resends = resends + 1, updated_at = now()`;
 
@@ -110,6 +153,8 @@ export function webhookResendRoutes(deps: {
   queue: () => Queue;
   /** WEBHOOK_RESEND_MAX_PENDING: deliveries a tenant may have pending from resends (resendRoom). */
   maxPendingResent: number;
+  /** WEBHOOK_RESEND_MAX_PER_HOUR (spendBudget); none: no hourly budget. */
+  budget?: ResendBudget;
   /** Counts the deliveries a resend made pending (dealix_webhook_deliveries_resent_total), after its commit. */
   onResent?: (mode: 'single' | 'bulk', count: number) => void;
 }): RouteDef[] {
@@ -134,6 +179,7 @@ export function webhookResendRoutes(deps: {
         ...adminOnly,
         404: { description: 'No such endpoint for this tenant, or no such delivery of it' },
         409: { description: 'The delivery is still pending (`webhook_delivery_pending`: it is already owed an attempt), the tenant already has WEBHOOK_RESEND_MAX_PENDING resent deliveries pending (`webhook_resend_backlog`: wait for them), the endpoint is disabled (`webhook_endpoint_disabled`: enable it first), or it is a test event (`webhook.test`) and another test event of the endpoint is pending (`webhook_test_pending`, as for POST …/:id/test)' },
+        429: rateLimited,
       },
       async handler(ctx) {
         const { em, principal, params, afterCommit } = ctx;
@@ -146,6 +192,8 @@ export function webhookResendRoutes(deps: {
         await resendRoom(em, principal.tenantId, deps.maxPendingResent);
         await enabledEndpoint(em, principal.tenantId, params.id, isTest ? LOCK_ROW : '');
         if (!found) throw new NotFoundError('webhook delivery');
+        // One from the hourly budget; given back by the rollback if the update resends nothing (a 409 below).
+        await spendBudget(deps.budget, ctx, 1);
         const [row] = await em.execute<DeliveryRowView[]>(
           `update webhook_deliveries w set ${RESEND_SET}
             where w.tenant_id = ? and w.endpoint_id = ? and w.id = ? and w.status <> 'pending'${isTest ? ` and ${testsPendingBelow('w.tenant_id', 'w.endpoint_id')}` : ''}
@@ -178,6 +226,7 @@ export function webhookResendRoutes(deps: {
         404: { description: 'No such endpoint for this tenant' },
         409: { description: 'The endpoint is disabled (`webhook_endpoint_disabled`): enable it first; or the tenant already has WEBHOOK_RESEND_MAX_PENDING resent deliveries pending (`webhook_resend_backlog`): wait for them, nothing is resent' },
         422: { description: 'Invalid body: no `since`, a time not ISO 8601 with an offset, `until` not after `since`, a status other than failed or delivered, a limit out of 1–1000, or an unknown field' },
+        429: rateLimited,
       },
       async handler(ctx) {
         const { em, principal, params, body, afterCommit } = ctx;
@@ -195,6 +244,9 @@ export function webhookResendRoutes(deps: {
         // heap rows the index reads: test events are few, and nearly none are in a recover's window.
         const filter = `tenant_id = ? and endpoint_id = ? and status in (${statuses}) and event_type <> '${WEBHOOK_TEST_EVENT}' and created_at >= ?::timestamptz and (?::timestamptz is null or created_at < ?::timestamptz)`;
         const filterParams = [principal.tenantId, params.id, body.since, body.until ?? null, body.until ?? null];
+        // At most what is left of the tenant's hourly budget too (429 when none is); what is not resent is given back below.
+        const want = Math.min(body.limit, room);
+        const spent = await spendBudget(deps.budget, ctx, want);
         // Oldest first along the (tenant, endpoint, created_at, id) order of the indexes, locked so no other
         // transaction resends them too. SKIP LOCKED: a row another transaction holds — a concurrent bulk resend
         // (which resends it), the retention pass (which deletes it, in its own order: waiting could deadlock) —
@@ -202,8 +254,9 @@ export function webhookResendRoutes(deps: {
         const rows = await em.execute<ResentRow[]>(
           `with picked as (select id from webhook_deliveries where ${filter} order by created_at, id limit ? for update skip locked)
            update webhook_deliveries d set ${RESEND_SET} where d.tenant_id = ? and d.id = any (array(select id from picked)) returning d.id, d.resends`,
-          [...filterParams, Math.min(body.limit, room), principal.tenantId],
+          [...filterParams, spent?.granted ?? want, principal.tenantId],
         );
+        await spent?.keep(rows.length);
         // Those resent are pending now and match no more: whatever still matches is past the limit.
         const left = await em.execute<unknown[]>(`select 1 from webhook_deliveries where ${filter} limit 1`, filterParams);
         afterCommit(afterResend(ctx, params.id, rows, 'bulk'));

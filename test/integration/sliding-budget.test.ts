@@ -1,0 +1,74 @@
+/**
+ * SlidingBudget (src/platform/http/rate-window.ts), behind WEBHOOK_RESEND_MAX_PER_HOUR (resend.ts), against
+ * the real Redis with a clock the test moves: a budget of N units in any sliding window, spent many units
+ * at a time, what is unused given back.
+ */
+import { afterAll, afterEach, describe, expect, it } from 'vitest';
+import { randomBytes, randomUUID } from 'node:crypto';
+import { Redis } from 'ioredis';
+import { SlidingBudget } from '../../src/platform/http/rate-window.ts';
+import { TEST_REDIS_URL } from '../helpers/env.ts';
+
+const redis = new Redis(TEST_REDIS_URL, { maxRetriesPerRequest: 1 });
+const prefix = `t${randomBytes(5).toString('hex')}`;
+const WINDOW = 3_600_000;
+
+describe('sliding budget (Redis script)', () => {
+  afterEach(async () => {
+    const keys = await redis.keys(`${prefix}:*`);
+    if (keys.length) await redis.del(...keys);
+  });
+  afterAll(() => redis.disconnect());
+
+  it('grants what is left up to what is asked, none past the budget in any window; frees each grant a window after it, not at a fixed boundary', async () => {
+    let now = 1_000_000_000_000;
+    const budget = new SlidingBudget(redis, prefix, WINDOW, () => now);
+    const subject = randomUUID();
+    expect((await budget.take(subject, 3, 10)).granted).toBe(3);
+    now += 10 * 60_000;
+    expect((await budget.take(subject, 1000, 10)).granted).toBe(7);
+    now += 10 * 60_000;
+    const refused = await budget.take(subject, 1, 10);
+    expect(refused.granted).toBe(0);
+    // The oldest grant (3) leaves the window 40 minutes from now.
+    expect(refused.retryAfter).toBe(40 * 60);
+    // Another subject has its own.
+    expect((await budget.take(randomUUID(), 10, 10)).granted).toBe(10);
+    now += 40 * 60_000;
+    // The first grant left: 3 free, not 10 (the second is still in the window).
+    expect((await budget.take(subject, 1000, 10)).granted).toBe(3);
+    expect((await budget.take(subject, 1, 10)).granted).toBe(0);
+    now += 10 * 60_000;
+    expect((await budget.take(subject, 1000, 10)).granted).toBe(7);
+  });
+
+  it('keep gives back what a grant did not use, once: a partial keep then a keep of 0 (a rollback) gives back the rest and nothing more', async () => {
+    const now = 1_000_000_000_000;
+    const budget = new SlidingBudget(redis, prefix, WINDOW, () => now);
+    const subject = randomUUID();
+    const other = await budget.take(subject, 4, 10);
+    const take = await budget.take(subject, 6, 10);
+    expect(take.granted).toBe(6);
+    await budget.keep(take, 2);
+    await budget.keep(take, 2);
+    const probe = await budget.take(subject, 1000, 10);
+    expect(probe.granted).toBe(4);
+    await budget.keep(probe, 0);
+    await budget.keep(take, 0);
+    await budget.keep(take, 0);
+    // Only `other` (4) holds budget now: 6 left, never more however often the takes were given back.
+    expect((await budget.take(subject, 1000, 10)).granted).toBe(6);
+    expect(other.granted).toBe(4);
+  });
+
+  it('concurrent takes never grant more than the budget between them (one script each, atomic)', async () => {
+    const budget = new SlidingBudget(redis, prefix, WINDOW);
+    const subject = randomUUID();
+    const takes = await Promise.all(Array.from({ length: 20 }, () => budget.take(subject, 3, 25)));
+    expect(takes.reduce((n, t) => n + t.granted, 0)).toBe(25);
+    // The key expires with the window: nothing kept for good.
+    const ttl = await redis.pttl(`${prefix}:budget:${subject}`);
+    expect(ttl).toBeGreaterThan(0);
+    expect(ttl).toBeLessThanOrEqual(WINDOW + 1000);
+  });
+});

@@ -1,0 +1,98 @@
+/**
+ * The hourly budget of resent deliveries per tenant (WEBHOOK_RESEND_MAX_PER_HOUR; ADR 0013, *Resending*)
+ * against the real stack: PostgreSQL as the application role, Redis. A review found that a tenant admin
+ * could point an endpoint at any public host and bulk-resend 1,000 signed POSTs per request, again and
+ * again as the pending bound (WEBHOOK_RESEND_MAX_PENDING) drained: the platform as an amplifier. No
+ * worker runs here: resent deliveries stay pending, nothing is POSTed, and the rows tell what was resent.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { randomUUID } from 'node:crypto';
+import { api, startStack, type TestStack } from '../helpers/stack.ts';
+import { ENDPOINTS, startReceiver, tenantWithEndpoint, type Receiver } from '../helpers/webhooks.ts';
+
+const BUDGET = 5;
+
+describe('webhook resend budget (WEBHOOK_RESEND_MAX_PER_HOUR)', () => {
+  let stack: TestStack;
+  let receiver: Receiver;
+  beforeAll(async () => {
+    stack = await startStack({ env: { WEBHOOK_ALLOW_PRIVATE_NETWORKS: 'true', WEBHOOK_RESEND_MAX_PER_HOUR: String(BUDGET) } });
+    receiver = await startReceiver();
+  }, 120_000);
+  afterAll(async () => {
+    await receiver?.close();
+    await stack?.stop();
+  });
+
+  const recover = (token: string, endpointId: string, body: unknown, key: string = randomUUID()) =>
+    api(stack, 'POST', `${ENDPOINTS}/${endpointId}/deliveries/resend`, { token, body, headers: { 'Idempotency-Key': key } });
+  const resend = (token: string, endpointId: string, deliveryId: string) =>
+    api(stack, 'POST', `${ENDPOINTS}/${endpointId}/deliveries/${deliveryId}/resend`, { token, headers: { 'Idempotency-Key': randomUUID() } });
+
+  /** `n` failed deliveries of the endpoint, created an hour apart from 2026-11-20T01:00Z (no job: nothing attempts them). */
+  const insertFailed = async (t: { tenantId: string; endpoint: { id: string } }, n: number, firstHour = 1) => {
+    const ids: string[] = [];
+    for (let h = firstHour; h < firstHour + n; h++) {
+      const id = randomUUID();
+      const at = `2026-11-20T${String(h).padStart(2, '0')}:00:00.000Z`;
+      await stack.db.admin(
+        `insert into webhook_deliveries (id, tenant_id, endpoint_id, event_type, payload, status, attempts, last_status_code, last_error, created_at, updated_at)
+         values ($1, $2, $3, 'run.completed', $4, 'failed', 2, 500, 'HTTP 500', $5, now())`,
+        [id, t.tenantId, t.endpoint.id, JSON.stringify({ type: 'run.completed', timestamp: at, data: { run_id: randomUUID() } }), at],
+      );
+      ids.push(id);
+    }
+    return ids;
+  };
+  const resends = async (ids: string[]) =>
+    ((await stack.db.admin(`select id, resends from webhook_deliveries where id = any($1::uuid[])`, [ids])).rows as { id: string; resends: number }[])
+      .sort((a, b) => ids.indexOf(a.id) - ids.indexOf(b.id))
+      .map((r) => r.resends);
+
+  it('a tenant resends at most WEBHOOK_RESEND_MAX_PER_HOUR deliveries in an hour: a bulk recover is clamped to what is left, then both resends are 429 with Retry-After and nothing is resent', async () => {
+    const t = await tenantWithEndpoint(stack, receiver, '/budget', ['run.completed']);
+    const ids = await insertFailed(t, BUDGET + 3);
+    const first = await recover(t.admin, t.endpoint.id, { since: '2026-11-20T00:00:00Z' });
+    expect(first.status, first.text).toBe(202);
+    // Clamped by the budget, not by the limit (1,000) nor the pending bound (2,000): has_more says the rest is left.
+    expect(first.json).toEqual({ resent: BUDGET, has_more: true });
+    expect(await resends(ids)).toEqual([...Array(BUDGET).fill(1), 0, 0, 0]);
+    // The budget is spent: both resends are refused, as problem+json with Retry-After, and change nothing.
+    const key = randomUUID();
+    const bulk = await recover(t.admin, t.endpoint.id, { since: '2026-11-20T00:00:00Z' }, key);
+    const single = await resend(t.admin, t.endpoint.id, ids[BUDGET]!);
+    for (const res of [bulk, single]) {
+      expect(res.status, res.text).toBe(429);
+      expect(res.headers.get('content-type')).toContain('application/problem+json');
+      expect(res.json).toMatchObject({ code: 'webhook_resend_rate_limited', status: 429 });
+      expect(res.json.detail).toContain('WEBHOOK_RESEND_MAX_PER_HOUR');
+      const retryAfter = Number(res.headers.get('retry-after'));
+      expect(Number.isInteger(retryAfter) && retryAfter >= 1 && retryAfter <= 3600, `Retry-After ${res.headers.get('retry-after')}`).toBe(true);
+    }
+    expect(await resends(ids)).toEqual([...Array(BUDGET).fill(1), 0, 0, 0]);
+    // Counted as a refusal by a limit, by route (no tenant label).
+    const metrics = (await api(stack, 'GET', '/metrics')).text;
+    expect(metrics).toContain(`dealix_requests_refused_total{reason="webhook_resend",route="POST ${ENDPOINTS}/:id/deliveries/resend"} 1`);
+    // The refusal stored no answer under its key: the same key is processed again (refused again, not replayed as a 202).
+    expect((await recover(t.admin, t.endpoint.id, { since: '2026-11-20T00:00:00Z' }, key)).status).toBe(429);
+    // Another tenant's budget is its own.
+    const other = await tenantWithEndpoint(stack, receiver, '/budget-other', ['run.completed']);
+    const theirs = await insertFailed(other, 1);
+    expect((await resend(other.admin, other.endpoint.id, theirs[0]!)).status).toBe(202);
+  });
+
+  it('a resend spends only what it resent: a recover matching fewer than the budget, a refused one (disabled endpoint) and a 404 leave the rest for later requests', async () => {
+    const t = await tenantWithEndpoint(stack, receiver, '/budget-partial', ['run.completed']);
+    const two = await insertFailed(t, 2);
+    expect((await recover(t.admin, t.endpoint.id, { since: '2026-11-20T00:00:00Z' })).json).toEqual({ resent: 2, has_more: false });
+    expect((await resend(t.admin, t.endpoint.id, randomUUID())).status).toBe(404);
+    expect((await api(stack, 'POST', `${ENDPOINTS}/${t.endpoint.id}/disable`, { token: t.admin })).status).toBe(200);
+    const more = await insertFailed(t, BUDGET, 10);
+    expect((await recover(t.admin, t.endpoint.id, { since: '2026-11-20T09:00:00Z' })).json.code).toBe('webhook_endpoint_disabled');
+    expect((await api(stack, 'POST', `${ENDPOINTS}/${t.endpoint.id}/enable`, { token: t.admin, headers: { 'Idempotency-Key': randomUUID() } })).status).toBe(200);
+    // 2 spent of 5: three more now, then none.
+    expect((await recover(t.admin, t.endpoint.id, { since: '2026-11-20T09:00:00Z' })).json).toEqual({ resent: BUDGET - 2, has_more: true });
+    expect(await resends([...two, ...more])).toEqual([1, 1, ...Array(BUDGET - 2).fill(1), 0, 0]);
+    expect((await recover(t.admin, t.endpoint.id, { since: '2026-11-20T09:00:00Z' })).status).toBe(429);
+  });
+});
