@@ -61,6 +61,18 @@ describe('sliding budget (Redis script)', () => {
     expect(other.granted).toBe(4);
   });
 
+  it("a partial keep of a subject's only entry leaves its key expiring with the window (not a key kept for good)", async () => {
+    const budget = new SlidingBudget(redis, prefix, WINDOW);
+    const subject = randomUUID();
+    const take = await budget.take(subject, 6, 10);
+    await budget.keep(take, 2);
+    const ttl = await redis.pttl(`${prefix}:budget:${subject}`);
+    expect(ttl).toBeGreaterThan(0);
+    expect(ttl).toBeLessThanOrEqual(WINDOW + 1000);
+    // Still counted: 2 held, 8 left.
+    expect((await budget.take(subject, 1000, 10)).granted).toBe(8);
+  });
+
   it('concurrent takes never grant more than the budget between them (one script each, atomic)', async () => {
     const budget = new SlidingBudget(redis, prefix, WINDOW);
     const subject = randomUUID();

@@ -158,12 +158,14 @@ return {grant, oldest[2] or tostring(now)}`;
 
 /**
  * Keeps `ARGV[3]` units of an entry that granted more (0: drops it), at the entry's own time. Only if the
- * entry is still there: a window already past is not written again (never a key without expiry either).
+ * entry is still there: a window already past is not written again. The kept entry is added before the
+ * old one is removed: removing a set's only member deletes the key, and the ZADD after it then made a new
+ * key without expiry (a partial bulk resend of a tenant's only grant of the hour left it for good).
  */
 const BUDGET_KEEP = `local score = redis.call('ZSCORE', KEYS[1], ARGV[1] .. ':' .. ARGV[2])
 if not score then return 0 end
-redis.call('ZREM', KEYS[1], ARGV[1] .. ':' .. ARGV[2])
 if tonumber(ARGV[3]) > 0 then redis.call('ZADD', KEYS[1], score, ARGV[1] .. ':' .. ARGV[3]) end
+redis.call('ZREM', KEYS[1], ARGV[1] .. ':' .. ARGV[2])
 return 1`;
 
 type BudgetRedis = Redis & {
