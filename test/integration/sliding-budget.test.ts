@@ -73,6 +73,42 @@ describe('sliding budget (Redis script)', () => {
     expect((await budget.take(subject, 1000, 10)).granted).toBe(8);
   });
 
+  it('keeps a running total beside the set, so a take reads only the entries leaving the window, not every one (a refused take at a full window of single resends read 5,000)', async () => {
+    let now = 1_000_000_000_000;
+    const budget = new SlidingBudget(redis, prefix, WINDOW, () => now);
+    const subject = randomUUID();
+    const key = `${prefix}:budget:${subject}`;
+    const totalKey = `${prefix}:budget-total:${subject}`;
+    const total = async () => Number(await redis.get(totalKey));
+    for (let i = 0; i < 5; i++) {
+      await budget.take(subject, 1, 100);
+      now += 60_000;
+    }
+    const bulk = await budget.take(subject, 40, 100);
+    await budget.keep(bulk, 15);
+    expect(await total()).toBe(20);
+    // The total expires with the set.
+    const ttl = await redis.pttl(totalKey);
+    expect(ttl).toBeGreaterThan(0);
+    expect(ttl).toBeLessThanOrEqual(WINDOW + 1000);
+    // Three single takes leave the window: the total drops by them, and a refusal changes nothing.
+    now += WINDOW - 3 * 60_000;
+    expect((await budget.take(subject, 1000, 100)).granted).toBe(100 - 17);
+    expect(await total()).toBe(100);
+    expect((await budget.take(subject, 1, 100)).granted).toBe(0);
+    expect(await total()).toBe(100);
+    // A total lost (or from before it was kept) is counted again from the set, once.
+    await redis.del(totalKey);
+    now += 60_000;
+    expect((await budget.take(subject, 1000, 100)).granted).toBe(1);
+    expect(await total()).toBe(100);
+    // Everything left the window: the set and its total are gone.
+    now += 2 * WINDOW;
+    const none = await budget.take(subject, 0, 100);
+    expect(none.granted).toBe(0);
+    expect(await redis.exists(key, totalKey)).toBe(0);
+  });
+
   it('concurrent takes never grant more than the budget between them (one script each, atomic)', async () => {
     const budget = new SlidingBudget(redis, prefix, WINDOW);
     const subject = randomUUID();
