@@ -9,6 +9,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { randomUUID } from 'node:crypto';
 import { api, startStack, type TestStack } from '../helpers/stack.ts';
 import { ENDPOINTS, startReceiver, tenantWithEndpoint, type Receiver } from '../helpers/webhooks.ts';
+import { waitFor } from '../helpers/poll.ts';
 
 const BUDGET = 5;
 
@@ -16,7 +17,8 @@ describe('webhook resend budget (WEBHOOK_RESEND_MAX_PER_HOUR)', () => {
   let stack: TestStack;
   let receiver: Receiver;
   beforeAll(async () => {
-    stack = await startStack({ env: { WEBHOOK_ALLOW_PRIVATE_NETWORKS: 'true', WEBHOOK_RESEND_MAX_PER_HOUR: String(BUDGET) } });
+    // Its own redis-server: the last test stops it.
+    stack = await startStack({ ownRedis: true, env: { WEBHOOK_ALLOW_PRIVATE_NETWORKS: 'true', WEBHOOK_RESEND_MAX_PER_HOUR: String(BUDGET) } });
     receiver = await startReceiver();
   }, 120_000);
   afterAll(async () => {
@@ -94,5 +96,37 @@ describe('webhook resend budget (WEBHOOK_RESEND_MAX_PER_HOUR)', () => {
     expect((await recover(t.admin, t.endpoint.id, { since: '2026-11-20T09:00:00Z' })).json).toEqual({ resent: BUDGET - 2, has_more: true });
     expect(await resends([...two, ...more])).toEqual([1, 1, ...Array(BUDGET - 2).fill(1), 0, 0]);
     expect((await recover(t.admin, t.endpoint.id, { since: '2026-11-20T09:00:00Z' })).status).toBe(429);
+  });
+
+  it('Redis unavailable: a resend fails closed — 503 problem+json with Retry-After, nothing resent, the key not stored — and is processed once Redis is back', { timeout: 120_000 }, async () => {
+    const t = await tenantWithEndpoint(stack, receiver, '/budget-down', ['run.completed']);
+    const ids = await insertFailed(t, 2);
+    const key = randomUUID();
+    await stack.ownRedis!.stopServer();
+    try {
+      await waitFor(async () => (await api(stack, 'GET', '/readyz')).status === 503, { timeoutMs: 30_000, what: 'the API to see Redis down' });
+      const bulk = await recover(t.admin, t.endpoint.id, { since: '2026-11-20T00:00:00Z' }, key);
+      const single = await resend(t.admin, t.endpoint.id, ids[1]!);
+      for (const res of [bulk, single]) {
+        expect(res.status, res.text).toBe(503);
+        expect(res.headers.get('content-type')).toContain('application/problem+json');
+        expect(Number(res.headers.get('retry-after'))).toBeGreaterThan(0);
+      }
+      // The budget refused them, not the request as a whole: reading the deliveries needs no Redis.
+      expect((await api(stack, 'GET', `${ENDPOINTS}/${t.endpoint.id}/deliveries`, { token: t.admin })).status).toBe(200);
+      expect(await resends(ids)).toEqual([0, 0]);
+    } finally {
+      await stack.ownRedis!.startServer();
+    }
+    // The 503 stored nothing under its key: the same key is processed once the API has reconnected.
+    const done = await waitFor(
+      async () => {
+        const res = await recover(t.admin, t.endpoint.id, { since: '2026-11-20T00:00:00Z' }, key);
+        return res.status === 202 ? res : undefined;
+      },
+      { timeoutMs: 30_000, what: 'the resend to be processed once Redis is back' },
+    );
+    expect(done.json).toEqual({ resent: 2, has_more: false });
+    expect(await resends(ids)).toEqual([1, 1]);
   });
 });
