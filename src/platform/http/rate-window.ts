@@ -142,7 +142,8 @@ export class SlidingRateWindow extends SlidingSets<SlidingRedis> {
  * entry took ~16 ms of Redis (single-threaded: every queue waits) at a full window of 5,000 single
  * resends, on every resend and every refused one, so an admin could stall Redis with refused requests.
  * A total missing beside a set (lost, or not kept yet) is counted from the set once. The total expires
- * with the set; a set without expiry (never written so, but healed if found) is given the window's.
+ * with the set; a set without expiry (never written so, but healed if found) is given the window's. A
+ * refusal that changes nothing writes nothing (no AOF entry per 429).
  */
 const BUDGET_TAKE = `local now = tonumber(ARGV[1])
 local window = tonumber(ARGV[2])
@@ -154,12 +155,18 @@ local function units(members)
   return n
 end
 local used = 0
+local changed = false
 if redis.call('EXISTS', KEYS[1]) == 1 then
-  used = tonumber(redis.call('GET', KEYS[2])) or units(redis.call('ZRANGE', KEYS[1], 0, -1))
+  used = tonumber(redis.call('GET', KEYS[2]))
+  if not used then
+    used = units(redis.call('ZRANGE', KEYS[1], 0, -1))
+    changed = true
+  end
   local gone = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - window)
   if #gone > 0 then
     used = used - units(gone)
     redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+    changed = true
   end
 end
 local grant = math.max(0, math.min(want, max - used))
@@ -167,13 +174,19 @@ if grant > 0 then
   redis.call('ZADD', KEYS[1], now, ARGV[5] .. ':' .. grant)
   redis.call('PEXPIRE', KEYS[1], window + 1000)
   used = used + grant
+  changed = true
 end
 local ttl = redis.call('PTTL', KEYS[1])
 if ttl == -1 then
   ttl = window + 1000
   redis.call('PEXPIRE', KEYS[1], ttl)
+  changed = true
 end
-if ttl > 0 then redis.call('SET', KEYS[2], used, 'PX', ttl) else redis.call('DEL', KEYS[2]) end
+if ttl < 0 then
+  redis.call('DEL', KEYS[2])
+elseif changed then
+  redis.call('SET', KEYS[2], used, 'PX', ttl)
+end
 local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 return {grant, oldest[2] or tostring(now)}`;
 
@@ -214,7 +227,7 @@ export interface BudgetTake {
 
 /**
  * A budget of `max` units per subject in any sliding window of `windowMs` (a sorted set of the grants,
- * each with its units), shared by every API process: SlidingRateWindow weighted, for a request that
+ * each with its units, and their running total), shared by every API process: SlidingRateWindow weighted, for a request that
  * spends many units at once (a bulk resend: one per delivery). `take` grants what is left up to what
  * is asked; `keep` gives back what a grant did not use. Exact over any window, where a token bucket
  * lets twice its size through in one window (full, then refilled). `now` for tests.

@@ -112,8 +112,10 @@ export interface ResendBudget {
  * refilled as fast as the host answered). Counted in deliveries, not requests, since one request resends
  * 1 or 1,000. Taken under the tenant's resend lock (resendRoom), after the checks that refuse with a 4xx,
  * right before the update; what the update did not resend is given back (`keep`), and all of it if the
- * transaction does not commit (nothing was resent). A commit that fails after its statements ran may
- * leave the budget spent: the tenant resends less, never more.
+ * transaction does not commit (nothing was resent) — a commit whose outcome the API never learnt (the
+ * connection lost after COMMIT was sent) may so have resent uncounted, once. A give-back that fails
+ * (Redis lost meanwhile) leaves the take spent: the tenant resends less, never more. Redis unavailable
+ * at the take: the request fails (503, nothing resent, the key not stored) — the bound never opens.
  */
 async function spendBudget(budget: ResendBudget | undefined, ctx: { principal: { tenantId: string }; onRollback(fn: (err: unknown) => Promise<void>): void }, want: number): Promise<{ granted: number; keep(resent: number): Promise<void> } | undefined> {
   if (!budget || budget.maxPerHour <= 0) return undefined;
