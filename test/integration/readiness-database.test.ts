@@ -3,7 +3,10 @@ import { randomBytes, randomUUID } from 'node:crypto';
 import pg from 'pg';
 import { createTestDatabase, seedRun, type TestDatabase } from '../helpers/db.ts';
 import { TEST_ADMIN_URL, TEST_APP, TEST_OWNER, pgUrl } from '../helpers/env.ts';
-import { matrixFor } from './readiness.fixtures.ts';
+import { envFor, matrixFor } from './readiness.fixtures.ts';
+import { migrate } from '../../src/platform/db/migrate.ts';
+import { parseConfig } from '../../src/platform/config/config.ts';
+import { entities } from '../../src/entities.ts';
 import { autovacuumRow } from '../../src/readiness/database.checks.ts';
 import { CURRENT_TENANT_SQL } from '../../src/platform/db/tenant-owned.ts';
 
@@ -139,14 +142,27 @@ describe('the application role, read from the live connection', () => {
     // As before the column grants: one approver could lower a class C request's required approvals, then decide it alone.
     const m = await matrixFor({ tamper: (db) => db.admin(`GRANT UPDATE ON approval_requests TO ${TEST_APP.user}`).then(() => {}) });
     expect(m.row('app-role').status).toBe('FAIL');
-    expect(m.row('app-role').reason).toMatch(/approval_requests\.approval_class/);
-    expect(m.row('app-role').reason).toMatch(/approval_requests\.required_approvals/);
-    expect(m.row('app-role').reason).not.toMatch(/approval_requests\.status/);
+    expect(m.row('app-role').reason).toMatch(/approval_requests: UPDATE \([^)]*\bapproval_class\b/);
+    expect(m.row('app-role').reason).toMatch(/approval_requests: UPDATE \([^)]*\brequired_approvals\b/);
+    expect(m.row('app-role').reason).not.toMatch(/approval_requests: UPDATE \([^)]*\bstatus\b/);
   });
 
-  it('the unprivileged application role passes', async () => {
+  it("a database whose PUBLIC keeps TEMP (CREATE DATABASE's default, a provider's console) fails the app-role row", async () => {
+    const m = await matrixFor({ tamper: (db) => db.owner(`GRANT TEMP ON DATABASE ${db.name} TO PUBLIC`).then(() => {}) });
+    expect(m.row('app-role').status).toBe('FAIL');
+    expect(m.row('app-role').reason).toMatch(new RegExp(`^${TEST_APP.user} may create temporary tables in database dealix_t_\\w+ .*REVOKE TEMP ON DATABASE`));
+    expect(m.row('role dealix_system').reason).toMatch(/may create temporary tables/);
+  });
+
+  it('an application role without the grants db:migrate gives it fails, naming what it lacks; once db:migrate ran for it, it passes', async () => {
     await withTempRole('NOBYPASSRLS', async (role, db) => {
-      const m = await matrixFor({ db, env: { DATABASE_URL: pgUrl(role, db.name) } });
+      const env = { DATABASE_URL: pgUrl(role, db.name) };
+      const bare = await matrixFor({ db, env });
+      expect(bare.row('app-role').status).toBe('FAIL');
+      expect(bare.row('app-role').reason).toMatch(new RegExp(`^${role.user} lacks privileges its code uses \\(roles\\.ts\\): .*durable_runs: SELECT; .*npm run db:migrate`));
+      // As a deploy with its own role name does it: db:migrate grants the role DATABASE_URL names.
+      expect(await migrate(parseConfig(envFor(db, env)), entities)).toEqual([]);
+      const m = await matrixFor({ db, env });
       expect(m.row('app-role')).toMatchObject({ status: 'PASS' });
       expect(m.row('app-role').reason).toContain(role.user);
     });
@@ -166,7 +182,7 @@ describe('the system role and views', () => {
     // As after a deploy that skipped `db:migrate` where the release needs a wider grant (ADR 0008's workflow_version).
     const m = await matrixFor({ tamper: (db) => db.admin('REVOKE SELECT (workflow_version) ON durable_runs FROM dealix_system').then(() => {}) });
     expect(m.row('role dealix_system').status).toBe('FAIL');
-    expect(m.row('role dealix_system').reason).toMatch(/cannot read durable_runs\.workflow_version.*npm run db:migrate/);
+    expect(m.row('role dealix_system').reason).toMatch(/lacks durable_runs: SELECT \(workflow_version\), .*npm run db:migrate/);
     expect(m.row('app-role').status).toBe('PASS');
     // The migrated database grants every column: the row passes.
     expect((await matrixFor()).row('role dealix_system').status).toBe('PASS');

@@ -135,18 +135,21 @@ export const CATALOG_SQL = {
      order by 1, 2`,
 
   /**
-   * $2 = role, $3 = JSON {table: [columns]}: the columns of those tables, other than the listed ones,
-   * that the role may UPDATE (a table-wide grant counts for every column; PUBLIC's grants are the role's).
-   * Not jsonb's `?` operator: ormCatalogQuery's connection binds every question mark as a placeholder.
+   * $2 = role, $3 = comma-separated table names: per column of each table with tenant_id and of each table
+   * named (which may lack it), whether the role may SELECT, INSERT or UPDATE it, and DELETE from its
+   * table (a table-wide grant counts for every column; PUBLIC's grants and inherited ones are the role's).
+   * catalog.ts compares them with what roles.ts grants (appTableGrant, systemTableGrant), both ways.
    */
-  widerUpdates: `
-    select c.relname as table, a.attname as column
-      from jsonb_each($3::jsonb) as x(tbl, cols)
-      join pg_class c on c.relname = x.tbl
-      join pg_namespace n on n.oid = c.relnamespace and n.nspname = $1
+  columnPrivileges: `
+    select c.relname as table, a.attname as column, t.attnum is not null as tenanted,
+           has_column_privilege($2, c.oid, a.attnum, 'SELECT') as select,
+           has_column_privilege($2, c.oid, a.attnum, 'INSERT') as insert,
+           has_column_privilege($2, c.oid, a.attnum, 'UPDATE') as update,
+           has_table_privilege($2, c.oid, 'DELETE') as delete
+      from pg_class c join pg_namespace n on n.oid = c.relnamespace
       join pg_attribute a on a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped
-     where not exists (select 1 from jsonb_array_elements_text(x.cols) as k(col) where k.col = a.attname::text)
-       and has_column_privilege($2, c.oid, a.attnum, 'UPDATE')
+      left join pg_attribute t on t.attrelid = c.oid and t.attname = 'tenant_id' and t.attnum > 0 and not t.attisdropped
+     where n.nspname = $1 and c.relkind in ('r', 'p') and (t.attnum is not null or c.relname = any(string_to_array($3, ',')))
      order by 1, a.attnum`,
 
   /** $2 = role. */
@@ -155,15 +158,11 @@ export const CATALOG_SQL = {
     union all
     select 'database ' || current_database() where has_database_privilege($2, current_database(), 'CREATE')`,
 
-  /** $1 = role, $2 = schema, $3 = JSON [{tbl, col}]: the columns of the list the role cannot read (or that do not exist). */
-  missingReads: `
-    select x.tbl || '.' || x.col as col
-      from jsonb_to_recordset($3::jsonb) as x(tbl text, col text)
-     where case when not exists (select 1 from pg_attribute a
-                                  where a.attrelid = to_regclass(format('%I.%I', $2::text, x.tbl)) and a.attname = x.col and not a.attisdropped)
-                then true
-                else not has_column_privilege($1, format('%I.%I', $2::text, x.tbl), x.col, 'SELECT') end
-     order by 1`,
+  /**
+   * $1 = role: may it create temporary tables in this database? PUBLIC holds TEMP on every database
+   * CREATE DATABASE makes, until revoked (db:setup revokes it); pg_temp comes first in every search_path.
+   */
+  temp: `select current_database() as database where has_database_privilege($1, current_database(), 'TEMP')`,
 
   /** $1 = role: the roles whose privileges it holds without SET ROLE (inherited, directly or not). */
   inheritsFrom: `

@@ -2,15 +2,17 @@ import type { MikroORM } from './orm.ts';
 import { tenantTables } from './migrate.ts';
 import { APP_UNTENANTED_GRANTS, OPERATOR_DB_ROLE, OPERATOR_GRANTS, SYSTEM_READS, SYSTEM_ROLE, TENANT_PREDICATE_SQL, TENANT_SETTING } from './tenant-owned.ts';
 import { CATALOG_SQL } from './catalog.queries.ts';
-import { APP_UPDATE_COLUMNS } from './roles.ts';
+import { appTableGrant, systemTableGrant, type TableGrant } from './roles.ts';
 
 /**
  * A read-only inspection of the live database against the tenancy invariants (ADR 0001): every
  * tenant-owned table has RLS enabled and forced, one isolation policy for ALL commands whose USING
  * and WITH CHECK are both exactly the canonical predicate on `tenant_id` and `app.tenant_id`, no other policy that widens what the application sees,
  * `tenant_id` indexed and part of every unique key; the application role is no superuser, has no
- * BYPASSRLS, owns nothing and holds no privilege that RLS does not govern (TRUNCATE, REFERENCES,
- * TRIGGER, and any row privilege on a table without tenant_id beyond APP_UNTENANTED_GRANTS); nothing runs
+ * BYPASSRLS, owns nothing, may create nothing (TEMP included), holds no privilege that RLS does not govern
+ * (TRUNCATE, REFERENCES, TRIGGER, and any row privilege on a table without tenant_id beyond
+ * APP_UNTENANTED_GRANTS), and holds on the tenant tables exactly the row privileges roles.ts grants it (none
+ * more, none fewer), as the system role does its own (SYSTEM_READS' columns, SYSTEM_DELETES); nothing runs
  * with the owner's rights on the application's behalf unseen (a view without security_invoker, a rewrite
  * rule, a SECURITY DEFINER function it calls or its writes trigger). Used by the RLS suite and by the release readiness matrix; it only runs SELECTs.
  */
@@ -32,6 +34,7 @@ export type CatalogCheck =
   | 'rewrite-rule'
   | 'role-exists'
   | 'role-reads'
+  | 'role-grants'
   | 'role-superuser'
   | 'role-bypassrls'
   | 'role-login'
@@ -39,6 +42,7 @@ export type CatalogCheck =
   | 'role-privilege'
   | 'role-untenanted'
   | 'role-create'
+  | 'role-temp'
   | 'role-inherits'
   | 'security-definer';
 
@@ -98,7 +102,7 @@ export interface RoleReport {
   inherit: boolean;
   /** Relations (and schemas, the database) this role owns. */
   owns: string[];
-  /** `<table>: <PRIVILEGE>` for each TRUNCATE, REFERENCES or TRIGGER privilege held (and INSERT, UPDATE for the system role; any row privilege beyond OPERATOR_GRANTS for the operator role). */
+  /** `<table>: <PRIVILEGE>` for each TRUNCATE, REFERENCES or TRIGGER privilege held (any row privilege beyond OPERATOR_GRANTS for the operator role; row privileges on tenant tables are compared with roles.ts apart). */
   unsafePrivileges: string[];
   /**
    * `<table>: <PRIVILEGE>` for each SELECT, INSERT, UPDATE or DELETE held on a table without tenant_id
@@ -108,6 +112,8 @@ export interface RoleReport {
   untenantedPrivileges: string[];
   /** Where the role may create objects it would then own: `schema public`, `database <name>`. */
   canCreateIn: string[];
+  /** The database in which the role may create temporary tables (TEMP, directly or through PUBLIC), if it may. */
+  tempIn: string | undefined;
   /** Roles this role can become with SET ROLE (PostgreSQL 15: every role it is a member of). */
   memberOf: string[];
   /** Roles whose privileges (and policies) this role holds without SET ROLE (pg_has_role … USAGE: INHERIT, per grant since PostgreSQL 16). */
@@ -137,10 +143,8 @@ export interface CatalogOptions {
 }
 
 const UNSAFE_PRIVILEGES = ['TRUNCATE', 'REFERENCES', 'TRIGGER'];
-/** The system role reads and deletes (sweeper, key expiry); it never writes rows. */
-const UNSAFE_SYSTEM_PRIVILEGES = [...UNSAFE_PRIVILEGES, 'INSERT', 'UPDATE'];
 const SYSTEM_COMMANDS = new Set(['SELECT', 'DELETE']);
-const ROW_PRIVILEGES = ['SELECT', 'INSERT', 'UPDATE', 'DELETE'];
+const ROW_PRIVILEGES = ['SELECT', 'INSERT', 'UPDATE', 'DELETE'] as const;
 
 /** Inspects the database behind `query` and reports every broken invariant, naming the table or role. */
 export async function inspectCatalog(query: CatalogQuery, opts: CatalogOptions): Promise<CatalogReport> {
@@ -154,20 +158,25 @@ export async function inspectCatalog(query: CatalogQuery, opts: CatalogOptions):
   findings.push(...(await checkForeignKeys(query, schema, scope)));
   findings.push(...(await checkSequences(query, schema, scope, opts.appRole)));
   const roles: RoleReport[] = [];
-  const unsafeFor = { app: UNSAFE_PRIVILEGES, system: UNSAFE_SYSTEM_PRIVILEGES, operator: [...UNSAFE_PRIVILEGES, ...ROW_PRIVILEGES] };
+  const unsafeFor = { app: UNSAFE_PRIVILEGES, system: UNSAFE_PRIVILEGES, operator: [...UNSAFE_PRIVILEGES, ...ROW_PRIVILEGES] };
+  // What roles.ts grants each role on a table (undefined: a table whose row privileges another check judges).
+  const declared = new Set(opts.declaredTables);
+  const appGrant = (table: string, tenanted: boolean): TableGrant | undefined => (tenanted ? (declared.has(table) ? appTableGrant(table) : {}) : table in APP_UNTENANTED_GRANTS ? appTableGrant(table) : undefined);
+  const systemGrant = (table: string, tenanted: boolean): TableGrant | undefined => (tenanted || table in SYSTEM_READS ? systemTableGrant(table) : undefined);
   for (const [role, kind] of [[opts.appRole, 'app'], [systemRole, 'system'], [operatorRole, 'operator']] as const) {
     const report = await inspectRole(query, schema, role, unsafeFor[kind], kind === 'app' ? APP_UNTENANTED_GRANTS : {});
     // The operator role's row privileges are unsafe but where OPERATOR_GRANTS lists them.
     if (kind === 'operator') report.unsafePrivileges = report.unsafePrivileges.filter((p) => !isOperatorGrant(p));
     roles.push(report);
     findings.push(...checkRole(report, kind));
-    if (kind === 'app' && report.exists) findings.push(...(await checkUpdateColumns(query, schema, role)));
-    if (kind === 'system' && report.exists) findings.push(...(await checkSystemReads(query, schema, role)));
+    if (kind === 'app' && report.exists) findings.push(...checkGrants(await columnPrivileges(query, schema, role, Object.keys(APP_UNTENANTED_GRANTS)), appGrant, { role, kind }));
+    if (kind === 'system' && report.exists) findings.push(...checkGrants(await columnPrivileges(query, schema, role, Object.keys(SYSTEM_READS)), systemGrant, { role, kind }));
     for (const reachable of report.memberOf) {
       if ((reachable === systemRole || reachable === operatorRole) && kind === 'app') continue; // checked in its own right
       const r = await inspectRole(query, schema, reachable, UNSAFE_PRIVILEGES);
       roles.push(r);
-      const via = [...checkRole(r, 'reachable', role), ...(kind === 'app' && r.exists ? await checkUpdateColumns(query, schema, reachable, role) : [])];
+      const grants = kind === 'app' && r.exists ? checkGrants(await columnPrivileges(query, schema, reachable, []), appGrant, { role: reachable, kind: 'reachable', via: role }) : [];
+      const via = [...checkRole(r, 'reachable', role), ...grants];
       findings.push(...via.map((f) => ({ ...f, reason: `${role} can SET ROLE ${reachable}, which ${f.reason}` })));
     }
   }
@@ -380,11 +389,12 @@ async function checkSecurityDefiners(query: CatalogQuery, schema: string, appRol
 /** `allowed`: the privileges on tables without tenant_id the role may hold (APP_UNTENANTED_GRANTS for the application role, none for any other). */
 async function inspectRole(query: CatalogQuery, schema: string, role: string, unsafe: string[], allowed: Readonly<Record<string, readonly string[]>> = {}): Promise<RoleReport> {
   const [attrs] = await query(CATALOG_SQL.role, [role]);
-  if (!attrs) return { role, exists: false, superuser: false, bypassRls: false, canLogin: false, inherit: false, owns: [], unsafePrivileges: [], untenantedPrivileges: [], canCreateIn: [], memberOf: [], inheritsFrom: [] };
+  if (!attrs) return { role, exists: false, superuser: false, bypassRls: false, canLogin: false, inherit: false, owns: [], unsafePrivileges: [], untenantedPrivileges: [], canCreateIn: [], tempIn: undefined, memberOf: [], inheritsFrom: [] };
   const owned = await query(CATALOG_SQL.owned, [role]);
   const privileges = await query(CATALOG_SQL.privileges, [schema, role, unsafe.join(',')]);
   const untenanted = await query(CATALOG_SQL.untenantedPrivileges, [schema, role]);
   const create = await query(CATALOG_SQL.create, [schema, role]);
+  const [temp] = await query(CATALOG_SQL.temp, [role]);
   const members = await query(CATALOG_SQL.memberOf, [role]);
   const inherited = await query(CATALOG_SQL.inheritsFrom, [role]);
   return {
@@ -398,51 +408,95 @@ async function inspectRole(query: CatalogQuery, schema: string, role: string, un
     unsafePrivileges: privileges.map((p) => `${p.table}: ${p.privilege}`),
     untenantedPrivileges: untenanted.filter((p) => !allowed[p.table]?.includes(p.privilege)).map((p) => `${p.table}: ${p.privilege}`),
     canCreateIn: create.map((c) => c.target as string),
+    tempIn: temp?.database as string | undefined,
     memberOf: members.map((m) => m.rolname as string),
     inheritsFrom: inherited.map((m) => m.rolname as string),
   };
 }
 
-/**
- * The application role may update, on a table it updates in a few columns only (APP_UPDATE_COLUMNS),
- * those columns and no other: a table-wide UPDATE, as before those grants, let one approver lower a
- * class C request's required approvals and then decide it alone. Each further column is named. Also
- * asked of each role the application role can SET ROLE (`via`, the application role): has_column_privilege
- * counts PUBLIC's grants and inherited ones, not a NOINHERIT membership's, yet one SET ROLE away such a
- * column is as writable, under the tenant's isolation policy, which applies to every role.
- */
-async function checkUpdateColumns(query: CatalogQuery, schema: string, role: string, via?: string): Promise<CatalogFinding[]> {
-  const rows = await query(CATALOG_SQL.widerUpdates, [schema, role, JSON.stringify(APP_UPDATE_COLUMNS)]);
-  if (!rows.length) return [];
-  const columns = rows.map((r) => `${r.table}.${r.column}`).join(', ');
-  return [
-    {
-      check: 'role-privilege',
-      severity: 'error',
-      subject: `role ${via ?? role}`,
-      reason: via
-        ? `may UPDATE columns the application never writes, which say what was asked and by whom (roles.ts, APP_UPDATE_COLUMNS): ${columns}; revoke them from ${role}, or revoke ${role} from ${via}`
-        : `${role} may UPDATE columns its code never writes, which say what was asked and by whom (roles.ts, APP_UPDATE_COLUMNS): ${columns}; run \`npm run db:migrate\` (it applies the grants on every run)`,
-    },
-  ];
+type RowPrivilege = (typeof ROW_PRIVILEGES)[number];
+interface TableColumns {
+  table: string;
+  tenanted: boolean;
+  columns: { name: string; held: Record<RowPrivilege, boolean> }[];
 }
 
+/** The row privileges `role` holds, per column, on every table with tenant_id and on the tables `named`. */
+async function columnPrivileges(query: CatalogQuery, schema: string, role: string, named: readonly string[]): Promise<TableColumns[]> {
+  const tables = new Map<string, TableColumns>();
+  for (const r of await query(CATALOG_SQL.columnPrivileges, [schema, role, named.join(',')])) {
+    const t = tables.get(r.table) ?? tables.set(r.table, { table: r.table, tenanted: r.tenanted, columns: [] }).get(r.table)!;
+    t.columns.push({ name: r.column, held: { SELECT: r.select, INSERT: r.insert, UPDATE: r.update, DELETE: r.delete } });
+  }
+  return [...tables.values()];
+}
+
+/** `durable_runs: DELETE` for the whole table, `durable_runs: UPDATE (input, principal)` for some of its columns. */
+const describeGrant = (table: string, privilege: RowPrivilege, columns: readonly string[] | 'all') => (columns === 'all' ? `${table}: ${privilege}` : `${table}: ${privilege} (${columns.join(', ')})`);
+
 /**
- * The system role must read every column the sweeper, `/metrics` and this matrix read as it
- * (SYSTEM_READS): a release whose grants were not applied fails every sweep with "permission denied".
+ * Compares the row privileges a role holds with what roles.ts grants it (`intended`: appTableGrant or
+ * systemTableGrant; undefined for a table another check judges, one without tenant_id), both ways.
+ * A privilege beyond it fails (a grant made by hand after db:migrate, or PUBLIC's): DELETE of runs or
+ * of evidence, UPDATE of a decision, INSERT of a tenant's own limits; for the system role, whose policies
+ * show it every tenant's rows and which the application role can SET ROLE to, a read of a run's input,
+ * output or principal (ADR 0003). A privilege it lists that is missing fails too: the code that uses it
+ * would fail with "permission denied" (a release whose grants were not applied). Only the excess is asked
+ * of a role the application role can SET ROLE to (`via`): it may hold less, never more than the application.
  */
-async function checkSystemReads(query: CatalogQuery, schema: string, role: string): Promise<CatalogFinding[]> {
-  const wanted = Object.entries(SYSTEM_READS).flatMap(([tbl, cols]) => cols.map((col) => ({ tbl, col })));
-  const missing = (await query(CATALOG_SQL.missingReads, [role, schema, JSON.stringify(wanted)])).map((r) => r.col as string);
-  if (!missing.length) return [];
-  return [
-    {
-      check: 'role-reads',
-      severity: 'error',
-      subject: `role ${role}`,
-      reason: `${role} cannot read ${missing.join(', ')}, which the recovery sweeper and /metrics read as it: run \`npm run db:migrate\` (it applies the grants on every run, even with no migration pending)`,
-    },
-  ];
+function checkGrants(
+  tables: TableColumns[],
+  intended: (table: string, tenanted: boolean) => TableGrant | undefined,
+  who: { role: string; kind: 'app' | 'system' | 'reachable'; via?: string },
+): CatalogFinding[] {
+  const extra: string[] = [];
+  const missing: string[] = [];
+  const seen = new Set<string>();
+  for (const t of tables) {
+    seen.add(t.table);
+    const grant = intended(t.table, t.tenanted);
+    if (!grant) continue;
+    for (const privilege of ROW_PRIVILEGES) {
+      const wanted = grant[privilege];
+      const held = t.columns.filter((c) => c.held[privilege]).map((c) => c.name);
+      if (privilege === 'DELETE') {
+        if (held.length && !wanted) extra.push(describeGrant(t.table, privilege, 'all'));
+        if (wanted && !held.length) missing.push(describeGrant(t.table, privilege, 'all'));
+        continue;
+      }
+      const allowed = (column: string) => wanted === 'all' || (Array.isArray(wanted) && wanted.includes(column));
+      const beyond = held.filter((c) => !allowed(c));
+      if (beyond.length) extra.push(describeGrant(t.table, privilege, !wanted && beyond.length === t.columns.length ? 'all' : beyond));
+      const needed = wanted === 'all' ? t.columns.map((c) => c.name) : ((wanted as readonly string[] | undefined) ?? []);
+      const lacking = needed.filter((c) => !held.includes(c));
+      if (lacking.length) missing.push(describeGrant(t.table, privilege, wanted === 'all' && lacking.length === t.columns.length ? 'all' : lacking));
+    }
+  }
+  // A table the system role reads that does not exist (a migration not applied): every column it reads is missing.
+  if (who.kind === 'system') {
+    for (const table of Object.keys(SYSTEM_READS).filter((x) => !seen.has(x))) missing.push(describeGrant(table, 'SELECT', SYSTEM_READS[table]!));
+  }
+  const out: CatalogFinding[] = [];
+  const subject = `role ${who.via ?? who.role}`;
+  const migrate = 'run `npm run db:migrate` (it applies the grants on every run, even with no migration pending)';
+  if (extra.length) {
+    const list = extra.join('; ');
+    const reason = {
+      app: `${who.role} holds privileges its code never uses (roles.ts, appTableGrant: it only appends evidence, decisions and dossiers, only reads limits and revocations, deletes no run): ${list}; ${migrate}`,
+      system: `${who.role} holds privileges beyond the columns it reads and the tables it deletes from (roles.ts, SYSTEM_READS, SYSTEM_DELETES), though its policies show it every tenant's rows and the application role can SET ROLE to it: ${list}; ${migrate}`,
+      reachable: `holds privileges the application role's code never uses (roles.ts, appTableGrant): ${list}; revoke them from ${who.role}, or revoke ${who.role} from ${who.via}`,
+    }[who.kind];
+    out.push({ check: 'role-privilege', severity: 'error', subject, reason });
+  }
+  if (missing.length && who.kind !== 'reachable') {
+    const list = missing.join('; ');
+    out.push(
+      who.kind === 'system'
+        ? { check: 'role-reads', severity: 'error', subject, reason: `${who.role} lacks ${list}, which the recovery sweeper, retention and /metrics use as it: ${migrate}` }
+        : { check: 'role-grants', severity: 'error', subject, reason: `${who.role} lacks privileges its code uses (roles.ts): ${list}; ${migrate}` },
+    );
+  }
+  return out;
 }
 
 function checkRole(r: RoleReport, kind: 'app' | 'system' | 'operator' | 'reachable', via?: string): CatalogFinding[] {
@@ -459,6 +513,12 @@ function checkRole(r: RoleReport, kind: 'app' | 'system' | 'operator' | 'reachab
   if ((kind === 'system' || kind === 'operator') && r.canLogin) fail('role-login', `${r.role} can log in; it must be NOLOGIN and reached only by SET LOCAL ROLE`);
   if (r.owns.length) fail('role-owns', `${kind === 'reachable' ? 'owns' : `${r.role} owns`} ${r.owns.join(', ')}: owners may alter or disable the policies`);
   if (r.canCreateIn.length) fail('role-create', `${kind === 'reachable' ? 'may' : `${r.role} may`} create objects (and so own them) in ${r.canCreateIn.join(', ')}`);
+  if (r.tempIn) {
+    // PUBLIC holds TEMP on a database CREATE DATABASE made (a provider's console) until it is revoked: a
+    // temporary table comes first in every search_path, so a session's own table can stand in for the one
+    // an unqualified name in a trigger or function means.
+    fail('role-temp', `${kind === 'reachable' ? 'may' : `${r.role} may`} create temporary tables in database ${r.tempIn} (TEMP, its own or PUBLIC's): one shadows the table an unqualified name in a trigger or function means. REVOKE TEMP ON DATABASE ${r.tempIn} FROM PUBLIC, ${r.role} (db:setup revokes ALL from PUBLIC)`);
+  }
   if (kind === 'app' && r.inheritsFrom.length) {
     // The system role's policies (durable_runs_system_sweep: every tenant's runs) would apply to every
     // application session: it must be reached only by SET LOCAL ROLE, for the sweeper's transactions.

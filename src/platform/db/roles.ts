@@ -151,13 +151,53 @@ export const APP_UPDATE_COLUMNS: Readonly<Record<string, readonly string[]>> = {
  */
 export const READ_ONLY_TABLES = ['tenant_limits', 'token_revocations'];
 
-/** The application role's privileges on a tenant-owned table. */
-function appTablePrivileges(table: string): string {
-  if (READ_ONLY_TABLES.includes(table)) return 'SELECT';
-  if (APPEND_ONLY_TABLES.includes(table)) return 'SELECT, INSERT';
-  const update = APP_UPDATE_COLUMNS[table] ? `UPDATE (${APP_UPDATE_COLUMNS[table].map(ident).join(', ')})` : 'UPDATE';
-  if (NO_DELETE_TABLES.includes(table)) return `SELECT, INSERT, ${update}`;
-  return `SELECT, INSERT, ${update}, DELETE`;
+/**
+ * A role's row privileges on one table as roles.ts grants them: each privilege on every column (`all`,
+ * a table-wide grant) or on the columns listed; DELETE is table-wide. A privilege left out is not held.
+ * What grantRuntimePrivileges grants, and what the catalog inspection (catalog.ts) compares the live
+ * grants with, both ways: a privilege held beyond it (a grant made by hand after db:migrate, PUBLIC's on a
+ * database made by a provider's console) and one it lists that is missing both fail readiness.
+ */
+export interface TableGrant {
+  SELECT?: 'all' | readonly string[];
+  INSERT?: 'all';
+  UPDATE?: 'all' | readonly string[];
+  DELETE?: true;
+}
+
+/** The application role's privileges on a tenant-owned table (`tenantTables`), or on a table without tenant_id (APP_UNTENANTED_GRANTS). */
+export function appTableGrant(table: string): TableGrant {
+  const untenanted = APP_UNTENANTED_GRANTS[table];
+  if (untenanted) return Object.fromEntries(untenanted.map((p) => [p, p === 'DELETE' ? true : 'all'])) as TableGrant;
+  if (READ_ONLY_TABLES.includes(table)) return { SELECT: 'all' };
+  if (APPEND_ONLY_TABLES.includes(table)) return { SELECT: 'all', INSERT: 'all' };
+  const writes: TableGrant = { SELECT: 'all', INSERT: 'all', UPDATE: APP_UPDATE_COLUMNS[table] ?? 'all' };
+  return NO_DELETE_TABLES.includes(table) ? writes : { ...writes, DELETE: true };
+}
+
+/**
+ * Tables the system role deletes from: run retention (ADR 0011, limited by the policy
+ * durable_runs_system_retention to ended runs), key expiry, and webhook delivery retention (limited by
+ * webhook_deliveries_system_retention to settled ones). It reads SYSTEM_READS' columns and nothing else:
+ * its policies show it every tenant's rows, and the application role can SET ROLE to it.
+ */
+export const SYSTEM_DELETES = ['durable_runs', 'idempotency_keys', 'webhook_deliveries'];
+
+/** The system role's privileges on a table: the columns of SYSTEM_READS, DELETE on SYSTEM_DELETES. */
+export function systemTableGrant(table: string): TableGrant {
+  const reads = SYSTEM_READS[table];
+  return { ...(reads ? { SELECT: reads } : {}), ...(SYSTEM_DELETES.includes(table) ? { DELETE: true as const } : {}) };
+}
+
+/** `SELECT, INSERT, UPDATE ("status", …), DELETE`, as a GRANT names them. */
+function grantList(grant: TableGrant): string {
+  return (['SELECT', 'INSERT', 'UPDATE', 'DELETE'] as const)
+    .flatMap((p) => {
+      const on = grant[p];
+      if (!on) return [];
+      return [on === 'all' || on === true ? p : `${p} (${on.map(ident).join(', ')})`];
+    })
+    .join(', ');
 }
 
 /**
@@ -174,23 +214,18 @@ export async function grantRuntimePrivileges(client: { execute(sql: string): Pro
   const everyone = `PUBLIC, ${ident(appRole)}, ${ident(SYSTEM_ROLE)}, ${ident(OPERATOR_DB_ROLE)}`;
   for (const table of tenantTables) {
     await client.execute(`REVOKE ALL ON TABLE ${ident(table)} FROM ${everyone}`);
-    await client.execute(`GRANT ${appTablePrivileges(table)} ON TABLE ${ident(table)} TO ${ident(appRole)}`);
+    await client.execute(`GRANT ${grantList(appTableGrant(table))} ON TABLE ${ident(table)} TO ${ident(appRole)}`);
   }
-  for (const [table, privileges] of Object.entries(APP_UNTENANTED_GRANTS)) {
+  for (const table of Object.keys(APP_UNTENANTED_GRANTS)) {
     await client.execute(`REVOKE ALL ON TABLE ${ident(table)} FROM ${everyone}`);
-    await client.execute(`GRANT ${privileges.join(', ')} ON TABLE ${ident(table)} TO ${ident(appRole)}`);
+    await client.execute(`GRANT ${grantList(appTableGrant(table))} ON TABLE ${ident(table)} TO ${ident(appRole)}`);
   }
-  const reads = (table: string) => SYSTEM_READS[table]!.map(ident).join(', ');
-  // DELETE: run retention (ADR 0011), limited by the policy durable_runs_system_retention to ended runs.
-  await client.execute(`GRANT SELECT (${reads('durable_runs')}), DELETE ON TABLE durable_runs TO ${ident(SYSTEM_ROLE)}`);
-  await client.execute(`GRANT SELECT (${reads('idempotency_keys')}), DELETE ON TABLE idempotency_keys TO ${ident(SYSTEM_ROLE)}`);
-  // The webhook redelivery pass (ADR 0013): which deliveries are pending and overdue, never their payload.
-  // DELETE: retention (ADR 0011), limited by the policy webhook_deliveries_system_retention to settled ones.
-  await client.execute(`GRANT SELECT (${reads('webhook_deliveries')}), DELETE ON TABLE webhook_deliveries TO ${ident(SYSTEM_ROLE)}`);
-  // The workers' re-seed of the active-run overrides in Redis (ADR 0014): read only.
-  await client.execute(`GRANT SELECT (${reads('tenant_limits')}) ON TABLE tenant_limits TO ${ident(SYSTEM_ROLE)}`);
-  // Every API process's copy of the token revocations (ADR 0018): read only.
-  await client.execute(`GRANT SELECT (${reads('token_revocations')}) ON TABLE token_revocations TO ${ident(SYSTEM_ROLE)}`);
+  // The sweeper, /metrics, key expiry and retention (ADR 0003, 0011), the webhook redelivery pass (ADR 0013:
+  // which deliveries are pending and overdue, never their payload), the workers' re-seed of the active-run
+  // overrides (ADR 0014) and every API process's copy of the token revocations (ADR 0018): SYSTEM_READS' columns.
+  for (const table of Object.keys(SYSTEM_READS)) {
+    await client.execute(`GRANT ${grantList(systemTableGrant(table))} ON TABLE ${ident(table)} TO ${ident(SYSTEM_ROLE)}`);
+  }
   // The operator routes (ADR 0014): the only writer of tenant_limits, and its cross-tenant listing.
   for (const [table, privileges] of Object.entries(OPERATOR_GRANTS)) {
     await client.execute(`GRANT ${privileges.join(', ')} ON TABLE ${ident(table)} TO ${ident(OPERATOR_DB_ROLE)}`);
