@@ -10,7 +10,7 @@ import { SUPPORTED_TRACES_EXPORTERS, type TelemetryEnv } from '../config/config.
  */
 export async function exportProcessors(env: TelemetryEnv): Promise<SpanProcessor[]> {
   // Written to stderr, as below: the SDK itself would only warn through its diagnostics.
-  if (env.tracesExportersMixed) warn(`OTEL_TRACES_EXPORTER "${process.env.OTEL_TRACES_EXPORTER}" puts "none" beside other names: read as the OpenTelemetry SDK reads it, ${env.tracesExporters.length ? 'OTLP alone' : 'nothing'} is exported to`);
+  if (env.tracesExportersMixed) warn(`OTEL_TRACES_EXPORTER puts "none" beside other names: read as the OpenTelemetry SDK reads it, ${env.tracesExporters.length ? 'spans are exported over OTLP alone' : 'no span is exported'}`);
   const processors: SpanProcessor[] = [];
   for (const name of env.tracesExporters) {
     if (name === 'console') processors.push(new SimpleSpanProcessor({ exporter: new ConsoleSpanExporter() }));
