@@ -65,6 +65,12 @@ describe('the JWKS fetch', () => {
     // The keys were fetched for this request, inside its trace: its server span is in the caller's trace.
     expect(received.length).toBeGreaterThan(before);
     await waitFor(() => receiver.spans.some((s) => s.traceId === traceId && s.kind === SERVER), { timeoutMs: 30_000, what: "the request's server span in the caller's trace" });
+    // And after the fetch the request is still traced, not left suppressed: its query of the runs (made once
+    // the token is verified) is a span of its trace (the pg instrumentation records none under suppression).
+    await waitFor(() => receiver.spans.some((s) => s.traceId === traceId && (s.attributes['db.system.name'] ?? s.attributes['db.system']) === 'postgresql' && String(s.attributes['db.statement']).includes('durable_runs')), {
+      timeoutMs: 30_000,
+      what: "the request's query of the runs in the caller's trace",
+    });
     for (const headers of received) {
       expect(headers).not.toHaveProperty('traceparent');
       expect(headers).not.toHaveProperty('tracestate');
