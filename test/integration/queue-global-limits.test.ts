@@ -74,6 +74,14 @@ describe("a queue's global concurrency or rate limit left in Redis", () => {
     await metric(`dealix_queue_global_rate_limit_max{queue="${QUEUE}"}`, 0);
   });
 
+  it("the OpenAPI document publishes the queues check's `paused` and `limited`, as /readyz answers them", async () => {
+    const doc = (await api(stack, 'GET', '/openapi.json')).json;
+    const check = doc.paths['/readyz'].get.responses['200'].content['application/json'].schema.properties.checks.additionalProperties;
+    expect(check.properties.paused).toEqual({ type: 'array', items: { type: 'string' } });
+    expect(Object.keys(check.properties.limited.items.properties)).toEqual(['queue', 'concurrency', 'rate_limit']);
+    expect(Object.keys(check.properties.limited.items.properties.rate_limit.properties)).toEqual(['max', 'duration_ms']);
+  });
+
   it('a concurrency alone, or a rate limit alone, is reported alone; a paused queue is still named beside them', async () => {
     const queue = stack.container.queues.get(QUEUE)!;
     const other = stack.container.queues.get('golden-path')!;
