@@ -1,23 +1,31 @@
 import { existsSync, statSync } from 'node:fs';
 import { join } from 'node:path';
-import { settingsWithPublishedDatabasePassword, SUPPORTED_TRACES_EXPORTERS, usesPublishedJwtSecret, type Config } from '../platform/config/config.ts';
+import { settingsWithPublishedDatabasePassword, SUPPORTED_TRACES_EXPORTERS, tracesExportersOf, usesPublishedJwtSecret, type Config } from '../platform/config/config.ts';
 import { retryOf, type WorkflowDef } from '../platform/durable/workflow.ts';
 import { formatRetention } from '../platform/queue/maintenance.ts';
 import { fail, notRequired, pass, type ReadinessRow } from './readiness.types.ts';
 
-/** Telemetry is exporting somewhere, or was switched off on purpose; never silently half-configured. */
+/**
+ * Telemetry is exporting somewhere, or was switched off on purpose; never silently half-configured. The
+ * list is read as the OpenTelemetry SDK reads it (tracesExportersOf), which is what span-export.ts builds.
+ */
 export function telemetryRow(config: Config): ReadinessRow {
-  const exporters = (config.OTEL_TRACES_EXPORTER ?? '').split(',').map((e) => e.trim()).filter(Boolean);
   if (config.OTEL_SDK_DISABLED) return pass('telemetry', 'disabled explicitly (OTEL_SDK_DISABLED=true)');
+  const { exporters, mixed } = tracesExportersOf(config.OTEL_TRACES_EXPORTER);
+  const endpoint = config.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT ?? config.OTEL_EXPORTER_OTLP_ENDPOINT;
+  // `none` beside another name is neither: the SDK reads it as OTLP alone, or (first) as nothing, and says so only in its diagnostics.
+  if (mixed) {
+    const read = exporters.length ? `OTLP alone (to ${endpoint ?? 'http://localhost:4318, the default'})` : 'nothing: no span is exported';
+    return fail('telemetry', `OTEL_TRACES_EXPORTER "${config.OTEL_TRACES_EXPORTER}" puts "none" beside other names, which the OpenTelemetry SDK reads as ${read}; set "none" alone to turn export off, or leave it out`);
+  }
   // A name the platform has no exporter for (a typo, `jaeger`, `zipkin`) exports nothing, and the process
   // can say so only through the SDK's diagnostics, which are off unless OTEL_LOG_LEVEL is set.
-  const unsupported = exporters.find((e) => e !== 'null' && !SUPPORTED_TRACES_EXPORTERS.includes(e));
+  const unsupported = exporters.find((e) => !SUPPORTED_TRACES_EXPORTERS.includes(e));
   if (unsupported) return fail('telemetry', `unsupported OTEL_TRACES_EXPORTER "${unsupported}" (${SUPPORTED_TRACES_EXPORTERS.join(', ')}): no span would be exported to it`);
-  if (exporters.length && exporters.every((e) => e === 'none')) return pass('telemetry', 'traces disabled explicitly (OTEL_TRACES_EXPORTER=none)');
-  const endpoint = config.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT ?? config.OTEL_EXPORTER_OTLP_ENDPOINT;
-  if (endpoint) return pass('telemetry', `exporting traces over OTLP to ${endpoint}`);
-  if (exporters.includes('console')) return pass('telemetry', 'exporting traces to the console (OTEL_TRACES_EXPORTER=console)');
-  return fail('telemetry', 'neither configured nor disabled: set OTEL_EXPORTER_OTLP_ENDPOINT, or OTEL_SDK_DISABLED=true');
+  if (!exporters.length) return pass('telemetry', 'traces disabled explicitly (OTEL_TRACES_EXPORTER=none)');
+  const where = [...(exporters.includes('otlp') && endpoint ? [`over OTLP to ${endpoint}`] : []), ...(exporters.includes('console') ? ['to the console'] : [])];
+  if (!where.length) return fail('telemetry', 'neither configured nor disabled: set OTEL_EXPORTER_OTLP_ENDPOINT, or OTEL_SDK_DISABLED=true');
+  return pass('telemetry', `exporting traces ${where.join(' and ')}`);
 }
 
 /** Tokens are verified with keys only the identity provider holds: JWKS, or a secret nobody else has seen. */

@@ -533,8 +533,10 @@ export function readConfig(): Config {
 export interface TelemetryEnv {
   disabled: boolean;
   serviceName: string | undefined;
-  /** OTEL_TRACES_EXPORTER as a list (default otlp; `none` turns export off). */
+  /** OTEL_TRACES_EXPORTER as the SDK reads it (tracesExportersOf): the exporters to build, none when export is off. */
   tracesExporters: string[];
+  /** OTEL_TRACES_EXPORTER puts `none` beside other names (tracesExportersOf): said at start, and a readiness failure. */
+  tracesExportersMixed: boolean;
   /** OTEL_EXPORTER_OTLP_TRACES_PROTOCOL, else OTEL_EXPORTER_OTLP_PROTOCOL, else http/protobuf. */
   tracesProtocol: string;
   /** Whether OTEL_TRACES_SAMPLER is set (then the SDK's sampler from the environment is used). */
@@ -545,6 +547,23 @@ export interface TelemetryEnv {
 
 /** The OTEL_TRACES_EXPORTER names the platform builds an exporter for (span-export.ts); any other exports nothing. */
 export const SUPPORTED_TRACES_EXPORTERS = ['otlp', 'console', 'none'];
+
+/**
+ * OTEL_TRACES_EXPORTER read exactly as the OpenTelemetry SDK's NodeSDK reads it when it builds the exporters
+ * itself (@opentelemetry/sdk-node, getSpanProcessorsFromEnv): names trimmed, empty ones, `null` and repeats
+ * dropped; nothing left: `otlp`; `none` first: no exporter at all; `none` after another name: `otlp` alone,
+ * the other names dropped too (the SDK only warns, through diagnostics that are off by default). register.ts
+ * gives the SDK its own processors (span-export.ts), so the SDK never reads the variable: this does, for it
+ * and for the readiness row `telemetry`, so that a list means what the SDK's documentation says.
+ * (sdk-node's newer startNodeSdkFromEnv reads `none` anywhere as off; the platform starts a NodeSDK.)
+ */
+export function tracesExportersOf(raw: string | undefined): { exporters: string[]; mixed: boolean } {
+  const names = [...new Set((raw ?? '').split(',').map((s) => s.trim()).filter((s) => s && s !== 'null'))];
+  const mixed = names.includes('none') && names.length > 1;
+  if (names[0] === 'none') return { exporters: [], mixed };
+  if (!names.length || mixed) return { exporters: ['otlp'], mixed };
+  return { exporters: names, mixed };
+}
 
 /** Raw OpenTelemetry variables for the SDK bootstrap, which must run before the application is loaded. */
 export function telemetryEnv(): TelemetryEnv {
@@ -563,11 +582,12 @@ export function telemetryEnv(): TelemetryEnv {
   if (queue !== undefined) batch.maxQueueSize = queue;
   if (size !== undefined) batch.maxExportBatchSize = size;
   if (timeout !== undefined) batch.exportTimeoutMillis = timeout;
-  const exporters = (env.OTEL_TRACES_EXPORTER ?? '').split(',').map((s) => s.trim()).filter((s) => s && s !== 'null');
+  const traces = tracesExportersOf(env.OTEL_TRACES_EXPORTER);
   return {
     disabled: isTrueText(v),
     serviceName: env.OTEL_SERVICE_NAME || undefined,
-    tracesExporters: exporters.length ? exporters : ['otlp'],
+    tracesExporters: traces.exporters,
+    tracesExportersMixed: traces.mixed,
     samplerFromEnv: Boolean(env.OTEL_TRACES_SAMPLER),
     tracesProtocol: (env.OTEL_EXPORTER_OTLP_TRACES_PROTOCOL || env.OTEL_EXPORTER_OTLP_PROTOCOL || 'http/protobuf').trim(),
     batch,

@@ -49,8 +49,8 @@ export function readiness(deps: {
   logger?: Logger;
   stopping?: () => boolean;
   revocations?: { readonly isLoaded: boolean } | undefined;
-  /** The queues whose pause is reported (never failing readiness: pausedQueues). */
-  queues?: Iterable<Pick<Queue, 'name' | 'isPaused'>>;
+  /** The queues whose pause and global limits are reported (never failing readiness: queuesCheck). */
+  queues?: Iterable<QueueStateReader>;
 }) {
   const failed = (check: string, detail: string) => (e: Error) => {
     deps.logger?.warn({ check, err: e.message }, 'readiness check failed');
@@ -60,9 +60,9 @@ export function readiness(deps: {
   const redis = oneAtATime(() => deps.redis.ping());
   const pending = oneAtATime(() => deps.orm.migrator.getPending());
   const queues = [...(deps.queues ?? [])];
-  const paused = oneAtATime(async () => (await Promise.all(queues.map(async (q) => ((await q.isPaused()) ? q.name : undefined)))).filter((n) => n !== undefined));
+  const states = oneAtATime(() => Promise.all(queues.map(queueState)));
   return async (_req: Request, res: Response): Promise<void> => {
-    const checks: Record<string, { ok: boolean; detail?: string; paused?: string[] }> = {};
+    const checks: Record<string, { ok: boolean; detail?: string; paused?: string[]; limited?: QueueLimits[] }> = {};
     // Stopping (SIGTERM, API_SHUTDOWN_DELAY): not ready, whatever the backends say, so the load balancer
     // takes this instance out while it still serves; nothing is checked.
     if (deps.stopping?.()) checks.shutdown = { ok: false, detail: 'shutting down' };
@@ -76,7 +76,7 @@ export function readiness(deps: {
       withTimeout(pending(), 3000, 'migrations')
         .then((p) => (checks.migrations = p.length ? { ok: false, detail: `${p.length} pending` } : { ok: true }))
         .catch((e: Error) => (checks.migrations = failed('migrations', 'unknown: the migrations table could not be read')(e))),
-      ...(queues.length ? [pausedQueues(paused, deps.logger).then((c) => (checks.queues = c))] : []),
+      ...(queues.length ? [queuesCheck(states, deps.logger).then((c) => (checks.queues = c))] : []),
     ]);
     // Process-local (ADR 0018): an API that never loaded the token revocation list answers every token
     // 503, so a load balancer must not route to it even when PostgreSQL and Redis answer this probe.
@@ -104,20 +104,56 @@ export function readiness(deps: {
   };
 }
 
+export type QueueStateReader = Pick<Queue, 'name' | 'isPaused' | 'getGlobalConcurrency' | 'getGlobalRateLimit'>;
+
+/** A queue's global limits, as BullMQ keeps them in its meta hash (`concurrency`; `max` jobs per `duration` ms). */
+export interface QueueLimits {
+  queue: string;
+  concurrency?: number;
+  rate_limit?: { max: number; duration_ms: number };
+}
+
+/** Whether a queue is paused, and its global limits: BullMQ's own readers, no raw Redis. */
+export async function queueState(q: QueueStateReader): Promise<{ name: string; paused: boolean; limits: QueueLimits | undefined }> {
+  const [paused, concurrency, rate] = await Promise.all([q.isPaused(), q.getGlobalConcurrency(), q.getGlobalRateLimit()]);
+  const limits: QueueLimits = { queue: q.name };
+  if (concurrency !== null) limits.concurrency = concurrency;
+  if (rate !== null) limits.rate_limit = { max: rate.max, duration_ms: rate.duration };
+  return { name: q.name, paused, limits: concurrency !== null || rate !== null ? limits : undefined };
+}
+
+/** "golden-path concurrency 1, 5 jobs per 60 s". */
+export function describeLimits(l: QueueLimits): string {
+  const parts = [...(l.concurrency !== undefined ? [`concurrency ${l.concurrency}`] : []), ...(l.rate_limit ? [`${l.rate_limit.max} jobs per ${l.rate_limit.duration_ms / 1000} s`] : [])];
+  return `${l.queue} ${parts.join(', ')}`;
+}
+
 /**
- * The `queues` check: the paused queues, reported and never failing readiness. A paused queue (Bull
- * Board's pause, `queue.pause()`) holds every run on it — the sweeper counts its jobs as there — while
- * every other check passes; but this instance still serves (submissions, reads, cancels, decisions), so
- * taking it out of the load balancer would turn one stalled queue into an outage. Unknown (Redis did
- * not answer: the `redis` check fails then) is said, not failed.
+ * The `queues` check: the paused queues, and the global concurrency and rate limits set on a queue,
+ * reported and never failing readiness. A paused queue (Bull Board's pause, `queue.pause()`) holds every
+ * run on it — the sweeper counts its jobs as there — while every other check passes. A global limit caps
+ * every worker on the queue whatever WORKER_CONCURRENCY says; this release's dashboard refuses to set one
+ * (admin-board.ts), but one an operator set from Bull Board before stays in Redis, in force, shown nowhere
+ * else (docs/runbook.md says how to clear it). Either way this instance still serves (submissions, reads,
+ * cancels, decisions), so taking it out of the load balancer would turn one stalled queue into an outage.
+ * Unknown (Redis did not answer: the `redis` check fails then) is said, not failed.
  */
-async function pausedQueues(read: () => Promise<string[]>, logger: Logger | undefined): Promise<{ ok: true; detail?: string; paused?: string[] }> {
+async function queuesCheck(
+  read: () => Promise<Awaited<ReturnType<typeof queueState>>[]>,
+  logger: Logger | undefined,
+): Promise<{ ok: true; detail?: string; paused?: string[]; limited?: QueueLimits[] }> {
   try {
-    const paused = await withTimeout(read(), 2000, 'queues');
-    if (!paused.length) return { ok: true };
-    return { ok: true, paused, detail: `paused: ${paused.join(', ')} — runs on them wait until resumed (docs/runbook.md, Stuck runs)` };
+    const states = await withTimeout(read(), 2000, 'queues');
+    const paused = states.filter((s) => s.paused).map((s) => s.name);
+    const limited = states.flatMap((s) => (s.limits ? [s.limits] : []));
+    if (!paused.length && !limited.length) return { ok: true };
+    const details = [
+      ...(paused.length ? [`paused: ${paused.join(', ')} — runs on them wait until resumed (docs/runbook.md, Stuck runs)`] : []),
+      ...(limited.length ? [`global limits set in Redis: ${limited.map(describeLimits).join('; ')} — they cap every worker whatever WORKER_CONCURRENCY says (docs/runbook.md, A queue capped by a global limit)`] : []),
+    ];
+    return { ok: true, ...(paused.length ? { paused } : {}), ...(limited.length ? { limited } : {}), detail: details.join('; ') };
   } catch (e) {
-    logger?.warn({ check: 'queues', err: (e as Error).message }, 'readiness: could not read whether the queues are paused');
-    return { ok: true, detail: 'unknown: whether a queue is paused could not be read' };
+    logger?.warn({ check: 'queues', err: (e as Error).message }, 'readiness: could not read whether the queues are paused or limited');
+    return { ok: true, detail: 'unknown: whether a queue is paused or limited could not be read' };
   }
 }

@@ -3,6 +3,7 @@ import type { MikroORM } from '@mikro-orm/postgresql';
 import type { Queue } from 'bullmq';
 import type { Metrics } from '../telemetry/metrics.ts';
 import { systemEm } from '../db/tenant-em.ts';
+import { queueState } from './health.ts';
 import { ACTIVE_RUN_STATUSES, RUN_STATUSES } from '../durable/durable-run.entity.ts';
 import type { WorkflowRegistry } from '../durable/registry.ts';
 
@@ -29,7 +30,12 @@ export function metricsHandler(c: { metrics: Metrics; queues: Map<string, Queue>
       const counts = await q.getJobCounts(...STATES);
       for (const s of STATES) c.metrics.queueDepth.set({ queue: name, state: s }, counts[s] ?? 0);
       // One series per queue the process knows (as dealix_queue_jobs): a paused queue holds every run on it.
-      c.metrics.queuePaused.set({ queue: name }, (await q.isPaused()) ? 1 : 0);
+      const state = await queueState(q);
+      c.metrics.queuePaused.set({ queue: name }, state.paused ? 1 : 0);
+      // A global limit left in Redis (health.ts queuesCheck): 0 when none, so the series never vanishes.
+      c.metrics.queueGlobalConcurrency.set({ queue: name }, state.limits?.concurrency ?? 0);
+      c.metrics.queueGlobalRateMax.set({ queue: name }, state.limits?.rate_limit?.max ?? 0);
+      c.metrics.queueGlobalRateDuration.set({ queue: name }, (state.limits?.rate_limit?.duration_ms ?? 0) / 1000);
     }
     // One count for both gauges: by status, and the active ones by workflow version.
     const rows = await systemEm(c.orm).transactional((tx) =>

@@ -163,7 +163,17 @@ function routeConfig(def: RouteDef, withSchemas: boolean): RouteConfig {
 }
 
 const healthSchema = z.object({ status: z.literal('ok') });
-const readySchema = z.object({ status: z.literal('ready'), checks: z.record(z.string(), z.object({ ok: z.boolean(), detail: z.string().optional() })) });
+/** The `queues` check's queues with a global limit in Redis (health.ts QueueLimits): each field only when set. */
+const queueLimitsSchema = z.object({
+  queue: z.string(),
+  concurrency: z.number().int().optional(),
+  rate_limit: z.object({ max: z.number().int(), duration_ms: z.number().int() }).optional(),
+});
+// `paused` and `limited`: the `queues` check's (never failing: docs/operations.md, Health and readiness).
+const readySchema = z.object({
+  status: z.literal('ready'),
+  checks: z.record(z.string(), z.object({ ok: z.boolean(), detail: z.string().optional(), paused: z.array(z.string()).optional(), limited: z.array(queueLimitsSchema).optional() })),
+});
 
 /** Operational endpoints outside container.routes: public, unauthenticated. */
 function operationalRoutes(): RouteConfig[] {

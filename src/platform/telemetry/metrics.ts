@@ -12,6 +12,9 @@ export interface Metrics {
   requestsRefused: Counter<'reason' | 'route'>;
   queueDepth: Gauge<'queue' | 'state'>;
   queuePaused: Gauge<'queue'>;
+  queueGlobalConcurrency: Gauge<'queue'>;
+  queueGlobalRateMax: Gauge<'queue'>;
+  queueGlobalRateDuration: Gauge<'queue'>;
   runsByStatus: Gauge<'workflow' | 'status'>;
   /** Active runs (pending, running, waiting) by workflow version, and whether this process registers it (ADR 0008). */
   activeRuns: Gauge<'workflow' | 'version' | 'registered'>;
@@ -77,6 +80,25 @@ export function createMetrics(): Metrics {
     queuePaused: new Gauge({
       name: 'dealix_queue_paused',
       help: 'Whether a queue is paused (1): its waiting jobs wait until it is resumed (Bull Board, queue.resume()), while every other check passes',
+      labelNames: ['queue'],
+      registers: [registry],
+    }),
+    // Set from Bull Board by a release before this one's allowlist (admin-board.ts): in force, shown nowhere else.
+    queueGlobalConcurrency: new Gauge({
+      name: 'dealix_queue_global_concurrency',
+      help: "A queue's global concurrency set in Redis (0: none): at most this many of its jobs run at once across every worker, whatever WORKER_CONCURRENCY says (docs/runbook.md, A queue capped by a global limit)",
+      labelNames: ['queue'],
+      registers: [registry],
+    }),
+    queueGlobalRateMax: new Gauge({
+      name: 'dealix_queue_global_rate_limit_max',
+      help: "A queue's global rate limit set in Redis (0: none): at most this many of its jobs start per dealix_queue_global_rate_limit_duration_seconds, across every worker",
+      labelNames: ['queue'],
+      registers: [registry],
+    }),
+    queueGlobalRateDuration: new Gauge({
+      name: 'dealix_queue_global_rate_limit_duration_seconds',
+      help: "The window of a queue's global rate limit set in Redis (0: none)",
       labelNames: ['queue'],
       registers: [registry],
     }),

@@ -1,4 +1,5 @@
 import { context, trace, TraceFlags } from '@opentelemetry/api';
+import { suppressTracing } from '@opentelemetry/core';
 import { injectInternal } from './internal-propagation.ts';
 
 /**
@@ -12,4 +13,15 @@ export function currentTraceContext(): { traceId: string | null; traceparent: st
   const carrier: Record<string, string> = {};
   injectInternal(context.active(), carrier);
   return { traceId: sc.traceFlags & TraceFlags.SAMPLED ? sc.traceId : null, traceparent: carrier.traceparent ?? null };
+}
+
+/**
+ * `fn` with tracing suppressed (@opentelemetry/core's suppressTracing, which every instrumentation and
+ * propagator honours): what it calls starts no span and writes no `traceparent`, `tracestate` or `baggage`
+ * into an outgoing request, redirects included. For calls to a third party that has no business with the
+ * caller's trace or its baggage (the request's correlation id): the identity provider's JWKS (jwt.ts).
+ * A no-op with telemetry off.
+ */
+export function untraced<T>(fn: () => T): T {
+  return context.with(suppressTracing(context.active()), fn);
 }

@@ -19,6 +19,7 @@ import type { Config } from '../config/config.ts';
 import { ServiceUnavailableError, UnauthorizedError } from '../errors/app-error.ts';
 import { isUnstorableText } from '../http/json-text.ts';
 import { TokenRevokedError, type RevocableClaims } from './token-revocations.ts';
+import { untraced } from '../telemetry/trace-context.ts';
 
 /**
  * Text a claim may hold: no control characters (C0, DEL, C1) and no unpaired UTF-16 surrogate. The
@@ -189,7 +190,9 @@ function keysFromIdentityProvider(url: URL, config: Pick<Config, 'JWT_JWKS_CACHE
       const now = Date.now();
       if (usable() && triedAt > (held.uat ?? -Infinity) && now - triedAt < KID_COOLDOWN_MS) return Promise.reject(new RefetchPutOff());
       triedAt = now;
-      return fetch(href, init);
+      // Not in the request's trace: the undici instrumentation would send the identity provider its
+      // traceparent and its baggage, the request's correlation id (docs/operations.md, Traces).
+      return untraced(() => fetch(href, init));
     },
   });
   // The keys held when a fetch last failed (not one merely started: tokens wait for a pending one): the refetches
