@@ -130,7 +130,7 @@ export const DurableRun = defineEntity({
       events: ['update'],
       when: `(old.status = ANY (ARRAY[${TERMINAL_RUN_STATUSES.map((s) => `'${s}'::text`).join(', ')}]))`,
       body:
-        'if (select rolsuper from pg_roles where rolname = current_user) then return new; end if; ' +
+        'if (select rolsuper from pg_catalog.pg_roles where rolname = current_user) then return new; end if; ' +
         "if old.status = 'failed' and new.status in ('pending', 'running') then return new; end if; " +
         "raise exception 'run % has ended (%): an ended run is never updated, but a failed one retried', old.id, old.status using errcode = 'insufficient_privilege';",
     },
