@@ -138,11 +138,35 @@ describe('completed checkpoints as the application role', () => {
     }
   });
 
-  it('run retention (the system role) still deletes an ended run, its completed checkpoints with it (on delete cascade)', async () => {
+  it('run retention (the system role) still deletes a run that ended longer ago than the floor, its completed checkpoints with it (on delete cascade)', async () => {
     const tenant = randomUUID();
     const run = await runWith(tenant, ['completed', 'completed']);
-    await db.admin(`update durable_runs set status = 'completed', completed_at = now() where id = $1`, [run]);
+    await db.admin(`update durable_runs set status = 'completed', completed_at = now() - interval '25 hours', updated_at = now() - interval '25 hours' where id = $1`, [run]);
     expect(await asApp('', `delete from durable_runs where id = $1`, [run], SYSTEM_ROLE)).toBe(1);
     expect(await checkpoints(run)).toEqual([]);
+  });
+});
+
+/**
+ * The application role is a member of the system role (it reaches it by SET LOCAL ROLE, for the sweeper
+ * and run retention): a statement of the application could take that role and delete every tenant's
+ * ended runs, or record a retention of a millisecond that every worker's pass then applies (ADR 0011,
+ * amendment "A floor under retention"). Neither deletes a run that ended less than a day ago.
+ */
+describe('run retention has a floor the application role cannot lower', () => {
+  it('the system role, taken by the application role, deletes no run that ended less than 24 hours ago: the run and its checkpoints stay', async () => {
+    const tenant = randomUUID();
+    const run = await runWith(tenant, ['completed', 'completed']);
+    await db.admin(`update durable_runs set status = 'completed', completed_at = now() - interval '23 hours', updated_at = now() - interval '23 hours' where id = $1`, [run]);
+    expect(await asApp('', `delete from durable_runs where status = 'completed'`, [], SYSTEM_ROLE)).toBe(0);
+    expect(await checkpoints(run)).toHaveLength(2);
+  });
+
+  it('a recorded retention under 24 hours is refused (23514); 0 (off) and 24 hours or more are recorded', async () => {
+    const record = (ms: number) =>
+      asApp('', `insert into run_retention_decision as d (id, retention_ms, decided_by, generation, decided_at) values (1, $1, 'worker', 1, now())
+                 on conflict (id) do update set retention_ms = excluded.retention_ms, generation = d.generation + 100`, [ms]);
+    for (const ms of [1, 1000, 24 * 3_600_000 - 1]) expect(await record(ms), String(ms)).toBe('23514');
+    for (const ms of [0, 24 * 3_600_000, 90 * 86_400_000]) expect(await record(ms), String(ms)).toBe(1);
   });
 });

@@ -9,6 +9,18 @@ export type RunStatus = (typeof RUN_STATUSES)[number];
 /** A run that has ended, as PostgreSQL prints the predicate back from pg_policies (so the schema diff is empty). */
 export const ENDED_RUN_SQL = `(status = ANY (ARRAY[${TERMINAL_RUN_STATUSES.map((s) => `'${s}'::text`).join(', ')}]))`;
 
+/**
+ * The least time an ended run is kept, whatever RUN_RETENTION says (ADR 0011, amendment "A floor under
+ * retention"): the database's own bound on run retention, in its delete policy below, since the
+ * application role can reach the system role (SET LOCAL ROLE) and write the recorded retention
+ * (run_retention_decision, whose check holds it to 0 or at least this). A day: the default
+ * IDEMPOTENCY_TTL, during which a replayed submission names its run; config refuses a shorter
+ * RUN_RETENTION, and the retention pass applies no shorter one whatever its job or schedule carries.
+ */
+export const RUN_RETENTION_FLOOR_MS = 24 * 3_600_000;
+/** Ended longer ago than the floor, as PostgreSQL prints it back from pg_policies (so the schema diff is empty). */
+const PAST_RETENTION_FLOOR_SQL = `(updated_at < (now() - '${RUN_RETENTION_FLOOR_MS / 3_600_000}:00:00'::interval))`;
+
 /** The trigger that refuses any update of an ended run but a retry of a failed one. */
 export const ENDED_RUN_TRIGGER = 'ended_is_history';
 
@@ -114,9 +126,12 @@ export const DurableRun = defineEntity({
     // The recovery sweeper's narrow cross-tenant read: only as the NOLOGIN system role, only the
     // columns granted to it (ids, status, progress), never input or output. See ADR 0003.
     { name: 'durable_runs_system_sweep', command: 'select', roles: [SYSTEM_ROLE], using: 'true' },
-    // Run retention (ADR 0011): the same role may delete a run that has ended, never an active one; how
-    // long ago it ended is the job's condition (RUN_RETENTION). Its checkpoints go with it (on delete cascade).
-    { name: 'durable_runs_system_retention', command: 'delete', roles: [SYSTEM_ROLE], using: ENDED_RUN_SQL },
+    // Run retention (ADR 0011): the same role may delete a run that has ended, never an active one, and
+    // not before RUN_RETENTION_FLOOR_MS has passed since its row last moved (its end); how much longer is
+    // the job's condition (RUN_RETENTION). Its checkpoints go with it (on delete cascade). The floor is
+    // here because the application role reaches this role: any of its statements could otherwise delete
+    // every tenant's runs the moment they end.
+    { name: 'durable_runs_system_retention', command: 'delete', roles: [SYSTEM_ROLE], using: `(${ENDED_RUN_SQL} AND ${PAST_RETENTION_FLOOR_SQL})` },
   ],
   triggers: [
     {
