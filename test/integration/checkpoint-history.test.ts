@@ -134,15 +134,75 @@ describe('completed checkpoints as the application role', () => {
     for (const next of ['running', 'pending']) {
       const run = await runWith(tenant, []);
       await db.admin(`update durable_runs set status = 'failed', error = '{"code":"x"}'::jsonb, completed_at = now() where id = $1`, [run]);
-      expect(await asApp(tenant, `update durable_runs set status = $2, error = null, completed_at = null, updated_at = now(), retry_count = retry_count + 1 where id = $1`, [run, next]), next).toBe(1);
+      expect(await asApp(tenant, RETRY, [run, next, JSON.stringify({ retry: 1, retried_by: 'admin-1', error: { code: 'x' } })]), next).toBe(1);
     }
   });
 
-  it('run retention (the system role) still deletes an ended run, its completed checkpoints with it (on delete cascade)', async () => {
+  /** runtime.retry's update of the run: its failure appended to retry_history (the newest 20 kept), retry_count up by one. */
+  const RETRY = `update durable_runs set status = $2, error = null, completed_at = null, updated_at = now(), retry_count = retry_count + 1,
+      retry_history = jsonb_path_query_array(coalesce(retry_history, '[]'::jsonb) || jsonb_build_array($3::jsonb), '$[last - 19 to last]') where id = $1`;
+
+  it("a failed run's failure is kept by its retry: a move back to running that erases it, forges it or shortens the history is refused (42501); runtime.retry's, at the history's cap too, is not", async () => {
+    const tenant = randomUUID();
+    const failed = async (history: unknown[] | null, retryCount: number) => {
+      const run = await runWith(tenant, ['completed', 'failed']);
+      await db.admin(`update durable_runs set status = 'failed', error = '{"code":"boom"}'::jsonb, completed_at = now(), retry_count = $2, retry_history = $3::jsonb where id = $1`, [run, retryCount, history && JSON.stringify(history)]);
+      return run;
+    };
+    const entry = (retry: number, error: unknown = { code: 'boom' }) => ({ retry, retried_by: 'admin-1', error });
+    const older = [entry(1, { code: 'first' }), entry(2, { code: 'second' })];
+    const run = await failed(older, 2);
+    const forgeries: Array<[string, string, unknown[]]> = [
+      ['the failure erased', `update durable_runs set status = 'running', error = null, retry_history = null, retry_count = 0 where id = $1`, [run]],
+      ['retry_count not raised by one', `update durable_runs set status = 'running', error = null, retry_history = $2::jsonb where id = $1`, [run, JSON.stringify([...older, entry(3)])]],
+      ['retry_count raised by two', `update durable_runs set status = 'running', error = null, retry_count = 4, retry_history = $2::jsonb where id = $1`, [run, JSON.stringify([...older, entry(4)])]],
+      ['no entry for the retry', `update durable_runs set status = 'running', error = null, retry_count = 3 where id = $1`, [run]],
+      ['another failure recorded', `update durable_runs set status = 'running', error = null, retry_count = 3, retry_history = $2::jsonb where id = $1`, [run, JSON.stringify([...older, entry(3, { code: 'harmless' })])]],
+      ['the older entries dropped', `update durable_runs set status = 'running', error = null, retry_count = 3, retry_history = $2::jsonb where id = $1`, [run, JSON.stringify([entry(3)])]],
+      ['an older entry rewritten', `update durable_runs set status = 'running', error = null, retry_count = 3, retry_history = $2::jsonb where id = $1`, [run, JSON.stringify([entry(1, { code: 'fine' }), older[1], entry(3)])]],
+      ['an output written', `update durable_runs set status = 'running', error = null, retry_count = 3, output = '{"pack":"forged"}'::jsonb, retry_history = $2::jsonb where id = $1`, [run, JSON.stringify([...older, entry(3)])]],
+    ];
+    for (const [what, sql, params] of forgeries) expect(await asApp(tenant, sql, params), what).toBe('42501');
+    const [row] = (await db.admin(`select status, error, retry_count, retry_history from durable_runs where id = $1`, [run])).rows;
+    expect(row).toEqual({ status: 'failed', error: { code: 'boom' }, retry_count: 2, retry_history: older });
+    expect(await asApp(tenant, RETRY, [run, 'running', JSON.stringify(entry(3))])).toBe(1);
+    // At the cap (20 kept), the oldest entry goes: a history of the same length is the retry's, one shorter is not.
+    const full = Array.from({ length: 20 }, (_, i) => entry(i + 1, { code: `f${i + 1}` }));
+    const capped = await failed(full, 20);
+    expect(await asApp(tenant, `update durable_runs set status = 'running', error = null, retry_count = 21, retry_history = $2::jsonb where id = $1`, [capped, JSON.stringify([...full.slice(2), entry(21)])])).toBe('42501');
+    expect(await asApp(tenant, RETRY, [capped, 'running', JSON.stringify(entry(21))])).toBe(1);
+    expect((await db.admin(`select retry_history from durable_runs where id = $1`, [capped])).rows[0].retry_history).toEqual([...full.slice(1), entry(21)]);
+  });
+
+  it('run retention (the system role) still deletes a run that ended longer ago than the floor, its completed checkpoints with it (on delete cascade)', async () => {
     const tenant = randomUUID();
     const run = await runWith(tenant, ['completed', 'completed']);
-    await db.admin(`update durable_runs set status = 'completed', completed_at = now() where id = $1`, [run]);
+    await db.admin(`update durable_runs set status = 'completed', completed_at = now() - interval '25 hours', updated_at = now() - interval '25 hours' where id = $1`, [run]);
     expect(await asApp('', `delete from durable_runs where id = $1`, [run], SYSTEM_ROLE)).toBe(1);
     expect(await checkpoints(run)).toEqual([]);
+  });
+});
+
+/**
+ * The application role is a member of the system role (it reaches it by SET LOCAL ROLE, for the sweeper
+ * and run retention): a statement of the application could take that role and delete every tenant's
+ * ended runs, or record a retention of a millisecond that every worker's pass then applies (ADR 0011,
+ * amendment "A floor under retention"). Neither deletes a run that ended less than a day ago.
+ */
+describe('run retention has a floor the application role cannot lower', () => {
+  it('the system role, taken by the application role, deletes no run that ended less than 24 hours ago: the run and its checkpoints stay', async () => {
+    const tenant = randomUUID();
+    const run = await runWith(tenant, ['completed', 'completed']);
+    await db.admin(`update durable_runs set status = 'completed', completed_at = now() - interval '23 hours', updated_at = now() - interval '23 hours' where id = $1`, [run]);
+    expect(await asApp('', `delete from durable_runs where status = 'completed'`, [], SYSTEM_ROLE)).toBe(0);
+    expect(await checkpoints(run)).toHaveLength(2);
+  });
+
+  it('a recorded retention under 24 hours is refused (23514); 0 (off) and 24 hours or more are recorded', async () => {
+    const record = (ms: number) =>
+      asApp('', `insert into run_retention_decision as d (id, retention_ms, decided_by, generation, decided_at) values (1, $1, 'worker', 1, now())
+                 on conflict (id) do update set retention_ms = excluded.retention_ms, generation = d.generation + 100`, [ms]);
+    for (const ms of [1, 1000, 24 * 3_600_000 - 1]) expect(await record(ms), String(ms)).toBe('23514');
+    for (const ms of [0, 24 * 3_600_000, 90 * 86_400_000]) expect(await record(ms), String(ms)).toBe(1);
   });
 });

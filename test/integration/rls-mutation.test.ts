@@ -443,6 +443,49 @@ describe('db:migrate converges privileges', () => {
     expect(privs.rows[0]).toEqual({ delete: false, update: true });
   });
 
+  it("a partner offboarding is never deleted, and updated only in what its steps move (status, settlement, settled_at, archived_at): as the application role the rest is refused (42501), after a migrate that found the table-wide grants of the release before", async () => {
+    const db = await freshDatabase();
+    await db.admin(`GRANT SELECT, INSERT, UPDATE, DELETE ON partner_offboardings TO ${TEST_APP.user}`);
+    const config = parseConfig({ JWT_SECRET: TEST_JWT_SECRET, DATABASE_URL: db.appUrl, MIGRATION_DATABASE_URL: db.ownerUrl });
+    expect(await migrate(config, entities)).toEqual([]); // nothing pending: only the grants are re-applied
+    const tenant = randomUUID();
+    const run = await seedRun(db, tenant);
+    const id = randomUUID();
+    await db.admin(
+      `insert into partner_offboardings (id, tenant_id, run_id, partner_reference, partner_name, reason, status, frozen_at)
+       values ($1, $2, $3, 'P-1', 'Partner One', 'compliance', 'frozen', now())`,
+      [id, tenant, run],
+    );
+    const app = new pg.Client({ connectionString: db.appUrl });
+    await app.connect();
+    const asApp = async (sql: string): Promise<number | string> => {
+      await app.query('BEGIN');
+      try {
+        await app.query(`select set_config('app.tenant_id', $1, true)`, [tenant]);
+        const res = await app.query(sql, [id]);
+        await app.query('COMMIT');
+        return res.rowCount ?? 0;
+      } catch (err) {
+        await app.query('ROLLBACK');
+        return (err as { code?: string }).code ?? String(err);
+      }
+    };
+    try {
+      expect(await asApp(`delete from partner_offboardings where id = $1`)).toBe('42501');
+      for (const set of [`partner_reference = 'P-2'`, `partner_name = 'Other'`, `reason = 'inactive'`, `run_id = gen_random_uuid()`, 'frozen_at = now()', 'id = id', 'tenant_id = tenant_id']) {
+        expect(await asApp(`update partner_offboardings set ${set} where id = $1`), set).toBe('42501');
+      }
+      // What the steps write (partner-offboarding.steps.ts): settle, archive, and a record given up.
+      expect(await asApp(`update partner_offboardings set status = 'settled', settlement = '{"lines":[]}'::jsonb, settled_at = now() where id = $1`)).toBe(1);
+      expect(await asApp(`update partner_offboardings set status = 'archived', archived_at = now() where id = $1`)).toBe(1);
+      expect(await asApp(`update partner_offboardings set status = 'abandoned' where id = $1`)).toBe(1);
+    } finally {
+      await app.end();
+    }
+    const [row] = (await db.admin(`select partner_reference, partner_name, reason, status from partner_offboardings where id = $1`, [id])).rows;
+    expect(row).toEqual({ partner_reference: 'P-1', partner_name: 'Partner One', reason: 'compliance', status: 'abandoned' });
+  });
+
   it('revokes DELETE on approval_requests and approval_policies that earlier releases granted the app (retention deletes nothing of them; the app never does), and keeps UPDATE (of the columns the code writes, on approval_requests)', async () => {
     const db = await freshDatabase();
     await db.admin(`GRANT DELETE ON approval_requests, approval_policies TO ${TEST_APP.user}`);

@@ -37,6 +37,7 @@ import { TIMER_QUEUE } from '../../src/platform/queue/timers.ts';
 
 const LONG = 120_000;
 const DAY = 86_400_000;
+const HOUR = 3_600_000;
 const RETENTION = 30 * DAY;
 
 /**
@@ -278,6 +279,17 @@ describe('run retention', () => {
     for (const id of ids) expect(left[id]).toEqual(kept());
     await expect(deleteEndedRuns(systemEm(stack.container.orm), { olderThanMs: 0 })).rejects.toThrow(RangeError);
     await admin.query(`delete from durable_runs where id = any($1)`, [ids]); // not the next tests' business
+  });
+
+  it('a retention under the 24-hour floor (a job or a schedule forged in Redis) is applied as the floor: a run ended an hour ago stays, one ended two days ago goes', { timeout: LONG }, async () => {
+    const t = newTenant();
+    const recent = await seedRun(t, 'completed', HOUR, GOLDEN_PATH, false);
+    const old = await seedRun(t, 'completed', 2 * DAY, GOLDEN_PATH, false);
+    expect(await retentionJob(1).run()).toMatchObject({ complete: true });
+    expect(logLines.filter((l) => l.msg === 'run retention: ended runs deleted').at(-1)).toMatchObject({ retention_ms: DAY });
+    const left = await leftOf([recent, old]);
+    expect([left[recent]!.run, left[recent]!.checkpoints, left[old]!.run]).toEqual([1, 2, 0]);
+    await admin.query(`delete from durable_runs where id = $1`, [recent]);
   });
 
   it('the database refuses the rest: the system role cannot delete an active run, nor checkpoints or domain rows, and the application role deletes no run at all, its own tenant\'s ended one included (its checkpoints would go with it)', { timeout: LONG }, async () => {

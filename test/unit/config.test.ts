@@ -158,7 +158,9 @@ describe('configuration', () => {
     expect(parseConfig({ JWT_SECRET: SECRET, RUN_RETENTION: '0' }).RUN_RETENTION).toBe(0);
     expect(parseConfig({ JWT_SECRET: SECRET, RUN_RETENTION: '30d' }).RUN_RETENTION).toBe(30 * 86_400_000);
     expect(configError({ JWT_SECRET: SECRET, RUN_RETENTION: '23h' }).problems).toEqual([expect.stringMatching(/^RUN_RETENTION: must be 0 \(keep runs forever\) or at least IDEMPOTENCY_TTL/)]);
-    expect(parseConfig({ JWT_SECRET: SECRET, RUN_RETENTION: '2h', IDEMPOTENCY_TTL: '2h' }).RUN_RETENTION).toBe(7_200_000);
+    expect(parseConfig({ JWT_SECRET: SECRET, RUN_RETENTION: '24h', IDEMPOTENCY_TTL: '2h' }).RUN_RETENTION).toBe(86_400_000);
+    // Under the database's floor (ADR 0011, amendment "A floor under retention"), however short IDEMPOTENCY_TTL.
+    expect(configError({ JWT_SECRET: SECRET, RUN_RETENTION: '2h', IDEMPOTENCY_TTL: '2h' }).problems).toEqual([expect.stringMatching(/^RUN_RETENTION: must be 0 \(keep runs forever\) or at least 24h/)]);
     expect(configError({ JWT_SECRET: SECRET, RUN_RETENTION: 'a month' }).problems[0]).toMatch(/^RUN_RETENTION: not a duration/);
     // Beyond PostgreSQL's timestamps (now() minus it is out of range): every pass would fail, every 10 minutes.
     expect(parseConfig({ JWT_SECRET: SECRET, RUN_RETENTION: '36500d' }).RUN_RETENTION).toBe(36_500 * 86_400_000);
@@ -173,7 +175,7 @@ describe('configuration', () => {
     // (An IDEMPOTENCY_LEASE that short is refused as well, on its own line.)
     expect(configError({ JWT_SECRET: SECRET, RUN_RETENTION: '500ms', IDEMPOTENCY_TTL: '100ms', IDEMPOTENCY_LEASE: '100ms' }).problems).toContainEqual(expect.stringMatching(/^RUN_RETENTION: must be 0 \(keep runs forever\) or at least 1s/));
     for (const zero of ['0', '0s', '0.0d', '00ms', 0]) expect(parseConfig({ JWT_SECRET: SECRET, RUN_RETENTION: zero as string }).RUN_RETENTION, String(zero)).toBe(0);
-    expect(parseConfig({ JWT_SECRET: SECRET, RUN_RETENTION: '1s', IDEMPOTENCY_TTL: '1s', IDEMPOTENCY_LEASE: '1s' }).RUN_RETENTION).toBe(1000);
+    expect(parseConfig({ JWT_SECRET: SECRET, RUN_RETENTION: '24h', IDEMPOTENCY_TTL: '1s', IDEMPOTENCY_LEASE: '1s' }).RUN_RETENTION).toBe(86_400_000);
   });
 
   // PostgreSQL's statement_timeout and Node's requestTimeout take whole milliseconds, and 0 is "no timeout": a value that is

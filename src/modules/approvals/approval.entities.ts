@@ -141,7 +141,7 @@ export const ApprovalPolicyRow = defineEntity({
       events: ['insert', 'update'],
       body:
         "if tg_op = 'UPDATE' and new.version = old.version then return null; end if; " +
-        `insert into approval_policy_versions (id, ${VERSION_COLUMNS}) select gen_random_uuid(), ${VERSION_COLUMNS} from approval_policies where tenant_id = new.tenant_id ` +
+        `insert into public.approval_policy_versions (id, ${VERSION_COLUMNS}) select gen_random_uuid(), ${VERSION_COLUMNS} from public.approval_policies where tenant_id = new.tenant_id ` +
         'on conflict (tenant_id, version) do nothing; return null;',
     },
   ],
@@ -191,7 +191,7 @@ export const ApprovalPolicyVersionRow = defineEntity({
       timing: 'after',
       events: ['insert'],
       body:
-        `if not exists (select from approval_policies p where p.tenant_id = new.tenant_id and (${VERSION_COLUMNS.replace(/\w+/g, 'p.$&')}) is not distinct from (${VERSION_COLUMNS.replace(/\w+/g, 'new.$&')})) then ` +
+        `if not exists (select from public.approval_policies p where p.tenant_id = new.tenant_id and (${VERSION_COLUMNS.replace(/\w+/g, 'p.$&')}) is not distinct from (${VERSION_COLUMNS.replace(/\w+/g, 'new.$&')})) then ` +
         "raise exception 'approval policy version % of tenant % is not the tenant''s policy as this transaction commits it', new.version, new.tenant_id using errcode = 'insufficient_privilege'; end if; return null;",
     },
   ],

@@ -52,10 +52,10 @@ export const EvidencePackRow = defineEntity({
       // One read of the run by its key on the step's path (`status || ''`: no partial status index, as
       // the executor's statements naming a run); the second and third only when the pack is refused.
       body:
-        "if not exists (select from durable_runs where tenant_id = new.tenant_id and id = new.run_id and (status || '') in ('pending', 'running')) then " +
-        "if exists (select from durable_runs where tenant_id = new.tenant_id and id = new.run_id) then raise exception 'evidence pack % names run %, which is %: a pack is written by its run''s evidence step, while the run is pending or running', new.id, new.run_id, (select status from durable_runs where tenant_id = new.tenant_id and id = new.run_id) using errcode = 'DX001'; end if; " +
+        "if not exists (select from public.durable_runs where tenant_id = new.tenant_id and id = new.run_id and (status || '') in ('pending', 'running')) then " +
+        "if exists (select from public.durable_runs where tenant_id = new.tenant_id and id = new.run_id) then raise exception 'evidence pack % names run %, which is %: a pack is written by its run''s evidence step, while the run is pending or running', new.id, new.run_id, (select status from public.durable_runs where tenant_id = new.tenant_id and id = new.run_id) using errcode = 'DX001'; end if; " +
         "raise exception 'evidence pack % names run %, which is no run of tenant %', new.id, new.run_id, new.tenant_id using errcode = 'foreign_key_violation'; end if; " +
-        'insert into evidence_seals (id, tenant_id, run_id, sha256, created_at) values (new.id, new.tenant_id, new.run_id, new.sha256, new.created_at); return null;',
+        'insert into public.evidence_seals (id, tenant_id, run_id, sha256, created_at) values (new.id, new.tenant_id, new.run_id, new.sha256, new.created_at); return null;',
     },
   ],
 });

@@ -2,6 +2,7 @@ import { z } from 'zod';
 import { Resolver } from 'node:dns';
 import { parseDurationMs } from './duration.ts';
 import { sslParameters } from '../db/pg-ssl.ts';
+import { RUN_RETENTION_FLOOR_MS } from '../durable/durable-run.entity.ts';
 
 /**
  * The one schema over the environment. Parsed once at start-up, frozen and passed down;
@@ -377,6 +378,9 @@ export const configSchema = z
     if (c.RUN_RETENTION > 0 && c.RUN_RETENTION < c.IDEMPOTENCY_TTL) {
       // A keyed submission's replay names its run for IDEMPOTENCY_TTL: the run must still be there to read.
       ctx.addIssue({ code: 'custom', path: ['RUN_RETENTION'], message: `must be 0 (keep runs forever) or at least IDEMPOTENCY_TTL (${c.IDEMPOTENCY_TTL} ms): a replayed submission names its run as long as its key is kept` });
+    } else if (c.RUN_RETENTION > 0 && c.RUN_RETENTION < RUN_RETENTION_FLOOR_MS) {
+      // The database keeps every ended run a day whatever the setting (ADR 0011, amendment "A floor under retention").
+      ctx.addIssue({ code: 'custom', path: ['RUN_RETENTION'], message: 'must be 0 (keep runs forever) or at least 24h: the database keeps every ended run that long' });
     }
     if (Boolean(c.OPERATOR_USER) !== Boolean(c.OPERATOR_PASSWORD)) {
       ctx.addIssue({ code: 'custom', path: ['OPERATOR_PASSWORD'], message: 'OPERATOR_USER and OPERATOR_PASSWORD go together' });

@@ -103,13 +103,17 @@ export const APPEND_ONLY_TABLES = ['approval_decisions', 'approval_policy_versio
  * in force, with who set and who approved it (a deleted row is the defaults again, at version 0, with
  * nobody's name on them). `partner_offboarding_claims` says which run holds a partner from its
  * offboarding's submission on (a claim is taken over, never removed): a deleted claim let a second
- * offboarding of a partner whose first run is still queued be accepted. `durable_runs` is deleted by
+ * offboarding of a partner whose first run is still queued be accepted. `partner_offboardings` is the
+ * record of a partner frozen, settled and archived (what the offboarding's steps wrote, and what refuses a
+ * second offboarding of the partner while it is not abandoned): the code never deletes one; a deleted
+ * record erased the partner's settlement and freed the partial unique key that is step 1's backstop
+ * against a second offboarding of the partner. `durable_runs` is deleted by
  * run retention alone, as the system role (ADR 0011): a run deleted by the application role would take
  * its completed checkpoints with it (on delete cascade, which row-level security does not govern), the
  * history its restrictive policies keep (durable-checkpoint.entity.ts; ADR 0001, amendment "Checkpoints
  * are history"). With DELETE, any statement run as the application role could erase them.
  */
-export const NO_DELETE_TABLES = ['approval_policies', 'approval_policy_changes', 'approval_requests', 'durable_runs', 'partner_offboarding_claims'];
+export const NO_DELETE_TABLES = ['approval_policies', 'approval_policy_changes', 'approval_requests', 'durable_runs', 'partner_offboarding_claims', 'partner_offboardings'];
 
 /**
  * Tables whose rows the application updates in a few columns only: it may UPDATE exactly these (a
@@ -125,6 +129,10 @@ export const NO_DELETE_TABLES = ['approval_policies', 'approval_policy_changes',
  * made to loosen more than its approver confirms, or to name its approver as its proposer;
  * `partner_offboarding_claims` by a takeover (partner-offboarding.steps.ts) — with UPDATE on
  * `partner_reference` a claim could be moved off its partner, as a deleted one would be;
+ * `partner_offboardings` by its steps' moves (settled, archived; abandoned when another run's step 1
+ * takes the partner over: partner-offboarding.steps.ts) — with UPDATE on `partner_reference` or
+ * `run_id` a record could be moved off its partner or its run, and its `partner_name`, `reason` and
+ * `frozen_at` are what was asked and when;
  * `durable_checkpoints` by a failure's upsert (executor.ts `markFailed`) and a decision's resume
  * (runtime.ts `resume`) — never its run, sequence_num or step name, which say which step of which run it
  * records (a completed one is not updated at all: the trigger `completed_is_history`,
@@ -139,6 +147,7 @@ export const APP_UPDATE_COLUMNS: Readonly<Record<string, readonly string[]>> = {
   durable_checkpoints: ['status', 'output', 'error', 'attempt', 'updated_at', 'completed_at'],
   durable_runs: ['status', 'output', 'error', 'sequence_num', 'lease_owner', 'lease_expires_at', 'updated_at', 'completed_at', 'retry_count', 'retry_history', 'crash_seq', 'crash_count'],
   partner_offboarding_claims: ['id', 'run_id', 'claimed_at'],
+  partner_offboardings: ['status', 'settlement', 'settled_at', 'archived_at'],
 };
 
 /**

@@ -63,7 +63,7 @@ export const DurableCheckpoint = defineEntity({
       events: ['update'],
       when: "(old.status = 'completed'::text)",
       body:
-        'if (select rolsuper from pg_roles where rolname = current_user) then return new; end if; ' +
+        'if (select rolsuper from pg_catalog.pg_roles where rolname = current_user) then return new; end if; ' +
         "raise exception 'checkpoint % of run % (step %) is completed: a completed checkpoint is never updated', old.sequence_num, old.run_id, old.step_name using errcode = 'insufficient_privilege';",
     },
   ],

@@ -9,6 +9,27 @@ export type RunStatus = (typeof RUN_STATUSES)[number];
 /** A run that has ended, as PostgreSQL prints the predicate back from pg_policies (so the schema diff is empty). */
 export const ENDED_RUN_SQL = `(status = ANY (ARRAY[${TERMINAL_RUN_STATUSES.map((s) => `'${s}'::text`).join(', ')}]))`;
 
+/**
+ * The least time an ended run is kept, whatever RUN_RETENTION says (ADR 0011, amendment "A floor under
+ * retention"): the database's own bound on run retention, in its delete policy below, since the
+ * application role can reach the system role (SET LOCAL ROLE) and write the recorded retention
+ * (run_retention_decision, whose check holds it to 0 or at least this). A day: the default
+ * IDEMPOTENCY_TTL, during which a replayed submission names its run; config refuses a shorter
+ * RUN_RETENTION, and the retention pass applies no shorter one whatever its job or schedule carries.
+ */
+export const RUN_RETENTION_FLOOR_MS = 24 * 3_600_000;
+/** Ended longer ago than the floor, as PostgreSQL prints it back from pg_policies (so the schema diff is empty). */
+const PAST_RETENTION_FLOOR_SQL = `(updated_at < (now() - '${RUN_RETENTION_FLOOR_MS / 3_600_000}:00:00'::interval))`;
+
+/**
+ * The retries a run's `retry_history` keeps: the newest this many, oldest first; its `retry_count`
+ * counts them all. Trimmed by the retry's own update (ADR 0009, *Where the failure goes*): a failure
+ * that does not go away, retried by a client on every `failed`, grew the row, every view of the run
+ * and every retry's answer stored under its Idempotency-Key by one entry a retry, without end. The
+ * trigger ENDED_RUN_TRIGGER checks a retry's history against it.
+ */
+export const RUN_RETRY_HISTORY_MAX = 20;
+
 /** The trigger that refuses any update of an ended run but a retry of a failed one. */
 export const ENDED_RUN_TRIGGER = 'ended_is_history';
 
@@ -114,9 +135,12 @@ export const DurableRun = defineEntity({
     // The recovery sweeper's narrow cross-tenant read: only as the NOLOGIN system role, only the
     // columns granted to it (ids, status, progress), never input or output. See ADR 0003.
     { name: 'durable_runs_system_sweep', command: 'select', roles: [SYSTEM_ROLE], using: 'true' },
-    // Run retention (ADR 0011): the same role may delete a run that has ended, never an active one; how
-    // long ago it ended is the job's condition (RUN_RETENTION). Its checkpoints go with it (on delete cascade).
-    { name: 'durable_runs_system_retention', command: 'delete', roles: [SYSTEM_ROLE], using: ENDED_RUN_SQL },
+    // Run retention (ADR 0011): the same role may delete a run that has ended, never an active one, and
+    // not before RUN_RETENTION_FLOOR_MS has passed since its row last moved (its end); how much longer is
+    // the job's condition (RUN_RETENTION). Its checkpoints go with it (on delete cascade). The floor is
+    // here because the application role reaches this role: any of its statements could otherwise delete
+    // every tenant's runs the moment they end.
+    { name: 'durable_runs_system_retention', command: 'delete', roles: [SYSTEM_ROLE], using: `(${ENDED_RUN_SQL} AND ${PAST_RETENTION_FLOOR_SQL})` },
   ],
   triggers: [
     {
@@ -125,13 +149,23 @@ export const DurableRun = defineEntity({
       // report. The code moves an ended run only one way: a retry brings a failed run back (runtime.ts
       // `retry`: failed → pending or running); every other statement names active statuses in its WHERE,
       // and a BEFORE UPDATE trigger fires only for rows it lets through. Every role but a superuser.
+      // A retry must keep the failure it clears (ADR 0001, amendment "A retry keeps its failure"): its
+      // retry_count one up, its retry_history the old one with one entry appended (the newest
+      // RUN_RETRY_HISTORY_MAX kept, as runtime.retry trims it) naming that count and the run's error, and
+      // no output, error or end. Else `set status = 'running', error = null, retry_history = null`
+      // erased the failure, and a second statement could complete the run with any output.
       name: ENDED_RUN_TRIGGER,
       timing: 'before',
       events: ['update'],
       when: `(old.status = ANY (ARRAY[${TERMINAL_RUN_STATUSES.map((s) => `'${s}'::text`).join(', ')}]))`,
       body:
-        'if (select rolsuper from pg_roles where rolname = current_user) then return new; end if; ' +
-        "if old.status = 'failed' and new.status in ('pending', 'running') then return new; end if; " +
+        'if (select rolsuper from pg_catalog.pg_roles where rolname = current_user) then return new; end if; ' +
+        "if old.status = 'failed' and new.status in ('pending', 'running') then " +
+        'if new.retry_count = old.retry_count + 1 and new.output is null and new.error is null and new.completed_at is null ' +
+        "and new.retry_history -> -1 -> 'retry' = to_jsonb(new.retry_count) " +
+        "and new.retry_history -> -1 -> 'error' = coalesce(old.error, 'null'::jsonb) " +
+        `and new.retry_history = jsonb_path_query_array(coalesce(old.retry_history, '[]'::jsonb) || jsonb_build_array(new.retry_history -> -1), '$[last - ${RUN_RETRY_HISTORY_MAX - 1} to last]') then return new; end if; ` +
+        "raise exception 'run % failed: a retry raises retry_count by one and appends the failure it clears to retry_history, and writes no output', old.id using errcode = 'insufficient_privilege'; end if; " +
         "raise exception 'run % has ended (%): an ended run is never updated, but a failed one retried', old.id, old.status using errcode = 'insufficient_privilege';",
     },
   ],

@@ -9,7 +9,7 @@ import { DEFER_UNTIL_NEXT, LAST_IN_TRANSACTION } from '../db/coalescing-client.t
 import { withRunCorrelation } from '../telemetry/correlation-span-processor.ts';
 import { extractInternal } from '../telemetry/internal-propagation.ts';
 import { ATTR, INSTRUMENTATION_VERSION } from '../telemetry/attributes.ts';
-import { ACTIVE_RUN_STATUSES, type RunStatus } from './durable-run.entity.ts';
+import { ACTIVE_RUN_STATUSES, RUN_RETRY_HISTORY_MAX, type RunStatus } from './durable-run.entity.ts';
 import type { CheckpointStatus } from './durable-checkpoint.entity.ts';
 import { firstIncompleteStep, notRetryableBecause } from './retryable.ts';
 import { STEP_BACKOFF, jobAttempts, retryOf, segmentStart, type StepDef, type WorkflowDef } from './workflow.ts';
@@ -144,13 +144,8 @@ export const RUN_COLUMNS = `id, tenant_id, workflow, workflow_version, idempoten
  */
 export const DB_TIME_SQL = `date_trunc('milliseconds', now())`;
 
-/**
- * The retries a run's `retry_history` keeps: the newest this many, oldest first; its `retry_count`
- * counts them all. Trimmed by the retry's own update (ADR 0009, *Where the failure goes*): a failure
- * that does not go away, retried by a client on every `failed`, grew the row, every view of the run
- * and every retry's answer stored under its Idempotency-Key by one entry a retry, without end.
- */
-export const RUN_RETRY_HISTORY_MAX = 20;
+/** The retries a run's `retry_history` keeps (declared beside the trigger that checks a retry against it). */
+export { RUN_RETRY_HISTORY_MAX };
 
 /** One retry of a failed run, as `durable_runs.retry_history` keeps it (oldest first, the newest RUN_RETRY_HISTORY_MAX). */
 export interface RunRetry {

@@ -5,6 +5,7 @@ import type { Counter } from 'prom-client';
 import type { Logger } from 'pino';
 import { systemEm } from '../db/tenant-em.ts';
 import { untilAborted } from '../durable/executor.ts';
+import { RUN_RETENTION_FLOOR_MS } from '../durable/durable-run.entity.ts';
 import { deleteEndedRuns } from '../durable/retention.ts';
 import type { IdempotencyService } from '../idempotency/idempotency.service.ts';
 import { WEBHOOK_REDELIVERY_JOB } from '../webhooks/delivery.ts';
@@ -442,7 +443,14 @@ export function maintenanceHandlers(deps: {
         deps.logger.info({ queued_retention_ms: scheduledRetention(job?.data) ?? null }, 'run retention: not scheduled (removed by a worker started with RUN_RETENTION off): pass skipped');
         return skipped;
       }
-      const retentionMs = inForce.retentionMs ?? scheduledRetention(job?.data) ?? own;
+      const asked = inForce.retentionMs ?? scheduledRetention(job?.data) ?? own;
+      // Never under the floor (ADR 0011, amendment "A floor under retention"): config refuses a shorter
+      // RUN_RETENTION and the recorded decision cannot hold one, but a scheduler or a job is Redis's data.
+      // The database refuses to delete a run that recent anyway; this keeps the deliveries too, and says so.
+      const retentionMs = Math.max(asked, RUN_RETENTION_FLOOR_MS);
+      if (asked < RUN_RETENTION_FLOOR_MS) {
+        deps.logger.warn({ scheduled_retention_ms: asked, retention_ms: retentionMs }, `run retention: the schedule asks for ${formatRetention(asked)}, under the floor: ${formatRetention(retentionMs)} applied (ADR 0011)`);
+      }
       const runs = await deleteEndedRuns(systemEm(deps.orm), { ...deps.retentionBatch, olderThanMs: retentionMs });
       for (const [workflow, n] of Object.entries(runs.byWorkflow)) deps.runsDeleted?.inc({ workflow }, n);
       // Settled webhook deliveries past the same retention (ADR 0013): pending ones are never deleted.

@@ -1,4 +1,5 @@
 import { defineEntity, p } from '@mikro-orm/core';
+import { RUN_RETENTION_FLOOR_MS } from '../durable/durable-run.entity.ts';
 
 /**
  * The run-retention decision of the worker started last (ADR 0011): its RUN_RETENTION (0: off, no
@@ -24,6 +25,8 @@ export const RunRetentionDecisionRow = defineEntity({
   },
   checks: [
     { name: 'run_retention_decision_single_row', expression: 'id = 1' },
-    { name: 'run_retention_decision_retention_ms_check', expression: 'retention_ms >= 0' },
+    // 0 (off) or at least the floor (ADR 0011, amendment "A floor under retention"): the application
+    // role writes this row, and every worker's pass applies what it says.
+    { name: 'run_retention_decision_retention_ms_check', expression: `retention_ms = 0 or retention_ms >= ${RUN_RETENTION_FLOOR_MS}` },
   ],
 });
