@@ -293,8 +293,17 @@ describe('a policy change that loosens', () => {
     for (const [what, sql] of forgeries) expect(await asApp(t, [[sql]]), what).toBe('42501');
     expect(await policyOf(t)).toEqual(approved.json);
     expect(await historyOf(t)).toEqual(history);
+    const tighten = `update approval_policies set sla_bseconds = 3600, version = version + 1, updated_by = 'admin-1', approved_by = null ${where}`;
+    // A history row of the next version already there with other values (the owner's, past every trigger):
+    // the next version is refused at its commit, not left unrecorded beside it (it was: on conflict do nothing).
+    const cols = 'tenant_id, version, class_amax_cost, class_amax_payback_months, class_cmin_cost, class_cmin_payback_months, sla_bseconds, sla_cseconds, currency, updated_at, updated_by, approved_by';
+    await stack.db.admin(`set session_replication_role = replica; insert into approval_policy_versions (id, ${cols})
+      select gen_random_uuid(), ${cols.replace('version', 'version + 1').replace('approved_by', "'admin-7'")} from approval_policies ${where}`);
+    expect(await asApp(t, [[tighten]]), 'a version whose history row differs').toBe('42501');
+    await stack.db.admin(`delete from approval_policy_versions where tenant_id = $1 and version = 2`, [t.tenant]);
+    expect(await policyOf(t)).toEqual(approved.json);
     // A tightening, as a PUT writes it, still applies (the next version, approved by nobody); the API's flows are unchanged.
-    expect(await asApp(t, [[`update approval_policies set sla_bseconds = 3600, version = version + 1, updated_by = 'admin-1', approved_by = null ${where}`]])).toBe('succeeded');
+    expect(await asApp(t, [[tighten]])).toBe('succeeded');
     expect(await policyOf(t)).toMatchObject({ version: 2, policy: { ...LOOSER, sla_b_seconds: 3_600 }, approved_by: null });
     expect((await put(t.admin, { ...LOOSER, sla_b_seconds: 1_800 })).json).toMatchObject({ version: 3 });
     expect(await decide(t.admin2, (await propose(t, { ...LOOSER, sla_b_seconds: 7_200 })).id, 'approve')).toMatchObject({ status: 200, json: { version: 4, approved_by: 'admin-2' } });

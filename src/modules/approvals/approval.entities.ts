@@ -111,7 +111,9 @@ const VERSION_COLUMNS = 'tenant_id, version, class_amax_cost, class_amax_payback
  * approveChange) is the time recorded, as the row keeps it. In the writer's transaction, as the writing
  * role (SECURITY INVOKER, under the history's RLS: the application role may insert history rows, never
  * change them; and only the policy as it commits, POLICY_VERSION_GUARD). `on conflict do nothing`: two version changes in one transaction record the one it
- * commits, once.
+ * commits, once; a history row of that version that differs from the row is refused (42501), never left in
+ * its place (Migration20261206081241). It also refuses there a version naming an approver without the
+ * approved change it applies (APPROVED_CHANGE; the owner excepted, as for POLICY_VERSION_ORDER).
  */
 export const POLICY_VERSION_TRIGGER = 'record_version';
 
