@@ -176,6 +176,14 @@ export function routesFor(deps: { config: Config; runtime: DurableRuntime; queue
   ];
 }
 
+/**
+ * How many times an SLA timer that finds its run active and no request yet is put off (expire's
+ * `no_request`) before it is spent: the approval step commits its request right after it schedules the
+ * timer, so a few seconds cover it; the bound keeps a timer whose step attempt rolled back from coming back
+ * for ever (the step's retry schedules its own).
+ */
+export const SLA_NO_REQUEST_DEFERRALS = 10;
+
 export function jobHandlersFor(deps: {
   orm: MikroORM;
   runtime: DurableRuntime;
@@ -205,6 +213,16 @@ export function jobHandlersFor(deps: {
           'SLA timer of a workflow version this worker does not register: put off for a worker that does',
         );
         await job.moveToDelayed(Date.now() + delayMs, job.token);
+        throw new DelayedError();
+      }
+      if (found.outcome === 'no_request') {
+        // Fired before the approval step committed the request it was scheduled by (the step schedules
+        // it first; its deadline counts from the policy's read at the job's start): put off while the
+        // step may still commit, doubling from 1 s to 10 s, SLA_NO_REQUEST_DEFERRALS times (about 75 s).
+        // Spent, the run would wait with no timer until a sweep re-created it. Past the bound the step's
+        // attempt has rolled back: its retry schedules the timer again (a spent one is replaced).
+        if (job.attemptsStarted > SLA_NO_REQUEST_DEFERRALS) return { outcome: 'no_request' };
+        await job.moveToDelayed(Date.now() + deferDelayMs(job.attemptsStarted), job.token);
         throw new DelayedError();
       }
       if (found.outcome === 'not_due') {

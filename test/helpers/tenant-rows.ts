@@ -106,6 +106,9 @@ export class TenantRows {
       if (col.name in row || !(col.required || col.name === 'tenant_id' || CHECK_FILLED[table]?.includes(col.name))) continue;
       row[col.name] = col.name === 'tenant_id' ? tenant : valueFor(spec, col);
     }
+    // A first policy the application role may insert: version 1, no bound above the defaults' (a loosening needs an
+    // approved change: the trigger versions_in_order, ADR 0010), whatever random values gave.
+    if (table === 'approval_policies') Object.assign(row, { version: 1, currency: 'SAR', class_amax_cost: 1, class_amax_payback_months: 1, class_cmin_cost: 2, class_cmin_payback_months: 2 });
     return row;
   }
 

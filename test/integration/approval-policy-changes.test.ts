@@ -252,6 +252,79 @@ describe('a policy change that loosens', () => {
     expect(await policyOf(t)).toEqual(approved.json);
   });
 
+  /** Runs `statements` as the application role under `t`, in one transaction, to its commit (deferred triggers included): its SQLSTATE. */
+  async function asApp(t: PolicyTenant, statements: [string, unknown[]?][]): Promise<string> {
+    const c = new pg.Client({ connectionString: stack.db.appUrl });
+    await c.connect();
+    try {
+      return await sqlState((async () => {
+        await c.query('begin');
+        await c.query(`select set_config($1, $2, true)`, [TENANT_SETTING, t.tenant]);
+        for (const [sql, params] of statements) await c.query(sql, params ?? []);
+        await c.query('commit');
+      })());
+    } finally {
+      await c.query('rollback').catch(() => {});
+      await c.end();
+    }
+  }
+  const historyOf = async (t: PolicyTenant) => (await stack.db.admin(`select * from approval_policy_versions where tenant_id = $1 order by version`, [t.tenant])).rows;
+
+  it('cannot be rewritten by the application role (42501): no version without the change a second admin approved, none out of order, no loosening without one, no rewrite of a version', async () => {
+    const t = await tenantTokens();
+    const approved = await decide(t.admin2, (await propose(t)).id, 'approve');
+    expect(approved.json).toMatchObject({ version: 1, updated_by: 'admin-1', approved_by: 'admin-2' });
+    const history = await historyOf(t);
+    const where = `where tenant_id = '${t.tenant}'`;
+    const forgeries: [string, string][] = [
+      // The next version, named as approved by a second admin, with no approved change behind it.
+      ['a version approved by nobody', `update approval_policies set class_amax_cost = 1e12, class_amax_payback_months = 1200, version = version + 1, updated_by = 'alice', approved_by = 'bob' ${where}`],
+      // A loosening as if it only tightened (approved by nobody).
+      ['a loosening approved by nobody', `update approval_policies set class_amax_cost = 200000, version = version + 1, approved_by = null ${where}`],
+      ['a longer SLA approved by nobody', `update approval_policies set sla_bseconds = sla_bseconds + 1, version = version + 1, approved_by = null ${where}`],
+      // Versions out of order: a lower one (later real versions would meet its history row), one skipped ahead, the same one rewritten.
+      ['a lower version', `update approval_policies set version = version - 1 ${where}`],
+      ['a version skipped', `update approval_policies set version = version + 2, approved_by = null ${where}`],
+      ['the version in force rewritten', `update approval_policies set class_cmin_cost = 900000 ${where}`],
+      ['who set it rewritten', `update approval_policies set updated_by = 'admin-9' ${where}`],
+      ['who approved it rewritten', `update approval_policies set approved_by = 'admin-9' ${where}`],
+      ['its time rewritten after it was recorded', `update approval_policies set updated_at = updated_at - interval '1 day' ${where}`],
+    ];
+    for (const [what, sql] of forgeries) expect(await asApp(t, [[sql]]), what).toBe('42501');
+    expect(await policyOf(t)).toEqual(approved.json);
+    expect(await historyOf(t)).toEqual(history);
+    const tighten = `update approval_policies set sla_bseconds = 3600, version = version + 1, updated_by = 'admin-1', approved_by = null ${where}`;
+    // A history row of the next version already there with other values (the owner's, past every trigger):
+    // the next version is refused at its commit, not left unrecorded beside it (it was: on conflict do nothing).
+    const cols = 'tenant_id, version, class_amax_cost, class_amax_payback_months, class_cmin_cost, class_cmin_payback_months, sla_bseconds, sla_cseconds, currency, updated_at, updated_by, approved_by';
+    await stack.db.admin(`set session_replication_role = replica; insert into approval_policy_versions (id, ${cols})
+      select gen_random_uuid(), ${cols.replace('version', 'version + 1').replace('approved_by', "'admin-7'")} from approval_policies ${where}`);
+    expect(await asApp(t, [[tighten]]), 'a version whose history row differs').toBe('42501');
+    await stack.db.admin(`delete from approval_policy_versions where tenant_id = $1 and version = 2`, [t.tenant]);
+    expect(await policyOf(t)).toEqual(approved.json);
+    // A tightening, as a PUT writes it, still applies (the next version, approved by nobody); the API's flows are unchanged.
+    expect(await asApp(t, [[tighten]])).toBe('succeeded');
+    expect(await policyOf(t)).toMatchObject({ version: 2, policy: { ...LOOSER, sla_b_seconds: 3_600 }, approved_by: null });
+    expect((await put(t.admin, { ...LOOSER, sla_b_seconds: 1_800 })).json).toMatchObject({ version: 3 });
+    expect(await decide(t.admin2, (await propose(t, { ...LOOSER, sla_b_seconds: 7_200 })).id, 'approve')).toMatchObject({ status: 200, json: { version: 4, approved_by: 'admin-2' } });
+    expect((await historyOf(t)).map((h) => [h.version, h.approved_by])).toEqual([[1, 'admin-2'], [2, null], [3, null], [4, 'admin-2']]);
+  });
+
+  it('a first policy the application role inserts is version 1, and loosens the defaults only with an approved change (42501)', async () => {
+    const t = await tenantTokens();
+    const insert = (cols: Record<string, unknown>) => {
+      const row = { id: randomUUID(), tenant_id: t.tenant, class_amax_cost: 50_000, class_amax_payback_months: 6, class_cmin_cost: 250_000, class_cmin_payback_months: 24, sla_bseconds: 3_600, sla_cseconds: 7_200, currency: 'SAR', updated_at: new Date(), updated_by: 'admin-1', approved_by: null, version: 1, ...cols };
+      return [`insert into approval_policies (${Object.keys(row).join(', ')}) values (${Object.keys(row).map((_, i) => `$${i + 1}`).join(', ')})`, Object.values(row)] as [string, unknown[]];
+    };
+    expect(await asApp(t, [insert({ version: 5 })]), 'a first version other than 1').toBe('42501');
+    expect(await asApp(t, [insert({ class_amax_cost: 60_000 })]), 'a class A bound above the defaults, approved by nobody').toBe('42501');
+    expect(await asApp(t, [insert({ currency: 'USD' })]), 'another currency, approved by nobody').toBe('42501');
+    expect(await asApp(t, [insert({ approved_by: 'admin-2' })]), 'approved, with no approved change').toBe('42501');
+    expect(await policyOf(t)).toMatchObject({ source: 'default', version: 0 });
+    expect(await asApp(t, [insert({})]), 'a tightening of the defaults').toBe('succeeded');
+    expect(await policyOf(t)).toMatchObject({ source: 'tenant', version: 1, approved_by: null });
+  });
+
   it('lists a page at a time by a cursor of milliseconds: every change is stored at that precision, so no page skips one proposed in the same millisecond', async () => {
     const t = await tenantTokens();
     const proposed: string[] = [];

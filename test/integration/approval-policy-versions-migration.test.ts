@@ -52,7 +52,7 @@ describe('migration approval_policy_versions', () => {
     // Deferred to the commit, so an approved change's restamp (after its upsert) is the time recorded: the
     // schema generator would not see a plain trigger in its place (it compares the timing, events and body).
     const recordTrigger = async () =>
-      admin(`select tgname, tgdeferrable, tginitdeferred from pg_trigger where tgrelid = 'approval_policies'::regclass and not tgisinternal`);
+      admin(`select tgname, tgdeferrable, tginitdeferred from pg_trigger where tgrelid = 'approval_policies'::regclass and not tgisinternal and tgname = 'record_version'`);
     expect(await recordTrigger()).toEqual([{ tgname: 'record_version', tgdeferrable: true, tginitdeferred: true }]);
     // The guard the next migration adds on the history (approval_policy_version_guard), deferred to the commit as well.
     expect(await admin(`select tgname, tgdeferrable, tginitdeferred from pg_trigger where tgrelid = 'approval_policy_versions'::regclass and not tgisinternal`))

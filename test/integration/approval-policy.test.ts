@@ -346,9 +346,9 @@ describe("cost thresholds and the policy's currency's minor unit", () => {
     const t = await tenantTokens();
     const jpy = { ...BASE, currency: 'JPY', class_a_max_cost: 30_000 };
     expect((await setPolicy(stack, t.tenant, jpy)).status).toBe(200);
-    // As a PUT before the check could store it: 30,000.5 JPY.
-    const em = tenantEm(stack.container.orm, t.tenant);
-    await em.execute('update approval_policies set class_amax_cost = 30000.5');
+    // As a PUT before the check could store it: 30,000.5 JPY. Written in place as the owner (the application
+    // role may write only the next version, and a higher bound only as an approved change: ADR 0010).
+    await stack.db.admin('update approval_policies set class_amax_cost = 30000.5 where tenant_id = $1', [t.tenant]);
     const stored = await api(stack, 'GET', PATH, { token: t.submitter });
     expect(stored.status, stored.text).toBe(200);
     expect(stored.json.policy).toEqual({ ...jpy, class_a_max_cost: 30_000.5 });
@@ -383,8 +383,9 @@ describe("cost thresholds and the policy's currency's minor unit", () => {
     ]);
     expect(await changesOf(t)).toEqual([]);
     expect((await setPolicy(stack, t.tenant, BASE)).status).toBe(200);
-    // As a PUT before the check could store it (the application role may update the policy row).
-    await tenantEm(stack.container.orm, t.tenant).execute('update approval_policies set class_amax_payback_months = 6.001');
+    // As a PUT before the check could store it, written in place as the owner (the application role may
+    // write only the next version, and a higher bound only as an approved change: ADR 0010).
+    await stack.db.admin('update approval_policies set class_amax_payback_months = 6.001 where tenant_id = $1', [t.tenant]);
     // 1,000 of gross profit a month: a cost of 6,001 is 6.001 months (within), 6,002 is 6.002 (over); both shown as 6.
     const economics = (onboarding_cost: number) => ({ expected_deals_per_year: 1, average_deal_value: 40_000, win_rate: 1, gross_margin: 0.3, onboarding_cost, enablement_cost: 0, annual_support_cost: 0 });
     const [within, over] = await Promise.all([6_001, 6_002].map((cost) => classifiedPacket(t, { ...CLASS_A_SUBMISSION, economics: economics(cost) })));

@@ -412,16 +412,24 @@ describe("an evidence pack's approval policy", () => {
 
   it("a version written by a release that records none (an old web process's PUT, and its approved change: the upsert, then the approval's restamp) is in the history all the same, as the row reads when it commits", { timeout: LONG }, async () => {
     const tenant = newTenant();
-    await asApp(tenant, [[OLD_UPSERT, [randomUUID(), tenant, 300000, null, 0]]]);
+    await asApp(tenant, [[OLD_UPSERT, [randomUUID(), tenant, 200000, null, 0]]]);
     expect(await historyOf(tenant)).toEqual([await policyOf(tenant)]);
+    // The change it approves (a raised class C bound), proposed by admin-1 on version 1.
+    const change = randomUUID();
+    const proposed = { class_a_max_cost: 40000, class_a_max_payback_months: 6, class_c_min_cost: 400000, class_c_min_payback_months: 24, sla_b_seconds: 7200, sla_c_seconds: 14400, currency: 'SAR' };
+    await asApp(tenant, [
+      [`insert into approval_policy_changes (id, tenant_id, policy, base_version, loosens, status, proposed_by, created_at, expires_at)
+          values ($1, $2, $3::jsonb, 1, '["class_c_min_cost"]', 'pending', 'admin-1', now(), now() + interval '1 hour')`, [change, tenant, JSON.stringify(proposed)]],
+    ]);
     await asApp(tenant, [
       [OLD_UPSERT, [randomUUID(), tenant, 400000, 'admin-2', 1]],
       // The approval's restamp, a later statement of its transaction: the history keeps the time the row keeps.
-      [`update approval_policies set updated_at = statement_timestamp() + interval '1 second' where tenant_id = $1`, [tenant]],
+      [`with c as (update approval_policy_changes set status = 'approved', decided_by = 'admin-2', decided_at = statement_timestamp() + interval '1 second' where id = $2 returning decided_at)
+          update approval_policies set updated_at = c.decided_at from c where tenant_id = $1`, [tenant, change]],
     ]);
     const history = await historyOf(tenant);
     expect(history.map((h: any) => [h.version, h.class_cmin_cost, h.approved_by])).toEqual([
-      [1, 300000, null],
+      [1, 200000, null],
       [2, 400000, 'admin-2'],
     ]);
     expect(history[1]).toEqual(await policyOf(tenant));

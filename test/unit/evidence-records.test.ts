@@ -121,6 +121,22 @@ describe('compareRecords', () => {
     expect(recordsAgree(compared)).toBe(false);
   });
 
+  // The application role may insert decision rows (and the packet with them): a `kind: system` decision is the
+  // platform's only in a class A packet (no approval required), by SYSTEM_APPROVER; it never counts towards B/C.
+  it.each([
+    ['by SYSTEM_APPROVER', 'system'],
+    ['under another name', 'approver-9'],
+    ['by the submitter', 'submitter-1'],
+  ])('a class C packet approved by one human and a system-kind decision %s: approval mismatch', (_what, by) => {
+    const ds = [decisions[0]!, { decided_by: by, decision: 'approve', comment: null, decided_at: '2026-12-05T10:00:00.123Z', kind: 'system' }];
+    const compared = compareRecords({ ...content, approval_packet: { ...content.approval_packet, decisions: ds } }, { ...records, approval_decisions: ds });
+    expect(compared).toEqual({ ...ALL_MATCH, approval: 'mismatch' });
+    // The same two decisions both human (and distinct, neither the submitter's) are four eyes.
+    const humans = ds.map((d) => ({ ...d, kind: 'human' }));
+    const genuine = compareRecords({ ...content, approval_packet: { ...content.approval_packet, decisions: humans } }, { ...records, approval_decisions: humans });
+    expect(genuine.approval).toBe(by === 'approver-9' ? 'match' : 'mismatch');
+  });
+
   // Before costs were held to their currency's minor unit (15b598d), the economics model rounded every
   // currency to 2 decimals, and classify compared cost and thresholds as doubles (until d891280): a JPY
   // cost of 50,000.4 was above a 50,000 class A bound, class B. Today's classify rounds it to 50,000

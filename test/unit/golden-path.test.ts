@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { buildEconomics, paybackMonths, paybackRatio } from '../../src/modules/golden-path/economics-model.step.ts';
 import { buildDossier } from '../../src/modules/golden-path/partner-dossier.step.ts';
 import { economicsSchema, submissionRequestSchema, submissionSchema, type Submission } from '../../src/modules/golden-path/golden-path.schemas.ts';
-import { approvalPolicyBody, classify, DEFAULT_POLICY, type ApprovalPolicy } from '../../src/modules/approvals/approval.policy.ts';
+import { approvalPolicyBody, classify, DEFAULT_POLICY, loosenedFields, policyToBody, type ApprovalPolicy } from '../../src/modules/approvals/approval.policy.ts';
 import { evidenceHash } from '../../src/modules/evidence/evidence.service.ts';
 import { canonicalJson, sha256Hex } from '../../src/platform/idempotency/canonical-json.ts';
 
@@ -106,6 +106,29 @@ describe('buildEconomics', () => {
 
   it('has a zero payback when there is profit and no cost', () => {
     expect(buildEconomics({ ...ECONOMICS, onboarding_cost: 0, enablement_cost: 0, annual_support_cost: 0 }, 'SAR', PRODUCED_AT).payback_months).toBe(0);
+  });
+});
+
+describe('loosenedFields (ADR 0010: what needs a second admin)', () => {
+  const current: ApprovalPolicy = { ...DEFAULT_POLICY, slaBSeconds: 86_400, slaCSeconds: 259_200 };
+  const body = (change: Partial<ReturnType<typeof policyToBody>>) => ({ ...policyToBody(current), ...change });
+  const sample = { cost: 200_000, payback_months: 10, currency: 'SAR' };
+
+  it('a lowered class C bound moves class B runs to C: a loosening when C then gives them longer than B did', () => {
+    // The sample is B under the policy in force (24 h to decide), C under the lowered bound (72 h).
+    expect(classify(sample, current)).toMatchObject({ cls: 'B', slaSeconds: 86_400 });
+    const lowered = body({ class_c_min_cost: 150_000 });
+    expect(classify(sample, { ...current, classCMinCost: 150_000 })).toMatchObject({ cls: 'C', slaSeconds: 259_200 });
+    expect(loosenedFields(current, lowered)).toEqual(['class_c_min_cost']);
+    expect(loosenedFields(current, body({ class_c_min_payback_months: 12 }))).toEqual(['class_c_min_payback_months']);
+    expect(loosenedFields(current, body({ class_c_min_cost: 150_000, class_c_min_payback_months: 12 }))).toEqual(['class_c_min_cost', 'class_c_min_payback_months']);
+  });
+
+  it('a lowered class C bound only tightens when C gives no more time than B did; lower class A bounds and shorter SLAs always do', () => {
+    expect(loosenedFields(current, body({ class_c_min_cost: 150_000, sla_c_seconds: 86_400 }))).toEqual([]);
+    expect(loosenedFields(current, body({ class_c_min_cost: 150_000, sla_b_seconds: 3_600, sla_c_seconds: 7_200 }))).toEqual([]);
+    expect(loosenedFields(current, body({ class_a_max_cost: 10_000, class_a_max_payback_months: 1, sla_b_seconds: 60, sla_c_seconds: 60 }))).toEqual([]);
+    expect(loosenedFields(current, body({}))).toEqual([]);
   });
 });
 

@@ -1,5 +1,6 @@
 import { defineEntity, p } from '@mikro-orm/core';
 import { tenantIdProperty, tenantIsolationPolicy } from '../../platform/db/tenant-owned.ts';
+import { DEFAULT_POLICY } from './approval.policy.ts';
 
 export const APPROVAL_STATUSES = ['pending', 'approved', 'rejected', 'expired', 'withdrawn'] as const;
 export type ApprovalStatus = (typeof APPROVAL_STATUSES)[number];
@@ -110,9 +111,73 @@ const VERSION_COLUMNS = 'tenant_id, version, class_amax_cost, class_amax_payback
  * approveChange) is the time recorded, as the row keeps it. In the writer's transaction, as the writing
  * role (SECURITY INVOKER, under the history's RLS: the application role may insert history rows, never
  * change them; and only the policy as it commits, POLICY_VERSION_GUARD). `on conflict do nothing`: two version changes in one transaction record the one it
- * commits, once.
+ * commits, once; a history row of that version that differs from the row is refused (42501), never left in
+ * its place (Migration20261206090000). It also refuses there a version naming an approver without the
+ * approved change it applies (APPROVED_CHANGE; the owner excepted, as for POLICY_VERSION_ORDER).
  */
 export const POLICY_VERSION_TRIGGER = 'record_version';
+
+/** The VERSION_COLUMNS of row `r` (a trigger's new or old, or an alias), but `except`. */
+const cols = (r: string, except?: string) =>
+  VERSION_COLUMNS.split(', ')
+    .filter((c) => c !== except)
+    .map((c) => `${r}.${c}`)
+    .join(', ');
+
+/** Whether the writing role is the table's owner (or a member of it: a superuser is), which could drop or disable these triggers anyway. */
+const BY_OWNER = "pg_has_role(current_user, (select c.relowner from pg_catalog.pg_class c where c.oid = tg_relid), 'MEMBER')";
+
+/** The 42501 of a policy write the guard refuses (POLICY_VERSION_ORDER). */
+const refuse = (r: string) =>
+  `raise exception 'approval policy version % of tenant %: only the next version, and one that loosens the policy only as a change a second admin approved (ADR 0010)', ${r}.version, ${r}.tenant_id using errcode = 'insufficient_privilege';`;
+
+/**
+ * Whether policy `next` loosens policy `prev` (both rows of approval_policies): loosenedFields
+ * (approval.policy.ts) in SQL — a raised class A or C bound, a longer SLA, another currency, or a lowered C
+ * bound when the C SLA is longer than the B SLA was (runs moved from B to C get more time).
+ */
+const loosens = (prev: string, next: string) =>
+  `${next}.class_amax_cost > ${prev}.class_amax_cost or ${next}.class_amax_payback_months > ${prev}.class_amax_payback_months ` +
+  `or ${next}.class_cmin_cost > ${prev}.class_cmin_cost or ${next}.class_cmin_payback_months > ${prev}.class_cmin_payback_months ` +
+  `or ${next}.sla_bseconds > ${prev}.sla_bseconds or ${next}.sla_cseconds > ${prev}.sla_cseconds or ${next}.currency <> ${prev}.currency ` +
+  `or (${next}.sla_cseconds > ${prev}.sla_bseconds and (${next}.class_cmin_cost < ${prev}.class_cmin_cost or ${next}.class_cmin_payback_months < ${prev}.class_cmin_payback_months))`;
+
+/**
+ * Whether a first policy `next` loosens the defaults, as far as the database knows them: their thresholds
+ * and currency (DEFAULT_POLICY); their SLAs are configuration (APPROVAL_SLA_B/C), which it does not see —
+ * a longer SLA than configured, or a lowered C bound that gives moved runs more time, is checked by the API alone.
+ */
+const loosensDefaults = (next: string) =>
+  `${next}.class_amax_cost > ${DEFAULT_POLICY.classAMaxCost} or ${next}.class_amax_payback_months > ${DEFAULT_POLICY.classAMaxPaybackMonths} ` +
+  `or ${next}.class_cmin_cost > ${DEFAULT_POLICY.classCMinCost} or ${next}.class_cmin_payback_months > ${DEFAULT_POLICY.classCMinPaybackMonths} or ${next}.currency <> '${DEFAULT_POLICY.currency}'`;
+
+/**
+ * The approved change the policy row `p` names (approveChange, approval-policy.changes.ts): based on the
+ * version before it, proposed by its updated_by, decided by its approved_by at its updated_at (the
+ * approval restamps the row with its decided_at), and proposing exactly its thresholds, SLAs and currency.
+ */
+const APPROVED_CHANGE =
+  "select from public.approval_policy_changes c where c.tenant_id = p.tenant_id and c.status = 'approved' and c.base_version = p.version - 1 " +
+  'and c.proposed_by = p.updated_by and c.decided_by = p.approved_by and c.decided_by <> c.proposed_by and c.decided_at = p.updated_at ' +
+  "and (c.policy->>'class_a_max_cost')::float8 = p.class_amax_cost and (c.policy->>'class_a_max_payback_months')::float8 = p.class_amax_payback_months " +
+  "and (c.policy->>'class_c_min_cost')::float8 = p.class_cmin_cost and (c.policy->>'class_c_min_payback_months')::float8 = p.class_cmin_payback_months " +
+  "and (c.policy->>'sla_b_seconds')::int = p.sla_bseconds and (c.policy->>'sla_c_seconds')::int = p.sla_cseconds and c.policy->>'currency' = p.currency";
+
+/**
+ * Guards the policy row against the application role's own statements (ADR 0010, amendment "the policy
+ * row takes only the next version"): `approval_policies` is updated whole by a PUT or an approval, so no
+ * column grant can narrow it, and a raw update could set any thresholds with `version + 1` and names of
+ * its choosing, which POLICY_VERSION_TRIGGER then recorded as a genuine version. A BEFORE INSERT OR
+ * UPDATE trigger refuses (42501): a first row other than version 1; a version other than the next; a
+ * version kept with any column changed but `updated_at`, and that only before the version is recorded
+ * (an approval's restamp, in the transaction that applied it); and a version `approved_by` nobody that
+ * loosens the one before it (`loosens`, the rule of loosenedFields; a first row against the defaults'
+ * thresholds: `loosensDefaults`). A version that names an approver is held at the commit by
+ * POLICY_VERSION_TRIGGER to the approved change it applies (APPROVED_CHANGE): the approval marks its
+ * change after the upsert, so a BEFORE trigger cannot see it. The owner (and a superuser, a member of
+ * every role) is not held: it could drop the triggers, and tests and migrations rewrite rows as it.
+ */
+export const POLICY_VERSION_ORDER = 'versions_in_order';
 
 /** A tenant's approval policy; absent means the platform defaults. */
 export const ApprovalPolicyRow = defineEntity({
@@ -142,7 +207,28 @@ export const ApprovalPolicyRow = defineEntity({
       body:
         "if tg_op = 'UPDATE' and new.version = old.version then return null; end if; " +
         `insert into public.approval_policy_versions (id, ${VERSION_COLUMNS}) select gen_random_uuid(), ${VERSION_COLUMNS} from public.approval_policies where tenant_id = new.tenant_id ` +
-        'on conflict (tenant_id, version) do nothing; return null;',
+        'on conflict (tenant_id, version) do nothing; ' +
+        // A history row of that version already there must be this very row (a second version change of the transaction): one that differs is refused, never kept in its place.
+        `if exists (select from public.approval_policies p where p.tenant_id = new.tenant_id and not exists (select from public.approval_policy_versions h where h.tenant_id = p.tenant_id and h.version = p.version and (${cols('h')}) is not distinct from (${cols('p')}))) then ` +
+        "raise exception 'approval policy version % of tenant % differs from its history row', new.version, new.tenant_id using errcode = 'insufficient_privilege'; end if; " +
+        `if not ${BY_OWNER} and exists (select from public.approval_policies p where p.tenant_id = new.tenant_id and p.approved_by is not null and not exists (${APPROVED_CHANGE})) then ` +
+        "raise exception 'approval policy version % of tenant % names an approver but no change approved by them', new.version, new.tenant_id using errcode = 'insufficient_privilege'; end if; " +
+        'return null;',
+    },
+    {
+      // A plain BEFORE trigger (the schema generator creates it as declared). See POLICY_VERSION_ORDER.
+      name: POLICY_VERSION_ORDER,
+      timing: 'before',
+      events: ['insert', 'update'],
+      body:
+        `if ${BY_OWNER} then return new; end if; ` +
+        // An upsert's insert whose row exists goes on as its update (the BEFORE UPDATE fires for that); without one, the unique key refuses it.
+        "if tg_op = 'INSERT' then if exists (select from public.approval_policies p where p.tenant_id = new.tenant_id) then return new; end if; " +
+        `if new.version <> 1 or (new.approved_by is null and (${loosensDefaults('new')})) then ${refuse('new')} end if; return new; end if; ` +
+        `if new.version = old.version then if (new.id, ${cols('new', 'updated_at')}) is distinct from (old.id, ${cols('old', 'updated_at')}) ` +
+        'or (new.updated_at is distinct from old.updated_at and exists (select from public.approval_policy_versions h where h.tenant_id = new.tenant_id and h.version = new.version)) ' +
+        `then ${refuse('new')} end if; return new; end if; ` +
+        `if new.version <> old.version + 1 or (new.approved_by is null and (${loosens('old', 'new')})) then ${refuse('new')} end if; return new;`,
     },
   ],
 });

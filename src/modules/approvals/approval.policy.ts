@@ -180,16 +180,22 @@ export type PolicyField = keyof ApprovalPolicyBody;
  * the policy and applies at once. A raised class A bound lets more runs be approved automatically; a
  * raised class C bound lets runs that needed two approvers pass with one; a longer SLA keeps a request
  * open to a decision longer; another currency makes the thresholds apply to other runs (those in the
- * new currency, class C until then, may become A). Lowering a bound or shortening an SLA is never
- * loosening: every run gets the same class or a stricter one, so as many approvers or more, and no
- * more time.
+ * new currency, class C until then, may become A); a lowered class C bound loosens when the proposed C
+ * SLA is longer than the B SLA in force (the runs it moves from B to C get more time). Any other
+ * lowering of a bound or shortening of an SLA is never loosening: every run gets the same class or a
+ * stricter one, so as many approvers or more, and no more time. The database holds a policy written
+ * without a second admin to the same rule (POLICY_VERSION_ORDER, approval.entities.ts).
  */
 export function loosenedFields(current: ApprovalPolicy, proposed: ApprovalPolicyBody): PolicyField[] {
   const now = policyToBody(current);
-  const raised = (['class_a_max_cost', 'class_a_max_payback_months', 'class_c_min_cost', 'class_c_min_payback_months', 'sla_b_seconds', 'sla_c_seconds'] as const).filter(
-    (f) => proposed[f] > now[f],
+  // A lowered C bound moves runs from B to C: two approvers instead of one, but the C SLA instead of the
+  // B one, so more time too when the proposed C SLA is longer than the B SLA in force (the defaults: 72 h
+  // against 24 h) — a request kept open to a decision longer, as a longer SLA is.
+  const longerAsC = proposed.sla_c_seconds > now.sla_b_seconds;
+  const loosened = (['class_a_max_cost', 'class_a_max_payback_months', 'class_c_min_cost', 'class_c_min_payback_months', 'sla_b_seconds', 'sla_c_seconds'] as const).filter(
+    (f) => proposed[f] > now[f] || (longerAsC && (f === 'class_c_min_cost' || f === 'class_c_min_payback_months') && proposed[f] < now[f]),
   );
-  return proposed.currency === now.currency ? raised : [...raised, 'currency'];
+  return proposed.currency === now.currency ? loosened : [...loosened, 'currency'];
 }
 
 /**

@@ -4,6 +4,7 @@ import { ConflictError, ForbiddenError, NotFoundError } from '../../platform/err
 import type { Principal } from '../../platform/tenancy/jwt.ts';
 import type { DurableRuntime } from '../../platform/durable/runtime.ts';
 import { RunNotActiveError } from '../../platform/durable/errors.ts';
+import { ACTIVE_RUN_STATUSES } from '../../platform/durable/durable-run.entity.ts';
 import { approvalPacketSchema, type ApprovalPacket } from '../golden-path/golden-path.schemas.ts';
 import { APPROVER_ROLE, SYSTEM_APPROVER } from './approval.constants.ts';
 import { APPROVAL_PACKET_STEP, type SlaScheduler } from './approval-packet.step.ts';
@@ -183,7 +184,8 @@ export class ApprovalService {
   }
 
   /**
-   * Expires the run's pending request once its SLA deadline has passed. `not_due` carries the stored
+   * Expires the run's pending request once its SLA deadline has passed. `no_request`: the run is still
+   * active and has no request yet (its approval step has not committed it). `not_due` carries the stored
    * deadline, and how long it is from now by the database's clock (`remainingMs`, the clock that
    * decides it): a timer that fired early (clock skew, a re-created timer, or one scheduled by an attempt
    * of the approval step whose transaction rolled back) waits that long, not for its own deadline.
@@ -194,6 +196,7 @@ export class ApprovalService {
     runId: string,
   ): Promise<
     | { outcome: 'not_pending' }
+    | { outcome: 'no_request' }
     | { outcome: 'expired'; approvalRequestId: string; correlationId: string; afterCommit: () => Promise<void> }
     | { outcome: 'not_due'; deadline: Date | null; remainingMs: number | null }
   > {
@@ -208,7 +211,15 @@ export class ApprovalService {
          join approval_requests a on a.tenant_id = r.tenant_id and a.run_id = r.id where a.tenant_id = ? and a.run_id = ? for update of a`,
       [tenantId, runId, tenantId, runId],
     );
-    if (!req || req.status !== 'pending') return { outcome: 'not_pending' };
+    if (!req) {
+      // No request yet, the run still active: the approval step schedules its timer before its
+      // transaction commits the request (approval-packet.step.ts), with a deadline counted from the
+      // policy's read at the job's start, so a short SLA or a slow step makes the timer fire first. The
+      // caller puts it off (bounded) rather than spend it: the run would wait with no timer until a sweep.
+      const [run] = await em.execute<{ active: boolean }[]>(`select (status || '') in (${ACTIVE_RUN_STATUSES.map((st) => `'${st}'`).join(', ')}) as active from durable_runs where tenant_id = ? and id = ?`, [tenantId, runId]);
+      return run?.active ? { outcome: 'no_request' } : { outcome: 'not_pending' };
+    }
+    if (req.status !== 'pending') return { outcome: 'not_pending' };
     // Due or not by the next statement's clock (packetRow), as a decision decides: the locking read
     // above may have waited for the run row (a decision, a cancel) or a table (a migration's lock)
     // while the deadline passed, and by its now(), the transaction's start, before that wait, the

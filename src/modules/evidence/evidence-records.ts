@@ -3,6 +3,7 @@ import { canonicalJson, sha256Hex } from '../../platform/idempotency/canonical-j
 import { isoTimeSql } from '../../platform/webhooks/outbox.ts';
 import { appliedPolicySchema, economicsInput, submissionSchema } from '../golden-path/golden-path.schemas.ts';
 import { paybackRatio } from '../golden-path/economics-model.step.ts';
+import { SYSTEM_APPROVER } from '../approvals/approval.constants.ts';
 import { classify, CLASSIFIED_EXACTLY, CLASSIFIED_ON_ROUNDED_PAYBACK, DEFAULT_POLICY, policyToBody, type ApprovalPolicy } from '../approvals/approval.policy.ts';
 import { asWritten, minorDigits } from '../../platform/money/minor-units.ts';
 
@@ -245,7 +246,8 @@ function runMatches(content: unknown, r: RecordColumns): boolean {
 /**
  * Whether the packet's own decisions allow its outcome: `rejected`, a rejection; `approved`, no
  * rejection and at least `required_approvals` approvals (distinct approvers: the decisions' key), none
- * of them a human decision by the run's submitter; each decision before the SLA deadline. The request's decision rows are compared with the
+ * of them by the run's submitter, a `kind: system` decision only in a packet that required none (class A)
+ * and by SYSTEM_APPROVER; each decision before the SLA deadline. The request's decision rows are compared with the
  * packet's, but the application role may insert decisions and set the request's status, so rows and
  * packet can be made to agree on an approval that was never given: one approver of a class C request
  * (four-eyes), the submitter approving their own run, an approval after the deadline — decisions the
@@ -257,6 +259,12 @@ function decisionsAllow(packet: unknown, outcome: unknown, submitter: unknown): 
   if (!Array.isArray(decisions) || typeof required !== 'number') return false;
   const by = (d: unknown) => at(d, 'decided_by');
   if (new Set(decisions.map(by)).size !== decisions.length) return false;
+  // A system decision is the platform's only as the approval step writes one: class A (no approval
+  // required), by SYSTEM_APPROVER; and SYSTEM_APPROVER decides nothing else (the API refuses that sub,
+  // approval.service.ts). The application role may insert decision rows of either kind: one of kind
+  // system in a B or C packet would skip the submitter check and count as an approver no human gave.
+  const platforms = (d: unknown) => at(d, 'kind') === 'system' || by(d) === SYSTEM_APPROVER;
+  if (decisions.some((d) => platforms(d) && (required !== 0 || by(d) !== SYSTEM_APPROVER || at(d, 'kind') !== 'system'))) return false;
   if (decisions.some((d) => at(d, 'kind') !== 'system' && by(d) === submitter)) return false;
   // Each before the SLA deadline: the API refuses a decision from the deadline on (the request reads expired).
   const deadline = at(packet, 'sla_deadline');

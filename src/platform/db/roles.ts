@@ -101,7 +101,9 @@ export const APPEND_ONLY_TABLES = ['approval_decisions', 'approval_policy_versio
  * tenant's approval policy (ADR 0010); `approval_requests` holds each run's class, the approvals it
  * needed and how its wait ended (run retention keeps it: ADR 0011); `approval_policies` is the policy
  * in force, with who set and who approved it (a deleted row is the defaults again, at version 0, with
- * nobody's name on them). `partner_offboarding_claims` says which run holds a partner from its
+ * nobody's name on them) — updated whole by a PUT or an approval, so no column grant narrows it: its
+ * trigger `versions_in_order` does (only the next version, a loosening only with its approved change:
+ * POLICY_VERSION_ORDER, approval.entities.ts). `partner_offboarding_claims` says which run holds a partner from its
  * offboarding's submission on (a claim is taken over, never removed): a deleted claim let a second
  * offboarding of a partner whose first run is still queued be accepted. `partner_offboardings` is the
  * record of a partner frozen, settled and archived (what the offboarding's steps wrote, and what refuses a
