@@ -752,6 +752,14 @@ export class StepExecutor {
         // committed, the run stays incomplete, and the sweeper re-enqueues it once PostgreSQL is back.
         return isConnectivityError(me) || isDatabaseTimeout(me) ? ('unrecorded' as const) : ('failed' as const);
       });
+      if (failure !== err && recorded !== 'failed' && recorded !== 'unrecorded') {
+        // infrastructure_exhausted, but the run is no longer at the job's step (another execution committed
+        // it, or its wait), ended or was retried since the job counted: the run stays as it is. Not back to
+        // the read either: it would meet the same timeout and count this job's end again.
+        failed('infrastructure');
+        log.warn({ err: err.message, recorded }, 'the run could not be read, but it moved on, ended or was retried since: it stays as it is, the job ends');
+        throw new UnrecoverableError(reason);
+      }
       if (recorded === 'unrecorded') {
         failed('infrastructure');
         log.error({ err, permanent }, 'step failed for good, but the database was unreachable or timing out to record it; the run stays incomplete for the sweeper');
@@ -787,11 +795,15 @@ export class StepExecutor {
   /**
    * Counts, with its run, a job that ends having never read it (every attempt met a statement or lock
    * timeout): its own statement, committed at once. A pending or running run of the job's generation
-   * only — a waiting run's leftover job is never re-enqueued by the sweeper, and must not fail it. Returns
-   * the error to fail the run with once the run's jobs have ended so as often as the step it is at has
-   * attempts (the step's budget, spent across the jobs the sweeper adds, whose own attempts start
-   * afresh); undefined while the run has attempts left, and when the count could not be written (the run's
-   * row as busy as its read): nothing could fail the run then either, and the next job's end counts.
+   * only — a waiting run's leftover job is never re-enqueued by the sweeper, and must not fail it. The
+   * count is of the step the job was at (`seq`: the sweeper adds a job at the run's first incomplete
+   * step): a job at a later step than those counted — the run moved on meanwhile, its row untouched by
+   * steps that leave its status as it was — starts it afresh at 1, so timeouts at different steps over
+   * the run's life never add up to a failure; one at an earlier step (a leftover) adds to it. Returns
+   * the error to fail the run with once the step's jobs have ended so as often as it has attempts (the
+   * step's budget, spent across the jobs the sweeper adds, whose own attempts start afresh); undefined
+   * while it has attempts left, and when the count could not be written (the run's row as busy as its
+   * read): nothing could fail the run then either, and the next job's end counts.
    */
   private async countReadTimeout(d: StepJobData, wf: WorkflowDef, seq: number, err: Error, log: Logger): Promise<InfrastructureExhaustedError | undefined> {
     const step = wf.steps[seq - 1];
@@ -799,11 +811,14 @@ export class StepExecutor {
     const rows = await tenantEm(this.o.orm, d.tenant_id)
       .transactional((tx) =>
         tx.execute<{ jobs: number }[]>(
-          // `status || ''` keeps the row found by its key (ADR 0004).
-          `${LAST_IN_TRANSACTION}update durable_runs set read_timeout_jobs = read_timeout_jobs + 1
+          // `status || ''` keeps the row found by its key (ADR 0004). `read_timeout_seq >= ?` is null
+          // (a count afresh) while none was counted; greatest() ignores the null.
+          `${LAST_IN_TRANSACTION}update durable_runs set
+              read_timeout_jobs = case when read_timeout_seq >= ?::int then read_timeout_jobs + 1 else 1 end,
+              read_timeout_seq = greatest(read_timeout_seq, ?::int)
             where tenant_id = ? and id = ? and (status || '') in ('pending', 'running') and retry_count = ?
            returning read_timeout_jobs as jobs`,
-          [d.tenant_id, d.run_id, d.retry ?? 0],
+          [seq, seq, d.tenant_id, d.run_id, d.retry ?? 0],
         ),
       )
       .catch((ce: unknown) => {
@@ -821,9 +836,10 @@ export class StepExecutor {
   }
 
   /**
-   * Records the step's failure and fails the run, in one transaction. With `stepRan`,
-   * `completed-elsewhere` (nothing written) when the step's checkpoint is already completed, or
-   * waiting: another execution of the job committed it (a wait too: its request and SLA timer stay);
+   * Records the step's failure and fails the run, in one transaction. With `stepRan` (or for
+   * `infrastructure_exhausted`, counted in a transaction of its own: another execution may have moved
+   * the run on since), `completed-elsewhere` (nothing written) when the step's checkpoint is already
+   * completed, or waiting: another execution of the job committed it (a wait too: its request and SLA timer stay);
    * `run-ended` when the run had ended (cancelled) and stays so; `superseded` (nothing written) when
    * the run was retried since the job was added: a job of an earlier generation that read the run
    * before the retry must not fail the retried run. After the commit, what the workflow's `onFailed`
@@ -832,6 +848,8 @@ export class StepExecutor {
   private async markFailed(d: StepJobData, wf: WorkflowDef, seq: number, stepName: string, err: Error, attempt: number, stepRan: boolean, log: Logger): Promise<'failed' | 'completed-elsewhere' | 'run-ended' | 'superseded'> {
     const em = tenantEm(this.o.orm, d.tenant_id);
     const error = recordedError(err);
+    // The run's failure stands only at the step it is at: the step ran here, or the run was counted there.
+    const atStep = stepRan || err instanceof InfrastructureExhaustedError;
     // The run's `run.failed` deliveries, inserted with its failure (ADR 0013); enqueued after the commit.
     const deliveries: string[] = [];
     let release: (() => Promise<void>) | undefined;
@@ -849,18 +867,18 @@ export class StepExecutor {
         `insert into durable_checkpoints (id, tenant_id, run_id, sequence_num, step_name, status, error, attempt, created_at, updated_at)
          values (gen_random_uuid(), ?, ?, ?, ?, 'failed', ?::jsonb, ?, now(), now())
          on conflict (tenant_id, run_id, sequence_num) do update set status = 'failed', error = excluded.error, attempt = excluded.attempt, updated_at = now()
-         where durable_checkpoints.status <> 'completed'${stepRan ? ` and durable_checkpoints.status <> 'waiting'` : ''}
+         where durable_checkpoints.status <> 'completed'${atStep ? ` and durable_checkpoints.status <> 'waiting'` : ''}
          returning id`,
         [d.tenant_id, d.run_id, seq, stepName, JSON.stringify(error), attempt],
       );
-      if (written.length === 0 && stepRan) return 'completed-elsewhere';
+      if (written.length === 0 && atStep) return 'completed-elsewhere';
       const extra =
         err instanceof StepCrashedWorkerError ? { crashes: err.crashes } : err instanceof InfrastructureExhaustedError ? { sqlstate: err.sqlstate, read_timeout_jobs: err.jobs } : {};
       const failed = await this.o.runtime.complete(tx, d.run_id, 'failed', { error: { ...error, step: stepName, sequence_num: seq, ...extra } }, deliveries);
       // What the run left open while it waited (a pending approval request) closes with it.
       if (failed) release = await wf.onFailed?.(tx, { tenantId: d.tenant_id, runId: d.run_id });
       // Only a step's own failure: a failure to read the run (non-determinism, say) would recur on the re-read.
-      return failed || !stepRan ? ('failed' as const) : ('run-ended' as const);
+      return failed || !atStep ? ('failed' as const) : ('run-ended' as const);
     });
     await this.o.runtime.dispatchDeliveries(d.tenant_id, deliveries);
     // Only once the failure has committed (a rollback keeps the run waiting, and its timer with it).
