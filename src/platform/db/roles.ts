@@ -139,7 +139,7 @@ export const NO_DELETE_TABLES = ['approval_policies', 'approval_policy_changes',
  * (runtime.ts `resume`) — never its run, sequence_num or step name, which say which step of which run it
  * records (a completed one is not updated at all: the trigger `completed_is_history`,
  * durable-checkpoint.entity.ts, not a grant); `durable_runs` by its steps, its end, a cancel, a
- * retry, a lease or a crash count (runtime.ts, executor.ts) — never its input, principal, workflow
+ * retry, a lease, a crash count or a count of jobs that could not read it (runtime.ts, executor.ts) — never its input, principal, workflow
  * (version) or idempotency hash: what was asked, by whom, of which definition. The catalog inspection
  * (catalog.ts) names any UPDATE on another column of these tables.
  */
@@ -147,7 +147,7 @@ export const APP_UPDATE_COLUMNS: Readonly<Record<string, readonly string[]>> = {
   approval_policy_changes: ['status', 'decided_by', 'decided_at'],
   approval_requests: ['status', 'decided_at', 'updated_at'],
   durable_checkpoints: ['status', 'output', 'error', 'attempt', 'updated_at', 'completed_at'],
-  durable_runs: ['status', 'output', 'error', 'sequence_num', 'lease_owner', 'lease_expires_at', 'updated_at', 'completed_at', 'retry_count', 'retry_history', 'crash_seq', 'crash_count'],
+  durable_runs: ['status', 'output', 'error', 'sequence_num', 'lease_owner', 'lease_expires_at', 'updated_at', 'completed_at', 'retry_count', 'retry_history', 'crash_seq', 'crash_count', 'read_timeout_jobs', 'read_timeout_seq'],
   partner_offboarding_claims: ['id', 'run_id', 'claimed_at'],
   partner_offboardings: ['status', 'settlement', 'settled_at', 'archived_at'],
 };

@@ -93,6 +93,19 @@ export const DurableRun = defineEntity({
      */
     crashSeq: p.integer().nullable(),
     crashCount: p.integer().default(0),
+    /**
+     * How many of the run's jobs (of its current generation, at step `readTimeoutSeq`) ended without a
+     * step because every attempt of theirs met a statement or lock timeout reading the run (57014,
+     * 55P03): ended as infrastructure, the run left as it is, and the sweeper adds a new job, whose
+     * attempts start afresh. Bumped by each such job of a pending or running run in a statement of its
+     * own; when it reaches the attempts of that step, the run fails `infrastructure_exhausted` instead of
+     * being re-enqueued for ever (ADR 0002, amendment). A job at a later step than `readTimeoutSeq` (the
+     * run moved on meanwhile) starts the count afresh at 1, as `crashSeq` does `crashCount`, so transient
+     * timeouts at different steps over a run's life never add up. A retry clears both.
+     */
+    readTimeoutJobs: p.integer().default(0),
+    /** The step (sequence_num) the jobs counted in `readTimeoutJobs` were at; null while none was counted. */
+    readTimeoutSeq: p.integer().nullable(),
   },
   uniques: [
     { name: 'durable_runs_tenant_hash_unique', properties: ['tenantId', 'idempotencyHash'] },

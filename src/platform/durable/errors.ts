@@ -28,6 +28,27 @@ export class StepCrashedWorkerError extends AppError {
   }
 }
 
+/**
+ * A run none of whose jobs could read it: `jobs` of them at the step it is at (as many as that step's
+ * attempts) each spent their attempts on a statement or lock timeout (`sqlstate`, 57014 or 55P03, the
+ * last one's) and ended as infrastructure, and the sweeper added the next, its attempts afresh. Not the step's
+ * failure (it never ran), but the run would otherwise be re-enqueued for ever: it fails for good, and
+ * a retry (ADR 0009) carries it on once the database is well (ADR 0002, amendment).
+ */
+export class InfrastructureExhaustedError extends AppError {
+  readonly sqlstate: string;
+  readonly jobs: number;
+  constructor(step: string, seq: number, jobs: number, sqlstate: string) {
+    super(
+      'infrastructure_exhausted',
+      `The run could not be read by ${jobs} of its jobs in turn at step ${step} (sequence_num ${seq}): each spent its attempts on a database timeout (the last SQLSTATE ${sqlstate}) before the step could run. The step never ran; the run is not re-enqueued again. Retry the run once the database's locks or slow reads are dealt with.`,
+      { status: 500, retryable: false },
+    );
+    this.sqlstate = sqlstate;
+    this.jobs = jobs;
+  }
+}
+
 /** The job names a run that row-level security does not let its tenant see: a security event. */
 export class RunNotVisibleError extends AppError {
   constructor(runId: string) {

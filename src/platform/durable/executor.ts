@@ -11,7 +11,7 @@ import { TENANT_SETTING } from '../db/tenant-owned.ts';
 import { stepTransaction } from '../db/step-transaction.ts';
 import { requestContext } from '../tenancy/request-context.ts';
 import { ATTR } from '../telemetry/attributes.ts';
-import { NonDeterminismError, RunNotVisibleError, StepCrashedWorkerError, WorkflowVersionUnavailableError, isRunNoLongerActive, isStaleStart, isUniqueViolation, recordedError, retiredByWorkerError, sqlStateOf } from './errors.ts';
+import { InfrastructureExhaustedError, NonDeterminismError, RunNotVisibleError, StepCrashedWorkerError, WorkflowVersionUnavailableError, isRunNoLongerActive, isStaleStart, isUniqueViolation, recordedError, retiredByWorkerError, sqlStateOf } from './errors.ts';
 import { ACTIVE_RUN_STATUSES } from './durable-run.entity.ts';
 import type { DurableRuntime, RunRow, StepJobData } from './runtime.ts';
 import { loadRunState, startingRunState, type RunState } from './run-state.ts';
@@ -62,8 +62,9 @@ export interface ExecutorOptions {
    * A step attempt failed: `retrying` (BullMQ retries it with backoff), `failed` (for good: the run
    * failed), `infrastructure` (its last attempt failed on the platform's unreachable database or Redis,
    * not on a call out of the step's own, or on a statement or lock timeout reading the run before any
-   * step ran, or its failure could not be recorded for the database was unreachable: the run stays as
-   * it is, an incomplete one for the sweeper).
+   * step ran, or its failure could not be recorded for the database was unreachable or timing out: the
+   * run stays as it is, an incomplete one for the sweeper — but an active run whose jobs have ended on
+   * read timeouts as often as its step has attempts fails `infrastructure_exhausted`, counted `failed`).
    */
   onStepFailed?(info: { workflow: string; step: string; outcome: 'retrying' | 'failed' | 'infrastructure' }): void;
   /** A job put off because this process does not register its run's workflow version (ADR 0008). */
@@ -726,24 +727,42 @@ export class StepExecutor {
     // for it would end a run that a leftover job (a replayed submission's ensureEnqueued, a retry from
     // Bull Board) merely read, a waiting one's approval request withdrawn with it: the run stays as it is.
     const unreadable = !stepRan && isDatabaseTimeout(e);
+    // What the run fails with: the error, or, for a run its jobs could not read too often, infrastructure_exhausted.
+    let failure: Error = err;
     if (!permanent && lastAttempt && (unreachable || unreadable)) {
-      // Not the step's fault (the database was unreachable, or too busy to read the run): the run stays
-      // as it is in Postgres, and the sweeper re-enqueues an incomplete one once the job has failed here.
-      failed('infrastructure');
-      if (unreachable) log.error({ err, attempt }, 'step kept failing on infrastructure; the run stays incomplete for the sweeper');
-      else log.error({ err, attempt }, 'the run could not be read: the database kept timing out; the run stays as it is (an active one for the sweeper)');
-      throw new UnrecoverableError(reason);
+      // A run that stays active is re-enqueued by the sweeper with its attempts afresh: its jobs that
+      // ended unable to read it are counted with it, and past its step's attempts of them it fails.
+      const exhausted = unreadable && !unreachable ? await this.countReadTimeout(d, wf, seq, err, log) : undefined;
+      if (!exhausted) {
+        // Not the step's fault (the database was unreachable, or too busy to read the run): the run stays
+        // as it is in Postgres, and the sweeper re-enqueues an incomplete one once the job has failed here.
+        failed('infrastructure');
+        if (unreachable) log.error({ err, attempt }, 'step kept failing on infrastructure; the run stays incomplete for the sweeper');
+        else log.error({ err, attempt }, 'the run could not be read: the database kept timing out; the run stays as it is (an active one for the sweeper)');
+        throw new UnrecoverableError(reason);
+      }
+      log.error({ err, attempt, read_timeout_jobs: exhausted.jobs }, 'the run could not be read by as many of its jobs as its step has attempts: the run fails (infrastructure_exhausted)');
+      failure = exhausted;
     }
     if (permanent || lastAttempt) {
-      const recorded = await this.markFailed(d, wf, seq, step?.name ?? d.step, err, attempt, stepRan, log).catch((me: unknown) => {
+      const recorded = await this.markFailed(d, wf, seq, step?.name ?? d.step, failure, attempt, stepRan, log).catch((me: unknown) => {
         log.error({ err: me }, 'could not record the failure');
-        // The database unreachable now (a step's call out failed while it was down too): nothing of the
-        // failure committed, the run stays incomplete, and the sweeper re-enqueues it once PostgreSQL is back.
-        return isConnectivityError(me) ? ('unrecorded' as const) : ('failed' as const);
+        // The database unreachable now (a step's call out failed while it was down too), or too busy to
+        // write the run (its row or table locked past the statement timeout): nothing of the failure
+        // committed, the run stays incomplete, and the sweeper re-enqueues it once PostgreSQL is back.
+        return isConnectivityError(me) || isDatabaseTimeout(me) ? ('unrecorded' as const) : ('failed' as const);
       });
+      if (failure !== err && recorded !== 'failed' && recorded !== 'unrecorded') {
+        // infrastructure_exhausted, but the run is no longer at the job's step (another execution committed
+        // it, or its wait), ended or was retried since the job counted: the run stays as it is. Not back to
+        // the read either: it would meet the same timeout and count this job's end again.
+        failed('infrastructure');
+        log.warn({ err: err.message, recorded }, 'the run could not be read, but it moved on, ended or was retried since: it stays as it is, the job ends');
+        throw new UnrecoverableError(reason);
+      }
       if (recorded === 'unrecorded') {
         failed('infrastructure');
-        log.error({ err, permanent }, 'step failed for good, but the database was unreachable to record it; the run stays incomplete for the sweeper');
+        log.error({ err, permanent }, 'step failed for good, but the database was unreachable or timing out to record it; the run stays incomplete for the sweeper');
         throw new UnrecoverableError(reason);
       }
       if (recorded === 'superseded') {
@@ -774,9 +793,53 @@ export class StepExecutor {
   }
 
   /**
-   * Records the step's failure and fails the run, in one transaction. With `stepRan`,
-   * `completed-elsewhere` (nothing written) when the step's checkpoint is already completed, or
-   * waiting: another execution of the job committed it (a wait too: its request and SLA timer stay);
+   * Counts, with its run, a job that ends having never read it (every attempt met a statement or lock
+   * timeout): its own statement, committed at once. A pending or running run of the job's generation
+   * only — a waiting run's leftover job is never re-enqueued by the sweeper, and must not fail it. The
+   * count is of the step the job was at (`seq`: the sweeper adds a job at the run's first incomplete
+   * step): a job at a later step than those counted — the run moved on meanwhile, its row untouched by
+   * steps that leave its status as it was — starts it afresh at 1, so timeouts at different steps over
+   * the run's life never add up to a failure; one at an earlier step (a leftover) adds to it. Returns
+   * the error to fail the run with once the step's jobs have ended so as often as it has attempts (the
+   * step's budget, spent across the jobs the sweeper adds, whose own attempts start afresh); undefined
+   * while it has attempts left, and when the count could not be written (the run's row as busy as its
+   * read): nothing could fail the run then either, and the next job's end counts.
+   */
+  private async countReadTimeout(d: StepJobData, wf: WorkflowDef, seq: number, err: Error, log: Logger): Promise<InfrastructureExhaustedError | undefined> {
+    const step = wf.steps[seq - 1];
+    if (!step) return undefined;
+    const rows = await tenantEm(this.o.orm, d.tenant_id)
+      .transactional((tx) =>
+        tx.execute<{ jobs: number }[]>(
+          // `status || ''` keeps the row found by its key (ADR 0004). `read_timeout_seq >= ?` is null
+          // (a count afresh) while none was counted; greatest() ignores the null.
+          `${LAST_IN_TRANSACTION}update durable_runs set
+              read_timeout_jobs = case when read_timeout_seq >= ?::int then read_timeout_jobs + 1 else 1 end,
+              read_timeout_seq = greatest(read_timeout_seq, ?::int)
+            where tenant_id = ? and id = ? and (status || '') in ('pending', 'running') and retry_count = ?
+           returning read_timeout_jobs as jobs`,
+          [seq, seq, d.tenant_id, d.run_id, d.retry ?? 0],
+        ),
+      )
+      .catch((ce: unknown) => {
+        log.warn({ err: ce }, 'could not count the job that could not read its run; the next such job counts');
+        return undefined;
+      });
+    const jobs = rows?.[0]?.jobs;
+    if (jobs === undefined) return undefined;
+    const budget = retryOf(step).attempts;
+    if (jobs < budget) {
+      log.warn({ read_timeout_jobs: jobs, budget }, 'job ends unable to read its run: counted with the run, which stays as it is while its step has attempts left');
+      return undefined;
+    }
+    return new InfrastructureExhaustedError(step.name, seq, jobs, sqlStateOf(err) ?? 'unknown');
+  }
+
+  /**
+   * Records the step's failure and fails the run, in one transaction. With `stepRan` (or for
+   * `infrastructure_exhausted`, counted in a transaction of its own: another execution may have moved
+   * the run on since), `completed-elsewhere` (nothing written) when the step's checkpoint is already
+   * completed, or waiting: another execution of the job committed it (a wait too: its request and SLA timer stay);
    * `run-ended` when the run had ended (cancelled) and stays so; `superseded` (nothing written) when
    * the run was retried since the job was added: a job of an earlier generation that read the run
    * before the retry must not fail the retried run. After the commit, what the workflow's `onFailed`
@@ -785,6 +848,8 @@ export class StepExecutor {
   private async markFailed(d: StepJobData, wf: WorkflowDef, seq: number, stepName: string, err: Error, attempt: number, stepRan: boolean, log: Logger): Promise<'failed' | 'completed-elsewhere' | 'run-ended' | 'superseded'> {
     const em = tenantEm(this.o.orm, d.tenant_id);
     const error = recordedError(err);
+    // The run's failure stands only at the step it is at: the step ran here, or the run was counted there.
+    const atStep = stepRan || err instanceof InfrastructureExhaustedError;
     // The run's `run.failed` deliveries, inserted with its failure (ADR 0013); enqueued after the commit.
     const deliveries: string[] = [];
     let release: (() => Promise<void>) | undefined;
@@ -802,17 +867,18 @@ export class StepExecutor {
         `insert into durable_checkpoints (id, tenant_id, run_id, sequence_num, step_name, status, error, attempt, created_at, updated_at)
          values (gen_random_uuid(), ?, ?, ?, ?, 'failed', ?::jsonb, ?, now(), now())
          on conflict (tenant_id, run_id, sequence_num) do update set status = 'failed', error = excluded.error, attempt = excluded.attempt, updated_at = now()
-         where durable_checkpoints.status <> 'completed'${stepRan ? ` and durable_checkpoints.status <> 'waiting'` : ''}
+         where durable_checkpoints.status <> 'completed'${atStep ? ` and durable_checkpoints.status <> 'waiting'` : ''}
          returning id`,
         [d.tenant_id, d.run_id, seq, stepName, JSON.stringify(error), attempt],
       );
-      if (written.length === 0 && stepRan) return 'completed-elsewhere';
-      const crashes = err instanceof StepCrashedWorkerError ? { crashes: err.crashes } : {};
-      const failed = await this.o.runtime.complete(tx, d.run_id, 'failed', { error: { ...error, step: stepName, sequence_num: seq, ...crashes } }, deliveries);
+      if (written.length === 0 && atStep) return 'completed-elsewhere';
+      const extra =
+        err instanceof StepCrashedWorkerError ? { crashes: err.crashes } : err instanceof InfrastructureExhaustedError ? { sqlstate: err.sqlstate, read_timeout_jobs: err.jobs } : {};
+      const failed = await this.o.runtime.complete(tx, d.run_id, 'failed', { error: { ...error, step: stepName, sequence_num: seq, ...extra } }, deliveries);
       // What the run left open while it waited (a pending approval request) closes with it.
       if (failed) release = await wf.onFailed?.(tx, { tenantId: d.tenant_id, runId: d.run_id });
       // Only a step's own failure: a failure to read the run (non-determinism, say) would recur on the re-read.
-      return failed || !stepRan ? ('failed' as const) : ('run-ended' as const);
+      return failed || !atStep ? ('failed' as const) : ('run-ended' as const);
     });
     await this.o.runtime.dispatchDeliveries(d.tenant_id, deliveries);
     // Only once the failure has committed (a rollback keeps the run waiting, and its timer with it).

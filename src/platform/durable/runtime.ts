@@ -702,7 +702,8 @@ export class DurableRuntime {
    * the checkpoints of its steps that did not complete — the failed step's `failed` one — are
    * deleted, so that step's next attempt can insert its own (unique per run and sequence_num), and
    * the count of its step's crashes is cleared (a run failed with `step_crashed_worker` gets
-   * STEP_MAX_CRASHES afresh, ADR 0016).
+   * STEP_MAX_CRASHES afresh, ADR 0016), and so is the count of its jobs that ended unable to read it (a
+   * run failed `infrastructure_exhausted` gets its step's attempts of such jobs afresh, ADR 0002 amendment).
    * Completed checkpoints, and the domain rows committed with them, stay as they are: the run's next
    * job replays them. Returns the run as updated; the caller enqueues its job after the commit
    * (`ensureEnqueued`), and a job lost between the commit and the enqueue is the sweeper's (the run
@@ -744,7 +745,7 @@ export class DurableRuntime {
       // The history keeps its newest RUN_RETRY_HISTORY_MAX entries (lax jsonpath: a shorter array is kept whole).
       `with dropped as (delete from durable_checkpoints where tenant_id = ? and run_id = ? and status <> 'completed')
        update durable_runs set status = ?, sequence_num = ?, error = null, completed_at = null, updated_at = ${STATEMENT_TIME}, lease_owner = null, lease_expires_at = null,
-              crash_seq = null, crash_count = 0, retry_count = ?,
+              crash_seq = null, crash_count = 0, read_timeout_jobs = 0, read_timeout_seq = null, retry_count = ?,
               retry_history = jsonb_path_query_array(coalesce(retry_history, '[]'::jsonb) || jsonb_build_array(?::jsonb || jsonb_build_object('retried_at', ${ISO_STATEMENT_TIME})), '$[last - ${RUN_RETRY_HISTORY_MAX - 1} to last]')
         where tenant_id = ? and id = ? and status || '' = 'failed' and retry_count = ?
        returning ${RUN_COLUMNS}`,
