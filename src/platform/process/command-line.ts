@@ -25,3 +25,19 @@ export function asksForHelp(args: string[]): boolean {
   const end = args.indexOf('--');
   return (end === -1 ? args : args.slice(0, end)).some((a) => a === '--help' || a === '-h');
 }
+
+/**
+ * A command taking at most `max` plain arguments (db.ts): `--help` or `-h` prints the usage, exit 0;
+ * any argument more is a usage error, exit 2. db.ts ignored its arguments: `npm run db:migrate -- --help`
+ * applied the migrations.
+ */
+export function refuseExtraArguments(usage: string, command: string, args: string[], max: number): void {
+  if (asksForHelp(args)) {
+    console.log(usage);
+    process.exit(0);
+  }
+  if (args.length > max) {
+    console.error(`${command}: unexpected argument(s): ${args.join(' ')}\n${usage}`);
+    process.exit(2);
+  }
+}
