@@ -8,8 +8,12 @@ import { createMigration, migrate, schemaStatus } from '../platform/db/migrate.t
 import { createOrm } from '../platform/db/orm.ts';
 import { entities } from '../entities.ts';
 import { databaseProblem } from '../platform/db/connection-problem.ts';
+import { refuseExtraArguments } from '../platform/process/command-line.ts';
 
+const USAGE = 'usage: npm run db:setup | db:migrate | db:check | db:migration:create -- <name>';
 const [command, ...rest] = process.argv.slice(2);
+// Before the configuration is read: an argument a command does not take (`--help`) stops it.
+refuseExtraArguments(USAGE, `db ${command}`, rest, command === 'migration:create' ? 1 : 0);
 const config = loadConfig();
 const adminUrl = config.DATABASE_ADMIN_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres';
 // The connection each command makes: setup as the superuser, the others as the owner.
@@ -56,7 +60,7 @@ async function run(): Promise<void> {
       break;
     }
     default:
-      console.error('usage: db.ts setup | migrate | check | migration:create <name>');
+      console.error(USAGE);
       process.exitCode = 2;
   }
 }

@@ -3,12 +3,12 @@
  * a new user sees it (src/demo/demo.ts). Exits 0 on success; on any failure it names what went wrong,
  * prints the children's logs, stops them and exits 1.
  */
-import { parseArgs } from 'node:util';
+import { parseCommandLine } from '../platform/process/command-line.ts';
 import { DemoProcesses } from '../demo/demo-processes.ts';
 import { DemoError } from '../demo/demo-support.ts';
 import { runDemo } from '../demo/demo.ts';
 
-const { values } = parseArgs({ options: { 'keep-running': { type: 'boolean', default: false } } });
+const { values } = parseCommandLine('usage: npm run demo [-- --keep-running]', { 'keep-running': { type: 'boolean', default: false } });
 const procs = new DemoProcesses();
 let requestStop: (() => void) | undefined;
 const stopRequested = new Promise<void>((resolve) => (requestStop = resolve));

@@ -2,12 +2,18 @@
  * npm run token -- --tenant <uuid> --sub <id> [--roles a,b] [--ttl 1h]: prints a development token signed with JWT_SECRET.
  * npm run token -- revoke … | revocations … | lift … | prune-revocations: an operator's token revocations (revocation-command.ts, ADR 0018).
  */
-import { parseArgs } from 'node:util';
 import { loadConfig } from '../platform/config/config.ts';
 import { parseDurationMs } from '../platform/config/duration.ts';
+import { asksForHelp, parseCommandLine } from '../platform/process/command-line.ts';
 import { signDevToken } from '../platform/tenancy/jwt.ts';
 
-if (['revoke', 'revocations', 'lift', 'prune-revocations'].includes(process.argv[2] ?? '')) {
+const SIGN_USAGE = 'usage: npm run token -- --tenant <uuid> --sub <id> [--roles a,b] [--ttl 1h]';
+
+if (asksForHelp(process.argv.slice(2))) {
+  // Every form, the revocation commands' too: `npm run token -- --help` is where an operator looks for them.
+  const { REVOCATION_USAGE } = await import('../platform/tenancy/revocation-command.ts');
+  console.log(`${SIGN_USAGE}\n${REVOCATION_USAGE.replace(/^usage: /, '       ')}`);
+} else if (['revoke', 'revocations', 'lift', 'prune-revocations'].includes(process.argv[2] ?? '')) {
   const { revocationCommand } = await import('../platform/tenancy/revocation-command.ts');
   process.exitCode = await revocationCommand(process.argv.slice(2));
 } else {
@@ -15,13 +21,16 @@ if (['revoke', 'revocations', 'lift', 'prune-revocations'].includes(process.argv
 }
 
 async function sign(): Promise<void> {
-  const { values } = parseArgs({
-    options: { tenant: { type: 'string' }, sub: { type: 'string' }, roles: { type: 'string', default: '' }, ttl: { type: 'string', default: '1h' } },
+  const { values } = parseCommandLine(SIGN_USAGE, {
+    tenant: { type: 'string' },
+    sub: { type: 'string' },
+    roles: { type: 'string', default: '' },
+    ttl: { type: 'string', default: '1h' },
   });
   const uuid = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
   const usage: (problem?: string) => never = (problem) => {
     if (problem) console.error(problem);
-    console.error('usage: npm run token -- --tenant <uuid> --sub <id> [--roles a,b] [--ttl 1h]');
+    console.error(SIGN_USAGE);
     process.exit(2);
   };
   if (!values.tenant || !uuid.test(values.tenant) || !values.sub) usage();

@@ -29,6 +29,12 @@ describe('documentation indexes', () => {
     expect(cli.filter((c) => !line('cli/').split(/[\s,]+/).includes(c))).toEqual([]);
   });
 
+  it('the README links every ADR (ADR 0016 was missing from its list)', () => {
+    const readme = read('README.md');
+    const adrs = readdirSync(path('docs/adr')).filter((f) => /^\d{4}-.*\.md$/.test(f));
+    expect(adrs.filter((f) => !readme.includes(`](docs/adr/${f})`))).toEqual([]);
+  });
+
   it('docs/architecture.md links every ADR', () => {
     const architecture = read('docs/architecture.md');
     const adrs = readdirSync(path('docs/adr')).filter((f) => /^\d{4}-.*\.md$/.test(f));

@@ -486,6 +486,21 @@ describe('npm run token', () => {
     }
   });
 
+  it('--help: every form of the command (signing and the revocations), exit 0; no token', async () => {
+    const help = await run({ JWT_SECRET: TEST_JWT_SECRET }, ['--help']);
+    expect(help.code, help.err).toBe(0);
+    expect(help.err).toBe('');
+    expect(help.out).toMatch(/^usage: npm run token -- --tenant <uuid> --sub <id> \[--roles a,b\] \[--ttl 1h\]\n/);
+    for (const sub of ['revoke --token <jwt>', 'revocations --tenant <uuid>', 'lift --tenant <uuid> --id', 'prune-revocations']) expect(help.out).toContain(`npm run token -- ${sub}`);
+  });
+
+  it('an unknown option (a typo): what is wrong and the usage, exit 2, no stack trace', async () => {
+    const typo = await run({ JWT_SECRET: TEST_JWT_SECRET }, ['--tennat', tenant]);
+    expect(typo.code, typo.err).toBe(2);
+    expect(typo.out).toBe('');
+    expect(typo.err.trim()).toBe("Unknown option '--tennat'\nusage: npm run token -- --tenant <uuid> --sub <id> [--roles a,b] [--ttl 1h]");
+  });
+
   it('prints a token the verifier accepts when JWT_SECRET is set', async () => {
     const ok = await run({ JWT_SECRET: TEST_JWT_SECRET });
     expect(ok.code, ok.err).toBe(0);

@@ -22,9 +22,9 @@ export function tenantTables(orm: MikroORM): string[] {
  * runs alone between the others (migrator.ts). One at a time per database (lockMigrations): a second
  * waits for the first, then finds nothing pending.
  */
-export async function migrate(config: Config, entities: EntitySchema<any, any>[], clientUrl?: string): Promise<string[]> {
+export async function migrate(config: Config, entities: EntitySchema<any, any>[], clientUrl?: string, opts: { silent?: boolean } = {}): Promise<string[]> {
   const lock = await lockMigrations(clientUrl ?? config.MIGRATION_DATABASE_URL, config);
-  const orm = await createOrm(config, { entities, role: 'owner', poolMax: 2, ...(clientUrl ? { clientUrl } : {}) });
+  const orm = await createOrm(config, { entities, role: 'owner', poolMax: 2, silentMigrations: opts.silent ?? false, ...(clientUrl ? { clientUrl } : {}) });
   try {
     const applied = await orm.migrator.up();
     const conn = orm.em.getConnection();

@@ -27,6 +27,8 @@ export interface OrmOptions {
    * migration from the snapshot (migrate.ts, createMigration): the snapshot does not record routines.
    */
   routines?: boolean;
+  /** No `[migrator] Processing …` / `Applied …` line per migration (the demo prints one summary line instead). */
+  silentMigrations?: boolean;
 }
 
 export function ormConfig(config: Config, opts: OrmOptions): Options {
@@ -74,6 +76,7 @@ export function ormConfig(config: Config, opts: OrmOptions): Options {
       pathTs: MIGRATIONS_PATH,
       glob: '!(*.d).{js,ts}',
       tableName: 'mikro_orm_migrations',
+      silent: opts.silentMigrations ?? false,
       transactional: true,
       allOrNothing: true,
       snapshot: true,

@@ -17,7 +17,7 @@ import { databaseProblem } from '../db/connection-problem.ts';
 import { claimsOf } from '../http/operator-sessions.ts';
 import { liftRevocation, listRevocations, pruneRevocations, revokeTokens, type RevocationRequest } from './token-revocations.ts';
 
-const USAGE = `usage: npm run token -- revoke --tenant <uuid> --jti <id> [--expires <ISO time>] [--by <name>] [--reason <text>]
+export const REVOCATION_USAGE = `usage: npm run token -- revoke --tenant <uuid> --jti <id> [--expires <ISO time>] [--by <name>] [--reason <text>]
        npm run token -- revoke --token <jwt> [--by <name>] [--reason <text>]
        npm run token -- revoke --tenant <uuid> [--sub <id>] --issued-before <ISO time|now> [--by <name>] [--reason <text>]
        npm run token -- revocations --tenant <uuid>
@@ -40,7 +40,7 @@ export async function revocationCommand(argv: string[]): Promise<number> {
   try {
     command = parse(name, rest);
   } catch (e) {
-    console.error(`${(e as Error).message}\n${USAGE}`);
+    console.error(`${(e as Error).message}\n${REVOCATION_USAGE}`);
     return 2;
   }
   const config = loadConfig();
