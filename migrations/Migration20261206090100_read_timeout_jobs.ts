@@ -8,9 +8,9 @@ import { Migration } from '@mikro-orm/migrations';
  * starts the count afresh, as `crash_seq` does `crash_count`). Added without rewriting the table (a
  * constant default and a nullable column).
  */
-export class Migration20261206080238_read_timeout_jobs extends Migration {
+export class Migration20261206090100_read_timeout_jobs extends Migration {
 
-  override name = 'Migration20261206080238_read_timeout_jobs';
+  override name = 'Migration20261206090100_read_timeout_jobs';
 
   override up(): void | Promise<void> {
     this.addSql(`alter table "durable_runs" add "read_timeout_jobs" int not null default 0, add "read_timeout_seq" int null;`);
