@@ -161,6 +161,10 @@ describe('configuration', () => {
     expect(parseConfig({ JWT_SECRET: SECRET, RUN_RETENTION: '24h', IDEMPOTENCY_TTL: '2h' }).RUN_RETENTION).toBe(86_400_000);
     // Under the database's floor (ADR 0011, amendment "A floor under retention"), however short IDEMPOTENCY_TTL.
     expect(configError({ JWT_SECRET: SECRET, RUN_RETENTION: '2h', IDEMPOTENCY_TTL: '2h' }).problems).toEqual([expect.stringMatching(/^RUN_RETENTION: must be 0 \(keep runs forever\) or at least 24h/)]);
+    // Under both bounds, the one message names the larger: naming IDEMPOTENCY_TTL (2h) sent the operator to
+    // 2h, only for the next start to refuse it again for the floor.
+    expect(configError({ JWT_SECRET: SECRET, RUN_RETENTION: '1h', IDEMPOTENCY_TTL: '2h' }).problems).toEqual([expect.stringMatching(/^RUN_RETENTION: must be 0 \(keep runs forever\) or at least 24h/)]);
+    expect(configError({ JWT_SECRET: SECRET, RUN_RETENTION: '12h', IDEMPOTENCY_TTL: '48h' }).problems).toEqual([expect.stringMatching(/^RUN_RETENTION: must be 0 \(keep runs forever\) or at least IDEMPOTENCY_TTL \(172800000 ms\)/)]);
     expect(configError({ JWT_SECRET: SECRET, RUN_RETENTION: 'a month' }).problems[0]).toMatch(/^RUN_RETENTION: not a duration/);
     // Beyond PostgreSQL's timestamps (now() minus it is out of range): every pass would fail, every 10 minutes.
     expect(parseConfig({ JWT_SECRET: SECRET, RUN_RETENTION: '36500d' }).RUN_RETENTION).toBe(36_500 * 86_400_000);

@@ -375,12 +375,14 @@ export const configSchema = z
       // A key forgotten while its first request still holds it: a duplicate would take it over as a new request.
       ctx.addIssue({ code: 'custom', path: ['IDEMPOTENCY_TTL'], message: `must be at least IDEMPOTENCY_LEASE (${c.IDEMPOTENCY_LEASE} ms): a key must outlive the lease of the request that holds it` });
     }
-    if (c.RUN_RETENTION > 0 && c.RUN_RETENTION < c.IDEMPOTENCY_TTL) {
+    // Under both bounds, the larger is named: naming IDEMPOTENCY_TTL when it is under the floor sent the
+    // operator to a value the next start refused again.
+    if (c.RUN_RETENTION > 0 && c.RUN_RETENTION < c.IDEMPOTENCY_TTL && c.IDEMPOTENCY_TTL >= RUN_RETENTION_FLOOR_MS) {
       // A keyed submission's replay names its run for IDEMPOTENCY_TTL: the run must still be there to read.
       ctx.addIssue({ code: 'custom', path: ['RUN_RETENTION'], message: `must be 0 (keep runs forever) or at least IDEMPOTENCY_TTL (${c.IDEMPOTENCY_TTL} ms): a replayed submission names its run as long as its key is kept` });
     } else if (c.RUN_RETENTION > 0 && c.RUN_RETENTION < RUN_RETENTION_FLOOR_MS) {
       // The database keeps every ended run a day whatever the setting (ADR 0011, amendment "A floor under retention").
-      ctx.addIssue({ code: 'custom', path: ['RUN_RETENTION'], message: 'must be 0 (keep runs forever) or at least 24h: the database keeps every ended run that long' });
+      ctx.addIssue({ code: 'custom', path: ['RUN_RETENTION'], message: 'must be 0 (keep runs forever) or at least 24h: the database keeps every ended run that long (ADR 0011; releases before the floor accepted down to IDEMPOTENCY_TTL)' });
     }
     if (Boolean(c.OPERATOR_USER) !== Boolean(c.OPERATOR_PASSWORD)) {
       ctx.addIssue({ code: 'custom', path: ['OPERATOR_PASSWORD'], message: 'OPERATOR_USER and OPERATOR_PASSWORD go together' });

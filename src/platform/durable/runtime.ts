@@ -743,10 +743,13 @@ export class DurableRuntime {
       // `status || ''`: `status = 'failed'` proves the ended runs' list index's predicate, and a generic plan
       // walked the tenant's ended runs in it to test `id` (durable-run.entity.ts); this finds the row by its key.
       // The history keeps its newest RUN_RETRY_HISTORY_MAX entries (lax jsonpath: a shorter array is kept whole).
+      // The entry's `error` is the row's own (`error` in SET is the value before this update), not the copy
+      // read into JavaScript: the trigger ended_is_history compares it with the row's, and a number jsonb
+      // holds more exactly than a double (a hand repair, another writer) made every retry of the run 42501.
       `with dropped as (delete from durable_checkpoints where tenant_id = ? and run_id = ? and status <> 'completed')
        update durable_runs set status = ?, sequence_num = ?, error = null, completed_at = null, updated_at = ${STATEMENT_TIME}, lease_owner = null, lease_expires_at = null,
               crash_seq = null, crash_count = 0, read_timeout_jobs = 0, read_timeout_seq = null, retry_count = ?,
-              retry_history = jsonb_path_query_array(coalesce(retry_history, '[]'::jsonb) || jsonb_build_array(?::jsonb || jsonb_build_object('retried_at', ${ISO_STATEMENT_TIME})), '$[last - ${RUN_RETRY_HISTORY_MAX - 1} to last]')
+              retry_history = jsonb_path_query_array(coalesce(retry_history, '[]'::jsonb) || jsonb_build_array(?::jsonb || jsonb_build_object('error', error, 'retried_at', ${ISO_STATEMENT_TIME})), '$[last - ${RUN_RETRY_HISTORY_MAX - 1} to last]')
         where tenant_id = ? and id = ? and status || '' = 'failed' and retry_count = ?
        returning ${RUN_COLUMNS}`,
       [run.tenant_id, run.id, completed.size === 0 ? 'pending' : 'running', next - 1, entry.retry, JSON.stringify(entry), run.tenant_id, run.id, run.retry_count],
