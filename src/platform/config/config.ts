@@ -2,7 +2,7 @@ import { z } from 'zod';
 import { Resolver } from 'node:dns';
 import { parseDurationMs } from './duration.ts';
 import { sslParameters } from '../db/pg-ssl.ts';
-import { RUN_RETENTION_FLOOR_MS } from '../durable/durable-run.entity.ts';
+import { RUN_RETENTION_FLOOR_MS } from './run-retention-floor.ts';
 
 /**
  * The one schema over the environment. Parsed once at start-up, frozen and passed down;

@@ -1,5 +1,8 @@
 import { defineEntity, p, type InferEntity } from '@mikro-orm/core';
 import { SYSTEM_ROLE, tenantIdProperty, tenantIsolationPolicy } from '../db/tenant-owned.ts';
+import { RUN_RETENTION_FLOOR_MS } from '../config/run-retention-floor.ts';
+
+export { RUN_RETENTION_FLOOR_MS };
 
 /** Non-terminal statuses: the sweeper looks only at these. */
 export const ACTIVE_RUN_STATUSES = ['pending', 'running', 'waiting'] as const;
@@ -9,15 +12,6 @@ export type RunStatus = (typeof RUN_STATUSES)[number];
 /** A run that has ended, as PostgreSQL prints the predicate back from pg_policies (so the schema diff is empty). */
 export const ENDED_RUN_SQL = `(status = ANY (ARRAY[${TERMINAL_RUN_STATUSES.map((s) => `'${s}'::text`).join(', ')}]))`;
 
-/**
- * The least time an ended run is kept, whatever RUN_RETENTION says (ADR 0011, amendment "A floor under
- * retention"): the database's own bound on run retention, in its delete policy below, since the
- * application role can reach the system role (SET LOCAL ROLE) and write the recorded retention
- * (run_retention_decision, whose check holds it to 0 or at least this). A day: the default
- * IDEMPOTENCY_TTL, during which a replayed submission names its run; config refuses a shorter
- * RUN_RETENTION, and the retention pass applies no shorter one whatever its job or schedule carries.
- */
-export const RUN_RETENTION_FLOOR_MS = 24 * 3_600_000;
 /** Ended longer ago than the floor, as PostgreSQL prints it back from pg_policies (so the schema diff is empty). */
 const PAST_RETENTION_FLOOR_SQL = `(updated_at < (now() - '${RUN_RETENTION_FLOOR_MS / 3_600_000}:00:00'::interval))`;
 
