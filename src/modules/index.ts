@@ -220,7 +220,9 @@ export function jobHandlersFor(deps: {
         // it first; its deadline counts from the policy's read at the job's start): put off while the
         // step may still commit, doubling from 1 s to 10 s, SLA_NO_REQUEST_DEFERRALS times (about 75 s).
         // Spent, the run would wait with no timer until a sweep re-created it. Past the bound the step's
-        // attempt has rolled back: its retry schedules the timer again (a spent one is replaced).
+        // attempt has rolled back (its commit waits at most DATABASE_STATEMENT_TIMEOUT, 30 s by default;
+        // under a longer one a step still waiting leaves the run to the sweeper): its retry schedules the
+        // timer again (a spent one is replaced).
         if (job.attemptsStarted > SLA_NO_REQUEST_DEFERRALS) return { outcome: 'no_request' };
         await job.moveToDelayed(Date.now() + deferDelayMs(job.attemptsStarted), job.token);
         throw new DelayedError();

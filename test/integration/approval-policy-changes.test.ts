@@ -11,6 +11,7 @@ import { holdRows } from '../helpers/row-lock.ts';
 import { spawnApi } from '../helpers/api-process.ts';
 import { tenantEm } from '../../src/platform/db/tenant-em.ts';
 import { TENANT_SETTING } from '../../src/platform/db/tenant-owned.ts';
+import { DEFAULT_POLICY, loosenedFields, policyFromBody, type ApprovalPolicyBody } from '../../src/modules/approvals/approval.policy.ts';
 
 /**
  * Four-eyes on loosening the approval policy (ADR 0010, docs/api.md): a PUT that only tightens applies
@@ -323,6 +324,87 @@ describe('a policy change that loosens', () => {
     expect(await policyOf(t)).toMatchObject({ source: 'default', version: 0 });
     expect(await asApp(t, [insert({})]), 'a tightening of the defaults').toBe('succeeded');
     expect(await policyOf(t)).toMatchObject({ source: 'tenant', version: 1, approved_by: null });
+  });
+
+  // The trigger's rule is loosenedFields in SQL (POLICY_VERSION_ORDER): where they differ, either a genuine PUT
+  // that only tightens is refused (a 500 at the upsert) or a loosening applies as approved by nobody. Held side by
+  // side over policies drawn from values at and around each bound (equal values are the edge of every rule), the
+  // SLAs chosen so that a lowered C bound meets a C SLA longer, equal and shorter than the B SLA in force.
+  it("refuses a next version approved by nobody exactly when loosenedFields names a field; a first row exactly when it loosens the defaults' thresholds or currency", async () => {
+    const t = await tenantTokens();
+    expect((await put(t.admin, { ...DEFAULTS, sla_b_seconds: 3_600 })).json).toMatchObject({ version: 1 });
+    const fresh = randomUUID(); // no policy row: a first row's insert
+    let seed = 20261206;
+    const pick = <T,>(xs: readonly T[]): T => {
+      seed = (seed * 48_271) % 2_147_483_647; // Park–Miller: exact in doubles, the same draw every run
+      return xs[seed % xs.length]!;
+    };
+    const draw = () => ({
+      class_a_max_cost: pick([10_000, 50_000, 50_000.5, 60_000]),
+      class_a_max_payback_months: pick([3, 6, 6.01, 7]),
+      class_c_min_cost: pick([200_000, 250_000, 250_000.01, 300_000]),
+      class_c_min_payback_months: pick([12, 24, 24.5, 30]),
+      sla_b_seconds: pick([3_600, 86_400, 86_401]),
+      sla_c_seconds: pick([3_600, 86_400, 86_401, 259_200]),
+      currency: pick(['SAR', 'SAR', 'SAR', 'USD']),
+    });
+    // Literals (numbers, and a currency from the list above): each attempt is one message, its statements as a transaction rolled back.
+    const set = (b: ApprovalPolicyBody) =>
+      `class_amax_cost = ${b.class_a_max_cost}, class_amax_payback_months = ${b.class_a_max_payback_months}, class_cmin_cost = ${b.class_c_min_cost}, ` +
+      `class_cmin_payback_months = ${b.class_c_min_payback_months}, sla_bseconds = ${b.sla_b_seconds}, sla_cseconds = ${b.sla_c_seconds}, currency = '${b.currency}'`;
+    const asApp = async (tenant: string) => {
+      const c = new pg.Client({ connectionString: stack.db.appUrl });
+      await c.connect();
+      await c.query(`select set_config($1, $2, false)`, [TENANT_SETTING, tenant]);
+      return c;
+    };
+    const [app, appFresh] = [await asApp(t.tenant), await asApp(fresh)];
+    const owner = new pg.Client({ connectionString: stack.db.adminUrl }); // one connection, not one per statement (admin())
+    await owner.connect();
+    /** `statement` as the application role, rolled back: the BEFORE trigger's answer (the deferred ones never run). */
+    const attempt = async (c: pg.Client, statement: string) => {
+      try {
+        await c.query(`begin; ${statement}; rollback`);
+        return 'succeeded';
+      } catch (e) {
+        await c.query('rollback');
+        return sqlState(Promise.reject(e));
+      }
+    };
+    const outcomes = { refused: 0, applied: 0, byLoweredC: 0, firstRefused: 0, firstApplied: 0 };
+    try {
+      for (let i = 0; i < 300; i++) {
+        // The next policy keeps each field of the one in force (two in three) or draws it again: most fields
+        // then stay equal, so tightenings come up often enough beside loosenings.
+        const prev = draw();
+        const redrawn = draw();
+        const next = Object.fromEntries(Object.entries(prev).map(([k, v]) => [k, pick([v, v, redrawn[k as keyof typeof redrawn]])])) as typeof prev;
+        // The version in force set as the owner (past the trigger, the version kept: nothing recorded).
+        await owner.query(`update approval_policies set ${set(prev)} where tenant_id = $1`, [t.tenant]);
+        const loosens = loosenedFields(policyFromBody(prev), next);
+        const state = await attempt(app, `update approval_policies set ${set(next)}, version = version + 1, updated_by = 'admin-1', approved_by = null where tenant_id = '${t.tenant}'`);
+        expect(state, `${JSON.stringify(prev)} -> ${JSON.stringify(next)}: loosens ${loosens.join(', ') || 'nothing'}`).toBe(loosens.length > 0 ? '42501' : 'succeeded');
+        outcomes[state === '42501' ? 'refused' : 'applied']++;
+        if (loosens.length > 0 && loosens.every((f) => f !== 'currency' && next[f] < prev[f])) outcomes.byLoweredC++;
+        // A first row: against the defaults' thresholds and currency only (their SLAs are configuration the
+        // database does not see): loosenedFields against defaults whose SLAs nothing exceeds.
+        const first = loosenedFields({ ...DEFAULT_POLICY, slaBSeconds: Infinity, slaCSeconds: Infinity }, next);
+        const inserted = await attempt(
+          appFresh,
+          `insert into approval_policies (id, tenant_id, class_amax_cost, class_amax_payback_months, class_cmin_cost, class_cmin_payback_months, sla_bseconds, sla_cseconds, currency, updated_at, updated_by, approved_by, version)
+           values ('${randomUUID()}', '${fresh}', ${next.class_a_max_cost}, ${next.class_a_max_payback_months}, ${next.class_c_min_cost}, ${next.class_c_min_payback_months}, ${next.sla_b_seconds}, ${next.sla_c_seconds}, '${next.currency}', now(), 'admin-1', null, 1)`,
+        );
+        outcomes[inserted === '42501' ? 'firstRefused' : 'firstApplied']++;
+        expect(inserted, `first row ${JSON.stringify(next)}: loosens ${first.join(', ') || 'nothing'}`).toBe(first.length > 0 ? '42501' : 'succeeded');
+      }
+    } finally {
+      await Promise.all([app.end(), appFresh.end(), owner.end()]);
+    }
+    // Both answers were given many times (the draw is no degenerate one).
+    expect(outcomes.refused).toBeGreaterThan(50);
+    expect(outcomes.applied).toBeGreaterThan(50);
+    expect(outcomes.byLoweredC).toBeGreaterThan(5); // refused for a lowered C bound alone (C's SLA longer than B's was)
+    expect(Math.min(outcomes.firstRefused, outcomes.firstApplied)).toBeGreaterThan(5);
   });
 
   it('lists a page at a time by a cursor of milliseconds: every change is stored at that precision, so no page skips one proposed in the same millisecond', async () => {

@@ -63,7 +63,7 @@ export const policyChangeView = z
       .describe(
         'The policy in force it was compared with when proposed: what `loosens` is relative to. For base_version 0 the defaults with the SLAs configured then (APPROVAL_SLA_B / APPROVAL_SLA_C): while the configured ones differ it reads superseded. Null for changes proposed before it was recorded',
       ),
-    loosens: z.array(z.enum(POLICY_FIELDS)).describe("The fields in which it loosens that version: a higher class A or C bound, a longer SLA, another currency"),
+    loosens: z.array(z.enum(POLICY_FIELDS)).describe("The fields in which it loosens that version: a higher class A or C bound, a longer SLA, another currency, or a lower class C bound while the proposed C SLA is longer than the B SLA in force (the runs it moves from B to C get more time)"),
     proposed_by: z.string().describe('The admin (token sub) whose PUT proposed it; they cannot approve it'),
     proposed_at: isoTime,
     expires_at: isoTime,
