@@ -27,7 +27,8 @@ import { EndpointRates } from './platform/webhooks/rate-limit.ts';
 import { webhookDeliveryRoutes } from './platform/webhooks/deliveries.routes.ts';
 import { operatorLimitsRoutes } from './platform/limits/operator-limits.routes.ts';
 import { publishActiveRunsOverride } from './platform/limits/tenant-limits.ts';
-import { RESEND_BUDGET_WINDOW_MS, webhookResendRoutes } from './platform/webhooks/resend.ts';
+import { webhookResendRoutes } from './platform/webhooks/resend.ts';
+import { RESEND_BUDGET_WINDOW_MS } from './platform/webhooks/resend-budget.ts';
 import { SlidingBudget } from './platform/http/rate-window.ts';
 import { webhookTestEventRoutes } from './platform/webhooks/test-event.ts';
 import type { UrlPolicy } from './platform/webhooks/ssrf.ts';
@@ -121,6 +122,8 @@ export async function createContainer(
   const verifier = createTokenVerifier(config, undefined, logger, revocations);
   const metrics = createMetrics();
   const admission = new AdmissionController({ redis, prefix: config.QUEUE_PREFIX, perMinute: config.RATE_LIMIT_PER_MINUTE, maxInFlight: config.MAX_RUNS_IN_FLIGHT_PER_TENANT });
+  // One hourly budget of requested sends per tenant (WEBHOOK_RESEND_MAX_PER_HOUR): resends and test events spend from it.
+  const resendBudget = { window: new SlidingBudget(redis, `${config.QUEUE_PREFIX}:webhook-resend`, RESEND_BUDGET_WINDOW_MS), maxPerHour: config.WEBHOOK_RESEND_MAX_PER_HOUR };
   const routes = [
     ...routesFor({ config, runtime, queue, admission, onRunRetried: (workflow) => metrics.runsRetried.inc({ workflow }) }),
     ...webhookEndpointRoutes({
@@ -133,10 +136,10 @@ export async function createContainer(
     ...webhookResendRoutes({
       queue: () => queue(WEBHOOK_QUEUE),
       maxPendingResent: config.WEBHOOK_RESEND_MAX_PENDING,
-      budget: { window: new SlidingBudget(redis, `${config.QUEUE_PREFIX}:webhook-resend`, RESEND_BUDGET_WINDOW_MS), maxPerHour: config.WEBHOOK_RESEND_MAX_PER_HOUR },
+      budget: resendBudget,
       onResent: (mode, count) => metrics.webhookDeliveriesResent.inc({ mode }, count),
     }),
-    ...webhookTestEventRoutes({ queue: () => queue(WEBHOOK_QUEUE), onSent: () => metrics.webhookTestEvents.inc() }),
+    ...webhookTestEventRoutes({ queue: () => queue(WEBHOOK_QUEUE), onSent: () => metrics.webhookTestEvents.inc(), budget: resendBudget }),
     ...operatorLimitsRoutes({
       defaults: { maxActiveRuns: config.WORKER_MAX_ACTIVE_RUNS_PER_TENANT, maxRunsInFlight: config.MAX_RUNS_IN_FLIGHT_PER_TENANT },
       publishActiveRuns: (tenantId, cap) => publishActiveRunsOverride(redis, config.QUEUE_PREFIX, tenantId, cap),

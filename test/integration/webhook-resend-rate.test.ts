@@ -98,6 +98,28 @@ describe('webhook resend budget (WEBHOOK_RESEND_MAX_PER_HOUR)', () => {
     expect((await recover(t.admin, t.endpoint.id, { since: '2026-11-20T09:00:00Z' })).status).toBe(429);
   });
 
+  it('a test event is a POST an admin makes the platform send too: it spends one from the same budget, and past it is 429 with nothing inserted', async () => {
+    // Test events were bounded only to one pending per endpoint: sent back to back as each settled, one
+    // signed POST per request to any host the admin set, outside the hourly budget.
+    const t = await tenantWithEndpoint(stack, receiver, '/budget-test-event', ['run.completed']);
+    const sendTest = () => api(stack, 'POST', `${ENDPOINTS}/${t.endpoint.id}/test`, { token: t.admin, headers: { 'Idempotency-Key': randomUUID() } });
+    const tests = async () => ((await stack.db.admin(`select count(*)::int as n from webhook_deliveries where tenant_id = $1 and event_type = 'webhook.test'`, [t.tenantId])).rows[0] as { n: number }).n;
+    const first = await sendTest();
+    expect(first.status, first.text).toBe(202);
+    // Settled (no worker runs here): the endpoint's one-pending bound no longer holds the next one back.
+    await stack.db.admin(`update webhook_deliveries set status = 'delivered' where tenant_id = $1 and event_type = 'webhook.test'`, [t.tenantId]);
+    const ids = await insertFailed(t, BUDGET);
+    // One of the budget went to the test event.
+    expect((await recover(t.admin, t.endpoint.id, { since: '2026-11-20T00:00:00Z' })).json).toEqual({ resent: BUDGET - 1, has_more: true });
+    const refused = await sendTest();
+    expect(refused.status, refused.text).toBe(429);
+    expect(refused.headers.get('content-type')).toContain('application/problem+json');
+    expect(refused.json).toMatchObject({ code: 'webhook_resend_rate_limited', status: 429 });
+    expect(Number(refused.headers.get('retry-after'))).toBeGreaterThan(0);
+    expect(await tests()).toBe(1);
+    expect((await resends(ids)).filter((n) => n === 1)).toHaveLength(BUDGET - 1);
+  });
+
   it('Redis unavailable: a resend fails closed — 503 problem+json with Retry-After, nothing resent, the key not stored — and is processed once Redis is back', { timeout: 120_000 }, async () => {
     const t = await tenantWithEndpoint(stack, receiver, '/budget-down', ['run.completed']);
     const ids = await insertFailed(t, 2);

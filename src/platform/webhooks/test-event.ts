@@ -4,6 +4,7 @@ import { defineRoute, type RouteDef } from '../http/route.ts';
 import { ConflictError } from '../errors/app-error.ts';
 import { ADMIN_ROLE } from '../tenancy/roles.ts';
 import { enqueueDeliveries } from './delivery.ts';
+import { spendBudget, type ResendBudget } from './resend-budget.ts';
 import { ISO_STATEMENT_TIME, STATEMENT_TIME } from './outbox.ts';
 import { WEBHOOK_TEST_EVENT } from './webhook.entities.ts';
 import { adminOnly, DELIVERY_COLUMNS, deliveryView, endpointById, idParam, LOCK_ROW, toDeliveryView, WEBHOOK_ENDPOINTS_PATH, type DeliveryRowView } from './webhook-endpoints.routes.ts';
@@ -64,6 +65,8 @@ export function webhookTestEventRoutes(deps: {
   queue: () => Queue;
   /** Counts a test event sent (dealix_webhook_test_events_total), after its commit. */
   onSent?: () => void;
+  /** WEBHOOK_RESEND_MAX_PER_HOUR, shared with the resends (spendBudget); none: no hourly budget. */
+  budget?: ResendBudget;
 }): RouteDef[] {
   return [
     defineRoute({
@@ -80,6 +83,7 @@ export function webhookTestEventRoutes(deps: {
         ...adminOnly,
         404: { description: 'No such endpoint for this tenant' },
         409: { description: 'The endpoint is disabled (`webhook_endpoint_disabled`: enable it first), or a test event of it is still pending (`webhook_test_pending`: wait for its outcome)' },
+        429: { description: 'The tenant has used its hourly budget of resends and test events (`webhook_resend_rate_limited`, WEBHOOK_RESEND_MAX_PER_HOUR); Retry-After says when one is free' },
       },
       async handler(ctx) {
         const { em, principal, params, afterCommit } = ctx;
@@ -87,6 +91,10 @@ export function webhookTestEventRoutes(deps: {
         const endpoint = await endpointById(em, principal.tenantId, params.id, LOCK_ROW);
         // Its attempt would be given up unsent ('endpoint disabled'): a test that says nothing of the receiver.
         if (!endpoint.enabled) throw new ConflictError('webhook_endpoint_disabled', 'The webhook endpoint is disabled: enable it first (POST …/enable), then send the test event.');
+        // One from the tenant's hourly budget of requested sends, as a resend spends (resend.ts): a test event is
+        // a signed POST to a host the admin chose, and one pending per endpoint bounded only how many wait, not
+        // how many go out as each settles. Given back by the rollback when none is inserted (the 409 below).
+        await spendBudget(deps.budget, ctx, 1);
         const [row] = await em.execute<DeliveryRowView[]>(INSERT_TEST, [principal.tenantId, TEST_EVENT_MESSAGE, principal.tenantId, params.id, WEBHOOK_TEST_MAX_PENDING]);
         if (!row) throw testPending();
         afterCommit(async () => {
