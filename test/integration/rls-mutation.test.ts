@@ -1,4 +1,4 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { randomBytes, randomUUID } from 'node:crypto';
 import pg from 'pg';
 import { formatFindings, inspectCatalog, pgCatalogQuery, type CatalogReport } from '../../src/platform/db/catalog.ts';
@@ -27,8 +27,14 @@ beforeAll(async () => {
   expect(declared).toContain('durable_runs');
 });
 
+// Each test's databases are dropped as it ends: DROP DATABASE waits for a checkpoint, and some fifty of
+// them dropped at once in afterAll outlasted its hook timeout on a loaded CI machine (each hook here
+// drops one or two).
+afterEach(async () => {
+  for (let db = databases.pop(); db; db = databases.pop()) await db.drop();
+});
+
 afterAll(async () => {
-  for (const db of databases) await db.drop();
   // Roles are cluster-wide: drop the clones once the databases holding their grants are gone.
   const c = new pg.Client({ connectionString: TEST_ADMIN_URL });
   await c.connect();
