@@ -24,6 +24,18 @@ export interface RunHostOptions {
 }
 
 /**
+ * The production executor of `wf` on `stack`, without a worker host: a test hands it jobs itself
+ * (`executor.process(job)`), e.g. two executions of one job at once, as a stalled job re-delivered while
+ * its first worker still runs has.
+ */
+export function runExecutor(stack: TestStack, wf: WorkflowDef, workerId = 'run-executor', retired: string[] = []) {
+  const logger = pino({ level: 'silent' });
+  const runtime = new DurableRuntime({ workflows: [wf], queues: stack.container.runtime.queues, logger, retired });
+  const executor = new StepExecutor({ orm: stack.container.orm, runtime, logger, workerId, leaseMs: 5000 });
+  return { logger, runtime, executor };
+}
+
+/**
  * The production worker host and executor, in the test's process, running `wf` on its queue (the
  * golden path's, the partner offboarding's, …) of `stack` (one job at a time): a test can then hold, fail or count the steps of the runs it
  * submits through the stack's API. Stop it before starting another on the same queue. `handlers` are
@@ -31,9 +43,7 @@ export interface RunHostOptions {
  * them a timer there waits, and one in the run queue fails.
  */
 export function startRunHost(stack: TestStack, wf: WorkflowDef, workerId = 'run-host', handlers: Record<string, JobHandler> = {}, opts: RunHostOptions = {}) {
-  const logger = pino({ level: 'silent' });
-  const runtime = new DurableRuntime({ workflows: [wf], queues: stack.container.runtime.queues, logger, retired: opts.retired ?? [] });
-  const executor = new StepExecutor({ orm: stack.container.orm, runtime, logger, workerId, leaseMs: 5000 });
+  const { logger, runtime, executor } = runExecutor(stack, wf, workerId, opts.retired);
   const connection = createRedis(TEST_REDIS_URL, 'worker', workerId);
   const host = startWorkers({
     runtime,
