@@ -7,13 +7,15 @@
  * is, and once as many have ended as its step has attempts it fails `infrastructure_exhausted`,
  * naming the SQLSTATE, and can be retried (ADR 0009), which clears the count. The count is of the
  * step the jobs were at (`read_timeout_seq`): a run that moved on since starts the next step's afresh,
- * so timeouts at different steps over its life do not add up to a failure.
+ * so timeouts at different steps over its life do not add up to a failure. One job's end counts once
+ * (`read_timeout_keys`): two executions of it at once (a stalled job re-delivered while its first worker
+ * still runs it) or its count sent again used to count it twice, and failed the run a job early.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { randomUUID } from 'node:crypto';
 import { api, newTenant, runUsers, SAMPLE_SUBMISSION, startStack, type TestStack } from '../helpers/stack.ts';
 import { waitFor } from '../helpers/poll.ts';
-import { startRunHost } from '../helpers/run-host.ts';
+import { runExecutor, startRunHost } from '../helpers/run-host.ts';
 import { holdTable } from '../helpers/table-lock.ts';
 import { stackSweeper } from '../helpers/recovery.ts';
 import { GOLDEN_PATH, GOLDEN_PATH_QUEUE } from '../../src/modules/golden-path/golden-path.workflow.ts';
@@ -42,8 +44,9 @@ describe('an active run whose every read times out', () => {
    * A run submitted with a golden path whose steps have ATTEMPTS each, and the test's host running its
    * jobs while every read of the run waits behind a lock on the table its approval step's policy
    * prefetch reads, until the statement timeout cancels it (57014); the run's own row stays writable.
+   * Without `hostName` no host runs the jobs: the test hands them to an executor itself.
    */
-  async function unreadableRun(hostName: string) {
+  async function unreadableRun(hostName?: string) {
     const base = stack.container.runtime.workflow(GOLDEN_PATH);
     const wf: WorkflowDef = { ...base, steps: base.steps.map((s) => ({ ...s, retry: { attempts: ATTEMPTS, backoffMs: 20, jitter: 0 } })) };
     const queue = stack.container.queues.get(GOLDEN_PATH_QUEUE)!;
@@ -53,17 +56,21 @@ describe('an active run whose every read times out', () => {
     const run = (await stack.db.admin(`select idempotency_hash from durable_runs where id = $1`, [id])).rows[0] as { idempotency_hash: string };
     const jobAt = (seq: number) => stepJobId(wf.tag, run.idempotency_hash, seq, wf.steps[seq - 1]!.name, 0);
     const lock = await holdTable(stack.db.ownerUrl, 'approval_policies', 'access exclusive');
-    const host = startRunHost(stack, wf, `${hostName}-${randomUUID().slice(0, 8)}`);
+    const host = hostName ? startRunHost(stack, wf, `${hostName}-${randomUUID().slice(0, 8)}`) : { stop: async () => {} };
     return {
       id,
+      wf,
+      queue,
+      jobAt,
       lock,
       host,
       runRow: async () =>
-        (await stack.db.admin(`select status, error, read_timeout_jobs, read_timeout_seq from durable_runs where id = $1`, [id])).rows[0] as {
+        (await stack.db.admin(`select status, error, read_timeout_jobs, read_timeout_seq, read_timeout_keys from durable_runs where id = $1`, [id])).rows[0] as {
           status: string;
           error: any;
           read_timeout_jobs: number;
           read_timeout_seq: number | null;
+          read_timeout_keys: string[] | null;
         },
       /** The job at step `seq` once it has spent its attempts and failed (another than `before`, a job that had). */
       failedJob: async (seq: number, before?: { finishedOn?: number }) =>
@@ -112,7 +119,7 @@ describe('an active run whose every read times out', () => {
       const retried = await api(stack, 'POST', `/api/v1/golden-path/runs/${id}/retry`, { token: tok.submitter!, headers: { 'Idempotency-Key': randomUUID() } });
       expect(retried.status, retried.text).toBe(200);
       expect(retried.json.retries.at(-1).error).toMatchObject({ code: 'infrastructure_exhausted' });
-      expect(await runRow()).toMatchObject({ read_timeout_jobs: 0, read_timeout_seq: null });
+      expect(await runRow()).toMatchObject({ read_timeout_jobs: 0, read_timeout_seq: null, read_timeout_keys: null });
       await waitFor(async () => (await runRow()).status === 'waiting', { timeoutMs: 60_000, what: 'the retried run to reach its approval' });
     } finally {
       await lock.close();
@@ -152,6 +159,45 @@ describe('an active run whose every read times out', () => {
       expect((await failedJob(1, first)).failedReason).toContain('57014');
       expect(await runRow()).toMatchObject({ status: 'pending', error: null, read_timeout_jobs: ATTEMPTS, read_timeout_seq: 1 });
       expect((await stack.db.admin(`select status from durable_checkpoints where run_id = $1 and sequence_num = 1`, [id])).rows).toEqual([{ status: 'completed' }]);
+    } finally {
+      await host.stop();
+      await lock.close();
+    }
+  });
+
+  it('counts one job\'s end once: two executions of it at once, or its count sent again, count one; another job counts', { timeout: LONG }, async () => {
+    const sweeper = stackSweeper(stack, `read-timeout-sweep-${randomUUID().slice(0, 8)}`);
+    const { lock, host, runRow, wf, queue, jobAt } = await unreadableRun();
+    const { executor } = runExecutor(stack, wf, `read-timeout-twice-${randomUUID().slice(0, 8)}`);
+    /** The run's job at step 1 at its last attempt (its earlier ones spent on the timeout), as each execution of it finds it. */
+    const atLastAttempt = async () => {
+      const job = await waitFor(() => queue.getJob(jobAt(1)), { timeoutMs: 30_000, what: 'the run job at step 1' });
+      await job.updateData({ ...job.data, failures: { '1': ATTEMPTS - 1 } });
+      return job;
+    };
+    try {
+      await atLastAttempt();
+      // Two executions of that one job at once (a stalled job re-delivered while its first worker still
+      // runs it), each with its own copy of the job: both end unable to read the run, and count it once.
+      const [a, b] = await Promise.all([queue.getJob(jobAt(1)), queue.getJob(jobAt(1))]);
+      const ends = await Promise.allSettled([executor.process(a!), executor.process(b!)]);
+      for (const end of ends) expect(end.status === 'rejected' ? String(end.reason?.message) : 'completed').toContain('57014');
+      expect(await runRow()).toMatchObject({ status: 'pending', error: null, read_timeout_jobs: 1, read_timeout_seq: 1 });
+      // The same execution's end counted again (its count sent again after its answer was lost, say): still one.
+      await expect(executor.process(a!)).rejects.toThrow('57014');
+      expect(await runRow()).toMatchObject({ status: 'pending', error: null, read_timeout_jobs: 1, read_timeout_seq: 1 });
+      // Another job — the sweeper's, under the same id once the first is gone — counts, and spends the step's budget.
+      // (The sweep re-enqueues the file's earlier runs left pending too: no host runs them.)
+      await queue.remove(jobAt(1));
+      expect((await sweeper.sweep()).reenqueued).toBeGreaterThanOrEqual(1);
+      await expect(executor.process(await atLastAttempt())).rejects.toThrow('57014');
+      const failed = await runRow();
+      expect(failed.status).toBe('failed');
+      expect(failed.error).toMatchObject({ code: 'infrastructure_exhausted', sqlstate: '57014', read_timeout_jobs: ATTEMPTS, sequence_num: 1 });
+      // The two jobs' ends, newest first: the same id, another job.
+      expect(failed.read_timeout_keys).toHaveLength(2);
+      expect(failed.read_timeout_keys![1]).toMatch(new RegExp(`^${jobAt(1)}@\\d+#0$`));
+      expect(failed.read_timeout_keys![0]).not.toBe(failed.read_timeout_keys![1]);
     } finally {
       await host.stop();
       await lock.close();

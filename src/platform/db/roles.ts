@@ -147,7 +147,7 @@ export const APP_UPDATE_COLUMNS: Readonly<Record<string, readonly string[]>> = {
   approval_policy_changes: ['status', 'decided_by', 'decided_at'],
   approval_requests: ['status', 'decided_at', 'updated_at'],
   durable_checkpoints: ['status', 'output', 'error', 'attempt', 'updated_at', 'completed_at'],
-  durable_runs: ['status', 'output', 'error', 'sequence_num', 'lease_owner', 'lease_expires_at', 'updated_at', 'completed_at', 'retry_count', 'retry_history', 'crash_seq', 'crash_count', 'read_timeout_jobs', 'read_timeout_seq'],
+  durable_runs: ['status', 'output', 'error', 'sequence_num', 'lease_owner', 'lease_expires_at', 'updated_at', 'completed_at', 'retry_count', 'retry_history', 'crash_seq', 'crash_count', 'read_timeout_jobs', 'read_timeout_seq', 'read_timeout_keys'],
   partner_offboarding_claims: ['id', 'run_id', 'claimed_at'],
   partner_offboardings: ['status', 'settlement', 'settled_at', 'archived_at'],
 };

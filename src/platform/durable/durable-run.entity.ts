@@ -100,6 +100,14 @@ export const DurableRun = defineEntity({
     readTimeoutJobs: p.integer().default(0),
     /** The step (sequence_num) the jobs counted in `readTimeoutJobs` were at; null while none was counted. */
     readTimeoutSeq: p.integer().nullable(),
+    /**
+     * Which job ends `readTimeoutJobs` counted, newest first, the last READ_TIMEOUT_KEYS_MAX (executor.ts)
+     * only: each a job's id, its creation time and its finished attempts (`<id>@<timestamp>#<attemptsMade>`).
+     * An end already here is not counted again — two executions of one job at once (a stalled job
+     * re-delivered while its first worker still runs) or the count sent again end one job once. Null while
+     * none was counted; a retry clears it.
+     */
+    readTimeoutKeys: p.array().columnType('text[]').nullable(),
   },
   uniques: [
     { name: 'durable_runs_tenant_hash_unique', properties: ['tenantId', 'idempotencyHash'] },

@@ -173,6 +173,22 @@ export function malformedJobData(d: Partial<StepJobData> | null | undefined): st
 export const DEFAULT_MAX_CRASHES = 5;
 /** At most this many holders found alive at a step's stalls are looked for again (StepJobData.lapsed): a bound on the job's data. */
 const MAX_LAPSED_HOLDERS = 20;
+/**
+ * The job ends a run's read timeout count remembers (`durable_runs.read_timeout_keys`, newest first), so
+ * that one counted already is not counted again: two executions of one job at once, or one end's count
+ * sent again, come close together, while other jobs' ends are one a sweep apart. A bound on the run's row.
+ */
+export const READ_TIMEOUT_KEYS_MAX = 8;
+
+/**
+ * One end of one job, as the read timeout count knows it (`read_timeout_keys`): the job's id, its creation
+ * time — the sweeper adds a new job under the id of one that ended — and its finished attempts — the same
+ * job retried from Bull Board ends again on a later one. The same for every execution of one attempt: a
+ * stalled job's re-delivery keeps its attemptsMade, and the count sent again is of the same job.
+ */
+export function readTimeoutKey(job: Pick<Job, 'id' | 'timestamp' | 'attemptsMade'>): string {
+  return `${job.id}@${job.timestamp}#${job.attemptsMade ?? 0}`;
+}
 
 const isActive = (status: string) => (ACTIVE_RUN_STATUSES as readonly string[]).includes(status);
 
@@ -732,7 +748,7 @@ export class StepExecutor {
     if (!permanent && lastAttempt && (unreachable || unreadable)) {
       // A run that stays active is re-enqueued by the sweeper with its attempts afresh: its jobs that
       // ended unable to read it are counted with it, and past its step's attempts of them it fails.
-      const exhausted = unreadable && !unreachable ? await this.countReadTimeout(d, wf, seq, err, log) : undefined;
+      const exhausted = unreadable && !unreachable ? await this.countReadTimeout(job, wf, seq, err, log) : undefined;
       if (!exhausted) {
         // Not the step's fault (the database was unreachable, or too busy to read the run): the run stays
         // as it is in Postgres, and the sweeper re-enqueues an incomplete one once the job has failed here.
@@ -804,21 +820,32 @@ export class StepExecutor {
    * step's budget, spent across the jobs the sweeper adds, whose own attempts start afresh); undefined
    * while it has attempts left, and when the count could not be written (the run's row as busy as its
    * read): nothing could fail the run then either, and the next job's end counts.
+   *
+   * One job's end counts once (`readTimeoutKey`, kept in `read_timeout_keys`): two executions of the job
+   * at once (a stalled job re-delivered while its first worker still runs it) both end here, and the
+   * count sent again after its answer was lost finds itself counted. Either leaves the count as it is and
+   * answers it, so the run fails (or not) as for the first; counted twice, one job spent two of the step's
+   * attempts and failed its run a job early.
    */
-  private async countReadTimeout(d: StepJobData, wf: WorkflowDef, seq: number, err: Error, log: Logger): Promise<InfrastructureExhaustedError | undefined> {
+  private async countReadTimeout(job: Job<StepJobData>, wf: WorkflowDef, seq: number, err: Error, log: Logger): Promise<InfrastructureExhaustedError | undefined> {
+    const d = job.data;
     const step = wf.steps[seq - 1];
     if (!step) return undefined;
+    const key = readTimeoutKey(job);
     const rows = await tenantEm(this.o.orm, d.tenant_id)
       .transactional((tx) =>
         tx.execute<{ jobs: number }[]>(
           // `status || ''` keeps the row found by its key (ADR 0004). `read_timeout_seq >= ?` is null
-          // (a count afresh) while none was counted; greatest() ignores the null.
+          // (a count afresh) while none was counted; greatest() ignores the null. `? = any(read_timeout_keys)`
+          // (null while none is kept) is the job's end counted already: the row stays as it is. SET reads the
+          // row as it was, and a concurrent execution's count, waited for on the row's lock, is seen (read committed).
           `${LAST_IN_TRANSACTION}update durable_runs set
-              read_timeout_jobs = case when read_timeout_seq >= ?::int then read_timeout_jobs + 1 else 1 end,
-              read_timeout_seq = greatest(read_timeout_seq, ?::int)
+              read_timeout_jobs = case when ?::text = any(read_timeout_keys) then read_timeout_jobs when read_timeout_seq >= ?::int then read_timeout_jobs + 1 else 1 end,
+              read_timeout_seq = case when ?::text = any(read_timeout_keys) then read_timeout_seq else greatest(read_timeout_seq, ?::int) end,
+              read_timeout_keys = case when ?::text = any(read_timeout_keys) then read_timeout_keys else (array[?::text] || read_timeout_keys)[1:${READ_TIMEOUT_KEYS_MAX}] end
             where tenant_id = ? and id = ? and (status || '') in ('pending', 'running') and retry_count = ?
            returning read_timeout_jobs as jobs`,
-          [seq, seq, d.tenant_id, d.run_id, d.retry ?? 0],
+          [key, seq, key, seq, key, key, d.tenant_id, d.run_id, d.retry ?? 0],
         ),
       )
       .catch((ce: unknown) => {

@@ -748,7 +748,7 @@ export class DurableRuntime {
       // holds more exactly than a double (a hand repair, another writer) made every retry of the run 42501.
       `with dropped as (delete from durable_checkpoints where tenant_id = ? and run_id = ? and status <> 'completed')
        update durable_runs set status = ?, sequence_num = ?, error = null, completed_at = null, updated_at = ${STATEMENT_TIME}, lease_owner = null, lease_expires_at = null,
-              crash_seq = null, crash_count = 0, read_timeout_jobs = 0, read_timeout_seq = null, retry_count = ?,
+              crash_seq = null, crash_count = 0, read_timeout_jobs = 0, read_timeout_seq = null, read_timeout_keys = null, retry_count = ?,
               retry_history = jsonb_path_query_array(coalesce(retry_history, '[]'::jsonb) || jsonb_build_array(?::jsonb || jsonb_build_object('error', error, 'retried_at', ${ISO_STATEMENT_TIME})), '$[last - ${RUN_RETRY_HISTORY_MAX - 1} to last]')
         where tenant_id = ? and id = ? and status || '' = 'failed' and retry_count = ?
        returning ${RUN_COLUMNS}`,
