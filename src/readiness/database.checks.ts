@@ -1,6 +1,6 @@
 import type { MikroORM } from '../platform/db/orm.ts';
 import { tenantTables } from '../platform/db/migrate.ts';
-import { inspectCatalog, isSurrogateKey, ormCatalogQuery, type CatalogFinding, type CatalogReport } from '../platform/db/catalog.ts';
+import { FUNCTION_SEARCH_PATH, inspectCatalog, isSurrogateKey, ormCatalogQuery, type CatalogFinding, type CatalogReport } from '../platform/db/catalog.ts';
 import { OPERATOR_DB_ROLE, OPERATOR_GRANTS } from '../platform/db/tenant-owned.ts';
 import { fail, notRequired, pass, type ReadinessRow } from './readiness.types.ts';
 
@@ -35,7 +35,7 @@ export async function currentRole(orm: MikroORM): Promise<string> {
  * The database rows of the matrix, from the catalog inspection of the live database (src/platform/db/catalog.ts)
  * as the application role: per tenant-owned table `rls <table>` (RLS enabled and forced, an isolation policy
  * with USING and WITH CHECK, no widening policy) and `tenant-unique <table>` (tenant_id in every unique key);
- * then `app-role` (no superuser, no BYPASSRLS, owns nothing, no TEMP, exactly roles.ts's row privileges), the system role and views/functions.
+ * then `app-role` (no superuser, no BYPASSRLS, owns nothing, no TEMP, exactly roles.ts's row privileges), the system role, views/functions and `function-search-path` (every function of the schema runs with a search_path of its own, pg_temp last).
  * Errors fail a row; warnings are shown in its reason.
  */
 export async function databaseRows(orm: MikroORM, opts: { systemRole?: string } = {}): Promise<ReadinessRow[]> {
@@ -60,6 +60,7 @@ export function catalogRows(report: CatalogReport, appRole: string): ReadinessRo
   const operator = other.find((r) => r.role === OPERATOR_DB_ROLE);
   if (operator) row(`role ${operator.role}`, `${operator.role}: NOLOGIN, no BYPASSRLS, owns nothing, row privileges on ${Object.keys(OPERATOR_GRANTS).join(', ')} only (the operator routes, ADR 0014)`);
   row('views-functions', 'no view or SECURITY DEFINER function lets the application role past RLS');
+  row('function-search-path', `every function of schema ${report.schema} (trigger functions, SECURITY DEFINER ones, durable_expect) runs with a search_path of its own, pg_temp last (${FUNCTION_SEARCH_PATH})`);
   for (const f of report.findings) {
     const target = componentOf(f, appRole);
     (rows.get(target) ?? rows.set(target, { ok: 'ok', findings: [] }).get(target)!).findings.push(f);
@@ -79,5 +80,6 @@ function componentOf(f: CatalogFinding, appRole: string): string {
   // A sequence the application may use is a privilege of its own, as a table without tenant_id is.
   if (f.subject === `role ${appRole}` || f.subject.startsWith('sequence ')) return 'app-role';
   if (f.subject.startsWith('role ')) return f.subject;
+  if (f.check === 'function-search-path') return 'function-search-path';
   return 'views-functions';
 }

@@ -42,11 +42,18 @@ function sample(text: string, series: string): number | undefined {
 const metric = (series: string, want: number) =>
   waitFor(async () => sample((await api(stack, 'GET', '/metrics')).text, series) === want, { timeoutMs: 30_000, what: `${series} to read ${want}` });
 
+/** No limit set: the limit's series is absent from /metrics (0 is a limit, and BullMQ enforces it). */
+const absent = (series: string) =>
+  waitFor(async () => sample((await api(stack, 'GET', '/metrics')).text, series) === undefined, { timeoutMs: 30_000, what: `${series} to be absent` });
+
+const LIMIT_SERIES = ['dealix_queue_global_concurrency', 'dealix_queue_global_rate_limit_max', 'dealix_queue_global_rate_limit_duration_seconds'];
+
 describe("a queue's global concurrency or rate limit left in Redis", () => {
   it('is reported by /readyz (without failing it) and /metrics, and is gone from both once cleared as the runbook says', async () => {
     expect((await api(stack, 'GET', '/readyz')).json.checks.queues).toEqual({ ok: true });
-    await metric(`dealix_queue_global_concurrency{queue="${QUEUE}"}`, 0);
-    await metric(`dealix_queue_global_rate_limit_max{queue="${QUEUE}"}`, 0);
+    // The queue's series is there (dealix_queue_paused), its limits' are not: none is set.
+    await metric(`dealix_queue_paused{queue="${QUEUE}"}`, 0);
+    for (const name of LIMIT_SERIES) await absent(`${name}{queue="${QUEUE}"}`);
 
     // What Bull Board's "set global concurrency" and "set rate limit" wrote, through BullMQ's own API.
     const queue = stack.container.queues.get(QUEUE)!;
@@ -63,15 +70,34 @@ describe("a queue's global concurrency or rate limit left in Redis", () => {
       await metric(`dealix_queue_global_concurrency{queue="${QUEUE}"}`, 1);
       await metric(`dealix_queue_global_rate_limit_max{queue="${QUEUE}"}`, 5);
       await metric(`dealix_queue_global_rate_limit_duration_seconds{queue="${QUEUE}"}`, 60);
-      expect(sample((await api(stack, 'GET', '/metrics')).text, 'dealix_queue_global_concurrency{queue="golden-path"}')).toBe(0);
+      expect(sample((await api(stack, 'GET', '/metrics')).text, 'dealix_queue_global_concurrency{queue="golden-path"}')).toBeUndefined();
     } finally {
       await clearAsTheRunbookSays(QUEUE);
     }
     expect(await queue.getGlobalConcurrency()).toBeNull();
     expect(await queue.getGlobalRateLimit()).toBeNull();
     expect((await api(stack, 'GET', '/readyz')).json.checks.queues).toEqual({ ok: true });
-    await metric(`dealix_queue_global_concurrency{queue="${QUEUE}"}`, 0);
-    await metric(`dealix_queue_global_rate_limit_max{queue="${QUEUE}"}`, 0);
+    for (const name of LIMIT_SERIES) await absent(`${name}{queue="${QUEUE}"}`);
+  });
+
+  it('a limit of 0 reads 0, apart from no limit (absent), and goes once removed through the Queue API', async () => {
+    const queue = stack.container.queues.get(QUEUE)!;
+    for (const name of LIMIT_SERIES) await absent(`${name}{queue="${QUEUE}"}`);
+    await queue.setGlobalConcurrency(0);
+    await queue.setGlobalRateLimit(0, 1000);
+    try {
+      // BullMQ reads both back as set (the meta hash holds "0"), and enforces them (isQueueMaxed: active >= 0).
+      expect(await queue.getGlobalConcurrency()).toBe(0);
+      expect(await queue.getGlobalRateLimit()).toEqual({ max: 0, duration: 1000 });
+      await metric(`dealix_queue_global_concurrency{queue="${QUEUE}"}`, 0);
+      await metric(`dealix_queue_global_rate_limit_max{queue="${QUEUE}"}`, 0);
+      await metric(`dealix_queue_global_rate_limit_duration_seconds{queue="${QUEUE}"}`, 1);
+      expect((await api(stack, 'GET', '/readyz')).json.checks.queues.limited).toEqual([{ queue: QUEUE, concurrency: 0, rate_limit: { max: 0, duration_ms: 1000 } }]);
+    } finally {
+      await queue.removeGlobalConcurrency();
+      await queue.removeGlobalRateLimit();
+    }
+    for (const name of LIMIT_SERIES) await absent(`${name}{queue="${QUEUE}"}`);
   });
 
   it("the OpenAPI document publishes the queues check's `paused` and `limited`, as /readyz answers them", async () => {

@@ -201,6 +201,39 @@ describe('the system role and views', () => {
   });
 });
 
+describe('function-search-path', () => {
+  // A function body resolves the names it reads through the search path it runs with; without one of
+  // its own, the caller's, whose temporary schema comes first (ADR 0001, "Trigger functions name what they read").
+  it('the migrated schema passes: every function, the trigger functions and durable_expect alike, runs with a fixed search path', async () => {
+    const m = await matrixFor();
+    expect(m.row('function-search-path')).toMatchObject({ status: 'PASS' });
+    expect(m.row('function-search-path').reason).toMatch(/pg_catalog, public, pg_temp/);
+  });
+
+  it('a trigger function whose search path was reset fails the row, naming it; the other rows pass', async () => {
+    const m = await matrixFor({ tamper: (db) => db.owner('ALTER FUNCTION evidence_packs_seal_fn() RESET search_path').then(() => {}) });
+    expect(m.row('function-search-path').status).toBe('FAIL');
+    expect(m.row('function-search-path').reason).toMatch(/evidence_packs_seal_fn\(\) \(a trigger function\) has no search_path of its own/);
+    expect(m.row('function-search-path').reason).not.toMatch(/durable_runs_ended_is_history_fn|durable_expect/);
+    expect(m.row('rls evidence_packs').status).toBe('PASS');
+    expect(m.row('views-functions').status).toBe('PASS');
+  });
+
+  it('a SECURITY DEFINER function with a search path that does not list pg_temp last fails the row: PostgreSQL then searches pg_temp first', async () => {
+    const m = await matrixFor({
+      tamper: (db) => db.owner(`CREATE FUNCTION run_count() RETURNS bigint SECURITY DEFINER LANGUAGE sql SET search_path = public AS 'SELECT count(*) FROM durable_runs'`).then(() => {}),
+    });
+    expect(m.row('function-search-path').status).toBe('FAIL');
+    expect(m.row('function-search-path').reason).toMatch(/run_count\(\) \(SECURITY DEFINER\) runs with search_path public, which does not list pg_temp last/);
+  });
+
+  it('durable_expect with its search path reset fails the row', async () => {
+    const m = await matrixFor({ tamper: (db) => db.owner('ALTER FUNCTION durable_expect(boolean, text) RESET search_path').then(() => {}) });
+    expect(m.row('function-search-path').status).toBe('FAIL');
+    expect(m.row('function-search-path').reason).toMatch(/durable_expect\(boolean,text\) has no search_path of its own/);
+  });
+});
+
 describe('migrations', () => {
   it('a fresh database without migrations has the initial migration pending', async () => {
     const name = `dealix_t_${randomBytes(6).toString('hex')}`;

@@ -130,4 +130,19 @@ describe('history triggers under a session that shadows what they read with temp
     expect(fns.length).toBeGreaterThanOrEqual(5);
     for (const fn of fns) expect(fn.config, fn.name).toEqual(['search_path=pg_catalog, public, pg_temp']);
   });
+
+  it('durable_expect, the one function of the schema that is no trigger function, runs with the same fixed search path', async () => {
+    // routines.ts declares it; the schema generator neither writes nor compares a SET clause, so the
+    // migrations keep it by hand (Migration20261206105700_durable_expect_search_path).
+    const fns = (
+      await db.admin(
+        `select p.proname as name, p.proconfig as config from pg_proc p join pg_namespace n on n.oid = p.pronamespace
+          where n.nspname = 'public' and p.prorettype <> 'trigger'::regtype order by 1`,
+      )
+    ).rows;
+    expect(fns).toEqual([{ name: 'durable_expect', config: ['search_path=pg_catalog, public, pg_temp'] }]);
+    // It still raises DX001 with its message, and returns true otherwise.
+    expect((await db.admin(`select durable_expect(true, 'never') as ok`)).rows).toEqual([{ ok: true }]);
+    await expect(db.admin(`select durable_expect(false, 'run moved on')`)).rejects.toMatchObject({ code: 'DX001', message: 'run moved on' });
+  });
 });

@@ -152,6 +152,19 @@ export const CATALOG_SQL = {
      where n.nspname = $1 and c.relkind in ('r', 'p') and (t.attnum is not null or c.relname = any(string_to_array($3, ',')))
      order by 1, a.attnum`,
 
+  /**
+   * Every function of the schema written in a language whose body resolves names (not C or internal, not
+   * an extension's): whether it is a trigger function or SECURITY DEFINER, and the search_path it runs
+   * with (its `SET search_path` clause, from proconfig; null when it has none and runs with its caller's).
+   */
+  functionSearchPaths: `
+    select p.oid::regprocedure::text as name, p.prorettype = 'trigger'::regtype as trigger, p.prosecdef as definer,
+           (select substr(c, length('search_path=') + 1) from unnest(p.proconfig) c where c like 'search\\_path=%') as search_path
+      from pg_proc p join pg_namespace n on n.oid = p.pronamespace join pg_language l on l.oid = p.prolang
+     where n.nspname = $1 and l.lanname not in ('c', 'internal')
+       and not exists (select 1 from pg_depend d where d.classid = 'pg_proc'::regclass and d.objid = p.oid and d.deptype = 'e')
+     order by 1`,
+
   /** $2 = role. */
   create: `
     select 'schema ' || $1::text as target where has_schema_privilege($2, $1, 'CREATE')

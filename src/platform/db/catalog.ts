@@ -44,7 +44,8 @@ export type CatalogCheck =
   | 'role-create'
   | 'role-temp'
   | 'role-inherits'
-  | 'security-definer';
+  | 'security-definer'
+  | 'function-search-path';
 
 export interface CatalogFinding {
   check: CatalogCheck;
@@ -185,6 +186,7 @@ export async function inspectCatalog(query: CatalogQuery, opts: CatalogOptions):
     findings.push(...(await checkRules(query, schema, opts.appRole)));
     findings.push(...(await checkSecurityDefiners(query, schema, opts.appRole)));
   }
+  findings.push(...(await checkFunctionSearchPaths(query, schema)));
   const failures = findings.filter((f) => f.severity === 'error');
   return { schema, tables, roles, findings, failures, ok: failures.length === 0 };
 }
@@ -384,6 +386,39 @@ async function checkSecurityDefiners(query: CatalogQuery, schema: string, appRol
     subject: `function ${f.name}`,
     reason: `${appRole} ${(f.triggers as string[]).length ? `runs SECURITY DEFINER function ${f.name} by writing ${(f.triggers as string[]).join(', ')} (a trigger)` : `may execute SECURITY DEFINER function ${f.name}`}, which runs as ${f.owner}: review it for cross-tenant access`,
   }));
+}
+
+/** The search path every function of the schema runs with (migrations' `SET search_path = …` clause): the temporary schema last. */
+export const FUNCTION_SEARCH_PATH = 'pg_catalog, public, pg_temp';
+
+/**
+ * A function body resolves the names it reads when it runs, through the search path it runs with: its own
+ * (`SET search_path`), or else its caller's. PostgreSQL looks a relation up in the session's temporary
+ * schema first unless the path lists `pg_temp` (then where it stands), so a session that may create
+ * temporary tables shadows what an unqualified name means: the history triggers took the application role
+ * for a superuser through a temporary `pg_roles` (ADR 0001, "Trigger functions name what they read"). Every
+ * function of the schema (trigger functions, SECURITY DEFINER ones, durable_expect) must run with a path of
+ * its own that lists `pg_temp` last. `role-temp` keeps the application from temporary tables; this keeps a
+ * function safe where that fails (a database made in a provider's console), and a `CREATE OR REPLACE` written
+ * without the clause, which resets it, is caught here and by the schema's tests.
+ */
+async function checkFunctionSearchPaths(query: CatalogQuery, schema: string): Promise<CatalogFinding[]> {
+  const fns = await query(CATALOG_SQL.functionSearchPaths, [schema]);
+  const fix = (name: string) => `ALTER FUNCTION ${name} SET search_path = ${FUNCTION_SEARCH_PATH} (and keep the clause in every CREATE OR REPLACE of it)`;
+  return fns.flatMap((f): CatalogFinding[] => {
+    const name = f.name as string;
+    const kind = `${f.trigger ? ' (a trigger function)' : ''}${f.definer ? ' (SECURITY DEFINER)' : ''}`;
+    const path = f.search_path as string | null;
+    const subject = `function ${name}`;
+    if (path === null) {
+      return [{ check: 'function-search-path', severity: 'error', subject, reason: `${name}${kind} has no search_path of its own: it resolves the names it reads through its caller's, whose temporary schema comes first; ${fix(name)}` }];
+    }
+    const schemas = path.split(',').map((x) => x.trim().replace(/^"(.*)"$/, '$1'));
+    if (schemas[schemas.length - 1] !== 'pg_temp') {
+      return [{ check: 'function-search-path', severity: 'error', subject, reason: `${name}${kind} runs with search_path ${path}, which does not list pg_temp last: PostgreSQL searches the temporary schema first when the path does not name it; ${fix(name)}` }];
+    }
+    return [];
+  });
 }
 
 /** `allowed`: the privileges on tables without tenant_id the role may hold (APP_UNTENANTED_GRANTS for the application role, none for any other). */

@@ -32,10 +32,20 @@ export function metricsHandler(c: { metrics: Metrics; queues: Map<string, Queue>
       // One series per queue the process knows (as dealix_queue_jobs): a paused queue holds every run on it.
       const state = await queueState(q);
       c.metrics.queuePaused.set({ queue: name }, state.paused ? 1 : 0);
-      // A global limit left in Redis (health.ts queuesCheck): 0 when none, so the series never vanishes.
-      c.metrics.queueGlobalConcurrency.set({ queue: name }, state.limits?.concurrency ?? 0);
-      c.metrics.queueGlobalRateMax.set({ queue: name }, state.limits?.rate_limit?.max ?? 0);
-      c.metrics.queueGlobalRateDuration.set({ queue: name }, (state.limits?.rate_limit?.duration_ms ?? 0) / 1000);
+      // A global limit left in Redis (health.ts queuesCheck): its series only while one is set. 0 is a
+      // limit BullMQ enforces (a concurrency of 0 starts none of the queue's jobs), not "none", so none
+      // is no series, as Prometheus exporters report an unset limit; dealix_queue_paused is always there.
+      const concurrency = state.limits?.concurrency;
+      const rate = state.limits?.rate_limit;
+      if (concurrency === undefined) c.metrics.queueGlobalConcurrency.remove({ queue: name });
+      else c.metrics.queueGlobalConcurrency.set({ queue: name }, concurrency);
+      if (rate === undefined) {
+        c.metrics.queueGlobalRateMax.remove({ queue: name });
+        c.metrics.queueGlobalRateDuration.remove({ queue: name });
+      } else {
+        c.metrics.queueGlobalRateMax.set({ queue: name }, rate.max);
+        c.metrics.queueGlobalRateDuration.set({ queue: name }, rate.duration_ms / 1000);
+      }
     }
     // One count for both gauges: by status, and the active ones by workflow version.
     const rows = await systemEm(c.orm).transactional((tx) =>

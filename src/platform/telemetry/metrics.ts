@@ -86,19 +86,19 @@ export function createMetrics(): Metrics {
     // Set from Bull Board by a release before this one's allowlist (admin-board.ts): in force, shown nowhere else.
     queueGlobalConcurrency: new Gauge({
       name: 'dealix_queue_global_concurrency',
-      help: "A queue's global concurrency set in Redis (0: none): at most this many of its jobs run at once across every worker, whatever WORKER_CONCURRENCY says (docs/runbook.md, A queue capped by a global limit)",
+      help: "A queue's global concurrency set in Redis, absent when none is set: at most this many of its jobs run at once across every worker, whatever WORKER_CONCURRENCY says; 0 starts none of them (docs/runbook.md, A queue capped by a global limit)",
       labelNames: ['queue'],
       registers: [registry],
     }),
     queueGlobalRateMax: new Gauge({
       name: 'dealix_queue_global_rate_limit_max',
-      help: "A queue's global rate limit set in Redis (0: none): at most this many of its jobs start per dealix_queue_global_rate_limit_duration_seconds, across every worker",
+      help: "A queue's global rate limit set in Redis, absent when none is set: at most this many of its jobs start per dealix_queue_global_rate_limit_duration_seconds, across every worker (BullMQ starts one per window at 0)",
       labelNames: ['queue'],
       registers: [registry],
     }),
     queueGlobalRateDuration: new Gauge({
       name: 'dealix_queue_global_rate_limit_duration_seconds',
-      help: "The window of a queue's global rate limit set in Redis (0: none)",
+      help: "The window of a queue's global rate limit set in Redis, absent when none is set",
       labelNames: ['queue'],
       registers: [registry],
     }),
