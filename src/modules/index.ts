@@ -182,7 +182,8 @@ export function routesFor(deps: { config: Config; runtime: DurableRuntime; queue
  * How many times an SLA timer that finds its run active and no request yet is put off (expire's
  * `no_request`) before it is spent: the approval step commits its request right after it schedules the
  * timer, so a few seconds cover it; the bound keeps a timer whose step attempt rolled back from coming back
- * for ever (the step's retry schedules its own).
+ * for ever (the step's retry schedules its own). The default of the SLA_NO_REQUEST_DEFERRALS setting
+ * (config.ts), which a worker hands to jobHandlersFor; counted in the job's data (SlaJobData.no_request_deferrals).
  */
 export const SLA_NO_REQUEST_DEFERRALS = 10;
 
