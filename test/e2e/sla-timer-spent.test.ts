@@ -1,10 +1,7 @@
 import { afterAll, beforeAll, expect, it } from 'vitest';
-import { randomUUID } from 'node:crypto';
-import pg from 'pg';
-import { api, newTenant, SAMPLE_SUBMISSION, startStack, type TestStack, type WorkerHandle } from '../helpers/stack.ts';
+import { api, startStack, type TestStack, type WorkerHandle } from '../helpers/stack.ts';
 import { waitFor } from '../helpers/poll.ts';
-import { setPolicy } from '../helpers/policy.ts';
-import { backendPid, blockedBy } from '../helpers/lock-graph.ts';
+import { submitWithRequestHeld } from '../helpers/held-request.ts';
 import { jsonLines } from '../helpers/api-process.ts';
 
 /**
@@ -36,22 +33,8 @@ function sample(text: string, series: string): number | undefined {
 }
 
 it('a timer spent after its no_request deferrals is reported, and the sweeper re-creates it once the request commits: the run still expires', { timeout: 300_000 }, async () => {
-  const tenant = newTenant();
-  const policy = { class_a_max_cost: 50000, class_a_max_payback_months: 6, class_c_min_cost: 250000, class_c_min_payback_months: 24, sla_b_seconds: 1, sla_c_seconds: 1 };
-  expect((await setPolicy(stack, tenant, policy)).status).toBe(200);
-  const submitter = await stack.token({ tenantId: tenant, sub: 'submitter-1' });
-  // Step 3's request insert waits behind a SHARE lock on approval_requests (the timer's locking read does not).
-  const holder = new pg.Client({ connectionString: stack.env.MIGRATION_DATABASE_URL! });
-  await holder.connect();
+  const { runId, submitter, holder } = await submitWithRequestHeld(stack, DEADLINE);
   try {
-    await holder.query('begin');
-    await holder.query('lock table approval_requests in share mode');
-    const holderPid = await backendPid((sql, params) => holder.query(sql, params));
-    const res = await api(stack, 'POST', '/api/v1/golden-path/run', { token: submitter, body: SAMPLE_SUBMISSION, headers: { 'Idempotency-Key': randomUUID() } });
-    expect(res.status, res.text).toBe(202);
-    const runId = res.json.run_id as string;
-    await blockedBy((sql, params) => holder.query(sql, params), holderPid, "step 3's commit to wait for the lock", DEADLINE);
-
     // The timer fires, meets no request, is put off twice, and is spent at its third firing.
     const queue = stack.container.queues.get('timers')!;
     const timer = await waitFor(
