@@ -172,7 +172,14 @@ export async function createContainer(
     telemetry,
     instanceId,
     jobHandlers: () =>
-      jobHandlersFor({ orm, runtime, logger, onDeferred: ({ workflow, version }) => metrics.deferredJobs.inc({ workflow, version: String(version ?? 'unknown') }) }),
+      jobHandlersFor({
+        orm,
+        runtime,
+        logger,
+        noRequestDeferrals: config.SLA_NO_REQUEST_DEFERRALS,
+        onNoRequestSpent: () => metrics.slaTimersSpent.inc(),
+        onDeferred: ({ workflow, version }) => metrics.deferredJobs.inc({ workflow, version: String(version ?? 'unknown') }),
+      }),
     close,
   };
 }

@@ -29,6 +29,8 @@ export interface SlaJobData {
   run_id: string;
   hash: string;
   deadline: string;
+  /** How many times this timer was put off for want of a request (expire's `no_request`): bounded by SLA_NO_REQUEST_DEFERRALS. */
+  no_request_deferrals?: number;
 }
 
 /** The business modules' workflows and routes, handed to the composition root. */
@@ -180,7 +182,8 @@ export function routesFor(deps: { config: Config; runtime: DurableRuntime; queue
  * How many times an SLA timer that finds its run active and no request yet is put off (expire's
  * `no_request`) before it is spent: the approval step commits its request right after it schedules the
  * timer, so a few seconds cover it; the bound keeps a timer whose step attempt rolled back from coming back
- * for ever (the step's retry schedules its own).
+ * for ever (the step's retry schedules its own). The default of the SLA_NO_REQUEST_DEFERRALS setting
+ * (config.ts), which a worker hands to jobHandlersFor; counted in the job's data (SlaJobData.no_request_deferrals).
  */
 export const SLA_NO_REQUEST_DEFERRALS = 10;
 
@@ -188,6 +191,10 @@ export function jobHandlersFor(deps: {
   orm: MikroORM;
   runtime: DurableRuntime;
   logger?: Logger;
+  /** How many times a timer that meets no request is put off before it is spent (SLA_NO_REQUEST_DEFERRALS: the default, and the config's). */
+  noRequestDeferrals?: number;
+  /** A timer spent after its `no_request` deferrals (dealix_sla_timers_spent_total). */
+  onNoRequestSpent?(): void;
   /** A timer put off because this process does not register its run's workflow version (as the executor reports its jobs). */
   onDeferred?(info: { workflow: string; version: number | undefined }): void;
 }): Record<string, JobHandler> {
@@ -219,12 +226,27 @@ export function jobHandlersFor(deps: {
         // Fired before the approval step committed the request it was scheduled by (the step schedules
         // it first; its deadline counts from the policy's read at the job's start): put off while the
         // step may still commit, doubling from 1 s to 10 s, SLA_NO_REQUEST_DEFERRALS times (about 75 s).
-        // Spent, the run would wait with no timer until a sweep re-created it. Past the bound the step's
-        // attempt has rolled back (its commit waits at most DATABASE_STATEMENT_TIMEOUT, 30 s by default;
-        // under a longer one a step still waiting leaves the run to the sweeper): its retry schedules the
-        // timer again (a spent one is replaced).
-        if (job.attemptsStarted > SLA_NO_REQUEST_DEFERRALS) return { outcome: 'no_request' };
-        await job.moveToDelayed(Date.now() + deferDelayMs(job.attemptsStarted), job.token);
+        // Counted in the job's data, by these deferrals only: BullMQ's attemptsStarted also counts an
+        // attempt that threw and a stalled job restarted after its worker died, and a timer that had
+        // crashed a few times gave up early. Past the bound the step's attempt has rolled back (its
+        // commit waits at most DATABASE_STATEMENT_TIMEOUT, 30 s by default): its retry schedules the
+        // timer again (a spent one is replaced). One whose request commits later still (a longer
+        // statement timeout) leaves the run waiting with a spent timer: the sweeper's waiting pass
+        // re-creates it (a timer that ended counts as gone), and a deadline already past expires the run
+        // at once — late by at most a sweep, never a silent hang: the give-up is logged and counted.
+        const bound = deps.noRequestDeferrals ?? SLA_NO_REQUEST_DEFERRALS;
+        const deferrals = data.no_request_deferrals ?? 0;
+        if (deferrals >= bound) {
+          deps.onNoRequestSpent?.();
+          deps.logger?.warn(
+            { job_id: job.id, run_id: data.run_id, tenant_id: data.tenant_id, no_request_deferrals: deferrals },
+            "SLA timer spent: its run still had no approval request after SLA_NO_REQUEST_DEFERRALS deferrals; the approval step's retry schedules it again, or the sweeper re-creates it once the run waits",
+          );
+          return { outcome: 'no_request' };
+        }
+        // The count first: a move that then fails (the lock lost) counts one deferral too many, never one too few.
+        await job.updateData({ ...data, no_request_deferrals: deferrals + 1 });
+        await job.moveToDelayed(Date.now() + deferDelayMs(deferrals + 1), job.token);
         throw new DelayedError();
       }
       if (found.outcome === 'not_due') {

@@ -1,10 +1,7 @@
 import { afterAll, beforeAll, expect, it } from 'vitest';
-import { randomUUID } from 'node:crypto';
-import pg from 'pg';
-import { api, newTenant, SAMPLE_SUBMISSION, startStack, type TestStack } from '../helpers/stack.ts';
+import { api, startStack, type TestStack } from '../helpers/stack.ts';
 import { waitFor } from '../helpers/poll.ts';
-import { setPolicy } from '../helpers/policy.ts';
-import { backendPid, blockedBy } from '../helpers/lock-graph.ts';
+import { submitWithRequestHeld } from '../helpers/held-request.ts';
 
 /**
  * The approval step schedules the SLA timer before its transaction commits (approval-packet.step.ts),
@@ -22,22 +19,8 @@ beforeAll(async () => {
 afterAll(async () => stack?.stop());
 
 it('a timer that fires before the approval step commits its request is put off, not spent: the run still expires at its SLA, with no sweep', { timeout: 200_000 }, async () => {
-  const tenant = newTenant();
-  const policy = { class_a_max_cost: 50000, class_a_max_payback_months: 6, class_c_min_cost: 250000, class_c_min_payback_months: 24, sla_b_seconds: 1, sla_c_seconds: 1 };
-  expect((await setPolicy(stack, tenant, policy)).status).toBe(200); // shorter SLAs only: a tightening, applied at once
-  const submitter = await stack.token({ tenantId: tenant, sub: 'submitter-1' });
-  // The request's insert travels with step 3's checkpoint and commit, after the timer is scheduled: held
-  // back by a SHARE lock on approval_requests (inserts wait; the timer's locking read of the request does not).
-  const holder = new pg.Client({ connectionString: stack.env.MIGRATION_DATABASE_URL! });
-  await holder.connect();
+  const { runId, submitter, holder } = await submitWithRequestHeld(stack, DEADLINE);
   try {
-    await holder.query('begin');
-    await holder.query('lock table approval_requests in share mode');
-    const holderPid = await backendPid((sql, params) => holder.query(sql, params));
-    const res = await api(stack, 'POST', '/api/v1/golden-path/run', { token: submitter, body: SAMPLE_SUBMISSION, headers: { 'Idempotency-Key': randomUUID() } });
-    expect(res.status, res.text).toBe(202);
-    const runId = res.json.run_id as string;
-    await blockedBy((sql, params) => holder.query(sql, params), holderPid, "step 3's commit to wait for the lock", DEADLINE);
     // Its timer, due one second after the policy read, fires meanwhile and meets no request.
     const queue = stack.container.queues.get('timers')!;
     await waitFor(

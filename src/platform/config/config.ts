@@ -172,6 +172,11 @@ export const configSchema = z
     // worker serves apart from the run queues (ADR 0015): a timer that comes due waits only behind other
     // timers, never behind a run backlog. Each holds a connection for one short transaction.
     WORKER_TIMER_CONCURRENCY: z.coerce.number().int().min(1).max(100).default(4),
+    // How many times an SLA timer that fires before its approval step committed the request (expire's
+    // no_request) is put off (1 s doubling to 10 s) before it is spent (ADR 0015, amendment): 10 covers
+    // about 75 s, past DATABASE_STATEMENT_TIMEOUT's 30 s default; raise it with a longer statement timeout.
+    // A spent timer is re-created by the sweeper once the run waits (dealix_sla_timers_spent_total).
+    SLA_NO_REQUEST_DEFERRALS: z.coerce.number().int().min(1).max(1000).default(10),
     // The workflow queues a worker process serves (comma-separated); unset: every one. Lets a dyno type
     // serve one queue (WORKER_QUEUES=partner-offboarding) and be scaled apart; the timers, maintenance and
     // webhooks queues are always served (worker-runtime.ts).

@@ -20,6 +20,7 @@ export interface Metrics {
   activeRuns: Gauge<'workflow' | 'version' | 'registered'>;
   /** Run jobs a worker put off because it does not register their run's workflow version (ADR 0008). */
   deferredJobs: Counter<'workflow' | 'version'>;
+  slaTimersSpent: Counter;
   /** Run jobs a worker parked because their tenant had WORKER_MAX_ACTIVE_RUNS_PER_TENANT run jobs executing (ADR 0012). */
   parkedJobs: Counter<'workflow'>;
   /** Failed runs an API client retried (POST …/runs/:id/retry, ADR 0009), counted once the retry committed. */
@@ -113,6 +114,11 @@ export function createMetrics(): Metrics {
       name: 'dealix_run_jobs_deferred_total',
       help: 'Run jobs this worker put off because it does not register their run\'s workflow version',
       labelNames: ['workflow', 'version'],
+      registers: [registry],
+    }),
+    slaTimersSpent: new Counter({
+      name: 'dealix_sla_timers_spent_total',
+      help: 'SLA timers this worker spent after SLA_NO_REQUEST_DEFERRALS deferrals with their run still lacking its approval request (the sweeper re-creates one once the run waits)',
       registers: [registry],
     }),
     parkedJobs: new Counter({
