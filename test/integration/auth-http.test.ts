@@ -28,6 +28,7 @@ async function signed(payload: Record<string, unknown>, o: { exp?: number; aud?:
   return new SignJWT(payload)
     .setProtectedHeader({ alg: 'HS256', typ: 'JWT' })
     .setSubject('user-1')
+    .setIssuedAt()
     .setIssuer(stack.config.JWT_ISSUER)
     .setAudience(o.aud ?? stack.config.JWT_AUDIENCE)
     .setExpirationTime(o.exp ?? now() + 600)

@@ -332,6 +332,20 @@ describe('the first request and its replays', () => {
     expect(await counts(who.tenant)).toEqual({ keys: 1, runs: 1 });
   });
 
+  it('the same key with a query string: refused 400 before the key is looked at (a mutating route takes no query parameter), never a replay of the first response; a query that says nothing is the same request', async () => {
+    for (const query of ['?x=1', '?currency=USD', '?__proto__=1', '?constructor=1', '?toString=1', '?x[a]=1', '?x[]=1', '?=1', '?%00=1', '?a', '?&a=', '?;x=1']) {
+      const res = await api(stack, 'POST', `${RUN}${query}`, { token: who.token, headers: { 'Idempotency-Key': key }, body: SAMPLE_SUBMISSION });
+      expect(res.headers.get('idempotent-replayed'), query).toBeNull();
+      expectProblem(res, 400, 'validation_failed');
+    }
+    for (const query of ['?', '?&', '?&&']) {
+      const res = await api(stack, 'POST', `${RUN}${query}`, { token: who.token, headers: { 'Idempotency-Key': key }, body: SAMPLE_SUBMISSION });
+      expect(res.status, `${query}: ${res.text}`).toBe(202);
+      expect(res.headers.get('idempotent-replayed')).toBe('true');
+    }
+    expect(await counts(who.tenant)).toEqual({ keys: 1, runs: 1 });
+  });
+
   it('answers 422 for the same key on another route', async () => {
     // The same principal, with the role the decision route demands at authentication.
     const asApprover = await stack.token({ tenantId: who.tenant, sub: who.sub, roles: ['approver'] });

@@ -86,25 +86,19 @@ describe('token revocation', () => {
     expect((await api(stack, 'GET', RUNS, { token: other })).status).toBe(200);
   });
 
-  it('a tenant-wide not-before refuses the tenant\'s tokens issued before it (and one without iat), not newer ones nor other tenants\'', async () => {
+  it('a tenant-wide not-before refuses the tenant\'s tokens issued before it, not newer ones nor other tenants\'', async () => {
+    // A token without iat is refused by any not-before (unit test token-revocations), but reaches none:
+    // JWT_MAX_TOKEN_LIFETIME, on by default, refuses it first (below).
     const tenant = newTenant();
     const elsewhere = newTenant();
     const older = await token(tenant, 'bob', nowSeconds() - 120);
     const newer = await token(tenant, 'bob');
     const otherTenant = await token(elsewhere, 'bob', nowSeconds() - 120);
-    const withoutIat = await new SignJWT({ tenant_id: tenant, roles: [] })
-      .setProtectedHeader({ alg: 'HS256', typ: 'JWT' })
-      .setSubject('carol')
-      .setIssuer(stack.config.JWT_ISSUER)
-      .setAudience(stack.config.JWT_AUDIENCE)
-      .setExpirationTime(nowSeconds() + 600)
-      .sign(new TextEncoder().encode(TEST_JWT_SECRET));
-    for (const jwt of [older, newer, otherTenant, withoutIat]) expect(await statusOn(stack.baseUrl, jwt)).toBe(200);
+    for (const jwt of [older, newer, otherTenant]) expect(await statusOn(stack.baseUrl, jwt)).toBe(200);
 
     await revoke({ tenantId: tenant, issuedBefore: new Date(Date.now() - 60_000) });
     await refusedOn(stack.baseUrl, older, 'the older token refused');
     expectRevokedProblem(await api(stack, 'GET', RUNS, { token: older }));
-    expectRevokedProblem(await api(stack, 'GET', RUNS, { token: withoutIat }));
     expect(await statusOn(stack.baseUrl, newer)).toBe(200);
     expect(await statusOn(stack.baseUrl, otherTenant)).toBe(200);
   });
@@ -137,7 +131,9 @@ describe('token revocation', () => {
     const aheadOfClock = await token(tenant, 'gina', Math.ceil(notBefore) - 2);
     const afterward = await token(tenant, 'gina', Math.ceil(notBefore) + 1);
     await refusedOn(stack.baseUrl, aheadOfClock, 'a token stamped ahead of the clock, issued before the revocation, refused');
-    expect(await statusOn(stack.baseUrl, afterward)).toBe(200);
+    // Its iat is 1 s past now plus the tolerance: refused as issued in the future (JWT_MAX_TOKEN_LIFETIME's
+    // check) until the clock reaches it, then accepted, the not-before notwithstanding.
+    await waitFor(async () => (await statusOn(stack.baseUrl, afterward)) === 200, { timeoutMs: 15_000, what: 'the token issued after the revocation accepted' });
   });
 
   it("an operator's tokens are revoked the same way: the dashboard refuses them as a bearer and ends the session one started", async () => {
@@ -307,6 +303,66 @@ describe('token revocation', () => {
     expect(pruned.code, pruned.err).toBe(0);
     const { rows } = await stack.db.admin(`select jti from token_revocations where tenant_id = $1 order by jti`, [tenant]);
     expect(rows).toEqual([{ jti: 'j-just-expired' }]);
+  });
+
+  it('a not-before row is pruned once every token it could refuse is past JWT_MAX_TOKEN_LIFETIME (plus the clock tolerance and REVOKED_ID_KEPT_AFTER_EXPIRY); newer ones, and all of them with the limit off, stay', { timeout: 60_000 }, async () => {
+    const tenant = newTenant();
+    const dbNow = ((await stack.db.admin(`select now() as now`)).rows[0] as { now: Date }).now.getTime();
+    const toleranceMs = Math.ceil(stack.config.JWT_CLOCK_TOLERANCE / 1000) * 1000;
+    const margin = 3_600_000 + toleranceMs + 300_000; // JWT_MAX_TOKEN_LIFETIME=1h below, plus the tolerance and the 5 minutes
+    const store = (subject: string | undefined, ageMs: number) =>
+      revokeTokens({ ownerUrl: stack.db.ownerUrl, prefix: stack.prefix }, { tenantId: tenant, ...(subject ? { subject } : {}), issuedBefore: new Date(dbNow - ageMs), revokedBy: 'test-operator' });
+    await store(undefined, margin + 3_600_000);
+    await store('old-leaver', margin + 3_600_000);
+    await store(undefined, margin - 120_000); // a token issued just before it may still verify on a host whose clock lags
+    await store('recent-leaver', 600_000);
+    const left = async () =>
+      (await stack.db.admin(`select coalesce(subject, '*') || ' ' || (extract(epoch from $2::timestamptz - not_before) > 7200)::text as r from token_revocations where tenant_id = $1 order by 1`, [tenant, new Date(dbNow)])).rows.map(
+        (r: { r: string }) => r.r,
+      );
+    const all = ['* false', '* true', 'old-leaver true', 'recent-leaver false'];
+    expect(await left()).toEqual(all);
+
+    // The limit off: no token's age is bounded (one without iat is accepted), so no not-before can go.
+    const off = await tokenCli(['prune-revocations'], { JWT_MAX_TOKEN_LIFETIME: '0' });
+    expect(off.code, off.err).toBe(0);
+    expect(await left()).toEqual(all);
+    // Nor may the owner delete one without declaring the token age the API enforces (the prune policy), tenant unbound.
+    const owner = new pg.Client({ connectionString: stack.db.ownerUrl });
+    await owner.connect();
+    try {
+      expect((await owner.query(`delete from token_revocations where not_before is not null`)).rowCount).toBe(0);
+    } finally {
+      await owner.end();
+    }
+    expect(await left()).toEqual(all);
+
+    const pruned = await tokenCli(['prune-revocations'], { JWT_MAX_TOKEN_LIFETIME: '1h' });
+    expect(pruned.code, pruned.err).toBe(0);
+    expect(pruned.out).toMatch(/pruned 2 /);
+    expect(await left()).toEqual(['* false', 'recent-leaver false']);
+  });
+
+  it('JWT_MAX_TOKEN_LIFETIME (24 h by default): a token issued longer ago, or without iat, is refused with 401, whatever its exp', async () => {
+    const tenant = newTenant();
+    const old = await signDevToken(stack.config, { tenantId: tenant, sub: 'ivan', issuedAt: nowSeconds() - 25 * 3600, ttlSeconds: 600 });
+    const fresh = await signDevToken(stack.config, { tenantId: tenant, sub: 'ivan', issuedAt: nowSeconds() - 23 * 3600, ttlSeconds: 600 });
+    const withoutIat = await new SignJWT({ tenant_id: tenant, roles: [] })
+      .setProtectedHeader({ alg: 'HS256', typ: 'JWT' })
+      .setSubject('ivan')
+      .setIssuer(stack.config.JWT_ISSUER)
+      .setAudience(stack.config.JWT_AUDIENCE)
+      .setExpirationTime(nowSeconds() + 600)
+      .sign(new TextEncoder().encode(TEST_JWT_SECRET));
+    expect((await api(stack, 'GET', RUNS, { token: fresh })).status).toBe(200);
+    for (const [jwt, detail] of [
+      [old, 'The token was issued longer ago than JWT_MAX_TOKEN_LIFETIME allows.'],
+      [withoutIat, "The token lacks an iat claim, which is required (JWT_MAX_TOKEN_LIFETIME)."],
+    ] as const) {
+      const res = await api(stack, 'GET', RUNS, { token: jwt });
+      expect(res.status, res.text).toBe(401);
+      expect(res.json).toMatchObject({ code: 'unauthorized', detail });
+    }
   });
 
   it('npm run token -- revoke with an empty --sub or --jti (an unset shell variable) is refused with exit 2 and stores nothing: it would revoke no token while reporting success', { timeout: 60_000 }, async () => {

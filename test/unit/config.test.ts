@@ -66,6 +66,13 @@ describe('configuration', () => {
     }
   });
 
+  it('JWT_MAX_TOKEN_LIFETIME: 24h by default, 0 (no limit) or 1m to 366d, anything else refused at start naming it', () => {
+    expect(parseConfig({ JWT_SECRET: SECRET }).JWT_MAX_TOKEN_LIFETIME).toBe(86_400_000);
+    expect(parseConfig({ JWT_SECRET: SECRET, JWT_MAX_TOKEN_LIFETIME: '0' }).JWT_MAX_TOKEN_LIFETIME).toBe(0);
+    expect(parseConfig({ JWT_SECRET: SECRET, JWT_MAX_TOKEN_LIFETIME: '1h' }).JWT_MAX_TOKEN_LIFETIME).toBe(3_600_000);
+    for (const bad of ['30s', '367d', 'soon']) expect(() => parseConfig({ JWT_SECRET: SECRET, JWT_MAX_TOKEN_LIFETIME: bad }), bad).toThrow(/JWT_MAX_TOKEN_LIFETIME/);
+  });
+
   it('parses durations, numbers and lists from strings', () => {
     const c = parseConfig({ JWT_SECRET: SECRET, PORT: '8080', WORKER_LOCK_DURATION: '750ms', APPROVAL_SLA_B: '2h', JWT_ALGORITHMS: 'HS256, RS256' });
     expect([c.PORT, c.WORKER_LOCK_DURATION, c.APPROVAL_SLA_B, c.JWT_ALGORITHMS]).toEqual([8080, 750, 7_200_000, ['HS256', 'RS256']]);

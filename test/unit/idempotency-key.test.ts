@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import fc from 'fast-check';
 import { AppError } from '../../src/platform/errors/app-error.ts';
-import { parseIdempotencyKey, requestFingerprint, submissionHash } from '../../src/platform/idempotency/idempotency.service.ts';
+import { fingerprintedParts, parseIdempotencyKey, requestFingerprint, submissionHash } from '../../src/platform/idempotency/idempotency.service.ts';
 
 function rejection(raw: string): AppError {
   try {
@@ -120,6 +120,19 @@ describe('requestFingerprint', () => {
         expect(requestFingerprint('POST', route, reversed)).toBe(requestFingerprint('POST', route, obj));
       }),
     );
+  });
+
+  it('covers the validated query (in any parameter order), and leaves an empty one out: a key stored before the query was covered still matches its faithful retry', () => {
+    const cancel = '/api/v1/runs/:id/cancel';
+    const params = { id: '3f2504e0-4f89-41d3-9a0c-0305e82c3301' };
+    const body = { reason: 'x' };
+    // Computed by the release before the query was covered, for a request without one (every stored key's).
+    expect(requestFingerprint('POST', cancel, fingerprintedParts(params, {}, body))).toBe('3d596d3019db100ad7ad6e7486f890ca16fe539fb76bdcdf3f89308ad17f46d2');
+    expect(requestFingerprint('POST', cancel, fingerprintedParts(params, undefined, body))).toBe('3d596d3019db100ad7ad6e7486f890ca16fe539fb76bdcdf3f89308ad17f46d2');
+    const one = requestFingerprint('POST', cancel, fingerprintedParts(params, { mode: 'soft', notify: 'true' }, body));
+    expect(one).not.toBe('3d596d3019db100ad7ad6e7486f890ca16fe539fb76bdcdf3f89308ad17f46d2');
+    expect(requestFingerprint('POST', cancel, fingerprintedParts(params, { notify: 'true', mode: 'soft' }, body))).toBe(one);
+    expect(requestFingerprint('POST', cancel, fingerprintedParts(params, { mode: 'hard', notify: 'true' }, body))).not.toBe(one);
   });
 
   it('treats the method case-insensitively and an absent body as null', () => {

@@ -145,6 +145,14 @@ export const configSchema = z
     // At least one the key source verifies (JWKS_ALGORITHMS with JWT_JWKS_URL, else SECRET_ALGORITHMS), or start-up stops.
     JWT_ALGORITHMS: csv('').pipe(z.array(z.enum([...SECRET_ALGORITHMS, ...JWKS_ALGORITHMS]))),
     JWT_CLOCK_TOLERANCE: duration('5s'),
+    // The longest a token is accepted after its `iat` (ADR 0018), whatever its `exp`; a token without `iat`
+    // is refused. It bounds how long a not-before revocation can refuse anything, so the prune can drop
+    // one that long (plus the tolerance and REVOKED_ID_KEPT_AFTER_EXPIRY) after its time. 0: no limit
+    // (a token without iat is accepted, and not-before revocations are kept for ever).
+    JWT_MAX_TOKEN_LIFETIME: duration('24h', { offOrAtLeastMs: 60_000, off: 'no limit: not-before revocations are never pruned' }).refine(
+      (ms) => ms <= 366 * 86_400_000,
+      'at most 366d (a token issued before a not-before revocation may be accepted up to that long after it, once the row is pruned)',
+    ),
     // How long a verified token is answered from memory (ADR 0006): at most 60 s, so a key removed
     // from the JWKS stops a token already seen within this much after the JWKS cache's own refresh.
     JWT_VERIFIED_TOKEN_TTL: duration('60s').refine((ms) => ms <= 60_000, 'at most 60s (ADR 0006)'),

@@ -8,6 +8,7 @@ import { tagMiddleware } from '../tenancy/auth.middleware.ts';
 import {
   IDEMPOTENCY_HEADER,
   REPLAYED_HEADER,
+  fingerprintedParts,
   parseIdempotencyKey,
   requestFingerprint,
   submissionHash,
@@ -64,9 +65,10 @@ export function idempotencyMiddleware(service: IdempotencyService, route: { meth
       const method = req.method.toUpperCase();
       // The route template, not the concrete URL, plus the concrete params inside the fingerprint.
       const routeId = `${method} ${route.path}`;
-      // Params and body as validated: a UUID in lower case (the same run in either case is one request),
-      // and a route without a body has none (an empty JSON object sent to it is no body).
-      const fingerprint = requestFingerprint(method, route.path, { params: res.locals.params ?? req.params, body: res.locals.body ?? null });
+      // Params, query and body as validated: a UUID in lower case (the same run in either case is one
+      // request), and a route without a body has none (an empty JSON object sent to it is no body).
+      const parts = fingerprintedParts(res.locals.params ?? req.params, res.locals.query as Record<string, unknown> | undefined, res.locals.body);
+      const fingerprint = requestFingerprint(method, route.path, parts);
       const input: ClaimInput = { tenantId: principal.tenantId, principal: principal.sub, key, method, route: routeId, fingerprint };
       const pending = service.claimPrelude(em, input);
       res.locals.idempotency = { pending, input, hash: pending.hash } satisfies IdempotencyState;

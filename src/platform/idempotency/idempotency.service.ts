@@ -125,6 +125,18 @@ function badKey(why: string): ValidationError {
   return new ValidationError(`The ${IDEMPOTENCY_HEADER} header ${why}.`, [{ path: IDEMPOTENCY_HEADER, message: why }]);
 }
 
+/**
+ * What a keyed request's fingerprint covers besides its method and route (docs/api.md): its validated
+ * path parameters, query and body. An empty query is left out, so a request without one fingerprints
+ * exactly as before the query was covered: every key stored until then was for a request without one
+ * (a mutating route takes no query parameter: one sent is refused, 400, before the key is looked at), so
+ * its faithful retry still matches — no fingerprint version needed. A route that declares a query
+ * parameter has it in its fingerprint, in any order (RFC 8785 sorts the keys).
+ */
+export function fingerprintedParts(params: unknown, query: Record<string, unknown> | undefined, body: unknown): Record<string, unknown> {
+  return { params, body: body ?? null, ...(query && Object.keys(query).length > 0 ? { query } : {}) };
+}
+
 /** SHA-256 over the canonical form of method + route + JSON body: key order and whitespace do not matter. */
 export function requestFingerprint(method: string, route: string, body: unknown): string {
   return sha256Hex(canonicalJson({ method: method.toUpperCase(), route, body: body ?? null }));

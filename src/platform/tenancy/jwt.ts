@@ -88,6 +88,7 @@ export function createTokenVerifier(
     return principal;
   };
   const algorithms = [...config.JWT_ALGORITHMS];
+  const maxTokenAge = Math.ceil(config.JWT_MAX_TOKEN_LIFETIME / 1000);
   let key: Uint8Array | JWTVerifyGetKey;
   if (jwks) key = createLocalJWKSet(jwks);
   else if (config.JWT_JWKS_URL) key = keysFromIdentityProvider(new URL(config.JWT_JWKS_URL), config, log);
@@ -99,6 +100,8 @@ export function createTokenVerifier(
     audience: config.JWT_AUDIENCE,
     clockTolerance: Math.round(config.JWT_CLOCK_TOLERANCE / 1000),
     requiredClaims: ['exp', 'sub'],
+    // JWT_MAX_TOKEN_LIFETIME (ADR 0018): iat required, and no older than this (plus the tolerance).
+    ...(maxTokenAge > 0 ? { maxTokenAge } : {}),
   };
   return {
     async verify(token: string): Promise<Principal> {
@@ -128,7 +131,9 @@ export function createTokenVerifier(
         ...(typeof iat === 'number' ? { iat } : {}),
       };
       if (verified.size >= VERIFIED_TOKEN_MAX) verified.delete(verified.keys().next().value!);
-      verified.set(spelling, { principal, claims: revocable, untilMs: Math.min(exp * 1000, Date.now() + config.JWT_VERIFIED_TOKEN_TTL) });
+      // Never past the token's age limit either: a not-before revocation pruned after it must not find it still remembered.
+      const ageLimitMs = maxTokenAge > 0 && typeof iat === 'number' ? (iat + maxTokenAge + options.clockTolerance) * 1000 : Number.POSITIVE_INFINITY;
+      verified.set(spelling, { principal, claims: revocable, untilMs: Math.min(exp * 1000, ageLimitMs, Date.now() + config.JWT_VERIFIED_TOKEN_TTL) });
       return checked(principal, revocable);
     },
   };
@@ -298,7 +303,8 @@ function lacksClaim(error: z.ZodError): UnauthorizedError {
 }
 
 function describeJoseError(e: unknown): string {
-  if (e instanceof errors.JWTExpired) return 'The token has expired.';
+  if (e instanceof errors.JWTExpired) return e.claim === 'iat' ? 'The token was issued longer ago than JWT_MAX_TOKEN_LIFETIME allows.' : 'The token has expired.';
+  if (e instanceof errors.JWTClaimValidationFailed && e.claim === 'iat' && e.reason === 'missing') return 'The token lacks an iat claim, which is required (JWT_MAX_TOKEN_LIFETIME).';
   if (e instanceof errors.JWTClaimValidationFailed) return `The token's ${e.claim} claim is not acceptable.`;
   if (e instanceof errors.JOSEAlgNotAllowed) return 'The token is signed with an algorithm that is not allowed.';
   if (e instanceof errors.JWSSignatureVerificationFailed) return 'The token signature is invalid.';

@@ -46,7 +46,7 @@ export async function revocationCommand(argv: string[]): Promise<number> {
   const config = loadConfig();
   try {
     if (command.kind === 'prune') {
-      const pruned = await pruneRevocations(config.MIGRATION_DATABASE_URL);
+      const pruned = await pruneRevocations(config.MIGRATION_DATABASE_URL, { maxTokenLifetimeMs: config.JWT_MAX_TOKEN_LIFETIME, clockToleranceMs: config.JWT_CLOCK_TOLERANCE });
       console.log(`pruned ${pruned} revocation(s) of expired tokens`);
       return 0;
     }

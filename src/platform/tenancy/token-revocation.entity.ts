@@ -47,7 +47,14 @@ export const TokenRevocationRow = defineEntity({
     // Every API process loads every tenant's revocations, as the NOLOGIN system role (its column grants).
     { name: 'token_revocations_system_read', command: 'select', roles: [SYSTEM_ROLE], using: 'true' },
     // Pruning (`npm run token -- prune-revocations`, as the owner, a member of the system role): only rows
-    // past their expiry. The system role is granted no DELETE, so the application cannot remove any row.
-    { name: 'token_revocations_system_prune', command: 'delete', roles: [SYSTEM_ROLE], using: 'expires_at < now()' },
+    // past their expiry, and not-before rows older than the token age the prune declares in
+    // app.token_max_age (JWT_MAX_TOKEN_LIFETIME plus the tolerance; unset: none). The system role is
+    // granted no DELETE, so the application cannot remove any row.
+    {
+      name: 'token_revocations_system_prune',
+      command: 'delete',
+      roles: [SYSTEM_ROLE],
+      using: "expires_at < now() or not_before < now() - nullif(current_setting('app.token_max_age', true), '')::interval",
+    },
   ],
 });

@@ -440,15 +440,43 @@ export async function liftRevocation(
   return { revocation: lifted, ...(await announce(target, { lifted: { tenantId, id: lifted.id } })) };
 }
 
-/** Deletes the token-id revocations whose token has expired (their `expires_at` passed by REVOKED_ID_KEPT_AFTER_EXPIRY), as the owner role. */
-export async function pruneRevocations(ownerUrl: string): Promise<number> {
+/**
+ * The setting a prune binds (in its transaction) to the age past which the API refuses every token
+ * (JWT_MAX_TOKEN_LIFETIME plus the clock tolerance): the prune policy admits a not-before row only past
+ * it, and none while it is unset.
+ */
+export const TOKEN_MAX_AGE_SETTING = 'app.token_max_age';
+
+/**
+ * Deletes, as the owner role, the revocations that can no longer refuse a token:
+ * - a token id whose token has expired (`expires_at` passed by REVOKED_ID_KEPT_AFTER_EXPIRY);
+ * - a not-before (lifted or not) older than `maxTokenLifetimeMs` plus `clockToleranceMs` plus
+ *   REVOKED_ID_KEPT_AFTER_EXPIRY: every token it refuses was issued before it, and the verifier refuses
+ *   a token that much after its `iat` anyway (JWT_MAX_TOKEN_LIFETIME; the margin is for an API host
+ *   whose clock runs behind the database's). With no limit (0) no not-before is deleted.
+ * A not-before superseded by a later one is not deleted: lifting the later one would revive the tokens
+ * only the earlier one refused (and the API holds one not-before per tenant or subject, the latest, anyway).
+ */
+export async function pruneRevocations(ownerUrl: string, limits: { maxTokenLifetimeMs: number; clockToleranceMs: number }): Promise<number> {
   const client = new pg.Client(pgClientConfig(ownerUrl));
   await client.connect();
   try {
-    // The system role's prune policy (the owner is a member of it) admits only rows past their expiry;
-    // a row is kept as long as the loader still reads it (REVOKED_ID_KEPT_AFTER_EXPIRY).
-    const { rowCount } = await client.query(`delete from token_revocations where expires_at < now() - interval '${REVOKED_ID_KEPT_AFTER_EXPIRY}'`);
+    await client.query('begin');
+    // The system role's prune policy (the owner is a member of it) admits only rows past their expiry,
+    // and not-before rows past the token age bound here; a row is kept as long as the loader reads it.
+    const maxAgeSeconds = limits.maxTokenLifetimeMs > 0 ? Math.ceil(limits.maxTokenLifetimeMs / 1000) + Math.ceil(limits.clockToleranceMs / 1000) : null;
+    if (maxAgeSeconds !== null) await client.query(`select set_config('${TOKEN_MAX_AGE_SETTING}', $1, true)`, [`${maxAgeSeconds} seconds`]);
+    const { rowCount } = await client.query(
+      `delete from token_revocations
+        where expires_at < now() - interval '${REVOKED_ID_KEPT_AFTER_EXPIRY}'
+           or not_before < now() - $1::float8 * interval '1 second' - interval '${REVOKED_ID_KEPT_AFTER_EXPIRY}'`,
+      [maxAgeSeconds],
+    );
+    await client.query('commit');
     return rowCount ?? 0;
+  } catch (e) {
+    await client.query('rollback').catch(() => {});
+    throw e;
   } finally {
     await client.end();
   }
