@@ -1,5 +1,5 @@
 import { defineEntity, p, type InferEntity } from '@mikro-orm/core';
-import { SYSTEM_ROLE, tenantIdProperty, tenantIsolationPolicy } from '../db/tenant-owned.ts';
+import { retentionClockTrigger, SYSTEM_ROLE, tenantIdProperty, tenantIsolationPolicy } from '../db/tenant-owned.ts';
 import { PAST_RETENTION_FLOOR_SQL, RUN_RETENTION_FLOOR_MS } from '../config/run-retention-floor.ts';
 
 export { RUN_RETENTION_FLOOR_MS };
@@ -172,6 +172,9 @@ export const DurableRun = defineEntity({
         "raise exception 'run % failed: a retry raises retry_count by one and appends the failure it clears to retry_history, and writes no output', old.id using errcode = 'insufficient_privilege'; end if; " +
         "raise exception 'run % has ended (%): an ended run is never updated, but a failed one retried', old.id, old.status using errcode = 'insufficient_privilege';",
     },
+    // The floor of durable_runs_system_retention reads updated_at: the database's time of the run's last
+    // move, which the application role cannot backdate (ADR 0011, amendment "The floor's clock is the database's").
+    retentionClockTrigger(),
   ],
 });
 export type IDurableRun = InferEntity<typeof DurableRun>;

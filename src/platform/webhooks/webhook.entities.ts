@@ -1,5 +1,5 @@
 import { defineEntity, p } from '@mikro-orm/core';
-import { SYSTEM_ROLE, tenantIdProperty, tenantIsolationPolicy } from '../db/tenant-owned.ts';
+import { retentionClockTrigger, SYSTEM_ROLE, tenantIdProperty, tenantIsolationPolicy } from '../db/tenant-owned.ts';
 import { PAST_RETENTION_FLOOR_SQL } from '../config/run-retention-floor.ts';
 
 /** The events an endpoint may subscribe to (docs/api.md, *Webhooks*). */
@@ -151,4 +151,7 @@ export const WebhookDelivery = defineEntity({
     // delivery history the moment each delivery settles (ADR 0011, amendment "A floor under retention").
     { name: 'webhook_deliveries_system_retention', command: 'delete', roles: [SYSTEM_ROLE], using: `(${SETTLED_DELIVERY_SQL} AND ${PAST_RETENTION_FLOOR_SQL})` },
   ],
+  // That floor reads updated_at: the database's time of the delivery's last move (its settling), which the
+  // application role cannot backdate (ADR 0011, amendment "The floor's clock is the database's").
+  triggers: [retentionClockTrigger()],
 });
