@@ -634,7 +634,7 @@ describe('run retention', () => {
       expect(await del(`delete from webhook_deliveries where id = ?`, [pending])).toMatchObject({ affectedRows: 0 });
       expect(await del(`delete from webhook_deliveries where status = 'pending'`)).toMatchObject({ affectedRows: 0 });
       expect(await left([pending])).toEqual([pending]);
-      // A settled one, any age: the policy admits it (how old is the job's condition).
+      // A settled one past the floor (a day: retention-floor-timestamps.test.ts): the policy admits it (how much older is the job's condition).
       expect(await del(`delete from webhook_deliveries where id = ?`, [settled])).toMatchObject({ affectedRows: 1 });
       for (const column of ['payload', 'attempt_log', 'last_error', 'endpoint_id']) {
         expect(await sqlState(del(`delete from webhook_deliveries where id = ? returning ${column}`, [pending])), column).toBe('42501');

@@ -394,7 +394,8 @@ export const configSchema = z
       // A keyed submission's replay names its run for IDEMPOTENCY_TTL: the run must still be there to read.
       ctx.addIssue({ code: 'custom', path: ['RUN_RETENTION'], message: `must be 0 (keep runs forever) or at least IDEMPOTENCY_TTL (${c.IDEMPOTENCY_TTL} ms): a replayed submission names its run as long as its key is kept` });
     } else if (c.RUN_RETENTION > 0 && c.RUN_RETENTION < RUN_RETENTION_FLOOR_MS) {
-      // The database keeps every ended run a day whatever the setting (ADR 0011, amendment "A floor under retention").
+      // The database keeps every ended run, and every settled webhook delivery (RUN_RETENTION is theirs too), a day
+      // whatever the setting (ADR 0011, amendments "A floor under retention" and "The floor's clock is the database's").
       ctx.addIssue({ code: 'custom', path: ['RUN_RETENTION'], message: 'must be 0 (keep runs forever) or at least 24h: the database keeps every ended run that long (ADR 0011; releases before the floor accepted down to IDEMPOTENCY_TTL)' });
     }
     if (Boolean(c.OPERATOR_USER) !== Boolean(c.OPERATOR_PASSWORD)) {

@@ -188,8 +188,9 @@ export function appTableGrant(table: string): TableGrant {
 
 /**
  * Tables the system role deletes from: run retention (ADR 0011, limited by the policy
- * durable_runs_system_retention to ended runs), key expiry, and webhook delivery retention (limited by
- * webhook_deliveries_system_retention to settled ones). It reads SYSTEM_READS' columns and nothing else:
+ * durable_runs_system_retention to runs ended a day ago at least), key expiry, and webhook delivery
+ * retention (limited by webhook_deliveries_system_retention to deliveries settled a day ago at least; the
+ * trigger updated_at_not_backdated keeps that age the database's, tenant-owned.ts). It reads SYSTEM_READS' columns and nothing else:
  * its policies show it every tenant's rows, and the application role can SET ROLE to it.
  */
 export const SYSTEM_DELETES = ['durable_runs', 'idempotency_keys', 'webhook_deliveries'];

@@ -1,4 +1,4 @@
-import { p, type PolicyDef } from '@mikro-orm/core';
+import { p, type PolicyDef, type TriggerDef } from '@mikro-orm/core';
 
 /**
  * The tenant setting every policy reads. Written exactly as PostgreSQL prints it back from
@@ -54,6 +54,38 @@ export const TENANT_PREDICATE_SQL = `(tenant_id = ${CURRENT_TENANT_SQL})`;
 /** The isolation policy of a tenant-owned table: USING and WITH CHECK on tenant_id. */
 export function tenantIsolationPolicy(table: string): PolicyDef {
   return { name: `${table}_tenant_isolation`, command: 'all', using: TENANT_PREDICATE_SQL, check: TENANT_PREDICATE_SQL };
+}
+
+/** The trigger that keeps a retention floor's clock the database's: see retentionClockTrigger. */
+export const RETENTION_CLOCK_TRIGGER = 'updated_at_not_backdated';
+
+/**
+ * The `updated_at` a retention floor reads is the database's time of the row's last move, never a value
+ * its writer chose (ADR 0011, amendment "The floor's clock is the database's"). The system role's delete
+ * policies on `durable_runs` and `webhook_deliveries` admit a row only once `updated_at` is a day old
+ * (PAST_RETENTION_FLOOR_SQL), and the application role, which reaches that role, writes both tables: it
+ * could insert a run or delivery already ended with last week's `updated_at`, backdate one, or end a run
+ * waiting for days (settle a delivery pending for days) leaving its old `updated_at` as it was — then delete
+ * it at once, through the system role. Before insert or update, a row whose `updated_at` is earlier than
+ * the transaction's start (now()) gets now(), when it is inserted, or when the update writes `updated_at`
+ * or moves `status`: the code writes now() or a later time of the same transaction on every such write
+ * (statement_timestamp(), a decision's checked time), so this changes none of them; an update that does
+ * neither (a lease, a crash or read-timeout count, a delivery's note) leaves it as it was — the sweeper's
+ * age of a run. Only a superuser (repairs, tests' fixtures) writes another value. The WHEN keeps the
+ * function from being called at all on every write the code makes (`updated_at` at or after now()) but
+ * an update of an older row that does not move it.
+ */
+export function retentionClockTrigger(): TriggerDef {
+  return {
+    name: RETENTION_CLOCK_TRIGGER,
+    timing: 'before',
+    events: ['insert', 'update'],
+    when: '(new.updated_at < now())',
+    body:
+      "if tg_op = 'UPDATE' and new.updated_at is not distinct from old.updated_at and new.status is not distinct from old.status then return new; end if; " +
+      'if (select rolsuper from pg_catalog.pg_roles where rolname = current_user) then return new; end if; ' +
+      'new.updated_at := now(); return new;',
+  };
 }
 
 /** Property builder for the tenant column every tenant-owned entity carries. */

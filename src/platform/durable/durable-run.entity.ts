@@ -1,6 +1,6 @@
 import { defineEntity, p, type InferEntity } from '@mikro-orm/core';
-import { SYSTEM_ROLE, tenantIdProperty, tenantIsolationPolicy } from '../db/tenant-owned.ts';
-import { RUN_RETENTION_FLOOR_MS } from '../config/run-retention-floor.ts';
+import { retentionClockTrigger, SYSTEM_ROLE, tenantIdProperty, tenantIsolationPolicy } from '../db/tenant-owned.ts';
+import { PAST_RETENTION_FLOOR_SQL, RUN_RETENTION_FLOOR_MS } from '../config/run-retention-floor.ts';
 
 export { RUN_RETENTION_FLOOR_MS };
 
@@ -11,9 +11,6 @@ export const RUN_STATUSES = [...ACTIVE_RUN_STATUSES, ...TERMINAL_RUN_STATUSES] a
 export type RunStatus = (typeof RUN_STATUSES)[number];
 /** A run that has ended, as PostgreSQL prints the predicate back from pg_policies (so the schema diff is empty). */
 export const ENDED_RUN_SQL = `(status = ANY (ARRAY[${TERMINAL_RUN_STATUSES.map((s) => `'${s}'::text`).join(', ')}]))`;
-
-/** Ended longer ago than the floor, as PostgreSQL prints it back from pg_policies (so the schema diff is empty). */
-const PAST_RETENTION_FLOOR_SQL = `(updated_at < (now() - '${RUN_RETENTION_FLOOR_MS / 3_600_000}:00:00'::interval))`;
 
 /**
  * The retries a run's `retry_history` keeps: the newest this many, oldest first; its `retry_count`
@@ -183,6 +180,9 @@ export const DurableRun = defineEntity({
         "raise exception 'run % failed: a retry raises retry_count by one and appends the failure it clears to retry_history, and writes no output', old.id using errcode = 'insufficient_privilege'; end if; " +
         "raise exception 'run % has ended (%): an ended run is never updated, but a failed one retried', old.id, old.status using errcode = 'insufficient_privilege';",
     },
+    // The floor of durable_runs_system_retention reads updated_at: the database's time of the run's last
+    // move, which the application role cannot backdate (ADR 0011, amendment "The floor's clock is the database's").
+    retentionClockTrigger(),
   ],
 });
 export type IDurableRun = InferEntity<typeof DurableRun>;

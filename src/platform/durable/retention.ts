@@ -23,7 +23,8 @@ const ENDED = `{${TERMINAL_RUN_STATUSES.join(',')}}`;
  * own short transaction: a batch's row locks are held for one statement, never for the pass.
  *
  * The database bounds what this can do whatever it is asked: the role may delete only runs whose status
- * has ended (policy durable_runs_system_retention) and reach no other table, and the cascade to
+ * has ended a day ago at least (policy durable_runs_system_retention, by an `updated_at` the application
+ * role cannot backdate: the trigger updated_at_not_backdated) and reach no other table, and the cascade to
  * checkpoints is the foreign key's. The conditions are repeated outside the sub-select so that a row
  * that changed after the statement's snapshot (a failed run retried: pending again) is checked again
  * once its lock is had, and kept. Nothing `for update skip locked`: that needs UPDATE, which the role

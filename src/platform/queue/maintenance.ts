@@ -446,7 +446,7 @@ export function maintenanceHandlers(deps: {
       const asked = inForce.retentionMs ?? scheduledRetention(job?.data) ?? own;
       // Never under the floor (ADR 0011, amendment "A floor under retention"): config refuses a shorter
       // RUN_RETENTION and the recorded decision cannot hold one, but a scheduler or a job is Redis's data.
-      // The database refuses to delete a run that recent anyway; this keeps the deliveries too, and says so.
+      // The database refuses to delete a run or a delivery that recent anyway (both policies carry the floor); this says so.
       const retentionMs = Math.max(asked, RUN_RETENTION_FLOOR_MS);
       if (asked < RUN_RETENTION_FLOOR_MS) {
         deps.logger.warn({ scheduled_retention_ms: asked, retention_ms: retentionMs }, `run retention: the schedule asks for ${formatRetention(asked)}, under the floor: ${formatRetention(retentionMs)} applied (ADR 0011)`);

@@ -27,9 +27,10 @@ export interface DeliveryRetentionPass {
  * giving up), as the system role (`systemEm`, ADR 0011, 0013), in batches of `batchSize`, each its own
  * short transaction, like ended runs (durable/retention.ts).
  *
- * The database bounds it whatever it is asked: the role may delete only settled deliveries (policy
- * webhook_deliveries_system_retention), reads only their id, tenant, status, next attempt, resends and last
- * update, and reaches no endpoint. A pending delivery is never deleted, however old: it is an event
+ * The database bounds it whatever it is asked: the role may delete only deliveries settled a day ago at
+ * least (policy webhook_deliveries_system_retention, by an `updated_at` the application role cannot
+ * backdate: the trigger updated_at_not_backdated), reads only their id, tenant, status, next attempt,
+ * resends and last update, and reaches no endpoint. A pending delivery is never deleted, however old: it is an event
  * still owed to a receiver. A tenant one of whose endpoints is being deleted is passed over for the
  * batch (`deliveriesLockKey`): retention never waits for that delete, nor makes it wait but for a batch.
  */

@@ -1,5 +1,6 @@
 import { defineEntity, p } from '@mikro-orm/core';
-import { SYSTEM_ROLE, tenantIdProperty, tenantIsolationPolicy } from '../db/tenant-owned.ts';
+import { retentionClockTrigger, SYSTEM_ROLE, tenantIdProperty, tenantIsolationPolicy } from '../db/tenant-owned.ts';
+import { PAST_RETENTION_FLOOR_SQL } from '../config/run-retention-floor.ts';
 
 /** The events an endpoint may subscribe to (docs/api.md, *Webhooks*). */
 export const WEBHOOK_EVENT_TYPES = ['run.completed', 'run.failed', 'run.cancelled', 'run.rejected', 'run.approval_expired', 'approval.requested', 'approval.decided', 'webhook_endpoint.disabled'] as const;
@@ -144,7 +145,13 @@ export const WebhookDelivery = defineEntity({
     // (ids, status, when due), never the payload. See ADR 0013.
     { name: 'webhook_deliveries_system_redelivery', command: 'select', roles: [SYSTEM_ROLE], using: 'true' },
     // Retention (ADR 0011, RUN_RETENTION): the same role may delete a settled delivery, never a pending
-    // one (an event still owed to its receiver); how long ago it settled is the job's condition.
-    { name: 'webhook_deliveries_system_retention', command: 'delete', roles: [SYSTEM_ROLE], using: SETTLED_DELIVERY_SQL },
+    // one (an event still owed to its receiver), and not before RUN_RETENTION_FLOOR_MS has passed since
+    // it settled (its row's last move); how much longer is the job's condition. The floor is here because
+    // the application role reaches this role: any of its statements could otherwise delete every tenant's
+    // delivery history the moment each delivery settles (ADR 0011, amendment "A floor under retention").
+    { name: 'webhook_deliveries_system_retention', command: 'delete', roles: [SYSTEM_ROLE], using: `(${SETTLED_DELIVERY_SQL} AND ${PAST_RETENTION_FLOOR_SQL})` },
   ],
+  // That floor reads updated_at: the database's time of the delivery's last move (its settling), which the
+  // application role cannot backdate (ADR 0011, amendment "The floor's clock is the database's").
+  triggers: [retentionClockTrigger()],
 });
