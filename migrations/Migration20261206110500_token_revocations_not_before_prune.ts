@@ -6,9 +6,9 @@ import { Migration } from '@mikro-orm/migrations';
  * declares in app.token_max_age (JWT_MAX_TOKEN_LIFETIME plus the clock tolerance, which the verifier
  * enforces): unset, as for any other caller, no not-before row is admitted.
  */
-export class Migration20261206105346_token_revocations_not_before_prune extends Migration {
+export class Migration20261206110500_token_revocations_not_before_prune extends Migration {
 
-  override name = 'Migration20261206105346_token_revocations_not_before_prune';
+  override name = 'Migration20261206110500_token_revocations_not_before_prune';
 
   override up(): void | Promise<void> {
     this.addSql(`drop policy "token_revocations_system_prune" on "token_revocations";`);
