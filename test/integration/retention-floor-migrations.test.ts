@@ -15,8 +15,8 @@ import { entities } from '../../src/entities.ts';
 import { migrateUpTo, migrationTestDatabase } from '../helpers/migrations.ts';
 import { systemEm, tenantEm } from '../../src/platform/db/tenant-em.ts';
 
-const PREVIOUS = 'Migration20261206090100_read_timeout_jobs';
-const THESE = ['Migration20261206105341_webhook_delivery_retention_floor', 'Migration20261206105806_retention_clock'];
+const PREVIOUS = 'Migration20261206110500_token_revocations_not_before_prune';
+const THESE = ['Migration20261206111000_webhook_delivery_retention_floor', 'Migration20261206111100_retention_clock'];
 const FUNCTIONS = ['durable_runs_updated_at_not_backdated_fn', 'webhook_deliveries_updated_at_not_backdated_fn'];
 
 const database = migrationTestDatabase();
@@ -36,7 +36,7 @@ async function seedDelivery(tenant: string, endpoint: string, status: 'pending' 
 describe('migrations webhook_delivery_retention_floor and retention_clock on an existing database', () => {
   it('keep deliveries settled less than a day ago from the system role, keep the time a run ends the database\'s, rewrite no row; db:check clean; down and up again', async () => {
     const pending = await migrateUpTo(database.config, PREVIOUS);
-    expect(pending).toEqual(THESE);
+    expect(pending.slice(0, THESE.length)).toEqual(THESE);
     const tenant = randomUUID();
     const endpoint = randomUUID();
     await admin(

@@ -9,9 +9,9 @@ import { Migration } from '@mikro-orm/migrations';
  * any age, the moment they settled. The retention pass already applied no retention under the floor to
  * deliveries (maintenance.ts), so no delivery it would delete is kept by this. Down restores the policy before.
  */
-export class Migration20261206105341_webhook_delivery_retention_floor extends Migration {
+export class Migration20261206111000_webhook_delivery_retention_floor extends Migration {
 
-  override name = 'Migration20261206105341_webhook_delivery_retention_floor';
+  override name = 'Migration20261206111000_webhook_delivery_retention_floor';
 
   override up(): void | Promise<void> {
     this.addSql(`drop policy "webhook_deliveries_system_retention" on "webhook_deliveries";`);

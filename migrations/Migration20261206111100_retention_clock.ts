@@ -14,9 +14,9 @@ import { Migration } from '@mikro-orm/migrations';
  * Creating a trigger takes SHARE ROW EXCLUSIVE on each table until commit (writes wait; reads do not).
  * Down drops both triggers and their functions.
  */
-export class Migration20261206105806_retention_clock extends Migration {
+export class Migration20261206111100_retention_clock extends Migration {
 
-  override name = 'Migration20261206105806_retention_clock';
+  override name = 'Migration20261206111100_retention_clock';
 
   override up(): void | Promise<void> {
     this.addSql(`create or replace function "durable_runs_updated_at_not_backdated_fn"() returns trigger as \$\$ begin if tg_op = 'UPDATE' and new.updated_at is not distinct from old.updated_at and new.status is not distinct from old.status then return new; end if; if (select rolsuper from pg_catalog.pg_roles where rolname = current_user) then return new; end if; new.updated_at := now(); return new; end; \$\$ language plpgsql set search_path = pg_catalog, public, pg_temp;`);
