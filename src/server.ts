@@ -34,14 +34,14 @@ const drain = drainOnClose(server, config.WORKER_SHUTDOWN_GRACE);
 // The port taken (or not ours to bind): one log line and exit 1, as a worker's start failure. Unhandled,
 // the listen error was Node's bare stack trace after the connections had been opened, never closed.
 const listenFailed = (err: Error) => {
-  container.logger.fatal({ err, port: config.PORT }, 'api could not start');
+  container.logger.fatal({ err, port: config.PORT, host: config.API_HOST }, 'api could not start');
   exitAfterFailedStart(container.logger, () => container.close());
 };
 server.once('error', listenFailed);
-server.listen(config.PORT, () => {
+server.listen({ port: config.PORT, ...(config.API_HOST ? { host: config.API_HOST } : {}) }, () => {
   server.off('error', listenFailed);
   const addr = server.address();
-  container.logger.info({ port: typeof addr === 'object' && addr ? addr.port : config.PORT }, 'api listening');
+  container.logger.info({ port: typeof addr === 'object' && addr ? addr.port : config.PORT, address: typeof addr === 'object' && addr ? addr.address : config.API_HOST }, 'api listening');
   if (usesPublishedJwtSecret(config)) {
     container.logger.warn({ security_event: 'published_jwt_secret' }, 'JWT_SECRET is the example from .env.example / docker-compose.yml: anyone can sign tokens for any tenant; do not expose this API');
   }

@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
-import { ConfigError, environmentWith, parseConfig, type Config } from '../platform/config/config.ts';
+import { ConfigError, environmentWith, parseConfig, usesPublishedJwtSecret, type Config } from '../platform/config/config.ts';
 import { choosePort, type DemoProcesses } from './demo-processes.ts';
-import { checkRedis, prepareDatabase } from './demo-setup.ts';
+import { checkNoWorkers, checkRedis, prepareDatabase } from './demo-setup.ts';
 import { DemoError, say, until } from './demo-support.ts';
 import { describeWebhook, runGoldenPathDemo } from './golden-path.demo.ts';
 import { DemoWebhookReceiver } from './webhook-receiver.ts';
@@ -40,17 +40,32 @@ function demoEnvironment(): { env: Record<string, string>; config: Config; secre
   }
 }
 
+/**
+ * The environment of the demo's API and worker: the demo's, with the port chosen, and
+ * - the SSRF guard off: the demo's webhook receiver listens on 127.0.0.1, which the guard refuses
+ *   (ADR 0013); off for these two children only, whatever .env says; .env.example keeps it on;
+ * - the API on 127.0.0.1 only (API_HOST): with the guard off (and, with .env.example's JWT_SECRET, a
+ *   published signing key) it must not be reachable from other machines, --keep-running included;
+ * - the worker on every workflow queue: a WORKER_QUEUES from .env without golden-path would leave the
+ *   demo's run to no one.
+ */
+export function demoChildEnvironment(env: Record<string, string>, port: number): Record<string, string> {
+  const { WORKER_QUEUES: _servedByTheUsersWorkers, ...rest } = env;
+  return { ...rest, PORT: String(port), API_HOST: DEMO_API_HOST, WEBHOOK_ALLOW_PRIVATE_NETWORKS: 'true' };
+}
+
+/** Where the demo's API listens (and its addresses printed): this machine only. */
+export const DEMO_API_HOST = '127.0.0.1';
+
 async function startChildren(procs: DemoProcesses, config: Config, env: Record<string, string>): Promise<{ base: string; port: number }> {
   const port = await choosePort(config.PORT);
-  // The demo's webhook receiver listens on 127.0.0.1, which the SSRF guard refuses (ADR 0013): the
-  // guard is off for these two children only, whatever .env says; .env.example keeps it on.
-  const childEnv: Record<string, string> = { ...env, PORT: String(port), WEBHOOK_ALLOW_PRIVATE_NETWORKS: 'true' };
+  const childEnv = demoChildEnvironment(env, port);
   // A worker metrics port from .env that another process holds would stop the worker at start: moved, as PORT is.
   if (config.WORKER_METRICS_PORT) childEnv.WORKER_METRICS_PORT = String(await choosePort(config.WORKER_METRICS_PORT, 'the worker metrics'));
   const register = ['--import', './src/platform/telemetry/register.ts'];
   const api = procs.start('API', [...register, 'src/server.ts'], childEnv);
   const worker = procs.start('worker', [...register, 'workers/golden-path.worker.ts'], childEnv);
-  const base = `http://127.0.0.1:${port}`;
+  const base = `http://${DEMO_API_HOST}:${port}`;
   await until(
     'the API to answer /readyz',
     START_TIMEOUT_MS,
@@ -61,7 +76,7 @@ async function startChildren(procs: DemoProcesses, config: Config, env: Record<s
     },
     procs.assertAlive,
   );
-  say(`      API ready at http://localhost:${port} (pid ${api.proc.pid})`);
+  say(`      API ready at ${base} (pid ${api.proc.pid}), listening on this machine only`);
   await until('the worker to start', START_TIMEOUT_MS, async () => (worker.saw('worker started') ? true : undefined), procs.assertAlive);
   say(`      worker started (pid ${worker.proc.pid})`);
   return { base, port };
@@ -73,23 +88,35 @@ export async function runDemo(procs: DemoProcesses, opts: DemoOptions): Promise<
   say('Dealix demo: the golden path (partner tier-1 verification) end to end\n');
   await prepareDatabase(config);
   await checkRedis(config.REDIS_URL);
+  await checkNoWorkers(config.REDIS_URL, config.QUEUE_PREFIX);
   say(`[3/8] Starting the API and a worker${secretGenerated ? ' (JWT_SECRET not configured: generated one for this demo)' : ''}`);
   say('      with WEBHOOK_ALLOW_PRIVATE_NETWORKS=true for these two only: the demo\'s webhook receiver is on 127.0.0.1,');
   say('      which the SSRF guard refuses otherwise (they log a warning; keep it false outside development)');
+  if (usesPublishedJwtSecret(config)) {
+    say('      warning: JWT_SECRET is the example published in .env.example: anyone who reaches this API can sign a token for any tenant.');
+    say(`      The demo's API listens on ${DEMO_API_HOST} only; set your own secret in .env (openssl rand -hex 32) before an API is reachable from elsewhere.`);
+  }
   const { base, port } = await startChildren(procs, config, env);
   const receiver = await DemoWebhookReceiver.start();
+  let removeEndpoint: (() => Promise<string>) | undefined;
   try {
     const guard = () => {
       procs.assertAlive();
       receiver.assertVerified();
     };
-    await runGoldenPathDemo({ config, base, port, secretGenerated, keepRunning: opts.keepRunning, receiver, guard });
+    await runGoldenPathDemo({ config, base, secretGenerated, keepRunning: opts.keepRunning, receiver, guard, onEndpoint: (remove) => (removeEndpoint = remove) });
     if (opts.keepRunning) {
       receiver.onWebhook = (w) => say(`      ${describeWebhook(w)}`);
-      say(`\nThe API (http://localhost:${port}) and the worker keep running, and the demo's tenant's webhooks are printed as they arrive; press Ctrl-C to stop them.`);
+      say(`\nThe API (http://${DEMO_API_HOST}:${port}, this machine only) and the worker keep running, and the demo's tenant's webhooks are printed as they arrive; press Ctrl-C to stop them.`);
       await opts.stopRequested();
     }
+    // Its receiver stops with the demo: nothing may be left to deliver to it (a later worker on this database would try for a day).
+    const remove = removeEndpoint;
+    removeEndpoint = undefined;
+    if (remove) say(`\nDeleted the demo's webhook endpoint ${await remove()} and its deliveries: its receiver stops with the demo.`);
   } finally {
+    // The demo failed: deleted if the API still answers, as best it can (the failure is what is reported).
+    await removeEndpoint?.().catch(() => undefined);
     await receiver.close();
   }
   return { graceMs: config.WORKER_SHUTDOWN_GRACE + 10_000 };

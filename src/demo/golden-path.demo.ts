@@ -79,13 +79,17 @@ export function describeWebhook(w: ReceivedWebhook): string {
 export interface GoldenPathDemoOptions {
   config: Config;
   base: string;
-  port: number;
   secretGenerated: boolean;
   keepRunning: boolean;
   /** Receives the tenant's webhooks (registered as its endpoint in step 4). */
   receiver: DemoWebhookReceiver;
   /** Throws when a child process died or a webhook did not verify (checked on every poll). */
   guard: () => void;
+  /**
+   * Given, once the endpoint is registered, what deletes it (with its deliveries): the demo calls it
+   * when it ends, so that nothing is left to deliver to a receiver that has stopped.
+   */
+  onEndpoint: (remove: () => Promise<string>) => void;
 }
 
 /**
@@ -132,6 +136,11 @@ export async function runGoldenPathDemo(o: GoldenPathDemoOptions): Promise<void>
   say(`      receiver  ${o.receiver.url}  (node:http in this process; verifies with standardwebhooks)`);
   const endpoint = expectStatus(await http('POST', '/api/v1/webhook-endpoints', tenantAdmin, { url: o.receiver.url, events: DEMO_EVENTS, description: 'npm run demo' }), 201, 'registering the webhook endpoint');
   o.receiver.useSecret(endpoint.secret);
+  o.onEndpoint(async () => {
+    const res = await http('DELETE', `/api/v1/webhook-endpoints/${endpoint.id}`, tenantAdmin);
+    if (res.status !== 204 && res.status !== 404) expectStatus(res, 204, 'deleting the demo\'s webhook endpoint');
+    return endpoint.id as string;
+  });
   say(`      201 Created: endpoint ${endpoint.id} for ${endpoint.events.join(', ')}`);
   say('      its signing secret (whsec_…) is in this answer only: the receiver verifies every webhook with it');
 
@@ -159,6 +168,20 @@ export async function runGoldenPathDemo(o: GoldenPathDemoOptions): Promise<void>
   if (completed.data.evidence_pack_id !== done.output.evidence_pack_id) throw new DemoError(`the run.completed webhook names evidence pack ${completed.data.evidence_pack_id}, the run ${done.output.evidence_pack_id}`);
   o.receiver.assertVerified();
   say(`      webhooks  ${o.receiver.received.size} received and verified; ${o.receiver.duplicates} repeated webhook-id(s) dropped (delivery is at least once)`);
+  // The endpoint's delivery log says the same: each webhook-id printed is a delivery, delivered (its
+  // status is written once the receiver's 2xx is in, a moment after the receiver saw the webhook).
+  const ids = [requested.id, decided.id, completed.id];
+  await until(
+    'the delivery log to show the three webhooks delivered',
+    STEP_TIMEOUT_MS,
+    async () => {
+      const log = expectStatus(await http('GET', `/api/v1/webhook-endpoints/${endpoint.id}/deliveries`, tenantAdmin), 200, 'reading the delivery log');
+      const delivered = new Set(log.items.filter((d: any) => d.status === 'delivered').map((d: any) => d.id));
+      return ids.every((id) => delivered.has(id)) ? true : undefined;
+    },
+    o.guard,
+  );
+  say(`      log       GET /api/v1/webhook-endpoints/${endpoint.id}/deliveries: the three webhook-ids above, delivered`);
 
   say('[7/8] Evidence pack');
   const evidence = expectStatus(await http('GET', done.links.evidence, submitter), 200, 'reading the evidence pack');
@@ -172,8 +195,8 @@ export async function runGoldenPathDemo(o: GoldenPathDemoOptions): Promise<void>
   say('[8/8] Operators');
   // The dashboard spans tenants: it takes the platform's operator role, never a tenant's admin.
   const admin = await signDevToken(o.config, { tenantId: tenant, sub: 'demo-operator', roles: [OPERATOR_ROLE], ttlSeconds: 8 * 3600 });
-  say(`      Bull Board   http://localhost:${o.port}/admin/queues   (queues under the prefix "${o.config.QUEUE_PREFIX}"; needs role ${OPERATOR_ROLE})`);
-  if (o.keepRunning) say(`      open now     http://localhost:${o.port}/admin/queues?token=${admin}   (press Sign in on its page: that uses the link up; sign out at /admin/queues/logout)`);
+  say(`      Bull Board   ${o.base}/admin/queues   (queues under the prefix "${o.config.QUEUE_PREFIX}"; needs role ${OPERATOR_ROLE})`);
+  if (o.keepRunning) say(`      open now     ${o.base}/admin/queues?token=${admin}   (press Sign in on its page: that uses the link up; sign out at /admin/queues/logout)`);
   else say('      to browse it, run `npm run demo -- --keep-running`, or `npm run start:api` with a JWT_SECRET in .env');
   say(`      token        npm run token -- --tenant <any uuid> --sub <you> --roles ${OPERATOR_ROLE}`);
   say('                   then open /admin/queues?token=<token> and press Sign in (once: it becomes a session cookie; the link and its token are refused after), or send another as a Bearer header');

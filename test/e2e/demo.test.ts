@@ -3,7 +3,8 @@
  * (cloned from the migrated template) and a queue prefix of its own, starting its own API and worker.
  * It must end 0 having shown the platform's webhooks: its receiver registered as the tenant's
  * endpoint, and the class B run's approval.requested and run.completed received and verified — the
- * webhook-ids it prints are the delivery rows the platform recorded as delivered. Then the demo's
+ * webhook-ids it prints are the deliveries the endpoint's log shows delivered — and it must leave no
+ * endpoint behind (its receiver stops with it). Then the demo's
  * receiver on its own: a webhook signed with another secret fails the demo's wait, and a repeated
  * webhook-id is kept once.
  */
@@ -101,10 +102,15 @@ describe('npm run demo', () => {
     const printed = [...out.matchAll(new RegExp(`webhook  (\\S+)\\s+signature verified  webhook-id (${UUID})`, 'g'))].map((m) => ({ type: m[1], id: m[2] }));
     expect(printed.map((p) => p.type)).toEqual(['approval.requested', 'approval.decided', 'run.completed']);
     expect(out).toContain('3 received and verified; 0 repeated webhook-id(s) dropped');
-    // What the demo printed is what the platform delivered: one row per event, delivered, to the demo's receiver.
-    const rows = (await db.admin(`select d.id, d.event_type, d.status, e.url from webhook_deliveries d join webhook_endpoints e on e.id = d.endpoint_id order by d.created_at`)).rows;
-    expect(rows.map((r) => ({ type: r.event_type, id: r.id }))).toEqual(printed);
-    expect(rows.every((r) => r.status === 'delivered' && /^http:\/\/127\.0\.0\.1:\d+\/dealix-webhooks$/.test(r.url))).toBe(true);
+    // What the demo printed is what the platform delivered: the endpoint's delivery log, read before the demo deleted it.
+    const endpointId = new RegExp(`201 Created: endpoint (${UUID})`).exec(out)?.[1];
+    expect(out).toContain(`log       GET /api/v1/webhook-endpoints/${endpointId}/deliveries: the three webhook-ids above, delivered`);
+    // Its API listened on this machine only (its SSRF guard is off).
+    expect(out).toMatch(/API ready at http:\/\/127\.0\.0\.1:\d+ \(pid \d+\), listening on this machine only/);
+    // Its receiver stopped with it: its endpoint is gone, with its deliveries, and nothing is left to deliver to it.
+    expect(out).toContain(`Deleted the demo's webhook endpoint ${endpointId} and its deliveries`);
+    expect((await db.admin(`select count(*)::int as n from webhook_endpoints`)).rows[0].n).toBe(0);
+    expect((await db.admin(`select count(*)::int as n from webhook_deliveries`)).rows[0].n).toBe(0);
   });
 });
 

@@ -96,6 +96,12 @@ export const configSchema = z
     NODE_ENV: z.enum(['development', 'test', 'production']).default('development'),
     PORT: z.coerce.number().int().min(0).max(65535).default(3000),
     /**
+     * The address the API listens on (an IP address, or a name it resolves to); unset: every interface,
+     * as a container or a platform's router needs. `npm run demo` sets 127.0.0.1 for its own API, whose
+     * SSRF guard is off.
+     */
+    API_HOST: z.string().trim().min(1).optional(),
+    /**
      * Which peers' X-Forwarded-For / -Proto the API believes (Express's `trust proxy`): `loopback`
      * (default), `false`, `true` (any peer: only behind a proxy that overwrites the headers), a hop
      * count (`1` behind one load balancer, e.g. Heroku's router), or addresses/subnets, comma-separated.

@@ -9,6 +9,7 @@ import { sendProblem } from './problem.middleware.ts';
 import { isSecretQueryParam } from '../telemetry/attributes.ts';
 import type { SlidingRateWindow } from './rate-window.ts';
 import { claimsOf, SESSION_ID, type OperatorSessions } from './operator-sessions.ts';
+import { inFlightPlaces, leaveLoadShedding } from './load-shed.ts';
 
 /**
  * The role that opens the operator dashboard. Not a tenant role: the dashboard spans tenants (every
@@ -51,6 +52,15 @@ const SIGN_IN = /^\/sign-in\/?$/i;
 const SIGN_IN_PAGE_CSP = "default-src 'none'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 /** The sign-in form's body: a token (a few KiB at most) and the page to go on to. */
 const parseSignInForm = express.urlencoded({ extended: false, limit: '16kb', parameterLimit: 4 });
+/**
+ * Sign-in exchanges each API process reads the form of at once: past them a sign-in is 503. The
+ * exchange reads its form before any credential is checked, so anyone can hold one open by sending
+ * the form slowly: it takes one of these places, never one of API_MAX_INFLIGHT's (which the tenants'
+ * requests need), and only for SIGN_IN_FORM_DEADLINE_MS.
+ */
+export const SIGN_IN_MAX_IN_FLIGHT = 4;
+/** The sign-in form (a few KiB a browser sends at once) must arrive whole within this, else 408 and the connection closes. */
+export const SIGN_IN_FORM_DEADLINE_MS = 5_000;
 
 export interface AdminAuthOptions {
   verifier: TokenVerifier;
@@ -87,12 +97,13 @@ export interface AdminAuthOptions {
  * roles (`admin`, `approver`) do not open it.
  */
 export function adminAuth(opts: AdminAuthOptions) {
+  const signInPlaces = inFlightPlaces(SIGN_IN_MAX_IN_FLIGHT);
   return tagMiddleware(async function adminAuthMiddleware(req: Request, res: Response, next: NextFunction) {
     try {
       const signingIn = SIGN_IN.test(req.path);
       guardBrowser(opts, req, res, signingIn);
       if (signingIn) {
-        await exchangeLink(opts, req, res);
+        await exchangeLink(opts, req, res, signInPlaces);
         return;
       }
       if (LOGOUT.test(req.path)) {
@@ -328,14 +339,18 @@ async function signInPage(opts: AdminAuthOptions, req: Request, res: Response, t
  * redirects (303) to the page the link named. guardBrowser has required the dashboard's own page as
  * the sender (login CSRF).
  */
-async function exchangeLink(opts: AdminAuthOptions, req: Request, res: Response): Promise<void> {
+async function exchangeLink(opts: AdminAuthOptions, req: Request, res: Response, places: { take(res: Response): boolean }): Promise<void> {
   if (req.method !== 'POST') {
     throw new AppError('method_not_allowed', 'Method Not Allowed', { status: 405, retryable: false, detail: 'The sign-in page posts here: open the ?token= link.', headers: { Allow: 'POST' } });
   }
   res.setHeader('Cache-Control', 'no-store');
-  const form = await new Promise<Record<string, unknown>>((resolve, reject) => {
-    parseSignInForm(req, res, (err?: unknown) => (err ? reject(err) : resolve((req.body ?? {}) as Record<string, unknown>)));
-  });
+  // Its form is read before any credential is checked: counted among the sign-in's own places, not the API's.
+  leaveLoadShedding(res);
+  if (!places.take(res)) {
+    opts.logger.warn({ security_event: 'operator_sign_in_shed', path: req.path, ip: req.ip, in_flight: SIGN_IN_MAX_IN_FLIGHT }, 'refused a dashboard sign-in: every sign-in place is taken');
+    throw new ServiceUnavailableError(`${SIGN_IN_MAX_IN_FLIGHT} sign-ins are being read on this API instance. Retry after the indicated delay.`, undefined, 1);
+  }
+  const form = await readSignInForm(req, res);
   const { token, next } = form;
   if (typeof token !== 'string') {
     throw new AppError('bad_request', 'Bad Request', { status: 400, retryable: false, detail: 'Post the form of the ?token= link\'s page: one token, in an application/x-www-form-urlencoded body.' });
@@ -352,6 +367,30 @@ async function exchangeLink(opts: AdminAuthOptions, req: Request, res: Response)
   res.setHeader('Set-Cookie', sessionCookies(opts, req, session.id, maxAge));
   // `next` is what the form says, so anything anyone posts: withoutToken keeps it under the dashboard.
   res.redirect(303, withoutToken(typeof next === 'string' ? next : opts.basePath, opts.basePath));
+}
+
+/**
+ * The sign-in form, within SIGN_IN_FORM_DEADLINE_MS: a form still arriving then is answered 408 and
+ * its connection closed (the rest of it is not awaited), which frees its sign-in place.
+ */
+function readSignInForm(req: Request, res: Response): Promise<Record<string, unknown>> {
+  return new Promise<Record<string, unknown>>((resolve, reject) => {
+    const late = setTimeout(() => {
+      reject(
+        new AppError('request_timeout', 'Request Timeout', {
+          status: 408,
+          retryable: true,
+          detail: `The sign-in form did not arrive whole within ${SIGN_IN_FORM_DEADLINE_MS / 1000} s.`,
+          headers: { Connection: 'close' },
+        }),
+      );
+    }, SIGN_IN_FORM_DEADLINE_MS);
+    parseSignInForm(req, res, (err?: unknown) => {
+      clearTimeout(late);
+      if (err) reject(err);
+      else resolve((req.body ?? {}) as Record<string, unknown>);
+    });
+  });
 }
 
 /** A link's token that may be exchanged: an operator's, neither signed out nor exchanged, with a second of life left; the session's length. */

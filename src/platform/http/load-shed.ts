@@ -21,8 +21,45 @@ export function loadShedding(maxInFlight: number, onShed?: (req: Request) => voi
       return;
     }
     inFlight++;
-    releaseWhenDone(res, () => inFlight--);
+    let held = true;
+    const release = () => {
+      if (held) {
+        held = false;
+        inFlight--;
+      }
+    };
+    (res.locals as Record<symbol, unknown>)[SHED_PLACE] = release;
+    releaseWhenDone(res, release);
     next();
+  };
+}
+
+const SHED_PLACE = Symbol('dealix.shedPlace');
+
+/**
+ * Gives the request's place among API_MAX_INFLIGHT back now, for a request that is counted elsewhere:
+ * the dashboard's sign-in exchange reads its form before any credential is checked, so anyone could
+ * hold it open by sending the form slowly; it has a small pool and a deadline of its own
+ * (admin-auth.middleware.ts) and must not take a place the tenants' requests need. Nothing when the
+ * request holds none (shedding off, an exempt path).
+ */
+export function leaveLoadShedding(res: Response): void {
+  (res.locals as Record<symbol, (() => void) | undefined>)[SHED_PLACE]?.();
+}
+
+/**
+ * A pool of `max` places: `take` gives the request one until it is done with (releaseWhenDone), or
+ * returns false when all are taken.
+ */
+export function inFlightPlaces(max: number): { take(res: Response): boolean } {
+  let inFlight = 0;
+  return {
+    take(res) {
+      if (inFlight >= max) return false;
+      inFlight++;
+      releaseWhenDone(res, () => inFlight--);
+      return true;
+    },
   };
 }
 
