@@ -84,7 +84,7 @@ describe('a step error whose text PostgreSQL cannot store as it is', () => {
     expect(after.status).toBe('failed');
     expect(after.error).toMatchObject({ code, message, step: 'call-partner', sequence_num: 1 });
     expect(after.checkpoints.map((c) => [c.sequence_num, c.status, c.attempt])).toEqual([[1, 'failed', ATTEMPTS]]);
-    expect(after.checkpoints[0].error).toMatchObject({ code, message });
+    expect(after.checkpoints[0]?.error).toMatchObject({ code, message });
     expect(unstorable(String(after.error.message))).toBe(false);
     expect(reenqueued).toBe(0);
   });
