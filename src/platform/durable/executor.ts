@@ -92,7 +92,8 @@ const tracer = trace.getTracer('dealix-durable');
  * Errors the step's own code threw (its `run`), as opposed to the executor's reads and writes of the
  * run (its transaction, the checkpoint, the commit). A network error among them may be the step's own
  * call out (a partner's API down): it leaves the run to the sweeper only when the platform's database
- * or Redis raised it (isBackendUnavailable). Marked here, not wrapped: the step's error goes on as it was thrown.
+ * client raised it (isBackendUnavailable), never for what its message quotes. Marked here, not wrapped:
+ * the step's error goes on as it was thrown.
  */
 const thrownByStep = new WeakSet<object>();
 const markThrownByStep = (e: unknown): never => {
