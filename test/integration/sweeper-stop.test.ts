@@ -40,16 +40,15 @@ describe('a sweeper stopped during a sweep', () => {
     });
     await withDirectQueue(stack, 'sweep-stop', async (queue) => {
       queues.set('sweep-stop', queue);
-      let sweeper: Sweeper | undefined;
       let stopped: Promise<void> | undefined;
       // Stopped as soon as the sweep has re-enqueued its first run: what it does after that is up to stop().
       const logger = pino({ level: 'info' }, {
         write: (line: string) => {
-          if ((JSON.parse(line) as { msg?: string }).msg === 'sweeper re-enqueued run') stopped ??= sweeper!.stop();
+          if ((JSON.parse(line) as { msg?: string }).msg === 'sweeper re-enqueued run') stopped ??= sweeper.stop();
         },
       });
       // Small pages, so the sweep goes through several.
-      sweeper = new Sweeper({ orm: stack.container.orm, runtime, redis: stack.container.redis, logger, lockKey: `sweep-stop-${randomUUID()}`, intervalMs: 60_000, minAgeMs: 0, batch: 10 });
+      const sweeper = new Sweeper({ orm: stack.container.orm, runtime, redis: stack.container.redis, logger, lockKey: `sweep-stop-${randomUUID()}`, intervalMs: 60_000, minAgeMs: 0, batch: 10 });
       sweeper.start();
       await waitFor(() => stopped !== undefined, { timeoutMs: 60_000, intervalMs: 20, what: 'the sweep to re-enqueue its first run' });
       await stopped;
