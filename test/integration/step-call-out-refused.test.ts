@@ -83,6 +83,11 @@ describe('a step whose own call out cannot connect', () => {
       () => fetch(`http://127.0.0.1:${closedPort}/partner`).catch((e: unknown) => Promise.reject(new AppError('partner_unreachable', 'partner API unreachable', { retryable: true, cause: e }))),
       'partner API unreachable',
     ],
+    // A step's own error quoting what the platform's clients say when they lose their server: its text
+    // alone is no outage of the platform's database or Redis (left to the sweeper, the run looped for ever).
+    ['an error quoting node-postgres\'s connection loss', () => Promise.reject(new Error('partner API 502: upstream said "Connection terminated unexpectedly"')), 'Connection terminated unexpectedly'],
+    ['an error quoting ioredis\'s', () => Promise.reject(new Error('partner cache: Connection is closed. (Command timed out)')), 'Connection is closed'],
+    ['an error carrying a PostgreSQL admin-shutdown code of its own', () => Promise.reject(Object.assign(new Error('partner database went away'), { code: '57P01' })), 'partner database went away'],
   ])('%s: the run fails for good after its attempts, its error recorded, not left to the sweeper', async (_what, call, message) => {
     const { outcomes, after } = await attempts(() => call());
     expect(outcomes).toEqual(['retrying', 'failed']);

@@ -14,6 +14,14 @@ describe("the platform's database or Redis unavailable, told by who raised the e
     ["fetch's TypeError over it", new TypeError('fetch failed', { cause: refused() })],
     ['a DNS failure', Object.assign(new Error('getaddrinfo ENOTFOUND partner.example'), { code: 'ENOTFOUND' })],
     ["a step's error wrapping a refusal", new Error('partner API down', { cause: new TypeError('fetch failed', { cause: refused() }) })],
+    // Nothing of the platform's database client in the chain: what the text or a code says is the step's own.
+    ["a step's error quoting node-postgres's connection loss", new Error('partner API 502: upstream said "Connection terminated unexpectedly"')],
+    ["a step's error quoting ioredis's", new Error('partner cache: Connection is closed.')],
+    ["a step's error quoting a command timeout", new Error('partner said: Command timed out')],
+    ['an admin shutdown (57P01) of a database of its own', Object.assign(new Error('terminating connection due to administrator command'), { code: '57P01' })],
+    ["its own Redis loading its dataset", new ReplyError('LOADING Redis is loading the dataset in memory') as Error],
+    ["its own ioredis's offline queue refusal", new Error("Stream isn't writeable and enableOfflineQueue options is false")],
+    ["a step's error quoting the connection loss, wrapping a DriverException that says no outage", new Error('Connection terminated', { cause: new DriverException(Object.assign(new Error('duplicate key'), { code: '23505' })) })],
   ])('%s is not', (_what, e) => {
     expect(isConnectivityError(e)).toBe(true);
     expect(isBackendUnavailable(e)).toBe(false);
@@ -24,11 +32,10 @@ describe("the platform's database or Redis unavailable, told by who raised the e
     ['a DriverException whose cause is the refusal', new DriverException(Object.assign(new Error('query failed'), { cause: refused() }))],
     ["a step's error wrapping the DriverException", new Error('could not save', { cause: new DriverException(refused()) })],
     ["MikroORM's ConnectionException", new ConnectionException(new Error('no connection'))],
-    ['a PostgreSQL admin shutdown (57P01)', Object.assign(new Error('terminating connection due to administrator command'), { code: '57P01' })],
-    ["node-postgres's connection loss", new Error('Connection terminated unexpectedly')],
+    ['a PostgreSQL admin shutdown (57P01) under a DriverException', new DriverException(Object.assign(new Error('terminating connection due to administrator command'), { code: '57P01' }))],
+    ["node-postgres's connection loss under a DriverException", new DriverException(new Error('Connection terminated unexpectedly'))],
+    ["a step's error wrapping node-postgres's connection loss under a DriverException", new Error('could not save', { cause: new DriverException(new Error('Connection terminated unexpectedly')) })],
     ["the coalescing client's NoAnswerError", new NoAnswerError(2000)],
-    ['Redis loading its dataset', new ReplyError('LOADING Redis is loading the dataset in memory') as Error],
-    ["ioredis's offline queue refusal", new Error("Stream isn't writeable and enableOfflineQueue options is false")],
   ])('%s is', (_what, e) => {
     expect(isConnectivityError(e)).toBe(true);
     expect(isBackendUnavailable(e)).toBe(true);

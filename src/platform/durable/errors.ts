@@ -1,4 +1,5 @@
 import { AppError } from '../errors/app-error.ts';
+import { storableText } from '../http/json-text.ts';
 
 /** Stored checkpoints disagree with the code's steps (renamed, reordered or re-versioned): fail loudly. */
 export class NonDeterminismError extends AppError {
@@ -209,8 +210,23 @@ export function sqlStateOf(e: unknown): string | undefined {
  * PostgreSQL's message names tables, constraints and values, which stay in the worker's log.
  */
 export function recordedError(err: Error): { code: string; message: string } {
-  if (err instanceof AppError) return { code: err.code, message: err.message.slice(0, 2000) };
+  // Storable as jsonb whatever the error says: a NUL or a lone surrogate (a step's partner quoted, a
+  // message cut inside a character) would roll back the failure's transaction, and the run would stay
+  // active for the sweeper to run its step again every sweep.
+  if (err instanceof AppError) return { code: storableText(String(err.code), 200), message: storableText(String(err.message), 2000) };
   const state = sqlStateOf(err);
   if (state) return { code: 'database_error', message: `The step failed on a database error (SQLSTATE ${state}); the worker's log has its details under this run's id.` };
-  return { code: err.name, message: err.message.slice(0, 2000) };
+  return { code: storableText(String(err.name), 200), message: storableText(String(err.message), 2000) };
+}
+
+/**
+ * What a failed step's checkpoint and its run record when its own error could not be recorded (its
+ * transaction rolled back on something other than the database being unreachable or timing out): the
+ * run still fails, with this, rather than staying active for the sweeper to run its step again.
+ */
+export function unrecordableError(): { code: string; message: string } {
+  return {
+    code: 'step_error_unrecordable',
+    message: "The step failed for good, but its error could not be recorded (the transaction that records it failed); the worker's log has both errors under this run's id.",
+  };
 }

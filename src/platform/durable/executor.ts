@@ -11,7 +11,7 @@ import { TENANT_SETTING } from '../db/tenant-owned.ts';
 import { stepTransaction } from '../db/step-transaction.ts';
 import { requestContext } from '../tenancy/request-context.ts';
 import { ATTR } from '../telemetry/attributes.ts';
-import { InfrastructureExhaustedError, NonDeterminismError, RunNotVisibleError, StepCrashedWorkerError, WorkflowVersionUnavailableError, isRunNoLongerActive, isStaleStart, isUniqueViolation, recordedError, retiredByWorkerError, sqlStateOf } from './errors.ts';
+import { InfrastructureExhaustedError, NonDeterminismError, RunNotVisibleError, StepCrashedWorkerError, WorkflowVersionUnavailableError, isRunNoLongerActive, isStaleStart, isUniqueViolation, recordedError, retiredByWorkerError, sqlStateOf, unrecordableError } from './errors.ts';
 import { ACTIVE_RUN_STATUSES } from './durable-run.entity.ts';
 import type { DurableRuntime, RunRow, StepJobData } from './runtime.ts';
 import { loadRunState, startingRunState, type RunState } from './run-state.ts';
@@ -92,7 +92,8 @@ const tracer = trace.getTracer('dealix-durable');
  * Errors the step's own code threw (its `run`), as opposed to the executor's reads and writes of the
  * run (its transaction, the checkpoint, the commit). A network error among them may be the step's own
  * call out (a partner's API down): it leaves the run to the sweeper only when the platform's database
- * or Redis raised it (isBackendUnavailable). Marked here, not wrapped: the step's error goes on as it was thrown.
+ * client raised it (isBackendUnavailable), never for what its message quotes. Marked here, not wrapped:
+ * the step's error goes on as it was thrown.
  */
 const thrownByStep = new WeakSet<object>();
 const markThrownByStep = (e: unknown): never => {
@@ -761,13 +762,7 @@ export class StepExecutor {
       failure = exhausted;
     }
     if (permanent || lastAttempt) {
-      const recorded = await this.markFailed(d, wf, seq, step?.name ?? d.step, failure, attempt, stepRan, log).catch((me: unknown) => {
-        log.error({ err: me }, 'could not record the failure');
-        // The database unreachable now (a step's call out failed while it was down too), or too busy to
-        // write the run (its row or table locked past the statement timeout): nothing of the failure
-        // committed, the run stays incomplete, and the sweeper re-enqueues it once PostgreSQL is back.
-        return isConnectivityError(me) || isDatabaseTimeout(me) ? ('unrecorded' as const) : ('failed' as const);
-      });
+      const recorded = await this.recordFailure(d, wf, seq, step?.name ?? d.step, failure, attempt, stepRan, log);
       if (failure !== err && recorded !== 'failed' && recorded !== 'unrecorded') {
         // infrastructure_exhausted, but the run is no longer at the job's step (another execution committed
         // it, or its wait), ended or was retried since the job counted: the run stays as it is. Not back to
@@ -778,7 +773,7 @@ export class StepExecutor {
       }
       if (recorded === 'unrecorded') {
         failed('infrastructure');
-        log.error({ err, permanent }, 'step failed for good, but the database was unreachable or timing out to record it; the run stays incomplete for the sweeper');
+        log.error({ err, permanent }, 'step failed for good, but its failure could not be recorded (the database unreachable or timing out, or the record refused even with a fixed error); the run stays incomplete for the sweeper');
         throw new UnrecoverableError(reason);
       }
       if (recorded === 'superseded') {
@@ -912,5 +907,34 @@ export class StepExecutor {
     // Best-effort, as a cancel's: a timer left behind finds its request closed when it fires.
     await release?.().catch((re: unknown) => log.warn({ err: re }, 'could not remove what the failed run left (its SLA timer); it finds the request closed when it fires'));
     return outcome;
+  }
+
+  /**
+   * markFailed, and what fail() goes on from when it rejects: `unrecorded` when nothing of the failure
+   * committed because the database is unreachable now (a step's call out failed while it was down too)
+   * or too busy to write the run (its row or table locked past the statement timeout) — the run stays
+   * incomplete, and the sweeper re-enqueues it once PostgreSQL is back. Any other rejection (the
+   * transaction refused what it wrote: an error text jsonb cannot hold that recordedError missed, the
+   * workflow's onFailed throwing) is tried once more with a fixed error (step_error_unrecordable), so the
+   * run still fails instead of staying active for the sweeper to run its step, and its calls out, again
+   * every sweep. When that fails too, nothing committed: `unrecorded`, never `failed`.
+   */
+  private async recordFailure(d: StepJobData, wf: WorkflowDef, seq: number, stepName: string, err: Error, attempt: number, stepRan: boolean, log: Logger): Promise<'failed' | 'completed-elsewhere' | 'run-ended' | 'superseded' | 'unrecorded'> {
+    const unavailable = (me: unknown) => isConnectivityError(me) || isDatabaseTimeout(me);
+    try {
+      return await this.markFailed(d, wf, seq, stepName, err, attempt, stepRan, log);
+    } catch (me) {
+      log.error({ err: me }, 'could not record the failure');
+      if (unavailable(me)) return 'unrecorded';
+    }
+    const { code, message } = unrecordableError();
+    const fixed = new AppError(code, message, { retryable: false });
+    try {
+      // At the step as the first try was (an infrastructure_exhausted failure is recorded there too).
+      return await this.markFailed(d, wf, seq, stepName, fixed, attempt, stepRan || err instanceof InfrastructureExhaustedError, log);
+    } catch (me) {
+      log.error({ err: me }, 'could not record the failure with a fixed error either: nothing of it committed, the run stays incomplete for the sweeper');
+      return 'unrecorded';
+    }
   }
 }

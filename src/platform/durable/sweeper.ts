@@ -108,6 +108,13 @@ function runJobIds(wf: WorkflowDef, ref: IncompleteRun): string[] {
 export class Sweeper {
   private timer: NodeJS.Timeout | undefined;
   private running: Promise<unknown> | undefined;
+  /**
+   * Aborted by stop(): a sweep in progress ends after the run it is on (its passes check between runs
+   * and pages), keeping where each pass got to for the next sweep, instead of going through up to
+   * `maxPerSweep` runs of each kind (minutes of a deep table) while the worker waits to exit and its
+   * shutdown deadline runs out. Only while started: a sweep called directly (sweep()) runs in full.
+   */
+  private abort: AbortController | undefined;
   private readonly o: SweeperOptions;
   /**
    * Where the next sweep goes on, per kind of run, when the last stopped at `maxPerSweep`. Waiting runs
@@ -121,6 +128,7 @@ export class Sweeper {
   }
 
   start(): void {
+    this.abort = new AbortController();
     const tick = () => {
       this.running = this.sweepWithLock()
         .catch((e) => {
@@ -141,7 +149,14 @@ export class Sweeper {
     const t = this.timer;
     this.timer = undefined;
     if (t) clearTimeout(t);
+    this.abort?.abort();
     await this.running;
+    this.abort = undefined;
+  }
+
+  /** stop() was called: the sweep in progress goes no further than the run it is on. */
+  private get stopping(): boolean {
+    return this.abort?.signal.aborted === true;
   }
 
   /**
@@ -220,6 +235,7 @@ export class Sweeper {
       if (lost) await this.o.redis.del(marker).catch(() => {});
       throw e;
     }
+    if (this.stopping) return report;
     await this.o.eachSweep?.().catch((err: unknown) => this.o.logger.warn({ err }, 'sweep: repair of what Redis copies from PostgreSQL failed; the next sweep tries again'));
     // The listing of each queue's live jobs, shared by both passes; one that failed stays for the rest of its pass (not listed again for every page).
     const snapshots = new Map<string, Promise<Set<string> | undefined>>();
@@ -232,7 +248,8 @@ export class Sweeper {
       // (a rolling deploy, ADR 0015) is alive there and fires there, so it is not duplicated.
       const { alive, undecided } = await this.withLiveJob(page, snapshots, (wf, ref) => (wf.waitingJobId ? [wf.waitingJobId(ref.idempotency_hash)] : []), (wf) => [TIMER_QUEUE, wf.queue]);
       if (undecided.err !== undefined) failures.push({ pass: 'waiting', err: undecided.err });
-      for (const ref of page) {
+      for (const [i, ref] of page.entries()) {
+        if (this.stopping) return i;
         if (!registered(ref) || alive.has(ref.id)) continue;
         if (undecided.ids.has(ref.id)) {
           report.undecided.waiting++;
@@ -243,6 +260,7 @@ export class Sweeper {
           this.o.logger.warn({ run_id: ref.id, tenant_id: ref.tenant_id }, 'sweeper repaired a waiting run whose timer was gone');
         }
       }
+      return page.length;
     });
     // A listing that failed in the waiting pass is tried again in the active pass.
     for (const [name, listing] of [...snapshots]) if (await listing.then(() => false, () => true)) snapshots.delete(name);
@@ -255,7 +273,8 @@ export class Sweeper {
       // superseded): it does not count, and such a run goes to reenqueue, which adds its generation's.
       const { alive, undecided } = await this.withLiveJob(page, snapshots, (wf, ref) => runJobIds(wf, ref), (wf) => [wf.queue]);
       if (undecided.err !== undefined) failures.push({ pass: 'active', err: undecided.err });
-      for (const ref of page) {
+      for (const [i, ref] of page.entries()) {
+        if (this.stopping) return i;
         report.examined++;
         if (!registered(ref) || alive.has(ref.id)) continue;
         if (undecided.ids.has(ref.id)) {
@@ -264,6 +283,7 @@ export class Sweeper {
         }
         if (await this.guarded(ref, () => this.reenqueue(ref))) report.reenqueued++;
       }
+      return page.length;
     });
     if (failures.length > 0) {
       this.o.logger.warn(
@@ -293,10 +313,17 @@ export class Sweeper {
       after = undefined; // unreadable: from the oldest again
     }
     const next = await this.eachIncomplete(['waiting'], 0, after, async (page) => {
-      for (const ref of page) {
+      for (const [i, ref] of page.entries()) {
+        if (this.stopping) return i;
         if (await this.guarded(ref, () => this.repairWaiting(ref))) report.repairedWaiting++;
       }
+      return page.length;
     });
+    if (this.stopping) {
+      // Stopped part way (or before it began): the repair goes on from where it got to, never taken for done.
+      if (next) await this.o.redis.eval(ADVANCE, 1, key, state, JSON.stringify({ token: randomUUID(), after: next }));
+      return 'more';
+    }
     await this.o.redis.eval(ADVANCE, 1, key, state, next ? JSON.stringify({ token: randomUUID(), after: next }) : '');
     return next ? 'more' : 'done';
   }
@@ -378,7 +405,7 @@ export class Sweeper {
    * A pass of `kind` over incomplete runs: one that stops at `maxPerSweep` is gone on with by the next
    * one from where it stopped; one that reaches the newest run has the next start from the oldest.
    */
-  private async resumable(kind: 'waiting' | 'active', statuses: RunStatus[], fn: (page: IncompleteRun[]) => Promise<void>): Promise<void> {
+  private async resumable(kind: 'waiting' | 'active', statuses: RunStatus[], fn: (page: IncompleteRun[]) => Promise<number>): Promise<void> {
     const from = this.resumeAfter.get(kind);
     // Forgotten first: a pass that fails half way starts the next from the oldest again.
     this.resumeAfter.delete(kind);
@@ -388,17 +415,24 @@ export class Sweeper {
 
   /**
    * Pages through incomplete runs, oldest first, after `from`, with a keyset cursor so alive runs never
-   * hide the ones behind them, for at most `maxPerSweep` runs. Returns where the next pass goes on: after
-   * the last run examined when it stopped at `maxPerSweep`, undefined once it reached the newest run
-   * (the next starts from the oldest).
+   * hide the ones behind them, for at most `maxPerSweep` runs. `fn` returns how many of the page's runs
+   * it went through (fewer than all once the sweeper is stopping). Returns where the next pass goes on:
+   * after the last run examined when it stopped at `maxPerSweep` or because the sweeper is stopping
+   * (`from` when it stopped before any), undefined once it reached the newest run (the next starts from the oldest).
    */
-  private async eachIncomplete(statuses: RunStatus[], olderThanMs: number, from: Cursor | undefined, fn: (page: IncompleteRun[]) => Promise<void>): Promise<Cursor | undefined> {
+  private async eachIncomplete(statuses: RunStatus[], olderThanMs: number, from: Cursor | undefined, fn: (page: IncompleteRun[]) => Promise<number>): Promise<Cursor | undefined> {
     const batch = this.o.batch ?? 500;
     const max = this.o.maxPerSweep ?? 20_000;
     let after = from;
     for (let seen = 0; seen < max; ) {
+      if (this.stopping) return after;
       const page = await this.o.runtime.list_incomplete(systemEm(this.o.orm), { olderThanMs, limit: batch, statuses, ...(after ? { after } : {}) });
-      await fn(page);
+      const done = await fn(page);
+      if (done < page.length) {
+        // Stopping: the next pass goes on after the last run this one went through.
+        const last = page[done - 1];
+        return last ? { updatedAt: last.updated_at_exact, id: last.id } : after;
+      }
       seen += page.length;
       const last = page[page.length - 1];
       if (page.length < batch || !last) return undefined;

@@ -1,4 +1,5 @@
 import { DriverException } from '@mikro-orm/core';
+import { NoAnswerError } from '../db/coalescing-client.ts';
 
 /**
  * One error base for the platform. Routes and steps throw; exactly two mappers turn errors into
@@ -162,18 +163,22 @@ export function isConnectivityError(e: unknown): boolean {
 }
 
 /**
- * True when an error says the platform's own database or Redis is unavailable, told by who raised it:
- * their clients' errors (isConnectivityError's, less the bare network errors any socket raises), or a
- * network error the database layer raised (MikroORM's DriverException: it copies the driver's `code`
- * and message, and may carry the driver's error as its cause). A step's own call out (a partner's API
- * that refuses connections, a dead host) raises bare network errors, however the step wraps them: not this.
+ * True when an error a step threw says the platform's own database is unavailable, told by who raised
+ * it, never by what its text says: only from the first error of its chain that the platform's database
+ * client raised — MikroORM's DriverException (the step's `ctx.em` wraps every error of its queries in
+ * one: it copies the driver's `code` and message, and may carry the driver's error as its cause), or the
+ * coalescing client's NoAnswerError — down, is the chain asked what isConnectivityError asks (a network
+ * error too, as that client raised it). A step's own call out (a partner's API that refuses
+ * connections, a dead host, its own database or Redis) raises errors of neither, however the step wraps
+ * them, and its message may quote any client's words ('Connection terminated unexpectedly', 'Connection
+ * is closed', a SQLSTATE of a partner's database): its failure, not an outage. A step is given no
+ * connection to the platform's Redis, so an ioredis error it throws is its own Redis's.
  */
 export function isBackendUnavailable(e: unknown): boolean {
-  let fromDatabase = false;
+  let platform = false;
   for (let cur: unknown = e, depth = 0; cur && depth < 6; depth++) {
-    fromDatabase ||= cur instanceof DriverException;
-    const kind = unavailability(cur as Link);
-    if (kind === 'backend' || (kind === 'network' && fromDatabase)) return true;
+    platform ||= cur instanceof DriverException || cur instanceof NoAnswerError;
+    if (platform && unavailability(cur as Link)) return true;
     cur = (cur as Link).cause;
   }
   return false;

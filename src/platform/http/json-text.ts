@@ -8,6 +8,20 @@ const UNSTORABLE = /\u0000|[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff
 /** True when `text` holds what PostgreSQL text cannot: a NUL or an unpaired UTF-16 surrogate. */
 export const isUnstorableText = (text: string): boolean => UNSTORABLE.test(text);
 
+const LONE_SURROGATE = /[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/g;
+
+/**
+ * `text` as PostgreSQL text and jsonb can store it, at most `max` UTF-16 code units long: its NULs
+ * removed, each unpaired surrogate replaced by U+FFFD (String.prototype.toWellFormed's), and cut on a
+ * character's boundary — a plain `slice(0, max)` cuts a character outside the BMP in two when its pair
+ * straddles `max`, leaving a lone surrogate that jsonb refuses (22P02), as it refuses a NUL (22P05).
+ */
+export function storableText(text: string, max: number): string {
+  let s = text.replaceAll('\u0000', '').replace(LONE_SURROGATE, '\ufffd');
+  if (s.length > max) s = s.slice(0, /[\ud800-\udbff]/.test(s[max - 1] ?? '') ? max - 1 : max);
+  return s;
+}
+
 /** The path of the first key or string in `value` that PostgreSQL cannot store, or undefined. */
 export function findUnstorableText(value: unknown): string | undefined {
   // Iterative: a body of 64 kB can nest tens of thousands of levels deep.
