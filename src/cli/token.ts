@@ -48,6 +48,10 @@ async function sign(): Promise<void> {
     console.error('JWT_SECRET is not configured: refusing to sign a development token');
     process.exit(1);
   }
+  // The API refuses a token this long after its iat whatever its exp (ADR 0018): a longer --ttl printed
+  // a token that stops working, 401, while its exp says it is good.
+  const maxS = Math.ceil(config.JWT_MAX_TOKEN_LIFETIME / 1000);
+  if (maxS > 0 && Math.round(ttlMs / 1000) > maxS) usage(`--ttl: ${values.ttl} is longer than JWT_MAX_TOKEN_LIFETIME (${maxS} s): the API would refuse the token (401) before its exp`);
   const token = await signDevToken(config, {
     tenantId: values.tenant!,
     sub: values.sub!,

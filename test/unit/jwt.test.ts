@@ -6,6 +6,7 @@ import type { AddressInfo } from 'node:net';
 import { fileURLToPath } from 'node:url';
 import { exportJWK, exportSPKI, generateKeyPair, SignJWT, UnsecuredJWT, type JWTPayload } from 'jose';
 import { parseConfig } from '../../src/platform/config/config.ts';
+import { parseDurationMs } from '../../src/platform/config/duration.ts';
 import { createTokenVerifier, KeysUnavailableError, signDevToken } from '../../src/platform/tenancy/jwt.ts';
 import { UnauthorizedError } from '../../src/platform/errors/app-error.ts';
 import { TEST_JWT_SECRET } from '../helpers/env.ts';
@@ -483,6 +484,20 @@ describe('npm run token', () => {
       expect(short.code, short.err).toBe(2);
       expect(short.out).toBe('');
       expect(short.err.trim()).toBe(`--ttl: ${ttl} is under a second: the token would expire as it is printed\nusage: npm run token -- --tenant <uuid> --sub <id> [--roles a,b] [--ttl 1h]`);
+    }
+  });
+
+  it('a --ttl longer than JWT_MAX_TOKEN_LIFETIME: the usage, exit 2, not a token the API refuses before its exp; with the limit off, or at it, a token', async () => {
+    const long = await run({ JWT_SECRET: TEST_JWT_SECRET }, ['--ttl', '48h']);
+    expect(long.code, long.err).toBe(2);
+    expect(long.out).toBe('');
+    expect(long.err.trim()).toBe('--ttl: 48h is longer than JWT_MAX_TOKEN_LIFETIME (86400 s): the API would refuse the token (401) before its exp\nusage: npm run token -- --tenant <uuid> --sub <id> [--roles a,b] [--ttl 1h]');
+    for (const [env, ttl] of [[{ JWT_MAX_TOKEN_LIFETIME: '0' }, '48h'], [{}, '24h'], [{ JWT_MAX_TOKEN_LIFETIME: '30d' }, '30d']] as const) {
+      const ok = await run({ JWT_SECRET: TEST_JWT_SECRET, ...env }, ['--ttl', ttl]);
+      expect(ok.code, `${ttl}: ${ok.err}`).toBe(0);
+      const { exp, iat } = JSON.parse(Buffer.from(ok.out.trim().split('.')[1]!, 'base64url').toString()) as { exp: number; iat: number };
+      // exp is read a moment after iat: the same second, or the next.
+      expect(exp - iat - Math.round(parseDurationMs(ttl) / 1000)).toBeOneOf([0, 1]);
     }
   });
 
