@@ -8,7 +8,7 @@ import { systemEm, tenantEm } from '../db/tenant-em.ts';
 import { deliveryJobId } from '../queue/job-ids.ts';
 import { jobPresence } from '../queue/job-presence.ts';
 import { ISO_NOW, isoTimeSql, OUTBOX_IDS, outboxCte } from './outbox.ts';
-import { postWebhook, type AttemptOutcome } from './send.ts';
+import { attemptErrorText, postWebhook, type AttemptOutcome } from './send.ts';
 import { endAttemptSpan, startAttemptSpan } from './delivery-trace.ts';
 import { urlOrigin, type UrlPolicy } from './ssrf.ts';
 import type { HostResolver } from './resolve.ts';
@@ -413,11 +413,13 @@ export function webhookHandlers(deps: {
     const planned = outcome.ok ? 'delivered' : !row.enabled || row.resent || attempt >= settings.maxAttempts ? 'failed' : 'pending';
     const delayMs = planned === 'pending' ? retryDelayMs(settings.retryBaseMs, attempt) : 0;
     const disableAfterMs = settings.disableAfterMs ?? 0;
+    // Bound as text and into jsonb: no control character (a NUL is refused by both), whatever produced the outcome.
+    const errorText = attemptErrorText(outcome.error);
     const recorded = await em
       .transactional((tx) =>
         tx.execute<RecordedAttempt[]>(RECORD_ATTEMPT, [
           row.enabled, outcome.ok, disableAfterMs > 0 ? disableAfterMs : null, urlOrigin(row.url), data.tenant_id, row.endpoint_id, row.url, planned,
-          attempt, outcome.statusCode, outcome.error, outcome.statusCode, outcome.error, outcome.durationMs, delayMs, data.tenant_id, row.id, row.attempts,
+          attempt, outcome.statusCode, errorText, outcome.statusCode, errorText, outcome.durationMs, delayMs, data.tenant_id, row.id, row.attempts,
         ]),
       )
       .catch((err: unknown) => {
