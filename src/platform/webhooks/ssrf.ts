@@ -31,6 +31,13 @@ export function warnWhenGuardOff(logger: Logger, allowPrivate: boolean): void {
   );
 }
 
+/**
+ * Unicast addresses, public to ipaddr.js, that are a cloud platform's own services inside every VM's reach:
+ * Azure's WireServer (168.63.129.16: host agent, DNS, health probes). Instance metadata elsewhere is link-local
+ * (169.254.169.254), CGNAT (Alibaba's 100.100.100.200) or unique-local (AWS's fd00:ec2::254), refused as such.
+ */
+const CLOUD_PLATFORM: readonly [ipaddr.IPv4, number][] = [ipaddr.IPv4.parseCIDR('168.63.129.16/32')];
+
 /** Why an address may not receive webhooks; undefined when it may. */
 export function addressRefusal(address: string, allowPrivate: boolean): string | undefined {
   if (allowPrivate) return undefined;
@@ -46,6 +53,7 @@ export function addressRefusal(address: string, allowPrivate: boolean): string |
   // ipaddr.js calls ::/96 (IPv4-compatible, deprecated; :: and ::1 aside) unicast: a stack that still
   // maps ::a.b.c.d to a.b.c.d would reach the embedded IPv4 address, so it is refused whatever it embeds.
   if (range === 'unicast' && parsed.kind() === 'ipv6' && (parsed as ipaddr.IPv6).parts.slice(0, 6).every((p) => p === 0)) return `${address} is a ipv4Compatible address`;
+  if (range === 'unicast' && parsed.kind() === 'ipv4' && CLOUD_PLATFORM.some((cidr) => (parsed as ipaddr.IPv4).match(cidr))) return `${address} is a cloudPlatform address`;
   return range === 'unicast' ? undefined : `${address} is a ${range} address`;
 }
 
