@@ -425,7 +425,7 @@ describe('answers that are not stored', () => {
     const create = (url: string) => api(stack, 'POST', '/api/v1/webhook-endpoints', { token: admin, body: { url, events: ['run.completed'] }, headers: { 'Idempotency-Key': key } });
     const refused = await create('http://localhost:9/hook');
     expectProblem(refused, 422, 'validation_failed');
-    expect(refused.json.errors).toEqual([{ path: 'url', message: expect.stringContaining('non-public') }]);
+    expect(refused.json.errors).toEqual([{ path: 'url', message: expect.stringContaining('does not resolve to a public address') }]);
     expect(await counts(tenant)).toMatchObject({ keys: 0 });
     const fixed = await create('https://93.184.215.43/hook');
     expect(fixed.status, fixed.text).toBe(201);

@@ -5,7 +5,7 @@
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { randomBytes, randomUUID } from 'node:crypto';
 import { Redis } from 'ioredis';
-import { TenantSlots, parseSlotMember, slotMember } from '../../src/platform/durable/tenant-slots.ts';
+import { PARKED_RANK_FACTOR_MAX, rankedDelayMs, TenantSlots, parseSlotMember, slotMember } from '../../src/platform/durable/tenant-slots.ts';
 import { TEST_REDIS_URL } from '../helpers/env.ts';
 import { waitFor } from '../helpers/poll.ts';
 
@@ -126,6 +126,22 @@ describe('tenant slots (Redis scripts)', () => {
     if (refused.acquired) throw new Error('q:late took a slot past the cap');
     expect(refused.refusedAt).toBeGreaterThanOrEqual(before);
     expect(refused.refusedAt).toBeLessThanOrEqual(after);
+  });
+
+  it("a refused take answers its rank among the owner's parked (the set's length when not parked yet); only the cap's earliest are told when the earliest lease lapses, and the rest get a fallback scaled by their rank", async () => {
+    const slots = new TenantSlots(redis, { prefix, cap: 2, leaseMs: LONG_LEASE, per: 'endpoint' });
+    const owner = randomUUID();
+    for (const m of ['q:h1', 'q:h2']) expect(await slots.acquire(owner, m)).toBe(true);
+    for (const [i, m] of ['q:p0', 'q:p1', 'q:p2', 'q:p3', 'q:p4'].entries()) {
+      const refused = await slots.take(owner, m);
+      if (refused.acquired) throw new Error(`${m} took a slot past the cap`);
+      expect(refused.rank).toBe(i);
+      expect(refused.wakeBy !== undefined).toBe(i < 2);
+      await slots.park(owner, m, refused.refusedAt);
+    }
+    // Parked already: its own place, not the tail.
+    expect(await slots.take(owner, 'q:p1')).toMatchObject({ acquired: false, rank: 1 });
+    expect([0, 1, 2, 3, 4, 5, 100, 10_000].map((rank) => rankedDelayMs(1000, rank, 2))).toEqual([1000, 1000, 2000, 2000, 3000, 3000, 51_000, 1000 * PARKED_RANK_FACTOR_MAX]);
   });
 
   it('a park that finds a slot freed since its acquire pops the earliest parked job at once (no wake-up lost)', async () => {

@@ -111,10 +111,10 @@ describe('a delivery attempt resolves its host without the threadpool', () => {
     // The family that answered is what the connection would use: checked as any answer is.
     const refused = await within(send(`http://v6only.dns.test:${port}/v6only`, false, r), 'the attempt to v6only.dns.test', 30_000);
     expect(refused).toMatchObject({ ok: false, statusCode: null });
-    expect(refused.error).toMatch(/refused: v6only\.dns\.test resolves to a non-public address/);
+    expect(refused.error).toMatch(/refused: v6only\.dns\.test does not resolve to a public address/);
   });
 
-  it('the SSRF guard checks every address of both families the DNS server gives; a name with none is ENOTFOUND', async () => {
+  it('the SSRF guard checks every address of both families the DNS server gives; a name with none is ENOTFOUND with the guard off, and refused as a non-public one is with it on', async () => {
     dns.answer('private.dns.test', { a: ['127.0.0.1'] });
     // A public A record and a loopback AAAA: one non-public address refuses the name. The AAAA answer is sent first, so
     // that the resolver has it however late it reads the A one (it waits only its resolution delay for a late AAAA).
@@ -123,14 +123,18 @@ describe('a delivery attempt resolves its host without the threadpool', () => {
     const before = hits.length;
     const priv = await send(`http://private.dns.test:${port}/private`, false);
     expect(priv).toMatchObject({ ok: false, statusCode: null });
-    expect(priv.error).toMatch(/refused: private\.dns\.test resolves to a non-public address/);
+    expect(priv.error).toMatch(/refused: private\.dns\.test does not resolve to a public address/);
     const mixed = await send(`http://mixed.dns.test:${port}/mixed`, false);
-    expect(mixed.error).toMatch(/refused: mixed\.dns\.test resolves to a non-public address/);
+    expect(mixed.error).toMatch(/refused: mixed\.dns\.test does not resolve to a public address/);
     expect(mixed.error).not.toMatch(/::1|127\.0\.0\.1|loopback/);
     const none = await send(`http://nothing.dns.test:${port}/nothing`, true);
     expect(none).toMatchObject({ ok: false, error: 'ENOTFOUND: nothing.dns.test has no address in DNS' });
     const unknown = await send(`http://unknown.dns.test:${port}/unknown`, true);
     expect(unknown).toMatchObject({ ok: false, error: 'ENOTFOUND: unknown.dns.test has no address in DNS' });
+    // With the guard on, a delivery's last_error (the tenant reads it) does not tell an internal name from one that does not exist.
+    const guarded = await send(`http://unknown.dns.test:${port}/unknown`, false);
+    expect(guarded).toMatchObject({ ok: false, statusCode: null });
+    expect(guarded.error!.replace('unknown.dns.test', '<host>')).toBe(priv.error!.replace('private.dns.test', '<host>'));
     expect(hits.length).toBe(before);
   });
 });

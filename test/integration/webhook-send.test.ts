@@ -71,7 +71,7 @@ describe('a delivery attempt', () => {
     const before = hits.length;
     const byName = await send(`http://localhost:${port}/rebound`, false);
     expect(byName.ok).toBe(false);
-    expect(byName.error).toMatch(/refused: localhost resolves to a non-public address/);
+    expect(byName.error).toMatch(/refused: localhost does not resolve to a public address/);
     // The tenant reads last_error: what an internal name resolves to is never told (no map of the network).
     expect(byName.error).not.toMatch(/127\.0\.0\.1|::1|loopback/);
     const byAddress = await send(`http://127.0.0.1:${port}/literal`, false);

@@ -436,7 +436,7 @@ describe('webhook endpoint API: refusals', () => {
     const admin = await stack.token({ tenantId, sub: 'admin-1', roles: ['admin'] });
     const res = await createEndpoint(stack, admin, { url: 'http://localhost:9/hook', events: ['run.completed'] });
     expect(res.status, res.text).toBe(422);
-    expect(res.json.errors).toEqual([{ path: 'url', message: 'its host localhost resolves to a non-public address' }]);
+    expect(res.json.errors).toEqual([{ path: 'url', message: 'its host localhost does not resolve to a public address' }]);
     expect(res.text).not.toMatch(/127\.0\.0\.1|::1|loopback/);
   });
 

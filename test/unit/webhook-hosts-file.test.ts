@@ -47,7 +47,7 @@ describe('the hosts file as webhook resolution reads it (resolve.ts)', () => {
       // A server that refuses every query: a name asked of it would be a 503 (thrown), not an answer.
       const resolver = new HostResolver({ servers: ['127.0.0.1:1'], timeoutMs: 1000, hostsFile });
       const policy = { allowPrivate: false, httpsOnly: false };
-      expect(await resolvedRefusal('http://PINNED.hosts.test./hook', policy, resolver)).toBe('its host pinned.hosts.test. resolves to a non-public address');
+      expect(await resolvedRefusal('http://PINNED.hosts.test./hook', policy, resolver)).toBe('its host pinned.hosts.test. does not resolve to a public address');
       writeFileSync(hostsFile, '93.184.215.14 pinned.hosts.test\n');
       // A new mtime whatever the file system's timestamp granularity; read at the next check (at most a second on).
       utimesSync(hostsFile, new Date(Date.now() + 60_000), new Date(Date.now() + 60_000));

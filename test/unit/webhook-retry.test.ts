@@ -38,12 +38,15 @@ describe('webhook receiver addresses', () => {
     ['::7f00:1', 'ipv4Compatible'],
     ['::a9fe:a9fe', 'ipv4Compatible'],
     ['::808:808', 'ipv4Compatible'],
+    // Azure's WireServer (host agent, instance metadata's sibling): a unicast address to ipaddr.js, every Azure VM reaches it.
+    ['168.63.129.16', 'cloudPlatform'],
+    ['::ffff:168.63.129.16', 'cloudPlatform'],
   ])('%s is refused (%s) without WEBHOOK_ALLOW_PRIVATE_NETWORKS, admitted with it', (address, range) => {
     expect(addressRefusal(address, false)).toBe(`${address} is a ${range} address`);
     expect(addressRefusal(address, true)).toBeUndefined();
   });
 
-  it.each(['93.184.215.14', '8.8.8.8', '2606:4700:4700::1111'])('public %s is admitted', (address) => {
+  it.each(['93.184.215.14', '8.8.8.8', '2606:4700:4700::1111', '168.63.129.15', '168.63.129.17'])('public %s is admitted', (address) => {
     expect(addressRefusal(address, false)).toBeUndefined();
   });
 });

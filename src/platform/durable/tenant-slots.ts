@@ -47,7 +47,8 @@ if override and override >= 1 and override <= 1000000000 and override == math.fl
  * or a lease lapsed — for the caller to wake the next, else 0). Else {0, ms, cap, now}: `now` is Redis's clock,
  * the parked-set score of a job parked for the first time (its `parked_at`); `ms` is how long until the earliest live lease lapses (Redis's clock, relative, so the
  * caller's clock need not agree) when the member is — or, parking now, would be — among the owner's
- * `cap` earliest parked, else 0. A lease that lapses (its holder died) frees a slot nobody releases:
+ * `cap` earliest parked, else 0; `rank` is that place (0 the earliest; the set's length for a member not in it).
+ * A lease that lapses (its holder died) frees a slot nobody releases:
  * those few come back when it does, and take it; the others wait for promotions as before, so a long
  * parked set does not all come back at every lease's end.
  */
@@ -60,9 +61,9 @@ if redis.call('ZSCORE', KEYS[1], ARGV[1]) or redis.call('ZCARD', KEYS[1]) < cap 
   return {1, 0, cap}
 end
 local rank = redis.call('ZRANK', KEYS[2], ARGV[1]) or redis.call('ZCARD', KEYS[2])
-if rank >= cap then return {0, 0, cap, now} end
+if rank >= cap then return {0, 0, cap, now, rank} end
 local earliest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-return {0, tonumber(earliest[2]) - now, cap, now}`;
+return {0, tonumber(earliest[2]) - now, cap, now, rank}`;
 
 /** KEYS: slots. ARGV: member, lease ms. Extends the member's lease (re-adds it if it lapsed: the job is still running). */
 const RENEW = `${NOW}
@@ -108,7 +109,7 @@ end
 return false`;
 
 type SlotRedis = Redis & {
-  dealixSlotAcquire(slots: string, parked: string, limits: string, member: string, cap: number, leaseMs: number, owner: string): Promise<[number, number, number, number?]>;
+  dealixSlotAcquire(slots: string, parked: string, limits: string, member: string, cap: number, leaseMs: number, owner: string): Promise<[number, number, number, number?, number?]>;
   dealixSlotRenew(slots: string, member: string, leaseMs: number): Promise<number>;
   dealixSlotPark(slots: string, parked: string, limits: string, member: string, cap: number, parkedAt: number, ttlMs: number, owner: string): Promise<string | null>;
   dealixSlotRelease(slots: string, parked: string, limits: string, member: string, cap: number, owner: string): Promise<string | null>;
@@ -121,11 +122,34 @@ export function parkDelayMs(parks: number): number {
   return Math.round(base * (1 + Math.random()));
 }
 
+/**
+ * The most a parked job's fallback delay is multiplied by its place in the queue (`rankedDelayMs`): with the
+ * 60–120 s fallback, a job far back in a long parked set comes back after 1–2 h at the latest.
+ */
+export const PARKED_RANK_FACTOR_MAX = 60;
+
+/**
+ * The fallback delay of a job parked at `rank` (0 the earliest) in an owner's parked set of cap `cap`, when the
+ * caller asks for it (the webhook deliveries, ADR 0013 *Parked backlogs*): the owner's `cap` earliest keep
+ * `fallbackMs`; one further back `ceil((rank + 1) / cap)` times it, at most PARKED_RANK_FACTOR_MAX times. A
+ * job that far back is not due a slot before the jobs ahead of it have had theirs: it comes by a promotion,
+ * and its fallback is only for a promotion lost. A backlog of N parked then comes back about cap × ln(N / cap)
+ * times per fallback delay, not N times (a silent receiver's day of deliveries at 1/s came back ~960 times a
+ * second, each reading its row in PostgreSQL, ahead of every other tenant's deliveries in the FIFO queue).
+ */
+export function rankedDelayMs(fallbackMs: number, rank: number, cap: number): number {
+  if (rank < cap) return fallbackMs;
+  return fallbackMs * Math.min(PARKED_RANK_FACTOR_MAX, Math.ceil((rank + 1) / cap));
+}
+
 /** The parked-set score of a job parked `first`: ahead of every `parked_at` (a time on Redis's clock), so the earliest promoted. */
 const PARKED_FIRST = 0;
 
-/** How long an emptied parked set is kept: longer than any fallback delay, so a live parked job's entry outlives it. */
-const PARKED_TTL_MS = 10 * 60_000;
+/**
+ * How long an emptied parked set is kept: longer than any fallback delay (at most 120 s × PARKED_RANK_FACTOR_MAX),
+ * so a live parked job's entry outlives it: each job of a set comes back (and parks again, renewing it) within it.
+ */
+const PARKED_TTL_MS = 3 * 3600_000;
 
 /** The hash of per-owner overrides of the cap (ADR 0014): `<prefix>:tenant-limits` for run jobs. */
 export const tenantLimitsKey = (prefix: string, per: SlotOwner = 'tenant') => `${prefix}:${per}-limits`;
@@ -214,15 +238,16 @@ export class TenantSlots {
    * `wakeBy`, this host's clock at the latest moment the earliest live lease lapses (the clock read before
    * the request, plus Redis's remaining time: never after the lapse, whatever the clocks' offset), for
    * one of the owner's `cap` earliest parked; undefined for the rest. A member that found no slot is also
-   * told `refusedAt`, Redis's clock then: the time it is parked at, if this is its first park (`slotParking`).
+   * told `refusedAt`, Redis's clock then: the time it is parked at, if this is its first park (`slotParking`),
+   * and `rank`, its place among the owner's parked (0 the earliest; the set's length if it is not parked yet).
    * One round trip, as `acquire`.
    */
   async take(tenant: string, member: string): Promise<SlotTake> {
     const askedAt = Date.now();
-    const [acquired, lapsesInMs, cap, refusedAt] = await this.redis.dealixSlotAcquire(this.slotsKey(tenant), this.parkedKey(tenant), this.limitsKey(), member, this.cap, this.leaseMs, tenant);
+    const [acquired, lapsesInMs, cap, refusedAt, rank] = await this.redis.dealixSlotAcquire(this.slotsKey(tenant), this.parkedKey(tenant), this.limitsKey(), member, this.cap, this.leaseMs, tenant);
     // A slot still free with jobs parked (a raised override, a lapsed lease): `wakeParked` asks the caller to promote the next.
     if (acquired === 1) return { acquired: true, cap, wakeParked: lapsesInMs === 1 };
-    const refused = { acquired: false as const, cap, refusedAt: Number(refusedAt) };
+    const refused = { acquired: false as const, cap, refusedAt: Number(refusedAt), rank: Number(rank) };
     return lapsesInMs > 0 ? { ...refused, wakeBy: askedAt + lapsesInMs } : refused;
   }
 
@@ -254,7 +279,7 @@ export class TenantSlots {
 }
 
 /** What `TenantSlots.take` answers: a slot held, or refused (with Redis's clock at the refusal, `refusedAt`, the time a first park is recorded at). */
-export type SlotTake = { acquired: true; cap: number; wakeParked: boolean } | { acquired: false; cap: number; refusedAt: number; wakeBy?: number };
+export type SlotTake = { acquired: true; cap: number; wakeParked: boolean } | { acquired: false; cap: number; refusedAt: number; rank: number; wakeBy?: number };
 
 /** What a parked job carries in its data: how often it was parked, and when first (its place in the parked set, on Redis's clock). */
 export interface ParkedJobData {
@@ -325,16 +350,20 @@ export function slotParking(slots: TenantSlots, opts: { queueOf: (name: string) 
      * first park's `refusedAt`, Redis's clock, kept in its data (`parked_at`) for its later parks: the
      * worker hosts' clocks, which may disagree by seconds, play no part in the order.
      * `first` (a webhook test event, ADR 0013) parks it ahead of the jobs parked before it: promoted at
-     * the owner's next release rather than after them.
+     * the owner's next release rather than after them. Given its `rank` and the owner's `cap` (the webhook
+     * deliveries pass them), a job behind the owner's `cap` earliest parked gets a fallback delay scaled by
+     * its place (rankedDelayMs): it waits for a promotion, and a long parked set does not keep coming back.
      */
-    async park(job: Job, token: string | undefined, owner: string, member: string, parked: (info: { parks: number; delayMs: number }) => void, refused: { refusedAt: number; wakeBy?: number | undefined }, first = false): Promise<never> {
+    async park(job: Job, token: string | undefined, owner: string, member: string, parked: (info: { parks: number; delayMs: number }) => void, refused: { refusedAt: number; wakeBy?: number | undefined; rank?: number; cap?: number }, first = false): Promise<never> {
       const { wakeBy, refusedAt } = refused;
       const d = job.data as ParkedJobData;
       const parks = (d.parks ?? 0) + 1;
       const parkedAt = first ? PARKED_FIRST : (d.parked_at ?? refusedAt);
       const now = Date.now();
+      const fallbackMs = (opts.parkDelayMs ?? parkDelayMs)(parks);
+      const rank = first ? 0 : refused.rank;
       // No later than `wakeBy` (TenantSlots.take: when the earliest lease held lapses), if it watches the leases.
-      const until = Math.min(now + (opts.parkDelayMs ?? parkDelayMs)(parks), wakeBy ?? Infinity);
+      const until = Math.min(now + (rank !== undefined && refused.cap !== undefined ? rankedDelayMs(fallbackMs, rank, refused.cap) : fallbackMs), wakeBy ?? Infinity);
       const delayMs = Math.max(0, until - now);
       await job.updateData({ ...(job.data as object), parks, parked_at: parkedAt });
       await job.moveToDelayed(until, token);

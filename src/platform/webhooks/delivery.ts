@@ -8,7 +8,7 @@ import { systemEm, tenantEm } from '../db/tenant-em.ts';
 import { deliveryJobId } from '../queue/job-ids.ts';
 import { jobPresence } from '../queue/job-presence.ts';
 import { ISO_NOW, isoTimeSql, OUTBOX_IDS, outboxCte } from './outbox.ts';
-import { postWebhook, type AttemptOutcome } from './send.ts';
+import { attemptErrorText, postWebhook, type AttemptOutcome } from './send.ts';
 import { endAttemptSpan, startAttemptSpan } from './delivery-trace.ts';
 import { urlOrigin, type UrlPolicy } from './ssrf.ts';
 import type { HostResolver } from './resolve.ts';
@@ -25,6 +25,11 @@ export const WEBHOOK_REDELIVERY_JOB = 'webhook-redelivery';
 export interface DeliveryJobData extends ParkedJobData {
   tenant_id: string;
   delivery_id: string;
+  /**
+   * The delivery's endpoint, written when the job parks at a cap (with `parks`): back from its park, it takes its
+   * slots before it reads its row, and a cap still full parks it again without a PostgreSQL read (ADR 0013, *Parked backlogs*).
+   */
+  endpoint_id?: string;
 }
 
 /**
@@ -247,35 +252,55 @@ export function webhookHandlers(deps: {
     ...capOf(use?.tenant, (_endpointId, tenantId) => tenantId, "tenant at its cap of webhook attempts in flight: delivery parked until one of the tenant's attempts ends"),
   ];
   /**
-   * One attempt's POST, within a slot of each cap that is on (its endpoint's, then its tenant's). A cap
-   * reached parks the job (delayed, no delivery attempt or BullMQ attempt spent) until one of its
-   * owner's attempts ends; a slot taken before it is given back. Every slot taken is given back as soon
-   * as the receiver answered (or the attempt timed out, or a Redis call failed), before the attempt is recorded.
+   * Takes a slot of each cap that is on (its endpoint's, then its tenant's) for the job, and returns them. A
+   * cap reached parks the job (delayed, no delivery attempt or BullMQ attempt spent) until one of its
+   * owner's attempts ends, and throws DelayedError; a slot taken before it is given back. Its delay: its
+   * fallback, scaled by its place in the owner's parked set (rankedDelayMs) — about `cap` of a long
+   * backlog come back on their own, the rest by promotion — and no later than when the earliest lease
+   * held lapses (`wakeBy`, for the owner's `cap` earliest parked).
+   */
+  const takeSlots = async (job: Job, endpointId: string, tenantId: string, log: Logger, eventType: string | undefined): Promise<{ cap: WebhookCap; owner: string }[]> => {
+    const member = slotMember(job.queueName, job.id!);
+    const taken: { cap: WebhookCap; owner: string }[] = [];
+    for (const cap of caps) {
+      const owner = cap.ownerOf(endpointId, tenantId);
+      // take, not acquire: a lease that lapses (its worker died in the POST) frees a slot nobody releases, and
+      // the leases are not renewed (WEBHOOK_TIMEOUT bounds the POST), so its expiry is the holder's deadline;
+      // the owner's first parked jobs come back by then (wakeBy) rather than after their fallback.
+      const slot = await cap.slots.take(owner, member).catch((err: unknown) => {
+        for (const t of taken.splice(0)) t.cap.parking.give(t.owner, member);
+        throw err;
+      });
+      if (slot.acquired) {
+        taken.push({ cap, owner });
+        // A slot still free with deliveries parked (the cap raised, a lease lapsed): the next is promoted now, not after its fallback.
+        if (slot.wakeParked) cap.parking.wake(owner);
+        continue;
+      }
+      // The endpoint's slot is given back before the job parks on its tenant's set: held while parked, it would hold up the endpoint's parked jobs.
+      for (const t of taken.splice(0)) t.cap.parking.give(t.owner, member);
+      // Promoted by its tenant's set into a free slot, a job that parks on its endpoint's instead passes that slot on.
+      if ((job.data as DeliveryJobData).parks) for (const later of caps.slice(caps.indexOf(cap) + 1)) later.parking.wake(later.ownerOf(endpointId, tenantId));
+      // Its endpoint kept with the park: back, it finds its slots before its row.
+      if ((job.data as DeliveryJobData).endpoint_id !== endpointId) job.data = { ...(job.data as DeliveryJobData), endpoint_id: endpointId } satisfies DeliveryJobData;
+      return await cap.parking.park(job, job.token, owner, member, ({ parks, delayMs }) => {
+        use?.onParked?.();
+        log[parks === 1 ? 'info' : 'debug']({ webhook_endpoint_id: endpointId, cap: cap.slots.cap, cap_per: cap.slots.per, parks, fallback_delay_ms: delayMs }, cap.what);
+      }, slot, eventType === WEBHOOK_TEST_EVENT);
+    }
+    return taken;
+  };
+  /**
+   * One attempt's POST, within a slot of each cap that is on (takeSlots: a cap reached parks the job). Every
+   * slot taken is given back as soon as the receiver answered (or the attempt timed out, or a Redis call
+   * failed), before the attempt is recorded. A job back from a park holds them already (the handler took
+   * them before it read its row): its take renews them.
    */
   const post = async (job: Job, row: DeliveryRow, tenantId: string, log: Logger, send: () => Promise<AttemptOutcome>): Promise<AttemptOutcome> => {
     if (caps.length === 0) return send();
     const member = slotMember(job.queueName, job.id!);
-    const taken: { cap: WebhookCap; owner: string }[] = [];
+    const taken = await takeSlots(job, row.endpoint_id, tenantId, log, row.event_type);
     try {
-      for (const cap of caps) {
-        const owner = cap.ownerOf(row.endpoint_id, tenantId);
-        // take, not acquire: a lease that lapses (its worker died in the POST) frees a slot nobody releases, and
-        // the leases are not renewed (WEBHOOK_TIMEOUT bounds the POST), so its expiry is the holder's deadline;
-        // the owner's first parked jobs come back by then (wakeBy) rather than after their 30-120 s fallback.
-        const slot = await cap.slots.take(owner, member);
-        if (slot.acquired) {
-          taken.push({ cap, owner });
-          continue;
-        }
-        // The endpoint's slot is given back before the job parks on its tenant's set: held while parked, it would hold up the endpoint's parked jobs.
-        for (const t of taken.splice(0)) t.cap.parking.give(t.owner, member);
-        // Promoted by its tenant's set into a free slot, a job that parks on its endpoint's instead passes that slot on.
-        if ((job.data as DeliveryJobData).parks) for (const later of caps.slice(caps.indexOf(cap) + 1)) later.parking.wake(later.ownerOf(row.endpoint_id, tenantId));
-        return await cap.parking.park(job, job.token, owner, member, ({ parks, delayMs }) => {
-          use?.onParked?.();
-          log[parks === 1 ? 'info' : 'debug']({ webhook_endpoint_id: row.endpoint_id, cap: cap.slots.cap, cap_per: cap.slots.per, parks, fallback_delay_ms: delayMs }, cap.what);
-        }, slot, row.event_type === WEBHOOK_TEST_EVENT);
-      }
       return await send();
     } finally {
       for (const t of taken) t.cap.parking.give(t.owner, member);
@@ -283,12 +308,15 @@ export function webhookHandlers(deps: {
   };
   /**
    * A job parked before that ends here without an attempt (its delivery settled, gone or not due, its
-   * endpoint disabled meanwhile) may have been promoted into a free slot it does not take: the owners'
-   * next parked jobs are promoted instead of waiting out their fallback delay.
+   * endpoint disabled meanwhile) may hold the slots it took before its row read, or have been promoted into a
+   * free slot it does not take: its slots are given back (a release of none is a wake) and the owners'
+   * next parked jobs promoted instead of waiting out their fallback delay.
    */
-  const passOn = (data: DeliveryJobData, endpointId: string | undefined) => {
+  const passOn = (job: Job, data: DeliveryJobData, endpointId: string | undefined) => {
     if (!data.parks) return;
-    for (const cap of caps) if (endpointId || cap.slots.per !== 'endpoint') cap.parking.wake(cap.ownerOf(endpointId ?? '', data.tenant_id));
+    const member = slotMember(job.queueName, job.id!);
+    const endpoint = endpointId ?? data.endpoint_id;
+    for (const cap of caps) if (endpoint || cap.slots.per !== 'endpoint') cap.parking.give(cap.ownerOf(endpoint ?? '', data.tenant_id), member);
   };
   /**
    * An endpoint with a `rate_limit_per_second` (ADR 0013, *Rate limits*): the attempt goes now if it has
@@ -308,7 +336,7 @@ export function webhookHandlers(deps: {
     }
     if (waitMs === 0) return;
     // Promoted into a free in-flight slot it does not take now: the owners' next parked job takes it.
-    passOn(data, row.endpoint_id);
+    passOn(job, data, row.endpoint_id);
     await job.moveToDelayed(Date.now() + waitMs, job.token);
     deps.rates!.onRateLimited?.();
     log.debug({ webhook_endpoint_id: row.endpoint_id, rate_limit_per_second: perSecond, wait_ms: waitMs }, 'webhook endpoint at its rate limit: delivery put back until its turn');
@@ -330,112 +358,131 @@ export function webhookHandlers(deps: {
     // A lost enqueue is found by the redelivery pass: the deliveries are committed.
     if (r.webhook_deliveries.length) await enqueueDeliveries(deps.queue(), tenantId, r.webhook_deliveries).catch((err: unknown) => deps.logger.warn({ err, tenant_id: tenantId }, 'webhook_endpoint.disabled deliveries not enqueued; the redelivery pass will'));
   }
-  return {
-    async [WEBHOOK_DELIVERY_JOB](job: Job) {
-      const data = job.data as DeliveryJobData;
-      const em = tenantEm(deps.orm, data.tenant_id);
-      // Under the tenant's row-level security: a job naming another tenant's delivery finds nothing.
-      const [row] = await em.transactional((tx) =>
-        tx.execute<DeliveryRow[]>(
-          `select d.id, d.endpoint_id, d.status, d.attempts, d.payload, d.next_attempt_at, e.url, e.secret, e.enabled, e.rate_limit_per_second, (d.resent_at is not null or d.event_type = '${WEBHOOK_TEST_EVENT}') as resent,
+  /** One execution of a delivery job: its row read, its attempt (within its slots), its record. */
+  const deliver = async (job: Job, data: DeliveryJobData) => {
+    const em = tenantEm(deps.orm, data.tenant_id);
+    // Under the tenant's row-level security: a job naming another tenant's delivery finds nothing.
+    const [row] = await em.transactional((tx) =>
+      tx.execute<DeliveryRow[]>(
+        `select d.id, d.endpoint_id, d.status, d.attempts, d.payload, d.next_attempt_at, e.url, e.secret, e.enabled, e.rate_limit_per_second, (d.resent_at is not null or d.event_type = '${WEBHOOK_TEST_EVENT}') as resent,
                   case when e.previous_secret_expires_at > now() then e.previous_secret end as previous_secret,
                   d.event_type, r.id as run_id, r.traceparent as run_traceparent, r.correlation_id as run_correlation_id
              from webhook_deliveries d join webhook_endpoints e on e.tenant_id = d.tenant_id and e.id = d.endpoint_id
                   left join durable_runs r on r.id = ${RUN_ID_OF_PAYLOAD} and r.tenant_id = d.tenant_id
             where d.tenant_id = ? and d.id = ?`,
-          [data.tenant_id, data.delivery_id],
-        ),
+        [data.tenant_id, data.delivery_id],
+      ),
+    );
+    if (!row) {
+      passOn(job, data, undefined);
+      return { outcome: 'not_found' };
+    }
+    if (row.status !== 'pending') {
+      passOn(job, data, row.endpoint_id);
+      return { outcome: row.status };
+    }
+    // A run's event: its lines are among the run's (its run id and correlation id), as its attempt spans are.
+    const ofRun = row.run_id ? { run_id: row.run_id, ...(row.run_correlation_id ? { correlation_id: row.run_correlation_id } : {}) } : {};
+    const log = deps.logger.child({ tenant_id: data.tenant_id, webhook_delivery_id: row.id, job_id: job.id, ...ofRun });
+    // Enqueued again before its attempt was due (the redelivery pass, a duplicate): wait for it.
+    const due = row.next_attempt_at ? new Date(row.next_attempt_at).getTime() : 0;
+    if (due > Date.now() + 1000) {
+      passOn(job, data, row.endpoint_id);
+      await job.moveToDelayed(due, job.token);
+      throw new DelayedError();
+    }
+    if (!row.enabled) passOn(job, data, row.endpoint_id);
+    // A disabled endpoint's attempt is no POST, and takes no turn.
+    // A test event (an admin watching for its outcome) goes ahead of the deliveries waiting for turns and of those parked at a cap.
+    const first = row.event_type === WEBHOOK_TEST_EVENT;
+    if (row.enabled && row.rate_limit_per_second !== null && deps.rates) await waitForTurn(job, row, data, log, row.rate_limit_per_second, first);
+    const attempt = row.attempts + 1;
+    // The attempt's span starts with its POST (not while the job waits for a slot, or parks) and ends once the attempt is recorded.
+    let span: Span | undefined;
+    const send = () => {
+      const traced = startAttemptSpan({
+        tenantId: data.tenant_id, deliveryId: row.id, endpointId: row.endpoint_id, eventType: row.event_type, attempt, url: row.url,
+        runId: row.run_id, runTraceparent: row.run_traceparent, runCorrelationId: row.run_correlation_id,
+      });
+      span = traced.span;
+      const secrets = row.previous_secret ? [row.secret, row.previous_secret] : [row.secret];
+      return otelContext.with(traced.ctx, () => postWebhook({ url: row.url, secrets, msgId: row.id, body: JSON.stringify(row.payload), timeoutMs: settings.timeoutMs, policy: settings.policy, resolver: settings.resolver }));
+    };
+    const outcome: AttemptOutcome = row.enabled ? await post(job, row, data.tenant_id, log, send) : { ok: false, statusCode: null, error: 'endpoint disabled', durationMs: 0 };
+    // A resent delivery (or a test event) is owed one attempt, not a new retry cycle (ADR 0013): it fails again at once.
+    const planned = outcome.ok ? 'delivered' : !row.enabled || row.resent || attempt >= settings.maxAttempts ? 'failed' : 'pending';
+    const delayMs = planned === 'pending' ? retryDelayMs(settings.retryBaseMs, attempt) : 0;
+    const disableAfterMs = settings.disableAfterMs ?? 0;
+    // Bound as text and into jsonb: no control character (a NUL is refused by both), whatever produced the outcome.
+    const errorText = attemptErrorText(outcome.error);
+    const recorded = await em
+      .transactional((tx) =>
+        tx.execute<RecordedAttempt[]>(RECORD_ATTEMPT, [
+          row.enabled, outcome.ok, disableAfterMs > 0 ? disableAfterMs : null, urlOrigin(row.url), data.tenant_id, row.endpoint_id, row.url, planned,
+          attempt, outcome.statusCode, errorText, outcome.statusCode, errorText, outcome.durationMs, delayMs, data.tenant_id, row.id, row.attempts,
+        ]),
+      )
+      .catch((err: unknown) => {
+        if (span) endAttemptSpan(span, outcome, 'unrecorded');
+        throw err;
+      });
+    // Another execution recorded this attempt first (a duplicate job): its outcome stands.
+    if (recorded.length === 0) {
+      if (span) endAttemptSpan(span, outcome, 'superseded');
+      // That execution may have been this very job's, run before a stall (its lock lost): it recorded a retry, but its
+      // move to delayed failed, and this one's completing would leave the retry to the redelivery pass (its delay, plus
+      // the pass's overdue age, plus up to one WEBHOOK_REDELIVERY_INTERVAL). Still pending, and this job still its
+      // current cycle's (a resend's job, or an earlier cycle's, is another job and completes): delayed to its next attempt.
+      const [now] = await em.transactional((tx) =>
+        tx.execute<{ status: string; resends: number; next_attempt_at: Date | null }[]>(`select status, resends, next_attempt_at from webhook_deliveries where tenant_id = ? and id = ?`, [data.tenant_id, row.id]),
       );
-      if (!row) {
-        passOn(data, undefined);
-        return { outcome: 'not_found' };
-      }
-      if (row.status !== 'pending') {
-        passOn(data, row.endpoint_id);
-        return { outcome: row.status };
-      }
-      // A run's event: its lines are among the run's (its run id and correlation id), as its attempt spans are.
-      const ofRun = row.run_id ? { run_id: row.run_id, ...(row.run_correlation_id ? { correlation_id: row.run_correlation_id } : {}) } : {};
-      const log = deps.logger.child({ tenant_id: data.tenant_id, webhook_delivery_id: row.id, job_id: job.id, ...ofRun });
-      // Enqueued again before its attempt was due (the redelivery pass, a duplicate): wait for it.
-      const due = row.next_attempt_at ? new Date(row.next_attempt_at).getTime() : 0;
-      if (due > Date.now() + 1000) {
-        passOn(data, row.endpoint_id);
-        await job.moveToDelayed(due, job.token);
+      if (now?.status === 'pending' && job.id === deliveryJobId(row.id, now.resends)) {
+        if (data.parks !== undefined) await job.updateData({ tenant_id: data.tenant_id, delivery_id: data.delivery_id } satisfies DeliveryJobData);
+        await job.moveToDelayed(Math.max(Date.now(), now.next_attempt_at ? new Date(now.next_attempt_at).getTime() : 0), job.token);
         throw new DelayedError();
       }
-      if (!row.enabled) passOn(data, row.endpoint_id);
-      // A disabled endpoint's attempt is no POST, and takes no turn.
-      // A test event (an admin watching for its outcome) goes ahead of the deliveries waiting for turns and of those parked at a cap.
-      const first = row.event_type === WEBHOOK_TEST_EVENT;
-      if (row.enabled && row.rate_limit_per_second !== null && deps.rates) await waitForTurn(job, row, data, log, row.rate_limit_per_second, first);
-      const attempt = row.attempts + 1;
-      // The attempt's span starts with its POST (not while the job waits for a slot, or parks) and ends once the attempt is recorded.
-      let span: Span | undefined;
-      const send = () => {
-        const traced = startAttemptSpan({
-          tenantId: data.tenant_id, deliveryId: row.id, endpointId: row.endpoint_id, eventType: row.event_type, attempt, url: row.url,
-          runId: row.run_id, runTraceparent: row.run_traceparent, runCorrelationId: row.run_correlation_id,
-        });
-        span = traced.span;
-        const secrets = row.previous_secret ? [row.secret, row.previous_secret] : [row.secret];
-        return otelContext.with(traced.ctx, () => postWebhook({ url: row.url, secrets, msgId: row.id, body: JSON.stringify(row.payload), timeoutMs: settings.timeoutMs, policy: settings.policy, resolver: settings.resolver }));
-      };
-      const outcome: AttemptOutcome = row.enabled ? await post(job, row, data.tenant_id, log, send) : { ok: false, statusCode: null, error: 'endpoint disabled', durationMs: 0 };
-      // A resent delivery (or a test event) is owed one attempt, not a new retry cycle (ADR 0013): it fails again at once.
-      const planned = outcome.ok ? 'delivered' : !row.enabled || row.resent || attempt >= settings.maxAttempts ? 'failed' : 'pending';
-      const delayMs = planned === 'pending' ? retryDelayMs(settings.retryBaseMs, attempt) : 0;
-      const disableAfterMs = settings.disableAfterMs ?? 0;
-      const recorded = await em
-        .transactional((tx) =>
-          tx.execute<RecordedAttempt[]>(RECORD_ATTEMPT, [
-            row.enabled, outcome.ok, disableAfterMs > 0 ? disableAfterMs : null, urlOrigin(row.url), data.tenant_id, row.endpoint_id, row.url, planned,
-            attempt, outcome.statusCode, outcome.error, outcome.statusCode, outcome.error, outcome.durationMs, delayMs, data.tenant_id, row.id, row.attempts,
-          ]),
-        )
-        .catch((err: unknown) => {
-          if (span) endAttemptSpan(span, outcome, 'unrecorded');
+      return { outcome: 'superseded' };
+    }
+    if (recorded[0]!.disabled) await endpointDisabled(recorded[0]!, data.tenant_id, job.id);
+    // The attempt that disabled its endpoint ended its delivery too.
+    const status = recorded[0]!.status;
+    const counted = status === 'pending' ? 'retrying' : status;
+    if (span) endAttemptSpan(span, outcome, counted);
+    deps.outcomes?.inc({ outcome: counted });
+    // The attempt's line names the attempt's span (in the run's trace), not the job's, which may be another trace's (a resend's).
+    const inAttempt = (write: () => void) => (span ? otelContext.with(trace.setSpan(otelContext.active(), span), write) : write());
+    if (status === 'delivered') {
+      inAttempt(() => log.info({ attempt, status_code: outcome.statusCode, duration_ms: outcome.durationMs }, 'webhook delivered'));
+      return { outcome: status, attempt };
+    }
+    if (status === 'failed') {
+      inAttempt(() => log.warn({ attempt, status_code: outcome.statusCode, err: outcome.error }, 'webhook delivery failed for good'));
+      return { outcome: status, attempt };
+    }
+    inAttempt(() => log.info({ attempt, status_code: outcome.statusCode, err: outcome.error, retry_in_ms: delayMs }, 'webhook delivery attempt failed; retrying later'));
+    // The retry is a new attempt: parked then, it queues behind the deliveries parked before it (not ahead of them all, by
+    // this attempt's parked_at), with the first fallback delay, its park logged at info. Only a job that was parked pays the write.
+    if (data.parks !== undefined) await job.updateData({ tenant_id: data.tenant_id, delivery_id: data.delivery_id } satisfies DeliveryJobData);
+    await job.moveToDelayed(Date.now() + delayMs, job.token);
+    throw new DelayedError();
+  };
+  return {
+    async [WEBHOOK_DELIVERY_JOB](job: Job) {
+      const data = job.data as DeliveryJobData;
+      // Back from a park: its slots first, and a cap still full parks it again before it reads its row (ADR 0013,
+      // *Parked backlogs*): a backlog's deliveries that come back on their fallback cost PostgreSQL nothing.
+      if (caps.length > 0 && data.parks && data.endpoint_id) {
+        await takeSlots(job, data.endpoint_id, data.tenant_id, deps.logger.child({ tenant_id: data.tenant_id, webhook_delivery_id: data.delivery_id, job_id: job.id }), undefined);
+        try {
+          return await deliver(job, data);
+        } catch (err) {
+          // Failed (PostgreSQL down while it read its row): the slots it took are given back now, not at their lease's lapse.
+          // (Every DelayedError gave them back already: parked again, put off, or its attempt made.)
+          if (!(err instanceof DelayedError)) passOn(job, data, data.endpoint_id);
           throw err;
-        });
-      // Another execution recorded this attempt first (a duplicate job): its outcome stands.
-      if (recorded.length === 0) {
-        if (span) endAttemptSpan(span, outcome, 'superseded');
-        // That execution may have been this very job's, run before a stall (its lock lost): it recorded a retry, but its
-        // move to delayed failed, and this one's completing would leave the retry to the redelivery pass (its delay, plus
-        // the pass's overdue age, plus up to one WEBHOOK_REDELIVERY_INTERVAL). Still pending, and this job still its
-        // current cycle's (a resend's job, or an earlier cycle's, is another job and completes): delayed to its next attempt.
-        const [now] = await em.transactional((tx) =>
-          tx.execute<{ status: string; resends: number; next_attempt_at: Date | null }[]>(`select status, resends, next_attempt_at from webhook_deliveries where tenant_id = ? and id = ?`, [data.tenant_id, row.id]),
-        );
-        if (now?.status === 'pending' && job.id === deliveryJobId(row.id, now.resends)) {
-          if (data.parks !== undefined) await job.updateData({ tenant_id: data.tenant_id, delivery_id: data.delivery_id } satisfies DeliveryJobData);
-          await job.moveToDelayed(Math.max(Date.now(), now.next_attempt_at ? new Date(now.next_attempt_at).getTime() : 0), job.token);
-          throw new DelayedError();
         }
-        return { outcome: 'superseded' };
       }
-      if (recorded[0]!.disabled) await endpointDisabled(recorded[0]!, data.tenant_id, job.id);
-      // The attempt that disabled its endpoint ended its delivery too.
-      const status = recorded[0]!.status;
-      const counted = status === 'pending' ? 'retrying' : status;
-      if (span) endAttemptSpan(span, outcome, counted);
-      deps.outcomes?.inc({ outcome: counted });
-      // The attempt's line names the attempt's span (in the run's trace), not the job's, which may be another trace's (a resend's).
-      const inAttempt = (write: () => void) => (span ? otelContext.with(trace.setSpan(otelContext.active(), span), write) : write());
-      if (status === 'delivered') {
-        inAttempt(() => log.info({ attempt, status_code: outcome.statusCode, duration_ms: outcome.durationMs }, 'webhook delivered'));
-        return { outcome: status, attempt };
-      }
-      if (status === 'failed') {
-        inAttempt(() => log.warn({ attempt, status_code: outcome.statusCode, err: outcome.error }, 'webhook delivery failed for good'));
-        return { outcome: status, attempt };
-      }
-      inAttempt(() => log.info({ attempt, status_code: outcome.statusCode, err: outcome.error, retry_in_ms: delayMs }, 'webhook delivery attempt failed; retrying later'));
-      // The retry is a new attempt: parked then, it queues behind the deliveries parked before it (not ahead of them all, by
-      // this attempt's parked_at), with the first fallback delay, its park logged at info. Only a job that was parked pays the write.
-      if (data.parks !== undefined) await job.updateData({ tenant_id: data.tenant_id, delivery_id: data.delivery_id } satisfies DeliveryJobData);
-      await job.moveToDelayed(Date.now() + delayMs, job.token);
-      throw new DelayedError();
+      return deliver(job, data);
     },
 
     /**

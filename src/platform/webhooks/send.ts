@@ -27,6 +27,19 @@ export function signedHeaders(secrets: readonly string[], msgId: string, body: s
   };
 }
 
+/** C0 and C1 control characters and DEL: none is kept in an attempt's error text. */
+const CONTROL_CHARS = /[\u0000-\u001f\u007f-\u009f]/g;
+
+/**
+ * An attempt's error text as the delivery row records it (`last_error`, `attempt_log`): its control characters
+ * each a space. The text is the receiver's side's words (a resolver's answer, a certificate's names): a NUL in it
+ * was refused by PostgreSQL (22021 in text, 22P05 in jsonb), the attempt could not be recorded, and the delivery
+ * was POSTed again and again without being counted (ADR 0013, *Attempt error text*).
+ */
+export function attemptErrorText(error: string | null): string | null {
+  return error === null ? null : error.replace(CONTROL_CHARS, ' ');
+}
+
 /** Largest part of a receiver's answer read (and then dropped): the status code is what counts. */
 const MAX_ANSWER_BYTES = 64 * 1024;
 
@@ -39,7 +52,7 @@ const MAX_ANSWER_BYTES = 64 * 1024;
  */
 export async function postWebhook(args: { url: string; secrets: readonly string[]; msgId: string; body: string; timeoutMs: number; policy: UrlPolicy; resolver: HostResolver }): Promise<AttemptOutcome> {
   const started = performance.now();
-  const done = (ok: boolean, statusCode: number | null, error: string | null): AttemptOutcome => ({ ok, statusCode, error, durationMs: Math.round(performance.now() - started) });
+  const done = (ok: boolean, statusCode: number | null, error: string | null): AttemptOutcome => ({ ok, statusCode, error: attemptErrorText(error), durationMs: Math.round(performance.now() - started) });
   const refused = urlRefusal(args.url, args.policy);
   if (refused) return done(false, null, `refused: ${refused}`);
   const url = new URL(args.url);

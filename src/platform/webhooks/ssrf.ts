@@ -31,6 +31,13 @@ export function warnWhenGuardOff(logger: Logger, allowPrivate: boolean): void {
   );
 }
 
+/**
+ * Unicast addresses, public to ipaddr.js, that are a cloud platform's own services inside every VM's reach:
+ * Azure's WireServer (168.63.129.16: host agent, DNS, health probes). Instance metadata elsewhere is link-local
+ * (169.254.169.254), CGNAT (Alibaba's 100.100.100.200) or unique-local (AWS's fd00:ec2::254), refused as such.
+ */
+const CLOUD_PLATFORM: readonly [ipaddr.IPv4, number][] = [ipaddr.IPv4.parseCIDR('168.63.129.16/32')];
+
 /** Why an address may not receive webhooks; undefined when it may. */
 export function addressRefusal(address: string, allowPrivate: boolean): string | undefined {
   if (allowPrivate) return undefined;
@@ -46,6 +53,7 @@ export function addressRefusal(address: string, allowPrivate: boolean): string |
   // ipaddr.js calls ::/96 (IPv4-compatible, deprecated; :: and ::1 aside) unicast: a stack that still
   // maps ::a.b.c.d to a.b.c.d would reach the embedded IPv4 address, so it is refused whatever it embeds.
   if (range === 'unicast' && parsed.kind() === 'ipv6' && (parsed as ipaddr.IPv6).parts.slice(0, 6).every((p) => p === 0)) return `${address} is a ipv4Compatible address`;
+  if (range === 'unicast' && parsed.kind() === 'ipv4' && CLOUD_PLATFORM.some((cidr) => (parsed as ipaddr.IPv4).match(cidr))) return `${address} is a cloudPlatform address`;
   return range === 'unicast' ? undefined : `${address} is a ${range} address`;
 }
 
@@ -82,11 +90,15 @@ export const urlOrigin = (url: string): string | null => {
 export const hostOf = (url: URL): string => url.hostname.replace(/^\[(.*)\]$/, '$1');
 
 /**
- * What a refused host name is said to resolve to. Never the address nor its range: the tenant reads
- * it (the 422, a delivery's last_error), and the platform's resolver must not map its own network
- * (which internal name has which address) for whoever creates endpoints.
+ * What a refused host name is said of: the same whether it resolves to a non-public address or to none.
+ * Never the address nor its range: the tenant reads it (the 422, a delivery's last_error), and the
+ * platform's resolver must not map its own network for whoever creates endpoints — neither which
+ * internal name has which address, nor which internal names exist (`http://redis/` was told "resolves
+ * to a non-public address", `http://nosuch/` "does not resolve (ENOTFOUND)"; ADR 0013, *SSRF guard*).
+ * With the guard off (WEBHOOK_ALLOW_PRIVATE_NETWORKS) every internal name is reachable anyway: a name
+ * with no address is said so (ENOTFOUND), for the developer.
  */
-const NON_PUBLIC = 'resolves to a non-public address';
+const NON_PUBLIC = 'does not resolve to a public address';
 
 /**
  * Resolves the URL's host (resolve.ts: c-ares, no threadpool thread) and refuses it when any address it
@@ -106,7 +118,7 @@ export async function resolvedRefusal(raw: string, policy: UrlPolicy, resolver: 
     // A resolver that has not answered in time, or failed for now: 503 ("not now", Retry-After), not a 422 that says the URL is wrong.
     if (e.failure === 'timeout') throw new ServiceUnavailableError(`The host ${host} could not be resolved within ${resolver.timeoutMs} ms; try again.`);
     if (e.failure === 'temporary') throw new ServiceUnavailableError(`The host ${host} could not be resolved for now (${e.code}); try again.`);
-    return `its host ${host} does not resolve (${e.code})`;
+    return policy.allowPrivate ? `its host ${host} does not resolve (${e.code})` : `its host ${host} ${NON_PUBLIC}`;
   }
   for (const a of addresses) {
     if (addressRefusal(a.address, policy.allowPrivate)) return `its host ${host} ${NON_PUBLIC}`;
@@ -133,7 +145,11 @@ export function guardedLookup(allowPrivate: boolean, resolver: HostResolver) {
         const first = addresses[0]!;
         callback(null, first.address, first.family);
       },
-      (err: Error) => callback(Object.assign(err, { code: (err as NodeJS.ErrnoException).code ?? 'EAI_AGAIN' }), []),
+      (err: Error) => {
+        // No address, as a non-public one is said (NON_PUBLIC): a delivery's last_error tells no more than the create's 422.
+        if (!allowPrivate && err instanceof DnsError && err.failure === 'no-address') return callback(Object.assign(new Error(`webhook receiver refused: ${hostname} ${NON_PUBLIC}`), { code: 'EWEBHOOKADDR' }), []);
+        callback(Object.assign(err, { code: (err as NodeJS.ErrnoException).code ?? 'EAI_AGAIN' }), []);
+      },
     );
   };
 }
