@@ -23,6 +23,8 @@ import { withDirectQueue } from '../helpers/direct-queue.ts';
 import { pausableProxy } from '../helpers/held-proxy.ts';
 import { createOrm, type MikroORM } from '../../src/platform/db/orm.ts';
 import { entities } from '../../src/entities.ts';
+import { raw } from '@mikro-orm/postgresql';
+import { DurableRun } from '../../src/platform/durable/durable-run.entity.ts';
 
 let stack: TestStack;
 let closedPort: number;
@@ -111,6 +113,18 @@ describe('a step whose own call out cannot connect', () => {
   it("the step's own query losing the platform's database connection still leaves the run to the sweeper", async () => {
     // The step's connection ends under it (57P01 on its own backend): the platform's database, not the step's call out.
     const { outcomes, after } = await attempts((ctx) => ctx.em.execute('select pg_terminate_backend(pg_backend_pid())'));
+    expect(outcomes).toEqual(['retrying', 'infrastructure']);
+    expect(after.status).not.toBe('failed');
+    expect(after.checkpoints.filter((c) => c.status === 'failed')).toEqual([]);
+  });
+
+  it.each([
+    ['its connection API', (ctx: StepContext) => ctx.em.getConnection().execute('select pg_terminate_backend(pg_backend_pid())', [], 'all', ctx.em.getTransactionContext())],
+    ['a query builder', (ctx: StepContext) => ctx.em.createQueryBuilder(DurableRun).select(raw('pg_terminate_backend(pg_backend_pid())')).limit(1).execute()],
+  ])("the step's own query through %s (no DriverException: MikroORM leaves the driver's error as it is) losing the platform's database connection still leaves the run to the sweeper", async (_what, query) => {
+    // A Postgres restart under a step that queries through MikroORM's connection or query builder, whose
+    // errors MikroORM does not convert: node-postgres's own error, raised by the platform's own pool.
+    const { outcomes, after } = await attempts((ctx) => query(ctx));
     expect(outcomes).toEqual(['retrying', 'infrastructure']);
     expect(after.status).not.toBe('failed');
     expect(after.checkpoints.filter((c) => c.status === 'failed')).toEqual([]);

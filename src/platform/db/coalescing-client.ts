@@ -145,6 +145,24 @@ export class NoAnswerError extends Error {
   }
 }
 
+/**
+ * Errors a connection of the platform's own pools raised for a message it sent PostgreSQL (the server's
+ * error, node-postgres's "Connection terminated unexpectedly", a NoAnswerError). MikroORM converts its
+ * driver's errors into a DriverException only on the entity manager's own paths (`em.execute`, `find`,
+ * `flush`); a step that queries through its connection (`em.getConnection().execute`), a query builder's
+ * `execute` or Kysely gets the driver's error as it is, and only this tells it from the same error of a
+ * step's own database client (isBackendUnavailable).
+ */
+const raisedHere = new WeakSet<object>();
+
+/** True when `e` is an error one of the platform's database connections raised (see raisedHere). */
+export const raisedByPlatformDatabase = (e: unknown): boolean => typeof e === 'object' && e !== null && raisedHere.has(e);
+
+const markRaised = (e: unknown): never => {
+  if (typeof e === 'object' && e !== null) raisedHere.add(e);
+  throw e;
+};
+
 /** A statement that may take a while to answer (a lock, a deferred constraint at commit): anything but `begin` and the session settings. */
 const mayWait = (s: Statement): boolean => !SESSION_STATEMENT.test(s.text);
 
@@ -338,6 +356,10 @@ export class CoalescingClient extends pg.Client {
    * statement (statement-batch.ts), else a simple-protocol message with the values written in.
    */
   private send(statements: Statement[]): Promise<pg.QueryResult | pg.QueryResult[]> {
+    return this.sendMessage(statements).catch(markRaised);
+  }
+
+  private sendMessage(statements: Statement[]): Promise<pg.QueryResult | pg.QueryResult[]> {
     if (statements.length === 1 && statements[0]!.values === undefined) return this.bounded(super.query(statements[0]!.text) as unknown as Promise<pg.QueryResult>, 1);
     if (statements.every(batchable)) {
       // With the answer bound per statement, the server sends each answer as it is made (a Flush after

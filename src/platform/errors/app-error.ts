@@ -1,5 +1,5 @@
 import { DriverException } from '@mikro-orm/core';
-import { NoAnswerError } from '../db/coalescing-client.ts';
+import { NoAnswerError, raisedByPlatformDatabase } from '../db/coalescing-client.ts';
 
 /**
  * One error base for the platform. Routes and steps throw; exactly two mappers turn errors into
@@ -165,9 +165,11 @@ export function isConnectivityError(e: unknown): boolean {
 /**
  * True when an error a step threw says the platform's own database is unavailable, told by who raised
  * it, never by what its text says: only from the first error of its chain that the platform's database
- * client raised — MikroORM's DriverException (the step's `ctx.em` wraps every error of its queries in
- * one: it copies the driver's `code` and message, and may carry the driver's error as its cause), or the
- * coalescing client's NoAnswerError — down, is the chain asked what isConnectivityError asks (a network
+ * client raised — MikroORM's DriverException (the entity manager's own methods, `em.execute`, `find`,
+ * `flush`, wrap every error of their queries in one: it copies the driver's `code` and message, and may carry the driver's error as its cause), the
+ * coalescing client's NoAnswerError, or any error a connection of the platform's pools raised (what a
+ * step's query through `em.getConnection()`, a query builder or Kysely gets, unconverted:
+ * raisedByPlatformDatabase) — down, is the chain asked what isConnectivityError asks (a network
  * error too, as that client raised it). A step's own call out (a partner's API that refuses
  * connections, a dead host, its own database or Redis) raises errors of neither, however the step wraps
  * them, and its message may quote any client's words ('Connection terminated unexpectedly', 'Connection
@@ -177,7 +179,7 @@ export function isConnectivityError(e: unknown): boolean {
 export function isBackendUnavailable(e: unknown): boolean {
   let platform = false;
   for (let cur: unknown = e, depth = 0; cur && depth < 6; depth++) {
-    platform ||= cur instanceof DriverException || cur instanceof NoAnswerError;
+    platform ||= cur instanceof DriverException || cur instanceof NoAnswerError || raisedByPlatformDatabase(cur);
     if (platform && unavailability(cur as Link)) return true;
     cur = (cur as Link).cause;
   }
