@@ -165,6 +165,35 @@ describe('an active run whose every read times out', () => {
     }
   });
 
+  it('one job\'s ends at two steps count once at each: the later step is not failed by the earlier one\'s count', { timeout: LONG }, async () => {
+    // Two executions of one job (a stalled job re-delivered while its first worker still runs it) can
+    // end unable to read the run at different steps: the first at step 1, the other after committing
+    // step 1, at step 2. The second is step 2's first such end, not step 1's count carried over: with
+    // step 1 at 2 of its 3 attempts, step 2 (2 attempts) must not fail the run.
+    const base = stack.container.runtime.workflow(GOLDEN_PATH);
+    const wf: WorkflowDef = { ...base, steps: base.steps.map((s, i) => ({ ...s, retry: { attempts: i === 0 ? 3 : 2, backoffMs: 20, jitter: 0 } })) };
+    const sub = await api(stack, 'POST', '/api/v1/golden-path/run', { token: tok.submitter!, body: SAMPLE_SUBMISSION, headers: { 'Idempotency-Key': randomUUID() } });
+    expect(sub.status, sub.text).toBe(202);
+    const id = sub.json.run_id as string;
+    // Another job's end counted at step 1 before.
+    await stack.db.admin(`update durable_runs set read_timeout_jobs = 1, read_timeout_seq = 1, read_timeout_keys = '{other@1#0}' where id = $1`, [id]);
+    const { executor, logger } = runExecutor(stack, wf, `read-timeout-steps-${randomUUID().slice(0, 8)}`);
+    const count = (executor as unknown as {
+      countReadTimeout(job: unknown, wf: WorkflowDef, seq: number, err: Error, log: typeof logger): Promise<Error | undefined>;
+    }).countReadTimeout.bind(executor);
+    const job = { id: `job-${randomUUID()}`, timestamp: 1_700_000_000_000, attemptsMade: 0, data: { tenant_id: tenant, run_id: id, retry: 0 } };
+    const timeout = Object.assign(new Error('canceling statement due to statement timeout'), { code: '57014' });
+    const row = async () => (await stack.db.admin(`select status, read_timeout_jobs, read_timeout_seq from durable_runs where id = $1`, [id])).rows[0];
+    expect(await count(job, wf, 1, timeout, logger)).toBeUndefined();
+    expect(await row()).toMatchObject({ status: 'pending', read_timeout_jobs: 2, read_timeout_seq: 1 });
+    // The same job's other execution, at step 2: counted there, afresh.
+    expect(await count(job, wf, 2, timeout, logger)).toBeUndefined();
+    expect(await row()).toMatchObject({ status: 'pending', read_timeout_jobs: 1, read_timeout_seq: 2 });
+    // Sent again: still once.
+    expect(await count(job, wf, 2, timeout, logger)).toBeUndefined();
+    expect(await row()).toMatchObject({ status: 'pending', read_timeout_jobs: 1, read_timeout_seq: 2 });
+  });
+
   it('counts one job\'s end once: two executions of it at once, or its count sent again, count one; another job counts', { timeout: LONG }, async () => {
     const sweeper = stackSweeper(stack, `read-timeout-sweep-${randomUUID().slice(0, 8)}`);
     const { lock, host, runRow, wf, queue, jobAt } = await unreadableRun();
@@ -196,7 +225,7 @@ describe('an active run whose every read times out', () => {
       expect(failed.error).toMatchObject({ code: 'infrastructure_exhausted', sqlstate: '57014', read_timeout_jobs: ATTEMPTS, sequence_num: 1 });
       // The two jobs' ends, newest first: the same id, another job.
       expect(failed.read_timeout_keys).toHaveLength(2);
-      expect(failed.read_timeout_keys![1]).toMatch(new RegExp(`^${jobAt(1)}@\\d+#0$`));
+      expect(failed.read_timeout_keys![1]).toMatch(new RegExp(`^${jobAt(1)}@\\d+#0/1$`));
       expect(failed.read_timeout_keys![0]).not.toBe(failed.read_timeout_keys![1]);
     } finally {
       await host.stop();

@@ -15,7 +15,7 @@ export const RUN_RETENTION_FLOOR_MS = 24 * 3_600_000;
  * A row that last moved (`updated_at`) longer ago than the floor, as PostgreSQL prints it back from
  * pg_policies (so the schema diff is empty): the age condition of both delete policies retention relies on,
  * `durable_runs_system_retention` and `webhook_deliveries_system_retention`. `updated_at` is the database's
- * time of the row's last move, whatever the application role writes (the tables' `updated_at_is_now`
- * triggers; ADR 0011, amendment "The floor's clock is the database's").
+ * time of the row's last move, whatever the application role writes (the tables' `updated_at_not_backdated`
+ * triggers, tenant-owned.ts; ADR 0011, amendment "The floor's clock is the database's").
  */
 export const PAST_RETENTION_FLOOR_SQL = `(updated_at < (now() - '${RUN_RETENTION_FLOOR_MS / 3_600_000}:00:00'::interval))`;

@@ -99,7 +99,8 @@ export const DurableRun = defineEntity({
     readTimeoutSeq: p.integer().nullable(),
     /**
      * Which job ends `readTimeoutJobs` counted, newest first, the last READ_TIMEOUT_KEYS_MAX (executor.ts)
-     * only: each a job's id, its creation time and its finished attempts (`<id>@<timestamp>#<attemptsMade>`).
+     * only: each a job's id, its creation time, its finished attempts and the step it ended at
+     * (`<id>@<timestamp>#<attemptsMade>/<sequence_num>`).
      * An end already here is not counted again — two executions of one job at once (a stalled job
      * re-delivered while its first worker still runs) or the count sent again end one job once. Null while
      * none was counted; a retry clears it.

@@ -182,13 +182,17 @@ const MAX_LAPSED_HOLDERS = 20;
 export const READ_TIMEOUT_KEYS_MAX = 8;
 
 /**
- * One end of one job, as the read timeout count knows it (`read_timeout_keys`): the job's id, its creation
- * time — the sweeper adds a new job under the id of one that ended — and its finished attempts — the same
- * job retried from Bull Board ends again on a later one. The same for every execution of one attempt: a
- * stalled job's re-delivery keeps its attemptsMade, and the count sent again is of the same job.
+ * One end of one job at one step, as the read timeout count knows it (`read_timeout_keys`): the job's id,
+ * its creation time — the sweeper adds a new job under the id of one that ended — its finished attempts —
+ * the same job retried from Bull Board ends again on a later one — and the step it ended at. The same for
+ * every execution of one attempt at one step: a stalled job's re-delivery keeps its attemptsMade, and the
+ * count sent again is of the same job. The step, because the count is a step's: two executions of one job
+ * can end at different steps (the re-delivery committed the step the first could not read the run at), and
+ * the later step's end is that step's first, not an end counted already — without it, the later step was
+ * answered the earlier step's count and failed against its own attempts.
  */
-export function readTimeoutKey(job: Pick<Job, 'id' | 'timestamp' | 'attemptsMade'>): string {
-  return `${job.id}@${job.timestamp}#${job.attemptsMade ?? 0}`;
+export function readTimeoutKey(job: Pick<Job, 'id' | 'timestamp' | 'attemptsMade'>, seq: number): string {
+  return `${job.id}@${job.timestamp}#${job.attemptsMade ?? 0}/${seq}`;
 }
 
 const isActive = (status: string) => (ACTIVE_RUN_STATUSES as readonly string[]).includes(status);
@@ -816,7 +820,7 @@ export class StepExecutor {
    * while it has attempts left, and when the count could not be written (the run's row as busy as its
    * read): nothing could fail the run then either, and the next job's end counts.
    *
-   * One job's end counts once (`readTimeoutKey`, kept in `read_timeout_keys`): two executions of the job
+   * One job's end at a step counts once (`readTimeoutKey`, kept in `read_timeout_keys`): two executions of the job
    * at once (a stalled job re-delivered while its first worker still runs it) both end here, and the
    * count sent again after its answer was lost finds itself counted. Either leaves the count as it is and
    * answers it, so the run fails (or not) as for the first; counted twice, one job spent two of the step's
@@ -826,7 +830,7 @@ export class StepExecutor {
     const d = job.data;
     const step = wf.steps[seq - 1];
     if (!step) return undefined;
-    const key = readTimeoutKey(job);
+    const key = readTimeoutKey(job, seq);
     const rows = await tenantEm(this.o.orm, d.tenant_id)
       .transactional((tx) =>
         tx.execute<{ jobs: number }[]>(
