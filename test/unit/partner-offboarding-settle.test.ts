@@ -1,5 +1,26 @@
 import { describe, expect, it } from 'vitest';
+import { spawn } from 'node:child_process';
 import { settle } from '../../src/modules/partner-offboarding/partner-offboarding.steps.ts';
+
+const steps = new URL('../../src/modules/partner-offboarding/partner-offboarding.steps.ts', import.meta.url).href;
+
+/**
+ * settle's currencies in order, and the collation locale ICU took, in a node process started with `lang`
+ * as its LANG (Node bundles full ICU: its default locale follows LANG, whatever locales the OS has).
+ */
+const settledUnder = (lang: string, currencies: string[]) =>
+  new Promise<{ locale: string; order: string[] }>((resolve, reject) => {
+    const balances = JSON.stringify(currencies.map((currency) => ({ currency, amount: 1 })));
+    const script = `const { settle } = await import(${JSON.stringify(steps)});
+      console.log(JSON.stringify({ locale: new Intl.Collator().resolvedOptions().locale, order: settle(${balances}).map((l) => l.currency) }));`;
+    const p = spawn(process.execPath, ['--input-type=module', '-e', script], { env: { PATH: process.env.PATH ?? '', LANG: lang } });
+    let out = '';
+    let err = '';
+    p.stdout.on('data', (d) => (out += d));
+    p.stderr.on('data', (d) => (err += d));
+    p.on('error', reject);
+    p.on('close', (code) => (code === 0 ? resolve(JSON.parse(out)) : reject(new Error(`exit ${code}: ${err}`))));
+  });
 
 const one = (currency: string, ...amounts: number[]) => settle(amounts.map((amount) => ({ currency, amount })))[0]!;
 
@@ -41,4 +62,19 @@ describe('settle', () => {
       ['USD', -75, 'collect_from_partner'],
     ]);
   });
+
+  // docs/api.md: "sorted by code". localeCompare followed the worker's locale: Estonian sorts Z after S
+  // (ZAR before TRY), Lithuanian sorts Y with I (YER first) — the same run settled in another order per host.
+  it.each([
+    ['et_EE.UTF-8', 'et'],
+    ['lt_LT.UTF-8', 'lt'],
+    ['C.UTF-8', 'en'],
+  ])('sorts by code (code units), whatever the worker\'s locale: LANG=%s', async (lang, locale) => {
+    const currencies = ['ZAR', 'TRY', 'YER', 'EUR'];
+    expect(settle(currencies.map((currency) => ({ currency, amount: 1 }))).map((l) => l.currency)).toEqual(['EUR', 'TRY', 'YER', 'ZAR']);
+    const child = await settledUnder(lang, currencies);
+    // The child's ICU took the locale (else this case would show nothing).
+    expect(child.locale.startsWith(locale)).toBe(true);
+    expect(child.order).toEqual(['EUR', 'TRY', 'YER', 'ZAR']);
+  }, 60_000);
 });

@@ -9,12 +9,17 @@ import { minorDigits, sumMinor } from '../../platform/money/minor-units.ts';
 import { archivedSchema, frozenSchema, offboardingSubmission, settlementSchema, type OffboardingSubmission, type Settlement } from './partner-offboarding.schemas.ts';
 
 
-/** Pure: the balances netted per currency, to its minor unit, sorted by currency: each sum exact (the amounts as written), rounded once. */
+/**
+ * Pure: the balances netted per currency, to its minor unit, sorted by currency code: each sum exact (the
+ * amounts as written), rounded once. By code units, never localeCompare: that follows the worker's ICU
+ * locale (LANG=et_EE.UTF-8 sorts ZAR before TRY, lt_LT puts YER first), so one run would settle in
+ * another order per host.
+ */
 export function settle(balances: OffboardingSubmission['balances']): Settlement['lines'] {
   const amounts = new Map<string, number[]>();
   for (const b of balances) amounts.set(b.currency, (amounts.get(b.currency) ?? []).concat(b.amount));
   return [...amounts]
-    .sort(([a], [b]) => a.localeCompare(b))
+    .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))
     .map(([currency, of]) => {
       const n = sumMinor(of, minorDigits(currency));
       return { currency, net: n, direction: n > 0 ? 'pay_partner' : n < 0 ? 'collect_from_partner' : 'none' };
