@@ -44,7 +44,7 @@ describe('settle', () => {
     for (const c of ['YER', 'LBP', 'SYP', 'IRR', 'HUF', 'IDR', 'PKR', 'COP']) expect(one(c, 0.4)).toMatchObject({ net: 0.4, direction: 'pay_partner' });
     for (const c of ['CLP', 'KRW', 'VND', 'XOF', 'UGX']) expect(one(c, -2.5)).toMatchObject({ net: -3 });
     expect(one('CLF', 1.23456)).toMatchObject({ net: 1.2346 });
-    // A code ISO 4217 does not know (or gives no minor unit, as gold's): 2.
+    // A code ISO 4217 does not know (or gives no minor unit, as gold's): 2 — in a run stored before the API refused them (422).
     for (const c of ['XYZ', 'XAU']) expect(one(c, 0.125)).toMatchObject({ net: 0.13 });
   });
 

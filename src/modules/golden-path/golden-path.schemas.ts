@@ -70,7 +70,7 @@ export const submissionRequestSchema = submissionSchema.superRefine((s, ctx) => 
  * issue names it): it has no minor unit to hold them to, and "at most 2 decimals in kwd" would be told
  * of an amount KWD accepts with 3.
  */
-export function addMinorUnitIssues<F extends string>(ctx: z.RefinementCtx, currency: string, amounts: Record<F, number>, fields: readonly F[], path: string[] = []): void {
+export function addMinorUnitIssues<F extends string>(ctx: z.RefinementCtx, currency: string, amounts: Record<F, number>, fields: readonly F[], path: Array<string | number> = []): void {
   if (!ISO_CURRENCIES.has(currency)) return;
   const digits = minorDigits(currency);
   for (const field of fields) {

@@ -2,7 +2,7 @@ import { defineRoute, type AdmissionControl, type RouteDef } from '../../platfor
 import type { DurableRuntime } from '../../platform/durable/runtime.ts';
 import { acceptRun, runAccepted } from '../../platform/durable/run-views.ts';
 import { runRoutes } from '../../platform/durable/run-routes.ts';
-import { offboardingSubmission } from './partner-offboarding.schemas.ts';
+import { offboardingRequest } from './partner-offboarding.schemas.ts';
 import { PARTNER_OFFBOARDING } from './partner-offboarding.workflow.ts';
 import { OFFBOARDING_BASE, offboardingRunPage, offboardingRunPath, offboardingRunView, toOffboardingRunView } from './partner-offboarding.views.ts';
 
@@ -20,7 +20,8 @@ export function partnerOffboardingRoutes(deps: { runtime: DurableRuntime; admiss
       idempotency: 'required',
       // The tenant's submission rate and runs-in-flight cap, as for every submission (429).
       ...(deps.admission ? { admission: deps.admission } : {}),
-      body: offboardingSubmission,
+      // Balances held to ISO 4217 (codes, minor units): 422 before any key is taken. The steps read the stored input with offboardingSubmission.
+      body: offboardingRequest,
       responses: {
         202: { description: 'Accepted: the run is queued', schema: runAccepted, location: true },
         // The workflow's submission guard (refuseHeldPartner, which claims the partner): nothing is started or claimed, and the key stores the answer.

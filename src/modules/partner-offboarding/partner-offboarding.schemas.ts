@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import { isoTime } from '../../platform/http/iso-time.ts';
+import { addMinorUnitIssues, currencyCode } from '../golden-path/golden-path.schemas.ts';
 
 // Control characters (NUL above all: jsonb cannot store \u0000) are refused as bad input, never a 5xx.
 const text = (max: number) =>
@@ -25,6 +26,18 @@ export const offboardingSubmission = z.strictObject({
   balances: z.array(balance).max(50).default([]),
 });
 export type OffboardingSubmission = z.infer<typeof offboardingSubmission>;
+
+/**
+ * The body of POST /api/v1/partner-offboarding/run: a submission whose balances each currency can pay,
+ * as the golden path's (submissionRequestSchema): an ISO 4217 code (ZZZ, XAU, sar are 422 at
+ * `balances.<i>.currency`), and an amount no finer than its minor unit (0.5 JPY, 1.2345 KWD are 422 at
+ * `balances.<i>.amount`) — settle-balances rounds each net to it, and 0.5 JPY settled as 1 JPY nobody
+ * owed. Only the API's check, as the golden path's: the steps read the run's input with
+ * offboardingSubmission, so a run stored before it (or by a producer's `start`) keeps its input and settles as before.
+ */
+export const offboardingRequest = offboardingSubmission
+  .extend({ balances: z.array(balance.extend({ currency: currencyCode })).max(50).default([]) })
+  .superRefine((s, ctx) => s.balances.forEach((b, i) => addMinorUnitIssues(ctx, b.currency, b, ['amount'], ['balances', i])));
 
 /** Step 1: the partner is frozen (its offboarding record created). */
 export const frozenSchema = z.strictObject({ offboarding_id: z.uuid(), frozen_at: isoTime });
