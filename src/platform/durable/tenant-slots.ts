@@ -130,7 +130,7 @@ export const PARKED_RANK_FACTOR_MAX = 60;
 
 /**
  * The fallback delay of a job parked at `rank` (0 the earliest) in an owner's parked set of cap `cap`, when the
- * caller asks for it (the webhook deliveries, ADR 0013 *Parked backlogs*): the owner's `cap` earliest keep
+ * caller asks for it (the webhook deliveries, ADR 0013 *Parked backlogs*; run jobs, ADR 0012 *Parked backlogs*): the owner's `cap` earliest keep
  * `fallbackMs`; one further back `ceil((rank + 1) / cap)` times it, at most PARKED_RANK_FACTOR_MAX times. A
  * job that far back is not due a slot before the jobs ahead of it have had theirs: it comes by a promotion,
  * and its fallback is only for a promotion lost. A backlog of N parked then comes back about cap × ln(N / cap)
@@ -351,7 +351,7 @@ export function slotParking(slots: TenantSlots, opts: { queueOf: (name: string) 
      * worker hosts' clocks, which may disagree by seconds, play no part in the order.
      * `first` (a webhook test event, ADR 0013) parks it ahead of the jobs parked before it: promoted at
      * the owner's next release rather than after them. Given its `rank` and the owner's `cap` (the webhook
-     * deliveries pass them), a job behind the owner's `cap` earliest parked gets a fallback delay scaled by
+     * deliveries and the run jobs' worker host pass them), a job behind the owner's `cap` earliest parked gets a fallback delay scaled by
      * its place (rankedDelayMs): it waits for a promotion, and a long parked set does not keep coming back.
      */
     async park(job: Job, token: string | undefined, owner: string, member: string, parked: (info: { parks: number; delayMs: number }) => void, refused: { refusedAt: number; wakeBy?: number | undefined; rank?: number; cap?: number }, first = false): Promise<never> {

@@ -249,6 +249,8 @@ function tenantSlotHolder(use: TenantSlotsUse, runtime: DurableRuntime, logger: 
       // Its wakeBy is not used (ADR 0012, 0013): run jobs' leases are renewed while they run, so the earliest lease's
       // expiry is always a lease ahead and would bring parked jobs back every lease for nothing; a dead worker's
       // job is re-delivered by stall detection and takes its own slot back. `cap`: the tenant's override or the setting (ADR 0014).
+      // Its `rank` and `cap` are used (ADR 0012, *Parked backlogs*): a job behind the tenant's `cap` earliest parked comes back on a
+      // fallback scaled by its place, so a tenant's long parked backlog does not all come back every fallback delay.
       const took = await slots.take(slot.tenant, slot.member);
       const { cap } = took;
       if (took.acquired) {
@@ -264,7 +266,7 @@ function tenantSlotHolder(use: TenantSlotsUse, runtime: DurableRuntime, logger: 
           { tenant_id: d.tenant_id, run_id: d.run_id, job_id: job.id, cap, parks, fallback_delay_ms: delayMs },
           'tenant at its cap of active run jobs: job parked until one of its runs gives a slot back',
         );
-      }, { refusedAt: took.refusedAt });
+      }, { refusedAt: took.refusedAt, rank: took.rank, cap });
     },
     give(slot: HeldSlot): void {
       held.delete(slot);

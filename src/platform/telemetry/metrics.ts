@@ -123,7 +123,7 @@ export function createMetrics(): Metrics {
     }),
     parkedJobs: new Counter({
       name: 'dealix_run_jobs_parked_total',
-      help: 'Run jobs this worker parked (delayed until a slot frees) because their tenant had WORKER_MAX_ACTIVE_RUNS_PER_TENANT run jobs executing, by workflow',
+      help: 'Run job park events on this worker (a job delayed until a slot frees, no attempt spent, because its tenant had WORKER_MAX_ACTIVE_RUNS_PER_TENANT run jobs executing; a parked job that comes back on its fallback delay to a full tenant parks again and counts again), by workflow',
       labelNames: ['workflow'],
       registers: [registry],
     }),

@@ -1,0 +1,98 @@
+/**
+ * A tenant's parked backlog of run jobs (WORKER_MAX_ACTIVE_RUNS_PER_TENANT, ADR 0012, *Parked backlogs*):
+ * the real stack — PostgreSQL as the application role, Redis — with the production worker host and
+ * executor in the test's process, the parked jobs' fallback delay scaled down (injected, no sleeps). The
+ * tenant's only slot is held (a run executing elsewhere, its lease beyond the test): the parked jobs must
+ * not all keep coming back on their fallback delay — about `cap` of them do, the rest wait for
+ * promotions — and once the slot is given back every run completes, each step once.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { randomUUID } from 'node:crypto';
+import pino from 'pino';
+import { api, CLASS_A_SUBMISSION, newTenant, startStack, type TestStack } from '../helpers/stack.ts';
+import { waitFor } from '../helpers/poll.ts';
+import { TEST_REDIS_URL } from '../helpers/env.ts';
+import { startRunHost, wrappedGoldenPath } from '../helpers/run-host.ts';
+import { createRedis } from '../../src/platform/queue/connections.ts';
+import { parseSlotMember, slotMember, slotParking, TenantSlots } from '../../src/platform/durable/tenant-slots.ts';
+
+const LONG = 180_000;
+/** The tenant's cap of run jobs executing at once. */
+const CAP = 1;
+/** Runs parked behind its one slot. */
+const N = 50;
+/** The (scaled-down) fallback delay of a parked job: the production one is 30–120 s. */
+const FALLBACK_MS = 300;
+/** How often the earliest parked job comes back while the test counts. */
+const ROUNDS = 5;
+
+describe('run jobs: a parked backlog behind a tenant at its cap', () => {
+  let stack: TestStack;
+  let host: ReturnType<typeof startRunHost> | undefined;
+  const connection = createRedis(TEST_REDIS_URL, 'worker', 'run-parked-backlog');
+
+  beforeAll(async () => {
+    stack = await startStack();
+  }, LONG);
+
+  afterAll(async () => {
+    await host?.stop();
+    connection.disconnect();
+    await stack?.stop();
+  });
+
+  it(`${N} run jobs parked behind a held slot: while the earliest comes back ${ROUNDS} times, about the cap come back (not every one); released, every run completes, each step once`, { timeout: LONG }, async () => {
+    const tenant = newTenant();
+    const tok = await stack.token({ tenantId: tenant, sub: 'backlog-submitter' });
+    const wf = wrappedGoldenPath(stack, (step) => step.run);
+    const queue = stack.container.runtime.queues.get(wf.queue)!;
+    const slots = new TenantSlots(connection, { prefix: stack.prefix, cap: CAP, leaseMs: 600_000 });
+    // The tenant's only slot, held by a run job executing elsewhere, its lease beyond the test: no lapse wakes anyone.
+    const holder = slotMember(wf.queue, 'holder');
+    expect(await slots.acquire(tenant, holder)).toBe(true);
+
+    const entered: Array<{ run: string; seq: number }> = [];
+    const counted = wrappedGoldenPath(stack, (step, seq) => async (input, ctx) => {
+      entered.push({ run: ctx.run.id, seq });
+      return step.run(input, ctx);
+    });
+    let parks = 0;
+    host = startRunHost(stack, counted, 'run-parked-backlog', {}, { concurrency: 4, maxActiveRunsPerTenant: CAP, parkDelayMs: () => FALLBACK_MS, onParked: () => parks++ });
+
+    const runs: string[] = [];
+    for (let i = 0; i < N; i++) {
+      const res = await api(stack, 'POST', '/api/v1/golden-path/run', { token: tok, body: CLASS_A_SUBMISSION, headers: { 'Idempotency-Key': randomUUID() } });
+      expect(res.status, res.text).toBe(202);
+      runs.push(res.json.run_id as string);
+    }
+    const parkedKey = slots.parkedKey(tenant);
+    await waitFor(async () => (await connection.zcard(parkedKey)) === N, { timeoutMs: 60_000, what: `${N} run jobs parked` });
+
+    const [earliest] = await connection.zrange(parkedKey, '0', '0');
+    const first = parseSlotMember(earliest!).jobId;
+    const parksOf = async () => ((await queue.getJob(first))?.data as { parks?: number } | undefined)?.parks ?? 0;
+    const parks0 = await parksOf();
+    const total0 = parks;
+    await waitFor(async () => (await parksOf()) >= parks0 + ROUNDS, { timeoutMs: 60_000, what: `the earliest parked run job to come back ${ROUNDS} times` });
+    const came = parks - total0;
+    // Before: every parked job came back on its fallback delay (job fetch, acquire, data rewrite, moveToDelayed, park): about N × ROUNDS.
+    // Now those beyond the cap come back on a fallback scaled by their rank: about CAP × ROUNDS × a log factor in all.
+    expect(came, `${came} parks while the earliest came back ${ROUNDS} times`).toBeLessThan(N);
+    expect(entered, 'no step executed while the slot was held').toEqual([]);
+    expect(await connection.zcard(parkedKey)).toBe(N);
+
+    // Released: promoted one after another as each run ends (not after their fallback), each step once.
+    slotParking(slots, { queueOf: (name) => stack.container.runtime.queues.get(name), logger: pino({ level: 'silent' }) }).give(tenant, holder);
+    await waitFor(
+      async () => {
+        const { rows } = await stack.db.admin(`select count(*)::int as n from durable_runs where tenant_id = $1 and status = 'completed'`, [tenant]);
+        return rows[0].n === N;
+      },
+      { timeoutMs: 120_000, what: `all ${N} runs completed after the release` },
+    );
+    for (const id of runs) expect(entered.filter((e) => e.run === id).map((e) => e.seq), `steps of run ${id}`).toEqual([1, 2, 3, 4]);
+    const checkpoints = await stack.db.admin(`select run_id, count(*)::int as n from durable_checkpoints where tenant_id = $1 and status = 'completed' group by run_id`, [tenant]);
+    expect(checkpoints.rows.map((r) => (r as { n: number }).n)).toEqual(Array(N).fill(4));
+    expect(await connection.zcard(parkedKey)).toBe(0);
+  });
+});
