@@ -193,7 +193,8 @@ describe('webhook resend', () => {
     // No such endpoint either: 404 as before.
     const noEndpoint = await resend(t.admin, randomUUID(), randomUUID());
     expect(noEndpoint.status, noEndpoint.text).toBe(404);
-    await stack.db.admin(`update webhook_deliveries set status = 'failed', next_attempt_at = null where endpoint_id = $1`, [t.endpoint.id]);
+    // Gone again: left behind, these rows change the plans a later test of this file checks.
+    await stack.db.admin(`delete from webhook_deliveries where endpoint_id = $1`, [t.endpoint.id]);
   });
 
   /** An hour of 2026-11-20, as an ISO instant. */
