@@ -60,7 +60,19 @@ export function publishedSchemas(doc: any) {
     return new Map(Object.entries((response.headers ?? {}) as Record<string, { required?: boolean }>).map(([name, h]) => [name.toLowerCase(), h.required === true]));
   }
 
-  return { validator, requestValidator, errors, headers };
+  /** The published schema of header `name` of `method path` answering `status`; undefined if the document publishes none. */
+  function headerValidator(method: string, path: string, status: number, name: string): ValidateFunction | undefined {
+    const published = (doc.paths?.[openApiPath(path)]?.[method.toLowerCase()]?.responses?.[String(status)]?.headers ?? {}) as Record<string, { schema?: unknown }>;
+    return compile(Object.entries(published).find(([n]) => n.toLowerCase() === name.toLowerCase())?.[1]?.schema);
+  }
+
+  /** The problem codes the description of `method path`'s `status` response names — its "(code: a, b)" — or [] when it names none. */
+  function problemCodes(method: string, path: string, status: number): string[] {
+    const description: string = doc.paths?.[openApiPath(path)]?.[method.toLowerCase()]?.responses?.[String(status)]?.description ?? '';
+    return [...description.matchAll(/\(code: ([^)]*)\)/g)].flatMap((m) => m[1]!.split(',').map((c) => c.trim().split(' ')[0]!));
+  }
+
+  return { validator, requestValidator, errors, headers, headerValidator, problemCodes };
 }
 
 /**

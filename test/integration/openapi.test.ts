@@ -9,6 +9,7 @@ import { buildOpenApi } from '../../src/platform/http/openapi.ts';
 import { defineRoute, MUTATING_METHODS } from '../../src/platform/http/route.ts';
 import { WEBHOOK_QUEUE } from '../../src/platform/webhooks/delivery.ts';
 import { OPERATOR_ROLE } from '../../src/platform/http/admin-auth.middleware.ts';
+import { revokeTokens } from '../../src/platform/tenancy/token-revocations.ts';
 
 /** Runs pending or running per tenant: the fifth submission of a tenant whose four runs wait for a worker answers 429. */
 const IN_FLIGHT_CAP = 4;
@@ -67,6 +68,16 @@ describe('OpenAPI 3.1 from the route declarations', () => {
     expect(Object.keys(submit['429'].headers)).toContain('Retry-After');
     expect(Object.keys(submit['503'].headers)).toContain('Retry-After');
     expect(Object.keys(submit['401'].headers)).toContain('WWW-Authenticate');
+    // The refusals of any request before a route (docs/api.md, "Status codes"): 408 and 431 on every
+    // operation, by reference; 405 (a method the path does not list) among the components, with Allow.
+    for (const def of stack.container.routes) {
+      const responses = doc.paths[openApiPath(def.path)][def.method].responses;
+      expect([responses['408'], responses['431']], `${def.method.toUpperCase()} ${def.path}`).toEqual([{ $ref: '#/components/responses/RequestTimeout' }, { $ref: '#/components/responses/HeadersTooLarge' }]);
+    }
+    expect(doc.components.responses.RequestTimeout.description).toContain('(code: request_timeout)');
+    expect(doc.components.responses.HeadersTooLarge.description).toContain('(code: headers_too_large)');
+    expect(doc.components.responses.MethodNotAllowed.description).toContain('(code: method_not_allowed)');
+    expect(Object.keys(doc.components.responses.MethodNotAllowed.headers)).toContain('Allow');
     const read = doc.paths['/api/v1/golden-path/runs/{id}'].get.responses;
     expect(Object.keys(read['200'].headers)).not.toContain('Idempotent-Replayed');
     // A route's own description of an error keeps its headers: the decision's 503 names the code a
@@ -121,7 +132,10 @@ describe('OpenAPI 3.1 from the route declarations', () => {
     const doc = (await api(stack, 'GET', '/openapi.json')).json;
     const unnamed: string[] = [];
     for (const def of stack.container.routes) {
-      for (const [status, r] of Object.entries<{ description: string }>(doc.paths[openApiPath(def.path)][def.method].responses)) {
+      for (const [status, published] of Object.entries<{ description: string } | { $ref: string }>(doc.paths[openApiPath(def.path)][def.method].responses)) {
+        // A refusal common to every operation (408, 431) is a reference to components.responses.
+        const r: { description: string } = '$ref' in published ? doc.components.responses[published.$ref.replace('#/components/responses/', '')] : published;
+        expect(r, `${def.method.toUpperCase()} ${def.path} ${status}`).toBeDefined();
         if (Number(status) >= 400 && !/\(code: [a-z_]+/.test(r.description)) unnamed.push(`${def.method.toUpperCase()} ${def.path} ${status}: ${r.description}`);
       }
     }
@@ -250,6 +264,40 @@ describe('every refusal the router really answers is published for its route', (
     }
     // The cases reached the refusals they probe (none of them a handler's answer).
     expect(seen.filter((l) => / (413 payload_too_large|415 unsupported_media_type|415 unsupported_encoding|400 malformed_json|400 bad_request)$/.test(l)).length).toBeGreaterThanOrEqual(5 * 5);
+  });
+});
+
+describe('every 401 the API really answers is published for its route: its code and its WWW-Authenticate', () => {
+  it('a token that does not verify (unauthorized, Bearer) and a revoked one (token_revoked, Bearer error="invalid_token"), on every route', async () => {
+    const schemas = publishedSchemas((await api(stack, 'GET', '/openapi.json')).json);
+    const tenant = newTenant();
+    const revoked = await stack.token({ tenantId: tenant, sub: 'revoked-1', roles: ['approver', 'admin'] });
+    expect((await api(stack, 'GET', '/api/v1/golden-path/runs', { token: revoked })).status).toBe(200);
+    // As `npm run token -- revoke --jti` does it (src/cli/token.ts): stored as the owner role, announced over Redis.
+    const jti = (JSON.parse(Buffer.from(revoked.split('.')[1]!, 'base64url').toString()) as { jti: string }).jti;
+    const done = await revokeTokens({ ownerUrl: stack.db.ownerUrl, redis: stack.redis, prefix: stack.prefix }, { tenantId: tenant, jti, revokedBy: 'openapi-test' });
+    expect(done.announced).toBe(true);
+    await waitFor(async () => ((await api(stack, 'GET', '/api/v1/golden-path/runs', { token: revoked })).status === 401 ? true : undefined), { timeoutMs: 30_000, what: 'the revoked token refused' });
+    const mismatches: string[] = [];
+    const seen = new Set<string>();
+    for (const def of stack.container.routes) {
+      const method = def.method.toUpperCase();
+      const path = def.path.replace(/:[A-Za-z0-9_]+/g, () => randomUUID());
+      for (const [what, token] of [['a badly signed token', `${revoked.slice(0, -4)}AAAA`], ['a revoked token', revoked]] as const) {
+        const res = await api(stack, method, path, { token, headers: { 'Idempotency-Key': randomUUID() } });
+        const label = `${method} ${def.path}, ${what}`;
+        expect(res.status, `${label}: ${res.text}`).toBe(401);
+        seen.add(res.json.code);
+        const codes = schemas.problemCodes(method, def.path, 401);
+        if (!codes.includes(res.json.code)) mismatches.push(`${label}: code ${res.json.code} is not among the published ${codes.join(', ')}`);
+        const header = res.headers.get('www-authenticate');
+        const v = schemas.headerValidator(method, def.path, 401, 'WWW-Authenticate');
+        if (!v) mismatches.push(`${label}: no WWW-Authenticate published`);
+        else if (!v(header)) mismatches.push(`${label}: WWW-Authenticate ${JSON.stringify(header)} does not match its published schema`);
+      }
+    }
+    expect([...seen].sort()).toEqual(['token_revoked', 'unauthorized']);
+    expect(mismatches).toEqual([]);
   });
 });
 

@@ -69,6 +69,10 @@ describe('webhook deliveries: filters and attempt history', () => {
       ['event_type=webhook.test', () => false],
       ['created_after=2026-11-20T03:00:00Z&created_before=2026-11-20T08:00:00Z', (r) => r.hour > 3 && r.hour < 8],
       ['created_after=2026-11-20T03:00:00%2B01:00', (r) => r.hour > 2],
+      // Unencoded, as a client that builds the URL by hand sends it: the query parser reads the `+` as a
+      // space, which is taken back at that one place (before hh:mm at the end). The same rows as %2B.
+      ['created_after=2026-11-20T03:00:00+01:00', (r) => r.hour > 2],
+      ['created_after=2026-11-20T03:00:00+01:00&created_before=2026-11-20T09:30:00+01:30', (r) => r.hour > 2 && r.hour < 8],
       ['status=failed,pending&event_type=run.completed&created_before=2026-11-20T09:00:00Z', (r) => r.status !== 'delivered' && r.eventType === 'run.completed' && r.hour < 9],
       ['status=delivered,failed&created_after=2026-11-20T01:00:00Z', (r) => r.status !== 'pending' && r.hour > 1],
     ];
@@ -96,6 +100,12 @@ describe('webhook deliveries: filters and attempt history', () => {
       // ISO 8601 that PostgreSQL cannot hold (year 0, an offset past ±15:59): a 400, not a 500.
       ['created_after=0000-06-01T00:00:00Z', 'created_after'],
       ['created_before=2026-11-20T05:00:00%2B20:00', 'created_before'],
+      ['created_before=2026-11-20T05:00:00+20:00', 'created_before'],
+      // A space (a `+` read as one) anywhere but before the offset's hh:mm stays refused.
+      ['created_after=2026-11-20+05:00:00Z', 'created_after'],
+      ['created_after=2026-11-20T05:00:00++01:00', 'created_after'],
+      ['created_after=2026-11-20T05:00:00+0100', 'created_after'],
+      ['created_after=+2026-11-20T05:00:00Z', 'created_after'],
       ['created_after=2026-11-20T05:00:00Z&created_before=2026-11-20T05:00:00Z', 'created_before'],
       ['sort=asc', '(root)'],
     ]) {

@@ -168,6 +168,35 @@ describe('webhook resend', () => {
     expect(receiver.received.filter((r) => r.path === '/refusals')).toHaveLength(MAX_ATTEMPTS);
   });
 
+  it('a delivery the endpoint does not have is 404 not_found, before the endpoint is found disabled or the tenant at its resend backlog: the key stores the 404, not a 409', async () => {
+    const t = await tenantWithEndpoint(stack, receiver, '/missing-delivery', ['run.completed']);
+    expect((await api(stack, 'POST', `${ENDPOINTS}/${t.endpoint.id}/disable`, { token: t.admin })).status).toBe(200);
+    const missing = randomUUID();
+    const key = randomUUID();
+    const onDisabled = await resend(t.admin, t.endpoint.id, missing, key);
+    expect(onDisabled.status, onDisabled.text).toBe(404);
+    expect(onDisabled.json.code).toBe('not_found');
+    // Enabled again, the same key replays the 404 it stored (not a 409 webhook_endpoint_disabled).
+    expect((await api(stack, 'POST', `${ENDPOINTS}/${t.endpoint.id}/enable`, { token: t.admin, headers: { 'Idempotency-Key': randomUUID() } })).status).toBe(200);
+    const replay = await resend(t.admin, t.endpoint.id, missing, key);
+    expect(replay.status, replay.text).toBe(404);
+    expect(replay.json.code).toBe('not_found');
+    // At the resend backlog (WEBHOOK_RESEND_MAX_PENDING deliveries pending from resends, due tomorrow: nothing attempts them).
+    await stack.db.admin(
+      `insert into webhook_deliveries (id, tenant_id, endpoint_id, event_type, payload, status, attempts, resends, resent_at, next_attempt_at, created_at, updated_at)
+       select gen_random_uuid(), $1, $2, 'run.completed', '{}'::jsonb, 'pending', 1, 1, now(), now() + interval '1 day', now(), now() from generate_series(1, $3::int)`,
+      [t.tenantId, t.endpoint.id, stack.config.WEBHOOK_RESEND_MAX_PENDING],
+    );
+    const atBacklog = await resend(t.admin, t.endpoint.id, randomUUID());
+    expect(atBacklog.status, atBacklog.text).toBe(404);
+    expect(atBacklog.json.code).toBe('not_found');
+    // No such endpoint either: 404 as before.
+    const noEndpoint = await resend(t.admin, randomUUID(), randomUUID());
+    expect(noEndpoint.status, noEndpoint.text).toBe(404);
+    // Gone again: left behind, these rows change the plans a later test of this file checks.
+    await stack.db.admin(`delete from webhook_deliveries where endpoint_id = $1`, [t.endpoint.id]);
+  });
+
   /** An hour of 2026-11-20, as an ISO instant. */
   const at = (h: number) => `2026-11-20T${String(h).padStart(2, '0')}:00:00.000Z`;
 

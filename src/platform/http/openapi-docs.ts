@@ -1,7 +1,7 @@
 /**
  * A readable, self-contained HTML page for an OpenAPI 3.1 document: no scripts, no CDN (the docs must
  * work offline and under a strict CSP). Each operation lists its parameters, body and responses, with
- * schemas shown as JSON; `$ref`s are resolved against components.schemas for display.
+ * schemas shown as JSON; `$ref`s are resolved against components.schemas (and components.responses) for display.
  */
 type Json = Record<string, any>;
 
@@ -21,7 +21,11 @@ const schemaBlock = (doc: Json, schema: unknown) => `<details><summary>schema</s
 function operation(doc: Json, path: string, method: string, op: Json): string {
   const params = (op.parameters ?? []) as Json[];
   const body = op.requestBody?.content as Json | undefined;
-  const responses = Object.entries((op.responses ?? {}) as Json);
+  // A response may be a reference to components.responses (the refusals common to every operation).
+  const responses = Object.entries((op.responses ?? {}) as Json).map(([code, r]) => {
+    const ref = (r as Json).$ref as string | undefined;
+    return [code, ref?.startsWith('#/components/responses/') ? (doc.components?.responses?.[ref.slice(23)] ?? r) : r] as const;
+  });
   return `<section class="op" id="${esc(op.operationId ?? `${method}${path}`)}">
   <h3><span class="m m-${esc(method)}">${esc(method.toUpperCase())}</span> <code>${esc(path)}</code></h3>
   <p>${esc(op.summary)}</p>

@@ -66,7 +66,12 @@ function errorResponses(def: RouteDef): Record<number, ResponseConfig> {
     mutating && def.idempotency === 'required' ? 'validation_failed (missing Idempotency-Key)' : '',
   ].filter(Boolean);
   out[400] = problem('Bad request', bad);
-  out[401] = problem('Missing, expired or invalid bearer token', ['unauthorized'], { 'WWW-Authenticate': z.literal('Bearer') });
+  // A revoked token (token-revocations.ts) verified, and is refused with RFC 6750's invalid_token.
+  out[401] = problem(
+    'Missing, expired or invalid bearer token (`unauthorized`, WWW-Authenticate: `Bearer`), or one a platform operator revoked (`token_revoked`, WWW-Authenticate: `Bearer error="invalid_token"`): a new token is needed',
+    ['unauthorized', 'token_revoked'],
+    { 'WWW-Authenticate': z.enum(['Bearer', 'Bearer error="invalid_token"']).describe('`Bearer`; `Bearer error="invalid_token"` for a revoked token (`token_revoked`)') },
+  );
   if (def.roles?.length) out[403] = problem(`Needs one of the roles: ${def.roles.join(', ')}`, ['forbidden']);
   if (def.params) out[404] = problem('Not found for this tenant (or a malformed id)', ['not_found', 'validation_failed']);
   // Retry-After comes with idempotency_key_in_use only: a route's own 409s (run_not_active, …) have none.
@@ -74,7 +79,9 @@ function errorResponses(def: RouteDef): Record<number, ResponseConfig> {
   if (mutating) {
     out[413] = problem('The body is larger than the limit', ['payload_too_large']);
     out[415] = problem(
-      def.body ? 'The body must be application/json, in UTF-8, without an unsupported content encoding' : 'This operation takes no body (an empty JSON object is none); one that is not JSON, or in an unsupported content encoding, is refused',
+      def.body
+        ? 'The body must be application/json (or another application/*+json type), in UTF-8, UTF-16 or UTF-32 (a charset spelled utf-…), without an unsupported content encoding'
+        : 'This operation takes no body (an empty JSON object is none); one that is not JSON, or in an unsupported charset or content encoding, is refused',
       ['unsupported_media_type', 'unsupported_encoding'],
     );
   }
@@ -101,10 +108,37 @@ function errorResponses(def: RouteDef): Record<number, ResponseConfig> {
 
 const toOpenApiPath = (p: string) => p.replace(/:([A-Za-z0-9_]+)/g, '{$1}');
 
+/**
+ * Refusals of any request, before any route (docs/api.md, "Status codes"): published once in
+ * components.responses. 408 and 431 (Node's HTTP parser, client-error.ts) are referenced by every
+ * operation; 405 belongs to a method a path does not list, so to no operation: the document's
+ * description names it.
+ */
+const COMMON_RESPONSES = {
+  MethodNotAllowed: rawProblem('A method the path does not list: `Allow` names those it answers (OPTIONS answers 204 with the same `Allow`)', ['method_not_allowed'], {
+    Allow: { description: 'The methods the path answers, e.g. `GET, HEAD`', required: true, schema: { type: 'string' } },
+  }),
+  RequestTimeout: rawProblem('The request did not arrive whole within API_REQUEST_TIMEOUT (its headers within the lesser of that and 20 s); the connection closes. Retry, with the same Idempotency-Key', ['request_timeout']),
+  HeadersTooLarge: rawProblem('The request line and headers exceed 16 kB together (most often a bearer token carrying too many claims); the connection closes', ['headers_too_large']),
+};
+
+/** problem(), written out as OpenAPI (a component is registered as such, not generated from zod). */
+function rawProblem(description: string, codes: string[], headers: Record<string, { description: string; required: boolean; schema: { type: 'string' } }> = {}) {
+  const text = (d: string) => ({ description: d, required: true, schema: { type: 'string' as const } });
+  return {
+    description: `${description} (code: ${codes.join(', ')})`,
+    headers: { [CORRELATION_HEADER]: text("The request's correlation id: the one sent, or a generated one"), 'X-Request-Id': text('Unique per request'), ...headers },
+    content: { [PROBLEM_CONTENT_TYPE]: { schema: { $ref: '#/components/schemas/Problem' } } },
+  };
+}
+const commonResponse = (name: keyof typeof COMMON_RESPONSES) => ({ $ref: `#/components/responses/${name}` });
+
 function routeConfig(def: RouteDef, withSchemas: boolean): RouteConfig {
-  const responses: Record<string, ResponseConfig> = {};
+  const responses: Record<string, ResponseConfig | { $ref: string }> = {};
   const errors = errorResponses(def);
   for (const [code, r] of Object.entries(errors)) responses[code] = r;
+  responses[408] = commonResponse('RequestTimeout');
+  responses[431] = commonResponse('HeadersTooLarge');
   for (const [code, r] of Object.entries(def.responses)) {
     const status = Number(code);
     const isError = status >= 400;
@@ -135,7 +169,7 @@ function routeConfig(def: RouteDef, withSchemas: boolean): RouteConfig {
   // A handler's 4xx is stored under the Idempotency-Key, and its replays say so.
   if (MUTATING_METHODS.has(def.method)) {
     for (const [code, r] of Object.entries(responses)) {
-      if (REPLAYABLE_ERRORS.has(Number(code))) r.headers = (r.headers as typeof responseHeaders).extend(replayed);
+      if (REPLAYABLE_ERRORS.has(Number(code)) && !('$ref' in r)) r.headers = (r.headers as typeof responseHeaders).extend(replayed);
     }
   }
   const key = z.string().min(1).max(255).describe('Unique per intended operation; a retry with the same key and body replays the first response');
@@ -231,6 +265,7 @@ export function buildOpenApi(routes: RouteDef[], info: { title?: string; version
     bearerFormat: 'JWT',
     description: 'A JWT with sub, tenant_id (UUID) and roles; the tenant comes from the token only.',
   });
+  for (const [name, response] of Object.entries(COMMON_RESPONSES)) registry.registerComponent('responses', name, response);
   for (const def of routes) {
     try {
       // Generate each route alone first, so one unconvertible schema cannot take the document down.
@@ -252,7 +287,9 @@ export function buildOpenApi(routes: RouteDef[], info: { title?: string; version
       version: info.version ?? '0.1.0',
       description:
         'Durable, multi-tenant background work. Every response carries X-Correlation-Id; errors are RFC 9457 problem+json. ' +
-        'POST/PUT/PATCH/DELETE take an Idempotency-Key.',
+        'POST/PUT/PATCH/DELETE take an Idempotency-Key. ' +
+        'A method a path does not list answers 405 method_not_allowed with Allow (components.responses.MethodNotAllowed); ' +
+        'any request may answer 408 request_timeout or 431 headers_too_large (components.responses, referenced by every operation).',
     },
     tags: [...new Set([...routes.flatMap((r) => r.tags), 'operations'])].map((name) => ({ name })),
   });

@@ -2,7 +2,7 @@ import { z } from 'zod';
 import { defineRoute, type RouteDef } from '../http/route.ts';
 import { NotFoundError } from '../errors/app-error.ts';
 import { nextCursor, pageLimit, pageSchema, pageWhere } from '../http/cursor.ts';
-import { instantInput, isoTime } from '../http/iso-time.ts';
+import { isoTime, queryInstantInput } from '../http/iso-time.ts';
 import { ADMIN_ROLE } from '../tenancy/roles.ts';
 import { DELIVERY_EVENT_TYPES, DELIVERY_STATUSES, type DeliveryStatus } from './webhook.entities.ts';
 import { adminOnly, DELIVERY_COLUMNS, deliveryView, endpointById, idParam, toDeliveryView, WEBHOOK_ENDPOINTS_PATH, type DeliveryRowView } from './webhook-endpoints.routes.ts';
@@ -27,7 +27,7 @@ const statusFilter = z
   .optional()
   .describe('Only deliveries in one of these statuses: repeat the parameter or give a comma list (`failed,pending`)');
 
-const instant = (what: string) => instantInput().optional().describe(`Only deliveries created (the event queued) strictly ${what} this instant (ISO 8601)`);
+const instant = (what: string) => queryInstantInput().optional().describe(`Only deliveries created (the event queued) strictly ${what} this instant (ISO 8601)`);
 
 const listQuery = z
   .strictObject({

@@ -151,10 +151,17 @@ export function webhookResendRoutes(deps: {
         // of one (or two resends) take turns and cannot both see room. Other events leave the endpoint unlocked
         // (enabledEndpoint). The event type never changes, so it is read unlocked first to choose.
         const [found] = await em.execute<{ event_type: string }[]>(`select event_type from webhook_deliveries where tenant_id = ? and endpoint_id = ? and id = ?`, [principal.tenantId, params.id, params.delivery_id]);
-        const isTest = found?.event_type === WEBHOOK_TEST_EVENT;
+        // No such delivery: 404 (the endpoint's own 404 when there is no such endpoint either) before any 409 —
+        // a disabled endpoint's or the backlog's would be stored under the key, and replayed by a retry with
+        // it after the endpoint is enabled or the backlog drained, for a delivery that never existed. A
+        // delivery found names an endpoint that exists (its foreign key); its checks come below, in lock order.
+        if (!found) {
+          await endpointById(em, principal.tenantId, params.id);
+          throw new NotFoundError('webhook delivery');
+        }
+        const isTest = found.event_type === WEBHOOK_TEST_EVENT;
         await resendRoom(em, principal.tenantId, deps.maxPendingResent);
         await enabledEndpoint(em, principal.tenantId, params.id, isTest ? LOCK_ROW : '');
-        if (!found) throw new NotFoundError('webhook delivery');
         // One from the hourly budget; given back by the rollback if the update resends nothing (a 409 below).
         await spendBudget(deps.budget, ctx, 1);
         const [row] = await em.execute<DeliveryRowView[]>(
