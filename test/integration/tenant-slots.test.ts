@@ -155,6 +155,27 @@ describe('tenant slots (Redis scripts)', () => {
     expect(await redis.zcard(slots.parkedKey(tenant))).toBe(0);
   });
 
+  it("a promotion renews a parked set's expiry that a park set shorter (a worker of the release before, mid-deploy): the deliveries still in it, parked for up to 2 h, keep their places", async () => {
+    const slots = new TenantSlots(redis, { prefix, per: 'endpoint', cap: 1, leaseMs: LONG_LEASE });
+    const owner = randomUUID();
+    const parked = slots.parkedKey(owner);
+    await slots.acquire(owner, 'q:holder');
+    for (const [i, m] of ['q:p1', 'q:p2', 'q:p3'].entries()) await slots.park(owner, m, 1_000 + i);
+    // The release before set 10 minutes at each park: a backlog drained by promotions alone (no park since) lost its set
+    // after them, and the deliveries still parked (rank-scaled fallbacks of up to 2 h) came back only on those.
+    const OLD_TTL = 600_000;
+    await redis.pexpire(parked, OLD_TTL);
+    expect(await slots.release(owner, 'q:holder')).toBe('q:p1');
+    expect(await redis.pttl(parked)).toBeGreaterThan(OLD_TTL);
+    await redis.pexpire(parked, OLD_TTL);
+    expect(await slots.wake(owner)).toBe('q:p2');
+    expect(await redis.pttl(parked)).toBeGreaterThan(OLD_TTL);
+    // Never shortened, and an emptied set is not brought back.
+    await redis.pexpire(parked, 24 * 3600_000);
+    expect(await slots.wake(owner)).toBe('q:p3');
+    expect(await redis.exists(parked)).toBe(0);
+  });
+
   it('a wake pops the earliest parked job only while a slot is free, and changes no slot', async () => {
     const slots = new TenantSlots(redis, { prefix, cap: 1, leaseMs: LONG_LEASE });
     const tenant = randomUUID();

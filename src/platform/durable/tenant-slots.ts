@@ -20,6 +20,26 @@ import type { Logger } from 'pino';
  * one held by another worker short (PTTL is -1 without an expiry, -2 without the key).
  */
 
+/**
+ * How long an emptied parked set is kept: longer than any fallback delay (at most 120 s × PARKED_RANK_FACTOR_MAX),
+ * so a live parked job's entry outlives it: each job of a set comes back (and parks again, renewing it) within it.
+ */
+const PARKED_TTL_MS = 3 * 3600_000;
+
+/**
+ * Pops the owner's earliest parked member (KEYS[2]) for the caller to promote, and returns it. A set still holding
+ * members gets PARKED_TTL_MS again if it had less (never shortened): a worker of the release before set 10 minutes at
+ * each park, and a backlog drained by promotions alone — no park since — lost its set after them mid-deploy, its
+ * deliveries still parked (rank-scaled fallbacks of up to 2 h) coming back only on those.
+ */
+const POP = `  local p = redis.call('ZPOPMIN', KEYS[2])
+  if p[1] then
+    local ttl = redis.call('PTTL', KEYS[2])
+    if ttl > 0 and ttl < ${PARKED_TTL_MS} then redis.call('PEXPIRE', KEYS[2], ${PARKED_TTL_MS}) end
+    return p[1]
+  end
+`;
+
 /** Redis's clock in ms; the writes that follow replicate as effects (Redis 7 always does; older ones are told to). */
 const NOW = `if redis.replicate_commands then redis.replicate_commands() end
 local t = redis.call('TIME')
@@ -80,9 +100,7 @@ const PARK = `${NOW}${CAP(2)}
 redis.call('ZADD', KEYS[2], tonumber(ARGV[3]), ARGV[1])
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
 if redis.call('ZCARD', KEYS[1]) < cap then
-  local p = redis.call('ZPOPMIN', KEYS[2])
-  if p[1] then return p[1] end
-end
+${POP}end
 return false`;
 
 /**
@@ -92,9 +110,7 @@ return false`;
 const RELEASE = `redis.call('ZREM', KEYS[1], ARGV[1])
 ${NOW}${CAP(2)}
 if redis.call('ZCARD', KEYS[1]) < cap then
-  local p = redis.call('ZPOPMIN', KEYS[2])
-  if p[1] then return p[1] end
-end
+${POP}end
 return false`;
 
 /**
@@ -103,9 +119,7 @@ return false`;
  */
 const WAKE = `${NOW}${CAP(1)}
 if redis.call('ZCARD', KEYS[1]) < cap then
-  local p = redis.call('ZPOPMIN', KEYS[2])
-  if p[1] then return p[1] end
-end
+${POP}end
 return false`;
 
 type SlotRedis = Redis & {
@@ -146,11 +160,6 @@ export function rankedDelayMs(fallbackMs: number, rank: number, cap: number): nu
 /** The parked-set score of a job parked `first`: ahead of every `parked_at` (a time on Redis's clock), so the earliest promoted. */
 const PARKED_FIRST = 0;
 
-/**
- * How long an emptied parked set is kept: longer than any fallback delay (at most 120 s × PARKED_RANK_FACTOR_MAX),
- * so a live parked job's entry outlives it: each job of a set comes back (and parks again, renewing it) within it.
- */
-const PARKED_TTL_MS = 3 * 3600_000;
 
 /** The hash of per-owner overrides of the cap (ADR 0014): `<prefix>:tenant-limits` for run jobs. */
 export const tenantLimitsKey = (prefix: string, per: SlotOwner = 'tenant') => `${prefix}:${per}-limits`;
