@@ -155,6 +155,47 @@ describe('tenant slots (Redis scripts)', () => {
     expect(await redis.zcard(slots.parkedKey(tenant))).toBe(0);
   });
 
+  it('a promoted job that finds its slot taken meanwhile is ranked by its first park (where it parks again), not at the tail: the earliest keep the plain fallback and the lapse wake', async () => {
+    const slots = new TenantSlots(redis, { prefix, per: 'endpoint', cap: 1, leaseMs: LONG_LEASE });
+    const owner = randomUUID();
+    await slots.acquire(owner, 'q:holder');
+    for (const [i, m] of ['q:p1', 'q:p2', 'q:p3', 'q:p4'].entries()) await slots.park(owner, m, 1_000 + i);
+    // The holder's release pops p1 for promotion; a fresh delivery takes the slot before p1 comes to take it.
+    expect(await slots.release(owner, 'q:holder')).toBe('q:p1');
+    expect(await slots.acquire(owner, 'q:fresh')).toBe(true);
+    // p1 parks again at its first park's place (1000), ahead of p2..p4: its rank is 0, not the set's length (3, a
+    // fallback scaled 4 times, and no lapse wake had the fresh holder died).
+    const refused = await slots.take(owner, 'q:p1', 1_000);
+    expect(refused).toMatchObject({ acquired: false, rank: 0 });
+    expect(refused.acquired === false && refused.wakeBy).toBeGreaterThan(0);
+    // Without a first park (a job not parked before), the tail; a member still in the set, its own place.
+    expect(await slots.take(owner, 'q:new')).toMatchObject({ acquired: false, rank: 3 });
+    expect(await slots.take(owner, 'q:p3', 1_002)).toMatchObject({ acquired: false, rank: 1 });
+    // A test event's first place (0) ranks ahead of every parked job.
+    expect(await slots.take(owner, 'q:test', 0)).toMatchObject({ acquired: false, rank: 0 });
+  });
+
+  it("a promotion renews a parked set's expiry that a park set shorter (a worker of the release before, mid-deploy): the deliveries still in it, parked for up to 2 h, keep their places", async () => {
+    const slots = new TenantSlots(redis, { prefix, per: 'endpoint', cap: 1, leaseMs: LONG_LEASE });
+    const owner = randomUUID();
+    const parked = slots.parkedKey(owner);
+    await slots.acquire(owner, 'q:holder');
+    for (const [i, m] of ['q:p1', 'q:p2', 'q:p3'].entries()) await slots.park(owner, m, 1_000 + i);
+    // The release before set 10 minutes at each park: a backlog drained by promotions alone (no park since) lost its set
+    // after them, and the deliveries still parked (rank-scaled fallbacks of up to 2 h) came back only on those.
+    const OLD_TTL = 600_000;
+    await redis.pexpire(parked, OLD_TTL);
+    expect(await slots.release(owner, 'q:holder')).toBe('q:p1');
+    expect(await redis.pttl(parked)).toBeGreaterThan(OLD_TTL);
+    await redis.pexpire(parked, OLD_TTL);
+    expect(await slots.wake(owner)).toBe('q:p2');
+    expect(await redis.pttl(parked)).toBeGreaterThan(OLD_TTL);
+    // Never shortened, and an emptied set is not brought back.
+    await redis.pexpire(parked, 24 * 3600_000);
+    expect(await slots.wake(owner)).toBe('q:p3');
+    expect(await redis.exists(parked)).toBe(0);
+  });
+
   it('a wake pops the earliest parked job only while a slot is free, and changes no slot', async () => {
     const slots = new TenantSlots(redis, { prefix, cap: 1, leaseMs: LONG_LEASE });
     const tenant = randomUUID();

@@ -20,6 +20,26 @@ import type { Logger } from 'pino';
  * one held by another worker short (PTTL is -1 without an expiry, -2 without the key).
  */
 
+/**
+ * How long an emptied parked set is kept: longer than any fallback delay (at most 120 s × PARKED_RANK_FACTOR_MAX),
+ * so a live parked job's entry outlives it: each job of a set comes back (and parks again, renewing it) within it.
+ */
+const PARKED_TTL_MS = 3 * 3600_000;
+
+/**
+ * Pops the owner's earliest parked member (KEYS[2]) for the caller to promote, and returns it. A set still holding
+ * members gets PARKED_TTL_MS again if it had less (never shortened): a worker of the release before set 10 minutes at
+ * each park, and a backlog drained by promotions alone — no park since — lost its set after them mid-deploy, its
+ * deliveries still parked (rank-scaled fallbacks of up to 2 h) coming back only on those.
+ */
+const POP = `  local p = redis.call('ZPOPMIN', KEYS[2])
+  if p[1] then
+    local ttl = redis.call('PTTL', KEYS[2])
+    if ttl > 0 and ttl < ${PARKED_TTL_MS} then redis.call('PEXPIRE', KEYS[2], ${PARKED_TTL_MS}) end
+    return p[1]
+  end
+`;
+
 /** Redis's clock in ms; the writes that follow replicate as effects (Redis 7 always does; older ones are told to). */
 const NOW = `if redis.replicate_commands then redis.replicate_commands() end
 local t = redis.call('TIME')
@@ -41,13 +61,15 @@ if override and override >= 1 and override <= 1000000000 and override == math.fl
 `;
 
 /**
- * KEYS: slots, parked, limits. ARGV: member, cap, lease ms, owner. Drops lapsed leases; a member that holds a slot
+ * KEYS: slots, parked, limits. ARGV: member, cap, lease ms, parked at ('' for none), owner. Drops lapsed leases; a member that holds a slot
  * renews it, another takes one when fewer than `cap` are held: {1, room, cap} when the member holds a slot after
  * it (`cap`: the one applied; `room` 1 when a slot is still free while jobs are parked — the cap was raised,
  * or a lease lapsed — for the caller to wake the next, else 0). Else {0, ms, cap, now}: `now` is Redis's clock,
  * the parked-set score of a job parked for the first time (its `parked_at`); `ms` is how long until the earliest live lease lapses (Redis's clock, relative, so the
  * caller's clock need not agree) when the member is — or, parking now, would be — among the owner's
- * `cap` earliest parked, else 0; `rank` is that place (0 the earliest; the set's length for a member not in it).
+ * `cap` earliest parked, else 0; `rank` is that place (0 the earliest). A member not in the set is placed where it would
+ * park: by its first park's time (`parked at`, kept in its job's data: a job popped for promotion whose slot was taken
+ * meanwhile parks again there, near the front), else at the tail (the set's length).
  * A lease that lapses (its holder died) frees a slot nobody releases:
  * those few come back when it does, and take it; the others wait for promotions as before, so a long
  * parked set does not all come back at every lease's end.
@@ -60,7 +82,10 @@ if redis.call('ZSCORE', KEYS[1], ARGV[1]) or redis.call('ZCARD', KEYS[1]) < cap 
   if redis.call('ZCARD', KEYS[1]) < cap and redis.call('ZCARD', KEYS[2]) > 0 then return {1, 1, cap} end
   return {1, 0, cap}
 end
-local rank = redis.call('ZRANK', KEYS[2], ARGV[1]) or redis.call('ZCARD', KEYS[2])
+local rank = redis.call('ZRANK', KEYS[2], ARGV[1])
+if not rank then
+  if ARGV[4] ~= '' then rank = redis.call('ZCOUNT', KEYS[2], '-inf', '(' .. ARGV[4]) else rank = redis.call('ZCARD', KEYS[2]) end
+end
 if rank >= cap then return {0, 0, cap, now, rank} end
 local earliest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 return {0, tonumber(earliest[2]) - now, cap, now, rank}`;
@@ -80,9 +105,7 @@ const PARK = `${NOW}${CAP(2)}
 redis.call('ZADD', KEYS[2], tonumber(ARGV[3]), ARGV[1])
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
 if redis.call('ZCARD', KEYS[1]) < cap then
-  local p = redis.call('ZPOPMIN', KEYS[2])
-  if p[1] then return p[1] end
-end
+${POP}end
 return false`;
 
 /**
@@ -92,9 +115,7 @@ return false`;
 const RELEASE = `redis.call('ZREM', KEYS[1], ARGV[1])
 ${NOW}${CAP(2)}
 if redis.call('ZCARD', KEYS[1]) < cap then
-  local p = redis.call('ZPOPMIN', KEYS[2])
-  if p[1] then return p[1] end
-end
+${POP}end
 return false`;
 
 /**
@@ -103,13 +124,11 @@ return false`;
  */
 const WAKE = `${NOW}${CAP(1)}
 if redis.call('ZCARD', KEYS[1]) < cap then
-  local p = redis.call('ZPOPMIN', KEYS[2])
-  if p[1] then return p[1] end
-end
+${POP}end
 return false`;
 
 type SlotRedis = Redis & {
-  dealixSlotAcquire(slots: string, parked: string, limits: string, member: string, cap: number, leaseMs: number, owner: string): Promise<[number, number, number, number?, number?]>;
+  dealixSlotAcquire(slots: string, parked: string, limits: string, member: string, cap: number, leaseMs: number, parkedAt: number | '', owner: string): Promise<[number, number, number, number?, number?]>;
   dealixSlotRenew(slots: string, member: string, leaseMs: number): Promise<number>;
   dealixSlotPark(slots: string, parked: string, limits: string, member: string, cap: number, parkedAt: number, ttlMs: number, owner: string): Promise<string | null>;
   dealixSlotRelease(slots: string, parked: string, limits: string, member: string, cap: number, owner: string): Promise<string | null>;
@@ -133,9 +152,10 @@ export const PARKED_RANK_FACTOR_MAX = 60;
  * caller asks for it (the webhook deliveries, ADR 0013 *Parked backlogs*; run jobs, ADR 0012 *Parked backlogs*): the owner's `cap` earliest keep
  * `fallbackMs`; one further back `ceil((rank + 1) / cap)` times it, at most PARKED_RANK_FACTOR_MAX times. A
  * job that far back is not due a slot before the jobs ahead of it have had theirs: it comes by a promotion,
- * and its fallback is only for a promotion lost. A backlog of N parked then comes back about cap × ln(N / cap)
- * times per fallback delay, not N times (a silent receiver's day of deliveries at 1/s came back ~960 times a
- * second, each reading its row in PostgreSQL, ahead of every other tenant's deliveries in the FIFO queue).
+ * and its fallback is only for a promotion lost. A backlog of N parked then comes back about cap × (1 + ln(N / cap))
+ * times per fallback delay up to N = PARKED_RANK_FACTOR_MAX × cap, and about N / PARKED_RANK_FACTOR_MAX beyond, not N
+ * times (a silent receiver's day of deliveries at 1/s came back ~960 times a second, each reading its row in PostgreSQL,
+ * ahead of every other tenant's deliveries in the FIFO queue; now ~16, with no PostgreSQL read).
  */
 export function rankedDelayMs(fallbackMs: number, rank: number, cap: number): number {
   if (rank < cap) return fallbackMs;
@@ -145,11 +165,6 @@ export function rankedDelayMs(fallbackMs: number, rank: number, cap: number): nu
 /** The parked-set score of a job parked `first`: ahead of every `parked_at` (a time on Redis's clock), so the earliest promoted. */
 const PARKED_FIRST = 0;
 
-/**
- * How long an emptied parked set is kept: longer than any fallback delay (at most 120 s × PARKED_RANK_FACTOR_MAX),
- * so a live parked job's entry outlives it: each job of a set comes back (and parks again, renewing it) within it.
- */
-const PARKED_TTL_MS = 3 * 3600_000;
 
 /** The hash of per-owner overrides of the cap (ADR 0014): `<prefix>:tenant-limits` for run jobs. */
 export const tenantLimitsKey = (prefix: string, per: SlotOwner = 'tenant') => `${prefix}:${per}-limits`;
@@ -239,12 +254,12 @@ export class TenantSlots {
    * the request, plus Redis's remaining time: never after the lapse, whatever the clocks' offset), for
    * one of the owner's `cap` earliest parked; undefined for the rest. A member that found no slot is also
    * told `refusedAt`, Redis's clock then: the time it is parked at, if this is its first park (`slotParking`),
-   * and `rank`, its place among the owner's parked (0 the earliest; the set's length if it is not parked yet).
-   * One round trip, as `acquire`.
+   * and `rank`, its place among the owner's parked (0 the earliest; one not in the set, where it would park: by
+   * `parkedAt`, its first park's time, if it was parked before, else the set's length). One round trip, as `acquire`.
    */
-  async take(tenant: string, member: string): Promise<SlotTake> {
+  async take(tenant: string, member: string, parkedAt?: number): Promise<SlotTake> {
     const askedAt = Date.now();
-    const [acquired, lapsesInMs, cap, refusedAt, rank] = await this.redis.dealixSlotAcquire(this.slotsKey(tenant), this.parkedKey(tenant), this.limitsKey(), member, this.cap, this.leaseMs, tenant);
+    const [acquired, lapsesInMs, cap, refusedAt, rank] = await this.redis.dealixSlotAcquire(this.slotsKey(tenant), this.parkedKey(tenant), this.limitsKey(), member, this.cap, this.leaseMs, parkedAt ?? '', tenant);
     // A slot still free with jobs parked (a raised override, a lapsed lease): `wakeParked` asks the caller to promote the next.
     if (acquired === 1) return { acquired: true, cap, wakeParked: lapsesInMs === 1 };
     const refused = { acquired: false as const, cap, refusedAt: Number(refusedAt), rank: Number(rank) };

@@ -267,7 +267,8 @@ export function webhookHandlers(deps: {
       // take, not acquire: a lease that lapses (its worker died in the POST) frees a slot nobody releases, and
       // the leases are not renewed (WEBHOOK_TIMEOUT bounds the POST), so its expiry is the holder's deadline;
       // the owner's first parked jobs come back by then (wakeBy) rather than after their fallback.
-      const slot = await cap.slots.take(owner, member).catch((err: unknown) => {
+      // Its first park's time (a re-park keeps it): popped for promotion and its slot taken meanwhile, it is ranked where it parks again, near the front.
+      const slot = await cap.slots.take(owner, member, (job.data as DeliveryJobData).parked_at).catch((err: unknown) => {
         for (const t of taken.splice(0)) t.cap.parking.give(t.owner, member);
         throw err;
       });
