@@ -7,7 +7,7 @@ import type { DurableRuntime, StepJobData } from './runtime.ts';
 import { DEFAULT_RETRY, STEP_BACKOFF, retryOf, stepBackoffMs, type WorkflowDef } from './workflow.ts';
 import { ConfigError } from '../config/config.ts';
 import { MAINTENANCE_QUEUE } from '../queue/maintenance.ts';
-import { slotMember, slotParking, unparked, type TenantSlots } from './tenant-slots.ts';
+import { slotMember, slotParking, unparked, type ParkedJobData, type TenantSlots } from './tenant-slots.ts';
 import { WEBHOOK_QUEUE } from '../webhooks/delivery.ts';
 import { TIMER_QUEUE } from '../queue/timers.ts';
 
@@ -251,7 +251,9 @@ function tenantSlotHolder(use: TenantSlotsUse, runtime: DurableRuntime, logger: 
       // job is re-delivered by stall detection and takes its own slot back. `cap`: the tenant's override or the setting (ADR 0014).
       // Its `rank` and `cap` are used (ADR 0012, *Parked backlogs*): a job behind the tenant's `cap` earliest parked comes back on a
       // fallback scaled by its place, so a tenant's long parked backlog does not all come back every fallback delay.
-      const took = await slots.take(slot.tenant, slot.member);
+      // Its first park's `parked_at` is passed, as a delivery's is: popped for promotion and beaten to the slot by a
+      // fresh job, it is ranked by that time (near the front), not at the tail with a scaled fallback.
+      const took = await slots.take(slot.tenant, slot.member, (d as ParkedJobData).parked_at);
       const { cap } = took;
       if (took.acquired) {
         held.add(slot);
