@@ -1,5 +1,6 @@
 import { createHash, randomUUID } from 'node:crypto';
 import { Job } from 'bullmq';
+import type { Redis } from 'ioredis';
 import { pino } from 'pino';
 import { expect } from 'vitest';
 import { tenantEm } from '../../src/platform/db/tenant-em.ts';
@@ -167,6 +168,26 @@ export async function killLiveWorkers(stack: TestStack): Promise<void> {
  */
 export function stackSweeper(stack: TestStack, lock: string, opts: Partial<SweeperOptions> = {}): Sweeper {
   return new Sweeper({ orm: stack.container.orm, runtime: stack.container.runtime, redis: stack.container.redis, logger: pino({ level: 'silent' }), lockKey: `${stack.prefix}:${lock}`, intervalMs: 1000, minAgeMs: 0, ...opts });
+}
+
+/**
+ * Deletes what a Sweeper built with its own `lockKey` outside the stack's prefix leaves in Redis — its
+ * lock, `<lockKey>:marker` (no TTL: left behind by every test that sweeps) and `<lockKey>:loss-repair` —
+ * found by SCAN of that lock key alone (glob characters escaped), never a broader pattern or a FLUSH:
+ * other tests and helpers share this Redis.
+ */
+export async function dropSweeperKeys(redis: Redis, lockKey: string): Promise<void> {
+  const own = lockKey.replace(/[*?[\]\\]/g, '\\$&');
+  const keys: string[] = [];
+  for (const pattern of [own, `${own}:*`]) {
+    let cursor = '0';
+    do {
+      const [next, found] = await redis.scan(cursor, 'MATCH', pattern, 'COUNT', 1000);
+      cursor = next;
+      keys.push(...found);
+    } while (cursor !== '0');
+  }
+  if (keys.length) await redis.del(...keys);
 }
 
 /**

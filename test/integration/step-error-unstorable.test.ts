@@ -8,7 +8,7 @@
  * with a fixed error instead; one that cannot be recorded at all is never reported as failed.
  * Executed in this process by the real executor against the real PostgreSQL (RLS in force) and Redis.
  */
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { createHash, randomUUID } from 'node:crypto';
 import { Job, type Queue } from 'bullmq';
 import { pino } from 'pino';
@@ -19,7 +19,7 @@ import { Sweeper } from '../../src/platform/durable/sweeper.ts';
 import { defineStep, defineWorkflow, type WorkflowDef } from '../../src/platform/durable/workflow.ts';
 import { tenantEm } from '../../src/platform/db/tenant-em.ts';
 import { newTenant, startStack, type TestStack } from '../helpers/stack.ts';
-import { readRun } from '../helpers/recovery.ts';
+import { dropSweeperKeys, readRun } from '../helpers/recovery.ts';
 import { withDirectQueue } from '../helpers/direct-queue.ts';
 
 let stack: TestStack;
@@ -27,6 +27,12 @@ beforeAll(async () => {
   stack = await startStack({ api: false });
 });
 afterAll(async () => stack?.stop());
+
+/** The lock keys of the sweepers this file's tests built, outside the stack's prefix: their keys (the loss marker, no TTL) deleted after each test. */
+const lockKeys: string[] = [];
+afterEach(async () => {
+  for (const lockKey of lockKeys.splice(0)) await dropSweeperKeys(stack.container.redis, lockKey);
+});
 
 const ATTEMPTS = 2;
 
@@ -64,7 +70,9 @@ async function failing(error: () => Error, onFailed?: WorkflowDef['onFailed']) {
     }
     // The job has ended (BullMQ holds it failed for good): gone, as the sweeper would find it.
     await job.remove();
-    const sweeper = new Sweeper({ orm: stack.container.orm, runtime, redis: stack.container.redis, logger, lockKey: `unstorable-${randomUUID()}`, intervalMs: 60_000, minAgeMs: 0 });
+    const lockKey = `unstorable-${randomUUID()}`;
+    lockKeys.push(lockKey);
+    const sweeper = new Sweeper({ orm: stack.container.orm, runtime, redis: stack.container.redis, logger, lockKey, intervalMs: 60_000, minAgeMs: 0 });
     const sweep = await sweeper.sweep();
     return { outcomes, reenqueued: sweep.reenqueued, after: await readRun(stack, tenant, run.id) };
   });

@@ -4,7 +4,7 @@
  * table, while the worker's shutdown deadline runs out and it exits 1); the next sweep goes on from
  * where it stopped and re-enqueues the rest. Against the real PostgreSQL (RLS in force) and Redis.
  */
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { createHash, randomUUID } from 'node:crypto';
 import type { Queue } from 'bullmq';
 import { pino } from 'pino';
@@ -15,6 +15,7 @@ import { defineStep, defineWorkflow } from '../../src/platform/durable/workflow.
 import { tenantEm } from '../../src/platform/db/tenant-em.ts';
 import { newTenant, startStack, type TestStack } from '../helpers/stack.ts';
 import { withDirectQueue } from '../helpers/direct-queue.ts';
+import { dropSweeperKeys } from '../helpers/recovery.ts';
 import { waitFor } from '../helpers/poll.ts';
 
 let stack: TestStack;
@@ -22,6 +23,12 @@ beforeAll(async () => {
   stack = await startStack({ api: false });
 });
 afterAll(async () => stack?.stop());
+
+/** The lock keys of the sweepers this file's tests built, outside the stack's prefix: their keys (the loss marker, no TTL) deleted after each test. */
+const lockKeys: string[] = [];
+afterEach(async () => {
+  for (const lockKey of lockKeys.splice(0)) await dropSweeperKeys(stack.container.redis, lockKey);
+});
 
 describe('a sweeper stopped during a sweep', () => {
   it('stops after the run it is on, and the next sweep re-enqueues the rest', { timeout: 120_000 }, async () => {
@@ -48,7 +55,9 @@ describe('a sweeper stopped during a sweep', () => {
         },
       });
       // Small pages, so the sweep goes through several.
-      const sweeper = new Sweeper({ orm: stack.container.orm, runtime, redis: stack.container.redis, logger, lockKey: `sweep-stop-${randomUUID()}`, intervalMs: 60_000, minAgeMs: 0, batch: 10 });
+      const lockKey = `sweep-stop-${randomUUID()}`;
+      lockKeys.push(lockKey);
+      const sweeper = new Sweeper({ orm: stack.container.orm, runtime, redis: stack.container.redis, logger, lockKey, intervalMs: 60_000, minAgeMs: 0, batch: 10 });
       sweeper.start();
       await waitFor(() => stopped !== undefined, { timeoutMs: 60_000, intervalMs: 20, what: 'the sweep to re-enqueue its first run' });
       await stopped;
