@@ -4,7 +4,9 @@
  * executor in the test's process, the parked jobs' fallback delay scaled down (injected, no sleeps). The
  * tenant's only slot is held (a run executing elsewhere, its lease beyond the test): the parked jobs must
  * not all keep coming back on their fallback delay — about `cap` of them do, the rest wait for
- * promotions — and once the slot is given back every run completes, each step once.
+ * promotions — and once the slot is given back every run completes, each step once. A job popped for
+ * promotion whose slot a fresh job took first parks again at its first park's place, near the front, with
+ * the plain fallback (the worker host passes its `parked_at` to the acquire), not at the tail with a scaled one.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { randomUUID } from 'node:crypto';
@@ -14,7 +16,7 @@ import { waitFor } from '../helpers/poll.ts';
 import { TEST_REDIS_URL } from '../helpers/env.ts';
 import { startRunHost, wrappedGoldenPath } from '../helpers/run-host.ts';
 import { createRedis } from '../../src/platform/queue/connections.ts';
-import { parseSlotMember, slotMember, slotParking, TenantSlots } from '../../src/platform/durable/tenant-slots.ts';
+import { parseSlotMember, slotMember, slotParking, TenantSlots, type ParkedJobData } from '../../src/platform/durable/tenant-slots.ts';
 
 const LONG = 180_000;
 /** The tenant's cap of run jobs executing at once. */
@@ -93,6 +95,69 @@ describe('run jobs: a parked backlog behind a tenant at its cap', () => {
     for (const id of runs) expect(entered.filter((e) => e.run === id).map((e) => e.seq), `steps of run ${id}`).toEqual([1, 2, 3, 4]);
     const checkpoints = await stack.db.admin(`select run_id, count(*)::int as n from durable_checkpoints where tenant_id = $1 and status = 'completed' group by run_id`, [tenant]);
     expect(checkpoints.rows.map((r) => (r as { n: number }).n)).toEqual(Array(N).fill(4));
+    expect(await connection.zcard(parkedKey)).toBe(0);
+  });
+
+  it('a run job that parked before, popped for promotion and beaten to the slot by a fresh job, parks again at its first place with the plain fallback, not at the tail with one scaled by the backlog', { timeout: LONG }, async () => {
+    // This file's other host serves the same queue: stopped first (a no-op when this test runs alone).
+    await host?.stop();
+    host = undefined;
+    /** Parked jobs behind the tenant's one slot. */
+    const M = 5;
+    /** The fallback delay, far beyond the test: no parked job comes back on it, and the delay each park chose shows its rank. */
+    const FALLBACK = 600_000;
+    const tenant = newTenant();
+    const tok = await stack.token({ tenantId: tenant, sub: 'repark-submitter' });
+    const wf = wrappedGoldenPath(stack, (step) => step.run);
+    const queue = stack.container.runtime.queues.get(wf.queue)!;
+    const slots = new TenantSlots(connection, { prefix: stack.prefix, cap: CAP, leaseMs: 600_000 });
+    const holder = slotMember(wf.queue, 'repark-holder');
+    expect(await slots.acquire(tenant, holder)).toBe(true);
+    host = startRunHost(stack, wf, 'run-parked-repark', {}, { concurrency: 1, maxActiveRunsPerTenant: CAP, parkDelayMs: () => FALLBACK });
+
+    for (let i = 0; i < M; i++) {
+      const res = await api(stack, 'POST', '/api/v1/golden-path/run', { token: tok, body: CLASS_A_SUBMISSION, headers: { 'Idempotency-Key': randomUUID() } });
+      expect(res.status, res.text).toBe(202);
+    }
+    const parkedKey = slots.parkedKey(tenant);
+    await waitFor(async () => (await connection.zcard(parkedKey)) === M, { timeoutMs: 60_000, what: `${M} run jobs parked` });
+    const [earliest] = await connection.zrange(parkedKey, '0', '0');
+    const { jobId } = parseSlotMember(earliest!);
+    const before = (await queue.getJob(jobId))!.data as ParkedJobData;
+    expect(before.parks).toBe(1);
+    expect(typeof before.parked_at).toBe('number');
+
+    // The holder's run ends: its release pops the earliest parked for promotion; a fresh job of the tenant takes the slot before the promoted one comes to it.
+    expect(await slots.release(tenant, holder)).toBe(earliest);
+    const fresh = slotMember(wf.queue, 'repark-fresh');
+    expect(await slots.acquire(tenant, fresh)).toBe(true);
+    await (await queue.getJob(jobId))!.promote();
+
+    // Refused again: parked again, its place its first park's time (the front: every job still parked came later).
+    const reparked = await waitFor(
+      async () => {
+        const job = await queue.getJob(jobId);
+        return (job?.data as ParkedJobData | undefined)?.parks === 2 && (await job!.getState()) === 'delayed' ? job : undefined;
+      },
+      { timeoutMs: 60_000, what: 'the promoted run job to be parked again' },
+    );
+    expect((reparked.data as ParkedJobData).parked_at).toBe(before.parked_at);
+    expect(Number(await connection.zscore(parkedKey, earliest!))).toBe(before.parked_at);
+    // The delay its park chose (BullMQ's record, until - now at the move): the plain fallback, rank 0 of cap 1. Ranked at the
+    // tail (its first park's time not passed to the acquire) it was rankedDelayMs(FALLBACK, M - 1, CAP) = 5 × FALLBACK.
+    const delay = Number(reparked.delay);
+    expect(delay, `the re-park's delay, of a ${FALLBACK} ms fallback`).toBeLessThanOrEqual(FALLBACK);
+    expect(delay, `the re-park's delay, of a ${FALLBACK} ms fallback`).toBeGreaterThan(FALLBACK / 2);
+
+    // The fresh job ends: each release promotes the earliest parked, first the re-parked one, until every run completes.
+    slotParking(slots, { queueOf: (name) => stack.container.runtime.queues.get(name), logger: pino({ level: 'silent' }) }).give(tenant, fresh);
+    await waitFor(
+      async () => {
+        const { rows } = await stack.db.admin(`select count(*)::int as n from durable_runs where tenant_id = $1 and status = 'completed'`, [tenant]);
+        return rows[0].n === M;
+      },
+      { timeoutMs: 120_000, what: `all ${M} runs completed after the release` },
+    );
     expect(await connection.zcard(parkedKey)).toBe(0);
   });
 });
