@@ -76,8 +76,10 @@ describe('an active run whose every read times out', () => {
       failedJob: async (seq: number, before?: { finishedOn?: number }) =>
         waitFor(
           async () => {
+            // finishedOn set in the read: the job as its last failure left it (a read made while a retried job
+            // still ran, its state read just after that failure, gave a job with no failedReason in CI).
             const job = await queue.getJob(jobAt(seq));
-            return job && job.finishedOn !== before?.finishedOn && (await job.getState()) === 'failed' ? job : undefined;
+            return job && job.finishedOn !== undefined && job.finishedOn !== before?.finishedOn && (await job.getState()) === 'failed' ? job : undefined;
           },
           { timeoutMs: 90_000, intervalMs: 50, what: `the run job at step ${seq} to spend its attempts` },
         ),
