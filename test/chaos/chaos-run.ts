@@ -2,7 +2,8 @@ import { randomUUID } from 'node:crypto';
 import { CLASS_A_SUBMISSION, SAMPLE_SUBMISSION } from '../helpers/stack.ts';
 import { checkInvariants, countActive, type InvariantReport } from './checks.ts';
 import { ChaosClient, newSubmission, type ClientStats, type Submission } from './client.ts';
-import { pollDb, startEnvironment, workerBooted, type Environment } from './environment.ts';
+import { pollDb, startEnvironment, workerBooted, type Crashes, type Environment } from './environment.ts';
+import { chaosVerdict } from './verdict.ts';
 
 /**
  * The chaos run: N submissions over HTTP while random worker processes are SIGKILLed and restarted
@@ -47,7 +48,7 @@ export interface ChaosReport {
   kills: number;
   redisFlushes: number;
   postgresRestarts: number;
-  crashes: { api: number; workers: number };
+  crashes: Crashes;
   approvals: number;
   client: ClientStats;
   invariants: InvariantReport;
@@ -56,6 +57,8 @@ export interface ChaosReport {
   classes: { A: number; B: number };
   logDir: string;
   ok: boolean;
+  /** Why it failed (chaosVerdict), empty on a pass. */
+  failures: string[];
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -183,7 +186,7 @@ async function drive(env: Environment, o: ChaosOptions, started: number, events:
   const queue = await waitForQueueDrain(env);
   const invariants = await checkInvariants(env.db.adminDbUrl, subs);
   const stepJobsLeft = (queue.waiting ?? 0) + (queue.active ?? 0) + (queue['waiting-children'] ?? 0) + (queue.prioritized ?? 0);
-  const ok = invariants.ok && client.stats.unexpected.length === 0 && env.crashes.api === 0 && stepJobsLeft === 0;
+  const { ok, failures } = chaosVerdict({ invariantsOk: invariants.ok, unexpectedAnswers: client.stats.unexpected.length, crashes: env.crashes, stepJobsLeft, postgresRestarts });
   return {
     options: o,
     durationMs: Date.now() - started,
@@ -199,6 +202,7 @@ async function drive(env: Environment, o: ChaosOptions, started: number, events:
     classes: { A: subs.filter((s) => s.cls === 'A').length, B: subs.filter((s) => s.cls === 'B').length },
     logDir: env.dir,
     ok,
+    failures,
   };
 }
 
@@ -221,7 +225,9 @@ export function formatChaosReport(r: ChaosReport): string {
   const lines = [
     `chaos: ${o.runs} runs (${r.classes.A} class A, ${r.classes.B} class B, ${o.tenants} tenants), ${o.workers} workers, kill every ${o.killEverySec}s` +
       `${o.flushRedis ? ', Redis flush' : ''}${o.restartPostgres ? ', PostgreSQL restart' : ''} — ${(r.durationMs / 1000).toFixed(1)}s`,
-    `  faults:       kills ${r.kills}, redis flushes ${r.redisFlushes}, postgres restarts ${r.postgresRestarts}, unexpected exits: api ${r.crashes.api}, workers ${r.crashes.workers}`,
+    `  faults:       kills ${r.kills}, redis flushes ${r.redisFlushes}, postgres restarts ${r.postgresRestarts}`,
+    `  exits:        unexpected (none killed by the harness): api ${r.crashes.api}, booted workers ${r.crashes.workers}; workers that failed to boot ${r.crashes.failedBoots}` +
+      `${r.crashes.failedBoots && r.postgresRestarts ? ' (tolerated: PostgreSQL was restarted)' : ''}`,
     `  submissions:  ${i.accepted}/${i.submitted} accepted; ${r.client.posts} POSTs, ${r.client.replays} idempotent replays; refusals on the way: ${refusals}`,
     `  idempotency:  ${i.idempotency.retries} retries of a submitted key, ${i.idempotency.mismatched} answered with another run; unexpected runs in the database: ${i.unexpectedRuns}`,
     `  approvals:    ${r.approvals} class B requests approved over the API`,
@@ -233,7 +239,7 @@ export function formatChaosReport(r: ChaosReport): string {
     ...(r.client.unexpected.length ? [`  unexpected answers (${r.client.unexpected.length}):`, ...r.client.unexpected.slice(0, 10).map((u) => `    ${u}`)] : []),
     ...(i.invalidTerminal.length ? [`  invalid terminal states (${i.invalidTerminal.length}):`, ...i.invalidTerminal.slice(0, 10).map((u) => `    ${u}`)] : []),
     `lost: ${i.lost}, duplicated: ${i.duplicated}`,
-    r.ok ? 'RESULT: PASS' : `RESULT: FAIL (logs kept in ${r.logDir})`,
+    r.ok ? 'RESULT: PASS' : `RESULT: FAIL — ${r.failures.join('; ')} (logs kept in ${r.logDir})`,
   ];
   return lines.join('\n');
 }

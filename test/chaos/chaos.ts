@@ -10,7 +10,8 @@ import { liveEnvironments } from './environment.ts';
  * npm run chaos -- --sustained 180s --rate 50 [--workers 2]
  *
  * Prints the report and exits non-zero when an invariant is broken (lost or duplicated work, a run
- * left stuck, an unexpected 5xx or crash). --json <file> also writes the report as JSON.
+ * left stuck, an unexpected 5xx or crash — the API's, or a booted worker's: verdict.ts). --json <file>
+ * also writes the report as JSON.
  */
 
 const { values } = parseArgs({

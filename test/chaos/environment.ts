@@ -16,6 +16,17 @@ import { createChaosDatabase, freePort, startOwnPostgres, startOwnRedis, type Ch
  * on purpose is counted as a crash and started again, so a crash is reported rather than hidden.
  */
 
+/**
+ * Exits nobody asked for. A worker's count by whether it had booted (logged `worker started`,
+ * workerBooted): `workers`, a crash of a worker at work; `failedBoots`, a start that failed (which a
+ * PostgreSQL outage may cause: the chaos verdict, verdict.ts, tolerates those only around one).
+ */
+export interface Crashes {
+  api: number;
+  workers: number;
+  failedBoots: number;
+}
+
 export const API_POOL_MAX = 10;
 export const WORKER_POOL_MAX = 5;
 export const GOLDEN_PATH_QUEUE = 'golden-path';
@@ -48,7 +59,7 @@ export interface Environment {
   baseUrl: string;
   api(): ManagedProcess;
   workers: ManagedProcess[];
-  crashes: { api: number; workers: number };
+  crashes: Crashes;
   ownRedis?: OwnRedis;
   ownPostgres?: OwnPostgres;
   /** A small superuser pool on the run's database for progress polling (errors are swallowed during faults). */
@@ -101,7 +112,7 @@ export async function startEnvironment(opts: EnvironmentOptions): Promise<Enviro
   // Watched for their boot line (info): the workers log at info or finer, whatever level the run asked for.
   const workerLogLevel = opts.watchBoot && !FINER_THAN_INFO.has(common.LOG_LEVEL!) ? 'info' : common.LOG_LEVEL!;
   if (workerLogLevel !== common.LOG_LEVEL) opts.log(`workers log at info, not ${common.LOG_LEVEL}: the harness tells booted workers by their 'worker started' line`);
-  const crashes = { api: 0, workers: 0 };
+  const crashes: Crashes = { api: 0, workers: 0, failedBoots: 0 };
   let stopping = false;
 
   let api: ManagedProcess;
@@ -125,8 +136,15 @@ export async function startEnvironment(opts: EnvironmentOptions): Promise<Enviro
     workers[i] = w;
     void w.exited.then(() => {
       if (stopping || w.killedOnPurpose) return;
-      crashes.workers++;
-      opts.log(`worker-${i} exited unexpectedly (see ${dir}/worker-${i}.log); starting it again`);
+      // Read once it has exited: its log file holds every line it wrote (a line still in its logger's
+      // buffer, at most 100 ms old, died with it — a worker dying that soon after booting counts as a failed boot).
+      if (workerBooted(w)) {
+        crashes.workers++;
+        opts.log(`worker-${i} exited unexpectedly after it had booted (see ${dir}/worker-${i}.log); starting it again`);
+      } else {
+        crashes.failedBoots++;
+        opts.log(`worker-${i} exited before it had booted: its start failed (see ${dir}/worker-${i}.log); starting it again`);
+      }
       startWorker(i);
     });
   };

@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { CLASS_A_SUBMISSION, SAMPLE_SUBMISSION } from '../helpers/stack.ts';
 import { checkInvariants, countActive, type InvariantReport } from './checks.ts';
 import { ChaosClient, newSubmission, type ClientStats, type Submission } from './client.ts';
-import { pollDb, startEnvironment, type Environment } from './environment.ts';
+import { pollDb, startEnvironment, type Crashes, type Environment } from './environment.ts';
 import { heapUsedMb } from './processes.ts';
 
 /**
@@ -75,7 +75,7 @@ export interface SustainedReport {
   heap: { api: Slope; workers: Slope[] };
   pgConnections: { max: number; budget: number };
   client: ClientStats;
-  crashes: { api: number; workers: number };
+  crashes: Crashes;
   invariants: InvariantReport;
   queue: Record<string, number>;
   ok: boolean;
@@ -211,7 +211,8 @@ async function load(env: Environment, o: SustainedOptions, log: (l: string) => v
   if (achievedRate < o.minGoodput * o.rate) failures.push(`achieved ${achievedRate}/s of ${o.rate}/s: the deployment did not sustain the rate (refusals ${JSON.stringify(client.stats.refusals)})`);
   if (!invariants.ok) failures.push(`invariants: lost ${invariants.lost}, duplicated ${invariants.duplicated}, stuck ${invariants.stuck}`);
   if (client.stats.unexpected.length) failures.push(`${client.stats.unexpected.length} unexpected answers`);
-  if (env.crashes.api || env.crashes.workers) failures.push(`unexpected exits: api ${env.crashes.api}, workers ${env.crashes.workers}`);
+  // No faults here: a worker failing to boot is as unexpected as one dying at work.
+  if (env.crashes.api || env.crashes.workers || env.crashes.failedBoots) failures.push(`unexpected exits: api ${env.crashes.api}, booted workers ${env.crashes.workers}, failed worker boots ${env.crashes.failedBoots}`);
   if (maxConn > env.poolBudget) failures.push(`PostgreSQL connections ${maxConn} over the pool budget ${env.poolBudget}`);
   if ((queue.waiting ?? 0) + (queue.active ?? 0) + (queue['waiting-children'] ?? 0) > 0) failures.push('the step queue did not drain');
   for (const [name, s] of [['api', rss.api], ...rss.workers.map((w, i) => [`worker-${i}`, w] as const)] as const) {
@@ -247,7 +248,7 @@ export function formatSustainedReport(r: SustainedReport): string {
     `  api heap:     ${fmt(r.heap.api)}`,
     ...r.heap.workers.map((w, n) => `  worker-${n} heap: ${fmt(w)}`),
     `  postgres:     at most ${r.pgConnections.max} connections of the application role (pool budget ${r.pgConnections.budget})`,
-    `  answers:      ${r.client.posts} POSTs, refusals ${JSON.stringify(r.client.refusals)}, unexpected ${r.client.unexpected.length}; exits api ${r.crashes.api}, workers ${r.crashes.workers}`,
+    `  answers:      ${r.client.posts} POSTs, refusals ${JSON.stringify(r.client.refusals)}, unexpected ${r.client.unexpected.length}; exits api ${r.crashes.api}, booted workers ${r.crashes.workers}, failed worker boots ${r.crashes.failedBoots}`,
     `  terminal:     ${JSON.stringify(i.byStatus)}; checkpoints missing ${i.checkpoints.missing}, duplicated ${i.checkpoints.duplicated}`,
     `lost: ${i.lost}, duplicated: ${i.duplicated}`,
     r.ok ? 'RESULT: PASS' : `RESULT: FAIL — ${r.failures.join('; ')}`,
