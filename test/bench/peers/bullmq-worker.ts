@@ -1,7 +1,9 @@
 /**
- * Raw BullMQ peer, worker side: no-op jobs, no database. The benchmark adds four-step sequential
- * flows (nested single children, first step deepest, as our runtime builds them); this worker reports
- * a flow done when its last step's processor has run, the same moment ours reports a run done.
+ * Raw BullMQ peer, worker side: no-op jobs, no database. The benchmark adds the four-step sequential
+ * flows of the design's reference figures (facts.md): four jobs, nested single children, first
+ * step deepest (scenarios/peers.ts). Not our runtime's shape: since ADR 0005 ours adds one job per run
+ * segment and runs its steps in that job, with no queue hop between them. This worker reports a flow
+ * done when its last step's processor has run, the same moment ours reports a run done.
  */
 import { Worker } from 'bullmq';
 import { Redis } from 'ioredis';
