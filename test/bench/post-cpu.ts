@@ -21,7 +21,7 @@ import { parseArgs } from 'node:util';
 import pg from 'pg';
 import { parseConfig } from '../../src/platform/config/config.ts';
 import { signDevToken } from '../../src/platform/tenancy/jwt.ts';
-import { BenchDatabases, ADMIN_URL, type BenchDb } from './lib/bench-db.ts';
+import { BenchDatabases, ADMIN_URL, deletePrefix, type BenchDb } from './lib/bench-db.ts';
 import { spawnChild, type Child } from './lib/children.ts';
 import { ApiClient, GOLDEN_PATH_POST, openLoop } from './lib/http-load.ts';
 import { procCpuMs } from './lib/measure.ts';
@@ -60,10 +60,14 @@ interface Api {
 const dbs = new BenchDatabases();
 await dbs.init();
 const apis: Api[] = [];
+/** Each API's queue prefix on the shared Redis: its POSTs' run jobs stay there (no worker takes them) until the end deletes them. */
+const prefixes: string[] = [];
 try {
   for (const [i, root] of roots.entries()) {
     const db = await dbs.clone(`cpu${i}`);
-    const env = oursEnv({ db, prefix: `postcpu${process.pid}x${i}` });
+    const prefix = `postcpu${process.pid}x${i}`;
+    prefixes.push(prefix);
+    const env = oursEnv({ db, prefix });
     const extra = (args.nodeargs.split('|')[i] ?? '').split(/\s+/).filter(Boolean);
     const nodeArgs = [...productionNodeFlags('start:api'), ...extra, ...(args.prof ? ['--cpu-prof', `--cpu-prof-dir=${resolve(args.prof, String(i))}`] : [])];
     const child = spawnChild('test/bench/bench-api.ts', { name: `postcpu-${i}`, env, nodeArgs, cwd: root });
@@ -122,6 +126,7 @@ try {
     api.client.close();
     await api.child.stop();
   }
+  for (const p of prefixes) await deletePrefix(p).catch(() => 0);
   await dbs.dropAll();
 }
 
