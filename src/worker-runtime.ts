@@ -110,6 +110,7 @@ export async function startWorkerProcess(c: Container, opts: { signal?: AbortSig
     onStepDone: ({ workflow, step, seconds, replayed }) => c.metrics.stepDuration.observe({ workflow, step, replayed: String(replayed) }, seconds),
     onStepFailed: (f) => c.metrics.stepFailures.inc(f),
     onDeferred: ({ workflow, version }) => c.metrics.deferredJobs.inc({ workflow, version: String(version ?? 'unknown') }),
+    onFailedHookFailed: ({ workflow }) => c.metrics.onFailedErrors.inc({ workflow }),
   });
   const settings = {
     concurrency: cfg.WORKER_CONCURRENCY,

@@ -706,15 +706,17 @@ describe('retrying a failed run through the API', () => {
     expect(res.json.detail).toContain('step 3 (approval-packet)');
     expect({ run: await runRow(id), checkpoints: await checkpointsOf(id), rows: await domainRows(id) }).toEqual(before);
   });
-  it("a waiting run whose failure's transaction rolls back: it still waits, its request still pending, and its SLA timer stays in both queues", { timeout: LONG }, async () => {
-    // The hook closes the request and hands back the timer's removal; then the commit fails: a
-    // statement held back to travel with the commit (coalescing-client.ts) fails, so the commit does.
-    // What the hook handed back is checked out here: an assertion in the hook would only roll it back.
+  it("a waiting run whose failure's transaction rolls back (the hook met the database timing out): it still waits, its request still pending, and its SLA timer stays in both queues", { timeout: LONG }, async () => {
+    // The hook closes the request and hands back the timer's removal; then its next statement meets a
+    // statement timeout (the database too busy: 57014), which rolls the whole failure back — unlike a
+    // hook's own error, which is rolled back alone (the test below). What the hook handed back is
+    // checked out here: an assertion in the hook would only roll it back.
     let handed: unknown = 'the hook did not run';
     const { id, timerId, timers } = await waitingRunFailedByChange((onFailed) => async (em, run) => {
       const release = await onFailed(em, run);
       handed = release;
-      await em.execute(`${DEFER_UNTIL_NEXT}select 1 / 0`);
+      await em.execute(`select set_config('statement_timeout', '1', true)`);
+      await em.execute(`select pg_sleep(0.5)`);
       return release;
     });
     // The job ends once markFailed has returned, after what would run after a commit.
@@ -725,6 +727,41 @@ describe('retrying a failed run through the API', () => {
     expect((await stack.db.admin(`select status from approval_requests where run_id = $1`, [id])).rows).toEqual([{ status: 'pending' }]);
     expect(await timers.getJobState(timerId)).toBe('delayed');
     expect(await queue().getJobState(timerId)).toBe('delayed');
+  });
+  it("a waiting run whose onFailed always throws (a bug of the hook's, or a statement it sends refused): the run still fails, the hook's error recorded; its request stays pending, a decision answers 409 run_not_active, and its SLA timer ends as a no-op at the deadline", { timeout: LONG }, async () => {
+    let hooks = 0;
+    // The hook's own statement refused (a held one, sent with its savepoint's release): its writes roll back alone.
+    const { id, timerId, timers } = await waitingRunFailedByChange((onFailed) => async (em, run) => {
+      hooks++;
+      await onFailed(em, run);
+      await em.execute(`${DEFER_UNTIL_NEXT}select 1 / 0`);
+      return undefined;
+    });
+    const failed = await waitStatus(id, ['failed']);
+    expect(failed).toMatchObject({ error: { code: 'non_determinism', sequence_num: 3, on_failed_error: { code: 'database_error', message: expect.stringContaining('SQLSTATE 22012') } } });
+    await waitFor(async () => (await queue().getJobState(await jobIdOf(id, 1))) === 'failed', { timeoutMs: 60_000, what: "the run's job to fail" });
+    expect(hooks).toBe(1);
+    // What the hook would have closed stays as it was: the request pending (until its deadline), the SLA timer in both queues.
+    const [request] = (await stack.db.admin(`select id, status from approval_requests where run_id = $1`, [id])).rows;
+    expect(request.status).toBe('pending');
+    expect((await api(stack, 'GET', `/api/v1/approvals/${request.id}`, { token: tok.approver! })).json.status).toBe('pending');
+    expect(await timers.getJobState(timerId)).toBe('delayed');
+    // No one can decide it: the run no longer waits.
+    const decided = await api(stack, 'POST', `/api/v1/approvals/${request.id}/decision`, { token: tok.approver!, body: { decision: 'approve' }, headers: { 'Idempotency-Key': randomUUID() } });
+    expect(decided.status, decided.text).toBe(409);
+    expect(decided.json).toMatchObject({ code: 'run_not_active', run_status: 'failed' });
+    // Nor does a retry carry it on: as for any run that failed at the step it waited at.
+    const retried = await retry(id);
+    expect(retried.status, retried.text).toBe(409);
+    expect(retried.json).toMatchObject({ code: 'run_not_retryable' });
+    // Its deadline passes (moved to the past here): the request reads expired, and the timer that fires then changes nothing.
+    await stack.db.admin(`update approval_requests set sla_deadline = now() - interval '1 second' where id = $1`, [request.id]);
+    expect((await api(stack, 'GET', `/api/v1/approvals/${request.id}`, { token: tok.approver! })).json.status).toBe('expired');
+    await (await timers.getJob(timerId))!.promote();
+    const fired = await waitFor(async () => ((await timers.getJobState(timerId)) === 'completed' ? timers.getJob(timerId) : undefined), { timeoutMs: 30_000, what: 'the timer left behind to fire' });
+    expect(fired!.returnvalue).toEqual({ outcome: 'not_pending' });
+    expect((await runRow(id)).status).toBe('failed');
+    expect((await stack.db.admin(`select status from approval_requests where run_id = $1`, [id])).rows).toEqual([{ status: 'pending' }]);
   });
   it('a waiting run that fails for good while Redis refuses its timer\'s removal: the run still fails and its request is withdrawn; the timer left behind fires as a no-op', { timeout: LONG }, async () => {
     const { id, timerId, timers } = await waitingRunFailedByChange((onFailed) => async (em, run) => {

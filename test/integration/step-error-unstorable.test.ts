@@ -6,6 +6,10 @@
  * had failed, and the run stayed active for the sweeper to run its step (and its calls out) again every
  * sweep. A failure that cannot be recorded for another reason (not the database unreachable) is recorded
  * with a fixed error instead; one that cannot be recorded at all is never reported as failed.
+ * A workflow's `onFailed` that throws — every time, a bug of its own — is rolled back alone (a savepoint):
+ * the run still fails, the hook's error recorded beside the step's (`on_failed_error`), instead of both
+ * records rolling back and the sweeper running the step again every sweep; one that meets the platform's
+ * database unreachable or timing out still leaves the run to the sweeper, nothing of the failure committed.
  * Executed in this process by the real executor against the real PostgreSQL (RLS in force) and Redis.
  */
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
@@ -21,6 +25,7 @@ import { tenantEm } from '../../src/platform/db/tenant-em.ts';
 import { newTenant, startStack, type TestStack } from '../helpers/stack.ts';
 import { dropSweeperKeys, readRun } from '../helpers/recovery.ts';
 import { withDirectQueue } from '../helpers/direct-queue.ts';
+import { capturedLog } from '../helpers/log-capture.ts';
 
 let stack: TestStack;
 beforeAll(async () => {
@@ -45,9 +50,12 @@ const unstorable = (s: string) => /\u0000|[\ud800-\udbff](?![\udc00-\udfff])|(?<
  */
 async function failing(error: () => Error, onFailed?: WorkflowDef['onFailed']) {
   const tenant = newTenant();
-  const logger = pino({ level: 'silent' });
+  const { lines, destination } = capturedLog();
+  const logger = pino({ level: 'info' }, destination);
   const name = `unstorable-${randomUUID().slice(0, 8)}`;
-  const step = defineStep({ name: 'call-partner', input: z.any(), output: z.any(), retry: { attempts: ATTEMPTS, backoffMs: 1 }, run: async () => Promise.reject(error()) });
+  // Every execution of the step: its calls out, made again by each one.
+  let calls = 0;
+  const step = defineStep({ name: 'call-partner', input: z.any(), output: z.any(), retry: { attempts: ATTEMPTS, backoffMs: 1 }, run: async () => Promise.reject((calls++, error())) });
   const wf = defineWorkflow({ name, version: 1, tag: 'unstorable', queue: 'unstorable', input: z.any(), steps: [step], ...(onFailed ? { onFailed } : {}) });
   const queues = new Map<string, Queue>();
   const runtime = new DurableRuntime({ workflows: [wf], queues, logger });
@@ -59,7 +67,16 @@ async function failing(error: () => Error, onFailed?: WorkflowDef['onFailed']) {
     const data: StepJobData = { run_id: run.id, tenant_id: tenant, workflow: name, workflow_version: 1, step: 'call-partner', sequence_num: 1, _correlation_id: run.correlation_id };
     const job = await Job.create(queue, 'unstorable', data, { jobId: `unstorable-${run.id}`, attempts: ATTEMPTS });
     const outcomes: string[] = [];
-    const executor = new StepExecutor({ orm: stack.container.orm, runtime, logger, workerId: 'unstorable-worker', leaseMs: 5000, onStepFailed: (i) => outcomes.push(i.outcome) });
+    const hookFailures: string[] = [];
+    const executor = new StepExecutor({
+      orm: stack.container.orm,
+      runtime,
+      logger,
+      workerId: 'unstorable-worker',
+      leaseMs: 5000,
+      onStepFailed: (i) => outcomes.push(i.outcome),
+      onFailedHookFailed: (i) => hookFailures.push(i.workflow),
+    });
     for (let i = 0; i < ATTEMPTS; i++) {
       await executor.process(job).then(
         () => outcomes.push('returned'),
@@ -74,7 +91,7 @@ async function failing(error: () => Error, onFailed?: WorkflowDef['onFailed']) {
     lockKeys.push(lockKey);
     const sweeper = new Sweeper({ orm: stack.container.orm, runtime, redis: stack.container.redis, logger, lockKey, intervalMs: 60_000, minAgeMs: 0 });
     const sweep = await sweeper.sweep();
-    return { outcomes, reenqueued: sweep.reenqueued, after: await readRun(stack, tenant, run.id) };
+    return { name, outcomes, calls, hookFailures, lines, reenqueued: sweep.reenqueued, after: await readRun(stack, tenant, run.id) };
   });
 }
 
@@ -97,32 +114,87 @@ describe('a step error whose text PostgreSQL cannot store as it is', () => {
     expect(reenqueued).toBe(0);
   });
 
-  it('a failure that cannot be recorded as it is (the workflow\'s onFailed throws once): recorded with a fixed error, the run failed', async () => {
-    let calls = 0;
-    const { outcomes, reenqueued, after } = await failing(
+  it("the workflow's onFailed throwing once: the run fails with the step's own error, the hook's recorded beside it; the hook's writes roll back alone", async () => {
+    let hooks = 0;
+    const { name, outcomes, calls, hookFailures, lines, reenqueued, after } = await failing(
+      () => new Error('plain failure'),
+      async (em, run) => {
+        hooks++;
+        // Written, then undone with the hook's savepoint: nothing of a hook that threw commits.
+        const [written] = await em.execute<{ id: string }[]>(`update durable_checkpoints set attempt = 99 where run_id = ? returning id`, [run.runId]);
+        if (!written) return undefined;
+        throw new Error('onFailed broke');
+      },
+    );
+    expect(outcomes).toEqual(['retrying', 'failed']);
+    expect(after.status).toBe('failed');
+    expect(after.error).toMatchObject({ code: 'Error', message: 'plain failure', step: 'call-partner', sequence_num: 1, on_failed_error: { code: 'Error', message: 'onFailed broke' } });
+    // The hook's write (the attempt it set) rolled back with it.
+    expect(after.checkpoints.map((c) => [c.sequence_num, c.status, c.error?.code, c.attempt])).toEqual([[1, 'failed', 'Error', ATTEMPTS]]);
+    expect(hooks).toBe(1);
+    expect(calls).toBe(ATTEMPTS);
+    expect(hookFailures).toEqual([name]);
+    expect(lines.filter((l) => l.level === 50 && l.on_failed_error?.message === 'onFailed broke')).toHaveLength(1);
+    expect(reenqueued).toBe(0);
+  });
+
+  it("the workflow's onFailed always throwing (a bug of its own): the run still fails, its step ran no more than its attempts, and no sweep runs it again", async () => {
+    const { outcomes, calls, hookFailures, reenqueued, after } = await failing(
       () => new Error('plain failure'),
       async () => {
-        if (calls++ === 0) throw new Error('onFailed broke');
+        throw new Error('onFailed always breaks \u0000 with a NUL');
+      },
+    );
+    expect(outcomes).toEqual(['retrying', 'failed']);
+    expect(after.status).toBe('failed');
+    expect(after.error).toMatchObject({ code: 'Error', message: 'plain failure', on_failed_error: { code: 'Error', message: 'onFailed always breaks  with a NUL' } });
+    expect(after.checkpoints.map((c) => [c.sequence_num, c.status, c.attempt])).toEqual([[1, 'failed', ATTEMPTS]]);
+    expect(calls).toBe(ATTEMPTS);
+    expect(hookFailures).toHaveLength(1);
+    expect(reenqueued).toBe(0);
+  });
+
+  it("the workflow's onFailed failing on the platform's database (a SQLSTATE): recorded by its SQLSTATE only, never PostgreSQL's message", async () => {
+    const { outcomes, after } = await failing(
+      () => new Error('plain failure'),
+      async (em) => {
+        await em.execute(`select 1 / 0`);
         return undefined;
       },
     );
     expect(outcomes).toEqual(['retrying', 'failed']);
     expect(after.status).toBe('failed');
-    expect(after.error).toMatchObject({ code: 'step_error_unrecordable', step: 'call-partner', sequence_num: 1 });
-    expect(after.checkpoints.map((c) => [c.sequence_num, c.status, c.error?.code])).toEqual([[1, 'failed', 'step_error_unrecordable']]);
+    expect(after.error.on_failed_error).toEqual({ code: 'database_error', message: expect.stringContaining('SQLSTATE 22012') });
+  });
+
+  it("the workflow's onFailed throwing an error that only quotes a connection loss (its own call out): the run still fails", async () => {
+    const { outcomes, after, reenqueued } = await failing(
+      () => new Error('plain failure'),
+      async () => {
+        throw new Error('partner API 502: upstream said "Connection terminated unexpectedly"');
+      },
+    );
+    expect(outcomes).toEqual(['retrying', 'failed']);
+    expect(after.status).toBe('failed');
+    expect(after.error.on_failed_error).toMatchObject({ message: expect.stringContaining('Connection terminated unexpectedly') });
     expect(reenqueued).toBe(0);
   });
 
-  it('a failure that cannot be recorded at all: never reported as failed; the run stays for the sweeper', async () => {
-    const { outcomes, reenqueued, after } = await failing(
+  it.each([
+    ['a statement timeout (the database too busy)', (em: Parameters<NonNullable<WorkflowDef['onFailed']>>[0]) => em.execute(`select set_config('statement_timeout', '1', true)`).then(() => em.execute('select pg_sleep(0.5)'))],
+    ["its connection lost (the platform's database gone)", (em: Parameters<NonNullable<WorkflowDef['onFailed']>>[0]) => em.execute('select pg_terminate_backend(pg_backend_pid())')],
+  ])("the workflow's onFailed meeting %s: nothing of the failure commits; the run stays for the sweeper", async (_what, query) => {
+    const { outcomes, hookFailures, reenqueued, after } = await failing(
       () => new Error('plain failure'),
-      async () => {
-        throw new Error('onFailed always breaks');
+      async (em) => {
+        await query(em);
+        return undefined;
       },
     );
     expect(outcomes).toEqual(['retrying', 'infrastructure']);
     expect(['pending', 'running']).toContain(after.status);
     expect(after.checkpoints.filter((c) => c.status === 'failed')).toEqual([]);
+    expect(hookFailures).toEqual([]);
     expect(reenqueued).toBe(1);
   });
 });

@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { ConnectionException, DriverException } from '@mikro-orm/core';
 import { ReplyError } from 'ioredis';
-import { isBackendUnavailable, isConnectivityError } from '../../src/platform/errors/app-error.ts';
+import { isBackendTimeout, isBackendUnavailable, isConnectivityError, isDatabaseTimeout } from '../../src/platform/errors/app-error.ts';
 import { NoAnswerError } from '../../src/platform/db/coalescing-client.ts';
 
 /** A socket's refusal as node raises it (net.connect, and under fetch's TypeError as its cause). */
@@ -44,5 +44,24 @@ describe("the platform's database or Redis unavailable, told by who raised the e
   it('an error of neither kind is neither', () => {
     expect(isConnectivityError(new Error('boom'))).toBe(false);
     expect(isBackendUnavailable(new Error('boom'))).toBe(false);
+  });
+});
+
+describe("the platform's database timing out, told by who raised the error", () => {
+  const timeout = (code: string) => Object.assign(new Error('canceling statement due to statement timeout'), { code, severity: 'ERROR' });
+  it.each([
+    ['a statement timeout (57014) under a DriverException', new DriverException(timeout('57014'))],
+    ['a lock timeout (55P03) under a DriverException', new DriverException(timeout('55P03'))],
+    ["a hook's error wrapping the DriverException", new Error('could not close the request', { cause: new DriverException(timeout('57014')) })],
+  ])('%s is', (_what, e) => {
+    expect(isDatabaseTimeout(e)).toBe(true);
+    expect(isBackendTimeout(e)).toBe(true);
+  });
+
+  it.each([
+    ["a timeout code of a database of its own (no platform client in the chain)", timeout('57014')],
+    ["an error quoting a timeout, wrapping a DriverException that says none", new Error('statement timeout', { cause: new DriverException(Object.assign(new Error('division by zero'), { code: '22012' })) })],
+  ])('%s is not', (_what, e) => {
+    expect(isBackendTimeout(e)).toBe(false);
   });
 });

@@ -3,7 +3,7 @@ import { DelayedError, UnrecoverableError, WaitingError, type Job } from 'bullmq
 import { context as otelContext, SpanStatusCode, trace, type Span } from '@opentelemetry/api';
 import type { Logger } from 'pino';
 import { ZodError } from 'zod';
-import { AppError, PermanentError, coerceError, isBackendUnavailable, isConnectivityError, isDatabaseTimeout } from '../errors/app-error.ts';
+import { AppError, PermanentError, coerceError, isBackendTimeout, isBackendUnavailable, isConnectivityError, isDatabaseTimeout } from '../errors/app-error.ts';
 import { systemEm, tenantEm } from '../db/tenant-em.ts';
 import { LAST_IN_TRANSACTION, Prelude, holdingInserts, withPrelude } from '../db/coalescing-client.ts';
 import { bindParameters } from '../db/binding-driver.ts';
@@ -69,6 +69,12 @@ export interface ExecutorOptions {
   onStepFailed?(info: { workflow: string; step: string; outcome: 'retrying' | 'failed' | 'infrastructure' }): void;
   /** A job put off because this process does not register its run's workflow version (ADR 0008). */
   onDeferred?(info: { workflow: string; version: number | undefined }): void;
+  /**
+   * A run failed for good whose workflow's `onFailed` threw (not on the platform's database unreachable
+   * or timing out): the hook's writes rolled back alone, the run failed all the same with the hook's
+   * error as its error's `on_failed_error`. Counted once the failure has committed.
+   */
+  onFailedHookFailed?(info: { workflow: string }): void;
 }
 
 /** How the worker host steers a running job. */
@@ -870,6 +876,16 @@ export class StepExecutor {
    * the run was retried since the job was added: a job of an earlier generation that read the run
    * before the retry must not fail the retried run. After the commit, what the workflow's `onFailed`
    * left for then (the SLA timer's removal) is done.
+   *
+   * `onFailed` runs in a savepoint of its own (a nested transaction): a hook that throws — a bug in the
+   * workflow, data it cannot handle, every time — is rolled back alone, and the failure (checkpoint, run
+   * `failed`, its `run.failed` deliveries) still commits, the hook's error recorded as the run's
+   * `error.on_failed_error`, logged and counted (onFailedHookFailed). Rolled back with the whole failure,
+   * it left the run active for the sweeper to run its step, and its calls out, again every sweep, for
+   * ever. What the hook would have closed stays as it was (a pending approval request: docs/runtime.md).
+   * A hook that meets the platform's own database unreachable or timing out (isBackendUnavailable,
+   * isBackendTimeout: told by who raised the error, never by its text) rejects the whole failure:
+   * nothing commits, recordFailure answers `unrecorded`, and the sweeper tries again once the database is well.
    */
   private async markFailed(d: StepJobData, wf: WorkflowDef, seq: number, stepName: string, err: Error, attempt: number, stepRan: boolean, log: Logger): Promise<'failed' | 'completed-elsewhere' | 'run-ended' | 'superseded'> {
     const em = tenantEm(this.o.orm, d.tenant_id);
@@ -879,6 +895,8 @@ export class StepExecutor {
     // The run's `run.failed` deliveries, inserted with its failure (ADR 0013); enqueued after the commit.
     const deliveries: string[] = [];
     let release: (() => Promise<void>) | undefined;
+    // The hook's own error, as the run records it, when it threw and was rolled back alone.
+    let hookError: { error: unknown; recorded: { code: string; message: string } } | undefined;
     const outcome = await em.transactional(async (tx) => {
       // `for key share`, the lock the checkpoint's foreign key takes anyway: a retry in progress (it holds
       // the row `for update`) is waited for, and then its generation is seen. Failure path only.
@@ -900,9 +918,15 @@ export class StepExecutor {
       if (written.length === 0 && atStep) return 'completed-elsewhere';
       const extra =
         err instanceof StepCrashedWorkerError ? { crashes: err.crashes } : err instanceof InfrastructureExhaustedError ? { sqlstate: err.sqlstate, read_timeout_jobs: err.jobs } : {};
-      const failed = await this.o.runtime.complete(tx, d.run_id, 'failed', { error: { ...error, step: stepName, sequence_num: seq, ...extra } }, deliveries);
-      // What the run left open while it waited (a pending approval request) closes with it.
-      if (failed) release = await wf.onFailed?.(tx, { tenantId: d.tenant_id, runId: d.run_id });
+      const runError = { ...error, step: stepName, sequence_num: seq, ...extra };
+      let failed: boolean;
+      if (!wf.onFailed) failed = await this.o.runtime.complete(tx, d.run_id, 'failed', { error: runError }, deliveries);
+      else {
+        // What the run left open while it waited (a pending approval request) closes with it.
+        const closed = await this.failAndClose(tx, wf.onFailed, d, runError);
+        ({ failed, release, hookError } = closed);
+        deliveries.push(...closed.deliveries);
+      }
       // Only a step's own failure: a failure to read the run (non-determinism, say) would recur on the re-read.
       return failed || !atStep ? ('failed' as const) : ('run-ended' as const);
     });
@@ -910,17 +934,58 @@ export class StepExecutor {
     // Only once the failure has committed (a rollback keeps the run waiting, and its timer with it).
     // Best-effort, as a cancel's: a timer left behind finds its request closed when it fires.
     await release?.().catch((re: unknown) => log.warn({ err: re }, 'could not remove what the failed run left (its SLA timer); it finds the request closed when it fires'));
+    if (hookError) {
+      this.o.onFailedHookFailed?.({ workflow: wf.name });
+      log.error(
+        { err: hookError.error, on_failed_error: hookError.recorded, workflow: wf.name },
+        "the workflow's onFailed threw: its writes rolled back alone, the run failed all the same (error.on_failed_error); what it would have closed (a pending approval request) stays open",
+      );
+    }
     return outcome;
+  }
+
+  /**
+   * Fails the run (runtime.complete) and calls the workflow's `onFailed`, both in a savepoint of the
+   * failure's transaction `tx` (markFailed), and returns what the hook leaves for after the commit and the
+   * run's `run.failed` deliveries. When the hook threw, the savepoint is rolled back — the run's end with
+   * it: an ended run's row is never written again (durable_runs_ended_is_history) — and the run fails
+   * anew without the hook, its error with the hook's (as recordedError makes it storable: a database
+   * error by its SQLSTATE) as `on_failed_error`, which is returned too. The platform's database
+   * unreachable or timing out under the hook rejects, and the whole failure with it.
+   */
+  private async failAndClose(
+    tx: EntityManager,
+    onFailed: NonNullable<WorkflowDef['onFailed']>,
+    d: StepJobData,
+    runError: Record<string, unknown>,
+  ): Promise<{ failed: boolean; release?: () => Promise<void>; deliveries: string[]; hookError?: { error: unknown; recorded: { code: string; message: string } } }> {
+    let inHook = false;
+    try {
+      return await tx.transactional(async (sub) => {
+        const deliveries: string[] = [];
+        const failed = await this.o.runtime.complete(sub, d.run_id, 'failed', { error: runError }, deliveries);
+        inHook = failed;
+        const release = failed ? await onFailed(sub, { tenantId: d.tenant_id, runId: d.run_id }) : undefined;
+        return { failed, deliveries, ...(release ? { release } : {}) };
+      });
+    } catch (he) {
+      if (!inHook || isBackendUnavailable(he) || isBackendTimeout(he)) throw he;
+      const recorded = recordedError(coerceError(he));
+      const deliveries: string[] = [];
+      const failed = await this.o.runtime.complete(tx, d.run_id, 'failed', { error: { ...runError, on_failed_error: recorded } }, deliveries);
+      return { failed, deliveries, hookError: { error: he, recorded } };
+    }
   }
 
   /**
    * markFailed, and what fail() goes on from when it rejects: `unrecorded` when nothing of the failure
    * committed because the database is unreachable now (a step's call out failed while it was down too)
-   * or too busy to write the run (its row or table locked past the statement timeout) — the run stays
-   * incomplete, and the sweeper re-enqueues it once PostgreSQL is back. Any other rejection (the
-   * transaction refused what it wrote: an error text jsonb cannot hold that recordedError missed, the
-   * workflow's onFailed throwing) is tried once more with a fixed error (step_error_unrecordable), so the
-   * run still fails instead of staying active for the sweeper to run its step, and its calls out, again
+   * or too busy to write the run (its row or table locked past the statement timeout), under the
+   * workflow's onFailed too — the run stays incomplete, and the sweeper re-enqueues it once PostgreSQL
+   * is back. An onFailed that throws otherwise is no rejection: markFailed rolls it back alone and the
+   * run fails (failAndClose). Any other rejection (the transaction refused what it wrote: an error text
+   * jsonb cannot hold that recordedError missed) is tried once more with a fixed error
+   * (step_error_unrecordable), so the run still fails instead of staying active for the sweeper to run its step, and its calls out, again
    * every sweep. When that fails too, nothing committed: `unrecorded`, never `failed`.
    */
   private async recordFailure(d: StepJobData, wf: WorkflowDef, seq: number, stepName: string, err: Error, attempt: number, stepRan: boolean, log: Logger): Promise<'failed' | 'completed-elsewhere' | 'run-ended' | 'superseded' | 'unrecorded'> {

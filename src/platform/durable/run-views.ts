@@ -33,6 +33,9 @@ export const runFailure = stepFailure.extend({
   step: z.string(),
   sequence_num: z.number().int().min(1),
   crashes: z.number().int().min(1).optional().describe('step_crashed_worker only: how many times in a row the step lost its worker process while it ran'),
+  on_failed_error: stepFailure
+    .optional()
+    .describe("What the workflow's onFailed hook threw when the run failed (its writes rolled back alone: what it would have closed, such as a pending approval request, stays open); absent when it did not throw"),
 });
 
 export const runProgress = z.strictObject({ completed_steps: count, total_steps: count });

@@ -209,7 +209,11 @@ export interface WorkflowDef<In = any> {
    * after the commit (remove the request's SLA timer), if anything, as a cancel's `onCancelled` does:
    * the executor calls it once the failure has committed, never if it rolled back, best-effort (a
    * failure is logged; what it would have removed must then be harmless, as a timer that finds its
-   * request closed is).
+   * request closed is). Runs in a savepoint with the run's move to `failed`: a hook that throws is
+   * rolled back alone and the run fails all the same, the hook's error as `error.on_failed_error`
+   * (logged, counted), what it would have closed left open — so what it leaves must stay harmless too
+   * (a request no one can decide once its run has ended). Only the platform's database unreachable or
+   * timing out under it rolls the whole failure back, for the sweeper to try again (ADR 0002, amendment).
    */
   onFailed?(em: EntityManager, run: { tenantId: string; runId: string }): Promise<(() => Promise<void>) | undefined>;
 }

@@ -177,10 +177,24 @@ export function isConnectivityError(e: unknown): boolean {
  * connection to the platform's Redis, so an ioredis error it throws is its own Redis's.
  */
 export function isBackendUnavailable(e: unknown): boolean {
+  return platformSays(e, (c) => unavailability(c) !== undefined);
+}
+
+/**
+ * isDatabaseTimeout told by who raised it, as isBackendUnavailable tells an outage: a statement or lock
+ * timeout (57014, 55P03) of the platform's own database, never a SQLSTATE a workflow's code quotes or
+ * copies from a partner's database.
+ */
+export function isBackendTimeout(e: unknown): boolean {
+  return platformSays(e, (c) => typeof c.code === 'string' && TIMEOUT_PG_CODES.has(c.code));
+}
+
+/** Whether `says` holds for an error of the chain from the first one the platform's database client raised on (see isBackendUnavailable). */
+function platformSays(e: unknown, says: (c: Link) => boolean): boolean {
   let platform = false;
   for (let cur: unknown = e, depth = 0; cur && depth < 6; depth++) {
     platform ||= cur instanceof DriverException || cur instanceof NoAnswerError || raisedByPlatformDatabase(cur);
-    if (platform && unavailability(cur as Link)) return true;
+    if (platform && says(cur as Link)) return true;
     cur = (cur as Link).cause;
   }
   return false;

@@ -20,6 +20,8 @@ export interface Metrics {
   activeRuns: Gauge<'workflow' | 'version' | 'registered'>;
   /** Run jobs a worker put off because it does not register their run's workflow version (ADR 0008). */
   deferredJobs: Counter<'workflow' | 'version'>;
+  /** Runs failed for good whose workflow's onFailed threw: rolled back alone, the run failed all the same (error.on_failed_error). */
+  onFailedErrors: Counter<'workflow'>;
   slaTimersSpent: Counter;
   /** Run jobs a worker parked because their tenant had WORKER_MAX_ACTIVE_RUNS_PER_TENANT run jobs executing (ADR 0012). */
   parkedJobs: Counter<'workflow'>;
@@ -114,6 +116,12 @@ export function createMetrics(): Metrics {
       name: 'dealix_run_jobs_deferred_total',
       help: 'Run jobs this worker put off because it does not register their run\'s workflow version',
       labelNames: ['workflow', 'version'],
+      registers: [registry],
+    }),
+    onFailedErrors: new Counter({
+      name: 'dealix_on_failed_errors_total',
+      help: "Runs failed for good whose workflow's onFailed threw (not on the database unreachable or timing out): the hook's writes rolled back alone, the run failed all the same with its error's on_failed_error; what the hook would have closed (a pending approval request) stays open",
+      labelNames: ['workflow'],
       registers: [registry],
     }),
     slaTimersSpent: new Counter({
