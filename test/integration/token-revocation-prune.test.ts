@@ -1,10 +1,9 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { spawn } from 'node:child_process';
-import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import { newTenant, startStack, type TestStack } from '../helpers/stack.ts';
 import { spawnApi, type ApiProcess } from '../helpers/api-process.ts';
 import { waitFor } from '../helpers/poll.ts';
+import { runTokenCli } from '../helpers/token-cli.ts';
 import { signDevToken } from '../../src/platform/tenancy/jwt.ts';
 import { revokeTokens, tokenMaxAgeSeconds } from '../../src/platform/tenancy/token-revocations.ts';
 
@@ -17,7 +16,6 @@ import { revokeTokens, tokenMaxAgeSeconds } from '../../src/platform/tenancy/tok
  * The stack's in-process API (24 h, the default) declares too; TOKEN_REVOCATION_RECONCILE is 1 h, so it
  * does not declare again during the file (the last test deletes every declaration).
  */
-const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 const RUNS = '/api/v1/golden-path/runs';
 const HOUR = 3_600_000;
 const MARGIN_MS = 300_000; // REVOKED_ID_KEPT_AFTER_EXPIRY
@@ -30,16 +28,8 @@ afterAll(async () => {
   await stack?.stop();
 });
 
-function tokenCli(args: string[], env: Record<string, string> = {}): Promise<{ code: number | null; out: string; err: string }> {
-  return new Promise((resolve) => {
-    const p = spawn(process.execPath, ['src/cli/token.ts', ...args], { cwd: ROOT, env: { PATH: process.env.PATH ?? '', ...stack.env, ...env } });
-    let out = '';
-    let err = '';
-    p.stdout.on('data', (d) => (out += d));
-    p.stderr.on('data', (d) => (err += d));
-    p.on('close', (code) => resolve({ code, out, err }));
-  });
-}
+/** `npm run token -- …` itself (src/cli/token.ts), with the stack's settings. */
+const tokenCli = (args: string[], env: Record<string, string> = {}) => runTokenCli(stack.env, args, env);
 
 const dbNow = async () => ((await stack.db.admin(`select now() as now`)).rows[0] as { now: Date }).now.getTime();
 /** A tenant-wide not-before `ageMs` old by the database's clock, stored as the CLI stores it (and announced). */

@@ -1,7 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { spawn } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
-import { fileURLToPath } from 'node:url';
 import { Redis } from 'ioredis';
 import pg from 'pg';
 import { SignJWT } from 'jose';
@@ -9,6 +7,7 @@ import { api, newTenant, startStack, type TestStack } from '../helpers/stack.ts'
 import { spawnApi, type ApiProcess } from '../helpers/api-process.ts';
 import { TEST_JWT_SECRET } from '../helpers/env.ts';
 import { waitFor } from '../helpers/poll.ts';
+import { runTokenCli } from '../helpers/token-cli.ts';
 import { freePort } from '../helpers/own-infra.ts';
 import { signDevToken } from '../../src/platform/tenancy/jwt.ts';
 import { loadRevocations, revokeTokens, tokenMaxAgeSeconds, type RevocationRequest } from '../../src/platform/tenancy/token-revocations.ts';
@@ -25,7 +24,6 @@ import { postSignIn, sessionCookieOf } from '../helpers/dashboard-sign-in.ts';
  * TOKEN_REVOCATION_RECONCILE is 1 h here, so only the message or the resubscription's reload can explain
  * a refusal (each test polls with a deadline, no sleeps).
  */
-const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 const RUNS = '/api/v1/golden-path/runs';
 let stack: TestStack;
 let announcer: Redis;
@@ -54,16 +52,7 @@ async function statusOn(baseUrl: string, jwt: string): Promise<number> {
 const refusedOn = (baseUrl: string, jwt: string, what: string) => waitFor(async () => (await statusOn(baseUrl, jwt)) === 401, { timeoutMs: 15_000, what });
 
 /** `npm run token -- …` itself (src/cli/token.ts), with the stack's settings. */
-function tokenCli(args: string[], env: Record<string, string> = {}): Promise<{ code: number | null; out: string; err: string }> {
-  return new Promise((resolve) => {
-    const p = spawn(process.execPath, ['src/cli/token.ts', ...args], { cwd: ROOT, env: { PATH: process.env.PATH ?? '', ...stack.env, ...env } });
-    let out = '';
-    let err = '';
-    p.stdout.on('data', (d) => (out += d));
-    p.stderr.on('data', (d) => (err += d));
-    p.on('close', (code) => resolve({ code, out, err }));
-  });
-}
+const tokenCli = (args: string[], env: Record<string, string> = {}) => runTokenCli(stack.env, args, env);
 
 function expectRevokedProblem(res: Awaited<ReturnType<typeof api>>) {
   expect(res.status, res.text).toBe(401);
