@@ -33,7 +33,7 @@ import { SlidingBudget } from './platform/http/rate-window.ts';
 import { webhookTestEventRoutes } from './platform/webhooks/test-event.ts';
 import type { UrlPolicy } from './platform/webhooks/ssrf.ts';
 import { HostResolver } from './platform/webhooks/resolve.ts';
-import { TokenRevocations } from './platform/tenancy/token-revocations.ts';
+import { TokenRevocations, tokenMaxAgeSeconds } from './platform/tenancy/token-revocations.ts';
 
 /** Which webhook receivers the configuration admits (the SSRF guard, ADR 0013). */
 export const webhookUrlPolicy = (config: Config): UrlPolicy => ({ allowPrivate: config.WEBHOOK_ALLOW_PRIVATE_NETWORKS, httpsOnly: config.NODE_ENV === 'production' });
@@ -115,9 +115,18 @@ export async function createContainer(
   const runtime = new DurableRuntime({ workflows, queues, logger, keep: keepFromConfig(config), webhooks, retired: config.WORKFLOW_VERSIONS_RETIRED });
   const idempotency = new IdempotencyService({ ttlMs: config.IDEMPOTENCY_TTL, leaseMs: config.IDEMPOTENCY_LEASE });
   // Only the API checks tokens against the revocation list; its start (below) loads it from PostgreSQL (Redis not needed).
+  const instanceId = `${hostname()}-${process.pid}-${randomUUID().slice(0, 8)}`;
+  // It declares the token age it enforces before its first load (token_age_limits): the prune goes by the longest declared.
   const revocations =
     opts.service === 'api'
-      ? new TokenRevocations({ orm, redisUrl: config.REDIS_URL, prefix: config.QUEUE_PREFIX, logger, reconcileMs: config.TOKEN_REVOCATION_RECONCILE })
+      ? new TokenRevocations({
+          orm,
+          redisUrl: config.REDIS_URL,
+          prefix: config.QUEUE_PREFIX,
+          logger,
+          reconcileMs: config.TOKEN_REVOCATION_RECONCILE,
+          tokenAge: { instance: instanceId, maxAgeSeconds: tokenMaxAgeSeconds({ maxTokenLifetimeMs: config.JWT_MAX_TOKEN_LIFETIME, clockToleranceMs: config.JWT_CLOCK_TOLERANCE }) },
+        })
       : undefined;
   const verifier = createTokenVerifier(config, undefined, logger, revocations);
   const metrics = createMetrics();
@@ -145,7 +154,6 @@ export async function createContainer(
       publishActiveRuns: (tenantId, cap) => publishActiveRunsOverride(redis, config.QUEUE_PREFIX, tenantId, cap),
     }),
   ];
-  const instanceId = `${hostname()}-${process.pid}-${randomUUID().slice(0, 8)}`;
   const close = async () => {
     await revocations?.close();
     await Promise.allSettled([...queues.values()].map((q) => q.close()));

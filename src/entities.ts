@@ -8,6 +8,7 @@ import { EvidenceSealRow } from './modules/evidence/evidence-seal.entity.ts';
 import { WebhookDelivery, WebhookEndpoint } from './platform/webhooks/webhook.entities.ts';
 import { TenantLimitsRow } from './platform/limits/tenant-limits.entity.ts';
 import { TokenRevocationRow } from './platform/tenancy/token-revocation.entity.ts';
+import { TokenAgeLimitRow } from './platform/tenancy/token-age-limit.entity.ts';
 import { RunRetentionDecisionRow } from './platform/queue/run-retention-decision.entity.ts';
 import { PartnerOffboardingClaimRow, PartnerOffboardingRow } from './modules/partner-offboarding/partner-offboarding.entities.ts';
 
@@ -32,4 +33,5 @@ export const entities = [
   TenantLimitsRow,
   RunRetentionDecisionRow,
   TokenRevocationRow,
+  TokenAgeLimitRow,
 ];

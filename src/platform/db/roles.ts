@@ -1,7 +1,7 @@
 import pg from 'pg';
 import { describePgUrl } from '../config/config.ts';
 import { pgClientConfig } from './pg-ssl.ts';
-import { APP_UNTENANTED_GRANTS, OPERATOR_DB_ROLE, OPERATOR_GRANTS, SYSTEM_READS, SYSTEM_ROLE } from './tenant-owned.ts';
+import { APP_UNTENANTED_GRANTS, APP_UNTENANTED_UPDATE_COLUMNS, OPERATOR_DB_ROLE, OPERATOR_GRANTS, SYSTEM_READS, SYSTEM_ROLE } from './tenant-owned.ts';
 
 const ident = (s: string) => `"${s.replace(/"/g, '""')}"`;
 const literal = (s: string) => `'${s.replace(/'/g, "''")}'`;
@@ -179,7 +179,7 @@ export interface TableGrant {
 /** The application role's privileges on a tenant-owned table (`tenantTables`), or on a table without tenant_id (APP_UNTENANTED_GRANTS). */
 export function appTableGrant(table: string): TableGrant {
   const untenanted = APP_UNTENANTED_GRANTS[table];
-  if (untenanted) return Object.fromEntries(untenanted.map((p) => [p, p === 'DELETE' ? true : 'all'])) as TableGrant;
+  if (untenanted) return Object.fromEntries(untenanted.map((p) => [p, p === 'DELETE' ? true : p === 'UPDATE' ? (APP_UNTENANTED_UPDATE_COLUMNS[table] ?? 'all') : 'all'])) as TableGrant;
   if (READ_ONLY_TABLES.includes(table)) return { SELECT: 'all' };
   if (APPEND_ONLY_TABLES.includes(table)) return { SELECT: 'all', INSERT: 'all' };
   const writes: TableGrant = { SELECT: 'all', INSERT: 'all', UPDATE: APP_UPDATE_COLUMNS[table] ?? 'all' };

@@ -39,7 +39,7 @@ export const SYSTEM_READS: Readonly<Record<string, readonly string[]>> = {
 /**
  * The tables without tenant_id the application role may reach, and how: the migrations table, read
  * by `/readyz` (pending migrations), and the run-retention decision, written by every worker at start
- * and read by the sweeper (ADR 0011): neither holds tenant data. Row-level security cannot scope a
+ * and read by the sweeper (ADR 0011), and the token age each API process enforces (ADR 0018): none holds tenant data. Row-level security cannot scope a
  * table without tenant_id, so any other such privilege would show one tenant's rows to every other:
  * granted by every `migrate` (roles.ts), and any privilege beyond it named by the catalog inspection.
  */
@@ -47,6 +47,17 @@ export const APP_UNTENANTED_GRANTS: Readonly<Record<string, readonly string[]>> 
   mikro_orm_migrations: ['SELECT'],
   // The run-retention decision of the worker started last (ADR 0011): one row, a platform setting, no tenant data.
   run_retention_decision: ['SELECT', 'INSERT', 'UPDATE'],
+  // The token age each API process enforces (ADR 0018): a row per process, its seen_at updated alone.
+  token_age_limits: ['SELECT', 'INSERT', 'UPDATE'],
+};
+/**
+ * The columns alone the application role may UPDATE on a table of APP_UNTENANTED_GRANTS (unlisted: all).
+ * `token_age_limits`: an API process only says it is still there; with UPDATE on `max_token_age_seconds`
+ * any code of the application could shorten another process's declared age, and the prune would delete
+ * not-before revocations that still refuse its tokens.
+ */
+export const APP_UNTENANTED_UPDATE_COLUMNS: Readonly<Record<string, readonly string[]>> = {
+  token_age_limits: ['seen_at'],
 };
 export const CURRENT_TENANT_SQL = `( SELECT (NULLIF(current_setting('${TENANT_SETTING}'::text, true), ''::text))::uuid AS "nullif")`;
 export const TENANT_PREDICATE_SQL = `(tenant_id = ${CURRENT_TENANT_SQL})`;

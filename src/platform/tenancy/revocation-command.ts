@@ -15,7 +15,7 @@ import { loadConfig } from '../config/config.ts';
 import { createRedis, untilReady } from '../queue/connections.ts';
 import { databaseProblem } from '../db/connection-problem.ts';
 import { claimsOf } from '../http/operator-sessions.ts';
-import { liftRevocation, listRevocations, pruneRevocations, revokeTokens, type RevocationRequest } from './token-revocations.ts';
+import { liftRevocation, listRevocations, pruneRevocations, revokeTokens, TOKEN_AGE_SEEN_WINDOW, type PruneResult, type RevocationRequest } from './token-revocations.ts';
 
 export const REVOCATION_USAGE = `usage: npm run token -- revoke --tenant <uuid> --jti <id> [--expires <ISO time>] [--by <name>] [--reason <text>]
        npm run token -- revoke --token <jwt> [--by <name>] [--reason <text>]
@@ -46,8 +46,14 @@ export async function revocationCommand(argv: string[]): Promise<number> {
   const config = loadConfig();
   try {
     if (command.kind === 'prune') {
-      const pruned = await pruneRevocations(config.MIGRATION_DATABASE_URL, { maxTokenLifetimeMs: config.JWT_MAX_TOKEN_LIFETIME, clockToleranceMs: config.JWT_CLOCK_TOLERANCE });
-      console.log(`pruned ${pruned} revocation(s) of expired tokens`);
+      // The not-before rows go by the longest token age the API processes declare (ADR 0018), this command's own settings only lengthening it.
+      const done = await pruneRevocations(config.MIGRATION_DATABASE_URL, { maxTokenLifetimeMs: config.JWT_MAX_TOKEN_LIFETIME, clockToleranceMs: config.JWT_CLOCK_TOLERANCE });
+      console.log(`pruned ${done.pruned} revocation(s) of expired tokens${pruneSummary(done)}`);
+      if (done.keptBecause === 'none-declared') {
+        console.error(
+          `no API process has declared the token age it enforces in the last ${TOKEN_AGE_SEEN_WINDOW} (table token_age_limits): every not-before revocation was kept. Start the API of this release (it declares its JWT_MAX_TOKEN_LIFETIME as it starts), then prune again`,
+        );
+      }
       return 0;
     }
     if (command.kind === 'list') {
@@ -85,6 +91,14 @@ export async function revocationCommand(argv: string[]): Promise<number> {
     console.error(`token ${name} failed: ${problem}`);
     return 1;
   }
+}
+
+/** What the prune judged not-before rows by: the age, or why every one was kept. */
+function pruneSummary(done: PruneResult): string {
+  const apis = `${done.apisSeen} API process(es) seen in the last ${TOKEN_AGE_SEEN_WINDOW}`;
+  if (done.maxAgeSeconds !== null) return ` and not-before revocations older than ${done.maxAgeSeconds} s (the longest token age of ${apis} or of this command's settings)`;
+  if (done.keptBecause === 'no-limit') return `; every not-before revocation kept: JWT_MAX_TOKEN_LIFETIME=0 (no limit) in one of ${apis}, or in this command's settings`;
+  return '; every not-before revocation kept';
 }
 
 function parse(name: string | undefined, args: string[]): Command {

@@ -111,8 +111,48 @@ export async function loadRevocations(orm: MikroORM): Promise<Revocation[]> {
   );
 }
 
+/**
+ * How long after an API process last declared the token age it enforces (token_age_limits) the prune
+ * still goes by it. A live process declares again at every reconcile (TOKEN_REVOCATION_RECONCILE, 1 h at
+ * most), so a row this old is a process gone for days; one stopped for less still counts, in case it
+ * comes back with its settings (ADR 0018, amendment "The prune reads the APIs' limits").
+ */
+export const TOKEN_AGE_SEEN_WINDOW = '7 days';
+
+/**
+ * The age past which the verifier refuses every token, in whole seconds: JWT_MAX_TOKEN_LIFETIME plus
+ * JWT_CLOCK_TOLERANCE, each rounded up (jose applies both in whole seconds); 0: no limit.
+ */
+export function tokenMaxAgeSeconds(limits: { maxTokenLifetimeMs: number; clockToleranceMs: number }): number {
+  return limits.maxTokenLifetimeMs > 0 ? Math.ceil(limits.maxTokenLifetimeMs / 1000) + Math.ceil(limits.clockToleranceMs / 1000) : 0;
+}
+
+/** What an API process declares: its instance id and tokenMaxAgeSeconds of its settings. */
+export interface TokenAgeDeclaration {
+  instance: string;
+  maxAgeSeconds: number;
+}
+
+/**
+ * Declares (first call) or confirms (later calls: `seen_at` only, the database's time) the token age this
+ * API process enforces, as the application role (token_age_limits holds no tenant data). Waits while a
+ * prune runs (it holds the table in SHARE mode): a process is never serving with an age the prune in
+ * progress did not read.
+ */
+export async function declareTokenAge(orm: MikroORM, declaration: TokenAgeDeclaration): Promise<void> {
+  await orm.em.fork({ clear: true, useContext: false }).transactional((tx) =>
+    tx.execute(
+      `insert into token_age_limits (instance, max_token_age_seconds, published_at, seen_at) values (?, ?, now(), now())
+       on conflict (instance) do update set seen_at = now()`,
+      [declaration.instance, declaration.maxAgeSeconds],
+    ),
+  );
+}
+
 export interface TokenRevocationsOptions {
   orm: MikroORM;
+  /** The token age this process enforces, declared before its list is first loaded and again at every reconcile (the prune reads it). */
+  tokenAge: TokenAgeDeclaration;
   redisUrl: string;
   prefix: string;
   logger: Logger;
@@ -149,6 +189,8 @@ export class TokenRevocations {
   private markLoaded: () => void = () => {};
   private readonly firstLoad = new Promise<void>((resolve) => (this.markLoaded = resolve));
   private reconciling = false;
+  /** Whether this process's token age is declared (token_age_limits): required before the first load. */
+  private declared = false;
   /** Reloads started, and the newest one whose result is installed: an older read never replaces a newer one. */
   private reloadsStarted = 0;
   private installedReload = 0;
@@ -206,9 +248,12 @@ export class TokenRevocations {
     tick();
   }
 
-  /** Reads the whole table again and replaces the copy (messages arriving meanwhile are kept). */
-  async reload(): Promise<void> {
-    const read = this.readAndInstall();
+  /**
+   * Reads the whole table again and replaces the copy (messages arriving meanwhile are kept); with
+   * `declare` (the reconcile), first confirms this process's token age (always before the first load).
+   */
+  async reload(declare = false): Promise<void> {
+    const read = this.readAndInstall(declare);
     this.reloads.add(read);
     try {
       await read;
@@ -217,11 +262,16 @@ export class TokenRevocations {
     }
   }
 
-  private async readAndInstall(): Promise<void> {
+  private async readAndInstall(declare: boolean): Promise<void> {
     const arrived: Revocation[] = [];
     const seq = ++this.reloadsStarted;
     this.inFlight.add(arrived);
     try {
+      // No token is checked before the prune can see this process's age: a not-before it still needs is never pruned.
+      if (declare || !this.declared) {
+        await declareTokenAge(this.opts.orm, this.opts.tokenAge);
+        this.declared = true;
+      }
       const rows = await loadRevocations(this.opts.orm);
       // A reconcile's read and a resubscription's can overlap: the one started later read the table later
       // (a row stored between the two, unannounced while Redis was away, is only in its result).
@@ -234,7 +284,7 @@ export class TokenRevocations {
       if (!this.loaded) {
         this.loaded = true;
         this.markLoaded();
-        this.opts.logger.info({ revocations: next.size }, 'token revocations loaded');
+        this.opts.logger.info({ revocations: next.size, max_token_age_seconds: this.opts.tokenAge.maxAgeSeconds }, 'token revocations loaded');
       }
     } finally {
       this.inFlight.delete(arrived);
@@ -299,7 +349,7 @@ export class TokenRevocations {
     if (!this.started || this.reconciling) return;
     this.reconciling = true;
     try {
-      await this.reload();
+      await this.reload(true);
     } catch (err) {
       // The copy held stays in force (nothing is ever dropped on a failure); the next tick retries.
       this.opts.logger.warn({ err }, 'token revocations could not be reloaded; the periodic reconcile retries');
@@ -441,30 +491,56 @@ export async function liftRevocation(
 }
 
 /**
- * The setting a prune binds (in its transaction) to the age past which the API refuses every token
- * (JWT_MAX_TOKEN_LIFETIME plus the clock tolerance): the prune policy admits a not-before row only past
- * it, and none while it is unset.
+ * The setting a prune binds (in its transaction) to the age past which every API process refuses every
+ * token (the longest JWT_MAX_TOKEN_LIFETIME plus clock tolerance they declare: pruneRevocations): the
+ * prune policy admits a not-before row only past it, and none while it is unset.
  */
 export const TOKEN_MAX_AGE_SETTING = 'app.token_max_age';
+
+/** What a prune did, and by which token age it judged not-before rows. */
+export interface PruneResult {
+  /** Rows deleted: expired token ids, and not-before rows past `maxAgeSeconds`. */
+  pruned: number;
+  /** The token age not-before rows were judged by (seconds); null: none was deleted, `keptBecause` says why. */
+  maxAgeSeconds: number | null;
+  /** `no-limit`: an API process seen (or the command's own settings) enforces no limit; `none-declared`: no API process was seen within TOKEN_AGE_SEEN_WINDOW. */
+  keptBecause?: 'no-limit' | 'none-declared';
+  /** API processes seen within TOKEN_AGE_SEEN_WINDOW, and the longest age one declared (0: no limit; null: none seen). */
+  apisSeen: number;
+  longestDeclared: number | null;
+}
 
 /**
  * Deletes, as the owner role, the revocations that can no longer refuse a token:
  * - a token id whose token has expired (`expires_at` passed by REVOKED_ID_KEPT_AFTER_EXPIRY);
- * - a not-before (lifted or not) older than `maxTokenLifetimeMs` plus `clockToleranceMs` plus
- *   REVOKED_ID_KEPT_AFTER_EXPIRY: every token it refuses was issued before it, and the verifier refuses
- *   a token that much after its `iat` anyway (JWT_MAX_TOKEN_LIFETIME; the margin is for an API host
- *   whose clock runs behind the database's). With no limit (0) no not-before is deleted.
+ * - a not-before (lifted or not) older than the longest token age any API process declared within
+ *   TOKEN_AGE_SEEN_WINDOW (token_age_limits: JWT_MAX_TOKEN_LIFETIME plus the clock tolerance, as that
+ *   process enforces it), or `ownLimits`' if longer, plus REVOKED_ID_KEPT_AFTER_EXPIRY: every token it
+ *   refuses was issued before it, and every API refuses a token that much after its `iat` anyway (the
+ *   margin is for an API host whose clock runs behind the database's). None while any of them declares no
+ *   limit (0), nor while no API process was seen: the command's own settings never shorten the age.
  * A not-before superseded by a later one is not deleted: lifting the later one would revive the tokens
  * only the earlier one refused (and the API holds one not-before per tenant or subject, the latest, anyway).
+ * The declarations are read under a SHARE lock, so an API process declaring meanwhile waits for the commit
+ * (and then loads the list as pruned); rows of processes not seen within the window are deleted.
  */
-export async function pruneRevocations(ownerUrl: string, limits: { maxTokenLifetimeMs: number; clockToleranceMs: number }): Promise<number> {
+export async function pruneRevocations(ownerUrl: string, ownLimits: { maxTokenLifetimeMs: number; clockToleranceMs: number }): Promise<PruneResult> {
   const client = new pg.Client(pgClientConfig(ownerUrl));
   await client.connect();
   try {
     await client.query('begin');
+    await client.query('lock table token_age_limits in share mode');
+    const window = `interval '${TOKEN_AGE_SEEN_WINDOW}'`;
+    const { rows } = await client.query<{ apis: number; longest: number | null; unlimited: boolean | null }>(
+      `select count(*)::int as apis, max(max_token_age_seconds)::float8 as longest, bool_or(max_token_age_seconds = 0) as unlimited
+         from token_age_limits where seen_at > now() - ${window}`,
+    );
+    const seen = rows[0]!;
+    const own = tokenMaxAgeSeconds(ownLimits);
+    const keptBecause = seen.apis === 0 ? 'none-declared' : seen.unlimited || own === 0 ? 'no-limit' : undefined;
+    const maxAgeSeconds = keptBecause ? null : Math.max(seen.longest!, own);
     // The system role's prune policy (the owner is a member of it) admits only rows past their expiry,
     // and not-before rows past the token age bound here; a row is kept as long as the loader reads it.
-    const maxAgeSeconds = limits.maxTokenLifetimeMs > 0 ? Math.ceil(limits.maxTokenLifetimeMs / 1000) + Math.ceil(limits.clockToleranceMs / 1000) : null;
     if (maxAgeSeconds !== null) await client.query(`select set_config('${TOKEN_MAX_AGE_SETTING}', $1, true)`, [`${maxAgeSeconds} seconds`]);
     const { rowCount } = await client.query(
       `delete from token_revocations
@@ -472,8 +548,9 @@ export async function pruneRevocations(ownerUrl: string, limits: { maxTokenLifet
            or not_before < now() - $1::float8 * interval '1 second' - interval '${REVOKED_ID_KEPT_AFTER_EXPIRY}'`,
       [maxAgeSeconds],
     );
+    await client.query(`delete from token_age_limits where seen_at <= now() - ${window}`);
     await client.query('commit');
-    return rowCount ?? 0;
+    return { pruned: rowCount ?? 0, maxAgeSeconds, ...(keptBecause ? { keptBecause } : {}), apisSeen: seen.apis, longestDeclared: seen.longest };
   } catch (e) {
     await client.query('rollback').catch(() => {});
     throw e;

@@ -1,0 +1,143 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import pg from 'pg';
+import { newTenant, startStack, type TestStack } from '../helpers/stack.ts';
+import { spawnApi, type ApiProcess } from '../helpers/api-process.ts';
+import { waitFor } from '../helpers/poll.ts';
+import { runTokenCli } from '../helpers/token-cli.ts';
+import { signDevToken } from '../../src/platform/tenancy/jwt.ts';
+import { revokeTokens, tokenMaxAgeSeconds } from '../../src/platform/tenancy/token-revocations.ts';
+
+/**
+ * `npm run token -- prune-revocations` judges not-before revocations by the token age the API processes
+ * declare (token_age_limits; ADR 0018, amendment "The prune reads the APIs' limits"), never by its own
+ * environment alone: run with JWT_MAX_TOKEN_LIFETIME=1h beside an API enforcing 48h, it deleted a
+ * not-before that still refused a 47-hour-old token there, and the revoked token verified again. Every
+ * age is the database's clock's; a stale declaration is a row written as the owner with an old seen_at.
+ * The stack's in-process API (24 h, the default) declares too; TOKEN_REVOCATION_RECONCILE is 1 h, so it
+ * does not declare again during the file (the last test deletes every declaration).
+ */
+const RUNS = '/api/v1/golden-path/runs';
+const HOUR = 3_600_000;
+const MARGIN_MS = 300_000; // REVOKED_ID_KEPT_AFTER_EXPIRY
+let stack: TestStack;
+
+beforeAll(async () => {
+  stack = await startStack({ env: { TOKEN_REVOCATION_RECONCILE: '1h' } });
+});
+afterAll(async () => {
+  await stack?.stop();
+});
+
+/** `npm run token -- …` itself (src/cli/token.ts), with the stack's settings. */
+const tokenCli = (args: string[], env: Record<string, string> = {}) => runTokenCli(stack.env, args, env);
+
+const dbNow = async () => ((await stack.db.admin(`select now() as now`)).rows[0] as { now: Date }).now.getTime();
+/** A tenant-wide not-before `ageMs` old by the database's clock, stored as the CLI stores it (and announced). */
+const notBefore = (tenant: string, at: number) => revokeTokens({ ownerUrl: stack.db.ownerUrl, redis: stack.redis, prefix: stack.prefix }, { tenantId: tenant, issuedBefore: new Date(at), revokedBy: 'test-operator' });
+const left = async (tenant: string) =>
+  (await stack.db.admin(`select round(extract(epoch from $2::timestamptz - not_before) / 3600)::int as hours from token_revocations where tenant_id = $1 order by 1`, [tenant, new Date(await dbNow())])).rows.map(
+    (r: { hours: number }) => r.hours,
+  );
+const declared = async () =>
+  (await stack.db.admin(`select instance, max_token_age_seconds::float8 as age from token_age_limits order by instance`)).rows as Array<{ instance: string; age: number }>;
+const ageOf = (lifetime: string) => tokenMaxAgeSeconds({ maxTokenLifetimeMs: lifetime === '48h' ? 48 * HOUR : 24 * HOUR, clockToleranceMs: stack.config.JWT_CLOCK_TOLERANCE });
+
+/** Runs `sql` as the application role (RLS and grants in force): its row count, or the SQLSTATE it failed with. */
+async function asApp(sql: string): Promise<number | string> {
+  const app = new pg.Client({ connectionString: stack.db.appUrl });
+  await app.connect();
+  try {
+    return (await app.query(sql)).rowCount ?? 0;
+  } catch (e) {
+    return (e as { code?: string }).code ?? String(e);
+  } finally {
+    await app.end();
+  }
+}
+
+describe('prune-revocations goes by the token age the API processes declare', () => {
+  it('every API process declares the age it enforces before it checks a token; the application role can neither shorten one nor age it out of the window', async () => {
+    expect((await declared()).map((d) => d.age)).toEqual([ageOf('24h')]);
+    const [own] = await declared();
+    expect(await asApp(`update token_age_limits set max_token_age_seconds = 60`)).toBe('42501');
+    expect(await asApp(`delete from token_age_limits`)).toBe('42501');
+    // seen_at is the one column it updates, and the database's time is what is stored, whatever it writes.
+    expect(await asApp(`update token_age_limits set seen_at = now() - interval '30 days'`)).toBe(1);
+    const { rows } = await stack.db.admin(`select seen_at > now() - interval '1 minute' as fresh from token_age_limits where instance = $1`, [own!.instance]);
+    expect(rows).toEqual([{ fresh: true }]);
+  });
+
+  it('a declaration not seen within the window (7 days) is ignored, and removed', async () => {
+    // A process gone for 8 days that enforced no limit: it no longer keeps every not-before.
+    await stack.db.owner(`insert into token_age_limits (instance, max_token_age_seconds, published_at, seen_at) values ('gone-api', 0, now() - interval '30 days', now() - interval '8 days')`);
+    const tenant = newTenant();
+    const now = await dbNow();
+    await notBefore(tenant, now - ageOf('24h') * 1000 - MARGIN_MS - HOUR); // past the 24 h the stack's API declares
+    await notBefore(tenant, now - 23 * HOUR);
+    const pruned = await tokenCli(['prune-revocations']);
+    expect(pruned.code, pruned.err).toBe(0);
+    expect(pruned.out).toMatch(/pruned 1 /);
+    expect(await left(tenant)).toEqual([23]);
+    expect((await declared()).map((d) => d.instance)).not.toContain('gone-api');
+  });
+
+  it('an API enforcing 48 h and a prune run with JWT_MAX_TOKEN_LIFETIME=1h: the not-before a 47-hour-old token still hits is kept, and the token stays refused', { timeout: 180_000 }, async () => {
+    let long: ApiProcess | undefined;
+    try {
+      long = await spawnApi({ ...stack.env, JWT_MAX_TOKEN_LIFETIME: '48h' });
+      expect((await declared()).map((d) => d.age).sort((a, b) => a - b)).toEqual([ageOf('24h'), ageOf('48h')]);
+      const tenant = newTenant();
+      const now = await dbNow();
+      await notBefore(tenant, now - 46 * HOUR);
+      await notBefore(tenant, now - ageOf('48h') * 1000 - MARGIN_MS - HOUR); // no token it refuses verifies anywhere
+      const old = await signDevToken(stack.config, { tenantId: tenant, sub: 'leaver', issuedAt: Math.floor(Date.now() / 1000) - 47 * 3600, ttlSeconds: 600 });
+      const status = async () => (await fetch(`${long!.baseUrl}${RUNS}`, { headers: { authorization: `Bearer ${old}` } })).status;
+      await waitFor(async () => (await status()) === 401, { timeoutMs: 30_000, what: 'the 47-hour-old token refused by the 48 h API' });
+      const refused = await fetch(`${long.baseUrl}${RUNS}`, { headers: { authorization: `Bearer ${old}` } });
+      expect(((await refused.json()) as { code: string }).code).toBe('token_revoked');
+
+      const pruned = await tokenCli(['prune-revocations'], { JWT_MAX_TOKEN_LIFETIME: '1h' });
+      expect(pruned.code, pruned.err).toBe(0);
+      expect(pruned.out).toMatch(/pruned 1 /);
+      expect(await left(tenant)).toEqual([46]);
+      // A reload (as every reconcile makes) still holds the row: the token stays revoked.
+      await long.stop();
+      long = await spawnApi({ ...stack.env, JWT_MAX_TOKEN_LIFETIME: '48h' });
+      const again = await fetch(`${long.baseUrl}${RUNS}`, { headers: { authorization: `Bearer ${old}` } });
+      expect(again.status).toBe(401);
+      expect(((await again.json()) as { code: string }).code).toBe('token_revoked');
+    } finally {
+      await long?.stop();
+    }
+  });
+
+  it('an API enforcing no limit (JWT_MAX_TOKEN_LIFETIME=0): no not-before is pruned, whatever the command\'s own limit; expired token ids still are', { timeout: 180_000 }, async () => {
+    let unlimited: ApiProcess | undefined;
+    try {
+      unlimited = await spawnApi({ ...stack.env, JWT_MAX_TOKEN_LIFETIME: '0' });
+      expect((await declared()).map((d) => d.age)).toContain(0);
+    } finally {
+      await unlimited?.stop();
+    }
+    // Stopped: its declaration still counts within the window (it may come back with the same settings).
+    const tenant = newTenant();
+    const now = await dbNow();
+    await notBefore(tenant, now - 400 * 24 * HOUR);
+    await revokeTokens({ ownerUrl: stack.db.ownerUrl, prefix: stack.prefix }, { tenantId: tenant, jti: 'j-expired', expiresAt: new Date(now - HOUR), revokedBy: 'test-operator' });
+    const pruned = await tokenCli(['prune-revocations'], { JWT_MAX_TOKEN_LIFETIME: '1h' });
+    expect(pruned.code, pruned.err).toBe(0);
+    expect(pruned.out).toMatch(/pruned 1 .*JWT_MAX_TOKEN_LIFETIME=0/);
+    expect(await left(tenant)).toEqual([400 * 24]);
+  });
+
+  it('no API process seen (a fresh install, or every API of an earlier release): every not-before is kept, with a message saying why', async () => {
+    await stack.db.owner(`delete from token_age_limits`);
+    const tenant = newTenant();
+    await notBefore(tenant, (await dbNow()) - 400 * 24 * HOUR);
+    const pruned = await tokenCli(['prune-revocations'], { JWT_MAX_TOKEN_LIFETIME: '1h' });
+    expect(pruned.code, pruned.err).toBe(0);
+    expect(pruned.out).toMatch(/pruned 0 /);
+    expect(pruned.err).toMatch(/no API process has declared the token age it enforces/);
+    expect(await left(tenant)).toEqual([400 * 24]);
+  });
+});
