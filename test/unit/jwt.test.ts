@@ -3,11 +3,14 @@ import { randomUUID } from 'node:crypto';
 import { spawn } from 'node:child_process';
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { exportJWK, exportSPKI, generateKeyPair, SignJWT, UnsecuredJWT, type JWTPayload } from 'jose';
 import { parseConfig } from '../../src/platform/config/config.ts';
 import { parseDurationMs } from '../../src/platform/config/duration.ts';
-import { createTokenVerifier, KeysUnavailableError, signDevToken } from '../../src/platform/tenancy/jwt.ts';
+import { createTokenVerifier, KeysUnavailableError, principalClaims, signDevToken } from '../../src/platform/tenancy/jwt.ts';
+import { isTenantId, tenantIdSchema } from '../../src/platform/tenancy/tenant-id.ts';
+import { revocationSchema } from '../../src/platform/tenancy/token-revocations.ts';
 import { UnauthorizedError } from '../../src/platform/errors/app-error.ts';
 import { TEST_JWT_SECRET } from '../helpers/env.ts';
 import { waitFor } from '../helpers/poll.ts';
@@ -450,15 +453,25 @@ interface IdpState {
 
 describe('npm run token', () => {
   const root = fileURLToPath(new URL('../..', import.meta.url));
-  const run = (env: Record<string, string>, extra: string[] = []) =>
+  const cli = (env: Record<string, string>, args: string[]) =>
     new Promise<{ code: number | null; out: string; err: string }>((resolve) => {
-      const p = spawn(process.execPath, ['src/cli/token.ts', '--tenant', tenant, '--sub', 'cli-user', '--roles', 'approver', ...extra], { cwd: root, env: { PATH: process.env.PATH ?? '', ...env } });
+      const p = spawn(process.execPath, ['src/cli/token.ts', ...args], { cwd: root, env: { PATH: process.env.PATH ?? '', ...env } });
       let out = '';
       let err = '';
       p.stdout.on('data', (d) => (out += d));
       p.stderr.on('data', (d) => (err += d));
       p.on('close', (code) => resolve({ code, out, err })); // not 'exit': the output read to the end
     });
+  const run = (env: Record<string, string>, extra: string[] = []) => cli(env, ['--tenant', tenant, '--sub', 'cli-user', '--roles', 'approver', ...extra]);
+  const SIGN_USAGE = 'usage: npm run token -- --tenant <uuid> --sub <id> [--roles a,b] [--ttl 1h]';
+  /**
+   * Spelt as UUIDs (8-4-4-4-12 hex), which the commands' own pattern took, but no UUID to the verifier's
+   * tenant_id claim (zod's: version digit 1-8, variant digit 8, 9, a or b): a token signed for one was
+   * refused (401) at every use, a revocation for one named a tenant that can never sign in.
+   */
+  const notTenantIds = ['12345678-1234-1234-1234-123456789abc', '12345678-1234-4234-c234-123456789abc', '12345678-1234-9234-8234-123456789abc'];
+  const notAccepted = 'is not a tenant id the API accepts (a UUID: version digit 1-8, variant digit 8, 9, a or b)';
+  const tenantProblem = (id: string) => `--tenant: "${id}" ${notAccepted}`;
 
   it('refuses to sign when no JWT_SECRET is configured', async () => {
     const none = await run({});
@@ -514,6 +527,55 @@ describe('npm run token', () => {
     expect(typo.code, typo.err).toBe(2);
     expect(typo.out).toBe('');
     expect(typo.err.trim()).toBe("Unknown option '--tennat'\nusage: npm run token -- --tenant <uuid> --sub <id> [--roles a,b] [--ttl 1h]");
+  });
+
+  it('a --tenant the verifier refuses as a tenant_id claim: what is wrong and the usage, exit 2, no token; a v4 UUID (any case) is signed', { timeout: 120_000 }, async () => {
+    for (const id of notTenantIds) {
+      const bad = await cli({ JWT_SECRET: TEST_JWT_SECRET }, ['--tenant', id, '--sub', 'alice']);
+      expect(bad.code, bad.err).toBe(2);
+      expect(bad.out).toBe('');
+      expect(bad.err.trim()).toBe(`${tenantProblem(id)}\n${SIGN_USAGE}`);
+    }
+    for (const id of [tenant, tenant.toUpperCase()]) {
+      const ok = await cli({ JWT_SECRET: TEST_JWT_SECRET }, ['--tenant', id, '--sub', 'alice']);
+      expect(ok.code, ok.err).toBe(0);
+      expect(await verifier.verify(ok.out.trim())).toEqual({ sub: 'alice', tenantId: tenant, roles: [] }); // as PostgreSQL spells it
+    }
+  });
+
+  it('revoke, revocations and lift: a --tenant (or the tenant_id of a --token) the verifier refuses is a usage error, exit 2, before any database is reached', { timeout: 120_000 }, async () => {
+    // No database or Redis is configured: a command that got past its arguments would fail otherwise (exit 1).
+    const env = { JWT_SECRET: TEST_JWT_SECRET, DATABASE_URL: 'postgres://dealix_app:dealix_app@127.0.0.1:1/none', MIGRATION_DATABASE_URL: 'postgres://dealix_owner:dealix_owner@127.0.0.1:1/none', REDIS_URL: 'redis://127.0.0.1:1' };
+    const [versionless, badVariant, versionNine] = notTenantIds as [string, string, string];
+    for (const [id, args] of [
+      [versionless, ['revoke', '--tenant', versionless, '--jti', 'j-1']],
+      [badVariant, ['revoke', '--tenant', badVariant, '--issued-before', 'now']],
+      [versionNine, ['revocations', '--tenant', versionNine]],
+      [versionless, ['lift', '--tenant', versionless, '--id', randomUUID()]],
+    ] as const) {
+      const bad = await cli(env, [...args]);
+      expect(bad.code, `${args.join(' ')}: ${bad.err}`).toBe(2);
+      expect(bad.out).toBe('');
+      expect(bad.err.split('\n').slice(0, 2)).toEqual([tenantProblem(id), expect.stringMatching(/^usage: npm run token -- revoke /)]);
+    }
+    const byToken = await cli(env, ['revoke', '--token', await signDevToken(config, { sub: 'alice', tenantId: versionless })]);
+    expect(byToken.code, byToken.err).toBe(2);
+    expect(byToken.err.split('\n')[0]).toBe(`--token: its tenant_id claim "${versionless}" ${notAccepted}: the API refuses the token (401) already`);
+  });
+
+  it('the commands check --tenant with the tenant_id schema of the verifier, which the revocation messages use too: what one accepts, all accept', () => {
+    expect(principalClaims.shape.tenant_id).toBe(tenantIdSchema);
+    for (const option of revocationSchema.options) expect(option.shape.tenantId).toBe(tenantIdSchema);
+    for (const id of [...notTenantIds, tenant, tenant.toUpperCase(), '00000000-0000-0000-0000-000000000000', 'not-a-uuid', ` ${tenant}`, `${tenant}\n`, '']) {
+      expect(isTenantId(id), id).toBe(principalClaims.shape.tenant_id.safeParse(id).success);
+    }
+    expect(notTenantIds.filter(isTenantId)).toEqual([]);
+    // Neither command keeps a pattern of its own (one looser than the schema was the defect).
+    for (const file of ['src/cli/token.ts', 'src/platform/tenancy/revocation-command.ts']) {
+      const source = readFileSync(fileURLToPath(new URL(`../../${file}`, import.meta.url)), 'utf8');
+      expect(source, file).toMatch(/\bisTenantId\b/);
+      expect(source, file).not.toMatch(/\[0-9a-f\]\{8\}/i);
+    }
   });
 
   it('prints a token the verifier accepts when JWT_SECRET is set', async () => {

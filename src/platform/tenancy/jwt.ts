@@ -18,6 +18,7 @@ import { z } from 'zod';
 import type { Config } from '../config/config.ts';
 import { ServiceUnavailableError, UnauthorizedError } from '../errors/app-error.ts';
 import { isUnstorableText } from '../http/json-text.ts';
+import { tenantIdSchema } from './tenant-id.ts';
 import { TokenRevokedError, type RevocableClaims } from './token-revocations.ts';
 import { untraced } from '../telemetry/trace-context.ts';
 
@@ -41,7 +42,7 @@ const claimText = (min: number, max: number) =>
  */
 export const principalClaims = z.object({
   sub: claimText(1, 255).refine((v) => v.trim() === v, 'is blank or has leading or trailing whitespace'),
-  tenant_id: z.string().uuid(),
+  tenant_id: tenantIdSchema,
   roles: z.array(claimText(0, 64)).max(50).default([]),
 });
 

@@ -15,7 +15,8 @@ import { loadConfig } from '../config/config.ts';
 import { createRedis, untilReady } from '../queue/connections.ts';
 import { databaseProblem } from '../db/connection-problem.ts';
 import { claimsOf } from '../http/operator-sessions.ts';
-import { liftRevocation, listRevocations, pruneRevocations, revokeTokens, TOKEN_AGE_SEEN_WINDOW, type PruneResult, type RevocationRequest } from './token-revocations.ts';
+import { isTenantId, TENANT_ID_PROBLEM } from './tenant-id.ts';
+import { liftRevocation, listRevocations, pruneRevocations, revocationIdSchema, revokeTokens, TOKEN_AGE_SEEN_WINDOW, type PruneResult, type RevocationRequest } from './token-revocations.ts';
 
 export const REVOCATION_USAGE = `usage: npm run token -- revoke --tenant <uuid> --jti <id> [--expires <ISO time>] [--by <name>] [--reason <text>]
        npm run token -- revoke --token <jwt> [--by <name>] [--reason <text>]
@@ -23,9 +24,18 @@ export const REVOCATION_USAGE = `usage: npm run token -- revoke --tenant <uuid> 
        npm run token -- revocations --tenant <uuid>
        npm run token -- lift --tenant <uuid> --id <revocation id> [--by <name>]
        npm run token -- prune-revocations`;
-const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
 class UsageError extends Error {}
+
+/**
+ * The tenant given, checked with the verifier's tenant_id schema: a looser pattern stored revocations
+ * for a tenant that can never sign in, and announced them in a message every API process discarded.
+ */
+function tenantOption(tenant: string | undefined, required: string): string {
+  if (tenant === undefined || tenant === '') throw new UsageError(required);
+  if (!isTenantId(tenant)) throw new UsageError(`--tenant: "${tenant}" ${TENANT_ID_PROBLEM}`);
+  return tenant;
+}
 
 type Command =
   | { kind: 'revoke'; request: RevocationRequest }
@@ -108,13 +118,13 @@ function parse(name: string | undefined, args: string[]): Command {
     return { kind: 'prune' };
   }
   const { values: v } = parseArgs({ args, options: { tenant: { type: 'string' }, id: { type: 'string' }, by: { type: 'string' } } });
-  if (!v.tenant || !UUID.test(v.tenant)) throw new UsageError('--tenant <uuid> is required');
+  const tenantId = tenantOption(v.tenant, '--tenant <uuid> is required');
   if (name === 'revocations') {
     if (v.id !== undefined || v.by !== undefined) throw new UsageError('revocations takes --tenant only');
-    return { kind: 'list', tenantId: v.tenant };
+    return { kind: 'list', tenantId };
   }
-  if (!v.id || !UUID.test(v.id)) throw new UsageError('--id <revocation id> is required (the id revoke printed, or: npm run token -- revocations --tenant <uuid>)');
-  return { kind: 'lift', tenantId: v.tenant, id: v.id, liftedBy: v.by ?? operatorName() };
+  if (!revocationIdSchema.safeParse(v.id).success) throw new UsageError('--id <revocation id> is required (the id revoke printed, or: npm run token -- revocations --tenant <uuid>)');
+  return { kind: 'lift', tenantId, id: v.id!, liftedBy: v.by ?? operatorName() };
 }
 
 function parseRevoke(args: string[]): RevocationRequest {
@@ -141,10 +151,11 @@ function parseRevoke(args: string[]): RevocationRequest {
     if (v.tenant || v.jti || v.sub || v['issued-before'] || v.expires) throw new UsageError('--token names the tenant, token id and expiry itself: give none of --tenant, --jti, --sub, --issued-before, --expires with it');
     const { jti, exp } = claimsOf(v.token);
     const tenant = tenantOf(v.token);
-    if (!jti || !tenant) throw new UsageError('--token: not a JWT with a jti and a tenant_id claim (a token without jti is revoked by --issued-before)');
+    if (!jti || typeof tenant !== 'string') throw new UsageError('--token: not a JWT with a jti and a tenant_id claim (a token without jti is revoked by --issued-before)');
+    if (!isTenantId(tenant)) throw new UsageError(`--token: its tenant_id claim ${JSON.stringify(tenant)} ${TENANT_ID_PROBLEM}: the API refuses the token (401) already`);
     return { tenantId: tenant, jti, ...(exp !== undefined ? { expiresAt: expiry(exp) } : {}), revokedBy, reason };
   }
-  if (!v.tenant || !UUID.test(v.tenant)) throw new UsageError('--tenant <uuid> is required (or --token)');
+  const tenantId = tenantOption(v.tenant, '--tenant <uuid> is required (or --token)');
   // An unset shell variable gives '' (or a stray space): such a row would revoke no token while the
   // command reported success.
   for (const option of ['jti', 'sub'] as const) {
@@ -155,16 +166,16 @@ function parseRevoke(args: string[]): RevocationRequest {
     if (v.sub || v['issued-before']) throw new UsageError('--jti revokes one token: --sub and --issued-before go without it');
     let expiresAt: Date | undefined;
     if (v.expires !== undefined) expiresAt = expiry(parseTime('--expires', v.expires).getTime() / 1000);
-    return { tenantId: v.tenant, jti: v.jti, expiresAt, revokedBy, reason };
+    return { tenantId, jti: v.jti, expiresAt, revokedBy, reason };
   }
   if (v['issued-before'] === undefined) throw new UsageError('give --jti <id>, or --issued-before <ISO time|now>');
   if (v.expires !== undefined) throw new UsageError('--expires goes with --jti');
   if (v['issued-before'] === 'now') {
     // The database's time, plus the clock tolerance (rounded up as the verifier applies it): a token an
     // identity provider whose clock runs ahead stamped just before now is still refused (ADR 0018).
-    return { tenantId: v.tenant, subject: v.sub, issuedBefore: 'now', clockToleranceMs: Math.ceil(config.JWT_CLOCK_TOLERANCE / 1000) * 1000, revokedBy, reason };
+    return { tenantId, subject: v.sub, issuedBefore: 'now', clockToleranceMs: Math.ceil(config.JWT_CLOCK_TOLERANCE / 1000) * 1000, revokedBy, reason };
   }
-  return { tenantId: v.tenant, subject: v.sub, issuedBefore: parseTime('--issued-before', v['issued-before']), revokedBy, reason };
+  return { tenantId, subject: v.sub, issuedBefore: parseTime('--issued-before', v['issued-before']), revokedBy, reason };
 }
 
 function parseTime(option: string, text: string): Date {
@@ -175,10 +186,9 @@ function parseTime(option: string, text: string): Date {
   return new Date(ms);
 }
 
-function tenantOf(jwt: string): string | undefined {
+function tenantOf(jwt: string): unknown {
   try {
-    const t = (JSON.parse(Buffer.from(jwt.split('.')[1] ?? '', 'base64url').toString('utf8')) as { tenant_id?: unknown }).tenant_id;
-    return typeof t === 'string' && UUID.test(t) ? t : undefined;
+    return (JSON.parse(Buffer.from(jwt.split('.')[1] ?? '', 'base64url').toString('utf8')) as { tenant_id?: unknown } | null)?.tenant_id;
   } catch {
     return undefined;
   }

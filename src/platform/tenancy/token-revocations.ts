@@ -8,6 +8,7 @@ import { AppError, ServiceUnavailableError } from '../errors/app-error.ts';
 import { systemEm } from '../db/tenant-em.ts';
 import { pgClientConfig } from '../db/pg-ssl.ts';
 import { TENANT_SETTING } from '../db/tenant-owned.ts';
+import { tenantIdSchema } from './tenant-id.ts';
 
 /**
  * Token revocation (ADR 0018). PostgreSQL (`token_revocations`, written by `npm run token -- revoke`)
@@ -27,10 +28,13 @@ export interface RevocableClaims {
   iat?: number | undefined;
 }
 
+/** A revocation's id (randomUUID at revoke): what `lift --id` names, checked as its announcement is. */
+export const revocationIdSchema = z.string().uuid();
+
 /** One row, as loaded and as announced: a token id, or a not-before (seconds) for the tenant or one subject. */
 export const revocationSchema = z.union([
-  z.object({ tenantId: z.string().uuid(), jti: z.string().min(1).max(255), expiresAtMs: z.number().nullable() }),
-  z.object({ tenantId: z.string().uuid(), subject: z.string().min(1).max(255).nullable(), notBefore: z.number() }),
+  z.object({ tenantId: tenantIdSchema, jti: z.string().min(1).max(255), expiresAtMs: z.number().nullable() }),
+  z.object({ tenantId: tenantIdSchema, subject: z.string().min(1).max(255).nullable(), notBefore: z.number() }),
 ]);
 export type Revocation = z.infer<typeof revocationSchema>;
 
@@ -40,7 +44,7 @@ export type Revocation = z.infer<typeof revocationSchema>;
  * (an unreadable message makes it reload), but its loader does not skip lifted rows: it keeps refusing
  * until it is replaced.
  */
-const liftSchema = z.object({ lifted: z.object({ tenantId: z.string().uuid(), id: z.string().uuid() }) });
+const liftSchema = z.object({ lifted: z.object({ tenantId: tenantIdSchema, id: revocationIdSchema }) });
 
 /** A revoked token presented: 401 `token_revoked`, never retryable with the same token. */
 export class TokenRevokedError extends AppError {
