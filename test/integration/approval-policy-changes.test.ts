@@ -384,6 +384,7 @@ describe('a policy change that loosens', () => {
       ['approved by nobody', `update approval_policy_changes set status = 'approved', decided_at = statement_timestamp() where id = $1`],
       ['approved with no time', `update approval_policy_changes set status = 'approved', decided_by = 'admin-2' where id = $1`],
       ['approved, backdated', `update approval_policy_changes set status = 'approved', decided_by = 'admin-2', decided_at = statement_timestamp() - interval '1 hour' where id = $1`],
+      ['approved, dated ahead', `update approval_policy_changes set status = 'approved', decided_by = 'admin-2', decided_at = statement_timestamp() + interval '1 second' where id = $1`],
       ['rejected by nobody', `update approval_policy_changes set status = 'rejected', decided_at = statement_timestamp() where id = $1`],
       ['rejected, backdated', `update approval_policy_changes set status = 'rejected', decided_by = 'admin-2', decided_at = statement_timestamp() - interval '1 hour' where id = $1`],
       ['expired by a decider', `update approval_policy_changes set status = 'expired', decided_by = 'admin-2', decided_at = expires_at where id = $1`],

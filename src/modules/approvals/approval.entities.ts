@@ -297,14 +297,23 @@ export type PolicyChangeStatus = (typeof POLICY_CHANGE_STATUSES)[number];
  * - any update of a change no longer stored `pending`: a decision is final;
  * - an update of what was proposed, by whom or when (every column but `status`, `decided_by`, `decided_at`;
  *   the application role's column grant already says so);
- * - `approved` without a `decided_by` other than `proposed_by`, or with a `decided_at` other than the
- *   statement's time, or at or past `expires_at` (approveChange: `statement_timestamp()`, only while not expired);
- * - `rejected` without a `decided_by`, or with a `decided_at` other than the statement's time (rejectChange;
- *   the proposer may reject, which withdraws it);
+ * - `approved` without a `decided_by` other than `proposed_by`, or with a `decided_at` not of its
+ *   transaction (DECIDED_NOW), or at or past `expires_at` (approveChange: `statement_timestamp()`, only
+ *   while not expired);
+ * - `rejected` without a `decided_by`, or with a `decided_at` not of its transaction (rejectChange; the
+ *   proposer may reject, which withdraws it);
  * - `expired` or `superseded` with a `decided_by` or without a `decided_at` (supersedePending: nobody decides them);
  * - `pending` again: a pending change moves only to one of those.
  */
 export const POLICY_CHANGE_FOUR_EYES = 'four_eyes';
+
+/**
+ * A decision's time is its own transaction's: not before it began (`now()`), not after the statement
+ * (`statement_timestamp()`, what approveChange and rejectChange write). The range, not the statement's time
+ * alone: a web process of a release before 2ca29774 (2026-12-05) wrote `now()`, and may still decide during
+ * a rolling deploy. No decision backdated past its transaction, none dated ahead, none without a time.
+ */
+const DECIDED_NOW = 'coalesce(new.decided_at between now() and statement_timestamp(), false)';
 
 /** The 42501 of a change write POLICY_CHANGE_FOUR_EYES refuses, saying `why`. */
 const refuseChange = (why: string) =>
@@ -365,9 +374,9 @@ export const ApprovalPolicyChange = defineEntity({
         `${refuseChange('a change is proposed pending, undecided; only a second admin approves it')} end if; return new; end if; ` +
         `if old.status <> 'pending' then ${refuseChange('it is decided, and a decision is final')} end if; ` +
         `if (${proposal('new')}) is distinct from (${proposal('old')}) then ${refuseChange('what was proposed, by whom and when, is kept as proposed')} end if; ` +
-        "if new.status = 'approved' then if new.decided_by is null or new.decided_by = new.proposed_by or new.decided_at is distinct from statement_timestamp() or new.expires_at <= statement_timestamp() then " +
+        `if new.status = 'approved' then if new.decided_by is null or new.decided_by = new.proposed_by or not (${DECIDED_NOW}) or new.expires_at <= statement_timestamp() then ` +
         `${refuseChange('only an admin other than its proposer approves it, now, before it expires')} end if; ` +
-        "elsif new.status = 'rejected' then if new.decided_by is null or new.decided_at is distinct from statement_timestamp() then " +
+        `elsif new.status = 'rejected' then if new.decided_by is null or not (${DECIDED_NOW}) then ` +
         `${refuseChange('a rejection names its admin, now')} end if; ` +
         "elsif new.status in ('expired', 'superseded') then if new.decided_by is not null or new.decided_at is null then " +
         `${refuseChange('nobody decides an expired or superseded change')} end if; ` +
