@@ -1,7 +1,6 @@
 import type { MikroORM } from '../platform/db/orm.ts';
-import { tenantTables } from '../platform/db/migrate.ts';
 import { FUNCTION_SEARCH_PATH, inspectCatalog, isSurrogateKey, ormCatalogQuery, type CatalogFinding, type CatalogReport } from '../platform/db/catalog.ts';
-import { OPERATOR_DB_ROLE, OPERATOR_GRANTS } from '../platform/db/tenant-owned.ts';
+import { OPERATOR_DB_ROLE, OPERATOR_GRANTS, tenantTables } from '../platform/db/tenant-owned.ts';
 import { fail, notRequired, pass, type ReadinessRow } from './readiness.types.ts';
 
 /**

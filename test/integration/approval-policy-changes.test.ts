@@ -330,6 +330,110 @@ describe('a policy change that loosens', () => {
   // that only tightens is refused (a 500 at the upsert) or a loosening applies as approved by nobody. Held side by
   // side over policies drawn from values at and around each bound (equal values are the edge of every rule), the
   // SLAs chosen so that a lowered C bound meets a C SLA longer, equal and shorter than the B SLA in force.
+  /** Runs `statements` as the application role under `t`, in one transaction, to its commit: 'succeeded', or the SQLSTATE and message it failed with. */
+  async function refusal(t: PolicyTenant, statements: [string, unknown[]?][]): Promise<string> {
+    const c = new pg.Client({ connectionString: stack.db.appUrl });
+    await c.connect();
+    try {
+      await c.query('begin');
+      await c.query(`select set_config($1, $2, true)`, [TENANT_SETTING, t.tenant]);
+      for (const [sql, params] of statements) await c.query(sql, params ?? []);
+      await c.query('commit');
+      return 'succeeded';
+    } catch (e) {
+      return `${(e as { code?: string }).code}: ${(e as Error).message}`;
+    } finally {
+      await c.query('rollback').catch(() => {});
+      await c.end();
+    }
+  }
+
+  it('four eyes in the database: the application role cannot store a change already decided, approve one as its proposer or as nobody, backdate or undo a decision (42501, naming the rule); the API decides as before', async () => {
+    const t = await tenantTokens();
+    const refused = /^42501: approval policy change .* \(ADR 0010, four eyes\)$/;
+    // A change as proposeChange stores it, but with `cols` (the forger's).
+    const insert = (cols: Record<string, unknown>): [string, unknown[]] => {
+      const row = { id: randomUUID(), tenant_id: t.tenant, policy: JSON.stringify(LOOSER), base_version: 0, base_policy: JSON.stringify(DEFAULTS), loosens: JSON.stringify(['class_a_max_cost']), status: 'pending', proposed_by: 'admin-1', decided_by: null, decided_at: null, ...cols };
+      const keys = Object.keys(row);
+      return [`insert into approval_policy_changes (${keys.join(', ')}, created_at, expires_at) values (${keys.map((_, i) => `$${i + 1}`).join(', ')}, now(), now() + interval '1 day')`, Object.values(row)];
+    };
+    // The policy as approveChange writes it for that change: the next version, proposed by admin-1, approved by `approver` at `at` (the change's decided_at).
+    const applyAs = (approver: string, at: Date): [string, unknown[]] => [
+      `insert into approval_policies (id, tenant_id, class_amax_cost, class_amax_payback_months, class_cmin_cost, class_cmin_payback_months, sla_bseconds, sla_cseconds, currency, updated_at, updated_by, approved_by, version)
+        values (gen_random_uuid(), $1, 100000, 6, 250000, 24, 86400, 259200, 'SAR', $2, 'admin-1', $3, 1)`,
+      [t.tenant, at, approver],
+    ];
+    // Stored already decided: approved (by another admin, or by its proposer), rejected, expired, or pending with a decision.
+    const now = new Date();
+    const stored = [
+      { status: 'approved', decided_by: 'admin-2', decided_at: now },
+      { status: 'approved', decided_by: 'admin-1', decided_at: now },
+      { status: 'rejected', decided_by: 'admin-2', decided_at: now },
+      { status: 'expired', decided_at: now },
+      { decided_by: 'admin-2' },
+      { decided_at: now },
+    ];
+    for (const cols of stored) expect(await refusal(t, [insert(cols)]), JSON.stringify(cols)).toMatch(refused);
+    // Stored approved by a "second admin" and applied in the same transaction (record_version finds the approved change the version names): refused at the insert.
+    expect(await refusal(t, [insert({ status: 'approved', decided_by: 'admin-2', decided_at: now }), applyAs('admin-2', now)])).toMatch(refused);
+    expect(await policyOf(t)).toMatchObject({ source: 'default', version: 0 });
+
+    const pending = await propose(t);
+    const forgeries: [string, string][] = [
+      ['approved by its proposer', `update approval_policy_changes set status = 'approved', decided_by = proposed_by, decided_at = statement_timestamp() where id = $1`],
+      ['approved by nobody', `update approval_policy_changes set status = 'approved', decided_at = statement_timestamp() where id = $1`],
+      ['approved with no time', `update approval_policy_changes set status = 'approved', decided_by = 'admin-2' where id = $1`],
+      ['approved, backdated', `update approval_policy_changes set status = 'approved', decided_by = 'admin-2', decided_at = statement_timestamp() - interval '1 hour' where id = $1`],
+      ['approved, dated ahead', `update approval_policy_changes set status = 'approved', decided_by = 'admin-2', decided_at = statement_timestamp() + interval '1 second' where id = $1`],
+      ['rejected by nobody', `update approval_policy_changes set status = 'rejected', decided_at = statement_timestamp() where id = $1`],
+      ['rejected, backdated', `update approval_policy_changes set status = 'rejected', decided_by = 'admin-2', decided_at = statement_timestamp() - interval '1 hour' where id = $1`],
+      ['expired by a decider', `update approval_policy_changes set status = 'expired', decided_by = 'admin-2', decided_at = expires_at where id = $1`],
+      ['superseded with no time', `update approval_policy_changes set status = 'superseded' where id = $1`],
+      ['pending with a decider', `update approval_policy_changes set decided_by = 'admin-2' where id = $1`],
+    ];
+    for (const [what, sql] of forgeries) expect(await refusal(t, [[sql, [pending.id]]]), what).toMatch(refused);
+    // Approved by its proposer and applied, as approveChange writes it (the version first, then the change, then the restamp): refused, nothing applied.
+    expect(
+      await refusal(t, [
+        applyAs('admin-1', now),
+        [
+          `with c as (update approval_policy_changes set status = 'approved', decided_by = proposed_by, decided_at = statement_timestamp() where id = $1 returning decided_at)
+           update approval_policies set updated_at = c.decided_at from c where tenant_id = $2`,
+          [pending.id, t.tenant],
+        ],
+      ]),
+    ).toMatch(refused);
+    expect(await changeOf(t, pending.id)).toMatchObject({ status: 'pending', decided_by: null, decided_at: null });
+    expect(await policyOf(t)).toMatchObject({ source: 'default', version: 0 });
+
+    // Past its expires_at (the superuser moves it: setup), not even a second admin approves it.
+    const late = await propose(t, { ...DEFAULTS, sla_b_seconds: 172_800 });
+    await stack.db.admin(`update approval_policy_changes set created_at = created_at - interval '4 days', expires_at = now() - interval '1 second' where id = $1`, [late.id]);
+    expect(await refusal(t, [[`update approval_policy_changes set status = 'approved', decided_by = 'admin-2', decided_at = statement_timestamp() where id = $1`, [late.id]]])).toMatch(refused);
+
+    // A decision is final: a rejected change is not approved later, nor pending again.
+    const rejected = await propose(t, { ...DEFAULTS, sla_c_seconds: 300_000 });
+    expect((await decide(t.admin2, rejected.id, 'reject')).status).toBe(200);
+    for (const sql of [
+      `update approval_policy_changes set status = 'approved', decided_by = 'admin-2', decided_at = statement_timestamp() where id = $1`,
+      `update approval_policy_changes set status = 'pending', decided_by = null, decided_at = null where id = $1`,
+      `update approval_policy_changes set decided_at = statement_timestamp() where id = $1`,
+    ]) {
+      expect(await refusal(t, [[sql, [rejected.id]]]), sql).toMatch(refused);
+    }
+    expect(await changeOf(t, rejected.id)).toMatchObject({ status: 'rejected', decided_by: 'admin-2' });
+
+    // The API's own writes pass: a second admin approves the pending change (the others read superseded, at the policy's update), then nothing undoes it.
+    const approved = await decide(t.admin2, pending.id, 'approve');
+    expect(approved.json).toMatchObject({ version: 1, updated_by: 'admin-1', approved_by: 'admin-2' });
+    expect(await changeOf(t, pending.id)).toMatchObject({ status: 'approved', decided_by: 'admin-2' });
+    expect(await refusal(t, [[`update approval_policy_changes set status = 'pending', decided_by = null, decided_at = null where id = $1`, [pending.id]]])).toMatch(refused);
+    expect(await policyOf(t)).toEqual(approved.json);
+    // The proposer still withdraws their own change (a rejection by its proposer).
+    const withdrawn = await propose(t, { ...LOOSER, sla_b_seconds: 172_800 });
+    expect((await decide(t.admin, withdrawn.id, 'reject')).json).toMatchObject({ status: 'rejected', decided_by: 'admin-1' });
+  });
+
   it("refuses a next version approved by nobody exactly when loosenedFields names a field; a first row exactly when it loosens the defaults' thresholds or currency", async () => {
     const t = await tenantTokens();
     expect((await put(t.admin, { ...DEFAULTS, sla_b_seconds: 3_600 })).json).toMatchObject({ version: 1 });

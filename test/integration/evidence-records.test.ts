@@ -423,8 +423,9 @@ describe("an evidence pack's approval policy", () => {
     ]);
     await asApp(tenant, [
       [OLD_UPSERT, [randomUUID(), tenant, 400000, 'admin-2', 1]],
-      // The approval's restamp, a later statement of its transaction: the history keeps the time the row keeps.
-      [`with c as (update approval_policy_changes set status = 'approved', decided_by = 'admin-2', decided_at = statement_timestamp() + interval '1 second' where id = $2 returning decided_at)
+      // The approval's restamp, a later statement of its transaction (its time, as approveChange writes it: the
+      // change's four_eyes trigger admits no decision dated past its statement): the history keeps the time the row keeps.
+      [`with c as (update approval_policy_changes set status = 'approved', decided_by = 'admin-2', decided_at = statement_timestamp() where id = $2 returning decided_at)
           update approval_policies set updated_at = c.decided_at from c where tenant_id = $1`, [tenant, change]],
     ]);
     const history = await historyOf(tenant);

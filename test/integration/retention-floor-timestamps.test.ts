@@ -3,6 +3,7 @@ import { randomUUID } from 'node:crypto';
 import pg from 'pg';
 import { SYSTEM_ROLE } from '../../src/platform/db/tenant-owned.ts';
 import { createTestDatabase, seedRun, type TestDatabase } from '../helpers/db.ts';
+import { waitFor } from '../helpers/poll.ts';
 
 /**
  * The application role is a member of the system role (it takes it by SET LOCAL ROLE for the sweeper,
@@ -178,5 +179,32 @@ describe("the run retention floor reads a time the application role cannot backd
       ]]),
     ).toBe(1);
     expect(await hoursAgo('durable_runs', id)).toBeGreaterThan(1.9);
+  });
+});
+
+describe("the floor's clock is the deleting transaction's start", () => {
+  it('a delete in a transaction begun before a delivery turned a day old deletes nothing, even once it has: now() is the earliest clock, so the strictest bound; a transaction begun later deletes it', { timeout: 120_000 }, async () => {
+    const tenant = randomUUID();
+    await app.query('BEGIN');
+    try {
+      await app.query(`select set_config('app.tenant_id', '', true)`);
+      const { rows } = await app.query(`select now() as began`);
+      const began = rows[0].began as Date;
+      // Settled a day less two seconds before the transaction began (the superuser's time is kept: setup only).
+      const id = await delivery(tenant, 'delivered', '1 second');
+      await db.admin(`update webhook_deliveries set updated_at = $2::timestamptz - interval '24 hours' + interval '2 seconds' where id = $1`, [id, began]);
+      // Wait (polling the database's clock, no sleep) until the delivery is more than a day old by the statement's clock.
+      await waitFor(async () => (await db.admin(`select clock_timestamp() > $1::timestamptz + interval '2.5 seconds' as past`, [began])).rows[0].past, {
+        timeoutMs: 60_000,
+        what: 'the database clock to pass the floor',
+      });
+      // By statement_timestamp() or clock_timestamp() it is past the floor now; by now() it is not.
+      await app.query(`set local role ${SYSTEM_ROLE}`);
+      expect((await app.query(`delete from webhook_deliveries where id = $1`, [id])).rowCount).toBe(0);
+      await app.query('COMMIT');
+      expect(await systemDelete('webhook_deliveries', id)).toBe(1);
+    } finally {
+      await app.query('ROLLBACK').catch(() => {});
+    }
   });
 });

@@ -1,6 +1,9 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { randomUUID } from 'node:crypto';
+import { execFile } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
 import pg from 'pg';
+import { TEST_JWT_SECRET } from '../helpers/env.ts';
 import { TEST_APP } from '../helpers/env.ts';
 import { createTestDatabase, seedRun, type TestDatabase } from '../helpers/db.ts';
 
@@ -144,5 +147,45 @@ describe('history triggers under a session that shadows what they read with temp
     // It still raises DX001 with its message, and returns true otherwise.
     expect((await db.admin(`select durable_expect(true, 'never') as ok`)).rows).toEqual([{ ok: true }]);
     await expect(db.admin(`select durable_expect(false, 'run moved on')`)).rejects.toMatchObject({ code: 'DX001', message: 'run moved on' });
+  });
+});
+
+/** `npm run db:check` against `target` (its entry, with only the environment it needs): its exit code and output. */
+function dbCheck(target: TestDatabase): Promise<{ code: number; out: string }> {
+  const root = fileURLToPath(new URL('../..', import.meta.url));
+  const env = { PATH: process.env.PATH ?? '', NODE_ENV: 'development', JWT_SECRET: TEST_JWT_SECRET, OTEL_SDK_DISABLED: 'true', DATABASE_URL: target.appUrl, MIGRATION_DATABASE_URL: target.ownerUrl };
+  return new Promise((resolve) => {
+    execFile(process.execPath, ['src/cli/db.ts', 'check'], { cwd: root, env, timeout: 90_000 }, (err, stdout, stderr) => {
+      resolve({ code: err ? ((err as { code?: unknown }).code as number) : 0, out: `${stdout}${stderr}` });
+    });
+  });
+}
+
+describe('npm run db:check', () => {
+  it('fails on a function of the schema recreated without its search_path, or with one that does not end in pg_temp, naming the SQL that fixes it; passes once it is fixed', { timeout: 300_000 }, async () => {
+    const target = await createTestDatabase();
+    try {
+      expect(await dbCheck(target)).toEqual({ code: 0, out: 'schema matches the entities; no pending migrations\n' });
+      // A CREATE OR REPLACE of a trigger function written without the clause (as the schema generator writes
+      // one): the same body, so the schema diff is empty, and the setting reset.
+      const [{ def }] = (await target.owner(`select pg_get_functiondef('approval_policy_changes_four_eyes_fn()'::regprocedure) as def`)).rows;
+      const without = (def as string).replace(/^ SET search_path TO .*\n/m, '');
+      expect(without).not.toBe(def);
+      await target.owner(without);
+      // And durable_expect with a path that searches the temporary schema first.
+      await target.owner(`alter function durable_expect(boolean, text) set search_path = pg_temp, public`);
+      const failed = await dbCheck(target);
+      expect(failed.code, failed.out).toBe(1);
+      const fixes = failed.out.split('\n').filter((l) => l.startsWith('alter function'));
+      expect(fixes).toEqual([
+        'alter function approval_policy_changes_four_eyes_fn() set search_path = pg_catalog, public, pg_temp;',
+        'alter function durable_expect(boolean,text) set search_path = pg_catalog, public, pg_temp;',
+      ]);
+      expect(failed.out).not.toMatch(/create|drop/i);
+      for (const fix of fixes) await target.owner(fix);
+      expect(await dbCheck(target)).toEqual({ code: 0, out: 'schema matches the entities; no pending migrations\n' });
+    } finally {
+      await target.drop();
+    }
   });
 });

@@ -287,6 +287,46 @@ export const POLICY_CHANGE_STATUSES = ['pending', 'approved', 'rejected', 'expir
 export type PolicyChangeStatus = (typeof POLICY_CHANGE_STATUSES)[number];
 
 /**
+ * Four eyes held by the database (ADR 0010, amendment "four eyes in the database"): the application role
+ * writes `approval_policy_changes` (it proposes and decides changes), so a statement run as it — a bug, or a
+ * compromised connection — could insert a change already `approved`, or mark one approved by its own
+ * proposer or by nobody, and then apply it (POLICY_VERSION_TRIGGER checks the policy against the change, not
+ * the change's own decision). A BEFORE INSERT OR UPDATE trigger refuses (42501), but for the table's owner
+ * (as POLICY_VERSION_ORDER: migrations, repairs, tests' fixtures):
+ * - an insert other than `pending` with no decision (`decided_by`, `decided_at` null), as proposeChange stores it;
+ * - any update of a change no longer stored `pending`: a decision is final;
+ * - an update of what was proposed, by whom or when (every column but `status`, `decided_by`, `decided_at`;
+ *   the application role's column grant already says so);
+ * - `approved` without a `decided_by` other than `proposed_by`, or with a `decided_at` not of its
+ *   transaction (DECIDED_NOW), or at or past `expires_at` (approveChange: `statement_timestamp()`, only
+ *   while not expired);
+ * - `rejected` without a `decided_by`, or with a `decided_at` not of its transaction (rejectChange; the
+ *   proposer may reject, which withdraws it);
+ * - `expired` or `superseded` with a `decided_by` or without a `decided_at` (supersedePending: nobody decides them);
+ * - `pending` again: a pending change moves only to one of those.
+ */
+export const POLICY_CHANGE_FOUR_EYES = 'four_eyes';
+
+/**
+ * A decision's time is its own transaction's: not before it began (`now()`), not after the statement
+ * (`statement_timestamp()`, what approveChange and rejectChange write). The range, not the statement's time
+ * alone: a web process of a release before 2ca29774 (2026-12-05) wrote `now()`, and may still decide during
+ * a rolling deploy. No decision backdated past its transaction, none dated ahead, none without a time.
+ */
+const DECIDED_NOW = 'coalesce(new.decided_at between now() and statement_timestamp(), false)';
+
+/** The 42501 of a change write POLICY_CHANGE_FOUR_EYES refuses, saying `why`. */
+const refuseChange = (why: string) =>
+  `raise exception 'approval policy change % of tenant %: ${why} (ADR 0010, four eyes)', new.id, new.tenant_id using errcode = 'insufficient_privilege';`;
+
+/** The columns of a change a decision leaves as proposed. */
+const PROPOSAL_COLUMNS = 'id, tenant_id, policy, base_version, base_policy, loosens, proposed_by, created_at, expires_at';
+const proposal = (r: string) =>
+  PROPOSAL_COLUMNS.split(', ')
+    .map((c) => `${r}.${c}`)
+    .join(', ');
+
+/**
  * A proposed policy change that loosens the policy (ADR 0010): it applies only when a second admin of
  * the tenant approves it while the policy is still the version it was based on, before `expiresAt`.
  * `pending` past `expiresAt` reads `expired`; `superseded` once another change applied first.
@@ -322,4 +362,25 @@ export const ApprovalPolicyChange = defineEntity({
   indexes: [{ name: 'approval_policy_changes_tenant_created_id_index', properties: ['tenantId', 'createdAt', 'id'] }],
   rowLevelSecurity: 'force',
   policies: [tenantIsolationPolicy('approval_policy_changes')],
+  triggers: [
+    {
+      // A plain BEFORE trigger (the schema generator creates it as declared; its function's search_path is the migration's). See POLICY_CHANGE_FOUR_EYES.
+      name: POLICY_CHANGE_FOUR_EYES,
+      timing: 'before',
+      events: ['insert', 'update'],
+      body:
+        `if ${BY_OWNER} then return new; end if; ` +
+        "if tg_op = 'INSERT' then if new.status <> 'pending' or new.decided_by is not null or new.decided_at is not null then " +
+        `${refuseChange('a change is proposed pending, undecided; only a second admin approves it')} end if; return new; end if; ` +
+        `if old.status <> 'pending' then ${refuseChange('it is decided, and a decision is final')} end if; ` +
+        `if (${proposal('new')}) is distinct from (${proposal('old')}) then ${refuseChange('what was proposed, by whom and when, is kept as proposed')} end if; ` +
+        `if new.status = 'approved' then if new.decided_by is null or new.decided_by = new.proposed_by or not (${DECIDED_NOW}) or new.expires_at <= statement_timestamp() then ` +
+        `${refuseChange('only an admin other than its proposer approves it, now, before it expires')} end if; ` +
+        `elsif new.status = 'rejected' then if new.decided_by is null or not (${DECIDED_NOW}) then ` +
+        `${refuseChange('a rejection names its admin, now')} end if; ` +
+        "elsif new.status in ('expired', 'superseded') then if new.decided_by is not null or new.decided_at is null then " +
+        `${refuseChange('nobody decides an expired or superseded change')} end if; ` +
+        `else ${refuseChange('a pending change moves only to a decision')} end if; return new;`,
+    },
+  ],
 });

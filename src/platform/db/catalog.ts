@@ -1,6 +1,5 @@
 import type { MikroORM } from './orm.ts';
-import { tenantTables } from './migrate.ts';
-import { APP_UNTENANTED_GRANTS, OPERATOR_DB_ROLE, OPERATOR_GRANTS, SYSTEM_READS, SYSTEM_ROLE, TENANT_PREDICATE_SQL, TENANT_SETTING } from './tenant-owned.ts';
+import { APP_UNTENANTED_GRANTS, OPERATOR_DB_ROLE, OPERATOR_GRANTS, SYSTEM_READS, SYSTEM_ROLE, TENANT_PREDICATE_SQL, TENANT_SETTING, tenantTables } from './tenant-owned.ts';
 import { CATALOG_SQL } from './catalog.queries.ts';
 import { appTableGrant, systemTableGrant, type TableGrant } from './roles.ts';
 
@@ -186,7 +185,7 @@ export async function inspectCatalog(query: CatalogQuery, opts: CatalogOptions):
     findings.push(...(await checkRules(query, schema, opts.appRole)));
     findings.push(...(await checkSecurityDefiners(query, schema, opts.appRole)));
   }
-  findings.push(...(await checkFunctionSearchPaths(query, schema)));
+  findings.push(...(await functionSearchPathFindings(query, schema)));
   const failures = findings.filter((f) => f.severity === 'error');
   return { schema, tables, roles, findings, failures, ok: failures.length === 0 };
 }
@@ -400,9 +399,11 @@ export const FUNCTION_SEARCH_PATH = 'pg_catalog, public, pg_temp';
  * function of the schema (trigger functions, SECURITY DEFINER ones, durable_expect) must run with a path of
  * its own that lists `pg_temp` last. `role-temp` keeps the application from temporary tables; this keeps a
  * function safe where that fails (a database made in a provider's console), and a `CREATE OR REPLACE` written
- * without the clause, which resets it, is caught here and by the schema's tests.
+ * without the clause, which resets it, is caught here and by the schema's tests. Shared by the readiness row
+ * `function-search-path` (through inspectCatalog) and `npm run db:check` (schemaStatus, migrate.ts): a function
+ * a migration or a hand recreated without the clause fails the check before a release, not only at runtime.
  */
-async function checkFunctionSearchPaths(query: CatalogQuery, schema: string): Promise<CatalogFinding[]> {
+export async function functionSearchPathFindings(query: CatalogQuery, schema: string): Promise<CatalogFinding[]> {
   const fns = await query(CATALOG_SQL.functionSearchPaths, [schema]);
   const fix = (name: string) => `ALTER FUNCTION ${name} SET search_path = ${FUNCTION_SEARCH_PATH} (and keep the clause in every CREATE OR REPLACE of it)`;
   return fns.flatMap((f): CatalogFinding[] => {

@@ -7,14 +7,8 @@ import { createOrm, type MikroORM } from './orm.ts';
 import { pgClientConfig } from './pg-ssl.ts';
 import { CONNECTION_BOUNDS, endWithin } from './connection-bounds.ts';
 import { grantRuntimePrivileges } from './roles.ts';
-import { isTenantOwned } from './tenant-owned.ts';
-
-export function tenantTables(orm: MikroORM): string[] {
-  return [...orm.getMetadata().getAll().values()]
-    .filter((m) => !m.embeddable && !m.virtual && isTenantOwned(m))
-    .map((m) => m.tableName)
-    .sort();
-}
+import { tenantTables } from './tenant-owned.ts';
+import { FUNCTION_SEARCH_PATH, functionSearchPathFindings, ormCatalogQuery } from './catalog.ts';
 
 /**
  * Applies pending migrations as the owner role, then (re)grants the runtime privileges. Idempotent.
@@ -118,8 +112,21 @@ export interface SchemaStatus {
 export async function schemaStatus(orm: MikroORM): Promise<SchemaStatus> {
   const pending = (await orm.migrator.getPending()).map((m) => m.name);
   const diff = (await orm.schema.getUpdateSchemaSQL({ wrap: false, safe: false, dropTables: true })).trim();
-  const drift = [diff, ...(await disabledTriggers(orm)), ...(await invalidIndexes(orm))].filter(Boolean).join('\n');
+  const drift = [diff, ...(await disabledTriggers(orm)), ...(await invalidIndexes(orm)), ...(await functionsWithoutSearchPath(orm))].filter(Boolean).join('\n');
   return { pending, drift };
+}
+
+/**
+ * The schema generator compares a trigger's body, not its function's settings: a function recreated without
+ * `SET search_path` (a `CREATE OR REPLACE` resets it; the generator never writes it) left no diff, and only
+ * the readiness row `function-search-path` named it, at runtime. Each function of the schema without a
+ * search_path of its own listing pg_temp last (functionSearchPathFindings, catalog.ts: the readiness row's
+ * query and rule), as the SQL that sets it.
+ */
+async function functionsWithoutSearchPath(orm: MikroORM): Promise<string[]> {
+  const [row] = await orm.em.getConnection().execute<{ schema: string }[]>('select current_schema() as schema');
+  const findings = await functionSearchPathFindings(ormCatalogQuery(orm), row!.schema);
+  return findings.map((f) => `alter function ${f.subject.slice('function '.length)} set search_path = ${FUNCTION_SEARCH_PATH};`);
 }
 
 /**

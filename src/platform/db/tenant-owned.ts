@@ -1,4 +1,5 @@
 import { p, type PolicyDef, type TriggerDef } from '@mikro-orm/core';
+import type { MikroORM } from './orm.ts';
 
 /**
  * The tenant setting every policy reads. Written exactly as PostgreSQL prints it back from
@@ -105,4 +106,12 @@ export const tenantIdProperty = () => p.uuid();
 /** Marker read by the RLS suite and the readiness matrix: entities whose table is tenant-owned. */
 export function isTenantOwned(meta: { properties: Record<string, unknown> }): boolean {
   return 'tenantId' in meta.properties;
+}
+
+/** The tables of the ORM's tenant-owned entities, sorted: what migrate grants on and the catalog inspection holds to RLS. */
+export function tenantTables(orm: MikroORM): string[] {
+  return [...orm.getMetadata().getAll().values()]
+    .filter((m) => !m.embeddable && !m.virtual && isTenantOwned(m))
+    .map((m) => m.tableName)
+    .sort();
 }
