@@ -46,10 +46,18 @@ const unstorable = (s: string) => /\u0000|[\ud800-\udbff](?![\udc00-\udfff])|(?<
 
 /**
  * Runs a one-step workflow (its own name, so the sweep below looks at its run only) whose step throws
- * `error` every attempt, as BullMQ's retries would, then ends the job and sweeps once.
+ * `error` every attempt, as BullMQ's retries would, then ends the job and sweeps once. With `endpoint`,
+ * the tenant has a webhook endpoint subscribed to `run.failed`: the run's deliveries as committed, and
+ * the ids the runtime handed its dispatcher after the commit, are returned.
  */
-async function failing(error: () => Error, onFailed?: WorkflowDef['onFailed']) {
+async function failing(error: () => Error, onFailed?: WorkflowDef['onFailed'], opts: { endpoint?: boolean } = {}) {
   const tenant = newTenant();
+  if (opts.endpoint)
+    await stack.db.admin(
+      `insert into webhook_endpoints (id, tenant_id, url, events, secret, enabled, created_by, created_at, updated_at) values (gen_random_uuid(), $1, 'https://hooks.example.com/failed', '{run.failed}', 'whsec_dGVzdHNlY3JldHRlc3RzZWNyZXQ=', true, 'test', now(), now())`,
+      [tenant],
+    );
+  const dispatched: string[] = [];
   const { lines, destination } = capturedLog();
   const logger = pino({ level: 'info' }, destination);
   const name = `unstorable-${randomUUID().slice(0, 8)}`;
@@ -58,7 +66,7 @@ async function failing(error: () => Error, onFailed?: WorkflowDef['onFailed']) {
   const step = defineStep({ name: 'call-partner', input: z.any(), output: z.any(), retry: { attempts: ATTEMPTS, backoffMs: 1 }, run: async () => Promise.reject((calls++, error())) });
   const wf = defineWorkflow({ name, version: 1, tag: 'unstorable', queue: 'unstorable', input: z.any(), steps: [step], ...(onFailed ? { onFailed } : {}) });
   const queues = new Map<string, Queue>();
-  const runtime = new DurableRuntime({ workflows: [wf], queues, logger });
+  const runtime = new DurableRuntime({ workflows: [wf], queues, logger, webhooks: { dispatch: async (_tenant, ids) => void dispatched.push(...ids) } });
   const { run } = await tenantEm(stack.container.orm, tenant).transactional((tx) =>
     runtime.start_run(tx, name, { tenantId: tenant, principal: 'unstorable-test', idempotencyHash: createHash('sha256').update(randomUUID()).digest('hex'), input: {}, correlationId: randomUUID() }),
   );
@@ -91,7 +99,9 @@ async function failing(error: () => Error, onFailed?: WorkflowDef['onFailed']) {
     lockKeys.push(lockKey);
     const sweeper = new Sweeper({ orm: stack.container.orm, runtime, redis: stack.container.redis, logger, lockKey, intervalMs: 60_000, minAgeMs: 0 });
     const sweep = await sweeper.sweep();
-    return { name, outcomes, calls, hookFailures, lines, reenqueued: sweep.reenqueued, after: await readRun(stack, tenant, run.id) };
+    const deliveries = (await stack.db.admin(`select id, event_type, payload from webhook_deliveries where tenant_id = $1 order by created_at, id`, [tenant])).rows;
+    const [ended] = (await stack.db.admin(`select completed_at from durable_runs where id = $1`, [run.id])).rows;
+    return { name, runId: run.id, completedAt: ended?.completed_at as Date | null, outcomes, calls, hookFailures, lines, dispatched, deliveries, reenqueued: sweep.reenqueued, after: await readRun(stack, tenant, run.id) };
   });
 }
 
@@ -152,6 +162,25 @@ describe('a step error whose text PostgreSQL cannot store as it is', () => {
     expect(calls).toBe(ATTEMPTS);
     expect(hookFailures).toHaveLength(1);
     expect(reenqueued).toBe(0);
+  });
+
+  it("the workflow's onFailed always throwing, its tenant subscribed to run.failed: exactly one delivery, the committed end's, dispatched once", async () => {
+    const { runId, completedAt, outcomes, after, deliveries, dispatched } = await failing(
+      () => new Error('plain failure'),
+      async () => {
+        throw new Error('onFailed always breaks');
+      },
+      { endpoint: true },
+    );
+    expect(outcomes).toEqual(['retrying', 'failed']);
+    expect(after.status).toBe('failed');
+    expect(after.error.on_failed_error).toEqual({ code: 'Error', message: 'onFailed always breaks' });
+    // The end the savepoint rolled back inserted a delivery too: gone with it, and never dispatched.
+    expect(deliveries).toHaveLength(1);
+    expect(deliveries[0]).toMatchObject({ event_type: 'run.failed', payload: { type: 'run.failed', data: { run_id: runId, status: 'failed' } } });
+    // The payload is the committed end's: its ended_at is the run's completed_at (the envelope carries no error: GET the run).
+    expect(new Date(deliveries[0].payload.data.ended_at).getTime()).toBe(completedAt!.getTime());
+    expect(dispatched).toEqual([deliveries[0].id]);
   });
 
   it("the workflow's onFailed failing on the platform's database (a SQLSTATE): recorded by its SQLSTATE only, never PostgreSQL's message", async () => {
