@@ -973,7 +973,8 @@ export class StepExecutor {
       const recorded = recordedError(coerceError(he));
       const deliveries: string[] = [];
       const failed = await this.o.runtime.complete(tx, d.run_id, 'failed', { error: { ...runError, on_failed_error: recorded } }, deliveries);
-      return { failed, deliveries, hookError: { error: he, recorded } };
+      // Recorded only when this end committed the run's failure with it (another writer may have ended it meanwhile).
+      return { failed, deliveries, ...(failed ? { hookError: { error: he, recorded } } : {}) };
     }
   }
 
