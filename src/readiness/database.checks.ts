@@ -34,7 +34,9 @@ export async function currentRole(orm: MikroORM): Promise<string> {
  * The database rows of the matrix, from the catalog inspection of the live database (src/platform/db/catalog.ts)
  * as the application role: per tenant-owned table `rls <table>` (RLS enabled and forced, an isolation policy
  * with USING and WITH CHECK, no widening policy) and `tenant-unique <table>` (tenant_id in every unique key);
- * then `app-role` (no superuser, no BYPASSRLS, owns nothing, no TEMP, exactly roles.ts's row privileges), the system role, views/functions and `function-search-path` (every function of the schema runs with a search_path of its own, pg_temp last).
+ * then `app-role` (no superuser, no BYPASSRLS, REPLICATION, CREATEROLE or CREATEDB, a member of the system and operator roles
+ * only, no other schema, owns nothing, no TEMP, exactly roles.ts's row privileges), the system role, views/functions (a
+ * SECURITY DEFINER function it may run fails unless SECURITY_DEFINER_ALLOWED lists it) and `function-search-path` (every function of the schema runs with a search_path of its own, pg_temp last).
  * Errors fail a row; warnings are shown in its reason.
  */
 export async function databaseRows(orm: MikroORM, opts: { systemRole?: string } = {}): Promise<ReadinessRow[]> {
@@ -52,13 +54,15 @@ export function catalogRows(report: CatalogReport, appRole: string): ReadinessRo
     row(`tenant-unique ${t.table}`, keys ? `${keys} unique key(s), all include tenant_id` : 'no unique keys besides the surrogate primary key (id)');
   }
   for (const r of report.roles) {
-    if (r.role === appRole) row('app-role', `${appRole}: not superuser, no BYPASSRLS, owns nothing, no TEMP, no privilege outside RLS, exactly the row privileges db:migrate grants`);
+    if (r.role === appRole) {
+      row('app-role', `${appRole}: not superuser, no BYPASSRLS, REPLICATION, CREATEROLE or CREATEDB, a member of no role but the system and operator roles, no schema but ${report.schema}, owns nothing, no TEMP, no privilege outside RLS, exactly the row privileges db:migrate grants`);
+    }
   }
   const other = report.roles.filter((r) => r.role !== appRole);
   if (other[0]) row(`role ${other[0].role}`, `${other[0].role}: NOLOGIN, no BYPASSRLS, owns nothing, reads only its granted columns, deletes only what retention and key expiry delete`);
   const operator = other.find((r) => r.role === OPERATOR_DB_ROLE);
   if (operator) row(`role ${operator.role}`, `${operator.role}: NOLOGIN, no BYPASSRLS, owns nothing, row privileges on ${Object.keys(OPERATOR_GRANTS).join(', ')} only (the operator routes, ADR 0014)`);
-  row('views-functions', 'no view or SECURITY DEFINER function lets the application role past RLS');
+  row('views-functions', "no view without security_invoker that the application role reads, no rewrite rule on what it writes, no SECURITY DEFINER function it calls or its writes trigger: nothing runs as the owner on the application role's behalf");
   row('function-search-path', `every function of schema ${report.schema} (trigger functions, SECURITY DEFINER ones, durable_expect) runs with a search_path of its own, pg_temp last (${FUNCTION_SEARCH_PATH})`);
   for (const f of report.findings) {
     const target = componentOf(f, appRole);

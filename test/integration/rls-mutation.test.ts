@@ -3,6 +3,7 @@ import { randomBytes, randomUUID } from 'node:crypto';
 import pg from 'pg';
 import { formatFindings, inspectCatalog, pgCatalogQuery, type CatalogReport } from '../../src/platform/db/catalog.ts';
 import { createOrm, type MikroORM } from '../../src/platform/db/orm.ts';
+import { catalogRows } from '../../src/readiness/database.checks.ts';
 import { migrate } from '../../src/platform/db/migrate.ts';
 import { tenantTables } from '../../src/platform/db/tenant-owned.ts';
 import { parseConfig } from '../../src/platform/config/config.ts';
@@ -214,9 +215,15 @@ describe('the catalog check fails when tenancy is broken', () => {
     } finally {
       await app.end();
     }
-    const definers = (await inspect(db)).findings.filter((f) => f.check === 'security-definer');
+    const report = await inspect(db);
+    const definers = report.findings.filter((f) => f.check === 'security-definer');
     expect(definers.map((f) => f.subject).sort()).toEqual(['function count_dossiers()', 'function dossiers_seen()']);
     expect(definers.find((f) => f.subject === 'function dossiers_seen()')!.reason).toMatch(/by writing economics_models \(a trigger\)/);
+    // Errors, not notes for review: none is on the allow-list (SECURITY_DEFINER_ALLOWED, empty), so the readiness row fails, naming both.
+    expect(definers.map((f) => f.severity)).toEqual(['error', 'error']);
+    const row = catalogRows(report, TEST_APP.user).find((r) => r.component === 'views-functions')!;
+    expect(row.status).toBe('FAIL');
+    expect(row.reason).toMatch(/count_dossiers\(\).*dossiers_seen\(\)|dossiers_seen\(\).*count_dossiers\(\)/);
   });
 
   it("names a rewrite rule on a table the application writes — it runs as the table's owner, and indeed copies every tenant's run ids into the writer's own rows", async () => {
@@ -328,6 +335,95 @@ describe('the catalog check fails when tenancy is broken', () => {
     expect(report.failures[1]!.reason).toMatch(/: durable_runs: DELETE;/);
   });
 
+  it("names an application role that is a member of PostgreSQL's pg_execute_server_program, which indeed runs a program on the server as the postgres OS user", async () => {
+    const db = await freshDatabase();
+    const clone = await cloneAppRole(db);
+    const c = new pg.Client({ connectionString: pgUrl({ user: clone, password: clone }, db.name) });
+    const copyToProgram = async () => {
+      await c.query('BEGIN');
+      try {
+        await c.query('SET LOCAL ROLE pg_execute_server_program');
+        await c.query(`COPY (SELECT 1) TO PROGRAM 'cat > /dev/null'`);
+        return 'ran';
+      } catch (err) {
+        return (err as { code?: string }).code ?? String(err);
+      } finally {
+        await c.query('ROLLBACK');
+      }
+    };
+    await c.connect();
+    try {
+      expect(await copyToProgram()).toBe('42501'); // not a member: SET ROLE is refused
+      expect((await inspect(db, clone)).ok).toBe(true);
+      // A DBA's grant, or one an older cluster kept: the role holds no table privilege, so nothing else names it.
+      await db.admin(`GRANT pg_execute_server_program TO ${clone}`);
+      expect(await copyToProgram()).toBe('ran');
+    } finally {
+      await c.end();
+    }
+    const report = await inspect(db, clone);
+    expect(report.failures.map((f) => `${f.check} ${f.subject}`)).toEqual([`role-member role ${clone}`]);
+    expect(report.failures[0]!.reason).toMatch(new RegExp(`^${clone} is a member of pg_execute_server_program`));
+    const row = catalogRows(report, clone).find((r) => r.component === 'app-role')!;
+    expect(row.status).toBe('FAIL');
+  });
+
+  it.each([
+    ['pg_read_server_files'],
+    ['pg_write_server_files'],
+    ['pg_read_all_data'],
+    ['pg_write_all_data'],
+    ['pg_monitor'],
+    ['pg_read_all_stats'],
+    ['pg_signal_backend'],
+  ])("names an application role that is a member of PostgreSQL's %s", async (builtin) => {
+    const db = await freshDatabase();
+    const clone = await cloneAppRole(db);
+    await db.admin(`GRANT ${builtin} TO ${clone}`);
+    const failures = (await inspect(db, clone)).failures.filter((f) => f.check === 'role-member');
+    expect(failures.map((f) => f.subject)).toEqual([`role ${clone}`]);
+    expect(failures[0]!.reason).toMatch(new RegExp(`^${clone} is a member of ${builtin}\\b`));
+  });
+
+  it.each([
+    ['REPLICATION', 'role-replication'],
+    ['CREATEROLE', 'role-createrole'],
+    ['CREATEDB', 'role-createdb'],
+  ])('names an application role with %s', async (attribute, check) => {
+    const db = await freshDatabase();
+    const clone = await cloneAppRole(db);
+    await db.admin(`ALTER ROLE ${clone} ${attribute}`);
+    const report = await inspect(db, clone);
+    expect(report.failures.map((f) => `${f.check} ${f.subject}`)).toEqual([`${check} role ${clone}`]);
+    expect(catalogRows(report, clone).find((r) => r.component === 'app-role')!.status).toBe('FAIL');
+  });
+
+  it("names a schema besides public that the application role may use — where an owner's view indeed returns every tenant's runs, unseen by the checks of public", async () => {
+    const db = await freshDatabase();
+    for (const tenant of [randomUUID(), randomUUID()]) await seedRun(db, tenant);
+    // A migration (run as the owner) that adds a reporting schema: the owner reads every tenant's runs (the system role's sweep policy, which it inherits).
+    await db.owner(`CREATE SCHEMA reports; CREATE VIEW reports.runs AS SELECT tenant_id, id, input FROM public.durable_runs;
+      GRANT USAGE ON SCHEMA reports TO ${TEST_APP.user}; GRANT SELECT ON reports.runs TO ${TEST_APP.user}`);
+    const app = new pg.Client({ connectionString: db.appUrl });
+    await app.connect();
+    try {
+      await app.query('BEGIN');
+      await app.query(`SELECT set_config('app.tenant_id', $1, true)`, [randomUUID()]);
+      expect((await app.query('SELECT count(DISTINCT tenant_id)::int AS n FROM reports.runs')).rows[0].n).toBe(2); // another tenant's context, yet both tenants' runs
+      await app.query('ROLLBACK');
+    } finally {
+      await app.end();
+    }
+    const report = await inspect(db);
+    expect(report.failures.map((f) => `${f.check} ${f.subject}`)).toEqual([`role-schema role ${TEST_APP.user}`]);
+    expect(report.failures[0]!.reason).toMatch(/may use schema reports/);
+    // USAGE through PUBLIC is every role's: the system and operator roles are named too.
+    await db.owner(`REVOKE ALL ON SCHEMA reports FROM ${TEST_APP.user}; GRANT USAGE ON SCHEMA reports TO PUBLIC`);
+    expect((await inspect(db)).failures.map((f) => `${f.check} ${f.subject}`)).toEqual([`role-schema role ${TEST_APP.user}`, 'role-schema role dealix_system', 'role-schema role dealix_operator']);
+    await db.owner('REVOKE USAGE ON SCHEMA reports FROM PUBLIC');
+    expect((await inspect(db)).failures).toEqual([]);
+  });
+
   it('names a superuser application role', async () => {
     const db = await freshDatabase();
     const clone = await cloneAppRole(db);
@@ -399,11 +495,12 @@ describe('the catalog compares each role\'s privileges with roles.ts, one grant 
     const wide = `dealix_wide_${randomBytes(4).toString('hex')}`;
     tempRoles.push(wide);
     await db.admin(`CREATE ROLE ${wide} NOLOGIN NOSUPERUSER NOBYPASSRLS NOINHERIT; GRANT USAGE ON SCHEMA public TO ${wide}; GRANT ${wide} TO ${clone}`);
-    expect((await inspect(db, clone)).failures, 'a role holding nothing').toEqual([]);
+    // A membership outside dealix_system and dealix_operator fails even while the role holds nothing (ADR 0001 §2).
+    expect((await inspect(db, clone)).failures.map((f) => `${f.check} ${f.subject}`), 'a role holding nothing').toEqual([`role-member role ${clone}`]);
     await db.owner(`GRANT DELETE ON evidence_packs TO ${wide}`);
     const failures = (await inspect(db, clone)).failures;
-    expect(failures.map((f) => `${f.check} ${f.subject}`)).toEqual([`role-privilege role ${clone}`]);
-    expect(failures[0]!.reason).toMatch(new RegExp(`^${clone} can SET ROLE ${wide}, which holds privileges the application role's code never uses .*evidence_packs: DELETE`));
+    expect(failures.map((f) => `${f.check} ${f.subject}`)).toEqual([`role-member role ${clone}`, `role-privilege role ${clone}`]);
+    expect(failures[1]!.reason).toMatch(new RegExp(`^${clone} can SET ROLE ${wide}, which holds privileges the application role's code never uses .*evidence_packs: DELETE`));
   });
 
   it("names TEMP on the database, held by the application role or by PUBLIC (a database made outside db:setup): a temporary table shadows a table an unqualified name in a function means", async () => {

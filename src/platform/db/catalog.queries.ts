@@ -91,7 +91,18 @@ export const CATALOG_SQL = {
     having has_function_privilege($2, p.oid, 'EXECUTE') or count(t.oid) > 0`,
 
   /** $1 = role. */
-  role: `select rolname, rolsuper, rolbypassrls, rolcanlogin, rolinherit from pg_roles where rolname = $1`,
+  role: `select rolname, rolsuper, rolbypassrls, rolcanlogin, rolinherit, rolreplication, rolcreaterole, rolcreatedb from pg_roles where rolname = $1`,
+
+  /**
+   * $2 = role: the schemas besides $1 it may use (USAGE, its own or PUBLIC's) or create in, but PostgreSQL's
+   * own (pg_catalog, information_schema, TOAST and temporary schemas). The checks read schema $1 alone, so a
+   * view, function or table elsewhere that the role can reach would go unseen.
+   */
+  otherSchemas: `
+    select nspname as schema from pg_namespace
+     where nspname <> $1 and nspname not in ('pg_catalog', 'information_schema') and nspname !~ '^pg_(toast|temp_|toast_temp_)'
+       and (has_schema_privilege($2, oid, 'USAGE') or has_schema_privilege($2, oid, 'CREATE'))
+     order by 1`,
 
   /** $1 = role: relations in any user schema, schemas, and this database. */
   owned: `

@@ -8,12 +8,15 @@ import { appTableGrant, systemTableGrant, type TableGrant } from './roles.ts';
  * tenant-owned table has RLS enabled and forced, one isolation policy for ALL commands whose USING
  * and WITH CHECK are both exactly the canonical predicate on `tenant_id` and `app.tenant_id`, no other policy that widens what the application sees,
  * `tenant_id` indexed and part of every unique key; the application role is no superuser, has no
- * BYPASSRLS, owns nothing, may create nothing (TEMP included), holds no privilege that RLS does not govern
+ * BYPASSRLS, REPLICATION, CREATEROLE nor CREATEDB, is a member of the system and operator roles and of nothing
+ * else (PostgreSQL's built-in roles included), may use no schema but the one inspected, owns nothing, may
+ * create nothing (TEMP included), holds no privilege that RLS does not govern
  * (TRUNCATE, REFERENCES, TRIGGER, and any row privilege on a table without tenant_id beyond
  * APP_UNTENANTED_GRANTS), and holds on the tenant tables exactly the row privileges roles.ts grants it (none
  * more, none fewer), as the system role does its own (SYSTEM_READS' columns, SYSTEM_DELETES); nothing runs
- * with the owner's rights on the application's behalf unseen (a view without security_invoker, a rewrite
- * rule, a SECURITY DEFINER function it calls or its writes trigger). Used by the RLS suite and by the release readiness matrix; it only runs SELECTs.
+ * with the owner's rights on the application's behalf (a view without security_invoker, a rewrite rule, a
+ * SECURITY DEFINER function it calls or its writes trigger, bar SECURITY_DEFINER_ALLOWED). Used by the RLS
+ * suite and by the release readiness matrix; it only runs SELECTs.
  */
 
 export type CatalogQuery = (sql: string, params: readonly unknown[]) => Promise<Record<string, any>[]>;
@@ -43,6 +46,11 @@ export type CatalogCheck =
   | 'role-create'
   | 'role-temp'
   | 'role-inherits'
+  | 'role-member'
+  | 'role-replication'
+  | 'role-createrole'
+  | 'role-createdb'
+  | 'role-schema'
   | 'security-definer'
   | 'function-search-path';
 
@@ -100,6 +108,12 @@ export interface RoleReport {
   bypassRls: boolean;
   canLogin: boolean;
   inherit: boolean;
+  /** REPLICATION: it may open replication connections (every row of the cluster, streamed) and create replication slots. */
+  replication: boolean;
+  createRole: boolean;
+  createDb: boolean;
+  /** Schemas besides the one inspected that it may use or create in (CATALOG_SQL.otherSchemas). */
+  otherSchemas: string[];
   /** Relations (and schemas, the database) this role owns. */
   owns: string[];
   /** `<table>: <PRIVILEGE>` for each TRUNCATE, REFERENCES or TRIGGER privilege held (any row privilege beyond OPERATOR_GRANTS for the operator role; row privileges on tenant tables are compared with roles.ts apart). */
@@ -168,7 +182,8 @@ export async function inspectCatalog(query: CatalogQuery, opts: CatalogOptions):
     // The operator role's row privileges are unsafe but where OPERATOR_GRANTS lists them.
     if (kind === 'operator') report.unsafePrivileges = report.unsafePrivileges.filter((p) => !isOperatorGrant(p));
     roles.push(report);
-    findings.push(...checkRole(report, kind));
+    // ADR 0001 §2: the application role is a member of the system and operator roles and of nothing else; they of nothing.
+    findings.push(...checkRole(report, kind, undefined, kind === 'app' ? [systemRole, operatorRole] : []));
     if (kind === 'app' && report.exists) findings.push(...checkGrants(await columnPrivileges(query, schema, role, Object.keys(APP_UNTENANTED_GRANTS)), appGrant, { role, kind }));
     if (kind === 'system' && report.exists) findings.push(...checkGrants(await columnPrivileges(query, schema, role, Object.keys(SYSTEM_READS)), systemGrant, { role, kind }));
     for (const reachable of report.memberOf) {
@@ -377,14 +392,29 @@ async function checkRules(query: CatalogQuery, schema: string, appRole: string):
   }));
 }
 
+/**
+ * SECURITY DEFINER functions the application role may run (`name(argument types)`, as regprocedure prints it),
+ * reviewed for cross-tenant access. None: every function of the schema is SECURITY INVOKER (the trigger
+ * functions, durable_expect). A function added here needs a review of what its owner reads.
+ */
+export const SECURITY_DEFINER_ALLOWED: readonly string[] = [];
+
+/**
+ * A SECURITY DEFINER function runs as its owner: the owner inherits the system role's policies (every
+ * tenant's runs) and holds every privilege the application lacks, so one the application may call, or one a
+ * trigger runs on its writes (whatever EXECUTE says), takes it past row-level security. An error unless
+ * SECURITY_DEFINER_ALLOWED lists it.
+ */
 async function checkSecurityDefiners(query: CatalogQuery, schema: string, appRole: string): Promise<CatalogFinding[]> {
   const fns = await query(CATALOG_SQL.securityDefiners, [schema, appRole]);
-  return fns.map((f) => ({
-    check: 'security-definer' as const,
-    severity: 'warning' as const,
-    subject: `function ${f.name}`,
-    reason: `${appRole} ${(f.triggers as string[]).length ? `runs SECURITY DEFINER function ${f.name} by writing ${(f.triggers as string[]).join(', ')} (a trigger)` : `may execute SECURITY DEFINER function ${f.name}`}, which runs as ${f.owner}: review it for cross-tenant access`,
-  }));
+  return fns
+    .filter((f) => !SECURITY_DEFINER_ALLOWED.includes(f.name as string))
+    .map((f) => ({
+      check: 'security-definer' as const,
+      severity: 'error' as const,
+      subject: `function ${f.name}`,
+      reason: `${appRole} ${(f.triggers as string[]).length ? `runs SECURITY DEFINER function ${f.name} by writing ${(f.triggers as string[]).join(', ')} (a trigger)` : `may execute SECURITY DEFINER function ${f.name}`}, which runs as ${f.owner}, past row-level security (the owner reads every tenant's runs): make it SECURITY INVOKER, drop it, or review it and list it in SECURITY_DEFINER_ALLOWED (catalog.ts)`,
+    }));
 }
 
 /** The search path every function of the schema runs with (migrations' `SET search_path = …` clause): the temporary schema last. */
@@ -425,7 +455,9 @@ export async function functionSearchPathFindings(query: CatalogQuery, schema: st
 /** `allowed`: the privileges on tables without tenant_id the role may hold (APP_UNTENANTED_GRANTS for the application role, none for any other). */
 async function inspectRole(query: CatalogQuery, schema: string, role: string, unsafe: string[], allowed: Readonly<Record<string, readonly string[]>> = {}): Promise<RoleReport> {
   const [attrs] = await query(CATALOG_SQL.role, [role]);
-  if (!attrs) return { role, exists: false, superuser: false, bypassRls: false, canLogin: false, inherit: false, owns: [], unsafePrivileges: [], untenantedPrivileges: [], canCreateIn: [], tempIn: undefined, memberOf: [], inheritsFrom: [] };
+  if (!attrs) {
+    return { role, exists: false, superuser: false, bypassRls: false, canLogin: false, inherit: false, replication: false, createRole: false, createDb: false, otherSchemas: [], owns: [], unsafePrivileges: [], untenantedPrivileges: [], canCreateIn: [], tempIn: undefined, memberOf: [], inheritsFrom: [] };
+  }
   const owned = await query(CATALOG_SQL.owned, [role]);
   const privileges = await query(CATALOG_SQL.privileges, [schema, role, unsafe.join(',')]);
   const untenanted = await query(CATALOG_SQL.untenantedPrivileges, [schema, role]);
@@ -433,6 +465,7 @@ async function inspectRole(query: CatalogQuery, schema: string, role: string, un
   const [temp] = await query(CATALOG_SQL.temp, [role]);
   const members = await query(CATALOG_SQL.memberOf, [role]);
   const inherited = await query(CATALOG_SQL.inheritsFrom, [role]);
+  const schemas = await query(CATALOG_SQL.otherSchemas, [schema, role]);
   return {
     role,
     exists: true,
@@ -440,6 +473,10 @@ async function inspectRole(query: CatalogQuery, schema: string, role: string, un
     bypassRls: attrs.rolbypassrls,
     canLogin: attrs.rolcanlogin,
     inherit: attrs.rolinherit,
+    replication: attrs.rolreplication,
+    createRole: attrs.rolcreaterole,
+    createDb: attrs.rolcreatedb,
+    otherSchemas: schemas.map((x) => x.schema as string),
     owns: owned.map((o) => `${o.kind} ${o.name}`),
     unsafePrivileges: privileges.map((p) => `${p.table}: ${p.privilege}`),
     untenantedPrivileges: untenanted.filter((p) => !allowed[p.table]?.includes(p.privilege)).map((p) => `${p.table}: ${p.privilege}`),
@@ -535,7 +572,11 @@ function checkGrants(
   return out;
 }
 
-function checkRole(r: RoleReport, kind: 'app' | 'system' | 'operator' | 'reachable', via?: string): CatalogFinding[] {
+/**
+ * `members`: the roles it may be a member of (checked for the application, system and operator roles; a role
+ * reachable from one of them is already in that role's `memberOf`).
+ */
+function checkRole(r: RoleReport, kind: 'app' | 'system' | 'operator' | 'reachable', via?: string, members?: readonly string[]): CatalogFinding[] {
   const subject = `role ${via ?? r.role}`;
   const out: CatalogFinding[] = [];
   const fail = (check: CatalogCheck, reason: string) => out.push({ check, severity: 'error', subject, reason });
@@ -546,6 +587,23 @@ function checkRole(r: RoleReport, kind: 'app' | 'system' | 'operator' | 'reachab
   const who = kind === 'reachable' ? 'is' : `${r.role} is`;
   if (r.superuser) fail('role-superuser', `${who} a superuser: superusers bypass row-level security even when it is forced`);
   if (r.bypassRls) fail('role-bypassrls', `${who} BYPASSRLS: it ignores every policy`);
+  if (r.replication) fail('role-replication', `${who} REPLICATION: a replication connection streams every row of the cluster, whatever the policies, and it may create replication slots. ALTER ROLE ${r.role} NOREPLICATION`);
+  if (r.createRole) fail('role-createrole', `${who} CREATEROLE: it may create roles and grant itself membership in any role but a superuser (pg_execute_server_program, pg_read_all_data, the owner). ALTER ROLE ${r.role} NOCREATEROLE`);
+  if (r.createDb) fail('role-createdb', `${who} CREATEDB: it may create databases, which it would own. ALTER ROLE ${r.role} NOCREATEDB`);
+  const strangers = members ? r.memberOf.filter((m) => !members.includes(m)) : [];
+  if (strangers.length) {
+    // PostgreSQL's built-in roles hold rights no catalog privilege shows (COPY … TO PROGRAM, server files, every
+    // table's rows, other sessions' statements), and a membership lets the role SET ROLE to them even when NOINHERIT.
+    const builtin = strangers.filter((m) => m.startsWith('pg_'));
+    const allowed = members!.length ? `ADR 0001 allows ${members!.join(' and ')} only` : 'it must be a member of no role (ADR 0001)';
+    fail(
+      'role-member',
+      `${r.role} is a member of ${strangers.join(', ')}, so it can SET ROLE to ${strangers.length > 1 ? 'them' : 'it'} and hold ${strangers.length > 1 ? 'their' : 'its'} rights${builtin.length ? ` (${builtin.join(', ')}: PostgreSQL's built-in role${builtin.length > 1 ? 's' : ''}, whose rights — server programs and files, every table's rows, other sessions — no privilege on a table shows)` : ''}: ${allowed}. REVOKE ${strangers.join(', ')} FROM ${r.role} (db:setup does)`,
+    );
+  }
+  if (r.otherSchemas.length) {
+    fail('role-schema', `${kind === 'reachable' ? 'may' : `${r.role} may`} use schema ${r.otherSchemas.join(', ')} (USAGE or CREATE, its own or PUBLIC's): the catalog checks read the application's schema alone, so a view, function or table there (an owner's view returns every tenant's rows) goes unseen. Keep every object in it, or REVOKE ALL ON SCHEMA … FROM ${r.role}, PUBLIC`);
+  }
   if ((kind === 'system' || kind === 'operator') && r.canLogin) fail('role-login', `${r.role} can log in; it must be NOLOGIN and reached only by SET LOCAL ROLE`);
   if (r.owns.length) fail('role-owns', `${kind === 'reachable' ? 'owns' : `${r.role} owns`} ${r.owns.join(', ')}: owners may alter or disable the policies`);
   if (r.canCreateIn.length) fail('role-create', `${kind === 'reachable' ? 'may' : `${r.role} may`} create objects (and so own them) in ${r.canCreateIn.join(', ')}`);

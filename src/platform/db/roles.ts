@@ -30,11 +30,12 @@ export async function setupDatabase({ adminUrl, ownerUrl, appUrl }: SetupUrls): 
     // Two setups at once (two test runs, two deploy hooks) would race on the same role rows: PostgreSQL
     // fails the loser's ALTER ROLE with "tuple concurrently updated". One at a time; the lock goes with the session.
     await admin.query('SELECT pg_advisory_lock(hashtext($1))', ['dealix:db-setup']);
-    await ensureRole(admin, owner.user, owner.password, 'LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE INHERIT', log);
+    // Each role's memberships are the ones granted below and no other (ADR 0001 §2): an existing role keeps none a DBA or an older cluster gave it.
+    await ensureRole(admin, owner.user, owner.password, 'LOGIN INHERIT', [SYSTEM_ROLE], log);
     // NOINHERIT: the app may SET ROLE to the system role for narrow maintenance, but never holds its rights implicitly.
-    await ensureRole(admin, app.user, app.password, 'LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE NOINHERIT', log);
-    await ensureRole(admin, SYSTEM_ROLE, undefined, 'NOLOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE NOINHERIT', log);
-    await ensureRole(admin, OPERATOR_DB_ROLE, undefined, 'NOLOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE NOINHERIT', log);
+    await ensureRole(admin, app.user, app.password, 'LOGIN NOINHERIT', [SYSTEM_ROLE, OPERATOR_DB_ROLE], log);
+    await ensureRole(admin, SYSTEM_ROLE, undefined, 'NOLOGIN NOINHERIT', [], log);
+    await ensureRole(admin, OPERATOR_DB_ROLE, undefined, 'NOLOGIN NOINHERIT', [], log);
     // From PostgreSQL 16 inheritance is a property of each grant, fixed when it is made: a grant made
     // while the app role was INHERIT would keep it after the ALTER ROLE above. Say it on the grant.
     const { rows: [version] } = await admin.query<{ n: number }>(`select current_setting('server_version_num')::int as n`);
@@ -69,14 +70,40 @@ export async function setupDatabase({ adminUrl, ownerUrl, appUrl }: SetupUrls): 
   return log;
 }
 
-async function ensureRole(client: pg.Client, name: string, password: string | undefined, attrs: string, log: string[]): Promise<void> {
+/**
+ * What every role of the design is, whatever else `attrs` says (LOGIN, INHERIT): no superuser, BYPASSRLS,
+ * REPLICATION (a replication connection streams every row of the cluster), CREATEDB or CREATEROLE (which may
+ * grant itself any role but a superuser); no connection limit, no password expiry (a setup that left an
+ * existing role's `CONNECTION LIMIT 1` or `VALID UNTIL 2000` in place said "already in place").
+ */
+const ROLE_BASELINE = `NOSUPERUSER NOBYPASSRLS NOREPLICATION NOCREATEDB NOCREATEROLE CONNECTION LIMIT -1 VALID UNTIL 'infinity'`;
+
+/**
+ * Creates `name`, or puts an existing one back as designed: its attributes, and no membership but in
+ * `memberOf` (granted by the caller) — a role of PostgreSQL's such as pg_execute_server_program runs programs
+ * on the server, and the catalog check fails on it (`role-member`). Each grant is revoked as its grantor made
+ * it (PostgreSQL 16 keeps one per grantor).
+ */
+async function ensureRole(client: pg.Client, name: string, password: string | undefined, attrs: string, memberOf: readonly string[], log: string[]): Promise<void> {
   const found = await client.query('SELECT 1 FROM pg_roles WHERE rolname = $1', [name]);
   const pw = password ? ` PASSWORD ${literal(password)}` : '';
   if (found.rowCount === 0) {
-    await client.query(`CREATE ROLE ${ident(name)} ${attrs}${pw}`);
+    await client.query(`CREATE ROLE ${ident(name)} ${attrs} ${ROLE_BASELINE}${pw}`);
     log.push(`created role ${name}`);
-  } else {
-    await client.query(`ALTER ROLE ${ident(name)} ${attrs}${pw}`);
+    return;
+  }
+  await client.query(`ALTER ROLE ${ident(name)} ${attrs} ${ROLE_BASELINE}${pw}`);
+  // A grantor PostgreSQL 15 let be dropped is no role any more: that grant is revoked without GRANTED BY.
+  const { rows } = await client.query<{ role: string; grantor: string | null }>(
+    `SELECT r.rolname AS role, g.rolname AS grantor FROM pg_auth_members m
+       JOIN pg_roles r ON r.oid = m.roleid LEFT JOIN pg_roles g ON g.oid = m.grantor
+      WHERE m.member = (SELECT oid FROM pg_roles WHERE rolname = $1) AND NOT r.rolname = ANY($2::text[])
+      ORDER BY 1, 2`,
+    [name, [...memberOf]],
+  );
+  for (const { role, grantor } of rows) {
+    await client.query(`REVOKE ${ident(role)} FROM ${ident(name)}${grantor ? ` GRANTED BY ${ident(grantor)}` : ''}`);
+    log.push(`revoked ${role} from ${name}`);
   }
 }
 
