@@ -8,7 +8,7 @@
  * with a fixed error instead; one that cannot be recorded at all is never reported as failed.
  * Executed in this process by the real executor against the real PostgreSQL (RLS in force) and Redis.
  */
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { createHash, randomUUID } from 'node:crypto';
 import { Job, type Queue } from 'bullmq';
 import { pino } from 'pino';
@@ -18,21 +18,15 @@ import { StepExecutor } from '../../src/platform/durable/executor.ts';
 import { Sweeper } from '../../src/platform/durable/sweeper.ts';
 import { defineStep, defineWorkflow, type WorkflowDef } from '../../src/platform/durable/workflow.ts';
 import { tenantEm } from '../../src/platform/db/tenant-em.ts';
-import { newTenant, startStack, type TestStack } from '../helpers/stack.ts';
-import { dropSweeperKeys, readRun } from '../helpers/recovery.ts';
-import { withDirectQueue } from '../helpers/direct-queue.ts';
+import { newTenant, type TestStack } from '../helpers/stack.ts';
+import { readRun, sweeperStackForTests } from '../helpers/recovery.ts';
+import { processAttempts, withDirectQueue } from '../helpers/direct-queue.ts';
 
+/** `lockKeys`: the lock keys of the sweepers this file's tests built, outside the stack's prefix, whose keys are deleted after each test. */
+const suite = sweeperStackForTests();
+const { lockKeys } = suite;
 let stack: TestStack;
-beforeAll(async () => {
-  stack = await startStack({ api: false });
-});
-afterAll(async () => stack?.stop());
-
-/** The lock keys of the sweepers this file's tests built, outside the stack's prefix: their keys (the loss marker, no TTL) deleted after each test. */
-const lockKeys: string[] = [];
-afterEach(async () => {
-  for (const lockKey of lockKeys.splice(0)) await dropSweeperKeys(stack.container.redis, lockKey);
-});
+beforeAll(() => void ({ stack } = suite));
 
 const ATTEMPTS = 2;
 
@@ -60,14 +54,7 @@ async function failing(error: () => Error, onFailed?: WorkflowDef['onFailed']) {
     const job = await Job.create(queue, 'unstorable', data, { jobId: `unstorable-${run.id}`, attempts: ATTEMPTS });
     const outcomes: string[] = [];
     const executor = new StepExecutor({ orm: stack.container.orm, runtime, logger, workerId: 'unstorable-worker', leaseMs: 5000, onStepFailed: (i) => outcomes.push(i.outcome) });
-    for (let i = 0; i < ATTEMPTS; i++) {
-      await executor.process(job).then(
-        () => outcomes.push('returned'),
-        () => {},
-      );
-      job.attemptsMade = i + 1;
-      job.attemptsStarted = i + 2;
-    }
+    await processAttempts(executor, job, ATTEMPTS, outcomes);
     // The job has ended (BullMQ holds it failed for good): gone, as the sweeper would find it.
     await job.remove();
     const lockKey = `unstorable-${randomUUID()}`;
