@@ -6,7 +6,8 @@
  */
 import type { AddressInfo } from 'node:net';
 import { installIoCounter } from './lib/io-counter.ts';
-import { childChannel, rssBytes } from './lib/child-ipc.ts';
+import { childChannel } from './lib/child-ipc.ts';
+import { ioStats } from './lib/io-stats.ts';
 import { loadConfig } from '../../src/platform/config/config.ts';
 import { createContainer } from '../../src/container.ts';
 import { createApp } from '../../src/app.ts';
@@ -20,17 +21,7 @@ const post = container.routes.find((r) => r.method === 'post' && r.path === GOLD
 if (!post) throw new Error(`no route POST ${GOLDEN_PATH_POST}`);
 container.routes.push({ ...post, path: NO_KEY_POST, idempotency: 'optional' });
 
-let cpuBase = process.cpuUsage();
-const channel = childChannel({
-  collect: () => {
-    const cpu = process.cpuUsage(cpuBase);
-    return { queries: counter.total, control: counter.control, redisWrites: counter.redisWrites, rss: rssBytes(), cpuMs: (cpu.user + cpu.system) / 1000, stepMs: [] };
-  },
-  reset: () => {
-    counter.reset();
-    cpuBase = process.cpuUsage();
-  },
-});
+const channel = childChannel(ioStats(counter));
 
 const server = createApp(container).listen(0, '127.0.0.1', () => {
   channel.ready({ port: (server.address() as AddressInfo).port });

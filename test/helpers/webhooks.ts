@@ -6,9 +6,11 @@ import { afterAll, beforeAll, expect } from 'vitest';
 import { randomUUID } from 'node:crypto';
 import { createServer, type IncomingHttpHeaders, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import pg from 'pg';
 import { Webhook } from 'standardwebhooks';
 import { api, newTenant, runUsers, SAMPLE_SUBMISSION, startStack, type TestStack, type WorkerHandle } from './stack.ts';
 import { waitFor } from './poll.ts';
+import { backendPid, countBlockedBy } from './lock-graph.ts';
 import type { Redis } from 'ioredis';
 import type { monitorKeys } from './redis-monitor.ts';
 
@@ -125,16 +127,65 @@ export async function stopWebhookStack(stack: TestStack | undefined, receiver: R
 
 /**
  * For the describe that calls it: a webhook stack (startWebhookStack) with fast retries and
- * `maxAttempts` attempts per delivery, started before its tests and stopped after them. Read
- * `stack` and `receiver` from the returned object inside the tests (they are set by then).
+ * `maxAttempts` attempts per delivery (`env` over those), started before its tests and stopped after
+ * them. Read `stack` and `receiver` from the returned object inside the tests (they are set by then).
  */
-export function webhookStackForTests(maxAttempts: number): { stack: TestStack; receiver: Receiver } {
+export function webhookStackForTests(maxAttempts: number, env: Record<string, string> = {}): { stack: TestStack; receiver: Receiver } {
   const ctx = {} as { stack: TestStack; receiver: Receiver };
   beforeAll(async () => {
-    Object.assign(ctx, await startWebhookStack({ WEBHOOK_RETRY_BASE: '50ms', WEBHOOK_MAX_ATTEMPTS: String(maxAttempts) }));
+    Object.assign(ctx, await startWebhookStack({ WEBHOOK_RETRY_BASE: '50ms', WEBHOOK_MAX_ATTEMPTS: String(maxAttempts), ...env }));
   }, 120_000);
   afterAll(() => stopWebhookStack(ctx.stack, ctx.receiver));
   return ctx;
+}
+
+/**
+ * A run's end, still open: a connection of its own (the admin role) in a transaction that inserted a
+ * pending delivery for endpoint `endpointId` of `tenantId`, which holds KEY SHARE on the endpoint row
+ * (the foreign key); `pid`, its backend's, is the holder the lock graph names (lock-graph.ts).
+ * `close()` rolls it back and ends the connection.
+ */
+export async function openRunEnd(stack: TestStack, tenantId: string, endpointId: string): Promise<{ pid: number; close(): Promise<void> }> {
+  const client = new pg.Client({ connectionString: stack.db.adminUrl });
+  await client.connect();
+  const close = async () => {
+    await client.query('rollback').catch(() => {});
+    await client.end();
+  };
+  try {
+    const pid = await backendPid((sql, params) => client.query(sql, params));
+    await client.query('begin');
+    await client.query(
+      `insert into webhook_deliveries (id, tenant_id, endpoint_id, event_type, payload, status, attempts, next_attempt_at, created_at, updated_at)
+       values (gen_random_uuid(), $1, $2, 'run.completed', '{}'::jsonb, 'pending', 0, now() + interval '1 day', now(), now())`,
+      [tenantId, endpointId],
+    );
+    return { pid, close };
+  } catch (err) {
+    await close();
+    throw err;
+  }
+}
+
+/**
+ * `request`'s answer, once it answered; it fails if the request's statement is seen waiting for a lock
+ * the backend `holder` holds, by the lock graph (pg_blocking_pids) — not by pg_stat_activity's query
+ * text, which for a backend waiting inside a message of several statements may show another of them,
+ * so that a wait went unseen. Read on connections of its own, outside the holder's transaction, which
+ * would keep its first reading of pg_stat_activity (a snapshot per transaction).
+ */
+export async function answeredUnblocked(stack: TestStack, holder: number, request: Promise<Awaited<ReturnType<typeof api>>>, what: string): Promise<Awaited<ReturnType<typeof api>>> {
+  let answered = false;
+  const answer = request.finally(() => (answered = true));
+  const first = await waitFor(
+    async () =>
+      answered ? 'answered'
+      : (await countBlockedBy(stack.db.admin, holder)) > 0 ? 'waiting for the lock'
+      : false,
+    { timeoutMs: 60_000, what: `${what} to answer or wait` },
+  );
+  expect(first, `${what} behind the lock holder's open transaction`).toBe('answered');
+  return answer;
 }
 
 /**

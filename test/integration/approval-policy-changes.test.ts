@@ -1,7 +1,8 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { randomUUID } from 'node:crypto';
 import pg from 'pg';
-import { api, SAMPLE_SUBMISSION, startStack, type TestStack } from '../helpers/stack.ts';
+import { api, SAMPLE_SUBMISSION, type TestStack } from '../helpers/stack.ts';
+import { stackForTests } from '../helpers/stack-for-tests.ts';
 import { waitFor } from '../helpers/poll.ts';
 import { policyTenant, putPolicy, type PolicyTenant } from '../helpers/policy.ts';
 import { sqlState } from '../helpers/sql-state.ts';
@@ -22,13 +23,9 @@ const CHANGES = `${PATH}/changes`;
 const DEFAULTS = { class_a_max_cost: 50_000, class_a_max_payback_months: 6, class_c_min_cost: 250_000, class_c_min_payback_months: 24, sla_b_seconds: 86_400, sla_c_seconds: 259_200, currency: 'SAR' };
 /** Under it the sample (cost 65,000, payback 2.48 months; class B under the defaults) is class A: approved with nobody asked. */
 const LOOSER = { ...DEFAULTS, class_a_max_cost: 100_000 };
+const suite = stackForTests({ worker: true });
 let stack: TestStack;
-
-beforeAll(async () => {
-  stack = await startStack();
-  await stack.spawnWorker();
-});
-afterAll(async () => stack?.stop());
+beforeAll(() => void ({ stack } = suite));
 
 const tenantTokens = () => policyTenant(stack);
 

@@ -1,6 +1,7 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { randomUUID } from 'node:crypto';
-import { api, CLASS_A_SUBMISSION, SAMPLE_SUBMISSION, startStack, type TestStack } from '../helpers/stack.ts';
+import { api, CLASS_A_SUBMISSION, SAMPLE_SUBMISSION, type TestStack } from '../helpers/stack.ts';
+import { stackForTests } from '../helpers/stack-for-tests.ts';
 import { waitFor } from '../helpers/poll.ts';
 import { policyTenant, putPolicy, setPolicy } from '../helpers/policy.ts';
 import { tenantEm } from '../../src/platform/db/tenant-em.ts';
@@ -14,13 +15,9 @@ import { canonicalJson, sha256Hex } from '../../src/platform/idempotency/canonic
  */
 const PATH = '/api/v1/approval-policy';
 const DEFAULTS = { class_a_max_cost: 50_000, class_a_max_payback_months: 6, class_c_min_cost: 250_000, class_c_min_payback_months: 24 };
+const suite = stackForTests({ worker: true });
 let stack: TestStack;
-
-beforeAll(async () => {
-  stack = await startStack();
-  await stack.spawnWorker();
-});
-afterAll(async () => stack?.stop());
+beforeAll(() => void ({ stack } = suite));
 
 const tenantTokens = () => policyTenant(stack);
 

@@ -1,8 +1,8 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { randomUUID } from 'node:crypto';
-import pg from 'pg';
 import { SYSTEM_ROLE } from '../../src/platform/db/tenant-owned.ts';
-import { createTestDatabase, seedRun, type TestDatabase } from '../helpers/db.ts';
+import { seedRun, type TestDatabase } from '../helpers/db.ts';
+import { appRoleDatabase, asAppRole } from '../helpers/app-role-client.ts';
 
 /**
  * A step's completed checkpoint is the record a resumed run replays and evidence relies on (ADR 0001,
@@ -11,34 +11,12 @@ import { createTestDatabase, seedRun, type TestDatabase } from '../helpers/db.ts
  * — a retry dropping its failed step's checkpoint, a waiting checkpoint completed by its decision, a
  * failure recorded over a started one, retention as the system role — still works.
  */
+const suite = appRoleDatabase();
 let db: TestDatabase;
-let app: pg.Client;
-
-beforeAll(async () => {
-  db = await createTestDatabase();
-  app = new pg.Client({ connectionString: db.appUrl });
-  await app.connect();
-});
-
-afterAll(async () => {
-  await app?.end();
-  await db?.drop();
-});
+beforeAll(() => void ({ db } = suite));
 
 /** Runs `sql` as the application role under `tenant`, in a transaction of its own; its row count, or the SQLSTATE it failed with. */
-async function asApp(tenant: string, sql: string, params: unknown[] = [], role?: string): Promise<number | string> {
-  await app.query('BEGIN');
-  try {
-    await app.query(`select set_config('app.tenant_id', $1, true)`, [tenant]);
-    if (role) await app.query(`set local role ${role}`);
-    const res = await app.query(sql, params);
-    await app.query('COMMIT');
-    return res.rowCount ?? 0;
-  } catch (err) {
-    await app.query('ROLLBACK');
-    return (err as { code?: string }).code ?? String(err);
-  }
-}
+const asApp = (tenant: string, sql: string, params: unknown[] = [], role?: string): Promise<number | string> => asAppRole(suite.app, tenant, [[sql, params]], role);
 
 /** A run of `tenant` with one checkpoint per status given, at sequence_num 1, 2, … (as the superuser: setup only). */
 async function runWith(tenant: string, statuses: string[]): Promise<string> {

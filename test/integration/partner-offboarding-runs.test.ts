@@ -5,12 +5,12 @@
  * own steps run in the production worker host and executor, in this process, each behind a control
  * the test sets (hold it, fail it for good), as retry-run.test.ts does for the golden path.
  */
-import { afterEach, afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { randomUUID } from 'node:crypto';
-import { api, newTenant, OFFBOARDING_SUBMISSION, runUsers, SAMPLE_SUBMISSION, startStack, type TestStack } from '../helpers/stack.ts';
+import { api, newTenant, OFFBOARDING_SUBMISSION, SAMPLE_SUBMISSION, type TestStack } from '../helpers/stack.ts';
+import { stackForTests } from '../helpers/stack-for-tests.ts';
 import { waitFor } from '../helpers/poll.ts';
 import { blockedByIdleTransaction } from '../helpers/lock-graph.ts';
-import { capturedLog } from '../helpers/log-capture.ts';
 import { retiringApi } from '../helpers/retiring-api.ts';
 import type { WorkflowDef } from '../../src/platform/durable/workflow.ts';
 import { barrier, controlledStep, enteredBy, startRunHost, stepControl, wrappedWorkflow, type StepControl } from '../helpers/run-host.ts';
@@ -25,22 +25,11 @@ const BASE = '/api/v1/partner-offboarding';
 const STEPS = ['freeze-partner', 'settle-balances', 'archive-record'];
 
 describe('cancelling, retrying and listing partner offboardings through the API', () => {
+  // No worker process: the runs' jobs are the test's own host's.
+  const suite = stackForTests({ stack: { env: { LOG_LEVEL: 'info' } }, logs: true, users: true, timeoutMs: LONG });
+  const { tenant, tok, logLines, hosts } = suite;
   let stack: TestStack;
-  const tenant = newTenant();
-  const tok: Record<string, string> = {};
-  const { lines: logLines, destination } = capturedLog();
-  const hosts: Array<{ stop(): Promise<void> }> = [];
-
-  beforeAll(async () => {
-    stack = await startStack({ env: { LOG_LEVEL: 'info' }, logDestination: destination }); // no worker process: the runs' jobs are the test's own host's
-    Object.assign(tok, await runUsers(stack, tenant));
-  }, LONG);
-  afterEach(async () => {
-    while (hosts.length) await hosts.pop()!.stop();
-  });
-  afterAll(async () => {
-    await stack?.stop();
-  });
+  beforeAll(() => void ({ stack } = suite));
 
   /** Runs the partner offboarding in this process under `ctl`; stopped after the test. */
   function host(ctl: StepControl, concurrency = 1) {

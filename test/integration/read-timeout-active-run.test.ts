@@ -11,9 +11,10 @@
  * (`read_timeout_keys`): two executions of it at once (a stalled job re-delivered while its first worker
  * still runs it) or its count sent again used to count it twice, and failed the run a job early.
  */
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { randomUUID } from 'node:crypto';
-import { api, newTenant, runUsers, SAMPLE_SUBMISSION, startStack, type TestStack } from '../helpers/stack.ts';
+import { api, SAMPLE_SUBMISSION, type TestStack } from '../helpers/stack.ts';
+import { stackForTests } from '../helpers/stack-for-tests.ts';
 import { waitFor } from '../helpers/poll.ts';
 import { runExecutor, startRunHost } from '../helpers/run-host.ts';
 import { holdTable } from '../helpers/table-lock.ts';
@@ -27,18 +28,11 @@ const LONG = 180_000;
 const ATTEMPTS = 2;
 
 describe('an active run whose every read times out', () => {
+  // A short statement timeout, so the jobs' reads are cancelled quickly (no worker process: the test's own host runs the jobs).
+  const suite = stackForTests({ stack: { env: { DATABASE_STATEMENT_TIMEOUT: '2s' } }, users: true, timeoutMs: LONG });
+  const { tenant, tok } = suite;
   let stack: TestStack;
-  const tenant = newTenant();
-  const tok: Record<string, string> = {};
-
-  beforeAll(async () => {
-    // A short statement timeout, so the jobs' reads are cancelled quickly (no worker process: the test's own host runs the jobs).
-    stack = await startStack({ env: { DATABASE_STATEMENT_TIMEOUT: '2s' } });
-    Object.assign(tok, await runUsers(stack, tenant));
-  }, LONG);
-  afterAll(async () => {
-    await stack?.stop();
-  });
+  beforeAll(() => void ({ stack } = suite));
 
   /**
    * A run submitted with a golden path whose steps have ATTEMPTS each, and the test's host running its

@@ -5,10 +5,11 @@
  * The job ends as infrastructure once its attempts are spent; it never fails the run "at its step"
  * nor withdraws the run's pending approval request.
  */
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { randomUUID } from 'node:crypto';
 import pg from 'pg';
-import { api, newTenant, runUsers, SAMPLE_SUBMISSION, startStack, type TestStack } from '../helpers/stack.ts';
+import { api, SAMPLE_SUBMISSION, type TestStack } from '../helpers/stack.ts';
+import { stackForTests } from '../helpers/stack-for-tests.ts';
 import { waitFor } from '../helpers/poll.ts';
 import { startRunHost } from '../helpers/run-host.ts';
 import { GOLDEN_PATH, GOLDEN_PATH_QUEUE } from '../../src/modules/golden-path/golden-path.workflow.ts';
@@ -18,18 +19,11 @@ import { retryOf } from '../../src/platform/durable/workflow.ts';
 const LONG = 180_000;
 
 describe("a leftover job whose reads of a waiting run time out", () => {
+  // A short statement timeout, so the job's attempts spend their reads quickly (no worker process: the test's own host runs the jobs).
+  const suite = stackForTests({ stack: { env: { DATABASE_STATEMENT_TIMEOUT: '2s' } }, users: true, timeoutMs: LONG });
+  const { tok } = suite;
   let stack: TestStack;
-  const tenant = newTenant();
-  const tok: Record<string, string> = {};
-
-  beforeAll(async () => {
-    // A short statement timeout, so the job's attempts spend their reads quickly (no worker process: the test's own host runs the jobs).
-    stack = await startStack({ env: { DATABASE_STATEMENT_TIMEOUT: '2s' } });
-    Object.assign(tok, await runUsers(stack, tenant));
-  }, LONG);
-  afterAll(async () => {
-    await stack?.stop();
-  });
+  beforeAll(() => void ({ stack } = suite));
 
   it('its last attempt leaves the run waiting with its approval request pending: infrastructure, not the run\'s failure', { timeout: LONG }, async () => {
     const host = startRunHost(stack, stack.container.runtime.workflow(GOLDEN_PATH), `read-timeout-${randomUUID().slice(0, 8)}`);

@@ -1,9 +1,9 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { randomUUID } from 'node:crypto';
-import pg from 'pg';
 import { SYSTEM_ROLE } from '../../src/platform/db/tenant-owned.ts';
-import { createTestDatabase, seedRun, type TestDatabase } from '../helpers/db.ts';
+import { seedRun, type TestDatabase } from '../helpers/db.ts';
 import { waitFor } from '../helpers/poll.ts';
+import { appRoleDatabase, asAppRole } from '../helpers/app-role-client.ts';
 
 /**
  * The application role is a member of the system role (it takes it by SET LOCAL ROLE for the sweeper,
@@ -14,35 +14,12 @@ import { waitFor } from '../helpers/poll.ts';
  * ended, and the `updated_at` both floors read is the database's time of the write — never a value the
  * application role backdated, and never left as it was when a run ends or a delivery settles.
  */
+const suite = appRoleDatabase();
 let db: TestDatabase;
-let app: pg.Client;
-
-beforeAll(async () => {
-  db = await createTestDatabase();
-  app = new pg.Client({ connectionString: db.appUrl });
-  await app.connect();
-});
-
-afterAll(async () => {
-  await app?.end();
-  await db?.drop();
-});
+beforeAll(() => void ({ db } = suite));
 
 /** Runs `sqls` as the application role under `tenant` (and `role`, if given), in one transaction; the last one's row count, or the SQLSTATE it failed with. */
-async function asApp(tenant: string, sqls: Array<[string, unknown[]?]>, role?: string): Promise<number | string> {
-  await app.query('BEGIN');
-  try {
-    await app.query(`select set_config('app.tenant_id', $1, true)`, [tenant]);
-    if (role) await app.query(`set local role ${role}`);
-    let count = 0;
-    for (const [sql, params] of sqls) count = (await app.query(sql, params ?? [])).rowCount ?? 0;
-    await app.query('COMMIT');
-    return count;
-  } catch (err) {
-    await app.query('ROLLBACK');
-    return (err as { code?: string }).code ?? String(err);
-  }
-}
+const asApp = (tenant: string, sqls: Array<[string, unknown[]?]>, role?: string): Promise<number | string> => asAppRole(suite.app, tenant, sqls, role);
 
 /** The system role, taken by the application role, deletes `table`'s row `id`: the rows it deleted. */
 const systemDelete = (table: string, id: string) => asApp('', [[`delete from ${table} where id = $1`, [id]]], SYSTEM_ROLE);
@@ -185,6 +162,7 @@ describe("the run retention floor reads a time the application role cannot backd
 describe("the floor's clock is the deleting transaction's start", () => {
   it('a delete in a transaction begun before a delivery turned a day old deletes nothing, even once it has: now() is the earliest clock, so the strictest bound; a transaction begun later deletes it', { timeout: 120_000 }, async () => {
     const tenant = randomUUID();
+    const { app } = suite;
     await app.query('BEGIN');
     try {
       await app.query(`select set_config('app.tenant_id', '', true)`);

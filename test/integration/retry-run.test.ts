@@ -5,13 +5,13 @@
  * step behind a control the test sets (fail it for good, hold it, count who entered it), so a test
  * can fail a step, "fix" it, retry, and see what ran again (docs/runtime.md, ADR 0009).
  */
-import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
+import { afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
 import { randomUUID } from 'node:crypto';
-import { api, CLASS_A_SUBMISSION, CLASS_C_SUBMISSION, newTenant, runUsers, SAMPLE_SUBMISSION, startStack, type TestStack } from '../helpers/stack.ts';
+import { api, CLASS_A_SUBMISSION, CLASS_C_SUBMISSION, newTenant, SAMPLE_SUBMISSION, type TestStack } from '../helpers/stack.ts';
+import { stackForTests } from '../helpers/stack-for-tests.ts';
 import { waitFor } from '../helpers/poll.ts';
 import { setPolicy } from '../helpers/policy.ts';
 import { barrier, controlledStep, enteredBy, startRunHost, stepControl, wrappedGoldenPath, type StepControl } from '../helpers/run-host.ts';
-import { capturedLog } from '../helpers/log-capture.ts';
 import { TIMER_QUEUE } from '../../src/platform/queue/timers.ts';
 import { namedJobId, stepJobId } from '../../src/platform/queue/job-ids.ts';
 import { jobHandlersFor } from '../../src/modules/index.ts';
@@ -35,23 +35,17 @@ interface Control extends StepControl {
 }
 
 describe('retrying a failed run through the API', () => {
+  // No worker process: the runs' jobs are the test's own host's.
+  const suite = stackForTests({ stack: { env: { LOG_LEVEL: 'info' } }, logs: true, users: true, timeoutMs: LONG });
+  const { tenant, tok, logLines, hosts } = suite;
   let stack: TestStack;
-  const tenant = newTenant();
-  const tok: Record<string, string> = {};
-  const { lines: logLines, destination } = capturedLog();
-  const hosts: Array<{ stop(): Promise<void> }> = [];
-
   beforeAll(async () => {
-    stack = await startStack({ env: { LOG_LEVEL: 'info' }, logDestination: destination }); // no worker process: the runs' jobs are the test's own host's
-    Object.assign(tok, await runUsers(stack, tenant));
+    ({ stack } = suite);
     tok.approver = await stack.token({ tenantId: tenant, sub: 'approver-1', roles: ['approver'] });
-  }, LONG);
-  afterEach(async () => {
-    vi.restoreAllMocks();
-    while (hosts.length) await hosts.pop()!.stop();
   });
-  afterAll(async () => {
-    await stack?.stop();
+  // Registered after the suite's: runs before it stops the hosts (vitest's after-hooks run last-registered first).
+  afterEach(() => {
+    vi.restoreAllMocks();
   });
 
   const queue = () => stack.container.queues.get(GOLDEN_PATH_QUEUE)!;

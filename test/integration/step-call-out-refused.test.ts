@@ -19,7 +19,7 @@ import { tenantEm } from '../../src/platform/db/tenant-em.ts';
 import { AppError } from '../../src/platform/errors/app-error.ts';
 import { newTenant, startStack, type TestStack } from '../helpers/stack.ts';
 import { readRun } from '../helpers/recovery.ts';
-import { withDirectQueue } from '../helpers/direct-queue.ts';
+import { processAttempts, withDirectQueue } from '../helpers/direct-queue.ts';
 import { pausableProxy } from '../helpers/held-proxy.ts';
 import { createOrm, type MikroORM } from '../../src/platform/db/orm.ts';
 import { entities } from '../../src/entities.ts';
@@ -64,14 +64,7 @@ async function attempts(body: (ctx: StepContext) => Promise<unknown>, orm: Mikro
     const outcomes: string[] = [];
     const executor = new StepExecutor({ orm, runtime, logger, workerId: 'call-out-worker', leaseMs: 5000, onStepFailed: (i) => outcomes.push(i.outcome) });
     // Each attempt as BullMQ's retry runs it: the failed one counted in the job's data (fail() updates it).
-    for (let i = 0; i < ATTEMPTS; i++) {
-      await executor.process(job).then(
-        () => outcomes.push('returned'),
-        () => {},
-      );
-      job.attemptsMade = i + 1;
-      job.attemptsStarted = i + 2;
-    }
+    await processAttempts(executor, job, ATTEMPTS, outcomes);
     return { outcomes, after: await readRun(stack, tenant, run.id) };
   });
 }

@@ -12,7 +12,7 @@
  * database unreachable or timing out still leaves the run to the sweeper, nothing of the failure committed.
  * Executed in this process by the real executor against the real PostgreSQL (RLS in force) and Redis.
  */
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { createHash, randomUUID } from 'node:crypto';
 import { Job, type Queue } from 'bullmq';
 import { pino } from 'pino';
@@ -22,22 +22,16 @@ import { StepExecutor } from '../../src/platform/durable/executor.ts';
 import { Sweeper } from '../../src/platform/durable/sweeper.ts';
 import { defineStep, defineWorkflow, type WorkflowDef } from '../../src/platform/durable/workflow.ts';
 import { tenantEm } from '../../src/platform/db/tenant-em.ts';
-import { newTenant, startStack, type TestStack } from '../helpers/stack.ts';
-import { dropSweeperKeys, readRun } from '../helpers/recovery.ts';
-import { withDirectQueue } from '../helpers/direct-queue.ts';
+import { newTenant, type TestStack } from '../helpers/stack.ts';
+import { readRun, sweeperStackForTests } from '../helpers/recovery.ts';
+import { processAttempts, withDirectQueue } from '../helpers/direct-queue.ts';
 import { capturedLog } from '../helpers/log-capture.ts';
 
+/** `lockKeys`: the lock keys of the sweepers this file's tests built, outside the stack's prefix, whose keys are deleted after each test. */
+const suite = sweeperStackForTests();
+const { lockKeys } = suite;
 let stack: TestStack;
-beforeAll(async () => {
-  stack = await startStack({ api: false });
-});
-afterAll(async () => stack?.stop());
-
-/** The lock keys of the sweepers this file's tests built, outside the stack's prefix: their keys (the loss marker, no TTL) deleted after each test. */
-const lockKeys: string[] = [];
-afterEach(async () => {
-  for (const lockKey of lockKeys.splice(0)) await dropSweeperKeys(stack.container.redis, lockKey);
-});
+beforeAll(() => void ({ stack } = suite));
 
 const ATTEMPTS = 2;
 
@@ -85,14 +79,7 @@ async function failing(error: () => Error, onFailed?: WorkflowDef['onFailed'], o
       onStepFailed: (i) => outcomes.push(i.outcome),
       onFailedHookFailed: (i) => hookFailures.push(i.workflow),
     });
-    for (let i = 0; i < ATTEMPTS; i++) {
-      await executor.process(job).then(
-        () => outcomes.push('returned'),
-        () => {},
-      );
-      job.attemptsMade = i + 1;
-      job.attemptsStarted = i + 2;
-    }
+    await processAttempts(executor, job, ATTEMPTS, outcomes);
     // The job has ended (BullMQ holds it failed for good): gone, as the sweeper would find it.
     await job.remove();
     const lockKey = `unstorable-${randomUUID()}`;

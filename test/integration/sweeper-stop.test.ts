@@ -4,7 +4,7 @@
  * table, while the worker's shutdown deadline runs out and it exits 1); the next sweep goes on from
  * where it stopped and re-enqueues the rest. Against the real PostgreSQL (RLS in force) and Redis.
  */
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { createHash, randomUUID } from 'node:crypto';
 import type { Queue } from 'bullmq';
 import { pino } from 'pino';
@@ -13,22 +13,16 @@ import { DurableRuntime } from '../../src/platform/durable/runtime.ts';
 import { Sweeper } from '../../src/platform/durable/sweeper.ts';
 import { defineStep, defineWorkflow } from '../../src/platform/durable/workflow.ts';
 import { tenantEm } from '../../src/platform/db/tenant-em.ts';
-import { newTenant, startStack, type TestStack } from '../helpers/stack.ts';
+import { newTenant, type TestStack } from '../helpers/stack.ts';
 import { withDirectQueue } from '../helpers/direct-queue.ts';
-import { dropSweeperKeys } from '../helpers/recovery.ts';
+import { sweeperStackForTests } from '../helpers/recovery.ts';
 import { waitFor } from '../helpers/poll.ts';
 
+/** `lockKeys`: the lock keys of the sweepers this file's tests built, outside the stack's prefix, whose keys are deleted after each test. */
+const suite = sweeperStackForTests();
+const { lockKeys } = suite;
 let stack: TestStack;
-beforeAll(async () => {
-  stack = await startStack({ api: false });
-});
-afterAll(async () => stack?.stop());
-
-/** The lock keys of the sweepers this file's tests built, outside the stack's prefix: their keys (the loss marker, no TTL) deleted after each test. */
-const lockKeys: string[] = [];
-afterEach(async () => {
-  for (const lockKey of lockKeys.splice(0)) await dropSweeperKeys(stack.container.redis, lockKey);
-});
+beforeAll(() => void ({ stack } = suite));
 
 describe('a sweeper stopped during a sweep', () => {
   it('stops after the run it is on, and the next sweep re-enqueues the rest', { timeout: 120_000 }, async () => {

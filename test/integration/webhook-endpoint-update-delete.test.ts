@@ -3,20 +3,20 @@
  * endpoint*) against the real stack: PostgreSQL as the application role, Redis, a spawned worker
  * process and a real node:http receiver on 127.0.0.1.
  */
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { randomUUID } from 'node:crypto';
 import pg from 'pg';
 import { createServer, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { api, newTenant, SAMPLE_SUBMISSION, startStack, type TestStack } from '../helpers/stack.ts';
+import { api, newTenant, SAMPLE_SUBMISSION, type TestStack } from '../helpers/stack.ts';
+import { stackForTests } from '../helpers/stack-for-tests.ts';
 import { waitFor } from '../helpers/poll.ts';
-import { backendPid, blockedBy, countBlockedBy } from '../helpers/lock-graph.ts';
-import { capturedLog } from '../helpers/log-capture.ts';
+import { backendPid, blockedBy } from '../helpers/lock-graph.ts';
 import { WEBHOOK_QUEUE } from '../../src/platform/webhooks/delivery.ts';
 import { deliveryJobId } from '../../src/platform/queue/job-ids.ts';
 import { systemEm, tenantEm } from '../../src/platform/db/tenant-em.ts';
 import { deleteSettledDeliveries, deliveriesLockKey } from '../../src/platform/webhooks/retention.ts';
-import { createEndpoint, ENDPOINTS, startWebhookStack, stopWebhookStack, submit, tenantWithEndpoint, waitRun, type Receiver } from '../helpers/webhooks.ts';
+import { answeredUnblocked, createEndpoint, ENDPOINTS, openRunEnd, submit, tenantWithEndpoint, waitRun, webhookStackForTests, type Receiver } from '../helpers/webhooks.ts';
 
 const key = () => ({ 'Idempotency-Key': randomUUID() });
 const patch = (stack: TestStack, token: string, id: string, body: unknown, headers: Record<string, string> = key()) => api(stack, 'PATCH', `${ENDPOINTS}/${id}`, { token, body, headers });
@@ -37,16 +37,11 @@ const holderClient = async (stack: TestStack) => {
 };
 
 describe('webhook endpoint update and delete: the API', () => {
+  // WEBHOOK_ALLOW_PRIVATE_NETWORKS unset: the production default, as the create's refusals are tested. At most two enabled endpoints a tenant.
+  const suite = stackForTests({ stack: { env: { WEBHOOK_MAX_ENDPOINTS: '2', LOG_LEVEL: 'info' } }, logs: true });
+  const { logLines } = suite;
   let stack: TestStack;
-  const { lines: logLines, destination } = capturedLog();
-
-  beforeAll(async () => {
-    // WEBHOOK_ALLOW_PRIVATE_NETWORKS unset: the production default, as the create's refusals are tested. At most two enabled endpoints a tenant.
-    stack = await startStack({ env: { WEBHOOK_MAX_ENDPOINTS: '2', LOG_LEVEL: 'info' }, logDestination: destination });
-  }, 120_000);
-  afterAll(async () => {
-    await stack?.stop();
-  });
+  beforeAll(() => void ({ stack } = suite));
 
   async function adminWithEndpoint(body: Record<string, unknown> = {}) {
     const tenantId = newTenant();
@@ -305,35 +300,22 @@ describe('webhook endpoint update and delete: the API', () => {
 
   it('PATCH locks the endpoint row as NO KEY UPDATE: it does not wait for a transaction that inserted a delivery for the endpoint (a run ending)', async () => {
     const { tenantId, admin, id } = await adminWithEndpoint();
-    const { client: runEnd, pid: runEndPid } = await holderClient(stack);
+    const runEnd = await openRunEnd(stack, tenantId, id);
     try {
-      await runEnd.query('begin');
-      await runEnd.query(
-        `insert into webhook_deliveries (id, tenant_id, endpoint_id, event_type, payload, status, attempts, next_attempt_at, created_at, updated_at)
-         values (gen_random_uuid(), $1, $2, 'run.completed', '{}'::jsonb, 'pending', 0, now() + interval '1 day', now(), now())`,
-        [tenantId, id],
-      );
-      let answered = false;
-      const answer = patch(stack, admin, id, { url: 'https://93.184.215.48/hook', events: ['run.failed'] }).finally(() => (answered = true));
-      const first = await waitFor(async () => (answered ? 'answered' : (await countBlockedBy(stack.db.admin, runEndPid)) > 0 ? 'waiting for the lock' : false), { timeoutMs: 60_000, what: 'the PATCH to answer or wait' });
-      expect(first).toBe('answered');
-      expect((await answer).status).toBe(200);
+      const answer = await answeredUnblocked(stack, runEnd.pid, patch(stack, admin, id, { url: 'https://93.184.215.48/hook', events: ['run.failed'] }), 'the PATCH');
+      expect(answer.status).toBe(200);
     } finally {
-      await runEnd.query('rollback').catch(() => {});
-      await runEnd.end();
+      await runEnd.close();
     }
   });
 });
 
 describe('webhook endpoint update and delete: deliveries, with a worker and a receiver', () => {
+  // Retries an hour apart: a failed attempt's retry runs only when the test promotes its job.
+  const suite = webhookStackForTests(3, { WEBHOOK_RETRY_BASE: '1h' });
   let stack: TestStack;
   let receiver: Receiver;
-
-  beforeAll(async () => {
-    // Retries an hour apart: a failed attempt's retry runs only when the test promotes its job.
-    ({ stack, receiver } = await startWebhookStack({ WEBHOOK_RETRY_BASE: '1h', WEBHOOK_MAX_ATTEMPTS: '3' }));
-  }, 120_000);
-  afterAll(() => stopWebhookStack(stack, receiver));
+  beforeAll(() => void ({ stack, receiver } = suite));
 
   /** A tenant with an endpoint at `path` for run.failed, and a class B run waiting for its approver (to be ended). */
   async function withWaitingRun(path: string) {

@@ -10,16 +10,15 @@ import pino from 'pino';
 import pg from 'pg';
 import { api, CLASS_A_SUBMISSION, newTenant, SAMPLE_SUBMISSION, startStack, type TestStack } from '../helpers/stack.ts';
 import { waitFor } from '../helpers/poll.ts';
-import { backendPid, countBlockedBy } from '../helpers/lock-graph.ts';
 import { tenantEm } from '../../src/platform/db/tenant-em.ts';
 import { WEBHOOK_DELIVERY_JOB, WEBHOOK_QUEUE, WEBHOOK_REDELIVERY_JOB, webhookHandlers } from '../../src/platform/webhooks/delivery.ts';
 import { deliveryJobId } from '../../src/platform/queue/job-ids.ts';
 import { DelayedError, type Job } from 'bullmq';
 import { barrier, wrappedGoldenPath, startRunHost } from '../helpers/run-host.ts';
-import { capturedLog } from '../helpers/log-capture.ts';
+import { stackForTests } from '../helpers/stack-for-tests.ts';
 import { Webhook } from 'standardwebhooks';
 import { WEBHOOK_ENDPOINTS_TOTAL_FACTOR } from '../../src/platform/webhooks/webhook-endpoints.routes.ts';
-import { createEndpoint, ENDPOINTS, startReceiver, startWebhookStack, stopWebhookStack, submit, tenantWithEndpoint, waitRun, type Receiver } from '../helpers/webhooks.ts';
+import { answeredUnblocked, createEndpoint, ENDPOINTS, openRunEnd, startReceiver, submit, tenantWithEndpoint, waitRun, webhookStackForTests, type Receiver } from '../helpers/webhooks.ts';
 import { webhookResolver } from '../../src/container.ts';
 
 const deliveriesOfRun = async (stack: TestStack, runId: string) =>
@@ -62,14 +61,10 @@ async function failRunDirectly(stack: TestStack, tenantId: string, runId: string
 }
 
 describe('webhooks', () => {
+  const suite = webhookStackForTests(3, { APPROVAL_SLA_B: '1h' });
   let stack: TestStack;
   let receiver: Receiver;
-
-  beforeAll(async () => {
-    ({ stack, receiver } = await startWebhookStack({ WEBHOOK_RETRY_BASE: '50ms', WEBHOOK_MAX_ATTEMPTS: '3', APPROVAL_SLA_B: '1h' }));
-  }, 120_000);
-
-  afterAll(() => stopWebhookStack(stack, receiver));
+  beforeAll(() => void ({ stack, receiver } = suite));
 
   it('a class A run that completes is POSTed once as run.completed, signed with the secret from create; tenant B hears nothing of it', async () => {
     const a = await tenantWithEndpoint(stack, receiver, '/a', ['run.completed', 'run.cancelled', 'approval.requested']);
@@ -396,17 +391,11 @@ describe('outbox: a step transaction that rolls back', () => {
 });
 
 describe('webhook endpoint API: refusals', () => {
+  // WEBHOOK_ALLOW_PRIVATE_NETWORKS unset: the production default. At most three enabled endpoints a tenant.
+  const suite = stackForTests({ stack: { env: { WEBHOOK_MAX_ENDPOINTS: '3', LOG_LEVEL: 'info' } }, logs: true });
+  const { logLines } = suite;
   let stack: TestStack;
-  const { lines: logLines, destination } = capturedLog();
-
-  beforeAll(async () => {
-    // WEBHOOK_ALLOW_PRIVATE_NETWORKS unset: the production default. At most three enabled endpoints a tenant.
-    stack = await startStack({ env: { WEBHOOK_MAX_ENDPOINTS: '3', LOG_LEVEL: 'info' }, logDestination: destination });
-  }, 120_000);
-
-  afterAll(async () => {
-    await stack?.stop();
-  });
+  beforeAll(() => void ({ stack } = suite));
 
   const endpointsOf = async (tenantId: string) => (await stack.db.admin(`select count(*)::int as n from webhook_endpoints where tenant_id = $1`, [tenantId])).rows[0].n as number;
 
@@ -618,35 +607,9 @@ describe('webhook endpoint API: refusals', () => {
   it('rotate-secret, enable and disable lock the endpoint row as NO KEY UPDATE: neither waits for a transaction that inserted a delivery for the endpoint (a run ending), nor would make one wait', async () => {
     const { tenantId, admin, id } = await adminWithEndpoint(stack, 'https://93.184.215.43/hook');
     // A run's end, still open: its delivery insert holds KEY SHARE on the endpoint row (the foreign key).
-    const runEnd = new pg.Client({ connectionString: stack.db.adminUrl });
-    await runEnd.connect();
-    const runEndPid = await backendPid((sql, params) => runEnd.query(sql, params));
+    const runEnd = await openRunEnd(stack, tenantId, id);
     try {
-      await runEnd.query('begin');
-      await runEnd.query(
-        `insert into webhook_deliveries (id, tenant_id, endpoint_id, event_type, payload, status, attempts, next_attempt_at, created_at, updated_at)
-         values (gen_random_uuid(), $1, $2, 'run.completed', '{}'::jsonb, 'pending', 0, now() + interval '1 day', now(), now())`,
-        [tenantId, id],
-      );
-      /**
-       * The request's answer; it fails if the request's statement is seen waiting for a lock runEnd holds, by the lock graph
-       * (pg_blocking_pids) — not by pg_stat_activity's query text, which for a backend waiting inside a message of several
-       * statements may show another of them, so that a wait went unseen. Read outside runEnd's transaction, which would keep
-       * its first reading of pg_stat_activity (a snapshot per transaction).
-       */
-      const unblocked = async (request: Promise<Awaited<ReturnType<typeof api>>>, what: string) => {
-        let answered = false;
-        const answer = request.finally(() => (answered = true));
-        const first = await waitFor(
-          async () =>
-            answered ? 'answered'
-            : (await countBlockedBy(stack.db.admin, runEndPid)) > 0 ? 'waiting for the lock'
-            : false,
-          { timeoutMs: 60_000, what: `${what} to answer or wait` },
-        );
-        expect(first, `${what} behind a run end's open delivery insert`).toBe('answered');
-        return answer;
-      };
+      const unblocked = (request: Promise<Awaited<ReturnType<typeof api>>>, what: string) => answeredUnblocked(stack, runEnd.pid, request, what);
       const rotated = await unblocked(rotate(stack, admin, id), 'rotate-secret');
       expect(rotated.status, rotated.text).toBe(200);
       // An enable of an endpoint already enabled reads it under the same lock, and changes nothing.
@@ -655,8 +618,7 @@ describe('webhook endpoint API: refusals', () => {
       const disabled = await unblocked(api(stack, 'POST', `${ENDPOINTS}/${id}/disable`, { token: admin, headers: { 'Idempotency-Key': randomUUID() } }), 'disable');
       expect(disabled.status, disabled.text).toBe(200);
     } finally {
-      await runEnd.query('rollback').catch(() => {});
-      await runEnd.end();
+      await runEnd.close();
     }
   });
 

@@ -58,14 +58,8 @@ export type ClaimResult =
   | { outcome: 'in_progress'; record?: IdempotencyRecord; retryAfterSeconds: number }
   | { outcome: 'mismatch'; record: IdempotencyRecord };
 
-export interface ClaimInput {
-  tenantId: string;
-  principal: string;
-  key: string;
-  method: string;
-  route: string;
-  fingerprint: string;
-}
+/** What a claim names: the record's key (tenant, principal, key) and the request it is for. */
+export type ClaimInput = Pick<IdempotencyRecord, 'tenantId' | 'principal' | 'key' | 'method' | 'route' | 'fingerprint'>;
 
 /**
  * Parses the Idempotency-Key header: an RFC 8941 sf-string (`"abc"`) or, leniently, a bare value

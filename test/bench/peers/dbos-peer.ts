@@ -12,7 +12,8 @@ import { randomUUID } from 'node:crypto';
 import pg from 'pg';
 import { DBOS } from '@dbos-inc/dbos-sdk';
 import { installIoCounter } from '../lib/io-counter.ts';
-import { childChannel, rssBytes } from '../lib/child-ipc.ts';
+import { childChannel } from '../lib/child-ipc.ts';
+import { ioStats } from '../lib/io-stats.ts';
 import { Completions, closedLoop } from '../lib/closed-loop.ts';
 import { nowMs } from '../lib/stats.ts';
 import { buildDossier } from '../../../src/modules/golden-path/partner-dossier.step.ts';
@@ -146,17 +147,9 @@ DBOS.setConfig({
 });
 await DBOS.launch();
 
-let cpuBase = process.cpuUsage();
 const completions = new Completions();
 const channel = childChannel({
-  collect: () => {
-    const cpu = process.cpuUsage(cpuBase);
-    return { queries: counter.total, control: counter.control, redisWrites: counter.redisWrites, rss: rssBytes(), cpuMs: (cpu.user + cpu.system) / 1000, stepMs: [] };
-  },
-  reset: () => {
-    counter.reset();
-    cpuBase = process.cpuUsage();
-  },
+  ...ioStats(counter),
   onRun(params) {
     const p = params as { total: number; inFlight: number; tenants: string[]; submission: Submission; maxMs?: number };
     const start = async (i: number) => {
