@@ -250,22 +250,28 @@ describe('a policy change that loosens', () => {
     expect(await policyOf(t)).toEqual(approved.json);
   });
 
-  /** Runs `statements` as the application role under `t`, in one transaction, to its commit (deferred triggers included): its SQLSTATE. */
-  async function asApp(t: PolicyTenant, statements: [string, unknown[]?][]): Promise<string> {
+  /** Runs `statements` as the application role under `t`, in one transaction, to its commit (deferred triggers included). */
+  async function inAppTransaction(t: PolicyTenant, statements: [string, unknown[]?][]): Promise<void> {
     const c = new pg.Client({ connectionString: stack.db.appUrl });
     await c.connect();
     try {
-      return await sqlState((async () => {
-        await c.query('begin');
-        await c.query(`select set_config($1, $2, true)`, [TENANT_SETTING, t.tenant]);
-        for (const [sql, params] of statements) await c.query(sql, params ?? []);
-        await c.query('commit');
-      })());
+      await c.query('begin');
+      await c.query(`select set_config($1, $2, true)`, [TENANT_SETTING, t.tenant]);
+      for (const [sql, params] of statements) await c.query(sql, params ?? []);
+      await c.query('commit');
     } finally {
       await c.query('rollback').catch(() => {});
       await c.end();
     }
   }
+  /** inAppTransaction's SQLSTATE, or 'succeeded'. */
+  const asApp = (t: PolicyTenant, statements: [string, unknown[]?][]): Promise<string> => sqlState(inAppTransaction(t, statements));
+  /** inAppTransaction's SQLSTATE and message, or 'succeeded'. */
+  const refusal = (t: PolicyTenant, statements: [string, unknown[]?][]): Promise<string> =>
+    inAppTransaction(t, statements).then(
+      () => 'succeeded',
+      (e: unknown) => `${(e as { code?: string }).code}: ${(e as Error).message}`,
+    );
   const historyOf = async (t: PolicyTenant) => (await stack.db.admin(`select * from approval_policy_versions where tenant_id = $1 order by version`, [t.tenant])).rows;
 
   it('cannot be rewritten by the application role (42501): no version without the change a second admin approved, none out of order, no loosening without one, no rewrite of a version', async () => {
@@ -322,28 +328,6 @@ describe('a policy change that loosens', () => {
     expect(await asApp(t, [insert({})]), 'a tightening of the defaults').toBe('succeeded');
     expect(await policyOf(t)).toMatchObject({ source: 'tenant', version: 1, approved_by: null });
   });
-
-  // The trigger's rule is loosenedFields in SQL (POLICY_VERSION_ORDER): where they differ, either a genuine PUT
-  // that only tightens is refused (a 500 at the upsert) or a loosening applies as approved by nobody. Held side by
-  // side over policies drawn from values at and around each bound (equal values are the edge of every rule), the
-  // SLAs chosen so that a lowered C bound meets a C SLA longer, equal and shorter than the B SLA in force.
-  /** Runs `statements` as the application role under `t`, in one transaction, to its commit: 'succeeded', or the SQLSTATE and message it failed with. */
-  async function refusal(t: PolicyTenant, statements: [string, unknown[]?][]): Promise<string> {
-    const c = new pg.Client({ connectionString: stack.db.appUrl });
-    await c.connect();
-    try {
-      await c.query('begin');
-      await c.query(`select set_config($1, $2, true)`, [TENANT_SETTING, t.tenant]);
-      for (const [sql, params] of statements) await c.query(sql, params ?? []);
-      await c.query('commit');
-      return 'succeeded';
-    } catch (e) {
-      return `${(e as { code?: string }).code}: ${(e as Error).message}`;
-    } finally {
-      await c.query('rollback').catch(() => {});
-      await c.end();
-    }
-  }
 
   it('four eyes in the database: the application role cannot store a change already decided, approve one as its proposer or as nobody, backdate or undo a decision (42501, naming the rule); the API decides as before', async () => {
     const t = await tenantTokens();
@@ -431,6 +415,10 @@ describe('a policy change that loosens', () => {
     expect((await decide(t.admin, withdrawn.id, 'reject')).json).toMatchObject({ status: 'rejected', decided_by: 'admin-1' });
   });
 
+  // The trigger's rule is loosenedFields in SQL (POLICY_VERSION_ORDER): where they differ, either a genuine PUT
+  // that only tightens is refused (a 500 at the upsert) or a loosening applies as approved by nobody. Held side by
+  // side over policies drawn from values at and around each bound (equal values are the edge of every rule), the
+  // SLAs chosen so that a lowered C bound meets a C SLA longer, equal and shorter than the B SLA in force.
   it("refuses a next version approved by nobody exactly when loosenedFields names a field; a first row exactly when it loosens the defaults' thresholds or currency", async () => {
     const t = await tenantTokens();
     expect((await put(t.admin, { ...DEFAULTS, sla_b_seconds: 3_600 })).json).toMatchObject({ version: 1 });

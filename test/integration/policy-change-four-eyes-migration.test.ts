@@ -14,7 +14,7 @@ import { migrateUpTo, migrationTestDatabase } from '../helpers/migrations.ts';
 import { tenantEm } from '../../src/platform/db/tenant-em.ts';
 import { sqlState } from '../helpers/sql-state.ts';
 
-const PREVIOUS = 'Migration20261206111100_retention_clock';
+const PREVIOUS = 'Migration20261206140620_token_age_limits';
 const THIS = 'Migration20261206140745_policy_change_four_eyes';
 
 const database = migrationTestDatabase();

@@ -22,7 +22,7 @@ const TESTS = 'postgres://postgres:test-secret@127.0.0.1:1/postgres';
 const PATH = `${dirname(process.execPath)}:/usr/bin:/bin`;
 
 const resolved = (env: Record<string, string>) =>
-  execFileSync('bash', ['-c', '. .ci/admin-url && ci_admin_url'], { cwd: ROOT, env: { PATH, ...env }, encoding: 'utf8' }).trim();
+  execFileSync('bash', ['-c', 'set -euo pipefail; . .ci/admin-url; ci_admin_url'], { cwd: ROOT, env: { PATH, ...env }, encoding: 'utf8' }).trim();
 
 describe('.ci/admin-url', () => {
   it.each([
@@ -63,5 +63,12 @@ describe('.ci/admin-url', () => {
       expect(script, file).not.toContain('postgres://postgres@');
       expect(script, file).not.toMatch(/psql[^\n]*-U /);
     }
+  });
+
+  it('.ci/run gives gate 1 the same URL: npm test reads only TEST_DATABASE_ADMIN_URL (test/helpers/env.ts), so it is exported as resolved before the suite runs', () => {
+    const script = readFileSync(join(ROOT, '.ci/run'), 'utf8');
+    const exported = script.search(/^export TEST_DATABASE_ADMIN_URL="\$\(ci_admin_url\)"$/m);
+    expect(exported, 'export TEST_DATABASE_ADMIN_URL="$(ci_admin_url)"').toBeGreaterThan(-1);
+    expect(exported).toBeLessThan(script.search(/^npm test$/m));
   });
 });
