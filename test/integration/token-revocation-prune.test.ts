@@ -5,7 +5,7 @@ import { spawnApi, type ApiProcess } from '../helpers/api-process.ts';
 import { waitFor } from '../helpers/poll.ts';
 import { runTokenCli } from '../helpers/token-cli.ts';
 import { signDevToken } from '../../src/platform/tenancy/jwt.ts';
-import { revokeTokens, tokenMaxAgeSeconds } from '../../src/platform/tenancy/token-revocations.ts';
+import { pruneRevocations, revokeTokens, tokenMaxAgeSeconds } from '../../src/platform/tenancy/token-revocations.ts';
 
 /**
  * `npm run token -- prune-revocations` judges not-before revocations by the token age the API processes
@@ -128,6 +128,35 @@ describe('prune-revocations goes by the token age the API processes declare', ()
     expect(pruned.code, pruned.err).toBe(0);
     expect(pruned.out).toMatch(/pruned 1 .*JWT_MAX_TOKEN_LIFETIME=0/);
     expect(await left(tenant)).toEqual([400 * 24]);
+  });
+
+  it('two prunes at once (two schedulers, an overlapping cron) both succeed: the second waits for the first instead of deadlocking on the table', { timeout: 60_000 }, async () => {
+    // Both got past the table lock (SHARE lets two in) and queued on a row one of them deletes; then each
+    // waited for the other's SHARE lock to delete the declarations not seen: "deadlock detected", one failed.
+    const tenant = newTenant();
+    await revokeTokens({ ownerUrl: stack.db.ownerUrl, prefix: stack.prefix }, { tenantId: tenant, jti: 'j-held', expiresAt: new Date((await dbNow()) - HOUR), revokedBy: 'test-operator' });
+    // As the superuser: the owner's own policies hide an expired row from its SELECT.
+    const holder = new pg.Client({ connectionString: stack.db.adminUrl });
+    await holder.connect();
+    try {
+      await holder.query('begin');
+      expect((await holder.query(`select 1 from token_revocations where tenant_id = $1 for update`, [tenant])).rowCount).toBe(1);
+      const limits = { maxTokenLifetimeMs: stack.config.JWT_MAX_TOKEN_LIFETIME, clockToleranceMs: stack.config.JWT_CLOCK_TOLERANCE };
+      const prunes = [pruneRevocations(stack.db.ownerUrl, limits), pruneRevocations(stack.db.ownerUrl, limits)].map((p) => p.then((r) => r, (e: unknown) => e as Error));
+      // Both wait (on the held row, or on the first prune's lock) before the holder lets them go.
+      await waitFor(
+        async () =>
+          Number((await stack.db.admin(`select count(*)::int as n from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock' and query ~ 'token_(revocations|age_limits)'`)).rows[0].n) >= 2,
+        { timeoutMs: 30_000, what: 'both prunes waiting' },
+      );
+      await holder.query('commit');
+      const results = await Promise.all(prunes);
+      expect(results.filter((r) => r instanceof Error).map((e) => (e as Error).message)).toEqual([]);
+      expect(results.map((r) => (r as { pruned: number }).pruned).sort()).toEqual([0, 1]);
+    } finally {
+      await holder.query('rollback').catch(() => {});
+      await holder.end();
+    }
   });
 
   it('no API process seen (a fresh install, or every API of an earlier release): every not-before is kept, with a message saying why', async () => {
