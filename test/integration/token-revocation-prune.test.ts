@@ -56,7 +56,7 @@ async function asApp(sql: string): Promise<number | string> {
 }
 
 describe('prune-revocations goes by the token age the API processes declare', () => {
-  it('every API process declares the age it enforces before it checks a token; the application role can neither shorten one nor age it out of the window', async () => {
+  it('every API process declares the age it enforces before it checks a token; the application role can neither shorten one nor age it out of the window, nor insert one seen in the future', async () => {
     expect((await declared()).map((d) => d.age)).toEqual([ageOf('24h')]);
     const [own] = await declared();
     expect(await asApp(`update token_age_limits set max_token_age_seconds = 60`)).toBe('42501');
@@ -65,6 +65,11 @@ describe('prune-revocations goes by the token age the API processes declare', ()
     expect(await asApp(`update token_age_limits set seen_at = now() - interval '30 days'`)).toBe(1);
     const { rows } = await stack.db.admin(`select seen_at > now() - interval '1 minute' as fresh from token_age_limits where instance = $1`, [own!.instance]);
     expect(rows).toEqual([{ fresh: true }]);
+    // Nor can it insert a row seen in the future: one would count for ever (never past the window, never removed).
+    expect(await asApp(`insert into token_age_limits (instance, max_token_age_seconds, published_at, seen_at) values ('forged', 60, now(), now() + interval '100 years')`)).toBe(1);
+    const forged = await stack.db.admin(`select seen_at <= now() as not_ahead from token_age_limits where instance = 'forged'`);
+    await stack.db.owner(`delete from token_age_limits where instance = 'forged'`);
+    expect(forged.rows).toEqual([{ not_ahead: true }]);
   });
 
   it('a declaration not seen within the window (7 days) is ignored, and removed', async () => {
