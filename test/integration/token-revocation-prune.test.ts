@@ -57,8 +57,9 @@ async function asApp(sql: string): Promise<number | string> {
 
 describe('prune-revocations goes by the token age the API processes declare', () => {
   it('every API process declares the age it enforces before it checks a token; the application role can neither shorten one nor age it out of the window, nor insert one seen in the future', async () => {
+    // The start waits 5 s at most for its first load (declaration included), then serves 503 until it is done: under load, poll.
+    const [own] = await waitFor(async () => ((await declared()).length ? declared() : undefined), { timeoutMs: 30_000, what: "the stack's API's declaration" });
     expect((await declared()).map((d) => d.age)).toEqual([ageOf('24h')]);
-    const [own] = await declared();
     expect(await asApp(`update token_age_limits set max_token_age_seconds = 60`)).toBe('42501');
     expect(await asApp(`delete from token_age_limits`)).toBe('42501');
     // seen_at is the one column it updates, and the database's time is what is stored, whatever it writes.
@@ -90,6 +91,7 @@ describe('prune-revocations goes by the token age the API processes declare', ()
     let long: ApiProcess | undefined;
     try {
       long = await spawnApi({ ...stack.env, JWT_MAX_TOKEN_LIFETIME: '48h' });
+      await waitFor(async () => (await declared()).length === 2, { timeoutMs: 30_000, what: 'the 48 h API\'s declaration' });
       expect((await declared()).map((d) => d.age).sort((a, b) => a - b)).toEqual([ageOf('24h'), ageOf('48h')]);
       const tenant = newTenant();
       const now = await dbNow();
@@ -108,7 +110,14 @@ describe('prune-revocations goes by the token age the API processes declare', ()
       // A reload (as every reconcile makes) still holds the row: the token stays revoked.
       await long.stop();
       long = await spawnApi({ ...stack.env, JWT_MAX_TOKEN_LIFETIME: '48h' });
-      const again = await fetch(`${long.baseUrl}${RUNS}`, { headers: { authorization: `Bearer ${old}` } });
+      // 503 until its first load (at most 5 s of its start waits for it; under load it may come later).
+      const again = await waitFor(
+        async () => {
+          const r = await fetch(`${long!.baseUrl}${RUNS}`, { headers: { authorization: `Bearer ${old}` } });
+          return r.status === 503 ? undefined : r;
+        },
+        { timeoutMs: 30_000, what: 'the restarted 48 h API\'s first load' },
+      );
       expect(again.status).toBe(401);
       expect(((await again.json()) as { code: string }).code).toBe('token_revoked');
     } finally {
@@ -120,7 +129,7 @@ describe('prune-revocations goes by the token age the API processes declare', ()
     let unlimited: ApiProcess | undefined;
     try {
       unlimited = await spawnApi({ ...stack.env, JWT_MAX_TOKEN_LIFETIME: '0' });
-      expect((await declared()).map((d) => d.age)).toContain(0);
+      await waitFor(async () => (await declared()).some((d) => d.age === 0), { timeoutMs: 30_000, what: 'the unlimited API\'s declaration' });
     } finally {
       await unlimited?.stop();
     }
