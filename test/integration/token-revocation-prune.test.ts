@@ -5,7 +5,7 @@ import { spawnApi, type ApiProcess } from '../helpers/api-process.ts';
 import { waitFor } from '../helpers/poll.ts';
 import { runTokenCli } from '../helpers/token-cli.ts';
 import { signDevToken } from '../../src/platform/tenancy/jwt.ts';
-import { revokeTokens, tokenMaxAgeSeconds } from '../../src/platform/tenancy/token-revocations.ts';
+import { pruneRevocations, revokeTokens, tokenMaxAgeSeconds } from '../../src/platform/tenancy/token-revocations.ts';
 
 /**
  * `npm run token -- prune-revocations` judges not-before revocations by the token age the API processes
@@ -56,15 +56,21 @@ async function asApp(sql: string): Promise<number | string> {
 }
 
 describe('prune-revocations goes by the token age the API processes declare', () => {
-  it('every API process declares the age it enforces before it checks a token; the application role can neither shorten one nor age it out of the window', async () => {
+  it('every API process declares the age it enforces before it checks a token; the application role can neither shorten one nor age it out of the window, nor insert one seen in the future', async () => {
+    // The start waits 5 s at most for its first load (declaration included), then serves 503 until it is done: under load, poll.
+    const [own] = await waitFor(async () => ((await declared()).length ? declared() : undefined), { timeoutMs: 30_000, what: "the stack's API's declaration" });
     expect((await declared()).map((d) => d.age)).toEqual([ageOf('24h')]);
-    const [own] = await declared();
     expect(await asApp(`update token_age_limits set max_token_age_seconds = 60`)).toBe('42501');
     expect(await asApp(`delete from token_age_limits`)).toBe('42501');
     // seen_at is the one column it updates, and the database's time is what is stored, whatever it writes.
     expect(await asApp(`update token_age_limits set seen_at = now() - interval '30 days'`)).toBe(1);
     const { rows } = await stack.db.admin(`select seen_at > now() - interval '1 minute' as fresh from token_age_limits where instance = $1`, [own!.instance]);
     expect(rows).toEqual([{ fresh: true }]);
+    // Nor can it insert a row seen in the future: one would count for ever (never past the window, never removed).
+    expect(await asApp(`insert into token_age_limits (instance, max_token_age_seconds, published_at, seen_at) values ('forged', 60, now(), now() + interval '100 years')`)).toBe(1);
+    const forged = await stack.db.admin(`select seen_at <= now() as not_ahead from token_age_limits where instance = 'forged'`);
+    await stack.db.owner(`delete from token_age_limits where instance = 'forged'`);
+    expect(forged.rows).toEqual([{ not_ahead: true }]);
   });
 
   it('a declaration not seen within the window (7 days) is ignored, and removed', async () => {
@@ -85,6 +91,7 @@ describe('prune-revocations goes by the token age the API processes declare', ()
     let long: ApiProcess | undefined;
     try {
       long = await spawnApi({ ...stack.env, JWT_MAX_TOKEN_LIFETIME: '48h' });
+      await waitFor(async () => (await declared()).length === 2, { timeoutMs: 30_000, what: 'the 48 h API\'s declaration' });
       expect((await declared()).map((d) => d.age).sort((a, b) => a - b)).toEqual([ageOf('24h'), ageOf('48h')]);
       const tenant = newTenant();
       const now = await dbNow();
@@ -103,7 +110,14 @@ describe('prune-revocations goes by the token age the API processes declare', ()
       // A reload (as every reconcile makes) still holds the row: the token stays revoked.
       await long.stop();
       long = await spawnApi({ ...stack.env, JWT_MAX_TOKEN_LIFETIME: '48h' });
-      const again = await fetch(`${long.baseUrl}${RUNS}`, { headers: { authorization: `Bearer ${old}` } });
+      // 503 until its first load (at most 5 s of its start waits for it; under load it may come later).
+      const again = await waitFor(
+        async () => {
+          const r = await fetch(`${long!.baseUrl}${RUNS}`, { headers: { authorization: `Bearer ${old}` } });
+          return r.status === 503 ? undefined : r;
+        },
+        { timeoutMs: 30_000, what: 'the restarted 48 h API\'s first load' },
+      );
       expect(again.status).toBe(401);
       expect(((await again.json()) as { code: string }).code).toBe('token_revoked');
     } finally {
@@ -115,7 +129,7 @@ describe('prune-revocations goes by the token age the API processes declare', ()
     let unlimited: ApiProcess | undefined;
     try {
       unlimited = await spawnApi({ ...stack.env, JWT_MAX_TOKEN_LIFETIME: '0' });
-      expect((await declared()).map((d) => d.age)).toContain(0);
+      await waitFor(async () => (await declared()).some((d) => d.age === 0), { timeoutMs: 30_000, what: 'the unlimited API\'s declaration' });
     } finally {
       await unlimited?.stop();
     }
@@ -128,6 +142,35 @@ describe('prune-revocations goes by the token age the API processes declare', ()
     expect(pruned.code, pruned.err).toBe(0);
     expect(pruned.out).toMatch(/pruned 1 .*JWT_MAX_TOKEN_LIFETIME=0/);
     expect(await left(tenant)).toEqual([400 * 24]);
+  });
+
+  it('two prunes at once (two schedulers, an overlapping cron) both succeed: the second waits for the first instead of deadlocking on the table', { timeout: 60_000 }, async () => {
+    // Both got past the table lock (SHARE lets two in) and queued on a row one of them deletes; then each
+    // waited for the other's SHARE lock to delete the declarations not seen: "deadlock detected", one failed.
+    const tenant = newTenant();
+    await revokeTokens({ ownerUrl: stack.db.ownerUrl, prefix: stack.prefix }, { tenantId: tenant, jti: 'j-held', expiresAt: new Date((await dbNow()) - HOUR), revokedBy: 'test-operator' });
+    // As the superuser: the owner's own policies hide an expired row from its SELECT.
+    const holder = new pg.Client({ connectionString: stack.db.adminUrl });
+    await holder.connect();
+    try {
+      await holder.query('begin');
+      expect((await holder.query(`select 1 from token_revocations where tenant_id = $1 for update`, [tenant])).rowCount).toBe(1);
+      const limits = { maxTokenLifetimeMs: stack.config.JWT_MAX_TOKEN_LIFETIME, clockToleranceMs: stack.config.JWT_CLOCK_TOLERANCE };
+      const prunes = [pruneRevocations(stack.db.ownerUrl, limits), pruneRevocations(stack.db.ownerUrl, limits)].map((p) => p.then((r) => r, (e: unknown) => e as Error));
+      // Both wait (on the held row, or on the first prune's lock) before the holder lets them go.
+      await waitFor(
+        async () =>
+          Number((await stack.db.admin(`select count(*)::int as n from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock' and query ~ 'token_(revocations|age_limits)'`)).rows[0].n) >= 2,
+        { timeoutMs: 30_000, what: 'both prunes waiting' },
+      );
+      await holder.query('commit');
+      const results = await Promise.all(prunes);
+      expect(results.filter((r) => r instanceof Error).map((e) => (e as Error).message)).toEqual([]);
+      expect(results.map((r) => (r as { pruned: number }).pruned).sort()).toEqual([0, 1]);
+    } finally {
+      await holder.query('rollback').catch(() => {});
+      await holder.end();
+    }
   });
 
   it('no API process seen (a fresh install, or every API of an earlier release): every not-before is kept, with a message saying why', async () => {

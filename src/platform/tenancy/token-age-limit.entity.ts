@@ -10,8 +10,8 @@ import { defineEntity, p } from '@mikro-orm/core';
  * age, never shorten it.
  * No tenant_id and no tenant data: APP_UNTENANTED_GRANTS lets the application role read and insert rows
  * and update `seen_at` alone (APP_UNTENANTED_UPDATE_COLUMNS), so no code of the application can shorten a
- * process's declared age; and the trigger `seen_now` makes every update's `seen_at` the database's time,
- * so none can age a row out of the window either.
+ * process's declared age; and the trigger `seen_now` makes every update's `seen_at` the database's time (an
+ * insert's at most that), so none can age a row out of the window either, nor keep one in it for ever.
  */
 export const TokenAgeLimitRow = defineEntity({
   name: 'TokenAgeLimit',
@@ -31,8 +31,10 @@ export const TokenAgeLimitRow = defineEntity({
     {
       name: 'seen_now',
       timing: 'before',
-      events: ['update'],
-      body: 'new.seen_at := now(); return new;',
+      events: ['insert', 'update'],
+      // An update's seen_at is now(); an insert's at most now(): a row seen in the future would count for
+      // ever (never past the window, never removed). One in the past only counts less.
+      body: "new.seen_at := case when tg_op = 'INSERT' then least(new.seen_at, now()) else now() end; return new;",
     },
   ],
 });

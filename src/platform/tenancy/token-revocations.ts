@@ -140,7 +140,7 @@ export interface TokenAgeDeclaration {
 /**
  * Declares (first call) or confirms (later calls: `seen_at` only, the database's time) the token age this
  * API process enforces, as the application role (token_age_limits holds no tenant data). Waits while a
- * prune runs (it holds the table in SHARE mode): a process is never serving with an age the prune in
+ * prune runs (it holds the table in SHARE ROW EXCLUSIVE mode): a process is never serving with an age the prune in
  * progress did not read.
  */
 export async function declareTokenAge(orm: MikroORM, declaration: TokenAgeDeclaration): Promise<void> {
@@ -525,15 +525,17 @@ export interface PruneResult {
  *   limit (0), nor while no API process was seen: the command's own settings never shorten the age.
  * A not-before superseded by a later one is not deleted: lifting the later one would revive the tokens
  * only the earlier one refused (and the API holds one not-before per tenant or subject, the latest, anyway).
- * The declarations are read under a SHARE lock, so an API process declaring meanwhile waits for the commit
- * (and then loads the list as pruned); rows of processes not seen within the window are deleted.
+ * The declarations are read under a SHARE ROW EXCLUSIVE lock, so an API process declaring meanwhile waits
+ * for the commit (and then loads the list as pruned), and so does a second prune: under SHARE both took the
+ * lock, and each then waited for the other's to delete the rows of processes not seen within the window
+ * (deleted here), "deadlock detected".
  */
 export async function pruneRevocations(ownerUrl: string, ownLimits: { maxTokenLifetimeMs: number; clockToleranceMs: number }): Promise<PruneResult> {
   const client = new pg.Client(pgClientConfig(ownerUrl));
   await client.connect();
   try {
     await client.query('begin');
-    await client.query('lock table token_age_limits in share mode');
+    await client.query('lock table token_age_limits in share row exclusive mode');
     const window = `interval '${TOKEN_AGE_SEEN_WINDOW}'`;
     const { rows } = await client.query<{ apis: number; longest: number | null; unlimited: boolean | null }>(
       `select count(*)::int as apis, max(max_token_age_seconds)::float8 as longest, bool_or(max_token_age_seconds = 0) as unlimited
