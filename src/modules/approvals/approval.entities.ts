@@ -372,6 +372,8 @@ export const ApprovalPolicyChange = defineEntity({
         `if ${BY_OWNER} then return new; end if; ` +
         "if tg_op = 'INSERT' then if new.status <> 'pending' or new.decided_by is not null or new.decided_at is not null then " +
         `${refuseChange('a change is proposed pending, undecided; only a second admin approves it')} end if; return new; end if; ` +
+        // A write that changes nothing (a no-op update, `set status = status`) moves nothing: let through.
+        'if new is not distinct from old then return new; end if; ' +
         `if old.status <> 'pending' then ${refuseChange('it is decided, and a decision is final')} end if; ` +
         `if (${proposal('new')}) is distinct from (${proposal('old')}) then ${refuseChange('what was proposed, by whom and when, is kept as proposed')} end if; ` +
         `if new.status = 'approved' then if new.decided_by is null or new.decided_by = new.proposed_by or not (${DECIDED_NOW}) or new.expires_at <= statement_timestamp() then ` +
