@@ -7,7 +7,8 @@
  */
 import { Worker } from 'bullmq';
 import { Redis } from 'ioredis';
-import { childChannel, rssBytes } from '../lib/child-ipc.ts';
+import { childChannel } from '../lib/child-ipc.ts';
+import { ioStats } from '../lib/io-stats.ts';
 import { installIoCounter } from '../lib/io-counter.ts';
 import { nowMs } from '../lib/stats.ts';
 
@@ -15,17 +16,8 @@ const counter = installIoCounter();
 const env = process.env;
 const RAW_LAST_STEP = env.BENCH_RAW_LAST_STEP ?? 'step-4';
 const connection = new Redis(env.BENCH_REDIS_URL!, { maxRetriesPerRequest: null });
-let cpuBase = process.cpuUsage();
-const channel = childChannel({
-  collect: () => {
-    const cpu = process.cpuUsage(cpuBase);
-    return { queries: 0, control: 0, redisWrites: counter.redisWrites, rss: rssBytes(), cpuMs: (cpu.user + cpu.system) / 1000, stepMs: [] };
-  },
-  reset: () => {
-    counter.reset();
-    cpuBase = process.cpuUsage();
-  },
-});
+// No database here: its query counts read 0, as the peers' that have one read theirs.
+const channel = childChannel(ioStats(counter));
 
 const worker = new Worker(
   env.BENCH_RAW_QUEUE!,
