@@ -89,7 +89,7 @@ export async function startWorkerProcess(c: Container, opts: { signal?: AbortSig
   const cfg = c.config;
   // Before the workers: a port already taken stops the start before any job is taken.
   if (cfg.WORKER_METRICS_PORT !== undefined) at('metrics-port');
-  const metricsServer = cfg.WORKER_METRICS_PORT === undefined ? undefined : await startMetricsServer(c.metrics.registry, cfg.WORKER_METRICS_PORT, c.logger);
+  const metricsServer = cfg.WORKER_METRICS_PORT === undefined ? undefined : await startMetricsServer(c.metrics.registry, cfg.WORKER_METRICS_PORT, c.logger, cfg.WORKER_METRICS_HOST);
   const closeMetrics = async () => {
     metricsServer?.closeAllConnections();
     await new Promise((r) => (metricsServer ? metricsServer.close(r) : r(undefined)));

@@ -46,15 +46,17 @@ function demoEnvironment(): { env: Record<string, string>; config: Config; secre
  *   (ADR 0013); off for these two children only, whatever .env says; .env.example keeps it on;
  * - the API on 127.0.0.1 only (API_HOST): with the guard off (and, with .env.example's JWT_SECRET, a
  *   published signing key) it must not be reachable from other machines, --keep-running included;
+ * - the worker's metrics port, when WORKER_METRICS_PORT is set, on 127.0.0.1 only too
+ *   (WORKER_METRICS_HOST): a local demo has no Prometheus on another machine to serve;
  * - the worker on every workflow queue: a WORKER_QUEUES from .env without golden-path would leave the
  *   demo's run to no one.
  */
 export function demoChildEnvironment(env: Record<string, string>, port: number): Record<string, string> {
   const { WORKER_QUEUES: _servedByTheUsersWorkers, ...rest } = env;
-  return { ...rest, PORT: String(port), API_HOST: DEMO_API_HOST, WEBHOOK_ALLOW_PRIVATE_NETWORKS: 'true' };
+  return { ...rest, PORT: String(port), API_HOST: DEMO_API_HOST, WORKER_METRICS_HOST: DEMO_API_HOST, WEBHOOK_ALLOW_PRIVATE_NETWORKS: 'true' };
 }
 
-/** Where the demo's API listens (and its addresses printed): this machine only. */
+/** Where the demo's API and its worker's metrics port listen (and the API's addresses printed): this machine only. */
 export const DEMO_API_HOST = '127.0.0.1';
 
 async function startChildren(procs: DemoProcesses, config: Config, env: Record<string, string>): Promise<{ base: string; port: number }> {

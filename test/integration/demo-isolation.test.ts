@@ -12,6 +12,13 @@ import { waitFor } from '../helpers/poll.ts';
 import { checkNoWorkers, DEMO_QUEUES } from '../../src/demo/demo-setup.ts';
 import { DemoError } from '../../src/demo/demo-support.ts';
 import { createRedis } from '../../src/platform/queue/connections.ts';
+import type { AddressInfo } from 'node:net';
+import { pino } from 'pino';
+import { Registry } from 'prom-client';
+import { DemoProcesses } from '../../src/demo/demo-processes.ts';
+import { parseConfig } from '../../src/platform/config/config.ts';
+import { startMetricsServer } from '../../src/platform/telemetry/metrics-server.ts';
+import { jsonLines, TELEMETRY_REGISTER } from '../helpers/api-process.ts';
 
 /**
  * `npm run demo` starts its own API and worker with .env's QUEUE_PREFIX (and, for its webhook receiver
@@ -20,7 +27,8 @@ import { createRedis } from '../../src/platform/queue/connections.ts';
  * out waiting for a webhook, a misleading message) and the demo's worker takes that worker's tenants'
  * webhooks with the guard off. The demo's preflight asks BullMQ for the workers on its queues and stops at once.
  * Its children serve every workflow queue whatever .env's WORKER_QUEUES says, and its API, whose guard
- * is off, listens on 127.0.0.1 only (API_HOST), --keep-running included.
+ * is off, listens on 127.0.0.1 only (API_HOST), --keep-running included, and so does its worker's
+ * metrics port (WORKER_METRICS_HOST; unset, a worker's, like the API, listens on every interface).
  */
 const prefixes: string[] = [];
 const newPrefix = () => {
@@ -95,27 +103,102 @@ describe("the demo's preflight", () => {
   });
 });
 
+/** The environment of an API or worker on `db` and a prefix of this file's. */
+const processEnv = (db: { appUrl: string; ownerUrl: string }): Record<string, string> => ({
+  NODE_ENV: 'development',
+  DATABASE_URL: db.appUrl,
+  MIGRATION_DATABASE_URL: db.ownerUrl,
+  REDIS_URL: TEST_REDIS_URL,
+  QUEUE_PREFIX: newPrefix(),
+  JWT_SECRET: TEST_JWT_SECRET,
+  OTEL_SDK_DISABLED: 'true',
+});
+
+/** This machine's first external IPv4 address, when it has one. */
+const otherAddress = () =>
+  Object.values(networkInterfaces())
+    .flat()
+    .find((a) => a && a.family === 'IPv4' && !a.internal)?.address;
+
+/** How a TCP connection to `host:port` ends: 'connected', or the error's code. */
+const connectTo = (host: string, port: number) =>
+  new Promise<string>((resolve) => {
+    const s = net.connect(port, host);
+    s.once('connect', () => {
+      s.destroy();
+      resolve('connected');
+    });
+    s.once('error', (e: NodeJS.ErrnoException) => resolve(e.code ?? 'error'));
+  });
+
 describe("the demo's children", () => {
-  it('serve every workflow queue (.env\'s WORKER_QUEUES dropped), with the guard off, the API on 127.0.0.1 only', () => {
-    const env = demoChildEnvironment({ QUEUE_PREFIX: 'p', WORKER_QUEUES: 'partner-offboarding', WEBHOOK_ALLOW_PRIVATE_NETWORKS: 'false', PORT: '3000' }, 4321);
-    expect(env).toEqual({ QUEUE_PREFIX: 'p', PORT: '4321', API_HOST: '127.0.0.1', WEBHOOK_ALLOW_PRIVATE_NETWORKS: 'true' });
+  it('serve every workflow queue (.env\'s WORKER_QUEUES dropped), with the guard off, the API and the worker metrics on 127.0.0.1 only', () => {
+    const env = demoChildEnvironment({ QUEUE_PREFIX: 'p', WORKER_QUEUES: 'partner-offboarding', WEBHOOK_ALLOW_PRIVATE_NETWORKS: 'false', PORT: '3000', WORKER_METRICS_HOST: '0.0.0.0' }, 4321);
+    expect(env).toEqual({ QUEUE_PREFIX: 'p', PORT: '4321', API_HOST: '127.0.0.1', WORKER_METRICS_HOST: '127.0.0.1', WEBHOOK_ALLOW_PRIVATE_NETWORKS: 'true' });
     expect(DEMO_API_HOST).toBe('127.0.0.1');
+  });
+
+  it("the demo's worker, started by its process helpers, serves its metrics on 127.0.0.1 only", { timeout: 150_000 }, async () => {
+    const db = await createTestDatabase();
+    const procs = new DemoProcesses();
+    try {
+      const env = demoChildEnvironment(
+        { PATH: process.env.PATH ?? '', ...processEnv(db), LOG_LEVEL: 'info', WORKER_METRICS_PORT: '0' },
+        0,
+      );
+      // As the demo starts its worker (demo.ts startChildren).
+      const worker = procs.start('worker', ['--import', TELEMETRY_REGISTER, 'workers/golden-path.worker.ts'], env);
+      const listening = await waitFor(
+        () => {
+          // An assertion ends the wait at once: a worker that exited says why.
+          expect(worker.alive, worker.tail(40).join('\n')).toBe(true);
+          return jsonLines(worker.tail(400).join('\n')).find((l) => l.msg === 'worker metrics listening');
+        },
+        { timeoutMs: 120_000, what: "the demo's worker to open its metrics port" },
+      );
+      expect(listening).toMatchObject({ metrics_address: '127.0.0.1' });
+      const port = Number(listening.metrics_port);
+      expect((await fetch(`http://127.0.0.1:${port}/metrics`)).status).toBe(200);
+      const other = otherAddress();
+      if (other) expect(await connectTo(other, port), `connecting to ${other}:${port}`).toBe('ECONNREFUSED');
+    } finally {
+      await procs.stopAll(30_000);
+      await db.drop();
+    }
+  });
+});
+
+describe('WORKER_METRICS_HOST', () => {
+  const registry = new Registry();
+  const logger = pino({ level: 'silent' });
+  const base = { JWT_SECRET: TEST_JWT_SECRET, WORKER_METRICS_PORT: '0' };
+  const listenOn = async (env: Record<string, string>) => {
+    const cfg = parseConfig(env);
+    // As worker-runtime.ts starts it.
+    const server = await startMetricsServer(registry, cfg.WORKER_METRICS_PORT!, logger, cfg.WORKER_METRICS_HOST);
+    const address = server.address() as AddressInfo;
+    await new Promise((r) => server.close(r));
+    return address.address;
+  };
+
+  it("with the demo's children's environment, the metrics server listens on 127.0.0.1 only", async () => {
+    expect(await listenOn(demoChildEnvironment(base, 0))).toBe('127.0.0.1');
+  });
+
+  it('unset (the default), on every interface, as API_HOST: a Prometheus on another machine or pod scrapes each worker', async () => {
+    expect(parseConfig(base).WORKER_METRICS_HOST).toBeUndefined();
+    expect(['::', '0.0.0.0']).toContain(await listenOn(base));
+  });
+
+  it('set, on that address', async () => {
+    expect(await listenOn({ ...base, WORKER_METRICS_HOST: '127.0.0.1' })).toBe('127.0.0.1');
   });
 });
 
 describe('API_HOST', () => {
   it('the API listens on that address only', { timeout: 120_000 }, async () => {
     const db = await createTestDatabase();
-    const api = await spawnApi({
-      NODE_ENV: 'development',
-      DATABASE_URL: db.appUrl,
-      MIGRATION_DATABASE_URL: db.ownerUrl,
-      REDIS_URL: TEST_REDIS_URL,
-      QUEUE_PREFIX: newPrefix(),
-      JWT_SECRET: TEST_JWT_SECRET,
-      OTEL_SDK_DISABLED: 'true',
-      API_HOST: '127.0.0.1',
-    }).catch(async (e: unknown) => {
+    const api = await spawnApi({ ...processEnv(db), API_HOST: '127.0.0.1' }).catch(async (e: unknown) => {
       await db.drop();
       throw e;
     });
@@ -124,20 +207,8 @@ describe('API_HOST', () => {
       const port = Number(new URL(api.baseUrl).port);
       expect((await fetch(`http://127.0.0.1:${port}/healthz`)).status).toBe(200);
       // This machine's other addresses (when it has one) are refused.
-      const other = Object.values(networkInterfaces())
-        .flat()
-        .find((a) => a && a.family === 'IPv4' && !a.internal)?.address;
-      if (other) {
-        const refused = await new Promise<string>((resolve) => {
-          const s = net.connect(port, other);
-          s.once('connect', () => {
-            s.destroy();
-            resolve('connected');
-          });
-          s.once('error', (e: NodeJS.ErrnoException) => resolve(e.code ?? 'error'));
-        });
-        expect(refused, `connecting to ${other}:${port}`).toBe('ECONNREFUSED');
-      }
+      const other = otherAddress();
+      if (other) expect(await connectTo(other, port), `connecting to ${other}:${port}`).toBe('ECONNREFUSED');
     } finally {
       await api.stop();
       await db.drop();

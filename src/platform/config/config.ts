@@ -369,6 +369,12 @@ export const configSchema = z
       .optional(),
     /** Workers serve their Prometheus metrics (step durations) on this port; unset = off, 0 = an ephemeral port. */
     WORKER_METRICS_PORT: z.coerce.number().int().min(0).max(65535).optional(),
+    /**
+     * The address that metrics port listens on (an IP address, or a name it resolves to); unset: every
+     * interface, as API_HOST, since Prometheus scrapes each worker from another machine or pod
+     * (`worker-1:9464`). `npm run demo` sets 127.0.0.1 for its own worker.
+     */
+    WORKER_METRICS_HOST: z.string().trim().min(1).optional(),
   })
   .superRefine((c, ctx) => {
     if (c.READINESS_ACCEPT_UNKNOWN.length > 0 && !c.READINESS_ACCEPT_NOTE) {

@@ -6,12 +6,14 @@ import { untraceIncomingOnPort } from './otel-hooks.ts';
 
 /**
  * A tiny Prometheus endpoint for processes without an HTTP API (workers): GET /metrics serves the
- * registry (step duration histogram, process metrics). Off unless WORKER_METRICS_PORT is set. HEAD as
- * GET without a body, OPTIONS 204 and another method 405, with `Allow: GET, HEAD`; another path 404.
+ * registry (step duration histogram, process metrics). Off unless WORKER_METRICS_PORT is set; on
+ * WORKER_METRICS_HOST's address, or every interface when it is unset (`host` undefined), as a Prometheus
+ * on another machine or pod scrapes it. HEAD as GET without a body, OPTIONS 204 and another method 405,
+ * with `Allow: GET, HEAD`; another path 404.
  */
 const METRICS_ALLOW = 'GET, HEAD';
 
-export async function startMetricsServer(registry: Registry, port: number, logger: Logger): Promise<Server> {
+export async function startMetricsServer(registry: Registry, port: number, logger: Logger, host?: string): Promise<Server> {
   const server = createServer((req, res) => {
     if (req.url !== '/metrics' && !req.url?.startsWith('/metrics?')) {
       res.writeHead(404, { 'content-type': 'text/plain' }).end('not found\n');
@@ -34,11 +36,11 @@ export async function startMetricsServer(registry: Registry, port: number, logge
   });
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
-    server.listen(port, () => resolve());
+    server.listen({ port, ...(host ? { host } : {}) }, () => resolve());
   });
-  const { port: bound } = server.address() as AddressInfo;
+  const { port: bound, address } = server.address() as AddressInfo;
   // No request here starts a trace: before, every path but /metrics did (a port scan filled the collector with root spans).
   untraceIncomingOnPort(bound);
-  logger.info({ metrics_port: bound }, 'worker metrics listening');
+  logger.info({ metrics_port: bound, metrics_address: address }, 'worker metrics listening');
   return server;
 }
