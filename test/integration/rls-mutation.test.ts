@@ -226,6 +226,27 @@ describe('the catalog check fails when tenancy is broken', () => {
     expect(row.reason).toMatch(/count_dossiers\(\).*dossiers_seen\(\)|dossiers_seen\(\).*count_dossiers\(\)/);
   });
 
+  it("reports a SECURITY DEFINER trigger function kept in a schema the application cannot use: a trigger on a table it writes runs it all the same", async () => {
+    const db = await freshDatabase();
+    await db.admin(`CREATE SCHEMA private; REVOKE ALL ON SCHEMA private FROM PUBLIC;
+      CREATE FUNCTION private.dossiers_seen() RETURNS trigger SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp LANGUAGE plpgsql AS
+        $$ BEGIN RAISE EXCEPTION 'dossiers seen: %', (SELECT count(*) FROM public.partner_dossiers); END $$;
+      CREATE TRIGGER seen BEFORE INSERT ON economics_models FOR EACH ROW EXECUTE FUNCTION private.dossiers_seen()`);
+    const app = new pg.Client({ connectionString: db.appUrl });
+    await app.connect();
+    try {
+      await app.query('BEGIN');
+      await app.query(`SELECT set_config('app.tenant_id', $1, true)`, [randomUUID()]);
+      // No USAGE on schema private, yet the application's write runs the function as its owner.
+      await expect(app.query(`INSERT INTO economics_models (tenant_id) VALUES (current_setting('app.tenant_id')::uuid)`)).rejects.toThrow('dossiers seen: 0');
+    } finally {
+      await app.end();
+    }
+    const report = await inspect(db);
+    expect(report.failures.map((f) => `${f.check} ${f.subject}`)).toEqual(['security-definer function private.dossiers_seen()']);
+    expect(report.failures[0]!.reason).toMatch(/by writing economics_models \(a trigger\)/);
+  });
+
   it("names a rewrite rule on a table the application writes — it runs as the table's owner, and indeed copies every tenant's run ids into the writer's own rows", async () => {
     const db = await freshDatabase();
     const [a, b] = [randomUUID(), randomUUID()];

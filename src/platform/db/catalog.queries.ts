@@ -79,14 +79,15 @@ export const CATALOG_SQL = {
    * $2 = the application role. A SECURITY DEFINER function it may call, or one a trigger runs on a
    * table it may write: a trigger's function runs whatever EXECUTE says (PostgreSQL checks that when
    * the trigger is created, never when it fires), so revoking EXECUTE from PUBLIC does not keep the
-   * application's writes from running it as its owner. `triggers`: the tables whose triggers run it.
+   * application's writes from running it as its owner. `triggers`: the tables whose triggers run it. A trigger's
+   * function counts in whatever schema it is kept: the trigger needs no USAGE of that schema (role-schema) to run it.
    */
   securityDefiners: `
     select p.oid::regprocedure::text as name, pg_get_userbyid(p.proowner) as owner,
            coalesce(array_agg(distinct t.tgrelid::regclass::text) filter (where t.oid is not null), '{}') as triggers
       from pg_proc p join pg_namespace n on n.oid = p.pronamespace
       left join pg_trigger t on t.tgfoid = p.oid and not t.tgisinternal and has_table_privilege($2, t.tgrelid, 'INSERT, UPDATE, DELETE')
-     where n.nspname = $1 and p.prosecdef
+     where p.prosecdef and (n.nspname = $1 or t.oid is not null)
      group by p.oid
     having has_function_privilege($2, p.oid, 'EXECUTE') or count(t.oid) > 0`,
 
