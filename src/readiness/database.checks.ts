@@ -35,7 +35,7 @@ export async function currentRole(orm: MikroORM): Promise<string> {
  * as the application role: per tenant-owned table `rls <table>` (RLS enabled and forced, an isolation policy
  * with USING and WITH CHECK, no widening policy) and `tenant-unique <table>` (tenant_id in every unique key);
  * then `app-role` (no superuser, no BYPASSRLS, REPLICATION, CREATEROLE or CREATEDB, a member of the system and operator roles
- * only, no other schema, owns nothing, no TEMP, exactly roles.ts's row privileges), the system role, views/functions (a
+ * only, nothing reachable in another schema (an extension's objects aside), owns nothing, no TEMP, exactly roles.ts's row privileges), the system role, views/functions (a
  * SECURITY DEFINER function it may run fails unless SECURITY_DEFINER_ALLOWED lists it) and `function-search-path` (every function of the schema runs with a search_path of its own, pg_temp last).
  * Errors fail a row; warnings are shown in its reason.
  */
@@ -55,7 +55,7 @@ export function catalogRows(report: CatalogReport, appRole: string): ReadinessRo
   }
   for (const r of report.roles) {
     if (r.role === appRole) {
-      row('app-role', `${appRole}: not superuser, no BYPASSRLS, REPLICATION, CREATEROLE or CREATEDB, a member of no role but the system and operator roles, no schema but ${report.schema}, owns nothing, no TEMP, no privilege outside RLS, exactly the row privileges db:migrate grants`);
+      row('app-role', `${appRole}: not superuser, no BYPASSRLS, REPLICATION, CREATEROLE or CREATEDB, a member of no role but the system and operator roles, nothing reachable in a schema but ${report.schema} (an extension's objects aside), owns nothing, no TEMP, no privilege outside RLS, exactly the row privileges db:migrate grants`);
     }
   }
   const other = report.roles.filter((r) => r.role !== appRole);

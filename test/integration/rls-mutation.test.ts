@@ -226,6 +226,27 @@ describe('the catalog check fails when tenancy is broken', () => {
     expect(row.reason).toMatch(/count_dossiers\(\).*dossiers_seen\(\)|dossiers_seen\(\).*count_dossiers\(\)/);
   });
 
+  it("reports a SECURITY DEFINER trigger function kept in a schema the application cannot use: a trigger on a table it writes runs it all the same", async () => {
+    const db = await freshDatabase();
+    await db.admin(`CREATE SCHEMA private; REVOKE ALL ON SCHEMA private FROM PUBLIC;
+      CREATE FUNCTION private.dossiers_seen() RETURNS trigger SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp LANGUAGE plpgsql AS
+        $$ BEGIN RAISE EXCEPTION 'dossiers seen: %', (SELECT count(*) FROM public.partner_dossiers); END $$;
+      CREATE TRIGGER seen BEFORE INSERT ON economics_models FOR EACH ROW EXECUTE FUNCTION private.dossiers_seen()`);
+    const app = new pg.Client({ connectionString: db.appUrl });
+    await app.connect();
+    try {
+      await app.query('BEGIN');
+      await app.query(`SELECT set_config('app.tenant_id', $1, true)`, [randomUUID()]);
+      // No USAGE on schema private, yet the application's write runs the function as its owner.
+      await expect(app.query(`INSERT INTO economics_models (tenant_id) VALUES (current_setting('app.tenant_id')::uuid)`)).rejects.toThrow('dossiers seen: 0');
+    } finally {
+      await app.end();
+    }
+    const report = await inspect(db);
+    expect(report.failures.map((f) => `${f.check} ${f.subject}`)).toEqual(['security-definer function private.dossiers_seen()']);
+    expect(report.failures[0]!.reason).toMatch(/by writing economics_models \(a trigger\)/);
+  });
+
   it("names a rewrite rule on a table the application writes — it runs as the table's owner, and indeed copies every tenant's run ids into the writer's own rows", async () => {
     const db = await freshDatabase();
     const [a, b] = [randomUUID(), randomUUID()];
@@ -417,11 +438,29 @@ describe('the catalog check fails when tenancy is broken', () => {
     const report = await inspect(db);
     expect(report.failures.map((f) => `${f.check} ${f.subject}`)).toEqual([`role-schema role ${TEST_APP.user}`]);
     expect(report.failures[0]!.reason).toMatch(/may use schema reports/);
-    // USAGE through PUBLIC is every role's: the system and operator roles are named too.
-    await db.owner(`REVOKE ALL ON SCHEMA reports FROM ${TEST_APP.user}; GRANT USAGE ON SCHEMA reports TO PUBLIC`);
+    // USAGE and SELECT through PUBLIC are every role's: the system and operator roles are named too.
+    await db.owner(`REVOKE ALL ON SCHEMA reports FROM ${TEST_APP.user}; GRANT USAGE ON SCHEMA reports TO PUBLIC; GRANT SELECT ON reports.runs TO PUBLIC`);
     expect((await inspect(db)).failures.map((f) => `${f.check} ${f.subject}`)).toEqual([`role-schema role ${TEST_APP.user}`, 'role-schema role dealix_system', 'role-schema role dealix_operator']);
     await db.owner('REVOKE USAGE ON SCHEMA reports FROM PUBLIC');
     expect((await inspect(db)).failures).toEqual([]);
+  });
+
+  it("passes a provider's extension schema that every role may use (Heroku's heroku_ext), and one where the roles reach nothing — until the owner puts a function there, or the application may create there", async () => {
+    const db = await freshDatabase();
+    // As Heroku Postgres makes every database: heroku_ext, USAGE for PUBLIC, extensions installed into it.
+    // pg_stat_statements brings a view PUBLIC may read and functions it may execute: the extension's, not the owner's.
+    await db.admin(`CREATE SCHEMA heroku_ext; GRANT USAGE ON SCHEMA heroku_ext TO PUBLIC; CREATE EXTENSION pg_stat_statements WITH SCHEMA heroku_ext;
+      CREATE SCHEMA empty_ext; GRANT USAGE ON SCHEMA empty_ext TO PUBLIC`);
+    expect((await inspect(db)).failures).toEqual([]);
+    // A function there that is no extension's runs as its owner for any role (EXECUTE is PUBLIC's by default); the checks of public never see it.
+    await db.admin(`CREATE FUNCTION heroku_ext.count_runs() RETURNS bigint SECURITY DEFINER LANGUAGE sql AS 'SELECT count(*) FROM public.durable_runs'`);
+    const report = await inspect(db);
+    expect(report.failures.map((f) => `${f.check} ${f.subject}`)).toEqual([`role-schema role ${TEST_APP.user}`, 'role-schema role dealix_system', 'role-schema role dealix_operator']);
+    expect(report.failures[0]!.reason).toContain('may use schema heroku_ext (function heroku_ext.count_runs())');
+    await db.admin(`DROP FUNCTION heroku_ext.count_runs(); GRANT CREATE ON SCHEMA empty_ext TO ${TEST_APP.user}`);
+    const created = await inspect(db);
+    expect(created.failures.map((f) => `${f.check} ${f.subject}`)).toEqual([`role-schema role ${TEST_APP.user}`]);
+    expect(created.failures[0]!.reason).toContain('may use schema empty_ext (CREATE)');
   });
 
   it('names a superuser application role', async () => {

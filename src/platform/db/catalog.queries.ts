@@ -79,14 +79,15 @@ export const CATALOG_SQL = {
    * $2 = the application role. A SECURITY DEFINER function it may call, or one a trigger runs on a
    * table it may write: a trigger's function runs whatever EXECUTE says (PostgreSQL checks that when
    * the trigger is created, never when it fires), so revoking EXECUTE from PUBLIC does not keep the
-   * application's writes from running it as its owner. `triggers`: the tables whose triggers run it.
+   * application's writes from running it as its owner. `triggers`: the tables whose triggers run it. A trigger's
+   * function counts in whatever schema it is kept: the trigger needs no USAGE of that schema (role-schema) to run it.
    */
   securityDefiners: `
     select p.oid::regprocedure::text as name, pg_get_userbyid(p.proowner) as owner,
            coalesce(array_agg(distinct t.tgrelid::regclass::text) filter (where t.oid is not null), '{}') as triggers
       from pg_proc p join pg_namespace n on n.oid = p.pronamespace
       left join pg_trigger t on t.tgfoid = p.oid and not t.tgisinternal and has_table_privilege($2, t.tgrelid, 'INSERT, UPDATE, DELETE')
-     where n.nspname = $1 and p.prosecdef
+     where p.prosecdef and (n.nspname = $1 or t.oid is not null)
      group by p.oid
     having has_function_privilege($2, p.oid, 'EXECUTE') or count(t.oid) > 0`,
 
@@ -94,14 +95,38 @@ export const CATALOG_SQL = {
   role: `select rolname, rolsuper, rolbypassrls, rolcanlogin, rolinherit, rolreplication, rolcreaterole, rolcreatedb from pg_roles where rolname = $1`,
 
   /**
-   * $2 = role: the schemas besides $1 it may use (USAGE, its own or PUBLIC's) or create in, but PostgreSQL's
-   * own (pg_catalog, information_schema, TOAST and temporary schemas). The checks read schema $1 alone, so a
-   * view, function or table elsewhere that the role can reach would go unseen.
+   * $2 = role: the schemas besides $1 (and PostgreSQL's own: pg_catalog, information_schema, TOAST and temporary
+   * schemas) it may create in, or use (USAGE, its own or PUBLIC's) to reach something: a relation it holds a
+   * privilege on, or a function it may execute (`objects`, at most five named). The checks read schema $1 alone,
+   * so a view, function or table elsewhere that the role can reach would go unseen. An extension's own objects
+   * do not count (a provider's extension schema, such as Heroku's heroku_ext, which PUBLIC may use), nor does a
+   * schema the role may use but reaches nothing in: the next inspection sees what is added there.
    */
   otherSchemas: `
-    select nspname as schema from pg_namespace
-     where nspname <> $1 and nspname not in ('pg_catalog', 'information_schema') and nspname !~ '^pg_(toast|temp_|toast_temp_)'
-       and (has_schema_privilege($2, oid, 'USAGE') or has_schema_privilege($2, oid, 'CREATE'))
+    with ns as (
+      select oid, nspname from pg_namespace
+       where nspname <> $1 and nspname not in ('pg_catalog', 'information_schema') and nspname !~ '^pg_(toast|temp_|toast_temp_)'
+         and (has_schema_privilege($2, oid, 'USAGE') or has_schema_privilege($2, oid, 'CREATE'))),
+    reach as (
+      select c.relnamespace as nsp,
+             case c.relkind when 'v' then 'view' when 'm' then 'materialized view' when 'S' then 'sequence'
+                            when 'f' then 'foreign table' else 'table' end || ' ' || c.oid::regclass::text as object
+        from pg_class c
+       where c.relnamespace in (select oid from ns) and c.relkind in ('r', 'p', 'v', 'm', 'f', 'S')
+         and case when c.relkind = 'S' then has_sequence_privilege($2, c.oid, 'USAGE, SELECT, UPDATE')
+                  else has_table_privilege($2, c.oid, 'SELECT, INSERT, UPDATE, DELETE, TRUNCATE, REFERENCES, TRIGGER')
+                       or has_any_column_privilege($2, c.oid, 'SELECT, INSERT, UPDATE, REFERENCES') end
+         and not exists (select 1 from pg_depend d where d.classid = 'pg_class'::regclass and d.objid = c.oid and d.deptype = 'e')
+      union all
+      select p.pronamespace, 'function ' || p.oid::regprocedure::text
+        from pg_proc p
+       where p.pronamespace in (select oid from ns) and has_function_privilege($2, p.oid, 'EXECUTE')
+         and not exists (select 1 from pg_depend d where d.classid = 'pg_proc'::regclass and d.objid = p.oid and d.deptype = 'e'))
+    select ns.nspname as schema, has_schema_privilege($2, ns.oid, 'CREATE') as "create",
+           coalesce((select array_agg(object order by object) from (select object from reach where nsp = ns.oid order by object limit 5) o), '{}') as objects
+      from ns
+     where has_schema_privilege($2, ns.oid, 'CREATE')
+        or has_schema_privilege($2, ns.oid, 'USAGE') and exists (select 1 from reach where nsp = ns.oid)
      order by 1`,
 
   /** $1 = role: relations in any user schema, schemas, and this database. */

@@ -9,7 +9,7 @@ import { appTableGrant, systemTableGrant, type TableGrant } from './roles.ts';
  * and WITH CHECK are both exactly the canonical predicate on `tenant_id` and `app.tenant_id`, no other policy that widens what the application sees,
  * `tenant_id` indexed and part of every unique key; the application role is no superuser, has no
  * BYPASSRLS, REPLICATION, CREATEROLE nor CREATEDB, is a member of the system and operator roles and of nothing
- * else (PostgreSQL's built-in roles included), may use no schema but the one inspected, owns nothing, may
+ * else (PostgreSQL's built-in roles included), may create in no schema but the one inspected nor reach anything elsewhere but an extension's objects, owns nothing, may
  * create nothing (TEMP included), holds no privilege that RLS does not govern
  * (TRUNCATE, REFERENCES, TRIGGER, and any row privilege on a table without tenant_id beyond
  * APP_UNTENANTED_GRANTS), and holds on the tenant tables exactly the row privileges roles.ts grants it (none
@@ -112,7 +112,10 @@ export interface RoleReport {
   replication: boolean;
   createRole: boolean;
   createDb: boolean;
-  /** Schemas besides the one inspected that it may use or create in (CATALOG_SQL.otherSchemas). */
+  /**
+   * Schemas besides the one inspected that it may create in, or use to reach a relation or function not an
+   * extension's (CATALOG_SQL.otherSchemas): `reports (view reports.runs)`, `scratch (CREATE)`.
+   */
   otherSchemas: string[];
   /** Relations (and schemas, the database) this role owns. */
   owns: string[];
@@ -476,7 +479,7 @@ async function inspectRole(query: CatalogQuery, schema: string, role: string, un
     replication: attrs.rolreplication,
     createRole: attrs.rolcreaterole,
     createDb: attrs.rolcreatedb,
-    otherSchemas: schemas.map((x) => x.schema as string),
+    otherSchemas: schemas.map((x) => `${x.schema} (${[...(x.create ? ['CREATE'] : []), ...(x.objects as string[])].join(', ')})`),
     owns: owned.map((o) => `${o.kind} ${o.name}`),
     unsafePrivileges: privileges.map((p) => `${p.table}: ${p.privilege}`),
     untenantedPrivileges: untenanted.filter((p) => !allowed[p.table]?.includes(p.privilege)).map((p) => `${p.table}: ${p.privilege}`),
@@ -602,7 +605,7 @@ function checkRole(r: RoleReport, kind: 'app' | 'system' | 'operator' | 'reachab
     );
   }
   if (r.otherSchemas.length) {
-    fail('role-schema', `${kind === 'reachable' ? 'may' : `${r.role} may`} use schema ${r.otherSchemas.join(', ')} (USAGE or CREATE, its own or PUBLIC's): the catalog checks read the application's schema alone, so a view, function or table there (an owner's view returns every tenant's rows) goes unseen. Keep every object in it, or REVOKE ALL ON SCHEMA … FROM ${r.role}, PUBLIC`);
+    fail('role-schema', `${kind === 'reachable' ? 'may' : `${r.role} may`} use schema ${r.otherSchemas.join(', ')} (its own privilege or PUBLIC's): the catalog checks read the application's schema alone, so a view, function or table there (an owner's view returns every tenant's rows) goes unseen. Move it to the application's schema, or REVOKE what reaches it (… ON SCHEMA, or on the object) FROM ${r.role}, PUBLIC; an extension's objects do not count`);
   }
   if ((kind === 'system' || kind === 'operator') && r.canLogin) fail('role-login', `${r.role} can log in; it must be NOLOGIN and reached only by SET LOCAL ROLE`);
   if (r.owns.length) fail('role-owns', `${kind === 'reachable' ? 'owns' : `${r.role} owns`} ${r.owns.join(', ')}: owners may alter or disable the policies`);
