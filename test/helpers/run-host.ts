@@ -19,6 +19,8 @@ export interface RunHostOptions {
   maxActiveRunsPerTenant?: number;
   /** The fallback delay of a parked job (default the platform's, 30–60 s): a test that must see parked jobs promoted sets it far beyond its deadline. */
   parkDelayMs?: (parks: number) => number;
+  /** How often the host makes the tenants' lost promotions (default the platform's, RECOVER_EVERY_MS). */
+  recoverEveryMs?: number;
   /** Told of each run job the host parks (as dealix_run_jobs_parked_total counts them). */
   onParked?: (info: { workflow: string }) => void;
   /** WORKFLOW_VERSIONS_RETIRED for this host (`name@vN`; default none). */
@@ -64,6 +66,7 @@ export function startRunHost(stack: TestStack, wf: WorkflowDef, workerId = 'run-
             slots: new TenantSlots(connection, { prefix: stack.prefix, cap: opts.maxActiveRunsPerTenant, leaseMs: 15_000 }),
             ...(opts.parkDelayMs ? { parkDelayMs: opts.parkDelayMs } : {}),
             ...(opts.onParked ? { onParked: opts.onParked } : {}),
+            ...(opts.recoverEveryMs ? { recoverEveryMs: opts.recoverEveryMs } : {}),
           },
         }
       : {}),

@@ -14,7 +14,7 @@ import pino from 'pino';
 import { api, CLASS_A_SUBMISSION, newTenant, startStack, type TestStack } from '../helpers/stack.ts';
 import { waitFor } from '../helpers/poll.ts';
 import { TEST_REDIS_URL } from '../helpers/env.ts';
-import { startRunHost, wrappedGoldenPath } from '../helpers/run-host.ts';
+import { startRunHost, wrappedGoldenPath, type RunHostOptions } from '../helpers/run-host.ts';
 import { createRedis } from '../../src/platform/queue/connections.ts';
 import { parseSlotMember, slotMember, slotParking, TenantSlots, type ParkedJobData } from '../../src/platform/durable/tenant-slots.ts';
 
@@ -43,6 +43,40 @@ describe('run jobs: a parked backlog behind a tenant at its cap', () => {
     await stack?.stop();
   });
 
+  /**
+   * `m` runs of a new tenant parked behind its one slot, held by a run job executing elsewhere (its lease beyond the test),
+   * on a host started with `opts` (this file's other host, serving the same queue, stopped first).
+   */
+  const parkedBehindHolder = async (name: string, m: number, opts: RunHostOptions) => {
+    await host?.stop();
+    host = undefined;
+    const tenant = newTenant();
+    const tok = await stack.token({ tenantId: tenant, sub: `${name}-submitter` });
+    const wf = wrappedGoldenPath(stack, (step) => step.run);
+    const queue = stack.container.runtime.queues.get(wf.queue)!;
+    const slots = new TenantSlots(connection, { prefix: stack.prefix, cap: CAP, leaseMs: 600_000 });
+    const holder = slotMember(wf.queue, `${name}-holder`);
+    expect(await slots.acquire(tenant, holder)).toBe(true);
+    host = startRunHost(stack, wf, `run-parked-${name}`, {}, { maxActiveRunsPerTenant: CAP, ...opts });
+    for (let i = 0; i < m; i++) {
+      const res = await api(stack, 'POST', '/api/v1/golden-path/run', { token: tok, body: CLASS_A_SUBMISSION, headers: { 'Idempotency-Key': randomUUID() } });
+      expect(res.status, res.text).toBe(202);
+    }
+    const parkedKey = slots.parkedKey(tenant);
+    await waitFor(async () => (await connection.zcard(parkedKey)) === m, { timeoutMs: 60_000, what: `${m} run jobs parked` });
+    return { tenant, wf, queue, slots, holder, parkedKey };
+  };
+
+  /** Waits for the tenant's `m` runs to complete. */
+  const allCompleted = (tenant: string, m: number, after: string) =>
+    waitFor(
+      async () => {
+        const { rows } = await stack.db.admin(`select count(*)::int as n from durable_runs where tenant_id = $1 and status = 'completed'`, [tenant]);
+        return rows[0].n === m;
+      },
+      { timeoutMs: 120_000, what: `all ${m} runs completed after ${after}` },
+    );
+
   it(`${N} run jobs parked behind a held slot: while the earliest comes back ${ROUNDS} times, about the cap come back (not every one); released, every run completes, each step once`, { timeout: LONG }, async () => {
     const tenant = newTenant();
     const tok = await stack.token({ tenantId: tenant, sub: 'backlog-submitter' });
@@ -59,7 +93,8 @@ describe('run jobs: a parked backlog behind a tenant at its cap', () => {
       return step.run(input, ctx);
     });
     let parks = 0;
-    host = startRunHost(stack, counted, 'run-parked-backlog', {}, { concurrency: 4, maxActiveRunsPerTenant: CAP, parkDelayMs: () => FALLBACK_MS, onParked: () => parks++ });
+    // The host's look for lost promotions runs often (ADR 0012, *Lost promotions*): it must not bring the parked jobs back either.
+    host = startRunHost(stack, counted, 'run-parked-backlog', {}, { concurrency: 4, maxActiveRunsPerTenant: CAP, parkDelayMs: () => FALLBACK_MS, onParked: () => parks++, recoverEveryMs: 100 });
 
     const runs: string[] = [];
     for (let i = 0; i < N; i++) {
@@ -99,28 +134,11 @@ describe('run jobs: a parked backlog behind a tenant at its cap', () => {
   });
 
   it('a run job that parked before, popped for promotion and beaten to the slot by a fresh job, parks again at its first place with the plain fallback, not at the tail with one scaled by the backlog', { timeout: LONG }, async () => {
-    // This file's other host serves the same queue: stopped first (a no-op when this test runs alone).
-    await host?.stop();
-    host = undefined;
     /** Parked jobs behind the tenant's one slot. */
     const M = 5;
     /** The fallback delay, far beyond the test: no parked job comes back on it, and the delay each park chose shows its rank. */
     const FALLBACK = 600_000;
-    const tenant = newTenant();
-    const tok = await stack.token({ tenantId: tenant, sub: 'repark-submitter' });
-    const wf = wrappedGoldenPath(stack, (step) => step.run);
-    const queue = stack.container.runtime.queues.get(wf.queue)!;
-    const slots = new TenantSlots(connection, { prefix: stack.prefix, cap: CAP, leaseMs: 600_000 });
-    const holder = slotMember(wf.queue, 'repark-holder');
-    expect(await slots.acquire(tenant, holder)).toBe(true);
-    host = startRunHost(stack, wf, 'run-parked-repark', {}, { concurrency: 1, maxActiveRunsPerTenant: CAP, parkDelayMs: () => FALLBACK });
-
-    for (let i = 0; i < M; i++) {
-      const res = await api(stack, 'POST', '/api/v1/golden-path/run', { token: tok, body: CLASS_A_SUBMISSION, headers: { 'Idempotency-Key': randomUUID() } });
-      expect(res.status, res.text).toBe(202);
-    }
-    const parkedKey = slots.parkedKey(tenant);
-    await waitFor(async () => (await connection.zcard(parkedKey)) === M, { timeoutMs: 60_000, what: `${M} run jobs parked` });
+    const { tenant, wf, queue, slots, holder, parkedKey } = await parkedBehindHolder('repark', M, { concurrency: 1, parkDelayMs: () => FALLBACK });
     const [earliest] = await connection.zrange(parkedKey, '0', '0');
     const { jobId } = parseSlotMember(earliest!);
     const before = (await queue.getJob(jobId))!.data as ParkedJobData;
@@ -151,13 +169,31 @@ describe('run jobs: a parked backlog behind a tenant at its cap', () => {
 
     // The fresh job ends: each release promotes the earliest parked, first the re-parked one, until every run completes.
     slotParking(slots, { queueOf: (name) => stack.container.runtime.queues.get(name), logger: pino({ level: 'silent' }) }).give(tenant, fresh);
-    await waitFor(
-      async () => {
-        const { rows } = await stack.db.admin(`select count(*)::int as n from durable_runs where tenant_id = $1 and status = 'completed'`, [tenant]);
-        return rows[0].n === M;
-      },
-      { timeoutMs: 120_000, what: `all ${M} runs completed after the release` },
-    );
+    await allCompleted(tenant, M, 'the release');
     expect(await connection.zcard(parkedKey)).toBe(0);
+  });
+
+  it("a lost promotion (its releaser died between pop and promote) with the tenant's slot free: the popped job and those parked far back, on fallbacks of 10 min to an hour, are promoted by the hosts' look for lost promotions, and every run completes", { timeout: LONG }, async () => {
+    /** Parked jobs behind the tenant's one slot. */
+    const M = 6;
+    /** The fallback delay, far beyond the test: a parked job completes only if something promotes it. */
+    const FALLBACK = 600_000;
+    const { tenant, queue, slots, holder, parkedKey } = await parkedBehindHolder('lost', M, { concurrency: 2, parkDelayMs: () => FALLBACK, recoverEveryMs: 200 });
+    // The rank scaling still holds (no herd): the last parked waits M times the fallback for its promotion.
+    const [last] = await connection.zrange(parkedKey, '-1', '-1');
+    expect(Number((await queue.getJob(parseSlotMember(last!).jobId))!.delay)).toBeGreaterThan(FALLBACK);
+
+    // The holder's run ends, and its worker dies between the release (which pops the earliest parked) and the promote:
+    // a release with a short lease (the grace a popped job has to take the slot) and no promotion.
+    const dying = new TenantSlots(connection, { prefix: stack.prefix, cap: CAP, leaseMs: 1_000 });
+    const [earliest] = await connection.zrange(parkedKey, '0', '0');
+    expect(await dying.release(tenant, holder)).toBe(earliest);
+    expect(await connection.zcard(slots.slotsKey(tenant)), "the tenant's slot is free").toBe(0);
+    expect(await (await queue.getJob(parseSlotMember(earliest!).jobId))!.getState()).toBe('delayed');
+
+    // Before: nothing ran again until the popped job's fallback (10 min) and the others' scaled ones (20 min to an hour).
+    await allCompleted(tenant, M, 'the lost promotion');
+    expect(await connection.zcard(parkedKey)).toBe(0);
+    await waitFor(async () => (await connection.zcard(slots.promotingKey(tenant))) === 0, { timeoutMs: 60_000, what: 'no promotion left pending' });
   });
 });

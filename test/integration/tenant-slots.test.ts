@@ -144,6 +144,47 @@ describe('tenant slots (Redis scripts)', () => {
     expect([0, 1, 2, 3, 4, 5, 100, 10_000].map((rank) => rankedDelayMs(1000, rank, 2))).toEqual([1000, 1000, 2000, 2000, 3000, 3000, 51_000, 1000 * PARKED_RANK_FACTOR_MAX]);
   });
 
+  it('recover: a popped job whose promotion is overdue is given again; a free slot with nothing pending pops the earliest parked; a promotion within its grace or a held slot pops nothing; an owner with nothing left leaves the index', async () => {
+    const GRACE = 300;
+    const slots = new TenantSlots(redis, { prefix, cap: 1, leaseMs: GRACE });
+    const held = new TenantSlots(redis, { prefix, cap: 1, leaseMs: LONG_LEASE });
+    const tenant = randomUUID();
+    await held.acquire(tenant, 'q:holder');
+    for (const [i, m] of ['q:p1', 'q:p2', 'q:p3'].entries()) await slots.park(tenant, m, 1_000 + i);
+    expect(await redis.zrange(slots.ownersKey(), '0', '-1')).toEqual([tenant]);
+    // The slot is held: nothing to promote.
+    expect(await slots.recover()).toEqual([]);
+    // The holder's release pops p1, and its promotion is lost (the releaser died): pending, within its grace nothing is given.
+    const poppedAt = await redisNow();
+    expect(await slots.release(tenant, 'q:holder')).toBe('q:p1');
+    const within = await slots.recover();
+    if ((await redisNow()) < poppedAt + GRACE) expect(within).toEqual([]);
+    // Overdue: p1 is given again (not p2: the slot is p1's), and again each grace until it takes the slot.
+    await waitFor(async () => (await slots.recover()).length > 0 && (await redisNow()) > poppedAt, { what: 'the lost promotion to be overdue' });
+    expect(await redis.zrange(slots.promotingKey(tenant), '0', '-1')).toEqual(['q:p1']);
+    expect(await slots.acquire(tenant, 'q:p1')).toBe(true);
+    expect(await redis.zcard(slots.promotingKey(tenant))).toBe(0);
+    expect(await slots.recover()).toEqual([]);
+    // p1's run ends, and that promotion is lost too (p2 popped); p2's job was gone, and its wake could not reach Redis: the
+    // next look gives p2 again once overdue, its promoter tells Redis it is gone and gets p3.
+    expect(await slots.release(tenant, 'q:p1')).toBe('q:p2');
+    const again = await waitFor(async () => { const r = await slots.recover(); return r.length ? r : undefined; }, { what: 'p2 overdue' });
+    expect(again).toEqual([{ owner: tenant, member: 'q:p2' }]);
+    expect(await slots.wake(tenant, 'q:p2')).toBe('q:p3');
+    expect(await redis.zrange(slots.promotingKey(tenant), '0', '-1')).toEqual(['q:p3']);
+    expect(await slots.acquire(tenant, 'q:p3')).toBe(true);
+    // A free slot with jobs parked and nothing pending (a lease lapsed, a release of a worker of the release before): the earliest parked.
+    await slots.park(tenant, 'q:p4', 2_000);
+    await slots.park(tenant, 'q:p5', 2_001);
+    await slots.release(tenant, 'q:p3').then((m) => expect(m).toBe('q:p4'));
+    await redis.zrem(slots.promotingKey(tenant), 'q:p4');
+    expect(await slots.recover()).toEqual([{ owner: tenant, member: 'q:p5' }]);
+    expect(await slots.acquire(tenant, 'q:p5')).toBe(true);
+    // Nothing parked, nothing pending: the owner leaves the index.
+    expect(await slots.recover()).toEqual([]);
+    expect(await redis.zcard(slots.ownersKey())).toBe(0);
+  });
+
   it('a park that finds a slot freed since its acquire pops the earliest parked job at once (no wake-up lost)', async () => {
     const slots = new TenantSlots(redis, { prefix, cap: 1, leaseMs: LONG_LEASE });
     const tenant = randomUUID();

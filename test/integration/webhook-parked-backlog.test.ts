@@ -16,7 +16,7 @@ import { waitFor } from '../helpers/poll.ts';
 import { TEST_REDIS_URL } from '../helpers/env.ts';
 import { createEndpoint, startReceiver, type Receiver } from '../helpers/webhooks.ts';
 import { createRedis } from '../../src/platform/queue/connections.ts';
-import { enqueueDeliveries, WEBHOOK_QUEUE, webhookHandlers } from '../../src/platform/webhooks/delivery.ts';
+import { enqueueDeliveries, WEBHOOK_QUEUE, WEBHOOK_REDELIVERY_JOB, webhookHandlers } from '../../src/platform/webhooks/delivery.ts';
 import { parseSlotMember, slotParking, TenantSlots } from '../../src/platform/durable/tenant-slots.ts';
 import { webhookResolver } from '../../src/container.ts';
 
@@ -54,16 +54,34 @@ describe('webhook deliveries: a parked backlog behind a full endpoint', () => {
     await stack?.stop();
   });
 
-  it(`${N} deliveries parked behind a held slot: their fallbacks scaled by rank; while the earliest comes back ${ROUNDS} times, those far back do not keep coming back, none reads its row; released, every one is delivered once`, { timeout: 180_000 }, async () => {
+  /** The production delivery handlers with the endpoint cap on `slots`, parked deliveries' fallback `fallbackMs`. */
+  const handlersOn = (orm: MikroORM, logger: pino.Logger, slots: TenantSlots, fallbackMs: number) =>
+    webhookHandlers({
+      orm,
+      logger,
+      settings: { timeoutMs: 5000, maxAttempts: 3, retryBaseMs: 50, policy: { allowPrivate: true, httpsOnly: false }, resolver: webhookResolver(stack.config) },
+      queue: () => stack.container.queues.get(WEBHOOK_QUEUE)!,
+      redis: stack.container.redis,
+      redeliverAfterMs: 3_600_000,
+      webhookSlots: { endpoint: slots, parkDelayMs: () => fallbackMs },
+    });
+
+  /** A new tenant's endpoint at `path` of the receiver, its only slot held by an attempt in flight elsewhere, its lease beyond the test. */
+  const heldEndpoint = async (path: string, holderId: string) => {
     const tenantId = newTenant();
     const admin = await stack.token({ tenantId, sub: 'admin', roles: ['admin'] });
-    const created = await createEndpoint(stack, admin, { url: `${receiver.base}/backlog`, events: ['run.completed'] });
+    const created = await createEndpoint(stack, admin, { url: `${receiver.base}${path}`, events: ['run.completed'] });
     expect(created.status, created.text).toBe(201);
     const endpointId = created.json.id as string;
     const slots = new TenantSlots(connection, { prefix: stack.prefix, per: 'endpoint', cap: CAP, leaseMs: 600_000 });
-    // The endpoint's only slot, held by an attempt in flight elsewhere (a silent receiver's), its lease beyond the test: no lapse wakes anyone.
-    const holder = `${WEBHOOK_QUEUE}:holder`;
+    const holder = `${WEBHOOK_QUEUE}:${holderId}`;
     expect(await slots.acquire(endpointId, holder)).toBe(true);
+    return { tenantId, endpointId, slots, holder };
+  };
+
+  it(`${N} deliveries parked behind a held slot: their fallbacks scaled by rank; while the earliest comes back ${ROUNDS} times, those far back do not keep coming back, none reads its row; released, every one is delivered once`, { timeout: 180_000 }, async () => {
+    // The endpoint's only slot, held by an attempt in flight elsewhere (a silent receiver's), its lease beyond the test: no lapse wakes anyone.
+    const { tenantId, endpointId, slots, holder } = await heldEndpoint('/backlog', 'holder');
 
     // Each park's line: how often that delivery was parked and the fallback delay it got.
     type ParkLine = { webhook_endpoint_id?: string; parks?: number; fallback_delay_ms?: number };
@@ -74,15 +92,7 @@ describe('webhook deliveries: a parked backlog behind a full endpoint', () => {
     const em = new Proxy(orm.em, { get: (t, p, r) => (p === 'fork' ? (...a: Parameters<typeof t.fork>) => (forks++, t.fork(...a)) : Reflect.get(t, p, r)) });
     const countingOrm = new Proxy(orm, { get: (t, p, r) => (p === 'em' ? em : Reflect.get(t, p, r)) }) as MikroORM;
     const queue = stack.container.queues.get(WEBHOOK_QUEUE)!;
-    const handlers = webhookHandlers({
-      orm: countingOrm,
-      logger: pino({ level: 'debug' }, { write: (line: string) => void parks.push(JSON.parse(line) as ParkLine) }),
-      settings: { timeoutMs: 5000, maxAttempts: 3, retryBaseMs: 50, policy: { allowPrivate: true, httpsOnly: false }, resolver: webhookResolver(stack.config) },
-      queue: () => queue,
-      redis: stack.container.redis,
-      redeliverAfterMs: 3_600_000,
-      webhookSlots: { endpoint: slots, parkDelayMs: () => FALLBACK_MS },
-    });
+    const handlers = handlersOn(countingOrm, pino({ level: 'debug' }, { write: (line: string) => void parks.push(JSON.parse(line) as ParkLine) }), slots, FALLBACK_MS);
     /** The job of each execution, in order. */
     const executed: string[] = [];
     worker = new Worker(
@@ -147,5 +157,40 @@ describe('webhook deliveries: a parked backlog behind a full endpoint', () => {
     );
     const got = receiver.received.filter((r) => r.path === '/backlog').map((r) => String(r.headers['webhook-id']));
     expect(got.sort()).toEqual([...ids].sort());
+  });
+
+  it("a lost promotion (its releaser died between pop and promote) with the endpoint's slot free: the redelivery pass promotes the popped delivery, and the rest follow, on fallbacks far beyond the test", { timeout: 180_000 }, async () => {
+    await worker?.close();
+    worker = undefined;
+    const M = 5;
+    const FALLBACK = 600_000;
+    const { tenantId, endpointId, slots, holder } = await heldEndpoint('/lost', 'lost-holder');
+    const queue = stack.container.queues.get(WEBHOOK_QUEUE)!;
+    const handlers = handlersOn(stack.container.orm, pino({ level: 'silent' }), slots, FALLBACK);
+    worker = new Worker(WEBHOOK_QUEUE, async (job: Job) => handlers[job.name as keyof typeof handlers](job), { connection, prefix: stack.prefix, concurrency: 2 });
+    const { rows } = await stack.db.admin(
+      `insert into webhook_deliveries (id, tenant_id, endpoint_id, event_type, payload, status, attempts, next_attempt_at, created_at, updated_at)
+       select gen_random_uuid(), $1, $2, 'run.completed', $3, 'pending', 0, now(), now(), now() from generate_series(1, $4) returning id`,
+      [tenantId, endpointId, PAYLOAD, M],
+    );
+    await enqueueDeliveries(queue, tenantId, rows.map((r) => r.id as string));
+    const parkedKey = slots.parkedKey(endpointId);
+    await waitFor(async () => (await connection.zcard(parkedKey)) === M, { timeoutMs: 60_000, what: `${M} deliveries parked` });
+
+    // The holder's attempt ends and its worker dies between the release (popping the earliest parked) and the promote.
+    const dying = new TenantSlots(connection, { prefix: stack.prefix, per: 'endpoint', cap: CAP, leaseMs: 1_000 });
+    expect(await dying.release(endpointId, holder)).not.toBeNull();
+    expect(await connection.zcard(slots.slotsKey(endpointId)), "the endpoint's slot is free").toBe(0);
+
+    // The maintenance scheduler runs the redelivery pass (every minute in production); here the test runs it until the deliveries are done.
+    await waitFor(
+      async () => {
+        await handlers[WEBHOOK_REDELIVERY_JOB]();
+        const { rows: left } = await stack.db.admin(`select count(*)::int as n from webhook_deliveries where tenant_id = $1 and status <> 'delivered'`, [tenantId]);
+        return left[0].n === 0;
+      },
+      { timeoutMs: 120_000, intervalMs: 250, what: `all ${M} deliveries delivered after the lost promotion` },
+    );
+    expect(receiver.received.filter((r) => r.path === '/lost')).toHaveLength(M);
   });
 });

@@ -27,13 +27,17 @@ import type { Logger } from 'pino';
 const PARKED_TTL_MS = 3 * 3600_000;
 
 /**
- * Pops the owner's earliest parked member (KEYS[2]) for the caller to promote, and returns it. A set still holding
+ * Pops the owner's earliest parked member (KEYS[2]) for the caller to promote, and returns it, noting it in the owner's
+ * promotions pending (KEYS[4]) until the promotion is due to be taken up (now + the grace, ARGV[#ARGV - 1]): one the caller
+ * never made (it died between this pop and its promote) is made again by `recover` once overdue, not left to its fallback. A set still holding
  * members gets PARKED_TTL_MS again if it had less (never shortened): a worker of the release before set 10 minutes at
  * each park, and a backlog drained by promotions alone — no park since — lost its set after them mid-deploy, its
  * deliveries still parked (rank-scaled fallbacks of up to 2 h) coming back only on those.
  */
 const POP = `  local p = redis.call('ZPOPMIN', KEYS[2])
   if p[1] then
+    redis.call('ZADD', KEYS[4], now + tonumber(ARGV[#ARGV - 1]), p[1])
+    redis.call('PEXPIRE', KEYS[4], ${PARKED_TTL_MS})
     local ttl = redis.call('PTTL', KEYS[2])
     if ttl > 0 and ttl < ${PARKED_TTL_MS} then redis.call('PEXPIRE', KEYS[2], ${PARKED_TTL_MS}) end
     return p[1]
@@ -61,7 +65,7 @@ if override and override >= 1 and override <= 1000000000 and override == math.fl
 `;
 
 /**
- * KEYS: slots, parked, limits. ARGV: member, cap, lease ms, parked at ('' for none), owner. Drops lapsed leases; a member that holds a slot
+ * KEYS: slots, parked, limits, promoting. ARGV: member, cap, lease ms, parked at ('' for none), owner. Drops lapsed leases; a member that holds a slot
  * renews it, another takes one when fewer than `cap` are held: {1, room, cap} when the member holds a slot after
  * it (`cap`: the one applied; `room` 1 when a slot is still free while jobs are parked — the cap was raised,
  * or a lease lapsed — for the caller to wake the next, else 0). Else {0, ms, cap, now}: `now` is Redis's clock,
@@ -79,6 +83,7 @@ if redis.call('ZSCORE', KEYS[1], ARGV[1]) or redis.call('ZCARD', KEYS[1]) < cap 
   redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1])
   if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[3]) then redis.call('PEXPIRE', KEYS[1], ARGV[3]) end
   redis.call('ZREM', KEYS[2], ARGV[1])
+  redis.call('ZREM', KEYS[4], ARGV[1])
   if redis.call('ZCARD', KEYS[1]) < cap and redis.call('ZCARD', KEYS[2]) > 0 then return {1, 1, cap} end
   return {1, 0, cap}
 end
@@ -97,19 +102,23 @@ if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[2]) then redis.call('PEXPIRE', KE
 return 1`;
 
 /**
- * KEYS: slots, parked, limits. ARGV: member, cap, parked at (ms, the order of promotion), parked set ttl ms, owner.
- * Records the member as parked; when a slot is free by now (one was released between the member's
+ * KEYS: slots, parked, limits, promoting, owners. ARGV: member, cap, parked at (ms, the order of promotion), parked set ttl ms,
+ * grace ms, owner. Records the member as parked (no longer a promotion pending) and its owner among those with jobs parked (for
+ * `recover`); when a slot is free by now (one was released between the member's
  * acquire and its park), pops the earliest parked member for the caller to promote, else false.
  */
 const PARK = `${NOW}${CAP(2)}
 redis.call('ZADD', KEYS[2], tonumber(ARGV[3]), ARGV[1])
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
+redis.call('ZREM', KEYS[4], ARGV[1])
+redis.call('ZADD', KEYS[5], 'NX', now, ARGV[#ARGV])
+redis.call('PEXPIRE', KEYS[5], ARGV[4])
 if redis.call('ZCARD', KEYS[1]) < cap then
 ${POP}end
 return false`;
 
 /**
- * KEYS: slots, parked, limits. ARGV: member, cap, owner. Gives the member's slot back; when a slot is free, pops the
+ * KEYS: slots, parked, limits, promoting. ARGV: member, cap, grace ms, owner. Gives the member's slot back; when a slot is free, pops the
  * earliest parked member for the caller to promote, else false.
  */
 const RELEASE = `redis.call('ZREM', KEYS[1], ARGV[1])
@@ -119,20 +128,46 @@ ${POP}end
 return false`;
 
 /**
- * KEYS: slots, parked, limits. ARGV: cap, owner. When a slot is free, pops the earliest parked member for the caller to
- * promote, else false: the next one, after a popped member whose job was gone could not use the slot.
+ * KEYS: slots, parked, limits, promoting. ARGV: cap, gone ('' for none), grace ms, owner. When a slot is free, pops the earliest
+ * parked member for the caller to promote, else false: the next one, after a popped member whose job was gone (`gone`, no
+ * longer a promotion pending) could not use the slot.
  */
 const WAKE = `${NOW}${CAP(1)}
+if ARGV[2] ~= '' then redis.call('ZREM', KEYS[4], ARGV[2]) end
 if redis.call('ZCARD', KEYS[1]) < cap then
 ${POP}end
 return false`;
 
+/**
+ * KEYS: slots, parked, limits, promoting, owners. ARGV: cap, grace ms, owner. A promotion lost (ADR 0012, *Lost promotions*):
+ * a promotion pending past its grace (its popper died before promoting, or the job waits in the queue still) is due again:
+ * re-noted for another grace and returned, to be promoted (again: a job already waiting is left alone). Else, when the
+ * owner's slots held and promotions pending leave one free and jobs are parked, pops the earliest. The owner leaves the
+ * owners' index once it has neither parked jobs nor promotions pending; else it goes to the index's back (checked last next time).
+ */
+const RECOVER = `${NOW}${CAP(1)}
+local due = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now, 'LIMIT', 0, 1)
+if due[1] then
+  redis.call('ZADD', KEYS[4], now + tonumber(ARGV[2]), due[1])
+  redis.call('ZADD', KEYS[5], 'XX', now, ARGV[#ARGV])
+  return due[1]
+end
+if redis.call('ZCARD', KEYS[2]) == 0 and redis.call('ZCARD', KEYS[4]) == 0 then
+  redis.call('ZREM', KEYS[5], ARGV[#ARGV])
+  return false
+end
+redis.call('ZADD', KEYS[5], 'XX', now, ARGV[#ARGV])
+if redis.call('ZCARD', KEYS[1]) + redis.call('ZCARD', KEYS[4]) < cap then
+${POP}end
+return false`;
+
 type SlotRedis = Redis & {
-  dealixSlotAcquire(slots: string, parked: string, limits: string, member: string, cap: number, leaseMs: number, parkedAt: number | '', owner: string): Promise<[number, number, number, number?, number?]>;
+  dealixSlotAcquire(slots: string, parked: string, limits: string, promoting: string, member: string, cap: number, leaseMs: number, parkedAt: number | '', owner: string): Promise<[number, number, number, number?, number?]>;
   dealixSlotRenew(slots: string, member: string, leaseMs: number): Promise<number>;
-  dealixSlotPark(slots: string, parked: string, limits: string, member: string, cap: number, parkedAt: number, ttlMs: number, owner: string): Promise<string | null>;
-  dealixSlotRelease(slots: string, parked: string, limits: string, member: string, cap: number, owner: string): Promise<string | null>;
-  dealixSlotWake(slots: string, parked: string, limits: string, cap: number, owner: string): Promise<string | null>;
+  dealixSlotPark(slots: string, parked: string, limits: string, promoting: string, owners: string, member: string, cap: number, parkedAt: number, ttlMs: number, graceMs: number, owner: string): Promise<string | null>;
+  dealixSlotRelease(slots: string, parked: string, limits: string, promoting: string, member: string, cap: number, graceMs: number, owner: string): Promise<string | null>;
+  dealixSlotWake(slots: string, parked: string, limits: string, promoting: string, cap: number, gone: string, graceMs: number, owner: string): Promise<string | null>;
+  dealixSlotRecover(slots: string, parked: string, limits: string, promoting: string, owners: string, cap: number, graceMs: number, owner: string): Promise<string | null>;
 };
 
 /** A parked job's fallback delay: 30–60 s on its first park, 60–120 s after (if its promotion was lost, it comes back on its own). */
@@ -161,6 +196,9 @@ export function rankedDelayMs(fallbackMs: number, rank: number, cap: number): nu
   if (rank < cap) return fallbackMs;
   return fallbackMs * Math.min(PARKED_RANK_FACTOR_MAX, Math.ceil((rank + 1) / cap));
 }
+
+/** Owners `recover` looks at in one call: the rest (if any) the next calls, the index kept in the order they were looked at. */
+const RECOVER_OWNERS_MAX = 100;
 
 /** The parked-set score of a job parked `first`: ahead of every `parked_at` (a time on Redis's clock), so the earliest promoted. */
 const PARKED_FIRST = 0;
@@ -217,11 +255,12 @@ export class TenantSlots {
     this.leaseMs = opts.leaseMs;
     this.prefix = opts.prefix;
     if (!('dealixSlotAcquire' in redis)) {
-      redis.defineCommand('dealixSlotAcquire', { numberOfKeys: 3, lua: ACQUIRE });
+      redis.defineCommand('dealixSlotAcquire', { numberOfKeys: 4, lua: ACQUIRE });
       redis.defineCommand('dealixSlotRenew', { numberOfKeys: 1, lua: RENEW });
-      redis.defineCommand('dealixSlotPark', { numberOfKeys: 3, lua: PARK });
-      redis.defineCommand('dealixSlotRelease', { numberOfKeys: 3, lua: RELEASE });
-      redis.defineCommand('dealixSlotWake', { numberOfKeys: 3, lua: WAKE });
+      redis.defineCommand('dealixSlotPark', { numberOfKeys: 5, lua: PARK });
+      redis.defineCommand('dealixSlotRelease', { numberOfKeys: 4, lua: RELEASE });
+      redis.defineCommand('dealixSlotWake', { numberOfKeys: 4, lua: WAKE });
+      redis.defineCommand('dealixSlotRecover', { numberOfKeys: 5, lua: RECOVER });
     }
     this.redis = redis as SlotRedis;
   }
@@ -232,6 +271,16 @@ export class TenantSlots {
 
   parkedKey(owner: string): string {
     return `${this.prefix}:${this.per}-parked:${owner}`;
+  }
+
+  /** The owner's promotions pending: members popped for promotion, scored by when it is overdue (Redis time, ms). */
+  promotingKey(owner: string): string {
+    return `${this.prefix}:${this.per}-promoting:${owner}`;
+  }
+
+  /** The owners with jobs parked or promotions pending (`recover` goes through them), scored by when last looked at. */
+  ownersKey(): string {
+    return `${this.prefix}:${this.per}-parked-owners`;
   }
 
   /**
@@ -259,7 +308,7 @@ export class TenantSlots {
    */
   async take(tenant: string, member: string, parkedAt?: number): Promise<SlotTake> {
     const askedAt = Date.now();
-    const [acquired, lapsesInMs, cap, refusedAt, rank] = await this.redis.dealixSlotAcquire(this.slotsKey(tenant), this.parkedKey(tenant), this.limitsKey(), member, this.cap, this.leaseMs, parkedAt ?? '', tenant);
+    const [acquired, lapsesInMs, cap, refusedAt, rank] = await this.redis.dealixSlotAcquire(this.slotsKey(tenant), this.parkedKey(tenant), this.limitsKey(), this.promotingKey(tenant), member, this.cap, this.leaseMs, parkedAt ?? '', tenant);
     // A slot still free with jobs parked (a raised override, a lapsed lease): `wakeParked` asks the caller to promote the next.
     if (acquired === 1) return { acquired: true, cap, wakeParked: lapsesInMs === 1 };
     const refused = { acquired: false as const, cap, refusedAt: Number(refusedAt), rank: Number(rank) };
@@ -279,17 +328,33 @@ export class TenantSlots {
 
   /** Records `member` (already delayed) as parked since `parkedAt` (Redis time, or PARKED_FIRST); the member to promote when a slot is free now, else null. */
   async park(tenant: string, member: string, parkedAt: number): Promise<string | null> {
-    return this.redis.dealixSlotPark(this.slotsKey(tenant), this.parkedKey(tenant), this.limitsKey(), member, this.cap, parkedAt, PARKED_TTL_MS, tenant);
+    return this.redis.dealixSlotPark(this.slotsKey(tenant), this.parkedKey(tenant), this.limitsKey(), this.promotingKey(tenant), this.ownersKey(), member, this.cap, parkedAt, PARKED_TTL_MS, this.leaseMs, tenant);
   }
 
   /** Gives `member`'s slot back; the tenant's earliest parked member to promote when a slot is free, else null. */
   async release(tenant: string, member: string): Promise<string | null> {
-    return this.redis.dealixSlotRelease(this.slotsKey(tenant), this.parkedKey(tenant), this.limitsKey(), member, this.cap, tenant);
+    return this.redis.dealixSlotRelease(this.slotsKey(tenant), this.parkedKey(tenant), this.limitsKey(), this.promotingKey(tenant), member, this.cap, this.leaseMs, tenant);
   }
 
-  /** The tenant's earliest parked member to promote when a slot is free, else null (no slot changes hands). */
-  async wake(tenant: string): Promise<string | null> {
-    return this.redis.dealixSlotWake(this.slotsKey(tenant), this.parkedKey(tenant), this.limitsKey(), this.cap, tenant);
+  /**
+   * The tenant's earliest parked member to promote when a slot is free, else null (no slot changes hands). `gone`: a member
+   * popped before whose job could not use the slot (gone or ended), no longer a promotion pending.
+   */
+  async wake(tenant: string, gone?: string): Promise<string | null> {
+    return this.redis.dealixSlotWake(this.slotsKey(tenant), this.parkedKey(tenant), this.limitsKey(), this.promotingKey(tenant), this.cap, gone ?? '', this.leaseMs, tenant);
+  }
+
+  /**
+   * Lost promotions (ADR 0012, *Lost promotions*): for up to `limit` owners with jobs parked or promotions pending (those
+   * looked at longest ago first), a member to promote — a promotion pending for longer than a lease, or the earliest parked
+   * when a slot is free with no promotion pending for it — else none. Two round trips with nothing parked: the index's read.
+   */
+  async recover(limit = RECOVER_OWNERS_MAX): Promise<Array<{ owner: string; member: string }>> {
+    const owners = await this.redis.zrange(this.ownersKey(), '0', String(limit - 1));
+    const found = await Promise.all(
+      owners.map(async (owner) => ({ owner, member: await this.redis.dealixSlotRecover(this.slotsKey(owner), this.parkedKey(owner), this.limitsKey(), this.promotingKey(owner), this.ownersKey(), this.cap, this.leaseMs, owner) })),
+    );
+    return found.filter((f): f is { owner: string; member: string } => f.member !== null);
   }
 }
 
@@ -352,7 +417,7 @@ export function slotParking(slots: TenantSlots, opts: { queueOf: (name: string) 
   /** Promotes `member`, and while the popped job cannot use the free slot, the owner's next parked job. */
   const promoteQuietly = (owner: string, member: string | null) => {
     const wake = async () => {
-      for (let m = member; m; m = await slots.wake(owner)) if (await promote(m)) return;
+      for (let m = member; m; m = await slots.wake(owner, m)) if (await promote(m)) return;
     };
     if (member) wake().catch((err: unknown) => logger.warn({ err, member }, 'could not promote a parked job: it comes back after its fallback delay'));
   };
@@ -410,6 +475,14 @@ export function slotParking(slots: TenantSlots, opts: { queueOf: (name: string) 
         (next) => promoteQuietly(owner, next),
         (err: unknown) => logger.warn({ err, [ownerField]: owner }, 'could not promote a parked job: it comes back after its fallback delay'),
       );
+    },
+    /**
+     * Makes the promotions lost (ADR 0012, *Lost promotions*): a popped job whose promoter died before promoting it, and the
+     * earliest parked of an owner whose slots are free with nobody left to release one. Called on a timer; resolves once
+     * the promotions are under way.
+     */
+    async recover(): Promise<void> {
+      for (const { owner, member } of await slots.recover()) promoteQuietly(owner, member);
     },
   };
 }

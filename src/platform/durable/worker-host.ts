@@ -220,7 +220,16 @@ export interface TenantSlotsUse {
   parkDelayMs?: (parks: number) => number;
   /** Counts a parked run job (dealix_run_jobs_parked_total). */
   onParked?(info: { workflow: string }): void;
+  /** How often the host makes the tenants' lost promotions (ADR 0012, *Lost promotions*; default RECOVER_EVERY_MS). */
+  recoverEveryMs?: number;
 }
+
+/**
+ * How often each worker host makes the promotions lost (`slotParking.recover`): a job popped for promotion by a worker that
+ * died before promoting it, or a tenant's slots free with jobs parked and none of its runs left to release one, is promoted
+ * within about this (plus a lease for the former), not after its fallback delay (up to 2 h far back in a backlog).
+ */
+export const RECOVER_EVERY_MS = 10_000;
 
 interface HeldSlot {
   tenant: string;
@@ -231,7 +240,8 @@ interface HeldSlot {
  * A worker host's side of the per-tenant cap (ADR 0012): `take` acquires a slot for a run job or
  * parks the job (slotParking: delayed, no attempt spent, recorded in its tenant's parked set) and
  * throws DelayedError; `give` releases the slot and promotes the tenant's earliest parked job. The
- * leases of the slots held are renewed together every half lock duration.
+ * leases of the slots held are renewed together every half lock duration, and the promotions lost are made every
+ * `recoverEveryMs` (ADR 0012, *Lost promotions*).
  */
 function tenantSlotHolder(use: TenantSlotsUse, runtime: DurableRuntime, logger: Logger, lockDurationMs: number) {
   const { slots } = use;
@@ -242,6 +252,16 @@ function tenantSlotHolder(use: TenantSlotsUse, runtime: DurableRuntime, logger: 
     slots.renew(held).catch((err: unknown) => logger.warn({ err }, 'could not renew the tenant slots held; they lapse unless renewed in time'));
   }, Math.max(100, Math.floor(lockDurationMs / 2)));
   renewal.unref();
+  let recovering = false;
+  const recovery = setInterval(() => {
+    if (recovering) return;
+    recovering = true;
+    parking
+      .recover()
+      .catch((err: unknown) => logger.warn({ err }, 'could not look for lost promotions of parked run jobs; the next look tries again'))
+      .finally(() => (recovering = false));
+  }, use.recoverEveryMs ?? RECOVER_EVERY_MS);
+  recovery.unref();
   return {
     async take(job: Job<StepJobData>, token: string | undefined): Promise<HeldSlot> {
       const d = job.data;
@@ -280,6 +300,7 @@ function tenantSlotHolder(use: TenantSlotsUse, runtime: DurableRuntime, logger: 
     },
     stop(): void {
       clearInterval(renewal);
+      clearInterval(recovery);
     },
   };
 }

@@ -495,10 +495,14 @@ export function webhookHandlers(deps: {
      * a rate turn or parked at a cap, overdue as the rows are not moved) no longer hides the lost jobs
      * behind it — the pass read its first 1,000 rows only, and a lost delivery of any tenant after them
      * waited until that backlog drained (hours, behind an endpoint at 1/s); after a Redis flush a
-     * backlog of N came back at 1,000 a minute.
+     * backlog of N came back at 1,000 a minute. First, with a cap on, the promotions lost of parked deliveries are made
+     * again (slotParking.recover).
      */
     async [WEBHOOK_REDELIVERY_JOB]() {
       const queue = deps.queue();
+      // Promotions lost (a worker died between giving a slot back and promoting the next delivery): made again now,
+      // not left to the parked deliveries' rank-scaled fallbacks (ADR 0012, *Lost promotions*; ADR 0013).
+      for (const cap of caps) await cap.parking.recover().catch((err: unknown) => deps.logger.warn({ err, cap_per: cap.slots.per }, 'could not look for lost promotions of parked webhook deliveries; the next pass tries again'));
       let overdue = 0;
       let enqueued = 0;
       // The page's last row, its time as PostgreSQL's text (µs kept: a Date's ms would read a page of one ms again, for ever).
