@@ -170,6 +170,28 @@ describe("an approval request commits with its run's approval step", () => {
     expect(await count('approval_requests', rb.id)).toBe(1);
   });
 
+  it("the check reads under the row's tenant and leaves the transaction's tenant setting as it found it", async () => {
+    // Checked before the commit (SET CONSTRAINTS … IMMEDIATE) while another tenant's setting is in force:
+    // the request passes, and the setting is still the other tenant's, as the transaction left it.
+    const [a, b] = [newTenant(), newTenant()];
+    const runA = await runAt(a, 3);
+    const r = request(a, runA);
+    const c = new pg.Client({ connectionString: stack.db.appUrl });
+    await c.connect();
+    try {
+      await c.query('begin');
+      await c.query(`select set_config('app.tenant_id', $1, true)`, [a]);
+      for (const [sql, params] of [r.insert, r.step()]) await c.query(sql, params);
+      await c.query(`select set_config('app.tenant_id', $1, true)`, [b]);
+      await c.query('set constraints all immediate');
+      expect((await c.query(`select current_setting('app.tenant_id') as t`)).rows[0].t).toBe(b);
+      await c.query('commit');
+    } finally {
+      await c.end();
+    }
+    expect(await count('approval_requests', r.id)).toBe(1);
+  });
+
   it('the owner (migrations, repairs, fixtures) is not held to it', async () => {
     const tenant = newTenant();
     const runId = await runAt(tenant, 1);
