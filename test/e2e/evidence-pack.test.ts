@@ -5,7 +5,7 @@ import canonicalizeImport from 'canonicalize';
 import { api, newTenant, SAMPLE_SUBMISSION, startStack, type TestStack } from '../helpers/stack.ts';
 import { seedRun } from '../helpers/db.ts';
 import { waitFor } from '../helpers/poll.ts';
-import { RECORDS_MATCH, sealedButUnrecorded } from '../helpers/evidence.ts';
+import { RECORDS_MATCH, sealedButUnrecorded, stepCheckpointNames } from '../helpers/evidence.ts';
 
 /**
  * The evidence pack as an outsider sees it: verified from GET /evidence/:id alone with the recipe
@@ -131,14 +131,20 @@ describe('evidence pack', () => {
 
   // The application role may insert packs (each sealed by its trigger), never change one. A copy of this
   // pack — its content and hash — inserted under another run of the tenant (one with no pack yet) is
-  // sealed as written and claims this run (content.run): /verify must not call it valid, else a run could
-  // have a second valid pack saying what its inserter liked (the unique (tenant, run) key holds one pack
-  // per run id, not per run the content names). Under a run id that is no run of the tenant — a made-up
-  // one, or this very run from another tenant — the insert's trigger refuses it (23503).
+  // refused (42501) at its commit: that run's evidence step's checkpoint does not name it (step-rows-bound.test.ts).
+  // Committed with such a checkpoint (written here by the owner: the application role forging the step
+  // too), it is sealed as written and claims this run (content.run): /verify must not call it valid, else a
+  // run could have a second valid pack saying what its inserter liked (the unique (tenant, run) key holds
+  // one pack per run id, not per run the content names). Under a run id that is no run of the tenant — a
+  // made-up one, or this very run from another tenant — the insert's trigger refuses it (23503).
   it("verify reports a copy of the pack inserted under another run of the tenant (content.run is not the pack's run)", async () => {
     const [{ content }] = (await asOwner<{ content: string }>(`select content::text as content from evidence_packs where id = $1`, [packId])) as [{ content: string }];
     const copy = randomUUID();
     const otherRun = await seedRun(stack.db, tenant);
+    const insertCopy = `insert into evidence_packs (id, tenant_id, run_id, content, sha256, created_at) values ($1, $2, $3, $4::jsonb, $5, now())`;
+    await expect(asApp(tenant, insertCopy, [copy, tenant, otherRun, content, packSha])).rejects.toMatchObject({ code: '42501' });
+    expect((await stack.db.admin(`select count(*)::int as n from evidence_packs where id = $1`, [copy])).rows[0].n).toBe(0);
+    await stepCheckpointNames(stack.db, tenant, otherRun, 'evidence-pack', { evidence_pack_id: copy, sha256: packSha });
     await asApp(tenant, `insert into evidence_packs (id, tenant_id, run_id, content, sha256, created_at) values ($1, $2, $3, $4::jsonb, $5, now())`, [copy, tenant, otherRun, content, packSha]);
     const verify = await getJson(`/api/v1/evidence/${copy}/verify`);
     expect(verify.status).toBe(200);

@@ -109,6 +109,16 @@ export class TenantRows {
     // A first policy the application role may insert: version 1, no bound above the defaults' (a loosening needs an
     // approved change: the trigger versions_in_order, ADR 0010), whatever random values gave.
     if (table === 'approval_policies') Object.assign(row, { version: 1, currency: 'SAR', class_amax_cost: 1, class_amax_payback_months: 1, class_cmin_cost: 2, class_cmin_payback_months: 2 });
+    // A row its run's step writes commits only with that step's checkpoint naming it (committedWithItsStep):
+    // the checkpoint is seeded with the row, on the row's own run, so the application role may insert the row.
+    const step = STEP_CHECKPOINTS[table];
+    if (step) {
+      await this.admin.query(
+        `insert into durable_checkpoints (id, tenant_id, run_id, sequence_num, step_name, status, output, attempt, created_at, updated_at, completed_at)
+         values ($1, $2, $3, $4, $5, 'completed', $6::jsonb, 1, now(), now(), now())`,
+        [randomUUID(), tenant, row.run_id, step.seq, step.name, JSON.stringify(step.output(row))],
+      );
+    }
     return row;
   }
 
@@ -169,10 +179,26 @@ export class TenantRows {
 /**
  * Columns that name a row of another table without a foreign key, checked by a trigger at insert:
  * an evidence pack's run (the seal trigger refuses a pack naming no run of its tenant; not a foreign
- * key, since run retention deletes runs and keeps their packs — ADR 0011).
+ * key, since run retention deletes runs and keeps their packs — ADR 0011), and an approval request's
+ * (its step's checkpoint, which names it, is one of that run's).
  */
 const CHECKED_REFERENCES: Record<string, Array<{ column: string; refTable: string; refColumn: string }>> = {
   evidence_packs: [{ column: 'run_id', refTable: 'durable_runs', refColumn: 'id' }],
+  // Its run's approval step's checkpoint names it (STEP_CHECKPOINTS): a run of its own.
+  approval_requests: [{ column: 'run_id', refTable: 'durable_runs', refColumn: 'id' }],
+};
+
+/**
+ * The rows a run's step writes, held at their commit to that step's checkpoint naming them (committedWithItsStep,
+ * durable-checkpoint.entity.ts): the checkpoint build seeds with each such row, its output naming the row.
+ */
+const STEP_CHECKPOINTS: Record<string, { seq: number; name: string; output: (row: Row) => Record<string, unknown> }> = {
+  approval_requests: {
+    seq: 3,
+    name: 'approval-packet',
+    output: (row) => ({ approval_request_id: row.id, approval_class: row.approval_class, required_approvals: row.required_approvals }),
+  },
+  evidence_packs: { seq: 4, name: 'evidence-pack', output: (row) => ({ evidence_pack_id: row.id, sha256: row.sha256 }) },
 };
 
 /**

@@ -19,6 +19,8 @@ import { StepExecutor } from '../../src/platform/durable/executor.ts';
 import { DurableRuntime } from '../../src/platform/durable/runtime.ts';
 import { gatedWorkflow } from '../helpers/slow-workflow.ts';
 import { pino } from 'pino';
+import { seedRun } from '../helpers/db.ts';
+import { stepCheckpointNames } from '../helpers/evidence.ts';
 
 /**
  * The connection-level round-trip cut (src/platform/db/coalescing-client.ts) against the real
@@ -145,14 +147,21 @@ describe('coalescing client', () => {
   it('insertRow writes the same row as em.insert (columns, json, dates, nulls), is held inside a step, and RLS still refuses another tenant', async () => {
     const tenant = randomUUID();
     const at = new Date('2026-12-02T10:11:12.345Z');
-    const request = (id: string, owner: string) => ({
-      id, tenantId: owner, runId: randomUUID(), approvalClass: 'B', requiredApprovals: 1, status: 'pending' as const, submittedBy: "o'brien",
+    const request = (id: string, owner: string, runId: string = randomUUID()) => ({
+      id, tenantId: owner, runId, approvalClass: 'B', requiredApprovals: 1, status: 'pending' as const, submittedBy: "o'brien",
       reasons: ['cost above class A', 'quote " and \\ backslash'], slaDeadline: null, decidedAt: at, createdAt: at, updatedAt: at,
     });
     const viaOrm = randomUUID();
     const viaRow = randomUUID();
-    await tenantEm(orm, tenant).transactional((tx) => tx.insert(ApprovalRequest, request(viaOrm, tenant)));
-    const { texts } = await sent(() => tenantEm(orm, tenant).transactional((tx) => holdingInserts(() => insertRow(tx, ApprovalRequest, request(viaRow, tenant)))));
+    // Each on a run whose approval step's checkpoint names it: a request commits only with it (step-rows-bound.test.ts).
+    const runOf = async (id: string) => {
+      const runId = await seedRun(stack.db, tenant);
+      await stepCheckpointNames(stack.db, tenant, runId, 'approval-packet', { approval_request_id: id, approval_class: 'B', required_approvals: 1 });
+      return runId;
+    };
+    const [ormRun, rowRun] = [await runOf(viaOrm), await runOf(viaRow)];
+    await tenantEm(orm, tenant).transactional((tx) => tx.insert(ApprovalRequest, request(viaOrm, tenant, ormRun)));
+    const { texts } = await sent(() => tenantEm(orm, tenant).transactional((tx) => holdingInserts(() => insertRow(tx, ApprovalRequest, request(viaRow, tenant, rowRun)))));
     expect(texts).toHaveLength(1);
     expect(texts[0]).toMatch(/^begin;\nselect set_config\(.*\);\n\/\* dealix:defer-until-next \*\/ insert into "approval_requests" .*;\ncommit$/s);
     const read = (id: string) =>

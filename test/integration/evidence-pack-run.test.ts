@@ -16,7 +16,7 @@ import { newTenant, startStack, type TestStack } from '../helpers/stack.ts';
 import { seedRun } from '../helpers/db.ts';
 import { tenantEm } from '../../src/platform/db/tenant-em.ts';
 import { evidenceHash, verifyEvidence } from '../../src/modules/evidence/evidence.service.ts';
-import { sealedButUnrecorded } from '../helpers/evidence.ts';
+import { sealedButUnrecorded, stepCheckpointNames } from '../helpers/evidence.ts';
 
 let stack: TestStack;
 beforeAll(async () => {
@@ -82,6 +82,8 @@ describe('an evidence pack names a run of its tenant', () => {
     const tenant = newTenant();
     const runId = await seedRun(stack.db, tenant);
     const pack = packFor(runId, tenant);
+    // Its run's evidence step's checkpoint names it: a pack commits only with it (step-rows-bound.test.ts).
+    await stepCheckpointNames(stack.db, tenant, runId, 'evidence-pack', { evidence_pack_id: pack.id, sha256: pack.sha256 });
     await insertAsApp(tenant, runId, pack);
     expect(await verify(tenant, pack.id)).toEqual(sealedButUnrecorded(pack.sha256));
     // Run retention deletes the run (and its checkpoints), never its pack: its hash and seal still agree.
@@ -97,6 +99,7 @@ describe('an evidence pack names a run of its tenant', () => {
     const other = newTenant();
     const runId = await seedRun(stack.db, owner);
     const original = packFor(runId, owner);
+    await stepCheckpointNames(stack.db, owner, runId, 'evidence-pack', { evidence_pack_id: original.id, sha256: original.sha256 });
     await insertAsApp(owner, runId, original);
     const copy = randomUUID();
     const c = new pg.Client({ connectionString: stack.db.adminUrl });

@@ -22,6 +22,7 @@ import { startRunHost } from '../helpers/run-host.ts';
 import { evidenceHash } from '../../src/modules/evidence/evidence.service.ts';
 import { GOLDEN_PATH } from '../../src/modules/golden-path/golden-path.workflow.ts';
 import { setPolicy } from '../helpers/policy.ts';
+import { stepCheckpointNames } from '../helpers/evidence.ts';
 
 const LONG = 120_000;
 let stack: TestStack;
@@ -95,13 +96,15 @@ async function contentFromRecords(runId: string): Promise<any> {
  * its id and hash. The trigger refuses a pack for a run that is not pending or running (a waiting run's,
  * here): the run is made `running` for the insert (the superuser, setup only) and given back its status,
  * as a pack written while its run is running — between its final decision and its evidence step (a
- * worker down), or before the trigger refused other statuses — is.
+ * worker down), or before the trigger refused other statuses — is. A pack commits only with its run's
+ * evidence step's checkpoint naming it (step-rows-bound.test.ts): the superuser makes it name this one.
  */
 async function insertAsApp(tenant: string, runId: string, content: unknown): Promise<{ id: string; sha256: string }> {
   const id = randomUUID();
   const sha256 = evidenceHash(content);
   const { status } = (await stack.db.admin(`select status from durable_runs where id = $1`, [runId])).rows[0];
   await stack.db.admin(`update durable_runs set status = 'running' where id = $1`, [runId]);
+  await stepCheckpointNames(stack.db, tenant, runId, 'evidence-pack', { evidence_pack_id: id, sha256 });
   const c = new pg.Client({ connectionString: stack.db.appUrl });
   await c.connect();
   try {

@@ -16,7 +16,7 @@ import { tenantEm } from '../../src/platform/db/tenant-em.ts';
 import { insertRow } from '../../src/platform/db/insert-row.ts';
 import { EvidencePackRow } from '../../src/modules/evidence/evidence-pack.entity.ts';
 import { evidenceHash, verifyEvidence } from '../../src/modules/evidence/evidence.service.ts';
-import { sealedButUnrecorded } from '../helpers/evidence.ts';
+import { sealedButUnrecorded, stepCheckpointNames } from '../helpers/evidence.ts';
 
 let stack: TestStack;
 beforeAll(async () => {
@@ -46,8 +46,11 @@ describe('/verify on genuine packs', () => {
     const packOf = (runId: string) => ({ ...(values as object), run: { id: runId, tenant_id: tenant } });
     const written = { id: randomUUID(), tenantId: tenant, runId: await seedRun(stack.db, tenant), createdAt: new Date() };
     const content = packOf(written.runId);
+    // Each run's evidence step's checkpoint names its pack: a pack commits only with it (step-rows-bound.test.ts).
+    await stepCheckpointNames(stack.db, tenant, written.runId, 'evidence-pack', { evidence_pack_id: written.id, sha256: evidenceHash(content) });
     await tenantEm(orm, tenant).transactional((tx) => insertRow(tx, EvidencePackRow, { ...written, content: content as never, sha256: evidenceHash(content) }));
     const bySql = { id: randomUUID(), content: packOf(await seedRun(stack.db, tenant)) };
+    await stepCheckpointNames(stack.db, tenant, bySql.content.run.id, 'evidence-pack', { evidence_pack_id: bySql.id, sha256: evidenceHash(bySql.content) });
     await tenantEm(orm, tenant).transactional(async (tx) => {
       await tx.execute(`select set_config('TimeZone', 'Pacific/Chatham', true)`);
       await tx.execute(`insert into evidence_packs (id, tenant_id, run_id, content, sha256, created_at) values (?, ?, ?, ?::jsonb, ?, clock_timestamp())`, [bySql.id, tenant, bySql.content.run.id, JSON.stringify(bySql.content), evidenceHash(bySql.content)], 'run');

@@ -6,6 +6,7 @@ import pg from 'pg';
 import { TEST_JWT_SECRET } from '../helpers/env.ts';
 import { TEST_APP } from '../helpers/env.ts';
 import { createTestDatabase, seedRun, type TestDatabase } from '../helpers/db.ts';
+import { stepCheckpointNames } from '../helpers/evidence.ts';
 
 /**
  * The triggers that keep history (ADR 0001, amendments "Checkpoints are history" and "Trigger functions
@@ -92,10 +93,22 @@ describe('history triggers under a session that shadows what they read with temp
     expect((await db.admin(`select count(*)::int as n from evidence_packs where run_id = $1`, [run])).rows[0].n).toBe(0);
   });
 
+  it("an evidence pack its run's evidence step did not write is refused (42501) though the session has its own durable_checkpoints naming it", async () => {
+    const tenant = randomUUID();
+    const run = await seedRun(db, tenant);
+    const pack = randomUUID();
+    const shadow = `create temporary table durable_checkpoints (tenant_id uuid, run_id uuid, step_name text, status text, output jsonb);
+      insert into durable_checkpoints values ('${tenant}', '${run}', 'evidence-pack', 'completed', '{"evidence_pack_id": "${pack}", "sha256": "${'d'.repeat(64)}"}')`;
+    expect(await asAppWithShadow(tenant, shadow, packInsert, [pack, tenant, run, 'd'.repeat(64)])).toBe('42501');
+    expect((await db.admin(`select count(*)::int as n from evidence_packs where id = $1`, [pack])).rows[0].n).toBe(0);
+  });
+
   it("an evidence pack's seal is written to evidence_seals though the session has a temporary table of that name", async () => {
     const tenant = randomUUID();
     const run = await seedRun(db, tenant);
     const pack = randomUUID();
+    // Its run's evidence step's checkpoint names it: a pack commits only with it (step-rows-bound.test.ts).
+    await stepCheckpointNames(db, tenant, run, 'evidence-pack', { evidence_pack_id: pack, sha256: 'c'.repeat(64) });
     const shadow = `create temporary table evidence_seals (id uuid, tenant_id uuid, run_id uuid, sha256 text, created_at timestamptz)`;
     expect(await asAppWithShadow(tenant, shadow, packInsert, [pack, tenant, run, 'c'.repeat(64)])).toBe(1);
     expect((await db.admin(`select sha256 from evidence_seals where id = $1`, [pack])).rows).toEqual([{ sha256: 'c'.repeat(64) }]);

@@ -7,7 +7,7 @@ import { provenance } from '../golden-path/provenance.ts';
 import { ApprovalDecision, ApprovalRequest } from './approval.entities.ts';
 import { appliedPolicy, classify, CLASSIFIED_EXACTLY, packetBasis, policyFromPrefetch, POLICY_PREFETCH, readPolicyPrefetch } from './approval.policy.ts';
 import { insertRow } from '../../platform/db/insert-row.ts';
-import { SYSTEM_APPROVER } from './approval.constants.ts';
+import { APPROVAL_PACKET_STEP, SYSTEM_APPROVER } from './approval.constants.ts';
 
 export interface SlaScheduler {
   /**
@@ -25,7 +25,7 @@ export interface SlaScheduler {
   cancel(args: { idempotencyHash: string }): Promise<void>;
 }
 
-export const APPROVAL_PACKET_STEP = 'approval-packet';
+export { APPROVAL_PACKET_STEP } from './approval.constants.ts';
 
 /**
  * Step 3: classify by policy and open the approval request. Class A is approved by the system at once;

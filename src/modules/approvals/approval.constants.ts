@@ -1,4 +1,6 @@
 export const APPROVER_ROLE = 'approver';
+/** The golden path's approval step (its name is persisted in checkpoints, and named by approval_requests' trigger: never renamed). */
+export const APPROVAL_PACKET_STEP = 'approval-packet';
 export const SLA_JOB_NAME = 'approval-sla';
 /**
  * The approver a system decision names (`kind: system`): the platform's own, when the approval step

@@ -1,6 +1,8 @@
 import { defineEntity, p } from '@mikro-orm/core';
-import { tenantIdProperty, tenantIsolationPolicy } from '../../platform/db/tenant-owned.ts';
+import { BY_TABLE_OWNER, tenantIdProperty, tenantIsolationPolicy } from '../../platform/db/tenant-owned.ts';
 import { DEFAULT_POLICY } from './approval.policy.ts';
+import { APPROVAL_PACKET_STEP } from './approval.constants.ts';
+import { committedWithItsStep } from '../../platform/durable/durable-checkpoint.entity.ts';
 
 export const APPROVAL_STATUSES = ['pending', 'approved', 'rejected', 'expired', 'withdrawn'] as const;
 export type ApprovalStatus = (typeof APPROVAL_STATUSES)[number];
@@ -52,6 +54,18 @@ export const ApprovalRequest = defineEntity({
   ],
   rowLevelSecurity: 'force',
   policies: [tenantIsolationPolicy('approval_requests')],
+  triggers: [
+    // Only with the approval step's checkpoint that names it — waiting for approvers, or completed (class A,
+    // approved at once) —, its id, class and approvals required (committedWithItsStep, at the commit): a
+    // request for a run that has not reached its approval step, or one the step did not open, is refused
+    // (42501), so step 3 never meets a request it did not write, nor an approver one whose packet it never made.
+    committedWithItsStep({
+      step: APPROVAL_PACKET_STEP,
+      statuses: ['waiting', 'completed'],
+      names: { approval_request_id: 'id', approval_class: 'approval_class', required_approvals: 'required_approvals' },
+      row: 'approval request',
+    }),
+  ],
 });
 
 /**
@@ -125,7 +139,7 @@ const cols = (r: string, except?: string) =>
     .join(', ');
 
 /** Whether the writing role is the table's owner (or a member of it: a superuser is), which could drop or disable these triggers anyway. */
-const BY_OWNER = "pg_has_role(current_user, (select c.relowner from pg_catalog.pg_class c where c.oid = tg_relid), 'MEMBER')";
+const BY_OWNER = BY_TABLE_OWNER;
 
 /** The 42501 of a policy write the guard refuses (POLICY_VERSION_ORDER). */
 const refuse = (r: string) =>

@@ -1,5 +1,6 @@
 import { defineEntity, p } from '@mikro-orm/core';
 import { tenantIdProperty, tenantIsolationPolicy } from '../../platform/db/tenant-owned.ts';
+import { committedWithItsStep } from '../../platform/durable/durable-checkpoint.entity.ts';
 import type { EvidencePackContent } from '../golden-path/golden-path.schemas.ts';
 
 /**
@@ -29,6 +30,9 @@ import type { EvidencePackContent } from '../golden-path/golden-path.schemas.ts'
  */
 export const EVIDENCE_SEAL_TRIGGER = 'seal';
 
+/** The golden path's evidence step (its name is persisted in checkpoints, and named by evidence_packs' trigger: never renamed). */
+export const EVIDENCE_PACK_STEP = 'evidence-pack';
+
 /** Step 4's output: the evidence pack, its canonical JSON content and SHA-256. */
 export const EvidencePackRow = defineEntity({
   name: 'EvidencePack',
@@ -57,5 +61,8 @@ export const EvidencePackRow = defineEntity({
         "raise exception 'evidence pack % names run %, which is no run of tenant %', new.id, new.run_id, new.tenant_id using errcode = 'foreign_key_violation'; end if; " +
         'insert into public.evidence_seals (id, tenant_id, run_id, sha256, created_at) values (new.id, new.tenant_id, new.run_id, new.sha256, new.created_at); return null;',
     },
+    // Only with the evidence step's checkpoint that names it, its id and hash (committedWithItsStep, at the
+    // commit): a pack for a run that has not reached its evidence step, or one the step did not write, is refused (42501).
+    committedWithItsStep({ step: EVIDENCE_PACK_STEP, statuses: ['completed'], names: { evidence_pack_id: 'id', sha256: 'sha256' }, row: 'evidence pack' }),
   ],
 });

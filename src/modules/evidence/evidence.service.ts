@@ -6,8 +6,7 @@ import { EvidencePackRow } from './evidence-pack.entity.ts';
 import { sha256Schema } from '../golden-path/golden-path.schemas.ts';
 import { compareRecords, evidenceRecords, recordJoinParams, recordsAgree, RECORD_COLUMNS, RECORD_JOINS, type RecordColumns } from './evidence-records.ts';
 
-/** The golden path's evidence step (its name is persisted in checkpoints: never renamed). */
-export const EVIDENCE_PACK_STEP = 'evidence-pack';
+export { EVIDENCE_PACK_STEP } from './evidence-pack.entity.ts';
 
 /** SHA-256 over the RFC 8785 canonical JSON of the content. */
 export function evidenceHash(content: unknown): string {

@@ -68,6 +68,12 @@ export function tenantIsolationPolicy(table: string): PolicyDef {
   return { name: `${table}_tenant_isolation`, command: 'all', using: TENANT_PREDICATE_SQL, check: TENANT_PREDICATE_SQL };
 }
 
+/**
+ * In a trigger function: whether the writing role is the table's owner (or a member of it: a superuser is),
+ * which could drop or disable the trigger anyway — migrations, repairs and tests' fixtures write as it.
+ */
+export const BY_TABLE_OWNER = "pg_has_role(current_user, (select c.relowner from pg_catalog.pg_class c where c.oid = tg_relid), 'MEMBER')";
+
 /** The trigger that keeps a retention floor's clock the database's: see retentionClockTrigger. */
 export const RETENTION_CLOCK_TRIGGER = 'updated_at_not_backdated';
 

@@ -1,5 +1,5 @@
-import { defineEntity, p, type InferEntity } from '@mikro-orm/core';
-import { tenantIdProperty, tenantIsolationPolicy } from '../db/tenant-owned.ts';
+import { defineEntity, p, type InferEntity, type TriggerDef } from '@mikro-orm/core';
+import { BY_TABLE_OWNER, TENANT_SETTING, tenantIdProperty, tenantIsolationPolicy } from '../db/tenant-owned.ts';
 import { DurableRun } from './durable-run.entity.ts';
 
 export const CHECKPOINT_STATUSES = ['started', 'completed', 'failed', 'waiting'] as const;
@@ -69,3 +69,40 @@ export const DurableCheckpoint = defineEntity({
   ],
 });
 export type IDurableCheckpoint = InferEntity<typeof DurableCheckpoint>;
+
+/** The trigger that holds a step's row to its step's checkpoint: see committedWithItsStep. */
+export const STEP_ROW_TRIGGER = 'written_by_its_step';
+
+/**
+ * A row a workflow step writes — an evidence pack, an approval request — commits only with the checkpoint
+ * of that step that names it (ADR 0001, amendment "A step's rows commit with its checkpoint"): the
+ * application role may insert such rows, and a statement of its own (a bug, a compromised API or worker
+ * process) could write one for a run that has not reached the step, which the step then fails on (the row's
+ * unique key) or `/verify` and the approvers take for the step's. The step writes its rows and its
+ * checkpoint in one transaction (ADR 0005), the checkpoint last: a constraint trigger after insert,
+ * deferred to the commit (its migration creates it DEFERRABLE INITIALLY DEFERRED; the schema generator
+ * compares timing, events and body only), refuses (42501) the row unless the run's checkpoint of `step`,
+ * in one of `statuses`, has each output field of `names` equal to the row's column (`->>`: as text).
+ * A completed checkpoint is never updated (COMPLETED_CHECKPOINT_TRIGGER), and the row's own unique key
+ * keeps a second one out once the step committed. At the commit the tenant setting is the last one the
+ * transaction made — under group commit (ADR 0007) another member's tenant —, so the check reads the
+ * checkpoints under the row's own tenant (which the row's isolation policy checked at its insert) and
+ * puts the setting back as it was. The owner (and a superuser) is not held: migrations, repairs, fixtures.
+ */
+export function committedWithItsStep(args: { step: string; statuses: readonly CheckpointStatus[]; names: Record<string, string>; row: string }): TriggerDef {
+  const fields = Object.entries(args.names)
+    .map(([field, column]) => ` and c.output->>'${field}' = new.${column}::text`)
+    .join('');
+  return {
+    name: STEP_ROW_TRIGGER,
+    timing: 'after',
+    events: ['insert'],
+    body:
+      `if ${BY_TABLE_OWNER} then return null; end if; ` +
+      `declare setting text := current_setting('${TENANT_SETTING}', true); begin perform set_config('${TENANT_SETTING}', new.tenant_id::text, true); ` +
+      `if not exists (select from public.durable_checkpoints c where c.tenant_id = new.tenant_id and c.run_id = new.run_id and c.step_name = '${args.step}' ` +
+      `and c.status in (${args.statuses.map((st) => `'${st}'`).join(', ')})${fields}) then ` +
+      `raise exception '${args.row} % names run % of tenant %, whose ${args.step} step''s checkpoint does not name it: it is written by that step, with its checkpoint', new.id, new.run_id, new.tenant_id using errcode = 'insufficient_privilege'; end if; ` +
+      `perform set_config('${TENANT_SETTING}', coalesce(setting, ''), true); end; return null;`,
+  };
+}

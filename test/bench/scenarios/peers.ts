@@ -21,6 +21,10 @@ export async function openDbos(db: BenchDb) {
     [],
     db.name,
   );
+  // Nor does it write our checkpoints, which a pack and an approval request commit only with (written_by_its_step,
+  // committedWithItsStep in durable-checkpoint.entity.ts): the peer's database drops those triggers (ours pays
+  // their deferred check, one read of the run's checkpoints per pack and per request; the peer does not).
+  for (const table of ['evidence_packs', 'approval_requests']) await adminQuery(`drop trigger if exists written_by_its_step on ${table}`, [], db.name);
   const child = spawnChild('test/bench/peers/dbos-peer.ts', {
     name: 'dbos',
     env: { BENCH_APP_URL: db.appUrl, BENCH_DBOS_SYSTEM_URL: db.adminUrl, LOG_LEVEL: 'info' },
