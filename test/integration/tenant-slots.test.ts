@@ -185,6 +185,23 @@ describe('tenant slots (Redis scripts)', () => {
     expect(await redis.zcard(slots.ownersKey())).toBe(0);
   });
 
+  it("a popped member's give without a slot taken (a delivery promoted that ends, or parks on another cap, without taking it) is no longer a promotion pending: it does not eat the owner's free slot in recover", async () => {
+    const slots = new TenantSlots(redis, { prefix, cap: 1, leaseMs: LONG_LEASE });
+    const tenant = randomUUID();
+    await slots.acquire(tenant, 'q:holder');
+    await slots.park(tenant, 'q:p1', 1_000);
+    await slots.park(tenant, 'q:p2', 1_001);
+    expect(await slots.release(tenant, 'q:holder')).toBe('q:p1');
+    expect(await redis.zrange(slots.promotingKey(tenant), '0', '-1')).toEqual(['q:p1']);
+    // p1 came back and passes the free slot on without taking it (passOn, or parked on its endpoint's set): its release of none pops p2.
+    expect(await slots.release(tenant, 'q:p1')).toBe('q:p2');
+    expect(await redis.zrange(slots.promotingKey(tenant), '0', '-1')).toEqual(['q:p2']);
+    expect(await slots.acquire(tenant, 'q:p2')).toBe(true);
+    expect(await redis.zcard(slots.promotingKey(tenant))).toBe(0);
+    await slots.release(tenant, 'q:p2');
+    await redis.zrem(slots.ownersKey(), tenant);
+  });
+
   it('a park that finds a slot freed since its acquire pops the earliest parked job at once (no wake-up lost)', async () => {
     const slots = new TenantSlots(redis, { prefix, cap: 1, leaseMs: LONG_LEASE });
     const tenant = randomUUID();

@@ -118,10 +118,13 @@ ${POP}end
 return false`;
 
 /**
- * KEYS: slots, parked, limits, promoting. ARGV: member, cap, grace ms, owner. Gives the member's slot back; when a slot is free, pops the
+ * KEYS: slots, parked, limits, promoting. ARGV: member, cap, grace ms, owner. Gives the member's slot back (a member that held
+ * none — promoted, it ended or parked on another owner's set without taking it — is no longer a promotion pending either: left,
+ * it ate a free slot in `recover` and was promoted again every grace); when a slot is free, pops the
  * earliest parked member for the caller to promote, else false.
  */
 const RELEASE = `redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('ZREM', KEYS[4], ARGV[1])
 ${NOW}${CAP(2)}
 if redis.call('ZCARD', KEYS[1]) < cap then
 ${POP}end

@@ -280,8 +280,9 @@ export function webhookHandlers(deps: {
       }
       // The endpoint's slot is given back before the job parks on its tenant's set: held while parked, it would hold up the endpoint's parked jobs.
       for (const t of taken.splice(0)) t.cap.parking.give(t.owner, member);
-      // Promoted by its tenant's set into a free slot, a job that parks on its endpoint's instead passes that slot on.
-      if ((job.data as DeliveryJobData).parks) for (const later of caps.slice(caps.indexOf(cap) + 1)) later.parking.wake(later.ownerOf(endpointId, tenantId));
+      // Promoted by its tenant's set into a free slot, a job that parks on its endpoint's instead passes that slot on: a give
+      // of none, so it is no longer the tenant's promotion pending (a wake left it, promoted again by `recover` every lease).
+      if ((job.data as DeliveryJobData).parks) for (const later of caps.slice(caps.indexOf(cap) + 1)) later.parking.give(later.ownerOf(endpointId, tenantId), member);
       // Its endpoint kept with the park: back, it finds its slots before its row.
       if ((job.data as DeliveryJobData).endpoint_id !== endpointId) job.data = { ...(job.data as DeliveryJobData), endpoint_id: endpointId } satisfies DeliveryJobData;
       return await cap.parking.park(job, job.token, owner, member, ({ parks, delayMs }) => {
