@@ -277,6 +277,80 @@ describe('a genuine evidence pack', () => {
   });
 });
 
+/**
+ * The dossier's and the model's plain columns — partner_name, country, completeness_score; currency, cost,
+ * payback_months — are copied by their steps from the content they store beside them, and are what SQL
+ * reports read. Before, /verify compared only the content: the owner's `update economics_models set
+ * cost = 1` left a genuine pack valid with every record matching, while a report read another cost than
+ * the pack's. The tampering is done as the owner (FORCE RLS: naming the tenant), never through the API;
+ * each column is then set back from its row's content, which verifies again (compared as doubles,
+ * exactly: no false mismatch).
+ */
+describe("a run's dossier and economics model columns", () => {
+  const asOwner = (tenant: string, sql: string) => stack.db.owner(`select set_config('app.tenant_id', '${tenant}', false); ${sql}`);
+
+  /** Submits `body` and decides it as its packet requires (none for class A, four-eyes for C): the completed run's view. */
+  async function completed(tenant: string, body: unknown): Promise<any> {
+    const run = await runUntil(tenant, body, ['waiting', 'completed']);
+    if (run.status === 'completed') return run;
+    const packet = run.steps[2].output;
+    for (const sub of ['approver-1', 'approver-2'].slice(0, packet.required_approvals)) await approve(tenant, packet.approval_request_id, sub);
+    return runReaches(tenant, run.run_id, ['completed']);
+  }
+
+  it('each column changed by the owner makes a genuine pack valid false, its record mismatched; set back from the content, valid again', { timeout: LONG }, async () => {
+    const tenant = newTenant();
+    const done = await completed(tenant, CLASS_A_SUBMISSION);
+    const { evidence_pack_id: id, sha256 } = done.steps[3].output;
+    const valid = { valid: true, sha256, recomputed_sha256: sha256, recorded_sha256: sha256, records: ALL_MATCH };
+    expect(await verify(tenant, id)).toEqual(valid);
+    // [table, column, tampered value, the column as its content says]
+    const tampers: [string, string, string, string][] = [
+      ['partner_dossiers', 'partner_name', `'Acme Trading Ltd'`, `content #>> '{profile,name}'`],
+      ['partner_dossiers', 'partner_name', `partner_name || ' '`, `content #>> '{profile,name}'`],
+      ['partner_dossiers', 'country', `'AE'`, `content #>> '{profile,country}'`],
+      ['partner_dossiers', 'completeness_score', '0.2', `(content #>> '{facts,completeness_score}')::float8`],
+      ['partner_dossiers', 'completeness_score', 'completeness_score - 1e-15', `(content #>> '{facts,completeness_score}')::float8`],
+      ['economics_models', 'currency', `'USD'`, `content ->> 'currency'`],
+      ['economics_models', 'cost', '1', `(content ->> 'cost')::float8`],
+      // The next doubles but one above 30,000: no rounding to 15 digits hides it.
+      ['economics_models', 'cost', 'cost + 1e-11', `(content ->> 'cost')::float8`],
+      ['economics_models', 'payback_months', 'payback_months + 0.01', `(content ->> 'payback_months')::float8`],
+      ['economics_models', 'payback_months', 'null', `(content ->> 'payback_months')::float8`],
+    ];
+    for (const [table, column, value, restored] of tampers) {
+      const record = table === 'partner_dossiers' ? 'partner_dossier' : 'economics_model';
+      const [, changed] = (await asOwner(tenant, `update ${table} set ${column} = ${value} where run_id = '${done.run_id}'`)) as unknown as pg.QueryResult[];
+      expect(changed!.rowCount, `${column} = ${value}`).toBe(1);
+      expect(await verify(tenant, id), `${column} = ${value}`).toEqual({ ...valid, valid: false, records: { ...ALL_MATCH, [record]: 'mismatch' } });
+      await asOwner(tenant, `update ${table} set ${column} = ${restored} where run_id = '${done.run_id}'`);
+      expect(await verify(tenant, id), `${column} set back`).toEqual(valid);
+    }
+  });
+
+  it('untampered runs at the edges verify, every record matching: no payback (no profit), the largest amounts, a cost of zero (and the owner writing it -0, the same number)', { timeout: LONG }, async () => {
+    const tenant = newTenant();
+    const economics = SAMPLE_SUBMISSION.economics;
+    const most = { onboarding_cost: 999999999999.999, enablement_cost: 999999999999.999, annual_support_cost: 999999999999.999 };
+    const cases: [string, unknown][] = [
+      ['no payback', { ...SAMPLE_SUBMISSION, economics: { ...economics, win_rate: 0 } }],
+      ['the largest KWD amounts (3 decimals)', { ...SAMPLE_SUBMISSION, currency: 'KWD', economics: { ...economics, average_deal_value: 999999999999.999, ...most } }],
+      ['the largest JPY amounts', { ...SAMPLE_SUBMISSION, currency: 'JPY', economics: { ...economics, average_deal_value: 1e12, onboarding_cost: 1e12, enablement_cost: 1e12, annual_support_cost: 1e12 } }],
+      ['a cost of zero', { ...SAMPLE_SUBMISSION, economics: { ...economics, onboarding_cost: 0, enablement_cost: 0, annual_support_cost: 0 } }],
+    ];
+    for (const [what, body] of cases) {
+      const done = await completed(tenant, body);
+      const { evidence_pack_id: id, sha256 } = done.steps[3].output;
+      expect(await verify(tenant, id), what).toEqual({ valid: true, sha256, recomputed_sha256: sha256, recorded_sha256: sha256, records: ALL_MATCH });
+    }
+    const zero = (await stack.db.admin(`select m.run_id, e.id from economics_models m join evidence_packs e using (tenant_id, run_id) where m.tenant_id = $1 and m.cost = 0`, [tenant])).rows;
+    expect(zero).toHaveLength(1);
+    await asOwner(tenant, `update economics_models set cost = '-0', payback_months = '-0' where run_id = '${zero[0].run_id}'`);
+    expect((await stack.db.admin(`select cost::text, payback_months::text from economics_models where run_id = $1`, [zero[0].run_id])).rows).toEqual([{ cost: '-0', payback_months: '-0' }]);
+    expect((await verify(tenant, zero[0].id)).records).toEqual(ALL_MATCH);
+  });
+});
+
 async function approve(tenant: string, approvalId: string, sub: string) {
   const token = await stack.token({ tenantId: tenant, sub, roles: ['approver'] });
   const res = await api(stack, 'POST', `/api/v1/approvals/${approvalId}/decision`, { token, body: { decision: 'approve' }, headers: { 'Idempotency-Key': randomUUID() } });

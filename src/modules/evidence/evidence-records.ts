@@ -26,11 +26,12 @@ import { asWritten, minorDigits } from '../../platform/money/minor-units.ts';
  *   retention keeps. What only the run row held (correlation id, submission time, workflow version) is
  *   then no longer compared.
  * - `partner_dossier`: the step's row (partner_dossiers.content) equals `content.partner_dossier`
- *   (jsonb equality, in PostgreSQL: numbers by value, exactly), and `content.submission.partner` hashes
- *   to the inputs_sha256 of its profile's provenance (what step 1 normalised: the submission is so
- *   checked after retention too).
- * - `economics_model`: the same with economics_models.content, and `{economics, currency}` of the
- *   submission with the model's provenance.
+ *   (jsonb equality, in PostgreSQL: numbers by value, exactly), so do the columns the step copied from
+ *   it (partner_name, country, completeness_score: what SQL reports read; STEP_ROW_COLUMNS), and
+ *   `content.submission.partner` hashes to the inputs_sha256 of its profile's provenance (what step 1
+ *   normalised: the submission is so checked after retention too).
+ * - `economics_model`: the same with economics_models.content and its columns currency, cost and
+ *   payback_months, and `{economics, currency}` of the submission with the model's provenance.
  * - `approval`: the run's approval request and its decisions — the packet's request id, class,
  *   required approvals, reasons and SLA deadline are the request's; the request, the packet and the
  *   pack are all decided the same way (approved or rejected); `content.run.submitted_by` is the
@@ -74,8 +75,12 @@ export const evidenceRecords = z
     run: recordStatus.describe(
       "The run row: content.run's workflow, correlation_id, submitted_by and submitted_at, and content.submission as the run's input. absent once run retention deleted the run (ADR 0011), which does not make the pack invalid",
     ),
-    partner_dossier: recordStatus.describe("The run's stored partner dossier equals content.partner_dossier, and content.submission.partner is what it was derived from (its provenance hash)"),
-    economics_model: recordStatus.describe("The run's stored economics model equals content.economics_model, and content.submission's economics and currency are what it was computed from"),
+    partner_dossier: recordStatus.describe(
+      "The run's stored partner dossier equals content.partner_dossier — its content, and its columns partner_name, country and completeness_score the profile's name and country and the facts' completeness_score — and content.submission.partner is what it was derived from (its provenance hash)",
+    ),
+    economics_model: recordStatus.describe(
+      "The run's stored economics model equals content.economics_model — its content, and its columns currency, cost and payback_months (numbers by value) the model's — and content.submission's economics and currency are what it was computed from",
+    ),
     approval: recordStatus.describe(
       "The run's approval request and its decisions: the packet's request id, class, required approvals, reasons, SLA deadline, outcome and decisions, and content.run.submitted_by, are the request's; the request is decided as content.outcome says; and the decisions allow that outcome (rejected: a rejection; approved: no rejection and at least required_approvals approvals by distinct approvers, none of them the submitter; each before the SLA deadline)",
     ),
@@ -97,8 +102,12 @@ export interface RecordColumns {
   run_input: unknown;
   dossier_kept: boolean;
   dossier_equal: boolean | null;
+  /** The dossier's columns (partner_name, country, completeness_score) are the pack's fields (STEP_ROW_COLUMNS). */
+  dossier_columns_equal: boolean | null;
   economics_kept: boolean;
   economics_equal: boolean | null;
+  /** The model's columns (currency, cost, payback_months) are the pack's fields (STEP_ROW_COLUMNS). */
+  economics_columns_equal: boolean | null;
   approval_id: string | null;
   approval_class: string | null;
   approval_required: number | null;
@@ -137,6 +146,42 @@ export interface RecordColumns {
   history_first: number | null;
 }
 
+/** SQL: the pack's field at `path` (a jsonb path literal's elements: `economics_model,cost`). */
+const packField = (path: string) => `(e.content #> '{${path}}')`;
+
+/** SQL: whether text column `column` is the pack's field at `path`, a JSON string of the same characters (null when it is no string). */
+const textIsField = (column: string, path: string) => `to_jsonb(${column}::text) = ${packField(path)}`;
+
+/**
+ * SQL: whether double precision column `column` is the pack's field at `path`, a JSON number of the
+ * same value, compared as doubles: the field (jsonb numeric, the exact decimal the step's JSON wrote,
+ * JavaScript's shortest round-trip form of its double) read as the double nearest it is the very double
+ * the step wrote to the column, whatever extra_float_digits the session has (no float8 output, which
+ * that setting may round to 15 digits, is compared). -0 is 0, as in canonical JSON (jsonb holds no -0);
+ * NaN or Infinity in the column equals no field. A `null` field matches a null column (payback_months:
+ * never paid back). Null — not equal — when the field is absent, of another type, or a number no double
+ * holds (beyond 1e308, or nonzero below 1e-307: no genuine amount, score or month count): a forged
+ * pack's number never makes the cast fail, the nested CASEs guarding each cast in order.
+ */
+function doubleIsField(column: string, path: string): string {
+  const field = packField(path);
+  const n = `${field}::numeric`;
+  return `case when ${column} is null then ${field} = 'null'::jsonb
+    when jsonb_typeof(${field}) = 'number' then case when abs(${n}) < 1e308 and (${n} = 0 or abs(${n}) >= 1e-307) then ${column} = ${n}::float8 end end`;
+}
+
+/**
+ * The columns its step copied onto the dossier's and the model's rows besides their content (what SQL
+ * reports read), each compared with the pack's field it was copied from: a row whose column was changed
+ * since (by the owner: the application role may not update these tables) reads a mismatch, as one whose
+ * content was. True only when every column is equal.
+ */
+const STEP_ROW_COLUMNS = `
+  (${textIsField('d.partner_name', 'partner_dossier,profile,name')} and ${textIsField('d.country', 'partner_dossier,profile,country')}
+    and ${doubleIsField('d.completeness_score', 'partner_dossier,facts,completeness_score')}) is true as dossier_columns_equal,
+  (${textIsField('m.currency', 'economics_model,currency')} and ${doubleIsField('m.cost', 'economics_model,cost')}
+    and ${doubleIsField('m.payback_months', 'economics_model,payback_months')}) is true as economics_columns_equal`;
+
 /**
  * The select list and joins that read a pack's run records, for a statement over `evidence_packs e`.
  * Each by its (tenant, run) key: durable_runs_tenant_id_id_unique, the dossier's and model's primary
@@ -150,7 +195,7 @@ export const RECORD_COLUMNS = `
   r.id is not null as run_kept, r.workflow || '@v' || r.workflow_version as run_workflow, r.correlation_id as run_correlation_id,
   r.principal as run_principal, ${isoTimeSql('r.created_at')} as run_submitted_at, r.input as run_input,
   d.run_id is not null as dossier_kept, d.content = e.content -> 'partner_dossier' as dossier_equal,
-  m.run_id is not null as economics_kept, m.content = e.content -> 'economics_model' as economics_equal,
+  m.run_id is not null as economics_kept, m.content = e.content -> 'economics_model' as economics_equal,${STEP_ROW_COLUMNS},
   a.id as approval_id, a.approval_class, a.required_approvals as approval_required, a.status as approval_status,
   a.submitted_by as approval_submitted_by, a.reasons = e.content -> 'approval_packet' -> 'reasons' as approval_reasons_equal,
   ${isoTimeSql('a.sla_deadline')} as approval_sla_deadline, x.decisions as approval_decisions, ${isoTimeSql('a.created_at')} as approval_created_at,
@@ -443,10 +488,10 @@ export function compareRecords(content: unknown, r: RecordColumns): EvidenceReco
   const economics = at(content, 'economics_model');
   return {
     run: status(r.run_kept, runMatches(content, r)),
-    partner_dossier: status(r.dossier_kept, r.dossier_equal === true && derivedFrom(at(dossier, 'profile', 'provenance'), at(submission, 'partner'))),
+    partner_dossier: status(r.dossier_kept, r.dossier_equal === true && r.dossier_columns_equal === true && derivedFrom(at(dossier, 'profile', 'provenance'), at(submission, 'partner'))),
     economics_model: status(
       r.economics_kept,
-      r.economics_equal === true && derivedFrom(at(economics, 'provenance'), { economics: at(submission, 'economics'), currency: at(submission, 'currency') }),
+      r.economics_equal === true && r.economics_columns_equal === true && derivedFrom(at(economics, 'provenance'), { economics: at(submission, 'economics'), currency: at(submission, 'currency') }),
     ),
     approval: status(r.approval_id !== null, approvalMatches(content, r)),
     approval_policy: approvalPolicyStatus(content, r),
