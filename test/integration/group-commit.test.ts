@@ -7,6 +7,8 @@ import { tenantEm } from '../../src/platform/db/tenant-em.ts';
 import { DEFER_UNTIL_NEXT, LAST_IN_TRANSACTION } from '../../src/platform/db/coalescing-client.ts';
 import { GroupCommit as GroupCommitClass, groupCommitFor, groupKey, type GroupCommit, type GroupCommitRef } from '../../src/platform/db/group-commit.ts';
 import { inlineStatement, type Statement } from '../../src/platform/db/statement-batch.ts';
+import { seedRun } from '../helpers/db.ts';
+import { evidenceHash } from '../../src/modules/evidence/evidence.service.ts';
 import { entities } from '../../src/entities.ts';
 import { CoalescingClient } from '../../src/platform/db/coalescing-client.ts';
 import { holdTable } from '../helpers/table-lock.ts';
@@ -62,6 +64,28 @@ async function behindOne<T>(first: () => Promise<T>, others: Array<() => Promise
 }
 
 const stored = async (ids: string[]) => (await stack.db.admin(`select id, tenant_id from durable_runs where id = any($1::uuid[]) order by id`, [ids])).rows as Array<{ id: string; tenant_id: string }>;
+
+const countOf = async (sql: string, params: unknown[]) => Number((await stack.db.admin(sql, params)).rows[0].n);
+
+/**
+ * The evidence step's transaction, in the form the executor sends it: the pack held, the step's checkpoint
+ * (naming the pack, or, `refused`, another one) last, with the commit — one message, which may be grouped.
+ * `ownRun`: a run of its own is seeded first (the caller passes none).
+ */
+async function evidenceStep(r: { tenant: string; runId: string; pack: string; refused: boolean }, ownRun = false): Promise<unknown> {
+  const runId = ownRun ? await seedRun(stack.db, r.tenant) : r.runId;
+  const content = { schema: 'dealix.evidence-pack/v1', run: { id: runId, tenant_id: r.tenant }, outcome: 'approved' };
+  const sha256 = evidenceHash(content);
+  const output = { evidence_pack_id: r.refused ? randomUUID() : r.pack, sha256, outcome: 'approved' };
+  return tenantEm(orm, r.tenant).transactional(async (tx) => {
+    await tx.execute(`${DEFER_UNTIL_NEXT}insert into evidence_packs (id, tenant_id, run_id, content, sha256, created_at) values (?, ?, ?, ?::jsonb, ?, now())`, [r.pack, r.tenant, runId, JSON.stringify(content), sha256]);
+    return tx.execute(
+      `${LAST_IN_TRANSACTION}insert into durable_checkpoints (id, tenant_id, run_id, sequence_num, step_name, status, output, attempt, created_at, updated_at, completed_at)
+       values (?, ?, ?, 4, 'evidence-pack', 'completed', ?::jsonb, 1, now(), now(), now()) returning id`,
+      [randomUUID(), r.tenant, runId, JSON.stringify(output)],
+    );
+  });
+}
 
 describe('group commit', () => {
   it('transactions of several tenants started together share one commit; each row is its tenant\'s, each gets its own result', async () => {
@@ -119,6 +143,42 @@ describe('group commit', () => {
     expect(group().stats.failedGroups - before.failedGroups).toBeGreaterThanOrEqual(1);
     expect((outcomes[2] as PromiseRejectedResult).reason).toMatchObject({ code: '23505' });
     expect(await stored(others.map((r) => r.id))).toHaveLength(5);
+  });
+
+  it.each([
+    ['in the middle of the group', 2],
+    ['leading the group', 0],
+  ])('one refused at its COMMIT (a deferred check: its pack not named by its checkpoint), %s, fails alone as it would have; the others commit once', async (_where, at) => {
+    // A step's transaction as the evidence step sends it (ADR 0005): its pack held (DEFER_UNTIL_NEXT), its
+    // checkpoint last with the commit. `written_by_its_step` is deferred: every statement of the refused
+    // member succeeds, and PostgreSQL refuses the group's one COMMIT (42501) — nothing of the group commits.
+    const steps = Array.from({ length: 4 }, (_, i) => ({ tenant: randomUUID(), refused: i === at }));
+    const runs = await Promise.all(steps.map(async (s) => ({ ...s, runId: await seedRun(stack.db, s.tenant), pack: randomUUID() })));
+    const first = { tenant: randomUUID(), id: randomUUID() };
+    const before = { ...group().stats };
+    const outcomes = await Promise.allSettled(await behindOne(() => insertRun(first.tenant, first.id).then(() => 'run'), runs.map((r) => () => evidenceStep(r).then(() => 'step'))));
+    expect(outcomes.map((o) => o.status)).toEqual(['fulfilled', ...runs.map((r) => (r.refused ? 'rejected' : 'fulfilled'))]);
+    // They were one group, whose commit was refused; its members were then sent again alone.
+    expect(group().stats.grouped - before.grouped).toBeGreaterThanOrEqual(1);
+    expect(group().stats.failedGroups - before.failedGroups).toBeGreaterThanOrEqual(1);
+    // The refused member gets the error it gets alone: the deferred trigger's, raised at the commit, not
+    // another member's nor an "outcome unknown".
+    const refused = (outcomes[at + 1] as PromiseRejectedResult).reason;
+    expect(refused).toMatchObject({ code: '42501', message: expect.stringContaining("evidence-pack step's checkpoint does not name it"), where: expect.stringContaining('evidence_packs_written_by_its_step_fn') });
+    // The same step alone (nothing else in flight: no group) fails the same way, at its commit.
+    const failedGroups = group().stats.failedGroups;
+    const alone = await evidenceStep({ tenant: randomUUID(), runId: '', pack: randomUUID(), refused: true }, true).then(() => 'committed', (e: unknown) => e);
+    expect(group().stats.failedGroups).toBe(failedGroups);
+    const shape = (e: unknown) => ({ name: (e as Error).name, code: (e as { code?: string }).code, message: (e as Error).message.replace(/[0-9a-f]{8}-[0-9a-f-]{27}/g, '<id>'), where: (e as { where?: string }).where });
+    expect(shape(refused)).toEqual(shape(alone));
+    // Each innocent step committed exactly once (its pack, its seal, its checkpoint); the refused one left nothing.
+    for (const r of runs) {
+      const n = r.refused ? 0 : 1;
+      expect(await countOf(`select count(*)::int as n from evidence_packs where run_id = $1 and id = $2`, [r.runId, r.pack])).toBe(n);
+      expect(await countOf(`select count(*)::int as n from evidence_seals where id = $1`, [r.pack])).toBe(n);
+      expect(await countOf(`select count(*)::int as n from durable_checkpoints where run_id = $1`, [r.runId])).toBe(n);
+    }
+    expect(await stored([first.id])).toHaveLength(1);
   });
 
   it('a group whose connection is lost after it was sent is not resent: every member gets the error, its outcome unknown', async () => {

@@ -169,9 +169,11 @@ export class GroupCommit {
         for (const m of members) m.reject(err);
         return;
       }
-      // PostgreSQL refused a statement before the commit: nothing of the group committed, and its
-      // connection is in the failed transaction. Roll it back, then every member goes alone and ends
-      // as it would have. Outside the slot, so a member that waits long on its own again holds no one.
+      // PostgreSQL refused a statement before the commit, or the commit itself (a deferred check:
+      // `written_by_its_step`, a deferred key): nothing of the group committed, and its connection is in
+      // the failed transaction (or, after a refused commit, in none). Roll it back, then every member goes
+      // alone and ends as it would have — which one a refused commit was for cannot be told from its error.
+      // Outside the slot, so a member that waits long on its own again holds no one.
       this.stats.failedGroups++;
       const rolledBack = outsideAnyTrace(() => leader.send([{ text: 'rollback', discard: true }])).catch(() => {});
       for (const m of members) void (m === leader ? rolledBack.then(() => this.#alone(m)) : this.#alone(m));
