@@ -111,3 +111,33 @@ describe('a JSON body sent as UTF-8 whose bytes are not UTF-8', () => {
     expect(await stored(who.tenant)).toEqual({ runs: 1, keys: 1 });
   });
 });
+describe('ETag: on a read, never on a write', () => {
+  it("a submission's 202, its replay and a write's problems carry none; the run's read carries one, which answers 304; a read's problem carries none", async () => {
+    const who = await actor();
+    const key = randomUUID();
+    const body = JSON.stringify(SAMPLE_SUBMISSION);
+    const accepted = await post(who.token, RUN, body, { 'idempotency-key': key });
+    expect(accepted.status, accepted.text).toBe(202);
+    const replayed = await post(who.token, RUN, body, { 'idempotency-key': key });
+    expect(replayed.headers.get('idempotent-replayed')).toBe('true');
+    const reused = await post(who.token, RUN, JSON.stringify({ ...SAMPLE_SUBMISSION, currency: 'USD' }), { 'idempotency-key': key });
+    expect(reused.json.code).toBe('idempotency_key_reused');
+    const invalid = await post(who.token, RUN, '{}');
+    expect(invalid.status).toBe(422);
+    const malformed = await post(who.token, RUN, '{');
+    expect(malformed.status).toBe(400);
+    const etags = Object.fromEntries(Object.entries({ accepted, replayed, reused, invalid, malformed }).map(([what, res]) => [what, res.headers.get('etag')]));
+    expect(etags).toEqual({ accepted: null, replayed: null, reused: null, invalid: null, malformed: null });
+
+    const auth = { authorization: `Bearer ${who.token}` };
+    const read = await rawGet(`${stack.baseUrl}/api/v1/golden-path/runs/${accepted.json.run_id}`, auth);
+    expect(read.status).toBe(200);
+    const etag = read.headers.get('etag');
+    expect(etag).toMatch(/^W\/"/);
+    const again = await rawGet(`${stack.baseUrl}/api/v1/golden-path/runs/${accepted.json.run_id}`, { ...auth, 'if-none-match': etag! });
+    expect({ status: again.status, etag: again.headers.get('etag'), text: again.text }).toEqual({ status: 304, etag, text: '' });
+    const missing = await rawGet(`${stack.baseUrl}/api/v1/golden-path/runs/${randomUUID()}`, auth);
+    expect(missing.status).toBe(404);
+    expect(missing.headers.get('etag')).toBeNull();
+  });
+});
