@@ -11,7 +11,7 @@ import { openApiHandlers } from './platform/http/openapi.route.ts';
 import { loadShedding } from './platform/http/load-shed.ts';
 import { routeLabelOf, type RefusalReason } from './platform/http/refusals.ts';
 import { methodNotAllowed, optionsAllow } from './platform/http/method-not-allowed.ts';
-import { weakETag } from './platform/http/etag.ts';
+import { readETags } from './platform/http/etag.ts';
 import { connectionShareOf, TenantConnectionShare } from './platform/http/tenant-db-share.ts';
 import { poolMaxFor } from './platform/config/config.ts';
 import { CONNECTION_BOUNDS } from './platform/db/connection-bounds.ts';
@@ -28,8 +28,10 @@ export function createApp(c: Container): Express {
   app.disable('x-powered-by');
   app.set('trust proxy', c.config.TRUST_PROXY);
   app.set('query parser', 'simple');
-  // Express's weak ETags, the same bytes, computed more cheaply (etag.ts).
-  app.set('etag', weakETag);
+  // Express's weak ETags, the same bytes, computed more cheaply, and on a read's 2xx only (etag.ts):
+  // Express's own would be on every answer, a write's and a problem's too.
+  app.set('etag', false);
+  app.use(readETags);
   app.use(correlationMiddleware);
   app.use(httpLogger(c.logger));
   const refused = (reason: RefusalReason, route: string) => c.metrics.requestsRefused.inc({ reason, route });

@@ -77,19 +77,17 @@ export function publishedSchemas(doc: any) {
 
 /**
  * The response headers a client acts on (follows, waits for, branches on, caches by): each one a
- * response carries must be published for its route and status. ETag only on reads: Express computes
- * one for every body, which means nothing on a write's answer (docs/api.md: "A GET answer carries a
- * weak ETag").
+ * response carries must be published for its route and status. ETag too, on every method: it is
+ * published on a read's 200 and 304 only (docs/api.md), so one on a write's answer or a problem fails
+ * here (Express's own ETag was on every body).
  */
-export function actionableHeaders(method: string): string[] {
-  return ['location', 'retry-after', 'idempotent-replayed', 'www-authenticate', 'cache-control', 'allow', ...(method === 'GET' ? ['etag'] : [])];
-}
+export const ACTIONABLE_HEADERS = ['location', 'retry-after', 'idempotent-replayed', 'www-authenticate', 'cache-control', 'allow', 'etag'] as const;
 
 /** Why the response's headers differ from those published (each a sentence), or [] when they agree. */
-export function headerMismatches(published: Map<string, boolean> | undefined, method: string, res: { status: number; headers: Headers }): string[] {
+export function headerMismatches(published: Map<string, boolean> | undefined, _method: string, res: { status: number; headers: Headers }): string[] {
   if (!published) return [`no ${res.status} response is published`];
   const out: string[] = [];
-  for (const name of actionableHeaders(method)) if (res.headers.has(name) && !published.has(name)) out.push(`sends ${name}, which is not published`);
+  for (const name of ACTIONABLE_HEADERS) if (res.headers.has(name) && !published.has(name)) out.push(`sends ${name}, which is not published`);
   for (const [name, required] of published) if (required && !res.headers.has(name)) out.push(`publishes ${name} as required, but does not send it`);
   return out;
 }

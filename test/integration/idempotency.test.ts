@@ -168,6 +168,29 @@ describe('a required key that is absent or malformed', () => {
     expect(await counts(who.tenant)).toEqual({ keys: 0, runs: 0 });
   });
 
+  it.each([
+    ['two bare keys', (a: string, b: string) => `${a}, ${b}`],
+    ['two bare keys without a space', (a: string, b: string) => `${a},${b}`],
+    ['two sf-strings', (a: string, b: string) => `"${a}", "${b}"`],
+    ['an sf-string with a parameter, then a bare key', (a: string, b: string) => `"${a}";v=1, ${b}`],
+  ])('is two keys folded into one line (%s), as a proxy joins two header lines: 400 sent more than once, as for two lines', async (_what, fold) => {
+    const who = await actor();
+    const res = await submit(who, fold(randomUUID(), randomUUID()));
+    expectProblem(res, 400, 'validation_failed');
+    expect(res.json.errors).toEqual([{ path: 'Idempotency-Key', message: expect.stringContaining('sent more than once') }]);
+    expect(await counts(who.tenant)).toEqual({ keys: 0, runs: 0 });
+  });
+
+  it('holds a comma inside an sf-string: one string, one key (RFC 8941), replayed as such', async () => {
+    const who = await actor();
+    const key = `"${randomUUID()}, ${randomUUID()}"`;
+    const first = await submit(who, key);
+    expect(first.status, first.text).toBe(202);
+    const again = await submit(who, key);
+    expect(again.headers.get('idempotent-replayed')).toBe('true');
+    expect(await counts(who.tenant)).toEqual({ keys: 1, runs: 1 });
+  });
+
   it('carries a no-break space (obs-text 0xA0) before or after it: 400, not read as the key without it', async () => {
     for (const key of [`${randomUUID()}\xa0`, `\xa0${randomUUID()}`]) {
       const who = await actor();

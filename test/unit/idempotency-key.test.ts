@@ -92,15 +92,24 @@ describe('parseIdempotencyKey', () => {
     expect(e.extensions.errors).toEqual([expect.objectContaining({ path: 'Idempotency-Key' })]);
   });
 
-  it('accepts every printable ASCII key of 1–255 characters, and its sf-string form equals it', () => {
+  it('accepts every printable ASCII key of 1–255 characters as an sf-string, and bare when it holds no comma (the bare form equals it)', () => {
     const printable = fc.string({ unit: fc.integer({ min: 0x21, max: 0x7e }).map((c) => String.fromCharCode(c)), minLength: 1, maxLength: 253 });
     fc.assert(
       fc.property(printable, (k) => {
         const key = `k${k}`;
-        expect(parseIdempotencyKey(key)).toBe(key);
         expect(parseIdempotencyKey(`"${key.replace(/[\\"]/g, '\\$&')}"`)).toBe(key);
+        if (key.includes(',')) expect(rejection(key).status).toBe(400);
+        else expect(parseIdempotencyKey(key)).toBe(key);
       }),
     );
+  });
+
+  it('refuses a list, as a proxy folds two header lines into one, as sent more than once; a comma inside quotes is the string\'s', () => {
+    for (const raw of ['k1, k2', 'k1,k2', 'k1,', ',k1', '"k1", "k2"', '"k1",k2', '"k1";v=1, "k2"', '"k1";v="a,b"\t, k2']) {
+      expect(rejection(raw).extensions.errors, raw).toEqual([{ path: 'Idempotency-Key', message: expect.stringContaining('sent more than once') }]);
+    }
+    expect(parseIdempotencyKey('"k1, k2"')).toBe('k1, k2');
+    expect(parseIdempotencyKey('"k1";v="a,b"')).toBe('k1');
   });
 });
 

@@ -94,6 +94,8 @@ export function bullBoardRouter(queues: Iterable<Queue>, opts: { readOnly: boole
   // The adapter's router is an Express app of its own: it does not inherit the API's settings.
   const board = serverAdapter.getRouter() as Router & Partial<Pick<Express, 'disable'>>;
   board.disable?.('x-powered-by');
+  // Its reads keep their ETag (the API's readETags wraps every GET's send); its writes get none, as the API's.
+  board.disable?.('etag');
   const refuse: RequestHandler = (req, res) => {
     opts.logger?.warn({ security_event: 'board_job_write_refused', method: req.method, path: req.originalUrl, ip: req.ip }, 'Bull Board job write refused (add job / edit job data)');
     sendProblem(res, jobWriteRefused());

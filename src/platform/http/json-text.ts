@@ -1,5 +1,6 @@
+import { isUtf8 } from 'node:buffer';
 import type { NextFunction, Request, Response } from 'express';
-import { ValidationError } from '../errors/app-error.ts';
+import { AppError, ValidationError } from '../errors/app-error.ts';
 
 // NUL, or a UTF-16 surrogate without its partner: valid in JSON text, but PostgreSQL text and jsonb
 // cannot hold either, so such a body would fail deep inside a handler's transaction as a 500.
@@ -53,6 +54,23 @@ export function rejectUnstorableText(req: Request, _res: Response, next: NextFun
       { path: path.slice(0, 200), message: 'contains a NUL character or an unpaired UTF-16 surrogate, which cannot be stored' },
     ]),
   );
+}
+
+/**
+ * express.json()'s `verify`: refuses a body sent as UTF-8 (the default charset) whose bytes are not
+ * UTF-8 — a stray `0xFF`, a truncated multi-byte sequence, an overlong form (`C0 AF`), an encoded
+ * surrogate. Decoding would read each as U+FFFD: the text stored would not be the text sent, and two
+ * bodies differing only in their bad bytes would be one request under one Idempotency-Key. It sees the
+ * bytes after any Content-Encoding is undone (body-parser inflates first), and not a body sent in
+ * another charset (`utf-16`). 400 malformed_json: JSON text is UTF-8 (RFC 8259, section 8.1).
+ */
+export function refuseInvalidUtf8(_req: unknown, _res: unknown, buf: Buffer, encoding: string): void {
+  if (encoding !== 'utf-8' || isUtf8(buf)) return;
+  throw new AppError('malformed_json', 'Bad Request', {
+    status: 400,
+    retryable: false,
+    detail: 'The request body is not valid UTF-8 (JSON text is UTF-8; its bytes are not repeated here).',
+  });
 }
 
 /** What a body-parser parse error says instead of V8's message, which quotes the body it failed on. */

@@ -12,7 +12,7 @@ import { withPrelude } from '../db/coalescing-client.ts';
 import { MUTATING_METHODS, type RouteDef, type RouteResult } from './route.ts';
 import { canonicalParams, parseOrThrow } from './validation.ts';
 import { PROBLEM_CONTENT_TYPE } from './problem.middleware.ts';
-import { rejectUnstorableText, withoutQuotedBody } from './json-text.ts';
+import { refuseInvalidUtf8, rejectUnstorableText, withoutQuotedBody } from './json-text.ts';
 import { tenantInFlightLimit } from './tenant-inflight.ts';
 import { startHandlerWork } from './load-shed.ts';
 import type { TenantConnectionShare } from './tenant-db-share.ts';
@@ -57,7 +57,11 @@ export function buildRouter(routes: RouteDef[], deps: RouterDeps): Router {
   const tenantCap = tenantInFlightLimit(deps.maxInFlightPerTenant ?? 0, deps.onRefused);
   const literalSegmentGuard = literalSegmentGuards(routes);
   // A malformed body's parse error no longer quotes it: Express's instrumentation records it on the span (json-text.ts).
-  const readBody = [withoutQuotedBody(express.json({ limit: deps.bodyLimit ?? '64kb', strict: true, type: ['application/json', 'application/*+json'] })), rejectUnstorableText];
+  // A UTF-8 body's bytes are checked before they are decoded (json-text.ts): decoding alone would read bad bytes as U+FFFD.
+  const readBody = [
+    withoutQuotedBody(express.json({ limit: deps.bodyLimit ?? '64kb', strict: true, type: ['application/json', 'application/*+json'], verify: refuseInvalidUtf8 })),
+    rejectUnstorableText,
+  ];
   for (const def of routes) {
     const mutating = MUTATING_METHODS.has(def.method);
     const chain: Array<(req: Request, res: Response, next: NextFunction) => unknown> = [

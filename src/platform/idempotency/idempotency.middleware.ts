@@ -10,6 +10,7 @@ import {
   REPLAYED_HEADER,
   fingerprintedParts,
   parseIdempotencyKey,
+  sentMoreThanOnce,
   requestFingerprint,
   submissionHash,
   type ClaimInput,
@@ -50,7 +51,7 @@ export function idempotencyMiddleware(service: IdempotencyService, route: { meth
       // headersDistinct keeps repeated fields apart (req.headers would join them with ", ").
       const values = req.headersDistinct[IDEMPOTENCY_HEADER.toLowerCase()];
       if (values && values.length > 1) {
-        throw new ValidationError(`Send exactly one ${IDEMPOTENCY_HEADER} header.`, [{ path: IDEMPOTENCY_HEADER, message: 'sent more than once' }]);
+        throw sentMoreThanOnce();
       }
       const key = parseIdempotencyKey(values?.[0]);
       if (key === undefined) {

@@ -63,13 +63,17 @@ export type ClaimInput = Pick<IdempotencyRecord, 'tenantId' | 'principal' | 'key
 
 /**
  * Parses the Idempotency-Key header: an RFC 8941 sf-string (`"abc"`) or, leniently, a bare value
- * (`abc`), 1–255 printable ASCII characters. Returns undefined when absent; throws 400 when malformed.
+ * (`abc`), 1–255 printable ASCII characters, no comma in a bare one. Returns undefined when absent;
+ * throws 400 when malformed.
  */
 export function parseIdempotencyKey(raw: string | undefined): string | undefined {
   if (raw === undefined) return undefined;
   // HTTP's optional whitespace only (space, tab; RFC 9110 section 5.5), not String.prototype.trim's: that
   // would strip a no-break space too (a header's obs-text byte 0xA0), reading `abc<0xA0>` as the key `abc`.
   const trimmed = trimOws(raw);
+  // A comma outside quotes separates two field values (RFC 9110 section 5.3): two header lines a proxy
+  // folded into one, `k1, k2`, refused as the two lines are, never the one key "k1, k2".
+  if (!trimmed.startsWith('"') && trimmed.includes(',')) throw sentMoreThanOnce();
   const value = trimmed.startsWith('"') ? parseSfString(trimmed) : trimmed;
   if (value.length === 0) throw badKey('is empty');
   if (value.length > 255) throw badKey('is longer than 255 characters');
@@ -92,8 +96,11 @@ function trimOws(s: string): string {
  * value a bare item (integer, decimal, string, token, byte sequence, boolean). They say nothing the key
  * needs, so they are accepted and ignored; anything else after the closing quote is refused.
  */
-const SF_PARAMETERS =
-  /^(?:;[ ]*[a-z*][a-z0-9_.*-]*(?:=(?:-?(?:\d{1,12}\.\d{1,3}|\d{1,15})|"(?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\["\\])*"|[A-Za-z*][!#$%&'*+\-.^_`|~0-9A-Za-z:/]*|:[A-Za-z0-9+/=]*:|\?[01]))?)+$/;
+const SF_PARAMETER =
+  /;[ ]*[a-z*][a-z0-9_.*-]*(?:=(?:-?(?:\d{1,12}\.\d{1,3}|\d{1,15})|"(?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\["\\])*"|[A-Za-z*][!#$%&'*+\-.^_`|~0-9A-Za-z:/]*|:[A-Za-z0-9+/=]*:|\?[01]))?/.source;
+const SF_PARAMETERS = new RegExp(`^(?:${SF_PARAMETER})+$`);
+/** The string's parameters, if any, then a list's comma (RFC 8941 section 3.1): a second member follows. */
+const SF_LIST_CONTINUES = new RegExp(`^(?:${SF_PARAMETER})*[ \\t]*,`);
 
 /** RFC 8941 section 4.2.5: a quoted string whose only escapes are \" and \\, then nothing but the Item's parameters. */
 function parseSfString(input: string): string {
@@ -105,7 +112,8 @@ function parseSfString(input: string): string {
       if (next !== '"' && next !== '\\') throw badKey('is not a valid Structured Field string');
       out += next;
     } else if (ch === '"') {
-      if (i !== input.length - 1 && !SF_PARAMETERS.test(input.slice(i + 1))) throw badKey('is not a valid Structured Field string');
+      const rest = input.slice(i + 1);
+      if (rest !== '' && !SF_PARAMETERS.test(rest)) throw SF_LIST_CONTINUES.test(rest) ? sentMoreThanOnce() : badKey('is not a valid Structured Field string');
       return out;
     } else {
       if (ch < '\x20' || ch > '\x7e') throw badKey('must be printable ASCII');
@@ -117,6 +125,16 @@ function parseSfString(input: string): string {
 
 function badKey(why: string): ValidationError {
   return new ValidationError(`The ${IDEMPOTENCY_HEADER} header ${why}.`, [{ path: IDEMPOTENCY_HEADER, message: why }]);
+}
+
+/**
+ * Two keys: two header lines, or one holding a list (`k1, k2`, `"k1", "k2"`), which is what a proxy makes
+ * of two lines (RFC 9110 section 5.3) and is not one Structured Field string.
+ */
+export function sentMoreThanOnce(): ValidationError {
+  return new ValidationError(`Send exactly one ${IDEMPOTENCY_HEADER} header.`, [
+    { path: IDEMPOTENCY_HEADER, message: 'sent more than once (two header lines, or a comma-separated list in one: not a single Structured Field string)' },
+  ]);
 }
 
 /**
