@@ -212,7 +212,7 @@ describe('webhook deliveries: a parked backlog behind a full endpoint', () => {
     expect(await connection.zrange(slots.parkedKey(other), '0', '-1')).toEqual([d2Member]);
     expect(((await queue.getJob(d2.id!))!.data as { parked_per?: string }).parked_per).toBe('endpoint');
     // Before: it stayed on the tenant's set, and the tenant's next release promoted it out of its endpoint park.
-    await waitFor(async () => (await connection.zcard(tenantSlots.parkedKey(tenantId))) === 0, { timeoutMs: 10_000, what: "d2 gone from its tenant's parked set" });
+    await waitFor(async () => (await connection.zcard(tenantSlots.parkedKey(tenantId))) === 0, { timeoutMs: 30_000, what: "d2 gone from its tenant's parked set" });
     expect(await tenantSlots.release(tenantId, `${WEBHOOK_QUEUE}:t1`)).toBeNull();
     await tenantSlots.release(tenantId, `${WEBHOOK_QUEUE}:t2`);
   });
