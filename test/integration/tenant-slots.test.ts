@@ -202,6 +202,58 @@ describe('tenant slots (Redis scripts)', () => {
     await redis.zrem(slots.ownersKey(), tenant);
   });
 
+  it("promotions pending count as slots taken: a promoted job's acquire, a wake, a release of none and a park promote no more jobs than the slots free (each one more was refused and parked again: a wasted round trip)", async () => {
+    const slots = new TenantSlots(redis, { prefix, cap: 3, leaseMs: LONG_LEASE });
+    const tenant = randomUUID();
+    for (const m of ['q:h1', 'q:h2', 'q:h3']) expect(await slots.acquire(tenant, m)).toBe(true);
+    for (let i = 1; i <= 5; i++) await slots.park(tenant, `q:p${i}`, 1_000 + i);
+    // Two slots given back: p1 and p2 are promoted, each for one of them.
+    expect(await slots.release(tenant, 'q:h1')).toBe('q:p1');
+    expect(await slots.release(tenant, 'q:h2')).toBe('q:p2');
+    // p1 comes first: the slot left free is p2's (a pending member acquiring does not count against itself), so no wake is asked for.
+    expect(await slots.take(tenant, 'q:p1')).toEqual({ acquired: true, cap: 3, wakeParked: false });
+    // Nor does a wake, a give of none (a delivery that never took the slot) or a park find a slot to promote into.
+    expect(await slots.wake(tenant)).toBeNull();
+    expect(await slots.release(tenant, 'q:bystander')).toBeNull();
+    expect(await slots.park(tenant, 'q:late', 2_000)).toBeNull();
+    expect(await redis.zrange(slots.parkedKey(tenant), '0', '-1')).toEqual(['q:p3', 'q:p4', 'q:p5', 'q:late']);
+    expect(await slots.acquire(tenant, 'q:p2')).toBe(true);
+    expect(await redis.zcard(slots.promotingKey(tenant))).toBe(0);
+    // p2's promotion passed on without its slot taken (its job gone: the wake is told): the next is promoted into it.
+    expect(await slots.release(tenant, 'q:h3')).toBe('q:p3');
+    expect(await slots.wake(tenant, 'q:p3')).toBe('q:p4');
+    expect(await redis.zrange(slots.promotingKey(tenant), '0', '-1')).toEqual(['q:p4']);
+    await redis.zrem(slots.ownersKey(), tenant);
+  });
+
+  it("a delivery parked on its tenant's set that parks on its endpoint's instead leaves the tenant's parked set with its give of none: a tenant's release does not promote it out of its endpoint park, and the tenant leaves the recovery index", async () => {
+    const endpoints = new TenantSlots(redis, { prefix, per: 'endpoint', cap: 1, leaseMs: LONG_LEASE });
+    const tenants = new TenantSlots(redis, { prefix, per: 'webhook-tenant', cap: 1, leaseMs: LONG_LEASE });
+    const tenant = randomUUID();
+    const endpoint = randomUUID();
+    expect(await tenants.acquire(tenant, 'webhooks:held')).toBe(true);
+    // D took its endpoint's slot, was refused its tenant's: it gives the endpoint's back and parks on the tenant's set.
+    expect(await endpoints.acquire(endpoint, 'webhooks:D')).toBe(true);
+    const refused = await tenants.take(tenant, 'webhooks:D');
+    if (refused.acquired) throw new Error("D took the tenant's slot past its cap");
+    expect(await endpoints.release(endpoint, 'webhooks:D')).toBeNull();
+    expect(await tenants.park(tenant, 'webhooks:D', refused.refusedAt)).toBeNull();
+    // Its endpoint busy meanwhile, another delivery X parks on the endpoint's set.
+    expect(await endpoints.acquire(endpoint, 'webhooks:busy')).toBe(true);
+    await endpoints.park(endpoint, 'webhooks:X', refused.refusedAt + 1);
+    // D back on its fallback: the endpoint refuses it; it gives the tenant's set a release of none (delivery.ts takeSlots) and parks on the endpoint's.
+    expect(await endpoints.take(endpoint, 'webhooks:D', refused.refusedAt)).toMatchObject({ acquired: false });
+    expect(await tenants.release(tenant, 'webhooks:D')).toBeNull();
+    expect(await endpoints.park(endpoint, 'webhooks:D', refused.refusedAt)).toBeNull();
+    expect(await redis.zcard(tenants.parkedKey(tenant))).toBe(0);
+    // The tenant's holder ends: nobody is parked on its set to promote (D was, out of its endpoint park, ahead of X).
+    expect(await tenants.release(tenant, 'webhooks:held')).toBeNull();
+    expect(await tenants.recover()).toEqual([]);
+    expect(await redis.zscore(tenants.ownersKey(), tenant)).toBeNull();
+    expect(await redis.zrange(endpoints.parkedKey(endpoint), '0', '-1')).toEqual(['webhooks:D', 'webhooks:X']);
+    await redis.zrem(endpoints.ownersKey(), endpoint);
+  });
+
   it('a park that finds a slot freed since its acquire pops the earliest parked job at once (no wake-up lost)', async () => {
     const slots = new TenantSlots(redis, { prefix, cap: 1, leaseMs: LONG_LEASE });
     const tenant = randomUUID();
@@ -246,11 +298,12 @@ describe('tenant slots (Redis scripts)', () => {
     expect(await slots.release(owner, 'q:holder')).toBe('q:p1');
     expect(await redis.pttl(parked)).toBeGreaterThan(OLD_TTL);
     await redis.pexpire(parked, OLD_TTL);
-    expect(await slots.wake(owner)).toBe('q:p2');
+    // p1's job was gone: its promoter's wake pops the next.
+    expect(await slots.wake(owner, 'q:p1')).toBe('q:p2');
     expect(await redis.pttl(parked)).toBeGreaterThan(OLD_TTL);
     // Never shortened, and an emptied set is not brought back.
     await redis.pexpire(parked, 24 * 3600_000);
-    expect(await slots.wake(owner)).toBe('q:p3');
+    expect(await slots.wake(owner, 'q:p2')).toBe('q:p3');
     expect(await redis.exists(parked)).toBe(0);
   });
 
@@ -262,9 +315,11 @@ describe('tenant slots (Redis scripts)', () => {
     await slots.park(tenant, 'q:p1', 1_000);
     expect(await slots.wake(tenant)).toBeNull();
     expect(await redis.zcard(slots.parkedKey(tenant))).toBe(2);
-    // The holder's release pops p1 (say its job was gone); a wake then pops the next.
+    // The holder's release pops p1; the free slot is p1's (a promotion pending), so a wake pops nobody else.
     expect(await slots.release(tenant, 'q:holder')).toBe('q:p1');
-    expect(await slots.wake(tenant)).toBe('q:p2');
+    expect(await slots.wake(tenant)).toBeNull();
+    // p1's job was gone: its promoter's wake, told so, pops the next.
+    expect(await slots.wake(tenant, 'q:p1')).toBe('q:p2');
     expect(await slots.wake(tenant)).toBeNull();
     expect(await redis.zcard(slots.slotsKey(tenant))).toBe(0);
   });

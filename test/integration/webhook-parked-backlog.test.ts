@@ -54,8 +54,8 @@ describe('webhook deliveries: a parked backlog behind a full endpoint', () => {
     await stack?.stop();
   });
 
-  /** The production delivery handlers with the endpoint cap on `slots`, parked deliveries' fallback `fallbackMs`. */
-  const handlersOn = (orm: MikroORM, logger: pino.Logger, slots: TenantSlots, fallbackMs: number) =>
+  /** The production delivery handlers with the endpoint cap on `slots` (and the tenant cap on `tenant`), parked deliveries' fallback `fallbackMs`. */
+  const handlersOn = (orm: MikroORM, logger: pino.Logger, slots: TenantSlots, fallbackMs: number, tenant?: TenantSlots) =>
     webhookHandlers({
       orm,
       logger,
@@ -63,16 +63,21 @@ describe('webhook deliveries: a parked backlog behind a full endpoint', () => {
       queue: () => stack.container.queues.get(WEBHOOK_QUEUE)!,
       redis: stack.container.redis,
       redeliverAfterMs: 3_600_000,
-      webhookSlots: { endpoint: slots, parkDelayMs: () => fallbackMs },
+      webhookSlots: { endpoint: slots, ...(tenant ? { tenant } : {}), parkDelayMs: () => fallbackMs },
     });
+
+  /** A new endpoint of `tenantId` at `path` of the receiver. */
+  const newEndpoint = async (tenantId: string, path: string) => {
+    const admin = await stack.token({ tenantId, sub: 'admin', roles: ['admin'] });
+    const created = await createEndpoint(stack, admin, { url: `${receiver.base}${path}`, events: ['run.completed'] });
+    expect(created.status, created.text).toBe(201);
+    return created.json.id as string;
+  };
 
   /** A new tenant's endpoint at `path` of the receiver, its only slot held by an attempt in flight elsewhere, its lease beyond the test. */
   const heldEndpoint = async (path: string, holderId: string) => {
     const tenantId = newTenant();
-    const admin = await stack.token({ tenantId, sub: 'admin', roles: ['admin'] });
-    const created = await createEndpoint(stack, admin, { url: `${receiver.base}${path}`, events: ['run.completed'] });
-    expect(created.status, created.text).toBe(201);
-    const endpointId = created.json.id as string;
+    const endpointId = await newEndpoint(tenantId, path);
     const slots = new TenantSlots(connection, { prefix: stack.prefix, per: 'endpoint', cap: CAP, leaseMs: 600_000 });
     const holder = `${WEBHOOK_QUEUE}:${holderId}`;
     expect(await slots.acquire(endpointId, holder)).toBe(true);
@@ -157,6 +162,59 @@ describe('webhook deliveries: a parked backlog behind a full endpoint', () => {
     );
     const got = receiver.received.filter((r) => r.path === '/backlog').map((r) => String(r.headers['webhook-id']));
     expect(got.sort()).toEqual([...ids].sort());
+  });
+
+  it("with both caps on: a delivery parked on its endpoint's set alone sends its tenant's set nothing when it parks there again; one parked last on its tenant's set leaves it when it parks on its endpoint's", { timeout: 120_000 }, async () => {
+    await worker?.close();
+    worker = undefined;
+    const { tenantId, endpointId, slots } = await heldEndpoint('/cross', 'cross-holder');
+    const tenantSlots = new TenantSlots(connection, { prefix: stack.prefix, per: 'webhook-tenant', cap: 2, leaseMs: 600_000 });
+    const queue = stack.container.queues.get(WEBHOOK_QUEUE)!;
+    // Fallbacks beyond the test: a parked delivery comes back only when the test promotes it.
+    const handlers = handlersOn(stack.container.orm, pino({ level: 'silent' }), slots, 600_000, tenantSlots);
+    worker = new Worker(WEBHOOK_QUEUE, async (job: Job) => handlers[job.name as keyof typeof handlers](job), { connection, prefix: stack.prefix, concurrency: 2 });
+    const deliver = async (endpoint: string) => {
+      const { rows } = await stack.db.admin(
+        `insert into webhook_deliveries (id, tenant_id, endpoint_id, event_type, payload, status, attempts, next_attempt_at, created_at, updated_at)
+         values (gen_random_uuid(), $1, $2, 'run.completed', $3, 'pending', 0, now(), now(), now()) returning id`,
+        [tenantId, endpoint, PAYLOAD],
+      );
+      await enqueueDeliveries(queue, tenantId, [rows[0].id as string]);
+      return (await queue.getJobs(['waiting', 'active', 'delayed'])).find((j) => (j.data as { delivery_id: string }).delivery_id === rows[0].id)!;
+    };
+    const parksOf = async (id: string) => ((await queue.getJob(id))?.data as { parks?: number }).parks ?? 0;
+    const parkedAgain = async (id: string) => {
+      const before = await parksOf(id);
+      await (await queue.getJob(id))!.promote();
+      await waitFor(async () => (await parksOf(id)) > before && (await queue.getJob(id))?.isDelayed(), { timeoutMs: 60_000, what: `job ${id} parked again` });
+    };
+
+    // The tenant has a slot free and a job parked on its set (a lapsed lease's state, before anyone wakes it).
+    await connection.zadd(tenantSlots.parkedKey(tenantId), 1, `${WEBHOOK_QUEUE}:bystander`);
+    // A delivery to the held endpoint parks on the endpoint's set, and again when it comes back: it never was on the tenant's set.
+    const d1 = await deliver(endpointId);
+    await waitFor(async () => (await parksOf(d1.id!)) === 1 && (await queue.getJob(d1.id!))?.isDelayed(), { timeoutMs: 60_000, what: 'd1 parked' });
+    await parkedAgain(d1.id!);
+    // Before: its re-park gave the tenant's set a release of none, which popped the bystander for promotion.
+    expect(await connection.zrange(tenantSlots.parkedKey(tenantId), '0', '-1')).toEqual([`${WEBHOOK_QUEUE}:bystander`]);
+    expect(await connection.zcard(tenantSlots.promotingKey(tenantId))).toBe(0);
+    await connection.del(tenantSlots.parkedKey(tenantId));
+
+    // The tenant's two slots held, a delivery to a free endpoint takes that endpoint's slot, gives it back, and parks on the tenant's set.
+    for (const m of ['t1', 't2']) expect(await tenantSlots.acquire(tenantId, `${WEBHOOK_QUEUE}:${m}`)).toBe(true);
+    const other = await newEndpoint(tenantId, '/cross-other');
+    const d2 = await deliver(other);
+    const d2Member = `${WEBHOOK_QUEUE}:${d2.id}`;
+    await waitFor(async () => (await connection.zscore(tenantSlots.parkedKey(tenantId), d2Member)) !== null, { timeoutMs: 60_000, what: "d2 parked on its tenant's set" });
+    // Its endpoint busy meanwhile: back, it parks on the endpoint's set, and leaves the tenant's.
+    expect(await slots.acquire(other, `${WEBHOOK_QUEUE}:other-holder`)).toBe(true);
+    await parkedAgain(d2.id!);
+    expect(await connection.zrange(slots.parkedKey(other), '0', '-1')).toEqual([d2Member]);
+    expect(((await queue.getJob(d2.id!))!.data as { parked_per?: string }).parked_per).toBe('endpoint');
+    // Before: it stayed on the tenant's set, and the tenant's next release promoted it out of its endpoint park.
+    await waitFor(async () => (await connection.zcard(tenantSlots.parkedKey(tenantId))) === 0, { timeoutMs: 30_000, what: "d2 gone from its tenant's parked set" });
+    expect(await tenantSlots.release(tenantId, `${WEBHOOK_QUEUE}:t1`)).toBeNull();
+    await tenantSlots.release(tenantId, `${WEBHOOK_QUEUE}:t2`);
   });
 
   it("a lost promotion (its releaser died between pop and promote) with the endpoint's slot free: the redelivery pass promotes the popped delivery, and the rest follow, on fallbacks far beyond the test", { timeout: 180_000 }, async () => {

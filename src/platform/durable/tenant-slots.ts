@@ -65,10 +65,20 @@ if override and override >= 1 and override <= 1000000000 and override == math.fl
 `;
 
 /**
+ * A slot is free for one more promotion: the owner's slots held plus its promotions pending (KEYS[4]: each popped member is on
+ * its way to a slot freed for it) leave one under its cap. Every pop (release, park, wake, recover) and an acquire's `wakeParked`
+ * check count both: counting the slots held alone, a slot freed for a popped member that had not taken it yet was promised again
+ * — cap 3, two slots given back (p1, p2 popped), p1's acquire saw one free with jobs parked and woke p3 — and the job that came
+ * second was refused and parked again, a job round trip for nothing (a fetch, the acquire, its data rewritten, moveToDelayed, the
+ * park). A member that acquires or parks, or gives back a slot it never took, leaves the pending set before the count.
+ */
+const ROOM = `redis.call('ZCARD', KEYS[1]) + redis.call('ZCARD', KEYS[4]) < cap`;
+
+/**
  * KEYS: slots, parked, limits, promoting. ARGV: member, cap, lease ms, parked at ('' for none), owner. Drops lapsed leases; a member that holds a slot
  * renews it, another takes one when fewer than `cap` are held: {1, room, cap} when the member holds a slot after
- * it (`cap`: the one applied; `room` 1 when a slot is still free while jobs are parked — the cap was raised,
- * or a lease lapsed — for the caller to wake the next, else 0). Else {0, ms, cap, now}: `now` is Redis's clock,
+ * it (`cap`: the one applied; `room` 1 when a slot is still free (ROOM: promotions pending count as taken,
+ * the member's own no longer) while jobs are parked — the cap was raised, or a lease lapsed — for the caller to wake the next, else 0). Else {0, ms, cap, now}: `now` is Redis's clock,
  * the parked-set score of a job parked for the first time (its `parked_at`); `ms` is how long until the earliest live lease lapses (Redis's clock, relative, so the
  * caller's clock need not agree) when the member is — or, parking now, would be — among the owner's
  * `cap` earliest parked, else 0; `rank` is that place (0 the earliest). A member not in the set is placed where it would
@@ -84,7 +94,7 @@ if redis.call('ZSCORE', KEYS[1], ARGV[1]) or redis.call('ZCARD', KEYS[1]) < cap 
   if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[3]) then redis.call('PEXPIRE', KEYS[1], ARGV[3]) end
   redis.call('ZREM', KEYS[2], ARGV[1])
   redis.call('ZREM', KEYS[4], ARGV[1])
-  if redis.call('ZCARD', KEYS[1]) < cap and redis.call('ZCARD', KEYS[2]) > 0 then return {1, 1, cap} end
+  if ${ROOM} and redis.call('ZCARD', KEYS[2]) > 0 then return {1, 1, cap} end
   return {1, 0, cap}
 end
 local rank = redis.call('ZRANK', KEYS[2], ARGV[1])
@@ -104,8 +114,8 @@ return 1`;
 /**
  * KEYS: slots, parked, limits, promoting, owners. ARGV: member, cap, parked at (ms, the order of promotion), parked set ttl ms,
  * grace ms, owner. Records the member as parked (no longer a promotion pending) and its owner among those with jobs parked (for
- * `recover`); when a slot is free by now (one was released between the member's
- * acquire and its park), pops the earliest parked member for the caller to promote, else false.
+ * `recover`); when a slot is free by now (ROOM: one was released between the member's
+ * acquire and its park, with no promotion pending for it), pops the earliest parked member for the caller to promote, else false.
  */
 const PARK = `${NOW}${CAP(2)}
 redis.call('ZADD', KEYS[2], tonumber(ARGV[3]), ARGV[1])
@@ -113,31 +123,34 @@ redis.call('PEXPIRE', KEYS[2], ARGV[4])
 redis.call('ZREM', KEYS[4], ARGV[1])
 redis.call('ZADD', KEYS[5], 'NX', now, ARGV[#ARGV])
 redis.call('PEXPIRE', KEYS[5], ARGV[4])
-if redis.call('ZCARD', KEYS[1]) < cap then
+if ${ROOM} then
 ${POP}end
 return false`;
 
 /**
  * KEYS: slots, parked, limits, promoting. ARGV: member, cap, grace ms, owner. Gives the member's slot back (a member that held
  * none — promoted, it ended or parked on another owner's set without taking it — is no longer a promotion pending either: left,
- * it ate a free slot in `recover` and was promoted again every grace); when a slot is free, pops the
+ * it ate a free slot in `recover` and was promoted again every grace), nor parked on this owner's set (a delivery parked on its
+ * tenant's set that parks on its endpoint's instead: left, a release of the tenant's promoted it out of its endpoint park, ahead
+ * of the deliveries parked there before it, and kept the tenant in the owners' index); when a slot is free (ROOM), pops the
  * earliest parked member for the caller to promote, else false.
  */
 const RELEASE = `redis.call('ZREM', KEYS[1], ARGV[1])
 redis.call('ZREM', KEYS[4], ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
 ${NOW}${CAP(2)}
-if redis.call('ZCARD', KEYS[1]) < cap then
+if ${ROOM} then
 ${POP}end
 return false`;
 
 /**
- * KEYS: slots, parked, limits, promoting. ARGV: cap, gone ('' for none), grace ms, owner. When a slot is free, pops the earliest
+ * KEYS: slots, parked, limits, promoting. ARGV: cap, gone ('' for none), grace ms, owner. When a slot is free (ROOM), pops the earliest
  * parked member for the caller to promote, else false: the next one, after a popped member whose job was gone (`gone`, no
  * longer a promotion pending) could not use the slot.
  */
 const WAKE = `${NOW}${CAP(1)}
 if ARGV[2] ~= '' then redis.call('ZREM', KEYS[4], ARGV[2]) end
-if redis.call('ZCARD', KEYS[1]) < cap then
+if ${ROOM} then
 ${POP}end
 return false`;
 
@@ -160,7 +173,7 @@ if redis.call('ZCARD', KEYS[2]) == 0 and redis.call('ZCARD', KEYS[4]) == 0 then
   return false
 end
 redis.call('ZADD', KEYS[5], 'XX', now, ARGV[#ARGV])
-if redis.call('ZCARD', KEYS[1]) + redis.call('ZCARD', KEYS[4]) < cap then
+if ${ROOM} then
 ${POP}end
 return false`;
 

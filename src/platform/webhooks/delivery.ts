@@ -13,7 +13,7 @@ import { endAttemptSpan, startAttemptSpan } from './delivery-trace.ts';
 import { urlOrigin, type UrlPolicy } from './ssrf.ts';
 import type { HostResolver } from './resolve.ts';
 import { WEBHOOK_TEST_EVENT } from './webhook.entities.ts';
-import { parseSlotMember, slotMember, slotParking, type ParkedJobData, type TenantSlots } from '../durable/tenant-slots.ts';
+import { parseSlotMember, slotMember, slotParking, type ParkedJobData, type SlotOwner, type TenantSlots } from '../durable/tenant-slots.ts';
 import { recallWaiting, type EndpointRates } from './rate-limit.ts';
 
 /** The queue of webhook delivery jobs: every worker serves it, whatever WORKER_QUEUES says (as `maintenance`). */
@@ -30,6 +30,12 @@ export interface DeliveryJobData extends ParkedJobData {
    * slots before it reads its row, and a cap still full parks it again without a PostgreSQL read (ADR 0013, *Parked backlogs*).
    */
   endpoint_id?: string;
+  /**
+   * Whose parked set the job parked on last (its endpoint's or its tenant's), written with `parks`: back from a park on its
+   * tenant's set, a job its endpoint refuses gives the tenant's set a release of none (takeSlots); one parked on its endpoint's
+   * set alone sends the tenant's set nothing.
+   */
+  parked_per?: SlotOwner;
 }
 
 /**
@@ -280,11 +286,16 @@ export function webhookHandlers(deps: {
       }
       // The endpoint's slot is given back before the job parks on its tenant's set: held while parked, it would hold up the endpoint's parked jobs.
       for (const t of taken.splice(0)) t.cap.parking.give(t.owner, member);
-      // Promoted by its tenant's set into a free slot, a job that parks on its endpoint's instead passes that slot on: a give
-      // of none, so it is no longer the tenant's promotion pending (a wake left it, promoted again by `recover` every lease).
-      if ((job.data as DeliveryJobData).parks) for (const later of caps.slice(caps.indexOf(cap) + 1)) later.parking.give(later.ownerOf(endpointId, tenantId), member);
-      // Its endpoint kept with the park: back, it finds its slots before its row.
-      if ((job.data as DeliveryJobData).endpoint_id !== endpointId) job.data = { ...(job.data as DeliveryJobData), endpoint_id: endpointId } satisfies DeliveryJobData;
+      // Parked last on its tenant's set — promoted from it into a free slot, or back on its fallback while still in it — a job that
+      // parks on its endpoint's instead gives the tenant's set a release of none: it is no longer the tenant's promotion pending (a
+      // wake left it, promoted again by `recover` every lease) nor parked there (left, a tenant's release promoted it out of its
+      // endpoint park), and a slot freed for it goes to the tenant's next parked job. A job parked on its endpoint's set alone is
+      // none of these and sends nothing (it gave at every re-park, popping one of the tenant's parked jobs whenever a slot was free);
+      // one parked by the release before (no `parked_per`) gives, as it did.
+      const d = job.data as DeliveryJobData;
+      if (d.parks) for (const later of caps.slice(caps.indexOf(cap) + 1)) if ((d.parked_per ?? later.slots.per) === later.slots.per) later.parking.give(later.ownerOf(endpointId, tenantId), member);
+      // Its endpoint and this park's set kept with the park (written by its data write): back, it finds its slots before its row.
+      if (d.endpoint_id !== endpointId || d.parked_per !== cap.slots.per) job.data = { ...d, endpoint_id: endpointId, parked_per: cap.slots.per } satisfies DeliveryJobData;
       return await cap.parking.park(job, job.token, owner, member, ({ parks, delayMs }) => {
         use?.onParked?.();
         log[parks === 1 ? 'info' : 'debug']({ webhook_endpoint_id: endpointId, cap: cap.slots.cap, cap_per: cap.slots.per, parks, fallback_delay_ms: delayMs }, cap.what);
