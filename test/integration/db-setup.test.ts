@@ -38,35 +38,84 @@ describe('database setup', () => {
     }
   });
 
-  it("puts an existing application role back as ADR 0001 designs it: NOREPLICATION, no connection limit, no expiry, a member of the system and operator roles only", { timeout: 60_000 }, async () => {
-    // A temporary stand-in for dealix_app (cluster-wide, shared by every test run): setup is told it is the application role.
+  /** A temporary stand-in for dealix_app (cluster-wide, shared by every test run), made as `attrs` say; setup is told it is the application role. */
+  async function cloneAppRole(admin: pg.Client, attrs: string) {
     const app = { user: `dealix_t_setup_app_${randomBytes(4).toString('hex')}`, password: 'setup-temp-role' };
     const db = `dealix_t_setup_${randomBytes(4).toString('hex')}`;
     roles.push(app.user);
     dbs.push(db);
+    await admin.query(`CREATE ROLE ${app.user} LOGIN PASSWORD '${app.password}' NOSUPERUSER NOINHERIT ${attrs}`);
+    return { app, db, setup: () => setupDatabase({ adminUrl: TEST_ADMIN_URL, ownerUrl: pgUrl(TEST_OWNER, db), appUrl: pgUrl(app, db) }) };
+  }
+  const attributesOf = async (admin: pg.Client, role: string) =>
+    (
+      await admin.query(
+        `select rolreplication, rolconnlimit, rolvaliduntil, rolsuper, rolbypassrls, rolcreatedb, rolcreaterole, rolinherit, rolcanlogin from pg_roles where rolname = $1`,
+        [role],
+      )
+    ).rows[0];
+  const membershipsOf = async (admin: pg.Client, role: string) =>
+    (
+      await admin.query<{ rolname: string }>(
+        `select r.rolname from pg_auth_members m join pg_roles r on r.oid = m.roleid where m.member = (select oid from pg_roles where rolname = $1) order by 1`,
+        [role],
+      )
+    ).rows.map((m) => m.rolname);
+
+  it("puts an existing application role back as ADR 0001 designs it — NOREPLICATION, NOCREATEDB, NOCREATEROLE, a member of the system and operator roles only — and keeps the expiry and connection limit an operator gave it", { timeout: 60_000 }, async () => {
     const admin = new pg.Client({ connectionString: TEST_ADMIN_URL });
     await admin.connect();
+    const until = (await admin.query<{ until: Date }>(`select date_trunc('second', now() + interval '30 days') as until`)).rows[0]!.until;
+    let clone: Awaited<ReturnType<typeof cloneAppRole>>;
     try {
-      // As a DBA's hand, or an older cluster, left it; setup used to say "already in place" and change none of it.
-      await admin.query(`CREATE ROLE ${app.user} LOGIN PASSWORD '${app.password}' NOSUPERUSER NOINHERIT REPLICATION CONNECTION LIMIT 1 VALID UNTIL '2000-01-01'`);
-      await admin.query(`GRANT pg_execute_server_program, pg_read_server_files, pg_read_all_data TO ${app.user}`);
-      await setupDatabase({ adminUrl: TEST_ADMIN_URL, ownerUrl: pgUrl(TEST_OWNER, db), appUrl: pgUrl(app, db) });
-      const { rows: [attrs] } = await admin.query(
-        `select rolreplication, rolconnlimit, rolvaliduntil, rolsuper, rolbypassrls, rolcreatedb, rolcreaterole, rolinherit, rolcanlogin from pg_roles where rolname = $1`,
-        [app.user],
-      );
-      expect(attrs).toEqual({ rolreplication: false, rolconnlimit: -1, rolvaliduntil: Infinity, rolsuper: false, rolbypassrls: false, rolcreatedb: false, rolcreaterole: false, rolinherit: false, rolcanlogin: true });
-      const { rows: members } = await admin.query<{ rolname: string }>(
-        `select r.rolname from pg_auth_members m join pg_roles r on r.oid = m.roleid where m.member = (select oid from pg_roles where rolname = $1) order by 1`,
-        [app.user],
-      );
-      expect(members.map((m) => m.rolname)).toEqual(['dealix_operator', 'dealix_system']);
+      // As a DBA's hand, or an older cluster, left it (setup used to say "already in place" and change none of it);
+      // the expiry and the cap are a shared cluster's operator's, deliberate (setup used to lift both).
+      clone = await cloneAppRole(admin, `REPLICATION CREATEDB CREATEROLE CONNECTION LIMIT 50 VALID UNTIL '${until.toISOString()}'`);
+      await admin.query(`GRANT pg_execute_server_program, pg_read_server_files, pg_read_all_data TO ${clone.app.user}`);
+      await clone.setup();
+      expect(await attributesOf(admin, clone.app.user)).toEqual({ rolreplication: false, rolconnlimit: 50, rolvaliduntil: until, rolsuper: false, rolbypassrls: false, rolcreatedb: false, rolcreaterole: false, rolinherit: false, rolcanlogin: true });
+      expect(await membershipsOf(admin, clone.app.user)).toEqual(['dealix_operator', 'dealix_system']);
     } finally {
       await admin.end();
     }
-    // It can log in again (its password no longer expired in 2000).
-    const c = new pg.Client({ connectionString: pgUrl(app, db) });
+    // It can log in.
+    const c = new pg.Client({ connectionString: pgUrl(clone.app, clone.db) });
     await c.connect();
     await c.end();
+  });
+
+  it('a new role is made without connection limit or expiry', { timeout: 60_000 }, async () => {
+    const app = { user: `dealix_t_setup_app_${randomBytes(4).toString('hex')}`, password: 'setup-temp-role' };
+    const db = `dealix_t_setup_${randomBytes(4).toString('hex')}`;
+    roles.push(app.user);
+    dbs.push(db);
+    expect(await setupDatabase({ adminUrl: TEST_ADMIN_URL, ownerUrl: pgUrl(TEST_OWNER, db), appUrl: pgUrl(app, db) })).toContain(`created role ${app.user}`);
+    const admin = new pg.Client({ connectionString: TEST_ADMIN_URL });
+    await admin.connect();
+    try {
+      expect(await attributesOf(admin, app.user)).toMatchObject({ rolconnlimit: -1, rolvaliduntil: Infinity, rolreplication: false, rolcanlogin: true });
+    } finally {
+      await admin.end();
+    }
+  });
+
+  it.each([
+    ['an expired password (VALID UNTIL 2000)', `VALID UNTIL '2000-01-01'`, /password expired at 2000-01-01.*VALID UNTIL 'infinity'/],
+    ['CONNECTION LIMIT 0', 'CONNECTION LIMIT 0', /CONNECTION LIMIT 0: it cannot connect/],
+  ])('an existing application role that cannot log in — %s — is refused with the fix, and nothing is changed (not lifted behind the operator\'s back)', { timeout: 60_000 }, async (_, attrs, reason) => {
+    const admin = new pg.Client({ connectionString: TEST_ADMIN_URL });
+    await admin.connect();
+    try {
+      const clone = await cloneAppRole(admin, `REPLICATION ${attrs}`);
+      const before = await attributesOf(admin, clone.app.user);
+      const refused = await clone.setup().then(() => undefined, (e: unknown) => e as Error);
+      expect(refused?.message).toMatch(/^db:setup changed nothing: role dealix_t_setup_app_/);
+      expect(refused?.message).toMatch(reason);
+      expect(await attributesOf(admin, clone.app.user)).toEqual(before);
+      expect(await membershipsOf(admin, clone.app.user)).toEqual([]);
+      expect((await admin.query('select 1 from pg_database where datname = $1', [clone.db])).rowCount).toBe(0);
+    } finally {
+      await admin.end();
+    }
   });
 });

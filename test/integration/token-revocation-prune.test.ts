@@ -5,7 +5,8 @@ import { spawnApi, type ApiProcess } from '../helpers/api-process.ts';
 import { waitFor } from '../helpers/poll.ts';
 import { runTokenCli } from '../helpers/token-cli.ts';
 import { signDevToken } from '../../src/platform/tenancy/jwt.ts';
-import { pruneRevocations, revokeTokens, tokenMaxAgeSeconds } from '../../src/platform/tenancy/token-revocations.ts';
+import { declareTokenAge, PRUNE_LOCK_TIMEOUT_MS, pruneRevocations, revokeTokens, tokenMaxAgeSeconds } from '../../src/platform/tenancy/token-revocations.ts';
+import { TOKEN_AGE_DECLARATIONS_MAX } from '../../src/platform/tenancy/token-age-limit.entity.ts';
 
 /**
  * `npm run token -- prune-revocations` judges not-before revocations by the token age the API processes
@@ -71,6 +72,57 @@ describe('prune-revocations goes by the token age the API processes declare', ()
     const forged = await stack.db.admin(`select seen_at <= now() as not_ahead from token_age_limits where instance = 'forged'`);
     await stack.db.owner(`delete from token_age_limits where instance = 'forged'`);
     expect(forged.rows).toEqual([{ not_ahead: true }]);
+  });
+
+  it('one row per declared age: a restart or a second process with the same settings adds none, and the application role cannot grow the table past TOKEN_AGE_DECLARATIONS_MAX rows', { timeout: 60_000 }, async () => {
+    // Keyed by each start's instance id, every restart added a row, and the application role any number of them (pruned only 7 days on).
+    const before = await declared();
+    await declareTokenAge(stack.container.orm, { instance: 'restarted-api', maxAgeSeconds: ageOf('24h') });
+    expect(await declared()).toEqual(before);
+    // The previous release's declaration (during a roll) still runs, and lands on its age's row.
+    const previousRelease = `insert into token_age_limits (instance, max_token_age_seconds, published_at, seen_at) values ('old-release-api', ${ageOf('24h')}, now(), now()) on conflict (instance) do update set seen_at = now()`;
+    expect(await asApp(previousRelease)).toBe(0);
+    expect(await declared()).toEqual(before);
+    const fillers = (from: number, n: number) =>
+      `insert into token_age_limits (instance, max_token_age_seconds, published_at, seen_at) select 'filler-' || (${from} + g), ${from} + g, now(), now() from generate_series(1, ${n}) g`;
+    try {
+      // Rows of one statement past the cap: the statement is refused whole.
+      expect(await asApp(fillers(1_000_000, TOKEN_AGE_DECLARATIONS_MAX * 2))).toBe('54000');
+      expect(await declared()).toEqual(before);
+      expect(await asApp(fillers(1_000_000, TOKEN_AGE_DECLARATIONS_MAX - before.length))).toBe(TOKEN_AGE_DECLARATIONS_MAX - before.length);
+      // At the cap: a new age is refused, one already there is still declared (every process's reconcile).
+      expect(await asApp(fillers(2_000_000, 1))).toBe('54000');
+      await declareTokenAge(stack.container.orm, { instance: 'restarted-api', maxAgeSeconds: ageOf('24h') });
+      expect((await declared()).length).toBe(TOKEN_AGE_DECLARATIONS_MAX);
+    } finally {
+      await stack.db.owner(`delete from token_age_limits where instance like 'filler-%'`);
+    }
+    expect(await declared()).toEqual(before);
+  });
+
+  it('a prune behind a transaction left open on token_age_limits gives up after its lock timeout, with a message saying how to find the holder; the declarations queued behind it go through', { timeout: 120_000 }, async () => {
+    // Without a lock timeout the prune waited for ever, and every API process's declaration (a start, a reconcile) queued behind its request.
+    const holder = new pg.Client({ connectionString: stack.db.adminUrl });
+    await holder.connect();
+    try {
+      await holder.query('begin');
+      await holder.query('lock table token_age_limits in row exclusive mode'); // as an insert left uncommitted holds it
+      let prune: { code: number | null; out: string; err: string } | undefined;
+      void tokenCli(['prune-revocations']).then((r) => (prune = r));
+      await waitFor(
+        async () => Number((await stack.db.admin(`select count(*)::int as n from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock' and query ~ 'lock table token_age_limits'`)).rows[0].n) >= 1,
+        { timeoutMs: 30_000, what: 'the prune waiting for the table' },
+      );
+      const declaring = declareTokenAge(stack.container.orm, { instance: 'queued-api', maxAgeSeconds: ageOf('24h') }).then(() => 'declared', (e: unknown) => e);
+      const done = await waitFor(() => prune, { timeoutMs: 60_000, what: `the prune giving up (${PRUNE_LOCK_TIMEOUT_MS} ms)` });
+      expect(done.code, done.out).toBe(1);
+      expect(done.err).toMatch(new RegExp(`^token prune-revocations failed: gave up after ${PRUNE_LOCK_TIMEOUT_MS} ms waiting for a lock on token_age_limits .*deleted nothing.*pg_stat_activity`));
+      // The holder still holds its lock: the declaration only waited for the prune's request.
+      expect(await declaring).toBe('declared');
+    } finally {
+      await holder.query('rollback').catch(() => {});
+      await holder.end();
+    }
   });
 
   it('a declaration not seen within the window (7 days) is ignored, and removed', async () => {
@@ -144,7 +196,7 @@ describe('prune-revocations goes by the token age the API processes declare', ()
     expect(await left(tenant)).toEqual([400 * 24]);
   });
 
-  it('two prunes at once (two schedulers, an overlapping cron) both succeed: the second waits for the first instead of deadlocking on the table', { timeout: 60_000 }, async () => {
+  it('two prunes at once (two schedulers, an overlapping cron) both succeed: the second waits for the first instead of deadlocking on the table', { timeout: 180_000 }, async () => {
     // Both got past the table lock (SHARE lets two in) and queued on a row one of them deletes; then each
     // waited for the other's SHARE lock to delete the declarations not seen: "deadlock detected", one failed.
     const tenant = newTenant();
@@ -156,7 +208,9 @@ describe('prune-revocations goes by the token age the API processes declare', ()
       await holder.query('begin');
       expect((await holder.query(`select 1 from token_revocations where tenant_id = $1 for update`, [tenant])).rowCount).toBe(1);
       const limits = { maxTokenLifetimeMs: stack.config.JWT_MAX_TOKEN_LIFETIME, clockToleranceMs: stack.config.JWT_CLOCK_TOLERANCE };
-      const prunes = [pruneRevocations(stack.db.ownerUrl, limits), pruneRevocations(stack.db.ownerUrl, limits)].map((p) => p.then((r) => r, (e: unknown) => e as Error));
+      // Each waits as long as the holder holds the row (its lock timeout is the test's, not the command's PRUNE_LOCK_TIMEOUT_MS).
+      const wait = { lockTimeoutMs: 120_000 };
+      const prunes = [pruneRevocations(stack.db.ownerUrl, limits, wait), pruneRevocations(stack.db.ownerUrl, limits, wait)].map((p) => p.then((r) => r, (e: unknown) => e as Error));
       // Both wait (on the held row, or on the first prune's lock) before the holder lets them go.
       await waitFor(
         async () =>

@@ -30,6 +30,8 @@ export async function setupDatabase({ adminUrl, ownerUrl, appUrl }: SetupUrls): 
     // Two setups at once (two test runs, two deploy hooks) would race on the same role rows: PostgreSQL
     // fails the loser's ALTER ROLE with "tuple concurrently updated". One at a time; the lock goes with the session.
     await admin.query('SELECT pg_advisory_lock(hashtext($1))', ['dealix:db-setup']);
+    // An existing login role keeps its connection limit and expiry; one that could not log in is refused, not lifted.
+    await refuseUnusableLogins(admin, [owner.user, app.user]);
     // Each role's memberships are the ones granted below and no other (ADR 0001 §2): an existing role keeps none a DBA or an older cluster gave it.
     await ensureRole(admin, owner.user, owner.password, 'LOGIN INHERIT', [SYSTEM_ROLE], log);
     // NOINHERIT: the app may SET ROLE to the system role for narrow maintenance, but never holds its rights implicitly.
@@ -73,22 +75,54 @@ export async function setupDatabase({ adminUrl, ownerUrl, appUrl }: SetupUrls): 
 /**
  * What every role of the design is, whatever else `attrs` says (LOGIN, INHERIT): no superuser, BYPASSRLS,
  * REPLICATION (a replication connection streams every row of the cluster), CREATEDB or CREATEROLE (which may
- * grant itself any role but a superuser); no connection limit, no password expiry (a setup that left an
- * existing role's `CONNECTION LIMIT 1` or `VALID UNTIL 2000` in place said "already in place").
+ * grant itself any role but a superuser). Set on a new role and put back on an existing one.
  */
-const ROLE_BASELINE = `NOSUPERUSER NOBYPASSRLS NOREPLICATION NOCREATEDB NOCREATEROLE CONNECTION LIMIT -1 VALID UNTIL 'infinity'`;
+const ROLE_BASELINE = `NOSUPERUSER NOBYPASSRLS NOREPLICATION NOCREATEDB NOCREATEROLE`;
 
 /**
- * Creates `name`, or puts an existing one back as designed: its attributes, and no membership but in
- * `memberOf` (granted by the caller) — a role of PostgreSQL's such as pg_execute_server_program runs programs
- * on the server, and the catalog check fails on it (`role-member`). Each grant is revoked as its grantor made
- * it (PostgreSQL 16 keeps one per grantor).
+ * A new role's connection limit and password expiry: none. An existing role keeps its own — an operator's
+ * deliberate expiry or connection cap (a shared staging cluster's) is not setup's to lift — unless it stops
+ * the role from working at all (roleUnusable): then setup refuses, changing nothing.
+ */
+const ROLE_CREATED_UNLIMITED = `CONNECTION LIMIT -1 VALID UNTIL 'infinity'`;
+
+/** A login role of the design as it exists now, or undefined: not there yet (created by setup). */
+interface ExistingRole {
+  connectionLimit: number;
+  /** rolvaliduntil: null (never expires), a date, or Infinity/-Infinity. */
+  validUntil: Date | number | null;
+  /** Whether that expiry has passed, by the server's clock. */
+  expired: boolean;
+}
+
+/**
+ * Why an existing role that setup would make LOGIN could not log in as it stands, or undefined. Setup refuses
+ * rather than lift the setting: an expiry or `CONNECTION LIMIT 0` may be an operator's deliberate lock-out
+ * (credentials retired), and setup sets the password from the URL too.
+ */
+function roleUnusable(name: string, role: ExistingRole): string | undefined {
+  const q = ident(name);
+  if (role.expired) {
+    const at = role.validUntil instanceof Date ? role.validUntil.toISOString() : String(role.validUntil);
+    return `role ${name}'s password expired at ${at} (VALID UNTIL): it cannot log in. db:setup keeps a role's own expiry and does not lift one; extend it (ALTER ROLE ${q} VALID UNTIL '<date>') or remove it (ALTER ROLE ${q} VALID UNTIL 'infinity') as a superuser, then run db:setup again`;
+  }
+  if (role.connectionLimit === 0) {
+    return `role ${name} has CONNECTION LIMIT 0: it cannot connect. db:setup keeps a role's own connection limit and does not lift one; set one the processes' pools fit in (ALTER ROLE ${q} CONNECTION LIMIT <n>, -1 for none) as a superuser, then run db:setup again`;
+  }
+  return undefined;
+}
+
+/**
+ * Creates `name` (without connection limit or expiry), or puts an existing one back as designed: its
+ * attributes (ROLE_BASELINE, `attrs`; its connection limit and expiry are left as they are), and no
+ * membership but in `memberOf` (granted by the caller) — a role of PostgreSQL's such as
+ * pg_execute_server_program runs programs on the server, and the catalog check fails on it (`role-member`).
+ * Each grant is revoked as its grantor made it (PostgreSQL 16 keeps one per grantor).
  */
 async function ensureRole(client: pg.Client, name: string, password: string | undefined, attrs: string, memberOf: readonly string[], log: string[]): Promise<void> {
-  const found = await client.query('SELECT 1 FROM pg_roles WHERE rolname = $1', [name]);
   const pw = password ? ` PASSWORD ${literal(password)}` : '';
-  if (found.rowCount === 0) {
-    await client.query(`CREATE ROLE ${ident(name)} ${attrs} ${ROLE_BASELINE}${pw}`);
+  if (!(await existingRole(client, name))) {
+    await client.query(`CREATE ROLE ${ident(name)} ${attrs} ${ROLE_BASELINE} ${ROLE_CREATED_UNLIMITED}${pw}`);
     log.push(`created role ${name}`);
     return;
   }
@@ -105,6 +139,26 @@ async function ensureRole(client: pg.Client, name: string, password: string | un
     await client.query(`REVOKE ${ident(role)} FROM ${ident(name)}${grantor ? ` GRANTED BY ${ident(grantor)}` : ''}`);
     log.push(`revoked ${role} from ${name}`);
   }
+}
+
+async function existingRole(client: pg.Client, name: string): Promise<ExistingRole | undefined> {
+  const { rows } = await client.query<{ limit: number; until: Date | number | null; expired: boolean }>(
+    `SELECT rolconnlimit AS limit, rolvaliduntil AS until, coalesce(rolvaliduntil <= now(), false) AS expired FROM pg_roles WHERE rolname = $1`,
+    [name],
+  );
+  const [row] = rows;
+  return row && { connectionLimit: row.limit, validUntil: row.until, expired: row.expired };
+}
+
+/** Refuses (before setup changes anything) when an existing login role of the design could not log in: roleUnusable. */
+async function refuseUnusableLogins(client: pg.Client, names: readonly string[]): Promise<void> {
+  const problems: string[] = [];
+  for (const name of names) {
+    const role = await existingRole(client, name);
+    const problem = role && roleUnusable(name, role);
+    if (problem) problems.push(problem);
+  }
+  if (problems.length) throw new Error(`db:setup changed nothing: ${problems.join('; ')}`);
 }
 
 /**

@@ -48,7 +48,7 @@ export const APP_UNTENANTED_GRANTS: Readonly<Record<string, readonly string[]>> 
   mikro_orm_migrations: ['SELECT'],
   // The run-retention decision of the worker started last (ADR 0011): one row, a platform setting, no tenant data.
   run_retention_decision: ['SELECT', 'INSERT', 'UPDATE'],
-  // The token age each API process enforces (ADR 0018): a row per process, its seen_at updated alone.
+  // The token age the API processes enforce (ADR 0018): a row per declared age (at most 100 new), its seen_at updated alone.
   token_age_limits: ['SELECT', 'INSERT', 'UPDATE'],
 };
 /**

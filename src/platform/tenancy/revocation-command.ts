@@ -16,7 +16,7 @@ import { createRedis, untilReady } from '../queue/connections.ts';
 import { databaseProblem } from '../db/connection-problem.ts';
 import { claimsOf } from '../http/operator-sessions.ts';
 import { isTenantId, TENANT_ID_PROBLEM } from './tenant-id.ts';
-import { liftRevocation, listRevocations, pruneRevocations, revocationIdSchema, revokeTokens, TOKEN_AGE_SEEN_WINDOW, type PruneResult, type RevocationRequest } from './token-revocations.ts';
+import { liftRevocation, listRevocations, PruneLockTimeoutError, pruneRevocations, revocationIdSchema, revokeTokens, TOKEN_AGE_SEEN_WINDOW, type PruneResult, type RevocationRequest } from './token-revocations.ts';
 
 export const REVOCATION_USAGE = `usage: npm run token -- revoke --tenant <uuid> --jti <id> [--expires <ISO time>] [--by <name>] [--reason <text>]
        npm run token -- revoke --token <jwt> [--by <name>] [--reason <text>]
@@ -96,6 +96,10 @@ export async function revocationCommand(argv: string[]): Promise<number> {
       redis.disconnect();
     }
   } catch (e) {
+    if (e instanceof PruneLockTimeoutError) {
+      console.error(`token ${name} failed: ${e.message}`);
+      return 1;
+    }
     const problem = databaseProblem(e, 'MIGRATION_DATABASE_URL', config.MIGRATION_DATABASE_URL);
     if (!problem) throw e;
     console.error(`token ${name} failed: ${problem}`);
@@ -105,9 +109,9 @@ export async function revocationCommand(argv: string[]): Promise<number> {
 
 /** What the prune judged not-before rows by: the age, or why every one was kept. */
 function pruneSummary(done: PruneResult): string {
-  const apis = `${done.apisSeen} API process(es) seen in the last ${TOKEN_AGE_SEEN_WINDOW}`;
-  if (done.maxAgeSeconds !== null) return ` and not-before revocations older than ${done.maxAgeSeconds} s (the longest token age of ${apis} or of this command's settings)`;
-  if (done.keptBecause === 'no-limit') return `; every not-before revocation kept: JWT_MAX_TOKEN_LIFETIME=0 (no limit) in one of ${apis}, or in this command's settings`;
+  const ages = `the ${done.agesSeen} token age(s) API processes declared in the last ${TOKEN_AGE_SEEN_WINDOW}`;
+  if (done.maxAgeSeconds !== null) return ` and not-before revocations older than ${done.maxAgeSeconds} s (the longest of ${ages}, or of this command's settings)`;
+  if (done.keptBecause === 'no-limit') return `; every not-before revocation kept: JWT_MAX_TOKEN_LIFETIME=0 (no limit) among ${ages}, or in this command's settings`;
   return '; every not-before revocation kept';
 }
 

@@ -131,15 +131,17 @@ export function tokenMaxAgeSeconds(limits: { maxTokenLifetimeMs: number; clockTo
   return limits.maxTokenLifetimeMs > 0 ? Math.ceil(limits.maxTokenLifetimeMs / 1000) + Math.ceil(limits.clockToleranceMs / 1000) : 0;
 }
 
-/** What an API process declares: its instance id and tokenMaxAgeSeconds of its settings. */
+/** What an API process declares: tokenMaxAgeSeconds of its settings (the row's key), and its instance id (kept with a new age's row). */
 export interface TokenAgeDeclaration {
   instance: string;
   maxAgeSeconds: number;
 }
 
 /**
- * Declares (first call) or confirms (later calls: `seen_at` only, the database's time) the token age this
- * API process enforces, as the application role (token_age_limits holds no tenant data). Waits while a
+ * Declares or confirms (`seen_at` only, the database's time) the token age this API process enforces, as the
+ * application role (token_age_limits holds no tenant data): one row per age, shared by the processes that
+ * enforce it, so a restart adds none (the trigger `declarations_capped` refuses a new age past
+ * TOKEN_AGE_DECLARATIONS_MAX rows). Waits while a
  * prune runs (it holds the table in SHARE ROW EXCLUSIVE mode): a process is never serving with an age the prune in
  * progress did not read.
  */
@@ -147,7 +149,7 @@ export async function declareTokenAge(orm: MikroORM, declaration: TokenAgeDeclar
   await orm.em.fork({ clear: true, useContext: false }).transactional((tx) =>
     tx.execute(
       `insert into token_age_limits (instance, max_token_age_seconds, published_at, seen_at) values (?, ?, now(), now())
-       on conflict (instance) do update set seen_at = now()`,
+       on conflict (max_token_age_seconds) do update set seen_at = now()`,
       [declaration.instance, declaration.maxAgeSeconds],
     ),
   );
@@ -501,6 +503,19 @@ export async function liftRevocation(
  */
 export const TOKEN_MAX_AGE_SETTING = 'app.token_max_age';
 
+/** How long the prune waits for a lock (token_age_limits, or a revocation row) before it gives up: PruneLockTimeoutError. */
+export const PRUNE_LOCK_TIMEOUT_MS = 5_000;
+
+/** The prune gave up waiting for a lock (PRUNE_LOCK_TIMEOUT_MS) and deleted nothing. */
+export class PruneLockTimeoutError extends Error {
+  constructor(lockTimeoutMs: number) {
+    super(
+      `gave up after ${lockTimeoutMs} ms waiting for a lock on token_age_limits or on a revocation row, and deleted nothing: another prune, or a transaction left open on those tables, holds it (API processes declaring their token age queue behind a waiting prune, so it does not wait longer). Run it again; if it keeps failing, find the holder: select pid, state, xact_start, query from pg_stat_activity where pid = any (select pid from pg_locks where relation in ('token_age_limits'::regclass, 'token_revocations'::regclass))`,
+    );
+    this.name = 'PruneLockTimeoutError';
+  }
+}
+
 /** What a prune did, and by which token age it judged not-before rows. */
 export interface PruneResult {
   /** Rows deleted: expired token ids, and not-before rows past `maxAgeSeconds`. */
@@ -509,8 +524,8 @@ export interface PruneResult {
   maxAgeSeconds: number | null;
   /** `no-limit`: an API process seen (or the command's own settings) enforces no limit; `none-declared`: no API process was seen within TOKEN_AGE_SEEN_WINDOW. */
   keptBecause?: 'no-limit' | 'none-declared';
-  /** API processes seen within TOKEN_AGE_SEEN_WINDOW, and the longest age one declared (0: no limit; null: none seen). */
-  apisSeen: number;
+  /** Distinct token ages API processes declared within TOKEN_AGE_SEEN_WINDOW (one row each), and the longest (0: no limit; null: none seen). */
+  agesSeen: number;
   longestDeclared: number | null;
 }
 
@@ -530,11 +545,19 @@ export interface PruneResult {
  * lock, and each then waited for the other's to delete the rows of processes not seen within the window
  * (deleted here), "deadlock detected".
  */
-export async function pruneRevocations(ownerUrl: string, ownLimits: { maxTokenLifetimeMs: number; clockToleranceMs: number }): Promise<PruneResult> {
+export async function pruneRevocations(
+  ownerUrl: string,
+  ownLimits: { maxTokenLifetimeMs: number; clockToleranceMs: number },
+  { lockTimeoutMs = PRUNE_LOCK_TIMEOUT_MS }: { lockTimeoutMs?: number } = {},
+): Promise<PruneResult> {
   const client = new pg.Client(pgClientConfig(ownerUrl));
   await client.connect();
   try {
     await client.query('begin');
+    // Every lock the prune waits for, the table's and the revocation rows', is given up after lockTimeoutMs: a
+    // queued SHARE ROW EXCLUSIVE request (behind a transaction left open on the table) holds up every API
+    // process's declaration behind it, so a new process would serve 503 for as long as the prune waited.
+    await client.query(`select set_config('lock_timeout', $1, true)`, [`${lockTimeoutMs}ms`]);
     await client.query('lock table token_age_limits in share row exclusive mode');
     const window = `interval '${TOKEN_AGE_SEEN_WINDOW}'`;
     const { rows } = await client.query<{ apis: number; longest: number | null; unlimited: boolean | null }>(
@@ -556,9 +579,10 @@ export async function pruneRevocations(ownerUrl: string, ownLimits: { maxTokenLi
     );
     await client.query(`delete from token_age_limits where seen_at <= now() - ${window}`);
     await client.query('commit');
-    return { pruned: rowCount ?? 0, maxAgeSeconds, ...(keptBecause ? { keptBecause } : {}), apisSeen: seen.apis, longestDeclared: seen.longest };
+    return { pruned: rowCount ?? 0, maxAgeSeconds, ...(keptBecause ? { keptBecause } : {}), agesSeen: seen.apis, longestDeclared: seen.longest };
   } catch (e) {
     await client.query('rollback').catch(() => {});
+    if ((e as { code?: string }).code === '55P03') throw new PruneLockTimeoutError(lockTimeoutMs);
     throw e;
   } finally {
     await client.end();
