@@ -337,6 +337,8 @@ describe("a run's dossier and economics model columns", () => {
       ['the largest KWD amounts (3 decimals)', { ...SAMPLE_SUBMISSION, currency: 'KWD', economics: { ...economics, average_deal_value: 999999999999.999, ...most } }],
       ['the largest JPY amounts', { ...SAMPLE_SUBMISSION, currency: 'JPY', economics: { ...economics, average_deal_value: 1e12, onboarding_cost: 1e12, enablement_cost: 1e12, annual_support_cost: 1e12 } }],
       ['a cost of zero', { ...SAMPLE_SUBMISSION, economics: { ...economics, onboarding_cost: 0, enablement_cost: 0, annual_support_cost: 0 } }],
+      // Rates near 1e-300 pass validation: months of 1.2e308, a finite double above 1e308 (1.7976931348623157e308 the largest).
+      ['a payback of 1.2e308 months', { ...SAMPLE_SUBMISSION, economics: { expected_deals_per_year: 1, average_deal_value: 1, win_rate: 1e-300, gross_margin: 1, onboarding_cost: 1e7, enablement_cost: 0, annual_support_cost: 0 } }],
     ];
     for (const [what, body] of cases) {
       const done = await completed(tenant, body);

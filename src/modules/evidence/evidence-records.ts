@@ -159,15 +159,17 @@ const textIsField = (column: string, path: string) => `to_jsonb(${column}::text)
  * the step wrote to the column, whatever extra_float_digits the session has (no float8 output, which
  * that setting may round to 15 digits, is compared). -0 is 0, as in canonical JSON (jsonb holds no -0);
  * NaN or Infinity in the column equals no field. A `null` field matches a null column (payback_months:
- * never paid back). Null — not equal — when the field is absent, of another type, or a number no double
- * holds (beyond 1e308, or nonzero below 1e-307: no genuine amount, score or month count): a forged
- * pack's number never makes the cast fail, the nested CASEs guarding each cast in order.
+ * never paid back). Null — not equal — when the field is absent, of another type, or a number the cast
+ * refuses: beyond the largest double (1.7976931348623157e308) or nonzero below the smallest
+ * (4.9406564584124654e-324), no value a step wrote: a forged pack's number never makes the cast fail,
+ * the nested CASEs guarding each cast in order. Every double is in: a genuine payback_months reaches
+ * 1.2e308 (rates near 1e-300 pass validation), and a bound of 1e308 read its run a mismatch.
  */
 function doubleIsField(column: string, path: string): string {
   const field = packField(path);
   const n = `${field}::numeric`;
   return `case when ${column} is null then ${field} = 'null'::jsonb
-    when jsonb_typeof(${field}) = 'number' then case when abs(${n}) < 1e308 and (${n} = 0 or abs(${n}) >= 1e-307) then ${column} = ${n}::float8 end end`;
+    when jsonb_typeof(${field}) = 'number' then case when abs(${n}) <= 1.7976931348623157e308 and (${n} = 0 or abs(${n}) >= 4.9406564584124654e-324) then ${column} = ${n}::float8 end end`;
 }
 
 /**
