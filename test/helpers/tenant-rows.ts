@@ -108,6 +108,9 @@ export class TenantRows {
     }
     // A first policy the application role may insert: version 1, no bound above the defaults' (a loosening needs an
     // approved change: the trigger versions_in_order, ADR 0010), whatever random values gave.
+    // A checkpoint as a failed step records it, anywhere in its run: the others the application role may write
+    // only within their run's steps, after the one before completed (stepOrderTriggers), which this row is not.
+    if (table === 'durable_checkpoints') row.status = 'failed';
     if (table === 'approval_policies') Object.assign(row, { version: 1, currency: 'SAR', class_amax_cost: 1, class_amax_payback_months: 1, class_cmin_cost: 2, class_cmin_payback_months: 2 });
     // A row its run's step writes commits only with that step's checkpoint naming it (committedWithItsStep):
     // the checkpoint is seeded with the row, on the row's own run, so the application role may insert the row.

@@ -55,6 +55,8 @@ describe('completed checkpoints as the application role', () => {
   it("rewriting a completed checkpoint's output or status is refused (42501); completing a waiting one with its output (a decision's resume) is not", async () => {
     const tenant = randomUUID();
     const run = await runWith(tenant, ['completed', 'waiting']);
+    // Waiting for its decision, as a resume finds it (its completion is held to that: checkpoint-order.test.ts).
+    await db.admin(`update durable_runs set status = 'waiting' where id = $1`, [run]);
     const forged = JSON.stringify({ sha256: 'f'.repeat(64) });
     expect(await asApp(tenant, `update durable_checkpoints set output = $2::jsonb, updated_at = now() where run_id = $1 and sequence_num = 1`, [run, forged])).toBe('42501');
     expect(await asApp(tenant, `update durable_checkpoints set status = 'failed' where run_id = $1 and sequence_num = 1`, [run])).toBe('42501');

@@ -414,6 +414,12 @@ describe('run retention', () => {
     const token = await stack.token({ tenantId: tenant, sub: 'submitter-1' });
     // Running while its evidence step writes the pack (the trigger refuses one for an ended run), then completed.
     const runId = await seedRun(tenant, 'running', RETENTION + DAY, GOLDEN_PATH, false);
+    // Its approval step completed (a step's checkpoint follows its predecessor's: stepOrderTriggers).
+    await admin.query(
+      `insert into durable_checkpoints (id, tenant_id, run_id, sequence_num, step_name, status, output, attempt, created_at, updated_at, completed_at)
+       values ($1, $2, $3, 3, 'approval-packet', 'completed', '{}', 1, now(), now(), now())`,
+      [randomUUID(), tenant, runId],
+    );
     // The previous release's evidence step, as the application role under the run's tenant: the pack
     // and the checkpoint recording its hash, in one transaction; it knows nothing of evidence_seals.
     const content = { schema: 'dealix.evidence-pack/v1', outcome: 'approved', run: { id: runId, tenant_id: tenant } };

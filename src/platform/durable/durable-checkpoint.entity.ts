@@ -1,6 +1,6 @@
 import { defineEntity, p, type InferEntity, type TriggerDef } from '@mikro-orm/core';
 import { BY_TABLE_OWNER, TENANT_SETTING, tenantIdProperty, tenantIsolationPolicy } from '../db/tenant-owned.ts';
-import { DurableRun } from './durable-run.entity.ts';
+import { ACTIVE_RUN_STATUSES, DurableRun } from './durable-run.entity.ts';
 
 export const CHECKPOINT_STATUSES = ['started', 'completed', 'failed', 'waiting'] as const;
 export type CheckpointStatus = (typeof CHECKPOINT_STATUSES)[number];
@@ -12,6 +12,69 @@ export type CheckpointStatus = (typeof CHECKPOINT_STATUSES)[number];
 export const NOT_COMPLETED_CHECKPOINT_SQL = `(status <> 'completed'::text)`;
 /** The trigger that refuses any update of a completed checkpoint (ADR 0001, amendment "Checkpoints are history"). */
 export const COMPLETED_CHECKPOINT_TRIGGER = 'completed_is_history';
+/** The triggers that keep a run's checkpoints in the order of its steps: see stepOrderTriggers. */
+export const STEP_ORDER_INSERT_TRIGGER = 'follows_its_predecessor';
+export const STEP_ORDER_UPDATE_TRIGGER = 'completes_only_a_wait';
+
+/**
+ * Within the row's run (same tenant, its run row by its key): the checkpoint's sequence_num among the run's
+ * `step_count` steps (fixed at the run's start by its workflow version; the application role cannot update
+ * it), and the checkpoint before it, if any, completed — each a primary-key read. `run` is the run row's
+ * condition on its status, as the code's own guards write it (`status || ''`: found by its key, never through
+ * the partial index of active runs).
+ */
+function inItsRunAfterItsPredecessor(run: string): string {
+  return (
+    `exists (select from public.durable_runs r where r.tenant_id = new.tenant_id and r.id = new.run_id and ${run} ` +
+    'and new.sequence_num between 1 and r.step_count and (new.sequence_num = 1 or exists (select from public.durable_checkpoints c ' +
+    "where c.tenant_id = new.tenant_id and c.run_id = new.run_id and c.sequence_num = new.sequence_num - 1 and c.status = 'completed')))"
+  );
+}
+
+/**
+ * A run's checkpoints follow its steps' order (ADR 0001, amendment "A step's checkpoint follows its
+ * predecessor"). The application role writes checkpoints (it runs the steps), and a statement of its own could
+ * write a later step's — checkpoint 4 naming a pack of its making while step 2 still ran —, which the run's
+ * next job replays instead of running the steps between. Before insert, a checkpoint that a replay or a resume
+ * trusts (`completed`, `waiting`; `started`, which the code never writes) is refused (42501) unless its run is
+ * active, it is one of the run's steps, and the checkpoint before it is completed (a first step has none).
+ * Every step passes: it runs only once its predecessor committed, in a transaction of its own (a group commit,
+ * ADR 0007, shares a commit between different runs' steps, each statement under its own tenant, and this is
+ * checked at the statement, not the commit), and its statement inserts the checkpoint before it moves the run
+ * (the run CTE reads the checkpoint CTE's row). A `failed` one is not held: a failure's upsert (executor.ts
+ * `markFailed`) records where the run stands, its run possibly ended meanwhile (a cancel), and what it stores
+ * is never replayed (a retry deletes it). Before update, a checkpoint that is not completed (a completed one is
+ * never updated: COMPLETED_CHECKPOINT_TRIGGER) becomes anything but `failed` only as a decision's resume makes
+ * it (runtime.ts `resume`): `waiting` to `completed`, its run still waiting. Completed checkpoints are never
+ * deleted nor updated, so a predecessor found completed stays so. The owner (and a superuser: migrations,
+ * repairs, fixtures) is not held, asked only on the refusal's path.
+ */
+export function stepOrderTriggers(): TriggerDef[] {
+  const active = `(r.status || '') in (${ACTIVE_RUN_STATUSES.map((st) => `'${st}'`).join(', ')})`;
+  const refuse = (what: string) =>
+    `if ${BY_TABLE_OWNER} then return new; end if; ` +
+    `raise exception 'checkpoint % of run % (step %, %): ${what}', new.sequence_num, new.run_id, new.step_name, new.status using errcode = 'insufficient_privilege';`;
+  return [
+    {
+      name: STEP_ORDER_INSERT_TRIGGER,
+      timing: 'before',
+      events: ['insert'],
+      when: "(new.status <> 'failed'::text)",
+      body:
+        `if ${inItsRunAfterItsPredecessor(active)} then return new; end if; ` +
+        refuse("a step''s checkpoint is written while its run is active, within its steps, once the step before it completed"),
+    },
+    {
+      name: STEP_ORDER_UPDATE_TRIGGER,
+      timing: 'before',
+      events: ['update'],
+      when: "((old.status <> 'completed'::text) AND (new.status <> 'failed'::text))",
+      body:
+        `if old.status = 'waiting' and new.status = 'completed' and ${inItsRunAfterItsPredecessor("(r.status || '') = 'waiting'")} then return new; end if; ` +
+        refuse("a checkpoint that is not completed becomes only failed, or completed from waiting while its run waits"),
+    },
+  ];
+}
 
 /**
  * The durable record of one step of one run. Written in the same transaction as the step's
@@ -66,6 +129,8 @@ export const DurableCheckpoint = defineEntity({
         'if (select rolsuper from pg_catalog.pg_roles where rolname = current_user) then return new; end if; ' +
         "raise exception 'checkpoint % of run % (step %) is completed: a completed checkpoint is never updated', old.sequence_num, old.run_id, old.step_name using errcode = 'insufficient_privilege';",
     },
+    // Each step's checkpoint after its predecessor's (ADR 0001, amendment "A step's checkpoint follows its predecessor").
+    ...stepOrderTriggers(),
   ],
 });
 export type IDurableCheckpoint = InferEntity<typeof DurableCheckpoint>;
