@@ -215,6 +215,15 @@ describe('webhook deliveries: a parked backlog behind a full endpoint', () => {
     await waitFor(async () => (await connection.zcard(tenantSlots.parkedKey(tenantId))) === 0, { timeoutMs: 30_000, what: "d2 gone from its tenant's parked set" });
     expect(await tenantSlots.release(tenantId, `${WEBHOOK_QUEUE}:t1`)).toBeNull();
     await tenantSlots.release(tenantId, `${WEBHOOK_QUEUE}:t2`);
+
+    // A worker of the release before parked d2 on its tenant's set: `parks` counted up, its `parked_per` ('endpoint') left as it was.
+    // Popped from the tenant's set, then refused by its endpoint, it gives the tenant's set a release of none all the same.
+    const stale = (await queue.getJob(d2.id!))!;
+    await stale.updateData({ ...(stale.data as object), parks: (stale.data as { parks: number }).parks + 1 });
+    await connection.zadd(tenantSlots.promotingKey(tenantId), Date.now() + 600_000, d2Member);
+    await parkedAgain(d2.id!);
+    // Before: it stayed the tenant's promotion pending (a slot held from the tenant's parked jobs; promoted by recover every lease).
+    await waitFor(async () => (await connection.zcard(tenantSlots.promotingKey(tenantId))) === 0, { timeoutMs: 30_000, what: "d2 no longer its tenant's promotion pending" });
   });
 
   it("a lost promotion (its releaser died between pop and promote) with the endpoint's slot free: the redelivery pass promotes the popped delivery, and the rest follow, on fallbacks far beyond the test", { timeout: 180_000 }, async () => {

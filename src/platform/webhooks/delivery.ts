@@ -36,6 +36,13 @@ export interface DeliveryJobData extends ParkedJobData {
    * set alone sends the tenant's set nothing.
    */
   parked_per?: SlotOwner;
+  /**
+   * The `parks` of the park that wrote `parked_per`. A worker of the release before keeps `parked_per` as it was when it parks
+   * (its data write spreads the data) but counts `parks` up: a `parked_per` behind `parks` is stale, and the job gives as
+   * one without it does (else, parked by that worker on its tenant's set, it stayed the tenant's promotion pending while
+   * parked on its endpoint's: a slot of the tenant's held from its parked jobs, and itself promoted out of its endpoint park every lease).
+   */
+  parked_per_at?: number;
 }
 
 /**
@@ -293,9 +300,11 @@ export function webhookHandlers(deps: {
       // none of these and sends nothing (it gave at every re-park, popping one of the tenant's parked jobs whenever a slot was free);
       // one parked by the release before (no `parked_per`) gives, as it did.
       const d = job.data as DeliveryJobData;
-      if (d.parks) for (const later of caps.slice(caps.indexOf(cap) + 1)) if ((d.parked_per ?? later.slots.per) === later.slots.per) later.parking.give(later.ownerOf(endpointId, tenantId), member);
-      // Its endpoint and this park's set kept with the park (written by its data write): back, it finds its slots before its row.
-      if (d.endpoint_id !== endpointId || d.parked_per !== cap.slots.per) job.data = { ...d, endpoint_id: endpointId, parked_per: cap.slots.per } satisfies DeliveryJobData;
+      // A `parked_per` a worker of the release before left behind (not written with this `parks`) is not known.
+      const parkedPer = d.parked_per_at === d.parks ? d.parked_per : undefined;
+      if (d.parks) for (const later of caps.slice(caps.indexOf(cap) + 1)) if ((parkedPer ?? later.slots.per) === later.slots.per) later.parking.give(later.ownerOf(endpointId, tenantId), member);
+      // Its endpoint and this park's set kept with the park (written by its data write, with the `parks` it counts): back, it finds its slots before its row.
+      job.data = { ...d, endpoint_id: endpointId, parked_per: cap.slots.per, parked_per_at: (d.parks ?? 0) + 1 } satisfies DeliveryJobData;
       return await cap.parking.park(job, job.token, owner, member, ({ parks, delayMs }) => {
         use?.onParked?.();
         log[parks === 1 ? 'info' : 'debug']({ webhook_endpoint_id: endpointId, cap: cap.slots.cap, cap_per: cap.slots.per, parks, fallback_delay_ms: delayMs }, cap.what);
