@@ -15,10 +15,13 @@ describe('database setup', () => {
   afterAll(async () => {
     const admin = new pg.Client({ connectionString: TEST_ADMIN_URL });
     await admin.connect();
-    for (const db of dbs) await admin.query(`DROP DATABASE IF EXISTS "${db}" WITH (FORCE)`);
+    // Each drop on its own: one that fails leaves none of the others (cluster-wide roles above all) behind.
+    const failed: unknown[] = [];
+    for (const db of dbs) await admin.query(`DROP DATABASE IF EXISTS "${db}" WITH (FORCE)`).catch((e: unknown) => failed.push(e));
     // Roles are cluster-wide: dropped once the databases holding their grants are gone.
-    for (const role of roles) await admin.query(`DROP ROLE IF EXISTS "${role}"`);
+    for (const role of roles) await admin.query(`DROP ROLE IF EXISTS "${role}"`).catch((e: unknown) => failed.push(e));
     await admin.end();
+    if (failed.length) throw new AggregateError(failed, 'database setup: cleanup failed');
   });
 
   it('six setups at once, of one database and of others, all succeed and leave the roles and grants in place', { timeout: 60_000 }, async () => {
@@ -44,7 +47,7 @@ describe('database setup', () => {
     const db = `dealix_t_setup_${randomBytes(4).toString('hex')}`;
     roles.push(app.user);
     dbs.push(db);
-    await admin.query(`CREATE ROLE ${app.user} LOGIN PASSWORD '${app.password}' NOSUPERUSER NOINHERIT ${attrs}`);
+    await admin.query(`CREATE ROLE ${app.user} ${/\bNOLOGIN\b/.test(attrs) ? '' : 'LOGIN '}PASSWORD '${app.password}' NOSUPERUSER NOINHERIT ${attrs}`);
     return { app, db, setup: () => setupDatabase({ adminUrl: TEST_ADMIN_URL, ownerUrl: pgUrl(TEST_OWNER, db), appUrl: pgUrl(app, db) }) };
   }
   const attributesOf = async (admin: pg.Client, role: string) =>
@@ -102,6 +105,8 @@ describe('database setup', () => {
   it.each([
     ['an expired password (VALID UNTIL 2000)', `VALID UNTIL '2000-01-01'`, /password expired at 2000-01-01.*VALID UNTIL 'infinity'/],
     ['CONNECTION LIMIT 0', 'CONNECTION LIMIT 0', /CONNECTION LIMIT 0: it cannot connect/],
+    // The plainest lock-out of all (setup made it LOGIN again, and set the URL's password).
+    ['NOLOGIN', 'NOLOGIN', /is NOLOGIN: it cannot log in.*ALTER ROLE "dealix_t_setup_app_[0-9a-f]+" LOGIN/],
   ])('an existing application role that cannot log in — %s — is refused with the fix, and nothing is changed (not lifted behind the operator\'s back)', { timeout: 60_000 }, async (_, attrs, reason) => {
     const admin = new pg.Client({ connectionString: TEST_ADMIN_URL });
     await admin.connect();

@@ -30,7 +30,7 @@ export async function setupDatabase({ adminUrl, ownerUrl, appUrl }: SetupUrls): 
     // Two setups at once (two test runs, two deploy hooks) would race on the same role rows: PostgreSQL
     // fails the loser's ALTER ROLE with "tuple concurrently updated". One at a time; the lock goes with the session.
     await admin.query('SELECT pg_advisory_lock(hashtext($1))', ['dealix:db-setup']);
-    // An existing login role keeps its connection limit and expiry; one that could not log in is refused, not lifted.
+    // An existing login role keeps its connection limit and expiry; one that could not log in (NOLOGIN too) is refused, not lifted.
     await refuseUnusableLogins(admin, [owner.user, app.user]);
     // Each role's memberships are the ones granted below and no other (ADR 0001 §2): an existing role keeps none a DBA or an older cluster gave it.
     await ensureRole(admin, owner.user, owner.password, 'LOGIN INHERIT', [SYSTEM_ROLE], log);
@@ -88,6 +88,8 @@ const ROLE_CREATED_UNLIMITED = `CONNECTION LIMIT -1 VALID UNTIL 'infinity'`;
 
 /** A login role of the design as it exists now, or undefined: not there yet (created by setup). */
 interface ExistingRole {
+  /** rolcanlogin: NOLOGIN is the plainest lock-out (credentials retired). */
+  canLogin: boolean;
   connectionLimit: number;
   /** rolvaliduntil: null (never expires), a date, or Infinity/-Infinity. */
   validUntil: Date | number | null;
@@ -97,11 +99,14 @@ interface ExistingRole {
 
 /**
  * Why an existing role that setup would make LOGIN could not log in as it stands, or undefined. Setup refuses
- * rather than lift the setting: an expiry or `CONNECTION LIMIT 0` may be an operator's deliberate lock-out
- * (credentials retired), and setup sets the password from the URL too.
+ * rather than lift the setting: NOLOGIN, an expiry or `CONNECTION LIMIT 0` may be an operator's deliberate
+ * lock-out (credentials retired), and setup sets the password from the URL too.
  */
 function roleUnusable(name: string, role: ExistingRole): string | undefined {
   const q = ident(name);
+  if (!role.canLogin) {
+    return `role ${name} is NOLOGIN: it cannot log in. db:setup does not lift a lock-out; allow it (ALTER ROLE ${q} LOGIN) as a superuser, then run db:setup again`;
+  }
   if (role.expired) {
     const at = role.validUntil instanceof Date ? role.validUntil.toISOString() : String(role.validUntil);
     return `role ${name}'s password expired at ${at} (VALID UNTIL): it cannot log in. db:setup keeps a role's own expiry and does not lift one; extend it (ALTER ROLE ${q} VALID UNTIL '<date>') or remove it (ALTER ROLE ${q} VALID UNTIL 'infinity') as a superuser, then run db:setup again`;
@@ -142,12 +147,12 @@ async function ensureRole(client: pg.Client, name: string, password: string | un
 }
 
 async function existingRole(client: pg.Client, name: string): Promise<ExistingRole | undefined> {
-  const { rows } = await client.query<{ limit: number; until: Date | number | null; expired: boolean }>(
-    `SELECT rolconnlimit AS limit, rolvaliduntil AS until, coalesce(rolvaliduntil <= now(), false) AS expired FROM pg_roles WHERE rolname = $1`,
+  const { rows } = await client.query<{ login: boolean; limit: number; until: Date | number | null; expired: boolean }>(
+    `SELECT rolcanlogin AS login, rolconnlimit AS limit, rolvaliduntil AS until, coalesce(rolvaliduntil <= now(), false) AS expired FROM pg_roles WHERE rolname = $1`,
     [name],
   );
   const [row] = rows;
-  return row && { connectionLimit: row.limit, validUntil: row.until, expired: row.expired };
+  return row && { canLogin: row.login, connectionLimit: row.limit, validUntil: row.until, expired: row.expired };
 }
 
 /** Refuses (before setup changes anything) when an existing login role of the design could not log in: roleUnusable. */
