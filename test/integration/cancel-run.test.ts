@@ -403,4 +403,29 @@ describe('cancelling a run while a step executes', () => {
     const [run] = (await stack.db.admin(`select status, error from durable_runs where id = $1`, [id])).rows as Array<{ status: string; error: { code: string } }>;
     expect(run).toMatchObject({ status: 'cancelled', error: { code: 'cancelled' } });
   });
+
+  it('held at step 3, a wait (its checkpoint would make the run wait): refused as the run no longer active, not as a failure of the step; the job ends quietly on its first delivery', { timeout: LONG }, async () => {
+    // The trigger follows_its_predecessor reads the run before the checkpoint's own guard does: a run that
+    // ended meanwhile must be refused as that guard refuses it (DX001), or the executor takes it for the step
+    // failing (retried with backoff, a failed checkpoint on its last attempt).
+    const b = barrier();
+    const host = startHost(heldAt(3, b));
+    try {
+      const id = await submit(stack, token, SAMPLE_SUBMISSION);
+      await b.inside;
+      const res = await api(stack, 'POST', cancelPath(id), { token, headers: { 'Idempotency-Key': randomUUID() } });
+      expect(res.status, res.text).toBe(200);
+      b.release();
+      const { state, job } = await endedJob(id);
+      expect(state).toBe('completed');
+      expect(job.failedReason).toBeFalsy();
+      expect(job.attemptsStarted).toBe(1);
+      const checkpoints = (await stack.db.admin(`select sequence_num, status from durable_checkpoints where run_id = $1 order by sequence_num`, [id])).rows;
+      expect(checkpoints).toEqual([{ sequence_num: 1, status: 'completed' }, { sequence_num: 2, status: 'completed' }]);
+      expect((await stack.db.admin(`select status from durable_runs where id = $1`, [id])).rows[0].status).toBe('cancelled');
+    } finally {
+      b.release();
+      await host.stop();
+    }
+  });
 });

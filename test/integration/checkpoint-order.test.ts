@@ -90,11 +90,13 @@ describe("a step's checkpoint is written only after the one before it completed"
     expect(await stored(run)).toHaveLength(4);
   });
 
-  it.each(['cancelled', 'completed', 'failed'])('nor one of a %s run; a failure (the executor\'s upsert) is still recorded there', async (runStatus) => {
+  it.each(['cancelled', 'completed', 'failed'])('nor one of a %s run (DX001, as the run guard of a step\'s statement refuses it: the run no longer active, not the step failing); a failure (the executor\'s upsert) is still recorded there', async (runStatus) => {
     const tenant = randomUUID();
     const run = await runWith(tenant, ['completed'], runStatus);
-    expect(await asApp(tenant, checkpoint(tenant, run, 2))).toBe('42501');
-    expect(await asApp(tenant, checkpoint(tenant, run, 2, 'waiting'))).toBe('42501');
+    expect(await asApp(tenant, checkpoint(tenant, run, 2))).toBe('DX001');
+    expect(await asApp(tenant, checkpoint(tenant, run, 2, 'waiting'))).toBe('DX001');
+    // Ahead of its step too: refused all the same.
+    expect(await asApp(tenant, checkpoint(tenant, run, 4))).toBe('DX001');
     // markFailed inserts the failure before it ends the run, which a cancel may have ended meanwhile.
     expect(await asApp(tenant, failure(tenant, run, 2))).toBe(1);
     expect(await stored(run)).toEqual([[1, 'completed'], [2, 'failed']]);

@@ -51,8 +51,15 @@ function inItsRunAfterItsPredecessor(run: string): string {
  */
 export function stepOrderTriggers(): TriggerDef[] {
   const active = `(r.status || '') in (${ACTIVE_RUN_STATUSES.map((st) => `'${st}'`).join(', ')})`;
-  const refuse = (what: string) =>
-    `if ${BY_TABLE_OWNER} then return new; end if; ` +
+  // A run that ended since its step read it (a cancel, another execution): refused as the checkpoint's own guard on
+  // the run refuses it a moment later in the same statement (DX001, durable_expect), which the executor takes as
+  // the run no longer active — read it again, end quietly, or a lost race to another execution that ended it —,
+  // not as the step failing (retried with backoff; a failed checkpoint on a cancelled run at its last attempt).
+  const ended =
+    `if exists (select from public.durable_runs r where r.tenant_id = new.tenant_id and r.id = new.run_id and not ${active}) then ` +
+    "raise exception 'checkpoint % of run % (step %, %): the run is no longer active', new.sequence_num, new.run_id, new.step_name, new.status using errcode = 'DX001'; end if; ";
+  const refuse = (what: string, ifEnded = '') =>
+    `if ${BY_TABLE_OWNER} then return new; end if; ${ifEnded}` +
     `raise exception 'checkpoint % of run % (step %, %): ${what}', new.sequence_num, new.run_id, new.step_name, new.status using errcode = 'insufficient_privilege';`;
   return [
     {
@@ -62,7 +69,7 @@ export function stepOrderTriggers(): TriggerDef[] {
       when: "(new.status <> 'failed'::text)",
       body:
         `if ${inItsRunAfterItsPredecessor(active)} then return new; end if; ` +
-        refuse("a step''s checkpoint is written while its run is active, within its steps, once the step before it completed"),
+        refuse("a step''s checkpoint is written while its run is active, within its steps, once the step before it completed", ended),
     },
     {
       name: STEP_ORDER_UPDATE_TRIGGER,
