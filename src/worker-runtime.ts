@@ -5,7 +5,7 @@ import { connectedWorkers, createRedis, warnWhenIdleTimeout, workerConnectionNam
 import { StepExecutor } from './platform/durable/executor.ts';
 import { Sweeper } from './platform/durable/sweeper.ts';
 import { startWorkers } from './platform/durable/worker-host.ts';
-import { TenantSlots } from './platform/durable/tenant-slots.ts';
+import { TenantSlots, type LostPromotion } from './platform/durable/tenant-slots.ts';
 import { seedActiveRunOverrides } from './platform/limits/tenant-limits.ts';
 import type { Config } from './platform/config/config.ts';
 import type { Redis } from 'ioredis';
@@ -13,7 +13,8 @@ import { scheduleMaintenance, MAINTENANCE_QUEUE, maintenanceHandlers, repairRunR
 import { TIMER_QUEUE } from './platform/queue/timers.ts';
 import { startMetricsServer } from './platform/telemetry/metrics-server.ts';
 import { exitAfterFailedStart, onShutdown } from './platform/process/shutdown.ts';
-import { WEBHOOK_QUEUE, webhookHandlers, type WebhookSlotsUse } from './platform/webhooks/delivery.ts';
+import { WEBHOOK_QUEUE, webhookHandlers, webhookLostPromotions, type WebhookSlotsUse } from './platform/webhooks/delivery.ts';
+import type { Metrics } from './platform/telemetry/metrics.ts';
 import { warnWhenGuardOff } from './platform/webhooks/ssrf.ts';
 import { EndpointRates } from './platform/webhooks/rate-limit.ts';
 import { webhookResolver, webhookUrlPolicy } from './container.ts';
@@ -99,6 +100,9 @@ export async function startWorkerProcess(c: Container, opts: { signal?: AbortSig
     signal.throwIfAborted();
   }
   const connection = createRedis(cfg.REDIS_URL, 'worker', workerConnectionName(c.instanceId));
+  // A cap off (0) takes no slot; both off: no Redis command is added to a delivery's path, and no look for lost promotions.
+  const deliverySlots = cfg.WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT > 0 || cfg.WEBHOOK_MAX_IN_FLIGHT_PER_TENANT > 0 ? webhookSlots(cfg, connection, c.metrics) : undefined;
+  const webhookLook = webhookLostPromotions(deliverySlots, { queue: () => c.queues.get(WEBHOOK_QUEUE)!, logger: c.logger });
   const executor = new StepExecutor({
     orm: c.orm,
     runtime: c.runtime,
@@ -136,8 +140,7 @@ export async function startWorkerProcess(c: Container, opts: { signal?: AbortSig
         redeliverAfterMs: cfg.SWEEPER_MIN_AGE,
         // Per endpoint (rate_limit_per_second): an endpoint without one sends no rate command to Redis.
         rates: { limits: new EndpointRates(connection, cfg.QUEUE_PREFIX), onRateLimited: () => c.metrics.webhookDeliveriesRateLimited.inc(), onTestAhead: () => c.metrics.webhookTestEventsAhead.inc() },
-        // A cap off (0) takes no slot; both off: no Redis command is added to a delivery's path.
-        ...(cfg.WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT > 0 || cfg.WEBHOOK_MAX_IN_FLIGHT_PER_TENANT > 0 ? { webhookSlots: webhookSlots(cfg, connection, () => c.metrics.webhookDeliveriesParked.inc()) } : {}),
+        ...(deliverySlots ? { webhookSlots: deliverySlots } : {}),
       }),
     },
     connection,
@@ -157,9 +160,12 @@ export async function startWorkerProcess(c: Container, opts: { signal?: AbortSig
             // A lease of three lock durations: renewed every half lock duration, a SIGKILLed holder's slot lapses within seconds.
             slots: new TenantSlots(connection, { prefix: cfg.QUEUE_PREFIX, cap: cfg.WORKER_MAX_ACTIVE_RUNS_PER_TENANT, leaseMs: 3 * cfg.WORKER_LOCK_DURATION }),
             onParked: ({ workflow }: { workflow: string }) => c.metrics.parkedJobs.inc({ workflow }),
+            onRecovered: (how: LostPromotion) => c.metrics.lostPromotionsRecovered.inc({ jobs: 'runs', how }),
           },
         }
       : {}),
+    // The webhook deliveries' lost promotions on the same look, every RECOVER_EVERY_MS (ADR 0012, *Lost promotions*).
+    ...(webhookLook ? { lostPromotions: [webhookLook] } : {}),
   });
   const workers = host.workers;
   let maintenance;
@@ -267,9 +273,14 @@ export async function startWorkerProcess(c: Container, opts: { signal?: AbortSig
  * Held only during the POST, which WEBHOOK_TIMEOUT bounds, so not renewed: a lease outlives the longest
  * attempt by three lock durations, and a SIGKILLed holder's slots lapse that long after its attempt would have timed out.
  */
-function webhookSlots(cfg: Config, connection: Redis, onParked: () => void): WebhookSlotsUse {
+function webhookSlots(cfg: Config, connection: Redis, metrics: Metrics): WebhookSlotsUse {
   const lease = (per: 'endpoint' | 'webhook-tenant', cap: number) => (cap > 0 ? new TenantSlots(connection, { prefix: cfg.QUEUE_PREFIX, per, cap, leaseMs: cfg.WEBHOOK_TIMEOUT + 3 * cfg.WORKER_LOCK_DURATION }) : undefined);
   const endpoint = lease('endpoint', cfg.WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT);
   const tenant = lease('webhook-tenant', cfg.WEBHOOK_MAX_IN_FLIGHT_PER_TENANT);
-  return { ...(endpoint ? { endpoint } : {}), ...(tenant ? { tenant } : {}), onParked };
+  return {
+    ...(endpoint ? { endpoint } : {}),
+    ...(tenant ? { tenant } : {}),
+    onParked: () => metrics.webhookDeliveriesParked.inc(),
+    onRecovered: (how) => metrics.lostPromotionsRecovered.inc({ jobs: 'webhooks', how }),
+  };
 }

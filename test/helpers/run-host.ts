@@ -2,7 +2,7 @@ import pino from 'pino';
 import { DurableRuntime } from '../../src/platform/durable/runtime.ts';
 import { StepExecutor } from '../../src/platform/durable/executor.ts';
 import { startWorkers, type JobHandler } from '../../src/platform/durable/worker-host.ts';
-import { TenantSlots } from '../../src/platform/durable/tenant-slots.ts';
+import { TenantSlots, type LostPromotion } from '../../src/platform/durable/tenant-slots.ts';
 import { createRedis } from '../../src/platform/queue/connections.ts';
 import type { StepDef, WorkflowDef } from '../../src/platform/durable/workflow.ts';
 import { GOLDEN_PATH } from '../../src/modules/golden-path/golden-path.workflow.ts';
@@ -23,6 +23,8 @@ export interface RunHostOptions {
   recoverEveryMs?: number;
   /** Told of each run job the host parks (as dealix_run_jobs_parked_total counts them). */
   onParked?: (info: { workflow: string }) => void;
+  /** Told of each parked run job its look for lost promotions promoted (as dealix_lost_promotions_recovered_total counts them). */
+  onRecovered?: (how: LostPromotion) => void;
   /** WORKFLOW_VERSIONS_RETIRED for this host (`name@vN`; default none). */
   retired?: string[];
 }
@@ -66,10 +68,11 @@ export function startRunHost(stack: TestStack, wf: WorkflowDef, workerId = 'run-
             slots: new TenantSlots(connection, { prefix: stack.prefix, cap: opts.maxActiveRunsPerTenant, leaseMs: 15_000 }),
             ...(opts.parkDelayMs ? { parkDelayMs: opts.parkDelayMs } : {}),
             ...(opts.onParked ? { onParked: opts.onParked } : {}),
-            ...(opts.recoverEveryMs ? { recoverEveryMs: opts.recoverEveryMs } : {}),
+            ...(opts.onRecovered ? { onRecovered: opts.onRecovered } : {}),
           },
         }
       : {}),
+    ...(opts.recoverEveryMs ? { recoverEveryMs: opts.recoverEveryMs } : {}),
   });
   return {
     async stop() {

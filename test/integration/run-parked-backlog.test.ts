@@ -17,6 +17,8 @@ import { TEST_REDIS_URL } from '../helpers/env.ts';
 import { startRunHost, wrappedGoldenPath, type RunHostOptions } from '../helpers/run-host.ts';
 import { createRedis } from '../../src/platform/queue/connections.ts';
 import { parseSlotMember, slotMember, slotParking, TenantSlots, type ParkedJobData } from '../../src/platform/durable/tenant-slots.ts';
+import { createMetrics } from '../../src/platform/telemetry/metrics.ts';
+import { series } from '../helpers/metrics.ts';
 
 const LONG = 180_000;
 /** The tenant's cap of run jobs executing at once. */
@@ -173,12 +175,20 @@ describe('run jobs: a parked backlog behind a tenant at its cap', () => {
     expect(await connection.zcard(parkedKey)).toBe(0);
   });
 
-  it("a lost promotion (its releaser died between pop and promote) with the tenant's slot free: the popped job and those parked far back, on fallbacks of 10 min to an hour, are promoted by the hosts' look for lost promotions, and every run completes", { timeout: LONG }, async () => {
+  it("a lost promotion (its releaser died between pop and promote) with the tenant's slot free: the popped job and those parked far back, on fallbacks of 10 min to an hour, are promoted by the hosts' look for lost promotions, which counts it (dealix_lost_promotions_recovered_total), and every run completes", { timeout: LONG }, async () => {
     /** Parked jobs behind the tenant's one slot. */
     const M = 6;
     /** The fallback delay, far beyond the test: a parked job completes only if something promotes it. */
     const FALLBACK = 600_000;
-    const { tenant, queue, slots, holder, parkedKey } = await parkedBehindHolder('lost', M, { concurrency: 2, parkDelayMs: () => FALLBACK, recoverEveryMs: 200 });
+    // The worker's counter, as worker-runtime counts the host's recoveries in it.
+    const metrics = createMetrics();
+    const recovered = async (how: string) => series(await metrics.registry.metrics(), 'dealix_lost_promotions_recovered_total', { jobs: 'runs', how }) ?? 0;
+    const { tenant, queue, slots, holder, parkedKey } = await parkedBehindHolder('lost', M, {
+      concurrency: 2,
+      parkDelayMs: () => FALLBACK,
+      recoverEveryMs: 200,
+      onRecovered: (how) => metrics.lostPromotionsRecovered.inc({ jobs: 'runs', how }),
+    });
     // The rank scaling still holds (no herd): the last parked waits M times the fallback for its promotion.
     const [last] = await connection.zrange(parkedKey, '-1', '-1');
     expect(Number((await queue.getJob(parseSlotMember(last!).jobId))!.delay)).toBeGreaterThan(FALLBACK);
@@ -194,6 +204,9 @@ describe('run jobs: a parked backlog behind a tenant at its cap', () => {
     // Before: nothing ran again until the popped job's fallback (10 min) and the others' scaled ones (20 min to an hour).
     await allCompleted(tenant, M, 'the lost promotion');
     expect(await connection.zcard(parkedKey)).toBe(0);
+    // The popped job was promoted again by the look, still parked past its grace: a redo, counted (an operator sees lost promotions).
+    // The rest were promoted by their predecessors' releases, not by the look.
+    await waitFor(async () => (await recovered('redo')) >= 1, { timeoutMs: 30_000, what: 'the lost promotion made again to be counted (redo)' });
     await waitFor(async () => (await connection.zcard(slots.promotingKey(tenant))) === 0, { timeoutMs: 60_000, what: 'no promotion left pending' });
   });
 });

@@ -169,7 +169,7 @@ describe('tenant slots (Redis scripts)', () => {
     // next look gives p2 again once overdue, its promoter tells Redis it is gone and gets p3.
     expect(await slots.release(tenant, 'q:p1')).toBe('q:p2');
     const again = await waitFor(async () => { const r = await slots.recover(); return r.length ? r : undefined; }, { what: 'p2 overdue' });
-    expect(again).toEqual([{ owner: tenant, member: 'q:p2' }]);
+    expect(again).toEqual([{ owner: tenant, member: 'q:p2', how: 'redo' }]);
     expect(await slots.wake(tenant, 'q:p2')).toBe('q:p3');
     expect(await redis.zrange(slots.promotingKey(tenant), '0', '-1')).toEqual(['q:p3']);
     expect(await slots.acquire(tenant, 'q:p3')).toBe(true);
@@ -178,7 +178,7 @@ describe('tenant slots (Redis scripts)', () => {
     await slots.park(tenant, 'q:p5', 2_001);
     await slots.release(tenant, 'q:p3').then((m) => expect(m).toBe('q:p4'));
     await redis.zrem(slots.promotingKey(tenant), 'q:p4');
-    expect(await slots.recover()).toEqual([{ owner: tenant, member: 'q:p5' }]);
+    expect(await slots.recover()).toEqual([{ owner: tenant, member: 'q:p5', how: 'promote' }]);
     expect(await slots.acquire(tenant, 'q:p5')).toBe(true);
     // Nothing parked, nothing pending: the owner leaves the index.
     expect(await slots.recover()).toEqual([]);

@@ -15,10 +15,15 @@ import { newTenant, startStack, type TestStack } from '../helpers/stack.ts';
 import { waitFor } from '../helpers/poll.ts';
 import { TEST_REDIS_URL } from '../helpers/env.ts';
 import { createEndpoint, startReceiver, type Receiver } from '../helpers/webhooks.ts';
+import { deliveryJobId } from '../../src/platform/queue/job-ids.ts';
 import { createRedis } from '../../src/platform/queue/connections.ts';
-import { enqueueDeliveries, WEBHOOK_QUEUE, WEBHOOK_REDELIVERY_JOB, webhookHandlers } from '../../src/platform/webhooks/delivery.ts';
+import { enqueueDeliveries, WEBHOOK_QUEUE, webhookHandlers, webhookLostPromotions, type WebhookSlotsUse } from '../../src/platform/webhooks/delivery.ts';
 import { parseSlotMember, slotParking, TenantSlots } from '../../src/platform/durable/tenant-slots.ts';
+import { startWorkers, type WorkerHost } from '../../src/platform/durable/worker-host.ts';
+import { createMetrics } from '../../src/platform/telemetry/metrics.ts';
 import { webhookResolver } from '../../src/container.ts';
+import { runExecutor, wrappedGoldenPath } from '../helpers/run-host.ts';
+import { series } from '../helpers/metrics.ts';
 
 const PAYLOAD = { type: 'run.completed', timestamp: '2026-12-06T00:00:00.000Z', data: { workflow: 'golden-path', run_id: 'r', status: 'completed', correlation_id: 'c-1', ended_at: '2026-12-06T00:00:00.000Z' } };
 /** The endpoint's cap of attempts in flight. */
@@ -41,6 +46,7 @@ describe('webhook deliveries: a parked backlog behind a full endpoint', () => {
   let receiver: Receiver;
   const connection = createRedis(TEST_REDIS_URL, 'worker', 'parked-backlog');
   let worker: Worker | undefined;
+  let host: WorkerHost | undefined;
 
   beforeAll(async () => {
     stack = await startStack({ env: { WEBHOOK_ALLOW_PRIVATE_NETWORKS: 'true' } });
@@ -49,13 +55,14 @@ describe('webhook deliveries: a parked backlog behind a full endpoint', () => {
 
   afterAll(async () => {
     await worker?.close();
+    await host?.stop(0);
     connection.disconnect();
     await receiver?.close();
     await stack?.stop();
   });
 
-  /** The production delivery handlers with the endpoint cap on `slots` (and the tenant cap on `tenant`), parked deliveries' fallback `fallbackMs`. */
-  const handlersOn = (orm: MikroORM, logger: pino.Logger, slots: TenantSlots, fallbackMs: number, tenant?: TenantSlots) =>
+  /** The production delivery handlers with the caps of `slots` (a WebhookSlotsUse, or a TenantSlots: the endpoint cap alone), parked deliveries' fallback `fallbackMs`. */
+  const handlersOn = (orm: MikroORM, logger: pino.Logger, slots: TenantSlots | WebhookSlotsUse, fallbackMs: number) =>
     webhookHandlers({
       orm,
       logger,
@@ -63,7 +70,7 @@ describe('webhook deliveries: a parked backlog behind a full endpoint', () => {
       queue: () => stack.container.queues.get(WEBHOOK_QUEUE)!,
       redis: stack.container.redis,
       redeliverAfterMs: 3_600_000,
-      webhookSlots: { endpoint: slots, ...(tenant ? { tenant } : {}), parkDelayMs: () => fallbackMs },
+      webhookSlots: { ...(slots instanceof TenantSlots ? { endpoint: slots } : slots), parkDelayMs: () => fallbackMs },
     });
 
   /** A new endpoint of `tenantId` at `path` of the receiver. */
@@ -73,6 +80,36 @@ describe('webhook deliveries: a parked backlog behind a full endpoint', () => {
     expect(created.status, created.text).toBe(201);
     return created.json.id as string;
   };
+
+  /** The delivery workers of the tests below (this file's other worker or host stopped first): a plain BullMQ Worker on `handlers`. */
+  const deliveringWith = async (handlers: ReturnType<typeof handlersOn>) => {
+    await worker?.close();
+    await host?.stop(0);
+    host = undefined;
+    worker = new Worker(WEBHOOK_QUEUE, async (job: Job) => handlers[job.name as keyof typeof handlers](job), { connection, prefix: stack.prefix, concurrency: 2 });
+  };
+
+  /** `m` pending deliveries of `tenantId` to `endpointId`, enqueued; their ids. */
+  const pendingDeliveries = async (tenantId: string, endpointId: string, m: number) => {
+    const { rows } = await stack.db.admin(
+      `insert into webhook_deliveries (id, tenant_id, endpoint_id, event_type, payload, status, attempts, next_attempt_at, created_at, updated_at)
+       select gen_random_uuid(), $1, $2, 'run.completed', $3, 'pending', 0, now(), now(), now() from generate_series(1, $4) returning id`,
+      [tenantId, endpointId, PAYLOAD, m],
+    );
+    const ids = rows.map((r) => r.id as string);
+    await enqueueDeliveries(stack.container.queues.get(WEBHOOK_QUEUE)!, tenantId, ids);
+    return ids;
+  };
+
+  /** Waits until none of `tenantId`'s deliveries is left undelivered. */
+  const allDelivered = (tenantId: string, after: string) =>
+    waitFor(
+      async () => {
+        const { rows: left } = await stack.db.admin(`select count(*)::int as n from webhook_deliveries where tenant_id = $1 and status <> 'delivered'`, [tenantId]);
+        return left[0].n === 0;
+      },
+      { timeoutMs: 120_000, intervalMs: 250, what: `all deliveries delivered after ${after}` },
+    );
 
   /** A new tenant's endpoint at `path` of the receiver, its only slot held by an attempt in flight elsewhere, its lease beyond the test. */
   const heldEndpoint = async (path: string, holderId: string) => {
@@ -109,13 +146,7 @@ describe('webhook deliveries: a parked backlog behind a full endpoint', () => {
       { connection, prefix: stack.prefix, concurrency: 4 },
     );
 
-    const { rows } = await stack.db.admin(
-      `insert into webhook_deliveries (id, tenant_id, endpoint_id, event_type, payload, status, attempts, next_attempt_at, created_at, updated_at)
-       select gen_random_uuid(), $1, $2, 'run.completed', $3, 'pending', 0, now(), now(), now() from generate_series(1, $4) returning id`,
-      [tenantId, endpointId, PAYLOAD, N],
-    );
-    const ids = rows.map((r) => r.id as string);
-    await enqueueDeliveries(queue, tenantId, ids);
+    const ids = await pendingDeliveries(tenantId, endpointId, N);
     // Every one parked once (its first execution reads its row: it does not know its endpoint yet).
     const parkedKey = slots.parkedKey(endpointId);
     await waitFor(async () => (await connection.zcard(parkedKey)) === N, { timeoutMs: 60_000, what: `${N} deliveries parked` });
@@ -153,35 +184,19 @@ describe('webhook deliveries: a parked backlog behind a full endpoint', () => {
 
     // Released: promoted one after another as each attempt ends (not after their fallback), each delivered once.
     slotParking(slots, { queueOf: () => queue, logger: pino({ level: 'silent' }) }).give(endpointId, holder);
-    await waitFor(
-      async () => {
-        const { rows: left } = await stack.db.admin(`select count(*)::int as n from webhook_deliveries where tenant_id = $1 and status <> 'delivered'`, [tenantId]);
-        return left[0].n === 0;
-      },
-      { timeoutMs: 90_000, what: `all ${N} deliveries delivered after the release` },
-    );
+    await allDelivered(tenantId, 'the release');
     const got = receiver.received.filter((r) => r.path === '/backlog').map((r) => String(r.headers['webhook-id']));
     expect(got.sort()).toEqual([...ids].sort());
   });
 
   it("with both caps on: a delivery parked on its endpoint's set alone sends its tenant's set nothing when it parks there again; one parked last on its tenant's set leaves it when it parks on its endpoint's", { timeout: 120_000 }, async () => {
-    await worker?.close();
-    worker = undefined;
     const { tenantId, endpointId, slots } = await heldEndpoint('/cross', 'cross-holder');
     const tenantSlots = new TenantSlots(connection, { prefix: stack.prefix, per: 'webhook-tenant', cap: 2, leaseMs: 600_000 });
     const queue = stack.container.queues.get(WEBHOOK_QUEUE)!;
     // Fallbacks beyond the test: a parked delivery comes back only when the test promotes it.
-    const handlers = handlersOn(stack.container.orm, pino({ level: 'silent' }), slots, 600_000, tenantSlots);
-    worker = new Worker(WEBHOOK_QUEUE, async (job: Job) => handlers[job.name as keyof typeof handlers](job), { connection, prefix: stack.prefix, concurrency: 2 });
-    const deliver = async (endpoint: string) => {
-      const { rows } = await stack.db.admin(
-        `insert into webhook_deliveries (id, tenant_id, endpoint_id, event_type, payload, status, attempts, next_attempt_at, created_at, updated_at)
-         values (gen_random_uuid(), $1, $2, 'run.completed', $3, 'pending', 0, now(), now(), now()) returning id`,
-        [tenantId, endpoint, PAYLOAD],
-      );
-      await enqueueDeliveries(queue, tenantId, [rows[0].id as string]);
-      return (await queue.getJobs(['waiting', 'active', 'delayed'])).find((j) => (j.data as { delivery_id: string }).delivery_id === rows[0].id)!;
-    };
+    await deliveringWith(handlersOn(stack.container.orm, pino({ level: 'silent' }), { endpoint: slots, tenant: tenantSlots }, 600_000));
+    /** A delivery of the tenant's to `endpoint`, enqueued: its job's id. */
+    const deliver = async (endpoint: string) => deliveryJobId((await pendingDeliveries(tenantId, endpoint, 1))[0]!);
     const parksOf = async (id: string) => ((await queue.getJob(id))?.data as { parks?: number }).parks ?? 0;
     const parkedAgain = async (id: string) => {
       const before = await parksOf(id);
@@ -193,8 +208,8 @@ describe('webhook deliveries: a parked backlog behind a full endpoint', () => {
     await connection.zadd(tenantSlots.parkedKey(tenantId), 1, `${WEBHOOK_QUEUE}:bystander`);
     // A delivery to the held endpoint parks on the endpoint's set, and again when it comes back: it never was on the tenant's set.
     const d1 = await deliver(endpointId);
-    await waitFor(async () => (await parksOf(d1.id!)) === 1 && (await queue.getJob(d1.id!))?.isDelayed(), { timeoutMs: 60_000, what: 'd1 parked' });
-    await parkedAgain(d1.id!);
+    await waitFor(async () => (await parksOf(d1)) === 1 && (await queue.getJob(d1))?.isDelayed(), { timeoutMs: 60_000, what: 'd1 parked' });
+    await parkedAgain(d1);
     // Before: its re-park gave the tenant's set a release of none, which popped the bystander for promotion.
     expect(await connection.zrange(tenantSlots.parkedKey(tenantId), '0', '-1')).toEqual([`${WEBHOOK_QUEUE}:bystander`]);
     expect(await connection.zcard(tenantSlots.promotingKey(tenantId))).toBe(0);
@@ -204,13 +219,13 @@ describe('webhook deliveries: a parked backlog behind a full endpoint', () => {
     for (const m of ['t1', 't2']) expect(await tenantSlots.acquire(tenantId, `${WEBHOOK_QUEUE}:${m}`)).toBe(true);
     const other = await newEndpoint(tenantId, '/cross-other');
     const d2 = await deliver(other);
-    const d2Member = `${WEBHOOK_QUEUE}:${d2.id}`;
+    const d2Member = `${WEBHOOK_QUEUE}:${d2}`;
     await waitFor(async () => (await connection.zscore(tenantSlots.parkedKey(tenantId), d2Member)) !== null, { timeoutMs: 60_000, what: "d2 parked on its tenant's set" });
     // Its endpoint busy meanwhile: back, it parks on the endpoint's set, and leaves the tenant's.
     expect(await slots.acquire(other, `${WEBHOOK_QUEUE}:other-holder`)).toBe(true);
-    await parkedAgain(d2.id!);
+    await parkedAgain(d2);
     expect(await connection.zrange(slots.parkedKey(other), '0', '-1')).toEqual([d2Member]);
-    expect(((await queue.getJob(d2.id!))!.data as { parked_per?: string }).parked_per).toBe('endpoint');
+    expect(((await queue.getJob(d2))!.data as { parked_per?: string }).parked_per).toBe('endpoint');
     // Before: it stayed on the tenant's set, and the tenant's next release promoted it out of its endpoint park.
     await waitFor(async () => (await connection.zcard(tenantSlots.parkedKey(tenantId))) === 0, { timeoutMs: 30_000, what: "d2 gone from its tenant's parked set" });
     expect(await tenantSlots.release(tenantId, `${WEBHOOK_QUEUE}:t1`)).toBeNull();
@@ -218,29 +233,36 @@ describe('webhook deliveries: a parked backlog behind a full endpoint', () => {
 
     // A worker of the release before parked d2 on its tenant's set: `parks` counted up, its `parked_per` ('endpoint') left as it was.
     // Popped from the tenant's set, then refused by its endpoint, it gives the tenant's set a release of none all the same.
-    const stale = (await queue.getJob(d2.id!))!;
+    const stale = (await queue.getJob(d2))!;
     await stale.updateData({ ...(stale.data as object), parks: (stale.data as { parks: number }).parks + 1 });
     await connection.zadd(tenantSlots.promotingKey(tenantId), Date.now() + 600_000, d2Member);
-    await parkedAgain(d2.id!);
+    await parkedAgain(d2);
     // Before: it stayed the tenant's promotion pending (a slot held from the tenant's parked jobs; promoted by recover every lease).
     await waitFor(async () => (await connection.zcard(tenantSlots.promotingKey(tenantId))) === 0, { timeoutMs: 30_000, what: "d2 no longer its tenant's promotion pending" });
   });
 
-  it("a lost promotion (its releaser died between pop and promote) with the endpoint's slot free: the redelivery pass promotes the popped delivery, and the rest follow, on fallbacks far beyond the test", { timeout: 180_000 }, async () => {
+  it("a lost promotion (its releaser died between pop and promote) with the endpoint's slot free: the worker host's look, on the run jobs' timer (RECOVER_EVERY_MS, here 200 ms), promotes the popped delivery and counts it (dealix_lost_promotions_recovered_total); the rest follow, on fallbacks far beyond the test", { timeout: 180_000 }, async () => {
     await worker?.close();
     worker = undefined;
     const M = 5;
     const FALLBACK = 600_000;
     const { tenantId, endpointId, slots, holder } = await heldEndpoint('/lost', 'lost-holder');
-    const queue = stack.container.queues.get(WEBHOOK_QUEUE)!;
-    const handlers = handlersOn(stack.container.orm, pino({ level: 'silent' }), slots, FALLBACK);
-    worker = new Worker(WEBHOOK_QUEUE, async (job: Job) => handlers[job.name as keyof typeof handlers](job), { connection, prefix: stack.prefix, concurrency: 2 });
-    const { rows } = await stack.db.admin(
-      `insert into webhook_deliveries (id, tenant_id, endpoint_id, event_type, payload, status, attempts, next_attempt_at, created_at, updated_at)
-       select gen_random_uuid(), $1, $2, 'run.completed', $3, 'pending', 0, now(), now(), now() from generate_series(1, $4) returning id`,
-      [tenantId, endpointId, PAYLOAD, M],
-    );
-    await enqueueDeliveries(queue, tenantId, rows.map((r) => r.id as string));
+    const metrics = createMetrics();
+    const recovered = async (how: string) => series(await metrics.registry.metrics(), 'dealix_lost_promotions_recovered_total', { jobs: 'webhooks', how }) ?? 0;
+    const logger = pino({ level: 'silent' });
+    const use: WebhookSlotsUse = { endpoint: slots, onRecovered: (how) => metrics.lostPromotionsRecovered.inc({ jobs: 'webhooks', how }) };
+    const handlers = handlersOn(stack.container.orm, logger, use, FALLBACK);
+    // The production worker host serving the webhooks queue, its look for lost promotions given the deliveries' (as
+    // worker-runtime gives it) and run every 200 ms. No redelivery pass runs: the maintenance scheduler is not started here.
+    const { runtime, executor } = runExecutor(stack, wrappedGoldenPath(stack, (step) => step.run), 'webhook-lost-host');
+    const look = webhookLostPromotions(use, { queue: () => stack.container.queues.get(WEBHOOK_QUEUE)!, logger })!;
+    host = startWorkers({
+      runtime, executor, handlers, connection, prefix: stack.prefix, logger, queues: [WEBHOOK_QUEUE],
+      settings: { concurrency: 2, lockDurationMs: 5000, stalledIntervalMs: 5000, maxStalledCount: 10 },
+      lostPromotions: [look],
+      recoverEveryMs: 200,
+    });
+    await pendingDeliveries(tenantId, endpointId, M);
     const parkedKey = slots.parkedKey(endpointId);
     await waitFor(async () => (await connection.zcard(parkedKey)) === M, { timeoutMs: 60_000, what: `${M} deliveries parked` });
 
@@ -249,15 +271,65 @@ describe('webhook deliveries: a parked backlog behind a full endpoint', () => {
     expect(await dying.release(endpointId, holder)).not.toBeNull();
     expect(await connection.zcard(slots.slotsKey(endpointId)), "the endpoint's slot is free").toBe(0);
 
-    // The maintenance scheduler runs the redelivery pass (every minute in production); here the test runs it until the deliveries are done.
+    // Before: nothing but the redelivery pass (one worker, every WEBHOOK_REDELIVERY_INTERVAL, a minute) made it; here none runs.
+    await allDelivered(tenantId, 'the lost promotion');
+    expect(receiver.received.filter((r) => r.path === '/lost')).toHaveLength(M);
+    await waitFor(async () => (await recovered('redo')) >= 1, { timeoutMs: 30_000, what: 'the lost promotion made again to be counted (redo)' });
+    // Both caps off: no look at all (the worker host then starts no timer for them).
+    expect(webhookLostPromotions(undefined, { queue: () => stack.container.queues.get(WEBHOOK_QUEUE)!, logger })).toBeUndefined();
+    expect(webhookLostPromotions({ onRecovered: () => {} }, { queue: () => stack.container.queues.get(WEBHOOK_QUEUE)!, logger })).toBeUndefined();
+  });
+
+  it("a delivery promoted by its tenant's set that finds its endpoint at its cap parks there and passes the tenant's slot on (a give): the tenant's next parked delivery, to another endpoint, is delivered meanwhile", { timeout: 180_000 }, async () => {
+    /** Far beyond the test: a parked delivery is delivered only if something promotes it. */
+    const FALLBACK = 600_000;
+    const tenantId = newTenant();
+    const a = await newEndpoint(tenantId, '/give-a');
+    const b = await newEndpoint(tenantId, '/give-b');
+    // Both caps on, one attempt in flight each: per endpoint and per tenant.
+    const endpointSlots = new TenantSlots(connection, { prefix: stack.prefix, per: 'endpoint', cap: 1, leaseMs: 600_000 });
+    const tenantSlots = new TenantSlots(connection, { prefix: stack.prefix, per: 'webhook-tenant', cap: 1, leaseMs: 600_000 });
+    const queue = stack.container.queues.get(WEBHOOK_QUEUE)!;
+    const logger = pino({ level: 'silent' });
+    // The tenant's only slot held by an attempt in flight elsewhere (to neither endpoint), its lease beyond the test.
+    const tenantHolder = `${WEBHOOK_QUEUE}:give-tenant-holder`;
+    expect(await tenantSlots.acquire(tenantId, tenantHolder)).toBe(true);
+    // No look for lost promotions runs here (a plain BullMQ worker): only the delivery path's own gives promote.
+    await deliveringWith(handlersOn(stack.container.orm, logger, { endpoint: endpointSlots, tenant: tenantSlots }, FALLBACK));
+
+    // d1 (to A), then d2 (to B), park on the tenant's set in that order: each took its endpoint's slot and gave it back.
+    const tenantParked = tenantSlots.parkedKey(tenantId);
+    const [d1] = await pendingDeliveries(tenantId, a, 1);
+    await waitFor(async () => (await connection.zcard(tenantParked)) === 1, { timeoutMs: 60_000, what: "d1 parked on its tenant's set" });
+    const [d2] = await pendingDeliveries(tenantId, b, 1);
+    await waitFor(async () => (await connection.zcard(tenantParked)) === 2, { timeoutMs: 60_000, what: "d2 parked on its tenant's set" });
+    const m1 = `${WEBHOOK_QUEUE}:${deliveryJobId(d1!)}`;
+    expect(await connection.zrange(tenantParked, '0', '-1')).toEqual([m1, `${WEBHOOK_QUEUE}:${deliveryJobId(d2!)}`]);
+
+    // Meanwhile A's only slot is taken (another of its attempts, elsewhere). The tenant's holder ends: its give promotes d1.
+    const endpointHolder = `${WEBHOOK_QUEUE}:give-endpoint-holder`;
+    expect(await endpointSlots.acquire(a, endpointHolder)).toBe(true);
+    slotParking(tenantSlots, { queueOf: () => queue, logger }).give(tenantId, tenantHolder);
+
+    // d1 finds A full and parks on A's set; the tenant's slot it was promoted into goes on to d2, which is delivered to B.
+    // Without that give d2 waited out its fallback (10 min): the tenant's slot free, nobody promoted into it.
     await waitFor(
       async () => {
-        await handlers[WEBHOOK_REDELIVERY_JOB]();
-        const { rows: left } = await stack.db.admin(`select count(*)::int as n from webhook_deliveries where tenant_id = $1 and status <> 'delivered'`, [tenantId]);
-        return left[0].n === 0;
+        const { rows } = await stack.db.admin(`select status from webhook_deliveries where tenant_id = $1 and id = $2`, [tenantId, d2]);
+        return rows[0]?.status === 'delivered';
       },
-      { timeoutMs: 120_000, intervalMs: 250, what: `all ${M} deliveries delivered after the lost promotion` },
+      { timeoutMs: 60_000, intervalMs: 250, what: "d2 delivered once d1 passed the tenant's slot on" },
     );
-    expect(receiver.received.filter((r) => r.path === '/lost')).toHaveLength(M);
+    expect(await connection.zrange(endpointSlots.parkedKey(a), '0', '-1')).toEqual([m1]);
+    expect(receiver.received.filter((r) => r.path === '/give-a')).toHaveLength(0);
+    expect(receiver.received.filter((r) => r.path === '/give-b')).toHaveLength(1);
+    // d1 is no longer the tenant's promotion pending: its give cleared it (else it ate the tenant's slot in the look for lost promotions).
+    expect(await connection.zrange(tenantSlots.promotingKey(tenantId), '0', '-1')).not.toContain(m1);
+
+    // A's holder ends: d1 is promoted by A's set, takes both slots and is delivered.
+    slotParking(endpointSlots, { queueOf: () => queue, logger }).give(a, endpointHolder);
+    await allDelivered(tenantId, "A's slot given back");
+    expect(receiver.received.filter((r) => r.path === '/give-a')).toHaveLength(1);
   });
+
 });

@@ -34,15 +34,17 @@ const PARKED_TTL_MS = 3 * 3600_000;
  * each park, and a backlog drained by promotions alone — no park since — lost its set after them mid-deploy, its
  * deliveries still parked (rank-scaled fallbacks of up to 2 h) coming back only on those.
  */
-const POP = `  local p = redis.call('ZPOPMIN', KEYS[2])
+const popAnswering = (answer: string) => `  local p = redis.call('ZPOPMIN', KEYS[2])
   if p[1] then
     redis.call('ZADD', KEYS[4], now + tonumber(ARGV[#ARGV - 1]), p[1])
     redis.call('PEXPIRE', KEYS[4], ${PARKED_TTL_MS})
     local ttl = redis.call('PTTL', KEYS[2])
     if ttl > 0 and ttl < ${PARKED_TTL_MS} then redis.call('PEXPIRE', KEYS[2], ${PARKED_TTL_MS}) end
-    return p[1]
+    return ${answer}
   end
 `;
+/** POP answering the popped member. */
+const POP = popAnswering('p[1]');
 
 /** Redis's clock in ms; the writes that follow replicate as effects (Redis 7 always does; older ones are told to). */
 const NOW = `if redis.replicate_commands then redis.replicate_commands() end
@@ -157,16 +159,17 @@ return false`;
 /**
  * KEYS: slots, parked, limits, promoting, owners. ARGV: cap, grace ms, owner. A promotion lost (ADR 0012, *Lost promotions*):
  * a promotion pending past its grace (its popper died before promoting, or the job waits in the queue still) is due again:
- * re-noted for another grace and returned, to be promoted (again: a job already waiting is left alone). Else, when the
- * owner's slots held and promotions pending leave one free and jobs are parked, pops the earliest. The owner leaves the
- * owners' index once it has neither parked jobs nor promotions pending; else it goes to the index's back (checked last next time).
+ * re-noted for another grace and returned as {'redo', member}, to be promoted (again: a job already waiting is left alone).
+ * Else, when a slot is free (ROOM: the owner's slots held and promotions pending leave one) and jobs are parked, pops the earliest: {'promote',
+ * member}. The owner leaves the owners' index once it has neither parked jobs nor promotions pending; else it goes to the
+ * index's back (checked last next time).
  */
 const RECOVER = `${NOW}${CAP(1)}
 local due = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now, 'LIMIT', 0, 1)
 if due[1] then
   redis.call('ZADD', KEYS[4], now + tonumber(ARGV[2]), due[1])
   redis.call('ZADD', KEYS[5], 'XX', now, ARGV[#ARGV])
-  return due[1]
+  return {'redo', due[1]}
 end
 if redis.call('ZCARD', KEYS[2]) == 0 and redis.call('ZCARD', KEYS[4]) == 0 then
   redis.call('ZREM', KEYS[5], ARGV[#ARGV])
@@ -174,7 +177,7 @@ if redis.call('ZCARD', KEYS[2]) == 0 and redis.call('ZCARD', KEYS[4]) == 0 then
 end
 redis.call('ZADD', KEYS[5], 'XX', now, ARGV[#ARGV])
 if ${ROOM} then
-${POP}end
+${popAnswering("{'promote', p[1]}")}end
 return false`;
 
 type SlotRedis = Redis & {
@@ -183,7 +186,7 @@ type SlotRedis = Redis & {
   dealixSlotPark(slots: string, parked: string, limits: string, promoting: string, owners: string, member: string, cap: number, parkedAt: number, ttlMs: number, graceMs: number, owner: string): Promise<string | null>;
   dealixSlotRelease(slots: string, parked: string, limits: string, promoting: string, member: string, cap: number, graceMs: number, owner: string): Promise<string | null>;
   dealixSlotWake(slots: string, parked: string, limits: string, promoting: string, cap: number, gone: string, graceMs: number, owner: string): Promise<string | null>;
-  dealixSlotRecover(slots: string, parked: string, limits: string, promoting: string, owners: string, cap: number, graceMs: number, owner: string): Promise<string | null>;
+  dealixSlotRecover(slots: string, parked: string, limits: string, promoting: string, owners: string, cap: number, graceMs: number, owner: string): Promise<[LostPromotion, string] | null>;
 };
 
 /** A parked job's fallback delay: 30–60 s on its first park, 60–120 s after (if its promotion was lost, it comes back on its own). */
@@ -363,16 +366,22 @@ export class TenantSlots {
   /**
    * Lost promotions (ADR 0012, *Lost promotions*): for up to `limit` owners with jobs parked or promotions pending (those
    * looked at longest ago first), a member to promote — a promotion pending for longer than a lease, or the earliest parked
-   * when a slot is free with no promotion pending for it — else none. Two round trips with nothing parked: the index's read.
+   * when a slot is free with no promotion pending for it — else none; `how` says which (`redo`, `promote`). One round trip
+   * with nothing parked: the index's read.
    */
-  async recover(limit = RECOVER_OWNERS_MAX): Promise<Array<{ owner: string; member: string }>> {
+  async recover(limit = RECOVER_OWNERS_MAX): Promise<Array<{ owner: string; member: string; how: LostPromotion }>> {
     const owners = await this.redis.zrange(this.ownersKey(), '0', String(limit - 1));
-    const found = await Promise.all(
-      owners.map(async (owner) => ({ owner, member: await this.redis.dealixSlotRecover(this.slotsKey(owner), this.parkedKey(owner), this.limitsKey(), this.promotingKey(owner), this.ownersKey(), this.cap, this.leaseMs, owner) })),
-    );
-    return found.filter((f): f is { owner: string; member: string } => f.member !== null);
+    const found = await Promise.all(owners.map(async (owner) => ({ owner, answer: await this.redis.dealixSlotRecover(this.slotsKey(owner), this.parkedKey(owner), this.limitsKey(), this.promotingKey(owner), this.ownersKey(), this.cap, this.leaseMs, owner) })));
+    return found.flatMap(({ owner, answer }) => (answer ? [{ owner, member: answer[1], how: answer[0] }] : []));
   }
 }
+
+/**
+ * How the look for lost promotions (`recover`) found a job to promote: `redo`, a promotion pending past its grace (its popper
+ * died between pop and promote, or the promote was lost); `promote`, the earliest parked of an owner with a slot free, neither
+ * held nor kept for a promotion pending (a lease lapsed, an override raised with nothing acquiring, a pop by a worker of the release before).
+ */
+export type LostPromotion = 'redo' | 'promote';
 
 /** What `TenantSlots.take` answers: a slot held, or refused (with Redis's clock at the refusal, `refusedAt`, the time a first park is recorded at). */
 export type SlotTake = { acquired: true; cap: number; wakeParked: boolean } | { acquired: false; cap: number; refusedAt: number; rank: number; wakeBy?: number };
@@ -409,31 +418,38 @@ export function slotParking(slots: TenantSlots, opts: { queueOf: (name: string) 
   const { logger } = opts;
   const { field: ownerField, noun } = OWNER_NAME[slots.per];
   /**
-   * Moves a popped parked job to `wait` now. True when the job can use the freed slot: promoted, or no
-   * longer delayed but still to run (taken meanwhile, or back on its fallback delay: it acquires on its
-   * own). False when its job is gone or has ended (removed from the queue while parked, or run to its
-   * end by a worker with the cap off): the slot would otherwise wake nobody.
+   * Moves a popped parked job to `wait` now: `promoted` when it was delayed and is now waiting. `live` when it is no
+   * longer delayed but still to run (taken meanwhile, or back on its fallback delay: it acquires on its own), or of a
+   * queue this process has no handle on. Either can use the freed slot. `gone` when its job is gone or has ended (removed
+   * from the queue while parked, or run to its end by a worker with the cap off): the slot would otherwise wake nobody.
    */
-  const promote = async (member: string): Promise<boolean> => {
+  const promote = async (member: string): Promise<'promoted' | 'live' | 'gone'> => {
     const { queue: queueName, jobId } = parseSlotMember(member);
     const queue = opts.queueOf(queueName);
     if (!queue) {
       logger.warn({ queue: queueName, job_id: jobId }, 'parked job of a queue this process has no handle on: it comes back after its fallback delay');
-      return true;
+      return 'live';
     }
     const job = await Job.fromId(queue, jobId);
-    if (!job) return false;
+    if (!job) return 'gone';
     try {
       await job.promote();
-      return true;
+      return 'promoted';
     } catch {
-      return !ENDED_STATES.has(await job.getState());
+      return ENDED_STATES.has(await job.getState()) ? 'gone' : 'live';
     }
   };
-  /** Promotes `member`, and while the popped job cannot use the free slot, the owner's next parked job. */
-  const promoteQuietly = (owner: string, member: string | null) => {
+  /**
+   * Promotes `member`, and while the popped job cannot use the free slot, the owner's next parked job. `promoted` is told
+   * when one of them was moved from `delayed` to `wait` (not when it was no longer delayed).
+   */
+  const promoteQuietly = (owner: string, member: string | null, promoted?: () => void) => {
     const wake = async () => {
-      for (let m = member; m; m = await slots.wake(owner, m)) if (await promote(m)) return;
+      for (let m = member; m; m = await slots.wake(owner, m)) {
+        const done = await promote(m);
+        if (done === 'promoted') promoted?.();
+        if (done !== 'gone') return;
+      }
     };
     if (member) wake().catch((err: unknown) => logger.warn({ err, member }, 'could not promote a parked job: it comes back after its fallback delay'));
   };
@@ -495,10 +511,11 @@ export function slotParking(slots: TenantSlots, opts: { queueOf: (name: string) 
     /**
      * Makes the promotions lost (ADR 0012, *Lost promotions*): a popped job whose promoter died before promoting it, and the
      * earliest parked of an owner whose slots are free with nobody left to release one. Called on a timer; resolves once
-     * the promotions are under way.
+     * the promotions are under way. `recovered` is told of each job so moved from `delayed` to `wait` (ADR 0012: the
+     * dealix_lost_promotions_recovered_total counter), not of a redo whose job was waiting already.
      */
-    async recover(): Promise<void> {
-      for (const { owner, member } of await slots.recover()) promoteQuietly(owner, member);
+    async recover(recovered?: (how: LostPromotion) => void): Promise<void> {
+      for (const { owner, member, how } of await slots.recover()) promoteQuietly(owner, member, recovered && (() => recovered(how)));
     },
   };
 }

@@ -7,7 +7,7 @@ import type { DurableRuntime, StepJobData } from './runtime.ts';
 import { DEFAULT_RETRY, STEP_BACKOFF, retryOf, stepBackoffMs, type WorkflowDef } from './workflow.ts';
 import { ConfigError } from '../config/config.ts';
 import { MAINTENANCE_QUEUE } from '../queue/maintenance.ts';
-import { slotMember, slotParking, unparked, type ParkedJobData, type TenantSlots } from './tenant-slots.ts';
+import { slotMember, slotParking, unparked, type LostPromotion, type ParkedJobData, type TenantSlots } from './tenant-slots.ts';
 import { WEBHOOK_QUEUE } from '../webhooks/delivery.ts';
 import { TIMER_QUEUE } from '../queue/timers.ts';
 
@@ -86,6 +86,13 @@ export function startWorkers(args: {
    */
   tenantSlots?: TenantSlotsUse;
   /**
+   * Other caps' looks for lost promotions, made on the run jobs' timer (every `recoverEveryMs`): the webhook deliveries'
+   * (ADR 0013), when a cap of theirs is on. None, and `tenantSlots` absent: no timer.
+   */
+  lostPromotions?: LostPromotionLook[];
+  /** How often the host makes the lost promotions (ADR 0012, *Lost promotions*; default RECOVER_EVERY_MS). */
+  recoverEveryMs?: number;
+  /**
    * Queues of timer jobs (TIMER_QUEUE, ADR 0015), each served by a Worker of its own with `concurrency`
    * jobs at once: their jobs go to their handlers only, never to the step executor or a tenant slot.
    */
@@ -94,6 +101,7 @@ export function startWorkers(args: {
   const queueNames = new Set(args.queues ?? args.runtime.workflows.all().map((w) => w.queue));
   const active = new Map<string, ActiveStep>();
   const slots = args.tenantSlots ? tenantSlotHolder(args.tenantSlots, args.runtime, args.logger, args.settings.lockDurationMs) : undefined;
+  const looking = lookForLostPromotions([...(slots ? [slots.look] : []), ...(args.lostPromotions ?? [])], args.recoverEveryMs ?? RECOVER_EVERY_MS, args.logger);
   // Every job a processor is running (run jobs, timers, maintenance): a stopping worker with none and
   // no Redis has nothing left to wait for.
   let running = 0;
@@ -209,7 +217,10 @@ export function startWorkers(args: {
       // Jobs between two steps end there (handed back); a step already running gets the grace period.
       draining = true;
       // The slots of steps finishing in the grace period are renewed until the workers have stopped.
-      return stopWorkers({ workers, active, running: () => running, redisUnreachable, graceMs, logger: args.logger }).finally(() => slots?.stop());
+      return stopWorkers({ workers, active, running: () => running, redisUnreachable, graceMs, logger: args.logger }).finally(() => {
+        slots?.stop();
+        clearInterval(looking);
+      });
     },
   };
 }
@@ -220,16 +231,41 @@ export interface TenantSlotsUse {
   parkDelayMs?: (parks: number) => number;
   /** Counts a parked run job (dealix_run_jobs_parked_total). */
   onParked?(info: { workflow: string }): void;
-  /** How often the host makes the tenants' lost promotions (ADR 0012, *Lost promotions*; default RECOVER_EVERY_MS). */
-  recoverEveryMs?: number;
+  /** Counts a parked run job promoted by the look for lost promotions (dealix_lost_promotions_recovered_total). */
+  onRecovered?(how: LostPromotion): void;
 }
 
 /**
  * How often each worker host makes the promotions lost (`slotParking.recover`): a job popped for promotion by a worker that
- * died before promoting it, or a tenant's slots free with jobs parked and none of its runs left to release one, is promoted
- * within about this (plus a lease for the former), not after its fallback delay (up to 2 h far back in a backlog).
+ * died before promoting it, or an owner's slots free with jobs parked and none of its jobs left to release one, is promoted
+ * within about this (plus a lease for the former), not after its fallback delay (up to 2 h far back in a backlog). The
+ * same look for run jobs (ADR 0012) and webhook deliveries (ADR 0013), for each cap that is on.
  */
 export const RECOVER_EVERY_MS = 10_000;
+
+/** One cap's look for lost promotions (slotParking.recover), made by the worker host every `recoverEveryMs`. */
+export interface LostPromotionLook {
+  recover(): Promise<void>;
+  /** A failed look's warning (the next look tries again). */
+  failed: string;
+}
+
+/**
+ * Makes the lost promotions of every cap in `looks` every `everyMs`, a look at a time (one still under way is not started
+ * again); a cap's failed look is logged and left to the next. No cap: no timer.
+ */
+function lookForLostPromotions(looks: LostPromotionLook[], everyMs: number, logger: Logger): NodeJS.Timeout | undefined {
+  if (looks.length === 0) return undefined;
+  let looking = false;
+  const timer = setInterval(() => {
+    if (looking) return;
+    looking = true;
+    const each = looks.map((l) => l.recover().catch((err: unknown) => logger.warn({ err }, l.failed)));
+    void Promise.all(each).finally(() => (looking = false));
+  }, everyMs);
+  timer.unref();
+  return timer;
+}
 
 interface HeldSlot {
   tenant: string;
@@ -240,8 +276,8 @@ interface HeldSlot {
  * A worker host's side of the per-tenant cap (ADR 0012): `take` acquires a slot for a run job or
  * parks the job (slotParking: delayed, no attempt spent, recorded in its tenant's parked set) and
  * throws DelayedError; `give` releases the slot and promotes the tenant's earliest parked job. The
- * leases of the slots held are renewed together every half lock duration, and the promotions lost are made every
- * `recoverEveryMs` (ADR 0012, *Lost promotions*).
+ * leases of the slots held are renewed together every half lock duration; `look` makes the promotions lost (ADR 0012,
+ * *Lost promotions*), on the host's timer.
  */
 function tenantSlotHolder(use: TenantSlotsUse, runtime: DurableRuntime, logger: Logger, lockDurationMs: number) {
   const { slots } = use;
@@ -252,17 +288,8 @@ function tenantSlotHolder(use: TenantSlotsUse, runtime: DurableRuntime, logger: 
     slots.renew(held).catch((err: unknown) => logger.warn({ err }, 'could not renew the tenant slots held; they lapse unless renewed in time'));
   }, Math.max(100, Math.floor(lockDurationMs / 2)));
   renewal.unref();
-  let recovering = false;
-  const recovery = setInterval(() => {
-    if (recovering) return;
-    recovering = true;
-    parking
-      .recover()
-      .catch((err: unknown) => logger.warn({ err }, 'could not look for lost promotions of parked run jobs; the next look tries again'))
-      .finally(() => (recovering = false));
-  }, use.recoverEveryMs ?? RECOVER_EVERY_MS);
-  recovery.unref();
   return {
+    look: { recover: () => parking.recover(use.onRecovered), failed: 'could not look for lost promotions of parked run jobs; the next look tries again' } satisfies LostPromotionLook,
     async take(job: Job<StepJobData>, token: string | undefined): Promise<HeldSlot> {
       const d = job.data;
       const slot: HeldSlot = { tenant: d.tenant_id, member: slotMember(job.queueName, job.id!) };
@@ -300,7 +327,6 @@ function tenantSlotHolder(use: TenantSlotsUse, runtime: DurableRuntime, logger: 
     },
     stop(): void {
       clearInterval(renewal);
-      clearInterval(recovery);
     },
   };
 }

@@ -25,6 +25,11 @@ export interface Metrics {
   slaTimersSpent: Counter;
   /** Run jobs a worker parked because their tenant had WORKER_MAX_ACTIVE_RUNS_PER_TENANT run jobs executing (ADR 0012). */
   parkedJobs: Counter<'workflow'>;
+  /**
+   * Parked jobs the workers' look for lost promotions moved from delayed to wait (ADR 0012, *Lost promotions*), by `jobs`
+   * (runs, webhooks) and `how` (redo: a promotion pending past its grace; promote: an owner's free slot nobody was promoting into).
+   */
+  lostPromotionsRecovered: Counter<'jobs' | 'how'>;
   /** Failed runs an API client retried (POST …/runs/:id/retry, ADR 0009), counted once the retry committed. */
   runsRetried: Counter<'workflow'>;
   /** Ended runs run retention deleted (RUN_RETENTION, ADR 0011), by workflow; counted by the worker that deleted them. */
@@ -133,6 +138,12 @@ export function createMetrics(): Metrics {
       name: 'dealix_run_jobs_parked_total',
       help: 'Run job park events on this worker (a job delayed until a slot frees, no attempt spent, because its tenant had WORKER_MAX_ACTIVE_RUNS_PER_TENANT run jobs executing; a parked job that comes back on its fallback delay to a full tenant parks again and counts again), by workflow',
       labelNames: ['workflow'],
+      registers: [registry],
+    }),
+    lostPromotionsRecovered: new Counter({
+      name: 'dealix_lost_promotions_recovered_total',
+      help: "Parked jobs this worker's look for lost promotions (every 10 s, caps on) moved from delayed to wait, by jobs (runs: WORKER_MAX_ACTIVE_RUNS_PER_TENANT; webhooks: WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT/_PER_TENANT) and how: redo (a job popped for promotion still parked past its grace: its promoter died or its promote was lost), promote (an owner's slot free, neither held nor kept for a promotion pending, with jobs parked: a lapsed lease, a raised override, an older worker's pop)",
+      labelNames: ['jobs', 'how'],
       registers: [registry],
     }),
     runsRetried: new Counter({

@@ -13,7 +13,8 @@ import { endAttemptSpan, startAttemptSpan } from './delivery-trace.ts';
 import { urlOrigin, type UrlPolicy } from './ssrf.ts';
 import type { HostResolver } from './resolve.ts';
 import { WEBHOOK_TEST_EVENT } from './webhook.entities.ts';
-import { parseSlotMember, slotMember, slotParking, type ParkedJobData, type SlotOwner, type TenantSlots } from '../durable/tenant-slots.ts';
+import { parseSlotMember, slotMember, slotParking, type LostPromotion, type ParkedJobData, type SlotOwner, type TenantSlots } from '../durable/tenant-slots.ts';
+import type { LostPromotionLook } from '../durable/worker-host.ts';
 import { recallWaiting, type EndpointRates } from './rate-limit.ts';
 
 /** The queue of webhook delivery jobs: every worker serves it, whatever WORKER_QUEUES says (as `maintenance`). */
@@ -60,6 +61,8 @@ export interface WebhookSlotsUse {
   parkDelayMs?: (parks: number) => number;
   /** Counts a parked delivery (dealix_webhook_deliveries_parked_total). */
   onParked?(): void;
+  /** Counts a parked delivery promoted by the look for lost promotions (dealix_lost_promotions_recovered_total). */
+  onRecovered?(how: LostPromotion): void;
 }
 
 /** One cap a delivery's attempt takes a slot of: its slots, their parking, and the owner a row names. */
@@ -80,6 +83,33 @@ export interface DeliverySettings {
   resolver: HostResolver;
   /** WEBHOOK_DISABLE_AFTER: failing this long with no 2xx disables an endpoint at its next failed attempt; 0 never. */
   disableAfterMs?: number;
+}
+
+/** The caps of `use` that are on, the endpoint's first, each with the parking of its delivery jobs (on WEBHOOK_QUEUE, `queue`). */
+function webhookCaps(use: WebhookSlotsUse | undefined, queue: () => Queue, logger: Logger): WebhookCap[] {
+  const capOf = (slots: TenantSlots | undefined, ownerOf: WebhookCap['ownerOf'], what: string): WebhookCap[] =>
+    slots ? [{ slots, ownerOf, what, parking: slotParking(slots, { queueOf: (name) => (name === WEBHOOK_QUEUE ? queue() : undefined), logger, ...(use?.parkDelayMs ? { parkDelayMs: use.parkDelayMs } : {}) }) }] : [];
+  // The endpoint's first: a slow endpoint's deliveries park on its own set without touching their tenant's slots.
+  return [
+    ...capOf(use?.endpoint, (endpointId) => endpointId, 'webhook endpoint at its cap of attempts in flight: delivery parked until one of its attempts ends'),
+    ...capOf(use?.tenant, (_endpointId, tenantId) => tenantId, "tenant at its cap of webhook attempts in flight: delivery parked until one of the tenant's attempts ends"),
+  ];
+}
+
+/**
+ * The webhook deliveries' look for lost promotions (ADR 0012, *Lost promotions*; ADR 0013): their parked sets per endpoint
+ * and per tenant, for each cap that is on, made by every worker host on the run jobs' timer (RECOVER_EVERY_MS). Undefined
+ * with both caps off: no timer, no Redis command.
+ */
+export function webhookLostPromotions(use: WebhookSlotsUse | undefined, deps: { queue: () => Queue; logger: Logger }): LostPromotionLook | undefined {
+  const caps = webhookCaps(use, deps.queue, deps.logger);
+  if (caps.length === 0) return undefined;
+  return {
+    failed: 'could not look for lost promotions of parked webhook deliveries; the next look tries again',
+    recover: async () => {
+      await Promise.all(caps.map((cap) => cap.parking.recover(use?.onRecovered)));
+    },
+  };
 }
 
 /** The redelivery pass's page of overdue rows (ADR 0013). */
@@ -257,13 +287,7 @@ export function webhookHandlers(deps: {
 }) {
   const { settings } = deps;
   const use = deps.webhookSlots;
-  const capOf = (slots: TenantSlots | undefined, ownerOf: WebhookCap['ownerOf'], what: string): WebhookCap[] =>
-    slots ? [{ slots, ownerOf, what, parking: slotParking(slots, { queueOf: (name) => (name === WEBHOOK_QUEUE ? deps.queue() : undefined), logger: deps.logger, ...(use?.parkDelayMs ? { parkDelayMs: use.parkDelayMs } : {}) }) }] : [];
-  // The endpoint's first: a slow endpoint's deliveries park on its own set without touching their tenant's slots.
-  const caps = [
-    ...capOf(use?.endpoint, (endpointId) => endpointId, 'webhook endpoint at its cap of attempts in flight: delivery parked until one of its attempts ends'),
-    ...capOf(use?.tenant, (_endpointId, tenantId) => tenantId, "tenant at its cap of webhook attempts in flight: delivery parked until one of the tenant's attempts ends"),
-  ];
+  const caps = webhookCaps(use, deps.queue, deps.logger);
   /**
    * Takes a slot of each cap that is on (its endpoint's, then its tenant's) for the job, and returns them. A
    * cap reached parks the job (delayed, no delivery attempt or BullMQ attempt spent) until one of its
@@ -516,14 +540,11 @@ export function webhookHandlers(deps: {
      * a rate turn or parked at a cap, overdue as the rows are not moved) no longer hides the lost jobs
      * behind it — the pass read its first 1,000 rows only, and a lost delivery of any tenant after them
      * waited until that backlog drained (hours, behind an endpoint at 1/s); after a Redis flush a
-     * backlog of N came back at 1,000 a minute. First, with a cap on, the promotions lost of parked deliveries are made
-     * again (slotParking.recover).
+     * backlog of N came back at 1,000 a minute. (The promotions lost of parked deliveries are made by every worker host's
+     * look, webhookLostPromotions, not here.)
      */
     async [WEBHOOK_REDELIVERY_JOB]() {
       const queue = deps.queue();
-      // Promotions lost (a worker died between giving a slot back and promoting the next delivery): made again now,
-      // not left to the parked deliveries' rank-scaled fallbacks (ADR 0012, *Lost promotions*; ADR 0013).
-      for (const cap of caps) await cap.parking.recover().catch((err: unknown) => deps.logger.warn({ err, cap_per: cap.slots.per }, 'could not look for lost promotions of parked webhook deliveries; the next pass tries again'));
       let overdue = 0;
       let enqueued = 0;
       // The page's last row, its time as PostgreSQL's text (µs kept: a Date's ms would read a page of one ms again, for ever).
