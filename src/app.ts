@@ -31,9 +31,11 @@ export function createApp(c: Container): Express {
   // Express's weak ETags, the same bytes, computed more cheaply, and on a read's 2xx only (etag.ts):
   // Express's own would be on every answer, a write's and a problem's too.
   app.set('etag', false);
-  app.use(readETags);
   app.use(correlationMiddleware);
   app.use(httpLogger(c.logger));
+  // After correlationMiddleware: a middleware span that ends before the request's correlation id is
+  // known would miss it (tracing.test.ts, "every span … carries the correlation id").
+  app.use(readETags);
   const refused = (reason: RefusalReason, route: string) => c.metrics.requestsRefused.inc({ reason, route });
   const shedRoute = routeLabelOf(c.routes);
   app.use(loadShedding(c.config.API_MAX_INFLIGHT, (req) => refused('load_shed', shedRoute(req.method, req.path))));
