@@ -14,7 +14,9 @@ import pino from 'pino';
 import { api, CLASS_A_SUBMISSION, newTenant, startStack, type TestStack } from '../helpers/stack.ts';
 import { waitFor } from '../helpers/poll.ts';
 import { TEST_REDIS_URL } from '../helpers/env.ts';
-import { startRunHost, wrappedGoldenPath, type RunHostOptions } from '../helpers/run-host.ts';
+import { Queue } from 'bullmq';
+import { runExecutor, startRunHost, wrappedGoldenPath, type RunHostOptions } from '../helpers/run-host.ts';
+import { startWorkers } from '../../src/platform/durable/worker-host.ts';
 import { createRedis } from '../../src/platform/queue/connections.ts';
 import { parseSlotMember, slotMember, slotParking, TenantSlots, type ParkedJobData } from '../../src/platform/durable/tenant-slots.ts';
 import { createMetrics } from '../../src/platform/telemetry/metrics.ts';
@@ -208,5 +210,61 @@ describe('run jobs: a parked backlog behind a tenant at its cap', () => {
     // The rest were promoted by their predecessors' releases, not by the look.
     await waitFor(async () => (await recovered('redo')) >= 1, { timeoutMs: 30_000, what: 'the lost promotion made again to be counted (redo)' });
     await waitFor(async () => (await connection.zcard(slots.promotingKey(tenant))) === 0, { timeoutMs: 60_000, what: 'no promotion left pending' });
+  });
+
+  it("a worker host stopped mid-look: its stop waits for the look's promotions, so a member the look popped is promoted before the stop resolves (not left pending for another worker's redo), and the look logs nothing after the stop", { timeout: LONG }, async () => {
+    await host?.stop();
+    host = undefined;
+    const tenant = newTenant();
+    // The look's own connection, cut right after the stop (as worker-runtime does); its promotions go through it too.
+    const lookConnection = createRedis(TEST_REDIS_URL, 'worker', 'run-parked-mid-look');
+    const queue = new Queue('run-parked-mid-look', { connection: lookConnection, prefix: stack.prefix });
+    const parked = await queue.add('parked', {}, { delay: 600_000 });
+    const member = slotMember(queue.name, parked.id!);
+    // The tenant's slot held, the job parked behind it; the holder's release pops it, and its releaser dies before the promote.
+    const slots = new TenantSlots(connection, { prefix: stack.prefix, cap: CAP, leaseMs: 600_000 });
+    expect(await slots.acquire(tenant, 'holder')).toBe(true);
+    expect(await slots.park(tenant, member, Date.now())).toBeNull();
+    expect(await new TenantSlots(connection, { prefix: stack.prefix, cap: CAP, leaseMs: 1_000 }).release(tenant, 'holder')).toBe(member);
+
+    // The look pauses, once, right after RECOVER popped the member again (past its grace: a redo), until the test lets it go on.
+    let popped!: () => void;
+    const poppedNow = new Promise<void>((r) => (popped = r));
+    let letGo!: () => void;
+    const gate = new Promise<void>((r) => (letGo = r));
+    class PausingSlots extends TenantSlots {
+      override async recover(limit?: number) {
+        const found = await super.recover(limit);
+        if (found.some((f) => f.member === member)) {
+          popped();
+          await gate;
+        }
+        return found;
+      }
+    }
+    const warnings: string[] = [];
+    const logger = pino({ level: 'warn' }, { write: (line: string) => void warnings.push(line) });
+    const parking = slotParking(new PausingSlots(lookConnection, { prefix: stack.prefix, cap: CAP, leaseMs: 15_000 }), { queueOf: (name) => (name === queue.name ? queue : undefined), logger });
+    const { runtime, executor } = runExecutor(stack, wrappedGoldenPath(stack, (step) => step.run), 'run-parked-mid-look');
+    const stopping = startWorkers({
+      runtime, executor, handlers: {}, connection: lookConnection, prefix: stack.prefix, logger, queues: [],
+      settings: { concurrency: 1, lockDurationMs: 5000, stalledIntervalMs: 5000, maxStalledCount: 10 },
+      lostPromotions: [{ recover: () => parking.recover(), failed: 'could not look for lost promotions' }],
+      recoverEveryMs: 50,
+    });
+    await poppedNow;
+    // Stopped mid-look: the look goes on once the stop has begun; the connection is cut as soon as the stop resolves.
+    const stopped = stopping.stop(0);
+    letGo();
+    await stopped;
+    lookConnection.disconnect();
+
+    // Before: the stop resolved at once, the promote then failed on the closed connection ("could not promote a parked job …
+    // Connection is closed", after the stop), and the member was left pending, redone by another worker after its grace (how="redo").
+    expect(warnings.map((l) => (JSON.parse(l) as { msg: string }).msg)).toEqual([]);
+    const probe = new Queue(queue.name, { connection, prefix: stack.prefix });
+    expect(await (await probe.getJob(parked.id!))!.getState(), 'the popped job promoted before the stop resolved').toBe('waiting');
+    await probe.obliterate({ force: true });
+    await probe.close();
   });
 });
