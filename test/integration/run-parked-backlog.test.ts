@@ -14,7 +14,9 @@ import pino from 'pino';
 import { api, CLASS_A_SUBMISSION, newTenant, startStack, type TestStack } from '../helpers/stack.ts';
 import { waitFor } from '../helpers/poll.ts';
 import { TEST_REDIS_URL } from '../helpers/env.ts';
-import { startRunHost, wrappedGoldenPath, type RunHostOptions } from '../helpers/run-host.ts';
+import { Queue } from 'bullmq';
+import { runExecutor, startRunHost, wrappedGoldenPath, type RunHostOptions } from '../helpers/run-host.ts';
+import { startWorkers } from '../../src/platform/durable/worker-host.ts';
 import { createRedis } from '../../src/platform/queue/connections.ts';
 import { parseSlotMember, slotMember, slotParking, TenantSlots, type ParkedJobData } from '../../src/platform/durable/tenant-slots.ts';
 import { createMetrics } from '../../src/platform/telemetry/metrics.ts';
@@ -204,9 +206,67 @@ describe('run jobs: a parked backlog behind a tenant at its cap', () => {
     // Before: nothing ran again until the popped job's fallback (10 min) and the others' scaled ones (20 min to an hour).
     await allCompleted(tenant, M, 'the lost promotion');
     expect(await connection.zcard(parkedKey)).toBe(0);
-    // The popped job was promoted again by the look, still parked past its grace: a redo, counted (an operator sees lost promotions).
-    // The rest were promoted by their predecessors' releases, not by the look.
-    await waitFor(async () => (await recovered('redo')) >= 1, { timeoutMs: 30_000, what: 'the lost promotion made again to be counted (redo)' });
     await waitFor(async () => (await connection.zcard(slots.promotingKey(tenant))) === 0, { timeoutMs: 60_000, what: 'no promotion left pending' });
+    // The popped job was promoted again by the look, still parked past its grace: one redo, counted (an operator sees lost
+    // promotions; counted before its run could complete). The rest were promoted by their predecessors' releases, each pop a
+    // promotion pending until its job's acquire, so the look never found the slot free with none pending: no `promote`. (A
+    // redo of a promotion made but not yet acquired, past its grace under load, finds the job waiting and is not counted.)
+    expect({ redo: await recovered('redo'), promote: await recovered('promote') }).toEqual({ redo: 1, promote: 0 });
+  });
+
+  it("a worker host stopped mid-look: its stop waits for the look's promotions, so a member the look popped is promoted before the stop resolves (not left pending for another worker's redo), and the look logs nothing after the stop", { timeout: LONG }, async () => {
+    await host?.stop();
+    host = undefined;
+    const tenant = newTenant();
+    // The look's own connection, cut right after the stop (as worker-runtime does); its promotions go through it too.
+    const lookConnection = createRedis(TEST_REDIS_URL, 'worker', 'run-parked-mid-look');
+    const queue = new Queue('run-parked-mid-look', { connection: lookConnection, prefix: stack.prefix });
+    const parked = await queue.add('parked', {}, { delay: 600_000 });
+    const member = slotMember(queue.name, parked.id!);
+    // The tenant's slot held, the job parked behind it; the holder's release pops it, and its releaser dies before the promote.
+    const slots = new TenantSlots(connection, { prefix: stack.prefix, cap: CAP, leaseMs: 600_000 });
+    expect(await slots.acquire(tenant, 'holder')).toBe(true);
+    expect(await slots.park(tenant, member, Date.now())).toBeNull();
+    expect(await new TenantSlots(connection, { prefix: stack.prefix, cap: CAP, leaseMs: 1_000 }).release(tenant, 'holder')).toBe(member);
+
+    // The look pauses, once, right after RECOVER popped the member again (past its grace: a redo), until the test lets it go on.
+    let popped!: () => void;
+    const poppedNow = new Promise<void>((r) => (popped = r));
+    let letGo!: () => void;
+    const gate = new Promise<void>((r) => (letGo = r));
+    class PausingSlots extends TenantSlots {
+      override async recover(limit?: number) {
+        const found = await super.recover(limit);
+        if (found.some((f) => f.member === member)) {
+          popped();
+          await gate;
+        }
+        return found;
+      }
+    }
+    const warnings: string[] = [];
+    const logger = pino({ level: 'warn' }, { write: (line: string) => void warnings.push(line) });
+    const parking = slotParking(new PausingSlots(lookConnection, { prefix: stack.prefix, cap: CAP, leaseMs: 15_000 }), { queueOf: (name) => (name === queue.name ? queue : undefined), logger });
+    const { runtime, executor } = runExecutor(stack, wrappedGoldenPath(stack, (step) => step.run), 'run-parked-mid-look');
+    const stopping = startWorkers({
+      runtime, executor, handlers: {}, connection: lookConnection, prefix: stack.prefix, logger, queues: [],
+      settings: { concurrency: 1, lockDurationMs: 5000, stalledIntervalMs: 5000, maxStalledCount: 10 },
+      lostPromotions: [{ recover: () => parking.recover(), failed: 'could not look for lost promotions' }],
+      recoverEveryMs: 50,
+    });
+    await poppedNow;
+    // Stopped mid-look: the look goes on once the stop has begun; the connection is cut as soon as the stop resolves.
+    const stopped = stopping.stop(0);
+    letGo();
+    await stopped;
+    lookConnection.disconnect();
+
+    // Before: the stop resolved at once, the promote then failed on the closed connection ("could not promote a parked job …
+    // Connection is closed", after the stop), and the member was left pending, redone by another worker after its grace (how="redo").
+    expect(warnings.map((l) => (JSON.parse(l) as { msg: string }).msg)).toEqual([]);
+    const probe = new Queue(queue.name, { connection, prefix: stack.prefix });
+    expect(await (await probe.getJob(parked.id!))!.getState(), 'the popped job promoted before the stop resolved').toBe('waiting');
+    await probe.obliterate({ force: true });
+    await probe.close();
   });
 });

@@ -441,17 +441,19 @@ export function slotParking(slots: TenantSlots, opts: { queueOf: (name: string) 
   };
   /**
    * Promotes `member`, and while the popped job cannot use the free slot, the owner's next parked job. `promoted` is told
-   * when one of them was moved from `delayed` to `wait` (not when it was no longer delayed).
+   * when one of them was moved from `delayed` to `wait` (not when it was no longer delayed). Settles (never rejects) once
+   * the chain has ended: a failure is logged.
    */
-  const promoteQuietly = (owner: string, member: string | null, promoted?: () => void) => {
-    const wake = async () => {
+  const promoteQuietly = async (owner: string, member: string | null, promoted?: () => void): Promise<void> => {
+    try {
       for (let m = member; m; m = await slots.wake(owner, m)) {
         const done = await promote(m);
         if (done === 'promoted') promoted?.();
         if (done !== 'gone') return;
       }
-    };
-    if (member) wake().catch((err: unknown) => logger.warn({ err, member }, 'could not promote a parked job: it comes back after its fallback delay'));
+    } catch (err) {
+      logger.warn({ err, member }, 'could not promote a parked job: it comes back after its fallback delay');
+    }
   };
   return {
     /**
@@ -482,7 +484,7 @@ export function slotParking(slots: TenantSlots, opts: { queueOf: (name: string) 
       parked({ parks, delayMs });
       try {
         // A slot freed between the acquire and the park found nothing parked to promote: promote now.
-        promoteQuietly(owner, await slots.park(owner, member, parkedAt));
+        void promoteQuietly(owner, await slots.park(owner, member, parkedAt));
       } catch (err) {
         // The job is delayed already: unrecorded, it comes back on its fallback delay instead of a promotion.
         logger.warn({ err, [ownerField]: owner, job_id: job.id }, 'could not record a parked job; it comes back after its fallback delay');
@@ -492,7 +494,7 @@ export function slotParking(slots: TenantSlots, opts: { queueOf: (name: string) 
     /** Gives `member`'s slot back and promotes the owner's earliest parked job; not awaited by the job's end. */
     give(owner: string, member: string): void {
       slots.release(owner, member).then(
-        (next) => promoteQuietly(owner, next),
+        (next) => void promoteQuietly(owner, next),
         (err: unknown) => logger.warn({ err, [ownerField]: owner }, `could not give ${noun} slot back; it lapses with its lease`),
       );
     },
@@ -504,18 +506,22 @@ export function slotParking(slots: TenantSlots, opts: { queueOf: (name: string) 
      */
     wake(owner: string): void {
       slots.wake(owner).then(
-        (next) => promoteQuietly(owner, next),
+        (next) => void promoteQuietly(owner, next),
         (err: unknown) => logger.warn({ err, [ownerField]: owner }, 'could not promote a parked job: it comes back after its fallback delay'),
       );
     },
     /**
      * Makes the promotions lost (ADR 0012, *Lost promotions*): a popped job whose promoter died before promoting it, and the
      * earliest parked of an owner whose slots are free with nobody left to release one. Called on a timer; resolves once
-     * the promotions are under way. `recovered` is told of each job so moved from `delayed` to `wait` (ADR 0012: the
+     * the promotions have settled (each popped member's, with the wake chain after a job gone), so the worker host's next
+     * look does not overlap this one and its stop waits for it: a member popped and left unpromoted would stay a
+     * promotion pending, redone by another worker after its grace and counted as a worker's death (how="redo").
+     * `recovered` is told of each job so moved from `delayed` to `wait` (ADR 0012: the
      * dealix_lost_promotions_recovered_total counter), not of a redo whose job was waiting already.
      */
     async recover(recovered?: (how: LostPromotion) => void): Promise<void> {
-      for (const { owner, member, how } of await slots.recover()) promoteQuietly(owner, member, recovered && (() => recovered(how)));
+      const found = await slots.recover();
+      await Promise.all(found.map(({ owner, member, how }) => promoteQuietly(owner, member, recovered && (() => recovered(how)))));
     },
   };
 }

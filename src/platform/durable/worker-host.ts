@@ -217,10 +217,13 @@ export function startWorkers(args: {
       // Jobs between two steps end there (handed back); a step already running gets the grace period.
       draining = true;
       // The slots of steps finishing in the grace period are renewed until the workers have stopped.
-      return stopWorkers({ workers, active, running: () => running, redisUnreachable, graceMs, logger: args.logger }).finally(() => {
-        slots?.stop();
-        clearInterval(looking);
-      });
+      // No look for lost promotions starts now; one under way is waited for beside the workers (its promotions are a few
+      // Redis commands), so none goes on after the stop, on a connection the caller then cuts.
+      const look = looking?.stop();
+      const stopped = stopWorkers({ workers, active, running: () => running, redisUnreachable, graceMs, logger: args.logger });
+      return Promise.all([stopped, look && waitForLook(look, redisUnreachable, args.logger)])
+        .then(() => undefined)
+        .finally(() => slots?.stop());
     },
   };
 }
@@ -251,20 +254,38 @@ export interface LostPromotionLook {
 }
 
 /**
- * Makes the lost promotions of every cap in `looks` every `everyMs`, a look at a time (one still under way is not started
- * again); a cap's failed look is logged and left to the next. No cap: no timer.
+ * Makes the lost promotions of every cap in `looks` every `everyMs`, a look at a time (one still under way, its promotions
+ * included, is not started again); a cap's failed look is logged and left to the next. No cap: no timer. `stop` ends the
+ * timer and answers the look under way (settled if none): it never rejects.
  */
-function lookForLostPromotions(looks: LostPromotionLook[], everyMs: number, logger: Logger): NodeJS.Timeout | undefined {
+function lookForLostPromotions(looks: LostPromotionLook[], everyMs: number, logger: Logger): { stop(): Promise<void> } | undefined {
   if (looks.length === 0) return undefined;
-  let looking = false;
+  let look: Promise<void> | undefined;
   const timer = setInterval(() => {
-    if (looking) return;
-    looking = true;
+    if (look) return;
     const each = looks.map((l) => l.recover().catch((err: unknown) => logger.warn({ err }, l.failed)));
-    void Promise.all(each).finally(() => (looking = false));
+    look = Promise.all(each).then(() => void (look = undefined));
   }, everyMs);
   timer.unref();
-  return timer;
+  return {
+    stop: () => {
+      clearInterval(timer);
+      return look ?? Promise.resolve();
+    },
+  };
+}
+
+/**
+ * The longest a stop waits for a look for lost promotions under way (a few Redis commands per owner popped): past it, or
+ * with Redis unreachable, the stop ends and a member the look popped but did not promote is redone by another worker's
+ * look after its grace (counted how="redo").
+ */
+const LOOK_AT_STOP_MS = 5_000;
+
+async function waitForLook(look: Promise<void>, redisUnreachable: () => boolean, logger: Logger): Promise<void> {
+  if ((await firstOf(look, LOOK_AT_STOP_MS, redisUnreachable)) !== 'settled') {
+    logger.warn('a look for lost promotions did not end before the stop: a job it popped is promoted by another worker after its grace (how="redo")');
+  }
 }
 
 interface HeldSlot {

@@ -106,8 +106,11 @@ export function webhookLostPromotions(use: WebhookSlotsUse | undefined, deps: { 
   if (caps.length === 0) return undefined;
   return {
     failed: 'could not look for lost promotions of parked webhook deliveries; the next look tries again',
+    // Each cap's look settles before this one does (a failed one's error is the look's): none goes on past it.
     recover: async () => {
-      await Promise.all(caps.map((cap) => cap.parking.recover(use?.onRecovered)));
+      const looked = await Promise.allSettled(caps.map((cap) => cap.parking.recover(use?.onRecovered)));
+      const failed = looked.find((l) => l.status === 'rejected');
+      if (failed) throw failed.reason;
     },
   };
 }
