@@ -68,12 +68,28 @@ const stored = async (ids: string[]) => (await stack.db.admin(`select id, tenant
 const countOf = async (sql: string, params: unknown[]) => Number((await stack.db.admin(sql, params)).rows[0].n);
 
 /**
+ * A running run of `tenant` whose first three steps completed (their checkpoints, written as the owner writes a
+ * fixture): its evidence step, the fourth, is next — a checkpoint follows its predecessor (ADR 0001).
+ */
+async function runAtEvidenceStep(tenant: string): Promise<string> {
+  const runId = await seedRun(stack.db, tenant);
+  for (const [seq, step] of ['partner-dossier', 'economics-model', 'approval-packet'].entries()) {
+    await stack.db.admin(
+      `insert into durable_checkpoints (id, tenant_id, run_id, sequence_num, step_name, status, output, attempt, created_at, updated_at, completed_at)
+       values ($1, $2, $3, $4, $5, 'completed', '{}', 1, now(), now(), now())`,
+      [randomUUID(), tenant, runId, seq + 1, step],
+    );
+  }
+  return runId;
+}
+
+/**
  * The evidence step's transaction, in the form the executor sends it: the pack held, the step's checkpoint
  * (naming the pack, or, `refused`, another one) last, with the commit — one message, which may be grouped.
  * `ownRun`: a run of its own is seeded first (the caller passes none).
  */
 async function evidenceStep(r: { tenant: string; runId: string; pack: string; refused: boolean }, ownRun = false): Promise<unknown> {
-  const runId = ownRun ? await seedRun(stack.db, r.tenant) : r.runId;
+  const runId = ownRun ? await runAtEvidenceStep(r.tenant) : r.runId;
   const content = { schema: 'dealix.evidence-pack/v1', run: { id: runId, tenant_id: r.tenant }, outcome: 'approved' };
   const sha256 = evidenceHash(content);
   const output = { evidence_pack_id: r.refused ? randomUUID() : r.pack, sha256, outcome: 'approved' };
@@ -153,7 +169,7 @@ describe('group commit', () => {
     // checkpoint last with the commit. `written_by_its_step` is deferred: every statement of the refused
     // member succeeds, and PostgreSQL refuses the group's one COMMIT (42501) — nothing of the group commits.
     const steps = Array.from({ length: 4 }, (_, i) => ({ tenant: randomUUID(), refused: i === at }));
-    const runs = await Promise.all(steps.map(async (s) => ({ ...s, runId: await seedRun(stack.db, s.tenant), pack: randomUUID() })));
+    const runs = await Promise.all(steps.map(async (s) => ({ ...s, runId: await runAtEvidenceStep(s.tenant), pack: randomUUID() })));
     const first = { tenant: randomUUID(), id: randomUUID() };
     const before = { ...group().stats };
     const outcomes = await Promise.allSettled(await behindOne(() => insertRun(first.tenant, first.id).then(() => 'run'), runs.map((r) => () => evidenceStep(r).then(() => 'step'))));
@@ -176,7 +192,7 @@ describe('group commit', () => {
       const n = r.refused ? 0 : 1;
       expect(await countOf(`select count(*)::int as n from evidence_packs where run_id = $1 and id = $2`, [r.runId, r.pack])).toBe(n);
       expect(await countOf(`select count(*)::int as n from evidence_seals where id = $1`, [r.pack])).toBe(n);
-      expect(await countOf(`select count(*)::int as n from durable_checkpoints where run_id = $1`, [r.runId])).toBe(n);
+      expect(await countOf(`select count(*)::int as n from durable_checkpoints where run_id = $1 and sequence_num = 4`, [r.runId])).toBe(n);
     }
     expect(await stored([first.id])).toHaveLength(1);
   });
