@@ -5,7 +5,7 @@ import { spawnApi, type ApiProcess } from '../helpers/api-process.ts';
 import { waitFor } from '../helpers/poll.ts';
 import { runTokenCli } from '../helpers/token-cli.ts';
 import { signDevToken } from '../../src/platform/tenancy/jwt.ts';
-import { declareTokenAge, PRUNE_LOCK_TIMEOUT_MS, pruneRevocations, revokeTokens, tokenMaxAgeSeconds } from '../../src/platform/tenancy/token-revocations.ts';
+import { declareTokenAge, PRUNE_LOCK_TIMEOUT_MS, pruneRevocations, revokeTokens, TOKEN_AGE_SEEN_WINDOW, TokenAgeDeclarationsFullError, tokenMaxAgeSeconds } from '../../src/platform/tenancy/token-revocations.ts';
 import { TOKEN_AGE_DECLARATIONS_MAX } from '../../src/platform/tenancy/token-age-limit.entity.ts';
 
 /**
@@ -92,6 +92,11 @@ describe('prune-revocations goes by the token age the API processes declare', ()
       expect(await asApp(fillers(1_000_000, TOKEN_AGE_DECLARATIONS_MAX - before.length))).toBe(TOKEN_AGE_DECLARATIONS_MAX - before.length);
       // At the cap: a new age is refused, one already there is still declared (every process's reconcile).
       expect(await asApp(fillers(2_000_000, 1))).toBe('54000');
+      // An API process with a new age: its error (logged at every reconcile, every token answered 503) says which rows are safe to delete and how to see them.
+      const refused = await declareTokenAge(stack.container.orm, { instance: 'new-age-api', maxAgeSeconds: ageOf('48h') }).then(() => undefined, (e: unknown) => e);
+      expect(refused).toBeInstanceOf(TokenAgeDeclarationsFullError);
+      expect((refused as Error).message).toMatch(new RegExp(`^this API process cannot declare the token age it enforces \\(max_token_age_seconds ${ageOf('48h')}\\): token_age_limits holds ${TOKEN_AGE_DECLARATIONS_MAX} other ages`));
+      expect((refused as Error).message).toContain(`Rows not seen within ${TOKEN_AGE_SEEN_WINDOW} are safe to delete (the prune ignores them): as the owner (MIGRATION_DATABASE_URL), see them with select * from token_age_limits where seen_at <= now() - interval '${TOKEN_AGE_SEEN_WINDOW}' order by seen_at; npm run token -- prune-revocations deletes them`);
       await declareTokenAge(stack.container.orm, { instance: 'restarted-api', maxAgeSeconds: ageOf('24h') });
       expect((await declared()).length).toBe(TOKEN_AGE_DECLARATIONS_MAX);
     } finally {

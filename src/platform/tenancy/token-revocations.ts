@@ -7,8 +7,12 @@ import type { MikroORM } from '@mikro-orm/postgresql';
 import { AppError, ServiceUnavailableError } from '../errors/app-error.ts';
 import { systemEm } from '../db/tenant-em.ts';
 import { pgClientConfig } from '../db/pg-ssl.ts';
+import { sqlStateOf } from '../durable/errors.ts';
 import { TENANT_SETTING } from '../db/tenant-owned.ts';
 import { tenantIdSchema } from './tenant-id.ts';
+import { DECLARATIONS_FULL_HINT, TOKEN_AGE_DECLARATIONS_MAX, TOKEN_AGE_SEEN_WINDOW } from './token-age-limit.entity.ts';
+
+export { TOKEN_AGE_SEEN_WINDOW };
 
 /**
  * Token revocation (ADR 0018). PostgreSQL (`token_revocations`, written by `npm run token -- revoke`)
@@ -116,14 +120,6 @@ export async function loadRevocations(orm: MikroORM): Promise<Revocation[]> {
 }
 
 /**
- * How long after an API process last declared the token age it enforces (token_age_limits) the prune
- * still goes by it. A live process declares again at every reconcile (TOKEN_REVOCATION_RECONCILE, 1 h at
- * most), so a row this old is a process gone for days; one stopped for less still counts, in case it
- * comes back with its settings (ADR 0018, amendment "The prune reads the APIs' limits").
- */
-export const TOKEN_AGE_SEEN_WINDOW = '7 days';
-
-/**
  * The age past which the verifier refuses every token, in whole seconds: JWT_MAX_TOKEN_LIFETIME plus
  * JWT_CLOCK_TOLERANCE, each rounded up (jose applies both in whole seconds); 0: no limit.
  */
@@ -146,13 +142,33 @@ export interface TokenAgeDeclaration {
  * progress did not read.
  */
 export async function declareTokenAge(orm: MikroORM, declaration: TokenAgeDeclaration): Promise<void> {
-  await orm.em.fork({ clear: true, useContext: false }).transactional((tx) =>
-    tx.execute(
-      `insert into token_age_limits (instance, max_token_age_seconds, published_at, seen_at) values (?, ?, now(), now())
-       on conflict (max_token_age_seconds) do update set seen_at = now()`,
-      [declaration.instance, declaration.maxAgeSeconds],
-    ),
-  );
+  try {
+    await orm.em.fork({ clear: true, useContext: false }).transactional((tx) =>
+      tx.execute(
+        `insert into token_age_limits (instance, max_token_age_seconds, published_at, seen_at) values (?, ?, now(), now())
+         on conflict (max_token_age_seconds) do update set seen_at = now()`,
+        [declaration.instance, declaration.maxAgeSeconds],
+      ),
+    );
+  } catch (e) {
+    if (sqlStateOf(e) === '54000') throw new TokenAgeDeclarationsFullError(declaration.maxAgeSeconds, e);
+    throw e;
+  }
+}
+
+/**
+ * This process's age is new and token_age_limits is full (`declarations_capped`, 54000): it cannot declare
+ * it, so it checks no token (503) until an operator deletes rows; logged as an error at every reconcile, with
+ * which rows are safe to delete and how to see them (DECLARATIONS_FULL_HINT).
+ */
+export class TokenAgeDeclarationsFullError extends Error {
+  constructor(maxAgeSeconds: number, cause: unknown) {
+    super(
+      `this API process cannot declare the token age it enforces (max_token_age_seconds ${maxAgeSeconds}): token_age_limits holds ${TOKEN_AGE_DECLARATIONS_MAX} other ages, the most it takes (ADR 0018), so it answers 503 to every token until it can. ${DECLARATIONS_FULL_HINT.replaceAll("''", "'")}`,
+      { cause },
+    );
+    this.name = 'TokenAgeDeclarationsFullError';
+  }
 }
 
 export interface TokenRevocationsOptions {
@@ -357,8 +373,9 @@ export class TokenRevocations {
     try {
       await this.reload(true);
     } catch (err) {
-      // The copy held stays in force (nothing is ever dropped on a failure); the next tick retries.
-      this.opts.logger.warn({ err }, 'token revocations could not be reloaded; the periodic reconcile retries');
+      // The copy held stays in force (nothing is ever dropped on a failure); the next tick retries. A full
+      // token_age_limits needs an operator: an error, whose message says what to run.
+      this.opts.logger[err instanceof TokenAgeDeclarationsFullError ? 'error' : 'warn']({ err }, 'token revocations could not be reloaded; the periodic reconcile retries');
     } finally {
       this.reconciling = false;
     }
