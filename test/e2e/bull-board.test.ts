@@ -296,6 +296,42 @@ describe('Bull Board at /admin/queues', () => {
     }
   });
 
+  it("a browser's reload revalidates Bull Board's static files (304, no body) and fetches the page and its queue data afresh, none of them stored for a shared cache", async () => {
+    await browser.clearCookies();
+    const page = await browser.newPage();
+    const seen: Array<{ path: string; status: number; cacheControl: string | undefined; etag: string | undefined; sentTag: boolean }> = [];
+    page.on('response', async (r) => {
+      const url = new URL(r.url());
+      if (!url.pathname.startsWith('/admin/queues') || r.request().method() !== 'GET') return;
+      const sent = await r.request().allHeaders();
+      seen.push({ path: url.pathname, status: r.status(), cacheControl: r.headers()['cache-control'], etag: r.headers()['etag'], sentTag: 'if-none-match' in sent });
+    });
+    try {
+      await signInWith(page, await signInToken());
+      await page.getByText('golden-path').first().waitFor({ timeout: 30_000 });
+      const beforeReload = seen.length;
+      const polled = page.waitForResponse((r) => new URL(r.url()).pathname === '/admin/queues/api/queues', { timeout: 30_000 });
+      await page.reload();
+      await polled;
+      await page.getByText('golden-path').first().waitFor({ timeout: 30_000 });
+      const board = seen.filter((r) => r.path !== '/admin/queues/sign-in');
+      for (const r of board) {
+        expect(r.cacheControl, r.path).toBe(/^\/admin\/queues\/static\//.test(r.path) ? 'private, no-cache' : 'no-store');
+        expect(r.etag, r.path).toMatch(/^W\//);
+      }
+      // The page and its JSON are never stored, so never sent back conditionally: each is a 200.
+      for (const r of board.filter((x) => !x.path.startsWith('/admin/queues/static/'))) {
+        expect(r.status, r.path).toBe(200);
+        expect(r.sentTag, r.path).toBe(false);
+      }
+      // After the reload, the browser revalidated a script it had kept: a 304.
+      const reloaded = seen.slice(beforeReload);
+      expect(reloaded.some((r) => r.path.endsWith('.js') && r.sentTag && r.status === 304), JSON.stringify(reloaded)).toBe(true);
+    } finally {
+      await page.close();
+    }
+  });
+
   it('records its queues for the readiness matrix', async () => {
     const { createApp } = await import('../../src/app.ts');
     expect(boardQueues(createApp(stack.container)).sort()).toEqual([...stack.container.queues.keys()].sort());

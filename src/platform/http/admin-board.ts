@@ -65,6 +65,17 @@ const BOARD_ACTIONS = [
   '/api/queues/:queueName/:jobId/promote',
   '/api/queues/:queueName/:jobId/clean',
 ];
+/**
+ * Bull Board's own files (its scripts, styles, images, translations: `express.static` under `/static`,
+ * matched as Express matches it, letter case ignored), the same for every operator and holding no
+ * queue's data. Sent `private, no-cache`, not Bull Board's `public, max-age=0`: the browser keeps them
+ * and revalidates each (ETag, Last-Modified: a 304 without a body), and no shared cache keeps what sits
+ * behind the dashboard's sign-in for whoever asks next. Every other answer — the page, the JSON API
+ * (queues, job data naming a tenant and a run), a refusal — is `no-store`: neither the browser's cache
+ * nor a proxy's keeps it, so nothing of it is left on an operator's disk or served after sign-out.
+ */
+const STATIC_FILE = /^\/static\//i;
+const STATIC_CACHING = 'private, no-cache';
 /** The methods that read (Bull Board's GET routes; HEAD and OPTIONS are answered from them). */
 const READS = new Set(['GET', 'HEAD', 'OPTIONS']);
 
@@ -117,12 +128,14 @@ export function bullBoardRouter(queues: Iterable<Queue>, opts: { readOnly: boole
     sendProblem(res, boardActionRefused());
   };
   // Whatever the refusals do not answer goes on to Bull Board (an error to the app's handler).
-  const router: RequestHandler = (req, res, next) =>
+  const router: RequestHandler = (req, res, next) => {
+    res.setHeader('Cache-Control', STATIC_FILE.test(req.path) ? STATIC_CACHING : 'no-store');
     gate(req, res, (err?: unknown) => {
       if (err) return next(err);
       if (READS.has(req.method) || allowed.has(req)) return board(req, res, next);
       refuseAction(req, res, next);
     });
+  };
   return { router, queueNames: list.map((q) => q.name) };
 }
 
