@@ -1,6 +1,6 @@
 import { existsSync, statSync } from 'node:fs';
 import { join } from 'node:path';
-import { settingsWithPublishedDatabasePassword, SUPPORTED_TRACES_EXPORTERS, tracesExportersOf, usesPublishedJwtSecret, type Config } from '../platform/config/config.ts';
+import { JWKS_HTTPS_REMEDY, JWKS_OVER_HTTP_RISK, jwksOverPlainHttp, settingsWithPublishedDatabasePassword, SUPPORTED_TRACES_EXPORTERS, tracesExportersOf, usesPublishedJwtSecret, type Config } from '../platform/config/config.ts';
 import { retryOf, type WorkflowDef } from '../platform/durable/workflow.ts';
 import { formatRetention } from '../platform/queue/maintenance.ts';
 import { fail, notRequired, pass, type ReadinessRow } from './readiness.types.ts';
@@ -28,13 +28,16 @@ export function telemetryRow(config: Config): ReadinessRow {
   return pass('telemetry', `exporting traces ${where.join(' and ')}`);
 }
 
-/** Tokens are verified with keys only the identity provider holds: JWKS, or a secret nobody else has seen. */
+/** Tokens are verified with keys only the identity provider holds: a JWKS (over https in production), or a secret nobody else has seen. */
 export function jwtKeysRow(config: Config): ReadinessRow {
   // The algorithms the list allows (the schema refuses a list of none the key source verifies; HS256 beside a JWKS verifies nothing).
   // And how long an API process rides out an identity provider it cannot reach on the keys it holds (ADR 0006, its amendment).
   if (config.JWT_JWKS_URL) {
+    // Start-up refuses it in production too; the row says so of whatever configuration it is given.
+    const plain = jwksOverPlainHttp(config.JWT_JWKS_URL);
+    if (plain && config.NODE_ENV === 'production') return fail('jwt-keys', `JWT_JWKS_URL ${config.JWT_JWKS_URL} is not https: ${JWKS_OVER_HTTP_RISK}; ${JWKS_HTTPS_REMEDY}`);
     const stale = config.JWT_JWKS_MAX_STALE ? `kept up to ${formatRetention(config.JWT_JWKS_MAX_STALE)} past their age while it cannot be fetched` : 'none kept past their age (JWT_JWKS_MAX_STALE=0)';
-    return pass('jwt-keys', `${config.JWT_ALGORITHMS.filter((a) => a !== 'HS256').join('/')} keys from ${config.JWT_JWKS_URL}; ${stale}`);
+    return pass('jwt-keys', `${config.JWT_ALGORITHMS.filter((a) => a !== 'HS256').join('/')} keys from ${config.JWT_JWKS_URL}${plain ? ' over plain http (refused in production)' : ''}; ${stale}`);
   }
   if (usesPublishedJwtSecret(config)) {
     return fail('jwt-keys', 'JWT_SECRET is the example published in .env.example / docker-compose.yml: anyone can sign a token for any tenant; set a secret of your own (e.g. openssl rand -hex 32) or JWT_JWKS_URL');

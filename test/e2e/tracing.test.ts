@@ -281,10 +281,12 @@ describe('tracing across the API and worker processes', () => {
     expect(repaired.attributes[ATTR.CORRELATION]).toBe(cid);
   });
 
-  it("a credential a client puts in a URL's query (token, access_token, password, any case or encoding) reaches neither the server span nor the log", async () => {
+  it("a credential a client puts in a URL's query (token, access_token, password, any case or encoding, bracketed; a JWT under any name) reaches neither the server span nor the log", async () => {
     const cid = `trace-query-${randomUUID()}`;
     const secret = `qs${randomUUID().replace(/-/g, '')}`;
-    const res = await api(http, 'GET', `/api/v1/golden-path/runs?access_token=${secret}a&Token=${secret}b&%70assword=${secret}c&limit=5`, { headers: { 'X-Correlation-Id': cid } });
+    // Under a bracketed name too (`token%5B%5D`, `token[0]`: a security review found those logged whole), and a JWT under any name.
+    const jwt = `eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiIke${secret}In0.${secret}d`;
+    const res = await api(http, 'GET', `/api/v1/golden-path/runs?access_token=${secret}a&Token=${secret}b&%70assword=${secret}c&token%5B%5D=${secret}e&token[0]=${secret}f&next=${jwt}&limit=5`, { headers: { 'X-Correlation-Id': cid } });
     expect(res.status).toBe(401);
     const server = await waitFor(() => correlated(cid).find((s) => s.kind === SERVER), { what: 'the request span' });
     expect(server.attributes['url.query']).toContain('limit=5');

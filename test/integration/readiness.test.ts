@@ -161,6 +161,16 @@ describe('configuration and documents', () => {
   });
 });
 
+describe('JWKS over plain http', () => {
+  it('a JWT_JWKS_URL that is not https fails jwt-keys in production (whatever let the process start with it); outside production it passes, saying so', async () => {
+    const env = { JWT_JWKS_URL: 'http://127.0.0.1:1/jwks.json' };
+    const production = (d: { config: object }) => ({ config: { ...d.config, NODE_ENV: 'production' } as never });
+    const [dev, prod] = [await matrixFor({ env }), await matrixFor({ env, adjust: production })];
+    expect(prod.row('jwt-keys')).toMatchObject({ status: 'FAIL', reason: expect.stringMatching(/^JWT_JWKS_URL http:\/\/127\.0\.0\.1:1\/jwks\.json is not https: .*set JWT_JWKS_URL to the identity provider's https:\/\/ key set URL/) });
+    expect(dev.row('jwt-keys')).toMatchObject({ status: 'PASS', reason: expect.stringMatching(/^RS256\/ES256 keys from http:\/\/127\.0\.0\.1:1\/jwks\.json over plain http \(refused in production\);/) });
+  });
+});
+
 describe('webhook SSRF guard', () => {
   it('WEBHOOK_ALLOW_PRIVATE_NETWORKS=true fails webhook-ssrf-guard in production and passes elsewhere with a note; off passes', async () => {
     const open = { env: { WEBHOOK_ALLOW_PRIVATE_NETWORKS: 'true' } };

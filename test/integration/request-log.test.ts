@@ -45,6 +45,15 @@ async function loggedApp(path: string, status: number, guarded = false) {
   return { lines, server };
 }
 
+/** GET `target` exactly as written (no client normalises or drops any of it), then the connection closes. */
+async function rawGet(server: Server, target: string, correlationId: string): Promise<void> {
+  const port = (server.address() as AddressInfo).port;
+  await new Promise<void>((resolve, reject) => {
+    const socket = connect(port, '127.0.0.1', () => socket.end(`GET ${target} HTTP/1.1\r\nHost: api\r\nX-Correlation-Id: ${correlationId}\r\nConnection: close\r\n\r\n`));
+    socket.on('error', reject).on('close', () => resolve()).resume();
+  });
+}
+
 describe('request log lines', () => {
   it('carry the correlation id and status, and never the bearer token, cookies or a ?token= value', async () => {
     const { lines, server } = await loggedApp('/admin/queues', 303);
@@ -86,15 +95,31 @@ describe('request log lines', () => {
     try {
       // A client that sends the URL it was given as is, `#access_token=…` (an OAuth redirect's) included: fetch would drop the fragment.
       const target = '/api/v1/things?Token=eyJ.query.sig&limit=5#access_token=eyJ.frag.sig&state=s';
-      const port = (server.address() as AddressInfo).port;
-      await new Promise<void>((resolve, reject) => {
-        const socket = connect(port, '127.0.0.1', () => socket.end(`GET ${target} HTTP/1.1\r\nHost: api\r\nX-Correlation-Id: log-fragment\r\nConnection: close\r\n\r\n`));
-        socket.on('error', reject).on('close', () => resolve()).resume();
-      });
+      await rawGet(server, target, 'log-fragment');
       const line = await waitFor(() => lines.find((l) => l.correlation_id === 'log-fragment'), { what: 'the request line' });
       expect(JSON.stringify(line)).not.toMatch(/eyJ\.(query|frag)/);
       expect(line.req).toMatchObject({ url: '/api/v1/things?Token=[redacted]&limit=5#access_token=[redacted]&state=s', query: { Token: '[redacted]', limit: '5' } });
       expect(line.res.statusCode).toBe(200);
+    } finally {
+      await new Promise<void>((r) => server.close(() => r()));
+    }
+  });
+
+  // A security review found `?token[]=<jwt>` (and `token%5B%5D`) logged whole, in req.url and req.query: the name was
+  // matched exactly. Now by its name before any bracket suffix, decoded, any case; and a JWT under any name.
+  it('never carry a token sent under a bracketed name (token[], Token%5B0%5D, access_token[a][b]) nor a JWT under any name, and keep the rest', async () => {
+    const { lines, server } = await loggedApp('/admin/queues', 200);
+    try {
+      const config = parseConfig({ JWT_SECRET: TEST_JWT_SECRET });
+      const jwts = await Promise.all([1, 2, 3, 4, 5].map((n) => signDevToken(config, { sub: `bracket-${n}`, tenantId: randomUUID(), roles: [OPERATOR_ROLE] })));
+      const target = `/admin/queues?token[]=${jwts[0]}&Token%5B0%5D=${jwts[1]}&access_token[a][b]=${jwts[2]}&%70assword%5B%5D=pw-secret&next=${jwts[3]}&limit=5&status[]=failed#id_token=x&state=${jwts[4]}`;
+      await rawGet(server, target, 'log-brackets');
+      const line = await waitFor(() => lines.find((l) => l.correlation_id === 'log-brackets'), { what: 'the request line' });
+      // No part of any token: not its signature, nor its payload (the claims name the operator and tenant).
+      for (const jwt of jwts) for (const part of jwt.split('.').slice(1)) expect(JSON.stringify(line)).not.toContain(part);
+      expect(JSON.stringify(line)).not.toContain('pw-secret');
+      expect(line.req.url).toBe('/admin/queues?token[]=[redacted]&Token%5B0%5D=[redacted]&access_token[a][b]=[redacted]&%70assword%5B%5D=[redacted]&next=[redacted]&limit=5&status[]=failed#id_token=x&state=[redacted]');
+      expect(line.req.query).toEqual({ 'token[]': '[redacted]', 'Token[0]': '[redacted]', 'access_token[a][b]': '[redacted]', 'password[]': '[redacted]', next: '[redacted]', limit: '5', 'status[]': 'failed' });
     } finally {
       await new Promise<void>((r) => server.close(() => r()));
     }

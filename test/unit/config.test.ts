@@ -253,6 +253,30 @@ describe('configuration', () => {
     expect(configError({ JWT_SECRET: SECRET, OPERATOR_USER: 'ops' }).problems[0]).toMatch(/^OPERATOR_PASSWORD:/);
   });
 
+  // A security review signed its own tokens (any tenant, any role) with keys it served from http://127.0.0.1: over
+  // plain http, whoever sits on the path (or the host) hands the API the keys it trusts. Outside production a local
+  // JWKS over http stays (the tests' own identity providers); no scheme but http(s) anywhere.
+  it('refuses a JWT_JWKS_URL that is not https in production, loopback included, saying what to set; http stays allowed outside production', () => {
+    const https = 'https://idp.example/.well-known/jwks.json';
+    for (const url of ['http://127.0.0.1:8080/jwks.json', 'http://localhost/jwks.json', 'http://[::1]/jwks.json', 'HTTP://idp.example/jwks.json', 'http://idp.example:443/jwks.json']) {
+      expect(configError({ NODE_ENV: 'production', JWT_JWKS_URL: url }).problems, url).toEqual([
+        expect.stringMatching(/^JWT_JWKS_URL: must be https in production .*set JWT_JWKS_URL to the identity provider's https:\/\/ key set URL/),
+      ]);
+    }
+    expect(parseConfig({ NODE_ENV: 'production', JWT_JWKS_URL: https }).JWT_JWKS_URL).toBe(https);
+    for (const env of ['development', 'test']) expect(parseConfig({ NODE_ENV: env, JWT_JWKS_URL: 'http://127.0.0.1:8080/jwks.json' }).JWT_JWKS_URL).toBe('http://127.0.0.1:8080/jwks.json');
+    for (const url of ['file:///etc/jwks.json', 'ftp://idp.example/jwks.json', 'data:application/json,{}']) {
+      expect(configError({ JWT_JWKS_URL: url }).problems, url).toEqual([expect.stringMatching(/^JWT_JWKS_URL: must be an https:\/\/ URL \(http:\/\/ outside production\)/)]);
+    }
+  });
+
+  it('stops the API at start-up in production, exit code 1, naming JWT_JWKS_URL, when the key set is fetched over plain http', () => {
+    const r = startApi({ NODE_ENV: 'production', JWT_JWKS_URL: 'http://127.0.0.1:1/jwks.json' });
+    expect(r.status, r.stderr).toBe(1);
+    expect(r.stderr).toMatch(/^invalid configuration:\n {2}- JWT_JWKS_URL: must be https in production/);
+    expect(r.stdout).toBe('');
+  });
+
   it('remembers a verified token for 60 s at most (ADR 0006)', () => {
     expect(parseConfig({ JWT_SECRET: SECRET, JWT_VERIFIED_TOKEN_TTL: '0s' }).JWT_VERIFIED_TOKEN_TTL).toBe(0);
     expect(configError({ JWT_SECRET: SECRET, JWT_VERIFIED_TOKEN_TTL: '61s' }).problems).toEqual(['JWT_VERIFIED_TOKEN_TTL: at most 60s (ADR 0006)']);

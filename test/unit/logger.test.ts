@@ -50,6 +50,24 @@ describe('logger', () => {
     expect(redactUrl('/x#?token=abc')).toBe('/x#?token=[redacted]');
   });
 
+  it('redacts a secret sent under a bracketed name (token[], token[0], token[a][b], encoded, any case), not a longer name that starts alike', () => {
+    expect(redactUrl('/x?token[]=a&token[0]=b&token[a][b]=c&TOKEN%5B%5D=d&access_token%5b0%5d=e&%70assword[x]&limit=5')).toBe(
+      '/x?token[]=[redacted]&token[0]=[redacted]&token[a][b]=[redacted]&TOKEN%5B%5D=[redacted]&access_token%5b0%5d=[redacted]&%70assword[x]=[redacted]&limit=5',
+    );
+    expect(redactUrl('/x?tokens[]=keep&token_hint[]=keep&status[]=failed&[token]=keep')).toBe('/x?tokens[]=keep&token_hint[]=keep&status[]=failed&[token]=keep');
+    expect(redactUrl('/x#token[]=abc&state=s')).toBe('/x#token[]=[redacted]&state=s');
+    expect(redactedQueryAttribute('/x?token%5B%5D=abc&limit=5')).toEqual({ 'url.query': 'token%5B%5D=[redacted]&limit=5' });
+  });
+
+  it('redacts a JWT (compact JWS or JWE: a header segment starting eyJ, base64url, encoded or not) under any name; other values stay', () => {
+    const jwt = 'eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl';
+    const jwe = 'eyJhbGciOiJSU0EtT0FFUCJ9.a2V5.aXY.Y2lwaGVy.dGFn';
+    expect(redactUrl(`/x?next=${jwt}&q=${jwe}&n%65xt=%65yJhbGciOiJub25lIn0.eyJzdWIiOiJ4In0.&limit=5#state=${jwt}`)).toBe('/x?next=[redacted]&q=[redacted]&n%65xt=[redacted]&limit=5#state=[redacted]');
+    expect(redactedQueryAttribute(`/x?cursor=${jwt}`)).toEqual({ 'url.query': 'cursor=[redacted]' });
+    // Not a JWT: a cursor, a dotted name, an id, a value with eyJ elsewhere, a two-segment value.
+    for (const v of ['eyJhbGciOiJIUzI1NiJ9', 'a.b.c', 'eyJ.x', 'xeyJhbGci.eyJzdWIi.sig', 'eyJ a.b.c', 'dealix.run.v1']) expect(redactUrl(`/x?v=${v}`), v).toBe(`/x?v=${v}`);
+  });
+
   it("names a request's url.query by its query alone, redacted: never its fragment, none without a query", () => {
     expect(redactedQueryAttribute('/x?token=abc&limit=5#frag')).toEqual({ 'url.query': 'token=[redacted]&limit=5' });
     expect(redactedQueryAttribute('/x#?token=abc')).toEqual({});

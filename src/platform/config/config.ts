@@ -145,7 +145,13 @@ export const configSchema = z
       .default('dealix'),
 
     JWT_SECRET: z.string().min(32, 'must be at least 32 characters').optional(),
-    JWT_JWKS_URL: z.string().url().optional(),
+    // The identity provider's public keys: https in production (over plain http whoever is on the path serves keys of
+    // its own, and signs tokens for any tenant and role); http too outside production (a local JWKS); no other scheme.
+    JWT_JWKS_URL: z
+      .string()
+      .url()
+      .refine((u) => !URL.canParse(u) || ['http:', 'https:'].includes(new URL(u).protocol), "must be an https:// URL (http:// outside production): the identity provider's key set")
+      .optional(),
     JWT_ISSUER: z.string().min(1).default('dealix-dev'),
     JWT_AUDIENCE: z.string().min(1).default('dealix-api'),
     // At least one the key source verifies (JWKS_ALGORITHMS with JWT_JWKS_URL, else SECRET_ALGORITHMS), or start-up stops.
@@ -393,6 +399,9 @@ export const configSchema = z
         : `JWT_SECRET (no JWT_JWKS_URL), which verifies ${SECRET_ALGORITHMS.join(', ')} only`;
       ctx.addIssue({ code: 'custom', path: ['JWT_ALGORITHMS'], message: `${c.JWT_ALGORITHMS.join(',')} lists no algorithm the key source verifies: tokens are checked against ${source}; every token would be refused` });
     }
+    if (c.NODE_ENV === 'production' && jwksOverPlainHttp(c.JWT_JWKS_URL)) {
+      ctx.addIssue({ code: 'custom', path: ['JWT_JWKS_URL'], message: `must be https in production (it is ${new URL(c.JWT_JWKS_URL!).protocol}//): ${JWKS_OVER_HTTP_RISK}; ${JWKS_HTTPS_REMEDY}` });
+    }
     if (c.NODE_ENV === 'production' && c.JWT_SECRET && !c.JWT_JWKS_URL) {
       ctx.addIssue({ code: 'custom', path: ['JWT_JWKS_URL'], message: 'production verifies tokens through JWT_JWKS_URL, not a shared secret' });
     }
@@ -479,6 +488,19 @@ export const PUBLISHED_JWT_SECRETS: readonly string[] = ['change-me-dev-secret-a
 export function usesPublishedJwtSecret(config: Pick<Config, 'JWT_SECRET' | 'JWT_JWKS_URL'>): boolean {
   return !config.JWT_JWKS_URL && config.JWT_SECRET !== undefined && PUBLISHED_JWT_SECRETS.includes(config.JWT_SECRET);
 }
+
+/**
+ * JWT_JWKS_URL is a URL fetched without TLS (http:). Production refuses it (the schema at start, the readiness row
+ * `jwt-keys`), as it refuses webhooks over http and a database without TLS; outside production a local JWKS over http
+ * stays allowed. jose fetches the key set without following redirects, so an https URL is not downgraded by one.
+ */
+export function jwksOverPlainHttp(url: string | undefined): boolean {
+  return url !== undefined && URL.canParse(url) && new URL(url).protocol !== 'https:';
+}
+
+/** Why production refuses a JWKS over plain http, and what to set instead (start-up's error and the readiness row say both). */
+export const JWKS_OVER_HTTP_RISK = 'whoever is on the path to the identity provider can serve keys of its own and sign tokens for any tenant and role';
+export const JWKS_HTTPS_REMEDY = "set JWT_JWKS_URL to the identity provider's https:// key set URL";
 
 /**
  * The database roles' passwords this repository publishes (migrations/bootstrap/roles.sql creates the

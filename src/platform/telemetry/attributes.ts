@@ -44,14 +44,35 @@ export const isUnder = (url: string | undefined, prefix: string): boolean => {
 /** Query parameters whose values never reach a log line or a span (the Bull Board token exchange uses `token`). */
 const SECRET_QUERY_PARAMS = new Set(['token', 'access_token', 'password']);
 
-/** Whether a query parameter (its decoded name, any case) holds a secret. */
-export const isSecretQueryParam = (name: string): boolean => SECRET_QUERY_PARAMS.has(name.toLowerCase());
+/** A bracket suffix (`[]`, `[0]`, `[a][b]`): qs-style parsers, and many clients, read `token[]=…` as `token`. */
+const BRACKET_SUFFIX = /(?:\[[^\]]*\])+$/;
 
-const decodedName = (raw: string): string => {
+/**
+ * Whether a query parameter (its decoded name, any case, with or without a bracket suffix) holds a secret:
+ * `token[]=<jwt>` was logged whole while only the exact names were matched. A longer name (`tokens`) is not one.
+ */
+export const isSecretQueryParam = (name: string): boolean => SECRET_QUERY_PARAMS.has(name.toLowerCase().replace(BRACKET_SUFFIX, ''));
+
+/**
+ * A JSON Web Token in compact form, as a whole value: a JWS (three base64url segments) or a JWE (five), its
+ * header JSON (`{"` encodes to `eyJ`). Redacted under any parameter name: a bearer token pasted into `?next=`
+ * or `?q=` is as much a credential as one under `token`.
+ */
+const COMPACT_JWT = /^eyJ[\w-]*(?:\.[\w-]*){2}(?:(?:\.[\w-]*){2})?$/;
+
+/** Whether a query value (decoded; a repeated parameter's array, or a nested object, any part of it) is a JWT. */
+export const holdsJwt = (value: unknown): boolean =>
+  typeof value === 'string' ? COMPACT_JWT.test(value) : typeof value === 'object' && value !== null && Object.values(value).some(holdsJwt);
+
+/** A parsed query (req.query) with every secret value replaced: by its name (isSecretQueryParam) or its shape (holdsJwt). */
+export const redactQuery = (query: Record<string, unknown>): Record<string, unknown> =>
+  Object.fromEntries(Object.entries(query).map(([k, v]) => [k, isSecretQueryParam(k) || holdsJwt(v) ? '[redacted]' : v]));
+
+const decoded = (raw: string): string => {
   try {
-    return decodeURIComponent(raw.replace(/\+/g, ' ')).toLowerCase();
+    return decodeURIComponent(raw.replace(/\+/g, ' '));
   } catch {
-    return raw.toLowerCase();
+    return raw;
   }
 };
 
@@ -63,7 +84,7 @@ const redactPairs = (pairs: string, separators: RegExp): string =>
       if (i % 2) return pair; // a separator
       const eq = pair.indexOf('=');
       const name = eq < 0 ? pair : pair.slice(0, eq);
-      return isSecretQueryParam(decodedName(name)) ? `${name}=[redacted]` : pair;
+      return isSecretQueryParam(decoded(name)) || (eq >= 0 && holdsJwt(decoded(pair.slice(eq + 1)))) ? `${name}=[redacted]` : pair;
     })
     .join('');
 
@@ -81,7 +102,8 @@ const partsOf = (url: string): { head: string; query?: string; fragment?: string
 
 /**
  * A URL with secret query values replaced: `/admin/queues?token=eyJ…` → `/admin/queues?token=[redacted]`.
- * A parameter is read by its decoded name, as the query parser reads it (`%74oken` is `token`). The
+ * A parameter is read by its decoded name, as the query parser reads it (`%74oken` is `token`, `token%5B%5D`
+ * is `token[]`, a secret too), and a value that is a JWT is replaced whatever its name. The
  * fragment too (`#access_token=…`, split at `&`, `?` and `#`): no parser reads it, but Node keeps a raw
  * request target's fragment in `req.url`, which the request log writes.
  */

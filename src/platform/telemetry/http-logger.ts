@@ -2,7 +2,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Response } from 'express';
 import { pinoHttp, type HttpLogger } from 'pino-http';
 import { redactUrl, type Logger } from './logger.ts';
-import { isSecretQueryParam, isValidCorrelationId, routedPath } from './attributes.ts';
+import { isValidCorrelationId, redactQuery, routedPath } from './attributes.ts';
 
 const PROBES = ['/healthz', '/readyz', '/metrics'];
 /** Probes, scrapes and the dashboard's assets and polling (GETs under /admin/queues/) would drown the request log. */
@@ -43,8 +43,8 @@ export function httpLogger(logger: Logger): HttpLogger {
         // client sent, not an id: it is not written. A copy: `headers` is the request's own object.
         const cid = req.headers?.['x-correlation-id'];
         if (cid !== undefined && !isValidCorrelationId(cid)) req.headers = { ...req.headers, 'x-correlation-id': '[invalid]' };
-        // The parsed query too, by the same rule as the URL (any case: `?Token=`), not only REDACT_PATHS' exact names.
-        if (req.query) req.query = Object.fromEntries(Object.entries(req.query).map(([k, v]) => [k, isSecretQueryParam(k) ? '[redacted]' : v]));
+        // The parsed query too, by the same rules as the URL (any case: `?Token=`; `token[]`; a JWT under any name), not only REDACT_PATHS' exact names.
+        if (req.query) req.query = redactQuery(req.query);
         return req;
       },
     },
