@@ -21,7 +21,7 @@ export type SlowVariant = 'original' | 'reordered' | 'renamed';
 /**
  * The golden path's real steps (domain rows and all) under another name, tag and queue, each step
  * behind a gate so a test can make it genuinely slow, hang, or meet another execution. Meant for
- * class A submissions, which need no human; a B/C submission fails loudly at the SLA timer.
+ * class A submissions, which need no human; a B/C submission would wait with no SLA timer (its schedule throws, which the approval step logs).
  */
 export function slowWorkflow(opts: { gate?: StepGate; variant?: SlowVariant; retry?: Partial<RetryPolicy> } = {}): WorkflowDef {
   const approval = approvalPacketStep({

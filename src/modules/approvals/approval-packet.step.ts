@@ -12,7 +12,8 @@ import { APPROVAL_PACKET_STEP, SYSTEM_APPROVER } from './approval.constants.ts';
 export interface SlaScheduler {
   /**
    * Schedules the SLA timer (a delayed job with a deterministic id); harmless if the step's transaction
-   * rolls back. Filed at `deadline` (BullMQ: its timestamp plus its delay), its delay reckoned from
+   * rolls back. The approval step calls it before its transaction commits and takes its failure as no
+   * failure of its own (logged): the sweeper re-creates a missing timer (workflowsFor's repairWaiting). Filed at `deadline` (BullMQ: its timestamp plus its delay), its delay reckoned from
    * `from`, the database's time the deadline was reckoned from, when the caller has it; else from this
    * host's clock (a deadline this host's clock reads past is due at once).
    */
@@ -113,7 +114,15 @@ export function approvalPacketStep(deps: { slaBSeconds: number; slaCSeconds: num
         sla_deadline: deadline!.toISOString(),
       });
       // Filed at the deadline by the database's clock: the SLA after the policy read, whatever this worker's clock reads.
-      await deps.sla.schedule({ tenantId: ctx.run.tenantId, runId: ctx.run.id, approvalRequestId: id, idempotencyHash: ctx.run.idempotencyHash, deadline: deadline!, from: now });
+      // Best effort: the timer goes through the platform's Redis, whose failure is no failure of this
+      // step (five attempts of it against a Redis that refuses commands failed the run for good). The
+      // request commits with its deadline, and the sweeper's waiting pass puts a missing timer back
+      // from it within one sweep (repairWaiting, ADR 0002).
+      try {
+        await deps.sla.schedule({ tenantId: ctx.run.tenantId, runId: ctx.run.id, approvalRequestId: id, idempotencyHash: ctx.run.idempotencyHash, deadline: deadline!, from: now });
+      } catch (err) {
+        ctx.logger.warn({ err, run_id: ctx.run.id, tenant_id: ctx.run.tenantId, approval_request_id: id }, 'SLA timer not scheduled (Redis unavailable?): the request is opened without it; the sweeper puts it back from the request within one sweep');
+      }
       return ctx.wait(packet);
     },
   });

@@ -177,17 +177,18 @@ export class WorkflowVersionRetiredError extends AppError {
 
 /**
  * The error a worker records on a run it fails because its own WORKFLOW_VERSIONS_RETIRED names the
- * run's version (executor.ts, failRetired). It names the version and says whose configuration retires
+ * run's version (executor.ts, failRetired; the sweeper's active pass for a run whose job Redis lost,
+ * which cannot name the step: no process has the version's definition, so only `sequence_num`). It names the version and says whose configuration retires
  * it, and not which version a new submission runs on: the API decides that, and the worker cannot tell
  * whether the API's list says the same. When it does not — the API still starts or retries runs of the
  * version — every such run fails here, and submitting it again does not help.
  */
-export function retiredByWorkerError(workflow: string, version: number, step: string, sequenceNum: number) {
+export function retiredByWorkerError(workflow: string, version: number, step: string | undefined, sequenceNum: number) {
   const label = `${workflow}@v${version}`;
   return {
     code: 'workflow_version_retired',
-    message: `The run was started by ${label}, which this worker's configuration declares retired for good (WORKFLOW_VERSIONS_RETIRED): the worker failed the run without running its step ${step}. Submit it again (a new request with a new Idempotency-Key) to run it on the current version. If a new run of ${label} fails the same way, the API still starts runs of it: the API's WORKFLOW_VERSIONS_RETIRED and the workers' disagree, and an operator must set the same list on every process.`,
-    step,
+    message: `The run was started by ${label}, which this worker's configuration declares retired for good (WORKFLOW_VERSIONS_RETIRED): the worker failed the run without running its step ${step ?? sequenceNum}. Submit it again (a new request with a new Idempotency-Key) to run it on the current version. If a new run of ${label} fails the same way, the API still starts runs of it: the API's WORKFLOW_VERSIONS_RETIRED and the workers' disagree, and an operator must set the same list on every process.`,
+    ...(step === undefined ? {} : { step }),
     sequence_num: sequenceNum,
   };
 }

@@ -5,6 +5,7 @@ import type { Logger } from 'pino';
 import { randomUUID } from 'node:crypto';
 import { systemEm, tenantEm } from '../db/tenant-em.ts';
 import { stepJobId } from '../queue/job-ids.ts';
+import { retiredByWorkerError } from './errors.ts';
 import { jobPresence } from '../queue/job-presence.ts';
 import { TIMER_QUEUE } from '../queue/timers.ts';
 import { COMPLETED_STEPS_SQL, RUN_COLUMNS, type DurableRuntime, type IncompleteRun, type RunRow } from './runtime.ts';
@@ -57,6 +58,12 @@ export interface SweepReport {
   examined: number;
   reenqueued: number;
   repairedWaiting: number;
+  /**
+   * Pending or running runs of a version this process declares retired for good
+   * (WORKFLOW_VERSIONS_RETIRED) that this sweep failed (`workflow_version_retired`): no worker will
+   * ever run them, and one whose run job Redis lost would otherwise stay active for ever.
+   */
+  failedRetired: number;
   /** This sweep noticed that Redis lost its data (its marker gone) and started the repair of waiting runs. */
   redisLost: boolean;
   /**
@@ -201,7 +208,7 @@ export class Sweeper {
   }
 
   async sweep(): Promise<SweepReport> {
-    const report: SweepReport = { examined: 0, reenqueued: 0, repairedWaiting: 0, redisLost: false, undecided: { waiting: 0, active: 0 }, unregistered: {} };
+    const report: SweepReport = { examined: 0, reenqueued: 0, repairedWaiting: 0, failedRetired: 0, redisLost: false, undecided: { waiting: 0, active: 0 }, unregistered: {} };
     // A run of a version this process does not register is another worker's: never failed, never enqueued here.
     const registered = (ref: IncompleteRun) => {
       if (this.o.runtime.workflows.get(ref.workflow, ref.workflow_version)) return true;
@@ -276,6 +283,14 @@ export class Sweeper {
       for (const [i, ref] of page.entries()) {
         if (this.stopping) return i;
         report.examined++;
+        // Retired for good: no worker will ever register the version, and only a job of it had its run
+        // failed (the executor's failRetired); with that job lost the run would stay active for ever.
+        // Its job ids derive from the definition no process has, so a job still alive is not looked
+        // for: the run fails here as that job would have failed it. Waiting runs are not in this pass.
+        if (this.o.runtime.workflows.retired(ref.workflow, ref.workflow_version)) {
+          if (await this.guarded(ref, () => this.failRetired(ref))) report.failedRetired++;
+          continue;
+        }
         if (!registered(ref) || alive.has(ref.id)) continue;
         if (undecided.ids.has(ref.id)) {
           report.undecided.active++;
@@ -446,6 +461,34 @@ export class Sweeper {
     if (!wf?.repairWaiting) return false;
     await tenantEm(this.o.orm, ref.tenant_id).transactional((tx) => wf.repairWaiting!(tx, { tenantId: ref.tenant_id, runId: ref.id }));
     return true;
+  }
+
+  /**
+   * Fails a pending or running run of a version declared retired for good, under its tenant, as the
+   * executor's failRetired does (`workflow_version_retired`, at the step after its last completed one,
+   * named by its number only: no process has the definition; its `run.failed` event committed with it,
+   * its deliveries dispatched after the commit). A run that has ended or waits meanwhile is left as it is.
+   */
+  private async failRetired(ref: IncompleteRun): Promise<boolean> {
+    const deliveries: string[] = [];
+    const failed = await tenantEm(this.o.orm, ref.tenant_id).transactional(async (tx) => {
+      // Locked, so a cancel meanwhile is either before (the run is not active: nothing to do) or after.
+      const [run] = await tx.execute<{ completed: number }[]>(
+        `select ${COMPLETED_STEPS_SQL} as completed from durable_runs r where tenant_id = ? and id = ? and (status || '') in ('pending', 'running') for update`,
+        [ref.tenant_id, ref.id],
+      );
+      if (!run) return false;
+      const error = retiredByWorkerError(ref.workflow, ref.workflow_version, undefined, run.completed + 1);
+      return this.o.runtime.complete(tx, ref.id, 'failed', { error }, deliveries);
+    });
+    await this.o.runtime.dispatchDeliveries(ref.tenant_id, deliveries);
+    if (failed) {
+      this.o.logger.error(
+        { run_id: ref.id, tenant_id: ref.tenant_id, workflow: versionLabel(ref.workflow, ref.workflow_version), registered: this.o.runtime.workflows.labels() },
+        'sweeper failed a run of a workflow version this worker declares retired (WORKFLOW_VERSIONS_RETIRED): no worker will carry it on; if the API still starts or retries runs of it, set the same WORKFLOW_VERSIONS_RETIRED on every process',
+      );
+    }
+    return failed;
   }
 
   /**

@@ -173,8 +173,9 @@ export function isConnectivityError(e: unknown): boolean {
  * error too, as that client raised it). A step's own call out (a partner's API that refuses
  * connections, a dead host, its own database or Redis) raises errors of neither, however the step wraps
  * them, and its message may quote any client's words ('Connection terminated unexpectedly', 'Connection
- * is closed', a SQLSTATE of a partner's database): its failure, not an outage. A step is given no
- * connection to the platform's Redis, so an ioredis error it throws is its own Redis's.
+ * is closed', a SQLSTATE of a partner's database): its failure, not an outage. An ioredis error a
+ * step throws is taken for its own Redis's: the one call of the platform's Redis a step makes (the
+ * approval step's SLA timer, SlaScheduler.schedule) catches its failure and never throws it (ADR 0002).
  */
 export function isBackendUnavailable(e: unknown): boolean {
   return platformSays(e, (c) => unavailability(c) !== undefined);

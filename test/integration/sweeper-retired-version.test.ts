@@ -1,0 +1,73 @@
+import { afterAll, beforeAll, expect, it } from 'vitest';
+import { randomUUID } from 'node:crypto';
+import pino from 'pino';
+import { api, CLASS_A_SUBMISSION, newTenant, startStack, type TestStack } from '../helpers/stack.ts';
+import { waitFor } from '../helpers/poll.ts';
+import { laterVersion } from '../helpers/versioned-workflows.ts';
+import { DurableRuntime } from '../../src/platform/durable/runtime.ts';
+import { Sweeper } from '../../src/platform/durable/sweeper.ts';
+import { GOLDEN_PATH, GOLDEN_PATH_QUEUE } from '../../src/modules/golden-path/golden-path.workflow.ts';
+
+/**
+ * An active run of a workflow version retired for good (WORKFLOW_VERSIONS_RETIRED) whose run job Redis
+ * lost: no worker will ever register the version, and only a job made its run fail (the executor's
+ * failRetired), so the run stayed `pending` for ever, counted against its tenant. The sweeper fails it
+ * as that worker would (`workflow_version_retired`, under the run's tenant). A version this process
+ * merely does not register is still left alone: another release's worker may run it (ADR 0008).
+ * No worker here: the sweeps are the only thing that touches the run.
+ */
+let stack: TestStack;
+const lockKeys: string[] = [];
+beforeAll(async () => {
+  stack = await startStack({ env: { SWEEPER_INTERVAL: '1h', SWEEPER_MIN_AGE: '1h' } });
+}, 120_000);
+afterAll(async () => {
+  if (lockKeys.length) await stack?.redis.del(...lockKeys.flatMap((k) => [k, `${k}:marker`, `${k}:loss-repair`])).catch(() => 0);
+  await stack?.stop();
+});
+
+function sweeperOf(retired: string[]) {
+  const v1 = stack.container.runtime.workflow(GOLDEN_PATH);
+  const logger = pino({ level: 'silent' });
+  // The next release: golden-path v2 registered in place of v1.
+  const runtime = new DurableRuntime({ workflows: [laterVersion(v1, 2)], queues: stack.container.runtime.queues, logger, retired });
+  const lockKey = `sweep-retired-${randomUUID()}`;
+  lockKeys.push(lockKey);
+  return new Sweeper({ orm: stack.container.orm, runtime, redis: stack.container.redis, logger, lockKey, intervalMs: 60_000, minAgeMs: 0 });
+}
+
+it('an active run of a retired version whose job Redis lost is failed by a sweep; one of a version merely not registered is left alone', { timeout: 120_000 }, async () => {
+  const tenant = newTenant();
+  const token = await stack.token({ tenantId: tenant, sub: 'submitter-1' });
+  const res = await api(stack, 'POST', '/api/v1/golden-path/run', { token, body: CLASS_A_SUBMISSION, headers: { 'Idempotency-Key': randomUUID() } });
+  expect(res.status, res.text).toBe(202);
+  const runId = res.json.run_id as string;
+  const queue = stack.container.queues.get(GOLDEN_PATH_QUEUE)!;
+  await waitFor(async () => ((await queue.getJobCounts('wait')).wait ?? 0) > 0, { timeoutMs: 30_000, what: 'the run job' });
+  // Redis loses the run's job.
+  await queue.obliterate({ force: true });
+  const row = async () => (await stack.db.admin(`select status, workflow_version, error from durable_runs where id = $1`, [runId])).rows[0];
+  expect(await row()).toMatchObject({ status: 'pending', workflow_version: 1 });
+
+  // A release that does not register v1 nor declares it retired: left to the workers that may register it.
+  const unknown = await sweeperOf([]).sweep();
+  expect(unknown.unregistered).toEqual({ 'golden-path@v1': 1 });
+  expect(unknown.reenqueued).toBe(0);
+  expect(await row()).toMatchObject({ status: 'pending', error: null });
+
+  // A release that declares v1 retired: the run fails, as a worker of that release fails it from a job.
+  const sweeper = sweeperOf(['golden-path@v1']);
+  const retired = await sweeper.sweep();
+  expect(retired.failedRetired).toBe(1);
+  expect(retired.reenqueued).toBe(0);
+  expect(retired.unregistered).toEqual({});
+  const failed = await row();
+  expect(failed.status).toBe('failed');
+  expect(failed.error).toMatchObject({ code: 'workflow_version_retired', sequence_num: 1 });
+  expect(failed.error.message).toContain('golden-path@v1');
+  // Nothing enqueued for it, and a second sweep has nothing left to do.
+  expect((await queue.getJobCounts('wait')).wait ?? 0).toBe(0);
+  const again = await sweeper.sweep();
+  expect(again.failedRetired).toBe(0);
+  expect(await row()).toMatchObject({ status: 'failed' });
+});
