@@ -129,7 +129,7 @@ export async function createContainer(
         })
       : undefined;
   const verifier = createTokenVerifier(config, undefined, logger, revocations);
-  const metrics = createMetrics();
+  const metrics = createMetrics(opts.service);
   const admission = new AdmissionController({ redis, prefix: config.QUEUE_PREFIX, perMinute: config.RATE_LIMIT_PER_MINUTE, maxInFlight: config.MAX_RUNS_IN_FLIGHT_PER_TENANT });
   // One hourly budget of requested sends per tenant (WEBHOOK_RESEND_MAX_PER_HOUR): resends and test events spend from it.
   const resendBudget = { window: new SlidingBudget(redis, `${config.QUEUE_PREFIX}:webhook-resend`, RESEND_BUDGET_WINDOW_MS), maxPerHour: config.WEBHOOK_RESEND_MAX_PER_HOUR };
