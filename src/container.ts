@@ -6,6 +6,7 @@ import { apiConfigProblems, ConfigError, poolMaxFor, type Config } from './platf
 import { createOrm, type MikroORM } from './platform/db/orm.ts';
 import { createLogger, type Logger } from './platform/telemetry/logger.ts';
 import { createRedis } from './platform/queue/connections.ts';
+import { warnOnQueueErrors } from './platform/queue/queue-errors.ts';
 import { createTokenVerifier, type TokenVerifier } from './platform/tenancy/jwt.ts';
 import { IdempotencyService } from './platform/idempotency/idempotency.service.ts';
 import { DurableRuntime, keepFromConfig } from './platform/durable/runtime.ts';
@@ -99,7 +100,8 @@ export async function createContainer(
     let q = queues.get(name);
     if (!q) {
       q = new Queue(name, queueOpts);
-      q.on('error', (err) => logger.warn({ err, queue: name }, 'queue error'));
+      // Without a listener BullMQ prints each connection error as a stack trace; with Redis down, one warning per 10 s per queue.
+      warnOnQueueErrors(q, name, logger);
       queues.set(name, q);
     }
     return q;
