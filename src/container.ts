@@ -6,6 +6,7 @@ import { apiConfigProblems, ConfigError, poolMaxFor, type Config } from './platf
 import { createOrm, type MikroORM } from './platform/db/orm.ts';
 import { createLogger, type Logger } from './platform/telemetry/logger.ts';
 import { createRedis } from './platform/queue/connections.ts';
+import { warnOnQueueErrors } from './platform/queue/queue-errors.ts';
 import { createTokenVerifier, type TokenVerifier } from './platform/tenancy/jwt.ts';
 import { IdempotencyService } from './platform/idempotency/idempotency.service.ts';
 import { DurableRuntime, keepFromConfig } from './platform/durable/runtime.ts';
@@ -99,7 +100,8 @@ export async function createContainer(
     let q = queues.get(name);
     if (!q) {
       q = new Queue(name, queueOpts);
-      q.on('error', (err) => logger.warn({ err, queue: name }, 'queue error'));
+      // Without a listener BullMQ prints each connection error as a stack trace; with Redis down, one warning per 10 s per queue.
+      warnOnQueueErrors(q, name, logger);
       queues.set(name, q);
     }
     return q;
@@ -129,7 +131,7 @@ export async function createContainer(
         })
       : undefined;
   const verifier = createTokenVerifier(config, undefined, logger, revocations);
-  const metrics = createMetrics();
+  const metrics = createMetrics(opts.service);
   const admission = new AdmissionController({ redis, prefix: config.QUEUE_PREFIX, perMinute: config.RATE_LIMIT_PER_MINUTE, maxInFlight: config.MAX_RUNS_IN_FLIGHT_PER_TENANT });
   // One hourly budget of requested sends per tenant (WEBHOOK_RESEND_MAX_PER_HOUR): resends and test events spend from it.
   const resendBudget = { window: new SlidingBudget(redis, `${config.QUEUE_PREFIX}:webhook-resend`, RESEND_BUDGET_WINDOW_MS), maxPerHour: config.WEBHOOK_RESEND_MAX_PER_HOUR };

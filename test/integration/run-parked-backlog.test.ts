@@ -183,7 +183,7 @@ describe('run jobs: a parked backlog behind a tenant at its cap', () => {
     /** The fallback delay, far beyond the test: a parked job completes only if something promotes it. */
     const FALLBACK = 600_000;
     // The worker's counter, as worker-runtime counts the host's recoveries in it.
-    const metrics = createMetrics();
+    const metrics = createMetrics('worker');
     const recovered = async (how: string) => series(await metrics.registry.metrics(), 'dealix_lost_promotions_recovered_total', { jobs: 'runs', how }) ?? 0;
     const { tenant, queue, slots, holder, parkedKey } = await parkedBehindHolder('lost', M, {
       concurrency: 2,

@@ -122,7 +122,7 @@ describe('run retention', () => {
   const kept = () => ({ run: 1, checkpoints: 2, domain: everyDomainRow() });
   /** The run-retention job's handler as a worker process runs it, with its own log and metrics. */
   function retentionJob(runRetentionMs: number, retentionBatch?: { batchSize: number; maxBatches: number }) {
-    const metrics = createMetrics();
+    const metrics = createMetrics('worker');
     const destination = new Writable({
       write(chunk, _enc, cb) {
         for (const l of String(chunk).split('\n').filter(Boolean)) logLines.push(JSON.parse(l));

@@ -247,7 +247,7 @@ describe('webhook deliveries: a parked backlog behind a full endpoint', () => {
     const M = 5;
     const FALLBACK = 600_000;
     const { tenantId, endpointId, slots, holder } = await heldEndpoint('/lost', 'lost-holder');
-    const metrics = createMetrics();
+    const metrics = createMetrics('worker');
     const recovered = async (how: string) => series(await metrics.registry.metrics(), 'dealix_lost_promotions_recovered_total', { jobs: 'webhooks', how }) ?? 0;
     const logger = pino({ level: 'silent' });
     const use: WebhookSlotsUse = { endpoint: slots, onRecovered: (how) => metrics.lostPromotionsRecovered.inc({ jobs: 'webhooks', how }) };

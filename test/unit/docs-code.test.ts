@@ -66,9 +66,13 @@ describe('documents against the code', () => {
   });
 
   it("operations.md's metrics table names every series a process registers, with its type and labels, and no other", () => {
-    const registered = createMetrics().registry.getMetricsAsArray().map((m) => {
+    const namesOf = (process: 'api' | 'worker') => new Set(createMetrics(process).registry.getMetricsAsArray().map((m) => (m as unknown as { name: string }).name));
+    const [onApi, onWorkers] = [namesOf('api'), namesOf('worker')];
+    const registered = createMetrics('tool').registry.getMetricsAsArray().map((m) => {
       const metric = m as unknown as { name: string; labelNames: string[] };
-      return { name: metric.name, type: m.constructor.name.toLowerCase(), labels: [...metric.labelNames].sort().join(', ') };
+      // The "where" column starts with the process type that exposes it.
+      const where = onApi.has(metric.name) && onWorkers.has(metric.name) ? 'every process' : onApi.has(metric.name) ? 'API' : 'workers';
+      return { name: metric.name, type: m.constructor.name.toLowerCase(), labels: [...metric.labelNames].sort().join(', '), where };
     });
     const rows = tableUnder('docs/operations.md', '## Metrics').map((cells) => {
       const [first, ...more] = ticked(cells[0]!);
@@ -76,7 +80,7 @@ describe('documents against the code', () => {
       const stem = first!.split('_').slice(0, -2).join('_');
       const names = [first!, ...more.map((n) => (n.startsWith('…') ? stem + n.slice(1) : n))];
       // The labels column: each label in backticks, its values in parentheses after it.
-      return { names, type: cells[1]!, labels: ticked(cells[2]!.replace(/\([^)]*\)/g, '')).sort().join(', ') };
+      return { names, type: cells[1]!, labels: ticked(cells[2]!.replace(/\([^)]*\)/g, '')).sort().join(', '), where: cells[3]! };
     });
     const documents = (name: string, metric: string) => (name.endsWith('*') ? metric.startsWith(name.slice(0, -1)) : metric === name);
     const rowOf = (metric: string) => rows.find((r) => r.names.some((n) => documents(n, metric)));
@@ -85,6 +89,8 @@ describe('documents against the code', () => {
     const described = registered.map((m) => ({ ...m, row: rowOf(m.name)! })).filter((m) => m.row.type !== '');
     expect(described.filter((m) => m.row.type !== m.type).map((m) => `${m.name}: ${m.type}, documented ${m.row.type}`)).toEqual([]);
     expect(described.filter((m) => m.row.labels !== m.labels).map((m) => `${m.name}: [${m.labels}], documented [${m.row.labels}]`)).toEqual([]);
+    const exposedBy = registered.map((m) => ({ ...m, row: rowOf(m.name)! })).filter((m) => !m.row.where.startsWith(m.where));
+    expect(exposedBy.map((m) => `${m.name}: exposed by ${m.where}, documented "${m.row.where.slice(0, 20)}…"`), 'the "where" column starts with the process type that exposes it').toEqual([]);
   });
 
   it('the API, worker and migration command lines are the same in package.json, Procfile, docker-compose.yml, the Dockerfile and the runbook', () => {

@@ -53,7 +53,11 @@ function cursorFields(raw: string): string[] {
   return text.split('|');
 }
 
-/** Reads a cursor this API issued; anything else is a 400 (Date.parse accepts much PostgreSQL refuses: "1", year 275760; a field more). */
+/**
+ * Reads a cursor shaped as this API encodes one; anything else is a 400 (Date.parse accepts much
+ * PostgreSQL refuses: "1", year 275760; a field more). The shape only, not who issued it: a well-shaped
+ * cursor the API never issued, or another newest-first list's, is a position like any (RLS still applies).
+ */
 export function readCursor(raw: string | undefined): Cursor | undefined {
   if (raw === undefined) return undefined;
   const [at, id, ...rest] = cursorFields(raw);
@@ -63,7 +67,7 @@ export function readCursor(raw: string | undefined): Cursor | undefined {
 
 /**
  * The `where` of a newest-first page: the caller's conditions, then the status filter and the raw
- * cursor's keyset condition when given (a cursor this API did not issue is a 400); their values are
+ * cursor's keyset condition when given (a cursor not shaped as this API encodes one is a 400); their values are
  * appended to `params`, followed by the page size plus one (the extra row says whether more follow).
  */
 export function pageWhere(where: string, params: unknown[], query: { status?: string | undefined; cursor?: string | undefined; limit: number }): string {
@@ -90,7 +94,7 @@ export function nextKeyCursor(lastKey: string | undefined, more: boolean): strin
   return more && lastKey ? Buffer.from(`k|${lastKey}`).toString('base64url') : null;
 }
 
-/** Reads a key cursor this API issued; anything else (a time cursor of another list included) is a 400. */
+/** Reads a key cursor shaped as this API encodes one; anything else (a time cursor of another list included) is a 400. */
 export function readKeyCursor(raw: string | undefined): string | undefined {
   if (raw === undefined) return undefined;
   const [tag, key, ...rest] = cursorFields(raw);

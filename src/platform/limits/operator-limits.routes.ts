@@ -59,7 +59,7 @@ const tenantParam = z.object({ tenant_id: z.string().uuid() });
 
 const listQuery = z.strictObject({
   limit: pageLimit(50),
-  cursor: z.string().max(200).optional().describe('`next_cursor` of the page before (anything else: 400)'),
+  cursor: z.string().max(200).optional().describe('`next_cursor` of the page before (a cursor not shaped as this list encodes one: 400)'),
 });
 const limitsPage = pageSchema(limitsView).meta({ id: 'TenantLimitsPage' });
 type LimitsPage = z.infer<typeof limitsPage>;
@@ -134,7 +134,7 @@ export function operatorLimitsRoutes(deps: OperatorLimitsDeps): RouteDef[] {
       query: listQuery,
       responses: {
         200: { description: 'A page of tenants with overrides, ordered by tenant_id ascending; a tenant whose overrides were deleted is absent', schema: limitsPage },
-        400: { description: 'A bad or unknown query parameter: `limit` not a whole number 1–100, or a `cursor` this API did not issue' },
+        400: { description: 'A bad or unknown query parameter: `limit` not a whole number 1–100, or a `cursor` not shaped as this list encodes one (its shape is checked, not who issued it)' },
         ...operatorOnly,
       },
       async handler({ em, query }) {

@@ -10,6 +10,7 @@ import { deleteEndedRuns } from '../durable/retention.ts';
 import type { IdempotencyService } from '../idempotency/idempotency.service.ts';
 import { WEBHOOK_REDELIVERY_JOB } from '../webhooks/delivery.ts';
 import { deleteSettledDeliveries } from '../webhooks/retention.ts';
+import { warnOnQueueErrors } from './queue-errors.ts';
 
 export const MAINTENANCE_QUEUE = 'maintenance';
 export const IDEMPOTENCY_EXPIRY_JOB = 'idempotency-expiry';
@@ -150,7 +151,7 @@ export async function scheduleMaintenance(
 ): Promise<Queue> {
   const queue = new Queue(MAINTENANCE_QUEUE, { connection: deps.connection, prefix: deps.prefix });
   // Without a listener BullMQ prints each connection error as a bare multi-line stack trace on stderr.
-  queue.on('error', (err) => deps.logger.warn({ err, queue: MAINTENANCE_QUEUE }, 'queue error'));
+  warnOnQueueErrors(queue, MAINTENANCE_QUEUE, deps.logger);
   try {
     // Redis first: a worker that cannot reach it has not started and decides nothing. Recorded while it
     // waited (Redis down, or a REDIS_URL that is not the deployment's), its RUN_RETENTION — off by
