@@ -5,7 +5,9 @@ import { redactedQueryAttribute, redactQuery } from '../../src/platform/telemetr
 import querystring from 'node:querystring';
 import express from 'express';
 import { bullBoardRouter } from '../../src/platform/http/admin-board.ts';
+import { httpLogger } from '../../src/platform/telemetry/http-logger.ts';
 import { requestContext } from '../../src/platform/tenancy/request-context.ts';
+import { waitFor } from '../helpers/poll.ts';
 
 function capture() {
   const lines: string[] = [];
@@ -121,6 +123,25 @@ describe('logger', () => {
     const refused = lines.map((l) => JSON.parse(l)).find((l) => l.security_event === 'board_action_refused');
     expect(refused?.path).toBe('/admin/queues/api/queues/q/empty?token=[redacted]&next=[redacted]');
     for (const line of lines) expect(line).not.toContain('c2lnbmF0dXJl');
+  });
+
+  it("redacts a redirect's Location in the request log: one reflecting the query carried its token whole", async () => {
+    const { lines, logger } = capture();
+    const app = express()
+      .use(httpLogger(logger))
+      .get('/r', (req, res) => res.redirect(302, `/elsewhere${req.url.slice(2)}`));
+    const server = app.listen(0);
+    const jwt = 'eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl';
+    try {
+      const { port } = server.address() as { port: number };
+      expect((await fetch(`http://127.0.0.1:${port}/r?next=${jwt}&token=opaque1&limit=5`, { redirect: 'manual' })).status).toBe(302);
+      await waitFor(() => lines.some((l) => l.includes('request completed')), { what: 'the request log line' });
+    } finally {
+      await new Promise((resolve) => server.close(resolve));
+    }
+    const line = lines.find((l) => l.includes('request completed'))!;
+    expect(JSON.parse(line).res.headers.location).toBe('/elsewhere?next=[redacted]&token=[redacted]&limit=5');
+    for (const secret of ['c2lnbmF0dXJl', 'opaque1']) expect(line).not.toContain(secret);
   });
 
   it("names a request's url.query by its query alone, redacted: never its fragment, none without a query", () => {
