@@ -270,6 +270,18 @@ describe('configuration', () => {
     }
   });
 
+  // Re-review: a JWKS URL with user info passed start-up and readiness (which printed the password) while fetch refuses
+  // to send it, so every token was answered 503. The message does not repeat the URL (stderr would carry the password).
+  it('refuses a JWT_JWKS_URL carrying user info, in any environment, without echoing it', () => {
+    for (const url of ['https://ops:s3cret-pw@idp.example/jwks.json', 'https://ops@idp.example/jwks.json', 'http://:s3cret-pw@127.0.0.1:8080/jwks.json']) {
+      for (const env of ['production', 'development']) {
+        const problems = configError({ NODE_ENV: env, JWT_JWKS_URL: url }).problems.filter((p) => p.startsWith('JWT_JWKS_URL'));
+        expect(problems, `${env} ${url}`).toContainEqual(expect.stringMatching(/^JWT_JWKS_URL: must not carry user info/));
+        for (const p of problems) expect(p).not.toContain('s3cret-pw');
+      }
+    }
+  });
+
   it('stops the API at start-up in production, exit code 1, naming JWT_JWKS_URL, when the key set is fetched over plain http', () => {
     const r = startApi({ NODE_ENV: 'production', JWT_JWKS_URL: 'http://127.0.0.1:1/jwks.json' });
     expect(r.status, r.stderr).toBe(1);

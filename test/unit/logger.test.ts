@@ -1,8 +1,13 @@
 import { describe, expect, it } from 'vitest';
 import { Writable } from 'node:stream';
 import { createLogger, redactUrl } from '../../src/platform/telemetry/logger.ts';
-import { redactedQueryAttribute } from '../../src/platform/telemetry/attributes.ts';
+import { redactedQueryAttribute, redactQuery } from '../../src/platform/telemetry/attributes.ts';
+import querystring from 'node:querystring';
+import express from 'express';
+import { bullBoardRouter } from '../../src/platform/http/admin-board.ts';
+import { httpLogger } from '../../src/platform/telemetry/http-logger.ts';
 import { requestContext } from '../../src/platform/tenancy/request-context.ts';
+import { waitFor } from '../helpers/poll.ts';
 
 function capture() {
   const lines: string[] = [];
@@ -66,6 +71,77 @@ describe('logger', () => {
     expect(redactedQueryAttribute(`/x?cursor=${jwt}`)).toEqual({ 'url.query': 'cursor=[redacted]' });
     // Not a JWT: a cursor, a dotted name, an id, a value with eyJ elsewhere, a two-segment value.
     for (const v of ['eyJhbGciOiJIUzI1NiJ9', 'a.b.c', 'eyJ.x', 'xeyJhbGci.eyJzdWIi.sig', 'eyJ a.b.c', 'dealix.run.v1']) expect(redactUrl(`/x?v=${v}`), v).toBe(`/x?v=${v}`);
+  });
+
+  // Re-review: the JWT rule matched a whole value only, and a value whose decoding threw was read raw, so a token
+  // reached the log and the span by other spellings. Each case is also what the query parser hands req.query.
+  it('redacts a JWT inside a value, however spelled: a prefix, a nested URL, a `;` pair, a stray or non-UTF-8 escape, encoded twice', () => {
+    const jwt = 'eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl';
+    const leaks = [
+      `q=Bearer%20${jwt}`,
+      `q=Bearer+${jwt}`,
+      `next=%2Fadmin%2Fqueues%3Ftoken%3D${jwt}`,
+      `next=/admin/queues%3Fa=1%26token=${jwt}`,
+      `a=1;token=${jwt}`,
+      `q=${jwt}%`,
+      `q=${jwt}%FF`,
+      `q=%FF${jwt}`,
+      `q=${jwt.replace(/\./g, '%252E')}`,
+      `q=${jwt.replace(/\./g, '%25252E')}`,
+    ];
+    for (const query of leaks) {
+      const name = query.slice(0, query.indexOf('='));
+      expect(redactUrl(`/x?${query}&limit=5`), query).toBe(`/x?${name}=[redacted]&limit=5`);
+      expect(redactedQueryAttribute(`/x?${query}`), query).toEqual({ 'url.query': `${name}=[redacted]` });
+      expect(redactQuery(querystring.parse(`${query}&limit=5`) as Record<string, unknown>), query).toEqual({ [name]: '[redacted]', limit: '5' });
+    }
+    expect(redactUrl(`/x#state=s;access_token=${jwt}%`)).toBe('/x#state=[redacted]');
+  });
+
+  it('redacts a secret pair nested in a value (`next=/x?token=…`, `a=1;password=…`) and a secret name in brackets (`user[password]`)', () => {
+    for (const query of ['next=%2Fadmin%3Ftoken%3Dopaque', 'next=/admin%3Fpassword=hunter2', 'a=1;password=hunter2', 'user[password]=hunter2', 'auth%5Btoken%5D=opaque', 'x[a][Access_Token]=opaque']) {
+      const name = query.slice(0, query.indexOf('='));
+      expect(redactUrl(`/x?${query}&limit=5`), query).toBe(`/x?${name}=[redacted]&limit=5`);
+      expect(redactQuery(querystring.parse(query) as Record<string, unknown>), query).toEqual({ [querystring.unescape(name)]: '[redacted]' });
+    }
+    // Not secrets: a longer name, a nested pair under another name, a name that is only brackets, an `=` in a value.
+    for (const query of ['next=%2Fadmin%3Ftokens%3Dx', 'user[name]=alice', '[token]=keep', 'filter=a%3Db', 'q=token']) expect(redactUrl(`/x?${query}`), query).toBe(`/x?${query}`);
+  });
+
+  it("logs a refused Bull Board action's path with its secrets redacted", async () => {
+    const { lines, logger } = capture();
+    const app = express().use('/admin/queues', bullBoardRouter([], { readOnly: true, basePath: '/admin/queues', logger }).router);
+    const server = app.listen(0);
+    try {
+      const { port } = server.address() as { port: number };
+      const jwt = 'eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl';
+      const res = await fetch(`http://127.0.0.1:${port}/admin/queues/api/queues/q/empty?token=${jwt}&next=Bearer%20${jwt}`, { method: 'PUT' });
+      expect(res.status).toBe(405);
+    } finally {
+      await new Promise((resolve) => server.close(resolve));
+    }
+    const refused = lines.map((l) => JSON.parse(l)).find((l) => l.security_event === 'board_action_refused');
+    expect(refused?.path).toBe('/admin/queues/api/queues/q/empty?token=[redacted]&next=[redacted]');
+    for (const line of lines) expect(line).not.toContain('c2lnbmF0dXJl');
+  });
+
+  it("redacts a redirect's Location in the request log: one reflecting the query carried its token whole", async () => {
+    const { lines, logger } = capture();
+    const app = express()
+      .use(httpLogger(logger))
+      .get('/r', (req, res) => res.redirect(302, `/elsewhere${req.url.slice(2)}`));
+    const server = app.listen(0);
+    const jwt = 'eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl';
+    try {
+      const { port } = server.address() as { port: number };
+      expect((await fetch(`http://127.0.0.1:${port}/r?next=${jwt}&token=opaque1&limit=5`, { redirect: 'manual' })).status).toBe(302);
+      await waitFor(() => lines.some((l) => l.includes('request completed')), { what: 'the request log line' });
+    } finally {
+      await new Promise((resolve) => server.close(resolve));
+    }
+    const line = lines.find((l) => l.includes('request completed'))!;
+    expect(JSON.parse(line).res.headers.location).toBe('/elsewhere?next=[redacted]&token=[redacted]&limit=5');
+    for (const secret of ['c2lnbmF0dXJl', 'opaque1']) expect(line).not.toContain(secret);
   });
 
   it("names a request's url.query by its query alone, redacted: never its fragment, none without a query", () => {

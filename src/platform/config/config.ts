@@ -151,6 +151,9 @@ export const configSchema = z
       .string()
       .url()
       .refine((u) => !URL.canParse(u) || ['http:', 'https:'].includes(new URL(u).protocol), "must be an https:// URL (http:// outside production): the identity provider's key set")
+      // fetch refuses a URL with user info (`https://user:pass@idp/…`): not one key set would ever be fetched, every token
+      // answered 503, while start-up and readiness passed (the row printing the password). A key set is public.
+      .refine((u) => !URL.canParse(u) || (new URL(u).username === '' && new URL(u).password === ''), 'must not carry user info (user:password@): fetch refuses such a URL, so the key set could never be fetched and every token would be refused; a key set is public, put no credential in its URL')
       .optional(),
     JWT_ISSUER: z.string().min(1).default('dealix-dev'),
     JWT_AUDIENCE: z.string().min(1).default('dealix-api'),

@@ -6,7 +6,7 @@ import { AppError, ForbiddenError, ServiceUnavailableError, UnauthorizedError } 
 import { KeysUnavailableError, type Principal, type TokenVerifier } from '../tenancy/jwt.ts';
 import { tagMiddleware, type TokenRefusal } from '../tenancy/auth.middleware.ts';
 import { sendProblem } from './problem.middleware.ts';
-import { holdsJwt, isSecretQueryParam } from '../telemetry/attributes.ts';
+import { holdsSecretValue, isSecretQueryParam } from '../telemetry/attributes.ts';
 import type { SlidingRateWindow } from './rate-window.ts';
 import { claimsOf, SESSION_ID, type OperatorSessions } from './operator-sessions.ts';
 import { inFlightPlaces, leaveLoadShedding } from './load-shed.ts';
@@ -593,8 +593,8 @@ function withoutToken(originalUrl: string, basePath: string): string {
   const url = new URL(originalUrl, 'http://local');
   // Every credential the query held (a second one, any case: `&Access_Token=`), not only the token taken:
   // the Location header is written to the request log, and the browser would keep it in its history.
-  // A JWT under another name (`&next=eyJ…`) too, as the log redacts it.
-  for (const name of new Set(url.searchParams.keys())) if (isSecretQueryParam(name) || holdsJwt(url.searchParams.getAll(name))) url.searchParams.delete(name);
+  // A JWT or a secret pair under another name (`&next=eyJ…`, `&next=/x?token=…`) too, as the log redacts it.
+  for (const name of new Set(url.searchParams.keys())) if (isSecretQueryParam(name) || holdsSecretValue(url.searchParams.getAll(name))) url.searchParams.delete(name);
   const underBoard = url.pathname === basePath || url.pathname.startsWith(`${basePath}/`);
   return `${underBoard ? url.pathname : basePath}${url.search}`;
 }

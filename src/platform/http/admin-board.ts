@@ -10,6 +10,7 @@ import { SlidingRateWindow } from './rate-window.ts';
 import { OperatorSessions } from './operator-sessions.ts';
 import { sendProblem } from './problem.middleware.ts';
 import { AppError } from '../errors/app-error.ts';
+import { redactUrl } from '../telemetry/attributes.ts';
 import { createBullBoard } from '@bull-board/api';
 import { BullMQAdapter } from '@bull-board/api/bullMQAdapter';
 import { ExpressAdapter } from '@bull-board/express';
@@ -108,7 +109,7 @@ export function bullBoardRouter(queues: Iterable<Queue>, opts: { readOnly: boole
   // Its reads keep their ETag (the API's readETags wraps every GET's send); its writes get none, as the API's.
   board.disable?.('etag');
   const refuse: RequestHandler = (req, res) => {
-    opts.logger?.warn({ security_event: 'board_job_write_refused', method: req.method, path: req.originalUrl, ip: req.ip }, 'Bull Board job write refused (add job / edit job data)');
+    opts.logger?.warn({ security_event: 'board_job_write_refused', method: req.method, path: redactUrl(req.originalUrl), ip: req.ip }, 'Bull Board job write refused (add job / edit job data)');
     sendProblem(res, jobWriteRefused());
   };
   // A write matching none of BOARD_ACTIONS (with Bull Board's paths and Express's default matching, as
@@ -124,7 +125,7 @@ export function bullBoardRouter(queues: Iterable<Queue>, opts: { readOnly: boole
       next('router');
     });
   const refuseAction: RequestHandler = (req, res) => {
-    opts.logger?.warn({ security_event: 'board_action_refused', method: req.method, path: req.originalUrl, ip: req.ip }, 'Bull Board action refused (not one the dashboard allows)');
+    opts.logger?.warn({ security_event: 'board_action_refused', method: req.method, path: redactUrl(req.originalUrl), ip: req.ip }, 'Bull Board action refused (not one the dashboard allows)');
     sendProblem(res, boardActionRefused());
   };
   // Whatever the refusals do not answer goes on to Bull Board (an error to the app's handler).

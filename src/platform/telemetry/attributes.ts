@@ -1,3 +1,4 @@
+import querystring from 'node:querystring';
 import { createContextKey, type Context } from '@opentelemetry/api';
 
 /** Span and log attribute names, in one place. */
@@ -50,30 +51,63 @@ const BRACKET_SUFFIX = /(?:\[[^\]]*\])+$/;
 /**
  * Whether a query parameter (its decoded name, any case, with or without a bracket suffix) holds a secret:
  * `token[]=<jwt>` was logged whole while only the exact names were matched. A longer name (`tokens`) is not one.
+ * A secret name inside the brackets of another is one too (`user[password]=`, `auth[token]=`, as Rails-style
+ * forms nest them); a name that is only brackets (`[token]`) is not.
  */
-export const isSecretQueryParam = (name: string): boolean => SECRET_QUERY_PARAMS.has(name.toLowerCase().replace(BRACKET_SUFFIX, ''));
+export const isSecretQueryParam = (name: string): boolean => {
+  const lower = name.toLowerCase();
+  const base = lower.replace(BRACKET_SUFFIX, '');
+  if (SECRET_QUERY_PARAMS.has(base)) return true;
+  return base !== '' && [...lower.slice(base.length).matchAll(/\[([^\]]*)\]/g)].some((m) => SECRET_QUERY_PARAMS.has(m[1]!));
+};
 
 /**
- * A JSON Web Token in compact form, as a whole value: a JWS (three base64url segments) or a JWE (five), its
- * header JSON (`{"` encodes to `eyJ`). Redacted under any parameter name: a bearer token pasted into `?next=`
- * or `?q=` is as much a credential as one under `token`.
+ * A JSON Web Token in compact form: a JWS (three base64url segments) or a JWE (five), its header JSON (`{"`
+ * encodes to `eyJ`), not preceded by another base64url character. Found anywhere in a value, not only as the
+ * whole of it: `Bearer eyJ…`, `/admin/queues?token=eyJ…` in a `next=`, `1;token=eyJ…` (a `;` the query parser
+ * does not split at), `eyJ….sig%` (a stray percent) hold it whole, as much a credential as under `token`.
  */
-const COMPACT_JWT = /^eyJ[\w-]*(?:\.[\w-]*){2}(?:(?:\.[\w-]*){2})?$/;
+const JWT_INSIDE = /(?<![\w-])eyJ[\w-]*(?:\.[\w-]*){2}/;
 
-/** Whether a query value (decoded; a repeated parameter's array, or a nested object, any part of it) is a JWT. */
-export const holdsJwt = (value: unknown): boolean =>
-  typeof value === 'string' ? COMPACT_JWT.test(value) : typeof value === 'object' && value !== null && Object.values(value).some(holdsJwt);
+/** A secret `name=` pair inside a value: a URL's query or fragment in `next=`, or a `;`-separated pair (`a=1;password=x`). */
+const holdsSecretPair = (value: string): boolean =>
+  value.includes('=') &&
+  value.split(/[?&;#]/).some((pair) => {
+    const eq = pair.indexOf('=');
+    return eq > 0 && isSecretQueryParam(pair.slice(0, eq).trim());
+  });
 
-/** A parsed query (req.query) with every secret value replaced: by its name (isSecretQueryParam) or its shape (holdsJwt). */
+/**
+ * Whether a query value (decoded; a repeated parameter's array, or a nested object, any part of it) holds a
+ * secret: a JWT anywhere in it, or a secret `name=` pair of a query nested in it. Read decoded up to three
+ * times (`%252E` is a dot encoded twice: whoever reads the log decodes it as easily).
+ */
+export const holdsSecretValue = (value: unknown): boolean =>
+  typeof value === 'string'
+    ? decodings(value).some((v) => JWT_INSIDE.test(v) || holdsSecretPair(v))
+    : typeof value === 'object' && value !== null && Object.values(value).some(holdsSecretValue);
+
+/** A parsed query (req.query) with every secret value replaced: by its name (isSecretQueryParam) or its content (holdsSecretValue). */
 export const redactQuery = (query: Record<string, unknown>): Record<string, unknown> =>
-  Object.fromEntries(Object.entries(query).map(([k, v]) => [k, isSecretQueryParam(k) || holdsJwt(v) ? '[redacted]' : v]));
+  Object.fromEntries(Object.entries(query).map(([k, v]) => [k, isSecretQueryParam(k) || holdsSecretValue(v) ? '[redacted]' : v]));
 
-const decoded = (raw: string): string => {
-  try {
-    return decodeURIComponent(raw.replace(/\+/g, ' '));
-  } catch {
-    return raw;
+/**
+ * A query name or value decoded as the query parser (querystring.unescape) decodes it: `+` a space, each
+ * valid escape decoded, and never a throw — a malformed or non-UTF-8 escape (`%`, `%FF`) elsewhere in the
+ * value does not leave the rest of it unread (decodeURIComponent refused the whole value, which then went
+ * to the log as it came).
+ */
+const decoded = (raw: string): string => querystring.unescape(raw.replace(/\+/g, ' '));
+
+/** `raw`, and each further decoding of it while it changes (three at most). */
+const decodings = (raw: string): string[] => {
+  const out = [raw];
+  for (let i = 0; i < 3; i++) {
+    const next = querystring.unescape(out[out.length - 1]!);
+    if (next === out[out.length - 1]) break;
+    out.push(next);
   }
+  return out;
 };
 
 /** `name=value` pairs split at `separators` (kept), each secret one's value replaced. */
@@ -84,7 +118,7 @@ const redactPairs = (pairs: string, separators: RegExp): string =>
       if (i % 2) return pair; // a separator
       const eq = pair.indexOf('=');
       const name = eq < 0 ? pair : pair.slice(0, eq);
-      return isSecretQueryParam(decoded(name)) || (eq >= 0 && holdsJwt(decoded(pair.slice(eq + 1)))) ? `${name}=[redacted]` : pair;
+      return decodings(decoded(name)).some(isSecretQueryParam) || (eq >= 0 && holdsSecretValue(decoded(pair.slice(eq + 1)))) ? `${name}=[redacted]` : pair;
     })
     .join('');
 

@@ -47,6 +47,13 @@ export function httpLogger(logger: Logger): HttpLogger {
         if (req.query) req.query = redactQuery(req.query);
         return req;
       },
+      // A redirect's Location by the same rules: one that reflects the request's query (serve-static's `/static` →
+      // `/static/?…` under the dashboard, any res.redirect built from req.url) carried its secrets into the log whole.
+      res: (res: { headers?: Record<string, unknown> }) => {
+        const location = res.headers?.location;
+        if (typeof location === 'string') res.headers = { ...res.headers, location: redactUrl(location) };
+        return res;
+      },
     },
   });
 }
