@@ -10,6 +10,7 @@ const { createApp } = await import('./app.ts');
 const { drainOnClose, exitAfterFailedStart, notReadyFor, onShutdown } = await import('./platform/process/shutdown.ts');
 const { untilReady } = await import('./platform/queue/connections.ts');
 const { warnWhenGuardOff } = await import('./platform/webhooks/ssrf.ts');
+const { warnWhenTlsVerificationOff } = await import('./platform/process/tls-verification.ts');
 const { answerClientError } = await import('./platform/http/client-error.ts');
 
 const config = loadConfig();
@@ -17,6 +18,8 @@ const container = await createContainer(config, { service: 'api' }).catch(exitOn
 await untilReady(container.redis, 5_000);
 // Before 'api listening' (a start's lines are read up to it): readiness row webhook-ssrf-guard.
 warnWhenGuardOff(container.logger, config.WEBHOOK_ALLOW_PRIVATE_NETWORKS);
+// Readiness row tls-verification: NODE_TLS_REJECT_UNAUTHORIZED=0 in production.
+warnWhenTlsVerificationOff(container.logger, config.NODE_ENV);
 // A request counts against API_MAX_INFLIGHT while its body arrives: a client trickling bodies must not
 // hold the slots for Node's default of five minutes (checked every second, not every 30 s).
 const server = createServer(

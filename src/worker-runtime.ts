@@ -16,6 +16,7 @@ import { exitAfterFailedStart, onShutdown } from './platform/process/shutdown.ts
 import { WEBHOOK_QUEUE, webhookHandlers, webhookLostPromotions, type WebhookSlotsUse } from './platform/webhooks/delivery.ts';
 import type { Metrics } from './platform/telemetry/metrics.ts';
 import { warnWhenGuardOff } from './platform/webhooks/ssrf.ts';
+import { warnWhenTlsVerificationOff } from './platform/process/tls-verification.ts';
 import { EndpointRates } from './platform/webhooks/rate-limit.ts';
 import { webhookResolver, webhookUrlPolicy } from './container.ts';
 
@@ -244,6 +245,7 @@ export async function startWorkerProcess(c: Container, opts: { signal?: AbortSig
   });
   sweeper.start();
   warnWhenGuardOff(c.logger, cfg.WEBHOOK_ALLOW_PRIVATE_NETWORKS);
+  warnWhenTlsVerificationOff(c.logger, cfg.NODE_ENV);
   // Redis is reachable by now (the maintenance schedulers are in it): one CONFIG GET, on the producer connection.
   await warnWhenIdleTimeout(c.redis, c.logger);
   // The worker cannot see the API's list: said once at start, where a mismatch is looked for first (ADR 0008).

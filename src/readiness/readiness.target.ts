@@ -1,5 +1,5 @@
 import { fileURLToPath } from 'node:url';
-import { apiConfigProblems, ConfigError, type Config } from '../platform/config/config.ts';
+import { apiConfigProblems, ConfigError, nodeTlsEnv, type Config } from '../platform/config/config.ts';
 import { createOrm } from '../platform/db/orm.ts';
 import { createContainer, type Container } from '../container.ts';
 import { createApp } from '../app.ts';
@@ -33,6 +33,7 @@ export async function openReadinessTarget(config: Config, opts: TargetOptions = 
       openOwnerOrm: () => createOrm(config, { entities, role: 'owner', poolMax: 1 }),
       bullBoard: bullBoardInfo(app),
       docsRoot: opts.docsRoot ?? REPO_ROOT,
+      processEnv: nodeTlsEnv(),
     },
     container,
     close: () => container.close(),

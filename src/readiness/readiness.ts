@@ -9,7 +9,7 @@ import { routeTable } from './route-table.ts';
 import { authenticationRow, idempotencyRow, withProbe } from './http.checks.ts';
 import { bullBoardAuthRow, bullBoardQueuesRow, type BullBoardInfo } from './bull-board.checks.ts';
 import { redisRows } from './redis.checks.ts';
-import { configRow, databaseCredentialsRow, docsRows, jwtKeysRow, telemetryRow, webhookSsrfGuardRow, workerSettingsRow } from './settings.checks.ts';
+import { configRow, databaseCredentialsRow, docsRows, jwtKeysRow, telemetryRow, tlsVerificationRow, webhookSsrfGuardRow, workerSettingsRow } from './settings.checks.ts';
 import { workflowVersionsRow } from './workflow-versions.checks.ts';
 import { acceptanceOf, fail, toReport, type ReadinessReport, type ReadinessRow } from './readiness.types.ts';
 
@@ -29,6 +29,8 @@ export interface ReadinessDeps {
   systemRole?: string;
   /** Directory holding docs/ (the repository root). */
   docsRoot: string;
+  /** The variables Node itself reads (NODE_TLS_REJECT_UNAUTHORIZED), from this process's environment (nodeTlsEnv); tests pass their own. */
+  processEnv: NodeJS.ProcessEnv;
 }
 
 /** A group of rows that could not be computed becomes one FAIL row naming the error, never a crash. */
@@ -66,6 +68,7 @@ export async function runReadiness(deps: ReadinessDeps): Promise<ReadinessReport
   rows.push(jwtKeysRow(config));
   rows.push(webhookSsrfGuardRow(config));
   rows.push(databaseCredentialsRow(config));
+  rows.push(tlsVerificationRow(config, deps.processEnv));
   rows.push(...(await guarded('redis', () => redisRows(deps.redis, { production: config.NODE_ENV === 'production', acceptance: acceptanceOf(config) }))));
   rows.push(workerSettingsRow(config, workflows));
   rows.push(...(await guarded('workflow-versions', async () => [await workflowVersionsRow(deps.orm, workflows)])));

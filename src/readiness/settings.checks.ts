@@ -3,6 +3,7 @@ import { join } from 'node:path';
 import { JWKS_HTTPS_REMEDY, JWKS_OVER_HTTP_RISK, jwksOverPlainHttp, settingsWithPublishedDatabasePassword, SUPPORTED_TRACES_EXPORTERS, tracesExportersOf, usesPublishedJwtSecret, type Config } from '../platform/config/config.ts';
 import { retryOf, type WorkflowDef } from '../platform/durable/workflow.ts';
 import { formatRetention } from '../platform/queue/maintenance.ts';
+import { TLS_VERIFICATION_OFF_RISK, TLS_VERIFICATION_REMEDY, tlsVerificationOff } from '../platform/process/tls-verification.ts';
 import { fail, notRequired, pass, type ReadinessRow } from './readiness.types.ts';
 
 /**
@@ -54,6 +55,20 @@ export function webhookSsrfGuardRow(config: Config): ReadinessRow {
   const why = 'WEBHOOK_ALLOW_PRIVATE_NETWORKS=true: any tenant admin may point a webhook endpoint at loopback, private and link-local addresses (cloud metadata, internal services)';
   if (config.NODE_ENV === 'production') return fail('webhook-ssrf-guard', `${why}; unset it (false) in every API and worker`);
   return notRequired('webhook-ssrf-guard', why);
+}
+
+/**
+ * TLS certificates are verified: NODE_TLS_REJECT_UNAUTHORIZED=0 in the environment of the process (not a
+ * setting of the configuration: Node reads it itself) turns verification off for every TLS connection.
+ * Required in production only; start-up only warns (tls-verification.ts).
+ */
+export function tlsVerificationRow(config: Config, env: NodeJS.ProcessEnv): ReadinessRow {
+  if (!tlsVerificationOff(env)) {
+    const other = env.NODE_TLS_REJECT_UNAUTHORIZED === undefined ? '' : ` (NODE_TLS_REJECT_UNAUTHORIZED=${JSON.stringify(env.NODE_TLS_REJECT_UNAUTHORIZED)} is not '0')`;
+    return pass('tls-verification', `TLS certificates are verified${other}`);
+  }
+  if (config.NODE_ENV === 'production') return fail('tls-verification', `${TLS_VERIFICATION_OFF_RISK}; ${TLS_VERIFICATION_REMEDY}`);
+  return notRequired('tls-verification', TLS_VERIFICATION_OFF_RISK);
 }
 
 /**

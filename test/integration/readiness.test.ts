@@ -22,7 +22,7 @@ const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 const run = promisify(execFile);
 
 /** The rows a production deployment must pass and any other reports N/A when unmet (NODE_ENV is not production here). */
-const PRODUCTION_ONLY = ['postgres-autovacuum', 'webhook-ssrf-guard', 'database-credentials', 'redis-persistence'];
+const PRODUCTION_ONLY = ['postgres-autovacuum', 'webhook-ssrf-guard', 'database-credentials', 'tls-verification', 'redis-persistence'];
 
 describe('a healthy stack', () => {
   it('prints an all-PASS matrix with a row per tenant-owned table', async () => {
@@ -180,6 +180,37 @@ describe('webhook SSRF guard', () => {
     expect(dev.row('webhook-ssrf-guard')).toMatchObject({ status: 'N/A', reason: expect.stringMatching(/^not required outside production \(WEBHOOK_ALLOW_PRIVATE_NETWORKS=true: /) });
     expect(prod.row('webhook-ssrf-guard')).toMatchObject({ status: 'FAIL', reason: expect.stringMatching(/WEBHOOK_ALLOW_PRIVATE_NETWORKS=true.*loopback, private and link-local/) });
     expect(guarded.row('webhook-ssrf-guard')).toMatchObject({ status: 'PASS', reason: expect.stringMatching(/public addresses only/) });
+  });
+});
+
+describe('TLS certificate verification', () => {
+  // The row reads the environment of the process the matrix runs in (Node reads it there, at every TLS connection), not the configuration.
+  it('NODE_TLS_REJECT_UNAUTHORIZED=0 fails tls-verification in production and is N/A with a note elsewhere; unset or any other value passes', async () => {
+    const production = (d: { config: object }) => ({ config: { ...d.config, NODE_ENV: 'production' } as never });
+    const off = (env: NodeJS.ProcessEnv) => () => ({ processEnv: env });
+    const prod = await matrixFor({ adjust: (d) => ({ ...production(d), processEnv: { NODE_TLS_REJECT_UNAUTHORIZED: '0' } }) });
+    expect(prod.row('tls-verification')).toMatchObject({ status: 'FAIL', reason: expect.stringMatching(/^NODE_TLS_REJECT_UNAUTHORIZED=0: .*certificates are not verified.*NODE_EXTRA_CA_CERTS/) });
+    expect(prod.failing().filter((r) => r.startsWith('tls-verification'))).toHaveLength(1);
+    const dev = await matrixFor({ adjust: off({ NODE_TLS_REJECT_UNAUTHORIZED: '0' }) });
+    expect(dev.failing()).toEqual([]);
+    expect(dev.row('tls-verification')).toMatchObject({ status: 'N/A', reason: expect.stringMatching(/^not required outside production \(NODE_TLS_REJECT_UNAUTHORIZED=0: /) });
+    for (const env of [{}, { NODE_TLS_REJECT_UNAUTHORIZED: '1' }, { NODE_TLS_REJECT_UNAUTHORIZED: 'false' }]) {
+      const verified = await matrixFor({ adjust: (d) => ({ ...production(d), processEnv: env }) });
+      expect(verified.row('tls-verification'), JSON.stringify(env)).toMatchObject({ status: 'PASS', reason: expect.stringMatching(/certificates are verified/) });
+    }
+  });
+
+  it('npm run readiness reads NODE_TLS_REJECT_UNAUTHORIZED from its own environment', async () => {
+    const db = await createTestDatabase();
+    const env: Record<string, string> = { PATH: process.env.PATH ?? '', ...envFor(db), NODE_TLS_REJECT_UNAUTHORIZED: '0' };
+    try {
+      const json = await run(process.execPath, ['src/cli/readiness.ts', '--json'], { cwd: ROOT, env, timeout: 90_000 });
+      const rows = JSON.parse(json.stdout).rows as Array<{ component: string; status: string; reason: string }>;
+      expect(rows.find((r) => r.component === 'tls-verification')).toMatchObject({ status: 'N/A', reason: expect.stringMatching(/NODE_TLS_REJECT_UNAUTHORIZED=0/) });
+    } finally {
+      await db.drop();
+      await dropKeys(env.REDIS_URL!, env.QUEUE_PREFIX!);
+    }
   });
 });
 

@@ -587,6 +587,14 @@ export function readConfig(): Config {
   return parseConfig(process.env);
 }
 
+/**
+ * The variables Node itself reads that the platform judges but never uses as settings: NODE_TLS_REJECT_UNAUTHORIZED
+ * (tls-verification.ts: a start-up warning and the readiness row `tls-verification` in production).
+ */
+export function nodeTlsEnv(): Pick<NodeJS.ProcessEnv, 'NODE_TLS_REJECT_UNAUTHORIZED'> {
+  return { NODE_TLS_REJECT_UNAUTHORIZED: process.env.NODE_TLS_REJECT_UNAUTHORIZED };
+}
+
 export interface TelemetryEnv {
   disabled: boolean;
   serviceName: string | undefined;
