@@ -36,12 +36,16 @@ function sweeperOf(retired: string[]) {
   return new Sweeper({ orm: stack.container.orm, runtime, redis: stack.container.redis, logger, lockKey, intervalMs: 60_000, minAgeMs: 0 });
 }
 
-it('an active run of a retired version whose job Redis lost is failed by a sweep; one of a version merely not registered is left alone', { timeout: 120_000 }, async () => {
-  const tenant = newTenant();
-  const token = await stack.token({ tenantId: tenant, sub: 'submitter-1' });
+/** A class A golden-path run, started on v1 by the stack's API; its run job queued (no worker here). */
+async function submitRun(): Promise<string> {
+  const token = await stack.token({ tenantId: newTenant(), sub: 'submitter-1' });
   const res = await api(stack, 'POST', '/api/v1/golden-path/run', { token, body: CLASS_A_SUBMISSION, headers: { 'Idempotency-Key': randomUUID() } });
   expect(res.status, res.text).toBe(202);
-  const runId = res.json.run_id as string;
+  return res.json.run_id as string;
+}
+
+it('an active run of a retired version whose job Redis lost is failed by a sweep; one of a version merely not registered is left alone', { timeout: 120_000 }, async () => {
+  const runId = await submitRun();
   const queue = stack.container.queues.get(GOLDEN_PATH_QUEUE)!;
   await waitFor(async () => ((await queue.getJobCounts('wait')).wait ?? 0) > 0, { timeoutMs: 30_000, what: 'the run job' });
   // Redis loses the run's job.
@@ -70,4 +74,31 @@ it('an active run of a retired version whose job Redis lost is failed by a sweep
   const again = await sweeper.sweep();
   expect(again.failedRetired).toBe(0);
   expect(await row()).toMatchObject({ status: 'failed' });
+});
+
+it('a run of a retired version whose run job is still queued (a backlog an older release still works through) is not failed by a sweep; once that job is gone it is', { timeout: 120_000 }, async () => {
+  // Lists that disagree (ADR 0008): the new release declares v1 retired while an older release's
+  // workers still register it and work through the queue. The run's row is untouched for
+  // SWEEPER_MIN_AGE while its job waits behind others (or runs a long step): failing it then fails a
+  // run a worker is carrying or will carry on. Its job is found by its id, which carries the run's
+  // idempotency hash (the step names, from the definition no process here has, are not needed).
+  const runId = await submitRun();
+  const queue = stack.container.queues.get(GOLDEN_PATH_QUEUE)!;
+  const [{ idempotency_hash: hash }] = (await stack.db.admin(`select idempotency_hash from durable_runs where id = $1`, [runId])).rows;
+  const jobsOfRun = async () => (await queue.getJobs(['wait', 'delayed', 'active', 'prioritized'])).filter((j) => j.id?.includes((hash as string).slice(0, 40)));
+  await waitFor(async () => (await jobsOfRun()).length > 0, { timeoutMs: 30_000, what: 'the run job' });
+  const row = async () => (await stack.db.admin(`select status, error from durable_runs where id = $1`, [runId])).rows[0];
+
+  const sweeper = sweeperOf(['golden-path@v1']);
+  const queued = await sweeper.sweep();
+  expect(queued.failedRetired).toBe(0);
+  expect(queued.reenqueued).toBe(0);
+  expect(await row()).toMatchObject({ status: 'pending', error: null });
+
+  // Its job gone (Redis lost it): now nothing will carry it on, and the sweep fails it, once.
+  for (const job of await jobsOfRun()) await job.remove();
+  const lost = await sweeper.sweep();
+  expect(lost.failedRetired).toBe(1);
+  expect(await row()).toMatchObject({ status: 'failed', error: { code: 'workflow_version_retired', sequence_num: 1 } });
+  expect((await sweeper.sweep()).failedRetired).toBe(0);
 });

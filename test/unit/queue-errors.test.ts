@@ -42,3 +42,24 @@ describe('queue error warnings, throttled', () => {
     expect(lines.slice(2).map((l) => l.obj)).toEqual([{ err, queue: 'c' }, { err, queue: 'c' }]);
   });
 });
+
+describe('queue error warnings after a recovery', () => {
+  it('the first error after the connection is ready again is logged at once, with the count of those suppressed before', () => {
+    const lines: Record<string, unknown>[] = [];
+    const logger = { warn: (obj: Record<string, unknown>) => void lines.push(obj) };
+    const backend = new EventEmitter();
+    const queue = Object.assign(new EventEmitter(), { getBackend: () => backend });
+    warnOnQueueErrors(queue, 'q', logger as never, 60_000);
+    const down = new Error('connect ECONNREFUSED');
+    queue.emit('error', down);
+    queue.emit('error', down);
+    expect(lines).toEqual([{ err: down, queue: 'q' }]);
+    // Redis is back, then down again within the period: the operator sees it go down again now.
+    backend.emit('ready');
+    const again = new Error('Connection is closed.');
+    queue.emit('error', again);
+    expect(lines).toEqual([{ err: down, queue: 'q' }, { err: again, queue: 'q', suppressed: 1 }]);
+    queue.emit('error', again);
+    expect(lines).toHaveLength(2);
+  });
+});

@@ -121,7 +121,10 @@ export function approvalPacketStep(deps: { slaBSeconds: number; slaCSeconds: num
       try {
         await deps.sla.schedule({ tenantId: ctx.run.tenantId, runId: ctx.run.id, approvalRequestId: id, idempotencyHash: ctx.run.idempotencyHash, deadline: deadline!, from: now });
       } catch (err) {
-        ctx.logger.warn({ err, run_id: ctx.run.id, tenant_id: ctx.run.tenantId, approval_request_id: id }, 'SLA timer not scheduled (Redis unavailable?): the request is opened without it; the sweeper puts it back from the request within one sweep');
+        ctx.logger.warn(
+          { err, run_id: ctx.run.id, tenant_id: ctx.run.tenantId, approval_request_id: id, sla_deadline: deadline!.toISOString() },
+          "SLA timer not scheduled (Redis unavailable?): the request is opened without it; the sweeper's waiting pass puts it back from the request once the run has waited SWEEPER_MIN_AGE (a sweep that cannot reach Redis logs so and leaves it to the next)",
+        );
       }
       return ctx.wait(packet);
     },

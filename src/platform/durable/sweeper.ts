@@ -99,6 +99,21 @@ async function liveJobIds(queue: Queue, max: number): Promise<Set<string> | unde
   return new Set(await queue.getRanges(LIVE_TYPES, 0, -1));
 }
 
+/** The (lower-case hex) idempotency hashes of a listing's run jobs (`stepJobId`: the hash, then a step's number), once per listing. */
+const hashIndexes = new WeakMap<Set<string>, Set<string>>();
+function runJobHashes(ids: Set<string>): Set<string> {
+  let hashes = hashIndexes.get(ids);
+  if (!hashes) {
+    hashes = new Set();
+    for (const id of ids) {
+      const m = /-([0-9a-f]{40})-[0-9]+-/.exec(id);
+      if (m) hashes.add(m[1]!);
+    }
+    hashIndexes.set(ids, hashes);
+  }
+  return hashes;
+}
+
 /** The ids of a run's run jobs of its current generation (ADR 0009), one per step it may start at. */
 function runJobIds(wf: WorkflowDef, ref: IncompleteRun): string[] {
   return wf.steps.map((step, i) => stepJobId(wf.tag, ref.idempotency_hash, i + 1, step.name, ref.retry_count));
@@ -285,10 +300,13 @@ export class Sweeper {
         report.examined++;
         // Retired for good: no worker will ever register the version, and only a job of it had its run
         // failed (the executor's failRetired); with that job lost the run would stay active for ever.
-        // Its job ids derive from the definition no process has, so a job still alive is not looked
-        // for: the run fails here as that job would have failed it. Waiting runs are not in this pass.
+        // Failed here only while no job of it is alive: while the lists disagree (ADR 0008) an older
+        // release's worker may be running it (a long step leaves the run row untouched) or about to
+        // (a backlog), and a job of it is that worker's or the executor's to end. Waiting runs are not in this pass.
         if (this.o.runtime.workflows.retired(ref.workflow, ref.workflow_version)) {
-          if (await this.guarded(ref, () => this.failRetired(ref))) report.failedRetired++;
+          const look = await this.retiredRunJob(ref, snapshots);
+          if (look === 'unknown') report.undecided.active++;
+          else if (look === 'absent' && (await this.guarded(ref, () => this.failRetired(ref)))) report.failedRetired++;
           continue;
         }
         if (!registered(ref) || alive.has(ref.id)) continue;
@@ -461,6 +479,35 @@ export class Sweeper {
     if (!wf?.repairWaiting) return false;
     await tenantEm(this.o.orm, ref.tenant_id).transactional((tx) => wf.repairWaiting!(tx, { tenantId: ref.tenant_id, runId: ref.id }));
     return true;
+  }
+
+  /**
+   * Whether BullMQ holds a live run job of a run of a retired version, in the queues of the versions
+   * of its workflow this process registers (a workflow keeps its queue across versions). Its job ids
+   * derive from the definition no process here has (its tag and step names), but every one carries
+   * the run's idempotency hash followed by a step's number (`stepJobId`; a timer's, `namedJobId`,
+   * a name): matched on that, of any generation (an earlier one's job ends at a worker). Read from the
+   * pass's listings; `unknown` when a listing failed or a queue holds more than `liveSnapshotMax` live
+   * jobs (no id to look up without the step names): the run is left undecided, not failed.
+   */
+  private async retiredRunJob(ref: IncompleteRun, snapshots: Map<string, Promise<Set<string> | undefined>>): Promise<'alive' | 'absent' | 'unknown'> {
+    if (!ref.idempotency_hash) return 'unknown';
+    const names = new Set(this.o.runtime.workflows.all().flatMap((d) => (d.name === ref.workflow && d.queue !== TIMER_QUEUE ? [d.queue] : [])));
+    const queues = [...names].flatMap((name) => this.o.runtime.queues.get(name) ?? []);
+    if (!queues.length) return 'unknown';
+    const hash = ref.idempotency_hash.slice(0, 40);
+    let unknown = false;
+    for (const queue of queues) {
+      let snapshot = snapshots.get(queue.name);
+      if (!snapshot) {
+        snapshots.set(queue.name, (snapshot = liveJobIds(queue, this.o.liveSnapshotMax ?? LIVE_SNAPSHOT_MAX)));
+        snapshot.catch(() => {});
+      }
+      const ids = await snapshot.catch(() => undefined);
+      if (!ids) unknown = true;
+      else if (runJobHashes(ids).has(hash)) return 'alive';
+    }
+    return unknown ? 'unknown' : 'absent';
   }
 
   /**
