@@ -8,7 +8,7 @@ import { verifyEvidence } from '../../src/modules/evidence/evidence.service.ts';
 import { COMPLETED_STEPS_SQL, type RunRow } from '../../src/platform/durable/runtime.ts';
 import { stepJobId } from '../../src/platform/queue/job-ids.ts';
 import { Sweeper, type SweeperOptions } from '../../src/platform/durable/sweeper.ts';
-import { CLASS_A_SUBMISSION, type TestStack, type WorkerHandle } from './stack.ts';
+import { CLASS_A_SUBMISSION, type StackOptions, type TestStack, type WorkerHandle } from './stack.ts';
 import { stackForTests, type StackForTests } from './stack-for-tests.ts';
 import { RECORDS_MATCH } from './evidence.ts';
 import { waitFor, within } from './poll.ts';
@@ -192,13 +192,13 @@ export async function dropSweeperKeys(redis: Redis, lockKey: string): Promise<vo
 }
 
 /**
- * For the file (or describe) that calls it: a stack without the API (stackForTests, `api: false`),
+ * For the file (or describe) that calls it: a stack (stackForTests; without the API unless `stack` says otherwise),
  * started before its tests and stopped after them, and `lockKeys`, where a test puts the lock key of
  * each Sweeper it builds outside the stack's prefix: their keys (dropSweeperKeys; the loss marker has
  * no TTL) deleted after each test. Read `stack` from the returned object inside hooks and tests.
  */
-export function sweeperStackForTests(): StackForTests & { lockKeys: string[] } {
-  const suite = Object.assign(stackForTests({ stack: { api: false } }), { lockKeys: [] as string[] });
+export function sweeperStackForTests(stack: StackOptions = { api: false }): StackForTests & { lockKeys: string[] } {
+  const suite = Object.assign(stackForTests({ stack }), { lockKeys: [] as string[] });
   afterEach(async () => {
     for (const lockKey of suite.lockKeys.splice(0)) await dropSweeperKeys(suite.stack.container.redis, lockKey);
   });

@@ -1,10 +1,11 @@
-import { afterAll, beforeAll, expect, it } from 'vitest';
+import { expect, it } from 'vitest';
 import { randomUUID } from 'node:crypto';
 import net from 'node:net';
 import pino from 'pino';
 import { Queue } from 'bullmq';
 import { TEST_REDIS_URL } from '../helpers/env.ts';
-import { api, SAMPLE_SUBMISSION, newTenant, startStack, type TestStack } from '../helpers/stack.ts';
+import { api, SAMPLE_SUBMISSION, newTenant } from '../helpers/stack.ts';
+import { sweeperStackForTests } from '../helpers/recovery.ts';
 import { startRunHost } from '../helpers/run-host.ts';
 import { waitFor } from '../helpers/poll.ts';
 import { createRedis } from '../../src/platform/queue/connections.ts';
@@ -23,19 +24,12 @@ import type { WorkflowDef } from '../../src/platform/durable/workflow.ts';
  * was the step's own failure, and after its attempts the class B run failed for good (run.failed).
  * The connection loses Redis alone: a TCP proxy in front of it, closed once it is ready.
  */
-let stack: TestStack;
-const lockKeys: string[] = [];
-beforeAll(async () => {
-  stack = await startStack({ env: { SWEEPER_INTERVAL: '1h', SWEEPER_MIN_AGE: '1h' } });
-}, 120_000);
-afterAll(async () => {
-  if (lockKeys.length) await stack?.redis.del(...lockKeys.flatMap((k) => [k, `${k}:marker`, `${k}:loss-repair`])).catch(() => 0);
-  await stack?.stop();
-});
+const suite = sweeperStackForTests({ env: { SWEEPER_INTERVAL: '1h', SWEEPER_MIN_AGE: '1h' } });
+const lockKeys = suite.lockKeys;
 
 it('a class B run whose SLA timer cannot be added still waits, and a sweep puts its timer back', { timeout: 180_000 }, async () => {
   const tenant = newTenant();
-  const token = await stack.token({ tenantId: tenant, sub: 'submitter-1' });
+  const token = await suite.stack.token({ tenantId: tenant, sub: 'submitter-1' });
   const target = new URL(TEST_REDIS_URL);
   const sockets = new Set<net.Socket>();
   const proxy = net.createServer((client) => {
@@ -49,7 +43,7 @@ it('a class B run whose SLA timer cannot be added still waits, and a sweep puts 
   const port = (proxy.address() as net.AddressInfo).port;
   // As the container makes the platform's producer connection.
   const cut = createRedis(`redis://127.0.0.1:${port}`, 'producer', 'sla-timer-cut');
-  const cutTimers = new Queue(TIMER_QUEUE, { connection: cut, prefix: stack.prefix });
+  const cutTimers = new Queue(TIMER_QUEUE, { connection: cut, prefix: suite.stack.prefix });
   cutTimers.on('error', () => {});
   await cutTimers.waitUntilReady();
   await cutTimers.getJobCounts();
@@ -59,27 +53,27 @@ it('a class B run whose SLA timer cannot be added still waits, and a sweep puts 
   // The connection has lost Redis: a command on it fails (no offline queue).
   await waitFor(async () => cutTimers.getJobCounts().then(() => false, () => true), { timeoutMs: 30_000, what: 'the cut connection to refuse commands' });
 
-  const base = stack.container.runtime.workflow(GOLDEN_PATH);
-  const step = approvalPacketStep({ slaBSeconds: 3600, slaCSeconds: 3600, sla: slaScheduler({ timers: () => cutTimers }, stack.container.runtime.keep) });
+  const base = suite.stack.container.runtime.workflow(GOLDEN_PATH);
+  const step = approvalPacketStep({ slaBSeconds: 3600, slaCSeconds: 3600, sla: slaScheduler({ timers: () => cutTimers }, suite.stack.container.runtime.keep) });
   const wf: WorkflowDef = { ...base, steps: base.steps.map((s) => (s.name === step.name ? step : s)) };
-  const host = startRunHost(stack, wf, 'sla-timer-cut-host');
-  const timers = stack.container.runtime.queues.get(TIMER_QUEUE)!;
+  const host = startRunHost(suite.stack, wf, 'sla-timer-cut-host');
+  const timers = suite.stack.container.runtime.queues.get(TIMER_QUEUE)!;
   try {
-    const res = await api(stack, 'POST', '/api/v1/golden-path/run', { token, body: SAMPLE_SUBMISSION, headers: { 'Idempotency-Key': randomUUID() } });
+    const res = await api(suite.stack, 'POST', '/api/v1/golden-path/run', { token, body: SAMPLE_SUBMISSION, headers: { 'Idempotency-Key': randomUUID() } });
     expect(res.status, res.text).toBe(202);
     const runId = res.json.run_id as string;
     const run = await waitFor(
       async () => {
-        const [r] = (await stack.db.admin(`select status, error, idempotency_hash from durable_runs where id = $1`, [runId])).rows;
+        const [r] = (await suite.stack.db.admin(`select status, error, idempotency_hash from durable_runs where id = $1`, [runId])).rows;
         return r && r.status !== 'pending' && r.status !== 'running' ? r : undefined;
       },
       { timeoutMs: 90_000, intervalMs: 100, what: 'the run to wait (or end)' },
     );
     expect({ status: run.status, error: run.error }).toEqual({ status: 'waiting', error: null });
     // The step committed at its first attempt, its request pending with its deadline.
-    const cps = (await stack.db.admin(`select status, attempt from durable_checkpoints where run_id = $1 and step_name = $2`, [runId, step.name])).rows;
+    const cps = (await suite.stack.db.admin(`select status, attempt from durable_checkpoints where run_id = $1 and step_name = $2`, [runId, step.name])).rows;
     expect(cps).toEqual([{ status: 'waiting', attempt: 1 }]);
-    const [request] = (await stack.db.admin(`select status, sla_deadline from approval_requests where run_id = $1`, [runId])).rows;
+    const [request] = (await suite.stack.db.admin(`select status, sla_deadline from approval_requests where run_id = $1`, [runId])).rows;
     expect(request.status).toBe('pending');
     expect(request.sla_deadline).not.toBeNull();
     // No timer for it in Redis.
@@ -90,8 +84,8 @@ it('a class B run whose SLA timer cannot be added still waits, and a sweep puts 
     const lockKey = `sla-timer-cut-${randomUUID()}`;
     lockKeys.push(lockKey);
     // The marker set first: this sweep is not the one after a loss, so the waiting pass alone repairs the run.
-    await stack.redis.set(`${lockKey}:marker`, new Date().toISOString());
-    const sweeper = new Sweeper({ orm: stack.container.orm, runtime: stack.container.runtime, redis: stack.container.redis, logger: pino({ level: 'silent' }), lockKey, intervalMs: 60_000, minAgeMs: 0 });
+    await suite.stack.redis.set(`${lockKey}:marker`, new Date().toISOString());
+    const sweeper = new Sweeper({ orm: suite.stack.container.orm, runtime: suite.stack.container.runtime, redis: suite.stack.container.redis, logger: pino({ level: 'silent' }), lockKey, intervalMs: 60_000, minAgeMs: 0 });
     const report = await sweeper.sweep();
     expect(report.redisLost).toBe(false);
     expect(report.repairedWaiting).toBe(1);

@@ -1,7 +1,8 @@
-import { afterAll, beforeAll, expect, it } from 'vitest';
+import { expect, it } from 'vitest';
 import { randomUUID } from 'node:crypto';
 import pino from 'pino';
-import { api, CLASS_A_SUBMISSION, newTenant, startStack, type TestStack } from '../helpers/stack.ts';
+import { api, CLASS_A_SUBMISSION, newTenant } from '../helpers/stack.ts';
+import { sweeperStackForTests } from '../helpers/recovery.ts';
 import { waitFor } from '../helpers/poll.ts';
 import { laterVersion } from '../helpers/versioned-workflows.ts';
 import { DurableRuntime } from '../../src/platform/durable/runtime.ts';
@@ -16,41 +17,34 @@ import { GOLDEN_PATH, GOLDEN_PATH_QUEUE } from '../../src/modules/golden-path/go
  * merely does not register is still left alone: another release's worker may run it (ADR 0008).
  * No worker here: the sweeps are the only thing that touches the run.
  */
-let stack: TestStack;
-const lockKeys: string[] = [];
-beforeAll(async () => {
-  stack = await startStack({ env: { SWEEPER_INTERVAL: '1h', SWEEPER_MIN_AGE: '1h' } });
-}, 120_000);
-afterAll(async () => {
-  if (lockKeys.length) await stack?.redis.del(...lockKeys.flatMap((k) => [k, `${k}:marker`, `${k}:loss-repair`])).catch(() => 0);
-  await stack?.stop();
-});
+const suite = sweeperStackForTests({ env: { SWEEPER_INTERVAL: '1h', SWEEPER_MIN_AGE: '1h' } });
+const lockKeys = suite.lockKeys;
 
 function sweeperOf(retired: string[]) {
-  const v1 = stack.container.runtime.workflow(GOLDEN_PATH);
+  const v1 = suite.stack.container.runtime.workflow(GOLDEN_PATH);
   const logger = pino({ level: 'silent' });
   // The next release: golden-path v2 registered in place of v1.
-  const runtime = new DurableRuntime({ workflows: [laterVersion(v1, 2)], queues: stack.container.runtime.queues, logger, retired });
+  const runtime = new DurableRuntime({ workflows: [laterVersion(v1, 2)], queues: suite.stack.container.runtime.queues, logger, retired });
   const lockKey = `sweep-retired-${randomUUID()}`;
   lockKeys.push(lockKey);
-  return new Sweeper({ orm: stack.container.orm, runtime, redis: stack.container.redis, logger, lockKey, intervalMs: 60_000, minAgeMs: 0 });
+  return new Sweeper({ orm: suite.stack.container.orm, runtime, redis: suite.stack.container.redis, logger, lockKey, intervalMs: 60_000, minAgeMs: 0 });
 }
 
 /** A class A golden-path run, started on v1 by the stack's API; its run job queued (no worker here). */
 async function submitRun(): Promise<string> {
-  const token = await stack.token({ tenantId: newTenant(), sub: 'submitter-1' });
-  const res = await api(stack, 'POST', '/api/v1/golden-path/run', { token, body: CLASS_A_SUBMISSION, headers: { 'Idempotency-Key': randomUUID() } });
+  const token = await suite.stack.token({ tenantId: newTenant(), sub: 'submitter-1' });
+  const res = await api(suite.stack, 'POST', '/api/v1/golden-path/run', { token, body: CLASS_A_SUBMISSION, headers: { 'Idempotency-Key': randomUUID() } });
   expect(res.status, res.text).toBe(202);
   return res.json.run_id as string;
 }
 
 it('an active run of a retired version whose job Redis lost is failed by a sweep; one of a version merely not registered is left alone', { timeout: 120_000 }, async () => {
   const runId = await submitRun();
-  const queue = stack.container.queues.get(GOLDEN_PATH_QUEUE)!;
+  const queue = suite.stack.container.queues.get(GOLDEN_PATH_QUEUE)!;
   await waitFor(async () => ((await queue.getJobCounts('wait')).wait ?? 0) > 0, { timeoutMs: 30_000, what: 'the run job' });
   // Redis loses the run's job.
   await queue.obliterate({ force: true });
-  const row = async () => (await stack.db.admin(`select status, workflow_version, error from durable_runs where id = $1`, [runId])).rows[0];
+  const row = async () => (await suite.stack.db.admin(`select status, workflow_version, error from durable_runs where id = $1`, [runId])).rows[0];
   expect(await row()).toMatchObject({ status: 'pending', workflow_version: 1 });
 
   // A release that does not register v1 nor declares it retired: left to the workers that may register it.
@@ -83,11 +77,11 @@ it('a run of a retired version whose run job is still queued (a backlog an older
   // run a worker is carrying or will carry on. Its job is found by its id, which carries the run's
   // idempotency hash (the step names, from the definition no process here has, are not needed).
   const runId = await submitRun();
-  const queue = stack.container.queues.get(GOLDEN_PATH_QUEUE)!;
-  const [{ idempotency_hash: hash }] = (await stack.db.admin(`select idempotency_hash from durable_runs where id = $1`, [runId])).rows;
+  const queue = suite.stack.container.queues.get(GOLDEN_PATH_QUEUE)!;
+  const [{ idempotency_hash: hash }] = (await suite.stack.db.admin(`select idempotency_hash from durable_runs where id = $1`, [runId])).rows;
   const jobsOfRun = async () => (await queue.getJobs(['wait', 'delayed', 'active', 'prioritized'])).filter((j) => j.id?.includes((hash as string).slice(0, 40)));
   await waitFor(async () => (await jobsOfRun()).length > 0, { timeoutMs: 30_000, what: 'the run job' });
-  const row = async () => (await stack.db.admin(`select status, error from durable_runs where id = $1`, [runId])).rows[0];
+  const row = async () => (await suite.stack.db.admin(`select status, error from durable_runs where id = $1`, [runId])).rows[0];
 
   const sweeper = sweeperOf(['golden-path@v1']);
   const queued = await sweeper.sweep();
