@@ -17,6 +17,8 @@ const redis = createRedis(TEST_REDIS_URL, 'producer', `queue-errors-${randomUUID
 const admin = new Redis(TEST_REDIS_URL);
 const queue = new Queue(`queue-errors-${randomUUID()}`, { connection: redis, prefix: 'queue-errors-test' });
 afterAll(async () => {
+  // The queue's keys (its meta hash) go with it: this Redis is shared, and a key per run would pile up.
+  await queue.obliterate({ force: true }).catch(() => {});
   await queue.close();
   redis.disconnect();
   admin.disconnect();
