@@ -67,7 +67,9 @@ it('a timer spent after its no_request deferrals is reported, and the sweeper re
     expect(run.status).toBe('approval_expired');
     expect(run.steps[2].output).toMatchObject({ approval_class: 'B', outcome: 'expired' });
     // By the sweeper's repair (nothing else schedules a timer for a run whose step committed), and at its deadline.
-    expect(linesOf(REPAIRED, runId).length).toBeGreaterThanOrEqual(1);
+    // Waited for: the worker's log is buffered (flushed every 100 ms), and the re-created timer, its deadline
+    // past, can expire the run before the repair's line reaches the output (final CI, under load).
+    await waitFor(() => linesOf(REPAIRED, runId).length >= 1, { ...DEADLINE, what: "the sweeper's repair line" });
     const [request] = (await stack.db.admin(`select status, decided_at = sla_deadline as at_deadline from approval_requests where run_id = $1`, [runId])).rows;
     expect(request).toEqual({ status: 'expired', at_deadline: true });
   } finally {
