@@ -188,9 +188,11 @@ export const configSchema = z
     IDEMPOTENCY_LEASE: duration('60s').superRefine(atLeastMs(1_000, 'a retry of the request would take its key over while it still runs (docs/api.md, *Idempotency*)')),
 
     // Benchmarked (docs/performance.md, npm run bench:pairs): a run job spends most of its time waiting for
-    // PostgreSQL, one step after another; on two cores 8 jobs per process ran as many runs as 16 with less
-    // PostgreSQL CPU per run (fewer concurrent transactions contend less), and 4 ran fewer.
-    WORKER_CONCURRENCY: z.coerce.number().int().min(1).max(1000).default(8),
+    // PostgreSQL, one step after another. With group commit (ADR 0007) more jobs per process make larger
+    // groups — fewer commits and WAL flushes per run: on two cores 16 ran 14-16 % more runs than 8 or 12
+    // for 12-13 % less CPU per run (26 of 26 alternating pairs, session 42), and 24 no more than 16.
+    // (Before group commit, session 8, 8 had matched 16 with less PostgreSQL CPU.)
+    WORKER_CONCURRENCY: z.coerce.number().int().min(1).max(1000).default(16),
     // Timer jobs (approval SLA timers) each worker process runs at once on the timers queue, which every
     // worker serves apart from the run queues (ADR 0015): a timer that comes due waits only behind other
     // timers, never behind a run backlog. Each holds a connection for one short transaction.
@@ -440,7 +442,7 @@ export type Config = Readonly<z.output<typeof configSchema>>;
  * (ADR 0013; worker-pool.test.ts). At most WORKER_CONCURRENCY of those transactions are in flight at
  * once (one per webhook slot), so a timer or step that needs a connection just then waits behind at
  * most that many short transactions, never through a receiver's latency. Counting them would add
- * WORKER_CONCURRENCY connections to every worker's pool (22 to 30 with the defaults) for that.
+ * WORKER_CONCURRENCY connections to every worker's pool (38 to 54 with the defaults) for that.
  */
 export function poolMaxFor(
   config: Pick<Config, 'DATABASE_POOL_MAX' | 'WORKER_CONCURRENCY' | 'WORKER_TIMER_CONCURRENCY'>,
