@@ -404,8 +404,11 @@ describe('configuration', () => {
   // transaction: left out of the default, a timer that came due waited for one behind the run jobs.
   it("pools, when DATABASE_POOL_MAX is unset, a worker's run jobs on every queue it serves, its timers, and two; the API 10; a set DATABASE_POOL_MAX wins", () => {
     const defaults = parseConfig({ JWT_SECRET: SECRET });
-    expect(poolMaxFor(defaults, 'worker', 2)).toBe(8 * 2 + 4 + 2);
-    expect(poolMaxFor(defaults, 'worker', 1)).toBe(8 + 4 + 2);
+    // WORKER_CONCURRENCY 16 by default since session 42 (8 before): 38 connections with both workflow
+    // queues, 22 with one — the numbers docs/runbook.md's connection budget is written with.
+    expect(defaults.WORKER_CONCURRENCY).toBe(16);
+    expect(poolMaxFor(defaults, 'worker', 2)).toBe(38);
+    expect(poolMaxFor(defaults, 'worker', 1)).toBe(22);
     expect(poolMaxFor(parseConfig({ JWT_SECRET: SECRET, WORKER_CONCURRENCY: '3', WORKER_TIMER_CONCURRENCY: '7' }), 'worker', 2)).toBe(3 * 2 + 7 + 2);
     expect(poolMaxFor(defaults, 'api', 0)).toBe(10);
     expect(poolMaxFor(defaults, 'tool', 0)).toBe(10);

@@ -305,7 +305,8 @@ export const configSchema = z
      * process (ADR 0013): past it the tenant's further deliveries are parked until one of its attempts
      * ends, so one tenant's WEBHOOK_MAX_ENDPOINTS slow receivers (each at the per-endpoint cap) cannot
      * fill every worker's webhook slots. 6 by default: above the per-endpoint default (one endpoint never
-     * meets it), below one default worker's 8 slots. 0 = off.
+     * meets it), below one default worker's 16 webhook slots (WORKER_CONCURRENCY; 8 when this was chosen),
+     * so a tenant's slow endpoints leave at least 10 of each worker's slots to the others. 0 = off.
      */
     WEBHOOK_MAX_IN_FLIGHT_PER_TENANT: z.coerce.number().int().min(0).max(10_000).default(6),
     /**
