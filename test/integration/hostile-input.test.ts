@@ -553,9 +553,29 @@ describe('hostile input on every endpoint', () => {
     }
   });
 
+  // The 400 says what was checked, and no more: the cursor's shape (docs/api.md, Conventions). It once
+  // read "not a cursor returned by this API", a check the API does not make (a well-shaped cursor it
+  // never issued is read as a position and answers 200, as the test below shows), so a client holding
+  // a cursor it did get from the API, altered on the way, was told the API had not issued it.
+  it('a malformed list cursor is a 400 problem+json that says it is malformed, and stores nothing', async () => {
+    const before = await snapshot();
+    const res = await send({ method: 'GET', path: '/api/v1/golden-path/runs?cursor=nonsense', headers: { authorization: `Bearer ${token}` }, body: undefined });
+    expect(res.status).toBe(400);
+    expect(res.headers['content-type']).toMatch(/^application\/problem\+json/);
+    expect(JSON.parse(res.text)).toEqual({
+      type: 'https://docs.dealix.dev/problems/validation_failed',
+      title: 'Invalid cursor',
+      status: 400,
+      code: 'validation_failed',
+      errors: [{ path: 'cursor', message: "malformed cursor: pass a page's next_cursor unchanged" }],
+      request_id: expect.any(String),
+    });
+    expect(await snapshot()).toEqual(before);
+  });
+
   // The decoder skips what is not base64url and the split read the first two fields: a cursor with a
   // field more, or with characters slipped in, read as the cursor it contained (200), not the 400 that
-  // docs/api.md promises for anything this API did not issue.
+  // docs/api.md promises for a cursor not shaped as this API encodes one.
   it('a list cursor altered in any way is a 400: a field more, padding, characters outside base64url', async () => {
     const fields = `2026-01-01T00:00:00.000Z|${randomUUID()}`;
     const issued = Buffer.from(fields).toString('base64url');

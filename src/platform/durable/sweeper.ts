@@ -90,6 +90,11 @@ export const LIVE_SNAPSHOT_MAX = 100_000;
 /** How long a sweep renews its lock at least (lockMaxMs): far beyond a sweep of maxPerSweep runs of each kind. */
 export const SWEEP_LOCK_MAX_MS = 10 * 60_000;
 
+/** Why a queue's live jobs were not listed: more than `liveSnapshotMax` of them, or the listing failed. */
+type RetiredUnlistedReason = 'too_many_live_jobs' | 'listing_failed';
+/** Per queue not listed, the runs of retired versions a sweep left undecided for it (logged once a sweep, each). */
+type RetiredUnlisted = Map<string, { runs: number; reason: RetiredUnlistedReason }>;
+
 /** Where a pass over incomplete runs goes on: after this run, in their order (`updated_at`, `id`). */
 type Cursor = { updatedAt: string; id: string };
 
@@ -261,6 +266,8 @@ export class Sweeper {
     await this.o.eachSweep?.().catch((err: unknown) => this.o.logger.warn({ err }, 'sweep: repair of what Redis copies from PostgreSQL failed; the next sweep tries again'));
     // The listing of each queue's live jobs, shared by both passes; one that failed stays for the rest of its pass (not listed again for every page).
     const snapshots = new Map<string, Promise<Set<string> | undefined>>();
+    // Runs of retired versions the active pass left undecided for want of a queue's listing, by queue: one line each after the pass.
+    const retiredUnlisted: RetiredUnlisted = new Map();
     const failures: { pass: 'waiting' | 'active'; err: unknown }[] = [];
     // A waiting run's timer can also be gone while Redis kept its data: removed, failed for good
     // (its attempts spent while the database was down), or ended early. Without it the run would wait
@@ -304,7 +311,7 @@ export class Sweeper {
         // release's worker may be running it (a long step leaves the run row untouched) or about to
         // (a backlog), and a job of it is that worker's or the executor's to end. Waiting runs are not in this pass.
         if (this.o.runtime.workflows.retired(ref.workflow, ref.workflow_version)) {
-          const look = await this.retiredRunJob(ref, snapshots);
+          const look = await this.retiredRunJob(ref, snapshots, retiredUnlisted);
           if (look === 'unknown') report.undecided.active++;
           else if (look === 'absent' && (await this.guarded(ref, () => this.failRetired(ref)))) report.failedRetired++;
           continue;
@@ -318,6 +325,23 @@ export class Sweeper {
       }
       return page.length;
     });
+    // Said per queue, once a sweep, with a count: such a run is never failed while its queue cannot be
+    // listed, and without a line the operator sees it stay `pending` for no reason any log gives. The
+    // failed listing's own line is the one below when the pass's other runs needed it; said here too,
+    // as the retired runs' reason, since a queue of retired runs alone gives no other.
+    for (const [queue, { runs, reason }] of retiredUnlisted) {
+      if (reason === 'too_many_live_jobs') {
+        this.o.logger.warn(
+          { queue, undecided_retired_runs: runs, live_snapshot_max: this.o.liveSnapshotMax ?? LIVE_SNAPSHOT_MAX },
+          'sweep left runs of retired workflow versions (WORKFLOW_VERSIONS_RETIRED) undecided: their queue holds more live jobs than liveSnapshotMax, so it is not listed, and a retired version\'s run job cannot be looked up by id (its step names are gone); they are not failed while a job of theirs may be alive, and a sweep fails them once the queue holds no more than that',
+        );
+      } else {
+        this.o.logger.warn(
+          { queue, undecided_retired_runs: runs },
+          'sweep left runs of retired workflow versions (WORKFLOW_VERSIONS_RETIRED) undecided: the listing of their queue\'s live jobs failed; the passes look at them again when they come back to them',
+        );
+      }
+    }
     if (failures.length > 0) {
       this.o.logger.warn(
         { err: failures[0]!.err, undecided: report.undecided },
@@ -488,26 +512,37 @@ export class Sweeper {
    * the run's idempotency hash followed by a step's number (`stepJobId`; a timer's, `namedJobId`,
    * a name): matched on that, of any generation (an earlier one's job ends at a worker). Read from the
    * pass's listings; `unknown` when a listing failed or a queue holds more than `liveSnapshotMax` live
-   * jobs (no id to look up without the step names): the run is left undecided, not failed.
+   * jobs (no id to look up without the step names): the run is left undecided, not failed, and counted
+   * in `unlisted` against that queue, which the sweep logs once (a line per queue, not per run).
    */
-  private async retiredRunJob(ref: IncompleteRun, snapshots: Map<string, Promise<Set<string> | undefined>>): Promise<'alive' | 'absent' | 'unknown'> {
+  private async retiredRunJob(ref: IncompleteRun, snapshots: Map<string, Promise<Set<string> | undefined>>, unlisted: RetiredUnlisted): Promise<'alive' | 'absent' | 'unknown'> {
     if (!ref.idempotency_hash) return 'unknown';
     const names = new Set(this.o.runtime.workflows.all().flatMap((d) => (d.name === ref.workflow && d.queue !== TIMER_QUEUE ? [d.queue] : [])));
     const queues = [...names].flatMap((name) => this.o.runtime.queues.get(name) ?? []);
     if (!queues.length) return 'unknown';
     const hash = ref.idempotency_hash.slice(0, 40);
-    let unknown = false;
+    const notListed: Array<[string, RetiredUnlistedReason]> = [];
     for (const queue of queues) {
       let snapshot = snapshots.get(queue.name);
       if (!snapshot) {
         snapshots.set(queue.name, (snapshot = liveJobIds(queue, this.o.liveSnapshotMax ?? LIVE_SNAPSHOT_MAX)));
         snapshot.catch(() => {});
       }
-      const ids = await snapshot.catch(() => undefined);
-      if (!ids) unknown = true;
+      const ids = await snapshot.then(
+        (listed) => listed ?? ('too_many_live_jobs' as const),
+        () => 'listing_failed' as const,
+      );
+      if (typeof ids === 'string') notListed.push([queue.name, ids]);
       else if (runJobHashes(ids).has(hash)) return 'alive';
     }
-    return unknown ? 'unknown' : 'absent';
+    if (!notListed.length) return 'absent';
+    // Counted against each queue that could not be listed (only when no other queue showed its job alive).
+    for (const [queue, reason] of notListed) {
+      const seen = unlisted.get(queue);
+      if (seen) seen.runs++;
+      else unlisted.set(queue, { runs: 1, reason });
+    }
+    return 'unknown';
   }
 
   /**

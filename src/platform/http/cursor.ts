@@ -39,7 +39,13 @@ export function nextCursor(last: { created_at: Date | string; id: string } | und
   return more && last ? Buffer.from(`${new Date(last.created_at).toISOString()}|${last.id}`).toString('base64url') : null;
 }
 
-const notIssued = () => new ValidationError('Invalid cursor', [{ path: 'cursor', message: 'not a cursor returned by this API' }]);
+/**
+ * The 400 of a cursor not shaped as this API encodes one. Its words claim only what is checked: the
+ * shape. Not "not a cursor returned by this API": a well-shaped cursor the API never issued passes
+ * (readCursor), and a client whose issued cursor was altered on its way back (re-encoded, truncated,
+ * padded) should be told to send it unchanged, not that the API never gave it.
+ */
+const malformed = () => new ValidationError('Invalid cursor', [{ path: 'cursor', message: "malformed cursor: pass a page's next_cursor unchanged" }]);
 
 /**
  * The fields of a cursor as this API encodes them (base64url, no padding, `|` between fields), or a
@@ -49,7 +55,7 @@ const notIssued = () => new ValidationError('Invalid cursor', [{ path: 'cursor',
  */
 function cursorFields(raw: string): string[] {
   const text = Buffer.from(raw, 'base64url').toString('utf8');
-  if (Buffer.from(text, 'utf8').toString('base64url') !== raw) throw notIssued();
+  if (Buffer.from(text, 'utf8').toString('base64url') !== raw) throw malformed();
   return text.split('|');
 }
 
@@ -61,7 +67,7 @@ function cursorFields(raw: string): string[] {
 export function readCursor(raw: string | undefined): Cursor | undefined {
   if (raw === undefined) return undefined;
   const [at, id, ...rest] = cursorFields(raw);
-  if (!at || !id || rest.length || !isIssuedTime(at) || !z.string().uuid().safeParse(id).success) throw notIssued();
+  if (!at || !id || rest.length || !isIssuedTime(at) || !z.string().uuid().safeParse(id).success) throw malformed();
   return { at, id };
 }
 
@@ -98,6 +104,6 @@ export function nextKeyCursor(lastKey: string | undefined, more: boolean): strin
 export function readKeyCursor(raw: string | undefined): string | undefined {
   if (raw === undefined) return undefined;
   const [tag, key, ...rest] = cursorFields(raw);
-  if (tag !== 'k' || !key || rest.length || !z.string().uuid().safeParse(key).success) throw notIssued();
+  if (tag !== 'k' || !key || rest.length || !z.string().uuid().safeParse(key).success) throw malformed();
   return key.toLowerCase();
 }
