@@ -63,7 +63,26 @@ describe('a registry of workflow versions', () => {
 
   it("each version's steps are checked as one definition's are", () => {
     expect(() => new WorkflowRegistry([flow(1, [a, b]), flow(2, [a, b, a])])).toThrow('workflow flow@v2: duplicate step a');
-    expect(() => new WorkflowRegistry([flow(1, [a]), flow(2, [a], { tag: 'Not:ok' })])).toThrow(/tag must be short kebab-case/);
+    expect(() => new WorkflowRegistry([flow(1, [a]), flow(2, [a], { tag: 'Not:ok' })])).toThrow(/tag "Not:ok" must be short kebab-case/);
+  });
+
+  it('two workflows sharing a tag are refused, naming both: the tag is how a job id names its workflow (docs/runtime.md, Adding a workflow)', () => {
+    const other = { ...flow(1, [a]), name: 'other', queue: 'other' };
+    expect(() => new WorkflowRegistry([flow(1, [a]), other])).toThrow('workflows flow and other share the tag "flow": give each a tag of its own');
+    // Versions of one name share theirs.
+    expect(new WorkflowRegistry([flow(1, [a]), flow(2, [a, b])]).labels()).toEqual(['flow@v1', 'flow@v2']);
+  });
+
+  it.each(['timers', 'maintenance', 'webhooks'])('a workflow on the platform queue %s is refused: that queue\'s worker runs other jobs', (queue) => {
+    expect(() => new WorkflowRegistry([flow(1, [a], { queue })])).toThrow(`workflow flow@v1: queue "${queue}" is the platform's (timers, maintenance, webhooks): give the workflow a queue of its own`);
+  });
+
+  it.each(['Flow', 'my_flow', 'flow@v1', ''])('a workflow name WORKFLOW_VERSIONS_RETIRED could not name (%j) is refused', (name) => {
+    expect(() => defineWorkflow(flow(1, [a], { name }))).toThrow(`workflow name ${JSON.stringify(name)} must be kebab-case`);
+  });
+
+  it('a refused tag is named, with the rule it breaks', () => {
+    expect(() => defineWorkflow(flow(1, [a], { tag: 'a-tag-of-seventeen' }))).toThrow('workflow flow: tag "a-tag-of-seventeen" must be short kebab-case (1-16 characters of a-z, 0-9, -)');
   });
 
   it('two versions of one name both marked current are refused', () => {

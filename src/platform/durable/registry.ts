@@ -1,5 +1,14 @@
 import { ConfigError } from '../config/config.ts';
 import { checkWorkflow, type WorkflowDef } from './workflow.ts';
+import { MAINTENANCE_QUEUE } from '../queue/maintenance-queue.ts';
+import { TIMER_QUEUE } from '../queue/timers.ts';
+import { WEBHOOK_QUEUE } from '../webhooks/delivery.ts';
+
+/**
+ * The queues every worker process serves with Workers of the platform's own (worker-runtime.ts): a
+ * workflow's run jobs there would be taken by a Worker that runs timers, maintenance or deliveries.
+ */
+const PLATFORM_QUEUES: readonly string[] = [TIMER_QUEUE, MAINTENANCE_QUEUE, WEBHOOK_QUEUE];
 
 /** `name@vN`, how logs, metrics and errors name one version of a workflow. */
 export const versionLabel = (name: string, version: number | undefined): string => `${name}@v${version ?? '?'}`;
@@ -37,6 +46,18 @@ export class WorkflowRegistry {
         continue;
       }
       byVersion.set(def.version, def);
+    }
+    // The tag is how a job id names its workflow (`<tag>-<hash>-…`, in Bull Board and the logs; the
+    // timers queue holds every workflow's timers, `<tag>-<hash>-sla`): versions of one name share it,
+    // two names never do. A run queue of the platform's is refused too (PLATFORM_QUEUES).
+    const tagOwners = new Map<string, string>();
+    for (const def of this.all()) {
+      const owner = tagOwners.get(def.tag);
+      if (owner !== undefined && owner !== def.name) throw new Error(`workflows ${owner} and ${def.name} share the tag "${def.tag}": give each a tag of its own`);
+      tagOwners.set(def.tag, def.name);
+      if (PLATFORM_QUEUES.includes(def.queue)) {
+        throw new Error(`workflow ${versionLabel(def.name, def.version)}: queue "${def.queue}" is the platform's (${PLATFORM_QUEUES.join(', ')}): give the workflow a queue of its own`);
+      }
     }
     for (const [name, byVersion] of this.versions) {
       const marked = [...byVersion.values()].filter((d) => d.current);

@@ -225,13 +225,16 @@ export function defineWorkflow<In>(def: WorkflowDef<In>): WorkflowDef<In> {
 
 /** What every definition must satisfy; checked when it is defined and again when it is registered. */
 export function checkWorkflow(def: WorkflowDef): void {
+  // The name is stored on every run and named as `name@vN` by WORKFLOW_VERSIONS_RETIRED, whose format
+  // (registry.ts) takes kebab-case only: a name outside it could never be declared retired.
+  if (!/^[a-z][a-z0-9-]{0,63}$/.test(def.name)) throw new Error(`workflow name ${JSON.stringify(def.name)} must be kebab-case (a-z, 0-9, -; stored on every run, named as name@vN by WORKFLOW_VERSIONS_RETIRED)`);
   if (!Number.isSafeInteger(def.version) || def.version < 1) throw new Error(`workflow ${def.name}: version must be a positive integer, not ${String(def.version)}`);
   const names = new Set<string>();
   for (const s of def.steps) {
     if (names.has(s.name)) throw new Error(`workflow ${def.name}@v${def.version}: duplicate step ${s.name}`);
     names.add(s.name);
   }
-  if (!/^[a-z0-9-]{1,16}$/.test(def.tag)) throw new Error(`workflow ${def.name}: tag must be short kebab-case`);
+  if (!/^[a-z0-9-]{1,16}$/.test(def.tag)) throw new Error(`workflow ${def.name}: tag ${JSON.stringify(def.tag)} must be short kebab-case (1-16 characters of a-z, 0-9, -): it prefixes the run's job ids`);
 }
 
 /**

@@ -11,8 +11,10 @@ import type { IdempotencyService } from '../idempotency/idempotency.service.ts';
 import { WEBHOOK_REDELIVERY_JOB } from '../webhooks/delivery.ts';
 import { deleteSettledDeliveries } from '../webhooks/retention.ts';
 import { warnOnQueueErrors } from './queue-errors.ts';
+import { MAINTENANCE_QUEUE } from './maintenance-queue.ts';
 
-export const MAINTENANCE_QUEUE = 'maintenance';
+// Defined apart (maintenance-queue.ts) for the workflow registry; exported here as before.
+export { MAINTENANCE_QUEUE };
 export const IDEMPOTENCY_EXPIRY_JOB = 'idempotency-expiry';
 export const RUN_RETENTION_JOB = 'run-retention';
 /**
