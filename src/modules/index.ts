@@ -275,5 +275,3 @@ export function jobHandlersFor(deps: {
     },
   };
 }
-
-export const MODULE_QUEUES = [GOLDEN_PATH_QUEUE];
