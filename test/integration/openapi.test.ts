@@ -315,7 +315,8 @@ describe('429 rate_limited is documented on every route, and the submission limi
       if (/submissions per minute/.test(responses['429'].description)) limited.push(label);
       expect(/submissions per minute/.test(responses['429'].description), label).toBe(def.admission !== undefined);
     }
-    expect(limited).toEqual(['POST /api/v1/golden-path/run', 'POST /api/v1/golden-path/runs/:id/retry', 'POST /api/v1/partner-offboarding/run', 'POST /api/v1/partner-offboarding/runs/:id/retry']);
+    // A new workflow's submission and retry belong here (docs/runtime.md, *Adding a workflow*, step 7).
+    expect(limited, 'the routes that declare admission (each workflow\'s submission and retry)').toEqual(['POST /api/v1/golden-path/run', 'POST /api/v1/golden-path/runs/:id/retry', 'POST /api/v1/partner-offboarding/run', 'POST /api/v1/partner-offboarding/runs/:id/retry']);
     // Not "every mutating route": these mutate, and no submission limit stands in their way.
     const unlimitedMutating = stack.container.routes.filter((d) => MUTATING_METHODS.has(d.method) && !d.admission).map((d) => `${d.method.toUpperCase()} ${d.path}`);
     expect(unlimitedMutating).toEqual(expect.arrayContaining(['POST /api/v1/approvals/:id/decision', 'PUT /api/v1/approval-policy']));
@@ -741,6 +742,10 @@ describe('the published schemas hold for real responses of every route', () => {
         .map((code) => `${def.method.toUpperCase()} ${def.path} ${code}`),
     );
     expect(published.length).toBeGreaterThan(0);
-    expect(published.filter((label) => !checked.has(label))).toEqual([]);
+    // The other tests of this describe record what they checked: run alone (-t), this one lists every route.
+    expect(
+      published.filter((label) => !checked.has(label)),
+      'success responses no test above checked against a real response: add a case that does (docs/runtime.md, *Adding a workflow*, step 7); run with the whole file, not alone',
+    ).toEqual([]);
   });
 });
