@@ -10,7 +10,7 @@ import { PUBLISHED_JWT_SECRETS, parseConfig } from '../../src/platform/config/co
 import { assessReadiness } from '../../src/readiness/readiness.target.ts';
 import { defineStep, defineWorkflow } from '../../src/platform/durable/workflow.ts';
 import { WorkflowRegistry } from '../../src/platform/durable/registry.ts';
-import { workflowsFor } from '../../src/modules/index.ts';
+import { registeredWorkflows } from '../helpers/registered-workflows.ts';
 import { createTestDatabase, type TestDatabase } from '../helpers/db.ts';
 import { dropKeys, envFor, matrixFor, matrixOf } from './readiness.fixtures.ts';
 
@@ -291,13 +291,7 @@ describe('workflow versions', () => {
     });
     expect(m.row('workflow-versions')).toMatchObject({ status: 'PASS' });
     // The versions the modules register, read from them: a new workflow's joins the row by itself (docs/runtime.md, *Adding a workflow*).
-    const registered = new WorkflowRegistry(
-      workflowsFor(parseConfig({ JWT_SECRET: 'x'.repeat(32) }), {
-        queue: () => {
-          throw new Error('no queue here');
-        },
-      }),
-    ).labels();
+    const registered = new WorkflowRegistry(registeredWorkflows()).labels();
     expect(registered).toEqual(expect.arrayContaining(['golden-path@v1', 'partner-offboarding@v1']));
     expect(m.row('workflow-versions').reason).toContain(`registers ${registered.join(', ')}; active runs: golden-path@v1 (2); `);
     expect(m.row('workflow-versions').reason).toMatch(/another deployment's.*elsewhere@v3 \(1\)/);

@@ -4,7 +4,7 @@ import { spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { Redis } from 'ioredis';
 import { parseConfig } from '../../src/platform/config/config.ts';
-import { workflowsFor } from '../../src/modules/index.ts';
+import { registeredQueues } from '../helpers/registered-workflows.ts';
 import { createContainer, type Container } from '../../src/container.ts';
 import { startWorkerProcess, type WorkerProcess } from '../../src/worker-runtime.ts';
 import { createTestDatabase, type TestDatabase } from '../helpers/db.ts';
@@ -131,20 +131,8 @@ it("deliveries waiting for a receiver that does not answer hold none of the work
   }
 });
 
-/**
- * The workflow queues the modules register, in the order the WORKER_QUEUES refusal lists them: read from
- * the registration, so a new workflow's queue joins the expected messages by itself (docs/runtime.md,
- * *Adding a workflow*). No queue is opened: the modules' factory is only called when a timer is scheduled.
- */
-const WORKFLOW_QUEUES = [
-  ...new Set(
-    workflowsFor(parseConfig({ JWT_SECRET: TEST_JWT_SECRET }), {
-      queue: () => {
-        throw new Error('no queue here');
-      },
-    }).map((w) => w.queue),
-  ),
-].join(', ');
+/** The workflow queues the modules register, as the WORKER_QUEUES refusal lists them (a new workflow's joins by itself). */
+const WORKFLOW_QUEUES = registeredQueues();
 
 it('a WORKER_QUEUES naming no workflow queue stops the worker at start, naming the variable and the queues there are', async () => {
   const config = parseConfig({ ...baseEnv(), WORKER_QUEUES: 'golden-path,partner-offbording' });

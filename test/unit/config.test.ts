@@ -2,23 +2,11 @@ import { describe, expect, it } from 'vitest';
 import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { ConfigError, apiConfigProblems, parseConfig, poolMaxFor } from '../../src/platform/config/config.ts';
-import { workflowsFor } from '../../src/modules/index.ts';
+import { registeredQueues } from '../helpers/registered-workflows.ts';
 
 const SECRET = 'a-development-secret-of-32-chars!';
-/**
- * The workflow queues the modules register, in the order the WORKER_QUEUES refusal lists them: read from
- * the registration, so a new workflow's queue joins the expected message by itself (docs/runtime.md,
- * *Adding a workflow*). No queue is opened: the modules' factory is only called when a timer is scheduled.
- */
-const WORKFLOW_QUEUES = [
-  ...new Set(
-    workflowsFor(parseConfig({ JWT_SECRET: SECRET }), {
-      queue: () => {
-        throw new Error('no queue in a unit test');
-      },
-    }).map((w) => w.queue),
-  ),
-].join(', ');
+/** The workflow queues the modules register, as the WORKER_QUEUES refusal lists them (a new workflow's joins by itself). */
+const WORKFLOW_QUEUES = registeredQueues();
 
 function configError(env: Record<string, string | undefined>): ConfigError {
   try {
