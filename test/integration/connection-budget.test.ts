@@ -2,6 +2,9 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { randomBytes } from 'node:crypto';
 import { createLogger } from '../../src/platform/telemetry/logger.ts';
 import { createRedis } from '../../src/platform/queue/connections.ts';
+import { createOrm } from '../../src/platform/db/orm.ts';
+import { parseConfig } from '../../src/platform/config/config.ts';
+import { entities } from '../../src/entities.ts';
 import { CONNECTION_BUDGET_WARNING, ConnectionBudget, connectionLimit, declarePool, livePools, type ConnectionLimit, type PoolDeclaration } from '../../src/platform/db/connection-budget.ts';
 import { liveConnectionBudgetRow } from '../../src/readiness/connection-budget.checks.ts';
 import { spawnApi, jsonLines, type ApiProcess } from '../helpers/api-process.ts';
@@ -32,7 +35,7 @@ afterAll(async () => {
 const warnings = (lines: Array<Record<string, any>>) => lines.filter((l) => l.msg === CONNECTION_BUDGET_WARNING);
 
 describe('processes that declare their pools', () => {
-  it('the processes over the limit warn with the numbers; the readiness row fails; a clean stop withdraws the pool at once', { timeout: 180_000 }, async () => {
+  it('the processes over the limit warn with the numbers; the readiness row fails; a clean stop withdraws the pool at once', { timeout: 300_000 }, async () => {
     // An API of 10 and workers of W each: the k-th worker takes the sum past the limit, the one before did not.
     const apiPool = 10;
     const workerPool = Math.min(200, Math.floor((limit.usable - apiPool) / 2) + 1);
@@ -157,6 +160,24 @@ describe('in-process declarations', () => {
       await budget.stop();
       down.disconnect();
     }
+  });
+
+  it('PostgreSQL not answering (nothing listens where it points): the beat is skipped quietly, the declaration still made', async () => {
+    const prefix = `${stack.prefix}:pgdown`;
+    const closed = await createOrm(parseConfig({ ...stack.env, DATABASE_URL: 'postgres://dealix_app:dealix_app@127.0.0.1:1/nothing' }), { entities, poolMax: 1 });
+    const log = capturedLog();
+    const logger = createLogger({ level: 'debug', name: 'budget-test', destination: log.destination });
+    const budget = new ConnectionBudget({ redis: stack.container.redis, orm: closed, prefix, logger, declaration: { service: 'api', instance: 'y', pool: limit.usable + 1 } });
+    try {
+      await budget.beat();
+      await waitFor(() => log.lines.some((l) => l.msg?.startsWith('connection budget not checked this time')), { what: 'the debug line' });
+      expect(log.lines.filter((l) => l.level >= 40)).toEqual([]);
+      expect(await livePools(stack.container.redis, prefix)).toEqual([{ service: 'api', instance: 'y', pool: limit.usable + 1 }]);
+    } finally {
+      await budget.stop();
+      await closed.close(true);
+    }
+    expect(await livePools(stack.container.redis, prefix)).toEqual([]);
   });
 });
 
