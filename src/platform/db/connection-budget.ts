@@ -160,6 +160,17 @@ export const budgetFields = (t: BudgetTally, l: ConnectionLimit) => ({
   reserved_connections: l.reserved,
 });
 
+/** The longest a stop waits for Redis: the withdrawal is a courtesy, the expiry the guarantee. */
+const STOP_BOUND_MS = 1_000;
+
+/** Settles when `p` does or after STOP_BOUND_MS, whichever is first; never rejects. */
+async function bounded(p: Promise<unknown> | undefined): Promise<void> {
+  if (!p) return;
+  let timer: NodeJS.Timeout | undefined;
+  await Promise.race([p.catch(() => {}), new Promise<void>((r) => (timer = setTimeout(r, STOP_BOUND_MS)))]);
+  clearTimeout(timer);
+}
+
 export interface ConnectionBudgetOptions {
   redis: Redis;
   orm: MikroORM;
@@ -234,11 +245,15 @@ export class ConnectionBudget {
     }
   }
 
-  /** Stops the heartbeat and withdraws the declaration (a failure leaves it to lapse). */
+  /**
+   * Stops the heartbeat and withdraws the declaration. A failure leaves it to lapse; so does a Redis that
+   * does not answer within STOP_BOUND_MS (a hung connection would otherwise hold the process's stop for
+   * the producer connection's 5 s command timeout, past its shutdown deadline).
+   */
   async stop(): Promise<void> {
     this.stopped = true;
     clearInterval(this.timer);
-    await this.declaring?.catch(() => {});
-    await withdrawPool(this.opts.redis, this.opts.prefix, this.opts.declaration).catch(() => {});
+    await bounded(this.declaring);
+    await bounded(withdrawPool(this.opts.redis, this.opts.prefix, this.opts.declaration));
   }
 }
