@@ -4,6 +4,7 @@ import { Queue, type Telemetry } from 'bullmq';
 import type { Redis } from 'ioredis';
 import { apiConfigProblems, ConfigError, poolMaxFor, type Config } from './platform/config/config.ts';
 import { createOrm, type MikroORM } from './platform/db/orm.ts';
+import { ConnectionBudget } from './platform/db/connection-budget.ts';
 import { createLogger, type Logger } from './platform/telemetry/logger.ts';
 import { createRedis } from './platform/queue/connections.ts';
 import { warnOnQueueErrors } from './platform/queue/queue-errors.ts';
@@ -63,6 +64,13 @@ export interface Container {
   /** Set at the API's SIGTERM (server.ts): /readyz then answers 503 while the API still serves (API_SHUTDOWN_DELAY). */
   lifecycle: { stopping: boolean };
   jobHandlers(): ReturnType<typeof jobHandlersFor>;
+  /**
+   * Declares this process's pool (poolMaxFor) under QUEUE_PREFIX and, now and every heartbeat, warns
+   * once when the live processes' pools add up to more than PostgreSQL allows (connection-budget.ts).
+   * The API's start calls it once Redis is ready, a worker's once its schedulers are in Redis; close()
+   * withdraws the declaration first. A tool's container declares nothing (its pool is not the deployment's).
+   */
+  startConnectionBudget(): void;
   close(): Promise<void>;
 }
 
@@ -156,7 +164,10 @@ export async function createContainer(
       publishActiveRuns: (tenantId, cap) => publishActiveRunsOverride(redis, config.QUEUE_PREFIX, tenantId, cap),
     }),
   ];
+  let budget: ConnectionBudget | undefined;
   const close = async () => {
+    // First, while Redis is still connected: the deployment's sum no longer counts this process.
+    await budget?.stop();
     await revocations?.close();
     await Promise.allSettled([...queues.values()].map((q) => q.close()));
     await orm.close(true).catch(() => {});
@@ -164,7 +175,7 @@ export async function createContainer(
   };
   // Fail-closed (ADR 0018): until the list is loaded, every token is answered 503 (never let through unchecked).
   if (revocations) await revocations.start();
-  return {
+  const container: Container = {
     config,
     logger,
     lifecycle: { stopping: false },
@@ -190,8 +201,15 @@ export async function createContainer(
         onNoRequestSpent: () => metrics.slaTimersSpent.inc(),
         onDeferred: ({ workflow, version }) => metrics.deferredJobs.inc({ workflow, version: String(version ?? 'unknown') }),
       }),
+    startConnectionBudget() {
+      if (opts.service === 'tool' || budget) return;
+      // The container's logger when started (a test stack replaces it after createContainer).
+      budget = new ConnectionBudget({ redis, orm, prefix: config.QUEUE_PREFIX, logger: container.logger, declaration: { service: opts.service, instance: instanceId, pool: poolMax } });
+      budget.start();
+    },
     close,
   };
+  return container;
 }
 
 /** `check()`'s value, or, when it throws a ConfigError, `fallback` with its problems added to `problems` (any other error is thrown). */

@@ -16,6 +16,8 @@ const { answerClientError } = await import('./platform/http/client-error.ts');
 const config = loadConfig();
 const container = await createContainer(config, { service: 'api' }).catch(exitOnConfigError);
 await untilReady(container.redis, 5_000);
+// Its pool declared under QUEUE_PREFIX, the deployment's sum checked against max_connections (docs/runbook.md, Connection budget).
+container.startConnectionBudget();
 // Before 'api listening' (a start's lines are read up to it): readiness row webhook-ssrf-guard.
 warnWhenGuardOff(container.logger, config.WEBHOOK_ALLOW_PRIVATE_NETWORKS);
 // Readiness row tls-verification: NODE_TLS_REJECT_UNAUTHORIZED=0 in production.

@@ -248,6 +248,10 @@ export async function startWorkerProcess(c: Container, opts: { signal?: AbortSig
   warnWhenTlsVerificationOff(c.logger, cfg.NODE_ENV);
   // Redis is reachable by now (the maintenance schedulers are in it): one CONFIG GET, on the producer connection.
   await warnWhenIdleTimeout(c.redis, c.logger);
+  // Its pool declared beside the other processes' under QUEUE_PREFIX, and their sum checked against
+  // max_connections now and every heartbeat: one warning when over (docs/runbook.md, Connection budget).
+  // Not awaited: a slow or refusing Redis or PostgreSQL never holds the start.
+  c.startConnectionBudget();
   // The worker cannot see the API's list: said once at start, where a mismatch is looked for first (ADR 0008).
   if (cfg.WORKFLOW_VERSIONS_RETIRED.length) {
     c.logger.warn(

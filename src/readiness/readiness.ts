@@ -9,6 +9,7 @@ import { routeTable } from './route-table.ts';
 import { authenticationRow, idempotencyRow, withProbe } from './http.checks.ts';
 import { bullBoardAuthRow, bullBoardQueuesRow, type BullBoardInfo } from './bull-board.checks.ts';
 import { redisRows } from './redis.checks.ts';
+import { liveConnectionBudgetRow } from './connection-budget.checks.ts';
 import { configRow, databaseCredentialsRow, docsRows, jwtKeysRow, telemetryRow, tlsVerificationRow, webhookSsrfGuardRow, workerSettingsRow } from './settings.checks.ts';
 import { workflowVersionsRow } from './workflow-versions.checks.ts';
 import { acceptanceOf, fail, toReport, type ReadinessReport, type ReadinessRow } from './readiness.types.ts';
@@ -70,6 +71,8 @@ export async function runReadiness(deps: ReadinessDeps): Promise<ReadinessReport
   rows.push(databaseCredentialsRow(config));
   rows.push(tlsVerificationRow(config, deps.processEnv));
   rows.push(...(await guarded('redis', () => redisRows(deps.redis, { production: config.NODE_ENV === 'production', acceptance: acceptanceOf(config) }))));
+  // After the Redis rows (whose check waits for the connection to be ready): the live processes' pools against max_connections.
+  rows.push(...(await guarded('connection-budget', async () => [await liveConnectionBudgetRow(deps.orm, deps.redis, config.QUEUE_PREFIX)])));
   rows.push(workerSettingsRow(config, workflows));
   rows.push(...(await guarded('workflow-versions', async () => [await workflowVersionsRow(deps.orm, workflows)])));
   return toReport(rows);

@@ -35,7 +35,7 @@ describe('a healthy stack', () => {
       expect(m.row(`rls ${table}`).status).toBe('PASS');
       expect(m.row(`tenant-unique ${table}`).status).toBe('PASS');
     }
-    for (const c of ['config', 'app-role', 'migrations', 'schema-drift', 'routes-idempotency', 'routes-authentication', 'bull-board-auth', 'bull-board-queues', 'telemetry', 'jwt-keys', 'redis', 'redis-eviction', 'redis-timeout', 'worker-settings', 'workflow-versions']) {
+    for (const c of ['config', 'app-role', 'migrations', 'schema-drift', 'routes-idempotency', 'routes-authentication', 'bull-board-auth', 'bull-board-queues', 'telemetry', 'jwt-keys', 'redis', 'redis-eviction', 'redis-timeout', 'connection-budget', 'worker-settings', 'workflow-versions']) {
       expect(m.row(c).status).toBe('PASS');
     }
     // Production requirements, outside production: PASS when met, else N/A saying so — never a PASS they did not earn.
