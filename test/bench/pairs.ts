@@ -7,7 +7,7 @@
  * alternating rounds (ABBA…) in one process: on a VM whose speed drifts from minute to minute, a
  * setting's or a commit's effect is read from pairs of rounds taken moments apart, not from two runs minutes
  * apart (session 40 read a "regression" of a fifth from separate compare-only runs that alternating rounds of the
- * same two commits put at 0–4 %: docs/performance.md, *What was changed*, session 41).
+ * same two commits put at 0–4 %: docs/performance-history.md, *What was changed*, session 41).
  * `--a-root`/`--b-root` (default: this checkout): a side's worker, its database (that checkout's migrations)
  * and its starter come from another checkout, e.g. `git worktree add /tmp/old <commit>` with this
  * checkout's node_modules linked into it (`ln -s "$PWD/node_modules" /tmp/old/`) when package-lock.json is
@@ -16,7 +16,7 @@
  * Prints each round (runs/s; CPU per run of the worker, producer, PostgreSQL and Redis together;
  * PostgreSQL's alone; the worker process's alone, what the engine's throughput follows; the whole
  * machine's, from /proc/stat) and each side's means. Used for the
- * concurrency decision in docs/performance.md; everything it creates is removed at the end.
+ * concurrency decision in docs/performance-history.md; everything it creates is removed at the end.
  */
 import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';

@@ -84,7 +84,7 @@ export async function startStack(opts: StackOptions = {}): Promise<TestStack> {
     SWEEPER_INTERVAL: '1s',
     SWEEPER_MIN_AGE: '2s',
     DATABASE_POOL_MAX: '5',
-    // The production default is 16 run jobs per queue (docs/performance.md, session 42), pooled on 38
+    // The production default is 16 run jobs per queue (docs/performance-history.md, session 42), pooled on 38
     // connections; a test worker pools 5 (the suite's two files at once share max_connections), and 16 jobs
     // queueing for 5 connections would wait on the pool's 5 s checkout bound under CI load. 8, as the suite
     // ran until then; a test that needs another sets its own.

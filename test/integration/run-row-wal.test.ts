@@ -10,7 +10,7 @@ import type { StepJobData } from '../../src/platform/durable/runtime.ts';
 
 /**
  * What a class A run writes to its run row, read exactly from PostgreSQL's WAL (`pg_walinspect`), not
- * timed: the counters of docs/performance.md (sessions 24 and 39). Per run, `durable_runs` costs one
+ * timed: the counters of docs/performance-history.md (sessions 24 and 39). Per run, `durable_runs` costs one
  * insert, two updates (its first step, `pending → running`, and its end) and a row lock per step —
  * about a third of the run's WAL bytes. A step that leaves the run's status as it was writes its
  * checkpoint alone: no new version of the run row, no index entry, only the `for key share` lock its
@@ -18,7 +18,7 @@ import type { StepJobData } from '../../src/platform/durable/runtime.ts';
  *
  * The figures are pinned on purpose: an index added to `durable_runs`, or a statement that updates
  * the run row on a step that does not move its status, changes them; a deliberate change updates
- * them here and in docs/performance.md. WAL is cluster-wide (other sessions write it too): only the
+ * them here and in docs/performance-history.md. WAL is cluster-wide (other sessions write it too): only the
  * records whose blocks are this test database's, grouped by transaction, are read, and each run's
  * transactions are told apart by what they write (the start inserts the run, each step a checkpoint).
  */

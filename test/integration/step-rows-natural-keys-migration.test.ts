@@ -2,7 +2,7 @@
  * Migration step_rows_natural_keys on a database that has history: the checkpoints, dossiers, economics
  * models and evidence seals are keyed by (tenant_id, run_id[, sequence_num]), the approval decisions by
  * (tenant_id, approval_request_id, approver), and keep no index on their random `id` (one B-tree insert
- * less per row a step writes: docs/performance.md, session 24); every row stays; a second checkpoint of a
+ * less per row a step writes: docs/performance-history.md, session 24); every row stays; a second checkpoint of a
  * step, a second row of a run or a second decision of an approver is still refused (23505), and the
  * `on conflict` clauses that name those columns still find their key; row-level security
  * is still forced, and the schema then matches the entities with nothing pending (what `npm run db:check`

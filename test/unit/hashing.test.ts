@@ -4,7 +4,7 @@ import { describe, expect, it } from 'vitest';
 import { weakETag } from '../../src/platform/http/etag.ts';
 import { sha256Hex } from '../../src/platform/idempotency/canonical-json.ts';
 
-// The one-shot hashes that replaced Hash objects on the POST path (docs/performance.md, session 23)
+// The one-shot hashes that replaced Hash objects on the POST path (docs/performance-history.md, session 23)
 // must give exactly what the code they replaced gave.
 const bodies: Array<string | Buffer> = [
   '',

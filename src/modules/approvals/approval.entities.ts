@@ -70,7 +70,7 @@ export const ApprovalRequest = defineEntity({
 
 /**
  * One decision per approver per request: a C request needs two distinct approvers. Keyed by
- * (tenant, request, approver): `id` is written, never looked up, and not indexed (docs/performance.md, session 24).
+ * (tenant, request, approver): `id` is written, never looked up, and not indexed (docs/performance-history.md, session 24).
  */
 export const ApprovalDecision = defineEntity({
   name: 'ApprovalDecision',

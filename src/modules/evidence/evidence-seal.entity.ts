@@ -6,7 +6,7 @@ import { tenantIdProperty, tenantIsolationPolicy } from '../../platform/db/tenan
  * statement, so whatever release's worker wrote the pack: evidence-pack.entity.ts), kept apart from the pack: `/verify` compares the pack with it, so content rewritten together with the
  * pack's own hash shows. Append-only (roles.ts), and not the run's execution state: it outlives the
  * run's checkpoints when run retention deletes them (ADR 0011). One per pack, keyed by (tenant, run); its
- * id is the pack's, read with that key by `/verify` and not indexed on its own (docs/performance.md, session 24).
+ * id is the pack's, read with that key by `/verify` and not indexed on its own (docs/performance-history.md, session 24).
  */
 export const EvidenceSealRow = defineEntity({
   name: 'EvidenceSeal',

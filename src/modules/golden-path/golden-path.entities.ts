@@ -1,7 +1,7 @@
 import { defineEntity, p } from '@mikro-orm/core';
 import { tenantIdProperty, tenantIsolationPolicy } from '../../platform/db/tenant-owned.ts';
 
-/** Step 1's output, one row per run. Keyed by (tenant, run): `id` is written, never looked up, and not indexed (docs/performance.md, session 24). */
+/** Step 1's output, one row per run. Keyed by (tenant, run): `id` is written, never looked up, and not indexed (docs/performance-history.md, session 24). */
 export const PartnerDossierRow = defineEntity({
   name: 'PartnerDossier',
   tableName: 'partner_dossiers',
@@ -19,7 +19,7 @@ export const PartnerDossierRow = defineEntity({
   policies: [tenantIsolationPolicy('partner_dossiers')],
 });
 
-/** Step 2's output, one row per run. Keyed by (tenant, run): `id` is written, never looked up, and not indexed (docs/performance.md, session 24). */
+/** Step 2's output, one row per run. Keyed by (tenant, run): `id` is written, never looked up, and not indexed (docs/performance-history.md, session 24). */
 export const EconomicsModelRow = defineEntity({
   name: 'EconomicsModel',
   tableName: 'economics_models',

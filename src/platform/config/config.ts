@@ -131,7 +131,7 @@ export const configSchema = z
     DATABASE_STATEMENT_TIMEOUT: duration('30s', { offOrAtLeastMs: 1, off: 'no statement timeout' }),
     // How long past DATABASE_STATEMENT_TIMEOUT a client lets PostgreSQL stay silent while a statement awaits its answer before it drops the connection (coalescing-client.ts); 0 waits for ever.
     DATABASE_ANSWER_MARGIN: duration('10s', { offOrAtLeastMs: 1000, off: 'wait for ever' }),
-    // A batch (a group commit's dozens of statements) bounded per statement (a Flush after each that may wait) instead of by the sum; off: ~15 % more CPU per run (docs/performance.md, session 32).
+    // A batch (a group commit's dozens of statements) bounded per statement (a Flush after each that may wait) instead of by the sum; off: ~15 % more CPU per run (docs/performance-history.md, session 32).
     DATABASE_ANSWER_PER_STATEMENT: bool(false),
     // Named prepared statements per connection (ADR 0004); off for a pooler that cannot keep them (PgBouncer < 1.21 in transaction mode).
     DATABASE_PREPARED_STATEMENTS: bool(true),
@@ -187,7 +187,7 @@ export const configSchema = z
     // completion take about that long at the tail under load): the handler runs twice, LEASE_LOST rolls one back.
     IDEMPOTENCY_LEASE: duration('60s').superRefine(atLeastMs(1_000, 'a retry of the request would take its key over while it still runs (docs/api.md, *Idempotency*)')),
 
-    // Benchmarked (docs/performance.md, npm run bench:pairs): a run job spends most of its time waiting for
+    // Benchmarked (docs/performance-history.md, npm run bench:pairs): a run job spends most of its time waiting for
     // PostgreSQL, one step after another. With group commit (ADR 0007) more jobs per process make larger
     // groups — fewer commits and WAL flushes per run: on two cores 16 ran 14-16 % more runs than 8 or 12
     // for 12-13 % less CPU per run (26 of 26 alternating pairs, session 42), and 24 no more than 16.

@@ -82,7 +82,7 @@ export interface UniqueKeyInfo {
 /**
  * A surrogate primary key (random UUIDs, `id` alone) reveals nothing, so it need not include tenant_id; every
  * other unique key must, a primary key on natural columns too (the step rows keyed by (tenant_id, run_id),
- * docs/performance.md, session 24): a unique check ignores RLS, whichever constraint makes it.
+ * docs/performance-history.md, session 24): a unique check ignores RLS, whichever constraint makes it.
  */
 export const isSurrogateKey = (u: UniqueKeyInfo): boolean => u.primary && u.columns.length === 1 && u.columns[0] === 'id';
 

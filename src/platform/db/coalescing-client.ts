@@ -121,7 +121,7 @@ export interface AnswerBound {
    * DATABASE_ANSWER_PER_STATEMENT: a batch asks for each answer as it is made (a Flush after each
    * statement that may wait but the last: statement-batch.ts), so its bound is one statement's, not the
    * sum over its statements. Off by default: the Flushes cost the engine about 15 % more CPU per run in
-   * session 32's compare-only runs (docs/performance.md), so a batch is allowed the sum, with a
+   * session 32's compare-only runs (docs/performance-history.md), so a batch is allowed the sum, with a
    * liveness check after each statement's bound of silence that gives up a server gone silent after
    * about one (watch).
    */
@@ -391,7 +391,7 @@ export class CoalescingClient extends pg.Client {
    * heard: with `perStatement`, not a sum over the message (a group commit of a dozen steps sends forty
    * statements, and a server gone silent under it is waited for forty bounds, minutes, without it),
    * while one that answers each statement in turn is never cut however long the whole takes. Without
-   * it (the default: the Flushes cost the engine ~15 % more CPU per run, docs/performance.md session
+   * it (the default: the Flushes cost the engine ~15 % more CPU per run, docs/performance-history.md session
    * 32), and for a simple-protocol message of several statements (values written in, no Flush
    * possible), a message is answered only whole: it is allowed the sum, but once silent for one
    * statement's bound it is kept only while a liveness check finds its backend at work (watch): nothing

@@ -90,7 +90,7 @@ export function groupKey(statements: readonly Statement[]): string | undefined {
  * pure function of the text, remembered per text: the platform's marked statements are a few fixed
  * texts (a step's checkpoint with its CTEs runs to a thousand characters), and scanning each of them
  * with SESSION_CHANGING for every transaction was 1.6 % of a worker's profile samples (session 23,
- * docs/performance.md). Bounded: past the bound, texts are tested each time, as before.
+ * docs/performance-history.md). Bounded: past the bound, texts are tested each time, as before.
  */
 function groupableText(text: string): boolean {
   let ok = groupable.get(text);

@@ -25,7 +25,7 @@ function planFor(em: EntityManager, entity: EntityName<object>): EntityPlan {
  * Inserts one row of an entity as `em.insert` does — the same table, columns and value conversions,
  * all taken from the entity's MikroORM metadata and types — through a statement built once per entity
  * and set of columns. `em.insert` builds a query builder per call: measured, about 350 µs of CPU per
- * insert on the benchmark machine against about 40 µs here (docs/performance.md). For the append-only
+ * insert on the benchmark machine against about 40 µs here (docs/performance-history.md). For the append-only
  * rows a step writes and never reads back: no identity-map entry, no unit of work, no RETURNING.
  * Inside a step the insert is held and travels with the step's checkpoint and commit, as every plain
  * insert there does (coalescing-client.ts, ADR 0004). Only the entity's own scalar columns; a key that

@@ -163,7 +163,7 @@ export class StatementBatch {
    * once: with tracing on, OpenTelemetry's pg instrumentation reads it twice per message (its check
    * that the query config has a text, then its copy of the config for the span and the request hook
    * in register.ts), and writing a step's values in — its JSON output among them — at each read was
-   * about 9 % of a traced worker's profile (docs/performance.md, session 24).
+   * about 9 % of a traced worker's profile (docs/performance-history.md, session 24).
    */
   get text(): string {
     return (this.#text ??= this.statements.map(inlineStatement).join(';\n'));

@@ -12,7 +12,7 @@ import type { EntityManager } from '@mikro-orm/postgresql';
  * event manager (no subscribers are registered), the fork bound as the AsyncLocalStorage context of
  * the global entity manager (nothing uses the global one: `allowGlobalContext` is off), and the
  * merge of the fork's entities into `em` after the commit (each step works on its own fork; steps
- * write with `insertRow`/`execute`). Measured in session 23 (docs/performance.md): the worker's CPU
+ * write with `insertRow`/`execute`). Measured in session 23 (docs/performance-history.md): the worker's CPU
  * per run, four of these per run.
  */
 export async function stepTransaction<T>(em: EntityManager, fn: (tx: EntityManager) => Promise<T>): Promise<T> {

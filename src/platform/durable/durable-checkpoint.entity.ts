@@ -88,7 +88,7 @@ export function stepOrderTriggers(): TriggerDef[] {
  * effects; its primary key (tenant, run, sequence_num) makes a concurrent second execution roll back.
  * `id` is kept (written, never looked up) but not indexed: every statement finds a checkpoint by its
  * key, and an index on a random uuid alone cost every checkpoint insert a second B-tree insert
- * (docs/performance.md, session 24).
+ * (docs/performance-history.md, session 24).
  */
 export const DurableCheckpoint = defineEntity({
   name: 'DurableCheckpoint',

@@ -14,7 +14,7 @@ export function canonicalJson(value: unknown): string {
 /**
  * SHA-256 in lower-case hex. The one-shot `crypto.hash` gives the same digest as createHash/update/digest
  * without building a Hash object: every keyed POST hashes twice (its fingerprint and its submission
- * hash), and the object was most of the cost (docs/performance.md, session 23).
+ * hash), and the object was most of the cost (docs/performance-history.md, session 23).
  */
 export function sha256Hex(input: string | Buffer): string {
   return hash('sha256', input, 'hex');

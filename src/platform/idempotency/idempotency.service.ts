@@ -47,7 +47,7 @@ export interface IdempotencyRecord {
  * What completing or releasing a claim needs. Its statements name the key's unique index (tenant,
  * principal, key) rather than the id: the table's only tenant-leading index, so even a plan cached
  * before the table had statistics reaches the one row (a plan by id could be made onto that index by
- * tenant alone, and then read all of the tenant's keys on every request; docs/performance.md).
+ * tenant alone, and then read all of the tenant's keys on every request; docs/performance-history.md).
  */
 export type HeldClaim = Pick<IdempotencyRecord, 'id' | 'lease' | 'tenantId' | 'principal' | 'key'>;
 
@@ -403,7 +403,7 @@ export class IdempotencyService {
    * commit for it alone, the second claims. The commit does not wait for the WAL flush: the handler's
    * transaction commits synchronously after it, and flushing its own commit record flushes the claim's
    * too. A crash before that loses the claim together with everything it guarded, and the client's
-   * retry simply claims again (docs/performance.md). Undefined when the snapshot missed a winner.
+   * retry simply claims again (docs/performance-history.md). Undefined when the snapshot missed a winner.
    */
   private async claimInOneMessage(em: EntityManager, input: ClaimInput): Promise<Row | undefined> {
     const rows = await em.getConnection().execute<Row[]>(

@@ -68,7 +68,7 @@ export function createLogger(opts: { level: string; name: string; destination?: 
     },
   };
   // Buffered stdout: lines go out in writes of ~4 KB, and at least every 100 ms, instead of one system
-  // call per line (a tenth of a busy worker's CPU on this kind of machine; docs/performance.md). pino
+  // call per line (a tenth of a busy worker's CPU on this kind of machine; docs/performance-history.md). pino
   // flushes what is pending at exit; a SIGKILL loses at most the last 100 ms of lines.
   return pino(options, opts.destination ?? pino.destination({ dest: 1, sync: false, minLength: 4096, periodicFlush: 100 }));
 }

@@ -68,7 +68,7 @@ export interface KeysLog {
  * JWT_JWKS_URL in production; the algorithm allow-list, issuer, audience, exp and nbf are enforced.
  *
  * A client sends the same token with every request until it expires, and a signature check is about
- * 0.2 ms of CPU per request here (docs/performance.md): a token that verified is remembered, by its
+ * 0.2 ms of CPU per request here (docs/performance-history.md): a token that verified is remembered, by its
  * spelling, until its exp or for JWT_VERIFIED_TOKEN_TTL (60 s at most), whichever comes first (at
  * most 10,000 tokens, the oldest forgotten first). Only successes are remembered; any other text is
  * verified. A token has one spelling (canonicalSpelling): else one user could cycle look-alikes of
