@@ -18,7 +18,7 @@ import { parseConfig, poolMaxFor } from '../../src/platform/config/config.ts';
 import { workflowsFor } from '../../src/modules/index.ts';
 import { servedRunQueues } from '../../src/platform/durable/worker-host.ts';
 import { BenchDatabases, deletePrefix } from './lib/bench-db.ts';
-import { oursEnv, productionNodeFlags } from './lib/ours.ts';
+import { oursEnv, productionEnv, productionNodeFlags } from './lib/ours.ts';
 import { LOG_DIR, ROOT } from './lib/children.ts';
 import { setStatsSettleMs } from './lib/measure.ts';
 import { machineInfo } from './lib/machine.ts';
@@ -52,6 +52,7 @@ const results: Results = {
     stalledIntervalMs: defaults.WORKER_STALLED_INTERVAL,
     groupCommitInFlight: defaults.DATABASE_GROUP_COMMIT_IN_FLIGHT,
     workerNodeFlags: productionNodeFlags('start:worker').join(' '),
+    workerEnv: Object.entries(productionEnv('start:worker')).map(([k, v]) => `${k}=${v}`).join(' '),
   },
 };
 

@@ -14,7 +14,7 @@ type M = Measured<LoopResult>;
 export interface Results {
   plan: Plan;
   machine?: MachineInfo;
-  settings: { workerConcurrency: number; poolMax: number; lockDurationMs: number; stalledIntervalMs: number; workerNodeFlags: string; /** Absent in reports before session 13. */ groupCommitInFlight?: number };
+  settings: { workerConcurrency: number; poolMax: number; lockDurationMs: number; stalledIntervalMs: number; workerNodeFlags: string; /** Absent in reports before session 13. */ groupCommitInFlight?: number; /** The worker's launch environment (MALLOC_ARENA_MAX); absent before session 43. */ workerEnv?: string };
   errors: Record<string, string>;
   seconds?: number;
   compare?: { engine: M[]; dbos: M[]; raw: M[] };
@@ -333,7 +333,7 @@ export function renderTable(rep: Report): string {
     m
       ? `machine: ${m.cpus} CPU (${m.cpuModel}), ${m.memoryGiB} GiB; Node ${m.node}; PostgreSQL ${m.postgres} (synchronous_commit=${m.postgresSettings.synchronous_commit}, fsync=${m.postgresSettings.fsync}); Redis ${m.redis}; load average ${m.loadAverageAtStart.join(' ')} → ${m.loadAverageAtEnd?.join(' ') ?? '?'}`
       : '',
-    `ours: WORKER_CONCURRENCY=${rep.settings.workerConcurrency}, DATABASE_POOL_MAX=${rep.settings.poolMax}${rep.settings.groupCommitInFlight === undefined ? '' : `, DATABASE_GROUP_COMMIT_IN_FLIGHT=${rep.settings.groupCommitInFlight}`}, lock ${rep.settings.lockDurationMs} ms, stalled check ${rep.settings.stalledIntervalMs} ms, worker node ${rep.settings.workerNodeFlags || '(no flags)'}`,
+    `ours: WORKER_CONCURRENCY=${rep.settings.workerConcurrency}, DATABASE_POOL_MAX=${rep.settings.poolMax}${rep.settings.groupCommitInFlight === undefined ? '' : `, DATABASE_GROUP_COMMIT_IN_FLIGHT=${rep.settings.groupCommitInFlight}`}, lock ${rep.settings.lockDurationMs} ms, stalled check ${rep.settings.stalledIntervalMs} ms, worker ${rep.settings.workerEnv ? `${rep.settings.workerEnv} ` : ''}node ${rep.settings.workerNodeFlags || '(no flags)'}`,
   ];
   const cols = ['figure', 'ours', 'DBOS', 'raw BullMQ', 'ours÷DBOS', 'ours÷BullMQ', 'target', 'status'];
   const body: string[][] = [];

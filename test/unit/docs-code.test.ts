@@ -95,19 +95,29 @@ describe('documents against the code', () => {
 
   it('the API, worker and migration command lines are the same in package.json, Procfile, docker-compose.yml, the Dockerfile and the runbook', () => {
     const scripts = (JSON.parse(read('package.json')) as { scripts: Record<string, string> }).scripts;
-    const npm = (name: string) => scripts[name]!.replace(/^sh \.ci\/node (--env-file-if-exists=\.env )?/, '');
-    const procfile = Object.fromEntries(read('Procfile').trim().split('\n').map((l) => [l.slice(0, l.indexOf(':')), l.slice(l.indexOf(':') + 1).trim().replace(/^node /, '')]));
+    // A launch line as `ENV=value … node <args>`: the environment it sets (read by the C library as the process
+    // starts: MALLOC_ARENA_MAX, never from .env) and node's arguments, in every place a process is started from.
+    const launch = (line: string, runner: RegExp) => {
+      const m = new RegExp(`^((?:[A-Z][A-Z0-9_]*=\\S+ )*)${runner.source}(.*)$`).exec(line.trim());
+      expect(m, `not a launch line: ${line}`).not.toBeNull();
+      return `${m![1]!.split(' ').filter((kv) => kv && !kv.startsWith('WORKER_QUEUES=')).map((kv) => `${kv} `).join('')}${m![2]!}`;
+    };
+    const npm = (name: string) => launch(scripts[name]!, /sh \.ci\/node (?:--env-file-if-exists=\.env )?/);
+    const procfile = Object.fromEntries(read('Procfile').trim().split('\n').map((l) => [l.slice(0, l.indexOf(':')), launch(l.slice(l.indexOf(':') + 1), /node /)]));
     const compose = read('docker-compose.yml');
     const composeCommand = (service: string) => {
-      const m = new RegExp(`\\n  ${service}:\\n(?:    .*\\n)*?    command: (\\[.*\\])`).exec(compose);
+      const m = new RegExp(`\\n  ${service}:\\n((?:    .*\\n|\\s*\\n)*?)    command: (\\[.*\\])((?:\\n    .*)*)`).exec(compose);
       expect(m, `docker-compose.yml: the service ${service} has no one-line JSON-array command`).not.toBeNull();
-      return (JSON.parse(m![1]!) as string[]).slice(1).join(' ');
+      // The service's own environment entries (`KEY: "value"` under `environment:`, beside the shared anchor).
+      const env = [...`${m![1]!}${m![3]!}`.matchAll(/^      ([A-Z][A-Z0-9_]*): "([^"]*)"$/gm)].map(([, k, v]) => `${k}=${v} `).join('');
+      return `${env}${(JSON.parse(m![2]!) as string[]).slice(1).join(' ')}`;
     };
     const dockerfile = (JSON.parse(/^CMD (\[.*\])$/m.exec(read('Dockerfile'))![1]!) as string[]).slice(1).join(' ');
-    const runbookWorkers = [...read('docs/runbook.md').matchAll(/^[\w-]+: (?:WORKER_QUEUES=\S+ )?node (.*workers\/golden-path\.worker\.ts)$/gm)].map((m) => m[1]!);
+    const runbookWorkers = [...read('docs/runbook.md').matchAll(/^[\w-]+: ((?:[A-Z][A-Z0-9_]*=\S+ )*node .*workers\/golden-path\.worker\.ts)$/gm)].map((m) => launch(m[1]!, /node /));
     expect(runbookWorkers.length).toBeGreaterThan(0);
     expect([procfile.web, dockerfile]).toEqual([npm('start:api'), npm('start:api')]);
     expect([procfile.worker, composeCommand('worker'), ...runbookWorkers]).toEqual(Array(2 + runbookWorkers.length).fill(npm('start:worker')));
+    expect(npm('start:worker')).toMatch(/^MALLOC_ARENA_MAX=2 --max-semi-space-size=8 /);
     expect([procfile.release, composeCommand('migrate')]).toEqual([npm('db:migrate'), npm('db:migrate')]);
   });
 

@@ -38,6 +38,21 @@ export function productionNodeFlags(script: 'start:worker' | 'start:api'): strin
   return [...flags, ...(process.env.BENCH_NODE_ARGS ?? '').split(/\s+/).filter(Boolean)];
 }
 
+/**
+ * The environment production's launch line sets before node (`npm run start:worker`: `MALLOC_ARENA_MAX=2 sh .ci/node …`),
+ * which the C library reads as the process starts, so never from .env: the benchmark's processes start with it too.
+ */
+export function productionEnv(script: 'start:worker' | 'start:api'): Record<string, string> {
+  const pkg = JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { scripts: Record<string, string> };
+  const env: Record<string, string> = {};
+  for (const t of (pkg.scripts[script] ?? '').split(/\s+/)) {
+    const m = /^([A-Z][A-Z0-9_]*)=(.*)$/.exec(t);
+    if (!m) break;
+    env[m[1]!] = m[2]!;
+  }
+  return env;
+}
+
 /** The environment of our API and worker processes for one target: production defaults unless stated. */
 export function oursEnv(t: OursTarget): Record<string, string> {
   const nodeOptions = process.env.BENCH_NODE_OPTIONS ?? '';
@@ -62,7 +77,7 @@ export async function spawnOursWorkers(t: OursTarget, n: number, opts: { hold?: 
   const children = Array.from({ length: n }, (_, i) =>
     spawnChild('test/bench/bench-worker.ts', {
       name: `worker-${t.prefix}-${i}`,
-      env: { ...oursEnv(t), ...(opts.hold ? { BENCH_HOLD: '1' } : {}), ...opts.env },
+      env: { ...productionEnv('start:worker'), ...oursEnv(t), ...(opts.hold ? { BENCH_HOLD: '1' } : {}), ...opts.env },
       nodeArgs: productionNodeFlags('start:worker'),
     }),
   );

@@ -7,7 +7,7 @@ import { Completions, closedLoop, type LoopResult } from '../lib/closed-loop.ts'
 import { ApiClient, GOLDEN_PATH_POST, NO_KEY_POST, openLoop } from '../lib/http-load.ts';
 import { measure, type Measured } from '../lib/measure.ts';
 import { watchMachine, type MachineWindow } from '../lib/pressure.ts';
-import { CLASS_A_SUBMISSION, oursEnv, productionNodeFlags, spawnOursWorkers, stopAll, wireCompletions, type OursTarget } from '../lib/ours.ts';
+import { CLASS_A_SUBMISSION, oursEnv, productionEnv, productionNodeFlags, spawnOursWorkers, stopAll, wireCompletions, type OursTarget } from '../lib/ours.ts';
 import { latency, max, min, type Latency } from '../lib/stats.ts';
 import type { LoopOpts } from './engine.ts';
 
@@ -50,7 +50,7 @@ export async function openHttp(target: OursTarget, workerCount: number): Promise
   // Production limits stay as they are (600 submissions per tenant per minute): the load comes from
   // TENANTS tenants, as it would on a multi-tenant platform.
   const env = oursEnv(target);
-  const api = spawnChild('test/bench/bench-api.ts', { name: `api-${target.prefix}`, env, nodeArgs: productionNodeFlags('start:api') });
+  const api = spawnChild('test/bench/bench-api.ts', { name: `api-${target.prefix}`, env: { ...productionEnv('start:api'), ...env }, nodeArgs: productionNodeFlags('start:api') });
   const [info, workers] = await Promise.all([api.ready as Promise<{ port: number }>, spawnOursWorkers(target, workerCount)]);
   const client = new ApiClient(info.port);
   let completions = new Completions();
