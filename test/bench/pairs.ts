@@ -13,6 +13,8 @@
  * checkout's node_modules linked into it (`ln -s "$PWD/node_modules" /tmp/old/`) when package-lock.json is
  * the same; that checkout's test/bench must export what this script uses (BenchDatabases, deletePrefix,
  * newPrefix, openEngine: every commit since session 11).
+ * A checkout before session 43 starts its workers without the launch line's MALLOC_ARENA_MAX=2 (productionEnv):
+ * pass `--a="MALLOC_ARENA_MAX=2"` for that side to compare code alone.
  * Prints each round (runs/s; CPU per run of the worker, producer, PostgreSQL and Redis together;
  * PostgreSQL's alone; the worker process's alone, what the engine's throughput follows; the whole
  * machine's, from /proc/stat) and each side's means. Used for the

@@ -108,8 +108,10 @@ describe('documents against the code', () => {
     const composeCommand = (service: string) => {
       const m = new RegExp(`\\n  ${service}:\\n((?:    .*\\n|\\s*\\n)*?)    command: (\\[.*\\])((?:\\n    .*)*)`).exec(compose);
       expect(m, `docker-compose.yml: the service ${service} has no one-line JSON-array command`).not.toBeNull();
-      // The service's own environment entries (`KEY: "value"` under `environment:`, beside the shared anchor).
-      const env = [...`${m![1]!}${m![3]!}`.matchAll(/^      ([A-Z][A-Z0-9_]*): "([^"]*)"$/gm)].map(([, k, v]) => `${k}=${v} `).join('');
+      // The service's own environment entries under `environment:` (beside the shared anchor it merges):
+      // `KEY: value` (quoted or not) or `- KEY=value`; a key under another of the service's blocks is not one.
+      const block = /^    environment:\n((?: {6,}.*\n?)*)/m.exec(`${m![1]!}${m![3]!.replace(/^\n/, '')}\n`)?.[1] ?? '';
+      const env = [...block.matchAll(/^      (?:- )?([A-Z][A-Z0-9_]*)(?:: |=)"?([^"\n]*?)"?$/gm)].map(([, k, v]) => `${k}=${v} `).join('');
       return `${env}${(JSON.parse(m![2]!) as string[]).slice(1).join(' ')}`;
     };
     const dockerfile = (JSON.parse(/^CMD (\[.*\])$/m.exec(read('Dockerfile'))![1]!) as string[]).slice(1).join(' ');
